@@ -8,6 +8,9 @@ attention layers as `KVLayer` rows.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
+
+from quant_core.errors import InvalidSpec, MissingConfigKey, UnknownName
 
 # Roles a weight tensor can have. The default quantization policy quantizes the
 # 2-D tensors of the decoder's linear layers: QUANTIZED_ROLES.
@@ -80,3 +83,242 @@ class KVLayer:
     value_dim: int = 0
     window: int | None = None
     latent_dim: int = 0
+
+
+# ---------------------------------------------------------------------------
+# ModelSpec: the normalized architecture every other module computes from.
+# ---------------------------------------------------------------------------
+
+# How a model names and arranges its tensors (see inventory.py):
+#   llama     embed_tokens, q/k/v/o_proj, gate/up/down_proj; MoE as mlp.gate + mlp.experts.{e}.*
+#             (llama, mistral, qwen2, qwen3, qwen3_moe, gemma2, gemma3, generic decoders)
+#   mixtral   llama attention, MoE as block_sparse_moe.gate + experts.{e}.w1/w2/w3
+#   phi3      fused qkv_proj and gate_up_proj
+#   deepseek  multi-head latent attention (MLA), dense first layers, routed + shared experts
+#   falcon    fused query_key_value (MQA/GQA), LayerNorm with bias, parallel attention
+#   gpt2      learned positions, Conv1D layers with biases, LayerNorm with bias
+#   gpt_oss   MoE with fused expert tensors and biases, router bias, attention sinks
+LAYOUTS: tuple[str, ...] = ("llama", "mixtral", "phi3", "deepseek", "falcon", "gpt2", "gpt_oss")
+NORM_KINDS: tuple[str, ...] = ("rmsnorm", "layernorm")
+
+# Sane maximums: far above any published model (largest today: hidden 25,600, 126 layers,
+# vocab 262,208, 384 experts), low enough that a typo like 10^12 layers is refused at once,
+# before anything is allocated per layer.
+MAX_LAYERS = 4_096
+MAX_HIDDEN_SIZE = 262_144
+MAX_HEADS = 8_192
+MAX_HEAD_DIM = 8_192
+MAX_INTERMEDIATE_SIZE = 4_194_304
+MAX_VOCAB_SIZE = 16_777_216
+MAX_EXPERTS = 16_384
+MAX_POSITIONS = 268_435_456
+MAX_RANK = 262_144
+
+_INT_LIMITS: dict[str, tuple[int, int]] = {
+    "hidden_size": (1, MAX_HIDDEN_SIZE),
+    "num_layers": (1, MAX_LAYERS),
+    "num_attention_heads": (1, MAX_HEADS),
+    "num_kv_heads": (1, MAX_HEADS),
+    "head_dim": (1, MAX_HEAD_DIM),
+    "intermediate_size": (1, MAX_INTERMEDIATE_SIZE),
+    "vocab_size": (1, MAX_VOCAB_SIZE),
+    "norms_per_layer": (1, 4),
+    "num_experts": (0, MAX_EXPERTS),
+    "experts_per_token": (0, MAX_EXPERTS),
+    "moe_intermediate_size": (0, MAX_INTERMEDIATE_SIZE),
+    "num_shared_experts": (0, MAX_EXPERTS),
+    "kv_lora_rank": (0, MAX_RANK),
+    "qk_nope_head_dim": (0, MAX_HEAD_DIM),
+    "qk_rope_head_dim": (0, MAX_HEAD_DIM),
+    "v_head_dim": (0, MAX_HEAD_DIM),
+}
+_OPTIONAL_INT_LIMITS: dict[str, tuple[int, int]] = {
+    "max_position_embeddings": (1, MAX_POSITIONS),
+    "sliding_window": (1, MAX_POSITIONS),
+    "q_lora_rank": (1, MAX_RANK),
+}
+_BOOL_FIELDS: tuple[str, ...] = (
+    "tie_word_embeddings",
+    "attention_qkv_bias",
+    "attention_output_bias",
+    "qk_norm",
+    "attention_sinks",
+    "mlp_bias",
+    "learned_position_embeddings",
+    "router_bias",
+    "expert_bias",
+)
+_LAYER_TUPLE_FIELDS: tuple[str, ...] = ("sliding_layers", "dense_layers")
+
+
+def check_int(field: str, value: object, minimum: int, maximum: int) -> int:
+    """`value` as an int in [minimum, maximum], or `InvalidSpec` naming `field` and the value.
+
+    Bools are refused (JSON ``true`` is not a size); integral floats (``4096.0``) are accepted.
+    """
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise InvalidSpec(field, value, "must be an integer")
+    if isinstance(value, float):
+        if not value.is_integer():
+            raise InvalidSpec(field, value, "must be an integer")
+        value = int(value)
+    if value < minimum:
+        reason = "must be positive" if minimum == 1 else f"must be at least {minimum}"
+        raise InvalidSpec(field, value, reason)
+    if value > maximum:
+        raise InvalidSpec(field, value, f"is over the maximum of {maximum}")
+    return value
+
+
+@dataclass(frozen=True, slots=True)
+class ModelSpec:
+    """A decoder LLM's architecture, normalized across model families.
+
+    Built by `hf_config.model_from_hf_config`, `hf_config.model_from_sizes` or
+    `catalog.get_preset`; `inventory.inventory` lists its tensors from these fields alone,
+    and `kv_cache.kv_layers` its attention layers.  Every field is validated on
+    construction (`InvalidSpec` naming the field and the value), so a spec that exists is
+    one nibble can compute with.
+
+    Sizes: `head_dim` is the attention head size (for MLA, qk_nope + qk_rope);
+    `intermediate_size` the dense MLP width; `num_kv_heads` the key/value heads (MQA = 1).
+    MoE: `num_experts` routed experts (0 = dense), `experts_per_token` top-k,
+    `moe_intermediate_size` one expert's width, `num_shared_experts` always-on experts of
+    the same width (DeepSeek), `dense_layers` the layers of a MoE model whose MLP is dense.
+    MLA (DeepSeek, when `kv_lora_rank` > 0): `q_lora_rank` (None = no query compression),
+    `kv_lora_rank`, `qk_nope_head_dim`, `qk_rope_head_dim`, `v_head_dim`.
+    Attention window: `sliding_layers` lists the layers that attend to (and cache) at most
+    `sliding_window` tokens.  `max_position_embeddings` is the trained context (for
+    `learned_position_embeddings`, also the rows of the position table).
+    """
+
+    name: str
+    model_type: str
+    layout: str
+    hidden_size: int
+    num_layers: int
+    num_attention_heads: int
+    num_kv_heads: int
+    head_dim: int
+    intermediate_size: int
+    vocab_size: int
+    tie_word_embeddings: bool = False
+    attention_qkv_bias: bool = False
+    attention_output_bias: bool = False
+    qk_norm: bool = False
+    attention_sinks: bool = False
+    mlp_bias: bool = False
+    norm: str = "rmsnorm"
+    norms_per_layer: int = 2
+    max_position_embeddings: int | None = None
+    learned_position_embeddings: bool = False
+    sliding_window: int | None = None
+    sliding_layers: tuple[int, ...] = ()
+    num_experts: int = 0
+    experts_per_token: int = 0
+    moe_intermediate_size: int = 0
+    num_shared_experts: int = 0
+    dense_layers: tuple[int, ...] = ()
+    router_bias: bool = False
+    expert_bias: bool = False
+    q_lora_rank: int | None = None
+    kv_lora_rank: int = 0
+    qk_nope_head_dim: int = 0
+    qk_rope_head_dim: int = 0
+    v_head_dim: int = 0
+
+    def __post_init__(self) -> None:
+        for field in ("name", "model_type"):
+            value = getattr(self, field)
+            if not isinstance(value, str) or not value:
+                raise InvalidSpec(field, value, "must be a non-empty string")
+        if self.layout not in LAYOUTS:
+            raise UnknownName("layout", str(self.layout), list(LAYOUTS), field="layout")
+        if self.norm not in NORM_KINDS:
+            raise UnknownName("norm", str(self.norm), list(NORM_KINDS), field="norm")
+        for field, (low, high) in _INT_LIMITS.items():
+            object.__setattr__(self, field, check_int(field, getattr(self, field), low, high))
+        for field, (low, high) in _OPTIONAL_INT_LIMITS.items():
+            if getattr(self, field) is not None:
+                object.__setattr__(self, field, check_int(field, getattr(self, field), low, high))
+        for field in _BOOL_FIELDS:
+            if not isinstance(getattr(self, field), bool):
+                raise InvalidSpec(field, getattr(self, field), "must be true or false")
+        for field in _LAYER_TUPLE_FIELDS:
+            value = getattr(self, field)
+            if not isinstance(value, tuple | list):
+                raise InvalidSpec(field, value, "must be a list of layer indices")
+            if len(value) > self.num_layers:
+                raise InvalidSpec(field, f"{len(value)} entries", f"more than num_layers={self.num_layers}")
+            layers = tuple(
+                check_int(f"{field}[{i}]", layer, 0, self.num_layers - 1) for i, layer in enumerate(value)
+            )
+            if len(set(layers)) != len(layers) or list(layers) != sorted(layers):
+                raise InvalidSpec(field, list(layers), "layer indices must be increasing, without repeats")
+            object.__setattr__(self, field, layers)
+        if self.num_attention_heads % self.num_kv_heads:
+            raise InvalidSpec("num_kv_heads", self.num_kv_heads,
+                              f"must divide num_attention_heads={self.num_attention_heads}")
+        if self.sliding_layers and self.sliding_window is None:
+            raise InvalidSpec("sliding_window", None, "sliding_layers are given but no window")
+        if self.num_experts:
+            if not 1 <= self.experts_per_token <= self.num_experts:
+                raise InvalidSpec("experts_per_token", self.experts_per_token,
+                                  f"must be between 1 and num_experts={self.num_experts}")
+            if self.moe_intermediate_size < 1:
+                raise InvalidSpec("moe_intermediate_size", self.moe_intermediate_size,
+                                  "must be positive for a mixture-of-experts model")
+        elif self.experts_per_token or self.num_shared_experts or self.dense_layers:
+            raise InvalidSpec("num_experts", 0,
+                              "experts_per_token, num_shared_experts and dense_layers need routed experts")
+        if self.is_mla:
+            for field in ("qk_rope_head_dim", "v_head_dim"):
+                if getattr(self, field) < 1:
+                    raise InvalidSpec(field, getattr(self, field), "must be positive for MLA attention")
+        if self.learned_position_embeddings and self.max_position_embeddings is None:
+            raise InvalidSpec("max_position_embeddings", None, "learned position embeddings need a size")
+
+    @property
+    def is_moe(self) -> bool:
+        """True when the model has routed experts."""
+        return self.num_experts > 0
+
+    @property
+    def is_mla(self) -> bool:
+        """True for multi-head latent attention (DeepSeek-V2/V3): the KV cache holds one latent."""
+        return self.kv_lora_rank > 0
+
+    @property
+    def moe_layers(self) -> tuple[int, ...]:
+        """Indices of the layers whose MLP is a mixture of experts."""
+        if not self.is_moe:
+            return ()
+        dense = set(self.dense_layers)
+        return tuple(i for i in range(self.num_layers) if i not in dense)
+
+    def to_dict(self) -> dict[str, object]:
+        """Plain JSON-able dict of every field (tuples as lists); `from_dict` inverts it."""
+        out: dict[str, object] = {}
+        for field in self.__dataclass_fields__:
+            value = getattr(self, field)
+            out[field] = list(value) if isinstance(value, tuple) else value
+        return out
+
+    @classmethod
+    def from_dict(cls, data: object) -> ModelSpec:
+        """Build a spec from `to_dict` output (or an equivalent JSON object), validating it."""
+        if not isinstance(data, dict):
+            raise InvalidSpec("spec", type(data).__name__, "must be a JSON object")
+        known = cls.__dataclass_fields__
+        unknown = sorted(str(key) for key in data if key not in known)
+        if unknown:
+            raise InvalidSpec(unknown[0], data[unknown[0]],
+                              f"is not a ModelSpec field (known: {', '.join(known)})")
+        for field in ("name", "model_type", "layout", "hidden_size", "num_layers", "num_attention_heads",
+                      "num_kv_heads", "head_dim", "intermediate_size", "vocab_size"):
+            if field not in data:
+                raise MissingConfigKey(field, str(data.get("model_type", "spec")))
+        values: dict[str, Any] = {
+            key: tuple(value) if isinstance(value, list) else value for key, value in data.items()
+        }
+        return cls(**values)

@@ -1,0 +1,522 @@
+"""Hugging Face ``config.json`` -> `ModelSpec`, one adapter per model family; and specs from sizes.
+
+Each adapter reads the keys its family's transformers configuration class reads, with
+that class's defaults for absent keys (``tie_word_embeddings`` is True for Gemma, GPT-2
+and Falcon, False elsewhere), and sets the flags the family's modeling code hard-codes
+(Qwen2's q/k/v bias, Gemma's four norms per layer, Qwen3's q/k norms, ...).  The
+parameter counts that follow from the spec are those of the model transformers builds
+from the config: DeepSeek-V3's multi-token-prediction layer (``num_nextn_predict_layers``)
+is not built by transformers and is not counted; for the multimodal ``gemma3`` type
+the language model (``text_config``) is read and the vision tower is left out.
+
+Every size is checked as it is read: a missing key raises `MissingConfigKey`, a value of
+the wrong type (a string, a bool), zero, negative or absurd (over the maximums in
+`specs`) raises `InvalidSpec` naming the config key and the value, before anything is
+allocated per layer.  An unknown ``model_type`` with the standard llama-style keys is
+read as a generic llama-style decoder; without them, `UnsupportedArchitecture` names
+the type and the missing keys.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+from quant_core.errors import InvalidSpec, MissingConfigKey, UnsupportedArchitecture
+from quant_core.specs import (
+    MAX_EXPERTS,
+    MAX_HEAD_DIM,
+    MAX_HEADS,
+    MAX_HIDDEN_SIZE,
+    MAX_INTERMEDIATE_SIZE,
+    MAX_LAYERS,
+    MAX_POSITIONS,
+    MAX_RANK,
+    MAX_VOCAB_SIZE,
+    ModelSpec,
+    check_int,
+)
+
+GENERIC_KEYS: tuple[str, ...] = (
+    "hidden_size",
+    "num_hidden_layers",
+    "num_attention_heads",
+    "intermediate_size",
+    "vocab_size",
+)
+
+
+class _Reader:
+    """Typed access to one config dict; errors name the config key and its value."""
+
+    def __init__(self, config: Mapping[str, object], model_type: str) -> None:
+        self.config = config
+        self.model_type = model_type
+
+    def has(self, key: str) -> bool:
+        return self.config.get(key) is not None
+
+    def required_int(self, key: str, maximum: int, *aliases: str, minimum: int = 1) -> int:
+        for name in (key, *aliases):
+            if name in self.config:
+                return check_int(name, self.config[name], minimum, maximum)
+        raise MissingConfigKey(key, self.model_type)
+
+    def optional_int(self, key: str, default: int | None, maximum: int, *aliases: str,
+                     minimum: int = 1) -> int | None:
+        for name in (key, *aliases):
+            value = self.config.get(name)
+            if value is not None:
+                return check_int(name, value, minimum, maximum)
+        return default
+
+    def int_or(self, key: str, default: int, maximum: int, *aliases: str, minimum: int = 1) -> int:
+        value = self.optional_int(key, default, maximum, *aliases, minimum=minimum)
+        return default if value is None else value
+
+    def flag(self, key: str, default: bool) -> bool:
+        value = self.config.get(key)
+        if value is None:
+            return default
+        if not isinstance(value, bool):
+            raise InvalidSpec(key, value, "must be true or false")
+        return value
+
+    def string(self, key: str, default: str) -> str:
+        value = self.config.get(key)
+        if value is None:
+            return default
+        if not isinstance(value, str):
+            raise InvalidSpec(key, value, "must be a string")
+        return value
+
+    def int_list(self, key: str, num_layers: int) -> list[int]:
+        value = self.config.get(key)
+        if value is None:
+            return []
+        if not isinstance(value, list) or len(value) > num_layers:
+            raise InvalidSpec(key, value if not isinstance(value, list) else f"{len(value)} entries",
+                              f"must be a list of at most num_hidden_layers={num_layers} layer indices")
+        return [check_int(f"{key}[{i}]", item, 0, num_layers - 1) for i, item in enumerate(value)]
+
+    def head_dim(self, hidden_size: int, num_heads: int, key: str = "head_dim") -> int:
+        """`head_dim` from the config, else hidden_size / num_heads, which must then divide."""
+        explicit = self.optional_int(key, None, MAX_HEAD_DIM)
+        if explicit is not None:
+            return explicit
+        if hidden_size % num_heads:
+            raise InvalidSpec("num_attention_heads", num_heads,
+                              f"does not divide hidden_size={hidden_size} and no head_dim is given")
+        return hidden_size // num_heads
+
+    def layer_types(self, num_layers: int) -> tuple[int, ...] | None:
+        """Sliding layers from an explicit ``layer_types`` list, or None when the key is absent."""
+        value = self.config.get("layer_types")
+        if value is None:
+            return None
+        if not isinstance(value, list) or len(value) != num_layers:
+            shown = value if not isinstance(value, list) else f"{len(value)} entries"
+            raise InvalidSpec("layer_types", shown, f"must list one type per layer ({num_layers})")
+        sliding = []
+        for i, kind in enumerate(value):
+            if kind == "sliding_attention":
+                sliding.append(i)
+            elif kind != "full_attention":
+                raise InvalidSpec(f"layer_types[{i}]", kind,
+                                  "must be 'full_attention' or 'sliding_attention'")
+        return tuple(sliding)
+
+
+def _name(config: Mapping[str, object], model_type: str, name: str | None) -> str:
+    if name:
+        return name
+    path = config.get("_name_or_path")
+    return path if isinstance(path, str) and path else model_type
+
+
+def _attention_sizes(r: _Reader) -> dict[str, Any]:
+    hidden = r.required_int("hidden_size", MAX_HIDDEN_SIZE)
+    layers = r.required_int("num_hidden_layers", MAX_LAYERS)
+    heads = r.required_int("num_attention_heads", MAX_HEADS)
+    kv_heads = r.int_or("num_key_value_heads", heads, MAX_HEADS)
+    return {
+        "hidden_size": hidden,
+        "num_layers": layers,
+        "num_attention_heads": heads,
+        "num_kv_heads": kv_heads,
+        "head_dim": r.head_dim(hidden, heads),
+        "intermediate_size": r.required_int("intermediate_size", MAX_INTERMEDIATE_SIZE),
+        "vocab_size": r.required_int("vocab_size", MAX_VOCAB_SIZE),
+    }
+
+
+def _positions(r: _Reader) -> int | None:
+    return r.optional_int("max_position_embeddings", None, MAX_POSITIONS)
+
+
+def _window_all_layers(r: _Reader, num_layers: int) -> tuple[int | None, tuple[int, ...]]:
+    """Mistral/Mixtral/Phi-3: a declared ``sliding_window`` applies to every layer."""
+    window = r.optional_int("sliding_window", None, MAX_POSITIONS)
+    return window, tuple(range(num_layers)) if window else ()
+
+
+def _window_qwen(r: _Reader, num_layers: int) -> tuple[int | None, tuple[int, ...]]:
+    """Qwen2/3: sliding only with ``use_sliding_window``, on layers >= ``max_window_layers``."""
+    explicit = r.layer_types(num_layers)
+    window = r.optional_int("sliding_window", None, MAX_POSITIONS)
+    if explicit is not None:
+        return (window, explicit) if explicit and window else (None, ())
+    if not r.flag("use_sliding_window", False) or window is None:
+        return None, ()
+    first = r.int_or("max_window_layers", num_layers, MAX_LAYERS, minimum=0)
+    layers = tuple(range(min(first, num_layers), num_layers))
+    return (window, layers) if layers else (None, ())
+
+
+def _window_pattern(r: _Reader, num_layers: int, default_window: int,
+                    is_sliding: Callable[[int], bool]) -> tuple[int | None, tuple[int, ...]]:
+    """Gemma/gpt-oss: ``layer_types`` when given, else the family's fixed interleaving."""
+    window = r.int_or("sliding_window", default_window, MAX_POSITIONS)
+    explicit = r.layer_types(num_layers)
+    layers = explicit if explicit is not None else tuple(i for i in range(num_layers) if is_sliding(i))
+    return (window, layers) if layers else (None, ())
+
+
+def _llama_family(config: Mapping[str, object], model_type: str, name: str | None) -> ModelSpec:
+    """llama, mistral, mixtral, qwen2, qwen3, qwen3_moe, gemma2, gemma3_text and generic decoders."""
+    r = _Reader(config, model_type)
+    sizes = _attention_sizes(r)
+    positions = _positions(r)
+    layers = sizes["num_layers"]
+    tie_default = model_type in ("gemma2", "gemma3_text", "gemma3")
+    attention_bias = r.flag("attention_bias", False)
+    extra: dict[str, Any] = {
+        "attention_qkv_bias": attention_bias,
+        "attention_output_bias": attention_bias,
+        "mlp_bias": r.flag("mlp_bias", False),
+    }
+    window: int | None = None
+    sliding: tuple[int, ...] = ()
+    layout = "llama"
+    if model_type in ("mistral", "mixtral"):
+        window, sliding = _window_all_layers(r, layers)
+        extra["attention_qkv_bias"] = extra["attention_output_bias"] = extra["mlp_bias"] = False
+    elif model_type in ("qwen2", "qwen3", "qwen3_moe"):
+        window, sliding = _window_qwen(r, layers)
+        if model_type == "qwen2":  # Qwen2Attention: q/k/v with bias, o_proj without; no config flag
+            extra.update(attention_qkv_bias=True, attention_output_bias=False)
+        else:
+            extra["qk_norm"] = True
+        extra["mlp_bias"] = False
+    elif model_type == "gemma2":
+        window, sliding = _window_pattern(r, layers, 4096, lambda i: (i + 1) % 2 == 1)
+        extra.update(norms_per_layer=4, mlp_bias=False)
+    elif model_type in ("gemma3_text", "gemma3"):
+        pattern = r.int_or("sliding_window_pattern", 6, MAX_LAYERS)
+        window, sliding = _window_pattern(r, layers, 4096, lambda i: (i + 1) % pattern != 0)
+        extra.update(norms_per_layer=4, qk_norm=True, mlp_bias=False)
+    elif model_type != "llama":  # generic decoder: only an explicit layer_types list makes sliding layers
+        explicit = r.layer_types(layers)
+        window = r.optional_int("sliding_window", None, MAX_POSITIONS)
+        sliding = explicit if explicit and window else ()
+        window = window if sliding else None
+
+    if model_type == "mixtral":
+        layout = "mixtral"
+        extra.update(
+            num_experts=r.required_int("num_local_experts", MAX_EXPERTS),
+            experts_per_token=r.required_int("num_experts_per_tok", MAX_EXPERTS),
+            moe_intermediate_size=sizes["intermediate_size"],
+        )
+    elif model_type == "qwen3_moe":
+        experts = r.int_or("num_experts", 0, MAX_EXPERTS, minimum=0)
+        if experts:
+            step = r.int_or("decoder_sparse_step", 1, MAX_LAYERS)
+            mlp_only = set(r.int_list("mlp_only_layers", layers))
+            extra.update(
+                num_experts=experts,
+                experts_per_token=r.required_int("num_experts_per_tok", MAX_EXPERTS),
+                moe_intermediate_size=r.required_int("moe_intermediate_size", MAX_INTERMEDIATE_SIZE),
+                dense_layers=tuple(i for i in range(layers) if i in mlp_only or (i + 1) % step),
+            )
+    return ModelSpec(
+        name=_name(config, model_type, name),
+        model_type=model_type,
+        layout=layout,
+        tie_word_embeddings=r.flag("tie_word_embeddings", tie_default),
+        max_position_embeddings=positions,
+        sliding_window=window,
+        sliding_layers=sliding,
+        **sizes,
+        **extra,
+    )
+
+
+def _phi3(config: Mapping[str, object], model_type: str, name: str | None) -> ModelSpec:
+    """Phi-3: fused qkv_proj and gate_up_proj, no biases; a declared window covers every layer."""
+    r = _Reader(config, model_type)
+    sizes = _attention_sizes(r)
+    positions = _positions(r)
+    window, sliding = _window_all_layers(r, sizes["num_layers"])
+    return ModelSpec(
+        name=_name(config, model_type, name), model_type=model_type, layout="phi3",
+        tie_word_embeddings=r.flag("tie_word_embeddings", False), max_position_embeddings=positions,
+        sliding_window=window, sliding_layers=sliding, **sizes,
+    )
+
+
+def _deepseek(config: Mapping[str, object], model_type: str, name: str | None) -> ModelSpec:
+    """DeepSeek-V2/V3: MLA attention, ``first_k_dense_replace`` dense layers, routed + shared experts.
+
+    A layer is MoE when ``i >= first_k_dense_replace and i % moe_layer_freq == 0`` (as
+    transformers' DeepseekV2DecoderLayer).  V3 (and ``topk_method: noaux_tc``) routers carry
+    an ``e_score_correction_bias`` of one value per expert.
+    """
+    r = _Reader(config, model_type)
+    hidden = r.required_int("hidden_size", MAX_HIDDEN_SIZE)
+    layers = r.required_int("num_hidden_layers", MAX_LAYERS)
+    heads = r.required_int("num_attention_heads", MAX_HEADS)
+    nope = r.required_int("qk_nope_head_dim", MAX_HEAD_DIM)
+    rope = r.required_int("qk_rope_head_dim", MAX_HEAD_DIM)
+    experts = r.int_or("n_routed_experts", 0, MAX_EXPERTS, minimum=0)
+    moe: dict[str, Any] = {}
+    if experts:
+        first_dense = r.int_or("first_k_dense_replace", 0, MAX_LAYERS, minimum=0)
+        frequency = r.int_or("moe_layer_freq", 1, MAX_LAYERS)
+        topk_method = r.string("topk_method", "noaux_tc" if model_type == "deepseek_v3" else "greedy")
+        moe = {
+            "num_experts": experts,
+            "experts_per_token": r.required_int("num_experts_per_tok", MAX_EXPERTS),
+            "moe_intermediate_size": r.required_int("moe_intermediate_size", MAX_INTERMEDIATE_SIZE),
+            "num_shared_experts": r.int_or("n_shared_experts", 0, MAX_EXPERTS, minimum=0),
+            "dense_layers": tuple(i for i in range(layers) if i < first_dense or i % frequency),
+            "router_bias": model_type == "deepseek_v3" or topk_method == "noaux_tc",
+        }
+    attention_bias = r.flag("attention_bias", False)
+    return ModelSpec(
+        name=_name(config, model_type, name),
+        model_type=model_type,
+        layout="deepseek",
+        hidden_size=hidden,
+        num_layers=layers,
+        num_attention_heads=heads,
+        num_kv_heads=heads,
+        head_dim=nope + rope,
+        intermediate_size=r.required_int("intermediate_size", MAX_INTERMEDIATE_SIZE),
+        vocab_size=r.required_int("vocab_size", MAX_VOCAB_SIZE),
+        tie_word_embeddings=r.flag("tie_word_embeddings", False),
+        attention_qkv_bias=attention_bias,
+        attention_output_bias=attention_bias,
+        max_position_embeddings=r.optional_int("max_position_embeddings", None, MAX_POSITIONS),
+        q_lora_rank=r.optional_int("q_lora_rank", None, MAX_RANK),
+        kv_lora_rank=r.required_int("kv_lora_rank", MAX_RANK),
+        qk_nope_head_dim=nope,
+        qk_rope_head_dim=rope,
+        v_head_dim=r.required_int("v_head_dim", MAX_HEAD_DIM),
+        **moe,
+    )
+
+
+def _falcon(config: Mapping[str, object], model_type: str, name: str | None) -> ModelSpec:
+    """Falcon: fused query_key_value, LayerNorm with bias, MQA or GQA, parallel attention.
+
+    KV heads: ``num_kv_heads`` with ``new_decoder_architecture``, 1 with ``multi_query``,
+    else one per query head (transformers' FalconAttention).  Norms per layer:
+    ln_attn + ln_mlp for the new architecture (``num_ln_in_parallel_attn`` 2), else
+    input_layernorm, plus post_attention_layernorm when attention is not parallel.
+    """
+    r = _Reader(config, model_type)
+    hidden = r.required_int("hidden_size", MAX_HIDDEN_SIZE, "n_embed")
+    heads = r.required_int("num_attention_heads", MAX_HEADS, "n_head")
+    new_architecture = r.flag("new_decoder_architecture", False)
+    if new_architecture:
+        kv_heads = r.int_or("num_kv_heads", heads, MAX_HEADS, "n_head_kv")
+    else:
+        kv_heads = 1 if r.flag("multi_query", True) else heads
+    parallel = r.flag("parallel_attn", True)
+    norms_in_parallel = r.int_or("num_ln_in_parallel_attn", 2 if new_architecture else 1, 2)
+    norms = 2 if (new_architecture and norms_in_parallel == 2) or not parallel else 1
+    bias = r.flag("bias", False)
+    return ModelSpec(
+        name=_name(config, model_type, name),
+        model_type=model_type,
+        layout="falcon",
+        hidden_size=hidden,
+        num_layers=r.required_int("num_hidden_layers", MAX_LAYERS, "n_layer"),
+        num_attention_heads=heads,
+        num_kv_heads=kv_heads,
+        head_dim=r.head_dim(hidden, heads, key="head_dim"),
+        intermediate_size=r.int_or("ffn_hidden_size", 4 * hidden, MAX_INTERMEDIATE_SIZE),
+        vocab_size=r.required_int("vocab_size", MAX_VOCAB_SIZE),
+        tie_word_embeddings=r.flag("tie_word_embeddings", True),
+        attention_qkv_bias=bias,
+        attention_output_bias=bias,
+        mlp_bias=bias,
+        norm="layernorm",
+        norms_per_layer=norms,
+        max_position_embeddings=r.optional_int("max_position_embeddings", None, MAX_POSITIONS),
+    )
+
+
+def _gpt2(config: Mapping[str, object], model_type: str, name: str | None) -> ModelSpec:
+    """GPT-2: learned positions (``n_positions`` rows), Conv1D layers with biases, tied head."""
+    r = _Reader(config, model_type)
+    hidden = r.required_int("n_embd", MAX_HIDDEN_SIZE, "hidden_size")
+    heads = r.required_int("n_head", MAX_HEADS, "num_attention_heads")
+    return ModelSpec(
+        name=_name(config, model_type, name),
+        model_type=model_type,
+        layout="gpt2",
+        hidden_size=hidden,
+        num_layers=r.required_int("n_layer", MAX_LAYERS, "num_hidden_layers"),
+        num_attention_heads=heads,
+        num_kv_heads=heads,
+        head_dim=r.head_dim(hidden, heads, key="head_dim"),
+        intermediate_size=r.int_or("n_inner", 4 * hidden, MAX_INTERMEDIATE_SIZE),
+        vocab_size=r.required_int("vocab_size", MAX_VOCAB_SIZE),
+        tie_word_embeddings=r.flag("tie_word_embeddings", True),
+        attention_qkv_bias=True,
+        attention_output_bias=True,
+        mlp_bias=True,
+        norm="layernorm",
+        max_position_embeddings=r.required_int("n_positions", MAX_POSITIONS, "max_position_embeddings"),
+        learned_position_embeddings=True,
+    )
+
+
+def _gpt_oss(config: Mapping[str, object], model_type: str, name: str | None) -> ModelSpec:
+    """gpt-oss: MoE with fused, biased experts; router with bias; one attention sink per head."""
+    r = _Reader(config, model_type)
+    sizes = _attention_sizes(r)
+    positions = _positions(r)
+    window, sliding = _window_pattern(r, sizes["num_layers"], 128, lambda i: i % 2 == 0)
+    attention_bias = r.flag("attention_bias", True)
+    return ModelSpec(
+        name=_name(config, model_type, name),
+        model_type=model_type,
+        layout="gpt_oss",
+        tie_word_embeddings=r.flag("tie_word_embeddings", False),
+        attention_qkv_bias=attention_bias,
+        attention_output_bias=attention_bias,
+        attention_sinks=True,
+        max_position_embeddings=positions,
+        sliding_window=window,
+        sliding_layers=sliding,
+        num_experts=r.required_int("num_local_experts", MAX_EXPERTS),
+        experts_per_token=r.required_int("num_experts_per_tok", MAX_EXPERTS, "experts_per_token"),
+        moe_intermediate_size=sizes["intermediate_size"],
+        router_bias=True,
+        expert_bias=True,
+        **sizes,
+    )
+
+
+_Adapter = Callable[[Mapping[str, object], str, "str | None"], ModelSpec]
+_ADAPTERS: dict[str, _Adapter] = {
+    "llama": _llama_family,
+    "mistral": _llama_family,
+    "mixtral": _llama_family,
+    "qwen2": _llama_family,
+    "qwen3": _llama_family,
+    "qwen3_moe": _llama_family,
+    "gemma2": _llama_family,
+    "gemma3_text": _llama_family,
+    "phi3": _phi3,
+    "deepseek_v2": _deepseek,
+    "deepseek_v3": _deepseek,
+    "falcon": _falcon,
+    "RefinedWeb": _falcon,
+    "RefinedWebModel": _falcon,
+    "gpt2": _gpt2,
+    "gpt_oss": _gpt_oss,
+}
+KNOWN_MODEL_TYPES: tuple[str, ...] = (*sorted(_ADAPTERS), "gemma3")
+
+
+def model_from_hf_config(config: Mapping[str, object], *, name: str | None = None) -> ModelSpec:
+    """Normalize a Hugging Face ``config.json`` (already parsed) into a `ModelSpec`.
+
+    Dispatches on ``model_type``; `name` defaults to ``_name_or_path`` or the model type.
+    Raises `InvalidSpec` for a non-object config or bad values, `MissingConfigKey` for a
+    missing key, and `UnsupportedArchitecture` for an unknown type without the generic keys.
+    """
+    if not isinstance(config, Mapping):
+        raise InvalidSpec("config", type(config).__name__, "must be a JSON object")
+    raw_type = config.get("model_type")
+    if raw_type is not None and not isinstance(raw_type, str):
+        raise InvalidSpec("model_type", raw_type, "must be a string")
+    model_type = raw_type or ""
+    if model_type == "gemma3":
+        text = config.get("text_config", config)
+        if not isinstance(text, Mapping):
+            raise InvalidSpec("text_config", text, "must be a JSON object")
+        return _llama_family(text, "gemma3", name or _name(config, model_type, None))
+    adapter = _ADAPTERS.get(model_type)
+    if adapter is not None:
+        return adapter(config, model_type, name)
+    missing = [key for key in GENERIC_KEYS if key not in config]
+    if missing:
+        raise UnsupportedArchitecture(model_type or "<absent>", KNOWN_MODEL_TYPES, missing)
+    return _llama_family(config, model_type or "unknown", name)
+
+
+def model_from_sizes(
+    *,
+    hidden_size: int,
+    num_layers: int,
+    num_attention_heads: int,
+    intermediate_size: int,
+    vocab_size: int,
+    num_kv_heads: int | None = None,
+    head_dim: int | None = None,
+    tie_word_embeddings: bool = False,
+    num_experts: int = 0,
+    experts_per_token: int = 0,
+    moe_intermediate_size: int | None = None,
+    num_shared_experts: int = 0,
+    dense_layers: Sequence[int] = (),
+    sliding_window: int | None = None,
+    sliding_layers: Sequence[int] | None = None,
+    max_position_embeddings: int | None = None,
+    name: str = "custom",
+) -> ModelSpec:
+    """A llama-style decoder from explicit sizes (RMSNorm, gated MLP, no biases).
+
+    `num_kv_heads` defaults to `num_attention_heads` (MHA), `head_dim` to
+    hidden_size / num_attention_heads (which must then divide).  With `num_experts` > 0
+    the MLP of every layer not in `dense_layers` is routed over experts of
+    `moe_intermediate_size` (default `intermediate_size`) plus `num_shared_experts`
+    always-on ones.  A `sliding_window` applies to `sliding_layers` (default: every layer).
+    """
+    hidden = check_int("hidden_size", hidden_size, 1, MAX_HIDDEN_SIZE)
+    heads = check_int("num_attention_heads", num_attention_heads, 1, MAX_HEADS)
+    layers = check_int("num_layers", num_layers, 1, MAX_LAYERS)
+    if head_dim is None:
+        if hidden % heads:
+            raise InvalidSpec("num_attention_heads", heads,
+                              f"does not divide hidden_size={hidden} and no head_dim is given")
+        head_dim = hidden // heads
+    if sliding_window is not None and sliding_layers is None:
+        sliding_layers = range(layers)
+    return ModelSpec(
+        name=name,
+        model_type="custom",
+        layout="llama",
+        hidden_size=hidden,
+        num_layers=layers,
+        num_attention_heads=heads,
+        num_kv_heads=heads if num_kv_heads is None else num_kv_heads,
+        head_dim=head_dim,
+        intermediate_size=intermediate_size,
+        vocab_size=vocab_size,
+        tie_word_embeddings=tie_word_embeddings,
+        max_position_embeddings=max_position_embeddings,
+        sliding_window=sliding_window,
+        sliding_layers=tuple(sliding_layers or ()),
+        num_experts=num_experts,
+        experts_per_token=experts_per_token,
+        moe_intermediate_size=(intermediate_size if moe_intermediate_size is None else moe_intermediate_size)
+        if num_experts else 0,
+        num_shared_experts=num_shared_experts,
+        dense_layers=tuple(dense_layers),
+    )

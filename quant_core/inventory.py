@@ -1,0 +1,351 @@
+"""ModelSpec -> its weight tensors (name pattern, shape, role, count), and every number derived from them.
+
+`inventory(spec)` lists each weight tensor of the model transformers builds from the
+config, in Hugging Face naming (``{i}`` for the layer index, ``{e}`` for the expert),
+with repeated tensors as one `TensorEntry` row: the routed experts of one projection
+over all MoE layers (DeepSeek-V3: 58 layers x 256 experts) are one row, so the
+inventory of a 671B model has a few dozen rows.  Shapes of linear layers are the
+logical ``[out_features, in_features]``: GPT-2's Conv1D stores its weights transposed,
+``[in, out]``, and gpt-oss stores its experts fused as ``[E, in, out]`` tensors, but
+their element counts and their int4 groups (along the input dimension) are those of
+the logical shape.
+
+From the inventory: `parameter_count` (total, by role, active per token for MoE, and
+the embedding / lm_head / position-embedding breakdown), and `weight_bytes` under a
+`QuantizationPolicy`, through `WeightFormat.bytes_for`, the one place that knows sizes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from functools import lru_cache
+
+from quant_core.errors import GroupSizeMismatch, UnknownName
+from quant_core.formats import FLOAT_FORMATS, WeightFormat, float_format, int4
+from quant_core.specs import QUANTIZED_ROLES, ROLES, ModelSpec, TensorEntry
+
+
+class _Builder:
+    """Collects rows; a row over an empty set of layers is dropped."""
+
+    def __init__(self) -> None:
+        self.rows: list[TensorEntry] = []
+
+    def add(self, name: str, shape: tuple[int, ...], role: str, layers: tuple[int, ...] | None = None,
+            per_layer: int = 1, active_per_layer: int | None = None) -> None:
+        if layers is not None and not layers:
+            return
+        self.rows.append(TensorEntry(name, shape, role, layers or (), per_layer, active_per_layer))
+
+    def linear(self, name: str, out_features: int, in_features: int, role: str, layers: tuple[int, ...],
+               bias: bool, per_layer: int = 1, active_per_layer: int | None = None) -> None:
+        """A linear layer ``name.weight`` [out, in], and ``name.bias`` [out] when it has one."""
+        self.add(f"{name}.weight", (out_features, in_features), role, layers, per_layer, active_per_layer)
+        if bias:
+            self.add(f"{name}.bias", (out_features,), "bias", layers, per_layer, active_per_layer)
+
+    def norm(self, name: str, size: int, layers: tuple[int, ...] | None, kind: str) -> None:
+        """An RMSNorm (weight) or LayerNorm (weight + bias) of `size`."""
+        self.add(f"{name}.weight", (size,), "norm", layers)
+        if kind == "layernorm":
+            self.add(f"{name}.bias", (size,), "bias", layers)
+
+
+def _gated_mlp(b: _Builder, prefix: str, width: int, spec: ModelSpec, layers: tuple[int, ...],
+               role: str = "mlp", per_layer: int = 1, active: int | None = None,
+               names: tuple[str, str, str] = ("gate_proj", "up_proj", "down_proj"),
+               bias: bool = False) -> None:
+    hidden = spec.hidden_size
+    gate, up, down = names
+    b.linear(f"{prefix}.{gate}", width, hidden, role, layers, bias, per_layer, active)
+    b.linear(f"{prefix}.{up}", width, hidden, role, layers, bias, per_layer, active)
+    b.linear(f"{prefix}.{down}", hidden, width, role, layers, bias, per_layer, active)
+
+
+def _llama_attention(b: _Builder, spec: ModelSpec, layers: tuple[int, ...]) -> None:
+    p = "model.layers.{i}.self_attn"
+    q_out = spec.num_attention_heads * spec.head_dim
+    kv_out = spec.num_kv_heads * spec.head_dim
+    b.linear(f"{p}.q_proj", q_out, spec.hidden_size, "attention", layers, spec.attention_qkv_bias)
+    b.linear(f"{p}.k_proj", kv_out, spec.hidden_size, "attention", layers, spec.attention_qkv_bias)
+    b.linear(f"{p}.v_proj", kv_out, spec.hidden_size, "attention", layers, spec.attention_qkv_bias)
+    b.linear(f"{p}.o_proj", spec.hidden_size, q_out, "attention", layers, spec.attention_output_bias)
+    if spec.qk_norm:
+        b.norm(f"{p}.q_norm", spec.head_dim, layers, spec.norm)
+        b.norm(f"{p}.k_norm", spec.head_dim, layers, spec.norm)
+    if spec.attention_sinks:
+        b.add(f"{p}.sinks", (spec.num_attention_heads,), "other", layers)
+
+
+def _mla_attention(b: _Builder, spec: ModelSpec, layers: tuple[int, ...]) -> None:
+    """DeepSeek multi-head latent attention (transformers' DeepseekV3Attention)."""
+    p = "model.layers.{i}.self_attn"
+    hidden, heads = spec.hidden_size, spec.num_attention_heads
+    q_head = spec.qk_nope_head_dim + spec.qk_rope_head_dim
+    bias = spec.attention_qkv_bias
+    if spec.q_lora_rank is None:
+        b.linear(f"{p}.q_proj", heads * q_head, hidden, "attention", layers, False)
+    else:
+        b.linear(f"{p}.q_a_proj", spec.q_lora_rank, hidden, "attention", layers, bias)
+        b.norm(f"{p}.q_a_layernorm", spec.q_lora_rank, layers, spec.norm)
+        b.linear(f"{p}.q_b_proj", heads * q_head, spec.q_lora_rank, "attention", layers, False)
+    b.linear(f"{p}.kv_a_proj_with_mqa", spec.kv_lora_rank + spec.qk_rope_head_dim, hidden, "attention",
+             layers, bias)
+    b.norm(f"{p}.kv_a_layernorm", spec.kv_lora_rank, layers, spec.norm)
+    b.linear(f"{p}.kv_b_proj", heads * (spec.qk_nope_head_dim + spec.v_head_dim), spec.kv_lora_rank,
+             "attention", layers, False)
+    b.linear(f"{p}.o_proj", hidden, heads * spec.v_head_dim, "attention", layers, spec.attention_output_bias)
+
+
+def _decoder(b: _Builder, spec: ModelSpec) -> None:
+    """llama, mixtral, phi3, deepseek and gpt_oss layouts: ``model.*`` with pre-norm blocks."""
+    every = tuple(range(spec.num_layers))
+    dense = spec.dense_layers if spec.is_moe else every
+    moe = spec.moe_layers
+    hidden, layer = spec.hidden_size, "model.layers.{i}"
+    experts, top_k = spec.num_experts, spec.experts_per_token or None
+    b.add("model.embed_tokens.weight", (spec.vocab_size, hidden), "embedding")
+    b.norm(f"{layer}.input_layernorm", hidden, every, spec.norm)
+    if spec.layout == "phi3":
+        qkv_out = (spec.num_attention_heads + 2 * spec.num_kv_heads) * spec.head_dim
+        b.linear(f"{layer}.self_attn.qkv_proj", qkv_out, hidden, "attention", every, False)
+        b.linear(f"{layer}.self_attn.o_proj", hidden, spec.num_attention_heads * spec.head_dim, "attention",
+                 every, False)
+    elif spec.layout == "deepseek":
+        _mla_attention(b, spec, every)
+    else:
+        _llama_attention(b, spec, every)
+    b.norm(f"{layer}.post_attention_layernorm", hidden, every, spec.norm)
+    if spec.norms_per_layer == 4:
+        b.norm(f"{layer}.pre_feedforward_layernorm", hidden, every, spec.norm)
+        b.norm(f"{layer}.post_feedforward_layernorm", hidden, every, spec.norm)
+
+    if spec.layout == "phi3":
+        b.linear(f"{layer}.mlp.gate_up_proj", 2 * spec.intermediate_size, hidden, "mlp", dense, False)
+        b.linear(f"{layer}.mlp.down_proj", hidden, spec.intermediate_size, "mlp", dense, False)
+    else:
+        _gated_mlp(b, f"{layer}.mlp", spec.intermediate_size, spec, dense, bias=spec.mlp_bias)
+
+    width = spec.moe_intermediate_size
+    if spec.layout == "mixtral":
+        b.linear(f"{layer}.block_sparse_moe.gate", experts, hidden, "router", moe, False)
+        _gated_mlp(b, f"{layer}.block_sparse_moe.experts.{{e}}", width, spec, moe, "expert", experts, top_k,
+                   names=("w1", "w3", "w2"))
+    elif spec.layout == "gpt_oss":
+        b.linear(f"{layer}.mlp.router", experts, hidden, "router", moe, False)
+        if spec.router_bias:
+            b.add(f"{layer}.mlp.router.bias", (experts,), "router", moe)
+        p = f"{layer}.mlp.experts"
+        b.add(f"{p}.gate_up_proj[{{e}}]", (2 * width, hidden), "expert", moe, experts, top_k)
+        if spec.expert_bias:
+            b.add(f"{p}.gate_up_proj_bias[{{e}}]", (2 * width,), "bias", moe, experts, top_k)
+        b.add(f"{p}.down_proj[{{e}}]", (hidden, width), "expert", moe, experts, top_k)
+        if spec.expert_bias:
+            b.add(f"{p}.down_proj_bias[{{e}}]", (hidden,), "bias", moe, experts, top_k)
+    elif spec.is_moe:
+        b.linear(f"{layer}.mlp.gate", experts, hidden, "router", moe, False)
+        if spec.router_bias:
+            b.add(f"{layer}.mlp.gate.e_score_correction_bias", (experts,), "router", moe)
+        _gated_mlp(b, f"{layer}.mlp.experts.{{e}}", width, spec, moe, "expert", experts, top_k,
+                   bias=spec.expert_bias)
+        if spec.num_shared_experts:
+            _gated_mlp(b, f"{layer}.mlp.shared_experts", width * spec.num_shared_experts, spec, moe)
+    b.norm("model.norm", hidden, None, spec.norm)
+    if not spec.tie_word_embeddings:
+        b.add("lm_head.weight", (spec.vocab_size, hidden), "lm_head")
+
+
+def _falcon(b: _Builder, spec: ModelSpec) -> None:
+    """Falcon (transformers' FalconForCausalLM).
+
+    With two norms per layer they are named ``ln_attn``/``ln_mlp`` (new decoder architecture,
+    Falcon-40B/180B); sequential Falcon-RW names them input_layernorm/post_attention_layernorm,
+    with the same shapes.
+    """
+    every = tuple(range(spec.num_layers))
+    hidden, layer = spec.hidden_size, "transformer.h.{i}"
+    b.add("transformer.word_embeddings.weight", (spec.vocab_size, hidden), "embedding")
+    if spec.norms_per_layer == 2:
+        b.norm(f"{layer}.ln_attn", hidden, every, spec.norm)
+        b.norm(f"{layer}.ln_mlp", hidden, every, spec.norm)
+    else:
+        b.norm(f"{layer}.input_layernorm", hidden, every, spec.norm)
+    qkv_out = (spec.num_attention_heads + 2 * spec.num_kv_heads) * spec.head_dim
+    b.linear(f"{layer}.self_attention.query_key_value", qkv_out, hidden, "attention", every,
+             spec.attention_qkv_bias)
+    b.linear(f"{layer}.self_attention.dense", hidden, spec.num_attention_heads * spec.head_dim, "attention",
+             every, spec.attention_output_bias)
+    b.linear(f"{layer}.mlp.dense_h_to_4h", spec.intermediate_size, hidden, "mlp", every, spec.mlp_bias)
+    b.linear(f"{layer}.mlp.dense_4h_to_h", hidden, spec.intermediate_size, "mlp", every, spec.mlp_bias)
+    b.norm("transformer.ln_f", hidden, None, spec.norm)
+    if not spec.tie_word_embeddings:
+        b.add("lm_head.weight", (spec.vocab_size, hidden), "lm_head")
+
+
+def _gpt2(b: _Builder, spec: ModelSpec) -> None:
+    """GPT-2 (transformers' GPT2LMHeadModel); Conv1D weights listed by their logical [out, in] shape."""
+    every = tuple(range(spec.num_layers))
+    hidden, layer = spec.hidden_size, "transformer.h.{i}"
+    attention_width = spec.num_attention_heads * spec.head_dim
+    b.add("transformer.wte.weight", (spec.vocab_size, hidden), "embedding")
+    b.add("transformer.wpe.weight", (spec.max_position_embeddings or 0, hidden), "position_embedding")
+    b.norm(f"{layer}.ln_1", hidden, every, spec.norm)
+    qkv_out = (spec.num_attention_heads + 2 * spec.num_kv_heads) * spec.head_dim
+    b.linear(f"{layer}.attn.c_attn", qkv_out, hidden, "attention", every, spec.attention_qkv_bias)
+    b.linear(f"{layer}.attn.c_proj", hidden, attention_width, "attention", every, spec.attention_output_bias)
+    b.norm(f"{layer}.ln_2", hidden, every, spec.norm)
+    b.linear(f"{layer}.mlp.c_fc", spec.intermediate_size, hidden, "mlp", every, spec.mlp_bias)
+    b.linear(f"{layer}.mlp.c_proj", hidden, spec.intermediate_size, "mlp", every, spec.mlp_bias)
+    b.norm("transformer.ln_f", hidden, None, spec.norm)
+    if not spec.tie_word_embeddings:
+        b.add("lm_head.weight", (spec.vocab_size, hidden), "lm_head")
+
+
+@lru_cache(maxsize=512)
+def inventory(spec: ModelSpec) -> tuple[TensorEntry, ...]:
+    """Every weight tensor of `spec`, repeated tensors folded into one row with layers and a count.
+
+    Tied embeddings have no lm_head row (the one matrix is counted once, as embedding).
+    Cached per spec (specs are frozen and hashable), so planners may call it freely.
+    """
+    builder = _Builder()
+    if spec.layout == "falcon":
+        _falcon(builder, spec)
+    elif spec.layout == "gpt2":
+        _gpt2(builder, spec)
+    else:
+        _decoder(builder, spec)
+    return tuple(builder.rows)
+
+
+@dataclass(frozen=True, slots=True)
+class ParameterCount:
+    """Parameters of a model, as transformers counts them (unique tensors, tied weights once).
+
+    `embedding`, `lm_head` and `position_embedding` are the elements of those roles
+    (lm_head is 0 when tied); `non_embedding` is the rest.  `routed_experts` counts the
+    routed experts' weights and biases.  `active_per_token` is what one token touches:
+    every non-routed parameter (embedding and lm_head included) plus top-k of each
+    layer's routed experts; None for dense models.
+    """
+
+    total: int
+    by_role: dict[str, int] = field(hash=False)
+    embedding: int
+    lm_head: int
+    position_embedding: int
+    non_embedding: int
+    routed_experts: int
+    active_per_token: int | None
+
+
+def parameter_count(spec: ModelSpec) -> ParameterCount:
+    """Sum the inventory's elements: total, by role, and active per token for MoE models."""
+    by_role = dict.fromkeys(ROLES, 0)
+    routed = active_routed = 0
+    for entry in inventory(spec):
+        by_role[entry.role] += entry.total_elements
+        if entry.active_per_layer is not None:
+            routed += entry.total_elements
+            active_routed += entry.elements * entry.active_per_layer * max(1, len(entry.layers))
+    total = sum(by_role.values())
+    embedding, lm_head, positions = by_role["embedding"], by_role["lm_head"], by_role["position_embedding"]
+    return ParameterCount(
+        total=total,
+        by_role=by_role,
+        embedding=embedding,
+        lm_head=lm_head,
+        position_embedding=positions,
+        non_embedding=total - embedding - lm_head - positions,
+        routed_experts=routed,
+        active_per_token=total - routed + active_routed if spec.is_moe else None,
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class QuantizationPolicy:
+    """Which tensors a quantized format applies to, and how the rest is stored.
+
+    The default follows GPTQ/AWQ checkpoints: the 2-D weights of the roles in
+    `quantized_roles` (the decoder's linear layers, routed and shared experts included)
+    take the quantized format; embeddings, lm_head, norms, biases, routers and anything
+    1-D stay at `unquantized_format` (a 16/32-bit float name, default bf16).  A float
+    format passed to `weight_bytes` applies to every tensor: the policy only matters when
+    quantizing.
+    """
+
+    quantized_roles: frozenset[str] = QUANTIZED_ROLES
+    unquantized_format: str = "bf16"
+
+    def __post_init__(self) -> None:
+        roles = frozenset(self.quantized_roles)
+        for role in sorted(roles):
+            if role not in ROLES:
+                raise UnknownName("role", role, list(ROLES), field="policy.quantized_roles")
+        object.__setattr__(self, "quantized_roles", roles)
+        if self.unquantized_format not in FLOAT_FORMATS:
+            raise UnknownName("float format", self.unquantized_format, sorted(FLOAT_FORMATS),
+                              field="policy.unquantized_format")
+
+    def quantizes(self, entry: TensorEntry) -> bool:
+        """True when `entry` takes the quantized format: a quantized role, at least 2-D."""
+        return entry.role in self.quantized_roles and len(entry.shape) >= 2
+
+
+DEFAULT_POLICY = QuantizationPolicy()
+
+
+def as_weight_format(format: WeightFormat | str) -> WeightFormat:
+    """A `WeightFormat`, or a name: ``bf16``/``fp16``/``fp32``, ``int8``, ``int4`` (g128 asymmetric)."""
+    if isinstance(format, WeightFormat):
+        return format
+    if format == "int4":
+        return int4()
+    if format == "int8":
+        return WeightFormat("int8", None, True, "none")
+    if isinstance(format, str) and format in FLOAT_FORMATS:
+        return float_format(format)
+    raise UnknownName("weight format", str(format), ["bf16", "fp16", "fp32", "int8", "int4"], field="format")
+
+
+def _entry_bytes(entry: TensorEntry, weight_format: WeightFormat, policy: QuantizationPolicy) -> int:
+    chosen = weight_format
+    if weight_format.is_quantized and not policy.quantizes(entry):
+        chosen = float_format(policy.unquantized_format)
+    try:
+        return chosen.bytes_for(entry.shape) * entry.count
+    except GroupSizeMismatch as error:  # say which tensor: the planner reports it as is
+        raise GroupSizeMismatch(error.in_features, error.group_size, field=entry.name) from None
+
+
+def weight_bytes_by_role(spec: ModelSpec, format: WeightFormat | str,
+                         policy: QuantizationPolicy | None = None) -> dict[str, int]:
+    """Bytes of the weights by role (every role of `ROLES`, 0 when absent) in `format`.
+
+    Each row costs ``format.bytes_for(shape) × count``; rows the policy does not quantize
+    cost their float format instead.  A group size that does not divide a quantized
+    tensor's input dimension raises `GroupSizeMismatch` whose `field` names the tensor
+    (use a format with ``pad=True`` or a smaller group to plan such a model).
+    """
+    weight_format = as_weight_format(format)
+    rules = policy or DEFAULT_POLICY
+    out = dict.fromkeys(ROLES, 0)
+    for entry in inventory(spec):
+        out[entry.role] += _entry_bytes(entry, weight_format, rules)
+    return out
+
+
+def weight_bytes(spec: ModelSpec, format: WeightFormat | str,
+                 policy: QuantizationPolicy | None = None) -> int:
+    """Total bytes of the model's weights in `format` under `policy` (default: `QuantizationPolicy()`)."""
+    return sum(weight_bytes_by_role(spec, format, policy).values())
+
+
+def entries_bytes(entries: Iterable[TensorEntry], format: WeightFormat | str,
+                  policy: QuantizationPolicy | None = None) -> int:
+    """Bytes of any subset of an inventory (a pipeline stage, a tensor-parallel shard's rows)."""
+    weight_format = as_weight_format(format)
+    rules = policy or DEFAULT_POLICY
+    return sum(_entry_bytes(entry, weight_format, rules) for entry in entries)
+
