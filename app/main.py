@@ -1,0 +1,96 @@
+"""The app factory: `create_app(settings)` wires routers, problem handlers, limits, CORS and the pool.
+
+``app.main:app`` is the app under the environment's settings, for uvicorn.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+from fastapi import Depends, FastAPI
+from fastapi.middleware.cors import CORSMiddleware
+from fastapi.openapi.utils import get_openapi
+
+from app.pool import WorkerPool
+from app.problems import PROBLEM_MEDIA_TYPE, install_problem_handlers
+from app.routers import health
+from app.security import BodySizeLimit, require_api_key
+from app.settings import Settings, get_settings
+
+API_VERSION = "1.0.0"
+DESCRIPTION = """\
+Plan LLM memory at 16-bit beside INT4, and quantize uploaded tensors to INT4 with measured quality.
+
+Every error is `application/problem+json` (RFC 9457) with `type`, `title`, `status`, `detail`
+and an `errors` list naming each invalid field.
+"""
+# Routers under /v1, by module; each is included only when the core modules it needs import,
+# so the server starts while the core is still being built.
+V1_ROUTERS: tuple[str, ...] = (
+    "app.routers.plans",
+    "app.routers.models",
+    "app.routers.devices",
+    "app.routers.quantizations",
+)
+logger = logging.getLogger("nibble.app")
+
+
+def _problem_openapi(app: FastAPI) -> dict[str, Any]:
+    """The OpenAPI document with every 4xx/5xx answer declared as problem+json (FastAPI says JSON)."""
+    if app.openapi_schema:
+        return app.openapi_schema
+    schema = get_openapi(title=app.title, version=app.version, description=app.description,
+                         routes=app.routes, tags=app.openapi_tags)
+    for path_item in schema.get("paths", {}).values():
+        for operation in path_item.values():
+            for status, response in operation.get("responses", {}).items():
+                if status.isdigit() and int(status) >= 400:
+                    response["content"] = {
+                        PROBLEM_MEDIA_TYPE: {"schema": {"$ref": "#/components/schemas/Problem"}}
+                    }
+    components = schema.get("components", {}).get("schemas", {})
+    for unused in ("HTTPValidationError", "ValidationError"):
+        components.pop(unused, None)
+    app.openapi_schema = schema
+    return schema
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    """Build the nibble app under `settings` (default: `get_settings()`, from ``NIBBLE_*``)."""
+    settings = settings or get_settings()
+    pool = WorkerPool(settings.pool_workers, settings.pool_queue, settings.request_time_limit_seconds,
+                      settings.retry_after_seconds, settings.pool_kind)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        pool.start()
+        try:
+            yield
+        finally:
+            pool.close()
+
+    app = FastAPI(title="nibble", version=API_VERSION, description=DESCRIPTION, lifespan=lifespan)
+    app.state.settings = settings
+    app.state.pool = pool
+    install_problem_handlers(app)
+    app.include_router(health.router)
+    for module_name in V1_ROUTERS:
+        try:
+            module = importlib.import_module(module_name)
+        except ImportError as exc:  # a core module this router needs is not there yet
+            logger.warning("router %s not loaded: %s", module_name, exc)
+            continue
+        app.include_router(module.router, prefix="/v1", dependencies=[Depends(require_api_key)])
+    app.add_middleware(BodySizeLimit, settings=settings)
+    if settings.cors_origins:
+        app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["*"],
+                           allow_headers=["*"], expose_headers=["X-Nibble-Report", "Retry-After"])
+    app.openapi = lambda: _problem_openapi(app)  # type: ignore[method-assign]
+    return app
+
+
+app = create_app()

@@ -1,0 +1,253 @@
+"""The bounded pool that runs every NumPy job (quantize, compare, dequantize) off the event loop.
+
+Why processes by default: a job is a pure function of a temp-file path and a
+few parameters, and returns a small report plus the path of the file it wrote,
+so almost nothing crosses the process boundary (the tensors never do: the
+worker memory-maps the uploaded file itself).  In exchange, a worker process
+can be killed when a job passes the time limit (a thread cannot be stopped),
+a crash or an out-of-memory kill takes one worker down instead of the server,
+and the worker's memory goes back to the OS when it is replaced.  NumPy
+releases the GIL in its heavy loops, so threads (``pool_kind="thread"``) are
+kept as an option for platforms without ``spawn`` and for measurement
+(BENCHMARKS.md, "API (issue 4)").
+
+Admission is counted, not queued without bound: `reserve()` takes one of
+``workers + queue`` places at once, before the upload is read, and raises
+`PoolFull` (503 with ``Retry-After``) when none is left.  `run()` then waits
+for an idle worker and runs the job under the per-request time limit (504;
+the process is killed and replaced, so the worker is freed).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import importlib
+import multiprocessing
+import multiprocessing.connection
+import signal
+import time
+from collections.abc import AsyncIterator, Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any, Literal, TypeVar
+
+from app.problems import ApiProblem, PoolFull, TimeLimitExceeded, WorkerCrashed
+from quant_core.errors import NibbleError
+
+T = TypeVar("T")
+PRELOAD_MODULES: tuple[str, ...] = ("app.jobs",)
+
+
+def _pack_error(exc: BaseException) -> tuple[str, str, str, dict[str, Any]]:
+    """A picklable description of a typed error (constructors take keywords: plain pickling fails)."""
+    cls = type(exc)
+    return cls.__module__, cls.__qualname__, str(exc), dict(vars(exc))
+
+
+def _unpack_error(module: str, qualname: str, message: str, attributes: dict[str, Any]) -> BaseException:
+    cls = getattr(importlib.import_module(module), qualname)
+    exc: BaseException = cls.__new__(cls)
+    Exception.__init__(exc, message)
+    vars(exc).update(attributes)
+    return exc
+
+
+def _worker_main(connection: multiprocessing.connection.Connection, preload: tuple[str, ...]) -> None:
+    """Loop of a worker process: receive ``(function, args)``, send ``("ok", result)`` or the error."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when workers stop
+    for module in preload:
+        with contextlib.suppress(ImportError):
+            importlib.import_module(module)
+    while True:
+        try:
+            function, args = connection.recv()
+        except (EOFError, OSError):
+            return
+        try:
+            message: tuple[str, Any] = ("ok", function(*args))
+        except (NibbleError, ApiProblem) as exc:
+            message = ("typed", _pack_error(exc))
+        except Exception as exc:  # reported as a 500, the worker lives on
+            message = ("error", f"{type(exc).__name__}: {exc}")
+        connection.send(message)
+
+
+class _ProcessWorker:
+    """One long-lived worker process and the parent's end of its pipe."""
+
+    def __init__(self, context: multiprocessing.context.SpawnContext, preload: tuple[str, ...]) -> None:
+        self.connection, child = context.Pipe()
+        self.process = context.Process(target=_worker_main, args=(child, preload), daemon=True)
+        self.process.start()
+        child.close()
+
+    async def call(self, function: Callable[..., T], args: tuple[Any, ...]) -> T:
+        loop = asyncio.get_running_loop()
+        received: asyncio.Future[tuple[str, Any]] = loop.create_future()
+        descriptor = self.connection.fileno()
+
+        def on_readable() -> None:
+            loop.remove_reader(descriptor)
+            if received.done():
+                return
+            try:
+                received.set_result(self.connection.recv())
+            except (EOFError, OSError):
+                received.set_exception(WorkerCrashed("the worker process running this job died"))
+
+        self.connection.send((function, args))
+        loop.add_reader(descriptor, on_readable)
+        try:
+            kind, value = await received
+        finally:
+            loop.remove_reader(descriptor)
+        if kind == "ok":
+            return value  # type: ignore[no-any-return]
+        if kind == "typed":
+            raise _unpack_error(*value)
+        raise RuntimeError(f"job failed in worker: {value}")
+
+    def kill(self) -> None:
+        self.process.kill()
+        self.process.join(timeout=5)
+        self.connection.close()
+
+
+@dataclass
+class PoolStats:
+    """What the pool is doing now (read by /metrics): busy workers and reserved-but-waiting places."""
+
+    workers: int
+    capacity: int
+    busy: int = 0
+    reserved: int = 0
+    completed: int = 0
+    rejected: int = 0
+    timed_out: int = 0
+    job_seconds: list[float] = field(default_factory=list)
+
+    @property
+    def queued(self) -> int:
+        return self.reserved - self.busy
+
+
+class WorkerPool:
+    """A bounded pool of `workers` workers plus `queue` waiting places; see the module docstring."""
+
+    def __init__(self, workers: int, queue: int, time_limit_seconds: float, retry_after_seconds: int,
+                 kind: Literal["process", "thread"] = "process") -> None:
+        self.kind = kind
+        self.time_limit_seconds = time_limit_seconds
+        self.retry_after_seconds = retry_after_seconds
+        self.stats = PoolStats(workers=workers, capacity=workers + queue)
+        self._threads: ThreadPoolExecutor | None = None
+        self._idle: asyncio.Queue[_ProcessWorker] | None = None
+        self._all: list[_ProcessWorker] = []
+        self._context = multiprocessing.get_context("spawn")
+
+    def start(self) -> None:
+        """Start the workers (idempotent; `run` calls it on first use too)."""
+        if self.kind == "thread":
+            if self._threads is None:
+                self._threads = ThreadPoolExecutor(self.stats.workers, thread_name_prefix="nibble-job")
+            return
+        if self._idle is None:
+            self._idle = asyncio.Queue()
+            for _ in range(self.stats.workers):
+                worker = _ProcessWorker(self._context, PRELOAD_MODULES)
+                self._all.append(worker)
+                self._idle.put_nowait(worker)
+
+    def close(self) -> None:
+        """Stop every worker (running jobs are abandoned)."""
+        if self._threads is not None:
+            self._threads.shutdown(wait=False, cancel_futures=True)
+            self._threads = None
+        for worker in self._all:
+            worker.kill()
+        self._all.clear()
+        self._idle = None
+
+    @contextlib.asynccontextmanager
+    async def reserve(self) -> AsyncIterator[None]:
+        """Hold one of the pool's places for a request, or raise `PoolFull` (503) at once."""
+        if self.stats.reserved >= self.stats.capacity:
+            self.stats.rejected += 1
+            raise PoolFull(
+                f"all {self.stats.workers} workers are busy and the queue of "
+                f"{self.stats.capacity - self.stats.workers} is full; retry in {self.retry_after_seconds} s",
+                headers={"Retry-After": str(self.retry_after_seconds)},
+            )
+        self.stats.reserved += 1
+        try:
+            yield
+        finally:
+            self.stats.reserved -= 1
+
+    async def run(self, function: Callable[..., T], *args: Any) -> T:
+        """Run ``function(*args)`` on a worker under the time limit (inside a `reserve()` block)."""
+        self.start()
+        try:
+            return await asyncio.wait_for(self._run(function, args), self.time_limit_seconds)
+        except TimeoutError:
+            self.stats.timed_out += 1
+            raise TimeLimitExceeded(
+                f"the job ran past the time limit of {self.time_limit_seconds:g} s and was stopped"
+            ) from None
+
+    async def _run(self, function: Callable[..., T], args: tuple[Any, ...]) -> T:
+        if self.kind == "thread":
+            return await self._run_thread(function, args)
+        assert self._idle is not None  # set by start()
+        worker = await self._idle.get()
+        self.stats.busy += 1
+        started = time.perf_counter()
+        healthy = False
+        try:
+            result = await worker.call(function, args)
+            healthy = True
+            return result
+        except (NibbleError, ApiProblem, RuntimeError):
+            healthy = worker.process.is_alive()
+            raise
+        finally:
+            self.stats.busy -= 1
+            self.stats.completed += 1
+            self.stats.job_seconds.append(time.perf_counter() - started)
+            del self.stats.job_seconds[:-256]
+            if not healthy:  # timed out, cancelled or crashed: the process may be mid-job, replace it
+                worker.kill()
+                self._all.remove(worker)
+                worker = _ProcessWorker(self._context, PRELOAD_MODULES)
+                self._all.append(worker)
+            if self._idle is not None:
+                self._idle.put_nowait(worker)
+
+    async def _run_thread(self, function: Callable[..., T], args: tuple[Any, ...]) -> T:
+        assert self._threads is not None  # set by start()
+        loop = asyncio.get_running_loop()
+        # A thread cannot be stopped: its place stays taken until the job really ends,
+        # even when the request has already been answered 504.
+        self.stats.reserved += 1
+
+        def account(seconds: float) -> None:
+            self.stats.busy -= 1
+            self.stats.reserved -= 1
+            self.stats.completed += 1
+            self.stats.job_seconds.append(seconds)
+            del self.stats.job_seconds[:-256]
+
+        def job() -> T:
+            loop.call_soon_threadsafe(self._mark_busy)
+            started = time.perf_counter()
+            try:
+                return function(*args)
+            finally:
+                loop.call_soon_threadsafe(account, time.perf_counter() - started)
+
+        future: Future[T] = self._threads.submit(job)
+        return await asyncio.wrap_future(future)
+
+    def _mark_busy(self) -> None:
+        self.stats.busy += 1

@@ -1,0 +1,252 @@
+"""Every error the API answers, as RFC 9457 ``application/problem+json``, mapped in one table.
+
+`PROBLEM_TABLE` maps each `quant_core.errors` class (and the HTTP-only errors
+below) to a status, a title and a stable ``type`` URI; `install_problem_handlers`
+registers one exception handler that renders any of them, plus FastAPI's
+`RequestValidationError` (malformed JSON is 400, schema errors 422, both with
+an ``errors`` list naming each field) and Starlette's `HTTPException`.
+Handlers never build error JSON themselves: they raise.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from http import HTTPStatus
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, Field
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from quant_core.errors import (
+    CalibrationError,
+    GroupSizeMismatch,
+    InvalidSpec,
+    InvalidTensor,
+    LimitExceeded,
+    MissingConfigKey,
+    NibbleError,
+    NonFiniteValues,
+    TensorFileError,
+    UnknownName,
+    UnsupportedArchitecture,
+)
+
+PROBLEM_MEDIA_TYPE = "application/problem+json"
+TYPE_PREFIX = "urn:nibble:problem:"
+logger = logging.getLogger("nibble.app")
+
+
+class ProblemField(BaseModel):
+    """One invalid input: its dotted path (``model.hf_config.num_hidden_layers``) and what is wrong."""
+
+    field: str
+    message: str
+
+
+class Problem(BaseModel):
+    """An RFC 9457 problem document, with nibble's extension members."""
+
+    type: str = Field(description="A URN naming the kind of problem, stable across versions.")
+    title: str = Field(description="Short summary of the kind of problem.")
+    status: int = Field(description="The HTTP status code.")
+    detail: str = Field(description="What went wrong with this request, with the offending values.")
+    errors: list[ProblemField] = Field(default_factory=list, description="Each invalid field.")
+    close: list[str] | None = Field(None, description="For unknown names: the closest known names.")
+    limit: str | None = Field(None, description="For refusals over a limit: the limit's setting name.")
+    value: int | None = Field(None, description="For refusals over a limit: the value that was refused.")
+    maximum: int | None = Field(None, description="For refusals over a limit: the configured maximum.")
+
+
+class ApiProblem(Exception):
+    """An error that exists only at the HTTP layer (not found, unsupported media, overload...)."""
+
+    status = 500
+    title = "Internal error"
+    slug = "internal"
+
+    def __init__(self, detail: str, *, field: str = "", headers: Mapping[str, str] | None = None) -> None:
+        super().__init__(detail)
+        self.detail = detail
+        self.field = field
+        self.headers = dict(headers or {})
+
+
+class NotFound(ApiProblem):
+    """A catalog id in the URL path that does not exist."""
+
+    status, title, slug = 404, "Not found", "not-found"
+
+    def __init__(self, unknown: UnknownName) -> None:
+        super().__init__(unknown.detail, field=unknown.field)
+        self.close = unknown.close
+
+
+class UnsupportedMediaType(ApiProblem):
+    """An upload that is neither ``.npy`` nor ``.safetensors`` by its magic bytes."""
+
+    status, title, slug = 415, "Unsupported media type", "unsupported-media-type"
+
+
+class MalformedUpload(ApiProblem):
+    """A multipart body that cannot be parsed, or lacks a required part."""
+
+    status, title, slug = 400, "Malformed upload", "malformed-upload"
+
+
+class PoolFull(ApiProblem):
+    """Every worker is busy and the queue is full: try again later (503 with Retry-After)."""
+
+    status, title, slug = 503, "Server busy", "server-busy"
+
+
+class TimeLimitExceeded(ApiProblem):
+    """A job ran past the per-request time limit and was stopped."""
+
+    status, title, slug = 504, "Time limit exceeded", "time-limit-exceeded"
+
+
+class WorkerCrashed(ApiProblem):
+    """The worker process running the job died (out of memory, killed); the worker was replaced."""
+
+    status, title, slug = 500, "Worker crashed", "worker-crashed"
+
+
+class Unauthorized(ApiProblem):
+    """API keys are configured and the request did not present a valid bearer token."""
+
+    status, title, slug = 401, "Unauthorized", "unauthorized"
+
+    def __init__(self, detail: str) -> None:
+        super().__init__(detail, field="Authorization", headers={"WWW-Authenticate": "Bearer"})
+
+
+# The one table: core error class -> (status, title, type slug).  Looked up along
+# the class's MRO, so a subclass without its own row inherits its parent's.
+PROBLEM_TABLE: dict[type[Exception], tuple[int, str, str]] = {
+    MissingConfigKey: (422, "Config is missing a key", "missing-config-key"),
+    UnsupportedArchitecture: (422, "Unsupported architecture", "unsupported-architecture"),
+    InvalidSpec: (422, "Invalid specification", "invalid-spec"),
+    UnknownName: (422, "Unknown name", "unknown-name"),
+    GroupSizeMismatch: (422, "Group size does not divide the tensor", "group-size-mismatch"),
+    NonFiniteValues: (422, "Tensor holds NaN or Inf", "non-finite-values"),
+    InvalidTensor: (422, "Invalid tensor", "invalid-tensor"),
+    CalibrationError: (422, "Invalid calibration data", "calibration-error"),
+    TensorFileError: (422, "Unreadable tensor file", "tensor-file-error"),
+    LimitExceeded: (413, "Over a configured limit", "limit-exceeded"),
+    NibbleError: (422, "Invalid input", "invalid-input"),
+}
+
+
+def _lookup(exc: Exception) -> tuple[int, str, str]:
+    if isinstance(exc, ApiProblem):
+        return exc.status, exc.title, exc.slug
+    for cls in type(exc).__mro__:
+        if cls in PROBLEM_TABLE:
+            return PROBLEM_TABLE[cls]
+    return 500, "Internal error", "internal"
+
+
+def problem_for(exc: Exception) -> tuple[Problem, dict[str, str]]:
+    """The problem document and extra headers that answer `exc` (any exception)."""
+    status, title, slug = _lookup(exc)
+    headers: dict[str, str] = {}
+    detail = "an unexpected error occurred; it has been logged"
+    errors: list[ProblemField] = []
+    extra: dict[str, Any] = {}
+    if isinstance(exc, NibbleError | ApiProblem):
+        detail = exc.detail
+        if exc.field:
+            errors.append(ProblemField(field=exc.field, message=exc.detail))
+    if isinstance(exc, ApiProblem):
+        headers = exc.headers
+    if isinstance(exc, UnknownName | NotFound):
+        extra["close"] = list(exc.close)
+    if isinstance(exc, LimitExceeded):
+        extra.update(limit=exc.limit, value=exc.value, maximum=exc.maximum)
+    problem = Problem(type=TYPE_PREFIX + slug, title=title, status=status, detail=detail,
+                      errors=errors, **extra)
+    return problem, headers
+
+
+def problem_response(problem: Problem, headers: Mapping[str, str] | None = None) -> JSONResponse:
+    """Render a problem as ``application/problem+json`` (``None`` extension members omitted)."""
+    return JSONResponse(problem.model_dump(exclude_none=True), status_code=problem.status,
+                        headers=dict(headers or {}), media_type=PROBLEM_MEDIA_TYPE)
+
+
+def _field_path(location: Sequence[int | str]) -> str:
+    parts = [str(part) for part in location]
+    if parts and parts[0] in ("body", "query", "path", "header", "form"):
+        parts = parts[1:]
+    return ".".join(parts)
+
+
+def validation_problem(errors: Sequence[Mapping[str, Any]]) -> Problem:
+    """A 422 (schema) or 400 (malformed JSON) problem listing every invalid field from Pydantic errors."""
+    fields = [ProblemField(field=_field_path(err.get("loc", ())), message=str(err.get("msg", "")))
+              for err in errors]
+    if any(err.get("type") == "json_invalid" for err in errors):
+        first = errors[0]
+        reason = (first.get("ctx") or {}).get("error", "invalid JSON")
+        return Problem(type=TYPE_PREFIX + "malformed-json", title="Malformed JSON", status=400,
+                       detail=f"the request body is not valid JSON: {reason} at position "
+                              f"{_field_path(first.get('loc', ())) or 0}", errors=fields)
+    summary = "; ".join(f"{f.field or '(body)'}: {f.message}" for f in fields[:5])
+    return Problem(type=TYPE_PREFIX + "validation-error", title="Invalid request", status=422,
+                   detail=f"{len(fields)} invalid field(s): {summary}", errors=fields)
+
+
+async def _handle_validation(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, RequestValidationError)  # registered for this class only
+    return problem_response(validation_problem(exc.errors()))
+
+
+async def _handle_http(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, StarletteHTTPException)  # registered for this class only
+    try:
+        title = HTTPStatus(exc.status_code).phrase
+    except ValueError:
+        title = "HTTP error"
+    slug = title.lower().replace(" ", "-")
+    problem = Problem(type=TYPE_PREFIX + slug, title=title, status=exc.status_code, detail=str(exc.detail))
+    return problem_response(problem, exc.headers)
+
+
+async def _handle_known(request: Request, exc: Exception) -> JSONResponse:
+    problem, headers = problem_for(exc)
+    if problem.status >= 500:
+        logger.error("%s %s failed: %s", request.method, request.url.path, exc, exc_info=exc)
+    return problem_response(problem, headers)
+
+
+def install_problem_handlers(app: FastAPI) -> None:
+    """Register the handlers that turn every exception into problem+json."""
+    app.add_exception_handler(RequestValidationError, _handle_validation)
+    app.add_exception_handler(StarletteHTTPException, _handle_http)
+    app.add_exception_handler(NibbleError, _handle_known)
+    app.add_exception_handler(ApiProblem, _handle_known)
+    app.add_exception_handler(Exception, _handle_known)
+
+
+_DESCRIPTIONS = {
+    400: "Malformed JSON or multipart body.",
+    401: "API keys are configured and no valid bearer token was presented.",
+    404: "No such id in the catalog (the answer lists close names).",
+    413: "Over a configured size limit (the answer names the limit and the value).",
+    415: "The upload is neither .npy nor .safetensors.",
+    422: "The input is well-formed but invalid; `errors` names each field.",
+    500: "Unexpected server error.",
+    503: "Every worker is busy and the queue is full; retry after the Retry-After header's seconds.",
+    504: "The job ran past the time limit.",
+}
+
+
+def problem_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI ``responses=`` entries declaring problem+json for `statuses` (plus 401 and 500)."""
+    codes = sorted({*statuses, 401, 500})
+    return {code: {"model": Problem, "description": _DESCRIPTIONS.get(code, HTTPStatus(code).phrase)}
+            for code in codes}

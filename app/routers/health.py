@@ -1,0 +1,20 @@
+"""``GET /healthz``: liveness for load balancers and the Docker HEALTHCHECK."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+from pydantic import BaseModel
+
+router = APIRouter(tags=["health"])
+
+
+class Health(BaseModel):
+    """The server is up and its event loop answers."""
+
+    status: str = "ok"
+
+
+@router.get("/healthz", response_model=Health, summary="Liveness check")
+async def read_health() -> Health:
+    """Answer at once from the event loop: no I/O, no pool, no authentication."""
+    return Health()

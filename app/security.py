@@ -1,0 +1,112 @@
+"""Optional bearer-token authentication (``NIBBLE_API_KEYS``) and the request body size guard."""
+
+from __future__ import annotations
+
+import hmac
+import json
+from typing import Annotated
+
+from fastapi import Depends, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from app.problems import PROBLEM_MEDIA_TYPE, Unauthorized, problem_for
+from app.settings import Settings
+from app.uploads import MULTIPART_OVERHEAD_BYTES
+from quant_core.errors import LimitExceeded
+
+bearer = HTTPBearer(auto_error=False, description="Required only when the server sets NIBBLE_API_KEYS.")
+
+
+def settings_of(request: Request) -> Settings:
+    """The settings the app was created with (`create_app` stores them on ``app.state``)."""
+    settings: Settings = request.app.state.settings
+    return settings
+
+
+async def require_api_key(
+    request: Request,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
+) -> None:
+    """When API keys are configured, refuse (401) a request without one of them as a bearer token."""
+    keys = settings_of(request).api_keys
+    if not keys:
+        return
+    if credentials is None:
+        raise Unauthorized("this server requires an API key: send Authorization: Bearer <key>")
+    presented = credentials.credentials.encode()
+    if not any(hmac.compare_digest(presented, key.encode()) for key in keys):
+        raise Unauthorized("the bearer token is not one of this server's API keys")
+
+
+class BodySizeLimit:
+    """Refuse request bodies over the limit with 413 problem+json, before or while reading them.
+
+    JSON bodies may hold ``max_json_bytes``; multipart bodies the uploads'
+    ``max_upload_bytes`` plus multipart overhead (`app.uploads` enforces the
+    exact per-file limit itself).  A declared Content-Length over the limit is
+    refused without reading a byte; a chunked body is cut off when it passes
+    the limit: the app sees a disconnect and its answer is replaced by the 413.
+    """
+
+    def __init__(self, app: ASGIApp, settings: Settings) -> None:
+        self.app = app
+        self.settings = settings
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        headers = dict(scope.get("headers") or [])
+        content_type = headers.get(b"content-type", b"").decode("latin-1").lower()
+        if content_type.startswith("multipart/"):
+            limit_name, maximum = "max_upload_bytes", self.settings.max_upload_bytes
+            allowed = maximum + MULTIPART_OVERHEAD_BYTES
+        else:
+            limit_name, maximum = "max_json_bytes", self.settings.max_json_bytes
+            allowed = maximum
+        declared = headers.get(b"content-length", b"")
+        if declared.isdigit() and int(declared) > allowed:
+            await self._refuse(send, LimitExceeded(limit_name, int(declared), maximum, field="body"))
+            return
+        received = 0
+        refused: LimitExceeded | None = None
+        response_started = False
+
+        async def limited_receive() -> Message:
+            nonlocal received, refused
+            if refused is not None:
+                return {"type": "http.disconnect"}
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > allowed:
+                    refused = LimitExceeded(limit_name, received, maximum, field="body")
+                    return {"type": "http.disconnect"}
+            return message
+
+        async def guarded_send(message: Message) -> None:
+            nonlocal response_started
+            if refused is not None and not response_started:
+                return  # the app's answer to the cut-off body is replaced by the 413 below
+            if message["type"] == "http.response.start":
+                response_started = True
+            await send(message)
+
+        try:
+            await self.app(scope, limited_receive, guarded_send)
+        except Exception:
+            if refused is None:
+                raise
+        if refused is not None and not response_started:
+            await self._refuse(send, refused)
+
+    @staticmethod
+    async def _refuse(send: Send, error: LimitExceeded) -> None:
+        problem, _ = problem_for(error)
+        body = json.dumps(problem.model_dump(exclude_none=True)).encode()
+        await send({"type": "http.response.start", "status": problem.status,
+                    "headers": [(b"content-type", PROBLEM_MEDIA_TYPE.encode()),
+                                (b"content-length", str(len(body)).encode()),
+                                (b"connection", b"close")]})
+        await send({"type": "http.response.body", "body": body})

@@ -1,0 +1,68 @@
+"""Runtime settings, read from environment variables prefixed ``NIBBLE_``.
+
+Every limit the server enforces lives here, so that an operator can see and
+change them in one place (SECURITY.md lists them with their defaults).  The
+app reaches them through `get_settings()`, a cached FastAPI dependency that
+tests replace with ``app.dependency_overrides`` or by passing a `Settings` to
+`create_app`.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+MiB = 1024 * 1024
+
+
+class Settings(BaseSettings):
+    """Limits, pool sizes, CORS and API keys; each field is ``NIBBLE_<FIELD>`` in the environment."""
+
+    model_config = SettingsConfigDict(env_prefix="NIBBLE_", extra="ignore")
+
+    max_upload_bytes: int = Field(256 * MiB, gt=0, description="Largest accepted uploaded file, bytes.")
+    max_json_bytes: int = Field(1 * MiB, gt=0, description="Largest accepted JSON request body, bytes.")
+    max_tensors: int = Field(4096, gt=0, description="Most tensors in one uploaded .safetensors file.")
+    max_elements_per_tensor: int = Field(
+        256 * MiB, gt=0, description="Most elements in one uploaded tensor (256 Mi = 1 GiB of float32)."
+    )
+    max_header_bytes: int = Field(
+        16 * MiB, gt=0, description="Largest .safetensors JSON header or .npy header, bytes."
+    )
+    max_config_depth: int = Field(16, gt=0, description="Deepest nesting accepted in a JSON body.")
+    max_sweep_rows: int = Field(4096, gt=0, description="Most rows one /v1/plan/sweep may compute.")
+    pool_workers: int = Field(2, gt=0, description="Worker processes running quantization.")
+    pool_queue: int = Field(4, ge=0, description="Quantize requests that may wait for a free worker.")
+    pool_kind: Literal["process", "thread"] = Field(
+        "process", description="process: isolated, killable workers (default); thread: in-process."
+    )
+    request_time_limit_seconds: float = Field(
+        300.0, gt=0, description="Longest a quantize/compare/dequantize job may run before 504."
+    )
+    retry_after_seconds: int = Field(5, gt=0, description="Retry-After sent with 503 when the pool is full.")
+    cors_origins: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, description="Origins allowed by CORS (comma-separated in the environment)."
+    )
+    api_keys: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Accepted bearer tokens (comma-separated); empty means no authentication.",
+    )
+    temp_dir: Path | None = Field(None, description="Where uploads are spooled; default: the system's.")
+
+    @field_validator("cors_origins", "api_keys", mode="before")
+    @classmethod
+    def _split_commas(cls, value: object) -> object:
+        """Accept ``a,b,c`` from the environment as well as a list from code."""
+        if isinstance(value, str):
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process-wide settings, read once from the environment."""
+    return Settings()

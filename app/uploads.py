@@ -1,0 +1,228 @@
+"""Multipart uploads streamed to temporary files, with the size limit enforced as the bytes arrive.
+
+Starlette's own form parsing reads the whole body before the handler runs; an
+upload endpoint that must refuse a 10 GiB body with 413 after the first few
+hundred MiB (and before that, from its Content-Length alone) has to parse the
+stream itself.  `receive_upload` feeds `request.stream()` chunk by chunk to
+python-multipart's parser, writes file parts to a private temporary directory
+(under names it chooses, never the client's), keeps small text fields in
+memory, and removes the directory in ``finally``: on success, on error, and
+when the client disconnects mid-upload.
+
+Writes go straight to the file from the event loop: each is a copy of one
+network chunk (at most 64 KiB) into the page cache, microseconds, the same
+trade Starlette makes for its spooled files.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import tempfile
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import BinaryIO, Literal
+
+from python_multipart.multipart import MultipartParser, parse_options_header
+from starlette.requests import ClientDisconnect, Request
+
+from app.problems import MalformedUpload, UnsupportedMediaType
+from app.settings import Settings
+from quant_core.errors import LimitExceeded
+
+TensorFileKind = Literal["npy", "safetensors"]
+NPY_MAGIC = b"\x93NUMPY"
+MULTIPART_OVERHEAD_BYTES = 64 * 1024  # part headers, boundaries and text fields on top of the files
+
+
+def sniff_tensor_file(head: bytes) -> TensorFileKind | None:
+    """``npy`` or ``safetensors`` from a file's first bytes, or ``None`` for anything else.
+
+    ``.npy`` starts with ``\\x93NUMPY``; ``.safetensors`` with an 8-byte
+    little-endian header length followed by the JSON header's ``{``.
+    """
+    if head.startswith(NPY_MAGIC):
+        return "npy"
+    if len(head) >= 9 and head[8:9] == b"{":
+        return "safetensors"
+    return None
+
+
+@dataclass
+class UploadedFile:
+    """One file part, spooled to `path`: its form field, the client's file name (shown only), size, kind."""
+
+    field: str
+    filename: str
+    path: Path
+    size: int
+    kind: TensorFileKind
+
+
+@dataclass
+class Upload:
+    """A parsed multipart body: its files (by field name) and its text fields."""
+
+    files: dict[str, UploadedFile] = field(default_factory=dict)
+    fields: dict[str, list[str]] = field(default_factory=dict)
+    directory: Path = Path()
+
+
+class _Collector:
+    """python-multipart callbacks: route each part's bytes to a temp file or a text buffer."""
+
+    def __init__(self, directory: Path, file_fields: tuple[str, ...], settings: Settings) -> None:
+        self.directory = directory
+        self.file_fields = file_fields
+        self.max_file_bytes = settings.max_upload_bytes
+        self.max_text_bytes = settings.max_json_bytes
+        self.file_bytes = 0
+        self.text_bytes = 0
+        self.header_field = b""
+        self.header_value = b""
+        self.headers: dict[str, bytes] = {}
+        self.part_name = ""
+        self.part_filename: str | None = None
+        self.sink: BinaryIO | None = None
+        self.text: bytearray | None = None
+        self.raw_files: dict[str, tuple[str, Path, int]] = {}
+        self.fields: dict[str, list[str]] = {}
+        self.error: Exception | None = None
+
+    def on_part_begin(self) -> None:
+        self.headers = {}
+
+    def on_header_field(self, data: bytes, start: int, end: int) -> None:
+        self.header_field += data[start:end]
+
+    def on_header_value(self, data: bytes, start: int, end: int) -> None:
+        self.header_value += data[start:end]
+
+    def on_header_end(self) -> None:
+        self.headers[self.header_field.decode("latin-1").lower()] = self.header_value
+        self.header_field = self.header_value = b""
+
+    def on_headers_finished(self) -> None:
+        _, options = parse_options_header(self.headers.get("content-disposition", b""))
+        self.part_name = options.get(b"name", b"").decode("utf-8", "replace")
+        filename = options.get(b"filename")
+        self.part_filename = None if filename is None else filename.decode("utf-8", "replace")
+        if self.part_filename is not None or self.part_name in self.file_fields:
+            if self.part_name in self.raw_files:
+                self.error = MalformedUpload(f"the field {self.part_name!r} holds more than one file",
+                                             field=self.part_name)
+                return
+            path = self.directory / f"part-{len(self.raw_files)}"
+            self.sink = path.open("wb")
+            self.raw_files[self.part_name] = (self.part_filename or "", path, 0)
+        else:
+            self.text = bytearray()
+
+    def on_part_data(self, data: bytes, start: int, end: int) -> None:
+        if self.error is not None:
+            return
+        size = end - start
+        if self.sink is not None:
+            self.file_bytes += size
+            if self.file_bytes > self.max_file_bytes:
+                self.error = LimitExceeded("max_upload_bytes", self.file_bytes, self.max_file_bytes,
+                                           field=self.part_name)
+                return
+            self.sink.write(data[start:end])
+            name, path, written = self.raw_files[self.part_name]
+            self.raw_files[self.part_name] = (name, path, written + size)
+        elif self.text is not None:
+            self.text_bytes += size
+            if self.text_bytes > self.max_text_bytes:
+                self.error = LimitExceeded("max_json_bytes", self.text_bytes, self.max_text_bytes,
+                                           field=self.part_name)
+                return
+            self.text += data[start:end]
+
+    def on_part_end(self) -> None:
+        if self.sink is not None:
+            self.sink.close()
+            self.sink = None
+        if self.text is not None:
+            self.fields.setdefault(self.part_name, []).append(self.text.decode("utf-8", "replace"))
+            self.text = None
+
+    def close(self) -> None:
+        if self.sink is not None:
+            self.sink.close()
+            self.sink = None
+
+
+def _boundary(request: Request) -> bytes:
+    content_type, options = parse_options_header(request.headers.get("content-type", ""))
+    if content_type != b"multipart/form-data" or not options.get(b"boundary"):
+        raise UnsupportedMediaType(
+            f"expected a multipart/form-data body, got {request.headers.get('content-type', 'none')!r}",
+            field="Content-Type",
+        )
+    return options[b"boundary"]
+
+
+@contextlib.asynccontextmanager
+async def receive_upload(request: Request, settings: Settings,
+                         file_fields: tuple[str, ...] = ("file", "calibration")) -> AsyncIterator[Upload]:
+    """Stream a multipart body into a temp directory; yield the parsed `Upload`; always delete it.
+
+    Raises `LimitExceeded` (413) when the Content-Length, or the file bytes
+    received so far, pass ``settings.max_upload_bytes``; `UnsupportedMediaType`
+    (415) for a body that is not multipart or a file that is neither ``.npy``
+    nor ``.safetensors`` by its magic bytes; `MalformedUpload` (400) for a
+    broken multipart body.
+    """
+    boundary = _boundary(request)
+    declared = request.headers.get("content-length")
+    budget = settings.max_upload_bytes + MULTIPART_OVERHEAD_BYTES
+    if declared is not None and declared.isdigit() and int(declared) > budget:
+        raise LimitExceeded("max_upload_bytes", int(declared), settings.max_upload_bytes, field="file")
+    directory = Path(tempfile.mkdtemp(prefix="nibble-upload-", dir=settings.temp_dir))
+    collector = _Collector(directory, file_fields, settings)
+    try:
+        parser = MultipartParser(boundary, callbacks={  # type: ignore[arg-type]
+            "on_part_begin": collector.on_part_begin,
+            "on_header_field": collector.on_header_field,
+            "on_header_value": collector.on_header_value,
+            "on_header_end": collector.on_header_end,
+            "on_headers_finished": collector.on_headers_finished,
+            "on_part_data": collector.on_part_data,
+            "on_part_end": collector.on_part_end,
+        })
+        try:
+            async for chunk in request.stream():
+                parser.write(chunk)
+                if collector.error is not None:
+                    raise collector.error
+            parser.finalize()
+        except ClientDisconnect:
+            raise
+        except (LimitExceeded, MalformedUpload):
+            raise
+        except Exception as exc:
+            raise MalformedUpload(f"the multipart body cannot be parsed: {exc}") from exc
+        finally:
+            collector.close()
+        upload = Upload(fields=collector.fields, directory=directory)
+        for name, (filename, path, size) in collector.raw_files.items():
+            with path.open("rb") as handle:
+                kind = sniff_tensor_file(handle.read(16))
+            if kind is None:
+                raise UnsupportedMediaType(
+                    f"the file in field {name!r} ({filename or 'unnamed'}, {size} bytes) is neither "
+                    ".npy nor .safetensors by its first bytes", field=name)
+            upload.files[name] = UploadedFile(name, filename, path, size, kind)
+        yield upload
+    finally:
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+def new_output_path(upload: Upload, suffix: str) -> Path:
+    """A fresh path inside the upload's temp directory for a job's output (removed with it)."""
+    handle, name = tempfile.mkstemp(prefix="out-", suffix=suffix, dir=upload.directory)
+    os.close(handle)
+    return Path(name)
