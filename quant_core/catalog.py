@@ -1,0 +1,138 @@
+"""The packaged catalogs: devices (``data/devices.json``) and model presets (``data/models/<id>.json``).
+
+Each file is read once, validated, and cached.  A preset is nibble's own format, not a
+copy of a Hugging Face config: the normalized `ModelSpec` fields (``spec``, as
+`ModelSpec.to_dict` writes them) with a display name, the Hugging Face repository and
+the source of the architecture.  Unknown ids raise `UnknownName` with the closest ids.
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+
+from quant_core.errors import InvalidSpec, UnknownName
+from quant_core.specs import ModelSpec, check_int
+
+DATA_DIR = Path(__file__).resolve().parent / "data"
+MAX_DEVICE_BYTES = 1 << 50  # 1 PiB: far above any accelerator, low enough to catch unit slips
+
+
+@dataclass(frozen=True, slots=True)
+class Device:
+    """An accelerator: `memory_bytes` of device memory, and where that figure comes from."""
+
+    id: str
+    name: str
+    vendor: str
+    memory_bytes: int
+    memory_type: str = ""
+    source: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Preset:
+    """A packaged model: its id, display name, Hugging Face repository, source, and spec."""
+
+    id: str
+    display_name: str
+    hf_repo: str
+    source: str
+    spec: ModelSpec
+
+
+def _close(name: str, known: list[str]) -> list[str]:
+    """Up to three ids: those starting with `name`, then the nearest by `difflib`."""
+    starting = [item for item in known if name and item.startswith(name)]
+    similar = difflib.get_close_matches(name, known, n=3, cutoff=0.5)
+    return list(dict.fromkeys(starting + similar))[:3]
+
+
+def _text(record: dict[str, object], key: str, where: str) -> str:
+    value = record.get(key)
+    if not isinstance(value, str):
+        raise InvalidSpec(f"{where}.{key}", value, "must be a string")
+    return value
+
+
+@lru_cache(maxsize=1)
+def _devices() -> dict[str, Device]:
+    raw = json.loads((DATA_DIR / "devices.json").read_text(encoding="utf-8"))
+    devices: dict[str, Device] = {}
+    for record in raw["devices"]:
+        device_id = _text(record, "id", "devices")
+        devices[device_id] = Device(
+            id=device_id,
+            name=_text(record, "name", device_id),
+            vendor=_text(record, "vendor", device_id),
+            memory_bytes=check_int(f"{device_id}.memory_bytes", record.get("memory_bytes"), 1, MAX_DEVICE_BYTES),
+            memory_type=_text(record, "memory_type", device_id),
+            source=_text(record, "source", device_id),
+        )
+    return devices
+
+
+def list_devices() -> tuple[Device, ...]:
+    """Every catalogued device, in catalog order."""
+    return tuple(_devices().values())
+
+
+def get_device(device_id: str) -> Device:
+    """The catalogued device `device_id` (case-insensitive); `UnknownName` lists close ids."""
+    devices = _devices()
+    key = device_id.strip().lower() if isinstance(device_id, str) else ""
+    if key in devices:
+        return devices[key]
+    raise UnknownName("device", str(device_id), _close(key, list(devices)), field="device")
+
+
+def device_from_bytes(memory_bytes: int, name: str = "custom") -> Device:
+    """A device that is only a memory size, for hardware not in the catalog."""
+    size = check_int("memory_bytes", memory_bytes, 1, MAX_DEVICE_BYTES)
+    return Device(id="custom", name=name, vendor="custom", memory_bytes=size, source="given as raw bytes")
+
+
+@lru_cache(maxsize=1)
+def _presets() -> dict[str, Preset]:
+    presets: dict[str, Preset] = {}
+    for path in sorted((DATA_DIR / "models").glob("*.json")):
+        record = json.loads(path.read_text(encoding="utf-8"))
+        preset_id = _text(record, "id", path.name)
+        if preset_id != path.stem:
+            raise InvalidSpec(f"{path.name}.id", preset_id, "must equal the file name")
+        spec = ModelSpec.from_dict(record.get("spec"))
+        if spec.name != preset_id:
+            raise InvalidSpec(f"{path.name}.spec.name", spec.name, "must equal the preset id")
+        presets[preset_id] = Preset(
+            id=preset_id,
+            display_name=_text(record, "display_name", preset_id),
+            hf_repo=_text(record, "hf_repo", preset_id),
+            source=_text(record, "source", preset_id),
+            spec=spec,
+        )
+    return presets
+
+
+def list_presets() -> tuple[Preset, ...]:
+    """Every packaged model preset, sorted by id."""
+    return tuple(_presets().values())
+
+
+def get_preset_info(name: str) -> Preset:
+    """The preset `name`: its id (case-insensitive) or its Hugging Face repository."""
+    presets = _presets()
+    key = name.strip().lower() if isinstance(name, str) else ""
+    if key in presets:
+        return presets[key]
+    for preset in presets.values():
+        if preset.hf_repo.lower() == key:
+            return preset
+    raise UnknownName("model preset", str(name), _close(key, list(presets)), field="model")
+
+
+def get_preset(name: str) -> ModelSpec:
+    """The `ModelSpec` of preset `name` (an id like ``llama-3.1-8b`` or an HF repository)."""
+    return get_preset_info(name).spec
