@@ -1,0 +1,281 @@
+"""`quantize` and `dequantize`: the one entry point to every int4 method.
+
+The driver validates the input, then walks the weights in chunks of rows
+(about 2^17 elements each, so the working set stays in cache and peak memory
+stays near the input's size), converting each chunk to float32 exactly
+(bfloat16 by a 16-bit shift of its bits, float16 by NumPy's cast), computing
+the per-group min/max (which also detects NaN/Inf at no extra cost), calling
+the method, packing the codes straight into the output, and feeding
+``(code − zero) × scale`` to the quality accumulator.  GPTQ, which needs the
+whole Hessian, has its own column sweep (quant_core/quantize/gptq.py) and is
+measured by the same accumulator afterwards.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Callable, Mapping
+from dataclasses import replace
+from types import MappingProxyType
+
+import ml_dtypes
+import numpy as np
+from numpy.typing import NDArray
+
+from quant_core.errors import InvalidSpec, InvalidTensor, NonFiniteValues, UnknownName
+from quant_core.formats import WeightFormat
+from quant_core.quantize import clip as clip_method
+from quant_core.quantize._groups import F32, GroupCodes
+from quant_core.quantize.metrics import QualityAccumulator, held_out_rows
+from quant_core.quantize.packing import UNMEASURED, pack_codes, unpack_codes
+from quant_core.quantize.rtn import rtn, rtn_symmetric
+from quant_core.quantize.types import QualityReport, QuantizedTensor
+
+__all__ = ["METHODS", "dequantize", "quantize"]
+
+_BF16 = np.dtype(ml_dtypes.bfloat16)
+_CHUNK_ELEMENTS = 1 << 17
+
+GroupMethod = Callable[[F32, F32, F32, WeightFormat], GroupCodes]
+
+_GROUP_METHODS: dict[str, GroupMethod] = {
+    "rtn": rtn,
+    "rtn-sym": lambda w, lo, hi, s: rtn_symmetric(w, lo, hi, s),
+    "rtn-sym-absmax7": lambda w, lo, hi, s: rtn_symmetric(w, lo, hi, s, "absmax/7"),
+    "rtn-sym-2absmax15": lambda w, lo, hi, s: rtn_symmetric(w, lo, hi, s, "2absmax/15"),
+    "rtn-sym-q4_0": lambda w, lo, hi, s: rtn_symmetric(w, lo, hi, s, "q4_0"),
+    "clip": clip_method.clip,
+}
+
+#: Every method id with a one-line description (what the API lists).
+METHODS: Mapping[str, str] = MappingProxyType({
+    "rtn": "round-to-nearest, asymmetric min/max with an integer zero (symmetric schemes: the q4_0 rule)",
+    "rtn-sym": "round-to-nearest, symmetric, llama.cpp Q4_0 scale rule (signed max / -8)",
+    "rtn-sym-absmax7": "round-to-nearest, symmetric, scale = absmax / 7",
+    "rtn-sym-2absmax15": "round-to-nearest, symmetric, scale = 2 absmax / 15",
+    "rtn-sym-q4_0": "round-to-nearest, symmetric, scale = signed max / -8 (llama.cpp Q4_0)",
+    "clip": "per-group grid search of a clipping (shrink) factor minimising squared error",
+})
+
+
+def _check_method(method: str) -> None:
+    if method not in METHODS:
+        close = difflib.get_close_matches(method, list(METHODS), n=3, cutoff=0.4)
+        raise UnknownName("quantization method", method, close or sorted(METHODS), field="method")
+
+
+def _check_weights(weights: NDArray[np.generic], name: str) -> NDArray[np.generic]:
+    array = np.asarray(weights)
+    if array.ndim != 2:
+        raise InvalidTensor(
+            f"quantization needs a 2-D [out_features, in_features] tensor, got shape {list(array.shape)}",
+            field="file", name=name,
+        )
+    if array.dtype.kind != "f" and array.dtype != _BF16:
+        raise InvalidTensor(
+            f"quantization needs float32, float16 or bfloat16 weights, got dtype {array.dtype}",
+            field="file", name=name,
+        )
+    if 0 in array.shape:
+        raise InvalidTensor(f"tensor of shape {list(array.shape)} has no elements", field="file", name=name)
+    return array
+
+
+def _check_scheme(scheme: WeightFormat) -> None:
+    if scheme.name != "int4":
+        raise InvalidSpec("scheme", scheme.name, "quantize writes int4 group-wise formats")
+
+
+def _raise_non_finite(weights: NDArray[np.generic], name: str) -> None:
+    """Count every NaN/Inf (a second pass, only on the error path) and raise with the first index."""
+    count = 0
+    first: tuple[int, ...] | None = None
+    step = max(1, _CHUNK_ELEMENTS // weights.shape[1])
+    for start in range(0, weights.shape[0], step):
+        bad = ~np.isfinite(np.asarray(weights[start: start + step]).astype(np.float32))
+        found = int(bad.sum())
+        if found and first is None:
+            row, column = np.unravel_index(int(np.flatnonzero(bad)[0]), bad.shape)
+            first = (start + int(row), int(column))
+        count += found
+    raise NonFiniteValues(count, first if first is not None else (0, 0), name)
+
+
+class _ChunkReader:
+    """Rows of the weights as float32 ``[rows, padded_columns]``, exactly converted, zero-padded."""
+
+    def __init__(self, weights: NDArray[np.generic], padded_columns: int) -> None:
+        self.weights = weights
+        self.in_features = weights.shape[1]
+        self.columns = padded_columns
+        self._buffer: F32 | None = None
+
+    def read(self, start: int, stop: int) -> F32:
+        source = self.weights[start:stop]
+        if source.dtype == np.float32 and self.columns == self.in_features:
+            view = np.ascontiguousarray(source)
+            view = view.view()
+            view.flags.writeable = False
+            return view
+        rows = stop - start
+        if self._buffer is None or self._buffer.shape[0] < rows:
+            self._buffer = np.zeros((rows, self.columns), dtype=np.float32)
+        out = self._buffer[:rows]
+        target = out[:, : self.in_features]
+        if source.dtype == _BF16:
+            bits = np.ascontiguousarray(source).view(np.uint16)
+            np.left_shift(bits, 16, out=target.view(np.uint32), dtype=np.uint32)
+        else:
+            np.copyto(target, source, casting="unsafe")
+        return out
+
+
+def _chunk_rows(columns: int) -> int:
+    """Rows per chunk: ~_CHUNK_ELEMENTS elements, and even so packed bytes never straddle chunks."""
+    rows = max(2, _CHUNK_ELEMENTS // max(1, columns))
+    return rows + rows % 2
+
+
+def quantize(weights: NDArray[np.generic], scheme: WeightFormat, method: str,
+             calibration: NDArray[np.floating] | None = None, *, name: str = "") -> QuantizedTensor:
+    """Quantize a 2-D ``[out_features, in_features]`` tensor to int4 by `method`, measuring the result.
+
+    `scheme` is an int4 `WeightFormat` (group size, symmetric or not, int4 or
+    fp16 zeros, padding); `method` one of `METHODS`.  Scales (and fp16 zeros)
+    are rounded to fp16 before the codes are computed, so `dequantize` gives
+    back exactly what the returned `QualityReport` measured.  With
+    `calibration` activations ``[n, in_features]`` the report adds the relative
+    output error on the held-out last quarter of the rows; `gptq` fits on the
+    first three quarters and raises `CalibrationError` without them.
+
+    Raises `InvalidTensor` (rank, dtype, empty), `NonFiniteValues` (NaN/Inf:
+    count and first index), `GroupSizeMismatch` (in_features not a multiple of
+    the group size without ``pad``), `UnknownName` (method), `InvalidSpec` (a
+    method that cannot produce `scheme`).
+    """
+    _check_method(method)
+    _check_scheme(scheme)
+    array = _check_weights(weights, name)
+    out_features, in_features = (int(d) for d in array.shape)
+    groups = scheme.group_count(in_features)
+    columns = scheme.padded_columns(in_features)
+    group_size = scheme.group_size if scheme.group_size is not None else in_features
+    held_out, split = held_out_rows(calibration, in_features)
+    if method == "hqq" and scheme.symmetric:
+        raise InvalidSpec("method", method, "hqq optimises a zero point; use an asymmetric scheme")
+    group_method = _GROUP_METHODS[method]
+    reader = _ChunkReader(array, columns)
+    packed = np.empty((out_features * columns + 1) // 2, dtype=np.uint8)
+    scales = np.empty((out_features, groups), dtype=np.float16)
+    zeros = np.empty((out_features, groups), dtype=np.float32)
+    accumulator = QualityAccumulator(held_out, split)
+    step = _chunk_rows(columns)
+    for start in range(0, out_features, step):
+        stop = min(out_features, start + step)
+        chunk = reader.read(start, stop)
+        grouped = chunk.reshape(stop - start, groups, group_size)
+        w_min = grouped.min(axis=-1)
+        w_max = grouped.max(axis=-1)
+        if not (np.isfinite(w_min).all() and np.isfinite(w_max).all()):
+            _raise_non_finite(array, name)
+        result = group_method(grouped, w_min, w_max, scheme)
+        codes = result.codes
+        flat_codes = codes.reshape(-1).astype(np.uint8)
+        first_byte = start * columns // 2
+        packed[first_byte: first_byte + (flat_codes.size + 1) // 2] = pack_codes(flat_codes)
+        scales[start:stop] = result.scales
+        zeros[start:stop] = result.zeros
+        np.subtract(codes, result.zeros[..., None], out=codes)
+        np.multiply(codes, result.scales[..., None], out=codes)
+        reconstructed = codes.reshape(stop - start, columns)
+        if columns != in_features:
+            accumulator.add(np.ascontiguousarray(chunk[:, :in_features]),
+                            np.ascontiguousarray(reconstructed[:, :in_features]))
+        else:
+            accumulator.add(chunk, reconstructed)
+    stored_zeros = _stored_zeros(zeros, scheme)
+    quantized = _assemble(array, scheme, method, packed, scales, stored_zeros, None)
+    return _with_quality(quantized, accumulator.report())
+
+
+def _stored_zeros(zeros: F32, scheme: WeightFormat) -> NDArray[np.uint8] | NDArray[np.float16] | None:
+    if scheme.zero == "int4":
+        return zeros.astype(np.uint8)
+    if scheme.zero == "fp16":
+        return zeros.astype(np.float16)
+    return None
+
+
+def _assemble(array: NDArray[np.generic], scheme: WeightFormat, method: str, packed: NDArray[np.uint8],
+              scales: NDArray[np.float16], zeros: NDArray[np.uint8] | NDArray[np.float16] | None,
+              g_idx: NDArray[np.int32] | None) -> QuantizedTensor:
+    source = "bfloat16" if array.dtype == _BF16 else str(array.dtype)
+    return QuantizedTensor(
+        shape=(int(array.shape[0]), int(array.shape[1])), format=scheme, method=method, packed=packed,
+        scales=scales, zeros=zeros, quality=UNMEASURED, source_dtype=source, g_idx=g_idx,
+    )
+
+
+def _with_quality(q: QuantizedTensor, quality: QualityReport) -> QuantizedTensor:
+    return replace(q, quality=quality)
+
+
+def _measure(array: NDArray[np.generic], q: QuantizedTensor, held_out: F32 | None,
+             split: tuple[tuple[int, int], tuple[int, int]] | None) -> QualityReport:
+    accumulator = QualityAccumulator(held_out, split)
+    reader = _ChunkReader(array, q.shape[1])
+    step = _chunk_rows(q.shape[1])
+    for start in range(0, q.shape[0], step):
+        stop = min(q.shape[0], start + step)
+        weights = np.array(reader.read(start, stop)[:, : q.shape[1]], dtype=np.float32, order="C")
+        accumulator.add(weights, _dequantize_rows(q, start, stop))
+    return accumulator.report()
+
+
+def _dequantize_rows(q: QuantizedTensor, start: int, stop: int) -> F32:
+    """Rows ``[start, stop)`` of ``(code − zero) × scale`` as float32 ``[rows, in_features]``."""
+    in_features = q.shape[1]
+    columns = q.format.padded_columns(in_features)
+    groups = q.format.group_count(in_features)
+    group_size = q.format.group_size if q.format.group_size is not None else in_features
+    rows = stop - start
+    first_code = start * columns
+    byte_offset = first_code // 2
+    skip = first_code % 2
+    count = rows * columns
+    codes = unpack_codes(q.packed[byte_offset:], count + skip)[skip:].reshape(rows, columns)
+    values = codes.astype(np.float32)
+    scales = q.scales[start:stop].astype(np.float32)
+    if q.zeros is None:
+        zeros = np.full(scales.shape, 8.0, dtype=np.float32)
+    else:
+        zeros = np.asarray(q.zeros[start:stop], dtype=np.float32)
+    if q.g_idx is None:
+        grouped = values.reshape(rows, groups, group_size)
+        grouped -= zeros[..., None]
+        grouped *= scales[..., None]
+    else:
+        real = values[:, :in_features]
+        real -= zeros[:, q.g_idx]
+        real *= scales[:, q.g_idx]
+    return np.ascontiguousarray(values[:, :in_features])
+
+
+def dequantize(q: QuantizedTensor, dtype: type[np.generic] | np.dtype[np.generic] = np.float32
+               ) -> NDArray[np.generic]:
+    """The weights ``(code − zero) × scale`` of `q` as ``[out_features, in_features]`` in `dtype`.
+
+    Computed in float32 row chunks (exact: a 4-bit integer times an fp16 scale
+    fits float32's mantissa), then cast to `dtype` (float32, float16 or
+    bfloat16; the cast rounds to nearest).  Padded columns are dropped.
+    """
+    target = np.dtype(dtype)
+    if target.kind != "f" and target != _BF16:
+        raise InvalidSpec("dtype", str(target), "dequantize returns float32, float16 or bfloat16")
+    out_features, in_features = q.shape
+    result = np.empty((out_features, in_features), dtype=target)
+    step = _chunk_rows(q.format.padded_columns(in_features))
+    for start in range(0, out_features, step):
+        stop = min(out_features, start + step)
+        result[start:stop] = _dequantize_rows(q, start, stop).astype(target)
+    return result
