@@ -187,26 +187,28 @@ def _field_path(location: Sequence[int | str]) -> str:
 
 def validation_problem(errors: Sequence[Mapping[str, Any]]) -> Problem:
     """A 422 (schema) or 400 (malformed JSON) problem listing every invalid field from Pydantic errors."""
-    fields = [ProblemField(field=_field_path(err.get("loc", ())), message=str(err.get("msg", "")))
+    fields = [ProblemField(field=_field_path(err.get("loc", ())) or "body", message=str(err.get("msg", "")))
               for err in errors]
     if any(err.get("type") == "json_invalid" for err in errors):
         first = errors[0]
         reason = (first.get("ctx") or {}).get("error", "invalid JSON")
-        return Problem(type=TYPE_PREFIX + "malformed-json", title="Malformed JSON", status=400,
-                       detail=f"the request body is not valid JSON: {reason} at position "
-                              f"{_field_path(first.get('loc', ())) or 0}", errors=fields)
-    summary = "; ".join(f"{f.field or '(body)'}: {f.message}" for f in fields[:5])
+        detail = f"the request body is not valid JSON: {reason} at position {_field_path(first.get('loc', ()))}"
+        return Problem(type=TYPE_PREFIX + "malformed-json", title="Malformed JSON", status=400, detail=detail,
+                       errors=[ProblemField(field="body", message=detail)])
+    summary = "; ".join(f"{f.field}: {f.message}" for f in fields[:5])
     return Problem(type=TYPE_PREFIX + "validation-error", title="Invalid request", status=422,
                    detail=f"{len(fields)} invalid field(s): {summary}", errors=fields)
 
 
 async def _handle_validation(request: Request, exc: Exception) -> JSONResponse:
-    assert isinstance(exc, RequestValidationError)  # registered for this class only
+    if not isinstance(exc, RequestValidationError):  # registered for this class only
+        return await _handle_known(request, exc)
     return problem_response(validation_problem(exc.errors()))
 
 
 async def _handle_http(request: Request, exc: Exception) -> JSONResponse:
-    assert isinstance(exc, StarletteHTTPException)  # registered for this class only
+    if not isinstance(exc, StarletteHTTPException):  # registered for this class only
+        return await _handle_known(request, exc)
     try:
         title = HTTPStatus(exc.status_code).phrase
     except ValueError:

@@ -1,0 +1,250 @@
+"""Model inputs (preset, config.json or explicit sizes) and the model and device catalog answers."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from quant_core.catalog import Device, Preset, get_preset
+from quant_core.errors import InvalidSpec, LimitExceeded, NibbleError, UnknownName
+from quant_core.formats import KV_DTYPES, WeightFormat, float_format, int4
+from quant_core.hf_config import model_from_hf_config, model_from_sizes
+from quant_core.inventory import inventory, parameter_count, weight_bytes
+from quant_core.kv_cache import kv_bytes_per_token
+from quant_core.specs import ModelSpec
+
+
+@contextmanager
+def field_prefix(prefix: str) -> Iterator[None]:
+    """Prefix the `field` of core errors raised inside with where that input sits in the body."""
+    try:
+        yield
+    except NibbleError as exc:
+        if isinstance(exc, UnknownName) and prefix:
+            exc.field = prefix  # the name itself was the offending value
+        elif prefix and not exc.field.startswith(prefix):
+            exc.field = f"{prefix}.{exc.field}" if exc.field else prefix
+        raise
+
+
+def json_depth(value: object, limit: int) -> int:
+    """Nesting depth of a decoded JSON value, stopping as soon as it passes `limit`."""
+    deepest = 0
+    stack: list[tuple[object, int]] = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict | list):
+            deepest = max(deepest, depth)
+            if deepest > limit:
+                return deepest
+            children = item.values() if isinstance(item, dict) else item
+            stack.extend((child, depth + 1) for child in children)
+    return deepest
+
+
+class ModelSizes(BaseModel):
+    """A llama-style decoder given by its sizes (RMSNorm, gated MLP, no biases)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    hidden_size: int
+    num_layers: int
+    num_attention_heads: int
+    intermediate_size: int
+    vocab_size: int
+    num_kv_heads: int | None = Field(None, description="Default: num_attention_heads (MHA).")
+    head_dim: int | None = Field(None, description="Default: hidden_size / num_attention_heads.")
+    tie_word_embeddings: bool = False
+    num_experts: int = 0
+    experts_per_token: int = 0
+    moe_intermediate_size: int | None = None
+    num_shared_experts: int = 0
+    dense_layers: list[int] = Field(default_factory=list)
+    sliding_window: int | None = None
+    sliding_layers: list[int] | None = None
+    max_position_embeddings: int | None = None
+    name: str = "custom"
+
+
+class ModelInput(BaseModel):
+    """Exactly one of: a preset id, a Hugging Face config.json object, or explicit sizes."""
+
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{"preset": "llama-3.1-8b"}]})
+
+    preset: str | None = Field(None, description="A preset id from GET /v1/models, e.g. llama-3.1-8b.")
+    hf_config: dict[str, Any] | None = Field(None, description="The model's config.json, as a JSON object.")
+    spec: ModelSizes | None = Field(None, description="Explicit sizes of a llama-style decoder.")
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> ModelInput:
+        given = [name for name in ("preset", "hf_config", "spec") if getattr(self, name) is not None]
+        if len(given) != 1:
+            raise ValueError(f"give exactly one of preset, hf_config or spec (got {given or 'none'})")
+        return self
+
+
+def _join(*parts: str) -> str:
+    return ".".join(part for part in parts if part)
+
+
+def model_to_core(model: ModelInput, max_config_depth: int, where: str = "model") -> ModelSpec:
+    """The `ModelSpec` a request names; core errors carry the body path (``model.hf_config.x``)."""
+    if model.preset is not None:
+        with field_prefix(_join(where, "preset")):
+            return get_preset(model.preset)
+    if model.hf_config is not None:
+        depth = json_depth(model.hf_config, max_config_depth)
+        if depth > max_config_depth:
+            raise LimitExceeded("max_config_depth", depth, max_config_depth, field=_join(where, "hf_config"))
+        with field_prefix(_join(where, "hf_config")):
+            return model_from_hf_config(model.hf_config)
+    if model.spec is None:  # ModelInput's validator makes this unreachable
+        raise InvalidSpec(where or "model", None, "give exactly one of preset, hf_config or spec")
+    with field_prefix(_join(where, "spec")):
+        return model_from_sizes(**model.spec.model_dump())
+
+
+# --- answers -----------------------------------------------------------------------------------
+
+
+class ParametersOut(BaseModel):
+    """Parameter counts as transformers counts them (unique tensors, tied weights once)."""
+
+    total: int
+    by_role: dict[str, int]
+    embedding: int
+    lm_head: int
+    non_embedding: int
+    active_per_token: int | None = Field(description="For MoE models: parameters one token uses.")
+
+
+def parameters_from_core(spec: ModelSpec) -> ParametersOut:
+    counts = parameter_count(spec)
+    return ParametersOut(total=counts.total, by_role={k: v for k, v in counts.by_role.items() if v},
+                         embedding=counts.embedding, lm_head=counts.lm_head,
+                         non_embedding=counts.non_embedding, active_per_token=counts.active_per_token)
+
+
+class ModelSummary(BaseModel):
+    """One preset of the catalog."""
+
+    id: str
+    display_name: str
+    hf_repo: str
+    model_type: str
+    total_parameters: int
+    active_parameters_per_token: int | None
+
+
+class ModelDetail(ModelSummary):
+    """One preset with its normalized spec, parameter breakdown and source."""
+
+    source: str
+    spec: dict[str, Any]
+    parameters: ParametersOut
+    kv_bytes_per_token_bf16: int
+
+
+def summary_from_core(preset: Preset) -> ModelSummary:
+    counts = parameter_count(preset.spec)
+    return ModelSummary(id=preset.id, display_name=preset.display_name, hf_repo=preset.hf_repo,
+                        model_type=preset.spec.model_type, total_parameters=counts.total,
+                        active_parameters_per_token=counts.active_per_token)
+
+
+def detail_from_core(preset: Preset) -> ModelDetail:
+    summary = summary_from_core(preset)
+    return ModelDetail(**summary.model_dump(), source=preset.source, spec=preset.spec.to_dict(),
+                       parameters=parameters_from_core(preset.spec),
+                       kv_bytes_per_token_bf16=kv_bytes_per_token(preset.spec, "bf16"))
+
+
+class DeviceOut(BaseModel):
+    """One accelerator of the catalog, with where its memory figure comes from."""
+
+    id: str
+    name: str
+    vendor: str
+    memory_bytes: int
+    memory_type: str
+    source: str
+
+
+def device_from_core(device: Device) -> DeviceOut:
+    return DeviceOut(id=device.id, name=device.name, vendor=device.vendor, memory_bytes=device.memory_bytes,
+                     memory_type=device.memory_type, source=device.source)
+
+
+# --- inspect -----------------------------------------------------------------------------------
+
+
+class InspectRequest(ModelInput):
+    """The model to inspect: a preset id, a config.json object, or explicit sizes (one of them)."""
+
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{"preset": "qwen3-8b"}]})
+
+
+class TensorRow(BaseModel):
+    """One inventory row: a tensor name pattern standing for `count` tensors of `shape`."""
+
+    name: str
+    shape: list[int]
+    role: str
+    count: int
+    layers: list[int]
+    per_layer: int
+    active_per_layer: int | None
+    elements: int = Field(description="Elements of all `count` tensors together.")
+
+
+class WeightBytesOut(BaseModel):
+    """The model's weight bytes in one format (under the default quantization policy)."""
+
+    format: str
+    bytes: int | None
+    bits_per_weight: float | None
+    error: str | None = Field(None, description="Why this format cannot store the model (e.g. group size).")
+
+
+class InspectResponse(BaseModel):
+    """Everything nibble knows about a model's memory."""
+
+    name: str
+    model_type: str
+    spec: dict[str, Any]
+    parameters: ParametersOut
+    tensors: list[TensorRow]
+    kv_bytes_per_token: dict[str, int] = Field(description="KV-cache bytes per token, by KV dtype.")
+    weight_bytes: list[WeightBytesOut]
+
+
+INSPECT_FORMATS: tuple[WeightFormat, ...] = (
+    float_format("fp32"), float_format("bf16"), WeightFormat("int8", None, True, "none"),
+    int4(128), int4(128, symmetric=True), int4(64), int4(32, symmetric=True), int4(128, zero="fp16"),
+)
+
+
+def inspect_from_core(spec: ModelSpec) -> InspectResponse:
+    counts = parameter_count(spec)
+    rows = [TensorRow(name=e.name, shape=list(e.shape), role=e.role, count=e.count, layers=list(e.layers),
+                      per_layer=e.per_layer, active_per_layer=e.active_per_layer, elements=e.total_elements)
+            for e in inventory(spec)]
+    formats: list[WeightBytesOut] = []
+    for weight_format in INSPECT_FORMATS:
+        try:
+            size = weight_bytes(spec, weight_format)
+        except NibbleError as exc:
+            formats.append(WeightBytesOut(format=weight_format.label(), bytes=None, bits_per_weight=None,
+                                          error=exc.detail))
+            continue
+        formats.append(WeightBytesOut(format=weight_format.label(), bytes=size,
+                                      bits_per_weight=8 * size / counts.total))
+    return InspectResponse(
+        name=spec.name, model_type=spec.model_type, spec=spec.to_dict(), parameters=parameters_from_core(spec),
+        tensors=rows, kv_bytes_per_token={dtype: kv_bytes_per_token(spec, dtype) for dtype in KV_DTYPES},
+        weight_bytes=formats,
+    )
+
