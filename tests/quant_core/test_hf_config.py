@@ -1,0 +1,281 @@
+"""config.json -> ModelSpec: every fixture parses, family traps are read right, bad configs raise typed errors."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from quant_core.errors import InvalidSpec, MissingConfigKey, UnknownName, UnsupportedArchitecture
+from quant_core.hf_config import model_from_hf_config, model_from_sizes
+from quant_core.inventory import inventory, parameter_count
+from quant_core.specs import MAX_LAYERS, ModelSpec
+
+FIXTURES = Path(__file__).resolve().parents[2] / ".." / "shared" / "fixtures"
+MODELS = FIXTURES / "models"
+needs_fixtures = pytest.mark.skipif(not MODELS.is_dir(), reason=f"fixtures folder {FIXTURES} is absent")
+FIXTURE_IDS = sorted(path.stem for path in MODELS.glob("*.json")) if MODELS.is_dir() else []
+
+
+def load(model_id: str) -> dict[str, Any]:
+    config: dict[str, Any] = json.loads((MODELS / f"{model_id}.json").read_text())
+    return config
+
+
+def ground_truth() -> dict[str, dict[str, Any]]:
+    data = json.loads((FIXTURES / "ground_truth.json").read_text())
+    return {entry["name"]: entry for entry in data["models"]}
+
+
+LLAMA_8B: dict[str, Any] = {
+    "model_type": "llama", "hidden_size": 4096, "num_hidden_layers": 32, "num_attention_heads": 32,
+    "num_key_value_heads": 8, "intermediate_size": 14336, "vocab_size": 128256,
+    "tie_word_embeddings": False,
+}
+
+
+@needs_fixtures
+def test_fixture_folder_holds_the_27_models() -> None:
+    assert len(FIXTURE_IDS) >= 27
+
+
+@needs_fixtures
+@pytest.mark.parametrize("model_id", FIXTURE_IDS)
+def test_every_fixture_config_parses_and_round_trips_through_to_dict(model_id: str) -> None:
+    spec = model_from_hf_config(load(model_id), name=model_id)
+    assert spec.name == model_id
+    assert ModelSpec.from_dict(json.loads(json.dumps(spec.to_dict()))) == spec
+
+
+@needs_fixtures
+def test_sliding_layers_match_the_ground_truth_for_every_entry() -> None:
+    for name, entry in ground_truth().items():
+        spec = model_from_hf_config(load(name))
+        info = entry["sliding_window_info"]
+        if info is None:
+            assert spec.sliding_layers == (), name
+        else:
+            assert spec.sliding_window == info["window"], name
+            assert list(spec.sliding_layers) == info["sliding_layers"], name
+
+
+@needs_fixtures
+def test_qwen2_sliding_window_is_ignored_without_use_sliding_window() -> None:
+    config = load("qwen2.5-7b")
+    assert config["sliding_window"] and config["use_sliding_window"] is False
+    assert model_from_hf_config(config).sliding_layers == ()
+
+
+def test_qwen2_use_sliding_window_applies_from_max_window_layers_on() -> None:
+    config = {**LLAMA_8B, "model_type": "qwen2", "use_sliding_window": True, "sliding_window": 4096,
+              "max_window_layers": 28}
+    spec = model_from_hf_config(config)
+    assert spec.sliding_layers == (28, 29, 30, 31)
+    assert spec.attention_qkv_bias and not spec.attention_output_bias
+
+
+@needs_fixtures
+def test_mixtral_null_sliding_window_means_full_attention() -> None:
+    assert model_from_hf_config(load("mixtral-8x7b-v0.1")).sliding_layers == ()
+
+
+@needs_fixtures
+def test_gemma3_five_local_layers_per_global_layer() -> None:
+    spec = model_from_hf_config(load("gemma-3-1b-it"))
+    full = [i for i in range(spec.num_layers) if i not in spec.sliding_layers]
+    assert full == [5, 11, 17, 23]
+    assert spec.sliding_window == 512 and spec.tie_word_embeddings and spec.qk_norm
+
+
+@needs_fixtures
+def test_gemma3_multimodal_config_reads_its_text_config() -> None:
+    text = load("gemma-3-1b-it")
+    spec = model_from_hf_config({"model_type": "gemma3", "text_config": text}, name="g")
+    assert parameter_count(spec).total == parameter_count(model_from_hf_config(text)).total
+
+
+def test_layer_types_key_overrides_the_family_pattern() -> None:
+    config = {**LLAMA_8B, "model_type": "gemma2", "num_hidden_layers": 4, "sliding_window": 1024,
+              "layer_types": ["full_attention", "full_attention", "sliding_attention", "full_attention"]}
+    assert model_from_hf_config(config).sliding_layers == (2,)
+
+
+@needs_fixtures
+def test_deepseek_v3_mtp_layer_is_not_counted_as_transformers_does_not_build_it() -> None:
+    # 671,026,419,200: DeepSeek-V3's published main-model size; the MTP module (~14B) is extra.
+    spec = model_from_hf_config(load("deepseek-v3"))
+    assert parameter_count(spec).total == 671_026_419_200
+    assert spec.dense_layers == (0, 1, 2) and spec.router_bias
+
+
+@needs_fixtures
+def test_deepseek_v2_lite_without_query_compression_has_a_plain_q_proj() -> None:
+    names = {entry.name for entry in inventory(model_from_hf_config(load("deepseek-v2-lite")))}
+    assert "model.layers.{i}.self_attn.q_proj.weight" in names
+    assert not any("q_a_proj" in name for name in names)
+
+
+@needs_fixtures
+def test_falcon_7b_is_multi_query_with_one_norm_per_parallel_block() -> None:
+    spec = model_from_hf_config(load("falcon-7b"))
+    assert spec.num_kv_heads == 1 and spec.norms_per_layer == 1 and spec.norm == "layernorm"
+    assert parameter_count(spec).total == 6_921_720_704  # tiiuae/falcon-7b model card: 6.92B
+
+
+def test_falcon_new_decoder_architecture_reads_num_kv_heads() -> None:
+    config = {"model_type": "falcon", "hidden_size": 8192, "num_hidden_layers": 60, "num_attention_heads": 128,
+              "num_kv_heads": 8, "new_decoder_architecture": True, "vocab_size": 65024}
+    spec = model_from_hf_config(config)
+    assert spec.num_kv_heads == 8 and spec.norms_per_layer == 2
+    assert parameter_count(spec).total == 41_303_293_952  # tiiuae/falcon-40b
+
+
+def test_unknown_model_type_with_llama_keys_reads_as_a_generic_decoder() -> None:
+    spec = model_from_hf_config({**LLAMA_8B, "model_type": "my_new_llm"})
+    assert spec.model_type == "my_new_llm" and spec.layout == "llama"
+    assert parameter_count(spec).total == 8_030_261_248
+
+
+def test_unknown_model_type_without_llama_keys_names_type_and_missing_keys() -> None:
+    with pytest.raises(UnsupportedArchitecture) as caught:
+        model_from_hf_config({"model_type": "mamba", "hidden_size": 768, "vocab_size": 50280})
+    assert caught.value.model_type == "mamba"
+    assert caught.value.missing == ["num_hidden_layers", "num_attention_heads", "intermediate_size"]
+    assert "mamba" in str(caught.value) and "num_hidden_layers" in str(caught.value)
+
+
+def test_missing_key_raises_missing_config_key_naming_it() -> None:
+    config = dict(LLAMA_8B)
+    del config["vocab_size"]
+    with pytest.raises(MissingConfigKey) as caught:
+        model_from_hf_config(config)
+    assert caught.value.key == "vocab_size" and caught.value.field == "vocab_size"
+
+
+@pytest.mark.parametrize(
+    ("key", "value"),
+    [
+        ("hidden_size", 0),
+        ("num_hidden_layers", -1),
+        ("vocab_size", 0),
+        ("intermediate_size", -4096),
+        ("num_hidden_layers", 10**12),
+        ("vocab_size", 10**9),
+        ("hidden_size", 10**7),
+        ("hidden_size", "4096"),
+        ("num_hidden_layers", True),
+        ("num_attention_heads", 32.5),
+        ("num_key_value_heads", [8]),
+        ("tie_word_embeddings", "yes"),
+    ],
+)
+def test_bad_sizes_raise_invalid_spec_naming_field_and_value(key: str, value: object) -> None:
+    with pytest.raises(InvalidSpec) as caught:
+        model_from_hf_config({**LLAMA_8B, key: value})
+    assert caught.value.field == key
+    assert caught.value.value == value
+    assert key in str(caught.value)
+
+
+def test_absurd_layer_count_is_refused_before_any_per_layer_work() -> None:
+    config = {**LLAMA_8B, "model_type": "qwen3_moe", "num_hidden_layers": 10**12, "num_experts": 8,
+              "num_experts_per_tok": 2, "moe_intermediate_size": 64}
+    with pytest.raises(InvalidSpec, match="num_hidden_layers") as caught:
+        model_from_hf_config(config)
+    assert f"maximum of {MAX_LAYERS}" in str(caught.value)
+
+
+def test_heads_that_do_not_divide_hidden_without_head_dim_raise() -> None:
+    with pytest.raises(InvalidSpec) as caught:
+        model_from_hf_config({**LLAMA_8B, "num_attention_heads": 30, "num_key_value_heads": 10})
+    assert caught.value.field == "num_attention_heads" and caught.value.value == 30
+    assert "hidden_size=4096" in str(caught.value)
+
+
+def test_explicit_head_dim_allows_heads_that_do_not_divide_hidden() -> None:
+    spec = model_from_hf_config({**LLAMA_8B, "num_attention_heads": 30, "num_key_value_heads": 10,
+                                 "head_dim": 128})
+    assert spec.head_dim == 128
+
+
+def test_kv_heads_must_divide_query_heads() -> None:
+    with pytest.raises(InvalidSpec) as caught:
+        model_from_hf_config({**LLAMA_8B, "num_key_value_heads": 5})
+    assert caught.value.field == "num_kv_heads" and caught.value.value == 5
+
+
+@pytest.mark.parametrize("config", [None, [], "llama", 42])
+def test_non_object_config_raises_invalid_spec(config: object) -> None:
+    with pytest.raises(InvalidSpec) as caught:
+        model_from_hf_config(config)  # type: ignore[arg-type]
+    assert caught.value.field == "config"
+
+
+def test_non_string_model_type_raises_invalid_spec() -> None:
+    with pytest.raises(InvalidSpec) as caught:
+        model_from_hf_config({**LLAMA_8B, "model_type": 7})
+    assert caught.value.field == "model_type"
+
+
+def test_bad_layer_types_entry_is_named() -> None:
+    config = {**LLAMA_8B, "model_type": "gpt_oss", "num_hidden_layers": 2, "num_local_experts": 4,
+              "num_experts_per_tok": 2, "layer_types": ["full_attention", "linear_attention"]}
+    with pytest.raises(InvalidSpec) as caught:
+        model_from_hf_config(config)
+    assert caught.value.field == "layer_types[1]" and caught.value.value == "linear_attention"
+
+
+def test_model_from_sizes_equals_the_parsed_llama_config() -> None:
+    from_sizes = model_from_sizes(hidden_size=4096, num_layers=32, num_attention_heads=32, num_kv_heads=8,
+                                  intermediate_size=14336, vocab_size=128256)
+    assert parameter_count(from_sizes).total == 8_030_261_248
+    assert inventory(from_sizes) == inventory(model_from_hf_config(LLAMA_8B))
+
+
+def test_model_from_sizes_builds_a_moe_with_shared_experts_and_dense_layers() -> None:
+    spec = model_from_sizes(hidden_size=1024, num_layers=4, num_attention_heads=8, intermediate_size=4096,
+                            vocab_size=1000, num_experts=8, experts_per_token=2, moe_intermediate_size=512,
+                            num_shared_experts=1, dense_layers=[0])
+    count = parameter_count(spec)
+    routed = 3 * 3 * 8 * 1024 * 512  # 3 MoE layers x 3 projections x 8 experts
+    assert count.routed_experts == routed
+    assert count.active_per_token == count.total - routed + routed // 4
+
+
+@pytest.mark.parametrize(
+    ("override", "field"),
+    [
+        ({"hidden_size": 0}, "hidden_size"),
+        ({"num_layers": "32"}, "num_layers"),
+        ({"num_attention_heads": 30}, "num_attention_heads"),
+        ({"num_experts": 8, "experts_per_token": 9}, "experts_per_token"),
+        ({"sliding_window": 0}, "sliding_window"),
+        ({"tie_word_embeddings": 1}, "tie_word_embeddings"),
+    ],
+)
+def test_model_from_sizes_rejects_bad_values_naming_the_field(override: dict[str, Any], field: str) -> None:
+    sizes: dict[str, Any] = {"hidden_size": 4096, "num_layers": 32, "num_attention_heads": 32,
+                             "intermediate_size": 14336, "vocab_size": 128256, **override}
+    with pytest.raises(InvalidSpec) as caught:
+        model_from_sizes(**sizes)
+    assert caught.value.field == field
+
+
+def test_from_dict_rejects_unknown_fields_missing_fields_and_bad_layouts() -> None:
+    good = model_from_hf_config(LLAMA_8B).to_dict()
+    with pytest.raises(InvalidSpec) as unknown:
+        ModelSpec.from_dict({**good, "colour": "blue"})
+    assert unknown.value.field == "colour"
+    partial = dict(good)
+    del partial["vocab_size"]
+    with pytest.raises(MissingConfigKey):
+        ModelSpec.from_dict(partial)
+    with pytest.raises(UnknownName):
+        ModelSpec.from_dict({**good, "layout": "transformer-xl"})
+    with pytest.raises(InvalidSpec) as layers:
+        ModelSpec.from_dict({**good, "sliding_window": 16, "sliding_layers": [3, 99]})
+    assert layers.value.field == "sliding_layers[1]" and layers.value.value == 99
+    with pytest.raises(InvalidSpec):
+        ModelSpec.from_dict(["not", "a", "dict"])
