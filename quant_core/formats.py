@@ -97,7 +97,7 @@ class WeightFormat:
             return self.name
         group = f"g{self.group_size}" if self.group_size else "row"
         kind = "sym" if self.symmetric else ("asym" if self.zero == "int4" else "asym-fp16zero")
-        suffix = "-gptq" if self.layout == "gptq" else ""
+        suffix = ("-padded" if self.pad else "") + ("-gptq" if self.layout == "gptq" else "")
         return f"int4-{group}-{kind}{suffix}"
 
     def group_count(self, in_features: int) -> int:

@@ -1,0 +1,669 @@
+"""Will it fit?  Per-device memory for a model, hardware and workload, at 16-bit and at INT4.
+
+`plan()` puts on each device its share of the weights, its share of the KV
+cache, an activation/workspace estimate and a fixed runtime overhead, and
+compares the sum with ``capacity × memory_utilization`` (0.90 by default, as
+vLLM's ``gpu_memory_utilization``).  Weights and KV bytes are exact sums over
+the tensor inventory and the attention layers; the activation and overhead
+terms cannot be exact and carry a `basis` string that says what they assume.
+
+The solvers (longest context, most sequences, fewest devices) search over the
+same per-device function.  They do not rebuild the plan at each step: a
+`_Layout` holds, per pipeline stage, the terms that do not change with the
+variable being solved (weights, overhead) and the per-token KV coefficients,
+so one evaluation is a handful of integer operations.
+
+Parallelism follows vLLM:
+* tensor parallel (tp): linear layers, vocab-parallel embedding and lm_head
+  are split across the tp ranks (each rank holds ``ceil(bytes / tp)`` of a
+  sharded tensor); norms, routers and biases of row-parallel layers are
+  replicated; KV heads are split with ``max(1, n_kv // tp)`` heads per rank
+  (replicated when tp exceeds them) and an MLA latent is replicated on every
+  rank;
+* pipeline parallel (pp): decoder layers are split into contiguous stages as
+  evenly as possible (earlier stages take the remainder), the embedding sits
+  on the first stage, the final norm and lm_head on the last; a tied lm_head
+  is a second copy of the embedding on the last stage when pp > 1.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from functools import lru_cache
+
+from quant_core.errors import GroupSizeMismatch, InvalidSpec
+from quant_core.formats import WeightFormat, float_format, int4, kv_dtype
+from quant_core.inventory import QuantizationPolicy, inventory, parameter_count
+from quant_core.kv_cache import held_tokens, kv_bytes_per_token, kv_layers, layer_bytes_per_token
+from quant_core.specs import ModelSpec, TensorEntry
+
+GIB = 1 << 30
+DEFAULT_RUNTIME_OVERHEAD_BYTES = GIB
+DEFAULT_MAX_BATCHED_TOKENS = 8192
+MAX_DEVICES_SEARCHED = 1024
+MAX_SEQUENCES_SEARCHED = 1 << 24
+MAX_CONTEXT_SEARCHED = 1 << 24
+REPLICATED_ROLES = frozenset({"norm", "router", "bias", "other"})
+
+RUNTIME_OVERHEAD_BASIS = (
+    "fixed {gib:.2f} GiB (2^30 bytes) per device: CUDA context, cuBLAS/NCCL workspaces and "
+    "CUDA-graph memory as commonly observed with vLLM; an estimate, override with "
+    "runtime_overhead_bytes"
+)
+ACTIVATION_BASIS = (
+    "peak forward activations for one batch of {tokens} tokens (min(max_batched_tokens={max_batched}, "
+    "context x sequences)) at 2 bytes: tokens x (4 x hidden + 2 x MLP width per rank + attention "
+    "width per rank) plus fp32 logits for {sequences} sampled sequences x vocab per rank; an "
+    "estimate, override with activation_bytes"
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Hardware:
+    """`count` identical devices of `capacity_bytes` each (a catalog device or raw bytes)."""
+
+    capacity_bytes: int
+    count: int = 1
+    device_id: str | None = None
+    name: str = ""
+
+    def __post_init__(self) -> None:
+        if isinstance(self.capacity_bytes, bool) or not isinstance(self.capacity_bytes, int) \
+                or self.capacity_bytes <= 0:
+            raise InvalidSpec("hardware.memory_bytes", self.capacity_bytes, "must be a positive integer")
+        if isinstance(self.count, bool) or not isinstance(self.count, int) or not 1 <= self.count \
+                <= MAX_DEVICES_SEARCHED:
+            raise InvalidSpec("hardware.count", self.count, f"must be an integer in [1, {MAX_DEVICES_SEARCHED}]")
+
+
+@dataclass(frozen=True, slots=True)
+class Workload:
+    """Tokens held per sequence (`context_length`, prompt + output) and sequences served at once."""
+
+    context_length: int = 4096
+    concurrent_sequences: int = 1
+
+    def __post_init__(self) -> None:
+        if isinstance(self.context_length, bool) or not isinstance(self.context_length, int) \
+                or not 1 <= self.context_length <= MAX_CONTEXT_SEARCHED:
+            raise InvalidSpec("workload.context_length", self.context_length,
+                              f"must be an integer in [1, {MAX_CONTEXT_SEARCHED}]")
+        if isinstance(self.concurrent_sequences, bool) or not isinstance(self.concurrent_sequences, int) \
+                or not 1 <= self.concurrent_sequences <= MAX_SEQUENCES_SEARCHED:
+            raise InvalidSpec("workload.concurrent_sequences", self.concurrent_sequences,
+                              f"must be an integer in [1, {MAX_SEQUENCES_SEARCHED}]")
+
+
+@dataclass(frozen=True, slots=True)
+class PlanOptions:
+    """Everything about a plan that has a default.
+
+    `weight_format` is the format the user deploys (INT4 g128 asymmetric by
+    default); the 16-bit baseline stores every tensor as `float_format`.
+    `policy` says which roles `weight_format` applies to (default: 2-D tensors
+    of attention, MLP and expert layers).  `tensor_parallel` defaults to the
+    device count divided by `pipeline_parallel`.  `activation_bytes` and
+    `runtime_overhead_bytes` replace the estimates when given.
+    """
+
+    weight_format: WeightFormat = field(default_factory=int4)
+    float_format: str = "bf16"
+    policy: QuantizationPolicy | None = None
+    kv_cache_dtype: str = "bf16"
+    block_size: int = 16
+    tensor_parallel: int | None = None
+    pipeline_parallel: int = 1
+    memory_utilization: float = 0.90
+    runtime_overhead_bytes: int = DEFAULT_RUNTIME_OVERHEAD_BYTES
+    activation_bytes: int | None = None
+    max_batched_tokens: int = DEFAULT_MAX_BATCHED_TOKENS
+
+    def __post_init__(self) -> None:
+        kv_dtype(self.kv_cache_dtype)
+        float_format(self.float_format)
+        checks: list[tuple[str, object, bool, str]] = [
+            ("kv_cache.block_size", self.block_size, _positive_int(self.block_size, 1 << 20),
+             "must be an integer in [1, 1048576]"),
+            ("parallel.pipeline", self.pipeline_parallel, _positive_int(self.pipeline_parallel, 1024),
+             "must be an integer in [1, 1024]"),
+            ("runtime.memory_utilization", self.memory_utilization,
+             isinstance(self.memory_utilization, int | float) and not isinstance(self.memory_utilization, bool)
+             and 0 < self.memory_utilization <= 1, "must be in (0, 1]"),
+            ("runtime.overhead_bytes", self.runtime_overhead_bytes,
+             _non_negative_int(self.runtime_overhead_bytes), "must be a non-negative integer"),
+            ("runtime.max_batched_tokens", self.max_batched_tokens,
+             _positive_int(self.max_batched_tokens, 1 << 24), "must be an integer in [1, 16777216]"),
+        ]
+        if self.tensor_parallel is not None:
+            checks.append(("parallel.tensor", self.tensor_parallel,
+                           _positive_int(self.tensor_parallel, MAX_DEVICES_SEARCHED),
+                           f"must be an integer in [1, {MAX_DEVICES_SEARCHED}]"))
+        if self.activation_bytes is not None:
+            checks.append(("runtime.activation_bytes", self.activation_bytes,
+                           _non_negative_int(self.activation_bytes), "must be a non-negative integer"))
+        for name, value, ok, reason in checks:
+            if not ok:
+                raise InvalidSpec(name, value, reason)
+
+
+def _positive_int(value: object, maximum: int) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and 1 <= value <= maximum
+
+
+def _non_negative_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+@dataclass(frozen=True, slots=True)
+class Estimate:
+    """A term that cannot be exact: its bytes and the assumption behind them."""
+
+    bytes: int
+    basis: str
+
+
+@dataclass(frozen=True, slots=True)
+class DevicePlan:
+    """One device: what it holds and whether it fits under `usable_bytes`."""
+
+    index: int
+    pipeline_stage: int
+    tensor_rank: int
+    layers: tuple[int, int]
+    capacity_bytes: int
+    usable_bytes: int
+    weights_bytes: int
+    kv_cache_bytes: int
+    activation_bytes: int
+    overhead_bytes: int
+    used_bytes: int
+    headroom_bytes: int
+    fits: bool
+
+
+@dataclass(frozen=True, slots=True)
+class FormatPlan:
+    """The plan for one weight format: totals, devices, verdict and the solved limits.
+
+    `max_context_length` is the longest context (a multiple of the KV block size
+    when memory is the limit) that fits for the requested sequences, capped by
+    the model's trained context (`context_limited_by` says which applied), or
+    None when not even one block fits.  `max_concurrent_sequences` is the most
+    sequences that fit at the requested context (0 if none).  `min_devices` is
+    the fewest devices in tensor parallel (at the requested pipeline degree 1
+    per stage) that fit the workload, or None when none up to 1024 do.
+    """
+
+    format: str
+    weights_bytes: int
+    bits_per_weight: float
+    weights_by_role: dict[str, int]
+    kv_cache_bytes: int
+    used_bytes: int
+    devices: tuple[DevicePlan, ...]
+    fits: bool
+    max_context_length: int | None
+    context_limited_by: str
+    max_concurrent_sequences: int
+    min_devices: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    """The answer to "will it fit": the deployed format first, both formats side by side."""
+
+    model: str
+    total_parameters: int
+    active_parameters_per_token: int
+    parameters_by_role: dict[str, int]
+    hardware: Hardware
+    workload: Workload
+    options: PlanOptions
+    tensor_parallel: int
+    pipeline_parallel: int
+    kv_cache_dtype: str
+    kv_bytes_per_token: int
+    kv_cache_bytes: int
+    activation: Estimate
+    runtime_overhead: Estimate
+    primary: FormatPlan
+    comparison: dict[str, FormatPlan]
+    warnings: tuple[str, ...]
+
+    @property
+    def fits(self) -> bool:
+        return self.primary.fits
+
+
+# ---------------------------------------------------------------------------
+# The per-format terms, computed once per (spec, format, parallelism)
+
+
+@dataclass(frozen=True, slots=True)
+class _StageKV:
+    """KV bytes per token of one stage on one rank: by window (None = full attention)."""
+
+    by_window: tuple[tuple[int | None, int], ...]
+
+    def bytes_per_sequence(self, context_length: int, block_size: int) -> int:
+        return sum(size * held_tokens(context_length, window, block_size) for window, size in self.by_window)
+
+
+@dataclass(frozen=True, slots=True)
+class _Layout:
+    """What does not change while a solver varies context or sequences: per stage, the
+    weights on one rank and the KV coefficients of one rank."""
+
+    tensor_parallel: int
+    pipeline_parallel: int
+    stage_layers: tuple[tuple[int, int], ...]
+    stage_weights: tuple[int, ...]
+    stage_kv: tuple[_StageKV, ...]
+
+
+def _stage_ranges(num_layers: int, stages: int) -> tuple[tuple[int, int], ...]:
+    base, extra = divmod(num_layers, stages)
+    ranges = []
+    start = 0
+    for stage in range(stages):
+        size = base + (1 if stage < extra else 0)
+        ranges.append((start, start + size))
+        start += size
+    return tuple(ranges)
+
+
+def _entry_format(entry: TensorEntry, weight_format: WeightFormat, policy: QuantizationPolicy) -> WeightFormat:
+    if weight_format.is_quantized and not policy.quantizes(entry):
+        return float_format(policy.unquantized_format)
+    return weight_format
+
+
+def _sharded_bytes(one_tensor_bytes: int, role: str, tensor_parallel: int) -> int:
+    """Bytes of one tensor on one rank: replicated roles whole, the others ``ceil(bytes / tp)``."""
+    if role in REPLICATED_ROLES:
+        return one_tensor_bytes
+    return -(-one_tensor_bytes // tensor_parallel)
+
+
+@lru_cache(maxsize=256)
+def _weight_rows(spec: ModelSpec, weight_format: WeightFormat,
+                 policy: QuantizationPolicy) -> tuple[tuple[TensorEntry, int], ...]:
+    """Each inventory row with the bytes of ONE of its tensors in its format."""
+    rows = []
+    for entry in inventory(spec):
+        fmt = _entry_format(entry, weight_format, policy)
+        try:
+            rows.append((entry, fmt.bytes_for(entry.shape)))
+        except GroupSizeMismatch as error:
+            raise GroupSizeMismatch(error.in_features, error.group_size, field=entry.name) from None
+    return tuple(rows)
+
+
+@lru_cache(maxsize=256)
+def _weights_by_role(spec: ModelSpec, weight_format: WeightFormat, policy: QuantizationPolicy) -> dict[str, int]:
+    by_role: dict[str, int] = {}
+    for entry, one in _weight_rows(spec, weight_format, policy):
+        by_role[entry.role] = by_role.get(entry.role, 0) + one * entry.count
+    return {role: size for role, size in by_role.items() if size}
+
+
+_parameter_count = lru_cache(maxsize=256)(parameter_count)
+
+
+def _build_layout(spec: ModelSpec, weight_format: WeightFormat, policy: QuantizationPolicy, kv_dtype_name: str,
+            tensor_parallel: int, pipeline_parallel: int) -> _Layout:
+    if pipeline_parallel > spec.num_layers:
+        raise InvalidSpec("parallel.pipeline", pipeline_parallel,
+                          f"more pipeline stages than the model's {spec.num_layers} layers")
+    stages = _stage_ranges(spec.num_layers, pipeline_parallel)
+    last = pipeline_parallel - 1
+    weights = [0] * pipeline_parallel
+    for entry, one in _weight_rows(spec, weight_format, policy):
+        per_rank = _sharded_bytes(one, entry.role, tensor_parallel) * entry.per_layer
+        if entry.layers:
+            for stage, (start, stop) in enumerate(stages):
+                weights[stage] += per_rank * sum(1 for layer in entry.layers if start <= layer < stop)
+        elif entry.role in ("embedding", "position_embedding"):
+            weights[0] += per_rank
+            if entry.role == "embedding" and spec.tie_word_embeddings and pipeline_parallel > 1:
+                weights[last] += per_rank  # the tied lm_head is a second copy on the last stage
+        else:  # final norm, lm_head
+            weights[last] += per_rank
+    stage_kv = []
+    for start, stop in stages:
+        groups: dict[int | None, int] = {}
+        for layer in kv_layers(spec)[start:stop]:
+            window = layer.window if layer.kind == "sliding" else None
+            groups[window] = groups.get(window, 0) + layer_bytes_per_token(layer, kv_dtype_name, tensor_parallel)
+        stage_kv.append(_StageKV(tuple(groups.items())))
+    return _Layout(tensor_parallel, pipeline_parallel, stages, tuple(weights), tuple(stage_kv))
+
+
+# ---------------------------------------------------------------------------
+# Evaluating one workload against a layout
+
+
+@dataclass(frozen=True, slots=True)
+class _Evaluator:
+    """The per-device function the verdict and every solver share.
+
+    ``used(stage) = weights(stage) + overhead + kv_per_sequence(stage, context) × sequences
+    + activations(context, sequences)``; activations are the same on every stage.
+    """
+
+    spec: ModelSpec
+    options: PlanOptions
+    usable_bytes: int
+
+    def activation_coefficients(self, tensor_parallel: int) -> tuple[int, int]:
+        """(bytes per batched token, bytes per sampled sequence) of the activation estimate."""
+        spec = self.spec
+        mlp_width = max(spec.intermediate_size if not spec.is_moe or spec.dense_layers else 0,
+                        spec.moe_intermediate_size * (spec.experts_per_token + spec.num_shared_experts))
+        attention_width = (spec.num_attention_heads + 2 * spec.num_kv_heads) * spec.head_dim
+        per_token = 2 * (4 * spec.hidden_size + (2 * mlp_width + attention_width) // tensor_parallel)
+        per_sampled = 4 * -(-spec.vocab_size // tensor_parallel)
+        return per_token, per_sampled
+
+    def activation_bytes(self, context_length: int, sequences: int, tensor_parallel: int) -> int:
+        if self.options.activation_bytes is not None:
+            return self.options.activation_bytes
+        per_token, per_sampled = self.activation_coefficients(tensor_parallel)
+        batched = self.options.max_batched_tokens
+        return min(batched, context_length * sequences) * per_token + min(sequences, batched) * per_sampled
+
+    def stage_used(self, layout: _Layout, stage: int, context_length: int, sequences: int) -> tuple[int, int, int]:
+        """(used, kv cache, activations) bytes on one device of `stage`."""
+        kv = layout.stage_kv[stage].bytes_per_sequence(context_length, self.options.block_size) * sequences
+        activations = self.activation_bytes(context_length, sequences, layout.tensor_parallel)
+        used = layout.stage_weights[stage] + kv + activations + self.options.runtime_overhead_bytes
+        return used, kv, activations
+
+    def build_predicate(self, layout: _Layout) -> Callable[[int, int], bool]:
+        """A fast ``fits(context, sequences)`` for `layout`: the same sum as `stage_used`, with
+        everything that does not depend on context and sequences computed once."""
+        options = self.options
+        budgets = tuple(self.usable_bytes - weights - options.runtime_overhead_bytes
+                        for weights in layout.stage_weights)
+        stages = tuple(zip(budgets, (kv.by_window for kv in layout.stage_kv), strict=True))
+        block = options.block_size
+        batched = options.max_batched_tokens
+        fixed_activations = options.activation_bytes
+        per_token, per_sampled = self.activation_coefficients(layout.tensor_parallel)
+
+        def fits(context_length: int, sequences: int) -> bool:
+            if fixed_activations is None:
+                activations = (min(batched, context_length * sequences) * per_token
+                               + min(sequences, batched) * per_sampled)
+            else:
+                activations = fixed_activations
+            held_full = -(-context_length // block) * block
+            for budget, groups in stages:
+                per_sequence = 0
+                for window, size in groups:
+                    if window is None or window >= context_length:
+                        per_sequence += size * held_full
+                    else:
+                        per_sequence += size * (-(-window // block) * block)
+                if per_sequence * sequences + activations > budget:
+                    return False
+            return True
+
+        return fits
+
+
+class _ModelTerms:
+    """Everything about one (model, format, policy, KV dtype) that a plan reuses: weights by
+    role, and per parallel layout the stage terms and the fits predicates.  Built once and
+    cached, so a request pays one lookup here and then only integer-keyed dictionary hits."""
+
+    def __init__(self, spec: ModelSpec, weight_format: WeightFormat, policy: QuantizationPolicy,
+                 kv_dtype_name: str) -> None:
+        self.spec = spec
+        self.weight_format = weight_format
+        self.policy = policy
+        self.kv_dtype_name = kv_dtype_name
+        self.by_role = _weights_by_role(spec, weight_format, policy)
+        self._layouts: dict[tuple[int, int], _Layout] = {}
+        self._predicates: dict[tuple[object, ...], Callable[[int, int], bool]] = {}
+
+    def layout(self, tensor_parallel: int, pipeline_parallel: int) -> _Layout:
+        key = (tensor_parallel, pipeline_parallel)
+        found = self._layouts.get(key)
+        if found is None:
+            found = _build_layout(self.spec, self.weight_format, self.policy, self.kv_dtype_name,
+                                  tensor_parallel, pipeline_parallel)
+            if len(self._layouts) < 4096:
+                self._layouts[key] = found
+        return found
+
+    def fits_predicate(self, evaluator: _Evaluator, tensor_parallel: int,
+                       pipeline_parallel: int) -> Callable[[int, int], bool]:
+        options = evaluator.options
+        key = (tensor_parallel, pipeline_parallel, evaluator.usable_bytes, options.runtime_overhead_bytes,
+               options.block_size, options.max_batched_tokens, options.activation_bytes)
+        found = self._predicates.get(key)
+        if found is None:
+            found = evaluator.build_predicate(self.layout(tensor_parallel, pipeline_parallel))
+            if len(self._predicates) < 4096:
+                self._predicates[key] = found
+        return found
+
+
+@lru_cache(maxsize=256)
+def _model_terms(spec: ModelSpec, weight_format: WeightFormat, policy: QuantizationPolicy,
+                 kv_dtype_name: str) -> _ModelTerms:
+    return _ModelTerms(spec, weight_format, policy, kv_dtype_name)
+
+
+def _largest(predicate: Callable[[int], bool], low: int, high: int) -> int | None:
+    """The largest n in [low, high] with predicate(n), for a predicate true up to a point."""
+    if not predicate(low):
+        return None
+    if predicate(high):
+        return high
+    while high - low > 1:  # predicate(low) and not predicate(high)
+        middle = (low + high) // 2
+        if predicate(middle):
+            low = middle
+        else:
+            high = middle
+    return low
+
+
+def _max_context(evaluator: _Evaluator, fits: Callable[[int, int], bool], sequences: int) -> tuple[int | None, str]:
+    block = evaluator.options.block_size
+    cap = evaluator.spec.max_position_embeddings or MAX_CONTEXT_SEARCHED
+    if fits(cap, sequences):
+        return cap, "model"
+    blocks = _largest(lambda n: fits(n * block, sequences), 1, max(1, cap // block))
+    return (None if blocks is None else blocks * block), "memory"
+
+
+def _max_sequences(evaluator: _Evaluator, layout: _Layout, fits: Callable[[int, int], bool],
+                   context_length: int) -> int:
+    # Activations are never negative, so no stage holds more sequences than its budget
+    # divided by one sequence's KV cache: search below that bound only.
+    high = MAX_SEQUENCES_SEARCHED
+    for stage, weights in enumerate(layout.stage_weights):
+        per_sequence = layout.stage_kv[stage].bytes_per_sequence(context_length, evaluator.options.block_size)
+        budget = evaluator.usable_bytes - weights - evaluator.options.runtime_overhead_bytes
+        if per_sequence > 0:
+            high = min(high, max(1, budget // per_sequence))
+    return _largest(lambda n: fits(context_length, n), 1, high) or 0
+
+
+def _min_devices(evaluator: _Evaluator, terms: _ModelTerms, workload: Workload) -> int | None:
+    def fits_on(devices: int) -> bool:
+        fits = terms.fits_predicate(evaluator, devices, 1)
+        return fits(workload.context_length, workload.concurrent_sequences)
+
+    # A rank holds at least its even share of the weights, so fewer than
+    # ceil(weights / usable) devices cannot fit; and per-rank usage never grows with
+    # more ranks, so "does not fit on n" is a prefix: gallop up from the bound, then bisect.
+    low = max(1, -(-sum(terms.by_role.values()) // max(1, evaluator.usable_bytes)))
+    if low > MAX_DEVICES_SEARCHED:
+        return None
+    if fits_on(low):
+        return low
+    high = low
+    while not fits_on(high):
+        if high == MAX_DEVICES_SEARCHED:
+            return None
+        low, high = high, min(2 * high, MAX_DEVICES_SEARCHED)
+    while high - low > 1:  # not fits_on(low) and fits_on(high)
+        middle = (low + high) // 2
+        if fits_on(middle):
+            high = middle
+        else:
+            low = middle
+    return high
+
+
+def _format_plan(terms: _ModelTerms, hardware: Hardware, workload: Workload, tensor_parallel: int,
+                 evaluator: _Evaluator, total_parameters: int, kv_total: int) -> FormatPlan:
+    options = evaluator.options
+    layout = terms.layout(tensor_parallel, options.pipeline_parallel)
+    by_role = terms.by_role
+    total_weights = sum(by_role.values())
+    devices: list[DevicePlan] = []
+    for stage, layers in enumerate(layout.stage_layers):
+        used, kv, activations = evaluator.stage_used(layout, stage, workload.context_length,
+                                                     workload.concurrent_sequences)
+        same = (layers, hardware.capacity_bytes, evaluator.usable_bytes, layout.stage_weights[stage], kv,
+                activations, options.runtime_overhead_bytes, used, evaluator.usable_bytes - used,
+                used <= evaluator.usable_bytes)  # every tensor-parallel rank of a stage holds the same
+        devices.extend(DevicePlan(stage * tensor_parallel + rank, stage, rank, *same)
+                       for rank in range(tensor_parallel))
+    fits = terms.fits_predicate(evaluator, tensor_parallel, options.pipeline_parallel)
+    max_context, limited_by = _max_context(evaluator, fits, workload.concurrent_sequences)
+    return FormatPlan(
+        format=terms.weight_format.label(),
+        weights_bytes=total_weights,
+        bits_per_weight=8 * total_weights / total_parameters,
+        weights_by_role=dict(by_role),
+        kv_cache_bytes=kv_total,
+        used_bytes=sum(device.used_bytes for device in devices),
+        devices=tuple(devices),
+        fits=all(device.fits for device in devices),
+        max_context_length=max_context,
+        context_limited_by=limited_by,
+        max_concurrent_sequences=_max_sequences(evaluator, layout, fits, workload.context_length),
+        min_devices=_min_devices(evaluator, terms, workload),
+    )
+
+
+def plan(spec: ModelSpec, hardware: Hardware, workload: Workload | None = None,
+         options: PlanOptions | None = None) -> Plan:
+    """Plan `spec` on `hardware` for `workload`, at the deployed format and at 16-bit and INT4.
+
+    Per device: ``used = weights + kv_cache + activations + runtime_overhead`` against
+    ``usable = floor(capacity × memory_utilization)``; `fits` when used ≤ usable on every
+    device; headroom = usable − used (negative when it does not fit).  `comparison` always
+    holds the 16-bit (`options.float_format`) and INT4 plans (the requested int4 format, or
+    g128 asymmetric when the deployed format is not int4).
+    """
+    workload = workload or Workload()
+    options = options or PlanOptions()
+    policy = options.policy or QuantizationPolicy(unquantized_format=options.float_format)
+    pipeline = options.pipeline_parallel
+    tensor = options.tensor_parallel if options.tensor_parallel is not None else hardware.count // pipeline
+    if tensor < 1 or tensor * pipeline != hardware.count:
+        raise InvalidSpec("parallel.tensor", tensor,
+                          f"tensor ({tensor}) x pipeline ({pipeline}) must equal the device count "
+                          f"({hardware.count})")
+    counts = _parameter_count(spec)
+    usable = math.floor(hardware.capacity_bytes * options.memory_utilization)
+    evaluator = _Evaluator(spec, options, usable)
+
+    baseline = float_format(options.float_format)
+    quantized = options.weight_format if options.weight_format.name == "int4" else _comparison_int4(spec, policy)
+    kv_total = _model_terms(spec, baseline, policy, options.kv_cache_dtype).layout(1, 1).stage_kv[0] \
+        .bytes_per_sequence(workload.context_length, options.block_size) * workload.concurrent_sequences
+
+    def format_plan(weight_format: WeightFormat) -> FormatPlan:
+        terms = _model_terms(spec, weight_format, policy, options.kv_cache_dtype)
+        return _format_plan(terms, hardware, workload, tensor, evaluator, counts.total, kv_total)
+
+    comparison = {options.float_format: format_plan(baseline), "int4": format_plan(quantized)}
+    deployed = options.weight_format
+    if deployed == quantized:
+        primary = comparison["int4"]
+    elif deployed == baseline:
+        primary = comparison[options.float_format]
+    else:
+        primary = format_plan(deployed)
+
+    first = primary.devices[0]
+    overhead_gib = options.runtime_overhead_bytes / GIB
+    activation = Estimate(first.activation_bytes, (
+        "given by the request (runtime.activation_bytes)" if options.activation_bytes is not None
+        else ACTIVATION_BASIS.format(
+            tokens=min(options.max_batched_tokens, workload.context_length * workload.concurrent_sequences),
+            max_batched=options.max_batched_tokens,
+            sequences=min(workload.concurrent_sequences, options.max_batched_tokens))))
+    overhead = Estimate(options.runtime_overhead_bytes, (
+        RUNTIME_OVERHEAD_BASIS.format(gib=overhead_gib)
+        if options.runtime_overhead_bytes == DEFAULT_RUNTIME_OVERHEAD_BYTES
+        else "given by the request (runtime.overhead_bytes)"))
+    kv_per_token = kv_bytes_per_token(spec, options.kv_cache_dtype)
+    result = Plan(
+        model=spec.name,
+        total_parameters=counts.total,
+        active_parameters_per_token=counts.active_per_token or counts.total,
+        parameters_by_role={role: count for role, count in counts.by_role.items() if count},
+        hardware=hardware, workload=workload, options=options,
+        tensor_parallel=tensor, pipeline_parallel=pipeline,
+        kv_cache_dtype=options.kv_cache_dtype,
+        kv_bytes_per_token=kv_per_token,
+        kv_cache_bytes=primary.kv_cache_bytes,
+        activation=activation, runtime_overhead=overhead,
+        primary=primary, comparison=comparison, warnings=(),
+    )
+    return replace(result, warnings=tuple(_warnings(result, spec)))
+
+
+def _comparison_int4(spec: ModelSpec, policy: QuantizationPolicy) -> WeightFormat:
+    """The INT4 format shown beside a 16-bit deployment: g128 asymmetric, padded when some
+    quantized tensor's width does not divide by 128 (the user did not choose a group size)."""
+    try:
+        _weight_rows(spec, int4(), policy)
+    except GroupSizeMismatch:
+        return int4(pad=True)
+    return int4()
+
+
+def _warnings(result: Plan, spec: ModelSpec) -> list[str]:
+    """Plain-words remarks a deployment engineer should not miss."""
+    out = []
+    primary = result.primary
+    int4_plan = result.comparison["int4"]
+    baseline_key = result.options.float_format
+    baseline = result.comparison[baseline_key]
+    devices = result.hardware.count
+    first = primary.devices[0]
+    if first.kv_cache_bytes > first.weights_bytes:
+        out.append(
+            f"The KV cache ({first.kv_cache_bytes / GIB:.2f} GiB per device) is larger than the weights "
+            f"({first.weights_bytes / GIB:.2f} GiB per device): INT4 weights do not shrink the KV cache; "
+            "a smaller KV dtype (fp8), a shorter context or fewer concurrent sequences does.")
+    if not int4_plan.fits:
+        need = int4_plan.min_devices
+        more = f"; the fewest devices that fit at INT4 is {need}" if need else "; no count up to 1024 fits"
+        out.append(f"The model does not fit even at INT4 on {devices} device(s) for this workload{more}.")
+    elif not baseline.fits:
+        out.append(f"The model fits at INT4 but not at 16-bit ({baseline_key}) on {devices} device(s).")
+    if primary.max_context_length is not None and primary.context_limited_by == "memory" \
+            and primary.max_context_length < result.workload.context_length:
+        out.append(f"The longest context that fits for {result.workload.concurrent_sequences} sequence(s) is "
+                   f"{primary.max_context_length} tokens, below the requested {result.workload.context_length}.")
+    trained = spec.max_position_embeddings
+    if trained is not None and result.workload.context_length > trained:
+        out.append(f"The requested context ({result.workload.context_length} tokens) exceeds the model's "
+                   f"trained context ({trained} tokens).")
+    if result.tensor_parallel > 1 and spec.num_attention_heads % result.tensor_parallel:
+        out.append(f"Tensor parallel degree {result.tensor_parallel} does not divide the model's "
+                   f"{spec.num_attention_heads} attention heads: engines such as vLLM refuse this layout.")
+    return out

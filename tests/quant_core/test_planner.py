@@ -1,0 +1,209 @@
+"""The planner's laws: monotone in memory, solvers exact at their boundary, INT4 never touches KV."""
+
+from __future__ import annotations
+
+import pytest
+
+from quant_core.catalog import get_device, get_preset
+from quant_core.errors import GroupSizeMismatch, InvalidSpec
+from quant_core.formats import float_format, int4
+from quant_core.kv_cache import kv_bytes_per_token, kv_cache_bytes
+from quant_core.planner import Hardware, PlanOptions, Workload, plan
+
+GIB = 1 << 30
+H100 = get_device("h100-80gb").memory_bytes
+MODELS = ["qwen2.5-0.5b", "llama-3.1-8b", "llama-3.1-70b", "mistral-7b-v0.1", "gemma-2-9b",
+          "qwen3-30b-a3b", "mixtral-8x7b-v0.1", "phi-3-mini-4k-instruct"]
+
+
+def test_llama_70b_on_one_h100_fits_at_int4_but_not_at_16_bit() -> None:
+    result = plan(get_preset("llama-3.1-70b"), Hardware(H100, 1), Workload(4096, 1))
+    assert result.comparison["int4"].fits
+    assert not result.comparison["bf16"].fits
+    assert result.fits is result.primary.fits is True
+    assert any("16-bit" in warning for warning in result.warnings)
+
+
+def test_used_bytes_is_the_sum_of_its_terms_and_headroom_is_usable_minus_used() -> None:
+    result = plan(get_preset("llama-3.1-8b"), Hardware(H100, 2), Workload(8192, 4))
+    for device in result.primary.devices:
+        assert device.used_bytes == (device.weights_bytes + device.kv_cache_bytes + device.activation_bytes
+                                     + device.overhead_bytes)
+        assert device.usable_bytes == int(H100 * 0.9)
+        assert device.headroom_bytes == device.usable_bytes - device.used_bytes
+        assert device.fits == (device.used_bytes <= device.usable_bytes)
+
+
+def test_tensor_parallel_ranks_hold_the_sum_of_the_weights_at_least_once() -> None:
+    spec = get_preset("llama-3.1-70b")
+    single = plan(spec, Hardware(4 * H100, 1), Workload(4096, 1))
+    split = plan(spec, Hardware(H100, 4), Workload(4096, 1))
+    assert len(split.primary.devices) == 4
+    per_rank = split.primary.devices[0].weights_bytes
+    assert single.primary.weights_bytes <= 4 * per_rank <= single.primary.weights_bytes + 4 * 10 * 2**20
+    # the KV cache of 8 KV heads splits evenly over 4 ranks
+    assert 4 * split.primary.devices[0].kv_cache_bytes == single.primary.devices[0].kv_cache_bytes
+
+
+def test_pipeline_stages_split_layers_with_embedding_first_and_head_last() -> None:
+    spec = get_preset("llama-3.1-8b")
+    result = plan(spec, Hardware(H100, 2), Workload(4096, 1), PlanOptions(pipeline_parallel=2))
+    first, last = result.primary.devices
+    assert first.layers == (0, 16) and last.layers == (16, 32)
+    embedding = result.primary.weights_by_role["embedding"]
+    lm_head = result.primary.weights_by_role["lm_head"]
+    assert first.weights_bytes + last.weights_bytes == result.primary.weights_bytes
+    assert embedding == lm_head  # untied, same shape, both 16-bit: the stages differ only by the norm
+    assert first.kv_cache_bytes == last.kv_cache_bytes == result.kv_cache_bytes // 2
+
+
+@pytest.mark.parametrize("model", MODELS)
+def test_int4_never_changes_the_kv_cache_bytes(model: str) -> None:
+    spec = get_preset(model)
+    result = plan(spec, Hardware(H100, 1), Workload(16384, 8))
+    assert result.comparison["int4"].kv_cache_bytes == result.comparison["bf16"].kv_cache_bytes
+    assert result.kv_cache_bytes == kv_cache_bytes(spec, "bf16", 16384, 8)
+    for quantized, baseline in zip(result.comparison["int4"].devices, result.comparison["bf16"].devices,
+                                   strict=True):
+        assert quantized.kv_cache_bytes == baseline.kv_cache_bytes
+    assert result.kv_bytes_per_token == kv_bytes_per_token(spec, "bf16")
+
+
+@pytest.mark.parametrize("model", MODELS)
+@pytest.mark.parametrize("sequences", [1, 16])
+def test_more_memory_never_turns_a_fit_into_a_no_fit(model: str, sequences: int) -> None:
+    spec = get_preset(model)
+    previous = {"bf16": False, "int4": False}
+    for capacity in range(8 * GIB, 400 * GIB, 7 * GIB):
+        result = plan(spec, Hardware(capacity, 1), Workload(32768, sequences))
+        for key, format_plan in result.comparison.items():
+            assert format_plan.fits or not previous[key], f"{key} stopped fitting at {capacity} bytes"
+            previous[key] = format_plan.fits
+
+
+@pytest.mark.parametrize("model", MODELS)
+def test_the_longest_context_fits_and_one_more_block_does_not(model: str) -> None:
+    spec = get_preset(model)
+    hardware = Hardware(24 * GIB, 1)
+    result = plan(spec, hardware, Workload(1024, 8))
+    for key, format_plan in result.comparison.items():
+        options = PlanOptions(weight_format=int4() if key == "int4" else float_format(key))
+        longest = format_plan.max_context_length
+        if longest is None:
+            assert not plan(spec, hardware, Workload(16, 8), options).primary.fits
+            continue
+        assert plan(spec, hardware, Workload(longest, 8), options).primary.fits
+        if format_plan.context_limited_by == "memory":
+            assert longest % 16 == 0
+            assert not plan(spec, hardware, Workload(longest + 16, 8), options).primary.fits
+        else:
+            assert longest == spec.max_position_embeddings
+
+
+@pytest.mark.parametrize("model", MODELS)
+def test_the_most_sequences_fit_and_one_more_does_not(model: str) -> None:
+    spec = get_preset(model)
+    hardware = Hardware(48 * GIB, 1)
+    result = plan(spec, hardware, Workload(4096, 1))
+    most = result.primary.max_concurrent_sequences
+    if most == 0:
+        assert not result.primary.fits
+        return
+    assert plan(spec, hardware, Workload(4096, most)).primary.fits
+    assert not plan(spec, hardware, Workload(4096, most + 1)).primary.fits
+
+
+@pytest.mark.parametrize("model", [*MODELS, "deepseek-v3", "llama-3.1-405b", "qwen3-235b-a22b"])
+def test_the_fewest_devices_fit_and_one_fewer_does_not(model: str) -> None:
+    spec = get_preset(model)
+    workload = Workload(32768, 4)
+    result = plan(spec, Hardware(H100, 1), workload)
+    for key, format_plan in result.comparison.items():
+        options = PlanOptions(weight_format=int4() if key == "int4" else float_format(key))
+        fewest = format_plan.min_devices
+        assert fewest is not None
+        assert plan(spec, Hardware(H100, fewest), workload, options).primary.fits
+        if fewest > 1:
+            assert not plan(spec, Hardware(H100, fewest - 1), workload, options).primary.fits
+
+
+def test_sliding_window_models_are_limited_by_the_trained_context_not_memory() -> None:
+    result = plan(get_preset("mistral-7b-v0.1"), Hardware(H100, 1), Workload(4096, 1))
+    assert result.primary.context_limited_by == "model"
+    assert result.primary.max_context_length == 32768
+
+
+def test_kv_cache_dominating_is_said_in_plain_words() -> None:
+    result = plan(get_preset("llama-2-7b"), Hardware(H100, 1), Workload(32768, 4))
+    assert any("KV cache" in warning and "INT4" in warning for warning in result.warnings)
+
+
+def test_estimated_terms_state_their_basis() -> None:
+    result = plan(get_preset("llama-3.1-8b"), Hardware(H100, 1), Workload(8192, 2))
+    assert "estimate" in result.activation.basis and "8192" in result.activation.basis
+    assert "GiB" in result.runtime_overhead.basis
+    overridden = plan(get_preset("llama-3.1-8b"), Hardware(H100, 1), Workload(8192, 2),
+                      PlanOptions(activation_bytes=123, runtime_overhead_bytes=0))
+    assert overridden.activation.bytes == 123 and "request" in overridden.activation.basis
+    assert overridden.primary.devices[0].overhead_bytes == 0
+
+
+def test_16_bit_deployment_makes_bf16_the_primary_plan() -> None:
+    result = plan(get_preset("qwen2.5-0.5b"), Hardware(H100, 1), Workload(),
+                  PlanOptions(weight_format=float_format("bf16")))
+    assert result.primary is result.comparison["bf16"]
+
+
+@pytest.mark.parametrize(("kwargs", "field"), [
+    ({"tensor_parallel": 3}, "parallel.tensor"),
+    ({"pipeline_parallel": 0}, "parallel.pipeline"),
+    ({"memory_utilization": 1.5}, "runtime.memory_utilization"),
+    ({"block_size": -16}, "kv_cache.block_size"),
+])
+def test_bad_options_raise_errors_naming_the_field(kwargs: dict[str, int], field: str) -> None:
+    with pytest.raises(InvalidSpec) as caught:
+        plan(get_preset("qwen2.5-0.5b"), Hardware(H100, 2), Workload(), PlanOptions(**kwargs))  # type: ignore[arg-type]
+    assert caught.value.field == field
+
+
+@pytest.mark.parametrize(("hardware", "field"), [
+    ({"capacity_bytes": 0}, "hardware.memory_bytes"),
+    ({"capacity_bytes": H100, "count": 0}, "hardware.count"),
+])
+def test_bad_hardware_raises_errors_naming_the_field(hardware: dict[str, int], field: str) -> None:
+    with pytest.raises(InvalidSpec) as caught:
+        Hardware(**hardware)
+    assert caught.value.field == field
+
+
+def test_bad_workload_raises_errors_naming_the_field() -> None:
+    with pytest.raises(InvalidSpec) as caught:
+        Workload(context_length=-5)
+    assert caught.value.field == "workload.context_length"
+    assert caught.value.value == -5
+
+
+def test_a_group_size_that_does_not_divide_a_tensor_names_the_tensor() -> None:
+    # Qwen2.5-0.5B's MLP is 4864 wide: 4864 / 256 = 19, but 896 / 256 is not whole
+    with pytest.raises(GroupSizeMismatch) as caught:
+        plan(get_preset("qwen2.5-0.5b"), Hardware(H100, 1), Workload(),
+             PlanOptions(weight_format=int4(group_size=256)))
+    assert caught.value.group_size == 256 and caught.value.in_features == 896
+    assert "layers" in caught.value.field
+
+
+@pytest.mark.parametrize(("model", "in_features"), [("deepseek-v2-lite", 10944), ("gpt-oss-20b", 2880)])
+def test_widths_that_group_128_does_not_divide_need_padding_or_a_smaller_group(model: str,
+                                                                              in_features: int) -> None:
+    # DeepSeek-V2-Lite's dense MLP is 10944 wide (85.5 groups of 128); gpt-oss's hidden size 2880 (22.5)
+    spec = get_preset(model)
+    with pytest.raises(GroupSizeMismatch) as caught:
+        plan(spec, Hardware(H100, 1), Workload())
+    assert caught.value.in_features == in_features
+    padded = plan(spec, Hardware(H100, 1), Workload(), PlanOptions(weight_format=int4(pad=True)))
+    exact = plan(spec, Hardware(H100, 1), Workload(), PlanOptions(weight_format=int4(group_size=64)))
+    assert padded.primary.weights_bytes > 0 and exact.primary.weights_bytes > 0
+    # a 16-bit deployment still compares with INT4 (padded, since g128 does not divide)
+    baseline = plan(spec, Hardware(H100, 1), Workload(), PlanOptions(weight_format=float_format("bf16")))
+    assert baseline.comparison["int4"].weights_bytes == padded.primary.weights_bytes
+    assert padded.primary.weights_bytes < exact.primary.weights_bytes  # g64 stores twice the scales
