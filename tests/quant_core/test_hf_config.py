@@ -279,3 +279,25 @@ def test_from_dict_rejects_unknown_fields_missing_fields_and_bad_layouts() -> No
     assert layers.value.field == "sliding_layers[1]" and layers.value.value == 99
     with pytest.raises(InvalidSpec):
         ModelSpec.from_dict(["not", "a", "dict"])
+
+
+BAD_VALUES: list[object] = ["x", True, [], {}, -1, 0, 3, 1e30, 10**13, None, 2.5, [1, "a"]]
+
+
+@needs_fixtures
+@pytest.mark.parametrize("model_id", FIXTURE_IDS)
+def test_any_single_bad_or_missing_value_gives_a_typed_error_or_a_usable_spec(model_id: str) -> None:
+    """Every key of the real config, replaced by each bad value or removed: never a bare TypeError."""
+    from quant_core.errors import NibbleError
+    from quant_core.kv_cache import kv_cache_bytes
+
+    config = load(model_id)
+    variants = [{**config, key: value} for key in config for value in BAD_VALUES]
+    variants += [{k: v for k, v in config.items() if k != key} for key in config]
+    for variant in variants:
+        try:
+            spec = model_from_hf_config(variant)
+            parameter_count(spec)
+            kv_cache_bytes(spec, "int8", context_length=1000, sequences=3, tensor_parallel=3)
+        except NibbleError:
+            pass
