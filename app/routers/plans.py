@@ -1,0 +1,40 @@
+"""``/v1/plan``: will it fit, and the same over a grid of workloads for charts.
+
+Planning is pure Python over the tensor inventory (microseconds), so these
+handlers are ``async def`` and run on the event loop with no threadpool hop.
+"""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Request
+
+from app.problems import problem_responses
+from app.schemas.plans import (
+    PlanRequest,
+    PlanResponse,
+    SweepRequest,
+    SweepResponse,
+    plan_from_core,
+    plan_to_core,
+    sweep_rows,
+)
+from app.security import settings_of
+from quant_core.planner import plan
+
+router = APIRouter(prefix="/plan", tags=["plan"])
+
+
+@router.post("", response_model=PlanResponse, summary="Plan memory for a model on hardware",
+             responses=problem_responses(400, 413, 422))
+async def create_plan(body: PlanRequest, request: Request) -> PlanResponse:
+    """Per-device weights, KV cache, activations and overhead against usable memory, 16-bit beside INT4."""
+    spec, hardware, workload, options = plan_to_core(body, settings_of(request).max_config_depth)
+    return plan_from_core(plan(spec, hardware, workload, options))
+
+
+@router.post("/sweep", response_model=SweepResponse, summary="Plan over a grid of workloads",
+             responses=problem_responses(400, 413, 422))
+async def create_sweep(body: SweepRequest, request: Request) -> SweepResponse:
+    """One row per combination of context lengths, sequence counts, formats and device counts."""
+    settings = settings_of(request)
+    return sweep_rows(body, settings.max_config_depth, settings.max_sweep_rows)

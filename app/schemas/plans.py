@@ -1,0 +1,363 @@
+"""The plan and sweep bodies and answers, and their conversion to and from `quant_core.planner`."""
+
+from __future__ import annotations
+
+import itertools
+import math
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from app.schemas.models import ModelInput, field_prefix, model_to_core
+from quant_core import catalog
+from quant_core.errors import LimitExceeded
+from quant_core.formats import FLOAT_FORMATS, WeightFormat, float_format
+from quant_core.planner import DevicePlan, FormatPlan, Hardware, Plan, PlanOptions, Workload, plan
+from quant_core.specs import ModelSpec
+
+_OPTIONS = PlanOptions()
+_WORKLOAD = Workload()
+
+
+class HardwareIn(BaseModel):
+    """`count` devices: a catalog `device` id, or a raw `memory_bytes` per device (one of the two)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    device: str | None = Field(None, description="A device id from GET /v1/devices, e.g. h100-80gb.")
+    memory_bytes: int | None = Field(None, description="Memory of one device, bytes (for unlisted hardware).")
+    count: int = Field(1, description="Number of identical devices.")
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> HardwareIn:
+        if (self.device is None) == (self.memory_bytes is None):
+            raise ValueError("give exactly one of device or memory_bytes")
+        return self
+
+
+class WorkloadIn(BaseModel):
+    """Tokens held per sequence (prompt + output) and sequences served at once."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    context_length: int = _WORKLOAD.context_length
+    concurrent_sequences: int = _WORKLOAD.concurrent_sequences
+
+
+class WeightsIn(BaseModel):
+    """The deployed weight format: ``int4`` group-wise (default g128 asymmetric), ``int8`` or a float."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    format: Literal["int4", "int8", "bf16", "fp16", "fp32"] = "int4"
+    group_size: int | None = Field(128, description="int4 only: 32, 64, 128, 256, or null for a whole row.")
+    symmetric: bool = False
+    zero: Literal["int4", "fp16"] = Field("int4", description="int4 asymmetric: how zero points are stored.")
+
+
+class KVCacheIn(BaseModel):
+    """The KV cache's element type and the engine's block (page) size in tokens."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    dtype: str = Field(_OPTIONS.kv_cache_dtype, description="bf16, fp16, fp8, int8 or int4.")
+    block_size: int = _OPTIONS.block_size
+
+
+class ParallelIn(BaseModel):
+    """Tensor and pipeline parallel degrees; tensor defaults to count / pipeline."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    tensor: int | None = None
+    pipeline: int = _OPTIONS.pipeline_parallel
+
+
+class RuntimeIn(BaseModel):
+    """The engine's memory budget and the estimates' overrides."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    memory_utilization: float = Field(_OPTIONS.memory_utilization, description="Share of memory usable.")
+    overhead_bytes: int = Field(_OPTIONS.runtime_overhead_bytes, description="Fixed per-device overhead.")
+    activation_bytes: int | None = Field(None, description="Replaces the activation estimate when given.")
+    max_batched_tokens: int = _OPTIONS.max_batched_tokens
+    float_format: Literal["bf16", "fp16", "fp32"] = Field("bf16", description="The 16-bit baseline format.")
+
+
+class PlanRequest(BaseModel):
+    """A model, hardware and workload; everything but `model` and `hardware` has a default."""
+
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{
+        "model": {"preset": "llama-3.1-70b"}, "hardware": {"device": "h100-80gb", "count": 2},
+        "workload": {"context_length": 8192, "concurrent_sequences": 4},
+    }]})
+
+    model: ModelInput
+    hardware: HardwareIn
+    workload: WorkloadIn = Field(default_factory=WorkloadIn)
+    weights: WeightsIn = Field(default_factory=WeightsIn)
+    kv_cache: KVCacheIn = Field(default_factory=KVCacheIn)
+    parallel: ParallelIn = Field(default_factory=ParallelIn)
+    runtime: RuntimeIn = Field(default_factory=RuntimeIn)
+
+
+def weight_format_to_core(weights: WeightsIn, name: str | None = None) -> WeightFormat:
+    """The `WeightFormat` of `weights` (or of format `name` with the same int4 parameters)."""
+    name = name or weights.format
+    with field_prefix("weights"):
+        if name in FLOAT_FORMATS:
+            return float_format(name)
+        if name == "int8":
+            return WeightFormat("int8", None, True, "none")
+        return WeightFormat("int4", weights.group_size, weights.symmetric,
+                            "none" if weights.symmetric else weights.zero)
+
+
+def plan_to_core(body: PlanRequest, max_config_depth: int) -> tuple[ModelSpec, Hardware, Workload, PlanOptions]:
+    """The planner's inputs for `body`; core errors name the field by its path in the body."""
+    spec = model_to_core(body.model, max_config_depth)
+    if body.hardware.device is not None:
+        with field_prefix("hardware.device"):
+            device = catalog.get_device(body.hardware.device)
+    else:
+        with field_prefix("hardware"):
+            device = catalog.device_from_bytes(body.hardware.memory_bytes or 0)
+    with field_prefix("hardware"):
+        hardware = Hardware(device.memory_bytes, body.hardware.count,
+                            device.id if body.hardware.device is not None else None, device.name)
+    workload = Workload(body.workload.context_length, body.workload.concurrent_sequences)
+    options = PlanOptions(
+        weight_format=weight_format_to_core(body.weights), float_format=body.runtime.float_format,
+        kv_cache_dtype=body.kv_cache.dtype, block_size=body.kv_cache.block_size,
+        tensor_parallel=body.parallel.tensor, pipeline_parallel=body.parallel.pipeline,
+        memory_utilization=body.runtime.memory_utilization, runtime_overhead_bytes=body.runtime.overhead_bytes,
+        activation_bytes=body.runtime.activation_bytes, max_batched_tokens=body.runtime.max_batched_tokens,
+    )
+    return spec, hardware, workload, options
+
+
+# --- answers -----------------------------------------------------------------------------------
+
+
+class Term(BaseModel):
+    """An estimated term: its bytes per device and the assumption behind them."""
+
+    bytes: int
+    basis: str
+
+
+class DeviceOut(BaseModel):
+    """What one device holds, against its usable memory (capacity × memory_utilization)."""
+
+    index: int
+    pipeline_stage: int
+    tensor_rank: int
+    layers: list[int] = Field(description="Decoder layers [start, stop) on this device's stage.")
+    capacity_bytes: int
+    usable_bytes: int
+    weights_bytes: int
+    kv_cache_bytes: int
+    activation_bytes: int
+    overhead_bytes: int
+    used_bytes: int
+    headroom_bytes: int = Field(description="usable − used; negative when it does not fit.")
+    fits: bool
+
+
+class FormatOut(BaseModel):
+    """The totals of one weight format: bytes, verdict, devices and the solved limits."""
+
+    format: str
+    weights_bytes: int
+    bits_per_weight: float
+    weights_by_role: dict[str, int]
+    kv_cache_bytes: int
+    used_bytes: int
+    fits: bool
+    max_context_length: int | None
+    context_limited_by: str
+    max_concurrent_sequences: int
+    min_devices: int | None
+    devices: list[DeviceOut]
+
+
+class PlanParameters(BaseModel):
+    total: int
+    by_role: dict[str, int]
+    active_per_token: int
+
+
+class PlanWeights(BaseModel):
+    format: str
+    bytes: int
+    bits_per_weight: float
+    by_role: dict[str, int]
+
+
+class PlanKVCache(BaseModel):
+    dtype: str
+    bytes_per_token: int = Field(description="Bytes per token over every layer, before any split.")
+    bytes: int = Field(description="Total for the workload: tokens held (paged) × sequences.")
+    block_size: int
+
+
+class PlanHardware(BaseModel):
+    device: str | None
+    name: str
+    capacity_bytes: int
+    count: int
+
+
+class PlanResponse(BaseModel):
+    """Will it fit: the deployed format's answer, per device, with 16-bit beside INT4 in `comparison`."""
+
+    model: str
+    fits: bool
+    parameters: PlanParameters
+    weights: PlanWeights
+    kv_cache: PlanKVCache
+    activation: Term
+    runtime_overhead: Term
+    devices: list[DeviceOut]
+    hardware: PlanHardware
+    workload: WorkloadIn
+    parallel: ParallelIn
+    memory_utilization: float
+    max_context_length: int | None
+    context_limited_by: str
+    max_concurrent_sequences: int
+    min_devices: int | None
+    comparison: dict[str, FormatOut] = Field(description="The same totals at 16-bit and at INT4.")
+    warnings: list[str]
+
+
+def _device_out(device: DevicePlan) -> DeviceOut:
+    return DeviceOut(index=device.index, pipeline_stage=device.pipeline_stage, tensor_rank=device.tensor_rank,
+                     layers=list(device.layers), capacity_bytes=device.capacity_bytes,
+                     usable_bytes=device.usable_bytes, weights_bytes=device.weights_bytes,
+                     kv_cache_bytes=device.kv_cache_bytes, activation_bytes=device.activation_bytes,
+                     overhead_bytes=device.overhead_bytes, used_bytes=device.used_bytes,
+                     headroom_bytes=device.headroom_bytes, fits=device.fits)
+
+
+def _format_out(result: FormatPlan) -> FormatOut:
+    return FormatOut(format=result.format, weights_bytes=result.weights_bytes,
+                     bits_per_weight=result.bits_per_weight, weights_by_role=dict(result.weights_by_role),
+                     kv_cache_bytes=result.kv_cache_bytes, used_bytes=result.used_bytes, fits=result.fits,
+                     max_context_length=result.max_context_length, context_limited_by=result.context_limited_by,
+                     max_concurrent_sequences=result.max_concurrent_sequences, min_devices=result.min_devices,
+                     devices=[_device_out(d) for d in result.devices])
+
+
+def plan_from_core(result: Plan) -> PlanResponse:
+    """The wire answer for a core `Plan`."""
+    primary = result.primary
+    return PlanResponse(
+        model=result.model, fits=result.fits,
+        parameters=PlanParameters(total=result.total_parameters, by_role=dict(result.parameters_by_role),
+                                  active_per_token=result.active_parameters_per_token),
+        weights=PlanWeights(format=primary.format, bytes=primary.weights_bytes,
+                            bits_per_weight=primary.bits_per_weight, by_role=dict(primary.weights_by_role)),
+        kv_cache=PlanKVCache(dtype=result.kv_cache_dtype, bytes_per_token=result.kv_bytes_per_token,
+                             bytes=result.kv_cache_bytes, block_size=result.options.block_size),
+        activation=Term(bytes=result.activation.bytes, basis=result.activation.basis),
+        runtime_overhead=Term(bytes=result.runtime_overhead.bytes, basis=result.runtime_overhead.basis),
+        devices=[_device_out(d) for d in primary.devices],
+        hardware=PlanHardware(device=result.hardware.device_id, name=result.hardware.name,
+                              capacity_bytes=result.hardware.capacity_bytes, count=result.hardware.count),
+        workload=WorkloadIn(context_length=result.workload.context_length,
+                            concurrent_sequences=result.workload.concurrent_sequences),
+        parallel=ParallelIn(tensor=result.tensor_parallel, pipeline=result.pipeline_parallel),
+        memory_utilization=result.options.memory_utilization,
+        max_context_length=primary.max_context_length, context_limited_by=primary.context_limited_by,
+        max_concurrent_sequences=primary.max_concurrent_sequences, min_devices=primary.min_devices,
+        comparison={name: _format_out(fp) for name, fp in result.comparison.items()},
+        warnings=list(result.warnings),
+    )
+
+
+# --- sweep -------------------------------------------------------------------------------------
+
+
+class SweepAxes(BaseModel):
+    """The values to vary; each list replaces the base request's value, and rows are their product."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    context_lengths: list[int] | None = None
+    concurrent_sequences: list[int] | None = None
+    formats: list[Literal["int4", "int8", "bf16", "fp16", "fp32"]] | None = Field(
+        None, description="Weight formats; int4 takes the request's group_size and symmetric.")
+    device_counts: list[int] | None = None
+
+
+class SweepRequest(PlanRequest):
+    """A plan body plus the axes to sweep."""
+
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{
+        "model": {"preset": "llama-3.1-70b"}, "hardware": {"device": "h100-80gb", "count": 2},
+        "sweep": {"context_lengths": [4096, 8192, 16384, 32768], "formats": ["bf16", "int4"]},
+    }]})
+
+    sweep: SweepAxes
+
+
+class SweepRow(BaseModel):
+    """One combination: its inputs, verdict and per-device worst case (the fullest device)."""
+
+    context_length: int
+    concurrent_sequences: int
+    format: str
+    device_count: int
+    fits: bool
+    weights_bytes: int
+    kv_cache_bytes: int
+    used_bytes: int = Field(description="Total over every device.")
+    max_device_used_bytes: int
+    usable_bytes: int = Field(description="Usable bytes of one device.")
+    min_headroom_bytes: int
+    max_context_length: int | None
+    max_concurrent_sequences: int
+
+
+class SweepResponse(BaseModel):
+    """One row per combination of the swept values, in nested order (contexts innermost)."""
+
+    model: str
+    rows: list[SweepRow]
+
+
+def sweep_rows(body: SweepRequest, max_config_depth: int, max_rows: int) -> SweepResponse:
+    """Run `plan` once per combination of the sweep axes (refused past `max_rows`)."""
+    spec, hardware, workload, options = plan_to_core(body, max_config_depth)
+    axes = body.sweep
+    counts = axes.device_counts or [hardware.count]
+    formats = axes.formats or [body.weights.format]
+    sequences = axes.concurrent_sequences or [workload.concurrent_sequences]
+    contexts = axes.context_lengths or [workload.context_length]
+    total = math.prod(len(axis) for axis in (counts, formats, sequences, contexts))
+    if total > max_rows:
+        raise LimitExceeded("max_sweep_rows", total, max_rows, field="sweep")
+    rows: list[SweepRow] = []
+    for count, name, sequence_count, context in itertools.product(counts, formats, sequences, contexts):
+        weight_format = weight_format_to_core(body.weights, name)
+        with field_prefix("sweep"):
+            row_hardware = Hardware(hardware.capacity_bytes, count, hardware.device_id, hardware.name)
+            row_options = PlanOptions(**{**_options_dict(options), "weight_format": weight_format,
+                                         "tensor_parallel": None if axes.device_counts else options.tensor_parallel})
+            result = plan(spec, row_hardware, Workload(context, sequence_count), row_options).primary
+        rows.append(SweepRow(
+            context_length=context, concurrent_sequences=sequence_count, format=result.format,
+            device_count=count, fits=result.fits, weights_bytes=result.weights_bytes,
+            kv_cache_bytes=result.kv_cache_bytes, used_bytes=result.used_bytes,
+            max_device_used_bytes=max(d.used_bytes for d in result.devices),
+            usable_bytes=result.devices[0].usable_bytes,
+            min_headroom_bytes=min(d.headroom_bytes for d in result.devices),
+            max_context_length=result.max_context_length, max_concurrent_sequences=result.max_concurrent_sequences,
+        ))
+    return SweepResponse(model=spec.name, rows=rows)
+
+
+def _options_dict(options: PlanOptions) -> dict[str, object]:
+    return {name: getattr(options, name) for name in PlanOptions.__dataclass_fields__}

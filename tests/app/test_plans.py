@@ -1,0 +1,176 @@
+"""POST /v1/plan and /v1/plan/sweep: defaults, agreement with quant_core, and errors."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+from fastapi.testclient import TestClient
+
+from quant_core.hf_config import model_from_hf_config
+from quant_core.inventory import parameter_count
+from quant_core.kv_cache import kv_bytes_per_token
+from tests.app.conftest import FIXTURES, client_with
+
+BODY_70B: dict[str, Any] = {"model": {"preset": "llama-3.1-70b"}, "hardware": {"device": "h100-80gb", "count": 2}}
+
+
+def test_plan_defaults_int4_g128_and_bf16_kv(client: TestClient) -> None:
+    response = client.post("/v1/plan", json=BODY_70B)
+    assert response.status_code == 200
+    body = response.json()
+    assert body["weights"]["format"] == "int4-g128-asym"
+    assert body["kv_cache"]["dtype"] == "bf16"
+    assert body["workload"] == {"context_length": 4096, "concurrent_sequences": 1}
+    assert body["parallel"] == {"tensor": 2, "pipeline": 1}
+    assert body["memory_utilization"] == 0.9
+    assert set(body["comparison"]) == {"bf16", "int4"}
+    assert len(body["devices"]) == 2
+    assert body["activation"]["basis"] and body["runtime_overhead"]["basis"]
+
+
+def test_plan_device_terms_add_up(client: TestClient) -> None:
+    body = client.post("/v1/plan", json=BODY_70B).json()
+    for device in body["devices"]:
+        parts = device["weights_bytes"] + device["kv_cache_bytes"] + device["activation_bytes"] \
+            + device["overhead_bytes"]
+        assert device["used_bytes"] == parts
+        assert device["headroom_bytes"] == device["usable_bytes"] - device["used_bytes"]
+        # H100 80GB: 80 GiB, 90 % usable, floored.
+        assert device["usable_bytes"] == int(80 * 2**30 * 0.9)
+
+
+def test_plan_70b_on_one_h100_fits_only_at_int4(client: TestClient) -> None:
+    body = client.post("/v1/plan", json={**BODY_70B, "hardware": {"device": "h100-80gb", "count": 1}}).json()
+    assert body["comparison"]["int4"]["fits"] is True
+    assert body["comparison"]["bf16"]["fits"] is False
+    assert body["warnings"]
+
+
+def test_plan_kv_cache_is_the_same_at_bf16_and_int4(client: TestClient) -> None:
+    body = client.post("/v1/plan", json={**BODY_70B, "workload": {"context_length": 32768,
+                                                                   "concurrent_sequences": 8}}).json()
+    assert body["comparison"]["bf16"]["kv_cache_bytes"] == body["comparison"]["int4"]["kv_cache_bytes"]
+    # Llama-3.1-70B at bf16: 2 x 80 layers x 8 KV heads x 128 x 2 B = 327,680 bytes per token.
+    assert body["kv_cache"]["bytes_per_token"] == 327_680
+    assert body["kv_cache"]["bytes"] == 327_680 * 32768 * 8
+
+
+def test_plan_raw_memory_bytes_hardware(client: TestClient) -> None:
+    body = client.post("/v1/plan", json={"model": {"preset": "qwen2.5-0.5b"},
+                                         "hardware": {"memory_bytes": 8 * 2**30}}).json()
+    assert body["hardware"]["capacity_bytes"] == 8 * 2**30
+    assert body["hardware"]["device"] is None
+    assert body["fits"] is True
+
+
+@pytest.mark.parametrize("content", [b'{"model": ', b"not json", b'{"model": {"preset": "gpt2"},}'])
+def test_malformed_json_is_400_problem(client: TestClient, content: bytes) -> None:
+    response = client.post("/v1/plan", content=content, headers={"content-type": "application/json"})
+    assert response.status_code == 400
+    assert response.headers["content-type"] == "application/problem+json"
+    assert response.json()["errors"][0]["field"] == "body"
+
+
+def test_missing_hardware_is_422_naming_it(client: TestClient) -> None:
+    response = client.post("/v1/plan", json={"model": {"preset": "gpt2"}})
+    assert response.status_code == 422
+    assert "hardware" in [e["field"] for e in response.json()["errors"]]
+
+
+def test_unknown_preset_lists_close_names(client: TestClient) -> None:
+    response = client.post("/v1/plan", json={**BODY_70B, "model": {"preset": "llama-3.1-7b"}})
+    assert response.status_code == 422
+    body = response.json()
+    assert "llama-3.1-70b" in body["close"]
+    assert body["errors"][0]["field"] == "model.preset"
+
+
+def test_unknown_device_lists_close_names(client: TestClient) -> None:
+    response = client.post("/v1/plan", json={**BODY_70B, "hardware": {"device": "h10-80gb"}})
+    assert response.status_code == 422
+    body = response.json()
+    assert "h100-80gb" in body["close"]
+    assert body["errors"][0]["field"] == "hardware.device"
+
+
+def test_config_missing_a_key_names_it(client: TestClient) -> None:
+    config = {"model_type": "llama", "hidden_size": 4096, "num_attention_heads": 32}
+    response = client.post("/v1/plan", json={**BODY_70B, "model": {"hf_config": config}})
+    assert response.status_code == 422
+    assert response.json()["errors"][0]["field"].startswith("model.hf_config.")
+
+
+@pytest.mark.parametrize(("patch", "field"), [
+    ({"workload": {"context_length": -1}}, "workload.context_length"),
+    ({"workload": {"concurrent_sequences": 0}}, "workload.concurrent_sequences"),
+    ({"hardware": {"memory_bytes": -5}}, "hardware.memory_bytes"),
+    ({"hardware": {"device": "h100-80gb", "count": -2}}, "hardware.count"),
+    ({"runtime": {"memory_utilization": 1.5}}, "runtime.memory_utilization"),
+])
+def test_negative_or_out_of_range_values_name_the_field(client: TestClient, patch: dict[str, Any],
+                                                        field: str) -> None:
+    response = client.post("/v1/plan", json={**BODY_70B, **patch})
+    assert response.status_code == 422
+    assert response.json()["errors"][0]["field"] == field
+
+
+def test_group_size_that_is_not_allowed_names_the_field(client: TestClient) -> None:
+    response = client.post("/v1/plan", json={**BODY_70B, "weights": {"group_size": 100}})
+    assert response.status_code == 422
+    assert response.json()["errors"][0]["field"] == "weights.group_size"
+
+
+def test_group_size_that_does_not_divide_is_422(client: TestClient) -> None:
+    spec = {"hidden_size": 4032, "num_layers": 2, "num_attention_heads": 32, "intermediate_size": 8192,
+            "vocab_size": 1000}  # 4032 = 31.5 x 128
+    response = client.post("/v1/plan", json={"model": {"spec": spec}, "hardware": {"device": "l4"}})
+    assert response.status_code == 422
+    assert "4032" in response.json()["detail"] and "128" in response.json()["detail"]
+
+
+def test_sweep_rows_are_the_product_of_the_axes(client: TestClient) -> None:
+    response = client.post("/v1/plan/sweep", json={**BODY_70B, "sweep": {
+        "context_lengths": [4096, 131072], "formats": ["bf16", "int4"], "device_counts": [1, 2, 4]}})
+    assert response.status_code == 200
+    rows = response.json()["rows"]
+    assert len(rows) == 12
+    by_key = {(r["device_count"], r["format"], r["context_length"]): r for r in rows}
+    assert by_key[(1, "bf16", 4096)]["fits"] is False
+    assert by_key[(2, "int4-g128-asym", 4096)]["fits"] is True
+    assert by_key[(4, "bf16", 4096)]["kv_cache_bytes"] == by_key[(4, "int4-g128-asym", 4096)]["kv_cache_bytes"]
+
+
+def test_sweep_row_matches_the_plan_endpoint(client: TestClient) -> None:
+    plan = client.post("/v1/plan", json={**BODY_70B, "workload": {"context_length": 8192}}).json()
+    rows = client.post("/v1/plan/sweep", json={**BODY_70B, "sweep": {"context_lengths": [8192]}}).json()["rows"]
+    assert rows[0]["used_bytes"] == sum(d["used_bytes"] for d in plan["devices"])
+    assert rows[0]["fits"] == plan["fits"]
+
+
+def test_sweep_over_the_row_limit_is_413() -> None:
+    with client_with(max_sweep_rows=3) as small:
+        response = small.post("/v1/plan/sweep", json={**BODY_70B, "sweep": {"context_lengths": [1, 2, 3, 4]}})
+    assert response.status_code == 413
+    assert (response.json()["limit"], response.json()["value"]) == ("max_sweep_rows", 4)
+
+
+def _fixture_configs() -> list[str]:
+    folder = FIXTURES / "models"
+    return sorted(path.name for path in folder.glob("*.json")) if folder.is_dir() else []
+
+
+@pytest.mark.skipif(not (FIXTURES / "models").is_dir(), reason="../shared/fixtures/models is absent")
+@pytest.mark.parametrize("name", _fixture_configs())
+def test_plan_hf_config_agrees_with_quant_core(client: TestClient, name: str) -> None:
+    config = json.loads((FIXTURES / "models" / name).read_text())
+    spec = model_from_hf_config(config)
+    # Group size 32 divides every fixture's widths (gpt-oss 2880, falcon 4544, deepseek-v2-lite 10944 do
+    # not divide by the default 128; that refusal is tested above).
+    response = client.post("/v1/plan", json={"model": {"hf_config": config}, "weights": {"group_size": 32},
+                                             "hardware": {"device": "h100-80gb", "count": 8}})
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["parameters"]["total"] == parameter_count(spec).total
+    assert body["kv_cache"]["bytes_per_token"] == kv_bytes_per_token(spec, "bf16")
