@@ -25,8 +25,10 @@ from numpy.typing import NDArray
 from quant_core.errors import InvalidSpec, InvalidTensor, NonFiniteValues, UnknownName
 from quant_core.formats import WeightFormat
 from quant_core.quantize import clip as clip_method
+from quant_core.quantize import hqq as hqq_method
+from quant_core.quantize import refit as refit_method
 from quant_core.quantize._groups import F32, GroupCodes
-from quant_core.quantize.metrics import QualityAccumulator, held_out_rows
+from quant_core.quantize.metrics import QualityAccumulator, held_out_rows, validate_calibration
 from quant_core.quantize.packing import UNMEASURED, pack_codes, unpack_codes
 from quant_core.quantize.rtn import rtn, rtn_symmetric
 from quant_core.quantize.types import QualityReport, QuantizedTensor
@@ -45,6 +47,8 @@ _GROUP_METHODS: dict[str, GroupMethod] = {
     "rtn-sym-2absmax15": lambda w, lo, hi, s: rtn_symmetric(w, lo, hi, s, "2absmax/15"),
     "rtn-sym-q4_0": lambda w, lo, hi, s: rtn_symmetric(w, lo, hi, s, "q4_0"),
     "clip": clip_method.clip,
+    "hqq": hqq_method.hqq,
+    "refit": refit_method.refit,
 }
 
 #: Every method id with a one-line description (what the API lists).
@@ -55,6 +59,10 @@ METHODS: Mapping[str, str] = MappingProxyType({
     "rtn-sym-2absmax15": "round-to-nearest, symmetric, scale = 2 absmax / 15",
     "rtn-sym-q4_0": "round-to-nearest, symmetric, scale = signed max / -8 (llama.cpp Q4_0)",
     "clip": "per-group grid search of a clipping (shrink) factor minimising squared error",
+    "refit": "scale grid plus alternating least-squares refit of scale and integer zero (make_qkx2-like)",
+    "gptq": "GPTQ (Frantar et al. 2022): Hessian-guided error compensation; needs calibration activations",
+    "gptq-act-order": "GPTQ with act-order (columns by decreasing Hessian diagonal), recording g_idx",
+    "hqq": "half-quadratic zero-point optimisation (Badri & Shaji 2023); fp16 zero, or rounded to int4",
 })
 
 
@@ -163,6 +171,18 @@ def quantize(weights: NDArray[np.generic], scheme: WeightFormat, method: str,
     held_out, split = held_out_rows(calibration, in_features)
     if method == "hqq" and scheme.symmetric:
         raise InvalidSpec("method", method, "hqq optimises a zero point; use an asymmetric scheme")
+    if method == "gptq-act-order" and scheme.layout != "gptq":
+        raise InvalidSpec("method", method, "act-order needs g_idx, which only the layout='gptq' payload stores")
+    if method.startswith("gptq"):
+        from quant_core.quantize import gptq
+
+        activations = validate_calibration(calibration, in_features) if calibration is not None else None
+        codes_all, scales_all, zeros_all, g_idx = gptq.gptq(
+            array, scheme, activations, act_order=method == "gptq-act-order",
+            reader=_ChunkReader(array, columns),
+        )
+        quantized = _assemble(array, scheme, method, pack_codes(codes_all), scales_all, zeros_all, g_idx)
+        return _with_quality(quantized, _measure(array, quantized, held_out, split))
     group_method = _GROUP_METHODS[method]
     reader = _ChunkReader(array, columns)
     packed = np.empty((out_features * columns + 1) // 2, dtype=np.uint8)
