@@ -1,0 +1,232 @@
+"""nibble's own ``.safetensors`` file: quantized tensors, passthrough tensors, and their description.
+
+Layout, per quantized tensor named ``N`` (the full input name, e.g.
+``model.layers.0.mlp.up_proj.weight``):
+
+* ``N.qweight`` U8 ``[ceil(out × C / 2)]``: the packed codes exactly as in
+  nibble's payload (quant_core/quantize/packing.py: row-major over the padded
+  rows, low nibble first);
+* ``N.scales`` F16 ``[out, groups]``;
+* ``N.zeros``: absent when symmetric; U8 ``[ceil(out × groups / 2)]`` holding
+  the int4 zeros packed like the codes; or F16 ``[out, groups]`` (HQQ zeros);
+* ``N.g_idx`` I32 ``[in]``, only when act-order permuted the columns.
+
+So the tensor bytes of a quantized entry are exactly the planner's
+``format.bytes_for(shape)`` (plus ``4 × in`` for a g_idx outside the GPTQ
+layout).  Passthrough tensors (norms, biases, embeddings, integer buffers)
+are stored under their own names, unchanged.
+
+``__metadata__`` holds ``nibble.format`` (``"nibble-int4/1"``) and
+``nibble.tensors``, a JSON string mapping each quantized name to its scheme
+(name, group_size, symmetric, zero, pad, layout), method, shape, source dtype
+and quality figures (NaN written as null); any other string metadata the
+caller passes is kept as is (keys starting with ``nibble.`` are reserved).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from dataclasses import asdict, replace
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+
+from quant_core.errors import NibbleError, TensorFileError
+from quant_core.formats import WeightFormat
+from quant_core.quantize.packing import pack_codes, quantized_from_payload
+from quant_core.quantize.types import QualityReport, QuantizedTensor
+from quant_core.tensorio.limits import DEFAULT_MAX_ELEMENTS, DEFAULT_MAX_HEADER_BYTES, DEFAULT_MAX_TENSORS
+from quant_core.tensorio.safetensors_io import SafetensorsFile, read_safetensors, write_safetensors
+
+FILE_FORMAT = "nibble-int4/1"
+FORMAT_KEY = "nibble.format"
+TENSORS_KEY = "nibble.tensors"
+RESERVED_PREFIX = "nibble."
+COMPONENTS = ("qweight", "scales", "zeros", "g_idx")
+
+
+def _json_figure(value: float) -> float | str | None:
+    """Strict JSON has no NaN or infinity: NaN (unmeasured) is null, ±inf (exact) the strings "inf"/"-inf"."""
+    if math.isnan(value):
+        return None
+    return str(value) if math.isinf(value) else value
+
+
+def _describe(q: QuantizedTensor) -> dict[str, Any]:
+    quality = {key: _json_figure(value) if isinstance(value, float) else value
+               for key, value in asdict(q.quality).items()}
+    return {
+        "format": asdict(q.format),
+        "method": q.method,
+        "shape": list(q.shape),
+        "source_dtype": q.source_dtype,
+        "quality": quality,
+    }
+
+
+def quantized_components(q: QuantizedTensor) -> dict[str, NDArray[Any]]:
+    """The arrays stored for `q`, keyed by component (``qweight``, ``scales``, ``zeros``, ``g_idx``)."""
+    parts: dict[str, NDArray[Any]] = {
+        "qweight": np.ascontiguousarray(q.packed, dtype=np.uint8).reshape(-1),
+        "scales": np.ascontiguousarray(q.scales, dtype=np.float16),
+    }
+    if q.format.zero == "int4":
+        if q.zeros is None:
+            raise TensorFileError(f"scheme {q.format.label()} needs int4 zeros but the tensor has none",
+                                  field="tensors")
+        parts["zeros"] = pack_codes(np.asarray(q.zeros, dtype=np.uint8).reshape(-1))
+    elif q.format.zero == "fp16":
+        if q.zeros is None:
+            raise TensorFileError(f"scheme {q.format.label()} needs fp16 zeros but the tensor has none",
+                                  field="tensors")
+        parts["zeros"] = np.ascontiguousarray(q.zeros, dtype=np.float16)
+    if q.g_idx is not None:
+        parts["g_idx"] = np.ascontiguousarray(q.g_idx, dtype=np.int32)
+    return parts
+
+
+def write_nibble_safetensors(
+    path: str | os.PathLike[str],
+    tensors: dict[str, QuantizedTensor],
+    passthrough: dict[str, NDArray[Any]] | None = None,
+    metadata: dict[str, str] | None = None,
+) -> int:
+    """Write quantized and passthrough tensors as nibble's own safetensors file; returns its size in bytes.
+
+    Raises `TensorFileError` when two stored names collide (a passthrough
+    tensor named like a quantized component) or a metadata key is reserved.
+    """
+    stored: dict[str, NDArray[Any]] = {}
+    for name, q in tensors.items():
+        for component, array in quantized_components(q).items():
+            stored[f"{name}.{component}"] = array
+    for name, array in (passthrough or {}).items():
+        if name in stored:
+            raise TensorFileError(f"passthrough tensor {name!r} collides with a quantized tensor's component",
+                                  field="tensors")
+        stored[name] = np.asarray(array)
+    user = dict(metadata or {})
+    reserved = sorted(key for key in user if key.startswith(RESERVED_PREFIX))
+    if reserved:
+        raise TensorFileError(f"metadata keys {reserved} use the reserved prefix {RESERVED_PREFIX!r}",
+                              field="metadata")
+    user[FORMAT_KEY] = FILE_FORMAT
+    user[TENSORS_KEY] = json.dumps({name: _describe(q) for name, q in tensors.items()}, allow_nan=False)
+    return write_safetensors(path, stored, user)
+
+
+def _quality(raw: Any, name: str) -> QualityReport:
+    """Rebuild the figures written by `_describe` (null → NaN for the four figures, None for the rest)."""
+    if not isinstance(raw, dict):
+        raise TensorFileError(f"quality figures of {name!r} are not an object")
+    try:
+        def figure(key: str) -> float:
+            value = raw.get(key)
+            return float("nan") if value is None else float(value)
+
+        def rows(key: str) -> tuple[int, int] | None:
+            value = raw.get(key)
+            return None if value is None else (int(value[0]), int(value[1]))
+
+        output = raw.get("output_relative_error")
+        return QualityReport(
+            relative_error=figure("relative_error"), sqnr_db=figure("sqnr_db"),
+            max_abs_error=figure("max_abs_error"), cosine_similarity=figure("cosine_similarity"),
+            output_relative_error=None if output is None else float(output),
+            fit_rows=rows("fit_rows"), eval_rows=rows("eval_rows"),
+        )
+    except (IndexError, KeyError, TypeError, ValueError) as exc:
+        raise TensorFileError(f"quality figures of {name!r} are malformed: {exc}") from None
+
+
+def _component(file: SafetensorsFile, name: str, component: str, dtype: str) -> NDArray[Any]:
+    key = f"{name}.{component}"
+    entry = file.entries.get(key)
+    if entry is None:
+        raise TensorFileError(f"nibble file lacks tensor {key!r}")
+    if entry.dtype != dtype:
+        raise TensorFileError(f"nibble file tensor {key!r} is {entry.dtype}, expected {dtype}")
+    return np.array(file[key])
+
+
+def _read_one(file: SafetensorsFile, name: str, description: Any) -> QuantizedTensor:
+    try:
+        fmt = WeightFormat(**description["format"])
+        shape_list = description["shape"]
+        if not (isinstance(shape_list, list) and len(shape_list) == 2
+                and all(type(d) is int and d > 0 for d in shape_list)):
+            raise TensorFileError(f"quantized tensor {name!r} has shape {shape_list!r}, not [out, in] > 0")
+        shape = (shape_list[0], shape_list[1])
+        method, source_dtype = str(description["method"]), str(description["source_dtype"])
+        quality = _quality(description["quality"], name)
+        groups = fmt.group_count(shape[1])
+    except TensorFileError:
+        raise
+    except (NibbleError, KeyError, TypeError) as exc:
+        raise TensorFileError(f"description of quantized tensor {name!r} is malformed: {exc}") from None
+    if not fmt.is_quantized or fmt.name != "int4":
+        raise TensorFileError(f"quantized tensor {name!r} has format {fmt.name!r}; nibble files hold int4")
+    qweight = _component(file, name, "qweight", "U8")
+    scales = _component(file, name, "scales", "F16")
+    if scales.shape != (shape[0], groups):
+        raise TensorFileError(f"{name}.scales has shape {list(scales.shape)}, expected {[shape[0], groups]}")
+    parts = [qweight.tobytes(), scales.astype("<f2").tobytes()]
+    if fmt.zero == "int4":
+        parts.append(_component(file, name, "zeros", "U8").tobytes())
+    elif fmt.zero == "fp16":
+        zeros = _component(file, name, "zeros", "F16")
+        if zeros.shape != (shape[0], groups):
+            raise TensorFileError(f"{name}.zeros has shape {list(zeros.shape)}, expected {[shape[0], groups]}")
+        parts.append(zeros.astype("<f2").tobytes())
+    elif f"{name}.zeros" in file.entries:
+        raise TensorFileError(f"symmetric tensor {name!r} has a zeros tensor")
+    g_idx: NDArray[np.int32] | None = None
+    if f"{name}.g_idx" in file.entries:
+        g_idx = _component(file, name, "g_idx", "I32")
+        if g_idx.shape != (shape[1],) or (g_idx.size and (g_idx.min() < 0 or g_idx.max() >= groups)):
+            raise TensorFileError(f"{name}.g_idx must be [{shape[1]}] group indices in [0, {groups})")
+        if fmt.layout == "gptq":
+            parts.append(g_idx.astype("<i4").tobytes())
+    elif fmt.layout == "gptq":
+        raise TensorFileError(f"nibble file lacks tensor {name + '.g_idx'!r} required by the GPTQ layout")
+    q = quantized_from_payload(b"".join(parts), shape, fmt, method, quality=quality, source_dtype=source_dtype)
+    return replace(q, g_idx=g_idx) if g_idx is not None else q
+
+
+def read_nibble_safetensors(
+    path: str | os.PathLike[str],
+    *,
+    max_tensors: int = DEFAULT_MAX_TENSORS,
+    max_elements: int = DEFAULT_MAX_ELEMENTS,
+    max_header_bytes: int = DEFAULT_MAX_HEADER_BYTES,
+) -> tuple[dict[str, QuantizedTensor], dict[str, NDArray[Any]], dict[str, str]]:
+    """Read a file written by `write_nibble_safetensors`: ``(quantized, passthrough, metadata)``.
+
+    The quantized tensors are rebuilt through `quantized_from_payload` (the
+    same checks as any payload: lengths, finite scales, valid g_idx), so
+    ``dequantize`` of what is read equals ``dequantize`` of what was written
+    bit for bit.  Passthrough tensors are lazy read-only views; `metadata` is
+    the caller's own metadata (the ``nibble.*`` keys removed).  Anything
+    malformed is a `TensorFileError`.
+    """
+    file = read_safetensors(path, max_tensors=max_tensors, max_elements=max_elements,
+                            max_header_bytes=max_header_bytes)
+    if file.metadata.get(FORMAT_KEY) != FILE_FORMAT:
+        raise TensorFileError(
+            f"not a nibble quantized file: __metadata__ {FORMAT_KEY} is {file.metadata.get(FORMAT_KEY)!r}, "
+            f"expected {FILE_FORMAT!r}"
+        )
+    try:
+        descriptions = json.loads(file.metadata.get(TENSORS_KEY, ""))
+    except (ValueError, RecursionError) as exc:
+        raise TensorFileError(f"__metadata__ {TENSORS_KEY} is not JSON: {exc}") from None
+    if not isinstance(descriptions, dict):
+        raise TensorFileError(f"__metadata__ {TENSORS_KEY} must be a JSON object")
+    quantized = {name: _read_one(file, name, description) for name, description in descriptions.items()}
+    components = {f"{name}.{part}" for name in quantized for part in COMPONENTS}
+    passthrough = {name: file[name] for name in file if name not in components}
+    metadata = {key: value for key, value in file.metadata.items() if not key.startswith(RESERVED_PREFIX)}
+    return quantized, passthrough, metadata

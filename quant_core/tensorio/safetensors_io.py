@@ -1,0 +1,332 @@
+"""Safetensors reading (validated, lazy, memory-mapped) and writing.
+
+The format (huggingface/safetensors, docs "Format"): 8 bytes little-endian
+``u64`` N, then N bytes of a UTF-8 JSON object mapping each tensor name to
+``{"dtype", "shape", "data_offsets": [begin, end]}`` (offsets relative to the
+data area that follows the header) plus an optional ``"__metadata__"``
+string-to-string map; then the data area, which the tensors must cover
+exactly, without gaps or overlap, little-endian, row-major.
+
+nibble validates every one of those rules itself, with Python integers and
+before mapping any data, because the header comes from whoever uploaded the
+file: length within the limit and the file, a JSON object with no duplicate
+keys, known dtypes, non-negative integer shapes whose element count is within
+`max_elements`, ``dtype size × elements == end − begin``, offsets inside the
+data area, and contiguous coverage.  Every refusal is a `TensorFileError`
+(or `LimitExceeded` for a limit), never another exception type.
+
+Reading is lazy: `read_safetensors` returns a `SafetensorsFile`, a mapping
+whose values are read-only NumPy views of one ``np.memmap`` of the file, so a
+file of many tensors is paged in as each tensor is used.  The ``safetensors``
+package's NumPy API cannot represent BF16 (NumPy has no bfloat16) and loads
+whole files, so it serves as an independent decoder in the tests instead.
+BF16 comes back as ``ml_dtypes.bfloat16``, the F8 types as ml_dtypes' float8
+types; integer and bool tensors are passed through as NumPy arrays.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import struct
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any
+
+import ml_dtypes
+import numpy as np
+from numpy.typing import NDArray
+
+from quant_core.errors import LimitExceeded, TensorFileError
+from quant_core.tensorio.limits import (
+    DEFAULT_MAX_ELEMENTS,
+    DEFAULT_MAX_HEADER_BYTES,
+    DEFAULT_MAX_TENSORS,
+    checked_element_count,
+)
+
+METADATA_KEY = "__metadata__"
+HEADER_ALIGNMENT = 8  # the writer pads the header with spaces, as the reference writer does
+
+SAFETENSORS_DTYPES: dict[str, np.dtype[Any]] = {
+    "BOOL": np.dtype(np.bool_),
+    "U8": np.dtype("<u1"),
+    "I8": np.dtype("<i1"),
+    "U16": np.dtype("<u2"),
+    "I16": np.dtype("<i2"),
+    "U32": np.dtype("<u4"),
+    "I32": np.dtype("<i4"),
+    "U64": np.dtype("<u8"),
+    "I64": np.dtype("<i8"),
+    "F16": np.dtype("<f2"),
+    "BF16": np.dtype(ml_dtypes.bfloat16),
+    "F32": np.dtype("<f4"),
+    "F64": np.dtype("<f8"),
+    "F8_E4M3": np.dtype(ml_dtypes.float8_e4m3fn),
+    "F8_E5M2": np.dtype(ml_dtypes.float8_e5m2),
+}
+
+
+def safetensors_dtype_name(dtype: np.dtype[Any]) -> str:
+    """The safetensors dtype string (``F32``, ``BF16``, ``U8``...) of a NumPy dtype."""
+    native = dtype.newbyteorder("<") if dtype.byteorder in "=>" else dtype
+    for name, candidate in SAFETENSORS_DTYPES.items():
+        if candidate == native:
+            return name
+    raise TensorFileError(f"dtype {dtype} has no safetensors equivalent", field="tensors")
+
+
+@dataclass(frozen=True, slots=True)
+class TensorEntry:
+    """One tensor's header entry: dtype name, shape and byte range in the data area."""
+
+    dtype: str
+    shape: tuple[int, ...]
+    begin: int
+    end: int
+
+    @property
+    def numpy_dtype(self) -> np.dtype[Any]:
+        return SAFETENSORS_DTYPES[self.dtype]
+
+
+@dataclass(frozen=True, slots=True)
+class SafetensorsHeader:
+    """A validated header: the entries in file order, the metadata, and where the data starts."""
+
+    entries: dict[str, TensorEntry]
+    metadata: dict[str, str]
+    data_offset: int
+
+
+def _reject_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    result: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in result:
+            raise TensorFileError(f"safetensors header has the key {key!r} twice")
+        result[key] = value
+    return result
+
+
+def _is_int(value: object) -> bool:
+    return type(value) is int  # bool is an int subclass and is not a length
+
+
+def _parse_entry(name: str, raw: object, max_elements: int) -> TensorEntry:
+    if not isinstance(raw, dict):
+        raise TensorFileError(f"safetensors entry {name!r} is {type(raw).__name__}, not an object")
+    if set(raw) != {"dtype", "shape", "data_offsets"}:
+        raise TensorFileError(
+            f"safetensors entry {name!r} has keys {sorted(raw)}, expected dtype, shape, data_offsets"
+        )
+    dtype, shape, offsets = raw["dtype"], raw["shape"], raw["data_offsets"]
+    if not isinstance(dtype, str) or dtype not in SAFETENSORS_DTYPES:
+        raise TensorFileError(
+            f"safetensors entry {name!r} has dtype {dtype!r}; supported: {', '.join(SAFETENSORS_DTYPES)}"
+        )
+    if not isinstance(shape, list) or not all(_is_int(dim) and dim >= 0 for dim in shape):
+        raise TensorFileError(f"safetensors entry {name!r} has shape {shape!r}, not a list of integers ≥ 0")
+    if (not isinstance(offsets, list) or len(offsets) != 2
+            or not all(_is_int(offset) and offset >= 0 for offset in offsets)
+            or offsets[0] > offsets[1]):
+        raise TensorFileError(
+            f"safetensors entry {name!r} has data_offsets {offsets!r}, not [begin, end] with 0 ≤ begin ≤ end"
+        )
+    count = checked_element_count(shape, max_elements, repr(name))
+    expected = count * SAFETENSORS_DTYPES[dtype].itemsize
+    if offsets[1] - offsets[0] != expected:
+        raise TensorFileError(
+            f"safetensors entry {name!r}: {dtype} shape {shape} needs {expected} bytes, "
+            f"data_offsets {offsets} span {offsets[1] - offsets[0]}"
+        )
+    return TensorEntry(dtype, tuple(shape), offsets[0], offsets[1])
+
+
+def parse_safetensors_header(
+    prefix: bytes,
+    file_bytes: int,
+    *,
+    max_tensors: int = DEFAULT_MAX_TENSORS,
+    max_elements: int = DEFAULT_MAX_ELEMENTS,
+    max_header_bytes: int = DEFAULT_MAX_HEADER_BYTES,
+) -> SafetensorsHeader:
+    """Validate a safetensors header given the file's first ``8 + N`` bytes and its total size.
+
+    `prefix` may be longer than the header (it is cut at ``8 + N``).  Raises
+    `TensorFileError` or `LimitExceeded`; returns the entries sorted by
+    offset.
+    """
+    if file_bytes < 8 or len(prefix) < 8:
+        raise TensorFileError(f"safetensors file of {file_bytes} bytes is shorter than its 8-byte header length")
+    (header_bytes,) = struct.unpack("<Q", prefix[:8])
+    if header_bytes > max_header_bytes:
+        raise LimitExceeded("safetensors header bytes", header_bytes, max_header_bytes, field="file")
+    if header_bytes > file_bytes - 8:
+        raise TensorFileError(
+            f"safetensors header length {header_bytes} runs past the end of a {file_bytes}-byte file"
+        )
+    if len(prefix) < 8 + header_bytes:
+        raise TensorFileError(f"safetensors header truncated: {len(prefix) - 8} of {header_bytes} bytes")
+    try:
+        text = prefix[8:8 + header_bytes].decode("utf-8")
+        header = json.loads(text, object_pairs_hook=_reject_duplicate_keys)
+    except UnicodeDecodeError as exc:
+        raise TensorFileError(f"safetensors header is not UTF-8: {exc}") from None
+    except (ValueError, RecursionError) as exc:  # JSONDecodeError, int digit limit, deep nesting
+        raise TensorFileError(f"safetensors header is not valid JSON: {type(exc).__name__}: {exc}"[:300]) from None
+    if not isinstance(header, dict):
+        raise TensorFileError(f"safetensors header is a JSON {type(header).__name__}, not an object")
+    metadata = header.pop(METADATA_KEY, {})
+    if not isinstance(metadata, dict) or not all(isinstance(value, str) for value in metadata.values()):
+        raise TensorFileError("safetensors __metadata__ must be an object of string values")
+    if len(header) > max_tensors:
+        raise LimitExceeded("tensors in file", len(header), max_tensors, field="file")
+    entries = {name: _parse_entry(name, raw, max_elements) for name, raw in header.items()}
+    data_bytes = file_bytes - 8 - header_bytes
+    position = 0
+    ordered = sorted(entries.items(), key=lambda item: (item[1].begin, item[1].end))
+    for name, entry in ordered:
+        if entry.begin != position:
+            problem = "overlaps the previous tensor" if entry.begin < position else "leaves a gap before it"
+            raise TensorFileError(
+                f"safetensors entry {name!r} starts at {entry.begin} but the previous tensor ends at "
+                f"{position}: it {problem}"
+            )
+        position = entry.end
+    if position != data_bytes:
+        raise TensorFileError(f"safetensors tensors cover {position} bytes but the data area holds {data_bytes}")
+    return SafetensorsHeader(dict(ordered), dict(metadata), 8 + header_bytes)
+
+
+def read_safetensors_header(
+    path: str | os.PathLike[str],
+    *,
+    max_tensors: int = DEFAULT_MAX_TENSORS,
+    max_elements: int = DEFAULT_MAX_ELEMENTS,
+    max_header_bytes: int = DEFAULT_MAX_HEADER_BYTES,
+) -> SafetensorsHeader:
+    """Read and validate only the header of a safetensors file (no tensor data is touched)."""
+    file_bytes = Path(path).stat().st_size
+    with open(path, "rb") as handle:
+        length = handle.read(8)
+        if len(length) < 8:
+            raise TensorFileError(f"safetensors file of {file_bytes} bytes is shorter than its 8-byte header length")
+        (header_bytes,) = struct.unpack("<Q", length)
+        # Refuse before reading N bytes, so a hostile N is never allocated.
+        if header_bytes > max_header_bytes:
+            raise LimitExceeded("safetensors header bytes", header_bytes, max_header_bytes, field="file")
+        prefix = length + handle.read(min(header_bytes, max(file_bytes - 8, 0)))
+    return parse_safetensors_header(
+        prefix, file_bytes, max_tensors=max_tensors, max_elements=max_elements, max_header_bytes=max_header_bytes
+    )
+
+
+class SafetensorsFile(Mapping[str, NDArray[Any]]):
+    """A validated safetensors file: a lazy mapping from tensor name to a read-only array.
+
+    Each access returns a view of one read-only memory map of the file, so
+    only the tensors used are paged in.  `entries` gives dtypes and shapes
+    without touching data; `metadata` is the ``__metadata__`` map.
+    """
+
+    def __init__(self, path: str | os.PathLike[str], header: SafetensorsHeader) -> None:
+        self.path = Path(path)
+        self.entries = header.entries
+        self.metadata = header.metadata
+        self._data_offset = header.data_offset
+        self._map: np.memmap[Any, np.dtype[np.uint8]] | None = None
+
+    def _data(self) -> np.memmap[Any, np.dtype[np.uint8]]:
+        if self._map is None:
+            self._map = np.memmap(self.path, dtype=np.uint8, mode="r")
+        return self._map
+
+    def __getitem__(self, name: str) -> NDArray[Any]:
+        entry = self.entries[name]
+        if entry.begin == entry.end:
+            return np.zeros(entry.shape, dtype=entry.numpy_dtype)
+        start = self._data_offset + entry.begin
+        raw = self._data()[start:self._data_offset + entry.end]
+        array: NDArray[Any] = raw.view(entry.numpy_dtype).reshape(entry.shape)
+        if not array.dtype.isnative:  # only on a big-endian host
+            array = array.astype(array.dtype.newbyteorder("="))
+        array.flags.writeable = False
+        return array
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.entries)
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+
+def read_safetensors(
+    path: str | os.PathLike[str],
+    *,
+    max_tensors: int = DEFAULT_MAX_TENSORS,
+    max_elements: int = DEFAULT_MAX_ELEMENTS,
+    max_header_bytes: int = DEFAULT_MAX_HEADER_BYTES,
+) -> SafetensorsFile:
+    """Validate a safetensors file's header and return a lazy mapping of its tensors.
+
+    Limits: at most `max_tensors` tensors, `max_elements` elements in any one
+    tensor, a JSON header of at most `max_header_bytes` (each a
+    `LimitExceeded`).  Every other problem is a `TensorFileError`.
+    """
+    header = read_safetensors_header(
+        path, max_tensors=max_tensors, max_elements=max_elements, max_header_bytes=max_header_bytes
+    )
+    return SafetensorsFile(path, header)
+
+
+def _header_bytes(tensors: Mapping[str, NDArray[Any]], metadata: Mapping[str, str]) -> bytes:
+    header: dict[str, Any] = {}
+    if metadata:
+        header[METADATA_KEY] = dict(metadata)
+    position = 0
+    for name, array in tensors.items():
+        if name == METADATA_KEY:
+            raise TensorFileError(f"a tensor cannot be named {METADATA_KEY!r}", field="tensors")
+        header[name] = {
+            "dtype": safetensors_dtype_name(array.dtype),
+            "shape": [int(dim) for dim in array.shape],
+            "data_offsets": [position, position + array.nbytes],
+        }
+        position += array.nbytes
+    encoded = json.dumps(header, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+    return encoded + b" " * (-len(encoded) % HEADER_ALIGNMENT)
+
+
+def write_safetensors_to(
+    handle: IO[bytes], tensors: Mapping[str, NDArray[Any]], metadata: Mapping[str, str] | None = None
+) -> int:
+    """Write `tensors` (in the mapping's order) and `metadata` as safetensors to an open binary file.
+
+    Arrays are written little-endian and row-major whatever their layout.
+    Returns the number of bytes written.
+    """
+    if metadata is not None and not all(
+        isinstance(key, str) and isinstance(value, str) for key, value in metadata.items()
+    ):
+        raise TensorFileError("safetensors metadata must map strings to strings", field="metadata")
+    header = _header_bytes(tensors, metadata or {})
+    handle.write(struct.pack("<Q", len(header)))
+    handle.write(header)
+    written = 8 + len(header)
+    for array in tensors.values():
+        little = array.astype(array.dtype.newbyteorder("<"), copy=False) if array.dtype.byteorder == ">" else array
+        contiguous = np.ascontiguousarray(little)
+        handle.write(contiguous.reshape(-1).view(np.uint8).data)
+        written += contiguous.nbytes
+    return written
+
+
+def write_safetensors(
+    path: str | os.PathLike[str],
+    tensors: Mapping[str, NDArray[Any]],
+    metadata: Mapping[str, str] | None = None,
+) -> int:
+    """Write a safetensors file at `path`; see `write_safetensors_to`.  Returns the file size."""
+    with open(path, "wb") as handle:
+        return write_safetensors_to(handle, tensors, metadata)
