@@ -1,0 +1,125 @@
+"""Quantizer throughput, memory and quality on the 4096 × 4096 float32 array of issue 3.
+
+Run: ``.venv/bin/python benchmarks/quantize_bench.py``.  Every figure is a ratio
+against a baseline measured in the same run (np.copyto, gguf's Q4_0 quantizer,
+one 4096³ float32 matmul), so a busy machine shifts both sides alike.
+Array: ``np.random.default_rng(0).standard_normal((4096, 4096), dtype=np.float32)``;
+Student-t: ``np.random.default_rng(0).standard_t(3, (4096, 4096)).astype(np.float32)``.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+
+import ml_dtypes
+import numpy as np
+from gguf import GGMLQuantizationType
+from gguf.quants import dequantize as gguf_dequantize
+from gguf.quants import quantize as gguf_quantize
+
+from quant_core.formats import int4
+from quant_core.quantize import payload_bytes, quantize
+from quant_core.quantize.calibration import synthetic_activations
+
+SIZE = 4096
+
+
+def best_time(action: Callable[[], object], repeats: int = 3) -> float:
+    """Fastest wall time of `repeats` runs, in seconds."""
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        action()
+        times.append(time.perf_counter() - start)
+    return min(times)
+
+
+def verdict(name: str, ratio: float, target: float, higher_is_better: bool) -> None:
+    ok = ratio >= target if higher_is_better else ratio <= target
+    sign = ">=" if higher_is_better else "<="
+    print(f"  {name:52s} {ratio:8.3f}  (target {sign} {target})  {'PASS' if ok else 'MISS'}")
+
+
+def sqnr_db(original: np.ndarray, approximate: np.ndarray) -> float:
+    error = float(np.linalg.norm((approximate - original).astype(np.float64)))
+    return -20.0 * np.log10(error / float(np.linalg.norm(original.astype(np.float64))))
+
+
+# VmHWM (this process's peak resident set since exec); ru_maxrss would inherit the parent's peak.
+PEAK_RSS_SCRIPT = """
+import numpy as np
+from quant_core.formats import int4
+from quant_core.quantize import quantize, payload_bytes
+weights = np.random.default_rng(0).standard_normal((4096, 4096), dtype=np.float32)
+q = quantize(weights, int4(128), "rtn")
+data = payload_bytes(q)
+status = open("/proc/self/status").read().split("VmHWM:")[1]
+print(int(status.split()[0]) * 1024)
+"""
+
+
+def main() -> None:
+    weights = np.random.default_rng(0).standard_normal((SIZE, SIZE), dtype=np.float32)
+    target = np.empty_like(weights)
+    print(f"array {SIZE}x{SIZE} float32 ({weights.nbytes / 2**20:.0f} MiB)")
+
+    copy = best_time(lambda: np.copyto(target, weights), 5)
+    peer = best_time(lambda: gguf_quantize(weights, GGMLQuantizationType.Q4_0), 2)
+    scheme = int4(128)
+    rtn = best_time(lambda: payload_bytes(quantize(weights, scheme, "rtn")))
+    bf16 = weights.astype(ml_dtypes.bfloat16)
+    rtn_bf16 = best_time(lambda: payload_bytes(quantize(bf16, scheme, "rtn")))
+    clip = best_time(lambda: quantize(weights, scheme, "clip"), 1)
+    hqq = best_time(lambda: quantize(weights, int4(128, zero="fp16"), "hqq"), 1)
+    left = np.random.default_rng(1).standard_normal((SIZE, SIZE), dtype=np.float32)
+    matmul = best_time(lambda: left @ weights, 2)
+    calibration = synthetic_activations(2048, SIZE, seed=3)
+    gptq = best_time(lambda: quantize(weights, scheme, "gptq", calibration), 1)
+
+    print("seconds: " + ", ".join(f"{k} {v:.4f}" for k, v in [
+        ("copyto", copy), ("gguf Q4_0", peer), ("rtn g128+pack", rtn), ("rtn bf16", rtn_bf16),
+        ("clip", clip), ("hqq", hqq), ("matmul 4096^3", matmul), ("gptq", gptq)]))
+    print("ratios:")
+    verdict("rtn+pack throughput / gguf Q4_0 throughput", peer / rtn, 1.5, True)
+    verdict("rtn+pack throughput / np.copyto throughput", copy / rtn, 0.25, True)
+    verdict("bf16 input time / f32 input time", rtn_bf16 / rtn, 1.25, False)
+    verdict("clip time / rtn time", clip / rtn, 15.0, False)
+    verdict("hqq time / rtn time", hqq / rtn, 25.0, False)
+    verdict("gptq time (2048 calib rows) / 4096^3 matmul time", gptq / matmul, 4.0, False)
+    peak = int(subprocess.run([sys.executable, "-c", PEAK_RSS_SCRIPT], capture_output=True, text=True,
+                              check=True).stdout.strip())
+    limit = 1.5 * weights.nbytes + 64 * 2**20
+    print(f"  peak RSS of a process quantizing the array: {peak / 2**20:.0f} MiB "
+          f"(limit 1.5 x {weights.nbytes / 2**20:.0f} MiB + 64 MiB = {limit / 2**20:.0f} MiB)")
+    verdict("peak RSS / limit", peak / limit, 1.0, False)
+
+    student = np.random.default_rng(0).standard_t(3, (SIZE, SIZE)).astype(np.float32)
+    rows = [
+        ("rtn", int4(128), "rtn"),
+        ("rtn-sym q4_0 rule (default)", int4(128, symmetric=True), "rtn-sym-q4_0"),
+        ("rtn-sym 2absmax/15", int4(128, symmetric=True), "rtn-sym-2absmax15"),
+        ("rtn-sym absmax/7", int4(128, symmetric=True), "rtn-sym-absmax7"),
+        ("clip", int4(128), "clip"),
+        ("hqq fp16 zero", int4(128, zero="fp16"), "hqq"),
+        ("hqq int4 zero", int4(128), "hqq"),
+        ("refit int4 zero", int4(128), "refit"),
+        ("refit fp16 zero", int4(128, zero="fp16"), "refit"),
+        ("rtn-sym q4_0 rule g32", int4(32, symmetric=True), "rtn-sym-q4_0"),
+    ]
+    print("\nquality (SQNR dB), seed 0:")
+    print(f"  {'method':32s} {'scheme':24s} {'bits/w':>7s} {'Gaussian':>9s} {'Student-t3':>10s}")
+    for label, row_scheme, method in rows:
+        figures = [quantize(data, row_scheme, method).quality.sqnr_db for data in (weights, student)]
+        bits = row_scheme.bits_per_weight((SIZE, SIZE))
+        print(f"  {label:32s} {row_scheme.label():24s} {bits:7.3f} {figures[0]:9.2f} {figures[1]:10.2f}")
+    q4 = [sqnr_db(data, gguf_dequantize(gguf_quantize(data, GGMLQuantizationType.Q4_0),
+                                        GGMLQuantizationType.Q4_0).reshape(SIZE, SIZE))
+          for data in (weights, student)]
+    print(f"  {'gguf Q4_0 (reference)':32s} {'g32 sym':24s} {4.5:7.3f} {q4[0]:9.2f} {q4[1]:10.2f}")
+
+
+if __name__ == "__main__":
+    main()
