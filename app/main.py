@@ -5,19 +5,17 @@
 
 from __future__ import annotations
 
-import importlib
-import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
-from fastapi import Depends, FastAPI
+from fastapi import APIRouter, Depends, FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.openapi.utils import get_openapi
 
 from app.pool import WorkerPool
 from app.problems import PROBLEM_MEDIA_TYPE, install_problem_handlers
-from app.routers import health
+from app.routers import devices, health, models, plans, quantizations
 from app.security import BodySizeLimit, require_api_key
 from app.settings import Settings, get_settings
 
@@ -28,15 +26,7 @@ Plan LLM memory at 16-bit beside INT4, and quantize uploaded tensors to INT4 wit
 Every error is `application/problem+json` (RFC 9457) with `type`, `title`, `status`, `detail`
 and an `errors` list naming each invalid field.
 """
-# Routers under /v1, by module; each is included only when the core modules it needs import,
-# so the server starts while the core is still being built.
-V1_ROUTERS: tuple[str, ...] = (
-    "app.routers.plans",
-    "app.routers.models",
-    "app.routers.devices",
-    "app.routers.quantizations",
-)
-logger = logging.getLogger("nibble.app")
+V1_ROUTERS: tuple[APIRouter, ...] = (plans.router, models.router, devices.router, quantizations.router)
 
 
 def _problem_openapi(app: FastAPI) -> dict[str, Any]:
@@ -78,13 +68,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.pool = pool
     install_problem_handlers(app)
     app.include_router(health.router)
-    for module_name in V1_ROUTERS:
-        try:
-            module = importlib.import_module(module_name)
-        except ImportError as exc:  # a core module this router needs is not there yet
-            logger.warning("router %s not loaded: %s", module_name, exc)
-            continue
-        app.include_router(module.router, prefix="/v1", dependencies=[Depends(require_api_key)])
+    for router in V1_ROUTERS:
+        app.include_router(router, prefix="/v1", dependencies=[Depends(require_api_key)])
     app.add_middleware(BodySizeLimit, settings=settings)
     if settings.cors_origins:
         app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["*"],

@@ -96,7 +96,10 @@ class _ProcessWorker:
             except (EOFError, OSError):
                 received.set_exception(WorkerCrashed("the worker process running this job died"))
 
-        self.connection.send((function, args))
+        try:
+            self.connection.send((function, args))
+        except OSError:  # BrokenPipeError: the process died while idle
+            raise WorkerCrashed("the worker process for this job had died; it is being replaced") from None
         loop.add_reader(descriptor, on_readable)
         try:
             kind, value = await received

@@ -31,23 +31,11 @@ from starlette.requests import ClientDisconnect, Request
 from app.problems import MalformedUpload, UnsupportedMediaType
 from app.settings import Settings
 from quant_core.errors import LimitExceeded
+from quant_core.tensorio import sniff_format
 
 TensorFileKind = Literal["npy", "safetensors"]
-NPY_MAGIC = b"\x93NUMPY"
+SNIFF_BYTES = 16
 MULTIPART_OVERHEAD_BYTES = 64 * 1024  # part headers, boundaries and text fields on top of the files
-
-
-def sniff_tensor_file(head: bytes) -> TensorFileKind | None:
-    """``npy`` or ``safetensors`` from a file's first bytes, or ``None`` for anything else.
-
-    ``.npy`` starts with ``\\x93NUMPY``; ``.safetensors`` with an 8-byte
-    little-endian header length followed by the JSON header's ``{``.
-    """
-    if head.startswith(NPY_MAGIC):
-        return "npy"
-    if len(head) >= 9 and head[8:9] == b"{":
-        return "safetensors"
-    return None
 
 
 @dataclass
@@ -210,7 +198,7 @@ async def receive_upload(request: Request, settings: Settings,
         upload = Upload(fields=collector.fields, directory=directory)
         for name, (filename, path, size) in collector.raw_files.items():
             with path.open("rb") as handle:
-                kind = sniff_tensor_file(handle.read(16))
+                kind = sniff_format(handle.read(SNIFF_BYTES))
             if kind is None:
                 raise UnsupportedMediaType(
                     f"the file in field {name!r} ({filename or 'unnamed'}, {size} bytes) is neither "

@@ -5,6 +5,8 @@ from __future__ import annotations
 from fastapi import APIRouter
 from pydantic import BaseModel
 
+from app.problems import Problem
+
 router = APIRouter(tags=["health"])
 
 
@@ -14,7 +16,7 @@ class Health(BaseModel):
     status: str = "ok"
 
 
-@router.get("/healthz", response_model=Health, summary="Liveness check")
+@router.get("/healthz", response_model=Health, summary="Liveness check", responses={500: {"model": Problem}})
 async def read_health() -> Health:
     """Answer at once from the event loop: no I/O, no pool, no authentication."""
     return Health()

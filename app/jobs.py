@@ -1,0 +1,200 @@
+"""The NumPy work behind the upload endpoints, run in a pool worker (never on the event loop).
+
+Each job is a plain function of file paths and a small parameter record, and
+returns a JSON-able dict, so a worker process receives and sends only a few
+hundred bytes: the tensors are memory-mapped from the uploaded temp file by
+the worker itself, and outputs are written to a temp file the parent streams
+back.  All errors are `quant_core` typed errors, mapped to HTTP by
+app/problems.py.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import json
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import ml_dtypes
+import numpy as np
+from numpy.typing import NDArray
+
+from quant_core.errors import CalibrationError
+from quant_core.formats import WeightFormat
+from quant_core.quantize import QuantizedTensor, dequantize, payload_bytes, quantize
+from quant_core.tensorio import read_nibble_safetensors, read_npy, read_safetensors, write_nibble_safetensors
+from quant_core.tensorio import write_safetensors as write_plain_safetensors
+
+NPY_TENSOR_NAME = "weight"
+FLOAT_KINDS = ("float32", "float16", "bfloat16")
+OutputKind = Literal["report", "nibble"]
+DequantizeDtype = Literal["float32", "float16", "bfloat16"]
+
+
+@dataclass(frozen=True, slots=True)
+class ReadLimits:
+    """The upload reader limits from settings (tensors per file, elements per tensor, header bytes)."""
+
+    max_tensors: int
+    max_elements: int
+    max_header_bytes: int
+
+
+@dataclass(frozen=True, slots=True)
+class QuantizeJob:
+    """One quantize or compare request: the uploaded files and the parameters."""
+
+    path: Path
+    kind: Literal["npy", "safetensors"]
+    calibration_path: Path | None
+    methods: tuple[str, ...]
+    group_size: int | None
+    symmetric: bool
+    include: str | None
+    limits: ReadLimits
+
+
+def load_tensors(path: Path, kind: str, limits: ReadLimits) -> Mapping[str, NDArray[Any]]:
+    """The uploaded tensors by name (a ``.npy`` holds one, named ``weight``), memory-mapped and validated."""
+    if kind == "npy":
+        return {NPY_TENSOR_NAME: read_npy(path, max_elements=limits.max_elements,
+                                          max_header_bytes=limits.max_header_bytes)}
+    return read_safetensors(path, max_tensors=limits.max_tensors, max_elements=limits.max_elements,
+                            max_header_bytes=limits.max_header_bytes)
+
+
+def _dtype_name(array: NDArray[Any]) -> str:
+    return "bfloat16" if array.dtype == np.dtype(ml_dtypes.bfloat16) else str(array.dtype)
+
+
+def passthrough_reason(name: str, array: NDArray[Any], include: str | None) -> str | None:
+    """Why a tensor is not quantized (``None`` when it is): rank, dtype or the include pattern."""
+    if include and not fnmatch.fnmatchcase(name, include):
+        return f"name does not match the include pattern {include!r}"
+    if array.ndim != 2:
+        return f"{array.ndim}-D tensor (shape {list(array.shape)}); only 2-D weights are quantized"
+    if _dtype_name(array) not in FLOAT_KINDS:
+        return f"dtype {_dtype_name(array)} is not float32, float16 or bfloat16"
+    return None
+
+
+def _scheme(job: QuantizeJob) -> WeightFormat:
+    return WeightFormat("int4", job.group_size, job.symmetric, "none" if job.symmetric else "int4")
+
+
+def _calibration_for(array: NDArray[Any], calibration: NDArray[Any] | None) -> NDArray[Any] | None:
+    if calibration is None or calibration.ndim != 2 or calibration.shape[1] != array.shape[1]:
+        return None
+    return calibration
+
+
+def _quality(q: QuantizedTensor) -> dict[str, Any]:
+    report = q.quality
+    return {
+        "relative_error": report.relative_error, "sqnr_db": report.sqnr_db,
+        "max_abs_error": report.max_abs_error, "cosine_similarity": report.cosine_similarity,
+        "output_relative_error": report.output_relative_error,
+        "fit_rows": list(report.fit_rows) if report.fit_rows else None,
+        "eval_rows": list(report.eval_rows) if report.eval_rows else None,
+    }
+
+
+def _run_method(name: str, array: NDArray[Any], scheme: WeightFormat, method: str,
+                calibration: NDArray[Any] | None) -> tuple[QuantizedTensor, dict[str, Any]]:
+    started = time.perf_counter()
+    q = quantize(array, scheme, method, _calibration_for(array, calibration), name=name)
+    seconds = time.perf_counter() - started
+    output = len(payload_bytes(q))
+    elements = int(array.shape[0]) * int(array.shape[1])
+    figures = {
+        "method": method, "group_size": scheme.group_size, "symmetric": scheme.symmetric,
+        "format": scheme.label(),
+        "bytes": {"input": int(array.nbytes), "output": output, "predicted": scheme.bytes_for(array.shape)},
+        "bits_per_weight": 8 * output / elements, "quality": _quality(q), "seconds": seconds,
+    }
+    return q, figures
+
+
+def _load_calibration(job: QuantizeJob) -> NDArray[Any] | None:
+    if job.calibration_path is None:
+        return None
+    calibration = read_npy(job.calibration_path, max_elements=job.limits.max_elements,
+                           max_header_bytes=job.limits.max_header_bytes)
+    if calibration.ndim != 2:
+        raise CalibrationError(f"calibration must be 2-D [samples, in_features], got shape {list(calibration.shape)}")
+    return calibration
+
+
+def quantize_file(job: QuantizeJob, output: OutputKind, output_path: Path | None) -> dict[str, Any]:
+    """Quantize every selected tensor of the upload by ``job.methods[0]``; write `output_path` unless report.
+
+    Returns the report: one entry per quantized tensor (name, shape, method,
+    group size, bytes input/output/predicted, bits per weight, quality, seconds)
+    and the passthrough tensors with why; plus the output file's size.
+    """
+    tensors = load_tensors(job.path, job.kind, job.limits)
+    calibration = _load_calibration(job)
+    scheme = _scheme(job)
+    method = job.methods[0]
+    report: dict[str, Any] = {"method": method, "format": scheme.label(), "tensors": [], "passthrough": []}
+    quantized: dict[str, QuantizedTensor] = {}
+    passthrough: dict[str, NDArray[Any]] = {}
+    for name in tensors:
+        array = tensors[name]
+        reason = passthrough_reason(name, array, job.include)
+        if reason is not None:
+            report["passthrough"].append({"name": name, "shape": list(array.shape), "dtype": _dtype_name(array),
+                                          "reason": reason})
+            passthrough[name] = array
+            continue
+        q, figures = _run_method(name, array, scheme, method, calibration)
+        report["tensors"].append({"name": name, "shape": list(array.shape), **figures})
+        if output != "report":
+            quantized[name] = q
+    report["totals"] = {
+        "input_bytes": sum(int(tensors[n].nbytes) for n in tensors),
+        "quantized_tensors": len(report["tensors"]),
+        "passthrough_tensors": len(report["passthrough"]),
+        "output_payload_bytes": sum(t["bytes"]["output"] for t in report["tensors"]),
+    }
+    if output == "nibble" and output_path is not None:
+        size = write_nibble_safetensors(output_path, quantized, passthrough,
+                                        metadata={"report": json.dumps(report, separators=(",", ":"))})
+        report["totals"]["file_bytes"] = size
+    return report
+
+
+def compare_file(job: QuantizeJob) -> dict[str, Any]:
+    """Quantize every selected tensor by each of ``job.methods``: figures side by side, best first named."""
+    tensors = load_tensors(job.path, job.kind, job.limits)
+    calibration = _load_calibration(job)
+    scheme = _scheme(job)
+    rows: list[dict[str, Any]] = []
+    passthrough: list[dict[str, Any]] = []
+    for name in tensors:
+        array = tensors[name]
+        reason = passthrough_reason(name, array, job.include)
+        if reason is not None:
+            passthrough.append({"name": name, "shape": list(array.shape), "dtype": _dtype_name(array),
+                                "reason": reason})
+            continue
+        results = [_run_method(name, array, scheme, method, calibration)[1] for method in job.methods]
+        best = min(results, key=lambda r: r["quality"]["relative_error"])
+        rows.append({"name": name, "shape": list(array.shape), "results": results, "best_method": best["method"]})
+    return {"format": scheme.label(), "methods": list(job.methods), "tensors": rows, "passthrough": passthrough}
+
+
+def dequantize_file(path: Path, dtype: DequantizeDtype, limits: ReadLimits, output_path: Path) -> dict[str, Any]:
+    """Read a nibble ``.safetensors`` and write its tensors back as `dtype` (passthrough tensors unchanged)."""
+    quantized, passthrough, metadata = read_nibble_safetensors(
+        path, max_tensors=limits.max_tensors, max_elements=limits.max_elements,
+        max_header_bytes=limits.max_header_bytes)
+    target = np.dtype(ml_dtypes.bfloat16) if dtype == "bfloat16" else np.dtype(dtype)
+    out: dict[str, NDArray[Any]] = {name: dequantize(q, target) for name, q in quantized.items()}
+    for name, array in passthrough.items():
+        out[name] = np.asarray(array)
+    size = write_plain_safetensors(output_path, out, metadata={**metadata, "dequantized_dtype": dtype})
+    return {"tensors": len(quantized), "passthrough": len(passthrough), "dtype": dtype, "file_bytes": size}

@@ -1,0 +1,156 @@
+"""``/v1/quantize``, ``/v1/quantize/compare``, ``/v1/dequantize``: uploads worked in the bounded pool.
+
+Order of a request: take a place in the pool (503 at once when full, before
+reading the body), stream the upload to a temp directory (413 past the limit,
+415 for a file that is neither .npy nor .safetensors), validate the text
+fields, run the job on a worker under the time limit (504), answer.  The temp
+directory is removed when the handler leaves, whatever happened; a download
+is streamed from a file descriptor opened before that, so nothing stays on
+disk even if the client goes away mid-download.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, BinaryIO
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse, StreamingResponse
+
+from app.jobs import QuantizeJob, ReadLimits, compare_file, dequantize_file, quantize_file
+from app.pool import WorkerPool
+from app.problems import MalformedUpload, problem_responses
+from app.schemas.quantize import (
+    CompareForm,
+    CompareReport,
+    DequantizeForm,
+    QuantizeForm,
+    QuantizeReport,
+    multipart_body,
+    parse_form,
+)
+from app.security import settings_of
+from app.settings import Settings
+from app.uploads import Upload, UploadedFile, new_output_path, receive_upload
+
+router = APIRouter(tags=["quantize"])
+UPLOAD_ERRORS = problem_responses(400, 413, 415, 422, 503, 504)
+FILE_DESCRIPTION = "A .safetensors (several tensors; F32/F16/BF16) or .npy file (never unpickled)."
+CALIBRATION_DESCRIPTION = "Optional calibration activations [samples, in_features] as .npy."
+DOWNLOAD_CHUNK_BYTES = 1 << 20
+REPORT_HEADER = "X-Nibble-Report"
+
+
+def _pool(request: Request) -> WorkerPool:
+    pool: WorkerPool = request.app.state.pool
+    return pool
+
+
+def _limits(settings: Settings) -> ReadLimits:
+    return ReadLimits(settings.max_tensors, settings.max_elements_per_tensor, settings.max_header_bytes)
+
+
+def _required_file(upload: Upload, name: str) -> UploadedFile:
+    if name not in upload.files:
+        raise MalformedUpload(f"the multipart body has no file in field {name!r}", field=name)
+    return upload.files[name]
+
+
+def _calibration(upload: Upload) -> Path | None:
+    calibration = upload.files.get("calibration")
+    if calibration is None:
+        return None
+    if calibration.kind != "npy":
+        raise MalformedUpload("calibration must be a .npy file", field="calibration")
+    return calibration.path
+
+
+def _stream_and_forget(path: Path) -> Iterator[bytes]:
+    handle: BinaryIO = path.open("rb")
+    path.unlink()  # the open descriptor keeps the data; nothing is left on disk whatever happens next
+
+    def chunks() -> Iterator[bytes]:
+        with handle:
+            while chunk := handle.read(DOWNLOAD_CHUNK_BYTES):
+                yield chunk
+
+    return chunks()
+
+
+def _download(path: Path, filename: str, summary: dict[str, Any]) -> StreamingResponse:
+    size = path.stat().st_size
+    headers = {
+        "Content-Disposition": f'attachment; filename="{filename}"',
+        "Content-Length": str(size),
+        REPORT_HEADER: json.dumps(summary, separators=(",", ":")),
+    }
+    return StreamingResponse(_stream_and_forget(path), media_type="application/octet-stream", headers=headers)
+
+
+def _summary(report: dict[str, Any]) -> dict[str, Any]:
+    """The short report sent in the X-Nibble-Report header (the full one is in the file's metadata)."""
+    return {"method": report["method"], "format": report["format"], **report["totals"]}
+
+
+DOWNLOAD_RESPONSE: dict[int | str, dict[str, Any]] = {200: {
+    "description": "The report (output=report) or the file as a download with the report in its metadata "
+                   f"and a summary in the {REPORT_HEADER} header.",
+    "model": QuantizeReport,
+    "content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}},
+}}
+
+
+@router.post("/quantize", summary="Quantize uploaded tensors to INT4", response_model=None,
+             responses={**DOWNLOAD_RESPONSE, **UPLOAD_ERRORS},
+             openapi_extra=multipart_body(QuantizeForm, {"file": FILE_DESCRIPTION,
+                                                         "calibration": CALIBRATION_DESCRIPTION}, ("file",)))
+async def create_quantization(request: Request) -> JSONResponse | StreamingResponse:
+    """Every 2-D float tensor (or those matching `include`) to INT4 by `method`, measured; the rest passes."""
+    settings = settings_of(request)
+    pool = _pool(request)
+    async with pool.reserve(), receive_upload(request, settings) as upload:
+        form = parse_form(QuantizeForm, upload.fields)
+        file = _required_file(upload, "file")
+        job = QuantizeJob(file.path, file.kind, _calibration(upload), (form.method,), form.group_size,
+                          form.symmetric, form.include, _limits(settings))
+        if form.output == "report":
+            return JSONResponse(await pool.run(quantize_file, job, "report", None))
+        output = new_output_path(upload, ".safetensors")
+        report = await pool.run(quantize_file, job, form.output, output)
+        return _download(output, "quantized.safetensors", _summary(report))
+
+
+@router.post("/quantize/compare", summary="Compare quantization methods side by side",
+             response_model=CompareReport, responses=UPLOAD_ERRORS,
+             openapi_extra=multipart_body(CompareForm, {"file": FILE_DESCRIPTION,
+                                                        "calibration": CALIBRATION_DESCRIPTION}, ("file",)))
+async def create_comparison(request: Request) -> JSONResponse:
+    """Quality figures and sizes of each method, per tensor, so a user sees which survives the squeeze."""
+    settings = settings_of(request)
+    pool = _pool(request)
+    async with pool.reserve(), receive_upload(request, settings) as upload:
+        form = parse_form(CompareForm, upload.fields)
+        file = _required_file(upload, "file")
+        job = QuantizeJob(file.path, file.kind, _calibration(upload), tuple(form.methods), form.group_size,
+                          form.symmetric, form.include, _limits(settings))
+        return JSONResponse(await pool.run(compare_file, job))
+
+
+@router.post("/dequantize", summary="Dequantize a nibble .safetensors file", response_model=None,
+             responses={200: {"description": "A .safetensors file of floating-point tensors.",
+                              "content": {"application/octet-stream": {
+                                  "schema": {"type": "string", "format": "binary"}}}}, **UPLOAD_ERRORS},
+             openapi_extra=multipart_body(DequantizeForm, {"file": "A .safetensors file written by nibble."},
+                                          ("file",)))
+async def create_dequantization(request: Request) -> StreamingResponse:
+    """Back to float32, float16 or bfloat16; passthrough tensors come back unchanged."""
+    settings = settings_of(request)
+    pool = _pool(request)
+    async with pool.reserve(), receive_upload(request, settings, file_fields=("file",)) as upload:
+        form = parse_form(DequantizeForm, upload.fields)
+        file = _required_file(upload, "file")
+        output = new_output_path(upload, ".safetensors")
+        summary = await pool.run(dequantize_file, file.path, form.dtype, _limits(settings), output)
+        return _download(output, f"dequantized-{form.dtype}.safetensors", summary)

@@ -1,0 +1,170 @@
+"""Upload parameters and answers of /v1/quantize, /v1/quantize/compare and /v1/dequantize.
+
+The multipart bodies are parsed by app/uploads.py (streamed, size-limited),
+so FastAPI does not see them: their OpenAPI description is built here from
+the same Pydantic models that validate the text fields.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any, Literal, TypeVar
+
+from fastapi.exceptions import RequestValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from quant_core.quantize import METHODS
+
+OutputName = Literal["report", "nibble"]
+FormT = TypeVar("FormT", bound=BaseModel)
+
+
+class QuantizeForm(BaseModel):
+    """The text fields of a quantize upload."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    method: str = Field("rtn", description=f"One of: {', '.join(METHODS)}.")
+    group_size: int | None = Field(128, description="32, 64, 128, 256; 'row' or empty for a whole row.")
+    symmetric: bool = False
+    output: OutputName = Field("report", description="report: JSON; nibble: nibble's .safetensors file.")
+    include: str | None = Field(None, description="Glob on tensor names (default: every 2-D float tensor).")
+
+    @field_validator("group_size", mode="before")
+    @classmethod
+    def _row(cls, value: object) -> object:
+        return None if value in ("", "row", "null", "none") else value
+
+
+class CompareForm(BaseModel):
+    """The text fields of a compare upload: the methods, comma-separated or repeated."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    methods: list[str] = Field(default_factory=lambda: ["rtn", "clip"], min_length=1, max_length=16,
+                               description="Methods to compare, e.g. rtn,clip.")
+    group_size: int | None = 128
+    symmetric: bool = False
+    include: str | None = None
+
+    @field_validator("methods", mode="before")
+    @classmethod
+    def _split(cls, value: object) -> object:
+        if isinstance(value, list):
+            return [part.strip() for item in value for part in str(item).split(",") if part.strip()]
+        return value
+
+    @field_validator("group_size", mode="before")
+    @classmethod
+    def _row(cls, value: object) -> object:
+        return None if value in ("", "row", "null", "none") else value
+
+
+class DequantizeForm(BaseModel):
+    """The text fields of a dequantize upload."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    dtype: Literal["float32", "float16", "bfloat16"] = "float32"
+
+
+def parse_form(model: type[FormT], fields: Mapping[str, list[str]]) -> FormT:
+    """Validate multipart text fields with `model`; errors become a 422 problem naming each field."""
+    values: dict[str, Any] = {}
+    for name, items in fields.items():
+        annotation = model.model_fields.get(name)
+        is_list = annotation is not None and "list" in str(annotation.annotation)
+        values[name] = items if is_list else items[-1]
+    try:
+        return model.model_validate(values)
+    except ValidationError as exc:
+        errors = [{**err, "loc": ("form", *err["loc"])} for err in exc.errors(include_url=False)]
+        raise RequestValidationError(errors) from None
+
+
+def multipart_body(form: type[BaseModel], files: Mapping[str, str], required: tuple[str, ...]) -> dict[str, Any]:
+    """The OpenAPI ``requestBody`` of a multipart upload: `files` (name -> description) plus `form`'s fields."""
+    schema = form.model_json_schema()
+    properties: dict[str, Any] = {
+        name: {"type": "string", "format": "binary", "description": description}
+        for name, description in files.items()
+    }
+    properties.update(schema.get("properties", {}))
+    return {"requestBody": {"required": True, "content": {"multipart/form-data": {"schema": {
+        "type": "object", "properties": properties, "required": list(required)}}}}}
+
+
+# --- answers (documented shapes; the jobs return plain dicts of these shapes) --------------------
+
+
+class ByteCounts(BaseModel):
+    input: int = Field(description="Bytes of the uploaded tensor.")
+    output: int = Field(description="Bytes of the quantized payload written.")
+    predicted: int = Field(description="WeightFormat.bytes_for(shape): what the planner counts.")
+
+
+class Quality(BaseModel):
+    relative_error: float
+    sqnr_db: float
+    max_abs_error: float
+    cosine_similarity: float
+    output_relative_error: float | None = None
+    fit_rows: list[int] | None = None
+    eval_rows: list[int] | None = None
+
+
+class MethodResult(BaseModel):
+    method: str
+    group_size: int | None
+    symmetric: bool
+    format: str
+    bytes: ByteCounts
+    bits_per_weight: float
+    quality: Quality
+    seconds: float
+
+
+class QuantizedTensorReport(MethodResult):
+    name: str
+    shape: list[int]
+
+
+class PassthroughTensor(BaseModel):
+    name: str
+    shape: list[int]
+    dtype: str
+    reason: str
+
+
+class QuantizeTotals(BaseModel):
+    input_bytes: int
+    quantized_tensors: int
+    passthrough_tensors: int
+    output_payload_bytes: int
+    file_bytes: int | None = None
+
+
+class QuantizeReport(BaseModel):
+    """One entry per quantized tensor, and the tensors passed through with why."""
+
+    method: str
+    format: str
+    tensors: list[QuantizedTensorReport]
+    passthrough: list[PassthroughTensor]
+    totals: QuantizeTotals
+
+
+class CompareRow(BaseModel):
+    name: str
+    shape: list[int]
+    results: list[MethodResult]
+    best_method: str = Field(description="The method with the lowest relative error on this tensor.")
+
+
+class CompareReport(BaseModel):
+    """The figures of each method side by side, per tensor."""
+
+    format: str
+    methods: list[str]
+    tensors: list[CompareRow]
+    passthrough: list[PassthroughTensor]

@@ -1,0 +1,81 @@
+"""The bounded pool: 503 with Retry-After when full, 504 past the time limit, typed errors across processes."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import pytest
+
+from app.pool import WorkerPool
+from app.problems import PoolFull, TimeLimitExceeded
+from quant_core.errors import InvalidSpec
+
+
+def _sleep(seconds: float) -> float:
+    time.sleep(seconds)
+    return seconds
+
+
+def _fail(value: int) -> None:
+    raise InvalidSpec("group_size", value, "must be one of [32, 64, 128, 256]")
+
+
+async def _occupy(pool: WorkerPool, seconds: float) -> float:
+    async with pool.reserve():
+        return await pool.run(_sleep, seconds)
+
+
+@pytest.mark.parametrize("kind", ["thread", "process"])
+def test_pool_full_answers_503_with_retry_after_then_recovers(kind: str) -> None:
+    async def scenario() -> None:
+        pool = WorkerPool(workers=1, queue=1, time_limit_seconds=30, retry_after_seconds=7, kind=kind)  # type: ignore[arg-type]
+        pool.start()
+        try:
+            busy = [asyncio.create_task(_occupy(pool, 0.5)) for _ in range(2)]
+            await asyncio.sleep(0.05)
+            with pytest.raises(PoolFull) as refused:
+                async with pool.reserve():
+                    pass
+            assert refused.value.headers == {"Retry-After": "7"}
+            assert await asyncio.gather(*busy) == [0.5, 0.5]
+            assert await _occupy(pool, 0.0) == 0.0
+            assert pool.stats.rejected == 1
+        finally:
+            pool.close()
+
+    asyncio.run(scenario())
+
+
+@pytest.mark.parametrize("kind", ["thread", "process"])
+def test_job_past_the_time_limit_answers_504(kind: str) -> None:
+    async def scenario() -> None:
+        pool = WorkerPool(workers=1, queue=0, time_limit_seconds=0.3, retry_after_seconds=1, kind=kind)  # type: ignore[arg-type]
+        pool.start()
+        try:
+            with pytest.raises(TimeLimitExceeded):
+                await _occupy(pool, 2.0 if kind == "process" else 0.6)
+            if kind == "process":  # the stuck worker was killed and a fresh one took its place
+                assert pool.stats.busy == 0 and pool.stats.timed_out == 1
+                pool.time_limit_seconds = 60  # room for the replacement to start (imports NumPy)
+                assert await _occupy(pool, 0.0) == 0.0
+        finally:
+            pool.close()
+
+    asyncio.run(scenario())
+
+
+def test_typed_core_errors_cross_the_process_boundary() -> None:
+    async def scenario() -> None:
+        pool = WorkerPool(workers=1, queue=0, time_limit_seconds=30, retry_after_seconds=1, kind="process")
+        pool.start()
+        try:
+            with pytest.raises(InvalidSpec) as raised:
+                async with pool.reserve():
+                    await pool.run(_fail, 100)
+            assert (raised.value.field, raised.value.value) == ("group_size", 100)
+            assert "100" in raised.value.detail
+        finally:
+            pool.close()
+
+    asyncio.run(scenario())

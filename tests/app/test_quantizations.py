@@ -1,0 +1,252 @@
+"""POST /v1/quantize, /v1/quantize/compare and /v1/dequantize through the test client."""
+
+from __future__ import annotations
+
+import io
+import json
+import pickle
+import struct
+import tempfile
+from pathlib import Path
+
+import ml_dtypes
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+from safetensors.numpy import save as save_safetensors
+
+from quant_core.formats import int4
+from quant_core.quantize import dequantize, quantize
+from quant_core.tensorio import read_safetensors
+from tests.app.conftest import client_with
+
+
+def npy_bytes(array: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    np.save(buffer, array, allow_pickle=False)
+    return buffer.getvalue()
+
+
+def load_safetensors(content: bytes) -> dict[str, np.ndarray]:
+    """Read a downloaded .safetensors (BF16 included, which safetensors.numpy cannot) into arrays."""
+    with tempfile.NamedTemporaryFile(suffix=".safetensors") as handle:
+        handle.write(content)
+        handle.flush()
+        tensors = read_safetensors(handle.name)
+        return {name: np.array(tensors[name]) for name in tensors}
+
+
+@pytest.fixture(scope="module")
+def weights() -> np.ndarray:
+    return np.random.default_rng(0).standard_normal((64, 256)).astype(np.float32)
+
+
+def test_quantize_npy_report_defaults(client: TestClient, weights: np.ndarray) -> None:
+    response = client.post("/v1/quantize", files={"file": ("w.npy", npy_bytes(weights))})
+    assert response.status_code == 200
+    body = response.json()
+    assert body["method"] == "rtn" and body["format"] == "int4-g128-asym"
+    (entry,) = body["tensors"]
+    assert entry["name"] == "weight" and entry["shape"] == [64, 256] and entry["group_size"] == 128
+    # 64 x 256 at g128 asym: 8192 B codes + 128 groups x 2 B scales + 64 B zeros = 8512 B = 4.15625 bits/weight
+    assert entry["bytes"] == {"input": 64 * 256 * 4, "output": 8512, "predicted": 8512}
+    assert entry["bits_per_weight"] == 4.15625
+    reference = quantize(weights, int4(128), "rtn").quality
+    assert entry["quality"]["relative_error"] == reference.relative_error
+    assert entry["seconds"] >= 0
+
+
+def test_quantize_safetensors_passes_through_what_it_cannot_quantize(client: TestClient,
+                                                                     weights: np.ndarray) -> None:
+    payload = save_safetensors({"layer.weight": weights, "layer.bias": weights[0].copy(),
+                                "ids": np.arange(8, dtype=np.int64).reshape(2, 4)})
+    body = client.post("/v1/quantize", files={"file": ("m.safetensors", payload)},
+                       data={"method": "clip", "group_size": "64", "symmetric": "true"}).json()
+    assert [t["name"] for t in body["tensors"]] == ["layer.weight"]
+    assert body["tensors"][0]["format"] == "int4-g64-sym"
+    reasons = {p["name"]: p["reason"] for p in body["passthrough"]}
+    assert "1-D" in reasons["layer.bias"] and "int64" in reasons["ids"]
+
+
+def test_quantize_include_pattern_selects_tensors(client: TestClient, weights: np.ndarray) -> None:
+    payload = save_safetensors({"a.q_proj.weight": weights, "a.k_proj.weight": weights})
+    body = client.post("/v1/quantize", files={"file": ("m.safetensors", payload)},
+                       data={"include": "*q_proj*"}).json()
+    assert [t["name"] for t in body["tensors"]] == ["a.q_proj.weight"]
+    assert "include pattern" in body["passthrough"][0]["reason"]
+
+
+def test_quantize_bfloat16_safetensors(client: TestClient, weights: np.ndarray) -> None:
+    payload = save_safetensors({"w": weights.astype(ml_dtypes.bfloat16)})
+    body = client.post("/v1/quantize", files={"file": ("m.safetensors", payload)}).json()
+    assert body["tensors"][0]["bytes"]["input"] == 64 * 256 * 2
+
+
+def test_quantize_nibble_output_then_dequantize_equals_core(client: TestClient, weights: np.ndarray) -> None:
+    response = client.post("/v1/quantize", files={"file": ("w.npy", npy_bytes(weights))},
+                           data={"output": "nibble", "method": "hqq"})
+    assert response.status_code == 200
+    assert response.headers["content-type"] == "application/octet-stream"
+    assert "attachment" in response.headers["content-disposition"]
+    summary = json.loads(response.headers["x-nibble-report"])
+    assert summary["quantized_tensors"] == 1 and summary["file_bytes"] == len(response.content)
+    back = client.post("/v1/dequantize", files={"file": ("q.safetensors", response.content)})
+    assert back.status_code == 200
+    restored = load_safetensors(back.content)["weight"]
+    expected = dequantize(quantize(weights, int4(128), "hqq"), np.float32)
+    assert restored.dtype == np.float32
+    assert np.array_equal(restored, expected)
+
+
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+def test_dequantize_to_16_bit(client: TestClient, weights: np.ndarray, dtype: str) -> None:
+    quantized = client.post("/v1/quantize", files={"file": ("w.npy", npy_bytes(weights))},
+                            data={"output": "nibble"}).content
+    back = client.post("/v1/dequantize", files={"file": ("q.safetensors", quantized)}, data={"dtype": dtype})
+    assert back.status_code == 200
+    restored = load_safetensors(back.content)["weight"]
+    target = np.dtype(ml_dtypes.bfloat16) if dtype == "bfloat16" else np.dtype(dtype)
+    assert restored.dtype == target
+    assert np.array_equal(restored, dequantize(quantize(weights, int4(128), "rtn"), target))
+
+
+def test_compare_gives_each_method_side_by_side(client: TestClient, weights: np.ndarray) -> None:
+    response = client.post("/v1/quantize/compare", files={"file": ("w.npy", npy_bytes(weights))},
+                           data={"methods": "rtn,clip,hqq"})
+    assert response.status_code == 200
+    (row,) = response.json()["tensors"]
+    assert [r["method"] for r in row["results"]] == ["rtn", "clip", "hqq"]
+    errors = {r["method"]: r["quality"]["relative_error"] for r in row["results"]}
+    assert row["best_method"] == min(errors, key=errors.__getitem__)
+    assert errors["clip"] <= errors["rtn"]
+
+
+def test_gptq_with_calibration_reports_output_error(client: TestClient, weights: np.ndarray) -> None:
+    calibration = np.random.default_rng(1).standard_normal((512, 256)).astype(np.float32)
+    body = client.post("/v1/quantize", files={"file": ("w.npy", npy_bytes(weights)),
+                                              "calibration": ("x.npy", npy_bytes(calibration))},
+                       data={"method": "gptq"}).json()
+    quality = body["tensors"][0]["quality"]
+    assert quality["output_relative_error"] is not None and quality["eval_rows"]
+
+
+def test_gptq_without_calibration_is_422(client: TestClient, weights: np.ndarray) -> None:
+    response = client.post("/v1/quantize", files={"file": ("w.npy", npy_bytes(weights))}, data={"method": "gptq"})
+    assert response.status_code == 422
+    assert response.json()["errors"][0]["field"] == "calibration"
+
+
+def test_upload_that_is_neither_npy_nor_safetensors_is_415(client: TestClient) -> None:
+    response = client.post("/v1/quantize", files={"file": ("w.npy", b"PK\x03\x04 a zip file, not a tensor")})
+    assert response.status_code == 415
+    assert response.headers["content-type"] == "application/problem+json"
+
+
+def test_non_multipart_body_is_415(client: TestClient) -> None:
+    response = client.post("/v1/quantize", json={"file": "x"})
+    assert response.status_code == 415
+
+
+def test_missing_file_field_is_400(client: TestClient) -> None:
+    response = client.post("/v1/quantize", files={"other": ("w.npy", b"\x93NUMPY")})
+    assert response.status_code == 400
+    assert response.json()["errors"][0]["field"] == "file"
+
+
+def test_pickled_npy_is_refused_and_never_unpickled(client: TestClient, tmp_path: Path) -> None:
+    marker = tmp_path / "unpickled"
+
+    class Trap:
+        def __reduce__(self) -> tuple[object, tuple[str]]:
+            return (Path.touch, (str(marker),))  # type: ignore[return-value]
+
+    array = np.empty(1, dtype=object)
+    array[0] = Trap()
+    buffer = io.BytesIO()
+    np.save(buffer, array, allow_pickle=True)
+    response = client.post("/v1/quantize", files={"file": ("evil.npy", buffer.getvalue())})
+    assert response.status_code == 422
+    assert not marker.exists()
+    assert pickle  # the payload above is a real pickle stream
+
+
+def test_corrupt_safetensors_header_is_422(client: TestClient) -> None:
+    header = b'{"w": {"dtype": "F32", "shape": [4, 4], "data_offsets": [0, 9999]}}'
+    payload = struct.pack("<Q", len(header)) + header + b"\0" * 64
+    response = client.post("/v1/quantize", files={"file": ("bad.safetensors", payload)})
+    assert response.status_code == 422
+    assert response.json()["errors"][0]["field"] == "file"
+
+
+def test_nan_in_a_tensor_is_422_naming_it(client: TestClient, weights: np.ndarray) -> None:
+    poisoned = weights.copy()
+    poisoned[5, 9] = np.nan
+    payload = save_safetensors({"good": weights, "model.layers.3.mlp.up_proj.weight": poisoned})
+    response = client.post("/v1/quantize", files={"file": ("m.safetensors", payload)})
+    assert response.status_code == 422
+    assert "model.layers.3.mlp.up_proj.weight" in response.json()["detail"]
+    assert "[5, 9]" in response.json()["detail"]
+
+
+def test_group_size_that_does_not_divide_is_422(client: TestClient) -> None:
+    odd = np.ones((8, 100), dtype=np.float32)
+    response = client.post("/v1/quantize", files={"file": ("w.npy", npy_bytes(odd))}, data={"group_size": "64"})
+    assert response.status_code == 422
+    assert "100" in response.json()["detail"] and "64" in response.json()["detail"]
+
+
+def test_bad_form_values_are_422_naming_the_field(client: TestClient, weights: np.ndarray) -> None:
+    response = client.post("/v1/quantize", files={"file": ("w.npy", npy_bytes(weights))},
+                           data={"output": "zip", "group_size": "many"})
+    assert response.status_code == 422
+    assert {e["field"] for e in response.json()["errors"]} == {"output", "group_size"}
+
+
+def test_unknown_method_lists_close_names(client: TestClient, weights: np.ndarray) -> None:
+    response = client.post("/v1/quantize", files={"file": ("w.npy", npy_bytes(weights))}, data={"method": "rnt"})
+    assert response.status_code == 422
+    assert "rtn" in response.json()["close"]
+
+
+def test_dequantize_refuses_a_file_not_written_by_nibble(client: TestClient, weights: np.ndarray) -> None:
+    response = client.post("/v1/dequantize", files={"file": ("m.safetensors", save_safetensors({"w": weights}))})
+    assert response.status_code == 422
+
+
+def test_upload_over_the_limit_is_413_and_leaves_no_temp_files(weights: np.ndarray) -> None:
+    with tempfile.TemporaryDirectory() as spool, client_with(max_upload_bytes=4096, temp_dir=spool) as small:
+        response = small.post("/v1/quantize", files={"file": ("w.npy", npy_bytes(weights))})
+        assert response.status_code == 413
+        body = response.json()
+        assert body["limit"] == "max_upload_bytes" and body["maximum"] == 4096 and body["value"] > 4096
+        ok = small.post("/v1/quantize", files={"file": ("w.npy", npy_bytes(weights[:2, :128]))})
+        assert ok.status_code == 200
+        assert list(Path(spool).iterdir()) == []
+
+
+def test_upload_over_the_limit_without_content_length_is_cut_off_while_streaming(weights: np.ndarray) -> None:
+    boundary = "nibbleboundary"
+    head = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"w.npy\"\r\n"
+            "Content-Type: application/octet-stream\r\n\r\n").encode()
+    data = npy_bytes(weights)
+
+    def stream() -> object:
+        yield head
+        for start in range(0, len(data), 4096):
+            yield data[start:start + 4096]
+        yield f"\r\n--{boundary}--\r\n".encode()
+
+    with tempfile.TemporaryDirectory() as spool, client_with(max_upload_bytes=8192, temp_dir=spool) as small:
+        response = small.post("/v1/quantize", content=stream(),
+                              headers={"content-type": f"multipart/form-data; boundary={boundary}"})
+        assert response.status_code == 413
+        assert response.json()["limit"] == "max_upload_bytes"
+        assert list(Path(spool).iterdir()) == []
+
+
+def test_tensor_count_over_the_limit_is_413(weights: np.ndarray) -> None:
+    payload = save_safetensors({f"t{i}": weights[:1, :128].copy() for i in range(5)})
+    with client_with(max_tensors=4) as small:
+        response = small.post("/v1/quantize", files={"file": ("m.safetensors", payload)})
+    assert response.status_code == 413
+    assert response.json()["value"] == 5
