@@ -6,6 +6,10 @@ Exports write the layouts real engines load: GPTQ, AWQ GEMM,
 compressed-tensors pack-quantized and GGUF Q4_0.
 """
 
+from quant_core.tensorio.awq import awq_config, export_awq
+from quant_core.tensorio.compressed_tensors import compressed_tensors_config, export_compressed_tensors
+from quant_core.tensorio.gguf_export import export_gguf
+from quant_core.tensorio.gptq import export_gptq, gptq_config
 from quant_core.tensorio.limits import DEFAULT_MAX_ELEMENTS, DEFAULT_MAX_HEADER_BYTES, DEFAULT_MAX_TENSORS
 from quant_core.tensorio.nibble_file import read_nibble_safetensors, write_nibble_safetensors
 from quant_core.tensorio.npy import read_npy, read_npy_header
@@ -26,6 +30,13 @@ __all__ = [
     "SafetensorsFile",
     "SafetensorsHeader",
     "TensorEntry",
+    "awq_config",
+    "compressed_tensors_config",
+    "export_awq",
+    "export_compressed_tensors",
+    "export_gguf",
+    "export_gptq",
+    "gptq_config",
     "read_nibble_safetensors",
     "read_npy",
     "read_npy_header",

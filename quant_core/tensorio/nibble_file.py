@@ -55,7 +55,8 @@ def _json_figure(value: float) -> float | str | None:
     return str(value) if math.isinf(value) else value
 
 
-def _describe(q: QuantizedTensor) -> dict[str, Any]:
+def describe_quantized(q: QuantizedTensor) -> dict[str, Any]:
+    """Scheme, method, shape, source dtype and quality of `q` as strict-JSON-ready values."""
     quality = {key: _json_figure(value) if isinstance(value, float) else value
                for key, value in asdict(q.quality).items()}
     return {
@@ -114,12 +115,12 @@ def write_nibble_safetensors(
         raise TensorFileError(f"metadata keys {reserved} use the reserved prefix {RESERVED_PREFIX!r}",
                               field="metadata")
     user[FORMAT_KEY] = FILE_FORMAT
-    user[TENSORS_KEY] = json.dumps({name: _describe(q) for name, q in tensors.items()}, allow_nan=False)
+    user[TENSORS_KEY] = json.dumps({name: describe_quantized(q) for name, q in tensors.items()}, allow_nan=False)
     return write_safetensors(path, stored, user)
 
 
 def _quality(raw: Any, name: str) -> QualityReport:
-    """Rebuild the figures written by `_describe` (null → NaN for the four figures, None for the rest)."""
+    """Rebuild the figures written by `describe_quantized` (null → NaN for the four figures, None for the rest)."""
     if not isinstance(raw, dict):
         raise TensorFileError(f"quality figures of {name!r} are not an object")
     try:

@@ -1,0 +1,87 @@
+"""AWQ GEMM checkpoint export (the layout AutoAWQ, vLLM and TGI load as ``version: gemm``).
+
+Per quantized tensor ``<prefix>.weight`` ``[out, in]`` with group size ``g``:
+
+* ``qweight`` int32 ``[in, out / 8]``: for input row ``i`` and word ``m``,
+  nibble slot ``s`` (bits ``4s``) holds the code of output ``8m + ORDER[s]``
+  with ``ORDER = [0, 2, 4, 6, 1, 3, 5, 7]`` (AutoAWQ ``awq/utils/packing_utils.py``
+  ``AWQ_ORDER``; its decoder undoes it with ``AWQ_REVERSE_ORDER = [0, 4, 1, 5, 2, 6, 3, 7]``);
+* ``qzeros`` int32 ``[in / g, out / 8]``: the integer zeros, same interleave;
+* ``scales`` fp16 ``[in / g, out]``.
+
+Dequantization (AutoAWQ ``dequantize_gemm``): ``(w − zero) × scale``, zeros
+stored as they are.  AWQ is asymmetric: a symmetric nibble tensor is
+exported with every zero equal to 8, which dequantizes to exactly the same
+``(q − 8) × s``.  AWQ has no act-order (``g_idx``), no fp16 zeros and no
+whole-row groups; those are refused with `InvalidSpec`.
+
+How this layout was checked: compressed-tensors ships a port of AutoAWQ's
+unpacking (``compressed_tensors/entrypoints/convert/converters/autoawq.py``,
+``unpack_awq`` + ``reverse_awq_order``); the always-run interop test converts
+nibble's export with it and decompresses the result with compressed-tensors,
+and compares with nibble's `dequantize`.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+
+from quant_core.errors import InvalidSpec
+from quant_core.quantize.types import QuantizedTensor
+from quant_core.tensorio._export_common import (
+    code_matrix,
+    has_act_order,
+    integer_zeros,
+    merge_passthrough,
+    module_prefix,
+    pack_nibbles_int32,
+    require_multiple,
+    single_scheme,
+)
+from quant_core.tensorio.safetensors_io import write_safetensors
+
+AWQ_ORDER = (0, 2, 4, 6, 1, 3, 5, 7)
+
+
+def awq_tensors(name: str, q: QuantizedTensor) -> dict[str, NDArray[Any]]:
+    """The three AWQ GEMM tensors of one quantized tensor, keyed ``<prefix>.qweight`` etc."""
+    out_features, in_features = q.shape
+    if q.format.group_size is None:
+        raise InvalidSpec("format", q.format.label(), f"AWQ GEMM needs a group size (tensor {name!r})")
+    if q.format.padded_columns(in_features) != in_features:
+        raise InvalidSpec("format", q.format.label(), f"AWQ has no padded groups (tensor {name!r})")
+    if has_act_order(q):
+        raise InvalidSpec("format", q.format.label(), f"AWQ has no act-order g_idx (tensor {name!r})")
+    require_multiple(out_features, 8, "out_features", name, "AWQ")
+    prefix = module_prefix(name)
+    return {
+        f"{prefix}.qweight": pack_nibbles_int32(code_matrix(q).T, axis=1, order=AWQ_ORDER),
+        f"{prefix}.qzeros": pack_nibbles_int32(integer_zeros(q, name, "AWQ").T, axis=1, order=AWQ_ORDER),
+        f"{prefix}.scales": np.ascontiguousarray(q.scales.T, dtype=np.float16),
+    }
+
+
+def awq_config(tensors: Mapping[str, QuantizedTensor]) -> dict[str, Any]:
+    """The ``quantization_config`` entry of config.json for an AWQ GEMM export."""
+    group_size, _ = single_scheme(tensors, "AWQ")
+    return {"quant_method": "awq", "bits": 4, "group_size": group_size, "zero_point": True,
+            "version": "gemm", "modules_to_not_convert": None}
+
+
+def export_awq(
+    tensors: Mapping[str, QuantizedTensor],
+    passthrough: Mapping[str, NDArray[Any]] | None,
+    path: str | os.PathLike[str],
+) -> dict[str, Any]:
+    """Write an AWQ GEMM safetensors checkpoint at `path`; returns its ``quantization_config`` dict."""
+    config = awq_config(tensors)
+    stored: dict[str, NDArray[Any]] = {}
+    for name, q in tensors.items():
+        stored.update(awq_tensors(name, q))
+    write_safetensors(path, merge_passthrough(stored, passthrough), {"format": "pt", "quant_method": "awq"})
+    return config

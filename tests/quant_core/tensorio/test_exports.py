@@ -1,0 +1,235 @@
+"""Exports to GPTQ, AWQ GEMM, compressed-tensors pack-quantized and GGUF Q4_0, decoded independently.
+
+Independent decoders: gguf-py (GGUFReader + gguf.quants.dequantize) for GGUF; compressed-tensors
+(CPU torch: PackedQuantizationCompressor.decompress) for pack-quantized; compressed-tensors' port of
+AutoAWQ's unpacking (AutoAWQConverter) for AWQ; and for GPTQ a NumPy transcription of AutoGPTQ's
+dequantization (reference_decoders.py; the real library runs in test_optional_reference.py when
+installed).  Each decoded weight must equal nibble's `dequantize` bit for bit: in float32 when the
+decoder computes in float32, in float16 when it multiplies in fp16 (the product ``(q − z) × s`` is
+exact in float32, so both round the same exact value to nearest fp16).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import gguf
+import numpy as np
+import pytest
+import safetensors.torch
+import torch
+
+from quant_core.errors import InvalidSpec, InvalidTensor
+from quant_core.formats import int4
+from quant_core.quantize import dequantize
+from quant_core.quantize.types import QuantizedTensor
+from quant_core.tensorio import (
+    export_awq,
+    export_compressed_tensors,
+    export_gguf,
+    export_gptq,
+    read_safetensors,
+)
+from tests.quant_core.tensorio.helpers import hand_built, quantized_gaussian, random_quantized
+from tests.quant_core.tensorio.reference_decoders import decode_gptq
+
+NAME = "model.layers.0.mlp.up_proj.weight"
+PREFIX = "model.layers.0.mlp.up_proj"
+
+
+def _bits(values: np.ndarray) -> np.ndarray:
+    return values.view(np.uint32 if values.dtype == np.float32 else np.uint16)
+
+
+def _assert_bit_equal(decoded: np.ndarray, q: QuantizedTensor, dtype: type = np.float32) -> None:
+    expected = dequantize(q, dtype)
+    assert decoded.shape == expected.shape
+    np.testing.assert_array_equal(_bits(np.ascontiguousarray(decoded, dtype=dtype)), _bits(expected))
+
+
+# ---------------------------------------------------------------- GPTQ
+
+@pytest.mark.parametrize(("group_size", "symmetric"), [(128, False), (32, False), (None, False), (64, True)])
+@pytest.mark.parametrize("checkpoint_format", ["gptq", "gptq_v2"])
+def test_gptq_export_decodes_with_autogptq_unpacking_to_nibbles_values(
+        tmp_path: Path, group_size: int | None, symmetric: bool, checkpoint_format: str) -> None:
+    q = random_quantized(np.random.default_rng(5), 24, 256, group_size, symmetric, zero_range=(1, 16))
+    config = export_gptq({NAME: q}, {"model.norm.weight": np.ones(8, np.float16)}, tmp_path / "m.safetensors",
+                         checkpoint_format=checkpoint_format,  # type: ignore[arg-type]
+                         config_path=tmp_path / "quantize_config.json")
+    file = read_safetensors(tmp_path / "m.safetensors")
+    groups = 1 if group_size is None else 256 // group_size
+    assert file.entries[f"{PREFIX}.qweight"].shape == (256 // 8, 24)
+    assert file.entries[f"{PREFIX}.qzeros"].shape == (groups, 24 // 8)
+    assert file.entries[f"{PREFIX}.scales"].shape == (groups, 24)
+    assert file.entries[f"{PREFIX}.g_idx"].shape == (256,)
+    decoded = decode_gptq(file[f"{PREFIX}.qweight"], file[f"{PREFIX}.qzeros"], file[f"{PREFIX}.scales"],
+                          file[f"{PREFIX}.g_idx"], checkpoint_format)
+    _assert_bit_equal(decoded, q)
+    assert config == json.loads((tmp_path / "quantize_config.json").read_text())
+    assert config["group_size"] == (-1 if group_size is None else group_size)
+    assert config["sym"] is symmetric and config["desc_act"] is False
+    assert config["checkpoint_format"] == checkpoint_format and config["quant_method"] == "gptq"
+
+
+def test_gptq_qweight_bit_layout_matches_the_documented_packing(tmp_path: Path) -> None:
+    codes = np.zeros((8, 8), dtype=np.uint8)
+    codes[3, :] = np.arange(1, 9)  # output row 3: input rows 0..7 hold codes 1..8
+    q = hand_built(codes, np.ones((8, 1), np.float16), np.full((8, 1), 9, np.uint8), int4(None))
+    export_gptq({NAME: q}, None, tmp_path / "m")
+    file = read_safetensors(tmp_path / "m")
+    assert file[f"{PREFIX}.qweight"].view(np.uint32)[0, 3] == 0x87654321
+    assert file[f"{PREFIX}.qzeros"].view(np.uint32)[0, 0] == 0x88888888  # zero 9 stored as 9 - 1
+
+
+def test_gptq_act_order_g_idx_is_exported_and_decoded(tmp_path: Path) -> None:
+    rng = np.random.default_rng(1)
+    g_idx = rng.permutation(np.arange(64, dtype=np.int32) // 32).astype(np.int32)
+    q = hand_built(rng.integers(0, 16, (16, 64), dtype=np.uint8), rng.random((16, 2)).astype(np.float16),
+                   rng.integers(1, 16, (16, 2), dtype=np.uint8), int4(32), g_idx=g_idx)
+    config = export_gptq({NAME: q}, None, tmp_path / "m")
+    file = read_safetensors(tmp_path / "m")
+    np.testing.assert_array_equal(file[f"{PREFIX}.g_idx"], g_idx)
+    decoded = decode_gptq(file[f"{PREFIX}.qweight"], file[f"{PREFIX}.qzeros"], file[f"{PREFIX}.scales"],
+                          file[f"{PREFIX}.g_idx"])
+    _assert_bit_equal(decoded, q)
+    assert config["desc_act"] is True
+
+
+def test_gptq_v1_refuses_a_zero_point_of_zero_naming_the_tensor(tmp_path: Path) -> None:
+    zeros = np.full((8, 1), 5, np.uint8)
+    zeros[6, 0] = 0
+    q = hand_built(np.zeros((8, 32), np.uint8), np.ones((8, 1), np.float16), zeros, int4(32))
+    with pytest.raises(InvalidTensor, match=r"'model.layers.0.mlp.up_proj.weight'.*row 6, group 0") as caught:
+        export_gptq({NAME: q}, None, tmp_path / "m")
+    assert caught.value.name == NAME
+    export_gptq({NAME: q}, None, tmp_path / "m", checkpoint_format="gptq_v2")
+
+
+def test_gptq_refuses_shapes_it_cannot_pack_and_mixed_schemes(tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    with pytest.raises(InvalidTensor, match="out_features of tensor 'w' is 12"):
+        export_gptq({"w": random_quantized(rng, 12, 64, 32, True)}, None, tmp_path / "m")
+    with pytest.raises(InvalidSpec, match="one GPTQ checkpoint holds one scheme"):
+        export_gptq({"a": random_quantized(rng, 8, 64, 32, True), "b": random_quantized(rng, 8, 64, 64, True)},
+                    None, tmp_path / "m")
+    with pytest.raises(InvalidSpec, match="fp16"):
+        export_gptq({"w": random_quantized(rng, 8, 64, 32, False, zero="fp16")}, None, tmp_path / "m")
+
+
+# ---------------------------------------------------------------- compressed-tensors
+
+def _ct_decompress(path: Path, config: dict, prefix: str, scale_dtype: torch.dtype | None = None) -> np.ndarray:
+    from compressed_tensors.compressors.pack_quantized.base import PackedQuantizationCompressor
+    from compressed_tensors.quantization import QuantizationScheme
+
+    loaded = safetensors.torch.load_file(path)
+    group = next(g for g in config["config_groups"].values() if prefix in g["targets"])
+    scheme = QuantizationScheme(**group)
+    local = {key.removeprefix(prefix + "."): value for key, value in loaded.items() if key.startswith(prefix + ".")}
+    if scale_dtype is not None:
+        local["weight_scale"] = local["weight_scale"].to(scale_dtype)
+    return PackedQuantizationCompressor.decompress(local, scheme)["weight"].numpy()
+
+
+@pytest.mark.parametrize(("group_size", "symmetric", "shape"), [
+    (128, False, (24, 256)), (32, True, (20, 96)), (None, False, (13, 100)), (None, True, (8, 36)),
+])
+def test_compressed_tensors_decompresses_nibbles_pack_quantized_export_exactly(
+        tmp_path: Path, group_size: int | None, symmetric: bool, shape: tuple[int, int]) -> None:
+    q = random_quantized(np.random.default_rng(2), *shape, group_size, symmetric)
+    path = tmp_path / "ct.safetensors"
+    config = export_compressed_tensors({NAME: q}, None, path)
+    # fp16 scales as stored: compressed-tensors multiplies in fp16, i.e. rounds the exact product once.
+    _assert_bit_equal(_ct_decompress(path, config, PREFIX), q, np.float16)
+    # float32 scales (same values): the product is exact, so float32 agrees bit for bit.
+    _assert_bit_equal(_ct_decompress(path, config, PREFIX, torch.float32), q, np.float32)
+
+
+def test_compressed_tensors_decodes_nibbles_own_quantizer_output(tmp_path: Path) -> None:
+    q = quantized_gaussian(0, 64, 256, int4(128))
+    path = tmp_path / "ct.safetensors"
+    config = export_compressed_tensors({NAME: q}, None, path)
+    assert config["config_groups"]["group_0"]["weights"]["strategy"] == "group"
+    _assert_bit_equal(_ct_decompress(path, config, PREFIX, torch.float32), q)
+
+
+# ---------------------------------------------------------------- AWQ
+
+@pytest.mark.parametrize(("group_size", "symmetric"), [(128, False), (64, True), (32, False)])
+def test_awq_export_decodes_with_autoawq_unpacking_to_nibbles_values(
+        tmp_path: Path, group_size: int, symmetric: bool) -> None:
+    from compressed_tensors.compressors.pack_quantized.base import PackedQuantizationCompressor
+    from compressed_tensors.entrypoints.convert.converters.autoawq import AutoAWQConverter
+    from compressed_tensors.quantization import QuantizationScheme
+
+    q = random_quantized(np.random.default_rng(4), 32, 256, group_size, symmetric)
+    path = tmp_path / "awq.safetensors"
+    config = export_awq({NAME: q}, None, path)
+    assert config == {"quant_method": "awq", "bits": 4, "group_size": group_size, "zero_point": True,
+                      "version": "gemm", "modules_to_not_convert": None}
+    loaded = safetensors.torch.load_file(path)
+    assert tuple(loaded[f"{PREFIX}.qweight"].shape) == (256, 32 // 8)
+    converter = AutoAWQConverter.from_autoawq_config(config)
+    converted = converter.process(dict(loaded))
+    scheme = converter._build_quant_config().config_groups["config_group_0"]
+    local = {key.removeprefix(PREFIX + "."): value.to(torch.float32) if key.endswith("weight_scale") else value
+             for key, value in converted.items()}
+    decoded = PackedQuantizationCompressor.decompress(local, scheme)["weight"].numpy()
+    _assert_bit_equal(decoded, q)
+    assert isinstance(scheme, QuantizationScheme)
+
+
+def test_awq_interleaves_nibbles_in_the_0_2_4_6_1_3_5_7_order(tmp_path: Path) -> None:
+    codes = np.tile(np.arange(8, dtype=np.uint8)[:, None], (1, 32))  # output row o holds code o
+    q = hand_built(codes, np.ones((8, 1), np.float16), np.zeros((8, 1), np.uint8), int4(32))
+    export_awq({NAME: q}, None, tmp_path / "a")
+    assert read_safetensors(tmp_path / "a")[f"{PREFIX}.qweight"].view(np.uint32)[0, 0] == 0x75316420
+
+
+def test_awq_refuses_whole_row_groups_and_act_order(tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    with pytest.raises(InvalidSpec, match="needs a group size"):
+        export_awq({"w": random_quantized(rng, 8, 64, None, False)}, None, tmp_path / "a")
+    q = random_quantized(rng, 8, 64, 32, False)
+    from dataclasses import replace
+    with pytest.raises(InvalidSpec, match="act-order"):
+        export_awq({"w": replace(q, g_idx=np.array([1] * 32 + [0] * 32, np.int32))}, None, tmp_path / "a")
+
+
+# ---------------------------------------------------------------- GGUF
+
+@pytest.mark.parametrize("method", ["rtn-sym", "rtn-sym-absmax7"])
+def test_gguf_reads_back_nibbles_q4_0_bit_exactly(tmp_path: Path, method: str) -> None:
+    q = quantized_gaussian(0, 48, 256, int4(32, symmetric=True), method)
+    bias = np.linspace(-1, 1, 48).astype(np.float32)
+    path = tmp_path / "m.gguf"
+    export_gguf({"blk.0.ffn_up.weight": q}, {"blk.0.ffn_up.bias": bias}, path)
+    reader = gguf.GGUFReader(path)
+    tensors = {t.name: t for t in reader.tensors}
+    tensor = tensors["blk.0.ffn_up.weight"]
+    assert tensor.tensor_type == gguf.GGMLQuantizationType.Q4_0
+    assert [int(d) for d in tensor.shape] == [256, 48]  # GGUF lists ne0 (columns) first
+    assert tensor.data.nbytes == 48 * 256 // 32 * 18
+    decoded = gguf.quants.dequantize(tensor.data, gguf.GGMLQuantizationType.Q4_0).reshape(48, 256)
+    _assert_bit_equal(decoded, q)
+    np.testing.assert_array_equal(tensors["blk.0.ffn_up.bias"].data, bias)
+    described = json.loads(bytes(reader.fields["nibble.tensors"].parts[-1]).decode())
+    assert described["blk.0.ffn_up.weight"]["method"] == method
+
+
+def test_gguf_q4_0_block_layout_puts_code_j_and_j_plus_16_in_one_byte(tmp_path: Path) -> None:
+    codes = np.arange(32, dtype=np.uint8)[None, :] % 16
+    q = hand_built(codes, np.array([[0.5]], np.float16), None, int4(32, symmetric=True))
+    export_gguf({"w": q}, None, tmp_path / "m.gguf")
+    block = bytes(gguf.GGUFReader(tmp_path / "m.gguf").tensors[0].data.reshape(-1))
+    assert block[:2] == np.float16(0.5).tobytes()
+    assert block[2:] == bytes(j | (j << 4) for j in range(16))
+
+
+@pytest.mark.parametrize("fmt", [int4(32), int4(64, symmetric=True), int4(32, zero="fp16")], ids=lambda f: f.label())
+def test_gguf_refuses_schemes_q4_0_cannot_hold(tmp_path: Path, fmt: object) -> None:
+    q = quantized_gaussian(0, 4, 64, fmt)  # type: ignore[arg-type]
+    with pytest.raises(InvalidSpec, match="group-32 symmetric"):
+        export_gguf({"w": q}, None, tmp_path / "m.gguf")
