@@ -29,10 +29,32 @@ from quant_core.inventory import (
 )
 from quant_core.kv_cache import kv_bytes_per_token, kv_cache_bytes, kv_layers
 from quant_core.planner import DevicePlan, Estimate, FormatPlan, Hardware, Plan, PlanOptions, Workload, plan
+from quant_core.quantize import (
+    METHODS,
+    QualityReport,
+    QuantizedTensor,
+    dequantize,
+    payload_bytes,
+    quality_report,
+    quantize,
+    quantized_from_payload,
+)
 from quant_core.specs import KVLayer, ModelSpec, TensorEntry
+from quant_core.tensorio import (
+    export_awq,
+    export_compressed_tensors,
+    export_gguf,
+    export_gptq,
+    read_nibble_safetensors,
+    read_npy,
+    read_safetensors,
+    sniff_format,
+    write_nibble_safetensors,
+)
 
 __all__ = [
     "KV_DTYPES",
+    "METHODS",
     "CalibrationError",
     "Device",
     "DevicePlan",
@@ -52,13 +74,20 @@ __all__ = [
     "ParameterCount",
     "Plan",
     "PlanOptions",
+    "QualityReport",
     "QuantizationPolicy",
+    "QuantizedTensor",
     "TensorEntry",
     "TensorFileError",
     "UnknownName",
     "UnsupportedArchitecture",
     "WeightFormat",
     "Workload",
+    "dequantize",
+    "export_awq",
+    "export_compressed_tensors",
+    "export_gguf",
+    "export_gptq",
     "float_format",
     "get_device",
     "get_preset",
@@ -73,7 +102,16 @@ __all__ = [
     "model_from_hf_config",
     "model_from_sizes",
     "parameter_count",
+    "payload_bytes",
     "plan",
+    "quality_report",
+    "quantize",
+    "quantized_from_payload",
+    "read_nibble_safetensors",
+    "read_npy",
+    "read_safetensors",
+    "sniff_format",
     "weight_bytes",
     "weight_bytes_by_role",
+    "write_nibble_safetensors",
 ]
