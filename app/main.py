@@ -13,6 +13,7 @@ from fastapi import APIRouter, Depends, FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.openapi.utils import get_openapi
 
+from app.metrics import install_observability
 from app.pool import WorkerPool
 from app.problems import PROBLEM_MEDIA_TYPE, install_problem_handlers
 from app.routers import devices, health, models, plans, quantizations
@@ -74,6 +75,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     if settings.cors_origins:
         app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["*"],
                            allow_headers=["*"], expose_headers=["X-Nibble-Report", "Retry-After"])
+    install_observability(app)  # metrics, access log, X-Request-ID, the page: last, so outermost
     app.openapi = lambda: _problem_openapi(app)  # type: ignore[method-assign]
     return app
 
