@@ -25,12 +25,24 @@ from numpy.typing import NDArray
 from quant_core.errors import CalibrationError
 from quant_core.formats import WeightFormat
 from quant_core.quantize import QuantizedTensor, dequantize, payload_bytes, quantize
-from quant_core.tensorio import read_nibble_safetensors, read_npy, read_safetensors, write_nibble_safetensors
+from quant_core.tensorio import (
+    export_awq,
+    export_compressed_tensors,
+    export_gguf,
+    export_gptq,
+    read_nibble_safetensors,
+    read_npy,
+    read_safetensors,
+    write_nibble_safetensors,
+)
 from quant_core.tensorio import write_safetensors as write_plain_safetensors
 
 NPY_TENSOR_NAME = "weight"
 FLOAT_KINDS = ("float32", "float16", "bfloat16")
-OutputKind = Literal["report", "nibble"]
+OutputKind = Literal["report", "nibble", "gptq", "awq", "compressed-tensors", "gguf"]
+#: File name suffix of each downloadable output.
+OUTPUT_SUFFIXES: dict[str, str] = {"nibble": ".safetensors", "gptq": ".safetensors", "awq": ".safetensors",
+                                   "compressed-tensors": ".safetensors", "gguf": ".gguf"}
 DequantizeDtype = Literal["float32", "float16", "bfloat16"]
 
 
@@ -160,10 +172,20 @@ def quantize_file(job: QuantizeJob, output: OutputKind, output_path: Path | None
         "passthrough_tensors": len(report["passthrough"]),
         "output_payload_bytes": sum(t["bytes"]["output"] for t in report["tensors"]),
     }
-    if output == "nibble" and output_path is not None:
-        size = write_nibble_safetensors(output_path, quantized, passthrough,
-                                        metadata={"report": json.dumps(report, separators=(",", ":"))})
-        report["totals"]["file_bytes"] = size
+    if output_path is None or output == "report":
+        return report
+    if output == "nibble":
+        write_nibble_safetensors(output_path, quantized, passthrough,
+                                 metadata={"report": json.dumps(report, separators=(",", ":"))})
+    elif output == "gptq":
+        report["quantization_config"] = export_gptq(quantized, passthrough, output_path)
+    elif output == "awq":
+        report["quantization_config"] = export_awq(quantized, passthrough, output_path)
+    elif output == "compressed-tensors":
+        report["quantization_config"] = export_compressed_tensors(quantized, passthrough, output_path)
+    else:
+        export_gguf(quantized, passthrough, output_path)
+    report["totals"]["file_bytes"] = output_path.stat().st_size
     return report
 
 

@@ -19,7 +19,7 @@ from typing import Any, BinaryIO
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 
-from app.jobs import QuantizeJob, ReadLimits, compare_file, dequantize_file, quantize_file
+from app.jobs import OUTPUT_SUFFIXES, QuantizeJob, ReadLimits, compare_file, dequantize_file, quantize_file
 from app.pool import WorkerPool
 from app.problems import MalformedUpload, problem_responses
 from app.schemas.quantize import (
@@ -91,7 +91,10 @@ def _download(path: Path, filename: str, summary: dict[str, Any]) -> StreamingRe
 
 def _summary(report: dict[str, Any]) -> dict[str, Any]:
     """The short report sent in the X-Nibble-Report header (the full one is in the file's metadata)."""
-    return {"method": report["method"], "format": report["format"], **report["totals"]}
+    summary = {"method": report["method"], "format": report["format"], **report["totals"]}
+    if report.get("quantization_config") is not None:
+        summary["quantization_config"] = report["quantization_config"]
+    return summary
 
 
 DOWNLOAD_RESPONSE: dict[int | str, dict[str, Any]] = {200: {
@@ -117,9 +120,10 @@ async def create_quantization(request: Request) -> JSONResponse | StreamingRespo
                           form.symmetric, form.include, _limits(settings))
         if form.output == "report":
             return JSONResponse(await pool.run(quantize_file, job, "report", None))
-        output = new_output_path(upload, ".safetensors")
+        suffix = OUTPUT_SUFFIXES[form.output]
+        output = new_output_path(upload, suffix)
         report = await pool.run(quantize_file, job, form.output, output)
-        return _download(output, "quantized.safetensors", _summary(report))
+        return _download(output, f"quantized-{form.output}{suffix}", _summary(report))
 
 
 @router.post("/quantize/compare", summary="Compare quantization methods side by side",

@@ -15,7 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from quant_core.quantize import METHODS
 
-OutputName = Literal["report", "nibble"]
+OutputName = Literal["report", "nibble", "gptq", "awq", "compressed-tensors", "gguf"]
 FormT = TypeVar("FormT", bound=BaseModel)
 
 
@@ -27,7 +27,9 @@ class QuantizeForm(BaseModel):
     method: str = Field("rtn", description=f"One of: {', '.join(METHODS)}.")
     group_size: int | None = Field(128, description="32, 64, 128, 256; 'row' or empty for a whole row.")
     symmetric: bool = False
-    output: OutputName = Field("report", description="report: JSON; nibble: nibble's .safetensors file.")
+    output: OutputName = Field("report", description=(
+        "report: JSON; nibble: nibble's .safetensors (dequantize reads it back); gptq, awq, compressed-tensors: "
+        "checkpoints engines load (.safetensors); gguf: Q4_0 (needs group_size 32, symmetric)."))
     include: str | None = Field(None, description="Glob on tensor names (default: every 2-D float tensor).")
 
     @field_validator("group_size", mode="before")
@@ -152,6 +154,8 @@ class QuantizeReport(BaseModel):
     tensors: list[QuantizedTensorReport]
     passthrough: list[PassthroughTensor]
     totals: QuantizeTotals
+    quantization_config: dict[str, Any] | None = Field(
+        None, description="gptq, awq, compressed-tensors: the config a loader expects with the checkpoint.")
 
 
 class CompareRow(BaseModel):

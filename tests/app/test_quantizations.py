@@ -250,3 +250,31 @@ def test_tensor_count_over_the_limit_is_413(weights: np.ndarray) -> None:
         response = small.post("/v1/quantize", files={"file": ("m.safetensors", payload)})
     assert response.status_code == 413
     assert response.json()["value"] == 5
+
+
+@pytest.mark.parametrize(("output", "group_size", "symmetric", "suffix"), [
+    ("gptq", "128", "false", ".safetensors"),
+    ("awq", "128", "false", ".safetensors"),
+    ("compressed-tensors", "128", "true", ".safetensors"),
+    ("gguf", "32", "true", ".gguf"),
+])
+def test_quantize_exports_download_a_file(client: TestClient, weights: np.ndarray, output: str, group_size: str,
+                                          symmetric: str, suffix: str) -> None:
+    payload = save_safetensors({"model.layers.0.mlp.up_proj.weight": weights})
+    response = client.post("/v1/quantize", files={"file": ("m.safetensors", payload)},
+                           data={"output": output, "group_size": group_size, "symmetric": symmetric})
+    assert response.status_code == 200, response.text
+    assert response.headers["content-disposition"].endswith(f'{suffix}"')
+    summary = json.loads(response.headers["x-nibble-report"])
+    assert summary["file_bytes"] == len(response.content) > 0
+    if suffix == ".safetensors":
+        assert summary["quantization_config"]
+        assert load_safetensors(response.content)
+    else:
+        assert response.content[:4] == b"GGUF"
+
+
+def test_gguf_export_of_an_asymmetric_scheme_is_422(client: TestClient, weights: np.ndarray) -> None:
+    response = client.post("/v1/quantize", files={"file": ("w.npy", npy_bytes(weights))},
+                           data={"output": "gguf", "group_size": "128"})
+    assert response.status_code == 422

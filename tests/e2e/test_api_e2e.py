@@ -100,3 +100,20 @@ def test_dequantize_of_quantize_over_http_equals_quant_core_bit_for_bit(http: ht
     expected = dequantize(quantize(weights, int4(128), method), np.float32)
     got = _read(restored.content)["weight"]
     assert got.dtype == expected.dtype and got.tobytes() == expected.tobytes()
+
+
+@pytest.mark.parametrize(("output", "data"), [
+    ("report", {}),
+    ("nibble", {}),
+    ("gptq", {}),
+    ("awq", {}),
+    ("compressed-tensors", {"symmetric": "true"}),
+    ("gguf", {"group_size": "32", "symmetric": "true"}),
+])
+def test_quantize_each_output(http: httpx.Client, weights: np.ndarray, output: str, data: dict[str, str]) -> None:
+    response = http.post("/v1/quantize", files={"file": ("w.npy", _npy(weights))}, data={"output": output, **data})
+    assert response.status_code == 200, response.text
+    if output == "report":
+        assert response.json()["tensors"][0]["bytes"]["output"] == response.json()["tensors"][0]["bytes"]["predicted"]
+    else:
+        assert json.loads(response.headers["x-nibble-report"])["file_bytes"] == len(response.content)
