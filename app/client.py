@@ -1,0 +1,372 @@
+"""A typed Python client of nibble's REST API (httpx): `NibbleClient` (sync) and `AsyncNibbleClient`.
+
+Answers are parsed into the same Pydantic wire models the server answers with
+(`app.schemas`), so a script gets attributes and types instead of dict keys.
+Every non-2xx answer raises `NibbleAPIError` carrying the problem+json fields
+(``type``, ``title``, ``status``, ``detail``, ``errors``).
+
+    with NibbleClient("http://127.0.0.1:8000") as nibble:
+        answer = nibble.plan({"model": {"preset": "llama-3.1-70b"},
+                              "hardware": {"device": "h100-80gb", "count": 2}})
+        print(answer.fits, answer.comparison["int4"].used_bytes)
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import TracebackType
+from typing import IO, Any, Literal, Self, TypeVar, overload
+
+import httpx
+from pydantic import BaseModel, TypeAdapter
+
+from app.schemas.models import DeviceOut, InspectResponse, ModelDetail, ModelSummary
+from app.schemas.plans import PlanRequest, PlanResponse, SweepRequest, SweepResponse
+from app.schemas.quantize import CompareReport, QuantizeReport
+
+DEFAULT_TIMEOUT_SECONDS = 300.0  # a quantization of a large upload takes minutes
+REPORT_HEADER = "X-Nibble-Report"
+FileInput = str | os.PathLike[str] | bytes | IO[bytes]
+Body = BaseModel | Mapping[str, Any]
+ModelT = TypeVar("ModelT", bound=BaseModel)
+_MODEL_LIST = TypeAdapter(list[ModelSummary])
+_DEVICE_LIST = TypeAdapter(list[DeviceOut])
+
+
+@dataclass(frozen=True, slots=True)
+class ProblemField:
+    """One invalid input named by the server: dotted `field` path and `message`."""
+
+    field: str
+    message: str
+
+
+class NibbleAPIError(Exception):
+    """The server answered an error: the RFC 9457 problem fields, and the raw document in `problem`."""
+
+    def __init__(self, status: int, title: str, detail: str, type: str = "about:blank",
+                 errors: Sequence[ProblemField] = (), problem: Mapping[str, Any] | None = None,
+                 headers: Mapping[str, str] | None = None) -> None:
+        super().__init__(f"{status} {title}: {detail}")
+        self.status = status
+        self.title = title
+        self.detail = detail
+        self.type = type
+        self.errors = list(errors)
+        self.problem = dict(problem or {})
+        self.headers = dict(headers or {})
+
+    @property
+    def retry_after_seconds(self) -> int | None:
+        """The ``Retry-After`` of a 503 (pool full), in seconds, if the server sent one."""
+        value = self.headers.get("retry-after", "")
+        return int(value) if value.isdigit() else None
+
+    @classmethod
+    def from_response(cls, response: httpx.Response) -> NibbleAPIError:
+        """The error for a non-2xx `response` (a problem+json body, or any other body, e.g. a proxy's)."""
+        headers = {key.lower(): value for key, value in response.headers.items()}
+        try:
+            document = response.json()
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            document = None
+        if not isinstance(document, dict) or "status" not in document:
+            return cls(response.status_code, response.reason_phrase or "HTTP error",
+                       response.text[:500], headers=headers)
+        errors = [ProblemField(str(item.get("field", "")), str(item.get("message", "")))
+                  for item in document.get("errors") or [] if isinstance(item, dict)]
+        return cls(int(document.get("status", response.status_code)), str(document.get("title", "")),
+                   str(document.get("detail", "")), str(document.get("type", "about:blank")), errors,
+                   document, headers)
+
+
+@dataclass(frozen=True, slots=True)
+class Download:
+    """A file answered by the server: its bytes, the suggested file name and the report summary."""
+
+    content: bytes
+    filename: str
+    summary: dict[str, Any] = field(default_factory=dict)
+
+    def save(self, path: str | os.PathLike[str]) -> Path:
+        """Write the bytes to `path` and return it."""
+        target = Path(path)
+        target.write_bytes(self.content)
+        return target
+
+
+# --- request building and answer parsing, shared by both clients ------------------------------
+
+
+def _json_body(body: Body) -> Any:
+    if isinstance(body, BaseModel):
+        return body.model_dump(mode="json", exclude_unset=True)
+    return dict(body)
+
+
+def _file_part(file: FileInput, filename: str | None) -> tuple[str, Any, str]:
+    """A multipart file part: paths are streamed from disk, bytes and file objects sent as they are."""
+    if isinstance(file, str | os.PathLike):
+        path = Path(file)
+        return filename or path.name, path.open("rb"), "application/octet-stream"
+    if isinstance(file, bytes):
+        return filename or "upload.bin", file, "application/octet-stream"
+    return filename or Path(getattr(file, "name", "upload.bin")).name, file, "application/octet-stream"
+
+
+def _upload(file: FileInput, filename: str | None, calibration: FileInput | None,
+            fields: Mapping[str, Any]) -> tuple[dict[str, tuple[str, Any, str]], dict[str, Any]]:
+    files = {"file": _file_part(file, filename)}
+    if calibration is not None:
+        files["calibration"] = _file_part(calibration, None)
+    data: dict[str, Any] = {}
+    for name, value in fields.items():
+        if value is None:
+            continue
+        if isinstance(value, bool):
+            data[name] = "true" if value else "false"
+        elif isinstance(value, list | tuple):
+            data[name] = [str(item) for item in value]
+        else:
+            data[name] = str(value)
+    return files, data
+
+
+def _close_files(files: Mapping[str, tuple[str, Any, str]]) -> None:
+    for _, handle, _ in files.values():
+        if hasattr(handle, "close") and hasattr(handle, "name") and isinstance(handle.name, str):
+            handle.close()
+
+
+def _checked(response: httpx.Response) -> httpx.Response:
+    if response.is_error:
+        raise NibbleAPIError.from_response(response)
+    return response
+
+
+def _download(response: httpx.Response) -> Download:
+    disposition = response.headers.get("content-disposition", "")
+    filename = disposition.split('filename="', 1)[1].rstrip('"') if 'filename="' in disposition else "download"
+    summary_text = response.headers.get(REPORT_HEADER)
+    summary = json.loads(summary_text) if summary_text else {}
+    return Download(response.content, filename, summary)
+
+
+def _auth_headers(api_key: str | None) -> dict[str, str]:
+    return {"Authorization": f"Bearer {api_key}"} if api_key else {}
+
+
+def _quantize_fields(method: str, group_size: int | None, symmetric: bool, output: str,
+                     include: str | None) -> dict[str, Any]:
+    return {"method": method, "group_size": "row" if group_size is None else group_size,
+            "symmetric": symmetric, "output": output, "include": include}
+
+
+def _compare_fields(methods: Sequence[str], group_size: int | None, symmetric: bool,
+                    include: str | None) -> dict[str, Any]:
+    return {"methods": ",".join(methods), "group_size": "row" if group_size is None else group_size,
+            "symmetric": symmetric, "include": include}
+
+
+class NibbleClient:
+    """Synchronous client; use it as a context manager (or call `close`)."""
+
+    def __init__(self, base_url: str, *, api_key: str | None = None,
+                 timeout_seconds: float = DEFAULT_TIMEOUT_SECONDS,
+                 transport: httpx.BaseTransport | None = None) -> None:
+        self._http = httpx.Client(base_url=base_url.rstrip("/"), headers=_auth_headers(api_key),
+                                  timeout=timeout_seconds, transport=transport)
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, error: BaseException | None,
+                 trace: TracebackType | None) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._http.close()
+
+    def _get(self, path: str) -> httpx.Response:
+        return _checked(self._http.get(path))
+
+    def _post_json(self, path: str, body: Body) -> httpx.Response:
+        return _checked(self._http.post(path, json=_json_body(body)))
+
+    def _post_upload(self, path: str, file: FileInput, filename: str | None, calibration: FileInput | None,
+                     fields: Mapping[str, Any]) -> httpx.Response:
+        files, data = _upload(file, filename, calibration, fields)
+        try:
+            return _checked(self._http.post(path, files=files, data=data))
+        finally:
+            _close_files(files)
+
+    def health(self) -> dict[str, Any]:
+        """``GET /healthz``: ``{"status": "ok"}`` when the server is up."""
+        answer: dict[str, Any] = self._get("/healthz").json()
+        return answer
+
+    def plan(self, body: PlanRequest | Mapping[str, Any]) -> PlanResponse:
+        """``POST /v1/plan``: will the model fit, per device, 16-bit beside INT4."""
+        return PlanResponse.model_validate_json(self._post_json("/v1/plan", body).content)
+
+    def sweep(self, body: SweepRequest | Mapping[str, Any]) -> SweepResponse:
+        """``POST /v1/plan/sweep``: one row per combination of the swept values."""
+        return SweepResponse.model_validate_json(self._post_json("/v1/plan/sweep", body).content)
+
+    def inspect(self, model: Body) -> InspectResponse:
+        """``POST /v1/models/inspect``: ``{"preset": id}``, ``{"hf_config": {...}}`` or ``{"spec": {...}}``."""
+        return InspectResponse.model_validate_json(self._post_json("/v1/models/inspect", model).content)
+
+    def list_models(self) -> list[ModelSummary]:
+        """``GET /v1/models``: every preset."""
+        return _MODEL_LIST.validate_json(self._get("/v1/models").content)
+
+    def get_model(self, model_id: str) -> ModelDetail:
+        """``GET /v1/models/{id}``."""
+        return ModelDetail.model_validate_json(self._get(f"/v1/models/{model_id}").content)
+
+    def list_devices(self) -> list[DeviceOut]:
+        """``GET /v1/devices``: every catalogued accelerator."""
+        return _DEVICE_LIST.validate_json(self._get("/v1/devices").content)
+
+    def get_device(self, device_id: str) -> DeviceOut:
+        """``GET /v1/devices/{id}``."""
+        return DeviceOut.model_validate_json(self._get(f"/v1/devices/{device_id}").content)
+
+    @overload
+    def quantize(self, file: FileInput, *, filename: str | None = ..., method: str = ...,
+                 group_size: int | None = ..., symmetric: bool = ..., output: Literal["report"] = ...,
+                 include: str | None = ..., calibration: FileInput | None = ...) -> QuantizeReport: ...
+
+    @overload
+    def quantize(self, file: FileInput, *, filename: str | None = ..., method: str = ...,
+                 group_size: int | None = ..., symmetric: bool = ..., output: str,
+                 include: str | None = ..., calibration: FileInput | None = ...) -> QuantizeReport | Download: ...
+
+    def quantize(self, file: FileInput, *, filename: str | None = None, method: str = "rtn",
+                 group_size: int | None = 128, symmetric: bool = False, output: str = "report",
+                 include: str | None = None, calibration: FileInput | None = None) -> QuantizeReport | Download:
+        """``POST /v1/quantize``: the JSON report (``output="report"``) or the quantized file as a `Download`."""
+        response = self._post_upload("/v1/quantize", file, filename, calibration,
+                                     _quantize_fields(method, group_size, symmetric, output, include))
+        if output == "report":
+            return QuantizeReport.model_validate_json(response.content)
+        return _download(response)
+
+    def compare(self, file: FileInput, methods: Sequence[str] = ("rtn", "clip"), *, filename: str | None = None,
+                group_size: int | None = 128, symmetric: bool = False, include: str | None = None,
+                calibration: FileInput | None = None) -> CompareReport:
+        """``POST /v1/quantize/compare``: each method's sizes and quality figures, per tensor."""
+        response = self._post_upload("/v1/quantize/compare", file, filename, calibration,
+                                     _compare_fields(methods, group_size, symmetric, include))
+        return CompareReport.model_validate_json(response.content)
+
+    def dequantize(self, file: FileInput, dtype: str = "float32", *, filename: str | None = None) -> Download:
+        """``POST /v1/dequantize``: a nibble ``.safetensors`` back to `dtype` floats."""
+        return _download(self._post_upload("/v1/dequantize", file, filename, None, {"dtype": dtype}))
+
+
+class AsyncNibbleClient:
+    """Asynchronous client (``async with AsyncNibbleClient(url) as nibble: await nibble.plan(...)``)."""
+
+    def __init__(self, base_url: str, *, api_key: str | None = None,
+                 timeout_seconds: float = DEFAULT_TIMEOUT_SECONDS,
+                 transport: httpx.AsyncBaseTransport | None = None) -> None:
+        self._http = httpx.AsyncClient(base_url=base_url.rstrip("/"), headers=_auth_headers(api_key),
+                                       timeout=timeout_seconds, transport=transport)
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(self, kind: type[BaseException] | None, error: BaseException | None,
+                        trace: TracebackType | None) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        await self._http.aclose()
+
+    async def _get(self, path: str) -> httpx.Response:
+        return _checked(await self._http.get(path))
+
+    async def _post_json(self, path: str, body: Body) -> httpx.Response:
+        return _checked(await self._http.post(path, json=_json_body(body)))
+
+    async def _post_upload(self, path: str, file: FileInput, filename: str | None,
+                           calibration: FileInput | None, fields: Mapping[str, Any]) -> httpx.Response:
+        files, data = _upload(file, filename, calibration, fields)
+        try:
+            return _checked(await self._http.post(path, files=files, data=data))
+        finally:
+            _close_files(files)
+
+    async def health(self) -> dict[str, Any]:
+        """``GET /healthz``."""
+        answer: dict[str, Any] = (await self._get("/healthz")).json()
+        return answer
+
+    async def plan(self, body: PlanRequest | Mapping[str, Any]) -> PlanResponse:
+        """``POST /v1/plan``."""
+        return PlanResponse.model_validate_json((await self._post_json("/v1/plan", body)).content)
+
+    async def sweep(self, body: SweepRequest | Mapping[str, Any]) -> SweepResponse:
+        """``POST /v1/plan/sweep``."""
+        return SweepResponse.model_validate_json((await self._post_json("/v1/plan/sweep", body)).content)
+
+    async def inspect(self, model: Body) -> InspectResponse:
+        """``POST /v1/models/inspect``."""
+        return InspectResponse.model_validate_json((await self._post_json("/v1/models/inspect", model)).content)
+
+    async def list_models(self) -> list[ModelSummary]:
+        """``GET /v1/models``."""
+        return _MODEL_LIST.validate_json((await self._get("/v1/models")).content)
+
+    async def get_model(self, model_id: str) -> ModelDetail:
+        """``GET /v1/models/{id}``."""
+        return ModelDetail.model_validate_json((await self._get(f"/v1/models/{model_id}")).content)
+
+    async def list_devices(self) -> list[DeviceOut]:
+        """``GET /v1/devices``."""
+        return _DEVICE_LIST.validate_json((await self._get("/v1/devices")).content)
+
+    async def get_device(self, device_id: str) -> DeviceOut:
+        """``GET /v1/devices/{id}``."""
+        return DeviceOut.model_validate_json((await self._get(f"/v1/devices/{device_id}")).content)
+
+    @overload
+    async def quantize(self, file: FileInput, *, filename: str | None = ..., method: str = ...,
+                       group_size: int | None = ..., symmetric: bool = ..., output: Literal["report"] = ...,
+                       include: str | None = ..., calibration: FileInput | None = ...) -> QuantizeReport: ...
+
+    @overload
+    async def quantize(self, file: FileInput, *, filename: str | None = ..., method: str = ...,
+                       group_size: int | None = ..., symmetric: bool = ..., output: str,
+                       include: str | None = ...,
+                       calibration: FileInput | None = ...) -> QuantizeReport | Download: ...
+
+    async def quantize(self, file: FileInput, *, filename: str | None = None, method: str = "rtn",
+                       group_size: int | None = 128, symmetric: bool = False, output: str = "report",
+                       include: str | None = None,
+                       calibration: FileInput | None = None) -> QuantizeReport | Download:
+        """``POST /v1/quantize``: the JSON report or the quantized file as a `Download`."""
+        response = await self._post_upload("/v1/quantize", file, filename, calibration,
+                                           _quantize_fields(method, group_size, symmetric, output, include))
+        if output == "report":
+            return QuantizeReport.model_validate_json(response.content)
+        return _download(response)
+
+    async def compare(self, file: FileInput, methods: Sequence[str] = ("rtn", "clip"), *,
+                      filename: str | None = None, group_size: int | None = 128, symmetric: bool = False,
+                      include: str | None = None, calibration: FileInput | None = None) -> CompareReport:
+        """``POST /v1/quantize/compare``."""
+        response = await self._post_upload("/v1/quantize/compare", file, filename, calibration,
+                                           _compare_fields(methods, group_size, symmetric, include))
+        return CompareReport.model_validate_json(response.content)
+
+    async def dequantize(self, file: FileInput, dtype: str = "float32", *, filename: str | None = None) -> Download:
+        """``POST /v1/dequantize``."""
+        return _download(await self._post_upload("/v1/dequantize", file, filename, None, {"dtype": dtype}))
