@@ -13,7 +13,7 @@ from __future__ import annotations
 import fnmatch
 import json
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -140,12 +140,15 @@ def _load_calibration(job: QuantizeJob) -> NDArray[Any] | None:
     return calibration
 
 
-def quantize_file(job: QuantizeJob, output: OutputKind, output_path: Path | None) -> dict[str, Any]:
+def quantize_file(job: QuantizeJob, output: OutputKind, output_path: Path | None, *,
+                  progress: Callable[[int, int, str, float], None] | None = None) -> dict[str, Any]:
     """Quantize every selected tensor of the upload by ``job.methods[0]``; write `output_path` unless report.
 
     Returns the report: one entry per quantized tensor (name, shape, method,
     group size, bytes input/output/predicted, bits per weight, quality, seconds)
     and the passthrough tensors with why; plus the output file's size.
+    `progress(done, total, name, seconds)` is called after each quantized
+    tensor (the ``nibble quantize`` progress bar).
     """
     tensors = load_tensors(job.path, job.kind, job.limits)
     calibration = _load_calibration(job)
@@ -154,6 +157,7 @@ def quantize_file(job: QuantizeJob, output: OutputKind, output_path: Path | None
     report: dict[str, Any] = {"method": method, "format": scheme.label(), "tensors": [], "passthrough": []}
     quantized: dict[str, QuantizedTensor] = {}
     passthrough: dict[str, NDArray[Any]] = {}
+    total = sum(passthrough_reason(n, tensors[n], job.include) is None for n in tensors) if progress else 0
     for name in tensors:
         array = tensors[name]
         reason = passthrough_reason(name, array, job.include)
@@ -164,6 +168,8 @@ def quantize_file(job: QuantizeJob, output: OutputKind, output_path: Path | None
             continue
         q, figures = _run_method(name, array, scheme, method, calibration)
         report["tensors"].append({"name": name, "shape": list(array.shape), **figures})
+        if progress is not None:
+            progress(len(report["tensors"]), total, name, figures["seconds"])
         if output != "report":
             quantized[name] = q
     report["totals"] = {
