@@ -172,7 +172,7 @@ async def receive_upload(request: Request, settings: Settings,
     directory = Path(tempfile.mkdtemp(prefix="nibble-upload-", dir=settings.temp_dir))
     collector = _Collector(directory, file_fields, settings)
     try:
-        parser = MultipartParser(boundary, callbacks={  # type: ignore[arg-type]
+        parser = MultipartParser(boundary, callbacks={
             "on_part_begin": collector.on_part_begin,
             "on_header_field": collector.on_header_field,
             "on_header_value": collector.on_header_value,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import math
+from dataclasses import replace
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -344,8 +345,8 @@ def sweep_rows(body: SweepRequest, max_config_depth: int, max_rows: int) -> Swee
         weight_format = weight_format_to_core(body.weights, name)
         with field_prefix("sweep"):
             row_hardware = Hardware(hardware.capacity_bytes, count, hardware.device_id, hardware.name)
-            row_options = PlanOptions(**{**_options_dict(options), "weight_format": weight_format,
-                                         "tensor_parallel": None if axes.device_counts else options.tensor_parallel})
+            row_options = replace(options, weight_format=weight_format,
+                                  tensor_parallel=None if axes.device_counts else options.tensor_parallel)
             result = plan(spec, row_hardware, Workload(context, sequence_count), row_options).primary
         rows.append(SweepRow(
             context_length=context, concurrent_sequences=sequence_count, format=result.format,
@@ -358,6 +359,3 @@ def sweep_rows(body: SweepRequest, max_config_depth: int, max_rows: int) -> Swee
         ))
     return SweepResponse(model=spec.name, rows=rows)
 
-
-def _options_dict(options: PlanOptions) -> dict[str, object]:
-    return {name: getattr(options, name) for name in PlanOptions.__dataclass_fields__}
