@@ -421,8 +421,10 @@ function renderSweep(sweep, answer) {
     const longest = answer.comparison[name] && answer.comparison[name].max_context_length;
     if (longest && Math.log2(longest) >= minX && Math.log2(longest) <= maxX) {
       svg.append(svgElement("line", { x1: x(longest), x2: x(longest), y1: margin.top, y2: height - margin.bottom, class: `marker ${cls}`, "data-format": name }));
-      svg.append(svgElement("text", { x: x(longest) + 4, y: margin.top + 12 + 14 * index, class: `marker-label ${cls}` },
-        `${formatTitle(name, answer)} fits up to ${thousands(longest)}`));
+      const rightHalf = x(longest) > margin.left + plotWidth / 2;
+      svg.append(svgElement("text", { x: x(longest) + (rightHalf ? -4 : 4), y: margin.top + 40 + 14 * index,
+        class: `marker-label ${cls}`, "text-anchor": rightHalf ? "end" : "start" },
+        `${formatTitle(name, answer)} fits up to ${thousands(longest)} tokens`));
     }
     svg.append(svgElement("text", { x: margin.left + 6, y: margin.top + 12 + 14 * index, class: `series-label ${cls}` }, `— ${formatTitle(name, answer)}`));
     index += 1;

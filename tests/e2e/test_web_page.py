@@ -1,0 +1,128 @@
+"""The web page in headless Chromium (Debian's, driven by Playwright) against a real uvicorn server.
+
+Plans Llama-3.1-70B on one H100 (no fit at 16-bit, fit at INT4 at 4,096
+tokens), checks the verdict and the bars, raises the context until INT4 no
+longer fits, shows an API error next to its field, uploads a small .npy and
+reads the compare table; screenshots go to tests/e2e/artifacts/ (git-ignored).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+CHROMIUM = Path("/usr/bin/chromium")
+ARTIFACTS = Path(__file__).resolve().parent / "artifacts"
+CHROMIUM_ARGS = ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+TIMEOUT_MS = 30_000
+
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(not CHROMIUM.exists(), reason="Debian's chromium (/usr/bin/chromium) is not installed"),
+]
+sync_api = pytest.importorskip("playwright.sync_api")
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    with sync_api.sync_playwright() as playwright:
+        chromium = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        try:
+            yield chromium
+        finally:
+            chromium.close()
+
+
+def open_page(browser: Any, live_server: str, width: int, height: int) -> Any:
+    page = browser.new_page(viewport={"width": width, "height": height})
+    page.set_default_timeout(TIMEOUT_MS)
+    page.goto(live_server + "/")
+    page.wait_for_selector("body[data-ready='true']")
+    return page
+
+
+def plan(page: Any, context: int) -> None:
+    page.fill("#context", str(context))
+    page.click("#plan-button")
+    page.wait_for_selector(f"#verdict >> text={context:,} tokens")
+
+
+def test_llama_70b_on_one_h100_fits_only_at_int4_until_the_context_grows(browser: Any, live_server: str) -> None:
+    ARTIFACTS.mkdir(exist_ok=True)
+    page = open_page(browser, live_server, 1280, 1000)
+    page.select_option("#model-preset", "llama-3.1-70b")
+    page.select_option("#device", "h100-80gb")
+    page.fill("#count", "1")
+    page.fill("#sequences", "1")
+    plan(page, 4096)
+    assert page.locator("#verdict p[data-format='bf16']").get_attribute("data-fits") == "false"
+    assert page.locator("#verdict p[data-format='int4']").get_attribute("data-fits") == "true"
+    assert "does not fit" in page.inner_text("#verdict p[data-format='bf16']")
+    assert "INT4 (group 128): fits" in page.inner_text("#verdict p[data-format='int4']")
+    assert page.inner_text("#verdict .verdict-head").endswith("fits only at INT4 (group 128).")
+    # One bar per format (identical devices share one), each with weights, KV cache, activations, overhead.
+    assert page.locator("#bars g.bar").count() == 2
+    for term in ("weights_bytes", "kv_cache_bytes", "activation_bytes", "overhead_bytes"):
+        assert page.locator(f"#bars g.bar[data-format='int4'] rect[data-term='{term}']").count() == 1
+    assert page.locator("#bars g.bar[data-format='int4'] rect[data-term='headroom_bytes']").count() == 1
+    assert page.locator("#bars line.capacity").count() == 2
+    page.wait_for_selector("#sweep polyline[data-format='int4']")
+    assert page.locator("#sweep line.marker[data-format='int4']").count() == 1
+    page.screenshot(path=str(ARTIFACTS / "page-fits-int4.png"), full_page=True)
+
+    plan(page, 262144)  # 256 Ki tokens of bf16 KV cache: 80 GiB on its own
+    assert page.locator("#verdict p[data-format='int4']").get_attribute("data-fits") == "false"
+    assert "does not fit, even at INT4" in page.inner_text("#verdict .verdict-head")
+    assert page.locator("#bars g.bar[data-fits='false']").count() == 2
+    page.screenshot(path=str(ARTIFACTS / "page-no-fit.png"), full_page=True)
+
+    page.fill("#context", "0")
+    page.click("#plan-button")
+    page.wait_for_selector("#err-context:not(:empty)")
+    assert "context_length" in page.inner_text("#err-context")
+    assert page.get_attribute("#context", "aria-invalid") == "true"
+    page.close()
+
+
+def test_upload_npy_shows_the_compare_table(browser: Any, live_server: str, tmp_path: Path) -> None:
+    ARTIFACTS.mkdir(exist_ok=True)
+    weights = np.random.default_rng(5).standard_normal((64, 256)).astype(np.float32)
+    upload = tmp_path / "layer.npy"
+    np.save(upload, weights)
+    page = open_page(browser, live_server, 1280, 1000)
+    page.set_input_files("#q-file", str(upload))
+    page.click("#compare-button")
+    page.wait_for_selector("#compare-table tbody tr")
+    rows = page.locator("#compare-table tbody tr")
+    assert rows.count() == 3  # rtn, clip, hqq are ticked by default
+    methods = [rows.nth(i).locator("td").nth(1).inner_text().split(" ")[0] for i in range(3)]
+    assert methods == ["rtn", "clip", "hqq"]
+    # 64 x 256 at g128 asymmetric: 8,192 bytes of nibbles + 128 fp16 scales + 128 packed zeros = 8,512 bytes.
+    assert rows.nth(0).locator("td").nth(2).inner_text() == "8,512"
+    assert rows.nth(0).locator("td").nth(3).inner_text() == "4.156"
+    page.screenshot(path=str(ARTIFACTS / "page-compare.png"), full_page=True)
+    with page.expect_download() as download_info:
+        page.click("#download-button")
+    download = download_info.value
+    assert download.suggested_filename.endswith(".safetensors")
+    page.close()
+
+
+def test_page_is_usable_at_phone_width(browser: Any, live_server: str) -> None:
+    ARTIFACTS.mkdir(exist_ok=True)
+    page = open_page(browser, live_server, 390, 844)
+    page.focus("#context")
+    page.keyboard.press("Control+A")
+    page.keyboard.type("8192")
+    page.keyboard.press("Enter")  # submits the form from the keyboard
+    page.wait_for_selector("#verdict >> text=8,192 tokens")
+    assert page.locator("#bars g.bar").count() >= 2
+    overflow = page.evaluate("document.documentElement.scrollWidth - document.documentElement.clientWidth")
+    assert overflow <= 0, f"the page scrolls sideways by {overflow} px at 390 px wide"
+    page.screenshot(path=str(ARTIFACTS / "page-phone.png"), full_page=True)
+    page.close()
