@@ -20,6 +20,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 
 from app.jobs import OUTPUT_SUFFIXES, QuantizeJob, ReadLimits, compare_file, dequantize_file, quantize_file
+from app.metrics import observe_report
 from app.pool import WorkerPool
 from app.problems import MalformedUpload, problem_responses
 from app.schemas.quantize import (
@@ -119,10 +120,13 @@ async def create_quantization(request: Request) -> JSONResponse | StreamingRespo
         job = QuantizeJob(file.path, file.kind, _calibration(upload), (form.method,), form.group_size,
                           form.symmetric, form.include, _limits(settings))
         if form.output == "report":
-            return JSONResponse(await pool.run(quantize_file, job, "report", None))
+            report = await pool.run(quantize_file, job, "report", None)
+            observe_report(request.app, report)
+            return JSONResponse(report)
         suffix = OUTPUT_SUFFIXES[form.output]
         output = new_output_path(upload, suffix)
         report = await pool.run(quantize_file, job, form.output, output)
+        observe_report(request.app, report)
         return _download(output, f"quantized-{form.output}{suffix}", _summary(report))
 
 
@@ -139,7 +143,9 @@ async def create_comparison(request: Request) -> JSONResponse:
         file = _required_file(upload, "file")
         job = QuantizeJob(file.path, file.kind, _calibration(upload), tuple(form.methods), form.group_size,
                           form.symmetric, form.include, _limits(settings))
-        return JSONResponse(await pool.run(compare_file, job))
+        comparison = await pool.run(compare_file, job)
+        observe_report(request.app, comparison)
+        return JSONResponse(comparison)
 
 
 @router.post("/dequantize", summary="Dequantize a nibble .safetensors file", response_model=None,
