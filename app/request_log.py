@@ -112,6 +112,18 @@ class RequestLogMiddleware:
             logger.info(json.dumps(record, separators=(",", ":")))
 
 
+class _StderrHandler(logging.Handler):
+    """Writes each line to the *current* ``sys.stderr`` (test runners and servers may swap it)."""
+
+    _nibble_access = True
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            sys.stderr.write(self.format(record) + "\n")
+        except Exception:
+            self.handleError(record)
+
+
 def configure_access_log() -> None:
     """Send ``nibble.access`` lines, bare, to stderr at INFO (once per process; idempotent).
 
@@ -122,9 +134,8 @@ def configure_access_log() -> None:
     """
     if any(getattr(handler, "_nibble_access", False) for handler in logger.handlers):
         return
-    handler = logging.StreamHandler(sys.stderr)
+    handler = _StderrHandler()
     handler.setFormatter(logging.Formatter("%(message)s"))
-    handler._nibble_access = True  # type: ignore[attr-defined]
     logger.addHandler(handler)
     logger.setLevel(logging.INFO)
     logger.propagate = False
