@@ -1,0 +1,113 @@
+"""`NibbleClient` / `AsyncNibbleClient`: typed answers from a real uvicorn server, one error type for problems."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+from safetensors.numpy import load
+
+from app.client import AsyncNibbleClient, Download, NibbleAPIError, NibbleClient
+from app.schemas.plans import PlanResponse
+from tests.e2e.conftest import start_server
+
+PLAN_BODY = {"model": {"preset": "llama-3.1-70b"}, "hardware": {"device": "h100-80gb", "count": 2},
+             "workload": {"context_length": 32768, "concurrent_sequences": 8}}
+
+
+@pytest.fixture(scope="module")
+def server() -> Iterator[str]:
+    with start_server() as base_url:
+        yield base_url
+
+
+@pytest.fixture
+def weights_npy(tmp_path: Path) -> Path:
+    path = tmp_path / "w.npy"
+    np.save(path, np.random.default_rng(3).standard_normal((64, 256)).astype(np.float32))
+    return path
+
+
+def test_plan_answer_is_typed_and_equals_the_raw_json(server: str) -> None:
+    with NibbleClient(server) as client:
+        answer = client.plan(PLAN_BODY)
+        raw = client._http.post("/v1/plan", json=PLAN_BODY).json()
+    assert isinstance(answer, PlanResponse)
+    assert answer.model_dump(mode="json") == raw
+    assert answer.comparison["int4"].fits and not answer.comparison["bf16"].fits
+
+
+def test_catalogs_inspect_and_sweep(server: str) -> None:
+    with NibbleClient(server) as client:
+        assert client.health() == {"status": "ok"}
+        assert "llama-3.1-70b" in {model.id for model in client.list_models()}
+        assert client.get_model("llama-3.1-8b").total_parameters == 8_030_261_248  # meta-llama/Llama-3.1-8B
+        assert client.get_device("h100-80gb").memory_bytes == 80 * 2**30
+        assert "h100-80gb" in {device.id for device in client.list_devices()}
+        # Llama-3.1-8B KV cache: 32 layers x 8 KV heads x 128 dims x 2 (K, V) x 2 bytes = 131,072 bytes per token.
+        assert client.inspect({"preset": "llama-3.1-8b"}).kv_bytes_per_token["bf16"] == 131072
+        sweep = client.sweep({**PLAN_BODY, "sweep": {"context_lengths": [4096, 8192], "formats": ["bf16", "int4"]}})
+    assert [(row.format.split("-")[0], row.context_length) for row in sweep.rows] == [
+        ("bf16", 4096), ("bf16", 8192), ("int4", 4096), ("int4", 8192)]
+
+
+def test_problems_raise_one_error_type_with_the_problem_fields(server: str) -> None:
+    with NibbleClient(server) as client:
+        with pytest.raises(NibbleAPIError) as missing:
+            client.get_device("h100-80")
+        with pytest.raises(NibbleAPIError) as invalid:
+            client.plan({**PLAN_BODY, "workload": {"context_length": 0}})
+    assert missing.value.status == 404
+    assert missing.value.type.endswith("not-found")
+    assert "h100-80gb" in missing.value.problem["close"]
+    assert invalid.value.status == 422
+    assert invalid.value.title
+    assert [error.field for error in invalid.value.errors] == ["workload.context_length"]
+
+
+def test_quantize_compare_and_dequantize_round_trip(server: str, weights_npy: Path, tmp_path: Path) -> None:
+    with NibbleClient(server) as client:
+        report = client.quantize(weights_npy, method="rtn")
+        comparison = client.compare(weights_npy, ["rtn", "clip"])
+        download = client.quantize(weights_npy.read_bytes(), filename="w.npy", method="rtn", output="nibble")
+        assert isinstance(download, Download)
+        restored = client.dequantize(download.content, "float32", filename="q.safetensors")
+    assert report.tensors[0].bytes.output == 8512  # 64 x 256, g128 asymmetric
+    assert [result.method for result in comparison.tensors[0].results] == ["rtn", "clip"]
+    assert download.summary["quantized_tensors"] == 1
+    original = np.load(weights_npy)
+    tensor = load(restored.content)["weight"]
+    relative = float(np.linalg.norm(tensor - original) / np.linalg.norm(original))
+    assert relative == pytest.approx(report.tensors[0].quality.relative_error, rel=1e-5)
+    assert download.save(tmp_path / "q.safetensors").stat().st_size == len(download.content)
+
+
+def test_async_client_answers_the_same(server: str, weights_npy: Path) -> None:
+    async def run() -> tuple[PlanResponse, float, int]:
+        async with AsyncNibbleClient(server) as client:
+            answer = await client.plan(PLAN_BODY)
+            comparison = await client.compare(io.BytesIO(weights_npy.read_bytes()), ["rtn"], filename="w.npy")
+            try:
+                await client.get_model("nope")
+            except NibbleAPIError as error:
+                status = error.status
+            return answer, comparison.tensors[0].results[0].quality.relative_error, status
+
+    answer, relative_error, status = asyncio.run(run())
+    with NibbleClient(server) as client:
+        assert answer == client.plan(PLAN_BODY)
+    assert 0 < relative_error < 0.2
+    assert status == 404
+
+
+def test_api_key_is_sent_as_a_bearer_token() -> None:
+    with start_server({"NIBBLE_API_KEYS": "k1"}) as base_url:
+        with NibbleClient(base_url) as anonymous, pytest.raises(NibbleAPIError) as refused:
+            anonymous.list_devices()
+        with NibbleClient(base_url, api_key="k1") as client:
+            assert client.list_devices()
+    assert refused.value.status == 401
