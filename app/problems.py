@@ -115,6 +115,12 @@ class WorkerCrashed(ApiProblem):
     status, title, slug = 500, "Worker crashed", "worker-crashed"
 
 
+class ShuttingDown(ApiProblem):
+    """The server got SIGTERM and its graceful-shutdown period ended before this job did."""
+
+    status, title, slug = 503, "Server shutting down", "shutting-down"
+
+
 class Unauthorized(ApiProblem):
     """API keys are configured and the request did not present a valid bearer token."""
 
@@ -242,7 +248,8 @@ _DESCRIPTIONS = {
     415: "The upload is neither .npy nor .safetensors.",
     422: "The input is well-formed but invalid; `errors` names each field.",
     500: "Unexpected server error.",
-    503: "Every worker is busy and the queue is full; retry after the Retry-After header's seconds.",
+    503: "Every worker is busy and the queue is full, or the server is shutting down; retry after the "
+         "Retry-After header's seconds.",
     504: "The job ran past the time limit.",
 }
 
