@@ -32,7 +32,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Literal, TypeVar
 
-from app.problems import ApiProblem, PoolFull, TimeLimitExceeded, WorkerCrashed
+from app.problems import ApiProblem, PoolFull, ShuttingDown, TimeLimitExceeded, WorkerCrashed
 from quant_core.errors import NibbleError
 
 T = TypeVar("T")
@@ -162,6 +162,17 @@ class WorkerPool:
                 self._all.append(worker)
                 self._idle.put_nowait(worker)
 
+    async def drain(self, timeout_seconds: float = 5.0) -> None:
+        """Wait, at most `timeout_seconds`, until no request holds a place (their answers are sent).
+
+        Called at shutdown before `close`: by then uvicorn has let in-flight
+        requests finish or cancelled them (answered 503 by `run`), and this
+        gives those answers the few loop turns they need to leave.
+        """
+        deadline = time.monotonic() + timeout_seconds
+        while self.stats.reserved > 0 and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+
     def close(self) -> None:
         """Stop every worker (running jobs are abandoned)."""
         if self._threads is not None:
@@ -197,6 +208,13 @@ class WorkerPool:
             self.stats.timed_out += 1
             raise TimeLimitExceeded(
                 f"the job ran past the time limit of {self.time_limit_seconds:g} s and was stopped"
+            ) from None
+        except asyncio.CancelledError:
+            # Only uvicorn cancels a request task: at SIGTERM, when its graceful-shutdown period
+            # (--timeout-graceful-shutdown) ends first.  The job is stopped; answer 503, not a cut connection.
+            raise ShuttingDown(
+                "the server is shutting down and stopped this job before it finished; retry "
+                f"in {self.retry_after_seconds} s", headers={"Retry-After": str(self.retry_after_seconds)},
             ) from None
 
     async def _run(self, function: Callable[..., T], args: tuple[Any, ...]) -> T:
