@@ -62,6 +62,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         try:
             yield
         finally:
+            await pool.drain()  # SIGTERM: let answers to in-flight (or cancelled) jobs leave first
             pool.close()
 
     app = FastAPI(title="nibble", version=API_VERSION, description=DESCRIPTION, lifespan=lifespan)
