@@ -5,6 +5,8 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell sha1sum pyproject.toml | cut -c1-12)
 HOST ?= 127.0.0.1
 PORT ?= 8000
+# Seconds in-flight requests get after SIGTERM before they are stopped (SECURITY.md, graceful shutdown).
+GRACE ?= 30
 
 .PHONY: run test lint bench openapi clean
 
@@ -18,7 +20,7 @@ $(STAMP): $(BIN)/python pyproject.toml
 	touch $(STAMP)
 
 run: $(STAMP)
-	$(BIN)/uvicorn app.main:app --host $(HOST) --port $(PORT)
+	$(BIN)/uvicorn app.main:app --host $(HOST) --port $(PORT) --timeout-graceful-shutdown $(GRACE)
 
 lint: $(STAMP)
 	$(BIN)/ruff check app quant_core tests benchmarks
