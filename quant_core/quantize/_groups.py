@@ -2,11 +2,12 @@
 
 Every calibration-free method works on one chunk of rows reshaped to
 ``w [rows, groups, group_size]`` (float32, read-only) with the per-group
-minimum and maximum the driver already computed, and returns `GroupCodes`:
-integer-valued float32 codes in [0, 15], and per-group scales and zeros that
-are exactly representable in what the payload stores (fp16 scales; integer
-zeros, fp16 zeros, or the implicit 8 of symmetric schemes).  The driver then
-packs the codes and measures ``(code − zero) × scale`` against ``w``, so the
+minimum and maximum the driver already computed, and returns
+`GroupParameters`: per-group scales and zeros that are exactly representable
+in what the payload stores (fp16 scales; integer zeros, fp16 zeros, or the
+implicit 8 of symmetric schemes).  The driver then encodes the codes with
+`encode`'s rule (quant_core/quantize/_fused.py, the same rule the searches
+use), packs them and measures ``(code − zero) × scale`` against ``w``, so the
 figures describe exactly what `dequantize` gives back.
 """
 
@@ -28,10 +29,9 @@ SYMMETRIC_ZERO = 8.0
 
 
 @dataclass(frozen=True, slots=True)
-class GroupCodes:
-    """Codes ``[rows, groups, g]`` (float32 integers in [0, 15]), scales and zeros ``[rows, groups]``."""
+class GroupParameters:
+    """Per-group scales (fp16-exact, non-zero) and zeros ``[rows, groups]``, as float32."""
 
-    codes: F32
     scales: F32
     zeros: F32
 
@@ -68,17 +68,26 @@ def nonzero_scale(scales: F32) -> F32:
     return np.where(scales == 0, np.float32(1.0), scales).astype(np.float32)
 
 
-def encode(weights: F32, scales: F32, zeros: F32, out: F32 | None = None) -> F32:
+def encode(weights: F32, scales: F32, zeros: F32, out: F32 | None = None, *, integer_zeros: bool = True) -> F32:
     """Codes ``clip(rint(w / s + z), 0, 15)`` as float32, for per-group `scales` and `zeros`.
 
     `scales` must be non-zero.  Division by the stored scale is done as a
     multiplication by its float32 reciprocal, which can move a value lying
     within one float32 ulp of a rounding boundary to the neighbouring code.
+    With `integer_zeros` (int4 zeros, and the 8 of symmetric schemes) the code
+    is computed as ``clip(rint(w·(1/s)) + z, 0, 15)``: the same integer as
+    ``rint(w·(1/s) + z)`` save that ``w·(1/s)`` is not rounded a second time
+    by the addition, and the form the fast driver (quant_core/quantize/_fused.py)
+    uses, so a search and the stored codes always agree.  fp16 zeros are added
+    before rounding.
     """
     inverse = (np.float32(1.0) / scales)[..., None]
     result: F32 = np.multiply(weights, inverse, out=out)
-    result += zeros[..., None]
+    if not integer_zeros:
+        result += zeros[..., None]
     np.rint(result, out=result)
+    if integer_zeros:
+        result += zeros[..., None]
     np.clip(result, 0.0, LEVELS, out=result)
     return result
 

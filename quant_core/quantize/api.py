@@ -1,14 +1,17 @@
 """`quantize` and `dequantize`: the one entry point to every int4 method.
 
 The driver validates the input, then walks the weights in chunks of rows
-(about 2^17 elements each, so the working set stays in cache and peak memory
-stays near the input's size), converting each chunk to float32 exactly
-(bfloat16 by a 16-bit shift of its bits, float16 by NumPy's cast), computing
-the per-group min/max (which also detects NaN/Inf at no extra cost), calling
-the method, packing the codes straight into the output, and feeding
-``(code − zero) × scale`` to the quality accumulator.  GPTQ, which needs the
-whole Hessian, has its own column sweep (quant_core/quantize/gptq.py) and is
-measured by the same accumulator afterwards.
+(about 2^20 elements, 4 MiB of float32, for RTN; 2^17 for the searching
+methods, whose several scratch buffers must stay in cache), converting each
+chunk to float32 exactly (bfloat16 by a 16-bit shift of its bits, float16 by
+NumPy's cast), computing the per-group min/max (which also detects NaN/Inf at
+no extra cost), and calling the method for the chunk's per-group scales and
+zeros.  `ChunkEncoder` (quant_core/quantize/_fused.py) then encodes the chunk
+in L2-sized blocks, packing the codes straight into the output and feeding
+``(code − zero) × scale`` to the quality accumulator while the block is still
+in cache, so peak memory stays near the input's size and no pass goes to
+DRAM twice.  GPTQ, which needs the whole Hessian, has its own column sweep
+(quant_core/quantize/gptq.py) and is measured by the same accumulator afterwards.
 """
 
 from __future__ import annotations
@@ -27,7 +30,8 @@ from quant_core.formats import WeightFormat
 from quant_core.quantize import clip as clip_method
 from quant_core.quantize import hqq as hqq_method
 from quant_core.quantize import refit as refit_method
-from quant_core.quantize._groups import F32, GroupCodes
+from quant_core.quantize._fused import ChunkEncoder
+from quant_core.quantize._groups import F32, GroupParameters
 from quant_core.quantize.metrics import QualityAccumulator, held_out_rows, validate_calibration
 from quant_core.quantize.packing import UNMEASURED, pack_codes, unpack_codes
 from quant_core.quantize.rtn import rtn, rtn_symmetric
@@ -36,9 +40,14 @@ from quant_core.quantize.types import QualityReport, QuantizedTensor
 __all__ = ["METHODS", "dequantize", "quantize"]
 
 _BF16 = np.dtype(ml_dtypes.bfloat16)
-_CHUNK_ELEMENTS = 1 << 17
+# Chunks of 4 MiB of float32 for the min/max and the per-group parameters (few, so Python's per-call
+# cost stays small; the encode inside works on L2-sized blocks, _fused.py); the searching methods keep
+# several chunk-sized buffers, so their chunks are smaller.
+_CHUNK_ELEMENTS = 1 << 20
+_SEARCH_CHUNK_ELEMENTS = 1 << 17
+_SEARCHES = frozenset({"clip", "hqq", "refit"})
 
-GroupMethod = Callable[[F32, F32, F32, WeightFormat], GroupCodes]
+GroupMethod = Callable[[F32, F32, F32, WeightFormat], GroupParameters]
 
 _GROUP_METHODS: dict[str, GroupMethod] = {
     "rtn": rtn,
@@ -138,9 +147,9 @@ class _ChunkReader:
         return out
 
 
-def _chunk_rows(columns: int) -> int:
-    """Rows per chunk: ~_CHUNK_ELEMENTS elements, and even so packed bytes never straddle chunks."""
-    rows = max(2, _CHUNK_ELEMENTS // max(1, columns))
+def _chunk_rows(columns: int, elements: int = _CHUNK_ELEMENTS) -> int:
+    """Rows per chunk: ~`elements` elements, and even so packed bytes never straddle chunks."""
+    rows = max(2, elements // max(1, columns))
     return rows + rows % 2
 
 
@@ -189,33 +198,35 @@ def quantize(weights: NDArray[np.generic], scheme: WeightFormat, method: str,
     scales = np.empty((out_features, groups), dtype=np.float16)
     zeros = np.empty((out_features, groups), dtype=np.float32)
     accumulator = QualityAccumulator(held_out, split)
-    step = _chunk_rows(columns)
+    encoder = ChunkEncoder(columns, group_size, in_features, scheme.zero != "fp16", packed, accumulator)
+    step = _chunk_rows(columns, _SEARCH_CHUNK_ELEMENTS if method in _SEARCHES else _CHUNK_ELEMENTS)
     for start in range(0, out_features, step):
         stop = min(out_features, start + step)
         chunk = reader.read(start, stop)
         grouped = chunk.reshape(stop - start, groups, group_size)
-        w_min = grouped.min(axis=-1)
-        w_max = grouped.max(axis=-1)
+        w_min, w_max = _group_extremes(chunk, group_size)
         if not (np.isfinite(w_min).all() and np.isfinite(w_max).all()):
             _raise_non_finite(array, name)
-        result = group_method(grouped, w_min, w_max, scheme)
-        codes = result.codes
-        flat_codes = codes.reshape(-1).astype(np.uint8)
-        first_byte = start * columns // 2
-        packed[first_byte: first_byte + (flat_codes.size + 1) // 2] = pack_codes(flat_codes)
-        scales[start:stop] = result.scales
-        zeros[start:stop] = result.zeros
-        np.subtract(codes, result.zeros[..., None], out=codes)
-        np.multiply(codes, result.scales[..., None], out=codes)
-        reconstructed = codes.reshape(stop - start, columns)
-        if columns != in_features:
-            accumulator.add(np.ascontiguousarray(chunk[:, :in_features]),
-                            np.ascontiguousarray(reconstructed[:, :in_features]))
-        else:
-            accumulator.add(chunk, reconstructed)
+        parameters = group_method(grouped, w_min, w_max, scheme)
+        scales[start:stop] = parameters.scales
+        zeros[start:stop] = parameters.zeros
+        encoder.encode(start, chunk, w_min, w_max, parameters.scales, parameters.zeros)
     stored_zeros = _stored_zeros(zeros, scheme)
     quantized = _assemble(array, scheme, method, packed, scales, stored_zeros, None)
     return _with_quality(quantized, accumulator.report())
+
+
+def _group_extremes(chunk: F32, group_size: int) -> tuple[F32, F32]:
+    """Per-group minimum and maximum ``[rows, groups]`` of a contiguous chunk ``[rows, columns]``.
+
+    ``reduceat`` over the flat chunk runs about twice as fast as ``min(axis=-1)``
+    on ``[rows, groups, g]`` (one inner-loop call per group either way, but a
+    lighter one); both propagate NaN, which the caller's finiteness check needs.
+    """
+    flat = chunk.reshape(-1)
+    starts = np.arange(0, flat.size, group_size)
+    shape = (chunk.shape[0], chunk.shape[1] // group_size)
+    return np.minimum.reduceat(flat, starts).reshape(shape), np.maximum.reduceat(flat, starts).reshape(shape)
 
 
 def _stored_zeros(zeros: F32, scheme: WeightFormat) -> NDArray[np.uint8] | NDArray[np.float16] | None:

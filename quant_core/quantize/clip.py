@@ -15,7 +15,7 @@ from __future__ import annotations
 import numpy as np
 
 from quant_core.formats import WeightFormat
-from quant_core.quantize._groups import F32, SYMMETRIC_ZERO, GroupCodes, encode, squared_error
+from quant_core.quantize._groups import F32, SYMMETRIC_ZERO, GroupParameters, encode, squared_error
 from quant_core.quantize.rtn import asymmetric_parameters, symmetric_scales
 
 COARSE = np.linspace(1.0, 0.5, 11, dtype=np.float32)
@@ -30,7 +30,7 @@ def _parameters(lo: F32, hi: F32, factor: F32, scheme: WeightFormat) -> tuple[F3
     return asymmetric_parameters(lo * factor, hi * factor, scheme)
 
 
-def clip(weights: F32, w_min: F32, w_max: F32, scheme: WeightFormat) -> GroupCodes:
+def clip(weights: F32, w_min: F32, w_max: F32, scheme: WeightFormat) -> GroupParameters:
     """Per-group best shrink factor of the min/max range by squared error (module docstring)."""
     if scheme.symmetric or scheme.zero == "fp16":
         lo, hi = w_min, w_max
@@ -44,7 +44,7 @@ def clip(weights: F32, w_min: F32, w_max: F32, scheme: WeightFormat) -> GroupCod
 
     def consider(factor: F32) -> None:
         scales, zeros = _parameters(lo, hi, factor, scheme)
-        encode(weights, scales, zeros, out=codes)
+        encode(weights, scales, zeros, out=codes, integer_zeros=scheme.zero != "fp16")
         error = squared_error(weights, codes, scales, zeros, scratch)
         better = error < best_error
         np.copyto(best_error, error, where=better)
@@ -54,5 +54,4 @@ def clip(weights: F32, w_min: F32, w_max: F32, scheme: WeightFormat) -> GroupCod
         consider(np.full(lo.shape, coarse, dtype=np.float32))
     for offset in FINE:
         consider(np.clip(best_factor + offset, 0.3, 1.0).astype(np.float32))
-    scales, zeros = _parameters(lo, hi, best_factor, scheme)
-    return GroupCodes(encode(weights, scales, zeros, out=codes), scales, zeros)
+    return GroupParameters(*_parameters(lo, hi, best_factor, scheme))

@@ -27,7 +27,7 @@ from __future__ import annotations
 import numpy as np
 
 from quant_core.formats import WeightFormat
-from quant_core.quantize._groups import F32, LEVELS, GroupCodes, encode, fp16_nearest
+from quant_core.quantize._groups import F32, LEVELS, GroupParameters, fp16_nearest
 from quant_core.quantize.rtn import asymmetric_parameters
 
 LP_NORM = 0.7
@@ -81,7 +81,7 @@ def optimise_zeros(weights: F32, scales: F32, zeros: F32, iterations: int = ITER
     return best_zero
 
 
-def hqq(weights: F32, w_min: F32, w_max: F32, scheme: WeightFormat) -> GroupCodes:
+def hqq(weights: F32, w_min: F32, w_max: F32, scheme: WeightFormat) -> GroupParameters:
     """HQQ-optimised zeros with the min/max scale (module docstring); fp16 or rounded int4 zeros."""
     if scheme.zero == "fp16":
         scales, zeros = asymmetric_parameters(w_min, w_max, scheme)
@@ -92,4 +92,4 @@ def hqq(weights: F32, w_min: F32, w_max: F32, scheme: WeightFormat) -> GroupCode
     best = optimise_zeros(weights, scales, zeros)
     rounded = np.clip(np.rint(best), 0.0, LEVELS).astype(np.float32)
     stored = fp16_nearest(best) if scheme.zero == "fp16" else rounded
-    return GroupCodes(encode(weights, scales, stored), scales, stored)
+    return GroupParameters(scales, stored)

@@ -93,21 +93,22 @@ def _sections(shape: tuple[int, int], scheme: WeightFormat) -> tuple[int, int, i
 
 def payload_bytes(q: QuantizedTensor) -> bytes:
     """Serialize `q` in nibble's native layout (module docstring); length == ``q.format.bytes_for(q.shape)``."""
-    parts: list[bytes] = [
-        np.ascontiguousarray(q.packed, dtype=np.uint8).tobytes(),
-        np.ascontiguousarray(q.scales, dtype="<f2").tobytes(),
+    # memoryviews of contiguous arrays: the join is the only copy of the (large) code section
+    parts: list[memoryview] = [
+        np.ascontiguousarray(q.packed, dtype=np.uint8).reshape(-1).data,
+        np.ascontiguousarray(q.scales, dtype="<f2").reshape(-1).view(np.uint8).data,
     ]
     if q.format.zero == "int4":
         if q.zeros is None:
             raise TensorFileError(f"scheme {q.format.label()} needs int4 zeros but the tensor has none")
-        parts.append(pack_codes(np.asarray(q.zeros, dtype=np.uint8)).tobytes())
+        parts.append(pack_codes(np.asarray(q.zeros, dtype=np.uint8)).data)
     elif q.format.zero == "fp16":
         if q.zeros is None:
             raise TensorFileError(f"scheme {q.format.label()} needs fp16 zeros but the tensor has none")
-        parts.append(np.ascontiguousarray(q.zeros, dtype="<f2").tobytes())
+        parts.append(np.ascontiguousarray(q.zeros, dtype="<f2").reshape(-1).view(np.uint8).data)
     if q.format.layout == "gptq":
         g_idx = q.g_idx if q.g_idx is not None else default_g_idx(q.shape[1], q.format.group_size)
-        parts.append(np.ascontiguousarray(g_idx, dtype="<i4").tobytes())
+        parts.append(np.ascontiguousarray(g_idx, dtype="<i4").reshape(-1).view(np.uint8).data)
     return b"".join(parts)
 
 

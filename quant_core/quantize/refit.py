@@ -31,7 +31,7 @@ from quant_core.quantize._groups import (
     F32,
     LEVELS,
     SYMMETRIC_ZERO,
-    GroupCodes,
+    GroupParameters,
     encode,
     fp16_nearest,
     nonzero_scale,
@@ -59,7 +59,7 @@ class _Search:
 
     def consider(self, scales: F32, zeros: F32) -> F32:
         """Encode with (scales, zeros), keep improvements; returns the codes (scratch, reused)."""
-        encode(self.weights, scales, zeros, out=self.codes)
+        encode(self.weights, scales, zeros, out=self.codes, integer_zeros=self.scheme.zero != "fp16")
         error = squared_error(self.weights, self.codes, scales, zeros, self.scratch)
         better = error < self.error
         np.copyto(self.error, error, where=better)
@@ -91,7 +91,7 @@ class _Search:
         return nonzero_scale(fp16_nearest(np.abs(fitted).astype(np.float32))), zeros
 
 
-def refit(weights: F32, w_min: F32, w_max: F32, scheme: WeightFormat) -> GroupCodes:
+def refit(weights: F32, w_min: F32, w_max: F32, scheme: WeightFormat) -> GroupParameters:
     """Scale grid + least-squares refit of scale and zero, best per group (module docstring)."""
     search = _Search(weights, scheme)
     if scheme.symmetric:
@@ -124,5 +124,4 @@ def refit(weights: F32, w_min: F32, w_max: F32, scheme: WeightFormat) -> GroupCo
                 shifted = np.clip(search.zeros + np.float32(shift), 0.0, LEVELS).astype(np.float32)
                 codes = search.consider(search.scales.copy(), shifted)
                 search.consider(*search.refit(codes, shifted))
-    final = encode(weights, search.scales, search.zeros, out=search.codes)
-    return GroupCodes(final, search.scales, search.zeros)
+    return GroupParameters(search.scales, search.zeros)

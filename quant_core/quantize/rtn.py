@@ -33,8 +33,7 @@ from quant_core.quantize._groups import (
     F32,
     LEVELS,
     SYMMETRIC_ZERO,
-    GroupCodes,
-    encode,
+    GroupParameters,
     fp16_ceil,
     fp16_nearest,
     nonzero_scale,
@@ -58,14 +57,14 @@ def asymmetric_parameters(lo: F32, hi: F32, scheme: WeightFormat) -> tuple[F32, 
     return scales, zeros
 
 
-def rtn_asymmetric(weights: F32, w_min: F32, w_max: F32, scheme: WeightFormat) -> GroupCodes:
+def rtn_asymmetric(weights: F32, w_min: F32, w_max: F32, scheme: WeightFormat) -> GroupParameters:
     """Round-to-nearest with min/max range (module docstring); `scheme` picks int4 or fp16 zeros."""
     lo = np.minimum(w_min, np.float32(0.0))
     hi = np.maximum(w_max, np.float32(0.0))
     if scheme.zero == "fp16":
         lo, hi = w_min, w_max
     scales, zeros = asymmetric_parameters(lo, hi, scheme)
-    return GroupCodes(encode(weights, scales, zeros), scales, zeros)
+    return GroupParameters(scales, zeros)
 
 
 def symmetric_scales(w_min: F32, w_max: F32, rule: SymmetricRule) -> F32:
@@ -80,18 +79,18 @@ def symmetric_scales(w_min: F32, w_max: F32, rule: SymmetricRule) -> F32:
 
 
 def rtn_symmetric(weights: F32, w_min: F32, w_max: F32, scheme: WeightFormat,
-                  rule: SymmetricRule = DEFAULT_SYMMETRIC_RULE) -> GroupCodes:
+                  rule: SymmetricRule = DEFAULT_SYMMETRIC_RULE) -> GroupParameters:
     """Symmetric round-to-nearest: codes ``clip(rint(w / s) + 8, 0, 15)``, zero 8.
 
     On an asymmetric scheme the stored zeros are all 8 (a valid, if wasteful, encoding).
     """
-    del scheme
+    del scheme, weights
     scales = symmetric_scales(w_min, w_max, rule)
     zeros = np.full(scales.shape, SYMMETRIC_ZERO, dtype=np.float32)
-    return GroupCodes(encode(weights, scales, zeros), scales, zeros)
+    return GroupParameters(scales, zeros)
 
 
-def rtn(weights: F32, w_min: F32, w_max: F32, scheme: WeightFormat) -> GroupCodes:
+def rtn(weights: F32, w_min: F32, w_max: F32, scheme: WeightFormat) -> GroupParameters:
     """`rtn`: asymmetric min/max, or the default symmetric rule when `scheme` is symmetric."""
     if scheme.symmetric:
         return rtn_symmetric(weights, w_min, w_max, scheme)

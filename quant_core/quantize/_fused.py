@@ -1,0 +1,130 @@
+"""Encode, pack and measure one chunk of rows in cache-sized blocks: the hot loop of `quantize`.
+
+Given a chunk's weights ``[rows, columns]`` (float32) and its per-group
+parameters (the method's output), every block of about `BLOCK_ELEMENTS`
+elements (256 KiB of float32, so the dozen passes below hit the L2 cache, not
+DRAM) goes through, in order:
+
+1. ``x = rint(w · (1/s))`` (one broadcast multiply, one rint);
+2. with integer zeros (int4, or the 8 of symmetric schemes) the code is
+   ``q = clip(x + z, 0, 15)``.  Clipping is needed only in groups where
+   ``rint(w_min · (1/s)) + z < 0`` or ``rint(w_max · (1/s)) + z > 15``: the
+   float32 product and rint are monotonic in ``w``, so the group's extremes
+   bound every element, and the check costs two per-group operations instead
+   of a pass over the block.  In those blocks ``x`` is clipped to
+   ``[−z, 15 − z]``, so that ``x`` is exactly ``q − z``.  fp16 zeros are added
+   before rounding (``q = clip(rint(w·(1/s) + z), 0, 15)``) and subtracted after;
+3. ``q`` is written as int8 and packed straight into the payload: two codes
+   read as one little-endian uint16 ``c0 | c1 << 8`` give the byte
+   ``c0 | c1 << 4`` as the low byte of ``u | u >> 4``;
+4. ``Ŵ = (q − z) · s`` (one broadcast multiply of ``x``), exactly the float32
+   value `dequantize` computes, and the quality sums (‖W‖², ‖Ŵ‖², ‖Ŵ − W‖²,
+   max |Ŵ − W|) by `QualityAccumulator` on the same cache-resident block.
+
+The codes are those of `encode` (quant_core/quantize/_groups.py), which the
+searching methods use to score candidates.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numpy.typing import NDArray
+
+from quant_core.quantize._groups import F32, LEVELS
+from quant_core.quantize.metrics import QualityAccumulator
+
+BLOCK_ELEMENTS = 1 << 16
+
+
+def pack_pairs(codes: NDArray[np.uint8], out: NDArray[np.uint8]) -> None:
+    """Pack an even count of codes in [0, 15] (flat, contiguous) two per byte into `out`, low nibble first."""
+    pairs = codes.view("<u2")
+    merged = np.right_shift(pairs, 4)
+    np.bitwise_or(merged, pairs, out=merged)
+    np.copyto(out, merged, casting="unsafe")
+
+
+class ChunkEncoder:
+    """Encodes chunks of rows into a payload and a `QualityAccumulator`, reusing its block buffers."""
+
+    def __init__(self, columns: int, group_size: int, in_features: int, integer_zeros: bool,
+                 packed: NDArray[np.uint8], accumulator: QualityAccumulator) -> None:
+        self.columns = columns
+        self.group_size = group_size
+        self.groups = columns // group_size
+        self.in_features = in_features
+        self.integer_zeros = integer_zeros
+        self.packed = packed
+        self.accumulator = accumulator
+        rows = max(2, BLOCK_ELEMENTS // columns)
+        self.block_rows = rows + rows % 2
+        self.values = np.empty(self.block_rows * columns, dtype=np.float32)
+        self.codes = np.empty(self.block_rows * columns + 1, dtype=np.int8)
+
+    def encode(self, first_row: int, weights: F32, w_min: F32, w_max: F32, scales: F32, zeros: F32) -> None:
+        """Encode rows ``first_row + [0, len(weights))``: codes into the payload, figures into the accumulator.
+
+        `weights` is ``[rows, columns]`` float32 (padded columns included),
+        `w_min`/`w_max` its per-group extremes, `scales`/`zeros` ``[rows, groups]``
+        the fp16-exact parameters (scales non-zero).
+        """
+        inverse = (np.float32(1.0) / scales).astype(np.float32)
+        clip_rows: NDArray[np.bool_] | None = None
+        small_zeros: NDArray[np.int8] | None = None
+        if self.integer_zeros:
+            small_zeros = zeros.astype(np.int8)
+            lowest = np.rint(w_min * inverse) + zeros
+            highest = np.rint(w_max * inverse) + zeros
+            clip_rows = ((lowest < 0) | (highest > LEVELS)).any(axis=1)
+        uniform = zeros.size > 0 and float(zeros.min()) == float(zeros.max())
+        for start in range(0, weights.shape[0], self.block_rows):
+            stop = min(weights.shape[0], start + self.block_rows)
+            rows = stop - start
+            count = rows * self.columns
+            shape = (rows, self.groups, self.group_size)
+            block = weights[start:stop].reshape(shape)
+            values = self.values[:count].reshape(shape)
+            codes = self.codes[:count].reshape(shape)
+            scale = scales[start:stop, :, None]
+            zero = zeros[start:stop, :, None]
+            np.multiply(block, inverse[start:stop, :, None], out=values)
+            if small_zeros is not None and clip_rows is not None:
+                np.rint(values, out=values)
+                if uniform and clip_rows[start:stop].any():
+                    only = float(zeros.flat[0])
+                    np.clip(values, np.float32(-only), np.float32(LEVELS - only), out=values)
+                elif clip_rows[start:stop].any():
+                    np.clip(values, -zero, LEVELS - zero, out=values)
+                np.copyto(codes, values, casting="unsafe")
+                np.add(codes, small_zeros[start:stop, :, None], out=codes)
+            else:
+                np.add(values, zero, out=values)
+                np.rint(values, out=values)
+                np.clip(values, 0.0, LEVELS, out=values)
+                np.copyto(codes, values, casting="unsafe")
+                np.subtract(values, zero, out=values)
+            self._pack(first_row + start, count)
+            np.multiply(values, scale, out=values)
+            reconstructed = values.reshape(rows, self.columns)
+            original = weights[start:stop]
+            if self.columns != self.in_features:
+                self.accumulator.add(np.ascontiguousarray(original[:, : self.in_features]),
+                                     np.ascontiguousarray(reconstructed[:, : self.in_features]))
+            else:
+                self.accumulator.add(original, reconstructed)
+
+    def _pack(self, first_row: int, count: int) -> None:
+        """Pack the block's `count` codes (in `self.codes`) at row `first_row` of the payload."""
+        first_code = first_row * self.columns
+        codes = self.codes.view(np.uint8)
+        if first_code % 2 == 0 and count % 2 == 0:
+            first_byte = first_code // 2
+            pack_pairs(codes[:count], self.packed[first_byte: first_byte + count // 2])
+            return
+        # odd code counts only occur with an odd number of columns in the last block (rows come in pairs)
+        codes[count] = 0
+        first_byte = first_code // 2
+        stop_byte = min(self.packed.size, first_byte + (count + 1) // 2)
+        merged = np.empty((count + 1) // 2, dtype=np.uint8)
+        pack_pairs(codes[: count + 1], merged)
+        self.packed[first_byte:stop_byte] = merged[: stop_byte - first_byte]
