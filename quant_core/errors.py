@@ -65,12 +65,15 @@ class UnknownName(NibbleError):
 class GroupSizeMismatch(NibbleError):
     """A tensor's input dimension does not divide by the group size (and padding was not asked)."""
 
-    def __init__(self, in_features: int, group_size: int, field: str = "group_size") -> None:
+    def __init__(self, in_features: int, group_size: int, field: str = "group_size", tensor: str = "") -> None:
+        where = f"tensor {tensor}: " if tensor else ""
+        hint = "; choose a group size that divides it, or ask for padding" if tensor else ""
         super().__init__(
-            f"in_features {in_features} is not a multiple of group_size {group_size}", field=field
+            f"{where}in_features {in_features} is not a multiple of group_size {group_size}{hint}", field=field
         )
         self.in_features = in_features
         self.group_size = group_size
+        self.tensor = tensor
 
 
 class InvalidTensor(NibbleError):

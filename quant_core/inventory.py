@@ -316,7 +316,7 @@ def _entry_bytes(entry: TensorEntry, weight_format: WeightFormat, policy: Quanti
     try:
         return chosen.bytes_for(entry.shape) * entry.count
     except GroupSizeMismatch as error:  # say which tensor: the planner reports it as is
-        raise GroupSizeMismatch(error.in_features, error.group_size, field=entry.name) from None
+        raise GroupSizeMismatch(error.in_features, error.group_size, tensor=entry.name) from None
 
 
 def weight_bytes_by_role(spec: ModelSpec, format: WeightFormat | str,

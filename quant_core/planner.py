@@ -297,7 +297,7 @@ def _weight_rows(spec: ModelSpec, weight_format: WeightFormat,
         try:
             rows.append((entry, fmt.bytes_for(entry.shape)))
         except GroupSizeMismatch as error:
-            raise GroupSizeMismatch(error.in_features, error.group_size, field=entry.name) from None
+            raise GroupSizeMismatch(error.in_features, error.group_size, "weights.group_size", entry.name) from None
     return tuple(rows)
 
 

@@ -54,6 +54,8 @@ class WeightsIn(BaseModel):
     group_size: int | None = Field(128, description="int4 only: 32, 64, 128, 256, or null for a whole row.")
     symmetric: bool = False
     zero: Literal["int4", "fp16"] = Field("int4", description="int4 asymmetric: how zero points are stored.")
+    pad: bool = Field(False, description="int4 only: pad rows whose width the group size does not divide "
+                                         "to whole groups (otherwise such a tensor is an error).")
 
 
 class KVCacheIn(BaseModel):
@@ -112,7 +114,7 @@ def weight_format_to_core(weights: WeightsIn, name: str | None = None) -> Weight
         if name == "int8":
             return WeightFormat("int8", None, True, "none")
         return WeightFormat("int4", weights.group_size, weights.symmetric,
-                            "none" if weights.symmetric else weights.zero)
+                            "none" if weights.symmetric else weights.zero, weights.pad)
 
 
 def plan_to_core(body: PlanRequest, max_config_depth: int) -> tuple[ModelSpec, Hardware, Workload, PlanOptions]:

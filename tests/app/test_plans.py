@@ -174,3 +174,20 @@ def test_plan_hf_config_agrees_with_quant_core(client: TestClient, name: str) ->
     body = response.json()
     assert body["parameters"]["total"] == parameter_count(spec).total
     assert body["kv_cache"]["bytes_per_token"] == kv_bytes_per_token(spec, "bf16")
+
+
+def test_a_group_size_that_does_not_divide_is_422_naming_the_field_and_the_tensor(client: TestClient) -> None:
+    body = {"model": {"preset": "gpt-oss-20b"}, "hardware": {"device": "h100-80gb"}}
+    response = client.post("/v1/plan", json=body)
+    assert response.status_code == 422
+    assert response.headers["content-type"].startswith("application/problem+json")
+    problem = response.json()
+    assert problem["errors"][0]["field"] == "weights.group_size"
+    assert "2880" in problem["detail"] and "128" in problem["detail"] and "self_attn" in problem["detail"]
+
+
+def test_padding_asked_for_plans_a_width_the_group_does_not_divide(client: TestClient) -> None:
+    body = {"model": {"preset": "gpt-oss-20b"}, "hardware": {"device": "h100-80gb"}, "weights": {"pad": True}}
+    response = client.post("/v1/plan", json=body)
+    assert response.status_code == 200
+    assert response.json()["weights"]["format"] == "int4-g128-asym-padded"

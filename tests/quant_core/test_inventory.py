@@ -174,7 +174,7 @@ def test_group_size_that_does_not_divide_names_the_tensor_and_both_numbers() -> 
     with pytest.raises(GroupSizeMismatch) as caught:
         weight_bytes(spec, int4(128))
     assert caught.value.in_features == 2880 and caught.value.group_size == 128
-    assert caught.value.field.startswith("model.layers.{i}.")
+    assert caught.value.tensor.startswith("model.layers.{i}.") and caught.value.field == "group_size"
     # a group that divides (64), or padding asked for, plans the same model
     assert weight_bytes(spec, int4(64)) > 0
     padded = int4(128, pad=True)
