@@ -33,6 +33,7 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/plan_bench.py
 	$(BIN)/python benchmarks/quantize_bench.py
 	$(BIN)/python benchmarks/api_bench.py
+	$(BIN)/python benchmarks/load_test.py
 
 openapi: $(STAMP)
 	$(BIN)/python -m app.openapi_export openapi/openapi.json
