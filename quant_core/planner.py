@@ -473,26 +473,75 @@ def _largest(predicate: Callable[[int], bool], low: int, high: int) -> int | Non
     return low
 
 
-def _max_context(evaluator: _Evaluator, fits: Callable[[int, int], bool], sequences: int) -> tuple[int | None, str]:
+def _largest_from(predicate: Callable[[int], bool], guess: int, high: int) -> int | None:
+    """The largest n in [1, high] with predicate(n) (true up to a point), starting at `guess`.
+
+    A good guess (a lower bound derived from the same terms) makes this a few evaluations:
+    gallop up from it while it holds, then bisect; a wrong guess only costs steps.
+    """
+    guess = min(max(guess, 1), high)
+    if not predicate(guess):
+        return _largest(predicate, 1, guess - 1) if guess > 1 else None
+    low, step = guess, 1
+    while low < high:
+        upper = min(high, low + step)
+        if not predicate(upper):
+            return _largest(predicate, low, upper - 1)
+        low, step = upper, 2 * step
+    return low
+
+
+def _budgets_after_activations(evaluator: _Evaluator, layout: _Layout, sequences: int) -> list[int]:
+    """Per stage: usable − weights − overhead − the largest activations `sequences` can need."""
+    options = evaluator.options
+    if options.activation_bytes is not None:
+        ceiling = options.activation_bytes
+    else:
+        per_token, per_sampled = evaluator.activation_coefficients(layout.tensor_parallel)
+        ceiling = options.max_batched_tokens * per_token + min(sequences, options.max_batched_tokens) * per_sampled
+    return [evaluator.usable_bytes - weights - options.runtime_overhead_bytes - ceiling
+            for weights in layout.stage_weights]
+
+
+def _max_context(evaluator: _Evaluator, layout: _Layout, fits: Callable[[int, int], bool],
+                 sequences: int) -> tuple[int | None, str]:
     block = evaluator.options.block_size
     cap = evaluator.spec.max_position_embeddings or MAX_CONTEXT_SEARCHED
     if fits(cap, sequences):
         return cap, "model"
-    blocks = _largest(lambda n: fits(n * block, sequences), 1, max(1, cap // block))
+    # Lower bound: activations at their ceiling and sliding layers full, the rest of each
+    # stage's budget spent on full-attention tokens.
+    guess = max(1, cap // block)
+    for budget, kv in zip(_budgets_after_activations(evaluator, layout, sequences), layout.stage_kv, strict=True):
+        full = sum(size for window, size in kv.by_window if window is None)
+        sliding = sum(size * held_tokens(window, window, block) for window, size in kv.by_window
+                      if window is not None)
+        if full:
+            guess = min(guess, (budget - sliding * sequences) // (sequences * full * block))
+    blocks = _largest_from(lambda n: fits(n * block, sequences), guess, max(1, cap // block))
     return (None if blocks is None else blocks * block), "memory"
 
 
 def _max_sequences(evaluator: _Evaluator, layout: _Layout, fits: Callable[[int, int], bool],
                    context_length: int) -> int:
-    # Activations are never negative, so no stage holds more sequences than its budget
-    # divided by one sequence's KV cache: search below that bound only.
+    # Upper bound: activations are never negative, so no stage holds more sequences than its
+    # budget over one sequence's KV cache.  Lower bound: activations at their ceiling, which
+    # for n sequences is at most max_batched_tokens × per-token + n × per-sampled bytes.
+    options = evaluator.options
     high = MAX_SEQUENCES_SEARCHED
+    guess = MAX_SEQUENCES_SEARCHED
+    if options.activation_bytes is None:
+        per_token, per_sampled = evaluator.activation_coefficients(layout.tensor_parallel)
+        fixed, per_sequence_activations = options.max_batched_tokens * per_token, per_sampled
+    else:
+        fixed, per_sequence_activations = options.activation_bytes, 0
     for stage, weights in enumerate(layout.stage_weights):
-        per_sequence = layout.stage_kv[stage].bytes_per_sequence(context_length, evaluator.options.block_size)
-        budget = evaluator.usable_bytes - weights - evaluator.options.runtime_overhead_bytes
+        per_sequence = layout.stage_kv[stage].bytes_per_sequence(context_length, options.block_size)
+        budget = evaluator.usable_bytes - weights - options.runtime_overhead_bytes
         if per_sequence > 0:
             high = min(high, max(1, budget // per_sequence))
-    return _largest(lambda n: fits(context_length, n), 1, high) or 0
+        guess = min(guess, (budget - fixed) // (per_sequence + per_sequence_activations or 1))
+    return _largest_from(lambda n: fits(context_length, n), guess, high) or 0
 
 
 def _min_devices(evaluator: _Evaluator, terms: _ModelTerms, workload: Workload) -> int | None:
@@ -538,7 +587,7 @@ def _format_plan(terms: _ModelTerms, hardware: Hardware, workload: Workload, ten
         devices.extend(DevicePlan(stage * tensor_parallel + rank, stage, rank, *same)
                        for rank in range(tensor_parallel))
     fits = terms.fits_predicate(evaluator, tensor_parallel, options.pipeline_parallel)
-    max_context, limited_by = _max_context(evaluator, fits, workload.concurrent_sequences)
+    max_context, limited_by = _max_context(evaluator, layout, fits, workload.concurrent_sequences)
     return FormatPlan(
         format=terms.weight_format.label(),
         weights_bytes=total_weights,
