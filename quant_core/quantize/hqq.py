@@ -37,23 +37,37 @@ ITERATIONS = 20
 
 
 def optimise_zeros(weights: F32, scales: F32, zeros: F32, iterations: int = ITERATIONS) -> F32:
-    """HQQ's proximal zero-point loop for fixed `scales`; returns each group's best float zero."""
+    """HQQ's proximal zero-point loop for fixed `scales`; returns each group's best float zero.
+
+    Per iteration: ``r = (W/s + z) − Q`` with ``Q = clip(rint(W/s + z), 0, 15)``;
+    its per-group squared error; the residuals above their group's threshold
+    gathered (outliers are about a tenth of the weights) and shrunk with ``|r|^(p−1)``
+    computed as ``exp((p−1)·log|r|)`` (vectorised, within a few float32 ulps
+    of ``pow``) and summed per group by ``bincount``; per-group sums of ``r``
+    by ``vecdot`` with ones.  Since an outlier has ``|r|^(2−p) > 1/β·s^(p−2)``,
+    its shrunk magnitude is always positive.
+    """
     rows, groups, group_size = weights.shape
+    count = rows * groups
     scaled = weights * (np.float32(1.0) / scales)[..., None]
+    shifted = np.empty_like(scaled)
     residual = np.empty_like(scaled)
+    flat = residual.reshape(-1)
+    magnitude = np.empty_like(flat)
+    outlier = np.empty(scaled.shape, dtype=np.bool_)
+    shift = group_size.bit_length() - 1 if group_size & (group_size - 1) == 0 else None
+    ones = np.ones(group_size, dtype=np.float32)
     zero = zeros.astype(np.float32)
     best_zero = zero.copy()
     best_error = np.full(zero.shape, np.inf, dtype=np.float32)
     previous_total = np.inf
     beta = BETA
     scale_power = scales.astype(np.float64) ** (LP_NORM - 2.0)
-    group_of = None
     for _ in range(iterations):
-        np.add(scaled, zero[..., None], out=residual)
-        np.rint(residual, out=residual)
+        np.add(scaled, zero[..., None], out=shifted)
+        np.rint(shifted, out=residual)
         np.clip(residual, 0.0, LEVELS, out=residual)  # residual holds Q
-        np.subtract(scaled, residual, out=residual)
-        residual += zero[..., None]  # W/s − (Q − z)
+        np.subtract(shifted, residual, out=residual)  # W/s + z − Q
         error = np.vecdot(residual, residual) * scales * scales
         better = error < best_error
         np.copyto(best_error, error, where=better)
@@ -62,21 +76,21 @@ def optimise_zeros(weights: F32, scales: F32, zeros: F32, iterations: int = ITER
         if total >= previous_total:
             break
         previous_total = total
-        weight = (scale_power / beta).astype(np.float32)
+        weight = (scale_power / beta).astype(np.float32).reshape(-1)
         threshold = (weight ** (1.0 / (2.0 - LP_NORM))).astype(np.float32)
-        magnitude = np.abs(residual)
-        outliers = np.flatnonzero(magnitude > threshold[..., None])
-        shrink_sum = np.zeros(rows * groups, dtype=np.float64)
-        if outliers.size:
-            if group_of is None:
-                group_of = np.arange(rows * groups, dtype=np.int64)
-            group_index = outliers // group_size
-            size = magnitude.reshape(-1)[outliers]
-            kept = size - weight.reshape(-1)[group_index] * size ** np.float32(LP_NORM - 1.0)
-            signed = np.copysign(np.maximum(kept, 0.0), residual.reshape(-1)[outliers])
-            shrink_sum = np.bincount(group_index, weights=signed, minlength=rows * groups)
-        mean_residual = residual.mean(axis=-1, dtype=np.float32)
-        zero = (zero - mean_residual + (shrink_sum / group_size).reshape(rows, groups)).astype(np.float32)
+        np.abs(flat, out=magnitude)
+        np.greater(magnitude.reshape(rows, groups, group_size), threshold.reshape(rows, groups, 1), out=outlier)
+        candidates = np.flatnonzero(outlier)
+        group_index = candidates >> shift if shift is not None else candidates // group_size
+        values = flat[candidates]
+        size = np.abs(values)
+        power = np.exp(np.log(size) * np.float32(LP_NORM - 1.0))
+        kept = size - weight[group_index] * power
+        signed = np.copysign(np.maximum(kept, np.float32(0.0)), values)
+        shrink_sum = np.bincount(group_index, weights=signed, minlength=count)
+        residual_sum = np.vecdot(residual.reshape(count, group_size), ones)
+        update = (shrink_sum - residual_sum) / group_size
+        zero = (zero + update.reshape(rows, groups)).astype(np.float32)
         beta *= KAPPA
     return best_zero
 
