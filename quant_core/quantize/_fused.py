@@ -21,8 +21,8 @@ DRAM) goes through, in order:
    value `dequantize` computes, and the quality sums (‖W‖², ‖Ŵ‖², ‖Ŵ − W‖²,
    max |Ŵ − W|) by `QualityAccumulator` on the same cache-resident block.
 
-The codes are those of `encode` (quant_core/quantize/_groups.py), which the
-searching methods use to score candidates.
+The searching methods rank candidates with `encode_scored`
+(quant_core/quantize/_groups.py), the same codes up to how an exact tie is broken.
 """
 
 from __future__ import annotations

@@ -5,10 +5,12 @@ Every calibration-free method works on one chunk of rows reshaped to
 minimum and maximum the driver already computed, and returns
 `GroupParameters`: per-group scales and zeros that are exactly representable
 in what the payload stores (fp16 scales; integer zeros, fp16 zeros, or the
-implicit 8 of symmetric schemes).  The driver then encodes the codes with
-`encode`'s rule (quant_core/quantize/_fused.py, the same rule the searches
-use), packs them and measures ``(code − zero) × scale`` against ``w``, so the
-figures describe exactly what `dequantize` gives back.
+implicit 8 of symmetric schemes).  The driver then encodes the codes
+(quant_core/quantize/_fused.py: ``clip(rint(w·(1/s)) + z, 0, 15)`` for integer
+zeros, ``clip(rint(w·(1/s) + z), 0, 15)`` for fp16 zeros), packs them and
+measures ``(code − zero) × scale`` against ``w``, so the figures describe
+exactly what `dequantize` gives back.  The searches rank their candidates
+with `encode_scored`.
 """
 
 from __future__ import annotations
@@ -68,33 +70,21 @@ def nonzero_scale(scales: F32) -> F32:
     return np.where(scales == 0, np.float32(1.0), scales).astype(np.float32)
 
 
-def encode(weights: F32, scales: F32, zeros: F32, out: F32 | None = None, *, integer_zeros: bool = True) -> F32:
-    """Codes ``clip(rint(w / s + z), 0, 15)`` as float32, for per-group `scales` and `zeros`.
+def encode_scored(weights: F32, scales: F32, zeros: F32, codes: F32, scratch: F32) -> F32:
+    """Codes ``clip(rint(w·(1/s) + z), 0, 15)`` into `codes`, returning each group's squared error.
 
-    `scales` must be non-zero.  Division by the stored scale is done as a
-    multiplication by its float32 reciprocal, which can move a value lying
-    within one float32 ulp of a rounding boundary to the neighbouring code.
-    With `integer_zeros` (int4 zeros, and the 8 of symmetric schemes) the code
-    is computed as ``clip(rint(w·(1/s)) + z, 0, 15)``: the same integer as
-    ``rint(w·(1/s) + z)`` save that ``w·(1/s)`` is not rounded a second time
-    by the addition, and the form the fast driver (quant_core/quantize/_fused.py)
-    uses, so a search and the stored codes always agree.  fp16 zeros are added
-    before rounding.
+    The error is taken in scaled units, ``s² · Σ (w·(1/s) + z − q)²``: six
+    passes with two broadcasts, against eight with four for encoding and then
+    measuring ``w − (q − z)·s``.  It is the stored error up to float32 rounding (about
+    1e-7 relative), which is all a search needs to rank candidates; the
+    figures reported are always measured on the stored result.  (For integer
+    zeros ``rint(a + z)`` can break an exact tie differently from the
+    driver's ``rint(a) + z``; the driver encodes the winner itself.)
     """
     inverse = (np.float32(1.0) / scales)[..., None]
-    result: F32 = np.multiply(weights, inverse, out=out)
-    if not integer_zeros:
-        result += zeros[..., None]
-    np.rint(result, out=result)
-    if integer_zeros:
-        result += zeros[..., None]
-    np.clip(result, 0.0, LEVELS, out=result)
-    return result
-
-
-def squared_error(weights: F32, codes: F32, scales: F32, zeros: F32, scratch: F32 | None = None) -> F32:
-    """Per-group sum of ``(w − (code − z) × s)²``; `scratch` (same shape as w) avoids an allocation."""
-    diff: F32 = np.subtract(codes, zeros[..., None], out=scratch)
-    diff *= scales[..., None]
-    diff -= weights
-    return cast(F32, np.vecdot(diff, diff))
+    np.multiply(weights, inverse, out=scratch)
+    scratch += zeros[..., None]
+    np.rint(scratch, out=codes)
+    np.clip(codes, 0.0, LEVELS, out=codes)
+    scratch -= codes
+    return cast(F32, np.vecdot(scratch, scratch) * (scales * scales))

@@ -15,7 +15,7 @@ from __future__ import annotations
 import numpy as np
 
 from quant_core.formats import WeightFormat
-from quant_core.quantize._groups import F32, SYMMETRIC_ZERO, GroupParameters, encode, squared_error
+from quant_core.quantize._groups import F32, SYMMETRIC_ZERO, GroupParameters, encode_scored
 from quant_core.quantize.rtn import asymmetric_parameters, symmetric_scales
 
 COARSE = np.linspace(1.0, 0.5, 11, dtype=np.float32)
@@ -44,8 +44,7 @@ def clip(weights: F32, w_min: F32, w_max: F32, scheme: WeightFormat) -> GroupPar
 
     def consider(factor: F32) -> None:
         scales, zeros = _parameters(lo, hi, factor, scheme)
-        encode(weights, scales, zeros, out=codes, integer_zeros=scheme.zero != "fp16")
-        error = squared_error(weights, codes, scales, zeros, scratch)
+        error = encode_scored(weights, scales, zeros, codes, scratch)
         better = error < best_error
         np.copyto(best_error, error, where=better)
         np.copyto(best_factor, factor, where=better)

@@ -32,10 +32,9 @@ from quant_core.quantize._groups import (
     LEVELS,
     SYMMETRIC_ZERO,
     GroupParameters,
-    encode,
+    encode_scored,
     fp16_nearest,
     nonzero_scale,
-    squared_error,
 )
 from quant_core.quantize.rtn import asymmetric_parameters, symmetric_scales
 
@@ -59,8 +58,7 @@ class _Search:
 
     def consider(self, scales: F32, zeros: F32) -> F32:
         """Encode with (scales, zeros), keep improvements; returns the codes (scratch, reused)."""
-        encode(self.weights, scales, zeros, out=self.codes, integer_zeros=self.scheme.zero != "fp16")
-        error = squared_error(self.weights, self.codes, scales, zeros, self.scratch)
+        error = encode_scored(self.weights, scales, zeros, self.codes, self.scratch)
         better = error < self.error
         np.copyto(self.error, error, where=better)
         np.copyto(self.scales, scales, where=better)
