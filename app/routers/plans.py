@@ -2,11 +2,14 @@
 
 Planning is pure Python over the tensor inventory (microseconds), so these
 handlers are ``async def`` and run on the event loop with no threadpool hop.
+``POST /v1/plan`` answers pre-serialized JSON bytes (`plan_json_from_core`):
+FastAPI then neither builds nor re-validates a `PlanResponse`, which is still
+declared as the ``response_model`` for the OpenAPI document.
 """
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Request, Response
 
 from app.problems import problem_responses
 from app.schemas.plans import (
@@ -14,7 +17,7 @@ from app.schemas.plans import (
     PlanResponse,
     SweepRequest,
     SweepResponse,
-    plan_from_core,
+    plan_json_from_core,
     plan_to_core,
     sweep_rows,
 )
@@ -22,14 +25,15 @@ from app.security import settings_of
 from quant_core.planner import plan
 
 router = APIRouter(prefix="/plan", tags=["plan"])
+JSON_MEDIA_TYPE = "application/json"
 
 
 @router.post("", response_model=PlanResponse, summary="Plan memory for a model on hardware",
              responses=problem_responses(400, 413, 422))
-async def create_plan(body: PlanRequest, request: Request) -> PlanResponse:
+async def create_plan(body: PlanRequest, request: Request) -> Response:
     """Per-device weights, KV cache, activations and overhead against usable memory, 16-bit beside INT4."""
     spec, hardware, workload, options = plan_to_core(body, settings_of(request).max_config_depth)
-    return plan_from_core(plan(spec, hardware, workload, options))
+    return Response(plan_json_from_core(plan(spec, hardware, workload, options)), media_type=JSON_MEDIA_TYPE)
 
 
 @router.post("/sweep", response_model=SweepResponse, summary="Plan over a grid of workloads",

@@ -8,6 +8,7 @@ from dataclasses import replace
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic_core import to_json
 
 from app.schemas.models import ModelInput, field_prefix, model_to_core
 from quant_core import catalog
@@ -278,6 +279,58 @@ def plan_from_core(result: Plan) -> PlanResponse:
         comparison={name: _format_out(fp) for name, fp in result.comparison.items()},
         warnings=list(result.warnings),
     )
+
+
+# The answer as plain dicts, serialized once: `create_plan` sends these bytes as they are.  Building
+# the nested models of `plan_from_core` and serializing them costs more than `plan()` itself, and
+# FastAPI would validate a returned model against `response_model` once more.  Keys follow the
+# field order of the models above and float fields are made floats, so the bytes equal
+# ``plan_from_core(result).model_dump_json()`` (a test checks it for every preset and fixture).
+
+
+def _device_dict(device: DevicePlan) -> dict[str, object]:
+    return {"index": device.index, "pipeline_stage": device.pipeline_stage, "tensor_rank": device.tensor_rank,
+            "layers": list(device.layers), "capacity_bytes": device.capacity_bytes,
+            "usable_bytes": device.usable_bytes, "weights_bytes": device.weights_bytes,
+            "kv_cache_bytes": device.kv_cache_bytes, "activation_bytes": device.activation_bytes,
+            "overhead_bytes": device.overhead_bytes, "used_bytes": device.used_bytes,
+            "headroom_bytes": device.headroom_bytes, "fits": device.fits}
+
+
+def _format_dict(result: FormatPlan) -> dict[str, object]:
+    return {"format": result.format, "weights_bytes": result.weights_bytes,
+            "bits_per_weight": float(result.bits_per_weight), "weights_by_role": dict(result.weights_by_role),
+            "kv_cache_bytes": result.kv_cache_bytes, "used_bytes": result.used_bytes, "fits": result.fits,
+            "max_context_length": result.max_context_length, "context_limited_by": result.context_limited_by,
+            "max_concurrent_sequences": result.max_concurrent_sequences, "min_devices": result.min_devices,
+            "devices": [_device_dict(d) for d in result.devices]}
+
+
+def plan_json_from_core(result: Plan) -> bytes:
+    """The wire answer for a core `Plan` as JSON bytes: ``plan_from_core(result).model_dump_json()``, faster."""
+    primary = result.primary
+    return to_json({
+        "model": result.model, "fits": result.fits,
+        "parameters": {"total": result.total_parameters, "by_role": dict(result.parameters_by_role),
+                       "active_per_token": result.active_parameters_per_token},
+        "weights": {"format": primary.format, "bytes": primary.weights_bytes,
+                    "bits_per_weight": float(primary.bits_per_weight), "by_role": dict(primary.weights_by_role)},
+        "kv_cache": {"dtype": result.kv_cache_dtype, "bytes_per_token": result.kv_bytes_per_token,
+                     "bytes": result.kv_cache_bytes, "block_size": result.options.block_size},
+        "activation": {"bytes": result.activation.bytes, "basis": result.activation.basis},
+        "runtime_overhead": {"bytes": result.runtime_overhead.bytes, "basis": result.runtime_overhead.basis},
+        "devices": [_device_dict(d) for d in primary.devices],
+        "hardware": {"device": result.hardware.device_id, "name": result.hardware.name,
+                     "capacity_bytes": result.hardware.capacity_bytes, "count": result.hardware.count},
+        "workload": {"context_length": result.workload.context_length,
+                     "concurrent_sequences": result.workload.concurrent_sequences},
+        "parallel": {"tensor": result.tensor_parallel, "pipeline": result.pipeline_parallel},
+        "memory_utilization": float(result.options.memory_utilization),
+        "max_context_length": primary.max_context_length, "context_limited_by": primary.context_limited_by,
+        "max_concurrent_sequences": primary.max_concurrent_sequences, "min_devices": primary.min_devices,
+        "comparison": {name: _format_dict(fp) for name, fp in result.comparison.items()},
+        "warnings": list(result.warnings),
+    })
 
 
 # --- sweep -------------------------------------------------------------------------------------

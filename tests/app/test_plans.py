@@ -8,9 +8,12 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
+from app.schemas.plans import PlanRequest, plan_from_core, plan_to_core
+from quant_core.catalog import list_presets
 from quant_core.hf_config import model_from_hf_config
 from quant_core.inventory import parameter_count
 from quant_core.kv_cache import kv_bytes_per_token
+from quant_core.planner import plan
 from tests.app.conftest import FIXTURES, client_with
 
 BODY_70B: dict[str, Any] = {"model": {"preset": "llama-3.1-70b"}, "hardware": {"device": "h100-80gb", "count": 2}}
@@ -168,9 +171,11 @@ def test_plan_hf_config_agrees_with_quant_core(client: TestClient, name: str) ->
     spec = model_from_hf_config(config)
     # Group size 32 divides every fixture's widths (gpt-oss 2880, falcon 4544, deepseek-v2-lite 10944 do
     # not divide by the default 128; that refusal is tested above).
-    response = client.post("/v1/plan", json={"model": {"hf_config": config}, "weights": {"group_size": 32},
-                                             "hardware": {"device": "h100-80gb", "count": 8}})
+    request = {"model": {"hf_config": config}, "weights": {"group_size": 32},
+               "hardware": {"device": "h100-80gb", "count": 8}}
+    response = client.post("/v1/plan", json=request)
     assert response.status_code == 200, response.text
+    assert response.content == _bytes_of_the_model_path(request)
     body = response.json()
     assert body["parameters"]["total"] == parameter_count(spec).total
     assert body["kv_cache"]["bytes_per_token"] == kv_bytes_per_token(spec, "bf16")
@@ -191,3 +196,37 @@ def test_padding_asked_for_plans_a_width_the_group_does_not_divide(client: TestC
     response = client.post("/v1/plan", json=body)
     assert response.status_code == 200
     assert response.json()["weights"]["format"] == "int4-g128-asym-padded"
+
+
+PLAN_VARIANTS: list[dict[str, Any]] = [
+    {},
+    {"weights": {"format": "int8"}, "kv_cache": {"dtype": "fp8"}},
+    {"weights": {"format": "bf16"}, "runtime": {"float_format": "fp16", "memory_utilization": 1}},
+    {"weights": {"group_size": None, "symmetric": True}, "runtime": {"activation_bytes": 0, "overhead_bytes": 1}},
+    {"workload": {"context_length": 131072, "concurrent_sequences": 64}, "parallel": {"tensor": 1, "pipeline": 2}},
+]
+
+
+def _bytes_of_the_model_path(body: dict[str, Any]) -> bytes:
+    request = PlanRequest.model_validate(body)
+    return plan_from_core(plan(*plan_to_core(request, 16))).model_dump_json().encode()
+
+
+@pytest.mark.parametrize("preset", [preset.id for preset in list_presets()])
+@pytest.mark.parametrize("variant", range(len(PLAN_VARIANTS)))
+def test_plan_answer_bytes_equal_the_plan_response_model_serialized(client: TestClient, preset: str,
+                                                                     variant: int) -> None:
+    body = {"model": {"preset": preset}, "hardware": {"device": "h100-80gb", "count": 2}, **PLAN_VARIANTS[variant]}
+    body["weights"] = {"pad": True, **body.get("weights", {})}  # every preset plans (gpt-oss: 2880 % 128)
+    response = client.post("/v1/plan", json=body)
+    assert response.status_code == 200, response.text
+    assert response.headers["content-type"] == "application/json"
+    assert response.content == _bytes_of_the_model_path(body)
+
+
+def test_plan_answer_bytes_equal_the_model_path_on_raw_memory_that_does_not_fit(client: TestClient) -> None:
+    body = {"model": {"preset": "llama-3.1-70b"}, "hardware": {"memory_bytes": 2**30, "count": 1}}
+    response = client.post("/v1/plan", json=body)
+    assert response.status_code == 200
+    assert response.json()["fits"] is False
+    assert response.content == _bytes_of_the_model_path(body)
