@@ -69,13 +69,13 @@ class ChunkEncoder:
         the fp16-exact parameters (scales non-zero).
         """
         inverse = (np.float32(1.0) / scales).astype(np.float32)
-        clip_rows: NDArray[np.bool_] | None = None
+        clip_groups: NDArray[np.bool_] | None = None
         small_zeros: NDArray[np.int8] | None = None
         if self.integer_zeros:
             small_zeros = zeros.astype(np.int8)
             lowest = np.rint(w_min * inverse) + zeros
             highest = np.rint(w_max * inverse) + zeros
-            clip_rows = ((lowest < 0) | (highest > LEVELS)).any(axis=1)
+            clip_groups = (lowest < 0) | (highest > LEVELS)
         uniform = zeros.size > 0 and float(zeros.min()) == float(zeros.max())
         for start in range(0, weights.shape[0], self.block_rows):
             stop = min(weights.shape[0], start + self.block_rows)
@@ -88,13 +88,9 @@ class ChunkEncoder:
             scale = scales[start:stop, :, None]
             zero = zeros[start:stop, :, None]
             np.multiply(block, inverse[start:stop, :, None], out=values)
-            if small_zeros is not None and clip_rows is not None:
+            if small_zeros is not None and clip_groups is not None:
                 np.rint(values, out=values)
-                if uniform and clip_rows[start:stop].any():
-                    only = float(zeros.flat[0])
-                    np.clip(values, np.float32(-only), np.float32(LEVELS - only), out=values)
-                elif clip_rows[start:stop].any():
-                    np.clip(values, -zero, LEVELS - zero, out=values)
+                self._clip(values, clip_groups[start:stop], zeros[start:stop], uniform)
                 np.copyto(codes, values, casting="unsafe")
                 np.add(codes, small_zeros[start:stop, :, None], out=codes)
             else:
@@ -112,6 +108,25 @@ class ChunkEncoder:
                                      np.ascontiguousarray(reconstructed[:, : self.in_features]))
             else:
                 self.accumulator.add(original, reconstructed)
+
+    @staticmethod
+    def _clip(values: F32, clip_groups: NDArray[np.bool_], zeros: F32, uniform: bool) -> None:
+        """Clip ``x = rint(w/s)`` to ``[−z, 15 − z]`` in the groups of the block that need it.
+
+        Symmetric schemes (one zero for all groups) need it in most groups and
+        clip the block with scalar bounds; otherwise only the few groups whose
+        extreme lands half a step outside (a float32 rounding, or an exact tie
+        with bfloat16 inputs) are clipped, by gathering them.
+        """
+        rows, groups = np.nonzero(clip_groups)
+        if rows.size == 0:
+            return
+        if uniform:
+            only = float(zeros.flat[0])
+            np.clip(values, np.float32(-only), np.float32(LEVELS - only), out=values)
+            return
+        zero = zeros[rows, groups, None]
+        values[rows, groups] = np.clip(values[rows, groups], -zero, LEVELS - zero)
 
     def _pack(self, first_row: int, count: int) -> None:
         """Pack the block's `count` codes (in `self.codes`) at row `first_row` of the payload."""
