@@ -217,16 +217,27 @@ def quantize(weights: NDArray[np.generic], scheme: WeightFormat, method: str,
 
 
 def _group_extremes(chunk: F32, group_size: int) -> tuple[F32, F32]:
-    """Per-group minimum and maximum ``[rows, groups]`` of a contiguous chunk ``[rows, columns]``.
+    """Per-group minimum and maximum ``[rows, groups]`` of a contiguous float32 chunk ``[rows, columns]``.
 
-    ``reduceat`` over the flat chunk runs about twice as fast as ``min(axis=-1)``
-    on ``[rows, groups, g]`` (one inner-loop call per group either way, but a
-    lighter one); both propagate NaN, which the caller's finiteness check needs.
+    By integer ``reduceat`` over the float bits (about twice as fast as the
+    float reductions): as int32, the largest value of a group holding any
+    non-negative number is its float maximum; as uint32, the largest value of
+    a group holding any negative number (sign bit set) is its float minimum.
+    NaN and ±Inf come out as themselves (their bits exceed every finite
+    value's of the same sign), so the caller's finiteness check still sees
+    them.  Groups that are all negative (for the maximum) or all non-negative
+    (for the minimum) fall back to the float reduction.
     """
     flat = chunk.reshape(-1)
     starts = np.arange(0, flat.size, group_size)
     shape = (chunk.shape[0], chunk.shape[1] // group_size)
-    return np.minimum.reduceat(flat, starts).reshape(shape), np.maximum.reduceat(flat, starts).reshape(shape)
+    w_max = np.maximum.reduceat(flat.view(np.int32), starts).view(np.float32)
+    w_min = np.maximum.reduceat(flat.view(np.uint32), starts).view(np.float32)
+    if np.signbit(w_max).any():
+        w_max = np.maximum.reduceat(flat, starts)
+    if not np.signbit(w_min).all():
+        w_min = np.minimum.reduceat(flat, starts)
+    return w_min.reshape(shape), w_max.reshape(shape)
 
 
 def _stored_zeros(zeros: F32, scheme: WeightFormat) -> NDArray[np.uint8] | NDArray[np.float16] | None:
