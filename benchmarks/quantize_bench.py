@@ -9,6 +9,7 @@ Student-t: ``np.random.default_rng(0).standard_t(3, (4096, 4096)).astype(np.floa
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import time
@@ -61,19 +62,40 @@ print(int(status.split()[0]) * 1024)
 """
 
 
+# GPTQ and its matmul baseline again with one BLAS thread: on the shared 2-core machine a second
+# OpenBLAS thread is often descheduled, which slows GPTQ's many medium-sized products far more than
+# the one large baseline product; this ratio shows the algorithmic cost without that effect.
+GPTQ_ONE_THREAD_SCRIPT = """
+import time
+import numpy as np
+from quant_core.formats import int4
+from quant_core.quantize import quantize
+from quant_core.quantize.calibration import synthetic_activations
+weights = np.random.default_rng(0).standard_normal((4096, 4096), dtype=np.float32)
+left = np.random.default_rng(1).standard_normal((4096, 4096), dtype=np.float32)
+calibration = synthetic_activations(2048, 4096, seed=3)
+matmul = gptq = float("inf")
+for _ in range(2):
+    start = time.perf_counter(); left @ weights; matmul = min(matmul, time.perf_counter() - start)
+start = time.perf_counter(); quantize(weights, int4(128), "gptq", calibration); gptq = time.perf_counter() - start
+print(matmul, gptq)
+"""
+
+
 def main() -> None:
     weights = np.random.default_rng(0).standard_normal((SIZE, SIZE), dtype=np.float32)
     target = np.empty_like(weights)
     print(f"array {SIZE}x{SIZE} float32 ({weights.nbytes / 2**20:.0f} MiB)")
 
-    copy = best_time(lambda: np.copyto(target, weights), 5)
+    copy = best_time(lambda: np.copyto(target, weights), 7)
     peer = best_time(lambda: gguf_quantize(weights, GGMLQuantizationType.Q4_0), 2)
     scheme = int4(128)
-    rtn = best_time(lambda: payload_bytes(quantize(weights, scheme, "rtn")))
+    rtn = best_time(lambda: payload_bytes(quantize(weights, scheme, "rtn")), 7)
     bf16 = weights.astype(ml_dtypes.bfloat16)
-    rtn_bf16 = best_time(lambda: payload_bytes(quantize(bf16, scheme, "rtn")))
+    rtn_bf16 = best_time(lambda: payload_bytes(quantize(bf16, scheme, "rtn")), 7)
     clip = best_time(lambda: quantize(weights, scheme, "clip"), 1)
     hqq = best_time(lambda: quantize(weights, int4(128, zero="fp16"), "hqq"), 1)
+    refit = best_time(lambda: quantize(weights, scheme, "refit"), 1)
     left = np.random.default_rng(1).standard_normal((SIZE, SIZE), dtype=np.float32)
     matmul = best_time(lambda: left @ weights, 2)
     calibration = synthetic_activations(2048, SIZE, seed=3)
@@ -81,14 +103,20 @@ def main() -> None:
 
     print("seconds: " + ", ".join(f"{k} {v:.4f}" for k, v in [
         ("copyto", copy), ("gguf Q4_0", peer), ("rtn g128+pack", rtn), ("rtn bf16", rtn_bf16),
-        ("clip", clip), ("hqq", hqq), ("matmul 4096^3", matmul), ("gptq", gptq)]))
+        ("clip", clip), ("hqq", hqq), ("refit", refit), ("matmul 4096^3", matmul), ("gptq", gptq)]))
     print("ratios:")
     verdict("rtn+pack throughput / gguf Q4_0 throughput", peer / rtn, 1.5, True)
     verdict("rtn+pack throughput / np.copyto throughput", copy / rtn, 0.25, True)
     verdict("bf16 input time / f32 input time", rtn_bf16 / rtn, 1.25, False)
     verdict("clip time / rtn time", clip / rtn, 15.0, False)
     verdict("hqq time / rtn time", hqq / rtn, 25.0, False)
+    verdict("refit time / rtn time (brief: ~15)", refit / rtn, 15.0, False)
     verdict("gptq time (2048 calib rows) / 4096^3 matmul time", gptq / matmul, 4.0, False)
+    one_thread = subprocess.run([sys.executable, "-c", GPTQ_ONE_THREAD_SCRIPT], capture_output=True, text=True,
+                                check=True, env={**os.environ, "OPENBLAS_NUM_THREADS": "1"}).stdout.split()
+    matmul_1, gptq_1 = (float(value) for value in one_thread)
+    print(f"  (one BLAS thread: matmul {matmul_1:.3f} s, gptq {gptq_1:.3f} s)")
+    verdict("same, OPENBLAS_NUM_THREADS=1 (subprocess)", gptq_1 / matmul_1, 4.0, False)
     peak = int(subprocess.run([sys.executable, "-c", PEAK_RSS_SCRIPT], capture_output=True, text=True,
                               check=True).stdout.strip())
     limit = 1.5 * weights.nbytes + 64 * 2**20
