@@ -90,6 +90,33 @@ def test_non_finite_weights_are_refused_with_count_and_first_index(bad: float) -
     assert raised.value.name == "layer.0.q_proj"
 
 
+@pytest.mark.parametrize("bad", [np.nan, np.copysign(np.nan, -1.0), np.inf, -np.inf],
+                         ids=["nan", "negative-nan", "inf", "-inf"])
+@pytest.mark.parametrize("sign", [1.0, -1.0])
+def test_non_finite_weights_are_found_in_groups_of_either_sign(bad: float, sign: float) -> None:
+    # the group extremes are integer reductions over the float bits: a NaN (either sign bit) or an
+    # Inf must surface whether the rest of its group is all positive or all negative
+    weights = np.abs(_weights(4, 256)) * np.float32(sign)
+    weights[2, 130] = bad
+    with pytest.raises(NonFiniteValues) as raised:
+        quantize(weights, int4(128), "rtn")
+    assert raised.value.count == 1 and raised.value.first_index == (2, 130)
+
+
+@pytest.mark.parametrize("offset", [-5.0, 5.0, 0.0])
+def test_group_ranges_are_the_true_min_and_max_for_groups_of_one_sign(offset: float) -> None:
+    # all-negative / all-positive groups take the float fallback of the integer extremes
+    weights = _weights(8, 256) * np.float32(0.5) + np.float32(offset)
+    scheme = int4(128, zero="fp16")
+    q = quantize(weights, scheme, "rtn")
+    grouped = weights.reshape(8, 2, 128)
+    expected = ((grouped.max(-1) - grouped.min(-1)) / np.float32(15.0)).astype(np.float32)
+    scales = q.scales.astype(np.float32)
+    assert (scales >= expected).all() and (scales <= expected * np.float32(1.001)).all()
+    step = np.repeat(scales, 128, axis=1)
+    assert (np.abs(dequantize(q) - weights) <= step * (0.5 + STEP_TOLERANCE + 2.0**-8)).all()
+
+
 def test_in_features_not_divisible_by_the_group_is_refused() -> None:
     with pytest.raises(GroupSizeMismatch) as raised:
         quantize(_weights(4, 200), int4(128), "rtn")
