@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
-from fastapi import APIRouter, Depends, FastAPI
+from fastapi import APIRouter, FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.openapi.utils import get_openapi
 
@@ -17,7 +17,7 @@ from app.metrics import install_observability
 from app.pool import WorkerPool
 from app.problems import PROBLEM_MEDIA_TYPE, install_problem_handlers
 from app.routers import devices, health, models, plans, quantizations
-from app.security import BodySizeLimit, require_api_key
+from app.security import BEARER_SCHEME, BEARER_SCHEME_NAME, BodySizeLimit
 from app.settings import Settings, get_settings
 
 API_VERSION = "1.0.0"
@@ -46,6 +46,7 @@ def _problem_openapi(app: FastAPI) -> dict[str, Any]:
     components = schema.get("components", {}).get("schemas", {})
     for unused in ("HTTPValidationError", "ValidationError"):
         components.pop(unused, None)
+    schema.setdefault("components", {}).setdefault("securitySchemes", {})[BEARER_SCHEME_NAME] = BEARER_SCHEME
     app.openapi_schema = schema
     return schema
 
@@ -71,7 +72,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     install_problem_handlers(app)
     app.include_router(health.router)
     for router in V1_ROUTERS:
-        app.include_router(router, prefix="/v1", dependencies=[Depends(require_api_key)])
+        app.include_router(router, prefix="/v1")  # each route checks the API key (ApiKeyRoute)
     app.add_middleware(BodySizeLimit, settings=settings)
     if settings.cors_origins:
         app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["*"],

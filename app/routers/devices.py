@@ -6,10 +6,11 @@ from fastapi import APIRouter
 
 from app.problems import NotFound, problem_responses
 from app.schemas.models import DeviceOut, device_from_core
+from app.security import ApiKeyRoute
 from quant_core import catalog
 from quant_core.errors import UnknownName
 
-router = APIRouter(prefix="/devices", tags=["devices"])
+router = APIRouter(prefix="/devices", tags=["devices"], route_class=ApiKeyRoute)
 
 
 @router.get("", response_model=list[DeviceOut], summary="List the devices", responses=problem_responses())

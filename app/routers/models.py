@@ -15,11 +15,11 @@ from app.schemas.models import (
     model_to_core,
     summary_from_core,
 )
-from app.security import settings_of
+from app.security import ApiKeyRoute, settings_of
 from quant_core.catalog import get_preset_info, list_presets
 from quant_core.errors import UnknownName
 
-router = APIRouter(prefix="/models", tags=["models"])
+router = APIRouter(prefix="/models", tags=["models"], route_class=ApiKeyRoute)
 
 
 @router.get("", response_model=list[ModelSummary], summary="List the model presets",

@@ -21,10 +21,10 @@ from app.schemas.plans import (
     plan_to_core,
     sweep_rows,
 )
-from app.security import settings_of
+from app.security import ApiKeyRoute, settings_of
 from quant_core.planner import plan
 
-router = APIRouter(prefix="/plan", tags=["plan"])
+router = APIRouter(prefix="/plan", tags=["plan"], route_class=ApiKeyRoute)
 JSON_MEDIA_TYPE = "application/json"
 
 

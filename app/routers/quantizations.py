@@ -32,11 +32,11 @@ from app.schemas.quantize import (
     multipart_body,
     parse_form,
 )
-from app.security import settings_of
+from app.security import ApiKeyRoute, settings_of
 from app.settings import Settings
 from app.uploads import Upload, UploadedFile, new_output_path, receive_upload
 
-router = APIRouter(tags=["quantize"])
+router = APIRouter(tags=["quantize"], route_class=ApiKeyRoute)
 UPLOAD_ERRORS = problem_responses(400, 413, 415, 422, 503, 504)
 FILE_DESCRIPTION = "A .safetensors (several tensors; F32/F16/BF16) or .npy file (never unpickled)."
 CALIBRATION_DESCRIPTION = "Optional calibration activations [samples, in_features] as .npy."

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 from fastapi.testclient import TestClient
 
 from tests.app.conftest import client_with
@@ -53,6 +54,50 @@ def test_api_keys_protect_v1_but_not_healthz() -> None:
         allowed = guarded.get("/v1/devices", headers={"Authorization": "Bearer sesame"})
         assert allowed.status_code == 200
 
+
+
+def _v1_operations() -> list[tuple[str, str]]:
+    with client_with() as plain:
+        paths = plain.get("/openapi.json").json()["paths"]
+    return sorted((method, path.replace("{model_id}", "llama-3.1-8b").replace("{device_id}", "h100-80gb"))
+                  for path, item in paths.items() if path.startswith("/v1/") for method in item)
+
+
+@pytest.mark.parametrize(("method", "path"), _v1_operations())
+def test_every_v1_route_refuses_a_request_without_a_key_before_reading_its_body(method: str, path: str) -> None:
+    with client_with(api_keys=["sesame"]) as guarded:
+        # A body that would be a 400/415/422 if it were read: the key is checked first.
+        refused = guarded.request(method, path, content=b"{not json", headers={"content-type": "application/json"})
+    assert refused.status_code == 401, refused.text
+    assert refused.headers["www-authenticate"] == "Bearer"
+    assert refused.json()["errors"] == [{"field": "Authorization", "message": refused.json()["detail"]}]
+
+
+@pytest.mark.parametrize("header", ["bearer sesame", "BEARER  sesame ", "Bearer sesame"])
+def test_the_bearer_scheme_is_case_insensitive_and_the_token_trimmed(header: str) -> None:
+    with client_with(api_keys=["other", "sesame"]) as guarded:
+        assert guarded.get("/v1/devices", headers={"Authorization": header}).status_code == 200
+
+
+@pytest.mark.parametrize("header", ["Basic sesame", "Bearer", "Bearer ", "sesame", "Bearer sesame2"])
+def test_a_non_bearer_or_wrong_token_is_refused(header: str) -> None:
+    with client_with(api_keys=["sesame"]) as guarded:
+        assert guarded.get("/v1/devices", headers={"Authorization": header}).status_code == 401
+
+
+def test_without_keys_configured_v1_needs_no_token_and_unknown_v1_paths_stay_404() -> None:
+    with client_with() as open_app:
+        assert open_app.get("/v1/devices").status_code == 200
+    with client_with(api_keys=["sesame"]) as guarded:
+        assert guarded.get("/v1/no-such-thing").status_code == 404
+
+
+def test_openapi_declares_the_bearer_scheme_on_every_v1_operation_only(client: TestClient) -> None:
+    document = client.get("/openapi.json").json()
+    assert document["components"]["securitySchemes"]["HTTPBearer"]["scheme"] == "bearer"
+    for path, item in document["paths"].items():
+        for operation in item.values():
+            assert operation.get("security") == ([{"HTTPBearer": []}] if path.startswith("/v1/") else None)
 
 def test_cors_allows_configured_origin_only() -> None:
     with client_with(cors_origins=["https://dash.example"]) as cors:
