@@ -69,13 +69,13 @@ class ChunkEncoder:
         the fp16-exact parameters (scales non-zero).
         """
         inverse = (np.float32(1.0) / scales).astype(np.float32)
-        clip_groups: NDArray[np.bool_] | None = None
+        flagged_rows = flagged_groups = np.zeros(0, dtype=np.intp)
         small_zeros: NDArray[np.int8] | None = None
         if self.integer_zeros:
             small_zeros = zeros.astype(np.int8)
             lowest = np.rint(w_min * inverse) + zeros
             highest = np.rint(w_max * inverse) + zeros
-            clip_groups = (lowest < 0) | (highest > LEVELS)
+            flagged_rows, flagged_groups = np.nonzero((lowest < 0) | (highest > LEVELS))
         uniform = zeros.size > 0 and float(zeros.min()) == float(zeros.max())
         for start in range(0, weights.shape[0], self.block_rows):
             stop = min(weights.shape[0], start + self.block_rows)
@@ -88,9 +88,12 @@ class ChunkEncoder:
             scale = scales[start:stop, :, None]
             zero = zeros[start:stop, :, None]
             np.multiply(block, inverse[start:stop, :, None], out=values)
-            if small_zeros is not None and clip_groups is not None:
+            if small_zeros is not None:
                 np.rint(values, out=values)
-                self._clip(values, clip_groups[start:stop], zeros[start:stop], uniform)
+                first, last = np.searchsorted(flagged_rows, (start, stop))
+                if last > first:
+                    self._clip(values, flagged_rows[first:last] - start, flagged_groups[first:last],
+                               zeros[start:stop], uniform)
                 np.copyto(codes, values, casting="unsafe")
                 np.add(codes, small_zeros[start:stop, :, None], out=codes)
             else:
@@ -110,17 +113,14 @@ class ChunkEncoder:
                 self.accumulator.add(original, reconstructed)
 
     @staticmethod
-    def _clip(values: F32, clip_groups: NDArray[np.bool_], zeros: F32, uniform: bool) -> None:
-        """Clip ``x = rint(w/s)`` to ``[−z, 15 − z]`` in the groups of the block that need it.
+    def _clip(values: F32, rows: NDArray[np.intp], groups: NDArray[np.intp], zeros: F32, uniform: bool) -> None:
+        """Clip ``x = rint(w/s)`` to ``[−z, 15 − z]`` in the block's groups ``(rows, groups)`` that need it.
 
         Symmetric schemes (one zero for all groups) need it in most groups and
         clip the block with scalar bounds; otherwise only the few groups whose
         extreme lands half a step outside (a float32 rounding, or an exact tie
         with bfloat16 inputs) are clipped, by gathering them.
         """
-        rows, groups = np.nonzero(clip_groups)
-        if rows.size == 0:
-            return
         if uniform:
             only = float(zeros.flat[0])
             np.clip(values, np.float32(-only), np.float32(LEVELS - only), out=values)

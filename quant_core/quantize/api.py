@@ -3,14 +3,14 @@
 The driver validates the input, then walks the weights in chunks of rows
 (about 2^20 elements, 4 MiB of float32, for RTN; 2^17 for the searching
 methods, whose several scratch buffers must stay in cache), converting each
-chunk to float32 exactly (bfloat16 by a 16-bit shift of its bits, float16 by
-NumPy's cast), computing the per-group min/max (which also detects NaN/Inf at
-no extra cost), and calling the method for the chunk's per-group scales and
-zeros.  `ChunkEncoder` (quant_core/quantize/_fused.py) then encodes the chunk
-in L2-sized blocks, packing the codes straight into the output and feeding
+chunk to float32 exactly (NumPy's cast for float16, ml_dtypes' for bfloat16),
+computing the per-group min/max (which also detects NaN/Inf at no extra cost),
+and calling the method for the chunk's per-group scales and zeros.
+`ChunkEncoder` (quant_core/quantize/_fused.py) then encodes the chunk in
+L2-sized blocks, packing the codes straight into the output and feeding
 ``(code − zero) × scale`` to the quality accumulator while the block is still
-in cache, so peak memory stays near the input's size and no pass goes to
-DRAM twice.  GPTQ, which needs the whole Hessian, has its own column sweep
+in cache, so peak memory stays near the input's size and the weights are read
+from DRAM once.  GPTQ, which needs the whole Hessian, has its own column sweep
 (quant_core/quantize/gptq.py) and is measured by the same accumulator afterwards.
 """
 
@@ -139,11 +139,9 @@ class _ChunkReader:
             self._buffer = np.zeros((rows, self.columns), dtype=np.float32)
         out = self._buffer[:rows]
         target = out[:, : self.in_features]
-        if source.dtype == _BF16:
-            bits = np.ascontiguousarray(source).view(np.uint16)
-            np.left_shift(bits, 16, out=target.view(np.uint32), dtype=np.uint32)
-        else:
-            np.copyto(target, source, casting="unsafe")
+        # exact for float16 and bfloat16 (ml_dtypes' cast widens the bits; about twice as fast as
+        # shifting the bfloat16 bits into a uint32 view, which NumPy runs through a buffered cast)
+        np.copyto(target, source, casting="unsafe")
         return out
 
 
