@@ -55,6 +55,9 @@ class _Search:
         self.scales = np.ones(shape, dtype=np.float32)
         self.zeros = np.zeros(shape, dtype=np.float32)
         self.sum_w = weights.sum(axis=-1, dtype=np.float32)
+        # code sums by a dot with ones (a gufunc, ~3x faster than sum(axis=-1)); exact, as sums of
+        # at most a few thousand integers ≤ 15 are in float32
+        self.ones = np.ones(weights.shape[-1], dtype=np.float32)
 
     def consider(self, scales: F32, zeros: F32) -> F32:
         """Encode with (scales, zeros), keep improvements; returns the codes (scratch, reused)."""
@@ -69,7 +72,7 @@ class _Search:
         """Least-squares (scale, zero) for `codes`: the scale alone when `zeros` is given."""
         group_size = np.float32(codes.shape[-1])
         sum_wq = np.vecdot(self.weights, codes)
-        sum_q = codes.sum(axis=-1, dtype=np.float32)
+        sum_q = np.vecdot(codes, self.ones)
         sum_qq = np.vecdot(codes, codes)
         if zeros is None:
             # w ≈ a·q + b: the make_qkx2 least-squares step
