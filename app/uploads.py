@@ -9,9 +9,10 @@ python-multipart's parser, writes file parts to a private temporary directory
 memory, and removes the directory in ``finally``: on success, on error, and
 when the client disconnects mid-upload.
 
-Writes go straight to the file from the event loop: each is a copy of one
-network chunk (at most 64 KiB) into the page cache, microseconds, the same
-trade Starlette makes for its spooled files.
+Writes go straight to the file from the event loop, unbuffered and without
+slicing a copy out of the network chunk (a memoryview of it): each is one copy
+of one chunk (uvicorn hands over about 256 KiB at a time) into the page cache,
+tens of microseconds, the same trade Starlette makes for its spooled files.
 """
 
 from __future__ import annotations
@@ -103,7 +104,7 @@ class _Collector:
                                              field=self.part_name)
                 return
             path = self.directory / f"part-{len(self.raw_files)}"
-            self.sink = path.open("wb")
+            self.sink = path.open("wb", buffering=0)  # chunks are large: no buffer to copy them through
             self.raw_files[self.part_name] = (self.part_filename or "", path, 0)
         else:
             self.text = bytearray()
@@ -118,7 +119,9 @@ class _Collector:
                 self.error = LimitExceeded("max_upload_bytes", self.file_bytes, self.max_file_bytes,
                                            field=self.part_name)
                 return
-            self.sink.write(data[start:end])
+            view = memoryview(data)[start:end]  # a slice of the network chunk, not a copy of it
+            while view:  # a raw file may write less than asked
+                view = view[self.sink.write(view) or 0:]
             name, path, written = self.raw_files[self.part_name]
             self.raw_files[self.part_name] = (name, path, written + size)
         elif self.text is not None:
