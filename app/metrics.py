@@ -91,6 +91,22 @@ class Metrics:
         self.quantized_tensors = Counter("nibble_quantized_tensors", "Tensors quantized, by method.", ("method",),
                                          registry=self.registry)
         self.registry.register(_PoolCollector(app))
+        self._request_children: dict[tuple[str, str, int], tuple[Any, Any]] = {}
+
+    def request_children(self, method: str, route: str, status: int) -> tuple[Any, Any]:
+        """The request counter and duration histogram of one label set, looked up once then cached.
+
+        ``labels()`` takes a lock and builds the label tuple on every call; the
+        set of (method, route template, status) is small and bounded, so each
+        request pays a dict lookup instead.
+        """
+        key = (method, route, status)
+        children = self._request_children.get(key)
+        if children is None:
+            labels = (method, route, str(status))
+            children = (self.requests.labels(*labels), self.request_seconds.labels(*labels))
+            self._request_children[key] = children
+        return children
 
     def render(self) -> bytes:
         """The registry in the Prometheus text format."""
@@ -121,9 +137,10 @@ class MetricsMiddleware:
         try:
             await self.app(scope, receive, observing_send)
         finally:
-            labels = (scope["method"], route_template(scope, root_path), str(status))
-            self.metrics.requests.labels(*labels).inc()
-            self.metrics.request_seconds.labels(*labels).observe(time.perf_counter() - started)
+            count, seconds = self.metrics.request_children(scope["method"], route_template(scope, root_path),
+                                                           status)
+            count.inc()
+            seconds.observe(time.perf_counter() - started)
 
 
 def metrics_of(app: Any) -> Metrics:
