@@ -67,6 +67,7 @@ class QuantizeJob:
     symmetric: bool
     include: str | None
     limits: ReadLimits
+    zero: Literal["auto", "int4", "fp16"] = "auto"
 
 
 def load_tensors(path: Path, kind: str, limits: ReadLimits) -> Mapping[str, NDArray[Any]]:
@@ -93,8 +94,15 @@ def passthrough_reason(name: str, array: NDArray[Any], include: str | None) -> s
     return None
 
 
-def _scheme(job: QuantizeJob) -> WeightFormat:
-    return WeightFormat("int4", job.group_size, job.symmetric, "none" if job.symmetric else "int4")
+def _scheme(job: QuantizeJob, method: str, output: str = "report") -> WeightFormat:
+    """The int4 scheme of `job` for `method`: HQQ keeps its float zero (stored fp16, as the HQQ format
+    does) unless int4 zeros are asked for or the output is an engine format that stores 4-bit zeros."""
+    if job.symmetric:
+        return WeightFormat("int4", job.group_size, True, "none")
+    zero = job.zero
+    if zero == "auto":
+        zero = "fp16" if method == "hqq" and output in ("report", "nibble") else "int4"
+    return WeightFormat("int4", job.group_size, False, zero)
 
 
 def _calibration_for(array: NDArray[Any], calibration: NDArray[Any] | None) -> NDArray[Any] | None:
@@ -171,8 +179,8 @@ def quantize_file(job: QuantizeJob, output: OutputKind, output_path: Path | None
     """
     tensors = load_tensors(job.path, job.kind, job.limits)
     calibration = _load_calibration(job)
-    scheme = _scheme(job)
     method = job.methods[0]
+    scheme = _scheme(job, method, output)
     report: dict[str, Any] = {"method": method, "format": scheme.label(), "tensors": [], "passthrough": []}
     quantized: dict[str, QuantizedTensor] = {}
     passthrough: dict[str, NDArray[Any]] = {}
@@ -218,7 +226,7 @@ def compare_file(job: QuantizeJob) -> dict[str, Any]:
     """Quantize every selected tensor by each of ``job.methods``: figures side by side, best first named."""
     tensors = load_tensors(job.path, job.kind, job.limits)
     calibration = _load_calibration(job)
-    scheme = _scheme(job)
+    scheme = _scheme(job, "")
     rows: list[dict[str, Any]] = []
     passthrough: list[dict[str, Any]] = []
     for name in tensors:
@@ -228,7 +236,8 @@ def compare_file(job: QuantizeJob) -> dict[str, Any]:
             passthrough.append({"name": name, "shape": list(array.shape), "dtype": _dtype_name(array),
                                 "reason": reason})
             continue
-        results = [_run_method(name, array, scheme, method, calibration)[1] for method in job.methods]
+        results = [_run_method(name, array, _scheme(job, method), method, calibration)[1]
+                   for method in job.methods]
         best = min(results, key=lambda r: r["quality"]["relative_error"])
         rows.append({"name": name, "shape": list(array.shape), "results": results, "best_method": best["method"]})
     return {"format": scheme.label(), "methods": list(job.methods), "tensors": rows, "passthrough": passthrough}

@@ -118,7 +118,7 @@ async def create_quantization(request: Request) -> JSONResponse | StreamingRespo
         form = parse_form(QuantizeForm, upload.fields)
         file = _required_file(upload, "file")
         job = QuantizeJob(file.path, file.kind, _calibration(upload), (form.method,), form.group_size,
-                          form.symmetric, form.include, _limits(settings))
+                          form.symmetric, form.include, _limits(settings), form.zero)
         if form.output == "report":
             report = await pool.run(quantize_file, job, "report", None)
             observe_report(request.app, report)
@@ -142,7 +142,7 @@ async def create_comparison(request: Request) -> JSONResponse:
         form = parse_form(CompareForm, upload.fields)
         file = _required_file(upload, "file")
         job = QuantizeJob(file.path, file.kind, _calibration(upload), tuple(form.methods), form.group_size,
-                          form.symmetric, form.include, _limits(settings))
+                          form.symmetric, form.include, _limits(settings), form.zero)
         comparison = await pool.run(compare_file, job)
         observe_report(request.app, comparison)
         return JSONResponse(comparison)

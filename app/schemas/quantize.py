@@ -19,6 +19,9 @@ OutputName = Literal["report", "nibble", "gptq", "awq", "compressed-tensors", "g
 FormT = TypeVar("FormT", bound=BaseModel)
 
 
+ZeroName = Literal["auto", "int4", "fp16"]
+
+
 class QuantizeForm(BaseModel):
     """The text fields of a quantize upload."""
 
@@ -27,6 +30,9 @@ class QuantizeForm(BaseModel):
     method: str = Field("rtn", description=f"One of: {', '.join(METHODS)}.")
     group_size: int | None = Field(128, description="32, 64, 128, 256; 'row' or empty for a whole row.")
     symmetric: bool = False
+    zero: ZeroName = Field("auto", description=(
+        "How asymmetric zero points are stored: int4 (4.156 bits per weight at g128), fp16 (4.25, the HQQ "
+        "format), or auto: fp16 for hqq when the output is report or nibble, int4 otherwise."))
     output: OutputName = Field("report", description=(
         "report: JSON; nibble: nibble's .safetensors (dequantize reads it back); gptq, awq, compressed-tensors: "
         "checkpoints engines load (.safetensors); gguf: Q4_0 (needs group_size 32, symmetric)."))
@@ -47,6 +53,9 @@ class CompareForm(BaseModel):
                                description="Methods to compare, e.g. rtn,clip.")
     group_size: int | None = 128
     symmetric: bool = False
+    zero: ZeroName = Field("auto", description=(
+        "How asymmetric zero points are stored: int4 (4.156 bits per weight at g128), fp16 (4.25, the HQQ "
+        "format), or auto: fp16 for hqq when the output is report or nibble, int4 otherwise."))
     include: str | None = None
 
     @field_validator("methods", mode="before")

@@ -94,7 +94,7 @@ def test_quantize_nibble_output_then_dequantize_equals_core(client: TestClient, 
     back = client.post("/v1/dequantize", files={"file": ("q.safetensors", response.content)})
     assert back.status_code == 200
     restored = load_safetensors(back.content)["weight"]
-    expected = dequantize(quantize(weights, int4(128), "hqq"), np.float32)
+    expected = dequantize(quantize(weights, int4(128, zero="fp16"), "hqq"), np.float32)  # HQQ keeps fp16 zeros
     assert restored.dtype == np.float32
     assert np.array_equal(restored, expected)
 
@@ -301,3 +301,28 @@ def test_payload_size_equals_the_joined_payload_length(method: str, scheme: Weig
     calibration = rng.standard_normal((64, columns)).astype(np.float32) if calibrated else None
     q = quantize(weights, scheme, method, calibration)
     assert payload_size(q) == len(payload_bytes(q)) == scheme.bytes_for(weights.shape)
+
+
+def test_hqq_keeps_its_fp16_zero_by_default_and_rounds_it_when_asked(client: TestClient,
+                                                                     weights: np.ndarray) -> None:
+    # HQQ's own format stores the optimised zero as fp16: 4 + 32/128 = 4.25 bits per weight at g128
+    upload = {"file": ("w.npy", npy_bytes(weights))}
+    default = client.post("/v1/quantize", files=upload, data={"method": "hqq"}).json()["tensors"][0]
+    rounded = client.post("/v1/quantize", files=upload, data={"method": "hqq", "zero": "int4"}).json()["tensors"][0]
+    assert default["bits_per_weight"] == 4.25 and default["format"] == "int4-g128-asym-fp16zero"
+    assert rounded["bits_per_weight"] == 4.15625 and rounded["format"] == "int4-g128-asym"
+    assert default["quality"]["sqnr_db"] > rounded["quality"]["sqnr_db"]
+
+
+def test_hqq_to_an_engine_format_stores_4_bit_zeros(client: TestClient, weights: np.ndarray) -> None:
+    response = client.post("/v1/quantize", files={"file": ("w.npy", npy_bytes(weights))},
+                           data={"method": "hqq", "output": "gptq", "zero": "auto"})
+    assert response.status_code == 200
+
+
+def test_compare_shows_hqq_at_its_own_size_beside_rtn(client: TestClient, weights: np.ndarray) -> None:
+    body = client.post("/v1/quantize/compare", files={"file": ("w.npy", npy_bytes(weights))},
+                       data={"methods": "rtn,hqq"}).json()
+    results = {r["method"]: r for r in body["tensors"][0]["results"]}
+    assert results["rtn"]["bits_per_weight"] == 4.15625
+    assert results["hqq"]["bits_per_weight"] == 4.25
