@@ -236,49 +236,10 @@ class PlanResponse(BaseModel):
     warnings: list[str]
 
 
-def _device_out(device: DevicePlan) -> DeviceOut:
-    return DeviceOut(index=device.index, pipeline_stage=device.pipeline_stage, tensor_rank=device.tensor_rank,
-                     layers=list(device.layers), capacity_bytes=device.capacity_bytes,
-                     usable_bytes=device.usable_bytes, weights_bytes=device.weights_bytes,
-                     kv_cache_bytes=device.kv_cache_bytes, activation_bytes=device.activation_bytes,
-                     overhead_bytes=device.overhead_bytes, used_bytes=device.used_bytes,
-                     headroom_bytes=device.headroom_bytes, fits=device.fits)
-
-
-def _format_out(result: FormatPlan) -> FormatOut:
-    return FormatOut(format=result.format, weights_bytes=result.weights_bytes,
-                     bits_per_weight=result.bits_per_weight, weights_by_role=dict(result.weights_by_role),
-                     kv_cache_bytes=result.kv_cache_bytes, used_bytes=result.used_bytes, fits=result.fits,
-                     max_context_length=result.max_context_length, context_limited_by=result.context_limited_by,
-                     max_concurrent_sequences=result.max_concurrent_sequences, min_devices=result.min_devices,
-                     devices=[_device_out(d) for d in result.devices])
-
-
 def plan_from_core(result: Plan) -> PlanResponse:
-    """The wire answer for a core `Plan`."""
-    primary = result.primary
-    return PlanResponse(
-        model=result.model, fits=result.fits,
-        parameters=PlanParameters(total=result.total_parameters, by_role=dict(result.parameters_by_role),
-                                  active_per_token=result.active_parameters_per_token),
-        weights=PlanWeights(format=primary.format, bytes=primary.weights_bytes,
-                            bits_per_weight=primary.bits_per_weight, by_role=dict(primary.weights_by_role)),
-        kv_cache=PlanKVCache(dtype=result.kv_cache_dtype, bytes_per_token=result.kv_bytes_per_token,
-                             bytes=result.kv_cache_bytes, block_size=result.options.block_size),
-        activation=Term(bytes=result.activation.bytes, basis=result.activation.basis),
-        runtime_overhead=Term(bytes=result.runtime_overhead.bytes, basis=result.runtime_overhead.basis),
-        devices=[_device_out(d) for d in primary.devices],
-        hardware=PlanHardware(device=result.hardware.device_id, name=result.hardware.name,
-                              capacity_bytes=result.hardware.capacity_bytes, count=result.hardware.count),
-        workload=WorkloadIn(context_length=result.workload.context_length,
-                            concurrent_sequences=result.workload.concurrent_sequences),
-        parallel=ParallelIn(tensor=result.tensor_parallel, pipeline=result.pipeline_parallel),
-        memory_utilization=result.options.memory_utilization,
-        max_context_length=primary.max_context_length, context_limited_by=primary.context_limited_by,
-        max_concurrent_sequences=primary.max_concurrent_sequences, min_devices=primary.min_devices,
-        comparison={name: _format_out(fp) for name, fp in result.comparison.items()},
-        warnings=list(result.warnings),
-    )
+    """The wire answer for a core `Plan`, as a model (the CLI and client use it); the same bytes
+    `plan_json_from_core` sends, so the two can never differ."""
+    return PlanResponse.model_validate_json(plan_json_from_core(result))
 
 
 # The answer as plain dicts, serialized once: `create_plan` sends these bytes as they are.  Building
