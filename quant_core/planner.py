@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from functools import lru_cache
 
 from quant_core.errors import GroupSizeMismatch, InvalidSpec
@@ -604,6 +604,15 @@ def _format_plan(terms: _ModelTerms, hardware: Hardware, workload: Workload, ten
     )
 
 
+_DEFAULT_WORKLOAD = Workload()
+_DEFAULT_OPTIONS = PlanOptions()
+
+
+@lru_cache(maxsize=8)
+def _default_policy(float_format_name: str) -> QuantizationPolicy:
+    return QuantizationPolicy(unquantized_format=float_format_name)
+
+
 def plan(spec: ModelSpec, hardware: Hardware, workload: Workload | None = None,
          options: PlanOptions | None = None) -> Plan:
     """Plan `spec` on `hardware` for `workload`, at the deployed format and at 16-bit and INT4.
@@ -614,9 +623,9 @@ def plan(spec: ModelSpec, hardware: Hardware, workload: Workload | None = None,
     holds the 16-bit (`options.float_format`) and INT4 plans (the requested int4 format, or
     g128 asymmetric when the deployed format is not int4).
     """
-    workload = workload or Workload()
-    options = options or PlanOptions()
-    policy = options.policy or QuantizationPolicy(unquantized_format=options.float_format)
+    workload = workload or _DEFAULT_WORKLOAD
+    options = options or _DEFAULT_OPTIONS
+    policy = options.policy or _default_policy(options.float_format)
     pipeline = options.pipeline_parallel
     tensor = options.tensor_parallel if options.tensor_parallel is not None else hardware.count // pipeline
     if tensor < 1 or tensor * pipeline != hardware.count:
@@ -658,7 +667,7 @@ def plan(spec: ModelSpec, hardware: Hardware, workload: Workload | None = None,
         if options.runtime_overhead_bytes == DEFAULT_RUNTIME_OVERHEAD_BYTES
         else "given by the request (runtime.overhead_bytes)"))
     kv_per_token = kv_bytes_per_token(spec, options.kv_cache_dtype)
-    result = Plan(
+    return Plan(
         model=spec.name,
         total_parameters=counts.total,
         active_parameters_per_token=counts.active_per_token or counts.total,
@@ -669,9 +678,9 @@ def plan(spec: ModelSpec, hardware: Hardware, workload: Workload | None = None,
         kv_bytes_per_token=kv_per_token,
         kv_cache_bytes=primary.kv_cache_bytes,
         activation=activation, runtime_overhead=overhead,
-        primary=primary, comparison=comparison, warnings=(),
+        primary=primary, comparison=comparison,
+        warnings=_warnings(spec, hardware, workload, options, tensor, primary, comparison),
     )
-    return replace(result, warnings=tuple(_warnings(result, spec)))
 
 
 def _comparison_int4(spec: ModelSpec, policy: QuantizationPolicy) -> WeightFormat:
@@ -684,14 +693,14 @@ def _comparison_int4(spec: ModelSpec, policy: QuantizationPolicy) -> WeightForma
     return int4()
 
 
-def _warnings(result: Plan, spec: ModelSpec) -> list[str]:
+def _warnings(spec: ModelSpec, hardware: Hardware, workload: Workload, options: PlanOptions, tensor_parallel: int,
+              primary: FormatPlan, comparison: dict[str, FormatPlan]) -> tuple[str, ...]:
     """Plain-words remarks a deployment engineer should not miss."""
     out = []
-    primary = result.primary
-    int4_plan = result.comparison["int4"]
-    baseline_key = result.options.float_format
-    baseline = result.comparison[baseline_key]
-    devices = result.hardware.count
+    int4_plan = comparison["int4"]
+    baseline_key = options.float_format
+    baseline = comparison[baseline_key]
+    devices = hardware.count
     first = primary.devices[0]
     if first.kv_cache_bytes > first.weights_bytes:
         out.append(
@@ -705,14 +714,14 @@ def _warnings(result: Plan, spec: ModelSpec) -> list[str]:
     elif not baseline.fits:
         out.append(f"The model fits at INT4 but not at 16-bit ({baseline_key}) on {devices} device(s).")
     if primary.max_context_length is not None and primary.context_limited_by == "memory" \
-            and primary.max_context_length < result.workload.context_length:
-        out.append(f"The longest context that fits for {result.workload.concurrent_sequences} sequence(s) is "
-                   f"{primary.max_context_length} tokens, below the requested {result.workload.context_length}.")
+            and primary.max_context_length < workload.context_length:
+        out.append(f"The longest context that fits for {workload.concurrent_sequences} sequence(s) is "
+                   f"{primary.max_context_length} tokens, below the requested {workload.context_length}.")
     trained = spec.max_position_embeddings
-    if trained is not None and result.workload.context_length > trained:
-        out.append(f"The requested context ({result.workload.context_length} tokens) exceeds the model's "
+    if trained is not None and workload.context_length > trained:
+        out.append(f"The requested context ({workload.context_length} tokens) exceeds the model's "
                    f"trained context ({trained} tokens).")
-    if result.tensor_parallel > 1 and spec.num_attention_heads % result.tensor_parallel:
-        out.append(f"Tensor parallel degree {result.tensor_parallel} does not divide the model's "
+    if tensor_parallel > 1 and spec.num_attention_heads % tensor_parallel:
+        out.append(f"Tensor parallel degree {tensor_parallel} does not divide the model's "
                    f"{spec.num_attention_heads} attention heads: engines such as vLLM refuse this layout.")
-    return out
+    return tuple(out)
