@@ -1,6 +1,8 @@
 """nibble's domain core: model specs, formats, memory math, planning and INT4 quantization (NumPy).
 
-Everything a script, a notebook, the CLI or the HTTP app needs is importable from here.
+Everything a script, a notebook, the CLI or the HTTP app needs is importable from here.  The
+quantizer is the subpackage `quant_core.quantize` (``from quant_core.quantize import quantize``):
+the function is not re-exported here, where its name would hide the subpackage.
 """
 
 from quant_core.catalog import Device, get_device, get_preset, list_devices, list_presets
@@ -36,7 +38,6 @@ from quant_core.quantize import (
     dequantize,
     payload_bytes,
     quality_report,
-    quantize,
     quantized_from_payload,
 )
 from quant_core.specs import KVLayer, ModelSpec, TensorEntry
@@ -105,7 +106,6 @@ __all__ = [
     "payload_bytes",
     "plan",
     "quality_report",
-    "quantize",
     "quantized_from_payload",
     "read_nibble_safetensors",
     "read_npy",
