@@ -6,7 +6,8 @@ split ``W − Ŵ`` into a sparse outlier part ``W_e`` by the generalised soft
 threshold ``shrink(x) = sign(x)·max(|x| − |x|^(p−1)/β, 0)``, then set
 ``z = mean(Q − (W − W_e)/s)`` per group; ``β`` starts at 10 and grows by
 ``κ = 1.01`` each iteration, for up to 20 iterations.  As in HQQ's reference
-loop the iterations stop when the error stops falling; nibble tracks the
+loop the iterations stop when the error stops falling (here: falls by less than
+0.1 % in an iteration, `RELATIVE_TOLERANCE`); nibble tracks the
 squared error per group and keeps, for each group, the zero with the lowest
 squared error seen (the quantity the quality figures report).
 
@@ -34,6 +35,11 @@ LP_NORM = 0.7
 BETA = 10.0
 KAPPA = 1.01
 ITERATIONS = 20
+# "The error stops falling": an iteration that lowers the total squared error by less than this
+# fraction ends the loop.  On a Gaussian 4096 x 4096 the gains shrink from 1.4 % to 0.04 % per
+# iteration; stopping below 0.1 % ends after ~12 iterations at 20.28 dB instead of 20.30 dB after
+# 20, at 60 % of the time (BENCHMARKS.md); heavy-tailed weights keep improving by more and run longer.
+RELATIVE_TOLERANCE = 1e-3
 
 
 def optimise_zeros(weights: F32, scales: F32, zeros: F32, iterations: int = ITERATIONS) -> F32:
@@ -73,7 +79,7 @@ def optimise_zeros(weights: F32, scales: F32, zeros: F32, iterations: int = ITER
         np.copyto(best_error, error, where=better)
         np.copyto(best_zero, zero, where=better)
         total = float(error.sum(dtype=np.float64))
-        if total >= previous_total:
+        if total >= previous_total * (1.0 - RELATIVE_TOLERANCE):
             break
         previous_total = total
         weight = (scale_power / beta).astype(np.float32).reshape(-1)
