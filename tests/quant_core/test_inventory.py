@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
 from typing import Any
 
 import pytest
 
 from quant_core.errors import GroupSizeMismatch, UnknownName
 from quant_core.formats import float_format, int4
-from quant_core.hf_config import model_from_hf_config, model_from_sizes
+from quant_core.hf_config import model_from_sizes
 from quant_core.inventory import (
     QuantizationPolicy,
     entries_bytes,
@@ -19,25 +17,9 @@ from quant_core.inventory import (
     weight_bytes,
     weight_bytes_by_role,
 )
-from quant_core.specs import ROLES, ModelSpec
+from quant_core.specs import ROLES
+from tests.shared_fixtures import GROUND_TRUTH, needs_fixtures, spec_of
 
-FIXTURES = Path(__file__).resolve().parents[2] / ".." / "shared" / "fixtures"
-needs_fixtures = pytest.mark.skipif(not (FIXTURES / "ground_truth.json").is_file(),
-                                    reason=f"fixtures folder {FIXTURES} is absent")
-
-
-def ground_truth() -> list[dict[str, Any]]:
-    if not (FIXTURES / "ground_truth.json").is_file():
-        return []
-    entries: list[dict[str, Any]] = json.loads((FIXTURES / "ground_truth.json").read_text())["models"]
-    return entries
-
-
-def spec_of(model_id: str) -> ModelSpec:
-    return model_from_hf_config(json.loads((FIXTURES / "models" / f"{model_id}.json").read_text()))
-
-
-GROUND_TRUTH = ground_truth()
 LLAMA_8B = model_from_sizes(hidden_size=4096, num_layers=32, num_attention_heads=32, num_kv_heads=8,
                             intermediate_size=14336, vocab_size=128256)
 
