@@ -18,23 +18,8 @@ from safetensors.numpy import save as save_safetensors
 from app.jobs import payload_size
 from quant_core.formats import WeightFormat, int4
 from quant_core.quantize import dequantize, payload_bytes, quantize
-from quant_core.tensorio import read_safetensors
 from tests.app.conftest import client_with
-
-
-def npy_bytes(array: np.ndarray) -> bytes:
-    buffer = io.BytesIO()
-    np.save(buffer, array, allow_pickle=False)
-    return buffer.getvalue()
-
-
-def load_safetensors(content: bytes) -> dict[str, np.ndarray]:
-    """Read a downloaded .safetensors (BF16 included, which safetensors.numpy cannot) into arrays."""
-    with tempfile.NamedTemporaryFile(suffix=".safetensors") as handle:
-        handle.write(content)
-        handle.flush()
-        tensors = read_safetensors(handle.name)
-        return {name: np.array(tensors[name]) for name in tensors}
+from tests.tensor_files import load_safetensors, npy_bytes
 
 
 @pytest.fixture(scope="module")

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import io
 import json
-import tempfile
 
 import httpx
 import numpy as np
@@ -12,24 +10,10 @@ import pytest
 
 from quant_core.formats import int4
 from quant_core.quantize import dequantize, quantize
-from quant_core.tensorio import read_safetensors
+from tests.tensor_files import load_safetensors, npy_bytes
 
 PLAN_BODY = {"model": {"preset": "llama-3.1-70b"}, "hardware": {"device": "h100-80gb", "count": 2},
              "workload": {"context_length": 8192, "concurrent_sequences": 4}}
-
-
-def _npy(array: np.ndarray) -> bytes:
-    buffer = io.BytesIO()
-    np.save(buffer, array, allow_pickle=False)
-    return buffer.getvalue()
-
-
-def _read(content: bytes) -> dict[str, np.ndarray]:
-    with tempfile.NamedTemporaryFile(suffix=".safetensors") as handle:
-        handle.write(content)
-        handle.flush()
-        tensors = read_safetensors(handle.name)
-        return {name: np.array(tensors[name]) for name in tensors}
 
 
 @pytest.fixture(scope="module")
@@ -75,14 +59,14 @@ def test_problem_json_over_http(http: httpx.Client) -> None:
 
 
 def test_quantize_report(http: httpx.Client, weights: np.ndarray) -> None:
-    response = http.post("/v1/quantize", files={"file": ("w.npy", _npy(weights))}, data={"method": "clip"})
+    response = http.post("/v1/quantize", files={"file": ("w.npy", npy_bytes(weights))}, data={"method": "clip"})
     assert response.status_code == 200
     entry = response.json()["tensors"][0]
     assert entry["quality"]["relative_error"] == quantize(weights, int4(128), "clip").quality.relative_error
 
 
 def test_compare(http: httpx.Client, weights: np.ndarray) -> None:
-    response = http.post("/v1/quantize/compare", files={"file": ("w.npy", _npy(weights))},
+    response = http.post("/v1/quantize/compare", files={"file": ("w.npy", npy_bytes(weights))},
                          data={"methods": "rtn,hqq"})
     assert [r["method"] for r in response.json()["tensors"][0]["results"]] == ["rtn", "hqq"]
 
@@ -90,7 +74,7 @@ def test_compare(http: httpx.Client, weights: np.ndarray) -> None:
 @pytest.mark.parametrize("method", ["rtn", "hqq", "refit"])
 def test_dequantize_of_quantize_over_http_equals_quant_core_bit_for_bit(http: httpx.Client, weights: np.ndarray,
                                                                         method: str) -> None:
-    quantized = http.post("/v1/quantize", files={"file": ("w.npy", _npy(weights))},
+    quantized = http.post("/v1/quantize", files={"file": ("w.npy", npy_bytes(weights))},
                           data={"method": method, "output": "nibble"})
     assert quantized.status_code == 200
     report = json.loads(quantized.headers["x-nibble-report"])
@@ -99,7 +83,7 @@ def test_dequantize_of_quantize_over_http_equals_quant_core_bit_for_bit(http: ht
     assert restored.status_code == 200
     scheme = int4(128, zero="fp16") if method == "hqq" else int4(128)  # HQQ keeps its fp16 zero
     expected = dequantize(quantize(weights, scheme, method), np.float32)
-    got = _read(restored.content)["weight"]
+    got = load_safetensors(restored.content)["weight"]
     assert got.dtype == expected.dtype and got.tobytes() == expected.tobytes()
 
 
@@ -112,7 +96,7 @@ def test_dequantize_of_quantize_over_http_equals_quant_core_bit_for_bit(http: ht
     ("gguf", {"group_size": "32", "symmetric": "true"}),
 ])
 def test_quantize_each_output(http: httpx.Client, weights: np.ndarray, output: str, data: dict[str, str]) -> None:
-    response = http.post("/v1/quantize", files={"file": ("w.npy", _npy(weights))}, data={"output": output, **data})
+    response = http.post("/v1/quantize", files={"file": ("w.npy", npy_bytes(weights))}, data={"output": output, **data})
     assert response.status_code == 200, response.text
     if output == "report":
         assert response.json()["tensors"][0]["bytes"]["output"] == response.json()["tensors"][0]["bytes"]["predicted"]
