@@ -5,20 +5,42 @@ Hessian of the layer's squared output error is ``H = 2/n · XᵀX``.  Input
 columns that never fire (``H_jj = 0``) are dead: their weights are set to 0
 and ``H_jj`` to 1.  Dampening adds ``λ = 1%`` of the mean diagonal to the
 diagonal, and ×10 more each time the Cholesky factorisation fails (up to 1e4 ×
-the mean diagonal, then `CalibrationError`).  GPTQ needs the upper Cholesky
-factor ``U`` of ``H⁻¹`` (``H⁻¹ = UᵀU``); it is computed without forming ``H⁻¹``:
-with ``J`` the index reversal, ``J H J = L Lᵀ`` gives ``H = R Rᵀ`` with ``R = J L J``
-upper triangular, so ``H⁻¹ = R⁻ᵀ R⁻¹`` and ``U = R⁻¹ = J L⁻¹ J``.
+the mean diagonal, then `CalibrationError`).
 
 Columns are then quantized left to right (or, with act-order, by decreasing
 ``H_jj``, recording ``g_idx``): each column's codes use its group's scale and
 zero, computed (min/max, fp16 scale, as `rtn`) from the *updated* weights when
-the sweep enters the group; the column's error ``(w − ŵ) / U_jj`` is spread on
-the not-yet-quantized columns of the block through row ``j`` of ``U``, and the
-block's accumulated errors are applied to the later columns in one matrix
-product (the "lazy batch" update, blocks of 128 columns).  Rows are
-independent given ``U``, so the sweep runs on chunks of rows (weights kept
-transposed, so each column is a contiguous vector).
+the sweep enters the group, and the column's quantization error is spread on
+the columns not yet quantized.  In the paper's form, with ``U`` the upper
+Cholesky factor of ``H⁻¹`` (``H⁻¹ = UᵀU``), column ``j``'s scaled error
+``e_j = (w_j − ŵ_j) / U_jj`` is subtracted from every later column ``k`` as
+``e_j U_jk``.
+
+nibble runs the same recurrence without inverting anything.  Write
+``H = R Rᵀ`` with ``R`` upper triangular (from the lower Cholesky factor of
+the index-reversed matrix: ``J H J = L Lᵀ`` gives ``R = J L J``), so that
+``U = R⁻¹``.  Unrolling the updates gives ``W − Ŵ = E U`` (``W`` the original
+weights, ``E`` the scaled errors), and since ``R U = I`` the weight column
+``k`` holds, when the sweep reaches it,
+
+    ``w_k = W_k + Σ_{j<k} (W_j − ŵ_j) · S_kj``,  with ``S_kj = R_jk / R_kk``
+
+(``S = Rᵀ`` with unit diagonal: lower triangular).  So each quantized column
+contributes its plain difference ``d_j = W_j − ŵ_j`` to later columns through
+``S``, which costs one Cholesky factorisation and no triangular inverse; the
+codes are those of the paper's recurrence up to float32 rounding (the tests
+compare with a float64 transcription of the paper's algorithm).
+
+The updates are applied lazily, by recursive halving of the column range:
+the left half is swept, its differences reach the right half in one matrix
+product ``W_right += S[right, left] · D_left``, then the right half is swept,
+down to leaves of `LEAF_COLUMNS` columns swept column by column.  This is the
+paper's "lazy batch" update (blocks of 128 columns) applied at every scale,
+so most of the work is a few large matrix products.  Ranges spanning several
+groups are split on group boundaries, so a group's parameters always see
+every earlier column's update.  Rows are independent given ``S``, so the
+sweep runs on chunks of rows (weights kept transposed, so each column is a
+contiguous vector).
 """
 
 from __future__ import annotations
@@ -34,13 +56,8 @@ from quant_core.quantize._groups import F32, LEVELS, SYMMETRIC_ZERO
 from quant_core.quantize.metrics import calibration_split
 from quant_core.quantize.rtn import asymmetric_parameters, symmetric_scales
 
-BLOCK_SIZE = 128
-SUB_BLOCK = 16
+LEAF_COLUMNS = 16
 CHOLESKY_BLOCK = 256
-# The sub-block products are small (≤ 112 × 16 × rows); done on slices of 128 rows each stays under
-# OpenBLAS's multithreading threshold (m·n·k < 2^18), where waking a second thread costs more than it
-# saves, and on a shared 2-core machine can cost milliseconds per product.
-_SMALL_PRODUCT_ROWS = 128
 _TRIANGULAR_LEAF = 512
 DAMPENING = 0.01
 MAX_DAMPENING = 1e4
@@ -57,9 +74,14 @@ def hessian(activations: NDArray[np.floating], columns: int) -> F32:
     """``H = 2/n · XᵀX`` over the fit rows of `activations`, zero-padded to `columns` (float32)."""
     (fit_start, fit_stop), _ = calibration_split(activations.shape[0])
     fit = np.ascontiguousarray(activations[fit_start:fit_stop], dtype=np.float32)
-    result = np.zeros((columns, columns), dtype=np.float32)
+    # ``fit.T @ fit`` of one buffer is computed by NumPy as a symmetric rank-k update (half the flops)
+    product = fit.T @ fit
+    product *= np.float32(2.0 / fit.shape[0])
     in_features = fit.shape[1]
-    result[:in_features, :in_features] = (fit.T @ fit) * np.float32(2.0 / fit.shape[0])
+    if in_features == columns:
+        return product
+    result = np.zeros((columns, columns), dtype=np.float32)
+    result[:in_features, :in_features] = product
     return result
 
 
@@ -88,10 +110,8 @@ def blocked_cholesky(matrix: F32) -> F32:
     Each diagonal block is factored by LAPACK; the panel below it is
     ``A_ik · L_kk⁻ᵀ`` and the trailing lower triangle is updated block column by
     block column (``A_ij −= L_ik L_jkᵀ``), all matrix products, so the whole
-    factorisation costs about n³/3 flops at matmul speed: on this project's
-    machine several times faster than ``np.linalg.cholesky`` on the 4096 × 4096
-    matrix (BENCHMARKS.md).  Raises ``np.linalg.LinAlgError`` when a diagonal
-    block is not positive definite, like LAPACK.
+    factorisation costs about n³/3 flops at matmul speed.  Raises
+    `numpy.linalg.LinAlgError` when `matrix` is not positive definite.
     """
     size = matrix.shape[0]
     work = np.array(matrix, dtype=np.float32, copy=True)
@@ -110,28 +130,53 @@ def blocked_cholesky(matrix: F32) -> F32:
     return lower
 
 
-def inverse_cholesky_upper(h: F32) -> tuple[F32, float]:
-    """Upper ``U`` with ``(H + λI)⁻¹ = UᵀU``, and the λ used (raised ×10 while Cholesky fails)."""
+def _damped_reversed_cholesky(h: F32) -> tuple[F32, float]:
+    """Lower ``L`` with ``J (H + λI) J = L Lᵀ`` (``J`` the index reversal), and the λ used.
+
+    λ starts at `DAMPENING` × the mean diagonal and grows ×10 while the
+    factorisation fails or is not finite; past `MAX_DAMPENING` × the mean
+    diagonal `CalibrationError` is raised.
+    """
     mean_diagonal = float(np.mean(np.diag(h)))
     damp = DAMPENING * mean_diagonal
-    reversed_h = np.ascontiguousarray(h[::-1, ::-1], dtype=np.float32)
     diagonal = np.arange(h.shape[0])
     while True:
-        damped = reversed_h.copy()
+        damped = np.ascontiguousarray(h[::-1, ::-1], dtype=np.float32)
         damped[diagonal, diagonal] += np.float32(damp)
         try:
             lower = blocked_cholesky(damped)
         except np.linalg.LinAlgError:
-            damp *= 10.0
-            if damp > MAX_DAMPENING * max(mean_diagonal, 1e-30):
-                raise CalibrationError(
-                    f"the Hessian is not positive definite even with dampening {damp:.3g}"
-                ) from None
-            continue
-        upper = np.ascontiguousarray(_lower_triangular_inverse(lower)[::-1, ::-1])
-        if np.isfinite(upper).all():
-            return upper, damp
+            lower = None
+        if lower is not None and np.isfinite(lower).all() and bool(np.all(np.diag(lower) > 0)):
+            return lower, damp
         damp *= 10.0
+        if damp > MAX_DAMPENING * max(mean_diagonal, 1e-30):
+            raise CalibrationError(f"the Hessian is not positive definite even with dampening {damp:.3g}")
+
+
+def error_feedback_factor(h: F32) -> tuple[F32, float]:
+    """Unit lower-triangular ``S`` driving the sweep (module docstring), and the dampening λ used.
+
+    With ``H + λI = R Rᵀ``, ``R`` upper triangular, ``S_kj = R_jk / R_kk``:
+    when column ``k`` is quantized it holds ``W_k + Σ_{j<k} (W_j − ŵ_j) S_kj``.
+    """
+    lower, damp = _damped_reversed_cholesky(h)
+    transposed = lower.T[::-1, ::-1]  # = Rᵀ
+    factor = transposed / np.diag(transposed)[:, None]
+    return np.ascontiguousarray(factor, dtype=np.float32), damp
+
+
+def inverse_cholesky_upper(h: F32) -> tuple[F32, float]:
+    """Upper ``U`` with ``(H + λI)⁻¹ = UᵀU`` (the paper's factor), and the λ used (raised ×10 while Cholesky fails).
+
+    The sweep does not need it (it uses `error_feedback_factor`); it is the
+    factor of the paper's formulation, kept to check that the two agree.
+    """
+    lower, damp = _damped_reversed_cholesky(h)
+    upper = np.ascontiguousarray(_lower_triangular_inverse(lower)[::-1, ::-1])
+    if not np.isfinite(upper).all():
+        raise CalibrationError(f"the inverse Cholesky factor overflowed with dampening {damp:.3g}")
+    return upper, damp
 
 
 def _group_parameters(group: F32, scheme: WeightFormat) -> tuple[F32, F32]:
@@ -173,7 +218,9 @@ def gptq(
         h = np.ascontiguousarray(h[permutation][:, permutation])
     else:
         permutation = np.arange(columns)
-    upper, _ = inverse_cholesky_upper(h)
+    factor, _ = error_feedback_factor(h)
+    del h
+    group_inverses = _group_block_inverses(factor, group_size)
     dead_permuted = dead[permutation]
     codes = np.empty((out_features, columns), dtype=np.uint8)
     scales = np.empty((out_features, groups), dtype=np.float16)
@@ -182,15 +229,18 @@ def gptq(
     for start in range(0, out_features, step):
         stop = min(out_features, start + step)
         rows = reader.read(start, stop)
-        transposed = np.ascontiguousarray((rows[:, permutation] if act_order else rows).T)
-        transposed[dead_permuted] = 0.0
-        chunk_codes, chunk_scales, chunk_zeros = _sweep(transposed, upper, scheme, group_size)
+        originals = rows[:, permutation] if act_order else rows
+        if dead_permuted.any():
+            originals = originals.copy()
+            originals[:, dead_permuted] = 0.0
+        sweep = _Sweep(originals, factor, group_inverses, scheme, group_size)
+        sweep.run(0, columns)
         if act_order:
-            codes[start:stop, permutation] = chunk_codes.T
+            codes[start:stop, permutation] = sweep.codes.T
         else:
-            codes[start:stop] = chunk_codes.T
-        scales[start:stop] = chunk_scales.T
-        zeros[start:stop] = chunk_zeros.T
+            codes[start:stop] = sweep.codes.T
+        scales[start:stop] = sweep.scales.T
+        zeros[start:stop] = sweep.zeros.T
     stored: NDArray[np.uint8] | NDArray[np.float16] | None = None
     if scheme.zero == "int4":
         stored = zeros.astype(np.uint8)
@@ -204,60 +254,100 @@ def gptq(
     return codes, scales, stored, g_idx
 
 
-def _sweep(transposed: F32, upper: F32, scheme: WeightFormat, group_size: int
-           ) -> tuple[NDArray[np.uint8], F32, F32]:
-    """Quantize ``W^T [columns, rows]`` in place column by column; codes ``[columns, rows]``.
+def _group_block_inverses(factor: F32, group_size: int) -> F32:
+    """``(S_GG)⁻¹`` for every group but the first, ``[groups − 1, group_size, group_size]`` (float32)."""
+    columns = factor.shape[0]
+    starts = range(group_size, columns, group_size)
+    blocks = np.array([factor[start:start + group_size, start:start + group_size] for start in starts],
+                      dtype=np.float64).reshape(-1, group_size, group_size)
+    return np.linalg.inv(blocks).astype(np.float32) if blocks.size else blocks.astype(np.float32)
 
-    Lazy batch updates on two levels: a column's error is spread eagerly only
-    over the rest of its `SUB_BLOCK` (a few rank-1 updates of short height);
-    each finished sub-block reaches the rest of its `BLOCK_SIZE` block, and each
-    finished block every later column, by one matrix product.  The arithmetic
-    is GPTQ's, the order of the float32 additions differs.  Codes follow
-    `encode`'s rule (``rint(w·(1/s)) + z`` for integer zeros).
+
+class _Sweep:
+    """The column sweep of one chunk of rows (module docstring), codes ``[columns, rows]``.
+
+    `transposed` starts as ``Wᵀ`` and is updated in place; once column ``j`` is
+    quantized its row is overwritten with ``d_j = W_j − ŵ_j``, which later
+    columns receive through `factor`.  Codes follow `encode`'s rule
+    (``rint(w·(1/s)) + z`` for integer zeros, ``rint(w·(1/s) + z)`` for fp16 zeros).
     """
-    columns, rows = transposed.shape
-    codes = np.empty((columns, rows), dtype=np.uint8)
-    scales = np.empty((max(1, columns // group_size), rows), dtype=np.float32)
-    zeros = np.empty_like(scales)
-    integer_zeros = scheme.zero != "fp16"
-    scale = inverse = zero = np.zeros(rows, dtype=np.float32)
-    quantized = np.empty(rows, dtype=np.float32)
-    for block_start in range(0, columns, BLOCK_SIZE):
-        block_stop = min(columns, block_start + BLOCK_SIZE)
-        errors = np.empty((block_stop - block_start, rows), dtype=np.float32)
-        for sub_start in range(block_start, block_stop, SUB_BLOCK):
-            sub_stop = min(block_stop, sub_start + SUB_BLOCK)
-            for column in range(sub_start, sub_stop):
-                if column % group_size == 0:
-                    group = column // group_size
-                    scale, zero = _group_parameters(transposed[column: column + group_size], scheme)
-                    inverse = np.float32(1.0) / scale
-                    scales[group] = scale
-                    zeros[group] = zero
-                weight = transposed[column]
-                np.multiply(weight, inverse, out=quantized)
-                if integer_zeros:
-                    np.rint(quantized, out=quantized)
-                    quantized += zero
-                else:
-                    quantized += zero
-                    np.rint(quantized, out=quantized)
-                np.maximum(quantized, np.float32(0.0), out=quantized)
-                np.minimum(quantized, np.float32(LEVELS), out=quantized)
-                codes[column] = quantized
-                quantized -= zero
-                quantized *= scale
-                error = errors[column - block_start]
-                np.subtract(weight, quantized, out=error)
-                error /= upper[column, column]
-                if column + 1 < sub_stop:
-                    transposed[column + 1: sub_stop] -= upper[column, column + 1: sub_stop, None] * error
-            if sub_stop < block_stop:
-                spread = upper[sub_start:sub_stop, sub_stop:block_stop].T
-                sub_errors = errors[sub_start - block_start: sub_stop - block_start]
-                for row in range(0, rows, _SMALL_PRODUCT_ROWS):
-                    row_stop = row + _SMALL_PRODUCT_ROWS
-                    transposed[sub_stop:block_stop, row:row_stop] -= spread @ sub_errors[:, row:row_stop]
-        if block_stop < columns:
-            transposed[block_stop:] -= upper[block_start:block_stop, block_stop:].T @ errors
-    return codes, scales, zeros
+
+    def __init__(self, originals: F32, factor: F32, group_inverses: F32, scheme: WeightFormat,
+                 group_size: int) -> None:
+        rows, columns = originals.shape
+        self.originals = originals
+        # a copy even when `originals` is Fortran-ordered (as ``rows[:, permutation]`` is): the sweep writes to it
+        self.transposed: F32 = originals.T.copy(order="C")
+        self.factor = factor
+        self.group_inverses = group_inverses
+        self.scheme = scheme
+        self.group_size = group_size
+        self.codes = np.empty((columns, rows), dtype=np.uint8)
+        self.scales = np.empty((max(1, columns // group_size), rows), dtype=np.float32)
+        self.zeros = np.empty_like(self.scales)
+        self._scale = self._inverse = self._zero = np.zeros(rows, dtype=np.float32)
+        self._quantized = np.empty(rows, dtype=np.float32)
+        self._group_start = 0
+        self._group_originals: F32 = np.empty((0, rows), dtype=np.float32)
+
+    def run(self, start: int, stop: int) -> None:
+        """Sweep columns ``[start, stop)``, which already hold every update from columns before `start`."""
+        size = stop - start
+        if size <= LEAF_COLUMNS:
+            self._leaf(start, stop)
+            return
+        if size > self.group_size:
+            middle = start + (size // self.group_size // 2) * self.group_size
+        else:
+            middle = start + max(LEAF_COLUMNS, size // 2 // LEAF_COLUMNS * LEAF_COLUMNS)
+        self.run(start, middle)
+        self.transposed[middle:stop] += self.factor[middle:stop, start:middle] @ self.transposed[start:middle]
+        self.run(middle, stop)
+
+    def _enter_group(self, column: int) -> None:
+        """Scales and zeros of the group starting at `column`, from the paper's weights at that point.
+
+        `transposed` holds ``W_k + Σ_{j<column} d_j S_kj`` for the group's
+        columns, which equals the paper's updated weights only for the first
+        one; the paper's values are ``W_G + (S_GG)⁻¹ (that − W_G)`` (``S_GG`` the
+        group's diagonal block of `factor`; module docstring).
+        """
+        group = column // self.group_size
+        stop = column + self.group_size
+        self._group_start = column
+        self._group_originals = np.ascontiguousarray(self.originals[:, column:stop].T)
+        current = self.transposed[column:stop]
+        if group == 0:
+            paper = current
+        else:
+            paper = self.group_inverses[group - 1] @ (current - self._group_originals)
+            paper += self._group_originals
+        self._scale, self._zero = _group_parameters(paper, self.scheme)
+        self._inverse = np.float32(1.0) / self._scale
+        self.scales[group] = self._scale
+        self.zeros[group] = self._zero
+
+    def _leaf(self, start: int, stop: int) -> None:
+        """Quantize columns ``[start, stop)`` one by one, each difference reaching the rest of the leaf at once."""
+        block = self.transposed[start:stop]
+        quantized = self._quantized
+        integer_zeros = self.scheme.zero != "fp16"
+        for offset in range(stop - start):
+            column = start + offset
+            if column % self.group_size == 0:
+                self._enter_group(column)
+            weight = block[offset]
+            np.multiply(weight, self._inverse, out=quantized)
+            if integer_zeros:
+                np.rint(quantized, out=quantized)
+                quantized += self._zero
+            else:
+                quantized += self._zero
+                np.rint(quantized, out=quantized)
+            np.clip(quantized, np.float32(0.0), np.float32(LEVELS), out=quantized)
+            self.codes[column] = quantized
+            quantized -= self._zero
+            quantized *= self._scale
+            np.subtract(self._group_originals[column - self._group_start], quantized, out=weight)
+            if offset + 1 < stop - start:
+                block[offset + 1:] += self.factor[column + 1: stop, column, None] * weight
