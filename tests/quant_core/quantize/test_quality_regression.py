@@ -35,8 +35,9 @@ def test_hqq_g128_reaches_20_25_db(gaussian: np.ndarray) -> None:
     assert quantize(gaussian, int4(128, zero="fp16"), "hqq").quality.sqnr_db >= 20.25
 
 
-def test_refit_g128_int4_zero_reaches_20_45_db(gaussian: np.ndarray) -> None:
-    assert quantize(gaussian, int4(128), "refit").quality.sqnr_db >= 20.45
+def test_refit_g128_int4_zero_reaches_20_46_db(gaussian: np.ndarray) -> None:
+    # measured 20.463 dB; the exact int4-zero ceiling is 0.005 dB higher (benchmarks/refit_ceiling.py)
+    assert quantize(gaussian, int4(128), "refit").quality.sqnr_db >= 20.46
 
 
 def test_refit_g128_fp16_zero_beats_make_qkx2_20_64_db(gaussian: np.ndarray) -> None:
