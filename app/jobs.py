@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import fnmatch
 import json
+import struct
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -22,7 +23,8 @@ import ml_dtypes
 import numpy as np
 from numpy.typing import NDArray
 
-from quant_core.errors import CalibrationError
+from app.arrival import ArrivalWaiter, UploadIncomplete, extend_to
+from quant_core.errors import CalibrationError, NibbleError
 from quant_core.formats import WeightFormat
 from quant_core.quantize import QuantizedTensor, dequantize, quantize
 from quant_core.tensorio import (
@@ -32,10 +34,13 @@ from quant_core.tensorio import (
     export_gptq,
     read_nibble_safetensors,
     read_npy,
+    read_npy_header,
     read_safetensors,
     write_nibble_safetensors,
 )
 from quant_core.tensorio import write_safetensors as write_plain_safetensors
+from quant_core.tensorio.limits import checked_element_count
+from quant_core.tensorio.safetensors_io import parse_safetensors_header
 
 NPY_TENSOR_NAME = "weight"
 FLOAT_KINDS = ("float32", "float16", "bfloat16")
@@ -68,6 +73,60 @@ class QuantizeJob:
     include: str | None
     limits: ReadLimits
     zero: Literal["auto", "int4", "fp16"] = "auto"
+    #: threads per tensor (`quantize`'s `threads`): None = every core (the CLI); the server's
+    #: workers run one job per core and pass 1
+    threads: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class _ArrivingFile:
+    """Where each tensor's rows lie in an upload still arriving, from its header alone."""
+
+    declared_bytes: int
+    #: tensor name -> (file offset of its first byte, bytes per row; None: wait for the whole tensor)
+    rows: dict[str, tuple[int, int | None]]
+
+
+def _arriving_layout(job: QuantizeJob, waiter: ArrivalWaiter) -> _ArrivingFile | None:
+    """Wait for the upload's header and read from it the file's size and where each tensor's rows are.
+
+    None when the header is not one this can stream (the job then waits for
+    the whole file and reads it as usual, which reports any error exactly as
+    for a complete upload).
+    """
+    limits = job.limits
+    try:
+        if job.kind == "npy":
+            waiter.wait_bytes(12)  # magic, version and a 2- or 4-byte header length
+            with job.path.open("rb") as handle:
+                start = handle.read(12)
+            length = struct.unpack("<H", start[8:10])[0] if start[6] == 1 else struct.unpack("<I", start[8:12])[0]
+            if length > limits.max_header_bytes:
+                return None
+            waiter.wait_bytes((10 if start[6] == 1 else 12) + length)
+            shape, fortran, dtype, offset = read_npy_header(job.path, max_header_bytes=limits.max_header_bytes)
+            count = checked_element_count(shape, limits.max_elements, "in .npy file")
+            row_bytes = shape[1] * dtype.itemsize if len(shape) == 2 and not fortran else None
+            return _ArrivingFile(offset + count * dtype.itemsize, {NPY_TENSOR_NAME: (offset, row_bytes)})
+        waiter.wait_bytes(8)
+        with job.path.open("rb") as handle:
+            (length,) = struct.unpack("<Q", handle.read(8))
+            if length > limits.max_header_bytes:
+                return None
+            waiter.wait_bytes(8 + length)
+            prefix = handle.read(length)
+        raw = json.loads(prefix)
+        ends = [entry["data_offsets"][1] for name, entry in raw.items() if name != "__metadata__"]
+        declared = 8 + length + max(ends, default=0)
+        header = parse_safetensors_header(
+            struct.pack("<Q", length) + prefix, declared, max_tensors=limits.max_tensors,
+            max_elements=limits.max_elements, max_header_bytes=limits.max_header_bytes)
+    except (NibbleError, ValueError, TypeError, KeyError, IndexError, AttributeError, struct.error):
+        return None
+    rows = {name: (header.data_offset + entry.begin,
+                   entry.shape[1] * entry.numpy_dtype.itemsize if len(entry.shape) == 2 else None)
+            for name, entry in header.entries.items()}
+    return _ArrivingFile(declared, rows)
 
 
 def load_tensors(path: Path, kind: str, limits: ReadLimits) -> Mapping[str, NDArray[Any]]:
@@ -142,10 +201,27 @@ def payload_size(q: QuantizedTensor) -> int:
 
 
 def _run_method(name: str, array: NDArray[Any], scheme: WeightFormat, method: str,
-                calibration: NDArray[Any] | None) -> tuple[QuantizedTensor, dict[str, Any]]:
+                calibration: NDArray[Any] | None, threads: int | None = None,
+                arriving: tuple[ArrivalWaiter, int, int | None] | None = None,
+                ) -> tuple[QuantizedTensor, dict[str, Any]]:
+    """Quantize one tensor and its report entry; `arriving` = (waiter, file offset, row bytes) of an upload
+    still arriving, whose waits are left out of ``seconds``."""
+    wait_rows: Callable[[int], None] | None = None
+    waited_before = 0.0
+    if arriving is not None:
+        waiter, offset, row_bytes = arriving
+        waited_before = waiter.waited_seconds
+        if row_bytes is None:
+            waiter.wait_bytes(offset + int(array.nbytes))
+        else:
+            def wait_rows(stop: int) -> None:
+                waiter.wait_bytes(offset + stop * row_bytes)
     started = time.perf_counter()
-    q = quantize(array, scheme, method, _calibration_for(array, calibration), name=name)
+    q = quantize(array, scheme, method, _calibration_for(array, calibration), name=name, threads=threads,
+                 wait_rows=wait_rows)
     seconds = time.perf_counter() - started
+    if arriving is not None:
+        seconds = max(0.0, seconds - (arriving[0].waited_seconds - waited_before))
     output = payload_size(q)
     elements = int(array.shape[0]) * int(array.shape[1])
     figures = {
@@ -168,15 +244,25 @@ def _load_calibration(job: QuantizeJob) -> NDArray[Any] | None:
 
 
 def quantize_file(job: QuantizeJob, output: OutputKind, output_path: Path | None, *,
-                  progress: Callable[[int, int, str, float], None] | None = None) -> dict[str, Any]:
+                  progress: Callable[[int, int, str, float], None] | None = None,
+                  arrival: Path | None = None) -> dict[str, Any]:
     """Quantize every selected tensor of the upload by ``job.methods[0]``; write `output_path` unless report.
 
     Returns the report: one entry per quantized tensor (name, shape, method,
     group size, bytes input/output/predicted, bits per weight, quality, seconds)
     and the passthrough tensors with why; plus the output file's size.
     `progress(done, total, name, seconds)` is called after each quantized
-    tensor (the ``nibble quantize`` progress bar).
+    tensor (the ``nibble quantize`` progress bar).  With `arrival` (app/arrival.py)
+    the upload is still arriving: rows are quantized as they arrive, and
+    `UploadIncomplete` is raised if it ends short of, or past, what its header declares.
     """
+    waiter = ArrivalWaiter(arrival) if arrival is not None else None
+    layout = _arriving_layout(job, waiter) if waiter is not None else None
+    if waiter is not None:
+        if layout is None:
+            waiter.final_size()
+        else:
+            extend_to(job.path, layout.declared_bytes)
     tensors = load_tensors(job.path, job.kind, job.limits)
     calibration = _load_calibration(job)
     method = job.methods[0]
@@ -193,7 +279,10 @@ def quantize_file(job: QuantizeJob, output: OutputKind, output_path: Path | None
                                           "reason": reason})
             passthrough[name] = array
             continue
-        q, figures = _run_method(name, array, scheme, method, calibration)
+        arriving = None
+        if waiter is not None and layout is not None:
+            arriving = (waiter, *layout.rows[name])
+        q, figures = _run_method(name, array, scheme, method, calibration, job.threads, arriving)
         report["tensors"].append({"name": name, "shape": list(array.shape), **figures})
         if progress is not None:
             progress(len(report["tensors"]), total, name, figures["seconds"])
@@ -205,6 +294,10 @@ def quantize_file(job: QuantizeJob, output: OutputKind, output_path: Path | None
         "passthrough_tensors": len(report["passthrough"]),
         "output_payload_bytes": sum(t["bytes"]["output"] for t in report["tensors"]),
     }
+    if waiter is not None and layout is not None:
+        received = waiter.final_size()
+        if received != layout.declared_bytes:
+            raise UploadIncomplete(f"the upload holds {received} bytes; its header declares {layout.declared_bytes}")
     if output_path is None or output == "report":
         return report
     if output == "nibble":
@@ -222,6 +315,12 @@ def quantize_file(job: QuantizeJob, output: OutputKind, output_path: Path | None
     return report
 
 
+def quantize_arriving(job: QuantizeJob, output: OutputKind, output_path: Path | None, arrival: Path
+                      ) -> dict[str, Any]:
+    """`quantize_file` on an upload still arriving (positional arguments, for the worker pool)."""
+    return quantize_file(job, output, output_path, arrival=arrival)
+
+
 def compare_file(job: QuantizeJob) -> dict[str, Any]:
     """Quantize every selected tensor by each of ``job.methods``: figures side by side, best first named."""
     tensors = load_tensors(job.path, job.kind, job.limits)
@@ -236,7 +335,7 @@ def compare_file(job: QuantizeJob) -> dict[str, Any]:
             passthrough.append({"name": name, "shape": list(array.shape), "dtype": _dtype_name(array),
                                 "reason": reason})
             continue
-        results = [_run_method(name, array, _scheme(job, method), method, calibration)[1]
+        results = [_run_method(name, array, _scheme(job, method), method, calibration, job.threads)[1]
                    for method in job.methods]
         best = min(results, key=lambda r: r["quality"]["relative_error"])
         rows.append({"name": name, "shape": list(array.shape), "results": results, "best_method": best["method"]})

@@ -36,6 +36,9 @@ class Settings(BaseSettings):
     max_config_depth: int = Field(16, gt=0, description="Deepest nesting accepted in a JSON body.")
     max_sweep_rows: int = Field(4096, gt=0, description="Most rows one /v1/plan/sweep may compute.")
     pool_workers: int = Field(2, gt=0, description="Worker processes running quantization.")
+    job_threads: int = Field(
+        1, gt=0, description="Threads each quantize job uses (workers already run one job per core)."
+    )
     pool_queue: int = Field(4, ge=0, description="Quantize requests that may wait for a free worker.")
     pool_kind: Literal["process", "thread"] = Field(
         "process", description="process: isolated, killable workers (default); thread: in-process."

@@ -21,7 +21,7 @@ import contextlib
 import os
 import shutil
 import tempfile
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO, Literal
@@ -29,6 +29,7 @@ from typing import BinaryIO, Literal
 from python_multipart.multipart import MultipartParser, parse_options_header
 from starlette.requests import ClientDisconnect, Request
 
+from app.arrival import ArrivalRecorder
 from app.problems import MalformedUpload, UnsupportedMediaType
 from app.settings import Settings
 from quant_core.errors import LimitExceeded
@@ -50,6 +51,24 @@ class UploadedFile:
     kind: TensorFileKind
 
 
+@dataclass(frozen=True)
+class ArrivingFile:
+    """A file part whose first bytes have arrived (the rest is still coming), for a job that starts early.
+
+    `fields` and `files` are what the body held before this part (text
+    fields, and file parts already complete); `arrival` is the shared
+    arrival record (app/arrival.py) the job waits on.
+    """
+
+    field: str
+    path: Path
+    kind: TensorFileKind
+    arrival: Path
+    fields: dict[str, list[str]]
+    files: dict[str, Path]
+    directory: Path
+
+
 @dataclass
 class Upload:
     """A parsed multipart body: its files (by field name) and its text fields."""
@@ -62,8 +81,14 @@ class Upload:
 class _Collector:
     """python-multipart callbacks: route each part's bytes to a temp file or a text buffer."""
 
-    def __init__(self, directory: Path, file_fields: tuple[str, ...], settings: Settings) -> None:
+    def __init__(self, directory: Path, file_fields: tuple[str, ...], settings: Settings,
+                 on_arriving: Callable[[ArrivingFile], None] | None = None, arriving_field: str = "file") -> None:
         self.directory = directory
+        self.on_arriving = on_arriving
+        self.arriving_field = arriving_field
+        self.recorder: ArrivalRecorder | None = None
+        self.announced = False
+        self.completed: dict[str, Path] = {}
         self.file_fields = file_fields
         self.max_file_bytes = settings.max_upload_bytes
         self.max_text_bytes = settings.max_json_bytes
@@ -106,6 +131,8 @@ class _Collector:
             path = self.directory / f"part-{len(self.raw_files)}"
             self.sink = path.open("wb", buffering=0)  # chunks are large: no buffer to copy them through
             self.raw_files[self.part_name] = (self.part_filename or "", path, 0)
+            if self.on_arriving is not None and self.part_name == self.arriving_field and self.recorder is None:
+                self.recorder = ArrivalRecorder(path.with_suffix(".arrival"))
         else:
             self.text = bytearray()
 
@@ -124,6 +151,10 @@ class _Collector:
                 view = view[self.sink.write(view) or 0:]
             name, path, written = self.raw_files[self.part_name]
             self.raw_files[self.part_name] = (name, path, written + size)
+            if self.recorder is not None and self.part_name == self.arriving_field:
+                self.recorder.advance(written + size)
+                if not self.announced and written + size >= SNIFF_BYTES:
+                    self._announce(path)
         elif self.text is not None:
             self.text_bytes += size
             if self.text_bytes > self.max_text_bytes:
@@ -132,10 +163,25 @@ class _Collector:
                 return
             self.text += data[start:end]
 
+    def _announce(self, path: Path) -> None:
+        """Tell `on_arriving` that the arriving file's first bytes are in (once, if it is a tensor file)."""
+        self.announced = True
+        assert self.on_arriving is not None and self.recorder is not None
+        with path.open("rb") as handle:
+            kind = sniff_format(handle.read(SNIFF_BYTES))
+        if kind is not None:
+            self.on_arriving(ArrivingFile(
+                self.part_name, path, kind, self.recorder.path,
+                {name: list(values) for name, values in self.fields.items()}, dict(self.completed), self.directory))
+
     def on_part_end(self) -> None:
         if self.sink is not None:
             self.sink.close()
             self.sink = None
+            _, path, written = self.raw_files[self.part_name]
+            self.completed[self.part_name] = path
+            if self.recorder is not None and self.part_name == self.arriving_field:
+                self.recorder.complete(written)
         if self.text is not None:
             self.fields.setdefault(self.part_name, []).append(self.text.decode("utf-8", "replace"))
             self.text = None
@@ -144,6 +190,8 @@ class _Collector:
         if self.sink is not None:
             self.sink.close()
             self.sink = None
+        if self.recorder is not None and not self.recorder.ended:
+            self.recorder.abandon()
 
 
 def _boundary(request: Request) -> bytes:
@@ -158,8 +206,14 @@ def _boundary(request: Request) -> bytes:
 
 @contextlib.asynccontextmanager
 async def receive_upload(request: Request, settings: Settings,
-                         file_fields: tuple[str, ...] = ("file", "calibration")) -> AsyncIterator[Upload]:
+                         file_fields: tuple[str, ...] = ("file", "calibration"),
+                         on_arriving: Callable[[ArrivingFile], None] | None = None) -> AsyncIterator[Upload]:
     """Stream a multipart body into a temp directory; yield the parsed `Upload`; always delete it.
+
+    `on_arriving`, when given, is called (on the event loop, once) with the
+    ``file`` part as soon as its first bytes are written, so a job can start
+    on it while the rest arrives; its arrival record is marked complete when
+    the part ends, and abandoned if the body fails before that.
 
     Raises `LimitExceeded` (413) when the Content-Length, or the file bytes
     received so far, pass ``settings.max_upload_bytes``; `UnsupportedMediaType`
@@ -173,7 +227,7 @@ async def receive_upload(request: Request, settings: Settings,
     if declared is not None and declared.isdigit() and int(declared) > budget:
         raise LimitExceeded("max_upload_bytes", int(declared), settings.max_upload_bytes, field="file")
     directory = Path(tempfile.mkdtemp(prefix="nibble-upload-", dir=settings.temp_dir))
-    collector = _Collector(directory, file_fields, settings)
+    collector = _Collector(directory, file_fields, settings, on_arriving)
     try:
         parser = MultipartParser(boundary, callbacks={
             "on_part_begin": collector.on_part_begin,

@@ -12,7 +12,10 @@ Run: ``.venv/bin/python benchmarks/api_bench.py`` (from the repository root).
    tensor (4096 x 4096 .npy) end to end from a separate client process (raw
    HTTP/1.1 socket, multipart body built once), against the same work in this
    process: `quantize_file` on the same .npy, which gives the same report (the
-   figures are checked equal).  Rounds alternate; best of N and median.
+   figures are checked equal), with the server's thread count per job
+   (``NIBBLE_JOB_THREADS``, default 1).  The server starts the job while the
+   file is still arriving (the text fields come first in the body), so its
+   quantization overlaps the upload.  Rounds alternate; best of N and median.
    Target: HTTP <= 1.5 x in process (best of N).  The bare `quantize()` of the
    array in memory is printed too.
 Prints every figure and the two ratios.  ``--part plan`` or ``--part quantize`` runs one half.
@@ -41,6 +44,7 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
 
 from app.jobs import QuantizeJob, ReadLimits, quantize_file  # noqa: E402
+from app.settings import Settings  # noqa: E402
 from quant_core.formats import int4  # noqa: E402
 from quant_core.quantize import quantize  # noqa: E402
 from tests.e2e.conftest import start_server  # noqa: E402
@@ -206,7 +210,8 @@ def time_quantize(base_url: str, repeats: int) -> dict[str, list[float]]:
     with tempfile.TemporaryDirectory(prefix="nibble-bench-") as folder:
         npy_path = Path(folder) / "w.npy"
         np.save(npy_path, weights, allow_pickle=False)
-        job = QuantizeJob(npy_path, "npy", None, ("rtn",), 128, False, None, limits)
+        # the server's job: one thread (settings.job_threads; its workers run one job per core)
+        job = QuantizeJob(npy_path, "npy", None, ("rtn",), 128, False, None, limits, threads=Settings().job_threads)
         context = multiprocessing.get_context("spawn")
         commands, child_end = context.Pipe()
         client = context.Process(target=_upload_client, args=(base_url, str(npy_path), fields, child_end))
@@ -219,7 +224,7 @@ def time_quantize(base_url: str, repeats: int) -> dict[str, list[float]]:
                 raise RuntimeError("the HTTP report's figures differ from the in-process report's")
             for _ in range(repeats):
                 started = time.perf_counter()
-                quantize(weights, int4(128), "rtn")
+                quantize(weights, int4(128), "rtn", threads=job.threads)
                 timings["quantize"].append(time.perf_counter() - started)
                 started = time.perf_counter()
                 quantize_file(job, "report", None)

@@ -11,18 +11,31 @@ disk even if the client goes away mid-download.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
+import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, BinaryIO
 
 from fastapi import APIRouter, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, StreamingResponse
 
-from app.jobs import OUTPUT_SUFFIXES, QuantizeJob, ReadLimits, compare_file, dequantize_file, quantize_file
+from app.arrival import ArrivalRecorder, UploadIncomplete
+from app.jobs import (
+    OUTPUT_SUFFIXES,
+    QuantizeJob,
+    ReadLimits,
+    compare_file,
+    dequantize_file,
+    quantize_arriving,
+    quantize_file,
+)
 from app.metrics import observe_report
 from app.pool import WorkerPool
-from app.problems import MalformedUpload, problem_responses
+from app.problems import MalformedUpload, TimeLimitExceeded, problem_responses
 from app.schemas.quantize import (
     CompareForm,
     CompareReport,
@@ -34,7 +47,7 @@ from app.schemas.quantize import (
 )
 from app.security import ApiKeyRoute, settings_of
 from app.settings import Settings
-from app.uploads import Upload, UploadedFile, new_output_path, receive_upload
+from app.uploads import ArrivingFile, TensorFileKind, Upload, UploadedFile, new_output_path, receive_upload
 
 router = APIRouter(tags=["quantize"], route_class=ApiKeyRoute)
 UPLOAD_ERRORS = problem_responses(400, 413, 415, 422, 503, 504)
@@ -106,28 +119,110 @@ DOWNLOAD_RESPONSE: dict[int | str, dict[str, Any]] = {200: {
 }}
 
 
+class _EarlyQuantization:
+    """A quantize job started while its upload is still arriving (app/arrival.py), and kept only if it is
+    exactly the job the whole request asks for.
+
+    It starts when the ``file`` part's first bytes arrive and the text fields
+    sent before it are valid; fields or a calibration part that come after the
+    file, a different output, or an upload that ends short of its header make
+    the request fall back to running the job once the upload is complete, as
+    it would without an early start.  Whatever happens, `close` leaves no job
+    running: the arrival is marked abandoned (the job stops at its next wait)
+    and the task is awaited.
+    """
+
+    def __init__(self, pool: WorkerPool, settings: Settings) -> None:
+        self.pool = pool
+        self.settings = settings
+        self.task: asyncio.Task[dict[str, Any]] | None = None
+        self.job: QuantizeJob | None = None
+        self.output = ""
+        self.output_path: Path | None = None
+        self.arrival: Path | None = None
+
+    def start(self, arriving: ArrivingFile) -> None:
+        try:
+            form = parse_form(QuantizeForm, arriving.fields)
+        except RequestValidationError:
+            return  # answered 422 once the body is complete
+        calibration = arriving.files.get("calibration")
+        self.job = _quantize_job(arriving.path, arriving.kind, calibration, form, self.settings)
+        self.output = form.output
+        if form.output != "report":
+            self.output_path = arriving.directory / f"early-output{OUTPUT_SUFFIXES[form.output]}"
+        self.arrival = arriving.arrival
+        self.task = asyncio.create_task(
+            self.pool.run(quantize_arriving, self.job, form.output, self.output_path, arriving.arrival))
+
+    async def result(self, job: QuantizeJob, output: str, file: UploadedFile
+                     ) -> tuple[dict[str, Any], Path | None] | None:
+        """The early job's (report, output path) if it ran `job` for `output` to the end, else None."""
+        if self.task is None:
+            return None
+        if job != self.job or output != self.output:
+            await self.close()
+            return None
+        try:
+            report = await self.task
+        except (UploadIncomplete, TimeLimitExceeded):
+            # The header promised another size, the client was too slow for the job to keep waiting,
+            # or the time limit ran out while the upload was still arriving: run it on the complete file.
+            if file.path.stat().st_size != file.size:
+                os.truncate(file.path, file.size)  # the job had extended it to the declared size
+            return None
+        return report, self.output_path
+
+    async def close(self) -> None:
+        """Stop the early job, if any, and wait for it to end (its errors are not this request's answer)."""
+        if self.task is None:
+            return
+        if not self.task.done() and self.arrival is not None:
+            ArrivalRecorder.abandon_at(self.arrival)
+        with contextlib.suppress(Exception, asyncio.CancelledError):
+            await self.task
+
+
+def _quantize_job(path: Path, kind: TensorFileKind, calibration: Path | None, form: QuantizeForm,
+                  settings: Settings) -> QuantizeJob:
+    return QuantizeJob(path, kind, calibration, (form.method,), form.group_size, form.symmetric, form.include,
+                       _limits(settings), form.zero, threads=settings.job_threads)
+
+
 @router.post("/quantize", summary="Quantize uploaded tensors to INT4", response_model=None,
              responses={**DOWNLOAD_RESPONSE, **UPLOAD_ERRORS},
              openapi_extra=multipart_body(QuantizeForm, {"file": FILE_DESCRIPTION,
                                                          "calibration": CALIBRATION_DESCRIPTION}, ("file",)))
 async def create_quantization(request: Request) -> JSONResponse | StreamingResponse:
-    """Every 2-D float tensor (or those matching `include`) to INT4 by `method`, measured; the rest passes."""
+    """Every 2-D float tensor (or those matching `include`) to INT4 by `method`, measured; the rest passes.
+
+    The job starts while the file is still arriving when the text fields come
+    before it in the body (as httpx, curl and browsers send them in form
+    order), so the quantization overlaps the upload.
+    """
     settings = settings_of(request)
     pool = _pool(request)
-    async with pool.reserve(), receive_upload(request, settings) as upload:
-        form = parse_form(QuantizeForm, upload.fields)
-        file = _required_file(upload, "file")
-        job = QuantizeJob(file.path, file.kind, _calibration(upload), (form.method,), form.group_size,
-                          form.symmetric, form.include, _limits(settings), form.zero)
-        if form.output == "report":
-            report = await pool.run(quantize_file, job, "report", None)
+    early = _EarlyQuantization(pool, settings)
+    try:
+        async with pool.reserve(), receive_upload(request, settings, on_arriving=early.start) as upload:
+            form = parse_form(QuantizeForm, upload.fields)
+            file = _required_file(upload, "file")
+            job = _quantize_job(file.path, file.kind, _calibration(upload), form, settings)
+            finished = await early.result(job, form.output, file)
+            if form.output == "report":
+                report = finished[0] if finished is not None else await pool.run(quantize_file, job, "report", None)
+                observe_report(request.app, report)
+                return JSONResponse(report)
+            suffix = OUTPUT_SUFFIXES[form.output]
+            if finished is not None and finished[1] is not None:
+                report, output = finished[0], finished[1]
+            else:
+                output = new_output_path(upload, suffix)
+                report = await pool.run(quantize_file, job, form.output, output)
             observe_report(request.app, report)
-            return JSONResponse(report)
-        suffix = OUTPUT_SUFFIXES[form.output]
-        output = new_output_path(upload, suffix)
-        report = await pool.run(quantize_file, job, form.output, output)
-        observe_report(request.app, report)
-        return _download(output, f"quantized-{form.output}{suffix}", _summary(report))
+            return _download(output, f"quantized-{form.output}{suffix}", _summary(report))
+    finally:
+        await early.close()
 
 
 @router.post("/quantize/compare", summary="Compare quantization methods side by side",

@@ -45,24 +45,28 @@ def pack_pairs(codes: NDArray[np.uint8], out: NDArray[np.uint8]) -> None:
 
 
 class ChunkEncoder:
-    """Encodes chunks of rows into a payload and a `QualityAccumulator`, reusing its block buffers."""
+    """Encodes chunks of rows into a payload and a `QualityAccumulator`, reusing its block buffers.
+
+    One encoder per thread: the block buffers are its own, and chunks of
+    different threads write disjoint rows of the payload.
+    """
 
     def __init__(self, columns: int, group_size: int, in_features: int, integer_zeros: bool,
-                 packed: NDArray[np.uint8], accumulator: QualityAccumulator) -> None:
+                 packed: NDArray[np.uint8]) -> None:
         self.columns = columns
         self.group_size = group_size
         self.groups = columns // group_size
         self.in_features = in_features
         self.integer_zeros = integer_zeros
         self.packed = packed
-        self.accumulator = accumulator
         rows = max(2, BLOCK_ELEMENTS // columns)
         self.block_rows = rows + rows % 2
         self.values = np.empty(self.block_rows * columns, dtype=np.float32)
         self.codes = np.empty(self.block_rows * columns + 1, dtype=np.int8)
 
-    def encode(self, first_row: int, weights: F32, w_min: F32, w_max: F32, scales: F32, zeros: F32) -> None:
-        """Encode rows ``first_row + [0, len(weights))``: codes into the payload, figures into the accumulator.
+    def encode(self, first_row: int, weights: F32, w_min: F32, w_max: F32, scales: F32, zeros: F32,
+               accumulator: QualityAccumulator) -> None:
+        """Encode rows ``first_row + [0, len(weights))``: codes into the payload, figures into `accumulator`.
 
         `weights` is ``[rows, columns]`` float32 (padded columns included),
         `w_min`/`w_max` its per-group extremes, `scales`/`zeros` ``[rows, groups]``
@@ -107,10 +111,10 @@ class ChunkEncoder:
             reconstructed = values.reshape(rows, self.columns)
             original = weights[start:stop]
             if self.columns != self.in_features:
-                self.accumulator.add(np.ascontiguousarray(original[:, : self.in_features]),
+                accumulator.add(np.ascontiguousarray(original[:, : self.in_features]),
                                      np.ascontiguousarray(reconstructed[:, : self.in_features]))
             else:
-                self.accumulator.add(original, reconstructed)
+                accumulator.add(original, reconstructed)
 
     @staticmethod
     def _clip(values: F32, rows: NDArray[np.intp], groups: NDArray[np.intp], zeros: F32, uniform: bool) -> None:

@@ -17,7 +17,10 @@ from DRAM once.  GPTQ, which needs the whole Hessian, has its own column sweep
 from __future__ import annotations
 
 import difflib
+import os
+import threading
 from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from types import MappingProxyType
 
@@ -46,6 +49,8 @@ _BF16 = np.dtype(ml_dtypes.bfloat16)
 _CHUNK_ELEMENTS = 1 << 20
 _SEARCH_CHUNK_ELEMENTS = 1 << 17
 _SEARCHES = frozenset({"clip", "hqq", "refit"})
+# below this many elements (8 MiB of float32) a tensor is encoded on the calling thread
+_PARALLEL_MIN_ELEMENTS = 1 << 21
 
 GroupMethod = Callable[[F32, F32, F32, WeightFormat], GroupParameters]
 
@@ -152,7 +157,8 @@ def _chunk_rows(columns: int, elements: int = _CHUNK_ELEMENTS) -> int:
 
 
 def quantize(weights: NDArray[np.generic], scheme: WeightFormat, method: str,
-             calibration: NDArray[np.floating] | None = None, *, name: str = "") -> QuantizedTensor:
+             calibration: NDArray[np.floating] | None = None, *, name: str = "", threads: int | None = None,
+             wait_rows: Callable[[int], None] | None = None) -> QuantizedTensor:
     """Quantize a 2-D ``[out_features, in_features]`` tensor to int4 by `method`, measuring the result.
 
     `scheme` is an int4 `WeightFormat` (group size, symmetric or not, int4 or
@@ -166,9 +172,18 @@ def quantize(weights: NDArray[np.generic], scheme: WeightFormat, method: str,
     Raises `InvalidTensor` (rank, dtype, empty), `NonFiniteValues` (NaN/Inf:
     count and first index), `GroupSizeMismatch` (in_features not a multiple of
     the group size without ``pad``), `UnknownName` (method), `InvalidSpec` (a
-    method that cannot produce `scheme`).
+    method that cannot produce `scheme`, or `threads` < 1).
+
+    `threads` (default: every usable core) encodes chunks of rows in parallel
+    (NumPy releases the GIL in its loops); the result, figures included, is
+    the same for any count.  A server running one job per core passes 1.
+    `wait_rows(stop)`, when given, is called (possibly from several threads)
+    before rows ``[.., stop)`` are read and must block until they are
+    readable: it lets the quantization of an upload overlap its arrival.
     """
     _check_method(method)
+    if threads is not None and threads < 1:
+        raise InvalidSpec("threads", str(threads), "the thread count must be at least 1")
     _check_scheme(scheme)
     array = _check_weights(weights, name)
     out_features, in_features = (int(d) for d in array.shape)
@@ -183,6 +198,8 @@ def quantize(weights: NDArray[np.generic], scheme: WeightFormat, method: str,
     if method.startswith("gptq"):
         from quant_core.quantize import gptq
 
+        if wait_rows is not None:
+            wait_rows(out_features)
         activations = validate_calibration(calibration, in_features) if calibration is not None else None
         codes_all, scales_all, zeros_all, g_idx = gptq.gptq(
             array, scheme, activations, act_order=method == "gptq-act-order",
@@ -191,27 +208,75 @@ def quantize(weights: NDArray[np.generic], scheme: WeightFormat, method: str,
         quantized = _assemble(array, scheme, method, pack_codes(codes_all), scales_all, zeros_all, g_idx)
         return _with_quality(quantized, _measure(array, quantized, held_out, split))
     group_method = _GROUP_METHODS[method]
-    reader = _ChunkReader(array, columns)
     packed = np.empty((out_features * columns + 1) // 2, dtype=np.uint8)
     scales = np.empty((out_features, groups), dtype=np.float16)
     zeros = np.empty((out_features, groups), dtype=np.float32)
-    accumulator = QualityAccumulator(held_out, split)
-    encoder = ChunkEncoder(columns, group_size, in_features, scheme.zero != "fp16", packed, accumulator)
     step = _chunk_rows(columns, _SEARCH_CHUNK_ELEMENTS if method in _SEARCHES else _CHUNK_ELEMENTS)
-    for start in range(0, out_features, step):
-        stop = min(out_features, start + step)
-        chunk = reader.read(start, stop)
-        grouped = chunk.reshape(stop - start, groups, group_size)
-        w_min, w_max = _group_extremes(chunk, group_size)
-        if not (np.isfinite(w_min).all() and np.isfinite(w_max).all()):
-            _raise_non_finite(array, name)
-        parameters = group_method(grouped, w_min, w_max, scheme)
-        scales[start:stop] = parameters.scales
-        zeros[start:stop] = parameters.zeros
-        encoder.encode(start, chunk, w_min, w_max, parameters.scales, parameters.zeros)
+    starts = range(0, out_features, step)
+    # one accumulator per chunk, summed in row order at the end: the figures do not depend on `threads`
+    accumulators = [QualityAccumulator(held_out, split) for _ in starts]
+    failed = threading.Event()
+
+    def encode_chunks(indexes: range) -> None:
+        reader = _ChunkReader(array, columns)
+        encoder = ChunkEncoder(columns, group_size, in_features, scheme.zero != "fp16", packed)
+        for index in indexes:
+            if failed.is_set():
+                return
+            start = starts[index]
+            stop = min(out_features, start + step)
+            if wait_rows is not None:
+                wait_rows(stop)
+            chunk = reader.read(start, stop)
+            grouped = chunk.reshape(stop - start, groups, group_size)
+            w_min, w_max = _group_extremes(chunk, group_size)
+            if not (np.isfinite(w_min).all() and np.isfinite(w_max).all()):
+                failed.set()
+                if wait_rows is not None:
+                    wait_rows(out_features)
+                _raise_non_finite(array, name)
+            parameters = group_method(grouped, w_min, w_max, scheme)
+            scales[start:stop] = parameters.scales
+            zeros[start:stop] = parameters.zeros
+            encoder.encode(start, chunk, w_min, w_max, parameters.scales, parameters.zeros, accumulators[index])
+
+    workers = _worker_threads(threads, len(starts), out_features * columns)
+    if workers == 1:
+        encode_chunks(range(len(starts)))
+    else:
+        # chunks dealt round-robin, so the threads walk the rows together (an upload arrives in row order)
+        with ThreadPoolExecutor(workers, thread_name_prefix="nibble-quantize") as executor:
+            futures = [executor.submit(encode_chunks, range(k, len(starts), workers)) for k in range(workers)]
+            try:
+                for future in futures:
+                    future.result()
+            finally:
+                failed.set()
+    accumulator = QualityAccumulator(held_out, split)
+    for part in accumulators:
+        accumulator.absorb(part)
     stored_zeros = _stored_zeros(zeros, scheme)
     quantized = _assemble(array, scheme, method, packed, scales, stored_zeros, None)
     return _with_quality(quantized, accumulator.report())
+
+
+def usable_cores() -> int:
+    """The CPU cores this process may run on (its affinity mask, not the machine's count)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+def _worker_threads(threads: int | None, chunks: int, elements: int) -> int:
+    """Threads for `chunks` chunks of a tensor of `elements` elements: `threads`, or the usable cores.
+
+    Small tensors stay on the calling thread: starting threads costs more than they save.
+    """
+    wanted = usable_cores() if threads is None else threads
+    if elements < _PARALLEL_MIN_ELEMENTS:
+        return 1
+    return max(1, min(wanted, chunks))
 
 
 def _group_extremes(chunk: F32, group_size: int) -> tuple[F32, F32]:

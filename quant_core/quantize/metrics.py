@@ -64,6 +64,15 @@ class QualityAccumulator:
             self._output_sq += float(np.vdot(output, output))
             self._output_error_sq += float(np.vdot(output_error, output_error))
 
+    def absorb(self, other: QualityAccumulator) -> None:
+        """Add the sums of `other` (the rows it saw) to this accumulator's, as if its chunks were added here."""
+        self._weights_sq += other._weights_sq
+        self._reconstructed_sq += other._reconstructed_sq
+        self._error_sq += other._error_sq
+        self._max_abs_error = max(self._max_abs_error, other._max_abs_error)
+        self._output_sq += other._output_sq
+        self._output_error_sq += other._output_error_sq
+
     def report(self) -> QualityReport:
         """The figures over every chunk added so far."""
         weights_norm = math.sqrt(self._weights_sq)

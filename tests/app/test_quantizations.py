@@ -8,6 +8,7 @@ import pickle
 import struct
 import tempfile
 from pathlib import Path
+from typing import Any
 
 import ml_dtypes
 import numpy as np
@@ -15,7 +16,7 @@ import pytest
 from fastapi.testclient import TestClient
 from safetensors.numpy import save as save_safetensors
 
-from app.jobs import payload_size
+from app.jobs import payload_size, quantize_arriving
 from quant_core.formats import WeightFormat, int4
 from quant_core.quantize import dequantize, payload_bytes, quantize
 from tests.app.conftest import client_with
@@ -311,3 +312,53 @@ def test_compare_shows_hqq_at_its_own_size_beside_rtn(client: TestClient, weight
     results = {r["method"]: r for r in body["tensors"][0]["results"]}
     assert results["rtn"]["bits_per_weight"] == 4.15625
     assert results["hqq"]["bits_per_weight"] == 4.25
+
+
+def _multipart(parts: list[tuple[str, str | None, bytes]], boundary: str = "nibble-test-boundary") -> tuple[bytes, str]:
+    """A multipart body with its parts in the order given: (field, file name or None, content)."""
+    body = b""
+    for field, filename, content in parts:
+        disposition = f'form-data; name="{field}"' + (f'; filename="{filename}"' if filename else "")
+        body += f"--{boundary}\r\nContent-Disposition: {disposition}\r\n\r\n".encode() + content + b"\r\n"
+    return body + f"--{boundary}--\r\n".encode(), f"multipart/form-data; boundary={boundary}"
+
+
+def test_fields_sent_after_the_file_still_decide_the_job(client: TestClient, weights: np.ndarray) -> None:
+    body, content_type = _multipart([("method", None, b"rtn"), ("file", "w.npy", npy_bytes(weights)),
+                                     ("method", None, b"clip"), ("group_size", None, b"64")])
+    response = client.post("/v1/quantize", content=body, headers={"Content-Type": content_type})
+    assert response.status_code == 200
+    (entry,) = response.json()["tensors"]
+    assert entry["method"] == "clip" and entry["group_size"] == 64
+    assert entry["quality"]["relative_error"] == quantize(weights, int4(64), "clip").quality.relative_error
+
+
+def test_calibration_sent_after_the_file_is_used(client: TestClient, weights: np.ndarray) -> None:
+    calibration = np.random.default_rng(5).standard_normal((32, 256)).astype(np.float32)
+    body, content_type = _multipart([("method", None, b"rtn"), ("file", "w.npy", npy_bytes(weights)),
+                                     ("calibration", "x.npy", npy_bytes(calibration))])
+    response = client.post("/v1/quantize", content=body, headers={"Content-Type": content_type})
+    (entry,) = response.json()["tensors"]
+    assert entry["quality"]["output_relative_error"] is not None
+
+
+def test_an_npy_cut_short_gets_the_error_of_a_complete_file(client: TestClient, weights: np.ndarray) -> None:
+    response = client.post("/v1/quantize", files={"file": ("w.npy", npy_bytes(weights)[:-64])})
+    assert response.status_code == 422
+    assert "data bytes" in response.json()["detail"]
+
+
+def test_the_job_starts_while_the_file_arrives_when_the_fields_come_first(
+        client: TestClient, weights: np.ndarray, monkeypatch: pytest.MonkeyPatch) -> None:
+    import app.routers.quantizations as route
+
+    early_jobs: list[str] = []
+
+    def spy(job: Any, output: Any, output_path: Any, arrival: Any) -> Any:
+        early_jobs.append(job.methods[0])
+        return quantize_arriving(job, output, output_path, arrival)
+
+    monkeypatch.setattr(route, "quantize_arriving", spy)
+    response = client.post("/v1/quantize", files={"file": ("w.npy", npy_bytes(weights))}, data={"method": "clip"})
+    assert response.status_code == 200 and response.json()["tensors"][0]["method"] == "clip"
+    assert early_jobs == ["clip"]

@@ -1,0 +1,143 @@
+"""How much of an upload has arrived, shared between the event loop that receives it and the job reading it.
+
+Quantizing a 64 MiB upload takes about as long as receiving it, so a job may
+start as soon as the file part begins and work through the rows that have
+arrived while the rest is still on the wire (app/routers/quantizations.py).
+The two sides share a 16-byte *arrival* file next to the upload, memory-mapped
+by both (worker processes included): the byte count received so far and a
+state, each one aligned 8-byte word written by the receiving side only.
+
+The reading side (`ArrivalWaiter`, in the job) blocks in `wait_bytes(n)`
+until ``n`` bytes have arrived, polling every `POLL_SECONDS` (a job waits
+only while the client is still sending).  When the upload ends short, or is
+abandoned (client gone, limit passed, or the job is no longer wanted), the
+waiter raises `UploadIncomplete` and the job stops; the request then answers
+as if no early job had run.
+"""
+
+from __future__ import annotations
+
+import mmap
+import os
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+
+from quant_core.errors import NibbleError
+
+POLL_SECONDS = 0.0005
+_ARRIVING, _COMPLETE, _ABANDONED = 0, 1, 2
+
+
+class UploadIncomplete(NibbleError):
+    """The upload a job was reading ended short or was abandoned; the job's result is not wanted."""
+
+    def __init__(self, detail: str) -> None:
+        super().__init__(detail, field="file")
+
+
+def _map(path: Path, writable: bool) -> tuple[mmap.mmap, np.ndarray]:
+    with open(path, "r+b" if writable else "rb") as handle:
+        mapping = mmap.mmap(handle.fileno(), 16, access=mmap.ACCESS_WRITE if writable else mmap.ACCESS_READ)
+    return mapping, np.frombuffer(mapping, dtype=np.int64, count=2)
+
+
+class ArrivalRecorder:
+    """The receiving side: records bytes received and how the upload ended."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        with open(path, "wb") as handle:
+            handle.write(bytes(16))
+        self._mapping, self._words = _map(path, writable=True)
+
+    def advance(self, received: int) -> None:
+        """`received` bytes of the file have been written to it."""
+        self._words[0] = received
+
+    def complete(self, received: int) -> None:
+        """The file part ended with `received` bytes in all."""
+        self._words[0] = received
+        self._words[1] = _COMPLETE
+
+    def abandon(self) -> None:
+        """The upload failed or the job reading it is no longer wanted: its waiter raises."""
+        self._words[1] = _ABANDONED
+
+    @staticmethod
+    def abandon_at(path: Path) -> None:
+        """Mark the arrival record at `path` abandoned (from code that does not hold its recorder)."""
+        mapping, words = _map(path, writable=True)
+        words[1] = _ABANDONED
+        del words
+        mapping.close()
+
+    @property
+    def ended(self) -> bool:
+        return int(self._words[1]) != _ARRIVING
+
+
+class ArrivalWaiter:
+    """The job's side: blocks until bytes have arrived (see the module docstring)."""
+
+    def __init__(self, path: Path) -> None:
+        self._mapping, self._words = _map(path, writable=False)
+        self._lock = threading.Lock()
+        #: seconds spent waiting for bytes (a job's figures leave them out of its own time)
+        self.waited_seconds = 0.0
+
+    def _waited(self, started: float) -> None:
+        with self._lock:
+            self.waited_seconds += time.perf_counter() - started
+
+    def wait_bytes(self, needed: int) -> int:
+        """Block until `needed` bytes have arrived; return the count so far.
+
+        Raises `UploadIncomplete` when the upload was abandoned, or completed
+        with fewer than `needed` bytes.  Safe to call from several threads.
+        """
+        started = time.perf_counter()
+        try:
+            return self._wait_bytes(needed)
+        finally:
+            self._waited(started)
+
+    def _wait_bytes(self, needed: int) -> int:
+        while True:
+            state = int(self._words[1])
+            received = int(self._words[0])
+            if state == _ABANDONED:
+                raise UploadIncomplete("the upload this job was reading was abandoned")
+            if received >= needed:
+                return received
+            if state == _COMPLETE:
+                raise UploadIncomplete(f"the upload ended after {received} bytes; {needed} were expected")
+            time.sleep(POLL_SECONDS)
+
+    def final_size(self) -> int:
+        """Block until the upload has ended; its size in bytes (`UploadIncomplete` if abandoned)."""
+        started = time.perf_counter()
+        try:
+            return self._final_size()
+        finally:
+            self._waited(started)
+
+    def _final_size(self) -> int:
+        while True:
+            state = int(self._words[1])
+            if state == _ABANDONED:
+                raise UploadIncomplete("the upload this job was reading was abandoned")
+            if state == _COMPLETE:
+                return int(self._words[0])
+            time.sleep(POLL_SECONDS)
+
+
+def extend_to(path: Path, size: int) -> None:
+    """Make the file `size` bytes long (zeros past what has arrived), so it can be memory-mapped whole.
+
+    The receiving side keeps writing at its own offset, over the zeros.
+    """
+    if os.stat(path).st_size < size:
+        os.truncate(path, size)

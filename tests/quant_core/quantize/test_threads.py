@@ -1,0 +1,81 @@
+"""`quantize` in parallel threads, and waiting for rows that are still arriving."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import numpy as np
+import pytest
+
+from quant_core.errors import InvalidSpec, NonFiniteValues
+from quant_core.formats import int4
+from quant_core.quantize import quantize
+
+
+@pytest.fixture(scope="module")
+def weights() -> np.ndarray:
+    # 2 Mi elements: the smallest tensor quantize splits across threads
+    return np.random.default_rng(7).standard_normal((512, 4096)).astype(np.float32)
+
+
+@pytest.mark.parametrize("method", ["rtn", "clip"])
+def test_thread_count_changes_neither_codes_nor_figures(weights: np.ndarray, method: str) -> None:
+    one = quantize(weights, int4(128), method, threads=1)
+    for threads in (2, 3):
+        other = quantize(weights, int4(128), method, threads=threads)
+        assert np.array_equal(one.packed, other.packed)
+        assert np.array_equal(one.scales, other.scales) and np.array_equal(one.zeros, other.zeros)
+        assert one.quality == other.quality
+
+
+def test_wait_rows_is_asked_for_every_row_before_it_is_read(weights: np.ndarray) -> None:
+    asked: list[int] = []
+    lock = threading.Lock()
+
+    def wait_rows(stop: int) -> None:
+        with lock:
+            asked.append(stop)
+
+    q = quantize(weights, int4(128), "rtn", threads=2, wait_rows=wait_rows)
+    assert max(asked) == weights.shape[0] and len(asked) >= 2
+    assert np.array_equal(q.packed, quantize(weights, int4(128), "rtn", threads=1).packed)
+
+
+def test_rows_that_have_not_arrived_are_not_read(weights: np.ndarray) -> None:
+    arriving = np.zeros_like(weights)
+    arrived = threading.Condition()
+    rows_in = [0]
+
+    def wait_rows(stop: int) -> None:
+        with arrived:
+            arrived.wait_for(lambda: rows_in[0] >= stop)
+
+    def receive() -> None:
+        for start in range(0, weights.shape[0], 32):
+            time.sleep(0.001)  # slower than the quantizer, which must wait
+            arriving[start:start + 32] = weights[start:start + 32]
+            with arrived:
+                rows_in[0] = start + 32
+                arrived.notify_all()
+
+    sender = threading.Thread(target=receive)
+    sender.start()
+    q = quantize(arriving, int4(128), "rtn", threads=2, wait_rows=wait_rows)
+    sender.join()
+    assert np.array_equal(q.packed, quantize(weights, int4(128), "rtn").packed)
+
+
+def test_non_finite_values_are_counted_over_the_whole_tensor_in_parallel(weights: np.ndarray) -> None:
+    broken = weights.copy()
+    broken[3, 5] = np.nan
+    broken[400, 7] = np.inf
+    with pytest.raises(NonFiniteValues) as info:
+        quantize(broken, int4(128), "rtn", threads=2, name="w")
+    assert info.value.count == 2 and info.value.first_index == (3, 5)
+
+
+def test_fewer_than_one_thread_is_refused(weights: np.ndarray) -> None:
+    with pytest.raises(InvalidSpec) as info:
+        quantize(weights, int4(128), "rtn", threads=0)
+    assert info.value.field == "threads"
