@@ -28,6 +28,9 @@ import numpy as np
 from quant_core.errors import NibbleError
 
 POLL_SECONDS = 0.0005
+#: longest a job waits for the next bytes before giving up on the arriving upload (its worker is freed,
+#: and the job runs once the upload is complete): a slow client cannot hold a worker for long
+PATIENCE_SECONDS = 1.0
 _ARRIVING, _COMPLETE, _ABANDONED = 0, 1, 2
 
 
@@ -66,14 +69,6 @@ class ArrivalRecorder:
         """The upload failed or the job reading it is no longer wanted: its waiter raises."""
         self._words[1] = _ABANDONED
 
-    @staticmethod
-    def abandon_at(path: Path) -> None:
-        """Mark the arrival record at `path` abandoned (from code that does not hold its recorder)."""
-        mapping, words = _map(path, writable=True)
-        words[1] = _ABANDONED
-        del words
-        mapping.close()
-
     @property
     def ended(self) -> bool:
         return int(self._words[1]) != _ARRIVING
@@ -82,8 +77,9 @@ class ArrivalRecorder:
 class ArrivalWaiter:
     """The job's side: blocks until bytes have arrived (see the module docstring)."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, patience_seconds: float = PATIENCE_SECONDS) -> None:
         self._mapping, self._words = _map(path, writable=False)
+        self.patience_seconds = patience_seconds
         self._lock = threading.Lock()
         #: seconds spent waiting for bytes (a job's figures leave them out of its own time)
         self.waited_seconds = 0.0
@@ -95,8 +91,9 @@ class ArrivalWaiter:
     def wait_bytes(self, needed: int) -> int:
         """Block until `needed` bytes have arrived; return the count so far.
 
-        Raises `UploadIncomplete` when the upload was abandoned, or completed
-        with fewer than `needed` bytes.  Safe to call from several threads.
+        Raises `UploadIncomplete` when the upload was abandoned, completed
+        with fewer than `needed` bytes, or brought nothing new for
+        `patience_seconds`.  Safe to call from several threads.
         """
         started = time.perf_counter()
         try:
@@ -105,6 +102,7 @@ class ArrivalWaiter:
             self._waited(started)
 
     def _wait_bytes(self, needed: int) -> int:
+        last, since = -1, time.monotonic()
         while True:
             state = int(self._words[1])
             received = int(self._words[0])
@@ -114,6 +112,10 @@ class ArrivalWaiter:
                 return received
             if state == _COMPLETE:
                 raise UploadIncomplete(f"the upload ended after {received} bytes; {needed} were expected")
+            if received != last:
+                last, since = received, time.monotonic()
+            elif time.monotonic() - since > self.patience_seconds:
+                raise UploadIncomplete(f"no bytes arrived for {self.patience_seconds:g} s; the job waits no longer")
             time.sleep(POLL_SECONDS)
 
     def final_size(self) -> int:
@@ -125,12 +127,18 @@ class ArrivalWaiter:
             self._waited(started)
 
     def _final_size(self) -> int:
+        last, since = -1, time.monotonic()
         while True:
             state = int(self._words[1])
+            received = int(self._words[0])
             if state == _ABANDONED:
                 raise UploadIncomplete("the upload this job was reading was abandoned")
             if state == _COMPLETE:
-                return int(self._words[0])
+                return received
+            if received != last:
+                last, since = received, time.monotonic()
+            elif time.monotonic() - since > self.patience_seconds:
+                raise UploadIncomplete(f"no bytes arrived for {self.patience_seconds:g} s; the job waits no longer")
             time.sleep(POLL_SECONDS)
 
 

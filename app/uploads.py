@@ -63,7 +63,7 @@ class ArrivingFile:
     field: str
     path: Path
     kind: TensorFileKind
-    arrival: Path
+    arrival: ArrivalRecorder
     fields: dict[str, list[str]]
     files: dict[str, Path]
     directory: Path
@@ -171,7 +171,7 @@ class _Collector:
             kind = sniff_format(handle.read(SNIFF_BYTES))
         if kind is not None:
             self.on_arriving(ArrivingFile(
-                self.part_name, path, kind, self.recorder.path,
+                self.part_name, path, kind, self.recorder,
                 {name: list(values) for name, values in self.fields.items()}, dict(self.completed), self.directory))
 
     def on_part_end(self) -> None:

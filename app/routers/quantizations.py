@@ -139,7 +139,7 @@ class _EarlyQuantization:
         self.job: QuantizeJob | None = None
         self.output = ""
         self.output_path: Path | None = None
-        self.arrival: Path | None = None
+        self.arrival: ArrivalRecorder | None = None
 
     def start(self, arriving: ArrivingFile) -> None:
         try:
@@ -153,7 +153,7 @@ class _EarlyQuantization:
             self.output_path = arriving.directory / f"early-output{OUTPUT_SUFFIXES[form.output]}"
         self.arrival = arriving.arrival
         self.task = asyncio.create_task(
-            self.pool.run(quantize_arriving, self.job, form.output, self.output_path, arriving.arrival))
+            self.pool.run(quantize_arriving, self.job, form.output, self.output_path, arriving.arrival.path))
 
     async def result(self, job: QuantizeJob, output: str, file: UploadedFile
                      ) -> tuple[dict[str, Any], Path | None] | None:
@@ -178,7 +178,7 @@ class _EarlyQuantization:
         if self.task is None:
             return
         if not self.task.done() and self.arrival is not None:
-            ArrivalRecorder.abandon_at(self.arrival)
+            self.arrival.abandon()  # its memory map outlives the upload directory
         with contextlib.suppress(Exception, asyncio.CancelledError):
             await self.task
 
@@ -203,26 +203,28 @@ async def create_quantization(request: Request) -> JSONResponse | StreamingRespo
     settings = settings_of(request)
     pool = _pool(request)
     early = _EarlyQuantization(pool, settings)
-    try:
-        async with pool.reserve(), receive_upload(request, settings, on_arriving=early.start) as upload:
-            form = parse_form(QuantizeForm, upload.fields)
-            file = _required_file(upload, "file")
-            job = _quantize_job(file.path, file.kind, _calibration(upload), form, settings)
-            finished = await early.result(job, form.output, file)
-            if form.output == "report":
-                report = finished[0] if finished is not None else await pool.run(quantize_file, job, "report", None)
+    async with pool.reserve():
+        try:
+            async with receive_upload(request, settings, on_arriving=early.start) as upload:
+                form = parse_form(QuantizeForm, upload.fields)
+                file = _required_file(upload, "file")
+                job = _quantize_job(file.path, file.kind, _calibration(upload), form, settings)
+                finished = await early.result(job, form.output, file)
+                if form.output == "report":
+                    report = finished[0] if finished is not None else await pool.run(
+                        quantize_file, job, "report", None)
+                    observe_report(request.app, report)
+                    return JSONResponse(report)
+                suffix = OUTPUT_SUFFIXES[form.output]
+                if finished is not None and finished[1] is not None:
+                    report, output = finished[0], finished[1]
+                else:
+                    output = new_output_path(upload, suffix)
+                    report = await pool.run(quantize_file, job, form.output, output)
                 observe_report(request.app, report)
-                return JSONResponse(report)
-            suffix = OUTPUT_SUFFIXES[form.output]
-            if finished is not None and finished[1] is not None:
-                report, output = finished[0], finished[1]
-            else:
-                output = new_output_path(upload, suffix)
-                report = await pool.run(quantize_file, job, form.output, output)
-            observe_report(request.app, report)
-            return _download(output, f"quantized-{form.output}{suffix}", _summary(report))
-    finally:
-        await early.close()
+                return _download(output, f"quantized-{form.output}{suffix}", _summary(report))
+        finally:
+            await early.close()  # inside the pool place: no job outlives the request's reservation
 
 
 @router.post("/quantize/compare", summary="Compare quantization methods side by side",

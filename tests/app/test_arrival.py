@@ -33,9 +33,19 @@ def test_waiter_returns_once_the_bytes_have_arrived(tmp_path: Path) -> None:
 def test_waiter_raises_when_the_upload_is_abandoned(tmp_path: Path) -> None:
     recorder = ArrivalRecorder(tmp_path / "a.arrival")
     recorder.advance(10)
-    threading.Timer(0.02, ArrivalRecorder.abandon_at, args=(recorder.path,)).start()
+    threading.Timer(0.02, recorder.abandon).start()
     with pytest.raises(UploadIncomplete):
         ArrivalWaiter(recorder.path).wait_bytes(20)
+
+
+def test_waiter_gives_up_when_nothing_arrives_for_its_patience(tmp_path: Path) -> None:
+    recorder = ArrivalRecorder(tmp_path / "a.arrival")
+    recorder.advance(10)
+    waiter = ArrivalWaiter(recorder.path, patience_seconds=0.05)
+    with pytest.raises(UploadIncomplete, match="no bytes arrived"):
+        waiter.wait_bytes(20)
+    with pytest.raises(UploadIncomplete, match="no bytes arrived"):
+        waiter.final_size()
 
 
 def test_waiter_raises_when_the_upload_completes_short(tmp_path: Path) -> None:

@@ -362,3 +362,12 @@ def test_the_job_starts_while_the_file_arrives_when_the_fields_come_first(
     response = client.post("/v1/quantize", files={"file": ("w.npy", npy_bytes(weights))}, data={"method": "clip"})
     assert response.status_code == 200 and response.json()["tensors"][0]["method"] == "clip"
     assert early_jobs == ["clip"]
+
+
+def test_an_invalid_field_after_the_file_is_422_and_stops_the_early_job(client: TestClient,
+                                                                       weights: np.ndarray) -> None:
+    body, content_type = _multipart([("method", None, b"rtn"), ("file", "w.npy", npy_bytes(weights)),
+                                     ("group_size", None, b"100")])
+    response = client.post("/v1/quantize", content=body, headers={"Content-Type": content_type})
+    assert response.status_code == 422
+    assert {e["field"] for e in response.json()["errors"]} == {"group_size"}
