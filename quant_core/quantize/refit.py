@@ -14,8 +14,9 @@ integer zero, so the refit is adapted:
 3. re-encode with ``(s, z)`` and keep, per group, the candidate with the
    lowest squared error (RTN's own parameters are a candidate too, so the
    result is never worse than `rtn`);
-4. alternate encode / least-squares scale / best neighbouring zero for
-   `REFINE_STEPS` more rounds on the winner, keeping only improvements.
+4. alternate encode / least-squares refit for `REFINE_STEPS` more rounds on
+   the winner, the first round also trying the neighbouring zeros ``z ± 1``
+   (each with its least-squares scale), keeping only improvements.
 
 With ``zero="fp16"`` step 2 keeps the float zero ``−b / a`` (rounded to fp16),
 the make_qkx2 setting; symmetric schemes refit the scale alone with zero 8.
@@ -125,11 +126,13 @@ def refit(weights: F32, w_min: F32, w_max: F32, scheme: WeightFormat) -> GroupPa
             zeros = fp16_nearest(raw) if scheme.zero == "fp16" else np.clip(np.rint(raw), 0.0, LEVELS)
             codes = search.consider(scales, zeros.astype(np.float32))
             search.consider(*search.refit(codes, None))
-    for _ in range(REFINE_STEPS):
+    for step in range(REFINE_STEPS):
         zeros = search.zeros.copy()
         codes = search.consider(search.scales.copy(), zeros)
         search.consider(*search.refit(codes, None if not scheme.symmetric else zeros))
-        if not scheme.symmetric and scheme.zero == "int4":
+        # neighbouring zeros only in the first round: in the second and third they improved 1 of
+        # 8192 groups on 256 Gaussian rows (by < 1e-4 of the error) and cost 4 of 41 encodes each
+        if step == 0 and not scheme.symmetric and scheme.zero == "int4":
             for shift in (-1.0, 1.0):
                 shifted = np.clip(search.zeros + np.float32(shift), 0.0, LEVELS).astype(np.float32)
                 codes = search.consider(search.scales.copy(), shifted)
