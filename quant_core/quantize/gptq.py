@@ -57,11 +57,17 @@ from quant_core.quantize.metrics import calibration_split
 from quant_core.quantize.rtn import asymmetric_parameters, symmetric_scales
 
 LEAF_COLUMNS = 16
-CHOLESKY_BLOCK = 256
 _TRIANGULAR_LEAF = 512
+# Products of at most m·n·k = 2^18 run on one OpenBLAS thread (its threading threshold); a threaded call
+# waits for its second thread, which on a shared 2-core machine can be descheduled for milliseconds.
+# So the many mid-sized products are cut into single-threaded pieces, and only large ones
+# (≥ `_THREADED_PRODUCT`, where the wait is amortised) are issued whole.
+_SINGLE_THREAD_PRODUCT = 1 << 18
+_THREADED_PRODUCT = 1 << 25
+_FACTOR_LEAF = 64
 DAMPENING = 0.01
 MAX_DAMPENING = 1e4
-_CHUNK_ELEMENTS = 1 << 23
+_CHUNK_ELEMENTS = 1 << 24
 
 
 class RowReader(Protocol):
@@ -104,34 +110,46 @@ def _lower_triangular_inverse(lower: F32) -> F32:
     return result
 
 
-def blocked_cholesky(matrix: F32) -> F32:
-    """Lower Cholesky factor ``L`` (``matrix = L Lᵀ``) by right-looking blocks of `CHOLESKY_BLOCK` in float32.
+def _upper_cholesky(matrix: F32) -> F32:
+    """Upper ``U`` with ``matrix = UᵀU`` (float32) by 2 × 2 block recursion.
 
-    Each diagonal block is factored by LAPACK; the panel below it is
-    ``A_ik · L_kk⁻ᵀ`` and the trailing lower triangle is updated block column by
-    block column (``A_ij −= L_ik L_jkᵀ``), all matrix products, so the whole
-    factorisation costs about n³/3 flops at matmul speed.  Raises
-    `numpy.linalg.LinAlgError` when `matrix` is not positive definite.
+    ``U₁₁ = chol(A₁₁)``, ``U₁₂ = U₁₁⁻ᵀ A₁₂``, ``U₂₂ = chol(A₂₂ − U₁₂ᵀU₁₂)`` (a symmetric
+    product NumPy computes as a rank-k update): a few large matrix products,
+    leaves of `_FACTOR_LEAF` rows by LAPACK.  Raises `numpy.linalg.LinAlgError`
+    when `matrix` is not positive definite.
     """
+    if matrix.shape[0] <= _FACTOR_LEAF:
+        return np.ascontiguousarray(np.linalg.cholesky(matrix).T, dtype=np.float32)
+    return _upper_cholesky_and_inverse(matrix, with_inverse=False)[0]
+
+
+def _upper_cholesky_and_inverse(matrix: F32, with_inverse: bool = True) -> tuple[F32, F32]:
+    """`_upper_cholesky` and, if `with_inverse`, ``U⁻¹`` (else an empty array): ``(U⁻¹)₁₂ = −U₁₁⁻¹ U₁₂ U₂₂⁻¹``."""
     size = matrix.shape[0]
-    work = np.array(matrix, dtype=np.float32, copy=True)
-    lower = np.zeros_like(work)
-    for start in range(0, size, CHOLESKY_BLOCK):
-        stop = min(size, start + CHOLESKY_BLOCK)
-        diagonal_block = np.linalg.cholesky(work[start:stop, start:stop])
-        lower[start:stop, start:stop] = diagonal_block
-        if stop == size:
-            break
-        panel = work[stop:, start:stop] @ np.linalg.inv(diagonal_block).T.astype(np.float32)
-        lower[stop:, start:stop] = panel
-        for column in range(stop, size, CHOLESKY_BLOCK):
-            column_stop = min(size, column + CHOLESKY_BLOCK)
-            work[column:, column:column_stop] -= panel[column - stop:] @ panel[column - stop: column_stop - stop].T
-    return lower
+    if size <= _FACTOR_LEAF:
+        upper = np.ascontiguousarray(np.linalg.cholesky(matrix).T, dtype=np.float32)
+        return upper, np.linalg.inv(upper).astype(np.float32)
+    half = max(_FACTOR_LEAF, size // 2 // _FACTOR_LEAF * _FACTOR_LEAF)
+    top, top_inverse = _upper_cholesky_and_inverse(matrix[:half, :half])
+    coupling = _product(top_inverse.T, matrix[:half, half:])
+    trailing = matrix[half:, half:] - _product(coupling.T, coupling)
+    result = np.zeros((size, size), dtype=np.float32)
+    result[:half, :half] = top
+    result[:half, half:] = coupling
+    if not with_inverse:
+        result[half:, half:] = _upper_cholesky(trailing)
+        return result, np.empty((0, 0), dtype=np.float32)
+    bottom, bottom_inverse = _upper_cholesky_and_inverse(trailing)
+    result[half:, half:] = bottom
+    inverse = np.zeros((size, size), dtype=np.float32)
+    inverse[:half, :half] = top_inverse
+    inverse[half:, half:] = bottom_inverse
+    inverse[:half, half:] = _product(_product(top_inverse, coupling), -bottom_inverse)
+    return result, inverse
 
 
-def _damped_reversed_cholesky(h: F32) -> tuple[F32, float]:
-    """Lower ``L`` with ``J (H + λI) J = L Lᵀ`` (``J`` the index reversal), and the λ used.
+def _damped_reversed_upper(h: F32) -> tuple[F32, float]:
+    """Upper ``V`` with ``J (H + λI) J = VᵀV`` (``J`` the index reversal), and the λ used.
 
     λ starts at `DAMPENING` × the mean diagonal and grows ×10 while the
     factorisation fails or is not finite; past `MAX_DAMPENING` × the mean
@@ -141,14 +159,14 @@ def _damped_reversed_cholesky(h: F32) -> tuple[F32, float]:
     damp = DAMPENING * mean_diagonal
     diagonal = np.arange(h.shape[0])
     while True:
-        damped = np.ascontiguousarray(h[::-1, ::-1], dtype=np.float32)
-        damped[diagonal, diagonal] += np.float32(damp)
+        work = h[::-1, ::-1].copy()
+        work[diagonal, diagonal] += np.float32(damp)
         try:
-            lower = blocked_cholesky(damped)
+            upper = _upper_cholesky(work)
+            if np.isfinite(upper).all() and bool(np.all(np.diag(upper) > 0)):
+                return upper, damp
         except np.linalg.LinAlgError:
-            lower = None
-        if lower is not None and np.isfinite(lower).all() and bool(np.all(np.diag(lower) > 0)):
-            return lower, damp
+            pass
         damp *= 10.0
         if damp > MAX_DAMPENING * max(mean_diagonal, 1e-30):
             raise CalibrationError(f"the Hessian is not positive definite even with dampening {damp:.3g}")
@@ -157,13 +175,13 @@ def _damped_reversed_cholesky(h: F32) -> tuple[F32, float]:
 def error_feedback_factor(h: F32) -> tuple[F32, float]:
     """Unit lower-triangular ``S`` driving the sweep (module docstring), and the dampening λ used.
 
-    With ``H + λI = R Rᵀ``, ``R`` upper triangular, ``S_kj = R_jk / R_kk``:
-    when column ``k`` is quantized it holds ``W_k + Σ_{j<k} (W_j − ŵ_j) S_kj``.
+    With ``H + λI = R Rᵀ``, ``R`` upper triangular, ``S_kj = R_jk / R_kk``.
+    From ``J (H + λI) J = VᵀV``: ``Rᵀ = J V J``, a reversed copy (no transpose).
     """
-    lower, damp = _damped_reversed_cholesky(h)
-    transposed = lower.T[::-1, ::-1]  # = Rᵀ
-    factor = transposed / np.diag(transposed)[:, None]
-    return np.ascontiguousarray(factor, dtype=np.float32), damp
+    upper, damp = _damped_reversed_upper(h)
+    transposed = upper[::-1, ::-1].copy()  # = Rᵀ
+    transposed /= np.diag(transposed)[:, None]
+    return transposed, damp
 
 
 def inverse_cholesky_upper(h: F32) -> tuple[F32, float]:
@@ -172,11 +190,12 @@ def inverse_cholesky_upper(h: F32) -> tuple[F32, float]:
     The sweep does not need it (it uses `error_feedback_factor`); it is the
     factor of the paper's formulation, kept to check that the two agree.
     """
-    lower, damp = _damped_reversed_cholesky(h)
-    upper = np.ascontiguousarray(_lower_triangular_inverse(lower)[::-1, ::-1])
-    if not np.isfinite(upper).all():
+    upper, damp = _damped_reversed_upper(h)
+    lower = np.ascontiguousarray(upper.T)
+    inverse = np.ascontiguousarray(_lower_triangular_inverse(lower)[::-1, ::-1])
+    if not np.isfinite(inverse).all():
         raise CalibrationError(f"the inverse Cholesky factor overflowed with dampening {damp:.3g}")
-    return upper, damp
+    return inverse, damp
 
 
 def _group_parameters(group: F32, scheme: WeightFormat) -> tuple[F32, F32]:
@@ -257,10 +276,52 @@ def gptq(
 def _group_block_inverses(factor: F32, group_size: int) -> F32:
     """``(S_GG)⁻¹`` for every group but the first, ``[groups − 1, group_size, group_size]`` (float32)."""
     columns = factor.shape[0]
-    starts = range(group_size, columns, group_size)
-    blocks = np.array([factor[start:start + group_size, start:start + group_size] for start in starts],
-                      dtype=np.float64).reshape(-1, group_size, group_size)
-    return np.linalg.inv(blocks).astype(np.float32) if blocks.size else blocks.astype(np.float32)
+    blocks = np.array([factor[start:start + group_size, start:start + group_size]
+                       for start in range(group_size, columns, group_size)], dtype=np.float64)
+    if blocks.size == 0:
+        return np.zeros((0, group_size, group_size), dtype=np.float32)
+    return _lower_inverses(blocks).astype(np.float32)
+
+
+def _lower_inverses(blocks: NDArray[np.float64]) -> NDArray[np.float64]:
+    """Inverses of a stack of lower-triangular matrices by 2 × 2 block recursion, in small products.
+
+    Leaves of `_FACTOR_LEAF` rows go to LAPACK, which runs matrices that small on one thread.
+    """
+    size = blocks.shape[-1]
+    if size <= _FACTOR_LEAF:
+        return np.linalg.inv(blocks).astype(np.float64)
+    half = size // 2
+    top = _lower_inverses(blocks[:, :half, :half])
+    bottom = _lower_inverses(blocks[:, half:, half:])
+    result = np.zeros_like(blocks)
+    result[:, :half, :half] = top
+    result[:, half:, half:] = bottom
+    result[:, half:, :half] = -(bottom @ (blocks[:, half:, :half] @ top))
+    return result
+
+
+def _product(left: F32, right: F32) -> F32:
+    """``left @ right``; mid-sized products cut along `right`'s columns to run single-threaded."""
+    work = left.shape[0] * left.shape[1] * right.shape[1]
+    if work >= _THREADED_PRODUCT or work <= _SINGLE_THREAD_PRODUCT:
+        return left @ right
+    result = np.empty((left.shape[0], right.shape[1]), dtype=np.float32)
+    width = max(1, _SINGLE_THREAD_PRODUCT // (left.shape[0] * left.shape[1]))
+    for start in range(0, right.shape[1], width):
+        np.matmul(left, right[:, start:start + width], out=result[:, start:start + width])
+    return result
+
+
+def _add_product(target: F32, left: F32, right: F32) -> None:
+    """``target += left @ right``; mid-sized products cut along `right`'s columns to run single-threaded."""
+    work = left.shape[0] * left.shape[1] * right.shape[1]
+    if work >= _THREADED_PRODUCT or work <= _SINGLE_THREAD_PRODUCT:
+        target += left @ right
+        return
+    width = max(1, _SINGLE_THREAD_PRODUCT // (left.shape[0] * left.shape[1]))
+    for start in range(0, right.shape[1], width):
+        target[:, start:start + width] += left @ right[:, start:start + width]
 
 
 class _Sweep:
@@ -301,7 +362,8 @@ class _Sweep:
         else:
             middle = start + max(LEAF_COLUMNS, size // 2 // LEAF_COLUMNS * LEAF_COLUMNS)
         self.run(start, middle)
-        self.transposed[middle:stop] += self.factor[middle:stop, start:middle] @ self.transposed[start:middle]
+        _add_product(self.transposed[middle:stop], self.factor[middle:stop, start:middle],
+                     self.transposed[start:middle])
         self.run(middle, stop)
 
     def _enter_group(self, column: int) -> None:
@@ -320,8 +382,8 @@ class _Sweep:
         if group == 0:
             paper = current
         else:
-            paper = self.group_inverses[group - 1] @ (current - self._group_originals)
-            paper += self._group_originals
+            paper = self._group_originals.copy()
+            _add_product(paper, self.group_inverses[group - 1], current - self._group_originals)
         self._scale, self._zero = _group_parameters(paper, self.scheme)
         self._inverse = np.float32(1.0) / self._scale
         self.scales[group] = self._scale
