@@ -64,6 +64,7 @@ _TRIANGULAR_LEAF = 512
 # (≥ `_THREADED_PRODUCT`, where the wait is amortised) are issued whole.
 _SINGLE_THREAD_PRODUCT = 1 << 18
 _THREADED_PRODUCT = 1 << 25
+_MIN_SLICE_COLUMNS = 32
 _FACTOR_LEAF = 64
 DAMPENING = 0.01
 MAX_DAMPENING = 1e4
@@ -301,13 +302,27 @@ def _lower_inverses(blocks: NDArray[np.float64]) -> NDArray[np.float64]:
     return result
 
 
+def _slice_columns(left: F32, right: F32) -> int:
+    """Columns of `right` per piece of ``left @ right``: all of them, or few enough for one BLAS thread.
+
+    Products too large (≥ `_THREADED_PRODUCT`) or whose pieces would be
+    narrower than `_MIN_SLICE_COLUMNS` (inefficient kernels) are not cut.
+    """
+    columns = int(right.shape[1])
+    inner = int(left.shape[0]) * int(left.shape[1])
+    work = inner * columns
+    if work >= _THREADED_PRODUCT or work <= _SINGLE_THREAD_PRODUCT:
+        return columns
+    width = _SINGLE_THREAD_PRODUCT // max(1, inner)
+    return width if width >= _MIN_SLICE_COLUMNS else columns
+
+
 def _product(left: F32, right: F32) -> F32:
     """``left @ right``; mid-sized products cut along `right`'s columns to run single-threaded."""
-    work = left.shape[0] * left.shape[1] * right.shape[1]
-    if work >= _THREADED_PRODUCT or work <= _SINGLE_THREAD_PRODUCT:
+    width = _slice_columns(left, right)
+    if width >= right.shape[1]:
         return left @ right
     result = np.empty((left.shape[0], right.shape[1]), dtype=np.float32)
-    width = max(1, _SINGLE_THREAD_PRODUCT // (left.shape[0] * left.shape[1]))
     for start in range(0, right.shape[1], width):
         np.matmul(left, right[:, start:start + width], out=result[:, start:start + width])
     return result
@@ -315,11 +330,10 @@ def _product(left: F32, right: F32) -> F32:
 
 def _add_product(target: F32, left: F32, right: F32) -> None:
     """``target += left @ right``; mid-sized products cut along `right`'s columns to run single-threaded."""
-    work = left.shape[0] * left.shape[1] * right.shape[1]
-    if work >= _THREADED_PRODUCT or work <= _SINGLE_THREAD_PRODUCT:
+    width = _slice_columns(left, right)
+    if width >= right.shape[1]:
         target += left @ right
         return
-    width = max(1, _SINGLE_THREAD_PRODUCT // (left.shape[0] * left.shape[1]))
     for start in range(0, right.shape[1], width):
         target[:, start:start + width] += left @ right[:, start:start + width]
 
