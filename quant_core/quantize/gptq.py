@@ -37,8 +37,12 @@ product ``W_right += S[right, left] · D_left``, then the right half is swept,
 down to leaves of `LEAF_COLUMNS` columns swept column by column.  This is the
 paper's "lazy batch" update (blocks of 128 columns) applied at every scale,
 so most of the work is a few large matrix products.  Ranges spanning several
-groups are split on group boundaries, so a group's parameters always see
-every earlier column's update.  Rows are independent given ``S``, so the
+groups are split on group boundaries, so a group's columns have every earlier
+column's update when the sweep enters it; their values then are
+``W + Σ_{j<m} d_j S_kj``, which is the paper's state only for the group's first
+column ``m``: the paper's values, from which the scale and zero are taken, are
+``W_G + (S_GG)⁻¹ (that − W_G)`` (``S_GG`` the group's diagonal block).  Rows are
+independent given ``S``, so the
 sweep runs on chunks of rows (weights kept transposed, so each column is a
 contiguous vector).
 """
