@@ -2,8 +2,12 @@
 
 Given a chunk's weights ``[rows, columns]`` (float32) and its per-group
 parameters (the method's output), every block of about `BLOCK_ELEMENTS`
-elements (256 KiB of float32, so the dozen passes below hit the L2 cache, not
-DRAM) goes through, in order:
+elements (1 MiB of float32, so the dozen passes below hit the caches, not
+DRAM; larger than L2 alone would suggest, because each NumPy call holds the
+GIL between its loops and `quantize` runs encoders on several threads: with
+256 KiB blocks two threads were no faster than one, with 1 MiB blocks they
+are ~1.35x faster, and one thread is ~10% faster too; BENCHMARKS.md) goes
+through, in order:
 
 1. ``x = rint(w · (1/s))`` (one broadcast multiply, one rint);
 2. with integer zeros (int4, or the 8 of symmetric schemes) the code is
@@ -33,7 +37,7 @@ from numpy.typing import NDArray
 from quant_core.quantize._groups import F32, LEVELS
 from quant_core.quantize.metrics import QualityAccumulator
 
-BLOCK_ELEMENTS = 1 << 16
+BLOCK_ELEMENTS = 1 << 18
 
 
 def pack_pairs(codes: NDArray[np.uint8], out: NDArray[np.uint8]) -> None:

@@ -1,17 +1,21 @@
 """`quantize` and `dequantize`: the one entry point to every int4 method.
 
 The driver validates the input, then walks the weights in chunks of rows
-(about 2^20 elements, 4 MiB of float32, for RTN; 2^17 for the searching
-methods, whose several scratch buffers must stay in cache), converting each
+(about 2^20 elements, 4 MiB of float32, for RTN; 2^19 for the searching
+methods, which keep several chunk-sized scratch buffers), converting each
 chunk to float32 exactly (NumPy's cast for float16, ml_dtypes' for bfloat16),
 computing the per-group min/max (which also detects NaN/Inf at no extra cost),
 and calling the method for the chunk's per-group scales and zeros.
 `ChunkEncoder` (quant_core/quantize/_fused.py) then encodes the chunk in
-L2-sized blocks, packing the codes straight into the output and feeding
+cache-sized blocks, packing the codes straight into the output and feeding
 ``(code − zero) × scale`` to the quality accumulator while the block is still
 in cache, so peak memory stays near the input's size and the weights are read
-from DRAM once.  GPTQ, which needs the whole Hessian, has its own column sweep
-(quant_core/quantize/gptq.py) and is measured by the same accumulator afterwards.
+from DRAM once.  Chunks are dealt round-robin to `threads` threads (NumPy
+releases the GIL inside its loops), each with its own encoder and buffers;
+each chunk's figures are summed in row order at the end, so the result does
+not depend on the thread count.  GPTQ, which needs the whole Hessian, has its
+own column sweep (quant_core/quantize/gptq.py) and is measured by the same
+accumulator afterwards.
 """
 
 from __future__ import annotations
@@ -44,10 +48,11 @@ __all__ = ["METHODS", "dequantize", "quantize"]
 
 _BF16 = np.dtype(ml_dtypes.bfloat16)
 # Chunks of 4 MiB of float32 for the min/max and the per-group parameters (few, so Python's per-call
-# cost stays small; the encode inside works on L2-sized blocks, _fused.py); the searching methods keep
-# several chunk-sized buffers, so their chunks are smaller.
+# cost, during which a thread holds the GIL, stays small; the encode inside works on cache-sized
+# blocks, _fused.py); the searching methods keep several chunk-sized buffers, so their chunks are
+# smaller: 2^19 measured fastest with two threads (2^17: the threads mostly wait for the GIL).
 _CHUNK_ELEMENTS = 1 << 20
-_SEARCH_CHUNK_ELEMENTS = 1 << 17
+_SEARCH_CHUNK_ELEMENTS = 1 << 19
 _SEARCHES = frozenset({"clip", "hqq", "refit"})
 # below this many elements (8 MiB of float32) a tensor is encoded on the calling thread
 _PARALLEL_MIN_ELEMENTS = 1 << 21
