@@ -202,6 +202,12 @@ class WorkerPool:
         self._all.clear()
         self._idle = None
 
+    def has_idle_worker(self) -> bool:
+        """Whether a job submitted now would find a worker free (no job is waiting for one)."""
+        if self.kind == "thread":
+            return self.stats.busy < self.stats.workers
+        return self._idle is None or self._idle.qsize() > 0
+
     @contextlib.asynccontextmanager
     async def reserve(self) -> AsyncIterator[None]:
         """Hold one of the pool's places for a request, or raise `PoolFull` (503) at once."""

@@ -123,8 +123,8 @@ class _EarlyQuantization:
     """A quantize job started while its upload is still arriving (app/arrival.py), and kept only if it is
     exactly the job the whole request asks for.
 
-    It starts when the ``file`` part's first bytes arrive and the text fields
-    sent before it are valid; fields or a calibration part that come after the
+    It starts when the ``file`` part's first bytes arrive, a worker is free,
+    and the text fields sent before it are valid; fields or a calibration part that come after the
     file, a different output, or an upload that ends short of its header make
     the request fall back to running the job once the upload is complete, as
     it would without an early start.  Whatever happens, `close` leaves no job
@@ -142,6 +142,8 @@ class _EarlyQuantization:
         self.arrival: ArrivalRecorder | None = None
 
     def start(self, arriving: ArrivingFile) -> None:
+        if not self.pool.has_idle_worker():
+            return  # the job would only wait for a worker while holding none: run it once the upload is in
         try:
             form = parse_form(QuantizeForm, arriving.fields)
         except RequestValidationError:

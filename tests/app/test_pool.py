@@ -79,3 +79,21 @@ def test_typed_core_errors_cross_the_process_boundary() -> None:
             pool.close()
 
     asyncio.run(scenario())
+
+
+@pytest.mark.parametrize("kind", ["thread", "process"])
+def test_has_idle_worker_is_false_while_every_worker_is_busy(kind: str) -> None:
+    async def scenario() -> None:
+        pool = WorkerPool(workers=1, queue=1, time_limit_seconds=30, retry_after_seconds=1, kind=kind)  # type: ignore[arg-type]
+        pool.start()
+        try:
+            assert pool.has_idle_worker()
+            busy = asyncio.create_task(_occupy(pool, 0.5))
+            await asyncio.sleep(0.2)
+            assert not pool.has_idle_worker()
+            await busy
+            assert pool.has_idle_worker()
+        finally:
+            pool.close()
+
+    asyncio.run(scenario())
