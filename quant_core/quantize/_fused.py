@@ -40,10 +40,13 @@ from quant_core.quantize.metrics import QualityAccumulator
 BLOCK_ELEMENTS = 1 << 18
 
 
-def pack_pairs(codes: NDArray[np.uint8], out: NDArray[np.uint8]) -> None:
-    """Pack an even count of codes in [0, 15] (flat, contiguous) two per byte into `out`, low nibble first."""
+def pack_pairs(codes: NDArray[np.uint8], out: NDArray[np.uint8], scratch: NDArray[np.uint16] | None = None) -> None:
+    """Pack an even count of codes in [0, 15] (flat, contiguous) two per byte into `out`, low nibble first.
+
+    `scratch` (at least ``codes.size // 2`` uint16) saves allocating the merged pairs.
+    """
     pairs = codes.view("<u2")
-    merged = np.right_shift(pairs, 4)
+    merged = np.right_shift(pairs, 4) if scratch is None else np.right_shift(pairs, 4, out=scratch[: pairs.size])
     np.bitwise_or(merged, pairs, out=merged)
     np.copyto(out, merged, casting="unsafe")
 
@@ -67,6 +70,7 @@ class ChunkEncoder:
         self.block_rows = rows + rows % 2
         self.values = np.empty(self.block_rows * columns, dtype=np.float32)
         self.codes = np.empty(self.block_rows * columns + 1, dtype=np.int8)
+        self.pairs = np.empty((self.block_rows * columns + 1) // 2, dtype=np.uint16)
 
     def encode(self, first_row: int, weights: F32, w_min: F32, w_max: F32, scales: F32, zeros: F32,
                accumulator: QualityAccumulator) -> None:
@@ -144,7 +148,7 @@ class ChunkEncoder:
         codes = self.codes.view(np.uint8)
         if first_code % 2 == 0 and count % 2 == 0:
             first_byte = first_code // 2
-            pack_pairs(codes[:count], self.packed[first_byte: first_byte + count // 2])
+            pack_pairs(codes[:count], self.packed[first_byte: first_byte + count // 2], self.pairs)
             return
         # odd code counts only occur with an odd number of columns in the last block (rows come in pairs)
         codes[count] = 0
