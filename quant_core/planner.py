@@ -724,4 +724,10 @@ def _warnings(spec: ModelSpec, hardware: Hardware, workload: Workload, options: 
     if tensor_parallel > 1 and spec.num_attention_heads % tensor_parallel:
         out.append(f"Tensor parallel degree {tensor_parallel} does not divide the model's "
                    f"{spec.num_attention_heads} attention heads: engines such as vLLM refuse this layout.")
+    kv_heads = spec.num_kv_heads
+    if (tensor_parallel > 1 and spec.kv_lora_rank == 0 and kv_heads > 0
+            and kv_heads % tensor_parallel and tensor_parallel % kv_heads):
+        out.append(f"Tensor parallel degree {tensor_parallel} neither divides the model's {kv_heads} key/value "
+                   f"heads nor is a multiple of them (to replicate them): engines such as vLLM refuse this "
+                   f"layout; the KV figures assume {-(-kv_heads // tensor_parallel)} head(s) per device.")
     return tuple(out)

@@ -207,3 +207,14 @@ def test_widths_that_group_128_does_not_divide_need_padding_or_a_smaller_group(m
     baseline = plan(spec, Hardware(H100, 1), Workload(), PlanOptions(weight_format=float_format("bf16")))
     assert baseline.comparison["int4"].weights_bytes == padded.primary.weights_bytes
     assert padded.primary.weights_bytes < exact.primary.weights_bytes  # g64 stores twice the scales
+
+
+def test_a_tensor_parallel_degree_that_cannot_split_the_kv_heads_is_warned_about() -> None:
+    spec = get_preset("qwen2.5-0.5b")  # 14 attention heads, 2 key/value heads
+    assert (spec.num_attention_heads, spec.num_kv_heads) == (14, 2)
+    refused = plan(spec, Hardware(H100, 7), Workload(4096, 1), PlanOptions(tensor_parallel=7))
+    assert any("key/value heads" in warning for warning in refused.warnings)
+    for tensor_parallel in (2, 14):  # divides the KV heads; replicates each on 7 devices
+        fine = plan(spec, Hardware(H100, tensor_parallel), Workload(4096, 1),
+                    PlanOptions(tensor_parallel=tensor_parallel))
+        assert not any("key/value heads" in warning for warning in fine.warnings)
