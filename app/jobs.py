@@ -53,11 +53,13 @@ DequantizeDtype = Literal["float32", "float16", "bfloat16"]
 
 @dataclass(frozen=True, slots=True)
 class ReadLimits:
-    """The upload reader limits from settings (tensors per file, elements per tensor, header bytes)."""
+    """The upload reader limits from settings (tensors per file, elements per tensor, header bytes, file bytes)."""
 
     max_tensors: int
     max_elements: int
     max_header_bytes: int
+    #: the largest upload accepted; a header declaring more is not streamed (its upload will be refused)
+    max_file_bytes: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,7 +109,10 @@ def _arriving_layout(job: QuantizeJob, waiter: ArrivalWaiter) -> _ArrivingFile |
             shape, fortran, dtype, offset = read_npy_header(job.path, max_header_bytes=limits.max_header_bytes)
             count = checked_element_count(shape, limits.max_elements, "in .npy file")
             row_bytes = shape[1] * dtype.itemsize if len(shape) == 2 and not fortran else None
-            return _ArrivingFile(offset + count * dtype.itemsize, {NPY_TENSOR_NAME: (offset, row_bytes)})
+            declared = offset + count * dtype.itemsize
+            if limits.max_file_bytes is not None and declared > limits.max_file_bytes:
+                return None
+            return _ArrivingFile(declared, {NPY_TENSOR_NAME: (offset, row_bytes)})
         waiter.wait_bytes(8)
         with job.path.open("rb") as handle:
             (length,) = struct.unpack("<Q", handle.read(8))
@@ -122,6 +127,8 @@ def _arriving_layout(job: QuantizeJob, waiter: ArrivalWaiter) -> _ArrivingFile |
             struct.pack("<Q", length) + prefix, declared, max_tensors=limits.max_tensors,
             max_elements=limits.max_elements, max_header_bytes=limits.max_header_bytes)
     except (NibbleError, ValueError, TypeError, KeyError, IndexError, AttributeError, struct.error):
+        return None
+    if limits.max_file_bytes is not None and declared > limits.max_file_bytes:
         return None
     rows = {name: (header.data_offset + entry.begin,
                    entry.shape[1] * entry.numpy_dtype.itemsize if len(entry.shape) == 2 else None)

@@ -139,3 +139,21 @@ def test_an_unreadable_header_is_reported_as_for_a_complete_file(tmp_path: Path)
     content = b"\x93NUMPY\x01\x00" + (20).to_bytes(2, "little") + b"{'descr': '<f4', oops" + bytes(64)
     with pytest.raises(TensorFileError):
         _run_arriving(tmp_path, content, "npy")
+
+
+def test_a_header_declaring_more_than_the_upload_limit_is_not_streamed(tmp_path: Path) -> None:
+    path = tmp_path / "upload"
+    recorder = ArrivalRecorder(tmp_path / "upload.arrival")
+    declared = npy_bytes(np.ones((64, 256), dtype=np.float32))
+    sent = declared[:-1024]  # the client stops early, as it would once answered 413
+    limits = ReadLimits(64, 1 << 26, 1 << 16, max_file_bytes=len(declared) - 1)
+    job = QuantizeJob(path, "npy", None, ("rtn",), 128, False, None, limits)
+    sender = _arrive(sent, path, recorder)
+    try:
+        # streamed, the job would extend the file to the declared size and end with UploadIncomplete;
+        # not streamed, it waits for the whole upload and reads it as a complete (short) file
+        with pytest.raises(TensorFileError, match="data bytes"):
+            quantize_file(job, "report", None, arrival=recorder.path)
+    finally:
+        sender.join()
+    assert path.stat().st_size == len(sent)
