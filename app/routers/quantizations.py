@@ -165,14 +165,14 @@ class _EarlyQuantization:
             return None
         if job != self.job or output != self.output:
             await self.close()
+            _restore_size(file)
             return None
         try:
             report = await self.task
         except (UploadIncomplete, TimeLimitExceeded):
             # The header promised another size, the client was too slow for the job to keep waiting,
             # or the time limit ran out while the upload was still arriving: run it on the complete file.
-            if file.path.stat().st_size != file.size:
-                os.truncate(file.path, file.size)  # the job had extended it to the declared size
+            _restore_size(file)
             return None
         return report, self.output_path
 
@@ -184,6 +184,12 @@ class _EarlyQuantization:
             self.arrival.abandon()  # its memory map outlives the upload directory
         with contextlib.suppress(Exception, asyncio.CancelledError):
             await self.task
+
+
+def _restore_size(file: UploadedFile) -> None:
+    """Cut the spool file back to the bytes received, if an early job extended it to its header's size."""
+    if file.path.stat().st_size != file.size:
+        os.truncate(file.path, file.size)
 
 
 def _quantize_job(path: Path, kind: TensorFileKind, calibration: Path | None, form: QuantizeForm,

@@ -371,3 +371,12 @@ def test_an_invalid_field_after_the_file_is_422_and_stops_the_early_job(client: 
     response = client.post("/v1/quantize", content=body, headers={"Content-Type": content_type})
     assert response.status_code == 422
     assert {e["field"] for e in response.json()["errors"]} == {"group_size"}
+
+
+def test_an_npy_cut_short_with_a_field_after_it_gets_the_error_of_a_complete_file(client: TestClient,
+                                                                                weights: np.ndarray) -> None:
+    body, content_type = _multipart([("method", None, b"rtn"), ("file", "w.npy", npy_bytes(weights)[:-64]),
+                                     ("group_size", None, b"64")])
+    response = client.post("/v1/quantize", content=body, headers={"Content-Type": content_type})
+    assert response.status_code == 422
+    assert "data bytes" in response.json()["detail"]
