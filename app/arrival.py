@@ -84,10 +84,6 @@ class ArrivalWaiter:
         #: seconds spent waiting for bytes (a job's figures leave them out of its own time)
         self.waited_seconds = 0.0
 
-    def _waited(self, started: float) -> None:
-        with self._lock:
-            self.waited_seconds += time.perf_counter() - started
-
     def wait_bytes(self, needed: int) -> int:
         """Block until `needed` bytes have arrived; return the count so far.
 
@@ -95,51 +91,37 @@ class ArrivalWaiter:
         with fewer than `needed` bytes, or brought nothing new for
         `patience_seconds`.  Safe to call from several threads.
         """
-        started = time.perf_counter()
-        try:
-            return self._wait_bytes(needed)
-        finally:
-            self._waited(started)
-
-    def _wait_bytes(self, needed: int) -> int:
-        last, since = -1, time.monotonic()
-        while True:
-            state = int(self._words[1])
-            received = int(self._words[0])
-            if state == _ABANDONED:
-                raise UploadIncomplete("the upload this job was reading was abandoned")
-            if received >= needed:
-                return received
-            if state == _COMPLETE:
-                raise UploadIncomplete(f"the upload ended after {received} bytes; {needed} were expected")
-            if received != last:
-                last, since = received, time.monotonic()
-            elif time.monotonic() - since > self.patience_seconds:
-                raise UploadIncomplete(f"no bytes arrived for {self.patience_seconds:g} s; the job waits no longer")
-            time.sleep(POLL_SECONDS)
+        return self._wait(needed)
 
     def final_size(self) -> int:
-        """Block until the upload has ended; its size in bytes (`UploadIncomplete` if abandoned)."""
-        started = time.perf_counter()
-        try:
-            return self._final_size()
-        finally:
-            self._waited(started)
+        """Block until the upload has ended; its size in bytes (`UploadIncomplete` as for `wait_bytes`)."""
+        return self._wait(None)
 
-    def _final_size(self) -> int:
+    def _wait(self, needed: int | None) -> int:
+        """Poll until `needed` bytes have arrived (None: until the upload has ended), counting the time waited."""
+        started = time.perf_counter()
         last, since = -1, time.monotonic()
-        while True:
-            state = int(self._words[1])
-            received = int(self._words[0])
-            if state == _ABANDONED:
-                raise UploadIncomplete("the upload this job was reading was abandoned")
-            if state == _COMPLETE:
-                return received
-            if received != last:
-                last, since = received, time.monotonic()
-            elif time.monotonic() - since > self.patience_seconds:
-                raise UploadIncomplete(f"no bytes arrived for {self.patience_seconds:g} s; the job waits no longer")
-            time.sleep(POLL_SECONDS)
+        try:
+            while True:
+                state = int(self._words[1])
+                received = int(self._words[0])
+                if state == _ABANDONED:
+                    raise UploadIncomplete("the upload this job was reading was abandoned")
+                if needed is not None and received >= needed:
+                    return received
+                if state == _COMPLETE:
+                    if needed is None:
+                        return received
+                    raise UploadIncomplete(f"the upload ended after {received} bytes; {needed} were expected")
+                if received != last:
+                    last, since = received, time.monotonic()
+                elif time.monotonic() - since > self.patience_seconds:
+                    raise UploadIncomplete(
+                        f"no bytes arrived for {self.patience_seconds:g} s; the job waits no longer")
+                time.sleep(POLL_SECONDS)
+        finally:
+            with self._lock:
+                self.waited_seconds += time.perf_counter() - started
 
 
 def extend_to(path: Path, size: int) -> None:
