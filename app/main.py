@@ -13,6 +13,7 @@ from fastapi import APIRouter, FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.openapi.utils import get_openapi
 
+from app.allocator import keep_receive_buffers
 from app.metrics import install_observability
 from app.pool import WorkerPool
 from app.problems import PROBLEM_MEDIA_TYPE, install_problem_handlers
@@ -59,6 +60,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        keep_receive_buffers()  # the serving process: upload chunks reuse heap pages (app/allocator.py)
         pool.start()
         try:
             yield

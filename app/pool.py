@@ -22,8 +22,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
-import ctypes.util
 import importlib
 import multiprocessing
 import multiprocessing.connection
@@ -34,6 +32,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Literal, TypeVar
 
+from app.allocator import heap_trimmer
 from app.problems import ApiProblem, PoolFull, ShuttingDown, TimeLimitExceeded, WorkerCrashed
 from quant_core.errors import NibbleError
 
@@ -55,27 +54,13 @@ def _unpack_error(module: str, qualname: str, message: str, attributes: dict[str
     return exc
 
 
-def _malloc_trim() -> Callable[[], None]:
-    """A function returning the worker's freed heap memory to the OS (glibc's ``malloc_trim``), or a no-op.
-
-    A job allocates and frees tens of MiB of NumPy scratch; glibc keeps freed
-    blocks in the middle of its heap, so an idle worker would otherwise keep
-    the high-water mark of its last job resident.
-    """
-    try:
-        trim = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim
-    except (OSError, AttributeError):  # not glibc
-        return lambda: None
-    return lambda: trim(0)
-
-
 def _worker_main(connection: multiprocessing.connection.Connection, preload: tuple[str, ...]) -> None:
     """Loop of a worker process: receive ``(function, args)``, send ``("ok", result)`` or the error."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when workers stop
     for module in preload:
         with contextlib.suppress(ImportError):
             importlib.import_module(module)
-    release_memory = _malloc_trim()
+    release_memory = heap_trimmer()  # an idle worker keeps none of its last job's scratch
     while True:
         try:
             function, args = connection.recv()
