@@ -124,10 +124,15 @@ class ArrivalWaiter:
                 self.waited_seconds += time.perf_counter() - started
 
 
-def extend_to(path: Path, size: int) -> None:
-    """Make the file `size` bytes long (zeros past what has arrived), so it can be memory-mapped whole.
+def resize_to(path: Path, size: int) -> None:
+    """Make the file exactly `size` bytes long, so it can be memory-mapped whole while it arrives.
 
-    The receiving side keeps writing at its own offset, over the zeros.
+    Zeros fill what has not arrived yet; the receiving side keeps writing at
+    its own offset, over them.  A reused memory spool (app/spool.py) can be
+    longer than the header declares, holding an earlier upload's bytes: they
+    are cut off.  (If the upload itself runs past its header, this may cut
+    bytes already written there; such a file is refused whatever those bytes
+    hold, since its size disagrees with its header.)
     """
-    if os.stat(path).st_size < size:
+    if os.stat(path).st_size != size:
         os.truncate(path, size)

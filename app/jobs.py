@@ -23,7 +23,7 @@ import ml_dtypes
 import numpy as np
 from numpy.typing import NDArray
 
-from app.arrival import ArrivalWaiter, UploadIncomplete, extend_to
+from app.arrival import ArrivalWaiter, UploadIncomplete, resize_to
 from quant_core.errors import CalibrationError, NibbleError
 from quant_core.formats import WeightFormat
 from quant_core.quantize import QuantizedTensor, dequantize, quantize
@@ -269,7 +269,7 @@ def quantize_file(job: QuantizeJob, output: OutputKind, output_path: Path | None
         if layout is None:
             waiter.final_size()
         else:
-            extend_to(job.path, layout.declared_bytes)
+            resize_to(job.path, layout.declared_bytes)
     tensors = load_tensors(job.path, job.kind, job.limits)
     calibration = _load_calibration(job)
     method = job.methods[0]

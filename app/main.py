@@ -20,6 +20,7 @@ from app.problems import PROBLEM_MEDIA_TYPE, install_problem_handlers
 from app.routers import devices, health, models, plans, quantizations
 from app.security import BEARER_SCHEME, BEARER_SCHEME_NAME, BodySizeLimit
 from app.settings import Settings, get_settings
+from app.spool import SpoolFiles
 
 API_VERSION = "1.0.0"
 DESCRIPTION = """\
@@ -57,6 +58,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or get_settings()
     pool = WorkerPool(settings.pool_workers, settings.pool_queue, settings.request_time_limit_seconds,
                       settings.retry_after_seconds, settings.pool_kind)
+    # a thread cannot be stopped, so under the thread pool no spool is reused (app/spool.py)
+    spools = SpoolFiles(settings.spool_keep_bytes if settings.pool_kind == "process" else 0, settings.temp_dir)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -67,10 +70,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         finally:
             await pool.drain()  # SIGTERM: let answers to in-flight (or cancelled) jobs leave first
             pool.close()
+            spools.close()
 
     app = FastAPI(title="nibble", version=API_VERSION, description=DESCRIPTION, lifespan=lifespan)
     app.state.settings = settings
     app.state.pool = pool
+    app.state.spools = spools
     install_problem_handlers(app)
     app.include_router(health.router)
     for router in V1_ROUTERS:

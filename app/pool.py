@@ -38,6 +38,9 @@ from quant_core.errors import NibbleError
 
 T = TypeVar("T")
 PRELOAD_MODULES: tuple[str, ...] = ("app.jobs",)
+#: a worker idle this long after a job returns its freed heap to the OS; a job arriving sooner reuses the
+#: pages (a 64 MiB quantize allocates ~8 MiB of output: ~2,000 page faults when taken anew, BENCHMARKS.md)
+IDLE_TRIM_SECONDS = 0.5
 
 
 def _pack_error(exc: BaseException) -> tuple[str, str, str, dict[str, Any]]:
@@ -60,7 +63,7 @@ def _worker_main(connection: multiprocessing.connection.Connection, preload: tup
     for module in preload:
         with contextlib.suppress(ImportError):
             importlib.import_module(module)
-    release_memory = heap_trimmer()  # an idle worker keeps none of its last job's scratch
+    release_memory = heap_trimmer()  # an idle worker keeps none of its last job's scratch (below)
     while True:
         try:
             function, args = connection.recv()
@@ -74,7 +77,8 @@ def _worker_main(connection: multiprocessing.connection.Connection, preload: tup
             message = ("error", f"{type(exc).__name__}: {exc}")
         connection.send(message)
         del function, args, message
-        release_memory()
+        if not connection.poll(IDLE_TRIM_SECONDS):
+            release_memory()  # idle: give the scratch back; back-to-back jobs reuse its pages instead
 
 
 class _ProcessWorker:

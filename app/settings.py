@@ -55,6 +55,11 @@ class Settings(BaseSettings):
         description="Accepted bearer tokens (comma-separated); empty means no authentication.",
     )
     temp_dir: Path | None = Field(None, description="Where uploads are spooled; default: the system's.")
+    spool_keep_bytes: int = Field(
+        256 * MiB, ge=0,
+        description="Bytes of upload spool files kept (unnamed, in temp_dir) for later uploads to overwrite "
+                    "(app/spool.py); larger uploads get a new file; 0 keeps none.",
+    )
 
     @field_validator("cors_origins", "api_keys", mode="before")
     @classmethod

@@ -4,10 +4,12 @@ Starlette's own form parsing reads the whole body before the handler runs; an
 upload endpoint that must refuse a 10 GiB body with 413 after the first few
 hundred MiB (and before that, from its Content-Length alone) has to parse the
 stream itself.  `receive_upload` feeds `request.stream()` chunk by chunk to
-python-multipart's parser, writes file parts to a private temporary directory
-(under names it chooses, never the client's), keeps small text fields in
-memory, and removes the directory in ``finally``: on success, on error, and
-when the client disconnects mid-upload.
+python-multipart's parser, writes file parts to spools (the main file part to
+an unnamed temp file reused across uploads when the budget allows,
+app/spool.py; others to a private temporary directory, under names it
+chooses, never the client's), keeps small text fields in memory, and in ``finally`` (on
+success, on error, and when the client disconnects mid-upload) releases the
+spools and removes the directory.
 
 Writes go straight to the file from the event loop, unbuffered and without
 slicing a copy out of the network chunk (a memoryview of it): each is one copy
@@ -21,10 +23,10 @@ import contextlib
 import os
 import shutil
 import tempfile
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import BinaryIO, Literal
+from typing import Literal
 
 from python_multipart.multipart import MultipartParser, parse_options_header
 from starlette.requests import ClientDisconnect, Request
@@ -32,6 +34,7 @@ from starlette.requests import ClientDisconnect, Request
 from app.arrival import ArrivalRecorder
 from app.problems import MalformedUpload, UnsupportedMediaType
 from app.settings import Settings
+from app.spool import Spool, SpoolFiles
 from quant_core.errors import LimitExceeded
 from quant_core.tensorio import sniff_format
 
@@ -81,9 +84,14 @@ class Upload:
 class _Collector:
     """python-multipart callbacks: route each part's bytes to a temp file or a text buffer."""
 
-    def __init__(self, directory: Path, file_fields: tuple[str, ...], settings: Settings,
-                 on_arriving: Callable[[ArrivingFile], None] | None = None, arriving_field: str = "file") -> None:
+    def __init__(self, directory: Path, file_fields: tuple[str, ...], settings: Settings, spools: SpoolFiles,
+                 expected_bytes: int | None, on_arriving: Callable[[ArrivingFile], None] | None = None,
+                 arriving_field: str = "file") -> None:
         self.directory = directory
+        self.spools = spools
+        self.expected_bytes = expected_bytes
+        self.opened: list[Spool] = []
+        self.spool: Spool | None = None
         self.on_arriving = on_arriving
         self.arriving_field = arriving_field
         self.recorder: ArrivalRecorder | None = None
@@ -99,7 +107,6 @@ class _Collector:
         self.headers: dict[str, bytes] = {}
         self.part_name = ""
         self.part_filename: str | None = None
-        self.sink: BinaryIO | None = None
         self.text: bytearray | None = None
         self.raw_files: dict[str, tuple[str, Path, int]] = {}
         self.fields: dict[str, list[str]] = {}
@@ -128,11 +135,13 @@ class _Collector:
                 self.error = MalformedUpload(f"the field {self.part_name!r} holds more than one file",
                                              field=self.part_name)
                 return
-            path = self.directory / f"part-{len(self.raw_files)}"
-            self.sink = path.open("wb", buffering=0)  # chunks are large: no buffer to copy them through
-            self.raw_files[self.part_name] = (self.part_filename or "", path, 0)
+            stem = self.directory / f"part-{len(self.raw_files)}"
+            # the main file part may go to a reused unnamed file (app/spool.py); others to the temp directory
+            self.spool = self.spools.open(stem, self.expected_bytes if self.part_name == self.file_fields[0] else None)
+            self.opened.append(self.spool)
+            self.raw_files[self.part_name] = (self.part_filename or "", self.spool.path, 0)
             if self.on_arriving is not None and self.part_name == self.arriving_field and self.recorder is None:
-                self.recorder = ArrivalRecorder(path.with_suffix(".arrival"))
+                self.recorder = ArrivalRecorder(stem.with_suffix(".arrival"))
         else:
             self.text = bytearray()
 
@@ -140,15 +149,16 @@ class _Collector:
         if self.error is not None:
             return
         size = end - start
-        if self.sink is not None:
+        if self.spool is not None:
             self.file_bytes += size
             if self.file_bytes > self.max_file_bytes:
                 self.error = LimitExceeded("max_upload_bytes", self.file_bytes, self.max_file_bytes,
                                            field=self.part_name)
                 return
             view = memoryview(data)[start:end]  # a slice of the network chunk, not a copy of it
+            sink = self.spool.sink
             while view:  # a raw file may write less than asked
-                view = view[self.sink.write(view) or 0:]
+                view = view[sink.write(view) or 0:]
             name, path, written = self.raw_files[self.part_name]
             self.raw_files[self.part_name] = (name, path, written + size)
             if self.recorder is not None and self.part_name == self.arriving_field:
@@ -175,10 +185,10 @@ class _Collector:
                 {name: list(values) for name, values in self.fields.items()}, dict(self.completed), self.directory))
 
     def on_part_end(self) -> None:
-        if self.sink is not None:
-            self.sink.close()
-            self.sink = None
+        if self.spool is not None:
             _, path, written = self.raw_files[self.part_name]
+            self.spool.finish(written)
+            self.spool = None
             self.completed[self.part_name] = path
             if self.recorder is not None and self.part_name == self.arriving_field:
                 self.recorder.complete(written)
@@ -187,9 +197,9 @@ class _Collector:
             self.text = None
 
     def close(self) -> None:
-        if self.sink is not None:
-            self.sink.close()
-            self.sink = None
+        if self.spool is not None:
+            self.spool.close()
+            self.spool = None
         if self.recorder is not None and not self.recorder.ended:
             self.recorder.abandon()
 
@@ -207,13 +217,17 @@ def _boundary(request: Request) -> bytes:
 @contextlib.asynccontextmanager
 async def receive_upload(request: Request, settings: Settings,
                          file_fields: tuple[str, ...] = ("file", "calibration"),
-                         on_arriving: Callable[[ArrivingFile], None] | None = None) -> AsyncIterator[Upload]:
+                         on_arriving: Callable[[ArrivingFile], None] | None = None,
+                         before_cleanup: Callable[[], Awaitable[None]] | None = None) -> AsyncIterator[Upload]:
     """Stream a multipart body into a temp directory; yield the parsed `Upload`; always delete it.
 
     `on_arriving`, when given, is called (on the event loop, once) with the
     ``file`` part as soon as its first bytes are written, so a job can start
     on it while the rest arrives; its arrival record is marked complete when
-    the part ends, and abandoned if the body fails before that.
+    the part ends, and abandoned if the body fails before that.  `before_cleanup`
+    is awaited first thing on the way out, whatever happened, before the spools
+    are released for reuse (app/spool.py) and the directory removed: it must
+    leave no job reading them (the early job is stopped there).
 
     Raises `LimitExceeded` (413) when the Content-Length, or the file bytes
     received so far, pass ``settings.max_upload_bytes``; `UnsupportedMediaType`
@@ -227,7 +241,9 @@ async def receive_upload(request: Request, settings: Settings,
     if declared is not None and declared.isdigit() and int(declared) > budget:
         raise LimitExceeded("max_upload_bytes", int(declared), settings.max_upload_bytes, field="file")
     directory = Path(tempfile.mkdtemp(prefix="nibble-upload-", dir=settings.temp_dir))
-    collector = _Collector(directory, file_fields, settings, on_arriving)
+    spools: SpoolFiles = request.app.state.spools
+    expected = int(declared) if declared is not None and declared.isdigit() else None
+    collector = _Collector(directory, file_fields, settings, spools, expected, on_arriving)
     try:
         parser = MultipartParser(boundary, callbacks={
             "on_part_begin": collector.on_part_begin,
@@ -263,7 +279,14 @@ async def receive_upload(request: Request, settings: Settings,
             upload.files[name] = UploadedFile(name, filename, path, size, kind)
         yield upload
     finally:
-        shutil.rmtree(directory, ignore_errors=True)
+        try:
+            if before_cleanup is not None:
+                await before_cleanup()
+        finally:
+            collector.close()
+            for spool in collector.opened:
+                spools.release(spool)
+            shutil.rmtree(directory, ignore_errors=True)
 
 
 def new_output_path(upload: Upload, suffix: str) -> Path:

@@ -187,7 +187,7 @@ class _EarlyQuantization:
 
 
 def _restore_size(file: UploadedFile) -> None:
-    """Cut the spool file back to the bytes received, if an early job extended it to its header's size."""
+    """Set the spool file back to the bytes received, if an early job resized it to its header's size."""
     if file.path.stat().st_size != file.size:
         os.truncate(file.path, file.size)
 
@@ -212,28 +212,26 @@ async def create_quantization(request: Request) -> JSONResponse | StreamingRespo
     settings = settings_of(request)
     pool = _pool(request)
     early = _EarlyQuantization(pool, settings)
-    async with pool.reserve():
-        try:
-            async with receive_upload(request, settings, on_arriving=early.start) as upload:
-                form = parse_form(QuantizeForm, upload.fields)
-                file = _required_file(upload, "file")
-                job = _quantize_job(file.path, file.kind, _calibration(upload), form, settings)
-                finished = await early.result(job, form.output, file)
-                if form.output == "report":
-                    report = finished[0] if finished is not None else await pool.run(
-                        quantize_file, job, "report", None)
-                    observe_report(request.app, report)
-                    return JSONResponse(report)
-                suffix = OUTPUT_SUFFIXES[form.output]
-                if finished is not None and finished[1] is not None:
-                    report, output = finished[0], finished[1]
-                else:
-                    output = new_output_path(upload, suffix)
-                    report = await pool.run(quantize_file, job, form.output, output)
-                observe_report(request.app, report)
-                return _download(output, f"quantized-{form.output}{suffix}", _summary(report))
-        finally:
-            await early.close()  # inside the pool place: no job outlives the request's reservation
+    # the early job is stopped (before_cleanup) before the spool is released for reuse, inside the pool place
+    async with pool.reserve(), receive_upload(request, settings, on_arriving=early.start,
+                                              before_cleanup=early.close) as upload:
+        form = parse_form(QuantizeForm, upload.fields)
+        file = _required_file(upload, "file")
+        job = _quantize_job(file.path, file.kind, _calibration(upload), form, settings)
+        finished = await early.result(job, form.output, file)
+        if form.output == "report":
+            report = finished[0] if finished is not None else await pool.run(
+                quantize_file, job, "report", None)
+            observe_report(request.app, report)
+            return JSONResponse(report)
+        suffix = OUTPUT_SUFFIXES[form.output]
+        if finished is not None and finished[1] is not None:
+            report, output = finished[0], finished[1]
+        else:
+            output = new_output_path(upload, suffix)
+            report = await pool.run(quantize_file, job, form.output, output)
+        observe_report(request.app, report)
+        return _download(output, f"quantized-{form.output}{suffix}", _summary(report))
 
 
 @router.post("/quantize/compare", summary="Compare quantization methods side by side",

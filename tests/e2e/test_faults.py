@@ -101,6 +101,8 @@ def server_process(base_url: str) -> psutil.Process:
 
 @contextmanager
 def server_in(temp_dir: Path, **settings: str) -> Iterator[str]:
+    """A server spooling uploads to `temp_dir` (no memory spools unless `settings` ask, so tests see the files)."""
+    settings = {"spool_keep_bytes": "0", **settings}
     env = {"NIBBLE_TEMP_DIR": str(temp_dir), **{f"NIBBLE_{k.upper()}": v for k, v in settings.items()}}
     with start_server(env) as base_url:
         yield base_url
@@ -162,7 +164,8 @@ def _sigterm_during_job(temp_dir: Path, grace_seconds: int, methods: str) -> tup
                                                                                    float, int]:
     """Start a compare job, SIGTERM the server once the upload is spooled; the answer, exit seconds, exit code."""
     content = npy_bytes(2048, 2048)  # 16 MiB; hqq on it takes about a second per method
-    env = {"NIBBLE_TEMP_DIR": str(temp_dir), "UVICORN_TIMEOUT_GRACEFUL_SHUTDOWN": str(grace_seconds)}
+    env = {"NIBBLE_TEMP_DIR": str(temp_dir), "NIBBLE_SPOOL_KEEP_BYTES": "0",
+           "UVICORN_TIMEOUT_GRACEFUL_SHUTDOWN": str(grace_seconds)}
     with start_server(env) as base_url:
         server = server_process(base_url)
         results: list[httpx.Response | Exception] = []
