@@ -1,6 +1,8 @@
 # nibble: the API (app.main:app) under uvicorn.  Build: docker build -t nibble .
 # Run:   docker run --rm -p 8000:8000 nibble      (settings: -e NIBBLE_API_KEYS=..., see README)
-FROM python:3.11-slim
+# BASE_IMAGE: another CPython 3.11 image with pip (`python`/`pip` on PATH) where Docker Hub cannot be reached.
+ARG BASE_IMAGE=python:3.11-slim
+FROM ${BASE_IMAGE}
 
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \

@@ -8,7 +8,7 @@ PORT ?= 8000
 # Seconds in-flight requests get after SIGTERM before they are stopped (SECURITY.md, graceful shutdown).
 GRACE ?= 30
 
-.PHONY: run test lint bench openapi clean
+.PHONY: run test lint bench openapi docker-smoke clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -37,6 +37,11 @@ bench: $(STAMP)
 
 openapi: $(STAMP)
 	$(BIN)/python -m app.openapi_export openapi/openapi.json
+
+# Needs a Docker daemon and the base image; not part of `make test` (BASE_IMAGE: see README, Docker).
+BASE_IMAGE ?= python:3.11-slim
+docker-smoke:
+	.ci/docker_smoke $(BASE_IMAGE)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
