@@ -10,7 +10,7 @@ and calling the method for the chunk's per-group scales and zeros.
 cache-sized blocks, packing the codes straight into the output and feeding
 ``(code − zero) × scale`` to the quality accumulator while the block is still
 in cache, so peak memory stays near the input's size and the weights are read
-from DRAM once.  Chunks are dealt round-robin to `threads` threads (NumPy
+from DRAM once.  `threads` threads take chunks in row order as each gets free (NumPy
 releases the GIL inside its loops), each with its own encoder and buffers;
 each chunk's figures are summed in row order at the end, so the result does
 not depend on the thread count.  GPTQ, which needs the whole Hessian, has its
@@ -21,9 +21,10 @@ accumulator afterwards.
 from __future__ import annotations
 
 import difflib
+import itertools
 import os
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from types import MappingProxyType
@@ -222,11 +223,11 @@ def quantize(weights: NDArray[np.generic], scheme: WeightFormat, method: str,
     accumulators = [QualityAccumulator(held_out, split) for _ in starts]
     failed = threading.Event()
 
-    def encode_chunks(indexes: range) -> None:
+    def encode_chunks(indexes: Iterator[int]) -> None:
         reader = _ChunkReader(array, columns)
         encoder = ChunkEncoder(columns, group_size, in_features, scheme.zero != "fp16", packed)
         for index in indexes:
-            if failed.is_set():
+            if index >= len(starts) or failed.is_set():
                 return
             start = starts[index]
             stop = min(out_features, start + step)
@@ -247,11 +248,14 @@ def quantize(weights: NDArray[np.generic], scheme: WeightFormat, method: str,
 
     workers = _worker_threads(threads, len(starts), out_features * columns)
     if workers == 1:
-        encode_chunks(range(len(starts)))
+        encode_chunks(iter(range(len(starts))))
     else:
-        # chunks dealt round-robin, so the threads walk the rows together (an upload arrives in row order)
+        # Each thread takes the next chunk in row order when it is free (the threads walk the rows together, as
+        # an upload arrives, and one that the machine slows down leaves its share to the others instead of
+        # holding up the end); `next` on a shared itertools.count is atomic under the GIL.
+        shared = itertools.count()
         with ThreadPoolExecutor(workers, thread_name_prefix="nibble-quantize") as executor:
-            futures = [executor.submit(encode_chunks, range(k, len(starts), workers)) for k in range(workers)]
+            futures = [executor.submit(encode_chunks, shared) for _ in range(workers)]
             try:
                 for future in futures:
                     future.result()

@@ -66,6 +66,29 @@ def test_rows_that_have_not_arrived_are_not_read(weights: np.ndarray) -> None:
     assert np.array_equal(q.packed, quantize(weights, int4(128), "rtn").packed)
 
 
+def test_a_thread_held_up_leaves_its_share_of_chunks_to_the_others() -> None:
+    # 16 chunks of 256 rows; the first chunk a thread takes holds it up for 0.5 s (a descheduled core)
+    weights = np.random.default_rng(8).standard_normal((4096, 4096)).astype(np.float32)
+    chunks_by_thread: dict[str, int] = {}
+    held: set[str] = set()
+    lock = threading.Lock()
+
+    def wait_rows(stop: int) -> None:
+        name = threading.current_thread().name
+        with lock:
+            chunks_by_thread[name] = chunks_by_thread.get(name, 0) + 1
+            hold = not held
+            held.add(name)
+        if hold:
+            time.sleep(0.5)
+
+    reference = quantize(weights, int4(128), "rtn", threads=1)
+    q = quantize(weights, int4(128), "rtn", threads=2, wait_rows=wait_rows)
+    assert sum(chunks_by_thread.values()) == 16
+    assert max(chunks_by_thread.values()) >= 12  # dealt round-robin, each would take 8 whatever the delay
+    assert np.array_equal(q.packed, reference.packed) and q.quality == reference.quality
+
+
 def test_non_finite_values_are_counted_over_the_whole_tensor_in_parallel(weights: np.ndarray) -> None:
     broken = weights.copy()
     broken[3, 5] = np.nan
