@@ -37,6 +37,7 @@ __all__ = [
     "UNMEASURED",
     "default_g_idx",
     "pack_codes",
+    "payload_array",
     "payload_bytes",
     "quantized_from_payload",
     "unpack_codes",
@@ -91,25 +92,41 @@ def _sections(shape: tuple[int, int], scheme: WeightFormat) -> tuple[int, int, i
     return codes, 2 * groups, zeros, g_idx
 
 
-def payload_bytes(q: QuantizedTensor) -> bytes:
-    """Serialize `q` in nibble's native layout (module docstring); length == ``q.format.bytes_for(q.shape)``."""
-    # memoryviews of contiguous arrays: the join is the only copy of the (large) code section
-    parts: list[memoryview] = [
-        np.ascontiguousarray(q.packed, dtype=np.uint8).reshape(-1).data,
-        np.ascontiguousarray(q.scales, dtype="<f2").reshape(-1).view(np.uint8).data,
+def _payload_parts(q: QuantizedTensor) -> list[NDArray[np.uint8]]:
+    """The payload's sections (module docstring) as flat uint8 arrays, views where `q` already holds them."""
+    parts = [
+        np.ascontiguousarray(q.packed, dtype=np.uint8).reshape(-1),
+        np.ascontiguousarray(q.scales, dtype="<f2").reshape(-1).view(np.uint8),
     ]
     if q.format.zero == "int4":
         if q.zeros is None:
             raise TensorFileError(f"scheme {q.format.label()} needs int4 zeros but the tensor has none")
-        parts.append(pack_codes(np.asarray(q.zeros, dtype=np.uint8)).data)
+        parts.append(pack_codes(np.asarray(q.zeros, dtype=np.uint8)))
     elif q.format.zero == "fp16":
         if q.zeros is None:
             raise TensorFileError(f"scheme {q.format.label()} needs fp16 zeros but the tensor has none")
-        parts.append(np.ascontiguousarray(q.zeros, dtype="<f2").reshape(-1).view(np.uint8).data)
+        parts.append(np.ascontiguousarray(q.zeros, dtype="<f2").reshape(-1).view(np.uint8))
     if q.format.layout == "gptq":
         g_idx = q.g_idx if q.g_idx is not None else default_g_idx(q.shape[1], q.format.group_size)
-        parts.append(np.ascontiguousarray(g_idx, dtype="<i4").reshape(-1).view(np.uint8).data)
-    return b"".join(parts)
+        parts.append(np.ascontiguousarray(g_idx, dtype="<i4").reshape(-1).view(np.uint8))
+    return parts
+
+
+def payload_bytes(q: QuantizedTensor) -> bytes:
+    """Serialize `q` in nibble's native layout (module docstring); length == ``q.format.bytes_for(q.shape)``."""
+    # the join of the sections' buffers is the only copy of the (large) code section
+    return b"".join(part.data for part in _payload_parts(q))
+
+
+def payload_array(q: QuantizedTensor) -> NDArray[np.uint8]:
+    """`payload_bytes` as a new uint8 array (the same bytes), for callers that keep working in NumPy.
+
+    Also cheaper for a large tensor: glibc serves a ``bytes`` object of a few
+    MiB from freshly mapped 4 KiB pages on every call (~2,000 page faults for
+    the 8.6 MiB payload of a 4096 × 4096 tensor at g128), where NumPy asks the
+    kernel for huge pages (BENCHMARKS.md, "Quantizer (issue 3)").
+    """
+    return np.concatenate(_payload_parts(q))
 
 
 def quantized_from_payload(

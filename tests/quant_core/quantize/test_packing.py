@@ -12,6 +12,7 @@ from quant_core.formats import GROUP_SIZES, WeightFormat
 from quant_core.quantize import (
     dequantize,
     pack_codes,
+    payload_array,
     payload_bytes,
     quantize,
     quantized_from_payload,
@@ -64,6 +65,8 @@ def test_payload_length_equals_the_planner_prediction_and_round_trips(
     back = quantized_from_payload(data, q.shape, scheme, method, quality=q.quality)
     np.testing.assert_array_equal(dequantize(back), dequantize(q))
     assert payload_bytes(back) == data
+    array = payload_array(q)
+    assert array.dtype == np.uint8 and array.tobytes() == data  # the same bytes, as a NumPy array
 
 
 def test_payload_sections_are_codes_then_scales_then_packed_zeros() -> None:
