@@ -8,7 +8,9 @@ from pathlib import Path
 
 import pytest
 
+from app.main import create_app
 from app.spool import KEEP_FILES, Spool, SpoolFiles
+from tests.app.conftest import make_settings
 
 MiB = 1 << 20
 pytestmark = pytest.mark.skipif(not hasattr(os, "O_TMPFILE"), reason="unnamed temp files are Linux's O_TMPFILE")
@@ -102,3 +104,9 @@ def test_a_zero_budget_spools_everything_to_disk(tmp_path: Path) -> None:
     spool = spools.open(tmp_path / "part-0", 1)
     assert spool.kept is None
     spools.release(spool)
+
+
+def test_the_app_keeps_spools_only_under_the_process_pool() -> None:
+    assert create_app(make_settings(pool_kind="process", spool_keep_bytes=5 * MiB)).state.spools.keep_bytes == 5 * MiB
+    # a thread cannot be stopped: a job that outlived its request could still be reading a reused file
+    assert create_app(make_settings(pool_kind="thread", spool_keep_bytes=5 * MiB)).state.spools.keep_bytes == 0
