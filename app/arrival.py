@@ -128,7 +128,7 @@ def resize_to(path: Path, size: int) -> None:
     """Make the file exactly `size` bytes long, so it can be memory-mapped whole while it arrives.
 
     Zeros fill what has not arrived yet; the receiving side keeps writing at
-    its own offset, over them.  A reused memory spool (app/spool.py) can be
+    its own offset, over them.  A reused spool file (app/spool.py) can be
     longer than the header declares, holding an earlier upload's bytes: they
     are cut off.  (If the upload itself runs past its header, this may cut
     bytes already written there; such a file is refused whatever those bytes
