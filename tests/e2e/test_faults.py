@@ -101,7 +101,7 @@ def server_process(base_url: str) -> psutil.Process:
 
 @contextmanager
 def server_in(temp_dir: Path, **settings: str) -> Iterator[str]:
-    """A server spooling uploads to `temp_dir` (no memory spools unless `settings` ask, so tests see the files)."""
+    """A server spooling uploads to named files in `temp_dir` (no reused unnamed spools unless `settings` ask)."""
     settings = {"spool_keep_bytes": "0", **settings}
     env = {"NIBBLE_TEMP_DIR": str(temp_dir), **{f"NIBBLE_{k.upper()}": v for k, v in settings.items()}}
     with start_server(env) as base_url:
