@@ -16,7 +16,7 @@ Run: ``.venv/bin/python benchmarks/api_bench.py`` (from the repository root).
    (``NIBBLE_JOB_THREADS``, default 1).  The server starts the job while the
    file is still arriving (the text fields come first in the body), so its
    quantization overlaps the upload.  Rounds alternate; best of N and median.
-   Target: HTTP <= 1.5 x in process (best of N).  The bare `quantize()` of the
+   Target: HTTP <= 1.5 x in process (best of N, N = 15 rounds).  The bare `quantize()` of the
    array in memory is printed too.
 Prints every figure and the two ratios.  ``--part plan`` or ``--part quantize`` runs one half.
 """
@@ -270,7 +270,7 @@ def main() -> int:
     parser.add_argument("--seconds", type=float, default=10.0, help="measured seconds per endpoint")
     parser.add_argument("--warmup", type=float, default=2.0)
     parser.add_argument("--connections", type=int, default=32)
-    parser.add_argument("--repeats", type=int, default=7, help="quantize rounds (best of and median)")
+    parser.add_argument("--repeats", type=int, default=15, help="quantize rounds (best of and median)")
     parser.add_argument("--part", choices=("all", "plan", "quantize"), default="all")
     args = parser.parse_args()
     print(f"nproc={os.cpu_count()} connections={args.connections} seconds={args.seconds}")
