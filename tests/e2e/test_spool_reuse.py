@@ -7,8 +7,11 @@ its own bytes only, never from what an earlier upload left in the file.
 
 from __future__ import annotations
 
+import socket
+import time
 from collections.abc import Iterator
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import httpx
 import numpy as np
@@ -61,3 +64,32 @@ def test_an_upload_shorter_than_its_header_after_a_larger_one_is_refused(reusing
     assert answer.status_code in (400, 422), answer.text
     assert answer.headers["content-type"] == "application/problem+json"
     assert _post(reusing_server, large).status_code == 200  # and the server goes on
+
+
+def _kept_files(base_url: str) -> float:
+    for line in httpx.get(f"{base_url}/metrics", timeout=10).text.splitlines():
+        if line.startswith("nibble_upload_spool_kept_files "):
+            return float(line.split()[1])
+    raise AssertionError("no nibble_upload_spool_kept_files in /metrics")
+
+
+def test_an_upload_cut_off_midway_leaves_a_spool_that_the_next_uploads_overwrite_cleanly(
+        reusing_server: str, tmp_path: Path) -> None:
+    large = npy_bytes(np.random.default_rng(3).standard_normal((1024, 1024), dtype=np.float32))
+    request = httpx.Request("POST", f"{reusing_server}/v1/quantize", data=FIELDS, files={"file": ("w.npy", large)})
+    body = request.read()
+    head = "".join(f"{name}: {value}\r\n" for name, value in request.headers.items())
+    address = urlsplit(reusing_server)
+    with socket.create_connection((address.hostname, address.port)) as client:
+        client.sendall(f"POST /v1/quantize HTTP/1.1\r\n{head}\r\n".encode() + body[: len(body) // 2])
+        time.sleep(0.5)  # the server has spooled (and the early job read) half of it
+    # the client is gone: the request ends, its spool is kept with half an upload in it
+    deadline = time.monotonic() + 10
+    while _kept_files(reusing_server) < 1 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert _kept_files(reusing_server) >= 1
+    small = npy_bytes(np.random.default_rng(4).standard_normal((128, 256), dtype=np.float32))
+    for content in (small, large):
+        answer = _post(reusing_server, content)
+        assert answer.status_code == 200, answer.text
+        assert _figures(answer.json()) == _figures(_local_report(tmp_path, content))
