@@ -34,15 +34,12 @@ from quant_core.tensorio import (
     export_gptq,
     read_nibble_safetensors,
     read_npy,
-    read_npy_header,
     read_safetensors,
     write_nibble_safetensors,
 )
 from quant_core.tensorio import write_safetensors as write_plain_safetensors
-from quant_core.tensorio.limits import checked_element_count
-from quant_core.tensorio.safetensors_io import parse_safetensors_header
+from quant_core.tensorio.declared import NPY_TENSOR_NAME, DeclaredLayout, declared_layout, header_end
 
-NPY_TENSOR_NAME = "weight"
 FLOAT_KINDS = ("float32", "float16", "bfloat16")
 OutputKind = Literal["report", "nibble", "gptq", "awq", "compressed-tensors", "gguf"]
 #: File name suffix of each downloadable output.
@@ -80,16 +77,7 @@ class QuantizeJob:
     threads: int | None = None
 
 
-@dataclass(frozen=True, slots=True)
-class _ArrivingFile:
-    """Where each tensor's rows lie in an upload still arriving, from its header alone."""
-
-    declared_bytes: int
-    #: tensor name -> (file offset of its first byte, bytes per row; None: wait for the whole tensor)
-    rows: dict[str, tuple[int, int | None]]
-
-
-def _arriving_layout(job: QuantizeJob, waiter: ArrivalWaiter) -> _ArrivingFile | None:
+def _arriving_layout(job: QuantizeJob, waiter: ArrivalWaiter) -> DeclaredLayout | None:
     """Wait for the upload's header and read from it the file's size and where each tensor's rows are.
 
     None when the header is not one this can stream (the job then waits for
@@ -98,42 +86,20 @@ def _arriving_layout(job: QuantizeJob, waiter: ArrivalWaiter) -> _ArrivingFile |
     """
     limits = job.limits
     try:
-        if job.kind == "npy":
-            waiter.wait_bytes(12)  # magic, version and a 2- or 4-byte header length
-            with job.path.open("rb") as handle:
-                start = handle.read(12)
-            length = struct.unpack("<H", start[8:10])[0] if start[6] == 1 else struct.unpack("<I", start[8:12])[0]
-            if length > limits.max_header_bytes:
-                return None
-            waiter.wait_bytes((10 if start[6] == 1 else 12) + length)
-            shape, fortran, dtype, offset = read_npy_header(job.path, max_header_bytes=limits.max_header_bytes)
-            count = checked_element_count(shape, limits.max_elements, "in .npy file")
-            row_bytes = shape[1] * dtype.itemsize if len(shape) == 2 and not fortran else None
-            declared = offset + count * dtype.itemsize
-            if limits.max_file_bytes is not None and declared > limits.max_file_bytes:
-                return None
-            return _ArrivingFile(declared, {NPY_TENSOR_NAME: (offset, row_bytes)})
-        waiter.wait_bytes(8)
+        waiter.wait_bytes(12 if job.kind == "npy" else 8)  # the magic, version and header length fields
         with job.path.open("rb") as handle:
-            (length,) = struct.unpack("<Q", handle.read(8))
-            if length > limits.max_header_bytes:
+            end = header_end(handle.read(12), job.kind)
+            if end is None or end > limits.max_header_bytes + 12:
                 return None
-            waiter.wait_bytes(8 + length)
-            prefix = handle.read(length)
-        raw = json.loads(prefix)
-        ends = [entry["data_offsets"][1] for name, entry in raw.items() if name != "__metadata__"]
-        declared = 8 + length + max(ends, default=0)
-        header = parse_safetensors_header(
-            struct.pack("<Q", length) + prefix, declared, max_tensors=limits.max_tensors,
-            max_elements=limits.max_elements, max_header_bytes=limits.max_header_bytes)
+            waiter.wait_bytes(end)
+            handle.seek(0)
+            layout = declared_layout(handle.read(end), job.kind, max_header_bytes=limits.max_header_bytes,
+                                     max_elements=limits.max_elements, max_tensors=limits.max_tensors)
     except (NibbleError, ValueError, TypeError, KeyError, IndexError, AttributeError, struct.error):
         return None
-    if limits.max_file_bytes is not None and declared > limits.max_file_bytes:
+    if layout is None or (limits.max_file_bytes is not None and layout.file_bytes > limits.max_file_bytes):
         return None
-    rows = {name: (header.data_offset + entry.begin,
-                   entry.shape[1] * entry.numpy_dtype.itemsize if len(entry.shape) == 2 else None)
-            for name, entry in header.entries.items()}
-    return _ArrivingFile(declared, rows)
+    return layout
 
 
 def load_tensors(path: Path, kind: str, limits: ReadLimits) -> Mapping[str, NDArray[Any]]:
@@ -269,7 +235,7 @@ def quantize_file(job: QuantizeJob, output: OutputKind, output_path: Path | None
         if layout is None:
             waiter.final_size()
         else:
-            resize_to(job.path, layout.declared_bytes)
+            resize_to(job.path, layout.file_bytes)
     tensors = load_tensors(job.path, job.kind, job.limits)
     calibration = _load_calibration(job)
     method = job.methods[0]
@@ -303,8 +269,8 @@ def quantize_file(job: QuantizeJob, output: OutputKind, output_path: Path | None
     }
     if waiter is not None and layout is not None:
         received = waiter.final_size()
-        if received != layout.declared_bytes:
-            raise UploadIncomplete(f"the upload holds {received} bytes; its header declares {layout.declared_bytes}")
+        if received != layout.file_bytes:
+            raise UploadIncomplete(f"the upload holds {received} bytes; its header declares {layout.file_bytes}")
     if output_path is None or output == "report":
         return report
     if output == "nibble":

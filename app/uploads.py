@@ -15,6 +15,18 @@ Writes go straight to the file from the event loop, unbuffered and without
 slicing a copy out of the network chunk (a memoryview of it): each is one copy
 of one chunk (uvicorn hands over about 256 KiB at a time) into the page cache,
 tens of microseconds, the same trade Starlette makes for its spooled files.
+
+A tensor file declares its own length in its header (quant_core/tensorio/declared.py).
+Once a file part's header has arrived, the bytes up to that length go to the
+spool without passing through the multipart parser, whose search for the
+boundary was about a fifth of the server's CPU time on a 64 MiB upload
+(BENCHMARKS.md); the parser takes over again where the file should end, and
+finds the boundary there.  This changes nothing for a well-formed body: a
+file that is not the length its header declares is refused either way (a
+longer one after the parser has found its real end; a shorter one because
+the body ends before the declared length, or leaves the parser in a later
+part's data).  The parser is only bypassed when the last byte it was fed
+cannot begin a boundary, so it holds no partly matched boundary back.
 """
 
 from __future__ import annotations
@@ -35,12 +47,15 @@ from app.arrival import ArrivalRecorder
 from app.problems import MalformedUpload, UnsupportedMediaType
 from app.settings import Settings
 from app.spool import Spool, SpoolFiles
-from quant_core.errors import LimitExceeded
+from quant_core.errors import LimitExceeded, NibbleError
 from quant_core.tensorio import sniff_format
+from quant_core.tensorio.declared import declared_layout
 
 TensorFileKind = Literal["npy", "safetensors"]
 SNIFF_BYTES = 16
 MULTIPART_OVERHEAD_BYTES = 64 * 1024  # part headers, boundaries and text fields on top of the files
+#: the longest file header parsed on the event loop to learn a file part's length (larger: no bypass)
+DECLARED_HEAD_BYTES = 1 << 20
 
 
 @dataclass
@@ -86,8 +101,17 @@ class _Collector:
 
     def __init__(self, directory: Path, file_fields: tuple[str, ...], settings: Settings, spools: SpoolFiles,
                  expected_bytes: int | None, on_arriving: Callable[[ArrivingFile], None] | None = None,
-                 arriving_field: str = "file") -> None:
+                 arriving_field: str = "file", boundary: bytes = b"") -> None:
         self.directory = directory
+        self.settings = settings
+        #: every byte value of the delimiter ``CRLF--boundary``: a chunk fed to the parser that ends in none
+        #: of them leaves no partly matched boundary in the parser
+        self.delimiter_bytes = frozenset(b"\r\n--" + boundary)
+        self.parser_clean = True
+        self.head = bytearray()
+        #: the current file part's length as its header declares it (None: not known, or not knowable)
+        self.declared_end: int | None = None
+        self.head_done = False
         self.spools = spools
         self.expected_bytes = expected_bytes
         self.opened: list[Spool] = []
@@ -139,6 +163,7 @@ class _Collector:
             # the main file part may go to a reused unnamed file (app/spool.py); others to the temp directory
             self.spool = self.spools.open(stem, self.expected_bytes if self.part_name == self.file_fields[0] else None)
             self.opened.append(self.spool)
+            self.head, self.declared_end, self.head_done = bytearray(), None, False
             self.raw_files[self.part_name] = (self.part_filename or "", self.spool.path, 0)
             if self.on_arriving is not None and self.part_name == self.arriving_field and self.recorder is None:
                 self.recorder = ArrivalRecorder(stem.with_suffix(".arrival"))
@@ -161,6 +186,8 @@ class _Collector:
                 view = view[sink.write(view) or 0:]
             name, path, written = self.raw_files[self.part_name]
             self.raw_files[self.part_name] = (name, path, written + size)
+            if not self.head_done:
+                self._learn_length(data, start, end)
             if self.recorder is not None and self.part_name == self.arriving_field:
                 self.recorder.advance(written + size)
                 if not self.announced and written + size >= SNIFF_BYTES:
@@ -172,6 +199,54 @@ class _Collector:
                                            field=self.part_name)
                 return
             self.text += data[start:end]
+
+    def _learn_length(self, data: bytes, start: int, end: int) -> None:
+        """Collect the file part's first bytes until its header says how long the file is (or cannot)."""
+        self.head += data[start: min(end, start + DECLARED_HEAD_BYTES - len(self.head))]
+        kind = sniff_format(bytes(self.head[:16]))
+        limit = min(self.settings.max_header_bytes, DECLARED_HEAD_BYTES)
+        try:
+            layout = None if kind is None else declared_layout(
+                bytes(self.head), kind, max_header_bytes=limit, max_elements=self.settings.max_elements_per_tensor,
+                max_tensors=self.settings.max_tensors)
+        except NibbleError:  # a bad header is reported by the reader, as for any upload
+            layout, kind = None, None
+        if layout is not None:
+            self.declared_end, self.head_done = layout.file_bytes, True
+        elif (kind is None and len(self.head) >= 16) or len(self.head) >= DECLARED_HEAD_BYTES:
+            self.head_done = True
+        if self.head_done:
+            self.head = bytearray()
+
+    def known_file_bytes(self, chunk: bytes, position: int) -> int:
+        """How many bytes of `chunk` from `position` on are the current file's own, by its declared length.
+
+        0 unless a file part is open, its length is known, and the parser holds nothing back.
+        """
+        if self.spool is None or self.declared_end is None or not self.parser_clean or self.error is not None:
+            return 0
+        written = self.raw_files[self.part_name][2]
+        return max(0, min(self.declared_end - written, len(chunk) - position))
+
+    def parser_span_end(self, chunk: bytes, position: int) -> int:
+        """Where the bytes fed to the parser from `position` should stop: the chunk's end, or, when the
+        current file's declared length is known but the parser may hold part of a boundary, just past the
+        first byte that cannot belong to one (so the bytes after it can bypass the parser)."""
+        if self.spool is None or self.declared_end is None or self.parser_clean:
+            return len(chunk)
+        for index in range(position, len(chunk)):
+            if chunk[index] not in self.delimiter_bytes:
+                return index + 1
+        return len(chunk)
+
+    def unfinished_part(self) -> MalformedUpload | None:
+        """The error for a body that ended inside a file part (no closing boundary), if it did."""
+        if self.spool is None:
+            return None
+        written = self.raw_files[self.part_name][2]
+        declared = "" if self.declared_end is None else f" of the {self.declared_end} its header declares"
+        return MalformedUpload(f"the multipart body ended inside the file part {self.part_name!r} after "
+                               f"{written} bytes{declared}, without a closing boundary", field=self.part_name)
 
     def _announce(self, path: Path) -> None:
         """Tell `on_arriving` that the arriving file's first bytes are in (once, if it is a tensor file)."""
@@ -202,6 +277,34 @@ class _Collector:
             self.spool = None
         if self.recorder is not None and not self.recorder.ended:
             self.recorder.abandon()
+
+
+def _parser(boundary: bytes, collector: _Collector) -> MultipartParser:
+    """python-multipart's streaming parser, calling `collector` back."""
+    return MultipartParser(boundary, callbacks={
+        "on_part_begin": collector.on_part_begin,
+        "on_header_field": collector.on_header_field,
+        "on_header_value": collector.on_header_value,
+        "on_header_end": collector.on_header_end,
+        "on_headers_finished": collector.on_headers_finished,
+        "on_part_data": collector.on_part_data,
+        "on_part_end": collector.on_part_end,
+    })
+
+
+def _feed(chunk: bytes, parser: MultipartParser, collector: _Collector) -> None:
+    """One network chunk: a known file's own bytes straight to its spool, the rest through the parser."""
+    position = 0
+    while position < len(chunk) and collector.error is None:
+        known = collector.known_file_bytes(chunk, position)
+        if known:
+            collector.on_part_data(chunk, position, position + known)
+            position += known
+            continue
+        end = collector.parser_span_end(chunk, position)
+        parser.write(chunk if position == 0 and end == len(chunk) else chunk[position:end])
+        collector.parser_clean = chunk[end - 1] not in collector.delimiter_bytes
+        position = end
 
 
 def _boundary(request: Request) -> bytes:
@@ -243,23 +346,18 @@ async def receive_upload(request: Request, settings: Settings,
     directory = Path(tempfile.mkdtemp(prefix="nibble-upload-", dir=settings.temp_dir))
     spools: SpoolFiles = request.app.state.spools
     expected = int(declared) if declared is not None and declared.isdigit() else None
-    collector = _Collector(directory, file_fields, settings, spools, expected, on_arriving)
+    collector = _Collector(directory, file_fields, settings, spools, expected, on_arriving, boundary=boundary)
     try:
-        parser = MultipartParser(boundary, callbacks={
-            "on_part_begin": collector.on_part_begin,
-            "on_header_field": collector.on_header_field,
-            "on_header_value": collector.on_header_value,
-            "on_header_end": collector.on_header_end,
-            "on_headers_finished": collector.on_headers_finished,
-            "on_part_data": collector.on_part_data,
-            "on_part_end": collector.on_part_end,
-        })
+        parser = _parser(boundary, collector)
         try:
             async for chunk in request.stream():
-                parser.write(chunk)
+                _feed(chunk, parser, collector)
                 if collector.error is not None:
                     raise collector.error
             parser.finalize()
+            unfinished = collector.unfinished_part()
+            if unfinished is not None:
+                raise unfinished
         except ClientDisconnect:
             raise
         except (LimitExceeded, MalformedUpload):

@@ -24,6 +24,7 @@ returned array is an F-contiguous view with the right values.
 from __future__ import annotations
 
 import ast
+import io
 import os
 import re
 import struct
@@ -80,20 +81,49 @@ def read_npy_header(
     `max_header_bytes`.  Reads no array data.
     """
     with open(path, "rb") as handle:
-        magic = _read_exactly(handle, 8, "magic and version")
-        if magic[:6] != NPY_MAGIC:
-            raise TensorFileError(f"not a .npy file: starts with {magic[:6]!r}, expected {NPY_MAGIC!r}")
-        major, minor = magic[6], magic[7]
-        if major not in _HEADER_LENGTH_FORMAT or minor != 0:
-            raise TensorFileError(f".npy format version {major}.{minor} is not supported (1.0, 2.0, 3.0)")
-        length_format = _HEADER_LENGTH_FORMAT[major]
-        (header_length,) = struct.unpack(
-            length_format, _read_exactly(handle, struct.calcsize(length_format), "header length")
-        )
-        if header_length > max_header_bytes:
-            raise LimitExceeded("npy header bytes", header_length, max_header_bytes, field="file")
-        raw_header = _read_exactly(handle, header_length, "header")
-        data_offset = 8 + struct.calcsize(length_format) + header_length
+        return _parse_header(handle, max_header_bytes)
+
+
+def npy_header_from_prefix(
+    prefix: bytes, *, max_header_bytes: int = DEFAULT_MAX_NPY_HEADER_BYTES
+) -> tuple[tuple[int, ...], bool, np.dtype[Any], int] | None:
+    """`read_npy_header` on a file's first bytes, as they arrive; None while `prefix` ends inside the header.
+
+    Raises as `read_npy_header` as soon as what has arrived is wrong (bad
+    magic or version, a header length over `max_header_bytes`, a malformed header).
+    """
+    if not prefix[:6] == NPY_MAGIC[: len(prefix)]:
+        raise TensorFileError(f"not a .npy file: starts with {prefix[:6]!r}, expected {NPY_MAGIC!r}")
+    if len(prefix) < 8:
+        return None
+    length_format = _HEADER_LENGTH_FORMAT.get(prefix[6])
+    if length_format is not None:
+        start = 8 + struct.calcsize(length_format)
+        if len(prefix) < start:
+            return None
+        (header_length,) = struct.unpack(length_format, prefix[8:start])
+        if header_length <= max_header_bytes and len(prefix) < start + header_length:
+            return None
+    with io.BytesIO(prefix) as handle:
+        return _parse_header(handle, max_header_bytes)
+
+
+def _parse_header(handle: Any, max_header_bytes: int) -> tuple[tuple[int, ...], bool, np.dtype[Any], int]:
+    """The checks of `read_npy_header` on an open binary handle positioned at the file's start."""
+    magic = _read_exactly(handle, 8, "magic and version")
+    if magic[:6] != NPY_MAGIC:
+        raise TensorFileError(f"not a .npy file: starts with {magic[:6]!r}, expected {NPY_MAGIC!r}")
+    major, minor = magic[6], magic[7]
+    if major not in _HEADER_LENGTH_FORMAT or minor != 0:
+        raise TensorFileError(f".npy format version {major}.{minor} is not supported (1.0, 2.0, 3.0)")
+    length_format = _HEADER_LENGTH_FORMAT[major]
+    (header_length,) = struct.unpack(
+        length_format, _read_exactly(handle, struct.calcsize(length_format), "header length")
+    )
+    if header_length > max_header_bytes:
+        raise LimitExceeded("npy header bytes", header_length, max_header_bytes, field="file")
+    raw_header = _read_exactly(handle, header_length, "header")
+    data_offset = 8 + struct.calcsize(length_format) + header_length
     try:
         text = raw_header.decode("utf-8" if major == 3 else "latin-1")
     except UnicodeDecodeError as exc:

@@ -145,7 +145,7 @@ def _parse_entry(name: str, raw: object, max_elements: int) -> TensorEntry:
 
 def parse_safetensors_header(
     prefix: bytes,
-    file_bytes: int,
+    file_bytes: int | None,
     *,
     max_tensors: int = DEFAULT_MAX_TENSORS,
     max_elements: int = DEFAULT_MAX_ELEMENTS,
@@ -155,14 +155,16 @@ def parse_safetensors_header(
 
     `prefix` may be longer than the header (it is cut at ``8 + N``).  Raises
     `TensorFileError` or `LimitExceeded`; returns the entries sorted by
-    offset.
+    offset.  `file_bytes` None (a file still arriving) takes the data area to
+    end where the entries do; the entries must still tile it without gaps.
     """
-    if file_bytes < 8 or len(prefix) < 8:
-        raise TensorFileError(f"safetensors file of {file_bytes} bytes is shorter than its 8-byte header length")
+    if len(prefix) < 8 or (file_bytes is not None and file_bytes < 8):
+        raise TensorFileError(f"safetensors file of {file_bytes if file_bytes is not None else len(prefix)} bytes "
+                              "is shorter than its 8-byte header length")
     (header_bytes,) = struct.unpack("<Q", prefix[:8])
     if header_bytes > max_header_bytes:
         raise LimitExceeded("safetensors header bytes", header_bytes, max_header_bytes, field="file")
-    if header_bytes > file_bytes - 8:
+    if file_bytes is not None and header_bytes > file_bytes - 8:
         raise TensorFileError(
             f"safetensors header length {header_bytes} runs past the end of a {file_bytes}-byte file"
         )
@@ -183,7 +185,6 @@ def parse_safetensors_header(
     if len(header) > max_tensors:
         raise LimitExceeded("tensors in file", len(header), max_tensors, field="file")
     entries = {name: _parse_entry(name, raw, max_elements) for name, raw in header.items()}
-    data_bytes = file_bytes - 8 - header_bytes
     position = 0
     ordered = sorted(entries.items(), key=lambda item: (item[1].begin, item[1].end))
     for name, entry in ordered:
@@ -194,6 +195,7 @@ def parse_safetensors_header(
                 f"{position}: it {problem}"
             )
         position = entry.end
+    data_bytes = position if file_bytes is None else file_bytes - 8 - header_bytes
     if position != data_bytes:
         raise TensorFileError(f"safetensors tensors cover {position} bytes but the data area holds {data_bytes}")
     return SafetensorsHeader(dict(ordered), dict(metadata), 8 + header_bytes)
