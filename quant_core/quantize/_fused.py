@@ -24,6 +24,16 @@ through, in order:
 4. ``Ŵ = (q − z) · s`` (one broadcast multiply of ``x``), exactly the float32
    value `dequantize` computes, and the quality sums (‖W‖², ‖Ŵ‖², ‖Ŵ − W‖²,
    max |Ŵ − W|) by `QualityAccumulator` on the same cache-resident block.
+   With integer zeros, a group that needs no clipping has every error within
+   ``s · (0.5 + 2^-14)``: ``|rint(y) − y| ≤ 1/2`` and ``y = w · fl(1/s)``
+   is within ``|w/s| · 2^-22.9 ≤ 15.6 · 2^-22.9`` steps of ``w/s``, ``(q − z) · s``
+   is exact, and the final subtraction adds a relative 2^-24: at most
+   ``s · (0.5 + 2^-18)`` in all.  Clipped groups get no bound.  The accumulator
+   then measures the largest error only in groups whose bound exceeds the
+   largest error this encoder has measured so far (which is exact: see
+   `QualityAccumulator.add`): most blocks skip the two reductions over the
+   whole block (`rtn` g128 on 4096 × 4096, best of 25 alternating rounds:
+   54.0 → 50.6 ms on one thread, 42.8 → 41.3 ms on two).
 
 The searching methods rank candidates with `encode_scored`
 (quant_core/quantize/_groups.py), the same codes up to how an exact tie is broken.
@@ -38,6 +48,8 @@ from quant_core.quantize._groups import F32, LEVELS
 from quant_core.quantize.metrics import QualityAccumulator
 
 BLOCK_ELEMENTS = 1 << 18
+#: per unit of scale, a bound on |ŵ − w| in an unclipped group with an integer zero (module docstring, 4.)
+_UNCLIPPED_REACH = np.float32(0.5 + 2.0 ** -14)
 
 
 def pack_pairs(codes: NDArray[np.uint8], out: NDArray[np.uint8], scratch: NDArray[np.uint16] | None = None) -> None:
@@ -71,6 +83,8 @@ class ChunkEncoder:
         self.values = np.empty(self.block_rows * columns, dtype=np.float32)
         self.codes = np.empty(self.block_rows * columns + 1, dtype=np.int8)
         self.pairs = np.empty((self.block_rows * columns + 1) // 2, dtype=np.uint16)
+        #: the largest |ŵ − w| this encoder has measured, in any chunk: groups bounded below it are not searched
+        self.largest_error = 0.0
 
     def encode(self, first_row: int, weights: F32, w_min: F32, w_max: F32, scales: F32, zeros: F32,
                accumulator: QualityAccumulator) -> None:
@@ -88,6 +102,10 @@ class ChunkEncoder:
             lowest = np.rint(w_min * inverse) + zeros
             highest = np.rint(w_max * inverse) + zeros
             flagged_rows, flagged_groups = np.nonzero((lowest < 0) | (highest > LEVELS))
+        reach: F32 | None = None
+        if small_zeros is not None and self.columns == self.in_features:
+            reach = scales * _UNCLIPPED_REACH
+            reach[flagged_rows, flagged_groups] = np.inf
         uniform = zeros.size > 0 and float(zeros.min()) == float(zeros.max())
         for start in range(0, weights.shape[0], self.block_rows):
             stop = min(weights.shape[0], start + self.block_rows)
@@ -123,8 +141,11 @@ class ChunkEncoder:
             if self.columns != self.in_features:
                 accumulator.add(np.ascontiguousarray(original[:, : self.in_features]),
                                      np.ascontiguousarray(reconstructed[:, : self.in_features]))
-            else:
+            elif reach is None:
                 accumulator.add(original, reconstructed)
+            else:
+                accumulator.add(original, reconstructed, reach[start:stop], self.largest_error)
+                self.largest_error = max(self.largest_error, accumulator.max_abs_error)
 
     @staticmethod
     def _clip(values: F32, rows: NDArray[np.intp], groups: NDArray[np.intp], zeros: F32, uniform: bool) -> None:

@@ -24,6 +24,9 @@ from quant_core.quantize.types import QualityReport
 __all__ = ["QualityAccumulator", "calibration_split", "quality_report"]
 
 _CHUNK_ELEMENTS = 1 << 18
+#: a bounded chunk measures its largest error by gathering candidate groups only while they are under
+#: 1/_GATHER_FRACTION of its groups; past that, two passes over the whole chunk are cheaper
+_GATHER_FRACTION = 8
 
 
 def calibration_split(rows: int) -> tuple[tuple[int, int], tuple[int, int]]:
@@ -48,16 +51,42 @@ class QualityAccumulator:
         self._output_sq = 0.0
         self._output_error_sq = 0.0
 
-    def add(self, weights: NDArray[np.float32], reconstructed: NDArray[np.float32]) -> None:
-        """Add a chunk of rows; `reconstructed` is overwritten with Ŵ − W (it is scratch)."""
+    @property
+    def max_abs_error(self) -> float:
+        """The largest |Ŵ − W| measured so far (see `add` for what a bounded chunk leaves unmeasured)."""
+        return self._max_abs_error
+
+    def add(self, weights: NDArray[np.float32], reconstructed: NDArray[np.float32],
+            reach: NDArray[np.float32] | None = None, floor: float = 0.0) -> None:
+        """Add a chunk of rows; `reconstructed` is overwritten with Ŵ − W (it is scratch).
+
+        `reach`, when given, is an upper bound on |Ŵ − W| for each group of the
+        chunk, ``[groups in the chunk]`` in row order (groups being equal runs
+        of each row), and `floor` a |Ŵ − W| already measured elsewhere in the
+        same tensor.  The largest error is then measured only in the groups
+        whose bound exceeds both this accumulator's maximum and `floor`: a
+        group bounded below a measured error cannot hold the tensor's largest
+        one, so the maximum over all accumulators of a tensor is still exact,
+        while most chunks skip the two reductions a full measurement takes.
+        """
         flat_w = weights.reshape(-1)
         flat_r = reconstructed.reshape(-1)
         self._weights_sq += float(np.dot(flat_w, flat_w))
         self._reconstructed_sq += float(np.dot(flat_r, flat_r))
         np.subtract(reconstructed, weights, out=reconstructed)
         self._error_sq += float(np.dot(flat_r, flat_r))
-        if flat_r.size:
+        if not flat_r.size:
+            pass
+        elif reach is None:
             self._max_abs_error = max(self._max_abs_error, float(flat_r.max()), -float(flat_r.min()))
+        else:
+            bounds = reach.reshape(-1)
+            candidates = np.flatnonzero(bounds > max(self._max_abs_error, floor))
+            if candidates.size * _GATHER_FRACTION > bounds.size:  # gathering most groups costs more than one pass
+                self._max_abs_error = max(self._max_abs_error, float(flat_r.max()), -float(flat_r.min()))
+            elif candidates.size:
+                errors = flat_r.reshape(bounds.size, -1)[candidates]
+                self._max_abs_error = max(self._max_abs_error, float(errors.max()), -float(errors.min()))
         if self._held_out is not None:
             output = self._held_out @ weights.T
             output_error = self._held_out @ reconstructed.T
