@@ -8,6 +8,8 @@ from pathlib import Path
 import ml_dtypes
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from quant_core.errors import LimitExceeded, TensorFileError
 from quant_core.tensorio import read_npy_header, read_safetensors_header, write_safetensors
@@ -95,3 +97,14 @@ def test_a_safetensors_header_with_a_gap_between_tensors_is_refused_before_the_d
         declared_layout(prefix, "safetensors")
     with pytest.raises(LimitExceeded):
         declared_layout((1 << 40).to_bytes(8, "little") + b"{", "safetensors", max_header_bytes=1 << 20)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.sampled_from(["npy", "safetensors"]), st.binary(max_size=300),
+       st.sampled_from([b"", b"\x93NUMPY\x01\x00", b"\x93NUMPY\x02\x00", b"\x30\x00\x00\x00\x00\x00\x00\x00{"]))
+def test_any_bytes_give_a_layout_none_or_a_typed_error(kind: str, tail: bytes, start: bytes) -> None:
+    try:
+        layout = declared_layout(start + tail, kind, max_header_bytes=4096)  # type: ignore[arg-type]
+    except (TensorFileError, LimitExceeded):
+        return
+    assert layout is None or layout.file_bytes >= 0
