@@ -41,7 +41,7 @@ from quant_core.quantize import refit as refit_method
 from quant_core.quantize._fused import ChunkEncoder
 from quant_core.quantize._groups import F32, GroupParameters
 from quant_core.quantize.metrics import QualityAccumulator, held_out_rows, validate_calibration
-from quant_core.quantize.packing import UNMEASURED, pack_codes, unpack_codes
+from quant_core.quantize.packing import UNMEASURED, PayloadBuffer, pack_codes, unpack_codes
 from quant_core.quantize.rtn import rtn, rtn_symmetric
 from quant_core.quantize.types import QualityReport, QuantizedTensor
 
@@ -214,8 +214,8 @@ def quantize(weights: NDArray[np.generic], scheme: WeightFormat, method: str,
         quantized = _assemble(array, scheme, method, pack_codes(codes_all), scales_all, zeros_all, g_idx)
         return _with_quality(quantized, _measure(array, quantized, held_out, split))
     group_method = _GROUP_METHODS[method]
-    packed = np.empty((out_features * columns + 1) // 2, dtype=np.uint8)
-    scales = np.empty((out_features, groups), dtype=np.float16)
+    payload = PayloadBuffer((out_features, in_features), scheme)  # codes and scales are written in place
+    packed, scales = payload.packed, payload.scales
     zeros = np.empty((out_features, groups), dtype=np.float32)
     step = _chunk_rows(columns, _SEARCH_CHUNK_ELEMENTS if method in _SEARCHES else _CHUNK_ELEMENTS)
     starts = range(0, out_features, step)
@@ -264,7 +264,7 @@ def quantize(weights: NDArray[np.generic], scheme: WeightFormat, method: str,
     accumulator = QualityAccumulator(held_out, split)
     for part in accumulators:
         accumulator.absorb(part)
-    stored_zeros = _stored_zeros(zeros, scheme)
+    stored_zeros = payload.finish(_stored_zeros(zeros, scheme))
     quantized = _assemble(array, scheme, method, packed, scales, stored_zeros, None)
     return _with_quality(quantized, accumulator.report())
 

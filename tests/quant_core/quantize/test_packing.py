@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -67,6 +69,24 @@ def test_payload_length_equals_the_planner_prediction_and_round_trips(
     assert payload_bytes(back) == data
     array = payload_array(q)
     assert array.dtype == np.uint8 and array.tobytes() == data  # the same bytes, as a NumPy array
+    # quantize wrote the sections into one buffer in payload order: that buffer is handed out, read-only
+    assert np.shares_memory(array, q.packed) and not array.flags.writeable
+    rebuilt = payload_array(back)
+    assert rebuilt.tobytes() == data and not np.shares_memory(rebuilt, back.packed)
+
+
+def test_a_tensor_whose_zeros_were_changed_gets_its_own_bytes_not_the_stale_buffer() -> None:
+    weights = np.random.default_rng(5).standard_normal((8, 64), dtype=np.float32)
+    q = quantize(weights, WeightFormat("int4", 32), "rtn")
+    assert q.zeros is not None
+    changed = dataclasses.replace(q, zeros=(np.asarray(q.zeros) + 1) % 16)
+    array = payload_array(changed)
+    assert array.tobytes() == payload_bytes(changed) != payload_bytes(q)
+    assert not np.shares_memory(array, q.packed)
+    fp16 = quantize(weights, WeightFormat("int4", 32, zero="fp16"), "hqq")
+    other_scales = dataclasses.replace(fp16, scales=fp16.scales.copy())
+    assert not np.shares_memory(payload_array(other_scales), fp16.packed)
+    assert payload_array(other_scales).tobytes() == payload_bytes(fp16)
 
 
 def test_payload_sections_are_codes_then_scales_then_packed_zeros() -> None:
