@@ -49,7 +49,7 @@ from app.settings import Settings
 from app.spool import Spool, SpoolFiles
 from quant_core.errors import LimitExceeded, NibbleError
 from quant_core.tensorio import sniff_format
-from quant_core.tensorio.declared import declared_layout
+from quant_core.tensorio.declared import declared_layout, header_end
 
 TensorFileKind = Literal["npy", "safetensors"]
 SNIFF_BYTES = 16
@@ -109,6 +109,7 @@ class _Collector:
         self.delimiter_bytes = frozenset(b"\r\n--" + boundary)
         self.parser_clean = True
         self.head = bytearray()
+        self.head_needed = SNIFF_BYTES  # bytes of the file part to collect before looking at its header again
         #: the current file part's length as its header declares it (None: not known, or not knowable)
         self.declared_end: int | None = None
         self.head_done = False
@@ -163,7 +164,7 @@ class _Collector:
             # the main file part may go to a reused unnamed file (app/spool.py); others to the temp directory
             self.spool = self.spools.open(stem, self.expected_bytes if self.part_name == self.file_fields[0] else None)
             self.opened.append(self.spool)
-            self.head, self.declared_end, self.head_done = bytearray(), None, False
+            self.head, self.head_needed, self.declared_end, self.head_done = bytearray(), SNIFF_BYTES, None, False
             self.raw_files[self.part_name] = (self.part_filename or "", self.spool.path, 0)
             if self.on_arriving is not None and self.part_name == self.arriving_field and self.recorder is None:
                 self.recorder = ArrivalRecorder(stem.with_suffix(".arrival"))
@@ -201,22 +202,34 @@ class _Collector:
             self.text += data[start:end]
 
     def _learn_length(self, data: bytes, start: int, end: int) -> None:
-        """Collect the file part's first bytes until its header says how long the file is (or cannot)."""
+        """Collect the file part's first bytes until its header says how long the file is (or cannot).
+
+        The header is parsed once, when its last byte is in (its length is read
+        from its first 16 bytes), however finely the client cuts its body.
+        """
         self.head += data[start: min(end, start + DECLARED_HEAD_BYTES - len(self.head))]
-        kind = sniff_format(bytes(self.head[:16]))
-        limit = min(self.settings.max_header_bytes, DECLARED_HEAD_BYTES)
-        try:
-            layout = None if kind is None else declared_layout(
-                bytes(self.head), kind, max_header_bytes=limit, max_elements=self.settings.max_elements_per_tensor,
-                max_tensors=self.settings.max_tensors)
-        except NibbleError:  # a bad header is reported by the reader, as for any upload
-            layout, kind = None, None
-        if layout is not None:
-            self.declared_end, self.head_done = layout.file_bytes, True
-        elif (kind is None and len(self.head) >= 16) or len(self.head) >= DECLARED_HEAD_BYTES:
-            self.head_done = True
-        if self.head_done:
-            self.head = bytearray()
+        if len(self.head) < self.head_needed:
+            return
+        layout = None
+        kind = sniff_format(bytes(self.head[:SNIFF_BYTES]))
+        if kind is not None and self.head_needed == SNIFF_BYTES:
+            header_bytes = header_end(bytes(self.head[:SNIFF_BYTES]), kind)
+            if header_bytes is not None and header_bytes <= DECLARED_HEAD_BYTES:
+                self.head_needed = max(header_bytes, SNIFF_BYTES)
+                if len(self.head) < self.head_needed:
+                    return
+            else:
+                kind = None  # a header too long to parse here: the parser handles this file
+        if kind is not None:
+            try:
+                layout = declared_layout(
+                    bytes(self.head[: self.head_needed]), kind,
+                    max_header_bytes=min(self.settings.max_header_bytes, DECLARED_HEAD_BYTES),
+                    max_elements=self.settings.max_elements_per_tensor, max_tensors=self.settings.max_tensors)
+            except NibbleError:  # a bad header is reported by the reader, as for any upload
+                layout = None
+        self.declared_end = None if layout is None else layout.file_bytes
+        self.head_done, self.head = True, bytearray()
 
     def known_file_bytes(self, chunk: bytes, position: int) -> int:
         """How many bytes of `chunk` from `position` on are the current file's own, by its declared length.

@@ -18,6 +18,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from app import uploads
 from app.problems import MalformedUpload
 from app.spool import SpoolFiles
 from app.uploads import _Collector, _feed, _parser
@@ -155,3 +156,19 @@ def test_a_file_with_an_unreadable_header_goes_through_the_parser_unchanged(tmp_
     content = b"\x93NUMPY\x01\x00\x10\x00{'descr': <bad>}\n" + bytes(5000)
     files, _ = collect(multipart([("file", content, True)]), [20, 4000], tmp_path)
     assert files == {"file": content}
+
+
+def test_a_header_sent_a_byte_at_a_time_is_parsed_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    calls: list[int] = []
+    real = uploads.declared_layout
+
+    def counting(prefix: bytes, *args: object, **kwargs: object) -> object:
+        calls.append(len(prefix))
+        return real(prefix, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(uploads, "declared_layout", counting)
+    content = npy_bytes(WEIGHTS)
+    body = multipart([("file", content, True)])
+    files, _ = collect(body, list(range(1, 400)), tmp_path)  # the part headers and the .npy header byte by byte
+    assert files == {"file": content}
+    assert calls == [len(content) - WEIGHTS.nbytes]  # once, on exactly the header
