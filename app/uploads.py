@@ -54,6 +54,8 @@ from quant_core.tensorio.declared import declared_layout, header_end
 TensorFileKind = Literal["npy", "safetensors"]
 SNIFF_BYTES = 16
 MULTIPART_OVERHEAD_BYTES = 64 * 1024  # part headers, boundaries and text fields on top of the files
+#: how far into a chunk to look for a byte after which the parser may be bypassed (a Python loop: kept short)
+CLEAN_BYTE_SEARCH = 64
 #: the longest file header parsed on the event loop to learn a file part's length (larger: no bypass)
 DECLARED_HEAD_BYTES = 1 << 20
 
@@ -244,10 +246,11 @@ class _Collector:
     def parser_span_end(self, chunk: bytes, position: int) -> int:
         """Where the bytes fed to the parser from `position` should stop: the chunk's end, or, when the
         current file's declared length is known but the parser may hold part of a boundary, just past the
-        first byte that cannot belong to one (so the bytes after it can bypass the parser)."""
+        first byte that cannot belong to one (so the bytes after it can bypass the parser).  Only the next
+        `CLEAN_BYTE_SEARCH` bytes are looked at: data made of the boundary's own bytes goes to the parser."""
         if self.spool is None or self.declared_end is None or self.parser_clean:
             return len(chunk)
-        for index in range(position, len(chunk)):
+        for index in range(position, min(len(chunk), position + CLEAN_BYTE_SEARCH)):
             if chunk[index] not in self.delimiter_bytes:
                 return index + 1
         return len(chunk)

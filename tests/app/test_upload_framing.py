@@ -172,3 +172,12 @@ def test_a_header_sent_a_byte_at_a_time_is_parsed_once(tmp_path: Path, monkeypat
     files, _ = collect(body, list(range(1, 400)), tmp_path)  # the part headers and the .npy header byte by byte
     assert files == {"file": content}
     assert calls == [len(content) - WEIGHTS.nbytes]  # once, on exactly the header
+
+
+def test_a_file_made_of_the_boundarys_own_bytes_goes_through_the_parser(tmp_path: Path) -> None:
+    content = npy_bytes(DELIMITER_HEAVY)
+    body = multipart([("file", content, True)])
+    fed: list[int] = []
+    files, _ = collect(body, list(range(1000, len(body), 4096)), tmp_path, fed)
+    assert files == {"file": content}
+    assert fed[0] > len(content) // 2  # no byte after which to bypass it safely is found nearby: parsed, not skipped
