@@ -260,9 +260,13 @@ class _Collector:
         if self.spool is None:
             return None
         written = self.raw_files[self.part_name][2]
-        declared = "" if self.declared_end is None else f" of the {self.declared_end} its header declares"
+        if self.declared_end is not None and written < self.declared_end:
+            return MalformedUpload(
+                f"the body ended {written} bytes into the file part {self.part_name!r}, whose header declares "
+                f"{self.declared_end}: the file is shorter than its header says, or the body was cut off",
+                field=self.part_name)
         return MalformedUpload(f"the multipart body ended inside the file part {self.part_name!r} after "
-                               f"{written} bytes{declared}, without a closing boundary", field=self.part_name)
+                               f"{written} bytes, without a closing boundary", field=self.part_name)
 
     def _announce(self, path: Path) -> None:
         """Tell `on_arriving` that the arriving file's first bytes are in (once, if it is a tensor file)."""
@@ -309,7 +313,10 @@ def _parser(boundary: bytes, collector: _Collector) -> MultipartParser:
 
 
 def _feed(chunk: bytes, parser: MultipartParser, collector: _Collector) -> None:
-    """One network chunk: a known file's own bytes straight to its spool, the rest through the parser."""
+    """One network chunk: a known file's own bytes straight to its spool, the rest through the parser.
+
+    Raises the collector's error (a limit passed, a field with two files) as soon as it is set.
+    """
     position = 0
     while position < len(chunk) and collector.error is None:
         known = collector.known_file_bytes(chunk, position)
@@ -321,6 +328,16 @@ def _feed(chunk: bytes, parser: MultipartParser, collector: _Collector) -> None:
         parser.write(chunk if position == 0 and end == len(chunk) else chunk[position:end])
         collector.parser_clean = chunk[end - 1] not in collector.delimiter_bytes
         position = end
+    if collector.error is not None:
+        raise collector.error
+
+
+def _finish(parser: MultipartParser, collector: _Collector) -> None:
+    """The body has ended: flush the parser; a file part still open means the body was cut short (400)."""
+    parser.finalize()
+    unfinished = collector.unfinished_part()
+    if unfinished is not None:
+        raise unfinished
 
 
 def _boundary(request: Request) -> bytes:
@@ -368,12 +385,7 @@ async def receive_upload(request: Request, settings: Settings,
         try:
             async for chunk in request.stream():
                 _feed(chunk, parser, collector)
-                if collector.error is not None:
-                    raise collector.error
-            parser.finalize()
-            unfinished = collector.unfinished_part()
-            if unfinished is not None:
-                raise unfinished
+            _finish(parser, collector)
         except ClientDisconnect:
             raise
         except (LimitExceeded, MalformedUpload):
