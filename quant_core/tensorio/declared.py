@@ -22,7 +22,7 @@ from quant_core.tensorio.limits import (
     DEFAULT_MAX_TENSORS,
     checked_element_count,
 )
-from quant_core.tensorio.npy import npy_header_from_prefix
+from quant_core.tensorio.npy import npy_header_end, npy_header_from_prefix
 from quant_core.tensorio.safetensors_io import parse_safetensors_header
 from quant_core.tensorio.sniff import FileKind
 
@@ -46,11 +46,7 @@ def header_end(prefix: bytes, kind: FileKind) -> int | None:
     """
     if kind == "safetensors":
         return 8 + int(struct.unpack("<Q", prefix[:8])[0]) if len(prefix) >= 8 else None
-    if len(prefix) < 8:
-        return None
-    length_format = "<H" if prefix[6] == 1 else "<I"
-    start = 8 + struct.calcsize(length_format)
-    return start + int(struct.unpack(length_format, prefix[8:start])[0]) if len(prefix) >= start else None
+    return npy_header_end(prefix)
 
 
 def declared_layout(prefix: bytes, kind: FileKind, *, max_header_bytes: int = DEFAULT_MAX_HEADER_BYTES,

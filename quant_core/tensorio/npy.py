@@ -96,16 +96,25 @@ def npy_header_from_prefix(
         raise TensorFileError(f"not a .npy file: starts with {prefix[:6]!r}, expected {NPY_MAGIC!r}")
     if len(prefix) < 8:
         return None
-    length_format = _HEADER_LENGTH_FORMAT.get(prefix[6])
-    if length_format is not None:
-        start = 8 + struct.calcsize(length_format)
-        if len(prefix) < start:
-            return None
-        (header_length,) = struct.unpack(length_format, prefix[8:start])
-        if header_length <= max_header_bytes and len(prefix) < start + header_length:
+    if prefix[6] in _HEADER_LENGTH_FORMAT:  # an unknown version is refused by the parser at once
+        end = npy_header_end(prefix)
+        start = 8 + struct.calcsize(_HEADER_LENGTH_FORMAT[prefix[6]])
+        if end is None or (end - start <= max_header_bytes and len(prefix) < end):
             return None
     with io.BytesIO(prefix) as handle:
         return _parse_header(handle, max_header_bytes)
+
+
+def npy_header_end(prefix: bytes) -> int | None:
+    """The data offset a `.npy` file's length field declares (magic, version, length, header), unchecked;
+    None until the length field has arrived.  An unknown version is read as 2.0's (the parser refuses it)."""
+    if len(prefix) < 8:
+        return None
+    length_format = _HEADER_LENGTH_FORMAT.get(prefix[6], "<I")
+    start = 8 + struct.calcsize(length_format)
+    if len(prefix) < start:
+        return None
+    return start + int(struct.unpack(length_format, prefix[8:start])[0])
 
 
 def _parse_header(handle: Any, max_header_bytes: int) -> tuple[tuple[int, ...], bool, np.dtype[Any], int]:
