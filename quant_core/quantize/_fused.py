@@ -59,8 +59,7 @@ def pack_pairs(codes: NDArray[np.uint8], out: NDArray[np.uint8], scratch: NDArra
     """
     pairs = codes.view("<u2")
     merged = np.right_shift(pairs, 4) if scratch is None else np.right_shift(pairs, 4, out=scratch[: pairs.size])
-    np.bitwise_or(merged, pairs, out=merged)
-    np.copyto(out, merged, casting="unsafe")
+    np.bitwise_or(merged, pairs, out=out, casting="unsafe")
 
 
 class ChunkEncoder:
@@ -94,7 +93,7 @@ class ChunkEncoder:
         `w_min`/`w_max` its per-group extremes, `scales`/`zeros` ``[rows, groups]``
         the fp16-exact parameters (scales non-zero).
         """
-        inverse = (np.float32(1.0) / scales).astype(np.float32)
+        inverse = np.float32(1.0) / scales
         flagged_rows = flagged_groups = np.zeros(0, dtype=np.intp)
         small_zeros: NDArray[np.int8] | None = None
         if self.integer_zeros:
@@ -106,7 +105,6 @@ class ChunkEncoder:
         if small_zeros is not None and self.columns == self.in_features:
             reach = scales * _UNCLIPPED_REACH
             reach[flagged_rows, flagged_groups] = np.inf
-        uniform = zeros.size > 0 and float(zeros.min()) == float(zeros.max())
         for start in range(0, weights.shape[0], self.block_rows):
             stop = min(weights.shape[0], start + self.block_rows)
             rows = stop - start
@@ -122,10 +120,13 @@ class ChunkEncoder:
             np.multiply(block, inverse[start:stop].reshape(-1, 1), out=values)
             if small_zeros is not None:
                 np.rint(values, out=values)
-                first, last = np.searchsorted(flagged_rows, (start, stop))
-                if last > first:
-                    self._clip(values.reshape(rows, self.groups, self.group_size), flagged_rows[first:last] - start,
-                               flagged_groups[first:last], zeros[start:stop], uniform)
+                if flagged_rows.size:
+                    first, last = np.searchsorted(flagged_rows, (start, stop))
+                    if last > first:
+                        uniform = float(zeros.min()) == float(zeros.max())
+                        self._clip(values.reshape(rows, self.groups, self.group_size),
+                                   flagged_rows[first:last] - start, flagged_groups[first:last], zeros[start:stop],
+                                   uniform)
                 np.copyto(codes, values, casting="unsafe")
                 np.add(codes, small_zeros[start:stop].reshape(-1, 1), out=codes)
             else:
