@@ -27,8 +27,10 @@ from quant_core.quantize.api import usable_cores
 from quant_core.quantize.calibration import synthetic_activations
 
 SIZE = 4096
-# rounds of the fast timings, best of each: this VM's speed moves by up to 2x from second to second (CPU steal)
-ROUNDS = 15
+# rounds of the fast timings, best of each: this VM's speed moves by up to 2x from second to second (CPU steal).
+# With 15 rounds, "rtn" and "rtn_only" (the same work since the payload is written in place) came out up to 20 %
+# apart in one run (BENCHMARKS.md), so the best of 15 was still noise; 40 rounds take ~15 s.
+ROUNDS = 40
 
 
 def best_time(action: Callable[[], object], repeats: int = 3) -> float:
@@ -120,6 +122,7 @@ def main() -> None:
     calibration = synthetic_activations(2048, SIZE, seed=3)
     gptq = best_time(lambda: quantize(weights, scheme, "gptq", calibration), 1)
 
+    print(f"fast timings: best of {ROUNDS} rounds, interleaved; the searching methods: one run each")
     print("seconds: " + ", ".join(f"{k} {v:.4f}" for k, v in [
         ("copyto", copy), ("gguf Q4_0", peer), ("rtn g128+pack", rtn), ("rtn bf16", rtn_bf16),
         ("clip", clip), ("hqq", hqq), ("refit", refit), ("matmul 4096^3", matmul), ("gptq", gptq)]))
