@@ -160,6 +160,9 @@ function sweepContexts(context, answer) {
 }
 
 let planSequence = 0;
+// The plan on screen: its answer, its sweep once in, and the group size it was asked with.  A resized window
+// redraws it from here; it does not ask again (nor clear what the form shows).
+let shown = null;
 
 async function runPlan() {
   const form = $("plan-form");
@@ -167,16 +170,19 @@ async function runPlan() {
   const ticket = ++planSequence;
   let body;
   try { body = planBody(); } catch (error) { showProblem(error, PLAN_FIELDS, "plan-error"); return; }
+  const group = $("group-size").value;
   $("plan-button").disabled = true;
   try {
     const answer = await postJson("/v1/plan", body);
     if (ticket !== planSequence) return;  // a newer request is on its way
+    shown = { answer, sweep: null, group };
     renderPlan(answer);
     const formats = Object.keys(answer.comparison);
     const sweepBody = { ...body, sweep: { context_lengths: sweepContexts(body.workload.context_length, answer),
                                           formats } };
     const sweep = await postJson("/v1/plan/sweep", sweepBody);
     if (ticket !== planSequence) return;
+    shown.sweep = sweep;
     renderSweep(sweep, answer);
   } catch (error) {
     if (ticket === planSequence) showProblem(error, PLAN_FIELDS, "plan-error");
@@ -187,9 +193,15 @@ async function runPlan() {
 
 // --- rendering the plan -------------------------------------------------------------------------
 
+function redrawShown() {
+  if (!shown) return;
+  renderPlan(shown.answer);
+  if (shown.sweep) renderSweep(shown.sweep, shown.answer);
+}
+
 function formatTitle(name, answer) {
   if (name === "int4") {
-    const group = answer.comparison.int4 && $("group-size").value;
+    const group = answer.comparison.int4 && shown.group;
     return `INT4 (group ${group === "row" ? "whole row" : group})`;
   }
   return `16-bit (${name})`;
@@ -554,7 +566,7 @@ async function start() {
   let resizeTimer = 0;
   window.addEventListener("resize", () => {
     clearTimeout(resizeTimer);
-    resizeTimer = setTimeout(() => { if (!$("plan-result").hidden) runPlan(); }, 250);
+    resizeTimer = setTimeout(redrawShown, 250);
   });
   try {
     const [models, devices] = await Promise.all([

@@ -2,7 +2,8 @@
 
 Plans Llama-3.1-70B on one H100 (no fit at 16-bit, fit at INT4 at 4,096
 tokens), checks the verdict and the bars, raises the context until INT4 no
-longer fits, shows an API error next to its field, uploads a small .npy and
+longer fits, shows an API error next to its field, redraws the charts when the
+window is resized (without asking the server again), uploads a small .npy and
 reads the compare table; screenshots go to tests/e2e/artifacts/ (git-ignored).
 """
 
@@ -86,6 +87,28 @@ def test_llama_70b_on_one_h100_fits_only_at_int4_until_the_context_grows(browser
     page.wait_for_selector("#err-context:not(:empty)")
     assert "context_length" in page.inner_text("#err-context")
     assert page.get_attribute("#context", "aria-invalid") == "true"
+    page.close()
+
+
+def test_a_resized_window_redraws_the_plan_without_asking_again(browser: Any, live_server: str) -> None:
+    """The charts are laid out anew for the new width from the plan on screen: no request, and errors stay."""
+    page = open_page(browser, live_server, 1280, 1000)
+    plan(page, 4096)
+    page.wait_for_selector("#sweep polyline[data-format='int4']")
+    chart_width = "document.querySelector('#bars svg').viewBox.baseVal.width"
+    wide = page.evaluate(chart_width)
+    page.fill("#context", "0")
+    page.click("#plan-button")
+    page.wait_for_selector("#err-context:not(:empty)")
+    posted: list[str] = []
+    page.on("request", lambda request: posted.append(request.url) if request.method == "POST" else None)
+
+    page.set_viewport_size({"width": 640, "height": 1000})
+    page.wait_for_function(f"{chart_width} < {wide}")
+    assert posted == []
+    assert "context_length" in page.inner_text("#err-context")
+    assert page.get_attribute("#context", "aria-invalid") == "true"
+    assert "4,096 tokens" in page.inner_text("#verdict")
     page.close()
 
 
