@@ -105,6 +105,7 @@ class ChunkEncoder:
         if small_zeros is not None and self.columns == self.in_features:
             reach = scales * _UNCLIPPED_REACH
             reach[flagged_rows, flagged_groups] = np.inf
+        uniform: bool | None = None  # one zero for every group of the chunk? (asked once, if a block clips)
         for start in range(0, weights.shape[0], self.block_rows):
             stop = min(weights.shape[0], start + self.block_rows)
             rows = stop - start
@@ -123,7 +124,8 @@ class ChunkEncoder:
                 if flagged_rows.size:
                     first, last = np.searchsorted(flagged_rows, (start, stop))
                     if last > first:
-                        uniform = float(zeros.min()) == float(zeros.max())
+                        if uniform is None:
+                            uniform = float(zeros.min()) == float(zeros.max())
                         self._clip(values.reshape(rows, self.groups, self.group_size),
                                    flagged_rows[first:last] - start, flagged_groups[first:last], zeros[start:stop],
                                    uniform)
