@@ -20,7 +20,8 @@ $(STAMP): $(BIN)/python pyproject.toml
 	touch $(STAMP)
 
 run: $(STAMP)
-	$(BIN)/uvicorn app.main:app --host $(HOST) --port $(PORT) --timeout-graceful-shutdown $(GRACE)
+	$(BIN)/uvicorn app.main:app --http app.http_protocol:QueuedBodyProtocol --host $(HOST) --port $(PORT) \
+		--timeout-graceful-shutdown $(GRACE)
 
 lint: $(STAMP)
 	$(BIN)/ruff check app quant_core tests benchmarks
@@ -34,6 +35,7 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/quantize_bench.py
 	$(BIN)/python benchmarks/api_bench.py
 	$(BIN)/python benchmarks/load_test.py
+	$(BIN)/python benchmarks/upload_under_load.py
 
 openapi: $(STAMP)
 	$(BIN)/python -m app.openapi_export openapi/openapi.json

@@ -307,7 +307,9 @@ def command_compare(args: argparse.Namespace, out: TextIO) -> int:
 def command_serve(args: argparse.Namespace) -> int:
     import uvicorn  # only this command needs the server
 
-    uvicorn.run("app.main:app", host=args.host, port=args.port, workers=args.workers)
+    from app.http_protocol import UVICORN_HTTP
+
+    uvicorn.run("app.main:app", host=args.host, port=args.port, workers=args.workers, http=UVICORN_HTTP)
     return 0
 
 

@@ -1,0 +1,87 @@
+"""uvicorn's HTTP/1.1 protocol with a request body queued as the network delivered it.
+
+uvicorn's httptools protocol (0.54) appends each network read of a request
+body to one ``bytearray``, stops reading the socket once 64 KiB wait there
+unread, and at the app's next ``receive()`` copies all of it into a new
+``bytes`` object.  An upload then advances by one network read (at most
+256,000 bytes under uvloop) per turn of the event loop, and a busy loop
+answers every other ready request in each turn: while 32 connections posted
+/v1/plan back to back, a 64 MiB upload took 4.7 s, against 0.09 s idle
+(BENCHMARKS.md, "API (issue 4)").
+
+`QueuedBodyProtocol` keeps the reads as they came, in a queue, and stops
+reading only once `BODY_HIGH_WATER_BYTES` wait unread; ``receive()`` hands
+them over one at a time, as they are (no copy), and does not return to the
+event loop while one is queued.  A busy loop then moves up to a MiB of an
+upload per turn (1.1 s for the same upload under the same load), and an idle
+one runs as before: the app takes each read as it arrives.  The rest is
+uvicorn's own code: headers, keep-alive, pipelining, ``Expect:
+100-continue``, disconnects.
+
+Serve with ``uvicorn app.main:app --http app.http_protocol:QueuedBodyProtocol``
+(`UVICORN_HTTP`; the Makefile, the Dockerfile, ``nibble serve`` and the
+end-to-end tests do); under uvicorn's default protocol the app works the same,
+with the fairness above.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+
+from uvicorn._types import ASGIReceiveEvent
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
+
+#: the import string uvicorn's ``--http`` option takes for `QueuedBodyProtocol`
+UVICORN_HTTP = "app.http_protocol:QueuedBodyProtocol"
+#: unread request body a connection may hold before its socket is no longer read
+BODY_HIGH_WATER_BYTES = 1 << 20
+
+
+class QueuedBodyCycle(RequestResponseCycle):
+    """A request/response cycle whose body is a queue of network reads (installed by `QueuedBodyProtocol`)."""
+
+    chunks: deque[bytes]
+    queued_bytes: int
+
+    async def receive(self) -> ASGIReceiveEvent:
+        """The next queued read of the body (waiting for one if none is queued), or ``http.disconnect``."""
+        if self.waiting_for_100_continue and not self.transport.is_closing():
+            self.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+            self.waiting_for_100_continue = False
+        if not self.chunks and not self.disconnected and not self.response_complete:
+            self.flow.resume_reading()
+            await self.message_event.wait()
+            self.message_event.clear()
+        if self.disconnected or self.response_complete:
+            return {"type": "http.disconnect"}
+        body = b""
+        if self.chunks:
+            body = self.chunks.popleft()
+            self.queued_bytes -= len(body)
+            if not self.chunks:
+                self.message_event.clear()  # set for reads handed over already; the next receive waits
+            if self.queued_bytes <= BODY_HIGH_WATER_BYTES:
+                self.flow.resume_reading()
+        return {"type": "http.request", "body": body, "more_body": self.more_body or bool(self.chunks)}
+
+
+class QueuedBodyProtocol(HttpToolsProtocol):
+    """uvicorn's httptools protocol whose requests queue their body reads (module docstring)."""
+
+    def on_headers_complete(self) -> None:
+        previous = self.cycle
+        super().on_headers_complete()
+        if self.cycle is not previous:  # a new request (not an upgrade): its body goes to a queue
+            self.cycle.__class__ = QueuedBodyCycle
+            self.cycle.chunks = deque()
+            self.cycle.queued_bytes = 0
+
+    def on_body(self, body: bytes) -> None:
+        cycle = self.cycle
+        if (self.parser.should_upgrade() and self._should_upgrade()) or cycle.response_complete:
+            return
+        cycle.chunks.append(body)
+        cycle.queued_bytes += len(body)
+        if cycle.queued_bytes > BODY_HIGH_WATER_BYTES:
+            self.flow.pause_reading()
+        cycle.message_event.set()

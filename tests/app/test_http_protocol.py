@@ -1,0 +1,189 @@
+"""The served protocol queues a request body's network reads and hands them over one at a time.
+
+One test runs a real uvicorn server with `QueuedBodyProtocol` and a recording
+ASGI app and sends it a body in uneven pieces; the others drive the cycle and
+the protocol's ``on_body`` directly, with a flow control that records when
+reading stops and starts again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import random
+import socket
+import threading
+import time
+from collections import deque
+from collections.abc import Iterator
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+import uvicorn
+from uvicorn.protocols.http.httptools_impl import RequestResponseCycle
+
+from app.http_protocol import BODY_HIGH_WATER_BYTES, QueuedBodyCycle, QueuedBodyProtocol
+from tests.e2e.conftest import free_port
+
+READ = 256_000  # one network read under uvloop, at most
+
+
+class RecordingFlow:
+    """uvicorn's flow control as far as the cycle uses it: whether the socket is being read."""
+
+    def __init__(self) -> None:
+        self.read_paused = False
+        self.pauses = 0
+
+    def pause_reading(self) -> None:
+        self.read_paused = True
+        self.pauses += 1
+
+    def resume_reading(self) -> None:
+        self.read_paused = False
+
+
+class Transport:
+    def __init__(self) -> None:
+        self.written: list[bytes] = []
+
+    def is_closing(self) -> bool:
+        return False
+
+    def write(self, data: bytes) -> None:
+        self.written.append(data)
+
+
+def queued_cycle(flow: RecordingFlow, expect_100_continue: bool = False) -> QueuedBodyCycle:
+    cycle: Any = RequestResponseCycle(
+        scope={"type": "http"}, transport=Transport(), flow=flow, logger=logging.getLogger("test"),
+        access_logger=logging.getLogger("test"), access_log=False, default_headers=[],
+        message_event=asyncio.Event(), expect_100_continue=expect_100_continue, keep_alive=True,
+        on_response=lambda: None,
+    )
+    cycle.__class__ = QueuedBodyCycle
+    cycle.chunks, cycle.queued_bytes = deque(), 0
+    queued: QueuedBodyCycle = cycle
+    return queued
+
+
+def network_read(cycle: QueuedBodyCycle, flow: RecordingFlow, body: bytes) -> None:
+    """What uvicorn does with a read of the body: the protocol's ``on_body`` for this cycle."""
+    protocol = SimpleNamespace(parser=SimpleNamespace(should_upgrade=lambda: False), _should_upgrade=lambda: False,
+                               cycle=cycle, flow=flow)
+    QueuedBodyProtocol.on_body(protocol, body)  # duck-typed: on_body uses only these attributes
+
+
+def test_reads_queue_until_a_mib_waits_unread_then_the_socket_is_no_longer_read() -> None:
+    flow = RecordingFlow()
+    cycle = queued_cycle(flow)
+    reads = 0
+    while not flow.read_paused:
+        network_read(cycle, flow, bytes(READ))
+        reads += 1
+    assert reads == BODY_HIGH_WATER_BYTES // READ + 1
+    assert cycle.queued_bytes == reads * READ > BODY_HIGH_WATER_BYTES
+
+    message = asyncio.run(cycle.receive())
+    assert message == {"type": "http.request", "body": bytes(READ), "more_body": True}
+    assert not flow.read_paused  # back under the mark: reading again
+
+
+def test_the_app_gets_each_read_as_it_came_and_more_body_false_with_the_last() -> None:
+    flow = RecordingFlow()
+    cycle = queued_cycle(flow)
+    for piece in (b"first", b"second", b"third"):
+        network_read(cycle, flow, piece)
+    cycle.more_body = False  # what uvicorn's on_message_complete does at the body's end
+
+    async def drain() -> list[Any]:
+        return [await cycle.receive() for _ in range(3)]
+
+    messages = asyncio.run(drain())
+    assert [(m["body"], m["more_body"]) for m in messages] == [(b"first", True), (b"second", True), (b"third", False)]
+
+
+def test_a_queued_read_is_handed_over_without_waiting_for_the_event_loop() -> None:
+    flow = RecordingFlow()
+    cycle = queued_cycle(flow)
+    network_read(cycle, flow, b"a")
+    network_read(cycle, flow, b"b")
+    cycle.message_event.clear()  # nothing new to announce: the queued reads are enough
+    assert asyncio.run(asyncio.wait_for(cycle.receive(), 1.0))["body"] == b"a"
+    assert asyncio.run(asyncio.wait_for(cycle.receive(), 1.0))["body"] == b"b"
+
+
+def test_a_disconnect_is_reported_even_with_reads_still_queued() -> None:
+    flow = RecordingFlow()
+    cycle = queued_cycle(flow)
+    network_read(cycle, flow, b"never read")
+    cycle.disconnected = True
+    assert asyncio.run(cycle.receive()) == {"type": "http.disconnect"}
+
+
+def test_expect_100_continue_is_answered_before_the_body_is_awaited() -> None:
+    flow = RecordingFlow()
+    cycle = queued_cycle(flow, expect_100_continue=True)
+    network_read(cycle, flow, b"body")
+    asyncio.run(cycle.receive())
+    assert cycle.transport.written == [b"HTTP/1.1 100 Continue\r\n\r\n"]
+
+
+async def recording_app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+    """Answers each POST with the sha256 of its body, the number of messages and whether only the last ended it."""
+    if scope["type"] != "http":
+        return
+    digest, messages, ends = hashlib.sha256(), 0, []
+    while True:
+        message = await receive()
+        digest.update(message["body"])
+        messages += 1
+        ends.append(message["more_body"])
+        if not message["more_body"]:
+            break
+    only_last = ends[-1] is False and all(ends[:-1])
+    answer = f"{digest.hexdigest()} {messages} {only_last}".encode()
+    await send({"type": "http.response.start", "status": 200,
+                "headers": [(b"content-length", str(len(answer)).encode())]})
+    await send({"type": "http.response.body", "body": answer})
+
+
+@pytest.fixture()
+def server() -> Iterator[int]:
+    port = free_port()
+    config = uvicorn.Config(recording_app, host="127.0.0.1", port=port, http=QueuedBodyProtocol, lifespan="off",
+                            log_level="warning")
+    instance = uvicorn.Server(config)
+    thread = threading.Thread(target=instance.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not instance.started:
+        assert time.monotonic() < deadline, "uvicorn did not start"
+        time.sleep(0.01)
+    yield port
+    instance.should_exit = True
+    thread.join(timeout=10)
+
+
+def test_a_body_sent_in_uneven_pieces_reaches_a_real_server_whole_in_order(server: int) -> None:
+    body = random.Random(0).randbytes(3 * BODY_HIGH_WATER_BYTES + 12_345)
+    pieces = random.Random(1)
+    with socket.create_connection(("127.0.0.1", server)) as client:
+        for _ in range(2):  # twice on one keep-alive connection
+            client.sendall(b"POST /upload HTTP/1.1\r\nHost: test\r\nContent-Length: %d\r\n\r\n" % len(body))
+            sent = 0
+            while sent < len(body):
+                size = pieces.choice((1, 7, 4096, 65_536, 300_000, 1_500_000))
+                client.sendall(body[sent: sent + size])
+                sent += size
+                if pieces.random() < 0.05:
+                    time.sleep(0.005)
+            answer = b""
+            while not answer.endswith((b"True", b"False")):
+                answer += client.recv(65_536)
+            digest, messages, only_last = answer.split(b"\r\n\r\n", 1)[1].decode().split()
+            assert digest == hashlib.sha256(body).hexdigest()
+            assert int(messages) > 1
+            assert only_last == "True"
