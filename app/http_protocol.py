@@ -20,8 +20,8 @@ uvicorn's own code: headers, keep-alive, pipelining, ``Expect:
 
 Serve with ``uvicorn app.main:app --http app.http_protocol:QueuedBodyProtocol``
 (`UVICORN_HTTP`; the Makefile, the Dockerfile, ``nibble serve`` and the
-end-to-end tests do); under uvicorn's default protocol the app works the same,
-with the fairness above.
+end-to-end tests do).  Under uvicorn's default protocol the app works the same,
+only without that fairness.
 """
 
 from __future__ import annotations
