@@ -142,6 +142,12 @@ def multipart_body(fields: dict[str, str], file_field: str, filename: str, paylo
     return "".join(parts).encode() + head.encode() + payload + f"\r\n--{BOUNDARY}--\r\n".encode()
 
 
+def upload_head(host: str, body: bytes) -> bytes:
+    """The HTTP/1.1 request head of ``POST /v1/quantize`` carrying `body` (from `multipart_body`)."""
+    return (f"POST /v1/quantize HTTP/1.1\r\nHost: {host}\r\n"
+            f"Content-Type: multipart/form-data; boundary={BOUNDARY}\r\nContent-Length: {len(body)}\r\n\r\n").encode()
+
+
 def _read_response(sock: socket.socket) -> tuple[int, bytes]:
     """One HTTP/1.1 answer with a Content-Length from `sock`: (status, body)."""
     data = bytearray()
@@ -174,8 +180,7 @@ def _upload_client(base_url: str, npy_path: str, fields: dict[str, str], command
     """
     url = httpx.URL(base_url)
     body = multipart_body(fields, "file", "w.npy", Path(npy_path).read_bytes())
-    head = (f"POST /v1/quantize HTTP/1.1\r\nHost: {url.host}:{url.port}\r\n"
-            f"Content-Type: multipart/form-data; boundary={BOUNDARY}\r\nContent-Length: {len(body)}\r\n\r\n").encode()
+    head = upload_head(f"{url.host}:{url.port}", body)
     with socket.create_connection((url.host, url.port or 80)) as sock:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         while commands.recv() == "go":

@@ -28,7 +28,7 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
 
 from app.http_protocol import UVICORN_HTTP  # noqa: E402
-from benchmarks.api_bench import BOUNDARY, PLAN_BODY, _read_response, multipart_body, run_load  # noqa: E402
+from benchmarks.api_bench import PLAN_BODY, _read_response, multipart_body, run_load, upload_head  # noqa: E402
 from tests.e2e.conftest import start_server  # noqa: E402
 
 PROTOCOLS = (("uvicorn's httptools protocol", "httptools"), ("QueuedBodyProtocol", UVICORN_HTTP))
@@ -40,9 +40,7 @@ def _request() -> tuple[bytes, bytes]:
     np.save(buffer, weights, allow_pickle=False)
     body = multipart_body({"method": "rtn", "group_size": "128", "output": "report"}, "file", "w.npy",
                           buffer.getvalue())
-    head = (f"POST /v1/quantize HTTP/1.1\r\nHost: bench\r\nContent-Type: multipart/form-data; boundary={BOUNDARY}"
-            f"\r\nContent-Length: {len(body)}\r\n\r\n").encode()
-    return head, body
+    return upload_head("bench", body), body
 
 
 def _uploads(port: int, head: bytes, body: bytes, count: int, delay: float, seconds: list[float]) -> None:
