@@ -91,6 +91,16 @@ def pad_axis(values: NDArray[np.uint8], axis: int, multiple: int) -> NDArray[np.
     return np.pad(values, widths)
 
 
+def add_exported(stored: dict[str, NDArray[Any]], parts: Mapping[str, NDArray[Any]], name: str) -> None:
+    """Add one quantized tensor's exported `parts` to `stored`, refusing (`TensorFileError`) a name taken
+    by another quantized tensor (``a.weight`` and ``a`` both export as ``a.qweight``)."""
+    taken = sorted(set(parts) & set(stored))
+    if taken:
+        raise TensorFileError(f"quantized tensor {name!r} would be stored as {taken}, names another quantized "
+                              "tensor of this export already uses", field="tensors")
+    stored.update(parts)
+
+
 def merge_passthrough(stored: dict[str, NDArray[Any]], passthrough: Mapping[str, NDArray[Any]] | None
                       ) -> dict[str, NDArray[Any]]:
     """Add passthrough tensors to `stored`, refusing (`TensorFileError`) a name used twice."""

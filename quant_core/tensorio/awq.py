@@ -34,6 +34,7 @@ from numpy.typing import NDArray
 from quant_core.errors import InvalidSpec
 from quant_core.quantize.types import QuantizedTensor
 from quant_core.tensorio._export_common import (
+    add_exported,
     code_matrix,
     has_act_order,
     integer_zeros,
@@ -82,6 +83,6 @@ def export_awq(
     config = awq_config(tensors)
     stored: dict[str, NDArray[Any]] = {}
     for name, q in tensors.items():
-        stored.update(awq_tensors(name, q))
+        add_exported(stored, awq_tensors(name, q), name)
     write_safetensors(path, merge_passthrough(stored, passthrough), {"format": "pt", "quant_method": "awq"})
     return config

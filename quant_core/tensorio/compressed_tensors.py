@@ -32,6 +32,7 @@ from numpy.typing import NDArray
 from quant_core.errors import InvalidSpec
 from quant_core.quantize.types import QuantizedTensor
 from quant_core.tensorio._export_common import (
+    add_exported,
     code_matrix,
     has_act_order,
     integer_zeros,
@@ -109,6 +110,6 @@ def export_compressed_tensors(
     config = compressed_tensors_config(tensors)
     stored: dict[str, NDArray[Any]] = {}
     for name, q in tensors.items():
-        stored.update(compressed_tensors_tensors(name, q))
+        add_exported(stored, compressed_tensors_tensors(name, q), name)
     write_safetensors(path, merge_passthrough(stored, passthrough), {"format": "pt"})
     return config

@@ -78,6 +78,8 @@ def export_gguf(
         raise TensorFileError(f"passthrough tensors {clash} collide with quantized tensors", field="tensors")
     writer = gguf.GGUFWriter(path, architecture)
     try:
+        if blocks:  # required by the GGUF spec whenever a tensor is quantized
+            writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
         writer.add_string("nibble.tensors", json.dumps({n: describe_quantized(q) for n, q in tensors.items()}))
         for name, data in blocks.items():
             writer.add_tensor(name, data, raw_shape=data.shape, raw_dtype=gguf.GGMLQuantizationType.Q4_0)

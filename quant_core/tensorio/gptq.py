@@ -40,6 +40,7 @@ from numpy.typing import NDArray
 from quant_core.errors import InvalidSpec, InvalidTensor
 from quant_core.quantize.types import QuantizedTensor
 from quant_core.tensorio._export_common import (
+    add_exported,
     code_matrix,
     group_index,
     has_act_order,
@@ -117,7 +118,7 @@ def export_gptq(
     config = gptq_config(tensors, checkpoint_format)
     stored: dict[str, NDArray[Any]] = {}
     for name, q in tensors.items():
-        stored.update(gptq_tensors(name, q, checkpoint_format))
+        add_exported(stored, gptq_tensors(name, q, checkpoint_format), name)
     write_safetensors(path, merge_passthrough(stored, passthrough), {"format": "pt", "quant_method": "gptq"})
     if config_path is not None:
         with open(config_path, "w", encoding="utf-8") as handle:

@@ -9,7 +9,7 @@ Layout, per quantized tensor named ``N`` (the full input name, e.g.
 * ``N.scales`` F16 ``[out, groups]``;
 * ``N.zeros``: absent when symmetric; U8 ``[ceil(out × groups / 2)]`` holding
   the int4 zeros packed like the codes; or F16 ``[out, groups]`` (HQQ zeros);
-* ``N.g_idx`` I32 ``[in]``, only when act-order permuted the columns.
+* ``N.g_idx`` I32 ``[in]``, when act-order permuted the columns, and always in the GPTQ layout.
 
 So the tensor bytes of a quantized entry are exactly the planner's
 ``format.bytes_for(shape)`` (plus ``4 × in`` for a g_idx outside the GPTQ
@@ -36,7 +36,7 @@ from numpy.typing import NDArray
 
 from quant_core.errors import NibbleError, TensorFileError
 from quant_core.formats import WeightFormat
-from quant_core.quantize.packing import pack_codes, quantized_from_payload
+from quant_core.quantize.packing import default_g_idx, pack_codes, quantized_from_payload
 from quant_core.quantize.types import QualityReport, QuantizedTensor
 from quant_core.tensorio.limits import DEFAULT_MAX_ELEMENTS, DEFAULT_MAX_HEADER_BYTES, DEFAULT_MAX_TENSORS
 from quant_core.tensorio.safetensors_io import SafetensorsFile, read_safetensors, write_safetensors
@@ -86,6 +86,8 @@ def quantized_components(q: QuantizedTensor) -> dict[str, NDArray[Any]]:
         parts["zeros"] = np.ascontiguousarray(q.zeros, dtype=np.float16)
     if q.g_idx is not None:
         parts["g_idx"] = np.ascontiguousarray(q.g_idx, dtype=np.int32)
+    elif q.format.layout == "gptq":  # the layout's payload holds one, act-order or not
+        parts["g_idx"] = default_g_idx(q.shape[1], q.format.group_size)
     return parts
 
 

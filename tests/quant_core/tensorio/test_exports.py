@@ -20,7 +20,7 @@ import pytest
 import safetensors.torch
 import torch
 
-from quant_core.errors import InvalidSpec, InvalidTensor
+from quant_core.errors import InvalidSpec, InvalidTensor, TensorFileError
 from quant_core.formats import int4
 from quant_core.quantize import dequantize
 from quant_core.quantize.types import QuantizedTensor
@@ -198,6 +198,18 @@ def test_awq_refuses_whole_row_groups_and_act_order(tmp_path: Path) -> None:
         export_awq({"w": replace(q, g_idx=np.array([1] * 32 + [0] * 32, np.int32))}, None, tmp_path / "a")
 
 
+# ---------------------------------------------------------------- all int4 exports
+
+@pytest.mark.parametrize("export", [export_gptq, export_awq, export_compressed_tensors],
+                         ids=["gptq", "awq", "compressed-tensors"])
+def test_two_quantized_tensors_exported_under_one_name_are_refused_not_overwritten(
+        tmp_path: Path, export: object) -> None:
+    first, second = quantized_gaussian(0, 8, 128, int4(128)), quantized_gaussian(1, 8, 128, int4(128))
+    with pytest.raises(TensorFileError, match="'a'.*already uses"):
+        export({"a.weight": first, "a": second}, None, tmp_path / "m.safetensors")  # type: ignore[operator]
+    assert not (tmp_path / "m.safetensors").exists()
+
+
 # ---------------------------------------------------------------- GGUF
 
 @pytest.mark.parametrize("method", ["rtn-sym", "rtn-sym-absmax7"])
@@ -217,6 +229,8 @@ def test_gguf_reads_back_nibbles_q4_0_bit_exactly(tmp_path: Path, method: str) -
     np.testing.assert_array_equal(tensors["blk.0.ffn_up.bias"].data, bias)
     described = json.loads(bytes(reader.fields["nibble.tensors"].parts[-1]).decode())
     assert described["blk.0.ffn_up.weight"]["method"] == method
+    # the GGUF spec requires general.quantization_version in any file holding quantized tensors
+    assert int(reader.fields["general.quantization_version"].parts[-1][0]) == gguf.GGML_QUANT_VERSION
 
 
 def test_gguf_q4_0_block_layout_puts_code_j_and_j_plus_16_in_one_byte(tmp_path: Path) -> None:

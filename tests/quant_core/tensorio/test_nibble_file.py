@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import ml_dtypes
@@ -11,7 +12,7 @@ import pytest
 
 from quant_core.errors import TensorFileError
 from quant_core.formats import int4
-from quant_core.quantize import dequantize
+from quant_core.quantize import dequantize, quantize
 from quant_core.tensorio import read_nibble_safetensors, read_safetensors, write_nibble_safetensors, write_safetensors
 from tests.quant_core.tensorio.helpers import hand_built, quantized_gaussian, random_quantized
 
@@ -48,6 +49,19 @@ def test_quantized_entries_take_exactly_the_planners_bytes(tmp_path: Path, fmt: 
     write_nibble_safetensors(path, {"w": q})
     entries = read_safetensors(path).entries
     assert sum(e.end - e.begin for e in entries.values()) == q.format.bytes_for(q.shape)
+
+
+@pytest.mark.parametrize("method", ["rtn", "gptq"])
+def test_a_gptq_layout_tensor_without_act_order_round_trips_with_its_planned_bytes(
+        tmp_path: Path, method: str) -> None:
+    weights = np.random.default_rng(5).standard_normal((16, 256), dtype=np.float32)
+    calibration = np.random.default_rng(6).standard_normal((64, 256), dtype=np.float32) if method == "gptq" else None
+    q = quantize(weights, replace(int4(128), layout="gptq"), method, calibration)
+    write_nibble_safetensors(tmp_path / "g.safetensors", {"w": q})
+    entries = read_safetensors(tmp_path / "g.safetensors").entries
+    assert sum(e.end - e.begin for e in entries.values()) == q.format.bytes_for(q.shape)
+    back = read_nibble_safetensors(tmp_path / "g.safetensors")[0]["w"]
+    np.testing.assert_array_equal(dequantize(back).view(np.uint32), dequantize(q).view(np.uint32))
 
 
 def test_act_order_g_idx_survives_the_round_trip(tmp_path: Path) -> None:
