@@ -205,7 +205,7 @@ def test_awq_refuses_whole_row_groups_and_act_order(tmp_path: Path) -> None:
 def test_two_quantized_tensors_exported_under_one_name_are_refused_not_overwritten(
         tmp_path: Path, export: object) -> None:
     first, second = quantized_gaussian(0, 8, 128, int4(128)), quantized_gaussian(1, 8, 128, int4(128))
-    with pytest.raises(TensorFileError, match="'a'.*already uses"):
+    with pytest.raises(TensorFileError, match=r"'a'.*already uses"):
         export({"a.weight": first, "a": second}, None, tmp_path / "m.safetensors")  # type: ignore[operator]
     assert not (tmp_path / "m.safetensors").exists()
 
