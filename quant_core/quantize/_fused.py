@@ -12,9 +12,11 @@ through, in order:
 1. ``x = rint(w · (1/s))`` (one broadcast multiply, one rint);
 2. with integer zeros (int4, or the 8 of symmetric schemes) the code is
    ``q = clip(x + z, 0, 15)``.  Clipping is needed only in groups where
-   ``rint(w_min · (1/s)) + z < 0`` or ``rint(w_max · (1/s)) + z > 15``: the
-   float32 product and rint are monotonic in ``w``, so the group's extremes
-   bound every element, and the check costs two per-group operations instead
+   ``rint(w_min · (1/s)) + z`` or ``rint(w_max · (1/s)) + z`` falls outside
+   [0, 15]: the float32 product and rint are monotonic in ``w`` (increasing,
+   or decreasing for the negative scales of llama.cpp's ``m / −8`` rule, so
+   both ends are checked against both bounds), so the group's extremes bound
+   every element, and the check costs a few per-group operations instead
    of a pass over the block.  In those blocks ``x`` is clipped to
    ``[−z, 15 − z]``, so that ``x`` is exactly ``q − z``.  fp16 zeros are added
    before rounding (``q = clip(rint(w·(1/s) + z), 0, 15)``) and subtracted after;
@@ -25,7 +27,7 @@ through, in order:
    value `dequantize` computes, and the quality sums (‖W‖², ‖Ŵ‖², ‖Ŵ − W‖²,
    max |Ŵ − W|) by `QualityAccumulator` on the same cache-resident block.
    With integer zeros, a group that needs no clipping has every error within
-   ``s · (0.5 + 2^-14)``: ``|rint(y) − y| ≤ 1/2`` and ``y = w · fl(1/s)``
+   ``|s| · (0.5 + 2^-14)``: ``|rint(y) − y| ≤ 1/2`` and ``y = w · fl(1/s)``
    is within ``|w/s| · 2^-22.9 ≤ 15.6 · 2^-22.9`` steps of ``w/s``, ``(q − z) · s``
    is exact, and the final subtraction adds a relative 2^-24: at most
    ``s · (0.5 + 2^-18)`` in all.  Clipped groups get no bound.  The accumulator
@@ -98,12 +100,14 @@ class ChunkEncoder:
         small_zeros: NDArray[np.int8] | None = None
         if self.integer_zeros:
             small_zeros = zeros.astype(np.int8)
-            lowest = np.rint(w_min * inverse) + zeros
-            highest = np.rint(w_max * inverse) + zeros
-            flagged_rows, flagged_groups = np.nonzero((lowest < 0) | (highest > LEVELS))
+            # a negative scale (llama.cpp's m / −8 when m > 0) maps w_min to the higher code: check both ends
+            at_min = np.rint(w_min * inverse) + zeros
+            at_max = np.rint(w_max * inverse) + zeros
+            outside = (np.minimum(at_min, at_max) < 0) | (np.maximum(at_min, at_max) > LEVELS)
+            flagged_rows, flagged_groups = np.nonzero(outside)
         reach: F32 | None = None
         if small_zeros is not None and self.columns == self.in_features:
-            reach = scales * _UNCLIPPED_REACH
+            reach = np.abs(scales) * _UNCLIPPED_REACH
             reach[flagged_rows, flagged_groups] = np.inf
         uniform: bool | None = None  # one zero for every group of the chunk? (asked once, if a block clips)
         for start in range(0, weights.shape[0], self.block_rows):

@@ -84,6 +84,53 @@ def fp16_nearest(values: F32) -> F32:
     return values.astype(np.float16).astype(np.float32)
 
 
+def fp16_floor(values: F32) -> F32:
+    """Round positive fp16-normal values (≥ 2^-14, as float32) down to an fp16: drop the 13 mantissa bits fp16 lacks."""
+    bits = np.ascontiguousarray(values, dtype=np.float32).view(np.uint32)
+    return cast(F32, np.bitwise_and(bits, np.uint32(~_FP16_DROPPED_BITS & 0xFFFFFFFF)).view(np.float32))
+
+
+def within_fp16(parameters: GroupParameters, w_min: F32, w_max: F32, integer_zeros: bool,
+                every_code: bool = False) -> GroupParameters:
+    """`parameters` with smaller scales where a group's weights fit fp16 but their codes would not decode in it.
+
+    Engines dequantize ``(q − z) · s`` in fp16, and a scale rounded up (or
+    llama.cpp's ``m / −8``) can push an extreme code past 65504: a group
+    holding 65504 got ``s = 4368``, ``15 · s = 65520``, which is ``inf`` in
+    fp16.  Such a group (weights within ±65504) gets the largest fp16 scale
+    at which the codes its extremes map to (by the encoder's rounding; or,
+    with `every_code`, all 16 codes, for GPTQ, whose error feedback can
+    reach any of them) decode within ±65504; its zero stays, and the driver
+    clips the codes, so the extreme weights may lose a little more than half
+    a step.  Groups beyond fp16's range (bfloat16 or float32 sources) are
+    left as they are: no fp16 decode can hold them.  Returns `parameters`
+    itself when no group needs it, which one comparison decides for every
+    tensor whose scales are under 65504 / 15.
+    """
+    scales, zeros = parameters.scales, parameters.zeros  # scales may be negative (llama.cpp's m / −8)
+    if scales.size == 0 or (integer_zeros and max(float(scales.max()), -float(scales.min())) * LEVELS <= FP16_MAX):
+        return parameters
+    inside = (w_min >= np.float32(-FP16_MAX)) & (w_max <= np.float32(FP16_MAX))
+    scales = scales.copy()
+    for _ in range(4):  # each pass only shrinks scales; one is enough unless rounding lands on the edge again
+        if every_code:
+            reach = np.maximum(np.abs(zeros), np.abs(np.float32(LEVELS) - zeros))
+        else:
+            inverse = np.float32(1.0) / scales
+            if integer_zeros:
+                low, high = np.rint(w_min * inverse) + zeros, np.rint(w_max * inverse) + zeros
+            else:
+                low, high = np.rint(w_min * inverse + zeros), np.rint(w_max * inverse + zeros)
+            low, high = np.clip(low, 0.0, LEVELS), np.clip(high, 0.0, LEVELS)
+            reach = np.maximum(np.abs(low - zeros), np.abs(high - zeros))
+        over = inside & (reach * np.abs(scales) > np.float32(FP16_MAX))
+        if not over.any():
+            break
+        largest = fp16_floor((np.float32(FP16_MAX) / reach[over]).astype(np.float32))
+        scales[over] = np.copysign(np.minimum(np.abs(scales[over]), largest), scales[over])
+    return GroupParameters(scales, zeros)
+
+
 def nonzero_scale(scales: F32) -> F32:
     """Scales with zeros (constant-zero groups) replaced by 1, so codes stay defined (`scales` when none is 0)."""
     zero = scales == 0

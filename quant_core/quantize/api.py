@@ -39,7 +39,7 @@ from quant_core.quantize import clip as clip_method
 from quant_core.quantize import hqq as hqq_method
 from quant_core.quantize import refit as refit_method
 from quant_core.quantize._fused import ChunkEncoder
-from quant_core.quantize._groups import F32, GroupParameters
+from quant_core.quantize._groups import F32, GroupParameters, within_fp16
 from quant_core.quantize.metrics import QualityAccumulator, held_out_rows, validate_calibration
 from quant_core.quantize.packing import UNMEASURED, PayloadBuffer, pack_codes, unpack_codes
 from quant_core.quantize.rtn import rtn, rtn_symmetric
@@ -241,7 +241,8 @@ def quantize(weights: NDArray[np.generic], scheme: WeightFormat, method: str,
                 if wait_rows is not None:
                     wait_rows(out_features)
                 _raise_non_finite(array, name)
-            parameters = group_method(grouped, w_min, w_max, scheme)
+            parameters = within_fp16(group_method(grouped, w_min, w_max, scheme), w_min, w_max,
+                                     scheme.zero != "fp16")
             scales[start:stop] = parameters.scales
             zeros[start:stop] = parameters.zeros
             encoder.encode(start, chunk, w_min, w_max, parameters.scales, parameters.zeros, accumulators[index])

@@ -56,7 +56,7 @@ from numpy.typing import NDArray
 
 from quant_core.errors import CalibrationError
 from quant_core.formats import WeightFormat
-from quant_core.quantize._groups import F32, LEVELS, SYMMETRIC_ZERO
+from quant_core.quantize._groups import F32, LEVELS, SYMMETRIC_ZERO, GroupParameters, within_fp16
 from quant_core.quantize.metrics import calibration_split
 from quant_core.quantize.rtn import asymmetric_parameters, symmetric_scales
 
@@ -203,17 +203,25 @@ def inverse_cholesky_upper(h: F32) -> tuple[F32, float]:
     return inverse, damp
 
 
-def _group_parameters(group: F32, scheme: WeightFormat) -> tuple[F32, F32]:
-    """Scales and zeros of one group, `group` being ``[columns, rows]`` (transposed weights)."""
+def _group_parameters(group: F32, scheme: WeightFormat, originals: F32) -> tuple[F32, F32]:
+    """Scales and zeros of one group, `group` being ``[columns, rows]`` (transposed weights, as updated).
+
+    `originals` (the group's weights before any update) decide which groups
+    must decode within fp16 (`within_fp16`).
+    """
     w_min = group.min(axis=0)
     w_max = group.max(axis=0)
     if scheme.symmetric:
         scales = symmetric_scales(w_min, w_max, "q4_0")
-        return scales, np.full(scales.shape, SYMMETRIC_ZERO, dtype=np.float32)
-    if scheme.zero == "int4":
-        w_min = np.minimum(w_min, np.float32(0.0))
-        w_max = np.maximum(w_max, np.float32(0.0))
-    return asymmetric_parameters(w_min, w_max, scheme)
+        zeros = np.full(scales.shape, SYMMETRIC_ZERO, dtype=np.float32)
+    else:
+        lo, hi = w_min, w_max
+        if scheme.zero == "int4":
+            lo, hi = np.minimum(w_min, np.float32(0.0)), np.maximum(w_max, np.float32(0.0))
+        scales, zeros = asymmetric_parameters(lo, hi, scheme)
+    fitted = within_fp16(GroupParameters(scales, zeros), originals.min(axis=0), originals.max(axis=0),
+                         scheme.zero != "fp16", every_code=True)
+    return fitted.scales, fitted.zeros
 
 
 def gptq(
@@ -402,7 +410,7 @@ class _Sweep:
         else:
             paper = self._group_originals.copy()
             _add_product(paper, self.group_inverses[group - 1], current - self._group_originals)
-        self._scale, self._zero = _group_parameters(paper, self.scheme)
+        self._scale, self._zero = _group_parameters(paper, self.scheme, self._group_originals)
         self._inverse = np.float32(1.0) / self._scale
         self.scales[group] = self._scale
         self.zeros[group] = self._zero

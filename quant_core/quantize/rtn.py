@@ -7,7 +7,11 @@ the zero ``z = clip(rint(−lo / s), 0, 15)`` (or, for ``zero="fp16"`` schemes,
 ``−lo / s`` rounded to fp16), and the codes ``clip(rint(w / s + z), 0, 15)``.
 Rounding the scale up keeps ``hi`` within 15 steps of ``lo``, so every weight
 lands within half a step of its code's value: ``|w − ŵ| ≤ s / 2`` (up to
-float32 rounding of ``w / s``, about 1e-6 of a step).
+float32 rounding of ``w / s``, about 1e-6 of a step).  One exception: a
+group whose weights reach within a step of ±65504 and whose extreme code
+would decode past the largest fp16 gets the largest scale that keeps it
+inside (`within_fp16`), so that fp16 engines do not read ``inf``; its
+extreme weights may then lose a little more than half a step.
 
 Symmetric rules (dequantize ``(q − 8) × s``, no stored zero), measured on the
 seeded 4096 × 4096 Gaussian and Student-t (df=3) at g128 (BENCHMARKS.md,

@@ -33,7 +33,8 @@ def _paper_gptq(weights: np.ndarray, activations: np.ndarray, scheme: WeightForm
     for column in range(columns):
         if column % group_size == 0:
             group = np.ascontiguousarray(work[:, column: column + group_size].T, dtype=np.float32)
-            scale32, zero32 = _group_parameters(group, scheme)
+            originals = np.ascontiguousarray(weights[:, order[column: column + group_size]].T, dtype=np.float32)
+            scale32, zero32 = _group_parameters(group, scheme, originals)
             scale, zero = scale32.astype(np.float64), zero32.astype(np.float64)
         weight = work[:, column]
         if scheme.zero == "fp16":

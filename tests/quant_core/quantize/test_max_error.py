@@ -85,6 +85,32 @@ def test_any_small_tensor_reports_its_exact_largest_error(weights: np.ndarray) -
     assert reported == exact
 
 
+SMALL_CASES = [
+    ("rtn", int4(32)), ("rtn-sym", int4(32, symmetric=True)), ("rtn-sym", int4(None, symmetric=True)),
+    ("rtn-sym-absmax7", int4(32, symmetric=True)), ("rtn-sym-2absmax15", int4(32, symmetric=True)),
+    ("clip", int4(32, symmetric=True)), ("clip", int4(32)), ("refit", int4(32)), ("hqq", int4(32, zero="fp16")),
+    ("rtn", int4(None)), ("rtn-sym", int4(32, symmetric=True, pad=True)),
+]
+
+
+@settings(max_examples=120, deadline=None)
+@given(arrays(np.float32, st.tuples(st.integers(1, 12), st.sampled_from([32, 64, 96])),
+              elements=st.floats(-1e4, 1e4, width=32)),
+       st.sampled_from(SMALL_CASES), st.sampled_from(["as drawn", "all positive", "all negative"]))
+def test_every_method_reports_the_figures_of_the_tensor_it_stored(
+        weights: np.ndarray, case: tuple[str, WeightFormat], signs: str) -> None:
+    method, scheme = case
+    if signs != "as drawn":
+        weights = np.abs(weights) * np.float32(1.0 if signs == "all positive" else -1.0)
+    q = quantize(weights, scheme, method)
+    stored = dequantize(q)
+    assert q.quality.max_abs_error == float(np.abs(stored - weights).max())
+    error = np.linalg.norm(stored.astype(np.float64) - weights)
+    norm = np.linalg.norm(weights.astype(np.float64))
+    assert q.quality.relative_error == (pytest.approx(error / norm, rel=1e-5, abs=1e-12) if norm else 0.0 if
+                                        error == 0 else np.inf)
+
+
 def test_an_accumulator_skips_groups_bounded_below_a_measured_error() -> None:
     weights = np.zeros((4, 16), dtype=np.float32)
     reconstructed = np.zeros((4, 16), dtype=np.float32)

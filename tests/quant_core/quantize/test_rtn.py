@@ -48,6 +48,19 @@ def test_q4_0_rule_maps_the_signed_max_to_code_zero() -> None:
     assert dequantize(q)[0, 0] == -1.0
 
 
+@pytest.mark.parametrize("group_size", [None, 32])
+def test_q4_0_rule_with_a_positive_signed_max_clips_the_opposite_extreme_to_code_15(group_size: int | None) -> None:
+    # m = 2 gives the negative scale −1/4: 2 maps to code 0, −2 to rint(8) + 8 = 16, which must clip to 15
+    weights = np.zeros((1, 32), dtype=np.float32)
+    weights[0, :2] = 2.0, -2.0
+    q = quantize(weights, int4(group_size, symmetric=True), "rtn-sym")
+    assert float(q.scales[0, 0]) == -0.25
+    assert q.packed[0] == 0xF0  # code 0 in the low nibble, 15 in the high one
+    np.testing.assert_array_equal(dequantize(q)[0, :2], [2.0, -1.75])
+    assert q.quality.max_abs_error == 0.25
+    assert q.quality.relative_error == pytest.approx(0.25 / np.sqrt(8.0), rel=1e-6)
+
+
 def test_scales_are_fp16_and_dequantize_reproduces_the_measured_error() -> None:
     weights = _weights()
     q = quantize(weights, int4(128), "rtn")

@@ -1,0 +1,63 @@
+"""Weights that fit fp16 decode within fp16: engines compute ``(q − z) · s`` in half precision.
+
+Rounding a scale up (or llama.cpp's ``m / −8``) can put an extreme code just
+past 65504, the largest fp16, where an fp16 engine gets ``inf``; such groups
+get a slightly smaller scale instead (`within_fp16`, quant_core/quantize/_groups.py).
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import ml_dtypes
+import numpy as np
+import pytest
+
+from quant_core.formats import WeightFormat, int4
+from quant_core.quantize import dequantize, quantize
+
+FP16_MAX = 65504.0
+CASES = [
+    ("rtn", int4(32)), ("rtn-sym", int4(32, symmetric=True)), ("rtn-sym-absmax7", int4(32, symmetric=True)),
+    ("rtn-sym-2absmax15", int4(32, symmetric=True)), ("clip", int4(32)), ("refit", int4(32)),
+    ("hqq", int4(32, zero="fp16")), ("gptq", int4(32)), ("gptq", int4(32, symmetric=True)),
+    ("gptq", int4(32, zero="fp16")), ("gptq-act-order", replace(int4(32), layout="gptq")),
+]
+
+
+def edge_weights(sign: float) -> np.ndarray:
+    """fp16 weights up to ±65504: one group per row holds the extreme."""
+    rng = np.random.default_rng(7)
+    weights = np.clip(rng.standard_normal((16, 128)) * 20000.0, -FP16_MAX, FP16_MAX)
+    weights[:, 0] = sign * FP16_MAX
+    weights[:, 1] = -sign * 3.0
+    return weights.astype(np.float16)
+
+
+@pytest.mark.parametrize(("method", "scheme"), CASES, ids=lambda c: c if isinstance(c, str) else c.label())
+@pytest.mark.parametrize("sign", [1.0, -1.0])
+def test_a_group_holding_the_largest_fp16_decodes_finite_in_fp16(method: str, scheme: WeightFormat,
+                                                                 sign: float) -> None:
+    weights = edge_weights(sign)
+    calibration = np.random.default_rng(8).standard_normal((256, 128)).astype(np.float32)
+    q = quantize(weights, scheme, method, calibration if method.startswith("gptq") else None)
+    decoded = dequantize(q)
+    assert float(np.abs(decoded).max()) <= FP16_MAX
+    assert np.isfinite(dequantize(q, np.float16)).all()
+    assert q.quality.max_abs_error == float(np.abs(decoded - weights.astype(np.float32)).max())
+
+
+def test_the_largest_fp16_in_a_group_of_zeros_was_65520_and_is_now_at_most_65504() -> None:
+    weights = np.zeros((8, 32), dtype=np.float16)
+    weights[:, 0] = FP16_MAX  # rtn: range 65504 / 15 rounded up to 4368, and 15 · 4368 = 65520
+    q = quantize(weights, int4(32), "rtn")
+    assert float(dequantize(q)[0, 0]) <= FP16_MAX
+    assert float(q.scales[0, 0]) < 4368.0
+
+
+def test_groups_beyond_fp16_keep_their_scales() -> None:
+    weights = np.zeros((8, 32), dtype=np.float32)
+    weights[:, 0] = 1.0e5  # a bfloat16 or float32 source: no fp16 decode can hold it, nothing to limit
+    q = quantize(weights.astype(ml_dtypes.bfloat16), int4(32), "rtn")
+    assert float(dequantize(q)[0, 0]) == pytest.approx(1.0e5, rel=0.01)
+
