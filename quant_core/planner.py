@@ -187,13 +187,16 @@ class DevicePlan:
 class FormatPlan:
     """The plan for one weight format: totals, devices, verdict and the solved limits.
 
-    `max_context_length` is the longest context (a multiple of the KV block size
-    when memory is the limit) that fits for the requested sequences, capped by
-    the model's trained context (`context_limited_by` says which applied), or
-    None when not even one block fits.  `max_concurrent_sequences` is the most
-    sequences that fit at the requested context (0 if none).  `min_devices` is
-    the fewest devices in tensor parallel (at the requested pipeline degree 1
-    per stage) that fit the workload, or None when none up to 1024 do.
+    `max_context_length` is the longest context that fits for the requested
+    sequences, to the token (the KV cache is held in whole blocks, but the
+    activation estimate grows with every token), capped by the model's trained
+    context (`context_limited_by` says which applied), or None when not even
+    one token fits.  `max_concurrent_sequences` is the most sequences that fit
+    at the requested context (0 if none).  `min_devices` is the fewest devices
+    in tensor parallel (one pipeline stage) that fit the workload, counting
+    only degrees engines such as vLLM accept for this model (dividing its
+    attention heads; dividing or replicating its key/value heads: see
+    `engine_tensor_parallel_sizes`), or None when none up to 1024 does.
     """
 
     format: str
@@ -519,7 +522,11 @@ def _max_context(evaluator: _Evaluator, layout: _Layout, fits: Callable[[int, in
         if full:
             guess = min(guess, (budget - sliding * sequences) // (sequences * full * block))
     blocks = _largest_from(lambda n: fits(n * block, sequences), guess, max(1, cap // block))
-    return (None if blocks is None else blocks * block), "memory"
+    # Within the next block the KV cache holds as much as for its last token, while the activation estimate
+    # still grows token by token: the longest context may end part-way into it.
+    first = 1 if blocks is None else blocks * block
+    longest = _largest(lambda n: fits(n, sequences), first, min(cap, first + block - 1))
+    return longest, "memory"
 
 
 def _max_sequences(evaluator: _Evaluator, layout: _Layout, fits: Callable[[int, int], bool],
@@ -544,31 +551,45 @@ def _max_sequences(evaluator: _Evaluator, layout: _Layout, fits: Callable[[int, 
     return _largest_from(lambda n: fits(context_length, n), guess, high) or 0
 
 
+def engine_tensor_parallel_sizes(spec: ModelSpec, limit: int = MAX_DEVICES_SEARCHED) -> list[int]:
+    """Tensor-parallel degrees up to `limit` that engines such as vLLM accept for `spec`, ascending.
+
+    The degree must divide the attention heads, and divide the key/value heads
+    or be a multiple of them (each rank then holds a replica); MLA models
+    (a latent KV cache) have no key/value-head condition.  A spec without
+    attention heads constrains nothing.
+    """
+    heads, kv_heads = spec.num_attention_heads, spec.num_kv_heads
+    if heads <= 0:
+        return list(range(1, limit + 1))
+    return [size for size in range(1, min(heads, limit) + 1)
+            if heads % size == 0 and (spec.kv_lora_rank > 0 or kv_heads <= 0
+                                      or kv_heads % size == 0 or size % kv_heads == 0)]
+
+
 def _min_devices(evaluator: _Evaluator, terms: _ModelTerms, workload: Workload) -> int | None:
+    """The fewest devices, in a tensor-parallel layout engines accept, that fit the workload (None: none does).
+
+    A rank holds at least its even share of the weights, so fewer than
+    ceil(weights / usable) devices cannot fit; and per-rank usage never grows
+    with more ranks, so "does not fit" is a prefix of the accepted sizes: bisect them.
+    """
     def fits_on(devices: int) -> bool:
         fits = terms.fits_predicate(evaluator, devices, 1)
         return fits(workload.context_length, workload.concurrent_sequences)
 
-    # A rank holds at least its even share of the weights, so fewer than
-    # ceil(weights / usable) devices cannot fit; and per-rank usage never grows with
-    # more ranks, so "does not fit on n" is a prefix: gallop up from the bound, then bisect.
     low = max(1, -(-sum(terms.by_role.values()) // max(1, evaluator.usable_bytes)))
-    if low > MAX_DEVICES_SEARCHED:
+    sizes = [size for size in engine_tensor_parallel_sizes(terms.spec) if size >= low]
+    if not sizes or not fits_on(sizes[-1]):
         return None
-    if fits_on(low):
-        return low
-    high = low
-    while not fits_on(high):
-        if high == MAX_DEVICES_SEARCHED:
-            return None
-        low, high = high, min(2 * high, MAX_DEVICES_SEARCHED)
-    while high - low > 1:  # not fits_on(low) and fits_on(high)
-        middle = (low + high) // 2
-        if fits_on(middle):
-            high = middle
+    first, last = 0, len(sizes) - 1  # sizes[last] fits
+    while first < last:
+        middle = (first + last) // 2
+        if fits_on(sizes[middle]):
+            last = middle
         else:
-            low = middle
-    return high
+            first = middle + 1
+    return sizes[last]
 
 
 def _format_plan(terms: _ModelTerms, hardware: Hardware, workload: Workload, tensor_parallel: int,

@@ -8,7 +8,7 @@ from quant_core.catalog import get_device, get_preset
 from quant_core.errors import GroupSizeMismatch, InvalidSpec
 from quant_core.formats import float_format, int4
 from quant_core.kv_cache import kv_bytes_per_token, kv_cache_bytes
-from quant_core.planner import Hardware, PlanOptions, Workload, plan
+from quant_core.planner import Hardware, PlanOptions, Workload, engine_tensor_parallel_sizes, plan
 
 GIB = 1 << 30
 H100 = get_device("h100-80gb").memory_bytes
@@ -82,7 +82,7 @@ def test_more_memory_never_turns_a_fit_into_a_no_fit(model: str, sequences: int)
 
 
 @pytest.mark.parametrize("model", MODELS)
-def test_the_longest_context_fits_and_one_more_block_does_not(model: str) -> None:
+def test_the_longest_context_fits_and_one_more_token_does_not(model: str) -> None:
     spec = get_preset(model)
     hardware = Hardware(24 * GIB, 1)
     result = plan(spec, hardware, Workload(1024, 8))
@@ -90,12 +90,11 @@ def test_the_longest_context_fits_and_one_more_block_does_not(model: str) -> Non
         options = PlanOptions(weight_format=int4() if key == "int4" else float_format(key))
         longest = format_plan.max_context_length
         if longest is None:
-            assert not plan(spec, hardware, Workload(16, 8), options).primary.fits
+            assert not plan(spec, hardware, Workload(1, 8), options).primary.fits
             continue
         assert plan(spec, hardware, Workload(longest, 8), options).primary.fits
         if format_plan.context_limited_by == "memory":
-            assert longest % 16 == 0
-            assert not plan(spec, hardware, Workload(longest + 16, 8), options).primary.fits
+            assert not plan(spec, hardware, Workload(longest + 1, 8), options).primary.fits
         else:
             assert longest == spec.max_position_embeddings
 
@@ -122,9 +121,34 @@ def test_the_fewest_devices_fit_and_one_fewer_does_not(model: str) -> None:
         options = PlanOptions(weight_format=int4() if key == "int4" else float_format(key))
         fewest = format_plan.min_devices
         assert fewest is not None
+        accepted = engine_tensor_parallel_sizes(spec)
+        assert fewest in accepted
         assert plan(spec, Hardware(H100, fewest), workload, options).primary.fits
-        if fewest > 1:
-            assert not plan(spec, Hardware(H100, fewest - 1), workload, options).primary.fits
+        fewer = [size for size in accepted if size < fewest]
+        if fewer:
+            assert not plan(spec, Hardware(H100, fewer[-1]), workload, options).primary.fits
+
+
+def test_a_context_may_end_part_way_into_a_kv_block_when_activations_are_the_limit() -> None:
+    # Qwen2.5-72B at INT4 on one L40S, one sequence: the KV cache of 7,217..7,232 tokens is the same 452
+    # blocks, and the activation estimate (below 8,192 batched tokens) grows with each token
+    spec = get_preset("qwen2.5-72b-instruct")
+    hardware = Hardware(get_device("l40s").memory_bytes, 1)
+    longest = plan(spec, hardware, Workload(4096, 1)).primary.max_context_length
+    assert longest is not None and longest % 16 != 0
+    assert plan(spec, hardware, Workload(longest, 1)).primary.fits
+    assert not plan(spec, hardware, Workload(longest + 1, 1)).primary.fits
+
+
+@pytest.mark.parametrize(("model", "accepted"), [
+    ("llama-3.1-70b", [1, 2, 4, 8, 16, 32, 64]),  # 64 heads, 8 KV heads (replicated past 8)
+    ("qwen2.5-7b", [1, 2, 4, 28]),  # 28 heads, 4 KV heads: 7 and 14 neither divide 4 nor replicate it evenly
+])
+def test_fewest_devices_count_only_tensor_parallel_sizes_engines_accept(model: str, accepted: list[int]) -> None:
+    spec = get_preset(model)
+    assert engine_tensor_parallel_sizes(spec) == accepted
+    result = plan(spec, Hardware(H100, 1), Workload(32768, 4))
+    assert result.comparison["bf16"].min_devices in engine_tensor_parallel_sizes(spec)
 
 
 def test_sliding_window_models_are_limited_by_the_trained_context_not_memory() -> None:
