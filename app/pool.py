@@ -25,11 +25,14 @@ import contextlib
 import importlib
 import multiprocessing
 import multiprocessing.connection
+import os
 import signal
+import struct
 import time
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
+from multiprocessing.reduction import ForkingPickler
 from typing import Any, Literal, TypeVar
 
 from app.allocator import heap_trimmer
@@ -41,6 +44,8 @@ PRELOAD_MODULES: tuple[str, ...] = ("app.jobs",)
 #: a worker idle this long after a job returns its freed heap to the OS; a job arriving sooner reuses the
 #: pages (a 64 MiB quantize allocates ~8 MiB of output: ~2,000 page faults when taken anew, BENCHMARKS.md)
 IDLE_TRIM_SECONDS = 0.5
+#: most bytes of a worker's answer read per turn of the event loop
+_READ_BYTES = 1 << 20
 
 
 def _pack_error(exc: BaseException) -> tuple[str, str, str, dict[str, Any]]:
@@ -81,6 +86,37 @@ def _worker_main(connection: multiprocessing.connection.Connection, preload: tup
             release_memory()  # idle: give the scratch back; back-to-back jobs reuse its pages instead
 
 
+class _IncomingMessage:
+    """One `multiprocessing.connection.Connection` message, reassembled from the pieces read so far.
+
+    The wire format is a 4-byte big-endian signed length (−1 announcing an
+    8-byte unsigned one, for messages over 2 GiB) and the pickled payload.
+    """
+
+    def __init__(self) -> None:
+        self._buffer = bytearray()
+
+    def feed(self, data: bytes) -> bytes | None:
+        """Add `data`; the payload once the whole message is in (None until then)."""
+        self._buffer += data
+        if len(self._buffer) < 4:
+            return None
+        (size,) = struct.unpack("!i", self._buffer[:4])
+        start = 4
+        if size == -1:
+            if len(self._buffer) < 12:
+                return None
+            (size,) = struct.unpack("!Q", self._buffer[4:12])
+            start = 12
+        if size < 0:
+            raise ValueError(f"a message length of {size}")
+        if len(self._buffer) < start + size:
+            return None
+        if len(self._buffer) > start + size:
+            raise ValueError("bytes past the end of the answer")
+        return bytes(self._buffer[start:])
+
+
 class _ProcessWorker:
     """One long-lived worker process and the parent's end of its pipe."""
 
@@ -90,34 +126,61 @@ class _ProcessWorker:
         self.process.start()
         child.close()
 
-    async def call(self, function: Callable[..., T], args: tuple[Any, ...]) -> T:
+    async def call(self, function: Callable[..., Any], args: tuple[Any, ...]) -> tuple[str, Any]:
+        """Send a job and wait for the worker's whole answer, ``(kind, value)``, without blocking the loop.
+
+        The answer is read as it arrives, in non-blocking reads of the pipe
+        (the event loop's reader leaves it non-blocking, so a blocking
+        ``Connection.recv`` would fail part-way through any answer larger than
+        the pipe's buffer), and unpickled once complete.  Raises
+        `WorkerCrashed` when the process dies or its answer cannot be read:
+        the worker must then be replaced, never reused.
+        """
         loop = asyncio.get_running_loop()
         received: asyncio.Future[tuple[str, Any]] = loop.create_future()
         descriptor = self.connection.fileno()
+        message = _IncomingMessage()
+
+        def fail(detail: str) -> None:
+            loop.remove_reader(descriptor)
+            if not received.done():
+                received.set_exception(WorkerCrashed(detail))
 
         def on_readable() -> None:
-            loop.remove_reader(descriptor)
             if received.done():
+                loop.remove_reader(descriptor)
                 return
             try:
-                received.set_result(self.connection.recv())
-            except (EOFError, OSError):
-                received.set_exception(WorkerCrashed("the worker process running this job died"))
+                chunk = os.read(descriptor, _READ_BYTES)
+            except BlockingIOError:
+                return
+            except OSError:
+                fail("the worker process running this job died")
+                return
+            if not chunk:
+                fail("the worker process running this job died")
+                return
+            try:
+                payload = message.feed(chunk)
+                if payload is None:
+                    return
+                answer = ForkingPickler.loads(payload)
+            except Exception as exc:  # an unreadable answer: the pipe's state is unknown
+                fail(f"the worker's answer could not be read ({type(exc).__name__})")
+                return
+            loop.remove_reader(descriptor)
+            received.set_result(answer)
 
         try:
+            os.set_blocking(descriptor, True)  # a job is small, but a send must never stop half-way
             self.connection.send((function, args))
         except OSError:  # BrokenPipeError: the process died while idle
             raise WorkerCrashed("the worker process for this job had died; it is being replaced") from None
         loop.add_reader(descriptor, on_readable)
         try:
-            kind, value = await received
+            return await received
         finally:
             loop.remove_reader(descriptor)
-        if kind == "ok":
-            return value  # type: ignore[no-any-return]
-        if kind == "typed":
-            raise _unpack_error(*value)
-        raise RuntimeError(f"job failed in worker: {value}")
 
     def kill(self) -> None:
         self.process.kill()
@@ -238,14 +301,15 @@ class WorkerPool:
         worker = await self._idle.get()
         self.stats.busy += 1
         started = time.perf_counter()
-        healthy = False
+        healthy = False  # true once the worker's whole answer is in: its pipe is clean for the next job
         try:
-            result = await worker.call(function, args)
+            kind, value = await worker.call(function, args)
             healthy = True
-            return result
-        except (NibbleError, ApiProblem, RuntimeError):
-            healthy = worker.process.is_alive()
-            raise
+            if kind == "ok":
+                return value  # type: ignore[no-any-return]
+            if kind == "typed":
+                raise _unpack_error(*value)
+            raise RuntimeError(f"job failed in worker: {value}")
         finally:
             self.stats.busy -= 1
             self.stats.completed += 1

@@ -8,7 +8,7 @@ import time
 import pytest
 
 from app.pool import WorkerPool
-from app.problems import PoolFull, TimeLimitExceeded
+from app.problems import PoolFull, TimeLimitExceeded, WorkerCrashed
 from quant_core.errors import InvalidSpec
 
 
@@ -93,6 +93,54 @@ def test_has_idle_worker_is_false_while_every_worker_is_busy(kind: str) -> None:
             assert not pool.has_idle_worker()
             await busy
             assert pool.has_idle_worker()
+        finally:
+            pool.close()
+
+    asyncio.run(scenario())
+
+
+def _answer_of(size: int, tag: int) -> tuple[int, bytes]:
+    return tag, bytes([tag % 256]) * size
+
+
+def _exit_now() -> None:
+    import os
+    os._exit(3)
+
+
+@pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
+def test_answers_larger_than_the_pipe_reach_their_own_request_whole(loop: str) -> None:
+    # uvloop (what uvicorn runs) leaves the worker's pipe non-blocking once it watches it: an answer over
+    # the pipe's 64 KiB buffer used to fail half-read, and the next request got the rest of it
+    async def scenario() -> None:
+        pool = WorkerPool(workers=1, queue=4, time_limit_seconds=60, retry_after_seconds=1, kind="process")
+        pool.start()
+        try:
+            for tag, size in enumerate([5 << 20, 10, 300_000, 0, 64 << 10, 17 << 20, 3]):
+                async with pool.reserve():
+                    assert await pool.run(_answer_of, size, tag) == (tag, bytes([tag]) * size)
+            assert pool.stats.completed == 7
+        finally:
+            pool.close()
+
+    if loop == "uvloop":
+        import uvloop
+        with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+            runner.run(scenario())
+    else:
+        asyncio.run(scenario())
+
+
+def test_a_worker_that_dies_mid_job_is_replaced_and_the_next_job_runs() -> None:
+    async def scenario() -> None:
+        pool = WorkerPool(workers=1, queue=1, time_limit_seconds=60, retry_after_seconds=1, kind="process")
+        pool.start()
+        try:
+            with pytest.raises(WorkerCrashed):
+                async with pool.reserve():
+                    await pool.run(_exit_now)
+            async with pool.reserve():
+                assert await pool.run(_answer_of, 100_000, 5) == (5, bytes([5]) * 100_000)
         finally:
             pool.close()
 
