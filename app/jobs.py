@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import fnmatch
 import json
+import math
 import struct
 import time
 from collections.abc import Callable, Mapping
@@ -143,15 +144,27 @@ def _calibration_for(array: NDArray[Any], calibration: NDArray[Any] | None) -> N
     return calibration
 
 
+def _finite_or_none(value: float | None) -> float | None:
+    """A figure as strict JSON can hold it: infinity and NaN become null (the report's schema says what null means)."""
+    return value if value is not None and math.isfinite(value) else None
+
+
 def _quality(q: QuantizedTensor) -> dict[str, Any]:
     report = q.quality
     return {
-        "relative_error": report.relative_error, "sqnr_db": report.sqnr_db,
+        "relative_error": _finite_or_none(report.relative_error), "sqnr_db": _finite_or_none(report.sqnr_db),
         "max_abs_error": report.max_abs_error, "cosine_similarity": report.cosine_similarity,
-        "output_relative_error": report.output_relative_error,
+        "exact": report.max_abs_error == 0.0,
+        "output_relative_error": _finite_or_none(report.output_relative_error),
         "fit_rows": list(report.fit_rows) if report.fit_rows else None,
         "eval_rows": list(report.eval_rows) if report.eval_rows else None,
     }
+
+
+def _closeness(result: Mapping[str, Any]) -> tuple[bool, float, float]:
+    """How a compared method ranks: by relative error (an undefined one last), then by max error."""
+    quality = result["quality"]
+    return quality["relative_error"] is None, quality["relative_error"] or 0.0, quality["max_abs_error"]
 
 
 def payload_size(q: QuantizedTensor) -> int:
@@ -310,7 +323,7 @@ def compare_file(job: QuantizeJob) -> dict[str, Any]:
             continue
         results = [_run_method(name, array, _scheme(job, method), method, calibration, job.threads)[1]
                    for method in job.methods]
-        best = min(results, key=lambda r: r["quality"]["relative_error"])
+        best = min(results, key=_closeness)
         rows.append({"name": name, "shape": list(array.shape), "results": results, "best_method": best["method"]})
     return {"format": scheme.label(), "methods": list(job.methods), "tensors": rows, "passthrough": passthrough}
 

@@ -35,7 +35,7 @@ from app.jobs import (
 )
 from app.metrics import observe_report
 from app.pool import WorkerPool
-from app.problems import MalformedUpload, TimeLimitExceeded, problem_responses
+from app.problems import MalformedUpload, TimeLimitExceeded, UnsupportedMediaType, problem_responses
 from app.schemas.quantize import (
     CompareForm,
     CompareReport,
@@ -265,6 +265,10 @@ async def create_dequantization(request: Request) -> StreamingResponse:
     async with pool.reserve(), receive_upload(request, settings, file_fields=("file",)) as upload:
         form = parse_form(DequantizeForm, upload.fields)
         file = _required_file(upload, "file")
+        if file.kind != "safetensors":
+            raise UnsupportedMediaType(
+                f"the file in field 'file' ({file.filename or 'unnamed'}) is a .{file.kind}; dequantize reads "
+                "the .safetensors files nibble writes (POST /v1/quantize with output=nibble)", field="file")
         output = new_output_path(upload, ".safetensors")
         summary = await pool.run(dequantize_file, file.path, form.dtype, _limits(settings), output)
         return _download(output, f"dequantized-{form.dtype}.safetensors", summary)

@@ -115,10 +115,15 @@ class ByteCounts(BaseModel):
 
 
 class Quality(BaseModel):
-    relative_error: float
-    sqnr_db: float
+    """Figures measured on the stored result.  JSON has no infinity: a figure that is not a finite number
+    is null, and ``exact`` says whether the stored tensor equals the input (then ``sqnr_db`` is infinite)."""
+
+    relative_error: float | None = Field(
+        description="‖W − Ŵ‖ / ‖W‖; null when W is all zeros and Ŵ is not (undefined).")
+    sqnr_db: float | None = Field(description="−20·log10(relative_error); null when infinite (an exact result).")
     max_abs_error: float
     cosine_similarity: float
+    exact: bool = Field(description="True when every stored value equals its input value (no error at all).")
     output_relative_error: float | None = None
     fit_rows: list[int] | None = None
     eval_rows: list[int] | None = None

@@ -10,16 +10,18 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
-from quant_core.errors import LimitExceeded
+from quant_core.errors import LimitExceeded, TensorFileError
 
 DEFAULT_MAX_TENSORS = 10_000
 DEFAULT_MAX_ELEMENTS = 1 << 30  # elements in one tensor (4 GiB as float32)
 DEFAULT_MAX_HEADER_BYTES = 16 * 1024 * 1024  # safetensors JSON header
 DEFAULT_MAX_NPY_HEADER_BYTES = 64 * 1024  # numpy's own default is 10,000
+MAX_RANK = 64  # NumPy's largest number of dimensions
 
 
 def checked_element_count(shape: Sequence[int], max_elements: int, where: str) -> int:
-    """Product of `shape`, refused with `LimitExceeded` as soon as it passes `max_elements`.
+    """Product of `shape`, refused with `LimitExceeded` as soon as it passes `max_elements`
+    (and with `TensorFileError` past NumPy's `MAX_RANK` dimensions).
 
     Computed with Python integers one dimension at a time, so a shape like
     ``[2**62, 2**62]`` is refused without overflow and without allocating.
@@ -27,6 +29,8 @@ def checked_element_count(shape: Sequence[int], max_elements: int, where: str) -
     shape ``[0, 2**62]`` is still refused, because NumPy cannot even describe
     it (its byte count overflows ``intp``).
     """
+    if len(shape) > MAX_RANK:
+        raise TensorFileError(f"tensor {where} has {len(shape)} dimensions; NumPy holds at most {MAX_RANK}")
     count = 1
     for dim in shape:
         if dim == 0:

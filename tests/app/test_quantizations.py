@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import math
 import pickle
 import struct
 import tempfile
@@ -415,3 +416,35 @@ def test_an_npy_cut_short_with_a_field_after_it_gets_the_error_of_a_complete_fil
     response = client.post("/v1/quantize", content=body, headers={"Content-Type": content_type})
     assert response.status_code == 422
     assert "data bytes" in response.json()["detail"]
+
+
+@pytest.mark.parametrize("values", [0.0, 1e-45], ids=["all zeros", "subnormal"])
+def test_a_tensor_quantized_without_error_reports_null_sqnr_and_exact(client: TestClient, values: float) -> None:
+    # SQNR is infinite and strict JSON has no infinity: it used to be a 500
+    weights = np.full((64, 256), values, dtype=np.float32)
+    response = client.post("/v1/quantize", files={"file": ("w.npy", npy_bytes(weights))})
+    assert response.status_code == 200
+    quality = response.json()["tensors"][0]["quality"]
+    reference = quantize(weights, int4(128), "rtn").quality
+    assert quality["exact"] is (reference.max_abs_error == 0.0)
+    assert quality["sqnr_db"] == (None if math.isinf(reference.sqnr_db) else reference.sqnr_db)
+    compared = client.post("/v1/quantize/compare", files={"file": ("w.npy", npy_bytes(weights))},
+                           data={"methods": "rtn,clip"})
+    assert compared.status_code == 200 and compared.json()["tensors"][0]["best_method"] in ("rtn", "clip")
+
+
+def test_a_tensor_with_more_dimensions_than_numpy_holds_is_422(client: TestClient) -> None:
+    header = "{'descr': '<f4', 'fortran_order': False, 'shape': (" + "1, " * 100 + "), }"
+    header = header.ljust(((len(header) + 11) // 64 + 1) * 64 - 11) + "\n"
+    raw = b"\x93NUMPY\x01\x00" + struct.pack("<H", len(header)) + header.encode() + bytes(4)
+    response = client.post("/v1/quantize", files={"file": ("w.npy", raw)})
+    assert response.status_code == 422
+    assert "100 dimensions" in response.json()["detail"]
+
+
+def test_dequantize_of_an_npy_is_415_saying_it_reads_nibble_safetensors(client: TestClient,
+                                                                       weights: np.ndarray) -> None:
+    response = client.post("/v1/dequantize", files={"file": ("w.npy", npy_bytes(weights))})
+    assert response.status_code == 415
+    assert response.headers["content-type"] == "application/problem+json"
+    assert ".safetensors" in response.json()["detail"]
