@@ -47,7 +47,7 @@ from app.arrival import ArrivalRecorder
 from app.problems import MalformedUpload, UnsupportedMediaType
 from app.settings import Settings
 from app.spool import Spool, SpoolFiles
-from quant_core.errors import LimitExceeded, NibbleError
+from quant_core.errors import LimitExceeded, NibbleError, TensorFileError
 from quant_core.tensorio import sniff_format
 from quant_core.tensorio.declared import declared_layout, header_end
 
@@ -108,8 +108,11 @@ class _Collector:
         self.settings = settings
         #: every byte value of the delimiter ``CRLF--boundary``: a chunk fed to the parser that ends in none
         #: of them leaves no partly matched boundary in the parser
-        self.delimiter_bytes = frozenset(b"\r\n--" + boundary)
+        self.delimiter = b"\r\n--" + boundary
+        self.delimiter_bytes = frozenset(self.delimiter)
         self.parser_clean = True
+        #: the last bytes that went straight to a spool (fewer than the delimiter), to find one cut across reads
+        self.bypass_tail = b""
         self.head = bytearray()
         self.head_needed = SNIFF_BYTES  # bytes of the file part to collect before looking at its header again
         #: the current file part's length as its header declares it (None: not known, or not knowable)
@@ -233,6 +236,25 @@ class _Collector:
         self.declared_end = None if layout is None else layout.file_bytes
         self.head_done, self.head = True, bytearray()
 
+    def check_bypassed(self, chunk: bytes, start: int, end: int) -> None:
+        """Refuse bytes about to go straight to a spool if they hold the multipart delimiter.
+
+        The file's header declared them its own, but a delimiter ends the part
+        there, whatever the header says: the parser would have ended it, so the
+        answer is the same however the client's body was cut into reads (the
+        file is shorter than its header declares, 422).
+        """
+        delimiter = self.delimiter
+        keep = len(delimiter) - 1
+        if chunk.find(delimiter, start, end) >= 0 or (
+                self.bypass_tail and (self.bypass_tail + chunk[start: min(end, start + keep)]).find(delimiter) >= 0):
+            name = self.part_name
+            self.error = TensorFileError(
+                f"the file in field {name!r} ends at a multipart boundary before the "
+                f"{self.declared_end} bytes its header declares", field=name)
+            raise self.error
+        self.bypass_tail = (self.bypass_tail + chunk[max(start, end - keep): end])[-keep:]
+
     def known_file_bytes(self, chunk: bytes, position: int) -> int:
         """How many bytes of `chunk` from `position` on are the current file's own, by its declared length.
 
@@ -321,9 +343,11 @@ def _feed(chunk: bytes, parser: MultipartParser, collector: _Collector) -> None:
     while position < len(chunk) and collector.error is None:
         known = collector.known_file_bytes(chunk, position)
         if known:
+            collector.check_bypassed(chunk, position, position + known)
             collector.on_part_data(chunk, position, position + known)
             position += known
             continue
+        collector.bypass_tail = b""
         end = collector.parser_span_end(chunk, position)
         parser.write(chunk if position == 0 and end == len(chunk) else chunk[position:end])
         collector.parser_clean = chunk[end - 1] not in collector.delimiter_bytes

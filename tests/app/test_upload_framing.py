@@ -22,6 +22,7 @@ from app import uploads
 from app.problems import MalformedUpload
 from app.spool import SpoolFiles
 from app.uploads import _Collector, _feed, _finish, _parser
+from quant_core.errors import TensorFileError
 from tests.app.conftest import make_settings
 
 BOUNDARY = b"----nibbleTestBoundary7MA4YWxkTrZu0gW"
@@ -134,11 +135,18 @@ def test_a_file_longer_than_its_header_declares_is_kept_whole_for_the_reader_to_
     assert files == {"file": content}
 
 
-def test_a_file_shorter_than_its_header_declares_ends_the_body_inside_the_part(tmp_path: Path) -> None:
+def test_a_file_shorter_than_its_header_declares_ends_at_its_boundary(tmp_path: Path) -> None:
     content = npy_bytes(WEIGHTS)[:-1000]
+    with pytest.raises(TensorFileError, match="'file' ends at a multipart boundary before the 24704 bytes"):
+        collect(multipart([("file", content, True)]), [300], tmp_path)
+
+
+def test_a_body_cut_off_inside_a_declared_file_is_malformed(tmp_path: Path) -> None:
+    body = multipart([("file", npy_bytes(WEIGHTS), True)])
+    cut_short = body[: body.index(b"\x93NUMPY") + 5000]
     shorter = r"ended \d+ bytes into the file part 'file', whose header declares \d+: the file is shorter"
     with pytest.raises(MalformedUpload, match=shorter):
-        collect(multipart([("file", content, True)]), [300], tmp_path)
+        collect(cut_short, [300], tmp_path)
 
 
 def test_a_body_without_its_closing_boundary_is_malformed(tmp_path: Path) -> None:
@@ -177,3 +185,21 @@ def test_a_file_made_of_the_boundarys_own_bytes_goes_through_the_parser(tmp_path
     files, _ = collect(body, list(range(1000, len(body), 4096)), tmp_path, fed)
     assert files == {"file": content}
     assert fed[0] > len(content) // 2  # no byte after which to bypass it safely is found nearby: parsed, not skipped
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(cuts=st.lists(st.integers(min_value=1, max_value=30_000), max_size=6))
+def test_a_boundary_inside_the_declared_length_ends_the_file_however_the_body_is_cut(cuts: list[int],
+                                                                                    tmp_path: Path) -> None:
+    # a header declaring 64 x 96 float32, only 1,000 data bytes, the closing delimiter, then padding up to the
+    # declared length: the parser ends the file at the delimiter; bytes skipping it must not carry it in
+    declared = npy_bytes(WEIGHTS)
+    short = declared[:128 + 1000]
+    body = multipart([("file", short, True)])
+    body += b"A" * (len(declared) - len(short)) + b"\r\n--" + BOUNDARY + b"--\r\n"
+    try:
+        files, _ = collect(body, [cut % len(body) for cut in cuts], tmp_path)
+    except TensorFileError as refused:
+        assert "ends at a multipart boundary" in str(refused)
+    else:
+        assert files == {"file": short}  # shorter than its header: the reader refuses it (422)
