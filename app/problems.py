@@ -97,6 +97,12 @@ class MalformedUpload(ApiProblem):
     status, title, slug = 400, "Malformed upload", "malformed-upload"
 
 
+class UploadStalled(ApiProblem):
+    """An upload that sent no bytes for ``upload_idle_seconds``: its place in the pool is given back (408)."""
+
+    status, title, slug = 408, "Upload stalled", "upload-stalled"
+
+
 class PoolFull(ApiProblem):
     """Every worker is busy and the queue is full: try again later (503 with Retry-After)."""
 
@@ -244,6 +250,7 @@ _DESCRIPTIONS = {
     400: "Malformed JSON or multipart body.",
     401: "API keys are configured and no valid bearer token was presented.",
     404: "No such id in the catalog (the answer lists close names).",
+    408: "The upload paused longer than the configured idle time (upload_idle_seconds).",
     413: "Over a configured size limit (the answer names the limit and the value).",
     415: "The upload is neither .npy nor .safetensors.",
     422: "The input is well-formed but invalid; `errors` names each field.",

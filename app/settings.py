@@ -47,6 +47,9 @@ class Settings(BaseSettings):
         300.0, gt=0, description="Longest a quantize/compare/dequantize job may run before 504."
     )
     retry_after_seconds: int = Field(5, gt=0, description="Retry-After sent with 503 when the pool is full.")
+    upload_idle_seconds: float = Field(
+        30.0, gt=0, description="Longest an upload may send no bytes before it is refused with 408 (its pool "
+        "place given back): a stalled client cannot hold a place.")
     cors_origins: Annotated[list[str], NoDecode] = Field(
         default_factory=list, description="Origins allowed by CORS (comma-separated in the environment)."
     )

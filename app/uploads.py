@@ -31,6 +31,7 @@ cannot begin a boundary, so it holds no partly matched boundary back.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import shutil
@@ -44,7 +45,7 @@ from python_multipart.multipart import MultipartParser, parse_options_header
 from starlette.requests import ClientDisconnect, Request
 
 from app.arrival import ArrivalRecorder
-from app.problems import MalformedUpload, UnsupportedMediaType
+from app.problems import MalformedUpload, UnsupportedMediaType, UploadStalled
 from app.settings import Settings
 from app.spool import Spool, SpoolFiles
 from quant_core.errors import LimitExceeded, NibbleError, TensorFileError
@@ -406,10 +407,19 @@ async def receive_upload(request: Request, settings: Settings,
     collector = _Collector(directory, file_fields, settings, spools, expected, on_arriving, boundary=boundary)
     try:
         parser = _parser(boundary, collector)
+        loop = asyncio.get_running_loop()
+        idle = settings.upload_idle_seconds
         try:
-            async for chunk in request.stream():
-                _feed(chunk, parser, collector)
+            # one deadline, pushed back at every read (a timer handle, not a task per read)
+            async with asyncio.timeout(idle) as deadline:
+                async for chunk in request.stream():
+                    deadline.reschedule(loop.time() + idle)
+                    _feed(chunk, parser, collector)
             _finish(parser, collector)
+        except TimeoutError:
+            raise UploadStalled(f"the upload sent no bytes for {idle:g} s (after {collector.file_bytes} file "
+                                "bytes); send the body without pauses", field="file",
+                                headers={"Connection": "close"}) from None
         except ClientDisconnect:
             raise
         except (LimitExceeded, MalformedUpload):

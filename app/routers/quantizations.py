@@ -50,7 +50,7 @@ from app.settings import Settings
 from app.uploads import ArrivingFile, TensorFileKind, Upload, UploadedFile, new_output_path, receive_upload
 
 router = APIRouter(tags=["quantize"], route_class=ApiKeyRoute)
-UPLOAD_ERRORS = problem_responses(400, 413, 415, 422, 503, 504)
+UPLOAD_ERRORS = problem_responses(400, 408, 413, 415, 422, 503, 504)
 FILE_DESCRIPTION = "A .safetensors (several tensors; F32/F16/BF16) or .npy file (never unpickled)."
 CALIBRATION_DESCRIPTION = "Optional calibration activations [samples, in_features] as .npy."
 DOWNLOAD_CHUNK_BYTES = 1 << 20

@@ -226,3 +226,20 @@ def test_full_pool_answers_503_with_retry_after_then_recovers(tmp_path: Path) ->
         assert recovered.status_code == 200, recovered.text
     assert not any(tmp_path.iterdir())
 
+
+
+def test_a_stalled_upload_is_refused_408_and_gives_its_place_back(tmp_path: Path) -> None:
+    content = npy_bytes(256, 256)
+    body = multipart_body(content, {"method": "rtn", "output": "report"})
+    with server_in(tmp_path, pool_workers="1", pool_queue="0", upload_idle_seconds="1.5") as base_url:
+        stalled = open_socket(base_url)  # takes the only place, then sends nothing more
+        stalled.sendall(request_head(base_url, "/v1/quantize", len(body)) + body[: len(body) // 2])
+        assert wait_until(lambda: spooled_bytes(tmp_path) > 0), "the stalled upload was never admitted"
+        assert quantize_report(base_url, content).status_code == 503
+        status, headers, answer = read_response(stalled)
+        stalled.close()
+        assert status == 408 and headers["content-type"] == "application/problem+json"
+        assert b"no bytes for 1.5 s" in answer
+        recovered = quantize_report(base_url, content)
+        assert recovered.status_code == 200, recovered.text
+    assert not any(tmp_path.iterdir())
