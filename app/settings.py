@@ -35,6 +35,8 @@ class Settings(BaseSettings):
     )
     max_config_depth: int = Field(16, gt=0, description="Deepest nesting accepted in a JSON body.")
     max_sweep_rows: int = Field(4096, gt=0, description="Most rows one /v1/plan/sweep may compute.")
+    max_sweep_device_rows: int = Field(
+        1 << 18, gt=0, description="Most devices, summed over its rows, one /v1/plan/sweep may plan.")
     pool_workers: int = Field(2, gt=0, description="Worker processes running quantization.")
     job_threads: int = Field(
         1, gt=0, description="Threads each quantize job uses (workers already run one job per core)."

@@ -10,6 +10,7 @@ validated from the bytes by `JsonBodyRoute` rather than FastAPI's handler.
 
 from __future__ import annotations
 
+import anyio.to_thread
 from fastapi import APIRouter, Request, Response
 
 from app.problems import problem_responses
@@ -47,4 +48,6 @@ router.add_api_route("", create_plan, methods=["POST"], response_model=PlanRespo
 async def create_sweep(body: SweepRequest, request: Request) -> SweepResponse:
     """One row per combination of context lengths, sequence counts, formats and device counts."""
     settings = settings_of(request)
-    return sweep_rows(body, settings.max_config_depth, settings.max_sweep_rows)
+    # thousands of plans: off the event loop, so the server answers other requests meanwhile
+    return await anyio.to_thread.run_sync(sweep_rows, body, settings.max_config_depth, settings.max_sweep_rows,
+                                          settings.max_sweep_device_rows)

@@ -345,8 +345,15 @@ class SweepResponse(BaseModel):
     rows: list[SweepRow]
 
 
-def sweep_rows(body: SweepRequest, max_config_depth: int, max_rows: int) -> SweepResponse:
-    """Run `plan` once per combination of the sweep axes (refused past `max_rows`)."""
+def sweep_rows(body: SweepRequest, max_config_depth: int, max_rows: int,
+               max_device_rows: int = 1 << 18) -> SweepResponse:
+    """Run `plan` once per combination of the sweep axes.
+
+    Refused (413) past `max_rows` rows, or past `max_device_rows` devices
+    summed over the rows: a plan's work grows with its device count (every
+    device is planned), so 4,096 rows of 1,024 devices would hold the server
+    for half a minute.
+    """
     spec, hardware, workload, options = plan_to_core(body, max_config_depth)
     axes = body.sweep
     counts = axes.device_counts or [hardware.count]
@@ -356,6 +363,9 @@ def sweep_rows(body: SweepRequest, max_config_depth: int, max_rows: int) -> Swee
     total = math.prod(len(axis) for axis in (counts, formats, sequences, contexts))
     if total > max_rows:
         raise LimitExceeded("max_sweep_rows", total, max_rows, field="sweep")
+    device_rows = sum(counts) * (total // len(counts))
+    if device_rows > max_device_rows:
+        raise LimitExceeded("max_sweep_device_rows", device_rows, max_device_rows, field="sweep")
     rows: list[SweepRow] = []
     for count, name, sequence_count, context in itertools.product(counts, formats, sequences, contexts):
         weight_format = weight_format_to_core(body.weights, name)

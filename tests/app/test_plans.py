@@ -159,6 +159,16 @@ def test_sweep_over_the_row_limit_is_413() -> None:
     assert (response.json()["limit"], response.json()["value"]) == ("max_sweep_rows", 4)
 
 
+def test_sweep_over_the_device_budget_is_413_before_planning() -> None:
+    # 4 rows of 1,024 devices each: every device of every row would be planned
+    with client_with(max_sweep_device_rows=2000) as small:
+        response = small.post("/v1/plan/sweep", json={**BODY_70B, "sweep": {
+            "context_lengths": [1024, 2048], "device_counts": [1024, 8]}})
+    assert response.status_code == 413
+    assert (response.json()["limit"], response.json()["value"]) == ("max_sweep_device_rows", 2 * (1024 + 8))
+    assert response.json()["errors"][0]["field"] == "sweep"
+
+
 def _fixture_configs() -> list[str]:
     folder = FIXTURES / "models"
     return sorted(path.name for path in folder.glob("*.json")) if folder.is_dir() else []
