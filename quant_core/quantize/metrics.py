@@ -24,6 +24,8 @@ from quant_core.quantize.types import QualityReport
 __all__ = ["QualityAccumulator", "calibration_split", "quality_report"]
 
 _CHUNK_ELEMENTS = 1 << 18
+#: a float32 sum of squares below this may have lost terms to underflow (float32's smallest normal is 1.2e-38)
+_FLOAT32_SQUARES_FLOOR = 1e-20
 #: a bounded chunk measures its largest error by gathering candidate groups only while they are under
 #: 1/_GATHER_FRACTION of its groups; past that, two passes over the whole chunk are cheaper
 _GATHER_FRACTION = 8
@@ -71,10 +73,21 @@ class QualityAccumulator:
         """
         flat_w = weights.reshape(-1)
         flat_r = reconstructed.reshape(-1)
-        self._weights_sq += float(np.dot(flat_w, flat_w))
-        self._reconstructed_sq += float(np.dot(flat_r, flat_r))
+        weights_sq = float(np.dot(flat_w, flat_w))
+        reconstructed_sq = float(np.dot(flat_r, flat_r))
         np.subtract(reconstructed, weights, out=reconstructed)
-        self._error_sq += float(np.dot(flat_r, flat_r))
+        error_sq = float(np.dot(flat_r, flat_r))
+        if min(weights_sq, reconstructed_sq, error_sq) < _FLOAT32_SQUARES_FLOOR:
+            # squares of values under ~1e-19 fall below float32's normal range and vanish: such a chunk (tiny
+            # weights, or an exact or nearly exact one) is summed again in float64
+            wide_w = flat_w.astype(np.float64)
+            wide_e = flat_r.astype(np.float64)
+            wide_r = wide_w + wide_e
+            weights_sq, reconstructed_sq, error_sq = (float(np.dot(wide_w, wide_w)), float(np.dot(wide_r, wide_r)),
+                                                      float(np.dot(wide_e, wide_e)))
+        self._weights_sq += weights_sq
+        self._reconstructed_sq += reconstructed_sq
+        self._error_sq += error_sq
         if not flat_r.size:
             pass
         elif reach is None:

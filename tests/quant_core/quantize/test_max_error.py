@@ -125,3 +125,13 @@ def test_an_accumulator_skips_groups_bounded_below_a_measured_error() -> None:
     assert accumulator.max_abs_error == 3.0  # only group 29 was searched
     accumulator.add(weights, reconstructed.copy())
     assert accumulator.max_abs_error == 5.0  # without bounds, every element is
+
+
+def test_tiny_weights_whose_squares_underflow_float32_are_measured_in_float64() -> None:
+    # squares of 1e-25 are 1e-50, below float32's range: summed in float32 they vanish and a 100 % error read 0
+    weights = (np.random.default_rng(4).standard_normal((64, 256)) * 1e-25).astype(np.float32)
+    q = quantize(weights, int4(128), "rtn")
+    stored = dequantize(q).astype(np.float64)
+    expected = np.linalg.norm(stored - weights) / np.linalg.norm(weights.astype(np.float64))
+    assert q.quality.relative_error == pytest.approx(expected, rel=1e-6)
+    assert q.quality.relative_error > 0.5  # fp16 scales cannot resolve 1e-25: the weights are lost, and it says so
