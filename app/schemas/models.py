@@ -48,7 +48,7 @@ def json_depth(value: object, limit: int) -> int:
 class ModelSizes(BaseModel):
     """A llama-style decoder given by its sizes (RMSNorm, gated MLP, no biases)."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
 
     hidden_size: int
     num_layers: int
@@ -72,7 +72,7 @@ class ModelSizes(BaseModel):
 class ModelInput(BaseModel):
     """Exactly one of: a preset id, a Hugging Face config.json object, or explicit sizes."""
 
-    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{"preset": "llama-3.1-8b"}]})
+    model_config = ConfigDict(extra="forbid", strict=True, json_schema_extra={"examples": [{"preset": "llama-3.1-8b"}]})
 
     preset: str | None = Field(None, description="A preset id from GET /v1/models, e.g. llama-3.1-8b.")
     hf_config: dict[str, Any] | None = Field(None, description="The model's config.json, as a JSON object.")
@@ -184,7 +184,7 @@ def device_from_core(device: Device) -> DeviceOut:
 class InspectRequest(ModelInput):
     """The model to inspect: a preset id, a config.json object, or explicit sizes (one of them)."""
 
-    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{"preset": "qwen3-8b"}]})
+    model_config = ConfigDict(extra="forbid", strict=True, json_schema_extra={"examples": [{"preset": "qwen3-8b"}]})
 
 
 class TensorRow(BaseModel):

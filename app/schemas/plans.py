@@ -24,7 +24,7 @@ _WORKLOAD = Workload()
 class HardwareIn(BaseModel):
     """`count` devices: a catalog `device` id, or a raw `memory_bytes` per device (one of the two)."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
 
     device: str | None = Field(None, description="A device id from GET /v1/devices, e.g. h100-80gb.")
     memory_bytes: int | None = Field(None, description="Memory of one device, bytes (for unlisted hardware).")
@@ -40,7 +40,7 @@ class HardwareIn(BaseModel):
 class WorkloadIn(BaseModel):
     """Tokens held per sequence (prompt + output) and sequences served at once."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
 
     context_length: int = _WORKLOAD.context_length
     concurrent_sequences: int = _WORKLOAD.concurrent_sequences
@@ -49,7 +49,7 @@ class WorkloadIn(BaseModel):
 class WeightsIn(BaseModel):
     """The deployed weight format: ``int4`` group-wise (default g128 asymmetric), ``int8`` or a float."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
 
     format: Literal["int4", "int8", "bf16", "fp16", "fp32"] = "int4"
     group_size: int | None = Field(128, description="int4 only: 32, 64, 128, 256, or null for a whole row.")
@@ -62,7 +62,7 @@ class WeightsIn(BaseModel):
 class KVCacheIn(BaseModel):
     """The KV cache's element type and the engine's block (page) size in tokens."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
 
     dtype: str = Field(_OPTIONS.kv_cache_dtype, description="bf16, fp16, fp8, int8 or int4.")
     block_size: int = _OPTIONS.block_size
@@ -71,7 +71,7 @@ class KVCacheIn(BaseModel):
 class ParallelIn(BaseModel):
     """Tensor and pipeline parallel degrees; tensor defaults to count / pipeline."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
 
     tensor: int | None = None
     pipeline: int = _OPTIONS.pipeline_parallel
@@ -80,7 +80,7 @@ class ParallelIn(BaseModel):
 class RuntimeIn(BaseModel):
     """The engine's memory budget and the estimates' overrides."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
 
     memory_utilization: float = Field(_OPTIONS.memory_utilization, description="Share of memory usable.")
     overhead_bytes: int = Field(_OPTIONS.runtime_overhead_bytes, description="Fixed per-device overhead.")
@@ -92,7 +92,7 @@ class RuntimeIn(BaseModel):
 class PlanRequest(BaseModel):
     """A model, hardware and workload; everything but `model` and `hardware` has a default."""
 
-    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{
+    model_config = ConfigDict(extra="forbid", strict=True, json_schema_extra={"examples": [{
         "model": {"preset": "llama-3.1-70b"}, "hardware": {"device": "h100-80gb", "count": 2},
         "workload": {"context_length": 8192, "concurrent_sequences": 4},
     }]})
@@ -300,7 +300,7 @@ def plan_json_from_core(result: Plan) -> bytes:
 class SweepAxes(BaseModel):
     """The values to vary; each list replaces the base request's value, and rows are their product."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
 
     context_lengths: list[int] | None = None
     concurrent_sequences: list[int] | None = None
@@ -312,7 +312,7 @@ class SweepAxes(BaseModel):
 class SweepRequest(PlanRequest):
     """A plan body plus the axes to sweep."""
 
-    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{
+    model_config = ConfigDict(extra="forbid", strict=True, json_schema_extra={"examples": [{
         "model": {"preset": "llama-3.1-70b"}, "hardware": {"device": "h100-80gb", "count": 2},
         "sweep": {"context_lengths": [4096, 8192, 16384, 32768], "formats": ["bf16", "int4"]},
     }]})

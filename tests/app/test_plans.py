@@ -119,6 +119,22 @@ def test_negative_or_out_of_range_values_name_the_field(client: TestClient, patc
     assert response.json()["errors"][0]["field"] == field
 
 
+@pytest.mark.parametrize(("patch", "field"), [
+    ({"workload": {"context_length": True}}, "workload.context_length"),
+    ({"hardware": {"device": "h100-80gb", "count": True}}, "hardware.count"),
+    ({"weights": {"symmetric": 1}}, "weights.symmetric"),
+    ({"workload": {"concurrent_sequences": "4"}}, "workload.concurrent_sequences"),
+    ({"model": {"spec": {"hidden_size": 4096, "num_layers": True, "num_attention_heads": 32,
+                         "intermediate_size": 11008, "vocab_size": 32000}}}, "model.spec.num_layers"),
+])
+def test_values_of_another_json_type_are_refused_not_converted(client: TestClient, patch: dict[str, Any],
+                                                               field: str) -> None:
+    # true is not the integer 1, nor "4" the number 4: converting them would change what the user sent
+    response = client.post("/v1/plan", json={**BODY_70B, **patch})
+    assert response.status_code == 422
+    assert response.json()["errors"][0]["field"] == field
+
+
 def test_group_size_that_is_not_allowed_names_the_field(client: TestClient) -> None:
     response = client.post("/v1/plan", json={**BODY_70B, "weights": {"group_size": 100}})
     assert response.status_code == 422
