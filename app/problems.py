@@ -20,6 +20,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 
 from quant_core.errors import (
     CalibrationError,
@@ -226,8 +227,25 @@ async def _handle_http(request: Request, exc: Exception) -> JSONResponse:
     except ValueError:
         title = "HTTP error"
     slug = title.lower().replace(" ", "-")
-    problem = Problem(type=TYPE_PREFIX + slug, title=title, status=exc.status_code, detail=str(exc.detail))
+    detail, errors = str(exc.detail), []
+    if exc.status_code == 400 and exc.__cause__ is not None:  # a body that could not be decoded: say why
+        detail = f"{detail}: {_undecodable_reason(exc.__cause__)}"
+        errors = [ProblemField(field="body", message=detail)]
+    problem = Problem(type=TYPE_PREFIX + slug, title=title, status=exc.status_code, detail=detail, errors=errors)
     return problem_response(problem, exc.headers)
+
+
+def _undecodable_reason(cause: BaseException) -> str:
+    """Why a request body could not be decoded, in words (FastAPI keeps only a generic message)."""
+    if isinstance(cause, RecursionError):
+        return "its JSON nests arrays or objects too deeply"
+    if isinstance(cause, UnicodeDecodeError):
+        return f"it is not UTF-8 text (byte {cause.start})"
+    if isinstance(cause, ValueError) and "digits" in str(cause):
+        return "it holds an integer with too many digits"
+    if isinstance(cause, ClientDisconnect):
+        return "the client stopped sending it"
+    return f"{type(cause).__name__}: {cause}"
 
 
 async def _handle_known(request: Request, exc: Exception) -> JSONResponse:

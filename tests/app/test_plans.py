@@ -76,6 +76,20 @@ def test_malformed_json_is_400_problem(client: TestClient, content: bytes) -> No
     assert response.json()["errors"][0]["field"] == "body"
 
 
+@pytest.mark.parametrize(("content", "reason"), [
+    (b'{"model": ' + b"[" * 100_000 + b"]" * 100_000 + b"}", "nests arrays or objects too deeply"),
+    (b'{"hardware": {"count": ' + b"9" * 5000 + b"}}", "an integer with too many digits"),
+    (b'{"model": "\xff\xfe"}', "not UTF-8 text"),
+])
+@pytest.mark.parametrize("path", ["/v1/plan", "/v1/models/inspect"])
+def test_an_undecodable_body_is_400_saying_why(client: TestClient, content: bytes, reason: str, path: str) -> None:
+    response = client.post(path, content=content, headers={"content-type": "application/json"})
+    assert response.status_code == 400
+    assert response.headers["content-type"] == "application/problem+json"
+    (error,) = response.json()["errors"]
+    assert error["field"] == "body" and reason in error["message"]
+
+
 def test_missing_hardware_is_422_naming_it(client: TestClient) -> None:
     response = client.post("/v1/plan", json={"model": {"preset": "gpt2"}})
     assert response.status_code == 422
