@@ -25,7 +25,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from app.arrival import ArrivalWaiter, UploadIncomplete, resize_to
-from quant_core.errors import CalibrationError, NibbleError
+from quant_core.errors import CalibrationError, InvalidSpec, NibbleError
 from quant_core.formats import WeightFormat
 from quant_core.quantize import QuantizedTensor, dequantize, quantize
 from quant_core.tensorio import (
@@ -138,10 +138,23 @@ def _scheme(job: QuantizeJob, method: str, output: str = "report") -> WeightForm
     return WeightFormat("int4", job.group_size, False, zero)
 
 
-def _calibration_for(array: NDArray[Any], calibration: NDArray[Any] | None) -> NDArray[Any] | None:
-    if calibration is None or calibration.ndim != 2 or calibration.shape[1] != array.shape[1]:
-        return None
-    return calibration
+def _calibration_for(name: str, array: NDArray[Any], calibration: NDArray[Any] | None, method: str
+                     ) -> tuple[NDArray[Any] | None, str | None]:
+    """The calibration activations for tensor `name`, and a note for its report when they do not fit it.
+
+    One calibration file serves the tensors whose in_features equal its width;
+    the others are quantized without it (their entry says so), except by GPTQ,
+    which cannot run without it.
+    """
+    if calibration is None:
+        return None, None
+    if calibration.shape[1] == array.shape[1]:
+        return calibration, None
+    note = (f"calibration not used: its {calibration.shape[1]} columns differ from this tensor's "
+            f"{array.shape[1]} in_features")
+    if method.startswith("gptq"):
+        raise CalibrationError(f"tensor {name!r}: {note}; GPTQ needs activations [n, {array.shape[1]}]")
+    return None, note
 
 
 def _finite_or_none(value: float | None) -> float | None:
@@ -202,9 +215,9 @@ def _run_method(name: str, array: NDArray[Any], scheme: WeightFormat, method: st
         else:
             def wait_rows(stop: int) -> None:
                 waiter.wait_bytes(offset + stop * row_bytes)
+    activations, note = _calibration_for(name, array, calibration, method)
     started = time.perf_counter()
-    q = quantize(array, scheme, method, _calibration_for(array, calibration), name=name, threads=threads,
-                 wait_rows=wait_rows)
+    q = quantize(array, scheme, method, activations, name=name, threads=threads, wait_rows=wait_rows)
     seconds = time.perf_counter() - started
     if arriving is not None:
         seconds = max(0.0, seconds - (arriving[0].waited_seconds - waited_before))
@@ -216,7 +229,28 @@ def _run_method(name: str, array: NDArray[Any], scheme: WeightFormat, method: st
         "bytes": {"input": int(array.nbytes), "output": output, "predicted": scheme.bytes_for(array.shape)},
         "bits_per_weight": 8 * output / elements, "quality": _quality(q), "seconds": seconds,
     }
+    if note is not None:
+        figures["note"] = note
     return q, figures
+
+
+def _check_calibration_fits(tensors: Mapping[str, NDArray[Any]], include: str | None,
+                            calibration: NDArray[Any] | None) -> None:
+    """Refuse calibration activations that fit none of the tensors to quantize (they would go unused)."""
+    if calibration is None:
+        return
+    widths = sorted({int(tensors[name].shape[1]) for name in tensors
+                     if passthrough_reason(name, tensors[name], include) is None})
+    if widths and calibration.shape[1] not in widths:
+        raise CalibrationError(f"calibration activations have {calibration.shape[1]} columns, but the tensors to "
+                               f"quantize have in_features {widths[:8]}: they would fit none of them")
+
+
+def _check_include(tensors: Mapping[str, NDArray[Any]], include: str | None) -> None:
+    """Refuse an include pattern that matches no tensor name (the request would quantize nothing)."""
+    if include and tensors and not any(fnmatch.fnmatchcase(name, include) for name in tensors):
+        names = sorted(tensors)
+        raise InvalidSpec("include", include, f"matches none of the {len(names)} tensor names, e.g. {names[:5]}")
 
 
 def _load_calibration(job: QuantizeJob) -> NDArray[Any] | None:
@@ -250,7 +284,9 @@ def quantize_file(job: QuantizeJob, output: OutputKind, output_path: Path | None
         else:
             resize_to(job.path, layout.file_bytes)
     tensors = load_tensors(job.path, job.kind, job.limits)
+    _check_include(tensors, job.include)
     calibration = _load_calibration(job)
+    _check_calibration_fits(tensors, job.include, calibration)
     method = job.methods[0]
     scheme = _scheme(job, method, output)
     report: dict[str, Any] = {"method": method, "format": scheme.label(), "tensors": [], "passthrough": []}
@@ -310,7 +346,9 @@ def quantize_arriving(job: QuantizeJob, output: OutputKind, output_path: Path | 
 def compare_file(job: QuantizeJob) -> dict[str, Any]:
     """Quantize every selected tensor by each of ``job.methods``: figures side by side, best first named."""
     tensors = load_tensors(job.path, job.kind, job.limits)
+    _check_include(tensors, job.include)
     calibration = _load_calibration(job)
+    _check_calibration_fits(tensors, job.include, calibration)
     scheme = _scheme(job, "")
     rows: list[dict[str, Any]] = []
     passthrough: list[dict[str, Any]] = []

@@ -448,3 +448,39 @@ def test_dequantize_of_an_npy_is_415_saying_it_reads_nibble_safetensors(client: 
     assert response.status_code == 415
     assert response.headers["content-type"] == "application/problem+json"
     assert ".safetensors" in response.json()["detail"]
+
+
+@pytest.mark.parametrize("method", ["rtn", "gptq"])
+def test_calibration_that_fits_no_tensor_is_422_not_dropped(client: TestClient, weights: np.ndarray,
+                                                            method: str) -> None:
+    calibration = np.ones((64, 100), dtype=np.float32)  # the weights have 256 in_features
+    response = client.post("/v1/quantize", files={"file": ("w.npy", npy_bytes(weights)),
+                                                  "calibration": ("x.npy", npy_bytes(calibration))},
+                           data={"method": method})
+    assert response.status_code == 422
+    (error,) = response.json()["errors"]
+    assert error["field"] == "calibration" and "100 columns" in error["message"]
+
+
+def test_a_tensor_the_calibration_does_not_fit_says_it_was_quantized_without_it(client: TestClient,
+                                                                                weights: np.ndarray) -> None:
+    narrow = np.random.default_rng(2).standard_normal((16, 128)).astype(np.float32)
+    payload = save_safetensors({"wide.weight": weights, "narrow.weight": narrow})
+    calibration = np.random.default_rng(3).standard_normal((64, 256)).astype(np.float32)
+    body = client.post("/v1/quantize", files={"file": ("m.safetensors", payload),
+                                              "calibration": ("x.npy", npy_bytes(calibration))}).json()
+    entries = {t["name"]: t for t in body["tensors"]}
+    assert entries["wide.weight"]["quality"]["output_relative_error"] is not None
+    assert "note" not in entries["wide.weight"]
+    assert entries["narrow.weight"]["quality"]["output_relative_error"] is None
+    assert "calibration not used" in entries["narrow.weight"]["note"]
+
+
+@pytest.mark.parametrize("path", ["/v1/quantize", "/v1/quantize/compare"])
+def test_an_include_pattern_matching_no_tensor_is_422(client: TestClient, weights: np.ndarray, path: str) -> None:
+    payload = save_safetensors({"a.q_proj.weight": weights})
+    response = client.post(path, files={"file": ("m.safetensors", payload)},
+                           data={"include": "*v_proj*", **({"methods": "rtn,clip"} if "compare" in path else {})})
+    assert response.status_code == 422
+    (error,) = response.json()["errors"]
+    assert error["field"] == "include" and "a.q_proj.weight" in error["message"]
