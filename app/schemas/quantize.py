@@ -138,6 +138,8 @@ class MethodResult(BaseModel):
     bits_per_weight: float
     quality: Quality
     seconds: float
+    note: str | None = Field(None, description="Present when something about this tensor needs saying, e.g. "
+                                               "that the calibration activations did not fit it.")
 
 
 class QuantizedTensorReport(MethodResult):
