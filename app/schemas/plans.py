@@ -12,7 +12,7 @@ from pydantic_core import to_json
 
 from app.schemas.models import ModelInput, field_prefix, model_to_core
 from quant_core import catalog
-from quant_core.errors import LimitExceeded
+from quant_core.errors import InvalidSpec, LimitExceeded
 from quant_core.formats import FLOAT_FORMATS, WeightFormat, float_format
 from quant_core.planner import DevicePlan, FormatPlan, Hardware, Plan, PlanOptions, Workload, plan
 from quant_core.specs import ModelSpec
@@ -118,8 +118,37 @@ def weight_format_to_core(weights: WeightsIn, name: str | None = None) -> Weight
                             "none" if weights.symmetric else weights.zero, weights.pad)
 
 
+def _refuse_unused_fields(body: PlanRequest) -> None:
+    """Refuse values the request sets explicitly that no computed format or row would use.
+
+    Defaults are fine (``group_size`` is 128 whatever the format); what the
+    client wrote must change the answer, or be refused, never be dropped.
+    """
+    weights = body.weights
+    formats = {weights.format}
+    if isinstance(body, SweepRequest) and body.sweep.formats:
+        formats = set(body.sweep.formats)
+    sent = weights.model_fields_set
+    if "int4" not in formats:
+        for name in ("group_size", "zero", "pad"):
+            if name in sent:
+                raise InvalidSpec(f"weights.{name}", getattr(weights, name),
+                                  f"applies to int4 weights only; the request plans {sorted(formats)}")
+        if "symmetric" in sent and not ("int8" in formats and weights.symmetric):
+            raise InvalidSpec("weights.symmetric", weights.symmetric,
+                              "applies to int4 (either) and int8 (symmetric only) weights; the request plans "
+                              f"{sorted(formats)}")
+    if weights.symmetric and "zero" in sent:
+        raise InvalidSpec("weights.zero", weights.zero, "symmetric weights store no zero point")
+    if isinstance(body, SweepRequest) and body.sweep.device_counts and body.parallel.tensor is not None:
+        raise InvalidSpec("parallel.tensor", body.parallel.tensor,
+                          "a sweep over device_counts sets each row's tensor degree (count / pipeline); "
+                          "leave parallel.tensor out")
+
+
 def plan_to_core(body: PlanRequest, max_config_depth: int) -> tuple[ModelSpec, Hardware, Workload, PlanOptions]:
     """The planner's inputs for `body`; core errors name the field by its path in the body."""
+    _refuse_unused_fields(body)
     spec = model_to_core(body.model, max_config_depth)
     if body.hardware.device is not None:
         with field_prefix("hardware.device"):
