@@ -216,7 +216,25 @@ def validation_problem(errors: Sequence[Mapping[str, Any]]) -> Problem:
 async def _handle_validation(request: Request, exc: Exception) -> JSONResponse:
     if not isinstance(exc, RequestValidationError):  # registered for this class only
         return await _handle_known(request, exc)
-    return problem_response(validation_problem(exc.errors()))
+    errors = exc.errors()
+    content_type = request.headers.get("content-type", "")
+    if (errors and tuple(errors[0].get("loc", ())) == ("body",) and errors[0].get("type") != "missing"
+            and not is_json_media_type(content_type)):
+        # a JSON route's body sent as another media type was never parsed: say so (415), not "not an object"
+        return problem_response(Problem(
+            type=TYPE_PREFIX + "unsupported-media-type", title="Unsupported media type", status=415,
+            detail=f"the body must be JSON (Content-Type: application/json), not {content_type or 'untyped'}",
+            errors=[ProblemField(field="Content-Type", message="expected application/json")]))
+    return problem_response(validation_problem(errors))
+
+
+def is_json_media_type(content_type: str | None) -> bool:
+    """Whether FastAPI parses a body of this Content-Type as JSON: ``application/json`` or ``application/*+json``."""
+    if not content_type:
+        return False
+    media_type = content_type.split(";", 1)[0].strip().lower()
+    main, _, subtype = media_type.partition("/")
+    return main == "application" and (subtype == "json" or subtype.endswith("+json"))
 
 
 async def _handle_http(request: Request, exc: Exception) -> JSONResponse:

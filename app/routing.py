@@ -29,20 +29,12 @@ from pydantic import BaseModel, ValidationError
 from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect
 
+from app.problems import is_json_media_type
 from app.security import ApiKeyRoute, check_api_key
 
 Endpoint = Callable[[Any, Request], Coroutine[Any, Any, Response]]
 #: FastAPI's answer when the body cannot be read or decoded at all (fastapi/routing.py).
 BODY_PARSE_ERROR = "There was an error parsing the body"
-
-
-def is_json_media_type(content_type: str | None) -> bool:
-    """Whether FastAPI parses a body of this Content-Type as JSON: ``application/json`` or ``application/*+json``."""
-    if not content_type:
-        return False
-    media_type = content_type.split(";", 1)[0].strip().lower()
-    main, _, subtype = media_type.partition("/")
-    return main == "application" and (subtype == "json" or subtype.endswith("+json"))
 
 
 def _with_body_location(errors: list[Any]) -> list[dict[str, Any]]:

@@ -161,6 +161,11 @@ class _Collector:
         self.part_name = options.get(b"name", b"").decode("utf-8", "replace")
         filename = options.get(b"filename")
         self.part_filename = None if filename is None else filename.decode("utf-8", "replace")
+        if self.part_filename is not None and self.part_name not in self.file_fields:
+            self.error = MalformedUpload(
+                f"the form holds a file in field {self.part_name!r}; this route reads files from "
+                f"{list(self.file_fields)} only", field=self.part_name)
+            return
         if self.part_filename is not None or self.part_name in self.file_fields:
             if self.part_name in self.raw_files:
                 self.error = MalformedUpload(f"the field {self.part_name!r} holds more than one file",

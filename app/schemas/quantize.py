@@ -65,6 +65,17 @@ class CompareForm(BaseModel):
             return [part.strip() for item in value for part in str(item).split(",") if part.strip()]
         return value
 
+    @field_validator("methods")
+    @classmethod
+    def _known_once_each(cls, value: list[str]) -> list[str]:
+        unknown = [method for method in value if method not in METHODS]
+        if unknown:
+            raise ValueError(f"unknown method(s) {unknown}; known: {', '.join(METHODS)}")
+        twice = sorted({method for method in value if value.count(method) > 1})
+        if twice:
+            raise ValueError(f"lists {twice} more than once; each method is compared once")
+        return value
+
     @field_validator("group_size", mode="before")
     @classmethod
     def _row(cls, value: object) -> object:
@@ -82,15 +93,22 @@ class DequantizeForm(BaseModel):
 def parse_form(model: type[FormT], fields: Mapping[str, list[str]]) -> FormT:
     """Validate multipart text fields with `model`; errors become a 422 problem naming each field."""
     values: dict[str, Any] = {}
+    repeated: list[dict[str, Any]] = []
     for name, items in fields.items():
         annotation = model.model_fields.get(name)
         is_list = annotation is not None and "list" in str(annotation.annotation)
+        if not is_list and len(items) > 1:  # which one was meant? neither is taken silently
+            repeated.append({"type": "value_error", "loc": ("form", name), "input": items,
+                             "msg": f"sent {len(items)} times ({', '.join(map(repr, items[:4]))}); send it once"})
         values[name] = items if is_list else items[-1]
     try:
-        return model.model_validate(values)
+        form = model.model_validate(values)
     except ValidationError as exc:
         errors = [{**err, "loc": ("form", *err["loc"])} for err in exc.errors(include_url=False)]
-        raise RequestValidationError(errors) from None
+        raise RequestValidationError(repeated + errors) from None
+    if repeated:
+        raise RequestValidationError(repeated)
+    return form
 
 
 def multipart_body(form: type[BaseModel], files: Mapping[str, str], required: tuple[str, ...]) -> dict[str, Any]:

@@ -90,6 +90,14 @@ def test_an_undecodable_body_is_400_saying_why(client: TestClient, content: byte
     assert error["field"] == "body" and reason in error["message"]
 
 
+@pytest.mark.parametrize("path", ["/v1/plan", "/v1/plan/sweep", "/v1/models/inspect"])
+def test_json_sent_as_another_media_type_is_415(client: TestClient, path: str) -> None:
+    response = client.post(path, content=json.dumps({**BODY_70B, "sweep": {}} if "sweep" in path else BODY_70B),
+                           headers={"content-type": "text/plain"})
+    assert response.status_code == 415
+    assert response.json()["errors"][0]["field"] == "Content-Type"
+
+
 def test_missing_hardware_is_422_naming_it(client: TestClient) -> None:
     response = client.post("/v1/plan", json={"model": {"preset": "gpt2"}})
     assert response.status_code == 422

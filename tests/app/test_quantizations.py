@@ -171,9 +171,14 @@ def test_an_npy_longer_than_its_header_declares_is_422(client: TestClient, weigh
 
 
 def test_missing_file_field_is_400(client: TestClient) -> None:
-    response = client.post("/v1/quantize", files={"other": ("w.npy", b"\x93NUMPY")})
+    body, content_type = _multipart([("method", None, b"rtn")])
+    response = client.post("/v1/quantize", content=body, headers={"Content-Type": content_type})
     assert response.status_code == 400
     assert response.json()["errors"][0]["field"] == "file"
+    response = client.post("/v1/quantize", files={"other": ("w.npy", b"\x93NUMPY")})
+    assert response.status_code == 400
+    (error,) = response.json()["errors"]
+    assert error["field"] == "other" and "'file'" in error["message"]
 
 
 def test_pickled_npy_is_refused_and_never_unpickled(client: TestClient, tmp_path: Path) -> None:
@@ -360,13 +365,29 @@ def _multipart(parts: list[tuple[str, str | None, bytes]], boundary: str = "nibb
 
 
 def test_fields_sent_after_the_file_still_decide_the_job(client: TestClient, weights: np.ndarray) -> None:
-    body, content_type = _multipart([("method", None, b"rtn"), ("file", "w.npy", npy_bytes(weights)),
+    body, content_type = _multipart([("output", None, b"report"), ("file", "w.npy", npy_bytes(weights)),
                                      ("method", None, b"clip"), ("group_size", None, b"64")])
     response = client.post("/v1/quantize", content=body, headers={"Content-Type": content_type})
     assert response.status_code == 200
     (entry,) = response.json()["tensors"]
     assert entry["method"] == "clip" and entry["group_size"] == 64
     assert entry["quality"]["relative_error"] == quantize(weights, int4(64), "clip").quality.relative_error
+
+
+def test_a_field_sent_twice_is_422_rather_than_one_value_taken(client: TestClient, weights: np.ndarray) -> None:
+    body, content_type = _multipart([("method", None, b"rtn"), ("file", "w.npy", npy_bytes(weights)),
+                                     ("method", None, b"clip")])
+    response = client.post("/v1/quantize", content=body, headers={"Content-Type": content_type})
+    assert response.status_code == 422
+    (error,) = response.json()["errors"]
+    assert error["field"] == "method" and "sent 2 times" in error["message"]
+
+
+def test_compare_refuses_a_method_listed_twice(client: TestClient, weights: np.ndarray) -> None:
+    response = client.post("/v1/quantize/compare", files={"file": ("w.npy", npy_bytes(weights))},
+                           data={"methods": "rtn,clip,rtn"})
+    assert response.status_code == 422
+    assert response.json()["errors"][0]["field"] == "methods"
 
 
 def test_calibration_sent_after_the_file_is_used(client: TestClient, weights: np.ndarray) -> None:
@@ -484,3 +505,19 @@ def test_an_include_pattern_matching_no_tensor_is_422(client: TestClient, weight
     assert response.status_code == 422
     (error,) = response.json()["errors"]
     assert error["field"] == "include" and "a.q_proj.weight" in error["message"]
+
+
+def test_a_file_in_a_field_the_route_does_not_read_is_refused_naming_it(client: TestClient,
+                                                                         weights: np.ndarray) -> None:
+    response = client.post("/v1/quantize", files={"file": ("w.npy", npy_bytes(weights)),
+                                                  "weights2": ("x.npy", npy_bytes(weights))})
+    assert response.status_code == 400
+    assert response.json()["errors"][0]["field"] == "weights2"
+
+
+def test_compare_names_the_methods_field_for_an_unknown_method(client: TestClient, weights: np.ndarray) -> None:
+    response = client.post("/v1/quantize/compare", files={"file": ("w.npy", npy_bytes(weights))},
+                           data={"methods": "rtn,bogus"})
+    assert response.status_code == 422
+    (error,) = response.json()["errors"]
+    assert error["field"] == "methods" and "bogus" in error["message"]
