@@ -433,15 +433,54 @@ _ADAPTERS: dict[str, _Adapter] = {
 KNOWN_MODEL_TYPES: tuple[str, ...] = (*sorted(_ADAPTERS), "gemma3")
 
 
+#: the config keys a `ModelSpec` field may come from, by family; the first one the config holds names an error
+_SPEC_FIELD_KEYS: dict[str, tuple[str, ...]] = {
+    "num_kv_heads": ("num_key_value_heads", "num_kv_heads", "n_head_kv"),
+    "num_layers": ("num_hidden_layers", "n_layer"),
+    "num_attention_heads": ("num_attention_heads", "n_head"),
+    "hidden_size": ("hidden_size", "n_embd"),
+    "intermediate_size": ("intermediate_size", "ffn_hidden_size", "n_inner"),
+    "num_experts": ("num_local_experts", "num_experts", "n_routed_experts"),
+    "experts_per_token": ("num_experts_per_tok", "experts_per_token"),
+    "moe_intermediate_size": ("moe_intermediate_size", "intermediate_size"),
+    "num_shared_experts": ("n_shared_experts", "num_shared_experts"),
+    "head_dim": ("head_dim", "num_attention_heads"),
+    "sliding_window": ("sliding_window",),
+    "vocab_size": ("vocab_size", "padded_vocab_size"),
+}
+
+
+def _in_config_terms(error: InvalidSpec, config: Mapping[str, object], prefix: str) -> InvalidSpec:
+    """`error` (raised by `ModelSpec` on its own field names) renamed to the config key the value came from."""
+    keys = [key for key in _SPEC_FIELD_KEYS.get(error.field, ()) if key in config]
+    if not keys:
+        return error
+    renamed = InvalidSpec(prefix + keys[0], error.value, error.reason)
+    renamed.__cause__ = error
+    return renamed
+
+
 def model_from_hf_config(config: Mapping[str, object], *, name: str | None = None) -> ModelSpec:
     """Normalize a Hugging Face ``config.json`` (already parsed) into a `ModelSpec`.
 
     Dispatches on ``model_type``; `name` defaults to ``_name_or_path`` or the model type.
-    Raises `InvalidSpec` for a non-object config or bad values, `MissingConfigKey` for a
-    missing key, and `UnsupportedArchitecture` for an unknown type without the generic keys.
+    Raises `InvalidSpec` for a non-object config or bad values (naming the config key, as
+    ``text_config.<key>`` for Gemma 3), `MissingConfigKey` for a missing key, and
+    `UnsupportedArchitecture` for an unknown type without the generic keys.
     """
     if not isinstance(config, Mapping):
         raise InvalidSpec("config", type(config).__name__, "must be a JSON object")
+    text = config.get("text_config", config) if config.get("model_type") == "gemma3" else config
+    try:
+        return _model_from_hf_config(config, name)
+    except InvalidSpec as error:
+        if not isinstance(text, Mapping):
+            raise
+        raise _in_config_terms(error, text, "text_config." if text is not config else "") from None
+
+
+def _model_from_hf_config(config: Mapping[str, object], name: str | None) -> ModelSpec:
+    """`model_from_hf_config` by ``model_type``, errors named by the spec's fields where the spec found them."""
     raw_type = config.get("model_type")
     if raw_type is not None and not isinstance(raw_type, str):
         raise InvalidSpec("model_type", raw_type, "must be a string")

@@ -203,7 +203,7 @@ def test_explicit_head_dim_allows_heads_that_do_not_divide_hidden() -> None:
 def test_kv_heads_must_divide_query_heads() -> None:
     with pytest.raises(InvalidSpec) as caught:
         model_from_hf_config({**LLAMA_8B, "num_key_value_heads": 5})
-    assert caught.value.field == "num_kv_heads" and caught.value.value == 5
+    assert caught.value.field == "num_key_value_heads" and caught.value.value == 5
 
 
 @pytest.mark.parametrize("config", [None, [], "llama", 42])
@@ -301,3 +301,20 @@ def test_any_single_bad_or_missing_value_gives_a_typed_error_or_a_usable_spec(mo
             kv_cache_bytes(spec, "int8", context_length=1000, sequences=3, tensor_parallel=3)
         except NibbleError:
             pass
+
+
+@pytest.mark.parametrize(("config", "key"), [
+    ({"model_type": "llama", "hidden_size": 4096, "num_hidden_layers": 32, "num_attention_heads": 32,
+      "num_key_value_heads": 5, "intermediate_size": 11008, "vocab_size": 32000}, "num_key_value_heads"),
+    ({"model_type": "mixtral", "hidden_size": 4096, "num_hidden_layers": 32, "num_attention_heads": 32,
+      "num_key_value_heads": 8, "intermediate_size": 14336, "vocab_size": 32000, "num_local_experts": 8,
+      "num_experts_per_tok": 9}, "num_experts_per_tok"),
+    ({"model_type": "gemma3", "text_config": {"model_type": "gemma3_text", "hidden_size": 1152,
+      "num_hidden_layers": 26, "num_attention_heads": 4, "num_key_value_heads": 3, "head_dim": 256,
+      "intermediate_size": 6912, "vocab_size": 262144}}, "text_config.num_key_value_heads"),
+])
+def test_an_inconsistent_config_is_refused_naming_its_own_key(config: dict[str, object], key: str) -> None:
+    with pytest.raises(InvalidSpec) as refused:
+        model_from_hf_config(config)
+    assert refused.value.field == key
+    assert refused.value.detail.startswith(key + "=")
