@@ -12,7 +12,7 @@ from pydantic_core import to_json
 
 from app.schemas.models import ModelInput, field_prefix, model_to_core
 from quant_core import catalog
-from quant_core.errors import InvalidSpec, LimitExceeded
+from quant_core.errors import InvalidSpec, LimitExceeded, NibbleError
 from quant_core.formats import FLOAT_FORMATS, WeightFormat, float_format
 from quant_core.planner import DevicePlan, FormatPlan, Hardware, Plan, PlanOptions, Workload, plan
 from quant_core.specs import ModelSpec
@@ -396,13 +396,22 @@ def sweep_rows(body: SweepRequest, max_config_depth: int, max_rows: int,
     if device_rows > max_device_rows:
         raise LimitExceeded("max_sweep_device_rows", device_rows, max_device_rows, field="sweep")
     rows: list[SweepRow] = []
-    for count, name, sequence_count, context in itertools.product(counts, formats, sequences, contexts):
+    for (i_count, count), (_, name), (i_sequences, sequence_count), (i_context, context) in itertools.product(
+            *(enumerate(axis) for axis in (counts, formats, sequences, contexts))):
         weight_format = weight_format_to_core(body.weights, name)
-        with field_prefix("sweep"):
+        # a bad swept value is named where the client wrote it: sweep.context_lengths[3], not the row's workload
+        axis_fields = {"hardware.count": ("device_counts", i_count),
+                       "workload.concurrent_sequences": ("concurrent_sequences", i_sequences),
+                       "workload.context_length": ("context_lengths", i_context)}
+        try:
             row_hardware = Hardware(hardware.capacity_bytes, count, hardware.device_id, hardware.name)
             row_options = replace(options, weight_format=weight_format,
                                   tensor_parallel=None if axes.device_counts else options.tensor_parallel)
             result = plan(spec, row_hardware, Workload(context, sequence_count), row_options).primary
+        except NibbleError as exc:
+            axis, index = axis_fields.get(exc.field, ("", 0))
+            exc.field = f"sweep.{axis}[{index}]" if axis and getattr(axes, axis) else exc.field
+            raise
         rows.append(SweepRow(
             context_length=context, concurrent_sequences=sequence_count, format=result.format,
             device_count=count, fits=result.fits, weights_bytes=result.weights_bytes,

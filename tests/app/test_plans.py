@@ -178,6 +178,18 @@ def test_int4_settings_on_a_16_bit_sweep_with_int4_rows_are_used(client: TestCli
     assert [row["format"] for row in response.json()["rows"]] == ["bf16", "int4-g64-asym"]
 
 
+@pytest.mark.parametrize(("sweep", "field"), [
+    ({"context_lengths": [1024, -5]}, "sweep.context_lengths[1]"),
+    ({"device_counts": [1, 0]}, "sweep.device_counts[1]"),
+    ({"concurrent_sequences": [0, 2]}, "sweep.concurrent_sequences[0]"),
+])
+def test_a_bad_swept_value_is_named_where_it_was_written(client: TestClient, sweep: dict[str, Any],
+                                                         field: str) -> None:
+    response = client.post("/v1/plan/sweep", json={**BODY_70B, "sweep": sweep})
+    assert response.status_code == 422
+    assert response.json()["errors"][0]["field"] == field
+
+
 def test_a_sweep_over_device_counts_refuses_an_explicit_tensor_degree(client: TestClient) -> None:
     response = client.post("/v1/plan/sweep", json={**BODY_70B, "parallel": {"tensor": 2},
                                                    "sweep": {"device_counts": [2, 4]}})
