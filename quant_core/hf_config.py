@@ -535,6 +535,13 @@ def model_from_sizes(
             raise InvalidSpec("num_attention_heads", heads,
                               f"does not divide hidden_size={hidden} and no head_dim is given")
         head_dim = hidden // heads
+    if not num_experts:  # what only a mixture of experts uses would otherwise be dropped without a word
+        for field, value in (("moe_intermediate_size", moe_intermediate_size), ("experts_per_token", experts_per_token),
+                             ("num_shared_experts", num_shared_experts), ("dense_layers", list(dense_layers))):
+            if value:
+                raise InvalidSpec(field, value, "applies to a mixture of experts; set num_experts too")
+    if sliding_layers is not None and sliding_window is None:
+        raise InvalidSpec("sliding_layers", list(sliding_layers)[:8], "needs a sliding_window")
     if sliding_window is not None and sliding_layers is None:
         sliding_layers = range(layers)
     return ModelSpec(

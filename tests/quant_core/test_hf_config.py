@@ -318,3 +318,16 @@ def test_an_inconsistent_config_is_refused_naming_its_own_key(config: dict[str, 
         model_from_hf_config(config)
     assert refused.value.field == key
     assert refused.value.detail.startswith(key + "=")
+
+
+@pytest.mark.parametrize(("extra", "field"), [
+    ({"moe_intermediate_size": 1024}, "moe_intermediate_size"),
+    ({"experts_per_token": 2}, "experts_per_token"),
+    ({"num_shared_experts": 1}, "num_shared_experts"),
+    ({"sliding_layers": [0, 2]}, "sliding_layers"),
+])
+def test_explicit_sizes_that_would_go_unused_are_refused(extra: dict[str, Any], field: str) -> None:
+    with pytest.raises(InvalidSpec) as refused:
+        model_from_sizes(hidden_size=4096, num_layers=4, num_attention_heads=32, intermediate_size=11008,
+                         vocab_size=32000, **extra)
+    assert refused.value.field == field
