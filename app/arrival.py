@@ -73,6 +73,10 @@ class ArrivalRecorder:
     def ended(self) -> bool:
         return int(self._words[1]) != _ARRIVING
 
+    def close(self) -> None:
+        """Unmap the record (its file is about to be deleted; a deleted file stays open while mapped)."""
+        _unmap(self)
+
 
 class ArrivalWaiter:
     """The job's side: blocks until bytes have arrived (see the module docstring)."""
@@ -83,6 +87,10 @@ class ArrivalWaiter:
         self._lock = threading.Lock()
         #: seconds spent waiting for bytes (a job's figures leave them out of its own time)
         self.waited_seconds = 0.0
+
+    def close(self) -> None:
+        """Unmap the record, once the job is done with it."""
+        _unmap(self)
 
     def wait_bytes(self, needed: int) -> int:
         """Block until `needed` bytes have arrived; return the count so far.
@@ -122,6 +130,14 @@ class ArrivalWaiter:
         finally:
             with self._lock:
                 self.waited_seconds += time.perf_counter() - started
+
+
+def _unmap(side: ArrivalRecorder | ArrivalWaiter) -> None:
+    """Drop `side`'s view of the record and close its mapping (idempotent)."""
+    mapping = side.__dict__.pop("_mapping", None)
+    side.__dict__.pop("_words", None)
+    if mapping is not None:
+        mapping.close()
 
 
 def resize_to(path: Path, size: int) -> None:

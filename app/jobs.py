@@ -277,6 +277,17 @@ def quantize_file(job: QuantizeJob, output: OutputKind, output_path: Path | None
     `UploadIncomplete` is raised if it ends short of, or past, what its header declares.
     """
     waiter = ArrivalWaiter(arrival) if arrival is not None else None
+    try:
+        return _quantize_file(job, output, output_path, progress, waiter)
+    finally:
+        if waiter is not None:
+            waiter.close()
+
+
+def _quantize_file(job: QuantizeJob, output: OutputKind, output_path: Path | None,
+                   progress: Callable[[int, int, str, float], None] | None,
+                   waiter: ArrivalWaiter | None) -> dict[str, Any]:
+    """`quantize_file`, with the arrival record (if any) already open."""
     layout = _arriving_layout(job, waiter) if waiter is not None else None
     if waiter is not None:
         if layout is None:

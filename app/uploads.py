@@ -449,6 +449,8 @@ async def receive_upload(request: Request, settings: Settings,
                 await before_cleanup()
         finally:
             collector.close()
+            if collector.recorder is not None:
+                collector.recorder.close()
             for spool in collector.opened:
                 spools.release(spool)
             shutil.rmtree(directory, ignore_errors=True)

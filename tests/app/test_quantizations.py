@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import io
 import json
 import math
+import os
 import pickle
 import struct
 import tempfile
@@ -521,3 +524,27 @@ def test_compare_names_the_methods_field_for_an_unknown_method(client: TestClien
     assert response.status_code == 422
     (error,) = response.json()["errors"]
     assert error["field"] == "methods" and "bogus" in error["message"]
+
+
+def _open_arrival_records() -> int:
+    """Descriptors of this process open on upload arrival records (a mapped file stays open once deleted)."""
+    count = 0
+    for entry in os.listdir("/proc/self/fd"):
+        with contextlib.suppress(OSError):
+            count += ".arrival" in os.readlink(f"/proc/self/fd/{entry}")
+    return count
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="needs /proc")
+def test_uploads_leave_no_arrival_record_mapped(client: TestClient, weights: np.ndarray) -> None:
+    gc.disable()  # the records must be unmapped when the request ends, not whenever the collector runs
+    try:
+        before = _open_arrival_records()
+        for cut in (0, 1000) * 5:  # answered, and refused part-way (an exception's frames hold the record)
+            content = npy_bytes(weights)
+            response = client.post("/v1/quantize", files={"file": ("w.npy", content[: len(content) - cut])},
+                                   data={"method": "rtn"})
+            assert response.status_code == (200 if cut == 0 else 422)
+        assert _open_arrival_records() == before
+    finally:
+        gc.enable()
