@@ -16,10 +16,12 @@ so one evaluation is a handful of integer operations.
 Parallelism follows vLLM:
 * tensor parallel (tp): linear layers, vocab-parallel embedding and lm_head
   are split across the tp ranks (each rank holds ``ceil(bytes / tp)`` of a
-  sharded tensor); norms, routers and biases of row-parallel layers are
-  replicated; KV heads are split with ``max(1, n_kv // tp)`` heads per rank
-  (replicated when tp exceeds them) and an MLA latent is replicated on every
-  rank;
+  sharded tensor); norms, routers and every bias are counted whole on each
+  rank (vLLM splits the biases of column-parallel layers, so this over-counts
+  by at most those biases, a few MB); KV heads are split with
+  ``ceil(n_kv / tp)`` heads per rank (one replicated head per rank when tp
+  exceeds them; a tp that neither divides nor is a multiple of n_kv is warned
+  about, since vLLM refuses it) and an MLA latent is replicated on every rank;
 * pipeline parallel (pp): decoder layers are split into contiguous stages as
   evenly as possible (earlier stages take the remainder), the embedding sits
   on the first stage, the final norm and lm_head on the last; a tied lm_head

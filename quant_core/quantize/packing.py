@@ -9,7 +9,9 @@ with ``G`` groups per row and ``C`` stored columns per row (``C`` is
    in the high nibble: ``byte[k] = code[2k] | code[2k+1] << 4``.  The stream is
    flat, so when ``out_features × C`` is odd the last byte's high nibble is 0
    (and with an odd ``C`` a byte may straddle two rows).  ``ceil(out × C / 2)``
-   bytes.  Padded columns hold the code that dequantizes to 0.0 (the zero point).
+   bytes.  Padded columns hold the code nearest the zero point: it dequantizes
+   to 0.0 with integer zeros, and to within half a step of 0 with fp16 zeros
+   (``rint(z)``); `dequantize` drops them either way.
 2. **scales**: ``out_features × G`` fp16 values, little-endian, row-major
    ``[out, groups]``.  ``2 × out × G`` bytes.
 3. **zeros**, by ``scheme.zero``: ``"none"`` (symmetric, the implicit zero is 8):
