@@ -201,10 +201,10 @@ def payload_size(q: QuantizedTensor) -> int:
 
 def _run_method(name: str, array: NDArray[Any], scheme: WeightFormat, method: str,
                 calibration: NDArray[Any] | None, threads: int | None = None,
-                arriving: tuple[ArrivalWaiter, int, int | None] | None = None,
+                arriving: tuple[ArrivalWaiter, int, int | None] | None = None, min_zero: int = 0,
                 ) -> tuple[QuantizedTensor, dict[str, Any]]:
     """Quantize one tensor and its report entry; `arriving` = (waiter, file offset, row bytes) of an upload
-    still arriving, whose waits are left out of ``seconds``."""
+    still arriving, whose waits are left out of ``seconds``; `min_zero` as `quantize` takes it."""
     wait_rows: Callable[[int], None] | None = None
     waited_before = 0.0
     if arriving is not None:
@@ -217,7 +217,8 @@ def _run_method(name: str, array: NDArray[Any], scheme: WeightFormat, method: st
                 waiter.wait_bytes(offset + stop * row_bytes)
     activations, note = _calibration_for(name, array, calibration, method)
     started = time.perf_counter()
-    q = quantize(array, scheme, method, activations, name=name, threads=threads, wait_rows=wait_rows)
+    q = quantize(array, scheme, method, activations, name=name, threads=threads, wait_rows=wait_rows,
+                 min_zero=min_zero)
     seconds = time.perf_counter() - started
     if arriving is not None:
         seconds = max(0.0, seconds - (arriving[0].waited_seconds - waited_before))
@@ -315,7 +316,9 @@ def _quantize_file(job: QuantizeJob, output: OutputKind, output_path: Path | Non
         arriving = None
         if waiter is not None and layout is not None:
             arriving = (waiter, *layout.rows[name])
-        q, figures = _run_method(name, array, scheme, method, calibration, job.threads, arriving)
+        # GPTQ checkpoints (v1) store zero − 1: their zeros are quantized in [1, 15]
+        q, figures = _run_method(name, array, scheme, method, calibration, job.threads, arriving,
+                                 min_zero=1 if output == "gptq" else 0)
         report["tensors"].append({"name": name, "shape": list(array.shape), **figures})
         if progress is not None:
             progress(len(report["tensors"]), total, name, figures["seconds"])

@@ -131,6 +131,30 @@ def within_fp16(parameters: GroupParameters, w_min: F32, w_max: F32, integer_zer
     return GroupParameters(scales, zeros)
 
 
+def zeros_at_least(parameters: GroupParameters, w_min: F32, w_max: F32, minimum: int) -> GroupParameters:
+    """`parameters` with every integer zero at least `minimum` (GPTQ checkpoint v1 stores zero − 1, so needs 1).
+
+    A group whose zero is lower gets zero `minimum` and the smallest fp16
+    scale whose grid still spans its range ``[min(w_min, 0), max(w_max, 0)]``:
+    ``s = max(hi / (15 − minimum), −lo / minimum)`` rounded up.  For `rtn` that
+    is the same round-to-nearest on a grid shifted by `minimum` codes (every
+    error within half a step); the searching methods fall back to it for those
+    groups.  Returns `parameters` itself when no zero is below `minimum`.
+    """
+    if minimum <= 0:
+        return parameters
+    low = parameters.zeros < minimum
+    if not low.any():
+        return parameters
+    scales, zeros = parameters.scales.copy(), parameters.zeros.copy()
+    lo = np.minimum(w_min[low], np.float32(0.0))
+    hi = np.maximum(w_max[low], np.float32(0.0))
+    needed = np.maximum(hi / np.float32(LEVELS - minimum), -lo / np.float32(minimum)).astype(np.float32)
+    scales[low] = nonzero_scale(fp16_ceil(needed))
+    zeros[low] = np.float32(minimum)
+    return GroupParameters(scales, zeros)
+
+
 def nonzero_scale(scales: F32) -> F32:
     """Scales with zeros (constant-zero groups) replaced by 1, so codes stay defined (`scales` when none is 0)."""
     zero = scales == 0

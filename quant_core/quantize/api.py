@@ -39,7 +39,7 @@ from quant_core.quantize import clip as clip_method
 from quant_core.quantize import hqq as hqq_method
 from quant_core.quantize import refit as refit_method
 from quant_core.quantize._fused import ChunkEncoder
-from quant_core.quantize._groups import F32, GroupParameters, within_fp16
+from quant_core.quantize._groups import F32, LEVELS, GroupParameters, within_fp16, zeros_at_least
 from quant_core.quantize.metrics import QualityAccumulator, held_out_rows, validate_calibration
 from quant_core.quantize.packing import UNMEASURED, PayloadBuffer, pack_codes, unpack_codes
 from quant_core.quantize.rtn import rtn, rtn_symmetric
@@ -164,7 +164,7 @@ def _chunk_rows(columns: int, elements: int = _CHUNK_ELEMENTS) -> int:
 
 def quantize(weights: NDArray[np.generic], scheme: WeightFormat, method: str,
              calibration: NDArray[np.floating] | None = None, *, name: str = "", threads: int | None = None,
-             wait_rows: Callable[[int], None] | None = None) -> QuantizedTensor:
+             wait_rows: Callable[[int], None] | None = None, min_zero: int = 0) -> QuantizedTensor:
     """Quantize a 2-D ``[out_features, in_features]`` tensor to int4 by `method`, measuring the result.
 
     `scheme` is an int4 `WeightFormat` (group size, symmetric or not, int4 or
@@ -186,10 +186,14 @@ def quantize(weights: NDArray[np.generic], scheme: WeightFormat, method: str,
     `wait_rows(stop)`, when given, is called (possibly from several threads)
     before rows ``[.., stop)`` are read and must block until they are
     readable: it lets the quantization of an upload overlap its arrival.
+    `min_zero` (0 to 15) raises every 4-bit integer zero to at least that
+    value (`zeros_at_least`): 1 for GPTQ checkpoint v1, which stores zero − 1.
     """
     _check_method(method)
     if threads is not None and threads < 1:
         raise InvalidSpec("threads", str(threads), "the thread count must be at least 1")
+    if not 0 <= min_zero <= LEVELS:
+        raise InvalidSpec("min_zero", min_zero, "must be an integer zero point in [0, 15]")
     _check_scheme(scheme)
     array = _check_weights(weights, name)
     out_features, in_features = (int(d) for d in array.shape)
@@ -209,7 +213,7 @@ def quantize(weights: NDArray[np.generic], scheme: WeightFormat, method: str,
         activations = validate_calibration(calibration, in_features) if calibration is not None else None
         codes_all, scales_all, zeros_all, g_idx = gptq.gptq(
             array, scheme, activations, act_order=method == "gptq-act-order",
-            reader=_ChunkReader(array, columns),
+            reader=_ChunkReader(array, columns), min_zero=min_zero,
         )
         quantized = _assemble(array, scheme, method, pack_codes(codes_all), scales_all, zeros_all, g_idx)
         return _with_quality(quantized, _measure(array, quantized, held_out, split))
@@ -241,8 +245,10 @@ def quantize(weights: NDArray[np.generic], scheme: WeightFormat, method: str,
                 if wait_rows is not None:
                     wait_rows(out_features)
                 _raise_non_finite(array, name)
-            parameters = within_fp16(group_method(grouped, w_min, w_max, scheme), w_min, w_max,
-                                     scheme.zero != "fp16")
+            parameters = group_method(grouped, w_min, w_max, scheme)
+            if scheme.zero == "int4":
+                parameters = zeros_at_least(parameters, w_min, w_max, min_zero)
+            parameters = within_fp16(parameters, w_min, w_max, scheme.zero != "fp16")
             scales[start:stop] = parameters.scales
             zeros[start:stop] = parameters.zeros
             encoder.encode(start, chunk, w_min, w_max, parameters.scales, parameters.zeros, accumulators[index])

@@ -56,7 +56,7 @@ from numpy.typing import NDArray
 
 from quant_core.errors import CalibrationError
 from quant_core.formats import WeightFormat
-from quant_core.quantize._groups import F32, LEVELS, SYMMETRIC_ZERO, GroupParameters, within_fp16
+from quant_core.quantize._groups import F32, LEVELS, SYMMETRIC_ZERO, GroupParameters, within_fp16, zeros_at_least
 from quant_core.quantize.metrics import calibration_split
 from quant_core.quantize.rtn import asymmetric_parameters, symmetric_scales
 
@@ -203,7 +203,7 @@ def inverse_cholesky_upper(h: F32) -> tuple[F32, float]:
     return inverse, damp
 
 
-def _group_parameters(group: F32, scheme: WeightFormat, originals: F32) -> tuple[F32, F32]:
+def _group_parameters(group: F32, scheme: WeightFormat, originals: F32, min_zero: int = 0) -> tuple[F32, F32]:
     """Scales and zeros of one group, `group` being ``[columns, rows]`` (transposed weights, as updated).
 
     `originals` (the group's weights before any update) decide which groups
@@ -219,14 +219,17 @@ def _group_parameters(group: F32, scheme: WeightFormat, originals: F32) -> tuple
         if scheme.zero == "int4":
             lo, hi = np.minimum(w_min, np.float32(0.0)), np.maximum(w_max, np.float32(0.0))
         scales, zeros = asymmetric_parameters(lo, hi, scheme)
-    fitted = within_fp16(GroupParameters(scales, zeros), originals.min(axis=0), originals.max(axis=0),
+    parameters = GroupParameters(scales, zeros)
+    if scheme.zero == "int4":
+        parameters = zeros_at_least(parameters, w_min, w_max, min_zero)
+    fitted = within_fp16(parameters, originals.min(axis=0), originals.max(axis=0),
                          scheme.zero != "fp16", every_code=True)
     return fitted.scales, fitted.zeros
 
 
 def gptq(
     weights: NDArray[np.generic], scheme: WeightFormat, activations: NDArray[np.floating] | None, *,
-    act_order: bool, reader: RowReader,
+    act_order: bool, reader: RowReader, min_zero: int = 0,
 ) -> tuple[NDArray[np.uint8], NDArray[np.float16], NDArray[np.uint8] | NDArray[np.float16] | None,
            NDArray[np.int32] | None]:
     """GPTQ codes ``[out, padded_columns]`` (original column order), scales, zeros and g_idx.
@@ -265,7 +268,7 @@ def gptq(
         if dead_permuted.any():
             originals = originals.copy()
             originals[:, dead_permuted] = 0.0
-        sweep = _Sweep(originals, factor, group_inverses, scheme, group_size)
+        sweep = _Sweep(originals, factor, group_inverses, scheme, group_size, min_zero)
         sweep.run(0, columns)
         if act_order:
             codes[start:stop, permutation] = sweep.codes.T
@@ -360,8 +363,9 @@ class _Sweep:
     """
 
     def __init__(self, originals: F32, factor: F32, group_inverses: F32, scheme: WeightFormat,
-                 group_size: int) -> None:
+                 group_size: int, min_zero: int = 0) -> None:
         rows, columns = originals.shape
+        self.min_zero = min_zero
         self.originals = originals
         # a copy even when `originals` is Fortran-ordered (as ``rows[:, permutation]`` is): the sweep writes to it
         self.transposed: F32 = originals.T.copy(order="C")
@@ -410,7 +414,7 @@ class _Sweep:
         else:
             paper = self._group_originals.copy()
             _add_product(paper, self.group_inverses[group - 1], current - self._group_originals)
-        self._scale, self._zero = _group_parameters(paper, self.scheme, self._group_originals)
+        self._scale, self._zero = _group_parameters(paper, self.scheme, self._group_originals, self.min_zero)
         self._inverse = np.float32(1.0) / self._scale
         self.scales[group] = self._scale
         self.zeros[group] = self._zero

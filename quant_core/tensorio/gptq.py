@@ -17,7 +17,9 @@ The reference decoder (AutoGPTQ ``auto_gptq/nn_modules/qlinear/qlinear_cuda_old.
 smears over the neighbouring nibbles, so nibble refuses it (`InvalidTensor`
 naming the tensor and the first place) instead of clamping silently: ask for
 ``checkpoint_format="gptq_v2"``, which stores zeros as they are (GPTQModel's
-v2), or quantize with zeros in [1, 15].  Symmetric tensors store 8 − 1 = 7
+v2), or quantize with zeros in [1, 15] (``quantize(..., min_zero=1)``, which
+the API's ``output=gptq`` does: a group whose zero would be 0 gets zero 1 and
+a scale that still spans it).  Symmetric tensors store 8 − 1 = 7
 in v1, as AutoGPTQ does for ``sym=True``.
 
 How this layout was checked: no GPTQ library installs here (auto_gptq needs
@@ -71,7 +73,8 @@ def gptq_tensors(name: str, q: QuantizedTensor, checkpoint_format: CheckpointFor
             raise InvalidTensor(
                 f"tensor {name!r} has zero point 0 (first at row {row}, group {group}); GPTQ v1 stores "
                 "zero − 1 and cannot hold it: export with checkpoint_format='gptq_v2' or quantize with "
-                "zeros in [1, 15]", field="checkpoint_format", name=name)
+                "min_zero=1 (zeros in [1, 15], what POST /v1/quantize output=gptq does)",
+                field="checkpoint_format", name=name)
         zeros -= 1
     prefix = module_prefix(name)
     return {

@@ -548,3 +548,17 @@ def test_uploads_leave_no_arrival_record_mapped(client: TestClient, weights: np.
         assert _open_arrival_records() == before
     finally:
         gc.enable()
+
+
+def test_gptq_output_of_all_positive_weights_stores_zeros_of_at_least_1(client: TestClient) -> None:
+    # GPTQ checkpoint v1 stores zero − 1: a zero of 0 (every all-positive group) used to make the export a 422
+    weights = np.abs(np.random.default_rng(8).standard_normal((64, 256))).astype(np.float32)
+    response = client.post("/v1/quantize", files={"file": ("w.npy", npy_bytes(weights))}, data={"output": "gptq"})
+    assert response.status_code == 200
+    stored = load_safetensors(response.content)
+    zeros = stored["weight.qzeros"].view(np.uint32)
+    nibbles = np.stack([(zeros >> (4 * j)) & 0xF for j in range(8)], axis=-1)
+    expected = quantize(weights, int4(128), "rtn", min_zero=1)
+    assert expected.zeros is not None
+    assert int(expected.zeros.min()) >= 1  # so zero − 1 never smears −1 over the next nibble
+    np.testing.assert_array_equal(nibbles.reshape(nibbles.shape[0], -1) + 1, expected.zeros.T)

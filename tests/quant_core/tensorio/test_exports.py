@@ -22,7 +22,7 @@ import torch
 
 from quant_core.errors import InvalidSpec, InvalidTensor, TensorFileError
 from quant_core.formats import int4
-from quant_core.quantize import dequantize
+from quant_core.quantize import dequantize, quantize
 from quant_core.quantize.types import QuantizedTensor
 from quant_core.tensorio import (
     export_awq,
@@ -105,6 +105,26 @@ def test_gptq_v1_refuses_a_zero_point_of_zero_naming_the_tensor(tmp_path: Path) 
         export_gptq({NAME: q}, None, tmp_path / "m")
     assert caught.value.name == NAME
     export_gptq({NAME: q}, None, tmp_path / "m", checkpoint_format="gptq_v2")
+
+
+@pytest.mark.parametrize("method", ["rtn", "clip", "gptq"])
+def test_zeros_quantized_at_least_1_make_all_positive_and_zero_rows_exportable_to_gptq_v1(
+        tmp_path: Path, method: str) -> None:
+    # all-positive groups get zero 0 from min/max (0 is in every range), which v1 cannot store: min_zero=1
+    weights = np.abs(np.random.default_rng(6).standard_normal((16, 256))).astype(np.float32)
+    weights[3] = 0.0
+    weights[5, :128] *= -1.0  # one all-negative group: its zero is 15 already
+    calibration = np.random.default_rng(7).standard_normal((128, 256)).astype(np.float32)
+    q = quantize(weights, int4(128), method, calibration if method == "gptq" else None, min_zero=1)
+    assert q.zeros is not None and int(q.zeros.min()) >= 1
+    if method == "rtn":  # still round-to-nearest on the shifted grid: every error within half a step
+        step = np.repeat(q.scales.astype(np.float32), 128, axis=1)
+        assert (np.abs(dequantize(q) - weights) <= step * (0.5 + 2.0 ** -14)).all()
+    export_gptq({NAME: q}, None, tmp_path / "m.safetensors")
+    file = read_safetensors(tmp_path / "m.safetensors")
+    decoded = decode_gptq(file[f"{PREFIX}.qweight"], file[f"{PREFIX}.qzeros"], file[f"{PREFIX}.scales"],
+                          file[f"{PREFIX}.g_idx"], "gptq")
+    _assert_bit_equal(decoded, q)
 
 
 def test_gptq_refuses_shapes_it_cannot_pack_and_mixed_schemes(tmp_path: Path) -> None:
