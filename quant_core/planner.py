@@ -36,7 +36,7 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 
 from quant_core.errors import GroupSizeMismatch, InvalidSpec
-from quant_core.formats import WeightFormat, float_format, int4, kv_dtype
+from quant_core.formats import GROUP_SIZES, WeightFormat, float_format, int4, kv_dtype
 from quant_core.inventory import QuantizationPolicy, inventory, parameter_count
 from quant_core.kv_cache import held_tokens, kv_bytes_per_token, kv_layers, layer_bytes_per_token
 from quant_core.specs import ModelSpec, TensorEntry
@@ -302,8 +302,16 @@ def _weight_rows(spec: ModelSpec, weight_format: WeightFormat,
         try:
             rows.append((entry, fmt.bytes_for(entry.shape)))
         except GroupSizeMismatch as error:
-            raise GroupSizeMismatch(error.in_features, error.group_size, "weights.group_size", entry.name) from None
+            raise GroupSizeMismatch(error.in_features, error.group_size, "weights.group_size", entry.name,
+                                    _dividing_group_sizes(spec, weight_format, policy)) from None
     return tuple(rows)
+
+
+def _dividing_group_sizes(spec: ModelSpec, weight_format: WeightFormat, policy: QuantizationPolicy) -> list[int]:
+    """The int4 group sizes that divide the input width of every tensor `weight_format` would quantize."""
+    widths = {entry.shape[-1] for entry in inventory(spec)
+              if len(entry.shape) == 2 and _entry_format(entry, weight_format, policy).group_size is not None}
+    return [size for size in GROUP_SIZES if all(width % size == 0 for width in widths)]
 
 
 @lru_cache(maxsize=256)

@@ -197,6 +197,17 @@ def test_a_sweep_over_device_counts_refuses_an_explicit_tensor_degree(client: Te
     assert response.json()["errors"][0]["field"] == "parallel.tensor"
 
 
+def test_a_model_the_default_group_size_does_not_divide_is_told_which_sizes_do(client: TestClient) -> None:
+    response = client.post("/v1/plan", json={**BODY_70B, "model": {"preset": "gpt-oss-20b"}})  # 2880 wide
+    assert response.status_code == 422
+    (error,) = response.json()["errors"]
+    assert error["field"] == "weights.group_size"
+    assert "divide every quantized tensor of this model: 32, 64" in error["message"]
+    for fix in ({"group_size": 64}, {"pad": True}):
+        assert client.post("/v1/plan", json={**BODY_70B, "model": {"preset": "gpt-oss-20b"},
+                                              "weights": fix}).status_code == 200
+
+
 def test_group_size_that_is_not_allowed_names_the_field(client: TestClient) -> None:
     response = client.post("/v1/plan", json={**BODY_70B, "weights": {"group_size": 100}})
     assert response.status_code == 422
