@@ -35,6 +35,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import lru_cache
 
+from quant_core.catalog import MAX_DEVICE_BYTES
 from quant_core.errors import GroupSizeMismatch, InvalidSpec
 from quant_core.formats import GROUP_SIZES, WeightFormat, float_format, int4, kv_dtype
 from quant_core.inventory import QuantizationPolicy, inventory, parameter_count
@@ -134,7 +135,8 @@ class PlanOptions:
              isinstance(self.memory_utilization, int | float) and not isinstance(self.memory_utilization, bool)
              and 0 < self.memory_utilization <= 1, "must be in (0, 1]"),
             ("runtime.overhead_bytes", self.runtime_overhead_bytes,
-             _non_negative_int(self.runtime_overhead_bytes), "must be a non-negative integer"),
+             _non_negative_int(self.runtime_overhead_bytes, MAX_DEVICE_BYTES),
+             f"must be an integer in [0, {MAX_DEVICE_BYTES}] (bytes of one device)"),
             ("runtime.max_batched_tokens", self.max_batched_tokens,
              _positive_int(self.max_batched_tokens, 1 << 24), "must be an integer in [1, 16777216]"),
         ]
@@ -144,7 +146,8 @@ class PlanOptions:
                            f"must be an integer in [1, {MAX_DEVICES_SEARCHED}]"))
         if self.activation_bytes is not None:
             checks.append(("runtime.activation_bytes", self.activation_bytes,
-                           _non_negative_int(self.activation_bytes), "must be a non-negative integer"))
+                           _non_negative_int(self.activation_bytes, MAX_DEVICE_BYTES),
+                           f"must be an integer in [0, {MAX_DEVICE_BYTES}] (bytes of one device)"))
         for name, value, ok, reason in checks:
             if not ok:
                 raise InvalidSpec(name, value, reason)
@@ -154,8 +157,8 @@ def _positive_int(value: object, maximum: int) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and 1 <= value <= maximum
 
 
-def _non_negative_int(value: object) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+def _non_negative_int(value: object, maximum: int) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= maximum
 
 
 @dataclass(frozen=True, slots=True)

@@ -133,6 +133,8 @@ def test_config_missing_a_key_names_it(client: TestClient) -> None:
     ({"hardware": {"memory_bytes": -5}}, "hardware.memory_bytes"),
     ({"hardware": {"device": "h100-80gb", "count": -2}}, "hardware.count"),
     ({"runtime": {"memory_utilization": 1.5}}, "runtime.memory_utilization"),
+    ({"runtime": {"overhead_bytes": 10**30}}, "runtime.overhead_bytes"),
+    ({"runtime": {"activation_bytes": 2**51}}, "runtime.activation_bytes"),
 ])
 def test_negative_or_out_of_range_values_name_the_field(client: TestClient, patch: dict[str, Any],
                                                         field: str) -> None:
