@@ -40,10 +40,11 @@ _GGUF_INTEGERS = {np.dtype(np.int8), np.dtype(np.int16), np.dtype(np.int32), np.
 def q4_0_blocks(name: str, q: QuantizedTensor) -> NDArray[np.uint8]:
     """The Q4_0 bytes of `q`: uint8 ``[out, in / 32 × 18]`` (one row of blocks per output row)."""
     fmt = q.format
-    if not (fmt.name == "int4" and fmt.group_size == Q4_0_BLOCK and fmt.symmetric and not fmt.pad
-            and not has_act_order(q)):
+    if not (fmt.name == "int4" and fmt.group_size == Q4_0_BLOCK and fmt.symmetric
+            and fmt.padded_columns(q.shape[1]) == q.shape[1] and not has_act_order(q)):
         raise InvalidSpec("format", fmt.label(),
-                          f"GGUF Q4_0 holds int4 group-32 symmetric tensors only (tensor {name!r})")
+                          "GGUF Q4_0 holds int4 group-32 symmetric tensors, in_features a multiple of 32 "
+                          f"(tensor {name!r})")
     out_features, in_features = q.shape
     blocks = in_features // Q4_0_BLOCK
     codes = code_matrix(q).reshape(out_features, blocks, Q4_0_BLOCK)

@@ -253,6 +253,13 @@ def test_gguf_reads_back_nibbles_q4_0_bit_exactly(tmp_path: Path, method: str) -
     assert int(reader.fields["general.quantization_version"].parts[-1][0]) == gguf.GGML_QUANT_VERSION
 
 
+def test_gguf_takes_a_padded_scheme_whose_rows_need_no_padding(tmp_path: Path) -> None:
+    q = quantized_gaussian(0, 8, 96, int4(32, symmetric=True, pad=True), "rtn-sym")
+    export_gguf({"w": q}, None, tmp_path / "m.gguf")
+    tensor = gguf.GGUFReader(tmp_path / "m.gguf").tensors[0]
+    _assert_bit_equal(gguf.quants.dequantize(tensor.data, gguf.GGMLQuantizationType.Q4_0).reshape(8, 96), q)
+
+
 def test_gguf_q4_0_block_layout_puts_code_j_and_j_plus_16_in_one_byte(tmp_path: Path) -> None:
     codes = np.arange(32, dtype=np.uint8)[None, :] % 16
     q = hand_built(codes, np.array([[0.5]], np.float16), None, int4(32, symmetric=True))
