@@ -160,10 +160,10 @@ def _post_in_thread(base_url: str, path: str, content: bytes, fields: dict[str, 
     return thread
 
 
-def _sigterm_during_job(temp_dir: Path, grace_seconds: int, methods: str) -> tuple[httpx.Response | Exception,
-                                                                                   float, int]:
+def _sigterm_during_job(temp_dir: Path, grace_seconds: int, methods: str, rows: int = 2048
+                        ) -> tuple[httpx.Response | Exception, float, int]:
     """Start a compare job, SIGTERM the server once the upload is spooled; the answer, exit seconds, exit code."""
-    content = npy_bytes(2048, 2048)  # 16 MiB; hqq on it takes about a second per method
+    content = npy_bytes(rows, 2048)  # 16 MiB at 2048 rows; hqq or refit on it take about a second each
     env = {"NIBBLE_TEMP_DIR": str(temp_dir), "NIBBLE_SPOOL_KEEP_BYTES": "0",
            "UVICORN_TIMEOUT_GRACEFUL_SHUTDOWN": str(grace_seconds)}
     with start_server(env) as base_url:
@@ -182,17 +182,18 @@ def _sigterm_during_job(temp_dir: Path, grace_seconds: int, methods: str) -> tup
 
 
 def test_sigterm_during_a_job_lets_it_finish_within_the_grace_period(tmp_path: Path) -> None:
-    answer, exit_seconds, code = _sigterm_during_job(tmp_path, grace_seconds=60, methods="hqq,hqq")
+    answer, exit_seconds, code = _sigterm_during_job(tmp_path, grace_seconds=60, methods="hqq,refit")
     assert isinstance(answer, httpx.Response), answer
     assert answer.status_code == 200, answer.text
-    assert [r["method"] for r in answer.json()["tensors"][0]["results"]] == ["hqq", "hqq"]
+    assert [r["method"] for r in answer.json()["tensors"][0]["results"]] == ["hqq", "refit"]
     assert code in GRACEFUL_EXIT_CODES
     assert exit_seconds < 60
     assert not any(tmp_path.iterdir()), f"left behind: {sorted(tmp_path.rglob('*'))}"
 
 
 def test_sigterm_during_a_job_longer_than_the_grace_period_answers_503_and_cleans_up(tmp_path: Path) -> None:
-    answer, exit_seconds, code = _sigterm_during_job(tmp_path, grace_seconds=1, methods=",".join(["hqq"] * 16))
+    # a job of several seconds: hqq, refit and clip on 128 MiB, each method once
+    answer, exit_seconds, code = _sigterm_during_job(tmp_path, grace_seconds=1, methods="hqq,refit,clip", rows=16384)
     assert isinstance(answer, httpx.Response), f"the client got no answer: {answer!r}"
     assert answer.status_code == 503, answer.text
     assert answer.headers["content-type"] == "application/problem+json"
