@@ -564,7 +564,8 @@ def _max_sequences(evaluator: _Evaluator, layout: _Layout, fits: Callable[[int, 
     return _largest_from(lambda n: fits(context_length, n), guess, high) or 0
 
 
-def engine_tensor_parallel_sizes(spec: ModelSpec, limit: int = MAX_DEVICES_SEARCHED) -> list[int]:
+@lru_cache(maxsize=256)
+def engine_tensor_parallel_sizes(spec: ModelSpec, limit: int = MAX_DEVICES_SEARCHED) -> tuple[int, ...]:
     """Tensor-parallel degrees up to `limit` that engines such as vLLM accept for `spec`, ascending.
 
     The degree must divide the attention heads, and divide the key/value heads
@@ -574,10 +575,10 @@ def engine_tensor_parallel_sizes(spec: ModelSpec, limit: int = MAX_DEVICES_SEARC
     """
     heads, kv_heads = spec.num_attention_heads, spec.num_kv_heads
     if heads <= 0:
-        return list(range(1, limit + 1))
-    return [size for size in range(1, min(heads, limit) + 1)
-            if heads % size == 0 and (spec.kv_lora_rank > 0 or kv_heads <= 0
-                                      or kv_heads % size == 0 or size % kv_heads == 0)]
+        return tuple(range(1, limit + 1))
+    return tuple(size for size in range(1, min(heads, limit) + 1)
+                 if heads % size == 0 and (spec.kv_lora_rank > 0 or kv_heads <= 0
+                                           or kv_heads % size == 0 or size % kv_heads == 0))
 
 
 def _min_devices(evaluator: _Evaluator, terms: _ModelTerms, workload: Workload) -> int | None:

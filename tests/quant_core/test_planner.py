@@ -146,7 +146,7 @@ def test_a_context_may_end_part_way_into_a_kv_block_when_activations_are_the_lim
 ])
 def test_fewest_devices_count_only_tensor_parallel_sizes_engines_accept(model: str, accepted: list[int]) -> None:
     spec = get_preset(model)
-    assert engine_tensor_parallel_sizes(spec) == accepted
+    assert list(engine_tensor_parallel_sizes(spec)) == accepted
     result = plan(spec, Hardware(H100, 1), Workload(32768, 4))
     assert result.comparison["bf16"].min_devices in engine_tensor_parallel_sizes(spec)
 
