@@ -335,12 +335,13 @@ def _build_layout(spec: ModelSpec, weight_format: WeightFormat, policy: Quantiza
                           f"more pipeline stages than the model's {spec.num_layers} layers")
     stages = _stage_ranges(spec.num_layers, pipeline_parallel)
     last = pipeline_parallel - 1
+    stage_of = [stage for stage, (start, stop) in enumerate(stages) for _ in range(start, stop)]
     weights = [0] * pipeline_parallel
     for entry, one in _weight_rows(spec, weight_format, policy):
         per_rank = _sharded_bytes(one, entry.role, tensor_parallel) * entry.per_layer
         if entry.layers:
-            for stage, (start, stop) in enumerate(stages):
-                weights[stage] += per_rank * sum(1 for layer in entry.layers if start <= layer < stop)
+            for index in entry.layers:  # once per layer, not per layer and stage (4,096 layers x 1,024 stages)
+                weights[stage_of[index]] += per_rank
         elif entry.role in ("embedding", "position_embedding"):
             weights[0] += per_rank
             if entry.role == "embedding" and spec.tie_word_embeddings and pipeline_parallel > 1:
