@@ -77,10 +77,45 @@ async def read_json_body(request: Request, model: type[BaseModel]) -> BaseModel:
     if not is_json_media_type(request.headers.get("content-type")):
         return _validated_as_fastapi_does(model, raw)  # FastAPI validates the undecoded bytes
     try:
-        return model.model_validate_json(raw)
+        body = model.model_validate_json(raw)
     except ValidationError:
-        pass
-    return _validated_as_fastapi_does(model, _decoded_as_fastapi_does(raw))
+        return _validated_as_fastapi_does(model, _decoded_as_fastapi_does(raw))
+    refuse_duplicate_keys(raw)
+    return body
+
+
+class _DuplicateKey(Exception):
+    def __init__(self, key: str) -> None:
+        super().__init__(key)
+        self.key = key
+
+
+def _unique_object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """A JSON object's members as a dict, refusing a key that appears twice (json.loads keeps the last)."""
+    members = dict(pairs)
+    if len(members) != len(pairs):
+        seen: set[str] = set()
+        for key, _ in pairs:
+            if key in seen:
+                raise _DuplicateKey(key)
+            seen.add(key)
+    return members
+
+
+def refuse_duplicate_keys(raw: bytes) -> None:
+    """Raise a `RequestValidationError` (422) when a JSON object of `raw` (already valid JSON) repeats a key.
+
+    Parsers keep one of the values without a word; which one the client meant is
+    not ours to guess.  Costs one more ``json.loads`` (~8 us for a plan body).
+    """
+    try:
+        json.loads(raw, object_pairs_hook=_unique_object)
+    except _DuplicateKey as exc:
+        raise RequestValidationError([{
+            "type": "value_error", "loc": ("body", exc.key), "input": exc.key,
+            "msg": f"the key {exc.key!r} appears twice in one JSON object; send it once"}]) from None
+    except ValueError:  # not JSON after all: validation has answered for it
+        return
 
 
 class JsonBodyRoute(ApiKeyRoute):

@@ -5,6 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Request
 
 from app.problems import NotFound, problem_responses
+from app.routing import refuse_duplicate_keys
 from app.schemas.models import (
     InspectRequest,
     InspectResponse,
@@ -44,5 +45,6 @@ async def read_model(model_id: str) -> ModelDetail:
              responses=problem_responses(400, 413, 422))
 async def inspect_model(body: InspectRequest, request: Request) -> InspectResponse:
     """Parameters by role, the tensor inventory, KV bytes per token per KV dtype, weight bytes per format."""
+    refuse_duplicate_keys(await request.body())
     spec = model_to_core(body, settings_of(request).max_config_depth, where="")
     return inspect_from_core(spec)

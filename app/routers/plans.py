@@ -14,7 +14,7 @@ import anyio.to_thread
 from fastapi import APIRouter, Request, Response
 
 from app.problems import problem_responses
-from app.routing import JsonBodyRoute
+from app.routing import JsonBodyRoute, refuse_duplicate_keys
 from app.schemas.plans import (
     PlanRequest,
     PlanResponse,
@@ -47,6 +47,7 @@ router.add_api_route("", create_plan, methods=["POST"], response_model=PlanRespo
              responses=problem_responses(400, 413, 422))
 async def create_sweep(body: SweepRequest, request: Request) -> SweepResponse:
     """One row per combination of context lengths, sequence counts, formats and device counts."""
+    refuse_duplicate_keys(await request.body())
     settings = settings_of(request)
     # thousands of plans: off the event loop, so the server answers other requests meanwhile
     return await anyio.to_thread.run_sync(sweep_rows, body, settings.max_config_depth, settings.max_sweep_rows,

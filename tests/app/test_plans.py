@@ -98,6 +98,21 @@ def test_json_sent_as_another_media_type_is_415(client: TestClient, path: str) -
     assert response.json()["errors"][0]["field"] == "Content-Type"
 
 
+@pytest.mark.parametrize(("path", "content"), [
+    ("/v1/plan", b'{"model": {"preset": "llama-3.1-70b"}, "hardware": {"device": "h100-80gb"},'
+                 b' "workload": {"context_length": -1, "context_length": 4096}}'),
+    ("/v1/plan/sweep", b'{"model": {"preset": "llama-3.1-70b"}, "model": {"preset": "llama-3.1-8b"},'
+                       b' "hardware": {"device": "h100-80gb"}, "sweep": {}}'),
+    ("/v1/models/inspect", b'{"preset": "llama-3.1-8b", "preset": "qwen3-8b"}'),
+])
+def test_a_key_sent_twice_in_one_object_is_422_naming_it(client: TestClient, path: str, content: bytes) -> None:
+    # JSON parsers keep one of the two values without a word; which one was meant is not ours to guess
+    response = client.post(path, content=content, headers={"content-type": "application/json"})
+    assert response.status_code == 422
+    (error,) = response.json()["errors"]
+    assert "appears twice" in error["message"] and error["field"] in ("context_length", "model", "preset")
+
+
 def test_missing_hardware_is_422_naming_it(client: TestClient) -> None:
     response = client.post("/v1/plan", json={"model": {"preset": "gpt2"}})
     assert response.status_code == 422
