@@ -186,14 +186,14 @@ def quantize(weights: NDArray[np.generic], scheme: WeightFormat, method: str,
     `wait_rows(stop)`, when given, is called (possibly from several threads)
     before rows ``[.., stop)`` are read and must block until they are
     readable: it lets the quantization of an upload overlap its arrival.
-    `min_zero` (0 to 15) raises every 4-bit integer zero to at least that
+    `min_zero` (0 to 14) raises every 4-bit integer zero to at least that
     value (`zeros_at_least`): 1 for GPTQ checkpoint v1, which stores zero − 1.
     """
     _check_method(method)
     if threads is not None and threads < 1:
         raise InvalidSpec("threads", str(threads), "the thread count must be at least 1")
-    if not 0 <= min_zero <= LEVELS:
-        raise InvalidSpec("min_zero", min_zero, "must be an integer zero point in [0, 15]")
+    if not 0 <= min_zero < LEVELS:
+        raise InvalidSpec("min_zero", min_zero, "must be an integer zero point in [0, 14] (15 leaves no positive code)")
     _check_scheme(scheme)
     array = _check_weights(weights, name)
     out_features, in_features = (int(d) for d in array.shape)
