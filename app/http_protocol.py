@@ -35,6 +35,11 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResp
 UVICORN_HTTP = "app.http_protocol:QueuedBodyProtocol"
 #: unread request body a connection may hold before its socket is no longer read
 BODY_HIGH_WATER_BYTES = 1 << 20
+#: the longest request head (request line and headers) read; a read may hold body bytes too, so this is
+#: well above any real head (browsers stay under 16 KiB) plus one network read (256 KiB)
+MAX_HEAD_BYTES = 1 << 20
+#: how long a refused connection is read (and dropped) before it closes
+LINGER_SECONDS = 2.0
 
 
 class QueuedBodyCycle(RequestResponseCycle):
@@ -66,9 +71,48 @@ class QueuedBodyCycle(RequestResponseCycle):
 
 
 class QueuedBodyProtocol(HttpToolsProtocol):
-    """uvicorn's httptools protocol whose requests queue their body reads (module docstring)."""
+    """uvicorn's httptools protocol whose requests queue their body reads (module docstring).
+
+    It also bounds a request's head (request line and headers) to
+    `MAX_HEAD_BYTES`, which httptools does not: past it the answer is 431 and
+    the connection closes, instead of the server buffering whatever a client
+    sends before its blank line.
+    """
+
+    #: bytes read since the current request's head began, while it is not complete (None: in a body)
+    head_bytes: int | None = 0
+
+    #: set once a head was refused: what the client still sends is read and dropped until the socket closes
+    discarding: bool = False
+
+    def data_received(self, data: bytes) -> None:
+        if self.discarding:
+            return
+        if self.head_bytes is not None:
+            self.head_bytes += len(data)
+            if self.head_bytes > MAX_HEAD_BYTES:
+                self._refuse_head()
+                return
+        super().data_received(data)
+
+    def _refuse_head(self) -> None:
+        """Answer 431 (problem+json) to a head past `MAX_HEAD_BYTES` and close the connection."""
+        body = (b'{"type":"urn:nibble:problem:header-fields-too-large","title":"Request header fields too large",'
+                b'"status":431,"detail":"the request line and headers pass %d bytes","errors":[]}' % MAX_HEAD_BYTES)
+        self.transport.write(b"HTTP/1.1 431 Request Header Fields Too Large\r\ncontent-type: application/problem"
+                             b"+json\r\nconnection: close\r\ncontent-length: %d\r\n\r\n%s" % (len(body), body))
+        # a lingering close: reading on (and dropping) for a moment lets the answer arrive before the socket
+        # closes; closing with the client's bytes unread would send a reset that can destroy the answer
+        self.discarding = True
+        self.head_bytes = None
+        self.loop.call_later(LINGER_SECONDS, self.transport.close)
+
+    def on_message_complete(self) -> None:
+        super().on_message_complete()
+        self.head_bytes = 0  # the next request's head starts
 
     def on_headers_complete(self) -> None:
+        self.head_bytes = None
         previous = self.cycle
         super().on_headers_complete()
         if self.cycle is not previous:  # a new request (not an upgrade): its body goes to a queue

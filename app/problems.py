@@ -268,13 +268,24 @@ def _undecodable_reason(cause: BaseException) -> str:
 
 async def _handle_known(request: Request, exc: Exception) -> JSONResponse:
     problem, headers = problem_for(exc)
-    if problem.status >= 500:
+    if isinstance(exc, PoolFull | ShuttingDown | TimeLimitExceeded):  # overload, not a fault: one line
+        logger.warning("%s %s answered %d: %s", request.method, request.url.path, problem.status, exc)
+    elif problem.status >= 500:
         logger.error("%s %s failed: %s", request.method, request.url.path, exc, exc_info=exc)
     return problem_response(problem, headers)
 
 
+async def _handle_disconnect(request: Request, exc: Exception) -> JSONResponse:
+    """A client that left mid-body is its own doing: logged in one line, counted as a 400, never a 500
+    (the answer reaches no one)."""
+    logger.warning("%s %s: the client disconnected before its body was in", request.method, request.url.path)
+    return problem_response(Problem(type=TYPE_PREFIX + "client-disconnected", title="Client disconnected",
+                                    status=400, detail="the client disconnected before the request body was received"))
+
+
 def install_problem_handlers(app: FastAPI) -> None:
     """Register the handlers that turn every exception into problem+json."""
+    app.add_exception_handler(ClientDisconnect, _handle_disconnect)
     app.add_exception_handler(RequestValidationError, _handle_validation)
     app.add_exception_handler(StarletteHTTPException, _handle_http)
     app.add_exception_handler(NibbleError, _handle_known)

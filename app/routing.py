@@ -78,8 +78,8 @@ async def read_json_body(request: Request, model: type[BaseModel]) -> BaseModel:
         return _validated_as_fastapi_does(model, raw)  # FastAPI validates the undecoded bytes
     try:
         body = model.model_validate_json(raw)
-    except ValidationError:
-        return _validated_as_fastapi_does(model, _decoded_as_fastapi_does(raw))
+    except ValidationError:  # a refused body, or one only Python's json decodes (a BOM, UTF-16 or UTF-32)
+        body = _validated_as_fastapi_does(model, _decoded_as_fastapi_does(raw))
     refuse_duplicate_keys(raw)
     return body
 

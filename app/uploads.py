@@ -370,6 +370,10 @@ def _finish(parser: MultipartParser, collector: _Collector) -> None:
         raise unfinished
 
 
+#: RFC 2046: a boundary is 1 to 70 characters
+MAX_BOUNDARY_BYTES = 70
+
+
 def _boundary(request: Request) -> bytes:
     content_type, options = parse_options_header(request.headers.get("content-type", ""))
     if content_type != b"multipart/form-data" or not options.get(b"boundary"):
@@ -377,7 +381,11 @@ def _boundary(request: Request) -> bytes:
             f"expected a multipart/form-data body, got {request.headers.get('content-type', 'none')!r}",
             field="Content-Type",
         )
-    return options[b"boundary"]
+    boundary = options[b"boundary"]
+    if len(boundary) > MAX_BOUNDARY_BYTES:
+        raise MalformedUpload(f"the multipart boundary is {len(boundary)} characters long; RFC 2046 allows at most "
+                              f"{MAX_BOUNDARY_BYTES}", field="Content-Type")
+    return boundary
 
 
 @contextlib.asynccontextmanager
@@ -427,7 +435,7 @@ async def receive_upload(request: Request, settings: Settings,
                                 headers={"Connection": "close"}) from None
         except ClientDisconnect:
             raise
-        except (LimitExceeded, MalformedUpload):
+        except (LimitExceeded, MalformedUpload, TensorFileError):
             raise
         except Exception as exc:
             raise MalformedUpload(f"the multipart body cannot be parsed: {exc}") from exc

@@ -24,7 +24,7 @@ import pytest
 import uvicorn
 from uvicorn.protocols.http.httptools_impl import RequestResponseCycle
 
-from app.http_protocol import BODY_HIGH_WATER_BYTES, QueuedBodyCycle, QueuedBodyProtocol
+from app.http_protocol import BODY_HIGH_WATER_BYTES, MAX_HEAD_BYTES, QueuedBodyCycle, QueuedBodyProtocol
 from tests.e2e.conftest import free_port
 
 READ = 256_000  # one network read under uvloop, at most
@@ -187,3 +187,32 @@ def test_a_body_sent_in_uneven_pieces_reaches_a_real_server_whole_in_order(serve
             assert digest == hashlib.sha256(body).hexdigest()
             assert int(messages) > 1
             assert only_last == "True"
+
+
+def test_a_request_head_past_the_limit_is_431_and_the_connection_closes(server: int) -> None:
+    # httptools buffers a head of any size: 16 MiB of one header used to be held (and parsed) whole
+    with socket.create_connection(("127.0.0.1", server)) as client:
+        client.sendall(b"POST /upload HTTP/1.1\r\nHost: test\r\nX-Padding: ")
+        filler = b"a" * 65_536
+        answer = b""
+        try:
+            for _ in range(2 * MAX_HEAD_BYTES // len(filler)):
+                client.sendall(filler)
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # closed while sending: the answer is already waiting
+        client.settimeout(10)
+        while chunk := client.recv(65_536):
+            answer += chunk
+    assert answer.startswith(b"HTTP/1.1 431 ")
+    assert b"application/problem+json" in answer and b'"status":431' in answer
+
+
+def test_a_head_just_under_the_limit_is_served(server: int) -> None:
+    body = b"x" * 10
+    header = b"X-Padding: " + b"a" * (MAX_HEAD_BYTES // 2) + b"\r\n"
+    with socket.create_connection(("127.0.0.1", server)) as client:
+        client.sendall(b"POST /upload HTTP/1.1\r\nHost: test\r\n" + header + b"Content-Length: 10\r\n\r\n" + body)
+        answer = b""
+        while not answer.endswith((b"True", b"False")):
+            answer += client.recv(65_536)
+    assert answer.startswith(b"HTTP/1.1 200 ")

@@ -562,3 +562,10 @@ def test_gptq_output_of_all_positive_weights_stores_zeros_of_at_least_1(client: 
     assert expected.zeros is not None
     assert int(expected.zeros.min()) >= 1  # so zero − 1 never smears −1 over the next nibble
     np.testing.assert_array_equal(nibbles.reshape(nibbles.shape[0], -1) + 1, expected.zeros.T)
+
+
+def test_a_boundary_longer_than_rfc_2046_allows_is_400_naming_the_content_type(client: TestClient) -> None:
+    response = client.post("/v1/quantize", content=b"x",
+                           headers={"Content-Type": "multipart/form-data; boundary=" + "a" * 300})
+    assert response.status_code == 400
+    assert response.json()["errors"][0]["field"] == "Content-Type"

@@ -140,6 +140,8 @@ def test_client_killed_mid_upload_leaves_no_temp_file_and_server_keeps_serving(t
         client.stdout.close()
         assert wait_until(lambda: not any(tmp_path.iterdir())), f"left behind: {sorted(tmp_path.rglob('*'))}"
         assert httpx.get(f"{base_url}/healthz", timeout=10).json() == {"status": "ok"}
+        metrics = httpx.get(f"{base_url}/metrics", timeout=10).text
+        assert 'route="/v1/quantize",status="500"' not in metrics  # the client left: its doing, not a fault
         answer = quantize_report(base_url, content)
         assert answer.status_code == 200, answer.text
         assert answer.json()["tensors"][0]["shape"] == [1024, 1024]
