@@ -83,7 +83,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(BodySizeLimit, settings=settings)
     if settings.cors_origins:
         app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["*"],
-                           allow_headers=["*"], expose_headers=["X-Nibble-Report", "Retry-After"])
+                           allow_headers=["*"], expose_headers=["X-Nibble-Report", "Retry-After", "Content-Disposition",
+                                                           "X-Request-ID"])
     install_observability(app)  # metrics, access log, X-Request-ID, the page: last, so outermost
     app.openapi = lambda: _problem_openapi(app)  # type: ignore[method-assign]
     return app

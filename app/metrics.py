@@ -45,6 +45,9 @@ REQUEST_BUCKETS_SECONDS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1,
 QUANTIZATION_BUCKETS_SECONDS = (0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0,
                                 300.0)
 
+#: request methods counted under their own name; any other is counted as "other"
+_KNOWN_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+
 
 class _PoolCollector(Collector):
     """Reads the app's pool statistics at scrape time (gauges cannot go stale between requests)."""
@@ -109,6 +112,8 @@ class Metrics:
         set of (method, route template, status) is small and bounded, so each
         request pays a dict lookup instead.
         """
+        if method not in _KNOWN_METHODS:  # llhttp accepts ~35 methods: each would be a new label set
+            method = "other"
         key = (method, route, status)
         children = self._request_children.get(key)
         if children is None:

@@ -71,7 +71,11 @@ class Settings(BaseSettings):
     def _split_commas(cls, value: object) -> object:
         """Accept ``a,b,c`` from the environment as well as a list from code."""
         if isinstance(value, str):
-            return [part.strip() for part in value.split(",") if part.strip()]
+            parts = [part.strip() for part in value.split(",") if part.strip()]
+            if value.strip() and not parts:
+                # " , " would otherwise turn authentication (or CORS) off without a word
+                raise ValueError(f"{value!r} lists no value; leave it empty to mean none")
+            return parts
         return value
 
 

@@ -331,11 +331,11 @@ class SweepAxes(BaseModel):
 
     model_config = ConfigDict(extra="forbid", strict=True)
 
-    context_lengths: list[int] | None = None
-    concurrent_sequences: list[int] | None = None
+    context_lengths: list[int] | None = Field(None, min_length=1)
+    concurrent_sequences: list[int] | None = Field(None, min_length=1)
     formats: list[Literal["int4", "int8", "bf16", "fp16", "fp32"]] | None = Field(
-        None, description="Weight formats; int4 takes the request's group_size and symmetric.")
-    device_counts: list[int] | None = None
+        None, min_length=1, description="Weight formats; int4 takes the request's group_size and symmetric.")
+    device_counts: list[int] | None = Field(None, min_length=1)
 
 
 class SweepRequest(PlanRequest):

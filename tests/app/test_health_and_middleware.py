@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import pytest
 from fastapi.testclient import TestClient
+from pydantic import ValidationError
 
+from app.settings import Settings
 from tests.app.conftest import client_with
 
 
@@ -105,3 +107,19 @@ def test_cors_allows_configured_origin_only() -> None:
         assert allowed.headers["access-control-allow-origin"] == "https://dash.example"
         other = cors.get("/healthz", headers={"Origin": "https://evil.example"})
         assert "access-control-allow-origin" not in other.headers
+
+
+def test_a_dashboard_reads_the_download_name_and_request_id_across_origins() -> None:
+    with client_with(cors_origins=["https://dash.example"]) as cors:
+        exposed = cors.get("/healthz", headers={"Origin": "https://dash.example"}).headers
+    names = {name.strip().lower() for name in exposed["access-control-expose-headers"].split(",")}
+    assert {"content-disposition", "x-request-id", "retry-after", "x-nibble-report"} <= names
+
+
+@pytest.mark.parametrize("variable", ["NIBBLE_API_KEYS", "NIBBLE_CORS_ORIGINS"])
+def test_a_list_setting_of_only_commas_is_refused_not_read_as_empty(monkeypatch: pytest.MonkeyPatch,
+                                                                     variable: str) -> None:
+    # " , " used to mean "no keys": authentication off without a word
+    monkeypatch.setenv(variable, " , ")
+    with pytest.raises(ValidationError, match="lists no value"):
+        Settings(_env_file=None)  # type: ignore[call-arg]

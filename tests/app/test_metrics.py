@@ -120,3 +120,11 @@ def test_metrics_and_page_stay_out_of_the_openapi_schema() -> None:
         paths = client.get("/openapi.json").json()["paths"]
     assert "/metrics" not in paths
     assert "/" not in paths
+
+
+def test_unusual_methods_share_one_label_so_the_metrics_stay_bounded(client: TestClient) -> None:
+    for method in ("PROPFIND", "MKCOL", "LOCK", "UNLOCK", "REPORT"):
+        client.request(method, "/healthz")
+    families = scrape(client)
+    methods = {dict(labels).get("method") for (name, labels) in families if name == "nibble_http_requests_total"}
+    assert "PROPFIND" not in methods and "other" in methods

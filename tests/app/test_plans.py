@@ -202,6 +202,7 @@ def test_int4_settings_on_a_16_bit_sweep_with_int4_rows_are_used(client: TestCli
     ({"context_lengths": [1024, -5]}, "sweep.context_lengths[1]"),
     ({"device_counts": [1, 0]}, "sweep.device_counts[1]"),
     ({"concurrent_sequences": [0, 2]}, "sweep.concurrent_sequences[0]"),
+    ({"context_lengths": []}, "sweep.context_lengths"),  # was the request's own context, silently
 ])
 def test_a_bad_swept_value_is_named_where_it_was_written(client: TestClient, sweep: dict[str, Any],
                                                          field: str) -> None:
