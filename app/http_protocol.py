@@ -26,6 +26,7 @@ only without that fairness.
 
 from __future__ import annotations
 
+import asyncio
 from collections import deque
 
 from uvicorn._types import ASGIReceiveEvent
@@ -40,6 +41,8 @@ BODY_HIGH_WATER_BYTES = 1 << 20
 MAX_HEAD_BYTES = 1 << 20
 #: how long a refused connection is read (and dropped) before it closes
 LINGER_SECONDS = 2.0
+#: a request (head or body) that stops arriving for this long has its connection closed
+REQUEST_IDLE_SECONDS = 60.0
 
 
 class QueuedBodyCycle(RequestResponseCycle):
@@ -76,8 +79,47 @@ class QueuedBodyProtocol(HttpToolsProtocol):
     It also bounds a request's head (request line and headers) to
     `MAX_HEAD_BYTES`, which httptools does not: past it the answer is 431 and
     the connection closes, instead of the server buffering whatever a client
-    sends before its blank line.
+    sends before its blank line.  And a connection whose request stops
+    arriving (a head or body cut off mid-way, or a new connection that sends
+    nothing) for `request_idle_seconds` is closed, where uvicorn would hold it
+    (and whatever request task waits on its body) for ever; the time the
+    server itself stops reading (flow control) does not count.  The app's own
+    upload deadline (``upload_idle_seconds``, a 408) comes first.
     """
+
+    #: seconds a started request (or a new connection) may send nothing before the connection is closed
+    request_idle_seconds: float = REQUEST_IDLE_SECONDS
+    _idle_timer: asyncio.TimerHandle | None = None
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self._arm_idle_timer()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._disarm_idle_timer()
+        super().connection_lost(exc)
+
+    def _arm_idle_timer(self) -> None:
+        self._disarm_idle_timer()
+        self._idle_timer = self.loop.call_later(self.request_idle_seconds, self._on_idle)
+
+    def _disarm_idle_timer(self) -> None:
+        if self._idle_timer is not None:
+            self._idle_timer.cancel()
+            self._idle_timer = None
+
+    def _on_idle(self) -> None:
+        """Nothing arrived for `request_idle_seconds` while a request was due: close (unless we paused reading)."""
+        self._idle_timer = None
+        if self.transport.is_closing():
+            return
+        if self.flow.read_paused:  # our flow control stopped reading: the client is not the one idling
+            self._arm_idle_timer()
+            return
+        if self.cycle is not None and not self.cycle.response_complete:
+            self.cycle.disconnected = True  # a request task waiting for its body hears http.disconnect
+            self.cycle.message_event.set()
+        self.transport.close()
 
     #: bytes read since the current request's head began, while it is not complete (None: in a body)
     head_bytes: int | None = 0
@@ -88,6 +130,7 @@ class QueuedBodyProtocol(HttpToolsProtocol):
     def data_received(self, data: bytes) -> None:
         if self.discarding:
             return
+        self._arm_idle_timer()
         if self.head_bytes is not None:
             self.head_bytes += len(data)
             if self.head_bytes > MAX_HEAD_BYTES:
@@ -110,6 +153,7 @@ class QueuedBodyProtocol(HttpToolsProtocol):
     def on_message_complete(self) -> None:
         super().on_message_complete()
         self.head_bytes = 0  # the next request's head starts
+        self._disarm_idle_timer()  # answering may take long; then uvicorn's keep-alive timeout applies
 
     def on_headers_complete(self) -> None:
         self.head_bytes = None

@@ -216,3 +216,59 @@ def test_a_head_just_under_the_limit_is_served(server: int) -> None:
         while not answer.endswith((b"True", b"False")):
             answer += client.recv(65_536)
     assert answer.startswith(b"HTTP/1.1 200 ")
+
+
+class QuickIdleProtocol(QueuedBodyProtocol):
+    request_idle_seconds = 0.5
+
+
+@pytest.fixture()
+def quick_idle_server() -> Iterator[int]:
+    port = free_port()
+    config = uvicorn.Config(recording_app, host="127.0.0.1", port=port, http=QuickIdleProtocol, lifespan="off",
+                            log_level="warning")
+    instance = uvicorn.Server(config)
+    thread = threading.Thread(target=instance.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not instance.started:
+        assert time.monotonic() < deadline, "uvicorn did not start"
+        time.sleep(0.01)
+    yield port
+    instance.should_exit = True
+    thread.join(timeout=10)
+
+
+def _closed_within(client: socket.socket, seconds: float) -> bool:
+    client.settimeout(seconds)
+    try:
+        while client.recv(65_536):
+            pass
+    except TimeoutError:
+        return False
+    except ConnectionResetError:
+        pass
+    return True
+
+
+@pytest.mark.parametrize("sent", [b"", b"POST /upload HTTP/1.1\r\nHost: te",
+                                  b"POST /upload HTTP/1.1\r\nHost: test\r\nContent-Length: 1000\r\n\r\nonly this"],
+                         ids=["nothing", "half a head", "part of a body"])
+def test_a_request_that_stops_arriving_has_its_connection_closed(quick_idle_server: int, sent: bytes) -> None:
+    # uvicorn held such connections (and a request task waiting on the body) for ever
+    with socket.create_connection(("127.0.0.1", quick_idle_server)) as client:
+        client.sendall(sent)
+        assert _closed_within(client, 5.0)
+
+
+def test_a_slow_but_steady_body_is_not_cut_off(quick_idle_server: int) -> None:
+    body = b"y" * 40
+    with socket.create_connection(("127.0.0.1", quick_idle_server)) as client:
+        client.sendall(b"POST /upload HTTP/1.1\r\nHost: test\r\nContent-Length: %d\r\n\r\n" % len(body))
+        for start in range(0, len(body), 10):  # a piece every 0.3 s: each inside the 0.5 s idle limit
+            time.sleep(0.3)
+            client.sendall(body[start: start + 10])
+        answer = b""
+        while not answer.endswith((b"True", b"False")):
+            answer += client.recv(65_536)
+    assert answer.startswith(b"HTTP/1.1 200 ")
