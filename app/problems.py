@@ -99,7 +99,8 @@ class MalformedUpload(ApiProblem):
 
 
 class UploadStalled(ApiProblem):
-    """An upload that sent no bytes for ``upload_idle_seconds``: its place in the pool is given back (408)."""
+    """An upload that paused for ``upload_idle_seconds`` or fell that far behind ``upload_min_bytes_per_second``:
+    its place in the pool is given back (408)."""
 
     status, title, slug = 408, "Upload stalled", "upload-stalled"
 
@@ -297,7 +298,7 @@ _DESCRIPTIONS = {
     400: "Malformed JSON or multipart body.",
     401: "API keys are configured and no valid bearer token was presented.",
     404: "No such id in the catalog (the answer lists close names).",
-    408: "The upload paused longer than the configured idle time (upload_idle_seconds).",
+    408: "The upload paused longer than upload_idle_seconds, or fell behind upload_min_bytes_per_second.",
     413: "Over a configured size limit (the answer names the limit and the value).",
     415: "The upload is neither .npy nor .safetensors.",
     422: "The input is well-formed but invalid; `errors` names each field.",

@@ -52,6 +52,9 @@ class Settings(BaseSettings):
     upload_idle_seconds: float = Field(
         30.0, gt=0, description="Longest an upload may send no bytes before it is refused with 408 (its pool "
         "place given back): a stalled client cannot hold a place.")
+    upload_min_bytes_per_second: float = Field(
+        65536.0, gt=0, description="Slowest average rate an upload may keep (it may fall upload_idle_seconds "
+        "behind it) before it is refused with 408: a client trickling bytes cannot hold a pool place either.")
     cors_origins: Annotated[list[str], NoDecode] = Field(
         default_factory=list, description="Origins allowed by CORS (comma-separated in the environment)."
     )

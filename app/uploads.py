@@ -421,17 +421,26 @@ async def receive_upload(request: Request, settings: Settings,
     try:
         parser = _parser(boundary, collector)
         loop = asyncio.get_running_loop()
-        idle = settings.upload_idle_seconds
+        idle, rate = settings.upload_idle_seconds, settings.upload_min_bytes_per_second
+        started = last = loop.time()
+        received = 0
         try:
-            # one deadline, pushed back at every read (a timer handle, not a task per read)
+            # One deadline, moved at every read (a timer handle, not a task per read): the next bytes are due
+            # within `idle` seconds, and the body may fall at most `idle` seconds behind `rate` bytes per second.
             async with asyncio.timeout(idle) as deadline:
                 async for chunk in request.stream():
-                    deadline.reschedule(loop.time() + idle)
+                    last = loop.time()
+                    received += len(chunk)
+                    deadline.reschedule(min(last + idle, started + idle + received / rate))
                     _feed(chunk, parser, collector)
             _finish(parser, collector)
         except TimeoutError:
-            raise UploadStalled(f"the upload sent no bytes for {idle:g} s (after {collector.file_bytes} file "
-                                "bytes); send the body without pauses", field="file",
+            if loop.time() - last >= idle:
+                reason = f"sent no bytes for {idle:g} s"
+            else:
+                reason = (f"sent {received} bytes in {loop.time() - started:.0f} s, slower than the "
+                          f"{rate:g} bytes per second an upload must keep up")
+            raise UploadStalled(f"the upload {reason} (after {collector.file_bytes} file bytes)", field="file",
                                 headers={"Connection": "close"}) from None
         except ClientDisconnect:
             raise

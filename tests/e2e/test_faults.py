@@ -246,3 +246,28 @@ def test_a_stalled_upload_is_refused_408_and_gives_its_place_back(tmp_path: Path
         recovered = quantize_report(base_url, content)
         assert recovered.status_code == 200, recovered.text
     assert not any(tmp_path.iterdir())
+
+
+def test_an_upload_trickled_slower_than_the_minimum_rate_is_refused_408(tmp_path: Path) -> None:
+    # a byte every 0.3 s never pauses for the 1.5 s idle limit, but falls behind 1,000 bytes per second
+    content = npy_bytes(256, 256)
+    body = multipart_body(content, {"method": "rtn", "output": "report"})
+    with server_in(tmp_path, pool_workers="1", pool_queue="0", upload_idle_seconds="1.5",
+                   upload_min_bytes_per_second="1000") as base_url:
+        trickling = open_socket(base_url)
+        trickling.sendall(request_head(base_url, "/v1/quantize", len(body)) + body[:200])
+        started = time.monotonic()
+        status = 0
+        for index in range(200, 260):
+            time.sleep(0.3)
+            try:
+                trickling.sendall(body[index: index + 1])
+            except (BrokenPipeError, ConnectionResetError):
+                break
+        status, _headers, answer = read_response(trickling)
+        trickling.close()
+        assert status == 408 and b"slower than the 1000 bytes per second" in answer
+        assert time.monotonic() - started < 15
+        recovered = quantize_report(base_url, content)
+        assert recovered.status_code == 200, recovered.text
+    assert not any(tmp_path.iterdir())
