@@ -14,6 +14,7 @@ from fastapi.middleware.cors import CORSMiddleware
 from fastapi.openapi.utils import get_openapi
 
 from app.allocator import keep_receive_buffers
+from app.head import HeadAsGet
 from app.metrics import install_observability
 from app.pool import WorkerPool
 from app.problems import PROBLEM_MEDIA_TYPE, install_problem_handlers
@@ -80,6 +81,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(health.router)
     for router in V1_ROUTERS:
         app.include_router(router, prefix="/v1")  # each route checks the API key (ApiKeyRoute)
+    app.add_middleware(HeadAsGet)  # innermost: the routes see GET, everything outside still sees HEAD
     app.add_middleware(BodySizeLimit, settings=settings)
     if settings.cors_origins:
         app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["*"],

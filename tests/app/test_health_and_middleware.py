@@ -123,3 +123,16 @@ def test_a_list_setting_of_only_commas_is_refused_not_read_as_empty(monkeypatch:
     monkeypatch.setenv(variable, " , ")
     with pytest.raises(ValidationError, match="lists no value"):
         Settings(_env_file=None)  # type: ignore[call-arg]
+
+
+@pytest.mark.parametrize("path", ["/healthz", "/v1/models", "/v1/devices/h100-80gb", "/"])
+def test_head_answers_wherever_get_does_with_no_body(client: TestClient, path: str) -> None:
+    head, get = client.head(path), client.get(path)
+    assert head.status_code == get.status_code == 200
+    assert head.content == b""
+    assert head.headers["content-length"] == str(len(get.content))
+    assert head.headers["content-type"] == get.headers["content-type"]
+
+
+def test_head_on_a_post_only_route_is_still_405(client: TestClient) -> None:
+    assert client.head("/v1/plan").status_code == 405
