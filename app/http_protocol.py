@@ -27,6 +27,7 @@ only without that fairness.
 from __future__ import annotations
 
 import asyncio
+import json
 from collections import deque
 
 from uvicorn._types import ASGIReceiveEvent
@@ -138,12 +139,22 @@ class QueuedBodyProtocol(HttpToolsProtocol):
                 return
         super().data_received(data)
 
+    def send_400_response(self, msg: str) -> None:
+        """uvicorn's answer to a request httptools cannot parse, as problem+json instead of plain text."""
+        self._write_problem(400, "Bad Request", "malformed-http", f"the request is not valid HTTP/1.1: {msg}")
+        self.transport.close()
+
+    def _write_problem(self, status: int, reason: str, slug: str, detail: str) -> None:
+        """Write a whole ``application/problem+json`` answer, closing the connection, straight to the socket."""
+        body = json.dumps({"type": f"urn:nibble:problem:{slug}", "title": reason, "status": status,
+                           "detail": detail, "errors": []}, separators=(",", ":")).encode()
+        self.transport.write(b"HTTP/1.1 %d %s\r\ncontent-type: application/problem+json\r\nconnection: close\r\n"
+                             b"content-length: %d\r\n\r\n%s" % (status, reason.encode(), len(body), body))
+
     def _refuse_head(self) -> None:
         """Answer 431 (problem+json) to a head past `MAX_HEAD_BYTES` and close the connection."""
-        body = (b'{"type":"urn:nibble:problem:header-fields-too-large","title":"Request header fields too large",'
-                b'"status":431,"detail":"the request line and headers pass %d bytes","errors":[]}' % MAX_HEAD_BYTES)
-        self.transport.write(b"HTTP/1.1 431 Request Header Fields Too Large\r\ncontent-type: application/problem"
-                             b"+json\r\nconnection: close\r\ncontent-length: %d\r\n\r\n%s" % (len(body), body))
+        self._write_problem(431, "Request Header Fields Too Large", "header-fields-too-large",
+                            f"the request line and headers pass {MAX_HEAD_BYTES} bytes")
         # a lingering close: reading on (and dropping) for a moment lets the answer arrive before the socket
         # closes; closing with the client's bytes unread would send a reset that can destroy the answer
         self.discarding = True

@@ -12,12 +12,21 @@ from typing import Any
 from fastapi import APIRouter, FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.openapi.utils import get_openapi
+from starlette.datastructures import Headers
+from starlette.responses import Response
 
 from app.allocator import keep_receive_buffers
 from app.head import HeadAsGet
 from app.metrics import install_observability
 from app.pool import WorkerPool
-from app.problems import PROBLEM_MEDIA_TYPE, install_problem_handlers
+from app.problems import (
+    PROBLEM_MEDIA_TYPE,
+    TYPE_PREFIX,
+    Problem,
+    ProblemField,
+    install_problem_handlers,
+    problem_response,
+)
 from app.routers import devices, health, models, plans, quantizations
 from app.security import BEARER_SCHEME, BEARER_SCHEME_NAME, BodySizeLimit
 from app.settings import Settings, get_settings
@@ -54,6 +63,21 @@ def _problem_openapi(app: FastAPI) -> dict[str, Any]:
     return schema
 
 
+class ProblemCORSMiddleware(CORSMiddleware):
+    """Starlette's CORS middleware, whose refused preflight is problem+json (naming ``Origin``) like every error."""
+
+    def preflight_response(self, request_headers: Headers) -> Response:
+        response = super().preflight_response(request_headers)
+        if response.status_code != 400:
+            return response
+        detail = bytes(response.body).decode()
+        problem = Problem(type=TYPE_PREFIX + "cors-refused", title="CORS preflight refused", status=400,
+                          detail=detail, errors=[ProblemField(field="Origin", message=detail)])
+        headers = {name: value for name, value in response.headers.items()
+                   if name.lower() not in ("content-length", "content-type")}
+        return problem_response(problem, headers)
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
     """Build the nibble app under `settings` (default: `get_settings()`, from ``NIBBLE_*``)."""
     settings = settings or get_settings()
@@ -84,7 +108,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(HeadAsGet)  # innermost: the routes see GET, everything outside still sees HEAD
     app.add_middleware(BodySizeLimit, settings=settings)
     if settings.cors_origins:
-        app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["*"],
+        app.add_middleware(ProblemCORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["*"],
                            allow_headers=["*"], expose_headers=["X-Nibble-Report", "Retry-After", "Content-Disposition",
                                                            "X-Request-ID"])
     install_observability(app)  # metrics, access log, X-Request-ID, the page: last, so outermost

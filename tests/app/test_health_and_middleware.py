@@ -136,3 +136,15 @@ def test_head_answers_wherever_get_does_with_no_body(client: TestClient, path: s
 
 def test_head_on_a_post_only_route_is_still_405(client: TestClient) -> None:
     assert client.head("/v1/plan").status_code == 405
+
+
+def test_a_refused_cors_preflight_is_a_problem_naming_the_origin() -> None:
+    with client_with(cors_origins=["https://dash.example"]) as cors:
+        refused = cors.options("/v1/plan", headers={"Origin": "https://evil.example",
+                                                    "Access-Control-Request-Method": "POST"})
+        allowed = cors.options("/v1/plan", headers={"Origin": "https://dash.example",
+                                                    "Access-Control-Request-Method": "POST"})
+    assert refused.status_code == 400
+    assert refused.headers["content-type"] == "application/problem+json"
+    assert refused.json()["errors"][0]["field"] == "Origin"
+    assert allowed.status_code == 200 and allowed.headers["access-control-allow-origin"] == "https://dash.example"

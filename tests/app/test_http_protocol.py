@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import json
 import logging
 import random
 import socket
@@ -272,3 +273,19 @@ def test_a_slow_but_steady_body_is_not_cut_off(quick_idle_server: int) -> None:
         while not answer.endswith((b"True", b"False")):
             answer += client.recv(65_536)
     assert answer.startswith(b"HTTP/1.1 200 ")
+
+
+@pytest.mark.parametrize("request_bytes", [b"NOT HTTP AT ALL\r\n\r\n",
+                                           b"POST /upload HTTP/1.1\r\nContent-Length: 5\r\nContent-Length: 7\r\n\r\n"],
+                         ids=["garbage", "two content lengths"])
+def test_a_request_that_is_not_http_is_a_400_problem(server: int, request_bytes: bytes) -> None:
+    with socket.create_connection(("127.0.0.1", server)) as client:
+        client.sendall(request_bytes)
+        client.settimeout(10)
+        answer = b""
+        while chunk := client.recv(65_536):
+            answer += chunk
+    assert answer.startswith(b"HTTP/1.1 400 ")
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert b"content-type: application/problem+json" in head
+    assert json.loads(body)["status"] == 400
