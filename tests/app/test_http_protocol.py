@@ -151,10 +151,10 @@ async def recording_app(scope: dict[str, Any], receive: Any, send: Any) -> None:
     await send({"type": "http.response.body", "body": answer})
 
 
-@pytest.fixture()
-def server() -> Iterator[int]:
+def _serve(protocol: type[QueuedBodyProtocol]) -> Iterator[int]:
+    """A real uvicorn server of `recording_app` speaking `protocol`, in a thread; yields its port."""
     port = free_port()
-    config = uvicorn.Config(recording_app, host="127.0.0.1", port=port, http=QueuedBodyProtocol, lifespan="off",
+    config = uvicorn.Config(recording_app, host="127.0.0.1", port=port, http=protocol, lifespan="off",
                             log_level="warning")
     instance = uvicorn.Server(config)
     thread = threading.Thread(target=instance.run, daemon=True)
@@ -166,6 +166,11 @@ def server() -> Iterator[int]:
     yield port
     instance.should_exit = True
     thread.join(timeout=10)
+
+
+@pytest.fixture()
+def server() -> Iterator[int]:
+    yield from _serve(QueuedBodyProtocol)
 
 
 def test_a_body_sent_in_uneven_pieces_reaches_a_real_server_whole_in_order(server: int) -> None:
@@ -225,19 +230,7 @@ class QuickIdleProtocol(QueuedBodyProtocol):
 
 @pytest.fixture()
 def quick_idle_server() -> Iterator[int]:
-    port = free_port()
-    config = uvicorn.Config(recording_app, host="127.0.0.1", port=port, http=QuickIdleProtocol, lifespan="off",
-                            log_level="warning")
-    instance = uvicorn.Server(config)
-    thread = threading.Thread(target=instance.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not instance.started:
-        assert time.monotonic() < deadline, "uvicorn did not start"
-        time.sleep(0.01)
-    yield port
-    instance.should_exit = True
-    thread.join(timeout=10)
+    yield from _serve(QuickIdleProtocol)
 
 
 def _closed_within(client: socket.socket, seconds: float) -> bool:
