@@ -230,7 +230,6 @@ def test_full_pool_answers_503_with_retry_after_then_recovers(tmp_path: Path) ->
     assert not any(tmp_path.iterdir())
 
 
-
 def test_a_stalled_upload_is_refused_408_and_gives_its_place_back(tmp_path: Path) -> None:
     content = npy_bytes(256, 256)
     body = multipart_body(content, {"method": "rtn", "output": "report"})
@@ -257,7 +256,6 @@ def test_an_upload_trickled_slower_than_the_minimum_rate_is_refused_408(tmp_path
         trickling = open_socket(base_url)
         trickling.sendall(request_head(base_url, "/v1/quantize", len(body)) + body[:200])
         started = time.monotonic()
-        status = 0
         for index in range(200, 260):
             time.sleep(0.3)
             try:
