@@ -45,6 +45,7 @@ from python_multipart.multipart import MultipartParser, parse_options_header
 from starlette.requests import ClientDisconnect, Request
 
 from app.arrival import ArrivalRecorder
+from app.http_protocol import BODY_DIVERT_EXTENSION
 from app.problems import MalformedUpload, UnsupportedMediaType, UploadStalled
 from app.settings import Settings
 from app.spool import Spool, SpoolFiles
@@ -59,6 +60,8 @@ MULTIPART_OVERHEAD_BYTES = 64 * 1024  # part headers, boundaries and text fields
 CLEAN_BYTE_SEARCH = 64
 #: the longest file header parsed on the event loop to learn a file part's length (larger: no bypass)
 DECLARED_HEAD_BYTES = 1 << 20
+#: the fewest bytes still due of a declared file for which the server reads them straight into its spool
+MIN_DIVERTED_BYTES = 1 << 20
 
 
 @dataclass
@@ -182,7 +185,7 @@ class _Collector:
         else:
             self.text = bytearray()
 
-    def on_part_data(self, data: bytes, start: int, end: int) -> None:
+    def on_part_data(self, data: bytes | bytearray, start: int, end: int) -> None:
         if self.error is not None:
             return
         size = end - start
@@ -212,7 +215,7 @@ class _Collector:
                 return
             self.text += data[start:end]
 
-    def _learn_length(self, data: bytes, start: int, end: int) -> None:
+    def _learn_length(self, data: bytes | bytearray, start: int, end: int) -> None:
         """Collect the file part's first bytes until its header says how long the file is (or cannot).
 
         The header is parsed once, when its last byte is in (its length is read
@@ -242,7 +245,7 @@ class _Collector:
         self.declared_end = None if layout is None else layout.file_bytes
         self.head_done, self.head = True, bytearray()
 
-    def check_bypassed(self, chunk: bytes, start: int, end: int) -> None:
+    def check_bypassed(self, chunk: bytes | bytearray, start: int, end: int) -> None:
         """Refuse bytes about to go straight to a spool if they hold the multipart delimiter.
 
         The file's header declared them its own, but a delimiter ends the part
@@ -259,17 +262,30 @@ class _Collector:
                 f"the file in field {name!r} ends at a multipart boundary before the "
                 f"{self.declared_end} bytes its header declares", field=name)
             raise self.error
-        self.bypass_tail = (self.bypass_tail + chunk[max(start, end - keep): end])[-keep:]
+        self.bypass_tail = bytes(self.bypass_tail + chunk[max(start, end - keep): end])[-keep:]
 
     def known_file_bytes(self, chunk: bytes, position: int) -> int:
-        """How many bytes of `chunk` from `position` on are the current file's own, by its declared length.
+        """How many bytes of `chunk` from `position` on are the current file's own, by its declared length."""
+        return min(self.bytes_due(), len(chunk) - position)
+
+    def bytes_due(self) -> int:
+        """Bytes of the current file still to come by its declared length, which may skip the parser.
 
         0 unless a file part is open, its length is known, and the parser holds nothing back.
         """
         if self.spool is None or self.declared_end is None or not self.parser_clean or self.error is not None:
             return 0
-        written = self.raw_files[self.part_name][2]
-        return max(0, min(self.declared_end - written, len(chunk) - position))
+        return max(0, self.declared_end - self.raw_files[self.part_name][2])
+
+    def take_due(self, data: bytes | bytearray, start: int, end: int) -> None:
+        """`data[start:end]` are the current file's own bytes (`bytes_due`): to its spool, past the parser.
+
+        Raises the collector's error (a delimiter among them, a limit passed) as soon as it is set.
+        """
+        self.check_bypassed(data, start, end)
+        self.on_part_data(data, start, end)
+        if self.error is not None:
+            raise self.error
 
     def parser_span_end(self, chunk: bytes, position: int) -> int:
         """Where the bytes fed to the parser from `position` should stop: the chunk's end, or, when the
@@ -349,8 +365,7 @@ def _feed(chunk: bytes, parser: MultipartParser, collector: _Collector) -> None:
     while position < len(chunk) and collector.error is None:
         known = collector.known_file_bytes(chunk, position)
         if known:
-            collector.check_bypassed(chunk, position, position + known)
-            collector.on_part_data(chunk, position, position + known)
+            collector.take_due(chunk, position, position + known)
             position += known
             continue
         collector.bypass_tail = b""
@@ -424,15 +439,28 @@ async def receive_upload(request: Request, settings: Settings,
         idle, rate = settings.upload_idle_seconds, settings.upload_min_bytes_per_second
         started = last = loop.time()
         received = 0
+        divert = request.scope.get("extensions", {}).get(BODY_DIVERT_EXTENSION)
         try:
             # One deadline, moved at every read (a timer handle, not a task per read): the next bytes are due
             # within `idle` seconds, and the body may fall at most `idle` seconds behind `rate` bytes per second.
             async with asyncio.timeout(idle) as deadline:
-                async for chunk in request.stream():
+
+                def arrived(size: int) -> None:
+                    nonlocal last, received
                     last = loop.time()
-                    received += len(chunk)
+                    received += size
                     deadline.reschedule(min(last + idle, started + idle + received / rate))
+
+                def take_due(data: bytes | bytearray, start: int, end: int) -> None:
+                    arrived(end - start)
+                    collector.take_due(data, start, end)
+
+                async for chunk in request.stream():
+                    arrived(len(chunk))
                     _feed(chunk, parser, collector)
+                    due = collector.bytes_due()
+                    if divert is not None and due >= MIN_DIVERTED_BYTES:
+                        await divert(take_due, due)
             _finish(parser, collector)
         except TimeoutError:
             if loop.time() - last >= idle:

@@ -73,7 +73,7 @@ def queued_cycle(flow: RecordingFlow, expect_100_continue: bool = False) -> Queu
 def network_read(cycle: QueuedBodyCycle, flow: RecordingFlow, body: bytes) -> None:
     """What uvicorn does with a read of the body: the protocol's ``on_body`` for this cycle."""
     protocol = SimpleNamespace(parser=SimpleNamespace(should_upgrade=lambda: False), _should_upgrade=lambda: False,
-                               cycle=cycle, flow=flow)
+                               cycle=cycle, flow=flow, body_left=None)
     QueuedBodyProtocol.on_body(protocol, body)  # duck-typed: on_body uses only these attributes
 
 

@@ -1,0 +1,228 @@
+"""A request may divert part of its body past the queue and the HTTP parser, straight into the app's sink.
+
+A real uvicorn server (speaking `QueuedBodyProtocol`, on uvloop and on
+asyncio's own loop) runs `diverting_app`: it reads the body's first message
+through ``receive()``, diverts the number of bytes the ``x-divert`` header
+asks for, reads the rest through ``receive()`` again, and answers what it
+saw.  The client writes raw HTTP/1.1, so bodies can be cut, chunked,
+pipelined and abandoned at will.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import random
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import uvicorn
+
+from app.http_protocol import BODY_DIVERT_EXTENSION, DIVERTED_READ_BYTES, QueuedBodyProtocol
+from tests.e2e.conftest import free_port
+
+#: what the app saw of bodies whose client went away (no answer can carry it)
+abandoned: list[dict[str, Any]] = []
+
+
+class SinkRefused(Exception):
+    pass
+
+
+async def diverting_app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+    """Receive, divert ``x-divert`` bytes, receive the rest; answer the digest and how the bytes came."""
+    assert scope["type"] == "http"
+    headers = dict(scope["headers"])
+    wanted = int(headers.get(b"x-divert", b"0"))
+    refuse_at = int(headers.get(b"x-refuse-at", b"-1"))
+    digest = hashlib.sha256()
+    seen = {"received": 0, "diverted": 0, "sink_calls": 0, "largest_read": 0, "turns_between_reads": [],
+            "error": None, "disconnected": False}
+    turns = 0
+
+    async def ticker() -> None:
+        nonlocal turns
+        while True:
+            turns += 1
+            await asyncio.sleep(0)
+
+    def sink(data: bytes | bytearray, start: int, end: int) -> None:
+        nonlocal turns
+        if 0 <= refuse_at < seen["diverted"] + (end - start):
+            raise SinkRefused(f"refused at {seen['diverted']}")
+        digest.update(data[start:end])
+        seen["diverted"] += end - start
+        seen["sink_calls"] += 1
+        seen["largest_read"] = max(seen["largest_read"], end - start)
+        seen["turns_between_reads"].append(turns)
+        turns = 0
+
+    message = await receive()
+    digest.update(message["body"])
+    seen["received"] += len(message["body"])
+    more = message.get("more_body", False)
+    if more and wanted:
+        ticking = asyncio.create_task(ticker())
+        try:
+            await scope["extensions"][BODY_DIVERT_EXTENSION](sink, wanted)
+        except SinkRefused as exc:
+            seen["error"] = str(exc)
+        finally:
+            ticking.cancel()
+    while more and seen["error"] is None:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            seen["disconnected"] = True
+            abandoned.append(seen)
+            return
+        digest.update(message["body"])
+        seen["received"] += len(message["body"])
+        more = message.get("more_body", False)
+    answer = json.dumps({**seen, "digest": digest.hexdigest()}).encode()
+    await send({"type": "http.response.start", "status": 200,
+                "headers": [(b"content-length", str(len(answer)).encode())]})
+    await send({"type": "http.response.body", "body": answer})
+
+
+@pytest.fixture(params=["uvloop", "asyncio"])
+def server(request: pytest.FixtureRequest) -> Iterator[int]:
+    """A real uvicorn server of `diverting_app` in a thread, on the event loop named; yields its port."""
+    port = free_port()
+    config = uvicorn.Config(diverting_app, host="127.0.0.1", port=port, http=QueuedBodyProtocol,
+                            loop=request.param, lifespan="off", log_level="warning")
+    instance = uvicorn.Server(config)
+    thread = threading.Thread(target=instance.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not instance.started:
+        assert time.monotonic() < deadline, "uvicorn did not start"
+        time.sleep(0.01)
+    yield port
+    instance.should_exit = True
+    thread.join(timeout=10)
+
+
+def connect(port: int) -> socket.socket:
+    """A client socket to the server that gives up on an answer after 20 s (a hung server fails the test)."""
+    return socket.create_connection(("127.0.0.1", port), timeout=20)
+
+
+def request_head(length: int, divert: int, extra: str = "") -> bytes:
+    return (f"POST /upload HTTP/1.1\r\nHost: test\r\nContent-Length: {length}\r\nx-divert: {divert}\r\n"
+            f"{extra}\r\n").encode()
+
+
+def read_answer(client: socket.socket, buffered: bytearray) -> dict[str, Any]:
+    """One Content-Length answer from `client` (bytes past it stay in `buffered`), its JSON body."""
+    while b"\r\n\r\n" not in buffered:
+        chunk = client.recv(65_536)
+        assert chunk, "the server closed the connection before answering"
+        buffered += chunk
+    head, _, rest = bytes(buffered).partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200"), head
+    length = next(int(line.split(b":")[1]) for line in head.split(b"\r\n")
+                  if line.lower().startswith(b"content-length"))
+    while len(rest) < length:
+        chunk = client.recv(65_536)
+        assert chunk
+        rest += chunk
+    buffered[:] = rest[length:]
+    answer: dict[str, Any] = json.loads(rest[:length])
+    return answer
+
+
+def send_in_pieces(client: socket.socket, data: bytes, seed: int) -> None:
+    pieces = random.Random(seed)
+    sent = 0
+    while sent < len(data):
+        size = pieces.choice((1, 999, 65_536, 300_000, 2_000_000))
+        client.sendall(data[sent: sent + size])
+        sent += size
+
+
+def test_a_diverted_stretch_and_the_rest_of_the_body_arrive_whole_in_order_on_a_kept_alive_connection(
+        server: int) -> None:
+    body = random.Random(0).randbytes(5 * DIVERTED_READ_BYTES + 4321)
+    divert = 3 * DIVERTED_READ_BYTES + 17
+    buffered = bytearray()
+    with connect(server) as client:
+        for seed in range(3):  # the parser that follows a diverted body reads the next requests' heads
+            client.sendall(request_head(len(body), divert))
+            send_in_pieces(client, body, seed)
+            answer = read_answer(client, buffered)
+            assert answer["digest"] == hashlib.sha256(body).hexdigest()
+            assert answer["diverted"] == divert
+            assert answer["received"] == len(body) - divert
+            assert answer["largest_read"] <= DIVERTED_READ_BYTES
+
+
+def test_a_diversion_stops_at_the_end_of_its_body_and_a_pipelined_request_is_served(server: int) -> None:
+    first = random.Random(1).randbytes(2 * DIVERTED_READ_BYTES)
+    second = random.Random(2).randbytes(1000)
+    buffered = bytearray()
+    with connect(server) as client:
+        # both requests in one stream: the first asks for more than its body holds
+        client.sendall(request_head(len(first), 10 * len(first)) + first + request_head(len(second), 0) + second)
+        answer = read_answer(client, buffered)
+        assert answer["digest"] == hashlib.sha256(first).hexdigest()
+        assert answer["diverted"] + answer["received"] == len(first)
+        assert read_answer(client, buffered)["digest"] == hashlib.sha256(second).hexdigest()
+
+
+def test_a_chunked_body_is_not_diverted_and_arrives_through_receive(server: int) -> None:
+    body = random.Random(3).randbytes(3 * DIVERTED_READ_BYTES)
+    chunked = b"".join(b"%x\r\n%s\r\n" % (len(piece), piece)
+                       for piece in (body[i: i + 700_000] for i in range(0, len(body), 700_000))) + b"0\r\n\r\n"
+    head = (f"POST /upload HTTP/1.1\r\nHost: test\r\nTransfer-Encoding: chunked\r\nx-divert: {len(body)}\r\n"
+            "\r\n").encode()
+    buffered = bytearray()
+    with connect(server) as client:
+        client.sendall(head + chunked)
+        answer = read_answer(client, buffered)
+        assert answer["digest"] == hashlib.sha256(body).hexdigest()
+        # only reads already queued can go to the sink: none comes straight from the socket
+        assert answer["largest_read"] <= 700_000
+
+
+def test_a_sink_that_refuses_ends_the_diversion_and_the_connection_serves_the_next_request(server: int) -> None:
+    body = random.Random(4).randbytes(4 * DIVERTED_READ_BYTES)
+    small = b"after the refusal"
+    buffered = bytearray()
+    with connect(server) as client:
+        client.sendall(request_head(len(body), len(body), f"x-refuse-at: {2 * DIVERTED_READ_BYTES}\r\n") + body)
+        answer = read_answer(client, buffered)
+        assert answer["error"] is not None and answer["diverted"] <= 2 * DIVERTED_READ_BYTES
+        # the refused body's unread bytes are read past; the next request on the connection is parsed as such
+        client.sendall(request_head(len(small), 0) + small)
+        assert read_answer(client, buffered)["digest"] == hashlib.sha256(small).hexdigest()
+
+
+def test_other_tasks_run_between_the_reads_of_a_diverted_body(server: int) -> None:
+    body = random.Random(5).randbytes(16 * DIVERTED_READ_BYTES)
+    buffered = bytearray()
+    with connect(server) as client:
+        client.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 8 << 20)
+        client.sendall(request_head(len(body), len(body)) + body)  # as fast as the socket takes it
+        answer = read_answer(client, buffered)
+    assert answer["digest"] == hashlib.sha256(body).hexdigest()
+    reads_from_socket = answer["turns_between_reads"][1:]
+    assert reads_from_socket and all(turns >= 1 for turns in reads_from_socket)
+
+
+def test_a_client_gone_mid_diversion_ends_it_short_and_the_app_hears_the_disconnect(server: int) -> None:
+    body = random.Random(6).randbytes(3 * DIVERTED_READ_BYTES)
+    abandoned.clear()
+    with connect(server) as client:
+        client.sendall(request_head(len(body) + 1000, len(body) + 1000) + body)
+        time.sleep(0.3)
+    deadline = time.monotonic() + 10
+    while not abandoned:
+        assert time.monotonic() < deadline, "the app never heard the client go"
+        time.sleep(0.02)
+    seen = abandoned[0]
+    assert seen["disconnected"] and seen["received"] + seen["diverted"] == len(body)
