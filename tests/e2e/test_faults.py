@@ -230,8 +230,10 @@ def test_full_pool_answers_503_with_retry_after_then_recovers(tmp_path: Path) ->
     assert not any(tmp_path.iterdir())
 
 
-def test_a_stalled_upload_is_refused_408_and_gives_its_place_back(tmp_path: Path) -> None:
-    content = npy_bytes(256, 256)
+# 8 MiB: the stall comes while the server reads the file's declared bytes straight into its spool
+@pytest.mark.parametrize("shape", [(256, 256), (2048, 1024)])
+def test_a_stalled_upload_is_refused_408_and_gives_its_place_back(tmp_path: Path, shape: tuple[int, int]) -> None:
+    content = npy_bytes(*shape)
     body = multipart_body(content, {"method": "rtn", "output": "report"})
     with server_in(tmp_path, pool_workers="1", pool_queue="0", upload_idle_seconds="1.5") as base_url:
         stalled = open_socket(base_url)  # takes the only place, then sends nothing more
