@@ -65,6 +65,8 @@ REQUEST_IDLE_SECONDS = 60.0
 READ_BYTES = 256_000
 #: one network read of a diverted body (fewer reads, and so fewer calls, per MiB)
 DIVERTED_READ_BYTES = 1 << 20
+#: the most of a diverted body read in one turn of the event loop, before the loop's other work
+DIVERTED_BYTES_PER_TURN = 4 << 20
 #: the scope extension through which an app diverts part of a request body (`QueuedBodyCycle.divert_body`)
 BODY_DIVERT_EXTENSION = "nibble.body_divert"
 
@@ -126,8 +128,8 @@ class QueuedBodyCycle(RequestResponseCycle):
         """Hand the body's next `count` bytes to `sink` as they arrive, instead of through ``receive()``.
 
         Reads already queued go first; the rest is read from the socket into
-        a buffer `sink` takes directly, up to a MiB per read and one read per
-        turn of the event loop, with no task wake-up, ``bytes`` object or
+        a buffer `sink` takes directly, up to a MiB per read and
+        `DIVERTED_BYTES_PER_TURN` per turn of the event loop, with no task wake-up, ``bytes`` object or
         HTTP parsing per read.  Returns how many
         bytes `sink` took: `count`, or fewer when the body ends (or the
         client goes) first; ``receive()`` then goes on where they stopped.  An
@@ -196,7 +198,8 @@ class QueuedBodyProtocol(HttpToolsProtocol):
     #: the rest of the body itself and starts a new parser for the next request
     counting_body: bool = False
     _divert: _Divert | None = None
-    #: reading is paused until the event loop's next turn (a diverted body takes one read per turn)
+    #: diverted bytes read in this turn of the event loop, and whether reading waits for the next turn
+    _turn_bytes: int = 0
     _turn_paused: bool = False
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
@@ -239,15 +242,20 @@ class QueuedBodyProtocol(HttpToolsProtocol):
             self._end_divert()
             if self.body_left == 0:
                 self._finish_counted_body()
-        elif not self._turn_paused:
-            # One read per turn of the event loop: libuv would otherwise read on (up to 32 times) while the
-            # client keeps sending, and every other connection and task (the early job's dispatch) would wait.
-            self._turn_paused = True
-            self.transport.pause_reading()
-            self.loop.call_soon(self._next_turn)
+        else:
+            # At most DIVERTED_BYTES_PER_TURN per turn of the event loop: libuv would otherwise read on (up
+            # to 32 times) while the client keeps sending, and every other connection and task (the early
+            # job's dispatch) would wait for up to 32 MiB.
+            if self._turn_bytes == 0:
+                self.loop.call_soon(self._next_turn)
+            self._turn_bytes += nbytes
+            if self._turn_bytes >= DIVERTED_BYTES_PER_TURN and not self._turn_paused:
+                self._turn_paused = True
+                self.transport.pause_reading()
 
     def _next_turn(self) -> None:
-        """Read the socket again after the pause `buffer_updated` made for one turn of the event loop."""
+        """A new turn of the event loop: a new budget of diverted bytes (reading again if it was spent)."""
+        self._turn_bytes = 0
         if self._turn_paused:
             self._turn_paused = False
             if not self.flow.read_paused and not self.transport.is_closing():
