@@ -135,6 +135,9 @@ class QueuedBodyCycle(RequestResponseCycle):
         client goes) first; ``receive()`` then goes on where they stopped.  An
         exception from `sink` ends the diversion and is raised here.
         """
+        if self.waiting_for_100_continue and not self.transport.is_closing():
+            self.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")  # the client waits for it to send the body
+            self.waiting_for_100_continue = False
         handed = 0
         while self.chunks and handed < count:
             chunk = self.chunks[0]

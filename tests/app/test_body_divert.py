@@ -62,10 +62,12 @@ async def diverting_app(scope: dict[str, Any], receive: Any, send: Any) -> None:
         seen["reads"].append([turns, end - start])  # loop turns since the previous read, and its size
         turns = 0
 
-    message = await receive()
-    digest.update(message["body"])
-    seen["received"] += len(message["body"])
-    more = message.get("more_body", False)
+    more = True
+    if b"x-divert-first" not in headers:
+        message = await receive()
+        digest.update(message["body"])
+        seen["received"] += len(message["body"])
+        more = message.get("more_body", False)
     if more and wanted:
         ticking = asyncio.create_task(ticker())
         try:
@@ -228,3 +230,18 @@ def test_a_client_gone_mid_diversion_ends_it_short_and_the_app_hears_the_disconn
         time.sleep(0.02)
     seen = abandoned[0]
     assert seen["disconnected"] and seen["received"] + seen["diverted"] == len(body)
+
+
+def test_a_client_expecting_100_continue_gets_it_when_the_app_diverts_before_any_receive(server: int) -> None:
+    body = random.Random(7).randbytes(2 * DIVERTED_READ_BYTES)
+    with connect(server) as client:
+        client.sendall(request_head(len(body), len(body), "Expect: 100-continue\r\nx-divert-first: 1\r\n"))
+        interim = b""
+        while b"\r\n\r\n" not in interim:
+            chunk = client.recv(1024)
+            assert chunk, "the server closed the connection instead of asking for the body"
+            interim += chunk
+        assert interim.startswith(b"HTTP/1.1 100 Continue")
+        client.sendall(body)
+        answer = read_answer(client, bytearray(interim.split(b"\r\n\r\n", 1)[1]))
+    assert answer["digest"] == hashlib.sha256(body).hexdigest() and answer["diverted"] == len(body)
