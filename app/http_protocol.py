@@ -218,11 +218,13 @@ class QueuedBodyProtocol(HttpToolsProtocol):
         super().connection_lost(exc)
 
     def get_buffer(self, sizehint: int) -> memoryview | bytearray:
-        """Where the next network read goes: a diverted body's buffer (no further than that stretch), else the
-        shared read buffer."""
+        """Where the next network read goes: a diverted body's buffer (no further than that stretch, nor
+        past this turn's budget), else the shared read buffer."""
         divert = self._divert
         if divert is not None:
-            return memoryview(self._diverted_reads)[: min(divert.left, DIVERTED_READ_BYTES)]
+            room = DIVERTED_BYTES_PER_TURN - self._turn_bytes
+            return memoryview(self._diverted_reads)[: min(divert.left, DIVERTED_READ_BYTES,
+                                                          room if room > 0 else DIVERTED_READ_BYTES)]
         return self._reads
 
     def buffer_updated(self, nbytes: int) -> None:
@@ -231,6 +233,7 @@ class QueuedBodyProtocol(HttpToolsProtocol):
         if divert is None:
             self.data_received(bytes(self._reads[:nbytes]))
             return
+        self._unset_keepalive_if_required()  # the client is sending: an answered request's connection stays
         self._arm_idle_timer()
         assert self.body_left is not None
         self.body_left -= nbytes
@@ -238,23 +241,29 @@ class QueuedBodyProtocol(HttpToolsProtocol):
         divert.handed += nbytes
         try:
             divert.sink(self._diverted_reads, 0, nbytes)
-        except BaseException as exc:  # the app's sink refused the bytes: its diversion ends with the error
+        except Exception as exc:  # the app's sink refused the bytes: its diversion ends with the error
             self._end_divert(exc)
-            return
-        if divert.left == 0 or self.body_left == 0:
-            self._end_divert()
-            if self.body_left == 0:
-                self._finish_counted_body()
         else:
-            # At most DIVERTED_BYTES_PER_TURN per turn of the event loop: libuv would otherwise read on (up
-            # to 32 times) while the client keeps sending, and every other connection and task (the early
-            # job's dispatch) would wait for up to 32 MiB.
-            if self._turn_bytes == 0:
-                self.loop.call_soon(self._next_turn)
-            self._turn_bytes += nbytes
-            if self._turn_bytes >= DIVERTED_BYTES_PER_TURN and not self._turn_paused:
-                self._turn_paused = True
-                self.transport.pause_reading()
+            if divert.left == 0 or self.body_left == 0:
+                self._end_divert()
+            else:
+                self._count_turn(nbytes)
+        if self.body_left == 0:
+            self._finish_counted_body()
+
+    def _count_turn(self, nbytes: int) -> None:
+        """Stop reading for the rest of this turn of the event loop once its budget of diverted bytes is read.
+
+        libuv would otherwise read on (up to 32 times) while the client keeps
+        sending, and every other connection and task (the early job's
+        dispatch) would wait for up to 32 MiB.
+        """
+        if self._turn_bytes == 0:
+            self.loop.call_soon(self._next_turn)
+        self._turn_bytes += nbytes
+        if self._turn_bytes >= DIVERTED_BYTES_PER_TURN and not self._turn_paused:
+            self._turn_paused = True
+            self.transport.pause_reading()
 
     def _next_turn(self) -> None:
         """A new turn of the event loop: a new budget of diverted bytes (reading again if it was spent)."""
@@ -271,6 +280,8 @@ class QueuedBodyProtocol(HttpToolsProtocol):
         as far as that body goes: the bytes after it (a pipelined request)
         are parsed as ever.
         """
+        if self._divert is not None:
+            raise RuntimeError("this request's body is already being diverted")
         if cycle is not self.cycle or self.body_left is None or self.transport.is_closing():
             return 0
         left = min(count, self.body_left)
@@ -286,13 +297,17 @@ class QueuedBodyProtocol(HttpToolsProtocol):
             if self._divert is divert:  # cancelled while reading (the app's deadline): stop diverting
                 self._divert = None
 
-    def _end_divert(self, exc: BaseException | None = None) -> None:
+    def _end_divert(self, exc: Exception | None = None) -> None:
         """Stop diverting; the waiting `divert` returns the bytes taken (or raises `exc`)."""
         divert, self._divert = self._divert, None
         if divert is None or divert.done.done():
             return
         if exc is None:
             divert.done.set_result(divert.handed)
+        elif isinstance(exc, StopIteration):  # a future refuses it (it would end the awaiting coroutine)
+            wrapped = RuntimeError(f"the body sink raised {exc!r}")
+            wrapped.__cause__ = exc
+            divert.done.set_exception(wrapped)
         else:
             divert.done.set_exception(exc)
 

@@ -22,6 +22,7 @@ from typing import Any
 
 import pytest
 import uvicorn
+from uvicorn.server import ServerState
 
 from app.http_protocol import BODY_DIVERT_EXTENSION, DIVERTED_BYTES_PER_TURN, DIVERTED_READ_BYTES, QueuedBodyProtocol
 from tests.e2e.conftest import free_port
@@ -53,7 +54,10 @@ async def diverting_app(scope: dict[str, Any], receive: Any, send: Any) -> None:
 
     def sink(data: bytes | bytearray, start: int, end: int) -> None:
         nonlocal turns
-        if 0 <= refuse_at < seen["diverted"] + (end - start):
+        body_ends_here = seen["received"] + seen["diverted"] + (end - start) == int(headers[b"content-length"])
+        if 0 <= refuse_at < seen["diverted"] + (end - start) or (b"x-refuse-last" in headers and body_ends_here):
+            if headers.get(b"x-refuse-with") == b"StopIteration":
+                raise StopIteration  # what next() on an exhausted iterator raises
             raise SinkRefused(f"refused at {seen['diverted']}")
         digest.update(data[start:end])
         seen["diverted"] += end - start
@@ -72,10 +76,16 @@ async def diverting_app(scope: dict[str, Any], receive: Any, send: Any) -> None:
         ticking = asyncio.create_task(ticker())
         try:
             await scope["extensions"][BODY_DIVERT_EXTENSION](sink, wanted)
-        except SinkRefused as exc:
-            seen["error"] = str(exc)
+        except (SinkRefused, RuntimeError) as exc:
+            seen["error"] = f"{type(exc).__name__}: {exc}"
         finally:
             ticking.cancel()
+        if seen["error"] is not None and b"x-after-refusal" in headers:  # receive() goes on after a refusal
+            try:
+                after = await asyncio.wait_for(receive(), 3)
+                seen["after_refusal"] = [after["type"], after.get("more_body")]
+            except TimeoutError:
+                seen["after_refusal"] = "receive() still waiting after 3 s"
     while more and seen["error"] is None:
         message = await receive()
         if message["type"] == "http.disconnect":
@@ -245,3 +255,129 @@ def test_a_client_expecting_100_continue_gets_it_when_the_app_diverts_before_any
         client.sendall(body)
         answer = read_answer(client, bytearray(interim.split(b"\r\n\r\n", 1)[1]))
     assert answer["digest"] == hashlib.sha256(body).hexdigest() and answer["diverted"] == len(body)
+
+
+@pytest.mark.parametrize("refused_read", ["a middle one", "the one holding the last byte"])
+def test_receive_goes_on_after_a_sink_refused_a_read(server: int, refused_read: str) -> None:
+    body = random.Random(8).randbytes(3 * DIVERTED_READ_BYTES)
+    refusal = f"x-refuse-at: {DIVERTED_READ_BYTES}" if refused_read == "a middle one" else "x-refuse-last: 1"
+    buffered = bytearray()
+    with connect(server) as client:
+        client.sendall(request_head(len(body), len(body), f"{refusal}\r\nx-after-refusal: 1\r\n"))
+        client.sendall(body)
+        answer = read_answer(client, buffered)
+    assert answer["error"].startswith("SinkRefused")
+    if refused_read == "a middle one":
+        assert answer["after_refusal"] == ["http.request", True]
+    else:  # the body is all in: the request is complete, receive() says so at once
+        assert answer["after_refusal"] == ["http.request", False]
+
+
+def test_a_sink_raising_stop_iteration_is_an_error_for_the_app_not_a_broken_connection(server: int) -> None:
+    body = random.Random(9).randbytes(3 * DIVERTED_READ_BYTES)
+    buffered = bytearray()
+    with connect(server) as client:
+        client.sendall(request_head(len(body), len(body), f"x-refuse-at: {DIVERTED_READ_BYTES}\r\n"
+                                    "x-refuse-with: StopIteration\r\n") + body)
+        answer = read_answer(client, buffered)
+    assert answer["error"].startswith("RuntimeError: the body sink raised StopIteration")
+
+
+async def answer_then_divert_app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+    """Divert the whole body in a task and answer meanwhile (the answer does not wait for the body)."""
+    length = int(dict(scope["headers"]).get(b"content-length", b"0"))
+    if not length:
+        await send({"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"2")]})
+        await send({"type": "http.response.body", "body": b"ok"})
+        return
+    diverting = asyncio.create_task(scope["extensions"][BODY_DIVERT_EXTENSION](lambda data, start, end: None,
+                                                                               length))
+    await asyncio.sleep(0.05)
+    await send({"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"2")]})
+    await send({"type": "http.response.body", "body": b"ok"})
+    await diverting
+
+
+def test_a_body_still_being_diverted_after_its_answer_keeps_the_connection_past_the_keep_alive_timeout() -> None:
+    port = free_port()
+    config = uvicorn.Config(answer_then_divert_app, host="127.0.0.1", port=port, http=QueuedBodyProtocol,
+                            lifespan="off", log_level="warning", timeout_keep_alive=1)
+    instance = uvicorn.Server(config)
+    thread = threading.Thread(target=instance.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not instance.started:
+        assert time.monotonic() < deadline, "uvicorn did not start"
+        time.sleep(0.01)
+    try:
+        body = bytes(20 * 65_536)
+        with connect(port) as client:
+            client.sendall(request_head(len(body), 0))
+            for start in range(0, len(body), 65_536):  # 2 s of body: past the 1 s keep-alive timeout
+                client.sendall(body[start: start + 65_536])
+                time.sleep(0.1)
+            client.sendall(b"GET /next HTTP/1.1\r\nHost: test\r\n\r\n")
+            answers = b""
+            while answers.count(b"HTTP/1.1 200") < 2:
+                chunk = client.recv(65_536)
+                assert chunk, "the server closed the connection while the client was still sending its body"
+                answers += chunk
+    finally:
+        instance.should_exit = True
+        thread.join(timeout=10)
+
+
+class PausingTransport(asyncio.Transport):
+    """As much of a transport as the protocol uses, recording whether reading is paused."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.paused = False
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        return ("127.0.0.1", 1) if name in ("peername", "sockname") else default
+
+    def set_protocol(self, protocol: asyncio.BaseProtocol) -> None:
+        pass
+
+    def is_closing(self) -> bool:
+        return False
+
+    def pause_reading(self) -> None:
+        self.paused = True
+
+    def resume_reading(self) -> None:
+        self.paused = False
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+def test_reads_of_any_size_take_no_more_than_the_turns_budget() -> None:
+    async def scenario() -> int:
+        async def idle_app(scope: Any, receive: Any, send: Any) -> None:
+            await asyncio.sleep(3600)
+
+        config = uvicorn.Config(idle_app, lifespan="off")
+        config.load()
+        protocol = QueuedBodyProtocol(config, ServerState(), {}, asyncio.get_running_loop())
+        transport = PausingTransport()
+        protocol.connection_made(transport)
+        protocol.data_received(b"POST / HTTP/1.1\r\nHost: t\r\nContent-Length: 100000000\r\n\r\n")
+        diverting = asyncio.create_task(protocol.cycle.divert_body(lambda data, start, end: None, 50_000_000))
+        await asyncio.sleep(0)
+        taken = 0
+        while not transport.paused:  # one turn: the transport reads while reading is not paused
+            size = min(900_000, len(protocol.get_buffer(-1)))  # a socket holding 900,000 bytes at each read
+            protocol.buffer_updated(size)
+            taken += size
+        protocol.connection_lost(None)
+        await diverting
+        for task in asyncio.all_tasks() - {asyncio.current_task()}:
+            task.cancel()
+        return taken
+
+    assert asyncio.run(scenario()) == DIVERTED_BYTES_PER_TURN
