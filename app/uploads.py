@@ -257,10 +257,7 @@ class _Collector:
         keep = len(delimiter) - 1
         if chunk.find(delimiter, start, end) >= 0 or (
                 self.bypass_tail and (self.bypass_tail + chunk[start: min(end, start + keep)]).find(delimiter) >= 0):
-            name = self.part_name
-            self.error = TensorFileError(
-                f"the file in field {name!r} ends at a multipart boundary before the "
-                f"{self.declared_end} bytes its header declares", field=name)
+            self.error = self._ends_early()
             raise self.error
         self.bypass_tail = bytes(self.bypass_tail + chunk[max(start, end - keep): end])[-keep:]
 
@@ -323,9 +320,35 @@ class _Collector:
                 self.part_name, path, kind, self.recorder,
                 {name: list(values) for name, values in self.fields.items()}, dict(self.completed), self.directory))
 
+    def _ends_early(self) -> TensorFileError:
+        """The error for a file part that a multipart delimiter ends before its declared length."""
+        name = self.part_name
+        return TensorFileError(f"the file in field {name!r} ends at a multipart boundary before the "
+                               f"{self.declared_end} bytes its header declares", field=name)
+
+    def _delimiter_across_declared_end(self, path: Path, written: int) -> bool:
+        """Whether a multipart delimiter begins before the file's declared end and runs past it.
+
+        The bytes up to the declared end went to the spool past the parser,
+        which then saw only the rest of that delimiter, no boundary, and took
+        what followed (the next parts) as more of the file: the file is really
+        shorter than its header declares, as the parser alone would have found.
+        """
+        assert self.declared_end is not None
+        size = len(self.delimiter)
+        start = max(0, self.declared_end - size + 1)
+        with open(path, "rb") as handle:
+            handle.seek(start)
+            window = handle.read(min(written, self.declared_end + size - 1) - start)
+        index = window.find(self.delimiter)
+        return index >= 0 and start + index < self.declared_end
+
     def on_part_end(self) -> None:
         if self.spool is not None:
             _, path, written = self.raw_files[self.part_name]
+            if (self.error is None and self.declared_end is not None and written > self.declared_end
+                    and self._delimiter_across_declared_end(path, written)):
+                self.error = self._ends_early()
             self.spool.finish(written)
             self.spool = None
             self.completed[self.part_name] = path
@@ -380,6 +403,8 @@ def _feed(chunk: bytes, parser: MultipartParser, collector: _Collector) -> None:
 def _finish(parser: MultipartParser, collector: _Collector) -> None:
     """The body has ended: flush the parser; a file part still open means the body was cut short (400)."""
     parser.finalize()
+    if collector.error is not None:
+        raise collector.error
     unfinished = collector.unfinished_part()
     if unfinished is not None:
         raise unfinished

@@ -135,10 +135,16 @@ def test_a_file_longer_than_its_header_declares_is_kept_whole_for_the_reader_to_
     assert files == {"file": content}
 
 
-def test_a_file_shorter_than_its_header_declares_ends_at_its_boundary(tmp_path: Path) -> None:
-    content = npy_bytes(WEIGHTS)[:-1000]
-    with pytest.raises(TensorFileError, match="'file' ends at a multipart boundary before the 24704 bytes"):
-        collect(multipart([("file", content, True)]), [300], tmp_path)
+# up to 40 bytes short, the delimiter after the file runs across its declared end: the bytes up to that end skip
+# the parser, which then never sees a whole boundary (and used to take the next part as more of the file)
+@pytest.mark.parametrize("short_by", [1, 2, 3, 20, 39, 40, 41, 1000])
+def test_a_file_shorter_than_its_header_declares_ends_at_its_boundary(tmp_path: Path, short_by: int) -> None:
+    content = npy_bytes(WEIGHTS)[:-short_by]
+    body = multipart([("file", content, True), ("method", b"clip", False)])
+    declared_end = body.index(content) + len(content) + short_by
+    for cuts in ([300], [300, declared_end], [300, declared_end - 1, declared_end + 1], [300, len(body) - 20]):
+        with pytest.raises(TensorFileError, match="'file' ends at a multipart boundary before the 24704 bytes"):
+            collect(body, cuts, tmp_path)
 
 
 def test_a_body_cut_off_inside_a_declared_file_is_malformed(tmp_path: Path) -> None:

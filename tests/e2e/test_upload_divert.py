@@ -101,3 +101,12 @@ def test_a_body_cut_off_in_the_diverted_stretch_leaves_the_server_serving_upload
     answer = post(server, body)
     assert answer.status_code == 200, answer.text
     assert answer.json()["tensors"][0]["shape"] == [2048, 1024]
+
+
+@pytest.mark.parametrize("short_by", [2, 40])
+def test_a_file_a_few_bytes_shorter_than_its_header_is_refused_as_such(server: str, short_by: int) -> None:
+    # the delimiter after the file then runs across the declared end, where the diverted stretch stops
+    content = npy_bytes(np.random.default_rng(5).standard_normal((2048, 1024), dtype=np.float32))[:-short_by]
+    answer = post(server, multipart([("file", content, True), ("method", b"rtn", False)]))
+    assert answer.status_code == 422, answer.text
+    assert "ends at a multipart boundary before the" in answer.json()["detail"]
