@@ -28,7 +28,7 @@ offered to the app as the scope extension `BODY_DIVERT_EXTENSION`): the next
 n bytes are read from the socket straight into a buffer handed to the app's
 sink, skipping the queue, the task wake-ups and the HTTP parser.  An upload
 uses it for a tensor file's data, whose length its header declares
-(app/uploads.py): the server's CPU per 64 MiB upload fell from ~75 to ~50 ms
+(app/uploads.py): the server's CPU per 64 MiB upload fell from 74–78 to 51–58 ms
 (BENCHMARKS.md).  For that the transport reads into buffers the protocol
 gives it (``get_buffer``), and the protocol counts a diverted request's body
 itself, since httptools never sees those bytes: at its end the request is
