@@ -27,6 +27,12 @@ longer one after the parser has found its real end; a shorter one because
 the body ends before the declared length, or leaves the parser in a later
 part's data).  The parser is only bypassed when the last byte it was fed
 cannot begin a boundary, so it holds no partly matched boundary back.
+
+When at least `MIN_DIVERTED_BYTES` of such a file are still due and the
+server offers it (app/http_protocol.py, ``QueuedBodyProtocol``), those bytes
+are diverted: read from the socket straight into a buffer that is searched
+for the delimiter and written to the spool, without a trip through the
+request's receive queue per network read.  The answer is the same either way.
 """
 
 from __future__ import annotations
