@@ -381,3 +381,58 @@ def test_reads_of_any_size_take_no_more_than_the_turns_budget() -> None:
         return taken
 
     assert asyncio.run(scenario()) == DIVERTED_BYTES_PER_TURN
+
+
+async def cancelling_app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+    """Divert the body under a deadline that passes mid-body; then receive the rest. Answers what the sink got
+    after the cancellation, and whether the whole body still arrived in order."""
+    length = int(dict(scope["headers"])[b"content-length"])
+    digest = hashlib.sha256()
+    cancelled = False
+    after_cancel = 0
+
+    def sink(data: bytes | bytearray, start: int, end: int) -> None:
+        nonlocal after_cancel
+        after_cancel += (end - start) if cancelled else 0
+        digest.update(data[start:end])
+
+    try:
+        async with asyncio.timeout(0.3):
+            await scope["extensions"][BODY_DIVERT_EXTENSION](sink, length)
+    except TimeoutError:
+        cancelled = True
+    more = True
+    while more:
+        message = await receive()
+        digest.update(message.get("body", b""))
+        more = message.get("more_body", False)
+    answer = json.dumps({"digest": digest.hexdigest(), "after_cancel": after_cancel, "cancelled": cancelled})
+    await send({"type": "http.response.start", "status": 200,
+                "headers": [(b"content-length", str(len(answer)).encode())]})
+    await send({"type": "http.response.body", "body": answer.encode()})
+
+
+def test_a_cancelled_diversion_takes_no_more_reads_and_receive_gets_the_rest_in_order() -> None:
+    port = free_port()
+    config = uvicorn.Config(cancelling_app, host="127.0.0.1", port=port, http=QueuedBodyProtocol,
+                            lifespan="off", log_level="warning")
+    instance = uvicorn.Server(config)
+    thread = threading.Thread(target=instance.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not instance.started:
+        assert time.monotonic() < deadline, "uvicorn did not start"
+        time.sleep(0.01)
+    try:
+        body = random.Random(10).randbytes(40 * 65_536)
+        with connect(port) as client:
+            client.sendall(request_head(len(body), 0))
+            for start in range(0, len(body), 65_536):  # 0.8 s of body: the 0.3 s deadline passes mid-way
+                client.sendall(body[start: start + 65_536])
+                time.sleep(0.02)
+            answer = read_answer(client, bytearray())
+    finally:
+        instance.should_exit = True
+        thread.join(timeout=10)
+    assert answer["cancelled"] and answer["after_cancel"] == 0
+    assert answer["digest"] == hashlib.sha256(body).hexdigest()
