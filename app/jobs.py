@@ -49,6 +49,10 @@ OUTPUT_SUFFIXES: dict[str, str] = {"nibble": ".safetensors", "gptq": ".safetenso
 DequantizeDtype = Literal["float32", "float16", "bfloat16"]
 
 
+#: the metadata key (safetensors ``__metadata__``, or a GGUF string) under which an exported file holds its report
+EXPORT_REPORT_KEY = "nibble.report"
+
+
 @dataclass(frozen=True, slots=True)
 class ReadLimits:
     """The upload reader limits from settings (tensors per file, elements per tensor, header bytes, file bytes)."""
@@ -336,17 +340,20 @@ def _quantize_file(job: QuantizeJob, output: OutputKind, output_path: Path | Non
             raise UploadIncomplete(f"the upload holds {received} bytes; its header declares {layout.file_bytes}")
     if output_path is None or output == "report":
         return report
+    written_report = json.dumps(report, separators=(",", ":"))  # every file carries the report in its metadata
     if output == "nibble":
-        write_nibble_safetensors(output_path, quantized, passthrough,
-                                 metadata={"report": json.dumps(report, separators=(",", ":"))})
+        write_nibble_safetensors(output_path, quantized, passthrough, metadata={"report": written_report})
     elif output == "gptq":
-        report["quantization_config"] = export_gptq(quantized, passthrough, output_path)
+        report["quantization_config"] = export_gptq(quantized, passthrough, output_path,
+                                                    metadata={EXPORT_REPORT_KEY: written_report})
     elif output == "awq":
-        report["quantization_config"] = export_awq(quantized, passthrough, output_path)
+        report["quantization_config"] = export_awq(quantized, passthrough, output_path,
+                                                   metadata={EXPORT_REPORT_KEY: written_report})
     elif output == "compressed-tensors":
-        report["quantization_config"] = export_compressed_tensors(quantized, passthrough, output_path)
+        report["quantization_config"] = export_compressed_tensors(quantized, passthrough, output_path,
+                                                                  metadata={EXPORT_REPORT_KEY: written_report})
     else:
-        export_gguf(quantized, passthrough, output_path)
+        export_gguf(quantized, passthrough, output_path, metadata={EXPORT_REPORT_KEY: written_report})
     report["totals"]["file_bytes"] = output_path.stat().st_size
     return report
 

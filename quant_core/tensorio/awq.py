@@ -78,11 +78,16 @@ def export_awq(
     tensors: Mapping[str, QuantizedTensor],
     passthrough: Mapping[str, NDArray[Any]] | None,
     path: str | os.PathLike[str],
+    metadata: Mapping[str, str] | None = None,
 ) -> dict[str, Any]:
-    """Write an AWQ GEMM safetensors checkpoint at `path`; returns its ``quantization_config`` dict."""
+    """Write an AWQ GEMM safetensors checkpoint at `path`; returns its ``quantization_config`` dict.
+
+    `metadata` joins the file's ``__metadata__`` (a loader reads only its own keys).
+    """
     config = awq_config(tensors)
     stored: dict[str, NDArray[Any]] = {}
     for name, q in tensors.items():
         add_exported(stored, awq_tensors(name, q), name)
-    write_safetensors(path, merge_passthrough(stored, passthrough), {"format": "pt", "quant_method": "awq"})
+    write_safetensors(path, merge_passthrough(stored, passthrough),
+                      {**(metadata or {}), "format": "pt", "quant_method": "awq"})
     return config

@@ -105,11 +105,15 @@ def export_compressed_tensors(
     tensors: Mapping[str, QuantizedTensor],
     passthrough: Mapping[str, NDArray[Any]] | None,
     path: str | os.PathLike[str],
+    metadata: Mapping[str, str] | None = None,
 ) -> dict[str, Any]:
-    """Write a pack-quantized safetensors checkpoint at `path`; returns its ``quantization_config`` dict."""
+    """Write a pack-quantized safetensors checkpoint at `path`; returns its ``quantization_config`` dict.
+
+    `metadata` joins the file's ``__metadata__`` (a loader reads only its own keys).
+    """
     config = compressed_tensors_config(tensors)
     stored: dict[str, NDArray[Any]] = {}
     for name, q in tensors.items():
         add_exported(stored, compressed_tensors_tensors(name, q), name)
-    write_safetensors(path, merge_passthrough(stored, passthrough), {"format": "pt"})
+    write_safetensors(path, merge_passthrough(stored, passthrough), {**(metadata or {}), "format": "pt"})
     return config

@@ -71,8 +71,12 @@ def export_gguf(
     path: str | os.PathLike[str],
     *,
     architecture: str = "nibble",
+    metadata: Mapping[str, str] | None = None,
 ) -> None:
-    """Write a GGUF file at `path`: quantized tensors as Q4_0, passthrough tensors unchanged."""
+    """Write a GGUF file at `path`: quantized tensors as Q4_0, passthrough tensors unchanged.
+
+    Each `metadata` item becomes a string key/value pair of the file.
+    """
     blocks = {name: q4_0_blocks(name, q) for name, q in tensors.items()}
     clash = sorted(set(blocks) & set(passthrough or {}))
     if clash:
@@ -82,6 +86,8 @@ def export_gguf(
         if blocks:  # required by the GGUF spec whenever a tensor is quantized
             writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
         writer.add_string("nibble.tensors", json.dumps({n: describe_quantized(q) for n, q in tensors.items()}))
+        for key, value in (metadata or {}).items():
+            writer.add_string(key, value)
         for name, data in blocks.items():
             writer.add_tensor(name, data, raw_shape=data.shape, raw_dtype=gguf.GGMLQuantizationType.Q4_0)
         for name, array in (passthrough or {}).items():

@@ -108,10 +108,12 @@ def export_gptq(
     *,
     checkpoint_format: CheckpointFormat = "gptq",
     config_path: str | os.PathLike[str] | None = None,
+    metadata: Mapping[str, str] | None = None,
 ) -> dict[str, Any]:
     """Write a GPTQ safetensors checkpoint at `path`; returns its ``quantize_config.json`` dict.
 
-    The config is also written to `config_path` when given.  Raises
+    The config is also written to `config_path` when given; `metadata` joins
+    the file's ``__metadata__`` (a loader reads only its own keys).  Raises
     `InvalidSpec` (mixed schemes, fp16 zeros, padded groups, unknown
     checkpoint format) or `InvalidTensor` (dimensions not multiples of 8, a
     zero of 0 in v1).
@@ -122,7 +124,8 @@ def export_gptq(
     stored: dict[str, NDArray[Any]] = {}
     for name, q in tensors.items():
         add_exported(stored, gptq_tensors(name, q, checkpoint_format), name)
-    write_safetensors(path, merge_passthrough(stored, passthrough), {"format": "pt", "quant_method": "gptq"})
+    write_safetensors(path, merge_passthrough(stored, passthrough),
+                      {**(metadata or {}), "format": "pt", "quant_method": "gptq"})
     if config_path is not None:
         with open(config_path, "w", encoding="utf-8") as handle:
             json.dump(config, handle, indent=2)

@@ -14,6 +14,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+import gguf
 import ml_dtypes
 import numpy as np
 import pytest
@@ -301,8 +302,20 @@ def test_quantize_exports_download_a_file(client: TestClient, weights: np.ndarra
     if suffix == ".safetensors":
         assert summary["quantization_config"]
         assert load_safetensors(response.content)
+        header_size = int.from_bytes(response.content[:8], "little")
+        written = json.loads(json.loads(response.content[8: 8 + header_size])["__metadata__"]["nibble.report"])
     else:
         assert response.content[:4] == b"GGUF"
+        with tempfile.NamedTemporaryFile(suffix=".gguf") as handle:
+            handle.write(response.content)
+            handle.flush()
+            field = gguf.GGUFReader(handle.name).fields["nibble.report"]
+            written = json.loads(bytes(field.parts[field.data[0]]).decode())
+    # the file carries the report: the figures a report request gives for the same upload and scheme
+    report = client.post("/v1/quantize", files={"file": ("m.safetensors", payload)},
+                         data={"output": "report", "group_size": group_size, "symmetric": symmetric}).json()
+    assert [(t["name"], t["quality"]) for t in written["tensors"]] == [(t["name"], t["quality"])
+                                                                       for t in report["tensors"]]
 
 
 def test_gguf_export_of_an_asymmetric_scheme_is_422(client: TestClient, weights: np.ndarray) -> None:
