@@ -300,7 +300,8 @@ _DESCRIPTIONS = {
     404: "No such id in the catalog (the answer lists close names).",
     408: "The upload paused longer than upload_idle_seconds, or fell behind upload_min_bytes_per_second.",
     413: "Over a configured size limit (the answer names the limit and the value).",
-    415: "The upload is neither .npy nor .safetensors.",
+    415: "The body is not of a media type this route reads: JSON routes take application/json; uploads take "
+         "multipart/form-data whose files are .npy or .safetensors.",
     422: "The input is well-formed but invalid; `errors` names each field.",
     500: "Unexpected server error.",
     503: "Every worker is busy and the queue is full, or the server is shutting down; retry after the "

@@ -42,7 +42,7 @@ async def read_model(model_id: str) -> ModelDetail:
 
 
 @router.post("/inspect", response_model=InspectResponse, summary="Inspect a model",
-             responses=problem_responses(400, 413, 422))
+             responses=problem_responses(400, 413, 415, 422))
 async def inspect_model(body: InspectRequest, request: Request) -> InspectResponse:
     """Parameters by role, the tensor inventory, KV bytes per token per KV dtype, weight bytes per format."""
     refuse_duplicate_keys(await request.body())

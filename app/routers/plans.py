@@ -39,12 +39,12 @@ async def create_plan(body: PlanRequest, request: Request) -> Response:
 
 # The hottest route: its body is validated straight from the bytes (JsonBodyRoute, app/routing.py).
 router.add_api_route("", create_plan, methods=["POST"], response_model=PlanResponse,
-                     summary="Plan memory for a model on hardware", responses=problem_responses(400, 413, 422),
+                     summary="Plan memory for a model on hardware", responses=problem_responses(400, 413, 415, 422),
                      route_class_override=JsonBodyRoute)
 
 
 @router.post("/sweep", response_model=SweepResponse, summary="Plan over a grid of workloads",
-             responses=problem_responses(400, 413, 422))
+             responses=problem_responses(400, 413, 415, 422))
 async def create_sweep(body: SweepRequest, request: Request) -> SweepResponse:
     """One row per combination of context lengths, sequence counts, formats and device counts."""
     refuse_duplicate_keys(await request.body())

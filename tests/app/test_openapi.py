@@ -41,3 +41,11 @@ def test_uploads_declare_413_415_503_504(client: TestClient) -> None:
 
 def test_docs_page_is_served(client: TestClient) -> None:
     assert client.get("/docs").status_code == 200
+
+
+def test_json_routes_declare_the_415_they_answer_to_other_media(client: TestClient) -> None:
+    spec = client.get("/openapi.json").json()
+    for path in ("/v1/plan", "/v1/plan/sweep", "/v1/models/inspect"):
+        assert "415" in spec["paths"][path]["post"]["responses"], path
+        answer = client.post(path, content=b"{}", headers={"Content-Type": "text/plain"})
+        assert answer.status_code == 415 and answer.headers["content-type"] == "application/problem+json"
