@@ -195,9 +195,12 @@ class FormatPlan:
     `max_context_length` is the longest context that fits for the requested
     sequences, to the token (the KV cache is held in whole blocks, but the
     activation estimate grows with every token), capped by the model's trained
-    context (`context_limited_by` says which applied), or None when not even
-    one token fits.  `max_concurrent_sequences` is the most sequences that fit
-    at the requested context (0 if none).  `min_devices` is the fewest devices
+    context, or by the search limit (2^24 tokens) for a model that states none
+    (`context_limited_by`: "memory", "model" or "search_limit"), or None when
+    not even one token fits.  `max_concurrent_sequences` is the most sequences
+    that fit at the requested context (0 if none), at most 2^24, the most a
+    plan may ask for (`sequences_limited_by`: "memory" or "search_limit").
+    `min_devices` is the fewest devices
     in tensor parallel (one pipeline stage) that fit the workload, counting
     only degrees engines such as vLLM accept for this model (dividing its
     attention heads; dividing or replicating its key/value heads: see
@@ -215,6 +218,7 @@ class FormatPlan:
     max_context_length: int | None
     context_limited_by: str
     max_concurrent_sequences: int
+    sequences_limited_by: str
     min_devices: int | None
 
 
@@ -525,7 +529,7 @@ def _max_context(evaluator: _Evaluator, layout: _Layout, fits: Callable[[int, in
     block = evaluator.options.block_size
     cap = evaluator.spec.max_position_embeddings or MAX_CONTEXT_SEARCHED
     if fits(cap, sequences):
-        return cap, "model"
+        return cap, "model" if evaluator.spec.max_position_embeddings else "search_limit"
     # Lower bound: activations at their ceiling and sliding layers full, the rest of each
     # stage's budget spent on full-attention tokens.
     guess = max(1, cap // block)
@@ -563,6 +567,11 @@ def _max_sequences(evaluator: _Evaluator, layout: _Layout, fits: Callable[[int, 
             high = min(high, max(1, budget // per_sequence))
         guess = min(guess, (budget - fixed) // (per_sequence + per_sequence_activations or 1))
     return _largest_from(lambda n: fits(context_length, n), guess, high) or 0
+
+
+def _sequences_limited_by(sequences: int) -> str:
+    """Why `_max_sequences` stopped where it did: memory, or the search limit (the largest count a plan takes)."""
+    return "search_limit" if sequences >= MAX_SEQUENCES_SEARCHED else "memory"
 
 
 @lru_cache(maxsize=256)
@@ -624,6 +633,7 @@ def _format_plan(terms: _ModelTerms, hardware: Hardware, workload: Workload, ten
                        for rank in range(tensor_parallel))
     fits = terms.fits_predicate(evaluator, tensor_parallel, options.pipeline_parallel)
     max_context, limited_by = _max_context(evaluator, layout, fits, workload.concurrent_sequences)
+    max_sequences = _max_sequences(evaluator, layout, fits, workload.context_length)
     return FormatPlan(
         format=terms.weight_format.label(),
         weights_bytes=total_weights,
@@ -635,7 +645,8 @@ def _format_plan(terms: _ModelTerms, hardware: Hardware, workload: Workload, ten
         fits=all(device.fits for device in devices),
         max_context_length=max_context,
         context_limited_by=limited_by,
-        max_concurrent_sequences=_max_sequences(evaluator, layout, fits, workload.context_length),
+        max_concurrent_sequences=max_sequences,
+        sequences_limited_by=_sequences_limited_by(max_sequences),
         min_devices=_min_devices(evaluator, terms, workload),
     )
 
@@ -745,10 +756,20 @@ def _warnings(spec: ModelSpec, hardware: Hardware, workload: Workload, options: 
             "a smaller KV dtype (fp8), a shorter context or fewer concurrent sequences does.")
     if not int4_plan.fits:
         need = int4_plan.min_devices
-        more = f"; the fewest devices that fit at INT4 is {need}" if need else "; no count up to 1024 fits"
+        if need:
+            more = f"; the fewest devices that fit at INT4 is {need} (in tensor parallel)"
+        else:
+            largest = max(engine_tensor_parallel_sizes(spec), default=1)
+            more = (f"; no tensor-parallel degree engines accept for this model fits (the largest is {largest} "
+                    "device(s)): pipeline stages (parallel.pipeline) spread the layers over more devices")
         out.append(f"The model does not fit even at INT4 on {devices} device(s) for this workload{more}.")
     elif not baseline.fits:
         out.append(f"The model fits at INT4 but not at 16-bit ({baseline_key}) on {devices} device(s).")
+    if not primary.fits and primary.format not in (int4_plan.format, baseline.format):
+        fitting = [name for name, other in (("INT4", int4_plan), (f"16-bit ({baseline_key})", baseline))
+                   if other.fits]
+        also = f"; it fits at {' and at '.join(fitting)}" if fitting else ""
+        out.append(f"The model does not fit as {primary.format} on {devices} device(s) for this workload{also}.")
     if primary.max_context_length is not None and primary.context_limited_by == "memory" \
             and primary.max_context_length < workload.context_length:
         out.append(f"The longest context that fits for {workload.concurrent_sequences} sequence(s) is "

@@ -209,8 +209,13 @@ class FormatOut(BaseModel):
     used_bytes: int
     fits: bool
     max_context_length: int | None
-    context_limited_by: str
+    context_limited_by: Literal["memory", "model", "search_limit"] = Field(
+        description="What ends max_context_length: memory, the model's trained context, or the search limit "
+                    "(2^24 tokens) for a model that states no trained context.")
     max_concurrent_sequences: int
+    sequences_limited_by: Literal["memory", "search_limit"] = Field(
+        description="What ends max_concurrent_sequences: memory, or the search limit (2^24, the most a plan may "
+                    "ask for).")
     min_devices: int | None
     devices: list[DeviceOut]
 
@@ -258,8 +263,13 @@ class PlanResponse(BaseModel):
     parallel: ParallelIn
     memory_utilization: float
     max_context_length: int | None
-    context_limited_by: str
+    context_limited_by: Literal["memory", "model", "search_limit"] = Field(
+        description="What ends max_context_length: memory, the model's trained context, or the search limit "
+                    "(2^24 tokens) for a model that states no trained context.")
     max_concurrent_sequences: int
+    sequences_limited_by: Literal["memory", "search_limit"] = Field(
+        description="What ends max_concurrent_sequences: memory, or the search limit (2^24, the most a plan may "
+                    "ask for).")
     min_devices: int | None
     comparison: dict[str, FormatOut] = Field(description="The same totals at 16-bit and at INT4.")
     warnings: list[str]
@@ -292,7 +302,8 @@ def _format_dict(result: FormatPlan) -> dict[str, object]:
             "bits_per_weight": float(result.bits_per_weight), "weights_by_role": dict(result.weights_by_role),
             "kv_cache_bytes": result.kv_cache_bytes, "used_bytes": result.used_bytes, "fits": result.fits,
             "max_context_length": result.max_context_length, "context_limited_by": result.context_limited_by,
-            "max_concurrent_sequences": result.max_concurrent_sequences, "min_devices": result.min_devices,
+            "max_concurrent_sequences": result.max_concurrent_sequences,
+            "sequences_limited_by": result.sequences_limited_by, "min_devices": result.min_devices,
             "devices": [_device_dict(d) for d in result.devices]}
 
 
@@ -317,7 +328,8 @@ def plan_json_from_core(result: Plan) -> bytes:
         "parallel": {"tensor": result.tensor_parallel, "pipeline": result.pipeline_parallel},
         "memory_utilization": float(result.options.memory_utilization),
         "max_context_length": primary.max_context_length, "context_limited_by": primary.context_limited_by,
-        "max_concurrent_sequences": primary.max_concurrent_sequences, "min_devices": primary.min_devices,
+        "max_concurrent_sequences": primary.max_concurrent_sequences,
+        "sequences_limited_by": primary.sequences_limited_by, "min_devices": primary.min_devices,
         "comparison": {name: _format_dict(fp) for name, fp in result.comparison.items()},
         "warnings": list(result.warnings),
     })

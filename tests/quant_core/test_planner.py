@@ -7,6 +7,7 @@ import pytest
 from quant_core.catalog import get_device, get_preset
 from quant_core.errors import GroupSizeMismatch, InvalidSpec
 from quant_core.formats import float_format, int4
+from quant_core.hf_config import model_from_sizes
 from quant_core.kv_cache import kv_bytes_per_token, kv_cache_bytes
 from quant_core.planner import Hardware, PlanOptions, Workload, engine_tensor_parallel_sizes, plan
 
@@ -242,3 +243,35 @@ def test_a_tensor_parallel_degree_that_cannot_split_the_kv_heads_is_warned_about
         fine = plan(spec, Hardware(H100, tensor_parallel), Workload(4096, 1),
                     PlanOptions(tensor_parallel=tensor_parallel))
         assert not any("key/value heads" in warning for warning in fine.warnings)
+
+
+def test_limits_that_are_the_searchs_own_caps_say_so() -> None:
+    tiny = model_from_sizes(hidden_size=128, num_layers=2, num_attention_heads=2, intermediate_size=128,
+                            vocab_size=10, head_dim=64)  # states no trained context
+    result = plan(tiny, Hardware(get_device("b200").memory_bytes, 1), Workload(1, 1), PlanOptions(block_size=1))
+    assert result.primary.max_context_length == 1 << 24
+    assert result.primary.context_limited_by == "search_limit"
+    assert result.primary.max_concurrent_sequences == 1 << 24
+    assert result.primary.sequences_limited_by == "search_limit"
+    capped = plan(get_preset("llama-3.1-8b"), Hardware(H100, 1), Workload(1024, 1))
+    assert capped.primary.context_limited_by == "model" and capped.primary.sequences_limited_by == "memory"
+
+
+def test_a_deployed_format_that_does_not_fit_is_warned_about_even_when_int4_and_16_bit_fit() -> None:
+    result = plan(get_preset("llama-3.1-8b"), Hardware(get_device("l4").memory_bytes, 1), Workload(4096, 1),
+                  PlanOptions(weight_format=float_format("fp32")))
+    assert not result.fits and result.comparison["int4"].fits and result.comparison["bf16"].fits
+    assert any("does not fit as fp32" in warning and "it fits at INT4 and at 16-bit" in warning
+               for warning in result.warnings)
+
+
+def test_when_no_tensor_parallel_degree_fits_the_warning_points_to_pipeline_stages_not_to_a_false_limit() -> None:
+    result = plan(get_preset("llama-3.1-405b"), Hardware(get_device("t4").memory_bytes, 32), Workload(131072, 4))
+    assert result.comparison["int4"].min_devices is None
+    warning = next(w for w in result.warnings if "does not fit even at INT4" in w)
+    assert "the largest is 128 device(s)" in warning and "parallel.pipeline" in warning
+    assert "1024" not in warning
+    # and pipeline stages do fit it, on 64 devices
+    staged = plan(get_preset("llama-3.1-405b"), Hardware(get_device("t4").memory_bytes, 64), Workload(131072, 4),
+                  PlanOptions(tensor_parallel=8, pipeline_parallel=8, weight_format=int4(128)))
+    assert staged.fits
