@@ -193,10 +193,14 @@ def problem_response(problem: Problem, headers: Mapping[str, str] | None = None)
 
 
 def _field_path(location: Sequence[int | str]) -> str:
-    parts = [str(part) for part in location]
+    """A validation error's location as a field path: keys joined by dots, list indices in brackets."""
+    parts = list(location)
     if parts and parts[0] in ("body", "query", "path", "header", "form"):
         parts = parts[1:]
-    return ".".join(parts)
+    path = ""
+    for part in parts:
+        path += f"[{part}]" if isinstance(part, int) else (f".{part}" if path else str(part))
+    return path
 
 
 def validation_problem(errors: Sequence[Mapping[str, Any]]) -> Problem:

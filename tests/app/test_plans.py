@@ -98,22 +98,24 @@ def test_json_sent_as_another_media_type_is_415(client: TestClient, path: str) -
     assert response.json()["errors"][0]["field"] == "Content-Type"
 
 
-@pytest.mark.parametrize(("path", "content"), [
+@pytest.mark.parametrize(("path", "content", "field"), [
     ("/v1/plan", b'{"model": {"preset": "llama-3.1-70b"}, "hardware": {"device": "h100-80gb"},'
-                 b' "workload": {"context_length": -1, "context_length": 4096}}'),
+                 b' "workload": {"context_length": -1, "context_length": 4096}}', "workload.context_length"),
     ("/v1/plan/sweep", b'{"model": {"preset": "llama-3.1-70b"}, "model": {"preset": "llama-3.1-8b"},'
-                       b' "hardware": {"device": "h100-80gb"}, "sweep": {}}'),
-    ("/v1/models/inspect", b'{"preset": "llama-3.1-8b", "preset": "qwen3-8b"}'),
+                       b' "hardware": {"device": "h100-80gb"}, "sweep": {}}', "model"),
+    ("/v1/models/inspect", b'{"preset": "llama-3.1-8b", "preset": "qwen3-8b"}', "preset"),
     ("/v1/plan", b'\xef\xbb\xbf{"model": {"preset": "llama-3.1-8b"}, "hardware": {"device": "h100-80gb"},'
-                 b' "hardware": {"device": "h100-80gb", "count": 8}}'),  # a BOM: only the slow parser decodes it
+                 b' "hardware": {"device": "h100-80gb", "count": 8}}', "hardware"),  # a BOM: only the slow parser
+    ("/v1/plan", b'{"model": {"hf_config": {"architectures": ["A", {"x": 1, "x": 2}]}},'
+                 b' "hardware": {"device": "h100-80gb"}}', "model.hf_config.architectures[1].x"),
 ])
-def test_a_key_sent_twice_in_one_object_is_422_naming_it(client: TestClient, path: str, content: bytes) -> None:
+def test_a_key_sent_twice_in_one_object_is_422_naming_its_path(client: TestClient, path: str, content: bytes,
+                                                               field: str) -> None:
     # JSON parsers keep one of the two values without a word; which one was meant is not ours to guess
     response = client.post(path, content=content, headers={"content-type": "application/json"})
     assert response.status_code == 422
     (error,) = response.json()["errors"]
-    assert "appears twice" in error["message"] and error["field"] in ("context_length", "model", "preset",
-                                                                      "hardware")
+    assert "appears twice" in error["message"] and error["field"] == field
 
 
 def test_missing_hardware_is_422_naming_it(client: TestClient) -> None:
