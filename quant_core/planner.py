@@ -674,6 +674,9 @@ def plan(spec: ModelSpec, hardware: Hardware, workload: Workload | None = None,
     options = options or _DEFAULT_OPTIONS
     policy = options.policy or _default_policy(options.float_format)
     pipeline = options.pipeline_parallel
+    if options.tensor_parallel is None and hardware.count % pipeline:  # the tensor degree would be derived
+        raise InvalidSpec("hardware.count", hardware.count,
+                          f"the device count is not a multiple of the {pipeline} pipeline stages")
     tensor = options.tensor_parallel if options.tensor_parallel is not None else hardware.count // pipeline
     if tensor < 1 or tensor * pipeline != hardware.count:
         raise InvalidSpec("parallel.tensor", tensor,

@@ -353,3 +353,14 @@ def test_plan_answer_bytes_equal_the_model_path_on_raw_memory_that_does_not_fit(
     assert response.status_code == 200
     assert response.json()["fits"] is False
     assert response.content == _bytes_of_the_model_path(body)
+
+
+def test_a_swept_device_count_that_the_pipeline_stages_do_not_divide_is_named_in_the_sweep(
+        client: TestClient) -> None:
+    response = client.post("/v1/plan/sweep", json={
+        "model": {"preset": "llama-3.1-8b"}, "hardware": {"device": "h100-80gb"}, "parallel": {"pipeline": 2},
+        "sweep": {"device_counts": [2, 3, 4]}})
+    assert response.status_code == 422
+    (error,) = response.json()["errors"]
+    assert error["field"] == "sweep.device_counts[1]"
+    assert "not a multiple of the 2 pipeline stages" in error["message"]
