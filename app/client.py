@@ -24,7 +24,7 @@ from typing import IO, Any, Literal, Self, TypeVar, overload
 import httpx
 from pydantic import BaseModel, TypeAdapter
 
-from app.schemas.models import DeviceOut, InspectResponse, ModelDetail, ModelSummary
+from app.schemas.models import DeviceOut, Health, InspectResponse, ModelDetail, ModelSummary
 from app.schemas.plans import PlanRequest, PlanResponse, SweepRequest, SweepResponse
 from app.schemas.quantize import CompareReport, QuantizeReport
 
@@ -205,10 +205,9 @@ class NibbleClient:
         finally:
             _close_files(files)
 
-    def health(self) -> dict[str, Any]:
-        """``GET /healthz``: ``{"status": "ok"}`` when the server is up."""
-        answer: dict[str, Any] = self._get("/healthz").json()
-        return answer
+    def health(self) -> Health:
+        """``GET /healthz``: ``Health(status="ok")`` when the server is up."""
+        return Health.model_validate(self._get("/healthz").json())
 
     def plan(self, body: PlanRequest | Mapping[str, Any]) -> PlanResponse:
         """``POST /v1/plan``: will the model fit, per device, 16-bit beside INT4."""
@@ -304,10 +303,9 @@ class AsyncNibbleClient:
         finally:
             _close_files(files)
 
-    async def health(self) -> dict[str, Any]:
-        """``GET /healthz``."""
-        answer: dict[str, Any] = (await self._get("/healthz")).json()
-        return answer
+    async def health(self) -> Health:
+        """``GET /healthz``: ``Health(status="ok")`` when the server is up."""
+        return Health.model_validate((await self._get("/healthz")).json())
 
     async def plan(self, body: PlanRequest | Mapping[str, Any]) -> PlanResponse:
         """``POST /v1/plan``."""

@@ -234,6 +234,10 @@ def _run_method(name: str, array: NDArray[Any], scheme: WeightFormat, method: st
         "bytes": {"input": int(array.nbytes), "output": output, "predicted": scheme.bytes_for(array.shape)},
         "bits_per_weight": 8 * output / elements, "quality": _quality(q), "seconds": seconds,
     }
+    if method.startswith("rtn-sym") and not scheme.symmetric:
+        sym_note = ("symmetric codes on an asymmetric scheme: every group's zero is stored (all 8); send "
+                    "symmetric=true to drop them (4.125 bits per weight at g128)")
+        note = sym_note if note is None else f"{note}; {sym_note}"
     if note is not None:
         figures["note"] = note
     return q, figures
@@ -261,8 +265,13 @@ def _check_include(tensors: Mapping[str, NDArray[Any]], include: str | None) -> 
 def _load_calibration(job: QuantizeJob) -> NDArray[Any] | None:
     if job.calibration_path is None:
         return None
-    calibration = read_npy(job.calibration_path, max_elements=job.limits.max_elements,
-                           max_header_bytes=job.limits.max_header_bytes)
+    try:
+        calibration = read_npy(job.calibration_path, max_elements=job.limits.max_elements,
+                               max_header_bytes=job.limits.max_header_bytes)
+    except NibbleError as exc:  # the reader speaks of "the file": here it is the calibration upload
+        if exc.field in ("", "file"):
+            exc.field = "calibration"
+        raise
     if calibration.ndim != 2:
         raise CalibrationError(f"calibration must be 2-D [samples, in_features], got shape {list(calibration.shape)}")
     return calibration

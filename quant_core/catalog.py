@@ -86,7 +86,7 @@ def get_device(device_id: str) -> Device:
     key = device_id.strip().lower() if isinstance(device_id, str) else ""
     if key in devices:
         return devices[key]
-    raise UnknownName("device", str(device_id), _close(key, list(devices)), field="device")
+    raise UnknownName("device", str(device_id), _close(key, list(devices)), field="device", known=list(devices))
 
 
 def device_from_bytes(memory_bytes: int, name: str = "custom") -> Device:
@@ -130,7 +130,7 @@ def get_preset_info(name: str) -> Preset:
     for preset in presets.values():
         if preset.hf_repo.lower() == key:
             return preset
-    raise UnknownName("model preset", str(name), _close(key, list(presets)), field="model")
+    raise UnknownName("model preset", str(name), _close(key, list(presets)), field="model", known=list(presets))
 
 
 def get_preset(name: str) -> ModelSpec:

@@ -54,8 +54,15 @@ class UnsupportedArchitecture(NibbleError):
 class UnknownName(NibbleError):
     """A preset, device, method or dtype id that is not in its catalog; lists close names."""
 
-    def __init__(self, kind: str, name: str, close: Sequence[str], field: str = "") -> None:
-        hint = f"; did you mean {', '.join(close)}?" if close else ""
+    def __init__(self, kind: str, name: str, close: Sequence[str], field: str = "",
+                 known: Sequence[str] = ()) -> None:
+        if close:
+            hint = f"; did you mean {', '.join(close)}?"
+        elif known:  # nothing is close: the whole catalog is the list to choose from
+            close = sorted(known)
+            hint = f"; none is close; the {len(close)} known: {', '.join(close)}"
+        else:
+            hint = ""
         super().__init__(f"unknown {kind} {name!r}{hint}", field=field or kind)
         self.kind = kind
         self.name = name
@@ -72,7 +79,7 @@ class GroupSizeMismatch(NibbleError):
         if dividing is not None:
             sizes = ", ".join(map(str, dividing)) if dividing else "none of 32, 64, 128, 256"
             hint = f"; group sizes that divide every quantized tensor of this model: {sizes} (or null, a whole " \
-                   "row); or ask for padding (pad: true)"
+                   "row); or ask for padding (pad: true, beside group_size)"
         super().__init__(
             f"{where}in_features {in_features} is not a multiple of group_size {group_size}{hint}", field=field
         )

@@ -74,7 +74,7 @@ class WeightFormat:
         if self.name == "int4":
             if self.group_size is not None and self.group_size not in GROUP_SIZES:
                 raise InvalidSpec("group_size", self.group_size,
-                                  f"must be one of {list(GROUP_SIZES)} or null (whole row)")
+                                  f"must be one of {list(GROUP_SIZES)} or a whole row (null in JSON, 'row' in a form)")
             if self.symmetric and self.zero != "none":
                 object.__setattr__(self, "zero", "none")
             if not self.symmetric and self.zero == "none":

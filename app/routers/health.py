@@ -3,17 +3,11 @@
 from __future__ import annotations
 
 from fastapi import APIRouter
-from pydantic import BaseModel
 
 from app.problems import Problem
+from app.schemas.models import Health
 
 router = APIRouter(tags=["health"])
-
-
-class Health(BaseModel):
-    """The server is up and its event loop answers."""
-
-    status: str = "ok"
 
 
 @router.get("/healthz", response_model=Health, summary="Liveness check", responses={500: {"model": Problem}})

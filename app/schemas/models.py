@@ -248,3 +248,9 @@ def inspect_from_core(spec: ModelSpec) -> InspectResponse:
         weight_bytes=formats,
     )
 
+
+
+class Health(BaseModel):
+    """The server is up and its event loop answers."""
+
+    status: str = "ok"

@@ -42,7 +42,9 @@ def q4_0_blocks(name: str, q: QuantizedTensor) -> NDArray[np.uint8]:
     fmt = q.format
     if not (fmt.name == "int4" and fmt.group_size == Q4_0_BLOCK and fmt.symmetric
             and fmt.padded_columns(q.shape[1]) == q.shape[1] and not has_act_order(q)):
-        raise InvalidSpec("format", fmt.label(),
+        # name the setting to change: the group size, then the symmetry, else the format as a whole
+        field = "group_size" if fmt.group_size != Q4_0_BLOCK else "symmetric" if not fmt.symmetric else "format"
+        raise InvalidSpec(field, fmt.label(),
                           "GGUF Q4_0 holds int4 group-32 symmetric tensors, in_features a multiple of 32 "
                           f"(tensor {name!r})")
     out_features, in_features = q.shape

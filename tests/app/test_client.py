@@ -12,6 +12,7 @@ import pytest
 from safetensors.numpy import load
 
 from app.client import AsyncNibbleClient, Download, NibbleAPIError, NibbleClient
+from app.schemas.models import Health
 from app.schemas.plans import PlanResponse
 from tests.e2e.conftest import start_server
 
@@ -43,7 +44,7 @@ def test_plan_answer_is_typed_and_equals_the_raw_json(server: str) -> None:
 
 def test_catalogs_inspect_and_sweep(server: str) -> None:
     with NibbleClient(server) as client:
-        assert client.health() == {"status": "ok"}
+        assert client.health() == Health(status="ok")
         assert "llama-3.1-70b" in {model.id for model in client.list_models()}
         assert client.get_model("llama-3.1-8b").total_parameters == 8_030_261_248  # meta-llama/Llama-3.1-8B
         assert client.get_device("h100-80gb").memory_bytes == 80 * 2**30
@@ -90,6 +91,7 @@ def test_async_client_answers_the_same(server: str, weights_npy: Path) -> None:
     async def run() -> tuple[PlanResponse, float, int]:
         async with AsyncNibbleClient(server) as client:
             answer = await client.plan(PLAN_BODY)
+            assert await client.health() == Health(status="ok")
             comparison = await client.compare(io.BytesIO(weights_npy.read_bytes()), ["rtn"], filename="w.npy")
             try:
                 await client.get_model("nope")

@@ -121,3 +121,14 @@ def test_inspect_hf_config_agrees_with_quant_core(client: TestClient, name: str)
     assert body["parameters"]["total"] == parameter_count(spec).total
     assert body["kv_bytes_per_token"]["bf16"] == kv_bytes_per_token(spec, "bf16")
     assert {f["format"]: f["bytes"] for f in body["weight_bytes"]}["bf16"] == weight_bytes(spec, "bf16")
+
+
+@pytest.mark.parametrize(("path", "catalog"), [("/v1/devices/zzzzzz", "/v1/devices"),
+                                               ("/v1/models/zzzzzz", "/v1/models")])
+def test_an_unknown_id_with_nothing_close_lists_the_whole_catalog(client: TestClient, path: str,
+                                                                  catalog: str) -> None:
+    response = client.get(path)
+    assert response.status_code == 404
+    ids = sorted(item["id"] for item in client.get(catalog).json())
+    assert response.json()["close"] == ids
+    assert "none is close" in response.json()["detail"]

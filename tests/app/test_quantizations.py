@@ -582,3 +582,28 @@ def test_a_boundary_longer_than_rfc_2046_allows_is_400_naming_the_content_type(c
                            headers={"Content-Type": "multipart/form-data; boundary=" + "a" * 300})
     assert response.status_code == 400
     assert response.json()["errors"][0]["field"] == "Content-Type"
+
+
+@pytest.mark.parametrize("calibration", [
+    pickle.dumps(np.ones((4, 4))),  # not a .npy at all
+    b"\x93NUMPY\x01\x00\x10\x00{'descr': '<f4'}\n" + bytes(16),  # a corrupt header
+])
+def test_an_unreadable_calibration_file_is_named_as_the_calibration_field(client: TestClient, weights: np.ndarray,
+                                                                         calibration: bytes) -> None:
+    response = client.post("/v1/quantize", files={"file": ("w.npy", npy_bytes(weights)),
+                                                  "calibration": ("x.npy", calibration)}, data={"method": "gptq"})
+    assert 400 <= response.status_code < 500
+    assert [error["field"] for error in response.json()["errors"]] == ["calibration"]
+
+
+def test_a_gguf_export_of_another_group_size_names_the_group_size(client: TestClient, weights: np.ndarray) -> None:
+    response = client.post("/v1/quantize", files={"file": ("w.npy", npy_bytes(weights))},
+                           data={"output": "gguf", "group_size": "128", "symmetric": "true"})
+    assert response.status_code == 422
+    assert [error["field"] for error in response.json()["errors"]] == ["group_size"]
+
+
+def test_rtn_sym_on_an_asymmetric_scheme_says_its_zeros_are_stored(client: TestClient, weights: np.ndarray) -> None:
+    response = client.post("/v1/quantize", files={"file": ("w.npy", npy_bytes(weights))}, data={"method": "rtn-sym"})
+    (entry,) = response.json()["tensors"]
+    assert entry["format"] == "int4-g128-asym" and "send symmetric=true" in entry["note"]
