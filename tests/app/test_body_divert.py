@@ -15,7 +15,6 @@ import hashlib
 import json
 import random
 import socket
-import threading
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -25,7 +24,7 @@ import uvicorn
 from uvicorn.server import ServerState
 
 from app.http_protocol import BODY_DIVERT_EXTENSION, DIVERTED_BYTES_PER_TURN, DIVERTED_READ_BYTES, QueuedBodyProtocol
-from tests.e2e.conftest import free_port
+from tests.threaded_server import uvicorn_in_thread
 
 #: what the app saw of bodies whose client went away (no answer can carry it)
 abandoned: list[dict[str, Any]] = []
@@ -104,19 +103,8 @@ async def diverting_app(scope: dict[str, Any], receive: Any, send: Any) -> None:
 @pytest.fixture(params=["uvloop", "asyncio"])
 def server(request: pytest.FixtureRequest) -> Iterator[int]:
     """A real uvicorn server of `diverting_app` in a thread, on the event loop named; yields its port."""
-    port = free_port()
-    config = uvicorn.Config(diverting_app, host="127.0.0.1", port=port, http=QueuedBodyProtocol,
-                            loop=request.param, lifespan="off", log_level="warning")
-    instance = uvicorn.Server(config)
-    thread = threading.Thread(target=instance.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not instance.started:
-        assert time.monotonic() < deadline, "uvicorn did not start"
-        time.sleep(0.01)
-    yield port
-    instance.should_exit = True
-    thread.join(timeout=10)
+    with uvicorn_in_thread(diverting_app, http=QueuedBodyProtocol, loop=request.param) as port:
+        yield port
 
 
 def connect(port: int) -> socket.socket:
@@ -299,32 +287,19 @@ async def answer_then_divert_app(scope: dict[str, Any], receive: Any, send: Any)
 
 
 def test_a_body_still_being_diverted_after_its_answer_keeps_the_connection_past_the_keep_alive_timeout() -> None:
-    port = free_port()
-    config = uvicorn.Config(answer_then_divert_app, host="127.0.0.1", port=port, http=QueuedBodyProtocol,
-                            lifespan="off", log_level="warning", timeout_keep_alive=1)
-    instance = uvicorn.Server(config)
-    thread = threading.Thread(target=instance.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not instance.started:
-        assert time.monotonic() < deadline, "uvicorn did not start"
-        time.sleep(0.01)
-    try:
-        body = bytes(20 * 65_536)
-        with connect(port) as client:
-            client.sendall(request_head(len(body), 0))
-            for start in range(0, len(body), 65_536):  # 2 s of body: past the 1 s keep-alive timeout
-                client.sendall(body[start: start + 65_536])
-                time.sleep(0.1)
-            client.sendall(b"GET /next HTTP/1.1\r\nHost: test\r\n\r\n")
-            answers = b""
-            while answers.count(b"HTTP/1.1 200") < 2:
-                chunk = client.recv(65_536)
-                assert chunk, "the server closed the connection while the client was still sending its body"
-                answers += chunk
-    finally:
-        instance.should_exit = True
-        thread.join(timeout=10)
+    body = bytes(20 * 65_536)
+    with uvicorn_in_thread(answer_then_divert_app, http=QueuedBodyProtocol, timeout_keep_alive=1) as port, \
+            connect(port) as client:
+        client.sendall(request_head(len(body), 0))
+        for start in range(0, len(body), 65_536):  # 2 s of body: past the 1 s keep-alive timeout
+            client.sendall(body[start: start + 65_536])
+            time.sleep(0.1)
+        client.sendall(b"GET /next HTTP/1.1\r\nHost: test\r\n\r\n")
+        answers = b""
+        while answers.count(b"HTTP/1.1 200") < 2:
+            chunk = client.recv(65_536)
+            assert chunk, "the server closed the connection while the client was still sending its body"
+            answers += chunk
 
 
 class PausingTransport(asyncio.Transport):
@@ -413,26 +388,12 @@ async def cancelling_app(scope: dict[str, Any], receive: Any, send: Any) -> None
 
 
 def test_a_cancelled_diversion_takes_no_more_reads_and_receive_gets_the_rest_in_order() -> None:
-    port = free_port()
-    config = uvicorn.Config(cancelling_app, host="127.0.0.1", port=port, http=QueuedBodyProtocol,
-                            lifespan="off", log_level="warning")
-    instance = uvicorn.Server(config)
-    thread = threading.Thread(target=instance.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not instance.started:
-        assert time.monotonic() < deadline, "uvicorn did not start"
-        time.sleep(0.01)
-    try:
-        body = random.Random(10).randbytes(40 * 65_536)
-        with connect(port) as client:
-            client.sendall(request_head(len(body), 0))
-            for start in range(0, len(body), 65_536):  # 0.8 s of body: the 0.3 s deadline passes mid-way
-                client.sendall(body[start: start + 65_536])
-                time.sleep(0.02)
-            answer = read_answer(client, bytearray())
-    finally:
-        instance.should_exit = True
-        thread.join(timeout=10)
+    body = random.Random(10).randbytes(40 * 65_536)
+    with uvicorn_in_thread(cancelling_app, http=QueuedBodyProtocol) as port, connect(port) as client:
+        client.sendall(request_head(len(body), 0))
+        for start in range(0, len(body), 65_536):  # 0.8 s of body: the 0.3 s deadline passes mid-way
+            client.sendall(body[start: start + 65_536])
+            time.sleep(0.02)
+        answer = read_answer(client, bytearray())
     assert answer["cancelled"] and answer["after_cancel"] == 0
     assert answer["digest"] == hashlib.sha256(body).hexdigest()

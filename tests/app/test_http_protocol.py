@@ -14,7 +14,6 @@ import json
 import logging
 import random
 import socket
-import threading
 import time
 from collections import deque
 from collections.abc import Iterator
@@ -22,11 +21,10 @@ from types import SimpleNamespace
 from typing import Any
 
 import pytest
-import uvicorn
 from uvicorn.protocols.http.httptools_impl import RequestResponseCycle
 
 from app.http_protocol import BODY_HIGH_WATER_BYTES, MAX_HEAD_BYTES, QueuedBodyCycle, QueuedBodyProtocol
-from tests.e2e.conftest import free_port
+from tests.threaded_server import uvicorn_in_thread
 
 READ = 256_000  # one network read under uvloop, at most
 
@@ -153,19 +151,8 @@ async def recording_app(scope: dict[str, Any], receive: Any, send: Any) -> None:
 
 def _serve(protocol: type[QueuedBodyProtocol]) -> Iterator[int]:
     """A real uvicorn server of `recording_app` speaking `protocol`, in a thread; yields its port."""
-    port = free_port()
-    config = uvicorn.Config(recording_app, host="127.0.0.1", port=port, http=protocol, lifespan="off",
-                            log_level="warning")
-    instance = uvicorn.Server(config)
-    thread = threading.Thread(target=instance.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not instance.started:
-        assert time.monotonic() < deadline, "uvicorn did not start"
-        time.sleep(0.01)
-    yield port
-    instance.should_exit = True
-    thread.join(timeout=10)
+    with uvicorn_in_thread(recording_app, http=protocol) as port:
+        yield port
 
 
 @pytest.fixture()
