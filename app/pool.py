@@ -29,7 +29,7 @@ import os
 import signal
 import struct
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Coroutine
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from multiprocessing.reduction import ForkingPickler
@@ -126,8 +126,20 @@ class _ProcessWorker:
         self.process.start()
         child.close()
 
-    async def call(self, function: Callable[..., Any], args: tuple[Any, ...]) -> tuple[str, Any]:
-        """Send a job and wait for the worker's whole answer, ``(kind, value)``, without blocking the loop.
+    def send(self, function: Callable[..., Any], args: tuple[Any, ...]) -> None:
+        """Hand the worker a job, now (a blocking write of a few hundred bytes; no turn of the event loop).
+
+        Raises `WorkerCrashed` when the process has died while idle: it must then be replaced.
+        """
+        descriptor = self.connection.fileno()
+        try:
+            os.set_blocking(descriptor, True)  # a job is small, but a send must never stop half-way
+            self.connection.send((function, args))
+        except OSError:  # BrokenPipeError: the process died while idle
+            raise WorkerCrashed("the worker process for this job had died; it is being replaced") from None
+
+    async def answer(self) -> tuple[str, Any]:
+        """Wait for the worker's whole answer to the job `send` gave it, ``(kind, value)``, without blocking the loop.
 
         The answer is read as it arrives, in non-blocking reads of the pipe
         (the event loop's reader leaves it non-blocking, so a blocking
@@ -171,11 +183,6 @@ class _ProcessWorker:
             loop.remove_reader(descriptor)
             received.set_result(answer)
 
-        try:
-            os.set_blocking(descriptor, True)  # a job is small, but a send must never stop half-way
-            self.connection.send((function, args))
-        except OSError:  # BrokenPipeError: the process died while idle
-            raise WorkerCrashed("the worker process for this job had died; it is being replaced") from None
         loop.add_reader(descriptor, on_readable)
         try:
             return await received
@@ -186,6 +193,16 @@ class _ProcessWorker:
         self.process.kill()
         self.process.join(timeout=5)
         self.connection.close()
+
+
+@dataclass
+class _Sent:
+    """A job `WorkerPool.submit` handed to `worker` itself: the error the send raised, if any, and whether
+    the task reading the answer has started (else the worker is replaced when the task ends)."""
+
+    worker: _ProcessWorker
+    error: WorkerCrashed | None = None
+    started: bool = False
 
 
 @dataclass
@@ -279,8 +296,44 @@ class WorkerPool:
     async def run(self, function: Callable[..., T], *args: Any) -> T:
         """Run ``function(*args)`` on a worker under the time limit (inside a `reserve()` block)."""
         self.start()
+        return await self._limited(self._run(function, args))
+
+    def submit(self, function: Callable[..., T], *args: Any) -> asyncio.Task[T]:
+        """`run` as a task, with the job already handed to a worker when this returns, if one is idle.
+
+        A task's first step waits for a turn of the event loop, and an upload
+        being received fills those turns (app/http_protocol.py): a job started
+        while its upload arrives reached its worker 3-10 ms after `run` was
+        called (BENCHMARKS.md, "API (issue 4)").  Here the job is written to
+        an idle worker's pipe before returning, so it starts while the loop
+        goes on receiving; with no worker idle it waits for one, as `run` does.
+        """
+        self.start()
+        if self.kind == "process" and self._idle is not None and self._idle.qsize() > 0:
+            sent = _Sent(self._idle.get_nowait())
+            try:
+                sent.worker.send(function, args)
+            except WorkerCrashed as exc:  # raised in the task, whose clean-up replaces the worker
+                sent.error = exc
+            task = asyncio.create_task(self._answer(function, args, sent))
+
+            def reclaim(_: asyncio.Task[T]) -> None:
+                if not sent.started:  # cancelled before its first step: `_run` never took the worker back
+                    self._give_back(sent.worker, healthy=False)
+
+            task.add_done_callback(reclaim)
+            return task
+        return asyncio.create_task(self.run(function, *args))
+
+    async def _answer(self, function: Callable[..., T], args: tuple[Any, ...], sent: _Sent) -> T:
+        """The answer of a job `submit` sent, under the time limit (the coroutine a task runs: none
+        is made until its first step, so one cancelled before that leaves no coroutine unawaited)."""
+        return await self._limited(self._run(function, args, sent))
+
+    async def _limited(self, job: Coroutine[Any, Any, T]) -> T:
+        """Await `job` under the time limit: 504 past it, 503 when the server's shutdown cancels it."""
         try:
-            return await asyncio.wait_for(self._run(function, args), self.time_limit_seconds)
+            return await asyncio.wait_for(job, self.time_limit_seconds)
         except TimeoutError:
             self.stats.timed_out += 1
             raise TimeLimitExceeded(
@@ -294,16 +347,23 @@ class WorkerPool:
                 f"in {self.retry_after_seconds} s", headers={"Retry-After": str(self.retry_after_seconds)},
             ) from None
 
-    async def _run(self, function: Callable[..., T], args: tuple[Any, ...]) -> T:
+    async def _run(self, function: Callable[..., T], args: tuple[Any, ...], sent: _Sent | None = None) -> T:
+        """Run the job on the next idle worker, or wait for the answer of the worker `submit` `sent` it to."""
         if self.kind == "thread":
             return await self._run_thread(function, args)
         assert self._idle is not None  # set by start()
-        worker = await self._idle.get()
+        if sent is not None:
+            sent.started = True
+        worker = await self._idle.get() if sent is None else sent.worker
         self.stats.busy += 1
         started = time.perf_counter()
         healthy = False  # true once the worker's whole answer is in: its pipe is clean for the next job
         try:
-            kind, value = await worker.call(function, args)
+            if sent is None:
+                worker.send(function, args)
+            elif sent.error is not None:
+                raise sent.error
+            kind, value = await worker.answer()
             healthy = True
             if kind == "ok":
                 return value  # type: ignore[no-any-return]
@@ -315,13 +375,19 @@ class WorkerPool:
             self.stats.completed += 1
             self.stats.job_seconds.append(time.perf_counter() - started)
             del self.stats.job_seconds[:-256]
-            if not healthy:  # timed out, cancelled or crashed: the process may be mid-job, replace it
-                worker.kill()
+            self._give_back(worker, healthy)
+
+    def _give_back(self, worker: _ProcessWorker, healthy: bool) -> None:
+        """Return a worker to the idle queue after a job; one whose job did not end cleanly (timed out,
+        cancelled, crashed: the process may be mid-job) is killed and replaced first."""
+        if not healthy:
+            worker.kill()
+            if worker in self._all:
                 self._all.remove(worker)
-                worker = _ProcessWorker(self._context, PRELOAD_MODULES)
-                self._all.append(worker)
-            if self._idle is not None:
-                self._idle.put_nowait(worker)
+            worker = _ProcessWorker(self._context, PRELOAD_MODULES)
+            self._all.append(worker)
+        if self._idle is not None:
+            self._idle.put_nowait(worker)
 
     async def _run_thread(self, function: Callable[..., T], args: tuple[Any, ...]) -> T:
         assert self._threads is not None  # set by start()

@@ -155,8 +155,8 @@ class _EarlyQuantization:
         if form.output != "report":
             self.output_path = arriving.directory / f"early-output{OUTPUT_SUFFIXES[form.output]}"
         self.arrival = arriving.arrival
-        self.task = asyncio.create_task(
-            self.pool.run(quantize_arriving, self.job, form.output, self.output_path, arriving.arrival.path))
+        # handed to the worker now, not a loop turn later: those turns are busy receiving the file
+        self.task = self.pool.submit(quantize_arriving, self.job, form.output, self.output_path, arriving.arrival.path)
 
     async def result(self, job: QuantizeJob, output: str, file: UploadedFile
                      ) -> tuple[dict[str, Any], Path | None] | None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from pathlib import Path
 
 import pytest
 
@@ -141,6 +142,85 @@ def test_a_worker_that_dies_mid_job_is_replaced_and_the_next_job_runs() -> None:
                     await pool.run(_exit_now)
             async with pool.reserve():
                 assert await pool.run(_answer_of, 100_000, 5) == (5, bytes([5]) * 100_000)
+        finally:
+            pool.close()
+
+    asyncio.run(scenario())
+
+
+def _write_marker(path: str) -> str:
+    with open(path, "w") as marker:
+        marker.write("ran")
+    return path
+
+
+def test_a_submitted_job_reaches_an_idle_worker_before_the_event_loop_turns(tmp_path: Path) -> None:
+    # an upload being received fills the loop's turns: the early job must not wait for one to be sent
+    async def scenario() -> None:
+        pool = WorkerPool(workers=1, queue=1, time_limit_seconds=60, retry_after_seconds=1, kind="process")
+        pool.start()
+        try:
+            async with pool.reserve():
+                assert await pool.run(_answer_of, 1, 1) == (1, b"\x01")  # the worker is up
+                marker = tmp_path / "marker"
+                task = pool.submit(_write_marker, str(marker))
+                deadline = time.monotonic() + 20
+                while not marker.exists() and time.monotonic() < deadline:
+                    time.sleep(0.01)  # blocks the loop: the task cannot take a step
+                assert marker.exists(), "the job ran only once the event loop turned"
+                assert not pool.has_idle_worker()
+                assert await task == str(marker)
+                assert pool.has_idle_worker() and pool.stats.completed == 2 and pool.stats.busy == 0
+        finally:
+            pool.close()
+
+    asyncio.run(scenario())
+
+
+def test_a_submitted_job_with_no_idle_worker_waits_for_one_like_run() -> None:
+    async def scenario() -> None:
+        pool = WorkerPool(workers=1, queue=2, time_limit_seconds=60, retry_after_seconds=1, kind="process")
+        pool.start()
+        try:
+            first = pool.submit(_sleep, 0.3)
+            second = pool.submit(_answer_of, 10, 2)
+            assert await asyncio.gather(first, second) == [0.3, (2, bytes([2]) * 10)]
+            assert pool.has_idle_worker()
+        finally:
+            pool.close()
+
+    asyncio.run(scenario())
+
+
+def test_a_submitted_job_cancelled_before_its_first_step_gives_its_worker_back_replaced() -> None:
+    async def scenario() -> None:
+        pool = WorkerPool(workers=1, queue=1, time_limit_seconds=60, retry_after_seconds=1, kind="process")
+        pool.start()
+        try:
+            task = pool.submit(_sleep, 30.0)  # the worker is mid-job: it cannot be reused, only replaced
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+            assert pool.has_idle_worker()
+            assert await pool.run(_answer_of, 10, 3) == (3, bytes([3]) * 10)
+        finally:
+            pool.close()
+
+    asyncio.run(scenario())
+
+
+def test_a_submitted_job_whose_idle_worker_had_died_fails_and_the_worker_is_replaced() -> None:
+    async def scenario() -> None:
+        pool = WorkerPool(workers=1, queue=1, time_limit_seconds=60, retry_after_seconds=1, kind="process")
+        pool.start()
+        try:
+            assert await pool.run(_answer_of, 1, 1) == (1, b"\x01")
+            for worker in pool._all:  # die while idle, as after an out-of-memory kill
+                worker.process.kill()
+                worker.process.join()
+            with pytest.raises(WorkerCrashed):
+                await pool.submit(_answer_of, 10, 4)
+            assert await pool.run(_answer_of, 10, 5) == (5, bytes([5]) * 10)
         finally:
             pool.close()
 
