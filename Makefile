@@ -16,6 +16,8 @@ $(BIN)/python:
 
 $(STAMP): $(BIN)/python pyproject.toml
 	$(BIN)/pip install --quiet -e '.[dev]'
+	$(BIN)/python -c "import tomllib; print(*tomllib.load(open('pyproject.toml', 'rb'))['tool']['nibble']['reference-decoders'])" \
+		| xargs $(BIN)/pip install --quiet --no-deps
 	rm -f $(VENV)/.installed-*
 	touch $(STAMP)
 

@@ -15,11 +15,12 @@ exported with every zero equal to 8, which dequantizes to exactly the same
 ``(q − 8) × s``.  AWQ has no act-order (``g_idx``), no fp16 zeros and no
 whole-row groups; those are refused with `InvalidSpec`.
 
-How this layout was checked: compressed-tensors ships a port of AutoAWQ's
-unpacking (``compressed_tensors/entrypoints/convert/converters/autoawq.py``,
-``unpack_awq`` + ``reverse_awq_order``); the always-run interop test converts
-nibble's export with it and decompresses the result with compressed-tensors,
-and compares with nibble's `dequantize`.
+How this layout was checked: AutoAWQ's own ``dequantize_gemm`` decodes nibble's
+exports (tests/quant_core/tensorio/test_reference_libraries.py), and
+compressed-tensors' port of AutoAWQ's unpacking
+(``compressed_tensors/entrypoints/convert/converters/autoawq.py``) converts them
+to its own format and decompresses them (test_exports.py); both equal nibble's
+`dequantize` bit for bit.
 """
 
 from __future__ import annotations

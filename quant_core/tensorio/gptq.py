@@ -22,11 +22,12 @@ the API's ``output=gptq`` does: a group whose zero would be 0 gets zero 1 and
 a scale that still spans it).  Symmetric tensors store 8 − 1 = 7
 in v1, as AutoGPTQ does for ``sym=True``.
 
-How this layout was checked: no GPTQ library installs here (auto_gptq needs
-CUDA builds), so tests/quant_core/tensorio/reference_decoders.py transcribes
-the reference unpacking above in NumPy and the tests compare its output with
-nibble's `dequantize`, exactly; tests/quant_core/tensorio/test_optional_reference.py
-runs the real library when it is importable.
+How this layout was checked: AutoGPTQ's own layers (``qlinear_cuda_old`` and,
+for act-order, ``qlinear_cuda``, on their CPU path) decode nibble's exports in
+tests/quant_core/tensorio/test_reference_libraries.py, and the result equals
+nibble's `dequantize` bit for bit; tests/quant_core/tensorio/reference_decoders.py
+transcribes the same unpacking in NumPy for the checks AutoGPTQ cannot make
+(GPTQModel's v2 checkpoints, fewer than 32 rows).
 """
 
 from __future__ import annotations

@@ -1,7 +1,9 @@
 """Decoders for the GPTQ export, transcribed from the reference library (not from nibble's code).
 
-GPTQ: AutoGPTQ ``auto_gptq/nn_modules/qlinear/qlinear_cuda_old.py`` (``QuantLinear.forward``'s
-dequantization, the one every later kernel reproduces):
+GPTQ: AutoGPTQ ``auto_gptq/nn_modules/qlinear/qlinear_cuda.py`` (``QuantLinear.forward``'s
+dequantization, the one every later kernel reproduces; ``qlinear_cuda_old.py`` is the same with
+groups in column order, no ``g_idx``).  AutoGPTQ's own layers run in test_reference_libraries.py;
+this transcription also covers what they cannot: GPTQModel's v2 checkpoints and fewer than 32 rows:
 
     zeros = (qzeros[:, :, None] >> wf[None, None, :]) -> int8; zeros = zeros + 1; zeros &= 0xF
     weight = (qweight[:, None, :] >> wf[None, :, None]) -> int8; weight &= 0xF;  reshape [in, out]

@@ -3,8 +3,8 @@
 Independent decoders: gguf-py (GGUFReader + gguf.quants.dequantize) for GGUF; compressed-tensors
 (CPU torch: PackedQuantizationCompressor.decompress) for pack-quantized; compressed-tensors' port of
 AutoAWQ's unpacking (AutoAWQConverter) for AWQ; and for GPTQ a NumPy transcription of AutoGPTQ's
-dequantization (reference_decoders.py; the real library runs in test_optional_reference.py when
-installed).  Each decoded weight must equal nibble's `dequantize` bit for bit: in float32 when the
+dequantization (reference_decoders.py; AutoGPTQ's and AutoAWQ's own code decode the exports in
+test_reference_libraries.py).  Each decoded weight must equal nibble's `dequantize` bit for bit: in float32 when the
 decoder computes in float32, in float16 when it multiplies in fp16 (the product ``(q − z) × s`` is
 exact in float32, so both round the same exact value to nearest fp16).
 """
