@@ -197,11 +197,13 @@ class _ProcessWorker:
 
 @dataclass
 class _Sent:
-    """A job `WorkerPool.submit` handed to `worker` itself: the error the send raised, if any, and whether
-    the task reading the answer has started (else the worker is replaced when the task ends)."""
+    """A job `WorkerPool.submit` handed to `worker` itself (at `sent_at`, ``perf_counter``), or the error
+    the send raised (the worker was then replaced); and whether the task reading the answer has started
+    (else the worker is replaced when the task ends)."""
 
     worker: _ProcessWorker
-    error: WorkerCrashed | None = None
+    sent_at: float
+    error: Exception | None = None
     started: bool = False
 
 
@@ -234,6 +236,8 @@ class WorkerPool:
         self.stats = PoolStats(workers=workers, capacity=workers + queue)
         self._threads: ThreadPoolExecutor | None = None
         self._idle: asyncio.Queue[_ProcessWorker] | None = None
+        #: jobs waiting in `_run` for a worker: a worker put back is theirs, even before they wake
+        self._waiting = 0
         self._all: list[_ProcessWorker] = []
         self._context = multiprocessing.get_context("spawn")
 
@@ -275,7 +279,7 @@ class WorkerPool:
         """Whether a job submitted now would find a worker free (no job is waiting for one)."""
         if self.kind == "thread":
             return self.stats.busy < self.stats.workers
-        return self._idle is None or self._idle.qsize() > 0
+        return self._idle is None or self._idle.qsize() > self._waiting
 
     @contextlib.asynccontextmanager
     async def reserve(self) -> AsyncIterator[None]:
@@ -309,17 +313,28 @@ class WorkerPool:
         goes on receiving; with no worker idle it waits for one, as `run` does.
         """
         self.start()
-        if self.kind == "process" and self._idle is not None and self._idle.qsize() > 0:
-            sent = _Sent(self._idle.get_nowait())
+        sent: _Sent | None = None
+        for _ in range(self.stats.workers + 1):  # a worker found dead is replaced (`_hand`); bounded
+            if self.kind != "process" or self._idle is None or self._idle.qsize() <= self._waiting:
+                break
+            worker = self._idle.get_nowait()
             try:
-                sent.worker.send(function, args)
-            except WorkerCrashed as exc:  # raised in the task, whose clean-up replaces the worker
-                sent.error = exc
+                if not self._hand(worker, function, args):
+                    continue
+            except Exception as exc:  # raised in the task (the worker was replaced)
+                sent = _Sent(worker, time.perf_counter(), exc)
+            else:
+                sent = _Sent(worker, time.perf_counter())
+            break
+        if sent is not None:
+            if sent.error is None:
+                self.stats.busy += 1
             task = asyncio.create_task(self._answer(function, args, sent))
 
             def reclaim(_: asyncio.Task[T]) -> None:
-                if not sent.started:  # cancelled before its first step: `_run` never took the worker back
-                    self._give_back(sent.worker, healthy=False)
+                assert sent is not None
+                if not sent.started and sent.error is None:  # cancelled before its first step: `_run`
+                    self._end_job(sent.worker, sent.sent_at, healthy=False)  # never gave the worker back
 
             task.add_done_callback(reclaim)
             return task
@@ -328,12 +343,14 @@ class WorkerPool:
     async def _answer(self, function: Callable[..., T], args: tuple[Any, ...], sent: _Sent) -> T:
         """The answer of a job `submit` sent, under the time limit (the coroutine a task runs: none
         is made until its first step, so one cancelled before that leaves no coroutine unawaited)."""
-        return await self._limited(self._run(function, args, sent))
+        elapsed = time.perf_counter() - sent.sent_at  # the time limit counts from the send
+        return await self._limited(self._run(function, args, sent), self.time_limit_seconds - elapsed)
 
-    async def _limited(self, job: Coroutine[Any, Any, T]) -> T:
-        """Await `job` under the time limit: 504 past it, 503 when the server's shutdown cancels it."""
+    async def _limited(self, job: Coroutine[Any, Any, T], seconds: float | None = None) -> T:
+        """Await `job` under the time limit (or `seconds` of it): 504 past it, 503 when the server's
+        shutdown cancels it."""
         try:
-            return await asyncio.wait_for(job, self.time_limit_seconds)
+            return await asyncio.wait_for(job, self.time_limit_seconds if seconds is None else seconds)
         except TimeoutError:
             self.stats.timed_out += 1
             raise TimeLimitExceeded(
@@ -354,15 +371,22 @@ class WorkerPool:
         assert self._idle is not None  # set by start()
         if sent is not None:
             sent.started = True
-        worker = await self._idle.get() if sent is None else sent.worker
-        self.stats.busy += 1
-        started = time.perf_counter()
+            if sent.error is not None:  # its worker was replaced already
+                raise sent.error
+            worker, started = sent.worker, sent.sent_at
+        else:
+            while True:
+                self._waiting += 1
+                try:
+                    worker = await self._idle.get()
+                finally:
+                    self._waiting -= 1
+                if self._hand(worker, function, args):
+                    break
+            self.stats.busy += 1
+            started = time.perf_counter()
         healthy = False  # true once the worker's whole answer is in: its pipe is clean for the next job
         try:
-            if sent is None:
-                worker.send(function, args)
-            elif sent.error is not None:
-                raise sent.error
             kind, value = await worker.answer()
             healthy = True
             if kind == "ok":
@@ -371,23 +395,43 @@ class WorkerPool:
                 raise _unpack_error(*value)
             raise RuntimeError(f"job failed in worker: {value}")
         finally:
-            self.stats.busy -= 1
-            self.stats.completed += 1
-            self.stats.job_seconds.append(time.perf_counter() - started)
-            del self.stats.job_seconds[:-256]
-            self._give_back(worker, healthy)
+            self._end_job(worker, started, healthy)
+
+    def _hand(self, worker: _ProcessWorker, function: Callable[..., Any], args: tuple[Any, ...]) -> bool:
+        """Send the job to an idle `worker`: True once sent.  False when the worker had died while idle (an
+        out-of-memory kill): the job never reached it, so it is replaced and the job can go to the next.
+        Any other error (an argument that cannot be pickled) is raised, the worker replaced."""
+        try:
+            worker.send(function, args)
+        except WorkerCrashed:
+            self._give_back(worker, healthy=False)
+            return False
+        except BaseException:
+            self._give_back(worker, healthy=False)
+            raise
+        return True
+
+    def _end_job(self, worker: _ProcessWorker, started: float, healthy: bool) -> None:
+        """Count a job that held `worker` since `started` as done, and give the worker back."""
+        self.stats.busy -= 1
+        self.stats.completed += 1
+        self.stats.job_seconds.append(time.perf_counter() - started)
+        del self.stats.job_seconds[:-256]
+        self._give_back(worker, healthy)
 
     def _give_back(self, worker: _ProcessWorker, healthy: bool) -> None:
-        """Return a worker to the idle queue after a job; one whose job did not end cleanly (timed out,
-        cancelled, crashed: the process may be mid-job) is killed and replaced first."""
+        """Return a worker to the idle queue; one whose job did not end cleanly (timed out, cancelled,
+        crashed: the process may be mid-job) is killed and replaced first.  Once the pool is closed, the
+        worker is only stopped."""
+        if self._idle is None or worker not in self._all:  # the pool was closed (and maybe started again)
+            worker.kill()  # it is no longer the pool's: nothing would stop it, or a replacement
+            return
         if not healthy:
             worker.kill()
-            if worker in self._all:
-                self._all.remove(worker)
+            self._all.remove(worker)
             worker = _ProcessWorker(self._context, PRELOAD_MODULES)
             self._all.append(worker)
-        if self._idle is not None:
-            self._idle.put_nowait(worker)
+        self._idle.put_nowait(worker)
 
     async def _run_thread(self, function: Callable[..., T], args: tuple[Any, ...]) -> T:
         assert self._threads is not None  # set by start()

@@ -268,6 +268,9 @@ def report_quantize(quantize_timings: dict[str, list[float]], repeats: int) -> N
           f"{'PASS' if ratio <= 1.5 else 'MISS'}; median: {median['http'] / median['quantize_file']:.2f}; "
           f"vs bare quantize(): best {best['http'] / best['quantize']:.2f}, "
           f"median {median['http'] / median['quantize']:.2f}")
+    paired = sorted(h / q for h, q in zip(quantize_timings["http"], quantize_timings["quantize_file"], strict=True))
+    print(f"  paired rounds (HTTP / the in-process run just before it): median {statistics.median(paired):.2f}, "
+          f"quartiles {paired[len(paired) // 4]:.2f}-{paired[3 * len(paired) // 4]:.2f}")
 
 
 def main() -> int:

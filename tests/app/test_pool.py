@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import multiprocessing
+import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -209,19 +212,88 @@ def test_a_submitted_job_cancelled_before_its_first_step_gives_its_worker_back_r
     asyncio.run(scenario())
 
 
-def test_a_submitted_job_whose_idle_worker_had_died_fails_and_the_worker_is_replaced() -> None:
+@pytest.mark.parametrize("start", ["submit", "run"])
+def test_a_job_whose_idle_worker_had_died_runs_on_its_replacement(start: str) -> None:
+    # the job never reached the dead worker (killed while idle, as by the out-of-memory killer): nothing to fail
     async def scenario() -> None:
         pool = WorkerPool(workers=1, queue=1, time_limit_seconds=60, retry_after_seconds=1, kind="process")
         pool.start()
         try:
             assert await pool.run(_answer_of, 1, 1) == (1, b"\x01")
-            for worker in pool._all:  # die while idle, as after an out-of-memory kill
-                worker.process.kill()
-                worker.process.join()
-            with pytest.raises(WorkerCrashed):
-                await pool.submit(_answer_of, 10, 4)
-            assert await pool.run(_answer_of, 10, 5) == (5, bytes([5]) * 10)
+            (dead,) = pool._all
+            dead.process.kill()
+            dead.process.join()
+            job = pool.submit(_answer_of, 10, 4) if start == "submit" else pool.run(_answer_of, 10, 4)
+            assert await job == (4, bytes([4]) * 10)
+            assert dead not in pool._all and len(pool._all) == 1 and pool.stats.busy == 0
+            assert pool.has_idle_worker()
         finally:
             pool.close()
+
+    asyncio.run(scenario())
+
+
+def _identity(value: object) -> object:
+    return value
+
+
+def test_a_submitted_job_that_cannot_be_sent_fails_in_its_task_and_the_pool_keeps_a_worker() -> None:
+    async def scenario() -> None:
+        pool = WorkerPool(workers=1, queue=1, time_limit_seconds=60, retry_after_seconds=1, kind="process")
+        pool.start()
+        try:
+            task = pool.submit(_identity, threading.Lock())  # a lock cannot be pickled to the worker
+            with pytest.raises(TypeError, match="pickle"):
+                await task
+            assert pool.stats.busy == 0 and pool.has_idle_worker()
+            assert await pool.run(_identity, 7) == 7
+        finally:
+            pool.close()
+
+    asyncio.run(scenario())
+
+
+def test_a_worker_freed_for_a_waiting_job_goes_to_it_not_to_a_job_submitted_in_the_same_turn(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    async def scenario() -> None:
+        pool = WorkerPool(workers=1, queue=2, time_limit_seconds=60, retry_after_seconds=1, kind="process")
+        pool.start()
+        order: list[str] = []
+        late: list[asyncio.Task[object]] = []
+        end_job = pool._end_job
+
+        def end_job_then_submit(*args: Any) -> None:
+            end_job(*args)
+            if not late:  # an upload's early start, in the same turn as the worker's return
+                assert not pool.has_idle_worker()
+                late.append(pool.submit(_identity, "late"))
+                late[0].add_done_callback(lambda _: order.append("late"))
+
+        try:
+            assert await pool.run(_identity, 0) == 0
+            monkeypatch.setattr(pool, "_end_job", end_job_then_submit)
+            first = asyncio.create_task(pool.run(_sleep, 0.3))
+            await asyncio.sleep(0.05)
+            waiting = asyncio.create_task(pool.run(_identity, "waiting"))
+            waiting.add_done_callback(lambda _: order.append("waiting"))
+            await asyncio.gather(first, waiting)
+            await late[0]
+            assert order == ["waiting", "late"]
+        finally:
+            pool.close()
+
+    asyncio.run(scenario())
+
+
+def test_a_job_still_running_when_the_pool_closes_leaves_no_worker_process_behind() -> None:
+    async def scenario() -> None:
+        pool = WorkerPool(workers=1, queue=1, time_limit_seconds=1.5, retry_after_seconds=1, kind="process")
+        pool.start()
+        task = pool.submit(_sleep, 30.0)
+        await asyncio.sleep(0.2)
+        pool.close()
+        with pytest.raises(TimeLimitExceeded):  # its worker was killed with the pool: no answer comes
+            await task
+        assert multiprocessing.active_children() == []
 
     asyncio.run(scenario())
