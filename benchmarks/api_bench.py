@@ -18,7 +18,9 @@ Run: ``.venv/bin/python benchmarks/api_bench.py`` (from the repository root).
    quantization overlaps the upload.  Rounds alternate; best of N and median.
    Target: HTTP <= 1.5 x in process (best of N, N = 15 rounds).  The bare `quantize()` of the
    array in memory is printed too.
-Prints every figure and the two ratios.  ``--part plan`` or ``--part quantize`` runs one half.
+Prints every figure and the two ratios, and the median of the per-round ratios (each HTTP time over the
+in-process time measured just before it: the pairs share the VM's phase).  ``--part plan`` or
+``--part quantize`` runs one half.
 """
 
 from __future__ import annotations
