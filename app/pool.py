@@ -150,6 +150,7 @@ class _ProcessWorker:
         """
         loop = asyncio.get_running_loop()
         received: asyncio.Future[tuple[str, Any]] = loop.create_future()
+        self._answering = received
         descriptor = self.connection.fileno()
         message = _IncomingMessage()
 
@@ -187,9 +188,21 @@ class _ProcessWorker:
         try:
             return await received
         finally:
-            loop.remove_reader(descriptor)
+            self._answering = None
+            if not self.connection.closed:
+                loop.remove_reader(descriptor)
 
-    def kill(self) -> None:
+    #: the answer being waited for, if any (`kill` ends the wait)
+    _answering: asyncio.Future[tuple[str, Any]] | None = None
+
+    def kill(self, reason: Exception | None = None) -> None:
+        """Stop the process; a job waiting for its answer gets `reason` (default: `WorkerCrashed`) at once,
+        where it would otherwise wait for its time limit (the pipe closes under the event loop's watch)."""
+        answering = self._answering
+        if answering is not None and not answering.done():
+            with contextlib.suppress(ValueError, OSError):  # no reader registered, or no loop running
+                answering.get_loop().remove_reader(self.connection.fileno())
+            answering.set_exception(reason or WorkerCrashed("the worker process running this job was stopped"))
         self.process.kill()
         self.process.join(timeout=5)
         self.connection.close()
@@ -270,8 +283,10 @@ class WorkerPool:
         if self._threads is not None:
             self._threads.shutdown(wait=False, cancel_futures=True)
             self._threads = None
+        stopped = ShuttingDown("the server is shutting down and stopped this job before it finished; retry in "
+                               f"{self.retry_after_seconds} s", headers={"Retry-After": str(self.retry_after_seconds)})
         for worker in self._all:
-            worker.kill()
+            worker.kill(stopped)
         self._all.clear()
         self._idle = None
 

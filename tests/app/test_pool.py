@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from app.pool import WorkerPool
-from app.problems import PoolFull, TimeLimitExceeded, WorkerCrashed
+from app.problems import PoolFull, ShuttingDown, TimeLimitExceeded, WorkerCrashed
 from quant_core.errors import InvalidSpec
 
 
@@ -285,15 +285,19 @@ def test_a_worker_freed_for_a_waiting_job_goes_to_it_not_to_a_job_submitted_in_t
     asyncio.run(scenario())
 
 
-def test_a_job_still_running_when_the_pool_closes_leaves_no_worker_process_behind() -> None:
+@pytest.mark.parametrize("start", ["submit", "run"])
+def test_a_job_still_running_when_the_pool_closes_answers_503_at_once_and_leaves_no_worker_behind(
+        start: str) -> None:
     async def scenario() -> None:
-        pool = WorkerPool(workers=1, queue=1, time_limit_seconds=1.5, retry_after_seconds=1, kind="process")
+        pool = WorkerPool(workers=1, queue=1, time_limit_seconds=60, retry_after_seconds=3, kind="process")
         pool.start()
-        task = pool.submit(_sleep, 30.0)
+        job = pool.submit(_sleep, 30.0) if start == "submit" else asyncio.create_task(pool.run(_sleep, 30.0))
         await asyncio.sleep(0.2)
+        closed = time.monotonic()
         pool.close()
-        with pytest.raises(TimeLimitExceeded):  # its worker was killed with the pool: no answer comes
-            await task
+        with pytest.raises(ShuttingDown) as stopped:  # not after the time limit: its worker is gone
+            await job
+        assert time.monotonic() - closed < 10 and stopped.value.headers == {"Retry-After": "3"}
         assert multiprocessing.active_children() == []
 
     asyncio.run(scenario())
