@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import multiprocessing
 import threading
 import time
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +27,18 @@ def _fail(value: int) -> None:
     raise InvalidSpec("group_size", value, "must be one of [32, 64, 128, 256]")
 
 
+@contextlib.asynccontextmanager
+async def started_pool(kind: str = "process", workers: int = 1, queue: int = 1, time_limit_seconds: float = 60,
+                       retry_after_seconds: int = 1) -> AsyncIterator[WorkerPool]:
+    """A started pool (one worker process, one queued place, a minute's time limit), closed on the way out."""
+    pool = WorkerPool(workers, queue, time_limit_seconds, retry_after_seconds, kind)  # type: ignore[arg-type]
+    pool.start()
+    try:
+        yield pool
+    finally:
+        pool.close()
+
+
 async def _occupy(pool: WorkerPool, seconds: float) -> float:
     async with pool.reserve():
         return await pool.run(_sleep, seconds)
@@ -33,9 +47,7 @@ async def _occupy(pool: WorkerPool, seconds: float) -> float:
 @pytest.mark.parametrize("kind", ["thread", "process"])
 def test_pool_full_answers_503_with_retry_after_then_recovers(kind: str) -> None:
     async def scenario() -> None:
-        pool = WorkerPool(workers=1, queue=1, time_limit_seconds=30, retry_after_seconds=7, kind=kind)  # type: ignore[arg-type]
-        pool.start()
-        try:
+        async with started_pool(time_limit_seconds=30, retry_after_seconds=7, kind=kind) as pool:
             busy = [asyncio.create_task(_occupy(pool, 0.5)) for _ in range(2)]
             await asyncio.sleep(0.05)
             with pytest.raises(PoolFull) as refused:
@@ -45,8 +57,6 @@ def test_pool_full_answers_503_with_retry_after_then_recovers(kind: str) -> None
             assert await asyncio.gather(*busy) == [0.5, 0.5]
             assert await _occupy(pool, 0.0) == 0.0
             assert pool.stats.rejected == 1
-        finally:
-            pool.close()
 
     asyncio.run(scenario())
 
@@ -54,33 +64,25 @@ def test_pool_full_answers_503_with_retry_after_then_recovers(kind: str) -> None
 @pytest.mark.parametrize("kind", ["thread", "process"])
 def test_job_past_the_time_limit_answers_504(kind: str) -> None:
     async def scenario() -> None:
-        pool = WorkerPool(workers=1, queue=0, time_limit_seconds=0.3, retry_after_seconds=1, kind=kind)  # type: ignore[arg-type]
-        pool.start()
-        try:
+        async with started_pool(queue=0, time_limit_seconds=0.3, kind=kind) as pool:
             with pytest.raises(TimeLimitExceeded):
                 await _occupy(pool, 2.0 if kind == "process" else 0.6)
             if kind == "process":  # the stuck worker was killed and a fresh one took its place
                 assert pool.stats.busy == 0 and pool.stats.timed_out == 1
                 pool.time_limit_seconds = 60  # room for the replacement to start (imports NumPy)
                 assert await _occupy(pool, 0.0) == 0.0
-        finally:
-            pool.close()
 
     asyncio.run(scenario())
 
 
 def test_typed_core_errors_cross_the_process_boundary() -> None:
     async def scenario() -> None:
-        pool = WorkerPool(workers=1, queue=0, time_limit_seconds=30, retry_after_seconds=1, kind="process")
-        pool.start()
-        try:
+        async with started_pool(queue=0, time_limit_seconds=30) as pool:
             with pytest.raises(InvalidSpec) as raised:
                 async with pool.reserve():
                     await pool.run(_fail, 100)
             assert (raised.value.field, raised.value.value) == ("group_size", 100)
             assert "100" in raised.value.detail
-        finally:
-            pool.close()
 
     asyncio.run(scenario())
 
@@ -88,17 +90,13 @@ def test_typed_core_errors_cross_the_process_boundary() -> None:
 @pytest.mark.parametrize("kind", ["thread", "process"])
 def test_has_idle_worker_is_false_while_every_worker_is_busy(kind: str) -> None:
     async def scenario() -> None:
-        pool = WorkerPool(workers=1, queue=1, time_limit_seconds=30, retry_after_seconds=1, kind=kind)  # type: ignore[arg-type]
-        pool.start()
-        try:
+        async with started_pool(time_limit_seconds=30, kind=kind) as pool:
             assert pool.has_idle_worker()
             busy = asyncio.create_task(_occupy(pool, 0.5))
             await asyncio.sleep(0.2)
             assert not pool.has_idle_worker()
             await busy
             assert pool.has_idle_worker()
-        finally:
-            pool.close()
 
     asyncio.run(scenario())
 
@@ -117,15 +115,11 @@ def test_answers_larger_than_the_pipe_reach_their_own_request_whole(loop: str) -
     # uvloop (what uvicorn runs) leaves the worker's pipe non-blocking once it watches it: an answer over
     # the pipe's 64 KiB buffer used to fail half-read, and the next request got the rest of it
     async def scenario() -> None:
-        pool = WorkerPool(workers=1, queue=4, time_limit_seconds=60, retry_after_seconds=1, kind="process")
-        pool.start()
-        try:
+        async with started_pool(queue=4) as pool:
             for tag, size in enumerate([5 << 20, 10, 300_000, 0, 64 << 10, 17 << 20, 3]):
                 async with pool.reserve():
                     assert await pool.run(_answer_of, size, tag) == (tag, bytes([tag]) * size)
             assert pool.stats.completed == 7
-        finally:
-            pool.close()
 
     if loop == "uvloop":
         import uvloop
@@ -137,16 +131,12 @@ def test_answers_larger_than_the_pipe_reach_their_own_request_whole(loop: str) -
 
 def test_a_worker_that_dies_mid_job_is_replaced_and_the_next_job_runs() -> None:
     async def scenario() -> None:
-        pool = WorkerPool(workers=1, queue=1, time_limit_seconds=60, retry_after_seconds=1, kind="process")
-        pool.start()
-        try:
+        async with started_pool() as pool:
             with pytest.raises(WorkerCrashed):
                 async with pool.reserve():
                     await pool.run(_exit_now)
             async with pool.reserve():
                 assert await pool.run(_answer_of, 100_000, 5) == (5, bytes([5]) * 100_000)
-        finally:
-            pool.close()
 
     asyncio.run(scenario())
 
@@ -160,54 +150,41 @@ def _write_marker(path: str) -> str:
 def test_a_submitted_job_reaches_an_idle_worker_before_the_event_loop_turns(tmp_path: Path) -> None:
     # an upload being received fills the loop's turns: the early job must not wait for one to be sent
     async def scenario() -> None:
-        pool = WorkerPool(workers=1, queue=1, time_limit_seconds=60, retry_after_seconds=1, kind="process")
-        pool.start()
-        try:
-            async with pool.reserve():
-                assert await pool.run(_answer_of, 1, 1) == (1, b"\x01")  # the worker is up
-                marker = tmp_path / "marker"
-                task = pool.submit(_write_marker, str(marker))
-                deadline = time.monotonic() + 20
-                while not marker.exists() and time.monotonic() < deadline:
-                    time.sleep(0.01)  # blocks the loop: the task cannot take a step
-                assert marker.exists(), "the job ran only once the event loop turned"
-                assert not pool.has_idle_worker()
-                assert await task == str(marker)
-                assert pool.has_idle_worker() and pool.stats.completed == 2 and pool.stats.busy == 0
-        finally:
-            pool.close()
+        async with started_pool() as pool, pool.reserve():
+            assert await pool.run(_answer_of, 1, 1) == (1, b"\x01")  # the worker is up
+            marker = tmp_path / "marker"
+            task = pool.submit(_write_marker, str(marker))
+            deadline = time.monotonic() + 20
+            while not marker.exists() and time.monotonic() < deadline:
+                time.sleep(0.01)  # blocks the loop: the task cannot take a step
+            assert marker.exists(), "the job ran only once the event loop turned"
+            assert not pool.has_idle_worker()
+            assert await task == str(marker)
+            assert pool.has_idle_worker() and pool.stats.completed == 2 and pool.stats.busy == 0
 
     asyncio.run(scenario())
 
 
 def test_a_submitted_job_with_no_idle_worker_waits_for_one_like_run() -> None:
     async def scenario() -> None:
-        pool = WorkerPool(workers=1, queue=2, time_limit_seconds=60, retry_after_seconds=1, kind="process")
-        pool.start()
-        try:
+        async with started_pool(queue=2) as pool:
             first = pool.submit(_sleep, 0.3)
             second = pool.submit(_answer_of, 10, 2)
             assert await asyncio.gather(first, second) == [0.3, (2, bytes([2]) * 10)]
             assert pool.has_idle_worker()
-        finally:
-            pool.close()
 
     asyncio.run(scenario())
 
 
 def test_a_submitted_job_cancelled_before_its_first_step_gives_its_worker_back_replaced() -> None:
     async def scenario() -> None:
-        pool = WorkerPool(workers=1, queue=1, time_limit_seconds=60, retry_after_seconds=1, kind="process")
-        pool.start()
-        try:
+        async with started_pool() as pool:
             task = pool.submit(_sleep, 30.0)  # the worker is mid-job: it cannot be reused, only replaced
             task.cancel()
             with pytest.raises(asyncio.CancelledError):
                 await task
             assert pool.has_idle_worker()
             assert await pool.run(_answer_of, 10, 3) == (3, bytes([3]) * 10)
-        finally:
-            pool.close()
 
     asyncio.run(scenario())
 
@@ -216,9 +193,7 @@ def test_a_submitted_job_cancelled_before_its_first_step_gives_its_worker_back_r
 def test_a_job_whose_idle_worker_had_died_runs_on_its_replacement(start: str) -> None:
     # the job never reached the dead worker (killed while idle, as by the out-of-memory killer): nothing to fail
     async def scenario() -> None:
-        pool = WorkerPool(workers=1, queue=1, time_limit_seconds=60, retry_after_seconds=1, kind="process")
-        pool.start()
-        try:
+        async with started_pool() as pool:
             assert await pool.run(_answer_of, 1, 1) == (1, b"\x01")
             (dead,) = pool._all
             dead.process.kill()
@@ -227,8 +202,6 @@ def test_a_job_whose_idle_worker_had_died_runs_on_its_replacement(start: str) ->
             assert await job == (4, bytes([4]) * 10)
             assert dead not in pool._all and len(pool._all) == 1 and pool.stats.busy == 0
             assert pool.has_idle_worker()
-        finally:
-            pool.close()
 
     asyncio.run(scenario())
 
@@ -239,16 +212,12 @@ def _identity(value: object) -> object:
 
 def test_a_submitted_job_that_cannot_be_sent_fails_in_its_task_and_the_pool_keeps_a_worker() -> None:
     async def scenario() -> None:
-        pool = WorkerPool(workers=1, queue=1, time_limit_seconds=60, retry_after_seconds=1, kind="process")
-        pool.start()
-        try:
+        async with started_pool() as pool:
             task = pool.submit(_identity, threading.Lock())  # a lock cannot be pickled to the worker
             with pytest.raises(TypeError, match="pickle"):
                 await task
             assert pool.stats.busy == 0 and pool.has_idle_worker()
             assert await pool.run(_identity, 7) == 7
-        finally:
-            pool.close()
 
     asyncio.run(scenario())
 
