@@ -50,6 +50,7 @@ from typing import Literal
 from python_multipart.multipart import MultipartParser, parse_options_header
 from starlette.requests import ClientDisconnect, Request
 
+from app import byte_search
 from app.arrival import ArrivalRecorder
 from app.http_protocol import BODY_DIVERT_EXTENSION
 from app.problems import MalformedUpload, UnsupportedMediaType, UploadStalled
@@ -261,7 +262,7 @@ class _Collector:
         """
         delimiter = self.delimiter
         keep = len(delimiter) - 1
-        if chunk.find(delimiter, start, end) >= 0 or (
+        if byte_search.find(chunk, delimiter, start, end) >= 0 or (
                 self.bypass_tail and (self.bypass_tail + chunk[start: min(end, start + keep)]).find(delimiter) >= 0):
             self.error = self._ends_early()
             raise self.error
