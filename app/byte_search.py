@@ -19,8 +19,6 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 
-import numpy as np
-
 #: below this many bytes the call into C costs more than it saves
 MEMMEM_MIN_BYTES = 4096
 
@@ -49,7 +47,13 @@ def find(haystack: bytes | bytearray, needle: bytes, start: int = 0, end: int | 
     start, end, _ = slice(start, end).indices(len(haystack))
     if _memmem is None or not needle or end - start < MEMMEM_MIN_BYTES:
         return haystack.find(needle, start, end)
-    view = np.frombuffer(haystack, dtype=np.uint8)  # the bytes in place: only their address is taken
-    base = view.ctypes.data
+    anchor: ctypes.c_char_p | ctypes.c_char
+    if isinstance(haystack, bytes):
+        anchor = ctypes.c_char_p(haystack)  # points into the immutable object's own buffer
+        base = ctypes.cast(anchor, ctypes.c_void_p).value or 0
+    else:  # held exported (not resizable) until the search is over
+        anchor = ctypes.c_char.from_buffer(haystack)
+        base = ctypes.addressof(anchor)
     found = _memmem(base + start, end - start, needle, len(needle))
+    del anchor
     return -1 if found is None else int(found) - base

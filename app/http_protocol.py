@@ -194,6 +194,8 @@ class QueuedBodyProtocol(HttpToolsProtocol):
     #: seconds a started request (or a new connection) may send nothing before the connection is closed
     request_idle_seconds: float = REQUEST_IDLE_SECONDS
     _idle_timer: asyncio.TimerHandle | None = None
+    #: the event loop's time of the last read (or of the timer's arming)
+    _active_at: float = 0.0
 
     #: the current request's body bytes not yet read from the socket (None: unknown, a chunked body)
     body_left: int | None = None
@@ -320,8 +322,14 @@ class QueuedBodyProtocol(HttpToolsProtocol):
             self.parser.set_dangerous_leniencies(lenient_data_after_close=True)
 
     def _arm_idle_timer(self) -> None:
-        self._disarm_idle_timer()
-        self._idle_timer = self.loop.call_later(self.request_idle_seconds, self._on_idle)
+        """Bytes arrived (or a request is due): the connection may idle `request_idle_seconds` from now.
+
+        Called for every network read, so only the time is noted; a timer
+        set earlier finds the later time when it fires and waits out the rest.
+        """
+        self._active_at = self.loop.time()
+        if self._idle_timer is None:
+            self._idle_timer = self.loop.call_at(self._active_at + self.request_idle_seconds, self._on_idle)
 
     def _disarm_idle_timer(self) -> None:
         if self._idle_timer is not None:
@@ -331,6 +339,10 @@ class QueuedBodyProtocol(HttpToolsProtocol):
     def _on_idle(self) -> None:
         """Nothing arrived for `request_idle_seconds` while a request was due: close (unless we paused reading)."""
         self._idle_timer = None
+        due = self._active_at + self.request_idle_seconds
+        if self.loop.time() < due:  # bytes arrived after this timer was set
+            self._idle_timer = self.loop.call_at(due, self._on_idle)
+            return
         if self.transport.is_closing():
             return
         if self.flow.read_paused:  # our flow control stopped reading: the client is not the one idling

@@ -473,26 +473,41 @@ async def receive_upload(request: Request, settings: Settings,
         received = 0
         divert = request.scope.get("extensions", {}).get(BODY_DIVERT_EXTENSION)
         try:
-            # One deadline, moved at every read (a timer handle, not a task per read): the next bytes are due
-            # within `idle` seconds, and the body may fall at most `idle` seconds behind `rate` bytes per second.
-            async with asyncio.timeout(idle) as deadline:
+            # One deadline: the next bytes are due within `idle` seconds, and the body may fall at most `idle`
+            # seconds behind `rate` bytes per second.  A read only notes its time and size; one timer, when it
+            # fires, finds the deadline those reads moved and waits for it, or ends the upload.
+            async with asyncio.timeout(None) as deadline:
+
+                def due() -> float:
+                    return min(last + idle, started + idle + received / rate)
+
+                def check() -> None:
+                    nonlocal watchdog
+                    if loop.time() >= due():
+                        deadline.reschedule(loop.time())  # asyncio.timeout cancels the task: TimeoutError below
+                    else:
+                        watchdog = loop.call_at(due(), check)
+
+                watchdog = loop.call_at(due(), check)
 
                 def arrived(size: int) -> None:
                     nonlocal last, received
                     last = loop.time()
                     received += size
-                    deadline.reschedule(min(last + idle, started + idle + received / rate))
 
                 def take_due(data: bytes | bytearray, start: int, end: int) -> None:
                     arrived(end - start)
                     collector.take_due(data, start, end)
 
-                async for chunk in request.stream():
-                    arrived(len(chunk))
-                    _feed(chunk, parser, collector)
-                    due = collector.bytes_due()
-                    if divert is not None and due >= MIN_DIVERTED_BYTES:
-                        await divert(take_due, due)
+                try:
+                    async for chunk in request.stream():
+                        arrived(len(chunk))
+                        _feed(chunk, parser, collector)
+                        bytes_due = collector.bytes_due()
+                        if divert is not None and bytes_due >= MIN_DIVERTED_BYTES:
+                            await divert(take_due, bytes_due)
+                finally:
+                    watchdog.cancel()
             _finish(parser, collector)
         except TimeoutError:
             if loop.time() - last >= idle:

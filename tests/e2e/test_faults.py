@@ -238,14 +238,37 @@ def test_a_stalled_upload_is_refused_408_and_gives_its_place_back(tmp_path: Path
     with server_in(tmp_path, pool_workers="1", pool_queue="0", upload_idle_seconds="1.5") as base_url:
         stalled = open_socket(base_url)  # takes the only place, then sends nothing more
         stalled.sendall(request_head(base_url, "/v1/quantize", len(body)) + body[: len(body) // 2])
+        last_sent = time.monotonic()
         assert wait_until(lambda: spooled_bytes(tmp_path) > 0), "the stalled upload was never admitted"
         assert quantize_report(base_url, content).status_code == 503
         status, headers, answer = read_response(stalled)
+        assert time.monotonic() - last_sent >= 1.5 - 0.05, "refused before the idle limit had passed"
         stalled.close()
         assert status == 408 and headers["content-type"] == "application/problem+json"
         assert b"no bytes for 1.5 s" in answer
         recovered = quantize_report(base_url, content)
         assert recovered.status_code == 200, recovered.text
+    assert not any(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize("shape", [(256, 256), (2048, 1024)])
+def test_an_upload_that_pauses_within_the_idle_limit_again_and_again_is_answered(tmp_path: Path,
+                                                                                 shape: tuple[int, int]) -> None:
+    # five pieces 1 s apart: every pause is inside the 1.5 s idle limit, the whole upload well past it
+    content = npy_bytes(*shape)
+    body = multipart_body(content, {"method": "rtn", "output": "report"})
+    pieces = [body[index * len(body) // 5: (index + 1) * len(body) // 5] for index in range(5)]
+    with server_in(tmp_path, pool_workers="1", pool_queue="0", upload_idle_seconds="1.5") as base_url:
+        pausing = open_socket(base_url)
+        started = time.monotonic()
+        pausing.sendall(request_head(base_url, "/v1/quantize", len(body)) + pieces[0])
+        for piece in pieces[1:]:
+            time.sleep(1.0)
+            pausing.sendall(piece)
+        status, _headers, answer = read_response(pausing)
+        pausing.close()
+        assert status == 200, answer[:300]
+        assert time.monotonic() - started >= 4.0
     assert not any(tmp_path.iterdir())
 
 
