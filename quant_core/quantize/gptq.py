@@ -57,6 +57,7 @@ from numpy.typing import NDArray
 from quant_core.errors import CalibrationError
 from quant_core.formats import WeightFormat
 from quant_core.quantize._groups import F32, LEVELS, SYMMETRIC_ZERO, GroupParameters, within_fp16, zeros_at_least
+from quant_core.quantize._transpose import transpose_into, transposed
 from quant_core.quantize.metrics import calibration_split
 from quant_core.quantize.rtn import asymmetric_parameters, symmetric_scales
 
@@ -273,7 +274,7 @@ def gptq(
         if act_order:
             codes[start:stop, permutation] = sweep.codes.T
         else:
-            codes[start:stop] = sweep.codes.T
+            transpose_into(sweep.codes, codes[start:stop])
         scales[start:stop] = sweep.scales.T
         zeros[start:stop] = sweep.zeros.T
     stored: NDArray[np.uint8] | NDArray[np.float16] | None = None
@@ -368,7 +369,7 @@ class _Sweep:
         self.min_zero = min_zero
         self.originals = originals
         # a copy even when `originals` is Fortran-ordered (as ``rows[:, permutation]`` is): the sweep writes to it
-        self.transposed: F32 = originals.T.copy(order="C")
+        self.transposed: F32 = transposed(originals)
         self.factor = factor
         self.group_inverses = group_inverses
         self.scheme = scheme
@@ -407,7 +408,7 @@ class _Sweep:
         group = column // self.group_size
         stop = column + self.group_size
         self._group_start = column
-        self._group_originals = np.ascontiguousarray(self.originals[:, column:stop].T)
+        self._group_originals = transposed(self.originals[:, column:stop])
         current = self.transposed[column:stop]
         if group == 0:
             paper = current
