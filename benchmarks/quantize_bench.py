@@ -82,7 +82,10 @@ calibration = synthetic_activations(2048, 4096, seed=3)
 matmul = gptq = float("inf")
 for _ in range(2):
     start = time.perf_counter(); left @ weights; matmul = min(matmul, time.perf_counter() - start)
-start = time.perf_counter(); quantize(weights, int4(128), "gptq", calibration); gptq = time.perf_counter() - start
+for _ in range(2):
+    start = time.perf_counter()
+    quantize(weights, int4(128), "gptq", calibration)
+    gptq = min(gptq, time.perf_counter() - start)
 print(matmul, gptq)
 """
 
@@ -120,7 +123,10 @@ def main() -> None:
     left = np.random.default_rng(1).standard_normal((SIZE, SIZE), dtype=np.float32)
     matmul = best_time(lambda: left @ weights, 2)
     calibration = synthetic_activations(2048, SIZE, seed=3)
-    gptq = best_time(lambda: quantize(weights, scheme, "gptq", calibration), 1)
+    # best of 2 on both sides (the matmul above too): this VM backs memory left idle lazily, so a first run pays
+    # for touching fresh memory (GPTQ allocates several 64 MiB arrays; a first 64 MiB copy took 0.16 s, later 0.02)
+    gptq_runs = [best_time(lambda: quantize(weights, scheme, "gptq", calibration), 1) for _ in range(2)]
+    gptq = min(gptq_runs)
 
     print(f"fast timings: best of {ROUNDS} rounds, interleaved; the searching methods: one run each")
     print("seconds: " + ", ".join(f"{k} {v:.4f}" for k, v in [
@@ -140,6 +146,7 @@ def main() -> None:
     verdict("hqq time / rtn time", hqq / rtn, 25.0, False)
     print(f"  refit time / rtn time (no target in issue 3; for the record)    {refit / rtn:8.3f}")
     verdict("gptq time (2048 calib rows) / 4096^3 matmul time", gptq / matmul, 4.0, False)
+    print(f"  (gptq best of 2 runs: {gptq_runs[0]:.3f} s, then {gptq_runs[1]:.3f} s; matmul best of 2)")
     one_thread = subprocess.run([sys.executable, "-c", GPTQ_ONE_THREAD_SCRIPT], capture_output=True, text=True,
                                 check=True, env={**os.environ, "OPENBLAS_NUM_THREADS": "1"}).stdout.split()
     matmul_1, gptq_1 = (float(value) for value in one_thread)
