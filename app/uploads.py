@@ -483,10 +483,11 @@ async def receive_upload(request: Request, settings: Settings,
 
                 def check() -> None:
                     nonlocal watchdog
-                    if loop.time() >= due():
-                        deadline.reschedule(loop.time())  # asyncio.timeout cancels the task: TimeoutError below
+                    when = due()
+                    if loop.time() >= when:
+                        deadline.reschedule(when)  # passed: asyncio.timeout cancels the task, TimeoutError below
                     else:
-                        watchdog = loop.call_at(due(), check)
+                        watchdog = loop.call_at(when, check)
 
                 watchdog = loop.call_at(due(), check)
 

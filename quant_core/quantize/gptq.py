@@ -254,6 +254,8 @@ def gptq(
         h = np.ascontiguousarray(h[permutation][:, permutation])
     else:
         permutation = np.arange(columns)
+    position = np.empty(columns, dtype=np.int64)  # where each original column is swept: the inverse permutation
+    position[permutation] = np.arange(columns)
     factor, _ = error_feedback_factor(h)
     del h
     group_inverses = _group_block_inverses(factor, group_size)
@@ -271,10 +273,8 @@ def gptq(
             originals[:, dead_permuted] = 0.0
         sweep = _Sweep(originals, factor, group_inverses, scheme, group_size, min_zero)
         sweep.run(0, columns)
-        if act_order:
-            codes[start:stop, permutation] = sweep.codes.T
-        else:
-            transpose_into(sweep.codes, codes[start:stop])
+        # sweep.codes is [swept column, row]: its rows back in original column order, then transposed
+        transpose_into(sweep.codes[position] if act_order else sweep.codes, codes[start:stop])
         scales[start:stop] = sweep.scales.T
         zeros[start:stop] = sweep.zeros.T
     stored: NDArray[np.uint8] | NDArray[np.float16] | None = None
@@ -284,8 +284,6 @@ def gptq(
         stored = zeros.astype(np.float16)
     g_idx: NDArray[np.int32] | None = None
     if act_order:
-        position = np.empty(columns, dtype=np.int64)
-        position[permutation] = np.arange(columns)
         g_idx = (position[:in_features] // group_size).astype(np.int32)
     return codes, scales, stored, g_idx
 
@@ -368,8 +366,7 @@ class _Sweep:
         rows, columns = originals.shape
         self.min_zero = min_zero
         self.originals = originals
-        # a copy even when `originals` is Fortran-ordered (as ``rows[:, permutation]`` is): the sweep writes to it
-        self.transposed: F32 = transposed(originals)
+        self.transposed: F32 = transposed(originals)  # a copy: the sweep writes to it
         self.factor = factor
         self.group_inverses = group_inverses
         self.scheme = scheme
