@@ -10,7 +10,6 @@ app/problems.py.
 
 from __future__ import annotations
 
-import fnmatch
 import json
 import math
 import struct
@@ -27,6 +26,7 @@ from numpy.typing import NDArray
 from app.arrival import ArrivalWaiter, UploadIncomplete, resize_to
 from quant_core.errors import CalibrationError, InvalidSpec, NibbleError
 from quant_core.formats import WeightFormat
+from quant_core.globs import Glob, compile_glob
 from quant_core.quantize import QuantizedTensor, dequantize, quantize
 from quant_core.tensorio import (
     export_awq,
@@ -40,6 +40,7 @@ from quant_core.tensorio import (
 )
 from quant_core.tensorio import write_safetensors as write_plain_safetensors
 from quant_core.tensorio.declared import NPY_TENSOR_NAME, DeclaredLayout, declared_layout, header_end
+from quant_core.tensorio.limits import DEFAULT_MAX_NPY_HEADER_BYTES
 
 FLOAT_KINDS = ("float32", "float16", "bfloat16")
 OutputKind = Literal["report", "nibble", "gptq", "awq", "compressed-tensors", "gguf"]
@@ -62,6 +63,12 @@ class ReadLimits:
     max_header_bytes: int
     #: the largest upload accepted; a header declaring more is not streamed (its upload will be refused)
     max_file_bytes: int | None = None
+
+    @property
+    def max_npy_header_bytes(self) -> int:
+        """A `.npy` header's limit: `max_header_bytes`, at most the npy reader's 64 KiB (a short dict, where a
+        safetensors header lists every tensor; issue 17)."""
+        return min(self.max_header_bytes, DEFAULT_MAX_NPY_HEADER_BYTES)
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,7 +118,7 @@ def load_tensors(path: Path, kind: str, limits: ReadLimits) -> Mapping[str, NDAr
     """The uploaded tensors by name (a ``.npy`` holds one, named ``weight``), memory-mapped and validated."""
     if kind == "npy":
         return {NPY_TENSOR_NAME: read_npy(path, max_elements=limits.max_elements,
-                                          max_header_bytes=limits.max_header_bytes)}
+                                          max_header_bytes=limits.max_npy_header_bytes)}
     return read_safetensors(path, max_tensors=limits.max_tensors, max_elements=limits.max_elements,
                             max_header_bytes=limits.max_header_bytes)
 
@@ -120,10 +127,15 @@ def _dtype_name(array: NDArray[Any]) -> str:
     return "bfloat16" if array.dtype == np.dtype(ml_dtypes.bfloat16) else str(array.dtype)
 
 
-def passthrough_reason(name: str, array: NDArray[Any], include: str | None) -> str | None:
+def include_glob(include: str | None) -> Glob | None:
+    """The include pattern, compiled once per job (None: every tensor is included)."""
+    return compile_glob(include) if include else None
+
+
+def passthrough_reason(name: str, array: NDArray[Any], include: Glob | None) -> str | None:
     """Why a tensor is not quantized (``None`` when it is): rank, dtype or the include pattern."""
-    if include and not fnmatch.fnmatchcase(name, include):
-        return f"name does not match the include pattern {include!r}"
+    if include is not None and not include.matches(name):
+        return f"name does not match the include pattern {include.pattern!r}"
     if array.ndim != 2:
         return f"{array.ndim}-D tensor (shape {list(array.shape)}); only 2-D weights are quantized"
     if _dtype_name(array) not in FLOAT_KINDS:
@@ -243,7 +255,7 @@ def _run_method(name: str, array: NDArray[Any], scheme: WeightFormat, method: st
     return q, figures
 
 
-def _check_calibration_fits(tensors: Mapping[str, NDArray[Any]], include: str | None,
+def _check_calibration_fits(tensors: Mapping[str, NDArray[Any]], include: Glob | None,
                             calibration: NDArray[Any] | None) -> None:
     """Refuse calibration activations that fit none of the tensors to quantize (they would go unused)."""
     if calibration is None:
@@ -255,11 +267,12 @@ def _check_calibration_fits(tensors: Mapping[str, NDArray[Any]], include: str | 
                                f"quantize have in_features {widths[:8]}: they would fit none of them")
 
 
-def _check_include(tensors: Mapping[str, NDArray[Any]], include: str | None) -> None:
+def _check_include(tensors: Mapping[str, NDArray[Any]], include: Glob | None) -> None:
     """Refuse an include pattern that matches no tensor name (the request would quantize nothing)."""
-    if include and tensors and not any(fnmatch.fnmatchcase(name, include) for name in tensors):
+    if include is not None and tensors and not any(map(include.matches, tensors)):
         names = sorted(tensors)
-        raise InvalidSpec("include", include, f"matches none of the {len(names)} tensor names, e.g. {names[:5]}")
+        raise InvalidSpec("include", include.pattern,
+                          f"matches none of the {len(names)} tensor names, e.g. {names[:5]}")
 
 
 def _load_calibration(job: QuantizeJob) -> NDArray[Any] | None:
@@ -267,7 +280,7 @@ def _load_calibration(job: QuantizeJob) -> NDArray[Any] | None:
         return None
     try:
         calibration = read_npy(job.calibration_path, max_elements=job.limits.max_elements,
-                               max_header_bytes=job.limits.max_header_bytes)
+                               max_header_bytes=job.limits.max_npy_header_bytes)
     except NibbleError as exc:  # the reader speaks of "the file": here it is the calibration upload
         if exc.field in ("", "file"):
             exc.field = "calibration"
@@ -309,18 +322,19 @@ def _quantize_file(job: QuantizeJob, output: OutputKind, output_path: Path | Non
         else:
             resize_to(job.path, layout.file_bytes)
     tensors = load_tensors(job.path, job.kind, job.limits)
-    _check_include(tensors, job.include)
+    include = include_glob(job.include)
+    _check_include(tensors, include)
     calibration = _load_calibration(job)
-    _check_calibration_fits(tensors, job.include, calibration)
+    _check_calibration_fits(tensors, include, calibration)
     method = job.methods[0]
     scheme = _scheme(job, method, output)
     report: dict[str, Any] = {"method": method, "format": scheme.label(), "tensors": [], "passthrough": []}
     quantized: dict[str, QuantizedTensor] = {}
     passthrough: dict[str, NDArray[Any]] = {}
-    total = sum(passthrough_reason(n, tensors[n], job.include) is None for n in tensors) if progress else 0
+    total = sum(passthrough_reason(n, tensors[n], include) is None for n in tensors) if progress else 0
     for name in tensors:
         array = tensors[name]
-        reason = passthrough_reason(name, array, job.include)
+        reason = passthrough_reason(name, array, include)
         if reason is not None:
             report["passthrough"].append({"name": name, "shape": list(array.shape), "dtype": _dtype_name(array),
                                           "reason": reason})
@@ -376,15 +390,16 @@ def quantize_arriving(job: QuantizeJob, output: OutputKind, output_path: Path | 
 def compare_file(job: QuantizeJob) -> dict[str, Any]:
     """Quantize every selected tensor by each of ``job.methods``: figures side by side, best first named."""
     tensors = load_tensors(job.path, job.kind, job.limits)
-    _check_include(tensors, job.include)
+    include = include_glob(job.include)
+    _check_include(tensors, include)
     calibration = _load_calibration(job)
-    _check_calibration_fits(tensors, job.include, calibration)
+    _check_calibration_fits(tensors, include, calibration)
     scheme = _scheme(job, "")
     rows: list[dict[str, Any]] = []
     passthrough: list[dict[str, Any]] = []
     for name in tensors:
         array = tensors[name]
-        reason = passthrough_reason(name, array, job.include)
+        reason = passthrough_reason(name, array, include)
         if reason is not None:
             passthrough.append({"name": name, "shape": list(array.shape), "dtype": _dtype_name(array),
                                 "reason": reason})

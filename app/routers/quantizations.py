@@ -4,7 +4,9 @@ Order of a request: take a place in the pool (503 at once when full, before
 reading the body), stream the upload to a temp directory (413 past the limit,
 415 for a file that is neither .npy nor .safetensors), validate the text
 fields, run the job on a worker under the time limit (504), answer.  The temp
-directory is removed when the handler leaves, whatever happened; a download
+directory is removed when the handler leaves, whatever happened (a client
+that disconnects while its job runs has the job cancelled and its worker
+replaced: it holds no worker once gone); a download
 is streamed from a file descriptor opened before that, so nothing stays on
 disk even if the client goes away mid-download.
 """
@@ -15,13 +17,14 @@ import asyncio
 import contextlib
 import json
 import os
-from collections.abc import Iterator
+from collections.abc import Awaitable, Iterator
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, TypeVar
 
 from fastapi import APIRouter, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, StreamingResponse
+from starlette.requests import ClientDisconnect
 
 from app.arrival import ArrivalRecorder, UploadIncomplete
 from app.jobs import (
@@ -55,6 +58,7 @@ FILE_DESCRIPTION = "A .safetensors (several tensors; F32/F16/BF16) or .npy file 
 CALIBRATION_DESCRIPTION = "Optional calibration activations [samples, in_features] as .npy."
 DOWNLOAD_CHUNK_BYTES = 1 << 20
 REPORT_HEADER = "X-Nibble-Report"
+T = TypeVar("T")
 
 
 def _pool(request: Request) -> WorkerPool:
@@ -65,6 +69,36 @@ def _pool(request: Request) -> WorkerPool:
 def _limits(settings: Settings) -> ReadLimits:
     return ReadLimits(settings.max_tensors, settings.max_elements_per_tensor, settings.max_header_bytes,
                       settings.max_upload_bytes)
+
+
+async def _client_left(request: Request) -> None:
+    """Return once the client has disconnected (its body is all in: the server's next message is the disconnect)."""
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
+
+
+async def _unless_client_leaves(request: Request, job: Awaitable[T]) -> T:
+    """Await `job` (a pool job), or cancel it as soon as the client disconnects and raise `ClientDisconnect`.
+
+    A cancelled job's worker process is killed and replaced (app/pool.py), so
+    a client that hangs up frees its worker and its pool place at once,
+    instead of holding them until the job ends or reaches the time limit.
+    """
+    task = asyncio.ensure_future(job)
+    watcher = asyncio.ensure_future(_client_left(request))
+    try:
+        await asyncio.wait((task, watcher), return_when=asyncio.FIRST_COMPLETED)
+    except asyncio.CancelledError:  # the server's shutdown: the job answers it (503), as it would unwatched
+        task.cancel()
+        return await task
+    finally:
+        watcher.cancel()
+    if not task.done():
+        task.cancel()
+        with contextlib.suppress(Exception, asyncio.CancelledError):
+            await task
+        raise ClientDisconnect()
+    return task.result()
 
 
 def _required_file(upload: Upload, name: str) -> UploadedFile:
@@ -218,10 +252,10 @@ async def create_quantization(request: Request) -> JSONResponse | StreamingRespo
         form = parse_form(QuantizeForm, upload.fields)
         file = _required_file(upload, "file")
         job = _quantize_job(file.path, file.kind, _calibration(upload), form, settings)
-        finished = await early.result(job, form.output, file)
+        finished = await _unless_client_leaves(request, early.result(job, form.output, file))
         if form.output == "report":
-            report = finished[0] if finished is not None else await pool.run(
-                quantize_file, job, "report", None)
+            report = finished[0] if finished is not None else await _unless_client_leaves(
+                request, pool.run(quantize_file, job, "report", None))
             observe_report(request.app, report)
             return JSONResponse(report)
         suffix = OUTPUT_SUFFIXES[form.output]
@@ -229,7 +263,7 @@ async def create_quantization(request: Request) -> JSONResponse | StreamingRespo
             report, output = finished[0], finished[1]
         else:
             output = new_output_path(upload, suffix)
-            report = await pool.run(quantize_file, job, form.output, output)
+            report = await _unless_client_leaves(request, pool.run(quantize_file, job, form.output, output))
         observe_report(request.app, report)
         return _download(output, f"quantized-{form.output}{suffix}", _summary(report))
 
@@ -247,7 +281,7 @@ async def create_comparison(request: Request) -> JSONResponse:
         file = _required_file(upload, "file")
         job = QuantizeJob(file.path, file.kind, _calibration(upload), tuple(form.methods), form.group_size,
                           form.symmetric, form.include, _limits(settings), form.zero)
-        comparison = await pool.run(compare_file, job)
+        comparison = await _unless_client_leaves(request, pool.run(compare_file, job))
         observe_report(request.app, comparison)
         return JSONResponse(comparison)
 
@@ -270,5 +304,6 @@ async def create_dequantization(request: Request) -> StreamingResponse:
                 f"the file in field 'file' ({file.filename or 'unnamed'}) is a .{file.kind}; dequantize reads "
                 "the .safetensors files nibble writes (POST /v1/quantize with output=nibble)", field="file")
         output = new_output_path(upload, ".safetensors")
-        summary = await pool.run(dequantize_file, file.path, form.dtype, _limits(settings), output)
+        summary = await _unless_client_leaves(
+            request, pool.run(dequantize_file, file.path, form.dtype, _limits(settings), output))
         return _download(output, f"dequantized-{form.dtype}.safetensors", summary)

@@ -20,6 +20,10 @@ FormT = TypeVar("FormT", bound=BaseModel)
 
 
 ZeroName = Literal["auto", "int4", "fp16"]
+#: the longest include glob (a tensor name is ~30-80 characters; matching costs name × pattern, quant_core/globs.py)
+MAX_INCLUDE_CHARS = 1024
+INCLUDE_DESCRIPTION = (f"Glob on tensor names (*, ?, [...], as Python's fnmatch; at most {MAX_INCLUDE_CHARS} "
+                       "characters; default: every 2-D float tensor).")
 
 
 class QuantizeForm(BaseModel):
@@ -36,7 +40,7 @@ class QuantizeForm(BaseModel):
     output: OutputName = Field("report", description=(
         "report: JSON; nibble: nibble's .safetensors (dequantize reads it back); gptq, awq, compressed-tensors: "
         "checkpoints engines load (.safetensors); gguf: Q4_0 (needs group_size 32, symmetric)."))
-    include: str | None = Field(None, description="Glob on tensor names (default: every 2-D float tensor).")
+    include: str | None = Field(None, max_length=MAX_INCLUDE_CHARS, description=INCLUDE_DESCRIPTION)
 
     @field_validator("group_size", mode="before")
     @classmethod
@@ -56,7 +60,7 @@ class CompareForm(BaseModel):
     zero: ZeroName = Field("auto", description=(
         "How asymmetric zero points are stored: int4 (4.156 bits per weight at g128), fp16 (4.25, the HQQ "
         "format), or auto: fp16 for hqq when the output is report or nibble, int4 otherwise."))
-    include: str | None = None
+    include: str | None = Field(None, max_length=MAX_INCLUDE_CHARS, description=INCLUDE_DESCRIPTION)
 
     @field_validator("methods", mode="before")
     @classmethod

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from quant_core.tensorio.limits import (
     DEFAULT_MAX_ELEMENTS,
     DEFAULT_MAX_HEADER_BYTES,
+    DEFAULT_MAX_NPY_HEADER_BYTES,
     DEFAULT_MAX_TENSORS,
     checked_element_count,
 )
@@ -50,16 +51,19 @@ def header_end(prefix: bytes, kind: FileKind) -> int | None:
 
 
 def declared_layout(prefix: bytes, kind: FileKind, *, max_header_bytes: int = DEFAULT_MAX_HEADER_BYTES,
-                    max_elements: int = DEFAULT_MAX_ELEMENTS, max_tensors: int = DEFAULT_MAX_TENSORS
-                    ) -> DeclaredLayout | None:
+                    max_elements: int = DEFAULT_MAX_ELEMENTS, max_tensors: int = DEFAULT_MAX_TENSORS,
+                    max_npy_header_bytes: int = DEFAULT_MAX_NPY_HEADER_BYTES) -> DeclaredLayout | None:
     """The layout the header at the start of `prefix` declares; None while `prefix` ends inside the header.
 
     `prefix` is the file's first bytes (any number of them).  Raises
     `TensorFileError` for a malformed header and `LimitExceeded` for one over
     the limits (or for a tensor over `max_elements`), as the full readers would.
+    A `.npy` header is held to the smaller of `max_header_bytes` and
+    `max_npy_header_bytes` (64 KiB: a `.npy` header is a short dict, where a
+    safetensors header lists every tensor).
     """
     if kind == "npy":
-        header = npy_header_from_prefix(prefix, max_header_bytes=max_header_bytes)
+        header = npy_header_from_prefix(prefix, max_header_bytes=min(max_header_bytes, max_npy_header_bytes))
         if header is None:
             return None
         shape, fortran_order, dtype, offset = header

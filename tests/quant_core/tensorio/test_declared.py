@@ -63,7 +63,7 @@ def test_a_version_2_npy_header_is_read_from_its_four_byte_length() -> None:
 def test_what_is_not_an_npy_header_is_refused_as_soon_as_it_shows() -> None:
     with pytest.raises(TensorFileError, match=r"not a \.npy file"):
         npy_header_from_prefix(b"\x93NUMPX")
-    with pytest.raises(TensorFileError, match="not a Python literal"):
+    with pytest.raises(TensorFileError, match="must be a dict with keys descr, fortran_order, shape"):
         declared_layout(b"\x93NUMPY\x01\x00\x08\x00{'a': }" + bytes(100), "npy")
     with pytest.raises(LimitExceeded):
         declared_layout(b"\x93NUMPY\x01\x00\xff\xff", "npy", max_header_bytes=1024)
