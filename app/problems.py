@@ -18,7 +18,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, field_validator
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 
@@ -41,11 +41,40 @@ TYPE_PREFIX = "urn:nibble:problem:"
 logger = logging.getLogger("nibble.app")
 
 
+#: the most characters of a field path, and of a ``detail`` or ``message`` (an error that echoes a 1 MiB input is
+#: cut to its first and last characters, with the length it had), so every error answer is a few KiB at most
+MAX_FIELD_CHARS = 200
+MAX_MESSAGE_CHARS = 1000
+
+
+def bounded_text(text: str, limit: int = MAX_MESSAGE_CHARS) -> str:
+    """`text` cut to about `limit` characters (its start and end kept, the cut said with the length it had), with
+    any character UTF-8 cannot carry (a lone surrogate echoed from the input) written as its ``\\uXXXX`` escape."""
+    if len(text) > limit:
+        tail = limit // 5
+        text = f"{text[:limit - tail]}…[{len(text) - limit} of {len(text)} characters cut]…{text[-tail:]}"
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        text = text.encode("utf-8", "backslashreplace").decode("utf-8")
+    return text
+
+
 class ProblemField(BaseModel):
     """One invalid input: its dotted path (``model.hf_config.num_hidden_layers``) and what is wrong."""
 
     field: str
     message: str
+
+    @field_validator("field")
+    @classmethod
+    def _short_field(cls, value: str) -> str:
+        return bounded_text(value, MAX_FIELD_CHARS)
+
+    @field_validator("message")
+    @classmethod
+    def _short_message(cls, value: str) -> str:
+        return bounded_text(value)
 
 
 class Problem(BaseModel):
@@ -60,6 +89,11 @@ class Problem(BaseModel):
     limit: str | None = Field(None, description="For refusals over a limit: the limit's setting name.")
     value: int | None = Field(None, description="For refusals over a limit: the value that was refused.")
     maximum: int | None = Field(None, description="For refusals over a limit: the configured maximum.")
+
+    @field_validator("detail")
+    @classmethod
+    def _short_detail(cls, value: str) -> str:
+        return bounded_text(value)
 
 
 class ApiProblem(Exception):
@@ -173,8 +207,8 @@ def problem_for(exc: Exception) -> tuple[Problem, dict[str, str]]:
     extra: dict[str, Any] = {}
     if isinstance(exc, NibbleError | ApiProblem):
         detail = exc.detail
-        if exc.field:
-            errors.append(ProblemField(field=exc.field, message=exc.detail))
+        if exc.field or status < 500:  # every 4xx names its field: the body as a whole when no one field is at fault
+            errors.append(ProblemField(field=exc.field or "body", message=exc.detail))
     if isinstance(exc, ApiProblem):
         headers = exc.headers
     if isinstance(exc, UnknownName | NotFound):
@@ -250,12 +284,17 @@ async def _handle_http(request: Request, exc: Exception) -> JSONResponse:
     except ValueError:
         title = "HTTP error"
     slug = title.lower().replace(" ", "-")
-    detail, errors = str(exc.detail), []
+    detail = str(exc.detail)
     if exc.status_code == 400 and exc.__cause__ is not None:  # a body that could not be decoded: say why
         detail = f"{detail}: {_undecodable_reason(exc.__cause__)}"
-        errors = [ProblemField(field="body", message=detail)]
+    errors = [ProblemField(field=_HTTP_ERROR_FIELDS.get(exc.status_code, "body"), message=detail)
+              ] if 400 <= exc.status_code < 500 else []
     problem = Problem(type=TYPE_PREFIX + slug, title=title, status=exc.status_code, detail=detail, errors=errors)
     return problem_response(problem, exc.headers)
+
+
+#: the input a Starlette HTTP error is about, by status (others: the body)
+_HTTP_ERROR_FIELDS = {404: "path", 405: "method", 406: "Accept"}
 
 
 def _undecodable_reason(cause: BaseException) -> str:
@@ -284,8 +323,9 @@ async def _handle_disconnect(request: Request, exc: Exception) -> JSONResponse:
     """A client that left mid-body is its own doing: logged in one line, counted as a 400, never a 500
     (the answer reaches no one)."""
     logger.warning("%s %s: the client disconnected before its body was in", request.method, request.url.path)
+    detail = "the client disconnected before the request body was received, or while its job ran"
     return problem_response(Problem(type=TYPE_PREFIX + "client-disconnected", title="Client disconnected",
-                                    status=400, detail="the client disconnected before the request body was received"))
+                                    status=400, detail=detail, errors=[ProblemField(field="body", message=detail)]))
 
 
 def install_problem_handlers(app: FastAPI) -> None:

@@ -79,7 +79,9 @@ async def read_json_body(request: Request, model: type[BaseModel]) -> BaseModel:
     try:
         body = model.model_validate_json(raw)
     except ValidationError:  # a refused body, or one only Python's json decodes (a BOM, UTF-16 or UTF-32)
-        body = _validated_as_fastapi_does(model, _decoded_as_fastapi_does(raw))
+        decoded = _decoded_as_fastapi_does(raw)
+        refuse_lone_surrogates(raw)  # Pydantic's parser refuses them without saying where
+        body = _validated_as_fastapi_does(model, decoded)
     refuse_duplicate_keys(raw)
     return body
 
@@ -146,6 +148,7 @@ def refuse_duplicate_keys(raw: bytes) -> None:
     Parsers keep one of the values without a word; which one the client meant is
     not ours to guess.  Costs one more ``json.loads`` (~8 us for a plan body);
     a body that does repeat a key is parsed once more to name the key's path.
+    Then refuses a string that is not Unicode text (`refuse_lone_surrogates`).
     """
     try:
         json.loads(raw, object_pairs_hook=_unique_object)
@@ -156,6 +159,61 @@ def refuse_duplicate_keys(raw: bytes) -> None:
             "msg": f"the key {path[-1]!r} appears twice in one JSON object; send it once"}]) from None
     except ValueError:  # not JSON after all: validation has answered for it
         return
+    refuse_lone_surrogates(raw)
+
+
+#: a JSON body can only hold a lone UTF-16 surrogate through a ``\u`` escape, or as raw UTF-8-style bytes
+#: (0xED 0xA0-0xBF ...), which Python's json decodes with ``surrogatepass``
+_SURROGATE_SIGNS = (b"\\u", b"\xed")
+
+
+def _first_surrogate(value: Any) -> tuple[tuple[str | int, ...], str] | None:
+    """The path to the first string (key or value) under `value` that UTF-8 cannot encode, and that string."""
+    stack: list[tuple[tuple[str | int, ...], Any]] = [((), value)]
+    while stack:
+        path, item = stack.pop()
+        if isinstance(item, str):
+            if not _encodable(item):
+                return path, item
+        elif isinstance(item, dict):
+            for key, member in reversed(item.items()):
+                if not _encodable(key):
+                    return (*path, key), key
+                stack.append(((*path, key), member))
+        elif isinstance(item, list):
+            stack.extend(((*path, index), member) for index, member in reversed(list(enumerate(item))))
+    return None
+
+
+def _encodable(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def refuse_lone_surrogates(raw: bytes) -> None:
+    """Raise a `RequestValidationError` (422 naming the field) when a string of the JSON body `raw` holds a lone
+    UTF-16 surrogate (``"\\ud800"``): valid JSON syntax, but not Unicode text, so no answer could echo it as
+    UTF-8 (RFC 8259 section 8.2 leaves such strings' meaning open; I-JSON, RFC 7493, forbids them).
+
+    Costs a byte search on bodies that cannot hold one (no ``\\u`` escape, no 0xED byte).
+    """
+    if not any(sign in raw for sign in _SURROGATE_SIGNS):
+        return
+    try:
+        found = _first_surrogate(json.loads(raw))
+    except (ValueError, RecursionError):  # not JSON after all: validation has answered for it
+        return
+    if found is None:
+        return
+    path, text = found
+    position = next(index for index, character in enumerate(text) if "\ud800" <= character <= "\udfff")
+    raise RequestValidationError([{
+        "type": "string_unicode", "loc": ("body", *path), "input": None,
+        "msg": f"holds a lone UTF-16 surrogate (U+{ord(text[position]):04X}) at character {position}, "
+               "which is not Unicode text; send a valid UTF-8 string"}])
 
 
 class JsonBodyRoute(ApiKeyRoute):

@@ -523,7 +523,7 @@ async def receive_upload(request: Request, settings: Settings,
         except (LimitExceeded, MalformedUpload, TensorFileError):
             raise
         except Exception as exc:
-            raise MalformedUpload(f"the multipart body cannot be parsed: {exc}") from exc
+            raise MalformedUpload(f"the multipart body cannot be parsed: {exc}", field="body") from exc
         finally:
             collector.close()
         upload = Upload(fields=collector.fields, directory=directory)

@@ -55,7 +55,7 @@ def fp16_ceil(values: F32) -> F32:
     if values.size and float(values.max()) > FP16_MAX:
         raise InvalidTensor(
             f"a group's scale {float(values.max()):.6g} exceeds the fp16 maximum {FP16_MAX}; "
-            "weights this large cannot be stored with fp16 scales"
+            "weights this large cannot be stored with fp16 scales", field="file"
         )
     bits = np.ascontiguousarray(values, dtype=np.float32).view(np.uint32)
     rounded = np.bitwise_and(bits + np.uint32(_FP16_DROPPED_BITS), np.uint32(~_FP16_DROPPED_BITS & 0xFFFFFFFF))
@@ -79,7 +79,8 @@ def fp16_nearest(values: F32) -> F32:
     """Round to the nearest fp16 (as float32); overflow raises `InvalidTensor`."""
     if values.size and float(np.abs(values).max()) > FP16_MAX:
         raise InvalidTensor(
-            f"a value {float(np.abs(values).max()):.6g} to store as fp16 exceeds the fp16 maximum {FP16_MAX}"
+            f"a value {float(np.abs(values).max()):.6g} to store as fp16 exceeds the fp16 maximum {FP16_MAX}",
+            field="file",
         )
     return values.astype(np.float16).astype(np.float32)
 

@@ -113,6 +113,17 @@ def _is_int(value: object) -> bool:
     return type(value) is int  # bool is an int subclass and is not a length
 
 
+def _check_unicode(text: str) -> None:
+    """Refuse a tensor name or metadata string holding a lone UTF-16 surrogate (JSON can spell one, ``"\\ud800"``):
+    it is not Unicode text, the UTF-8 header the format requires cannot hold it, and no answer could echo it."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise TensorFileError(
+            f"safetensors header holds a string with a lone UTF-16 surrogate (U+{ord(text[exc.start]):04X}) at "
+            f"character {exc.start}: not Unicode text (the format's header is UTF-8 JSON)") from None
+
+
 def _parse_entry(name: str, raw: object, max_elements: int) -> TensorEntry:
     if not isinstance(raw, dict):
         raise TensorFileError(f"safetensors entry {name!r} is {type(raw).__name__}, not an object")
@@ -182,6 +193,8 @@ def parse_safetensors_header(
     metadata = header.pop(METADATA_KEY, {})
     if not isinstance(metadata, dict) or not all(isinstance(value, str) for value in metadata.values()):
         raise TensorFileError("safetensors __metadata__ must be an object of string values")
+    for text in (*header, *metadata, *metadata.values()):
+        _check_unicode(text)
     if len(header) > max_tensors:
         raise LimitExceeded("tensors in file", len(header), max_tensors, field="file")
     entries = {name: _parse_entry(name, raw, max_elements) for name, raw in header.items()}
