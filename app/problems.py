@@ -45,6 +45,9 @@ logger = logging.getLogger("nibble.app")
 #: cut to its first and last characters, with the length it had), so every error answer is a few KiB at most
 MAX_FIELD_CHARS = 200
 MAX_MESSAGE_CHARS = 1000
+#: the most invalid fields one answer lists (a list of 100,000 bad items would otherwise list each); the detail
+#: says how many there were
+MAX_LISTED_ERRORS = 20
 
 
 def bounded_text(text: str, limit: int = MAX_MESSAGE_CHARS) -> str:
@@ -240,7 +243,7 @@ def _field_path(location: Sequence[int | str]) -> str:
 def validation_problem(errors: Sequence[Mapping[str, Any]]) -> Problem:
     """A 422 (schema) or 400 (malformed JSON) problem listing every invalid field from Pydantic errors."""
     fields = [ProblemField(field=_field_path(err.get("loc", ())) or "body", message=str(err.get("msg", "")))
-              for err in errors]
+              for err in errors[:MAX_LISTED_ERRORS]]
     if any(err.get("type") == "json_invalid" for err in errors):
         first = errors[0]
         reason = (first.get("ctx") or {}).get("error", "invalid JSON")
@@ -248,8 +251,9 @@ def validation_problem(errors: Sequence[Mapping[str, Any]]) -> Problem:
         return Problem(type=TYPE_PREFIX + "malformed-json", title="Malformed JSON", status=400, detail=detail,
                        errors=[ProblemField(field="body", message=detail)])
     summary = "; ".join(f"{f.field}: {f.message}" for f in fields[:5])
+    listed = f" (the first {len(fields)} listed)" if len(errors) > len(fields) else ""
     return Problem(type=TYPE_PREFIX + "validation-error", title="Invalid request", status=422,
-                   detail=f"{len(fields)} invalid field(s): {summary}", errors=fields)
+                   detail=f"{len(errors)} invalid field(s){listed}: {summary}", errors=fields)
 
 
 async def _handle_validation(request: Request, exc: Exception) -> JSONResponse:
