@@ -31,7 +31,7 @@ class Settings(BaseSettings):
         256 * MiB, gt=0, description="Most elements in one uploaded tensor (256 Mi = 1 GiB of float32)."
     )
     max_header_bytes: int = Field(
-        16 * MiB, gt=0, description="Largest .safetensors JSON header or .npy header, bytes."
+        16 * MiB, gt=0, description="Largest .safetensors JSON header, bytes (a .npy header: this, at most 64 KiB)."
     )
     max_config_depth: int = Field(16, gt=0, description="Deepest nesting accepted in a JSON body.")
     max_sweep_rows: int = Field(4096, gt=0, description="Most rows one /v1/plan/sweep may compute.")

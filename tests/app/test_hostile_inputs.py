@@ -7,6 +7,7 @@ second where the defect was time.
 
 from __future__ import annotations
 
+import asyncio
 import io
 import json
 import struct
@@ -17,9 +18,11 @@ from typing import Any
 import numpy as np
 import pytest
 from fastapi.testclient import TestClient
+from starlette.requests import ClientDisconnect
 
 from app.jobs import ReadLimits, load_tensors
 from app.problems import MAX_FIELD_CHARS, MAX_MESSAGE_CHARS
+from app.routers.quantizations import _unless_client_leaves
 from app.schemas.quantize import MAX_INCLUDE_CHARS
 from quant_core.errors import LimitExceeded
 from quant_core.tensorio.limits import DEFAULT_MAX_NPY_HEADER_BYTES
@@ -230,3 +233,55 @@ def test_issue_17_item_13_a_scale_past_fp16_names_the_file(client: TestClient) -
 
 def test_an_unknown_route_names_the_path(client: TestClient) -> None:
     _problem(client.get("/v1/nothing-here"), 404, "path")
+
+
+# --- item 1: a job whose client has gone is cancelled -----------------------------------------------------------
+
+
+class _LeavingClient:
+    """Stands for a Request whose client disconnects after `seconds` (its body already read)."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+
+    async def receive(self) -> dict[str, Any]:
+        await asyncio.sleep(self.seconds)
+        return {"type": "http.disconnect"}
+
+
+def test_a_job_is_cancelled_as_soon_as_its_client_disconnects() -> None:
+    # every upload route awaits its pool job this way; a cancelled pool job's worker is killed and replaced
+    # (test_pool.py), and the e2e test (test_hostile_e2e.py) watches the worker go free on a real server
+    cancelled = asyncio.Event()
+
+    async def long_job() -> str:
+        try:
+            await asyncio.sleep(60)
+        except asyncio.CancelledError:
+            cancelled.set()
+            raise
+        return "finished"
+
+    async def scenario() -> float:
+        started = time.perf_counter()
+        with pytest.raises(ClientDisconnect):
+            await _unless_client_leaves(_LeavingClient(0.05), long_job())  # type: ignore[arg-type]
+        assert cancelled.is_set()
+        return time.perf_counter() - started
+
+    assert asyncio.run(scenario()) < 5.0
+
+
+def test_a_job_whose_client_stays_gives_its_answer_and_its_errors() -> None:
+    async def quick(fail: bool) -> str:
+        await asyncio.sleep(0.01)
+        if fail:
+            raise LimitExceeded("thing", 2, 1)
+        return "answer"
+
+    async def scenario() -> None:
+        assert await _unless_client_leaves(_LeavingClient(60), quick(False)) == "answer"  # type: ignore[arg-type]
+        with pytest.raises(LimitExceeded):
+            await _unless_client_leaves(_LeavingClient(60), quick(True))  # type: ignore[arg-type]
+
+    asyncio.run(scenario())
