@@ -25,7 +25,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from app.arrival import ArrivalWaiter, UploadIncomplete, resize_to
-from quant_core.errors import CalibrationError, InvalidSpec, NibbleError
+from quant_core.errors import CalibrationError, InvalidSpec, LimitExceeded, NibbleError
 from quant_core.formats import WeightFormat
 from quant_core.quantize import QuantizedTensor, dequantize, quantize
 from quant_core.tensorio import (
@@ -402,6 +402,12 @@ def dequantize_file(path: Path, dtype: DequantizeDtype, limits: ReadLimits, outp
         path, max_tensors=limits.max_tensors, max_elements=limits.max_elements,
         max_header_bytes=limits.max_header_bytes)
     target = np.dtype(ml_dtypes.bfloat16) if dtype == "bfloat16" else np.dtype(dtype)
+    # the download is bounded like an upload, from the declared shapes, before any tensor is built
+    tensor_bytes = sum(q.shape[0] * q.shape[1] * target.itemsize for q in quantized.values()) + sum(
+        int(np.asarray(array).nbytes) for array in passthrough.values())
+    if limits.max_file_bytes is not None and tensor_bytes > limits.max_file_bytes:
+        raise LimitExceeded(f"bytes of the dequantized {dtype} tensors (max_upload_bytes)", tensor_bytes,
+                            limits.max_file_bytes, field="file")
     out: dict[str, NDArray[Any]] = {name: dequantize(q, target) for name, q in quantized.items()}
     for name, array in passthrough.items():
         out[name] = np.asarray(array)

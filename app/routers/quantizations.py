@@ -167,9 +167,13 @@ class _EarlyQuantization:
             await self.close()
             _restore_size(file)
             return None
+        # the upload is complete now: an early job already over ended while it was still arriving
+        ended_while_arriving = self.task.done()
         try:
             report = await self.task
-        except (UploadIncomplete, TimeLimitExceeded):
+        except (UploadIncomplete, TimeLimitExceeded) as exc:
+            if isinstance(exc, TimeLimitExceeded) and not ended_while_arriving:
+                raise  # the job itself ran past the limit: 504 now, once, not a second run (issue 17 #4)
             # The header promised another size, the client was too slow for the job to keep waiting,
             # or the time limit ran out while the upload was still arriving: run it on the complete file.
             _restore_size(file)
