@@ -29,10 +29,13 @@ from quant_core.errors import CalibrationError, InvalidSpec, LimitExceeded, Nibb
 from quant_core.formats import WeightFormat
 from quant_core.quantize import QuantizedTensor, dequantize, quantize
 from quant_core.tensorio import (
+    awq_config,
+    compressed_tensors_config,
     export_awq,
     export_compressed_tensors,
     export_gguf,
     export_gptq,
+    gptq_config,
     read_nibble_safetensors,
     read_npy,
     read_safetensors,
@@ -51,6 +54,9 @@ DequantizeDtype = Literal["float32", "float16", "bfloat16"]
 
 #: the metadata key (safetensors ``__metadata__``, or a GGUF string) under which an exported file holds its report
 EXPORT_REPORT_KEY = "nibble.report"
+#: the ``quantization_config`` of each export that has one (the config.json entry its loaders read)
+EXPORT_CONFIGS: dict[str, Callable[[Mapping[str, QuantizedTensor]], dict[str, Any]]] = {
+    "gptq": gptq_config, "awq": awq_config, "compressed-tensors": compressed_tensors_config}
 
 
 @dataclass(frozen=True, slots=True)
@@ -349,6 +355,8 @@ def _quantize_file(job: QuantizeJob, output: OutputKind, output_path: Path | Non
             raise UploadIncomplete(f"the upload holds {received} bytes; its header declares {layout.file_bytes}")
     if output_path is None or output == "report":
         return report
+    if output in EXPORT_CONFIGS:  # in the file's report too: the X-Nibble-Report header may leave it out
+        report["quantization_config"] = EXPORT_CONFIGS[output](quantized)
     written_report = json.dumps(report, separators=(",", ":"))  # every file carries the report in its metadata
     if output == "nibble":
         write_nibble_safetensors(output_path, quantized, passthrough, metadata={"report": written_report})
