@@ -4,13 +4,14 @@
 limit; #7 a nibble file declaring a tensor over the element limit, and a
 dequantized download over the byte limit; #9 and #14 nibble metadata of the
 wrong types; #15 the X-Nibble-Report header's size; #16 the Host header in a
-trailing-slash redirect.  Pool workers dying with their server (#17) are
+trailing-slash redirect; and a 500 that closed the keep-alive connection.
+Pool workers dying with their server (#17) are
 tests/e2e/test_worker_lifetime.py and tests/app/test_pool_lifetime.py.
 """
-
 from __future__ import annotations
 
 import json
+import socket
 import time
 from collections.abc import Callable
 from typing import Any
@@ -21,9 +22,11 @@ from fastapi.testclient import TestClient
 from safetensors.numpy import save as save_safetensors
 
 from app.jobs import EXPORT_REPORT_KEY
+from app.main import create_app
 from app.routers.quantizations import REPORT_HEADER_MAX_BYTES
-from tests.app.conftest import client_with
+from tests.app.conftest import client_with, make_settings
 from tests.tensor_files import npy_bytes
+from tests.threaded_server import uvicorn_in_thread
 
 PROBLEM = "application/problem+json"
 
@@ -197,3 +200,42 @@ def test_a_trailing_slash_is_a_404_problem_not_a_redirect_to_the_clients_host(cl
     assert response.status_code == 404 and response.headers["content-type"] == PROBLEM
     assert "location" not in response.headers
     assert client.get(path.rstrip("/"), headers={"Host": "evil.example"}).status_code == 200
+
+
+# --- a 500 closed the client's keep-alive connection (Starlette re-raises after answering; uvicorn then closes)
+
+
+def _read_answer(connection: socket.socket) -> tuple[int, dict[str, str], bytes]:
+    """One HTTP/1.1 answer with a Content-Length from `connection`: status, headers, body."""
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = connection.recv(65536)
+        assert chunk, "the server closed the connection"
+        data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    headers = {name.lower(): value for name, value in (line.split(": ", 1) for line in lines[1:])}
+    while len(body) < int(headers["content-length"]):
+        chunk = connection.recv(65536)
+        assert chunk, "the server closed the connection mid-answer"
+        body += chunk
+    return int(lines[0].split()[1]), headers, body
+
+
+def test_a_500_is_a_problem_with_its_request_id_and_the_connection_serves_the_next_request() -> None:
+    app = create_app(make_settings())
+
+    @app.get("/v1/fault")
+    async def fault() -> None:
+        raise RuntimeError("an unforeseen fault")
+
+    with uvicorn_in_thread(app) as port, socket.create_connection(("127.0.0.1", port), timeout=10) as connection:
+        connection.sendall(b"GET /v1/fault HTTP/1.1\r\nHost: nibble\r\n\r\n")
+        status, headers, body = _read_answer(connection)
+        assert status == 500 and headers["content-type"] == PROBLEM
+        assert json.loads(body)["detail"] == "an unexpected error occurred; it has been logged"
+        assert headers["x-request-id"]  # set by the outer middleware, which now sees the answer
+        assert headers.get("connection") != "close"
+        connection.sendall(b"GET /healthz HTTP/1.1\r\nHost: nibble\r\n\r\n")
+        status, _, body = _read_answer(connection)
+        assert (status, json.loads(body)) == (200, {"status": "ok"})
