@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import socket
+import threading
 import time
 from collections.abc import Callable
 from typing import Any
@@ -239,3 +240,49 @@ def test_a_500_is_a_problem_with_its_request_id_and_the_connection_serves_the_ne
         connection.sendall(b"GET /healthz HTTP/1.1\r\nHost: nibble\r\n\r\n")
         status, _, body = _read_answer(connection)
         assert (status, json.loads(body)) == (200, {"status": "ok"})
+
+
+# --- twenty concurrent maximum sweeps held /healthz for seconds: large sweeps run one at a time, a few wait
+
+
+LARGE_SWEEP = {"model": {"preset": "llama-3.1-70b"}, "hardware": {"device": "h100-80gb"},
+               "sweep": {"context_lengths": [1024 * (i + 1) for i in range(64)],
+                         "concurrent_sequences": list(range(1, 65)), "device_counts": [64]}}  # the maximum: 2^18
+
+
+def test_large_sweeps_past_the_running_and_waiting_places_are_503_with_retry_after(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    import app.routers.plans as route
+
+    entered, release = threading.Event(), threading.Event()
+    real_sweep_rows = route.sweep_rows
+
+    def held_sweep_rows(*args: Any) -> Any:
+        if len(args[0].sweep.context_lengths or []) == 64:  # the large one waits until released
+            entered.set()
+            assert release.wait(30)
+        return real_sweep_rows(*args)
+
+    monkeypatch.setattr(route, "sweep_rows", held_sweep_rows)
+    answers: list[Any] = []
+    with client_with(sweep_concurrency=1, sweep_queue=1, retry_after_seconds=9) as limited:
+        first = threading.Thread(target=lambda: answers.append(limited.post("/v1/plan/sweep", json=LARGE_SWEEP)))
+        first.start()
+        assert entered.wait(30)
+        entered.clear()
+        waiting = threading.Thread(target=lambda: answers.append(limited.post("/v1/plan/sweep", json=LARGE_SWEEP)))
+        waiting.start()
+        deadline = time.monotonic() + 30
+        while limited.app.state.sweep_gate.admitted < 2:  # type: ignore[attr-defined]
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        refused = limited.post("/v1/plan/sweep", json=LARGE_SWEEP)
+        small = limited.post("/v1/plan/sweep", json={**LARGE_SWEEP, "sweep": {"context_lengths": [4096, 8192]}})
+        release.set()
+        first.join(60)
+        waiting.join(60)
+    assert refused.status_code == 503 and refused.headers["content-type"] == PROBLEM
+    assert refused.headers["retry-after"] == "9"
+    assert small.status_code == 200 and len(small.json()["rows"]) == 2  # a small sweep is not counted
+    assert [answer.status_code for answer in answers] == [200, 200]
+    assert all(len(answer.json()["rows"]) == 4096 for answer in answers)
