@@ -90,10 +90,15 @@ def _die_with_parent(parent_pid: int, connection: multiprocessing.connection.Con
     descriptor = connection.fileno()
 
     def watch() -> None:
-        poller = select.poll()
-        poller.register(descriptor, select.POLLHUP | getattr(select, "POLLRDHUP", 0))
+        poller = select.poll() if hasattr(select, "poll") else None  # no poll(): the parent's pid alone
+        if poller is not None:
+            poller.register(descriptor, select.POLLHUP | getattr(select, "POLLRDHUP", 0))
         while True:
-            hung_up = bool(poller.poll(PARENT_POLL_SECONDS * 1000))
+            if poller is not None:
+                hung_up = bool(poller.poll(PARENT_POLL_SECONDS * 1000))
+            else:
+                hung_up = False
+                time.sleep(PARENT_POLL_SECONDS)
             if hung_up or os.getppid() != parent_pid:
                 os._exit(1)
 
