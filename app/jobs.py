@@ -24,15 +24,18 @@ import numpy as np
 from numpy.typing import NDArray
 
 from app.arrival import ArrivalWaiter, UploadIncomplete, resize_to
-from quant_core.errors import CalibrationError, InvalidSpec, NibbleError
+from quant_core.errors import CalibrationError, InvalidSpec, LimitExceeded, NibbleError
 from quant_core.formats import WeightFormat
 from quant_core.globs import Glob, compile_glob
 from quant_core.quantize import QuantizedTensor, dequantize, quantize
 from quant_core.tensorio import (
+    awq_config,
+    compressed_tensors_config,
     export_awq,
     export_compressed_tensors,
     export_gguf,
     export_gptq,
+    gptq_config,
     read_nibble_safetensors,
     read_npy,
     read_safetensors,
@@ -52,6 +55,9 @@ DequantizeDtype = Literal["float32", "float16", "bfloat16"]
 
 #: the metadata key (safetensors ``__metadata__``, or a GGUF string) under which an exported file holds its report
 EXPORT_REPORT_KEY = "nibble.report"
+#: the ``quantization_config`` of each export that has one (the config.json entry its loaders read)
+EXPORT_CONFIGS: dict[str, Callable[[Mapping[str, QuantizedTensor]], dict[str, Any]]] = {
+    "gptq": gptq_config, "awq": awq_config, "compressed-tensors": compressed_tensors_config}
 
 
 @dataclass(frozen=True, slots=True)
@@ -363,6 +369,8 @@ def _quantize_file(job: QuantizeJob, output: OutputKind, output_path: Path | Non
             raise UploadIncomplete(f"the upload holds {received} bytes; its header declares {layout.file_bytes}")
     if output_path is None or output == "report":
         return report
+    if output in EXPORT_CONFIGS:  # in the file's report too: the X-Nibble-Report header may leave it out
+        report["quantization_config"] = EXPORT_CONFIGS[output](quantized)
     written_report = json.dumps(report, separators=(",", ":"))  # every file carries the report in its metadata
     if output == "nibble":
         write_nibble_safetensors(output_path, quantized, passthrough, metadata={"report": written_report})
@@ -417,6 +425,12 @@ def dequantize_file(path: Path, dtype: DequantizeDtype, limits: ReadLimits, outp
         path, max_tensors=limits.max_tensors, max_elements=limits.max_elements,
         max_header_bytes=limits.max_header_bytes)
     target = np.dtype(ml_dtypes.bfloat16) if dtype == "bfloat16" else np.dtype(dtype)
+    # the download is bounded like an upload, from the declared shapes, before any tensor is built
+    tensor_bytes = sum(q.shape[0] * q.shape[1] * target.itemsize for q in quantized.values()) + sum(
+        int(np.asarray(array).nbytes) for array in passthrough.values())
+    if limits.max_file_bytes is not None and tensor_bytes > limits.max_file_bytes:
+        raise LimitExceeded(f"bytes of the dequantized {dtype} tensors (max_upload_bytes)", tensor_bytes,
+                            limits.max_file_bytes, field="file")
     out: dict[str, NDArray[Any]] = {name: dequantize(q, target) for name, q in quantized.items()}
     for name, array in passthrough.items():
         out[name] = np.asarray(array)

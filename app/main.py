@@ -97,7 +97,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             pool.close()
             spools.close()
 
-    app = FastAPI(title="nibble", version=API_VERSION, description=DESCRIPTION, lifespan=lifespan)
+    # no trailing-slash redirect: Starlette builds its Location from the request's Host header, which a client
+    # chooses (issue 17 #16); "/v1/devices/" is a 404 problem like any unknown path
+    app = FastAPI(title="nibble", version=API_VERSION, description=DESCRIPTION, lifespan=lifespan,
+                  redirect_slashes=False)
     app.state.settings = settings
     app.state.pool = pool
     app.state.spools = spools

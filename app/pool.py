@@ -22,12 +22,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import importlib
 import multiprocessing
 import multiprocessing.connection
 import os
+import select
 import signal
 import struct
+import sys
+import threading
 import time
 from collections.abc import AsyncIterator, Callable, Coroutine
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -46,6 +50,9 @@ PRELOAD_MODULES: tuple[str, ...] = ("app.jobs",)
 IDLE_TRIM_SECONDS = 0.5
 #: most bytes of a worker's answer read per turn of the event loop
 _READ_BYTES = 1 << 20
+#: how often a worker's watchdog checks that its server is alive (`_die_with_parent`)
+PARENT_POLL_SECONDS = 0.5
+_PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 
 
 def _pack_error(exc: BaseException) -> tuple[str, str, str, dict[str, Any]]:
@@ -62,8 +69,47 @@ def _unpack_error(module: str, qualname: str, message: str, attributes: dict[str
     return exc
 
 
-def _worker_main(connection: multiprocessing.connection.Connection, preload: tuple[str, ...]) -> None:
+def _die_with_parent(parent_pid: int, connection: multiprocessing.connection.Connection,
+                     kernel_signal: bool) -> None:
+    """End this worker process when its server does, even when the server is killed (SIGKILL, OOM killer).
+
+    Two guards: with `kernel_signal` (Linux, and only when the worker was
+    started from the server's main thread, since the kernel sends it when
+    that *thread* exits) ``prctl(PR_SET_PDEATHSIG, SIGKILL)``, which kills
+    the worker whatever it is doing, even in C code that holds the GIL; and
+    a watchdog thread that exits the process within `PARENT_POLL_SECONDS` once
+    its parent's pid changes (re-parented) or the job pipe hangs up (the
+    parent's end closed).
+    """
+    if kernel_signal and sys.platform.startswith("linux"):
+        with contextlib.suppress(OSError, AttributeError):
+            libc = ctypes.CDLL(None, use_errno=True)
+            libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    if os.getppid() != parent_pid:  # the server died before the signal was asked for
+        os._exit(1)
+    descriptor = connection.fileno()
+
+    def watch() -> None:
+        poller = select.poll() if hasattr(select, "poll") else None  # no poll(): the parent's pid alone
+        if poller is not None:
+            poller.register(descriptor, select.POLLHUP | getattr(select, "POLLRDHUP", 0))
+        while True:
+            if poller is not None:
+                hung_up = bool(poller.poll(PARENT_POLL_SECONDS * 1000))
+            else:
+                hung_up = False
+                time.sleep(PARENT_POLL_SECONDS)
+            if hung_up or os.getppid() != parent_pid:
+                os._exit(1)
+
+    threading.Thread(target=watch, name="nibble-parent-watchdog", daemon=True).start()
+
+
+def _worker_main(connection: multiprocessing.connection.Connection, preload: tuple[str, ...],
+                 parent_pid: int | None = None, kernel_signal: bool = False) -> None:
     """Loop of a worker process: receive ``(function, args)``, send ``("ok", result)`` or the error."""
+    if parent_pid is not None:
+        _die_with_parent(parent_pid, connection, kernel_signal)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when workers stop
     for module in preload:
         with contextlib.suppress(ImportError):
@@ -122,7 +168,10 @@ class _ProcessWorker:
 
     def __init__(self, context: multiprocessing.context.SpawnContext, preload: tuple[str, ...]) -> None:
         self.connection, child = context.Pipe()
-        self.process = context.Process(target=_worker_main, args=(child, preload), daemon=True)
+        # the kernel's parent-death signal follows the creating thread: asked for only from the main thread
+        kernel_signal = threading.current_thread() is threading.main_thread()
+        self.process = context.Process(target=_worker_main, args=(child, preload, os.getpid(), kernel_signal),
+                                       daemon=True)
         self.process.start()
         child.close()
 

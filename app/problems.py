@@ -21,6 +21,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field, field_validator
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from quant_core.errors import (
     CalibrationError,
@@ -332,8 +333,46 @@ async def _handle_disconnect(request: Request, exc: Exception) -> JSONResponse:
                                     status=400, detail=detail, errors=[ProblemField(field="body", message=detail)]))
 
 
+class UnexpectedErrors:
+    """Pure ASGI middleware, innermost: an exception no handler took is answered 500 problem+json here, and ends.
+
+    Starlette answers such an exception in its outermost middleware and then
+    raises it again (for servers to log), so uvicorn logged it a second time
+    and closed the client's keep-alive connection, and the middleware between
+    (request id, access log, metrics) never saw the answer.  Answered here,
+    the connection stays open for the client's next request.  An exception
+    after the answer has started is raised on: only closing the connection
+    can end half an answer.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = False
+
+        async def tracking_send(message: Message) -> None:
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+            await send(message)
+
+        try:
+            await self.app(scope, receive, tracking_send)
+        except Exception as exc:
+            if started:
+                raise
+            response = await _handle_known(Request(scope), exc)
+            await response(scope, receive, send)
+
+
 def install_problem_handlers(app: FastAPI) -> None:
-    """Register the handlers that turn every exception into problem+json."""
+    """Register the handlers that turn every exception into problem+json (call before adding middleware:
+    `UnexpectedErrors` must be the innermost)."""
+    app.add_middleware(UnexpectedErrors)
     app.add_exception_handler(ClientDisconnect, _handle_disconnect)
     app.add_exception_handler(RequestValidationError, _handle_validation)
     app.add_exception_handler(StarletteHTTPException, _handle_http)

@@ -37,6 +37,10 @@ class Settings(BaseSettings):
     max_sweep_rows: int = Field(4096, gt=0, description="Most rows one /v1/plan/sweep may compute.")
     max_sweep_device_rows: int = Field(
         1 << 18, gt=0, description="Most devices, summed over its rows, one /v1/plan/sweep may plan.")
+    sweep_concurrency: int = Field(
+        1, gt=0, description="Large /v1/plan/sweep requests computed at once (pure Python: more at once only "
+        "take the event loop's turns); small ones are not counted.")
+    sweep_queue: int = Field(4, ge=0, description="Large sweeps that may wait for their turn; past that, 503.")
     pool_workers: int = Field(2, gt=0, description="Worker processes running quantization.")
     job_threads: int = Field(
         1, gt=0, description="Threads each quantize job uses (workers already run one job per core)."

@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, get_args
 
 from quant_core.errors import GroupSizeMismatch, InvalidSpec, UnknownName
 
@@ -38,6 +38,14 @@ GROUP_SIZES: tuple[int, ...] = (32, 64, 128, 256)
 SCALE_BYTES = 2  # fp16 scales everywhere
 ZeroKind = Literal["none", "int4", "fp16"]
 Layout = Literal["nibble", "gptq"]
+ZERO_KINDS: tuple[str, ...] = get_args(ZeroKind)
+LAYOUTS: tuple[str, ...] = get_args(Layout)
+
+
+def _short(value: object) -> object:
+    """`value` for an error message: itself, or its repr cut to 64 characters (a file may hold anything)."""
+    text = repr(value)
+    return value if len(text) <= 64 else text[:61] + "..."
 
 
 def _rows_and_columns(shape: tuple[int, ...]) -> tuple[int, int]:
@@ -68,9 +76,21 @@ class WeightFormat:
     layout: Layout = "nibble"
 
     def __post_init__(self) -> None:
-        if self.name not in FLOAT_FORMATS and self.name not in ("int8", "int4"):
-            raise UnknownName("weight format", self.name, ["bf16", "fp16", "fp32", "int8", "int4"],
+        # Types are checked exactly (a file's metadata reaches here): 128.0 == 128 and True == 1 would pass
+        # the membership tests below, then slice with a float; a string pad would be truthy.
+        if not isinstance(self.name, str) or (self.name not in FLOAT_FORMATS and self.name not in ("int8", "int4")):
+            raise UnknownName("weight format", str(self.name)[:64], ["bf16", "fp16", "fp32", "int8", "int4"],
                               field="format")
+        if self.group_size is not None and type(self.group_size) is not int:
+            raise InvalidSpec("group_size", _short(self.group_size),
+                              f"must be an integer or null, not {type(self.group_size).__name__}")
+        for flag in ("symmetric", "pad"):
+            if type(getattr(self, flag)) is not bool:
+                raise InvalidSpec(flag, _short(getattr(self, flag)), "must be true or false")
+        if not isinstance(self.zero, str) or self.zero not in ZERO_KINDS:
+            raise InvalidSpec("zero", _short(self.zero), f"must be one of {list(ZERO_KINDS)}")
+        if not isinstance(self.layout, str) or self.layout not in LAYOUTS:
+            raise InvalidSpec("layout", _short(self.layout), f"must be one of {list(LAYOUTS)}")
         if self.name == "int4":
             if self.group_size is not None and self.group_size not in GROUP_SIZES:
                 raise InvalidSpec("group_size", self.group_size,

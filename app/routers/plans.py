@@ -10,10 +10,15 @@ validated from the bytes by `JsonBodyRoute` rather than FastAPI's handler.
 
 from __future__ import annotations
 
+import math
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import anyio
 import anyio.to_thread
 from fastapi import APIRouter, Request, Response
 
-from app.problems import problem_responses
+from app.problems import PoolFull, problem_responses
 from app.routing import JsonBodyRoute, refuse_duplicate_keys
 from app.schemas.plans import (
     PlanRequest,
@@ -27,6 +32,7 @@ from app.schemas.plans import (
 from app.security import ApiKeyRoute, settings_of
 from quant_core.planner import plan
 
+T = TypeVar("T")
 router = APIRouter(prefix="/plan", tags=["plan"], route_class=ApiKeyRoute)
 JSON_MEDIA_TYPE = "application/json"
 
@@ -43,12 +49,72 @@ router.add_api_route("", create_plan, methods=["POST"], response_model=PlanRespo
                      route_class_override=JsonBodyRoute)
 
 
+#: sweeps planning at most this many devices in all (rows × the most devices a row has) run at once, ungated:
+#: about 0.4 s of pure Python at 1,024 (a maximum sweep, 2^18, takes 5 s; BENCHMARKS.md, "Sweeps")
+UNGATED_SWEEP_DEVICE_ROWS = 1024
+
+
+class SweepGate:
+    """Larger sweeps run `running` at a time in threads, `waiting` more may wait; past that, 503 at once.
+
+    A sweep is seconds of pure Python, which holds the GIL however many
+    threads run it: twenty at once kept the event loop from /healthz for
+    seconds (issue 17).  One at a time, the loop gets the GIL back every
+    switch interval (5 ms).
+    """
+
+    def __init__(self, running: int, waiting: int, retry_after_seconds: int) -> None:
+        self.limiter = anyio.CapacityLimiter(running)
+        self.capacity = running + waiting
+        self.retry_after_seconds = retry_after_seconds
+        self.admitted = 0
+
+    async def run(self, function: Callable[..., T], *args: Any) -> T:
+        if self.admitted >= self.capacity:
+            raise PoolFull(f"{self.admitted} large sweeps are running or waiting, the most this server takes; "
+                           f"retry in {self.retry_after_seconds} s",
+                           headers={"Retry-After": str(self.retry_after_seconds)})
+        self.admitted += 1
+        try:
+            return await anyio.to_thread.run_sync(function, *args, limiter=self.limiter)
+        finally:
+            self.admitted -= 1
+
+
+def _sweep_gate(request: Request) -> SweepGate:
+    """The app's gate, made on first use (a capacity limiter belongs to the running event loop)."""
+    gate: SweepGate | None = getattr(request.app.state, "sweep_gate", None)
+    if gate is None:
+        settings = settings_of(request)
+        gate = SweepGate(settings.sweep_concurrency, settings.sweep_queue, settings.retry_after_seconds)
+        request.app.state.sweep_gate = gate
+    return gate
+
+
+def _planned_devices(body: SweepRequest) -> int:
+    """An upper bound of the devices a sweep plans, summed over its rows (its cost grows with it)."""
+    axes = body.sweep
+    rows = math.prod(len(axis or [None]) for axis in (axes.context_lengths, axes.concurrent_sequences,
+                                                       axes.formats, axes.device_counts))
+    return rows * max(axes.device_counts or [body.hardware.count])
+
+
 @router.post("/sweep", response_model=SweepResponse, summary="Plan over a grid of workloads",
-             responses=problem_responses(400, 413, 415, 422))
-async def create_sweep(body: SweepRequest, request: Request) -> SweepResponse:
+             responses=problem_responses(400, 413, 415, 422, 503))
+async def create_sweep(body: SweepRequest, request: Request) -> Response:
     """One row per combination of context lengths, sequence counts, formats and device counts."""
     refuse_duplicate_keys(await request.body())
     settings = settings_of(request)
-    # thousands of plans: off the event loop, so the server answers other requests meanwhile
-    return await anyio.to_thread.run_sync(sweep_rows, body, settings.max_config_depth, settings.max_sweep_rows,
-                                          settings.max_sweep_device_rows)
+    arguments = (body, settings.max_config_depth, settings.max_sweep_rows, settings.max_sweep_device_rows)
+    if _planned_devices(body) <= UNGATED_SWEEP_DEVICE_ROWS:
+        # a few plans: off the event loop, so the server answers other requests meanwhile
+        content = await anyio.to_thread.run_sync(_sweep_json, *arguments)
+    else:
+        content = await _sweep_gate(request).run(_sweep_json, *arguments)
+    return Response(content, media_type=JSON_MEDIA_TYPE)
+
+
+def _sweep_json(*arguments: Any) -> bytes:
+    """`sweep_rows` as JSON bytes, made in the sweep's thread: FastAPI would validate and encode thousands of
+    rows again on the event loop (a tenth of a second and more for a maximum sweep)."""
+    return sweep_rows(*arguments).model_dump_json().encode()

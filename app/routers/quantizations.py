@@ -28,6 +28,7 @@ from starlette.requests import ClientDisconnect
 
 from app.arrival import ArrivalRecorder, UploadIncomplete
 from app.jobs import (
+    EXPORT_REPORT_KEY,
     OUTPUT_SUFFIXES,
     QuantizeJob,
     ReadLimits,
@@ -59,6 +60,9 @@ CALIBRATION_DESCRIPTION = "Optional calibration activations [samples, in_feature
 DOWNLOAD_CHUNK_BYTES = 1 << 20
 REPORT_HEADER = "X-Nibble-Report"
 T = TypeVar("T")
+#: longest X-Nibble-Report value: with the other headers the answer's head stays under 4 KiB, which a proxy
+#: buffering response heads in one page (nginx's proxy_buffer_size: 4 or 8 KiB) passes rather than answer 502
+REPORT_HEADER_MAX_BYTES = 3072
 
 
 def _pool(request: Request) -> WorkerPool:
@@ -133,17 +137,31 @@ def _download(path: Path, filename: str, summary: dict[str, Any]) -> StreamingRe
     headers = {
         "Content-Disposition": f'attachment; filename="{filename}"',
         "Content-Length": str(size),
-        REPORT_HEADER: json.dumps(summary, separators=(",", ":")),
+        REPORT_HEADER: _header_json(summary),
     }
     return StreamingResponse(_stream_and_forget(path), media_type="application/octet-stream", headers=headers)
 
 
 def _summary(report: dict[str, Any]) -> dict[str, Any]:
-    """The short report sent in the X-Nibble-Report header (the full one is in the file's metadata)."""
+    """The short report sent in the X-Nibble-Report header (the full one is in the file's metadata).
+
+    Its JSON is at most `REPORT_HEADER_MAX_BYTES`: a ``quantization_config``
+    that would pass it (compressed-tensors lists every module by name) is
+    left out, and the summary says so (``"truncated": ["quantization_config"]``)
+    and names the file's metadata key that holds the whole report, config included.
+    """
     summary = {"method": report["method"], "format": report["format"], **report["totals"]}
     if report.get("quantization_config") is not None:
         summary["quantization_config"] = report["quantization_config"]
+        if len(_header_json(summary)) > REPORT_HEADER_MAX_BYTES:
+            del summary["quantization_config"]
+            summary.update(truncated=["quantization_config"], full_report=EXPORT_REPORT_KEY)
     return summary
+
+
+def _header_json(value: dict[str, Any]) -> str:
+    """Compact JSON, ASCII only (a header's bytes are Latin-1; names are escaped as \\uXXXX)."""
+    return json.dumps(value, separators=(",", ":"))
 
 
 DOWNLOAD_RESPONSE: dict[int | str, dict[str, Any]] = {200: {
@@ -201,9 +219,13 @@ class _EarlyQuantization:
             await self.close()
             _restore_size(file)
             return None
+        # the upload is complete now: an early job already over ended while it was still arriving
+        ended_while_arriving = self.task.done()
         try:
             report = await self.task
-        except (UploadIncomplete, TimeLimitExceeded):
+        except (UploadIncomplete, TimeLimitExceeded) as exc:
+            if isinstance(exc, TimeLimitExceeded) and not ended_while_arriving:
+                raise  # the job itself ran past the limit: 504 now, once, not a second run (issue 17 #4)
             # The header promised another size, the client was too slow for the job to keep waiting,
             # or the time limit ran out while the upload was still arriving: run it on the complete file.
             _restore_size(file)

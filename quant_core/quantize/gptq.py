@@ -5,7 +5,9 @@ Hessian of the layer's squared output error is ``H = 2/n · XᵀX``.  Input
 columns that never fire (``H_jj = 0``) are dead: their weights are set to 0
 and ``H_jj`` to 1.  Dampening adds ``λ = 1%`` of the mean diagonal to the
 diagonal, and ×10 more each time the Cholesky factorisation fails (up to 1e4 ×
-the mean diagonal, then `CalibrationError`).
+the mean diagonal, then `CalibrationError`: at most `DAMPENING_ATTEMPTS`
+factorisations).  A Hessian that overflows float32 (activations of about 1e19
+and more) is refused as `CalibrationError` before any factorisation.
 
 Columns are then quantized left to right (or, with act-order, by decreasing
 ``H_jj``, recording ``g_idx``): each column's codes use its group's scale and
@@ -49,6 +51,7 @@ contiguous vector).
 
 from __future__ import annotations
 
+import math
 from typing import Protocol
 
 import numpy as np
@@ -73,6 +76,8 @@ _MIN_SLICE_COLUMNS = 32
 _FACTOR_LEAF = 64
 DAMPENING = 0.01
 MAX_DAMPENING = 1e4
+#: factorisations tried at most: λ = DAMPENING, ×10, ... up to MAX_DAMPENING times the mean diagonal
+DAMPENING_ATTEMPTS = round(math.log10(MAX_DAMPENING / DAMPENING)) + 1
 _CHUNK_ELEMENTS = 1 << 24
 
 
@@ -83,12 +88,22 @@ class RowReader(Protocol):
 
 
 def hessian(activations: NDArray[np.floating], columns: int) -> F32:
-    """``H = 2/n · XᵀX`` over the fit rows of `activations`, zero-padded to `columns` (float32)."""
+    """``H = 2/n · XᵀX`` over the fit rows of `activations`, zero-padded to `columns` (float32).
+
+    Raises `CalibrationError` when ``H`` is not finite: finite activations whose
+    products overflow float32 (|x| of about 1e19 and more) leave nothing to factorise.
+    """
     (fit_start, fit_stop), _ = calibration_split(activations.shape[0])
     fit = np.ascontiguousarray(activations[fit_start:fit_stop], dtype=np.float32)
-    # ``fit.T @ fit`` of one buffer is computed by NumPy as a symmetric rank-k update (half the flops)
-    product = fit.T @ fit
-    product *= np.float32(2.0 / fit.shape[0])
+    with np.errstate(over="ignore", invalid="ignore"):  # an overflow is refused below, not warned about
+        # ``fit.T @ fit`` of one buffer is computed by NumPy as a symmetric rank-k update (half the flops)
+        product = fit.T @ fit
+        product *= np.float32(2.0 / fit.shape[0])
+    if not np.isfinite(product).all():
+        largest = float(np.max(np.abs(fit))) if fit.size else 0.0
+        raise CalibrationError(
+            f"the calibration activations' Hessian 2/n·XᵀX overflows float32 (largest |x| is {largest:.3g}); "
+            "GPTQ needs activations whose squares sum below 3.4e38: scale them down")
     in_features = fit.shape[1]
     if in_features == columns:
         return product
@@ -158,24 +173,29 @@ def _damped_reversed_upper(h: F32) -> tuple[F32, float]:
     """Upper ``V`` with ``J (H + λI) J = VᵀV`` (``J`` the index reversal), and the λ used.
 
     λ starts at `DAMPENING` × the mean diagonal and grows ×10 while the
-    factorisation fails or is not finite; past `MAX_DAMPENING` × the mean
-    diagonal `CalibrationError` is raised.
+    factorisation fails or is not finite, `DAMPENING_ATTEMPTS` times at most
+    (up to `MAX_DAMPENING` × the mean diagonal); then, or at once for a
+    non-finite `h` or a mean diagonal that is not positive, `CalibrationError`.
     """
-    mean_diagonal = float(np.mean(np.diag(h)))
+    with np.errstate(over="ignore", invalid="ignore"):
+        mean_diagonal = float(np.mean(np.diag(h), dtype=np.float64))
+    if not (np.isfinite(h).all() and math.isfinite(mean_diagonal) and mean_diagonal > 0):
+        raise CalibrationError(f"the Hessian is not finite and positive (mean diagonal {mean_diagonal:.3g})")
     damp = DAMPENING * mean_diagonal
     diagonal = np.arange(h.shape[0])
-    while True:
+    for _ in range(DAMPENING_ATTEMPTS):
         work = h[::-1, ::-1].copy()
         work[diagonal, diagonal] += np.float32(damp)
         try:
-            upper = _upper_cholesky(work)
+            with np.errstate(over="ignore", invalid="ignore"):  # an overflowed factor is refused below
+                upper = _upper_cholesky(work)
             if np.isfinite(upper).all() and bool(np.all(np.diag(upper) > 0)):
                 return upper, damp
         except np.linalg.LinAlgError:
             pass
         damp *= 10.0
-        if damp > MAX_DAMPENING * max(mean_diagonal, 1e-30):
-            raise CalibrationError(f"the Hessian is not positive definite even with dampening {damp:.3g}")
+    raise CalibrationError(f"the Hessian is not positive definite even with dampening {damp / 10.0:.3g} "
+                           f"({DAMPENING_ATTEMPTS} factorisations tried)")
 
 
 def error_feedback_factor(h: F32) -> tuple[F32, float]:

@@ -28,17 +28,22 @@ from __future__ import annotations
 import json
 import math
 import os
-from dataclasses import asdict, replace
+from dataclasses import asdict, fields, replace
 from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
 
-from quant_core.errors import NibbleError, TensorFileError
+from quant_core.errors import NibbleError, TensorFileError, UnknownName
 from quant_core.formats import WeightFormat
 from quant_core.quantize.packing import default_g_idx, pack_codes, quantized_from_payload
 from quant_core.quantize.types import QualityReport, QuantizedTensor
-from quant_core.tensorio.limits import DEFAULT_MAX_ELEMENTS, DEFAULT_MAX_HEADER_BYTES, DEFAULT_MAX_TENSORS
+from quant_core.tensorio.limits import (
+    DEFAULT_MAX_ELEMENTS,
+    DEFAULT_MAX_HEADER_BYTES,
+    DEFAULT_MAX_TENSORS,
+    checked_element_count,
+)
 from quant_core.tensorio.safetensors_io import SafetensorsFile, read_safetensors, write_safetensors
 
 FILE_FORMAT = "nibble-int4/1"
@@ -121,28 +126,70 @@ def write_nibble_safetensors(
     return write_safetensors(path, stored, user)
 
 
+def _figure(raw: dict[str, Any], key: str, name: str) -> float | None:
+    """One stored quality figure: a JSON number, null (None) or ``"inf"``/``"-inf"``; anything else refused.
+
+    A bool is not a number here, and an integer too large for a float (JSON
+    allows 400 digits) is refused rather than overflowing.
+    """
+    value = raw.get(key)
+    if value is None:
+        return None
+    if isinstance(value, str) and value in ("inf", "-inf"):
+        return float(value)
+    if type(value) not in (int, float):
+        raise TensorFileError(f"quality.{key} of quantized tensor {name!r} is a {type(value).__name__}, "
+                              "not a number, null, \"inf\" or \"-inf\"")
+    try:
+        return float(value)
+    except OverflowError:
+        raise TensorFileError(f"quality.{key} of quantized tensor {name!r} is an integer too large for a float "
+                              f"({value.bit_length()} bits)") from None
+
+
+def _rows(raw: dict[str, Any], key: str, name: str) -> tuple[int, int] | None:
+    """A stored ``[start, stop)`` row range (two non-negative integers), or None."""
+    value = raw.get(key)
+    if value is None:
+        return None
+    if not (isinstance(value, list) and len(value) == 2 and all(type(v) is int and v >= 0 for v in value)):
+        raise TensorFileError(f"quality.{key} of quantized tensor {name!r} must be two non-negative integers "
+                              "[start, stop] or null")
+    return int(value[0]), int(value[1])
+
+
 def _quality(raw: Any, name: str) -> QualityReport:
     """Rebuild the figures written by `describe_quantized` (null → NaN for the four figures, None for the rest)."""
     if not isinstance(raw, dict):
         raise TensorFileError(f"quality figures of {name!r} are not an object")
+    figures = {key: _figure(raw, key, name)
+               for key in ("relative_error", "sqnr_db", "max_abs_error", "cosine_similarity")}
+    return QualityReport(
+        **{key: float("nan") if value is None else value for key, value in figures.items()},
+        output_relative_error=_figure(raw, "output_relative_error", name),
+        fit_rows=_rows(raw, "fit_rows", name), eval_rows=_rows(raw, "eval_rows", name),
+    )
+
+
+def _weight_format(raw: Any, name: str) -> WeightFormat:
+    """The stored scheme, its fields typed exactly as `WeightFormat` checks them; errors name the field."""
+    known = [field.name for field in fields(WeightFormat)]
+    if not isinstance(raw, dict) or not set(raw) <= set(known):
+        extra = sorted(map(str, set(raw) - set(known)))[:4] if isinstance(raw, dict) else []
+        raise TensorFileError(f"format of quantized tensor {name!r} must be an object with keys among {known}"
+                              + (f"; it has {extra}" if extra else ""))
     try:
-        def figure(key: str) -> float:
-            value = raw.get(key)
-            return float("nan") if value is None else float(value)
+        return WeightFormat(**raw)
+    except NibbleError as exc:
+        field = "name" if isinstance(exc, UnknownName) else exc.field  # its own field is the API's "format"
+        raise TensorFileError(f"format.{field} of quantized tensor {name!r}: {exc.detail}") from None
 
-        def rows(key: str) -> tuple[int, int] | None:
-            value = raw.get(key)
-            return None if value is None else (int(value[0]), int(value[1]))
 
-        output = raw.get("output_relative_error")
-        return QualityReport(
-            relative_error=figure("relative_error"), sqnr_db=figure("sqnr_db"),
-            max_abs_error=figure("max_abs_error"), cosine_similarity=figure("cosine_similarity"),
-            output_relative_error=None if output is None else float(output),
-            fit_rows=rows("fit_rows"), eval_rows=rows("eval_rows"),
-        )
-    except (IndexError, KeyError, TypeError, ValueError) as exc:
-        raise TensorFileError(f"quality figures of {name!r} are malformed: {exc}") from None
+def _text(description: dict[str, Any], key: str, name: str) -> str:
+    value = description.get(key)
+    if not isinstance(value, str):
+        raise TensorFileError(f"{key} of quantized tensor {name!r} must be a string, not {type(value).__name__}")
+    return value
 
 
 def _component(file: SafetensorsFile, name: str, component: str, dtype: str) -> NDArray[Any]:
@@ -155,21 +202,23 @@ def _component(file: SafetensorsFile, name: str, component: str, dtype: str) -> 
     return np.array(file[key])
 
 
-def _read_one(file: SafetensorsFile, name: str, description: Any) -> QuantizedTensor:
+def _read_one(file: SafetensorsFile, name: str, description: Any, max_elements: int) -> QuantizedTensor:
+    if not isinstance(description, dict):
+        raise TensorFileError(f"description of quantized tensor {name!r} is not an object")
+    fmt = _weight_format(description.get("format"), name)
+    shape_list = description.get("shape")
+    if not (isinstance(shape_list, list) and len(shape_list) == 2
+            and all(type(d) is int and d > 0 for d in shape_list)):
+        raise TensorFileError(f"quantized tensor {name!r} has shape {str(shape_list)[:64]}, not [out, in] > 0")
+    shape = (shape_list[0], shape_list[1])
+    # the tensor dequantize builds: its declared size is refused before any of its bytes are read
+    checked_element_count(shape, max_elements, repr(name))
+    method, source_dtype = _text(description, "method", name), _text(description, "source_dtype", name)
+    quality = _quality(description.get("quality"), name)
     try:
-        fmt = WeightFormat(**description["format"])
-        shape_list = description["shape"]
-        if not (isinstance(shape_list, list) and len(shape_list) == 2
-                and all(type(d) is int and d > 0 for d in shape_list)):
-            raise TensorFileError(f"quantized tensor {name!r} has shape {shape_list!r}, not [out, in] > 0")
-        shape = (shape_list[0], shape_list[1])
-        method, source_dtype = str(description["method"]), str(description["source_dtype"])
-        quality = _quality(description["quality"], name)
         groups = fmt.group_count(shape[1])
-    except TensorFileError:
-        raise
-    except (NibbleError, KeyError, TypeError) as exc:
-        raise TensorFileError(f"description of quantized tensor {name!r} is malformed: {exc}") from None
+    except NibbleError as exc:
+        raise TensorFileError(f"quantized tensor {name!r}: {exc.detail}") from None
     if not fmt.is_quantized or fmt.name != "int4":
         raise TensorFileError(f"quantized tensor {name!r} has format {fmt.name!r}; nibble files hold int4")
     qweight = _component(file, name, "qweight", "U8")
@@ -213,7 +262,11 @@ def read_nibble_safetensors(
     ``dequantize`` of what is read equals ``dequantize`` of what was written
     bit for bit.  Passthrough tensors are lazy read-only views; `metadata` is
     the caller's own metadata (the ``nibble.*`` keys removed).  Anything
-    malformed is a `TensorFileError`.
+    malformed is a `TensorFileError`, each description's fields typed exactly
+    (a float group size, a string flag or an out-of-range figure is refused).
+    `max_elements` bounds the stored tensors and also each quantized tensor's
+    declared ``[out, in]``, the tensor ``dequantize`` would build: past it,
+    `LimitExceeded` before any of its payload is read.
     """
     file = read_safetensors(path, max_tensors=max_tensors, max_elements=max_elements,
                             max_header_bytes=max_header_bytes)
@@ -228,7 +281,8 @@ def read_nibble_safetensors(
         raise TensorFileError(f"__metadata__ {TENSORS_KEY} is not JSON: {exc}") from None
     if not isinstance(descriptions, dict):
         raise TensorFileError(f"__metadata__ {TENSORS_KEY} must be a JSON object")
-    quantized = {name: _read_one(file, name, description) for name, description in descriptions.items()}
+    quantized = {name: _read_one(file, name, description, max_elements)
+                 for name, description in descriptions.items()}
     components = {f"{name}.{part}" for name in quantized for part in COMPONENTS}
     passthrough = {name: file[name] for name in file if name not in components}
     metadata = {key: value for key, value in file.metadata.items() if not key.startswith(RESERVED_PREFIX)}

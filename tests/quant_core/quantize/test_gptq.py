@@ -5,11 +5,19 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from quant_core.errors import CalibrationError
 from quant_core.formats import WeightFormat, int4
 from quant_core.quantize import quantize
 from quant_core.quantize.api import _ChunkReader
 from quant_core.quantize.calibration import synthetic_activations
-from quant_core.quantize.gptq import DAMPENING, _group_parameters, error_feedback_factor, gptq, hessian
+from quant_core.quantize.gptq import (
+    DAMPENING,
+    DAMPENING_ATTEMPTS,
+    _group_parameters,
+    error_feedback_factor,
+    gptq,
+    hessian,
+)
 
 SCHEMES = [int4(128), int4(64, symmetric=True), int4(32, zero="fp16"), int4(None), int4(256)]
 
@@ -92,3 +100,37 @@ def test_error_feedback_factor_is_unit_lower_and_diagonalises_the_damped_hessian
     congruent = inverse.T @ (h.astype(np.float64) + damp * np.eye(300)) @ inverse
     off_diagonal = congruent - np.diag(np.diag(congruent))
     assert np.abs(off_diagonal).max() <= 1e-3 * np.abs(np.diag(congruent)).max()
+
+
+@pytest.mark.parametrize("value", [1e30, 1e19], ids=["1e30", "1e19"])
+def test_calibration_whose_hessian_overflows_float32_is_a_calibration_error_at_once(value: float) -> None:
+    # issue 17 #4: 2/n·XᵀX of 1e30 activations is inf; the dampening loop then never ended (inf > inf is false)
+    weights = np.random.default_rng(14).standard_normal((64, 128), dtype=np.float32)
+    activations = np.full((64, 128), value, dtype=np.float32)
+    with pytest.raises(CalibrationError, match="overflows float32") as raised:
+        quantize(weights, int4(128), "gptq", activations)
+    assert raised.value.field == "calibration"
+
+
+def test_dampening_stops_after_a_bounded_number_of_factorisations(monkeypatch: pytest.MonkeyPatch) -> None:
+    # λ = 1 %, 10 %, ... 10⁴ × the mean diagonal: seven factorisations, then the calibration is refused
+    attempts: list[float] = []
+
+    def never_positive_definite(matrix: np.ndarray) -> np.ndarray:
+        attempts.append(float(matrix[0, 0]))
+        raise np.linalg.LinAlgError("not positive definite")
+
+    monkeypatch.setattr("quant_core.quantize.gptq._upper_cholesky", never_positive_definite)
+    h = np.eye(64, dtype=np.float32)
+    with pytest.raises(CalibrationError, match="7 factorisations tried"):
+        error_feedback_factor(h)
+    assert DAMPENING_ATTEMPTS == 7
+    np.testing.assert_allclose(attempts, [1.0 + 0.01 * 10.0 ** k for k in range(7)], rtol=1e-6)
+
+
+@pytest.mark.parametrize("diagonal", [float("inf"), float("nan"), 0.0], ids=["inf", "nan", "zero"])
+def test_a_hessian_not_finite_and_positive_is_refused_without_factorising(diagonal: float) -> None:
+    h = np.eye(8, dtype=np.float32)
+    h[np.arange(8), np.arange(8)] = diagonal
+    with pytest.raises(CalibrationError, match="not finite and positive"):
+        error_feedback_factor(h)

@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import ml_dtypes
 import numpy as np
 import pytest
 
-from quant_core.errors import TensorFileError
+from quant_core.errors import LimitExceeded, TensorFileError
 from quant_core.formats import int4
 from quant_core.quantize import dequantize, quantize
 from quant_core.tensorio import read_nibble_safetensors, read_safetensors, write_nibble_safetensors, write_safetensors
@@ -121,3 +123,59 @@ def test_tampered_component_shapes_are_refused(tmp_path: Path) -> None:
     write_safetensors(tmp_path / "bad2", tensors, file.metadata)
     with pytest.raises(TensorFileError, match="is F32, expected F16"):
         read_nibble_safetensors(tmp_path / "bad2")
+
+
+def _tampered(tmp_path: Path, change: Callable[[dict[str, Any]], None]) -> Path:
+    """A valid nibble file of one 4 x 64 tensor ``w`` whose description `change` edits in place."""
+    q = random_quantized(np.random.default_rng(0), 4, 64, 32, False)
+    write_nibble_safetensors(tmp_path / "ok", {"w": q})
+    file = read_safetensors(tmp_path / "ok")
+    descriptions = json.loads(file.metadata["nibble.tensors"])
+    change(descriptions["w"])
+    path = tmp_path / "tampered"
+    write_safetensors(path, {name: np.array(file[name]) for name in file},
+                      {**file.metadata, "nibble.tensors": json.dumps(descriptions)})
+    return path
+
+
+# issue 17 #9 and #14: each was read (a 500 or a silent 200); each must name its field
+@pytest.mark.parametrize(("field", "value", "message"), [
+    ("group_size", 32.0, "format.group_size of quantized tensor 'w': group_size=32.0: must be an integer or null"),
+    ("group_size", True, "format.group_size of quantized tensor 'w': group_size=True: must be an integer or null"),
+    ("layout", "bogus", "format.layout of quantized tensor 'w': layout='bogus': must be one of ['nibble', 'gptq']"),
+    ("pad", "no", "format.pad of quantized tensor 'w': pad='no': must be true or false"),
+    ("symmetric", 0, "format.symmetric of quantized tensor 'w': symmetric=0: must be true or false"),
+    ("zero", "int8", "format.zero of quantized tensor 'w': zero='int8': must be one of ['none', 'int4', 'fp16']"),
+    ("name", ["int4"], "format.name of quantized tensor 'w': unknown weight format \"['int4']\""),
+], ids=lambda value: repr(value)[:24])
+def test_a_format_field_of_the_wrong_type_or_outside_its_set_is_refused_naming_it(
+        tmp_path: Path, field: str, value: object, message: str) -> None:
+    path = _tampered(tmp_path, lambda description: description["format"].__setitem__(field, value))
+    with pytest.raises(TensorFileError) as raised:
+        read_nibble_safetensors(path)
+    assert str(raised.value).startswith(message)
+
+
+@pytest.mark.parametrize(("value", "message"), [
+    (10 ** 400, "quality.relative_error of quantized tensor 'w' is an integer too large for a float (1329 bits)"),
+    (True, "quality.relative_error of quantized tensor 'w' is a bool, not a number"),
+    ("0.5", "quality.relative_error of quantized tensor 'w' is a str, not a number"),
+], ids=["400-digit integer", "bool", "string"])
+def test_a_quality_figure_that_is_not_a_float_is_refused_naming_it(tmp_path: Path, value: object,
+                                                                  message: str) -> None:
+    path = _tampered(tmp_path, lambda description: description["quality"].__setitem__("relative_error", value))
+    with pytest.raises(TensorFileError) as raised:
+        read_nibble_safetensors(path)
+    assert str(raised.value).startswith(message)
+
+
+def test_a_declared_shape_over_the_element_limit_is_refused_before_its_payload_is_read(tmp_path: Path) -> None:
+    # the probe's file: 256 MiB of codes declaring 16384 x 32768 = 536,870,912 elements, 2 GiB as float32;
+    # here the codes are 128 bytes: the declared shape alone is refused, before any payload is compared with it
+    path = _tampered(tmp_path, lambda description: description.__setitem__("shape", [16384, 32768]))
+    with pytest.raises(LimitExceeded) as raised:
+        read_nibble_safetensors(path, max_elements=256 * 2 ** 20)
+    assert (raised.value.value, raised.value.maximum, raised.value.field) == (536_870_912, 268_435_456, "file")
+    # under the limit, the same file is refused for its stored tensors, which do not fit the shape
+    with pytest.raises(TensorFileError, match=r"w.scales has shape \[4, 2\], expected \[16384, 1024\]"):
+        read_nibble_safetensors(path, max_elements=1 << 30)
