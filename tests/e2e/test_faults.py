@@ -165,7 +165,7 @@ def _sigterm_during_job(temp_dir: Path, grace_seconds: int, methods: str, rows: 
                         ) -> tuple[httpx.Response | Exception, float, int]:
     """Start a compare job, SIGTERM the server once the upload is spooled; the answer, exit seconds, exit code."""
     content = npy_bytes(rows, 2048)  # 16 MiB at 2048 rows; hqq or refit on it take about a second each
-    env = {"NIBBLE_TEMP_DIR": str(temp_dir), "NIBBLE_SPOOL_KEEP_BYTES": "0",
+    env = {"NIBBLE_TEMP_DIR": str(temp_dir),
            "UVICORN_TIMEOUT_GRACEFUL_SHUTDOWN": str(grace_seconds)}
     with start_server(env) as base_url:
         server = server_process(base_url)
