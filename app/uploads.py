@@ -159,10 +159,11 @@ class _Collector:
 
     def parser(self, boundary: bytes) -> MultipartParser:
         """python-multipart's streaming parser of a body with `boundary`, calling this collector back."""
-        names = ("part_begin", "header_field", "header_value", "header_end", "headers_finished", "part_data",
-                 "part_end", "end")
-        return MultipartParser(boundary, callbacks={f"on_{name}": getattr(self, f"on_{name}")  # type: ignore[misc]
-                                                    for name in names})
+        return MultipartParser(boundary, callbacks={
+            "on_part_begin": self.on_part_begin, "on_header_field": self.on_header_field,
+            "on_header_value": self.on_header_value, "on_header_end": self.on_header_end,
+            "on_headers_finished": self.on_headers_finished, "on_part_data": self.on_part_data,
+            "on_part_end": self.on_part_end, "on_end": self.on_end})
 
     def feed(self, parser: MultipartParser, chunk: bytes) -> None:
         """Parse one network chunk; raise the refusal (a limit passed, a misplaced file) as soon as there is one."""
@@ -210,6 +211,7 @@ async def _stream(request: Request, settings: Settings, collector: _Collector, b
     def due() -> float:
         return min(last + idle, started + idle + received / rate)
 
+    watchdog: asyncio.TimerHandle
     try:
         async with asyncio.timeout(None) as deadline:
 
