@@ -7,6 +7,8 @@ HOST ?= 127.0.0.1
 PORT ?= 8000
 # Seconds in-flight requests get after SIGTERM before they are stopped (SECURITY.md, graceful shutdown).
 GRACE ?= 30
+# What one server process holds (SECURITY.md, "Connections"; the same as `nibble serve` and the Dockerfile).
+UVICORN_LIMITS ?= --limit-concurrency 256 --timeout-keep-alive 5 --backlog 256
 
 .PHONY: run test lint bench openapi docker-smoke clean
 
@@ -22,8 +24,7 @@ $(STAMP): $(BIN)/python pyproject.toml
 	touch $(STAMP)
 
 run: $(STAMP)
-	$(BIN)/uvicorn app.main:app --http app.http_protocol:QueuedBodyProtocol --host $(HOST) --port $(PORT) \
-		--timeout-graceful-shutdown $(GRACE)
+	$(BIN)/uvicorn app.main:app --host $(HOST) --port $(PORT) --timeout-graceful-shutdown $(GRACE) $(UVICORN_LIMITS)
 
 lint: $(STAMP)
 	$(BIN)/ruff check app quant_core tests benchmarks

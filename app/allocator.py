@@ -1,21 +1,21 @@
-"""glibc's allocator, tuned for a server that moves large uploads through small, short-lived buffers.
+"""glibc's allocator, tuned for a server that moves large uploads through short-lived buffers.
 
 Two processes, two needs:
 
-* The server process receives an upload as a stream of network chunks of
-  about 256 KiB, each a new ``bytes`` object freed a moment later.  glibc's
+* The server process receives an upload as a stream of network reads of up
+  to 256 KiB, each a new ``bytes`` object freed a moment later.  glibc's
   default (a dynamic threshold that starts serving such blocks with fresh
-  ``mmap`` and a trim threshold of twice that) gives the freed memory back to
-  the kernel almost every time, so every chunk's pages were faulted in anew:
-  ~13,600 minor faults and ~50 ms of CPU per 64 MiB upload on the 2-core
-  machine (BENCHMARKS.md, "API (issue 4)").  `keep_receive_buffers` fixes the
-  thresholds so blocks under `MMAP_THRESHOLD_BYTES` come from the heap and up
-  to `TRIM_THRESHOLD_BYTES` of free memory may stay at its top: the same few
-  pages serve every chunk.  Larger blocks (NumPy arrays) are still mapped and
+  ``mmap``, and a trim threshold of twice that) gives the freed memory back to
+  the kernel almost every time, so every read's pages are faulted in anew:
+  ~13,600 minor faults per 64 MiB upload, and about a third more CPU per upload
+  (BENCHMARKS.md, API).  `keep_receive_buffers` fixes the thresholds so blocks
+  under `MMAP_THRESHOLD_BYTES` come from the heap and up to
+  `TRIM_THRESHOLD_BYTES` of free memory may stay at its top: the same few
+  pages serve every read.  Larger blocks (NumPy arrays) are still mapped and
   unmapped, so the server keeps at most a few MiB more than it uses.
 * A worker process allocates and frees tens of MiB of NumPy scratch per job;
-  `heap_trimmer` returns a function that hands the freed heap back after each
-  job, so an idle worker does not keep its last job's high-water mark.
+  `heap_trimmer` returns a function that hands the freed heap back once the
+  worker is idle, so it does not keep its last job's high-water mark.
 
 On a C library other than glibc both are no-ops.
 """

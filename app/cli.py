@@ -304,12 +304,21 @@ def command_compare(args: argparse.Namespace, out: TextIO) -> int:
 # --- serve --------------------------------------------------------------------------------------
 
 
+#: what one server process holds, through uvicorn's own options (SECURITY.md, "Connections"); the Makefile's
+#: ``run`` target and the Dockerfile pass the same
+SERVE_LIMIT_CONCURRENCY = 256
+SERVE_TIMEOUT_KEEP_ALIVE_SECONDS = 5
+SERVE_BACKLOG = 256
+SERVE_MAX_HEAD_BYTES = 64 * 1024
+
+
 def command_serve(args: argparse.Namespace) -> int:
+    """Stock ``uvicorn app.main:app`` with the connection limits of SECURITY.md."""
     import uvicorn  # only this command needs the server
 
-    from app.http_protocol import UVICORN_HTTP
-
-    uvicorn.run("app.main:app", host=args.host, port=args.port, workers=args.workers, http=UVICORN_HTTP)
+    uvicorn.run("app.main:app", host=args.host, port=args.port, workers=args.workers, http=args.http,
+                limit_concurrency=args.limit_concurrency, timeout_keep_alive=args.timeout_keep_alive,
+                backlog=args.backlog, h11_max_incomplete_event_size=args.max_head_bytes)
     return 0
 
 
@@ -342,6 +351,16 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=8000)
     serve.add_argument("--workers", type=int, default=1, help="uvicorn worker processes")
+    serve.add_argument("--http", choices=("auto", "httptools", "h11"), default="auto",
+                       help="uvicorn's HTTP implementation (auto: httptools; h11 bounds a request head to "
+                            "--max-head-bytes, with slower uploads: SECURITY.md)")
+    serve.add_argument("--limit-concurrency", type=int, default=SERVE_LIMIT_CONCURRENCY,
+                       help="connections or requests at once, past which requests are answered 503")
+    serve.add_argument("--timeout-keep-alive", type=int, default=SERVE_TIMEOUT_KEEP_ALIVE_SECONDS,
+                       help="seconds an idle keep-alive connection stays open")
+    serve.add_argument("--backlog", type=int, default=SERVE_BACKLOG, help="connections waiting to be accepted")
+    serve.add_argument("--max-head-bytes", type=int, default=SERVE_MAX_HEAD_BYTES,
+                       help="longest request head under --http h11 (h11_max_incomplete_event_size)")
 
     plan_parser = commands.add_parser("plan", help="will a model fit: per device, 16-bit beside INT4")
     model = plan_parser.add_mutually_exclusive_group(required=True)

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import math
-import struct
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -23,7 +22,6 @@ import ml_dtypes
 import numpy as np
 from numpy.typing import NDArray
 
-from app.arrival import ArrivalWaiter, UploadIncomplete, resize_to
 from quant_core.errors import CalibrationError, InvalidSpec, LimitExceeded, NibbleError
 from quant_core.formats import WeightFormat
 from quant_core.globs import Glob, compile_glob
@@ -42,7 +40,7 @@ from quant_core.tensorio import (
     write_nibble_safetensors,
 )
 from quant_core.tensorio import write_safetensors as write_plain_safetensors
-from quant_core.tensorio.declared import NPY_TENSOR_NAME, DeclaredLayout, declared_layout, header_end
+from quant_core.tensorio.declared import NPY_TENSOR_NAME
 from quant_core.tensorio.limits import DEFAULT_MAX_NPY_HEADER_BYTES
 
 FLOAT_KINDS = ("float32", "float16", "bfloat16")
@@ -62,13 +60,11 @@ EXPORT_CONFIGS: dict[str, Callable[[Mapping[str, QuantizedTensor]], dict[str, An
 
 @dataclass(frozen=True, slots=True)
 class ReadLimits:
-    """The upload reader limits from settings (tensors per file, elements per tensor, header bytes, file bytes)."""
+    """The upload reader limits from settings (tensors per file, elements per tensor, header bytes)."""
 
     max_tensors: int
     max_elements: int
     max_header_bytes: int
-    #: the largest upload accepted; a header declaring more is not streamed (its upload will be refused)
-    max_file_bytes: int | None = None
 
     @property
     def max_npy_header_bytes(self) -> int:
@@ -93,31 +89,6 @@ class QuantizeJob:
     #: threads per tensor (`quantize`'s `threads`): None = every core (the CLI); the server's
     #: workers run one job per core and pass 1
     threads: int | None = None
-
-
-def _arriving_layout(job: QuantizeJob, waiter: ArrivalWaiter) -> DeclaredLayout | None:
-    """Wait for the upload's header and read from it the file's size and where each tensor's rows are.
-
-    None when the header is not one this can stream (the job then waits for
-    the whole file and reads it as usual, which reports any error exactly as
-    for a complete upload).
-    """
-    limits = job.limits
-    try:
-        waiter.wait_bytes(12 if job.kind == "npy" else 8)  # the magic, version and header length fields
-        with job.path.open("rb") as handle:
-            end = header_end(handle.read(12), job.kind)
-            if end is None or end > limits.max_header_bytes + 12:
-                return None
-            waiter.wait_bytes(end)
-            handle.seek(0)
-            layout = declared_layout(handle.read(end), job.kind, max_header_bytes=limits.max_header_bytes,
-                                     max_elements=limits.max_elements, max_tensors=limits.max_tensors)
-    except (NibbleError, ValueError, TypeError, KeyError, IndexError, AttributeError, struct.error):
-        return None
-    if layout is None or (limits.max_file_bytes is not None and layout.file_bytes > limits.max_file_bytes):
-        return None
-    return layout
 
 
 def load_tensors(path: Path, kind: str, limits: ReadLimits) -> Mapping[str, NDArray[Any]]:
@@ -222,28 +193,13 @@ def payload_size(q: QuantizedTensor) -> int:
 
 
 def _run_method(name: str, array: NDArray[Any], scheme: WeightFormat, method: str,
-                calibration: NDArray[Any] | None, threads: int | None = None,
-                arriving: tuple[ArrivalWaiter, int, int | None] | None = None, min_zero: int = 0,
+                calibration: NDArray[Any] | None, threads: int | None = None, min_zero: int = 0,
                 ) -> tuple[QuantizedTensor, dict[str, Any]]:
-    """Quantize one tensor and its report entry; `arriving` = (waiter, file offset, row bytes) of an upload
-    still arriving, whose waits are left out of ``seconds``; `min_zero` as `quantize` takes it."""
-    wait_rows: Callable[[int], None] | None = None
-    waited_before = 0.0
-    if arriving is not None:
-        waiter, offset, row_bytes = arriving
-        waited_before = waiter.waited_seconds
-        if row_bytes is None:
-            waiter.wait_bytes(offset + int(array.nbytes))
-        else:
-            def wait_rows(stop: int) -> None:
-                waiter.wait_bytes(offset + stop * row_bytes)
+    """Quantize one tensor and its report entry; `min_zero` as `quantize` takes it."""
     activations, note = _calibration_for(name, array, calibration, method)
     started = time.perf_counter()
-    q = quantize(array, scheme, method, activations, name=name, threads=threads, wait_rows=wait_rows,
-                 min_zero=min_zero)
+    q = quantize(array, scheme, method, activations, name=name, threads=threads, min_zero=min_zero)
     seconds = time.perf_counter() - started
-    if arriving is not None:
-        seconds = max(0.0, seconds - (arriving[0].waited_seconds - waited_before))
     output = payload_size(q)
     elements = int(array.shape[0]) * int(array.shape[1])
     figures = {
@@ -297,36 +253,15 @@ def _load_calibration(job: QuantizeJob) -> NDArray[Any] | None:
 
 
 def quantize_file(job: QuantizeJob, output: OutputKind, output_path: Path | None, *,
-                  progress: Callable[[int, int, str, float], None] | None = None,
-                  arrival: Path | None = None) -> dict[str, Any]:
+                  progress: Callable[[int, int, str, float], None] | None = None) -> dict[str, Any]:
     """Quantize every selected tensor of the upload by ``job.methods[0]``; write `output_path` unless report.
 
     Returns the report: one entry per quantized tensor (name, shape, method,
     group size, bytes input/output/predicted, bits per weight, quality, seconds)
     and the passthrough tensors with why; plus the output file's size.
     `progress(done, total, name, seconds)` is called after each quantized
-    tensor (the ``nibble quantize`` progress bar).  With `arrival` (app/arrival.py)
-    the upload is still arriving: rows are quantized as they arrive, and
-    `UploadIncomplete` is raised if it ends short of, or past, what its header declares.
+    tensor (the ``nibble quantize`` progress bar).
     """
-    waiter = ArrivalWaiter(arrival) if arrival is not None else None
-    try:
-        return _quantize_file(job, output, output_path, progress, waiter)
-    finally:
-        if waiter is not None:
-            waiter.close()
-
-
-def _quantize_file(job: QuantizeJob, output: OutputKind, output_path: Path | None,
-                   progress: Callable[[int, int, str, float], None] | None,
-                   waiter: ArrivalWaiter | None) -> dict[str, Any]:
-    """`quantize_file`, with the arrival record (if any) already open."""
-    layout = _arriving_layout(job, waiter) if waiter is not None else None
-    if waiter is not None:
-        if layout is None:
-            waiter.final_size()
-        else:
-            resize_to(job.path, layout.file_bytes)
     tensors = load_tensors(job.path, job.kind, job.limits)
     include = include_glob(job.include)
     _check_include(tensors, include)
@@ -346,11 +281,8 @@ def _quantize_file(job: QuantizeJob, output: OutputKind, output_path: Path | Non
                                           "reason": reason})
             passthrough[name] = array
             continue
-        arriving = None
-        if waiter is not None and layout is not None:
-            arriving = (waiter, *layout.rows[name])
         # GPTQ checkpoints (v1) store zero − 1: their zeros are quantized in [1, 15]
-        q, figures = _run_method(name, array, scheme, method, calibration, job.threads, arriving,
+        q, figures = _run_method(name, array, scheme, method, calibration, job.threads,
                                  min_zero=1 if output == "gptq" else 0)
         report["tensors"].append({"name": name, "shape": list(array.shape), **figures})
         if progress is not None:
@@ -363,10 +295,6 @@ def _quantize_file(job: QuantizeJob, output: OutputKind, output_path: Path | Non
         "passthrough_tensors": len(report["passthrough"]),
         "output_payload_bytes": sum(t["bytes"]["output"] for t in report["tensors"]),
     }
-    if waiter is not None and layout is not None:
-        received = waiter.final_size()
-        if received != layout.file_bytes:
-            raise UploadIncomplete(f"the upload holds {received} bytes; its header declares {layout.file_bytes}")
     if output_path is None or output == "report":
         return report
     if output in EXPORT_CONFIGS:  # in the file's report too: the X-Nibble-Report header may leave it out
@@ -387,12 +315,6 @@ def _quantize_file(job: QuantizeJob, output: OutputKind, output_path: Path | Non
         export_gguf(quantized, passthrough, output_path, metadata={EXPORT_REPORT_KEY: written_report})
     report["totals"]["file_bytes"] = output_path.stat().st_size
     return report
-
-
-def quantize_arriving(job: QuantizeJob, output: OutputKind, output_path: Path | None, arrival: Path
-                      ) -> dict[str, Any]:
-    """`quantize_file` on an upload still arriving (positional arguments, for the worker pool)."""
-    return quantize_file(job, output, output_path, arrival=arrival)
 
 
 def compare_file(job: QuantizeJob) -> dict[str, Any]:

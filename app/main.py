@@ -30,7 +30,6 @@ from app.problems import (
 from app.routers import devices, health, models, plans, quantizations
 from app.security import BEARER_SCHEME, BEARER_SCHEME_NAME, BodySizeLimit
 from app.settings import Settings, get_settings
-from app.spool import SpoolFiles
 
 API_VERSION = "1.0.0"
 DESCRIPTION = """\
@@ -83,27 +82,24 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or get_settings()
     pool = WorkerPool(settings.pool_workers, settings.pool_queue, settings.request_time_limit_seconds,
                       settings.retry_after_seconds, settings.pool_kind)
-    # a thread cannot be stopped, so under the thread pool no spool is reused (app/spool.py)
-    spools = SpoolFiles(settings.spool_keep_bytes if settings.pool_kind == "process" else 0, settings.temp_dir)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        keep_receive_buffers()  # the serving process: upload chunks reuse heap pages (app/allocator.py)
+        keep_receive_buffers()  # the serving process: upload reads reuse heap pages (app/allocator.py)
         pool.start()
         try:
             yield
         finally:
             await pool.drain()  # SIGTERM: let answers to in-flight (or cancelled) jobs leave first
             pool.close()
-            spools.close()
 
     # no trailing-slash redirect: Starlette builds its Location from the request's Host header, which a client
     # chooses (issue 17 #16); "/v1/devices/" is a 404 problem like any unknown path
+    # /docs and /redoc are served without a CDN by install_page (app/page.py)
     app = FastAPI(title="nibble", version=API_VERSION, description=DESCRIPTION, lifespan=lifespan,
-                  redirect_slashes=False)
+                  redirect_slashes=False, docs_url=None, redoc_url=None)
     app.state.settings = settings
     app.state.pool = pool
-    app.state.spools = spools
     install_problem_handlers(app)
     app.include_router(health.router)
     for router in V1_ROUTERS:

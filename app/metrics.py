@@ -14,8 +14,7 @@ never share or double-register counters.  What is measured:
   tensor and method, from the job's report);
 - the worker pool, read from ``app.state.pool.stats`` at scrape time: busy
   workers, queued requests, size, capacity, and its completed / rejected /
-  timed-out job counts; and the upload spool files kept for reuse (app/spool.py),
-  which have no name in any directory: their count and the bytes they hold.
+  timed-out job counts.
 
 When API keys are configured (``NIBBLE_API_KEYS``) ``/metrics`` requires one,
 like every route but ``/healthz`` and the page (issue 6); Prometheus sends it
@@ -71,14 +70,6 @@ class _PoolCollector(Collector):
                                   value=stats.rejected)
         yield CounterMetricFamily("nibble_pool_jobs_timed_out", "Jobs stopped at the time limit (504).",
                                   value=stats.timed_out)
-        spools = getattr(self._app.state, "spools", None)
-        if spools is not None:
-            yield GaugeMetricFamily("nibble_upload_spool_kept_files",
-                                    "Unnamed spool files kept open for later uploads to overwrite (app/spool.py).",
-                                    value=spools.idle_files)
-            yield GaugeMetricFamily("nibble_upload_spool_held_bytes",
-                                    "Spool bytes in use or kept, counted against NIBBLE_SPOOL_KEEP_BYTES.",
-                                    value=spools.held_bytes)
 
 
 class Metrics:

@@ -258,18 +258,6 @@ class _ProcessWorker:
 
 
 @dataclass
-class _Sent:
-    """A job `WorkerPool.submit` handed to `worker` itself (at `sent_at`, ``perf_counter``), or the error
-    the send raised (the worker was then replaced); and whether the task reading the answer has started
-    (else the worker is replaced when the task ends)."""
-
-    worker: _ProcessWorker
-    sent_at: float
-    error: Exception | None = None
-    started: bool = False
-
-
-@dataclass
 class PoolStats:
     """What the pool is doing now (read by /metrics): busy workers and reserved-but-waiting places."""
 
@@ -298,8 +286,6 @@ class WorkerPool:
         self.stats = PoolStats(workers=workers, capacity=workers + queue)
         self._threads: ThreadPoolExecutor | None = None
         self._idle: asyncio.Queue[_ProcessWorker] | None = None
-        #: jobs waiting in `_run` for a worker: a worker put back is theirs, even before they wake
-        self._waiting = 0
         self._all: list[_ProcessWorker] = []
         self._context = multiprocessing.get_context("spawn")
 
@@ -339,12 +325,6 @@ class WorkerPool:
         self._all.clear()
         self._idle = None
 
-    def has_idle_worker(self) -> bool:
-        """Whether a job submitted now would find a worker free (no job is waiting for one)."""
-        if self.kind == "thread":
-            return self.stats.busy < self.stats.workers
-        return self._idle is None or self._idle.qsize() > self._waiting
-
     @contextlib.asynccontextmanager
     async def reserve(self) -> AsyncIterator[None]:
         """Hold one of the pool's places for a request, or raise `PoolFull` (503) at once."""
@@ -366,55 +346,10 @@ class WorkerPool:
         self.start()
         return await self._limited(self._run(function, args))
 
-    def submit(self, function: Callable[..., T], *args: Any) -> asyncio.Task[T]:
-        """`run` as a task, with the job already handed to a worker when this returns, if one is idle.
-
-        A task's first step waits for a turn of the event loop, and an upload
-        being received fills those turns (app/http_protocol.py): a job started
-        while its upload arrives reached its worker 3-10 ms after `run` was
-        called (BENCHMARKS.md, "API (issue 4)").  Here the job is written to
-        an idle worker's pipe before returning, so it starts while the loop
-        goes on receiving; with no worker idle it waits for one, as `run` does.
-        """
-        self.start()
-        sent: _Sent | None = None
-        for _ in range(self.stats.workers + 1):  # a worker found dead is replaced (`_hand`); bounded
-            if self.kind != "process" or self._idle is None or self._idle.qsize() <= self._waiting:
-                break
-            worker = self._idle.get_nowait()
-            try:
-                if not self._hand(worker, function, args):
-                    continue
-            except Exception as exc:  # raised in the task (the worker was replaced)
-                sent = _Sent(worker, time.perf_counter(), exc)
-            else:
-                sent = _Sent(worker, time.perf_counter())
-            break
-        if sent is not None:
-            if sent.error is None:
-                self.stats.busy += 1
-            task = asyncio.create_task(self._answer(function, args, sent))
-
-            def reclaim(_: asyncio.Task[T]) -> None:
-                assert sent is not None
-                if not sent.started and sent.error is None:  # cancelled before its first step: `_run`
-                    self._end_job(sent.worker, sent.sent_at, healthy=False)  # never gave the worker back
-
-            task.add_done_callback(reclaim)
-            return task
-        return asyncio.create_task(self.run(function, *args))
-
-    async def _answer(self, function: Callable[..., T], args: tuple[Any, ...], sent: _Sent) -> T:
-        """The answer of a job `submit` sent, under the time limit (the coroutine a task runs: none
-        is made until its first step, so one cancelled before that leaves no coroutine unawaited)."""
-        elapsed = time.perf_counter() - sent.sent_at  # the time limit counts from the send
-        return await self._limited(self._run(function, args, sent), self.time_limit_seconds - elapsed)
-
-    async def _limited(self, job: Coroutine[Any, Any, T], seconds: float | None = None) -> T:
-        """Await `job` under the time limit (or `seconds` of it): 504 past it, 503 when the server's
-        shutdown cancels it."""
+    async def _limited(self, job: Coroutine[Any, Any, T]) -> T:
+        """Await `job` under the time limit: 504 past it, 503 when the server's shutdown cancels it."""
         try:
-            return await asyncio.wait_for(job, self.time_limit_seconds if seconds is None else seconds)
+            return await asyncio.wait_for(job, self.time_limit_seconds)
         except TimeoutError:
             self.stats.timed_out += 1
             raise TimeLimitExceeded(
@@ -428,27 +363,17 @@ class WorkerPool:
                 f"in {self.retry_after_seconds} s", headers={"Retry-After": str(self.retry_after_seconds)},
             ) from None
 
-    async def _run(self, function: Callable[..., T], args: tuple[Any, ...], sent: _Sent | None = None) -> T:
-        """Run the job on the next idle worker, or wait for the answer of the worker `submit` `sent` it to."""
+    async def _run(self, function: Callable[..., T], args: tuple[Any, ...]) -> T:
+        """Run the job on the next idle worker."""
         if self.kind == "thread":
             return await self._run_thread(function, args)
         assert self._idle is not None  # set by start()
-        if sent is not None:
-            sent.started = True
-            if sent.error is not None:  # its worker was replaced already
-                raise sent.error
-            worker, started = sent.worker, sent.sent_at
-        else:
-            while True:
-                self._waiting += 1
-                try:
-                    worker = await self._idle.get()
-                finally:
-                    self._waiting -= 1
-                if self._hand(worker, function, args):
-                    break
-            self.stats.busy += 1
-            started = time.perf_counter()
+        while True:
+            worker = await self._idle.get()
+            if self._hand(worker, function, args):
+                break
+        self.stats.busy += 1
+        started = time.perf_counter()
         healthy = False  # true once the worker's whole answer is in: its pipe is clean for the next job
         try:
             kind, value = await worker.answer()

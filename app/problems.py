@@ -143,6 +143,12 @@ class UploadStalled(ApiProblem):
     status, title, slug = 408, "Upload stalled", "upload-stalled"
 
 
+class UnsupportedTransferCoding(ApiProblem):
+    """A ``Transfer-Encoding`` other than ``chunked`` alone (RFC 9112 §6.1: 501)."""
+
+    status, title, slug = 501, "Transfer coding not implemented", "transfer-coding-not-implemented"
+
+
 class PoolFull(ApiProblem):
     """Every worker is busy and the queue is full: try again later (503 with Retry-After)."""
 

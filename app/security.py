@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import json
 from collections.abc import Callable, Coroutine
@@ -11,7 +12,7 @@ from fastapi import Request, Response
 from fastapi.routing import APIRoute
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from app.problems import PROBLEM_MEDIA_TYPE, Unauthorized, problem_for
+from app.problems import PROBLEM_MEDIA_TYPE, Unauthorized, UnsupportedTransferCoding, UploadStalled, problem_for
 from app.settings import Settings
 from app.uploads import MULTIPART_OVERHEAD_BYTES
 from quant_core.errors import LimitExceeded
@@ -76,13 +77,17 @@ class ApiKeyRoute(APIRoute):
 
 
 class BodySizeLimit:
-    """Refuse request bodies over the limit with 413 problem+json, before or while reading them.
+    """Guard every request body: its size (413), its transfer coding (501) and its pace (408).
 
     JSON bodies may hold ``max_json_bytes``; multipart bodies the uploads'
     ``max_upload_bytes`` plus multipart overhead (`app.uploads` enforces the
     exact per-file limit itself).  A declared Content-Length over the limit is
     refused without reading a byte; a chunked body is cut off when it passes
     the limit: the app sees a disconnect and its answer is replaced by the 413.
+    A ``Transfer-Encoding`` other than ``chunked`` alone is 501 (RFC 9112
+    §6.1), unread.  A body that sends nothing for ``upload_idle_seconds``
+    while the app waits for it is cut off the same way and answered 408 with
+    ``Connection: close`` (uvicorn then closes the connection).
     """
 
     def __init__(self, app: ASGIApp, settings: Settings) -> None:
@@ -94,6 +99,12 @@ class BodySizeLimit:
             await self.app(scope, receive, send)
             return
         headers = dict(scope.get("headers") or [])
+        coding = headers.get(b"transfer-encoding")
+        if coding is not None and coding.strip().lower() != b"chunked":
+            await self._refuse(send, UnsupportedTransferCoding(
+                f"Transfer-Encoding {coding.decode('latin-1')[:100]!r} is not implemented; send the body "
+                "as is (Content-Length) or chunked", field="Transfer-Encoding"))
+            return
         content_type = headers.get(b"content-type", b"").decode("latin-1").lower()
         if content_type.startswith("multipart/"):
             limit_name, maximum = "max_upload_bytes", self.settings.max_upload_bytes
@@ -105,17 +116,28 @@ class BodySizeLimit:
         if declared.isdigit() and int(declared) > allowed:
             await self._refuse(send, LimitExceeded(limit_name, int(declared), maximum, field="body"))
             return
+        idle = self.settings.upload_idle_seconds
         received = 0
-        refused: LimitExceeded | None = None
+        body_done = False
+        refused: Exception | None = None
         response_started = False
 
         async def limited_receive() -> Message:
-            nonlocal received, refused
+            nonlocal received, refused, body_done
             if refused is not None:
                 return {"type": "http.disconnect"}
-            message = await receive()
+            if body_done:  # past the body, the app only listens for a disconnect: no deadline
+                return await receive()
+            try:
+                async with asyncio.timeout(idle):
+                    message = await receive()
+            except TimeoutError:
+                refused = UploadStalled(f"the request body sent no bytes for {idle:g} s (after {received} bytes)",
+                                        field="body", headers={"Connection": "close"})
+                return {"type": "http.disconnect"}
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
+                body_done = not message.get("more_body", False)
                 if received > allowed:
                     refused = LimitExceeded(limit_name, received, maximum, field="body")
                     return {"type": "http.disconnect"}
@@ -124,7 +146,7 @@ class BodySizeLimit:
         async def guarded_send(message: Message) -> None:
             nonlocal response_started
             if refused is not None and not response_started:
-                return  # the app's answer to the cut-off body is replaced by the 413 below
+                return  # the app's answer to the cut-off body is replaced by the refusal below
             if message["type"] == "http.response.start":
                 response_started = True
             await send(message)
@@ -138,11 +160,13 @@ class BodySizeLimit:
             await self._refuse(send, refused)
 
     @staticmethod
-    async def _refuse(send: Send, error: LimitExceeded) -> None:
-        problem, _ = problem_for(error)
+    async def _refuse(send: Send, error: Exception) -> None:
+        problem, headers = problem_for(error)
         body = json.dumps(problem.model_dump(exclude_none=True)).encode()
+        extra = [(name.lower().encode(), value.encode()) for name, value in headers.items()
+                 if name.lower() != "connection"]
         await send({"type": "http.response.start", "status": problem.status,
                     "headers": [(b"content-type", PROBLEM_MEDIA_TYPE.encode()),
                                 (b"content-length", str(len(body)).encode()),
-                                (b"connection", b"close")]})
+                                (b"connection", b"close"), *extra]})
         await send({"type": "http.response.body", "body": body})

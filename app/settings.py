@@ -54,8 +54,9 @@ class Settings(BaseSettings):
     )
     retry_after_seconds: int = Field(5, gt=0, description="Retry-After sent with 503 when the pool is full.")
     upload_idle_seconds: float = Field(
-        30.0, gt=0, description="Longest an upload may send no bytes before it is refused with 408 (its pool "
-        "place given back): a stalled client cannot hold a place.")
+        30.0, gt=0, description="Longest a request body (an upload, or JSON) may send no bytes before it is "
+        "refused with 408 and its connection closed (an upload's pool place given back): a stalled client "
+        "cannot hold a place.")
     upload_min_bytes_per_second: float = Field(
         65536.0, gt=0, description="Slowest average rate an upload may keep (it may fall upload_idle_seconds "
         "behind it) before it is refused with 408: a client trickling bytes cannot hold a pool place either.")
@@ -67,11 +68,6 @@ class Settings(BaseSettings):
         description="Accepted bearer tokens (comma-separated); empty means no authentication.",
     )
     temp_dir: Path | None = Field(None, description="Where uploads are spooled; default: the system's.")
-    spool_keep_bytes: int = Field(
-        256 * MiB, ge=0,
-        description="Bytes of upload spool files kept (unnamed, in temp_dir) for later uploads to overwrite "
-                    "(app/spool.py); larger uploads get a new file; 0 keeps none.",
-    )
 
     @field_validator("cors_origins", "api_keys", mode="before")
     @classmethod

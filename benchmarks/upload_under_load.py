@@ -1,9 +1,9 @@
-"""A 64 MiB upload while 32 connections post /v1/plan back to back, under each HTTP protocol.
+"""A 64 MiB upload while 32 connections post /v1/plan back to back, under each of uvicorn's HTTP protocols.
 
 Run: ``.venv/bin/python benchmarks/upload_under_load.py`` (from the repository root).
 
-For uvicorn's own httptools protocol (the baseline) and for nibble's
-`QueuedBodyProtocol` (app/http_protocol.py), in that order, it starts
+For uvicorn's httptools protocol (its default when httptools is installed)
+and its h11 protocol (``--http h11``), in that order, it starts stock
 ``uvicorn app.main:app`` on a free port and times ``POST /v1/quantize``
 (output=report, rtn g128) of a 4096 x 4096 float32 .npy from a raw-socket
 client: three uploads on an idle server (after one to warm up), then two while the load generator
@@ -27,11 +27,10 @@ import numpy as np
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
 
-from app.http_protocol import UVICORN_HTTP  # noqa: E402
 from benchmarks.api_bench import PLAN_BODY, _read_response, multipart_body, run_load, upload_head  # noqa: E402
 from tests.e2e.conftest import start_server  # noqa: E402
 
-PROTOCOLS = (("uvicorn's httptools protocol", "httptools"), ("QueuedBodyProtocol", UVICORN_HTTP))
+PROTOCOLS = (("uvicorn's httptools protocol", "httptools"), ("uvicorn's h11 protocol", "h11"))
 
 
 def _request() -> tuple[bytes, bytes]:
@@ -60,7 +59,7 @@ def _uploads(port: int, head: bytes, body: bytes, count: int, delay: float, seco
 def main() -> int:
     head, body = _request()
     for label, http in PROTOCOLS:
-        with start_server(http=http) as base_url:
+        with start_server(uvicorn_options=("--http", http)) as base_url:
             port = int(base_url.rsplit(":", 1)[1])
             idle: list[float] = []
             _uploads(port, head, body, 4, 0.0, idle)

@@ -16,17 +16,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import os
 from collections.abc import Awaitable, Iterator
 from pathlib import Path
 from typing import Any, BinaryIO, TypeVar
 
 from fastapi import APIRouter, Request
-from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, StreamingResponse
 from starlette.requests import ClientDisconnect
 
-from app.arrival import ArrivalRecorder, UploadIncomplete
 from app.jobs import (
     EXPORT_REPORT_KEY,
     OUTPUT_SUFFIXES,
@@ -34,12 +31,11 @@ from app.jobs import (
     ReadLimits,
     compare_file,
     dequantize_file,
-    quantize_arriving,
     quantize_file,
 )
 from app.metrics import observe_report
 from app.pool import WorkerPool
-from app.problems import MalformedUpload, TimeLimitExceeded, UnsupportedMediaType, problem_responses
+from app.problems import MalformedUpload, UnsupportedMediaType, problem_responses
 from app.schemas.quantize import (
     CompareForm,
     CompareReport,
@@ -51,7 +47,7 @@ from app.schemas.quantize import (
 )
 from app.security import ApiKeyRoute, settings_of
 from app.settings import Settings
-from app.uploads import ArrivingFile, TensorFileKind, Upload, UploadedFile, new_output_path, receive_upload
+from app.uploads import TensorFileKind, Upload, UploadedFile, new_output_path, receive_upload
 
 router = APIRouter(tags=["quantize"], route_class=ApiKeyRoute)
 UPLOAD_ERRORS = problem_responses(400, 408, 413, 415, 422, 503, 504)
@@ -71,8 +67,7 @@ def _pool(request: Request) -> WorkerPool:
 
 
 def _limits(settings: Settings) -> ReadLimits:
-    return ReadLimits(settings.max_tensors, settings.max_elements_per_tensor, settings.max_header_bytes,
-                      settings.max_upload_bytes)
+    return ReadLimits(settings.max_tensors, settings.max_elements_per_tensor, settings.max_header_bytes)
 
 
 async def _client_left(request: Request) -> None:
@@ -172,82 +167,6 @@ DOWNLOAD_RESPONSE: dict[int | str, dict[str, Any]] = {200: {
 }}
 
 
-class _EarlyQuantization:
-    """A quantize job started while its upload is still arriving (app/arrival.py), and kept only if it is
-    exactly the job the whole request asks for.
-
-    It starts when the ``file`` part's first bytes arrive, a worker is free,
-    and the text fields sent before it are valid; fields or a calibration part that come after the
-    file, a different output, or an upload that ends short of its header make
-    the request fall back to running the job once the upload is complete, as
-    it would without an early start.  Whatever happens, `close` leaves no job
-    running: the arrival is marked abandoned (the job stops at its next wait)
-    and the task is awaited.
-    """
-
-    def __init__(self, pool: WorkerPool, settings: Settings) -> None:
-        self.pool = pool
-        self.settings = settings
-        self.task: asyncio.Task[dict[str, Any]] | None = None
-        self.job: QuantizeJob | None = None
-        self.output = ""
-        self.output_path: Path | None = None
-        self.arrival: ArrivalRecorder | None = None
-
-    def start(self, arriving: ArrivingFile) -> None:
-        if not self.pool.has_idle_worker():
-            return  # the job would only wait for a worker while holding none: run it once the upload is in
-        try:
-            form = parse_form(QuantizeForm, arriving.fields)
-        except RequestValidationError:
-            return  # answered 422 once the body is complete
-        calibration = arriving.files.get("calibration")
-        self.job = _quantize_job(arriving.path, arriving.kind, calibration, form, self.settings)
-        self.output = form.output
-        if form.output != "report":
-            self.output_path = arriving.directory / f"early-output{OUTPUT_SUFFIXES[form.output]}"
-        self.arrival = arriving.arrival
-        # handed to the worker now, not a loop turn later: those turns are busy receiving the file
-        self.task = self.pool.submit(quantize_arriving, self.job, form.output, self.output_path, arriving.arrival.path)
-
-    async def result(self, job: QuantizeJob, output: str, file: UploadedFile
-                     ) -> tuple[dict[str, Any], Path | None] | None:
-        """The early job's (report, output path) if it ran `job` for `output` to the end, else None."""
-        if self.task is None:
-            return None
-        if job != self.job or output != self.output:
-            await self.close()
-            _restore_size(file)
-            return None
-        # the upload is complete now: an early job already over ended while it was still arriving
-        ended_while_arriving = self.task.done()
-        try:
-            report = await self.task
-        except (UploadIncomplete, TimeLimitExceeded) as exc:
-            if isinstance(exc, TimeLimitExceeded) and not ended_while_arriving:
-                raise  # the job itself ran past the limit: 504 now, once, not a second run (issue 17 #4)
-            # The header promised another size, the client was too slow for the job to keep waiting,
-            # or the time limit ran out while the upload was still arriving: run it on the complete file.
-            _restore_size(file)
-            return None
-        return report, self.output_path
-
-    async def close(self) -> None:
-        """Stop the early job, if any, and wait for it to end (its errors are not this request's answer)."""
-        if self.task is None:
-            return
-        if not self.task.done() and self.arrival is not None:
-            self.arrival.abandon()  # its memory map outlives the upload directory
-        with contextlib.suppress(Exception, asyncio.CancelledError):
-            await self.task
-
-
-def _restore_size(file: UploadedFile) -> None:
-    """Set the spool file back to the bytes received, if an early job resized it to its header's size."""
-    if file.path.stat().st_size != file.size:
-        os.truncate(file.path, file.size)
-
-
 def _quantize_job(path: Path, kind: TensorFileKind, calibration: Path | None, form: QuantizeForm,
                   settings: Settings) -> QuantizeJob:
     return QuantizeJob(path, kind, calibration, (form.method,), form.group_size, form.symmetric, form.include,
@@ -259,33 +178,20 @@ def _quantize_job(path: Path, kind: TensorFileKind, calibration: Path | None, fo
              openapi_extra=multipart_body(QuantizeForm, {"file": FILE_DESCRIPTION,
                                                          "calibration": CALIBRATION_DESCRIPTION}, ("file",)))
 async def create_quantization(request: Request) -> JSONResponse | StreamingResponse:
-    """Every 2-D float tensor (or those matching `include`) to INT4 by `method`, measured; the rest passes.
-
-    The job starts while the file is still arriving when the text fields come
-    before it in the body (as httpx, curl and browsers send them in form
-    order), so the quantization overlaps the upload.
-    """
+    """Every 2-D float tensor (or those matching `include`) to INT4 by `method`, measured; the rest passes."""
     settings = settings_of(request)
     pool = _pool(request)
-    early = _EarlyQuantization(pool, settings)
-    # the early job is stopped (before_cleanup) before the spool is released for reuse, inside the pool place
-    async with pool.reserve(), receive_upload(request, settings, on_arriving=early.start,
-                                              before_cleanup=early.close) as upload:
+    async with pool.reserve(), receive_upload(request, settings) as upload:
         form = parse_form(QuantizeForm, upload.fields)
         file = _required_file(upload, "file")
         job = _quantize_job(file.path, file.kind, _calibration(upload), form, settings)
-        finished = await _unless_client_leaves(request, early.result(job, form.output, file))
         if form.output == "report":
-            report = finished[0] if finished is not None else await _unless_client_leaves(
-                request, pool.run(quantize_file, job, "report", None))
+            report = await _unless_client_leaves(request, pool.run(quantize_file, job, "report", None))
             observe_report(request.app, report)
             return JSONResponse(report)
         suffix = OUTPUT_SUFFIXES[form.output]
-        if finished is not None and finished[1] is not None:
-            report, output = finished[0], finished[1]
-        else:
-            output = new_output_path(upload, suffix)
-            report = await _unless_client_leaves(request, pool.run(quantize_file, job, form.output, output))
+        output = new_output_path(upload, suffix)
+        report = await _unless_client_leaves(request, pool.run(quantize_file, job, form.output, output))
         observe_report(request.app, report)
         return _download(output, f"quantized-{form.output}{suffix}", _summary(report))
 

@@ -84,17 +84,6 @@ def test_pool_gauges_report_size_and_idle_workers() -> None:
     assert value(samples, "nibble_pool_queued_requests") == 0
 
 
-def test_spool_gauges_show_the_file_kept_after_an_upload() -> None:
-    upload = npy_bytes(64, 256)
-    with client_with(pool_kind="process", pool_workers=1) as client:
-        assert value(scrape(client), "nibble_upload_spool_kept_files") == 0
-        response = client.post("/v1/quantize", files={"file": ("w.npy", upload)}, data={"method": "rtn"})
-        assert response.status_code == 200, response.text
-        samples = scrape(client)
-    assert value(samples, "nibble_upload_spool_kept_files") == 1
-    assert value(samples, "nibble_upload_spool_held_bytes") == len(upload)  # cut to the part's exact size
-
-
 def test_each_app_has_its_own_registry() -> None:
     with client_with() as first, client_with() as second:
         first.get("/healthz")

@@ -8,8 +8,6 @@ import multiprocessing
 import threading
 import time
 from collections.abc import AsyncIterator
-from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -87,20 +85,6 @@ def test_typed_core_errors_cross_the_process_boundary() -> None:
     asyncio.run(scenario())
 
 
-@pytest.mark.parametrize("kind", ["thread", "process"])
-def test_has_idle_worker_is_false_while_every_worker_is_busy(kind: str) -> None:
-    async def scenario() -> None:
-        async with started_pool(time_limit_seconds=30, kind=kind) as pool:
-            assert pool.has_idle_worker()
-            busy = asyncio.create_task(_occupy(pool, 0.5))
-            await asyncio.sleep(0.2)
-            assert not pool.has_idle_worker()
-            await busy
-            assert pool.has_idle_worker()
-
-    asyncio.run(scenario())
-
-
 def _answer_of(size: int, tag: int) -> tuple[int, bytes]:
     return tag, bytes([tag % 256]) * size
 
@@ -141,56 +125,7 @@ def test_a_worker_that_dies_mid_job_is_replaced_and_the_next_job_runs() -> None:
     asyncio.run(scenario())
 
 
-def _write_marker(path: str) -> str:
-    with open(path, "w") as marker:
-        marker.write("ran")
-    return path
-
-
-def test_a_submitted_job_reaches_an_idle_worker_before_the_event_loop_turns(tmp_path: Path) -> None:
-    # an upload being received fills the loop's turns: the early job must not wait for one to be sent
-    async def scenario() -> None:
-        async with started_pool() as pool, pool.reserve():
-            assert await pool.run(_answer_of, 1, 1) == (1, b"\x01")  # the worker is up
-            marker = tmp_path / "marker"
-            task = pool.submit(_write_marker, str(marker))
-            deadline = time.monotonic() + 20
-            while not marker.exists() and time.monotonic() < deadline:
-                time.sleep(0.01)  # blocks the loop: the task cannot take a step
-            assert marker.exists(), "the job ran only once the event loop turned"
-            assert not pool.has_idle_worker()
-            assert await task == str(marker)
-            assert pool.has_idle_worker() and pool.stats.completed == 2 and pool.stats.busy == 0
-
-    asyncio.run(scenario())
-
-
-def test_a_submitted_job_with_no_idle_worker_waits_for_one_like_run() -> None:
-    async def scenario() -> None:
-        async with started_pool(queue=2) as pool:
-            first = pool.submit(_sleep, 0.3)
-            second = pool.submit(_answer_of, 10, 2)
-            assert await asyncio.gather(first, second) == [0.3, (2, bytes([2]) * 10)]
-            assert pool.has_idle_worker()
-
-    asyncio.run(scenario())
-
-
-def test_a_submitted_job_cancelled_before_its_first_step_gives_its_worker_back_replaced() -> None:
-    async def scenario() -> None:
-        async with started_pool() as pool:
-            task = pool.submit(_sleep, 30.0)  # the worker is mid-job: it cannot be reused, only replaced
-            task.cancel()
-            with pytest.raises(asyncio.CancelledError):
-                await task
-            assert pool.has_idle_worker()
-            assert await pool.run(_answer_of, 10, 3) == (3, bytes([3]) * 10)
-
-    asyncio.run(scenario())
-
-
-@pytest.mark.parametrize("start", ["submit", "run"])
-def test_a_job_whose_idle_worker_had_died_runs_on_its_replacement(start: str) -> None:
+def test_a_job_whose_idle_worker_had_died_runs_on_its_replacement() -> None:
     # the job never reached the dead worker (killed while idle, as by the out-of-memory killer): nothing to fail
     async def scenario() -> None:
         async with started_pool() as pool:
@@ -198,10 +133,8 @@ def test_a_job_whose_idle_worker_had_died_runs_on_its_replacement(start: str) ->
             (dead,) = pool._all
             dead.process.kill()
             dead.process.join()
-            job = pool.submit(_answer_of, 10, 4) if start == "submit" else pool.run(_answer_of, 10, 4)
-            assert await job == (4, bytes([4]) * 10)
+            assert await pool.run(_answer_of, 10, 4) == (4, bytes([4]) * 10)
             assert dead not in pool._all and len(pool._all) == 1 and pool.stats.busy == 0
-            assert pool.has_idle_worker()
 
     asyncio.run(scenario())
 
@@ -210,57 +143,22 @@ def _identity(value: object) -> object:
     return value
 
 
-def test_a_submitted_job_that_cannot_be_sent_fails_in_its_task_and_the_pool_keeps_a_worker() -> None:
+def test_a_job_that_cannot_be_sent_fails_and_the_pool_keeps_a_worker() -> None:
     async def scenario() -> None:
         async with started_pool() as pool:
-            task = pool.submit(_identity, threading.Lock())  # a lock cannot be pickled to the worker
             with pytest.raises(TypeError, match="pickle"):
-                await task
-            assert pool.stats.busy == 0 and pool.has_idle_worker()
+                await pool.run(_identity, threading.Lock())  # a lock cannot be pickled to the worker
+            assert pool.stats.busy == 0
             assert await pool.run(_identity, 7) == 7
 
     asyncio.run(scenario())
 
 
-def test_a_worker_freed_for_a_waiting_job_goes_to_it_not_to_a_job_submitted_in_the_same_turn(
-        monkeypatch: pytest.MonkeyPatch) -> None:
-    async def scenario() -> None:
-        pool = WorkerPool(workers=1, queue=2, time_limit_seconds=60, retry_after_seconds=1, kind="process")
-        pool.start()
-        order: list[str] = []
-        late: list[asyncio.Task[object]] = []
-        end_job = pool._end_job
-
-        def end_job_then_submit(*args: Any) -> None:
-            end_job(*args)
-            if not late:  # an upload's early start, in the same turn as the worker's return
-                assert not pool.has_idle_worker()
-                late.append(pool.submit(_identity, "late"))
-                late[0].add_done_callback(lambda _: order.append("late"))
-
-        try:
-            assert await pool.run(_identity, 0) == 0
-            monkeypatch.setattr(pool, "_end_job", end_job_then_submit)
-            first = asyncio.create_task(pool.run(_sleep, 0.3))
-            await asyncio.sleep(0.05)
-            waiting = asyncio.create_task(pool.run(_identity, "waiting"))
-            waiting.add_done_callback(lambda _: order.append("waiting"))
-            await asyncio.gather(first, waiting)
-            await late[0]
-            assert order == ["waiting", "late"]
-        finally:
-            pool.close()
-
-    asyncio.run(scenario())
-
-
-@pytest.mark.parametrize("start", ["submit", "run"])
-def test_a_job_still_running_when_the_pool_closes_answers_503_at_once_and_leaves_no_worker_behind(
-        start: str) -> None:
+def test_a_job_still_running_when_the_pool_closes_answers_503_at_once_and_leaves_no_worker_behind() -> None:
     async def scenario() -> None:
         pool = WorkerPool(workers=1, queue=1, time_limit_seconds=60, retry_after_seconds=3, kind="process")
         pool.start()
-        job = pool.submit(_sleep, 30.0) if start == "submit" else asyncio.create_task(pool.run(_sleep, 30.0))
+        job = asyncio.create_task(pool.run(_sleep, 30.0))
         await asyncio.sleep(0.2)
         closed = time.monotonic()
         pool.close()

@@ -2,17 +2,13 @@
 
 from __future__ import annotations
 
-import contextlib
-import gc
 import io
 import json
 import math
-import os
 import pickle
 import struct
 import tempfile
 from pathlib import Path
-from typing import Any
 
 import gguf
 import ml_dtypes
@@ -21,7 +17,7 @@ import pytest
 from fastapi.testclient import TestClient
 from safetensors.numpy import save as save_safetensors
 
-from app.jobs import payload_size, quantize_arriving
+from app.jobs import payload_size
 from quant_core.formats import WeightFormat, int4
 from quant_core.quantize import dequantize, payload_bytes, quantize
 from tests.app.conftest import client_with
@@ -153,13 +149,11 @@ def test_a_body_cut_off_without_its_closing_boundary_is_400_naming_the_file(clie
     assert response.status_code == 400
     assert response.headers["content-type"] == "application/problem+json"
     assert response.json()["errors"][0]["field"] == "file"
-    assert "without a closing boundary" in response.json()["detail"]
+    assert "without its closing delimiter" in response.json()["detail"]
 
 
 def test_an_npy_shorter_than_its_header_declares_is_a_4xx_problem(client: TestClient, weights: np.ndarray) -> None:
-    # the test client hands the body over in one piece: the parser sees the closing boundary and the reader refuses
-    # the short file (422); over a network the body's bytes after the header go to the file unparsed and the body
-    # ends inside the file part (400, tests/e2e/test_spool_reuse.py)
+    # the parser sees the closing delimiter and the reader refuses the short file, however the body is cut
     body, headers = _raw_multipart(npy_bytes(weights)[:-100])
     response = client.post("/v1/quantize", content=body, headers=headers)
     assert response.status_code == 422
@@ -421,24 +415,7 @@ def test_an_npy_cut_short_gets_the_error_of_a_complete_file(client: TestClient, 
     assert "data bytes" in response.json()["detail"]
 
 
-def test_the_job_starts_while_the_file_arrives_when_the_fields_come_first(
-        client: TestClient, weights: np.ndarray, monkeypatch: pytest.MonkeyPatch) -> None:
-    import app.routers.quantizations as route
-
-    early_jobs: list[str] = []
-
-    def spy(job: Any, output: Any, output_path: Any, arrival: Any) -> Any:
-        early_jobs.append(job.methods[0])
-        return quantize_arriving(job, output, output_path, arrival)
-
-    monkeypatch.setattr(route, "quantize_arriving", spy)
-    response = client.post("/v1/quantize", files={"file": ("w.npy", npy_bytes(weights))}, data={"method": "clip"})
-    assert response.status_code == 200 and response.json()["tensors"][0]["method"] == "clip"
-    assert early_jobs == ["clip"]
-
-
-def test_an_invalid_field_after_the_file_is_422_and_stops_the_early_job(client: TestClient,
-                                                                       weights: np.ndarray) -> None:
+def test_an_invalid_field_after_the_file_is_422(client: TestClient, weights: np.ndarray) -> None:
     body, content_type = _multipart([("method", None, b"rtn"), ("file", "w.npy", npy_bytes(weights)),
                                      ("group_size", None, b"100")])
     response = client.post("/v1/quantize", content=body, headers={"Content-Type": content_type})
@@ -537,30 +514,6 @@ def test_compare_names_the_methods_field_for_an_unknown_method(client: TestClien
     assert response.status_code == 422
     (error,) = response.json()["errors"]
     assert error["field"] == "methods" and "bogus" in error["message"]
-
-
-def _open_arrival_records() -> int:
-    """Descriptors of this process open on upload arrival records (a mapped file stays open once deleted)."""
-    count = 0
-    for entry in os.listdir("/proc/self/fd"):
-        with contextlib.suppress(OSError):
-            count += ".arrival" in os.readlink(f"/proc/self/fd/{entry}")
-    return count
-
-
-@pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="needs /proc")
-def test_uploads_leave_no_arrival_record_mapped(client: TestClient, weights: np.ndarray) -> None:
-    gc.disable()  # the records must be unmapped when the request ends, not whenever the collector runs
-    try:
-        before = _open_arrival_records()
-        for cut in (0, 1000) * 5:  # answered, and refused part-way (an exception's frames hold the record)
-            content = npy_bytes(weights)
-            response = client.post("/v1/quantize", files={"file": ("w.npy", content[: len(content) - cut])},
-                                   data={"method": "rtn"})
-            assert response.status_code == (200 if cut == 0 else 422)
-        assert _open_arrival_records() == before
-    finally:
-        gc.enable()
 
 
 def test_gptq_output_of_all_positive_weights_stores_zeros_of_at_least_1(client: TestClient) -> None:

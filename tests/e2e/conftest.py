@@ -14,14 +14,12 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
 import pytest
-
-from app.http_protocol import UVICORN_HTTP
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -36,17 +34,17 @@ def free_port() -> int:
 
 @contextmanager
 def start_server(env: Mapping[str, str] | None = None, startup_timeout_seconds: float = 60.0,
-                 log_path: Path | None = None, http: str = UVICORN_HTTP) -> Iterator[str]:
-    """Start ``uvicorn app.main:app`` on a free port; yield its base URL once /healthz answers.
+                 log_path: Path | None = None, uvicorn_options: Sequence[str] = ()) -> Iterator[str]:
+    """Start stock ``uvicorn app.main:app`` on a free port; yield its base URL once /healthz answers.
 
-    `http` is uvicorn's ``--http``: the protocol the Makefile serves with, unless a benchmark compares another.
+    `uvicorn_options` are more of uvicorn's own command-line options (``--limit-concurrency 8``, ...).
     """
     port = free_port()
     environment = {**os.environ, **(env or {})}
     log = (log_path or Path(os.devnull)).open("wb")
     process = subprocess.Popen(
-        [sys.executable, "-m", "uvicorn", "app.main:app", "--http", http, "--host", "127.0.0.1",
-         "--port", str(port), "--log-level", "warning"],
+        [sys.executable, "-m", "uvicorn", "app.main:app", "--host", "127.0.0.1", "--port", str(port),
+         "--log-level", "warning", *uvicorn_options],
         cwd=REPO_ROOT, env=environment, stdout=log, stderr=subprocess.STDOUT,
     )
     base_url = f"http://127.0.0.1:{port}"

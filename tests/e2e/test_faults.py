@@ -101,8 +101,7 @@ def server_process(base_url: str) -> psutil.Process:
 
 @contextmanager
 def server_in(temp_dir: Path, **settings: str) -> Iterator[str]:
-    """A server spooling uploads to named files in `temp_dir` (no reused unnamed spools unless `settings` ask)."""
-    settings = {"spool_keep_bytes": "0", **settings}
+    """A server spooling uploads to files in `temp_dir`, with `settings` (``NIBBLE_*`` without the prefix)."""
     env = {"NIBBLE_TEMP_DIR": str(temp_dir), **{f"NIBBLE_{k.upper()}": v for k, v in settings.items()}}
     with start_server(env) as base_url:
         yield base_url
@@ -166,7 +165,7 @@ def _sigterm_during_job(temp_dir: Path, grace_seconds: int, methods: str, rows: 
                         ) -> tuple[httpx.Response | Exception, float, int]:
     """Start a compare job, SIGTERM the server once the upload is spooled; the answer, exit seconds, exit code."""
     content = npy_bytes(rows, 2048)  # 16 MiB at 2048 rows; hqq or refit on it take about a second each
-    env = {"NIBBLE_TEMP_DIR": str(temp_dir), "NIBBLE_SPOOL_KEEP_BYTES": "0",
+    env = {"NIBBLE_TEMP_DIR": str(temp_dir),
            "UVICORN_TIMEOUT_GRACEFUL_SHUTDOWN": str(grace_seconds)}
     with start_server(env) as base_url:
         server = server_process(base_url)
@@ -230,7 +229,7 @@ def test_full_pool_answers_503_with_retry_after_then_recovers(tmp_path: Path) ->
     assert not any(tmp_path.iterdir())
 
 
-# 8 MiB: the stall comes while the server reads the file's declared bytes straight into its spool
+# 8 MiB: the stall comes mid-file, with the server's buffers and the socket's full
 @pytest.mark.parametrize("shape", [(256, 256), (2048, 1024)])
 def test_a_stalled_upload_is_refused_408_and_gives_its_place_back(tmp_path: Path, shape: tuple[int, int]) -> None:
     content = npy_bytes(*shape)
