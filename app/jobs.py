@@ -65,6 +65,8 @@ class ReadLimits:
     max_tensors: int
     max_elements: int
     max_header_bytes: int
+    #: the largest upload accepted, also the most bytes a `/v1/dequantize` download may hold (issue 17 #7)
+    max_file_bytes: int | None = None
 
     @property
     def max_npy_header_bytes(self) -> int:
