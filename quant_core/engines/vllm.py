@@ -31,9 +31,10 @@ from quant_core.specs import ModelSpec
 
 GIB = 1 << 30
 ACTIVATION_ELEMENT_BYTES = 2  # bf16/fp16 activations
-SAMPLER_BYTES_PER_LOGIT = 12  # fp32 logits, fp32 probabilities and one fp32 top-k/top-p working copy
+SAMPLER_BYTES_PER_LOGIT = 16  # fp32 logits, the top-k/top-p pass's sorted fp32 copy and its int64 indices
 NON_TORCH_SINGLE_GPU_BYTES = 350 * (1 << 20)  # vllm#10517: "non_torch_memory=0.35GiB" on one GPU
-NON_TORCH_TENSOR_PARALLEL_BYTES = 2150 * (1 << 20)  # ~2.1 GiB: NCCL and custom all-reduce buffers
+NON_TORCH_TENSOR_PARALLEL_BYTES = 2150 * (1 << 20)  # ~2.1 GiB: NCCL and custom all-reduce buffers (vllm PR #10511:
+# non-torch memory grows by 1.79 GiB from -tp 1 to -tp 2)
 NON_TORCH_PIPELINE_BYTES = GIB // 2
 CUDA_GRAPH_ESTIMATE_BYTES = 400 * (1 << 20)
 LARGE_DEVICE_BYTES = 70 * GIB
