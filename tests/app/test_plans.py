@@ -364,3 +364,16 @@ def test_a_swept_device_count_that_the_pipeline_stages_do_not_divide_is_named_in
     (error,) = response.json()["errors"]
     assert error["field"] == "sweep.device_counts[1]"
     assert "not a multiple of the 2 pipeline stages" in error["message"]
+
+
+def test_readme_vllm_example_predicts_the_token_figure_it_shows(client: TestClient) -> None:
+    # README "Planning a vLLM deployment": vllm serve Llama-3.1-70B --tensor-parallel-size 4
+    # --gpu-memory-utilization 0.90 --max-model-len 32768 on H100 80GB.
+    body = client.post("/v1/plan", json={
+        "model": {"preset": "llama-3.1-70b"}, "hardware": {"device": "h100-80gb", "count": 4},
+        "workload": {"context_length": 32768}, "weights": {"format": "bf16"},
+        "runtime": {"engine": "vllm", "memory_utilization": 0.90}}).json()
+    assert body["fits"] and body["refusal"] is None
+    assert body["kv_cache"]["capacity_tokens"] == 450688
+    assert body["kv_cache"]["engine_max_concurrency"] == 13.75390625
+    assert body["max_concurrent_sequences"] == 13
