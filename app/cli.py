@@ -375,7 +375,7 @@ def build_parser() -> argparse.ArgumentParser:
     plan_parser.add_argument("--memory-utilization", type=float, help="usable share of memory (default 0.9)")
     plan_parser.add_argument("--engine", choices=("vllm", "generic"),
                              help="engine whose memory terms apply (default vllm)")
-    plan_parser.add_argument("--engine-version", choices=("0.19", "0.33"), help="vLLM release (default 0.19)")
+    plan_parser.add_argument("--engine-version", choices=("0.11", "0.19", "0.33"), help="vLLM release (default 0.19)")
     plan_parser.add_argument("--max-num-seqs", type=int,
                              help="vLLM --max-num-seqs (default: vLLM's for the device)")
     plan_parser.add_argument("--max-batched-tokens", type=int,

@@ -87,8 +87,9 @@ class RuntimeIn(BaseModel):
     engine: Literal["vllm", "generic"] = Field(
         "vllm", description="The engine whose memory terms the plan uses: vllm, or generic (nibble's own "
                             "workload-sized activation estimate and a fixed 1 GiB overhead).")
-    engine_version: Literal["0.19", "0.33"] | None = Field(
-        None, description="vllm only: the release whose rules apply (0.19 by default; 0.33 charges CUDA-graph "
+    engine_version: Literal["0.11", "0.19", "0.33"] | None = Field(
+        None, description="vllm only: the release whose rules apply (0.19 by default; 0.11 samples with more "
+                          "working copies; 0.33 charges CUDA-graph "
                           "memory inside the budget).")
     overhead_bytes: int | None = Field(None, description="Replaces the engine's per-device overhead (non-torch "
                                                          "and CUDA-graph memory) when given.")

@@ -30,30 +30,44 @@ from quant_core.kv_cache import kv_layers, layer_bytes_per_token
 from quant_core.specs import ModelSpec
 
 GIB = 1 << 30
+MIB = 1 << 20
 ACTIVATION_ELEMENT_BYTES = 2  # bf16/fp16 activations
-SAMPLER_BYTES_PER_LOGIT = 16  # fp32 logits, the top-k/top-p pass's sorted fp32 copy and its int64 indices
-NON_TORCH_SINGLE_GPU_BYTES = 350 * (1 << 20)  # vllm#10517: "non_torch_memory=0.35GiB" on one GPU
-NON_TORCH_TENSOR_PARALLEL_BYTES = 2150 * (1 << 20)  # ~2.1 GiB: NCCL and custom all-reduce buffers (vllm PR #10511:
-# non-torch memory grows by 1.79 GiB from -tp 1 to -tp 2)
-NON_TORCH_PIPELINE_BYTES = GIB // 2
-CUDA_GRAPH_ESTIMATE_BYTES = 400 * (1 << 20)
+# Memory outside PyTorch that grows while vLLM loads and profiles (memory_profiling's non_torch_increase), as
+# llm-d-benchmark's H100 logs of vLLM v0.11 report it: 0.13 GiB on one GPU, 0.55 GiB per GPU with TP=2; the
+# L40S TP=2 log of vLLM v0.16 (kagaho/VLLM_Serve_llama3-70b-awq...) leaves 0.59 GiB for it.
+NON_TORCH_SINGLE_GPU_BYTES = 133 * MIB
+NON_TORCH_PARALLEL_BYTES = 563 * MIB
+CUDA_GRAPH_ESTIMATE_BYTES = 400 * MIB
 LARGE_DEVICE_BYTES = 70 * GIB
 
 
 @dataclass(frozen=True, slots=True)
 class _Version:
-    """What changes between the vLLM releases nibble models."""
+    """What changes between the vLLM releases nibble models.
 
+    `sampler_bytes_per_logit` is the peak of the profiling run's sampler pass per row and
+    vocabulary entry: the fp32 logits and the working copies its top-k/top-p pass makes, which
+    changed as vLLM's sampler did (measured from public start-up logs, named in `VERSIONS`).
+    """
+
+    sampler_bytes_per_logit: int
     cuda_graphs_in_budget: bool
     tokens_from_concurrency: bool
 
 
 VERSIONS: dict[str, _Version] = {
-    # v0.19: graphs are captured after the KV pool is sized, outside gpu_memory_utilization.
-    "0.19": _Version(cuda_graphs_in_budget=False, tokens_from_concurrency=False),
-    # v0.21 made VLLM_MEMORY_PROFILER_ESTIMATE_CUDAGRAPHS the default: the estimate is charged
-    # inside the budget; later releases log the KV size as max_concurrency × max_model_len.
-    "0.33": _Version(cuda_graphs_in_budget=True, tokens_from_concurrency=True),
+    # v0.11: 4.76-7.38 GiB of activations for five models on H100 (llm-d-benchmark, config_explorer/
+    # empirical-vllm-memory-results.md) = 1024 rows x vocabulary x ~38 bytes: bf16 and fp32 logits, the sorted
+    # values and their int64 indices, softmax, cumulative sum, the scattered-back logits, probabilities and the
+    # exponential draws of the PyTorch top-k/top-p path.
+    "0.11": _Version(sampler_bytes_per_logit=38, cuda_graphs_in_budget=False, tokens_from_concurrency=False),
+    # v0.19: gpt-oss-20b on an A100 (myoceane.fr) leaves ~1 GiB of activations for 256 x 201,088 logits:
+    # ~20 bytes per logit.  CUDA graphs are captured after the KV pool is sized, outside gpu_memory_utilization.
+    "0.19": _Version(sampler_bytes_per_logit=20, cuda_graphs_in_budget=False, tokens_from_concurrency=False),
+    # v0.21 made VLLM_MEMORY_PROFILER_ESTIMATE_CUDAGRAPHS the default: the estimate is charged inside the
+    # budget; the KV size is logged as max_concurrency x max_model_len; vllm#57047 (0.29 era) peaks at 0.57 GiB
+    # for 256 x 151,936 logits: ~16 bytes per logit.
+    "0.33": _Version(sampler_bytes_per_logit=16, cuda_graphs_in_budget=True, tokens_from_concurrency=True),
 }
 DEFAULT_VERSION = "0.19"
 
@@ -110,15 +124,18 @@ class VllmProfile:
     def activation(self, stage: Stage, limits: BatchLimits) -> Term:
         """The torch peak of `GPUModelRunner.profile_run`: the larger of the dummy forward pass over
         ``max_batched_tokens`` tokens and, on the last stage, the sampler pass over
-        ``min(max_num_seqs, max_batched_tokens)`` rows of full-vocabulary logits (the forward
-        pass's intermediates are freed before the sampler runs, so the two do not add)."""
-        tokens = limits.max_batched_tokens
-        forward = tokens * _forward_bytes_per_token(stage.spec, stage.tensor_parallel)
+        ``min(max_num_seqs, max_batched_tokens)`` rows of full-vocabulary logits, during which the
+        dummy run's hidden states and residual (``2 × tokens × hidden × 2 bytes``) are still held;
+        the forward pass's intermediates are freed before the sampler runs, so the two do not add."""
+        spec, tokens = stage.spec, limits.max_batched_tokens
+        forward = tokens * _forward_bytes_per_token(spec, stage.tensor_parallel)
         rows = min(limits.max_num_seqs, tokens) if stage.is_last else 0
-        sampler = rows * stage.spec.vocab_size * SAMPLER_BYTES_PER_LOGIT
+        per_logit = self._rules.sampler_bytes_per_logit
+        sampler = rows * spec.vocab_size * per_logit + (2 * tokens * spec.hidden_size * ACTIVATION_ELEMENT_BYTES
+                                                         if rows else 0)
         basis = (f"vLLM {self._version} profiling run: max(forward pass of max_num_batched_tokens={tokens} tokens "
                  f"at 2 bytes per element ({forward / GIB:.2f} GiB), sampler over {rows} sequences x "
-                 f"{stage.spec.vocab_size} vocabulary at {SAMPLER_BYTES_PER_LOGIT} bytes per logit "
+                 f"{spec.vocab_size} vocabulary at {per_logit} bytes per logit beside the batch's hidden states "
                  f"({sampler / GIB:.2f} GiB)); independent of the workload's context (gpu_model_runner.profile_run)")
         return Term(max(forward, sampler), basis)
 
@@ -128,9 +145,9 @@ class VllmProfile:
         parallelism the NCCL and custom all-reduce buffers; with pipeline stages the send/receive
         buffers."""
         if stage.tensor_parallel > 1:
-            size, why = NON_TORCH_TENSOR_PARALLEL_BYTES, "NCCL and custom all-reduce buffers of tensor parallelism"
+            size, why = NON_TORCH_PARALLEL_BYTES, "NCCL and custom all-reduce buffers of tensor parallelism"
         elif stage.pipeline_parallel > 1:
-            size, why = NON_TORCH_PIPELINE_BYTES, "NCCL send/receive buffers between pipeline stages"
+            size, why = NON_TORCH_PARALLEL_BYTES, "NCCL send/receive buffers between pipeline stages (assumed as TP)"
         else:
             size, why = NON_TORCH_SINGLE_GPU_BYTES, "cuBLAS workspaces and the CUDA allocator's own use"
         return Term(size, f"{size / GIB:.2f} GiB per device: {why}, as vLLM's start-up logs show it "
