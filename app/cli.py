@@ -83,7 +83,9 @@ def plan_body(args: argparse.Namespace) -> dict[str, Any]:
         "weights": {"format": args.format, "symmetric": args.symmetric or None},
         "kv_cache": {"dtype": args.kv_dtype},
         "parallel": {"tensor": args.tensor, "pipeline": args.pipeline},
-        "runtime": {"memory_utilization": args.memory_utilization},
+        "runtime": {"memory_utilization": args.memory_utilization, "engine": args.engine,
+                    "engine_version": args.engine_version, "max_num_seqs": args.max_num_seqs,
+                    "max_batched_tokens": args.max_batched_tokens},
     }
     if args.group_size is not None:
         sections["weights"]["group_size"] = None if args.group_size == "row" else int(args.group_size)
@@ -140,7 +142,17 @@ def render_plan(answer: PlanResponse) -> str:
         cells = [cell.ljust(widths[i]) if i < 2 else cell.rjust(widths[i]) for i, cell in enumerate(row)]
         lines.append("  ".join(cells).rstrip())
     lines.append("")
+    if answer.refusal:
+        lines.append(f"NOT DEPLOYABLE: {answer.refusal}")
     lines.extend(_verdict(name, answer) for name in answer.comparison)
+    engine, kv = answer.engine, answer.kv_cache
+    if kv.capacity_tokens is not None:
+        lines.append(
+            f"KV cache ({engine.name} {engine.version}, max_num_batched_tokens {engine.max_batched_tokens}, "
+            f"max_num_seqs {engine.max_num_seqs}): {gib(kv.pool_bytes)} GiB on the tightest device holds "
+            f"{kv.capacity_tokens:,} tokens (what vLLM logs as 'GPU KV cache size'); vLLM's maximum concurrency "
+            f"for {answer.workload.context_length:,} tokens per request: {kv.engine_max_concurrency or 0:.2f}x; "
+            f"nibble's (sliding-window aware): {answer.max_concurrent_sequences:,} sequences")
     lines.append(f"activations: {answer.activation.basis}")
     lines.append(f"overhead: {answer.runtime_overhead.basis}")
     lines.extend(f"warning: {warning}" for warning in answer.warnings)
@@ -380,6 +392,13 @@ def build_parser() -> argparse.ArgumentParser:
     plan_parser.add_argument("--tensor", type=int, help="tensor-parallel degree (default count / pipeline)")
     plan_parser.add_argument("--pipeline", type=int, help="pipeline-parallel degree")
     plan_parser.add_argument("--memory-utilization", type=float, help="usable share of memory (default 0.9)")
+    plan_parser.add_argument("--engine", choices=("vllm", "generic"),
+                             help="engine whose memory terms apply (default vllm)")
+    plan_parser.add_argument("--engine-version", choices=("0.11", "0.19", "0.33"), help="vLLM release (default 0.19)")
+    plan_parser.add_argument("--max-num-seqs", type=int,
+                             help="vLLM --max-num-seqs (default: vLLM's for the device)")
+    plan_parser.add_argument("--max-batched-tokens", type=int,
+                             help="vLLM --max-num-batched-tokens (default: vLLM's for the device)")
     _add_remote(plan_parser)
 
     inspect = commands.add_parser("inspect", help="parameters, KV bytes per token and weight bytes of a model")

@@ -23,7 +23,12 @@ MAX_DEVICE_BYTES = 1 << 50  # 1 PiB: far above any accelerator, low enough to ca
 
 @dataclass(frozen=True, slots=True)
 class Device:
-    """An accelerator: `memory_bytes` of device memory, and where that figure comes from."""
+    """An accelerator: `memory_bytes` of nominal memory, and what CUDA reports for it.
+
+    `reported_memory_bytes` is the device's total as ``torch.cuda.mem_get_info`` reports it
+    (the figure vLLM multiplies by ``gpu_memory_utilization``), with `reported_source`; None
+    when no public log was found.  `planning_bytes` is the figure plans use.
+    """
 
     id: str
     name: str
@@ -31,6 +36,13 @@ class Device:
     memory_bytes: int
     memory_type: str = ""
     source: str = ""
+    reported_memory_bytes: int | None = None
+    reported_source: str = ""
+
+    @property
+    def planning_bytes(self) -> int:
+        """What CUDA reports when known, else the nominal size."""
+        return self.reported_memory_bytes or self.memory_bytes
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,6 +83,9 @@ def _devices() -> dict[str, Device]:
             memory_bytes=check_int(f"{device_id}.memory_bytes", record.get("memory_bytes"), 1, MAX_DEVICE_BYTES),
             memory_type=_text(record, "memory_type", device_id),
             source=_text(record, "source", device_id),
+            reported_memory_bytes=(None if record.get("reported_memory_bytes") is None else check_int(
+                f"{device_id}.reported_memory_bytes", record.get("reported_memory_bytes"), 1, MAX_DEVICE_BYTES)),
+            reported_source=_text(record, "reported_source", device_id),
         )
     return devices
 

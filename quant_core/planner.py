@@ -36,6 +36,7 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 
 from quant_core.catalog import MAX_DEVICE_BYTES
+from quant_core.engines import ENGINES, BatchLimits, EngineProfile, KVCapacity, Stage, get_engine
 from quant_core.errors import GroupSizeMismatch, InvalidSpec
 from quant_core.formats import GROUP_SIZES, WeightFormat, float_format, int4, kv_dtype
 from quant_core.inventory import QuantizationPolicy, inventory, parameter_count
@@ -45,6 +46,7 @@ from quant_core.specs import ModelSpec, TensorEntry
 GIB = 1 << 30
 DEFAULT_RUNTIME_OVERHEAD_BYTES = GIB
 DEFAULT_MAX_BATCHED_TOKENS = 8192
+DEFAULT_MAX_NUM_SEQS = 256
 MAX_DEVICES_SEARCHED = 1024
 MAX_SEQUENCES_SEARCHED = 1 << 24
 MAX_CONTEXT_SEARCHED = 1 << 24
@@ -109,6 +111,11 @@ class PlanOptions:
     of attention, MLP and expert layers).  `tensor_parallel` defaults to the
     device count divided by `pipeline_parallel`.  `activation_bytes` and
     `runtime_overhead_bytes` replace the estimates when given.
+
+    `engine` names the engine profile whose terms the plan uses (`quant_core.engines`:
+    ``"vllm"`` at `engine_version`, or ``"generic"``: nibble's workload-sized activation
+    estimate and a fixed 1 GiB overhead).  `max_batched_tokens` and `max_num_seqs` are the
+    engine's scheduler limits; None takes the engine's default for the device.
     """
 
     weight_format: WeightFormat = field(default_factory=int4)
@@ -119,13 +126,21 @@ class PlanOptions:
     tensor_parallel: int | None = None
     pipeline_parallel: int = 1
     memory_utilization: float = 0.90
-    runtime_overhead_bytes: int = DEFAULT_RUNTIME_OVERHEAD_BYTES
+    runtime_overhead_bytes: int | None = None
     activation_bytes: int | None = None
-    max_batched_tokens: int = DEFAULT_MAX_BATCHED_TOKENS
+    max_batched_tokens: int | None = None
+    max_num_seqs: int | None = None
+    engine: str = "vllm"
+    engine_version: str | None = None
 
     def __post_init__(self) -> None:
         kv_dtype(self.kv_cache_dtype)
         float_format(self.float_format)
+        if self.engine not in ENGINES:
+            get_engine(self.engine)  # raises UnknownName listing the engines
+        if self.engine_version is not None and not isinstance(self.engine_version, str):
+            raise InvalidSpec("runtime.engine_version", self.engine_version, "must be a string")
+        get_engine(self.engine, self.engine_version)  # an unknown version raises UnknownName
         checks: list[tuple[str, object, bool, str]] = [
             ("kv_cache.block_size", self.block_size, _positive_int(self.block_size, 1 << 20),
              "must be an integer in [1, 1048576]"),
@@ -134,12 +149,17 @@ class PlanOptions:
             ("runtime.memory_utilization", self.memory_utilization,
              isinstance(self.memory_utilization, int | float) and not isinstance(self.memory_utilization, bool)
              and 0 < self.memory_utilization <= 1, "must be in (0, 1]"),
-            ("runtime.overhead_bytes", self.runtime_overhead_bytes,
-             _non_negative_int(self.runtime_overhead_bytes, MAX_DEVICE_BYTES),
-             f"must be an integer in [0, {MAX_DEVICE_BYTES}] (bytes of one device)"),
-            ("runtime.max_batched_tokens", self.max_batched_tokens,
-             _positive_int(self.max_batched_tokens, 1 << 24), "must be an integer in [1, 16777216]"),
         ]
+        if self.runtime_overhead_bytes is not None:
+            checks.append(("runtime.overhead_bytes", self.runtime_overhead_bytes,
+                           _non_negative_int(self.runtime_overhead_bytes, MAX_DEVICE_BYTES),
+                           f"must be an integer in [0, {MAX_DEVICE_BYTES}] (bytes of one device)"))
+        if self.max_batched_tokens is not None:
+            checks.append(("runtime.max_batched_tokens", self.max_batched_tokens,
+                           _positive_int(self.max_batched_tokens, 1 << 24), "must be an integer in [1, 16777216]"))
+        if self.max_num_seqs is not None:
+            checks.append(("runtime.max_num_seqs", self.max_num_seqs,
+                           _positive_int(self.max_num_seqs, 1 << 24), "must be an integer in [1, 16777216]"))
         if self.tensor_parallel is not None:
             checks.append(("parallel.tensor", self.tensor_parallel,
                            _positive_int(self.tensor_parallel, MAX_DEVICES_SEARCHED),
@@ -200,7 +220,13 @@ class FormatPlan:
     not even one token fits.  `max_concurrent_sequences` is the most sequences
     that fit at the requested context (0 if none), at most 2^24, the most a
     plan may ask for (`sequences_limited_by`: "memory" or "search_limit").
-    `min_devices` is the fewest devices
+    `kv_pool_bytes` is what the engine leaves for its KV pool on the tightest device
+    (usable − weights − activations − overhead; negative when nothing is left);
+    `kv_capacity_tokens` is the tokens that pool holds as the engine logs it (vLLM: "GPU KV
+    cache size: N tokens", block-rounded as vLLM rounds) and `engine_max_concurrency` the
+    engine's own "maximum concurrency" for requests of the workload's context (both None
+    for the generic model).  `refusal` says why the engine refuses the layout; `fits` is
+    then False.  `min_devices` is the fewest devices
     in tensor parallel (one pipeline stage) that fit the workload, counting
     only degrees engines such as vLLM accept for this model (dividing its
     attention heads; dividing or replicating its key/value heads: see
@@ -220,6 +246,10 @@ class FormatPlan:
     max_concurrent_sequences: int
     sequences_limited_by: str
     min_devices: int | None
+    kv_pool_bytes: int = 0
+    kv_capacity_tokens: int | None = None
+    engine_max_concurrency: float | None = None
+    refusal: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -243,10 +273,19 @@ class Plan:
     primary: FormatPlan
     comparison: dict[str, FormatPlan]
     warnings: tuple[str, ...]
+    engine: str = "vllm"
+    engine_version: str | None = None
+    max_batched_tokens: int = DEFAULT_MAX_BATCHED_TOKENS
+    max_num_seqs: int = DEFAULT_MAX_NUM_SEQS
 
     @property
     def fits(self) -> bool:
         return self.primary.fits
+
+    @property
+    def refusal(self) -> str | None:
+        """Why the engine refuses this layout (the plan is then not deployable), or None."""
+        return self.primary.refusal
 
 
 # ---------------------------------------------------------------------------
@@ -367,19 +406,80 @@ def _build_layout(spec: ModelSpec, weight_format: WeightFormat, policy: Quantiza
 
 
 @dataclass(frozen=True, slots=True)
+class _StageTerms:
+    """Per stage of one layout: the bytes that do not vary with context or sequences, and their parts."""
+
+    fixed: tuple[int, ...]
+    activations: tuple[int, ...]
+    overheads: tuple[int, ...]
+    activation_basis: str
+    overhead_basis: str
+
+
+@dataclass(frozen=True, slots=True)
 class _Evaluator:
     """The per-device function the verdict and every solver share.
 
-    ``used(stage) = weights(stage) + overhead + kv_per_sequence(stage, context) × sequences
-    + activations(context, sequences)``; activations are the same on every stage.
+    ``used(stage) = weights(stage) + overhead(stage) + activations + kv_per_sequence(stage, context)
+    × sequences``.  With an engine profile the activations are the engine's profiling peak, a
+    constant per stage; with the generic model (no engine, no given activation bytes) they grow
+    with the workload up to ``max_batched_tokens``.
     """
 
     spec: ModelSpec
     options: PlanOptions
     usable_bytes: int
+    engine: EngineProfile | None
+    limits: BatchLimits
+
+    @property
+    def variable_activations(self) -> bool:
+        return self.engine is None and self.options.activation_bytes is None
+
+    @property
+    def key(self) -> tuple[object, ...]:
+        options = self.options
+        return (self.usable_bytes, options.runtime_overhead_bytes, options.block_size, self.limits,
+                options.activation_bytes, options.engine, options.engine_version)
+
+    def stage(self, layout: _Layout, stage: int) -> Stage:
+        return Stage(self.spec, layout.tensor_parallel, layout.pipeline_parallel, layout.stage_layers[stage],
+                     stage == layout.pipeline_parallel - 1)
+
+    def stage_terms(self, layout: _Layout) -> _StageTerms:
+        """Activation and overhead bytes of each stage that do not depend on the workload."""
+        options = self.options
+        activations, overheads = [], []
+        activation_basis = overhead_basis = ""
+        for index in range(layout.pipeline_parallel):
+            stage = self.stage(layout, index)
+            if options.activation_bytes is not None:
+                activation = options.activation_bytes
+                activation_basis = "given by the request (runtime.activation_bytes)"
+            elif self.engine is None:
+                activation = 0  # the generic estimate grows with the workload: see activation_bytes
+            else:
+                term = self.engine.activation(stage, self.limits)
+                activation = term.bytes
+                if stage.is_last:
+                    activation_basis = term.basis
+            if options.runtime_overhead_bytes is not None:
+                overhead = options.runtime_overhead_bytes
+                overhead_basis = "given by the request (runtime.overhead_bytes)"
+            elif self.engine is None:
+                overhead = DEFAULT_RUNTIME_OVERHEAD_BYTES
+                overhead_basis = RUNTIME_OVERHEAD_BASIS.format(gib=overhead / GIB)
+            else:
+                non_torch, graphs = self.engine.non_torch(stage), self.engine.cuda_graphs(stage, self.limits)
+                overhead = non_torch.bytes + graphs.bytes
+                overhead_basis = f"non-torch memory: {non_torch.basis}; CUDA graphs: {graphs.basis}"
+            activations.append(activation)
+            overheads.append(overhead)
+        fixed = tuple(a + o for a, o in zip(activations, overheads, strict=True))
+        return _StageTerms(fixed, tuple(activations), tuple(overheads), activation_basis, overhead_basis)
 
     def activation_coefficients(self, tensor_parallel: int) -> tuple[int, int]:
-        """(bytes per batched token, bytes per sampled sequence) of the activation estimate."""
+        """(bytes per batched token, bytes per sampled sequence) of the generic activation estimate."""
         spec = self.spec
         mlp_width = max(spec.intermediate_size if not spec.is_moe or spec.dense_layers else 0,
                         spec.moe_intermediate_size * (spec.experts_per_token + spec.num_shared_experts))
@@ -388,38 +488,41 @@ class _Evaluator:
         per_sampled = 4 * -(-spec.vocab_size // tensor_parallel)
         return per_token, per_sampled
 
-    def activation_bytes(self, context_length: int, sequences: int, tensor_parallel: int) -> int:
-        if self.options.activation_bytes is not None:
-            return self.options.activation_bytes
+    def variable_activation_bytes(self, context_length: int, sequences: int, tensor_parallel: int) -> int:
+        """The generic estimate's activations for a workload (0 when an engine or the request fixes them)."""
+        if not self.variable_activations:
+            return 0
         per_token, per_sampled = self.activation_coefficients(tensor_parallel)
-        batched = self.options.max_batched_tokens
+        batched = self.limits.max_batched_tokens
         return min(batched, context_length * sequences) * per_token + min(sequences, batched) * per_sampled
 
-    def stage_used(self, layout: _Layout, stage: int, context_length: int, sequences: int) -> tuple[int, int, int]:
-        """(used, kv cache, activations) bytes on one device of `stage`."""
+    def stage_used(self, layout: _Layout, terms: _StageTerms, stage: int, context_length: int,
+                   sequences: int) -> tuple[int, int, int, int]:
+        """(used, kv cache, activations, overhead) bytes on one device of `stage`."""
         kv = layout.stage_kv[stage].bytes_per_sequence(context_length, self.options.block_size) * sequences
-        activations = self.activation_bytes(context_length, sequences, layout.tensor_parallel)
-        used = layout.stage_weights[stage] + kv + activations + self.options.runtime_overhead_bytes
-        return used, kv, activations
+        activations = terms.activations[stage] + self.variable_activation_bytes(context_length, sequences,
+                                                                                 layout.tensor_parallel)
+        used = layout.stage_weights[stage] + kv + activations + terms.overheads[stage]
+        return used, kv, activations, terms.overheads[stage]
 
     def build_predicate(self, layout: _Layout) -> Callable[[int, int], bool]:
         """A fast ``fits(context, sequences)`` for `layout`: the same sum as `stage_used`, with
         everything that does not depend on context and sequences computed once."""
-        options = self.options
-        budgets = tuple(self.usable_bytes - weights - options.runtime_overhead_bytes
-                        for weights in layout.stage_weights)
+        terms = self.stage_terms(layout)
+        budgets = tuple(self.usable_bytes - weights - fixed
+                        for weights, fixed in zip(layout.stage_weights, terms.fixed, strict=True))
         stages = tuple(zip(budgets, (kv.by_window for kv in layout.stage_kv), strict=True))
-        block = options.block_size
-        batched = options.max_batched_tokens
-        fixed_activations = options.activation_bytes
+        block = self.options.block_size
+        batched = self.limits.max_batched_tokens
+        variable = self.variable_activations
         per_token, per_sampled = self.activation_coefficients(layout.tensor_parallel)
 
         def fits(context_length: int, sequences: int) -> bool:
-            if fixed_activations is None:
+            if variable:
                 activations = (min(batched, context_length * sequences) * per_token
                                + min(sequences, batched) * per_sampled)
             else:
-                activations = fixed_activations
+                activations = 0
             held_full = -(-context_length // block) * block
             for budget, groups in stages:
                 per_sequence = 0
@@ -462,9 +565,7 @@ class _ModelTerms:
 
     def fits_predicate(self, evaluator: _Evaluator, tensor_parallel: int,
                        pipeline_parallel: int) -> Callable[[int, int], bool]:
-        options = evaluator.options
-        key = (tensor_parallel, pipeline_parallel, evaluator.usable_bytes, options.runtime_overhead_bytes,
-               options.block_size, options.max_batched_tokens, options.activation_bytes)
+        key = (tensor_parallel, pipeline_parallel, *evaluator.key)
         found = self._predicates.get(key)
         if found is None:
             found = evaluator.build_predicate(self.layout(tensor_parallel, pipeline_parallel))
@@ -513,15 +614,15 @@ def _largest_from(predicate: Callable[[int], bool], guess: int, high: int) -> in
 
 
 def _budgets_after_activations(evaluator: _Evaluator, layout: _Layout, sequences: int) -> list[int]:
-    """Per stage: usable − weights − overhead − the largest activations `sequences` can need."""
-    options = evaluator.options
-    if options.activation_bytes is not None:
-        ceiling = options.activation_bytes
-    else:
+    """Per stage: usable − weights − fixed terms − the largest variable activations `sequences` can need."""
+    ceiling = 0
+    if evaluator.variable_activations:
         per_token, per_sampled = evaluator.activation_coefficients(layout.tensor_parallel)
-        ceiling = options.max_batched_tokens * per_token + min(sequences, options.max_batched_tokens) * per_sampled
-    return [evaluator.usable_bytes - weights - options.runtime_overhead_bytes - ceiling
-            for weights in layout.stage_weights]
+        batched = evaluator.limits.max_batched_tokens
+        ceiling = batched * per_token + min(sequences, batched) * per_sampled
+    terms = evaluator.stage_terms(layout)
+    return [evaluator.usable_bytes - weights - fixed - ceiling
+            for weights, fixed in zip(layout.stage_weights, terms.fixed, strict=True)]
 
 
 def _max_context(evaluator: _Evaluator, layout: _Layout, fits: Callable[[int, int], bool],
@@ -550,22 +651,22 @@ def _max_context(evaluator: _Evaluator, layout: _Layout, fits: Callable[[int, in
 def _max_sequences(evaluator: _Evaluator, layout: _Layout, fits: Callable[[int, int], bool],
                    context_length: int) -> int:
     # Upper bound: activations are never negative, so no stage holds more sequences than its
-    # budget over one sequence's KV cache.  Lower bound: activations at their ceiling, which
-    # for n sequences is at most max_batched_tokens × per-token + n × per-sampled bytes.
-    options = evaluator.options
+    # budget over one sequence's KV cache.  Lower bound: variable activations at their ceiling,
+    # which for n sequences is at most max_batched_tokens × per-token + n × per-sampled bytes.
     high = MAX_SEQUENCES_SEARCHED
     guess = MAX_SEQUENCES_SEARCHED
-    if options.activation_bytes is None:
+    if evaluator.variable_activations:
         per_token, per_sampled = evaluator.activation_coefficients(layout.tensor_parallel)
-        fixed, per_sequence_activations = options.max_batched_tokens * per_token, per_sampled
+        variable, per_sequence_activations = evaluator.limits.max_batched_tokens * per_token, per_sampled
     else:
-        fixed, per_sequence_activations = options.activation_bytes, 0
+        variable, per_sequence_activations = 0, 0
+    terms = evaluator.stage_terms(layout)
     for stage, weights in enumerate(layout.stage_weights):
-        per_sequence = layout.stage_kv[stage].bytes_per_sequence(context_length, options.block_size)
-        budget = evaluator.usable_bytes - weights - options.runtime_overhead_bytes
+        per_sequence = layout.stage_kv[stage].bytes_per_sequence(context_length, evaluator.options.block_size)
+        budget = evaluator.usable_bytes - weights - terms.fixed[stage]
         if per_sequence > 0:
             high = min(high, max(1, budget // per_sequence))
-        guess = min(guess, (budget - fixed) // (per_sequence + per_sequence_activations or 1))
+        guess = min(guess, (budget - variable) // (per_sequence + per_sequence_activations or 1))
     return _largest_from(lambda n: fits(context_length, n), guess, high) or 0
 
 
@@ -616,24 +717,44 @@ def _min_devices(evaluator: _Evaluator, terms: _ModelTerms, workload: Workload) 
     return sizes[last]
 
 
+def _kv_capacity(evaluator: _Evaluator, layout: _Layout, stage_terms: _StageTerms,
+                 context_length: int) -> tuple[int, KVCapacity | None]:
+    """(KV pool bytes, the engine's capacity) on the tightest device: vLLM gives every worker the
+    smallest worker's block count, so the stage that holds the fewest tokens decides."""
+    pools = [evaluator.usable_bytes - weights - fixed
+             for weights, fixed in zip(layout.stage_weights, stage_terms.fixed, strict=True)]
+    engine = evaluator.engine
+    if engine is None:
+        return min(pools), None
+    capacities = [engine.kv_capacity(evaluator.stage(layout, stage), evaluator.options.kv_cache_dtype,
+                                     max(0, pool), evaluator.options.block_size, context_length, evaluator.limits)
+                  for stage, pool in enumerate(pools)]
+    tightest = min(range(len(pools)), key=lambda stage: capacities[stage].tokens)
+    return pools[tightest], capacities[tightest]
+
+
 def _format_plan(terms: _ModelTerms, hardware: Hardware, workload: Workload, tensor_parallel: int,
                  evaluator: _Evaluator, total_parameters: int, kv_total: int) -> FormatPlan:
     options = evaluator.options
     layout = terms.layout(tensor_parallel, options.pipeline_parallel)
+    stage_terms = evaluator.stage_terms(layout)
     by_role = terms.by_role
     total_weights = sum(by_role.values())
     devices: list[DevicePlan] = []
     for stage, layers in enumerate(layout.stage_layers):
-        used, kv, activations = evaluator.stage_used(layout, stage, workload.context_length,
-                                                     workload.concurrent_sequences)
+        used, kv, activations, overhead = evaluator.stage_used(layout, stage_terms, stage, workload.context_length,
+                                                               workload.concurrent_sequences)
         same = (layers, hardware.capacity_bytes, evaluator.usable_bytes, layout.stage_weights[stage], kv,
-                activations, options.runtime_overhead_bytes, used, evaluator.usable_bytes - used,
+                activations, overhead, used, evaluator.usable_bytes - used,
                 used <= evaluator.usable_bytes)  # every tensor-parallel rank of a stage holds the same
         devices.extend(DevicePlan(stage * tensor_parallel + rank, stage, rank, *same)
                        for rank in range(tensor_parallel))
     fits = terms.fits_predicate(evaluator, tensor_parallel, options.pipeline_parallel)
     max_context, limited_by = _max_context(evaluator, layout, fits, workload.concurrent_sequences)
     max_sequences = _max_sequences(evaluator, layout, fits, workload.context_length)
+    pool, capacity = _kv_capacity(evaluator, layout, stage_terms, workload.context_length)
+    refusal = (evaluator.engine.refusal(terms.spec, tensor_parallel, options.pipeline_parallel)
+               if evaluator.engine is not None else None)
     return FormatPlan(
         format=terms.weight_format.label(),
         weights_bytes=total_weights,
@@ -642,12 +763,16 @@ def _format_plan(terms: _ModelTerms, hardware: Hardware, workload: Workload, ten
         kv_cache_bytes=kv_total,
         used_bytes=sum(device.used_bytes for device in devices),
         devices=tuple(devices),
-        fits=all(device.fits for device in devices),
+        fits=refusal is None and all(device.fits for device in devices),
         max_context_length=max_context,
         context_limited_by=limited_by,
         max_concurrent_sequences=max_sequences,
         sequences_limited_by=_sequences_limited_by(max_sequences),
         min_devices=_min_devices(evaluator, terms, workload),
+        kv_pool_bytes=pool,
+        kv_capacity_tokens=None if capacity is None else capacity.tokens,
+        engine_max_concurrency=None if capacity is None else capacity.max_concurrency,
+        refusal=refusal,
     )
 
 
@@ -684,7 +809,9 @@ def plan(spec: ModelSpec, hardware: Hardware, workload: Workload | None = None,
                           f"({hardware.count})")
     counts = _parameter_count(spec)
     usable = math.floor(hardware.capacity_bytes * options.memory_utilization)
-    evaluator = _Evaluator(spec, options, usable)
+    engine = get_engine(options.engine, options.engine_version)
+    limits = _batch_limits(engine, hardware, options)
+    evaluator = _Evaluator(spec, options, usable, engine, limits)
 
     baseline = float_format(options.float_format)
     quantized = options.weight_format if options.weight_format.name == "int4" else _comparison_int4(spec, policy)
@@ -704,18 +831,18 @@ def plan(spec: ModelSpec, hardware: Hardware, workload: Workload | None = None,
     else:
         primary = format_plan(deployed)
 
-    first = primary.devices[0]
-    overhead_gib = options.runtime_overhead_bytes / GIB
-    activation = Estimate(first.activation_bytes, (
-        "given by the request (runtime.activation_bytes)" if options.activation_bytes is not None
-        else ACTIVATION_BASIS.format(
-            tokens=min(options.max_batched_tokens, workload.context_length * workload.concurrent_sequences),
-            max_batched=options.max_batched_tokens,
-            sequences=min(workload.concurrent_sequences, options.max_batched_tokens))))
-    overhead = Estimate(options.runtime_overhead_bytes, (
-        RUNTIME_OVERHEAD_BASIS.format(gib=overhead_gib)
-        if options.runtime_overhead_bytes == DEFAULT_RUNTIME_OVERHEAD_BYTES
-        else "given by the request (runtime.overhead_bytes)"))
+    primary_terms = evaluator.stage_terms(_model_terms(spec, options.weight_format, policy, options.kv_cache_dtype)
+                                          .layout(tensor, pipeline))
+    busiest = max(primary.devices, key=lambda device: device.activation_bytes)
+    if evaluator.variable_activations:
+        activation_basis = ACTIVATION_BASIS.format(
+            tokens=min(limits.max_batched_tokens, workload.context_length * workload.concurrent_sequences),
+            max_batched=limits.max_batched_tokens,
+            sequences=min(workload.concurrent_sequences, limits.max_batched_tokens))
+    else:
+        activation_basis = primary_terms.activation_basis
+    activation = Estimate(busiest.activation_bytes, activation_basis)
+    overhead = Estimate(max(primary_terms.overheads), primary_terms.overhead_basis)
     kv_per_token = kv_bytes_per_token(spec, options.kv_cache_dtype)
     return Plan(
         model=spec.name,
@@ -730,7 +857,22 @@ def plan(spec: ModelSpec, hardware: Hardware, workload: Workload | None = None,
         activation=activation, runtime_overhead=overhead,
         primary=primary, comparison=comparison,
         warnings=_warnings(spec, hardware, workload, options, tensor, primary, comparison),
+        engine=options.engine,
+        engine_version=None if engine is None else engine.version,
+        max_batched_tokens=limits.max_batched_tokens,
+        max_num_seqs=limits.max_num_seqs,
     )
+
+
+def _batch_limits(engine: EngineProfile | None, hardware: Hardware, options: PlanOptions) -> BatchLimits:
+    """The scheduler limits of the plan: the request's, else the engine's default for the device
+    (the generic model: 8192 batched tokens, 256 sequences)."""
+    if engine is None:
+        default = BatchLimits(DEFAULT_MAX_BATCHED_TOKENS, DEFAULT_MAX_NUM_SEQS)
+    else:
+        default = engine.batch_limits(hardware.capacity_bytes, hardware.device_id or hardware.name)
+    return BatchLimits(options.max_batched_tokens or default.max_batched_tokens,
+                       options.max_num_seqs or default.max_num_seqs)
 
 
 def _comparison_int4(spec: ModelSpec, policy: QuantizationPolicy) -> WeightFormat:

@@ -168,14 +168,19 @@ class DeviceOut(BaseModel):
     id: str
     name: str
     vendor: str
-    memory_bytes: int
+    memory_bytes: int = Field(description="Nominal memory, as the vendor states it (GB read as GiB).")
     memory_type: str
     source: str
+    reported_memory_bytes: int | None = Field(description="The total CUDA reports for the device (what vLLM "
+                                                          "multiplies by gpu_memory_utilization); plans use it. "
+                                                          "Null when not verified from a public log.")
+    reported_source: str
 
 
 def device_from_core(device: Device) -> DeviceOut:
     return DeviceOut(id=device.id, name=device.name, vendor=device.vendor, memory_bytes=device.memory_bytes,
-                     memory_type=device.memory_type, source=device.source)
+                     memory_type=device.memory_type, source=device.source,
+                     reported_memory_bytes=device.reported_memory_bytes, reported_source=device.reported_source)
 
 
 # --- inspect -----------------------------------------------------------------------------------

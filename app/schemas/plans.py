@@ -82,10 +82,23 @@ class RuntimeIn(BaseModel):
 
     model_config = ConfigDict(extra="forbid", strict=True)
 
-    memory_utilization: float = Field(_OPTIONS.memory_utilization, description="Share of memory usable.")
-    overhead_bytes: int = Field(_OPTIONS.runtime_overhead_bytes, description="Fixed per-device overhead.")
+    memory_utilization: float = Field(_OPTIONS.memory_utilization, description="Share of memory usable "
+                                      "(vLLM's --gpu-memory-utilization), of the memory CUDA reports.")
+    engine: Literal["vllm", "generic"] = Field(
+        "vllm", description="The engine whose memory terms the plan uses: vllm, or generic (nibble's own "
+                            "workload-sized activation estimate and a fixed 1 GiB overhead).")
+    engine_version: Literal["0.11", "0.19", "0.33"] | None = Field(
+        None, description="vllm only: the release whose rules apply (0.19 by default; 0.11 samples with more "
+                          "working copies; 0.33 charges CUDA-graph "
+                          "memory inside the budget).")
+    overhead_bytes: int | None = Field(None, description="Replaces the engine's per-device overhead (non-torch "
+                                                         "and CUDA-graph memory) when given.")
     activation_bytes: int | None = Field(None, description="Replaces the activation estimate when given.")
-    max_batched_tokens: int = _OPTIONS.max_batched_tokens
+    max_batched_tokens: int | None = Field(None, description="vLLM's --max-num-batched-tokens; default: the "
+                                                             "engine's for the device (8192 on 70 GiB+ non-A100, "
+                                                             "else 2048).")
+    max_num_seqs: int | None = Field(None, description="vLLM's --max-num-seqs; default: the engine's for the "
+                                                       "device (1024 on 70 GiB+ non-A100, else 256).")
     float_format: Literal["bf16", "fp16", "fp32"] = Field("bf16", description="The 16-bit baseline format.")
 
 
@@ -157,7 +170,7 @@ def plan_to_core(body: PlanRequest, max_config_depth: int) -> tuple[ModelSpec, H
         with field_prefix("hardware"):
             device = catalog.device_from_bytes(body.hardware.memory_bytes or 0)
     with field_prefix("hardware"):
-        hardware = Hardware(device.memory_bytes, body.hardware.count,
+        hardware = Hardware(device.planning_bytes, body.hardware.count,
                             device.id if body.hardware.device is not None else None, device.name)
     workload = Workload(body.workload.context_length, body.workload.concurrent_sequences)
     options = PlanOptions(
@@ -166,6 +179,7 @@ def plan_to_core(body: PlanRequest, max_config_depth: int) -> tuple[ModelSpec, H
         tensor_parallel=body.parallel.tensor, pipeline_parallel=body.parallel.pipeline,
         memory_utilization=body.runtime.memory_utilization, runtime_overhead_bytes=body.runtime.overhead_bytes,
         activation_bytes=body.runtime.activation_bytes, max_batched_tokens=body.runtime.max_batched_tokens,
+        max_num_seqs=body.runtime.max_num_seqs, engine=body.runtime.engine, engine_version=body.runtime.engine_version,
     )
     return spec, hardware, workload, options
 
@@ -217,6 +231,9 @@ class FormatOut(BaseModel):
         description="What ends max_concurrent_sequences: memory, or the search limit (2^24, the most a plan may "
                     "ask for).")
     min_devices: int | None
+    kv_capacity_tokens: int | None = Field(description="Tokens the engine's KV pool holds on the tightest "
+                                                       "device, as it logs them (vLLM: GPU KV cache size).")
+    refusal: str | None = Field(description="Why the engine refuses this layout (then fits is false), or null.")
     devices: list[DeviceOut]
 
 
@@ -238,6 +255,22 @@ class PlanKVCache(BaseModel):
     bytes_per_token: int = Field(description="Bytes per token over every layer, before any split.")
     bytes: int = Field(description="Total for the workload: tokens held (paged) × sequences.")
     block_size: int
+    pool_bytes: int = Field(description="What the engine leaves for its KV pool on the tightest device: usable − "
+                                        "weights − activations − overhead (vLLM: Available KV cache memory).")
+    capacity_tokens: int | None = Field(description="Tokens that pool holds, block-rounded as the engine rounds "
+                                                    "them: what vLLM logs as 'GPU KV cache size: N tokens' (null "
+                                                    "for the generic engine).")
+    engine_max_concurrency: float | None = Field(
+        description="The engine's own 'Maximum concurrency for <context> tokens per request' (vLLM's formula: "
+                    "pool blocks over the blocks one request of the context needs); null for the generic engine. "
+                    "nibble's own figure at the context is max_concurrent_sequences.")
+
+
+class PlanEngine(BaseModel):
+    name: str
+    version: str | None
+    max_batched_tokens: int = Field(description="The scheduler's tokens per step the plan assumes.")
+    max_num_seqs: int = Field(description="The scheduler's sequences per batch the plan assumes.")
 
 
 class PlanHardware(BaseModel):
@@ -252,6 +285,9 @@ class PlanResponse(BaseModel):
 
     model: str
     fits: bool
+    refusal: str | None = Field(description="Why the engine refuses this layout: the plan is not deployable "
+                                            "(fits is false); null when it accepts it.")
+    engine: PlanEngine
     parameters: PlanParameters
     weights: PlanWeights
     kv_cache: PlanKVCache
@@ -304,6 +340,7 @@ def _format_dict(result: FormatPlan) -> dict[str, object]:
             "max_context_length": result.max_context_length, "context_limited_by": result.context_limited_by,
             "max_concurrent_sequences": result.max_concurrent_sequences,
             "sequences_limited_by": result.sequences_limited_by, "min_devices": result.min_devices,
+            "kv_capacity_tokens": result.kv_capacity_tokens, "refusal": result.refusal,
             "devices": [_device_dict(d) for d in result.devices]}
 
 
@@ -311,13 +348,18 @@ def plan_json_from_core(result: Plan) -> bytes:
     """The wire answer for a core `Plan` as JSON bytes: ``plan_from_core(result).model_dump_json()``, faster."""
     primary = result.primary
     return to_json({
-        "model": result.model, "fits": result.fits,
+        "model": result.model, "fits": result.fits, "refusal": result.refusal,
+        "engine": {"name": result.engine, "version": result.engine_version,
+                   "max_batched_tokens": result.max_batched_tokens, "max_num_seqs": result.max_num_seqs},
         "parameters": {"total": result.total_parameters, "by_role": dict(result.parameters_by_role),
                        "active_per_token": result.active_parameters_per_token},
         "weights": {"format": primary.format, "bytes": primary.weights_bytes,
                     "bits_per_weight": float(primary.bits_per_weight), "by_role": dict(primary.weights_by_role)},
         "kv_cache": {"dtype": result.kv_cache_dtype, "bytes_per_token": result.kv_bytes_per_token,
-                     "bytes": result.kv_cache_bytes, "block_size": result.options.block_size},
+                     "bytes": result.kv_cache_bytes, "block_size": result.options.block_size,
+                     "pool_bytes": primary.kv_pool_bytes, "capacity_tokens": primary.kv_capacity_tokens,
+                     "engine_max_concurrency": (None if primary.engine_max_concurrency is None
+                                                else float(primary.engine_max_concurrency))},
         "activation": {"bytes": result.activation.bytes, "basis": result.activation.basis},
         "runtime_overhead": {"bytes": result.runtime_overhead.bytes, "basis": result.runtime_overhead.basis},
         "devices": [_device_dict(d) for d in primary.devices],

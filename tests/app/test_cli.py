@@ -45,6 +45,17 @@ def checkpoint(tmp_path: Path) -> Path:
     return path
 
 
+def test_plan_table_names_vllms_token_figure_and_both_concurrencies() -> None:
+    status, out, _ = nibble(*PLAN_ARGS, "--engine", "vllm", "--engine-version", "0.19", "--max-num-seqs", "256")
+    assert status == 0
+    assert "what vLLM logs as 'GPU KV cache size'" in out and "max_num_seqs 256" in out
+    assert "vLLM's maximum concurrency for 32,768 tokens per request" in out
+    assert "nibble's (sliding-window aware)" in out
+    status, out, _ = nibble("plan", "--model", "llama-3.1-70b", "--device", "h100-80gb", "--count", "3")
+    assert status == 0 and "NOT DEPLOYABLE: vLLM refuses tensor parallel size 3" in out
+    assert json.loads(nibble(*PLAN_ARGS, "--engine", "generic", "--json")[1])["kv_cache"]["capacity_tokens"] is None
+
+
 @pytest.mark.parametrize("extra", [
     [],
     ["--kv-dtype", "fp8", "--group-size", "64", "--symmetric"],

@@ -42,6 +42,20 @@ def test_plan_answer_is_typed_and_equals_the_raw_json(server: str) -> None:
     assert answer.comparison["int4"].fits and not answer.comparison["bf16"].fits
 
 
+def test_engine_terms_and_kv_capacity_travel_through_the_client(server: str) -> None:
+    body = {**PLAN_BODY, "runtime": {"engine": "vllm", "engine_version": "0.33", "max_num_seqs": 256}}
+    with NibbleClient(server) as client:
+        answer = client.plan(body)
+        refused = client.plan({**PLAN_BODY, "hardware": {"device": "h100-80gb", "count": 3}})
+        h100 = client.get_device("h100-80gb")
+    assert (answer.engine.name, answer.engine.version, answer.engine.max_num_seqs) == ("vllm", "0.33", 256)
+    assert answer.engine.max_batched_tokens == 8192  # vLLM's OpenAI-server default on a 70 GiB+ non-A100 device
+    assert answer.kv_cache.capacity_tokens is not None and answer.kv_cache.capacity_tokens % 16 == 0
+    assert answer.kv_cache.engine_max_concurrency is not None
+    assert not refused.fits and refused.refusal is not None and "64 attention heads" in refused.refusal
+    assert h100.reported_memory_bytes is not None and h100.reported_memory_bytes < h100.memory_bytes
+
+
 def test_catalogs_inspect_and_sweep(server: str) -> None:
     with NibbleClient(server) as client:
         assert client.health() == Health(status="ok")

@@ -131,14 +131,16 @@ def test_the_fewest_devices_fit_and_one_fewer_does_not(model: str) -> None:
 
 
 def test_a_context_may_end_part_way_into_a_kv_block_when_activations_are_the_limit() -> None:
-    # Qwen2.5-72B at INT4 on one L40S, one sequence: the KV cache of 7,217..7,232 tokens is the same 452
-    # blocks, and the activation estimate (below 8,192 batched tokens) grows with each token
+    # The generic model (no engine profile): Qwen2.5-72B at INT4 on one 48 GiB device, one sequence: the
+    # KV cache of a block's tokens is the same blocks, and the activation estimate (below 8,192 batched
+    # tokens) grows with each token
     spec = get_preset("qwen2.5-72b-instruct")
     hardware = Hardware(get_device("l40s").memory_bytes, 1)
-    longest = plan(spec, hardware, Workload(4096, 1)).primary.max_context_length
+    generic = PlanOptions(engine="generic")
+    longest = plan(spec, hardware, Workload(4096, 1), generic).primary.max_context_length
     assert longest is not None and longest % 16 != 0
-    assert plan(spec, hardware, Workload(longest, 1)).primary.fits
-    assert not plan(spec, hardware, Workload(longest + 1, 1)).primary.fits
+    assert plan(spec, hardware, Workload(longest, 1), generic).primary.fits
+    assert not plan(spec, hardware, Workload(longest + 1, 1), generic).primary.fits
 
 
 @pytest.mark.parametrize(("model", "accepted"), [
@@ -164,9 +166,12 @@ def test_kv_cache_dominating_is_said_in_plain_words() -> None:
 
 
 def test_estimated_terms_state_their_basis() -> None:
-    result = plan(get_preset("llama-3.1-8b"), Hardware(H100, 1), Workload(8192, 2))
+    result = plan(get_preset("llama-3.1-8b"), Hardware(H100, 1), Workload(8192, 2), PlanOptions(engine="generic"))
     assert "estimate" in result.activation.basis and "8192" in result.activation.basis
     assert "GiB" in result.runtime_overhead.basis
+    vllm = plan(get_preset("llama-3.1-8b"), Hardware(H100, 1), Workload(8192, 2))
+    assert "vLLM 0.19 profiling run" in vllm.activation.basis and "max_num_batched_tokens=8192" in vllm.activation.basis
+    assert "non-torch" in vllm.runtime_overhead.basis and "CUDA graphs" in vllm.runtime_overhead.basis
     overridden = plan(get_preset("llama-3.1-8b"), Hardware(H100, 1), Workload(8192, 2),
                       PlanOptions(activation_bytes=123, runtime_overhead_bytes=0))
     assert overridden.activation.bytes == 123 and "request" in overridden.activation.basis

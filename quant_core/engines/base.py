@@ -1,0 +1,95 @@
+"""What an inference engine adds to a plan, as a protocol the planner calls without knowing the engine.
+
+An engine profile is data plus small functions: the terms that are not the model's
+(the activation peak of the engine's start-up profiling run, memory outside PyTorch,
+CUDA-graph memory inside the budget), how the engine rounds its KV pool into blocks
+and tokens, its default batch limits, and the layouts it refuses.  Each term returns
+bytes and a `basis` that says what it assumes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+from quant_core.specs import ModelSpec
+
+
+@dataclass(frozen=True, slots=True)
+class Term:
+    """A term of the memory sum that an engine decides: its bytes and the assumption behind them."""
+
+    bytes: int
+    basis: str
+
+
+@dataclass(frozen=True, slots=True)
+class Stage:
+    """One device of a parallel layout, as an engine sees it.
+
+    `layers` is the ``[start, stop)`` range of decoder layers of the device's pipeline
+    stage; `is_last` says whether the stage runs the sampler.
+    """
+
+    spec: ModelSpec
+    tensor_parallel: int
+    pipeline_parallel: int
+    layers: tuple[int, int]
+    is_last: bool
+
+
+@dataclass(frozen=True, slots=True)
+class BatchLimits:
+    """The engine's scheduler limits: tokens in one step and sequences in one batch."""
+
+    max_batched_tokens: int
+    max_num_seqs: int
+
+
+@dataclass(frozen=True, slots=True)
+class KVCapacity:
+    """What the engine's KV pool holds on one device: blocks, and tokens as the engine logs them.
+
+    `tokens` is the figure the engine reports (vLLM: "GPU KV cache size: N tokens");
+    `max_concurrency` is the engine's own "maximum concurrency" for requests of
+    `max_model_len` tokens.
+    """
+
+    num_blocks: int
+    tokens: int
+    max_concurrency: float
+
+
+class EngineProfile(Protocol):
+    """The engine-specific terms of a plan; `quant_core.engines.vllm.VllmProfile` is one."""
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def version(self) -> str: ...
+
+    def batch_limits(self, device_bytes: int, device_name: str) -> BatchLimits:
+        """The scheduler limits the engine's OpenAI server uses when the request gives none."""
+        ...
+
+    def activation(self, stage: Stage, limits: BatchLimits) -> Term:
+        """Peak activation bytes the engine's profiling run measures on one device of `stage`."""
+        ...
+
+    def non_torch(self, stage: Stage) -> Term:
+        """Bytes outside PyTorch's allocator that the engine counts against its budget."""
+        ...
+
+    def cuda_graphs(self, stage: Stage, limits: BatchLimits) -> Term:
+        """CUDA-graph bytes the engine charges inside its memory budget (0 when it does not)."""
+        ...
+
+    def refusal(self, spec: ModelSpec, tensor_parallel: int, pipeline_parallel: int) -> str | None:
+        """Why the engine refuses this layout, or None when it accepts it."""
+        ...
+
+    def kv_capacity(self, stage: Stage, kv_cache_dtype: str, available_bytes: int, block_size: int,
+                    max_model_len: int, limits: BatchLimits) -> KVCapacity:
+        """Blocks and tokens the engine's KV pool holds in `available_bytes` on one device of `stage`."""
+        ...

@@ -1,0 +1,215 @@
+"""vLLM's memory terms, version by version, as its own code computes them.
+
+Where each term comes from (vLLM's repository, ``vllm/v1``):
+
+* ``worker/gpu_worker.py``, ``Worker.determine_available_memory``: the KV pool gets
+  ``total × gpu_memory_utilization − (weights + peak activation + non-torch increase)``
+  (+ the CUDA-graph estimate from v0.21 on), where *total* is what
+  ``torch.cuda.mem_get_info`` reports for the device, not its marketing size.
+* ``worker/gpu_model_runner.py``, ``GPUModelRunner.profile_run``: the peak is measured on
+  one dummy batch of ``max_num_batched_tokens`` tokens, then a sampler pass over
+  ``min(max_num_seqs, max_num_batched_tokens)`` sequences on the last pipeline stage;
+  the workload's context length plays no part.
+* ``core/kv_cache_utils.py``: layers are grouped by attention kind into groups of equal
+  size; ``num_blocks = available // (page_size × layers per group)``; "GPU KV cache size"
+  is ``num_blocks // groups × block_size`` tokens (v0.19), or ``max_concurrency ×
+  max_model_len`` in later releases; with several workers, every worker gets the
+  smallest worker's block count.
+* ``engine/arg_utils.py``, ``EngineArgs.get_batch_defaults``: the OpenAI server's
+  ``max_num_batched_tokens`` / ``max_num_seqs`` are 8192 / 1024 on a device of at least
+  70 GiB that is not an A100, 2048 / 256 otherwise.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from quant_core.engines.base import BatchLimits, KVCapacity, Stage, Term
+from quant_core.errors import UnknownName
+from quant_core.kv_cache import kv_layers, layer_bytes_per_token
+from quant_core.specs import ModelSpec
+
+GIB = 1 << 30
+MIB = 1 << 20
+ACTIVATION_ELEMENT_BYTES = 2  # bf16/fp16 activations
+# Memory outside PyTorch that grows while vLLM loads and profiles (memory_profiling's non_torch_increase), as
+# llm-d-benchmark's H100 logs of vLLM v0.11 report it: 0.13 GiB on one GPU, 0.55 GiB per GPU with TP=2; the
+# L40S TP=2 log of vLLM v0.16 (kagaho/VLLM_Serve_llama3-70b-awq...) leaves 0.59 GiB for it.
+NON_TORCH_SINGLE_GPU_BYTES = 133 * MIB
+NON_TORCH_PARALLEL_BYTES = 563 * MIB
+CUDA_GRAPH_ESTIMATE_BYTES = 400 * MIB
+LARGE_DEVICE_BYTES = 70 * GIB
+
+
+@dataclass(frozen=True, slots=True)
+class _Version:
+    """What changes between the vLLM releases nibble models.
+
+    `sampler_bytes_per_logit` is the peak of the profiling run's sampler pass per row and
+    vocabulary entry: the fp32 logits and the working copies its top-k/top-p pass makes, which
+    changed as vLLM's sampler did (measured from public start-up logs, named in `VERSIONS`).
+    """
+
+    sampler_bytes_per_logit: int
+    cuda_graphs_in_budget: bool
+    tokens_from_concurrency: bool
+
+
+VERSIONS: dict[str, _Version] = {
+    # v0.11: 4.76-7.38 GiB of activations for five models on H100 (llm-d-benchmark, config_explorer/
+    # empirical-vllm-memory-results.md) = 1024 rows x vocabulary x ~38 bytes: bf16 and fp32 logits, the sorted
+    # values and their int64 indices, softmax, cumulative sum, the scattered-back logits, probabilities and the
+    # exponential draws of the PyTorch top-k/top-p path.
+    "0.11": _Version(sampler_bytes_per_logit=38, cuda_graphs_in_budget=False, tokens_from_concurrency=False),
+    # v0.19: gpt-oss-20b on an A100 (myoceane.fr) leaves ~1 GiB of activations for 256 x 201,088 logits:
+    # ~20 bytes per logit.  CUDA graphs are captured after the KV pool is sized, outside gpu_memory_utilization.
+    "0.19": _Version(sampler_bytes_per_logit=20, cuda_graphs_in_budget=False, tokens_from_concurrency=False),
+    # v0.21 made VLLM_MEMORY_PROFILER_ESTIMATE_CUDAGRAPHS the default: the estimate is charged inside the
+    # budget; the KV size is logged as max_concurrency x max_model_len; vllm#57047 (0.29 era) peaks at 0.57 GiB
+    # for 256 x 151,936 logits: ~16 bytes per logit.
+    "0.33": _Version(sampler_bytes_per_logit=16, cuda_graphs_in_budget=True, tokens_from_concurrency=True),
+}
+DEFAULT_VERSION = "0.19"
+
+
+def _forward_bytes_per_token(spec: ModelSpec, tensor_parallel: int) -> int:
+    """Peak live activation bytes per batched token on one rank during one decoder layer.
+
+    ``2 bytes × (3 × hidden + max(MLP, attention))``: the residual stream, the norm output
+    and the layer output, beside the widest intermediate: a dense MLP's gate/up output and
+    its activation (``3 × intermediate / tp``); a MoE layer's fused-MoE caches for each
+    routed expert (``top_k × (3 × expert width / tp + hidden)``) plus its shared experts;
+    attention's q/k/v and output (MLA: the per-head query and the expanded key/value).
+    """
+    tp = tensor_parallel
+    mlp = 3 * spec.intermediate_size // tp if (not spec.is_moe or spec.dense_layers) else 0
+    if spec.is_moe:
+        routed = spec.experts_per_token * (3 * spec.moe_intermediate_size // tp + spec.hidden_size)
+        shared = 3 * spec.moe_intermediate_size * spec.num_shared_experts // tp
+        mlp = max(mlp, routed + shared)
+    heads = -(-spec.num_attention_heads // tp)
+    if spec.is_mla:
+        attention = heads * (spec.qk_nope_head_dim + spec.qk_rope_head_dim
+                             + spec.qk_nope_head_dim + spec.v_head_dim + spec.v_head_dim)
+    else:
+        kv_heads = -(-spec.num_kv_heads // tp)
+        attention = (2 * heads + 2 * kv_heads) * spec.head_dim
+    return ACTIVATION_ELEMENT_BYTES * (3 * spec.hidden_size + max(mlp, attention))
+
+
+class VllmProfile:
+    """vLLM's terms for one release (`VERSIONS`); the planner uses it through `EngineProfile`."""
+
+    def __init__(self, version: str = DEFAULT_VERSION) -> None:
+        if version not in VERSIONS:
+            raise UnknownName("vLLM version", str(version), [], field="runtime.engine_version", known=list(VERSIONS))
+        self._version = version
+        self._rules = VERSIONS[version]
+
+    @property
+    def name(self) -> str:
+        return "vllm"
+
+    @property
+    def version(self) -> str:
+        return self._version
+
+    def batch_limits(self, device_bytes: int, device_name: str) -> BatchLimits:
+        """`EngineArgs.get_batch_defaults` for the OpenAI server: 8192 tokens and 1024 sequences on a
+        device of at least 70 GiB that is not an A100 (vLLM PR #17885), else 2048 and 256."""
+        if device_bytes >= LARGE_DEVICE_BYTES and "a100" not in device_name.lower():
+            return BatchLimits(max_batched_tokens=8192, max_num_seqs=1024)
+        return BatchLimits(max_batched_tokens=2048, max_num_seqs=256)
+
+    def activation(self, stage: Stage, limits: BatchLimits) -> Term:
+        """The torch peak of `GPUModelRunner.profile_run`: the larger of the dummy forward pass over
+        ``max_batched_tokens`` tokens and, on the last stage, the sampler pass over
+        ``min(max_num_seqs, max_batched_tokens)`` rows of full-vocabulary logits, during which the
+        dummy run's hidden states and residual (``2 × tokens × hidden × 2 bytes``) are still held;
+        the forward pass's intermediates are freed before the sampler runs, so the two do not add."""
+        spec, tokens = stage.spec, limits.max_batched_tokens
+        forward = tokens * _forward_bytes_per_token(spec, stage.tensor_parallel)
+        rows = min(limits.max_num_seqs, tokens) if stage.is_last else 0
+        per_logit = self._rules.sampler_bytes_per_logit
+        sampler = rows * spec.vocab_size * per_logit + (2 * tokens * spec.hidden_size * ACTIVATION_ELEMENT_BYTES
+                                                         if rows else 0)
+        basis = (f"vLLM {self._version} profiling run: max(forward pass of max_num_batched_tokens={tokens} tokens "
+                 f"at 2 bytes per element ({forward / GIB:.2f} GiB), sampler over {rows} sequences x "
+                 f"{spec.vocab_size} vocabulary at {per_logit} bytes per logit beside the batch's hidden states "
+                 f"({sampler / GIB:.2f} GiB)); independent of the workload's context (gpu_model_runner.profile_run)")
+        return Term(max(forward, sampler), basis)
+
+    def non_torch(self, stage: Stage) -> Term:
+        """Memory outside PyTorch's allocator that grows during loading and profiling
+        (`memory_profiling`'s ``non_torch_increase``): cuBLAS workspaces on one GPU; with tensor
+        parallelism the NCCL and custom all-reduce buffers; with pipeline stages the send/receive
+        buffers."""
+        if stage.tensor_parallel > 1:
+            size, why = NON_TORCH_PARALLEL_BYTES, "NCCL and custom all-reduce buffers of tensor parallelism"
+        elif stage.pipeline_parallel > 1:
+            size, why = NON_TORCH_PARALLEL_BYTES, "NCCL send/receive buffers between pipeline stages (assumed as TP)"
+        else:
+            size, why = NON_TORCH_SINGLE_GPU_BYTES, "cuBLAS workspaces and the CUDA allocator's own use"
+        return Term(size, f"{size / GIB:.2f} GiB per device: {why}, as vLLM's start-up logs show it "
+                          "(gpu_worker.determine_available_memory, non-torch memory)")
+
+    def cuda_graphs(self, stage: Stage, limits: BatchLimits) -> Term:
+        """CUDA-graph memory charged inside ``gpu_memory_utilization``: none in v0.19 (graphs are
+        captured after the KV pool is sized and use the memory the budget leaves free); from v0.21
+        the profiler's estimate (``VLLM_MEMORY_PROFILER_ESTIMATE_CUDAGRAPHS=1``) is subtracted."""
+        if not self._rules.cuda_graphs_in_budget:
+            return Term(0, f"vLLM {self._version} captures CUDA graphs after sizing the KV cache, outside "
+                           "gpu_memory_utilization: nothing is charged inside the budget")
+        size = CUDA_GRAPH_ESTIMATE_BYTES
+        return Term(size, f"vLLM {self._version} charges its CUDA-graph estimate inside gpu_memory_utilization; "
+                          f"{size / GIB:.2f} GiB per device, within the 0.1-0.6 GiB its start-up logs report")
+
+    def refusal(self, spec: ModelSpec, tensor_parallel: int, pipeline_parallel: int) -> str | None:
+        """vLLM's `ModelConfig.verify_with_parallel_config` and the attention layers' head split:
+        the tensor-parallel degree must divide the attention heads, and divide the key/value heads
+        or be a multiple of them (each rank then holds a replica); MLA has no key/value heads."""
+        heads, kv_heads = spec.num_attention_heads, spec.num_kv_heads
+        if heads % tensor_parallel:
+            return (f"vLLM refuses tensor parallel size {tensor_parallel}: it does not divide the model's "
+                    f"{heads} attention heads")
+        if not spec.is_mla and kv_heads % tensor_parallel and tensor_parallel % kv_heads:
+            return (f"vLLM refuses tensor parallel size {tensor_parallel}: the model's {kv_heads} key/value heads "
+                    "can be neither split evenly nor replicated evenly across the ranks")
+        if pipeline_parallel > spec.num_layers:
+            return f"vLLM refuses {pipeline_parallel} pipeline stages for {spec.num_layers} layers"
+        return None
+
+    def kv_capacity(self, stage: Stage, kv_cache_dtype: str, available_bytes: int, block_size: int,
+                    max_model_len: int, limits: BatchLimits) -> KVCapacity:
+        """`kv_cache_utils`: the stage's layers grouped by kind (full, sliding window w) into groups
+        of one size (`_get_kv_cache_groups_uniform_page_size`: the smallest kind's layer count,
+        or the largest when within 1.25x); ``num_blocks = available // (page × group size)``."""
+        start, stop = stage.layers
+        by_kind: dict[tuple[str, int | None, int], int] = {}
+        for layer in kv_layers(stage.spec)[start:stop]:
+            window = layer.window if layer.kind == "sliding" else None
+            page = block_size * layer_bytes_per_token(layer, kv_cache_dtype, stage.tensor_parallel)
+            key = ("sliding" if window is not None else "full", window, page)
+            by_kind[key] = by_kind.get(key, 0) + 1
+        counts = list(by_kind.values())
+        smallest, largest = min(counts), max(counts)
+        group_size = largest if largest < smallest * 1.25 else smallest
+        groups = [(kind, window, page, -(-count // group_size)) for (kind, window, page), count in by_kind.items()]
+        page = max(page for _, _, page, _ in groups)  # vLLM unifies page sizes; equal for one dtype and head size
+        num_groups = sum(n for *_, n in groups)
+        num_blocks = max(0, available_bytes // (page * group_size))
+        # Maximum concurrency (get_max_concurrency_for_kv_cache_config): blocks one request of
+        # max_model_len needs in every group, a sliding group at most its window plus a batch.
+        blocks_per_request = 0
+        for _kind, window, _page, n in groups:
+            if window is None:
+                need = -(-max_model_len // block_size)
+            else:
+                need = -(-min(window - 1 + limits.max_batched_tokens, max_model_len) // block_size) + 1
+            blocks_per_request += need * n
+        concurrency = num_blocks / blocks_per_request if blocks_per_request else 0.0
+        if self._rules.tokens_from_concurrency:
+            tokens = int(concurrency * max_model_len)
+        else:
+            tokens = num_blocks // num_groups * block_size
+        return KVCapacity(num_blocks=num_blocks, tokens=tokens, max_concurrency=concurrency)

@@ -1,0 +1,296 @@
+"""The vLLM engine profile against real vLLM start-up logs (tests/quant_core/data/vllm_logs.json, each with its URL)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from quant_core.catalog import get_device, get_preset, list_devices
+from quant_core.engines import BatchLimits, Stage, get_engine
+from quant_core.engines.vllm import VllmProfile
+from quant_core.errors import UnknownName
+from quant_core.formats import WeightFormat, float_format, int4
+from quant_core.hf_config import model_from_sizes
+from quant_core.kv_cache import kv_bytes_per_token
+from quant_core.planner import Hardware, PlanOptions, Workload, plan
+from quant_core.specs import ModelSpec
+
+GIB = 1 << 30
+LOGS: list[dict[str, Any]] = json.loads(
+    (Path(__file__).parent / "data" / "vllm_logs.json").read_text(encoding="utf-8"))["logs"]
+BY_ID = {log["id"]: log for log in LOGS}
+
+
+def _spec(log: dict[str, Any]) -> ModelSpec:
+    if log["model"] == "sizes":
+        return model_from_sizes(**log["sizes"], name=log["id"])
+    return get_preset(log["model"])
+
+
+def _stage(spec: ModelSpec, tensor_parallel: int = 1) -> Stage:
+    return Stage(spec, tensor_parallel, 1, (0, spec.num_layers), True)
+
+
+def _ids(condition: Any) -> list[str]:
+    return [log["id"] for log in LOGS if condition(log)]
+
+
+def test_at_least_twelve_public_logs_each_with_its_source() -> None:
+    assert len(LOGS) >= 12
+    assert all(log["url"].startswith("https://") for log in LOGS)
+    assert len({log["hf_repo"] for log in LOGS if log["hf_repo"]}) >= 8  # several models
+    assert {1, 2, 4} <= {log["tensor_parallel"] for log in LOGS}
+    assert any(log["pipeline_parallel"] == 2 for log in LOGS)
+    assert any(log["kv_cache_dtype"] == "fp8" for log in LOGS)
+    assert {"int4-g128-awq", "fp8", "mxfp4", "int8-w8a8"} <= {log["weights_format"] for log in LOGS}
+
+
+# --- block rounding: the tokens vLLM logs for the memory it logs -------------------------------------------
+
+@pytest.mark.parametrize("log_id", _ids(lambda log: log["model"] and log["available_kv_gib"] and log["kv_cache_tokens"]
+                                        and log["tensor_parallel"] and log["id"] != "vllm-21348-qwen3-235b-fp8-tp4"))
+def test_kv_capacity_from_the_logged_available_memory_is_vllms_token_figure(log_id: str) -> None:
+    # vLLM prints the available memory to 0.01 GiB: the tokens it logs lie between nibble's count for that
+    # figure minus and plus half a hundredth (block size 16, or 128 where the run set --block-size 128).
+    log = BY_ID[log_id]
+    spec, profile = _spec(log), VllmProfile("0.19")
+
+    def tokens(gib: float) -> int:
+        return profile.kv_capacity(_stage(spec, log["tensor_parallel"]), log["kv_cache_dtype"], int(gib * GIB),
+                                   log["block_size"], log["max_model_len"], BatchLimits(8192, 256)).tokens
+
+    assert tokens(log["available_kv_gib"] - 0.005) <= log["kv_cache_tokens"] <= tokens(log["available_kv_gib"] + 0.005)
+
+
+def test_the_qwen3_235b_log_is_sized_by_its_tightest_worker_not_rank_0() -> None:
+    # vllm#21348: rank 0 logs 8.11 GiB, but 178,880 tokens at 48,128 bytes each is 8.02 GiB: vLLM gives
+    # every worker the smallest worker's blocks, so nibble answers with the tightest device.
+    log = BY_ID["vllm-21348-qwen3-235b-fp8-tp4"]
+    per_token = kv_bytes_per_token(get_preset("qwen3-235b-a22b"), "bf16", tensor_parallel=4)
+    assert per_token == 48128
+    assert round(log["kv_cache_tokens"] * per_token / GIB, 2) == 8.02 < log["available_kv_gib"]
+
+
+@pytest.mark.parametrize("log_id", _ids(lambda log: log["kv_cache_tokens"] and log["max_concurrency"]
+                                        and log["max_model_len"] and log["full_attention"]))
+def test_engine_max_concurrency_is_blocks_over_the_blocks_of_one_full_request(log_id: str) -> None:
+    # Full-attention models: concurrency = blocks / ceil(max_model_len / block), to the 2 decimals logged.
+    log = BY_ID[log_id]
+    block = log["block_size"]
+    assert round(log["kv_cache_tokens"] // block / -(-log["max_model_len"] // block), 2) == log["max_concurrency"]
+
+
+def test_a_hybrid_models_concurrency_is_not_tokens_over_context() -> None:
+    # vllm#36861: 54,384 tokens would hold 0.34 requests of 160,000 tokens in a full-attention model; vLLM logs
+    # 1.34x because its sliding or linear-attention groups cap what one request needs.
+    log = BY_ID["vllm-36861-pipeline"]
+    assert round(log["kv_cache_tokens"] / log["max_model_len"], 2) == 0.34 != log["max_concurrency"]
+
+
+# --- the engine terms: activation, non-torch memory, CUDA graphs --------------------------------------------
+
+TEXT_V011 = _ids(lambda log: log["profile_version"] == "0.11" and not log.get("multimodal")
+                 and log.get("self_consistent", True))
+
+
+@pytest.mark.parametrize("log_id", TEXT_V011)
+def test_activation_is_the_sampler_pass_of_the_profiling_run(log_id: str) -> None:
+    # vLLM v0.11 on H100 (llm-d-benchmark): 4.76-7.38 GiB, which is 1024 sequences x vocabulary x 38 bytes
+    # beside the batch's hidden states, for models from 0.6B to 70B.
+    log = BY_ID[log_id]
+    spec = _spec(log)
+    term = VllmProfile("0.11").activation(_stage(spec, log["tensor_parallel"]),
+                                          BatchLimits(log["max_num_batched_tokens"], log["max_num_seqs"]))
+    assert abs(term.bytes / GIB - log["activation_gib"]) / log["activation_gib"] < 0.03
+    assert "independent of the workload's context" in term.basis
+
+
+def test_a_log_whose_figures_do_not_add_up_is_not_fitted() -> None:
+    # llm-d's gpt-oss-120b row: weights + activation + non-torch exceed the 71.26 GiB budget it reports 3.33 GiB
+    # of KV memory from.  nibble predicts no room, on the safe side, instead of bending a term to that row.
+    log = BY_ID["llmd-v0.11-gpt-oss-120b"]
+    budget = round(0.9 * log["total_memory_gib"], 2)
+    assert budget - log["weights_gib"] - log["activation_gib"] - log["non_torch_gib"] < 0 < log["available_kv_gib"]
+
+
+def test_activation_does_not_depend_on_the_context() -> None:
+    # The same Qwen3-0.6B at --max-model-len 16000 and 32000: the same 5.56 GiB and 64.45 GiB (llm-d-benchmark).
+    short, long = BY_ID["llmd-v0.11-qwen3-0.6b-16k"], BY_ID["llmd-v0.11-qwen3-0.6b-32k"]
+    assert (short["activation_gib"], short["available_kv_gib"]) == (long["activation_gib"], long["available_kv_gib"])
+    spec, hardware = get_preset("qwen3-0.6b"), Hardware(get_device("h100-80gb").planning_bytes, 1, "h100-80gb")
+    assert plan(spec, hardware, Workload(16000, 1)).activation == plan(spec, hardware, Workload(32000, 8)).activation
+
+
+@pytest.mark.parametrize("log_id", ["vllm-10517-3090-llama8b-20k", "vllm-10517-3090-llama8b-29k"])
+def test_a_large_profiling_batch_makes_the_forward_pass_the_peak(log_id: str) -> None:
+    # V0 profiled one batch of max_model_len tokens: 2.07 and 2.99 GiB of activations for 20,000 and 29,000
+    # tokens of Llama-3.1-8B, the forward pass's MLP intermediates (vllm#10517).
+    log = BY_ID[log_id]
+    term = VllmProfile().activation(_stage(_spec(log)), BatchLimits(log["max_num_batched_tokens"], log["max_num_seqs"]))
+    assert abs(term.bytes / GIB - log["activation_gib"]) / log["activation_gib"] < 0.02
+    assert term.basis.index("forward pass") < term.basis.index("sampler")
+
+
+@pytest.mark.parametrize(("log_id", "tensor_parallel"), [("llmd-v0.11-llama-3.1-8b", 1),
+                                                         ("llmd-v0.11-qwen3-32b-tp2", 2),
+                                                         ("llmd-v0.11-llama-3.3-70b-fp8-tp2", 2)])
+def test_non_torch_memory_grows_with_tensor_parallelism(log_id: str, tensor_parallel: int) -> None:
+    log = BY_ID[log_id]
+    spec = _spec(log)
+    term = VllmProfile().non_torch(Stage(spec, tensor_parallel, 1, (0, spec.num_layers), True))
+    assert abs(term.bytes / GIB - log["non_torch_gib"]) <= 0.02
+
+
+ENGINE_TERMS = _ids(lambda log: log["profile_version"] and log["available_kv_gib"] and log["gpu_memory_utilization"]
+                    and not log.get("multimodal") and log.get("self_consistent", True))
+
+
+@pytest.mark.parametrize("log_id", ENGINE_TERMS)
+def test_engine_terms_fill_the_gap_between_logged_weights_and_logged_kv_memory(log_id: str) -> None:
+    # available = total x utilization - weights - activation - non-torch (- CUDA graphs from v0.21): nibble's
+    # engine terms between the weights and the KV memory vLLM logged.  vllm#57047 logs weights with non-torch.
+    log = BY_ID[log_id]
+    spec = _spec(log)
+    total = (round(log["total_memory_gib"] * GIB) if log["total_memory_gib"]
+             else get_device(log["catalog_device"]).planning_bytes)
+    profile, stage = VllmProfile(log["profile_version"]), _stage(spec, log["tensor_parallel"])
+    limits = BatchLimits(log["max_num_batched_tokens"], log["max_num_seqs"])
+    if log["weights_gib"] is not None:
+        loaded = log["weights_gib"] * GIB + profile.non_torch(stage).bytes
+    else:
+        loaded = log["weights_and_non_torch_gib"] * GIB
+    predicted = (int(total * log["gpu_memory_utilization"]) - loaded - profile.activation(stage, limits).bytes
+                 - profile.cuda_graphs(stage, limits).bytes) / GIB
+    error = (predicted - log["available_kv_gib"]) / log["available_kv_gib"]
+    print(f"{log_id}: available KV {predicted:.2f} GiB predicted, {log['available_kv_gib']} logged ({error:+.2%})")
+    assert -0.02 <= error <= 0.01
+
+
+# --- end to end: nibble's weights, the engine terms and the device, against vLLM's token figure -------------
+
+END_TO_END: dict[str, WeightFormat] = {
+    "llmd-v0.11-llama-3.1-8b": float_format("bf16"),
+    "llmd-v0.11-qwen3-0.6b-16k": float_format("bf16"),
+    "llmd-v0.11-qwen3-0.6b-32k": float_format("bf16"),
+    "llmd-v0.11-qwen3-32b-tp1": float_format("bf16"),
+    "llmd-v0.11-qwen3-32b-tp2": float_format("bf16"),
+    "kagaho-v0.16-llama-3-70b-awq-l40s-tp2": int4(128),
+}
+
+
+def _vllm_tokens(log: dict[str, Any]) -> int:
+    """The tokens vLLM logged, or, for a run that logs only its KV memory, the tokens vLLM's own block rounding
+    gives for it (pinned above on the runs that log both)."""
+    if log["kv_cache_tokens"] is not None:
+        return int(log["kv_cache_tokens"])
+    spec = _spec(log)
+    return VllmProfile().kv_capacity(_stage(spec, log["tensor_parallel"]), log["kv_cache_dtype"],
+                                     round(log["available_kv_gib"] * GIB), log["block_size"], log["max_model_len"],
+                                     BatchLimits(8192, 1024)).tokens
+
+
+def _capacity_error(log: dict[str, Any], capacity_bytes: int, weight_format: WeightFormat) -> float:
+    options = PlanOptions(weight_format=weight_format, kv_cache_dtype=log["kv_cache_dtype"],
+                          memory_utilization=log["gpu_memory_utilization"], block_size=log["block_size"],
+                          engine_version=log["profile_version"], max_batched_tokens=log["max_num_batched_tokens"],
+                          max_num_seqs=log["max_num_seqs"])
+    hardware = Hardware(capacity_bytes, log["tensor_parallel"], log["catalog_device"])
+    tokens = plan(_spec(log), hardware, Workload(log["max_model_len"], 1), options).primary.kv_capacity_tokens
+    assert tokens is not None
+    return (tokens - _vllm_tokens(log)) / _vllm_tokens(log)
+
+
+@pytest.mark.parametrize("source", ["logged total", "catalog device"])
+def test_capacity_tokens_end_to_end_within_2_percent_and_never_3_percent_above(source: str) -> None:
+    errors = {}
+    for log_id, weight_format in END_TO_END.items():
+        log = BY_ID[log_id]
+        catalog = get_device(log["catalog_device"]).planning_bytes
+        logged = source == "logged total" and log["total_memory_gib"]
+        total = round(log["total_memory_gib"] * GIB) if logged else catalog
+        errors[log_id] = _capacity_error(log, total, weight_format)
+    mean = sum(abs(error) for error in errors.values()) / len(errors)
+    print(f"{source}: " + ", ".join(f"{key} {error:+.2%}" for key, error in errors.items())
+          + f"; mean absolute error {mean:.2%}")
+    assert mean <= 0.02
+    assert max(errors.values()) <= 0.03
+
+
+# --- defaults, versions, grouping, refusals, devices ---------------------------------------------------------
+
+def test_batch_limits_follow_vllms_openai_server_defaults() -> None:
+    profile = VllmProfile()
+    assert profile.batch_limits(get_device("h100-80gb").planning_bytes, "h100-80gb") == BatchLimits(8192, 1024)
+    assert profile.batch_limits(get_device("a100-80gb").planning_bytes, "a100-80gb") == BatchLimits(2048, 256)
+    assert profile.batch_limits(get_device("l40s").planning_bytes, "l40s") == BatchLimits(2048, 256)
+
+
+def test_the_plan_takes_the_engines_defaults_for_the_device() -> None:
+    spec = get_preset("llama-3.1-8b")
+    h100 = plan(spec, Hardware(get_device("h100-80gb").planning_bytes, 1, "h100-80gb"), Workload(4096, 1))
+    l40s = plan(spec, Hardware(get_device("l40s").planning_bytes, 1, "l40s"), Workload(4096, 1))
+    assert (h100.max_batched_tokens, h100.max_num_seqs) == (8192, 1024)
+    assert (l40s.max_batched_tokens, l40s.max_num_seqs) == (2048, 256)
+
+
+def test_cuda_graph_memory_is_outside_the_budget_in_0_19_and_inside_in_0_33() -> None:
+    spec = get_preset("llama-3.1-8b")
+    hardware = Hardware(get_device("h100-80gb").planning_bytes, 1, "h100-80gb")
+    limits = BatchLimits(8192, 1024)
+    old = plan(spec, hardware, Workload(8192, 1), PlanOptions(engine_version="0.19", max_num_seqs=256))
+    new = plan(spec, hardware, Workload(8192, 1), PlanOptions(engine_version="0.33", max_num_seqs=256))
+    assert VllmProfile("0.19").cuda_graphs(_stage(spec), limits).bytes == 0
+    graphs = VllmProfile("0.33").cuda_graphs(_stage(spec), limits).bytes
+    activations = (VllmProfile("0.19").activation(_stage(spec), BatchLimits(8192, 256)).bytes
+                   - VllmProfile("0.33").activation(_stage(spec), BatchLimits(8192, 256)).bytes)
+    assert old.primary.kv_pool_bytes - new.primary.kv_pool_bytes == graphs - activations
+    assert 0.1 * GIB < graphs < 0.7 * GIB  # the 0.09-0.65 GiB estimates vLLM logs (vllm#57047, gpustack/runner#251)
+
+
+def test_sliding_window_layers_are_grouped_as_vllm_groups_them() -> None:
+    # gemma-2-9b: 21 sliding + 21 full layers -> two groups of 21; a block of the pool serves one group,
+    # so tokens = num_blocks // 2 x 16, num_blocks = pool // (page x 21).
+    spec = get_preset("gemma-2-9b")
+    page = 16 * kv_bytes_per_token(spec, "bf16") // spec.num_layers
+    pool = 10 * GIB
+    capacity = VllmProfile().kv_capacity(_stage(spec), "bf16", pool, 16, 8192, BatchLimits(8192, 1024))
+    assert capacity.num_blocks == pool // (page * 21)
+    assert capacity.tokens == capacity.num_blocks // 2 * 16
+
+
+@pytest.mark.parametrize(("model", "tensor_parallel", "reason"), [
+    ("llama-3.1-8b", 3, "does not divide the model's 32 attention heads"),
+    ("qwen2.5-7b", 7, "4 key/value heads can be neither split evenly nor replicated"),
+])
+def test_layouts_vllm_refuses_are_not_deployable_with_the_reason(model: str, tensor_parallel: int,
+                                                                 reason: str) -> None:
+    hardware = Hardware(get_device("h100-80gb").planning_bytes, tensor_parallel)
+    result = plan(get_preset(model), hardware, Workload(4096, 1))
+    assert not result.fits and result.refusal is not None and reason in result.refusal
+    assert plan(get_preset(model), hardware, Workload(4096, 1), PlanOptions(engine="generic")).refusal is None
+
+
+def test_devices_carry_the_memory_cuda_reports_below_their_nominal_size() -> None:
+    # H100 80GB: 79.18 GiB (llm-d-benchmark's vLLM logs); L40S: 44.42 GiB (Step-Video-T2V#8); RTX 3090: 23.58 GiB
+    # (vllm#10517)
+    assert round(get_device("h100-80gb").planning_bytes / GIB, 2) == 79.18
+    assert round(get_device("l40s").planning_bytes / GIB, 2) == 44.42
+    assert round(get_device("rtx-3090").planning_bytes / GIB, 2) == 23.58
+    for device in list_devices():
+        assert device.reported_source
+        if device.reported_memory_bytes is not None:
+            assert device.reported_memory_bytes < device.memory_bytes
+            assert "https://github.com/" in device.reported_source
+
+
+def test_unknown_engine_and_version_are_refused_naming_the_field() -> None:
+    with pytest.raises(UnknownName) as engine:
+        PlanOptions(engine="tgi")
+    assert engine.value.field == "runtime.engine"
+    with pytest.raises(UnknownName) as version:
+        PlanOptions(engine_version="0.1")
+    assert version.value.field == "runtime.engine_version"
+    assert get_engine("generic") is None
