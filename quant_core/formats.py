@@ -28,6 +28,7 @@ codes to a whole number of groups (and those padded codes are stored).
 from __future__ import annotations
 
 import math
+import numbers
 from dataclasses import dataclass
 from typing import Literal, get_args
 
@@ -81,9 +82,11 @@ class WeightFormat:
         if not isinstance(self.name, str) or (self.name not in FLOAT_FORMATS and self.name not in ("int8", "int4")):
             raise UnknownName("weight format", str(self.name)[:64], ["bf16", "fp16", "fp32", "int8", "int4"],
                               field="format")
-        if self.group_size is not None and type(self.group_size) is not int:
-            raise InvalidSpec("group_size", _short(self.group_size),
-                              f"must be an integer or null, not {type(self.group_size).__name__}")
+        if self.group_size is not None:
+            if isinstance(self.group_size, bool) or not isinstance(self.group_size, numbers.Integral):
+                raise InvalidSpec("group_size", _short(self.group_size),
+                                  f"must be an integer or null, not {type(self.group_size).__name__}")
+            object.__setattr__(self, "group_size", int(self.group_size))  # a NumPy integer becomes an int
         for flag in ("symmetric", "pad"):
             if type(getattr(self, flag)) is not bool:
                 raise InvalidSpec(flag, _short(getattr(self, flag)), "must be true or false")

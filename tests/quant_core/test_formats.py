@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 
 from quant_core.errors import GroupSizeMismatch, InvalidSpec, UnknownName
@@ -71,3 +72,22 @@ def test_unsupported_group_size_and_format_names_are_refused() -> None:
                           ("int4", 128, 68)])
 def test_kv_dtype_bytes_per_vector(name: str, head_dim: int, expected: int) -> None:
     assert kv_dtype(name).bytes_per_vector(head_dim) == expected
+
+
+@pytest.mark.parametrize(("fields", "named"), [
+    ({"group_size": 128.0}, "group_size"),  # 128.0 == 128: it passed the membership test, then sliced with a float
+    ({"group_size": True}, "group_size"),
+    ({"symmetric": "yes"}, "symmetric"),
+    ({"pad": "no"}, "pad"),  # a truthy string: padding was on
+    ({"zero": "int8"}, "zero"),
+    ({"layout": "bogus"}, "layout"),
+], ids=lambda value: str(value))
+def test_weight_format_fields_are_typed_exactly(fields: dict[str, object], named: str) -> None:
+    with pytest.raises(InvalidSpec) as raised:
+        WeightFormat(**{"name": "int4", **fields})  # type: ignore[arg-type]
+    assert raised.value.field == named
+
+
+def test_a_numpy_integer_group_size_is_an_int() -> None:
+    fmt = WeightFormat("int4", np.int64(64))  # type: ignore[arg-type]
+    assert type(fmt.group_size) is int and fmt == int4(64)
