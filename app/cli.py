@@ -48,7 +48,7 @@ from app.schemas.models import (
     model_to_core,
     summary_from_core,
 )
-from app.schemas.plans import FormatOut, PlanRequest, PlanResponse, plan_from_core, plan_to_core
+from app.schemas.plans import FormatOut, PlanRequest, PlanResponse, plan_from_core, plan_to_core, request_notes
 from app.schemas.quantize import CompareReport, QuantizeReport
 from app.settings import get_settings
 from app.units import parse_bytes, parse_tokens
@@ -152,7 +152,7 @@ def plan_locally(body: dict[str, Any]) -> PlanResponse:
     """What ``POST /v1/plan`` answers for `body`, computed in process by the API's own conversions."""
     request = PlanRequest.model_validate(body)
     spec, hardware, workload, options = plan_to_core(request, get_settings().max_config_depth)
-    return plan_from_core(plan(spec, hardware, workload, options))
+    return plan_from_core(plan(spec, hardware, workload, options), request_notes(request))
 
 
 def _verdict(name: str, result: FormatOut, unit: str) -> str:
@@ -175,8 +175,8 @@ def plan_formats(answer: PlanResponse) -> dict[str, FormatOut]:
     """Every format the answer plans: the 16-bit and INT4 comparison, plus the deployed format when it is
     neither (``--format int8``), built from the answer's top-level fields."""
     formats = dict(answer.comparison)
-    deployed = answer.weights.format
-    if deployed not in formats:
+    deployed = answer.weights.format  # a format label: int4-g128-asym, int8, bf16
+    if all(result.format != deployed for result in formats.values()):
         formats[deployed] = FormatOut(
             format=deployed, weights_bytes=answer.weights.bytes, bits_per_weight=answer.weights.bits_per_weight,
             weights_by_role=answer.weights.by_role, kv_cache_bytes=answer.kv_cache.bytes,
@@ -206,7 +206,8 @@ def render_plan(answer: PlanResponse, unit: str = "GiB") -> str:
     rows: list[tuple[str, ...]] = [header]
     formats = plan_formats(answer)
     for name, result in formats.items():
-        label = f"{name} ({result.bits_per_weight:.3f} b/w)" + (" deployed" if name == answer.weights.format else "")
+        label = f"{name} ({result.bits_per_weight:.3f} b/w)" + (" deployed" if result.format == answer.weights.format
+                                                                else "")
         for device in result.devices:
             rows.append((label, str(device.index), *(in_unit(value, unit) for value in (
                 device.weights_bytes, device.kv_cache_bytes, device.activation_bytes, device.overhead_bytes,

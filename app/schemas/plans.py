@@ -14,6 +14,7 @@ from app.schemas.models import ModelInput, field_prefix, model_to_core
 from quant_core import catalog
 from quant_core.errors import InvalidSpec, LimitExceeded, NibbleError
 from quant_core.formats import FLOAT_FORMATS, WeightFormat, float_format
+from quant_core.hf_config import unread_config_keys
 from quant_core.planner import DevicePlan, FormatPlan, Hardware, Plan, PlanOptions, Workload, plan
 from quant_core.specs import ModelSpec
 
@@ -275,10 +276,10 @@ class PlanResponse(BaseModel):
     warnings: list[str]
 
 
-def plan_from_core(result: Plan) -> PlanResponse:
+def plan_from_core(result: Plan, notes: tuple[str, ...] = ()) -> PlanResponse:
     """The wire answer for a core `Plan`, as a model (the CLI and client use it); the same bytes
     `plan_json_from_core` sends, so the two can never differ."""
-    return PlanResponse.model_validate_json(plan_json_from_core(result))
+    return PlanResponse.model_validate_json(plan_json_from_core(result, notes))
 
 
 # The answer as plain dicts, serialized once: `create_plan` sends these bytes as they are.  Building
@@ -307,8 +308,21 @@ def _format_dict(result: FormatPlan) -> dict[str, object]:
             "devices": [_device_dict(d) for d in result.devices]}
 
 
-def plan_json_from_core(result: Plan) -> bytes:
-    """The wire answer for a core `Plan` as JSON bytes: ``plan_from_core(result).model_dump_json()``, faster."""
+def request_notes(body: PlanRequest) -> tuple[str, ...]:
+    """Remarks on the request itself that the planner cannot make: the keys of a pasted ``config.json`` that
+    nothing read (a misspelt key would otherwise be dropped without a word)."""
+    if body.model.hf_config is None:
+        return ()
+    unread = unread_config_keys(body.model.hf_config)
+    if not unread:
+        return ()
+    return (f"These config.json keys were not used to size the model (check the spelling of any that should "
+            f"be): {', '.join(unread)}.",)
+
+
+def plan_json_from_core(result: Plan, notes: tuple[str, ...] = ()) -> bytes:
+    """The wire answer for a core `Plan` as JSON bytes: ``plan_from_core(result).model_dump_json()``, faster;
+    `notes` (`request_notes`) follow the planner's warnings."""
     primary = result.primary
     return to_json({
         "model": result.model, "fits": result.fits,
@@ -331,7 +345,7 @@ def plan_json_from_core(result: Plan) -> bytes:
         "max_concurrent_sequences": primary.max_concurrent_sequences,
         "sequences_limited_by": primary.sequences_limited_by, "min_devices": primary.min_devices,
         "comparison": {name: _format_dict(fp) for name, fp in result.comparison.items()},
-        "warnings": list(result.warnings),
+        "warnings": [*result.warnings, *notes],
     })
 
 

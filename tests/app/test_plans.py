@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
-from app.schemas.plans import PlanRequest, plan_from_core, plan_to_core
+from app.schemas.plans import PlanRequest, plan_from_core, plan_to_core, request_notes
 from quant_core.catalog import list_presets
 from quant_core.hf_config import model_from_hf_config
 from quant_core.inventory import parameter_count
@@ -331,7 +331,7 @@ PLAN_VARIANTS: list[dict[str, Any]] = [
 
 def _bytes_of_the_model_path(body: dict[str, Any]) -> bytes:
     request = PlanRequest.model_validate(body)
-    return plan_from_core(plan(*plan_to_core(request, 16))).model_dump_json().encode()
+    return plan_from_core(plan(*plan_to_core(request, 16)), request_notes(request)).model_dump_json().encode()
 
 
 @pytest.mark.parametrize("preset", [preset.id for preset in list_presets()])
@@ -364,3 +364,14 @@ def test_a_swept_device_count_that_the_pipeline_stages_do_not_divide_is_named_in
     (error,) = response.json()["errors"]
     assert error["field"] == "sweep.device_counts[1]"
     assert "not a multiple of the 2 pipeline stages" in error["message"]
+
+
+def test_a_pasted_config_with_a_misspelt_key_gets_a_note_naming_it(client: TestClient) -> None:
+    config = {"model_type": "llama", "hidden_size": 4096, "num_hidden_layers": 32, "num_attention_heads": 32,
+              "num_kv_heads": 8, "intermediate_size": 14336, "vocab_size": 128256, "torch_dtype": "bfloat16"}
+    body = client.post("/v1/plan", json={"model": {"hf_config": config}, "hardware": {"device": "h100-80gb"}}).json()
+    assert body["warnings"][-1] == ("These config.json keys were not used to size the model (check the spelling "
+                                    "of any that should be): num_kv_heads.")
+    preset = client.post("/v1/plan", json={"model": {"preset": "llama-3.1-8b"},
+                                           "hardware": {"device": "h100-80gb"}}).json()
+    assert not any("config.json keys" in warning for warning in preset["warnings"])
