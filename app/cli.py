@@ -48,7 +48,7 @@ from app.schemas.models import (
     model_to_core,
     summary_from_core,
 )
-from app.schemas.plans import FormatOut, PlanRequest, PlanResponse, plan_from_core, plan_to_core, request_notes
+from app.schemas.plans import FormatOut, PlanRequest, PlanResponse, plan_answer_json, plan_to_core
 from app.schemas.quantize import CompareReport, QuantizeReport
 from app.settings import get_settings
 from app.units import parse_bytes, parse_tokens
@@ -152,7 +152,8 @@ def plan_locally(body: dict[str, Any]) -> PlanResponse:
     """What ``POST /v1/plan`` answers for `body`, computed in process by the API's own conversions."""
     request = PlanRequest.model_validate(body)
     spec, hardware, workload, options = plan_to_core(request, get_settings().max_config_depth)
-    return plan_from_core(plan(spec, hardware, workload, options), request_notes(request))
+    result = plan(spec, hardware, workload, options)
+    return PlanResponse.model_validate_json(plan_answer_json(request, spec, result))
 
 
 def _verdict(name: str, result: FormatOut, unit: str) -> str:
@@ -219,6 +220,20 @@ def render_plan(answer: PlanResponse, unit: str = "GiB") -> str:
         lines.append("  ".join(cells).rstrip())
     lines.append("")
     lines.extend(_verdict(name, result, unit) for name, result in formats.items())
+    if answer.speed is not None:
+        speed = answer.speed
+        bounds = "; ".join(
+            f"{name} <= {bound.decode_tokens_per_second_per_sequence:,.1f} tokens/s per sequence, "
+            f"{bound.decode_tokens_per_second_aggregate:,.1f} in all"
+            for name, bound in speed.formats.items()
+            if bound.decode_tokens_per_second_per_sequence is not None
+            and bound.decode_tokens_per_second_aggregate is not None)
+        prefill = next(iter(speed.formats.values())).prefill_seconds
+        lines.append(f"decode speed (upper bound, {answer.workload.concurrent_sequences} sequences): {bounds}")
+        if prefill is not None:
+            lines.append(f"prefill of one {answer.workload.context_length:,}-token prompt takes at least "
+                         f"{prefill:.3g} s")
+        lines.append(f"speed basis: {speed.basis}")
     lines.append(f"activations: {answer.activation.basis}")
     lines.append(f"overhead: {answer.runtime_overhead.basis}")
     lines.extend(f"warning: {warning}" for warning in answer.warnings)
