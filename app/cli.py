@@ -189,9 +189,22 @@ def plan_formats(answer: PlanResponse) -> dict[str, FormatOut]:
     return formats
 
 
+def _device_runs(result: FormatOut) -> list[tuple[int, int, Any]]:
+    """Neighbouring devices that hold the same bytes (tensor-parallel ranks) as one run: (first, last, device)."""
+    runs: list[tuple[int, int, Any]] = []
+    for device in result.devices:
+        terms = device.model_dump(exclude={"index", "pipeline_stage", "tensor_rank", "layers"})
+        if runs and runs[-1][2].model_dump(exclude={"index", "pipeline_stage", "tensor_rank", "layers"}) == terms:
+            runs[-1] = (runs[-1][0], device.index, runs[-1][2])
+        else:
+            runs.append((device.index, device.index, device))
+    return runs
+
+
 def render_plan(answer: PlanResponse, unit: str = "GiB") -> str:
-    """A readable table: per format and device, each term in `unit` (GiB or GB), then verdicts, limits and
-    warnings.  Every device is one row; the deployed format (``weights.format``) is marked."""
+    """A readable table: per format and device, each term in `unit` (GiB or GB), then verdicts, limits, the
+    speed bound and warnings.  Devices holding the same bytes share a row (``0-7``); the deployed format
+    (``weights.format``) is marked."""
     hardware = answer.hardware
     scale_note = UNITS[unit][1]
     lines = [
@@ -209,8 +222,9 @@ def render_plan(answer: PlanResponse, unit: str = "GiB") -> str:
     for name, result in formats.items():
         label = f"{name} ({result.bits_per_weight:.3f} b/w)" + (" deployed" if result.format == answer.weights.format
                                                                 else "")
-        for device in result.devices:
-            rows.append((label, str(device.index), *(in_unit(value, unit) for value in (
+        for first, last, device in _device_runs(result):
+            devices = str(first) if first == last else f"{first}-{last}"
+            rows.append((label, devices, *(in_unit(value, unit) for value in (
                 device.weights_bytes, device.kv_cache_bytes, device.activation_bytes, device.overhead_bytes,
                 device.used_bytes, device.usable_bytes, device.capacity_bytes, device.headroom_bytes)),
                 "yes" if device.fits else "NO"))
@@ -225,6 +239,7 @@ def render_plan(answer: PlanResponse, unit: str = "GiB") -> str:
         bounds = "; ".join(
             f"{name} <= {bound.decode_tokens_per_second_per_sequence:,.1f} tokens/s per sequence, "
             f"{bound.decode_tokens_per_second_aggregate:,.1f} in all"
+            if formats[name].fits else f"{name} does not fit"
             for name, bound in speed.formats.items()
             if bound.decode_tokens_per_second_per_sequence is not None
             and bound.decode_tokens_per_second_aggregate is not None)

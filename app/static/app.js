@@ -513,10 +513,14 @@ function renderSpeed(answer) {
   const speed = answer.speed;
   $("speed").hidden = !speed;
   if (!speed) return;
-  const rows = Object.entries(speed.formats).map(([name, bound]) => ({ cells: [formatTitle(name),
-    bound.decode_tokens_per_second_per_sequence === null ? "n/a" : bound.decode_tokens_per_second_per_sequence.toFixed(1),
-    bound.decode_tokens_per_second_aggregate === null ? "n/a" : bound.decode_tokens_per_second_aggregate.toFixed(1),
-    size(bound.bytes_read_per_step), seconds(bound.prefill_seconds)] }));
+  // A bound for a format that does not fit would answer a question nobody can deploy: say so instead.
+  const rows = Object.entries(speed.formats).map(([name, bound]) => {
+    const fits = answer.comparison[name] ? answer.comparison[name].fits : answer.fits;
+    const rate = (value) => (!fits ? "does not fit" : value === null ? "n/a" : value.toFixed(1));
+    return { cells: [formatTitle(name), rate(bound.decode_tokens_per_second_per_sequence),
+      rate(bound.decode_tokens_per_second_aggregate), size(bound.bytes_read_per_step),
+      fits ? seconds(bound.prefill_seconds) : "does not fit"] };
+  });
   fillTable("speed-table", rows);
   $("speed-basis").textContent = `${speed.basis} Prefill is for one prompt of ${thousands(answer.workload.context_length)} tokens.`;
 }
@@ -756,8 +760,8 @@ function renderDevices(devices, answer) {
   svg.append(svgElement("text", { x: margin.left + plotWidth / 2, y: height - 4, class: "axis-label", "text-anchor": "middle" },
     "fewest devices that fit (log scale)"));
   if (!narrow) {
-    svg.append(svgElement("text", { x: width - margin.right + 10, y: height - 4, class: "axis-label" },
-      `count · headroom · decode bound`));
+    svg.append(svgElement("text", { x: width - 4, y: height - 4, class: "axis-label", "text-anchor": "end" },
+      "count · free · decode bound"));
   }
   let top = margin.top;
   for (const device of devices) {

@@ -69,10 +69,11 @@ def test_plan_table_shows_gib_per_device_for_both_formats_with_verdicts() -> Non
     assert status == 0
     assert "GiB (1 GiB = 2^30 bytes)" in out
     lines = out.splitlines()
-    # 2 devices x 2 formats; Llama-3.1-70B bf16 weights split over 2 ranks: 65.71 GiB each.
+    # 2 identical tensor-parallel ranks share one row per format; Llama-3.1-70B bf16 split over 2: 65.71 GiB each.
     bf16_rows = [line for line in lines if line.startswith("bf16 (16.000 b/w)")]
     int4_rows = [line for line in lines if line.startswith("int4 (")]
-    assert len(bf16_rows) == len(int4_rows) == 2
+    assert len(bf16_rows) == len(int4_rows) == 1
+    assert bf16_rows[0].split()[3] == "0-1" and int4_rows[0].split()[4] == "0-1"
     assert bf16_rows[0].split()[4] == "65.71" and bf16_rows[0].split()[-1] == "NO"
     assert int4_rows[0].split()[-1] == "yes"
     assert any(line.startswith("bf16: DOES NOT FIT") for line in lines)
@@ -319,3 +320,13 @@ def test_quantize_to_gguf_takes_the_q4_0_scheme_by_itself(checkpoint: Path, tmp_
     assert local.read_bytes()[:4] == remote.read_bytes()[:4] == b"GGUF"
     status, _, err = nibble("quantize", str(checkpoint), "-o", str(local), "--format", "gguf", "--group-size", "128")
     assert status == 1 and "group_size" in err
+
+
+def test_the_table_states_the_decode_bound_and_its_basis() -> None:
+    status, out, _ = nibble(*PLAN_ARGS)
+    assert status == 0
+    # per step each rank reads its INT4 weights (18.52 GiB) and its 8 sequences' KV cache (40 GiB) at 3.35 TB/s:
+    # 3.35e12 / (19,885,211,648 + 42,949,672,960) = 53.3 tokens/s per sequence, x 8 sequences in all
+    assert ("decode speed (upper bound, 8 sequences): bf16 does not fit; int4 <= 53.3 tokens/s per sequence, "
+            "426.5 in all") in out
+    assert "speed basis: Upper bounds, not predictions" in out and "H100 Tensor Core GPU datasheet" in out
