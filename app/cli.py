@@ -30,7 +30,6 @@ import traceback
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, TextIO
-from urllib.parse import urlsplit
 
 import httpx
 from pydantic import ValidationError
@@ -94,17 +93,11 @@ def _print_json(document: Any, out: TextIO) -> None:
     out.write(json.dumps(document, indent=2) + "\n")
 
 
-def checked_url(url: str) -> str:
-    """`url` if it names an http(s) server; otherwise a `UsageError` saying what to write instead."""
-    parts = urlsplit(url)
-    if parts.scheme not in ("http", "https") or not parts.netloc:
-        hint = f"; did you mean http://{url}?" if "://" not in url else ""
-        raise UsageError(f"--url {url!r} is not an http:// or https:// address{hint}")
-    return url
-
-
 def _client(args: argparse.Namespace) -> NibbleClient:
-    return NibbleClient(checked_url(args.url), api_key=args.api_key)
+    try:
+        return NibbleClient(args.url, api_key=args.api_key)
+    except ValueError as exc:  # the client's own check of the address, worded for --url
+        raise UsageError(str(exc).replace("base_url", "--url", 1)) from None
 
 
 def _read_json_file(path: str) -> dict[str, Any]:

@@ -31,6 +31,7 @@ them, so both figures are bounds, never predictions.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 
 from quant_core.catalog import DevicePerformance
 from quant_core.planner import FormatPlan, Plan
@@ -89,11 +90,12 @@ def prefill_flops(spec: ModelSpec, plan_result: Plan, context_length: int) -> in
     matmul = (plan_result.active_parameters_per_token - by_role.get("embedding", 0)
               - by_role.get("position_embedding", 0) - by_role.get("lm_head", 0))
     logits = 2 * spec.vocab_size * spec.hidden_size
-    sliding = set(spec.sliding_layers)
-    attention = 0
-    for layer in range(spec.num_layers):
-        span = min(context_length, spec.sliding_window) if layer in sliding and spec.sliding_window else context_length
-        attention += 2 * spec.num_attention_heads * spec.head_dim * context_length * span
+    windowed = 0
+    if spec.sliding_window:
+        windowed = sum(1 for layer in set(spec.sliding_layers) if 0 <= layer < spec.num_layers)
+    window_span = min(context_length, spec.sliding_window or context_length)
+    per_span_token = 2 * spec.num_attention_heads * spec.head_dim * context_length
+    attention = per_span_token * ((spec.num_layers - windowed) * context_length + windowed * window_span)
     return 2 * matmul * context_length + logits + attention
 
 
@@ -121,6 +123,7 @@ def speed_bounds(spec: ModelSpec, plan_result: Plan, performance: DevicePerforma
     return out
 
 
+@lru_cache(maxsize=64)
 def speed_basis(performance: DevicePerformance) -> str:
     """One sentence on what the bound assumes, with the peaks it used."""
     bandwidth = performance.memory_bandwidth_bytes_per_second

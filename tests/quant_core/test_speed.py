@@ -84,3 +84,17 @@ def test_prefill_flops_are_twice_the_matmul_parameters_per_token_plus_causal_att
     assert H100_PEAKS is not None
     bound = speed_bounds(spec, result, H100_PEAKS)["bf16"]
     assert bound.prefill_seconds == pytest.approx(expected / 989.4e12)
+
+
+def test_prefill_attention_on_windowed_layers_spans_at_most_the_window() -> None:
+    spec = get_preset("gemma-2-9b")  # 42 layers, every other one a 4,096-token sliding window (its config.json)
+    result = plan(spec, Hardware(H100.memory_bytes, 1), Workload(16384, 1),
+                  PlanOptions(weight_format=int4(group_size=32)))
+    windowed = set(spec.sliding_layers)
+    assert len(windowed) == 21 and spec.sliding_window == 4096
+    per_layer = [2 * spec.num_attention_heads * spec.head_dim * 16384 * (4096 if layer in windowed else 16384)
+                 for layer in range(spec.num_layers)]
+    full_context_only = prefill_flops(spec, result, 16384) - sum(per_layer)
+    assert full_context_only == 2 * (result.active_parameters_per_token - result.parameters_by_role["embedding"]
+                                     - result.parameters_by_role.get("lm_head", 0)) * 16384 \
+        + 2 * spec.vocab_size * spec.hidden_size
