@@ -29,7 +29,7 @@ import time
 import traceback
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any, NoReturn, TextIO
 
 import httpx
 from pydantic import ValidationError
@@ -548,9 +548,16 @@ def _add_scheme(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--calibration", help="calibration activations [samples, in_features] as .npy")
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with a one-line usage error: the problem and where help is, not the whole usage block."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The ``nibble`` argument parser with its five subcommands."""
-    parser = argparse.ArgumentParser(prog="nibble", epilog=EXIT_STATUS_HELP, description=(
+    parser = _Parser(prog="nibble", epilog=EXIT_STATUS_HELP, description=(
         "Plan LLM memory at 16-bit beside INT4, and quantize tensors to INT4 with measured quality. "
         "Sizes are GiB (2^30 bytes) unless --unit GB; sizes in take 80GB or 80GiB, token counts 8k or 128K."))
     commands = parser.add_subparsers(dest="command", required=True)

@@ -731,6 +731,15 @@ function renderSweep(sweep, answer) {
     [`Requested context ${thousands(current)} tokens`, "key-current"]);
   if (beyondSeen) legend.push(["Past the model's trained context (not a fit)", "key-beyond"]);
   legendItems($("sweep-legend"), legend);
+  const words = { fits: "yes", over: "no", beyond: "no: past the model's trained context" };
+  const rows = [];
+  [...series.values()].forEach((seriesRows, i) => {
+    for (const r of seriesRows) {
+      rows.push({ cells: [thousands(r.context_length), formatTitle(names[i] || r.format), size(r.max_device_used_bytes),
+        words[pointState(r)]] });
+    }
+  });
+  fillTable("sweep-table", rows);
 }
 
 function renderDevices(devices, answer) {

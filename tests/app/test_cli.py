@@ -215,7 +215,9 @@ def test_bad_input_is_a_usage_line_not_a_traceback(argv: list[str], message: str
     result = nibble_process(*model, *hardware, *argv)
     assert result.returncode == 2
     assert "Traceback" not in result.stderr
-    assert message in result.stderr.splitlines()[-1]
+    assert result.stderr.count("\n") == 1  # one line: the problem and where help is
+    assert result.stderr.startswith("nibble plan: error: ") and message in result.stderr
+    assert result.stderr.endswith("(see nibble plan --help)\n")
 
 
 def test_an_api_error_in_human_units_is_one_problem_not_a_traceback() -> None:

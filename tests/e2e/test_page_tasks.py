@@ -184,6 +184,9 @@ def test_points_past_the_trained_context_are_not_marked_fitting(browser: Any, li
     assert "fits up to 40,960 tokens (limit set by the model's trained context, not memory)" in legend
     assert "Past the model's trained context (not a fit)" in legend
     assert "40,960 (the model's trained context)" in page.inner_text("#limits")
+    page.click("#sweep-details summary")  # the same points as a table, no hover needed
+    beyond = page.locator("#sweep-table tbody tr", has_text="65,536").filter(has_text="INT4").first
+    assert beyond.locator("td").last.inner_text() == "no: past the model's trained context"
     # 8 devices, 4 KV heads: the page says the KV cache is replicated
     warnings = page.inner_text("#warnings")
     assert "The KV cache is replicated: 8 devices in tensor parallel share the model's 4" in warnings
