@@ -1,12 +1,22 @@
-"""``nibble``: the command line (``serve``, ``plan``, ``inspect``, ``quantize``, ``compare``).
+"""``nibble``: the command line (``serve``, ``plan``, ``inspect``, ``presets``, ``devices``, ``quantize``,
+``compare``, ``dequantize``).
 
 Each command runs locally on `quant_core` through the same conversion
 functions the API uses (`app.schemas`, `app.jobs`), or against a server with
 ``--url`` through `app.client`; so ``nibble plan ... --json`` prints exactly
 what ``POST /v1/plan`` answers, whichever way it ran.  Sizes in tables are
-GiB (1 GiB = 2^30 bytes); ``--json`` prints the API's bytes unchanged.
-Errors print the problem (title, detail, each invalid field) on stderr and
-exit with status 1; usage errors exit with 2.
+GiB (1 GiB = 2^30 bytes) unless ``--unit GB`` asks for 10^9 bytes, and every
+table says which; ``--json`` prints the API's bytes unchanged.  Sizes and
+token counts are read in human units (``80GB``, ``80GiB``, ``8k``; `app.units`).
+
+Exit status (``nibble --help`` lists it too):
+  0  done; for ``plan``, the deployed format FITS
+  1  the request failed: the problem (title, detail, each invalid field) is on stderr
+  2  usage: a bad option or value, or a --url without http:// or https://
+  3  ``plan`` only: the model does NOT fit (``--allow-no-fit`` exits 0 instead)
+  4  the server at --url cannot be reached (refused, timed out, name not resolved)
+No traceback reaches the terminal: an unexpected failure prints one line
+(``NIBBLE_DEBUG=1`` shows the traceback).
 """
 
 from __future__ import annotations
@@ -16,31 +26,57 @@ import json
 import os
 import sys
 import time
+import traceback
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any, NoReturn, TextIO
 
+import httpx
 from pydantic import ValidationError
 
 from app.client import NibbleAPIError, NibbleClient
-from app.jobs import OUTPUT_SUFFIXES, QuantizeJob, ReadLimits, compare_file, quantize_file
+from app.jobs import OUTPUT_SUFFIXES, QuantizeJob, ReadLimits, compare_file, dequantize_file, quantize_file
 from app.problems import problem_for, validation_problem
-from app.schemas.models import InspectRequest, InspectResponse, inspect_from_core, model_to_core
-from app.schemas.plans import PlanRequest, PlanResponse, plan_from_core, plan_to_core
+from app.schemas.models import (
+    DeviceOut,
+    InspectRequest,
+    InspectResponse,
+    ModelSummary,
+    device_from_core,
+    inspect_from_core,
+    model_to_core,
+    summary_from_core,
+)
+from app.schemas.plans import FormatOut, PlanRequest, PlanResponse, plan_answer_json, plan_to_core
 from app.schemas.quantize import CompareReport, QuantizeReport
 from app.settings import get_settings
+from app.units import parse_bytes, parse_tokens
+from quant_core import catalog
 from quant_core.errors import NibbleError
 from quant_core.planner import plan
 from quant_core.quantize import METHODS
 from quant_core.tensorio import sniff_format
 
 GIB = 1 << 30
+GB = 10**9
+UNITS = {"GiB": (GIB, "1 GiB = 2^30 bytes"), "GB": (GB, "1 GB = 10^9 bytes")}
 PROGRESS_WIDTH = 24
+EXIT_OK = 0
 EXIT_ERROR = 1
+EXIT_USAGE = 2
+EXIT_DOES_NOT_FIT = 3
+EXIT_UNREACHABLE = 4
+EXIT_STATUS_HELP = (
+    "exit status: 0 done (plan: the deployed format fits); 1 the request failed (problem on stderr); "
+    "2 usage error; 3 plan: does not fit (--allow-no-fit: 0); 4 server unreachable")
 
 
 class CommandError(Exception):
     """A problem to print (already worded for a person) and exit with status 1."""
+
+
+class UsageError(CommandError):
+    """A bad option value found after parsing (a --url without a scheme): exit status 2."""
 
 
 def gib(value: int) -> str:
@@ -48,12 +84,20 @@ def gib(value: int) -> str:
     return f"{value / GIB:.2f}"
 
 
+def in_unit(value: int, unit: str) -> str:
+    """`value` bytes in `unit` (``GiB`` = 2^30 or ``GB`` = 10^9 bytes) with two decimals."""
+    return f"{value / UNITS[unit][0]:.2f}"
+
+
 def _print_json(document: Any, out: TextIO) -> None:
     out.write(json.dumps(document, indent=2) + "\n")
 
 
 def _client(args: argparse.Namespace) -> NibbleClient:
-    return NibbleClient(args.url, api_key=args.api_key)
+    try:
+        return NibbleClient(args.url, api_key=args.api_key)
+    except ValueError as exc:  # the client's own check of the address, worded for --url
+        raise UsageError(str(exc).replace("base_url", "--url", 1)) from None
 
 
 def _read_json_file(path: str) -> dict[str, Any]:
@@ -73,20 +117,22 @@ def plan_body(args: argparse.Namespace) -> dict[str, Any]:
     """The ``POST /v1/plan`` body for the command-line options (unset options keep the API's defaults)."""
     model: dict[str, Any] = {"hf_config": _read_json_file(args.config)} if args.config else {"preset": args.model}
     hardware: dict[str, Any] = {"count": args.count}
-    if args.memory_bytes is not None:
-        hardware["memory_bytes"] = args.memory_bytes
+    if args.memory is not None:
+        hardware["memory_bytes"] = args.memory
     else:
         hardware["device"] = args.device
     body: dict[str, Any] = {"model": model, "hardware": hardware}
     sections: dict[str, dict[str, Any]] = {
         "workload": {"context_length": args.context, "concurrent_sequences": args.sequences},
         "weights": {"format": args.format, "symmetric": args.symmetric or None},
-        "kv_cache": {"dtype": args.kv_dtype},
+        "kv_cache": {"dtype": args.kv_dtype, "block_size": args.block_size},
         "parallel": {"tensor": args.tensor, "pipeline": args.pipeline},
         "runtime": {"memory_utilization": args.memory_utilization, "engine": args.engine,
                     "engine_version": args.engine_version, "max_num_seqs": args.max_num_seqs,
-                    "max_batched_tokens": args.max_batched_tokens},
+                    "max_batched_tokens": args.max_batched_tokens, "overhead_bytes": args.overhead,
+                    "activation_bytes": args.activations, "float_format": args.float_format},
     }
+    sections["weights"].update(zero=args.zero, pad=args.pad or None)
     if args.group_size is not None:
         sections["weights"]["group_size"] = None if args.group_size == "row" else int(args.group_size)
     for name, values in sections.items():
@@ -100,43 +146,82 @@ def plan_locally(body: dict[str, Any]) -> PlanResponse:
     """What ``POST /v1/plan`` answers for `body`, computed in process by the API's own conversions."""
     request = PlanRequest.model_validate(body)
     spec, hardware, workload, options = plan_to_core(request, get_settings().max_config_depth)
-    return plan_from_core(plan(spec, hardware, workload, options))
+    result = plan(spec, hardware, workload, options)
+    return PlanResponse.model_validate_json(plan_answer_json(request, spec, result))
 
 
-def _verdict(name: str, answer: PlanResponse) -> str:
-    result = answer.comparison[name]
+def _verdict(name: str, result: FormatOut, unit: str) -> str:
     limits = [f"longest context {result.max_context_length:,}" if result.max_context_length
               else "no context fits", f"most sequences {result.max_concurrent_sequences:,}",
               f"fewest devices {result.min_devices}" if result.min_devices else "no device count fits"]
+    if result.max_context_length and result.context_limited_by == "model":
+        limits[0] += " (the model's trained context, not memory)"
     if result.fits:
         tightest = min(d.headroom_bytes for d in result.devices)
-        return f"{name}: FITS with {gib(tightest)} GiB headroom on the fullest device; " + ", ".join(limits)
+        return (f"{name}: FITS with {in_unit(tightest, unit)} {unit} headroom on the fullest device; "
+                + ", ".join(limits))
     worst = min(result.devices, key=lambda d: d.headroom_bytes)
-    return (f"{name}: DOES NOT FIT: device {worst.index} needs {gib(worst.used_bytes)} GiB of "
-            f"{gib(worst.usable_bytes)} GiB usable ({gib(-worst.headroom_bytes)} GiB short); " + ", ".join(limits))
+    return (f"{name}: DOES NOT FIT: device {worst.index} needs {in_unit(worst.used_bytes, unit)} {unit} of "
+            f"{in_unit(worst.usable_bytes, unit)} {unit} usable ({in_unit(-worst.headroom_bytes, unit)} {unit} "
+            "short); " + ", ".join(limits))
 
 
-def render_plan(answer: PlanResponse) -> str:
-    """A readable table: per format and device, each term in GiB, then verdicts, limits and warnings."""
+def plan_formats(answer: PlanResponse) -> dict[str, FormatOut]:
+    """Every format the answer plans: the 16-bit and INT4 comparison, plus the deployed format when it is
+    neither (``--format int8``), built from the answer's top-level fields."""
+    formats = dict(answer.comparison)
+    deployed = answer.weights.format  # a format label: int4-g128-asym, int8, bf16
+    if all(result.format != deployed for result in formats.values()):
+        formats[deployed] = FormatOut(
+            format=deployed, weights_bytes=answer.weights.bytes, bits_per_weight=answer.weights.bits_per_weight,
+            weights_by_role=answer.weights.by_role, kv_cache_bytes=answer.kv_cache.bytes,
+            used_bytes=sum(device.used_bytes for device in answer.devices), fits=answer.fits,
+            max_context_length=answer.max_context_length, context_limited_by=answer.context_limited_by,
+            max_concurrent_sequences=answer.max_concurrent_sequences,
+            sequences_limited_by=answer.sequences_limited_by, min_devices=answer.min_devices,
+            devices=answer.devices)
+    return formats
+
+
+def _device_runs(result: FormatOut) -> list[tuple[int, int, Any]]:
+    """Neighbouring devices that hold the same bytes (tensor-parallel ranks) as one run: (first, last, device)."""
+    runs: list[tuple[int, int, Any]] = []
+    for device in result.devices:
+        terms = device.model_dump(exclude={"index", "pipeline_stage", "tensor_rank", "layers"})
+        if runs and runs[-1][2].model_dump(exclude={"index", "pipeline_stage", "tensor_rank", "layers"}) == terms:
+            runs[-1] = (runs[-1][0], device.index, runs[-1][2])
+        else:
+            runs.append((device.index, device.index, device))
+    return runs
+
+
+def render_plan(answer: PlanResponse, unit: str = "GiB") -> str:
+    """A readable table: per format and device, each term in `unit` (GiB or GB), then verdicts, limits, the
+    speed bound and warnings.  Devices holding the same bytes share a row (``0-7``); the deployed format
+    (``weights.format``) is marked."""
     hardware = answer.hardware
+    scale_note = UNITS[unit][1]
     lines = [
-        f"{answer.model} on {hardware.count} x {hardware.name} ({gib(hardware.capacity_bytes)} GiB each), "
-        f"context {answer.workload.context_length:,} x {answer.workload.concurrent_sequences} sequences, "
+        f"{answer.model} on {hardware.count} x {hardware.name} ({in_unit(hardware.capacity_bytes, unit)} {unit} "
+        f"each), context {answer.workload.context_length:,} x {answer.workload.concurrent_sequences} sequences, "
         f"KV cache {answer.kv_cache.dtype} ({answer.kv_cache.bytes_per_token:,} bytes/token), "
         f"tensor x pipeline = {answer.parallel.tensor} x {answer.parallel.pipeline}",
-        f"Sizes in GiB (1 GiB = 2^30 bytes); usable = capacity x {answer.memory_utilization:g}.",
+        f"Sizes in {unit} ({scale_note}) per device; usable = capacity x {answer.memory_utilization:g}.",
         "",
     ]
     header = ("format", "device", "weights", "KV cache", "activations", "overhead", "used", "usable",
               "capacity", "headroom", "fits")
     rows: list[tuple[str, ...]] = [header]
-    for name, result in answer.comparison.items():
-        label = f"{name} ({result.bits_per_weight:.3f} b/w)"
-        for device in result.devices:
-            rows.append((label, str(device.index), gib(device.weights_bytes), gib(device.kv_cache_bytes),
-                         gib(device.activation_bytes), gib(device.overhead_bytes), gib(device.used_bytes),
-                         gib(device.usable_bytes), gib(device.capacity_bytes), gib(device.headroom_bytes),
-                         "yes" if device.fits else "NO"))
+    formats = plan_formats(answer)
+    for name, result in formats.items():
+        label = f"{name} ({result.bits_per_weight:.3f} b/w)" + (" deployed" if result.format == answer.weights.format
+                                                                else "")
+        for first, last, device in _device_runs(result):
+            devices = str(first) if first == last else f"{first}-{last}"
+            rows.append((label, devices, *(in_unit(value, unit) for value in (
+                device.weights_bytes, device.kv_cache_bytes, device.activation_bytes, device.overhead_bytes,
+                device.used_bytes, device.usable_bytes, device.capacity_bytes, device.headroom_bytes)),
+                "yes" if device.fits else "NO"))
     widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
     for row in rows:
         cells = [cell.ljust(widths[i]) if i < 2 else cell.rjust(widths[i]) for i, cell in enumerate(row)]
@@ -144,7 +229,7 @@ def render_plan(answer: PlanResponse) -> str:
     lines.append("")
     if answer.refusal:
         lines.append(f"NOT DEPLOYABLE: {answer.refusal}")
-    lines.extend(_verdict(name, answer) for name in answer.comparison)
+    lines.extend(_verdict(name, result, unit) for name, result in formats.items())
     engine, kv = answer.engine, answer.kv_cache
     if kv.capacity_tokens is not None:
         lines.append(
@@ -153,13 +238,28 @@ def render_plan(answer: PlanResponse) -> str:
             f"{kv.capacity_tokens:,} tokens (what vLLM logs as 'GPU KV cache size'); vLLM's maximum concurrency "
             f"for {answer.workload.context_length:,} tokens per request: {kv.engine_max_concurrency or 0:.2f}x; "
             f"nibble's (sliding-window aware): {answer.max_concurrent_sequences:,} sequences")
+    if answer.speed is not None:
+        speed = answer.speed
+        bounds = "; ".join(
+            f"{name} <= {bound.decode_tokens_per_second_per_sequence:,.1f} tokens/s per sequence, "
+            f"{bound.decode_tokens_per_second_aggregate:,.1f} in all"
+            if formats[name].fits else f"{name} does not fit"
+            for name, bound in speed.formats.items()
+            if bound.decode_tokens_per_second_per_sequence is not None
+            and bound.decode_tokens_per_second_aggregate is not None)
+        prefill = next(iter(speed.formats.values())).prefill_seconds
+        lines.append(f"decode speed (upper bound, {answer.workload.concurrent_sequences} sequences): {bounds}")
+        if prefill is not None:
+            lines.append(f"prefill of one {answer.workload.context_length:,}-token prompt takes at least "
+                         f"{prefill:.3g} s")
+        lines.append(f"speed basis: {speed.basis}")
     lines.append(f"activations: {answer.activation.basis}")
     lines.append(f"overhead: {answer.runtime_overhead.basis}")
     lines.extend(f"warning: {warning}" for warning in answer.warnings)
     return "\n".join(lines) + "\n"
 
 
-def command_plan(args: argparse.Namespace, out: TextIO) -> int:
+def command_plan(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     body = plan_body(args)
     if args.url:
         with _client(args) as client:
@@ -169,8 +269,66 @@ def command_plan(args: argparse.Namespace, out: TextIO) -> int:
     if args.json:
         _print_json(answer.model_dump(mode="json"), out)
     else:
-        out.write(render_plan(answer))
-    return 0
+        out.write(render_plan(answer, args.unit))
+    if answer.fits or args.allow_no_fit:
+        return EXIT_OK
+    err.write(f"{answer.model} does not fit at {answer.weights.format} (exit status {EXIT_DOES_NOT_FIT}; "
+              "--allow-no-fit exits 0)\n")
+    return EXIT_DOES_NOT_FIT
+
+
+# --- presets and devices ------------------------------------------------------------------------
+
+
+def _table(rows: list[tuple[str, ...]], right: set[int]) -> str:
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    return "\n".join("  ".join(cell.rjust(widths[i]) if i in right else cell.ljust(widths[i])
+                               for i, cell in enumerate(row)).rstrip() for row in rows) + "\n"
+
+
+def render_presets(models: Sequence[ModelSummary]) -> str:
+    """One row per preset: id (for --model), name, parameters (billions), active per token, model type."""
+    rows: list[tuple[str, ...]] = [("id", "name", "parameters", "active/token", "model_type")]
+    for model in models:
+        active = model.active_parameters_per_token
+        rows.append((model.id, model.display_name, f"{model.total_parameters / 1e9:.2f}B",
+                     f"{active / 1e9:.2f}B" if active else "all", model.model_type))
+    return _table(rows, {2, 3}) + "Parameters in billions (10^9); use an id as --model ID.\n"
+
+
+def render_devices(devices: Sequence[DeviceOut], unit: str) -> str:
+    """One row per device: id (for --device), name, memory per device in `unit` and in bytes, memory type."""
+    rows: list[tuple[str, ...]] = [("id", "name", f"memory ({unit})", "bytes", "type")]
+    for device in devices:
+        rows.append((device.id, device.name, in_unit(device.memory_bytes, unit), f"{device.memory_bytes:,}",
+                     device.memory_type))
+    return _table(rows, {2, 3}) + f"Memory per device in {unit} ({UNITS[unit][1]}); use an id as --device ID.\n"
+
+
+def command_presets(args: argparse.Namespace, out: TextIO) -> int:
+    if args.url:
+        with _client(args) as client:
+            models = client.list_models()
+    else:
+        models = [summary_from_core(preset) for preset in catalog.list_presets()]
+    if args.json:
+        _print_json([model.model_dump(mode="json") for model in models], out)
+    else:
+        out.write(render_presets(models))
+    return EXIT_OK
+
+
+def command_devices(args: argparse.Namespace, out: TextIO) -> int:
+    if args.url:
+        with _client(args) as client:
+            devices = client.list_devices()
+    else:
+        devices = [device_from_core(device) for device in catalog.list_devices()]
+    if args.json:
+        _print_json([device.model_dump(mode="json") for device in devices], out)
+    else:
+        out.write(render_devices(devices, args.unit))
+    return EXIT_OK
 
 
 # --- inspect ------------------------------------------------------------------------------------
@@ -214,8 +372,27 @@ def render_inspect(answer: InspectResponse) -> str:
 # --- quantize and compare -----------------------------------------------------------------------
 
 
-def _group_size(value: str) -> int | None:
-    return None if value == "row" else int(value)
+GGUF_GROUP_SIZE = "32"  # GGUF Q4_0: blocks of 32 weights, symmetric (gguf-py quants.py, Q4_0)
+
+
+def _group_size(value: str | None) -> int | None:
+    if value is None:
+        value = "128"
+    if value == "row":
+        return None
+    try:
+        return int(value)
+    except ValueError:
+        raise UsageError(f"--group-size {value!r}: give 32, 64, 128, 256 or row") from None
+
+
+def _scheme_for_output(args: argparse.Namespace) -> None:
+    """``--format gguf`` writes Q4_0, which is group 32 symmetric: take that scheme unless the user set one
+    (an explicit other group size is sent as is and refused with the reason)."""
+    if getattr(args, "format", None) == "gguf":
+        if args.group_size is None:
+            args.group_size = GGUF_GROUP_SIZE
+        args.symmetric = True
 
 
 def _job(args: argparse.Namespace, methods: tuple[str, ...]) -> QuantizeJob:
@@ -249,6 +426,7 @@ class ProgressBar:
 
 
 def command_quantize(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    _scheme_for_output(args)
     output = Path(args.output)
     if args.url:
         err.write(f"uploading {args.input} to {args.url} (the server reports no per-tensor progress)\n")
@@ -313,6 +491,25 @@ def command_compare(args: argparse.Namespace, out: TextIO) -> int:
     return 0
 
 
+def command_dequantize(args: argparse.Namespace, out: TextIO) -> int:
+    output = Path(args.output)
+    if args.url:
+        with _client(args) as client:
+            download = client.dequantize(args.input, args.dtype)
+        download.save(output)
+        summary = download.summary
+    else:
+        settings = get_settings()
+        limits = ReadLimits(settings.max_tensors, settings.max_elements_per_tensor, settings.max_header_bytes)
+        summary = dequantize_file(Path(args.input), args.dtype, limits, output)
+    if args.json:
+        _print_json(summary, out)
+        return EXIT_OK
+    out.write(f"wrote {output} ({output.stat().st_size:,} bytes): {summary.get('tensors', 0)} tensors "
+              f"dequantized to {args.dtype}, {summary.get('passthrough', 0)} passed through\n")
+    return EXIT_OK
+
+
 # --- serve --------------------------------------------------------------------------------------
 
 
@@ -337,6 +534,25 @@ def command_serve(args: argparse.Namespace) -> int:
 # --- parser and entry point ---------------------------------------------------------------------
 
 
+def _bytes_option(text: str) -> int:
+    try:
+        return parse_bytes(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _tokens_option(text: str) -> int:
+    try:
+        return parse_tokens(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _add_unit(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--unit", choices=tuple(UNITS), default="GiB",
+                        help="sizes in tables: GiB (2^30 bytes, default) or GB (10^9 bytes)")
+
+
 def _add_remote(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--url", default=os.environ.get("NIBBLE_URL"),
                         help="run against this nibble server (default: locally; env NIBBLE_URL)")
@@ -346,17 +562,24 @@ def _add_remote(parser: argparse.ArgumentParser) -> None:
 
 
 def _add_scheme(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--group-size", default="128", help="32, 64, 128, 256 or row (default 128)")
+    parser.add_argument("--group-size", help="32, 64, 128, 256 or row (default 128; 32 for --format gguf)")
     parser.add_argument("--symmetric", action="store_true", help="symmetric INT4 (no zero points)")
     parser.add_argument("--include", help="glob on tensor names (default: every 2-D float tensor)")
     parser.add_argument("--calibration", help="calibration activations [samples, in_features] as .npy")
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with a one-line usage error: the problem and where help is, not the whole usage block."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The ``nibble`` argument parser with its five subcommands."""
-    parser = argparse.ArgumentParser(prog="nibble", description=(
+    parser = _Parser(prog="nibble", epilog=EXIT_STATUS_HELP, description=(
         "Plan LLM memory at 16-bit beside INT4, and quantize tensors to INT4 with measured quality. "
-        "Sizes are GiB (2^30 bytes)."))
+        "Sizes are GiB (2^30 bytes) unless --unit GB; sizes in take 80GB or 80GiB, token counts 8k or 128K."))
     commands = parser.add_subparsers(dest="command", required=True)
 
     serve = commands.add_parser("serve", help="run the API and the web page with uvicorn")
@@ -374,21 +597,28 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--max-head-bytes", type=int, default=SERVE_MAX_HEAD_BYTES,
                        help="longest request head under --http h11 (h11_max_incomplete_event_size)")
 
-    plan_parser = commands.add_parser("plan", help="will a model fit: per device, 16-bit beside INT4")
+    plan_parser = commands.add_parser("plan", help="will a model fit: per device, 16-bit beside INT4",
+                                      epilog=EXIT_STATUS_HELP)
     model = plan_parser.add_mutually_exclusive_group(required=True)
     model.add_argument("--model", help="a preset id (nibble inspect --help; GET /v1/models)")
     model.add_argument("--config", help="a Hugging Face config.json file")
     hardware = plan_parser.add_mutually_exclusive_group(required=True)
     hardware.add_argument("--device", help="a device id, e.g. h100-80gb (GET /v1/devices)")
-    hardware.add_argument("--memory-bytes", type=int, help="memory of one device in bytes, for unlisted hardware")
+    hardware.add_argument("--memory", "--memory-bytes", dest="memory", type=_bytes_option,
+                          help="memory of one device, for unlisted hardware: 80GB (10^9), 80GiB (2^30) or bytes")
     plan_parser.add_argument("--count", type=int, default=1, help="number of devices (default 1)")
-    plan_parser.add_argument("--context", type=int, help="tokens per sequence, prompt + output")
+    plan_parser.add_argument("--context", type=_tokens_option,
+                             help="tokens per sequence, prompt + output: 4096, 8k (8,192), 128K (131,072)")
     plan_parser.add_argument("--sequences", type=int, help="concurrent sequences")
     plan_parser.add_argument("--kv-dtype", help="KV cache dtype: bf16, fp16, fp8, int8, int4")
     plan_parser.add_argument("--format", choices=("int4", "int8", "bf16", "fp16", "fp32"),
                              help="the deployed weight format (default int4; 16-bit is always shown beside)")
     plan_parser.add_argument("--group-size", help="INT4 group size: 32, 64, 128, 256 or row")
     plan_parser.add_argument("--symmetric", action="store_true", help="symmetric INT4")
+    plan_parser.add_argument("--zero", choices=("int4", "fp16"),
+                             help="INT4 asymmetric zero points stored as int4 (default) or fp16")
+    plan_parser.add_argument("--pad", action="store_true",
+                             help="pad INT4 rows whose width the group size does not divide (else an error)")
     plan_parser.add_argument("--tensor", type=int, help="tensor-parallel degree (default count / pipeline)")
     plan_parser.add_argument("--pipeline", type=int, help="pipeline-parallel degree")
     plan_parser.add_argument("--memory-utilization", type=float, help="usable share of memory (default 0.9)")
@@ -397,8 +627,18 @@ def build_parser() -> argparse.ArgumentParser:
     plan_parser.add_argument("--engine-version", choices=("0.11", "0.19", "0.33"), help="vLLM release (default 0.19)")
     plan_parser.add_argument("--max-num-seqs", type=int,
                              help="vLLM --max-num-seqs (default: vLLM's for the device)")
-    plan_parser.add_argument("--max-batched-tokens", type=int,
-                             help="vLLM --max-num-batched-tokens (default: vLLM's for the device)")
+    plan_parser.add_argument("--block-size", type=int, help="KV cache block (page) size in tokens (default 16)")
+    plan_parser.add_argument("--overhead", type=_bytes_option,
+                             help="fixed runtime overhead per device, e.g. 1GiB (replaces the default)")
+    plan_parser.add_argument("--activations", type=_bytes_option,
+                             help="activation peak per device, e.g. 2GiB (replaces the estimate)")
+    plan_parser.add_argument("--max-batched-tokens", type=_tokens_option,
+                             help="vLLM --max-num-batched-tokens (default: vLLM's for the device; 8k works)")
+    plan_parser.add_argument("--float-format", choices=("bf16", "fp16", "fp32"),
+                             help="the 16-bit baseline format (default bf16)")
+    plan_parser.add_argument("--allow-no-fit", action="store_true",
+                             help="exit 0 even when the model does not fit (default: exit status 3)")
+    _add_unit(plan_parser)
     _add_remote(plan_parser)
 
     inspect = commands.add_parser("inspect", help="parameters, KV bytes per token and weight bytes of a model")
@@ -406,12 +646,20 @@ def build_parser() -> argparse.ArgumentParser:
     inspect.add_argument("--preset", help="a preset id instead of a config file")
     _add_remote(inspect)
 
+    presets = commands.add_parser("presets", help="list the model presets (ids for --model)")
+    _add_remote(presets)
+
+    devices = commands.add_parser("devices", help="list the devices (ids for --device) with their memory")
+    _add_unit(devices)
+    _add_remote(devices)
+
     quantize = commands.add_parser("quantize", help="quantize a .safetensors / .npy file to INT4")
     quantize.add_argument("input", help="a .safetensors or .npy file")
     quantize.add_argument("-o", "--output", required=True, help="where to write the result")
     quantize.add_argument("--method", default="rtn", choices=METHODS, help="quantization method (default rtn)")
     quantize.add_argument("--format", default="nibble", choices=tuple(OUTPUT_SUFFIXES),
-                          help="output layout: nibble (dequantizable), gptq, awq, compressed-tensors, gguf")
+                          help="output layout: nibble (dequantizable), gptq, awq, compressed-tensors, gguf "
+                               "(Q4_0: group 32, symmetric, set for you)")
     quantize.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
     _add_scheme(quantize)
     _add_remote(quantize)
@@ -421,6 +669,13 @@ def build_parser() -> argparse.ArgumentParser:
     compare.add_argument("--methods", default="rtn,clip", help=f"comma-separated, from {','.join(METHODS)}")
     _add_scheme(compare)
     _add_remote(compare)
+
+    dequantize = commands.add_parser("dequantize", help="a nibble .safetensors back to floating point")
+    dequantize.add_argument("input", help="a .safetensors file written by nibble quantize (--format nibble)")
+    dequantize.add_argument("-o", "--output", required=True, help="where to write the .safetensors result")
+    dequantize.add_argument("--dtype", default="float32", choices=("float32", "float16", "bfloat16"),
+                            help="element type of the result (default float32)")
+    _add_remote(dequantize)
     return parser
 
 
@@ -432,16 +687,25 @@ def _report_problem(document: dict[str, Any], err: TextIO) -> None:
 
 
 def run(argv: Sequence[str] | None = None, out: TextIO | None = None, err: TextIO | None = None) -> int:
-    """Parse `argv` and run the command; returns the exit status (0, 1 on a problem, 2 on usage)."""
+    """Parse `argv` and run the command; returns the exit status (see the module docstring).
+
+    Every failure ends here as one message on `err`, never a traceback.
+    """
     out = out or sys.stdout
     err = err or sys.stderr
-    args = build_parser().parse_args(argv)
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as exc:  # argparse printed usage and its one-line error (or --help)
+        return exc.code if isinstance(exc.code, int) else EXIT_USAGE
     commands: dict[str, Callable[[], int]] = {
         "serve": lambda: command_serve(args),
-        "plan": lambda: command_plan(args, out),
+        "plan": lambda: command_plan(args, out, err),
         "inspect": lambda: command_inspect(args, out),
+        "presets": lambda: command_presets(args, out),
+        "devices": lambda: command_devices(args, out),
         "quantize": lambda: command_quantize(args, out, err),
         "compare": lambda: command_compare(args, out),
+        "dequantize": lambda: command_dequantize(args, out),
     }
     try:
         return commands[args.command]()
@@ -451,11 +715,32 @@ def run(argv: Sequence[str] | None = None, out: TextIO | None = None, err: TextI
         _report_problem(validation_problem(exc.errors(include_url=False)).model_dump(), err)
     except NibbleError as exc:
         _report_problem(problem_for(exc)[0].model_dump(), err)
+    except UsageError as exc:
+        err.write(f"nibble: error: {exc}\n")
+        return EXIT_USAGE
     except CommandError as exc:
         err.write(f"error: {exc}\n")
+    except (httpx.TransportError, httpx.InvalidURL) as exc:
+        err.write(f"error: cannot reach the nibble server at {args.url}: {_transport_reason(exc)}\n")
+        return EXIT_UNREACHABLE
     except OSError as exc:
         err.write(f"error: {exc}\n")
+    except KeyboardInterrupt:
+        err.write("interrupted\n")
+        return 130
+    except Exception as exc:  # the last guard: one line, the traceback only on request
+        if os.environ.get("NIBBLE_DEBUG"):
+            traceback.print_exc(file=err)
+        err.write(f"error: unexpected {type(exc).__name__}: {exc} (NIBBLE_DEBUG=1 shows the traceback)\n")
     return EXIT_ERROR
+
+
+def _transport_reason(exc: Exception) -> str:
+    if isinstance(exc, httpx.ConnectError):
+        return f"connection failed ({exc}); is `nibble serve` running there?"
+    if isinstance(exc, httpx.TimeoutException):
+        return f"timed out ({type(exc).__name__})"
+    return str(exc) or type(exc).__name__
 
 
 def main() -> None:

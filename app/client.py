@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
 from typing import IO, Any, Literal, Self, TypeVar, overload
+from urllib.parse import urlsplit
 
 import httpx
 from pydantic import BaseModel, TypeAdapter
@@ -156,6 +157,16 @@ def _download(response: httpx.Response) -> Download:
     return Download(response.content, filename, summary)
 
 
+def _base_url(url: str) -> str:
+    """`url` without a trailing slash; a ValueError that says what to write when it names no http(s) server
+    (httpx would otherwise fail on the first request with "unsupported protocol 'localhost://'")."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        hint = f"; did you mean http://{url}?" if "://" not in url else ""
+        raise ValueError(f"base_url {url!r} is not an http:// or https:// address{hint}")
+    return url.rstrip("/")
+
+
 def _auth_headers(api_key: str | None) -> dict[str, str]:
     return {"Authorization": f"Bearer {api_key}"} if api_key else {}
 
@@ -178,7 +189,7 @@ class NibbleClient:
     def __init__(self, base_url: str, *, api_key: str | None = None,
                  timeout_seconds: float = DEFAULT_TIMEOUT_SECONDS,
                  transport: httpx.BaseTransport | None = None) -> None:
-        self._http = httpx.Client(base_url=base_url.rstrip("/"), headers=_auth_headers(api_key),
+        self._http = httpx.Client(base_url=_base_url(base_url), headers=_auth_headers(api_key),
                                   timeout=timeout_seconds, transport=transport)
 
     def __enter__(self) -> Self:
@@ -276,7 +287,7 @@ class AsyncNibbleClient:
     def __init__(self, base_url: str, *, api_key: str | None = None,
                  timeout_seconds: float = DEFAULT_TIMEOUT_SECONDS,
                  transport: httpx.AsyncBaseTransport | None = None) -> None:
-        self._http = httpx.AsyncClient(base_url=base_url.rstrip("/"), headers=_auth_headers(api_key),
+        self._http = httpx.AsyncClient(base_url=_base_url(base_url), headers=_auth_headers(api_key),
                                        timeout=timeout_seconds, transport=transport)
 
     async def __aenter__(self) -> Self:

@@ -20,7 +20,7 @@ from quant_core.errors import (
     UnsupportedArchitecture,
 )
 from quant_core.formats import KV_DTYPES, KVCacheDtype, WeightFormat, float_format, int4, kv_dtype
-from quant_core.hf_config import model_from_hf_config, model_from_sizes
+from quant_core.hf_config import model_from_hf_config, model_from_sizes, unread_config_keys
 from quant_core.inventory import (
     ParameterCount,
     QuantizationPolicy,
@@ -111,6 +111,7 @@ __all__ = [
     "read_npy",
     "read_safetensors",
     "sniff_format",
+    "unread_config_keys",
     "weight_bytes",
     "weight_bytes_by_role",
     "write_nibble_safetensors",

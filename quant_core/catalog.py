@@ -46,6 +46,21 @@ class Device:
 
 
 @dataclass(frozen=True, slots=True)
+class DevicePerformance:
+    """A device's peaks from its datasheet: memory bandwidth in bytes/s and dense tensor throughput in FLOP/s
+    (INT8: operations/s) per element type; None where the device has no such tensor cores or no published
+    figure.  `source` names the datasheet."""
+
+    device_id: str
+    memory_bandwidth_bytes_per_second: int | None
+    bf16_flops_per_second: int | None
+    fp16_flops_per_second: int | None
+    fp8_flops_per_second: int | None
+    int8_ops_per_second: int | None
+    source: str
+
+
+@dataclass(frozen=True, slots=True)
 class Preset:
     """A packaged model: its id, display name, Hugging Face repository, source, and spec."""
 
@@ -108,6 +123,38 @@ def device_from_bytes(memory_bytes: int, name: str = "custom") -> Device:
     """A device that is only a memory size, for hardware not in the catalog."""
     size = check_int("memory_bytes", memory_bytes, 1, MAX_DEVICE_BYTES)
     return Device(id="custom", name=name, vendor="custom", memory_bytes=size, source="given as raw bytes")
+
+
+def _optional_rate(record: dict[str, object], key: str, where: str) -> int | None:
+    value = record.get(key)
+    return None if value is None else check_int(f"{where}.{key}", value, 1, 1 << 62)
+
+
+@lru_cache(maxsize=1)
+def _performance() -> dict[str, DevicePerformance]:
+    raw = json.loads((DATA_DIR / "devices.json").read_text(encoding="utf-8"))
+    known = _devices()
+    out: dict[str, DevicePerformance] = {}
+    for device_id, record in raw.get("performance", {}).items():
+        if device_id not in known:
+            raise InvalidSpec(f"performance.{device_id}", device_id, "names no catalogued device")
+        flops = record.get("dense_flops_per_second") or {}
+        where = f"performance.{device_id}"
+        out[device_id] = DevicePerformance(
+            device_id=device_id,
+            memory_bandwidth_bytes_per_second=_optional_rate(record, "memory_bandwidth_bytes_per_second", where),
+            bf16_flops_per_second=_optional_rate(flops, "bf16", where),
+            fp16_flops_per_second=_optional_rate(flops, "fp16", where),
+            fp8_flops_per_second=_optional_rate(flops, "fp8", where),
+            int8_ops_per_second=_optional_rate(flops, "int8", where),
+            source=_text(record, "source", where),
+        )
+    return out
+
+
+def get_device_performance(device_id: str) -> DevicePerformance | None:
+    """The datasheet peaks of catalogued device `device_id`, or None when none are catalogued for it."""
+    return _performance().get(get_device(device_id).id)
 
 
 @lru_cache(maxsize=1)

@@ -19,7 +19,7 @@ the type and the missing keys.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 from quant_core.errors import InvalidSpec, MissingConfigKey, UnsupportedArchitecture
@@ -128,10 +128,17 @@ class _Reader:
 
 
 def _name(config: Mapping[str, object], model_type: str, name: str | None) -> str:
+    """`name`, else ``_name_or_path``, else the first of ``architectures`` (``LlamaForCausalLM``), else the type:
+    a pasted config is named after the model it describes before the family it belongs to."""
     if name:
         return name
     path = config.get("_name_or_path")
-    return path if isinstance(path, str) and path else model_type
+    if isinstance(path, str) and path:
+        return path
+    architectures = config.get("architectures")
+    if isinstance(architectures, list) and architectures and isinstance(architectures[0], str) and architectures[0]:
+        return architectures[0]
+    return model_type
 
 
 def _attention_sizes(r: _Reader) -> dict[str, Any]:
@@ -497,6 +504,60 @@ def _model_from_hf_config(config: Mapping[str, object], name: str | None) -> Mod
     if missing:
         raise UnsupportedArchitecture(model_type or "<absent>", KNOWN_MODEL_TYPES, missing)
     return _llama_family(config, model_type or "unknown", name)
+
+
+# Keys of a Hugging Face config that never change a model's tensors or memory (training, tokenizer ids,
+# numerics and bookkeeping): `unread_config_keys` does not report them.
+NON_SIZING_KEYS = frozenset({
+    "_name_or_path", "architectures", "transformers_version", "auto_map", "torch_dtype", "dtype", "use_cache",
+    "bos_token_id", "eos_token_id", "pad_token_id", "initializer_range", "rms_norm_eps", "layer_norm_eps",
+    "layer_norm_epsilon", "hidden_act", "hidden_activation", "activation_function", "rope_theta", "rope_scaling",
+    "rope_parameters", "attention_dropout", "hidden_dropout", "dropout", "pretraining_tp", "mlp_bias_dropout",
+    "tokenizer_class", "output_router_logits", "router_aux_loss_coef", "router_jitter_noise", "id2label",
+    "label2id", "task_specific_params", "partial_rotary_factor", "resid_pdrop", "embd_pdrop", "attn_pdrop",
+    "summary_type", "summary_use_proj", "summary_activation", "summary_proj_to_labels", "summary_first_dropout",
+    "scale_attn_weights", "quantization_config",
+    # routing, scaling and numerics of particular families: they change values, never shapes
+    "aux_loss_alpha", "seq_aux", "n_group", "topk_group", "norm_topk_prob", "routed_scaling_factor",
+    "scoring_func", "ep_size", "attn_logit_softcapping", "final_logit_softcapping", "query_pre_attn_scalar",
+    "cache_implementation", "_attn_implementation", "swiglu_limit", "alibi", "rope_local_base_freq", "use_mrope",
+    "apply_residual_connection_post_layernorm", "original_max_position_embeddings", "initial_context_length",
+    "max_window_layers",
+})
+
+
+class _ReadRecorder(Mapping[str, object]):
+    """A config mapping that remembers which keys the adapters looked up."""
+
+    def __init__(self, config: Mapping[str, object]) -> None:
+        self._config = config
+        self.read: set[str] = set()
+
+    def __getitem__(self, key: str) -> object:
+        self.read.add(key)
+        return self._config[key]
+
+    def __contains__(self, key: object) -> bool:
+        if isinstance(key, str):
+            self.read.add(key)
+        return key in self._config
+
+    def __iter__(self) -> Iterator[str]:
+        self.read.update(self._config)  # a full pass reads every key
+        return iter(self._config)
+
+    def __len__(self) -> int:
+        return len(self._config)
+
+
+def unread_config_keys(config: Mapping[str, object]) -> tuple[str, ...]:
+    """The top-level keys of `config` that `model_from_hf_config` never looks at and that could matter:
+    a misspelt ``num_kv_heads`` (for ``num_key_value_heads``) is ignored, so the model it plans has as many
+    key/value heads as attention heads.  Keys of `NON_SIZING_KEYS` are left out.  Raises what
+    `model_from_hf_config` raises for a config it refuses."""
+    recorder = _ReadRecorder(config)
+    model_from_hf_config(recorder)
+    return tuple(sorted(key for key in config if key not in recorder.read and key not in NON_SIZING_KEYS))
 
 
 def model_from_sizes(

@@ -927,6 +927,11 @@ def _warnings(spec: ModelSpec, hardware: Hardware, workload: Workload, options: 
         out.append(f"Tensor parallel degree {tensor_parallel} does not divide the model's "
                    f"{spec.num_attention_heads} attention heads: engines such as vLLM refuse this layout.")
     kv_heads = spec.num_kv_heads
+    if spec.kv_lora_rank == 0 and 0 < kv_heads < tensor_parallel and tensor_parallel % kv_heads == 0:
+        out.append(f"The KV cache is replicated: {tensor_parallel} devices in tensor parallel share the model's "
+                   f"{kv_heads} key/value heads, so each head is stored on {tensor_parallel // kv_heads} devices: "
+                   f"the KV cache per device is what it is at tensor parallel {kv_heads}, and more devices do not "
+                   "shrink it.")
     if (tensor_parallel > 1 and spec.kv_lora_rank == 0 and kv_heads > 0
             and kv_heads % tensor_parallel and tensor_parallel % kv_heads):
         out.append(f"Tensor parallel degree {tensor_parallel} neither divides the model's {kv_heads} key/value "

@@ -25,7 +25,7 @@ from app.schemas.plans import (
     PlanResponse,
     SweepRequest,
     SweepResponse,
-    plan_json_from_core,
+    plan_answer_json,
     plan_to_core,
     sweep_rows,
 )
@@ -40,7 +40,7 @@ JSON_MEDIA_TYPE = "application/json"
 async def create_plan(body: PlanRequest, request: Request) -> Response:
     """Per-device weights, KV cache, activations and overhead against usable memory, 16-bit beside INT4."""
     spec, hardware, workload, options = plan_to_core(body, settings_of(request).max_config_depth)
-    return Response(plan_json_from_core(plan(spec, hardware, workload, options)), media_type=JSON_MEDIA_TYPE)
+    return Response(plan_answer_json(body, spec, plan(spec, hardware, workload, options)), media_type=JSON_MEDIA_TYPE)
 
 
 # The hottest route: its body is validated straight from the bytes (JsonBodyRoute, app/routing.py).

@@ -14,8 +14,10 @@ from app.schemas.models import ModelInput, field_prefix, model_to_core
 from quant_core import catalog
 from quant_core.errors import InvalidSpec, LimitExceeded, NibbleError
 from quant_core.formats import FLOAT_FORMATS, WeightFormat, float_format
+from quant_core.hf_config import unread_config_keys
 from quant_core.planner import DevicePlan, FormatPlan, Hardware, Plan, PlanOptions, Workload, plan
 from quant_core.specs import ModelSpec
+from quant_core.speed import speed_basis, speed_bounds
 
 _OPTIONS = PlanOptions()
 _WORKLOAD = Workload()
@@ -153,6 +155,12 @@ def _refuse_unused_fields(body: PlanRequest) -> None:
                               f"{sorted(formats)}")
     if weights.symmetric and "zero" in sent:
         raise InvalidSpec("weights.zero", weights.zero, "symmetric weights store no zero point")
+    if isinstance(body, SweepRequest) and body.sweep.devices:
+        for name in ("tensor", "pipeline"):
+            if name in body.parallel.model_fields_set:
+                raise InvalidSpec(f"parallel.{name}", getattr(body.parallel, name),
+                                  "a sweep over devices finds each device type's fewest devices in tensor parallel "
+                                  "(one stage); leave parallel out")
     if isinstance(body, SweepRequest) and body.sweep.device_counts and body.parallel.tensor is not None:
         raise InvalidSpec("parallel.tensor", body.parallel.tensor,
                           "a sweep over device_counts sets each row's tensor degree (count / pipeline); "
@@ -280,6 +288,31 @@ class PlanHardware(BaseModel):
     count: int
 
 
+class SpeedFormatOut(BaseModel):
+    """One format's bound: what the slowest path reads per decode step and the speeds that allows."""
+
+    format: str
+    bytes_read_per_step: int = Field(description="Per decode step on the slowest path (one device per pipeline "
+                                                 "stage): weights read plus KV cache read.")
+    weight_bytes_read_per_step: int
+    kv_bytes_read_per_step: int
+    decode_tokens_per_second_per_sequence: float | None = Field(description="Upper bound; null without a "
+                                                                             "catalogued bandwidth.")
+    decode_tokens_per_second_aggregate: float | None = Field(description="Upper bound over every sequence.")
+    prefill_flops: int = Field(description="FLOPs to prefill one full-context prompt.")
+    prefill_seconds: float | None = Field(description="Lower bound on the time to prefill one full-context prompt.")
+
+
+class SpeedOut(BaseModel):
+    """An upper bound on decode speed and a lower bound on prefill time, from the device's datasheet peaks."""
+
+    device: str
+    memory_bandwidth_bytes_per_second: int | None
+    dense_flops_per_second: dict[str, int | None] = Field(description="bf16, fp16, fp8 (FLOP/s) and int8 (op/s).")
+    basis: str
+    formats: dict[str, SpeedFormatOut]
+
+
 class PlanResponse(BaseModel):
     """Will it fit: the deployed format's answer, per device, with 16-bit beside INT4 in `comparison`."""
 
@@ -309,12 +342,44 @@ class PlanResponse(BaseModel):
     min_devices: int | None
     comparison: dict[str, FormatOut] = Field(description="The same totals at 16-bit and at INT4.")
     warnings: list[str]
+    speed: SpeedOut | None = Field(None, description="Decode and prefill bounds for a catalogued device with "
+                                                     "published peaks; null for a raw memory size.")
 
 
-def plan_from_core(result: Plan) -> PlanResponse:
+def plan_from_core(result: Plan, notes: tuple[str, ...] = (), speed: dict[str, object] | None = None) -> PlanResponse:
     """The wire answer for a core `Plan`, as a model (the CLI and client use it); the same bytes
     `plan_json_from_core` sends, so the two can never differ."""
-    return PlanResponse.model_validate_json(plan_json_from_core(result))
+    return PlanResponse.model_validate_json(plan_json_from_core(result, notes, speed))
+
+
+def speed_dict(spec: ModelSpec, result: Plan) -> dict[str, object] | None:
+    """The ``speed`` section of a plan on a catalogued device with published peaks, else None."""
+    if result.hardware.device_id is None:
+        return None
+    performance = catalog.get_device_performance(result.hardware.device_id)
+    if performance is None or performance.memory_bandwidth_bytes_per_second is None:
+        return None
+    bounds = speed_bounds(spec, result, performance)
+    return {
+        "device": performance.device_id,
+        "memory_bandwidth_bytes_per_second": performance.memory_bandwidth_bytes_per_second,
+        "dense_flops_per_second": {"bf16": performance.bf16_flops_per_second,
+                                   "fp16": performance.fp16_flops_per_second,
+                                   "fp8": performance.fp8_flops_per_second, "int8": performance.int8_ops_per_second},
+        "basis": speed_basis(performance),
+        "formats": {name: {"format": bound.format, "bytes_read_per_step": bound.bytes_read_per_step,
+                           "weight_bytes_read_per_step": bound.weight_bytes_read_per_step,
+                           "kv_bytes_read_per_step": bound.kv_bytes_read_per_step,
+                           "decode_tokens_per_second_per_sequence": bound.decode_tokens_per_second_per_sequence,
+                           "decode_tokens_per_second_aggregate": bound.decode_tokens_per_second_aggregate,
+                           "prefill_flops": bound.prefill_flops, "prefill_seconds": bound.prefill_seconds}
+                    for name, bound in bounds.items()},
+    }
+
+
+def plan_answer_json(body: PlanRequest, spec: ModelSpec, result: Plan) -> bytes:
+    """What ``POST /v1/plan`` sends for `body`: the plan, the request's notes and the speed bound."""
+    return plan_json_from_core(result, request_notes(body), speed_dict(spec, result))
 
 
 # The answer as plain dicts, serialized once: `create_plan` sends these bytes as they are.  Building
@@ -344,8 +409,21 @@ def _format_dict(result: FormatPlan) -> dict[str, object]:
             "devices": [_device_dict(d) for d in result.devices]}
 
 
-def plan_json_from_core(result: Plan) -> bytes:
-    """The wire answer for a core `Plan` as JSON bytes: ``plan_from_core(result).model_dump_json()``, faster."""
+def request_notes(body: PlanRequest) -> tuple[str, ...]:
+    """Remarks on the request itself that the planner cannot make: the keys of a pasted ``config.json`` that
+    nothing read (a misspelt key would otherwise be dropped without a word)."""
+    if body.model.hf_config is None:
+        return ()
+    unread = unread_config_keys(body.model.hf_config)
+    if not unread:
+        return ()
+    return (f"These config.json keys were not used to size the model (check the spelling of any that should "
+            f"be): {', '.join(unread)}.",)
+
+
+def plan_json_from_core(result: Plan, notes: tuple[str, ...] = (), speed: dict[str, object] | None = None) -> bytes:
+    """The wire answer for a core `Plan` as JSON bytes: ``plan_from_core(result).model_dump_json()``, faster;
+    `notes` (`request_notes`) follow the planner's warnings."""
     primary = result.primary
     return to_json({
         "model": result.model, "fits": result.fits, "refusal": result.refusal,
@@ -373,7 +451,8 @@ def plan_json_from_core(result: Plan) -> bytes:
         "max_concurrent_sequences": primary.max_concurrent_sequences,
         "sequences_limited_by": primary.sequences_limited_by, "min_devices": primary.min_devices,
         "comparison": {name: _format_dict(fp) for name, fp in result.comparison.items()},
-        "warnings": list(result.warnings),
+        "warnings": [*result.warnings, *notes],
+        "speed": speed,
     })
 
 
@@ -390,6 +469,9 @@ class SweepAxes(BaseModel):
     formats: list[Literal["int4", "int8", "bf16", "fp16", "fp32"]] | None = Field(
         None, min_length=1, description="Weight formats; int4 takes the request's group_size and symmetric.")
     device_counts: list[int] | None = Field(None, min_length=1)
+    devices: list[str] | None = Field(None, min_length=1, max_length=64, description=(
+        "Device ids to set side by side: for each, the fewest devices (in tensor parallel) that fit each "
+        "format, with the headroom and decode bound at that count (the answer's `devices`)."))
 
 
 class SweepRequest(PlanRequest):
@@ -421,11 +503,71 @@ class SweepRow(BaseModel):
     max_concurrent_sequences: int
 
 
+class DeviceFormatFit(BaseModel):
+    """One format on one device type: the fewest devices that fit and what that count leaves."""
+
+    format: str
+    min_devices: int | None = Field(description="Fewest devices in tensor parallel that fit; null if none does.")
+    min_headroom_bytes: int | None = Field(description="Headroom of the fullest device at min_devices.")
+    used_bytes_per_device: int | None = Field(description="Bytes on the fullest device at min_devices.")
+    decode_tokens_per_second_per_sequence: float | None = Field(
+        description="Upper bound at min_devices (null without a catalogued bandwidth).")
+    decode_tokens_per_second_aggregate: float | None
+
+
+class DeviceFit(BaseModel):
+    """One device type of ``sweep.devices``, every planned format side by side."""
+
+    device: str
+    name: str
+    memory_bytes: int
+    formats: dict[str, DeviceFormatFit]
+
+
 class SweepResponse(BaseModel):
-    """One row per combination of the swept values, in nested order (contexts innermost)."""
+    """One row per combination of the swept values, in nested order (contexts innermost); with
+    ``sweep.devices``, the device types side by side in `devices`."""
 
     model: str
     rows: list[SweepRow]
+    devices: list[DeviceFit] | None = None
+
+
+def device_fits(spec: ModelSpec, device_ids: list[str], workload: Workload, options: PlanOptions) -> list[DeviceFit]:
+    """For each device id, each format's fewest devices (the planner's own `min_devices` solver), then the plan
+    at that count for its headroom and speed bound."""
+    fits: list[DeviceFit] = []
+    for index, device_id in enumerate(device_ids):
+        with field_prefix(f"sweep.devices[{index}]"):
+            device = catalog.get_device(device_id)
+        one = plan(spec, Hardware(device.memory_bytes, 1, device.id, device.name), workload, options)
+        formats = dict(one.comparison)
+        if all(result.format != one.primary.format for result in formats.values()):
+            formats[one.primary.format] = one.primary
+        at_count: dict[int, Plan] = {}
+        out: dict[str, DeviceFormatFit] = {}
+        for name, result in formats.items():
+            count = result.min_devices
+            if count is None:
+                out[name] = DeviceFormatFit(format=result.format, min_devices=None, min_headroom_bytes=None,
+                                            used_bytes_per_device=None, decode_tokens_per_second_per_sequence=None,
+                                            decode_tokens_per_second_aggregate=None)
+                continue
+            if count not in at_count:
+                at_count[count] = plan(spec, Hardware(device.memory_bytes, count, device.id, device.name),
+                                       workload, options)
+            planned = at_count[count]
+            chosen = planned.comparison.get(name, planned.primary)
+            speed = speed_dict(spec, planned)
+            bound = speed["formats"][name] if speed else None  # type: ignore[index]
+            out[name] = DeviceFormatFit(
+                format=chosen.format, min_devices=count,
+                min_headroom_bytes=min(d.headroom_bytes for d in chosen.devices),
+                used_bytes_per_device=max(d.used_bytes for d in chosen.devices),
+                decode_tokens_per_second_per_sequence=bound["decode_tokens_per_second_per_sequence"] if bound else None,
+                decode_tokens_per_second_aggregate=bound["decode_tokens_per_second_aggregate"] if bound else None)
+        fits.append(DeviceFit(device=device.id, name=device.name, memory_bytes=device.memory_bytes, formats=out))
+    return fits
 
 
 def sweep_rows(body: SweepRequest, max_config_depth: int, max_rows: int,
@@ -475,5 +617,9 @@ def sweep_rows(body: SweepRequest, max_config_depth: int, max_rows: int,
             min_headroom_bytes=min(d.headroom_bytes for d in result.devices),
             max_context_length=result.max_context_length, max_concurrent_sequences=result.max_concurrent_sequences,
         ))
-    return SweepResponse(model=spec.name, rows=rows)
+    devices = None
+    if axes.devices:
+        devices = device_fits(spec, axes.devices, workload,
+                              replace(options, tensor_parallel=None, pipeline_parallel=1))
+    return SweepResponse(model=spec.name, rows=rows, devices=devices)
 

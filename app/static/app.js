@@ -1,11 +1,14 @@
 // nibble's web page: plain JavaScript, no build step, no dependencies; charts are inline SVG.
-// Bytes come from the API; everything shown is GiB = 2^30 bytes (stated next to each figure).
+// Bytes come from the API; sizes are shown in GiB (2^30 bytes) or GB (10^9), as the "Sizes in" switch says.
 "use strict";
 
-const GIB = 2 ** 30;
 const SVG_NS = "http://www.w3.org/2000/svg";
+const UNITS = { GiB: { bytes: 2 ** 30, definition: "1 GiB = 2^30 bytes" }, GB: { bytes: 1e9, definition: "1 GB = 10^9 bytes" } };
+// Human units in, as the CLI reads them (app/units.py): decimal kB..TB, binary KiB..TiB; tokens take k = 1024.
+const BYTE_UNITS = { "": null, b: 1, kb: 1e3, mb: 1e6, gb: 1e9, tb: 1e12, kib: 2 ** 10, mib: 2 ** 20, gib: 2 ** 30, tib: 2 ** 40 };
+const TOKEN_UNITS = { "": 1, k: 1024, m: 1024 * 1024 };
 const TERMS = [
-  // [key in a device object, legend label, CSS class]
+  // [key in a device object, label, CSS class]
   ["weights_bytes", "Weights", "seg-weights"],
   ["kv_cache_bytes", "KV cache", "seg-kv"],
   ["activation_bytes", "Activations", "seg-act"],
@@ -14,18 +17,47 @@ const TERMS = [
 // Where each problem+json `errors[].field` is shown: the longest matching prefix wins.
 const PLAN_FIELDS = {
   "model.preset": "model-preset", "model.hf_config": "model-config", "model.spec": "model-config",
-  "hardware.device": "device", "hardware.memory_bytes": "memory-gib", "hardware.count": "count",
+  "hardware.device": "device", "hardware.memory_bytes": "memory", "hardware.count": "count", "hardware": "count",
   "workload.context_length": "context", "workload.concurrent_sequences": "sequences", "workload": "context",
-  "kv_cache": "kv-dtype", "weights": "group-size", "parallel": "count", "sweep": "context",
+  "kv_cache": "kv-dtype", "weights": "group-size", "parallel.tensor": "tensor", "parallel.pipeline": "pipeline",
+  "parallel": "count", "runtime.memory_utilization": "utilization", "sweep": "context",
 };
 const UPLOAD_FIELDS = {
   "file": "q-file", "calibration": "q-calibration", "methods": "q-methods", "method": "q-methods",
   "group_size": "q-group-size", "symmetric": "q-methods",
 };
+// The inputs a plan link carries, by query key (the pasted config travels in the fragment).
+const STATE_INPUTS = {
+  model: "model-preset", device: "device", memory: "memory", count: "count", tp: "tensor", pp: "pipeline",
+  util: "utilization", ctx: "context", seq: "sequences", kv: "kv-dtype", group: "group-size",
+};
+const MAX_CONFIG_IN_LINK = 16000;  // characters of a pasted config a link may carry
 
 const $ = (id) => document.getElementById(id);
-const gib = (bytes) => (bytes / GIB).toFixed(2);
 const thousands = (n) => Number(n).toLocaleString("en-US");
+let unit = "GiB";
+const size = (bytes) => (bytes / UNITS[unit].bytes).toFixed(2);
+const sized = (bytes) => `${size(bytes)} ${unit}`;
+
+// --- human units in -----------------------------------------------------------------------------
+
+const NUMBER = /^\s*(-?(?:\d+(?:\.\d*)?|\.\d+))\s*([A-Za-z]*)\s*$/;
+
+function parseSize(text) {
+  // Bytes for "80GiB", "80GB", "1.5TiB"; a bare number is GiB (the label says so).  null if unreadable.
+  const match = NUMBER.exec(text);
+  if (!match || !(match[2].toLowerCase() in BYTE_UNITS)) return null;
+  const scale = BYTE_UNITS[match[2].toLowerCase()] ?? 2 ** 30;
+  return Math.round(Number(match[1]) * scale);
+}
+
+function parseTokens(text) {
+  // Tokens for "4096", "8k" (8,192), "128K" (131,072), "1M"; null if unreadable or not whole.
+  const match = NUMBER.exec(text);
+  if (!match || !(match[2].toLowerCase() in TOKEN_UNITS)) return null;
+  const value = Number(match[1]) * TOKEN_UNITS[match[2].toLowerCase()];
+  return Number.isInteger(value) ? value : null;
+}
 
 // --- API calls ----------------------------------------------------------------------------------
 
@@ -33,6 +65,14 @@ class ApiProblem extends Error {
   constructor(problem) {
     super(problem.detail || problem.title || "request failed");
     this.problem = problem;
+  }
+}
+
+class FieldProblem extends Error {
+  // A problem found by the page itself, in the same shape as the API's, so it lands on its field too.
+  constructor(field, message) {
+    super(message);
+    this.problem = { title: "Invalid input", detail: message, errors: [{ field, message }] };
   }
 }
 
@@ -45,14 +85,19 @@ async function problemOf(response) {
   let problem = null;
   try { problem = await response.json(); } catch (_) { /* not JSON: a proxy's page */ }
   if (!problem || typeof problem !== "object") {
-    problem = { title: response.statusText || "Error", status: response.status, detail: `HTTP ${response.status}` };
+    problem = { title: response.statusText || "Request failed", status: response.status, detail: `HTTP ${response.status}` };
   }
   return new ApiProblem(problem);
 }
 
 async function api(path, options = {}) {
   const headers = { ...authHeaders(), ...(options.headers || {}) };
-  const response = await fetch(path, { ...options, headers });
+  let response;
+  try {
+    response = await fetch(path, { ...options, headers });
+  } catch (error) {
+    throw new ApiProblem({ title: "Server unreachable", detail: `the request to ${path} failed (${error.message})` });
+  }
   if (!response.ok) throw await problemOf(response);
   return response;
 }
@@ -75,27 +120,50 @@ function clearErrors(form, formErrorId) {
 function elementForField(field, table) {
   let best = null;
   for (const prefix of Object.keys(table)) {
-    if ((field === prefix || field.startsWith(prefix + ".")) && (!best || prefix.length > best.length)) best = prefix;
+    if ((field === prefix || field.startsWith(prefix + ".") || field.startsWith(prefix + "["))
+        && (!best || prefix.length > best.length)) best = prefix;
   }
   return best ? $(table[best]) : null;
 }
 
+// What the user typed in each unit-bearing input when the request left, so API messages speak their units.
+let typedAtSubmit = {};
+
+function inUserTerms(message, target) {
+  // "memory_bytes=-85899345920: must be positive" -> "“-80GiB”: must be positive"; byte counts in the unit shown.
+  let text = message;
+  const match = /^[\w.[\]]+=\S*: (.*)$/s.exec(text);
+  const typed = typedAtSubmit[target.id];
+  if (match) text = typed !== undefined ? `“${typed}”: ${match[1]}` : match[1];
+  if (target.id === "memory") text = text.replace(/\b\d{7,}\b/g, (n) => sized(Number(n)));
+  if (target.id === "utilization") text = text.replace("must be in (0, 1]", "must be above 0% and at most 100%");
+  return text;
+}
+
+function markInvalid(target) {
+  const controls = target.matches("input, select, textarea") ? [target] : [...target.querySelectorAll("input")];
+  controls.forEach((el) => el.setAttribute("aria-invalid", "true"));
+}
+
 function showProblem(error, table, formErrorId) {
-  const problem = error instanceof ApiProblem ? error.problem : { title: "Error", detail: String(error) };
+  const problem = error && error.problem ? error.problem : { title: "Something went wrong", detail: String(error.message || error) };
   let placed = 0;
+  let first = null;
   for (const item of problem.errors || []) {
     let target = elementForField(item.field || "", table);
     if (target && target.closest("[hidden]")) target = null;
     if (!target) continue;
     const message = $(`err-${target.id}`);
-    if (message) {
-      message.textContent = item.message;
-      target.setAttribute("aria-invalid", "true");
-      placed += 1;
-    }
+    if (!message) continue;
+    message.textContent = inUserTerms(item.message || "", target);
+    markInvalid(target);
+    first = first || target;
+    placed += 1;
   }
-  const summary = `${problem.title || "Error"}${problem.status ? ` (${problem.status})` : ""}: ${problem.detail || ""}`;
-  $(formErrorId).textContent = placed ? `${problem.title || "Error"}: see the highlighted field.` : summary;
+  const title = problem.title || "Request failed";
+  $(formErrorId).textContent = placed ? `${title}: see the highlighted field.`
+    : `${title}${problem.status ? ` (${problem.status})` : ""}: ${problem.detail || ""}`;
+  return first;
 }
 
 // --- the plan form ------------------------------------------------------------------------------
@@ -111,20 +179,17 @@ function syncSources() {
   document.querySelectorAll("[data-hardware]").forEach((el) => { el.hidden = el.dataset.hardware !== hardware; });
 }
 
-function integer(id) {
-  const value = $(id).value.trim();
-  return value === "" ? null : Number(value);
-}
-
-class FieldProblem extends Error {
-  constructor(field, message) {
-    super(message);
-    this.problem = { title: "Invalid input", detail: message, errors: [{ field, message }] };
-  }
+function wholeNumber(id, field, optional = false) {
+  const text = $(id).value.trim();
+  if (text === "" && optional) return null;
+  const value = Number(text);
+  if (text === "" || !Number.isInteger(value)) throw new FieldProblem(field, `“${text}” is not a whole number`);
+  return value;
 }
 
 function planBody() {
   const body = {};
+  typedAtSubmit = {};
   if (selected("model-source") === "preset") {
     body.model = { preset: $("model-preset").value };
   } else {
@@ -134,17 +199,43 @@ function planBody() {
     }
     body.model = { hf_config: config };
   }
-  const count = integer("count");
+  const count = wholeNumber("count", "hardware.count");
   if (selected("hardware-source") === "device") {
     body.hardware = { device: $("device").value, count };
   } else {
-    const memory = Number($("memory-gib").value);
-    body.hardware = { memory_bytes: Math.round(memory * GIB), count };
+    const typed = $("memory").value.trim();
+    const bytes = parseSize(typed);
+    if (bytes === null) {
+      throw new FieldProblem("hardware.memory_bytes", `“${typed}” is not a size (examples: 80GiB, 80GB, 24)`);
+    }
+    typedAtSubmit.memory = typed;
+    body.hardware = { memory_bytes: bytes, count };
   }
-  body.workload = { context_length: integer("context"), concurrent_sequences: integer("sequences") };
+  const contextText = $("context").value.trim();
+  const context = parseTokens(contextText);
+  if (context === null) {
+    throw new FieldProblem("workload.context_length", `“${contextText}” is not a token count (examples: 4096, 8k, 128K)`);
+  }
+  typedAtSubmit.context = contextText;
+  body.workload = { context_length: context, concurrent_sequences: wholeNumber("sequences", "workload.concurrent_sequences") };
   body.kv_cache = { dtype: $("kv-dtype").value };
   const group = $("group-size").value;
   body.weights = { format: "int4", group_size: group === "row" ? null : Number(group) };
+  if ($("pad").checked) body.weights.pad = true;
+  const tensor = wholeNumber("tensor", "parallel.tensor", true);
+  const pipeline = wholeNumber("pipeline", "parallel.pipeline", true);
+  if (tensor !== null || (pipeline !== null && pipeline !== 1)) {
+    body.parallel = {};
+    if (tensor !== null) body.parallel.tensor = tensor;
+    if (pipeline !== null) body.parallel.pipeline = pipeline;
+  }
+  const utilizationText = $("utilization").value.trim();
+  if (utilizationText !== "") {
+    const percent = Number(utilizationText);
+    if (!Number.isFinite(percent)) throw new FieldProblem("runtime.memory_utilization", `“${utilizationText}” is not a number`);
+    typedAtSubmit.utilization = `${utilizationText}%`;
+    body.runtime = { memory_utilization: percent / 100 };
+  }
   return body;
 }
 
@@ -160,34 +251,150 @@ function sweepContexts(context, answer) {
 }
 
 let planSequence = 0;
-// The plan on screen: its answer, its sweep once in, and the group size it was asked with.  A resized window
-// redraws it from here; it does not ask again (nor clear what the form shows).
+// The plan on screen: its answer, its sweeps once in, and the group size it was asked with.  A resized window
+// or a unit switch redraws it from here; neither asks again.
 let shown = null;
+let deviceIds = [];
+
+function clearPlan() {
+  // A failed plan leaves no earlier answer on screen: it would read as the answer to the new question.
+  shown = null;
+  $("plan-result").hidden = true;
+  ["verdict", "bars", "sweep", "devices-chart", "warnings"].forEach((id) => $(id).replaceChildren());
+  for (const id of ["export-json", "export-csv"]) {
+    const link = $(id);
+    if (link.href && link.href.startsWith("blob:")) URL.revokeObjectURL(link.href);
+    link.removeAttribute("href");
+    link.hidden = true;
+  }
+  $("copy-link").disabled = true;
+}
 
 async function runPlan() {
   const form = $("plan-form");
   clearErrors(form, "plan-error");
+  $("plan-status").textContent = "";
   const ticket = ++planSequence;
   let body;
-  try { body = planBody(); } catch (error) { showProblem(error, PLAN_FIELDS, "plan-error"); return; }
+  try { body = planBody(); } catch (error) {
+    clearPlan();
+    const target = showProblem(error, PLAN_FIELDS, "plan-error");
+    if (target) target.focus();
+    return;
+  }
   const group = $("group-size").value;
   $("plan-button").disabled = true;
   try {
     const answer = await postJson("/v1/plan", body);
     if (ticket !== planSequence) return;  // a newer request is on its way
-    shown = { answer, sweep: null, group };
+    shown = { answer, sweep: null, devices: null, group, body };
     renderPlan(answer);
+    writeState();
+    setExports(answer);
     const formats = Object.keys(answer.comparison);
-    const sweepBody = { ...body, sweep: { context_lengths: sweepContexts(body.workload.context_length, answer),
-                                          formats } };
-    const sweep = await postJson("/v1/plan/sweep", sweepBody);
+    const sweepBody = { ...body, sweep: { context_lengths: sweepContexts(body.workload.context_length, answer), formats } };
+    const { parallel, ...withoutParallel } = body;
+    const devicesBody = { ...withoutParallel, sweep: { devices: deviceIds } };
+    const [sweep, devices] = await Promise.all([
+      postJson("/v1/plan/sweep", sweepBody),
+      deviceIds.length ? postJson("/v1/plan/sweep", devicesBody).catch(() => null) : Promise.resolve(null),
+    ]);
     if (ticket !== planSequence) return;
     shown.sweep = sweep;
+    shown.devices = devices && devices.devices;
     renderSweep(sweep, answer);
+    renderDevices(shown.devices, answer);
   } catch (error) {
-    if (ticket === planSequence) showProblem(error, PLAN_FIELDS, "plan-error");
+    if (ticket === planSequence) {
+      clearPlan();
+      showProblem(error, PLAN_FIELDS, "plan-error");
+    }
   } finally {
     if (ticket === planSequence) $("plan-button").disabled = false;
+  }
+}
+
+// --- state in the URL, exports ------------------------------------------------------------------
+
+function writeState() {
+  const params = new URLSearchParams();
+  const source = selected("model-source");
+  if (source === "preset") params.set("model", $("model-preset").value);
+  const hardware = selected("hardware-source");
+  if (hardware === "device") params.set("device", $("device").value); else params.set("memory", $("memory").value.trim());
+  for (const [key, id] of Object.entries(STATE_INPUTS)) {
+    if (["model", "device", "memory"].includes(key)) continue;
+    const value = $(id).value.trim();
+    if (value !== "") params.set(key, value);
+  }
+  if ($("pad").checked) params.set("pad", "1");
+  if (unit !== "GiB") params.set("unit", unit);
+  let hash = "";
+  if (source === "config") {
+    const text = $("model-config").value;
+    if (text.length <= MAX_CONFIG_IN_LINK) hash = `#config=${encodeURIComponent(text)}`;
+    else $("plan-status").textContent = "The pasted config is too long for a link: the link holds every other input.";
+  }
+  history.replaceState(null, "", `${location.pathname}?${params.toString()}${hash}`);
+  $("copy-link").disabled = false;
+}
+
+function readState() {
+  // Fill the form from a plan link; true when it names a model (then the page plans it at once).
+  const params = new URLSearchParams(location.search);
+  const config = new URLSearchParams(location.hash.slice(1)).get("config");
+  for (const [key, id] of Object.entries(STATE_INPUTS)) {
+    if (params.has(key)) $(id).value = params.get(key);
+  }
+  if (params.has("memory")) document.querySelector('input[name="hardware-source"][value="memory"]').checked = true;
+  if (params.get("pad") === "1") $("pad").checked = true;
+  if (params.get("unit") in UNITS) { unit = params.get("unit"); $("unit").value = unit; }
+  if (config !== null) {
+    document.querySelector('input[name="model-source"][value="config"]').checked = true;
+    $("model-config").value = config;
+  }
+  syncSources();
+  return params.has("model") || config !== null;
+}
+
+function csvCell(value) {
+  const text = String(value);
+  return /[",\n]/.test(text) ? `"${text.replaceAll('"', '""')}"` : text;
+}
+
+function planCsv(answer) {
+  // One row per format and device, in bytes, as the API answers them.
+  const header = ["model", "format", "device", "pipeline_stage", "tensor_rank", "weights_bytes", "kv_cache_bytes",
+    "activation_bytes", "overhead_bytes", "used_bytes", "usable_bytes", "capacity_bytes", "headroom_bytes", "fits"];
+  const rows = [header];
+  for (const [name, result] of Object.entries(answer.comparison)) {
+    for (const d of result.devices) {
+      rows.push([answer.model, name, d.index, d.pipeline_stage, d.tensor_rank, d.weights_bytes, d.kv_cache_bytes,
+        d.activation_bytes, d.overhead_bytes, d.used_bytes, d.usable_bytes, d.capacity_bytes, d.headroom_bytes, d.fits]);
+    }
+  }
+  return rows.map((row) => row.map(csvCell).join(",")).join("\r\n") + "\r\n";
+}
+
+function setExports(answer) {
+  const files = [["export-json", JSON.stringify(answer, null, 2), "application/json"],
+    ["export-csv", planCsv(answer), "text/csv"]];
+  const stem = `nibble-plan-${answer.model.replace(/[^\w.-]+/g, "_")}`;
+  for (const [id, text, type] of files) {
+    const link = $(id);
+    if (link.href && link.href.startsWith("blob:")) URL.revokeObjectURL(link.href);
+    link.href = URL.createObjectURL(new Blob([text], { type }));
+    link.download = `${stem}.${id === "export-json" ? "json" : "csv"}`;
+    link.hidden = false;
+  }
+}
+
+async function copyLink() {
+  try {
+    await navigator.clipboard.writeText(location.href);
+    $("plan-status").textContent = "Link copied: opening it plans the same again.";
+  } catch (_) {
+    $("plan-status").textContent = `Copy this link: ${location.href}`;
   }
 }
 
@@ -197,26 +404,52 @@ function redrawShown() {
   if (!shown) return;
   renderPlan(shown.answer);
   if (shown.sweep) renderSweep(shown.sweep, shown.answer);
+  renderDevices(shown.devices, shown.answer);
 }
 
-function formatTitle(name, answer) {
+function formatTitle(name) {
   if (name === "int4") {
-    const group = answer.comparison.int4 && shown.group;
+    const group = shown ? shown.group : "128";
     return `INT4 (group ${group === "row" ? "whole row" : group})`;
   }
-  return `16-bit (${name})`;
+  if (["bf16", "fp16", "fp32"].includes(name)) return `16-bit (${name})`;
+  return name;
 }
 
-function verdictSentence(name, result, answer) {
-  const title = formatTitle(name, answer);
+function verdictSentence(name, result) {
+  const title = formatTitle(name);
   if (result.fits) {
     const headroom = Math.min(...result.devices.map((d) => d.headroom_bytes));
-    return `${title}: fits, with ${gib(headroom)} GiB to spare on the fullest device.`;
+    return `${title}: fits, with ${sized(headroom)} to spare on the fullest device.`;
   }
   const worst = result.devices.reduce((a, b) => (b.headroom_bytes < a.headroom_bytes ? b : a));
   const more = result.min_devices ? ` It would fit on ${result.min_devices} devices.` : " It does not fit on any number of these devices.";
-  return `${title}: does not fit; device ${worst.index} needs ${gib(worst.used_bytes)} GiB but only ` +
-    `${gib(worst.usable_bytes)} GiB is usable.${more}`;
+  return `${title}: does not fit; device ${worst.index} needs ${sized(worst.used_bytes)} but only ` +
+    `${sized(worst.usable_bytes)} is usable.${more}`;
+}
+
+function longestContext(result) {
+  if (!result.max_context_length) return "none";
+  const reason = result.context_limited_by === "model" ? " (the model's trained context)"
+    : result.context_limited_by === "search_limit" ? " (the search limit)" : "";
+  return `${thousands(result.max_context_length)}${reason}`;
+}
+
+function fillTable(id, rows) {
+  const table = $(id);
+  const labels = [...table.querySelectorAll("thead th")].map((th) => th.textContent.trim());
+  const tbody = table.querySelector("tbody");
+  tbody.replaceChildren();
+  for (const { cells, className } of rows) {
+    const row = tbody.insertRow();
+    if (className) row.className = className;
+    cells.forEach((text, i) => {
+      let cell;
+      if (i === 0) { cell = document.createElement("th"); cell.scope = "row"; row.append(cell); } else cell = row.insertCell();
+      cell.textContent = text;
+      cell.dataset.label = labels[i] || "";
+    });
+  }
 }
 
 function renderPlan(answer) {
@@ -226,7 +459,7 @@ function renderPlan(answer) {
   const entries = Object.entries(answer.comparison);
   const head = document.createElement("p");
   head.className = "verdict-head";
-  const fitting = entries.filter(([, r]) => r.fits).map(([n]) => formatTitle(n, answer));
+  const fitting = entries.filter(([, r]) => r.fits).map(([n]) => formatTitle(n));
   head.textContent = fitting.length === entries.length ? `${answer.model} fits at 16-bit and at INT4.`
     : fitting.length ? `${answer.model} fits only at ${fitting.join(", ")}.`
       : `${answer.model} does not fit, even at INT4.`;
@@ -236,38 +469,60 @@ function renderPlan(answer) {
     line.className = result.fits ? "fits" : "no-fit";
     line.dataset.format = name;
     line.dataset.fits = String(result.fits);
-    line.textContent = verdictSentence(name, result, answer);
+    line.textContent = verdictSentence(name, result);
     verdict.append(line);
   }
   const context = document.createElement("p");
   context.className = "note";
   context.textContent = `${thousands(answer.workload.context_length)} tokens × ${answer.workload.concurrent_sequences} ` +
-    `sequence(s) on ${answer.hardware.count} × ${answer.hardware.name} (${gib(answer.hardware.capacity_bytes)} GiB each, ` +
-    `${Math.round(answer.memory_utilization * 100)}% usable); KV cache ${answer.kv_cache.dtype}, ` +
-    `${thousands(answer.kv_cache.bytes_per_token)} bytes per token.`;
+    `sequence(s) on ${answer.hardware.count} × ${answer.hardware.name} (${sized(answer.hardware.capacity_bytes)} each, ` +
+    `${Math.round(answer.memory_utilization * 1000) / 10}% usable); tensor × pipeline = ${answer.parallel.tensor} × ` +
+    `${answer.parallel.pipeline}; KV cache ${answer.kv_cache.dtype}, ${thousands(answer.kv_cache.bytes_per_token)} bytes per token.`;
   verdict.append(context);
 
   renderBars(answer);
-
-  const tbody = $("limits").querySelector("tbody");
-  tbody.replaceChildren();
+  const deviceRows = [];
   for (const [name, result] of entries) {
-    const row = tbody.insertRow();
-    const cells = [formatTitle(name, answer), gib(result.weights_bytes), result.bits_per_weight.toFixed(3),
-      result.max_context_length ? thousands(result.max_context_length) : "none",
-      thousands(result.max_concurrent_sequences), result.min_devices ?? "none"];
-    cells.forEach((text, i) => {
-      const cell = i === 0 ? document.createElement("th") : row.insertCell();
-      if (i === 0) { cell.scope = "row"; row.append(cell); }
-      cell.textContent = text;
-    });
+    for (const group of deviceGroups(result.devices)) {
+      const d = group.device;
+      deviceRows.push({ className: d.fits ? "" : "over", cells: [formatTitle(name), deviceRange(group),
+        size(d.weights_bytes), size(d.kv_cache_bytes), size(d.activation_bytes), size(d.overhead_bytes),
+        size(d.used_bytes), size(d.usable_bytes), size(d.headroom_bytes), d.fits ? "yes" : "no"] });
+    }
   }
+  fillTable("per-device", deviceRows);
+  fillTable("limits", entries.map(([name, result]) => ({ cells: [formatTitle(name), size(result.weights_bytes),
+    result.bits_per_weight.toFixed(3), longestContext(result), thousands(result.max_concurrent_sequences),
+    result.min_devices ?? "none"] })));
+  renderSpeed(answer);
   const warnings = $("warnings");
   warnings.replaceChildren(...answer.warnings.map((text) => {
     const item = document.createElement("li");
     item.textContent = text;
     return item;
   }));
+  document.querySelectorAll(".unit-name").forEach((el) => { el.textContent = unit; });
+}
+
+function seconds(value) {
+  if (value === null || value === undefined) return "n/a";
+  return value >= 1 ? `${value.toFixed(2)} s` : `${(value * 1000).toFixed(1)} ms`;
+}
+
+function renderSpeed(answer) {
+  const speed = answer.speed;
+  $("speed").hidden = !speed;
+  if (!speed) return;
+  // A bound for a format that does not fit would answer a question nobody can deploy: say so instead.
+  const rows = Object.entries(speed.formats).map(([name, bound]) => {
+    const fits = answer.comparison[name] ? answer.comparison[name].fits : answer.fits;
+    const rate = (value) => (!fits ? "does not fit" : value === null ? "n/a" : value.toFixed(1));
+    return { cells: [formatTitle(name), rate(bound.decode_tokens_per_second_per_sequence),
+      rate(bound.decode_tokens_per_second_aggregate), size(bound.bytes_read_per_step),
+      fits ? seconds(bound.prefill_seconds) : "does not fit"] };
+  });
+  fillTable("speed-table", rows);
+  $("speed-basis").textContent = `${speed.basis} Prefill is for one prompt of ${thousands(answer.workload.context_length)} tokens.`;
 }
 
 function svgElement(tag, attributes = {}, text = null) {
@@ -296,15 +551,40 @@ function deviceGroups(devices) {
   return groups;
 }
 
+function deviceRange(group) {
+  return group.first === group.last ? `device ${group.first}` : `devices ${group.first}–${group.last}`;
+}
+
 function chartWidth(container) {
   return Math.max(300, Math.min(1100, container.clientWidth || 600));
+}
+
+function legendItems(list, items) {
+  list.replaceChildren(...items.map(([label, cls, data]) => {
+    const item = document.createElement("li");
+    const swatch = document.createElement("span");
+    swatch.className = `swatch ${cls}`;
+    swatch.setAttribute("aria-hidden", "true");
+    item.append(swatch, document.createTextNode(label));
+    if (data) Object.assign(item.dataset, data);
+    return item;
+  }));
+}
+
+function yAxis(svg, top, y, left, right) {
+  const scale = UNITS[unit].bytes;
+  const step = niceStep(top / scale, 5);
+  for (let v = 0; v * scale <= top; v += step) {
+    svg.append(svgElement("line", { x1: left, x2: right, y1: y(v * scale), y2: y(v * scale), class: "grid" }));
+    svg.append(svgElement("text", { x: left - 6, y: y(v * scale) + 4, class: "tick", "text-anchor": "end" }, `${+v.toFixed(2)}`));
+  }
 }
 
 function renderBars(answer) {
   const container = $("bars");
   const width = chartWidth(container);
   const height = 300;
-  const margin = { top: 16, right: 12, bottom: 58, left: 52 };
+  const margin = { top: 20, right: 12, bottom: 58, left: 52 };
   const entries = Object.entries(answer.comparison);
   const columns = entries.map(([name, result]) => ({ name, result, groups: deviceGroups(result.devices) }));
   const bars = columns.reduce((n, c) => n + c.groups.length, 0);
@@ -316,14 +596,10 @@ function renderBars(answer) {
   const plotHeight = height - margin.top - margin.bottom;
   const y = (bytes) => margin.top + plotHeight * (1 - bytes / top);
   const svg = svgElement("svg", { viewBox: `0 0 ${width} ${height}`, role: "img", class: "bars",
-    "aria-label": "Stacked bars of memory per device for each format" });
-  const step = niceStep(top / GIB, 5);
-  for (let v = 0; v * GIB <= top; v += step) {
-    svg.append(svgElement("line", { x1: margin.left, x2: width - margin.right, y1: y(v * GIB), y2: y(v * GIB), class: "grid" }));
-    svg.append(svgElement("text", { x: margin.left - 6, y: y(v * GIB) + 4, class: "tick", "text-anchor": "end" }, `${v}`));
-  }
+    "aria-label": `Stacked bars of memory per device for each format, in ${unit}; the table below lists the same figures` });
+  yAxis(svg, top, y, margin.left, width - margin.right);
   svg.append(svgElement("text", { x: 12, y: margin.top + plotHeight / 2, class: "axis-label",
-    transform: `rotate(-90 12 ${margin.top + plotHeight / 2})`, "text-anchor": "middle" }, "GiB"));
+    transform: `rotate(-90 12 ${margin.top + plotHeight / 2})`, "text-anchor": "middle" }, `${unit} per device`));
   const gap = 18;
   const slot = (width - margin.left - margin.right - gap * (columns.length - 1)) / Math.max(bars, 1);
   const barWidth = Math.min(90, slot * 0.7);
@@ -340,49 +616,49 @@ function renderBars(answer) {
         if (value <= 0) continue;
         const rect = svgElement("rect", { x: left, width: barWidth, y: y(base + value), height: Math.max(0.5, y(base) - y(base + value)),
           class: `segment ${cls}`, "data-term": key });
-        rect.append(svgElement("title", {}, `${label}: ${gib(value)} GiB`));
+        rect.append(svgElement("title", {}, `${label}: ${sized(value)}`));
         barGroup.append(rect);
         base += value;
       }
       if (d.headroom_bytes > 0) {
         const rect = svgElement("rect", { x: left, width: barWidth, y: y(d.usable_bytes), height: y(base) - y(d.usable_bytes),
           class: "segment seg-headroom", "data-term": "headroom_bytes" });
-        rect.append(svgElement("title", {}, `Headroom: ${gib(d.headroom_bytes)} GiB`));
+        rect.append(svgElement("title", {}, `Headroom: ${sized(d.headroom_bytes)}`));
         barGroup.append(rect);
       }
       barGroup.append(svgElement("line", { x1: left - 6, x2: left + barWidth + 6, y1: y(d.capacity_bytes), y2: y(d.capacity_bytes), class: "capacity" }));
       barGroup.append(svgElement("line", { x1: left - 6, x2: left + barWidth + 6, y1: y(d.usable_bytes), y2: y(d.usable_bytes), class: "usable" }));
-      barGroup.append(svgElement("text", { x: left + barWidth / 2, y: Math.max(12, y(Math.max(d.used_bytes, d.capacity_bytes)) - 4), class: "value", "text-anchor": "middle" },
-        `${gib(d.used_bytes)}`));
-      const devices = group.first === group.last ? `device ${group.first}` : `devices ${group.first}–${group.last}`;
-      barGroup.append(svgElement("text", { x: left + barWidth / 2, y: height - margin.bottom + 14, class: "tick", "text-anchor": "middle" }, devices));
+      barGroup.append(svgElement("text", { x: left + barWidth / 2, y: Math.max(12, y(Math.max(d.used_bytes, d.capacity_bytes)) - 6), class: "value", "text-anchor": "middle" },
+        `${size(d.used_bytes)}`));
+      barGroup.append(svgElement("text", { x: left + barWidth / 2, y: height - margin.bottom + 14, class: "tick", "text-anchor": "middle" }, deviceRange(group)));
       barGroup.append(svgElement("text", { x: left + barWidth / 2, y: height - margin.bottom + 28, class: d.fits ? "tick ok" : "tick bad", "text-anchor": "middle" },
         d.fits ? "fits" : "over"));
       svg.append(barGroup);
       x += slot;
     }
     svg.append(svgElement("text", { x: (start + x) / 2, y: height - 8, class: "column-label", "text-anchor": "middle" },
-      formatTitle(column.name, answer)));
+      formatTitle(column.name)));
     x += gap;
   }
   container.replaceChildren(svg);
-  const legend = $("bars-legend");
-  const items = [...TERMS.map(([, label, cls]) => [label, cls]), ["Headroom (usable − used)", "seg-headroom"],
-    ["Capacity", "key-capacity"], ["Usable (capacity × utilization)", "key-usable"]];
-  legend.replaceChildren(...items.map(([label, cls]) => {
-    const item = document.createElement("li");
-    const swatch = document.createElement("span");
-    swatch.className = `swatch ${cls}`;
-    item.append(swatch, document.createTextNode(label));
-    return item;
-  }));
+  legendItems($("bars-legend"), [...TERMS.map(([, label, cls]) => [label, cls]), ["Headroom (usable − used)", "seg-headroom"],
+    ["Capacity", "key-capacity"], ["Usable (capacity × utilization)", "key-usable"]]);
+}
+
+function pointState(row) {
+  // A point fits only within memory AND within the model's trained context (the row's longest context is capped by it).
+  if (!row.fits) return "over";
+  if (row.max_context_length !== null && row.context_length > row.max_context_length) return "beyond";
+  return "fits";
 }
 
 function renderSweep(sweep, answer) {
   const container = $("sweep");
   const width = chartWidth(container);
   const height = 280;
-  const margin = { top: 16, right: 16, bottom: 44, left: 52 };
+  // Every label sits outside the plot area (ticks in the margins, the legend below the chart as HTML), so no
+  // text is drawn over a line.
+  const margin = { top: 12, right: 16, bottom: 44, left: 52 };
   const series = new Map();
   for (const row of sweep.rows) {
     if (!series.has(row.format)) series.set(row.format, []);
@@ -398,14 +674,11 @@ function renderSweep(sweep, answer) {
   const plotWidth = width - margin.left - margin.right;
   const plotHeight = height - margin.top - margin.bottom;
   const x = (context) => margin.left + plotWidth * ((Math.log2(context) - minX) / Math.max(maxX - minX, 1e-9));
-  const y = (bytes) => margin.top + plotHeight * (1 - bytes / top);
+  const y = (bytes) => margin.top + plotHeight * (1 - Math.min(bytes, top) / top);
   const svg = svgElement("svg", { viewBox: `0 0 ${width} ${height}`, role: "img", class: "sweep",
-    "aria-label": "Memory on the fullest device against context length" });
-  const step = niceStep(top / GIB, 5);
-  for (let v = 0; v * GIB <= top; v += step) {
-    svg.append(svgElement("line", { x1: margin.left, x2: width - margin.right, y1: y(v * GIB), y2: y(v * GIB), class: "grid" }));
-    svg.append(svgElement("text", { x: margin.left - 6, y: y(v * GIB) + 4, class: "tick", "text-anchor": "end" }, `${v}`));
-  }
+    "aria-label": `Memory on the fullest device, in ${unit}, against context length; the legend below names each line` });
+  svg.append(svgElement("rect", { x: margin.left, y: margin.top, width: plotWidth, height: plotHeight, class: "plot-area" }));
+  yAxis(svg, top, y, margin.left, width - margin.right);
   for (let e = Math.ceil(minX); e <= maxX; e += (maxX - minX > 8 ? 2 : 1)) {
     const c = 2 ** e;
     svg.append(svgElement("text", { x: x(c), y: height - margin.bottom + 16, class: "tick", "text-anchor": "middle" },
@@ -414,36 +687,137 @@ function renderSweep(sweep, answer) {
   svg.append(svgElement("text", { x: margin.left + plotWidth / 2, y: height - 6, class: "axis-label", "text-anchor": "middle" },
     "context length (tokens per sequence, log scale)"));
   svg.append(svgElement("text", { x: 12, y: margin.top + plotHeight / 2, class: "axis-label",
-    transform: `rotate(-90 12 ${margin.top + plotHeight / 2})`, "text-anchor": "middle" }, "GiB"));
+    transform: `rotate(-90 12 ${margin.top + plotHeight / 2})`, "text-anchor": "middle" }, unit));
   svg.append(svgElement("line", { x1: margin.left, x2: width - margin.right, y1: y(capacity), y2: y(capacity), class: "capacity" }));
   svg.append(svgElement("line", { x1: margin.left, x2: width - margin.right, y1: y(usable), y2: y(usable), class: "usable" }));
-  svg.append(svgElement("text", { x: width - margin.right - 4, y: y(usable) - 4, class: "tick", "text-anchor": "end" },
-    `usable ${gib(usable)} GiB`));
+  const legend = [];
   let index = 0;
+  let beyondSeen = false;
   for (const [format, rows] of series) {
     const name = names[index] || format;
     const cls = `series-${index}`;
     const points = rows.map((r) => `${x(r.context_length).toFixed(1)},${y(r.max_device_used_bytes).toFixed(1)}`).join(" ");
     svg.append(svgElement("polyline", { points, class: `line ${cls}`, "data-format": name }));
     for (const r of rows) {
-      const dot = svgElement("circle", { cx: x(r.context_length), cy: y(r.max_device_used_bytes), r: 3, class: `dot ${cls} ${r.fits ? "" : "over"}` });
-      dot.append(svgElement("title", {}, `${formatTitle(name, answer)}, ${thousands(r.context_length)} tokens: ${gib(r.max_device_used_bytes)} GiB (${r.fits ? "fits" : "does not fit"})`));
+      const state = pointState(r);
+      beyondSeen = beyondSeen || state === "beyond";
+      const dot = svgElement("circle", { cx: x(r.context_length), cy: y(r.max_device_used_bytes), r: 3.5,
+        class: `dot ${cls} ${state === "fits" ? "" : state}`, "data-state": state, "data-context": r.context_length, "data-format": name });
+      const words = state === "fits" ? "fits" : state === "beyond" ? "past the model's trained context" : "does not fit";
+      dot.append(svgElement("title", {}, `${formatTitle(name)}, ${thousands(r.context_length)} tokens: ${sized(r.max_device_used_bytes)} (${words})`));
       svg.append(dot);
     }
-    const longest = answer.comparison[name] && answer.comparison[name].max_context_length;
-    if (longest && Math.log2(longest) >= minX && Math.log2(longest) <= maxX) {
-      svg.append(svgElement("line", { x1: x(longest), x2: x(longest), y1: margin.top, y2: height - margin.bottom, class: `marker ${cls}`, "data-format": name }));
-      const rightHalf = x(longest) > margin.left + plotWidth / 2;
-      svg.append(svgElement("text", { x: x(longest) + (rightHalf ? -4 : 4), y: margin.top + 40 + 14 * index,
-        class: `marker-label ${cls}`, "text-anchor": rightHalf ? "end" : "start" },
-        `${formatTitle(name, answer)} fits up to ${thousands(longest)} tokens`));
+    const result = answer.comparison[name];
+    const longest = result && result.max_context_length;
+    let label = `${formatTitle(name)}`;
+    if (longest) {
+      const why = result.context_limited_by === "model" ? "limit set by the model's trained context, not memory"
+        : result.context_limited_by === "search_limit" ? "the search limit" : "memory";
+      label += `: fits up to ${thousands(longest)} tokens (${why})`;
+      if (Math.log2(longest) >= minX && Math.log2(longest) <= maxX) {
+        svg.append(svgElement("line", { x1: x(longest), x2: x(longest), y1: margin.top, y2: height - margin.bottom,
+          class: `marker ${cls}`, "data-format": name, "data-limited-by": result.context_limited_by }));
+      }
+    } else {
+      label += ": no context fits";
     }
-    svg.append(svgElement("text", { x: margin.left + 6, y: margin.top + 12 + 14 * index, class: `series-label ${cls}` }, `— ${formatTitle(name, answer)}`));
+    legend.push([label, `key-line ${cls}`, { format: name, limitedBy: result ? result.context_limited_by : "" }]);
     index += 1;
   }
   const current = Number(answer.workload.context_length);
   svg.append(svgElement("line", { x1: x(current), x2: x(current), y1: margin.top, y2: height - margin.bottom, class: "current" }));
   container.replaceChildren(svg);
+  legend.push([`Capacity ${sized(capacity)}`, "key-capacity"], [`Usable ${sized(usable)}`, "key-usable"],
+    [`Requested context ${thousands(current)} tokens`, "key-current"]);
+  if (beyondSeen) legend.push(["Past the model's trained context (not a fit)", "key-beyond"]);
+  legendItems($("sweep-legend"), legend);
+  const words = { fits: "yes", over: "no", beyond: "no: past the model's trained context" };
+  const rows = [];
+  [...series.values()].forEach((seriesRows, i) => {
+    for (const r of seriesRows) {
+      rows.push({ cells: [thousands(r.context_length), formatTitle(names[i] || r.format), size(r.max_device_used_bytes),
+        words[pointState(r)]] });
+    }
+  });
+  fillTable("sweep-table", rows);
+}
+
+function renderDevices(devices, answer) {
+  const figure = $("devices-figure");
+  figure.hidden = !devices || !devices.length;
+  if (figure.hidden) return;
+  const container = $("devices-chart");
+  const width = chartWidth(container);
+  const names = Object.keys(devices[0].formats);
+  const rowHeight = 15;
+  const groupGap = 10;
+  const narrow = width < 520;
+  const margin = { top: 8, right: narrow ? 12 : 210, bottom: 30, left: narrow ? 104 : 170 };
+  const height = margin.top + margin.bottom + devices.length * (names.length * rowHeight + groupGap);
+  const counts = devices.flatMap((d) => Object.values(d.formats).map((f) => f.min_devices || 0));
+  const most = Math.max(1, ...counts);
+  const plotWidth = width - margin.left - margin.right;
+  // Device counts on a log2 axis: 1, 2, 4, ... so 1 and 64 are both readable.
+  const topExponent = Math.max(1, Math.ceil(Math.log2(most)));
+  const x = (count) => margin.left + plotWidth * (Math.log2(count) + 1) / (topExponent + 1);
+  const svg = svgElement("svg", { viewBox: `0 0 ${width} ${height}`, role: "img", class: "devices",
+    "aria-label": "Fewest devices of each type that fit, per format; the text beside each bar gives the count and headroom" });
+  for (let e = 0; e <= topExponent; e += 1) {
+    svg.append(svgElement("line", { x1: x(2 ** e), x2: x(2 ** e), y1: margin.top, y2: height - margin.bottom, class: "grid" }));
+    svg.append(svgElement("text", { x: x(2 ** e), y: height - margin.bottom + 14, class: "tick", "text-anchor": "middle" }, `${2 ** e}`));
+  }
+  svg.append(svgElement("text", { x: margin.left + plotWidth / 2, y: height - 4, class: "axis-label", "text-anchor": "middle" },
+    "fewest devices that fit (log scale)"));
+  if (!narrow) {
+    svg.append(svgElement("text", { x: width - 4, y: height - 4, class: "axis-label", "text-anchor": "end" },
+      "count · free · decode bound"));
+  }
+  let top = margin.top;
+  for (const device of devices) {
+    const current = answer.hardware.device === device.device;
+    svg.append(svgElement("text", { x: margin.left - 8, y: top + (names.length * rowHeight) / 2 + 4,
+      class: current ? "device-name current-device" : "device-name", "text-anchor": "end" },
+      `${narrow ? device.device : device.name.replace(/^(NVIDIA|AMD) (GeForce |Instinct )?/, "")}${current ? " ◂" : ""}`));
+    names.forEach((name, i) => {
+      const fit = device.formats[name];
+      const barTop = top + i * rowHeight + 2;
+      const group = svgElement("g", { class: "device-bar", "data-device": device.device, "data-format": name,
+        "data-min-devices": fit.min_devices ?? "" });
+      if (fit.min_devices) {
+        group.append(svgElement("rect", { x: margin.left, y: barTop, width: Math.max(2, x(fit.min_devices) - margin.left),
+          height: rowHeight - 4, class: `device-rect series-${i}` }));
+      }
+      const speed = fit.decode_tokens_per_second_per_sequence;
+      const text = fit.min_devices
+        ? `${fit.min_devices} × · ${sized(fit.min_headroom_bytes)} free${speed ? ` · ≤ ${speed.toFixed(0)} tok/s` : ""}`
+        : "no count fits";
+      if (!narrow) {
+        group.append(svgElement("text", { x: width - margin.right + 10, y: barTop + rowHeight - 5, class: "tick bar-label" }, text));
+      }
+      group.append(svgElement("title", {}, `${device.name}, ${formatTitle(name)}: ${text}`));
+      svg.append(group);
+    });
+    top += names.length * rowHeight + groupGap;
+  }
+  container.replaceChildren(svg);
+  legendItems($("devices-legend"), names.map((name, i) => [formatTitle(name), `key-bar series-${i}`]));
+  // The figures in words for narrow screens and screen readers: one line per device type.
+  const list = document.createElement("ul");
+  list.className = "device-list";
+  for (const device of devices) {
+    const item = document.createElement("li");
+    item.textContent = `${device.name}: ` + names.map((name) => {
+      const fit = device.formats[name];
+      return fit.min_devices ? `${formatTitle(name)} on ${fit.min_devices} (${sized(fit.min_headroom_bytes)} free)`
+        : `${formatTitle(name)} on none`;
+    }).join("; ");
+    list.append(item);
+  }
+  const details = document.createElement("details");
+  const summary = document.createElement("summary");
+  summary.textContent = "Every device type in words";
+  details.append(summary, list);
+  container.append(details);
 }
 
 // --- quantize panel -----------------------------------------------------------------------------
@@ -452,15 +826,15 @@ function chosenMethods() {
   return [...document.querySelectorAll('#q-methods input[name="method"]:checked')].map((el) => el.value);
 }
 
-function uploadForm(extra) {
+function uploadForm(extra, scheme = {}) {
   const file = $("q-file").files[0];
   if (!file) throw new FieldProblem("file", "choose a .npy or .safetensors file");
   const data = new FormData();
   data.append("file", file, file.name);
   const calibration = $("q-calibration").files[0];
   if (calibration) data.append("calibration", calibration, calibration.name);
-  data.append("group_size", $("q-group-size").value);
-  data.append("symmetric", $("q-symmetric").checked ? "true" : "false");
+  data.append("group_size", scheme.group_size ?? $("q-group-size").value);
+  data.append("symmetric", (scheme.symmetric ?? $("q-symmetric").checked) ? "true" : "false");
   for (const [key, value] of Object.entries(extra)) data.append(key, value);
   return data;
 }
@@ -478,7 +852,8 @@ async function runCompare() {
     const report = await (await api("/v1/quantize/compare", { method: "POST", body: data })).json();
     renderCompare(report);
   } catch (error) {
-    showProblem(error, UPLOAD_FIELDS, "quant-error");
+    const target = showProblem(error, UPLOAD_FIELDS, "quant-error");
+    if (target && error instanceof FieldProblem) (target.matches("input") ? target : target.querySelector("input")).focus();
   } finally {
     button.disabled = false;
     button.textContent = "Compare methods";
@@ -487,19 +862,17 @@ async function runCompare() {
 
 function renderCompare(report) {
   $("compare-result").hidden = false;
-  const tbody = $("compare-table").querySelector("tbody");
-  tbody.replaceChildren();
+  const rows = [];
   for (const tensor of report.tensors) {
     tensor.results.forEach((result, i) => {
-      const row = tbody.insertRow();
-      if (result.method === tensor.best_method) row.className = "best";
-      const name = i === 0 ? `${tensor.name} [${tensor.shape.join(" × ")}]` : "";
-      const cells = [name, result.method + (result.method === tensor.best_method ? " (best)" : ""),
+      rows.push({ className: result.method === tensor.best_method ? "best" : "", cells: [
+        i === 0 ? `${tensor.name} [${tensor.shape.join(" × ")}]` : "",
+        result.method + (result.method === tensor.best_method ? " (best)" : ""),
         thousands(result.bytes.output), result.bits_per_weight.toFixed(3), result.quality.relative_error.toFixed(5),
-        result.quality.sqnr_db.toFixed(2), result.quality.max_abs_error.toPrecision(4)];
-      for (const text of cells) row.insertCell().textContent = text;
+        result.quality.sqnr_db.toFixed(2), result.quality.max_abs_error.toPrecision(4)] });
     });
   }
+  fillTable("compare-table", rows);
   $("passthrough").textContent = report.passthrough.length
     ? `Passed through unchanged: ${report.passthrough.map((p) => `${p.name} (${p.reason})`).join("; ")}.` : "";
   const select = $("d-method");
@@ -513,20 +886,41 @@ function renderCompare(report) {
   }));
 }
 
+// GGUF Q4_0 is blocks of 32 weights with one fp16 scale each and no zero point (ggml's block_q4_0).
+const GGUF_SCHEME = { group_size: "32", symmetric: true };
+
+function syncOutput() {
+  const gguf = $("d-output").value === "gguf";
+  if (gguf) {
+    $("q-group-size").value = GGUF_SCHEME.group_size;
+    $("q-symmetric").checked = true;
+  }
+  $("d-output-note").textContent = gguf
+    ? "GGUF Q4_0 stores groups of 32 without zero points: the group size is set to 32 and Symmetric is ticked." : "";
+}
+
+function hideDownloadLink() {
+  const link = $("download-link");
+  if (link.href && link.href.startsWith("blob:")) URL.revokeObjectURL(link.href);
+  link.removeAttribute("href");
+  link.textContent = "";
+  link.hidden = true;
+}
+
 async function runDownload() {
   const form = $("download-form");
   clearErrors(form, "download-error");
+  hideDownloadLink();  // a link from an earlier download must not outlive a failure of this one
   const button = $("download-button");
   try {
     const output = $("d-output").value;
-    const data = uploadForm({ method: $("d-method").value, output });
+    const data = uploadForm({ method: $("d-method").value, output }, output === "gguf" ? GGUF_SCHEME : {});
     button.disabled = true;
     const response = await api("/v1/quantize", { method: "POST", body: data });
     const blob = await response.blob();
     const disposition = response.headers.get("Content-Disposition") || "";
     const match = /filename="([^"]+)"/.exec(disposition);
     const link = $("download-link");
-    if (link.href) URL.revokeObjectURL(link.href);
     link.href = URL.createObjectURL(blob);
     link.download = match ? match[1] : `quantized-${output}`;
     link.textContent = `Download ${link.download} (${thousands(blob.size)} bytes)`;
@@ -553,6 +947,12 @@ function fillSelect(select, items, value, label, preferred) {
   if (items.some((item) => value(item) === preferred)) select.value = preferred;
 }
 
+function setUnit(value) {
+  unit = value in UNITS ? value : "GiB";
+  document.querySelectorAll(".unit-name").forEach((el) => { el.textContent = unit; });
+  $("unit-definition").textContent = UNITS[unit].definition;
+}
+
 async function start() {
   const stored = sessionStorage.getItem("nibble-api-key");
   if (stored) $("api-key").value = stored;
@@ -563,6 +963,13 @@ async function start() {
   $("plan-form").addEventListener("submit", (event) => { event.preventDefault(); runPlan(); });
   $("quant-form").addEventListener("submit", (event) => { event.preventDefault(); runCompare(); });
   $("download-form").addEventListener("submit", (event) => { event.preventDefault(); runDownload(); });
+  $("d-output").addEventListener("change", syncOutput);
+  $("copy-link").addEventListener("click", copyLink);
+  $("unit").addEventListener("change", () => {
+    setUnit($("unit").value);
+    redrawShown();
+    if (shown) writeState();
+  });
   let resizeTimer = 0;
   window.addEventListener("resize", () => {
     clearTimeout(resizeTimer);
@@ -573,8 +980,12 @@ async function start() {
       (await api("/v1/models")).json(), (await api("/v1/devices")).json()]);
     fillSelect($("model-preset"), models, (m) => m.id,
       (m) => `${m.display_name} (${(m.total_parameters / 1e9).toFixed(1)}B)`, "llama-3.1-70b");
-    fillSelect($("device"), devices, (d) => d.id, (d) => `${d.name}, ${gib(d.memory_bytes)} GiB`, "h100-80gb");
+    fillSelect($("device"), devices, (d) => d.id, (d) => `${d.name}, ${(d.memory_bytes / 2 ** 30).toFixed(0)} GiB`, "h100-80gb");
+    deviceIds = devices.map((d) => d.id);
+    const planNow = readState();
+    setUnit(unit);
     document.body.dataset.ready = "true";
+    if (planNow) await runPlan();
   } catch (error) {
     showProblem(error, PLAN_FIELDS, "plan-error");
   }

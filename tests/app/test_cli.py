@@ -70,7 +70,7 @@ def test_plan_json_locally_and_remotely_equals_post_v1_plan(server: str, extra: 
     elif extra:
         body.update(runtime={"memory_utilization": 0.95}, weights={"format": "bf16"})
     api = httpx.post(server + "/v1/plan", json=body, timeout=30).json()
-    assert status == remote_status == 0
+    assert status == remote_status == (0 if api["fits"] else 3)  # bf16 70B on 2 x H100 does not fit: 3
     assert json.loads(local) == api
     assert json.loads(remote) == api
 
@@ -80,10 +80,11 @@ def test_plan_table_shows_gib_per_device_for_both_formats_with_verdicts() -> Non
     assert status == 0
     assert "GiB (1 GiB = 2^30 bytes)" in out
     lines = out.splitlines()
-    # 2 devices x 2 formats; Llama-3.1-70B bf16 weights split over 2 ranks: 65.71 GiB each.
+    # 2 identical tensor-parallel ranks share one row per format; Llama-3.1-70B bf16 split over 2: 65.71 GiB each.
     bf16_rows = [line for line in lines if line.startswith("bf16 (16.000 b/w)")]
     int4_rows = [line for line in lines if line.startswith("int4 (")]
-    assert len(bf16_rows) == len(int4_rows) == 2
+    assert len(bf16_rows) == len(int4_rows) == 1
+    assert bf16_rows[0].split()[3] == "0-1" and int4_rows[0].split()[4] == "0-1"
     assert bf16_rows[0].split()[4] == "65.71" and bf16_rows[0].split()[-1] == "NO"
     assert int4_rows[0].split()[-1] == "yes"
     assert any(line.startswith("bf16: DOES NOT FIT") for line in lines)
@@ -178,3 +179,167 @@ def test_console_script_is_installed_and_prints_help() -> None:
     script = Path(sys.executable).parent / "nibble"
     if script.exists():
         assert "app.cli" in script.read_text()
+
+
+# --- as a person meets it: no tracebacks, exit codes, human units, listings (issue 20) ------------
+
+
+def nibble_process(*argv: str) -> subprocess.CompletedProcess[str]:
+    """The real console entry point in a child process: what a terminal shows."""
+    return subprocess.run([sys.executable, "-m", "app.cli", *argv], cwd=REPO_ROOT, capture_output=True, text=True,
+                          timeout=120, check=False)
+
+
+def free_port() -> int:
+    import socket
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def test_an_unreachable_server_is_one_line_on_stderr_and_exit_status_4() -> None:
+    result = nibble_process("plan", "--model", "llama-3.1-8b", "--device", "h100-80gb",
+                            "--url", f"http://127.0.0.1:{free_port()}")
+    assert result.returncode == 4
+    assert "Traceback" not in result.stderr
+    assert result.stderr.count("\n") == 1
+    assert result.stderr.startswith("error: cannot reach the nibble server at http://127.0.0.1:")
+    assert "Connection refused" in result.stderr
+
+
+def test_a_url_without_a_scheme_is_a_usage_error_with_the_fix() -> None:
+    result = nibble_process("presets", "--url", "localhost:8000")
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    assert result.stderr == ("nibble: error: --url 'localhost:8000' is not an http:// or https:// address; "
+                             "did you mean http://localhost:8000?\n")
+
+
+@pytest.mark.parametrize(("argv", "message"), [
+    (["--context", "eight"], "'eight' is not a token count"),
+    (["--memory=-80GiB"], "'-80GiB' is not a size in bytes"),
+    (["--count", "two"], "invalid int value: 'two'"),
+])
+def test_bad_input_is_a_usage_line_not_a_traceback(argv: list[str], message: str) -> None:
+    model = ["plan", "--model", "llama-3.1-8b"]
+    hardware = [] if any(arg.startswith("--memory") for arg in argv) else ["--device", "h100-80gb"]
+    result = nibble_process(*model, *hardware, *argv)
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    assert result.stderr.count("\n") == 1  # one line: the problem and where help is
+    assert result.stderr.startswith("nibble plan: error: ") and message in result.stderr
+    assert result.stderr.endswith("(see nibble plan --help)\n")
+
+
+def test_an_api_error_in_human_units_is_one_problem_not_a_traceback() -> None:
+    result = nibble_process("plan", "--model", "llama-3.1-8b", "--memory", "0GiB")
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr
+    assert result.stderr.startswith("error: ") and "memory_bytes" in result.stderr
+
+
+def test_human_units_reach_the_request_as_bytes_and_tokens() -> None:
+    status, out, _ = nibble("plan", "--model", "llama-3.1-8b", "--memory", "80GB", "--context", "8k", "--json")
+    answer = json.loads(out)
+    assert status == 0
+    assert answer["hardware"]["capacity_bytes"] == 80 * 10**9
+    assert answer["workload"]["context_length"] == 8192  # "8k" is 8 x 1024 tokens, never 8
+    _, out, _ = nibble("plan", "--model", "llama-3.1-8b", "--memory-bytes", "80GiB", "--context", "128K", "--json")
+    answer = json.loads(out)
+    assert answer["hardware"]["capacity_bytes"] == 80 * 2**30
+    assert answer["workload"]["context_length"] == 131072  # Llama 3.1's "128K" = max_position_embeddings
+
+
+def test_the_table_shows_the_deployed_format_and_says_its_unit() -> None:
+    status, out, _ = nibble("plan", "--model", "llama-3.1-70b", "--device", "h100-80gb", "--format", "int8")
+    assert status == 0
+    int8_rows = [line for line in out.splitlines() if line.startswith("int8 (")]
+    # Llama-3.1-70B at int8 (per-channel fp16 scales): 67.68 GiB of weights on one H100
+    assert len(int8_rows) == 1 and "deployed" in int8_rows[0] and "67.68" in int8_rows[0].split()
+    assert any(line.startswith("int8: FITS") for line in out.splitlines())
+    assert "Sizes in GiB (1 GiB = 2^30 bytes) per device" in out
+    _, out, _ = nibble("plan", "--model", "llama-3.1-70b", "--device", "h100-80gb", "--format", "int8",
+                       "--unit", "GB")
+    assert "Sizes in GB (1 GB = 10^9 bytes) per device" in out
+    assert "72.67" in next(row for row in out.splitlines() if row.startswith("int8 (")).split()  # 72,669,806,592 B
+
+
+def test_exit_status_is_3_when_the_model_does_not_fit_unless_allowed() -> None:
+    argv = ("plan", "--model", "llama-3.1-405b", "--device", "h100-80gb")
+    status, out, err = nibble(*argv)
+    assert status == 3
+    assert "int4: DOES NOT FIT" in out
+    assert "does not fit at int4" in err
+    assert nibble(*argv, "--allow-no-fit")[0] == 0
+    assert nibble(*argv, "--json")[0] == 3
+    assert nibble("plan", "--model", "llama-3.1-8b", "--device", "h100-80gb")[0] == 0
+
+
+def test_padding_zero_and_runtime_choices_reach_the_request() -> None:
+    from app.cli import build_parser, plan_body
+    args = build_parser().parse_args(["plan", "--model", "gpt2", "--device", "h100-80gb", "--pad", "--zero", "fp16",
+                                      "--block-size", "32", "--overhead", "2GiB", "--activations", "1.5GiB",
+                                      "--max-batched-tokens", "16k", "--float-format", "fp16"])
+    body = plan_body(args)
+    assert body["weights"] == {"zero": "fp16", "pad": True}
+    assert body["kv_cache"] == {"block_size": 32}
+    assert body["runtime"] == {"overhead_bytes": 2 * 2**30, "activation_bytes": 3 * 2**29,
+                               "max_batched_tokens": 16384, "float_format": "fp16"}
+    status, _, err = nibble("plan", "--model", "gpt2", "--device", "h100-80gb", "--format", "bf16", "--pad")
+    assert status == 1 and "weights.pad" in err  # sent, and refused where it does not apply
+
+
+def test_presets_and_devices_list_the_catalog_locally_and_remotely(server: str) -> None:
+    status, out, _ = nibble("presets")
+    assert status == 0
+    rows = {line.split()[0]: line for line in out.splitlines()[1:]}
+    assert "llama-3.1-70b" in rows and "70.55B" in rows["llama-3.1-70b"].split()  # 70,553,706,496 parameters
+    assert "Use an id as --model ID" in out or "use an id as --model ID" in out
+    status, out, _ = nibble("devices")
+    assert status == 0
+    h100 = next(line for line in out.splitlines() if line.startswith("h100-80gb "))
+    assert "80.00" in h100.split() and "85,899,345,920" in h100.split()
+    assert "Memory per device in GiB (1 GiB = 2^30 bytes)" in out
+    assert "85.90" in next(line for line in nibble("devices", "--unit", "GB")[1].splitlines()
+                           if line.startswith("h100-80gb ")).split()
+    for command in ("presets", "devices"):
+        local, remote = nibble(command, "--json")[1], nibble(command, "--json", "--url", server)[1]
+        api = httpx.get(f"{server}/v1/{'models' if command == 'presets' else 'devices'}", timeout=30).json()
+        assert json.loads(local) == json.loads(remote) == api
+
+
+def test_dequantize_locally_and_remotely_gives_the_tensors_back(checkpoint: Path, tmp_path: Path,
+                                                               server: str) -> None:
+    packed = tmp_path / "packed.safetensors"
+    assert nibble("quantize", str(checkpoint), "-o", str(packed), "--quiet")[0] == 0
+    local, remote = tmp_path / "local.safetensors", tmp_path / "remote.safetensors"
+    status, out, _ = nibble("dequantize", str(packed), "-o", str(local))
+    assert status == 0
+    assert out.startswith(f"wrote {local} (") and "2 tensors dequantized to float32, 1 passed through" in out
+    assert nibble("dequantize", str(packed), "-o", str(remote), "--url", server)[0] == 0
+    original, back, back_remote = load_file(str(checkpoint)), load_file(str(local)), load_file(str(remote))
+    for name, array in original.items():
+        np.testing.assert_array_equal(back[name], back_remote[name])
+        scale = np.abs(array).max()
+        assert back[name].dtype == np.float32 and np.abs(back[name] - array).max() <= scale / 7  # one INT4 step
+
+
+def test_quantize_to_gguf_takes_the_q4_0_scheme_by_itself(checkpoint: Path, tmp_path: Path, server: str) -> None:
+    local, remote = tmp_path / "local.gguf", tmp_path / "remote.gguf"
+    status, out, err = nibble("quantize", str(checkpoint), "-o", str(local), "--format", "gguf", "--quiet")
+    assert status == 0, err
+    assert "2 tensors quantized" in out and "4.500 b/w" in out  # Q4_0: 18 bytes per block of 32 weights
+    assert nibble("quantize", str(checkpoint), "-o", str(remote), "--format", "gguf", "--url", server)[0] == 0
+    assert local.read_bytes()[:4] == remote.read_bytes()[:4] == b"GGUF"
+    status, _, err = nibble("quantize", str(checkpoint), "-o", str(local), "--format", "gguf", "--group-size", "128")
+    assert status == 1 and "group_size" in err
+
+
+def test_the_table_states_the_decode_bound_and_its_basis() -> None:
+    status, out, _ = nibble(*PLAN_ARGS)
+    assert status == 0
+    # per step each rank reads its INT4 weights (18.52 GiB) and its 8 sequences' KV cache (40 GiB) at 3.35 TB/s:
+    # 3.35e12 / (19,885,211,648 + 42,949,672,960) = 53.3 tokens/s per sequence, x 8 sequences in all
+    assert ("decode speed (upper bound, 8 sequences): bf16 does not fit; int4 <= 53.3 tokens/s per sequence, "
+            "426.5 in all") in out
+    assert "speed basis: Upper bounds, not predictions" in out and "H100 Tensor Core GPU datasheet" in out

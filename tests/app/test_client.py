@@ -127,3 +127,11 @@ def test_api_key_is_sent_as_a_bearer_token() -> None:
         with NibbleClient(base_url, api_key="k1") as client:
             assert client.list_devices()
     assert refused.value.status == 401
+
+
+@pytest.mark.parametrize("url", ["localhost:8000", "ftp://example.org", "http://"])
+def test_a_base_url_that_names_no_http_server_is_refused_at_once(url: str) -> None:
+    with pytest.raises(ValueError, match="is not an http:// or https:// address"):
+        NibbleClient(url)
+    with pytest.raises(ValueError, match="is not an http:// or https:// address"):
+        AsyncNibbleClient(url)

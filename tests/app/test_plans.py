@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
-from app.schemas.plans import PlanRequest, plan_from_core, plan_to_core
+from app.schemas.plans import PlanRequest, plan_from_core, plan_to_core, request_notes, speed_dict
 from quant_core.catalog import list_presets
 from quant_core.hf_config import model_from_hf_config
 from quant_core.inventory import parameter_count
@@ -331,7 +331,9 @@ PLAN_VARIANTS: list[dict[str, Any]] = [
 
 def _bytes_of_the_model_path(body: dict[str, Any]) -> bytes:
     request = PlanRequest.model_validate(body)
-    return plan_from_core(plan(*plan_to_core(request, 16))).model_dump_json().encode()
+    spec, hardware, workload, options = plan_to_core(request, 16)
+    result = plan(spec, hardware, workload, options)
+    return plan_from_core(result, request_notes(request), speed_dict(spec, result)).model_dump_json().encode()
 
 
 @pytest.mark.parametrize("preset", [preset.id for preset in list_presets()])
@@ -377,3 +379,59 @@ def test_readme_vllm_example_predicts_the_token_figure_it_shows(client: TestClie
     assert body["kv_cache"]["capacity_tokens"] == 460848
     assert body["kv_cache"]["engine_max_concurrency"] == 14.06396484375
     assert body["max_concurrent_sequences"] == 14
+
+
+def test_a_pasted_config_with_a_misspelt_key_gets_a_note_naming_it(client: TestClient) -> None:
+    config = {"model_type": "llama", "hidden_size": 4096, "num_hidden_layers": 32, "num_attention_heads": 32,
+              "num_kv_heads": 8, "intermediate_size": 14336, "vocab_size": 128256, "torch_dtype": "bfloat16"}
+    body = client.post("/v1/plan", json={"model": {"hf_config": config}, "hardware": {"device": "h100-80gb"}}).json()
+    assert body["warnings"][-1] == ("These config.json keys were not used to size the model (check the spelling "
+                                    "of any that should be): num_kv_heads.")
+    preset = client.post("/v1/plan", json={"model": {"preset": "llama-3.1-8b"},
+                                           "hardware": {"device": "h100-80gb"}}).json()
+    assert not any("config.json keys" in warning for warning in preset["warnings"])
+
+
+def test_a_plan_on_a_catalogued_device_carries_its_speed_bound(client: TestClient) -> None:
+    body = client.post("/v1/plan", json={**BODY_70B, "workload": {"context_length": 8192,
+                                                                  "concurrent_sequences": 8}}).json()
+    speed = body["speed"]
+    assert speed["device"] == "h100-80gb" and speed["memory_bandwidth_bytes_per_second"] == 3_350_000_000_000
+    int4 = speed["formats"]["int4"]
+    # 2 ranks: 18.52 GiB of INT4 weights plus 10 GiB of KV cache each, read once per step at 3.35 TB/s
+    assert int4["bytes_read_per_step"] == body["comparison"]["int4"]["devices"][0]["weights_bytes"] + 10 * 2**30
+    assert int4["decode_tokens_per_second_per_sequence"] == pytest.approx(3.35e12 / int4["bytes_read_per_step"])
+    assert "Upper bounds" in speed["basis"] and "datasheet" in speed["basis"]
+    raw = client.post("/v1/plan", json={"model": {"preset": "llama-3.1-8b"},
+                                        "hardware": {"memory_bytes": 80 * 2**30}}).json()
+    assert raw["speed"] is None  # a bare memory size has no bandwidth
+
+
+def test_devices_side_by_side_give_the_fewest_of_each_type_per_format(client: TestClient) -> None:
+    request = {"model": {"preset": "qwen3-235b-a22b"}, "hardware": {"device": "h100-80gb"},
+               "workload": {"context_length": 32768, "concurrent_sequences": 8},
+               "sweep": {"devices": ["h100-80gb", "h200", "a10g"]}}
+    response = client.post("/v1/plan/sweep", json=request)
+    assert response.status_code == 200, response.text
+    devices = {entry["device"]: entry for entry in response.json()["devices"]}
+    assert list(devices) == ["h100-80gb", "h200", "a10g"]
+    h100 = devices["h100-80gb"]["formats"]
+    assert (h100["bf16"]["min_devices"], h100["int4"]["min_devices"]) == (8, 4)
+    for device_id, entry in devices.items():
+        for result in entry["formats"].values():
+            count = result["min_devices"]
+            at = client.post("/v1/plan", json={"model": request["model"], "workload": request["workload"],
+                                               "hardware": {"device": device_id, "count": count}}).json()
+            planned = at["comparison"][result["format"].split("-")[0]]
+            assert planned["fits"] and planned["min_devices"] == count  # the same solver, the same answer
+            assert result["min_headroom_bytes"] == min(d["headroom_bytes"] for d in planned["devices"])
+    assert devices["a10g"]["formats"]["int4"]["decode_tokens_per_second_per_sequence"] is None  # no datasheet
+
+
+def test_devices_side_by_side_refuse_a_parallel_layout_and_name_an_unknown_device(client: TestClient) -> None:
+    base = {"model": {"preset": "llama-3.1-8b"}, "hardware": {"device": "h100-80gb"}}
+    refused = client.post("/v1/plan/sweep", json={**base, "parallel": {"pipeline": 2},
+                                                  "sweep": {"devices": ["h200"]}})
+    assert refused.status_code == 422 and refused.json()["errors"][0]["field"] == "parallel.pipeline"
+    unknown = client.post("/v1/plan/sweep", json={**base, "sweep": {"devices": ["h200", "h300"]}})
+    assert unknown.status_code in (404, 422) and unknown.json()["errors"][0]["field"] == "sweep.devices[1]"

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from quant_core.errors import InvalidSpec, MissingConfigKey, UnknownName, UnsupportedArchitecture
-from quant_core.hf_config import model_from_hf_config, model_from_sizes
+from quant_core.hf_config import model_from_hf_config, model_from_sizes, unread_config_keys
 from quant_core.inventory import inventory, parameter_count
 from quant_core.specs import MAX_LAYERS, ModelSpec
 
@@ -331,3 +331,25 @@ def test_explicit_sizes_that_would_go_unused_are_refused(extra: dict[str, Any], 
         model_from_sizes(hidden_size=4096, num_layers=4, num_attention_heads=32, intermediate_size=11008,
                          vocab_size=32000, **extra)
     assert refused.value.field == field
+
+
+def test_a_pasted_config_is_named_after_its_model_before_its_family() -> None:
+    assert model_from_hf_config({**LLAMA_8B, "_name_or_path": "meta-llama/Llama-3.1-8B"}).name == \
+        "meta-llama/Llama-3.1-8B"
+    assert model_from_hf_config({**LLAMA_8B, "architectures": ["LlamaForCausalLM"]}).name == "LlamaForCausalLM"
+    assert model_from_hf_config(LLAMA_8B).name == "llama"
+
+
+def test_unread_keys_name_a_misspelt_key_and_leave_out_bookkeeping() -> None:
+    config = {**LLAMA_8B, "num_kv_heads": 8, "architectures": ["LlamaForCausalLM"], "rope_theta": 500000.0,
+              "torch_dtype": "bfloat16"}
+    del config["num_key_value_heads"]
+    assert unread_config_keys(config) == ("num_kv_heads",)
+    assert model_from_hf_config(config).num_kv_heads == 32  # the misspelling made it MHA: why the note matters
+    assert unread_config_keys(LLAMA_8B) == ()
+
+
+@needs_fixtures
+def test_unread_keys_of_the_fixtures_are_the_keys_the_memory_model_deliberately_skips() -> None:
+    assert unread_config_keys(load("llama-3.1-70b")) == ()
+    assert unread_config_keys(load("deepseek-v3")) == ("num_key_value_heads", "num_nextn_predict_layers")  # MLA; MTP

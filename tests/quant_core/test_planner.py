@@ -243,11 +243,11 @@ def test_a_tensor_parallel_degree_that_cannot_split_the_kv_heads_is_warned_about
     spec = get_preset("qwen2.5-0.5b")  # 14 attention heads, 2 key/value heads
     assert (spec.num_attention_heads, spec.num_kv_heads) == (14, 2)
     refused = plan(spec, Hardware(H100, 7), Workload(4096, 1), PlanOptions(tensor_parallel=7))
-    assert any("key/value heads" in warning for warning in refused.warnings)
+    assert any("neither divides" in warning for warning in refused.warnings)
     for tensor_parallel in (2, 14):  # divides the KV heads; replicates each on 7 devices
         fine = plan(spec, Hardware(H100, tensor_parallel), Workload(4096, 1),
                     PlanOptions(tensor_parallel=tensor_parallel))
-        assert not any("key/value heads" in warning for warning in fine.warnings)
+        assert not any("neither divides" in warning for warning in fine.warnings)
 
 
 def test_limits_that_are_the_searchs_own_caps_say_so() -> None:
@@ -280,3 +280,16 @@ def test_when_no_tensor_parallel_degree_fits_the_warning_points_to_pipeline_stag
     staged = plan(get_preset("llama-3.1-405b"), Hardware(get_device("t4").memory_bytes, 64), Workload(131072, 4),
                   PlanOptions(tensor_parallel=8, pipeline_parallel=8, weight_format=int4(128)))
     assert staged.fits
+
+
+def test_more_tensor_parallel_ranks_than_kv_heads_says_the_kv_cache_is_replicated() -> None:
+    spec = get_preset("qwen3-235b-a22b")  # 4 key/value heads (Qwen3-235B-A22B config.json)
+    assert spec.num_kv_heads == 4
+    eight = plan(spec, Hardware(H100, 8), Workload(32768, 8), PlanOptions())
+    four = plan(spec, Hardware(H100, 4), Workload(32768, 8), PlanOptions())
+    note = next(w for w in eight.warnings if w.startswith("The KV cache is replicated"))
+    assert "8 devices in tensor parallel share the model's 4 key/value heads" in note
+    assert eight.primary.devices[0].kv_cache_bytes == four.primary.devices[0].kv_cache_bytes
+    assert not any(w.startswith("The KV cache is replicated") for w in four.warnings)
+    mla = plan(get_preset("deepseek-v3"), Hardware(H100, 16), Workload(4096, 1), PlanOptions())
+    assert not any(w.startswith("The KV cache is replicated") for w in mla.warnings)  # MLA: one latent, no heads

@@ -1,0 +1,429 @@
+"""The page as a person meets it (issue 20), in headless Chromium (Debian's, driven by Playwright).
+
+Each test is one task people bring, with the fault found there and the fixed
+behaviour asserted: no stale plan after an error, errors on their field in the
+units typed, "8k" as 8,192 tokens, chart labels off the lines (from element
+boxes), points past the trained context not marked as fitting, per-device
+figures without hover, tables not clipped at 1280 and 390 px, GGUF download
+with the defaults, no stale download link, a link that replans, a CSV export
+that parses, devices side by side, GB/GiB, dark mode, no 404s, keyboard use,
+and axe-core finding no serious or critical violation.  Screenshots at 1280
+and 390 px, light and dark, go to tests/e2e/artifacts/ (git-ignored).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import shutil
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import pytest
+
+from tests.e2e.test_web_page import ARTIFACTS, CHROMIUM, CHROMIUM_ARGS, TIMEOUT_MS
+
+AXE_VERSION = "4.14.1"  # axe-core from npm (MPL-2.0), installed on first use into a git-ignored folder
+AXE_DIR = Path(__file__).resolve().parent / ".axe"
+WIDTHS = (1280, 390)
+
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(not CHROMIUM.exists(), reason="Debian's chromium (/usr/bin/chromium) is not installed"),
+]
+sync_api = pytest.importorskip("playwright.sync_api")
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    with sync_api.sync_playwright() as playwright:
+        chromium = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        try:
+            yield chromium
+        finally:
+            chromium.close()
+
+
+def open_page(browser: Any, base: str, path: str = "/", width: int = 1280, scheme: str = "light") -> Any:
+    page = browser.new_page(viewport={"width": width, "height": 900}, color_scheme=scheme, accept_downloads=True)
+    page.set_default_timeout(TIMEOUT_MS)
+    page.goto(base + path)
+    page.wait_for_selector("body[data-ready='true']")
+    return page
+
+
+def plan_and_wait(page: Any, context_text: str, expected_tokens: int) -> None:
+    page.fill("#context", context_text)
+    page.click("#plan-button")
+    page.wait_for_selector(f"#verdict >> text={expected_tokens:,} tokens")
+    page.wait_for_selector("#sweep svg polyline")
+
+
+def field_error(page: Any, input_id: str) -> str:
+    page.wait_for_selector(f"#err-{input_id}:not(:empty)")
+    return str(page.inner_text(f"#err-{input_id}"))
+
+
+# --- errors: never a stale plan, always on their field, in the user's terms ------------------------
+
+
+def test_a_failed_plan_clears_the_previous_one_and_says_why_on_the_field(browser: Any, live_server: str) -> None:
+    page = open_page(browser, live_server)
+    page.select_option("#model-preset", "llama-3.1-70b")
+    plan_and_wait(page, "4096", 4096)
+    assert "llama-3.1-70b fits only at INT4" in page.inner_text("#verdict")
+    page.select_option("#model-preset", "gpt-oss-120b")  # 2880-wide rows: group 128 does not divide them
+    page.click("#plan-button")
+    message = field_error(page, "group-size")
+    assert "2880" in message and "32, 64" in message
+    assert page.get_attribute("#group-size", "aria-invalid") == "true"
+    assert page.is_hidden("#plan-result")
+    assert "llama-3.1-70b" not in page.inner_text("body")
+    assert page.is_hidden("#export-json") and page.is_disabled("#copy-link")
+
+    page.select_option("#model-preset", "llama-3.1-70b")
+    plan_and_wait(page, "4096", 4096)  # back to a plan, then a bad pasted config
+    page.check("input[name='model-source'][value='config']")
+    page.fill("#model-config", '{"hidden_size": 5120,')
+    page.click("#plan-button")
+    assert field_error(page, "model-config").startswith("not valid JSON")
+    assert page.get_attribute("#model-config", "aria-invalid") == "true"
+    assert page.inner_text("#plan-error") == "Invalid input: see the highlighted field."
+    assert "Error: Error" not in page.inner_text("body")
+    assert page.is_hidden("#plan-result")
+    page.close()
+
+
+def test_an_api_error_speaks_in_the_units_the_user_typed(browser: Any, live_server: str) -> None:
+    page = open_page(browser, live_server)
+    page.check("input[name='hardware-source'][value='memory']")
+    page.fill("#memory", "-80GiB")
+    page.click("#plan-button")
+    assert field_error(page, "memory") == "“-80GiB”: must be positive"
+    page.fill("#memory", "2000TiB")  # over the API's 2^50-byte limit
+    page.click("#plan-button")
+    message = field_error(page, "memory")
+    assert message == "“2000TiB”: is over the maximum of 1048576.00 GiB"
+    assert "memory_bytes" not in page.inner_text("body") and "1125899906842624" not in page.inner_text("body")
+    page.fill("#memory", "eighty")
+    page.click("#plan-button")
+    assert field_error(page, "memory") == "“eighty” is not a size (examples: 80GiB, 80GB, 24)"
+    page.close()
+
+
+def test_human_units_in_the_inputs_never_plan_8_tokens_for_8k(browser: Any, live_server: str) -> None:
+    page = open_page(browser, live_server)
+    plan_and_wait(page, "8k", 8192)
+    plan_and_wait(page, "128K", 131072)
+    page.check("input[name='hardware-source'][value='memory']")
+    page.fill("#memory", "80GB")
+    plan_and_wait(page, "8k", 8192)
+    assert "(74.51 GiB each" in page.inner_text("#verdict")  # 80 x 10^9 bytes = 74.51 x 2^30
+    page.close()
+
+
+def test_an_empty_method_list_is_an_error_on_the_methods(browser: Any, live_server: str, tmp_path: Path) -> None:
+    upload = tmp_path / "layer.npy"
+    np.save(upload, np.random.default_rng(1).standard_normal((64, 256)).astype(np.float32))
+    page = open_page(browser, live_server)
+    page.set_input_files("#q-file", str(upload))
+    for box in page.locator("#q-methods input[type='checkbox']").all():
+        box.uncheck()
+    page.click("#compare-button")
+    assert field_error(page, "q-methods") == "choose at least one method"
+    assert page.inner_text("#quant-error") == "Invalid input: see the highlighted field."
+    assert page.get_attribute("#q-methods input[value='rtn']", "aria-invalid") == "true"
+    page.close()
+
+
+# --- the charts and tables -------------------------------------------------------------------------
+
+
+BOXES = """(selector) => {
+  const svg = document.querySelector(selector);
+  const box = (el) => { const b = el.getBBox(); return [b.x, b.y, b.x + b.width, b.y + b.height]; };
+  return { plot: box(svg.querySelector('.plot-area')),
+           texts: [...svg.querySelectorAll('text')].map((t) => ({ text: t.textContent, box: box(t) })) };
+}"""
+
+
+def overlaps(a: list[float], b: list[float]) -> bool:
+    return a[0] < b[2] and b[0] < a[2] and a[1] < b[3] and b[1] < a[3]
+
+
+@pytest.mark.parametrize("width", WIDTHS)
+def test_context_chart_labels_stay_off_its_lines(browser: Any, live_server: str, width: int) -> None:
+    """Every line of the context chart lies in its plot area; no text box enters it (boxes from getBBox)."""
+    page = open_page(browser, live_server, "/?model=llama-3.1-70b&device=h100-80gb&ctx=4096", width)
+    page.wait_for_selector("#sweep svg polyline")
+    boxes = page.evaluate(BOXES, "#sweep svg")
+    assert len(boxes["texts"]) >= 8
+    inside = [t["text"] for t in boxes["texts"] if overlaps(t["box"], boxes["plot"])]
+    assert inside == []
+    legend = page.inner_text("#sweep-legend")
+    assert "INT4 (group 128): fits up to" in legend and "Usable 72.00 GiB" in legend
+    page.close()
+
+
+def test_points_past_the_trained_context_are_not_marked_fitting(browser: Any, live_server: str) -> None:
+    # Qwen3-235B-A22B: max_position_embeddings 40,960 (its config.json); 8 x H100 hold far more at INT4
+    page = open_page(browser, live_server, "/?model=qwen3-235b-a22b&device=h100-80gb&count=8&ctx=32k&seq=8")
+    page.wait_for_selector("#sweep svg circle")
+    states = page.evaluate("""() => [...document.querySelectorAll('#sweep circle[data-format="int4"]')]
+        .map((c) => [Number(c.dataset.context), c.dataset.state])""")
+    assert all(state != "fits" for context, state in states if context > 40960)
+    assert any(state == "beyond" for context, state in states if context > 40960)
+    assert all(state == "fits" for context, state in states if context <= 40960)
+    legend = page.inner_text("#sweep-legend")
+    assert "fits up to 40,960 tokens (limit set by the model's trained context, not memory)" in legend
+    assert "Past the model's trained context (not a fit)" in legend
+    assert "40,960 (the model's trained context)" in page.inner_text("#limits")
+    page.click("#sweep-details summary")  # the same points as a table, no hover needed
+    beyond = page.locator("#sweep-table tbody tr", has_text="65,536").filter(has_text="INT4").first
+    assert beyond.locator("td").last.inner_text() == "no: past the model's trained context"
+    # 8 devices, 4 KV heads: the page says the KV cache is replicated
+    warnings = page.inner_text("#warnings")
+    assert "The KV cache is replicated: 8 devices in tensor parallel share the model's 4" in warnings
+    page.close()
+
+
+def test_per_device_figures_are_visible_without_hover_and_labelled(browser: Any, live_server: str) -> None:
+    page = open_page(browser, live_server, "/?model=llama-3.1-70b&device=h100-80gb&count=2&ctx=32k&seq=8")
+    page.wait_for_selector("#per-device tbody tr")
+    answer = httpx.post(live_server + "/v1/plan", timeout=30, json={
+        "model": {"preset": "llama-3.1-70b"}, "hardware": {"device": "h100-80gb", "count": 2},
+        "workload": {"context_length": 32768, "concurrent_sequences": 8}}).json()
+    device = answer["comparison"]["int4"]["devices"][0]
+    row = page.locator("#per-device tbody tr", has_text="INT4").first
+    cells = [cell.inner_text() for cell in row.locator("td").all()]
+    assert cells[0] == "devices 0–1"
+    assert cells[1:5] == [f"{device[key] / 2**30:.2f}" for key in
+                          ("weights_bytes", "kv_cache_bytes", "activation_bytes", "overhead_bytes")]
+    assert page.is_visible("#per-device td >> nth=2")
+    assert "Per device (GiB)" in page.inner_text("#per-device caption")
+    assert "Weights, all devices (GiB)" in page.inner_text("#limits thead")
+    assert "per device" in page.inner_text("#plan-result figcaption >> nth=0")
+    page.close()
+
+
+def compare_upload(page: Any, tmp_path: Path) -> None:
+    upload = tmp_path / "layer.npy"
+    np.save(upload, np.random.default_rng(5).standard_normal((64, 256)).astype(np.float32))
+    page.set_input_files("#q-file", str(upload))
+    page.click("#compare-button")
+    page.wait_for_selector("#compare-table tbody tr")
+
+
+NOT_CLIPPED = """(id) => {
+  const table = document.getElementById(id);
+  const scroller = table.closest('.table-scroll');
+  const viewport = document.documentElement.clientWidth;
+  const right = (el) => el.getBoundingClientRect().right;
+  const cells = [...table.querySelectorAll('caption, th, td')].filter((el) => el.offsetParent !== null);
+  return { scroll: scroller.scrollWidth - scroller.clientWidth,
+           beyond: cells.filter((el) => right(el) > viewport + 0.5).map((el) => el.textContent.slice(0, 30)),
+           page: document.documentElement.scrollWidth - viewport };
+}"""
+
+
+@pytest.mark.parametrize("width", WIDTHS)
+def test_tables_are_not_clipped(browser: Any, live_server: str, tmp_path: Path, width: int) -> None:
+    page = open_page(browser, live_server, "/?model=llama-3.1-70b&device=h100-80gb&count=2&ctx=8k&seq=4", width)
+    page.wait_for_selector("#per-device tbody tr")
+    compare_upload(page, tmp_path)
+    for table in ("compare-table", "per-device", "limits", "speed-table"):
+        result = page.evaluate(NOT_CLIPPED, table)
+        assert result == {"scroll": 0, "beyond": [], "page": 0}, (table, result)
+    assert page.is_visible("#compare-table caption")
+    max_error = page.locator("#compare-table tbody tr >> nth=0").locator("td").last
+    assert max_error.is_visible() and float(max_error.inner_text()) > 0
+    page.close()
+
+
+# --- downloads and exports -------------------------------------------------------------------------
+
+
+def test_gguf_download_works_with_the_form_defaults_and_no_stale_link_stays(browser: Any, live_server: str,
+                                                                            tmp_path: Path) -> None:
+    page = open_page(browser, live_server)
+    compare_upload(page, tmp_path)
+    page.select_option("#d-output", "gguf")
+    assert page.input_value("#q-group-size") == "32" and page.is_checked("#q-symmetric")
+    assert "group size is set to 32" in page.inner_text("#d-output-note")
+    with page.expect_download() as download_info:
+        page.click("#download-button")
+    download = download_info.value
+    assert download.suggested_filename.endswith(".gguf")
+    assert Path(download.path()).read_bytes()[:4] == b"GGUF"
+    assert page.is_visible("#download-link")
+
+    not_a_tensor = tmp_path / "notes.npy"
+    not_a_tensor.write_bytes(b"this is not a tensor file")
+    page.set_input_files("#q-file", str(not_a_tensor))
+    page.click("#download-button")
+    page.wait_for_selector("#download-error:not(:empty)")
+    assert page.is_hidden("#download-link")
+    assert page.get_attribute("#download-link", "href") is None
+    page.close()
+
+
+def test_the_url_reproduces_a_plan_and_the_exports_parse(browser: Any, live_server: str) -> None:
+    page = open_page(browser, live_server)
+    page.select_option("#model-preset", "llama-3.1-70b")
+    page.fill("#count", "2")
+    page.fill("#sequences", "8")
+    page.fill("#utilization", "95")
+    plan_and_wait(page, "32k", 32768)
+    assert "95% usable" in page.inner_text("#verdict")
+    link = page.url
+    assert "ctx=32k" in link and "model=llama-3.1-70b" in link and "util=95" in link
+    verdict = page.inner_text("#verdict")
+
+    with page.expect_download() as json_info:
+        page.click("#export-json")
+    answer = json.loads(Path(json_info.value.path()).read_text())
+    assert answer["workload"] == {"context_length": 32768, "concurrent_sequences": 8}
+    assert answer["memory_utilization"] == 0.95
+    with page.expect_download() as csv_info:
+        page.click("#export-csv")
+    rows = list(csv.DictReader(io.StringIO(Path(csv_info.value.path()).read_text())))
+    assert len(rows) == 2 * len(answer["comparison"])  # one row per device and format
+    by_key = {(row["format"], int(row["device"])): row for row in rows}
+    for name, result in answer["comparison"].items():
+        for device in result["devices"]:
+            row = by_key[(name, device["index"])]
+            assert int(row["kv_cache_bytes"]) == device["kv_cache_bytes"]
+            assert int(row["used_bytes"]) == device["used_bytes"]
+            assert row["fits"] == str(device["fits"]).lower()
+
+    again = browser.new_page(viewport={"width": 1280, "height": 900})
+    again.goto(link)  # opening the link plans again, with nothing clicked
+    again.wait_for_selector("#verdict >> text=32,768 tokens")
+    assert again.inner_text("#verdict") == verdict
+    again.close()
+    page.close()
+
+
+def test_a_pasted_config_is_named_after_its_model_and_its_unused_keys_are_noted(browser: Any,
+                                                                                live_server: str) -> None:
+    config = {"_name_or_path": "my-org/my-8b", "model_type": "llama", "hidden_size": 4096, "num_hidden_layers": 32,
+              "num_attention_heads": 32, "num_kv_heads": 8, "intermediate_size": 14336, "vocab_size": 128256}
+    page = open_page(browser, live_server)
+    page.check("input[name='model-source'][value='config']")
+    page.fill("#model-config", json.dumps(config))
+    plan_and_wait(page, "4096", 4096)
+    assert page.inner_text("#verdict .verdict-head").startswith("my-org/my-8b fits")
+    warnings = page.inner_text("#warnings")
+    assert "not used to size the model" in warnings and "num_kv_heads" in warnings
+    assert "#config=" in page.url  # the pasted config travels in the link's fragment
+    page.close()
+
+
+# --- devices side by side, units, themes, keyboard ------------------------------------------------
+
+
+def test_devices_side_by_side_chart_shows_the_fewest_of_each_type(browser: Any, live_server: str) -> None:
+    page = open_page(browser, live_server, "/?model=qwen3-235b-a22b&device=h100-80gb&count=8&ctx=32k&seq=8")
+    page.wait_for_selector("#devices-chart svg g.device-bar")
+    bar = "#devices-chart g.device-bar[data-device='{}'][data-format='{}']"
+    assert page.get_attribute(bar.format("h100-80gb", "bf16"), "data-min-devices") == "8"
+    assert page.get_attribute(bar.format("h100-80gb", "int4"), "data-min-devices") == "4"
+    assert page.get_attribute(bar.format("h200", "int4"), "data-min-devices") == "2"
+    assert page.locator("#devices-chart g.device-bar").count() >= 2 * 19
+    page.click("#devices-chart summary")
+    assert "NVIDIA H200 141GB: 16-bit (bf16) on 4" in page.inner_text("#devices-chart .device-list")
+    page.close()
+
+
+def test_the_unit_switch_redraws_in_gb_without_asking_again(browser: Any, live_server: str) -> None:
+    page = open_page(browser, live_server, "/?model=llama-3.1-70b&device=h100-80gb&ctx=4096")
+    page.wait_for_selector("#per-device tbody tr")
+    posted: list[str] = []
+    page.on("request", lambda request: posted.append(request.url) if request.method == "POST" else None)
+    page.select_option("#unit", "GB")
+    page.wait_for_selector("#verdict >> text=85.90 GB each")  # 80 GiB = 85.90 x 10^9 bytes
+    assert posted == []
+    assert page.inner_text("#per-device caption").startswith("Per device (GB)")
+    assert "unit=GB" in page.url
+    page.close()
+
+
+def test_no_request_of_the_page_answers_404_and_dark_mode_follows_the_system(browser: Any,
+                                                                             live_server: str) -> None:
+    failures: list[str] = []
+    page = browser.new_page(viewport={"width": 1280, "height": 900}, color_scheme="dark")
+    page.on("response", lambda response: failures.append(response.url) if response.status >= 400 else None)
+    page.goto(live_server + "/?model=llama-3.1-8b&device=h100-80gb")
+    page.wait_for_selector("#sweep svg polyline")
+    favicon = httpx.get(live_server + "/favicon.ico", timeout=30)
+    assert favicon.status_code == 200 and favicon.headers["content-type"].startswith("image/svg+xml")
+    assert failures == []
+    background = page.evaluate("getComputedStyle(document.documentElement).backgroundColor")
+    assert background == "rgb(18, 23, 27)"
+    page.emulate_media(color_scheme="light")
+    assert page.evaluate("getComputedStyle(document.documentElement).backgroundColor") == "rgb(243, 245, 247)"
+    page.close()
+
+
+def test_keyboard_alone_plans_with_pipeline_stages(browser: Any, live_server: str) -> None:
+    page = open_page(browser, live_server)
+    page.focus("#count")
+    page.keyboard.press("Control+A")
+    page.keyboard.type("2")
+    page.keyboard.press("Tab")  # -> tensor parallel
+    page.keyboard.press("Tab")  # -> pipeline stages
+    assert page.evaluate("document.activeElement.id") == "pipeline"
+    page.keyboard.press("Control+A")
+    page.keyboard.type("2")
+    page.keyboard.press("Enter")
+    page.wait_for_selector("#verdict >> text=tensor × pipeline = 1 × 2")
+    page.wait_for_selector("#plan-button:enabled")
+    page.focus("#plan-button")
+    for expected in ("copy-link", "export-json", "export-csv"):
+        page.keyboard.press("Tab")
+        assert page.evaluate("document.activeElement.id") == expected
+    page.close()
+
+
+# --- accessibility and screenshots ---------------------------------------------------------------
+
+
+def axe_source() -> str:
+    """axe-core's browser build: from $NIBBLE_AXE_JS, the git-ignored cache, or `npm install` into it."""
+    configured = os.environ.get("NIBBLE_AXE_JS")
+    if configured and Path(configured).is_file():
+        return Path(configured).read_text(encoding="utf-8")
+    script = AXE_DIR / "node_modules" / "axe-core" / "axe.min.js"
+    if not script.is_file():
+        npm = shutil.which("npm")
+        if npm is None:
+            pytest.skip("npm is not installed: cannot fetch axe-core")
+        result = subprocess.run([npm, "install", "--no-audit", "--no-fund", "--prefix", str(AXE_DIR),
+                                 f"axe-core@{AXE_VERSION}"], capture_output=True, text=True, timeout=300, check=False)
+        if result.returncode != 0 or not script.is_file():
+            pytest.skip(f"npm could not install axe-core@{AXE_VERSION}: {result.stderr[-300:]}")
+    return script.read_text(encoding="utf-8")
+
+
+@pytest.mark.parametrize("scheme", ["light", "dark"])
+@pytest.mark.parametrize("width", WIDTHS)
+def test_axe_finds_no_serious_violation_and_screenshots_are_saved(browser: Any, live_server: str, tmp_path: Path,
+                                                                  width: int, scheme: str) -> None:
+    ARTIFACTS.mkdir(exist_ok=True)
+    page = open_page(browser, live_server, "/?model=qwen3-235b-a22b&device=h100-80gb&count=8&ctx=32k&seq=8",
+                     width, scheme)
+    page.wait_for_selector("#devices-chart svg g.device-bar")
+    compare_upload(page, tmp_path)
+    page.screenshot(path=str(ARTIFACTS / f"page-{width}-{scheme}.png"), full_page=True)
+    page.add_script_tag(content=axe_source())
+    results = page.evaluate("async () => (await axe.run(document)).violations.map((v) => ({ id: v.id, "
+                            "impact: v.impact, nodes: v.nodes.map((n) => n.target.join(' ')).slice(0, 5) }))")
+    serious = [violation for violation in results if violation["impact"] in ("serious", "critical")]
+    assert serious == []
+    page.close()
