@@ -179,6 +179,7 @@ def plan_formats(answer: PlanResponse) -> dict[str, FormatOut]:
             max_context_length=answer.max_context_length, context_limited_by=answer.context_limited_by,
             max_concurrent_sequences=answer.max_concurrent_sequences,
             sequences_limited_by=answer.sequences_limited_by, min_devices=answer.min_devices,
+            kv_capacity_tokens=answer.kv_cache.capacity_tokens, refusal=answer.refusal,
             devices=answer.devices)
     return formats
 
