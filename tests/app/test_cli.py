@@ -167,3 +167,20 @@ def test_console_script_is_installed_and_prints_help() -> None:
     script = Path(sys.executable).parent / "nibble"
     if script.exists():
         assert "app.cli" in script.read_text()
+
+
+def test_serve_runs_stock_uvicorn_with_the_connection_limits_of_security_md(monkeypatch: pytest.MonkeyPatch) -> None:
+    import uvicorn
+
+    calls: list[tuple[tuple[object, ...], dict[str, object]]] = []
+    monkeypatch.setattr(uvicorn, "run", lambda *args, **kwargs: calls.append((args, kwargs)))
+    assert nibble("serve", "--port", "8123")[0] == 0
+    ((args, kwargs),) = calls
+    assert args == ("app.main:app",)
+    assert kwargs == {"host": "127.0.0.1", "port": 8123, "workers": 1, "http": "auto", "limit_concurrency": 256,
+                      "timeout_keep_alive": 5, "backlog": 256, "h11_max_incomplete_event_size": 65536}
+    makefile = (REPO_ROOT / "Makefile").read_text()
+    dockerfile = (REPO_ROOT / "Dockerfile").read_text()
+    assert "--limit-concurrency 256 --timeout-keep-alive 5 --backlog 256" in makefile
+    assert '"--limit-concurrency", "256", "--timeout-keep-alive", "5", "--backlog", "256"' in dockerfile
+    assert "app.http_protocol" not in makefile + dockerfile
