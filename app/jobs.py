@@ -37,9 +37,10 @@ from quant_core.tensorio import (
     write_nibble_safetensors,
 )
 from quant_core.tensorio import write_safetensors as write_plain_safetensors
-from quant_core.tensorio.declared import NPY_TENSOR_NAME
 
 FLOAT_KINDS = ("float32", "float16", "bfloat16")
+#: the name a `.npy` file's one tensor goes by
+NPY_TENSOR_NAME = "weight"
 OutputKind = Literal["report", "nibble", "gptq", "awq", "compressed-tensors", "gguf"]
 #: File name suffix of each downloadable output.
 OUTPUT_SUFFIXES: dict[str, str] = {"nibble": ".safetensors", "gptq": ".safetensors", "awq": ".safetensors",
