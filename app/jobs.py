@@ -40,10 +40,11 @@ from quant_core.tensorio import (
     write_nibble_safetensors,
 )
 from quant_core.tensorio import write_safetensors as write_plain_safetensors
-from quant_core.tensorio.declared import NPY_TENSOR_NAME
 from quant_core.tensorio.limits import DEFAULT_MAX_NPY_HEADER_BYTES
 
 FLOAT_KINDS = ("float32", "float16", "bfloat16")
+#: the name a `.npy` file's one tensor goes by
+NPY_TENSOR_NAME = "weight"
 OutputKind = Literal["report", "nibble", "gptq", "awq", "compressed-tensors", "gguf"]
 #: File name suffix of each downloadable output.
 OUTPUT_SUFFIXES: dict[str, str] = {"nibble": ".safetensors", "gptq": ".safetensors", "awq": ".safetensors",

@@ -40,6 +40,8 @@ SNIFF_BYTES = 16
 MULTIPART_OVERHEAD_BYTES = 64 * 1024  # part headers, boundaries and text fields on top of the files
 #: RFC 2046: a boundary is 1 to 70 characters
 MAX_BOUNDARY_BYTES = 70
+#: the most parts one body may hold (a form has a dozen fields): parts cost Python work however small they are
+MAX_PARTS = 100
 
 
 @dataclass
@@ -87,9 +89,13 @@ class _Collector:
         self.fields: dict[str, list[str]] = {}
         self.error: Exception | None = None
         self.ended = False
+        self.parts = 0
 
     def on_part_begin(self) -> None:
         self.headers = {}
+        self.parts += 1
+        if self.parts > MAX_PARTS and self.error is None:
+            self.error = MalformedUpload(f"the multipart body holds more than {MAX_PARTS} parts", field="body")
 
     def on_header_field(self, data: bytes, start: int, end: int) -> None:
         self.header_field += data[start:end]

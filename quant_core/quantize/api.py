@@ -164,7 +164,7 @@ def _chunk_rows(columns: int, elements: int = _CHUNK_ELEMENTS) -> int:
 
 def quantize(weights: NDArray[np.generic], scheme: WeightFormat, method: str,
              calibration: NDArray[np.floating] | None = None, *, name: str = "", threads: int | None = None,
-             wait_rows: Callable[[int], None] | None = None, min_zero: int = 0) -> QuantizedTensor:
+             min_zero: int = 0) -> QuantizedTensor:
     """Quantize a 2-D ``[out_features, in_features]`` tensor to int4 by `method`, measuring the result.
 
     `scheme` is an int4 `WeightFormat` (group size, symmetric or not, int4 or
@@ -183,9 +183,6 @@ def quantize(weights: NDArray[np.generic], scheme: WeightFormat, method: str,
     `threads` (default: every usable core) encodes chunks of rows in parallel
     (NumPy releases the GIL in its loops); the result, figures included, is
     the same for any count.  A server running one job per core passes 1.
-    `wait_rows(stop)`, when given, is called (possibly from several threads)
-    before rows ``[.., stop)`` are read and must block until they are
-    readable: it lets the quantization of an upload overlap its arrival.
     `min_zero` (0 to 14) raises every 4-bit integer zero to at least that
     value (`zeros_at_least`): 1 for GPTQ checkpoint v1, which stores zero − 1.
     """
@@ -208,8 +205,6 @@ def quantize(weights: NDArray[np.generic], scheme: WeightFormat, method: str,
     if method.startswith("gptq"):
         from quant_core.quantize import gptq
 
-        if wait_rows is not None:
-            wait_rows(out_features)
         activations = validate_calibration(calibration, in_features) if calibration is not None else None
         codes_all, scales_all, zeros_all, g_idx = gptq.gptq(
             array, scheme, activations, act_order=method == "gptq-act-order",
@@ -235,15 +230,11 @@ def quantize(weights: NDArray[np.generic], scheme: WeightFormat, method: str,
                 return
             start = starts[index]
             stop = min(out_features, start + step)
-            if wait_rows is not None:
-                wait_rows(stop)
             chunk = reader.read(start, stop)
             grouped = chunk.reshape(stop - start, groups, group_size)
             w_min, w_max = _group_extremes(chunk, group_size)
             if not (np.isfinite(w_min).all() and np.isfinite(w_max).all()):
                 failed.set()
-                if wait_rows is not None:
-                    wait_rows(out_features)
                 _raise_non_finite(array, name)
             parameters = group_method(grouped, w_min, w_max, scheme)
             if scheme.zero == "int4":

@@ -343,3 +343,20 @@ def test_the_table_states_the_decode_bound_and_its_basis() -> None:
     assert ("decode speed (upper bound, 8 sequences): bf16 does not fit; int4 <= 53.3 tokens/s per sequence, "
             "426.5 in all") in out
     assert "speed basis: Upper bounds, not predictions" in out and "H100 Tensor Core GPU datasheet" in out
+
+
+def test_serve_runs_stock_uvicorn_with_the_connection_limits_of_security_md(monkeypatch: pytest.MonkeyPatch) -> None:
+    import uvicorn
+
+    calls: list[tuple[tuple[object, ...], dict[str, object]]] = []
+    monkeypatch.setattr(uvicorn, "run", lambda *args, **kwargs: calls.append((args, kwargs)))
+    assert nibble("serve", "--port", "8123")[0] == 0
+    ((args, kwargs),) = calls
+    assert args == ("app.main:app",)
+    assert kwargs == {"host": "127.0.0.1", "port": 8123, "workers": 1, "http": "auto", "limit_concurrency": 256,
+                      "timeout_keep_alive": 5, "backlog": 256, "h11_max_incomplete_event_size": 65536}
+    makefile = (REPO_ROOT / "Makefile").read_text()
+    dockerfile = (REPO_ROOT / "Dockerfile").read_text()
+    assert "--limit-concurrency 256 --timeout-keep-alive 5 --backlog 256" in makefile
+    assert '"--limit-concurrency", "256", "--timeout-keep-alive", "5", "--backlog", "256"' in dockerfile
+    assert "app.http_protocol" not in makefile + dockerfile

@@ -33,6 +33,17 @@ def test_json_body_over_limit_is_refused_from_content_length() -> None:
     assert (body["limit"], body["value"], body["maximum"]) == ("max_json_bytes", 101, 100)
 
 
+@pytest.mark.parametrize("coding", ["gzip, chunked", "deflate,chunked", "br"])
+def test_a_transfer_coding_other_than_chunked_is_501_before_the_body_is_read(client: TestClient,
+                                                                            coding: str) -> None:
+    # RFC 9112 section 6.1 (issue 17, "also worth fixing"); over a real socket: tests/e2e/test_connections.py
+    response = client.post("/v1/plan", content=b"{}", headers={"transfer-encoding": coding,
+                                                               "content-type": "application/json"})
+    assert response.status_code == 501
+    assert response.headers["content-type"] == "application/problem+json"
+    assert response.json()["errors"][0]["field"] == "Transfer-Encoding"
+
+
 def test_chunked_json_body_over_limit_is_cut_off() -> None:
     def chunks() -> object:
         for _ in range(10):

@@ -22,7 +22,7 @@ from hypothesis import strategies as st
 from safetensors.numpy import save as save_safetensors
 
 from app.problems import MalformedUpload
-from app.uploads import _Collector
+from app.uploads import MAX_PARTS, _Collector
 from tests.app.conftest import make_settings
 
 BOUNDARY = b"----nibbleTestBoundary7MA4YWxkTrZu0gW"
@@ -149,6 +149,14 @@ def test_a_body_cut_off_inside_a_file_is_malformed_naming_the_file(tmp_path: Pat
 def test_an_empty_body_is_malformed_naming_the_body(tmp_path: Path) -> None:
     with pytest.raises(MalformedUpload, match="without its closing delimiter") as refused:
         collect(b"", [], tmp_path)
+    assert refused.value.field == "body"
+
+
+def test_a_body_of_more_parts_than_a_form_has_is_refused_at_the_first_part_too_many(tmp_path: Path) -> None:
+    fields = [(f"field{index}", b"", False) for index in range(MAX_PARTS + 1)]
+    assert collect(multipart(fields[:MAX_PARTS]), [], tmp_path)[1]["field0"] == [""]
+    with pytest.raises(MalformedUpload, match=f"more than {MAX_PARTS} parts") as refused:
+        collect(multipart(fields), [], tmp_path)
     assert refused.value.field == "body"
 
 

@@ -1,16 +1,17 @@
-"""`quantize` in parallel threads, and waiting for rows that are still arriving."""
+"""`quantize` in parallel threads."""
 
 from __future__ import annotations
 
 import threading
 import time
+from typing import Any
 
 import numpy as np
 import pytest
 
 from quant_core.errors import InvalidSpec, NonFiniteValues
 from quant_core.formats import int4
-from quant_core.quantize import quantize
+from quant_core.quantize import api, quantize
 
 
 @pytest.fixture(scope="module")
@@ -29,51 +30,15 @@ def test_thread_count_changes_neither_codes_nor_figures(weights: np.ndarray, met
         assert one.quality == other.quality
 
 
-def test_wait_rows_is_asked_for_every_row_before_it_is_read(weights: np.ndarray) -> None:
-    asked: list[int] = []
-    lock = threading.Lock()
-
-    def wait_rows(stop: int) -> None:
-        with lock:
-            asked.append(stop)
-
-    q = quantize(weights, int4(128), "rtn", threads=2, wait_rows=wait_rows)
-    assert max(asked) == weights.shape[0] and len(asked) >= 2
-    assert np.array_equal(q.packed, quantize(weights, int4(128), "rtn", threads=1).packed)
-
-
-def test_rows_that_have_not_arrived_are_not_read(weights: np.ndarray) -> None:
-    arriving = np.zeros_like(weights)
-    arrived = threading.Condition()
-    rows_in = [0]
-
-    def wait_rows(stop: int) -> None:
-        with arrived:
-            arrived.wait_for(lambda: rows_in[0] >= stop)
-
-    def receive() -> None:
-        for start in range(0, weights.shape[0], 32):
-            time.sleep(0.001)  # slower than the quantizer, which must wait
-            arriving[start:start + 32] = weights[start:start + 32]
-            with arrived:
-                rows_in[0] = start + 32
-                arrived.notify_all()
-
-    sender = threading.Thread(target=receive)
-    sender.start()
-    q = quantize(arriving, int4(128), "rtn", threads=2, wait_rows=wait_rows)
-    sender.join()
-    assert np.array_equal(q.packed, quantize(weights, int4(128), "rtn").packed)
-
-
-def test_a_thread_held_up_leaves_its_share_of_chunks_to_the_others() -> None:
-    # 16 chunks of 256 rows; the first chunk a thread takes holds it up for 0.5 s (a descheduled core)
+def test_a_thread_held_up_leaves_its_share_of_chunks_to_the_others(monkeypatch: pytest.MonkeyPatch) -> None:
+    # 16 chunks of 256 rows; the first chunk a thread reads holds it up for 0.5 s (a descheduled core)
     weights = np.random.default_rng(8).standard_normal((4096, 4096)).astype(np.float32)
     chunks_by_thread: dict[str, int] = {}
     held: set[str] = set()
     lock = threading.Lock()
+    read = api._ChunkReader.read
 
-    def wait_rows(stop: int) -> None:
+    def slow_first_read(reader: Any, start: int, stop: int) -> Any:
         name = threading.current_thread().name
         with lock:
             chunks_by_thread[name] = chunks_by_thread.get(name, 0) + 1
@@ -81,9 +46,11 @@ def test_a_thread_held_up_leaves_its_share_of_chunks_to_the_others() -> None:
             held.add(name)
         if hold:
             time.sleep(0.5)
+        return read(reader, start, stop)
 
     reference = quantize(weights, int4(128), "rtn", threads=1)
-    q = quantize(weights, int4(128), "rtn", threads=2, wait_rows=wait_rows)
+    monkeypatch.setattr(api._ChunkReader, "read", slow_first_read)
+    q = quantize(weights, int4(128), "rtn", threads=2)
     assert sum(chunks_by_thread.values()) == 16
     assert max(chunks_by_thread.values()) >= 12  # dealt round-robin, each would take 8 whatever the delay
     assert np.array_equal(q.packed, reference.packed) and q.quality == reference.quality
