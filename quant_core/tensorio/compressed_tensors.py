@@ -81,6 +81,12 @@ def compressed_tensors_config(tensors: Mapping[str, QuantizedTensor]) -> dict[st
     groups: dict[tuple[int | None, bool], list[str]] = {}
     for name, q in tensors.items():
         groups.setdefault((q.format.group_size, q.format.symmetric), []).append(module_prefix(name))
+    return compressed_tensors_scheme_config(groups)
+
+
+def compressed_tensors_scheme_config(groups: Mapping[tuple[int | None, bool], list[str]]) -> dict[str, Any]:
+    """The ``quantization_config`` of modules grouped by ``(group_size, symmetric)``: one config group each,
+    targeting its modules (names without ``.weight``) by exact name."""
     config_groups = {
         f"group_{index}": {
             "targets": targets,
