@@ -68,6 +68,18 @@ class Settings(BaseSettings):
         description="Bytes of upload spool files kept (unnamed, in temp_dir) for later uploads to overwrite "
                     "(app/spool.py); larger uploads get a new file; 0 keeps none.",
     )
+    state_dir: Path | None = Field(
+        None, description="Where the checkpoint job store (SQLite) and each job's parts and result live; "
+                          "unset: the /v1/jobs routes answer 503.")
+    data_dir: Path | None = Field(
+        None, description="The data root: a job's source.path is a directory under it, and nothing outside it "
+                          "(by '..', an absolute path or a symlink) is read; unset: the /v1/jobs routes answer 503.")
+    job_tensor_concurrency: int = Field(
+        2, gt=0, description="Tensors of one checkpoint job quantized at once (each takes a pool worker).")
+    job_max_tensors: int = Field(200_000, gt=0, description="Most tensors in one job's source checkpoint.")
+    job_max_elements_per_tensor: int = Field(
+        1 << 32, gt=0, description="Most elements in one tensor of a job's source checkpoint (a tensor is read "
+                                   "into memory whole when it is quantized).")
 
     @field_validator("cors_origins", "api_keys", mode="before")
     @classmethod
