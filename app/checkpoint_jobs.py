@@ -13,8 +13,10 @@ succeeds with its file manifest.  A restart resumes every job still queued or
 running from its rows, and the assembly makes the same bytes.  Cancelling
 stops a job between tensors and removes its files.
 
-The executor is behind `Executor` and knows nothing of HTTP: `PoolExecutor`
-runs calls on the app's bounded `WorkerPool` (waiting while it is full).
+The executors know nothing of HTTP: `PoolExecutor` runs calls on the app's
+bounded `WorkerPool` (waiting while it is full); tensors go through a
+`TensorRunner`, the pool's (`PoolTensorRunner`) or, with ``NIBBLE_RAY_ADDRESS``,
+Ray tasks (app/ray_runner.py), which give the same bytes.
 """
 
 from __future__ import annotations
@@ -56,9 +58,10 @@ logger = logging.getLogger("nibble.jobs")
 
 
 class JobsNotConfigured(ApiProblem):
-    """The server has no state directory or no data root (NIBBLE_STATE_DIR, NIBBLE_DATA_DIR): no jobs."""
+    """The server has no state directory or no data root (NIBBLE_STATE_DIR, NIBBLE_DATA_DIR): there are no jobs
+    here (404: a configuration of this server, not a passing condition to retry)."""
 
-    status, title, slug = 503, "Jobs not configured", "jobs-not-configured"
+    status, title, slug = 404, "Jobs not configured", "jobs-not-configured"
 
 
 class JobNotFound(ApiProblem):
@@ -169,6 +172,29 @@ class PoolExecutor:
                 await asyncio.sleep(self.retry_seconds)
 
 
+class TensorRunner(Protocol):
+    """Makes one tensor's part file: ``(report entry, seconds)``."""
+
+    async def quantize(self, directory: Path, plan: TensorPlan, options: CheckpointOptions, part: Path
+                       ) -> tuple[dict[str, Any], float]: ...
+
+    async def close(self) -> None: ...
+
+
+class PoolTensorRunner:
+    """Tensors on the app's bounded pool: the worker reads the tensor and writes its part itself."""
+
+    def __init__(self, executor: Executor) -> None:
+        self.executor = executor
+
+    async def quantize(self, directory: Path, plan: TensorPlan, options: CheckpointOptions, part: Path
+                       ) -> tuple[dict[str, Any], float]:
+        return await self.executor.call(timed_tensor_part, directory, plan, options, part)
+
+    async def close(self) -> None:
+        return None
+
+
 # --- the manager -----------------------------------------------------------------------------------------
 
 
@@ -176,9 +202,12 @@ class JobManager:
     """Submits, runs, resumes, cancels and describes checkpoint jobs (module docstring)."""
 
     def __init__(self, store: JobStore, executor: Executor, data_root: Path, *, concurrency: int,
-                 max_tensors: int, max_elements: int, max_header_bytes: int, threads: int | None = 1) -> None:
+                 max_tensors: int, max_elements: int, max_header_bytes: int, threads: int | None = 1,
+                 tensors: TensorRunner | None = None) -> None:
         self.store = store
         self.executor = executor
+        #: where tensors are quantized: the pool (default) or Ray tasks (app/ray_runner.py)
+        self.tensors = tensors or PoolTensorRunner(executor)
         self.data_root = data_root.resolve()
         self.concurrency = concurrency
         self.limits = (max_tensors, max_elements, max_header_bytes)
@@ -205,6 +234,7 @@ class JobManager:
             self._runner.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await asyncio.wait_for(self._runner, 10)
+        await self.tensors.close()
         self.store.close()
 
     # requests
@@ -333,8 +363,8 @@ class JobManager:
             for plan in pending:
                 if job_id in self._cancelled:
                     return
-                entry, seconds = await self.executor.call(
-                    timed_tensor_part, checkpoint.directory, plan, options, part_path(part_dir, plan))
+                entry, seconds = await self.tensors.quantize(checkpoint.directory, plan, options,
+                                                             part_path(part_dir, plan))
                 self.store.add_tensor(job_id, TensorRecord(plan.index, plan.tensor.nbytes, seconds, entry))
                 entries[plan.index] = entry
                 self._notify(job_id)

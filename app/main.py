@@ -29,6 +29,7 @@ from app.problems import (
     install_problem_handlers,
     problem_response,
 )
+from app.ray_runner import RayTensorRunner
 from app.routers import devices, health, jobs, models, plans, quantizations
 from app.security import BEARER_SCHEME, BEARER_SCHEME_NAME, BodySizeLimit
 from app.settings import Settings, get_settings
@@ -84,10 +85,12 @@ def _job_manager(settings: Settings, pool: WorkerPool) -> JobManager | None:
     """The checkpoint job manager, when both the state directory and the data root are configured."""
     if settings.state_dir is None or settings.data_dir is None:
         return None
-    return JobManager(JobStore(settings.state_dir), PoolExecutor(pool, settings.retry_after_seconds),
-                      settings.data_dir, concurrency=settings.job_tensor_concurrency,
-                      max_tensors=settings.job_max_tensors, max_elements=settings.job_max_elements_per_tensor,
-                      max_header_bytes=settings.max_header_bytes, threads=settings.job_threads)
+    executor = PoolExecutor(pool, settings.retry_after_seconds)
+    tensors = RayTensorRunner(settings.ray_address) if settings.ray_address else None
+    return JobManager(JobStore(settings.state_dir), executor, settings.data_dir,
+                      concurrency=settings.job_tensor_concurrency, max_tensors=settings.job_max_tensors,
+                      max_elements=settings.job_max_elements_per_tensor, max_header_bytes=settings.max_header_bytes,
+                      threads=settings.job_threads, tensors=tensors)
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:

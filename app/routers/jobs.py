@@ -47,7 +47,7 @@ def _status(manager: JobManager, record: JobRecord) -> dict[str, Any]:
 
 
 @router.post("", status_code=202, response_model=JobStatus, summary="Quantize a checkpoint as a job",
-             responses=problem_responses(403, 413, 422, 503))
+             responses=problem_responses(400, 403, 404, 413, 415, 422, 503))
 async def create_job(request: Request, body: JobCreate) -> JSONResponse:
     """Validate the source (every shard header and the index) and plan it, then queue the job: 202 with its
     id and URL.  Refused with problem+json: a path outside the data root (403), a checkpoint whose index lies
@@ -57,7 +57,7 @@ async def create_job(request: Request, body: JobCreate) -> JSONResponse:
     return JSONResponse(_status(manager, record), status_code=202, headers={"Location": _url(record)})
 
 
-@router.get("", response_model=JobList, summary="List jobs, newest first", responses=problem_responses(503))
+@router.get("", response_model=JobList, summary="List jobs, newest first", responses=problem_responses(404))
 async def list_jobs(request: Request) -> dict[str, Any]:
     manager = _manager(request)
     jobs = [JobSummary(id=r.id, url=_url(r), state=r.state, created_at=r.created_at,
@@ -67,13 +67,13 @@ async def list_jobs(request: Request) -> dict[str, Any]:
 
 
 @router.get("/{job_id}", response_model=JobStatus, summary="A job's state, progress, report and result",
-            responses=problem_responses(404, 503))
+            responses=problem_responses(404))
 async def read_job(request: Request, job_id: str) -> dict[str, Any]:
     manager = _manager(request)
     return _status(manager, manager.get(job_id))
 
 
-@router.delete("/{job_id}", response_model=JobStatus, summary="Cancel a job", responses=problem_responses(404, 503))
+@router.delete("/{job_id}", response_model=JobStatus, summary="Cancel a job", responses=problem_responses(404))
 async def cancel_job(request: Request, job_id: str) -> dict[str, Any]:
     """A queued job is cancelled at once; a running one stops after the tensors in flight (its state says
     ``running`` until then), and its files are removed.  A finished job is left as it is."""
@@ -85,7 +85,7 @@ async def cancel_job(request: Request, job_id: str) -> dict[str, Any]:
             responses={200: {"description": "text/event-stream: a `status` event (the JSON of GET /v1/jobs/{id}) "
                                             "at once and at every change, until the job is finished.",
                              "content": {"text/event-stream": {"schema": {"type": "string"}}}},
-                       **problem_responses(404, 503)})
+                       **problem_responses(404)})
 async def stream_job_events(request: Request, job_id: str) -> StreamingResponse:
     manager = _manager(request)
     manager.get(job_id)  # 404 before the stream starts
@@ -106,7 +106,7 @@ async def stream_job_events(request: Request, job_id: str) -> StreamingResponse:
             responses={200: {"content": {"application/octet-stream": {"schema": {"type": "string",
                                                                                  "format": "binary"}}},
                              "description": "The file, or the requested byte range (206)."},
-                       **problem_responses(404, 409, 416, 503)})
+                       **problem_responses(404, 409, 416)})
 async def read_job_file(request: Request, job_id: str, name: str) -> FileResponse:
     """Only the names the job's manifest lists are served."""
     manager = _manager(request)

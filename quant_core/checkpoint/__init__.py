@@ -19,10 +19,12 @@ from quant_core.checkpoint.output import (
     passthrough_entry,
     quantization_config,
     quantize_checkpoint,
+    quantize_tensor_bytes,
     quantize_tensor_part,
     write_checkpoint_files,
     write_gguf_output,
     write_output_shard,
+    write_part,
 )
 from quant_core.checkpoint.plan import (
     DEFAULT_EXCLUDE,
@@ -71,9 +73,11 @@ __all__ = [
     "plan_checkpoint",
     "quantization_config",
     "quantize_checkpoint",
+    "quantize_tensor_bytes",
     "quantize_tensor_part",
     "read_tensor",
     "write_checkpoint_files",
     "write_gguf_output",
     "write_output_shard",
+    "write_part",
 ]

@@ -20,6 +20,7 @@ thread count: the same input gives byte-identical output.
 
 from __future__ import annotations
 
+import io
 import json
 import math
 import os
@@ -54,7 +55,7 @@ from quant_core.tensorio.nibble_file import describe_quantized
 from quant_core.tensorio.safetensors_io import (
     encode_safetensors_header,
     read_safetensors_header,
-    write_safetensors,
+    write_safetensors_to,
 )
 
 REPORT_NAME = "nibble_report.json"
@@ -97,13 +98,15 @@ def exported_parts(name: str, q: QuantizedTensor, options: CheckpointOptions) ->
     return {name: q4_0_blocks(name, q)}
 
 
-def quantize_tensor_part(directory: Path, plan: TensorPlan, options: CheckpointOptions, part_path: Path
-                         ) -> dict[str, Any]:
-    """Quantize one planned tensor of the checkpoint in `directory` and write its exported part to `part_path`.
+def quantize_tensor_bytes(directory: Path, plan: TensorPlan, options: CheckpointOptions
+                          ) -> tuple[bytes, dict[str, Any]]:
+    """Quantize one planned tensor of the checkpoint in `directory`: its part file's bytes and its report entry.
 
-    Returns the tensor's report entry (name, shape, dtype, method, format,
-    bytes in and out, bits per weight, quality figures): the same for the
-    same input, whatever machine or thread count computed it.
+    The entry has the name, shape, dtype, method, format, bytes in and out,
+    bits per weight and quality figures.  Both are the same for the same
+    input, whatever machine or thread count computed them, so a part may be
+    made anywhere (a Ray task returns these bytes) and written where the job's
+    parts are.
     """
     tensor = plan.tensor
     weights = read_tensor(directory, tensor)
@@ -111,16 +114,30 @@ def quantize_tensor_part(directory: Path, plan: TensorPlan, options: CheckpointO
                  min_zero=options.min_zero)
     del weights
     parts = exported_parts(tensor.name, q, options)
-    _write_atomically(part_path, lambda temporary: write_safetensors(temporary, parts))
+    buffer = io.BytesIO()
+    write_safetensors_to(buffer, parts)
     output_bytes = sum(int(array.nbytes) for array in parts.values())
     described = describe_quantized(q)
-    return {
+    return buffer.getvalue(), {
         "name": tensor.name, "shape": list(tensor.shape), "dtype": tensor.dtype, "method": options.method,
         "format": options.scheme.label(),
         "bytes": {"input": tensor.nbytes, "output": output_bytes},
         "bits_per_weight": 8 * output_bytes / math.prod(tensor.shape),
         "quality": described["quality"],
     }
+
+
+def write_part(part_path: Path, data: bytes) -> None:
+    """Write a part file atomically (beside, synced, renamed): it exists whole or not at all."""
+    _write_bytes(part_path, data)
+
+
+def quantize_tensor_part(directory: Path, plan: TensorPlan, options: CheckpointOptions, part_path: Path
+                         ) -> dict[str, Any]:
+    """`quantize_tensor_bytes`, its part written to `part_path` (atomically); returns the report entry."""
+    data, entry = quantize_tensor_bytes(directory, plan, options)
+    write_part(part_path, data)
+    return entry
 
 
 def passthrough_entry(plan: TensorPlan) -> dict[str, Any]:

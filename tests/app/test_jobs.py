@@ -188,7 +188,7 @@ def test_missing_directory_and_bad_options_are_422(jobs_client: TestClient) -> N
     assert extra["status"] == 422 and extra["errors"][0]["field"] == "colour"
 
 
-def test_jobs_without_state_dir_and_data_root_answer_503() -> None:
+def test_jobs_without_state_dir_and_data_root_answer_404() -> None:
     with client_with() as client:
         problem = _problem(client, {"source": {"path": "llama"}})
-    assert (problem["status"], problem["type"]) == (503, "urn:nibble:problem:jobs-not-configured")
+    assert (problem["status"], problem["type"]) == (404, "urn:nibble:problem:jobs-not-configured")
