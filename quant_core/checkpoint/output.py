@@ -98,6 +98,25 @@ def exported_parts(name: str, q: QuantizedTensor, options: CheckpointOptions) ->
     return {name: q4_0_blocks(name, q)}
 
 
+def _quantized_parts(directory: Path, plan: TensorPlan, options: CheckpointOptions
+                     ) -> tuple[dict[str, NDArray[Any]], dict[str, Any]]:
+    """One planned tensor read, quantized and exported: its part's tensors and its report entry."""
+    tensor = plan.tensor
+    weights = read_tensor(directory, tensor)
+    q = quantize(weights, options.scheme, options.method, name=tensor.name, threads=options.threads,
+                 min_zero=options.min_zero)
+    del weights
+    parts = exported_parts(tensor.name, q, options)
+    output_bytes = sum(int(array.nbytes) for array in parts.values())
+    return parts, {
+        "name": tensor.name, "shape": list(tensor.shape), "dtype": tensor.dtype, "method": options.method,
+        "format": options.scheme.label(),
+        "bytes": {"input": tensor.nbytes, "output": output_bytes},
+        "bits_per_weight": 8 * output_bytes / math.prod(tensor.shape),
+        "quality": describe_quantized(q)["quality"],
+    }
+
+
 def quantize_tensor_bytes(directory: Path, plan: TensorPlan, options: CheckpointOptions
                           ) -> tuple[bytes, dict[str, Any]]:
     """Quantize one planned tensor of the checkpoint in `directory`: its part file's bytes and its report entry.
@@ -106,25 +125,12 @@ def quantize_tensor_bytes(directory: Path, plan: TensorPlan, options: Checkpoint
     bits per weight and quality figures.  Both are the same for the same
     input, whatever machine or thread count computed them, so a part may be
     made anywhere (a Ray task returns these bytes) and written where the job's
-    parts are.
+    parts are (`write_part`).
     """
-    tensor = plan.tensor
-    weights = read_tensor(directory, tensor)
-    q = quantize(weights, options.scheme, options.method, name=tensor.name, threads=options.threads,
-                 min_zero=options.min_zero)
-    del weights
-    parts = exported_parts(tensor.name, q, options)
+    parts, entry = _quantized_parts(directory, plan, options)
     buffer = io.BytesIO()
     write_safetensors_to(buffer, parts)
-    output_bytes = sum(int(array.nbytes) for array in parts.values())
-    described = describe_quantized(q)
-    return buffer.getvalue(), {
-        "name": tensor.name, "shape": list(tensor.shape), "dtype": tensor.dtype, "method": options.method,
-        "format": options.scheme.label(),
-        "bytes": {"input": tensor.nbytes, "output": output_bytes},
-        "bits_per_weight": 8 * output_bytes / math.prod(tensor.shape),
-        "quality": described["quality"],
-    }
+    return buffer.getvalue(), entry
 
 
 def write_part(part_path: Path, data: bytes) -> None:
@@ -134,9 +140,14 @@ def write_part(part_path: Path, data: bytes) -> None:
 
 def quantize_tensor_part(directory: Path, plan: TensorPlan, options: CheckpointOptions, part_path: Path
                          ) -> dict[str, Any]:
-    """`quantize_tensor_bytes`, its part written to `part_path` (atomically); returns the report entry."""
-    data, entry = quantize_tensor_bytes(directory, plan, options)
-    write_part(part_path, data)
+    """`quantize_tensor_bytes`, its part written straight to `part_path` (atomically); returns the report entry."""
+    parts, entry = _quantized_parts(directory, plan, options)
+
+    def write(temporary: Path) -> None:
+        with open(temporary, "wb") as handle:
+            write_safetensors_to(handle, parts)
+
+    _write_atomically(part_path, write)
     return entry
 
 
@@ -259,16 +270,23 @@ def output_shards(checkpoint: Checkpoint, plans: Sequence[TensorPlan], part_dir:
 
 
 def _copy_range(source: Path, offset: int, nbytes: int, handle: Any) -> None:
+    """Append bytes ``[offset, offset + nbytes)`` of `source` to the open file `handle`, in the kernel
+    (``copy_file_range``) where it can, else through a buffer of `COPY_BYTES`."""
+    handle.flush()
+    target = handle.fileno()
     descriptor = os.open(source, os.O_RDONLY)
     try:
         done = 0
         while done < nbytes:
-            chunk = os.pread(descriptor, min(COPY_BYTES, nbytes - done), offset + done)
-            if not chunk:
+            try:
+                count = os.copy_file_range(descriptor, target, min(COPY_BYTES, nbytes - done), offset + done)
+            except OSError:  # another filesystem or an old kernel: copy through a buffer
+                chunk = os.pread(descriptor, min(COPY_BYTES, nbytes - done), offset + done)
+                count = os.write(target, chunk) if chunk else 0
+            if count == 0:
                 raise CheckpointError(f"{source.name} ends inside the bytes {offset} to {offset + nbytes} "
                                       "being copied: it was truncated")
-            handle.write(chunk)
-            done += len(chunk)
+            done += count
     finally:
         os.close(descriptor)
 
