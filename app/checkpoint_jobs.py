@@ -47,6 +47,7 @@ from quant_core.checkpoint import (
     passthrough_entry,
     plan_checkpoint,
     quantize_tensor_part,
+    valid_parts,
     write_checkpoint_files,
     write_gguf_output,
     write_output_shard,
@@ -354,8 +355,9 @@ class JobManager:
         job_dir = self.store.job_dir(job_id)
         part_dir, out_dir = job_dir / "parts", Path(record.output_dir)
         part_dir.mkdir(parents=True, exist_ok=True)
-        entries = {row.position: row.entry for row in self.store.tensors(job_id)
-                   if part_path(part_dir, plans[row.position]).exists()}
+        rows = {row.position: row.entry for row in self.store.tensors(job_id)}
+        whole = await self.executor.call(valid_parts, part_dir, plans, sorted(rows)) if rows else []
+        entries = {position: rows[position] for position in whole}
         todo = [plan for plan in plans if plan.quantized and plan.index not in entries]
         pending = iter(todo)  # shared by the workers below: each takes the next tensor in plan order
 

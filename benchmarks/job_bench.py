@@ -4,8 +4,9 @@ Run: ``.venv/bin/python benchmarks/job_bench.py [--gib 2] [--rows 4096]``.  The 
 BF16 ``[rows, 4096]`` linear weights (``np.random.default_rng(i).standard_normal``) in shards of at most
 500 MB, with an index and a llama config.json.  Baseline: in this process, each tensor read by byte range and
 quantized by ``rtn`` g128 with every core (`read_tensor` + `quantize`), no output written.  Job: a stock
-``uvicorn app.main:app`` (2 pool workers, 2 tensors at once), ``POST /v1/jobs`` (compressed-tensors) timed to
-``succeeded``: reading, quantizing, writing each part (synced), the shards, index and config.  Targets (issue 21):
+``uvicorn app.main:app`` (2 pool workers, ``--concurrency`` tensors at once, ``--threads`` each),
+``POST /v1/jobs`` (compressed-tensors) timed to ``succeeded``: reading, quantizing, writing each part, the shards
+(synced), index and config.  Targets (issue 21):
 job throughput >= 0.8x the baseline's; peak RSS of the process that quantizes a tensor <= 3x the largest tensor
 + 256 MiB (sampled every 20 ms with psutil; the server process and the sum are printed beside it).
 """
@@ -104,10 +105,11 @@ class PeakRss:
         self.thread.join()
 
 
-def job_seconds(data_root: Path, state_dir: Path) -> tuple[float, PeakRss]:
+def job_seconds(data_root: Path, state_dir: Path, concurrency: int, threads: int) -> tuple[float, PeakRss]:
     port = 18000 + os.getpid() % 1000
     env = {**os.environ, "NIBBLE_STATE_DIR": str(state_dir), "NIBBLE_DATA_DIR": str(data_root),
-           "NIBBLE_POOL_WORKERS": "2", "NIBBLE_JOB_TENSOR_CONCURRENCY": "2"}
+           "NIBBLE_POOL_WORKERS": "2", "NIBBLE_JOB_TENSOR_CONCURRENCY": str(concurrency),
+           "NIBBLE_JOB_THREADS": str(threads)}
     server = subprocess.Popen([sys.executable, "-m", "uvicorn", "app.main:app", "--port", str(port),
                                "--log-level", "warning"], cwd=REPO_ROOT, env=env, start_new_session=True,
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -147,13 +149,15 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--gib", type=float, default=2.0)
     parser.add_argument("--rows", type=int, default=4096)
+    parser.add_argument("--concurrency", type=int, default=2, help="NIBBLE_JOB_TENSOR_CONCURRENCY (default 2)")
+    parser.add_argument("--threads", type=int, default=1, help="NIBBLE_JOB_THREADS (default 1)")
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="nibble-job-bench-"))
     try:
         largest = write_checkpoint(work / "data" / "synthetic", int(args.gib * (1 << 30)), args.rows)
         total = open_checkpoint(work / "data" / "synthetic").total_bytes
         baseline = min(in_process_seconds(work / "data" / "synthetic") for _ in range(2))
-        seconds, peak = job_seconds(work / "data", work / "state")
+        seconds, peak = job_seconds(work / "data", work / "state", args.concurrency, args.threads)
         ratio = baseline / seconds
         bound = 3 * largest + 256 * MIB
         print(f"checkpoint: {total / (1 << 30):.2f} GiB, largest tensor {largest / MIB:.0f} MiB, {os.cpu_count()} CPUs")

@@ -44,6 +44,7 @@ from quant_core.checkpoint.source import (
     CheckpointTensor,
     read_tensor,
 )
+from quant_core.errors import LimitExceeded, TensorFileError
 from quant_core.quantize import quantize
 from quant_core.quantize.types import QuantizedTensor
 from quant_core.tensorio._export_common import module_prefix
@@ -67,15 +68,17 @@ _GGUF_TYPES: dict[str, np.dtype[Any]] = {
     "I16": np.dtype(np.int16), "I32": np.dtype(np.int32), "I64": np.dtype(np.int64)}
 
 
-def _write_atomically(path: Path, write: Callable[[Path], object]) -> None:
-    """Call ``write(temporary)`` beside `path`, sync the file, and rename it to `path` (all or nothing)."""
+def _write_atomically(path: Path, write: Callable[[Path], object], *, sync: bool = True) -> None:
+    """Call ``write(temporary)`` beside `path`, sync the file (unless `sync` is false), and rename it to `path`:
+    a reader (or a process killed at any moment) sees the whole file or none."""
     temporary = path.with_name(path.name + ".partial")
     write(temporary)
-    descriptor = os.open(temporary, os.O_RDONLY)
-    try:
-        os.fsync(descriptor)
-    finally:
-        os.close(descriptor)
+    if sync:
+        descriptor = os.open(temporary, os.O_RDONLY)
+        try:
+            os.fsync(descriptor)
+        finally:
+            os.close(descriptor)
     os.replace(temporary, path)
 
 
@@ -134,8 +137,12 @@ def quantize_tensor_bytes(directory: Path, plan: TensorPlan, options: Checkpoint
 
 
 def write_part(part_path: Path, data: bytes) -> None:
-    """Write a part file atomically (beside, synced, renamed): it exists whole or not at all."""
-    _write_bytes(part_path, data)
+    """Write a part file atomically (beside, then renamed): it exists whole or not at all.
+
+    Not synced: a killed process leaves the page cache to the kernel, and after
+    a power loss `valid_parts` finds any part that did not reach the disk whole.
+    """
+    _write_atomically(part_path, lambda temporary: temporary.write_bytes(data), sync=False)
 
 
 def quantize_tensor_part(directory: Path, plan: TensorPlan, options: CheckpointOptions, part_path: Path
@@ -147,8 +154,23 @@ def quantize_tensor_part(directory: Path, plan: TensorPlan, options: CheckpointO
         with open(temporary, "wb") as handle:
             write_safetensors_to(handle, parts)
 
-    _write_atomically(part_path, write)
+    _write_atomically(part_path, write, sync=False)  # as `write_part`
     return entry
+
+
+def valid_parts(part_dir: Path, plans: Sequence[TensorPlan], indexes: Sequence[int]) -> list[int]:
+    """Which of the parts `indexes` (plan indexes) exist whole: a readable header whose tensors tile the file.
+
+    A resumed job redoes the others (a part a power loss left short or empty).
+    """
+    valid = []
+    for index in indexes:
+        try:
+            read_safetensors_header(part_path(part_dir, plans[index]))
+        except (OSError, TensorFileError, LimitExceeded):
+            continue
+        valid.append(index)
+    return valid
 
 
 def passthrough_entry(plan: TensorPlan) -> dict[str, Any]:

@@ -15,9 +15,11 @@ from quant_core.checkpoint import (
     CheckpointError,
     CheckpointOptions,
     open_checkpoint,
+    part_path,
     plan_checkpoint,
     quantize_checkpoint,
     read_tensor,
+    valid_parts,
 )
 from quant_core.errors import InvalidSpec
 from quant_core.tensorio import read_safetensors, write_safetensors
@@ -173,3 +175,16 @@ def test_options_a_format_cannot_hold_are_refused_before_any_work(checkpoint_dir
         plan_checkpoint(checkpoint, CheckpointOptions(output="gguf"))
     with pytest.raises(InvalidSpec, match="selects no tensor"):
         plan_checkpoint(checkpoint, CheckpointOptions(include=("nothing.*",)))
+
+
+def test_valid_parts_names_only_the_parts_that_exist_whole(tmp_path: Path, checkpoint_dir: Path) -> None:
+    checkpoint = open_checkpoint(checkpoint_dir)
+    options = CheckpointOptions()
+    plans = plan_checkpoint(checkpoint, options)
+    quantize_checkpoint(checkpoint, plans, options, tmp_path / "out", tmp_path / "parts")
+    quantized = [plan.index for plan in plans if plan.quantized]
+    first, second, third = (part_path(tmp_path / "parts", plans[index]) for index in quantized[:3])
+    os.truncate(first, first.stat().st_size - 1)  # what a power loss may leave of an unsynced part
+    second.write_bytes(b"")
+    third.unlink()
+    assert valid_parts(tmp_path / "parts", plans, quantized) == quantized[3:]
