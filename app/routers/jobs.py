@@ -82,8 +82,9 @@ async def cancel_job(request: Request, job_id: str) -> dict[str, Any]:
 
 
 @router.get("/{job_id}/events", summary="A job's status as server-sent events",
-            responses={200: {"description": "text/event-stream: a `status` event (the JSON of GET /v1/jobs/{id}) "
-                                            "at once and at every change, until the job is finished.",
+            responses={200: {"description": "text/event-stream: a `status` event (the JSON of GET /v1/jobs/{id}, "
+                                            "its `report` only in the last) at once and at every change, until "
+                                            "the job is finished.",
                              "content": {"text/event-stream": {"schema": {"type": "string"}}}},
                        **problem_responses(404)})
 async def stream_job_events(request: Request, job_id: str) -> StreamingResponse:
@@ -94,8 +95,11 @@ async def stream_job_events(request: Request, job_id: str) -> StreamingResponse:
         while True:
             record = manager.get(job_id)
             status = _status(manager, record)
+            finished = record.state in TERMINAL_STATES
+            if not finished:  # the report grows with every tensor: sent whole once, with the final status
+                status.pop("report")
             yield f"event: status\ndata: {json.dumps(status, separators=(',', ':'))}\n\n".encode()
-            if record.state in TERMINAL_STATES or await request.is_disconnected():
+            if finished or await request.is_disconnected():
                 return
             await manager.wait_change(job_id, EVENT_INTERVAL_SECONDS)
 

@@ -9,12 +9,13 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
 from quant_core.checkpoint import INDEX_NAME, CheckpointOptions, open_checkpoint, plan_checkpoint, quantize_checkpoint
 from tests.app.conftest import client_with
-from tests.checkpoints import tree_bytes, write_llama_checkpoint
+from tests.checkpoints import llama_tensors, tree_bytes, write_llama_checkpoint
 
 PROBLEM = "application/problem+json"
 
@@ -90,6 +91,7 @@ def test_job_events_stream_status_until_the_job_is_finished(jobs_client: TestCli
         assert stream.headers["content-type"].startswith("text/event-stream")
         events = [json.loads(line.removeprefix("data: ")) for line in stream.iter_lines() if line.startswith("data: ")]
     assert events[-1]["state"] == "succeeded"
+    assert len(events[-1]["report"]) == 21 and all("report" not in event for event in events[:-1])
     done = [event["progress"]["tensors_done"] for event in events]
     assert done == sorted(done)
 
@@ -192,3 +194,19 @@ def test_jobs_without_state_dir_and_data_root_answer_404() -> None:
     with client_with() as client:
         problem = _problem(client, {"source": {"path": "llama"}})
     assert (problem["status"], problem["type"]) == (404, "urn:nibble:problem:jobs-not-configured")
+
+
+def test_a_tensor_that_cannot_be_quantized_fails_the_job_with_its_problem(tmp_path: Path) -> None:
+    tensors = llama_tensors()
+    broken = "model.layers.1.mlp.up_proj.weight"
+    tensors[broken] = tensors[broken].copy()
+    tensors[broken][3, 5] = np.nan
+    write_llama_checkpoint(tmp_path / "data" / "nan", tensors=tensors)
+    with client_with(state_dir=tmp_path / "state", data_dir=tmp_path / "data") as client:
+        job = client.post("/v1/jobs", json={"source": {"path": "nan"}})
+        assert job.status_code == 202  # NaN is only seen when the tensor is read
+        status = wait_for(client, job.json()["id"])
+    assert status["state"] == "failed" and status["result"] is None
+    error = status["error"]
+    assert (error["status"], error["type"]) == (422, "urn:nibble:problem:non-finite-values")
+    assert error["detail"] == f"1 NaN/Inf value(s) in tensor {broken!r}; first at index [3, 5]"
