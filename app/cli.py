@@ -1,5 +1,5 @@
 """``nibble``: the command line (``serve``, ``plan``, ``inspect``, ``presets``, ``devices``, ``quantize``,
-``compare``, ``dequantize``).
+``compare``, ``dequantize``, ``jobs``).
 
 Each command runs locally on `quant_core` through the same conversion
 functions the API uses (`app.schemas`, `app.jobs`), or against a server with
@@ -34,6 +34,7 @@ from typing import Any, NoReturn, TextIO
 import httpx
 from pydantic import ValidationError
 
+from app.cli_jobs import JobFailed, add_job_options, add_jobs_parser, command_jobs, command_quantize_checkpoint
 from app.client import NibbleAPIError, NibbleClient
 from app.jobs import OUTPUT_SUFFIXES, QuantizeJob, ReadLimits, compare_file, dequantize_file, quantize_file
 from app.problems import problem_for, validation_problem
@@ -427,6 +428,9 @@ class ProgressBar:
 
 
 def command_quantize(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    if Path(args.input).is_dir():  # a checkpoint directory: the job, locally (app/cli_jobs.py)
+        return command_quantize_checkpoint(args, out, err)
+    args.format = args.format or "nibble"
     _scheme_for_output(args)
     output = Path(args.output)
     if args.url:
@@ -655,15 +659,18 @@ def build_parser() -> argparse.ArgumentParser:
     _add_remote(devices)
 
     quantize = commands.add_parser("quantize", help="quantize a .safetensors / .npy file to INT4")
-    quantize.add_argument("input", help="a .safetensors or .npy file")
+    quantize.add_argument("input", help="a .safetensors or .npy file, or a checkpoint directory")
     quantize.add_argument("-o", "--output", required=True, help="where to write the result")
     quantize.add_argument("--method", default="rtn", choices=METHODS, help="quantization method (default rtn)")
-    quantize.add_argument("--format", default="nibble", choices=tuple(OUTPUT_SUFFIXES),
-                          help="output layout: nibble (dequantizable), gptq, awq, compressed-tensors, gguf "
+    quantize.add_argument("--format", choices=tuple(OUTPUT_SUFFIXES),
+                          help="output layout: nibble (dequantizable; a file's default), gptq, awq, "
+                               "compressed-tensors (a checkpoint directory's default), gguf "
                                "(Q4_0: group 32, symmetric, set for you)")
     quantize.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
     _add_scheme(quantize)
+    add_job_options(quantize)
     _add_remote(quantize)
+    add_jobs_parser(commands, _add_remote)
 
     compare = commands.add_parser("compare", help="compare quantization methods on a file, per tensor")
     compare.add_argument("input", help="a .safetensors or .npy file")
@@ -707,6 +714,7 @@ def run(argv: Sequence[str] | None = None, out: TextIO | None = None, err: TextI
         "quantize": lambda: command_quantize(args, out, err),
         "compare": lambda: command_compare(args, out),
         "dequantize": lambda: command_dequantize(args, out),
+        "jobs": lambda: command_jobs(args, out, err),
     }
     try:
         return commands[args.command]()
@@ -719,7 +727,7 @@ def run(argv: Sequence[str] | None = None, out: TextIO | None = None, err: TextI
     except UsageError as exc:
         err.write(f"nibble: error: {exc}\n")
         return EXIT_USAGE
-    except CommandError as exc:
+    except (CommandError, JobFailed) as exc:
         err.write(f"error: {exc}\n")
     except (httpx.TransportError, httpx.InvalidURL) as exc:
         err.write(f"error: cannot reach the nibble server at {args.url}: {_transport_reason(exc)}\n")

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
@@ -279,6 +279,46 @@ class NibbleClient:
     def dequantize(self, file: FileInput, dtype: str = "float32", *, filename: str | None = None) -> Download:
         """``POST /v1/dequantize``: a nibble ``.safetensors`` back to `dtype` floats."""
         return _download(self._post_upload("/v1/dequantize", file, filename, None, {"dtype": dtype}))
+
+    # --- checkpoint jobs (/v1/jobs) ---
+
+    def submit_job(self, body: Mapping[str, Any]) -> dict[str, Any]:
+        """``POST /v1/jobs``: the queued job's status (``id``, ``url``, ``state``, ``progress``...)."""
+        return self._post_json("/v1/jobs", body).json()  # type: ignore[no-any-return]
+
+    def get_job(self, job_id: str) -> dict[str, Any]:
+        """``GET /v1/jobs/{id}``."""
+        return self._get(f"/v1/jobs/{job_id}").json()  # type: ignore[no-any-return]
+
+    def list_jobs(self) -> list[dict[str, Any]]:
+        """``GET /v1/jobs``, newest first."""
+        return self._get("/v1/jobs").json()["jobs"]  # type: ignore[no-any-return]
+
+    def cancel_job(self, job_id: str) -> dict[str, Any]:
+        """``DELETE /v1/jobs/{id}``."""
+        return _checked(self._http.delete(f"/v1/jobs/{job_id}")).json()  # type: ignore[no-any-return]
+
+    def job_events(self, job_id: str) -> Iterator[dict[str, Any]]:
+        """``GET /v1/jobs/{id}/events``: each status the server sends, until the job is finished."""
+        with self._http.stream("GET", f"/v1/jobs/{job_id}/events", timeout=None) as response:
+            if response.status_code >= 400:
+                response.read()
+                _checked(response)
+            for line in response.iter_lines():
+                if line.startswith("data: "):
+                    yield json.loads(line.removeprefix("data: "))
+
+    def download_job_file(self, url: str, path: str | os.PathLike[str]) -> Path:
+        """Stream one result file (its ``url`` from the job's ``result.files``) to `path`."""
+        target = Path(path)
+        with self._http.stream("GET", url, timeout=None) as response:
+            if response.status_code >= 400:
+                response.read()
+                _checked(response)
+            with target.open("wb") as handle:
+                for chunk in response.iter_bytes(1 << 20):
+                    handle.write(chunk)
+        return target
 
 
 class AsyncNibbleClient:

@@ -16,7 +16,9 @@ from starlette.datastructures import Headers
 from starlette.responses import Response
 
 from app.allocator import keep_receive_buffers
+from app.checkpoint_jobs import JobManager, PoolExecutor
 from app.head import HeadAsGet
+from app.job_store import JobStore
 from app.metrics import install_observability
 from app.pool import WorkerPool
 from app.problems import (
@@ -27,7 +29,8 @@ from app.problems import (
     install_problem_handlers,
     problem_response,
 )
-from app.routers import devices, health, models, plans, quantizations
+from app.ray_runner import RayTensorRunner
+from app.routers import devices, health, jobs, models, plans, quantizations
 from app.security import BEARER_SCHEME, BEARER_SCHEME_NAME, BodySizeLimit
 from app.settings import Settings, get_settings
 
@@ -38,7 +41,7 @@ Plan LLM memory at 16-bit beside INT4, and quantize uploaded tensors to INT4 wit
 Every error is `application/problem+json` (RFC 9457) with `type`, `title`, `status`, `detail`
 and an `errors` list naming each invalid field.
 """
-V1_ROUTERS: tuple[APIRouter, ...] = (plans.router, models.router, devices.router, quantizations.router)
+V1_ROUTERS: tuple[APIRouter, ...] = (plans.router, models.router, devices.router, quantizations.router, jobs.router)
 
 
 def _problem_openapi(app: FastAPI) -> dict[str, Any]:
@@ -77,6 +80,18 @@ class ProblemCORSMiddleware(CORSMiddleware):
         return problem_response(problem, headers)
 
 
+def _job_manager(settings: Settings, pool: WorkerPool) -> JobManager | None:
+    """The checkpoint job manager, when both the state directory and the data root are configured."""
+    if settings.state_dir is None or settings.data_dir is None:
+        return None
+    executor = PoolExecutor(pool, settings.retry_after_seconds)
+    tensors = RayTensorRunner(settings.ray_address) if settings.ray_address else None
+    return JobManager(JobStore(settings.state_dir), executor, settings.data_dir,
+                      concurrency=settings.job_tensor_concurrency, max_tensors=settings.job_max_tensors,
+                      max_elements=settings.job_max_elements_per_tensor, max_header_bytes=settings.max_header_bytes,
+                      threads=settings.job_threads, tensors=tensors)
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
     """Build the nibble app under `settings` (default: `get_settings()`, from ``NIBBLE_*``)."""
     settings = settings or get_settings()
@@ -87,9 +102,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         keep_receive_buffers()  # the serving process: upload reads reuse heap pages (app/allocator.py)
         pool.start()
+        manager = _job_manager(settings, pool)
+        app.state.jobs = manager
+        if manager is not None:
+            manager.start()  # resumes every job a stop or a kill left unfinished
         try:
             yield
         finally:
+            if manager is not None:
+                await manager.close()  # before the pool: a job stopped here resumes at the next start
             await pool.drain()  # SIGTERM: let answers to in-flight (or cancelled) jobs leave first
             pool.close()
 
@@ -100,6 +121,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                   redirect_slashes=False, docs_url=None, redoc_url=None)
     app.state.settings = settings
     app.state.pool = pool
+    app.state.jobs = None  # the JobManager while the app runs (lifespan), when jobs are configured
     install_problem_handlers(app)
     app.include_router(health.router)
     for router in V1_ROUTERS:

@@ -23,6 +23,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from quant_core.checkpoint import CheckpointError
 from quant_core.errors import (
     CalibrationError,
     GroupSizeMismatch,
@@ -193,6 +194,7 @@ PROBLEM_TABLE: dict[type[Exception], tuple[int, str, str]] = {
     NonFiniteValues: (422, "Tensor holds NaN or Inf", "non-finite-values"),
     InvalidTensor: (422, "Invalid tensor", "invalid-tensor"),
     CalibrationError: (422, "Invalid calibration data", "calibration-error"),
+    CheckpointError: (422, "Unreadable checkpoint", "checkpoint-error"),
     TensorFileError: (422, "Unreadable tensor file", "tensor-file-error"),
     LimitExceeded: (413, "Over a configured limit", "limit-exceeded"),
     NibbleError: (422, "Invalid input", "invalid-input"),
@@ -393,6 +395,8 @@ _DESCRIPTIONS = {
     404: "No such id in the catalog (the answer lists close names).",
     408: "The upload paused longer than upload_idle_seconds, or fell behind upload_min_bytes_per_second.",
     413: "Over a configured size limit (the answer names the limit and the value).",
+    403: "The source path lies outside the data root (an absolute path, '..', or a symlink leading out).",
+    409: "The job is not in a state that allows this (its files exist once it has succeeded).",
     415: "The body is not of a media type this route reads: JSON routes take application/json; uploads take "
          "multipart/form-data whose files are .npy or .safetensors.",
     422: "The input is well-formed but invalid; `errors` names each field.",

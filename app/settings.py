@@ -68,6 +68,21 @@ class Settings(BaseSettings):
         description="Accepted bearer tokens (comma-separated); empty means no authentication.",
     )
     temp_dir: Path | None = Field(None, description="Where uploads are spooled; default: the system's.")
+    state_dir: Path | None = Field(
+        None, description="Where the checkpoint job store (SQLite) and each job's parts and result live; "
+                          "unset: the /v1/jobs routes answer 404.")
+    data_dir: Path | None = Field(
+        None, description="The data root: a job's source.path is a directory under it, and nothing outside it "
+                          "(by '..', an absolute path or a symlink) is read; unset: the /v1/jobs routes answer 404.")
+    job_tensor_concurrency: int = Field(
+        2, gt=0, description="Tensors of one checkpoint job quantized at once (each takes a pool worker).")
+    ray_address: str | None = Field(
+        None, description="A Ray cluster's address (host:port): checkpoint job tensors then run as Ray tasks, "
+                          "reading their source at the same path on every node; unset: the local pool.")
+    job_max_tensors: int = Field(200_000, gt=0, description="Most tensors in one job's source checkpoint.")
+    job_max_elements_per_tensor: int = Field(
+        1 << 32, gt=0, description="Most elements in one tensor of a job's source checkpoint (a tensor is read "
+                                   "into memory whole when it is quantized).")
 
     @field_validator("cors_origins", "api_keys", mode="before")
     @classmethod

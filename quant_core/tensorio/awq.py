@@ -71,6 +71,11 @@ def awq_tensors(name: str, q: QuantizedTensor) -> dict[str, NDArray[Any]]:
 def awq_config(tensors: Mapping[str, QuantizedTensor]) -> dict[str, Any]:
     """The ``quantization_config`` entry of config.json for an AWQ GEMM export."""
     group_size, _ = single_scheme(tensors, "AWQ")
+    return awq_scheme_config(group_size)
+
+
+def awq_scheme_config(group_size: int | None) -> dict[str, Any]:
+    """`awq_config` from the group size alone (AWQ GEMM is always asymmetric, zeros stored)."""
     return {"quant_method": "awq", "bits": 4, "group_size": group_size, "zero_point": True,
             "version": "gemm", "modules_to_not_convert": None}
 

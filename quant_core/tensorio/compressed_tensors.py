@@ -54,8 +54,14 @@ def compressed_tensors_tensors(name: str, q: QuantizedTensor) -> dict[str, NDArr
                           f"act-order g_idx is not exported to compressed-tensors (tensor {name!r})")
     zeros = integer_zeros(q, name, "compressed-tensors")
     prefix = module_prefix(name)
+    if in_features % 8 == 0:
+        # nibble's payload already is this layout: two codes per byte, the even one in the low nibble, so the
+        # little-endian int32 holding bytes 4k..4k+3 of a row has code 8k + i in bits 4i (no copy)
+        packed = np.ascontiguousarray(q.packed).view("<i4").reshape(out_features, in_features // 8)
+    else:
+        packed = pack_nibbles_int32(pad_axis(code_matrix(q), 1, 8), axis=1)
     stored: dict[str, NDArray[Any]] = {
-        f"{prefix}.weight_packed": pack_nibbles_int32(pad_axis(code_matrix(q), 1, 8), axis=1),
+        f"{prefix}.weight_packed": packed,
         f"{prefix}.weight_scale": np.ascontiguousarray(q.scales, dtype=np.float16),
         f"{prefix}.weight_shape": np.array([out_features, in_features], dtype=np.int64),
     }
@@ -81,6 +87,12 @@ def compressed_tensors_config(tensors: Mapping[str, QuantizedTensor]) -> dict[st
     groups: dict[tuple[int | None, bool], list[str]] = {}
     for name, q in tensors.items():
         groups.setdefault((q.format.group_size, q.format.symmetric), []).append(module_prefix(name))
+    return compressed_tensors_scheme_config(groups)
+
+
+def compressed_tensors_scheme_config(groups: Mapping[tuple[int | None, bool], list[str]]) -> dict[str, Any]:
+    """The ``quantization_config`` of modules grouped by ``(group_size, symmetric)``: one config group each,
+    targeting its modules (names without ``.weight``) by exact name."""
     config_groups = {
         f"group_{index}": {
             "targets": targets,

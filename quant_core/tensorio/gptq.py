@@ -90,10 +90,17 @@ def gptq_config(tensors: Mapping[str, QuantizedTensor], checkpoint_format: Check
                 ) -> dict[str, Any]:
     """The ``quantize_config.json`` of a GPTQ export (the fields AutoGPTQ / transformers read)."""
     group_size, symmetric = single_scheme(tensors, "GPTQ")
+    return gptq_scheme_config(group_size, symmetric, any(has_act_order(q) for q in tensors.values()),
+                              checkpoint_format)
+
+
+def gptq_scheme_config(group_size: int | None, symmetric: bool, act_order: bool,
+                       checkpoint_format: CheckpointFormat = "gptq") -> dict[str, Any]:
+    """`gptq_config` from the scheme itself (a checkpoint written tensor by tensor holds no tensors at the end)."""
     return {
         "bits": 4,
         "group_size": -1 if group_size is None else group_size,
-        "desc_act": any(has_act_order(q) for q in tensors.values()),
+        "desc_act": act_order,
         "sym": symmetric,
         "true_sequential": True,
         "static_groups": False,

@@ -27,9 +27,10 @@ types; integer and bool tensors are passed through as NumPy arrays.
 from __future__ import annotations
 
 import json
+import math
 import os
 import struct
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
@@ -295,22 +296,31 @@ def read_safetensors(
     return SafetensorsFile(path, header)
 
 
-def _header_bytes(tensors: Mapping[str, NDArray[Any]], metadata: Mapping[str, str]) -> bytes:
+def encode_safetensors_header(entries: Sequence[tuple[str, str, Sequence[int]]], metadata: Mapping[str, str]
+                              ) -> bytes:
+    """The JSON header (without its 8-byte length) of tensors laid out back to back in `entries`' order.
+
+    Each entry is ``(name, safetensors dtype, shape)``; the header is padded
+    with spaces to a multiple of 8 bytes, as the reference writer does.
+    """
     header: dict[str, Any] = {}
     if metadata:
         header[METADATA_KEY] = dict(metadata)
     position = 0
-    for name, array in tensors.items():
+    for name, dtype, shape in entries:
         if name == METADATA_KEY:
             raise TensorFileError(f"a tensor cannot be named {METADATA_KEY!r}", field="tensors")
-        header[name] = {
-            "dtype": safetensors_dtype_name(array.dtype),
-            "shape": [int(dim) for dim in array.shape],
-            "data_offsets": [position, position + array.nbytes],
-        }
-        position += array.nbytes
+        nbytes = math.prod(int(dim) for dim in shape) * SAFETENSORS_DTYPES[dtype].itemsize
+        header[name] = {"dtype": dtype, "shape": [int(dim) for dim in shape],
+                        "data_offsets": [position, position + nbytes]}
+        position += nbytes
     encoded = json.dumps(header, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
     return encoded + b" " * (-len(encoded) % HEADER_ALIGNMENT)
+
+
+def _header_bytes(tensors: Mapping[str, NDArray[Any]], metadata: Mapping[str, str]) -> bytes:
+    return encode_safetensors_header(
+        [(name, safetensors_dtype_name(array.dtype), array.shape) for name, array in tensors.items()], metadata)
 
 
 def write_safetensors_to(

@@ -1,0 +1,404 @@
+"""Checkpoint quantize jobs: the state machine (queued -> running -> succeeded | failed | cancelled) and its runner.
+
+A job is submitted once its source has been validated (every shard header,
+the index, the files: in the pool, never on the event loop) and planned; its
+row goes into the `JobStore` and its id into a FIFO queue that one runner
+task works through.  Running a job: each tensor to quantize that has no
+finished-tensor row is handed to the executor (`job_tensor_concurrency` at
+once), which runs `quantize_tensor_part` and writes the tensor's part file;
+its row is recorded when the part is on disk.  When every tensor has its part
+the executor assembles the result (one call per shard, then the index,
+config.json, copied files and report), the parts are removed, and the job
+succeeds with its file manifest.  A restart resumes every job still queued or
+running from its rows, and the assembly makes the same bytes.  Cancelling
+stops a job between tensors and removes its files.
+
+The executors know nothing of HTTP: `PoolExecutor` runs calls on the app's
+bounded `WorkerPool` (waiting while it is full); tensors go through a
+`TensorRunner`, the pool's (`PoolTensorRunner`) or, with ``NIBBLE_RAY_ADDRESS``,
+Ray tasks (app/ray_runner.py), which give the same bytes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import shutil
+import time
+import uuid
+from collections.abc import Callable
+from pathlib import Path, PurePosixPath
+from typing import Any, Protocol, TypeVar
+
+from app.job_store import TERMINAL_STATES, JobRecord, JobStore, TensorRecord
+from app.pool import WorkerPool
+from app.problems import ApiProblem, PoolFull, problem_for
+from app.schemas.jobs import JobCreate, to_options
+from quant_core.checkpoint import (
+    Checkpoint,
+    CheckpointOptions,
+    OutputShard,
+    TensorPlan,
+    build_report,
+    open_checkpoint,
+    output_shards,
+    part_path,
+    passthrough_entry,
+    plan_checkpoint,
+    quantize_tensor_part,
+    valid_parts,
+    write_checkpoint_files,
+    write_gguf_output,
+    write_output_shard,
+)
+from quant_core.errors import NibbleError
+
+T = TypeVar("T")
+logger = logging.getLogger("nibble.jobs")
+
+
+class JobsNotConfigured(ApiProblem):
+    """The server has no state directory or no data root (NIBBLE_STATE_DIR, NIBBLE_DATA_DIR): there are no jobs
+    here (404: a configuration of this server, not a passing condition to retry)."""
+
+    status, title, slug = 404, "Jobs not configured", "jobs-not-configured"
+
+
+class JobNotFound(ApiProblem):
+    """No job, or no result file, of that id or name."""
+
+    status, title, slug = 404, "Not found", "not-found"
+
+
+class JobConflict(ApiProblem):
+    """An action the job's state does not allow (a file of a job that has not succeeded)."""
+
+    status, title, slug = 409, "Conflict", "job-state-conflict"
+
+
+class PathRefused(ApiProblem):
+    """A source path that is absolute, climbs with '..', or resolves (through symlinks) outside the data root."""
+
+    status, title, slug = 403, "Path outside the data root", "path-refused"
+
+
+def resolve_source(data_root: Path, path: str) -> Path:
+    """The directory `path` names under `data_root`, refused (`PathRefused`) unless it stays inside it.
+
+    Refused: an absolute path, a ``..`` component, a NUL byte, and any path
+    that resolves, symlinks followed, outside the resolved data root.
+    """
+    parts = PurePosixPath(path).parts
+    if "\x00" in path or path.startswith(("/", "\\")) or PurePosixPath(path).is_absolute():
+        raise PathRefused(f"source.path {path!r} is absolute; give a path relative to the data root",
+                          field="source.path")
+    if ".." in parts or "\\" in path:
+        raise PathRefused(f"source.path {path!r} climbs out with '..' (or uses '\\'); give a path inside the "
+                          "data root", field="source.path")
+    root = data_root.resolve()
+    resolved = (root / path).resolve()
+    if resolved != root and root not in resolved.parents:
+        raise PathRefused(f"source.path {path!r} resolves to a place outside the data root (a symlink leads out)",
+                          field="source.path")
+    return resolved
+
+
+# --- work run by the executor (module-level functions: a worker process imports them by name) ------------
+
+
+def inspect_source(directory: Path, root: Path, max_tensors: int, max_elements: int, max_header_bytes: int,
+                   options: CheckpointOptions) -> tuple[int, int, list[dict[str, Any]]]:
+    """Validate and plan a source: (tensors to quantize, their input bytes, passthrough report entries)."""
+    checkpoint = open_checkpoint(directory, root=root, max_tensors=max_tensors, max_elements=max_elements,
+                                 max_header_bytes=max_header_bytes)
+    plans = plan_checkpoint(checkpoint, options)
+    quantized = [plan for plan in plans if plan.quantized]
+    return (len(quantized), sum(plan.tensor.nbytes for plan in quantized),
+            [passthrough_entry(plan) for plan in plans if not plan.quantized])
+
+
+def load_plan(directory: Path, root: Path, max_tensors: int, max_elements: int, max_header_bytes: int,
+              options: CheckpointOptions) -> tuple[Checkpoint, tuple[TensorPlan, ...]]:
+    """The validated checkpoint and its plan (again at each run: the source may have changed since)."""
+    checkpoint = open_checkpoint(directory, root=root, max_tensors=max_tensors, max_elements=max_elements,
+                                 max_header_bytes=max_header_bytes)
+    return checkpoint, plan_checkpoint(checkpoint, options)
+
+
+def timed_tensor_part(directory: Path, plan: TensorPlan, options: CheckpointOptions, part: Path
+                      ) -> tuple[dict[str, Any], float]:
+    """`quantize_tensor_part` and the seconds it took."""
+    started = time.perf_counter()
+    entry = quantize_tensor_part(directory, plan, options, part)
+    return entry, time.perf_counter() - started
+
+
+def finish_output(checkpoint: Checkpoint, plans: tuple[TensorPlan, ...], options: CheckpointOptions,
+                  entries: dict[int, dict[str, Any]], part_dir: Path, out_dir: Path
+                  ) -> tuple[dict[str, Any], list[OutputShard]] | None:
+    """Lay out the result: GGUF is written here whole (None); otherwise the report and the shards to write."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for leftover in out_dir.glob("*.partial"):  # a write a kill interrupted
+        leftover.unlink()
+    report = build_report(options, plans, entries, checkpoint)
+    if options.output == "gguf":
+        write_gguf_output(checkpoint, plans, part_dir, report, out_dir)
+        return None
+    return report, output_shards(checkpoint, plans, part_dir, options)
+
+
+# --- executors -------------------------------------------------------------------------------------------
+
+
+class Executor(Protocol):
+    """Runs a module-level function with picklable arguments somewhere other than the event loop."""
+
+    async def call(self, function: Callable[..., T], *args: Any) -> T: ...
+
+
+class PoolExecutor:
+    """The app's bounded pool: a call waits (`retry_seconds` at a time) while every place is taken."""
+
+    def __init__(self, pool: WorkerPool, retry_seconds: float) -> None:
+        self.pool = pool
+        self.retry_seconds = retry_seconds
+
+    async def call(self, function: Callable[..., T], *args: Any) -> T:
+        while True:
+            try:
+                async with self.pool.reserve():
+                    return await self.pool.run(function, *args)
+            except PoolFull:
+                await asyncio.sleep(self.retry_seconds)
+
+
+class TensorRunner(Protocol):
+    """Makes one tensor's part file: ``(report entry, seconds)``."""
+
+    async def quantize(self, directory: Path, plan: TensorPlan, options: CheckpointOptions, part: Path
+                       ) -> tuple[dict[str, Any], float]: ...
+
+    async def close(self) -> None: ...
+
+
+class PoolTensorRunner:
+    """Tensors on the app's bounded pool: the worker reads the tensor and writes its part itself."""
+
+    def __init__(self, executor: Executor) -> None:
+        self.executor = executor
+
+    async def quantize(self, directory: Path, plan: TensorPlan, options: CheckpointOptions, part: Path
+                       ) -> tuple[dict[str, Any], float]:
+        return await self.executor.call(timed_tensor_part, directory, plan, options, part)
+
+    async def close(self) -> None:
+        return None
+
+
+# --- the manager -----------------------------------------------------------------------------------------
+
+
+class JobManager:
+    """Submits, runs, resumes, cancels and describes checkpoint jobs (module docstring)."""
+
+    def __init__(self, store: JobStore, executor: Executor, data_root: Path, *, concurrency: int,
+                 max_tensors: int, max_elements: int, max_header_bytes: int, threads: int | None = 1,
+                 tensors: TensorRunner | None = None) -> None:
+        self.store = store
+        self.executor = executor
+        #: where tensors are quantized: the pool (default) or Ray tasks (app/ray_runner.py)
+        self.tensors = tensors or PoolTensorRunner(executor)
+        self.data_root = data_root.resolve()
+        self.concurrency = concurrency
+        self.limits = (max_tensors, max_elements, max_header_bytes)
+        self.threads = threads
+        self._queue: asyncio.Queue[str] = asyncio.Queue()
+        self._runner: asyncio.Task[None] | None = None
+        self._cancelled: set[str] = set()
+        self._changed: dict[str, asyncio.Event] = {}
+        #: per running job: (monotonic start of this run, bytes done at its start)
+        self._run_start: dict[str, tuple[float, int]] = {}
+        self._closing = False
+
+    # lifecycle
+    def start(self) -> None:
+        """Queue every unfinished job (a restart resumes them) and start the runner."""
+        for record in self.store.unfinished():
+            self._queue.put_nowait(record.id)
+        self._runner = asyncio.create_task(self._run_forever(), name="nibble-job-runner")
+
+    async def close(self) -> None:
+        """Stop the runner; a running job keeps its state and resumes at the next start."""
+        self._closing = True
+        if self._runner is not None:
+            self._runner.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await asyncio.wait_for(self._runner, 10)
+        await self.tensors.close()
+        self.store.close()
+
+    # requests
+    async def submit(self, request: JobCreate) -> JobRecord:
+        """Validate and plan the source (typed errors: 4xx), then queue the job."""
+        directory = resolve_source(self.data_root, request.source.path)
+        options = to_options(request, self.threads)
+        total, total_bytes, passthrough = await self.executor.call(
+            inspect_source, directory, self.data_root, *self.limits, options)
+        record = self.store.create(uuid.uuid4().hex, request.model_dump(mode="json"), directory, total, total_bytes,
+                                   passthrough)
+        self._queue.put_nowait(record.id)
+        return record
+
+    def get(self, job_id: str) -> JobRecord:
+        record = self.store.get(job_id)
+        if record is None:
+            raise JobNotFound(f"no job with id {job_id!r}", field="id")
+        return record
+
+    def cancel(self, job_id: str) -> JobRecord:
+        """Cancel a queued or running job (it stops between tensors); a finished job is left as it is."""
+        record = self.get(job_id)
+        if record.state in TERMINAL_STATES:
+            return record
+        self._cancelled.add(job_id)
+        if record.state == "queued":
+            self.store.finish(job_id, "cancelled")
+            self._remove_files(job_id)
+        self._notify(job_id)
+        return self.get(job_id)
+
+    def progress(self, record: JobRecord) -> dict[str, Any]:
+        """Tensors and bytes done of total, and the rate and ETA of this run."""
+        done, done_bytes = self.store.progress(record.id)
+        rate = eta = None
+        start = self._run_start.get(record.id)
+        if start is not None and record.state == "running":
+            elapsed = time.monotonic() - start[0]
+            if elapsed > 0 and done_bytes > start[1]:
+                rate = (done_bytes - start[1]) / elapsed
+                eta = (record.bytes_total - done_bytes) / rate
+        elif record.state == "succeeded" and record.started_at is not None and record.finished_at is not None:
+            elapsed = record.finished_at - record.started_at  # over every run, restarts included
+            rate, eta = (done_bytes / elapsed if elapsed > 0 else None), 0.0
+        return {"tensors_done": done, "tensors_total": record.tensors_total, "bytes_done": done_bytes,
+                "bytes_total": record.bytes_total, "rate": rate, "eta_seconds": eta}
+
+    def report(self, record: JobRecord) -> list[dict[str, Any]]:
+        finished = [{**row.entry, "seconds": row.seconds} for row in self.store.tensors(record.id)]
+        return finished + record.passthrough
+
+    async def wait_change(self, job_id: str, timeout_seconds: float) -> None:
+        """Return when job `job_id` changes (a tensor finishes, its state moves) or after `timeout_seconds`."""
+        event = self._changed.setdefault(job_id, asyncio.Event())
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(event.wait(), timeout_seconds)
+
+    def output_file(self, job_id: str, name: str) -> Path:
+        """A result file of a succeeded job, by a name its manifest lists (nothing else is served)."""
+        record = self.get(job_id)
+        if record.state != "succeeded" or record.result is None:
+            raise JobConflict(f"job {job_id} is {record.state}; its files exist once it has succeeded", field="id")
+        if name not in {entry["name"] for entry in record.result["files"]}:
+            raise JobNotFound(f"job {job_id} has no file {name!r}", field="name")
+        return Path(record.output_dir) / name
+
+    # running
+    def _notify(self, job_id: str) -> None:
+        event = self._changed.pop(job_id, None)
+        if event is not None:
+            event.set()
+
+    def _remove_files(self, job_id: str) -> None:
+        shutil.rmtree(self.store.job_dir(job_id), ignore_errors=True)
+
+    async def _run_forever(self) -> None:
+        while not self._closing:
+            job_id = await self._queue.get()
+            try:
+                await self._run(job_id)
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # a bug must not stop the runner; the job is marked failed
+                logger.exception("job %s failed unexpectedly", job_id)
+                if not self._closing:
+                    self._fail(job_id, RuntimeError("unexpected"))
+
+    def _fail(self, job_id: str, exc: Exception) -> None:
+        problem, _ = problem_for(exc)
+        self.store.finish(job_id, "failed", error=problem.model_dump(exclude_none=True))
+        self._notify(job_id)
+
+    async def _run(self, job_id: str) -> None:
+        record = self.store.get(job_id)
+        if record is None or record.state in TERMINAL_STATES:
+            return
+        self.store.set_running(job_id)
+        self._run_start[job_id] = (time.monotonic(), self.store.progress(job_id)[1])
+        self._notify(job_id)
+        try:
+            await self._execute(record)
+        except asyncio.CancelledError:
+            raise
+        except (NibbleError, ApiProblem) as exc:
+            if self._closing:
+                return  # the pool was closed under the job: it resumes at the next start
+            self._fail(job_id, exc)
+        finally:
+            self._run_start.pop(job_id, None)
+
+    async def _execute(self, record: JobRecord) -> None:
+        job_id = record.id
+        options = to_options(JobCreate.model_validate(record.request), self.threads)
+        source = Path(record.source_dir)
+        checkpoint, plans = await self.executor.call(load_plan, source, self.data_root, *self.limits, options)
+        job_dir = self.store.job_dir(job_id)
+        part_dir, out_dir = job_dir / "parts", Path(record.output_dir)
+        part_dir.mkdir(parents=True, exist_ok=True)
+        rows = {row.position: row.entry for row in self.store.tensors(job_id)}
+        whole = await self.executor.call(valid_parts, part_dir, plans, sorted(rows)) if rows else []
+        entries = {position: rows[position] for position in whole}
+        todo = [plan for plan in plans if plan.quantized and plan.index not in entries]
+        pending = iter(todo)  # shared by the workers below: each takes the next tensor in plan order
+
+        async def quantize_next() -> None:
+            for plan in pending:
+                if job_id in self._cancelled:
+                    return
+                entry, seconds = await self.tensors.quantize(checkpoint.directory, plan, options,
+                                                             part_path(part_dir, plan))
+                self.store.add_tensor(job_id, TensorRecord(plan.index, plan.tensor.nbytes, seconds, entry))
+                entries[plan.index] = entry
+                self._notify(job_id)
+
+        workers = [asyncio.create_task(quantize_next()) for _ in range(min(self.concurrency, max(1, len(todo))))]
+        try:
+            done, _ = await asyncio.wait(workers, return_when=asyncio.FIRST_EXCEPTION)
+            for task in done:
+                error = task.exception()
+                if error is not None:
+                    raise error
+        finally:
+            for task in workers:
+                task.cancel()
+            await asyncio.gather(*workers, return_exceptions=True)
+        if job_id in self._cancelled:
+            self.store.finish(job_id, "cancelled")
+            self._remove_files(job_id)
+            self._notify(job_id)
+            return
+        laid_out = await self.executor.call(finish_output, checkpoint, plans, options, entries, part_dir, out_dir)
+        if laid_out is not None:
+            report, shards = laid_out
+            for shard in shards:
+                await self.executor.call(write_output_shard, shard, out_dir)
+            await self.executor.call(write_checkpoint_files, checkpoint, shards, report, out_dir)
+        files = sorted(path for path in out_dir.iterdir() if path.is_file())
+        result = {"files": [{"name": path.name, "bytes": path.stat().st_size} for path in files]}
+        if job_id in self._cancelled:
+            self.store.finish(job_id, "cancelled")
+            self._remove_files(job_id)
+        else:
+            self.store.finish(job_id, "succeeded", result=result)
+            await asyncio.to_thread(shutil.rmtree, part_dir, True)
+        self._notify(job_id)

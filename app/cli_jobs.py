@@ -1,0 +1,184 @@
+"""``nibble jobs submit/status/watch/cancel/list`` (against a server) and ``nibble quantize DIR -o OUTDIR`` (locally).
+
+The remote commands speak to ``/v1/jobs`` through `app.client`; ``watch``
+follows the job's server-sent events with a progress bar on stderr.  A local
+``nibble quantize`` of a checkpoint directory runs the same core functions a
+job runs (`quant_core.checkpoint`), in this process, so the result is the same
+bytes a server's job writes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, TextIO
+
+from app.client import NibbleClient
+from app.schemas.jobs import JobCreate, JobSource, to_options
+from app.settings import get_settings
+from quant_core.checkpoint import open_checkpoint, plan_checkpoint, quantize_checkpoint
+from quant_core.quantize import METHODS
+
+PROGRESS_WIDTH = 24
+MIB = 1 << 20
+JOB_OUTPUTS = ("compressed-tensors", "gptq", "awq", "gguf")
+
+
+class JobFailed(Exception):
+    """A watched job ended failed or cancelled (the CLI exits 1)."""
+
+
+def _group_size(value: str) -> int | None:
+    return None if value == "row" else int(value)
+
+
+def job_body(args: argparse.Namespace, path: str) -> dict[str, Any]:
+    """The ``POST /v1/jobs`` body of the command-line options (validated by the API's own model)."""
+    request = JobCreate(
+        source=JobSource(path=path), method=args.method, output=args.format or "compressed-tensors",
+        group_size=_group_size(args.group_size), symmetric=args.symmetric,
+        include=args.include or None, exclude=args.exclude or None,
+        max_shard_bytes=args.max_shard_bytes)
+    return request.model_dump(mode="json", exclude_unset=True)
+
+
+def progress_line(status: dict[str, Any]) -> str:
+    """``[#####.......] 12/56 tensors, 1.2 of 4.0 GiB, 35.1 MiB/s, 80 s left (running)``."""
+    progress = status["progress"]
+    done, total = progress["tensors_done"], progress["tensors_total"]
+    filled = PROGRESS_WIDTH * done // max(total, 1)
+    parts = [f"[{'#' * filled}{'.' * (PROGRESS_WIDTH - filled)}] {done}/{total} tensors",
+             f"{progress['bytes_done'] / (1 << 30):.2f} of {progress['bytes_total'] / (1 << 30):.2f} GiB"]
+    if progress.get("rate"):
+        parts.append(f"{progress['rate'] / MIB:.1f} MiB/s")
+    if progress.get("eta_seconds") is not None and status["state"] == "running":
+        parts.append(f"{progress['eta_seconds']:.0f} s left")
+    return ", ".join(parts) + f" ({status['state']})"
+
+
+def _client(args: argparse.Namespace) -> NibbleClient:
+    if not args.url:
+        raise JobFailed("jobs run on a server: pass --url (or set NIBBLE_URL)")
+    return NibbleClient(args.url, api_key=args.api_key)
+
+
+def watch(client: NibbleClient, job_id: str, err: TextIO) -> dict[str, Any]:
+    """Follow a job's events to its end, one progress line per change; its last status."""
+    last: dict[str, Any] = client.get_job(job_id)
+    for status in client.job_events(job_id):
+        last = status
+        err.write(progress_line(status) + "\n")
+        err.flush()
+    return last
+
+
+def _finish(status: dict[str, Any], args: argparse.Namespace, out: TextIO) -> int:
+    if args.json:
+        out.write(json.dumps(status, indent=2) + "\n")
+    else:
+        out.write(f"job {status['id']}: {status['state']}\n")
+        for file in (status.get("result") or {}).get("files", []):
+            out.write(f"  {file['name']:<44} {file['bytes']:>14,} bytes  {file['url']}\n")
+        if status.get("error"):
+            out.write(f"  error: {status['error'].get('detail', '')}\n")
+    if status["state"] in ("failed", "cancelled"):
+        raise JobFailed(f"job {status['id']} {status['state']}")
+    return 0
+
+
+def command_jobs(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    """``nibble jobs <action>``."""
+    with _client(args) as client:
+        if args.action == "submit":
+            status = client.submit_job(job_body(args, args.path))
+            err.write(f"submitted job {status['id']} ({status['url']})\n")
+            if args.watch:
+                status = watch(client, status["id"], err)
+            return _finish(status, args, out)
+        if args.action == "list":
+            jobs = client.list_jobs()
+            if args.json:
+                out.write(json.dumps(jobs, indent=2) + "\n")
+            for job in [] if args.json else jobs:
+                out.write(f"{job['id']}  {job['state']:<10} {progress_line(job)}\n")
+            return 0
+        if args.action == "watch":
+            return _finish(watch(client, args.id, err), args, out)
+        if args.action == "cancel":
+            status = client.cancel_job(args.id)
+            out.write(f"job {status['id']}: {status['state']}\n")
+            return 0
+        return _finish(client.get_job(args.id), args, out)
+
+
+def command_quantize_checkpoint(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    """``nibble quantize DIR -o OUTDIR``: the job, in this process, a progress line per tensor on stderr."""
+    if args.url:
+        raise JobFailed("a checkpoint directory is quantized on a server with `nibble jobs submit PATH --url`, "
+                        "PATH under the server's NIBBLE_DATA_DIR")
+    if args.calibration:
+        raise JobFailed("checkpoint jobs take no calibration activations (GPTQ methods are not offered for them)")
+    if args.format == "nibble":
+        raise JobFailed("a checkpoint is written as compressed-tensors, gptq, awq or gguf (--format)")
+    request = JobCreate.model_validate(job_body(args, "."))
+    options = to_options(request, threads=None)  # this process's every core for each tensor
+    settings = get_settings()
+    checkpoint = open_checkpoint(args.input, max_tensors=settings.job_max_tensors,
+                                 max_elements=settings.job_max_elements_per_tensor,
+                                 max_header_bytes=settings.max_header_bytes)
+    plans = plan_checkpoint(checkpoint, options)
+    output = Path(args.output)
+    if output.exists() and any(output.iterdir()):
+        raise JobFailed(f"{output} exists and is not empty; give a new directory")
+    started = time.perf_counter()
+
+    def progress(done: int, total: int, entry: dict[str, Any]) -> None:
+        if not args.quiet:
+            filled = PROGRESS_WIDTH * done // max(total, 1)
+            err.write(f"[{'#' * filled}{'.' * (PROGRESS_WIDTH - filled)}] {done}/{total} {entry['name']} "
+                      f"({time.perf_counter() - started:.1f} s in all)\n")
+            err.flush()
+
+    with tempfile.TemporaryDirectory(prefix="nibble-parts-", dir=os.environ.get("NIBBLE_TEMP_DIR")) as parts:
+        report = quantize_checkpoint(checkpoint, plans, options, output, Path(parts), progress)
+    if args.json:
+        out.write(json.dumps(report, indent=2) + "\n")
+        return 0
+    totals = report["totals"]
+    out.write(f"wrote {output} ({options.output}): {totals['quantized_tensors']} tensors quantized by "
+              f"{options.method}, {totals['passthrough_tensors']} passed through; "
+              f"{totals['quantized_input_bytes']:,} bytes in, {totals['quantized_output_bytes']:,} bytes out\n")
+    return 0
+
+
+def add_job_options(parser: argparse.ArgumentParser) -> None:
+    """The options a checkpoint job takes besides method, format and scheme."""
+    parser.add_argument("--exclude", action="append", help="glob of tensor names never quantized (repeatable; "
+                                                           "default: embeddings, lm_head, norms, routers)")
+    parser.add_argument("--max-shard-bytes", type=int, default=5 * 10**9, help="most data bytes per output shard")
+
+
+def add_jobs_parser(commands: Any, add_remote: Any) -> None:
+    """Register ``nibble jobs`` and its actions on the CLI's subcommands."""
+    jobs = commands.add_parser("jobs", help="quantize a whole checkpoint as a job on a server (--url)")
+    actions = jobs.add_subparsers(dest="action", required=True)
+    submit = actions.add_parser("submit", help="submit a checkpoint directory under the server's data root")
+    submit.add_argument("path", help="the checkpoint directory, relative to the server's NIBBLE_DATA_DIR")
+    submit.add_argument("--method", default="rtn", choices=[m for m in METHODS if not m.startswith("gptq")])
+    submit.add_argument("--format", default="compressed-tensors", choices=JOB_OUTPUTS)
+    submit.add_argument("--group-size", default="128", help="32, 64, 128, 256 or row (default 128)")
+    submit.add_argument("--symmetric", action="store_true")
+    submit.add_argument("--include", action="append", help="glob of tensor names to quantize (repeatable)")
+    submit.add_argument("--watch", action="store_true", help="follow the job with a progress bar to its end")
+    add_job_options(submit)
+    add_remote(submit)
+    for action, text in (("status", "a job's state, progress and files"), ("watch", "follow a job to its end"),
+                         ("cancel", "cancel a job")):
+        parser = actions.add_parser(action, help=text)
+        parser.add_argument("id")
+        add_remote(parser)
+    add_remote(actions.add_parser("list", help="every job, newest first"))

@@ -1,0 +1,119 @@
+"""``/v1/jobs``: quantize a whole checkpoint as a durable job; watch it, cancel it, download its files.
+
+Thin: validation is the wire models', the work is app/checkpoint_jobs.py's.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from typing import Any
+
+from fastapi import APIRouter, Request
+from fastapi.responses import FileResponse, JSONResponse, StreamingResponse
+
+from app.checkpoint_jobs import JobManager, JobsNotConfigured
+from app.job_store import TERMINAL_STATES, JobRecord
+from app.problems import problem_responses
+from app.schemas.jobs import JobCreate, JobList, JobStatus, JobSummary
+from app.security import ApiKeyRoute
+
+router = APIRouter(prefix="/jobs", tags=["jobs"], route_class=ApiKeyRoute)
+#: an event is sent at least this often while a job runs (a heartbeat keeps proxies from closing the stream)
+EVENT_INTERVAL_SECONDS = 15.0
+
+
+def _manager(request: Request) -> JobManager:
+    manager: JobManager | None = getattr(request.app.state, "jobs", None)
+    if manager is None:
+        raise JobsNotConfigured("checkpoint jobs need NIBBLE_STATE_DIR (the job store) and NIBBLE_DATA_DIR (the "
+                                "data root sources are read from); this server has not both")
+    return manager
+
+
+def _url(record: JobRecord) -> str:
+    return f"/v1/jobs/{record.id}"
+
+
+def _status(manager: JobManager, record: JobRecord) -> dict[str, Any]:
+    result = None
+    if record.result is not None:
+        result = {"files": [{**entry, "url": f"{_url(record)}/files/{entry['name']}"}
+                            for entry in record.result["files"]]}
+    return {"id": record.id, "url": _url(record), "state": record.state, "created_at": record.created_at,
+            "started_at": record.started_at, "finished_at": record.finished_at, "request": record.request,
+            "progress": manager.progress(record), "report": manager.report(record), "result": result,
+            "error": record.error}
+
+
+@router.post("", status_code=202, response_model=JobStatus, summary="Quantize a checkpoint as a job",
+             responses=problem_responses(400, 403, 404, 413, 415, 422, 503))
+async def create_job(request: Request, body: JobCreate) -> JSONResponse:
+    """Validate the source (every shard header and the index) and plan it, then queue the job: 202 with its
+    id and URL.  Refused with problem+json: a path outside the data root (403), a checkpoint whose index lies
+    or whose shards are truncated (422), options no output format can hold (422)."""
+    manager = _manager(request)
+    record = await manager.submit(body)
+    return JSONResponse(_status(manager, record), status_code=202, headers={"Location": _url(record)})
+
+
+@router.get("", response_model=JobList, summary="List jobs, newest first", responses=problem_responses(404))
+async def list_jobs(request: Request) -> dict[str, Any]:
+    manager = _manager(request)
+    jobs = [JobSummary(id=r.id, url=_url(r), state=r.state, created_at=r.created_at,
+                       progress=manager.progress(r)).model_dump()  # type: ignore[arg-type]
+            for r in manager.store.list_jobs()]
+    return {"jobs": jobs}
+
+
+@router.get("/{job_id}", response_model=JobStatus, summary="A job's state, progress, report and result",
+            responses=problem_responses(404))
+async def read_job(request: Request, job_id: str) -> dict[str, Any]:
+    manager = _manager(request)
+    return _status(manager, manager.get(job_id))
+
+
+@router.delete("/{job_id}", response_model=JobStatus, summary="Cancel a job", responses=problem_responses(404))
+async def cancel_job(request: Request, job_id: str) -> dict[str, Any]:
+    """A queued job is cancelled at once; a running one stops after the tensors in flight (its state says
+    ``running`` until then), and its files are removed.  A finished job is left as it is."""
+    manager = _manager(request)
+    return _status(manager, manager.cancel(job_id))
+
+
+@router.get("/{job_id}/events", summary="A job's status as server-sent events",
+            responses={200: {"description": "text/event-stream: a `status` event (the JSON of GET /v1/jobs/{id}, "
+                                            "its `report` only in the last) at once and at every change, until "
+                                            "the job is finished.",
+                             "content": {"text/event-stream": {"schema": {"type": "string"}}}},
+                       **problem_responses(404)})
+async def stream_job_events(request: Request, job_id: str) -> StreamingResponse:
+    manager = _manager(request)
+    manager.get(job_id)  # 404 before the stream starts
+
+    async def events() -> AsyncIterator[bytes]:
+        while True:
+            record = manager.get(job_id)
+            status = _status(manager, record)
+            finished = record.state in TERMINAL_STATES
+            if not finished:  # the report grows with every tensor: sent whole once, with the final status
+                status.pop("report")
+            yield f"event: status\ndata: {json.dumps(status, separators=(',', ':'))}\n\n".encode()
+            if finished or await request.is_disconnected():
+                return
+            await manager.wait_change(job_id, EVENT_INTERVAL_SECONDS)
+
+    return StreamingResponse(events(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+
+
+@router.get("/{job_id}/files/{name}", summary="Download a result file (HTTP Range supported)",
+            responses={200: {"content": {"application/octet-stream": {"schema": {"type": "string",
+                                                                                 "format": "binary"}}},
+                             "description": "The file, or the requested byte range (206)."},
+                       **problem_responses(404, 409, 416)})
+async def read_job_file(request: Request, job_id: str, name: str) -> FileResponse:
+    """Only the names the job's manifest lists are served."""
+    manager = _manager(request)
+    path = manager.output_file(job_id, name)
+    media_type = "application/json" if name.endswith(".json") else "application/octet-stream"
+    return FileResponse(path, media_type=media_type, filename=name)

@@ -1,0 +1,118 @@
+"""Wire models of /v1/jobs: a checkpoint quantize job's request, its status, progress and result files.
+
+The conversion to the core's `CheckpointOptions` lives here (`to_options`).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from quant_core.checkpoint import DEFAULT_EXCLUDE, DEFAULT_MAX_SHARD_BYTES, CheckpointOptions
+from quant_core.quantize import METHODS
+
+JobStateName = Literal["queued", "running", "succeeded", "failed", "cancelled"]
+
+
+class JobSource(BaseModel):
+    """Where the checkpoint is: a directory under the server's data root (NIBBLE_DATA_DIR)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    path: str = Field(min_length=1, max_length=4096, description=(
+        "A directory relative to the data root holding model.safetensors.index.json and its shards (or one "
+        "model.safetensors), config.json and tokenizer files.  No '..', no absolute path, no symlink leading out."))
+
+
+class JobCreate(BaseModel):
+    """A checkpoint quantize job: the source, and the options of POST /v1/quantize."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    source: JobSource
+    method: str = Field("rtn", description=f"One of: {', '.join(m for m in METHODS if not m.startswith('gptq'))} "
+                                            "(GPTQ needs calibration activations, which jobs do not take).")
+    output: Literal["compressed-tensors", "gptq", "awq", "gguf"] = Field("compressed-tensors", description=(
+        "compressed-tensors (pack-quantized), gptq, awq: safetensors shards + index + config.json with its "
+        "quantization_config, other files copied; gguf: one Q4_0 file (needs group_size 32, symmetric)."))
+    group_size: int | None = Field(128, description="32, 64, 128, 256; 'row' or null for a whole row.")
+    symmetric: bool = False
+    zero: Literal["auto", "int4"] = Field("auto", description=(
+        "Zero points are stored as 4-bit integers in every engine format (auto means int4)."))
+    include: list[str] | None = Field(None, max_length=256, description=(
+        "Globs on tensor names: only names matching one are quantized (default: every linear weight)."))
+    exclude: list[str] | None = Field(None, max_length=256, description=(
+        f"Globs on tensor names never quantized (default: {', '.join(DEFAULT_EXCLUDE)})."))
+    max_shard_bytes: int = Field(DEFAULT_MAX_SHARD_BYTES, ge=1, description=(
+        "Most tensor data bytes in one output shard (default 5 GB as transformers counts it, 5 x 10^9)."))
+
+    @field_validator("group_size", mode="before")
+    @classmethod
+    def _row(cls, value: object) -> object:
+        return None if value in ("", "row", "null", "none") else value
+
+    @field_validator("include", "exclude", mode="before")
+    @classmethod
+    def _one_or_many(cls, value: object) -> object:
+        return [value] if isinstance(value, str) else value
+
+
+def to_options(request: JobCreate, threads: int | None = 1) -> CheckpointOptions:
+    """The core options of a job request."""
+    return CheckpointOptions(
+        method=request.method, output=request.output, group_size=request.group_size, symmetric=request.symmetric,
+        include=tuple(request.include or ()),
+        exclude=DEFAULT_EXCLUDE if request.exclude is None else tuple(request.exclude),
+        max_shard_bytes=request.max_shard_bytes, threads=threads)
+
+
+class JobProgress(BaseModel):
+    """How far a job is: quantized tensors and their input bytes done of total, rate and ETA."""
+
+    tensors_done: int
+    tensors_total: int
+    bytes_done: int
+    bytes_total: int
+    rate: float | None = Field(None, description="Input bytes quantized per second since this run started.")
+    eta_seconds: float | None = Field(None, description="Seconds left at that rate (null until it is known).")
+
+
+class JobFile(BaseModel):
+    name: str
+    bytes: int
+    url: str
+
+
+class JobResult(BaseModel):
+    files: list[JobFile]
+
+
+class JobStatus(BaseModel):
+    """A job's state, progress, report so far (quantized tensors, then those passed through with why) and result."""
+
+    id: str
+    url: str
+    state: JobStateName
+    created_at: float = Field(description="Unix time.")
+    started_at: float | None = None
+    finished_at: float | None = None
+    request: dict[str, Any]
+    progress: JobProgress
+    report: list[dict[str, Any]] = Field(description=(
+        "One entry per tensor: quantized ones (name, shape, dtype, method, format, bytes, bits_per_weight, "
+        "quality, seconds) as they finish, and the passthrough tensors (name, shape, dtype, reason)."))
+    result: JobResult | None = None
+    error: dict[str, Any] | None = Field(None, description="The problem+json document of a failed job.")
+
+
+class JobSummary(BaseModel):
+    id: str
+    url: str
+    state: JobStateName
+    created_at: float
+    progress: JobProgress
+
+
+class JobList(BaseModel):
+    jobs: list[JobSummary]

@@ -1,0 +1,85 @@
+"""Whole-checkpoint quantization: a sharded safetensors checkpoint in, one engines load out, a tensor at a time.
+
+`open_checkpoint` validates a directory (index, shards, files) and lists its
+tensors; `plan_checkpoint` decides each tensor's fate under
+`CheckpointOptions`; `quantize_tensor_part` does one tensor (what a job's
+worker runs); `output_shards`, `write_output_shard`, `write_checkpoint_files`
+and `write_gguf_output` assemble the result; `quantize_checkpoint` runs all of
+it in this process.
+"""
+
+from quant_core.checkpoint.output import (
+    GGUF_NAME,
+    REPORT_NAME,
+    OutputShard,
+    OutputTensor,
+    build_report,
+    output_shards,
+    part_path,
+    passthrough_entry,
+    quantization_config,
+    quantize_checkpoint,
+    quantize_tensor_bytes,
+    quantize_tensor_part,
+    valid_parts,
+    write_checkpoint_files,
+    write_gguf_output,
+    write_output_shard,
+    write_part,
+)
+from quant_core.checkpoint.plan import (
+    DEFAULT_EXCLUDE,
+    DEFAULT_MAX_SHARD_BYTES,
+    OUTPUTS,
+    CheckpointOptions,
+    CheckpointOutput,
+    TensorPlan,
+    check_options,
+    plan_checkpoint,
+)
+from quant_core.checkpoint.source import (
+    CONFIG_NAME,
+    INDEX_NAME,
+    SINGLE_NAME,
+    Checkpoint,
+    CheckpointError,
+    CheckpointTensor,
+    open_checkpoint,
+    read_tensor,
+)
+
+__all__ = [
+    "CONFIG_NAME",
+    "DEFAULT_EXCLUDE",
+    "DEFAULT_MAX_SHARD_BYTES",
+    "GGUF_NAME",
+    "INDEX_NAME",
+    "OUTPUTS",
+    "REPORT_NAME",
+    "SINGLE_NAME",
+    "Checkpoint",
+    "CheckpointError",
+    "CheckpointOptions",
+    "CheckpointOutput",
+    "CheckpointTensor",
+    "OutputShard",
+    "OutputTensor",
+    "TensorPlan",
+    "build_report",
+    "check_options",
+    "open_checkpoint",
+    "output_shards",
+    "part_path",
+    "passthrough_entry",
+    "plan_checkpoint",
+    "quantization_config",
+    "quantize_checkpoint",
+    "quantize_tensor_bytes",
+    "quantize_tensor_part",
+    "read_tensor",
+    "valid_parts",
+    "write_checkpoint_files",
+    "write_gguf_output",
+    "write_output_shard",
+    "write_part",
+]

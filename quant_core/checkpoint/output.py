@@ -1,0 +1,416 @@
+"""A quantized checkpoint written tensor by tensor: one part file per quantized tensor, then the result assembled.
+
+`quantize_tensor_part` reads one tensor by byte range, quantizes it and
+writes its exported tensors (``weight_packed``/``weight_scale``... for
+compressed-tensors, ``qweight``/``qzeros``/``scales``/``g_idx`` for GPTQ,
+``qweight``/``qzeros``/``scales`` for AWQ, the Q4_0 blocks for GGUF) to a
+part file, atomically (written beside, synced, renamed), and returns its
+report entry.  Each part depends only on its tensor and the options, so parts
+can be made in any order, on any machine, and a part made twice is the same
+bytes.  Once every part exists, `output_shards` lays the result out (the
+source's tensor order, each quantized tensor's parts in its place, shards
+filled in order up to ``max_shard_bytes`` of data), `write_output_shard`
+writes one shard by copying byte ranges (memory: one copy buffer), and
+`write_checkpoint_files` adds ``model.safetensors.index.json``,
+``config.json`` with its ``quantization_config`` (and ``quantize_config.json``
+for GPTQ), the copied-through files and ``nibble_report.json``.  GGUF is one
+file, `write_gguf_output`.  Nothing written depends on time, order of work or
+thread count: the same input gives byte-identical output.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+import os
+import shutil
+import struct
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import gguf
+import numpy as np
+from numpy.typing import NDArray
+
+from quant_core.checkpoint.plan import CheckpointOptions, TensorPlan
+from quant_core.checkpoint.source import (
+    CONFIG_NAME,
+    INDEX_NAME,
+    Checkpoint,
+    CheckpointError,
+    CheckpointTensor,
+    read_tensor,
+)
+from quant_core.errors import LimitExceeded, TensorFileError
+from quant_core.quantize import quantize
+from quant_core.quantize.types import QuantizedTensor
+from quant_core.tensorio._export_common import module_prefix
+from quant_core.tensorio.awq import awq_scheme_config, awq_tensors
+from quant_core.tensorio.compressed_tensors import compressed_tensors_scheme_config, compressed_tensors_tensors
+from quant_core.tensorio.gguf_export import q4_0_blocks
+from quant_core.tensorio.gptq import gptq_scheme_config, gptq_tensors
+from quant_core.tensorio.nibble_file import describe_quantized
+from quant_core.tensorio.safetensors_io import (
+    encode_safetensors_header,
+    read_safetensors_header,
+    write_safetensors_to,
+)
+
+REPORT_NAME = "nibble_report.json"
+GGUF_NAME = "model.gguf"
+GPTQ_CONFIG_NAME = "quantize_config.json"
+COPY_BYTES = 8 << 20
+_GGUF_TYPES: dict[str, np.dtype[Any]] = {
+    "F32": np.dtype(np.float32), "F16": np.dtype(np.float16), "I8": np.dtype(np.int8),
+    "I16": np.dtype(np.int16), "I32": np.dtype(np.int32), "I64": np.dtype(np.int64)}
+
+
+def _write_atomically(path: Path, write: Callable[[Path], object], *, sync: bool = True) -> None:
+    """Call ``write(temporary)`` beside `path`, sync the file (unless `sync` is false), and rename it to `path`:
+    a reader (or a process killed at any moment) sees the whole file or none."""
+    temporary = path.with_name(path.name + ".partial")
+    write(temporary)
+    if sync:
+        descriptor = os.open(temporary, os.O_RDONLY)
+        try:
+            os.fsync(descriptor)
+        finally:
+            os.close(descriptor)
+    os.replace(temporary, path)
+
+
+def _write_bytes(path: Path, data: bytes) -> None:
+    _write_atomically(path, lambda temporary: temporary.write_bytes(data))
+
+
+def _json_bytes(value: object) -> bytes:
+    return (json.dumps(value, indent=2, ensure_ascii=False) + "\n").encode("utf-8")
+
+
+def exported_parts(name: str, q: QuantizedTensor, options: CheckpointOptions) -> dict[str, NDArray[Any]]:
+    """The tensors `options.output` stores for quantized tensor `name` (GGUF: the Q4_0 blocks under `name`)."""
+    if options.output == "compressed-tensors":
+        return compressed_tensors_tensors(name, q)
+    if options.output == "gptq":
+        return gptq_tensors(name, q)
+    if options.output == "awq":
+        return awq_tensors(name, q)
+    return {name: q4_0_blocks(name, q)}
+
+
+def _quantized_parts(directory: Path, plan: TensorPlan, options: CheckpointOptions
+                     ) -> tuple[dict[str, NDArray[Any]], dict[str, Any]]:
+    """One planned tensor read, quantized and exported: its part's tensors and its report entry."""
+    tensor = plan.tensor
+    weights = read_tensor(directory, tensor)
+    q = quantize(weights, options.scheme, options.method, name=tensor.name, threads=options.threads,
+                 min_zero=options.min_zero)
+    del weights
+    parts = exported_parts(tensor.name, q, options)
+    output_bytes = sum(int(array.nbytes) for array in parts.values())
+    return parts, {
+        "name": tensor.name, "shape": list(tensor.shape), "dtype": tensor.dtype, "method": options.method,
+        "format": options.scheme.label(),
+        "bytes": {"input": tensor.nbytes, "output": output_bytes},
+        "bits_per_weight": 8 * output_bytes / math.prod(tensor.shape),
+        "quality": describe_quantized(q)["quality"],
+    }
+
+
+def quantize_tensor_bytes(directory: Path, plan: TensorPlan, options: CheckpointOptions
+                          ) -> tuple[bytes, dict[str, Any]]:
+    """Quantize one planned tensor of the checkpoint in `directory`: its part file's bytes and its report entry.
+
+    The entry has the name, shape, dtype, method, format, bytes in and out,
+    bits per weight and quality figures.  Both are the same for the same
+    input, whatever machine or thread count computed them, so a part may be
+    made anywhere (a Ray task returns these bytes) and written where the job's
+    parts are (`write_part`).
+    """
+    parts, entry = _quantized_parts(directory, plan, options)
+    buffer = io.BytesIO()
+    write_safetensors_to(buffer, parts)
+    return buffer.getvalue(), entry
+
+
+def write_part(part_path: Path, data: bytes) -> None:
+    """Write a part file atomically (beside, then renamed): it exists whole or not at all.
+
+    Not synced: a killed process leaves the page cache to the kernel, and after
+    a power loss `valid_parts` finds any part that did not reach the disk whole.
+    """
+    _write_atomically(part_path, lambda temporary: temporary.write_bytes(data), sync=False)
+
+
+def quantize_tensor_part(directory: Path, plan: TensorPlan, options: CheckpointOptions, part_path: Path
+                         ) -> dict[str, Any]:
+    """`quantize_tensor_bytes`, its part written straight to `part_path` (atomically); returns the report entry."""
+    parts, entry = _quantized_parts(directory, plan, options)
+
+    def write(temporary: Path) -> None:
+        with open(temporary, "wb") as handle:
+            write_safetensors_to(handle, parts)
+
+    _write_atomically(part_path, write, sync=False)  # as `write_part`
+    return entry
+
+
+def valid_parts(part_dir: Path, plans: Sequence[TensorPlan], indexes: Sequence[int]) -> list[int]:
+    """Which of the parts `indexes` (plan indexes) exist whole: a readable header whose tensors tile the file.
+
+    A resumed job redoes the others (a part a power loss left short or empty).
+    """
+    valid = []
+    for index in indexes:
+        try:
+            read_safetensors_header(part_path(part_dir, plans[index]))
+        except (OSError, TensorFileError, LimitExceeded):
+            continue
+        valid.append(index)
+    return valid
+
+
+def passthrough_entry(plan: TensorPlan) -> dict[str, Any]:
+    """The report entry of a tensor passed through unchanged: name, shape, dtype and why."""
+    tensor = plan.tensor
+    return {"name": tensor.name, "shape": list(tensor.shape), "dtype": tensor.dtype, "reason": plan.reason}
+
+
+def quantization_config(options: CheckpointOptions, plans: Sequence[TensorPlan]) -> dict[str, Any]:
+    """The ``quantization_config`` config.json gets for this job (the scheme is one for every tensor)."""
+    group_size, symmetric = options.group_size, options.symmetric
+    if options.output == "compressed-tensors":
+        targets = [module_prefix(plan.tensor.name) for plan in plans if plan.quantized]
+        return compressed_tensors_scheme_config({(group_size, symmetric): targets})
+    if options.output == "gptq":
+        return gptq_scheme_config(group_size, symmetric, act_order=False)
+    if options.output == "awq":
+        return awq_scheme_config(group_size)
+    return {"quant_method": "gguf", "type": "Q4_0"}
+
+
+def build_report(options: CheckpointOptions, plans: Sequence[TensorPlan], entries: Mapping[int, dict[str, Any]],
+                 checkpoint: Checkpoint) -> dict[str, Any]:
+    """nibble's report of the whole job: each quantized tensor's entry (by plan index), the passthrough
+    tensors with why, the files copied through, totals and the quantization config."""
+    quantized = [entries[plan.index] for plan in plans if plan.quantized]
+    passthrough = [passthrough_entry(plan) for plan in plans if not plan.quantized]
+    return {
+        "method": options.method, "format": options.scheme.label(), "output": options.output,
+        "tensors": quantized, "passthrough": passthrough,
+        "files_copied": list(checkpoint.other_files) if options.output != "gguf" else [],
+        "totals": {
+            "input_bytes": checkpoint.total_bytes,
+            "quantized_tensors": len(quantized), "passthrough_tensors": len(passthrough),
+            "quantized_input_bytes": sum(entry["bytes"]["input"] for entry in quantized),
+            "quantized_output_bytes": sum(entry["bytes"]["output"] for entry in quantized),
+        },
+        "quantization_config": quantization_config(options, plans),
+    }
+
+
+@dataclass(frozen=True, slots=True)
+class OutputTensor:
+    """A tensor of the result and where its bytes are now: `nbytes` at `offset` of `path` (a part or a shard)."""
+
+    name: str
+    dtype: str
+    shape: tuple[int, ...]
+    path: Path
+    offset: int
+    nbytes: int
+
+
+@dataclass(frozen=True, slots=True)
+class OutputShard:
+    """One safetensors shard of the result: its file name and its tensors in order."""
+
+    name: str
+    tensors: tuple[OutputTensor, ...]
+
+    @property
+    def data_bytes(self) -> int:
+        return sum(tensor.nbytes for tensor in self.tensors)
+
+
+def part_path(part_dir: Path, plan: TensorPlan) -> Path:
+    """Where the part of planned tensor `plan` lives."""
+    return part_dir / f"{plan.index:07d}.safetensors"
+
+
+def _part_tensors(path: Path) -> list[OutputTensor]:
+    header = read_safetensors_header(path)
+    return [OutputTensor(name, entry.dtype, entry.shape, path, header.data_offset + entry.begin,
+                         entry.end - entry.begin)
+            for name, entry in header.entries.items()]
+
+
+def _source_tensor(checkpoint: Checkpoint, tensor: CheckpointTensor) -> OutputTensor:
+    return OutputTensor(tensor.name, tensor.dtype, tensor.shape, checkpoint.directory / tensor.shard,
+                        tensor.offset, tensor.nbytes)
+
+
+def output_tensors(checkpoint: Checkpoint, plans: Sequence[TensorPlan], part_dir: Path) -> list[OutputTensor]:
+    """Every tensor of the result in order: passthrough tensors from the source, quantized ones from their parts.
+
+    Raises `CheckpointError` when two tensors of the result share a name
+    (``a.weight`` quantized beside a source tensor already named ``a.qweight``).
+    """
+    result: list[OutputTensor] = []
+    for plan in plans:
+        if plan.quantized:
+            result.extend(_part_tensors(part_path(part_dir, plan)))
+        else:
+            result.append(_source_tensor(checkpoint, plan.tensor))
+    seen: set[str] = set()
+    for tensor in result:
+        if tensor.name in seen:
+            raise CheckpointError(f"the result would hold two tensors named {tensor.name!r}", field="include")
+        seen.add(tensor.name)
+    return result
+
+
+def output_shards(checkpoint: Checkpoint, plans: Sequence[TensorPlan], part_dir: Path,
+                  options: CheckpointOptions) -> list[OutputShard]:
+    """The result's shards: tensors in order, a new shard whenever the next would pass ``max_shard_bytes``
+    of data (a tensor larger than that gets a shard of its own), named ``model-0000i-of-0000n.safetensors``
+    as transformers names them."""
+    groups: list[list[OutputTensor]] = [[]]
+    filled = 0
+    for tensor in output_tensors(checkpoint, plans, part_dir):
+        if groups[-1] and filled + tensor.nbytes > options.max_shard_bytes:
+            groups.append([])
+            filled = 0
+        groups[-1].append(tensor)
+        filled += tensor.nbytes
+    count = len(groups)
+    return [OutputShard(f"model-{number:05d}-of-{count:05d}.safetensors", tuple(group))
+            for number, group in enumerate(groups, start=1)]
+
+
+def _copy_range(source: Path, offset: int, nbytes: int, handle: Any) -> None:
+    """Append bytes ``[offset, offset + nbytes)`` of `source` to the open file `handle`, in the kernel
+    (``copy_file_range``) where it can, else through a buffer of `COPY_BYTES`."""
+    handle.flush()
+    target = handle.fileno()
+    descriptor = os.open(source, os.O_RDONLY)
+    try:
+        done = 0
+        while done < nbytes:
+            try:
+                count = os.copy_file_range(descriptor, target, min(COPY_BYTES, nbytes - done), offset + done)
+            except OSError:  # another filesystem or an old kernel: copy through a buffer
+                chunk = os.pread(descriptor, min(COPY_BYTES, nbytes - done), offset + done)
+                count = os.write(target, chunk) if chunk else 0
+            if count == 0:
+                raise CheckpointError(f"{source.name} ends inside the bytes {offset} to {offset + nbytes} "
+                                      "being copied: it was truncated")
+            done += count
+    finally:
+        os.close(descriptor)
+
+
+def write_output_shard(shard: OutputShard, out_dir: Path) -> int:
+    """Write one shard into `out_dir` by copying each tensor's byte range; returns the file's size."""
+    header = encode_safetensors_header([(t.name, t.dtype, t.shape) for t in shard.tensors], {"format": "pt"})
+
+    def write(path: Path) -> None:
+        with open(path, "wb") as handle:
+            handle.write(struct.pack("<Q", len(header)))
+            handle.write(header)
+            for tensor in shard.tensors:
+                _copy_range(tensor.path, tensor.offset, tensor.nbytes, handle)
+
+    target = out_dir / shard.name
+    _write_atomically(target, write)
+    return target.stat().st_size
+
+
+def _copier(source: Path) -> Callable[[Path], object]:
+    def copy(target: Path) -> object:
+        return shutil.copyfile(source, target)
+    return copy
+
+
+def write_checkpoint_files(checkpoint: Checkpoint, shards: Sequence[OutputShard], report: Mapping[str, Any],
+                           out_dir: Path) -> None:
+    """The files beside the shards: the index, config.json with ``quantization_config`` (GPTQ also
+    ``quantize_config.json``), the copied-through files and ``nibble_report.json``."""
+    index = {"metadata": {"total_size": sum(shard.data_bytes for shard in shards)},
+             "weight_map": {tensor.name: shard.name for shard in shards for tensor in shard.tensors}}
+    _write_bytes(out_dir / INDEX_NAME, _json_bytes(index))
+    config = dict(checkpoint.config or {})
+    config["quantization_config"] = report["quantization_config"]
+    _write_bytes(out_dir / CONFIG_NAME, _json_bytes(config))
+    if report["output"] == "gptq":
+        _write_bytes(out_dir / GPTQ_CONFIG_NAME, _json_bytes(report["quantization_config"]))
+    for name in checkpoint.other_files:
+        _write_atomically(out_dir / name, _copier(checkpoint.directory / name))
+    _write_bytes(out_dir / REPORT_NAME, _json_bytes(report))
+
+
+def write_gguf_output(checkpoint: Checkpoint, plans: Sequence[TensorPlan], part_dir: Path,
+                      report: Mapping[str, Any], out_dir: Path) -> None:
+    """The GGUF result: ``model.gguf`` (Q4_0 tensors and passthrough tensors, the report in ``nibble.report``)
+    and ``nibble_report.json``; written a tensor at a time through gguf-py's writer."""
+    tensors = output_tensors(checkpoint, plans, part_dir)
+    quantized = {plan.tensor.name for plan in plans if plan.quantized}
+
+    def write(path: Path) -> None:
+        writer = gguf.GGUFWriter(path, "nibble")
+        try:
+            writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
+            writer.add_string("nibble.report", json.dumps(report, separators=(",", ":")))
+            for tensor in tensors:
+                if tensor.name in quantized:
+                    writer.add_tensor_info(tensor.name, tensor.shape, np.dtype(np.uint8), tensor.nbytes,
+                                           raw_dtype=gguf.GGMLQuantizationType.Q4_0)
+                elif tensor.dtype == "BF16":
+                    byte_shape = (*tensor.shape[:-1], 2 * tensor.shape[-1]) if tensor.shape else (2,)
+                    writer.add_tensor_info(tensor.name, byte_shape, np.dtype(np.uint8), tensor.nbytes,
+                                           raw_dtype=gguf.GGMLQuantizationType.BF16)
+                else:
+                    writer.add_tensor_info(tensor.name, tensor.shape, _GGUF_TYPES[tensor.dtype], tensor.nbytes)
+            writer.write_header_to_file()
+            writer.write_kv_data_to_file()
+            writer.write_ti_data_to_file()
+            for tensor in tensors:
+                data = np.memmap(tensor.path, dtype=np.uint8, mode="r", offset=tensor.offset, shape=(tensor.nbytes,))
+                writer.write_tensor_data(data)
+                del data
+        finally:
+            writer.close()
+
+    _write_atomically(out_dir / GGUF_NAME, write)
+    _write_bytes(out_dir / REPORT_NAME, _json_bytes(report))
+
+
+def quantize_checkpoint(checkpoint: Checkpoint, plans: Sequence[TensorPlan], options: CheckpointOptions,
+                        out_dir: Path, part_dir: Path,
+                        progress: Callable[[int, int, dict[str, Any]], None] | None = None) -> dict[str, Any]:
+    """The whole job in this process, one tensor at a time: parts into `part_dir`, the result into `out_dir`.
+
+    `progress(done, total, entry)` is called after each quantized tensor.
+    Returns the report.  Parts already present are made again (the same bytes).
+    """
+    part_dir.mkdir(parents=True, exist_ok=True)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    entries: dict[int, dict[str, Any]] = {}
+    todo = [plan for plan in plans if plan.quantized]
+    for plan in todo:
+        entries[plan.index] = quantize_tensor_part(checkpoint.directory, plan, options, part_path(part_dir, plan))
+        if progress is not None:
+            progress(len(entries), len(todo), entries[plan.index])
+    report = build_report(options, plans, entries, checkpoint)
+    if options.output == "gguf":
+        write_gguf_output(checkpoint, plans, part_dir, report, out_dir)
+        return report
+    shards = output_shards(checkpoint, plans, part_dir, options)
+    for shard in shards:
+        write_output_shard(shard, out_dir)
+    write_checkpoint_files(checkpoint, shards, report, out_dir)
+    return report
+

@@ -1,0 +1,144 @@
+"""What a checkpoint job does to each tensor: its options, and for each tensor quantize or pass through (and why).
+
+The default selection is the policy GPTQ / AWQ / compressed-tensors
+checkpoints ship with (docs/DESIGN.md, "Formats"): the 2-D float ``*.weight``
+tensors of the linear layers are quantized; embeddings, the LM head, norms,
+biases and MoE routers stay as they are.  `include` narrows the selection to
+names matching any of its globs, `exclude` removes names matching any of
+its own (the defaults are `DEFAULT_EXCLUDE`).  A tensor the output format
+cannot hold (a width that is not a multiple of the group size, or of the 8
+codes an int32 packs) is passed through with that reason rather than failing
+the whole checkpoint.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+from dataclasses import dataclass
+from typing import Literal
+
+from quant_core.checkpoint.source import Checkpoint, CheckpointTensor
+from quant_core.errors import InvalidSpec, UnknownName
+from quant_core.formats import WeightFormat
+from quant_core.quantize import METHODS
+
+CheckpointOutput = Literal["compressed-tensors", "gptq", "awq", "gguf"]
+OUTPUTS: tuple[CheckpointOutput, ...] = ("compressed-tensors", "gptq", "awq", "gguf")
+#: names no INT4 checkpoint quantizes: token embeddings, LM head, norms, MoE routers, learned positions
+DEFAULT_EXCLUDE: tuple[str, ...] = ("*embed*", "*lm_head*", "*norm*", "*.mlp.gate.weight", "*router*",
+                                    "*wte*", "*wpe*")
+#: transformers' default ``max_shard_size="5GB"``, which it reads as 5 × 10^9 bytes (``convert_file_size_to_int``)
+DEFAULT_MAX_SHARD_BYTES = 5 * 10**9
+_FLOAT_DTYPES = ("F32", "F16", "BF16")
+#: GGUF has no tensor type for these safetensors dtypes (gguf-py ``GGMLQuantizationType``)
+_GGUF_PASSTHROUGH_DTYPES = ("F32", "F16", "BF16", "I8", "I16", "I32", "I64")
+_NEEDS_CALIBRATION = ("gptq", "gptq-act-order")
+
+
+@dataclass(frozen=True, slots=True)
+class CheckpointOptions:
+    """A checkpoint job's parameters (the same names as ``POST /v1/quantize``'s fields)."""
+
+    method: str = "rtn"
+    output: CheckpointOutput = "compressed-tensors"
+    group_size: int | None = 128
+    symmetric: bool = False
+    include: tuple[str, ...] = ()
+    exclude: tuple[str, ...] = DEFAULT_EXCLUDE
+    max_shard_bytes: int = DEFAULT_MAX_SHARD_BYTES
+    #: threads per tensor (`quantize`'s `threads`); the result does not depend on it
+    threads: int | None = 1
+
+    @property
+    def scheme(self) -> WeightFormat:
+        """The int4 format every quantized tensor gets (engine formats store 4-bit integer zeros)."""
+        return WeightFormat("int4", self.group_size, self.symmetric, "none" if self.symmetric else "int4")
+
+    @property
+    def min_zero(self) -> int:
+        """GPTQ checkpoint v1 stores zero − 1, so its zeros are kept in [1, 15] (quant_core/tensorio/gptq.py)."""
+        return 1 if self.output == "gptq" and not self.symmetric else 0
+
+
+def check_options(options: CheckpointOptions) -> None:
+    """Refuse options no checkpoint could be written with (`UnknownName`, `InvalidSpec`), before any work."""
+    if options.output not in OUTPUTS:
+        raise UnknownName("checkpoint output", options.output, list(OUTPUTS), field="output")
+    if options.method not in METHODS:
+        raise UnknownName("quantization method", options.method, sorted(METHODS), field="method")
+    if options.method in _NEEDS_CALIBRATION:
+        raise InvalidSpec("method", options.method, "needs calibration activations, which checkpoint jobs do not take")
+    if options.method == "hqq" and options.symmetric:
+        raise InvalidSpec("method", options.method, "hqq optimises a zero point; use an asymmetric scheme")
+    if options.group_size is not None and (options.group_size < 8 or options.group_size % 8):
+        raise InvalidSpec("group_size", options.group_size, "must be a multiple of 8 (32, 64, 128, 256), or null")
+    if options.output == "awq" and options.group_size is None:
+        raise InvalidSpec("group_size", None, "AWQ GEMM needs a group size")
+    if options.output == "gguf" and (options.group_size != 32 or not options.symmetric):
+        field = "group_size" if options.group_size != 32 else "symmetric"
+        raise InvalidSpec(field, options.group_size if field == "group_size" else options.symmetric,
+                          "GGUF Q4_0 holds int4 group-32 symmetric tensors")
+    if options.max_shard_bytes < 1:
+        raise InvalidSpec("max_shard_bytes", options.max_shard_bytes, "must be at least 1")
+    if options.threads is not None and options.threads < 1:
+        raise InvalidSpec("threads", options.threads, "must be at least 1")
+
+
+@dataclass(frozen=True, slots=True)
+class TensorPlan:
+    """One tensor's fate: its position in the job (`index`), and None or the reason it passes through."""
+
+    index: int
+    tensor: CheckpointTensor
+    reason: str | None
+
+    @property
+    def quantized(self) -> bool:
+        return self.reason is None
+
+
+def _reason(tensor: CheckpointTensor, options: CheckpointOptions) -> str | None:
+    name = tensor.name
+    if options.include and not any(fnmatch.fnmatchcase(name, pattern) for pattern in options.include):
+        return f"name matches none of the include patterns {list(options.include)}"
+    excluded = [pattern for pattern in options.exclude if fnmatch.fnmatchcase(name, pattern)]
+    if excluded:
+        return f"name matches the exclude pattern {excluded[0]!r}"
+    if len(tensor.shape) != 2:
+        return f"{len(tensor.shape)}-D tensor (shape {list(tensor.shape)}); only 2-D linear weights are quantized"
+    if not name.endswith(".weight"):
+        return "not a .weight tensor"
+    if tensor.dtype not in _FLOAT_DTYPES:
+        return f"dtype {tensor.dtype} is not F32, F16 or BF16"
+    out_features, in_features = tensor.shape
+    if 0 in tensor.shape:
+        return "an empty tensor"
+    group = options.group_size
+    if group is not None and in_features % group:
+        return f"in_features {in_features} is not a multiple of group_size {group}"
+    if options.output in ("gptq", "awq") and out_features % 8:
+        return f"out_features {out_features} is not a multiple of 8 ({options.output} packs 8 codes per int32)"
+    if options.output == "gptq" and in_features % 8:
+        return f"in_features {in_features} is not a multiple of 8 (GPTQ packs 8 codes per int32)"
+    return None
+
+
+def plan_checkpoint(checkpoint: Checkpoint, options: CheckpointOptions) -> tuple[TensorPlan, ...]:
+    """Every tensor of `checkpoint` in order with its fate under `options` (checked first: `check_options`).
+
+    Raises `InvalidSpec` when nothing would be quantized, or (GGUF) when a
+    passthrough tensor has a dtype GGUF cannot store.
+    """
+    check_options(options)
+    plans = tuple(TensorPlan(index, tensor, _reason(tensor, options))
+                  for index, tensor in enumerate(checkpoint.tensors))
+    if not any(plan.quantized for plan in plans):
+        reasons = sorted({plan.reason or "" for plan in plans})[:3]
+        raise InvalidSpec("include", list(options.include),
+                          f"selects no tensor to quantize among {len(plans)}; reasons: {reasons}")
+    if options.output == "gguf":
+        for plan in plans:
+            if not plan.quantized and plan.tensor.dtype not in _GGUF_PASSTHROUGH_DTYPES:
+                raise InvalidSpec("output", "gguf", f"GGUF has no tensor type for {plan.tensor.dtype} "
+                                  f"(tensor {plan.tensor.name!r}, passed through)")
+    return plans

@@ -1,0 +1,78 @@
+"""``nibble quantize DIR -o OUTDIR`` locally and ``nibble jobs ...`` against a real server."""
+
+from __future__ import annotations
+
+import io
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from app.cli import run
+from quant_core.checkpoint import CheckpointOptions, open_checkpoint, plan_checkpoint, quantize_checkpoint
+from tests.checkpoints import tree_bytes, write_llama_checkpoint
+from tests.e2e.conftest import start_server
+
+
+def nibble(*argv: str) -> tuple[int, str, str]:
+    out, err = io.StringIO(), io.StringIO()
+    status = run(list(argv), out, err)
+    return status, out.getvalue(), err.getvalue()
+
+
+@pytest.fixture(scope="module")
+def data_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("data")
+    write_llama_checkpoint(root / "llama", shards=2)
+    return root
+
+
+@pytest.fixture(scope="module")
+def server(data_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    env = {"NIBBLE_STATE_DIR": str(tmp_path_factory.mktemp("state")), "NIBBLE_DATA_DIR": str(data_root)}
+    with start_server(env) as base_url:
+        yield base_url
+
+
+def test_quantize_a_checkpoint_directory_locally_gives_the_jobs_bytes(data_root: Path, tmp_path: Path) -> None:
+    status, out, err = nibble("quantize", str(data_root / "llama"), "-o", str(tmp_path / "out"),
+                              "--max-shard-bytes", "100000")
+    assert status == 0, err
+    assert out.startswith(f"wrote {tmp_path / 'out'} (compressed-tensors): 14 tensors quantized by rtn, "
+                          "7 passed through")
+    assert err.count("\n") == 14 and "] 14/14 model.layers.1.mlp.down_proj.weight" in err
+    checkpoint = open_checkpoint(data_root / "llama")
+    options = CheckpointOptions(max_shard_bytes=100_000)  # one thread per tensor; the CLI used every core
+    quantize_checkpoint(checkpoint, plan_checkpoint(checkpoint, options), options, tmp_path / "ref", tmp_path / "p")
+    assert tree_bytes(tmp_path / "out") == tree_bytes(tmp_path / "ref")
+
+
+def test_quantize_refuses_a_non_empty_output_directory_and_the_nibble_format(data_root: Path,
+                                                                          tmp_path: Path) -> None:
+    status, _, err = nibble("quantize", str(data_root / "llama"), "-o", str(tmp_path), "--format", "nibble")
+    assert status == 1 and "compressed-tensors, gptq, awq or gguf" in err
+    (tmp_path / "x").write_text("taken")
+    status, _, err = nibble("quantize", str(data_root / "llama"), "-o", str(tmp_path))
+    assert status == 1 and "not empty" in err
+
+
+def test_jobs_submit_watch_status_list_against_a_server(server: str) -> None:
+    status, out, err = nibble("jobs", "submit", "llama", "--format", "awq", "--watch", "--url", server)
+    assert status == 0, err
+    job_id = out.split()[1].rstrip(":")
+    assert out.startswith(f"job {job_id}: succeeded") and "model.safetensors.index.json" in out
+    assert "] 14/14 tensors" in err and "(succeeded)" in err
+    status, out, _ = nibble("jobs", "status", job_id, "--json", "--url", server)
+    assert status == 0 and json.loads(out)["request"]["output"] == "awq"
+    status, out, _ = nibble("jobs", "list", "--url", server)
+    assert status == 0 and out.startswith(job_id)
+
+
+def test_jobs_errors_print_the_problem_and_exit_1(server: str) -> None:
+    status, _, err = nibble("jobs", "submit", "../etc", "--url", server)
+    assert status == 1 and "error: Path outside the data root (403)" in err and "source.path" in err
+    status, _, err = nibble("jobs", "status", "nope", "--url", server)
+    assert status == 1 and "(404)" in err
+    status, _, err = nibble("jobs", "list")
+    assert status == 1 and "--url" in err

@@ -1,0 +1,212 @@
+"""/v1/jobs: a checkpoint quantized as a job through the API, watched, downloaded; hostile sources refused."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+
+from quant_core.checkpoint import INDEX_NAME, CheckpointOptions, open_checkpoint, plan_checkpoint, quantize_checkpoint
+from tests.app.conftest import client_with
+from tests.checkpoints import llama_tensors, tree_bytes, write_llama_checkpoint
+
+PROBLEM = "application/problem+json"
+
+
+@pytest.fixture
+def data_root(tmp_path: Path) -> Path:
+    write_llama_checkpoint(tmp_path / "data" / "llama", shards=3)
+    return tmp_path / "data"
+
+
+@pytest.fixture
+def jobs_client(tmp_path: Path, data_root: Path) -> Iterator[TestClient]:
+    with client_with(state_dir=tmp_path / "state", data_dir=data_root) as client:
+        yield client
+
+
+def wait_for(client: TestClient, job_id: str, timeout_seconds: float = 60.0) -> dict[str, Any]:
+    """Poll a job until it is finished (a generous bound that only catches a hang)."""
+    deadline = time.monotonic() + timeout_seconds
+    while True:
+        status: dict[str, Any] = client.get(f"/v1/jobs/{job_id}").json()
+        if status["state"] not in ("queued", "running"):
+            return status
+        assert time.monotonic() < deadline, status
+        time.sleep(0.05)
+
+
+def test_job_quantizes_a_checkpoint_and_serves_the_files_of_the_in_process_result(
+        jobs_client: TestClient, data_root: Path, tmp_path: Path) -> None:
+    answer = jobs_client.post("/v1/jobs", json={"source": {"path": "llama"}, "method": "rtn",
+                                                "output": "compressed-tensors", "max_shard_bytes": 60_000})
+    assert answer.status_code == 202
+    created = answer.json()
+    assert answer.headers["location"] == created["url"] == f"/v1/jobs/{created['id']}"
+    assert created["progress"]["tensors_total"] == 14 and created["progress"]["bytes_total"] == 589_824
+    status = wait_for(jobs_client, created["id"])
+    assert status["state"] == "succeeded", status["error"]
+    progress = status["progress"]
+    assert (progress["tensors_done"], progress["bytes_done"]) == (14, 589_824)
+    assert progress["eta_seconds"] == 0.0 and progress["rate"] > 0
+    quantized = [entry for entry in status["report"] if "reason" not in entry]
+    passthrough = {entry["name"]: entry["reason"] for entry in status["report"] if "reason" in entry}
+    assert len(quantized) == 14 and all(entry["seconds"] >= 0 for entry in quantized)
+    assert passthrough["lm_head.weight"] == "name matches the exclude pattern '*lm_head*'"
+
+    checkpoint = open_checkpoint(data_root / "llama")
+    options = CheckpointOptions(max_shard_bytes=60_000)
+    quantize_checkpoint(checkpoint, plan_checkpoint(checkpoint, options), options, tmp_path / "ref", tmp_path / "p")
+    expected = tree_bytes(tmp_path / "ref")
+    files = {entry["name"]: entry for entry in status["result"]["files"]}
+    assert set(files) == set(expected)
+    for name, entry in files.items():
+        assert entry["bytes"] == len(expected[name])
+        assert jobs_client.get(entry["url"]).content == expected[name], name
+
+
+def test_job_files_are_served_by_byte_range(jobs_client: TestClient) -> None:
+    job = jobs_client.post("/v1/jobs", json={"source": {"path": "llama"}}).json()
+    status = wait_for(jobs_client, job["id"])
+    shard = next(f for f in status["result"]["files"] if f["name"].startswith("model-00001"))
+    whole = jobs_client.get(shard["url"]).content
+    part = jobs_client.get(shard["url"], headers={"Range": "bytes=8-99"})
+    assert part.status_code == 206
+    assert part.headers["content-range"] == f"bytes 8-99/{shard['bytes']}"
+    assert part.content == whole[8:100]
+    tail = jobs_client.get(shard["url"], headers={"Range": f"bytes={shard['bytes'] - 10}-"})
+    assert tail.content == whole[-10:]
+
+
+def test_job_events_stream_status_until_the_job_is_finished(jobs_client: TestClient) -> None:
+    job = jobs_client.post("/v1/jobs", json={"source": {"path": "llama"}, "output": "awq"}).json()
+    with jobs_client.stream("GET", f"/v1/jobs/{job['id']}/events") as stream:
+        assert stream.headers["content-type"].startswith("text/event-stream")
+        events = [json.loads(line.removeprefix("data: ")) for line in stream.iter_lines() if line.startswith("data: ")]
+    assert events[-1]["state"] == "succeeded"
+    assert len(events[-1]["report"]) == 21 and all("report" not in event for event in events[:-1])
+    done = [event["progress"]["tensors_done"] for event in events]
+    assert done == sorted(done)
+
+
+def test_jobs_are_listed_newest_first_and_unknown_ids_are_404(jobs_client: TestClient, tmp_path: Path) -> None:
+    first = jobs_client.post("/v1/jobs", json={"source": {"path": "llama"}}).json()
+    second = jobs_client.post("/v1/jobs", json={"source": {"path": "llama"}, "output": "gptq"}).json()
+    listed = [job["id"] for job in jobs_client.get("/v1/jobs").json()["jobs"]]
+    assert listed == [second["id"], first["id"]]
+    missing = jobs_client.get("/v1/jobs/nope")
+    assert missing.status_code == 404 and missing.headers["content-type"] == PROBLEM
+    for job in (first, second):
+        wait_for(jobs_client, job["id"])
+    # the same source twice: each job wrote its own directory (the store's output column is UNIQUE)
+    assert sorted(p.name for p in (tmp_path / "state" / "jobs").iterdir()) == sorted([first["id"], second["id"]])
+
+
+def test_cancelled_job_ends_cancelled_and_keeps_no_files(jobs_client: TestClient, tmp_path: Path) -> None:
+    job = jobs_client.post("/v1/jobs", json={"source": {"path": "llama"}, "method": "clip"}).json()
+    cancelled = jobs_client.delete(f"/v1/jobs/{job['id']}").json()
+    assert cancelled["state"] in ("cancelled", "running")
+    assert wait_for(jobs_client, job["id"])["state"] == "cancelled"
+    assert not (tmp_path / "state" / "jobs" / job["id"]).exists()
+    refused = jobs_client.get(f"/v1/jobs/{job['id']}/files/config.json")
+    assert refused.status_code == 409 and refused.headers["content-type"] == PROBLEM
+
+
+def test_only_the_manifests_names_are_served(jobs_client: TestClient) -> None:
+    job = jobs_client.post("/v1/jobs", json={"source": {"path": "llama"}}).json()
+    wait_for(jobs_client, job["id"])
+    for name in ("jobs.sqlite3", "..%2F..%2Fjobs.sqlite3", "parts"):
+        answer = jobs_client.get(f"/v1/jobs/{job['id']}/files/{name}")
+        assert answer.status_code == 404, name
+
+
+# --- hostile sources -----------------------------------------------------------------------------------------
+
+
+def _problem(client: TestClient, body: dict[str, Any]) -> dict[str, Any]:
+    answer = client.post("/v1/jobs", json=body)
+    assert answer.headers["content-type"] == PROBLEM, answer.text
+    problem: dict[str, Any] = answer.json()
+    assert problem["status"] == answer.status_code
+    return problem
+
+
+@pytest.mark.parametrize("path", ["../llama", "llama/../../etc", "/etc", "/work", "llama/..\\..", "a\x00b"])
+def test_source_paths_leaving_the_data_root_are_refused_403(jobs_client: TestClient, path: str) -> None:
+    problem = _problem(jobs_client, {"source": {"path": path}})
+    assert (problem["status"], problem["type"]) == (403, "urn:nibble:problem:path-refused")
+    assert problem["errors"][0]["field"] == "source.path"
+
+
+def test_symlink_leading_out_of_the_data_root_is_refused(jobs_client: TestClient, data_root: Path,
+                                                        tmp_path: Path) -> None:
+    write_llama_checkpoint(tmp_path / "elsewhere")
+    (data_root / "link").symlink_to(tmp_path / "elsewhere")
+    problem = _problem(jobs_client, {"source": {"path": "link"}})
+    assert problem["status"] == 403 and "symlink" in problem["detail"]
+
+
+def test_symlinked_shard_leading_out_of_the_data_root_is_refused(jobs_client: TestClient, data_root: Path,
+                                                                tmp_path: Path) -> None:
+    shard = data_root / "llama" / "model-00002-of-00003.safetensors"
+    shard.rename(tmp_path / "stolen.safetensors")
+    shard.symlink_to(tmp_path / "stolen.safetensors")
+    problem = _problem(jobs_client, {"source": {"path": "llama"}})
+    assert (problem["status"], problem["type"]) == (422, "urn:nibble:problem:checkpoint-error")
+    assert "outside the data root" in problem["detail"]
+
+
+def test_index_that_lies_is_refused_422(jobs_client: TestClient, data_root: Path) -> None:
+    index_path = data_root / "llama" / INDEX_NAME
+    index = json.loads(index_path.read_text())
+    index["weight_map"]["model.norm.weight"] = "model-00001-of-00003.safetensors"
+    index_path.write_text(json.dumps(index))
+    problem = _problem(jobs_client, {"source": {"path": "llama"}})
+    assert (problem["status"], problem["type"]) == (422, "urn:nibble:problem:checkpoint-error")
+    assert "model.norm.weight" in problem["detail"] and problem["errors"][0]["field"] == "source.path"
+
+
+def test_truncated_shard_is_refused_422(jobs_client: TestClient, data_root: Path) -> None:
+    shard = data_root / "llama" / "model-00003-of-00003.safetensors"
+    os.truncate(shard, shard.stat().st_size - 1)
+    problem = _problem(jobs_client, {"source": {"path": "llama"}})
+    assert problem["status"] == 422 and "model-00003-of-00003.safetensors" in problem["detail"]
+
+
+def test_missing_directory_and_bad_options_are_422(jobs_client: TestClient) -> None:
+    assert _problem(jobs_client, {"source": {"path": "nothing"}})["status"] == 422
+    gguf = _problem(jobs_client, {"source": {"path": "llama"}, "output": "gguf"})
+    assert gguf["status"] == 422 and gguf["errors"][0]["field"] == "group_size"
+    unknown = _problem(jobs_client, {"source": {"path": "llama"}, "method": "magic"})
+    assert unknown["status"] == 422 and unknown["errors"][0]["field"] == "method"
+    extra = _problem(jobs_client, {"source": {"path": "llama"}, "colour": "red"})
+    assert extra["status"] == 422 and extra["errors"][0]["field"] == "colour"
+
+
+def test_jobs_without_state_dir_and_data_root_answer_404() -> None:
+    with client_with() as client:
+        problem = _problem(client, {"source": {"path": "llama"}})
+    assert (problem["status"], problem["type"]) == (404, "urn:nibble:problem:jobs-not-configured")
+
+
+def test_a_tensor_that_cannot_be_quantized_fails_the_job_with_its_problem(tmp_path: Path) -> None:
+    tensors = llama_tensors()
+    broken = "model.layers.1.mlp.up_proj.weight"
+    tensors[broken] = tensors[broken].copy()
+    tensors[broken][3, 5] = np.nan
+    write_llama_checkpoint(tmp_path / "data" / "nan", tensors=tensors)
+    with client_with(state_dir=tmp_path / "state", data_dir=tmp_path / "data") as client:
+        job = client.post("/v1/jobs", json={"source": {"path": "nan"}})
+        assert job.status_code == 202  # NaN is only seen when the tensor is read
+        status = wait_for(client, job.json()["id"])
+    assert status["state"] == "failed" and status["result"] is None
+    error = status["error"]
+    assert (error["status"], error["type"]) == (422, "urn:nibble:problem:non-finite-values")
+    assert error["detail"] == f"1 NaN/Inf value(s) in tensor {broken!r}; first at index [3, 5]"

@@ -1,0 +1,105 @@
+"""A small but real llama checkpoint written by the tests: random BF16 weights in several shards, with
+``model.safetensors.index.json``, a llama ``config.json`` (the keys transformers' ``LlamaConfig`` reads) and
+tokenizer files made by the ``tokenizers`` library."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import ml_dtypes
+import numpy as np
+from numpy.typing import NDArray
+
+from quant_core.tensorio import write_safetensors
+
+HIDDEN = 128
+INTERMEDIATE = 256
+LAYERS = 2
+HEADS = 4
+KV_HEADS = 2
+VOCAB = 96
+HEAD_DIM = HIDDEN // HEADS
+
+LLAMA_CONFIG: dict[str, Any] = {
+    "architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_size": HIDDEN,
+    "intermediate_size": INTERMEDIATE, "num_hidden_layers": LAYERS, "num_attention_heads": HEADS,
+    "num_key_value_heads": KV_HEADS, "head_dim": HEAD_DIM, "vocab_size": VOCAB, "max_position_embeddings": 256,
+    "rms_norm_eps": 1e-5, "rope_theta": 10000.0, "hidden_act": "silu", "tie_word_embeddings": False,
+    "attention_bias": False, "mlp_bias": False, "torch_dtype": "bfloat16", "bos_token_id": 1, "eos_token_id": 2,
+}
+
+
+def llama_tensors(seed: int = 0, layers: int = LAYERS) -> dict[str, NDArray[Any]]:
+    """Every tensor of the tiny llama in the order transformers' state dict lists them, BF16, seeded."""
+    rng = np.random.default_rng(seed)
+
+    def weight(*shape: int) -> NDArray[Any]:
+        return (rng.standard_normal(shape, dtype=np.float32) * 0.05).astype(ml_dtypes.bfloat16)
+
+    tensors: dict[str, NDArray[Any]] = {"model.embed_tokens.weight": weight(VOCAB, HIDDEN)}
+    for layer in range(layers):
+        prefix = f"model.layers.{layer}"
+        tensors.update({
+            f"{prefix}.self_attn.q_proj.weight": weight(HEADS * HEAD_DIM, HIDDEN),
+            f"{prefix}.self_attn.k_proj.weight": weight(KV_HEADS * HEAD_DIM, HIDDEN),
+            f"{prefix}.self_attn.v_proj.weight": weight(KV_HEADS * HEAD_DIM, HIDDEN),
+            f"{prefix}.self_attn.o_proj.weight": weight(HIDDEN, HEADS * HEAD_DIM),
+            f"{prefix}.mlp.gate_proj.weight": weight(INTERMEDIATE, HIDDEN),
+            f"{prefix}.mlp.up_proj.weight": weight(INTERMEDIATE, HIDDEN),
+            f"{prefix}.mlp.down_proj.weight": weight(HIDDEN, INTERMEDIATE),
+            f"{prefix}.input_layernorm.weight": np.ones(HIDDEN, dtype=ml_dtypes.bfloat16),
+            f"{prefix}.post_attention_layernorm.weight": np.ones(HIDDEN, dtype=ml_dtypes.bfloat16),
+        })
+    tensors["model.norm.weight"] = np.ones(HIDDEN, dtype=ml_dtypes.bfloat16)
+    tensors["lm_head.weight"] = weight(VOCAB, HIDDEN)
+    return tensors
+
+
+def write_tokenizer(directory: Path) -> None:
+    """A word-level tokenizer saved by the ``tokenizers`` library, with the config transformers reads."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+
+    vocab = {"<unk>": 0, "<s>": 1, "</s>": 2, **{f"w{i}": i + 3 for i in range(VOCAB - 3)}}
+    tokenizer = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    tokenizer.pre_tokenizer = pre_tokenizers.Whitespace()
+    tokenizer.save(str(directory / "tokenizer.json"))
+    (directory / "tokenizer_config.json").write_text(json.dumps({
+        "tokenizer_class": "PreTrainedTokenizerFast", "bos_token": "<s>", "eos_token": "</s>",
+        "unk_token": "<unk>", "model_max_length": 256}, indent=2))
+    (directory / "special_tokens_map.json").write_text(json.dumps(
+        {"bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>"}, indent=2))
+
+
+def write_llama_checkpoint(directory: Path, *, shards: int = 3, seed: int = 0, layers: int = LAYERS,
+                           tensors: dict[str, NDArray[Any]] | None = None) -> dict[str, NDArray[Any]]:
+    """Write the tiny llama as `shards` safetensors shards plus index, config.json and tokenizer files.
+
+    Returns the tensors written.  Tensors are dealt to shards in order, about
+    the same count each, named as transformers names them.
+    """
+    directory.mkdir(parents=True, exist_ok=True)
+    tensors = tensors if tensors is not None else llama_tensors(seed, layers)
+    names = list(tensors)
+    per_shard = -(-len(names) // shards)
+    weight_map: dict[str, str] = {}
+    total = 0
+    for number in range(shards):
+        chunk = names[number * per_shard:(number + 1) * per_shard]
+        shard = f"model-{number + 1:05d}-of-{shards:05d}.safetensors"
+        write_safetensors(directory / shard, {name: tensors[name] for name in chunk}, {"format": "pt"})
+        weight_map.update(dict.fromkeys(chunk, shard))
+        total += sum(int(tensors[name].nbytes) for name in chunk)
+    (directory / "model.safetensors.index.json").write_text(
+        json.dumps({"metadata": {"total_size": total}, "weight_map": weight_map}, indent=2))
+    (directory / "config.json").write_text(json.dumps({**LLAMA_CONFIG, "num_hidden_layers": layers}, indent=2))
+    (directory / "generation_config.json").write_text(json.dumps({"bos_token_id": 1, "eos_token_id": 2}))
+    write_tokenizer(directory)
+    return tensors
+
+
+def tree_bytes(directory: Path) -> dict[str, bytes]:
+    """Every file under `directory` by relative path, with its bytes (to compare two results)."""
+    return {str(path.relative_to(directory)): path.read_bytes()
+            for path in sorted(directory.rglob("*")) if path.is_file()}

@@ -1,0 +1,190 @@
+"""Whole-checkpoint quantization in the core: reading shards by byte range, hostile sources, deterministic output."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from quant_core.checkpoint import (
+    INDEX_NAME,
+    REPORT_NAME,
+    CheckpointError,
+    CheckpointOptions,
+    open_checkpoint,
+    part_path,
+    plan_checkpoint,
+    quantize_checkpoint,
+    read_tensor,
+    valid_parts,
+)
+from quant_core.errors import InvalidSpec
+from quant_core.tensorio import read_safetensors, write_safetensors
+from tests.checkpoints import llama_tensors, tree_bytes, write_llama_checkpoint
+
+QUANTIZED_PER_LAYER = 7  # q, k, v, o, gate, up, down
+
+
+@pytest.fixture
+def checkpoint_dir(tmp_path: Path) -> Path:
+    write_llama_checkpoint(tmp_path / "src", shards=3)
+    return tmp_path / "src"
+
+
+def test_open_checkpoint_lists_every_tensor_by_shard_and_byte_range(checkpoint_dir: Path) -> None:
+    written = llama_tensors()
+    checkpoint = open_checkpoint(checkpoint_dir)
+    assert [t.name for t in checkpoint.tensors] == list(written)  # dealt to shards in order
+    assert len({t.shard for t in checkpoint.tensors}) == 3
+    assert checkpoint.total_bytes == sum(int(a.nbytes) for a in written.values())
+    assert checkpoint.other_files == ("generation_config.json", "special_tokens_map.json", "tokenizer.json",
+                                      "tokenizer_config.json")
+    for tensor in checkpoint.tensors:
+        np.testing.assert_array_equal(read_tensor(checkpoint.directory, tensor), written[tensor.name])
+
+
+def test_default_plan_quantizes_the_linear_layers_and_says_why_the_rest_pass(checkpoint_dir: Path) -> None:
+    plans = plan_checkpoint(open_checkpoint(checkpoint_dir), CheckpointOptions())
+    quantized = [p.tensor.name for p in plans if p.quantized]
+    assert len(quantized) == 2 * QUANTIZED_PER_LAYER
+    reasons = {p.tensor.name: p.reason for p in plans if not p.quantized}
+    assert reasons["model.embed_tokens.weight"] == "name matches the exclude pattern '*embed*'"
+    assert reasons["lm_head.weight"] == "name matches the exclude pattern '*lm_head*'"
+    assert reasons["model.norm.weight"] == "name matches the exclude pattern '*norm*'"
+
+
+@pytest.mark.parametrize("output", ["compressed-tensors", "gptq", "awq"])
+def test_checkpoint_result_is_byte_identical_when_made_twice(tmp_path: Path, checkpoint_dir: Path,
+                                                            output: str) -> None:
+    checkpoint = open_checkpoint(checkpoint_dir)
+    options = CheckpointOptions(output=output, max_shard_bytes=60_000)  # type: ignore[arg-type]
+    plans = plan_checkpoint(checkpoint, options)
+    quantize_checkpoint(checkpoint, plans, options, tmp_path / "a", tmp_path / "parts-a")
+    quantize_checkpoint(checkpoint, plans, options, tmp_path / "b", tmp_path / "parts-b")
+    first, second = tree_bytes(tmp_path / "a"), tree_bytes(tmp_path / "b")
+    assert first == second
+    shards = [name for name in first if name.endswith(".safetensors")]
+    assert len(shards) > 1
+    index = json.loads(first[INDEX_NAME])
+    assert sorted(set(index["weight_map"].values())) == shards
+    for shard in shards:  # every shard keeps to the limit (no single tensor here is larger)
+        assert sum(int(a.nbytes) for a in read_safetensors(tmp_path / "a" / shard).values()) <= 60_000
+
+
+def test_result_carries_config_tokenizer_and_report(tmp_path: Path, checkpoint_dir: Path) -> None:
+    checkpoint = open_checkpoint(checkpoint_dir)
+    options = CheckpointOptions()
+    report = quantize_checkpoint(checkpoint, plan_checkpoint(checkpoint, options), options, tmp_path / "out",
+                                 tmp_path / "parts")
+    out = tmp_path / "out"
+    config = json.loads((out / "config.json").read_text())
+    assert config["model_type"] == "llama"
+    targets = config["quantization_config"]["config_groups"]["group_0"]["targets"]
+    assert "model.layers.1.mlp.down_proj" in targets and len(targets) == 2 * QUANTIZED_PER_LAYER
+    assert (out / "tokenizer.json").read_bytes() == (checkpoint_dir / "tokenizer.json").read_bytes()
+    assert json.loads((out / REPORT_NAME).read_text()) == report
+    assert report["totals"]["passthrough_tensors"] == len(report["passthrough"]) == 2 * 2 + 3
+    stored = {}
+    for shard in sorted(out.glob("model-*.safetensors")):
+        stored.update(read_safetensors(shard))
+    assert "model.layers.0.self_attn.q_proj.weight_packed" in stored
+    assert "model.layers.0.self_attn.q_proj.weight" not in stored
+    np.testing.assert_array_equal(stored["lm_head.weight"], llama_tensors()["lm_head.weight"])
+
+
+# --- hostile sources ----------------------------------------------------------------------------------------
+
+
+def _index(directory: Path) -> dict[str, object]:
+    loaded: dict[str, object] = json.loads((directory / INDEX_NAME).read_text())
+    return loaded
+
+
+def test_index_placing_a_tensor_in_a_shard_that_lacks_it_is_refused(checkpoint_dir: Path) -> None:
+    index = _index(checkpoint_dir)
+    weight_map = index["weight_map"]
+    assert isinstance(weight_map, dict)
+    weight_map["model.norm.weight"] = "model-00001-of-00003.safetensors"
+    (checkpoint_dir / INDEX_NAME).write_text(json.dumps(index))
+    with pytest.raises(CheckpointError, match=r"holds tensor 'model.norm.weight', which .* places in shard"):
+        open_checkpoint(checkpoint_dir)
+
+
+def test_index_naming_a_tensor_no_shard_holds_is_refused(checkpoint_dir: Path) -> None:
+    index = _index(checkpoint_dir)
+    weight_map = index["weight_map"]
+    assert isinstance(weight_map, dict)
+    weight_map["model.layers.9.mlp.up_proj.weight"] = "model-00002-of-00003.safetensors"
+    (checkpoint_dir / INDEX_NAME).write_text(json.dumps(index))
+    with pytest.raises(CheckpointError, match=r"places tensor 'model.layers.9.mlp.up_proj.weight' .* does not hold"):
+        open_checkpoint(checkpoint_dir)
+
+
+@pytest.mark.parametrize("shard", ["../outside.safetensors", "/etc/passwd", "sub/x.safetensors", ".."])
+def test_index_shard_names_that_are_not_plain_file_names_are_refused(checkpoint_dir: Path, shard: str) -> None:
+    index = _index(checkpoint_dir)
+    weight_map = index["weight_map"]
+    assert isinstance(weight_map, dict)
+    weight_map["model.norm.weight"] = shard
+    (checkpoint_dir / INDEX_NAME).write_text(json.dumps(index))
+    with pytest.raises(CheckpointError, match="is not a plain file name"):
+        open_checkpoint(checkpoint_dir)
+
+
+def test_truncated_shard_is_refused(checkpoint_dir: Path) -> None:
+    shard = checkpoint_dir / "model-00002-of-00003.safetensors"
+    os.truncate(shard, shard.stat().st_size - 100)
+    with pytest.raises(CheckpointError, match=r"shard 'model-00002-of-00003.safetensors': .* data area holds"):
+        open_checkpoint(checkpoint_dir)
+
+
+def test_shard_truncated_after_it_was_opened_is_refused_when_read(checkpoint_dir: Path) -> None:
+    checkpoint = open_checkpoint(checkpoint_dir)
+    last = checkpoint.tensors[-1]
+    os.truncate(checkpoint_dir / last.shard, last.offset + 10)
+    with pytest.raises(CheckpointError, match="it was truncated"):
+        read_tensor(checkpoint.directory, last)
+
+
+def test_shard_header_with_offsets_past_its_data_is_refused(tmp_path: Path) -> None:
+    directory = tmp_path / "src"
+    directory.mkdir()
+    write_safetensors(directory / "model.safetensors", {"a.weight": np.zeros((8, 8), np.float32)})
+    raw = (directory / "model.safetensors").read_bytes()
+    (directory / "model.safetensors").write_bytes(raw.replace(b"[0,256]", b"[0,999]"))
+    with pytest.raises(CheckpointError, match=r"model\.safetensors"):
+        open_checkpoint(directory)
+
+
+def test_symlinked_shard_leading_out_of_the_root_is_refused(tmp_path: Path, checkpoint_dir: Path) -> None:
+    outside = tmp_path / "outside.safetensors"
+    shard = checkpoint_dir / "model-00003-of-00003.safetensors"
+    shard.rename(outside)
+    shard.symlink_to(outside)
+    with pytest.raises(CheckpointError, match="outside the data root"):
+        open_checkpoint(checkpoint_dir)
+    assert open_checkpoint(checkpoint_dir, root=tmp_path).tensors  # inside a wider root it is fine
+
+
+def test_options_a_format_cannot_hold_are_refused_before_any_work(checkpoint_dir: Path) -> None:
+    checkpoint = open_checkpoint(checkpoint_dir)
+    with pytest.raises(InvalidSpec, match="group_size=128: GGUF Q4_0 holds int4 group-32 symmetric"):
+        plan_checkpoint(checkpoint, CheckpointOptions(output="gguf"))
+    with pytest.raises(InvalidSpec, match="selects no tensor"):
+        plan_checkpoint(checkpoint, CheckpointOptions(include=("nothing.*",)))
+
+
+def test_valid_parts_names_only_the_parts_that_exist_whole(tmp_path: Path, checkpoint_dir: Path) -> None:
+    checkpoint = open_checkpoint(checkpoint_dir)
+    options = CheckpointOptions()
+    plans = plan_checkpoint(checkpoint, options)
+    quantize_checkpoint(checkpoint, plans, options, tmp_path / "out", tmp_path / "parts")
+    quantized = [plan.index for plan in plans if plan.quantized]
+    first, second, third = (part_path(tmp_path / "parts", plans[index]) for index in quantized[:3])
+    os.truncate(first, first.stat().st_size - 1)  # what a power loss may leave of an unsynced part
+    second.write_bytes(b"")
+    third.unlink()
+    assert valid_parts(tmp_path / "parts", plans, quantized) == quantized[3:]
