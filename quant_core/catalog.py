@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import difflib
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 
@@ -42,6 +42,7 @@ class Preset:
     hf_repo: str
     source: str
     spec: ModelSpec
+    quantization_config: dict[str, object] | None = field(default=None, hash=False, compare=False)
 
 
 def _close(name: str, known: list[str]) -> list[str]:
@@ -112,8 +113,17 @@ def _presets() -> dict[str, Preset]:
             hf_repo=_text(record, "hf_repo", preset_id),
             source=_text(record, "source", preset_id),
             spec=spec,
+            quantization_config=_quantization_config(record, path.name),
         )
     return presets
+
+
+def _quantization_config(record: dict[str, object], where: str) -> dict[str, object] | None:
+    """The preset's ``quantization_config`` (copied from its config.json), when it ships quantized."""
+    value = record.get("quantization_config")
+    if value is not None and not isinstance(value, dict):
+        raise InvalidSpec(f"{where}.quantization_config", value, "must be an object")
+    return value
 
 
 def list_presets() -> tuple[Preset, ...]:

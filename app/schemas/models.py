@@ -8,12 +8,13 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from quant_core.catalog import Device, Preset, get_preset
+from quant_core.catalog import Device, Preset, get_preset, get_preset_info
 from quant_core.errors import InvalidSpec, LimitExceeded, NibbleError, UnknownName
 from quant_core.formats import KV_DTYPES, WeightFormat, float_format, int4
 from quant_core.hf_config import model_from_hf_config, model_from_sizes
 from quant_core.inventory import inventory, parameter_count, weight_bytes
 from quant_core.kv_cache import kv_bytes_per_token
+from quant_core.schemes import WeightScheme, scheme_from_quantization_config
 from quant_core.specs import ModelSpec
 
 
@@ -105,6 +106,25 @@ def model_to_core(model: ModelInput, max_config_depth: int, where: str = "model"
         raise InvalidSpec(where or "model", None, "give exactly one of preset, hf_config or spec")
     with field_prefix(_join(where, "spec")):
         return model_from_sizes(**model.spec.model_dump())
+
+
+def shipped_scheme(model: ModelInput, float_name: str = "bf16", where: str = "model") -> WeightScheme | None:
+    """The checkpoint's as-shipped scheme from its ``quantization_config`` (a preset's, or the config's
+    own), or None for a model that ships unquantized or is given by its sizes."""
+    if model.preset is not None:
+        config = get_preset_info(model.preset).quantization_config
+        prefix = _join(where, "preset")
+    elif model.hf_config is not None:
+        config = model.hf_config.get("quantization_config")
+        prefix = _join(where, "hf_config")
+        if config is not None and not isinstance(config, dict):
+            raise InvalidSpec(_join(prefix, "quantization_config"), config, "must be an object")
+    else:
+        return None
+    if config is None:
+        return None
+    with field_prefix(prefix):
+        return scheme_from_quantization_config(config, float_name)
 
 
 # --- answers -----------------------------------------------------------------------------------

@@ -10,11 +10,12 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from pydantic_core import to_json
 
-from app.schemas.models import ModelInput, field_prefix, model_to_core
+from app.schemas.models import ModelInput, field_prefix, model_to_core, shipped_scheme
 from quant_core import catalog
 from quant_core.errors import InvalidSpec, LimitExceeded, NibbleError
-from quant_core.formats import FLOAT_FORMATS, WeightFormat, float_format
+from quant_core.formats import FLOAT_FORMATS, WeightFormat, block_format, float_format, fp8, int8_gptq
 from quant_core.planner import DevicePlan, FormatPlan, Hardware, Plan, PlanOptions, Workload, plan
+from quant_core.schemes import WeightScheme, gguf_scheme, scheme_of
 from quant_core.specs import ModelSpec
 
 _OPTIONS = PlanOptions()
@@ -46,17 +47,33 @@ class WorkloadIn(BaseModel):
     concurrent_sequences: int = _WORKLOAD.concurrent_sequences
 
 
+FormatName = Literal["int4", "int8", "bf16", "fp16", "fp32", "fp8", "mxfp4", "nvfp4", "nf4", "gguf-q4_0",
+                     "gguf-q4_k_s", "gguf-q4_k_m", "gguf-q5_k_m", "gguf-q6_k", "gguf-q8_0"]
+_SIMPLE_FORMATS = frozenset({"int4", "int8", *FLOAT_FORMATS})
+
+
 class WeightsIn(BaseModel):
-    """The deployed weight format: ``int4`` group-wise (default g128 asymmetric), ``int8`` or a float."""
+    """The deployed weight format.  Without `weights`, a model whose config carries a
+    ``quantization_config`` is planned as shipped, any other at ``int4`` g128 asymmetric."""
 
     model_config = ConfigDict(extra="forbid", strict=True)
 
-    format: Literal["int4", "int8", "bf16", "fp16", "fp32"] = "int4"
-    group_size: int | None = Field(128, description="int4 only: 32, 64, 128, 256, or null for a whole row.")
+    format: FormatName = Field("int4", description=(
+        "int4 group-wise, int8, a float, fp8 (e4m3), mxfp4, nvfp4, nf4 (bitsandbytes), or a llama.cpp file type "
+        "(gguf-q4_k_m ...: each tensor's type as llama-quantize chooses it)."))
+    group_size: int | None = Field(128, description="int4 (and int8 in the gptq layout): 32, 64, 128, 256, or null "
+                                                    "for a whole row.  A width it does not divide is planned with a "
+                                                    "partial last group, as GPTQ and AWQ store it, and said so.")
     symmetric: bool = False
     zero: Literal["int4", "fp16"] = Field("int4", description="int4 asymmetric: how zero points are stored.")
     pad: bool = Field(False, description="int4 only: pad rows whose width the group size does not divide "
-                                         "to whole groups (otherwise such a tensor is an error).")
+                                         "to whole groups (instead of a partial last group).")
+    layout: Literal["nibble", "gptq", "awq", "compressed-tensors"] = Field(
+        "nibble", description="int4: nibble's own, or as GPTQ, AWQ or compressed-tensors store it; int8: nibble "
+                              "(per channel) or gptq (8-bit groups).")
+    scales: Literal["tensor", "channel", "block"] = Field(
+        "channel", description="fp8 only: one scale per tensor, per output channel, or per 128x128 block.")
+    double_quant: bool = Field(True, description="nf4 only: bitsandbytes' double quantization of the absmax.")
 
 
 class KVCacheIn(BaseModel):
@@ -107,15 +124,33 @@ class PlanRequest(BaseModel):
 
 
 def weight_format_to_core(weights: WeightsIn, name: str | None = None) -> WeightFormat:
-    """The `WeightFormat` of `weights` (or of format `name` with the same int4 parameters)."""
+    """The `WeightFormat` of `weights` (or of format `name` with the same parameters); GGUF file types are
+    schemes, not one format: see `weight_scheme_to_core`."""
     name = name or weights.format
     with field_prefix("weights"):
         if name in FLOAT_FORMATS:
             return float_format(name)
         if name == "int8":
+            if weights.layout == "gptq":
+                return int8_gptq(weights.group_size)
             return WeightFormat("int8", None, True, "none")
+        if name == "fp8":
+            return fp8(weights.scales)
+        if name in ("mxfp4", "nvfp4", "nf4"):
+            return block_format(name, weights.double_quant)
         return WeightFormat("int4", weights.group_size, weights.symmetric,
-                            "none" if weights.symmetric else weights.zero, weights.pad)
+                            "none" if weights.symmetric else weights.zero, weights.pad, weights.layout)
+
+
+def weight_scheme_to_core(weights: WeightsIn, float_name: str, name: str | None = None) -> WeightScheme | None:
+    """The deployed `WeightScheme` for a format beyond nibble's int4/int8/floats (None for those: the
+    planner's `weight_format` and policy describe them)."""
+    name = name or weights.format
+    if name.startswith("gguf-"):
+        return gguf_scheme(name)
+    if name in _SIMPLE_FORMATS and weights.layout == "nibble":
+        return None
+    return scheme_of(weight_format_to_core(weights, name), float_name)
 
 
 def _refuse_unused_fields(body: PlanRequest) -> None:
@@ -125,10 +160,17 @@ def _refuse_unused_fields(body: PlanRequest) -> None:
     client wrote must change the answer, or be refused, never be dropped.
     """
     weights = body.weights
-    formats = {weights.format}
+    formats: set[str] = {weights.format}
     if isinstance(body, SweepRequest) and body.sweep.formats:
         formats = set(body.sweep.formats)
     sent = weights.model_fields_set
+    for name, users in (("scales", {"fp8"}), ("double_quant", {"nf4"}), ("layout", {"int4", "int8"})):
+        if name in sent and not formats & users:
+            raise InvalidSpec(f"weights.{name}", getattr(weights, name),
+                              f"applies to {' and '.join(sorted(users))} weights only; the request plans "
+                              f"{sorted(formats)}")
+    if "group_size" in sent and "int8" in formats and weights.layout == "gptq":
+        formats = formats | {"int4"}  # GPTQ 8-bit takes the group size too
     if "int4" not in formats:
         for name in ("group_size", "zero", "pad"):
             if name in sent:
@@ -150,6 +192,7 @@ def plan_to_core(body: PlanRequest, max_config_depth: int) -> tuple[ModelSpec, H
     """The planner's inputs for `body`; core errors name the field by its path in the body."""
     _refuse_unused_fields(body)
     spec = model_to_core(body.model, max_config_depth)
+    shipped = shipped_scheme(body.model, body.runtime.float_format)
     if body.hardware.device is not None:
         with field_prefix("hardware.device"):
             device = catalog.get_device(body.hardware.device)
@@ -160,8 +203,14 @@ def plan_to_core(body: PlanRequest, max_config_depth: int) -> tuple[ModelSpec, H
         hardware = Hardware(device.memory_bytes, body.hardware.count,
                             device.id if body.hardware.device is not None else None, device.name)
     workload = Workload(body.workload.context_length, body.workload.concurrent_sequences)
+    if "weights" in body.model_fields_set or shipped is None:
+        with field_prefix("weights"):
+            scheme = weight_scheme_to_core(body.weights, body.runtime.float_format)
+    else:
+        scheme = shipped  # no weights asked: the checkpoint as shipped
     options = PlanOptions(
-        weight_format=weight_format_to_core(body.weights), float_format=body.runtime.float_format,
+        weight_format=weight_format_to_core(body.weights), scheme=scheme, shipped=shipped,
+        float_format=body.runtime.float_format,
         kv_cache_dtype=body.kv_cache.dtype, block_size=body.kv_cache.block_size,
         tensor_parallel=body.parallel.tensor, pipeline_parallel=body.parallel.pipeline,
         memory_utilization=body.runtime.memory_utilization, runtime_overhead_bytes=body.runtime.overhead_bytes,
@@ -345,7 +394,7 @@ class SweepAxes(BaseModel):
 
     context_lengths: list[int] | None = Field(None, min_length=1)
     concurrent_sequences: list[int] | None = Field(None, min_length=1)
-    formats: list[Literal["int4", "int8", "bf16", "fp16", "fp32"]] | None = Field(
+    formats: list[FormatName] | None = Field(
         None, min_length=1, description="Weight formats; int4 takes the request's group_size and symmetric.")
     device_counts: list[int] | None = Field(None, min_length=1)
 
@@ -411,13 +460,15 @@ def sweep_rows(body: SweepRequest, max_config_depth: int, max_rows: int,
     for (i_count, count), (_, name), (i_sequences, sequence_count), (i_context, context) in itertools.product(
             *(enumerate(axis) for axis in (counts, formats, sequences, contexts))):
         weight_format = weight_format_to_core(body.weights, name)
+        scheme = weight_scheme_to_core(body.weights, body.runtime.float_format, name) if axes.formats \
+            else options.scheme
         # a bad swept value is named where the client wrote it: sweep.context_lengths[3], not the row's workload
         axis_fields = {"hardware.count": ("device_counts", i_count),
                        "workload.concurrent_sequences": ("concurrent_sequences", i_sequences),
                        "workload.context_length": ("context_lengths", i_context)}
         try:
             row_hardware = Hardware(hardware.capacity_bytes, count, hardware.device_id, hardware.name)
-            row_options = replace(options, weight_format=weight_format,
+            row_options = replace(options, weight_format=weight_format, scheme=scheme,
                                   tensor_parallel=None if axes.device_counts else options.tensor_parallel)
             result = plan(spec, row_hardware, Workload(context, sequence_count), row_options).primary
         except NibbleError as exc:
