@@ -43,7 +43,8 @@ The formats checkpoints ship in (each a name, with its tensors as the tools writ
   ``weight_scale``), ``channel`` (a 16-bit scale per output row, as
   compressed-tensors' channel strategy stores it) or ``block`` (fp32
   ``weight_scale_inv`` per 128 × 128 block, DeepSeek-V3's
-  ``weight_block_size: [128, 128]``).
+  ``weight_block_size: [128, 128]``); with static activation scales
+  (``activation_scheme: static``) one more fp32 ``input_scale`` per tensor.
 * ``mxfp4`` (OCP Microscaling): per 32 weights 16 bytes of e2m1 pairs and
   one e8m0 scale byte, gpt-oss's ``_blocks`` [.., in/32, 16] and ``_scales``
   [.., in/32] (4.25 bits per weight).
@@ -123,6 +124,7 @@ class WeightFormat:
     scales: Fp8Scales = "channel"
     double_quant: bool = True
     ggml_type: str = ""
+    input_scale: bool = False
 
     def __post_init__(self) -> None:
         if self.name not in FORMAT_NAMES:
@@ -162,7 +164,8 @@ class WeightFormat:
         if self.name == "ggml":
             return self.ggml_type.lower()
         if self.name == "fp8":
-            return "fp8-block128" if self.scales == "block" else f"fp8-per-{self.scales}"
+            label = "fp8-block128" if self.scales == "block" else f"fp8-per-{self.scales}"
+            return label + ("-static" if self.input_scale else "")
         if self.name == "nf4":
             return "nf4-dq" if self.double_quant else "nf4"
         if self.name == "int8" and self.layout == "gptq":
@@ -231,7 +234,12 @@ class WeightFormat:
 
 
 def _float_block_bytes(fmt: WeightFormat, rows: int, columns: int) -> int:
-    """fp8, mxfp4, nvfp4, nf4 and ggml blocks: values plus their scales (module docstring)."""
+    """fp8, mxfp4, nvfp4, nf4 and ggml blocks: values plus their scales (module docstring), plus the fp32
+    ``input_scale`` a checkpoint with static activation scales stores per tensor."""
+    return _value_and_scale_bytes(fmt, rows, columns) + (4 if fmt.input_scale else 0)
+
+
+def _value_and_scale_bytes(fmt: WeightFormat, rows: int, columns: int) -> int:
     if fmt.name == "fp8":
         if fmt.scales == "tensor":
             return rows * columns + 4
@@ -261,9 +269,10 @@ def int4(group_size: int | None = 128, symmetric: bool = False, zero: ZeroKind =
     return WeightFormat("int4", group_size, symmetric, "none" if symmetric else zero, pad, layout, partial)
 
 
-def fp8(scales: Fp8Scales = "channel") -> WeightFormat:
-    """fp8 e4m3 weights with a scale per tensor, per output channel or per 128 × 128 block."""
-    return WeightFormat("fp8", None, True, "none", scales=scales)
+def fp8(scales: Fp8Scales = "channel", input_scale: bool = False) -> WeightFormat:
+    """fp8 e4m3 weights with a scale per tensor, per output channel or per 128 × 128 block (and with static
+    activation scales, one fp32 ``input_scale`` per tensor)."""
+    return WeightFormat("fp8", None, True, "none", scales=scales, input_scale=input_scale)
 
 
 def int8_gptq(group_size: int | None = 128, partial: bool = False) -> WeightFormat:

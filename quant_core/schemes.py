@@ -39,7 +39,9 @@ class WeightScheme:
     """A checkpoint's storage: `quantized` for the 2-D tensors of `quantized_roles` not matched by
     `keep`, `unquantized` (a float name) for everything else; or, with `gguf_file_type`, llama.cpp's
     mix.  `origin` says where it comes from (``quantization_config``, a request); `notes` are the
-    assumptions and ignored fields the answer repeats."""
+    assumptions and ignored fields the answer repeats.  `stored_bias`: the checkpoint holds an fp16
+    ``bias`` [out] for every quantized linear, zeros where the model has none (AutoGPTQ's QuantLinear
+    always registers one)."""
 
     quantized: WeightFormat = field(default_factory=int4)
     unquantized: str = "bf16"
@@ -48,6 +50,7 @@ class WeightScheme:
     gguf_file_type: str = ""
     origin: str = ""
     notes: tuple[str, ...] = ()
+    stored_bias: bool = False
 
     def __post_init__(self) -> None:
         if self.unquantized not in FLOAT_FORMATS:
@@ -116,7 +119,15 @@ def assign(spec: ModelSpec, scheme: WeightScheme) -> tuple[tuple[TensorEntry, We
     if not scheme.quantized.is_quantized:
         return tuple((entry, scheme.quantized) for entry in rows)
     rest = float_format(scheme.unquantized)
-    return tuple((entry, scheme.quantized if _quantizes(scheme, entry) else rest) for entry in rows)
+    out = [(entry, scheme.quantized if _quantizes(scheme, entry) else rest) for entry in rows]
+    if scheme.stored_bias:
+        names = {entry.name for entry in rows}
+        out.extend((TensorEntry(entry.name[: -len(".weight")] + ".bias", entry.shape[:1], "bias", entry.layers,
+                                entry.per_layer, entry.active_per_layer), float_format("fp16"))
+                   for entry, chosen in out[: len(rows)]
+                   if chosen is scheme.quantized and entry.name.endswith(".weight")
+                   and entry.name[: -len(".weight")] + ".bias" not in names)
+    return tuple(out)
 
 
 def assigned_bytes(spec: ModelSpec, scheme: WeightScheme) -> tuple[tuple[TensorEntry, int], ...]:
@@ -229,8 +240,21 @@ def scheme_from_quantization_config(config: Mapping[str, object], unquantized: s
     reader = {"fp8": _fp8, "mxfp4": _mxfp4, "gptq": _gptq, "awq": _awq, "compressed-tensors": _compressed_tensors,
               "bitsandbytes": _bitsandbytes}[str(method)]
     weight_format, extra_keep, more_notes = reader(config)
+    auto_gptq = method == "gptq" and not _made_by_gptqmodel(config)
+    if auto_gptq:
+        more_notes.append("no meta.quantizer naming GPTQModel: planned as AutoGPTQ writes it, with an fp16 bias "
+                          "[out] for every quantized linear")
     return WeightScheme(weight_format, unquantized, QUANTIZED_ROLES, keep + extra_keep,
-                        origin=f"{FIELD} (quant_method {method})", notes=tuple(notes + more_notes))
+                        origin=f"{FIELD} (quant_method {method})", notes=tuple(notes + more_notes),
+                        stored_bias=auto_gptq)
+
+
+def _made_by_gptqmodel(config: Mapping[str, object]) -> bool:
+    """GPTQModel names itself in ``meta.quantizer``; AutoGPTQ writes no ``meta``."""
+    meta = config.get("meta")
+    quantizer = meta.get("quantizer") if isinstance(meta, dict) else None
+    names = quantizer if isinstance(quantizer, list) else [quantizer]
+    return any(isinstance(name, str) and name.startswith("gptqmodel") for name in names)
 
 
 _Read = tuple[WeightFormat, tuple[str, ...], list[str]]
@@ -241,12 +265,13 @@ def _fp8(config: Mapping[str, object]) -> _Read:
     if config.get("fmt", "e4m3") != "e4m3":
         raise InvalidSpec(f"{FIELD}.fmt", config.get("fmt"), "nibble plans fp8 e4m3 weights")
     block = config.get("weight_block_size")
+    static = config.get("activation_scheme", "dynamic") == "static"
     if block is None:
         notes.append("fp8 without weight_block_size: planned with one fp32 scale per tensor (AutoFP8's layout)")
-        return fp8("tensor"), _names(config, "ignored_layers"), notes
+        return fp8("tensor", static), _names(config, "ignored_layers"), notes
     if block != [128, 128]:
         raise InvalidSpec(f"{FIELD}.weight_block_size", block, "nibble plans fp8 blocks of [128, 128]")
-    return fp8("block"), _names(config, "ignored_layers"), notes
+    return fp8("block", static), _names(config, "ignored_layers"), notes
 
 
 def _mxfp4(config: Mapping[str, object]) -> _Read:

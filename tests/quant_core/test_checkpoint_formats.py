@@ -14,6 +14,7 @@ from quant_core.catalog import get_preset, get_preset_info
 from quant_core.errors import GroupSizeMismatch, InvalidSpec
 from quant_core.formats import GGML_BLOCKS, block_format, fp8, ggml_format, int4, int8_gptq
 from quant_core.gguf_mix import GGUF_FILE_TYPES, ModelFacts, fallback, gguf_rows, use_more_bits
+from quant_core.hf_config import model_from_sizes
 from quant_core.inventory import inventory
 from quant_core.planner import Hardware, PlanOptions, plan
 from quant_core.schemes import (
@@ -224,3 +225,44 @@ def test_an_unknown_quant_method_is_refused_naming_the_field() -> None:
 def test_deepseek_v3_fixture_config_is_fp8_blocks_of_128() -> None:
     config = json.loads((FIXTURES / "models" / "deepseek-v3.json").read_text())
     assert scheme_from_quantization_config(config["quantization_config"]).label() == "fp8-block128"
+
+
+LLAMA_3_8B = {"hidden_size": 4096, "num_layers": 32, "num_attention_heads": 32, "num_kv_heads": 8,
+              "intermediate_size": 14336, "vocab_size": 128256}
+LLAMA_2_13B = {"hidden_size": 5120, "num_layers": 40, "num_attention_heads": 40, "intermediate_size": 13824,
+               "vocab_size": 32000}
+
+
+def test_an_fp8_llama_with_static_activation_scales_is_its_index_total_size() -> None:
+    # neuralmagic/Meta-Llama-3-8B-Instruct-FP8 (AutoFP8): config quantization_config
+    # {"quant_method": "fp8", "activation_scheme": "static"}; model.safetensors.index.json
+    # "metadata": {"total_size": 9081202432} (a copy: llm-d/llm-d-kv-cache-manager
+    # tests/e2e/redis_mock/testdata/local-llama3/model.safetensors.index.json).  Every linear holds
+    # e4m3 weights, an fp32 weight_scale and an fp32 input_scale.
+    spec = model_from_sizes(**LLAMA_3_8B)
+    scheme = scheme_from_quantization_config({"quant_method": "fp8", "activation_scheme": "static"})
+    assert scheme.label() == "fp8-per-tensor-static"
+    assert scheme_bytes(spec, scheme) == 9_081_202_432
+
+
+@pytest.mark.parametrize(("group_size", "published_gb"), [(128, 7.26), (32, 8.00), (64, 7.51)])
+def test_autogptq_4bit_checkpoints_are_their_published_file_sizes(group_size: int, published_gb: float) -> None:
+    # TheBloke/Llama-2-13B-GPTQ README, "Provided files" (branches main, gptq-4bit-32g-actorder_True,
+    # gptq-4bit-64g-actorder_True; "All GPTQ files are made with AutoGPTQ"): 7.26, 8.00 and 7.51 GB
+    # (https://huggingface.co/TheBloke/Llama-2-13B-GPTQ, README at b7db471d).  The figures are rounded to
+    # 10 MB (0.07 % at most); the file adds its JSON header (tens of kB).  AutoGPTQ stores an fp16 bias for
+    # every quantized linear: without it the 64g file would be 7.50 GB.
+    spec = model_from_sizes(**LLAMA_2_13B)
+    scheme = scheme_from_quantization_config({"quant_method": "gptq", "bits": 4, "group_size": group_size,
+                                              "desc_act": group_size != 128, "sym": True})
+    assert scheme.stored_bias
+    assert abs(scheme_bytes(spec, scheme) - published_gb * 1e9) <= 0.001 * published_gb * 1e9
+
+
+def test_a_gptqmodel_checkpoint_has_no_bias_for_layers_without_one() -> None:
+    spec = model_from_sizes(**LLAMA_2_13B)
+    auto = scheme_from_quantization_config({"quant_method": "gptq", "bits": 8, "group_size": 128})
+    gptqmodel = scheme_from_quantization_config({"quant_method": "gptq", "bits": 8, "group_size": 128,
+                                                 "meta": {"quantizer": ["gptqmodel:1.7.0"]}})
+    linears = 40 * (3 * 5120 + 5120 + 2 * 13824 + 5120)  # out features of q, k, v, o, gate, up, down
+    assert scheme_bytes(spec, auto) - scheme_bytes(spec, gptqmodel) == 2 * linears
