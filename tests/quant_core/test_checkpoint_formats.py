@@ -266,3 +266,28 @@ def test_a_gptqmodel_checkpoint_has_no_bias_for_layers_without_one() -> None:
                                                  "meta": {"quantizer": ["gptqmodel:1.7.0"]}})
     linears = 40 * (3 * 5120 + 5120 + 2 * 13824 + 5120)  # out features of q, k, v, o, gate, up, down
     assert scheme_bytes(spec, auto) - scheme_bytes(spec, gptqmodel) == 2 * linears
+
+
+# TheBloke/Llama-2-7B-GGUF (llama.cpp of Sept. 2023), file sizes from the Hugging Face file listing
+# (lfs.size; quoted e.g. by TheBloke/Llama-2-7B-Chat-GGUF siblings "llama-2-7b-chat.Q4_K_M.gguf",
+# size 4081004224, and "llama-2-7b-chat.Q8_0.gguf", size 7161089728; the Q4_0 blob 3825807040 is
+# ollama's llama2 layer sha256:22f7f8ef...).
+LLAMA_2_7B = {"hidden_size": 4096, "num_layers": 32, "num_attention_heads": 32, "intermediate_size": 11008,
+              "vocab_size": 32000}
+LLAMA_2_7B_GGUF_FILES = {"gguf-q4_0": 3_825_807_040, "gguf-q4_k_m": 4_081_004_224, "gguf-q5_k_m": 4_783_156_928,
+                         "gguf-q6_k": 5_529_194_176, "gguf-q8_0": 7_161_089_728}
+
+
+@pytest.mark.parametrize(("file_type", "file_size"), list(LLAMA_2_7B_GGUF_FILES.items()))
+def test_llama_2_7b_gguf_files_are_their_published_sizes(file_type: str, file_size: int) -> None:
+    spec = model_from_sizes(**LLAMA_2_7B)
+    tensors = scheme_bytes(spec, gguf_scheme(file_type))
+    assert 0 < file_size - tensors <= 0.003 * file_size  # the file adds its metadata (the tokenizer)
+
+
+def test_every_llama_2_7b_gguf_file_is_its_tensors_plus_the_same_metadata() -> None:
+    # the five files share one header (tokenizer, hyperparameters): the per-tensor types chosen for each mix
+    # are right to the byte exactly when file size - tensor bytes is one constant over the files
+    spec = model_from_sizes(**LLAMA_2_7B)
+    overheads = {size - scheme_bytes(spec, gguf_scheme(ft)) for ft, size in LLAMA_2_7B_GGUF_FILES.items()}
+    assert overheads == {741_056}
