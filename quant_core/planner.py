@@ -673,7 +673,7 @@ def plan(spec: ModelSpec, hardware: Hardware, workload: Workload | None = None,
     notes.extend(deployed.notes)
     if note:
         notes.append(note)
-    if deployed.quantized.name == "int4" and not deployed.gguf_file_type and deployed.quantized.layout == "nibble":
+    if deployed.is_nibble_int4:
         quantized = deployed
     else:
         quantized, _ = with_partial_groups(spec, _policy_scheme(int4(), policy))

@@ -35,13 +35,28 @@ from quant_core.specs import QUANTIZED_ROLES, ROLES, ModelSpec, TensorEntry
 
 
 @dataclass(frozen=True, slots=True)
+class CheckpointSummary:
+    """What a checkpoint's headers hold: its format, the tensors and bytes planned, the
+    multi-token-prediction tensors set apart, and the tensors that belong to no module of the model."""
+
+    format: str
+    tensors: int
+    bytes: int
+    mtp_tensors: int
+    mtp_bytes: int
+    unknown: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
 class WeightScheme:
     """A checkpoint's storage: `quantized` for the 2-D tensors of `quantized_roles` not matched by
     `keep`, `unquantized` (a float name) for everything else; or, with `gguf_file_type`, llama.cpp's
     mix.  `origin` says where it comes from (``quantization_config``, a request); `notes` are the
     assumptions and ignored fields the answer repeats.  `stored_bias`: the checkpoint holds an fp16
     ``bias`` [out] for every quantized linear, zeros where the model has none (AutoGPTQ's QuantLinear
-    always registers one)."""
+    always registers one).  `checkpoint_rows` are a checkpoint's own tensors read from its headers
+    (`quant_core.checkpoint`), each row with the bytes of one of its tensors: they replace the
+    inventory and every format, and `checkpoint` says what the headers held."""
 
     quantized: WeightFormat = field(default_factory=int4)
     unquantized: str = "bf16"
@@ -51,6 +66,8 @@ class WeightScheme:
     origin: str = ""
     notes: tuple[str, ...] = ()
     stored_bias: bool = False
+    checkpoint_rows: tuple[tuple[TensorEntry, int], ...] = ()
+    checkpoint: CheckpointSummary | None = None
 
     def __post_init__(self) -> None:
         if self.unquantized not in FLOAT_FORMATS:
@@ -60,11 +77,15 @@ class WeightScheme:
 
     def label(self) -> str:
         """``gguf-q4_k_m``, or the quantized format's label (``mxfp4``, ``int4-g128-asym``, ``bf16``)."""
+        if self.checkpoint is not None:
+            return f"checkpoint-{self.checkpoint.format}"
         return self.gguf_file_type or self.quantized.label()
 
     @property
-    def is_quantized(self) -> bool:
-        return bool(self.gguf_file_type) or self.quantized.is_quantized
+    def is_nibble_int4(self) -> bool:
+        """nibble's own INT4 on the policy's tensors: the scheme the comparison calls ``int4``."""
+        return not (self.gguf_file_type or self.checkpoint_rows) and self.quantized.name == "int4" \
+            and self.quantized.layout == "nibble"
 
 
 def scheme_of(weight_format: WeightFormat, unquantized: str = "bf16",
@@ -132,6 +153,8 @@ def assign(spec: ModelSpec, scheme: WeightScheme) -> tuple[tuple[TensorEntry, We
 
 def assigned_bytes(spec: ModelSpec, scheme: WeightScheme) -> tuple[tuple[TensorEntry, int], ...]:
     """Each assigned row with the bytes of ONE of its tensors; a group-size mismatch names the tensor."""
+    if scheme.checkpoint_rows:
+        return scheme.checkpoint_rows
     out = []
     for entry, weight_format in assign(spec, scheme):
         try:

@@ -33,7 +33,8 @@ JSON_MEDIA_TYPE = "application/json"
 
 async def create_plan(body: PlanRequest, request: Request) -> Response:
     """Per-device weights, KV cache, activations and overhead against usable memory, 16-bit beside INT4."""
-    spec, hardware, workload, options = plan_to_core(body, settings_of(request).max_config_depth)
+    settings = settings_of(request)
+    spec, hardware, workload, options = plan_to_core(body, settings.max_config_depth, settings.max_header_bytes)
     return Response(plan_json_from_core(plan(spec, hardware, workload, options)), media_type=JSON_MEDIA_TYPE)
 
 

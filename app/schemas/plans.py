@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import binascii
 import itertools
 import math
 from dataclasses import replace
@@ -12,11 +14,14 @@ from pydantic_core import to_json
 
 from app.schemas.models import ModelInput, field_prefix, model_to_core, shipped_scheme
 from quant_core import catalog
+from quant_core.checkpoint import checkpoint_scheme
 from quant_core.errors import InvalidSpec, LimitExceeded, NibbleError
 from quant_core.formats import FLOAT_FORMATS, WeightFormat, block_format, float_format, fp8, int8_gptq
 from quant_core.planner import DevicePlan, FormatPlan, Hardware, Plan, PlanOptions, Workload, plan
 from quant_core.schemes import WeightScheme, gguf_scheme, scheme_of
 from quant_core.specs import ModelSpec
+from quant_core.tensorio.checkpoint_headers import HeaderTensor, header_tensors
+from quant_core.tensorio.limits import DEFAULT_MAX_HEADER_BYTES
 
 _OPTIONS = PlanOptions()
 _WORKLOAD = Workload()
@@ -106,6 +111,24 @@ class RuntimeIn(BaseModel):
     float_format: Literal["bf16", "fp16", "fp32"] = Field("bf16", description="The 16-bit baseline format.")
 
 
+class CheckpointHeaderIn(BaseModel):
+    """One checkpoint file's header, base64: a .safetensors file's first 8 + N bytes (its length and JSON
+    header), or a .gguf file's start up to the end of its tensor records.  Never the weights."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    file: str = Field(description="The file's name, for messages (model-00001-of-00004.safetensors).")
+    header_base64: str
+
+
+class CheckpointIn(BaseModel):
+    """The headers of every file of a checkpoint: the plan sums the checkpoint's own tensor bytes."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    headers: list[CheckpointHeaderIn] = Field(min_length=1, max_length=4096)
+
+
 class PlanRequest(BaseModel):
     """A model, hardware and workload; everything but `model` and `hardware` has a default."""
 
@@ -121,6 +144,33 @@ class PlanRequest(BaseModel):
     kv_cache: KVCacheIn = Field(default_factory=KVCacheIn)
     parallel: ParallelIn = Field(default_factory=ParallelIn)
     runtime: RuntimeIn = Field(default_factory=RuntimeIn)
+    checkpoint: CheckpointIn | None = Field(None, description=(
+        "The checkpoint's own headers: its tensors are planned instead of the model's inventory in a format "
+        "(model still gives the architecture and the KV cache)."))
+
+
+def checkpoint_tensors(checkpoint: CheckpointIn, max_header_bytes: int) -> list[HeaderTensor]:
+    """Every tensor the request's headers declare; refused (413) past `max_header_bytes` decoded in total."""
+    tensors: list[HeaderTensor] = []
+    total = 0
+    for index, header in enumerate(checkpoint.headers):
+        where = f"checkpoint.headers[{index}]"
+        if len(header.header_base64) > 2 * max_header_bytes:
+            raise LimitExceeded("max_header_bytes", len(header.header_base64) * 3 // 4, max_header_bytes, field=where)
+        try:
+            prefix = base64.b64decode(header.header_base64, validate=True)
+        except (binascii.Error, ValueError):
+            raise InvalidSpec(f"{where}.header_base64", header.file, "is not base64") from None
+        total += len(prefix)
+        if total > max_header_bytes:
+            raise LimitExceeded("max_header_bytes", total, max_header_bytes, field="checkpoint.headers")
+        try:
+            tensors.extend(header_tensors(prefix, max_header_bytes=max_header_bytes))
+        except NibbleError as exc:
+            exc.field = where
+            exc.detail = f"{header.file}: {exc.detail}"
+            raise
+    return tensors
 
 
 def weight_format_to_core(weights: WeightsIn, name: str | None = None) -> WeightFormat:
@@ -188,9 +238,13 @@ def _refuse_unused_fields(body: PlanRequest) -> None:
                           "leave parallel.tensor out")
 
 
-def plan_to_core(body: PlanRequest, max_config_depth: int) -> tuple[ModelSpec, Hardware, Workload, PlanOptions]:
+def plan_to_core(body: PlanRequest, max_config_depth: int,
+                 max_header_bytes: int = DEFAULT_MAX_HEADER_BYTES) -> tuple[ModelSpec, Hardware, Workload, PlanOptions]:
     """The planner's inputs for `body`; core errors name the field by its path in the body."""
     _refuse_unused_fields(body)
+    if body.checkpoint is not None and "weights" in body.model_fields_set:
+        raise InvalidSpec("weights", body.weights.format, "the checkpoint's headers give the weights: leave weights "
+                                                          "out, or the checkpoint")
     spec = model_to_core(body.model, max_config_depth)
     shipped = shipped_scheme(body.model, body.runtime.float_format)
     if body.hardware.device is not None:
@@ -203,7 +257,9 @@ def plan_to_core(body: PlanRequest, max_config_depth: int) -> tuple[ModelSpec, H
         hardware = Hardware(device.memory_bytes, body.hardware.count,
                             device.id if body.hardware.device is not None else None, device.name)
     workload = Workload(body.workload.context_length, body.workload.concurrent_sequences)
-    if "weights" in body.model_fields_set or shipped is None:
+    if body.checkpoint is not None:
+        scheme, _ = checkpoint_scheme(spec, checkpoint_tensors(body.checkpoint, max_header_bytes))
+    elif "weights" in body.model_fields_set or shipped is None:
         with field_prefix("weights"):
             scheme = weight_scheme_to_core(body.weights, body.runtime.float_format)
     else:
@@ -296,6 +352,17 @@ class PlanHardware(BaseModel):
     count: int
 
 
+class CheckpointOut(BaseModel):
+    """A checkpoint read from its headers: tensors and bytes planned, MTP tensors set apart, unknown tensors."""
+
+    format: str
+    tensors: int
+    bytes: int = Field(description="Tensor bytes planned (the files' metadata and MTP tensors excluded).")
+    mtp_tensors: int = Field(description="Multi-token-prediction tensors engines skip at load: not planned.")
+    mtp_bytes: int
+    unknown_tensors: list[str] = Field(description="Tensors of no module of the model, planned as 'other'.")
+
+
 class PlanResponse(BaseModel):
     """Will it fit: the deployed format's answer, per device, with 16-bit beside INT4 in `comparison`."""
 
@@ -322,6 +389,7 @@ class PlanResponse(BaseModel):
     min_devices: int | None
     comparison: dict[str, FormatOut] = Field(description="The same totals at 16-bit and at INT4.")
     warnings: list[str]
+    checkpoint: CheckpointOut | None = Field(None, description="What the checkpoint's headers held, when given.")
 
 
 def plan_from_core(result: Plan) -> PlanResponse:
@@ -381,7 +449,17 @@ def plan_json_from_core(result: Plan) -> bytes:
         "sequences_limited_by": primary.sequences_limited_by, "min_devices": primary.min_devices,
         "comparison": {name: _format_dict(fp) for name, fp in result.comparison.items()},
         "warnings": list(result.warnings),
+        "checkpoint": _checkpoint_dict(result),
     })
+
+
+def _checkpoint_dict(result: Plan) -> dict[str, object] | None:
+    summary = result.options.scheme.checkpoint if result.options.scheme is not None else None
+    if summary is None:
+        return None
+    return {"format": summary.format, "tensors": summary.tensors, "bytes": summary.bytes,
+            "mtp_tensors": summary.mtp_tensors, "mtp_bytes": summary.mtp_bytes,
+            "unknown_tensors": list(summary.unknown)}
 
 
 # --- sweep -------------------------------------------------------------------------------------

@@ -384,3 +384,74 @@ def test_a_swept_device_count_that_the_pipeline_stages_do_not_divide_is_named_in
     (error,) = response.json()["errors"]
     assert error["field"] == "sweep.device_counts[1]"
     assert "not a multiple of the 2 pipeline stages" in error["message"]
+
+
+def _safetensors_header_b64(tensors: dict[str, tuple[str, list[int], int]]) -> str:
+    """A safetensors header (8-byte length + JSON) for tensors given as name -> (dtype, shape, bytes)."""
+    import base64
+    import struct
+    header, offset = {}, 0
+    for name, (dtype, shape, size) in tensors.items():
+        header[name] = {"dtype": dtype, "shape": shape, "data_offsets": [offset, offset + size]}
+        offset += size
+    text = json.dumps(header).encode()
+    return base64.b64encode(struct.pack("<Q", len(text)) + text).decode()
+
+
+def test_a_plan_from_checkpoint_headers_sums_the_files_own_tensors(client: TestClient) -> None:
+    spec = {"hidden_size": 256, "num_layers": 2, "num_attention_heads": 4, "intermediate_size": 512,
+            "vocab_size": 1000}
+    tensors: dict[str, tuple[str, list[int], int]] = {}
+    for layer in range(2):
+        for name, shape in (("self_attn.q_proj", [256, 256]), ("self_attn.k_proj", [256, 256]),
+                            ("self_attn.v_proj", [256, 256]), ("self_attn.o_proj", [256, 256]),
+                            ("mlp.gate_proj", [512, 256]), ("mlp.up_proj", [512, 256]), ("mlp.down_proj", [256, 512])):
+            tensors[f"model.layers.{layer}.{name}.weight"] = ("F8_E4M3", shape, shape[0] * shape[1])
+            tensors[f"model.layers.{layer}.{name}.weight_scale"] = ("F32", [], 4)
+        for norm in ("input_layernorm", "post_attention_layernorm"):
+            tensors[f"model.layers.{layer}.{norm}.weight"] = ("BF16", [256], 512)
+    tensors["model.embed_tokens.weight"] = ("BF16", [1000, 256], 512_000)
+    tensors["model.norm.weight"] = ("BF16", [256], 512)
+    tensors["lm_head.weight"] = ("BF16", [1000, 256], 512_000)
+    tensors["model.layers.2.eh_proj.weight"] = ("BF16", [256, 512], 262_144)  # an MTP layer
+    tensors["model.vision_tower.patch.weight"] = ("BF16", [16], 32)
+    header = {"file": "model.safetensors", "header_base64": _safetensors_header_b64(tensors)}
+    body = {"model": {"spec": spec}, "hardware": {"device": "l4"}, "checkpoint": {"headers": [header]}}
+    response = client.post("/v1/plan", json=body)
+    assert response.status_code == 200, response.text
+    answer = response.json()
+    planned = sum(size for name, (_, _, size) in tensors.items() if ".layers.2." not in name)
+    assert answer["weights"]["format"] == "checkpoint-fp8"
+    assert answer["weights"]["bytes"] == planned
+    assert answer["checkpoint"] == {"format": "fp8", "tensors": len(tensors) - 1, "bytes": planned, "mtp_tensors": 1,
+                                    "mtp_bytes": 262_144, "unknown_tensors": ["model.vision_tower.patch.weight"]}
+    assert {"bf16", "int4"} <= set(answer["comparison"])
+
+
+@pytest.mark.parametrize(("header", "status", "field"), [
+    ("not base64!", 422, "checkpoint.headers[0].header_base64"),
+    ("AAAA", 422, "checkpoint.headers[0]"),  # three zero bytes: shorter than a header length
+])
+def test_a_bad_checkpoint_header_is_refused_naming_it(client: TestClient, header: str, status: int,
+                                                      field: str) -> None:
+    body = {"model": {"preset": "qwen3-0.6b"}, "hardware": {"device": "l4"},
+            "checkpoint": {"headers": [{"file": "x.safetensors", "header_base64": header}]}}
+    response = client.post("/v1/plan", json=body)
+    assert response.status_code == status
+    assert response.json()["errors"][0]["field"] == field
+
+
+def test_checkpoint_headers_past_the_header_limit_are_413() -> None:
+    import base64
+    with client_with(max_header_bytes=64) as small:
+        body = {"model": {"preset": "qwen3-0.6b"}, "hardware": {"device": "l4"},
+                "checkpoint": {"headers": [{"file": "x.safetensors",
+                                            "header_base64": base64.b64encode(b"\0" * 100).decode()}]}}
+        assert small.post("/v1/plan", json=body).status_code == 413
+
+
+def test_checkpoint_and_weights_together_are_refused(client: TestClient) -> None:
+    body = {"model": {"preset": "qwen3-0.6b"}, "hardware": {"device": "l4"}, "weights": {"format": "int8"},
+            "checkpoint": {"headers": [{"file": "x.safetensors", "header_base64": "AAAA"}]}}
+    response = client.post("/v1/plan", json=body)
+    assert response.status_code == 422 and response.json()["errors"][0]["field"] == "weights"
