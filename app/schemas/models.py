@@ -10,11 +10,19 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from quant_core.catalog import Device, Preset, get_preset, get_preset_info
 from quant_core.errors import InvalidSpec, LimitExceeded, NibbleError, UnknownName
-from quant_core.formats import KV_DTYPES, WeightFormat, float_format, int4
+from quant_core.formats import KV_DTYPES, WeightFormat, block_format, float_format, fp8, int4, int8_gptq
+from quant_core.gguf_mix import GGUF_FILE_TYPES
 from quant_core.hf_config import model_from_hf_config, model_from_sizes
-from quant_core.inventory import inventory, parameter_count, weight_bytes
+from quant_core.inventory import inventory, parameter_count
 from quant_core.kv_cache import kv_bytes_per_token
-from quant_core.schemes import WeightScheme, scheme_from_quantization_config
+from quant_core.schemes import (
+    WeightScheme,
+    gguf_scheme,
+    scheme_bytes,
+    scheme_from_quantization_config,
+    scheme_of,
+    with_partial_groups,
+)
 from quant_core.specs import ModelSpec
 
 
@@ -221,12 +229,14 @@ class TensorRow(BaseModel):
 
 
 class WeightBytesOut(BaseModel):
-    """The model's weight bytes in one format (under the default quantization policy)."""
+    """The model's weight bytes in one format (under the default quantization policy, or as the checkpoint
+    ships), with its bits per weight over every parameter."""
 
     format: str
     bytes: int | None
     bits_per_weight: float | None
-    error: str | None = Field(None, description="Why this format cannot store the model (e.g. group size).")
+    error: str | None = Field(None, description="Why this format cannot store the model.")
+    as_shipped: bool = Field(False, description="The format the model's config.json says it ships in.")
 
 
 class InspectResponse(BaseModel):
@@ -242,26 +252,36 @@ class InspectResponse(BaseModel):
 
 
 INSPECT_FORMATS: tuple[WeightFormat, ...] = (
-    float_format("fp32"), float_format("bf16"), WeightFormat("int8", None, True, "none"),
+    float_format("fp32"), float_format("bf16"), WeightFormat("int8", None, True, "none"), int8_gptq(128),
+    fp8("tensor"), fp8("channel"), fp8("block"), block_format("mxfp4"), block_format("nvfp4"),
+    block_format("nf4", double_quant=False), block_format("nf4"),
     int4(128), int4(128, symmetric=True), int4(64), int4(32, symmetric=True), int4(128, zero="fp16"),
+    int4(128, layout="gptq"), int4(32, layout="gptq"), int4(128, layout="awq"),
+    int4(128, symmetric=True, layout="compressed-tensors"),
+)
+INSPECT_SCHEMES: tuple[WeightScheme, ...] = (
+    *(scheme_of(weight_format) for weight_format in INSPECT_FORMATS),
+    *(gguf_scheme(file_type) for file_type in GGUF_FILE_TYPES),
 )
 
 
-def inspect_from_core(spec: ModelSpec) -> InspectResponse:
+def _weight_bytes_row(spec: ModelSpec, scheme: WeightScheme, total: int, as_shipped: bool = False) -> WeightBytesOut:
+    try:
+        fitted, _ = with_partial_groups(spec, scheme)  # a width the group does not divide: a partial last group
+        size = scheme_bytes(spec, fitted)
+    except NibbleError as exc:
+        return WeightBytesOut(format=scheme.label(), bytes=None, bits_per_weight=None, error=exc.detail,
+                              as_shipped=as_shipped)
+    return WeightBytesOut(format=fitted.label(), bytes=size, bits_per_weight=8 * size / total, as_shipped=as_shipped)
+
+
+def inspect_from_core(spec: ModelSpec, shipped: WeightScheme | None = None) -> InspectResponse:
     counts = parameter_count(spec)
     rows = [TensorRow(name=e.name, shape=list(e.shape), role=e.role, count=e.count, layers=list(e.layers),
                       per_layer=e.per_layer, active_per_layer=e.active_per_layer, elements=e.total_elements)
             for e in inventory(spec)]
-    formats: list[WeightBytesOut] = []
-    for weight_format in INSPECT_FORMATS:
-        try:
-            size = weight_bytes(spec, weight_format)
-        except NibbleError as exc:
-            formats.append(WeightBytesOut(format=weight_format.label(), bytes=None, bits_per_weight=None,
-                                          error=exc.detail))
-            continue
-        formats.append(WeightBytesOut(format=weight_format.label(), bytes=size,
-                                      bits_per_weight=8 * size / counts.total))
+    formats = [_weight_bytes_row(spec, shipped, counts.total, as_shipped=True)] if shipped is not None else []
+    formats.extend(_weight_bytes_row(spec, scheme, counts.total) for scheme in INSPECT_SCHEMES)
     return InspectResponse(
         name=spec.name, model_type=spec.model_type, spec=spec.to_dict(), parameters=parameters_from_core(spec),
         tensors=rows, kv_bytes_per_token={dtype: kv_bytes_per_token(spec, dtype) for dtype in KV_DTYPES},
