@@ -151,6 +151,7 @@ def assign(spec: ModelSpec, scheme: WeightScheme) -> tuple[tuple[TensorEntry, We
     return tuple(out)
 
 
+@lru_cache(maxsize=512)
 def assigned_bytes(spec: ModelSpec, scheme: WeightScheme) -> tuple[tuple[TensorEntry, int], ...]:
     """Each assigned row with the bytes of ONE of its tensors; a group-size mismatch names the tensor."""
     if scheme.checkpoint_rows:
@@ -177,6 +178,7 @@ def scheme_bytes(spec: ModelSpec, scheme: WeightScheme) -> int:
     return sum(scheme_bytes_by_role(spec, scheme).values())
 
 
+@lru_cache(maxsize=512)
 def with_partial_groups(spec: ModelSpec, scheme: WeightScheme) -> tuple[WeightScheme, str | None]:
     """`scheme`, or when a group size does not divide some quantized tensor's width, the same scheme with a
     partial last group (as GPTQ and AWQ store such rows) and a note that says so."""
