@@ -455,3 +455,59 @@ def test_checkpoint_and_weights_together_are_refused(client: TestClient) -> None
             "checkpoint": {"headers": [{"file": "x.safetensors", "header_base64": "AAAA"}]}}
     response = client.post("/v1/plan", json=body)
     assert response.status_code == 422 and response.json()["errors"][0]["field"] == "weights"
+
+
+@pytest.mark.parametrize(("weights", "label"), [
+    ({"format": "fp8"}, "fp8-per-channel"),
+    ({"format": "fp8", "scales": "block"}, "fp8-block128"),
+    ({"format": "int8"}, "int8"),
+    ({"format": "int8", "layout": "gptq", "group_size": 128}, "int8-g128-gptq"),
+    ({"format": "int4", "group_size": 32, "symmetric": True}, "int4-g32-sym"),
+    ({"format": "int4", "layout": "awq"}, "int4-g128-asym-awq"),
+    ({"format": "mxfp4"}, "mxfp4"),
+    ({"format": "nvfp4"}, "nvfp4"),
+    ({"format": "nf4"}, "nf4-dq"),
+    ({"format": "nf4", "double_quant": False}, "nf4"),
+    *(({"format": name}, name) for name in ("gguf-q4_0", "gguf-q4_k_s", "gguf-q4_k_m", "gguf-q5_k_m", "gguf-q6_k",
+                                            "gguf-q8_0")),
+])
+def test_every_weight_format_name_plans(client: TestClient, weights: dict[str, Any], label: str) -> None:
+    response = client.post("/v1/plan", json={**BODY_70B, "weights": weights})
+    assert response.status_code == 200, response.text
+    answer = response.json()
+    assert answer["weights"]["format"] == label
+    assert {"bf16", "int4"} <= set(answer["comparison"])
+
+
+@pytest.mark.parametrize(("weights", "field"), [
+    ({"format": "mxfp4", "scales": "block"}, "weights.scales"),
+    ({"format": "int4", "double_quant": False}, "weights.double_quant"),
+    ({"format": "fp8", "layout": "gptq"}, "weights.layout"),
+])
+def test_a_weights_field_the_format_does_not_use_is_refused(client: TestClient, weights: dict[str, Any],
+                                                            field: str) -> None:
+    response = client.post("/v1/plan", json={**BODY_70B, "weights": weights})
+    assert response.status_code == 422 and response.json()["errors"][0]["field"] == field
+
+
+def test_a_sweep_over_checkpoint_formats(client: TestClient) -> None:
+    response = client.post("/v1/plan/sweep", json={**BODY_70B, "sweep": {
+        "formats": ["bf16", "fp8", "gguf-q4_k_m", "mxfp4"]}})
+    assert response.status_code == 200, response.text
+    assert [row["format"] for row in response.json()["rows"]] == ["bf16", "fp8-per-channel", "gguf-q4_k_m", "mxfp4"]
+
+
+def test_gpt_oss_120b_on_one_h100_answers_as_shipped(client: TestClient) -> None:
+    answer = client.post("/v1/plan", json={"model": {"preset": "gpt-oss-120b"},
+                                           "hardware": {"device": "h100-80gb"}}).json()
+    # openai/gpt-oss-120b model.safetensors.index.json: "total_size": 65248815744
+    assert answer["weights"] == {**answer["weights"], "format": "mxfp4", "bytes": 65_248_815_744}
+    assert answer["fits"] is True and answer["comparison"]["bf16"]["fits"] is False
+
+
+def test_deepseek_v3_on_8_h200_fits_as_shipped(client: TestClient) -> None:
+    h200 = 143_771 * 2**20  # nvidia-smi's 143771 MiB
+    answer = client.post("/v1/plan", json={"model": {"preset": "deepseek-v3"},
+                                           "hardware": {"memory_bytes": h200, "count": 8}}).json()
+    assert answer["weights"]["format"] == "fp8-block128" and answer["fits"] is True
+    assert answer["comparison"]["bf16"]["fits"] is False
