@@ -282,6 +282,17 @@ def _made_by_gptqmodel(config: Mapping[str, object]) -> bool:
     return any(isinstance(name, str) and name.startswith("gptqmodel") for name in names)
 
 
+def shipped_scheme_of(config: Mapping[str, object], unquantized: str = "bf16") -> WeightScheme:
+    """`scheme_from_quantization_config`, or when nibble cannot read the config, nibble's INT4 with a note
+    naming the field and why (``origin`` empty: not a shipped scheme), so a default plan still answers."""
+    try:
+        return scheme_from_quantization_config(config, unquantized)
+    except InvalidSpec as exc:
+        return WeightScheme(unquantized=unquantized, notes=(
+            f"{exc.detail} ({exc.field}): the checkpoint cannot be planned as shipped; planned at nibble's INT4 "
+            "instead",))
+
+
 _Read = tuple[WeightFormat, tuple[str, ...], list[str]]
 
 

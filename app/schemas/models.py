@@ -19,8 +19,8 @@ from quant_core.schemes import (
     WeightScheme,
     gguf_scheme,
     scheme_bytes,
-    scheme_from_quantization_config,
     scheme_of,
+    shipped_scheme_of,
     with_partial_groups,
 )
 from quant_core.specs import ModelSpec
@@ -132,7 +132,7 @@ def shipped_scheme(model: ModelInput, float_name: str = "bf16", where: str = "mo
     if config is None:
         return None
     with field_prefix(prefix):
-        return scheme_from_quantization_config(config, float_name)
+        return shipped_scheme_of(config, float_name)
 
 
 # --- answers -----------------------------------------------------------------------------------
@@ -280,7 +280,8 @@ def inspect_from_core(spec: ModelSpec, shipped: WeightScheme | None = None) -> I
     rows = [TensorRow(name=e.name, shape=list(e.shape), role=e.role, count=e.count, layers=list(e.layers),
                       per_layer=e.per_layer, active_per_layer=e.active_per_layer, elements=e.total_elements)
             for e in inventory(spec)]
-    formats = [_weight_bytes_row(spec, shipped, counts.total, as_shipped=True)] if shipped is not None else []
+    formats = [_weight_bytes_row(spec, shipped, counts.total, as_shipped=True)] \
+        if shipped is not None and shipped.origin else []
     formats.extend(_weight_bytes_row(spec, scheme, counts.total) for scheme in INSPECT_SCHEMES)
     return InspectResponse(
         name=spec.name, model_type=spec.model_type, spec=spec.to_dict(), parameters=parameters_from_core(spec),

@@ -247,6 +247,9 @@ def plan_to_core(body: PlanRequest, max_config_depth: int,
                                                           "out, or the checkpoint")
     spec = model_to_core(body.model, max_config_depth)
     shipped = shipped_scheme(body.model, body.runtime.float_format)
+    unreadable = shipped if shipped is not None and not shipped.origin else None  # INT4, with the reason
+    if unreadable is not None:
+        shipped = None
     if body.hardware.device is not None:
         with field_prefix("hardware.device"):
             device = catalog.get_device(body.hardware.device)
@@ -262,6 +265,8 @@ def plan_to_core(body: PlanRequest, max_config_depth: int,
     elif "weights" in body.model_fields_set or shipped is None:
         with field_prefix("weights"):
             scheme = weight_scheme_to_core(body.weights, body.runtime.float_format)
+        if scheme is None and unreadable is not None and "weights" not in body.model_fields_set:
+            scheme = unreadable
     else:
         scheme = shipped  # no weights asked: the checkpoint as shipped
     options = PlanOptions(

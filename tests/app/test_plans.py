@@ -511,3 +511,31 @@ def test_deepseek_v3_on_8_h200_fits_as_shipped(client: TestClient) -> None:
                                            "hardware": {"memory_bytes": h200, "count": 8}}).json()
     assert answer["weights"]["format"] == "fp8-block128" and answer["fits"] is True
     assert answer["comparison"]["bf16"]["fits"] is False
+
+
+@pytest.mark.parametrize(("quantization_config", "named"), [
+    ({"quant_method": "hqq", "nbits": 4}, "quantization_config.quant_method"),
+    ({"quant_method": "fp8", "weight_block_size": [64, 64]}, "quantization_config.weight_block_size"),
+    ({"quant_method": "gptq", "bits": 3, "group_size": 128}, "quantization_config.bits"),
+])
+def test_a_quantization_config_nibble_cannot_read_still_plans_at_the_defaults_and_says_why(
+        client: TestClient, quantization_config: dict[str, Any], named: str) -> None:
+    config = {**json.loads((FIXTURES / "models" / "llama-3.1-8b.json").read_text()),
+              "quantization_config": quantization_config} if FIXTURE_CONFIGS else None
+    if config is None:
+        pytest.skip("../shared/fixtures/models is absent")
+    response = client.post("/v1/plan", json={"model": {"hf_config": config}, "hardware": {"device": "l4"}})
+    assert response.status_code == 200, response.text
+    answer = response.json()
+    assert answer["weights"]["format"] == "int4-g128-asym"
+    assert any(named in warning and "cannot be planned as shipped" in warning for warning in answer["warnings"])
+
+
+def test_an_unread_quantization_config_field_is_a_warning_in_the_plan(client: TestClient) -> None:
+    config = {"model_type": "llama", "hidden_size": 256, "num_hidden_layers": 2, "num_attention_heads": 4,
+              "intermediate_size": 512, "vocab_size": 1000,
+              "quantization_config": {"quant_method": "awq", "bits": 4, "group_size": 128, "zero_point": True,
+                                      "version": "gemm", "new_knob": 3}}
+    answer = client.post("/v1/plan", json={"model": {"hf_config": config}, "hardware": {"device": "l4"}}).json()
+    assert answer["weights"]["format"] == "int4-g128-asym-awq"
+    assert "quantization_config.new_knob is not understood by nibble and was ignored" in answer["warnings"]
