@@ -153,3 +153,28 @@ def test_a_header_past_the_limit_or_truncated_is_refused() -> None:
         header_tensors((100).to_bytes(8, "little") + b"{")
     with pytest.raises(TensorFileError):
         header_tensors(b"GGUF" + (3).to_bytes(4, "little") + (5).to_bytes(8, "little"))
+
+
+@pytest.mark.parametrize(("exporter", "weight_format", "group_size", "symmetric"), [
+    ("gptq", "gptq", 128, False), ("gptq", "gptq", 32, True), ("awq", "awq", 128, False),
+    ("awq", "awq", 64, False), ("ct", "compressed-tensors", 128, True), ("ct", "compressed-tensors", 32, False),
+    ("gguf", "Q4_0", 32, True),
+])
+def test_nibbles_own_exports_are_what_the_formats_count(tmp_path: Path, exporter: str, weight_format: str,
+                                                        group_size: int, symmetric: bool) -> None:
+    # nibble's exporters write the layouts the engines load (each checked bit for bit against the reference
+    # decoders in test_exports.py); the header bytes of one [48, 512] tensor equal the format's bytes_for
+    from quant_core.formats import ggml_format, int4
+    from quant_core.tensorio import export_awq, export_compressed_tensors, export_gguf, export_gptq
+    from tests.quant_core.tensorio.helpers import random_quantized
+    q = random_quantized(np.random.default_rng(3), 48, 512, group_size, symmetric, zero_range=(1, 16))
+    name, path = "model.layers.0.mlp.up_proj.weight", tmp_path / ("m.gguf" if exporter == "gguf" else "m.safetensors")
+    {"gptq": export_gptq, "awq": export_awq, "ct": export_compressed_tensors,
+     "gguf": export_gguf}[exporter]({name: q}, None, path)
+    stored = sum(tensor.bytes for tensor in read_checkpoint_headers(path) if tensor.name.startswith(name[:-7]))
+    fmt = ggml_format(weight_format) if exporter == "gguf" else \
+        int4(group_size, symmetric=symmetric, layout=weight_format)  # type: ignore[arg-type]
+    expected = fmt.bytes_for((48, 512))
+    if exporter == "gptq" and symmetric:  # GPTQ stores zeros (of 8) even for symmetric weights
+        expected = int4(group_size, layout="gptq").bytes_for((48, 512))
+    assert stored == expected
