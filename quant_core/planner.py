@@ -44,6 +44,8 @@ from quant_core.schemes import WeightScheme, assigned_bytes, scheme_of, with_par
 from quant_core.specs import ModelSpec, TensorEntry
 
 GIB = 1 << 30
+AS_SHIPPED = "as_shipped"  # the comparison's key for the checkpoint as its config ships it
+CHECKPOINT = "checkpoint"  # ... and for a checkpoint planned from its own headers
 DEFAULT_RUNTIME_OVERHEAD_BYTES = GIB
 DEFAULT_MAX_BATCHED_TOKENS = 8192
 MAX_DEVICES_SEARCHED = 1024
@@ -112,12 +114,15 @@ class PlanOptions:
     `runtime_overhead_bytes` replace the estimates when given.  `scheme`, when
     given, is the deployed storage instead of `weight_format` under `policy` (a
     checkpoint as shipped, a GGUF file type); `shipped` is the checkpoint's own
-    scheme, shown in the comparison beside 16-bit and INT4 when it is not deployed.
+    scheme, shown in the comparison beside 16-bit and INT4.  The comparison names a
+    deployed format that is neither by `format_name` (the name the caller asked for it by),
+    ``as_shipped`` for the shipped scheme and ``checkpoint`` for a checkpoint's own headers.
     """
 
     weight_format: WeightFormat = field(default_factory=int4)
     scheme: WeightScheme | None = None
     shipped: WeightScheme | None = None
+    format_name: str | None = None
     float_format: str = "bf16"
     policy: QuantizationPolicy | None = None
     kv_cache_dtype: str = "bf16"
@@ -691,12 +696,17 @@ def plan(spec: ModelSpec, hardware: Hardware, workload: Workload | None = None,
         primary = comparison[options.float_format]
     else:
         primary = format_plan(deployed)
-        comparison[primary.format] = primary
+        if options.scheme is not None and options.scheme == options.shipped:
+            key = AS_SHIPPED
+        elif options.scheme is not None and options.scheme.checkpoint is not None:
+            key = CHECKPOINT
+        else:
+            key = options.format_name or primary.format
+        comparison[key] = primary
     shipped = options.shipped
     if shipped is not None and shipped != options.scheme:
         shipped, _ = with_partial_groups(spec, shipped)
-        shipped_plan = format_plan(shipped)
-        comparison.setdefault(shipped_plan.format, shipped_plan)
+        comparison[AS_SHIPPED] = format_plan(shipped)
 
     first = primary.devices[0]
     overhead_gib = options.runtime_overhead_bytes / GIB

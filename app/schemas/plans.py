@@ -271,6 +271,7 @@ def plan_to_core(body: PlanRequest, max_config_depth: int,
         scheme = shipped  # no weights asked: the checkpoint as shipped
     options = PlanOptions(
         weight_format=weight_format_to_core(body.weights), scheme=scheme, shipped=shipped,
+        format_name=body.weights.format,
         float_format=body.runtime.float_format,
         kv_cache_dtype=body.kv_cache.dtype, block_size=body.kv_cache.block_size,
         tensor_parallel=body.parallel.tensor, pipeline_parallel=body.parallel.pipeline,
@@ -477,8 +478,10 @@ class SweepAxes(BaseModel):
 
     context_lengths: list[int] | None = Field(None, min_length=1)
     concurrent_sequences: list[int] | None = Field(None, min_length=1)
-    formats: list[FormatName] | None = Field(
-        None, min_length=1, description="Weight formats; int4 takes the request's group_size and symmetric.")
+    formats: list[FormatName | Literal["as_shipped", "checkpoint"]] | None = Field(
+        None, min_length=1, description="Weight formats; int4 takes the request's group_size and symmetric; "
+                                        "as_shipped is the model's quantization_config, checkpoint the request's "
+                                        "checkpoint headers (the comparison's keys are all accepted).")
     device_counts: list[int] | None = Field(None, min_length=1)
 
 
@@ -542,9 +545,16 @@ def sweep_rows(body: SweepRequest, max_config_depth: int, max_rows: int,
     rows: list[SweepRow] = []
     for (i_count, count), (_, name), (i_sequences, sequence_count), (i_context, context) in itertools.product(
             *(enumerate(axis) for axis in (counts, formats, sequences, contexts))):
-        weight_format = weight_format_to_core(body.weights, name)
-        scheme = weight_scheme_to_core(body.weights, body.runtime.float_format, name) if axes.formats \
-            else options.scheme
+        if name in ("as_shipped", "checkpoint"):
+            scheme = options.shipped if name == "as_shipped" else options.scheme
+            if scheme is None or (name == "checkpoint") != (body.checkpoint is not None):
+                raise InvalidSpec("sweep.formats", name, "the model ships no quantization_config" if name ==
+                                  "as_shipped" else "the request carries no checkpoint headers")
+            weight_format = options.weight_format
+        else:
+            weight_format = weight_format_to_core(body.weights, name)
+            scheme = weight_scheme_to_core(body.weights, body.runtime.float_format, name) if axes.formats \
+                else options.scheme
         # a bad swept value is named where the client wrote it: sweep.context_lengths[3], not the row's workload
         axis_fields = {"hardware.count": ("device_counts", i_count),
                        "workload.concurrent_sequences": ("concurrent_sequences", i_sequences),

@@ -539,3 +539,24 @@ def test_an_unread_quantization_config_field_is_a_warning_in_the_plan(client: Te
     answer = client.post("/v1/plan", json={"model": {"hf_config": config}, "hardware": {"device": "l4"}}).json()
     assert answer["weights"]["format"] == "int4-g128-asym-awq"
     assert "quantization_config.new_knob is not understood by nibble and was ignored" in answer["warnings"]
+
+
+def test_the_comparison_keys_are_names_a_sweep_takes(client: TestClient) -> None:
+    # the page sweeps Object.keys(answer.comparison): every key must be a format the sweep accepts
+    for body in ({"model": {"preset": "deepseek-v3"}, "hardware": {"device": "h100-80gb", "count": 8}},
+                 {"model": {"preset": "deepseek-v3"}, "hardware": {"device": "h100-80gb", "count": 8},
+                  "weights": {"format": "gguf-q4_k_m"}},
+                 {"model": {"preset": "gpt-oss-20b"}, "hardware": {"device": "h100-80gb"},
+                  "weights": {"format": "fp8", "scales": "block"}}):
+        answer = client.post("/v1/plan", json=body).json()
+        assert "as_shipped" in answer["comparison"]
+        assert answer["comparison"]["as_shipped"]["format"] in ("fp8-block128", "mxfp4")
+        sweep = client.post("/v1/plan/sweep", json={**body, "sweep": {"formats": list(answer["comparison"])}})
+        assert sweep.status_code == 200, sweep.text
+        assert [row["format"] for row in sweep.json()["rows"]] == \
+            [plan["format"] for plan in answer["comparison"].values()]
+
+
+def test_a_sweep_as_shipped_for_a_model_that_ships_none_names_the_field(client: TestClient) -> None:
+    response = client.post("/v1/plan/sweep", json={**BODY_70B, "sweep": {"formats": ["as_shipped"]}})
+    assert response.status_code == 422 and response.json()["errors"][0]["field"] == "sweep.formats"

@@ -143,7 +143,8 @@ def test_a_plan_from_headers_keeps_16_bit_and_int4_beside_it(tmp_path: Path) -> 
     result = plan(TINY, Hardware(1 << 30), None, PlanOptions(scheme=scheme))
     assert result.primary.format == "checkpoint-f16"
     assert result.primary.weights_bytes == result.comparison["bf16"].weights_bytes  # 2 bytes a weight both
-    assert set(result.comparison) >= {"bf16", "int4", "checkpoint-f16"}
+    assert set(result.comparison) == {"bf16", "int4", "checkpoint"}
+    assert result.comparison["checkpoint"] is result.primary
 
 
 def test_a_header_past_the_limit_or_truncated_is_refused() -> None:
