@@ -52,4 +52,4 @@ async def create_sweep(body: SweepRequest, request: Request) -> SweepResponse:
     settings = settings_of(request)
     # thousands of plans: off the event loop, so the server answers other requests meanwhile
     return await anyio.to_thread.run_sync(sweep_rows, body, settings.max_config_depth, settings.max_sweep_rows,
-                                          settings.max_sweep_device_rows)
+                                          settings.max_sweep_device_rows, settings.max_header_bytes)

@@ -522,7 +522,7 @@ class SweepResponse(BaseModel):
 
 
 def sweep_rows(body: SweepRequest, max_config_depth: int, max_rows: int,
-               max_device_rows: int = 1 << 18) -> SweepResponse:
+               max_device_rows: int = 1 << 18, max_header_bytes: int = DEFAULT_MAX_HEADER_BYTES) -> SweepResponse:
     """Run `plan` once per combination of the sweep axes.
 
     Refused (413) past `max_rows` rows, or past `max_device_rows` devices
@@ -530,7 +530,7 @@ def sweep_rows(body: SweepRequest, max_config_depth: int, max_rows: int,
     device is planned), so 4,096 rows of 1,024 devices would hold the server
     for half a minute.
     """
-    spec, hardware, workload, options = plan_to_core(body, max_config_depth)
+    spec, hardware, workload, options = plan_to_core(body, max_config_depth, max_header_bytes)
     axes = body.sweep
     counts = axes.device_counts or [hardware.count]
     formats = axes.formats or [body.weights.format]
