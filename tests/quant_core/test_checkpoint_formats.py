@@ -19,6 +19,7 @@ from quant_core.inventory import inventory
 from quant_core.planner import Hardware, PlanOptions, plan
 from quant_core.schemes import (
     assign,
+    assigned_bytes,
     gguf_scheme,
     matches,
     module_name,
@@ -291,3 +292,20 @@ def test_every_llama_2_7b_gguf_file_is_its_tensors_plus_the_same_metadata() -> N
     spec = model_from_sizes(**LLAMA_2_7B)
     overheads = {size - scheme_bytes(spec, gguf_scheme(ft)) for ft, size in LLAMA_2_7B_GGUF_FILES.items()}
     assert overheads == {741_056}
+
+
+def test_deepseek_v3_as_shipped_plus_its_mtp_module_is_its_files() -> None:
+    # deepseek-ai/DeepSeek-V3's 163 safetensors files hold 688,586,727,753 bytes, headers included (the creator
+    # repository's weight files, as summed in a public model survey; the README: "671B of the main model weights
+    # and 14B of the Multi-Token Prediction (MTP) Module weights").  The plan counts the 61 layers engines load;
+    # the MTP module is one more MoE layer (layer 61, fp8 as the others) with its own bf16 embedding and
+    # shared head [129280, 7168], eh_proj [7168, 14336] and three norms.
+    preset = get_preset_info("deepseek-v3")
+    scheme = scheme_from_quantization_config(preset.quantization_config or {})
+    planned = scheme_bytes(preset.spec, scheme)
+    assert planned == 673_150_582_112
+    one_moe_layer = sum(size * entry.per_layer for entry, size in assigned_bytes(preset.spec, scheme)
+                        if 60 in entry.layers)
+    mtp_module = one_moe_layer + 2 * 129280 * 7168 * 2 + 7168 * 14336 * 2 + 3 * 7168 * 2
+    files = 688_586_727_753
+    assert abs(planned + mtp_module - files) <= 0.001 * files
