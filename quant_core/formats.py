@@ -49,7 +49,8 @@ The formats checkpoints ship in (each a name, with its tensors as the tools writ
   one e8m0 scale byte, gpt-oss's ``_blocks`` [.., in/32, 16] and ``_scales``
   [.., in/32] (4.25 bits per weight).
 * ``nvfp4``: e2m1 pairs, one fp8 e4m3 scale per 16 weights, one fp32
-  per-tensor (global) scale.
+  per-tensor (global) scale; with static activation scales (W4A4) one more
+  fp32 input scale per tensor.
 * ``nf4`` (bitsandbytes, blocks of 64 over the flattened tensor): packed
   codes, the 16-entry fp32 ``quant_map``, and per block an fp32 absmax, or
   with double quantization a uint8 absmax plus per 256 blocks an fp32
@@ -166,6 +167,8 @@ class WeightFormat:
         if self.name == "fp8":
             label = "fp8-block128" if self.scales == "block" else f"fp8-per-{self.scales}"
             return label + ("-static" if self.input_scale else "")
+        if self.name == "nvfp4" and self.input_scale:
+            return "nvfp4-static"
         if self.name == "nf4":
             return "nf4-dq" if self.double_quant else "nf4"
         if self.name == "int8" and self.layout == "gptq":

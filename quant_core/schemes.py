@@ -351,13 +351,15 @@ def _compressed_tensors(config: Mapping[str, object]) -> _Read:
     bits, kind = weights.get("num_bits"), weights.get("type", "int")
     strategy = weights.get("strategy", "tensor")
     keep = _names(config, "ignore")
+    activations = group.get("input_activations") if isinstance(group, dict) else None
+    static = isinstance(activations, dict) and activations.get("dynamic") is False  # a stored input scale
     if kind == "float" and bits == 8:
         scales = {"tensor": "tensor", "channel": "channel", "block": "block"}.get(str(strategy))
         if scales is None:
             raise InvalidSpec(f"{where}.{name}.weights.strategy", strategy, "fp8 strategy tensor, channel or block")
-        return fp8(scales), keep, notes  # type: ignore[arg-type]
+        return fp8(scales, static), keep, notes  # type: ignore[arg-type]
     if kind == "float" and bits == 4:
-        return block_format("nvfp4"), keep, notes
+        return replace(block_format("nvfp4"), input_scale=static), keep, notes
     if kind == "int" and bits == 4:
         size = weights.get("group_size") if strategy == "group" else -1
         group = _group({"group_size": size if size is not None else -1})

@@ -309,3 +309,15 @@ def test_deepseek_v3_as_shipped_plus_its_mtp_module_is_its_files() -> None:
     mtp_module = one_moe_layer + 2 * 129280 * 7168 * 2 + 7168 * 14336 * 2 + 3 * 7168 * 2
     files = 688_586_727_753
     assert abs(planned + mtp_module - files) <= 0.001 * files
+
+
+def test_compressed_tensors_nvfp4_with_static_activations_stores_an_input_scale() -> None:
+    weights = {"num_bits": 4, "type": "float", "strategy": "tensor_group", "group_size": 16}
+    w4a4 = scheme_from_quantization_config({"quant_method": "compressed-tensors", "format": "nvfp4-pack-quantized",
+                                            "config_groups": {"group_0": {"targets": ["Linear"], "weights": weights,
+                                                                          "input_activations": {**weights,
+                                                                                                "dynamic": False}}}})
+    w4a16 = scheme_from_quantization_config({"quant_method": "compressed-tensors", "format": "nvfp4-pack-quantized",
+                                             "config_groups": {"group_0": {"targets": ["Linear"], "weights": weights}}})
+    assert (w4a4.label(), w4a16.label()) == ("nvfp4-static", "nvfp4")
+    assert w4a4.quantized.bytes_for((4096, 4096)) == w4a16.quantized.bytes_for((4096, 4096)) + 4
