@@ -195,9 +195,10 @@ class WeightFormat:
 
     def padded_columns(self, in_features: int) -> int:
         """Columns stored per row: `in_features`, or rounded up to whole groups when padding."""
-        if self.group_size is None or not self.pad:
+        if self.group_size is None:
             return in_features
-        return self.group_count(in_features) * self.group_size
+        groups = self.group_count(in_features)  # raises unless it divides, or padding or a partial group was asked
+        return groups * self.group_size if self.pad else in_features
 
     def bytes_for(self, shape: tuple[int, ...]) -> int:
         """Exact bytes a tensor of `shape` takes in this format (payload, no file header)."""
