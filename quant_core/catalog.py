@@ -35,7 +35,9 @@ class Device:
 
 @dataclass(frozen=True, slots=True)
 class Preset:
-    """A packaged model: its id, display name, Hugging Face repository, source, and spec."""
+    """A packaged model: its id, display name, Hugging Face repository, source, and spec; the
+    ``quantization_config`` it ships with and its multi-token-prediction layers (``num_nextn_predict_layers``),
+    both copied from its config.json."""
 
     id: str
     display_name: str
@@ -43,6 +45,7 @@ class Preset:
     source: str
     spec: ModelSpec
     quantization_config: dict[str, object] | None = field(default=None, hash=False, compare=False)
+    mtp_layers: int = 0
 
 
 def _close(name: str, known: list[str]) -> list[str]:
@@ -114,6 +117,7 @@ def _presets() -> dict[str, Preset]:
             source=_text(record, "source", preset_id),
             spec=spec,
             quantization_config=_quantization_config(record, path.name),
+            mtp_layers=check_int(f"{path.name}.mtp_layers", record.get("mtp_layers", 0), 0, 64),
         )
     return presets
 

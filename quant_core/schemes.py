@@ -282,15 +282,22 @@ def _made_by_gptqmodel(config: Mapping[str, object]) -> bool:
     return any(isinstance(name, str) and name.startswith("gptqmodel") for name in names)
 
 
-def shipped_scheme_of(config: Mapping[str, object], unquantized: str = "bf16") -> WeightScheme:
+def shipped_scheme_of(config: Mapping[str, object], unquantized: str = "bf16", mtp_layers: int = 0) -> WeightScheme:
     """`scheme_from_quantization_config`, or when nibble cannot read the config, nibble's INT4 with a note
-    naming the field and why (``origin`` empty: not a shipped scheme), so a default plan still answers."""
+    naming the field and why (``origin`` empty: not a shipped scheme), so a default plan still answers.
+    `mtp_layers` (``num_nextn_predict_layers``) adds a note that the checkpoint's multi-token-prediction
+    layers, which engines skip at load, are not counted."""
     try:
-        return scheme_from_quantization_config(config, unquantized)
+        scheme = scheme_from_quantization_config(config, unquantized)
     except InvalidSpec as exc:
         return WeightScheme(unquantized=unquantized, notes=(
             f"{exc.detail} ({exc.field}): the checkpoint cannot be planned as shipped; planned at nibble's INT4 "
             "instead",))
+    if mtp_layers > 0:
+        scheme = replace(scheme, notes=(*scheme.notes, (
+            f"the checkpoint also holds {mtp_layers} multi-token-prediction layer(s) (num_nextn_predict_layers) that "
+            "engines skip at load unless speculative decoding uses them: not counted")))
+    return scheme
 
 
 _Read = tuple[WeightFormat, tuple[str, ...], list[str]]

@@ -511,6 +511,8 @@ def test_deepseek_v3_on_8_h200_fits_as_shipped(client: TestClient) -> None:
                                            "hardware": {"memory_bytes": h200, "count": 8}}).json()
     assert answer["weights"]["format"] == "fp8-block128" and answer["fits"] is True
     assert answer["comparison"]["bf16"]["fits"] is False
+    # the checkpoint's MTP layer (num_nextn_predict_layers: 1) is not loaded by engines, and the answer says so
+    assert any("1 multi-token-prediction layer(s)" in warning for warning in answer["warnings"])
 
 
 @pytest.mark.parametrize(("quantization_config", "named"), [
