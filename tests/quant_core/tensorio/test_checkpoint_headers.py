@@ -14,18 +14,20 @@ from safetensors.numpy import save_file
 from quant_core.catalog import get_preset
 from quant_core.checkpoint import checkpoint_scheme
 from quant_core.errors import LimitExceeded, TensorFileError
-from quant_core.formats import GGML_BLOCKS, float_format
+from quant_core.formats import GGML_BLOCKS, float_format, ggml_format, int4
 from quant_core.gguf_mix import ModelFacts, tensor_type
 from quant_core.hf_config import model_from_sizes
 from quant_core.inventory import inventory
 from quant_core.planner import Hardware, PlanOptions, plan
 from quant_core.schemes import assign, gguf_scheme, scheme_bytes, scheme_from_quantization_config, scheme_of
 from quant_core.specs import ModelSpec
+from quant_core.tensorio import export_awq, export_compressed_tensors, export_gguf, export_gptq
 from quant_core.tensorio.checkpoint_headers import (
     header_tensors,
     read_checkpoint_headers,
     read_header_prefix,
 )
+from tests.quant_core.tensorio.helpers import random_quantized
 
 TINY = model_from_sizes(hidden_size=256, num_layers=3, num_attention_heads=4, num_kv_heads=2,
                         intermediate_size=512, vocab_size=1000)
@@ -165,9 +167,6 @@ def test_nibbles_own_exports_are_what_the_formats_count(tmp_path: Path, exporter
                                                         group_size: int, symmetric: bool) -> None:
     # nibble's exporters write the layouts the engines load (each checked bit for bit against the reference
     # decoders in test_exports.py); the header bytes of one [48, 512] tensor equal the format's bytes_for
-    from quant_core.formats import ggml_format, int4
-    from quant_core.tensorio import export_awq, export_compressed_tensors, export_gguf, export_gptq
-    from tests.quant_core.tensorio.helpers import random_quantized
     q = random_quantized(np.random.default_rng(3), 48, 512, group_size, symmetric, zero_range=(1, 16))
     name, path = "model.layers.0.mlp.up_proj.weight", tmp_path / ("m.gguf" if exporter == "gguf" else "m.safetensors")
     {"gptq": export_gptq, "awq": export_awq, "ct": export_compressed_tensors,
