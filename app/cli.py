@@ -22,6 +22,7 @@ No traceback reaches the terminal: an unexpected failure prints one line
 from __future__ import annotations
 
 import argparse
+import base64
 import json
 import os
 import sys
@@ -29,7 +30,7 @@ import time
 import traceback
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, NoReturn, TextIO
+from typing import Any, NoReturn, TextIO, get_args
 
 import httpx
 from pydantic import ValidationError
@@ -48,7 +49,7 @@ from app.schemas.models import (
     model_to_core,
     summary_from_core,
 )
-from app.schemas.plans import FormatOut, PlanRequest, PlanResponse, plan_answer_json, plan_to_core
+from app.schemas.plans import FormatName, FormatOut, PlanRequest, PlanResponse, plan_answer_json, plan_to_core
 from app.schemas.quantize import CompareReport, QuantizeReport
 from app.settings import get_settings
 from app.units import parse_bytes, parse_tokens
@@ -57,6 +58,7 @@ from quant_core.errors import NibbleError
 from quant_core.planner import plan
 from quant_core.quantize import METHODS
 from quant_core.tensorio import sniff_format
+from quant_core.tensorio.checkpoint_headers import checkpoint_files, read_header_prefix
 
 GIB = 1 << 30
 GB = 10**9
@@ -114,9 +116,28 @@ def _read_json_file(path: str) -> dict[str, Any]:
 # --- plan ---------------------------------------------------------------------------------------
 
 
+def checkpoint_body(path: str, max_header_bytes: int) -> dict[str, Any]:
+    """``checkpoint`` of a plan body: the headers of a local checkpoint's files (a file or a directory of
+    shards), read without one byte of the weights of a safetensors file."""
+    try:
+        files = checkpoint_files(Path(path))
+        headers = [{"file": file.name,
+                    "header_base64": base64.b64encode(read_header_prefix(file, max_header_bytes)).decode()}
+                   for file in files]
+    except OSError as exc:
+        raise CommandError(f"cannot read the checkpoint {path}: {exc}") from None
+    return {"headers": headers}
+
+
 def plan_body(args: argparse.Namespace) -> dict[str, Any]:
     """The ``POST /v1/plan`` body for the command-line options (unset options keep the API's defaults)."""
-    model: dict[str, Any] = {"hf_config": _read_json_file(args.config)} if args.config else {"preset": args.model}
+    config = args.config
+    checkpoint = getattr(args, "checkpoint", None)
+    if not config and not args.model and checkpoint and (Path(checkpoint) / "config.json").is_file():
+        config = str(Path(checkpoint) / "config.json")
+    if not config and not args.model:
+        raise CommandError("give --model or --config (or a --checkpoint directory holding config.json)")
+    model: dict[str, Any] = {"hf_config": _read_json_file(config)} if config else {"preset": args.model}
     hardware: dict[str, Any] = {"count": args.count}
     if args.memory is not None:
         hardware["memory_bytes"] = args.memory
@@ -140,13 +161,16 @@ def plan_body(args: argparse.Namespace) -> dict[str, Any]:
         given = {key: value for key, value in values.items() if value is not None}
         if given:
             body[name] = given
+    if checkpoint:
+        body["checkpoint"] = checkpoint_body(checkpoint, get_settings().max_header_bytes)
     return body
 
 
 def plan_locally(body: dict[str, Any]) -> PlanResponse:
     """What ``POST /v1/plan`` answers for `body`, computed in process by the API's own conversions."""
     request = PlanRequest.model_validate(body)
-    spec, hardware, workload, options = plan_to_core(request, get_settings().max_config_depth)
+    settings = get_settings()
+    spec, hardware, workload, options = plan_to_core(request, settings.max_config_depth, settings.max_header_bytes)
     result = plan(spec, hardware, workload, options)
     return PlanResponse.model_validate_json(plan_answer_json(request, spec, result))
 
@@ -604,7 +628,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     plan_parser = commands.add_parser("plan", help="will a model fit: per device, 16-bit beside INT4",
                                       epilog=EXIT_STATUS_HELP)
-    model = plan_parser.add_mutually_exclusive_group(required=True)
+    model = plan_parser.add_mutually_exclusive_group()
     model.add_argument("--model", help="a preset id (nibble inspect --help; GET /v1/models)")
     model.add_argument("--config", help="a Hugging Face config.json file")
     hardware = plan_parser.add_mutually_exclusive_group(required=True)
@@ -616,8 +640,11 @@ def build_parser() -> argparse.ArgumentParser:
                              help="tokens per sequence, prompt + output: 4096, 8k (8,192), 128K (131,072)")
     plan_parser.add_argument("--sequences", type=int, help="concurrent sequences")
     plan_parser.add_argument("--kv-dtype", help="KV cache dtype: bf16, fp16, fp8, int8, int4")
-    plan_parser.add_argument("--format", choices=("int4", "int8", "bf16", "fp16", "fp32"),
-                             help="the deployed weight format (default int4; 16-bit is always shown beside)")
+    plan_parser.add_argument("--format", choices=get_args(FormatName),
+                             help="the deployed weight format (default: as shipped, else int4; 16-bit is always "
+                                  "shown beside)")
+    plan_parser.add_argument("--checkpoint", help="a local checkpoint (.safetensors, .gguf, or a directory of "
+                                                  "shards): its headers give the weights; only headers are read")
     plan_parser.add_argument("--group-size", help="INT4 group size: 32, 64, 128, 256 or row")
     plan_parser.add_argument("--symmetric", action="store_true", help="symmetric INT4")
     plan_parser.add_argument("--zero", choices=("int4", "fp16"),

@@ -6,6 +6,7 @@ the function is not re-exported here, where its name would hide the subpackage.
 """
 
 from quant_core.catalog import Device, get_device, get_preset, list_devices, list_presets
+from quant_core.checkpoint_rows import checkpoint_scheme
 from quant_core.errors import (
     CalibrationError,
     GroupSizeMismatch,
@@ -19,7 +20,20 @@ from quant_core.errors import (
     UnknownName,
     UnsupportedArchitecture,
 )
-from quant_core.formats import KV_DTYPES, KVCacheDtype, WeightFormat, float_format, int4, kv_dtype
+from quant_core.formats import (
+    GGML_BLOCKS,
+    KV_DTYPES,
+    KVCacheDtype,
+    WeightFormat,
+    block_format,
+    float_format,
+    fp8,
+    ggml_format,
+    int4,
+    int8_gptq,
+    kv_dtype,
+)
+from quant_core.gguf_mix import GGUF_FILE_TYPES
 from quant_core.hf_config import model_from_hf_config, model_from_sizes, unread_config_keys
 from quant_core.inventory import (
     ParameterCount,
@@ -40,6 +54,14 @@ from quant_core.quantize import (
     quality_report,
     quantized_from_payload,
 )
+from quant_core.schemes import (
+    CheckpointSummary,
+    WeightScheme,
+    gguf_scheme,
+    scheme_bytes,
+    scheme_from_quantization_config,
+    scheme_of,
+)
 from quant_core.specs import KVLayer, ModelSpec, TensorEntry
 from quant_core.tensorio import (
     export_awq,
@@ -52,17 +74,22 @@ from quant_core.tensorio import (
     sniff_format,
     write_nibble_safetensors,
 )
+from quant_core.tensorio.checkpoint_headers import HeaderTensor, read_checkpoint_headers
 
 __all__ = [
+    "GGML_BLOCKS",
+    "GGUF_FILE_TYPES",
     "KV_DTYPES",
     "METHODS",
     "CalibrationError",
+    "CheckpointSummary",
     "Device",
     "DevicePlan",
     "Estimate",
     "FormatPlan",
     "GroupSizeMismatch",
     "Hardware",
+    "HeaderTensor",
     "InvalidSpec",
     "InvalidTensor",
     "KVCacheDtype",
@@ -83,16 +110,23 @@ __all__ = [
     "UnknownName",
     "UnsupportedArchitecture",
     "WeightFormat",
+    "WeightScheme",
     "Workload",
+    "block_format",
+    "checkpoint_scheme",
     "dequantize",
     "export_awq",
     "export_compressed_tensors",
     "export_gguf",
     "export_gptq",
     "float_format",
+    "fp8",
     "get_device",
     "get_preset",
+    "ggml_format",
+    "gguf_scheme",
     "int4",
+    "int8_gptq",
     "inventory",
     "kv_bytes_per_token",
     "kv_cache_bytes",
@@ -107,9 +141,13 @@ __all__ = [
     "plan",
     "quality_report",
     "quantized_from_payload",
+    "read_checkpoint_headers",
     "read_nibble_safetensors",
     "read_npy",
     "read_safetensors",
+    "scheme_bytes",
+    "scheme_from_quantization_config",
+    "scheme_of",
     "sniff_format",
     "unread_config_keys",
     "weight_bytes",

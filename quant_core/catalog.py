@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import difflib
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 
@@ -62,13 +62,17 @@ class DevicePerformance:
 
 @dataclass(frozen=True, slots=True)
 class Preset:
-    """A packaged model: its id, display name, Hugging Face repository, source, and spec."""
+    """A packaged model: its id, display name, Hugging Face repository, source, and spec; the
+    ``quantization_config`` it ships with and its multi-token-prediction layers (``num_nextn_predict_layers``),
+    both copied from its config.json."""
 
     id: str
     display_name: str
     hf_repo: str
     source: str
     spec: ModelSpec
+    quantization_config: dict[str, object] | None = field(default=None, hash=False, compare=False)
+    mtp_layers: int = 0
 
 
 def _close(name: str, known: list[str]) -> list[str]:
@@ -174,8 +178,18 @@ def _presets() -> dict[str, Preset]:
             hf_repo=_text(record, "hf_repo", preset_id),
             source=_text(record, "source", preset_id),
             spec=spec,
+            quantization_config=_quantization_config(record, path.name),
+            mtp_layers=check_int(f"{path.name}.mtp_layers", record.get("mtp_layers", 0), 0, 64),
         )
     return presets
+
+
+def _quantization_config(record: dict[str, object], where: str) -> dict[str, object] | None:
+    """The preset's ``quantization_config`` (copied from its config.json), when it ships quantized."""
+    value = record.get("quantization_config")
+    if value is not None and not isinstance(value, dict):
+        raise InvalidSpec(f"{where}.quantization_config", value, "must be an object")
+    return value
 
 
 def list_presets() -> tuple[Preset, ...]:

@@ -37,13 +37,16 @@ from functools import lru_cache
 
 from quant_core.catalog import MAX_DEVICE_BYTES
 from quant_core.engines import ENGINES, BatchLimits, EngineProfile, KVCapacity, Stage, get_engine
-from quant_core.errors import GroupSizeMismatch, InvalidSpec
-from quant_core.formats import GROUP_SIZES, WeightFormat, float_format, int4, kv_dtype
-from quant_core.inventory import QuantizationPolicy, inventory, parameter_count
+from quant_core.errors import InvalidSpec
+from quant_core.formats import WeightFormat, float_format, int4, kv_dtype
+from quant_core.inventory import QuantizationPolicy, parameter_count
 from quant_core.kv_cache import held_tokens, kv_bytes_per_token, kv_layers, layer_bytes_per_token
+from quant_core.schemes import WeightScheme, assigned_bytes, scheme_of, with_partial_groups
 from quant_core.specs import ModelSpec, TensorEntry
 
 GIB = 1 << 30
+AS_SHIPPED = "as_shipped"  # the comparison's key for the checkpoint as its config ships it
+CHECKPOINT = "checkpoint"  # ... and for a checkpoint planned from its own headers
 DEFAULT_RUNTIME_OVERHEAD_BYTES = GIB
 DEFAULT_MAX_BATCHED_TOKENS = 8192
 DEFAULT_MAX_NUM_SEQS = 256
@@ -110,7 +113,12 @@ class PlanOptions:
     `policy` says which roles `weight_format` applies to (default: 2-D tensors
     of attention, MLP and expert layers).  `tensor_parallel` defaults to the
     device count divided by `pipeline_parallel`.  `activation_bytes` and
-    `runtime_overhead_bytes` replace the estimates when given.
+    `runtime_overhead_bytes` replace the estimates when given.  `scheme`, when
+    given, is the deployed storage instead of `weight_format` under `policy` (a
+    checkpoint as shipped, a GGUF file type); `shipped` is the checkpoint's own
+    scheme, shown in the comparison beside 16-bit and INT4.  The comparison names a
+    deployed format that is neither by `format_name` (the name the caller asked for it by),
+    ``as_shipped`` for the shipped scheme and ``checkpoint`` for a checkpoint's own headers.
 
     `engine` names the engine profile whose terms the plan uses (`quant_core.engines`:
     ``"vllm"`` at `engine_version`, or ``"generic"``: nibble's workload-sized activation
@@ -119,6 +127,9 @@ class PlanOptions:
     """
 
     weight_format: WeightFormat = field(default_factory=int4)
+    scheme: WeightScheme | None = None
+    shipped: WeightScheme | None = None
+    format_name: str | None = None
     float_format: str = "bf16"
     policy: QuantizationPolicy | None = None
     kv_cache_dtype: str = "bf16"
@@ -325,12 +336,6 @@ def _stage_ranges(num_layers: int, stages: int) -> tuple[tuple[int, int], ...]:
     return tuple(ranges)
 
 
-def _entry_format(entry: TensorEntry, weight_format: WeightFormat, policy: QuantizationPolicy) -> WeightFormat:
-    if weight_format.is_quantized and not policy.quantizes(entry):
-        return float_format(policy.unquantized_format)
-    return weight_format
-
-
 def _sharded_bytes(one_tensor_bytes: int, role: str, tensor_parallel: int) -> int:
     """Bytes of one tensor on one rank: replicated roles whole, the others ``ceil(bytes / tp)``."""
     if role in REPLICATED_ROLES:
@@ -339,31 +344,15 @@ def _sharded_bytes(one_tensor_bytes: int, role: str, tensor_parallel: int) -> in
 
 
 @lru_cache(maxsize=256)
-def _weight_rows(spec: ModelSpec, weight_format: WeightFormat,
-                 policy: QuantizationPolicy) -> tuple[tuple[TensorEntry, int], ...]:
-    """Each inventory row with the bytes of ONE of its tensors in its format."""
-    rows = []
-    for entry in inventory(spec):
-        fmt = _entry_format(entry, weight_format, policy)
-        try:
-            rows.append((entry, fmt.bytes_for(entry.shape)))
-        except GroupSizeMismatch as error:
-            raise GroupSizeMismatch(error.in_features, error.group_size, "weights.group_size", entry.name,
-                                    _dividing_group_sizes(spec, weight_format, policy)) from None
-    return tuple(rows)
-
-
-def _dividing_group_sizes(spec: ModelSpec, weight_format: WeightFormat, policy: QuantizationPolicy) -> list[int]:
-    """The int4 group sizes that divide the input width of every tensor `weight_format` would quantize."""
-    widths = {entry.shape[-1] for entry in inventory(spec)
-              if len(entry.shape) == 2 and _entry_format(entry, weight_format, policy).group_size is not None}
-    return [size for size in GROUP_SIZES if all(width % size == 0 for width in widths)]
+def _weight_rows(spec: ModelSpec, scheme: WeightScheme) -> tuple[tuple[TensorEntry, int], ...]:
+    """Each inventory row (split by format where a scheme mixes them) with the bytes of ONE of its tensors."""
+    return assigned_bytes(spec, scheme)
 
 
 @lru_cache(maxsize=256)
-def _weights_by_role(spec: ModelSpec, weight_format: WeightFormat, policy: QuantizationPolicy) -> dict[str, int]:
+def _weights_by_role(spec: ModelSpec, scheme: WeightScheme) -> dict[str, int]:
     by_role: dict[str, int] = {}
-    for entry, one in _weight_rows(spec, weight_format, policy):
+    for entry, one in _weight_rows(spec, scheme):
         by_role[entry.role] = by_role.get(entry.role, 0) + one * entry.count
     return {role: size for role, size in by_role.items() if size}
 
@@ -371,8 +360,8 @@ def _weights_by_role(spec: ModelSpec, weight_format: WeightFormat, policy: Quant
 _parameter_count = lru_cache(maxsize=256)(parameter_count)
 
 
-def _build_layout(spec: ModelSpec, weight_format: WeightFormat, policy: QuantizationPolicy, kv_dtype_name: str,
-            tensor_parallel: int, pipeline_parallel: int) -> _Layout:
+def _build_layout(spec: ModelSpec, scheme: WeightScheme, kv_dtype_name: str,
+                  tensor_parallel: int, pipeline_parallel: int) -> _Layout:
     if pipeline_parallel > spec.num_layers:
         raise InvalidSpec("parallel.pipeline", pipeline_parallel,
                           f"more pipeline stages than the model's {spec.num_layers} layers")
@@ -380,7 +369,7 @@ def _build_layout(spec: ModelSpec, weight_format: WeightFormat, policy: Quantiza
     last = pipeline_parallel - 1
     stage_of = [stage for stage, (start, stop) in enumerate(stages) for _ in range(start, stop)]
     weights = [0] * pipeline_parallel
-    for entry, one in _weight_rows(spec, weight_format, policy):
+    for entry, one in _weight_rows(spec, scheme):
         per_rank = _sharded_bytes(one, entry.role, tensor_parallel) * entry.per_layer
         if entry.layers:
             for index in entry.layers:  # once per layer, not per layer and stage (4,096 layers x 1,024 stages)
@@ -539,17 +528,15 @@ class _Evaluator:
 
 
 class _ModelTerms:
-    """Everything about one (model, format, policy, KV dtype) that a plan reuses: weights by
+    """Everything about one (model, weight scheme, KV dtype) that a plan reuses: weights by
     role, and per parallel layout the stage terms and the fits predicates.  Built once and
     cached, so a request pays one lookup here and then only integer-keyed dictionary hits."""
 
-    def __init__(self, spec: ModelSpec, weight_format: WeightFormat, policy: QuantizationPolicy,
-                 kv_dtype_name: str) -> None:
+    def __init__(self, spec: ModelSpec, scheme: WeightScheme, kv_dtype_name: str) -> None:
         self.spec = spec
-        self.weight_format = weight_format
-        self.policy = policy
+        self.scheme = scheme
         self.kv_dtype_name = kv_dtype_name
-        self.by_role = _weights_by_role(spec, weight_format, policy)
+        self.by_role = _weights_by_role(spec, scheme)
         self._layouts: dict[tuple[int, int], _Layout] = {}
         self._predicates: dict[tuple[object, ...], Callable[[int, int], bool]] = {}
 
@@ -557,8 +544,7 @@ class _ModelTerms:
         key = (tensor_parallel, pipeline_parallel)
         found = self._layouts.get(key)
         if found is None:
-            found = _build_layout(self.spec, self.weight_format, self.policy, self.kv_dtype_name,
-                                  tensor_parallel, pipeline_parallel)
+            found = _build_layout(self.spec, self.scheme, self.kv_dtype_name, tensor_parallel, pipeline_parallel)
             if len(self._layouts) < 4096:
                 self._layouts[key] = found
         return found
@@ -575,9 +561,8 @@ class _ModelTerms:
 
 
 @lru_cache(maxsize=256)
-def _model_terms(spec: ModelSpec, weight_format: WeightFormat, policy: QuantizationPolicy,
-                 kv_dtype_name: str) -> _ModelTerms:
-    return _ModelTerms(spec, weight_format, policy, kv_dtype_name)
+def _model_terms(spec: ModelSpec, scheme: WeightScheme, kv_dtype_name: str) -> _ModelTerms:
+    return _ModelTerms(spec, scheme, kv_dtype_name)
 
 
 def _largest(predicate: Callable[[int], bool], low: int, high: int) -> int | None:
@@ -756,7 +741,7 @@ def _format_plan(terms: _ModelTerms, hardware: Hardware, workload: Workload, ten
     refusal = (evaluator.engine.refusal(terms.spec, tensor_parallel, options.pipeline_parallel)
                if evaluator.engine is not None else None)
     return FormatPlan(
-        format=terms.weight_format.label(),
+        format=terms.scheme.label(),
         weights_bytes=total_weights,
         bits_per_weight=8 * total_weights / total_parameters,
         weights_by_role=dict(by_role),
@@ -813,23 +798,42 @@ def plan(spec: ModelSpec, hardware: Hardware, workload: Workload | None = None,
     limits = _batch_limits(engine, hardware, options)
     evaluator = _Evaluator(spec, options, usable, engine, limits)
 
-    baseline = float_format(options.float_format)
-    quantized = options.weight_format if options.weight_format.name == "int4" else _comparison_int4(spec, policy)
-    kv_total = _model_terms(spec, baseline, policy, options.kv_cache_dtype).layout(1, 1).stage_kv[0] \
+    notes: list[str] = []
+    baseline = _policy_scheme(float_format(options.float_format), policy)
+    deployed = options.scheme or _policy_scheme(options.weight_format, policy)
+    deployed, note = with_partial_groups(spec, deployed)
+    notes.extend(deployed.notes)
+    if note:
+        notes.append(note)
+    if deployed.is_nibble_int4:
+        quantized = deployed
+    else:
+        quantized, _ = with_partial_groups(spec, _policy_scheme(int4(), policy))
+    kv_total = _model_terms(spec, baseline, options.kv_cache_dtype).layout(1, 1).stage_kv[0] \
         .bytes_per_sequence(workload.context_length, options.block_size) * workload.concurrent_sequences
 
-    def format_plan(weight_format: WeightFormat) -> FormatPlan:
-        terms = _model_terms(spec, weight_format, policy, options.kv_cache_dtype)
+    def format_plan(scheme: WeightScheme) -> FormatPlan:
+        terms = _model_terms(spec, scheme, options.kv_cache_dtype)
         return _format_plan(terms, hardware, workload, tensor, evaluator, counts.total, kv_total)
 
     comparison = {options.float_format: format_plan(baseline), "int4": format_plan(quantized)}
-    deployed = options.weight_format
     if deployed == quantized:
         primary = comparison["int4"]
     elif deployed == baseline:
         primary = comparison[options.float_format]
     else:
         primary = format_plan(deployed)
+        if options.scheme is not None and options.scheme == options.shipped:
+            key = AS_SHIPPED
+        elif options.scheme is not None and options.scheme.checkpoint is not None:
+            key = CHECKPOINT
+        else:
+            key = options.format_name or primary.format
+        comparison[key] = primary
+    shipped = options.shipped
+    if shipped is not None and shipped != options.scheme:
+        shipped, _ = with_partial_groups(spec, shipped)
+        comparison[AS_SHIPPED] = format_plan(shipped)
 
     primary_terms = evaluator.stage_terms(_model_terms(spec, options.weight_format, policy, options.kv_cache_dtype)
                                           .layout(tensor, pipeline))
@@ -856,7 +860,7 @@ def plan(spec: ModelSpec, hardware: Hardware, workload: Workload | None = None,
         kv_cache_bytes=primary.kv_cache_bytes,
         activation=activation, runtime_overhead=overhead,
         primary=primary, comparison=comparison,
-        warnings=_warnings(spec, hardware, workload, options, tensor, primary, comparison),
+        warnings=(*notes, *_warnings(spec, hardware, workload, options, tensor, primary, comparison)),
         engine=options.engine,
         engine_version=None if engine is None else engine.version,
         max_batched_tokens=limits.max_batched_tokens,
@@ -875,14 +879,11 @@ def _batch_limits(engine: EngineProfile | None, hardware: Hardware, options: Pla
                        options.max_num_seqs or default.max_num_seqs)
 
 
-def _comparison_int4(spec: ModelSpec, policy: QuantizationPolicy) -> WeightFormat:
-    """The INT4 format shown beside a 16-bit deployment: g128 asymmetric, padded when some
-    quantized tensor's width does not divide by 128 (the user did not choose a group size)."""
-    try:
-        _weight_rows(spec, int4(), policy)
-    except GroupSizeMismatch:
-        return int4(pad=True)
-    return int4()
+
+@lru_cache(maxsize=64)
+def _policy_scheme(weight_format: WeightFormat, policy: QuantizationPolicy) -> WeightScheme:
+    """`weight_format` on the tensors `policy` quantizes, its float format elsewhere."""
+    return scheme_of(weight_format, policy.unquantized_format, policy.quantized_roles)
 
 
 def _warnings(spec: ModelSpec, hardware: Hardware, workload: Workload, options: PlanOptions, tensor_parallel: int,

@@ -14,6 +14,7 @@ from app.schemas.models import (
     detail_from_core,
     inspect_from_core,
     model_to_core,
+    shipped_scheme,
     summary_from_core,
 )
 from app.security import ApiKeyRoute, settings_of
@@ -47,4 +48,4 @@ async def inspect_model(body: InspectRequest, request: Request) -> InspectRespon
     """Parameters by role, the tensor inventory, KV bytes per token per KV dtype, weight bytes per format."""
     refuse_duplicate_keys(await request.body())
     spec = model_to_core(body, settings_of(request).max_config_depth, where="")
-    return inspect_from_core(spec)
+    return inspect_from_core(spec, shipped_scheme(body, where=""))

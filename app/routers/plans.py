@@ -39,7 +39,8 @@ JSON_MEDIA_TYPE = "application/json"
 
 async def create_plan(body: PlanRequest, request: Request) -> Response:
     """Per-device weights, KV cache, activations and overhead against usable memory, 16-bit beside INT4."""
-    spec, hardware, workload, options = plan_to_core(body, settings_of(request).max_config_depth)
+    settings = settings_of(request)
+    spec, hardware, workload, options = plan_to_core(body, settings.max_config_depth, settings.max_header_bytes)
     return Response(plan_answer_json(body, spec, plan(spec, hardware, workload, options)), media_type=JSON_MEDIA_TYPE)
 
 
@@ -105,7 +106,8 @@ async def create_sweep(body: SweepRequest, request: Request) -> Response:
     """One row per combination of context lengths, sequence counts, formats and device counts."""
     refuse_duplicate_keys(await request.body())
     settings = settings_of(request)
-    arguments = (body, settings.max_config_depth, settings.max_sweep_rows, settings.max_sweep_device_rows)
+    arguments = (body, settings.max_config_depth, settings.max_sweep_rows, settings.max_sweep_device_rows,
+                 settings.max_header_bytes)
     if _planned_devices(body) <= UNGATED_SWEEP_DEVICE_ROWS:
         # a few plans: off the event loop, so the server answers other requests meanwhile
         content = await anyio.to_thread.run_sync(_sweep_json, *arguments)

@@ -8,12 +8,21 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from quant_core.catalog import Device, Preset, get_preset
+from quant_core.catalog import Device, Preset, get_preset, get_preset_info
 from quant_core.errors import InvalidSpec, LimitExceeded, NibbleError, UnknownName
-from quant_core.formats import KV_DTYPES, WeightFormat, float_format, int4
+from quant_core.formats import KV_DTYPES, WeightFormat, block_format, float_format, fp8, int4, int8_gptq
+from quant_core.gguf_mix import GGUF_FILE_TYPES
 from quant_core.hf_config import model_from_hf_config, model_from_sizes
-from quant_core.inventory import inventory, parameter_count, weight_bytes
+from quant_core.inventory import inventory, parameter_count
 from quant_core.kv_cache import kv_bytes_per_token
+from quant_core.schemes import (
+    WeightScheme,
+    gguf_scheme,
+    scheme_bytes,
+    scheme_of,
+    shipped_scheme_of,
+    with_partial_groups,
+)
 from quant_core.specs import ModelSpec
 
 
@@ -105,6 +114,28 @@ def model_to_core(model: ModelInput, max_config_depth: int, where: str = "model"
         raise InvalidSpec(where or "model", None, "give exactly one of preset, hf_config or spec")
     with field_prefix(_join(where, "spec")):
         return model_from_sizes(**model.spec.model_dump())
+
+
+def shipped_scheme(model: ModelInput, float_name: str = "bf16", where: str = "model") -> WeightScheme | None:
+    """The checkpoint's as-shipped scheme from its ``quantization_config`` (a preset's, or the config's
+    own), or None for a model that ships unquantized or is given by its sizes."""
+    if model.preset is not None:
+        preset = get_preset_info(model.preset)
+        config, mtp_layers = preset.quantization_config, preset.mtp_layers
+        prefix = _join(where, "preset")
+    elif model.hf_config is not None:
+        config = model.hf_config.get("quantization_config")
+        prefix = _join(where, "hf_config")
+        if config is not None and not isinstance(config, dict):
+            raise InvalidSpec(_join(prefix, "quantization_config"), config, "must be an object")
+        mtp = model.hf_config.get("num_nextn_predict_layers")
+        mtp_layers = mtp if isinstance(mtp, int) and not isinstance(mtp, bool) and 0 < mtp <= 64 else 0
+    else:
+        return None
+    if config is None:
+        return None
+    with field_prefix(prefix):
+        return shipped_scheme_of(config, float_name, mtp_layers)
 
 
 # --- answers -----------------------------------------------------------------------------------
@@ -206,12 +237,14 @@ class TensorRow(BaseModel):
 
 
 class WeightBytesOut(BaseModel):
-    """The model's weight bytes in one format (under the default quantization policy)."""
+    """The model's weight bytes in one format (under the default quantization policy, or as the checkpoint
+    ships), with its bits per weight over every parameter."""
 
     format: str
     bytes: int | None
     bits_per_weight: float | None
-    error: str | None = Field(None, description="Why this format cannot store the model (e.g. group size).")
+    error: str | None = Field(None, description="Why this format cannot store the model.")
+    as_shipped: bool = Field(False, description="The format the model's config.json says it ships in.")
 
 
 class InspectResponse(BaseModel):
@@ -227,26 +260,37 @@ class InspectResponse(BaseModel):
 
 
 INSPECT_FORMATS: tuple[WeightFormat, ...] = (
-    float_format("fp32"), float_format("bf16"), WeightFormat("int8", None, True, "none"),
+    float_format("fp32"), float_format("bf16"), WeightFormat("int8", None, True, "none"), int8_gptq(128),
+    fp8("tensor"), fp8("channel"), fp8("block"), block_format("mxfp4"), block_format("nvfp4"),
+    block_format("nf4", double_quant=False), block_format("nf4"),
     int4(128), int4(128, symmetric=True), int4(64), int4(32, symmetric=True), int4(128, zero="fp16"),
+    int4(128, layout="gptq"), int4(32, layout="gptq"), int4(128, layout="awq"),
+    int4(128, symmetric=True, layout="compressed-tensors"),
+)
+INSPECT_SCHEMES: tuple[WeightScheme, ...] = (
+    *(scheme_of(weight_format) for weight_format in INSPECT_FORMATS),
+    *(gguf_scheme(file_type) for file_type in GGUF_FILE_TYPES),
 )
 
 
-def inspect_from_core(spec: ModelSpec) -> InspectResponse:
+def _weight_bytes_row(spec: ModelSpec, scheme: WeightScheme, total: int, as_shipped: bool = False) -> WeightBytesOut:
+    try:
+        fitted, _ = with_partial_groups(spec, scheme)  # a width the group does not divide: a partial last group
+        size = scheme_bytes(spec, fitted)
+    except NibbleError as exc:
+        return WeightBytesOut(format=scheme.label(), bytes=None, bits_per_weight=None, error=exc.detail,
+                              as_shipped=as_shipped)
+    return WeightBytesOut(format=fitted.label(), bytes=size, bits_per_weight=8 * size / total, as_shipped=as_shipped)
+
+
+def inspect_from_core(spec: ModelSpec, shipped: WeightScheme | None = None) -> InspectResponse:
     counts = parameter_count(spec)
     rows = [TensorRow(name=e.name, shape=list(e.shape), role=e.role, count=e.count, layers=list(e.layers),
                       per_layer=e.per_layer, active_per_layer=e.active_per_layer, elements=e.total_elements)
             for e in inventory(spec)]
-    formats: list[WeightBytesOut] = []
-    for weight_format in INSPECT_FORMATS:
-        try:
-            size = weight_bytes(spec, weight_format)
-        except NibbleError as exc:
-            formats.append(WeightBytesOut(format=weight_format.label(), bytes=None, bits_per_weight=None,
-                                          error=exc.detail))
-            continue
-        formats.append(WeightBytesOut(format=weight_format.label(), bytes=size,
-                                      bits_per_weight=8 * size / counts.total))
+    formats = [_weight_bytes_row(spec, shipped, counts.total, as_shipped=True)] \
+        if shipped is not None and shipped.origin else []
+    formats.extend(_weight_bytes_row(spec, scheme, counts.total) for scheme in INSPECT_SCHEMES)
     return InspectResponse(
         name=spec.name, model_type=spec.model_type, spec=spec.to_dict(), parameters=parameters_from_core(spec),
         tensors=rows, kv_bytes_per_token={dtype: kv_bytes_per_token(spec, dtype) for dtype in KV_DTYPES},

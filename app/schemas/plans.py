@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import binascii
 import itertools
 import math
 from dataclasses import replace
@@ -10,14 +12,18 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from pydantic_core import to_json
 
-from app.schemas.models import ModelInput, field_prefix, model_to_core
+from app.schemas.models import ModelInput, field_prefix, model_to_core, shipped_scheme
 from quant_core import catalog
+from quant_core.checkpoint_rows import checkpoint_scheme
 from quant_core.errors import InvalidSpec, LimitExceeded, NibbleError
-from quant_core.formats import FLOAT_FORMATS, WeightFormat, float_format
+from quant_core.formats import FLOAT_FORMATS, WeightFormat, block_format, float_format, fp8, int8_gptq
 from quant_core.hf_config import unread_config_keys
 from quant_core.planner import DevicePlan, FormatPlan, Hardware, Plan, PlanOptions, Workload, plan
+from quant_core.schemes import WeightScheme, gguf_scheme, scheme_of
 from quant_core.specs import ModelSpec
 from quant_core.speed import speed_basis, speed_bounds
+from quant_core.tensorio.checkpoint_headers import HeaderTensor, header_tensors
+from quant_core.tensorio.limits import DEFAULT_MAX_HEADER_BYTES
 
 _OPTIONS = PlanOptions()
 _WORKLOAD = Workload()
@@ -48,17 +54,33 @@ class WorkloadIn(BaseModel):
     concurrent_sequences: int = _WORKLOAD.concurrent_sequences
 
 
+FormatName = Literal["int4", "int8", "bf16", "fp16", "fp32", "fp8", "mxfp4", "nvfp4", "nf4", "gguf-q4_0",
+                     "gguf-q4_k_s", "gguf-q4_k_m", "gguf-q5_k_m", "gguf-q6_k", "gguf-q8_0"]
+_SIMPLE_FORMATS = frozenset({"int4", "int8", *FLOAT_FORMATS})
+
+
 class WeightsIn(BaseModel):
-    """The deployed weight format: ``int4`` group-wise (default g128 asymmetric), ``int8`` or a float."""
+    """The deployed weight format.  Without `weights`, a model whose config carries a
+    ``quantization_config`` is planned as shipped, any other at ``int4`` g128 asymmetric."""
 
     model_config = ConfigDict(extra="forbid", strict=True)
 
-    format: Literal["int4", "int8", "bf16", "fp16", "fp32"] = "int4"
-    group_size: int | None = Field(128, description="int4 only: 32, 64, 128, 256, or null for a whole row.")
+    format: FormatName = Field("int4", description=(
+        "int4 group-wise, int8, a float, fp8 (e4m3), mxfp4, nvfp4, nf4 (bitsandbytes), or a llama.cpp file type "
+        "(gguf-q4_k_m ...: each tensor's type as llama-quantize chooses it)."))
+    group_size: int | None = Field(128, description="int4 (and int8 in the gptq layout): 32, 64, 128, 256, or null "
+                                                    "for a whole row.  A width it does not divide is planned with a "
+                                                    "partial last group, as GPTQ and AWQ store it, and said so.")
     symmetric: bool = False
     zero: Literal["int4", "fp16"] = Field("int4", description="int4 asymmetric: how zero points are stored.")
     pad: bool = Field(False, description="int4 only: pad rows whose width the group size does not divide "
-                                         "to whole groups (otherwise such a tensor is an error).")
+                                         "to whole groups (instead of a partial last group).")
+    layout: Literal["nibble", "gptq", "awq", "compressed-tensors"] = Field(
+        "nibble", description="int4: nibble's own, or as GPTQ, AWQ or compressed-tensors store it; int8: nibble "
+                              "(per channel) or gptq (8-bit groups).")
+    scales: Literal["tensor", "channel", "block"] = Field(
+        "channel", description="fp8 only: one scale per tensor, per output channel, or per 128x128 block.")
+    double_quant: bool = Field(True, description="nf4 only: bitsandbytes' double quantization of the absmax.")
 
 
 class KVCacheIn(BaseModel):
@@ -104,6 +126,24 @@ class RuntimeIn(BaseModel):
     float_format: Literal["bf16", "fp16", "fp32"] = Field("bf16", description="The 16-bit baseline format.")
 
 
+class CheckpointHeaderIn(BaseModel):
+    """One checkpoint file's header, base64: a .safetensors file's first 8 + N bytes (its length and JSON
+    header), or a .gguf file's start up to the end of its tensor records.  Never the weights."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    file: str = Field(description="The file's name, for messages (model-00001-of-00004.safetensors).")
+    header_base64: str
+
+
+class CheckpointIn(BaseModel):
+    """The headers of every file of a checkpoint: the plan sums the checkpoint's own tensor bytes."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    headers: list[CheckpointHeaderIn] = Field(min_length=1, max_length=4096)
+
+
 class PlanRequest(BaseModel):
     """A model, hardware and workload; everything but `model` and `hardware` has a default."""
 
@@ -119,18 +159,63 @@ class PlanRequest(BaseModel):
     kv_cache: KVCacheIn = Field(default_factory=KVCacheIn)
     parallel: ParallelIn = Field(default_factory=ParallelIn)
     runtime: RuntimeIn = Field(default_factory=RuntimeIn)
+    checkpoint: CheckpointIn | None = Field(None, description=(
+        "The checkpoint's own headers: its tensors are planned instead of the model's inventory in a format "
+        "(model still gives the architecture and the KV cache)."))
+
+
+def checkpoint_tensors(checkpoint: CheckpointIn, max_header_bytes: int) -> list[HeaderTensor]:
+    """Every tensor the request's headers declare; refused (413) past `max_header_bytes` decoded in total."""
+    tensors: list[HeaderTensor] = []
+    total = 0
+    for index, header in enumerate(checkpoint.headers):
+        where = f"checkpoint.headers[{index}]"
+        if len(header.header_base64) > 2 * max_header_bytes:
+            raise LimitExceeded("max_header_bytes", len(header.header_base64) * 3 // 4, max_header_bytes, field=where)
+        try:
+            prefix = base64.b64decode(header.header_base64, validate=True)
+        except (binascii.Error, ValueError):
+            raise InvalidSpec(f"{where}.header_base64", header.file, "is not base64") from None
+        total += len(prefix)
+        if total > max_header_bytes:
+            raise LimitExceeded("max_header_bytes", total, max_header_bytes, field="checkpoint.headers")
+        try:
+            tensors.extend(header_tensors(prefix, max_header_bytes=max_header_bytes))
+        except NibbleError as exc:
+            exc.field = where
+            exc.detail = f"{header.file}: {exc.detail}"
+            raise
+    return tensors
 
 
 def weight_format_to_core(weights: WeightsIn, name: str | None = None) -> WeightFormat:
-    """The `WeightFormat` of `weights` (or of format `name` with the same int4 parameters)."""
+    """The `WeightFormat` of `weights` (or of format `name` with the same parameters); GGUF file types are
+    schemes, not one format: see `weight_scheme_to_core`."""
     name = name or weights.format
     with field_prefix("weights"):
         if name in FLOAT_FORMATS:
             return float_format(name)
         if name == "int8":
+            if weights.layout == "gptq":
+                return int8_gptq(weights.group_size)
             return WeightFormat("int8", None, True, "none")
+        if name == "fp8":
+            return fp8(weights.scales)
+        if name in ("mxfp4", "nvfp4", "nf4"):
+            return block_format(name, weights.double_quant)
         return WeightFormat("int4", weights.group_size, weights.symmetric,
-                            "none" if weights.symmetric else weights.zero, weights.pad)
+                            "none" if weights.symmetric else weights.zero, weights.pad, weights.layout)
+
+
+def weight_scheme_to_core(weights: WeightsIn, float_name: str, name: str | None = None) -> WeightScheme | None:
+    """The deployed `WeightScheme` for a format beyond nibble's int4/int8/floats (None for those: the
+    planner's `weight_format` and policy describe them)."""
+    name = name or weights.format
+    if name.startswith("gguf-"):
+        return gguf_scheme(name)
+    if name in _SIMPLE_FORMATS and weights.layout == "nibble":
+        return None
+    return scheme_of(weight_format_to_core(weights, name), float_name)
 
 
 def _refuse_unused_fields(body: PlanRequest) -> None:
@@ -140,10 +225,17 @@ def _refuse_unused_fields(body: PlanRequest) -> None:
     client wrote must change the answer, or be refused, never be dropped.
     """
     weights = body.weights
-    formats = {weights.format}
+    formats: set[str] = {weights.format}
     if isinstance(body, SweepRequest) and body.sweep.formats:
         formats = set(body.sweep.formats)
     sent = weights.model_fields_set
+    for name, users in (("scales", {"fp8"}), ("double_quant", {"nf4"}), ("layout", {"int4", "int8"})):
+        if name in sent and not formats & users:
+            raise InvalidSpec(f"weights.{name}", getattr(weights, name),
+                              f"applies to {' and '.join(sorted(users))} weights only; the request plans "
+                              f"{sorted(formats)}")
+    if "group_size" in sent and "int8" in formats and weights.layout == "gptq":
+        formats = formats | {"int4"}  # GPTQ 8-bit takes the group size too
     if "int4" not in formats:
         for name in ("group_size", "zero", "pad"):
             if name in sent:
@@ -167,10 +259,18 @@ def _refuse_unused_fields(body: PlanRequest) -> None:
                           "leave parallel.tensor out")
 
 
-def plan_to_core(body: PlanRequest, max_config_depth: int) -> tuple[ModelSpec, Hardware, Workload, PlanOptions]:
+def plan_to_core(body: PlanRequest, max_config_depth: int,
+                 max_header_bytes: int = DEFAULT_MAX_HEADER_BYTES) -> tuple[ModelSpec, Hardware, Workload, PlanOptions]:
     """The planner's inputs for `body`; core errors name the field by its path in the body."""
     _refuse_unused_fields(body)
+    if body.checkpoint is not None and "weights" in body.model_fields_set:
+        raise InvalidSpec("weights", body.weights.format, "the checkpoint's headers give the weights: leave weights "
+                                                          "out, or the checkpoint")
     spec = model_to_core(body.model, max_config_depth)
+    shipped = shipped_scheme(body.model, body.runtime.float_format)
+    unreadable = shipped if shipped is not None and not shipped.origin else None  # INT4, with the reason
+    if unreadable is not None:
+        shipped = None
     if body.hardware.device is not None:
         with field_prefix("hardware.device"):
             device = catalog.get_device(body.hardware.device)
@@ -181,8 +281,19 @@ def plan_to_core(body: PlanRequest, max_config_depth: int) -> tuple[ModelSpec, H
         hardware = Hardware(device.planning_bytes, body.hardware.count,
                             device.id if body.hardware.device is not None else None, device.name)
     workload = Workload(body.workload.context_length, body.workload.concurrent_sequences)
+    if body.checkpoint is not None:
+        scheme, _ = checkpoint_scheme(spec, checkpoint_tensors(body.checkpoint, max_header_bytes))
+    elif "weights" in body.model_fields_set or shipped is None:
+        with field_prefix("weights"):
+            scheme = weight_scheme_to_core(body.weights, body.runtime.float_format)
+        if scheme is None and unreadable is not None and "weights" not in body.model_fields_set:
+            scheme = unreadable
+    else:
+        scheme = shipped  # no weights asked: the checkpoint as shipped
     options = PlanOptions(
-        weight_format=weight_format_to_core(body.weights), float_format=body.runtime.float_format,
+        weight_format=weight_format_to_core(body.weights), scheme=scheme, shipped=shipped,
+        format_name=body.weights.format,
+        float_format=body.runtime.float_format,
         kv_cache_dtype=body.kv_cache.dtype, block_size=body.kv_cache.block_size,
         tensor_parallel=body.parallel.tensor, pipeline_parallel=body.parallel.pipeline,
         memory_utilization=body.runtime.memory_utilization, runtime_overhead_bytes=body.runtime.overhead_bytes,
@@ -313,6 +424,17 @@ class SpeedOut(BaseModel):
     formats: dict[str, SpeedFormatOut]
 
 
+class CheckpointOut(BaseModel):
+    """A checkpoint read from its headers: tensors and bytes planned, MTP tensors set apart, unknown tensors."""
+
+    format: str
+    tensors: int
+    bytes: int = Field(description="Tensor bytes planned (the files' metadata and MTP tensors excluded).")
+    mtp_tensors: int = Field(description="Multi-token-prediction tensors engines skip at load: not planned.")
+    mtp_bytes: int
+    unknown_tensors: list[str] = Field(description="Tensors of no module of the model, planned as 'other'.")
+
+
 class PlanResponse(BaseModel):
     """Will it fit: the deployed format's answer, per device, with 16-bit beside INT4 in `comparison`."""
 
@@ -344,6 +466,7 @@ class PlanResponse(BaseModel):
     warnings: list[str]
     speed: SpeedOut | None = Field(None, description="Decode and prefill bounds for a catalogued device with "
                                                      "published peaks; null for a raw memory size.")
+    checkpoint: CheckpointOut | None = Field(None, description="What the checkpoint's headers held, when given.")
 
 
 def plan_from_core(result: Plan, notes: tuple[str, ...] = (), speed: dict[str, object] | None = None) -> PlanResponse:
@@ -453,7 +576,17 @@ def plan_json_from_core(result: Plan, notes: tuple[str, ...] = (), speed: dict[s
         "comparison": {name: _format_dict(fp) for name, fp in result.comparison.items()},
         "warnings": [*result.warnings, *notes],
         "speed": speed,
+        "checkpoint": _checkpoint_dict(result),
     })
+
+
+def _checkpoint_dict(result: Plan) -> dict[str, object] | None:
+    summary = result.options.scheme.checkpoint if result.options.scheme is not None else None
+    if summary is None:
+        return None
+    return {"format": summary.format, "tensors": summary.tensors, "bytes": summary.bytes,
+            "mtp_tensors": summary.mtp_tensors, "mtp_bytes": summary.mtp_bytes,
+            "unknown_tensors": list(summary.unknown)}
 
 
 # --- sweep -------------------------------------------------------------------------------------
@@ -466,8 +599,10 @@ class SweepAxes(BaseModel):
 
     context_lengths: list[int] | None = Field(None, min_length=1)
     concurrent_sequences: list[int] | None = Field(None, min_length=1)
-    formats: list[Literal["int4", "int8", "bf16", "fp16", "fp32"]] | None = Field(
-        None, min_length=1, description="Weight formats; int4 takes the request's group_size and symmetric.")
+    formats: list[FormatName | Literal["as_shipped", "checkpoint"]] | None = Field(
+        None, min_length=1, description="Weight formats; int4 takes the request's group_size and symmetric; "
+                                        "as_shipped is the model's quantization_config, checkpoint the request's "
+                                        "checkpoint headers (the comparison's keys are all accepted).")
     device_counts: list[int] | None = Field(None, min_length=1)
     devices: list[str] | None = Field(None, min_length=1, max_length=64, description=(
         "Device ids to set side by side: for each, the fewest devices (in tensor parallel) that fit each "
@@ -571,7 +706,7 @@ def device_fits(spec: ModelSpec, device_ids: list[str], workload: Workload, opti
 
 
 def sweep_rows(body: SweepRequest, max_config_depth: int, max_rows: int,
-               max_device_rows: int = 1 << 18) -> SweepResponse:
+               max_device_rows: int = 1 << 18, max_header_bytes: int = DEFAULT_MAX_HEADER_BYTES) -> SweepResponse:
     """Run `plan` once per combination of the sweep axes.
 
     Refused (413) past `max_rows` rows, or past `max_device_rows` devices
@@ -579,7 +714,7 @@ def sweep_rows(body: SweepRequest, max_config_depth: int, max_rows: int,
     device is planned), so 4,096 rows of 1,024 devices would hold the server
     for half a minute.
     """
-    spec, hardware, workload, options = plan_to_core(body, max_config_depth)
+    spec, hardware, workload, options = plan_to_core(body, max_config_depth, max_header_bytes)
     axes = body.sweep
     counts = axes.device_counts or [hardware.count]
     formats = axes.formats or [body.weights.format]
@@ -594,14 +729,23 @@ def sweep_rows(body: SweepRequest, max_config_depth: int, max_rows: int,
     rows: list[SweepRow] = []
     for (i_count, count), (_, name), (i_sequences, sequence_count), (i_context, context) in itertools.product(
             *(enumerate(axis) for axis in (counts, formats, sequences, contexts))):
-        weight_format = weight_format_to_core(body.weights, name)
+        if name in ("as_shipped", "checkpoint"):
+            scheme = options.shipped if name == "as_shipped" else options.scheme
+            if scheme is None or (name == "checkpoint") != (body.checkpoint is not None):
+                raise InvalidSpec("sweep.formats", name, "the model ships no quantization_config" if name ==
+                                  "as_shipped" else "the request carries no checkpoint headers")
+            weight_format = options.weight_format
+        else:
+            weight_format = weight_format_to_core(body.weights, name)
+            scheme = weight_scheme_to_core(body.weights, body.runtime.float_format, name) if axes.formats \
+                else options.scheme
         # a bad swept value is named where the client wrote it: sweep.context_lengths[3], not the row's workload
         axis_fields = {"hardware.count": ("device_counts", i_count),
                        "workload.concurrent_sequences": ("concurrent_sequences", i_sequences),
                        "workload.context_length": ("context_lengths", i_context)}
         try:
             row_hardware = Hardware(hardware.capacity_bytes, count, hardware.device_id, hardware.name)
-            row_options = replace(options, weight_format=weight_format,
+            row_options = replace(options, weight_format=weight_format, scheme=scheme,
                                   tensor_parallel=None if axes.device_counts else options.tensor_parallel)
             result = plan(spec, row_hardware, Workload(context, sequence_count), row_options).primary
         except NibbleError as exc:

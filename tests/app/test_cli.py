@@ -360,3 +360,31 @@ def test_serve_runs_stock_uvicorn_with_the_connection_limits_of_security_md(monk
     assert "--limit-concurrency 256 --timeout-keep-alive 5 --backlog 256" in makefile
     assert '"--limit-concurrency", "256", "--timeout-keep-alive", "5", "--backlog", "256"' in dockerfile
     assert "app.http_protocol" not in makefile + dockerfile
+
+
+def test_plan_from_a_local_checkpoint_directory_reads_its_headers_and_config(tmp_path: Path) -> None:
+    config = {"model_type": "llama", "hidden_size": 256, "num_hidden_layers": 2, "num_attention_heads": 4,
+              "num_key_value_heads": 2, "intermediate_size": 512, "vocab_size": 1000}
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    tensors = {"model.embed_tokens.weight": np.zeros((1000, 256), np.float16),
+               "lm_head.weight": np.zeros((1000, 256), np.float16),
+               "model.norm.weight": np.zeros((256,), np.float16)}
+    for layer in range(2):
+        for name, shape in (("self_attn.q_proj", (256, 256)), ("self_attn.k_proj", (128, 256)),
+                            ("self_attn.v_proj", (128, 256)), ("self_attn.o_proj", (256, 256)),
+                            ("mlp.gate_proj", (512, 256)), ("mlp.up_proj", (512, 256)),
+                            ("mlp.down_proj", (256, 512)), ("input_layernorm", (256,)),
+                            ("post_attention_layernorm", (256,))):
+            tensors[f"model.layers.{layer}.{name}.weight"] = np.zeros(shape, np.float16)
+    save_file(tensors, str(tmp_path / "model.safetensors"))
+    status, out, err = nibble("plan", "--checkpoint", str(tmp_path), "--device", "l4", "--json")
+    assert status == 0, err
+    answer = json.loads(out)
+    assert answer["weights"]["format"] == "checkpoint-f16"
+    assert answer["weights"]["bytes"] == sum(array.nbytes for array in tensors.values())
+    assert answer["checkpoint"]["unknown_tensors"] == [] and answer["checkpoint"]["mtp_tensors"] == 0
+
+
+def test_plan_without_a_model_says_what_to_give() -> None:
+    status, _, err = nibble("plan", "--device", "l4")
+    assert status != 0 and "--model or --config" in err

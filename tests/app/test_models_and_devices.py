@@ -132,3 +132,20 @@ def test_an_unknown_id_with_nothing_close_lists_the_whole_catalog(client: TestCl
     ids = sorted(item["id"] for item in client.get(catalog).json())
     assert response.json()["close"] == ids
     assert "none is close" in response.json()["detail"]
+
+
+def test_inspect_lists_every_format_with_its_bits_per_weight_and_the_shipped_one_first(client: TestClient) -> None:
+    body = client.post("/v1/models/inspect", json={"preset": "gpt-oss-120b"}).json()
+    rows = body["weight_bytes"]
+    assert rows[0]["format"] == "mxfp4" and rows[0]["as_shipped"]
+    # openai/gpt-oss-120b model.safetensors.index.json: "total_size": 65248815744
+    assert rows[0]["bytes"] == 65_248_815_744
+    names = {row["format"] for row in rows}
+    for expected in ("bf16", "fp8-block128", "mxfp4", "nvfp4", "nf4", "nf4-dq", "int8", "int8-g128-gptq-partial",
+                     "gguf-q4_0", "gguf-q4_k_s", "gguf-q4_k_m", "gguf-q5_k_m", "gguf-q6_k", "gguf-q8_0"):
+        assert expected in names
+    for row in rows:
+        assert row["error"] is None
+        assert row["bits_per_weight"] == pytest.approx(8 * row["bytes"] / body["parameters"]["total"])
+    mxfp4 = next(row for row in rows if row["format"] == "mxfp4" and not row["as_shipped"])
+    assert mxfp4["bytes"] < rows[0]["bytes"]  # every linear at mxfp4, not only the experts

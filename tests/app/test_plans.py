@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -220,15 +221,19 @@ def test_a_sweep_over_device_counts_refuses_an_explicit_tensor_degree(client: Te
     assert response.json()["errors"][0]["field"] == "parallel.tensor"
 
 
-def test_a_model_the_default_group_size_does_not_divide_is_told_which_sizes_do(client: TestClient) -> None:
-    response = client.post("/v1/plan", json={**BODY_70B, "model": {"preset": "gpt-oss-20b"}})  # 2880 wide
-    assert response.status_code == 422
-    (error,) = response.json()["errors"]
-    assert error["field"] == "weights.group_size"
-    assert "divide every quantized tensor of this model: 32, 64" in error["message"]
-    for fix in ({"group_size": 64}, {"pad": True}):
-        assert client.post("/v1/plan", json={**BODY_70B, "model": {"preset": "gpt-oss-20b"},
-                                              "weights": fix}).status_code == 200
+def test_a_model_the_default_group_size_does_not_divide_is_planned_and_told_which_sizes_do(
+        client: TestClient) -> None:
+    body = {**BODY_70B, "model": {"preset": "gpt-oss-20b"}, "weights": {"format": "int4"}}  # 2880 wide
+    response = client.post("/v1/plan", json=body)
+    assert response.status_code == 200
+    answer = response.json()
+    assert answer["weights"]["format"] == "int4-g128-asym-partial"
+    (note,) = [w for w in answer["warnings"] if "partial last group" in w]
+    assert "2880" in note and "group sizes that divide every quantized tensor: 32, 64" in note
+    for fix, label in (({"group_size": 64}, "int4-g64-asym"), ({"pad": True}, "int4-g128-asym-padded")):
+        fixed = client.post("/v1/plan", json={**body, "weights": fix}).json()
+        assert fixed["weights"]["format"] == label
+        assert not any("partial last group" in w for w in fixed["warnings"])
 
 
 def test_group_size_that_is_not_allowed_names_the_field(client: TestClient) -> None:
@@ -237,12 +242,13 @@ def test_group_size_that_is_not_allowed_names_the_field(client: TestClient) -> N
     assert response.json()["errors"][0]["field"] == "weights.group_size"
 
 
-def test_group_size_that_does_not_divide_is_422(client: TestClient) -> None:
+def test_group_size_that_does_not_divide_a_custom_width_is_planned_with_a_partial_last_group(
+        client: TestClient) -> None:
     spec = {"hidden_size": 4032, "num_layers": 2, "num_attention_heads": 32, "intermediate_size": 8192,
             "vocab_size": 1000}  # 4032 = 31.5 x 128
     response = client.post("/v1/plan", json={"model": {"spec": spec}, "hardware": {"device": "l4"}})
-    assert response.status_code == 422
-    assert "4032" in response.json()["detail"] and "128" in response.json()["detail"]
+    assert response.status_code == 200
+    assert any("4032" in w and "group_size 128" in w for w in response.json()["warnings"])
 
 
 def test_sweep_rows_are_the_product_of_the_axes(client: TestClient) -> None:
@@ -303,14 +309,30 @@ def test_plan_hf_config_agrees_with_quant_core(client: TestClient, name: str) ->
     assert body["kv_cache"]["bytes_per_token"] == kv_bytes_per_token(spec, "bf16")
 
 
-def test_a_group_size_that_does_not_divide_is_422_naming_the_field_and_the_tensor(client: TestClient) -> None:
-    body = {"model": {"preset": "gpt-oss-20b"}, "hardware": {"device": "h100-80gb"}}
-    response = client.post("/v1/plan", json=body)
-    assert response.status_code == 422
-    assert response.headers["content-type"].startswith("application/problem+json")
-    problem = response.json()
-    assert problem["errors"][0]["field"] == "weights.group_size"
-    assert "2880" in problem["detail"] and "128" in problem["detail"] and "self_attn" in problem["detail"]
+FIXTURE_CONFIGS = sorted((FIXTURES / "models").glob("*.json"))
+
+
+@pytest.mark.skipif(not FIXTURE_CONFIGS, reason="../shared/fixtures/models is absent")
+def test_the_fixture_folder_holds_the_27_real_configs() -> None:
+    assert len(FIXTURE_CONFIGS) == 27
+
+
+@pytest.mark.parametrize("config_path", FIXTURE_CONFIGS, ids=lambda path: path.stem)
+def test_every_fixture_config_answers_a_plan_with_the_defaults(client: TestClient, config_path: Path) -> None:
+    config = json.loads(config_path.read_text())
+    response = client.post("/v1/plan", json={"model": {"hf_config": config}, "hardware": {"device": "h100-80gb"}})
+    assert response.status_code == 200, response.text
+    answer = response.json()
+    shipped = config.get("quantization_config")
+    # as shipped when the config says how (gpt-oss: mxfp4, DeepSeek-V3: fp8 blocks), else nibble's INT4,
+    # with a partial last group (and a warning) where 128 does not divide a width (gpt-oss, Falcon, DeepSeek-V2-Lite)
+    expected = {None: "int4-g128-asym", "mxfp4": "mxfp4", "fp8": "fp8-block128"}[
+        shipped and shipped["quant_method"]]
+    assert answer["weights"]["format"] in (expected, f"{expected}-partial")
+    if answer["weights"]["format"].endswith("-partial"):
+        assert any("partial last group" in warning for warning in answer["warnings"])
+    assert {"bf16", "int4"} <= set(answer["comparison"])
+    assert answer["weights"]["format"] in {plan["format"] for plan in answer["comparison"].values()}
 
 
 def test_padding_asked_for_plans_a_width_the_group_does_not_divide(client: TestClient) -> None:
@@ -341,8 +363,6 @@ def _bytes_of_the_model_path(body: dict[str, Any]) -> bytes:
 def test_plan_answer_bytes_equal_the_plan_response_model_serialized(client: TestClient, preset: str,
                                                                      variant: int) -> None:
     body = {"model": {"preset": preset}, "hardware": {"device": "h100-80gb", "count": 2}, **PLAN_VARIANTS[variant]}
-    if body.get("weights", {}).get("format", "int4") == "int4":
-        body["weights"] = {"pad": True, **body.get("weights", {})}  # every preset plans (gpt-oss: 2880 % 128)
     response = client.post("/v1/plan", json=body)
     assert response.status_code == 200, response.text
     assert response.headers["content-type"] == "application/json"
@@ -435,3 +455,196 @@ def test_devices_side_by_side_refuse_a_parallel_layout_and_name_an_unknown_devic
     assert refused.status_code == 422 and refused.json()["errors"][0]["field"] == "parallel.pipeline"
     unknown = client.post("/v1/plan/sweep", json={**base, "sweep": {"devices": ["h200", "h300"]}})
     assert unknown.status_code in (404, 422) and unknown.json()["errors"][0]["field"] == "sweep.devices[1]"
+
+
+def _safetensors_header_b64(tensors: dict[str, tuple[str, list[int], int]]) -> str:
+    """A safetensors header (8-byte length + JSON) for tensors given as name -> (dtype, shape, bytes)."""
+    import base64
+    import struct
+    header, offset = {}, 0
+    for name, (dtype, shape, size) in tensors.items():
+        header[name] = {"dtype": dtype, "shape": shape, "data_offsets": [offset, offset + size]}
+        offset += size
+    text = json.dumps(header).encode()
+    return base64.b64encode(struct.pack("<Q", len(text)) + text).decode()
+
+
+def test_a_plan_from_checkpoint_headers_sums_the_files_own_tensors(client: TestClient) -> None:
+    spec = {"hidden_size": 256, "num_layers": 2, "num_attention_heads": 4, "intermediate_size": 512,
+            "vocab_size": 1000}
+    tensors: dict[str, tuple[str, list[int], int]] = {}
+    for layer in range(2):
+        for name, shape in (("self_attn.q_proj", [256, 256]), ("self_attn.k_proj", [256, 256]),
+                            ("self_attn.v_proj", [256, 256]), ("self_attn.o_proj", [256, 256]),
+                            ("mlp.gate_proj", [512, 256]), ("mlp.up_proj", [512, 256]), ("mlp.down_proj", [256, 512])):
+            tensors[f"model.layers.{layer}.{name}.weight"] = ("F8_E4M3", shape, shape[0] * shape[1])
+            tensors[f"model.layers.{layer}.{name}.weight_scale"] = ("F32", [], 4)
+        for norm in ("input_layernorm", "post_attention_layernorm"):
+            tensors[f"model.layers.{layer}.{norm}.weight"] = ("BF16", [256], 512)
+    tensors["model.embed_tokens.weight"] = ("BF16", [1000, 256], 512_000)
+    tensors["model.norm.weight"] = ("BF16", [256], 512)
+    tensors["lm_head.weight"] = ("BF16", [1000, 256], 512_000)
+    tensors["model.layers.2.eh_proj.weight"] = ("BF16", [256, 512], 262_144)  # an MTP layer
+    tensors["model.vision_tower.patch.weight"] = ("BF16", [16], 32)
+    header = {"file": "model.safetensors", "header_base64": _safetensors_header_b64(tensors)}
+    body = {"model": {"spec": spec}, "hardware": {"device": "l4"}, "checkpoint": {"headers": [header]}}
+    response = client.post("/v1/plan", json=body)
+    assert response.status_code == 200, response.text
+    answer = response.json()
+    planned = sum(size for name, (_, _, size) in tensors.items() if ".layers.2." not in name)
+    assert answer["weights"]["format"] == "checkpoint-fp8"
+    assert answer["weights"]["bytes"] == planned
+    assert answer["checkpoint"] == {"format": "fp8", "tensors": len(tensors) - 1, "bytes": planned, "mtp_tensors": 1,
+                                    "mtp_bytes": 262_144, "unknown_tensors": ["model.vision_tower.patch.weight"]}
+    assert {"bf16", "int4"} <= set(answer["comparison"])
+
+
+@pytest.mark.parametrize(("header", "status", "field"), [
+    ("not base64!", 422, "checkpoint.headers[0].header_base64"),
+    ("AAAA", 422, "checkpoint.headers[0]"),  # three zero bytes: shorter than a header length
+])
+def test_a_bad_checkpoint_header_is_refused_naming_it(client: TestClient, header: str, status: int,
+                                                      field: str) -> None:
+    body = {"model": {"preset": "qwen3-0.6b"}, "hardware": {"device": "l4"},
+            "checkpoint": {"headers": [{"file": "x.safetensors", "header_base64": header}]}}
+    response = client.post("/v1/plan", json=body)
+    assert response.status_code == status
+    assert response.json()["errors"][0]["field"] == field
+
+
+def test_checkpoint_headers_past_the_header_limit_are_413() -> None:
+    import base64
+    with client_with(max_header_bytes=64) as small:
+        body = {"model": {"preset": "qwen3-0.6b"}, "hardware": {"device": "l4"},
+                "checkpoint": {"headers": [{"file": "x.safetensors",
+                                            "header_base64": base64.b64encode(b"\0" * 100).decode()}]}}
+        assert small.post("/v1/plan", json=body).status_code == 413
+
+
+def test_checkpoint_and_weights_together_are_refused(client: TestClient) -> None:
+    body = {"model": {"preset": "qwen3-0.6b"}, "hardware": {"device": "l4"}, "weights": {"format": "int8"},
+            "checkpoint": {"headers": [{"file": "x.safetensors", "header_base64": "AAAA"}]}}
+    response = client.post("/v1/plan", json=body)
+    assert response.status_code == 422 and response.json()["errors"][0]["field"] == "weights"
+
+
+@pytest.mark.parametrize(("weights", "label"), [
+    ({"format": "fp8"}, "fp8-per-channel"),
+    ({"format": "fp8", "scales": "block"}, "fp8-block128"),
+    ({"format": "int8"}, "int8"),
+    ({"format": "int8", "layout": "gptq", "group_size": 128}, "int8-g128-gptq"),
+    ({"format": "int4", "group_size": 32, "symmetric": True}, "int4-g32-sym"),
+    ({"format": "int4", "layout": "awq"}, "int4-g128-asym-awq"),
+    ({"format": "mxfp4"}, "mxfp4"),
+    ({"format": "nvfp4"}, "nvfp4"),
+    ({"format": "nf4"}, "nf4-dq"),
+    ({"format": "nf4", "double_quant": False}, "nf4"),
+    *(({"format": name}, name) for name in ("gguf-q4_0", "gguf-q4_k_s", "gguf-q4_k_m", "gguf-q5_k_m", "gguf-q6_k",
+                                            "gguf-q8_0")),
+])
+def test_every_weight_format_name_plans(client: TestClient, weights: dict[str, Any], label: str) -> None:
+    response = client.post("/v1/plan", json={**BODY_70B, "weights": weights})
+    assert response.status_code == 200, response.text
+    answer = response.json()
+    assert answer["weights"]["format"] == label
+    assert {"bf16", "int4"} <= set(answer["comparison"])
+
+
+@pytest.mark.parametrize(("weights", "field"), [
+    ({"format": "mxfp4", "scales": "block"}, "weights.scales"),
+    ({"format": "int4", "double_quant": False}, "weights.double_quant"),
+    ({"format": "fp8", "layout": "gptq"}, "weights.layout"),
+])
+def test_a_weights_field_the_format_does_not_use_is_refused(client: TestClient, weights: dict[str, Any],
+                                                            field: str) -> None:
+    response = client.post("/v1/plan", json={**BODY_70B, "weights": weights})
+    assert response.status_code == 422 and response.json()["errors"][0]["field"] == field
+
+
+def test_a_sweep_over_checkpoint_formats(client: TestClient) -> None:
+    response = client.post("/v1/plan/sweep", json={**BODY_70B, "sweep": {
+        "formats": ["bf16", "fp8", "gguf-q4_k_m", "mxfp4"]}})
+    assert response.status_code == 200, response.text
+    assert [row["format"] for row in response.json()["rows"]] == ["bf16", "fp8-per-channel", "gguf-q4_k_m", "mxfp4"]
+
+
+def test_gpt_oss_120b_on_one_h100_answers_as_shipped(client: TestClient) -> None:
+    answer = client.post("/v1/plan", json={"model": {"preset": "gpt-oss-120b"},
+                                           "hardware": {"device": "h100-80gb"}}).json()
+    # openai/gpt-oss-120b model.safetensors.index.json: "total_size": 65248815744
+    assert answer["weights"] == {**answer["weights"], "format": "mxfp4", "bytes": 65_248_815_744}
+    assert answer["fits"] is True and answer["comparison"]["bf16"]["fits"] is False
+
+
+def test_deepseek_v3_on_8_h200_fits_as_shipped(client: TestClient) -> None:
+    h200 = 143_771 * 2**20  # nvidia-smi's 143771 MiB
+    answer = client.post("/v1/plan", json={"model": {"preset": "deepseek-v3"},
+                                           "hardware": {"memory_bytes": h200, "count": 8}}).json()
+    assert answer["weights"]["format"] == "fp8-block128" and answer["fits"] is True
+    assert answer["comparison"]["bf16"]["fits"] is False
+    # the checkpoint's MTP layer (num_nextn_predict_layers: 1) is not loaded by engines, and the answer says so
+    assert any("1 multi-token-prediction layer(s)" in warning for warning in answer["warnings"])
+
+
+@pytest.mark.parametrize(("quantization_config", "named"), [
+    ({"quant_method": "hqq", "nbits": 4}, "quantization_config.quant_method"),
+    ({"quant_method": "fp8", "weight_block_size": [64, 64]}, "quantization_config.weight_block_size"),
+    ({"quant_method": "gptq", "bits": 3, "group_size": 128}, "quantization_config.bits"),
+])
+def test_a_quantization_config_nibble_cannot_read_still_plans_at_the_defaults_and_says_why(
+        client: TestClient, quantization_config: dict[str, Any], named: str) -> None:
+    config = {**json.loads((FIXTURES / "models" / "llama-3.1-8b.json").read_text()),
+              "quantization_config": quantization_config} if FIXTURE_CONFIGS else None
+    if config is None:
+        pytest.skip("../shared/fixtures/models is absent")
+    response = client.post("/v1/plan", json={"model": {"hf_config": config}, "hardware": {"device": "l4"}})
+    assert response.status_code == 200, response.text
+    answer = response.json()
+    assert answer["weights"]["format"] == "int4-g128-asym"
+    assert any(named in warning and "cannot be planned as shipped" in warning for warning in answer["warnings"])
+
+
+def test_an_unread_quantization_config_field_is_a_warning_in_the_plan(client: TestClient) -> None:
+    config = {"model_type": "llama", "hidden_size": 256, "num_hidden_layers": 2, "num_attention_heads": 4,
+              "intermediate_size": 512, "vocab_size": 1000,
+              "quantization_config": {"quant_method": "awq", "bits": 4, "group_size": 128, "zero_point": True,
+                                      "version": "gemm", "new_knob": 3}}
+    answer = client.post("/v1/plan", json={"model": {"hf_config": config}, "hardware": {"device": "l4"}}).json()
+    assert answer["weights"]["format"] == "int4-g128-asym-awq"
+    assert "quantization_config.new_knob is not understood by nibble and was ignored" in answer["warnings"]
+
+
+def test_the_comparison_keys_are_names_a_sweep_takes(client: TestClient) -> None:
+    # the page sweeps Object.keys(answer.comparison): every key must be a format the sweep accepts
+    for body in ({"model": {"preset": "deepseek-v3"}, "hardware": {"device": "h100-80gb", "count": 8}},
+                 {"model": {"preset": "deepseek-v3"}, "hardware": {"device": "h100-80gb", "count": 8},
+                  "weights": {"format": "gguf-q4_k_m"}},
+                 {"model": {"preset": "gpt-oss-20b"}, "hardware": {"device": "h100-80gb"},
+                  "weights": {"format": "fp8", "scales": "block"}}):
+        answer = client.post("/v1/plan", json=body).json()
+        assert "as_shipped" in answer["comparison"]
+        assert answer["comparison"]["as_shipped"]["format"] in ("fp8-block128", "mxfp4")
+        sweep = client.post("/v1/plan/sweep", json={**body, "sweep": {"formats": list(answer["comparison"])}})
+        assert sweep.status_code == 200, sweep.text
+        assert [row["format"] for row in sweep.json()["rows"]] == \
+            [plan["format"] for plan in answer["comparison"].values()]
+
+
+def test_a_sweep_as_shipped_for_a_model_that_ships_none_names_the_field(client: TestClient) -> None:
+    response = client.post("/v1/plan/sweep", json={**BODY_70B, "sweep": {"formats": ["as_shipped"]}})
+    assert response.status_code == 422 and response.json()["errors"][0]["field"] == "sweep.formats"
+
+
+def test_a_sweep_over_a_checkpoint_and_its_header_limit() -> None:
+    tensors = {"model.embed_tokens.weight": ("BF16", [1000, 256], 512_000)}
+    header = {"file": "model.safetensors", "header_base64": _safetensors_header_b64(tensors)}
+    spec = {"hidden_size": 256, "num_layers": 2, "num_attention_heads": 4, "intermediate_size": 512,
+            "vocab_size": 1000}
+    body = {"model": {"spec": spec}, "hardware": {"device": "l4"}, "checkpoint": {"headers": [header]},
+            "sweep": {"formats": ["checkpoint", "bf16"]}}
+    with client_with() as client:
+        rows = client.post("/v1/plan/sweep", json=body).json()["rows"]
+        assert [row["format"] for row in rows] == ["checkpoint-bf16", "bf16"]
+        assert rows[0]["weights_bytes"] == 512_000  # the checkpoint's one tensor, not the model's inventory
+    with client_with(max_header_bytes=64) as small:
+        assert small.post("/v1/plan/sweep", json=body).status_code == 413

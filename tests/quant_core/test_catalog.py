@@ -67,9 +67,19 @@ def test_every_fixture_has_a_preset_equal_to_its_parsed_config(model_id: str) ->
 def test_presets_are_nibble_specs_not_copied_configs() -> None:
     for path in sorted((DATA_DIR / "models").glob("*.json")):
         record = json.loads(path.read_text())
-        assert set(record) == {"id", "display_name", "hf_repo", "source", "spec"}, path.name
+        assert set(record) - {"quantization_config", "mtp_layers"} == {"id", "display_name", "hf_repo", "source",
+                                                                       "spec"}, \
+            path.name
         assert record["id"] == path.stem
     assert len(list_presets()) >= 27
+
+
+@needs_fixtures
+@pytest.mark.parametrize("model_id", FIXTURE_IDS)
+def test_a_preset_ships_the_quantization_config_of_its_config_json_and_no_other(model_id: str) -> None:
+    config = json.loads((MODELS / f"{model_id}.json").read_text())
+    assert get_preset_info(model_id).quantization_config == config.get("quantization_config")
+    assert get_preset_info(model_id).mtp_layers == config.get("num_nextn_predict_layers", 0)
 
 
 def test_preset_lookup_by_hf_repo_and_close_names_for_unknown_ids() -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from quant_core.catalog import get_device, get_preset
-from quant_core.errors import GroupSizeMismatch, InvalidSpec
+from quant_core.errors import InvalidSpec
 from quant_core.formats import float_format, int4
 from quant_core.hf_config import model_from_sizes
 from quant_core.kv_cache import kv_bytes_per_token, kv_cache_bytes
@@ -213,30 +213,31 @@ def test_bad_workload_raises_errors_naming_the_field() -> None:
     assert caught.value.value == -5
 
 
-def test_a_group_size_that_does_not_divide_a_tensor_names_the_tensor() -> None:
-    # Qwen2.5-0.5B's MLP is 4864 wide: 4864 / 256 = 19, but 896 / 256 is not whole
-    with pytest.raises(GroupSizeMismatch) as caught:
-        plan(get_preset("qwen2.5-0.5b"), Hardware(H100, 1), Workload(),
-             PlanOptions(weight_format=int4(group_size=256)))
-    assert caught.value.group_size == 256 and caught.value.in_features == 896
-    assert "layers" in caught.value.tensor and caught.value.field == "weights.group_size"
+def test_a_group_size_that_does_not_divide_a_tensor_is_planned_with_a_partial_last_group_and_said_so() -> None:
+    # Qwen2.5-0.5B's MLP is 4864 wide: 4864 / 256 = 19, but 896 / 256 = 3.5 groups: GPTQ and AWQ store 4
+    result = plan(get_preset("qwen2.5-0.5b"), Hardware(H100, 1), Workload(),
+                  PlanOptions(weight_format=int4(group_size=256)))
+    assert result.primary.format == "int4-g256-asym-partial"
+    assert any("group_size 256 does not divide" in w and "896" in w and "partial last group" in w
+               for w in result.warnings)
+    # q_proj [896, 896] stores ceil(896 / 256) = 4 scales and zeros per row, no padding
+    assert int4(256, partial=True).bytes_for((896, 896)) == 896 * 896 // 2 + 896 * 4 * 2 + 896 * 4 // 2
 
 
 @pytest.mark.parametrize(("model", "in_features"), [("deepseek-v2-lite", 10944), ("gpt-oss-20b", 2880)])
-def test_widths_that_group_128_does_not_divide_need_padding_or_a_smaller_group(model: str,
-                                                                              in_features: int) -> None:
+def test_widths_that_group_128_does_not_divide_are_planned_at_the_defaults(model: str, in_features: int) -> None:
     # DeepSeek-V2-Lite's dense MLP is 10944 wide (85.5 groups of 128); gpt-oss's hidden size 2880 (22.5)
     spec = get_preset(model)
-    with pytest.raises(GroupSizeMismatch) as caught:
-        plan(spec, Hardware(H100, 1), Workload())
-    assert caught.value.in_features == in_features
+    partial = plan(spec, Hardware(H100, 1), Workload())
+    assert partial.primary.format == "int4-g128-asym-partial"
+    assert any(str(in_features) in warning and "partial last group" in warning for warning in partial.warnings)
     padded = plan(spec, Hardware(H100, 1), Workload(), PlanOptions(weight_format=int4(pad=True)))
     exact = plan(spec, Hardware(H100, 1), Workload(), PlanOptions(weight_format=int4(group_size=64)))
-    assert padded.primary.weights_bytes > 0 and exact.primary.weights_bytes > 0
-    # a 16-bit deployment still compares with INT4 (padded, since g128 does not divide)
+    # padding stores the padded codes, g64 twice the scales: the partial last group is the smallest
+    assert partial.primary.weights_bytes < padded.primary.weights_bytes < exact.primary.weights_bytes
+    # a 16-bit deployment still compares with INT4, with the same partial last group
     baseline = plan(spec, Hardware(H100, 1), Workload(), PlanOptions(weight_format=float_format("bf16")))
-    assert baseline.comparison["int4"].weights_bytes == padded.primary.weights_bytes
-    assert padded.primary.weights_bytes < exact.primary.weights_bytes  # g64 stores twice the scales
+    assert baseline.comparison["int4"].weights_bytes == partial.primary.weights_bytes
 
 
 def test_a_tensor_parallel_degree_that_cannot_split_the_kv_heads_is_warned_about() -> None:

@@ -1,0 +1,127 @@
+"""A checkpoint's own tensors (from its headers) as the rows the planner sums.
+
+`checkpoint_scheme(spec, tensors)` gives every header tensor a role and a layer: Hugging Face
+names by the module of the model's inventory they belong to (``q_proj.qweight``,
+``q_proj.weight_scale_inv`` and ``experts.gate_up_proj_blocks`` are all the module's bytes),
+GGUF names by llama.cpp's tensor names (``blk.N.attn_q.weight``...).  Multi-token-prediction
+layers (DeepSeek-V3's layer 61, GGUF ``nextn`` tensors) that engines skip at load are counted
+apart, not planned; tensors that belong to no module of the model are listed and planned as
+``other``.  Repeated tensors fold into rows with layers and a per-layer count, as the
+inventory's, so a plan over 100 shards costs a few hundred rows.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import Counter, defaultdict
+from collections.abc import Iterable
+
+from quant_core.inventory import inventory
+from quant_core.schemes import CheckpointSummary, WeightScheme, module_name
+from quant_core.specs import ModelSpec, TensorEntry
+from quant_core.tensorio.checkpoint_headers import HeaderTensor
+
+_NUMBER = re.compile(r"\.(\d+)(?=\.|$)")
+_LAYER = re.compile(r"(?:^|\.)(?:layers|h|blk)\.(\d+)\.")
+_PARAMETER_SUFFIXES = ("_blocks", "_scales")
+_GGUF_ROLES: tuple[tuple[str, str], ...] = (
+    ("token_embd.", "embedding"), ("output.", "lm_head"), ("position_embd.", "position_embedding"),
+    ("_norm.", "norm"), ("ffn_gate_inp", "router"), ("exp_probs_b", "router"), ("_exps.", "expert"),
+    ("attn_", "attention"), ("ffn_", "mlp"),
+)
+
+
+def _pattern(name: str) -> str:
+    return _NUMBER.sub(".{n}", name)
+
+
+def _module_roles(spec: ModelSpec) -> dict[str, str]:
+    roles = {}
+    for entry in inventory(spec):
+        roles[_pattern(module_name(entry.name).replace("{i}", "0").replace("{e}", "0"))] = entry.role
+    return roles
+
+
+def _hf_role(name: str, roles: dict[str, str]) -> str | None:
+    pattern = _pattern(name)
+    candidates = [pattern, pattern.rsplit(".", 1)[0]]
+    for suffix in _PARAMETER_SUFFIXES:
+        if pattern.endswith(suffix):
+            candidates.append(pattern[: -len(suffix)])
+    for candidate in candidates:
+        if candidate in roles:
+            return roles[candidate]
+    return None
+
+
+def _gguf_role(name: str) -> str | None:
+    if name.endswith(".bias"):
+        return "bias"
+    for fragment, role in _GGUF_ROLES:
+        if fragment in name:
+            return role
+    return None
+
+
+def _format_of(tensors: list[HeaderTensor], gguf: bool) -> str:
+    names = {tensor.name.rsplit(".", 1)[-1] for tensor in tensors}
+    if gguf:
+        by_type: Counter[str] = Counter()
+        for tensor in tensors:
+            by_type[tensor.dtype] += tensor.bytes
+        return f"gguf-{by_type.most_common(1)[0][0].lower()}" if by_type else "gguf"
+    if any(tensor.name.endswith("_blocks") for tensor in tensors):
+        return "mxfp4"
+    if "weight_scale_inv" in names:
+        return "fp8-block128"
+    if "weight_packed" in names:
+        return "compressed-tensors"
+    if "qweight" in names:
+        return "gptq" if "g_idx" in names else "awq"
+    if any(tensor.dtype.startswith("F8") for tensor in tensors):
+        return "fp8"
+    by_dtype: Counter[str] = Counter()
+    for tensor in tensors:
+        by_dtype[tensor.dtype] += tensor.bytes
+    return by_dtype.most_common(1)[0][0].lower() if by_dtype else "empty"
+
+
+def checkpoint_scheme(spec: ModelSpec, tensors: Iterable[HeaderTensor]) -> tuple[WeightScheme, CheckpointSummary]:
+    """The planner's rows for a checkpoint's header tensors, and what they hold."""
+    listed = list(tensors)
+    gguf = any(tensor.name.startswith(("blk.", "token_embd.")) for tensor in listed)
+    roles = {} if gguf else _module_roles(spec)
+    per_layer: dict[tuple[str, tuple[int, ...], str, int, int], int] = defaultdict(int)
+    unknown: list[str] = []
+    mtp_tensors = mtp_bytes = 0
+    for tensor in listed:
+        match = _LAYER.search(tensor.name)
+        layer = int(match.group(1)) if match else -1
+        if layer >= spec.num_layers or "nextn" in tensor.name or ".mtp." in f".{tensor.name}":
+            mtp_tensors += 1
+            mtp_bytes += tensor.bytes
+            continue
+        role = _gguf_role(tensor.name) if gguf else _hf_role(tensor.name, roles)
+        if role is None:
+            unknown.append(tensor.name)
+            role = "other"
+        per_layer[(_pattern(tensor.name), tensor.shape, role, tensor.bytes, layer)] += 1
+    grouped: dict[tuple[str, tuple[int, ...], str, int, int], list[int]] = defaultdict(list)
+    for (pattern, shape, role, size, layer), count in per_layer.items():
+        grouped[(pattern, shape, role, size, count)].append(layer)
+    rows = tuple(
+        (TensorEntry(pattern, shape or (1,), role, tuple(sorted(layers)) if layers[0] >= 0 else (), count), size)
+        for (pattern, shape, role, size, count), layers in sorted(grouped.items()))
+    planned = sum(size * entry.count for entry, size in rows)
+    summary = CheckpointSummary(_format_of(listed, gguf), len(listed) - mtp_tensors, planned, mtp_tensors,
+                                mtp_bytes, tuple(sorted(unknown)))
+    notes = []
+    if mtp_tensors:
+        notes.append(f"{mtp_tensors} multi-token-prediction tensors ({mtp_bytes} bytes) are in the checkpoint but "
+                     "not planned: engines skip them at load unless speculative decoding uses them")
+    if unknown:
+        shown = ", ".join(summary.unknown[:5]) + (", ..." if len(unknown) > 5 else "")
+        notes.append(f"{len(unknown)} checkpoint tensors belong to no module of {spec.name} and are planned as "
+                     f"'other', replicated on every device: {shown}")
+    scheme = WeightScheme(origin="checkpoint headers", notes=tuple(notes), checkpoint_rows=rows, checkpoint=summary)
+    return scheme, summary

@@ -1,0 +1,392 @@
+"""How a whole checkpoint stores its weights: which tensors take which `WeightFormat`.
+
+A `WeightScheme` is a quantized format for the tensors a checkpoint quantizes, a float
+format for the rest, and the checkpoint's exceptions (``modules_to_not_convert``,
+``ignore``), or a llama.cpp file type whose per-tensor mix `quant_core.gguf_mix` chooses.
+`assign` splits the inventory into (row, format) pairs; the planner sums
+``format.bytes_for(shape)`` over them, so formats stay the one place that knows sizes.
+
+`scheme_from_quantization_config` reads a config.json's ``quantization_config`` the way the
+loaders do (transformers' quantizers, vLLM's, compressed-tensors): the as-shipped scheme,
+with a note for every field it does not understand and every assumption it makes.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from fnmatch import fnmatchcase
+from functools import lru_cache
+
+from quant_core.errors import GroupSizeMismatch, InvalidSpec
+from quant_core.formats import (
+    FLOAT_FORMATS,
+    WeightFormat,
+    block_format,
+    float_format,
+    fp8,
+    int4,
+    int8_gptq,
+)
+from quant_core.gguf_mix import GGUF_FILE_TYPES, gguf_rows
+from quant_core.inventory import inventory
+from quant_core.specs import QUANTIZED_ROLES, ROLES, ModelSpec, TensorEntry
+
+
+@dataclass(frozen=True, slots=True)
+class CheckpointSummary:
+    """What a checkpoint's headers hold: its format, the tensors and bytes planned, the
+    multi-token-prediction tensors set apart, and the tensors that belong to no module of the model."""
+
+    format: str
+    tensors: int
+    bytes: int
+    mtp_tensors: int
+    mtp_bytes: int
+    unknown: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class WeightScheme:
+    """A checkpoint's storage: `quantized` for the 2-D tensors of `quantized_roles` not matched by
+    `keep`, `unquantized` (a float name) for everything else; or, with `gguf_file_type`, llama.cpp's
+    mix.  `origin` says where it comes from (``quantization_config``, a request); `notes` are the
+    assumptions and ignored fields the answer repeats.  `stored_bias`: the checkpoint holds an fp16
+    ``bias`` [out] for every quantized linear, zeros where the model has none (AutoGPTQ's QuantLinear
+    always registers one).  `checkpoint_rows` are a checkpoint's own tensors read from its headers
+    (`quant_core.checkpoint_rows`), each row with the bytes of one of its tensors: they replace the
+    inventory and every format, and `checkpoint` says what the headers held."""
+
+    quantized: WeightFormat = field(default_factory=int4)
+    unquantized: str = "bf16"
+    quantized_roles: frozenset[str] = QUANTIZED_ROLES
+    keep: tuple[str, ...] = ()
+    gguf_file_type: str = ""
+    origin: str = ""
+    notes: tuple[str, ...] = ()
+    stored_bias: bool = False
+    checkpoint_rows: tuple[tuple[TensorEntry, int], ...] = ()
+    checkpoint: CheckpointSummary | None = None
+
+    def __post_init__(self) -> None:
+        if self.unquantized not in FLOAT_FORMATS:
+            raise InvalidSpec("unquantized", self.unquantized, f"must be one of {sorted(FLOAT_FORMATS)}")
+        if self.gguf_file_type and self.gguf_file_type not in GGUF_FILE_TYPES:
+            raise InvalidSpec("format", self.gguf_file_type, f"must be one of {list(GGUF_FILE_TYPES)}")
+
+    def label(self) -> str:
+        """``gguf-q4_k_m``, or the quantized format's label (``mxfp4``, ``int4-g128-asym``, ``bf16``)."""
+        if self.checkpoint is not None:
+            return f"checkpoint-{self.checkpoint.format}"
+        return self.gguf_file_type or self.quantized.label()
+
+    @property
+    def is_nibble_int4(self) -> bool:
+        """nibble's own INT4 on the policy's tensors: the scheme the comparison calls ``int4``."""
+        return not (self.gguf_file_type or self.checkpoint_rows) and self.quantized.name == "int4" \
+            and self.quantized.layout == "nibble"
+
+
+def scheme_of(weight_format: WeightFormat, unquantized: str = "bf16",
+              quantized_roles: frozenset[str] = QUANTIZED_ROLES) -> WeightScheme:
+    """The scheme that stores the policy's tensors in `weight_format` (every tensor, for a float)."""
+    return WeightScheme(weight_format, unquantized, quantized_roles)
+
+
+def gguf_scheme(file_type: str) -> WeightScheme:
+    """A llama.cpp file type (``gguf-q4_k_m``...) as a scheme."""
+    return WeightScheme(gguf_file_type=file_type)
+
+
+def module_name(tensor_name: str) -> str:
+    """The module a tensor pattern belongs to, with layer and expert 0: ``model.layers.0.self_attn.q_proj``."""
+    name = tensor_name.replace("{i}", "0").replace("{e}", "0")
+    if name.endswith("]"):
+        name = name[:name.rindex("[")]
+    for suffix in (".weight", ".bias"):
+        if name.endswith(suffix):
+            return name[: -len(suffix)]
+    return name
+
+
+def matches(module: str, pattern: str) -> bool:
+    """Whether a `modules_to_not_convert` / ``ignore`` entry names `module` (or a module holding it).
+
+    ``re:...`` is a regular expression (compressed-tensors); a pattern with ``*`` a glob over the
+    dotted name (transformers' mxfp4 ``model.layers.*.self_attn``); otherwise a module name or a
+    dotted part of one (``lm_head``, ``mlp.gate``), as transformers' quantizers compare them.
+    """
+    if pattern.startswith("re:"):
+        return re.match(pattern[3:], module) is not None
+    if "*" in pattern:
+        return fnmatchcase(module, pattern) or fnmatchcase(module, pattern + ".*")
+    return f".{pattern}." in f".{module}."
+
+
+def _quantizes(scheme: WeightScheme, entry: TensorEntry) -> bool:
+    if entry.role not in scheme.quantized_roles or len(entry.shape) < 2:
+        return False
+    module = module_name(entry.name)
+    return not any(matches(module, pattern) for pattern in scheme.keep)
+
+
+@lru_cache(maxsize=512)
+def assign(spec: ModelSpec, scheme: WeightScheme) -> tuple[tuple[TensorEntry, WeightFormat], ...]:
+    """Every inventory row with the format it is stored in (GGUF mixes split rows by layer)."""
+    rows = inventory(spec)
+    if scheme.gguf_file_type:
+        return gguf_rows(scheme.gguf_file_type, spec, rows)
+    if not scheme.quantized.is_quantized:
+        return tuple((entry, scheme.quantized) for entry in rows)
+    rest = float_format(scheme.unquantized)
+    out = [(entry, scheme.quantized if _quantizes(scheme, entry) else rest) for entry in rows]
+    if scheme.stored_bias:
+        names = {entry.name for entry in rows}
+        out.extend((TensorEntry(entry.name[: -len(".weight")] + ".bias", entry.shape[:1], "bias", entry.layers,
+                                entry.per_layer, entry.active_per_layer), float_format("fp16"))
+                   for entry, chosen in out[: len(rows)]
+                   if chosen is scheme.quantized and entry.name.endswith(".weight")
+                   and entry.name[: -len(".weight")] + ".bias" not in names)
+    return tuple(out)
+
+
+@lru_cache(maxsize=512)
+def assigned_bytes(spec: ModelSpec, scheme: WeightScheme) -> tuple[tuple[TensorEntry, int], ...]:
+    """Each assigned row with the bytes of ONE of its tensors; a group-size mismatch names the tensor."""
+    if scheme.checkpoint_rows:
+        return scheme.checkpoint_rows
+    out = []
+    for entry, weight_format in assign(spec, scheme):
+        try:
+            out.append((entry, weight_format.bytes_for(entry.shape)))
+        except GroupSizeMismatch as error:
+            raise GroupSizeMismatch(error.in_features, error.group_size, "weights.group_size", entry.name) from None
+    return tuple(out)
+
+
+def scheme_bytes_by_role(spec: ModelSpec, scheme: WeightScheme) -> dict[str, int]:
+    """Bytes of the model's weights under `scheme`, by role (every role of `ROLES`)."""
+    out = dict.fromkeys(ROLES, 0)
+    for entry, one in assigned_bytes(spec, scheme):
+        out[entry.role] += one * entry.count
+    return out
+
+
+def scheme_bytes(spec: ModelSpec, scheme: WeightScheme) -> int:
+    """Total bytes of the model's weights under `scheme`."""
+    return sum(scheme_bytes_by_role(spec, scheme).values())
+
+
+@lru_cache(maxsize=512)
+def with_partial_groups(spec: ModelSpec, scheme: WeightScheme) -> tuple[WeightScheme, str | None]:
+    """`scheme`, or when a group size does not divide some quantized tensor's width, the same scheme with a
+    partial last group (as GPTQ and AWQ store such rows) and a note that says so."""
+    try:
+        assigned_bytes(spec, scheme)
+    except GroupSizeMismatch as error:
+        fmt = scheme.quantized
+        size = fmt.group_size or 0
+        widths = sorted({entry.shape[-1] for entry, chosen in assign(spec, scheme)
+                         if chosen == fmt and size and entry.shape[-1] % size})
+        dividing = [g for g in (32, 64, 128, 256)
+                    if all(entry.shape[-1] % g == 0 for entry, chosen in assign(spec, scheme) if chosen == fmt)]
+        note = (f"group_size {size} does not divide the width of some quantized tensors (in_features "
+                f"{', '.join(map(str, widths))}, first {error.tensor}): planned with a partial last group per row, "
+                f"as GPTQ and AWQ store such rows (ceil(in_features / {size}) scales and zeros, no padded codes); "
+                f"group sizes that divide every quantized tensor: {', '.join(map(str, dividing)) or 'none'}; "
+                "pad: true pads each row to whole groups instead")
+        return replace(scheme, quantized=replace(fmt, partial=True)), note
+    return scheme, None
+
+
+# --- quantization_config ------------------------------------------------------------------------
+
+_COMMON_FIELDS = frozenset({"quant_method", "modules_to_not_convert"})
+_KNOWN_FIELDS: dict[str, frozenset[str]] = {
+    "fp8": frozenset({"fmt", "activation_scheme", "weight_block_size", "ignored_layers"}),
+    "mxfp4": frozenset({"dequantize"}),
+    "gptq": frozenset({"bits", "group_size", "desc_act", "sym", "true_sequential", "damp_percent", "static_groups",
+                       "model_name_or_path", "model_file_base_name", "checkpoint_format", "lm_head", "pack_dtype",
+                       "meta", "tokenizer", "dataset", "use_exllama", "exllama_config", "cache_block_outputs",
+                       "use_cuda_fp16", "max_input_length", "batch_size", "module_name_preceding_first_block",
+                       "block_name_to_quantize", "modules_in_block_to_quantize", "backend", "format",
+                       "damp_auto_increment", "v2", "mse", "act_group_aware", "hyb_act", "is_marlin_format"}),
+    "awq": frozenset({"bits", "group_size", "zero_point", "version", "backend", "do_fuse", "fuse_max_seq_len",
+                      "modules_to_fuse", "exllama_config"}),
+    "compressed-tensors": frozenset({"config_groups", "format", "ignore", "quantization_status", "kv_cache_scheme",
+                                     "global_compression_ratio", "sparsity_config", "version", "transform_config"}),
+    "bitsandbytes": frozenset({"load_in_4bit", "load_in_8bit", "_load_in_4bit", "_load_in_8bit",
+                               "bnb_4bit_quant_type", "bnb_4bit_use_double_quant", "bnb_4bit_compute_dtype",
+                               "bnb_4bit_quant_storage", "llm_int8_skip_modules", "llm_int8_threshold",
+                               "llm_int8_has_fp16_weight", "llm_int8_enable_fp32_cpu_offload"}),
+}
+QUANT_METHODS: tuple[str, ...] = tuple(_KNOWN_FIELDS)
+FIELD = "quantization_config"
+
+
+def _int_field(config: Mapping[str, object], key: str, default: int) -> int:
+    value = config.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise InvalidSpec(f"{FIELD}.{key}", value, "must be an integer")
+    return value
+
+
+def _names(config: Mapping[str, object], key: str) -> tuple[str, ...]:
+    value = config.get(key)
+    if value is None:
+        return ()
+    if not isinstance(value, list) or not all(isinstance(item, str) for item in value):
+        raise InvalidSpec(f"{FIELD}.{key}", value, "must be a list of module names")
+    return tuple(value)
+
+
+def _group(config: Mapping[str, object], key: str = "group_size") -> int | None:
+    size = _int_field(config, key, 128)
+    if size == -1 or size == 0:
+        return None
+    if size not in (32, 64, 128, 256):
+        raise InvalidSpec(f"{FIELD}.{key}", size, "nibble plans group sizes 32, 64, 128, 256 or -1 (a whole row)")
+    return size
+
+
+def scheme_from_quantization_config(config: Mapping[str, object], unquantized: str = "bf16") -> WeightScheme:
+    """The as-shipped scheme a config.json's ``quantization_config`` describes.
+
+    Every field is either read or named in a note (never silently dropped); an unknown
+    ``quant_method`` raises `InvalidSpec` naming it and the methods nibble reads.
+    """
+    method = config.get("quant_method")
+    if method not in _KNOWN_FIELDS:
+        raise InvalidSpec(f"{FIELD}.quant_method", method, f"nibble reads {', '.join(QUANT_METHODS)}")
+    notes = [f"{FIELD}.{key} is not understood by nibble and was ignored"
+             for key in sorted(config) if key not in _COMMON_FIELDS | _KNOWN_FIELDS[str(method)]]
+    keep = _names(config, "modules_to_not_convert")
+    reader = {"fp8": _fp8, "mxfp4": _mxfp4, "gptq": _gptq, "awq": _awq, "compressed-tensors": _compressed_tensors,
+              "bitsandbytes": _bitsandbytes}[str(method)]
+    weight_format, extra_keep, more_notes = reader(config)
+    auto_gptq = method == "gptq" and not _made_by_gptqmodel(config)
+    if auto_gptq:
+        more_notes.append("no meta.quantizer naming GPTQModel: planned as AutoGPTQ writes it, with an fp16 bias "
+                          "[out] for every quantized linear")
+    return WeightScheme(weight_format, unquantized, QUANTIZED_ROLES, keep + extra_keep,
+                        origin=f"{FIELD} (quant_method {method})", notes=tuple(notes + more_notes),
+                        stored_bias=auto_gptq)
+
+
+def _made_by_gptqmodel(config: Mapping[str, object]) -> bool:
+    """GPTQModel names itself in ``meta.quantizer``; AutoGPTQ writes no ``meta``."""
+    meta = config.get("meta")
+    quantizer = meta.get("quantizer") if isinstance(meta, dict) else None
+    names = quantizer if isinstance(quantizer, list) else [quantizer]
+    return any(isinstance(name, str) and name.startswith("gptqmodel") for name in names)
+
+
+def shipped_scheme_of(config: Mapping[str, object], unquantized: str = "bf16", mtp_layers: int = 0) -> WeightScheme:
+    """`scheme_from_quantization_config`, or when nibble cannot read the config, nibble's INT4 with a note
+    naming the field and why (``origin`` empty: not a shipped scheme), so a default plan still answers.
+    `mtp_layers` (``num_nextn_predict_layers``) adds a note that the checkpoint's multi-token-prediction
+    layers, which engines skip at load, are not counted."""
+    try:
+        scheme = scheme_from_quantization_config(config, unquantized)
+    except InvalidSpec as exc:
+        return WeightScheme(unquantized=unquantized, notes=(
+            f"{exc.detail} ({exc.field}): the checkpoint cannot be planned as shipped; planned at nibble's INT4 "
+            "instead",))
+    if mtp_layers > 0:
+        scheme = replace(scheme, notes=(*scheme.notes, (
+            f"the checkpoint also holds {mtp_layers} multi-token-prediction layer(s) (num_nextn_predict_layers) that "
+            "engines skip at load unless speculative decoding uses them: not counted")))
+    return scheme
+
+
+_Read = tuple[WeightFormat, tuple[str, ...], list[str]]
+
+
+def _fp8(config: Mapping[str, object]) -> _Read:
+    notes = []
+    if config.get("fmt", "e4m3") != "e4m3":
+        raise InvalidSpec(f"{FIELD}.fmt", config.get("fmt"), "nibble plans fp8 e4m3 weights")
+    block = config.get("weight_block_size")
+    static = config.get("activation_scheme", "dynamic") == "static"
+    if block is None:
+        notes.append("fp8 without weight_block_size: planned with one fp32 scale per tensor (AutoFP8's layout)")
+        return fp8("tensor", static), _names(config, "ignored_layers"), notes
+    if block != [128, 128]:
+        raise InvalidSpec(f"{FIELD}.weight_block_size", block, "nibble plans fp8 blocks of [128, 128]")
+    return fp8("block", static), _names(config, "ignored_layers"), notes
+
+
+def _mxfp4(config: Mapping[str, object]) -> _Read:
+    return block_format("mxfp4"), (), []
+
+
+def _gptq(config: Mapping[str, object]) -> _Read:
+    bits = _int_field(config, "bits", 4)
+    group = _group(config)
+    notes = ["GPTQ stores qzeros and g_idx whatever sym and desc_act say: counted"]
+    if config.get("checkpoint_format", "gptq") not in ("gptq", "gptq_v2"):
+        notes.append(f"gptq checkpoint_format {config.get('checkpoint_format')!r} planned as the gptq layout")
+    keep = () if config.get("lm_head") else ("lm_head",)
+    if bits == 4:
+        return int4(group, layout="gptq"), keep, notes
+    if bits == 8:
+        return int8_gptq(group), keep, notes
+    raise InvalidSpec(f"{FIELD}.bits", bits, "nibble plans GPTQ at 4 or 8 bits")
+
+
+def _awq(config: Mapping[str, object]) -> _Read:
+    bits = _int_field(config, "bits", 4)
+    if bits != 4:
+        raise InvalidSpec(f"{FIELD}.bits", bits, "AWQ checkpoints are 4-bit")
+    notes = []
+    if str(config.get("version", "gemm")).lower() != "gemm":
+        notes.append(f"awq version {config.get('version')!r} planned with the GEMM layout's bytes")
+    return int4(_group(config, "group_size"), layout="awq"), (), notes
+
+
+def _compressed_tensors(config: Mapping[str, object]) -> _Read:
+    groups = config.get("config_groups")
+    where = f"{FIELD}.config_groups"
+    if not isinstance(groups, dict) or not groups:
+        raise InvalidSpec(where, groups, "must be an object of quantization groups")
+    name, group = sorted(groups.items())[0]
+    notes = [] if len(groups) == 1 else [f"{where}: only group {name!r} is planned, for every targeted Linear"]
+    weights = group.get("weights") if isinstance(group, dict) else None
+    if not isinstance(weights, dict):
+        raise InvalidSpec(f"{where}.{name}.weights", weights, "must be an object")
+    bits, kind = weights.get("num_bits"), weights.get("type", "int")
+    strategy = weights.get("strategy", "tensor")
+    keep = _names(config, "ignore")
+    activations = group.get("input_activations") if isinstance(group, dict) else None
+    static = isinstance(activations, dict) and activations.get("dynamic") is False  # a stored input scale
+    if kind == "float" and bits == 8:
+        scales = {"tensor": "tensor", "channel": "channel", "block": "block"}.get(str(strategy))
+        if scales is None:
+            raise InvalidSpec(f"{where}.{name}.weights.strategy", strategy, "fp8 strategy tensor, channel or block")
+        return fp8(scales, static), keep, notes  # type: ignore[arg-type]
+    if kind == "float" and bits == 4:
+        return replace(block_format("nvfp4"), input_scale=static), keep, notes
+    if kind == "int" and bits == 4:
+        size = weights.get("group_size") if strategy == "group" else -1
+        group = _group({"group_size": size if size is not None else -1})
+        return int4(group, bool(weights.get("symmetric", True)), layout="compressed-tensors"), keep, notes
+    if kind == "int" and bits == 8:
+        notes.append("compressed-tensors int8 planned with one 16-bit scale per output channel")
+        return WeightFormat("int8", None, True, "none"), keep, notes
+    raise InvalidSpec(f"{where}.{name}.weights", {"num_bits": bits, "type": kind},
+                      "nibble plans int4, int8, fp8 and nvfp4 (float 4-bit) weights")
+
+
+def _bitsandbytes(config: Mapping[str, object]) -> _Read:
+    keep = _names(config, "llm_int8_skip_modules") or ("lm_head",)
+    if config.get("load_in_4bit") or config.get("_load_in_4bit"):
+        notes = []
+        if config.get("bnb_4bit_quant_type", "nf4") != "nf4":
+            notes.append("bitsandbytes fp4 has the bytes of nf4 (blocks of 64, the same scales): planned as nf4")
+        return block_format("nf4", bool(config.get("bnb_4bit_use_double_quant", False))), keep, notes
+    if config.get("load_in_8bit") or config.get("_load_in_8bit"):
+        return WeightFormat("int8", None, True, "none"), keep, [
+            "bitsandbytes 8-bit planned as int8 with a 16-bit scale per row (LLM.int8 keeps an fp32 SCB per row: "
+            "2 bytes more per row)"]
+    raise InvalidSpec(f"{FIELD}.load_in_4bit", None, "a bitsandbytes config loads in 4 or 8 bits")

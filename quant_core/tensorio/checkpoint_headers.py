@@ -1,0 +1,175 @@
+"""The tensor list of a checkpoint from its headers alone: safetensors JSON headers and GGUF headers.
+
+A safetensors file starts with an 8-byte length and a JSON object naming every tensor's dtype,
+shape and byte range; a GGUF file with its key/value metadata and one record per tensor (name,
+dimensions, ggml type, offset), before any tensor data (gguf-py ``gguf_reader.py`` reads the
+same fields).  Either way the weights are never read: a plan from headers costs the headers.
+Each tensor comes back as a `HeaderTensor` with its stored bytes (for GGUF, the ggml type's
+blocks from gguf-py's ``GGML_QUANT_SIZES``; the file's metadata and alignment padding are not
+tensor bytes).
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+
+from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
+
+from quant_core.errors import LimitExceeded, TensorFileError
+from quant_core.tensorio.limits import DEFAULT_MAX_HEADER_BYTES
+from quant_core.tensorio.safetensors_io import parse_safetensors_header
+
+GGUF_MAGIC = b"GGUF"
+HEADER_MAX_ELEMENTS = 1 << 48  # header-only: the largest published tensors pass, nothing is allocated
+# gguf value types (gguf-py GGUFValueType): fixed sizes; 8 = string, 9 = array
+_GGUF_SCALAR_BYTES = {0: 1, 1: 1, 2: 2, 3: 2, 4: 4, 5: 4, 6: 4, 7: 1, 10: 8, 11: 8, 12: 8}
+_GGUF_STRING, _GGUF_ARRAY = 8, 9
+
+
+@dataclass(frozen=True, slots=True)
+class HeaderTensor:
+    """One tensor a checkpoint header declares: its name, dtype (safetensors or ggml name), shape in
+    row-major order (the last dimension is a row), and stored bytes."""
+
+    name: str
+    dtype: str
+    shape: tuple[int, ...]
+    bytes: int
+
+
+def safetensors_header_tensors(prefix: bytes, *, max_header_bytes: int = DEFAULT_MAX_HEADER_BYTES,
+                               max_tensors: int = 1 << 20) -> list[HeaderTensor]:
+    """The tensors of a safetensors file from its first ``8 + N`` bytes (the header; more is ignored)."""
+    header = parse_safetensors_header(prefix, None, max_tensors=max_tensors, max_elements=HEADER_MAX_ELEMENTS,
+                                      max_header_bytes=max_header_bytes)
+    return [HeaderTensor(name, entry.dtype, entry.shape, entry.end - entry.begin)
+            for name, entry in header.entries.items()]
+
+
+class _Cursor:
+    """Reads little-endian GGUF fields from a header prefix; running out is a `TensorFileError`."""
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+        self.position = 0
+
+    def take(self, size: int) -> bytes:
+        end = self.position + size
+        if end > len(self.data):
+            raise TensorFileError(f"gguf header truncated: needs byte {end}, the prefix holds {len(self.data)}")
+        chunk = self.data[self.position:end]
+        self.position = end
+        return chunk
+
+    def u32(self) -> int:
+        return int(struct.unpack("<I", self.take(4))[0])
+
+    def u64(self) -> int:
+        return int(struct.unpack("<Q", self.take(8))[0])
+
+    def string(self) -> str:
+        return self.take(self.u64()).decode("utf-8", errors="replace")
+
+    def skip_value(self, value_type: int) -> None:
+        if value_type in _GGUF_SCALAR_BYTES:
+            self.take(_GGUF_SCALAR_BYTES[value_type])
+        elif value_type == _GGUF_STRING:
+            self.take(self.u64())
+        elif value_type == _GGUF_ARRAY:
+            item_type, count = self.u32(), self.u64()
+            if item_type in _GGUF_SCALAR_BYTES:
+                self.take(_GGUF_SCALAR_BYTES[item_type] * count)
+            else:
+                for _ in range(count):
+                    self.skip_value(item_type)
+        else:
+            raise TensorFileError(f"gguf metadata value type {value_type} is unknown")
+
+
+def gguf_header_tensors(prefix: bytes, *, max_tensors: int = 1 << 20) -> list[HeaderTensor]:
+    """The tensors of a GGUF file (versions 2 and 3) from a prefix holding its metadata and tensor records."""
+    cursor = _Cursor(prefix)
+    if cursor.take(4) != GGUF_MAGIC:
+        raise TensorFileError("not a gguf file: it does not start with GGUF")
+    version = cursor.u32()
+    if version not in (2, 3):
+        raise TensorFileError(f"gguf version {version} is not 2 or 3")
+    tensor_count, kv_count = cursor.u64(), cursor.u64()
+    if tensor_count > max_tensors:
+        raise LimitExceeded("tensors in file", tensor_count, max_tensors, field="file")
+    for _ in range(kv_count):
+        cursor.string()
+        cursor.skip_value(cursor.u32())
+    tensors = []
+    for _ in range(tensor_count):
+        name = cursor.string()
+        dims = [cursor.u64() for _ in range(cursor.u32())]
+        type_id = cursor.u32()
+        cursor.u64()  # offset in the data area
+        try:
+            ggml_type = GGMLQuantizationType(type_id)
+        except ValueError:
+            raise TensorFileError(f"gguf tensor {name!r} has ggml type {type_id}, unknown to gguf-py") from None
+        block, block_bytes = GGML_QUANT_SIZES[ggml_type]
+        elements = 1
+        for dim in dims:
+            elements *= dim
+        if dims and dims[0] % block:
+            raise TensorFileError(f"gguf tensor {name!r}: row of {dims[0]} is not whole {ggml_type.name} blocks")
+        tensors.append(HeaderTensor(name, ggml_type.name, tuple(reversed(dims)), elements // block * block_bytes))
+    return tensors
+
+
+def header_tensors(prefix: bytes, *, max_header_bytes: int = DEFAULT_MAX_HEADER_BYTES) -> list[HeaderTensor]:
+    """The tensors of a safetensors or GGUF header prefix (told apart by GGUF's magic)."""
+    if len(prefix) > max_header_bytes + 8:
+        raise LimitExceeded("checkpoint header bytes", len(prefix), max_header_bytes, field="checkpoint")
+    if prefix[:4] == GGUF_MAGIC:
+        return gguf_header_tensors(prefix)
+    return safetensors_header_tensors(prefix, max_header_bytes=max_header_bytes)
+
+
+def read_header_prefix(path: Path, max_header_bytes: int = DEFAULT_MAX_HEADER_BYTES) -> bytes:
+    """The header bytes of one checkpoint file, and not one byte of tensor data for safetensors.
+
+    For GGUF, whose header has no length field, up to `max_header_bytes` are read (the data
+    area may start inside them; the parser stops at the last tensor record).
+    """
+    with open(path, "rb") as handle:
+        start = handle.read(8)
+        if start[:4] == GGUF_MAGIC:
+            return start + handle.read(max_header_bytes)
+        if len(start) < 8:
+            raise TensorFileError(f"{path.name}: {len(start)} bytes is shorter than a safetensors header length")
+        (length,) = struct.unpack("<Q", start)
+        if length > max_header_bytes:
+            raise LimitExceeded("safetensors header bytes", length, max_header_bytes, field="checkpoint")
+        return start + handle.read(length)
+
+
+def checkpoint_files(path: Path) -> list[Path]:
+    """The files of a checkpoint: the file itself, or a directory's shards (the index's, when it has one)."""
+    if not path.is_dir():
+        return [path]
+    index = path / "model.safetensors.index.json"
+    if index.is_file():
+        weight_map = json.loads(index.read_text(encoding="utf-8")).get("weight_map", {})
+        if not isinstance(weight_map, dict):
+            raise TensorFileError(f"{index}: weight_map is not an object")
+        return [path / name for name in sorted(set(map(str, weight_map.values())))]
+    files = sorted(path.glob("*.safetensors")) or sorted(path.glob("*.gguf"))
+    if not files:
+        raise TensorFileError(f"{path} holds no .safetensors or .gguf file")
+    return files
+
+
+def read_checkpoint_headers(path: str | Path,
+                            max_header_bytes: int = DEFAULT_MAX_HEADER_BYTES) -> list[HeaderTensor]:
+    """Every tensor of a local checkpoint (a file, or a directory of shards), reading only headers."""
+    tensors: list[HeaderTensor] = []
+    for file in checkpoint_files(Path(path)):
+        tensors.extend(header_tensors(read_header_prefix(file, max_header_bytes), max_header_bytes=max_header_bytes))
+    return tensors

@@ -1,0 +1,139 @@
+"""Record what llama.cpp's llama-quantize writes for small random models: each tensor's ggml type and
+the total tensor bytes, per architecture and file type, into recorded.json (the tests read that file,
+never the tool).
+
+The models are written here with gguf-py from nibble's own tensor inventory (F16 weights, F32 norms,
+biases and routers, as convert_hf_to_gguf.py writes them), with the GGUF tensor names llama.cpp uses.
+Run (after building llama-quantize from llama.cpp's sources, e.g. those PyPI's llama-cpp-python sdist
+vendors): python tests/quant_core/data/llama_quantize/record.py PATH/TO/llama-quantize
+
+recorded.json was made on 2026-12-06 with llama-cpp-python 0.3.36's vendored llama.cpp (the same
+llama_tensor_get_type as ggml-org/llama.cpp 007dbbf3), built with
+``cmake -B build -DCMAKE_C_FLAGS=-O0 -DCMAKE_CXX_FLAGS=-O0 -DGGML_NATIVE=OFF -DLLAMA_CURL=OFF
+-DLLAMA_OPENSSL=OFF -DBUILD_SHARED_LIBS=OFF`` and ``cmake --build build --target llama-quantize -j2``
+(about 17 minutes on two shared cores; -O0 because -O3 would not finish in time).
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import gguf
+import numpy as np
+
+from quant_core.hf_config import model_from_hf_config
+from quant_core.inventory import inventory
+from quant_core.specs import ModelSpec, TensorEntry
+
+HERE = Path(__file__).resolve().parent
+FILE_TYPES = {"gguf-q4_0": "Q4_0", "gguf-q4_k_s": "Q4_K_S", "gguf-q4_k_m": "Q4_K_M", "gguf-q5_k_m": "Q5_K_M",
+              "gguf-q6_k": "Q6_K", "gguf-q8_0": "Q8_0"}
+BASE = {"hidden_size": 256, "num_hidden_layers": 8, "num_attention_heads": 4, "num_key_value_heads": 2,
+        "intermediate_size": 512, "vocab_size": 512, "max_position_embeddings": 4096}
+# (name, gguf architecture, config.json): six families and two MoE; qwen2-320 has widths that 256 does not divide
+MODELS: list[tuple[str, str, dict[str, object]]] = [
+    ("llama", "llama", {**BASE, "model_type": "llama"}),
+    ("qwen2-320", "qwen2", {**BASE, "model_type": "qwen2", "hidden_size": 320, "num_attention_heads": 5,
+                            "num_key_value_heads": 1, "intermediate_size": 864, "tie_word_embeddings": True}),
+    ("qwen3", "qwen3", {**BASE, "model_type": "qwen3", "head_dim": 128}),
+    ("gemma2", "gemma2", {**BASE, "model_type": "gemma2", "head_dim": 64, "sliding_window": 128}),
+    ("phi3", "phi3", {**BASE, "model_type": "phi3", "num_key_value_heads": 4}),
+    ("qwen3_moe", "qwen3moe", {**BASE, "model_type": "qwen3_moe", "head_dim": 64, "num_experts": 4,
+                               "num_experts_per_tok": 2, "moe_intermediate_size": 256}),
+    ("mixtral", "llama", {**BASE, "model_type": "mixtral", "num_local_experts": 8, "num_experts_per_tok": 2}),
+]
+_NAMES = {"input_layernorm": "attn_norm", "q_proj": "attn_q", "k_proj": "attn_k", "v_proj": "attn_v",
+          "o_proj": "attn_output", "qkv_proj": "attn_qkv", "q_norm": "attn_q_norm", "k_norm": "attn_k_norm",
+          "gate_proj": "ffn_gate", "up_proj": "ffn_up", "down_proj": "ffn_down", "gate_up_proj": "ffn_up",
+          "w1": "ffn_gate", "w3": "ffn_up", "w2": "ffn_down", "gate": "ffn_gate_inp"}
+
+
+def gguf_name(spec: ModelSpec, entry: TensorEntry) -> str:
+    """The GGUF name convert_hf_to_gguf.py gives an inventory row (``{i}`` kept for the layer)."""
+    fixed = {"model.embed_tokens.weight": "token_embd.weight", "lm_head.weight": "output.weight",
+             "model.norm.weight": "output_norm.weight"}
+    if entry.name in fixed:
+        return fixed[entry.name]
+    parts = entry.name.split(".")
+    module, kind = parts[-2], parts[-1]
+    if module == "post_attention_layernorm":
+        base = "post_attention_norm" if spec.norms_per_layer == 4 else "ffn_norm"
+    elif module == "pre_feedforward_layernorm":
+        base = "ffn_norm"
+    elif module == "post_feedforward_layernorm":
+        base = "post_ffw_norm"
+    else:
+        base = _NAMES[module]
+    if entry.per_layer > 1:
+        base += "_exps"
+    return f"blk.{{i}}.{base}.{kind}"
+
+
+def write_model(spec: ModelSpec, arch: str, path: Path) -> dict[str, TensorEntry]:
+    writer = gguf.GGUFWriter(str(path), arch)
+    writer.add_context_length(4096)
+    writer.add_embedding_length(spec.hidden_size)
+    writer.add_block_count(spec.num_layers)
+    writer.add_feed_forward_length(spec.moe_intermediate_size if spec.is_moe and arch == "qwen3moe"
+                                   else spec.intermediate_size)
+    writer.add_head_count(spec.num_attention_heads)
+    writer.add_head_count_kv(spec.num_kv_heads)
+    writer.add_key_length(spec.head_dim)
+    writer.add_value_length(spec.head_dim)
+    writer.add_layer_norm_rms_eps(1e-6)
+    writer.add_rope_dimension_count(spec.head_dim)
+    if spec.is_moe:
+        writer.add_expert_count(spec.num_experts)
+        writer.add_expert_used_count(spec.experts_per_token)
+        writer.add_expert_feed_forward_length(spec.moe_intermediate_size)
+    if arch == "gemma2":
+        writer.add_sliding_window(128)
+        writer.add_attn_logit_softcapping(50.0)
+        writer.add_final_logit_softcapping(30.0)
+    writer.add_file_type(gguf.LlamaFileType.MOSTLY_F16)
+    writer.add_tokenizer_model("llama")
+    writer.add_token_list([f"t{i}".encode() for i in range(spec.vocab_size)])
+    writer.add_token_scores([0.0] * spec.vocab_size)
+    writer.add_token_types([1] * spec.vocab_size)
+    rng = np.random.default_rng(0)
+    names = {}
+    for entry in inventory(spec):
+        name = gguf_name(spec, entry)
+        for layer in entry.layers or (-1,):
+            concrete = name.replace("{i}", str(layer))
+            shape = (entry.per_layer, *entry.shape) if entry.per_layer > 1 else entry.shape
+            data = rng.standard_normal(shape).astype(np.float32) * 0.02
+            quantizable = len(entry.shape) >= 2 and entry.role not in ("router",)
+            writer.add_tensor(concrete, data.astype(np.float16) if quantizable else data)
+            names[concrete] = entry
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return names
+
+
+def main(tool: str) -> None:
+    recorded = []
+    with tempfile.TemporaryDirectory() as folder:
+        for name, arch, config in MODELS:
+            spec = model_from_hf_config(config, name=name)
+            source = Path(folder) / f"{name}-f16.gguf"
+            write_model(spec, arch, source)
+            for file_type, tool_name in FILE_TYPES.items():
+                target = Path(folder) / f"{name}-{tool_name}.gguf"
+                subprocess.run([tool, str(source), str(target), tool_name, "1"], check=True, capture_output=True)
+                reader = gguf.GGUFReader(str(target))
+                recorded.append({"model": name, "config": config, "file_type": file_type,
+                                 "tensor_bytes": int(sum(int(t.n_bytes) for t in reader.tensors)),
+                                 "types": {t.name: t.tensor_type.name for t in reader.tensors}})
+                print(name, file_type, recorded[-1]["tensor_bytes"])
+    (HERE / "recorded.json").write_text(json.dumps(recorded, indent=1, sort_keys=True) + "\n")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1])

@@ -1,0 +1,180 @@
+"""Planning from a checkpoint's headers: files written here by safetensors and gguf, read back by header only."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import gguf
+import numpy as np
+import pytest
+from gguf.quants import quantize
+from safetensors.numpy import save_file
+
+from quant_core.catalog import get_preset
+from quant_core.checkpoint_rows import checkpoint_scheme
+from quant_core.errors import LimitExceeded, TensorFileError
+from quant_core.formats import GGML_BLOCKS, float_format, ggml_format, int4
+from quant_core.gguf_mix import ModelFacts, tensor_type
+from quant_core.hf_config import model_from_sizes
+from quant_core.inventory import inventory
+from quant_core.planner import Hardware, PlanOptions, plan
+from quant_core.schemes import assign, gguf_scheme, scheme_bytes, scheme_from_quantization_config, scheme_of
+from quant_core.specs import ModelSpec
+from quant_core.tensorio import export_awq, export_compressed_tensors, export_gguf, export_gptq
+from quant_core.tensorio.checkpoint_headers import (
+    header_tensors,
+    read_checkpoint_headers,
+    read_header_prefix,
+)
+from tests.quant_core.tensorio.helpers import random_quantized
+
+TINY = model_from_sizes(hidden_size=256, num_layers=3, num_attention_heads=4, num_kv_heads=2,
+                        intermediate_size=512, vocab_size=1000)
+
+
+def _hf_tensors(spec: ModelSpec, dtype: type = np.float16) -> dict[str, np.ndarray]:
+    out = {}
+    for entry in inventory(spec):
+        for layer in entry.layers or (None,):
+            name = entry.name if layer is None else entry.name.replace("{i}", str(layer))
+            out[name] = np.zeros(entry.shape, dtype=dtype)
+    return out
+
+
+def test_a_safetensors_checkpoint_is_planned_from_its_header_to_the_byte(tmp_path: Path) -> None:
+    tensors = _hf_tensors(TINY)
+    tensors["model.layers.3.mlp.down_proj.weight"] = np.zeros((256, 512), np.float16)  # an MTP layer (past 3)
+    tensors["model.rotary_emb.inv_freq"] = np.zeros((32,), np.float16)  # no module of the model
+    save_file(dict(list(tensors.items())[:12]), str(tmp_path / "model-00001-of-00002.safetensors"))
+    save_file(dict(list(tensors.items())[12:]), str(tmp_path / "model-00002-of-00002.safetensors"))
+    read = read_checkpoint_headers(tmp_path)
+    assert len(read) == len(tensors)
+    data_bytes = sum(os.path.getsize(f) - len(read_header_prefix(f)) for f in tmp_path.iterdir())
+    assert sum(tensor.bytes for tensor in read) == data_bytes
+    scheme, summary = checkpoint_scheme(TINY, read)
+    # every tensor of the model, at 2 bytes, plus the unknown one; the MTP layer set apart
+    assert scheme_bytes(TINY, scheme) == scheme_bytes(TINY, scheme_of(float_format("fp16"))) + 64
+    assert summary.mtp_tensors == 1 and summary.mtp_bytes == 256 * 512 * 2
+    assert summary.unknown == ("model.rotary_emb.inv_freq",)
+    assert scheme.label() == "checkpoint-f16"
+    assert any("multi-token-prediction" in note for note in scheme.notes)
+
+
+def test_an_mxfp4_checkpoint_in_gpt_oss_layout_is_what_the_mxfp4_format_predicts(tmp_path: Path) -> None:
+    # gpt-oss stores each expert projection as _blocks [E, out, in/32, 16] and _scales [E, out, in/32] (uint8)
+    spec = get_preset("gpt-oss-20b")  # its layout (fused experts with biases, sinks), at a tiny size
+    layout = {**spec.to_dict(), "name": "tiny-gpt-oss", "hidden_size": 64, "num_layers": 2,
+              "num_attention_heads": 4, "num_kv_heads": 2, "head_dim": 16, "intermediate_size": 96,
+              "vocab_size": 100, "num_experts": 4, "experts_per_token": 2, "moe_intermediate_size": 96,
+              "sliding_layers": [0]}
+    tiny = ModelSpec.from_dict(layout)
+    shipped = scheme_from_quantization_config(
+        {"quant_method": "mxfp4", "modules_to_not_convert": ["model.layers.*.self_attn", "model.layers.*.mlp.router",
+                                                             "model.embed_tokens", "lm_head"]})
+    tensors: dict[str, np.ndarray] = {}
+    for entry, fmt in assign(tiny, shipped):
+        for layer in entry.layers or (None,):
+            name = entry.name if layer is None else entry.name.replace("{i}", str(layer))
+            if fmt.name == "mxfp4":
+                base = name[: name.index("[")]
+                out, width = entry.shape
+                tensors[base + "_blocks"] = np.zeros((4, out, width // 32, 16), np.uint8)
+                tensors[base + "_scales"] = np.zeros((4, out, width // 32), np.uint8)
+            elif "[" in name:  # expert biases, fused over experts
+                tensors[name[: name.index("[")]] = np.zeros((4, *entry.shape), np.float32).astype(np.float16)
+            else:
+                tensors[name] = np.zeros(entry.shape, np.float16)
+    save_file(tensors, str(tmp_path / "model.safetensors"))
+    read = read_checkpoint_headers(tmp_path / "model.safetensors")
+    scheme, summary = checkpoint_scheme(tiny, read)
+    assert summary.format == "mxfp4" and summary.unknown == ()
+    assert scheme_bytes(tiny, scheme) == scheme_bytes(tiny, shipped)
+
+
+def _gguf_name(hf_name: str) -> str:
+    table = {"model.embed_tokens.weight": "token_embd.weight", "lm_head.weight": "output.weight",
+             "model.norm.weight": "output_norm.weight", "input_layernorm": "attn_norm", "q_proj": "attn_q",
+             "k_proj": "attn_k", "v_proj": "attn_v", "o_proj": "attn_output", "post_attention_layernorm": "ffn_norm",
+             "gate_proj": "ffn_gate", "up_proj": "ffn_up", "down_proj": "ffn_down"}
+    if hf_name in table:
+        return table[hf_name]
+    parts = hf_name.split(".")  # model.layers.{i}.self_attn.q_proj.weight
+    return f"blk.{{i}}.{table[parts[-2]]}.weight"
+
+
+@pytest.mark.parametrize("file_type", ["gguf-q4_k_m", "gguf-q8_0", "gguf-q4_0"])
+def test_a_gguf_file_written_by_gguf_py_is_read_from_its_header(tmp_path: Path, file_type: str) -> None:
+    # a file with the per-tensor types llama-quantize picks for `file_type` (quant_core.gguf_mix), written
+    # by gguf-py: the header gives each tensor's bytes, and they sum to what the mix predicts
+    spec = TINY
+    facts = ModelFacts.of(spec)
+    path = tmp_path / "model.gguf"
+    writer = gguf.GGUFWriter(str(path), "llama")
+    writer.add_block_count(spec.num_layers)
+    for entry in inventory(spec):
+        for layer in entry.layers or (-1,):
+            ggml_type = tensor_type(file_type, entry, layer, facts)
+            name = _gguf_name(entry.name).replace("{i}", str(layer))
+            data = np.zeros(entry.shape, np.float32)
+            if ggml_type == "F32":
+                writer.add_tensor(name, data)
+            elif ggml_type in ("Q8_0", "Q4_0"):
+                kind = gguf.GGMLQuantizationType[ggml_type]
+                packed = quantize(data, kind)
+                writer.add_tensor(name, packed, raw_shape=packed.shape, raw_dtype=kind)
+            else:  # k-quants: gguf-py has no quantizer for them; the bytes are zero blocks
+                block, size = GGML_BLOCKS[ggml_type]
+                raw = np.zeros((entry.shape[0], entry.shape[1] // block * size), np.uint8)
+                writer.add_tensor(name, raw, raw_shape=raw.shape, raw_dtype=gguf.GGMLQuantizationType[ggml_type])
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    read = read_checkpoint_headers(path)
+    reader = gguf.GGUFReader(str(path))
+    assert {t.name: t.bytes for t in read} == {t.name: int(t.n_bytes) for t in reader.tensors}
+    scheme, summary = checkpoint_scheme(spec, read)
+    assert summary.unknown == () and summary.format.startswith("gguf-")
+    assert scheme_bytes(spec, scheme) == scheme_bytes(spec, gguf_scheme(file_type))
+
+
+def test_a_plan_from_headers_keeps_16_bit_and_int4_beside_it(tmp_path: Path) -> None:
+    save_file(_hf_tensors(TINY), str(tmp_path / "model.safetensors"))
+    scheme, _ = checkpoint_scheme(TINY, read_checkpoint_headers(tmp_path))
+    result = plan(TINY, Hardware(1 << 30), None, PlanOptions(scheme=scheme))
+    assert result.primary.format == "checkpoint-f16"
+    assert result.primary.weights_bytes == result.comparison["bf16"].weights_bytes  # 2 bytes a weight both
+    assert set(result.comparison) == {"bf16", "int4", "checkpoint"}
+    assert result.comparison["checkpoint"] is result.primary
+
+
+def test_a_header_past_the_limit_or_truncated_is_refused() -> None:
+    with pytest.raises(LimitExceeded):
+        header_tensors((10_000).to_bytes(8, "little") + b" " * 10_000, max_header_bytes=1000)
+    with pytest.raises(TensorFileError):
+        header_tensors((100).to_bytes(8, "little") + b"{")
+    with pytest.raises(TensorFileError):
+        header_tensors(b"GGUF" + (3).to_bytes(4, "little") + (5).to_bytes(8, "little"))
+
+
+@pytest.mark.parametrize(("exporter", "weight_format", "group_size", "symmetric"), [
+    ("gptq", "gptq", 128, False), ("gptq", "gptq", 32, True), ("awq", "awq", 128, False),
+    ("awq", "awq", 64, False), ("ct", "compressed-tensors", 128, True), ("ct", "compressed-tensors", 32, False),
+    ("gguf", "Q4_0", 32, True),
+])
+def test_nibbles_own_exports_are_what_the_formats_count(tmp_path: Path, exporter: str, weight_format: str,
+                                                        group_size: int, symmetric: bool) -> None:
+    # nibble's exporters write the layouts the engines load (each checked bit for bit against the reference
+    # decoders in test_exports.py); the header bytes of one [48, 512] tensor equal the format's bytes_for
+    q = random_quantized(np.random.default_rng(3), 48, 512, group_size, symmetric, zero_range=(1, 16))
+    name, path = "model.layers.0.mlp.up_proj.weight", tmp_path / ("m.gguf" if exporter == "gguf" else "m.safetensors")
+    {"gptq": export_gptq, "awq": export_awq, "ct": export_compressed_tensors,
+     "gguf": export_gguf}[exporter]({name: q}, None, path)
+    stored = sum(tensor.bytes for tensor in read_checkpoint_headers(path) if tensor.name.startswith(name[:-7]))
+    fmt = ggml_format(weight_format) if exporter == "gguf" else \
+        int4(group_size, symmetric=symmetric, layout=weight_format)  # type: ignore[arg-type]
+    expected = fmt.bytes_for((48, 512))
+    if exporter == "gptq" and symmetric:  # GPTQ stores zeros (of 8) even for symmetric weights
+        expected = int4(group_size, layout="gptq").bytes_for((48, 512))
+    assert stored == expected

@@ -1,0 +1,53 @@
+"""nibble's llama.cpp mixes against llama-quantize itself: recorded per-tensor types and tensor bytes.
+
+`data/llama_quantize/recorded.json` holds what llama-quantize (llama.cpp vendored by PyPI's
+llama-cpp-python 0.3.36, built here with cmake, CPU only) wrote for small random models of seven
+configurations (llama, qwen2 with widths 256 does not divide and tied embeddings, qwen3, gemma2,
+phi3, qwen3_moe with 4 experts, mixtral with 8) in every file type nibble plans; `record.py` beside
+it wrote the inputs and ran the tool.  The tests compare with the recording, never run the tool.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from quant_core.gguf_mix import ModelFacts, tensor_type
+from quant_core.hf_config import model_from_hf_config
+from quant_core.inventory import inventory
+from quant_core.schemes import gguf_scheme, scheme_bytes
+
+DATA = Path(__file__).resolve().parent / "data" / "llama_quantize"
+RECORDED: list[dict[str, Any]] = json.loads((DATA / "recorded.json").read_text()) \
+    if (DATA / "recorded.json").is_file() else []
+sys.path.insert(0, str(DATA))
+from record import gguf_name  # noqa: E402  (the recorder's own name mapping, one place)
+
+
+@pytest.mark.skipif(not RECORDED, reason="no llama-quantize recording")
+def test_the_recording_covers_every_file_type_and_seven_models() -> None:
+    assert {record["file_type"] for record in RECORDED} == {"gguf-q4_0", "gguf-q4_k_s", "gguf-q4_k_m",
+                                                           "gguf-q5_k_m", "gguf-q6_k", "gguf-q8_0"}
+    assert len({record["model"] for record in RECORDED}) == 7
+
+
+@pytest.mark.parametrize("record", RECORDED, ids=lambda r: f"{r['model']}-{r['file_type']}")
+def test_every_tensor_gets_the_type_llama_quantize_gave_it(record: dict[str, Any]) -> None:
+    spec = model_from_hf_config(record["config"], name=record["model"])
+    facts = ModelFacts.of(spec)
+    predicted = {}
+    for entry in inventory(spec):
+        for layer in entry.layers or (-1,):
+            name = gguf_name(spec, entry).replace("{i}", str(layer))
+            predicted[name] = tensor_type(record["file_type"], entry, layer, facts)
+    assert predicted == record["types"]
+
+
+@pytest.mark.parametrize("record", RECORDED, ids=lambda r: f"{r['model']}-{r['file_type']}")
+def test_tensor_bytes_equal_llama_quantize_output_to_the_byte(record: dict[str, Any]) -> None:
+    spec = model_from_hf_config(record["config"], name=record["model"])
+    assert scheme_bytes(spec, gguf_scheme(record["file_type"])) == record["tensor_bytes"]
