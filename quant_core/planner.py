@@ -835,7 +835,7 @@ def plan(spec: ModelSpec, hardware: Hardware, workload: Workload | None = None,
         shipped, _ = with_partial_groups(spec, shipped)
         comparison[AS_SHIPPED] = format_plan(shipped)
 
-    primary_terms = evaluator.stage_terms(_model_terms(spec, options.weight_format, policy, options.kv_cache_dtype)
+    primary_terms = evaluator.stage_terms(_model_terms(spec, deployed, options.kv_cache_dtype)
                                           .layout(tensor, pipeline))
     busiest = max(primary.devices, key=lambda device: device.activation_bytes)
     if evaluator.variable_activations:

@@ -675,7 +675,7 @@ def device_fits(spec: ModelSpec, device_ids: list[str], workload: Workload, opti
     for index, device_id in enumerate(device_ids):
         with field_prefix(f"sweep.devices[{index}]"):
             device = catalog.get_device(device_id)
-        one = plan(spec, Hardware(device.memory_bytes, 1, device.id, device.name), workload, options)
+        one = plan(spec, Hardware(device.planning_bytes, 1, device.id, device.name), workload, options)
         formats = dict(one.comparison)
         if all(result.format != one.primary.format for result in formats.values()):
             formats[one.primary.format] = one.primary
@@ -689,7 +689,7 @@ def device_fits(spec: ModelSpec, device_ids: list[str], workload: Workload, opti
                                             decode_tokens_per_second_aggregate=None)
                 continue
             if count not in at_count:
-                at_count[count] = plan(spec, Hardware(device.memory_bytes, count, device.id, device.name),
+                at_count[count] = plan(spec, Hardware(device.planning_bytes, count, device.id, device.name),
                                        workload, options)
             planned = at_count[count]
             chosen = planned.comparison.get(name, planned.primary)
