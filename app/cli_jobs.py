@@ -38,11 +38,13 @@ def _group_size(value: str) -> int | None:
 
 def job_body(args: argparse.Namespace, path: str) -> dict[str, Any]:
     """The ``POST /v1/jobs`` body of the command-line options (validated by the API's own model)."""
+    chosen: dict[str, Any] = {}
+    if args.group_size is not None:  # unset: the API's default group size
+        chosen["group_size"] = _group_size(args.group_size)
     request = JobCreate(
         source=JobSource(path=path), method=args.method, output=args.format or "compressed-tensors",
-        group_size=_group_size(args.group_size), symmetric=args.symmetric,
-        include=args.include or None, exclude=args.exclude or None,
-        max_shard_bytes=args.max_shard_bytes)
+        symmetric=args.symmetric, include=args.include or None, exclude=args.exclude or None,
+        max_shard_bytes=args.max_shard_bytes, **chosen)
     return request.model_dump(mode="json", exclude_unset=True)
 
 
