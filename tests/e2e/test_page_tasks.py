@@ -78,15 +78,17 @@ def test_a_failed_plan_clears_the_previous_one_and_says_why_on_the_field(browser
     page.select_option("#model-preset", "llama-3.1-70b")
     plan_and_wait(page, "4096", 4096)
     assert "llama-3.1-70b fits only at INT4" in page.inner_text("#verdict")
-    page.select_option("#model-preset", "gpt-oss-120b")  # 2880-wide rows: group 128 does not divide them
+    page.select_option("#model-preset", "gpt-oss-120b")
+    page.fill("#tensor", "3")  # the API refuses it: tensor x pipeline must equal the device count (1)
     page.click("#plan-button")
-    message = field_error(page, "group-size")
-    assert "2880" in message and "32, 64" in message
-    assert page.get_attribute("#group-size", "aria-invalid") == "true"
+    message = field_error(page, "tensor")
+    assert "must equal the device count" in message
+    assert page.get_attribute("#tensor", "aria-invalid") == "true"
     assert page.is_hidden("#plan-result")
     assert "llama-3.1-70b" not in page.inner_text("body")
     assert page.is_hidden("#export-json") and page.is_disabled("#copy-link")
 
+    page.fill("#tensor", "")
     page.select_option("#model-preset", "llama-3.1-70b")
     plan_and_wait(page, "4096", 4096)  # back to a plan, then a bad pasted config
     page.check("input[name='model-source'][value='config']")
