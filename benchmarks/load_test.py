@@ -354,9 +354,10 @@ async def warm_hostile(host: str, port: int) -> None:
 
 
 def print_attack(attack: Attack, seconds: float, trickles: int) -> None:
-    hostile = sum(figures.sent for figures in attack.values())
-    print(f"hostile requests: {hostile} in {seconds:.1f} s ({hostile / seconds:.1f}/s), "
-          f"{trickles} connections trickling heads among them")
+    trickled = attack[TRICKLE_BUILDER(0).kind].sent
+    hostile = sum(figures.sent for figures in attack.values()) - trickled
+    print(f"hostile requests: {hostile} in {seconds:.1f} s ({hostile / seconds:.1f}/s, until the last answer), "
+          f"and {trickled} heads trickled on {trickles} connections")
     print(f"  {'kind':<34} {'sent':>5}  {'answers (status x count)':<26} {'503+RA':>6} {'hung up':>7} "
           f"{'cut':>4} {'transport':>9} {'unexpected':>10} {'p50 ms':>8} {'max ms':>8}")
     for kind in sorted(attack):
@@ -490,7 +491,7 @@ def main() -> int:
             left_after_attack = list(Path(temp_dir).iterdir())
             print_phase("under attack (mixed load beside the attack mix)", attacked, attacked_wall)
             print_attack(attack, attack_wall, args.trickle_connections)
-            print(f"RSS idle {idle / MiB:.0f} MiB, peak under attack {attack_peak / MiB:.0f} MiB, "
+            print(f"RSS idle {idle / MiB:.0f} MiB, peak (baseline and attack) {attack_peak / MiB:.0f} MiB, "
                   f"after the attack (+{args.attack_settle_seconds:g} s) {after_attack / MiB:.0f} MiB; "
                   f"temp files left behind: {len(left_after_attack)}")
             attack_ratio = attacked["plan"].percentile_ms(0.99) / baseline_p99
