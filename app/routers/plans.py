@@ -25,6 +25,7 @@ from app.schemas.plans import (
     PlanResponse,
     SweepRequest,
     SweepResponse,
+    check_sweep_size,
     plan_answer_json,
     plan_to_core,
     sweep_rows,
@@ -108,6 +109,7 @@ async def create_sweep(body: SweepRequest, request: Request) -> Response:
     settings = settings_of(request)
     arguments = (body, settings.max_config_depth, settings.max_sweep_rows, settings.max_sweep_device_rows,
                  settings.max_header_bytes)
+    check_sweep_size(body, settings.max_sweep_rows, settings.max_sweep_device_rows)  # before it takes a place
     if _planned_devices(body) <= UNGATED_SWEEP_DEVICE_ROWS:
         # a few plans: off the event loop, so the server answers other requests meanwhile
         content = await anyio.to_thread.run_sync(_sweep_json, *arguments)

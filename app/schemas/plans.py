@@ -705,6 +705,20 @@ def device_fits(spec: ModelSpec, device_ids: list[str], workload: Workload, opti
     return fits
 
 
+def check_sweep_size(body: SweepRequest, max_rows: int, max_device_rows: int = 1 << 18) -> None:
+    """Refuse (413) a sweep of more than `max_rows` rows, or more than `max_device_rows` devices summed over its
+    rows, from the request alone: the route asks before the sweep waits for a place (issue 17's attack mix)."""
+    axes = body.sweep
+    counts = axes.device_counts or [body.hardware.count]
+    total = len(counts) * math.prod(len(axis or [None]) for axis in (axes.formats, axes.concurrent_sequences,
+                                                                     axes.context_lengths))
+    if total > max_rows:
+        raise LimitExceeded("max_sweep_rows", total, max_rows, field="sweep")
+    device_rows = sum(counts) * (total // len(counts))
+    if device_rows > max_device_rows:
+        raise LimitExceeded("max_sweep_device_rows", device_rows, max_device_rows, field="sweep")
+
+
 def sweep_rows(body: SweepRequest, max_config_depth: int, max_rows: int,
                max_device_rows: int = 1 << 18, max_header_bytes: int = DEFAULT_MAX_HEADER_BYTES) -> SweepResponse:
     """Run `plan` once per combination of the sweep axes.
@@ -716,16 +730,11 @@ def sweep_rows(body: SweepRequest, max_config_depth: int, max_rows: int,
     """
     spec, hardware, workload, options = plan_to_core(body, max_config_depth, max_header_bytes)
     axes = body.sweep
+    check_sweep_size(body, max_rows, max_device_rows)
     counts = axes.device_counts or [hardware.count]
     formats = axes.formats or [body.weights.format]
     sequences = axes.concurrent_sequences or [workload.concurrent_sequences]
     contexts = axes.context_lengths or [workload.context_length]
-    total = math.prod(len(axis) for axis in (counts, formats, sequences, contexts))
-    if total > max_rows:
-        raise LimitExceeded("max_sweep_rows", total, max_rows, field="sweep")
-    device_rows = sum(counts) * (total // len(counts))
-    if device_rows > max_device_rows:
-        raise LimitExceeded("max_sweep_device_rows", device_rows, max_device_rows, field="sweep")
     rows: list[SweepRow] = []
     for (i_count, count), (_, name), (i_sequences, sequence_count), (i_context, context) in itertools.product(
             *(enumerate(axis) for axis in (counts, formats, sequences, contexts))):

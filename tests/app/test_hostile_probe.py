@@ -274,11 +274,16 @@ def test_large_sweeps_past_the_running_and_waiting_places_are_503_with_retry_aft
             time.sleep(0.01)
         refused = limited.post("/v1/plan/sweep", json=LARGE_SWEEP)
         small = limited.post("/v1/plan/sweep", json={**LARGE_SWEEP, "sweep": {"context_lengths": [4096, 8192]}})
+        # a sweep past max_sweep_rows is refused from its request, not after waiting for a place (a 503 when full)
+        over = limited.post("/v1/plan/sweep", json={**LARGE_SWEEP, "sweep": {
+            **LARGE_SWEEP["sweep"], "context_lengths": [1024 * (i + 1) for i in range(65)]}})
         release.set()
         first.join(60)
         waiting.join(60)
     assert refused.status_code == 503 and refused.headers["content-type"] == PROBLEM
     assert refused.headers["retry-after"] == "9"
     assert small.status_code == 200 and len(small.json()["rows"]) == 2  # a small sweep is not counted
+    assert over.status_code == 413 and over.json()["limit"] == "max_sweep_rows"
+    assert (over.json()["value"], over.json()["maximum"]) == (65 * 64, 4096)
     assert [answer.status_code for answer in answers] == [200, 200]
     assert all(len(answer.json()["rows"]) == 4096 for answer in answers)
