@@ -142,7 +142,8 @@ def _tampered(tmp_path: Path, change: Callable[[dict[str, Any]], None]) -> Path:
 @pytest.mark.parametrize(("field", "value", "message"), [
     ("group_size", 32.0, "format.group_size of quantized tensor 'w': group_size=32.0: must be an integer or null"),
     ("group_size", True, "format.group_size of quantized tensor 'w': group_size=True: must be an integer or null"),
-    ("layout", "bogus", "format.layout of quantized tensor 'w': layout='bogus': must be one of ['nibble', 'gptq', 'awq', 'compressed-tensors']"),
+    ("layout", "bogus", "format.layout of quantized tensor 'w': layout='bogus': "
+                        "must be one of ['nibble', 'gptq', 'awq', 'compressed-tensors']"),
     ("pad", "no", "format.pad of quantized tensor 'w': pad='no': must be true or false"),
     ("symmetric", 0, "format.symmetric of quantized tensor 'w': symmetric=0: must be true or false"),
     ("zero", "int8", "format.zero of quantized tensor 'w': zero='int8': must be one of ['none', 'int4', 'fp16']"),
