@@ -25,6 +25,7 @@ from starlette.requests import ClientDisconnect
 from quant_core.errors import (
     CalibrationError,
     GroupSizeMismatch,
+    ImportanceMismatch,
     InvalidSpec,
     InvalidTensor,
     LimitExceeded,
@@ -149,6 +150,7 @@ PROBLEM_TABLE: dict[type[Exception], tuple[int, str, str]] = {
     NonFiniteValues: (422, "Tensor holds NaN or Inf", "non-finite-values"),
     InvalidTensor: (422, "Invalid tensor", "invalid-tensor"),
     CalibrationError: (422, "Invalid calibration data", "calibration-error"),
+    ImportanceMismatch: (422, "Importance statistics do not fit", "importance-mismatch"),
     TensorFileError: (422, "Unreadable tensor file", "tensor-file-error"),
     LimitExceeded: (413, "Over a configured limit", "limit-exceeded"),
     NibbleError: (422, "Invalid input", "invalid-input"),

@@ -132,3 +132,14 @@ class LimitExceeded(NibbleError):
         self.limit = limit
         self.value = value
         self.maximum = maximum
+
+
+class ImportanceMismatch(NibbleError):
+    """Importance statistics that do not fit a tensor: wrong width, negative, non-finite or all zero."""
+
+    def __init__(self, tensor: str, detail: str, *, expected: int | None = None, got: int | None = None) -> None:
+        where = f"tensor {tensor!r}: " if tensor else ""
+        super().__init__(f"importance statistics for {where}{detail}", field="importance")
+        self.tensor = tensor
+        self.expected = expected
+        self.got = got
