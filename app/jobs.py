@@ -24,6 +24,7 @@ import ml_dtypes
 import numpy as np
 from numpy.typing import NDArray
 
+from app import budget
 from app.arrival import ArrivalWaiter, UploadIncomplete, resize_to
 from quant_core.errors import CalibrationError, InvalidSpec, NibbleError
 from quant_core.formats import WeightFormat
@@ -80,6 +81,11 @@ class QuantizeJob:
     #: threads per tensor (`quantize`'s `threads`): None = every core (the CLI); the server's
     #: workers run one job per core and pass 1
     threads: int | None = None
+    #: importance statistics (llama.cpp imatrix GGUF or .dat, or safetensors vectors), app/budget.py
+    importance_path: Path | None = None
+    #: a byte budget for the quantized tensors (or bits per weight over them): per-tensor formats, app/budget.py
+    budget_bytes: int | None = None
+    bits_per_weight: float | None = None
 
 
 def _arriving_layout(job: QuantizeJob, waiter: ArrivalWaiter) -> DeclaredLayout | None:
@@ -175,6 +181,9 @@ def _quality(q: QuantizedTensor) -> dict[str, Any]:
         "output_relative_error": _finite_or_none(report.output_relative_error),
         "fit_rows": list(report.fit_rows) if report.fit_rows else None,
         "eval_rows": list(report.eval_rows) if report.eval_rows else None,
+        "weighted_relative_error": _finite_or_none(report.weighted_relative_error),
+        "weighted_sqnr_db": _finite_or_none(report.weighted_sqnr_db),
+        "importance_used": report.importance_used,
     }
 
 
@@ -206,7 +215,7 @@ def payload_size(q: QuantizedTensor) -> int:
 def _run_method(name: str, array: NDArray[Any], scheme: WeightFormat, method: str,
                 calibration: NDArray[Any] | None, threads: int | None = None,
                 arriving: tuple[ArrivalWaiter, int, int | None] | None = None, min_zero: int = 0,
-                ) -> tuple[QuantizedTensor, dict[str, Any]]:
+                importance: NDArray[Any] | None = None) -> tuple[QuantizedTensor, dict[str, Any]]:
     """Quantize one tensor and its report entry; `arriving` = (waiter, file offset, row bytes) of an upload
     still arriving, whose waits are left out of ``seconds``; `min_zero` as `quantize` takes it."""
     wait_rows: Callable[[int], None] | None = None
@@ -222,7 +231,7 @@ def _run_method(name: str, array: NDArray[Any], scheme: WeightFormat, method: st
     activations, note = _calibration_for(name, array, calibration, method)
     started = time.perf_counter()
     q = quantize(array, scheme, method, activations, name=name, threads=threads, wait_rows=wait_rows,
-                 min_zero=min_zero)
+                 min_zero=min_zero, importance=importance)
     seconds = time.perf_counter() - started
     if arriving is not None:
         seconds = max(0.0, seconds - (arriving[0].waited_seconds - waited_before))
@@ -312,13 +321,18 @@ def _quantize_file(job: QuantizeJob, output: OutputKind, output_path: Path | Non
     _check_include(tensors, job.include)
     calibration = _load_calibration(job)
     _check_calibration_fits(tensors, job.include, calibration)
+    importance = budget.load_importance(job, tensors, passthrough_reason)
     method = job.methods[0]
     scheme = _scheme(job, method, output)
     report: dict[str, Any] = {"method": method, "format": scheme.label(), "tensors": [], "passthrough": []}
     quantized: dict[str, QuantizedTensor] = {}
     passthrough: dict[str, NDArray[Any]] = {}
+    if budget.has_budget(job):
+        budget.check_output(output)
+        budget.quantize_under_budget(job, tensors, method, scheme, calibration, importance, report, quantized,
+                                     passthrough, output != "report", progress)
     total = sum(passthrough_reason(n, tensors[n], job.include) is None for n in tensors) if progress else 0
-    for name in tensors:
+    for name in tensors if not budget.has_budget(job) else ():
         array = tensors[name]
         reason = passthrough_reason(name, array, job.include)
         if reason is not None:
@@ -331,7 +345,7 @@ def _quantize_file(job: QuantizeJob, output: OutputKind, output_path: Path | Non
             arriving = (waiter, *layout.rows[name])
         # GPTQ checkpoints (v1) store zero − 1: their zeros are quantized in [1, 15]
         q, figures = _run_method(name, array, scheme, method, calibration, job.threads, arriving,
-                                 min_zero=1 if output == "gptq" else 0)
+                                 min_zero=1 if output == "gptq" else 0, importance=importance.get(name))
         report["tensors"].append({"name": name, "shape": list(array.shape), **figures})
         if progress is not None:
             progress(len(report["tensors"]), total, name, figures["seconds"])
@@ -379,7 +393,10 @@ def compare_file(job: QuantizeJob) -> dict[str, Any]:
     _check_include(tensors, job.include)
     calibration = _load_calibration(job)
     _check_calibration_fits(tensors, job.include, calibration)
+    importance = budget.load_importance(job, tensors, passthrough_reason)
     scheme = _scheme(job, "")
+    if budget.has_budget(job):
+        return budget.compare_under_budget(job, tensors, calibration, importance)
     rows: list[dict[str, Any]] = []
     passthrough: list[dict[str, Any]] = []
     for name in tensors:
@@ -389,7 +406,8 @@ def compare_file(job: QuantizeJob) -> dict[str, Any]:
             passthrough.append({"name": name, "shape": list(array.shape), "dtype": _dtype_name(array),
                                 "reason": reason})
             continue
-        results = [_run_method(name, array, _scheme(job, method), method, calibration, job.threads)[1]
+        results = [_run_method(name, array, _scheme(job, method), method, calibration, job.threads,
+                               importance=importance.get(name))[1]
                    for method in job.methods]
         best = min(results, key=_closeness)
         rows.append({"name": name, "shape": list(array.shape), "results": results, "best_method": best["method"]})

@@ -23,6 +23,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 
 from quant_core.errors import (
+    BudgetTooSmall,
     CalibrationError,
     GroupSizeMismatch,
     ImportanceMismatch,
@@ -151,6 +152,7 @@ PROBLEM_TABLE: dict[type[Exception], tuple[int, str, str]] = {
     InvalidTensor: (422, "Invalid tensor", "invalid-tensor"),
     CalibrationError: (422, "Invalid calibration data", "calibration-error"),
     ImportanceMismatch: (422, "Importance statistics do not fit", "importance-mismatch"),
+    BudgetTooSmall: (422, "Budget too small", "budget-too-small"),
     TensorFileError: (422, "Unreadable tensor file", "tensor-file-error"),
     LimitExceeded: (413, "Over a configured limit", "limit-exceeded"),
     NibbleError: (422, "Invalid input", "invalid-input"),

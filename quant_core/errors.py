@@ -143,3 +143,13 @@ class ImportanceMismatch(NibbleError):
         self.tensor = tensor
         self.expected = expected
         self.got = got
+
+
+class BudgetTooSmall(NibbleError):
+    """The budget is below the smallest bytes the allowed formats can reach."""
+
+    def __init__(self, budget_bytes: int, minimum_bytes: int, field: str = "budget_bytes") -> None:
+        super().__init__(f"a budget of {budget_bytes} bytes is below the {minimum_bytes} bytes the smallest allowed "
+                         "formats take for these tensors", field=field)
+        self.budget_bytes = budget_bytes
+        self.minimum_bytes = minimum_bytes

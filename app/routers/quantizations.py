@@ -53,6 +53,10 @@ router = APIRouter(tags=["quantize"], route_class=ApiKeyRoute)
 UPLOAD_ERRORS = problem_responses(400, 408, 413, 415, 422, 503, 504)
 FILE_DESCRIPTION = "A .safetensors (several tensors; F32/F16/BF16) or .npy file (never unpickled)."
 CALIBRATION_DESCRIPTION = "Optional calibration activations [samples, in_features] as .npy."
+IMPORTANCE_DESCRIPTION = ("Optional importance statistics, one float per input column of each tensor (mean of x², "
+                          "llama.cpp's imatrix): a GGUF or legacy .dat imatrix, or a .safetensors of float32 vectors "
+                          "named by tensor.")
+UPLOAD_FIELDS = ("file", "calibration", "importance")
 DOWNLOAD_CHUNK_BYTES = 1 << 20
 REPORT_HEADER = "X-Nibble-Report"
 
@@ -80,6 +84,11 @@ def _calibration(upload: Upload) -> Path | None:
     if calibration.kind != "npy":
         raise MalformedUpload("calibration must be a .npy file", field="calibration")
     return calibration.path
+
+
+def _importance(upload: Upload) -> Path | None:
+    importance = upload.files.get("importance")
+    return importance.path if importance is not None else None
 
 
 def _stream_and_forget(path: Path) -> Iterator[bytes]:
@@ -150,7 +159,8 @@ class _EarlyQuantization:
         except RequestValidationError:
             return  # answered 422 once the body is complete
         calibration = arriving.files.get("calibration")
-        self.job = _quantize_job(arriving.path, arriving.kind, calibration, form, self.settings)
+        self.job = _quantize_job(arriving.path, arriving.kind, calibration, form, self.settings,
+                                 arriving.files.get("importance"))
         self.output = form.output
         if form.output != "report":
             self.output_path = arriving.directory / f"early-output{OUTPUT_SUFFIXES[form.output]}"
@@ -193,15 +203,17 @@ def _restore_size(file: UploadedFile) -> None:
 
 
 def _quantize_job(path: Path, kind: TensorFileKind, calibration: Path | None, form: QuantizeForm,
-                  settings: Settings) -> QuantizeJob:
+                  settings: Settings, importance: Path | None = None) -> QuantizeJob:
     return QuantizeJob(path, kind, calibration, (form.method,), form.group_size, form.symmetric, form.include,
-                       _limits(settings), form.zero, threads=settings.job_threads)
+                       _limits(settings), form.zero, threads=settings.job_threads, importance_path=importance,
+                       budget_bytes=form.budget_bytes, bits_per_weight=form.bits_per_weight)
 
 
 @router.post("/quantize", summary="Quantize uploaded tensors to INT4", response_model=None,
              responses={**DOWNLOAD_RESPONSE, **UPLOAD_ERRORS},
              openapi_extra=multipart_body(QuantizeForm, {"file": FILE_DESCRIPTION,
-                                                         "calibration": CALIBRATION_DESCRIPTION}, ("file",)))
+                                                         "calibration": CALIBRATION_DESCRIPTION,
+                                                         "importance": IMPORTANCE_DESCRIPTION}, ("file",)))
 async def create_quantization(request: Request) -> JSONResponse | StreamingResponse:
     """Every 2-D float tensor (or those matching `include`) to INT4 by `method`, measured; the rest passes.
 
@@ -213,11 +225,11 @@ async def create_quantization(request: Request) -> JSONResponse | StreamingRespo
     pool = _pool(request)
     early = _EarlyQuantization(pool, settings)
     # the early job is stopped (before_cleanup) before the spool is released for reuse, inside the pool place
-    async with pool.reserve(), receive_upload(request, settings, on_arriving=early.start,
+    async with pool.reserve(), receive_upload(request, settings, file_fields=UPLOAD_FIELDS, on_arriving=early.start,
                                               before_cleanup=early.close) as upload:
         form = parse_form(QuantizeForm, upload.fields)
         file = _required_file(upload, "file")
-        job = _quantize_job(file.path, file.kind, _calibration(upload), form, settings)
+        job = _quantize_job(file.path, file.kind, _calibration(upload), form, settings, _importance(upload))
         finished = await early.result(job, form.output, file)
         if form.output == "report":
             report = finished[0] if finished is not None else await pool.run(
@@ -237,16 +249,19 @@ async def create_quantization(request: Request) -> JSONResponse | StreamingRespo
 @router.post("/quantize/compare", summary="Compare quantization methods side by side",
              response_model=CompareReport, responses=UPLOAD_ERRORS,
              openapi_extra=multipart_body(CompareForm, {"file": FILE_DESCRIPTION,
-                                                        "calibration": CALIBRATION_DESCRIPTION}, ("file",)))
+                                                        "calibration": CALIBRATION_DESCRIPTION,
+                                                        "importance": IMPORTANCE_DESCRIPTION}, ("file",)))
 async def create_comparison(request: Request) -> JSONResponse:
     """Quality figures and sizes of each method, per tensor, so a user sees which survives the squeeze."""
     settings = settings_of(request)
     pool = _pool(request)
-    async with pool.reserve(), receive_upload(request, settings) as upload:
+    async with pool.reserve(), receive_upload(request, settings, file_fields=UPLOAD_FIELDS) as upload:
         form = parse_form(CompareForm, upload.fields)
         file = _required_file(upload, "file")
         job = QuantizeJob(file.path, file.kind, _calibration(upload), tuple(form.methods), form.group_size,
-                          form.symmetric, form.include, _limits(settings), form.zero)
+                          form.symmetric, form.include, _limits(settings), form.zero,
+                          importance_path=_importance(upload), budget_bytes=form.budget_bytes,
+                          bits_per_weight=form.bits_per_weight)
         comparison = await pool.run(compare_file, job)
         observe_report(request.app, comparison)
         return JSONResponse(comparison)

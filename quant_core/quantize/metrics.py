@@ -21,7 +21,8 @@ from numpy.typing import NDArray
 from quant_core.errors import CalibrationError, InvalidTensor
 from quant_core.quantize.types import QualityReport
 
-__all__ = ["QualityAccumulator", "WeightedErrorAccumulator", "calibration_split", "quality_report"]
+__all__ = ["QualityAccumulator", "WeightedErrorAccumulator", "calibration_split", "quality_report",
+           "weighted_relative_error"]
 
 _CHUNK_ELEMENTS = 1 << 18
 #: a float32 sum of squares below this may have lost terms to underflow (float32's smallest normal is 1.2e-38)
