@@ -2,7 +2,8 @@
 
 A request with a budget (``budget_bytes``, or ``bits_per_weight`` over the
 tensors it quantizes) measures every selected tensor in each allowed format
-(`budget_formats`: the method's int4 scheme at g128, g64 and g32, and 16-bit),
+(`budget_formats`: int4 at g128, g64 and g32, asymmetric as the request's scheme
+and symmetric, and 16-bit),
 then lets `quant_core.quantize.allocation.allocate` choose one format per
 tensor that minimises the summed importance-weighted relative squared error
 within the budget.  The bytes each tensor takes are its format's
@@ -78,13 +79,21 @@ def load_importance(job: jobs.QuantizeJob, tensors: Mapping[str, NDArray[Any]],
     return {name: vectors[name] for name in matched}
 
 
-def budget_formats(scheme: WeightFormat, in_features: int) -> list[WeightFormat]:
-    """The int4 formats a tensor may take under a budget: `scheme` at each group size that fits its width."""
+def budget_formats(scheme: WeightFormat, in_features: int, method: str) -> list[WeightFormat]:
+    """The int4 formats a tensor may take under a budget, at each group size that fits its width.
+
+    A symmetric `scheme` allows symmetric formats only; an asymmetric one
+    allows both its own (zero stored as `scheme.zero`) and the symmetric one
+    (no zero: 4.125, 4.25 and 4.5 bits per weight at g128, g64 and g32, between
+    the asymmetric 4.156, 4.3125 and 4.625), except for `hqq`, which needs a zero.
+    """
+    kinds = [scheme] if scheme.symmetric or method == "hqq" else [
+        scheme, WeightFormat("int4", scheme.group_size, True, "none", scheme.pad)]
     formats = []
-    for group_size in BUDGET_GROUP_SIZES:
-        candidate = WeightFormat("int4", group_size, scheme.symmetric, scheme.zero, scheme.pad)
-        if scheme.pad or in_features % group_size == 0:
-            formats.append(candidate)
+    for kind in kinds:
+        for group_size in BUDGET_GROUP_SIZES:
+            if scheme.pad or in_features % group_size == 0:
+                formats.append(WeightFormat("int4", group_size, kind.symmetric, kind.zero, scheme.pad))
     return formats
 
 
@@ -141,7 +150,7 @@ Measured = list[tuple[TensorOption, QuantizedTensor | NDArray[Any], dict[str, An
 def _measure(name: str, array: NDArray[Any], method: str, scheme: WeightFormat, calibration: NDArray[Any] | None,
              importance: NDArray[np.float32] | None, threads: int | None, keep: bool) -> Measured:
     options: Measured = []
-    for candidate in budget_formats(scheme, int(array.shape[1])):
+    for candidate in budget_formats(scheme, int(array.shape[1]), method):
         q, figures = jobs._run_method(name, array, candidate, method, calibration, threads, importance=importance)
         options.append((TensorOption(candidate.label(), figures["bytes"]["output"], _error_of(figures)),
                         q if keep else array[:0], figures))

@@ -10,7 +10,7 @@ import pytest
 from fastapi.testclient import TestClient
 from safetensors.numpy import save as save_safetensors
 
-from quant_core.formats import WeightFormat, int4
+from quant_core.formats import int4
 from quant_core.quantize import dequantize, quantize
 from quant_core.quantize.metrics import weighted_relative_error
 from quant_core.tensorio import read_nibble_safetensors, read_safetensors_header, write_importance_dat
@@ -144,10 +144,18 @@ def test_compare_under_a_budget_shows_each_methods_allocation(
     assert body["allocations"]["clip"]["error"] <= body["allocations"]["rtn"]["error"] * 1.05
 
 
-@pytest.mark.parametrize("scheme", [int4(128), int4(64, symmetric=True)], ids=WeightFormat.label)
-def test_the_budgeted_formats_keep_the_requested_symmetry(client: TestClient, tensors: dict[str, np.ndarray],
-                                                          tmp_path: Path, scheme: WeightFormat) -> None:
-    body = client.post("/v1/quantize", files=_files(tensors, None, tmp_path),
-                       data={"bits_per_weight": "4.6", "symmetric": str(scheme.symmetric).lower()}).json()
-    kinds = {t["format"].split("-")[-1] for t in body["tensors"] if t["format"].startswith("int4")}
-    assert kinds <= ({"sym"} if scheme.symmetric else {"asym"})
+@pytest.mark.parametrize(("method", "symmetric", "kinds"), [
+    ("rtn", "true", {"sym"}),  # symmetric asked: symmetric formats only
+    ("hqq", "false", {"asym"}),  # HQQ optimises a zero: asymmetric only
+    ("rtn", "false", {"asym", "sym"}),  # otherwise both, for their in-between sizes
+])
+def test_the_budgeted_formats_follow_the_requested_symmetry(client: TestClient, tensors: dict[str, np.ndarray],
+                                                            tmp_path: Path, method: str, symmetric: str,
+                                                            kinds: set[str]) -> None:
+    body = client.post("/v1/quantize/compare", files=_files(tensors, None, tmp_path),
+                       data={"methods": method, "bits_per_weight": "4.6", "symmetric": symmetric,
+                             "zero": "int4"}).json()
+    allowed = body["allocations"][method]["allowed_formats"]
+    assert {label.split("-")[-1] for label in allowed if label.startswith("int4")} == kinds
+    assert {label.split("-")[1] for label in allowed if label.startswith("int4")} == {"g32", "g64", "g128"}
+    assert "fp16" in allowed
