@@ -311,7 +311,8 @@ def _quantize_file(job: QuantizeJob, output: OutputKind, output_path: Path | Non
                    progress: Callable[[int, int, str, float], None] | None,
                    waiter: ArrivalWaiter | None) -> dict[str, Any]:
     """`quantize_file`, with the arrival record (if any) already open."""
-    layout = _arriving_layout(job, waiter) if waiter is not None else None
+    # a budget measures every tensor before choosing any format: it waits for the whole upload
+    layout = _arriving_layout(job, waiter) if waiter is not None and not budget.has_budget(job) else None
     if waiter is not None:
         if layout is None:
             waiter.final_size()

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import threading
+import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -10,6 +13,8 @@ import pytest
 from fastapi.testclient import TestClient
 from safetensors.numpy import save as save_safetensors
 
+from app.arrival import ArrivalRecorder
+from app.jobs import QuantizeJob, ReadLimits, quantize_file
 from quant_core.formats import int4
 from quant_core.quantize import dequantize, quantize
 from quant_core.quantize.metrics import weighted_relative_error
@@ -159,3 +164,34 @@ def test_the_budgeted_formats_follow_the_requested_symmetry(client: TestClient, 
     assert {label.split("-")[-1] for label in allowed if label.startswith("int4")} == kinds
     assert {label.split("-")[1] for label in allowed if label.startswith("int4")} == {"g32", "g64", "g128"}
     assert "fp16" in allowed
+
+
+def test_a_budget_job_started_while_the_upload_arrives_waits_for_all_of_it(
+        tensors: dict[str, np.ndarray], tmp_path: Path) -> None:
+    content = save_safetensors(tensors)
+    limits = ReadLimits(64, 1 << 26, 1 << 16)
+    complete_path = tmp_path / "complete"
+    complete_path.write_bytes(content)
+    job = QuantizeJob(complete_path, "safetensors", None, ("rtn",), 128, False, None, limits, bits_per_weight=4.4)
+    complete = quantize_file(job, "report", None)
+
+    path = tmp_path / "upload"
+    path.write_bytes(b"")
+    recorder = ArrivalRecorder(tmp_path / "upload.arrival")
+
+    def arrive() -> None:
+        with path.open("r+b", buffering=0) as handle:
+            for start in range(0, len(content), 1 << 14):
+                time.sleep(0.002)
+                handle.write(content[start:start + (1 << 14)])
+                recorder.advance(min(len(content), start + (1 << 14)))
+        recorder.complete(len(content))
+
+    sender = threading.Thread(target=arrive)
+    sender.start()
+    try:
+        arriving = quantize_file(replace(job, path=path), "report", None, arrival=recorder.path)
+    finally:
+        sender.join()
+    assert [t["format"] for t in arriving["tensors"]] == [t["format"] for t in complete["tensors"]]
+    assert arriving["allocation"] == complete["allocation"]
