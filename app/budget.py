@@ -192,6 +192,7 @@ def quantize_under_budget(job: jobs.QuantizeJob, tensors: Mapping[str, NDArray[A
     """Measure, allocate and fill `report`, `quantized` and `passthrough` (16-bit choices are passthrough)."""
     names: list[str] = []
     measured: list[Measured] = []
+    total = sum(jobs.passthrough_reason(n, tensors[n], job.include) is None for n in tensors)
     for name in tensors:
         array = tensors[name]
         reason = jobs.passthrough_reason(name, array, job.include)
@@ -203,7 +204,7 @@ def quantize_under_budget(job: jobs.QuantizeJob, tensors: Mapping[str, NDArray[A
         names.append(name)
         measured.append(_measure(name, array, method, scheme, calibration, importance.get(name), job.threads, keep))
         if progress is not None:
-            progress(len(names), len(names), name, sum(f["seconds"] for _, _, f in measured[-1]))
+            progress(len(names), total, name, sum(f["seconds"] for _, _, f in measured[-1]))
     elements = sum(int(tensors[n].shape[0]) * int(tensors[n].shape[1]) for n in names)
     choices, summary = _allocate(job, measured, elements)
     for name, options, index in zip(names, measured, choices, strict=True):
