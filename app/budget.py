@@ -3,17 +3,19 @@
 A request with a budget (``budget_bytes``, or ``bits_per_weight`` over the
 tensors it quantizes) measures every selected tensor in each allowed format
 (`budget_formats`: int4 at g128, g64 and g32, asymmetric as the request's scheme
-and symmetric, and 16-bit),
+and symmetric; int8 per row, quant_core/quantize/int8.py; and 16-bit),
 then lets `quant_core.quantize.allocation.allocate` choose one format per
 tensor that minimises the summed importance-weighted relative squared error
 within the budget.  The bytes each tensor takes are its format's
 ``bytes_for(shape)``, so the report's ``allocation.output_bytes`` is what the
 file's tensors take.  16-bit tensors are written as float16 (bfloat16 and
-float16 inputs keep their own dtype, exactly).
+float16 inputs keep their own dtype, exactly); int8 ones as nibble's int8 entries
+(quant_core/tensorio/nibble_file.py).
 """
 
 from __future__ import annotations
 
+import math
 import time
 from collections import Counter
 from collections.abc import Callable, Mapping
@@ -29,6 +31,7 @@ from quant_core.formats import WeightFormat
 from quant_core.quantize import QuantizedTensor, quality_report
 from quant_core.quantize.allocation import BudgetTooSmall, TensorOption, allocate, budget_from_bits
 from quant_core.quantize.api import normalised_importance
+from quant_core.quantize.int8 import Int8Tensor, dequantize_int8, quantize_int8
 from quant_core.quantize.metrics import weighted_relative_error
 from quant_core.tensorio import read_importance
 
@@ -104,19 +107,15 @@ def _sixteen_bit(array: NDArray[Any]) -> NDArray[Any]:
     return np.asarray(array, dtype=np.float32).astype(np.float16)
 
 
-def _sixteen_bit_entry(name: str, array: NDArray[Any], importance: NDArray[np.float32] | None
-                       ) -> tuple[NDArray[Any], dict[str, Any]]:
-    started = time.perf_counter()
-    stored = _sixteen_bit(array)
-    with np.errstate(over="ignore"):
-        back = np.asarray(stored, dtype=np.float32)
-    report = quality_report(np.asarray(array, dtype=np.float32), back)
+def _figures_of(name: str, array: NDArray[Any], back: NDArray[np.float32], importance: NDArray[np.float32] | None,
+                label: str, output_bytes: int, seconds: float) -> dict[str, Any]:
+    """A report entry for a tensor stored as `back` (decoded) in format `label` (int8 or 16-bit: no method)."""
+    original = np.asarray(array, dtype=np.float32)
+    report = quality_report(original, back)
     weights_by_column = (normalised_importance(importance, int(array.shape[1]), name)
                          if importance is not None else None)
-    weighted = weighted_relative_error(np.asarray(array, dtype=np.float32), back,
-                                       weights_by_column if weights_by_column is not None
+    weighted = weighted_relative_error(original, back, weights_by_column if weights_by_column is not None
                                        else np.ones(array.shape[1], np.float32))
-    label = "bf16" if stored.dtype == _BF16 else "fp16"
     elements = int(array.shape[0]) * int(array.shape[1])
     quality = {
         "relative_error": jobs._finite_or_none(report.relative_error),
@@ -124,15 +123,34 @@ def _sixteen_bit_entry(name: str, array: NDArray[Any], importance: NDArray[np.fl
         "cosine_similarity": report.cosine_similarity, "exact": report.max_abs_error == 0.0,
         "output_relative_error": None, "fit_rows": None, "eval_rows": None,
         "weighted_relative_error": jobs._finite_or_none(weighted),
-        "weighted_sqnr_db": jobs._finite_or_none(-20.0 * np.log10(weighted) if weighted > 0 else np.inf),
+        "weighted_sqnr_db": jobs._finite_or_none(-20.0 * math.log10(weighted) if weighted > 0 else math.inf),
         "importance_used": False,
     }
-    figures = {
-        "method": "none", "group_size": None, "symmetric": False, "format": label,
-        "bytes": {"input": int(array.nbytes), "output": 2 * elements, "predicted": 2 * elements},
-        "bits_per_weight": 16.0, "quality": quality, "seconds": time.perf_counter() - started,
+    return {
+        "method": "none", "group_size": None, "symmetric": label == "int8", "format": label,
+        "bytes": {"input": int(array.nbytes), "output": output_bytes, "predicted": output_bytes},
+        "bits_per_weight": 8 * output_bytes / elements, "quality": quality, "seconds": seconds,
     }
-    return stored, figures
+
+
+def _int8_entry(name: str, array: NDArray[Any], importance: NDArray[np.float32] | None
+                ) -> tuple[Int8Tensor, dict[str, Any]]:
+    started = time.perf_counter()
+    q8 = quantize_int8(array)
+    back = dequantize_int8(q8)
+    output = int(q8.codes.nbytes + q8.scales.nbytes)
+    return q8, _figures_of(name, array, back, importance, "int8", output, time.perf_counter() - started)
+
+
+def _sixteen_bit_entry(name: str, array: NDArray[Any], importance: NDArray[np.float32] | None
+                       ) -> tuple[NDArray[Any], dict[str, Any]]:
+    started = time.perf_counter()
+    stored = _sixteen_bit(array)
+    with np.errstate(over="ignore"):
+        back = np.asarray(stored, dtype=np.float32)
+    label = "bf16" if stored.dtype == _BF16 else "fp16"
+    output = 2 * int(array.shape[0]) * int(array.shape[1])
+    return stored, _figures_of(name, array, back, importance, label, output, time.perf_counter() - started)
 
 
 def _error_of(figures: Mapping[str, Any]) -> float:
@@ -144,7 +162,7 @@ def _error_of(figures: Mapping[str, Any]) -> float:
     return float("inf") if value is None else float(value) ** 2
 
 
-Measured = list[tuple[TensorOption, QuantizedTensor | NDArray[Any], dict[str, Any]]]
+Measured = list[tuple[TensorOption, QuantizedTensor | Int8Tensor | NDArray[Any] | None, dict[str, Any]]]
 
 
 def _measure(name: str, array: NDArray[Any], method: str, scheme: WeightFormat, calibration: NDArray[Any] | None,
@@ -154,6 +172,9 @@ def _measure(name: str, array: NDArray[Any], method: str, scheme: WeightFormat, 
         q, figures = jobs._run_method(name, array, candidate, method, calibration, threads, importance=importance)
         options.append((TensorOption(candidate.label(), figures["bytes"]["output"], _error_of(figures)),
                         q if keep else array[:0], figures))
+    q8, figures = _int8_entry(name, array, importance)
+    options.append((TensorOption("int8", figures["bytes"]["output"], _error_of(figures)), q8 if keep else None,
+                    figures))
     stored, figures = _sixteen_bit_entry(name, array, importance)
     options.append((TensorOption(figures["format"], figures["bytes"]["output"], _error_of(figures)),
                     stored if keep else array[:0], figures))
@@ -188,10 +209,12 @@ def quantize_under_budget(job: jobs.QuantizeJob, tensors: Mapping[str, NDArray[A
                           scheme: WeightFormat, calibration: NDArray[Any] | None,
                           importance: Mapping[str, NDArray[np.float32]], report: dict[str, Any],
                           quantized: dict[str, QuantizedTensor], passthrough: dict[str, NDArray[Any]], keep: bool,
-                          progress: Callable[[int, int, str, float], None] | None) -> None:
-    """Measure, allocate and fill `report`, `quantized` and `passthrough` (16-bit choices are passthrough)."""
+                          progress: Callable[[int, int, str, float], None] | None) -> dict[str, Int8Tensor]:
+    """Measure, allocate and fill `report`, `quantized` and `passthrough` (16-bit choices are passthrough);
+    returns the tensors that chose int8."""
     names: list[str] = []
     measured: list[Measured] = []
+    int8: dict[str, Int8Tensor] = {}
     total = sum(jobs.passthrough_reason(n, tensors[n], job.include) is None for n in tensors)
     for name in tensors:
         array = tensors[name]
@@ -213,10 +236,13 @@ def quantize_under_budget(job: jobs.QuantizeJob, tensors: Mapping[str, NDArray[A
         if keep:
             if isinstance(stored, QuantizedTensor):
                 quantized[name] = stored
-            else:
+            elif isinstance(stored, Int8Tensor):
+                int8[name] = stored
+            elif stored is not None:
                 passthrough[name] = stored
     report["format"] = "mixed"
     report["allocation"] = summary
+    return int8
 
 
 def compare_under_budget(job: jobs.QuantizeJob, tensors: Mapping[str, NDArray[Any]],

@@ -29,11 +29,13 @@ from app.arrival import ArrivalWaiter, UploadIncomplete, resize_to
 from quant_core.errors import CalibrationError, InvalidSpec, NibbleError
 from quant_core.formats import WeightFormat
 from quant_core.quantize import QuantizedTensor, dequantize, quantize
+from quant_core.quantize.int8 import Int8Tensor, dequantize_int8
 from quant_core.tensorio import (
     export_awq,
     export_compressed_tensors,
     export_gguf,
     export_gptq,
+    read_nibble_int8,
     read_nibble_safetensors,
     read_npy,
     read_safetensors,
@@ -328,9 +330,10 @@ def _quantize_file(job: QuantizeJob, output: OutputKind, output_path: Path | Non
     report: dict[str, Any] = {"method": method, "format": scheme.label(), "tensors": [], "passthrough": []}
     quantized: dict[str, QuantizedTensor] = {}
     passthrough: dict[str, NDArray[Any]] = {}
+    int8: dict[str, Int8Tensor] = {}
     if budget.has_budget(job):
         budget.check_output(output)
-        budget.quantize_under_budget(job, tensors, method, scheme, calibration, importance, report, quantized,
+        int8 = budget.quantize_under_budget(job, tensors, method, scheme, calibration, importance, report, quantized,
                                      passthrough, output != "report", progress)
     total = sum(passthrough_reason(n, tensors[n], job.include) is None for n in tensors) if progress else 0
     for name in tensors if not budget.has_budget(job) else ():
@@ -366,7 +369,8 @@ def _quantize_file(job: QuantizeJob, output: OutputKind, output_path: Path | Non
         return report
     written_report = json.dumps(report, separators=(",", ":"))  # every file carries the report in its metadata
     if output == "nibble":
-        write_nibble_safetensors(output_path, quantized, passthrough, metadata={"report": written_report})
+        write_nibble_safetensors(output_path, quantized, passthrough, metadata={"report": written_report},
+                                 int8=int8)
     elif output == "gptq":
         report["quantization_config"] = export_gptq(quantized, passthrough, output_path,
                                                     metadata={EXPORT_REPORT_KEY: written_report})
@@ -422,7 +426,12 @@ def dequantize_file(path: Path, dtype: DequantizeDtype, limits: ReadLimits, outp
         max_header_bytes=limits.max_header_bytes)
     target = np.dtype(ml_dtypes.bfloat16) if dtype == "bfloat16" else np.dtype(dtype)
     out: dict[str, NDArray[Any]] = {name: dequantize(q, target) for name, q in quantized.items()}
+    int8 = read_nibble_int8(path, max_tensors=limits.max_tensors, max_elements=limits.max_elements,
+                            max_header_bytes=limits.max_header_bytes)
+    for name, q8 in int8.items():
+        out[name] = dequantize_int8(q8).astype(target)
     for name, array in passthrough.items():
         out[name] = np.asarray(array)
     size = write_plain_safetensors(output_path, out, metadata={**metadata, "dequantized_dtype": dtype})
-    return {"tensors": len(quantized), "passthrough": len(passthrough), "dtype": dtype, "file_bytes": size}
+    return {"tensors": len(quantized) + len(int8), "passthrough": len(passthrough), "dtype": dtype,
+            "file_bytes": size}

@@ -14,8 +14,9 @@ the first paragraphs of the docstrings of Python's standard library, the
 calibration from one set of modules, the evaluation from another.
 
 Rows: each method with and without the statistics, at a fixed int4 g128
-format and under budgets of 4.25 and 4.5 bits per weight (per-tensor formats,
-`app/budget.py`); bits per weight are over the quantized tensors.  Targets
+format and under budgets of 4.25 and 4.5 bits per weight (per-tensor formats:
+int4 g128/g64/g32 asymmetric and symmetric, int8 or 16-bit, `app/budget.py`);
+bits per weight are over the quantized tensors.  Targets
 (issue 22): mean cosine ≥ 0.972 at ≤ 4.25 bits per weight and ≥ 0.975 at ≤ 4.5.
 """
 
@@ -94,10 +95,13 @@ def load_quantized(model: Any, path: Path) -> Any:
     import torch
 
     from quant_core.quantize import dequantize
-    from quant_core.tensorio import read_nibble_safetensors
+    from quant_core.quantize.int8 import dequantize_int8
+    from quant_core.tensorio import read_nibble_int8, read_nibble_safetensors
 
     quantized, passthrough, _ = read_nibble_safetensors(path, max_elements=1 << 28)
     state = {name: torch.from_numpy(np.array(dequantize(q), dtype=np.float32)) for name, q in quantized.items()}
+    for name, q8 in read_nibble_int8(path, max_elements=1 << 28).items():
+        state[name] = torch.from_numpy(dequantize_int8(q8))
     for name, array in passthrough.items():
         if np.asarray(array).dtype.kind == "f" or str(np.asarray(array).dtype) == "bfloat16":
             state[name] = torch.from_numpy(np.array(array, dtype=np.float32))

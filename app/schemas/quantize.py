@@ -39,8 +39,8 @@ class QuantizeForm(BaseModel):
     include: str | None = Field(None, description="Glob on tensor names (default: every 2-D float tensor).")
     bits_per_weight: float | None = Field(None, gt=0, le=16, description=(
         "A budget in bits per weight over the tensors quantized: each tensor gets the format (int4 at g128, g64 "
-        "or g32 by `method`, or 16-bit) that minimises the total importance-weighted error within it. Or "
-        "budget_bytes; not both."))
+        "or g32 by `method`, asymmetric and symmetric; int8 per row; or 16-bit) that minimises the total "
+        "importance-weighted error within it (output report or nibble). Or budget_bytes; not both."))
     budget_bytes: int | None = Field(None, gt=0, description="A budget in bytes for the quantized tensors' payload.")
 
     @model_validator(mode="after")
@@ -70,8 +70,8 @@ class CompareForm(BaseModel):
     include: str | None = None
     bits_per_weight: float | None = Field(None, gt=0, le=16, description=(
         "A budget in bits per weight over the tensors quantized: each tensor gets the format (int4 at g128, g64 "
-        "or g32 by `method`, or 16-bit) that minimises the total importance-weighted error within it. Or "
-        "budget_bytes; not both."))
+        "or g32 by `method`, asymmetric and symmetric; int8 per row; or 16-bit) that minimises the total "
+        "importance-weighted error within it (output report or nibble). Or budget_bytes; not both."))
     budget_bytes: int | None = Field(None, gt=0, description="A budget in bytes for the quantized tensors' payload.")
 
     @model_validator(mode="after")

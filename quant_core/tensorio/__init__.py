@@ -13,7 +13,7 @@ from quant_core.tensorio.gguf_export import export_gguf
 from quant_core.tensorio.gptq import export_gptq, gptq_config
 from quant_core.tensorio.importance import read_importance, write_importance_dat
 from quant_core.tensorio.limits import DEFAULT_MAX_ELEMENTS, DEFAULT_MAX_HEADER_BYTES, DEFAULT_MAX_TENSORS
-from quant_core.tensorio.nibble_file import read_nibble_safetensors, write_nibble_safetensors
+from quant_core.tensorio.nibble_file import read_nibble_int8, read_nibble_safetensors, write_nibble_safetensors
 from quant_core.tensorio.npy import read_npy, read_npy_header
 from quant_core.tensorio.safetensors_io import (
     SafetensorsFile,
@@ -40,6 +40,7 @@ __all__ = [
     "export_gptq",
     "gptq_config",
     "read_importance",
+    "read_nibble_int8",
     "read_nibble_safetensors",
     "read_npy",
     "read_npy_header",

@@ -19,6 +19,7 @@ from quant_core.formats import int4
 from quant_core.quantize import dequantize, quantize
 from quant_core.quantize.metrics import weighted_relative_error
 from quant_core.tensorio import read_nibble_safetensors, read_safetensors_header, write_importance_dat
+from tests.tensor_files import load_safetensors as load_safetensors_bytes
 
 SHAPES = {"a.weight": (64, 256), "b.weight": (128, 256), "c.weight": (32, 512)}
 
@@ -195,3 +196,25 @@ def test_a_budget_job_started_while_the_upload_arrives_waits_for_all_of_it(
         sender.join()
     assert [t["format"] for t in arriving["tensors"]] == [t["format"] for t in complete["tensors"]]
     assert arriving["allocation"] == complete["allocation"]
+
+
+def test_int8_is_the_middle_option_and_dequantize_reads_it_back(
+        client: TestClient, tensors: dict[str, np.ndarray], tmp_path: Path) -> None:
+    response = client.post("/v1/quantize", files=_files(tensors, None, tmp_path),
+                           data={"bits_per_weight": "8.2", "output": "nibble"})
+    assert response.status_code == 200
+    quantized_file = tmp_path / "q.safetensors"
+    quantized_file.write_bytes(response.content)
+    report = json.loads(read_safetensors_header(quantized_file).metadata["report"])
+    # 8.2 bits hold int8 (8 bits + an fp16 scale per row) for every tensor, and no tensor at 16-bit
+    assert report["allocation"]["formats"] == {"int8": 3}
+    for entry in report["tensors"]:
+        rows, columns = entry["shape"]
+        assert entry["bytes"]["output"] == rows * columns + 2 * rows
+    restored = client.post("/v1/dequantize", files={"file": ("q.safetensors", response.content)})
+    assert restored.status_code == 200
+    back = load_safetensors_bytes(restored.content)
+    for name in SHAPES:
+        step = np.abs(tensors[name]).max(axis=1, keepdims=True) / 127
+        assert (np.abs(back[name] - tensors[name]) <= step * 0.5 * (1 + 2 ** -9)).all()
+    np.testing.assert_array_equal(back["a.bias"], tensors["a.bias"])
