@@ -171,13 +171,13 @@ def _measure(name: str, array: NDArray[Any], method: str, scheme: WeightFormat, 
     for candidate in budget_formats(scheme, int(array.shape[1]), method):
         q, figures = jobs._run_method(name, array, candidate, method, calibration, threads, importance=importance)
         options.append((TensorOption(candidate.label(), figures["bytes"]["output"], _error_of(figures)),
-                        q if keep else array[:0], figures))
+                        q if keep else None, figures))
     q8, figures = _int8_entry(name, array, importance)
     options.append((TensorOption("int8", figures["bytes"]["output"], _error_of(figures)), q8 if keep else None,
                     figures))
     stored, figures = _sixteen_bit_entry(name, array, importance)
     options.append((TensorOption(figures["format"], figures["bytes"]["output"], _error_of(figures)),
-                    stored if keep else array[:0], figures))
+                    stored if keep else None, figures))
     return options
 
 
