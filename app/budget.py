@@ -27,11 +27,11 @@ from numpy.typing import NDArray
 
 from app import jobs
 from quant_core.errors import ImportanceMismatch, InvalidSpec, LimitExceeded, TensorFileError
-from quant_core.formats import WeightFormat
+from quant_core.formats import WeightFormat, float_format
 from quant_core.quantize import QuantizedTensor, quality_report
 from quant_core.quantize.allocation import BudgetTooSmall, TensorOption, allocate, budget_from_bits
 from quant_core.quantize.api import normalised_importance
-from quant_core.quantize.int8 import Int8Tensor, dequantize_int8, quantize_int8
+from quant_core.quantize.int8 import INT8, Int8Tensor, dequantize_int8, quantize_int8
 from quant_core.quantize.metrics import weighted_relative_error
 from quant_core.tensorio import read_importance
 
@@ -108,8 +108,9 @@ def _sixteen_bit(array: NDArray[Any]) -> NDArray[Any]:
 
 
 def _figures_of(name: str, array: NDArray[Any], back: NDArray[np.float32], importance: NDArray[np.float32] | None,
-                label: str, output_bytes: int, seconds: float) -> dict[str, Any]:
-    """A report entry for a tensor stored as `back` (decoded) in format `label` (int8 or 16-bit: no method)."""
+                stored_format: WeightFormat, output_bytes: int, seconds: float) -> dict[str, Any]:
+    """A report entry for a tensor stored as `back` (decoded) in `stored_format` (int8 or 16-bit: no method)."""
+    label = stored_format.label()
     original = np.asarray(array, dtype=np.float32)
     report = quality_report(original, back)
     weights_by_column = (normalised_importance(importance, int(array.shape[1]), name)
@@ -128,7 +129,8 @@ def _figures_of(name: str, array: NDArray[Any], back: NDArray[np.float32], impor
     }
     return {
         "method": "none", "group_size": None, "symmetric": label == "int8", "format": label,
-        "bytes": {"input": int(array.nbytes), "output": output_bytes, "predicted": output_bytes},
+        "bytes": {"input": int(array.nbytes), "output": output_bytes,
+                  "predicted": stored_format.bytes_for(tuple(int(d) for d in array.shape))},
         "bits_per_weight": 8 * output_bytes / elements, "quality": quality, "seconds": seconds,
     }
 
@@ -139,7 +141,7 @@ def _int8_entry(name: str, array: NDArray[Any], importance: NDArray[np.float32] 
     q8 = quantize_int8(array)
     back = dequantize_int8(q8)
     output = int(q8.codes.nbytes + q8.scales.nbytes)
-    return q8, _figures_of(name, array, back, importance, "int8", output, time.perf_counter() - started)
+    return q8, _figures_of(name, array, back, importance, INT8, output, time.perf_counter() - started)
 
 
 def _sixteen_bit_entry(name: str, array: NDArray[Any], importance: NDArray[np.float32] | None
@@ -149,8 +151,8 @@ def _sixteen_bit_entry(name: str, array: NDArray[Any], importance: NDArray[np.fl
     with np.errstate(over="ignore"):
         back = np.asarray(stored, dtype=np.float32)
     label = "bf16" if stored.dtype == _BF16 else "fp16"
-    output = 2 * int(array.shape[0]) * int(array.shape[1])
-    return stored, _figures_of(name, array, back, importance, label, output, time.perf_counter() - started)
+    return stored, _figures_of(name, array, back, importance, float_format(label), int(stored.nbytes),
+                               time.perf_counter() - started)
 
 
 def _error_of(figures: Mapping[str, Any]) -> float:

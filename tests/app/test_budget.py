@@ -81,6 +81,7 @@ def test_a_budget_in_bits_per_weight_is_never_exceeded_and_the_file_holds_exactl
         stored = sum(e.end - e.begin for name, e in header.entries.items()
                      if name == entry["name"] or name.startswith(entry["name"] + "."))
         assert stored == entry["bytes"]["output"], entry["name"]  # the file holds what the recipe predicted
+        assert entry["bytes"]["output"] == entry["bytes"]["predicted"]  # WeightFormat.bytes_for(shape)
     quantized, passthrough, _ = read_nibble_safetensors(path)
     for name, q in quantized.items():
         assert q.format.label() == next(t["format"] for t in report["tensors"] if t["name"] == name)
