@@ -154,6 +154,10 @@ def _quality(raw: Any, name: str) -> QualityReport:
             max_abs_error=figure("max_abs_error"), cosine_similarity=figure("cosine_similarity"),
             output_relative_error=None if output is None else float(output),
             fit_rows=rows("fit_rows"), eval_rows=rows("eval_rows"),
+            weighted_relative_error=None if raw.get("weighted_relative_error") is None
+            else float(raw["weighted_relative_error"]),
+            weighted_sqnr_db=None if raw.get("weighted_sqnr_db") is None else float(raw["weighted_sqnr_db"]),
+            importance_used=bool(raw.get("importance_used", False)),
         )
     except (IndexError, KeyError, TypeError, ValueError) as exc:
         raise TensorFileError(f"quality figures of {name!r} are malformed: {exc}") from None

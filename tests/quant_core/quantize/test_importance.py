@@ -8,6 +8,8 @@ and uniform statistics give exactly the unweighted result (issue 22).
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -95,3 +97,17 @@ def test_importance_that_does_not_fit_is_refused_naming_the_tensor(importance: n
         quantize(weights, int4(128), "rtn", name="model.layers.0.mlp.up_proj.weight", importance=importance)
     assert "model.layers.0.mlp.up_proj.weight" in error.value.detail
     assert error.value.field == "importance"
+
+
+def test_the_weighted_figures_survive_nibbles_file(tmp_path: Path) -> None:
+    from quant_core.tensorio import read_nibble_safetensors, write_nibble_safetensors
+
+    weights = np.random.default_rng(2).standard_normal((8, 128)).astype(np.float32)
+    importance = np.linspace(0.1, 3.0, 128, dtype=np.float32)
+    q = quantize(weights, int4(128), "clip", importance=importance)
+    path = tmp_path / "q.safetensors"
+    write_nibble_safetensors(path, {"w": q})
+    back = read_nibble_safetensors(path)[0]["w"].quality
+    assert back.weighted_relative_error == q.quality.weighted_relative_error
+    assert back.weighted_sqnr_db == q.quality.weighted_sqnr_db
+    assert back.importance_used is True

@@ -55,3 +55,4 @@ def test_a_named_int8_tensor_without_its_entries_is_refused(tmp_path: Path) -> N
                       {"nibble.format": "nibble-int4/1", "nibble.tensors": "{}", "nibble.int8": '["w"]'})
     with pytest.raises(TensorFileError, match="lacks"):
         read_nibble_int8(path)
+
