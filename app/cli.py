@@ -432,8 +432,18 @@ def _job(args: argparse.Namespace, methods: tuple[str, ...]) -> QuantizeJob:
     settings = get_settings()
     limits = ReadLimits(settings.max_tensors, settings.max_elements_per_tensor, settings.max_header_bytes)
     calibration = Path(args.calibration) if args.calibration else None
+    if args.bits_per_weight is not None and args.budget_bytes is not None:
+        raise CommandError("give --bits-per-weight or --budget-bytes, not both")
     return QuantizeJob(path, kind, calibration, methods, _group_size(args.group_size), args.symmetric,
-                       args.include, limits)
+                       args.include, limits, importance_path=Path(args.importance) if args.importance else None,
+                       budget_bytes=args.budget_bytes, bits_per_weight=args.bits_per_weight)
+
+
+def _local_only(args: argparse.Namespace) -> None:
+    """Importance statistics and budgets are not sent by the HTTP client yet: refuse them with --url."""
+    if args.url and (args.importance or args.bits_per_weight is not None or args.budget_bytes is not None):
+        raise CommandError("--importance, --bits-per-weight and --budget-bytes run locally only (without --url) "
+                           "for now; POST /v1/quantize takes them as form fields")
 
 
 class ProgressBar:
@@ -457,6 +467,7 @@ def command_quantize(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     args.format = args.format or "nibble"
     _scheme_for_output(args)
     output = Path(args.output)
+    _local_only(args)
     if args.url:
         err.write(f"uploading {args.input} to {args.url} (the server reports no per-tensor progress)\n")
         with _client(args) as client:
@@ -507,6 +518,7 @@ def render_compare(report: CompareReport) -> str:
 
 def command_compare(args: argparse.Namespace, out: TextIO) -> int:
     methods = tuple(method.strip() for method in args.methods.split(",") if method.strip())
+    _local_only(args)
     if args.url:
         with _client(args) as client:
             report = client.compare(args.input, methods, group_size=_group_size(args.group_size),
@@ -595,6 +607,11 @@ def _add_scheme(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--symmetric", action="store_true", help="symmetric INT4 (no zero points)")
     parser.add_argument("--include", help="glob on tensor names (default: every 2-D float tensor)")
     parser.add_argument("--calibration", help="calibration activations [samples, in_features] as .npy")
+    parser.add_argument("--importance", help="importance statistics: llama.cpp imatrix (.gguf or .dat) or "
+                        "a .safetensors of float32 vectors named by tensor")
+    parser.add_argument("--bits-per-weight", type=float, help="a budget: per-tensor formats within this many bits "
+                        "per weight over the quantized tensors")
+    parser.add_argument("--budget-bytes", type=int, help="a budget in bytes for the quantized tensors")
 
 
 class _Parser(argparse.ArgumentParser):

@@ -22,10 +22,12 @@ import ml_dtypes
 import numpy as np
 from numpy.typing import NDArray
 
+from app import budget
 from quant_core.errors import CalibrationError, InvalidSpec, LimitExceeded, NibbleError
 from quant_core.formats import WeightFormat
 from quant_core.globs import Glob, compile_glob
 from quant_core.quantize import QuantizedTensor, dequantize, quantize
+from quant_core.quantize.int8 import Int8Tensor, dequantize_int8
 from quant_core.tensorio import (
     awq_config,
     compressed_tensors_config,
@@ -34,6 +36,7 @@ from quant_core.tensorio import (
     export_gguf,
     export_gptq,
     gptq_config,
+    read_nibble_int8,
     read_nibble_safetensors,
     read_npy,
     read_safetensors,
@@ -92,6 +95,11 @@ class QuantizeJob:
     #: threads per tensor (`quantize`'s `threads`): None = every core (the CLI); the server's
     #: workers run one job per core and pass 1
     threads: int | None = None
+    #: importance statistics (llama.cpp imatrix GGUF or .dat, or safetensors vectors), app/budget.py
+    importance_path: Path | None = None
+    #: a byte budget for the quantized tensors (or bits per weight over them): per-tensor formats, app/budget.py
+    budget_bytes: int | None = None
+    bits_per_weight: float | None = None
 
 
 def load_tensors(path: Path, kind: str, limits: ReadLimits) -> Mapping[str, NDArray[Any]]:
@@ -167,6 +175,9 @@ def _quality(q: QuantizedTensor) -> dict[str, Any]:
         "output_relative_error": _finite_or_none(report.output_relative_error),
         "fit_rows": list(report.fit_rows) if report.fit_rows else None,
         "eval_rows": list(report.eval_rows) if report.eval_rows else None,
+        "weighted_relative_error": _finite_or_none(report.weighted_relative_error),
+        "weighted_sqnr_db": _finite_or_none(report.weighted_sqnr_db),
+        "importance_used": report.importance_used,
     }
 
 
@@ -197,11 +208,12 @@ def payload_size(q: QuantizedTensor) -> int:
 
 def _run_method(name: str, array: NDArray[Any], scheme: WeightFormat, method: str,
                 calibration: NDArray[Any] | None, threads: int | None = None, min_zero: int = 0,
-                ) -> tuple[QuantizedTensor, dict[str, Any]]:
+                importance: NDArray[Any] | None = None) -> tuple[QuantizedTensor, dict[str, Any]]:
     """Quantize one tensor and its report entry; `min_zero` as `quantize` takes it."""
     activations, note = _calibration_for(name, array, calibration, method)
     started = time.perf_counter()
-    q = quantize(array, scheme, method, activations, name=name, threads=threads, min_zero=min_zero)
+    q = quantize(array, scheme, method, activations, name=name, threads=threads, min_zero=min_zero,
+                 importance=importance)
     seconds = time.perf_counter() - started
     output = payload_size(q)
     elements = int(array.shape[0]) * int(array.shape[1])
@@ -270,13 +282,19 @@ def quantize_file(job: QuantizeJob, output: OutputKind, output_path: Path | None
     _check_include(tensors, include)
     calibration = _load_calibration(job)
     _check_calibration_fits(tensors, include, calibration)
+    importance = budget.load_importance(job, tensors, passthrough_reason)
     method = job.methods[0]
     scheme = _scheme(job, method, output)
     report: dict[str, Any] = {"method": method, "format": scheme.label(), "tensors": [], "passthrough": []}
     quantized: dict[str, QuantizedTensor] = {}
     passthrough: dict[str, NDArray[Any]] = {}
+    int8: dict[str, Int8Tensor] = {}
+    if budget.has_budget(job):
+        budget.check_output(output)
+        int8 = budget.quantize_under_budget(job, tensors, method, scheme, calibration, importance, report, quantized,
+                                     passthrough, output != "report", progress)
     total = sum(passthrough_reason(n, tensors[n], include) is None for n in tensors) if progress else 0
-    for name in tensors:
+    for name in tensors if not budget.has_budget(job) else ():
         array = tensors[name]
         reason = passthrough_reason(name, array, include)
         if reason is not None:
@@ -286,7 +304,7 @@ def quantize_file(job: QuantizeJob, output: OutputKind, output_path: Path | None
             continue
         # GPTQ checkpoints (v1) store zero − 1: their zeros are quantized in [1, 15]
         q, figures = _run_method(name, array, scheme, method, calibration, job.threads,
-                                 min_zero=1 if output == "gptq" else 0)
+                                 min_zero=1 if output == "gptq" else 0, importance=importance.get(name))
         report["tensors"].append({"name": name, "shape": list(array.shape), **figures})
         if progress is not None:
             progress(len(report["tensors"]), total, name, figures["seconds"])
@@ -304,7 +322,8 @@ def quantize_file(job: QuantizeJob, output: OutputKind, output_path: Path | None
         report["quantization_config"] = EXPORT_CONFIGS[output](quantized)
     written_report = json.dumps(report, separators=(",", ":"))  # every file carries the report in its metadata
     if output == "nibble":
-        write_nibble_safetensors(output_path, quantized, passthrough, metadata={"report": written_report})
+        write_nibble_safetensors(output_path, quantized, passthrough, metadata={"report": written_report},
+                                 int8=int8)
     elif output == "gptq":
         report["quantization_config"] = export_gptq(quantized, passthrough, output_path,
                                                     metadata={EXPORT_REPORT_KEY: written_report})
@@ -327,7 +346,10 @@ def compare_file(job: QuantizeJob) -> dict[str, Any]:
     _check_include(tensors, include)
     calibration = _load_calibration(job)
     _check_calibration_fits(tensors, include, calibration)
+    importance = budget.load_importance(job, tensors, passthrough_reason)
     scheme = _scheme(job, "")
+    if budget.has_budget(job):
+        return budget.compare_under_budget(job, tensors, calibration, importance)
     rows: list[dict[str, Any]] = []
     passthrough: list[dict[str, Any]] = []
     for name in tensors:
@@ -337,7 +359,8 @@ def compare_file(job: QuantizeJob) -> dict[str, Any]:
             passthrough.append({"name": name, "shape": list(array.shape), "dtype": _dtype_name(array),
                                 "reason": reason})
             continue
-        results = [_run_method(name, array, _scheme(job, method), method, calibration, job.threads)[1]
+        results = [_run_method(name, array, _scheme(job, method), method, calibration, job.threads,
+                               importance=importance.get(name))[1]
                    for method in job.methods]
         best = min(results, key=_closeness)
         rows.append({"name": name, "shape": list(array.shape), "results": results, "best_method": best["method"]})
@@ -357,7 +380,12 @@ def dequantize_file(path: Path, dtype: DequantizeDtype, limits: ReadLimits, outp
         raise LimitExceeded(f"bytes of the dequantized {dtype} tensors (max_upload_bytes)", tensor_bytes,
                             limits.max_file_bytes, field="file")
     out: dict[str, NDArray[Any]] = {name: dequantize(q, target) for name, q in quantized.items()}
+    int8 = read_nibble_int8(path, max_tensors=limits.max_tensors, max_elements=limits.max_elements,
+                            max_header_bytes=limits.max_header_bytes)
+    for name, q8 in int8.items():
+        out[name] = dequantize_int8(q8).astype(target)
     for name, array in passthrough.items():
         out[name] = np.asarray(array)
     size = write_plain_safetensors(output_path, out, metadata={**metadata, "dequantized_dtype": dtype})
-    return {"tensors": len(quantized), "passthrough": len(passthrough), "dtype": dtype, "file_bytes": size}
+    return {"tensors": len(quantized) + len(int8), "passthrough": len(passthrough), "dtype": dtype,
+            "file_bytes": size}

@@ -25,8 +25,10 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from quant_core.checkpoint import CheckpointError
 from quant_core.errors import (
+    BudgetTooSmall,
     CalibrationError,
     GroupSizeMismatch,
+    ImportanceMismatch,
     InvalidSpec,
     InvalidTensor,
     LimitExceeded,
@@ -195,6 +197,8 @@ PROBLEM_TABLE: dict[type[Exception], tuple[int, str, str]] = {
     InvalidTensor: (422, "Invalid tensor", "invalid-tensor"),
     CalibrationError: (422, "Invalid calibration data", "calibration-error"),
     CheckpointError: (422, "Unreadable checkpoint", "checkpoint-error"),
+    ImportanceMismatch: (422, "Importance statistics do not fit", "importance-mismatch"),
+    BudgetTooSmall: (422, "Budget too small", "budget-too-small"),
     TensorFileError: (422, "Unreadable tensor file", "tensor-file-error"),
     LimitExceeded: (413, "Over a configured limit", "limit-exceeded"),
     NibbleError: (422, "Invalid input", "invalid-input"),

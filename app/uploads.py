@@ -52,7 +52,13 @@ class UploadedFile:
     filename: str
     path: Path
     size: int
-    kind: TensorFileKind
+    #: None for a field in UNTYPED_FILE_FIELDS whose file is not .npy or .safetensors (its own reader checks it)
+    kind: TensorFileKind | None
+
+
+#: file fields that may hold files other than .npy / .safetensors: importance statistics (llama.cpp's GGUF or
+#: .dat imatrix), read and validated by quant_core.tensorio.read_importance
+UNTYPED_FILE_FIELDS = ("importance",)
 
 
 @dataclass
@@ -281,7 +287,7 @@ async def receive_upload(request: Request, settings: Settings,
         for name, (filename, path, size) in collector.raw_files.items():
             with path.open("rb") as handle:
                 kind = sniff_format(handle.read(SNIFF_BYTES))
-            if kind is None:
+            if kind is None and name not in UNTYPED_FILE_FIELDS:
                 raise UnsupportedMediaType(
                     f"the file in field {name!r} ({filename or 'unnamed'}, {size} bytes) is neither "
                     ".npy nor .safetensors by its first bytes", field=name)

@@ -132,3 +132,24 @@ class LimitExceeded(NibbleError):
         self.limit = limit
         self.value = value
         self.maximum = maximum
+
+
+class ImportanceMismatch(NibbleError):
+    """Importance statistics that do not fit a tensor: wrong width, negative, non-finite or all zero."""
+
+    def __init__(self, tensor: str, detail: str, *, expected: int | None = None, got: int | None = None) -> None:
+        where = f"tensor {tensor!r}: " if tensor else ""
+        super().__init__(f"importance statistics for {where}{detail}", field="importance")
+        self.tensor = tensor
+        self.expected = expected
+        self.got = got
+
+
+class BudgetTooSmall(NibbleError):
+    """The budget is below the smallest bytes the allowed formats can reach."""
+
+    def __init__(self, budget_bytes: int, minimum_bytes: int, field: str = "budget_bytes") -> None:
+        super().__init__(f"a budget of {budget_bytes} bytes is below the {minimum_bytes} bytes the smallest allowed "
+                         "formats take for these tensors", field=field)
+        self.budget_bytes = budget_bytes
+        self.minimum_bytes = minimum_bytes

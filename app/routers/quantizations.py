@@ -53,6 +53,10 @@ router = APIRouter(tags=["quantize"], route_class=ApiKeyRoute)
 UPLOAD_ERRORS = problem_responses(400, 408, 413, 415, 422, 503, 504)
 FILE_DESCRIPTION = "A .safetensors (several tensors; F32/F16/BF16) or .npy file (never unpickled)."
 CALIBRATION_DESCRIPTION = "Optional calibration activations [samples, in_features] as .npy."
+IMPORTANCE_DESCRIPTION = ("Optional importance statistics, one float per input column of each tensor (mean of x², "
+                          "llama.cpp's imatrix): a GGUF or legacy .dat imatrix, or a .safetensors of float32 vectors "
+                          "named by tensor.")
+UPLOAD_FIELDS = ("file", "calibration", "importance")
 DOWNLOAD_CHUNK_BYTES = 1 << 20
 REPORT_HEADER = "X-Nibble-Report"
 T = TypeVar("T")
@@ -116,6 +120,11 @@ def _calibration(upload: Upload) -> Path | None:
     return calibration.path
 
 
+def _importance(upload: Upload) -> Path | None:
+    importance = upload.files.get("importance")
+    return importance.path if importance is not None else None
+
+
 def _stream_and_forget(path: Path) -> Iterator[bytes]:
     handle: BinaryIO = path.open("rb")
     path.unlink()  # the open descriptor keeps the data; nothing is left on disk whatever happens next
@@ -169,23 +178,25 @@ DOWNLOAD_RESPONSE: dict[int | str, dict[str, Any]] = {200: {
 
 
 def _quantize_job(path: Path, kind: TensorFileKind, calibration: Path | None, form: QuantizeForm,
-                  settings: Settings) -> QuantizeJob:
+                  settings: Settings, importance: Path | None = None) -> QuantizeJob:
     return QuantizeJob(path, kind, calibration, (form.method,), form.group_size, form.symmetric, form.include,
-                       _limits(settings), form.zero, threads=settings.job_threads)
+                       _limits(settings), form.zero, threads=settings.job_threads, importance_path=importance,
+                       budget_bytes=form.budget_bytes, bits_per_weight=form.bits_per_weight)
 
 
 @router.post("/quantize", summary="Quantize uploaded tensors to INT4", response_model=None,
              responses={**DOWNLOAD_RESPONSE, **UPLOAD_ERRORS},
              openapi_extra=multipart_body(QuantizeForm, {"file": FILE_DESCRIPTION,
-                                                         "calibration": CALIBRATION_DESCRIPTION}, ("file",)))
+                                                         "calibration": CALIBRATION_DESCRIPTION,
+                                                         "importance": IMPORTANCE_DESCRIPTION}, ("file",)))
 async def create_quantization(request: Request) -> JSONResponse | StreamingResponse:
     """Every 2-D float tensor (or those matching `include`) to INT4 by `method`, measured; the rest passes."""
     settings = settings_of(request)
     pool = _pool(request)
-    async with pool.reserve(), receive_upload(request, settings) as upload:
+    async with pool.reserve(), receive_upload(request, settings, file_fields=UPLOAD_FIELDS) as upload:
         form = parse_form(QuantizeForm, upload.fields)
         file = _required_file(upload, "file")
-        job = _quantize_job(file.path, file.kind, _calibration(upload), form, settings)
+        job = _quantize_job(file.path, file.kind, _calibration(upload), form, settings, _importance(upload))
         if form.output == "report":
             report = await _unless_client_leaves(request, pool.run(quantize_file, job, "report", None))
             observe_report(request.app, report)
@@ -200,16 +211,19 @@ async def create_quantization(request: Request) -> JSONResponse | StreamingRespo
 @router.post("/quantize/compare", summary="Compare quantization methods side by side",
              response_model=CompareReport, responses=UPLOAD_ERRORS,
              openapi_extra=multipart_body(CompareForm, {"file": FILE_DESCRIPTION,
-                                                        "calibration": CALIBRATION_DESCRIPTION}, ("file",)))
+                                                        "calibration": CALIBRATION_DESCRIPTION,
+                                                        "importance": IMPORTANCE_DESCRIPTION}, ("file",)))
 async def create_comparison(request: Request) -> JSONResponse:
     """Quality figures and sizes of each method, per tensor, so a user sees which survives the squeeze."""
     settings = settings_of(request)
     pool = _pool(request)
-    async with pool.reserve(), receive_upload(request, settings) as upload:
+    async with pool.reserve(), receive_upload(request, settings, file_fields=UPLOAD_FIELDS) as upload:
         form = parse_form(CompareForm, upload.fields)
         file = _required_file(upload, "file")
         job = QuantizeJob(file.path, file.kind, _calibration(upload), tuple(form.methods), form.group_size,
-                          form.symmetric, form.include, _limits(settings), form.zero)
+                          form.symmetric, form.include, _limits(settings), form.zero,
+                          importance_path=_importance(upload), budget_bytes=form.budget_bytes,
+                          bits_per_weight=form.bits_per_weight)
         comparison = await _unless_client_leaves(request, pool.run(compare_file, job))
         observe_report(request.app, comparison)
         return JSONResponse(comparison)

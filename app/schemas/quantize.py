@@ -8,10 +8,10 @@ the same Pydantic models that validate the text fields.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal, Self, TypeVar
 
 from fastapi.exceptions import RequestValidationError
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from quant_core.quantize import METHODS
 
@@ -41,6 +41,17 @@ class QuantizeForm(BaseModel):
         "report: JSON; nibble: nibble's .safetensors (dequantize reads it back); gptq, awq, compressed-tensors: "
         "checkpoints engines load (.safetensors); gguf: Q4_0 (needs group_size 32, symmetric)."))
     include: str | None = Field(None, max_length=MAX_INCLUDE_CHARS, description=INCLUDE_DESCRIPTION)
+    bits_per_weight: float | None = Field(None, gt=0, le=16, description=(
+        "A budget in bits per weight over the tensors quantized: each tensor gets the format (int4 at g128, g64 "
+        "or g32 by `method`, asymmetric and symmetric; int8 per row; or 16-bit) that minimises the total "
+        "importance-weighted error within it (output report or nibble). Or budget_bytes; not both."))
+    budget_bytes: int | None = Field(None, gt=0, description="A budget in bytes for the quantized tensors' payload.")
+
+    @model_validator(mode="after")
+    def _one_budget(self) -> Self:
+        if self.bits_per_weight is not None and self.budget_bytes is not None:
+            raise ValueError("send bits_per_weight or budget_bytes, not both")
+        return self
 
     @field_validator("group_size", mode="before")
     @classmethod
@@ -61,6 +72,17 @@ class CompareForm(BaseModel):
         "How asymmetric zero points are stored: int4 (4.156 bits per weight at g128), fp16 (4.25, the HQQ "
         "format), or auto: fp16 for hqq when the output is report or nibble, int4 otherwise."))
     include: str | None = Field(None, max_length=MAX_INCLUDE_CHARS, description=INCLUDE_DESCRIPTION)
+    bits_per_weight: float | None = Field(None, gt=0, le=16, description=(
+        "A budget in bits per weight over the tensors quantized: each tensor gets the format (int4 at g128, g64 "
+        "or g32 by `method`, asymmetric and symmetric; int8 per row; or 16-bit) that minimises the total "
+        "importance-weighted error within it (output report or nibble). Or budget_bytes; not both."))
+    budget_bytes: int | None = Field(None, gt=0, description="A budget in bytes for the quantized tensors' payload.")
+
+    @model_validator(mode="after")
+    def _one_budget(self) -> Self:
+        if self.bits_per_weight is not None and self.budget_bytes is not None:
+            raise ValueError("send bits_per_weight or budget_bytes, not both")
+        return self
 
     @field_validator("methods", mode="before")
     @classmethod
@@ -149,6 +171,12 @@ class Quality(BaseModel):
     output_relative_error: float | None = None
     fit_rows: list[int] | None = None
     eval_rows: list[int] | None = None
+    weighted_relative_error: float | None = Field(None, description=(
+        "With importance statistics h (one per input column): sqrt(Σ h_j (W − Ŵ)²_ij / Σ h_j W²_ij)."))
+    weighted_sqnr_db: float | None = Field(None, description="−20·log10(weighted_relative_error).")
+    importance_used: bool = Field(False, description=(
+        "True when the method minimised the importance-weighted error (rtn, clip, refit, hqq given statistics "
+        "for this tensor that are not uniform); false when it was only measured by it."))
 
 
 class MethodResult(BaseModel):
@@ -184,6 +212,19 @@ class QuantizeTotals(BaseModel):
     file_bytes: int | None = None
 
 
+class Allocation(BaseModel):
+    """The per-tensor formats chosen under a budget (POST with bits_per_weight or budget_bytes)."""
+
+    budget_bytes: int = Field(description="The budget for the quantized tensors' payload, in bytes.")
+    bits_per_weight_budget: float | None = Field(description="The budget as sent in bits per weight, if so.")
+    output_bytes: int = Field(description="Bytes the chosen formats take: the sum of the tensors' bytes.output.")
+    elements: int = Field(description="Weights in the tensors quantized.")
+    bits_per_weight: float = Field(description="8 × output_bytes / elements.")
+    error: float = Field(description="The minimised total: Σ over tensors of the squared weighted relative error.")
+    formats: dict[str, int] = Field(description="How many tensors took each format.")
+    allowed_formats: list[str]
+
+
 class QuantizeReport(BaseModel):
     """One entry per quantized tensor, and the tensors passed through with why."""
 
@@ -192,6 +233,7 @@ class QuantizeReport(BaseModel):
     tensors: list[QuantizedTensorReport]
     passthrough: list[PassthroughTensor]
     totals: QuantizeTotals
+    allocation: Allocation | None = Field(None, description="Present when a budget was given; format is 'mixed'.")
     quantization_config: dict[str, Any] | None = Field(
         None, description="gptq, awq, compressed-tensors: the config a loader expects with the checkpoint.")
 
@@ -210,3 +252,5 @@ class CompareReport(BaseModel):
     methods: list[str]
     tensors: list[CompareRow]
     passthrough: list[PassthroughTensor]
+    allocations: dict[str, Allocation] | None = Field(
+        None, description="With a budget: each method's allocation (each result then shows its tensor's format).")

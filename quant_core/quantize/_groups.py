@@ -164,8 +164,13 @@ def nonzero_scale(scales: F32) -> F32:
     return np.where(zero, np.float32(1.0), scales).astype(np.float32)
 
 
-def encode_scored(weights: F32, scales: F32, zeros: F32, codes: F32, scratch: F32) -> F32:
+def encode_scored(weights: F32, scales: F32, zeros: F32, codes: F32, scratch: F32,
+                  importance: F32 | None = None) -> F32:
     """Codes ``clip(rint(w·(1/s) + z), 0, 15)`` into `codes`, returning each group's squared error.
+
+    With `importance` (``[groups, group_size]``, one weight per input column,
+    broadcast over the rows) the error is the importance-weighted one,
+    ``s² · Σ h · (w·(1/s) + z − q)²``.
 
     The error is taken in scaled units, ``s² · Σ (w·(1/s) + z − q)²``: six
     passes with two broadcasts, against eight with four for encoding and then
@@ -181,4 +186,81 @@ def encode_scored(weights: F32, scales: F32, zeros: F32, codes: F32, scratch: F3
     np.rint(scratch, out=codes)
     np.clip(codes, 0.0, LEVELS, out=codes)
     scratch -= codes
+    if importance is not None:
+        return cast(F32, np.vecdot(scratch * importance, scratch) * (scales * scales))
     return cast(F32, np.vecdot(scratch, scratch) * (scales * scales))
+
+
+class GroupSearch:
+    """Per-group best (scale, zero) with its (importance-weighted) squared error, updated candidate by candidate.
+
+    `importance` (``[groups, group_size]`` or None) weights each column's squared
+    error by ``h_j``; the least-squares refits then solve the weighted problems
+    (``Σ h·w·q`` for ``Σ w·q`` and so on).  Without it every sum is the plain one.
+    """
+
+    def __init__(self, weights: F32, zero_kind: str, importance: F32 | None = None) -> None:
+        self.weights = weights
+        self.zero_kind = zero_kind
+        self.importance = importance
+        self.codes = np.empty_like(weights)
+        self.scratch = np.empty_like(weights)
+        shape = weights.shape[:2]
+        self.error = np.full(shape, np.inf, dtype=np.float32)
+        self.scales = np.ones(shape, dtype=np.float32)
+        self.zeros = np.zeros(shape, dtype=np.float32)
+        # code sums by a dot with ones (a gufunc, ~3x faster than sum(axis=-1)); exact, as sums of
+        # at most a few thousand integers ≤ 15 are in float32
+        self.ones = np.ones(weights.shape[-1], dtype=np.float32)
+        if importance is None:
+            self.weighted = weights
+            self.sum_w = weights.sum(axis=-1, dtype=np.float32)
+            self.total: F32 | np.float32 = np.float32(weights.shape[-1])
+        else:
+            self.weighted = (weights * importance).astype(np.float32)
+            self.sum_w = self.weighted.sum(axis=-1, dtype=np.float32)
+            self.total = np.broadcast_to(np.vecdot(importance, self.ones), shape).astype(np.float32)
+
+    def consider(self, scales: F32, zeros: F32) -> F32:
+        """Encode with (scales, zeros), keep improvements; returns the codes (scratch, reused)."""
+        error = encode_scored(self.weights, scales, zeros, self.codes, self.scratch, self.importance)
+        better = error < self.error
+        np.copyto(self.error, error, where=better)
+        np.copyto(self.scales, scales, where=better)
+        np.copyto(self.zeros, zeros, where=better)
+        return self.codes
+
+    def refit(self, codes: F32, zeros: F32 | None) -> tuple[F32, F32]:
+        """Least-squares (scale, zero) for `codes`: the scale alone when `zeros` is given."""
+        total = self.total
+        sum_wq = np.vecdot(self.weighted, codes)
+        if self.importance is None:
+            sum_q = np.vecdot(codes, self.ones)
+            sum_qq = np.vecdot(codes, codes)
+        else:
+            sum_q = np.vecdot(codes, np.broadcast_to(self.importance, codes.shape))
+            sum_qq = np.vecdot(codes * self.importance, codes)
+        if zeros is None:
+            # w ≈ a·q + b: the make_qkx2 least-squares step
+            determinant = total * sum_qq - sum_q * sum_q
+            safe = np.where(determinant > 0, determinant, np.float32(1.0))
+            slope = np.where(determinant > 0, (total * sum_wq - sum_q * self.sum_w) / safe, 0.0)
+            safe_total = np.where(total > 0, total, np.float32(1.0))
+            intercept = (self.sum_w - slope * sum_q) / safe_total
+            scales = nonzero_scale(fp16_nearest(np.abs(slope).astype(np.float32)))
+            raw = (-intercept / scales).astype(np.float32)
+            if self.zero_kind == "fp16":
+                return scales, fp16_nearest(raw)
+            zeros = np.clip(np.rint(raw), 0.0, LEVELS).astype(np.float32)
+        return self.scale_for(sum_wq, sum_q, sum_qq, zeros), zeros
+
+    def scale_for(self, sum_wq: F32, sum_q: F32, sum_qq: F32, zeros: F32) -> F32:
+        """The least-squares scale for a fixed zero, ``s = Σ h·w(q − z) / Σ h·(q − z)²``, as fp16."""
+        numerator = sum_wq - zeros * self.sum_w
+        denominator = sum_qq - 2 * zeros * sum_q + self.total * zeros * zeros
+        fitted = np.where(denominator > 0, numerator / np.where(denominator > 0, denominator, 1), 0.0)
+        return nonzero_scale(fp16_nearest(np.abs(fitted).astype(np.float32)))
+
+    def refit_scale(self, codes: F32, zeros: F32) -> F32:
+        """The least-squares fp16 scale of `codes` for fixed `zeros`."""
+        return self.refit(codes, zeros)[0]

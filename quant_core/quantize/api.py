@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import difflib
 import itertools
+import math
 import os
 import threading
 from collections.abc import Callable, Iterator, Mapping
@@ -33,19 +34,24 @@ import ml_dtypes
 import numpy as np
 from numpy.typing import NDArray
 
-from quant_core.errors import InvalidSpec, InvalidTensor, NonFiniteValues, UnknownName
+from quant_core.errors import ImportanceMismatch, InvalidSpec, InvalidTensor, NonFiniteValues, UnknownName
 from quant_core.formats import WeightFormat
 from quant_core.quantize import clip as clip_method
 from quant_core.quantize import hqq as hqq_method
 from quant_core.quantize import refit as refit_method
 from quant_core.quantize._fused import ChunkEncoder
 from quant_core.quantize._groups import F32, LEVELS, GroupParameters, within_fp16, zeros_at_least
-from quant_core.quantize.metrics import QualityAccumulator, held_out_rows, validate_calibration
+from quant_core.quantize.metrics import (
+    QualityAccumulator,
+    WeightedErrorAccumulator,
+    held_out_rows,
+    validate_calibration,
+)
 from quant_core.quantize.packing import UNMEASURED, PayloadBuffer, pack_codes, unpack_codes
-from quant_core.quantize.rtn import rtn, rtn_symmetric
+from quant_core.quantize.rtn import rtn, rtn_symmetric, rtn_weighted
 from quant_core.quantize.types import QualityReport, QuantizedTensor
 
-__all__ = ["METHODS", "dequantize", "quantize"]
+__all__ = ["IMPORTANCE_METHODS", "METHODS", "dequantize", "normalised_importance", "quantize"]
 
 _BF16 = np.dtype(ml_dtypes.bfloat16)
 # Chunks of 4 MiB of float32 for the min/max and the per-group parameters (few, so Python's per-call
@@ -59,6 +65,8 @@ _SEARCHES = frozenset({"clip", "hqq", "refit"})
 _PARALLEL_MIN_ELEMENTS = 1 << 21
 
 GroupMethod = Callable[[F32, F32, F32, WeightFormat], GroupParameters]
+#: a method that minimises the importance-weighted error when given importance ``[groups, group_size]``
+WeightedGroupMethod = Callable[[F32, F32, F32, WeightFormat, F32], GroupParameters]
 
 _GROUP_METHODS: dict[str, GroupMethod] = {
     "rtn": rtn,
@@ -70,6 +78,14 @@ _GROUP_METHODS: dict[str, GroupMethod] = {
     "hqq": hqq_method.hqq,
     "refit": refit_method.refit,
 }
+_WEIGHTED_METHODS: dict[str, WeightedGroupMethod] = {
+    "rtn": rtn_weighted,
+    "clip": clip_method.clip,
+    "hqq": hqq_method.hqq,
+    "refit": refit_method.refit,
+}
+#: the methods that use importance statistics (the others are measured with them but ignore them)
+IMPORTANCE_METHODS = frozenset(_WEIGHTED_METHODS)
 
 #: Every method id with a one-line description (what the API lists).
 METHODS: Mapping[str, str] = MappingProxyType({
@@ -82,7 +98,8 @@ METHODS: Mapping[str, str] = MappingProxyType({
     "refit": "scale grid plus alternating least-squares refit of scale and integer zero (make_qkx2-like)",
     "gptq": "GPTQ (Frantar et al. 2022): Hessian-guided error compensation; needs calibration activations",
     "gptq-act-order": "GPTQ with act-order (columns by decreasing Hessian diagonal), recording g_idx",
-    "hqq": "half-quadratic zero-point optimisation (Badri & Shaji 2023); fp16 zero, or rounded to int4",
+    "hqq": "half-quadratic zero-point optimisation (Badri & Shaji 2023); fp16 zero, or projected to int4 with "
+           "refitted scales",
 })
 
 
@@ -162,9 +179,36 @@ def _chunk_rows(columns: int, elements: int = _CHUNK_ELEMENTS) -> int:
     return rows + rows % 2
 
 
+def normalised_importance(importance: NDArray[np.floating], in_features: int, name: str = "") -> F32 | None:
+    """Importance statistics for a tensor as float32 with mean 1, or None when they are uniform.
+
+    `importance` holds one non-negative weight per input column (llama.cpp's
+    imatrix: the mean of x² over calibration activations).  Uniform statistics
+    carry no information: the methods then run unweighted, exactly as without
+    them.  Raises `ImportanceMismatch` naming `name` for a wrong width, a
+    negative or non-finite value, or all zeros.
+    """
+    values = np.asarray(importance)
+    if values.ndim != 1 or values.shape[0] != in_features:
+        raise ImportanceMismatch(name, f"have shape {list(values.shape)}; the tensor has {in_features} input "
+                                 "columns (one value per column expected)", expected=in_features,
+                                 got=int(values.shape[-1]) if values.ndim else None)
+    if values.dtype.kind != "f":
+        raise ImportanceMismatch(name, f"must be floats, got dtype {values.dtype}")
+    values = values.astype(np.float32)
+    if not np.isfinite(values).all() or float(values.min()) < 0.0:
+        raise ImportanceMismatch(name, "must be finite and non-negative")
+    mean = float(values.mean(dtype=np.float64))
+    if mean <= 0.0:
+        raise ImportanceMismatch(name, "are all zero")
+    if float(values.min()) == float(values.max()):
+        return None
+    return (values / np.float32(mean)).astype(np.float32)
+
+
 def quantize(weights: NDArray[np.generic], scheme: WeightFormat, method: str,
              calibration: NDArray[np.floating] | None = None, *, name: str = "", threads: int | None = None,
-             min_zero: int = 0) -> QuantizedTensor:
+             min_zero: int = 0, importance: NDArray[np.floating] | None = None) -> QuantizedTensor:
     """Quantize a 2-D ``[out_features, in_features]`` tensor to int4 by `method`, measuring the result.
 
     `scheme` is an int4 `WeightFormat` (group size, symmetric or not, int4 or
@@ -198,6 +242,7 @@ def quantize(weights: NDArray[np.generic], scheme: WeightFormat, method: str,
     columns = scheme.padded_columns(in_features)
     group_size = scheme.group_size if scheme.group_size is not None else in_features
     held_out, split = held_out_rows(calibration, in_features)
+    weights_by_column = normalised_importance(importance, in_features, name) if importance is not None else None
     if method == "hqq" and scheme.symmetric:
         raise InvalidSpec("method", method, "hqq optimises a zero point; use an asymmetric scheme")
     if method == "gptq-act-order" and scheme.layout != "gptq":
@@ -211,8 +256,17 @@ def quantize(weights: NDArray[np.generic], scheme: WeightFormat, method: str,
             reader=_ChunkReader(array, columns), min_zero=min_zero,
         )
         quantized = _assemble(array, scheme, method, pack_codes(codes_all), scales_all, zeros_all, g_idx)
-        return _with_quality(quantized, _measure(array, quantized, held_out, split))
+        return _with_quality(quantized, _with_weighted(_measure(array, quantized, held_out, split), array,
+                                                       quantized, importance, weights_by_column, False))
     group_method = _GROUP_METHODS[method]
+    grouped_importance: F32 | None = None
+    if weights_by_column is not None and method in _WEIGHTED_METHODS:
+        padded = np.zeros(columns, dtype=np.float32)  # padded columns are dropped: their error weighs nothing
+        padded[:in_features] = weights_by_column
+        table = padded.reshape(groups, group_size)
+        grouped_importance = table
+        weighted_method = _WEIGHTED_METHODS[method]
+        group_method = lambda w, lo, hi, s: weighted_method(w, lo, hi, s, table)  # noqa: E731
     payload = PayloadBuffer((out_features, in_features), scheme)  # codes and scales are written in place
     packed, scales = payload.packed, payload.scales
     zeros = np.empty((out_features, groups), dtype=np.float32)
@@ -264,7 +318,30 @@ def quantize(weights: NDArray[np.generic], scheme: WeightFormat, method: str,
         accumulator.absorb(part)
     stored_zeros = payload.finish(_stored_zeros(zeros, scheme))
     quantized = _assemble(array, scheme, method, packed, scales, stored_zeros, None)
-    return _with_quality(quantized, accumulator.report())
+    return _with_quality(quantized, _with_weighted(accumulator.report(), array, quantized, importance,
+                                                   weights_by_column, grouped_importance is not None))
+
+
+def _with_weighted(report: QualityReport, array: NDArray[np.generic], q: QuantizedTensor,
+                   importance: NDArray[np.floating] | None, weights_by_column: F32 | None,
+                   used: bool) -> QualityReport:
+    """`report` plus the importance-weighted figures, measured on the stored result, when importance was given."""
+    if importance is None:
+        return report
+    column_weights = weights_by_column if weights_by_column is not None else np.ones(q.shape[1], np.float32)
+    accumulator = WeightedErrorAccumulator(column_weights)
+    reader = _ChunkReader(array, q.shape[1])
+    step = _chunk_rows(q.shape[1])
+    for start in range(0, q.shape[0], step):
+        stop = min(q.shape[0], start + step)
+        accumulator.add(reader.read(start, stop)[:, : q.shape[1]], _dequantize_rows(q, start, stop))
+    relative = accumulator.relative_error()
+    return replace(report, weighted_relative_error=relative, weighted_sqnr_db=_sqnr_db(relative),
+                   importance_used=used)
+
+
+def _sqnr_db(relative: float) -> float:
+    return -20.0 * math.log10(relative) if relative > 0 else math.inf
 
 
 def usable_cores() -> int:

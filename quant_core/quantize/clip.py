@@ -30,8 +30,12 @@ def _parameters(lo: F32, hi: F32, factor: F32, scheme: WeightFormat) -> tuple[F3
     return asymmetric_parameters(lo * factor, hi * factor, scheme)
 
 
-def clip(weights: F32, w_min: F32, w_max: F32, scheme: WeightFormat) -> GroupParameters:
-    """Per-group best shrink factor of the min/max range by squared error (module docstring)."""
+def clip(weights: F32, w_min: F32, w_max: F32, scheme: WeightFormat,
+         importance: F32 | None = None) -> GroupParameters:
+    """Per-group best shrink factor of the min/max range by squared error (module docstring).
+
+    With `importance` (``[groups, group_size]``) the error ranked is the importance-weighted one.
+    """
     if scheme.symmetric or scheme.zero == "fp16":
         lo, hi = w_min, w_max
     else:
@@ -44,7 +48,7 @@ def clip(weights: F32, w_min: F32, w_max: F32, scheme: WeightFormat) -> GroupPar
 
     def consider(factor: F32) -> None:
         scales, zeros = _parameters(lo, hi, factor, scheme)
-        error = encode_scored(weights, scales, zeros, codes, scratch)
+        error = encode_scored(weights, scales, zeros, codes, scratch, importance)
         better = error < best_error
         np.copyto(best_error, error, where=better)
         np.copyto(best_factor, factor, where=better)

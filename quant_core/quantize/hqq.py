@@ -17,10 +17,19 @@ the costly power, so they are gathered and summed per group with
 ``bincount`` instead of computing ``|x|^(p−1)`` for every weight.
 
 Zero kinds: with ``zero="fp16"`` the optimised float zero is stored as fp16
-(HQQ's own format, 4.25 bits per weight at g128).  With ``zero="int4"`` the
-optimised zero is rounded to the nearest integer in [0, 15] and the codes are
-recomputed: the variant that shows what a 4-bit zero costs HQQ.  Symmetric
-schemes have no zero to optimise and are refused by `quantize`.
+(HQQ's own format, 4.25 bits per weight at g128).  With ``zero="int4"`` (the
+engine exports) the float zero must land on the 4-bit grid, and rounding it
+alone gives back RTN's zero in nearly every group (the min/max scale leaves
+no room to move it): so each of its two integer neighbours ``floor(z)`` and
+``ceil(z)`` is tried with the least-squares scale for its codes,
+``s = Σ w(q − z) / Σ (q − z)²``, then one more encode / scale refit on the
+winner; per group the lowest squared error wins, RTN's own parameters being a
+candidate, so the result is never worse than `rtn` (`int4_zeros`).
+Symmetric schemes have no zero to optimise and are refused by `quantize`.
+
+With importance statistics (one weight ``h_j`` per input column) every error
+is the weighted ``Σ h·(w − ŵ)²``, the zero update is the ``h``-weighted mean,
+and the scale refits are weighted least squares.
 """
 
 from __future__ import annotations
@@ -28,7 +37,7 @@ from __future__ import annotations
 import numpy as np
 
 from quant_core.formats import WeightFormat
-from quant_core.quantize._groups import F32, LEVELS, GroupParameters, fp16_nearest
+from quant_core.quantize._groups import F32, LEVELS, GroupParameters, GroupSearch, fp16_nearest
 from quant_core.quantize.rtn import asymmetric_parameters
 
 LP_NORM = 0.7
@@ -42,8 +51,12 @@ ITERATIONS = 20
 RELATIVE_TOLERANCE = 1e-3
 
 
-def optimise_zeros(weights: F32, scales: F32, zeros: F32, iterations: int = ITERATIONS) -> F32:
+def optimise_zeros(weights: F32, scales: F32, zeros: F32, iterations: int = ITERATIONS,
+                   importance: F32 | None = None) -> F32:
     """HQQ's proximal zero-point loop for fixed `scales`; returns each group's best float zero.
+
+    With `importance` (``[groups, group_size]``) the errors and the zero
+    update (a mean of ``Q − (W − W_e)/s``) are weighted by each column's ``h``.
 
     Per iteration: ``r = (W/s + z) − Q`` with ``Q = clip(rint(W/s + z), 0, 15)``;
     its per-group squared error; the residuals above their group's threshold
@@ -65,6 +78,13 @@ def optimise_zeros(weights: F32, scales: F32, zeros: F32, iterations: int = ITER
     outlier = np.empty(scaled.shape, dtype=np.bool_)
     shift = group_size.bit_length() - 1 if group_size & (group_size - 1) == 0 else None
     ones = np.ones(group_size, dtype=np.float32)
+    column_weights: F32 | None = None
+    weight_sum: F32 | float = float(group_size)
+    if importance is not None:
+        column_weights = np.ascontiguousarray(
+            np.broadcast_to(importance, weights.shape).reshape(count, group_size), dtype=np.float32)
+        sums = np.vecdot(column_weights, ones)
+        weight_sum = np.where(sums > 0, sums, np.float32(1.0)).astype(np.float32)
     zero = zeros.astype(np.float32)
     best_zero = zero.copy()
     best_error = np.full(zero.shape, np.inf, dtype=np.float32)
@@ -76,7 +96,10 @@ def optimise_zeros(weights: F32, scales: F32, zeros: F32, iterations: int = ITER
         np.rint(shifted, out=residual)
         np.clip(residual, 0.0, LEVELS, out=residual)  # residual holds Q
         np.subtract(shifted, residual, out=residual)  # W/s + z − Q
-        error = np.vecdot(residual, residual).reshape(rows, groups) * scales * scales
+        if column_weights is None:
+            error = np.vecdot(residual, residual).reshape(rows, groups) * scales * scales
+        else:
+            error = np.vecdot(residual * column_weights, residual).reshape(rows, groups) * scales * scales
         better = error < best_error
         np.copyto(best_error, error, where=better)
         np.copyto(best_zero, zero, where=better)
@@ -95,23 +118,43 @@ def optimise_zeros(weights: F32, scales: F32, zeros: F32, iterations: int = ITER
         power = np.exp(np.log(size) * np.float32(LP_NORM - 1.0))
         kept = size - weight[group_index] * power
         signed = np.copysign(np.maximum(kept, np.float32(0.0)), values)
-        shrink_sum = np.bincount(group_index, weights=signed, minlength=count)
-        residual_sum = np.vecdot(residual, ones)
-        update = (shrink_sum - residual_sum) / group_size
+        if column_weights is None:
+            shrink_sum = np.bincount(group_index, weights=signed, minlength=count)
+            residual_sum = np.vecdot(residual, ones)
+        else:
+            shrink_sum = np.bincount(group_index, weights=signed * column_weights.reshape(-1)[candidates],
+                                     minlength=count)
+            residual_sum = np.vecdot(residual, column_weights)
+        update = (shrink_sum - residual_sum) / weight_sum
         zero = (zero + update.reshape(rows, groups)).astype(np.float32)
         beta *= KAPPA
     return best_zero
 
 
-def hqq(weights: F32, w_min: F32, w_max: F32, scheme: WeightFormat) -> GroupParameters:
-    """HQQ-optimised zeros with the min/max scale (module docstring); fp16 or rounded int4 zeros."""
+def int4_zeros(weights: F32, scales: F32, rtn_zeros: F32, float_zeros: F32,
+               importance: F32 | None = None) -> GroupParameters:
+    """Integer zeros (and refitted fp16 scales) from HQQ's float zeros, never worse than RTN (module docstring)."""
+    search = GroupSearch(weights, "int4", importance)
+    search.consider(scales, rtn_zeros)
+    for neighbour in (np.floor(float_zeros), np.ceil(float_zeros)):
+        candidate = np.clip(neighbour, 0.0, LEVELS).astype(np.float32)
+        codes = search.consider(scales, candidate)
+        search.consider(search.refit_scale(codes, candidate), candidate)
+    zeros = search.zeros.copy()
+    codes = search.consider(search.scales.copy(), zeros)
+    search.consider(search.refit_scale(codes, zeros), zeros)
+    return GroupParameters(search.scales, search.zeros)
+
+
+def hqq(weights: F32, w_min: F32, w_max: F32, scheme: WeightFormat,
+        importance: F32 | None = None) -> GroupParameters:
+    """HQQ-optimised zeros with the min/max scale (module docstring): fp16 zeros, or projected to int4."""
     if scheme.zero == "fp16":
         scales, zeros = asymmetric_parameters(w_min, w_max, scheme)
-    else:
-        lo = np.minimum(w_min, np.float32(0.0))
-        hi = np.maximum(w_max, np.float32(0.0))
-        scales, zeros = asymmetric_parameters(lo, hi, scheme)
-    best = optimise_zeros(weights, scales, zeros)
-    rounded = np.clip(np.rint(best), 0.0, LEVELS).astype(np.float32)
-    stored = fp16_nearest(best) if scheme.zero == "fp16" else rounded
-    return GroupParameters(scales, stored)
+        best = optimise_zeros(weights, scales, zeros, importance=importance)
+        return GroupParameters(scales, fp16_nearest(best))
+    lo = np.minimum(w_min, np.float32(0.0))
+    hi = np.maximum(w_max, np.float32(0.0))
+    scales, zeros = asymmetric_parameters(lo, hi, scheme)
+    best = optimise_zeros(weights, scales, zeros, importance=importance)
+    return int4_zeros(weights, scales, zeros, best, importance)

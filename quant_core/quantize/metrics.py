@@ -21,7 +21,8 @@ from numpy.typing import NDArray
 from quant_core.errors import CalibrationError, InvalidTensor
 from quant_core.quantize.types import QualityReport
 
-__all__ = ["QualityAccumulator", "calibration_split", "quality_report"]
+__all__ = ["QualityAccumulator", "WeightedErrorAccumulator", "calibration_split", "quality_report",
+           "weighted_relative_error"]
 
 _CHUNK_ELEMENTS = 1 << 18
 #: a float32 sum of squares below this may have lost terms to underflow (float32's smallest normal is 1.2e-38)
@@ -141,6 +142,51 @@ class QualityAccumulator:
             cosine_similarity=cosine, output_relative_error=output_error,
             fit_rows=fit_rows, eval_rows=eval_rows,
         )
+
+
+class WeightedErrorAccumulator:
+    """Sums for the importance-weighted relative error ``sqrt(Σ h_j (W − Ŵ)²_ij / Σ h_j W²_ij)``.
+
+    `importance` holds one weight per input column (llama.cpp's imatrix:
+    the mean of x² over calibration activations, so ``Σ_j h_j (W − Ŵ)²_ij`` is
+    the expected squared output error of row i for inputs with those second
+    moments and uncorrelated columns).  Fed row chunks, summed in float64.
+    """
+
+    def __init__(self, importance: NDArray[np.float32]) -> None:
+        self._importance = np.asarray(importance, dtype=np.float32)
+        self._weights_sq = 0.0
+        self._error_sq = 0.0
+
+    def add(self, weights: NDArray[np.float32], reconstructed: NDArray[np.float32]) -> None:
+        """Add a chunk of rows ``[rows, in_features]`` of W and Ŵ (neither is modified)."""
+        error = reconstructed - weights
+        self._error_sq += float(np.dot(np.einsum("ij,ij->j", error, error), self._importance))
+        self._weights_sq += float(np.dot(np.einsum("ij,ij->j", weights, weights), self._importance))
+
+    def relative_error(self) -> float:
+        """The weighted relative error of the rows added so far (0 for an exact result, inf past a zero W)."""
+        if self._weights_sq > 0:
+            return math.sqrt(self._error_sq / self._weights_sq)
+        return 0.0 if self._error_sq == 0 else math.inf
+
+
+def weighted_relative_error(weights: NDArray[np.generic], reconstructed: NDArray[np.generic],
+                            importance: NDArray[np.floating]) -> float:
+    """``sqrt(Σ h_j (W − Ŵ)²_ij / Σ h_j W²_ij)`` of two 2-D arrays of one shape, `importance` per column."""
+    original = np.asarray(weights)
+    approximate = np.asarray(reconstructed)
+    if original.shape != approximate.shape or original.ndim != 2 or np.shape(importance) != (original.shape[1],):
+        raise InvalidTensor(
+            f"the weighted error needs two 2-D arrays of one shape and one importance per column, got "
+            f"{list(original.shape)}, {list(approximate.shape)} and {list(np.shape(importance))}"
+        )
+    accumulator = WeightedErrorAccumulator(np.asarray(importance, dtype=np.float32))
+    step = max(1, _CHUNK_ELEMENTS // max(1, original.shape[1]))
+    for start in range(0, original.shape[0], step):
+        accumulator.add(np.asarray(original[start: start + step], dtype=np.float32),
+                        np.asarray(approximate[start: start + step], dtype=np.float32))
+    return accumulator.relative_error()
 
 
 def held_out_rows(calibration: NDArray[np.floating] | None, in_features: int

@@ -42,7 +42,7 @@ from quant_core.quantize._groups import (
     LEVELS,
     SYMMETRIC_ZERO,
     GroupParameters,
-    encode_scored,
+    GroupSearch,
     fp16_nearest,
     nonzero_scale,
 )
@@ -52,59 +52,13 @@ FACTORS = np.linspace(0.80, 1.05, 11, dtype=np.float32)
 REFINE_STEPS = 3
 
 
-class _Search:
-    """Per-group best (scale, zero) with its squared error, updated candidate by candidate."""
+def refit(weights: F32, w_min: F32, w_max: F32, scheme: WeightFormat,
+          importance: F32 | None = None) -> GroupParameters:
+    """Scale grid + least-squares refit of scale and zero, best per group (module docstring).
 
-    def __init__(self, weights: F32, scheme: WeightFormat) -> None:
-        self.weights = weights
-        self.scheme = scheme
-        self.codes = np.empty_like(weights)
-        self.scratch = np.empty_like(weights)
-        shape = weights.shape[:2]
-        self.error = np.full(shape, np.inf, dtype=np.float32)
-        self.scales = np.ones(shape, dtype=np.float32)
-        self.zeros = np.zeros(shape, dtype=np.float32)
-        self.sum_w = weights.sum(axis=-1, dtype=np.float32)
-        # code sums by a dot with ones (a gufunc, ~3x faster than sum(axis=-1)); exact, as sums of
-        # at most a few thousand integers ≤ 15 are in float32
-        self.ones = np.ones(weights.shape[-1], dtype=np.float32)
-
-    def consider(self, scales: F32, zeros: F32) -> F32:
-        """Encode with (scales, zeros), keep improvements; returns the codes (scratch, reused)."""
-        error = encode_scored(self.weights, scales, zeros, self.codes, self.scratch)
-        better = error < self.error
-        np.copyto(self.error, error, where=better)
-        np.copyto(self.scales, scales, where=better)
-        np.copyto(self.zeros, zeros, where=better)
-        return self.codes
-
-    def refit(self, codes: F32, zeros: F32 | None) -> tuple[F32, F32]:
-        """Least-squares (scale, zero) for `codes`: the scale alone when `zeros` is given."""
-        group_size = np.float32(codes.shape[-1])
-        sum_wq = np.vecdot(self.weights, codes)
-        sum_q = np.vecdot(codes, self.ones)
-        sum_qq = np.vecdot(codes, codes)
-        if zeros is None:
-            # w ≈ a·q + b: the make_qkx2 least-squares step
-            determinant = group_size * sum_qq - sum_q * sum_q
-            safe = np.where(determinant > 0, determinant, np.float32(1.0))
-            slope = np.where(determinant > 0, (group_size * sum_wq - sum_q * self.sum_w) / safe, 0.0)
-            intercept = (self.sum_w - slope * sum_q) / group_size
-            scales = nonzero_scale(fp16_nearest(np.abs(slope).astype(np.float32)))
-            raw = (-intercept / scales).astype(np.float32)
-            if self.scheme.zero == "fp16":
-                return scales, fp16_nearest(raw)
-            zeros = np.clip(np.rint(raw), 0.0, LEVELS).astype(np.float32)
-        # fixed zero: s = Σ w(q − z) / Σ (q − z)²
-        numerator = sum_wq - zeros * self.sum_w
-        denominator = sum_qq - 2 * zeros * sum_q + group_size * zeros * zeros
-        fitted = np.where(denominator > 0, numerator / np.where(denominator > 0, denominator, 1), 0.0)
-        return nonzero_scale(fp16_nearest(np.abs(fitted).astype(np.float32))), zeros
-
-
-def refit(weights: F32, w_min: F32, w_max: F32, scheme: WeightFormat) -> GroupParameters:
-    """Scale grid + least-squares refit of scale and zero, best per group (module docstring)."""
-    search = _Search(weights, scheme)
+    With `importance` every error and least-squares fit is importance-weighted.
+    """
+    search = GroupSearch(weights, scheme.zero, importance)
     if scheme.symmetric:
         base = symmetric_scales(w_min, w_max, "2absmax/15")
         eight = np.full(base.shape, SYMMETRIC_ZERO, dtype=np.float32)

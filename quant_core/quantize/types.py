@@ -26,6 +26,9 @@ class QualityReport:
     flattened.  With calibration activations X, `output_relative_error` is
     ‖XWᵀ − XŴᵀ‖ / ‖XWᵀ‖ over the held-out rows `eval_rows` (half-open ranges
     of X's rows), the other rows (`fit_rows`) having been used for fitting.
+    With importance statistics ``h`` (one per input column), `weighted_relative_error`
+    is ``sqrt(Σ h_j (W − Ŵ)²_ij / Σ h_j W²_ij)`` and `weighted_sqnr_db` −20·log10 of it;
+    `importance_used` says whether the method minimised that error (or only was measured by it).
     """
 
     relative_error: float
@@ -35,6 +38,9 @@ class QualityReport:
     output_relative_error: float | None = None
     fit_rows: tuple[int, int] | None = None
     eval_rows: tuple[int, int] | None = None
+    weighted_relative_error: float | None = None
+    weighted_sqnr_db: float | None = None
+    importance_used: bool = False
 
 
 @dataclass(frozen=True, slots=True)

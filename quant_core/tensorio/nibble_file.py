@@ -11,6 +11,11 @@ Layout, per quantized tensor named ``N`` (the full input name, e.g.
   the int4 zeros packed like the codes; or F16 ``[out, groups]`` (HQQ zeros);
 * ``N.g_idx`` I32 ``[in]``, when act-order permuted the columns, and always in the GPTQ layout.
 
+An int8 tensor (a per-tensor format chosen under a byte budget) is stored
+as ``N.int8_codes`` I8 ``[out, in]`` and ``N.int8_scales`` F16 ``[out]``
+(quant_core/quantize/int8.py), named in ``__metadata__`` ``nibble.int8``
+(a JSON list of names); `read_nibble_int8` reads them back.
+
 So the tensor bytes of a quantized entry are exactly the planner's
 ``format.bytes_for(shape)`` (plus ``4 × in`` for a g_idx outside the GPTQ
 layout).  Passthrough tensors (norms, biases, embeddings, integer buffers)
@@ -36,6 +41,7 @@ from numpy.typing import NDArray
 
 from quant_core.errors import NibbleError, TensorFileError, UnknownName
 from quant_core.formats import WeightFormat
+from quant_core.quantize.int8 import Int8Tensor
 from quant_core.quantize.packing import default_g_idx, pack_codes, quantized_from_payload
 from quant_core.quantize.types import QualityReport, QuantizedTensor
 from quant_core.tensorio.limits import (
@@ -49,6 +55,8 @@ from quant_core.tensorio.safetensors_io import SafetensorsFile, read_safetensors
 FILE_FORMAT = "nibble-int4/1"
 FORMAT_KEY = "nibble.format"
 TENSORS_KEY = "nibble.tensors"
+INT8_KEY = "nibble.int8"
+INT8_COMPONENTS = ("int8_codes", "int8_scales")
 RESERVED_PREFIX = "nibble."
 COMPONENTS = ("qweight", "scales", "zeros", "g_idx")
 
@@ -101,6 +109,7 @@ def write_nibble_safetensors(
     tensors: dict[str, QuantizedTensor],
     passthrough: dict[str, NDArray[Any]] | None = None,
     metadata: dict[str, str] | None = None,
+    int8: dict[str, Int8Tensor] | None = None,
 ) -> int:
     """Write quantized and passthrough tensors as nibble's own safetensors file; returns its size in bytes.
 
@@ -111,6 +120,9 @@ def write_nibble_safetensors(
     for name, q in tensors.items():
         for component, array in quantized_components(q).items():
             stored[f"{name}.{component}"] = array
+    for name, q8 in (int8 or {}).items():
+        stored[f"{name}.int8_codes"] = np.ascontiguousarray(q8.codes, dtype=np.int8)
+        stored[f"{name}.int8_scales"] = np.ascontiguousarray(q8.scales, dtype=np.float16)
     for name, array in (passthrough or {}).items():
         if name in stored:
             raise TensorFileError(f"passthrough tensor {name!r} collides with a quantized tensor's component",
@@ -123,6 +135,8 @@ def write_nibble_safetensors(
                               field="metadata")
     user[FORMAT_KEY] = FILE_FORMAT
     user[TENSORS_KEY] = json.dumps({name: describe_quantized(q) for name, q in tensors.items()}, allow_nan=False)
+    if int8:
+        user[INT8_KEY] = json.dumps(sorted(int8))
     return write_safetensors(path, stored, user)
 
 
@@ -168,7 +182,18 @@ def _quality(raw: Any, name: str) -> QualityReport:
         **{key: float("nan") if value is None else value for key, value in figures.items()},
         output_relative_error=_figure(raw, "output_relative_error", name),
         fit_rows=_rows(raw, "fit_rows", name), eval_rows=_rows(raw, "eval_rows", name),
+        weighted_relative_error=_figure(raw, "weighted_relative_error", name),
+        weighted_sqnr_db=_figure(raw, "weighted_sqnr_db", name),
+        importance_used=_flag(raw, "importance_used", name),
     )
+
+
+def _flag(raw: dict[str, Any], key: str, name: str) -> bool:
+    """A stored true/false (absent: false, as files written before importance statistics)."""
+    value = raw.get(key, False)
+    if type(value) is not bool:
+        raise TensorFileError(f"quality.{key} of quantized tensor {name!r} must be true or false")
+    return value
 
 
 def _weight_format(raw: Any, name: str) -> WeightFormat:
@@ -284,6 +309,46 @@ def read_nibble_safetensors(
     quantized = {name: _read_one(file, name, description, max_elements)
                  for name, description in descriptions.items()}
     components = {f"{name}.{part}" for name in quantized for part in COMPONENTS}
+    components |= {f"{name}.{part}" for name in _int8_names(file.metadata) for part in INT8_COMPONENTS}
     passthrough = {name: file[name] for name in file if name not in components}
     metadata = {key: value for key, value in file.metadata.items() if not key.startswith(RESERVED_PREFIX)}
     return quantized, passthrough, metadata
+
+
+def _int8_names(metadata: dict[str, str]) -> list[str]:
+    raw = metadata.get(INT8_KEY)
+    if raw is None:
+        return []
+    try:
+        names = json.loads(raw)
+    except (ValueError, RecursionError) as exc:
+        raise TensorFileError(f"__metadata__ {INT8_KEY} is not JSON: {exc}") from None
+    if not isinstance(names, list) or not all(isinstance(name, str) for name in names):
+        raise TensorFileError(f"__metadata__ {INT8_KEY} must be a JSON list of tensor names")
+    return names
+
+
+def read_nibble_int8(
+    path: str | os.PathLike[str],
+    *,
+    max_tensors: int = DEFAULT_MAX_TENSORS,
+    max_elements: int = DEFAULT_MAX_ELEMENTS,
+    max_header_bytes: int = DEFAULT_MAX_HEADER_BYTES,
+) -> dict[str, Int8Tensor]:
+    """The int8 tensors of a nibble file (module docstring), checked: I8 codes ``[out, in]``, F16 scales ``[out]``."""
+    file = read_safetensors(path, max_tensors=max_tensors, max_elements=max_elements,
+                            max_header_bytes=max_header_bytes)
+    out: dict[str, Int8Tensor] = {}
+    for name in _int8_names(file.metadata):
+        codes_name, scales_name = (f"{name}.{part}" for part in INT8_COMPONENTS)
+        if codes_name not in file or scales_name not in file:
+            raise TensorFileError(f"int8 tensor {name!r} lacks {codes_name!r} or {scales_name!r}")
+        codes, scales = file[codes_name], file[scales_name]
+        if (codes.dtype != np.int8 or codes.ndim != 2 or scales.dtype != np.float16
+                or scales.shape != (codes.shape[0],)):
+            raise TensorFileError(f"int8 tensor {name!r}: codes {codes.dtype} {list(codes.shape)} and scales "
+                                  f"{scales.dtype} {list(scales.shape)} do not make I8 [out, in] and F16 [out]")
+        if not np.isfinite(np.asarray(scales, dtype=np.float32)).all():
+            raise TensorFileError(f"int8 tensor {name!r} has non-finite scales")
+        out[name] = Int8Tensor(np.asarray(codes), np.asarray(scales))
+    return out

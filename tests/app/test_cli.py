@@ -388,3 +388,24 @@ def test_plan_from_a_local_checkpoint_directory_reads_its_headers_and_config(tmp
 def test_plan_without_a_model_says_what_to_give() -> None:
     status, _, err = nibble("plan", "--device", "l4")
     assert status != 0 and "--model or --config" in err
+
+
+def test_quantize_locally_under_a_budget_with_importance_statistics(checkpoint: Path, tmp_path: Path,
+                                                                   server: str) -> None:
+    from quant_core.tensorio import write_importance_dat
+
+    stats = tmp_path / "imatrix.dat"
+    rng = np.random.default_rng(12)
+    write_importance_dat(stats, {"layers.0.q_proj.weight": np.exp(rng.standard_normal(256)).astype(np.float32)})
+    output = tmp_path / "out.safetensors"
+    status, out, err = nibble("quantize", str(checkpoint), "-o", str(output), "--importance", str(stats),
+                              "--bits-per-weight", "4.4", "--json", "--quiet")
+    assert status == 0, err
+    report = json.loads(out)
+    assert report["allocation"]["output_bytes"] <= report["allocation"]["budget_bytes"] == int(4.4 * 96 * 256 / 8)
+    quality = {t["name"]: t["quality"] for t in report["tensors"]}
+    assert quality["layers.0.q_proj.weight"]["weighted_relative_error"] is not None  # the statistics name it
+    assert quality["layers.0.k_proj.weight"]["importance_used"] is False  # they do not name this one
+    status, _, err = nibble("quantize", str(checkpoint), "-o", str(output), "--bits-per-weight", "4.4",
+                            "--url", server)
+    assert status == 1 and "locally" in err

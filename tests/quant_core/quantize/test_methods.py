@@ -45,11 +45,20 @@ def test_every_method_stores_the_zero_kind_its_scheme_asks_for(method: str, sche
     np.testing.assert_array_equal(dequantize(back), dequantize(q))
 
 
-def test_hqq_fp16_zero_beats_its_int4_rounded_variant() -> None:
+@pytest.mark.parametrize("group_size", [32, 128])
+def test_hqq_with_an_int4_zero_beats_rtn_on_the_same_tensor(group_size: int) -> None:
+    # issue 22: rounding HQQ's float zero alone gave back RTN's codes; the projection refits the scales
     weights = _weights(128, 1024)
-    fp16 = quantize(weights, int4(128, zero="fp16"), "hqq").quality.sqnr_db
-    rounded = quantize(weights, int4(128), "hqq").quality.sqnr_db
-    assert fp16 > rounded
+    rtn_error = quantize(weights, int4(group_size), "rtn").quality.relative_error
+    hqq_error = quantize(weights, int4(group_size), "hqq").quality.relative_error
+    assert hqq_error < rtn_error * 0.99
+
+
+def test_hqq_int4_zero_codes_differ_from_rtn() -> None:
+    weights = _weights(128, 1024)
+    hqq = quantize(weights, int4(128), "hqq")
+    rtn = quantize(weights, int4(128), "rtn")
+    assert not np.array_equal(hqq.packed, rtn.packed)
 
 
 def test_gptq_without_calibration_is_refused() -> None:

@@ -1,0 +1,214 @@
+"""Per-tensor formats under a byte budget: the choice that minimises the total measured error.
+
+Each tensor offers a few formats, each with its exact payload bytes
+(`WeightFormat.bytes_for`) and its error measured by quantizing the tensor
+that way (the importance-weighted relative squared error,
+``Σ h_j (W − Ŵ)²_ij / Σ h_j W²_ij``: each layer's output error relative to its
+output, for inputs with the importance's second moments).  `allocate` picks
+one option per tensor so that the bytes sum to at most the budget and the
+errors sum to as little as the search finds:
+
+1. every tensor starts at its smallest option; if those already exceed the
+   budget, `BudgetTooSmall` says by how much;
+2. each tensor's options are reduced to their lower convex hull in the
+   (bytes, error) plane (an option that costs more and does not lower the error, or lies
+   above the line between two others, is never the best use of its bytes);
+3. greedy marginal gain: repeatedly take, among every tensor's next hull
+   step, the one that lowers the error most per added byte and still fits
+   (on convex hulls this is the Lagrangian solution at each budget it passes
+   through, the classic bit-allocation argument of Shoham & Gersho 1988);
+4. then moves of one tensor, or of two at once (one down, one up: a tensor
+   taken to 16-bit early may hold bytes that two others use better), are
+   taken while one fits and lowers the total error, the best first;
+5. the exact optimum, by dynamic programming over each prefix of tensors'
+   (bytes, error) Pareto frontier, replaces that when the frontier stays
+   under `PARETO_STATES` (it does when many tensors share a shape, as in real models).
+
+Pure: numbers in, indexes out; the measuring lives with the caller.
+"""
+
+from __future__ import annotations
+
+import heapq
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from quant_core.errors import BudgetTooSmall
+
+#: the most (bytes, error) states the exact search keeps per tensor before leaving the answer to the greedy one
+PARETO_STATES = 200_000
+#: pair moves are searched while (tensors × options) is at most this (the pair matrix is its square)
+PAIR_MOVES = 2048
+
+__all__ = ["Allocation", "BudgetTooSmall", "TensorOption", "allocate", "budget_from_bits"]
+
+
+@dataclass(frozen=True, slots=True)
+class TensorOption:
+    """One way to store a tensor: a format label, its exact payload bytes and its measured error."""
+
+    label: str
+    bytes: int
+    error: float
+
+
+@dataclass(frozen=True, slots=True)
+class Allocation:
+    """The option index chosen for each tensor, with the bytes and error they add up to."""
+
+    choices: tuple[int, ...]
+    bytes: int
+    error: float
+    budget_bytes: int
+
+
+def budget_from_bits(bits_per_weight: float, elements: int) -> int:
+    """The byte budget of `bits_per_weight` over `elements` weights, rounded down: ``⌊bits × n / 8⌋``."""
+    return math.floor(bits_per_weight * elements / 8)
+
+
+def _hull(options: Sequence[TensorOption]) -> list[int]:
+    """Indexes of the options on the lower convex hull, by increasing bytes and decreasing error."""
+    order = sorted(range(len(options)), key=lambda i: (options[i].bytes, options[i].error))
+    frontier: list[int] = []
+    for index in order:
+        if frontier and options[index].error >= options[frontier[-1]].error:
+            continue  # costs at least as much and is no better
+        while len(frontier) >= 2:
+            a, b = options[frontier[-2]], options[frontier[-1]]
+            c = options[index]
+            # b lies on or above the segment a–c: drop it
+            if (b.error - a.error) * (c.bytes - a.bytes) >= (c.error - a.error) * (b.bytes - a.bytes):
+                frontier.pop()
+            else:
+                break
+        frontier.append(index)
+    return frontier
+
+
+def allocate(tensors: Sequence[Sequence[TensorOption]], budget_bytes: int) -> Allocation:
+    """One option per tensor: total bytes ≤ `budget_bytes`, total error minimised greedily (module docstring).
+
+    Ties are broken by tensor order, so the result is deterministic.
+    """
+    if any(not options for options in tensors):
+        raise ValueError("every tensor needs at least one option")
+    hulls = [_hull(options) for options in tensors]
+    position = [0] * len(tensors)
+    choices = [hull[0] for hull in hulls]
+    used = sum(tensors[t][choices[t]].bytes for t in range(len(tensors)))
+    if used > budget_bytes:
+        raise BudgetTooSmall(budget_bytes, used)
+
+    def step(t: int) -> tuple[float, int, int, int] | None:
+        if position[t] + 1 >= len(hulls[t]):
+            return None
+        here, there = tensors[t][choices[t]], tensors[t][hulls[t][position[t] + 1]]
+        added = there.bytes - here.bytes
+        return (-(here.error - there.error) / max(added, 1), t, added, hulls[t][position[t] + 1])
+
+    heap = [item for t in range(len(tensors)) if (item := step(t)) is not None]
+    heapq.heapify(heap)
+    while heap:
+        _, t, added, index = heapq.heappop(heap)
+        if used + added > budget_bytes:
+            continue  # later hull steps of this tensor cost more still
+        used += added
+        choices[t] = index
+        position[t] += 1
+        following = step(t)
+        if following is not None:
+            heapq.heappush(heap, following)
+    _improve(tensors, choices, budget_bytes)
+    frontier = _pareto_choices(tensors, budget_bytes)
+    if frontier is not None and _total(tensors, frontier, "error") < _total(tensors, choices, "error"):
+        choices = frontier
+    return Allocation(tuple(choices), int(_total(tensors, choices, "bytes")), _total(tensors, choices, "error"),
+                      budget_bytes)
+
+
+def _total(tensors: Sequence[Sequence[TensorOption]], choices: Sequence[int], what: str) -> float:
+    if what == "bytes":
+        return float(sum(tensors[t][i].bytes for t, i in enumerate(choices)))
+    return float(sum(tensors[t][i].error for t, i in enumerate(choices)))
+
+
+def _pareto_choices(tensors: Sequence[Sequence[TensorOption]], budget_bytes: int) -> list[int] | None:
+    """The exact optimum by dynamic programming over (bytes, error) Pareto frontiers, tensor by tensor.
+
+    After each tensor only the states no other beats on both bytes and error
+    (and within the budget) are kept; tensors of one shape give equal byte
+    steps, so the frontier stays small for real models.  When it outgrows
+    `PARETO_STATES` the search gives up (None) and the greedy result stands.
+    """
+    state_bytes = np.zeros(1, dtype=np.int64)
+    state_error = np.zeros(1, dtype=np.float64)
+    parents: list[tuple[np.ndarray, np.ndarray]] = []
+    for options in tensors:
+        option_bytes = np.array([o.bytes for o in options], dtype=np.int64)
+        option_error = np.array([o.error for o in options], dtype=np.float64)
+        new_bytes = (state_bytes[:, None] + option_bytes[None, :]).reshape(-1)
+        new_error = (state_error[:, None] + option_error[None, :]).reshape(-1)
+        keep = (new_bytes <= budget_bytes) & np.isfinite(new_error)
+        index = np.flatnonzero(keep)
+        order = index[np.lexsort((new_error[index], new_bytes[index]))]
+        errors = new_error[order]
+        best_before = np.concatenate(([np.inf], np.minimum.accumulate(errors)[:-1]))
+        order = order[errors < best_before]
+        if order.size == 0:
+            return None
+        if order.size > PARETO_STATES:
+            return None
+        parents.append((order // len(options), order % len(options)))
+        state_bytes, state_error = new_bytes[order], new_error[order]
+    state = int(np.argmin(state_error))
+    choices = [0] * len(tensors)
+    for t in range(len(tensors) - 1, -1, -1):
+        parent, option = parents[t]
+        choices[t] = int(option[state])
+        state = int(parent[state])
+    return choices
+
+
+def _improve(tensors: Sequence[Sequence[TensorOption]], choices: list[int], budget_bytes: int) -> None:
+    """Single and paired moves that fit the budget and lower the total error, best first, until none does.
+
+    Greedy steps can stop short where a large step (a tensor to 16-bit) used
+    bytes that several smaller ones would have used better: a pair move takes
+    one tensor down and another up in one step.  All (tensor, option) moves
+    are compared at once as arrays; each accepted move strictly lowers the
+    error, so the loop ends.
+    """
+    count = len(tensors)
+    width = max(len(options) for options in tensors)
+    size = np.full((count, width), np.iinfo(np.int64).max // 4, dtype=np.int64)
+    error = np.full((count, width), np.inf)
+    for t, options in enumerate(tensors):
+        for k, option in enumerate(options):
+            size[t, k] = option.bytes
+            error[t, k] = option.error
+    owner = np.repeat(np.arange(count), width)
+    for _ in range(4 * count * width):
+        rows = np.arange(count)
+        added = (size - size[rows, choices][:, None]).reshape(-1)
+        gain = (error[rows, choices][:, None] - error).reshape(-1)
+        gain = np.where(np.isfinite(gain), gain, -np.inf)
+        slack = budget_bytes - int(size[rows, choices].sum())
+        single = np.where(added <= slack, gain, -np.inf)
+        best_single = int(np.argmax(single))
+        moves = [best_single]
+        best_gain = float(single[best_single])
+        if added.size <= PAIR_MOVES:
+            pair_gain = gain[:, None] + gain[None, :]
+            fits = (added[:, None] + added[None, :] <= slack) & (owner[:, None] != owner[None, :])
+            pair_gain = np.where(fits, pair_gain, -np.inf)
+            first, second = divmod(int(np.argmax(pair_gain)), added.size)
+            if pair_gain[first, second] > best_gain:
+                moves, best_gain = [first, second], float(pair_gain[first, second])
+        if best_gain <= 0:
+            return
+        for move in moves:
+            choices[move // width] = move % width

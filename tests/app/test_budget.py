@@ -1,0 +1,185 @@
+"""Importance statistics and per-tensor formats under a budget through POST /v1/quantize and /compare (issue 22)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+from safetensors.numpy import save as save_safetensors
+
+from quant_core.formats import int4
+from quant_core.quantize import dequantize, quantize
+from quant_core.quantize.metrics import weighted_relative_error
+from quant_core.tensorio import read_nibble_safetensors, read_safetensors_header, write_importance_dat
+from tests.tensor_files import load_safetensors as load_safetensors_bytes
+
+SHAPES = {"a.weight": (64, 256), "b.weight": (128, 256), "c.weight": (32, 512)}
+
+
+@pytest.fixture(scope="module")
+def tensors() -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(5)
+    out = {name: rng.standard_normal(shape).astype(np.float32) for name, shape in SHAPES.items()}
+    out["c.weight"] *= np.float32(3.0)
+    out["a.bias"] = rng.standard_normal(64).astype(np.float32)
+    return out
+
+
+@pytest.fixture(scope="module")
+def importance() -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(6)
+    return {name: np.exp(2 * rng.standard_normal(shape[1])).astype(np.float32) for name, shape in SHAPES.items()}
+
+
+def _files(tensors: dict[str, np.ndarray], importance: dict[str, np.ndarray] | None, tmp_path: Path
+           ) -> dict[str, tuple[str, bytes]]:
+    files = {"file": ("m.safetensors", save_safetensors(tensors))}
+    if importance is not None:
+        path = tmp_path / "imatrix.dat"
+        write_importance_dat(path, importance)
+        files["importance"] = ("imatrix.dat", path.read_bytes())
+    return files
+
+
+def test_importance_makes_the_method_minimise_the_weighted_error_and_the_report_says_so(
+        client: TestClient, tensors: dict[str, np.ndarray], importance: dict[str, np.ndarray], tmp_path: Path) -> None:
+    body = client.post("/v1/quantize", files=_files(tensors, importance, tmp_path), data={"method": "clip"}).json()
+    for entry in body["tensors"]:
+        quality = entry["quality"]
+        assert quality["importance_used"] is True
+        plain = quantize(tensors[entry["name"]], int4(128), "clip")
+        plain_weighted = weighted_relative_error(tensors[entry["name"]], dequantize(plain), importance[entry["name"]])
+        assert quality["weighted_relative_error"] < plain_weighted
+
+
+def test_a_budget_in_bits_per_weight_is_never_exceeded_and_the_file_holds_exactly_the_predicted_bytes(
+        client: TestClient, tensors: dict[str, np.ndarray], importance: dict[str, np.ndarray], tmp_path: Path) -> None:
+    elements = sum(rows * columns for rows, columns in SHAPES.values())
+    response = client.post("/v1/quantize", files=_files(tensors, importance, tmp_path),
+                           data={"method": "rtn", "bits_per_weight": "4.5", "output": "nibble"})
+    assert response.status_code == 200
+    path = tmp_path / "out.safetensors"
+    path.write_bytes(response.content)
+    header = read_safetensors_header(path)
+    report = json.loads(header.metadata["report"])
+    allocation = report["allocation"]
+    assert report["format"] == "mixed"
+    assert allocation["budget_bytes"] == int(4.5 * elements / 8)
+    assert allocation["output_bytes"] <= allocation["budget_bytes"]
+    assert allocation["output_bytes"] == sum(t["bytes"]["output"] for t in report["tensors"])
+    assert sorted(t["name"] for t in report["tensors"]) == sorted(SHAPES)
+    for entry in report["tensors"]:
+        assert set(entry) >= {"name", "shape", "format", "bytes"}
+        stored = sum(e.end - e.begin for name, e in header.entries.items()
+                     if name == entry["name"] or name.startswith(entry["name"] + "."))
+        assert stored == entry["bytes"]["output"], entry["name"]  # the file holds what the recipe predicted
+        assert entry["bytes"]["output"] == entry["bytes"]["predicted"]  # WeightFormat.bytes_for(shape)
+    quantized, passthrough, _ = read_nibble_safetensors(path)
+    for name, q in quantized.items():
+        assert q.format.label() == next(t["format"] for t in report["tensors"] if t["name"] == name)
+    assert "a.bias" in passthrough
+
+
+def test_more_budget_buys_less_weighted_error(client: TestClient, tensors: dict[str, np.ndarray],
+                                              importance: dict[str, np.ndarray], tmp_path: Path) -> None:
+    errors = []
+    for bits in ("4.2", "4.6", "6"):
+        body = client.post("/v1/quantize", files=_files(tensors, importance, tmp_path),
+                           data={"method": "refit", "bits_per_weight": bits}).json()
+        errors.append(body["allocation"]["error"])
+        assert body["allocation"]["bits_per_weight"] <= float(bits)
+    assert errors[0] > errors[1] > errors[2]
+
+
+def test_budget_bytes_below_the_smallest_formats_is_a_422_naming_the_field(
+        client: TestClient, tensors: dict[str, np.ndarray], tmp_path: Path) -> None:
+    response = client.post("/v1/quantize", files=_files(tensors, None, tmp_path), data={"budget_bytes": "1000"})
+    assert response.status_code == 422
+    problem = response.json()
+    assert problem["title"] == "Budget too small" and "1000" in problem["detail"]
+
+
+def test_both_budgets_at_once_are_refused(client: TestClient, tensors: dict[str, np.ndarray], tmp_path: Path) -> None:
+    response = client.post("/v1/quantize", files=_files(tensors, None, tmp_path),
+                           data={"budget_bytes": "100000", "bits_per_weight": "4.5"})
+    assert response.status_code == 422
+    assert "not both" in response.text
+
+
+def test_a_budget_with_an_engine_output_is_refused(client: TestClient, tensors: dict[str, np.ndarray],
+                                                   tmp_path: Path) -> None:
+    response = client.post("/v1/quantize", files=_files(tensors, None, tmp_path),
+                           data={"bits_per_weight": "4.5", "output": "gptq"})
+    assert response.status_code == 422
+    assert response.json()["errors"][0]["field"] == "output"
+
+
+def test_importance_of_the_wrong_width_is_a_422_naming_the_tensor(
+        client: TestClient, tensors: dict[str, np.ndarray], importance: dict[str, np.ndarray], tmp_path: Path) -> None:
+    wrong = {**importance, "b.weight": np.ones(100, np.float32)}
+    response = client.post("/v1/quantize", files=_files(tensors, wrong, tmp_path))
+    assert response.status_code == 422
+    assert "b.weight" in response.json()["detail"] and "256" in response.json()["detail"]
+
+
+def test_importance_naming_no_tensor_is_refused(client: TestClient, tensors: dict[str, np.ndarray],
+                                                tmp_path: Path) -> None:
+    response = client.post("/v1/quantize", files=_files(tensors, {"blk.0.attn_q.weight": np.ones(256)}, tmp_path))
+    assert response.status_code == 422
+    assert "none of the tensors" in response.json()["detail"]
+
+
+def test_compare_under_a_budget_shows_each_methods_allocation(
+        client: TestClient, tensors: dict[str, np.ndarray], importance: dict[str, np.ndarray], tmp_path: Path) -> None:
+    body = client.post("/v1/quantize/compare", files=_files(tensors, importance, tmp_path),
+                       data={"methods": "rtn,clip", "bits_per_weight": "4.4"}).json()
+    assert set(body["allocations"]) == {"rtn", "clip"}
+    for allocation in body["allocations"].values():
+        assert allocation["output_bytes"] <= allocation["budget_bytes"]
+    for row in body["tensors"]:
+        assert [r["method"] for r in row["results"]] == ["rtn", "clip"]
+        assert all(r["quality"]["weighted_relative_error"] is not None for r in row["results"])
+    # with statistics each weighted method is at least as good as without, on its own error
+    assert body["allocations"]["clip"]["error"] <= body["allocations"]["rtn"]["error"] * 1.05
+
+
+@pytest.mark.parametrize(("method", "symmetric", "kinds"), [
+    ("rtn", "true", {"sym"}),  # symmetric asked: symmetric formats only
+    ("hqq", "false", {"asym"}),  # HQQ optimises a zero: asymmetric only
+    ("rtn", "false", {"asym", "sym"}),  # otherwise both, for their in-between sizes
+])
+def test_the_budgeted_formats_follow_the_requested_symmetry(client: TestClient, tensors: dict[str, np.ndarray],
+                                                            tmp_path: Path, method: str, symmetric: str,
+                                                            kinds: set[str]) -> None:
+    body = client.post("/v1/quantize/compare", files=_files(tensors, None, tmp_path),
+                       data={"methods": method, "bits_per_weight": "4.6", "symmetric": symmetric,
+                             "zero": "int4"}).json()
+    allowed = body["allocations"][method]["allowed_formats"]
+    assert {label.split("-")[-1] for label in allowed if label.startswith("int4")} == kinds
+    assert {label.split("-")[1] for label in allowed if label.startswith("int4")} == {"g32", "g64", "g128"}
+    assert "fp16" in allowed
+
+
+def test_int8_is_the_middle_option_and_dequantize_reads_it_back(
+        client: TestClient, tensors: dict[str, np.ndarray], tmp_path: Path) -> None:
+    response = client.post("/v1/quantize", files=_files(tensors, None, tmp_path),
+                           data={"bits_per_weight": "8.2", "output": "nibble"})
+    assert response.status_code == 200
+    quantized_file = tmp_path / "q.safetensors"
+    quantized_file.write_bytes(response.content)
+    report = json.loads(read_safetensors_header(quantized_file).metadata["report"])
+    # 8.2 bits hold int8 (8 bits + an fp16 scale per row) for every tensor, and no tensor at 16-bit
+    assert report["allocation"]["formats"] == {"int8": 3}
+    for entry in report["tensors"]:
+        rows, columns = entry["shape"]
+        assert entry["bytes"]["output"] == rows * columns + 2 * rows
+    restored = client.post("/v1/dequantize", files={"file": ("q.safetensors", response.content)})
+    assert restored.status_code == 200
+    back = load_safetensors_bytes(restored.content)
+    for name in SHAPES:
+        step = np.abs(tensors[name]).max(axis=1, keepdims=True) / 127
+        assert (np.abs(back[name] - tensors[name]) <= step * 0.5 * (1 + 2 ** -9)).all()
+    np.testing.assert_array_equal(back["a.bias"], tensors["a.bias"])

@@ -1,0 +1,89 @@
+"""Importance statistics files: llama.cpp's GGUF imatrix and legacy .dat, and safetensors vectors (issue 22).
+
+The GGUF layout written here is the one llama.cpp's tools/imatrix/imatrix.cpp
+``save_imatrix`` writes: ``<name>.in_sum2`` (ggml shape [in_features, n_mat],
+sums of x²), ``<name>.counts`` ([1, n_mat]) and ``<name>.in_sum``, plus
+``general.type = "imatrix"``; the legacy .dat is ``save_imatrix_legacy``'s.
+"""
+
+from __future__ import annotations
+
+import struct
+from pathlib import Path
+
+import gguf
+import numpy as np
+import pytest
+
+from quant_core.errors import TensorFileError
+from quant_core.tensorio import read_importance, write_importance_dat, write_safetensors
+
+
+def _write_gguf_imatrix(path: Path, entries: dict[str, tuple[np.ndarray, np.ndarray]]) -> None:
+    writer = gguf.GGUFWriter(path, arch="imatrix")  # the arch key is not read
+    writer.add_string("general.type", "imatrix")
+    writer.add_uint32("imatrix.chunk_count", 3)
+    for name, (in_sum2, counts) in entries.items():
+        writer.add_tensor(f"{name}.in_sum2", in_sum2.astype(np.float32))
+        writer.add_tensor(f"{name}.counts", counts.astype(np.float32).reshape(-1, 1))
+        writer.add_tensor(f"{name}.in_sum", np.zeros_like(in_sum2, dtype=np.float32))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+
+
+def test_gguf_imatrix_gives_the_mean_of_x_squared(tmp_path: Path) -> None:
+    path = tmp_path / "imatrix.gguf"
+    sums = np.array([[10.0, 20.0, 40.0, 0.0]])  # one matrix, 4 columns, 5 activation rows
+    experts = np.array([[2.0, 4.0], [6.0, 0.0]])  # two experts of 2 columns, 1 and 3 rows
+    _write_gguf_imatrix(path, {"blk.0.ffn_up.weight": (sums, np.array([5.0])),
+                               "blk.0.ffn_up_exps.weight": (experts, np.array([1.0, 3.0]))})
+    vectors = read_importance(path)
+    np.testing.assert_array_equal(vectors["blk.0.ffn_up.weight"], [2.0, 4.0, 8.0, 0.0])
+    # several matrices: Σ in_sum2 / Σ counts = [8, 4] / 4
+    np.testing.assert_array_equal(vectors["blk.0.ffn_up_exps.weight"], [2.0, 1.0])
+    assert vectors["blk.0.ffn_up.weight"].dtype == np.float32
+
+
+def test_legacy_dat_imatrix_is_read_as_written_by_llama_cpp(tmp_path: Path) -> None:
+    path = tmp_path / "imatrix.dat"
+    values = np.array([0.5, 1.5, 3.0], dtype=np.float32)
+    name = b"blk.1.attn_q.weight"
+    # n_entries, then len, name, ncall, nval, values; then the chunk count and the dataset name
+    path.write_bytes(struct.pack("<i", 1) + struct.pack("<i", len(name)) + name + struct.pack("<ii", 4, 3)
+                     + values.tobytes() + struct.pack("<i", 4) + struct.pack("<i", 8) + b"wiki.txt")
+    np.testing.assert_array_equal(read_importance(path)["blk.1.attn_q.weight"], values)
+
+
+def test_write_importance_dat_round_trips(tmp_path: Path) -> None:
+    path = tmp_path / "stats.dat"
+    vectors = {"a.weight": np.array([1.0, 2.0], np.float32), "b.weight": np.array([3.0], np.float32)}
+    write_importance_dat(path, vectors)
+    back = read_importance(path)
+    assert list(back) == ["a.weight", "b.weight"]
+    np.testing.assert_array_equal(back["a.weight"], vectors["a.weight"])
+
+
+def test_safetensors_vectors_are_read_by_name(tmp_path: Path) -> None:
+    path = tmp_path / "stats.safetensors"
+    write_safetensors(path, {"model.layers.0.mlp.up_proj.weight": np.array([1.0, 0.25], np.float32)})
+    np.testing.assert_array_equal(read_importance(path)["model.layers.0.mlp.up_proj.weight"], [1.0, 0.25])
+
+
+def test_safetensors_that_are_not_float32_vectors_are_refused_naming_the_tensor(tmp_path: Path) -> None:
+    path = tmp_path / "stats.safetensors"
+    write_safetensors(path, {"w": np.ones((2, 2), np.float32)})
+    with pytest.raises(TensorFileError, match="'w'") as error:
+        read_importance(path)
+    assert error.value.field == "importance"
+
+
+@pytest.mark.parametrize("data", [b"", b"\x01\x00\x00\x00\x05\x00\x00\x00ab", b"\x00\x00\x00\x00",
+                                  b"GGUF\x03\x00\x00\x00garbage"])
+def test_truncated_or_foreign_files_are_refused_as_importance(tmp_path: Path, data: bytes) -> None:
+    path = tmp_path / "stats.bin"
+    path.write_bytes(data)
+    with pytest.raises(TensorFileError) as error:
+        read_importance(path)
+    assert error.value.field == "importance"
