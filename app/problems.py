@@ -401,6 +401,7 @@ _DESCRIPTIONS = {
          "job reads it.",
     412: "Tus-Resumable is missing or not 1.0.0 (the answer's Tus-Version lists the versions spoken).",
     423: "Another PATCH to the same tus upload is still being received.",
+    507: "The declared Upload-Length is more than the free space where upload sets are kept.",
     415: "The body is not of a media type this route reads: JSON routes take application/json; uploads take "
          "multipart/form-data whose files are .npy or .safetensors.",
     422: "The input is well-formed but invalid; `errors` names each field.",

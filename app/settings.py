@@ -83,6 +83,7 @@ class Settings(BaseSettings):
     upload_max_set_bytes: int = Field(
         2 * 1024 * 1024 * MiB, gt=0, description="Most bytes, the declared lengths summed, in one upload set.")
     upload_max_files: int = Field(1024, gt=0, description="Most files in one upload set.")
+    upload_max_sets: int = Field(64, gt=0, description="Most upload sets kept at once (DELETE frees one).")
     job_tensor_concurrency: int = Field(
         2, gt=0, description="Tensors of one checkpoint job quantized at once (each takes a pool worker).")
     ray_address: str | None = Field(

@@ -18,8 +18,9 @@ directory a job reads, with the set itself as the root nothing may leave.
 Refused, each with problem+json: a ``Tus-Resumable`` other than 1.0.0 (412,
 with ``Tus-Version``), a PATCH that is not ``application/offset+octet-stream``
 (415), whose ``Upload-Offset`` is not where the upload stands (409), or that
-runs past the declared length (413); a file over ``upload_max_file_bytes``
-or a set past ``upload_max_set_bytes`` / ``upload_max_files`` (413); a file
+runs past the declared length (413); a file over ``upload_max_file_bytes``,
+a set past ``upload_max_set_bytes`` / ``upload_max_files``, more than
+``upload_max_sets`` sets (413); a file longer than the free disk (507); a file
 name that is not a plain name, or one the set already has (422 / 409).  A
 PATCH body pausing ``upload_idle_seconds`` or falling behind
 ``upload_min_bytes_per_second`` is cut off with 408, like any upload; the
@@ -81,6 +82,12 @@ class UploadLocked(ApiProblem):
     """Another PATCH to the same file is still being received (423, as tusd answers)."""
 
     status, title, slug = 423, "Locked", "upload-locked"
+
+
+class InsufficientStorage(ApiProblem):
+    """A file longer than the free space where upload sets are kept (RFC 4918 §11.5: 507)."""
+
+    status, title, slug = 507, "Insufficient storage", "insufficient-storage"
 
 
 class MalformedTusRequest(ApiProblem):
@@ -188,12 +195,18 @@ class UploadSets:
         self.max_file_bytes = settings.upload_max_file_bytes
         self.max_set_bytes = settings.upload_max_set_bytes
         self.max_files = settings.upload_max_files
+        self.max_sets = settings.upload_max_sets
         self.idle_seconds = settings.upload_idle_seconds
         self.min_bytes_per_second = settings.upload_min_bytes_per_second
         self._locks: dict[str, asyncio.Lock] = {}
 
     # sets
     def create_set(self) -> str:
+        """A new, empty set; refused past ``upload_max_sets`` sets kept at once (each may hold
+        ``upload_max_set_bytes``: together they bound the disk the sets may take)."""
+        count = sum(1 for path in self.root.iterdir() if UPLOAD_ID.fullmatch(path.name)) if self.root.is_dir() else 0
+        if count + 1 > self.max_sets:
+            raise LimitExceeded("upload_max_sets", count + 1, self.max_sets, field="body")
         set_id = uuid.uuid4().hex
         for sub in ("meta", "partial", "files"):
             (self.root / set_id / sub).mkdir(parents=True)
@@ -244,6 +257,10 @@ class UploadSets:
         total = sum(f.length for f in files) + length
         if total > self.max_set_bytes:
             raise LimitExceeded("upload_max_set_bytes", total, self.max_set_bytes, field="Upload-Length")
+        free = shutil.disk_usage(directory).free
+        if length > free:
+            raise InsufficientStorage(f"Upload-Length {length} is more than the {free} bytes free where upload sets "
+                                      "are kept", field="Upload-Length")
         file_id = uuid.uuid4().hex
         (directory / "partial" / file_id).touch()
         (directory / "meta" / f"{file_id}.json").write_text(json.dumps({"name": name, "length": length}))

@@ -8,12 +8,13 @@ the GET route (app/head.py), with the tus headers and no body.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 from fastapi import APIRouter, Request, Response
 
 from app.checkpoint_jobs import JobsNotConfigured
-from app.problems import problem_responses
+from app.problems import ApiProblem, problem_for, problem_response, problem_responses
 from app.schemas.uploads import UploadFileStatus, UploadSetStatus
 from app.security import ApiKeyRoute
 from app.tus import (
@@ -26,10 +27,31 @@ from app.tus import (
     header_integer,
     parse_metadata,
 )
+from quant_core.errors import NibbleError
 
-router = APIRouter(prefix="/uploads", tags=["uploads"], route_class=ApiKeyRoute)
 #: the headers a tus answer carries (the spec: every response but OPTIONS' has Tus-Resumable)
 TUS_HEADERS = {"Tus-Resumable": TUS_VERSION, "Cache-Control": "no-store"}
+
+
+class TusRoute(ApiKeyRoute):
+    """An `ApiKeyRoute` whose every answer, a refusal included, carries ``Tus-Resumable`` (tus 1.0.0 core)."""
+
+    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+        handler = super().get_route_handler()
+
+        async def with_tus_header(request: Request) -> Response:
+            try:
+                response = await handler(request)
+            except (ApiProblem, NibbleError) as exc:  # rendered by the one table, as the app's handler would
+                problem, headers = problem_for(exc)
+                response = problem_response(problem, headers)
+            response.headers.setdefault("Tus-Resumable", TUS_VERSION)
+            return response
+
+        return with_tus_header
+
+
+router = APIRouter(prefix="/uploads", tags=["uploads"], route_class=TusRoute)
 
 
 def _sets(request: Request) -> UploadSets:
@@ -61,7 +83,7 @@ def _offset_headers(file: UploadFile) -> dict[str, str]:
 
 
 @router.post("", status_code=201, response_model=UploadSetStatus, summary="Start an upload set",
-             responses=problem_responses(404))
+             responses=problem_responses(404, 413))
 async def create_upload_set(request: Request, response: Response) -> dict[str, Any]:
     """An empty upload set: give its ``tus_url`` to a tus client for each file of the checkpoint (the file's
     name in ``Upload-Metadata: filename``), then submit a job with ``{"source": {"upload": id}}``."""
@@ -104,7 +126,7 @@ async def describe_tus(request: Request, set_id: str) -> Response:
 
 @router.post("/{set_id}/files", status_code=201, response_model=UploadFileStatus,
              summary="tus creation: a new file of the set",
-             responses=problem_responses(400, 404, 409, 412, 413, 422))
+             responses=problem_responses(400, 404, 409, 412, 413, 422, 507))
 async def create_upload_file(request: Request, set_id: str) -> Response:
     """Headers: ``Tus-Resumable: 1.0.0``, ``Upload-Length``, ``Upload-Metadata: filename <base64>``.  Answers
     201 with the file's URL in ``Location``."""

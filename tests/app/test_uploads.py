@@ -30,7 +30,7 @@ def data_root(tmp_path: Path) -> Path:
 @pytest.fixture
 def client(tmp_path: Path, data_root: Path) -> Iterator[TestClient]:
     with client_with(state_dir=tmp_path / "state", data_dir=data_root, upload_max_file_bytes=1 << 20,
-                     upload_max_files=16) as test_client:
+                     upload_max_files=16, upload_max_sets=4) as test_client:
         yield test_client
 
 
@@ -100,6 +100,7 @@ def test_a_patch_whose_offset_disagrees_is_409_and_changes_nothing(client: TestC
     for wrong in (0, 2, 8):
         status, headers = patch(client, url, wrong, b"xx")
         assert status == 409 and headers["content-type"] == PROBLEM
+        assert headers["tus-resumable"] == "1.0.0"  # every tus answer carries it, a refusal too
         assert '"field":"Upload-Offset"' in headers["json"] and "4 of 10 bytes are received" in headers["json"]
     assert client.head(url, headers=TUS).headers["upload-offset"] == "4"
 
@@ -193,3 +194,25 @@ def test_a_job_from_uploaded_files_gives_the_bytes_of_the_same_job_from_the_dire
     assert len(results["upload"]) > 3 and results["upload"] == results["path"]
     assert client.delete(f"/v1/uploads/{set_id}").status_code == 204
     assert client.get(f"/v1/uploads/{set_id}").status_code == 404
+
+
+def test_sets_past_the_limit_are_413_and_a_deleted_set_frees_its_place(client: TestClient) -> None:
+    made = [client.post("/v1/uploads") for _ in range(4)]
+    assert [answer.status_code for answer in made] == [201] * 4
+    refused = client.post("/v1/uploads")
+    assert refused.status_code == 413
+    assert (refused.json()["limit"], refused.json()["value"], refused.json()["maximum"]) == ("upload_max_sets", 5, 4)
+    assert client.delete(made[0].json()["url"]).status_code == 204
+    assert client.post("/v1/uploads").status_code == 201
+
+
+def test_a_file_longer_than_the_free_disk_is_507(tmp_path: Path, data_root: Path) -> None:
+    huge = 1 << 62  # more than any disk this runs on, and under the (raised) limits
+    with client_with(state_dir=tmp_path / "state", data_dir=data_root, upload_max_file_bytes=huge,
+                     upload_max_set_bytes=huge) as client:
+        upload_set = client.post("/v1/uploads").json()
+        answer = client.post(upload_set["tus_url"], headers={**TUS, "Upload-Length": str(huge),
+                                                             "Upload-Metadata": metadata("big.safetensors")})
+        assert answer.status_code == 507 and answer.headers["content-type"] == PROBLEM
+        assert answer.json()["errors"][0]["field"] == "Upload-Length"
+        assert client.get(upload_set["url"]).json()["files"] == []
