@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import io
 import os
+import signal
 import socket
 import time
 from collections.abc import Iterator
@@ -21,6 +22,7 @@ from tusclient import client as tus_client
 
 from tests.checkpoints import tree_bytes, write_llama_checkpoint
 from tests.e2e.conftest import start_server
+from tests.e2e.test_job_resume import uvicorn_server
 
 CHUNK_BYTES = 256 * 1024
 
@@ -128,3 +130,37 @@ def test_a_job_from_shards_uploaded_by_tuspy_gives_the_bytes_of_the_directory_jo
     assert results[0] == results[1]
     assert set(results[0]) >= {"config.json", "model.safetensors.index.json", "nibble_report.json"}
     assert tree_bytes(root / "state" / "uploads" / upload_set["id"] / "files") == tree_bytes(root / "data" / "llama")
+
+
+def test_an_upload_survives_sigkill_of_the_server_mid_patch_and_resumes_after_restart(tmp_path: Path) -> None:
+    data = os.urandom(6 * 1024 * 1024 + 7)
+    env = {"NIBBLE_STATE_DIR": str(tmp_path / "state"), "NIBBLE_DATA_DIR": str(tmp_path),
+           "NIBBLE_POOL_KIND": "thread"}
+    with uvicorn_server(env, tmp_path / "server.log") as (base_url, process):
+        upload_set = new_set(base_url)
+        first = tus_client.TusClient(base_url + upload_set["tus_url"]).uploader(
+            file_stream=io.BytesIO(data), chunk_size=CHUNK_BYTES, metadata={"filename": "shard.safetensors"})
+        first.upload(stop_at=1024 * 1024)
+        file_path = urlsplit(first.url).path
+        at = offset_of(first.url)
+        parts = urlsplit(first.url)
+        connection = socket.create_connection((parts.hostname, parts.port))
+        connection.sendall((f"PATCH {file_path} HTTP/1.1\r\nHost: {parts.netloc}\r\nTus-Resumable: 1.0.0\r\n"
+                            f"Upload-Offset: {at}\r\nContent-Type: application/offset+octet-stream\r\n"
+                            f"Content-Length: {len(data) - at}\r\n\r\n").encode() + data[at:at + 3 * 1024 * 1024])
+        deadline = time.monotonic() + 30
+        while offset_of(first.url) < at + 2 * 1024 * 1024:  # batches of 1 MiB reach the disk while the body flows
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        os.killpg(process.pid, signal.SIGKILL)  # mid-body, the connection still open
+        process.wait()
+        connection.close()
+    with uvicorn_server(env, tmp_path / "server.log") as (base_url, _):
+        kept = offset_of(base_url + file_path)
+        assert at + 2 * 1024 * 1024 <= kept <= at + 3 * 1024 * 1024
+        resumed = tus_client.TusClient(base_url + upload_set["tus_url"]).uploader(
+            file_stream=io.BytesIO(data), url=base_url + file_path, chunk_size=CHUNK_BYTES)
+        assert resumed.offset == kept
+        resumed.upload()
+        assert httpx.get(base_url + upload_set["url"]).json()["complete"] is True
+    assert (tmp_path / "state" / "uploads" / upload_set["id"] / "files" / "shard.safetensors").read_bytes() == data
