@@ -62,6 +62,16 @@ def _sets(request: Request) -> UploadSets:
     return sets
 
 
+def _refuse_while_read(request: Request, sets: UploadSets, set_id: str) -> None:
+    """409 while a queued or running job reads the set: its files must stay as they were submitted."""
+    source = str(sets.set_dir(set_id) / "files")
+    jobs = request.app.state.jobs
+    readers = [record.id for record in jobs.store.unfinished() if record.source_dir == source] if jobs else []
+    if readers:
+        raise UploadConflict(f"job {readers[0]} reads upload set {set_id}; cancel it or let it finish first",
+                             field="id")
+
+
 def _file_url(set_id: str, file: UploadFile) -> str:
     return f"/v1/uploads/{set_id}/files/{file.id}"
 
@@ -104,12 +114,7 @@ async def read_upload_set(request: Request, set_id: str) -> dict[str, Any]:
 async def delete_upload_set(request: Request, set_id: str) -> Response:
     """Refused (409) while a queued or running job reads it."""
     sets = _sets(request)
-    source = str(sets.set_dir(set_id) / "files")
-    jobs = request.app.state.jobs
-    readers = [record.id for record in jobs.store.unfinished() if record.source_dir == source] if jobs else []
-    if readers:
-        raise UploadConflict(f"job {readers[0]} reads upload set {set_id}; cancel it or let it finish first",
-                             field="id")
+    _refuse_while_read(request, sets, set_id)
     sets.delete_set(set_id)
     return Response(status_code=204)
 
@@ -136,6 +141,7 @@ async def create_upload_file(request: Request, set_id: str) -> Response:
         raise UploadConflict("Upload-Defer-Length is not supported (the creation-defer-length extension): "
                              "declare Upload-Length", field="Upload-Defer-Length")
     length = header_integer(request, "Upload-Length")
+    _refuse_while_read(request, sets, set_id)
     name = parse_metadata(request.headers.get("upload-metadata")).get("filename")
     file = sets.create_file(set_id, name, length)
     url = _file_url(set_id, file)
@@ -166,9 +172,11 @@ async def append_upload_file(request: Request, set_id: str, file_id: str) -> Res
 
 
 @router.delete("/{set_id}/files/{file_id}", status_code=204, summary="tus termination: remove a file",
-               responses=problem_responses(404, 412, 423))
+               responses=problem_responses(404, 409, 412, 423))
 async def delete_upload_file(request: Request, set_id: str, file_id: str) -> Response:
     sets = _sets(request)
     check_tus_resumable(request)
+    sets.file(set_id, file_id)  # 404 first
+    _refuse_while_read(request, sets, set_id)
     sets.delete_file(set_id, file_id)
     return Response(status_code=204, headers={"Tus-Resumable": TUS_VERSION})

@@ -216,3 +216,18 @@ def test_a_file_longer_than_the_free_disk_is_507(tmp_path: Path, data_root: Path
         assert answer.status_code == 507 and answer.headers["content-type"] == PROBLEM
         assert answer.json()["errors"][0]["field"] == "Upload-Length"
         assert client.get(upload_set["url"]).json()["files"] == []
+
+
+def test_a_set_a_running_job_reads_cannot_change_until_the_job_ends(client: TestClient, tmp_path: Path) -> None:
+    write_llama_checkpoint(tmp_path / "long", shards=10, layers=24)  # 168 tensors by hqq: seconds of work
+    set_id = upload_directory(client, tmp_path / "long", pieces=1)
+    files = client.get(f"/v1/uploads/{set_id}").json()["files"]
+    job = client.post("/v1/jobs", json={"source": {"upload": set_id}, "method": "hqq"}).json()
+    refusals = [client.delete(f"/v1/uploads/{set_id}"), client.delete(files[0]["url"], headers=TUS),
+                client.post(f"/v1/uploads/{set_id}/files", headers={**TUS, "Upload-Length": "2",
+                                                                    "Upload-Metadata": metadata("extra.json")})]
+    assert client.get(f"/v1/jobs/{job['id']}").json()["state"] in ("queued", "running")
+    assert [answer.status_code for answer in refusals] == [409, 409, 409]
+    assert all(f"job {job['id']} reads upload set" in answer.json()["detail"] for answer in refusals)
+    assert wait_for(client, job["id"], timeout_seconds=300)["state"] == "succeeded"
+    assert client.delete(f"/v1/uploads/{set_id}").status_code == 204
