@@ -164,3 +164,22 @@ def test_an_upload_survives_sigkill_of_the_server_mid_patch_and_resumes_after_re
         resumed.upload()
         assert httpx.get(base_url + upload_set["url"]).json()["complete"] is True
     assert (tmp_path / "state" / "uploads" / upload_set["id"] / "files" / "shard.safetensors").read_bytes() == data
+
+
+def test_a_patch_body_that_pauses_is_408_and_the_bytes_it_sent_are_kept(tmp_path: Path) -> None:
+    env = {"NIBBLE_STATE_DIR": str(tmp_path / "state"), "NIBBLE_DATA_DIR": str(tmp_path),
+           "NIBBLE_UPLOAD_IDLE_SECONDS": "1"}
+    with start_server(env) as base_url:
+        upload_set = new_set(base_url)
+        created = httpx.post(base_url + upload_set["tus_url"], headers={
+            "Tus-Resumable": "1.0.0", "Upload-Length": "100000", "Upload-Metadata": "filename YS5iaW4="})  # a.bin
+        url = base_url + created.headers["location"]
+        parts = urlsplit(url)
+        with socket.create_connection((parts.hostname, parts.port), timeout=30) as connection:
+            connection.sendall((f"PATCH {parts.path} HTTP/1.1\r\nHost: {parts.netloc}\r\nTus-Resumable: 1.0.0\r\n"
+                                "Upload-Offset: 0\r\nContent-Type: application/offset+octet-stream\r\n"
+                                "Content-Length: 100000\r\n\r\n").encode() + b"z" * 40_000)
+            answer = connection.recv(65536).decode("latin-1")  # then nothing: the server gives up after 1 s
+        assert answer.startswith("HTTP/1.1 408 ")
+        assert "application/problem+json" in answer and "upload-stalled" in answer
+        assert offset_of(url) == 40_000
