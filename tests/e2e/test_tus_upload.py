@@ -166,7 +166,7 @@ def test_an_upload_survives_sigkill_of_the_server_mid_patch_and_resumes_after_re
     assert (tmp_path / "state" / "uploads" / upload_set["id"] / "files" / "shard.safetensors").read_bytes() == data
 
 
-def test_a_patch_body_that_pauses_is_408_and_the_bytes_it_sent_are_kept(tmp_path: Path) -> None:
+def test_a_patch_body_that_pauses_locks_its_file_then_is_408_and_the_bytes_it_sent_are_kept(tmp_path: Path) -> None:
     env = {"NIBBLE_STATE_DIR": str(tmp_path / "state"), "NIBBLE_DATA_DIR": str(tmp_path),
            "NIBBLE_UPLOAD_IDLE_SECONDS": "1"}
     with start_server(env) as base_url:
@@ -179,7 +179,15 @@ def test_a_patch_body_that_pauses_is_408_and_the_bytes_it_sent_are_kept(tmp_path
             connection.sendall((f"PATCH {parts.path} HTTP/1.1\r\nHost: {parts.netloc}\r\nTus-Resumable: 1.0.0\r\n"
                                 "Upload-Offset: 0\r\nContent-Type: application/offset+octet-stream\r\n"
                                 "Content-Length: 100000\r\n\r\n").encode() + b"z" * 40_000)
-            answer = connection.recv(65536).decode("latin-1")  # then nothing: the server gives up after 1 s
-        assert answer.startswith("HTTP/1.1 408 ")
-        assert "application/problem+json" in answer and "upload-stalled" in answer
+            time.sleep(0.3)  # while that body is being received, the file is locked (423, as tusd answers)
+            second = httpx.patch(url, content=b"y", headers={"Tus-Resumable": "1.0.0", "Upload-Offset": "0",
+                                                             "Content-Type": "application/offset+octet-stream"})
+            terminate = httpx.delete(url, headers={"Tus-Resumable": "1.0.0"})
+            assert (second.status_code, terminate.status_code) == (423, 423)
+            assert second.headers["retry-after"] == "1" and second.headers["tus-resumable"] == "1.0.0"
+            answer = b""  # then nothing: the server gives up after 1 s, answers and closes
+            while chunk := connection.recv(65536):
+                answer += chunk
+        assert answer.startswith(b"HTTP/1.1 408 ")
+        assert b"application/problem+json" in answer and b"upload-stalled" in answer
         assert offset_of(url) == 40_000
