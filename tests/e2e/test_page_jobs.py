@@ -23,7 +23,7 @@ pytestmark = [
 @pytest.fixture(scope="module")
 def jobs_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     root = tmp_path_factory.mktemp("page-jobs")
-    write_llama_checkpoint(root / "data" / "llama", shards=3, layers=12)  # 84 tensors: it runs for a while
+    write_llama_checkpoint(root / "data" / "llama", shards=3, layers=24)  # 168 tensors: a second or more of work
     env = {"NIBBLE_STATE_DIR": str(root / "state"), "NIBBLE_DATA_DIR": str(root / "data"),
            "NIBBLE_POOL_KIND": "thread", "NIBBLE_JOB_TENSOR_CONCURRENCY": "1"}
     with start_server(env) as base_url:
