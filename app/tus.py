@@ -12,7 +12,8 @@ On disk, under ``<upload dir>/<set id>/``: ``meta/<file id>.json`` holds a
 file's name and declared length; ``partial/<file id>`` the bytes received so
 far, appended in order (its size *is* the offset, so a restart, or a kill,
 loses nothing that reached the disk); ``files/<name>`` the complete file,
-synced and renamed there when its last byte arrives.  ``files/`` is the
+synced and renamed there when its last byte arrives (or, should a kill come
+between the two, when the file is next read).  ``files/`` is the
 directory a job reads, with the set itself as the root nothing may leave.
 
 Refused, each with problem+json: a ``Tus-Resumable`` other than 1.0.0 (412,
@@ -278,8 +279,11 @@ class UploadSets:
         directory = self.root / set_id
         meta: dict[str, Any] = json.loads((directory / "meta" / f"{file_id}.json").read_text())
         partial = directory / "partial" / file_id
-        offset = partial.stat().st_size if partial.exists() else int(meta["length"])
-        return UploadFile(file_id, str(meta["name"]), int(meta["length"]), offset)
+        length = int(meta["length"])
+        offset = partial.stat().st_size if partial.exists() else length
+        if partial.exists() and offset == length:  # whole, but a kill came before it was moved to its name
+            _seal(partial, directory / "files" / str(meta["name"]))
+        return UploadFile(file_id, str(meta["name"]), length, offset)
 
     async def append(self, set_id: str, file_id: str, request: Request) -> UploadFile:
         """Append a PATCH body at its ``Upload-Offset`` (core protocol); the file as it now stands."""
@@ -326,10 +330,9 @@ class UploadSets:
         finally:  # what arrived is kept, whatever stopped the body (a disconnect, a stall, an overrun)
             if buffer:
                 await asyncio.shield(asyncio.to_thread(_append, partial, bytes(buffer)))
-        now = self._file(set_id, file_id)
-        if now.complete and partial.exists():
-            await asyncio.to_thread(_seal, partial, self.root / set_id / "files" / now.name)
-        return now
+        if current.offset + received == current.length:  # sealed here, off the event loop
+            await asyncio.to_thread(_seal, partial, self.root / set_id / "files" / current.name)
+        return self._file(set_id, file_id)
 
     def delete_file(self, set_id: str, file_id: str) -> None:
         """Terminate an upload (termination extension): its bytes and its name are gone."""

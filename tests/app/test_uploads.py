@@ -231,3 +231,14 @@ def test_a_set_a_running_job_reads_cannot_change_until_the_job_ends(client: Test
     assert all(f"job {job['id']} reads upload set" in answer.json()["detail"] for answer in refusals)
     assert wait_for(client, job["id"], timeout_seconds=300)["state"] == "succeeded"
     assert client.delete(f"/v1/uploads/{set_id}").status_code == 204
+
+
+def test_a_whole_file_a_kill_left_unsealed_is_moved_to_its_name_when_next_read(client: TestClient,
+                                                                               tmp_path: Path) -> None:
+    upload_set = client.post("/v1/uploads").json()
+    url = create_file(client, upload_set["url"], "config.json", 4)
+    set_dir = tmp_path / "state" / "uploads" / upload_set["id"]
+    (set_dir / "partial" / url.rsplit("/", 1)[1]).write_bytes(b"abcd")  # its last bytes written, then the kill
+    assert client.get(upload_set["url"]).json()["complete"] is True
+    assert (set_dir / "files" / "config.json").read_bytes() == b"abcd"
+    assert list((set_dir / "partial").iterdir()) == []
