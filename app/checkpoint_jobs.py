@@ -35,6 +35,7 @@ from app.job_store import TERMINAL_STATES, JobRecord, JobStore, TensorRecord
 from app.pool import WorkerPool
 from app.problems import ApiProblem, PoolFull, problem_for
 from app.schemas.jobs import JobCreate, to_options
+from app.tus import UploadSets
 from quant_core.checkpoint import (
     Checkpoint,
     CheckpointOptions,
@@ -204,8 +205,10 @@ class JobManager:
 
     def __init__(self, store: JobStore, executor: Executor, data_root: Path, *, concurrency: int,
                  max_tensors: int, max_elements: int, max_header_bytes: int, threads: int | None = 1,
-                 tensors: TensorRunner | None = None) -> None:
+                 tensors: TensorRunner | None = None, uploads: UploadSets | None = None) -> None:
         self.store = store
+        #: the tus upload sets a job may take as its source (``source.upload``)
+        self.uploads = uploads
         self.executor = executor
         #: where tensors are quantized: the pool (default) or Ray tasks (app/ray_runner.py)
         self.tensors = tensors or PoolTensorRunner(executor)
@@ -241,14 +244,24 @@ class JobManager:
     # requests
     async def submit(self, request: JobCreate) -> JobRecord:
         """Validate and plan the source (typed errors: 4xx), then queue the job."""
-        directory = resolve_source(self.data_root, request.source.path)
+        directory, root = self._source(request)
         options = to_options(request, self.threads)
         total, total_bytes, passthrough = await self.executor.call(
-            inspect_source, directory, self.data_root, *self.limits, options)
+            inspect_source, directory, root, *self.limits, options)
         record = self.store.create(uuid.uuid4().hex, request.model_dump(mode="json"), directory, total, total_bytes,
                                    passthrough)
         self._queue.put_nowait(record.id)
         return record
+
+    def _source(self, request: JobCreate) -> tuple[Path, Path]:
+        """The source directory and the root no file it names may leave: a directory under the data root, or
+        a complete upload set (its own directory is its root)."""
+        if request.source.upload is not None:
+            if self.uploads is None:
+                raise JobsNotConfigured("this server keeps no upload sets", field="source.upload")
+            directory = self.uploads.source_directory(request.source.upload)
+            return directory, directory
+        return resolve_source(self.data_root, request.source.path or ""), self.data_root
 
     def get(self, job_id: str) -> JobRecord:
         record = self.store.get(job_id)
@@ -349,9 +362,11 @@ class JobManager:
 
     async def _execute(self, record: JobRecord) -> None:
         job_id = record.id
-        options = to_options(JobCreate.model_validate(record.request), self.threads)
+        request = JobCreate.model_validate(record.request)
+        options = to_options(request, self.threads)
         source = Path(record.source_dir)
-        checkpoint, plans = await self.executor.call(load_plan, source, self.data_root, *self.limits, options)
+        root = source if request.source.upload is not None else self.data_root
+        checkpoint, plans = await self.executor.call(load_plan, source, root, *self.limits, options)
         job_dir = self.store.job_dir(job_id)
         part_dir, out_dir = job_dir / "parts", Path(record.output_dir)
         part_dir.mkdir(parents=True, exist_ok=True)

@@ -30,9 +30,10 @@ from app.problems import (
     problem_response,
 )
 from app.ray_runner import RayTensorRunner
-from app.routers import devices, health, jobs, models, plans, quantizations
+from app.routers import devices, health, jobs, models, plans, quantizations, uploads
 from app.security import BEARER_SCHEME, BEARER_SCHEME_NAME, BodySizeLimit
 from app.settings import Settings, get_settings
+from app.tus import UploadSets
 
 API_VERSION = "1.0.0"
 DESCRIPTION = """\
@@ -41,7 +42,8 @@ Plan LLM memory at 16-bit beside INT4, and quantize uploaded tensors to INT4 wit
 Every error is `application/problem+json` (RFC 9457) with `type`, `title`, `status`, `detail`
 and an `errors` list naming each invalid field.
 """
-V1_ROUTERS: tuple[APIRouter, ...] = (plans.router, models.router, devices.router, quantizations.router, jobs.router)
+V1_ROUTERS: tuple[APIRouter, ...] = (plans.router, models.router, devices.router, quantizations.router, jobs.router,
+                                     uploads.router)
 
 
 def _problem_openapi(app: FastAPI) -> dict[str, Any]:
@@ -86,10 +88,11 @@ def _job_manager(settings: Settings, pool: WorkerPool) -> JobManager | None:
         return None
     executor = PoolExecutor(pool, settings.retry_after_seconds)
     tensors = RayTensorRunner(settings.ray_address) if settings.ray_address else None
+    uploads = UploadSets(settings.upload_dir or settings.state_dir / "uploads", settings)
     return JobManager(JobStore(settings.state_dir), executor, settings.data_dir,
                       concurrency=settings.job_tensor_concurrency, max_tensors=settings.job_max_tensors,
                       max_elements=settings.job_max_elements_per_tensor, max_header_bytes=settings.max_header_bytes,
-                      threads=settings.job_threads, tensors=tensors)
+                      threads=settings.job_threads, tensors=tensors, uploads=uploads)
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -104,6 +107,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         pool.start()
         manager = _job_manager(settings, pool)
         app.state.jobs = manager
+        app.state.uploads = manager.uploads if manager is not None else None
         if manager is not None:
             manager.start()  # resumes every job a stop or a kill left unfinished
         try:
@@ -122,6 +126,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.settings = settings
     app.state.pool = pool
     app.state.jobs = None  # the JobManager while the app runs (lifespan), when jobs are configured
+    app.state.uploads = None  # its tus upload sets (app/tus.py)
     install_problem_handlers(app)
     app.include_router(health.router)
     for router in V1_ROUTERS:
@@ -131,7 +136,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     if settings.cors_origins:
         app.add_middleware(ProblemCORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["*"],
                            allow_headers=["*"], expose_headers=["X-Nibble-Report", "Retry-After", "Content-Disposition",
-                                                           "X-Request-ID"])
+                                                           "X-Request-ID", "Location", "Upload-Offset", "Upload-Length",
+                                                           "Tus-Resumable", "Tus-Version", "Tus-Extension",
+                                                           "Tus-Max-Size"])
     install_observability(app)  # metrics, access log, X-Request-ID, the page: last, so outermost
     app.openapi = lambda: _problem_openapi(app)  # type: ignore[method-assign]
     return app

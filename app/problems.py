@@ -400,7 +400,12 @@ _DESCRIPTIONS = {
     408: "The upload paused longer than upload_idle_seconds, or fell behind upload_min_bytes_per_second.",
     413: "Over a configured size limit (the answer names the limit and the value).",
     403: "The source path lies outside the data root (an absolute path, '..', or a symlink leading out).",
-    409: "The job is not in a state that allows this (its files exist once it has succeeded).",
+    409: "The job is not in a state that allows this (its files exist once it has succeeded); or, for a tus "
+         "upload, Upload-Offset is not where the upload stands, the name is taken, the set is not complete or a "
+         "job reads it.",
+    412: "Tus-Resumable is missing or not 1.0.0 (the answer's Tus-Version lists the versions spoken).",
+    423: "Another PATCH to the same tus upload is still being received.",
+    507: "The declared Upload-Length is more than the free space where upload sets are kept.",
     415: "The body is not of a media type this route reads: JSON routes take application/json; uploads take "
          "multipart/form-data whose files are .npy or .safetensors.",
     422: "The input is well-formed but invalid; `errors` names each field.",

@@ -81,7 +81,8 @@ class BodySizeLimit:
 
     JSON bodies may hold ``max_json_bytes``; multipart bodies the uploads'
     ``max_upload_bytes`` plus multipart overhead (`app.uploads` enforces the
-    exact per-file limit itself).  A declared Content-Length over the limit is
+    exact per-file limit itself); tus PATCH bodies ``upload_max_file_bytes``
+    (app/tus.py holds each to what its file still lacks).  A declared Content-Length over the limit is
     refused without reading a byte; a chunked body is cut off when it passes
     the limit: the app sees a disconnect and its answer is replaced by the 413.
     A ``Transfer-Encoding`` other than ``chunked`` alone is 501 (RFC 9112
@@ -109,6 +110,9 @@ class BodySizeLimit:
         if content_type.startswith("multipart/"):
             limit_name, maximum = "max_upload_bytes", self.settings.max_upload_bytes
             allowed = maximum + MULTIPART_OVERHEAD_BYTES
+        elif content_type.startswith("application/offset+octet-stream"):  # a tus PATCH (app/tus.py)
+            limit_name, maximum = "upload_max_file_bytes", self.settings.upload_max_file_bytes
+            allowed = maximum
         else:
             limit_name, maximum = "max_json_bytes", self.settings.max_json_bytes
             allowed = maximum

@@ -74,6 +74,16 @@ class Settings(BaseSettings):
     data_dir: Path | None = Field(
         None, description="The data root: a job's source.path is a directory under it, and nothing outside it "
                           "(by '..', an absolute path or a symlink) is read; unset: the /v1/jobs routes answer 404.")
+    upload_dir: Path | None = Field(
+        None, description="Where tus upload sets (checkpoint files uploaded resumably) are kept; default: "
+                          "<state_dir>/uploads.  With Ray, put it on the storage every node mounts at the same path.")
+    upload_max_file_bytes: int = Field(
+        16 * 1024 * MiB, gt=0, description="Largest file of a tus upload set (Tus-Max-Size), bytes: a 5 GB shard "
+                                          "fits.")
+    upload_max_set_bytes: int = Field(
+        2 * 1024 * 1024 * MiB, gt=0, description="Most bytes, the declared lengths summed, in one upload set.")
+    upload_max_files: int = Field(1024, gt=0, description="Most files in one upload set.")
+    upload_max_sets: int = Field(64, gt=0, description="Most upload sets kept at once (DELETE frees one).")
     job_tensor_concurrency: int = Field(
         2, gt=0, description="Tensors of one checkpoint job quantized at once (each takes a pool worker).")
     ray_address: str | None = Field(

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from quant_core.checkpoint import DEFAULT_EXCLUDE, DEFAULT_MAX_SHARD_BYTES, CheckpointOptions
 from quant_core.quantize import METHODS
@@ -16,13 +16,21 @@ JobStateName = Literal["queued", "running", "succeeded", "failed", "cancelled"]
 
 
 class JobSource(BaseModel):
-    """Where the checkpoint is: a directory under the server's data root (NIBBLE_DATA_DIR)."""
+    """Where the checkpoint is: a directory under the server's data root (NIBBLE_DATA_DIR), or an upload set."""
 
     model_config = ConfigDict(extra="forbid")
 
-    path: str = Field(min_length=1, max_length=4096, description=(
+    path: str | None = Field(None, min_length=1, max_length=4096, description=(
         "A directory relative to the data root holding model.safetensors.index.json and its shards (or one "
         "model.safetensors), config.json and tokenizer files.  No '..', no absolute path, no symlink leading out."))
+    upload: str | None = Field(None, min_length=1, max_length=64, description=(
+        "The id of a complete upload set (POST /v1/uploads, its files sent by tus) holding those files."))
+
+    @model_validator(mode="after")
+    def _one_source(self) -> JobSource:
+        if (self.path is None) == (self.upload is None):
+            raise ValueError("give exactly one of source.path and source.upload")
+        return self
 
 
 class JobCreate(BaseModel):

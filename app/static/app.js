@@ -937,6 +937,144 @@ async function runDownload() {
 
 // --- start --------------------------------------------------------------------------------------
 
+// --- checkpoint jobs ----------------------------------------------------------------------------
+
+const JOB_FINISHED = ["succeeded", "failed", "cancelled"];
+const JOBS_NOT_CONFIGURED = "urn:nibble:problem:jobs-not-configured";
+const JOBS_REFRESH_MS = 5000;
+const followedJobs = new Map();  // job id -> the AbortController of its event stream
+const mebibytes = (bytes) => (bytes / 2 ** 20).toFixed(1);
+
+function jobProgressText(progress) {
+  let text = `${thousands(progress.tensors_done)} of ${thousands(progress.tensors_total)} tensors, `
+    + `${mebibytes(progress.bytes_done)} of ${mebibytes(progress.bytes_total)} MiB`;
+  if (progress.rate) text += `, ${mebibytes(progress.rate)} MiB/s`;
+  if (progress.eta_seconds) text += `, ${Math.ceil(progress.eta_seconds)} s left`;
+  return text;
+}
+
+function jobItem(id) {
+  const existing = [...$("jobs-list").children].find((item) => item.dataset.id === id);
+  if (existing) return existing;
+  const item = document.createElement("li");
+  item.className = "job";
+  item.dataset.id = id;
+  const title = document.createElement("h3");
+  const name = document.createElement("code");
+  name.textContent = id.slice(0, 12);
+  const state = document.createElement("span");
+  state.className = "job-state";
+  title.append("Job ", name, " ", state);
+  const bar = document.createElement("progress");
+  bar.setAttribute("aria-label", `progress of job ${id.slice(0, 12)}`);
+  const figures = document.createElement("p");
+  figures.className = "job-progress note";
+  const files = document.createElement("ul");
+  files.className = "job-files";
+  const error = document.createElement("p");
+  error.className = "job-error form-error";
+  const cancel = document.createElement("button");
+  cancel.type = "button";
+  cancel.className = "job-cancel secondary";
+  cancel.textContent = "Cancel";
+  cancel.addEventListener("click", () => cancelJob(id));
+  item.append(title, bar, figures, files, error, cancel);
+  return item;
+}
+
+function renderJob(status) {
+  const item = jobItem(status.id);
+  item.dataset.state = status.state;
+  item.querySelector(".job-state").textContent = status.state;
+  const bar = item.querySelector("progress");
+  bar.max = Math.max(1, status.progress.bytes_total);
+  bar.value = status.state === "succeeded" ? bar.max : status.progress.bytes_done;
+  item.querySelector(".job-progress").textContent = jobProgressText(status.progress);
+  item.querySelector(".job-cancel").hidden = JOB_FINISHED.includes(status.state);
+  if (status.error) item.querySelector(".job-error").textContent = `${status.error.title}: ${status.error.detail}`;
+  if (status.result) {
+    item.querySelector(".job-files").replaceChildren(...status.result.files.map((file) => {
+      const entry = document.createElement("li");
+      const link = document.createElement("a");
+      link.href = file.url;
+      link.download = file.name;
+      link.textContent = file.name;
+      entry.append(link, ` (${thousands(file.bytes)} bytes)`);
+      return entry;
+    }));
+    item.dataset.detailed = "true";
+  }
+  return item;
+}
+
+async function followJob(id) {
+  // GET /v1/jobs/{id}/events read through fetch (EventSource cannot send the API key): one status per event
+  if (followedJobs.has(id)) return;
+  const controller = new AbortController();
+  followedJobs.set(id, controller);
+  try {
+    const response = await api(`/v1/jobs/${id}/events`, { signal: controller.signal });
+    const reader = response.body.pipeThrough(new TextDecoderStream()).getReader();
+    let buffer = "";
+    for (;;) {
+      const { value, done } = await reader.read();
+      if (done) break;
+      buffer += value.replace(/\r\n/g, "\n");
+      let end;
+      while ((end = buffer.indexOf("\n\n")) >= 0) {
+        const data = buffer.slice(0, end).split("\n").filter((line) => line.startsWith("data:"))
+          .map((line) => line.slice(5).trimStart()).join("\n");
+        buffer = buffer.slice(end + 2);
+        if (data) renderJob(JSON.parse(data));
+      }
+    }
+  } catch (error) {
+    if (error.name !== "AbortError") jobItem(id).querySelector(".job-error").textContent = error.message;
+  } finally {
+    followedJobs.delete(id);
+  }
+}
+
+async function cancelJob(id) {
+  try {
+    renderJob(await (await api(`/v1/jobs/${id}`, { method: "DELETE" })).json());
+  } catch (error) {
+    jobItem(id).querySelector(".job-error").textContent = error.message;
+  }
+}
+
+async function loadJobs() {
+  // Lists GET /v1/jobs; false when this server has no jobs (the section then says so and stays hidden).
+  let answer;
+  try {
+    answer = await (await api("/v1/jobs")).json();
+  } catch (error) {
+    if (error.problem && error.problem.type === JOBS_NOT_CONFIGURED) {
+      $("jobs-note").textContent = "Checkpoint jobs are not configured on this server (they need NIBBLE_STATE_DIR "
+        + "and NIBBLE_DATA_DIR).";
+      $("jobs-note").hidden = false;
+      $("jobs-body").hidden = true;
+      return false;
+    }
+    $("jobs-error").textContent = error.message;
+    return true;
+  }
+  $("jobs-error").textContent = "";
+  $("jobs-note").hidden = true;
+  $("jobs-body").hidden = false;
+  $("jobs-empty").hidden = answer.jobs.length > 0;
+  const items = answer.jobs.map((summary) => {
+    const item = renderJob(summary);
+    if (!JOB_FINISHED.includes(summary.state)) followJob(summary.id);
+    else if (!item.dataset.detailed) {  // the list carries no files or error: read the job once
+      api(summary.url).then((response) => response.json()).then(renderJob).catch(() => {});
+    }
+    return item;
+  });
+  $("jobs-list").replaceChildren(...items);
+  return true;
+}
+
 function fillSelect(select, items, value, label, preferred) {
   select.replaceChildren(...items.map((item) => {
     const option = document.createElement("option");
@@ -965,6 +1103,8 @@ async function start() {
   $("download-form").addEventListener("submit", (event) => { event.preventDefault(); runDownload(); });
   $("d-output").addEventListener("change", syncOutput);
   $("copy-link").addEventListener("click", copyLink);
+  $("jobs-refresh").addEventListener("click", loadJobs);
+  loadJobs().then((configured) => { if (configured) setInterval(loadJobs, JOBS_REFRESH_MS); });
   $("unit").addEventListener("change", () => {
     setUnit($("unit").value);
     redrawShown();

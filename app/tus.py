@@ -1,0 +1,349 @@
+"""Resumable uploads of a checkpoint's files by the tus protocol 1.0.0 (core, creation and termination).
+
+An *upload set* is a checkpoint directory being uploaded: ``POST /v1/uploads``
+makes one, each of its files (the shards, the index, config.json, the
+tokenizer files) is a tus upload created at its tus endpoint
+``/v1/uploads/{set}/files``, and once every file is complete a job takes the
+set as its source (``{"source": {"upload": "<set id>"}}``).  Any tus 1.0.0
+client resumes an interrupted file: it asks the offset (HEAD) and sends the
+rest (PATCH from that offset).
+
+On disk, under ``<upload dir>/<set id>/``: ``meta/<file id>.json`` holds a
+file's name and declared length; ``partial/<file id>`` the bytes received so
+far, appended in order (its size *is* the offset, so a restart, or a kill,
+loses nothing that reached the disk); ``files/<name>`` the complete file,
+synced and renamed there when its last byte arrives (or, should a kill come
+between the two, when the file is next read).  ``files/`` is the
+directory a job reads, with the set itself as the root nothing may leave.
+
+Refused, each with problem+json: a ``Tus-Resumable`` other than 1.0.0 (412,
+with ``Tus-Version``), a PATCH that is not ``application/offset+octet-stream``
+(415), whose ``Upload-Offset`` is not where the upload stands (409), or that
+runs past the declared length (413); a file over ``upload_max_file_bytes``,
+a set past ``upload_max_set_bytes`` / ``upload_max_files``, more than
+``upload_max_sets`` sets (413); a file longer than the free disk (507); a file
+name that is not a plain name, or one the set already has (422 / 409).  A
+PATCH body pausing ``upload_idle_seconds`` or falling behind
+``upload_min_bytes_per_second`` is cut off with 408, like any upload; the
+bytes it delivered are kept.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import contextlib
+import json
+import os
+import re
+import shutil
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from starlette.requests import Request
+
+from app.problems import ApiProblem, UnsupportedMediaType, UploadStalled
+from app.settings import Settings
+from quant_core.errors import InvalidSpec, LimitExceeded
+
+TUS_VERSION = "1.0.0"
+TUS_EXTENSIONS = "creation,termination"
+PATCH_MEDIA_TYPE = "application/offset+octet-stream"
+#: bytes gathered from the network before one write (a worker-thread hop per 64 KiB chunk would cost more)
+WRITE_BATCH_BYTES = 1 << 20
+#: a file name in a set: a plain name, as checkpoint directories hold (no directory, nothing hidden)
+FILE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]{0,254}")
+UPLOAD_ID = re.compile(r"[0-9a-f]{32}")
+
+
+class TusVersionUnsupported(ApiProblem):
+    """A request whose ``Tus-Resumable`` is missing or not a version this server speaks (tus: 412)."""
+
+    status, title, slug = 412, "Unsupported tus version", "tus-version-unsupported"
+
+
+class UploadNotFound(ApiProblem):
+    """No upload set, or no file in it, of that id."""
+
+    status, title, slug = 404, "Not found", "not-found"
+
+
+class UploadConflict(ApiProblem):
+    """An ``Upload-Offset`` that is not where the upload stands, a name the set already has, a set not yet
+    complete, or one a running job reads (409)."""
+
+    status, title, slug = 409, "Conflict", "upload-conflict"
+
+
+class UploadLocked(ApiProblem):
+    """Another PATCH to the same file is still being received (423, as tusd answers)."""
+
+    status, title, slug = 423, "Locked", "upload-locked"
+
+
+class InsufficientStorage(ApiProblem):
+    """A file longer than the free space where upload sets are kept (RFC 4918 §11.5: 507)."""
+
+    status, title, slug = 507, "Insufficient storage", "insufficient-storage"
+
+
+class MalformedTusRequest(ApiProblem):
+    """A tus header that is missing or not what the protocol allows (400)."""
+
+    status, title, slug = 400, "Malformed tus request", "malformed-tus-request"
+
+
+def check_tus_resumable(request: Request, *, required: bool = True) -> None:
+    """Refuse (412) a request whose ``Tus-Resumable`` is not 1.0.0 (or is missing, where it is `required`)."""
+    version = request.headers.get("tus-resumable")
+    if version is None and not required:
+        return
+    if version != TUS_VERSION:
+        raise TusVersionUnsupported(f"Tus-Resumable {version!r} is not supported; this server speaks tus "
+                                    f"{TUS_VERSION}", field="Tus-Resumable", headers={"Tus-Version": TUS_VERSION})
+
+
+def parse_metadata(header: str | None) -> dict[str, str]:
+    """The ``Upload-Metadata`` header's pairs: ``key base64(value)``, comma-separated (tus creation)."""
+    pairs: dict[str, str] = {}
+    for item in (header or "").split(","):
+        if not item.strip():
+            continue
+        key, _, encoded = item.strip().partition(" ")
+        try:
+            pairs[key] = base64.b64decode(encoded.strip(), validate=True).decode("utf-8")
+        except (binascii.Error, UnicodeDecodeError) as exc:
+            raise MalformedTusRequest(f"Upload-Metadata value of {key!r} is not base64 of UTF-8 text",
+                                      field="Upload-Metadata") from exc
+    return pairs
+
+
+def header_integer(request: Request, name: str) -> int:
+    """A non-negative integer header (Upload-Length, Upload-Offset), 400 when missing or malformed."""
+    value = request.headers.get(name)
+    if value is None or not value.isdigit() or len(value) > 20:
+        raise MalformedTusRequest(f"{name} must be a non-negative integer, got {value!r}", field=name)
+    return int(value)
+
+
+@dataclass(frozen=True, slots=True)
+class UploadFile:
+    """One file of a set: its id, name, declared length and the bytes received (its offset)."""
+
+    id: str
+    name: str
+    length: int
+    offset: int
+
+    @property
+    def complete(self) -> bool:
+        return self.offset == self.length
+
+
+async def paced_chunks(request: Request, idle_seconds: float, min_bytes_per_second: float
+                       ) -> AsyncIterator[bytes]:
+    """The request body's chunks, cut off with `UploadStalled` (408) when the next one is not due in time.
+
+    The same deadline as multipart uploads (app/uploads.py): the next bytes
+    within `idle_seconds`, and never more than `idle_seconds` behind
+    `min_bytes_per_second` on average.
+    """
+    loop = asyncio.get_running_loop()
+    started = last = loop.time()
+    received = 0
+    chunks = request.stream().__aiter__()
+    while True:
+        due = min(last + idle_seconds, started + idle_seconds + received / min_bytes_per_second)
+        try:
+            chunk = await asyncio.wait_for(anext(chunks), max(0.0, due - loop.time()))
+        except StopAsyncIteration:
+            return
+        except TimeoutError:
+            if loop.time() - last >= idle_seconds:
+                reason = f"sent no bytes for {idle_seconds:g} s"
+            else:
+                reason = (f"sent {received} bytes in {loop.time() - started:.0f} s, slower than the "
+                          f"{min_bytes_per_second:g} bytes per second an upload must keep up")
+            raise UploadStalled(f"the PATCH body {reason}; the bytes received are kept (HEAD tells the offset)",
+                                field="body", headers={"Connection": "close"}) from None
+        last = loop.time()
+        received += len(chunk)
+        yield chunk
+
+
+def _append(path: Path, data: bytes) -> None:
+    with path.open("ab") as sink:
+        sink.write(data)
+
+
+def _seal(partial: Path, final: Path) -> None:
+    """Sync a complete file and move it to its name (a kill leaves it whole in one place or the other)."""
+    with partial.open("rb+") as handle:
+        os.fsync(handle.fileno())
+    final.parent.mkdir(exist_ok=True)
+    partial.replace(final)
+
+
+class UploadSets:
+    """The upload sets under `root` and their tus files (module docstring)."""
+
+    def __init__(self, root: Path, settings: Settings) -> None:
+        self.root = root
+        self.max_file_bytes = settings.upload_max_file_bytes
+        self.max_set_bytes = settings.upload_max_set_bytes
+        self.max_files = settings.upload_max_files
+        self.max_sets = settings.upload_max_sets
+        self.idle_seconds = settings.upload_idle_seconds
+        self.min_bytes_per_second = settings.upload_min_bytes_per_second
+        self._locks: dict[str, asyncio.Lock] = {}
+
+    # sets
+    def create_set(self) -> str:
+        """A new, empty set; refused past ``upload_max_sets`` sets kept at once (each may hold
+        ``upload_max_set_bytes``: together they bound the disk the sets may take)."""
+        count = sum(1 for path in self.root.iterdir() if UPLOAD_ID.fullmatch(path.name)) if self.root.is_dir() else 0
+        if count + 1 > self.max_sets:
+            raise LimitExceeded("upload_max_sets", count + 1, self.max_sets, field="body")
+        set_id = uuid.uuid4().hex
+        for sub in ("meta", "partial", "files"):
+            (self.root / set_id / sub).mkdir(parents=True)
+        return set_id
+
+    def set_dir(self, set_id: str) -> Path:
+        """The set's directory; 404 for an id that is not one."""
+        if not UPLOAD_ID.fullmatch(set_id) or not (self.root / set_id / "meta").is_dir():
+            raise UploadNotFound(f"no upload set with id {set_id!r}", field="id")
+        return self.root / set_id
+
+    def files(self, set_id: str) -> list[UploadFile]:
+        """The set's files, by name."""
+        meta = self.set_dir(set_id) / "meta"
+        return sorted((self._file(set_id, path.stem) for path in meta.glob("*.json")), key=lambda f: f.name)
+
+    def source_directory(self, set_id: str) -> Path:
+        """The directory a job reads: refused (409) while a file is incomplete, or when the set has none."""
+        files = self.files(set_id)
+        waiting = [f"{f.name} ({f.offset} of {f.length} bytes)" for f in files if not f.complete]
+        if not files or waiting:
+            raise UploadConflict(f"upload set {set_id} is not complete: "
+                                 + (f"waiting for {', '.join(waiting[:10])}" if waiting else "it holds no file"),
+                                 field="source.upload")
+        return self.set_dir(set_id) / "files"
+
+    def delete_set(self, set_id: str) -> None:
+        shutil.rmtree(self.set_dir(set_id), ignore_errors=True)
+
+    # files (tus)
+    def create_file(self, set_id: str, name: str | None, length: int) -> UploadFile:
+        """A new tus upload of `length` bytes named `name` in the set (creation extension)."""
+        directory = self.set_dir(set_id)
+        if name is None:
+            raise MalformedTusRequest("Upload-Metadata must name the file: filename <base64 of the name>",
+                                      field="Upload-Metadata")
+        if not FILE_NAME.fullmatch(name):
+            raise InvalidSpec("Upload-Metadata", name, "a file name of a checkpoint directory: letters, digits, "
+                              "'.', '_', '+', '-', not starting with '.', at most 255 characters, no directory")
+        if length > self.max_file_bytes:
+            raise LimitExceeded("upload_max_file_bytes", length, self.max_file_bytes, field="Upload-Length")
+        files = self.files(set_id)
+        if any(f.name == name for f in files):
+            raise UploadConflict(f"upload set {set_id} already has a file named {name!r}; DELETE it first",
+                                 field="Upload-Metadata")
+        if len(files) + 1 > self.max_files:
+            raise LimitExceeded("upload_max_files", len(files) + 1, self.max_files, field="Upload-Metadata")
+        total = sum(f.length for f in files) + length
+        if total > self.max_set_bytes:
+            raise LimitExceeded("upload_max_set_bytes", total, self.max_set_bytes, field="Upload-Length")
+        free = shutil.disk_usage(directory).free
+        if length > free:
+            raise InsufficientStorage(f"Upload-Length {length} is more than the {free} bytes free where upload sets "
+                                      "are kept", field="Upload-Length")
+        file_id = uuid.uuid4().hex
+        (directory / "partial" / file_id).touch()
+        (directory / "meta" / f"{file_id}.json").write_text(json.dumps({"name": name, "length": length}))
+        if length == 0:
+            _seal(directory / "partial" / file_id, directory / "files" / name)
+        return self._file(set_id, file_id)
+
+    def file(self, set_id: str, file_id: str) -> UploadFile:
+        directory = self.set_dir(set_id)
+        if not UPLOAD_ID.fullmatch(file_id) or not (directory / "meta" / f"{file_id}.json").is_file():
+            raise UploadNotFound(f"upload set {set_id} has no file with id {file_id!r}", field="id")
+        return self._file(set_id, file_id)
+
+    def _file(self, set_id: str, file_id: str) -> UploadFile:
+        directory = self.root / set_id
+        meta: dict[str, Any] = json.loads((directory / "meta" / f"{file_id}.json").read_text())
+        partial = directory / "partial" / file_id
+        length = int(meta["length"])
+        offset = partial.stat().st_size if partial.exists() else length
+        if partial.exists() and offset == length:  # whole, but a kill came before it was moved to its name
+            _seal(partial, directory / "files" / str(meta["name"]))
+        return UploadFile(file_id, str(meta["name"]), length, offset)
+
+    async def append(self, set_id: str, file_id: str, request: Request) -> UploadFile:
+        """Append a PATCH body at its ``Upload-Offset`` (core protocol); the file as it now stands."""
+        content_type = (request.headers.get("content-type") or "").split(";")[0].strip().lower()
+        if content_type != PATCH_MEDIA_TYPE:
+            raise UnsupportedMediaType(f"a tus PATCH body is {PATCH_MEDIA_TYPE}, got {content_type or 'none'!r}",
+                                       field="Content-Type")
+        claimed = header_integer(request, "Upload-Offset")
+        key = f"{set_id}/{file_id}"
+        lock = self._locks.setdefault(key, asyncio.Lock())
+        if lock.locked():
+            raise UploadLocked(f"another PATCH to file {file_id} is still being received; retry once it ends",
+                               field="id", headers={"Retry-After": "1"})
+        async with lock:
+            try:
+                return await self._append_locked(set_id, file_id, claimed, request)
+            finally:
+                self._locks.pop(key, None)
+
+    async def _append_locked(self, set_id: str, file_id: str, claimed: int, request: Request) -> UploadFile:
+        current = self.file(set_id, file_id)
+        if claimed != current.offset:
+            raise UploadConflict(f"Upload-Offset {claimed} is not where the upload stands: {current.offset} of "
+                                 f"{current.length} bytes are received (HEAD tells it)", field="Upload-Offset")
+        remaining = current.length - current.offset
+        declared = request.headers.get("content-length")
+        if declared is not None and declared.isdigit() and int(declared) > remaining:
+            raise LimitExceeded("Upload-Length", current.offset + int(declared), current.length,
+                                field="Content-Length")
+        partial = self.root / set_id / "partial" / file_id
+        buffer = bytearray()
+        received = 0
+        try:
+            async for chunk in paced_chunks(request, self.idle_seconds, self.min_bytes_per_second):
+                if received + len(chunk) > remaining:
+                    buffer += chunk[:remaining - received]
+                    raise LimitExceeded("Upload-Length", current.offset + received + len(chunk), current.length,
+                                        field="body")
+                buffer += chunk
+                received += len(chunk)
+                if len(buffer) >= WRITE_BATCH_BYTES:
+                    data, buffer = bytes(buffer), bytearray()
+                    await asyncio.to_thread(_append, partial, data)
+        finally:  # what arrived is kept, whatever stopped the body (a disconnect, a stall, an overrun)
+            if buffer:
+                await asyncio.shield(asyncio.to_thread(_append, partial, bytes(buffer)))
+        if current.offset + received == current.length:  # sealed here, off the event loop
+            await asyncio.to_thread(_seal, partial, self.root / set_id / "files" / current.name)
+        return self._file(set_id, file_id)
+
+    def delete_file(self, set_id: str, file_id: str) -> None:
+        """Terminate an upload (termination extension): its bytes and its name are gone."""
+        found = self.file(set_id, file_id)
+        if self._locks.get(f"{set_id}/{file_id}") is not None:
+            raise UploadLocked(f"a PATCH to file {file_id} is still being received", field="id",
+                               headers={"Retry-After": "1"})
+        directory = self.root / set_id
+        with contextlib.suppress(FileNotFoundError):
+            (directory / "partial" / file_id).unlink()
+        if found.complete:
+            with contextlib.suppress(FileNotFoundError):
+                (directory / "files" / found.name).unlink()
+        (directory / "meta" / f"{file_id}.json").unlink()

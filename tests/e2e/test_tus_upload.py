@@ -1,0 +1,193 @@
+"""A checkpoint uploaded by the real tus client (tuspy) to a real uvicorn server, interrupted and resumed.
+
+tuspy is the tus project's own Python client (PyPI ``tuspy``); it resumes an upload by asking the server the
+offset (HEAD) and sending the rest (PATCH), as every tus 1.0.0 client does.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import signal
+import socket
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import httpx
+import pytest
+from tusclient import client as tus_client
+
+from tests.checkpoints import tree_bytes, write_llama_checkpoint
+from tests.e2e.conftest import start_server
+from tests.e2e.test_job_resume import uvicorn_server
+
+CHUNK_BYTES = 256 * 1024
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path]]:
+    root = tmp_path_factory.mktemp("tus")
+    write_llama_checkpoint(root / "data" / "llama", shards=3)
+    env = {"NIBBLE_STATE_DIR": str(root / "state"), "NIBBLE_DATA_DIR": str(root / "data"),
+           "NIBBLE_POOL_KIND": "thread"}
+    with start_server(env) as base_url:
+        yield base_url, root
+
+
+def new_set(base_url: str) -> dict[str, Any]:
+    answer = httpx.post(f"{base_url}/v1/uploads")
+    assert answer.status_code == 201, answer.text
+    created: dict[str, Any] = answer.json()
+    return created
+
+
+def offset_of(url: str) -> int:
+    return int(httpx.head(url, headers={"Tus-Resumable": "1.0.0"}).headers["upload-offset"])
+
+
+def cut_patch(url: str, offset: int, body: bytes, sent_bytes: int) -> None:
+    """A PATCH declaring `body` whose connection drops after `sent_bytes` of it (a network cut mid-body)."""
+    parts = urlsplit(url)
+    head = (f"PATCH {parts.path} HTTP/1.1\r\nHost: {parts.netloc}\r\nTus-Resumable: 1.0.0\r\n"
+            f"Upload-Offset: {offset}\r\nContent-Type: application/offset+octet-stream\r\n"
+            f"Content-Length: {len(body)}\r\n\r\n").encode()
+    with socket.create_connection((parts.hostname, parts.port)) as connection:
+        connection.sendall(head + body[:sent_bytes])
+        time.sleep(0.2)
+
+
+def test_an_upload_interrupted_twice_is_resumed_by_tuspy_and_arrives_byte_identical(
+        server: tuple[str, Path], tmp_path: Path, request: pytest.FixtureRequest) -> None:
+    base_url, root = server
+    data = os.urandom(3 * 1024 * 1024 + 12_345)
+    source = tmp_path / "model-00001-of-00001.safetensors"
+    source.write_bytes(data)
+    upload_set = new_set(base_url)
+    client = tus_client.TusClient(base_url + upload_set["tus_url"])
+    stream = source.open("rb")  # tuspy opens a file_path again for each request and never closes it
+    request.addfinalizer(stream.close)
+
+    # 1. the client stops a third of the way (a process stopped between chunks)
+    first = client.uploader(file_stream=stream, chunk_size=CHUNK_BYTES, metadata={"filename": source.name})
+    first.upload(stop_at=len(data) // 3)
+    url = first.url
+    assert offset_of(url) == first.offset == len(data) // 3
+
+    # 2. the network drops in the middle of a PATCH body: what arrived is kept
+    at = offset_of(url)
+    cut_patch(url, at, data[at:at + 1_000_000], sent_bytes=600_000)
+    deadline = time.monotonic() + 30
+    while offset_of(url) == at:  # the server notices the drop and writes what it got
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    kept = offset_of(url)
+    assert at < kept <= at + 600_000
+
+    # 3. a new tuspy uploader given the upload's URL asks the offset and sends the rest
+    resumed = client.uploader(file_stream=stream, url=url, chunk_size=CHUNK_BYTES, retries=3, retry_delay=1)
+    assert resumed.offset == kept
+    resumed.upload()
+    status = httpx.get(base_url + upload_set["url"]).json()
+    assert status["complete"] is True and status["files"][0]["offset"] == len(data)
+    assert (root / "state" / "uploads" / upload_set["id"] / "files" / source.name).read_bytes() == data
+
+
+def test_a_patch_whose_offset_disagrees_is_409_on_a_real_server(server: tuple[str, Path]) -> None:
+    base_url, _ = server
+    upload_set = new_set(base_url)
+    client = tus_client.TusClient(base_url + upload_set["tus_url"])
+    uploader = client.uploader(file_stream=io.BytesIO(b"x" * 1000), chunk_size=100,
+                               metadata={"filename": "config.json"})
+    uploader.upload(stop_at=300)
+    answer = httpx.patch(uploader.url, content=b"y" * 100, headers={
+        "Tus-Resumable": "1.0.0", "Upload-Offset": "200", "Content-Type": "application/offset+octet-stream"})
+    assert answer.status_code == 409
+    assert answer.headers["content-type"] == "application/problem+json"
+    assert answer.json()["errors"][0]["field"] == "Upload-Offset"
+    assert offset_of(uploader.url) == 300
+
+
+def test_a_job_from_shards_uploaded_by_tuspy_gives_the_bytes_of_the_directory_job(
+        server: tuple[str, Path]) -> None:
+    base_url, root = server
+    upload_set = new_set(base_url)
+    client = tus_client.TusClient(base_url + upload_set["tus_url"])
+    for path in sorted((root / "data" / "llama").iterdir()):
+        with path.open("rb") as stream:
+            client.uploader(file_stream=stream, chunk_size=64 * 1024, metadata={"filename": path.name}).upload()
+    results = []
+    for source in ({"upload": upload_set["id"]}, {"path": "llama"}):
+        job = httpx.post(f"{base_url}/v1/jobs", json={"source": source, "max_shard_bytes": 60_000}).json()
+        deadline = time.monotonic() + 120
+        while (status := httpx.get(f"{base_url}{job['url']}").json())["state"] in ("queued", "running"):
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
+        assert status["state"] == "succeeded", status["error"]
+        results.append({f["name"]: httpx.get(base_url + f["url"]).content for f in status["result"]["files"]})
+    assert results[0] == results[1]
+    assert set(results[0]) >= {"config.json", "model.safetensors.index.json", "nibble_report.json"}
+    assert tree_bytes(root / "state" / "uploads" / upload_set["id"] / "files") == tree_bytes(root / "data" / "llama")
+
+
+def test_an_upload_survives_sigkill_of_the_server_mid_patch_and_resumes_after_restart(tmp_path: Path) -> None:
+    data = os.urandom(6 * 1024 * 1024 + 7)
+    env = {"NIBBLE_STATE_DIR": str(tmp_path / "state"), "NIBBLE_DATA_DIR": str(tmp_path),
+           "NIBBLE_POOL_KIND": "thread"}
+    with uvicorn_server(env, tmp_path / "server.log") as (base_url, process):
+        upload_set = new_set(base_url)
+        first = tus_client.TusClient(base_url + upload_set["tus_url"]).uploader(
+            file_stream=io.BytesIO(data), chunk_size=CHUNK_BYTES, metadata={"filename": "shard.safetensors"})
+        first.upload(stop_at=1024 * 1024)
+        file_path = urlsplit(first.url).path
+        at = offset_of(first.url)
+        parts = urlsplit(first.url)
+        connection = socket.create_connection((parts.hostname, parts.port))
+        connection.sendall((f"PATCH {file_path} HTTP/1.1\r\nHost: {parts.netloc}\r\nTus-Resumable: 1.0.0\r\n"
+                            f"Upload-Offset: {at}\r\nContent-Type: application/offset+octet-stream\r\n"
+                            f"Content-Length: {len(data) - at}\r\n\r\n").encode() + data[at:at + 3 * 1024 * 1024])
+        deadline = time.monotonic() + 30
+        while offset_of(first.url) < at + 2 * 1024 * 1024:  # batches of 1 MiB reach the disk while the body flows
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        os.killpg(process.pid, signal.SIGKILL)  # mid-body, the connection still open
+        process.wait()
+        connection.close()
+    with uvicorn_server(env, tmp_path / "server.log") as (base_url, _):
+        kept = offset_of(base_url + file_path)
+        assert at + 2 * 1024 * 1024 <= kept <= at + 3 * 1024 * 1024
+        resumed = tus_client.TusClient(base_url + upload_set["tus_url"]).uploader(
+            file_stream=io.BytesIO(data), url=base_url + file_path, chunk_size=CHUNK_BYTES)
+        assert resumed.offset == kept
+        resumed.upload()
+        assert httpx.get(base_url + upload_set["url"]).json()["complete"] is True
+    assert (tmp_path / "state" / "uploads" / upload_set["id"] / "files" / "shard.safetensors").read_bytes() == data
+
+
+def test_a_patch_body_that_pauses_locks_its_file_then_is_408_and_the_bytes_it_sent_are_kept(tmp_path: Path) -> None:
+    env = {"NIBBLE_STATE_DIR": str(tmp_path / "state"), "NIBBLE_DATA_DIR": str(tmp_path),
+           "NIBBLE_UPLOAD_IDLE_SECONDS": "1"}
+    with start_server(env) as base_url:
+        upload_set = new_set(base_url)
+        created = httpx.post(base_url + upload_set["tus_url"], headers={
+            "Tus-Resumable": "1.0.0", "Upload-Length": "100000", "Upload-Metadata": "filename YS5iaW4="})  # a.bin
+        url = base_url + created.headers["location"]
+        parts = urlsplit(url)
+        with socket.create_connection((parts.hostname, parts.port), timeout=30) as connection:
+            connection.sendall((f"PATCH {parts.path} HTTP/1.1\r\nHost: {parts.netloc}\r\nTus-Resumable: 1.0.0\r\n"
+                                "Upload-Offset: 0\r\nContent-Type: application/offset+octet-stream\r\n"
+                                "Content-Length: 100000\r\n\r\n").encode() + b"z" * 40_000)
+            time.sleep(0.3)  # while that body is being received, the file is locked (423, as tusd answers)
+            second = httpx.patch(url, content=b"y", headers={"Tus-Resumable": "1.0.0", "Upload-Offset": "0",
+                                                             "Content-Type": "application/offset+octet-stream"})
+            terminate = httpx.delete(url, headers={"Tus-Resumable": "1.0.0"})
+            assert (second.status_code, terminate.status_code) == (423, 423)
+            assert second.headers["retry-after"] == "1" and second.headers["tus-resumable"] == "1.0.0"
+            answer = b""  # then nothing: the server gives up after 1 s, answers and closes
+            while chunk := connection.recv(65536):
+                answer += chunk
+        assert answer.startswith(b"HTTP/1.1 408 ")
+        assert b"application/problem+json" in answer and b"upload-stalled" in answer
+        assert offset_of(url) == 40_000
