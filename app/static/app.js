@@ -276,7 +276,7 @@ async function runPlan() {
   $("plan-status").textContent = "";
   const ticket = ++planSequence;
   await checkpointReading;
-  await formatsLoading;
+  await formatsCurrent();
   let body;
   try { body = planBody(); } catch (error) {
     clearPlan();
@@ -953,6 +953,7 @@ let formatsSequence = 0;
 let checkpointHeaders = null;   // [{ file, header_base64 }] of the chosen files, or null
 let checkpointReading = Promise.resolve();
 let formatsLoading = Promise.resolve();  // a plan waits for the selector of the model it plans
+let formatsFor = null;                   // the inspect body the selector was filled for
 Object.assign(PLAN_FIELDS, { "weights.format": "weight-format", checkpoint: "checkpoint-files" });
 
 const formatKey = (row) => (row.as_shipped ? "as_shipped" : row.format);
@@ -985,10 +986,17 @@ function loadFormats() {
   return formatsLoading;
 }
 
+async function formatsCurrent() {
+  // The selector lists the model about to be planned (a pasted config fires "change" only on leaving the box).
+  await formatsLoading;
+  if (JSON.stringify(inspectBody()) !== formatsFor) await loadFormats();
+}
+
 async function refillFormats() {
   // Refill the selector for the model now chosen; an unreadable model leaves it empty (the plan says why).
   const ticket = ++formatsSequence;
   const body = inspectBody();
+  formatsFor = JSON.stringify(body);
   let rows = [];
   if (body) {
     try { rows = (await postJson("/v1/models/inspect", body)).weight_bytes; } catch (_) { rows = []; }

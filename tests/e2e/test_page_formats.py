@@ -78,6 +78,11 @@ def test_the_selector_lists_every_inspected_format_with_its_bits(browser: Any, l
     q4_k_m = next(r for r in rows if r["format"] == "gguf-q4_k_m")
     assert f"GGUF Q4_K_M\t{q4_k_m['bytes'] / 2**30:.2f}\t{q4_k_m['bits_per_weight']:.3f}" in limits
     page.wait_for_selector("#sweep polyline[data-format='gguf-q4_k_m']")  # the sweep plans the same formats
+    assert "format=gguf-q4_k_m" in page.url
+    again = open_page(browser, live_server, page.url.removeprefix(live_server))  # the link plans it again
+    again.wait_for_selector("#verdict p[data-format='gguf-q4_k_m']")
+    assert [o["format"] for o in format_options(again) if o["selected"]] == ["gguf-q4_k_m"]
+    again.close()
     page.close()
 
 
@@ -112,7 +117,7 @@ def test_a_checkpoint_is_planned_from_its_headers_and_no_tensor_byte_is_sent(bro
     tensor_bytes = sum(int(t.nbytes) for t in tensors.values())
     page = open_page(browser, live_server)
     page.check("input[name='model-source'][value='config']")
-    page.fill("#model-config", json.dumps(LLAMA_CONFIG))
+    page.fill("#model-config", json.dumps(LLAMA_CONFIG))  # no blur: the plan refills the selector first
     page.set_input_files("#checkpoint-files", [*map(str, files), str(tmp_path / "model.safetensors.index.json")])
     page.wait_for_selector("#checkpoint-note >> text=header bytes read")
     assert page.is_disabled("#weight-format")
@@ -121,7 +126,8 @@ def test_a_checkpoint_is_planned_from_its_headers_and_no_tensor_byte_is_sent(bro
     page.wait_for_selector("#verdict p[data-format='checkpoint']")
 
     body = sent[0]["body"]
-    assert "weights" not in body
+    assert "weights" not in body and body["model"] == {"hf_config": LLAMA_CONFIG}
+    assert page.get_attribute("#weight-format", "data-model") == "hf_config"  # refilled for the pasted config
     headers = body["checkpoint"]["headers"]
     assert [h["file"] for h in headers] == [f.name for f in files]
     for header, file in zip(headers, files, strict=True):
@@ -176,4 +182,9 @@ def test_a_gguf_file_is_read_up_to_its_last_tensor_record(browser: Any, live_ser
     content = path.read_bytes()
     # The tensor records end within one alignment (32 bytes) of the data area, which is not sent.
     assert content.startswith(prefix) and data_offset - 32 < len(prefix) <= data_offset
+    page.click("#plan-button")
+    page.wait_for_selector("#verdict p[data-format='checkpoint']")
+    answer = page.evaluate("() => shown.answer")
+    assert answer["checkpoint"]["tensors"] == 3
+    assert answer["weights"]["bytes"] == 2 * (64 * 128 + 128 * 128 + 64 * 128)  # fp16, the file's own tensors
     page.close()
