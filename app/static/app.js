@@ -1041,6 +1041,20 @@ function pickFormat() {
   syncFormat();
 }
 
+function followGroupSize() {
+  // A new INT4 group size picks the listed INT4 format of that group (same zero points), so the selector's
+  // bits per weight stay those of what is planned.
+  const row = chosenFormatRow();
+  if (!isNibbleInt4(row)) return;
+  const group = $("group-size").value === "row" ? null : Number($("group-size").value);
+  const match = formatRows.findIndex((other) => isNibbleInt4(other) && other.weights.group_size === group
+    && other.weights.symmetric === row.weights.symmetric && other.weights.zero === row.weights.zero);
+  if (match >= 0) {
+    $("weight-format").value = String(match);
+    formatPickedByUser = formatKey(formatRows[match]);
+  }
+}
+
 function weightsBody() {
   // The plan's `weights`: none for a checkpoint or the as-shipped format (the API plans those itself).
   if (checkpointHeaders) return null;
@@ -1230,6 +1244,7 @@ function forgetCheckpoint() {
 
 function startFormats() {
   $("weight-format").addEventListener("change", pickFormat);
+  $("group-size").addEventListener("change", followGroupSize);
   $("model-preset").addEventListener("change", loadFormats);
   $("model-config").addEventListener("change", loadFormats);
   document.querySelectorAll('input[name="model-source"]').forEach((el) => el.addEventListener("change", loadFormats));

@@ -65,6 +65,8 @@ def test_the_selector_lists_every_inspected_format_with_its_bits(browser: Any, l
     assert {"gguf-q4_0", "gguf-q4_k_s", "gguf-q4_k_m", "gguf-q5_k_m", "gguf-q6_k", "gguf-q8_0", "mxfp4",
             "nvfp4", "nf4", "fp8-block128"} <= {o["format"] for o in options}
     assert [o["format"] for o in options if o["selected"]] == ["int4-g128-asym"]  # nibble's default INT4
+    page.select_option("#group-size", "64")  # the INT4 group size picks the listed INT4 format of that group
+    assert [o["format"] for o in format_options(page) if o["selected"]] == ["int4-g64-asym"]
 
     page.select_option("#weight-format", label=next(o["text"] for o in options if o["format"] == "gguf-q4_k_m"))
     assert page.is_disabled("#group-size") and page.is_disabled("#pad")  # nibble INT4's knobs only
