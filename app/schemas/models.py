@@ -245,6 +245,9 @@ class WeightBytesOut(BaseModel):
     bits_per_weight: float | None
     error: str | None = Field(None, description="Why this format cannot store the model.")
     as_shipped: bool = Field(False, description="The format the model's config.json says it ships in.")
+    weights: dict[str, Any] | None = Field(None, description=(
+        "The `weights` a plan request sends for this format; null for the as-shipped row (a plan without "
+        "`weights` plans the model as shipped)."))
 
 
 class InspectResponse(BaseModel):
@@ -273,14 +276,39 @@ INSPECT_SCHEMES: tuple[WeightScheme, ...] = (
 )
 
 
+def request_weights(scheme: WeightScheme) -> dict[str, Any]:
+    """The plan request's `weights` that plans `scheme` (one of `INSPECT_SCHEMES`): only the fields its
+    format uses, since a plan refuses a field that would change nothing."""
+    if scheme.gguf_file_type:
+        return {"format": scheme.gguf_file_type}
+    quantized = scheme.quantized
+    if quantized.name == "fp8":
+        return {"format": "fp8", "scales": quantized.scales}
+    if quantized.name == "nf4":
+        return {"format": "nf4", "double_quant": quantized.double_quant}
+    if quantized.name == "int8" and quantized.layout == "gptq":
+        return {"format": "int8", "layout": "gptq", "group_size": quantized.group_size}
+    if quantized.name != "int4":
+        return {"format": quantized.name}
+    weights: dict[str, Any] = {"format": "int4", "group_size": quantized.group_size,
+                               "symmetric": quantized.symmetric}
+    if not quantized.symmetric:
+        weights["zero"] = quantized.zero
+    if quantized.layout != "nibble":
+        weights["layout"] = quantized.layout
+    return weights
+
+
 def _weight_bytes_row(spec: ModelSpec, scheme: WeightScheme, total: int, as_shipped: bool = False) -> WeightBytesOut:
+    weights = None if as_shipped else request_weights(scheme)
     try:
         fitted, _ = with_partial_groups(spec, scheme)  # a width the group does not divide: a partial last group
         size = scheme_bytes(spec, fitted)
     except NibbleError as exc:
         return WeightBytesOut(format=scheme.label(), bytes=None, bits_per_weight=None, error=exc.detail,
-                              as_shipped=as_shipped)
-    return WeightBytesOut(format=fitted.label(), bytes=size, bits_per_weight=8 * size / total, as_shipped=as_shipped)
+                              as_shipped=as_shipped, weights=weights)
+    return WeightBytesOut(format=fitted.label(), bytes=size, bits_per_weight=8 * size / total, as_shipped=as_shipped,
+                          weights=weights)
 
 
 def inspect_from_core(spec: ModelSpec, shipped: WeightScheme | None = None) -> InspectResponse:

@@ -219,9 +219,9 @@ function planBody() {
   typedAtSubmit.context = contextText;
   body.workload = { context_length: context, concurrent_sequences: wholeNumber("sequences", "workload.concurrent_sequences") };
   body.kv_cache = { dtype: $("kv-dtype").value };
-  const group = $("group-size").value;
-  body.weights = { format: "int4", group_size: group === "row" ? null : Number(group) };
-  if ($("pad").checked) body.weights.pad = true;
+  const weights = weightsBody();
+  if (weights) body.weights = weights;
+  if (checkpointHeaders) body.checkpoint = { headers: checkpointHeaders };
   const tensor = wholeNumber("tensor", "parallel.tensor", true);
   const pipeline = wholeNumber("pipeline", "parallel.pipeline", true);
   if (tensor !== null || (pipeline !== null && pipeline !== 1)) {
@@ -275,6 +275,8 @@ async function runPlan() {
   clearErrors(form, "plan-error");
   $("plan-status").textContent = "";
   const ticket = ++planSequence;
+  await checkpointReading;
+  await formatsCurrent();
   let body;
   try { body = planBody(); } catch (error) {
     clearPlan();
@@ -328,6 +330,7 @@ function writeState() {
     if (value !== "") params.set(key, value);
   }
   if ($("pad").checked) params.set("pad", "1");
+  if (formatPickedByUser) params.set("format", formatPickedByUser);
   if (unit !== "GiB") params.set("unit", unit);
   let hash = "";
   if (source === "config") {
@@ -348,6 +351,7 @@ function readState() {
   }
   if (params.has("memory")) document.querySelector('input[name="hardware-source"][value="memory"]').checked = true;
   if (params.get("pad") === "1") $("pad").checked = true;
+  if (params.has("format")) formatPickedByUser = params.get("format");
   if (params.get("unit") in UNITS) { unit = params.get("unit"); $("unit").value = unit; }
   if (config !== null) {
     document.querySelector('input[name="model-source"][value="config"]').checked = true;
@@ -408,6 +412,8 @@ function redrawShown() {
 }
 
 function formatTitle(name) {
+  const planned = plannedFormatTitle(name);
+  if (planned) return planned;
   if (name === "int4") {
     const group = shown ? shown.group : "128";
     return `INT4 (group ${group === "row" ? "whole row" : group})`;
@@ -460,9 +466,7 @@ function renderPlan(answer) {
   const head = document.createElement("p");
   head.className = "verdict-head";
   const fitting = entries.filter(([, r]) => r.fits).map(([n]) => formatTitle(n));
-  head.textContent = fitting.length === entries.length ? `${answer.model} fits at 16-bit and at INT4.`
-    : fitting.length ? `${answer.model} fits only at ${fitting.join(", ")}.`
-      : `${answer.model} does not fit, even at INT4.`;
+  head.textContent = verdictHeadText(answer, entries, fitting);
   verdict.append(head);
   for (const [name, result] of entries) {
     const line = document.createElement("p");
@@ -479,6 +483,7 @@ function renderPlan(answer) {
     `${Math.round(answer.memory_utilization * 1000) / 10}% usable); tensor × pipeline = ${answer.parallel.tensor} × ` +
     `${answer.parallel.pipeline}; KV cache ${answer.kv_cache.dtype}, ${thousands(answer.kv_cache.bytes_per_token)} bytes per token.`;
   verdict.append(context);
+  renderCheckpoint(answer);
 
   renderBars(answer);
   const deviceRows = [];
@@ -935,6 +940,318 @@ async function runDownload() {
   }
 }
 
+// --- weight formats and checkpoint headers (issue 18) ---------------------------------------------
+// The format selector lists /v1/models/inspect's formats for the chosen model with their bits per weight,
+// the one its config.json ships first (and chosen unless the user picked another).  A checkpoint's files are
+// read here, header only, with File.slice: a .safetensors file's 8-byte length and JSON, a .gguf file's start
+// up to its last tensor record.  The plan gets those bytes as base64; the weights never leave the browser.
+
+const MAX_HEADER_BYTES = 16 * 1024 * 1024;  // the server's default max_header_bytes (app/settings.py)
+let formatRows = [];            // /v1/models/inspect's weight_bytes for the model the selector lists
+let formatPickedByUser = null;  // the user's own choice, kept across models where it is listed
+let formatsSequence = 0;
+let checkpointHeaders = null;   // [{ file, header_base64 }] of the chosen files, or null
+let checkpointReading = Promise.resolve();
+let formatsLoading = Promise.resolve();  // a plan waits for the selector of the model it plans
+let formatsFor = null;                   // the inspect body the selector was filled for
+Object.assign(PLAN_FIELDS, { "weights.format": "weight-format", checkpoint: "checkpoint-files" });
+
+const formatKey = (row) => (row.as_shipped ? "as_shipped" : row.format);
+const isNibbleInt4 = (row) => Boolean(row && row.weights && row.weights.format === "int4" && !row.weights.layout);
+
+function inspectBody() {
+  if (selected("model-source") === "preset") return $("model-preset").value ? { preset: $("model-preset").value } : null;
+  try { return { hf_config: JSON.parse($("model-config").value) }; } catch (_) { return null; }
+}
+
+function chosenFormatRow() {
+  const index = Number($("weight-format").value);
+  return $("weight-format").value === "" ? null : formatRows[index] || null;
+}
+
+function defaultFormatIndex(rows, wanted) {
+  const usable = (i) => i >= 0 && rows[i].bytes !== null;
+  const byKey = rows.findIndex((row) => formatKey(row) === wanted);
+  if (wanted && usable(byKey)) return byKey;
+  const shipped = rows.findIndex((row) => row.as_shipped);
+  if (usable(shipped)) return shipped;
+  // nibble's INT4 g128 asymmetric: what the page planned before it listed formats.
+  const int4 = rows.findIndex((row) => isNibbleInt4(row) && row.weights.group_size === 128 && !row.weights.symmetric
+    && row.weights.zero === "int4");
+  return usable(int4) ? int4 : rows.findIndex((row) => row.bytes !== null);
+}
+
+function loadFormats() {
+  formatsLoading = refillFormats();
+  return formatsLoading;
+}
+
+async function formatsCurrent() {
+  // The selector lists the model about to be planned (a pasted config fires "change" only on leaving the box).
+  await formatsLoading;
+  if (JSON.stringify(inspectBody()) !== formatsFor) await loadFormats();
+}
+
+async function refillFormats() {
+  // Refill the selector for the model now chosen; an unreadable model leaves it empty (the plan says why).
+  const ticket = ++formatsSequence;
+  const body = inspectBody();
+  formatsFor = JSON.stringify(body);
+  let rows = [];
+  if (body) {
+    try { rows = (await postJson("/v1/models/inspect", body)).weight_bytes; } catch (_) { rows = []; }
+  }
+  if (ticket !== formatsSequence) return;
+  formatRows = rows;
+  const select = $("weight-format");
+  select.dataset.model = body ? body.preset || "hf_config" : "";  // whose formats these are
+  select.replaceChildren(...rows.map((row, i) => {
+    const option = document.createElement("option");
+    option.value = String(i);
+    option.dataset.format = formatKey(row);
+    const bits = row.bits_per_weight === null ? "cannot store this model" : `${row.bits_per_weight.toFixed(2)} bits per weight`;
+    option.textContent = row.as_shipped ? `As shipped: ${row.format} (${bits})` : `${row.format} (${bits})`;
+    option.disabled = row.bytes === null;
+    return option;
+  }));
+  const index = defaultFormatIndex(rows, formatPickedByUser);
+  if (index >= 0) select.value = String(index);
+  syncFormat();
+}
+
+function syncFormat() {
+  // Group size and padding are nibble INT4's: off for any other format and for a checkpoint.
+  const row = chosenFormatRow();
+  const int4 = !checkpointHeaders && (!row || isNibbleInt4(row));
+  $("group-size").disabled = !int4;
+  $("pad").disabled = !int4;
+  $("weight-format").disabled = Boolean(checkpointHeaders) || !formatRows.length;
+  let note = "";
+  if (checkpointHeaders) note = "The checkpoint's own tensors are planned: its headers give the format.";
+  else if (row && row.as_shipped) note = `The model's config.json ships it in ${row.format}: planned as shipped, beside 16-bit and INT4.`;
+  else if (row && isNibbleInt4(row)) note = "nibble's INT4: the group size and padding above apply.";
+  else if (row) note = `Planned in ${row.format}, beside 16-bit and INT4.`;
+  $("weight-format-note").textContent = note;
+}
+
+function pickFormat() {
+  const row = chosenFormatRow();
+  formatPickedByUser = row ? formatKey(row) : null;
+  if (isNibbleInt4(row)) $("group-size").value = row.weights.group_size === null ? "row" : String(row.weights.group_size);
+  syncFormat();
+}
+
+function followGroupSize() {
+  // A new INT4 group size picks the listed INT4 format of that group (same zero points), so the selector's
+  // bits per weight stay those of what is planned.
+  const row = chosenFormatRow();
+  if (!isNibbleInt4(row)) return;
+  const group = $("group-size").value === "row" ? null : Number($("group-size").value);
+  const match = formatRows.findIndex((other) => isNibbleInt4(other) && other.weights.group_size === group
+    && other.weights.symmetric === row.weights.symmetric && other.weights.zero === row.weights.zero);
+  if (match >= 0) {
+    $("weight-format").value = String(match);
+    formatPickedByUser = formatKey(formatRows[match]);
+  }
+}
+
+function weightsBody() {
+  // The plan's `weights`: none for a checkpoint or the as-shipped format (the API plans those itself).
+  if (checkpointHeaders) return null;
+  const row = chosenFormatRow();
+  if (row && row.as_shipped) return null;
+  if (row && !isNibbleInt4(row)) return { ...row.weights };
+  const group = $("group-size").value;
+  const weights = { format: "int4", group_size: group === "row" ? null : Number(group) };
+  if (row && row.weights.symmetric) weights.symmetric = true;
+  if (row && row.weights.zero && row.weights.zero !== "int4") weights.zero = row.weights.zero;
+  if ($("pad").checked) weights.pad = true;
+  return weights;
+}
+
+function plannedFormatTitle(name) {
+  // Titles of the comparison's keys beyond 16-bit and nibble's INT4, from the answer on screen.
+  const result = shown && shown.answer.comparison[name];
+  if (name === "as_shipped") return `As shipped (${result ? result.format : "config.json"})`;
+  if (name === "checkpoint") return `Checkpoint (${result ? result.format.replace(/^checkpoint-/, "") : "headers"})`;
+  if (name.startsWith("gguf-")) return `GGUF ${name.slice(5).toUpperCase()}`;
+  if (["int4", "bf16", "fp16", "fp32"].includes(name)) return null;
+  return result ? result.format : name;
+}
+
+function verdictHeadText(answer, entries, fitting) {
+  if (fitting.length === entries.length) {
+    return entries.length === 2 ? `${answer.model} fits at 16-bit and at INT4.` : `${answer.model} fits in every format planned.`;
+  }
+  if (fitting.length) return `${answer.model} fits only at ${fitting.join(", ")}.`;
+  return entries.length === 2 ? `${answer.model} does not fit, even at INT4.` : `${answer.model} does not fit in any format planned.`;
+}
+
+function renderCheckpoint(answer) {
+  const summary = answer.checkpoint;
+  if (!summary) return;
+  const line = document.createElement("p");
+  line.className = "note";
+  line.id = "checkpoint-summary";
+  const unknown = summary.unknown_tensors.length
+    ? ` ${summary.unknown_tensors.length} tensor(s) of no module of the model, planned as other: ${summary.unknown_tensors.slice(0, 5).join(", ")}${summary.unknown_tensors.length > 5 ? ", …" : ""}.` : "";
+  const mtp = summary.mtp_tensors ? ` ${thousands(summary.mtp_tensors)} multi-token-prediction tensor(s) (${sized(summary.mtp_bytes)}) are set apart: engines skip them.` : "";
+  line.textContent = `From the checkpoint's headers: ${thousands(summary.tensors)} tensors, ${thousands(summary.bytes)} bytes ` +
+    `(${sized(summary.bytes)}) in ${summary.format}.${mtp}${unknown}`;
+  $("verdict").append(line);
+}
+
+async function fileBytes(file, start, end) {
+  return new Uint8Array(await file.slice(start, end).arrayBuffer());
+}
+
+async function safetensorsHeader(file) {
+  // The 8-byte little-endian header length, then that many bytes of JSON: nothing past them is read.
+  if (file.size < 8) throw new FieldProblem("checkpoint", `${file.name}: ${file.size} bytes is shorter than a safetensors header length`);
+  const length = new DataView((await fileBytes(file, 0, 8)).buffer).getBigUint64(0, true);
+  if (length > BigInt(MAX_HEADER_BYTES)) {
+    throw new FieldProblem("checkpoint", `${file.name}: a header of ${thousands(length)} bytes is past the ${thousands(MAX_HEADER_BYTES)}-byte limit`);
+  }
+  if (8 + Number(length) > file.size) throw new FieldProblem("checkpoint", `${file.name}: its header runs past the end of the file`);
+  return fileBytes(file, 0, 8 + Number(length));
+}
+
+const GGUF_SCALAR_BYTES = { 0: 1, 1: 1, 2: 2, 3: 2, 4: 4, 5: 4, 6: 4, 7: 1, 10: 8, 11: 8, 12: 8 };  // gguf-py's GGUFValueType
+const SHORT = Symbol("the window ends inside the header");
+
+function ggufHeaderEnd(bytes) {
+  // Where a GGUF (v2, v3) file's last tensor record ends, or null when `bytes` stops first.  Layout from
+  // gguf-py: magic, version u32, tensor count u64, metadata count u64, metadata (key, type, value), then per
+  // tensor: name, dimensions u32, each dimension u64, type u32, offset u64.
+  const view = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
+  let at = 0;
+  const skip = (n) => { if (at + n > bytes.length) throw SHORT; at += n; };
+  const u32 = () => { skip(4); return view.getUint32(at - 4, true); };
+  const u64 = () => { skip(8); return Number(view.getBigUint64(at - 8, true)); };
+  const skipValue = (type) => {
+    if (type === 8) { skip(u64()); return; }
+    if (type === 9) {
+      const inner = u32();
+      const count = u64();
+      if (inner in GGUF_SCALAR_BYTES) skip(GGUF_SCALAR_BYTES[inner] * count);
+      else for (let i = 0; i < count; i += 1) skipValue(inner);
+      return;
+    }
+    if (!(type in GGUF_SCALAR_BYTES)) throw new Error(`unknown GGUF value type ${type}`);
+    skip(GGUF_SCALAR_BYTES[type]);
+  };
+  try {
+    skip(4);
+    const version = u32();
+    if (version < 2) throw new Error(`GGUF version ${version} is not read (2 and 3 are)`);
+    const tensors = u64();
+    const entries = u64();
+    for (let i = 0; i < entries; i += 1) { skip(u64()); skipValue(u32()); }
+    for (let i = 0; i < tensors; i += 1) { skip(u64()); skip(8 * u32()); skip(4 + 8); }
+    return at;
+  } catch (error) {
+    if (error === SHORT) return null;
+    throw error;
+  }
+}
+
+async function ggufHeader(file) {
+  // A growing window from the start (1 MiB, then 4x) until the last tensor record is inside it.
+  let size = Math.min(file.size, 2 ** 20);
+  for (;;) {
+    const bytes = await fileBytes(file, 0, size);
+    let end;
+    try { end = ggufHeaderEnd(bytes); } catch (error) { throw new FieldProblem("checkpoint", `${file.name}: ${error.message}`); }
+    if (end !== null) return bytes.subarray(0, end);
+    if (size >= file.size) throw new FieldProblem("checkpoint", `${file.name}: the file ends inside its GGUF header`);
+    if (size >= MAX_HEADER_BYTES) {
+      throw new FieldProblem("checkpoint", `${file.name}: its GGUF header is past the ${thousands(MAX_HEADER_BYTES)}-byte limit`);
+    }
+    size = Math.min(file.size, size * 4, MAX_HEADER_BYTES);
+  }
+}
+
+function base64Of(bytes) {
+  let text = "";
+  for (let i = 0; i < bytes.length; i += 0x8000) text += String.fromCharCode(...bytes.subarray(i, i + 0x8000));
+  return btoa(text);
+}
+
+async function checkpointFromFiles(files) {
+  // The headers of the chosen files; with model.safetensors.index.json, every shard it names must be chosen.
+  const index = files.find((file) => file.name.endsWith(".json"));
+  let shards = files.filter((file) => !file.name.endsWith(".json"));
+  if (!shards.length) throw new FieldProblem("checkpoint", "choose the .safetensors shards (or a .gguf file), not only the index");
+  if (index) {
+    let map;
+    try { map = JSON.parse(await index.slice(0, MAX_HEADER_BYTES).text()).weight_map; } catch (error) {
+      throw new FieldProblem("checkpoint", `${index.name}: not valid JSON (${error.message})`);
+    }
+    if (!map || typeof map !== "object") throw new FieldProblem("checkpoint", `${index.name}: no weight_map object`);
+    const named = [...new Set(Object.values(map).map(String))];
+    const chosen = new Set(shards.map((file) => file.name));
+    const missing = named.filter((name) => !chosen.has(name));
+    if (missing.length) {
+      throw new FieldProblem("checkpoint", `${index.name} names ${named.length} shards; ${missing.length} not chosen: ` +
+        `${missing.slice(0, 3).join(", ")}${missing.length > 3 ? ", …" : ""}`);
+    }
+    shards = shards.filter((file) => named.includes(file.name));
+  }
+  shards.sort((a, b) => a.name.localeCompare(b.name));
+  const headers = [];
+  let total = 0;
+  for (const file of shards) {
+    const start = await fileBytes(file, 0, 4);
+    const gguf = start.length === 4 && String.fromCharCode(...start) === "GGUF";
+    const bytes = gguf ? await ggufHeader(file) : await safetensorsHeader(file);
+    total += bytes.length;
+    if (total > MAX_HEADER_BYTES) {
+      throw new FieldProblem("checkpoint", `the headers come to ${thousands(total)} bytes, past the ${thousands(MAX_HEADER_BYTES)}-byte limit`);
+    }
+    headers.push({ file: file.name, header_base64: base64Of(bytes) });
+  }
+  return { headers, headerBytes: total, fileBytes: shards.reduce((sum, file) => sum + file.size, 0) };
+}
+
+function chooseCheckpoint() {
+  const input = $("checkpoint-files");
+  const files = [...input.files];
+  $("err-checkpoint-files").textContent = "";
+  input.removeAttribute("aria-invalid");
+  checkpointHeaders = null;
+  $("checkpoint-clear").hidden = !files.length;
+  if (!files.length) { $("checkpoint-note").textContent = ""; syncFormat(); return; }
+  $("checkpoint-note").textContent = "Reading the headers…";
+  $("plan-button").disabled = true;
+  checkpointReading = checkpointFromFiles(files).then((read) => {
+    checkpointHeaders = read.headers;
+    $("checkpoint-note").textContent = `${read.headers.length} file(s): ${thousands(read.headerBytes)} header bytes read ` +
+      `of ${thousands(read.fileBytes)}; the weights stay on this computer.`;
+  }).catch((error) => {
+    $("checkpoint-note").textContent = "";
+    showProblem(error, PLAN_FIELDS, "plan-error");
+  }).finally(() => {
+    $("plan-button").disabled = false;
+    syncFormat();
+  });
+}
+
+function forgetCheckpoint() {
+  $("checkpoint-files").value = "";
+  chooseCheckpoint();
+  $("checkpoint-files").focus();
+}
+
+function startFormats() {
+  $("weight-format").addEventListener("change", pickFormat);
+  $("group-size").addEventListener("change", followGroupSize);
+  $("model-preset").addEventListener("change", loadFormats);
+  $("model-config").addEventListener("change", loadFormats);
+  document.querySelectorAll('input[name="model-source"]').forEach((el) => el.addEventListener("change", loadFormats));
+  $("checkpoint-files").addEventListener("change", chooseCheckpoint);
+  $("checkpoint-clear").addEventListener("click", forgetCheckpoint);
+}
+
 // --- start --------------------------------------------------------------------------------------
 
 // --- checkpoint jobs ----------------------------------------------------------------------------
@@ -1123,6 +1440,8 @@ async function start() {
     fillSelect($("device"), devices, (d) => d.id, (d) => `${d.name}, ${(d.memory_bytes / 2 ** 30).toFixed(0)} GiB`, "h100-80gb");
     deviceIds = devices.map((d) => d.id);
     const planNow = readState();
+    startFormats();
+    await loadFormats();
     setUnit(unit);
     document.body.dataset.ready = "true";
     if (planNow) await runPlan();

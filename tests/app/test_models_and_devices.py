@@ -67,6 +67,24 @@ def test_inspect_preset_lists_tensors_kv_dtypes_and_formats(client: TestClient) 
     assert any(row["role"] == "expert" for row in body["tensors"])
 
 
+@pytest.mark.parametrize("preset", ["gpt-oss-120b", "qwen3-8b"])
+def test_each_inspected_format_carries_the_weights_that_plan_it_to_the_same_bytes(client: TestClient,
+                                                                                  preset: str) -> None:
+    # The page's format selector sends a row's `weights` as is: the plan must answer that row's bytes.
+    rows = client.post("/v1/models/inspect", json={"preset": preset}).json()["weight_bytes"]
+    assert [row["as_shipped"] for row in rows].count(True) == (1 if preset == "gpt-oss-120b" else 0)
+    for row in rows:
+        body: dict[str, object] = {"model": {"preset": preset}, "hardware": {"device": "h100-80gb"}}
+        if row["as_shipped"]:
+            assert row["weights"] is None  # no weights: planned as shipped
+        else:
+            body["weights"] = row["weights"]
+        answer = client.post("/v1/plan", json=body)
+        assert answer.status_code == 200, (row, answer.json())
+        assert (answer.json()["weights"]["bytes"], answer.json()["weights"]["bits_per_weight"]) \
+            == (row["bytes"], row["bits_per_weight"]), row
+
+
 def test_inspect_explicit_sizes(client: TestClient) -> None:
     spec = {"hidden_size": 4096, "num_layers": 32, "num_attention_heads": 32, "num_kv_heads": 8,
             "intermediate_size": 14336, "vocab_size": 128256}
