@@ -26,21 +26,13 @@ INCLUDE_DESCRIPTION = (f"Glob on tensor names (*, ?, [...], as Python's fnmatch;
                        "characters; default: every 2-D float tensor).")
 
 
-class QuantizeForm(BaseModel):
-    """The text fields of a quantize upload."""
+ZERO_DESCRIPTION = ("How asymmetric zero points are stored: int4 (4.156 bits per weight at g128), fp16 (4.25, the "
+                    "HQQ format), or auto: fp16 for hqq when the output is report or nibble, int4 otherwise.")
 
-    model_config = ConfigDict(extra="forbid")
 
-    method: str = Field("rtn", description=f"One of: {', '.join(METHODS)}.")
-    group_size: int | None = Field(128, description="32, 64, 128, 256; 'row' or empty for a whole row.")
-    symmetric: bool = False
-    zero: ZeroName = Field("auto", description=(
-        "How asymmetric zero points are stored: int4 (4.156 bits per weight at g128), fp16 (4.25, the HQQ "
-        "format), or auto: fp16 for hqq when the output is report or nibble, int4 otherwise."))
-    output: OutputName = Field("report", description=(
-        "report: JSON; nibble: nibble's .safetensors (dequantize reads it back); gptq, awq, compressed-tensors: "
-        "checkpoints engines load (.safetensors); gguf: Q4_0 (needs group_size 32, symmetric)."))
-    include: str | None = Field(None, max_length=MAX_INCLUDE_CHARS, description=INCLUDE_DESCRIPTION)
+class BudgetFields(BaseModel):
+    """The budget both upload forms take: bits per weight or bytes, one of them, for a per-tensor format mix."""
+
     bits_per_weight: float | None = Field(None, gt=0, le=16, description=(
         "A budget in bits per weight over the tensors quantized: each tensor gets the format (int4 at g128, g64 "
         "or g32 by `method`, asymmetric and symmetric; int8 per row; or 16-bit) that minimises the total "
@@ -53,13 +45,28 @@ class QuantizeForm(BaseModel):
             raise ValueError("send bits_per_weight or budget_bytes, not both")
         return self
 
+
+class QuantizeForm(BudgetFields):
+    """The text fields of a quantize upload."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    method: str = Field("rtn", description=f"One of: {', '.join(METHODS)}.")
+    group_size: int | None = Field(128, description="32, 64, 128, 256; 'row' or empty for a whole row.")
+    symmetric: bool = False
+    zero: ZeroName = Field("auto", description=ZERO_DESCRIPTION)
+    output: OutputName = Field("report", description=(
+        "report: JSON; nibble: nibble's .safetensors (dequantize reads it back); gptq, awq, compressed-tensors: "
+        "checkpoints engines load (.safetensors); gguf: Q4_0 (needs group_size 32, symmetric)."))
+    include: str | None = Field(None, max_length=MAX_INCLUDE_CHARS, description=INCLUDE_DESCRIPTION)
+
     @field_validator("group_size", mode="before")
     @classmethod
     def _row(cls, value: object) -> object:
         return None if value in ("", "row", "null", "none") else value
 
 
-class CompareForm(BaseModel):
+class CompareForm(BudgetFields):
     """The text fields of a compare upload: the methods, comma-separated or repeated."""
 
     model_config = ConfigDict(extra="forbid")
@@ -68,21 +75,8 @@ class CompareForm(BaseModel):
                                description="Methods to compare, e.g. rtn,clip.")
     group_size: int | None = 128
     symmetric: bool = False
-    zero: ZeroName = Field("auto", description=(
-        "How asymmetric zero points are stored: int4 (4.156 bits per weight at g128), fp16 (4.25, the HQQ "
-        "format), or auto: fp16 for hqq when the output is report or nibble, int4 otherwise."))
+    zero: ZeroName = Field("auto", description=ZERO_DESCRIPTION)
     include: str | None = Field(None, max_length=MAX_INCLUDE_CHARS, description=INCLUDE_DESCRIPTION)
-    bits_per_weight: float | None = Field(None, gt=0, le=16, description=(
-        "A budget in bits per weight over the tensors quantized: each tensor gets the format (int4 at g128, g64 "
-        "or g32 by `method`, asymmetric and symmetric; int8 per row; or 16-bit) that minimises the total "
-        "importance-weighted error within it (output report or nibble). Or budget_bytes; not both."))
-    budget_bytes: int | None = Field(None, gt=0, description="A budget in bytes for the quantized tensors' payload.")
-
-    @model_validator(mode="after")
-    def _one_budget(self) -> Self:
-        if self.bits_per_weight is not None and self.budget_bytes is not None:
-            raise ValueError("send bits_per_weight or budget_bytes, not both")
-        return self
 
     @field_validator("methods", mode="before")
     @classmethod
