@@ -420,6 +420,8 @@ class _Evaluator:
     usable_bytes: int
     engine: EngineProfile | None
     limits: BatchLimits
+    #: `stage_terms` by (tensor, pipeline, stage layers): the same for every format a plan compares
+    _terms: dict[tuple[object, ...], _StageTerms] = field(default_factory=dict)
 
     @property
     def variable_activations(self) -> bool:
@@ -437,6 +439,12 @@ class _Evaluator:
 
     def stage_terms(self, layout: _Layout) -> _StageTerms:
         """Activation and overhead bytes of each stage that do not depend on the workload."""
+        key = (layout.tensor_parallel, layout.pipeline_parallel, layout.stage_layers)
+        if key not in self._terms:
+            self._terms[key] = self._stage_terms(layout)
+        return self._terms[key]
+
+    def _stage_terms(self, layout: _Layout) -> _StageTerms:
         options = self.options
         activations, overheads = [], []
         activation_basis = overhead_basis = ""

@@ -23,6 +23,7 @@ Where each term comes from (vLLM's repository, ``vllm/v1``):
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 
 from quant_core.engines.base import BatchLimits, KVCapacity, Stage, Term
 from quant_core.errors import UnknownName
@@ -184,24 +185,14 @@ class VllmProfile:
         """`kv_cache_utils`: the stage's layers grouped by kind (full, sliding window w) into groups
         of one size (`_get_kv_cache_groups_uniform_page_size`: the smallest kind's layer count,
         or the largest when within 1.25x); ``num_blocks = available // (page × group size)``."""
-        start, stop = stage.layers
-        by_kind: dict[tuple[str, int | None, int], int] = {}
-        for layer in kv_layers(stage.spec)[start:stop]:
-            window = layer.window if layer.kind == "sliding" else None
-            page = block_size * layer_bytes_per_token(layer, kv_cache_dtype, stage.tensor_parallel)
-            key = ("sliding" if window is not None else "full", window, page)
-            by_kind[key] = by_kind.get(key, 0) + 1
-        counts = list(by_kind.values())
-        smallest, largest = min(counts), max(counts)
-        group_size = largest if largest < smallest * 1.25 else smallest
-        groups = [(kind, window, page, -(-count // group_size)) for (kind, window, page), count in by_kind.items()]
-        page = max(page for _, _, page, _ in groups)  # vLLM unifies page sizes; equal for one dtype and head size
-        num_groups = sum(n for *_, n in groups)
+        groups, group_size, page = _kv_cache_groups(stage.spec, stage.layers, kv_cache_dtype,
+                                                    stage.tensor_parallel, block_size)
+        num_groups = sum(n for _, n in groups)
         num_blocks = max(0, available_bytes // (page * group_size))
         # Maximum concurrency (get_max_concurrency_for_kv_cache_config): blocks one request of
         # max_model_len needs in every group, a sliding group at most its window plus a batch.
         blocks_per_request = 0
-        for _kind, window, _page, n in groups:
+        for window, n in groups:
             if window is None:
                 need = -(-max_model_len // block_size)
             else:
@@ -213,3 +204,22 @@ class VllmProfile:
         else:
             tokens = num_blocks // num_groups * block_size
         return KVCapacity(num_blocks=num_blocks, tokens=tokens, max_concurrency=concurrency)
+
+
+@lru_cache(maxsize=256)
+def _kv_cache_groups(spec: ModelSpec, layers: tuple[int, int], kv_cache_dtype: str, tensor_parallel: int,
+                     block_size: int) -> tuple[tuple[tuple[int | None, int], ...], int, int]:
+    """A stage's KV cache groups as vLLM forms them: ((window or None, groups of that kind), ...), the layers
+    in one group, and the page bytes (a pure function of the stage, cached: the solvers ask it many times)."""
+    start, stop = layers
+    by_kind: dict[tuple[int | None, int], int] = {}
+    for layer in kv_layers(spec)[start:stop]:
+        window = layer.window if layer.kind == "sliding" else None
+        page = block_size * layer_bytes_per_token(layer, kv_cache_dtype, tensor_parallel)
+        by_kind[(window, page)] = by_kind.get((window, page), 0) + 1
+    counts = list(by_kind.values())
+    smallest, largest = min(counts), max(counts)
+    group_size = largest if largest < smallest * 1.25 else smallest
+    groups = tuple((window, -(-count // group_size)) for (window, _page), count in by_kind.items())
+    page = max(page for _window, page in by_kind)  # vLLM unifies page sizes; equal for one dtype and head size
+    return groups, group_size, page
