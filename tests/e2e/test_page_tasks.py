@@ -433,3 +433,28 @@ def test_axe_finds_no_serious_violation_and_screenshots_are_saved(browser: Any, 
     serious = [violation for violation in results if violation["impact"] in ("serious", "critical")]
     assert serious == []
     page.close()
+
+
+# --- the API docs work offline (issue 20: /docs loaded Swagger from a CDN and was blank without internet) --------
+
+
+@pytest.mark.parametrize(("path", "rendered"), [("/docs", ".swagger-ui .opblock"), ("/redoc", ".api-content")])
+def test_the_api_docs_render_with_every_other_host_blocked(browser: Any, live_server: str, path: str,
+                                                           rendered: str) -> None:
+    page = browser.new_page(viewport={"width": 1280, "height": 900})
+    page.set_default_timeout(TIMEOUT_MS)
+    elsewhere: list[str] = []
+
+    def only_this_server(route: Any) -> None:
+        if route.request.url.startswith(live_server):
+            route.continue_()
+        else:
+            elsewhere.append(route.request.url)
+            route.abort()
+
+    page.route("**/*", only_this_server)
+    page.goto(live_server + path)
+    page.wait_for_selector(rendered)
+    assert "/v1/plan" in page.inner_text("body")
+    assert elsewhere == []  # nothing asked of a CDN or a font host
+    page.close()
