@@ -50,8 +50,9 @@ class FitRecipe:
     `plan` is the plan of `mix` (row, format); `budget_bytes` is the mix's bytes over the
     2-D tensors `include` selects (`elements` weights: `bits_per_weight` = 8 × budget / elements);
     `formats` counts those tensors by format label, `formats_by_role` by role.
-    `next_step_weights_bytes` is the weights of the next mix of the sequence, which does not
-    fit (None when every tensor is already 16-bit).  `assumptions` say what the recipe takes for given.
+    `next_mix` is the next mix of the sequence, which does not fit, and `next_step_weights_bytes`
+    its weights (both None when every tensor is already 16-bit, or when no mix fits).
+    `assumptions` say what the recipe takes for given.
     """
 
     fits: bool
@@ -68,6 +69,7 @@ class FitRecipe:
     position: int
     positions: int
     next_step_weights_bytes: int | None
+    next_mix: tuple[tuple[TensorEntry, WeightFormat], ...] | None
     assumptions: tuple[str, ...]
 
 
@@ -190,7 +192,9 @@ def fit_plan(spec: ModelSpec, hardware: Hardware, workload: Workload | None = No
             else:
                 high = middle - 1
         position = low
-    next_bytes = planned(position + 1).primary.weights_bytes if smallest.fits and position < positions else None
+    has_next = smallest.fits and position < positions
+    next_bytes = planned(position + 1).primary.weights_bytes if has_next else None
+    next_mix = (*rest, *mix_at(rows, position + 1)) if has_next else None
     mix = (*rest, *mix_at(rows, position))
     include = _include(rows)
     glob = compile_glob(include) if include is not None else None
@@ -232,4 +236,5 @@ def fit_plan(spec: ModelSpec, hardware: Hardware, workload: Workload | None = No
         budget_bytes=budget, elements=elements, bits_per_weight=8 * budget / elements if elements else 0.0,
         formats=dict(sorted(formats.items())),
         formats_by_role={role: dict(sorted(counts.items())) for role, counts in sorted(by_role.items())},
-        position=position, positions=positions, next_step_weights_bytes=next_bytes, assumptions=assumptions)
+        position=position, positions=positions, next_step_weights_bytes=next_bytes, next_mix=next_mix,
+        assumptions=assumptions)
