@@ -60,8 +60,9 @@ def _checkpoint() -> dict[str, np.ndarray]:
 def sized(client: TestClient) -> tuple[int, dict[str, Any]]:
     """A device between INT4 and 16-bit (the KV cache plus halfway between the two weights), and its fit answer."""
     probe = client.post("/v1/plan", json=_body(1 << 30, "int4")).json()
-    int4_bytes, sixteen_bytes = probe["comparison"]["int4"]["weights_bytes"], probe["comparison"]["bf16"]["weights_bytes"]
-    memory_bytes = probe["kv_cache"]["bytes"] + (int4_bytes + sixteen_bytes) // 2
+    comparison = probe["comparison"]
+    memory_bytes = probe["kv_cache"]["bytes"] + (comparison["int4"]["weights_bytes"]
+                                                 + comparison["bf16"]["weights_bytes"]) // 2
     response = client.post("/v1/plan", json=_body(memory_bytes, "fit"))
     assert response.status_code == 200, response.text
     return memory_bytes, response.json()
@@ -137,3 +138,19 @@ def test_fit_takes_no_int4_parameters_and_no_sweep(client: TestClient) -> None:
     sweep = {**_body(1 << 30, "fit"), "sweep": {"context_lengths": [256, 512]}}
     response = client.post("/v1/plan/sweep", json=sweep)
     assert response.status_code == 422 and response.json()["errors"][0]["field"] == "weights.format"
+
+
+def test_readme_fit_example_shows_what_the_api_answers(client: TestClient) -> None:
+    # README "The best mix that fits": Llama-3.1-70B on one H100 80GB, 8k context x 4 sequences
+    answer = client.post("/v1/plan", json={
+        "model": {"preset": "llama-3.1-70b"}, "hardware": {"device": "h100-80gb", "count": 1},
+        "workload": {"context_length": 8192, "concurrent_sequences": 4}, "weights": {"format": "fit"}}).json()
+    assert answer["weights"]["bytes"] == 62659158016
+    assert [device["headroom_bytes"] for device in answer["devices"]] == [85834661]
+    assert answer["fit"]["recipe"] == {"method": "rtn", "budget_bytes": 58453827584, "include": "model.layers.*",
+                                       "output": "nibble"}
+    assert answer["fit"]["formats"] == {"int4-g32-asym": 101, "int8": 459}
+    assert answer["fit"]["next_step_weights_bytes"] == 62758305792
+    too_big = client.post("/v1/plan", json={"model": {"preset": "llama-3.1-70b"}, "hardware": {"device": "rtx-4090"},
+                                            "weights": {"format": "fit"}}).json()
+    assert "device 0 needs 18860885017 bytes more" in too_big["fit"]["reason"]
