@@ -291,6 +291,7 @@ async function runPlan() {
     renderPlan(answer);
     writeState();
     setExports(answer);
+    offerFit(body, answer, ticket);
     const formats = Object.keys(answer.comparison);
     const sweepBody = { ...body, sweep: { context_lengths: sweepContexts(body.workload.context_length, answer), formats } };
     const { parallel, ...withoutParallel } = body;
@@ -452,6 +453,40 @@ function fillTable(id, rows) {
   }
 }
 
+// When 16-bit does not fit: the planner's largest per-tensor mix that fits (weights.format "fit") and the
+// recipe POST /v1/quantize takes for it, or why none fits.
+async function offerFit(body, answer, ticket) {
+  const sixteen = answer.comparison.bf16 || answer.comparison.fp16 || answer.comparison.fp32;
+  if (!sixteen || sixteen.fits || body.checkpoint) return;
+  const { weights, ...rest } = body;
+  let fitAnswer;
+  try {
+    fitAnswer = await postJson("/v1/plan", { ...rest, weights: { format: "fit" } });
+  } catch {
+    return;  // the plan above stands; the offer is a bonus
+  }
+  if (ticket !== planSequence || !shown || shown.answer !== answer || !fitAnswer.fit) return;
+  shown.fit = fitAnswer;
+  $("verdict").append(fitLine(fitAnswer));
+}
+
+function fitLine(fitAnswer) {
+  const fit = fitAnswer.fit;
+  const line = document.createElement("p");
+  line.className = fit.fits ? "fits" : "no-fit";
+  line.dataset.format = "fit";
+  if (!fit.fits) {
+    line.textContent = `No mix of int4, int8 and 16-bit fits: ${fit.reason}.`;
+    return line;
+  }
+  const mix = Object.entries(fit.formats).map(([name, count]) => `${count} × ${name}`).join(", ");
+  const recipe = fit.recipe;
+  line.textContent = `Best mix that fits: ${fit.bits_per_weight.toFixed(2)} bits per weight on the quantized layers ` +
+    `(${mix}), ${sized(fitAnswer.weights.bytes)} of weights. Quantize it with POST /v1/quantize: method=${recipe.method} ` +
+    `budget_bytes=${recipe.budget_bytes}${recipe.include ? ` include=${recipe.include}` : ""} output=${recipe.output}.`;
+  return line;
+}
+
 function renderPlan(answer) {
   $("plan-result").hidden = false;
   const verdict = $("verdict");
@@ -479,6 +514,7 @@ function renderPlan(answer) {
     `${Math.round(answer.memory_utilization * 1000) / 10}% usable); tensor × pipeline = ${answer.parallel.tensor} × ` +
     `${answer.parallel.pipeline}; KV cache ${answer.kv_cache.dtype}, ${thousands(answer.kv_cache.bytes_per_token)} bytes per token.`;
   verdict.append(context);
+  if (shown && shown.answer === answer && shown.fit) verdict.append(fitLine(shown.fit));
 
   renderBars(answer);
   const deviceRows = [];
