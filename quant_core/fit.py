@@ -106,6 +106,8 @@ def _rows(spec: ModelSpec, options: PlanOptions) -> tuple[list[_Row], list[tuple
     for entry, chosen in assign(spec, scheme_of(marker, policy.unquantized_format, policy.quantized_roles)):
         if chosen == marker and len(entry.shape) == 2:
             quantized.append(_Row(entry, _ladder(entry, sixteen), max(1, len(entry.layers))))
+        elif chosen == marker:  # the quantizer passes tensors that are not 2-D through as they are
+            rest.append((entry, sixteen))
         else:
             rest.append((entry, chosen))
     return quantized, rest
