@@ -35,7 +35,7 @@ from quant_core.quantize.int8 import INT8
 from quant_core.schemes import assign, scheme_of
 from quant_core.specs import ModelSpec, TensorEntry
 
-__all__ = ["FIT_METHOD", "FitRecipe", "fit_plan", "fit_sequence_length", "mix_at"]
+__all__ = ["FIT_METHOD", "FitRecipe", "fit_plan"]
 
 #: the method the recipe names: RTN needs no calibration data, and the allowed formats are its own
 FIT_METHOD = "rtn"
@@ -113,12 +113,12 @@ def _rows(spec: ModelSpec, options: PlanOptions) -> tuple[list[_Row], list[tuple
     return quantized, rest
 
 
-def fit_sequence_length(rows: Sequence[_Row]) -> int:
+def _sequence_length(rows: Sequence[_Row]) -> int:
     """The number of single-tensor steps from the smallest mix to the largest."""
     return sum(row.units * (len(row.ladder) - 1) for row in rows)
 
 
-def mix_at(rows: Sequence[_Row], position: int) -> list[tuple[TensorEntry, WeightFormat]]:
+def _mix_at(rows: Sequence[_Row], position: int) -> list[tuple[TensorEntry, WeightFormat]]:
     """The mix after `position` steps (module docstring): each row at its rung, one row split by layer."""
     rung = 0
     left = position
@@ -172,10 +172,10 @@ def fit_plan(spec: ModelSpec, hardware: Hardware, workload: Workload | None = No
     """
     options = options or PlanOptions()
     rows, rest = _rows(spec, options)
-    positions = fit_sequence_length(rows)
+    positions = _sequence_length(rows)
 
     def scheme_at(position: int) -> PlanOptions:
-        mix = (*rest, *mix_at(rows, position))
+        mix = (*rest, *_mix_at(rows, position))
         base = scheme_of(int4(), options.float_format)
         return replace(options, scheme=replace(base, mix=tuple(mix), origin="fit"), format_name="fit")
 
@@ -196,8 +196,8 @@ def fit_plan(spec: ModelSpec, hardware: Hardware, workload: Workload | None = No
         position = low
     has_next = smallest.fits and position < positions
     next_bytes = planned(position + 1).primary.weights_bytes if has_next else None
-    next_mix = (*rest, *mix_at(rows, position + 1)) if has_next else None
-    mix = (*rest, *mix_at(rows, position))
+    next_mix = (*rest, *_mix_at(rows, position + 1)) if has_next else None
+    mix = (*rest, *_mix_at(rows, position))
     include = _include(rows)
     glob = compile_glob(include) if include is not None else None
     budget = elements = 0
