@@ -287,11 +287,12 @@ async function runPlan() {
   try {
     const answer = await postJson("/v1/plan", body);
     if (ticket !== planSequence) return;  // a newer request is on its way
-    shown = { answer, sweep: null, devices: null, group, body };
+    const fit = await fetchFit(body, answer);  // before rendering, so the verdict is drawn once and whole
+    if (ticket !== planSequence) return;
+    shown = { answer, sweep: null, devices: null, group, body, fit };
     renderPlan(answer);
     writeState();
     setExports(answer);
-    offerFit(body, answer, ticket);
     const formats = Object.keys(answer.comparison);
     const sweepBody = { ...body, sweep: { context_lengths: sweepContexts(body.workload.context_length, answer), formats } };
     const { parallel, ...withoutParallel } = body;
@@ -455,19 +456,16 @@ function fillTable(id, rows) {
 
 // When 16-bit does not fit: the planner's largest per-tensor mix that fits (weights.format "fit") and the
 // recipe POST /v1/quantize takes for it, or why none fits.
-async function offerFit(body, answer, ticket) {
+async function fetchFit(body, answer) {
   const sixteen = answer.comparison.bf16 || answer.comparison.fp16 || answer.comparison.fp32;
-  if (!sixteen || sixteen.fits || body.checkpoint) return;
+  if (!sixteen || sixteen.fits || body.checkpoint) return null;
   const { weights, ...rest } = body;
-  let fitAnswer;
   try {
-    fitAnswer = await postJson("/v1/plan", { ...rest, weights: { format: "fit" } });
+    const fitAnswer = await postJson("/v1/plan", { ...rest, weights: { format: "fit" } });
+    return fitAnswer.fit ? fitAnswer : null;
   } catch {
-    return;  // the plan above stands; the offer is a bonus
+    return null;  // the plan stands without the offer
   }
-  if (ticket !== planSequence || !shown || shown.answer !== answer || !fitAnswer.fit) return;
-  shown.fit = fitAnswer;
-  $("verdict").append(fitLine(fitAnswer));
 }
 
 function fitLine(fitAnswer) {
