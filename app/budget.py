@@ -29,13 +29,19 @@ from app import jobs
 from quant_core.errors import ImportanceMismatch, InvalidSpec, LimitExceeded, TensorFileError
 from quant_core.formats import WeightFormat, float_format
 from quant_core.quantize import QuantizedTensor, quality_report
-from quant_core.quantize.allocation import BudgetTooSmall, TensorOption, allocate, budget_from_bits
+from quant_core.quantize.allocation import (
+    BUDGET_GROUP_SIZES,
+    BudgetTooSmall,
+    TensorOption,
+    allocate,
+    budget_formats,
+    budget_from_bits,
+)
 from quant_core.quantize.api import normalised_importance
 from quant_core.quantize.int8 import INT8, Int8Tensor, dequantize_int8, quantize_int8
 from quant_core.quantize.metrics import weighted_relative_error
 from quant_core.tensorio import read_importance
 
-BUDGET_GROUP_SIZES = (128, 64, 32)
 #: outputs that can hold a different format per tensor (engine checkpoints declare one group size)
 BUDGET_OUTPUTS = ("report", "nibble")
 _BF16 = np.dtype(ml_dtypes.bfloat16)
@@ -81,24 +87,6 @@ def load_importance(job: jobs.QuantizeJob, tensors: Mapping[str, NDArray[Any]],
     for name in matched:
         normalised_importance(vectors[name], int(tensors[name].shape[1]), name)
     return {name: vectors[name] for name in matched}
-
-
-def budget_formats(scheme: WeightFormat, in_features: int, method: str) -> list[WeightFormat]:
-    """The int4 formats a tensor may take under a budget, at each group size that fits its width.
-
-    A symmetric `scheme` allows symmetric formats only; an asymmetric one
-    allows both its own (zero stored as `scheme.zero`) and the symmetric one
-    (no zero: 4.125, 4.25 and 4.5 bits per weight at g128, g64 and g32, between
-    the asymmetric 4.156, 4.3125 and 4.625), except for `hqq`, which needs a zero.
-    """
-    kinds = [scheme] if scheme.symmetric or method == "hqq" else [
-        scheme, WeightFormat("int4", scheme.group_size, True, "none", scheme.pad)]
-    formats = []
-    for kind in kinds:
-        for group_size in BUDGET_GROUP_SIZES:
-            if scheme.pad or in_features % group_size == 0:
-                formats.append(WeightFormat("int4", group_size, kind.symmetric, kind.zero, scheme.pad))
-    return formats
 
 
 def _sixteen_bit(array: NDArray[Any]) -> NDArray[Any]:

@@ -49,13 +49,12 @@ from app.schemas.models import (
     model_to_core,
     summary_from_core,
 )
-from app.schemas.plans import FormatName, FormatOut, PlanRequest, PlanResponse, plan_answer_json, plan_to_core
+from app.schemas.plans import FormatName, FormatOut, PlanRequest, PlanResponse, answer_plan_json, plan_to_core
 from app.schemas.quantize import CompareReport, QuantizeReport
 from app.settings import get_settings
 from app.units import parse_bytes, parse_tokens
 from quant_core import catalog
 from quant_core.errors import NibbleError
-from quant_core.planner import plan
 from quant_core.quantize import METHODS
 from quant_core.tensorio import sniff_format
 from quant_core.tensorio.checkpoint_headers import checkpoint_files, read_header_prefix
@@ -171,8 +170,7 @@ def plan_locally(body: dict[str, Any]) -> PlanResponse:
     request = PlanRequest.model_validate(body)
     settings = get_settings()
     spec, hardware, workload, options = plan_to_core(request, settings.max_config_depth, settings.max_header_bytes)
-    result = plan(spec, hardware, workload, options)
-    return PlanResponse.model_validate_json(plan_answer_json(request, spec, result))
+    return PlanResponse.model_validate_json(answer_plan_json(request, spec, hardware, workload, options))
 
 
 def _verdict(name: str, result: FormatOut, unit: str) -> str:

@@ -20,6 +20,7 @@ from quant_core.errors import (
     UnknownName,
     UnsupportedArchitecture,
 )
+from quant_core.fit import FitRecipe, fit_plan
 from quant_core.formats import (
     GGML_BLOCKS,
     KV_DTYPES,
@@ -86,6 +87,7 @@ __all__ = [
     "Device",
     "DevicePlan",
     "Estimate",
+    "FitRecipe",
     "FormatPlan",
     "GroupSizeMismatch",
     "Hardware",
@@ -119,6 +121,7 @@ __all__ = [
     "export_compressed_tensors",
     "export_gguf",
     "export_gptq",
+    "fit_plan",
     "float_format",
     "fp8",
     "get_device",

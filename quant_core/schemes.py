@@ -56,7 +56,9 @@ class WeightScheme:
     ``bias`` [out] for every quantized linear, zeros where the model has none (AutoGPTQ's QuantLinear
     always registers one).  `checkpoint_rows` are a checkpoint's own tensors read from its headers
     (`quant_core.checkpoint_rows`), each row with the bytes of one of its tensors: they replace the
-    inventory and every format, and `checkpoint` says what the headers held."""
+    inventory and every format, and `checkpoint` says what the headers held.  `mix` gives each row
+    its own format (rows split by layer where layers differ, as `quant_core.fit` chooses them):
+    it replaces `assign`'s choice, and the label is ``mixed``."""
 
     quantized: WeightFormat = field(default_factory=int4)
     unquantized: str = "bf16"
@@ -68,6 +70,7 @@ class WeightScheme:
     stored_bias: bool = False
     checkpoint_rows: tuple[tuple[TensorEntry, int], ...] = ()
     checkpoint: CheckpointSummary | None = None
+    mix: tuple[tuple[TensorEntry, WeightFormat], ...] = ()
 
     def __post_init__(self) -> None:
         if self.unquantized not in FLOAT_FORMATS:
@@ -79,12 +82,14 @@ class WeightScheme:
         """``gguf-q4_k_m``, or the quantized format's label (``mxfp4``, ``int4-g128-asym``, ``bf16``)."""
         if self.checkpoint is not None:
             return f"checkpoint-{self.checkpoint.format}"
+        if self.mix:
+            return "mixed"
         return self.gguf_file_type or self.quantized.label()
 
     @property
     def is_nibble_int4(self) -> bool:
         """nibble's own INT4 on the policy's tensors: the scheme the comparison calls ``int4``."""
-        return not (self.gguf_file_type or self.checkpoint_rows) and self.quantized.name == "int4" \
+        return not (self.gguf_file_type or self.checkpoint_rows or self.mix) and self.quantized.name == "int4" \
             and self.quantized.layout == "nibble"
 
 
@@ -134,6 +139,8 @@ def _quantizes(scheme: WeightScheme, entry: TensorEntry) -> bool:
 @lru_cache(maxsize=512)
 def assign(spec: ModelSpec, scheme: WeightScheme) -> tuple[tuple[TensorEntry, WeightFormat], ...]:
     """Every inventory row with the format it is stored in (GGUF mixes split rows by layer)."""
+    if scheme.mix:
+        return scheme.mix
     rows = inventory(spec)
     if scheme.gguf_file_type:
         return gguf_rows(scheme.gguf_file_type, spec, rows)

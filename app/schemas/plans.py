@@ -16,6 +16,7 @@ from app.schemas.models import ModelInput, field_prefix, model_to_core, shipped_
 from quant_core import catalog
 from quant_core.checkpoint_rows import checkpoint_scheme
 from quant_core.errors import InvalidSpec, LimitExceeded, NibbleError
+from quant_core.fit import FitRecipe, fit_plan
 from quant_core.formats import FLOAT_FORMATS, WeightFormat, block_format, float_format, fp8, int8_gptq
 from quant_core.hf_config import unread_config_keys
 from quant_core.planner import DevicePlan, FormatPlan, Hardware, Plan, PlanOptions, Workload, plan
@@ -57,6 +58,8 @@ class WorkloadIn(BaseModel):
 FormatName = Literal["int4", "int8", "bf16", "fp16", "fp32", "fp8", "mxfp4", "nvfp4", "nf4", "gguf-q4_0",
                      "gguf-q4_k_s", "gguf-q4_k_m", "gguf-q5_k_m", "gguf-q6_k", "gguf-q8_0"]
 _SIMPLE_FORMATS = frozenset({"int4", "int8", *FLOAT_FORMATS})
+#: ``weights.format`` asking for the largest per-tensor mix that fits (`quant_core.fit`)
+FIT = "fit"
 
 
 class WeightsIn(BaseModel):
@@ -65,9 +68,10 @@ class WeightsIn(BaseModel):
 
     model_config = ConfigDict(extra="forbid", strict=True)
 
-    format: FormatName = Field("int4", description=(
+    format: FormatName | Literal["fit"] = Field("int4", description=(
         "int4 group-wise, int8, a float, fp8 (e4m3), mxfp4, nvfp4, nf4 (bitsandbytes), or a llama.cpp file type "
-        "(gguf-q4_k_m ...: each tensor's type as llama-quantize chooses it)."))
+        "(gguf-q4_k_m ...: each tensor's type as llama-quantize chooses it); or fit: the largest per-tensor mix of "
+        "int4 g128/g64/g32, int8 and 16-bit that fits, with the recipe POST /v1/quantize takes (the answer's fit)."))
     group_size: int | None = Field(128, description="int4 (and int8 in the gptq layout): 32, 64, 128, 256, or null "
                                                     "for a whole row.  A width it does not divide is planned with a "
                                                     "partial last group, as GPTQ and AWQ store it, and said so.")
@@ -211,6 +215,8 @@ def weight_scheme_to_core(weights: WeightsIn, float_name: str, name: str | None 
     """The deployed `WeightScheme` for a format beyond nibble's int4/int8/floats (None for those: the
     planner's `weight_format` and policy describe them)."""
     name = name or weights.format
+    if name == FIT:
+        return None  # `quant_core.fit` chooses the scheme
     if name.startswith("gguf-"):
         return gguf_scheme(name)
     if name in _SIMPLE_FORMATS and weights.layout == "nibble":
@@ -226,6 +232,8 @@ def _refuse_unused_fields(body: PlanRequest) -> None:
     """
     weights = body.weights
     formats: set[str] = {weights.format}
+    if isinstance(body, SweepRequest) and weights.format == FIT:
+        raise InvalidSpec("weights.format", FIT, "a sweep plans fixed formats: POST /v1/plan answers the fit")
     if isinstance(body, SweepRequest) and body.sweep.formats:
         formats = set(body.sweep.formats)
     sent = weights.model_fields_set
@@ -435,6 +443,31 @@ class CheckpointOut(BaseModel):
     unknown_tensors: list[str] = Field(description="Tensors of no module of the model, planned as 'other'.")
 
 
+class QuantizeRecipe(BaseModel):
+    """The form fields of ``POST /v1/quantize`` (and the checkpoint job) that quantize to the fit, as they are."""
+
+    method: str
+    budget_bytes: int
+    include: str | None = Field(description="The tensors the budget covers (null: every 2-D tensor).")
+    output: str = Field(description="nibble: the one output that stores a different format per tensor.")
+
+
+class FitOut(BaseModel):
+    """The largest mix of the allowed formats that fits, and the recipe that quantizes to it."""
+
+    fits: bool
+    reason: str | None = Field(description="Why no mix fits (fits is false); null when one does.")
+    recipe: QuantizeRecipe
+    bits_per_weight: float = Field(description="8 x budget_bytes / elements.")
+    elements: int = Field(description="Weights of the tensors the budget covers.")
+    formats: dict[str, int] = Field(description="Tensors of the planned mix by format (the quantizer's own "
+                                                "choice within the budget follows measured errors).")
+    formats_by_role: dict[str, dict[str, int]]
+    next_step_weights_bytes: int | None = Field(description="The weights of the next larger mix, which does not "
+                                                            "fit; null when every tensor is already 16-bit.")
+    assumptions: list[str]
+
+
 class PlanResponse(BaseModel):
     """Will it fit: the deployed format's answer, per device, with 16-bit beside INT4 in `comparison`."""
 
@@ -467,12 +500,14 @@ class PlanResponse(BaseModel):
     speed: SpeedOut | None = Field(None, description="Decode and prefill bounds for a catalogued device with "
                                                      "published peaks; null for a raw memory size.")
     checkpoint: CheckpointOut | None = Field(None, description="What the checkpoint's headers held, when given.")
+    fit: FitOut | None = Field(None, description="With weights.format fit: the mix planned here and its recipe.")
 
 
-def plan_from_core(result: Plan, notes: tuple[str, ...] = (), speed: dict[str, object] | None = None) -> PlanResponse:
+def plan_from_core(result: Plan, notes: tuple[str, ...] = (), speed: dict[str, object] | None = None,
+                   fit: dict[str, object] | None = None) -> PlanResponse:
     """The wire answer for a core `Plan`, as a model (the CLI and client use it); the same bytes
     `plan_json_from_core` sends, so the two can never differ."""
-    return PlanResponse.model_validate_json(plan_json_from_core(result, notes, speed))
+    return PlanResponse.model_validate_json(plan_json_from_core(result, notes, speed, fit))
 
 
 def speed_dict(spec: ModelSpec, result: Plan) -> dict[str, object] | None:
@@ -500,9 +535,29 @@ def speed_dict(spec: ModelSpec, result: Plan) -> dict[str, object] | None:
     }
 
 
-def plan_answer_json(body: PlanRequest, spec: ModelSpec, result: Plan) -> bytes:
+def plan_answer_json(body: PlanRequest, spec: ModelSpec, result: Plan, fit: dict[str, object] | None = None) -> bytes:
     """What ``POST /v1/plan`` sends for `body`: the plan, the request's notes and the speed bound."""
-    return plan_json_from_core(result, request_notes(body), speed_dict(spec, result))
+    return plan_json_from_core(result, request_notes(body), speed_dict(spec, result), fit)
+
+
+def fit_dict(recipe: FitRecipe) -> dict[str, object]:
+    """The answer's ``fit`` section (`FitOut`) for a core `FitRecipe`."""
+    return {"fits": recipe.fits, "reason": recipe.reason,
+            "recipe": {"method": recipe.method, "budget_bytes": recipe.budget_bytes, "include": recipe.include,
+                       "output": "nibble"},
+            "bits_per_weight": float(recipe.bits_per_weight), "elements": recipe.elements,
+            "formats": dict(recipe.formats), "formats_by_role": {k: dict(v) for k, v in recipe.formats_by_role.items()},
+            "next_step_weights_bytes": recipe.next_step_weights_bytes, "assumptions": list(recipe.assumptions)}
+
+
+def answer_plan_json(body: PlanRequest, spec: ModelSpec, hardware: Hardware, workload: Workload,
+                     options: PlanOptions) -> bytes:
+    """``POST /v1/plan``'s answer: the plan, or with ``weights.format`` fit the largest mix that fits
+    (`quant_core.fit.fit_plan`, a search over `plan()`) with its quantization recipe."""
+    if body.weights.format == FIT:
+        recipe = fit_plan(spec, hardware, workload, options)
+        return plan_answer_json(body, spec, recipe.plan, fit_dict(recipe))
+    return plan_answer_json(body, spec, plan(spec, hardware, workload, options))
 
 
 # The answer as plain dicts, serialized once: `create_plan` sends these bytes as they are.  Building
@@ -544,7 +599,8 @@ def request_notes(body: PlanRequest) -> tuple[str, ...]:
             f"be): {', '.join(unread)}.",)
 
 
-def plan_json_from_core(result: Plan, notes: tuple[str, ...] = (), speed: dict[str, object] | None = None) -> bytes:
+def plan_json_from_core(result: Plan, notes: tuple[str, ...] = (), speed: dict[str, object] | None = None,
+                        fit: dict[str, object] | None = None) -> bytes:
     """The wire answer for a core `Plan` as JSON bytes: ``plan_from_core(result).model_dump_json()``, faster;
     `notes` (`request_notes`) follow the planner's warnings."""
     primary = result.primary
@@ -577,6 +633,7 @@ def plan_json_from_core(result: Plan, notes: tuple[str, ...] = (), speed: dict[s
         "warnings": [*result.warnings, *notes],
         "speed": speed,
         "checkpoint": _checkpoint_dict(result),
+        "fit": fit,
     })
 
 

@@ -289,7 +289,9 @@ async function runPlan() {
   try {
     const answer = await postJson("/v1/plan", body);
     if (ticket !== planSequence) return;  // a newer request is on its way
-    shown = { answer, sweep: null, devices: null, group, body };
+    const fit = await fetchFit(body, answer);  // before rendering, so the verdict is drawn once and whole
+    if (ticket !== planSequence) return;
+    shown = { answer, sweep: null, devices: null, group, body, fit };
     renderPlan(answer);
     writeState();
     setExports(answer);
@@ -458,6 +460,37 @@ function fillTable(id, rows) {
   }
 }
 
+// When 16-bit does not fit: the planner's largest per-tensor mix that fits (weights.format "fit") and the
+// recipe POST /v1/quantize takes for it, or why none fits.
+async function fetchFit(body, answer) {
+  const sixteen = answer.comparison.bf16 || answer.comparison.fp16 || answer.comparison.fp32;
+  if (!sixteen || sixteen.fits || body.checkpoint) return null;
+  const { weights, ...rest } = body;
+  try {
+    const fitAnswer = await postJson("/v1/plan", { ...rest, weights: { format: "fit" } });
+    return fitAnswer.fit ? fitAnswer : null;
+  } catch {
+    return null;  // the plan stands without the offer
+  }
+}
+
+function fitLine(fitAnswer) {
+  const fit = fitAnswer.fit;
+  const line = document.createElement("p");
+  line.className = fit.fits ? "fits" : "no-fit";
+  line.dataset.format = "fit";
+  if (!fit.fits) {
+    line.textContent = `No mix of int4, int8 and 16-bit fits: ${fit.reason}.`;
+    return line;
+  }
+  const mix = Object.entries(fit.formats).map(([name, count]) => `${count} × ${name}`).join(", ");
+  const recipe = fit.recipe;
+  line.textContent = `Best mix that fits: ${fit.bits_per_weight.toFixed(2)} bits per weight on the quantized layers ` +
+    `(${mix}), ${sized(fitAnswer.weights.bytes)} of weights. Quantize it with POST /v1/quantize: method=${recipe.method} ` +
+    `budget_bytes=${recipe.budget_bytes}${recipe.include ? ` include=${recipe.include}` : ""} output=${recipe.output}.`;
+  return line;
+}
+
 function renderPlan(answer) {
   $("plan-result").hidden = false;
   const verdict = $("verdict");
@@ -483,6 +516,7 @@ function renderPlan(answer) {
     `${Math.round(answer.memory_utilization * 1000) / 10}% usable); tensor × pipeline = ${answer.parallel.tensor} × ` +
     `${answer.parallel.pipeline}; KV cache ${answer.kv_cache.dtype}, ${thousands(answer.kv_cache.bytes_per_token)} bytes per token.`;
   verdict.append(context);
+  if (shown && shown.answer === answer && shown.fit) verdict.append(fitLine(shown.fit));
   renderCheckpoint(answer);
 
   renderBars(answer);

@@ -37,13 +37,18 @@ from dataclasses import dataclass
 import numpy as np
 
 from quant_core.errors import BudgetTooSmall
+from quant_core.formats import WeightFormat
 
 #: the most (bytes, error) states the exact search keeps per tensor before leaving the answer to the greedy one
 PARETO_STATES = 200_000
 #: pair moves are searched while (tensors × options) is at most this (the pair matrix is its square)
 PAIR_MOVES = 2048
 
-__all__ = ["Allocation", "BudgetTooSmall", "TensorOption", "allocate", "budget_from_bits"]
+__all__ = ["BUDGET_GROUP_SIZES", "Allocation", "BudgetTooSmall", "TensorOption", "allocate", "budget_formats",
+           "budget_from_bits"]
+
+#: the int4 group sizes a budget may choose per tensor
+BUDGET_GROUP_SIZES = (128, 64, 32)
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,6 +68,24 @@ class Allocation:
     bytes: int
     error: float
     budget_bytes: int
+
+
+def budget_formats(scheme: WeightFormat, in_features: int, method: str) -> list[WeightFormat]:
+    """The int4 formats a tensor may take under a budget, at each group size that fits its width.
+
+    A symmetric `scheme` allows symmetric formats only; an asymmetric one
+    allows both its own (zero stored as `scheme.zero`) and the symmetric one
+    (no zero: 4.125, 4.25 and 4.5 bits per weight at g128, g64 and g32, between
+    the asymmetric 4.156, 4.3125 and 4.625), except for `hqq`, which needs a zero.
+    """
+    kinds = [scheme] if scheme.symmetric or method == "hqq" else [
+        scheme, WeightFormat("int4", scheme.group_size, True, "none", scheme.pad)]
+    formats = []
+    for kind in kinds:
+        for group_size in BUDGET_GROUP_SIZES:
+            if scheme.pad or in_features % group_size == 0:
+                formats.append(WeightFormat("int4", group_size, kind.symmetric, kind.zero, scheme.pad))
+    return formats
 
 
 def budget_from_bits(bits_per_weight: float, elements: int) -> int:

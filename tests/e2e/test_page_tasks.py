@@ -356,6 +356,19 @@ def test_the_unit_switch_redraws_in_gb_without_asking_again(browser: Any, live_s
     page.close()
 
 
+def test_a_model_too_big_at_16_bit_is_offered_the_best_mix_that_fits(browser: Any, live_server: str) -> None:
+    # issue 22: the page offers the planner's fit (weights.format "fit") and its /v1/quantize recipe
+    page = open_page(browser, live_server, "/?model=llama-3.1-70b&device=h100-80gb&ctx=4096")
+    page.wait_for_selector("#verdict p[data-format='fit']")
+    text = str(page.inner_text("#verdict p[data-format='fit']"))
+    assert text.startswith("Best mix that fits: ")
+    assert "method=rtn budget_bytes=" in text and "include=model.layers.* output=nibble." in text
+    page.select_option("#unit", "GB")  # a redraw keeps the offer without asking again
+    page.wait_for_selector("#verdict >> text=85.02 GB each")
+    assert page.inner_text("#verdict p[data-format='fit']").startswith("Best mix that fits: ")
+    page.close()
+
+
 def test_no_request_of_the_page_answers_404_and_dark_mode_follows_the_system(browser: Any,
                                                                              live_server: str) -> None:
     failures: list[tuple[str, int]] = []
