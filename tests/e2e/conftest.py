@@ -3,7 +3,8 @@
 `live_server` (module scope) yields the base URL; `start_server` is the
 function behind it, for tests and benchmarks that need their own settings
 (pass ``NIBBLE_*`` variables in `env`).  The server is stopped with SIGTERM,
-then killed if it does not exit within 10 s.
+then killed if it does not exit within 10 s.  `browser` (module scope) is
+Debian's headless Chromium driven by Playwright, for the page's tests.
 """
 
 from __future__ import annotations
@@ -17,11 +18,27 @@ import time
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    """Debian's Chromium, headless (tests that take it are skipped where it or Playwright is missing)."""
+    sync_api = pytest.importorskip("playwright.sync_api")
+    with sync_api.sync_playwright() as playwright:
+        chromium = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        try:
+            yield chromium
+        finally:
+            chromium.close()
 
 
 def free_port() -> int:

@@ -11,7 +11,6 @@ from __future__ import annotations
 import base64
 import json
 import struct
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -21,23 +20,13 @@ import pytest
 
 from tests.checkpoints import LLAMA_CONFIG, write_llama_checkpoint
 from tests.e2e.test_page_tasks import axe_source, open_page
-from tests.e2e.test_web_page import CHROMIUM, CHROMIUM_ARGS
+from tests.e2e.test_web_page import CHROMIUM
 
 pytestmark = [
     pytest.mark.slow,
     pytest.mark.skipif(not CHROMIUM.exists(), reason="Debian's chromium (/usr/bin/chromium) is not installed"),
 ]
 sync_api = pytest.importorskip("playwright.sync_api")
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Any]:
-    with sync_api.sync_playwright() as playwright:
-        chromium = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
-        try:
-            yield chromium
-        finally:
-            chromium.close()
 
 
 def format_options(page: Any) -> list[dict[str, Any]]:

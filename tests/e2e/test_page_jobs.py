@@ -11,7 +11,7 @@ import pytest
 
 from tests.checkpoints import write_llama_checkpoint
 from tests.e2e.conftest import start_server
-from tests.e2e.test_page_tasks import axe_source, browser, open_page  # noqa: F401  (the browser fixture)
+from tests.e2e.test_page_tasks import axe_source, open_page
 from tests.e2e.test_web_page import ARTIFACTS, CHROMIUM
 
 pytestmark = [
@@ -31,7 +31,7 @@ def jobs_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
 
 def test_a_job_submitted_through_the_api_is_followed_on_the_page_until_it_succeeds(
-        browser: Any, jobs_server: str) -> None:  # noqa: F811
+        browser: Any, jobs_server: str) -> None:
     page = open_page(browser, jobs_server)
     page.wait_for_selector("#jobs-empty:visible")
     streams: list[str] = []

@@ -19,7 +19,6 @@ import json
 import os
 import shutil
 import subprocess
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +26,7 @@ import httpx
 import numpy as np
 import pytest
 
-from tests.e2e.test_web_page import ARTIFACTS, CHROMIUM, CHROMIUM_ARGS, TIMEOUT_MS
+from tests.e2e.test_web_page import ARTIFACTS, CHROMIUM, TIMEOUT_MS
 
 AXE_VERSION = "4.14.1"  # axe-core from npm (MPL-2.0), installed on first use into a git-ignored folder
 AXE_DIR = Path(__file__).resolve().parent / ".axe"
@@ -38,16 +37,6 @@ pytestmark = [
     pytest.mark.skipif(not CHROMIUM.exists(), reason="Debian's chromium (/usr/bin/chromium) is not installed"),
 ]
 sync_api = pytest.importorskip("playwright.sync_api")
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Any]:
-    with sync_api.sync_playwright() as playwright:
-        chromium = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
-        try:
-            yield chromium
-        finally:
-            chromium.close()
 
 
 def open_page(browser: Any, base: str, path: str = "/", width: int = 1280, scheme: str = "light") -> Any:
