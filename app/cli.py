@@ -321,12 +321,16 @@ def render_presets(models: Sequence[ModelSummary]) -> str:
 
 
 def render_devices(devices: Sequence[DeviceOut], unit: str) -> str:
-    """One row per device: id (for --device), name, memory per device in `unit` and in bytes, memory type."""
-    rows: list[tuple[str, ...]] = [("id", "name", f"memory ({unit})", "bytes", "type")]
+    """One row per device: id (for --device), name, nominal memory in `unit` and in bytes, the memory CUDA
+    reports (what plans use; "-" where no public log verified it), memory type."""
+    rows: list[tuple[str, ...]] = [("id", "name", f"memory ({unit})", "bytes", f"CUDA reports ({unit})", "type")]
     for device in devices:
+        reported = device.reported_memory_bytes
         rows.append((device.id, device.name, in_unit(device.memory_bytes, unit), f"{device.memory_bytes:,}",
-                     device.memory_type))
-    return _table(rows, {2, 3}) + f"Memory per device in {unit} ({UNITS[unit][1]}); use an id as --device ID.\n"
+                     "-" if reported is None else in_unit(reported, unit), device.memory_type))
+    return _table(rows, {2, 3, 4}) + (
+        f"Memory per device in {unit} ({UNITS[unit][1]}): nominal, and what CUDA reports, which plans use "
+        "(nominal where '-'); use an id as --device ID.\n")
 
 
 def command_presets(args: argparse.Namespace, out: TextIO) -> int:
