@@ -1,6 +1,6 @@
 """Repros from issue 17's hostile probe, each sent as the probe sent it, with the answer it must now get.
 
-#4 GPTQ calibration that overflows the Hessian, and an early job past its time
+#4 GPTQ calibration that overflows the Hessian, and a job past its time
 limit; #7 a nibble file declaring a tensor over the element limit, and a
 dequantized download over the byte limit; #9 and #14 nibble metadata of the
 wrong types; #15 the X-Nibble-Report header's size; #16 the Host header in a
@@ -41,10 +41,10 @@ def _fields(response: Any) -> list[str]:
     return [error["field"] for error in response.json()["errors"]]
 
 
-# --- #4: GPTQ with calibration values that overflow the Hessian; an early job past the time limit
+# --- #4: GPTQ with calibration values that overflow the Hessian; a job past the time limit
 
 
-@pytest.mark.parametrize("fields_first", [True, False], ids=["early job", "job after the upload"])
+@pytest.mark.parametrize("fields_first", [True, False], ids=["fields before the file", "fields after the file"])
 def test_gptq_calibration_of_1e30_is_a_422_naming_calibration_at_once(client: TestClient, weights: np.ndarray,
                                                                       fields_first: bool) -> None:
     # the probe: np.full((64, 128), 1e30) as calibration spun the dampening loop until the 300 s job limit
