@@ -36,7 +36,7 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 
 from quant_core.catalog import MAX_DEVICE_BYTES
-from quant_core.engines import ENGINES, BatchLimits, EngineProfile, KVCapacity, Stage, get_engine
+from quant_core.engines import ENGINES, BatchLimits, EngineProfile, KVCapacity, Stage, Term, get_engine
 from quant_core.errors import InvalidSpec
 from quant_core.formats import WeightFormat, float_format, int4, kv_dtype
 from quant_core.inventory import QuantizationPolicy, parameter_count
@@ -192,12 +192,8 @@ def _non_negative_int(value: object, maximum: int) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= maximum
 
 
-@dataclass(frozen=True, slots=True)
-class Estimate:
-    """A term that cannot be exact: its bytes and the assumption behind them."""
-
-    bytes: int
-    basis: str
+#: a term that cannot be exact, its bytes and the assumption behind them: the engine profiles' own record
+Estimate = Term
 
 
 @dataclass(frozen=True, slots=True)
