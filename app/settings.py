@@ -84,6 +84,10 @@ class Settings(BaseSettings):
         2 * 1024 * 1024 * MiB, gt=0, description="Most bytes, the declared lengths summed, in one upload set.")
     upload_max_files: int = Field(1024, gt=0, description="Most files in one upload set.")
     upload_max_sets: int = Field(64, gt=0, description="Most upload sets kept at once (DELETE frees one).")
+    upload_expiry_seconds: float = Field(
+        86400.0, gt=0, description="An upload set untouched this long (no file created, no byte appended) that no "
+                                   "queued or running job reads is removed when the next set is created; tus's "
+                                   "Upload-Expires header tells when.")
     job_tensor_concurrency: int = Field(
         2, gt=0, description="Tensors of one checkpoint job quantized at once (each takes a pool worker).")
     ray_address: str | None = Field(

@@ -1,10 +1,14 @@
-"""Resumable uploads of a checkpoint's files by the tus protocol 1.0.0 (core, creation and termination).
+"""Resumable uploads of a checkpoint's files by the tus protocol 1.0.0 (core, creation, termination, expiration).
 
 An *upload set* is a checkpoint directory being uploaded: ``POST /v1/uploads``
 makes one, each of its files (the shards, the index, config.json, the
 tokenizer files) is a tus upload created at its tus endpoint
 ``/v1/uploads/{set}/files``, and once every file is complete a job takes the
-set as its source (``{"source": {"upload": "<set id>"}}``).  Any tus 1.0.0
+set as its source (``{"source": {"upload": "<set id>"}}``).  A set nobody has
+touched for ``upload_expiry_seconds`` (no file created, no byte appended) and
+no queued or running job reads is removed when the next set is created, so
+abandoned sets cannot hold ``upload_max_sets`` places for ever (the expiration
+extension: creation and PATCH answers carry ``Upload-Expires``).  Any tus 1.0.0
 client resumes an interrupted file: it asks the offset (HEAD) and sends the
 rest (PATCH from that offset).
 
@@ -51,7 +55,7 @@ from app.settings import Settings
 from quant_core.errors import InvalidSpec, LimitExceeded
 
 TUS_VERSION = "1.0.0"
-TUS_EXTENSIONS = "creation,termination"
+TUS_EXTENSIONS = "creation,termination,expiration"
 PATCH_MEDIA_TYPE = "application/offset+octet-stream"
 #: bytes gathered from the network before one write (a worker-thread hop per 64 KiB chunk would cost more)
 WRITE_BATCH_BYTES = 1 << 20
@@ -197,15 +201,49 @@ class UploadSets:
         self.max_set_bytes = settings.upload_max_set_bytes
         self.max_files = settings.upload_max_files
         self.max_sets = settings.upload_max_sets
+        self.expiry_seconds = settings.upload_expiry_seconds
         self.idle_seconds = settings.upload_idle_seconds
         self.min_bytes_per_second = settings.upload_min_bytes_per_second
         self._locks: dict[str, asyncio.Lock] = {}
 
     # sets
+    def set_ids(self) -> list[str]:
+        return [path.name for path in self.root.iterdir() if UPLOAD_ID.fullmatch(path.name)] if self.root.is_dir() \
+            else []
+
+    def touched_at(self, set_id: str) -> float:
+        """When the set last changed (POSIX seconds): a file created, sealed or removed changes its directories'
+        modification times, a byte appended its partial file's."""
+        directory = self.root / set_id
+        times = [directory.stat().st_mtime]
+        for sub in ("meta", "partial", "files"):
+            with contextlib.suppress(FileNotFoundError):
+                times.append((directory / sub).stat().st_mtime)
+        with contextlib.suppress(FileNotFoundError), os.scandir(directory / "partial") as partials:
+            times.extend(entry.stat().st_mtime for entry in partials)
+        return max(times)
+
+    def expires_at(self, set_id: str) -> float:
+        """When the set becomes removable if nothing touches it (POSIX seconds)."""
+        return self.touched_at(set_id) + self.expiry_seconds
+
+    def remove_expired(self, now: float, read_by_jobs: set[str]) -> list[str]:
+        """Remove the sets past their expiry that no job reads and no PATCH is writing; their ids."""
+        receiving = {key.split("/")[0] for key in self._locks}
+        removed = []
+        for set_id in self.set_ids():
+            if set_id in read_by_jobs or set_id in receiving:
+                continue
+            with contextlib.suppress(FileNotFoundError):  # a concurrent DELETE got there first
+                if self.expires_at(set_id) <= now:
+                    shutil.rmtree(self.root / set_id, ignore_errors=True)
+                    removed.append(set_id)
+        return removed
+
     def create_set(self) -> str:
         """A new, empty set; refused past ``upload_max_sets`` sets kept at once (each may hold
         ``upload_max_set_bytes``: together they bound the disk the sets may take)."""
-        count = sum(1 for path in self.root.iterdir() if UPLOAD_ID.fullmatch(path.name)) if self.root.is_dir() else 0
+        count = len(self.set_ids())
         if count + 1 > self.max_sets:
             raise LimitExceeded("upload_max_sets", count + 1, self.max_sets, field="body")
         set_id = uuid.uuid4().hex

@@ -8,7 +8,10 @@ the GET route (app/head.py), with the tus headers and no body.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Coroutine
+from email.utils import formatdate
+from pathlib import Path
 from typing import Any
 
 from fastapi import APIRouter, Request, Response
@@ -62,11 +65,21 @@ def _sets(request: Request) -> UploadSets:
     return sets
 
 
+def _readers(request: Request, sets: UploadSets) -> dict[str, list[str]]:
+    """The queued or running jobs reading each upload set (a job's source is its set's ``files/``), by set id."""
+    jobs = request.app.state.jobs
+    readers: dict[str, list[str]] = {}
+    for record in jobs.store.unfinished() if jobs else []:
+        source = Path(record.source_dir)
+        if source.name == "files" and source.parent.parent == sets.root:
+            readers.setdefault(source.parent.name, []).append(record.id)
+    return readers
+
+
 def _refuse_while_read(request: Request, sets: UploadSets, set_id: str) -> None:
     """409 while a queued or running job reads the set: its files must stay as they were submitted."""
-    source = str(sets.set_dir(set_id) / "files")
-    jobs = request.app.state.jobs
-    readers = [record.id for record in jobs.store.unfinished() if record.source_dir == source] if jobs else []
+    sets.set_dir(set_id)  # 404 first
+    readers = _readers(request, sets).get(set_id)
     if readers:
         raise UploadConflict(f"job {readers[0]} reads upload set {set_id}; cancel it or let it finish first",
                              field="id")
@@ -92,12 +105,18 @@ def _offset_headers(file: UploadFile) -> dict[str, str]:
     return {**TUS_HEADERS, "Upload-Offset": str(file.offset), "Upload-Length": str(file.length)}
 
 
+def _expires_header(sets: UploadSets, set_id: str) -> dict[str, str]:
+    """tus expiration: when the set is removable if nothing touches it (an HTTP-date, RFC 9110 §5.6.7)."""
+    return {"Upload-Expires": formatdate(sets.expires_at(set_id), usegmt=True)}
+
+
 @router.post("", status_code=201, response_model=UploadSetStatus, summary="Start an upload set",
              responses=problem_responses(404, 413))
 async def create_upload_set(request: Request, response: Response) -> dict[str, Any]:
     """An empty upload set: give its ``tus_url`` to a tus client for each file of the checkpoint (the file's
     name in ``Upload-Metadata: filename``), then submit a job with ``{"source": {"upload": id}}``."""
     sets = _sets(request)
+    sets.remove_expired(time.time(), set(_readers(request, sets)))
     set_id = sets.create_set()
     response.headers["Location"] = f"/v1/uploads/{set_id}"
     return _set_status(sets, set_id)
@@ -145,7 +164,8 @@ async def create_upload_file(request: Request, set_id: str) -> Response:
     name = parse_metadata(request.headers.get("upload-metadata")).get("filename")
     file = sets.create_file(set_id, name, length)
     url = _file_url(set_id, file)
-    return Response(status_code=201, headers={**_offset_headers(file), "Location": url})
+    return Response(status_code=201, headers={**_offset_headers(file), **_expires_header(sets, set_id),
+                                              "Location": url})
 
 
 @router.get("/{set_id}/files/{file_id}", response_model=UploadFileStatus,
@@ -168,7 +188,7 @@ async def append_upload_file(request: Request, set_id: str, file_id: str) -> Res
     sets = _sets(request)
     check_tus_resumable(request)
     file = await sets.append(set_id, file_id, request)
-    return Response(status_code=204, headers=_offset_headers(file))
+    return Response(status_code=204, headers={**_offset_headers(file), **_expires_header(sets, set_id)})
 
 
 @router.delete("/{set_id}/files/{file_id}", status_code=204, summary="tus termination: remove a file",

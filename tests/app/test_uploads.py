@@ -7,7 +7,10 @@ tests/e2e/test_tus_upload.py drives a real server with the tuspy client.
 from __future__ import annotations
 
 import base64
+import os
+import time
 from collections.abc import Iterator
+from email.utils import parsedate_to_datetime
 from pathlib import Path
 
 import pytest
@@ -72,7 +75,7 @@ def test_options_advertises_the_version_the_extensions_and_the_size_limit(client
     answer = client.options(upload_set["tus_url"])
     assert answer.status_code == 204
     assert answer.headers["tus-version"] == "1.0.0"
-    assert answer.headers["tus-extension"] == "creation,termination"
+    assert answer.headers["tus-extension"] == "creation,termination,expiration"
     assert answer.headers["tus-max-size"] == str(1 << 20)
 
 
@@ -204,6 +207,50 @@ def test_sets_past_the_limit_are_413_and_a_deleted_set_frees_its_place(client: T
     assert (refused.json()["limit"], refused.json()["value"], refused.json()["maximum"]) == ("upload_max_sets", 5, 4)
     assert client.delete(made[0].json()["url"]).status_code == 204
     assert client.post("/v1/uploads").status_code == 201
+
+
+def age(set_dir: Path, seconds: float) -> None:
+    """Make every entry of an upload set look untouched for `seconds`."""
+    then = time.time() - seconds
+    for path in [set_dir, *set_dir.rglob("*")]:
+        os.utime(path, (then, then))
+
+
+def test_an_abandoned_set_expires_and_frees_its_place_for_a_new_one(client: TestClient, tmp_path: Path) -> None:
+    made = [client.post("/v1/uploads").json() for _ in range(4)]  # upload_max_sets = 4
+    url = create_file(client, made[0]["url"], "config.json", 4)
+    status, headers = patch(client, url, 0, b"{}")
+    expires = parsedate_to_datetime(headers["upload-expires"]).timestamp()
+    assert status == 204 and abs(expires - (time.time() + 86400)) < 5  # the default: a day after the last byte
+    assert client.post("/v1/uploads").status_code == 413
+    age(tmp_path / "state" / "uploads" / made[0]["id"], 86400 + 60)
+    assert client.post("/v1/uploads").status_code == 201
+    assert client.get(made[0]["url"]).status_code == 404
+    assert [client.get(m["url"]).status_code for m in made[1:]] == [200] * 3
+
+
+def test_a_set_touched_within_its_expiry_is_kept(client: TestClient, tmp_path: Path) -> None:
+    made = [client.post("/v1/uploads").json() for _ in range(4)]
+    set_dir = tmp_path / "state" / "uploads" / made[0]["id"]
+    url = create_file(client, made[0]["url"], "config.json", 4)
+    age(set_dir, 86400 + 60)
+    assert patch(client, url, 0, b"{}")[0] == 204  # a byte appended: touched now
+    assert client.post("/v1/uploads").status_code == 413
+    assert client.get(made[0]["url"]).status_code == 200
+
+
+def test_an_expired_set_a_running_job_reads_is_not_removed(tmp_path: Path, data_root: Path) -> None:
+    write_llama_checkpoint(tmp_path / "long", shards=10, layers=24)  # 168 tensors by hqq: seconds of work
+    with client_with(state_dir=tmp_path / "state", data_dir=data_root, upload_max_sets=1) as client:
+        set_id = upload_directory(client, tmp_path / "long", pieces=1)
+        job = client.post("/v1/jobs", json={"source": {"upload": set_id}, "method": "hqq"}).json()
+        age(tmp_path / "state" / "uploads" / set_id, 86400 + 60)
+        refused = client.post("/v1/uploads")
+        assert client.get(f"/v1/jobs/{job['id']}").json()["state"] in ("queued", "running")
+        assert refused.status_code == 413 and client.get(f"/v1/uploads/{set_id}").status_code == 200
+        assert wait_for(client, job["id"], timeout_seconds=300)["state"] == "succeeded"
+        assert client.post("/v1/uploads").status_code == 201  # the job is done: the expired set goes
+        assert client.get(f"/v1/uploads/{set_id}").status_code == 404
 
 
 def test_a_file_longer_than_the_free_disk_is_507(tmp_path: Path, data_root: Path) -> None:
