@@ -73,6 +73,18 @@ def _template_of(path_format: str, path_regex: re.Pattern[str], path: str) -> st
 _fixed_template_of = functools.lru_cache(maxsize=1024)(_template_of)
 
 
+#: the most characters of a path one log line keeps: a head may carry a path of tens of KiB (h11's bound is
+#: 64 KiB, httptools' none), and a log line per request that large would let clients fill the log's disk
+MAX_LOGGED_PATH_CHARACTERS = 512
+
+
+def logged_path(path: str) -> str:
+    """`path` as a log line holds it: at most `MAX_LOGGED_PATH_CHARACTERS`, a longer one cut and marked."""
+    if len(path) <= MAX_LOGGED_PATH_CHARACTERS:
+        return path
+    return f"{path[:MAX_LOGGED_PATH_CHARACTERS]}...({len(path) - MAX_LOGGED_PATH_CHARACTERS} more characters)"
+
+
 def request_id_from(value: str | None) -> str:
     """`value` when it is a sane request id, else a new UUID4 (hex with dashes)."""
     if value is not None and _SANE_REQUEST_ID.fullmatch(value):
@@ -117,7 +129,7 @@ class RequestLogMiddleware:
         finally:
             record = {
                 "event": "request", "request_id": request_id, "method": scope["method"],
-                "route": route_template(scope, root_path), "path": scope["path"], "status": status,
+                "route": route_template(scope, root_path), "path": logged_path(scope["path"]), "status": status,
                 "duration_ms": round((time.perf_counter() - started) * 1000, 3),
             }
             if response_bytes is not None:

@@ -8,7 +8,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from app.request_log import LOGGER_NAME, request_id_from
+from app.request_log import LOGGER_NAME, MAX_LOGGED_PATH_CHARACTERS, request_id_from
 from tests.app.conftest import client_with
 
 
@@ -68,6 +68,15 @@ def test_uploads_and_query_strings_never_reach_the_log(access_log: Collect) -> N
     assert "SECRET" not in text
     assert access_log.lines[0]["route"] == "/v1/quantize"
     assert access_log.lines[0]["status"] in (400, 415, 422)
+
+
+def test_a_long_path_is_logged_cut_to_a_bound_and_says_how_much_was_cut(access_log: Collect) -> None:
+    with client_with() as client:
+        client.get("/v1/devices/" + "x" * 60_000)
+    path = str(access_log.lines[0]["path"])
+    kept, cut = MAX_LOGGED_PATH_CHARACTERS, 60_012 - MAX_LOGGED_PATH_CHARACTERS
+    assert path == "/v1/devices/" + "x" * (kept - 12) + f"...({cut} more characters)"
+    assert len(json.dumps(access_log.lines[0])) < 1024
 
 
 def test_errors_answered_by_middleware_are_logged_with_their_status(access_log: Collect) -> None:
