@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import hmac
 import json
+import time
 from collections.abc import Callable, Coroutine
 from typing import Any
 
@@ -29,14 +31,47 @@ def settings_of(request: Request) -> Settings:
     return settings
 
 
+def _path_signature(keys: list[str], path: str, expires: int) -> str:
+    """HMAC-SHA256 of the path and its expiry, keyed by the server's API keys (changing the keys revokes
+    every link)."""
+    key = hashlib.sha256("\n".join(sorted(keys)).encode()).digest()
+    return hmac.new(key, f"{path}\n{expires}".encode(), hashlib.sha256).hexdigest()
+
+
+def signed_path(settings: Settings, path: str, now: float | None = None) -> str:
+    """`path` with a signature that lets a GET or HEAD of it through without an Authorization header for
+    ``download_url_seconds``: what a browser's plain link (a job's result file) needs when API keys are set.
+    Without API keys, `path` as it is."""
+    if not settings.api_keys:
+        return path
+    expires = int(time.time() if now is None else now) + settings.download_url_seconds
+    return f"{path}?expires={expires}&signature={_path_signature(settings.api_keys, path, expires)}"
+
+
+def _signed_request(request: Request, keys: list[str]) -> bool:
+    """Whether `request` is a GET or HEAD carrying a signature (`signed_path`); 401 when it is not valid."""
+    signature, expires = request.query_params.get("signature"), request.query_params.get("expires")
+    if request.method not in ("GET", "HEAD") or signature is None or expires is None:
+        return False
+    valid = expires.isdigit() and len(expires) <= 12 and hmac.compare_digest(
+        signature.encode(), _path_signature(keys, request.url.path, int(expires)).encode())
+    if not valid or int(expires) < time.time():
+        raise Unauthorized("this link's signature is not valid or has expired: GET the job again for a fresh "
+                           "link, or send Authorization: Bearer <key>")
+    return True
+
+
 def check_api_key(request: Request) -> None:
-    """When API keys are configured, refuse (401) a request without one of them as a bearer token.
+    """When API keys are configured, refuse (401) a request without one of them as a bearer token, or a valid
+    signature of its path (`signed_path`).
 
     The header is read as FastAPI's ``HTTPBearer`` reads it (scheme, a space,
     the token; the scheme case-insensitive) and compared in constant time.
     """
     keys = settings_of(request).api_keys
     if not keys:
+        return
+    if "authorization" not in request.headers and _signed_request(request, keys):
         return
     scheme, _, token = (request.headers.get("authorization") or "").partition(" ")
     token = token.strip()

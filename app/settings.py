@@ -67,6 +67,9 @@ class Settings(BaseSettings):
         default_factory=list,
         description="Accepted bearer tokens (comma-separated); empty means no authentication.",
     )
+    download_url_seconds: int = Field(
+        3600, gt=0, description="With API keys set, how long the signed URL of a job's result file (given by "
+                                "GET /v1/jobs/{id}) downloads without an Authorization header, seconds.")
     temp_dir: Path | None = Field(None, description="Where uploads are spooled; default: the system's.")
     state_dir: Path | None = Field(
         None, description="Where the checkpoint job store (SQLite) and each job's parts and result live; "

@@ -16,7 +16,7 @@ from app.checkpoint_jobs import JobManager, JobsNotConfigured
 from app.job_store import TERMINAL_STATES, JobRecord
 from app.problems import problem_responses
 from app.schemas.jobs import JobCreate, JobList, JobStatus, JobSummary
-from app.security import ApiKeyRoute
+from app.security import ApiKeyRoute, settings_of, signed_path
 
 router = APIRouter(prefix="/jobs", tags=["jobs"], route_class=ApiKeyRoute)
 #: an event is sent at least this often while a job runs (a heartbeat keeps proxies from closing the stream)
@@ -35,10 +35,11 @@ def _url(record: JobRecord) -> str:
     return f"/v1/jobs/{record.id}"
 
 
-def _status(manager: JobManager, record: JobRecord) -> dict[str, Any]:
+def _status(request: Request, manager: JobManager, record: JobRecord) -> dict[str, Any]:
     result = None
-    if record.result is not None:
-        result = {"files": [{**entry, "url": f"{_url(record)}/files/{entry['name']}"}
+    if record.result is not None:  # with API keys, each file's URL is signed: a browser's plain link downloads it
+        settings = settings_of(request)
+        result = {"files": [{**entry, "url": signed_path(settings, f"{_url(record)}/files/{entry['name']}")}
                             for entry in record.result["files"]]}
     return {"id": record.id, "url": _url(record), "state": record.state, "created_at": record.created_at,
             "started_at": record.started_at, "finished_at": record.finished_at, "request": record.request,
@@ -54,7 +55,7 @@ async def create_job(request: Request, body: JobCreate) -> JSONResponse:
     or whose shards are truncated (422), options no output format can hold (422)."""
     manager = _manager(request)
     record = await manager.submit(body)
-    return JSONResponse(_status(manager, record), status_code=202, headers={"Location": _url(record)})
+    return JSONResponse(_status(request, manager, record), status_code=202, headers={"Location": _url(record)})
 
 
 @router.get("", response_model=JobList, summary="List jobs, newest first", responses=problem_responses(404))
@@ -70,7 +71,7 @@ async def list_jobs(request: Request) -> dict[str, Any]:
             responses=problem_responses(404))
 async def read_job(request: Request, job_id: str) -> dict[str, Any]:
     manager = _manager(request)
-    return _status(manager, manager.get(job_id))
+    return _status(request, manager, manager.get(job_id))
 
 
 @router.delete("/{job_id}", response_model=JobStatus, summary="Cancel a job", responses=problem_responses(404))
@@ -78,7 +79,7 @@ async def cancel_job(request: Request, job_id: str) -> dict[str, Any]:
     """A queued job is cancelled at once; a running one stops after the tensors in flight (its state says
     ``running`` until then), and its files are removed.  A finished job is left as it is."""
     manager = _manager(request)
-    return _status(manager, manager.cancel(job_id))
+    return _status(request, manager, manager.cancel(job_id))
 
 
 @router.get("/{job_id}/events", summary="A job's status as server-sent events",
@@ -94,7 +95,7 @@ async def stream_job_events(request: Request, job_id: str) -> StreamingResponse:
     async def events() -> AsyncIterator[bytes]:
         while True:
             record = manager.get(job_id)
-            status = _status(manager, record)
+            status = _status(request, manager, record)
             finished = record.state in TERMINAL_STATES
             if not finished:  # the report grows with every tensor: sent whole once, with the final status
                 status.pop("report")

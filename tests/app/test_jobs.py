@@ -13,8 +13,9 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
+from app.security import signed_path
 from quant_core.checkpoint import INDEX_NAME, CheckpointOptions, open_checkpoint, plan_checkpoint, quantize_checkpoint
-from tests.app.conftest import client_with
+from tests.app.conftest import client_with, make_settings
 from tests.checkpoints import llama_tensors, tree_bytes, write_llama_checkpoint
 
 PROBLEM = "application/problem+json"
@@ -210,3 +211,37 @@ def test_a_tensor_that_cannot_be_quantized_fails_the_job_with_its_problem(tmp_pa
     error = status["error"]
     assert (error["status"], error["type"]) == (422, "urn:nibble:problem:non-finite-values")
     assert error["detail"] == f"1 NaN/Inf value(s) in tensor {broken!r}; first at index [3, 5]"
+
+
+def test_with_api_keys_a_jobs_file_urls_are_signed_and_download_without_the_header_until_they_expire(
+        tmp_path: Path, data_root: Path) -> None:
+    auth = {"Authorization": "Bearer k1"}
+    with client_with(state_dir=tmp_path / "state", data_dir=data_root, api_keys=["k1"],
+                     download_url_seconds=60) as client:
+        created = client.post("/v1/jobs", json={"source": {"path": "llama"}}, headers=auth).json()
+        deadline = time.monotonic() + 60
+        while (status := client.get(created["url"], headers=auth).json())["state"] in ("queued", "running"):
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        url = status["result"]["files"][0]["url"]
+        path, _, query = url.partition("?")
+        params = dict(pair.split("=") for pair in query.split("&"))
+        assert abs(int(params["expires"]) - (time.time() + 60)) < 5
+        assert client.get(url).status_code == 200  # a browser's plain link: no Authorization header
+        assert client.get(url).content == client.get(path, headers=auth).content
+        assert client.get(path).status_code == 401  # unsigned, without a key
+        forged = {**params, "expires": str(int(params["expires"]) + 3600)}  # a longer life is not signed
+        refused = client.get(path, params=forged)
+        assert refused.status_code == 401 and "signature" in refused.json()["detail"]
+        other = client.get(created["url"], params=params)  # the signature is for that file's path only
+        assert other.status_code == 401
+        assert client.post(path, params=params).status_code in (401, 405)
+        expired = signed_path(make_settings(api_keys=["k1"], download_url_seconds=1), path, now=time.time() - 10)
+        assert client.get(expired).status_code == 401  # signed rightly, nine seconds ago
+        assert client.get(signed_path(make_settings(api_keys=["k2"]), path)).status_code == 401  # other keys
+
+
+def test_without_api_keys_file_urls_are_plain_paths(jobs_client: TestClient) -> None:
+    created = jobs_client.post("/v1/jobs", json={"source": {"path": "llama"}}).json()
+    status = wait_for(jobs_client, created["id"])
+    assert all("?" not in entry["url"] for entry in status["result"]["files"])
