@@ -78,15 +78,16 @@ class Upload:
 class FormLimits:
     """What one route's multipart body may hold: its file fields (those in `repeated` may hold several
     files, those in `untyped` files other than .npy / .safetensors), the file bytes in all (`limit`
-    names the setting), the bytes of any one file (`part_limit` names it) and the parts."""
+    names the setting), the bytes of any one file of `part_fields` (`part_limit` names it) and the parts."""
 
     file_fields: tuple[str, ...] = ("file", "calibration")
     repeated: tuple[str, ...] = ()
     untyped: tuple[str, ...] = UNTYPED_FILE_FIELDS
     max_file_bytes: int | None = None  # None: settings.max_upload_bytes
     limit: str = "max_upload_bytes"
-    max_part_bytes: int | None = None
+    max_part_bytes: int | None = None  # for the files of `part_fields`
     part_limit: str = ""
+    part_fields: tuple[str, ...] = ()
     max_parts: int = 0  # 0: MAX_PARTS
 
 
@@ -167,7 +168,8 @@ class _Collector:
                                            field=self.part_name)
                 return
             part, name, path, written = self.raw_files[-1]
-            if self.limits.max_part_bytes is not None and written + size > self.limits.max_part_bytes:
+            if (self.limits.max_part_bytes is not None and part in self.limits.part_fields
+                    and written + size > self.limits.max_part_bytes):
                 self.error = LimitExceeded(self.limits.part_limit, written + size, self.limits.max_part_bytes,
                                            field=self._where())
                 return
