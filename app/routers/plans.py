@@ -6,6 +6,9 @@ handlers are ``async def`` and run on the event loop with no threadpool hop.
 FastAPI then neither builds nor re-validates a `PlanResponse`, which is still
 declared as the ``response_model`` for the OpenAPI document; and its body is
 validated from the bytes by `JsonBodyRoute` rather than FastAPI's handler.
+Both routes also take the multipart form of `app.plan_form` (a checkpoint's
+headers as files): parsing megabytes of headers is seconds of pure Python, so
+those plans run in threads behind the large sweeps' gate (`SweepGate`).
 """
 
 from __future__ import annotations
@@ -85,8 +88,8 @@ async def create_plan(body: PlanRequest, request: Request) -> Response:
     """Per-device weights, KV cache, activations and overhead against usable memory, 16-bit beside INT4."""
     settings = settings_of(request)
     headers = _form_headers(request)
-    if headers is not None:  # megabytes of headers to parse: off the event loop
-        content = await anyio.to_thread.run_sync(_plan_json, body, settings.max_config_depth,
+    if headers is not None:  # up to a second or two of pure Python parsing megabytes of headers: gated as sweeps
+        content = await _sweep_gate(request).run(_plan_json, body, settings.max_config_depth,
                                                  settings.max_header_bytes, headers)
         return Response(content, media_type=JSON_MEDIA_TYPE)
     spec, hardware, workload, options = plan_to_core(body, settings.max_config_depth, settings.max_header_bytes)
@@ -104,7 +107,7 @@ def _plan_json(body: PlanRequest, max_config_depth: int, max_header_bytes: int,
 # The hottest route: its body is validated straight from the bytes (JsonBodyRoute, app/routing.py).
 router.add_api_route("", create_plan, methods=["POST"], response_model=PlanResponse,
                      summary="Plan memory for a model on hardware",
-                     responses=problem_responses(400, 408, 413, 415, 422), route_class_override=JsonOrFormRoute)
+                     responses=problem_responses(400, 408, 413, 415, 422, 503), route_class_override=JsonOrFormRoute)
 
 
 #: sweeps planning at most this many devices in all (rows × the most devices a row has) run at once, ungated:
@@ -113,7 +116,8 @@ UNGATED_SWEEP_DEVICE_ROWS = 1024
 
 
 class SweepGate:
-    """Larger sweeps run `running` at a time in threads, `waiting` more may wait; past that, 503 at once.
+    """Larger sweeps (and plans from the multipart form's headers) run `running` at a time in threads,
+    `waiting` more may wait; past that, 503 at once.
 
     A sweep is seconds of pure Python, which holds the GIL however many
     threads run it: twenty at once kept the event loop from /healthz for
@@ -163,7 +167,7 @@ async def create_sweep(body: SweepRequest, request: Request) -> Response:
     arguments = (body, settings.max_config_depth, settings.max_sweep_rows, settings.max_sweep_device_rows,
                  settings.max_header_bytes, _form_headers(request))
     check_sweep_size(body, settings.max_sweep_rows, settings.max_sweep_device_rows)  # before it takes a place
-    if _planned_devices(body) <= UNGATED_SWEEP_DEVICE_ROWS:
+    if arguments[-1] is None and _planned_devices(body) <= UNGATED_SWEEP_DEVICE_ROWS:
         # a few plans: off the event loop, so the server answers other requests meanwhile
         content = await anyio.to_thread.run_sync(_sweep_json, *arguments)
     else:

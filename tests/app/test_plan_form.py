@@ -164,3 +164,16 @@ def test_the_forms_limits_name_their_settings() -> None:
         # past the files, the request, index and config, the parser stops at the first part too many
         response = small.post("/v1/plan", files=form(request, headers))
         assert response.status_code == 400 and "more than 5 parts" in response.json()["detail"]
+
+
+def test_plans_from_the_form_wait_behind_the_large_sweeps_gate() -> None:
+    from app.routers.plans import SweepGate
+
+    request = {"model": {"spec": TINY_SPEC}, "hardware": {"device": "l4"}}
+    with client_with(sweep_concurrency=1, sweep_queue=0) as small:
+        gate = SweepGate(1, 0, 5)
+        gate.admitted = 1  # a large sweep holds the only place
+        small.app.state.sweep_gate = gate  # type: ignore[attr-defined]
+        refused = small.post("/v1/plan", files=form(request, {"a.safetensors": EMBEDDING}))
+        assert refused.status_code == 503 and refused.headers["Retry-After"] == "5"
+        assert small.post("/v1/plan", json=request).status_code == 200  # a JSON plan is microseconds: ungated
