@@ -177,3 +177,37 @@ def test_plans_from_the_form_wait_behind_the_large_sweeps_gate() -> None:
         refused = small.post("/v1/plan", files=form(request, {"a.safetensors": EMBEDDING}))
         assert refused.status_code == 503 and refused.headers["Retry-After"] == "5"
         assert small.post("/v1/plan", json=request).status_code == 200  # a JSON plan is microseconds: ungated
+
+
+def test_a_gguf_header_part_may_end_anywhere_up_to_its_data_area_and_not_past_it(client: TestClient,
+                                                                                tmp_path: Any) -> None:
+    gguf = pytest.importorskip("gguf")
+    import numpy as np
+
+    path = tmp_path / "tiny.gguf"
+    writer = gguf.GGUFWriter(str(path), "llama")
+    writer.add_block_count(2)
+    writer.add_token_list([f"token-{i}" for i in range(300)])
+    writer.add_tensor("token_embd.weight", np.zeros((1000, 256), np.float16))
+    writer.add_tensor("output.weight", np.zeros((1000, 256), np.float16))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    content = path.read_bytes()
+    data_offset = gguf.GGUFReader(str(path)).data_offset
+    request = {"model": {"spec": TINY_SPEC}, "hardware": {"device": "l4"}}
+    for end in (data_offset - 1, data_offset):  # the records end within the alignment padding before the data
+        response = client.post("/v1/plan", files=form(request, {"tiny.gguf": content[:end]}))
+        assert response.status_code == 200, response.text
+        assert response.json()["weights"]["bytes"] == 2 * 2 * 1000 * 256  # the file's two f16 tensors
+    response = client.post("/v1/plan", files=form(request, {"tiny.gguf": content[:data_offset + 1]}))
+    assert response.status_code == 413 and response.json()["errors"][0]["field"] == "header[0]"
+    assert response.json()["maximum"] == data_offset
+
+
+def test_a_file_whose_header_is_given_twice_is_refused_naming_the_second(client: TestClient) -> None:
+    request = {"model": {"spec": TINY_SPEC}, "hardware": {"device": "l4"}}
+    parts = [*form(request, {"a.safetensors": EMBEDDING}), ("header", ("a.safetensors", LM_HEAD, "x/y"))]
+    response = client.post("/v1/plan", files=parts)
+    assert response.status_code == 422 and response.json()["errors"][0]["field"] == "header[1]"
