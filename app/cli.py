@@ -22,7 +22,6 @@ No traceback reaches the terminal: an unexpected failure prints one line
 from __future__ import annotations
 
 import argparse
-import base64
 import json
 import os
 import sys
@@ -49,15 +48,25 @@ from app.schemas.models import (
     model_to_core,
     summary_from_core,
 )
-from app.schemas.plans import FormatName, FormatOut, PlanRequest, PlanResponse, answer_plan_json, plan_to_core
+from app.schemas.plans import (
+    CheckpointHeaders,
+    FormatName,
+    FormatOut,
+    HeaderFile,
+    PlanRequest,
+    PlanResponse,
+    answer_plan_json,
+    plan_to_core,
+)
 from app.schemas.quantize import CompareReport, QuantizeReport
 from app.settings import get_settings
 from app.units import parse_bytes, parse_tokens
 from quant_core import catalog
-from quant_core.errors import NibbleError
+from quant_core.checkpoint.source import INDEX_NAME
+from quant_core.errors import NibbleError, TensorFileError
 from quant_core.quantize import METHODS
 from quant_core.tensorio import sniff_format
-from quant_core.tensorio.checkpoint_headers import checkpoint_files, read_header_prefix
+from quant_core.tensorio.checkpoint_headers import checkpoint_files, index_weight_map, read_header_prefix
 
 GIB = 1 << 30
 GB = 10**9
@@ -115,17 +124,28 @@ def _read_json_file(path: str) -> dict[str, Any]:
 # --- plan ---------------------------------------------------------------------------------------
 
 
-def checkpoint_body(path: str, max_header_bytes: int) -> dict[str, Any]:
-    """``checkpoint`` of a plan body: the headers of a local checkpoint's files (a file or a directory of
-    shards), read without one byte of the weights of a safetensors file."""
+def read_checkpoint(path: str, max_header_bytes: int) -> tuple[dict[str, bytes], bytes | None]:
+    """The headers of a local checkpoint's files by file name (a file, or a directory of shards), read
+    without one byte of their tensor data, and the directory's ``model.safetensors.index.json``."""
     try:
-        files = checkpoint_files(Path(path))
-        headers = [{"file": file.name,
-                    "header_base64": base64.b64encode(read_header_prefix(file, max_header_bytes)).decode()}
-                   for file in files]
+        headers = {file.name: read_header_prefix(file, max_header_bytes) for file in checkpoint_files(Path(path))}
+        index = Path(path) / INDEX_NAME
+        return headers, index.read_bytes() if index.is_file() else None
     except OSError as exc:
         raise CommandError(f"cannot read the checkpoint {path}: {exc}") from None
-    return {"headers": headers}
+
+
+def checkpoint_headers(headers: dict[str, bytes], index: bytes | None) -> CheckpointHeaders:
+    """The headers as the plan form's are handed to the planner (`app.plan_form`): header bytes only."""
+    weight_map = None
+    if index is not None:
+        try:
+            weight_map = index_weight_map(index)
+        except TensorFileError as exc:
+            exc.detail = f"{INDEX_NAME}: {exc.detail}"
+            raise
+    files = tuple(HeaderFile(name, name, data) for name, data in headers.items())
+    return CheckpointHeaders(files, weight_map, headers_only=True)
 
 
 def plan_body(args: argparse.Namespace) -> dict[str, Any]:
@@ -160,16 +180,16 @@ def plan_body(args: argparse.Namespace) -> dict[str, Any]:
         given = {key: value for key, value in values.items() if value is not None}
         if given:
             body[name] = given
-    if checkpoint:
-        body["checkpoint"] = checkpoint_body(checkpoint, get_settings().max_header_bytes)
     return body
 
 
-def plan_locally(body: dict[str, Any]) -> PlanResponse:
-    """What ``POST /v1/plan`` answers for `body`, computed in process by the API's own conversions."""
+def plan_locally(body: dict[str, Any], checkpoint: CheckpointHeaders | None = None) -> PlanResponse:
+    """What ``POST /v1/plan`` answers for `body` (and the `checkpoint` headers its form would carry), computed
+    in process by the API's own conversions."""
     request = PlanRequest.model_validate(body)
     settings = get_settings()
-    spec, hardware, workload, options = plan_to_core(request, settings.max_config_depth, settings.max_header_bytes)
+    spec, hardware, workload, options = plan_to_core(request, settings.max_config_depth, settings.max_header_bytes,
+                                                     checkpoint)
     return PlanResponse.model_validate_json(answer_plan_json(request, spec, hardware, workload, options))
 
 
@@ -285,11 +305,14 @@ def render_plan(answer: PlanResponse, unit: str = "GiB") -> str:
 
 def command_plan(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     body = plan_body(args)
-    if args.url:
+    path = getattr(args, "checkpoint", None)
+    checkpoint = read_checkpoint(path, get_settings().max_header_bytes) if path else None
+    if args.url:  # the checkpoint's headers as files: the multipart form, whatever their size
         with _client(args) as client:
-            answer = client.plan(body)
+            answer = client.plan(body) if checkpoint is None else client.plan(body, checkpoint=checkpoint[0],
+                                                                              index=checkpoint[1])
     else:
-        answer = plan_locally(body)
+        answer = plan_locally(body, checkpoint_headers(*checkpoint) if checkpoint is not None else None)
     if args.json:
         _print_json(answer.model_dump(mode="json"), out)
     else:

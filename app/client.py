@@ -137,6 +137,23 @@ def _upload(file: FileInput, filename: str | None, calibration: FileInput | None
     return files, data
 
 
+#: a checkpoint's files for the plan form: each file's name and header bytes (`quant_core.tensorio.
+#: checkpoint_headers.read_header_prefix`), in the checkpoint's order
+CheckpointFiles = Mapping[str, bytes]
+
+
+def _plan_form(body: Body, checkpoint: CheckpointFiles, index: bytes | None) -> list[tuple[str, tuple[str | None,
+                                                                                                       bytes, str]]]:
+    """The multipart parts of ``/v1/plan`` (or its sweep) with the checkpoint's headers as files (app/plan_form.py):
+    the body as ``request``, one ``header`` part per file named by its file name, the index."""
+    parts: list[tuple[str, tuple[str | None, bytes, str]]] = [
+        ("request", (None, json.dumps(_json_body(body)).encode(), "application/json"))]
+    parts += [("header", (name, data, "application/octet-stream")) for name, data in checkpoint.items()]
+    if index is not None:
+        parts.append(("index", ("model.safetensors.index.json", index, "application/json")))
+    return parts
+
+
 def _close_files(files: Mapping[str, tuple[str, Any, str]]) -> None:
     for _, handle, _ in files.values():
         if hasattr(handle, "close") and hasattr(handle, "name") and isinstance(handle.name, str):
@@ -220,13 +237,22 @@ class NibbleClient:
         """``GET /healthz``: ``Health(status="ok")`` when the server is up."""
         return Health.model_validate(self._get("/healthz").json())
 
-    def plan(self, body: PlanRequest | Mapping[str, Any]) -> PlanResponse:
-        """``POST /v1/plan``: will the model fit, per device, 16-bit beside INT4."""
-        return PlanResponse.model_validate_json(self._post_json("/v1/plan", body).content)
+    def _post_plan(self, path: str, body: Body, checkpoint: CheckpointFiles | None,
+                   index: bytes | None) -> httpx.Response:
+        if checkpoint is None:
+            return self._post_json(path, body)
+        return _checked(self._http.post(path, files=_plan_form(body, checkpoint, index)))
 
-    def sweep(self, body: SweepRequest | Mapping[str, Any]) -> SweepResponse:
-        """``POST /v1/plan/sweep``: one row per combination of the swept values."""
-        return SweepResponse.model_validate_json(self._post_json("/v1/plan/sweep", body).content)
+    def plan(self, body: PlanRequest | Mapping[str, Any], *, checkpoint: CheckpointFiles | None = None,
+             index: bytes | None = None) -> PlanResponse:
+        """``POST /v1/plan``: will the model fit, per device, 16-bit beside INT4.  With `checkpoint` (file name
+        -> header bytes) and its `index`, the checkpoint's own tensors, sent as the multipart form."""
+        return PlanResponse.model_validate_json(self._post_plan("/v1/plan", body, checkpoint, index).content)
+
+    def sweep(self, body: SweepRequest | Mapping[str, Any], *, checkpoint: CheckpointFiles | None = None,
+              index: bytes | None = None) -> SweepResponse:
+        """``POST /v1/plan/sweep``: one row per combination of the swept values (`checkpoint` as for `plan`)."""
+        return SweepResponse.model_validate_json(self._post_plan("/v1/plan/sweep", body, checkpoint, index).content)
 
     def inspect(self, model: Body) -> InspectResponse:
         """``POST /v1/models/inspect``: ``{"preset": id}``, ``{"hf_config": {...}}`` or ``{"spec": {...}}``."""
@@ -358,13 +384,22 @@ class AsyncNibbleClient:
         """``GET /healthz``: ``Health(status="ok")`` when the server is up."""
         return Health.model_validate((await self._get("/healthz")).json())
 
-    async def plan(self, body: PlanRequest | Mapping[str, Any]) -> PlanResponse:
-        """``POST /v1/plan``."""
-        return PlanResponse.model_validate_json((await self._post_json("/v1/plan", body)).content)
+    async def _post_plan(self, path: str, body: Body, checkpoint: CheckpointFiles | None,
+                         index: bytes | None) -> httpx.Response:
+        if checkpoint is None:
+            return await self._post_json(path, body)
+        return _checked(await self._http.post(path, files=_plan_form(body, checkpoint, index)))
 
-    async def sweep(self, body: SweepRequest | Mapping[str, Any]) -> SweepResponse:
-        """``POST /v1/plan/sweep``."""
-        return SweepResponse.model_validate_json((await self._post_json("/v1/plan/sweep", body)).content)
+    async def plan(self, body: PlanRequest | Mapping[str, Any], *, checkpoint: CheckpointFiles | None = None,
+                   index: bytes | None = None) -> PlanResponse:
+        """``POST /v1/plan`` (`checkpoint`: see `NibbleClient.plan`)."""
+        return PlanResponse.model_validate_json((await self._post_plan("/v1/plan", body, checkpoint, index)).content)
+
+    async def sweep(self, body: SweepRequest | Mapping[str, Any], *, checkpoint: CheckpointFiles | None = None,
+                    index: bytes | None = None) -> SweepResponse:
+        """``POST /v1/plan/sweep`` (`checkpoint`: see `NibbleClient.plan`)."""
+        answer = await self._post_plan("/v1/plan/sweep", body, checkpoint, index)
+        return SweepResponse.model_validate_json(answer.content)
 
     async def inspect(self, model: Body) -> InspectResponse:
         """``POST /v1/models/inspect``."""

@@ -33,6 +33,7 @@ from app.problems import is_json_media_type
 from app.security import ApiKeyRoute, check_api_key
 
 Endpoint = Callable[[Any, Request], Coroutine[Any, Any, Response]]
+M = typing.TypeVar("M", bound=BaseModel)
 #: FastAPI's answer when the body cannot be read or decoded at all (fastapi/routing.py).
 BODY_PARSE_ERROR = "There was an error parsing the body"
 
@@ -84,6 +85,22 @@ async def read_json_body(request: Request, model: type[BaseModel]) -> BaseModel:
         body = _validated_as_fastapi_does(model, decoded)
     refuse_duplicate_keys(raw)
     return body
+
+
+def validated_json(raw: bytes, model: type[M], members: dict[str, Any] | None = None) -> M:
+    """`raw` (a JSON object, e.g. a multipart form's request part) with `members` added, validated as `model`;
+    refused as a JSON body would be (400 for bad JSON, 422 naming the field, a repeated key or a lone surrogate).
+    A member `raw` already holds is refused (422 naming it): it is given once."""
+    refuse_duplicate_keys(raw)
+    value = _decoded_as_fastapi_does(raw)
+    for key, member in (members or {}).items():
+        if isinstance(value, dict):
+            if key in value:
+                raise RequestValidationError([{"type": "value_error", "loc": ("body", key), "input": None,
+                                               "msg": f"{key!r} is given by its own part too: send it once"}])
+            value[key] = member
+    body = _validated_as_fastapi_does(model, value)
+    return typing.cast(M, body)
 
 
 class _DuplicateKey(Exception):

@@ -33,6 +33,12 @@ class Settings(BaseSettings):
     max_header_bytes: int = Field(
         16 * MiB, gt=0, description="Largest .safetensors JSON header, bytes (a .npy header: this, at most 64 KiB)."
     )
+    max_checkpoint_form_bytes: int = Field(
+        64 * MiB, gt=0, description="Most bytes of the file parts of one multipart /v1/plan or /v1/plan/sweep "
+        "(the request, each checkpoint file's header, model.safetensors.index.json, config.json) together; "
+        "each part at most max_header_bytes + 8.")
+    max_checkpoint_files: int = Field(
+        4096, gt=0, description="Most header parts (checkpoint files) in one multipart /v1/plan or /v1/plan/sweep.")
     max_config_depth: int = Field(16, gt=0, description="Deepest nesting accepted in a JSON body.")
     max_sweep_rows: int = Field(4096, gt=0, description="Most rows one /v1/plan/sweep may compute.")
     max_sweep_device_rows: int = Field(

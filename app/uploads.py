@@ -38,6 +38,8 @@ from quant_core.tensorio import sniff_format
 TensorFileKind = Literal["npy", "safetensors"]
 SNIFF_BYTES = 16
 MULTIPART_OVERHEAD_BYTES = 64 * 1024  # part headers, boundaries and text fields on top of the files
+#: a part's delimiter and headers (Content-Disposition with its file name, Content-Type), at most
+PART_OVERHEAD_BYTES = 1024
 #: RFC 2046: a boundary is 1 to 70 characters
 MAX_BOUNDARY_BYTES = 70
 #: the most parts one body may hold (a form has a dozen fields): parts cost Python work however small they are
@@ -63,11 +65,30 @@ UNTYPED_FILE_FIELDS = ("importance",)
 
 @dataclass
 class Upload:
-    """A parsed multipart body: its files (by field name) and its text fields."""
+    """A parsed multipart body: its files (by field name; a repeated field's in `repeated`, in order) and its
+    text fields."""
 
     files: dict[str, UploadedFile] = field(default_factory=dict)
     fields: dict[str, list[str]] = field(default_factory=dict)
     directory: Path = Path()
+    repeated: dict[str, list[UploadedFile]] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class FormLimits:
+    """What one route's multipart body may hold: its file fields (those in `repeated` may hold several
+    files, those in `untyped` files other than .npy / .safetensors), the file bytes in all (`limit`
+    names the setting), the bytes of any one file of `part_fields` (`part_limit` names it) and the parts."""
+
+    file_fields: tuple[str, ...] = ("file", "calibration")
+    repeated: tuple[str, ...] = ()
+    untyped: tuple[str, ...] = UNTYPED_FILE_FIELDS
+    max_file_bytes: int | None = None  # None: settings.max_upload_bytes
+    limit: str = "max_upload_bytes"
+    max_part_bytes: int | None = None  # for the files of `part_fields`
+    part_limit: str = ""
+    part_fields: tuple[str, ...] = ()
+    max_parts: int = 0  # 0: MAX_PARTS
 
 
 class _Collector:
@@ -77,10 +98,12 @@ class _Collector:
     raised by `feed` after the chunk.
     """
 
-    def __init__(self, directory: Path, file_fields: tuple[str, ...], settings: Settings) -> None:
+    def __init__(self, directory: Path, limits: FormLimits, settings: Settings) -> None:
         self.directory = directory
-        self.file_fields = file_fields
-        self.max_file_bytes = settings.max_upload_bytes
+        self.limits = limits
+        self.file_fields = limits.file_fields
+        self.max_file_bytes = limits.max_file_bytes or settings.max_upload_bytes
+        self.max_parts = limits.max_parts or MAX_PARTS
         self.max_text_bytes = settings.max_json_bytes
         self.file_bytes = 0
         self.text_bytes = 0
@@ -90,8 +113,9 @@ class _Collector:
         self.part_name = ""
         self.sink: BinaryIO | None = None
         self.text: bytearray | None = None
-        #: field -> (the client's file name, path, bytes written)
-        self.raw_files: dict[str, tuple[str, Path, int]] = {}
+        #: (field, the client's file name, path, bytes written), in the body's order
+        self.raw_files: list[tuple[str, str, Path, int]] = []
+        self.files_in: dict[str, int] = {}  # field -> files so far
         self.fields: dict[str, list[str]] = {}
         self.error: Exception | None = None
         self.ended = False
@@ -100,8 +124,8 @@ class _Collector:
     def on_part_begin(self) -> None:
         self.headers = {}
         self.parts += 1
-        if self.parts > MAX_PARTS and self.error is None:
-            self.error = MalformedUpload(f"the multipart body holds more than {MAX_PARTS} parts", field="body")
+        if self.parts > self.max_parts and self.error is None:
+            self.error = MalformedUpload(f"the multipart body holds more than {self.max_parts} parts", field="body")
 
     def on_header_field(self, data: bytes, start: int, end: int) -> None:
         self.header_field += data[start:end]
@@ -122,13 +146,14 @@ class _Collector:
                 f"the form holds a file in field {self.part_name!r}; this route reads files from "
                 f"{list(self.file_fields)} only", field=self.part_name)
         elif filename is not None or self.part_name in self.file_fields:
-            if self.part_name in self.raw_files:
+            if self.part_name not in self.limits.repeated and self.files_in.get(self.part_name):
                 self.error = MalformedUpload(f"the field {self.part_name!r} holds more than one file",
                                              field=self.part_name)
                 return
             path = self.directory / f"part-{len(self.raw_files)}"
             self.sink = path.open("wb", buffering=0)
-            self.raw_files[self.part_name] = ((filename or b"").decode("utf-8", "replace"), path, 0)
+            self.raw_files.append((self.part_name, (filename or b"").decode("utf-8", "replace"), path, 0))
+            self.files_in[self.part_name] = self.files_in.get(self.part_name, 0) + 1
         else:
             self.text = bytearray()
 
@@ -139,14 +164,19 @@ class _Collector:
         if self.sink is not None:
             self.file_bytes += size
             if self.file_bytes > self.max_file_bytes:
-                self.error = LimitExceeded("max_upload_bytes", self.file_bytes, self.max_file_bytes,
+                self.error = LimitExceeded(self.limits.limit, self.file_bytes, self.max_file_bytes,
                                            field=self.part_name)
+                return
+            part, name, path, written = self.raw_files[-1]
+            if (self.limits.max_part_bytes is not None and part in self.limits.part_fields
+                    and written + size > self.limits.max_part_bytes):
+                self.error = LimitExceeded(self.limits.part_limit, written + size, self.limits.max_part_bytes,
+                                           field=self._where())
                 return
             view = memoryview(data)[start:end]  # a slice of the network chunk, not a copy of it
             while view:  # a raw file may write less than asked
                 view = view[self.sink.write(view) or 0:]
-            name, path, written = self.raw_files[self.part_name]
-            self.raw_files[self.part_name] = (name, path, written + size)
+            self.raw_files[-1] = (part, name, path, written + size)
         elif self.text is not None:
             self.text_bytes += size
             if self.text_bytes > self.max_text_bytes:
@@ -154,6 +184,12 @@ class _Collector:
                                            field=self.part_name)
                 return
             self.text += data[start:end]
+
+    def _where(self) -> str:
+        """The current file part as the problem names it: ``header[3]`` for a repeated field's fourth file."""
+        if self.part_name not in self.limits.repeated:
+            return self.part_name
+        return f"{self.part_name}[{self.files_in[self.part_name] - 1}]"
 
     def on_part_end(self) -> None:
         self.close()
@@ -261,11 +297,12 @@ async def _stream(request: Request, settings: Settings, collector: _Collector, b
 
 @contextlib.asynccontextmanager
 async def receive_upload(request: Request, settings: Settings,
-                         file_fields: tuple[str, ...] = ("file", "calibration")) -> AsyncIterator[Upload]:
+                         limits: FormLimits = FormLimits()) -> AsyncIterator[Upload]:
     """Stream a multipart body into a temp directory; yield the parsed `Upload`; always delete it.
 
     Raises `LimitExceeded` (413) when the Content-Length, or the file bytes
-    received so far, pass ``settings.max_upload_bytes``; `UnsupportedMediaType`
+    received so far, pass ``settings.max_upload_bytes`` (or `limits`' own, and
+    one file past ``limits.max_part_bytes``); `UnsupportedMediaType`
     (415) for a body that is not multipart or a file that is neither ``.npy``
     nor ``.safetensors`` by its magic bytes; `MalformedUpload` (400) for a
     broken multipart body; `UploadStalled` (408) for a body that stops
@@ -273,25 +310,30 @@ async def receive_upload(request: Request, settings: Settings,
     """
     boundary = _boundary(request)
     declared = request.headers.get("content-length")
-    budget = settings.max_upload_bytes + MULTIPART_OVERHEAD_BYTES
+    max_file_bytes = limits.max_file_bytes or settings.max_upload_bytes
+    budget = max_file_bytes + MULTIPART_OVERHEAD_BYTES + limits.max_parts * PART_OVERHEAD_BYTES
     if declared is not None and declared.isdigit() and int(declared) > budget:
-        raise LimitExceeded("max_upload_bytes", int(declared), settings.max_upload_bytes, field="file")
+        raise LimitExceeded(limits.limit, int(declared), max_file_bytes, field="file")
     directory = Path(tempfile.mkdtemp(prefix="nibble-upload-", dir=settings.temp_dir))
-    collector = _Collector(directory, file_fields, settings)
+    collector = _Collector(directory, limits, settings)
     try:
         try:
             await _stream(request, settings, collector, boundary)
         finally:
             collector.close()
         upload = Upload(fields=collector.fields, directory=directory)
-        for name, (filename, path, size) in collector.raw_files.items():
+        for name, filename, path, size in collector.raw_files:
             with path.open("rb") as handle:
                 kind = sniff_format(handle.read(SNIFF_BYTES))
-            if kind is None and name not in UNTYPED_FILE_FIELDS:
+            if kind is None and name not in limits.untyped:
                 raise UnsupportedMediaType(
                     f"the file in field {name!r} ({filename or 'unnamed'}, {size} bytes) is neither "
                     ".npy nor .safetensors by its first bytes", field=name)
-            upload.files[name] = UploadedFile(name, filename, path, size, kind)
+            uploaded = UploadedFile(name, filename, path, size, kind)
+            if name in limits.repeated:
+                upload.repeated.setdefault(name, []).append(uploaded)
+            else:
+                upload.files[name] = uploaded
         yield upload
     finally:
         shutil.rmtree(directory, ignore_errors=True)

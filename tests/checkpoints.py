@@ -103,3 +103,71 @@ def tree_bytes(directory: Path) -> dict[str, bytes]:
     """Every file under `directory` by relative path, with its bytes (to compare two results)."""
     return {str(path.relative_to(directory)): path.read_bytes()
             for path in sorted(directory.rglob("*")) if path.is_file()}
+
+
+#: DeepSeek-V3's dtypes by tensor: the linears of the decoder FP8 e4m3 with an fp32 ``weight_scale_inv`` per
+#: 128 x 128 block; embeddings, lm_head, norms and the router bf16, the router's correction bias fp32
+_BF16_LINEARS = ("model.embed_tokens.", "lm_head.", ".mlp.gate.", ".embed_tokens.", ".shared_head.head.", ".eh_proj.")
+
+
+def deepseek_v3_headers(config: dict[str, Any], shards: int = 163) -> tuple[dict[str, bytes], bytes, int]:
+    """The safetensors headers of a DeepSeek-V3-shaped checkpoint: every tensor of the model `config`
+    describes, by its Hugging Face name and shape, plus the multi-token-prediction layer (layer
+    ``num_hidden_layers``: a MoE layer with ``enorm``, ``hnorm``, ``eh_proj``, ``shared_head``), dealt in
+    order to `shards` files named as deepseek-ai/DeepSeek-V3's (``model-00001-of-000163.safetensors``).
+
+    Returns the headers by file name (8-byte length + JSON, no tensor data), the
+    ``model.safetensors.index.json`` bytes, and the bytes of the tensors the model's layers hold (the
+    MTP layer left out, as engines load it).
+    """
+    from quant_core.hf_config import model_from_hf_config
+    from quant_core.inventory import inventory
+
+    spec = model_from_hf_config(config)
+    layers = int(config["num_hidden_layers"])
+    hidden, vocab = int(config["hidden_size"]), int(config["vocab_size"])
+    tensors: list[tuple[str, list[int]]] = []
+    mtp: list[tuple[str, list[int]]] = []
+    for entry in inventory(spec):
+        for layer in entry.layers or (-1,):
+            for expert in range(entry.per_layer):
+                name = entry.name.replace("{i}", str(layer)).replace("{e}", str(expert))
+                tensors.append((name, list(entry.shape)))
+                if layer == layers - 1:  # the MTP layer repeats the last (MoE) layer's tensors
+                    mtp.append((name.replace(f".layers.{layer}.", f".layers.{layers}."), list(entry.shape)))
+    mtp += [(f"model.layers.{layers}.{name}", shape) for name, shape in (
+        ("enorm.weight", [hidden]), ("hnorm.weight", [hidden]), ("eh_proj.weight", [hidden, 2 * hidden]),
+        ("embed_tokens.weight", [vocab, hidden]), ("shared_head.norm.weight", [hidden]),
+        ("shared_head.head.weight", [vocab, hidden]))]
+    stored: list[tuple[str, str, list[int], int]] = []  # name, dtype, shape, bytes
+    planned = 0
+    for index, (name, shape) in enumerate([*tensors, *mtp]):
+        elements = int(np.prod(shape))
+        if name.endswith("e_score_correction_bias"):
+            entries = [(name, "F32", shape, 4 * elements)]
+        elif len(shape) == 2 and not any(part in name for part in _BF16_LINEARS):
+            scales = [-(-shape[0] // 128), -(-shape[1] // 128)]
+            entries = [(name, "F8_E4M3", shape, elements),
+                       (name.replace(".weight", ".weight_scale_inv"), "F32", scales, 4 * scales[0] * scales[1])]
+        else:
+            entries = [(name, "BF16", shape, 2 * elements)]
+        stored.extend(entries)
+        if index < len(tensors):
+            planned += sum(size for *_, size in entries)
+    per_shard = -(-len(stored) // shards)
+    headers: dict[str, bytes] = {}
+    weight_map: dict[str, str] = {}
+    total = 0
+    for number in range(shards):
+        file = f"model-{number + 1:05d}-of-{shards:06d}.safetensors"
+        header: dict[str, Any] = {"__metadata__": {"format": "pt"}}
+        offset = 0
+        for name, dtype, shape, size in stored[number * per_shard:(number + 1) * per_shard]:
+            header[name] = {"dtype": dtype, "shape": shape, "data_offsets": [offset, offset + size]}
+            weight_map[name] = file
+            offset += size
+        total += offset
+        text = json.dumps(header).encode()
+        headers[file] = len(text).to_bytes(8, "little") + text
+    index = json.dumps({"metadata": {"total_size": total}, "weight_map": weight_map}, indent=2).encode()
+    return headers, index, planned

@@ -6,22 +6,28 @@ handlers are ``async def`` and run on the event loop with no threadpool hop.
 FastAPI then neither builds nor re-validates a `PlanResponse`, which is still
 declared as the ``response_model`` for the OpenAPI document; and its body is
 validated from the bytes by `JsonBodyRoute` rather than FastAPI's handler.
+Both routes also take the multipart form of `app.plan_form` (a checkpoint's
+headers as files): parsing megabytes of headers is seconds of pure Python, so
+those plans run in threads behind the large sweeps' gate (`SweepGate`).
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+import typing
+from collections.abc import Callable, Coroutine
 from typing import Any, TypeVar
 
 import anyio
 import anyio.to_thread
 from fastapi import APIRouter, Request, Response
 
+from app.plan_form import FORM_DESCRIPTION, form_limits, read_plan_form
 from app.problems import PoolFull, problem_responses
-from app.routing import JsonBodyRoute, refuse_duplicate_keys
+from app.routing import JsonBodyRoute
 from app.schemas.plans import (
     FIT,
+    CheckpointHeaders,
     PlanRequest,
     PlanResponse,
     SweepRequest,
@@ -31,16 +37,61 @@ from app.schemas.plans import (
     plan_to_core,
     sweep_rows,
 )
-from app.security import ApiKeyRoute, settings_of
+from app.security import ApiKeyRoute, check_api_key, settings_of
+from app.uploads import receive_upload
 
 T = TypeVar("T")
 router = APIRouter(prefix="/plan", tags=["plan"], route_class=ApiKeyRoute)
 JSON_MEDIA_TYPE = "application/json"
 
 
+class JsonOrFormRoute(JsonBodyRoute):
+    """A `JsonBodyRoute` that also takes the multipart form of `app.plan_form` (the checkpoint's headers as
+    files beside the request's JSON): the form is streamed under its own limits, read in a thread, and its
+    headers handed to the endpoint in ``request.state.checkpoint_headers``."""
+
+    def __init__(self, path: str, endpoint: Callable[..., Any], **kwargs: Any) -> None:
+        form = {"requestBody": {"content": {"multipart/form-data": {"schema": {
+            "type": "object", "description": FORM_DESCRIPTION, "required": ["request", "header"], "properties": {
+                "request": {"type": "string", "description": "The JSON body, without checkpoint."},
+                "header": {"type": "array", "items": {"type": "string", "format": "binary"},
+                           "description": "One part per checkpoint file: its header bytes, its file name."},
+                "index": {"type": "string", "format": "binary", "description": "model.safetensors.index.json"},
+                "config": {"type": "string", "format": "binary", "description": "config.json"}}}}}}}
+        super().__init__(path, endpoint, **{**kwargs, "openapi_extra": form})
+
+    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+        json_handler = super().get_route_handler()
+        endpoint = self.endpoint
+        model = typing.get_type_hints(endpoint)["body"]
+
+        async def handler(request: Request) -> Response:
+            if not request.headers.get("content-type", "").lower().startswith("multipart/"):
+                return await json_handler(request)
+            check_api_key(request)
+            settings = settings_of(request)
+            async with receive_upload(request, settings, form_limits(settings)) as upload:
+                body, headers = await anyio.to_thread.run_sync(read_plan_form, upload, model, settings)
+            request.state.checkpoint_headers = headers
+            response: Response = await endpoint(body, request)
+            return response
+
+        return handler
+
+
+def _form_headers(request: Request) -> CheckpointHeaders | None:
+    headers: CheckpointHeaders | None = getattr(request.state, "checkpoint_headers", None)
+    return headers
+
+
 async def create_plan(body: PlanRequest, request: Request) -> Response:
     """Per-device weights, KV cache, activations and overhead against usable memory, 16-bit beside INT4."""
     settings = settings_of(request)
+    headers = _form_headers(request)
+    if headers is not None:  # up to a second or two of pure Python parsing megabytes of headers: gated as sweeps
+        content = await _sweep_gate(request).run(_plan_json, body, settings.max_config_depth,
+                                                 settings.max_header_bytes, headers)
+        return Response(content, media_type=JSON_MEDIA_TYPE)
     spec, hardware, workload, options = plan_to_core(body, settings.max_config_depth, settings.max_header_bytes)
     if body.weights.format == FIT:  # a search of about a dozen plans (5-20 ms): off the event loop
         content = await anyio.to_thread.run_sync(answer_plan_json, body, spec, hardware, workload, options)
@@ -48,10 +99,15 @@ async def create_plan(body: PlanRequest, request: Request) -> Response:
     return Response(answer_plan_json(body, spec, hardware, workload, options), media_type=JSON_MEDIA_TYPE)
 
 
+def _plan_json(body: PlanRequest, max_config_depth: int, max_header_bytes: int,
+               headers: CheckpointHeaders) -> bytes:
+    return answer_plan_json(body, *plan_to_core(body, max_config_depth, max_header_bytes, headers))
+
+
 # The hottest route: its body is validated straight from the bytes (JsonBodyRoute, app/routing.py).
 router.add_api_route("", create_plan, methods=["POST"], response_model=PlanResponse,
-                     summary="Plan memory for a model on hardware", responses=problem_responses(400, 413, 415, 422),
-                     route_class_override=JsonBodyRoute)
+                     summary="Plan memory for a model on hardware",
+                     responses=problem_responses(400, 408, 413, 415, 422, 503), route_class_override=JsonOrFormRoute)
 
 
 #: sweeps planning at most this many devices in all (rows × the most devices a row has) run at once, ungated:
@@ -60,7 +116,8 @@ UNGATED_SWEEP_DEVICE_ROWS = 1024
 
 
 class SweepGate:
-    """Larger sweeps run `running` at a time in threads, `waiting` more may wait; past that, 503 at once.
+    """Larger sweeps (and plans from the multipart form's headers) run `running` at a time in threads,
+    `waiting` more may wait; past that, 503 at once.
 
     A sweep is seconds of pure Python, which holds the GIL however many
     threads run it: twenty at once kept the event loop from /healthz for
@@ -104,21 +161,23 @@ def _planned_devices(body: SweepRequest) -> int:
     return rows * max(axes.device_counts or [body.hardware.count])
 
 
-@router.post("/sweep", response_model=SweepResponse, summary="Plan over a grid of workloads",
-             responses=problem_responses(400, 413, 415, 422, 503))
 async def create_sweep(body: SweepRequest, request: Request) -> Response:
     """One row per combination of context lengths, sequence counts, formats and device counts."""
-    refuse_duplicate_keys(await request.body())
     settings = settings_of(request)
     arguments = (body, settings.max_config_depth, settings.max_sweep_rows, settings.max_sweep_device_rows,
-                 settings.max_header_bytes)
+                 settings.max_header_bytes, _form_headers(request))
     check_sweep_size(body, settings.max_sweep_rows, settings.max_sweep_device_rows)  # before it takes a place
-    if _planned_devices(body) <= UNGATED_SWEEP_DEVICE_ROWS:
+    if arguments[-1] is None and _planned_devices(body) <= UNGATED_SWEEP_DEVICE_ROWS:
         # a few plans: off the event loop, so the server answers other requests meanwhile
         content = await anyio.to_thread.run_sync(_sweep_json, *arguments)
     else:
         content = await _sweep_gate(request).run(_sweep_json, *arguments)
     return Response(content, media_type=JSON_MEDIA_TYPE)
+
+
+router.add_api_route("/sweep", create_sweep, methods=["POST"], response_model=SweepResponse,
+                     summary="Plan over a grid of workloads", responses=problem_responses(400, 408, 413, 415, 422, 503),
+                     route_class_override=JsonOrFormRoute)
 
 
 def _sweep_json(*arguments: Any) -> bytes:

@@ -47,7 +47,7 @@ from app.schemas.quantize import (
 )
 from app.security import ApiKeyRoute, settings_of
 from app.settings import Settings
-from app.uploads import TensorFileKind, Upload, UploadedFile, new_output_path, receive_upload
+from app.uploads import FormLimits, TensorFileKind, Upload, UploadedFile, new_output_path, receive_upload
 
 router = APIRouter(tags=["quantize"], route_class=ApiKeyRoute)
 UPLOAD_ERRORS = problem_responses(400, 408, 413, 415, 422, 503, 504)
@@ -57,6 +57,7 @@ IMPORTANCE_DESCRIPTION = ("Optional importance statistics, one float per input c
                           "llama.cpp's imatrix): a GGUF or legacy .dat imatrix, or a .safetensors of float32 vectors "
                           "named by tensor.")
 UPLOAD_FIELDS = ("file", "calibration", "importance")
+UPLOAD_LIMITS = FormLimits(UPLOAD_FIELDS)
 DOWNLOAD_CHUNK_BYTES = 1 << 20
 REPORT_HEADER = "X-Nibble-Report"
 T = TypeVar("T")
@@ -193,7 +194,7 @@ async def create_quantization(request: Request) -> JSONResponse | StreamingRespo
     """Every 2-D float tensor (or those matching `include`) to INT4 by `method`, measured; the rest passes."""
     settings = settings_of(request)
     pool = _pool(request)
-    async with pool.reserve(), receive_upload(request, settings, file_fields=UPLOAD_FIELDS) as upload:
+    async with pool.reserve(), receive_upload(request, settings, UPLOAD_LIMITS) as upload:
         form = parse_form(QuantizeForm, upload.fields)
         file = _required_file(upload, "file")
         job = _quantize_job(file.path, file.kind, _calibration(upload), form, settings, _importance(upload))
@@ -217,7 +218,7 @@ async def create_comparison(request: Request) -> JSONResponse:
     """Quality figures and sizes of each method, per tensor, so a user sees which survives the squeeze."""
     settings = settings_of(request)
     pool = _pool(request)
-    async with pool.reserve(), receive_upload(request, settings, file_fields=UPLOAD_FIELDS) as upload:
+    async with pool.reserve(), receive_upload(request, settings, UPLOAD_LIMITS) as upload:
         form = parse_form(CompareForm, upload.fields)
         file = _required_file(upload, "file")
         job = QuantizeJob(file.path, file.kind, _calibration(upload), tuple(form.methods), form.group_size,
@@ -239,7 +240,7 @@ async def create_dequantization(request: Request) -> StreamingResponse:
     """Back to float32, float16 or bfloat16; passthrough tensors come back unchanged."""
     settings = settings_of(request)
     pool = _pool(request)
-    async with pool.reserve(), receive_upload(request, settings, file_fields=("file",)) as upload:
+    async with pool.reserve(), receive_upload(request, settings, FormLimits(("file",))) as upload:
         form = parse_form(DequantizeForm, upload.fields)
         file = _required_file(upload, "file")
         if file.kind != "safetensors":

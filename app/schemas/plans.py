@@ -6,7 +6,7 @@ import base64
 import binascii
 import itertools
 import math
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -15,7 +15,7 @@ from pydantic_core import to_json
 from app.schemas.models import ModelInput, field_prefix, model_to_core, shipped_scheme
 from quant_core import catalog
 from quant_core.checkpoint_rows import checkpoint_scheme
-from quant_core.errors import InvalidSpec, LimitExceeded, NibbleError
+from quant_core.errors import InvalidSpec, LimitExceeded, NibbleError, TensorFileError
 from quant_core.fit import FitRecipe, fit_plan
 from quant_core.formats import FLOAT_FORMATS, WeightFormat, block_format, float_format, fp8, int8_gptq
 from quant_core.hf_config import unread_config_keys
@@ -23,7 +23,7 @@ from quant_core.planner import DevicePlan, FormatPlan, Hardware, Plan, PlanOptio
 from quant_core.schemes import WeightScheme, gguf_scheme, scheme_of
 from quant_core.specs import ModelSpec
 from quant_core.speed import speed_basis, speed_bounds
-from quant_core.tensorio.checkpoint_headers import HeaderTensor, header_tensors
+from quant_core.tensorio.checkpoint_headers import HeaderTensor, check_against_index, header_length, header_tensors
 from quant_core.tensorio.limits import DEFAULT_MAX_HEADER_BYTES
 
 _OPTIONS = PlanOptions()
@@ -168,9 +168,30 @@ class PlanRequest(BaseModel):
         "(model still gives the architecture and the KV cache)."))
 
 
-def checkpoint_tensors(checkpoint: CheckpointIn, max_header_bytes: int) -> list[HeaderTensor]:
-    """Every tensor the request's headers declare; refused (413) past `max_header_bytes` decoded in total."""
-    tensors: list[HeaderTensor] = []
+@dataclass(frozen=True, slots=True)
+class HeaderFile:
+    """One checkpoint file's header bytes as a request gave them, with the request's name for it (for
+    messages: ``checkpoint.headers[2]``, or a multipart form's ``header[2]``)."""
+
+    file: str
+    field: str
+    data: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class CheckpointHeaders:
+    """A checkpoint's headers from a request: every file's, and its index's ``weight_map`` when given.
+    `headers_only` refuses bytes past a file's header (the multipart form: its parts are headers, never
+    tensor data); the base64 form tolerates them, as a reader stops at the header's end."""
+
+    files: tuple[HeaderFile, ...]
+    weight_map: dict[str, str] | None = None
+    headers_only: bool = False
+
+
+def decoded_checkpoint(checkpoint: CheckpointIn, max_header_bytes: int) -> CheckpointHeaders:
+    """The base64 headers of a JSON body, decoded; refused (413) past `max_header_bytes` decoded in total."""
+    files: list[HeaderFile] = []
     total = 0
     for index, header in enumerate(checkpoint.headers):
         where = f"checkpoint.headers[{index}]"
@@ -183,13 +204,37 @@ def checkpoint_tensors(checkpoint: CheckpointIn, max_header_bytes: int) -> list[
         total += len(prefix)
         if total > max_header_bytes:
             raise LimitExceeded("max_header_bytes", total, max_header_bytes, field="checkpoint.headers")
+        files.append(HeaderFile(header.file, where, prefix))
+    return CheckpointHeaders(tuple(files))
+
+
+def checkpoint_tensors(checkpoint: CheckpointHeaders, max_header_bytes: int,
+                       index_field: str = "index") -> list[HeaderTensor]:
+    """Every tensor the request's headers declare; each file's problem names the file and where the request
+    holds it; with an index, the headers must be the files and tensors it names (422 naming `index_field`)."""
+    by_file: dict[str, list[HeaderTensor]] = {}
+    for header in checkpoint.files:
         try:
-            tensors.extend(header_tensors(prefix, max_header_bytes=max_header_bytes))
+            if checkpoint.headers_only:
+                length = header_length(header.data, max_header_bytes=max_header_bytes)
+                if len(header.data) > length:
+                    raise LimitExceeded(f"bytes of {header.file} (its header only: no tensor data)",
+                                        len(header.data), length)
+            tensors = header_tensors(header.data, max_header_bytes=max_header_bytes)
         except NibbleError as exc:
-            exc.field = where
+            exc.field = header.field
             exc.detail = f"{header.file}: {exc.detail}"
             raise
-    return tensors
+        if header.file in by_file:
+            raise InvalidSpec(header.field, header.file, "names a file whose header is given twice")
+        by_file[header.file] = tensors
+    if checkpoint.weight_map is not None:
+        try:
+            check_against_index(checkpoint.weight_map, by_file)
+        except TensorFileError as exc:
+            exc.field = index_field
+            raise
+    return [tensor for tensors in by_file.values() for tensor in tensors]
 
 
 def weight_format_to_core(weights: WeightsIn, name: str | None = None) -> WeightFormat:
@@ -267,11 +312,20 @@ def _refuse_unused_fields(body: PlanRequest) -> None:
                           "leave parallel.tensor out")
 
 
-def plan_to_core(body: PlanRequest, max_config_depth: int,
-                 max_header_bytes: int = DEFAULT_MAX_HEADER_BYTES) -> tuple[ModelSpec, Hardware, Workload, PlanOptions]:
-    """The planner's inputs for `body`; core errors name the field by its path in the body."""
+def plan_to_core(body: PlanRequest, max_config_depth: int, max_header_bytes: int = DEFAULT_MAX_HEADER_BYTES,
+                 headers: CheckpointHeaders | None = None) -> tuple[ModelSpec, Hardware, Workload, PlanOptions]:
+    """The planner's inputs for `body`; core errors name the field by its path in the body.
+
+    `headers`: the checkpoint's headers when the request carried them beside the body (a multipart
+    form) rather than in it (``checkpoint``).
+    """
     _refuse_unused_fields(body)
-    if body.checkpoint is not None and "weights" in body.model_fields_set:
+    if body.checkpoint is not None:
+        if headers is not None:
+            raise InvalidSpec("checkpoint", "headers", "the form's header parts give the checkpoint: leave "
+                                                       "checkpoint out of the request part")
+        headers = decoded_checkpoint(body.checkpoint, max_header_bytes)
+    if headers is not None and "weights" in body.model_fields_set:
         raise InvalidSpec("weights", body.weights.format, "the checkpoint's headers give the weights: leave weights "
                                                           "out, or the checkpoint")
     spec = model_to_core(body.model, max_config_depth)
@@ -289,8 +343,8 @@ def plan_to_core(body: PlanRequest, max_config_depth: int,
         hardware = Hardware(device.planning_bytes, body.hardware.count,
                             device.id if body.hardware.device is not None else None, device.name)
     workload = Workload(body.workload.context_length, body.workload.concurrent_sequences)
-    if body.checkpoint is not None:
-        scheme, _ = checkpoint_scheme(spec, checkpoint_tensors(body.checkpoint, max_header_bytes))
+    if headers is not None:
+        scheme, _ = checkpoint_scheme(spec, checkpoint_tensors(headers, max_header_bytes))
     elif "weights" in body.model_fields_set or shipped is None:
         with field_prefix("weights"):
             scheme = weight_scheme_to_core(body.weights, body.runtime.float_format)
@@ -777,7 +831,8 @@ def check_sweep_size(body: SweepRequest, max_rows: int, max_device_rows: int = 1
 
 
 def sweep_rows(body: SweepRequest, max_config_depth: int, max_rows: int,
-               max_device_rows: int = 1 << 18, max_header_bytes: int = DEFAULT_MAX_HEADER_BYTES) -> SweepResponse:
+               max_device_rows: int = 1 << 18, max_header_bytes: int = DEFAULT_MAX_HEADER_BYTES,
+               headers: CheckpointHeaders | None = None) -> SweepResponse:
     """Run `plan` once per combination of the sweep axes.
 
     Refused (413) past `max_rows` rows, or past `max_device_rows` devices
@@ -785,7 +840,8 @@ def sweep_rows(body: SweepRequest, max_config_depth: int, max_rows: int,
     device is planned), so 4,096 rows of 1,024 devices would hold the server
     for half a minute.
     """
-    spec, hardware, workload, options = plan_to_core(body, max_config_depth, max_header_bytes)
+    spec, hardware, workload, options = plan_to_core(body, max_config_depth, max_header_bytes, headers)
+    has_checkpoint = headers is not None or body.checkpoint is not None
     axes = body.sweep
     check_sweep_size(body, max_rows, max_device_rows)
     counts = axes.device_counts or [hardware.count]
@@ -797,7 +853,7 @@ def sweep_rows(body: SweepRequest, max_config_depth: int, max_rows: int,
             *(enumerate(axis) for axis in (counts, formats, sequences, contexts))):
         if name in ("as_shipped", "checkpoint"):
             scheme = options.shipped if name == "as_shipped" else options.scheme
-            if scheme is None or (name == "checkpoint") != (body.checkpoint is not None):
+            if scheme is None or (name == "checkpoint") != has_checkpoint:
                 raise InvalidSpec("sweep.formats", name, "the model ships no quantization_config" if name ==
                                   "as_shipped" else "the request carries no checkpoint headers")
             weight_format = options.weight_format

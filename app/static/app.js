@@ -109,6 +109,20 @@ async function postJson(path, body) {
   return response.json();
 }
 
+async function postPlan(path, body) {
+  // A plan carrying a checkpoint's headers goes as the multipart form (app/plan_form.py): the request's JSON
+  // beside one part per file holding its header bytes as read, and the index; base64 in a JSON body would pass
+  // the server's 1 MiB JSON limit for a large checkpoint (DeepSeek-V3's headers and index: 21.6 MB).
+  if (!body.checkpoint) return postJson(path, body);
+  const { checkpoint, ...request } = body;
+  const form = new FormData();
+  form.append("request", JSON.stringify(request));
+  for (const header of checkpoint.files) form.append("header", new Blob([header.bytes]), header.file);
+  if (checkpoint.index) form.append("index", new Blob([checkpoint.index]), "model.safetensors.index.json");
+  const response = await api(path, { method: "POST", body: form });
+  return response.json();
+}
+
 // --- errors next to their fields ----------------------------------------------------------------
 
 function clearErrors(form, formErrorId) {
@@ -221,7 +235,7 @@ function planBody() {
   body.kv_cache = { dtype: $("kv-dtype").value };
   const weights = weightsBody();
   if (weights) body.weights = weights;
-  if (checkpointHeaders) body.checkpoint = { headers: checkpointHeaders };
+  if (checkpointHeaders) body.checkpoint = checkpointHeaders;  // sent as files: postPlan
   const tensor = wholeNumber("tensor", "parallel.tensor", true);
   const pipeline = wholeNumber("pipeline", "parallel.pipeline", true);
   if (tensor !== null || (pipeline !== null && pipeline !== 1)) {
@@ -287,7 +301,7 @@ async function runPlan() {
   const group = $("group-size").value;
   $("plan-button").disabled = true;
   try {
-    const answer = await postJson("/v1/plan", body);
+    const answer = await postPlan("/v1/plan", body);
     if (ticket !== planSequence) return;  // a newer request is on its way
     const fit = await fetchFit(body, answer);  // before rendering, so the verdict is drawn once and whole
     if (ticket !== planSequence) return;
@@ -300,8 +314,8 @@ async function runPlan() {
     const { parallel, ...withoutParallel } = body;
     const devicesBody = { ...withoutParallel, sweep: { devices: deviceIds } };
     const [sweep, devices] = await Promise.all([
-      postJson("/v1/plan/sweep", sweepBody),
-      deviceIds.length ? postJson("/v1/plan/sweep", devicesBody).catch(() => null) : Promise.resolve(null),
+      postPlan("/v1/plan/sweep", sweepBody),
+      deviceIds.length ? postPlan("/v1/plan/sweep", devicesBody).catch(() => null) : Promise.resolve(null),
     ]);
     if (ticket !== planSequence) return;
     shown.sweep = sweep;
@@ -978,13 +992,15 @@ async function runDownload() {
 // The format selector lists /v1/models/inspect's formats for the chosen model with their bits per weight,
 // the one its config.json ships first (and chosen unless the user picked another).  A checkpoint's files are
 // read here, header only, with File.slice: a .safetensors file's 8-byte length and JSON, a .gguf file's start
-// up to its last tensor record.  The plan gets those bytes as base64; the weights never leave the browser.
+// up to its last tensor record.  The plan sends those bytes as files (postPlan); the weights never leave the
+// browser.
 
 const MAX_HEADER_BYTES = 16 * 1024 * 1024;  // the server's default max_header_bytes (app/settings.py)
+const MAX_CHECKPOINT_FORM_BYTES = 64 * 1024 * 1024;  // its default max_checkpoint_form_bytes
 let formatRows = [];            // /v1/models/inspect's weight_bytes for the model the selector lists
 let formatPickedByUser = null;  // the user's own choice, kept across models where it is listed
 let formatsSequence = 0;
-let checkpointHeaders = null;   // [{ file, header_base64 }] of the chosen files, or null
+let checkpointHeaders = null;   // { files: [{ file, bytes }], index: bytes or null } of the chosen files, or null
 let checkpointReading = Promise.resolve();
 let formatsLoading = Promise.resolve();  // a plan waits for the selector of the model it plans
 let formatsFor = null;                   // the inspect body the selector was filled for
@@ -1205,20 +1221,19 @@ async function ggufHeader(file) {
   }
 }
 
-function base64Of(bytes) {
-  let text = "";
-  for (let i = 0; i < bytes.length; i += 0x8000) text += String.fromCharCode(...bytes.subarray(i, i + 0x8000));
-  return btoa(text);
-}
-
 async function checkpointFromFiles(files) {
   // The headers of the chosen files; with model.safetensors.index.json, every shard it names must be chosen.
   const index = files.find((file) => file.name.endsWith(".json"));
   let shards = files.filter((file) => !file.name.endsWith(".json"));
+  let indexBytes = null;
   if (!shards.length) throw new FieldProblem("checkpoint", "choose the .safetensors shards (or a .gguf file), not only the index");
   if (index) {
+    if (index.size > MAX_HEADER_BYTES) {
+      throw new FieldProblem("checkpoint", `${index.name}: ${thousands(index.size)} bytes is past the ${thousands(MAX_HEADER_BYTES)}-byte limit`);
+    }
+    indexBytes = await fileBytes(index, 0, index.size);
     let map;
-    try { map = JSON.parse(await index.slice(0, MAX_HEADER_BYTES).text()).weight_map; } catch (error) {
+    try { map = JSON.parse(new TextDecoder().decode(indexBytes)).weight_map; } catch (error) {
       throw new FieldProblem("checkpoint", `${index.name}: not valid JSON (${error.message})`);
     }
     if (!map || typeof map !== "object") throw new FieldProblem("checkpoint", `${index.name}: no weight_map object`);
@@ -1233,18 +1248,19 @@ async function checkpointFromFiles(files) {
   }
   shards.sort((a, b) => a.name.localeCompare(b.name));
   const headers = [];
-  let total = 0;
+  let total = indexBytes ? indexBytes.length : 0;
   for (const file of shards) {
     const start = await fileBytes(file, 0, 4);
     const gguf = start.length === 4 && String.fromCharCode(...start) === "GGUF";
     const bytes = gguf ? await ggufHeader(file) : await safetensorsHeader(file);
     total += bytes.length;
-    if (total > MAX_HEADER_BYTES) {
-      throw new FieldProblem("checkpoint", `the headers come to ${thousands(total)} bytes, past the ${thousands(MAX_HEADER_BYTES)}-byte limit`);
+    if (total > MAX_CHECKPOINT_FORM_BYTES) {
+      throw new FieldProblem("checkpoint", `the headers come to ${thousands(total)} bytes, past the ${thousands(MAX_CHECKPOINT_FORM_BYTES)}-byte limit`);
     }
-    headers.push({ file: file.name, header_base64: base64Of(bytes) });
+    headers.push({ file: file.name, bytes });
   }
-  return { headers, headerBytes: total, fileBytes: shards.reduce((sum, file) => sum + file.size, 0) };
+  return { headers: { files: headers, index: indexBytes }, headerBytes: total,
+           fileBytes: shards.reduce((sum, file) => sum + file.size, 0) };
 }
 
 function chooseCheckpoint() {
@@ -1259,7 +1275,7 @@ function chooseCheckpoint() {
   $("plan-button").disabled = true;
   checkpointReading = checkpointFromFiles(files).then((read) => {
     checkpointHeaders = read.headers;
-    $("checkpoint-note").textContent = `${read.headers.length} file(s): ${thousands(read.headerBytes)} header bytes read ` +
+    $("checkpoint-note").textContent = `${read.headers.files.length} file(s): ${thousands(read.headerBytes)} header bytes read ` +
       `of ${thousands(read.fileBytes)}; the weights stay on this computer.`;
   }).catch((error) => {
     $("checkpoint-note").textContent = "";

@@ -26,7 +26,8 @@ GGUF_MAGIC = b"GGUF"
 HEADER_MAX_ELEMENTS = 1 << 48  # header-only: the largest published tensors pass, nothing is allocated
 # gguf value types (gguf-py GGUFValueType): fixed sizes; 8 = string, 9 = array
 _GGUF_SCALAR_BYTES = {0: 1, 1: 1, 2: 2, 3: 2, 4: 4, 5: 4, 6: 4, 7: 1, 10: 8, 11: 8, 12: 8}
-_GGUF_STRING, _GGUF_ARRAY = 8, 9
+_GGUF_STRING, _GGUF_ARRAY, _GGUF_UINT32 = 8, 9, 4
+GGUF_DEFAULT_ALIGNMENT = 32
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,8 +90,9 @@ class _Cursor:
             raise TensorFileError(f"gguf metadata value type {value_type} is unknown")
 
 
-def gguf_header_tensors(prefix: bytes, *, max_tensors: int = 1 << 20) -> list[HeaderTensor]:
-    """The tensors of a GGUF file (versions 2 and 3) from a prefix holding its metadata and tensor records."""
+def _gguf_header(prefix: bytes, max_tensors: int) -> tuple[list[HeaderTensor], int]:
+    """The tensors of a GGUF header prefix, and where the file's data area starts: after the last tensor
+    record, rounded up to ``general.alignment`` (32 when absent; gguf-py ``GGUF_DEFAULT_ALIGNMENT``)."""
     cursor = _Cursor(prefix)
     if cursor.take(4) != GGUF_MAGIC:
         raise TensorFileError("not a gguf file: it does not start with GGUF")
@@ -100,9 +102,14 @@ def gguf_header_tensors(prefix: bytes, *, max_tensors: int = 1 << 20) -> list[He
     tensor_count, kv_count = cursor.u64(), cursor.u64()
     if tensor_count > max_tensors:
         raise LimitExceeded("tensors in file", tensor_count, max_tensors, field="file")
+    alignment = GGUF_DEFAULT_ALIGNMENT
     for _ in range(kv_count):
-        cursor.string()
-        cursor.skip_value(cursor.u32())
+        key = cursor.string()
+        value_type = cursor.u32()
+        if key == "general.alignment" and value_type == _GGUF_UINT32:
+            alignment = cursor.u32() or GGUF_DEFAULT_ALIGNMENT
+        else:
+            cursor.skip_value(value_type)
     tensors = []
     for _ in range(tensor_count):
         name = cursor.string()
@@ -120,7 +127,57 @@ def gguf_header_tensors(prefix: bytes, *, max_tensors: int = 1 << 20) -> list[He
         if dims and dims[0] % block:
             raise TensorFileError(f"gguf tensor {name!r}: row of {dims[0]} is not whole {ggml_type.name} blocks")
         tensors.append(HeaderTensor(name, ggml_type.name, tuple(reversed(dims)), elements // block * block_bytes))
-    return tensors
+    return tensors, -(-cursor.position // alignment) * alignment
+
+
+def gguf_header_tensors(prefix: bytes, *, max_tensors: int = 1 << 20) -> list[HeaderTensor]:
+    """The tensors of a GGUF file (versions 2 and 3) from a prefix holding its metadata and tensor records."""
+    return _gguf_header(prefix, max_tensors)[0]
+
+
+def header_length(prefix: bytes, *, max_header_bytes: int = DEFAULT_MAX_HEADER_BYTES) -> int:
+    """How many bytes the file's header takes, from a prefix holding it: ``8 + N`` for safetensors (its
+    length field and JSON), and for GGUF where the data area starts (metadata, tensor records and the
+    alignment padding after them).  Bytes past it are tensor data."""
+    if prefix[:4] == GGUF_MAGIC:
+        return _gguf_header(prefix, 1 << 20)[1]
+    if len(prefix) < 8:
+        raise TensorFileError(f"{len(prefix)} bytes is shorter than a safetensors header length")
+    (length,) = struct.unpack("<Q", prefix[:8])
+    if length > max_header_bytes:
+        raise LimitExceeded("safetensors header bytes", length, max_header_bytes, field="checkpoint")
+    return 8 + int(length)
+
+
+def index_weight_map(index: bytes) -> dict[str, str]:
+    """``weight_map`` of a ``model.safetensors.index.json`` (tensor name -> shard file name)."""
+    try:
+        document = json.loads(index)
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
+        raise TensorFileError(f"not valid JSON: {type(exc).__name__}: {exc}"[:300]) from None
+    weight_map = document.get("weight_map") if isinstance(document, dict) else None
+    if not isinstance(weight_map, dict) or not all(isinstance(shard, str) for shard in weight_map.values()):
+        raise TensorFileError("no weight_map object naming each tensor's shard file")
+    return {str(name): shard for name, shard in weight_map.items()}
+
+
+def check_against_index(weight_map: dict[str, str], files: dict[str, list[HeaderTensor]]) -> None:
+    """Refuse headers (file name -> its tensors) that are not the checkpoint the index describes: a shard
+    the index names that is absent, a file it does not name, a tensor it places in a file that lacks it."""
+    named = sorted(set(weight_map.values()))
+    missing = [name for name in named if name not in files]
+    if missing:
+        raise TensorFileError(f"the index names {len(named)} shard(s); {len(missing)} not given: "
+                              f"{', '.join(missing[:3])}{', ...' if len(missing) > 3 else ''}")
+    extra = sorted(set(files) - set(named))
+    if extra:
+        raise TensorFileError(f"{extra[0]} is not a shard the index names ({len(extra)} such file(s))")
+    held = {(tensor.name, file) for file, tensors in files.items() for tensor in tensors}
+    absent = [(name, shard) for name, shard in weight_map.items() if (name, shard) not in held]
+    if absent:
+        name, shard = absent[0]
+        raise TensorFileError(f"the index places tensor {name!r} in {shard}, whose header does not hold it "
+                              f"({len(absent)} such tensor(s))")
 
 
 def header_tensors(prefix: bytes, *, max_header_bytes: int = DEFAULT_MAX_HEADER_BYTES) -> list[HeaderTensor]:
@@ -133,15 +190,16 @@ def header_tensors(prefix: bytes, *, max_header_bytes: int = DEFAULT_MAX_HEADER_
 
 
 def read_header_prefix(path: Path, max_header_bytes: int = DEFAULT_MAX_HEADER_BYTES) -> bytes:
-    """The header bytes of one checkpoint file, and not one byte of tensor data for safetensors.
+    """The header bytes of one checkpoint file, and not one byte of its tensor data.
 
-    For GGUF, whose header has no length field, up to `max_header_bytes` are read (the data
-    area may start inside them; the parser stops at the last tensor record).
+    For GGUF, whose header has no length field, up to `max_header_bytes` are read and cut where
+    the data area starts (`header_length`).
     """
     with open(path, "rb") as handle:
         start = handle.read(8)
         if start[:4] == GGUF_MAGIC:
-            return start + handle.read(max_header_bytes)
+            prefix = start + handle.read(max_header_bytes)
+            return prefix[:header_length(prefix)]
         if len(start) < 8:
             raise TensorFileError(f"{path.name}: {len(start)} bytes is shorter than a safetensors header length")
         (length,) = struct.unpack("<Q", start)

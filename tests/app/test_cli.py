@@ -386,6 +386,39 @@ def test_plan_from_a_local_checkpoint_directory_reads_its_headers_and_config(tmp
     assert answer["checkpoint"]["unknown_tensors"] == [] and answer["checkpoint"]["mtp_tensors"] == 0
 
 
+def test_plan_from_a_sharded_checkpoint_over_http_sends_the_headers_as_files_and_agrees_with_local(
+        tmp_path: Path, server: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    from tests.checkpoints import write_llama_checkpoint
+
+    tensors = write_llama_checkpoint(tmp_path / "ckpt", shards=3)
+    sent: list[bytes] = []
+    post = httpx.Client.post
+
+    def recording_post(self: httpx.Client, url: str, **kwargs: object) -> httpx.Response:
+        response = post(self, url, **kwargs)  # type: ignore[arg-type]
+        sent.append(response.request.headers["content-type"].encode() + b"\n" + response.request.read())
+        return response
+
+    monkeypatch.setattr(httpx.Client, "post", recording_post)
+    args = ("plan", "--checkpoint", str(tmp_path / "ckpt"), "--device", "l4", "--json")
+    status, remote, err = nibble(*args, "--url", server)
+    assert status == 0, err
+    local = nibble(*args)[1]
+    assert json.loads(remote) == json.loads(local)
+    # the index's total_size, every tensor of the tiny llama at bf16
+    index = json.loads((tmp_path / "ckpt" / "model.safetensors.index.json").read_text())
+    assert json.loads(remote)["weights"]["bytes"] == index["metadata"]["total_size"] == \
+        sum(array.nbytes for array in tensors.values())
+    # one multipart body: the request, three header parts (no tensor data: the weights' bytes never left) and
+    # the index
+    (body,) = sent
+    assert body.startswith(b"multipart/form-data") and body.count(b'name="header"') == 3
+    assert b'name="index"' in body and len(body) < 16_384
+    for shard in (tmp_path / "ckpt").glob("*.safetensors"):
+        tail = shard.read_bytes()[-64:]
+        assert tail not in body
+
+
 def test_plan_without_a_model_says_what_to_give() -> None:
     status, _, err = nibble("plan", "--device", "l4")
     assert status != 0 and "--model or --config" in err

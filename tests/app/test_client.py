@@ -135,3 +135,29 @@ def test_a_base_url_that_names_no_http_server_is_refused_at_once(url: str) -> No
         NibbleClient(url)
     with pytest.raises(ValueError, match="is not an http:// or https:// address"):
         AsyncNibbleClient(url)
+
+
+def test_both_clients_plan_and_sweep_a_checkpoint_from_its_headers_as_files(server: str, tmp_path: Path) -> None:
+    from quant_core.tensorio.checkpoint_headers import read_header_prefix
+    from tests.checkpoints import LLAMA_CONFIG, write_llama_checkpoint
+
+    tensors = write_llama_checkpoint(tmp_path, shards=2)
+    headers = {path.name: read_header_prefix(path) for path in sorted(tmp_path.glob("model-*.safetensors"))}
+    index = (tmp_path / "model.safetensors.index.json").read_bytes()
+    body = {"model": {"hf_config": LLAMA_CONFIG}, "hardware": {"device": "l4"}}
+    sweep = {**body, "sweep": {"formats": ["checkpoint", "bf16"]}}
+    planned = sum(int(array.nbytes) for array in tensors.values())
+    with NibbleClient(server) as client:
+        assert client.plan(body, checkpoint=headers, index=index).weights.bytes == planned
+        assert client.sweep(sweep, checkpoint=headers, index=index).rows[0].weights_bytes == planned
+        with pytest.raises(NibbleAPIError) as refused:  # the index names a shard the headers leave out
+            client.plan(body, checkpoint=dict(list(headers.items())[:1]), index=index)
+        assert refused.value.status == 422 and refused.value.errors[0].field == "index"
+
+    async def run() -> tuple[int, int]:
+        async with AsyncNibbleClient(server) as client:
+            answer = await client.plan(body, checkpoint=headers, index=index)
+            rows = (await client.sweep(sweep, checkpoint=headers)).rows
+            return answer.weights.bytes, rows[0].weights_bytes
+
+    assert asyncio.run(run()) == (planned, planned)

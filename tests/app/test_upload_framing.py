@@ -22,7 +22,7 @@ from hypothesis import strategies as st
 from safetensors.numpy import save as save_safetensors
 
 from app.problems import MalformedUpload
-from app.uploads import MAX_PARTS, _Collector
+from app.uploads import MAX_PARTS, FormLimits, _Collector
 from tests.app.conftest import make_settings
 
 BOUNDARY = b"----nibbleTestBoundary7MA4YWxkTrZu0gW"
@@ -52,7 +52,7 @@ def multipart(parts: list[tuple[str, bytes, bool]], boundary: bytes = BOUNDARY, 
 
 def collect(body: bytes, cuts: list[int], directory: Path) -> tuple[dict[str, bytes], dict[str, list[str]]]:
     """Feed `body` cut at `cuts` to the server's collector; the files' bytes and the text fields."""
-    collector = _Collector(directory, ("file", "calibration"), make_settings())
+    collector = _Collector(directory, FormLimits(("file", "calibration")), make_settings())
     parser = collector.parser(BOUNDARY)
     edges = [0, *sorted({cut % len(body) for cut in cuts}), len(body)]
     try:
@@ -61,8 +61,8 @@ def collect(body: bytes, cuts: list[int], directory: Path) -> tuple[dict[str, by
                 collector.feed(parser, body[start:stop])
         parser.finalize()
         collector.finish()
-        files = {name: path.read_bytes() for name, (_, path, _size) in collector.raw_files.items()}
-        assert all(len(files[name]) == size for name, (_, _path, size) in collector.raw_files.items())
+        files = {name: path.read_bytes() for name, _, path, _size in collector.raw_files}
+        assert all(len(files[name]) == size for name, _, _path, size in collector.raw_files)
         return files, collector.fields
     finally:
         collector.close()

@@ -2,13 +2,13 @@
 
 The format selector lists every format /v1/models/inspect gives for the chosen model with its bits per
 weight, the as-shipped one first and chosen; a plan shows it beside 16-bit and INT4.  A checkpoint chosen
-on the page is read header only (File.slice) and the plan request carries those bytes and nothing more.
+on the page is read header only (File.slice) and the plan request carries those bytes (as files of the multipart
+form) and nothing more.
 axe-core finds no serious or critical violation with the three formats and a checkpoint read, at 390 px.
 """
 
 from __future__ import annotations
 
-import base64
 import json
 import struct
 from pathlib import Path
@@ -18,9 +18,10 @@ import httpx
 import numpy as np
 import pytest
 
-from tests.checkpoints import LLAMA_CONFIG, write_llama_checkpoint
+from tests.checkpoints import LLAMA_CONFIG, deepseek_v3_headers, write_llama_checkpoint
 from tests.e2e.test_page_tasks import axe_source, open_page
 from tests.e2e.test_web_page import CHROMIUM
+from tests.shared_fixtures import FIXTURES, needs_fixtures
 
 pytestmark = [
     pytest.mark.slow,
@@ -34,13 +35,40 @@ def format_options(page: Any) -> list[dict[str, Any]]:
                                           "format: o.dataset.format, text: o.textContent, selected: o.selected }))"))
 
 
+#: wraps the page's fetch to keep each /v1/plan form's entries (Chromium gives Playwright no body holding a Blob)
+RECORD_FORMS = """() => {
+  window.sentForms = [];
+  const original = window.fetch;
+  window.fetch = async (url, options = {}) => {
+    if (options.body instanceof FormData && String(url).endsWith("/v1/plan")) {
+      const parts = [];
+      for (const [name, value] of options.body.entries()) {
+        const bytes = typeof value === "string" ? new TextEncoder().encode(value)
+          : new Uint8Array(await value.arrayBuffer());
+        parts.push([name, typeof value === "string" ? null : value.name, Array.from(bytes)]);
+      }
+      window.sentForms.push(parts);
+    }
+    return original(url, options);
+  };
+}"""
+
+
 def planned_requests(page: Any) -> list[dict[str, Any]]:
-    """Every /v1/plan request body the page sends from now on (with its size on the wire)."""
+    """Every /v1/plan JSON body the page sends from now on (with its size on the wire)."""
     sent: list[dict[str, Any]] = []
     page.on("request", lambda request: sent.append({"size": len(request.post_data_buffer or b""),
                                                     "body": json.loads(request.post_data or "{}")})
-            if request.url.endswith("/v1/plan") else None)
+            if request.url.endswith("/v1/plan") and not request.headers.get("content-type", "").startswith(
+                "multipart/") else None)
     return sent
+
+
+def planned_forms(page: Any) -> list[list[tuple[str, str | None, bytes]]]:
+    """Every /v1/plan multipart form the page has sent since `RECORD_FORMS`: its parts as (name, file name,
+    bytes)."""
+    return [[(name, filename, bytes(data)) for name, filename, data in form]
+            for form in page.evaluate("() => window.sentForms")]
 
 
 def test_the_selector_lists_every_inspected_format_with_its_bits(browser: Any, live_server: str) -> None:
@@ -113,20 +141,25 @@ def test_a_checkpoint_is_planned_from_its_headers_and_no_tensor_byte_is_sent(bro
     page.set_input_files("#checkpoint-files", [*map(str, files), str(tmp_path / "model.safetensors.index.json")])
     page.wait_for_selector("#checkpoint-note >> text=header bytes read")
     assert page.is_disabled("#weight-format")
-    sent = planned_requests(page)
+    page.evaluate(RECORD_FORMS)
     page.click("#plan-button")
     page.wait_for_selector("#verdict p[data-format='checkpoint']")
 
-    body = sent[0]["body"]
+    (parts,) = planned_forms(page)  # the headers go as files, beside the request: the multipart form
+    (request,) = [data for name, _, data in parts if name == "request"]
+    body = json.loads(request)
     assert "weights" not in body and body["model"] == {"hf_config": LLAMA_CONFIG}
     assert page.get_attribute("#weight-format", "data-model") == "hf_config"  # refilled for the pasted config
-    headers = body["checkpoint"]["headers"]
-    assert [h["file"] for h in headers] == [f.name for f in files]
-    for header, file in zip(headers, files, strict=True):
+    assert "checkpoint" not in body
+    headers = [(filename, data) for name, filename, data in parts if name == "header"]
+    assert [filename for filename, _ in headers] == [f.name for f in files]
+    for (_, data), file in zip(headers, files, strict=True):
         content = file.read_bytes()
         (length,) = struct.unpack("<Q", content[:8])
-        assert base64.b64decode(header["header_base64"]) == content[:8 + length]  # the header, not one byte more
-    assert sent[0]["size"] < 16_384 < tensor_bytes
+        assert data == content[:8 + length]  # the header, not one byte more
+    index = [data for name, _, data in parts if name == "index"]
+    assert index == [(tmp_path / "model.safetensors.index.json").read_bytes()]
+    assert sum(len(data) for *_, data in parts) < 16_384 < tensor_bytes
     answer = page.evaluate("() => shown.answer")
     assert answer["weights"]["bytes"] == tensor_bytes  # the checkpoint's own bytes: every tensor at bf16
     assert answer["checkpoint"]["tensors"] == len(tensors)
@@ -134,6 +167,29 @@ def test_a_checkpoint_is_planned_from_its_headers_and_no_tensor_byte_is_sent(bro
 
     page.click("#checkpoint-clear")  # forgetting it plans a format again
     assert page.is_enabled("#weight-format") and page.input_value("#checkpoint-files") == ""
+    page.close()
+
+
+@needs_fixtures
+def test_deepseek_v3s_163_shards_are_planned_from_the_page(browser: Any, live_server: str, tmp_path: Path) -> None:
+    # header-only files (8 + N bytes each, as a shard starts) with DeepSeek-V3's tensor names and shapes: 12.7 MB
+    # of headers and an 8.9 MB index, past the JSON body's 1 MiB; the page sends them as the multipart form
+    config = json.loads((FIXTURES / "models" / "deepseek-v3.json").read_text())
+    headers, index, planned = deepseek_v3_headers(config)
+    for name, data in headers.items():
+        (tmp_path / name).write_bytes(data)
+    (tmp_path / "model.safetensors.index.json").write_bytes(index)
+    page = open_page(browser, live_server)
+    page.check("input[name='model-source'][value='config']")
+    page.fill("#model-config", json.dumps(config))
+    page.set_input_files("#checkpoint-files", [str(tmp_path / name) for name in [*headers,
+                                                                                 "model.safetensors.index.json"]])
+    page.wait_for_selector("#checkpoint-note >> text=163 file(s)")
+    page.click("#plan-button")
+    page.wait_for_selector("#verdict p[data-format='checkpoint']", timeout=60_000)
+    answer = page.evaluate("() => shown.answer")
+    assert answer["weights"]["format"] == "checkpoint-fp8-block128" and answer["weights"]["bytes"] == planned
+    assert page.inner_text("#plan-error") == ""
     page.close()
 
 
@@ -169,8 +225,7 @@ def test_a_gguf_file_is_read_up_to_its_last_tensor_record(browser: Any, live_ser
     page = open_page(browser, live_server)
     page.set_input_files("#checkpoint-files", str(path))
     page.wait_for_selector("#checkpoint-note >> text=header bytes read")
-    header = page.evaluate("() => checkpointHeaders[0]")
-    prefix = base64.b64decode(header["header_base64"])
+    prefix = bytes(page.evaluate("() => Array.from(checkpointHeaders.files[0].bytes)"))
     content = path.read_bytes()
     # The tensor records end within one alignment (32 bytes) of the data area, which is not sent.
     assert content.startswith(prefix) and data_offset - 32 < len(prefix) <= data_offset

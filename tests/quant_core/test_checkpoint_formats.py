@@ -279,6 +279,25 @@ LLAMA_2_7B_GGUF_FILES = {"gguf-q4_0": 3_825_807_040, "gguf-q4_k_m": 4_081_004_22
                          "gguf-q6_k": 5_529_194_176, "gguf-q8_0": 7_161_089_728}
 
 
+@pytest.mark.parametrize(("sizes", "group_size", "published_gb"), [
+    (LLAMA_2_13B, 128, 13.65), (LLAMA_2_13B, -1, 13.36), (LLAMA_2_7B, 128, 7.16), (LLAMA_2_7B, -1, 7.01),
+])
+def test_autogptq_8bit_checkpoints_are_their_published_file_sizes(sizes: dict[str, int], group_size: int,
+                                                                   published_gb: float) -> None:
+    # TheBloke/MythoMax-L2-13B-GPTQ README, "Provided files" (https://huggingface.co/TheBloke/MythoMax-L2-13B-GPTQ):
+    # branches gptq-8bit-128g-actorder_True 13.65 GB and gptq-8bit--1g-actorder_True 13.36 GB (a merge of
+    # Llama-2-13B fine-tunes, "each of its 363 tensors": Llama-2-13B's shapes; its 4-bit rows are the 7.26, 8.00
+    # and 7.51 GB above).  TheBloke/Llama-2-7B-32K-Instruct-GPTQ README, same table
+    # (https://huggingface.co/TheBloke/Llama-2-7B-32K-Instruct-GPTQ): gptq-8bit-128g-actorder_True 7.16 GB,
+    # gptq-8bit--1g-actorder_True 7.01 GB (Llama-2-7B's shapes).  AutoGPTQ 8-bit: qweight packs 4 codes per
+    # int32, qzeros likewise, fp16 scales per group (one group per row at -1), int32 g_idx, fp16 bias.
+    spec = model_from_sizes(**sizes)
+    scheme = scheme_from_quantization_config({"quant_method": "gptq", "bits": 8, "group_size": group_size,
+                                              "desc_act": True, "sym": True})
+    assert scheme.label() == ("int8-g128-gptq" if group_size == 128 else "int8-row-gptq")
+    assert abs(scheme_bytes(spec, scheme) - published_gb * 1e9) <= 0.001 * published_gb * 1e9
+
+
 @pytest.mark.parametrize(("file_type", "file_size"), list(LLAMA_2_7B_GGUF_FILES.items()))
 def test_llama_2_7b_gguf_files_are_their_published_sizes(file_type: str, file_size: int) -> None:
     spec = model_from_sizes(**LLAMA_2_7B)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 import gguf
@@ -23,7 +24,11 @@ from quant_core.schemes import assign, gguf_scheme, scheme_bytes, scheme_from_qu
 from quant_core.specs import ModelSpec
 from quant_core.tensorio import export_awq, export_compressed_tensors, export_gguf, export_gptq
 from quant_core.tensorio.checkpoint_headers import (
+    HeaderTensor,
+    check_against_index,
+    header_length,
     header_tensors,
+    index_weight_map,
     read_checkpoint_headers,
     read_header_prefix,
 )
@@ -137,6 +142,9 @@ def test_a_gguf_file_written_by_gguf_py_is_read_from_its_header(tmp_path: Path, 
     scheme, summary = checkpoint_scheme(spec, read)
     assert summary.unknown == () and summary.format.startswith("gguf-")
     assert scheme_bytes(spec, scheme) == scheme_bytes(spec, gguf_scheme(file_type))
+    # the header ends where gguf-py's reader finds the data area; read_header_prefix stops there
+    whole = path.read_bytes()
+    assert header_length(whole) == reader.data_offset == len(read_header_prefix(path))
 
 
 def test_a_plan_from_headers_keeps_16_bit_and_int4_beside_it(tmp_path: Path) -> None:
@@ -178,3 +186,32 @@ def test_nibbles_own_exports_are_what_the_formats_count(tmp_path: Path, exporter
     if exporter == "gptq" and symmetric:  # GPTQ stores zeros (of 8) even for symmetric weights
         expected = int4(group_size, layout="gptq").bytes_for((48, 512))
     assert stored == expected
+
+
+def test_the_header_length_is_8_plus_n_for_safetensors(tmp_path: Path) -> None:
+    save_file({"w": np.zeros((4, 4), np.float16)}, str(tmp_path / "m.safetensors"))
+    whole = (tmp_path / "m.safetensors").read_bytes()
+    assert header_length(whole) == 8 + int.from_bytes(whole[:8], "little") == len(whole) - 32
+    with pytest.raises(LimitExceeded):
+        header_length(whole, max_header_bytes=8)
+
+
+def _tensor(name: str) -> HeaderTensor:
+    return HeaderTensor(name, "BF16", (2,), 4)
+
+
+def test_headers_must_be_the_checkpoint_their_index_describes() -> None:
+    weight_map = index_weight_map(b'{"metadata": {"total_size": 8}, "weight_map": {"a": "one.safetensors", '
+                                  b'"b": "two.safetensors"}}')
+    check_against_index(weight_map, {"one.safetensors": [_tensor("a")], "two.safetensors": [_tensor("b")]})
+    for files, reason in (
+            ({"one.safetensors": [_tensor("a")]}, "the index names 2 shard(s); 1 not given: two.safetensors"),
+            ({"one.safetensors": [_tensor("a")], "two.safetensors": [_tensor("b")], "x.safetensors": []},
+             "x.safetensors is not a shard the index names"),
+            ({"one.safetensors": [_tensor("a"), _tensor("b")], "two.safetensors": []},
+             "the index places tensor 'b' in two.safetensors, whose header does not hold it")):
+        with pytest.raises(TensorFileError, match=re.escape(reason)):
+            check_against_index(weight_map, files)
+    for index in (b"[1]", b"{", b'{"weight_map": {"a": 3}}'):
+        with pytest.raises(TensorFileError):
+            index_weight_map(index)

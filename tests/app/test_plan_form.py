@@ -1,0 +1,213 @@
+"""``/v1/plan`` and ``/v1/plan/sweep`` as a multipart form: the request's JSON beside the checkpoint's header files.
+
+The JSON form carries headers as base64 within ``max_json_bytes`` (1 MiB); DeepSeek-V3's 163 headers and index
+come to 21.6 MB, so the largest checkpoints are planned from their headers through the form.
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+from typing import Any
+
+import pytest
+from fastapi.testclient import TestClient
+
+from tests.app.conftest import client_with
+from tests.checkpoints import deepseek_v3_headers
+from tests.shared_fixtures import FIXTURES, needs_fixtures
+
+H200 = 143_771 * 2**20  # nvidia-smi's 143771 MiB
+TINY_SPEC = {"hidden_size": 256, "num_layers": 2, "num_attention_heads": 4, "intermediate_size": 512,
+             "vocab_size": 1000}
+
+
+def safetensors_header(tensors: dict[str, tuple[str, list[int], int]]) -> bytes:
+    """A safetensors header (8-byte length + JSON) for tensors given as name -> (dtype, shape, bytes)."""
+    header, offset = {}, 0
+    for name, (dtype, shape, size) in tensors.items():
+        header[name] = {"dtype": dtype, "shape": shape, "data_offsets": [offset, offset + size]}
+        offset += size
+    text = json.dumps(header).encode()
+    return struct.pack("<Q", len(text)) + text
+
+
+EMBEDDING = safetensors_header({"model.embed_tokens.weight": ("BF16", [1000, 256], 512_000)})
+LM_HEAD = safetensors_header({"lm_head.weight": ("BF16", [1000, 256], 512_000)})
+
+
+def form(request: dict[str, Any] | None, headers: dict[str, bytes], index: bytes | None = None,
+         config: dict[str, Any] | None = None) -> list[tuple[str, tuple[str | None, bytes, str]]]:
+    """The multipart parts: the request, one header per file (named by its file name), index and config."""
+    parts: list[tuple[str, tuple[str | None, bytes, str]]] = []
+    if request is not None:
+        parts.append(("request", (None, json.dumps(request).encode(), "application/json")))
+    parts += [("header", (name, data, "application/octet-stream")) for name, data in headers.items()]
+    if index is not None:
+        parts.append(("index", ("model.safetensors.index.json", index, "application/json")))
+    if config is not None:
+        parts.append(("config", ("config.json", json.dumps(config).encode(), "application/json")))
+    return parts
+
+
+@pytest.fixture(scope="module")
+def deepseek_v3() -> tuple[dict[str, Any], dict[str, bytes], bytes, int]:
+    if not (FIXTURES / "models" / "deepseek-v3.json").is_file():
+        pytest.skip("../shared/fixtures/models is absent")
+    config = json.loads((FIXTURES / "models" / "deepseek-v3.json").read_text())
+    return (config, *deepseek_v3_headers(config))
+
+
+@needs_fixtures
+def test_deepseek_v3_plans_from_its_163_headers_and_index_over_http(
+        client: TestClient, deepseek_v3: tuple[dict[str, Any], dict[str, bytes], bytes, int]) -> None:
+    config, headers, index, planned = deepseek_v3
+    assert len(headers) == 163 and sum(map(len, headers.values())) + len(index) > 20_000_000
+    request = {"hardware": {"memory_bytes": H200, "count": 8}}
+    response = client.post("/v1/plan", files=form(request, headers, index, config))
+    assert response.status_code == 200, response.text
+    answer = response.json()
+    # the checkpoint's own bytes: every FP8 weight with its fp32 weight_scale_inv blocks, bf16 the rest
+    assert answer["weights"]["format"] == "checkpoint-fp8-block128" and answer["weights"]["bytes"] == planned
+    assert answer["checkpoint"]["bytes"] == planned == 673_150_611_808
+    assert answer["checkpoint"]["mtp_tensors"] > 0 and answer["checkpoint"]["unknown_tensors"] == []
+    assert answer["fits"] is True and answer["comparison"]["bf16"]["fits"] is False
+    # as base64 in a JSON body, the same headers are refused before a byte is read: past max_json_bytes
+    assert client.post("/v1/plan", content=b" " * (1 << 20 + 1),
+                       headers={"Content-Type": "application/json"}).status_code == 413
+
+
+@needs_fixtures
+def test_deepseek_v3_headers_sweep_over_http(
+        client: TestClient, deepseek_v3: tuple[dict[str, Any], dict[str, bytes], bytes, int]) -> None:
+    config, headers, _index, planned = deepseek_v3
+    request = {"model": {"hf_config": config}, "hardware": {"memory_bytes": H200, "count": 8},
+               "sweep": {"formats": ["checkpoint", "bf16"], "context_lengths": [4096, 32768]}}
+    response = client.post("/v1/plan/sweep", files=form(request, headers))
+    assert response.status_code == 200, response.text
+    rows = response.json()["rows"]
+    assert [row["format"] for row in rows] == ["checkpoint-fp8-block128"] * 2 + ["bf16"] * 2
+    assert {row["weights_bytes"] for row in rows[:2]} == {planned}
+
+
+def test_a_form_plans_the_files_own_tensors_as_the_json_form_does(client: TestClient) -> None:
+    import base64
+    request = {"model": {"spec": TINY_SPEC}, "hardware": {"device": "l4"}}
+    by_form = client.post("/v1/plan", files=form(request, {"a.safetensors": EMBEDDING, "b.safetensors": LM_HEAD}))
+    by_json = client.post("/v1/plan", json={**request, "checkpoint": {"headers": [
+        {"file": "a.safetensors", "header_base64": base64.b64encode(EMBEDDING).decode()},
+        {"file": "b.safetensors", "header_base64": base64.b64encode(LM_HEAD).decode()}]}})
+    assert by_form.status_code == by_json.status_code == 200, by_form.text
+    assert by_form.json() == by_json.json()
+    assert by_form.json()["weights"]["bytes"] == 1_024_000
+
+
+def test_a_header_part_carrying_tensor_data_is_refused_naming_the_part(client: TestClient) -> None:
+    request = {"model": {"spec": TINY_SPEC}, "hardware": {"device": "l4"}}
+    response = client.post("/v1/plan", files=form(request, {"a.safetensors": EMBEDDING,
+                                                            "b.safetensors": LM_HEAD + b"\0" * 100}))
+    assert response.status_code == 413
+    problem = response.json()
+    assert problem["errors"][0]["field"] == "header[1]" and "b.safetensors" in problem["detail"]
+    assert problem["value"] == len(LM_HEAD) + 100 and problem["maximum"] == len(LM_HEAD)
+
+
+@pytest.mark.parametrize(("files", "index", "field", "status", "says"), [
+    ({"a.safetensors": EMBEDDING}, {"model.embed_tokens.weight": "a.safetensors", "lm_head.weight": "b.safetensors"},
+     "index", 422, "1 not given: b.safetensors"),
+    ({"a.safetensors": EMBEDDING, "b.safetensors": LM_HEAD}, {"lm_head.weight": "a.safetensors",
+                                                              "model.embed_tokens.weight": "b.safetensors"},
+     "index", 422, "the index places tensor"),
+    ({"a.safetensors": b"\x05\0\0\0\0\0\0\0{"}, None, "header[0]", 422, "a.safetensors"),
+])
+def test_headers_that_are_not_the_indexed_checkpoint_are_refused(
+        client: TestClient, files: dict[str, bytes], index: dict[str, str] | None, field: str, status: int,
+        says: str) -> None:
+    request = {"model": {"spec": TINY_SPEC}, "hardware": {"device": "l4"}}
+    index_bytes = json.dumps({"weight_map": index}).encode() if index is not None else None
+    response = client.post("/v1/plan", files=form(request, files, index_bytes))
+    assert response.status_code == status, response.text
+    assert response.json()["errors"][0]["field"] == field and says in response.json()["detail"]
+
+
+def test_the_form_refuses_a_missing_request_or_header_and_a_model_given_twice(client: TestClient) -> None:
+    request = {"model": {"spec": TINY_SPEC}, "hardware": {"device": "l4"}}
+    no_request = client.post("/v1/plan", files=form(None, {"a.safetensors": EMBEDDING}))
+    assert no_request.status_code == 400 and no_request.json()["errors"][0]["field"] == "request"
+    no_header = client.post("/v1/plan", files=form(request, {}))
+    assert no_header.status_code == 400 and no_header.json()["errors"][0]["field"] == "header"
+    twice = client.post("/v1/plan", files=form(request, {"a.safetensors": EMBEDDING}, config={"model_type": "x"}))
+    assert twice.status_code == 422 and twice.json()["errors"][0]["field"] == "model"
+    both = client.post("/v1/plan", files=form({**request, "checkpoint": {"headers": [
+        {"file": "a.safetensors", "header_base64": "AAAA"}]}}, {"a.safetensors": EMBEDDING}))
+    assert both.status_code == 422 and both.json()["errors"][0]["field"] == "checkpoint"
+    bad_json = client.post("/v1/plan", files=[("request", (None, b"{", "application/json")),
+                                              ("header", ("a.safetensors", EMBEDDING, "application/octet-stream"))])
+    assert bad_json.status_code == 400
+
+
+def test_the_forms_limits_name_their_settings() -> None:
+    request = {"model": {"spec": TINY_SPEC}, "hardware": {"device": "l4"}}
+    with client_with(max_header_bytes=len(LM_HEAD) - 9) as small:  # a part: max_header_bytes + 8
+        response = small.post("/v1/plan", files=form(request, {"b.safetensors": LM_HEAD}))
+        assert response.status_code == 413
+        assert response.json()["limit"] == "max_header_bytes" and response.json()["errors"][0]["field"] == "header[0]"
+    with client_with(max_checkpoint_form_bytes=2 * len(LM_HEAD)) as small:
+        response = small.post("/v1/plan", files=form(request, {"a.safetensors": EMBEDDING, "b.safetensors": LM_HEAD,
+                                                               "c.safetensors": LM_HEAD}))
+        assert response.status_code == 413 and response.json()["limit"] == "max_checkpoint_form_bytes"
+    with client_with(max_checkpoint_files=2) as small:
+        headers = {f"{name}.safetensors": EMBEDDING for name in "abcdef"}
+        assert small.post("/v1/plan", files=form(request, dict(list(headers.items())[:2]))).status_code == 200
+        response = small.post("/v1/plan", files=form(request, dict(list(headers.items())[:3])))
+        assert response.status_code == 413 and response.json()["limit"] == "max_checkpoint_files"
+        # past the files, the request, index and config, the parser stops at the first part too many
+        response = small.post("/v1/plan", files=form(request, headers))
+        assert response.status_code == 400 and "more than 5 parts" in response.json()["detail"]
+
+
+def test_plans_from_the_form_wait_behind_the_large_sweeps_gate() -> None:
+    from app.routers.plans import SweepGate
+
+    request = {"model": {"spec": TINY_SPEC}, "hardware": {"device": "l4"}}
+    with client_with(sweep_concurrency=1, sweep_queue=0) as small:
+        gate = SweepGate(1, 0, 5)
+        gate.admitted = 1  # a large sweep holds the only place
+        small.app.state.sweep_gate = gate  # type: ignore[attr-defined]
+        refused = small.post("/v1/plan", files=form(request, {"a.safetensors": EMBEDDING}))
+        assert refused.status_code == 503 and refused.headers["Retry-After"] == "5"
+        assert small.post("/v1/plan", json=request).status_code == 200  # a JSON plan is microseconds: ungated
+
+
+def test_a_gguf_header_part_may_end_anywhere_up_to_its_data_area_and_not_past_it(client: TestClient,
+                                                                                tmp_path: Any) -> None:
+    gguf = pytest.importorskip("gguf")
+    import numpy as np
+
+    path = tmp_path / "tiny.gguf"
+    writer = gguf.GGUFWriter(str(path), "llama")
+    writer.add_block_count(2)
+    writer.add_token_list([f"token-{i}" for i in range(300)])
+    writer.add_tensor("token_embd.weight", np.zeros((1000, 256), np.float16))
+    writer.add_tensor("output.weight", np.zeros((1000, 256), np.float16))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    content = path.read_bytes()
+    data_offset = gguf.GGUFReader(str(path)).data_offset
+    request = {"model": {"spec": TINY_SPEC}, "hardware": {"device": "l4"}}
+    for end in (data_offset - 1, data_offset):  # the records end within the alignment padding before the data
+        response = client.post("/v1/plan", files=form(request, {"tiny.gguf": content[:end]}))
+        assert response.status_code == 200, response.text
+        assert response.json()["weights"]["bytes"] == 2 * 2 * 1000 * 256  # the file's two f16 tensors
+    response = client.post("/v1/plan", files=form(request, {"tiny.gguf": content[:data_offset + 1]}))
+    assert response.status_code == 413 and response.json()["errors"][0]["field"] == "header[0]"
+    assert response.json()["maximum"] == data_offset
+
+
+def test_a_file_whose_header_is_given_twice_is_refused_naming_the_second(client: TestClient) -> None:
+    request = {"model": {"spec": TINY_SPEC}, "hardware": {"device": "l4"}}
+    parts = [*form(request, {"a.safetensors": EMBEDDING}), ("header", ("a.safetensors", LM_HEAD, "x/y"))]
+    response = client.post("/v1/plan", files=parts)
+    assert response.status_code == 422 and response.json()["errors"][0]["field"] == "header[1]"
