@@ -38,8 +38,8 @@ def _url(record: JobRecord) -> str:
 def _status(manager: JobManager, record: JobRecord) -> dict[str, Any]:
     result = None
     if record.result is not None:
-        result = {"files": [{**entry, "url": f"{_url(record)}/files/{entry['name']}"}
-                            for entry in record.result["files"]]}
+        result = {**record.result, "files": [{**entry, "url": f"{_url(record)}/files/{entry['name']}"}
+                                             for entry in record.result["files"]]}
     return {"id": record.id, "url": _url(record), "state": record.state, "created_at": record.created_at,
             "started_at": record.started_at, "finished_at": record.finished_at, "request": record.request,
             "progress": manager.progress(record), "report": manager.report(record), "result": result,

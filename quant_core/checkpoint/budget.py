@@ -37,8 +37,8 @@ from quant_core.checkpoint.plan import CheckpointOptions, TensorPlan
 from quant_core.checkpoint.source import Checkpoint, read_tensor
 from quant_core.errors import BudgetTooSmall, ImportanceMismatch
 from quant_core.formats import WeightFormat, float_format, ggml_format, int4
-from quant_core.quantize.api import normalised_importance
 from quant_core.quantize.allocation import TensorOption, allocate, budget_formats, budget_from_bits
+from quant_core.quantize.api import normalised_importance
 
 __all__ = ["attach_importance", "candidate_formats", "check_budget", "choose_formats", "lower_bound_bytes",
            "measure_and_choose", "measure_tensor"]
