@@ -57,6 +57,7 @@ from quant_core.checkpoint import (
     plan_checkpoint,
     quantize_tensor_part,
     valid_parts,
+    without_statistics,
     write_checkpoint_files,
     write_gguf_output,
     write_output_shard,
@@ -129,6 +130,7 @@ def inspect_source(directory: Path, root: Path, max_tensors: int, max_elements: 
                                  max_header_bytes=max_header_bytes)
     plans = plan_checkpoint(checkpoint, options)
     if importance is not None and importance_copy is not None:
+        checkpoint = without_statistics(checkpoint, importance)
         vectors = read_importance(importance, max_tensors=max_tensors, max_elements=max_elements,
                                   max_header_bytes=max_header_bytes)
         plans = attach_importance(plans, vectors)
@@ -143,14 +145,15 @@ def inspect_source(directory: Path, root: Path, max_tensors: int, max_elements: 
 
 
 def load_plan(directory: Path, root: Path, max_tensors: int, max_elements: int, max_header_bytes: int,
-              options: CheckpointOptions, importance_copy: Path | None = None
+              options: CheckpointOptions, importance: Path | None = None, importance_copy: Path | None = None
               ) -> tuple[Checkpoint, tuple[TensorPlan, ...]]:
     """The validated checkpoint and its plan (again at each run: the source may have changed since), with the
-    job's copy of its importance vectors."""
+    job's copy of its importance vectors (the statistics file itself, `importance`, is not copied through)."""
     checkpoint = open_checkpoint(directory, root=root, max_tensors=max_tensors, max_elements=max_elements,
                                  max_header_bytes=max_header_bytes)
     plans = plan_checkpoint(checkpoint, options)
-    if importance_copy is not None:
+    if importance is not None and importance_copy is not None:
+        checkpoint = without_statistics(checkpoint, importance)
         plans = attach_importance(plans, read_safetensors(importance_copy))
     return checkpoint, plans
 
@@ -458,8 +461,12 @@ class JobManager:
         options = to_options(request, self.threads)
         source = Path(record.source_dir)
         root = source if request.source.upload is not None else self.data_root
-        copy = self._importance_copy(job_id) if request.importance is not None else None
-        checkpoint, plans = await self.executor.call(load_plan, source, root, *self.limits, options, copy)
+        importance = copy = None
+        if request.importance is not None:
+            importance = resolve_source(root, request.importance, field="importance")
+            copy = self._importance_copy(job_id)
+        checkpoint, plans = await self.executor.call(load_plan, source, root, *self.limits, options, importance,
+                                                     copy)
         allocation = None
         if options.has_budget:
             plans, allocation = await self._allocate(job_id, checkpoint, plans, options)

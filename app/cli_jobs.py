@@ -20,7 +20,13 @@ from typing import Any, TextIO
 from app.client import NibbleClient
 from app.schemas.jobs import JobCreate, JobSource, to_options
 from app.settings import get_settings
-from quant_core.checkpoint import attach_importance, open_checkpoint, plan_checkpoint, quantize_checkpoint
+from quant_core.checkpoint import (
+    attach_importance,
+    open_checkpoint,
+    plan_checkpoint,
+    quantize_checkpoint,
+    without_statistics,
+)
 from quant_core.quantize import METHODS
 from quant_core.tensorio import read_importance
 
@@ -137,6 +143,7 @@ def command_quantize_checkpoint(args: argparse.Namespace, out: TextIO, err: Text
     plans = plan_checkpoint(checkpoint, options)
     if args.importance:  # here a local file (a server's job reads it under its data root)
         plans = attach_importance(plans, read_importance(Path(args.importance)))
+        checkpoint = without_statistics(checkpoint, Path(args.importance))
     output = Path(args.output)
     if output.exists() and any(output.iterdir()):
         raise JobFailed(f"{output} exists and is not empty; give a new directory")

@@ -17,6 +17,7 @@ from quant_core.checkpoint.budget import (
     choose_formats,
     measure_and_choose,
     measure_tensor,
+    without_statistics,
 )
 from quant_core.checkpoint.output import (
     GGUF_NAME,
@@ -96,6 +97,7 @@ __all__ = [
     "quantize_tensor_part",
     "read_tensor",
     "valid_parts",
+    "without_statistics",
     "write_checkpoint_files",
     "write_gguf_output",
     "write_output_shard",

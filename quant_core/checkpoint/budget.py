@@ -27,6 +27,7 @@ import math
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -41,7 +42,7 @@ from quant_core.quantize.allocation import TensorOption, allocate, budget_format
 from quant_core.quantize.api import normalised_importance
 
 __all__ = ["attach_importance", "candidate_formats", "check_budget", "choose_formats", "lower_bound_bytes",
-           "measure_and_choose", "measure_tensor"]
+           "measure_and_choose", "measure_tensor", "without_statistics"]
 
 
 def candidate_formats(plan: TensorPlan, options: CheckpointOptions) -> list[WeightFormat]:
@@ -150,3 +151,13 @@ def attach_importance(plans: Sequence[TensorPlan], vectors: Mapping[str, NDArray
         normalised_importance(vectors[plan.tensor.name], plan.tensor.shape[1], plan.tensor.name)
     return tuple(replace(plan, importance=np.asarray(vectors[plan.tensor.name], dtype=np.float32))
                  if plan.quantized and plan.tensor.name in vectors else plan for plan in plans)
+
+
+def without_statistics(checkpoint: Checkpoint, statistics: Path) -> Checkpoint:
+    """`checkpoint` without the statistics file among the files copied through, when it lies beside the shards
+    (importance statistics are an input of the job, not a file an engine loads)."""
+    directory = checkpoint.directory.resolve()
+    if statistics.resolve().parent != directory:
+        return checkpoint
+    return replace(checkpoint, other_files=tuple(name for name in checkpoint.other_files
+                                                 if name != statistics.resolve().name))
