@@ -70,6 +70,13 @@ def progress_line(status: dict[str, Any]) -> str:
     return ", ".join(parts) + f" ({status['state']})"
 
 
+def allocation_line(allocation: dict[str, Any]) -> str:
+    """``budget 162,201 bytes: 161,852 written (4.390 bits per weight): 2 bf16, 12 int4-g32-asym``."""
+    mix = ", ".join(f"{count} {label}" for label, count in allocation["formats"].items())
+    return (f"budget {allocation['budget_bytes']:,} bytes: {allocation['output_bytes']:,} written "
+            f"({allocation['bits_per_weight']:.3f} bits per weight): {mix}")
+
+
 def _client(args: argparse.Namespace) -> NibbleClient:
     if not args.url:
         raise JobFailed("jobs run on a server: pass --url (or set NIBBLE_URL)")
@@ -93,6 +100,8 @@ def _finish(status: dict[str, Any], args: argparse.Namespace, out: TextIO) -> in
         out.write(f"job {status['id']}: {status['state']}\n")
         for file in (status.get("result") or {}).get("files", []):
             out.write(f"  {file['name']:<44} {file['bytes']:>14,} bytes  {file['url']}\n")
+        if (status.get("result") or {}).get("allocation"):
+            out.write(f"  {allocation_line(status['result']['allocation'])}\n")
         if status.get("error"):
             out.write(f"  error: {status['error'].get('detail', '')}\n")
     if status["state"] in ("failed", "cancelled"):
@@ -165,11 +174,8 @@ def command_quantize_checkpoint(args: argparse.Namespace, out: TextIO, err: Text
     out.write(f"wrote {output} ({options.output}): {totals['quantized_tensors']} tensors quantized by "
               f"{options.method}, {totals['passthrough_tensors']} passed through; "
               f"{totals['quantized_input_bytes']:,} bytes in, {totals['quantized_output_bytes']:,} bytes out\n")
-    allocation = report.get("allocation")
-    if allocation is not None:
-        mix = ", ".join(f"{count} {label}" for label, count in allocation["formats"].items())
-        out.write(f"budget {allocation['budget_bytes']:,} bytes: {allocation['output_bytes']:,} written "
-                  f"({allocation['bits_per_weight']:.3f} bits per weight): {mix}\n")
+    if report.get("allocation") is not None:
+        out.write(allocation_line(report["allocation"]) + "\n")
     return 0
 
 

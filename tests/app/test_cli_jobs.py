@@ -111,6 +111,8 @@ def test_jobs_submit_sends_the_importance_path_and_the_budget(server: str) -> No
     answer = json.loads(out)
     assert answer["request"]["importance"] == STATISTICS and answer["request"]["budget_bytes"] == 170_000
     assert answer["result"]["allocation"]["output_bytes"] <= 170_000
+    status, out, err = nibble("jobs", "status", answer["id"], "--url", server)
+    assert status == 0 and f"  budget 170,000 bytes: {answer['result']['allocation']['output_bytes']:,} written" in out
     status, _, err = nibble("jobs", "submit", "llama", "--format", "gptq", "--bits-per-weight", "4.5",
                             "--url", server)
     assert status == 1 and "(422)" in err and "output" in err
