@@ -10,7 +10,11 @@ its row is recorded when the part is on disk.  When every tensor has its part
 the executor assembles the result (one call per shard, then the index,
 config.json, copied files and report), the parts are removed, and the job
 succeeds with its file manifest.  A restart resumes every job still queued or
-running from its rows, and the assembly makes the same bytes.  Cancelling
+running from its rows, and the assembly makes the same bytes.  A job with
+importance statistics keeps a copy of the vectors it uses (validated against
+every tensor at submission) in its own directory; a job with a budget first
+measures each tensor in every allowed format (a row each), then allocates the
+formats from those rows (the same choice on every run) and writes the parts.  Cancelling
 stops a job between tensors and removes its files.
 
 The executors know nothing of HTTP: `PoolExecutor` runs calls on the app's
@@ -41,7 +45,11 @@ from quant_core.checkpoint import (
     CheckpointOptions,
     OutputShard,
     TensorPlan,
+    attach_importance,
     build_report,
+    check_budget,
+    choose_formats,
+    measure_tensor,
     open_checkpoint,
     output_shards,
     part_path,
@@ -49,11 +57,14 @@ from quant_core.checkpoint import (
     plan_checkpoint,
     quantize_tensor_part,
     valid_parts,
+    without_statistics,
     write_checkpoint_files,
     write_gguf_output,
     write_output_shard,
 )
-from quant_core.errors import NibbleError
+from quant_core.errors import NibbleError, TensorFileError
+from quant_core.quantize.allocation import TensorOption
+from quant_core.tensorio import read_importance, read_safetensors, write_safetensors
 
 T = TypeVar("T")
 logger = logging.getLogger("nibble.jobs")
@@ -84,24 +95,23 @@ class PathRefused(ApiProblem):
     status, title, slug = 403, "Path outside the data root", "path-refused"
 
 
-def resolve_source(data_root: Path, path: str) -> Path:
-    """The directory `path` names under `data_root`, refused (`PathRefused`) unless it stays inside it.
+def resolve_source(data_root: Path, path: str, field: str = "source.path") -> Path:
+    """The place `path` names under `data_root`, refused (`PathRefused`, naming `field`) unless it stays inside it.
 
     Refused: an absolute path, a ``..`` component, a NUL byte, and any path
     that resolves, symlinks followed, outside the resolved data root.
     """
     parts = PurePosixPath(path).parts
     if "\x00" in path or path.startswith(("/", "\\")) or PurePosixPath(path).is_absolute():
-        raise PathRefused(f"source.path {path!r} is absolute; give a path relative to the data root",
-                          field="source.path")
+        raise PathRefused(f"{field} {path!r} is absolute; give a path relative to the data root", field=field)
     if ".." in parts or "\\" in path:
-        raise PathRefused(f"source.path {path!r} climbs out with '..' (or uses '\\'); give a path inside the "
-                          "data root", field="source.path")
+        raise PathRefused(f"{field} {path!r} climbs out with '..' (or uses '\\'); give a path inside the "
+                          "data root", field=field)
     root = data_root.resolve()
     resolved = (root / path).resolve()
     if resolved != root and root not in resolved.parents:
-        raise PathRefused(f"source.path {path!r} resolves to a place outside the data root (a symlink leads out)",
-                          field="source.path")
+        raise PathRefused(f"{field} {path!r} resolves to a place outside the data root (a symlink leads out)",
+                          field=field)
     return resolved
 
 
@@ -109,22 +119,43 @@ def resolve_source(data_root: Path, path: str) -> Path:
 
 
 def inspect_source(directory: Path, root: Path, max_tensors: int, max_elements: int, max_header_bytes: int,
-                   options: CheckpointOptions) -> tuple[int, int, list[dict[str, Any]]]:
-    """Validate and plan a source: (tensors to quantize, their input bytes, passthrough report entries)."""
+                   options: CheckpointOptions, importance: Path | None = None, importance_copy: Path | None = None
+                   ) -> tuple[int, int, list[dict[str, Any]]]:
+    """Validate and plan a source: (tensors to quantize, their input bytes, passthrough report entries).
+
+    With `importance`, its vectors are checked against every tensor to quantize and the ones used are
+    written to `importance_copy` (the job reads them from there on every run); with a budget, a budget
+    below the smallest formats' bytes is refused here."""
     checkpoint = open_checkpoint(directory, root=root, max_tensors=max_tensors, max_elements=max_elements,
                                  max_header_bytes=max_header_bytes)
     plans = plan_checkpoint(checkpoint, options)
+    if importance is not None and importance_copy is not None:
+        checkpoint = without_statistics(checkpoint, importance)
+        vectors = read_importance(importance, max_tensors=max_tensors, max_elements=max_elements,
+                                  max_header_bytes=max_header_bytes)
+        plans = attach_importance(plans, vectors)
+        importance_copy.parent.mkdir(parents=True, exist_ok=True)
+        write_safetensors(importance_copy, {plan.tensor.name: plan.importance for plan in plans
+                                            if plan.importance is not None})
+    if options.has_budget:
+        check_budget(plans, options)
     quantized = [plan for plan in plans if plan.quantized]
     return (len(quantized), sum(plan.tensor.nbytes for plan in quantized),
             [passthrough_entry(plan) for plan in plans if not plan.quantized])
 
 
 def load_plan(directory: Path, root: Path, max_tensors: int, max_elements: int, max_header_bytes: int,
-              options: CheckpointOptions) -> tuple[Checkpoint, tuple[TensorPlan, ...]]:
-    """The validated checkpoint and its plan (again at each run: the source may have changed since)."""
+              options: CheckpointOptions, importance: Path | None = None, importance_copy: Path | None = None
+              ) -> tuple[Checkpoint, tuple[TensorPlan, ...]]:
+    """The validated checkpoint and its plan (again at each run: the source may have changed since), with the
+    job's copy of its importance vectors (the statistics file itself, `importance`, is not copied through)."""
     checkpoint = open_checkpoint(directory, root=root, max_tensors=max_tensors, max_elements=max_elements,
                                  max_header_bytes=max_header_bytes)
-    return checkpoint, plan_checkpoint(checkpoint, options)
+    plans = plan_checkpoint(checkpoint, options)
+    if importance is not None and importance_copy is not None:
+        checkpoint = without_statistics(checkpoint, importance)
+        plans = attach_importance(plans, read_safetensors(importance_copy))
+    return checkpoint, plans
 
 
 def timed_tensor_part(directory: Path, plan: TensorPlan, options: CheckpointOptions, part: Path
@@ -136,13 +167,13 @@ def timed_tensor_part(directory: Path, plan: TensorPlan, options: CheckpointOpti
 
 
 def finish_output(checkpoint: Checkpoint, plans: tuple[TensorPlan, ...], options: CheckpointOptions,
-                  entries: dict[int, dict[str, Any]], part_dir: Path, out_dir: Path
-                  ) -> tuple[dict[str, Any], list[OutputShard]] | None:
+                  entries: dict[int, dict[str, Any]], part_dir: Path, out_dir: Path,
+                  allocation: dict[str, Any] | None = None) -> tuple[dict[str, Any], list[OutputShard]] | None:
     """Lay out the result: GGUF is written here whole (None); otherwise the report and the shards to write."""
     out_dir.mkdir(parents=True, exist_ok=True)
     for leftover in out_dir.glob("*.partial"):  # a write a kill interrupted
         leftover.unlink()
-    report = build_report(options, plans, entries, checkpoint)
+    report = build_report(options, plans, entries, checkpoint, allocation)
     if options.output == "gguf":
         write_gguf_output(checkpoint, plans, part_dir, report, out_dir)
         return None
@@ -245,10 +276,17 @@ class JobManager:
     async def submit(self, request: JobCreate) -> JobRecord:
         """Validate and plan the source (typed errors: 4xx), then queue the job."""
         directory, root = self._source(request)
+        importance = self._importance(request, root)
         options = to_options(request, self.threads)
-        total, total_bytes, passthrough = await self.executor.call(
-            inspect_source, directory, root, *self.limits, options)
-        record = self.store.create(uuid.uuid4().hex, request.model_dump(mode="json"), directory, total, total_bytes,
+        job_id = uuid.uuid4().hex
+        copy = self._importance_copy(job_id) if importance is not None else None
+        try:
+            total, total_bytes, passthrough = await self.executor.call(
+                inspect_source, directory, root, *self.limits, options, importance, copy)
+        except BaseException:
+            self._remove_files(job_id)
+            raise
+        record = self.store.create(job_id, request.model_dump(mode="json"), directory, total, total_bytes,
                                    passthrough)
         self._queue.put_nowait(record.id)
         return record
@@ -262,6 +300,21 @@ class JobManager:
             directory = self.uploads.source_directory(request.source.upload)
             return directory, directory
         return resolve_source(self.data_root, request.source.path or ""), self.data_root
+
+    @staticmethod
+    def _importance(request: JobCreate, root: Path) -> Path | None:
+        """The statistics file under the root the source's files may not leave (validated as the source path)."""
+        if request.importance is None:
+            return None
+        path = resolve_source(root, request.importance, field="importance")
+        if not path.is_file():
+            raise TensorFileError(f"importance {request.importance!r} is not a file under the "
+                                  f"{'upload set' if request.source.upload else 'data root'}", field="importance")
+        return path
+
+    def _importance_copy(self, job_id: str) -> Path:
+        """Where a job keeps the importance vectors it uses (read again at every run: a restart uses the same)."""
+        return self.store.job_dir(job_id) / "importance.safetensors"
 
     def get(self, job_id: str) -> JobRecord:
         record = self.store.get(job_id)
@@ -294,8 +347,10 @@ class JobManager:
         elif record.state == "succeeded" and record.started_at is not None and record.finished_at is not None:
             elapsed = record.finished_at - record.started_at  # over every run, restarts included
             rate, eta = (done_bytes / elapsed if elapsed > 0 else None), 0.0
+        budget = record.request.get("budget_bytes") is not None or record.request.get("bits_per_weight") is not None
         return {"tensors_done": done, "tensors_total": record.tensors_total, "bytes_done": done_bytes,
-                "bytes_total": record.bytes_total, "rate": rate, "eta_seconds": eta}
+                "bytes_total": record.bytes_total, "rate": rate, "eta_seconds": eta,
+                "tensors_measured": self.store.measured_count(record.id) if budget else None}
 
     def report(self, record: JobRecord) -> list[dict[str, Any]]:
         finished = [{**row.entry, "seconds": row.seconds} for row in self.store.tensors(record.id)]
@@ -360,33 +415,19 @@ class JobManager:
         finally:
             self._run_start.pop(job_id, None)
 
-    async def _execute(self, record: JobRecord) -> None:
-        job_id = record.id
-        request = JobCreate.model_validate(record.request)
-        options = to_options(request, self.threads)
-        source = Path(record.source_dir)
-        root = source if request.source.upload is not None else self.data_root
-        checkpoint, plans = await self.executor.call(load_plan, source, root, *self.limits, options)
-        job_dir = self.store.job_dir(job_id)
-        part_dir, out_dir = job_dir / "parts", Path(record.output_dir)
-        part_dir.mkdir(parents=True, exist_ok=True)
-        rows = {row.position: row.entry for row in self.store.tensors(job_id)}
-        whole = await self.executor.call(valid_parts, part_dir, plans, sorted(rows)) if rows else []
-        entries = {position: rows[position] for position in whole}
-        todo = [plan for plan in plans if plan.quantized and plan.index not in entries]
+    async def _each(self, job_id: str, todo: list[TensorPlan], work: Callable[[TensorPlan], Any]) -> None:
+        """Await ``work(plan)`` for each plan of `todo` in order, `concurrency` at once, until the job is cancelled;
+        the first error stops the others and is raised."""
         pending = iter(todo)  # shared by the workers below: each takes the next tensor in plan order
 
-        async def quantize_next() -> None:
+        async def next_tensor() -> None:
             for plan in pending:
                 if job_id in self._cancelled:
                     return
-                entry, seconds = await self.tensors.quantize(checkpoint.directory, plan, options,
-                                                             part_path(part_dir, plan))
-                self.store.add_tensor(job_id, TensorRecord(plan.index, plan.tensor.nbytes, seconds, entry))
-                entries[plan.index] = entry
+                await work(plan)
                 self._notify(job_id)
 
-        workers = [asyncio.create_task(quantize_next()) for _ in range(min(self.concurrency, max(1, len(todo))))]
+        workers = [asyncio.create_task(next_tensor()) for _ in range(min(self.concurrency, max(1, len(todo))))]
         try:
             done, _ = await asyncio.wait(workers, return_when=asyncio.FIRST_EXCEPTION)
             for task in done:
@@ -397,19 +438,70 @@ class JobManager:
             for task in workers:
                 task.cancel()
             await asyncio.gather(*workers, return_exceptions=True)
+
+    async def _allocate(self, job_id: str, checkpoint: Checkpoint, plans: tuple[TensorPlan, ...],
+                        options: CheckpointOptions) -> tuple[tuple[TensorPlan, ...], dict[str, Any]]:
+        """Measure every tensor without a measurement row (on the pool), then allocate the formats from the rows."""
+        measured = {position: [TensorOption(*option) for option in options_]
+                    for position, options_ in self.store.measurements(job_id).items()}
+
+        async def measure(plan: TensorPlan) -> None:
+            found = await self.executor.call(measure_tensor, checkpoint.directory, plan, options)
+            self.store.add_measurement(job_id, plan.index, [(o.label, o.bytes, o.error) for o in found])
+            measured[plan.index] = found
+
+        await self._each(job_id, [plan for plan in plans if plan.quantized and plan.index not in measured], measure)
+        if job_id in self._cancelled:
+            return plans, {}
+        return await self.executor.call(choose_formats, plans, options, measured)
+
+    async def _execute(self, record: JobRecord) -> None:
+        job_id = record.id
+        request = JobCreate.model_validate(record.request)
+        options = to_options(request, self.threads)
+        source = Path(record.source_dir)
+        root = source if request.source.upload is not None else self.data_root
+        importance = copy = None
+        if request.importance is not None:
+            importance = resolve_source(root, request.importance, field="importance")
+            copy = self._importance_copy(job_id)
+        checkpoint, plans = await self.executor.call(load_plan, source, root, *self.limits, options, importance,
+                                                     copy)
+        allocation = None
+        if options.has_budget:
+            plans, allocation = await self._allocate(job_id, checkpoint, plans, options)
+        job_dir = self.store.job_dir(job_id)
+        part_dir, out_dir = job_dir / "parts", Path(record.output_dir)
+        part_dir.mkdir(parents=True, exist_ok=True)
+        rows = {row.position: row.entry for row in self.store.tensors(job_id)}
+        whole = await self.executor.call(valid_parts, part_dir, plans, sorted(rows)) if rows else []
+        entries = {position: rows[position] for position in whole}
+
+        async def quantize(plan: TensorPlan) -> None:
+            entry, seconds = await self.tensors.quantize(checkpoint.directory, plan, options,
+                                                         part_path(part_dir, plan))
+            self.store.add_tensor(job_id, TensorRecord(plan.index, plan.tensor.nbytes, seconds, entry))
+            entries[plan.index] = entry
+
+        if job_id not in self._cancelled:
+            await self._each(job_id, [plan for plan in plans if plan.quantized and plan.index not in entries],
+                             quantize)
         if job_id in self._cancelled:
             self.store.finish(job_id, "cancelled")
             self._remove_files(job_id)
             self._notify(job_id)
             return
-        laid_out = await self.executor.call(finish_output, checkpoint, plans, options, entries, part_dir, out_dir)
+        laid_out = await self.executor.call(finish_output, checkpoint, plans, options, entries, part_dir, out_dir,
+                                            allocation)
         if laid_out is not None:
             report, shards = laid_out
             for shard in shards:
                 await self.executor.call(write_output_shard, shard, out_dir)
             await self.executor.call(write_checkpoint_files, checkpoint, shards, report, out_dir)
         files = sorted(path for path in out_dir.iterdir() if path.is_file())
-        result = {"files": [{"name": path.name, "bytes": path.stat().st_size} for path in files]}
+        result: dict[str, Any] = {"files": [{"name": path.name, "bytes": path.stat().st_size} for path in files]}
+        if allocation is not None:
+            result["allocation"] = allocation
         if job_id in self._cancelled:
             self.store.finish(job_id, "cancelled")
             self._remove_files(job_id)

@@ -20,8 +20,15 @@ from typing import Any, TextIO
 from app.client import NibbleClient
 from app.schemas.jobs import JobCreate, JobSource, to_options
 from app.settings import get_settings
-from quant_core.checkpoint import open_checkpoint, plan_checkpoint, quantize_checkpoint
+from quant_core.checkpoint import (
+    attach_importance,
+    open_checkpoint,
+    plan_checkpoint,
+    quantize_checkpoint,
+    without_statistics,
+)
 from quant_core.quantize import METHODS
+from quant_core.tensorio import read_importance
 
 PROGRESS_WIDTH = 24
 MIB = 1 << 20
@@ -44,7 +51,8 @@ def job_body(args: argparse.Namespace, path: str) -> dict[str, Any]:
     request = JobCreate(
         source=JobSource(path=path), method=args.method, output=args.format or "compressed-tensors",
         symmetric=args.symmetric, include=args.include or None, exclude=args.exclude or None,
-        max_shard_bytes=args.max_shard_bytes, **chosen)
+        max_shard_bytes=args.max_shard_bytes, importance=args.importance or None,
+        bits_per_weight=args.bits_per_weight, budget_bytes=args.budget_bytes, **chosen)
     return request.model_dump(mode="json", exclude_unset=True)
 
 
@@ -60,6 +68,13 @@ def progress_line(status: dict[str, Any]) -> str:
     if progress.get("eta_seconds") is not None and status["state"] == "running":
         parts.append(f"{progress['eta_seconds']:.0f} s left")
     return ", ".join(parts) + f" ({status['state']})"
+
+
+def allocation_line(allocation: dict[str, Any]) -> str:
+    """``budget 162,201 bytes: 161,852 written (4.390 bits per weight): 2 bf16, 12 int4-g32-asym``."""
+    mix = ", ".join(f"{count} {label}" for label, count in allocation["formats"].items())
+    return (f"budget {allocation['budget_bytes']:,} bytes: {allocation['output_bytes']:,} written "
+            f"({allocation['bits_per_weight']:.3f} bits per weight): {mix}")
 
 
 def _client(args: argparse.Namespace) -> NibbleClient:
@@ -85,6 +100,8 @@ def _finish(status: dict[str, Any], args: argparse.Namespace, out: TextIO) -> in
         out.write(f"job {status['id']}: {status['state']}\n")
         for file in (status.get("result") or {}).get("files", []):
             out.write(f"  {file['name']:<44} {file['bytes']:>14,} bytes  {file['url']}\n")
+        if (status.get("result") or {}).get("allocation"):
+            out.write(f"  {allocation_line(status['result']['allocation'])}\n")
         if status.get("error"):
             out.write(f"  error: {status['error'].get('detail', '')}\n")
     if status["state"] in ("failed", "cancelled"):
@@ -133,6 +150,9 @@ def command_quantize_checkpoint(args: argparse.Namespace, out: TextIO, err: Text
                                  max_elements=settings.job_max_elements_per_tensor,
                                  max_header_bytes=settings.max_header_bytes)
     plans = plan_checkpoint(checkpoint, options)
+    if args.importance:  # here a local file (a server's job reads it under its data root)
+        plans = attach_importance(plans, read_importance(Path(args.importance)))
+        checkpoint = without_statistics(checkpoint, Path(args.importance))
     output = Path(args.output)
     if output.exists() and any(output.iterdir()):
         raise JobFailed(f"{output} exists and is not empty; give a new directory")
@@ -154,6 +174,8 @@ def command_quantize_checkpoint(args: argparse.Namespace, out: TextIO, err: Text
     out.write(f"wrote {output} ({options.output}): {totals['quantized_tensors']} tensors quantized by "
               f"{options.method}, {totals['passthrough_tensors']} passed through; "
               f"{totals['quantized_input_bytes']:,} bytes in, {totals['quantized_output_bytes']:,} bytes out\n")
+    if report.get("allocation") is not None:
+        out.write(allocation_line(report["allocation"]) + "\n")
     return 0
 
 
@@ -162,6 +184,15 @@ def add_job_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--exclude", action="append", help="glob of tensor names never quantized (repeatable; "
                                                            "default: embeddings, lm_head, norms, routers)")
     parser.add_argument("--max-shard-bytes", type=int, default=5 * 10**9, help="most data bytes per output shard")
+
+
+def add_budget_options(parser: argparse.ArgumentParser) -> None:
+    """Importance statistics and a budget (``nibble quantize`` has them among its scheme options)."""
+    parser.add_argument("--importance", help="importance statistics (llama.cpp imatrix .gguf/.dat or safetensors "
+                                             "vectors), relative to the server's NIBBLE_DATA_DIR")
+    parser.add_argument("--bits-per-weight", type=float, help="a budget: per-tensor formats within this many bits "
+                        "per weight over the quantized tensors (compressed-tensors and gguf outputs)")
+    parser.add_argument("--budget-bytes", type=int, help="a budget in bytes for the quantized tensors")
 
 
 def add_jobs_parser(commands: Any, add_remote: Any) -> None:
@@ -177,6 +208,7 @@ def add_jobs_parser(commands: Any, add_remote: Any) -> None:
     submit.add_argument("--include", action="append", help="glob of tensor names to quantize (repeatable)")
     submit.add_argument("--watch", action="store_true", help="follow the job with a progress bar to its end")
     add_job_options(submit)
+    add_budget_options(submit)
     add_remote(submit)
     for action, text in (("status", "a job's state, progress and files"), ("watch", "follow a job to its end"),
                          ("cancel", "cancel a job")):

@@ -3,7 +3,9 @@
 A tensor's row is written only after its part file is on disk (written
 beside, synced, renamed: quant_core/checkpoint/output.py), so after any kill
 the rows name parts that exist whole, and a restarted server quantizes only
-the tensors without a row.  SQLite runs in WAL mode with
+the tensors without a row.  Under a budget each tensor is first measured,
+one row each (``measurements``); the formats are allocated from those rows,
+the same on every run.  SQLite runs in WAL mode with
 ``synchronous=NORMAL``: a commit survives the process being killed (SIGKILL
 included; only a power loss may lose the last commits, which are then redone).
 Every call is a short statement on one connection, made from the event loop's
@@ -46,6 +48,12 @@ CREATE TABLE IF NOT EXISTS tensors (
     input_bytes INTEGER NOT NULL,
     seconds REAL NOT NULL,
     entry TEXT NOT NULL,
+    PRIMARY KEY (job_id, position)
+);
+CREATE TABLE IF NOT EXISTS measurements (
+    job_id TEXT NOT NULL REFERENCES jobs(id) ON DELETE CASCADE,
+    position INTEGER NOT NULL,
+    options TEXT NOT NULL,
     PRIMARY KEY (job_id, position)
 );
 """
@@ -165,6 +173,25 @@ class JobStore:
             "SELECT position, input_bytes, seconds, entry FROM tensors WHERE job_id = ? ORDER BY position", (job_id,))
         return [TensorRecord(row["position"], row["input_bytes"], row["seconds"], json.loads(row["entry"]))
                 for row in rows.fetchall()]
+
+    def add_measurement(self, job_id: str, position: int, options: list[tuple[str, int, float]]) -> None:
+        """Record a tensor measured under a budget: its (format label, bytes, error) per allowed format.
+
+        JSON keeps every float exactly, so a resumed job allocates the same numbers to the same formats."""
+        self._connection.execute(
+            "INSERT OR REPLACE INTO measurements (job_id, position, options) VALUES (?, ?, ?)",
+            (job_id, position, json.dumps(options)))
+
+    def measurements(self, job_id: str) -> dict[int, list[tuple[str, int, float]]]:
+        """The measured tensors of a job by plan position."""
+        rows = self._connection.execute(
+            "SELECT position, options FROM measurements WHERE job_id = ? ORDER BY position", (job_id,))
+        return {row["position"]: [(label, size, error) for label, size, error in json.loads(row["options"])]
+                for row in rows.fetchall()}
+
+    def measured_count(self, job_id: str) -> int:
+        row = self._connection.execute("SELECT COUNT(*) FROM measurements WHERE job_id = ?", (job_id,)).fetchone()
+        return int(row[0])
 
     def progress(self, job_id: str) -> tuple[int, int]:
         """(tensors finished, their input bytes)."""

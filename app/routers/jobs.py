@@ -39,8 +39,9 @@ def _status(request: Request, manager: JobManager, record: JobRecord) -> dict[st
     result = None
     if record.result is not None:  # with API keys, each file's URL is signed: a browser's plain link downloads it
         settings = settings_of(request)
-        result = {"files": [{**entry, "url": signed_path(settings, f"{_url(record)}/files/{entry['name']}")}
-                            for entry in record.result["files"]]}
+        result = {**record.result, "files": [
+            {**entry, "url": signed_path(settings, f"{_url(record)}/files/{entry['name']}")}
+            for entry in record.result["files"]]}
     return {"id": record.id, "url": _url(record), "state": record.state, "created_at": record.created_at,
             "started_at": record.started_at, "finished_at": record.finished_at, "request": record.request,
             "progress": manager.progress(record), "report": manager.report(record), "result": result,

@@ -9,6 +9,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from app.schemas.quantize import BudgetFields
 from quant_core.checkpoint import DEFAULT_EXCLUDE, DEFAULT_MAX_SHARD_BYTES, CheckpointOptions
 from quant_core.quantize import METHODS
 
@@ -33,8 +34,9 @@ class JobSource(BaseModel):
         return self
 
 
-class JobCreate(BaseModel):
-    """A checkpoint quantize job: the source, and the options of POST /v1/quantize."""
+class JobCreate(BudgetFields):
+    """A checkpoint quantize job: the source, and the options of POST /v1/quantize (a budget: one of
+    bits_per_weight and budget_bytes, `BudgetFields`)."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -54,6 +56,18 @@ class JobCreate(BaseModel):
         f"Globs on tensor names never quantized (default: {', '.join(DEFAULT_EXCLUDE)})."))
     max_shard_bytes: int = Field(DEFAULT_MAX_SHARD_BYTES, ge=1, description=(
         "Most tensor data bytes in one output shard (default 5 GB as transformers counts it, 5 x 10^9)."))
+    importance: str | None = Field(None, min_length=1, max_length=4096, description=(
+        "Importance statistics (llama.cpp imatrix .gguf or .dat, or safetensors of float32 vectors named by "
+        "tensor): a file relative to the data root (with source.path, validated as it is) or a file of the "
+        "upload set (with source.upload). rtn, clip, refit and hqq minimise the importance-weighted error of "
+        "the tensors it names; a vector whose width differs from its tensor's is refused naming the tensor."))
+    bits_per_weight: float | None = Field(None, gt=0, le=16, description=(
+        "A budget in bits per weight over the tensors quantized: each tensor is measured in every format the "
+        "output can carry (compressed-tensors: int4 g128/g64/g32, the request's scheme and symmetric, or 16-bit; "
+        "gguf: Q4_0, Q8_0 or F16/BF16) and gets the one minimising the total (importance-weighted) error "
+        "within it. gptq and awq refuse a budget. Or budget_bytes; not both."))
+    budget_bytes: int | None = Field(None, gt=0, description=(
+        "A budget in bytes for the quantized tensors as the output stores them (at most this many are written)."))
 
     @field_validator("group_size", mode="before")
     @classmethod
@@ -72,7 +86,8 @@ def to_options(request: JobCreate, threads: int | None = 1) -> CheckpointOptions
         method=request.method, output=request.output, group_size=request.group_size, symmetric=request.symmetric,
         include=tuple(request.include or ()),
         exclude=DEFAULT_EXCLUDE if request.exclude is None else tuple(request.exclude),
-        max_shard_bytes=request.max_shard_bytes, threads=threads)
+        max_shard_bytes=request.max_shard_bytes, threads=threads, budget_bytes=request.budget_bytes,
+        bits_per_weight=request.bits_per_weight)
 
 
 class JobProgress(BaseModel):
@@ -82,6 +97,8 @@ class JobProgress(BaseModel):
     tensors_total: int
     bytes_done: int
     bytes_total: int
+    tensors_measured: int | None = Field(None, description=(
+        "Under a budget: tensors measured in every allowed format (all are, before any is written)."))
     rate: float | None = Field(None, description="Input bytes quantized per second since this run started.")
     eta_seconds: float | None = Field(None, description="Seconds left at that rate (null until it is known).")
 
@@ -94,6 +111,9 @@ class JobFile(BaseModel):
 
 class JobResult(BaseModel):
     files: list[JobFile]
+    allocation: dict[str, Any] | None = Field(None, description=(
+        "Under a budget: budget_bytes, output_bytes (the quantized tensors' bytes as written, never above the "
+        "budget), elements, bits_per_weight, error, the formats chosen (counts) and allowed."))
 
 
 class JobStatus(BaseModel):
@@ -109,7 +129,7 @@ class JobStatus(BaseModel):
     progress: JobProgress
     report: list[dict[str, Any]] = Field(description=(
         "One entry per tensor: quantized ones (name, shape, dtype, method, format, bytes, bits_per_weight, "
-        "quality, seconds) as they finish, and the passthrough tensors (name, shape, dtype, reason)."))
+        "quality, importance_used, seconds) as they finish, and the passthrough tensors (name, shape, dtype, reason)."))
     result: JobResult | None = None
     error: dict[str, Any] | None = Field(None, description="The problem+json document of a failed job.")
 

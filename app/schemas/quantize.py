@@ -8,10 +8,10 @@ the same Pydantic models that validate the text fields.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any, Literal, Self, TypeVar
+from typing import Any, Literal, TypeVar
 
 from fastapi.exceptions import RequestValidationError
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
 
 from quant_core.quantize import METHODS
 
@@ -39,11 +39,13 @@ class BudgetFields(BaseModel):
         "importance-weighted error within it (output report or nibble). Or budget_bytes; not both."))
     budget_bytes: int | None = Field(None, gt=0, description="A budget in bytes for the quantized tensors' payload.")
 
-    @model_validator(mode="after")
-    def _one_budget(self) -> Self:
-        if self.bits_per_weight is not None and self.budget_bytes is not None:
+    @field_validator("budget_bytes")
+    @classmethod
+    def _one_budget(cls, value: int | None, info: ValidationInfo) -> int | None:
+        """Refused on budget_bytes (the field named in the problem) when bits_per_weight came too."""
+        if value is not None and info.data.get("bits_per_weight") is not None:
             raise ValueError("send bits_per_weight or budget_bytes, not both")
-        return self
+        return value
 
 
 class QuantizeForm(BudgetFields):

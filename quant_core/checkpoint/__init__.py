@@ -5,15 +5,27 @@ tensors; `plan_checkpoint` decides each tensor's fate under
 `CheckpointOptions`; `quantize_tensor_part` does one tensor (what a job's
 worker runs); `output_shards`, `write_output_shard`, `write_checkpoint_files`
 and `write_gguf_output` assemble the result; `quantize_checkpoint` runs all of
-it in this process.
+it in this process.  Under a budget, `measure_tensor` and `choose_formats`
+(budget.py) give each tensor its format first; `attach_importance` gives the
+plans their importance statistics.
 """
 
+from quant_core.checkpoint.budget import (
+    attach_importance,
+    candidate_formats,
+    check_budget,
+    choose_formats,
+    measure_and_choose,
+    measure_tensor,
+    without_statistics,
+)
 from quant_core.checkpoint.output import (
     GGUF_NAME,
     REPORT_NAME,
     OutputShard,
     OutputTensor,
     build_report,
+    encode_tensor,
     output_shards,
     part_path,
     passthrough_entry,
@@ -65,8 +77,15 @@ __all__ = [
     "OutputShard",
     "OutputTensor",
     "TensorPlan",
+    "attach_importance",
     "build_report",
+    "candidate_formats",
+    "check_budget",
     "check_options",
+    "choose_formats",
+    "encode_tensor",
+    "measure_and_choose",
+    "measure_tensor",
     "open_checkpoint",
     "output_shards",
     "part_path",
@@ -78,6 +97,7 @@ __all__ = [
     "quantize_tensor_part",
     "read_tensor",
     "valid_parts",
+    "without_statistics",
     "write_checkpoint_files",
     "write_gguf_output",
     "write_output_shard",

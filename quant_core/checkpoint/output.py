@@ -27,11 +27,12 @@ import os
 import shutil
 import struct
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import gguf
+import ml_dtypes
 import numpy as np
 from numpy.typing import NDArray
 
@@ -45,14 +46,17 @@ from quant_core.checkpoint.source import (
     read_tensor,
 )
 from quant_core.errors import LimitExceeded, TensorFileError
-from quant_core.quantize import quantize
+from quant_core.formats import WeightFormat
+from quant_core.quantize import quality_report, quantize
+from quant_core.quantize.api import normalised_importance
+from quant_core.quantize.metrics import weighted_relative_error
 from quant_core.quantize.types import QuantizedTensor
 from quant_core.tensorio._export_common import module_prefix
 from quant_core.tensorio.awq import awq_scheme_config, awq_tensors
 from quant_core.tensorio.compressed_tensors import compressed_tensors_scheme_config, compressed_tensors_tensors
 from quant_core.tensorio.gguf_export import q4_0_blocks
 from quant_core.tensorio.gptq import gptq_scheme_config, gptq_tensors
-from quant_core.tensorio.nibble_file import describe_quantized
+from quant_core.tensorio.nibble_file import _json_figure, describe_quantized
 from quant_core.tensorio.safetensors_io import (
     encode_safetensors_header,
     read_safetensors_header,
@@ -66,6 +70,10 @@ COPY_BYTES = 8 << 20
 _GGUF_TYPES: dict[str, np.dtype[Any]] = {
     "F32": np.dtype(np.float32), "F16": np.dtype(np.float16), "I8": np.dtype(np.int8),
     "I16": np.dtype(np.int16), "I32": np.dtype(np.int32), "I64": np.dtype(np.int64)}
+_BF16 = np.dtype(ml_dtypes.bfloat16)
+#: the ggml type of each format a GGUF result stores a quantized tensor in (by format label)
+_GGML_TYPES = {"int4-g32-sym": gguf.GGMLQuantizationType.Q4_0, "q8_0": gguf.GGMLQuantizationType.Q8_0,
+               "fp16": gguf.GGMLQuantizationType.F16, "bf16": gguf.GGMLQuantizationType.BF16}
 
 
 def _write_atomically(path: Path, write: Callable[[Path], object], *, sync: bool = True) -> None:
@@ -101,23 +109,67 @@ def exported_parts(name: str, q: QuantizedTensor, options: CheckpointOptions) ->
     return {name: q4_0_blocks(name, q)}
 
 
-def _quantized_parts(directory: Path, plan: TensorPlan, options: CheckpointOptions
-                     ) -> tuple[dict[str, NDArray[Any]], dict[str, Any]]:
-    """One planned tensor read, quantized and exported: its part's tensors and its report entry."""
-    tensor = plan.tensor
-    weights = read_tensor(directory, tensor)
-    q = quantize(weights, options.scheme, options.method, name=tensor.name, threads=options.threads,
-                 min_zero=options.min_zero)
-    del weights
-    parts = exported_parts(tensor.name, q, options)
+def sixteen_bit(weights: NDArray[Any]) -> NDArray[Any]:
+    """A tensor's 16-bit copy: its own dtype when bfloat16 or float16 already, else float16."""
+    if weights.dtype in (np.dtype(np.float16), _BF16):
+        return weights
+    return np.asarray(weights, dtype=np.float32).astype(np.float16)
+
+
+def _decoded_quality(name: str, weights: NDArray[Any], decoded: NDArray[np.float32],
+                     importance: NDArray[np.float32] | None) -> dict[str, Any]:
+    """The quality figures of a tensor stored without a method (Q8_0 blocks, 16-bit), as `quantize` gives them."""
+    original = np.asarray(weights, dtype=np.float32)
+    report = quality_report(original, decoded)
+    if importance is not None:
+        columns = normalised_importance(importance, original.shape[1], name)
+        relative = weighted_relative_error(original, decoded, columns if columns is not None
+                                           else np.ones(original.shape[1], np.float32))
+        report = replace(report, weighted_relative_error=relative,
+                         weighted_sqnr_db=-20.0 * math.log10(relative) if relative > 0 else math.inf)
+    return {key: _json_figure(value) if isinstance(value, float) else value for key, value in asdict(report).items()}
+
+
+def encode_tensor(name: str, weights: NDArray[Any], stored: WeightFormat, options: CheckpointOptions,
+                  importance: NDArray[np.float32] | None = None) -> tuple[dict[str, NDArray[Any]], dict[str, Any]]:
+    """`weights` stored in format `stored`: the output's tensors for it and its report entry (without name/dtype).
+
+    int4 formats are quantized by the job's method (importance-weighted when
+    `importance` is given and the method uses it) and exported as
+    `options.output` stores them; ``q8_0`` (GGUF) is gguf-py's
+    ``quants.quantize``; 16-bit keeps the name (`sixteen_bit`).
+    """
+    method, used = "none", False
+    if stored.name == "int4":
+        q = quantize(weights, stored, options.method, name=name, threads=options.threads,
+                     min_zero=options.min_zero, importance=importance)
+        parts = exported_parts(name, q, options)
+        quality, method, used = describe_quantized(q)["quality"], options.method, q.quality.importance_used
+    elif stored.ggml_type == "Q8_0":
+        blocks = gguf.quants.quantize(np.asarray(weights, dtype=np.float32), gguf.GGMLQuantizationType.Q8_0)
+        decoded = gguf.quants.dequantize(blocks, gguf.GGMLQuantizationType.Q8_0).reshape(weights.shape)
+        parts, quality = {name: blocks}, _decoded_quality(name, weights, decoded, importance)
+    else:
+        copy = sixteen_bit(weights)
+        with np.errstate(over="ignore"):
+            decoded = np.asarray(copy, dtype=np.float32)
+        parts, quality = {name: copy}, _decoded_quality(name, weights, decoded, importance)
     output_bytes = sum(int(array.nbytes) for array in parts.values())
     return parts, {
-        "name": tensor.name, "shape": list(tensor.shape), "dtype": tensor.dtype, "method": options.method,
-        "format": options.scheme.label(),
-        "bytes": {"input": tensor.nbytes, "output": output_bytes},
-        "bits_per_weight": 8 * output_bytes / math.prod(tensor.shape),
-        "quality": describe_quantized(q)["quality"],
+        "method": method, "format": stored.label(), "bytes": {"input": int(weights.nbytes), "output": output_bytes},
+        "bits_per_weight": 8 * output_bytes / math.prod(weights.shape), "quality": quality,
+        "importance_used": used,
     }
+
+
+def _quantized_parts(directory: Path, plan: TensorPlan, options: CheckpointOptions
+                     ) -> tuple[dict[str, NDArray[Any]], dict[str, Any]]:
+    """One planned tensor read, encoded in its format and exported: its part's tensors and its report entry."""
+    tensor = plan.tensor
+    weights = read_tensor(directory, tensor)
+    parts, figures = encode_tensor(tensor.name, weights, plan.stored_format(options), options, plan.importance)
+    del weights
+    return parts, {"name": tensor.name, "shape": list(tensor.shape), "dtype": tensor.dtype, **figures}
 
 
 def quantize_tensor_bytes(directory: Path, plan: TensorPlan, options: CheckpointOptions
@@ -179,27 +231,47 @@ def passthrough_entry(plan: TensorPlan) -> dict[str, Any]:
     return {"name": tensor.name, "shape": list(tensor.shape), "dtype": tensor.dtype, "reason": plan.reason}
 
 
+def _ggml_type(plan: TensorPlan) -> gguf.GGMLQuantizationType:
+    """The ggml type a quantized tensor of a GGUF result is written in (Q4_0 unless a budget chose another)."""
+    return gguf.GGMLQuantizationType.Q4_0 if plan.format is None else _GGML_TYPES[plan.format.label()]
+
+
 def quantization_config(options: CheckpointOptions, plans: Sequence[TensorPlan]) -> dict[str, Any]:
-    """The ``quantization_config`` config.json gets for this job (the scheme is one for every tensor)."""
+    """The ``quantization_config`` config.json gets for this job.
+
+    compressed-tensors: one config group per distinct int4 scheme, each
+    targeting its modules by name (a budget's 16-bit tensors are in none, so
+    they load as plain linear layers); GGUF: the ggml type of each quantized
+    tensor (``Q4_0`` for every one without a budget).
+    """
     group_size, symmetric = options.group_size, options.symmetric
     if options.output == "compressed-tensors":
-        targets = [module_prefix(plan.tensor.name) for plan in plans if plan.quantized]
-        return compressed_tensors_scheme_config({(group_size, symmetric): targets})
+        groups: dict[tuple[int | None, bool], list[str]] = {}
+        for plan in plans:
+            stored = plan.stored_format(options)
+            if plan.quantized and stored.name == "int4":
+                groups.setdefault((stored.group_size, stored.symmetric), []).append(module_prefix(plan.tensor.name))
+        return compressed_tensors_scheme_config(groups)
     if options.output == "gptq":
         return gptq_scheme_config(group_size, symmetric, act_order=False)
     if options.output == "awq":
         return awq_scheme_config(group_size)
-    return {"quant_method": "gguf", "type": "Q4_0"}
+    if not options.has_budget:
+        return {"quant_method": "gguf", "type": "Q4_0"}
+    types = {plan.tensor.name: _ggml_type(plan).name for plan in plans if plan.quantized}
+    return {"quant_method": "gguf", "type": "mixed", "types": types}
 
 
 def build_report(options: CheckpointOptions, plans: Sequence[TensorPlan], entries: Mapping[int, dict[str, Any]],
-                 checkpoint: Checkpoint) -> dict[str, Any]:
+                 checkpoint: Checkpoint, allocation: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """nibble's report of the whole job: each quantized tensor's entry (by plan index), the passthrough
-    tensors with why, the files copied through, totals and the quantization config."""
+    tensors with why, the files copied through, totals and the quantization config; under a budget,
+    ``format`` is ``mixed`` and ``allocation`` the budget's summary (quant_core/checkpoint/budget.py)."""
     quantized = [entries[plan.index] for plan in plans if plan.quantized]
     passthrough = [passthrough_entry(plan) for plan in plans if not plan.quantized]
-    return {
-        "method": options.method, "format": options.scheme.label(), "output": options.output,
+    report = {
+        "method": options.method, "format": "mixed" if options.has_budget else options.scheme.label(),
+        "output": options.output,
         "tensors": quantized, "passthrough": passthrough,
         "files_copied": list(checkpoint.other_files) if options.output != "gguf" else [],
         "totals": {
@@ -210,6 +282,9 @@ def build_report(options: CheckpointOptions, plans: Sequence[TensorPlan], entrie
         },
         "quantization_config": quantization_config(options, plans),
     }
+    if allocation is not None:
+        report["allocation"] = dict(allocation)
+    return report
 
 
 @dataclass(frozen=True, slots=True)
@@ -354,10 +429,11 @@ def write_checkpoint_files(checkpoint: Checkpoint, shards: Sequence[OutputShard]
 
 def write_gguf_output(checkpoint: Checkpoint, plans: Sequence[TensorPlan], part_dir: Path,
                       report: Mapping[str, Any], out_dir: Path) -> None:
-    """The GGUF result: ``model.gguf`` (Q4_0 tensors and passthrough tensors, the report in ``nibble.report``)
-    and ``nibble_report.json``; written a tensor at a time through gguf-py's writer."""
+    """The GGUF result: ``model.gguf`` (each quantized tensor in its ggml type, Q4_0 without a budget, and the
+    passthrough tensors; the report in ``nibble.report``) and ``nibble_report.json``; written a tensor at a
+    time through gguf-py's writer."""
     tensors = output_tensors(checkpoint, plans, part_dir)
-    quantized = {plan.tensor.name for plan in plans if plan.quantized}
+    quantized = {plan.tensor.name: _ggml_type(plan) for plan in plans if plan.quantized}
 
     def write(path: Path) -> None:
         writer = gguf.GGUFWriter(path, "nibble")
@@ -365,9 +441,10 @@ def write_gguf_output(checkpoint: Checkpoint, plans: Sequence[TensorPlan], part_
             writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
             writer.add_string("nibble.report", json.dumps(report, separators=(",", ":")))
             for tensor in tensors:
-                if tensor.name in quantized:
+                ggml_type = quantized.get(tensor.name)
+                if ggml_type in (gguf.GGMLQuantizationType.Q4_0, gguf.GGMLQuantizationType.Q8_0):
                     writer.add_tensor_info(tensor.name, tensor.shape, np.dtype(np.uint8), tensor.nbytes,
-                                           raw_dtype=gguf.GGMLQuantizationType.Q4_0)
+                                           raw_dtype=ggml_type)
                 elif tensor.dtype == "BF16":
                     byte_shape = (*tensor.shape[:-1], 2 * tensor.shape[-1]) if tensor.shape else (2,)
                     writer.add_tensor_info(tensor.name, byte_shape, np.dtype(np.uint8), tensor.nbytes,
@@ -395,7 +472,15 @@ def quantize_checkpoint(checkpoint: Checkpoint, plans: Sequence[TensorPlan], opt
 
     `progress(done, total, entry)` is called after each quantized tensor.
     Returns the report.  Parts already present are made again (the same bytes).
+    Under a budget, each tensor is first measured in every allowed format and
+    the formats chosen (`quant_core.checkpoint.budget.choose_formats`), unless
+    `plans` already carry their formats.
     """
+    allocation = None
+    if options.has_budget:
+        from quant_core.checkpoint.budget import measure_and_choose
+
+        plans, allocation = measure_and_choose(checkpoint, plans, options)
     part_dir.mkdir(parents=True, exist_ok=True)
     out_dir.mkdir(parents=True, exist_ok=True)
     entries: dict[int, dict[str, Any]] = {}
@@ -404,7 +489,7 @@ def quantize_checkpoint(checkpoint: Checkpoint, plans: Sequence[TensorPlan], opt
         entries[plan.index] = quantize_tensor_part(checkpoint.directory, plan, options, part_path(part_dir, plan))
         if progress is not None:
             progress(len(entries), len(todo), entries[plan.index])
-    report = build_report(options, plans, entries, checkpoint)
+    report = build_report(options, plans, entries, checkpoint, allocation)
     if options.output == "gguf":
         write_gguf_output(checkpoint, plans, part_dir, report, out_dir)
         return report

@@ -14,8 +14,11 @@ the whole checkpoint.
 from __future__ import annotations
 
 import fnmatch
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
+
+import numpy as np
+from numpy.typing import NDArray
 
 from quant_core.checkpoint.source import Checkpoint, CheckpointTensor
 from quant_core.errors import InvalidSpec, UnknownName
@@ -33,6 +36,16 @@ _FLOAT_DTYPES = ("F32", "F16", "BF16")
 #: GGUF has no tensor type for these safetensors dtypes (gguf-py ``GGMLQuantizationType``)
 _GGUF_PASSTHROUGH_DTYPES = ("F32", "F16", "BF16", "I8", "I16", "I32", "I64")
 _NEEDS_CALIBRATION = ("gptq", "gptq-act-order")
+#: outputs that cannot carry per-tensor formats, and why (a budget is refused for them)
+BUDGET_REFUSED: dict[str, str] = {
+    "gptq": ("a budget mixes formats per tensor, and AutoGPTQ's quantize_config (the reference nibble's GPTQ "
+             "output is checked against) has one bits/group_size for every module; vLLM's per-module `dynamic` "
+             "override is read by vLLM and GPTQModel only. Use output compressed-tensors (one config group per "
+             "format) or gguf (a ggml type per tensor)"),
+    "awq": ("a budget mixes formats per tensor, and AWQ's quantization_config has one w_bit/q_group_size for "
+            "every module. Use output compressed-tensors (one config group per format) or gguf (a ggml type "
+            "per tensor)"),
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,6 +61,14 @@ class CheckpointOptions:
     max_shard_bytes: int = DEFAULT_MAX_SHARD_BYTES
     #: threads per tensor (`quantize`'s `threads`); the result does not depend on it
     threads: int | None = 1
+    #: a budget for the quantized tensors' stored bytes (or bits per weight over them): per-tensor formats
+    #: chosen by measured error (quant_core/checkpoint/budget.py); one of the two at most
+    budget_bytes: int | None = None
+    bits_per_weight: float | None = None
+
+    @property
+    def has_budget(self) -> bool:
+        return self.budget_bytes is not None or self.bits_per_weight is not None
 
     @property
     def scheme(self) -> WeightFormat:
@@ -82,6 +103,19 @@ def check_options(options: CheckpointOptions) -> None:
         raise InvalidSpec("max_shard_bytes", options.max_shard_bytes, "must be at least 1")
     if options.threads is not None and options.threads < 1:
         raise InvalidSpec("threads", options.threads, "must be at least 1")
+    _check_budget(options)
+
+
+def _check_budget(options: CheckpointOptions) -> None:
+    """Refuse a budget the output cannot carry, or that is not one positive number."""
+    if options.budget_bytes is not None and options.bits_per_weight is not None:
+        raise InvalidSpec("budget_bytes", options.budget_bytes, "give bits_per_weight or budget_bytes, not both")
+    if options.budget_bytes is not None and options.budget_bytes < 1:
+        raise InvalidSpec("budget_bytes", options.budget_bytes, "must be at least 1")
+    if options.bits_per_weight is not None and not 0 < options.bits_per_weight <= 16:
+        raise InvalidSpec("bits_per_weight", options.bits_per_weight, "must be above 0 and at most 16")
+    if options.has_budget and options.output in BUDGET_REFUSED:
+        raise InvalidSpec("output", options.output, BUDGET_REFUSED[options.output])
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,10 +125,18 @@ class TensorPlan:
     index: int
     tensor: CheckpointTensor
     reason: str | None
+    #: under a budget, the format chosen for this tensor (quant_core/checkpoint/budget.py); else the options' scheme
+    format: WeightFormat | None = None
+    #: the tensor's importance statistics (one per input column), when the job has them
+    importance: NDArray[np.float32] | None = field(default=None, compare=False, repr=False)
 
     @property
     def quantized(self) -> bool:
         return self.reason is None
+
+    def stored_format(self, options: CheckpointOptions) -> WeightFormat:
+        """The format this tensor is written in: the chosen one under a budget, else the options' scheme."""
+        return self.format if self.format is not None else options.scheme
 
 
 def _reason(tensor: CheckpointTensor, options: CheckpointOptions) -> str | None:

@@ -10,7 +10,15 @@ from pathlib import Path
 import pytest
 
 from app.cli import run
-from quant_core.checkpoint import CheckpointOptions, open_checkpoint, plan_checkpoint, quantize_checkpoint
+from quant_core.checkpoint import (
+    CheckpointOptions,
+    attach_importance,
+    open_checkpoint,
+    plan_checkpoint,
+    quantize_checkpoint,
+)
+from quant_core.tensorio import write_safetensors
+from tests.app.test_jobs_budget import STATISTICS, importance_vectors
 from tests.checkpoints import tree_bytes, write_llama_checkpoint
 from tests.e2e.conftest import start_server
 
@@ -25,6 +33,8 @@ def nibble(*argv: str) -> tuple[int, str, str]:
 def data_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("data")
     write_llama_checkpoint(root / "llama", shards=2)
+    (root / STATISTICS).parent.mkdir()
+    write_safetensors(root / STATISTICS, importance_vectors())
     return root
 
 
@@ -76,3 +86,33 @@ def test_jobs_errors_print_the_problem_and_exit_1(server: str) -> None:
     assert status == 1 and "(404)" in err
     status, _, err = nibble("jobs", "list")
     assert status == 1 and "--url" in err
+
+
+def test_quantize_a_checkpoint_locally_under_a_budget_with_importance_gives_the_jobs_bytes(
+        data_root: Path, tmp_path: Path) -> None:
+    status, out, err = nibble("quantize", str(data_root / "llama"), "-o", str(tmp_path / "out"),
+                              "--importance", str(data_root / STATISTICS), "--bits-per-weight", "4.4")
+    assert status == 0, err
+    report = json.loads((tmp_path / "out" / "nibble_report.json").read_text())
+    allocation = report["allocation"]
+    assert f"budget 162,201 bytes: {allocation['output_bytes']:,} written" in out
+    assert allocation["output_bytes"] <= 162_201 and len(allocation["formats"]) >= 2
+    checkpoint = open_checkpoint(data_root / "llama")
+    options = CheckpointOptions(bits_per_weight=4.4)
+    plans = attach_importance(plan_checkpoint(checkpoint, options), importance_vectors())
+    quantize_checkpoint(checkpoint, plans, options, tmp_path / "ref", tmp_path / "p")
+    assert tree_bytes(tmp_path / "out") == tree_bytes(tmp_path / "ref")
+
+
+def test_jobs_submit_sends_the_importance_path_and_the_budget(server: str) -> None:
+    status, out, err = nibble("jobs", "submit", "llama", "--importance", STATISTICS, "--budget-bytes", "170000",
+                              "--watch", "--json", "--url", server)
+    assert status == 0, err
+    answer = json.loads(out)
+    assert answer["request"]["importance"] == STATISTICS and answer["request"]["budget_bytes"] == 170_000
+    assert answer["result"]["allocation"]["output_bytes"] <= 170_000
+    status, out, err = nibble("jobs", "status", answer["id"], "--url", server)
+    assert status == 0 and f"  budget 170,000 bytes: {answer['result']['allocation']['output_bytes']:,} written" in out
+    status, _, err = nibble("jobs", "submit", "llama", "--format", "gptq", "--bits-per-weight", "4.5",
+                            "--url", server)
+    assert status == 1 and "(422)" in err and "output" in err

@@ -23,9 +23,17 @@ import torch
 from fastapi.testclient import TestClient
 from numpy.typing import NDArray
 
-from quant_core.checkpoint import CheckpointOptions, open_checkpoint, plan_checkpoint, read_tensor
+from quant_core.checkpoint import (
+    CheckpointOptions,
+    candidate_formats,
+    open_checkpoint,
+    plan_checkpoint,
+    read_tensor,
+)
 from quant_core.quantize import QuantizedTensor, dequantize, quantize
+from quant_core.tensorio import write_safetensors
 from tests.app.conftest import client_with
+from tests.app.test_jobs_budget import STATISTICS, importance_vectors
 from tests.checkpoints import llama_tensors, write_llama_checkpoint
 from tests.quant_core.tensorio.test_reference_libraries import reference_module
 
@@ -40,6 +48,8 @@ pytestmark = [
 def source(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("data")
     write_llama_checkpoint(root / "llama", shards=3)
+    (root / STATISTICS).parent.mkdir()
+    write_safetensors(root / STATISTICS, importance_vectors())
     return root
 
 
@@ -166,3 +176,137 @@ def test_gguf_reads_the_gguf_checkpoint(client: TestClient, source: Path, tmp_pa
                                   written["model.norm.weight"])
     report = json.loads(bytes(reader.fields["nibble.report"].parts[-1]).decode())
     assert report == json.loads((tmp_path / "out" / "nibble_report.json").read_text())
+
+
+def budgeted_quantized(source: Path, fields: dict[str, Any], status: dict[str, Any], *, importance: bool = True
+                       ) -> dict[str, QuantizedTensor]:
+    """nibble's own quantization of each tensor the budgeted job wrote in an int4 format, in that format (and
+    with the tensor's importance vector when the job had the statistics)."""
+    options = CheckpointOptions(**fields)
+    checkpoint = open_checkpoint(source / "llama")
+    chosen = {entry["name"]: entry["format"] for entry in status["report"] if "reason" not in entry}
+    vectors = importance_vectors()
+    quantized = {}
+    for plan in plan_checkpoint(checkpoint, options):
+        if not plan.quantized:
+            continue
+        stored = {f.label(): f for f in candidate_formats(plan, options)}[chosen[plan.tensor.name]]
+        if stored.name == "int4":
+            quantized[plan.tensor.name] = quantize(read_tensor(checkpoint.directory, plan.tensor), stored,
+                                                   options.method,
+                                                   importance=vectors[plan.tensor.name] if importance else None,
+                                                   min_zero=options.min_zero)
+    return quantized
+
+
+def _chosen_formats(status: dict[str, Any]) -> dict[str, str]:
+    return {entry["name"]: entry["format"] for entry in status["report"] if "reason" not in entry}
+
+
+def _groups_match_the_report(config: dict[str, Any], formats: dict[str, str]) -> dict[str, Any]:
+    """compressed-tensors' own reading of the config: one config group per int4 format, targeting exactly the
+    modules the report gives that format; returns the groups (QuantizationScheme) by module."""
+    from compressed_tensors.quantization import QuantizationConfig
+
+    parsed = QuantizationConfig.model_validate(config)
+    labels = {label for label in formats.values() if label.startswith("int4")}
+    assert len(parsed.config_groups) == len(labels)
+    by_module = {}
+    for group in parsed.config_groups.values():
+        label = f"int4-g{group.weights.group_size}-{'sym' if group.weights.symmetric else 'asym'}"
+        assert sorted(group.targets) == sorted(name.removesuffix(".weight") for name, chosen in formats.items()
+                                               if chosen == label)
+        by_module.update(dict.fromkeys(group.targets, group))
+    return by_module
+
+
+def test_compressed_tensors_decompresses_each_module_of_a_budgeted_checkpoint_by_its_own_group(
+        client: TestClient, source: Path, tmp_path: Path) -> None:
+    from compressed_tensors.compressors import BaseCompressor
+
+    status = run_job(client, tmp_path / "out", output="compressed-tensors", bits_per_weight=4.8,
+                     importance=STATISTICS)
+    formats = _chosen_formats(status)
+    assert "bf16" in formats.values() and len({f for f in formats.values() if f.startswith("int4")}) >= 3, formats
+    config = json.loads((tmp_path / "out" / "config.json").read_text())["quantization_config"]
+    groups = _groups_match_the_report(config, formats)
+    loaded = shard_tensors(tmp_path / "out")
+    expected = budgeted_quantized(source, {"bits_per_weight": 4.8}, status)
+    compressor = BaseCompressor.get_value_from_registry("pack-quantized")
+    written = llama_tensors()
+    for name, chosen in formats.items():
+        prefix = name.removesuffix(".weight")
+        if chosen == "bf16":  # in no group: stored as the source's tensor under its own name
+            np.testing.assert_array_equal(loaded[name].float().numpy(), as_float32(written[name]), err_msg=name)
+            continue
+        state = {key.removeprefix(prefix + "."): value for key, value in loaded.items()
+                 if key.startswith(prefix + ".weight_")}
+        decoded = compressor.decompress(state, groups[prefix])["weight"]
+        np.testing.assert_array_equal(decoded.float().numpy(), dequantize(expected[name], np.float16)
+                                      .astype(np.float32), err_msg=name)
+    print(f"budgeted compressed-tensors (asymmetric): {status['result']['allocation']['formats']}")
+
+
+def test_transformers_runs_a_budgeted_symmetric_checkpoint_compressed_on_cpu(
+        client: TestClient, source: Path, tmp_path: Path) -> None:
+    from transformers import AutoModelForCausalLM
+
+    fields = {"symmetric": True, "bits_per_weight": 4.8}
+    status = run_job(client, tmp_path / "out", output="compressed-tensors", importance=STATISTICS, **fields)
+    formats = _chosen_formats(status)
+    assert "bf16" in formats.values() and len({f for f in formats.values() if f.startswith("int4")}) >= 2, formats
+    config = json.loads((tmp_path / "out" / "config.json").read_text())["quantization_config"]
+    _groups_match_the_report(config, formats)
+    # loaded compressed, as engines load it: each module gets its own config group's scheme.  (transformers'
+    # dequantize=True path decompresses every dense module with one group's scheme, get_dense_scheme, so it
+    # does not read a mixed config; neither path reads asymmetric zero points packed as compressed-tensors
+    # packs them, the test above decodes those with the library itself.)
+    packed = AutoModelForCausalLM.from_pretrained(tmp_path / "out", dtype=torch.float32)
+    packed_state = packed.state_dict()
+    for name, chosen in formats.items():
+        assert (f"{name.removesuffix('.weight')}.weight_packed" in packed_state) == (chosen != "bf16"), name
+    # the same model with nibble's own dequantized weights (float32: the compressed forward decompresses in the
+    # model's dtype)
+    expected = budgeted_quantized(source, fields, status)
+    dense_state = {name: torch.from_numpy(as_float32(array)) for name, array in llama_tensors().items()}
+    for name, q in expected.items():
+        dense_state[name] = torch.from_numpy(dequantize(q))
+    settings = {key: value for key, value in packed.config.to_dict().items() if key != "quantization_config"}
+    dense = AutoModelForCausalLM.from_config(packed.config.__class__.from_dict(settings), dtype=torch.float32)
+    assert not dense.load_state_dict(dense_state, strict=True).missing_keys
+    tokens = torch.tensor([[1, 5, 9, 40, 2]])
+    with torch.no_grad():
+        torch.testing.assert_close(packed(tokens).logits, dense(tokens).logits, rtol=0, atol=1e-5)
+    print(f"budgeted compressed-tensors (symmetric): {status['result']['allocation']['formats']}")
+
+
+def test_gguf_reads_a_budgeted_checkpoint_with_a_ggml_type_per_tensor(client: TestClient, source: Path,
+                                                                       tmp_path: Path) -> None:
+    status = run_job(client, tmp_path / "out", output="gguf", group_size=32, symmetric=True, bits_per_weight=6.0)
+    formats = {entry["name"]: entry["format"] for entry in status["report"] if "reason" not in entry}
+    assert {"int4-g32-sym", "q8_0"} <= set(formats.values()), formats
+    reader = gguf.GGUFReader(tmp_path / "out" / "model.gguf")
+    tensors = {tensor.name: tensor for tensor in reader.tensors}
+    expected = budgeted_quantized(source, {"output": "gguf", "group_size": 32, "symmetric": True,
+                                           "bits_per_weight": 6.0}, status, importance=False)
+    written = llama_tensors()
+    types = {"int4-g32-sym": gguf.GGMLQuantizationType.Q4_0, "q8_0": gguf.GGMLQuantizationType.Q8_0,
+             "bf16": gguf.GGMLQuantizationType.BF16}
+    for name, chosen in formats.items():
+        tensor = tensors[name]
+        assert tensor.tensor_type == types[chosen], name
+        source_weights = as_float32(written[name])
+        if chosen == "bf16":
+            np.testing.assert_array_equal(np.asarray(tensor.data).view(ml_dtypes.bfloat16).reshape(source_weights.shape),
+                                          written[name])
+            continue
+        decoded = gguf.quants.dequantize(tensor.data, tensor.tensor_type).reshape(source_weights.shape)
+        if chosen == "q8_0":  # gguf-py's own Q8_0 of the source weights
+            reference = gguf.quants.quantize(source_weights, gguf.GGMLQuantizationType.Q8_0)
+            np.testing.assert_array_equal(decoded, gguf.quants.dequantize(reference, gguf.GGMLQuantizationType.Q8_0)
+                                          .reshape(source_weights.shape), err_msg=name)
+        else:
+            np.testing.assert_array_equal(decoded, dequantize(expected[name]), err_msg=name)
+    quantized_bytes = sum(int(tensors[name].n_bytes) for name in formats)
+    allocation = status["result"]["allocation"]
+    assert quantized_bytes == allocation["output_bytes"] <= allocation["budget_bytes"]

@@ -17,7 +17,9 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
+from quant_core.tensorio import write_safetensors
 from tests.app.conftest import client_with
+from tests.app.test_jobs_budget import STATISTICS, importance_vectors
 from tests.checkpoints import write_llama_checkpoint
 from tests.e2e.conftest import REPO_ROOT, free_port
 
@@ -60,12 +62,18 @@ def finished_files(client: TestClient, body: dict[str, Any]) -> dict[str, bytes]
     return {file["name"]: client.get(file["url"]).content for file in status["result"]["files"]}
 
 
-@pytest.mark.parametrize("output", ["compressed-tensors", "gguf"])
-def test_job_on_a_local_ray_cluster_gives_the_pools_bytes(ray_cluster: str, tmp_path: Path, output: str) -> None:
+@pytest.mark.parametrize(("output", "budgeted"), [("compressed-tensors", False), ("gguf", False),
+                                                  ("compressed-tensors", True), ("gguf", True)])
+def test_job_on_a_local_ray_cluster_gives_the_pools_bytes(ray_cluster: str, tmp_path: Path, output: str,
+                                                          budgeted: bool) -> None:
     write_llama_checkpoint(tmp_path / "data" / "llama", shards=3)
     body: dict[str, Any] = {"source": {"path": "llama"}, "output": output, "max_shard_bytes": 60_000}
     if output == "gguf":
         body.update(group_size=32, symmetric=True)
+    if budgeted:  # each Ray task writes its tensor in the format the allocation chose, with its statistics
+        (tmp_path / "data" / STATISTICS).parent.mkdir()
+        write_safetensors(tmp_path / "data" / STATISTICS, importance_vectors())
+        body.update(importance=STATISTICS, bits_per_weight=5.0)
     with client_with(state_dir=tmp_path / "pool-state", data_dir=tmp_path / "data") as client:
         on_pool = finished_files(client, body)
     with client_with(state_dir=tmp_path / "ray-state", data_dir=tmp_path / "data", ray_address=ray_cluster) as client:

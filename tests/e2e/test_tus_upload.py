@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import io
 import os
+import shutil
 import signal
 import socket
 import time
@@ -20,6 +21,8 @@ import httpx
 import pytest
 from tusclient import client as tus_client
 
+from quant_core.tensorio import write_safetensors
+from tests.app.test_jobs_budget import importance_vectors
 from tests.checkpoints import tree_bytes, write_llama_checkpoint
 from tests.e2e.conftest import start_server
 from tests.e2e.test_job_resume import uvicorn_server
@@ -191,3 +194,32 @@ def test_a_patch_body_that_pauses_locks_its_file_then_is_408_and_the_bytes_it_se
         assert answer.startswith(b"HTTP/1.1 408 ")
         assert b"application/problem+json" in answer and b"upload-stalled" in answer
         assert offset_of(url) == 40_000
+
+
+def test_a_budgeted_job_takes_its_importance_file_from_the_upload_set(server: tuple[str, Path]) -> None:
+    """The statistics uploaded with the shards (``importance``: a file of the set) give the bytes of the same
+    job from a directory holding them; the statistics are not copied into the result."""
+    base_url, root = server
+    shutil.copytree(root / "data" / "llama", root / "data" / "llama-stats")
+    write_safetensors(root / "data" / "llama-stats" / "imatrix.safetensors", importance_vectors())
+    upload_set = new_set(base_url)
+    client = tus_client.TusClient(base_url + upload_set["tus_url"])
+    for path in sorted((root / "data" / "llama-stats").iterdir()):
+        with path.open("rb") as stream:
+            client.uploader(file_stream=stream, chunk_size=64 * 1024, metadata={"filename": path.name}).upload()
+    results = []
+    for source, importance in (({"upload": upload_set["id"]}, "imatrix.safetensors"),
+                               ({"path": "llama-stats"}, "llama-stats/imatrix.safetensors")):
+        body = {"source": source, "importance": importance, "bits_per_weight": 4.4, "max_shard_bytes": 60_000}
+        job = httpx.post(f"{base_url}/v1/jobs", json=body).json()
+        deadline = time.monotonic() + 120
+        while (status := httpx.get(f"{base_url}{job['url']}").json())["state"] in ("queued", "running"):
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
+        assert status["state"] == "succeeded", status["error"]
+        assert all(entry["importance_used"] for entry in status["report"] if "reason" not in entry)
+        results.append({f["name"]: httpx.get(base_url + f["url"]).content for f in status["result"]["files"]})
+    assert results[0] == results[1] and "imatrix.safetensors" not in results[0]
+    outside = httpx.post(f"{base_url}/v1/jobs", json={"source": {"upload": upload_set["id"]},
+                                                      "importance": "../../../data/llama-stats/imatrix.safetensors"})
+    assert outside.status_code == 403 and outside.json()["errors"][0]["field"] == "importance"
