@@ -35,6 +35,7 @@ import gguf
 import numpy as np
 from numpy.typing import NDArray
 
+from quant_core.checkpoint.gguf_model import gguf_model
 from quant_core.checkpoint.plan import CheckpointOptions, TensorPlan
 from quant_core.checkpoint.source import (
     CONFIG_NAME,
@@ -354,32 +355,36 @@ def write_checkpoint_files(checkpoint: Checkpoint, shards: Sequence[OutputShard]
 
 def write_gguf_output(checkpoint: Checkpoint, plans: Sequence[TensorPlan], part_dir: Path,
                       report: Mapping[str, Any], out_dir: Path) -> None:
-    """The GGUF result: ``model.gguf`` (Q4_0 tensors and passthrough tensors, the report in ``nibble.report``)
-    and ``nibble_report.json``; written a tensor at a time through gguf-py's writer."""
-    tensors = output_tensors(checkpoint, plans, part_dir)
+    """The GGUF result: ``model.gguf`` (Q4_0 tensors and passthrough tensors, named, permuted and typed as
+    llama.cpp's converter writes them, its metadata and tokenizer: `gguf_model`; the report in
+    ``nibble.report``) and ``nibble_report.json``; written a tensor at a time through gguf-py's writer."""
+    model = gguf_model(checkpoint.directory, checkpoint.config, checkpoint.other_files)
     quantized = {plan.tensor.name for plan in plans if plan.quantized}
+    tensors = [(tensor, gguf_tensor) for tensor in output_tensors(checkpoint, plans, part_dir)
+               if (gguf_tensor := model.tensor(tensor.name, len(tensor.shape))) is not None]
 
     def write(path: Path) -> None:
-        writer = gguf.GGUFWriter(path, "nibble")
+        writer = gguf.GGUFWriter(path, model.arch_name)
         try:
-            writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
-            writer.add_string("nibble.report", json.dumps(report, separators=(",", ":")))
-            for tensor in tensors:
+            for tensor, gguf_tensor in tensors:
+                name, dtype, nbytes = gguf_tensor.name, gguf_tensor.dtype(tensor.dtype), gguf_tensor.nbytes(tensor)
                 if tensor.name in quantized:
-                    writer.add_tensor_info(tensor.name, tensor.shape, np.dtype(np.uint8), tensor.nbytes,
+                    writer.add_tensor_info(name, tensor.shape, np.dtype(np.uint8), tensor.nbytes,
                                            raw_dtype=gguf.GGMLQuantizationType.Q4_0)
-                elif tensor.dtype == "BF16":
+                elif dtype == "BF16":
                     byte_shape = (*tensor.shape[:-1], 2 * tensor.shape[-1]) if tensor.shape else (2,)
-                    writer.add_tensor_info(tensor.name, byte_shape, np.dtype(np.uint8), tensor.nbytes,
+                    writer.add_tensor_info(name, byte_shape, np.dtype(np.uint8), nbytes,
                                            raw_dtype=gguf.GGMLQuantizationType.BF16)
                 else:
-                    writer.add_tensor_info(tensor.name, tensor.shape, _GGUF_TYPES[tensor.dtype], tensor.nbytes)
+                    writer.add_tensor_info(name, tensor.shape, _GGUF_TYPES[dtype], nbytes)
+            model.add_metadata(writer)
+            writer.add_string("nibble.report", json.dumps(report, separators=(",", ":")))
             writer.write_header_to_file()
             writer.write_kv_data_to_file()
             writer.write_ti_data_to_file()
-            for tensor in tensors:
+            for tensor, gguf_tensor in tensors:
                 data = np.memmap(tensor.path, dtype=np.uint8, mode="r", offset=tensor.offset, shape=(tensor.nbytes,))
-                writer.write_tensor_data(data)
+                writer.write_tensor_data(gguf_tensor.data(data, tensor.dtype, tensor.shape))
                 del data
         finally:
             writer.close()
