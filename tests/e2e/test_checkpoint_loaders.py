@@ -26,7 +26,7 @@ from numpy.typing import NDArray
 from quant_core.checkpoint import CheckpointOptions, open_checkpoint, plan_checkpoint, read_tensor
 from quant_core.quantize import QuantizedTensor, dequantize, quantize
 from tests.app.conftest import client_with
-from tests.checkpoints import llama_tensors, write_llama_checkpoint
+from tests.checkpoints import HEADS, KV_HEADS, LAYERS, llama_tensors, write_llama_checkpoint
 from tests.quant_core.tensorio.test_reference_libraries import reference_module
 
 pytestmark = [
@@ -148,21 +148,35 @@ def test_autoawq_decodes_the_awq_checkpoint(client: TestClient, source: Path, tm
         np.testing.assert_array_equal(decoded.T.numpy(), dequantize(q), err_msg=name)
 
 
+def converter_permute(rows: NDArray[Any], heads: int) -> NDArray[Any]:
+    """convert_hf_to_gguf.py's ``LlamaModel.permute`` (llama.cpp conversion/llama.py), in NumPy."""
+    return rows.reshape(heads, 2, rows.shape[0] // heads // 2, *rows.shape[1:]).swapaxes(1, 2).reshape(rows.shape)
+
+
 def test_gguf_reads_the_gguf_checkpoint(client: TestClient, source: Path, tmp_path: Path) -> None:
     status = run_job(client, tmp_path / "out", output="gguf", group_size=32, symmetric=True)
     assert sorted(f["name"] for f in status["result"]["files"]) == ["model.gguf", "nibble_report.json"]
     reader = gguf.GGUFReader(tmp_path / "out" / "model.gguf")
+    assert reader.fields["general.architecture"].contents() == "llama"
     tensors = {tensor.name: tensor for tensor in reader.tensors}
     written = llama_tensors()
-    assert list(tensors) == list(written)  # every tensor, in the source's order
+    names = gguf.get_tensor_name_map(gguf.MODEL_ARCH.LLAMA, LAYERS)
+    # every tensor, in the source's order, under the name llama.cpp loads it by (gguf-py's map)
+    assert list(tensors) == [names.get_name(name, try_suffixes=(".weight",)) for name in written]
     for name, q in nibble_quantized(source, {"output": "gguf", "group_size": 32, "symmetric": True}).items():
-        tensor = tensors[name]
+        tensor = tensors[names.get_name(name, try_suffixes=(".weight",))]
         assert tensor.tensor_type == gguf.GGMLQuantizationType.Q4_0
         decoded = gguf.quants.dequantize(tensor.data, gguf.GGMLQuantizationType.Q4_0).reshape(q.shape)
-        np.testing.assert_array_equal(decoded, dequantize(q), err_msg=name)
-    norm = tensors["model.norm.weight"]
-    assert norm.tensor_type == gguf.GGMLQuantizationType.BF16
-    np.testing.assert_array_equal(np.asarray(norm.data).view(ml_dtypes.bfloat16).reshape(-1),
-                                  written["model.norm.weight"])
+        expected = dequantize(q)
+        if name.endswith(("q_proj.weight", "k_proj.weight")):  # rows permuted as the converter does for llama
+            expected = converter_permute(expected, HEADS if "q_proj" in name else KV_HEADS)
+        np.testing.assert_array_equal(decoded, expected, err_msg=name)
+    norm = tensors["output_norm.weight"]
+    assert norm.tensor_type == gguf.GGMLQuantizationType.F32  # llama.cpp reads norms as F32
+    np.testing.assert_array_equal(np.asarray(norm.data), written["model.norm.weight"].astype(np.float32))
+    embedding = tensors["token_embd.weight"]
+    assert embedding.tensor_type == gguf.GGMLQuantizationType.BF16  # passed through as it was
+    np.testing.assert_array_equal(np.asarray(embedding.data).view(ml_dtypes.bfloat16).reshape(written[
+        "model.embed_tokens.weight"].shape), written["model.embed_tokens.weight"])
     report = json.loads(bytes(reader.fields["nibble.report"].parts[-1]).decode())
     assert report == json.loads((tmp_path / "out" / "nibble_report.json").read_text())
