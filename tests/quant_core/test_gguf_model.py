@@ -2,7 +2,7 @@
 
 The reference is recorded.json (tests/quant_core/data/gguf_model/record.py): what convert_hf_to_gguf.py of
 llama.cpp 0c1e570 (vendored by PyPI's llama-cpp-python 0.3.36) wrote with ``--outtype f16`` for the same tiny
-llama and qwen2 checkpoints.  nibble's file must hold the same metadata (every key, type and value; the
+llama, qwen2 and mistral checkpoints.  nibble's file must hold the same metadata (every key, type and value; the
 tokenizer arrays by length and SHA-256) and the same tensors (names and shapes); the tensor types differ only
 where the job decides them: Q4_0 for the tensors it quantizes, the source's dtype for 2-D tensors it passes
 through (the converter's F16 is its ``--outtype``), F32 for norms and biases in both.
@@ -25,7 +25,7 @@ from quant_core.errors import InvalidSpec
 from quant_core.quantize import METHODS, quantize
 from quant_core.tensorio.gguf_export import q4_0_blocks
 from tests.checkpoints import HEADS, KV_HEADS, write_llama_checkpoint
-from tests.quant_core.data.gguf_model.record import MODELS, describe
+from tests.quant_core.data.gguf_model.record import MODELS, describe, write_model
 
 DATA = Path(__file__).parent / "data" / "gguf_model"
 RECORDED: dict[str, Any] = json.loads((DATA / "recorded.json").read_text())
@@ -35,39 +35,37 @@ GGUF_OPTIONS = CheckpointOptions(output="gguf", group_size=32, symmetric=True)
 OWN_KEYS = ("general.file_type", "nibble.report")
 
 
-def gguf_job(tmp_path: Path, arch: str, **config: Any) -> tuple[Path, Any]:
+def gguf_job(tmp_path: Path, arch: str) -> tuple[Path, Any]:
     """The tiny `arch` checkpoint (directory named as when recorded: general.name comes from it) quantized to
     GGUF; returns the file and the plans."""
     source = tmp_path / MODELS[arch]
-    write_llama_checkpoint(source, qwen2=arch == "qwen2")
-    if config:
-        path = source / "config.json"
-        path.write_text(json.dumps({**json.loads(path.read_text()), **config}))
+    write_model(source, arch)
     checkpoint = open_checkpoint(source)
     plans = plan_checkpoint(checkpoint, GGUF_OPTIONS)
     quantize_checkpoint(checkpoint, plans, GGUF_OPTIONS, tmp_path / "out", tmp_path / "parts")
     return tmp_path / "out" / "model.gguf", plans
 
 
-@pytest.mark.parametrize("arch", ["llama", "qwen2"])
+@pytest.mark.parametrize("arch", ["llama", "qwen2", "mistral"])
 def test_metadata_is_what_convert_hf_to_gguf_writes(tmp_path: Path, arch: str) -> None:
     path, _ = gguf_job(tmp_path, arch)
     written, recorded = describe(path)["metadata"], RECORDED[arch]["metadata"]
     assert {key: value for key, value in written.items() if key not in OWN_KEYS} == \
         {key: value for key, value in recorded.items() if key not in OWN_KEYS}
-    assert written["general.architecture"]["value"] == arch
+    assert written["general.architecture"]["value"] == {"mistral": "llama"}.get(arch, arch)
     assert written["general.file_type"] == {"types": ["UINT32"], "value": int(gguf.LlamaFileType.MOSTLY_Q4_0)}
-    print(arch, len(written), "keys;", {key: recorded[key].get("value") for key in recorded
-                                        if key.startswith(f"{arch}.")})
+    print(arch, len(written), "keys;", {key: value.get("value") for key, value in recorded.items()
+                                        if key.split(".")[0] in ("llama", "qwen2")})
 
 
-@pytest.mark.parametrize("arch", ["llama", "qwen2"])
+@pytest.mark.parametrize("arch", ["llama", "qwen2", "mistral"])
 def test_tensors_have_the_converters_names_and_shapes(tmp_path: Path, arch: str) -> None:
     path, plans = gguf_job(tmp_path, arch)
     written, recorded = describe(path)["tensors"], RECORDED[arch]["tensors"]
     assert {name: tensor["shape"] for name, tensor in written.items()} == \
         {name: tensor["shape"] for name, tensor in recorded.items()}
-    names = gguf.get_tensor_name_map(gguf.MODEL_ARCH[arch.upper()], 2)
+    gguf_arch = RECORDED[arch]["metadata"]["general.architecture"]["value"]
+    names = gguf.get_tensor_name_map(gguf.MODEL_ARCH[gguf_arch.upper()], 2)
     quantized = {names.get_name(plan.tensor.name, try_suffixes=(".weight",)) for plan in plans if plan.quantized}
     assert len(quantized) == 14  # 7 linear weights a layer
     # F32 where the converter writes F32 (norms, biases); else Q4_0 if quantized, else the source's BF16

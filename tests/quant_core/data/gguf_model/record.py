@@ -1,5 +1,5 @@
-"""Record what llama.cpp's converter, convert_hf_to_gguf.py, writes for the tiny llama and qwen2 checkpoints of
-tests/checkpoints.py: every metadata key with its GGUF type and value (arrays: length, first items and a SHA-256
+"""Record what llama.cpp's converter, convert_hf_to_gguf.py, writes for the tiny llama, qwen2 and mistral checkpoints
+of tests/checkpoints.py: every metadata key with its GGUF type and value (arrays: length, first items and a SHA-256
 of all of them) and every tensor's name, ggml type and shape, into recorded.json.  The tests read that file,
 never the converter.
 
@@ -27,7 +27,18 @@ from tests.checkpoints import write_llama_checkpoint
 
 HERE = Path(__file__).parent
 #: the directory names the checkpoints get (the converter's general.name comes from it)
-MODELS = {"llama": "tiny-llama", "qwen2": "tiny-qwen2"}
+MODELS = {"llama": "tiny-llama", "qwen2": "tiny-qwen2", "mistral": "tiny-mistral"}
+#: config.json changes made to the tiny llama or qwen2 (a Mistral is a llama with Mistral's config class)
+CONFIGS: dict[str, dict[str, Any]] = {
+    "mistral": {"architectures": ["MistralForCausalLM"], "model_type": "mistral", "sliding_window": None}}
+
+
+def write_model(directory: Path, arch: str) -> None:
+    """The tiny checkpoint recorded as `arch` (llama, qwen2, mistral), written to `directory`."""
+    write_llama_checkpoint(directory, qwen2=arch == "qwen2")
+    if arch in CONFIGS:
+        path = directory / "config.json"
+        path.write_text(json.dumps({**json.loads(path.read_text()), **CONFIGS[arch]}, indent=2))
 
 
 def _plain(value: Any) -> Any:
@@ -59,7 +70,7 @@ def main(llama_cpp: Path) -> None:
     with tempfile.TemporaryDirectory() as scratch:
         for arch, name in MODELS.items():
             directory = Path(scratch) / name
-            write_llama_checkpoint(directory, qwen2=arch == "qwen2")
+            write_model(directory, arch)
             out = Path(scratch) / f"{name}.gguf"
             subprocess.run([sys.executable, str(llama_cpp / "convert_hf_to_gguf.py"), str(directory),
                             "--outtype", "f16", "--outfile", str(out)], check=True, capture_output=True)
