@@ -1,6 +1,6 @@
-"""Small but real llama and qwen2 checkpoints written by the tests: random BF16 weights in several shards, with
-``model.safetensors.index.json``, a ``config.json`` (the keys transformers' ``LlamaConfig`` / ``Qwen2Config``
-read) and tokenizer files: a 96-piece SentencePiece ``tokenizer.model``
+"""Small but real llama, qwen2 and qwen3 checkpoints written by the tests: random BF16 weights in several shards, with
+``model.safetensors.index.json``, a ``config.json`` (the keys transformers' ``LlamaConfig`` / ``Qwen2Config`` /
+``Qwen3Config`` read) and tokenizer files: a 96-piece SentencePiece ``tokenizer.model``
 (tests/quant_core/data/gguf_model/make_tokenizer.py) and the same unigram model as ``tokenizer.json``, made by
 the ``tokenizers`` library."""
 
@@ -34,6 +34,15 @@ LLAMA_CONFIG: dict[str, Any] = {
     "rms_norm_eps": 1e-5, "rope_theta": 10000.0, "hidden_act": "silu", "tie_word_embeddings": False,
     "attention_bias": False, "mlp_bias": False, "torch_dtype": "bfloat16", "bos_token_id": 1, "eos_token_id": 2,
 }
+#: a Qwen3 of the same size: q/k norms instead of biases, head_dim given, tied embeddings
+QWEN3_CONFIG: dict[str, Any] = {
+    "architectures": ["Qwen3ForCausalLM"], "model_type": "qwen3", "hidden_size": HIDDEN,
+    "intermediate_size": INTERMEDIATE, "num_hidden_layers": LAYERS, "num_attention_heads": HEADS,
+    "num_key_value_heads": KV_HEADS, "head_dim": HEAD_DIM, "vocab_size": VOCAB, "max_position_embeddings": 1024,
+    "rms_norm_eps": 1e-6, "rope_theta": 1000000.0, "hidden_act": "silu", "tie_word_embeddings": True,
+    "attention_bias": False, "use_sliding_window": False, "sliding_window": None, "max_window_layers": LAYERS,
+    "torch_dtype": "bfloat16", "bos_token_id": 1, "eos_token_id": 2,
+}
 #: a Qwen2 of the same size: q/k/v biases, tied embeddings (no lm_head), Qwen2's rope base and norm epsilon
 QWEN2_CONFIG: dict[str, Any] = {
     "architectures": ["Qwen2ForCausalLM"], "model_type": "qwen2", "hidden_size": HIDDEN,
@@ -45,9 +54,10 @@ QWEN2_CONFIG: dict[str, Any] = {
 }
 
 
-def llama_tensors(seed: int = 0, layers: int = LAYERS, *, qwen2: bool = False) -> dict[str, NDArray[Any]]:
-    """Every tensor of the tiny llama (`qwen2`: the tiny qwen2, with q/k/v biases and no lm_head) in the order
-    transformers' state dict lists them, BF16, seeded."""
+def llama_tensors(seed: int = 0, layers: int = LAYERS, *, family: str = "llama") -> dict[str, NDArray[Any]]:
+    """Every tensor of the tiny llama (`family` qwen2: with q/k/v biases and no lm_head; qwen3: with q/k norms
+    and no lm_head) in the order transformers' state dict lists them, BF16, seeded."""
+    qwen2 = family == "qwen2"
     rng = np.random.default_rng(seed)
 
     def weight(*shape: int) -> NDArray[Any]:
@@ -64,6 +74,9 @@ def llama_tensors(seed: int = 0, layers: int = LAYERS, *, qwen2: bool = False) -
                 f"{prefix}.self_attn.k_proj.bias": weight(KV_HEADS * HEAD_DIM),
                 f"{prefix}.self_attn.v_proj.bias": weight(KV_HEADS * HEAD_DIM)} if qwen2 else {}),
             f"{prefix}.self_attn.o_proj.weight": weight(HIDDEN, HEADS * HEAD_DIM),
+            **({f"{prefix}.self_attn.q_norm.weight": np.ones(HEAD_DIM, dtype=ml_dtypes.bfloat16),
+                f"{prefix}.self_attn.k_norm.weight": np.ones(HEAD_DIM, dtype=ml_dtypes.bfloat16)}
+               if family == "qwen3" else {}),
             f"{prefix}.mlp.gate_proj.weight": weight(INTERMEDIATE, HIDDEN),
             f"{prefix}.mlp.up_proj.weight": weight(INTERMEDIATE, HIDDEN),
             f"{prefix}.mlp.down_proj.weight": weight(HIDDEN, INTERMEDIATE),
@@ -71,7 +84,7 @@ def llama_tensors(seed: int = 0, layers: int = LAYERS, *, qwen2: bool = False) -
             f"{prefix}.post_attention_layernorm.weight": np.ones(HIDDEN, dtype=ml_dtypes.bfloat16),
         })
     tensors["model.norm.weight"] = np.ones(HIDDEN, dtype=ml_dtypes.bfloat16)
-    if not qwen2:
+    if family == "llama":
         tensors["lm_head.weight"] = weight(VOCAB, HIDDEN)
     return tensors
 
@@ -96,16 +109,16 @@ def write_tokenizer(directory: Path) -> None:
 
 
 def write_llama_checkpoint(directory: Path, *, shards: int = 3, seed: int = 0, layers: int = LAYERS,
-                           tensors: dict[str, NDArray[Any]] | None = None, qwen2: bool = False
+                           tensors: dict[str, NDArray[Any]] | None = None, family: str = "llama"
                            ) -> dict[str, NDArray[Any]]:
-    """Write the tiny llama (`qwen2`: the tiny qwen2) as `shards` safetensors shards plus index, config.json
-    and tokenizer files.
+    """Write the tiny llama (`family` qwen2 or qwen3: the tiny qwen2 or qwen3) as `shards` safetensors shards
+    plus index, config.json and tokenizer files.
 
     Returns the tensors written.  Tensors are dealt to shards in order, about
     the same count each, named as transformers names them.
     """
     directory.mkdir(parents=True, exist_ok=True)
-    tensors = tensors if tensors is not None else llama_tensors(seed, layers, qwen2=qwen2)
+    tensors = tensors if tensors is not None else llama_tensors(seed, layers, family=family)
     names = list(tensors)
     per_shard = -(-len(names) // shards)
     weight_map: dict[str, str] = {}
@@ -118,7 +131,7 @@ def write_llama_checkpoint(directory: Path, *, shards: int = 3, seed: int = 0, l
         total += sum(int(tensors[name].nbytes) for name in chunk)
     (directory / "model.safetensors.index.json").write_text(
         json.dumps({"metadata": {"total_size": total}, "weight_map": weight_map}, indent=2))
-    config = QWEN2_CONFIG if qwen2 else LLAMA_CONFIG
+    config = {"llama": LLAMA_CONFIG, "qwen2": QWEN2_CONFIG, "qwen3": QWEN3_CONFIG}[family]
     (directory / "config.json").write_text(json.dumps({**config, "num_hidden_layers": layers}, indent=2))
     (directory / "generation_config.json").write_text(json.dumps({"bos_token_id": 1, "eos_token_id": 2}))
     write_tokenizer(directory)

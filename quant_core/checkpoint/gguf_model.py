@@ -50,16 +50,18 @@ from numpy.typing import NDArray
 from quant_core.errors import InvalidSpec, LimitExceeded
 
 #: Hugging Face ``architectures[0]`` → the converter's GGUF architecture (``@ModelBase.register`` on
-#: ``LlamaModel``, ``Qwen2Model``); llama's Q/K rows are permuted, the others' are not
+#: ``LlamaModel``, ``Qwen2Model``, ``Qwen3Model``); llama's Q/K rows are permuted, the others' are not
 ARCHITECTURES: dict[str, gguf.MODEL_ARCH] = {
     "LlamaForCausalLM": gguf.MODEL_ARCH.LLAMA,
     "MistralForCausalLM": gguf.MODEL_ARCH.LLAMA,
     "Qwen2ForCausalLM": gguf.MODEL_ARCH.QWEN2,
+    "Qwen3ForCausalLM": gguf.MODEL_ARCH.QWEN3,
 }
 _PERMUTED = (gguf.MODEL_ARCH.LLAMA,)
 #: what transformers' config classes fill in when config.json omits a key (``LlamaConfig``, ``MistralConfig``,
-#: ``Qwen2Config`` of transformers 5; ``RotaryEmbeddingConfigMixin.default_theta``)
-_MAX_POSITIONS = {"llama": 2048, "mistral": 4096 * 32, "qwen2": 32768}
+#: ``Qwen2Config``, ``Qwen3Config`` of transformers 5; ``RotaryEmbeddingConfigMixin.default_theta``)
+_MAX_POSITIONS = {"llama": 2048, "mistral": 4096 * 32, "qwen2": 32768, "qwen3": 32768}
+_QWEN3_HEAD_DIM = 128
 _DEFAULT_RMS_EPS = 1e-6
 _DEFAULT_ROPE_THETA = 10_000.0
 #: tensors the converter drops (``prepare_tensors``: "we don't need these")
@@ -377,10 +379,12 @@ class GGUFModel:
         rope = _rope_parameters(config)
         writer.add_rope_freq_base(_float(rope, "rope_theta", _DEFAULT_ROPE_THETA))
         writer.add_layer_norm_rms_eps(_float(config, "rms_norm_eps", _DEFAULT_RMS_EPS))
+        # LlamaConfig and MistralConfig fill head_dim in (hidden / heads), Qwen3Config has 128, Qwen2Config none
+        default_head_dim = {gguf.MODEL_ARCH.LLAMA: _int(config, "hidden_size") // heads,
+                            gguf.MODEL_ARCH.QWEN3: _QWEN3_HEAD_DIM}.get(self.arch)
         head_dim = None
-        if config.get("head_dim") is not None or self.arch == gguf.MODEL_ARCH.LLAMA:
-            # LlamaConfig and MistralConfig fill head_dim in; Qwen2Config has none
-            head_dim = _int(config, "head_dim", _int(config, "hidden_size") // heads)
+        if config.get("head_dim") is not None or default_head_dim is not None:
+            head_dim = _int(config, "head_dim", default_head_dim)
             writer.add_key_length(head_dim)
             writer.add_value_length(head_dim)
         writer.add_file_type(gguf.LlamaFileType.MOSTLY_Q4_0)
@@ -424,6 +428,17 @@ def _rope_parameters(config: Mapping[str, Any]) -> Mapping[str, Any]:
     return rope
 
 
+def _qwen3_reranker(directory: Path, config: Mapping[str, Any], other_files: Sequence[str]) -> bool:
+    """The converter's ``Qwen3Model._is_qwen3_reranker``: a reranker by its model card's title or its names."""
+    hints = [directory.name, str(config.get("_name_or_path", "")), str(config.get("model_type", ""))]
+    if any("qwen3-reranker" in hint.lower() or "qwen3-vl-reranker" in hint.lower() for hint in hints):
+        return True
+    if "README.md" not in other_files:
+        return False
+    card = _read_limited(directory / "README.md").decode("utf-8", errors="replace").lower()
+    return "# qwen3-reranker" in card or "# qwen3-vl-reranker" in card
+
+
 def gguf_model(directory: Path, config: Mapping[str, Any] | None, other_files: Sequence[str]) -> GGUFModel:
     """Describe the checkpoint in `directory` (its config.json, its other files) for a GGUF file llama.cpp
     loads, or refuse it (`InvalidSpec` on ``output``): an architecture not in `ARCHITECTURES`, no
@@ -436,6 +451,9 @@ def gguf_model(directory: Path, config: Mapping[str, Any] | None, other_files: S
         raise _refuse(f"architecture {architecture!r} is not one nibble writes as GGUF for llama.cpp "
                       f"(supported: {', '.join(sorted(ARCHITECTURES))}); choose another output")
     arch = ARCHITECTURES[architecture]
+    if arch == gguf.MODEL_ARCH.QWEN3 and _qwen3_reranker(directory, config, other_files):
+        raise _refuse("a Qwen3 reranker (the converter writes it with a classifier head) is not written as GGUF "
+                      "by nibble; choose another output")
     if TOKENIZER_MODEL not in other_files:
         raise _refuse(f"the checkpoint has no {TOKENIZER_MODEL} (SentencePiece), the only tokenizer nibble "
                       "writes to GGUF; choose another output")

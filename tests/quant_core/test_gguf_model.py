@@ -2,7 +2,7 @@
 
 The reference is recorded.json (tests/quant_core/data/gguf_model/record.py): what convert_hf_to_gguf.py of
 llama.cpp 0c1e570 (vendored by PyPI's llama-cpp-python 0.3.36) wrote with ``--outtype f16`` for the same tiny
-llama, qwen2 and mistral checkpoints.  nibble's file must hold the same metadata (every key, type and value; the
+llama, qwen2, mistral and qwen3 checkpoints.  nibble's file must hold the same metadata (every key, type and value; the
 tokenizer arrays by length and SHA-256) and the same tensors (names and shapes); the tensor types differ only
 where the job decides them: Q4_0 for the tensors it quantizes, the source's dtype for 2-D tensors it passes
 through (the converter's F16 is its ``--outtype``), F32 for norms and biases in both.
@@ -46,7 +46,7 @@ def gguf_job(tmp_path: Path, arch: str) -> tuple[Path, Any]:
     return tmp_path / "out" / "model.gguf", plans
 
 
-@pytest.mark.parametrize("arch", ["llama", "qwen2", "mistral"])
+@pytest.mark.parametrize("arch", ["llama", "qwen2", "mistral", "qwen3"])
 def test_metadata_is_what_convert_hf_to_gguf_writes(tmp_path: Path, arch: str) -> None:
     path, _ = gguf_job(tmp_path, arch)
     written, recorded = describe(path)["metadata"], RECORDED[arch]["metadata"]
@@ -55,10 +55,10 @@ def test_metadata_is_what_convert_hf_to_gguf_writes(tmp_path: Path, arch: str) -
     assert written["general.architecture"]["value"] == {"mistral": "llama"}.get(arch, arch)
     assert written["general.file_type"] == {"types": ["UINT32"], "value": int(gguf.LlamaFileType.MOSTLY_Q4_0)}
     print(arch, len(written), "keys;", {key: value.get("value") for key, value in recorded.items()
-                                        if key.split(".")[0] in ("llama", "qwen2")})
+                                        if key.split(".")[0] in ("llama", "qwen2", "qwen3")})
 
 
-@pytest.mark.parametrize("arch", ["llama", "qwen2", "mistral"])
+@pytest.mark.parametrize("arch", ["llama", "qwen2", "mistral", "qwen3"])
 def test_tensors_have_the_converters_names_and_shapes(tmp_path: Path, arch: str) -> None:
     path, plans = gguf_job(tmp_path, arch)
     written, recorded = describe(path)["tensors"], RECORDED[arch]["tensors"]
@@ -163,6 +163,12 @@ def _refusal(tmp_path: Path, **config: Any) -> InvalidSpec:
 def test_architectures_llama_cpp_would_not_load_from_this_file_are_refused(tmp_path: Path) -> None:
     refused = _refusal(tmp_path, architectures=["Gemma2ForCausalLM"], model_type="gemma2")
     assert "'Gemma2ForCausalLM'" in str(refused) and "Qwen2ForCausalLM" in str(refused)
+
+
+def test_qwen3_reranker_is_refused(tmp_path: Path) -> None:
+    refused = _refusal(tmp_path, architectures=["Qwen3ForCausalLM"], model_type="qwen3",
+                       _name_or_path="Qwen/Qwen3-Reranker-0.6B")
+    assert "reranker" in str(refused)
 
 
 def test_rope_scaling_not_written_is_refused(tmp_path: Path) -> None:

@@ -1,7 +1,7 @@
-"""Record what llama.cpp's converter, convert_hf_to_gguf.py, writes for the tiny llama, qwen2 and mistral checkpoints
-of tests/checkpoints.py: every metadata key with its GGUF type and value (arrays: length, first items and a SHA-256
-of all of them) and every tensor's name, ggml type and shape, into recorded.json.  The tests read that file,
-never the converter.
+"""Record what llama.cpp's converter, convert_hf_to_gguf.py, writes for the tiny llama, qwen2, mistral and qwen3
+checkpoints of tests/checkpoints.py: every metadata key with its GGUF type and value (arrays: length, first
+items and a SHA-256 of all of them) and every tensor's name, ggml type and shape, into recorded.json.  The tests
+read that file, never the converter.
 
 Run once, from the repository root, with the converter's dependencies (torch, transformers, sentencepiece):
 python -m tests.quant_core.data.gguf_model.record PATH/TO/llama.cpp
@@ -27,7 +27,7 @@ from tests.checkpoints import write_llama_checkpoint
 
 HERE = Path(__file__).parent
 #: the directory names the checkpoints get (the converter's general.name comes from it)
-MODELS = {"llama": "tiny-llama", "qwen2": "tiny-qwen2", "mistral": "tiny-mistral"}
+MODELS = {"llama": "tiny-llama", "qwen2": "tiny-qwen2", "mistral": "tiny-mistral", "qwen3": "tiny-qwen3"}
 #: config.json changes made to the tiny llama or qwen2 (a Mistral is a llama with Mistral's config class)
 CONFIGS: dict[str, dict[str, Any]] = {
     "mistral": {"architectures": ["MistralForCausalLM"], "model_type": "mistral", "sliding_window": None}}
@@ -35,7 +35,7 @@ CONFIGS: dict[str, dict[str, Any]] = {
 
 def write_model(directory: Path, arch: str) -> None:
     """The tiny checkpoint recorded as `arch` (llama, qwen2, mistral), written to `directory`."""
-    write_llama_checkpoint(directory, qwen2=arch == "qwen2")
+    write_llama_checkpoint(directory, family=arch if arch in ("qwen2", "qwen3") else "llama")
     if arch in CONFIGS:
         path = directory / "config.json"
         path.write_text(json.dumps({**json.loads(path.read_text()), **CONFIGS[arch]}, indent=2))
