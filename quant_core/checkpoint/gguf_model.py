@@ -34,6 +34,7 @@ no engine loads.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import struct
@@ -45,8 +46,10 @@ from typing import Any, Protocol
 import gguf
 import ml_dtypes
 import numpy as np
+import yaml
 from numpy.typing import NDArray
 
+from quant_core.checkpoint.source import Checkpoint
 from quant_core.errors import InvalidSpec, LimitExceeded
 
 #: Hugging Face ``architectures[0]`` → the converter's GGUF architecture (``@ModelBase.register`` on
@@ -327,6 +330,10 @@ class GGUFModel:
     config: Mapping[str, Any]
     vocabulary: Vocabulary
     tensor_map: gguf.TensorNameMap
+    #: ``general.*`` as the converter finds it (model card, config.json, the directory's name)
+    metadata: gguf.Metadata
+    #: special token ids, add-BOS/EOS flags, chat template (gguf-py's reading of the tokenizer files)
+    special: gguf.SpecialVocab
 
     @property
     def arch_name(self) -> str:
@@ -358,12 +365,7 @@ class GGUFModel:
         config = self.config
         writer.add_type(gguf.GGUFType.MODEL)
         total, shared, expert, experts = writer.get_total_parameter_count()
-        try:
-            metadata = gguf.Metadata.load(None, self.directory, None, total)
-        except (ValueError, TypeError, KeyError, OSError) as exc:
-            raise InvalidSpec("source.path", "README.md", f"model card metadata unreadable: {exc}") from None
-        if metadata.name is None:
-            metadata.name = self.directory.name
+        metadata = dataclasses.replace(self.metadata)
         if metadata.size_label is None and total > 0:
             metadata.size_label = gguf.size_label(total, shared, expert, experts)
         metadata.set_gguf_meta_model(writer)
@@ -406,11 +408,7 @@ class GGUFModel:
         writer.add_token_list(list(vocabulary.tokens))
         writer.add_token_scores(list(vocabulary.scores))
         writer.add_token_types(list(vocabulary.types))
-        try:
-            special = gguf.SpecialVocab(self.directory, n_vocab=len(vocabulary.tokens))
-        except (ValueError, TypeError, KeyError, AttributeError) as exc:
-            raise InvalidSpec("source.path", "tokenizer", f"tokenizer files unreadable: {exc}") from None
-        special.add_to_gguf(writer, quiet=True)
+        self.special.add_to_gguf(writer, quiet=True)
 
 
 def _rope_parameters(config: Mapping[str, Any]) -> Mapping[str, Any]:
@@ -439,10 +437,12 @@ def _qwen3_reranker(directory: Path, config: Mapping[str, Any], other_files: Seq
     return "# qwen3-reranker" in card or "# qwen3-vl-reranker" in card
 
 
-def gguf_model(directory: Path, config: Mapping[str, Any] | None, other_files: Sequence[str]) -> GGUFModel:
-    """Describe the checkpoint in `directory` (its config.json, its other files) for a GGUF file llama.cpp
-    loads, or refuse it (`InvalidSpec` on ``output``): an architecture not in `ARCHITECTURES`, no
-    ``tokenizer.model``, hyper-parameters missing or not numbers."""
+def gguf_model(checkpoint: Checkpoint) -> GGUFModel:
+    """Describe `checkpoint` (its config.json, tokenizer files, model card, tensor shapes) for a GGUF file
+    llama.cpp loads, or refuse it (`InvalidSpec` on ``output``): an architecture not in `ARCHITECTURES`, no
+    ``tokenizer.model``, hyper-parameters missing or not numbers; unreadable tokenizer files or model card are
+    refused on ``source.path``."""
+    directory, config, other_files = checkpoint.directory, checkpoint.config, checkpoint.other_files
     if config is None:
         raise _refuse("the checkpoint has no config.json, and a GGUF file needs its hyper-parameters")
     architectures = config.get("architectures")
@@ -463,7 +463,21 @@ def gguf_model(directory: Path, config: Mapping[str, Any] | None, other_files: S
     _rope_parameters(config)
     vocab_size = config.get("vocab_size")
     vocabulary = sentencepiece_vocabulary(directory, vocab_size if isinstance(vocab_size, int) else None)
-    return GGUFModel(arch, directory, dict(config), vocabulary, gguf.get_tensor_name_map(arch, blocks))
+    # the converter's prepare_metadata, with the parameters its writer counts (every tensor it writes)
+    parameters = sum(math.prod(tensor.shape) for tensor in checkpoint.tensors
+                     if not tensor.name.endswith(DROPPED_SUFFIXES))
+    try:
+        metadata = gguf.Metadata.load(None, directory, None, parameters)
+    except (ValueError, TypeError, KeyError, AttributeError, OSError, yaml.YAMLError) as exc:
+        raise InvalidSpec("source.path", "README.md", f"model card metadata unreadable: {exc}") from None
+    if metadata.name is None:
+        metadata.name = directory.name
+    try:
+        special = gguf.SpecialVocab(directory, n_vocab=len(vocabulary.tokens))
+    except (ValueError, TypeError, KeyError, AttributeError, OSError) as exc:
+        raise InvalidSpec("source.path", "tokenizer", f"tokenizer files unreadable: {exc}") from None
+    return GGUFModel(arch, directory, dict(config), vocabulary, gguf.get_tensor_name_map(arch, blocks), metadata,
+                     special)
 
 
 def check_gguf_tensors(model: GGUFModel, tensors: Sequence[tuple[str, Sequence[int], bool]]) -> None:

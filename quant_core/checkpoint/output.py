@@ -358,7 +358,7 @@ def write_gguf_output(checkpoint: Checkpoint, plans: Sequence[TensorPlan], part_
     """The GGUF result: ``model.gguf`` (Q4_0 tensors and passthrough tensors, named, permuted and typed as
     llama.cpp's converter writes them, its metadata and tokenizer: `gguf_model`; the report in
     ``nibble.report``) and ``nibble_report.json``; written a tensor at a time through gguf-py's writer."""
-    model = gguf_model(checkpoint.directory, checkpoint.config, checkpoint.other_files)
+    model = gguf_model(checkpoint)
     quantized = {plan.tensor.name for plan in plans if plan.quantized}
     tensors = [(tensor, gguf_tensor) for tensor in output_tensors(checkpoint, plans, part_dir)
                if (gguf_tensor := model.tensor(tensor.name, len(tensor.shape))) is not None]

@@ -139,7 +139,7 @@ def plan_checkpoint(checkpoint: Checkpoint, options: CheckpointOptions) -> tuple
         raise InvalidSpec("include", list(options.include),
                           f"selects no tensor to quantize among {len(plans)}; reasons: {reasons}")
     if options.output == "gguf":
-        model = gguf_model(checkpoint.directory, checkpoint.config, checkpoint.other_files)
+        model = gguf_model(checkpoint)
         check_gguf_tensors(model, [(plan.tensor.name, plan.tensor.shape, plan.quantized) for plan in plans])
         for plan in plans:
             if not plan.quantized and plan.tensor.dtype not in _GGUF_PASSTHROUGH_DTYPES:

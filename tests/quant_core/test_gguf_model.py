@@ -195,3 +195,39 @@ def test_tensor_llama_cpp_has_no_name_for_is_refused(tmp_path: Path) -> None:
     with pytest.raises(InvalidSpec, match=r"no tensor for .model\.extra_head\.weight.") as refused:
         plan_checkpoint(open_checkpoint(source), GGUF_OPTIONS)
     assert refused.value.field == "output"
+
+
+@pytest.mark.parametrize(("name", "content", "named"), [
+    ("README.md", "---\nlicense: [unclosed\n---\n# card\n", "'README.md': model card metadata unreadable"),
+    ("tokenizer_config.json", "{not json", "'tokenizer_config.json': is not valid JSON"),
+    ("tokenizer.json", "[1, 2", "'tokenizer': tokenizer files unreadable")])
+def test_unreadable_model_card_or_tokenizer_files_are_refused_on_source_path(tmp_path: Path, name: str,
+                                                                              content: str, named: str) -> None:
+    source = tmp_path / "model"
+    write_llama_checkpoint(source)
+    (source / name).write_text(content)
+    with pytest.raises(InvalidSpec) as refused:
+        plan_checkpoint(open_checkpoint(source), GGUF_OPTIONS)
+    assert refused.value.field == "source.path" and named in str(refused.value)
+
+
+def test_q_and_k_passed_through_are_permuted_too(tmp_path: Path) -> None:
+    from quant_core.checkpoint import read_tensor
+
+    source = tmp_path / "model"
+    written = write_llama_checkpoint(source)
+    options = CheckpointOptions(output="gguf", group_size=32, symmetric=True,
+                                exclude=(*GGUF_OPTIONS.exclude, "*q_proj*", "*k_proj*"))
+    checkpoint = open_checkpoint(source)
+    quantize_checkpoint(checkpoint, plan_checkpoint(checkpoint, options), options, tmp_path / "out",
+                        tmp_path / "parts")
+    tensors = {tensor.name: tensor for tensor in gguf.GGUFReader(tmp_path / "out" / "model.gguf").tensors}
+    for name, heads, gguf_name in (("model.layers.1.self_attn.q_proj.weight", HEADS, "blk.1.attn_q.weight"),
+                                   ("model.layers.1.self_attn.k_proj.weight", KV_HEADS, "blk.1.attn_k.weight")):
+        tensor = tensors[gguf_name]
+        assert tensor.tensor_type == gguf.GGMLQuantizationType.BF16
+        stored = np.asarray(tensor.data).view(written[name].dtype).reshape(written[name].shape)
+        source_rows = read_tensor(source, next(t for t in checkpoint.tensors if t.name == name))
+        # the converter's LlamaModel.permute: reshape(heads, 2, rows/heads/2, cols), swap axes 1 and 2
+        expected = source_rows.reshape(heads, 2, -1, source_rows.shape[1]).swapaxes(1, 2).reshape(source_rows.shape)
+        assert stored.tobytes() == expected.tobytes(), name
