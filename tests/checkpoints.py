@@ -18,6 +18,8 @@ from quant_core.checkpoint.gguf_model import sentencepiece_pieces
 from quant_core.tensorio import write_safetensors
 
 TOKENIZER_MODEL = Path(__file__).parent / "quant_core" / "data" / "gguf_model" / "tokenizer.model"
+BPE_TOKENIZER = Path(__file__).parent / "quant_core" / "data" / "gguf_model" / "bpe"
+BPE_VOCAB = 320
 
 HIDDEN = 128
 INTERMEDIATE = 256
@@ -54,7 +56,8 @@ QWEN2_CONFIG: dict[str, Any] = {
 }
 
 
-def llama_tensors(seed: int = 0, layers: int = LAYERS, *, family: str = "llama") -> dict[str, NDArray[Any]]:
+def llama_tensors(seed: int = 0, layers: int = LAYERS, *, family: str = "llama", vocab: int = VOCAB
+                  ) -> dict[str, NDArray[Any]]:
     """Every tensor of the tiny llama (`family` qwen2: with q/k/v biases and no lm_head; qwen3: with q/k norms
     and no lm_head) in the order transformers' state dict lists them, BF16, seeded."""
     qwen2 = family == "qwen2"
@@ -63,7 +66,7 @@ def llama_tensors(seed: int = 0, layers: int = LAYERS, *, family: str = "llama")
     def weight(*shape: int) -> NDArray[Any]:
         return (rng.standard_normal(shape, dtype=np.float32) * 0.05).astype(ml_dtypes.bfloat16)
 
-    tensors: dict[str, NDArray[Any]] = {"model.embed_tokens.weight": weight(VOCAB, HIDDEN)}
+    tensors: dict[str, NDArray[Any]] = {"model.embed_tokens.weight": weight(vocab, HIDDEN)}
     for layer in range(layers):
         prefix = f"model.layers.{layer}"
         tensors.update({
@@ -85,7 +88,7 @@ def llama_tensors(seed: int = 0, layers: int = LAYERS, *, family: str = "llama")
         })
     tensors["model.norm.weight"] = np.ones(HIDDEN, dtype=ml_dtypes.bfloat16)
     if family == "llama":
-        tensors["lm_head.weight"] = weight(VOCAB, HIDDEN)
+        tensors["lm_head.weight"] = weight(vocab, HIDDEN)
     return tensors
 
 
@@ -108,17 +111,34 @@ def write_tokenizer(directory: Path) -> None:
         {"bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>"}, indent=2))
 
 
+def write_bpe_tokenizer(directory: Path) -> None:
+    """A 320-token byte-level BPE ``tokenizer.json`` with Qwen2's pre-tokenizer
+    (tests/quant_core/data/gguf_model/make_bpe_tokenizer.py) and a Qwen2-like tokenizer_config.json."""
+    (directory / "tokenizer.json").write_bytes((BPE_TOKENIZER / "tokenizer.json").read_bytes())
+    special = {str(BPE_VOCAB - 3 + i): {"content": text, "lstrip": False, "normalized": False, "rstrip": False,
+                                        "single_word": False, "special": True}
+               for i, text in enumerate(["<|endoftext|>", "<|im_start|>", "<|im_end|>"])}
+    (directory / "tokenizer_config.json").write_text(json.dumps({
+        "tokenizer_class": "PreTrainedTokenizerFast", "added_tokens_decoder": special, "bos_token": None,
+        "eos_token": "<|im_end|>", "pad_token": "<|endoftext|>", "add_prefix_space": False,
+        "model_max_length": 512, "clean_up_tokenization_spaces": False,
+        "chat_template": "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n"
+                         "{% endfor %}"}, indent=2))
+
+
 def write_llama_checkpoint(directory: Path, *, shards: int = 3, seed: int = 0, layers: int = LAYERS,
-                           tensors: dict[str, NDArray[Any]] | None = None, family: str = "llama"
-                           ) -> dict[str, NDArray[Any]]:
+                           tensors: dict[str, NDArray[Any]] | None = None, family: str = "llama",
+                           bpe: bool = False) -> dict[str, NDArray[Any]]:
     """Write the tiny llama (`family` qwen2 or qwen3: the tiny qwen2 or qwen3) as `shards` safetensors shards
-    plus index, config.json and tokenizer files.
+    plus index, config.json and tokenizer files (`bpe`: the byte-level BPE tokenizer.json alone, and a
+    vocabulary of its 320 tokens).
 
     Returns the tensors written.  Tensors are dealt to shards in order, about
     the same count each, named as transformers names them.
     """
     directory.mkdir(parents=True, exist_ok=True)
-    tensors = tensors if tensors is not None else llama_tensors(seed, layers, family=family)
+    tensors = tensors if tensors is not None else llama_tensors(seed, layers, family=family,
+                                                                vocab=BPE_VOCAB if bpe else VOCAB)
     names = list(tensors)
     per_shard = -(-len(names) // shards)
     weight_map: dict[str, str] = {}
@@ -132,9 +152,15 @@ def write_llama_checkpoint(directory: Path, *, shards: int = 3, seed: int = 0, l
     (directory / "model.safetensors.index.json").write_text(
         json.dumps({"metadata": {"total_size": total}, "weight_map": weight_map}, indent=2))
     config = {"llama": LLAMA_CONFIG, "qwen2": QWEN2_CONFIG, "qwen3": QWEN3_CONFIG}[family]
-    (directory / "config.json").write_text(json.dumps({**config, "num_hidden_layers": layers}, indent=2))
-    (directory / "generation_config.json").write_text(json.dumps({"bos_token_id": 1, "eos_token_id": 2}))
-    write_tokenizer(directory)
+    special_ids = {"bos_token_id": BPE_VOCAB - 3, "eos_token_id": BPE_VOCAB - 1} if bpe else {
+        "bos_token_id": 1, "eos_token_id": 2}
+    (directory / "config.json").write_text(json.dumps({**config, "num_hidden_layers": layers, **special_ids,
+                                                       "vocab_size": BPE_VOCAB if bpe else VOCAB}, indent=2))
+    (directory / "generation_config.json").write_text(json.dumps(special_ids))
+    if bpe:
+        write_bpe_tokenizer(directory)
+    else:
+        write_tokenizer(directory)
     return tensors
 
 

@@ -35,6 +35,7 @@ no engine loads.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import math
 import struct
@@ -48,6 +49,7 @@ import ml_dtypes
 import numpy as np
 import yaml
 from numpy.typing import NDArray
+from tokenizers import Tokenizer
 
 from quant_core.checkpoint.source import Checkpoint
 from quant_core.errors import InvalidSpec, LimitExceeded
@@ -70,6 +72,13 @@ _DEFAULT_ROPE_THETA = 10_000.0
 #: tensors the converter drops (``prepare_tensors``: "we don't need these")
 DROPPED_SUFFIXES = (".attention.masked_bias", ".attention.bias", ".rotary_emb.inv_freq")
 TOKENIZER_MODEL = "tokenizer.model"
+TOKENIZER_JSON = "tokenizer.json"
+#: the converter's BPE pre-tokenizer table (``get_vocab_base_pre``): the SHA-256 of the token ids a tokenizer
+#: gives its check text → the ``tokenizer.ggml.pre`` llama.cpp implements; transcribed with its source
+_BPE_TABLE = json.loads((Path(__file__).resolve().parents[1] / "data" / "llama_cpp_bpe_pre_tokenizers.json")
+                        .read_text(encoding="utf-8"))
+BPE_CHECK_TEXT: str = _BPE_TABLE["chktxt"]
+BPE_PRE_TOKENIZERS: dict[str, str] = {digest: entry["pre"] for digest, entry in _BPE_TABLE["pre_tokenizers"].items()}
 #: the largest tokenizer file read (real SentencePiece models are under 5 MB)
 MAX_TOKENIZER_BYTES = 64 << 20
 #: SentencePiece piece types (sentencepiece_model.proto) and what the converter makes of them
@@ -202,10 +211,13 @@ def _json_object(path: Path) -> dict[str, Any] | None:
 
 @dataclass(frozen=True, slots=True)
 class Vocabulary:
-    """The tokenizer as the converter writes a SentencePiece one: tokens, scores and types, one per id."""
+    """The tokenizer as the converter writes it: ``tokenizer.ggml.model`` (``llama`` for SentencePiece, ``gpt2``
+    for byte-level BPE) and ``pre``, then tokens, scores (SentencePiece only) and types, one per id."""
 
+    model: str
+    pre: str
     tokens: tuple[bytes, ...]
-    scores: tuple[float, ...]
+    scores: tuple[float, ...] | None
     types: tuple[int, ...]
 
 
@@ -259,7 +271,109 @@ def sentencepiece_vocabulary(directory: Path, vocab_size: int | None) -> Vocabul
             text = text.replace(_SPIECE_UNDERLINE, " ")
             types[slot] = int(gguf.TokenType.USER_DEFINED)
         tokens[slot] = text.encode("utf-8")
-    return Vocabulary(tuple(tokens), tuple(scores), tuple(types))
+    return Vocabulary("llama", "default", tuple(tokens), tuple(scores), tuple(types))
+
+
+def _load_tokenizer(directory: Path) -> Tokenizer:
+    try:
+        return Tokenizer.from_str(_read_limited(directory / TOKENIZER_JSON).decode("utf-8"))
+    except UnicodeDecodeError as exc:
+        raise InvalidSpec("source.path", TOKENIZER_JSON, f"is not UTF-8: {exc}") from None
+    except Exception as exc:  # the tokenizers library raises a bare Exception for a file it cannot read
+        raise InvalidSpec("source.path", TOKENIZER_JSON, f"is not a tokenizer: {exc}") from None
+
+
+def bpe_vocabulary(directory: Path, vocab_size: int | None) -> Vocabulary:
+    """The converter's ``get_vocab_base`` for a byte-level BPE ``tokenizer.json`` (``_set_vocab_gpt2``).
+
+    The pre-tokenizer is identified as the converter does, by the SHA-256 of
+    the token ids the tokenizer gives `BPE_CHECK_TEXT`; one it does not know
+    is refused (llama.cpp would not split text as the model was trained to).
+    ``vocab_size`` slots (config.json's, else the vocabulary's): added tokens
+    are control tokens when special or special-looking, else user-defined with
+    ``▁`` written as a space (a non-normalized one encoded and decoded first);
+    ids nothing fills are ``[PAD<id>]``, unused.
+    """
+    tokenizer = _load_tokenizer(directory)
+    vocab = tokenizer.get_vocab(with_added_tokens=True)
+    size = vocab_size or len(vocab)
+    if vocab and max(vocab.values()) >= size:
+        raise _refuse(f"{TOKENIZER_JSON} has token id {max(vocab.values())}, past vocab_size {size}")
+    digest = hashlib.sha256(str(tokenizer.encode(BPE_CHECK_TEXT).ids).encode()).hexdigest()
+    pre = BPE_PRE_TOKENIZERS.get(digest)
+    if pre is None:
+        raise _refuse(f"{TOKENIZER_JSON}'s BPE pre-tokenizer (check hash {digest}) is not one llama.cpp's converter "
+                      "recognizes; choose another output")
+    reverse = {token_id: token for token, token_id in vocab.items()}
+    added = tokenizer.get_added_tokens_decoder()
+    added_contents = {token.content for token in added.values()}
+    tokens: list[bytes] = []
+    types: list[int] = []
+    for token_id in range(size):
+        if token_id not in reverse:
+            tokens.append(f"[PAD{token_id}]".encode())
+            types.append(int(gguf.TokenType.UNUSED))
+            continue
+        token = reverse[token_id]
+        kind = gguf.TokenType.NORMAL
+        if token in added_contents and token_id in added:
+            if not added[token_id].normalized:
+                token = tokenizer.decode(tokenizer.encode(token, add_special_tokens=False).ids,
+                                         skip_special_tokens=False)
+            if added[token_id].special or _looks_special(token):
+                kind = gguf.TokenType.CONTROL
+            else:
+                token = token.replace(_SPIECE_UNDERLINE, " ")
+                kind = gguf.TokenType.USER_DEFINED
+        tokens.append(token.encode("utf-8"))
+        types.append(int(kind))
+    return Vocabulary("gpt2", pre, tuple(tokens), None, tuple(types))
+
+
+def _special_additions(directory: Path, special: gguf.SpecialVocab) -> tuple[tuple[str, bool], ...]:
+    """What the converter's gguf-py (llama.cpp 0c1e570, newer than PyPI's gguf 0.19.0) reads from
+    ``tokenizer.json`` beyond the pinned ``SpecialVocab``: a byte-level post-processor means no BOS/EOS is added
+    unless the files say otherwise (applied to `special`), and the normalizer's lower-casing and accent
+    stripping, returned as ``tokenizer.ggml.normalizer.*`` keys."""
+    data = _json_object(directory / TOKENIZER_JSON) or {}
+    post = data.get("post_processor")
+    if isinstance(post, dict):
+        processors = post.get("processors", [post])
+        if isinstance(processors, list) and any(isinstance(item, dict) and item.get("type") == "ByteLevel"
+                                                for item in processors):
+            special.add_special_token.setdefault("bos", False)
+            special.add_special_token.setdefault("eos", False)
+    flags: dict[str, bool] = {}
+
+    def parse(normalizer: object) -> None:
+        if not isinstance(normalizer, dict):
+            return
+        kind = normalizer.get("type")
+        if kind == "Lowercase":
+            flags["lowercase"] = True
+        elif kind == "StripAccents":
+            flags["strip_accents"] = True
+        elif kind == "BertNormalizer":
+            for key in ("lowercase", "strip_accents"):
+                if key in normalizer:
+                    flags[key] = bool(normalizer[key])
+        elif kind == "Sequence" and isinstance(normalizer.get("normalizers"), list):
+            for item in normalizer["normalizers"]:
+                parse(item)
+
+    parse(data.get("normalizer"))
+    return tuple((f"tokenizer.ggml.normalizer.{key}", flags[key]) for key in ("lowercase", "strip_accents")
+                 if key in flags)
+
+
+def _llama_hf_tokenizer(directory: Path) -> bool:
+    """Whether ``tokenizer.json`` is a Llama-2 style BPE with byte fallback, which the converter reads through
+    gguf-py's ``LlamaHfVocab`` (and transformers) rather than as byte-level BPE."""
+    data = _json_object(directory / TOKENIZER_JSON) or {}
+    model, decoder = data.get("model"), data.get("decoder")
+    if not isinstance(model, dict) or not isinstance(decoder, dict):
+        return False
+    return bool(model.get("type") == "BPE" and model.get("byte_fallback", False) and decoder.get("type") == "Sequence")
 
 
 def _int(config: Mapping[str, Any], key: str, default: int | None = None) -> int:
@@ -334,6 +448,8 @@ class GGUFModel:
     metadata: gguf.Metadata
     #: special token ids, add-BOS/EOS flags, chat template (gguf-py's reading of the tokenizer files)
     special: gguf.SpecialVocab
+    #: ``tokenizer.ggml.normalizer.*`` flags (`_special_additions`)
+    normalizer: tuple[tuple[str, bool], ...]
 
     @property
     def arch_name(self) -> str:
@@ -403,12 +519,15 @@ class GGUFModel:
             if (prefix := tokenizer_config.get("add_prefix_space")) is not None:
                 writer.add_add_space_prefix(bool(prefix))
         vocabulary = self.vocabulary
-        writer.add_tokenizer_model("llama")
-        writer.add_tokenizer_pre("default")
+        writer.add_tokenizer_model(vocabulary.model)
+        writer.add_tokenizer_pre(vocabulary.pre)
         writer.add_token_list(list(vocabulary.tokens))
-        writer.add_token_scores(list(vocabulary.scores))
+        if vocabulary.scores is not None:
+            writer.add_token_scores(list(vocabulary.scores))
         writer.add_token_types(list(vocabulary.types))
         self.special.add_to_gguf(writer, quiet=True)
+        for key, value in self.normalizer:
+            writer.add_bool(key, value)
 
 
 def _rope_parameters(config: Mapping[str, Any]) -> Mapping[str, Any]:
@@ -454,15 +573,20 @@ def gguf_model(checkpoint: Checkpoint) -> GGUFModel:
     if arch == gguf.MODEL_ARCH.QWEN3 and _qwen3_reranker(directory, config, other_files):
         raise _refuse("a Qwen3 reranker (the converter writes it with a classifier head) is not written as GGUF "
                       "by nibble; choose another output")
-    if TOKENIZER_MODEL not in other_files:
-        raise _refuse(f"the checkpoint has no {TOKENIZER_MODEL} (SentencePiece), the only tokenizer nibble "
-                      "writes to GGUF; choose another output")
+    sentencepiece = TOKENIZER_MODEL in other_files
+    if not sentencepiece and TOKENIZER_JSON not in other_files:
+        raise _refuse(f"the checkpoint has neither {TOKENIZER_MODEL} (SentencePiece) nor {TOKENIZER_JSON} (BPE), "
+                      "and a GGUF file carries its tokenizer; choose another output")
+    if not sentencepiece and arch == gguf.MODEL_ARCH.LLAMA and _llama_hf_tokenizer(directory):
+        raise _refuse(f"a Llama-2 style {TOKENIZER_JSON} (BPE with byte fallback) without {TOKENIZER_MODEL} is "
+                      "not written as GGUF by nibble; choose another output")
     blocks = _int(config, "num_hidden_layers")
     for key in ("hidden_size", "intermediate_size", "num_attention_heads", "vocab_size"):
         _int(config, key)
     _rope_parameters(config)
     vocab_size = config.get("vocab_size")
-    vocabulary = sentencepiece_vocabulary(directory, vocab_size if isinstance(vocab_size, int) else None)
+    size = vocab_size if isinstance(vocab_size, int) else None
+    vocabulary = sentencepiece_vocabulary(directory, size) if sentencepiece else bpe_vocabulary(directory, size)
     # the converter's prepare_metadata, with the parameters its writer counts (every tensor it writes)
     parameters = sum(math.prod(tensor.shape) for tensor in checkpoint.tensors
                      if not tensor.name.endswith(DROPPED_SUFFIXES))
@@ -473,11 +597,13 @@ def gguf_model(checkpoint: Checkpoint) -> GGUFModel:
     if metadata.name is None:
         metadata.name = directory.name
     try:
-        special = gguf.SpecialVocab(directory, n_vocab=len(vocabulary.tokens))
+        special = (gguf.SpecialVocab(directory, n_vocab=len(vocabulary.tokens)) if sentencepiece  # as the converter
+                   else gguf.SpecialVocab(directory, load_merges=True))
     except (ValueError, TypeError, KeyError, AttributeError, OSError) as exc:
         raise InvalidSpec("source.path", "tokenizer", f"tokenizer files unreadable: {exc}") from None
+    normalizer = _special_additions(directory, special)
     return GGUFModel(arch, directory, dict(config), vocabulary, gguf.get_tensor_name_map(arch, blocks), metadata,
-                     special)
+                     special, normalizer)
 
 
 def check_gguf_tensors(model: GGUFModel, tensors: Sequence[tuple[str, Sequence[int], bool]]) -> None:

@@ -10,6 +10,7 @@ through (the converter's F16 is its ``--outtype``), F32 for norms and biases in 
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 from typing import Any
@@ -18,7 +19,7 @@ import gguf
 import numpy as np
 import pytest
 
-from quant_core.checkpoint import CheckpointOptions, open_checkpoint, plan_checkpoint
+from quant_core.checkpoint import CheckpointOptions, gguf_model, open_checkpoint, plan_checkpoint
 from quant_core.checkpoint.gguf_model import TOKENIZER_MODEL, permute_rows, sentencepiece_pieces
 from quant_core.checkpoint.output import quantize_checkpoint
 from quant_core.errors import InvalidSpec
@@ -35,6 +36,18 @@ GGUF_OPTIONS = CheckpointOptions(output="gguf", group_size=32, symmetric=True)
 OWN_KEYS = ("general.file_type", "nibble.report")
 
 
+@pytest.fixture
+def tiny_bpe_is_qwen2(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The converter names a BPE pre-tokenizer by the hash of the ids its tokenizer gives a check text, and
+    only real tokenizers are in its table; recorded.json's tiny BPE was converted as "qwen2" (record.py), so
+    nibble's table learns its hash the same way."""
+    from tokenizers import Tokenizer
+
+    tokenizer = Tokenizer.from_file(str(DATA / "bpe" / "tokenizer.json"))
+    digest = hashlib.sha256(str(tokenizer.encode(gguf_model.BPE_CHECK_TEXT).ids).encode()).hexdigest()
+    monkeypatch.setitem(gguf_model.BPE_PRE_TOKENIZERS, digest, "qwen2")
+
+
 def gguf_job(tmp_path: Path, arch: str) -> tuple[Path, Any]:
     """The tiny `arch` checkpoint (directory named as when recorded: general.name comes from it) quantized to
     GGUF; returns the file and the plans."""
@@ -46,19 +59,21 @@ def gguf_job(tmp_path: Path, arch: str) -> tuple[Path, Any]:
     return tmp_path / "out" / "model.gguf", plans
 
 
-@pytest.mark.parametrize("arch", ["llama", "qwen2", "mistral", "qwen3"])
+@pytest.mark.parametrize("arch", ["llama", "qwen2", "mistral", "qwen3", "qwen2-bpe"])
+@pytest.mark.usefixtures("tiny_bpe_is_qwen2")
 def test_metadata_is_what_convert_hf_to_gguf_writes(tmp_path: Path, arch: str) -> None:
     path, _ = gguf_job(tmp_path, arch)
     written, recorded = describe(path)["metadata"], RECORDED[arch]["metadata"]
     assert {key: value for key, value in written.items() if key not in OWN_KEYS} == \
         {key: value for key, value in recorded.items() if key not in OWN_KEYS}
-    assert written["general.architecture"]["value"] == {"mistral": "llama"}.get(arch, arch)
+    assert written["general.architecture"]["value"] == {"mistral": "llama", "qwen2-bpe": "qwen2"}.get(arch, arch)
     assert written["general.file_type"] == {"types": ["UINT32"], "value": int(gguf.LlamaFileType.MOSTLY_Q4_0)}
     print(arch, len(written), "keys;", {key: value.get("value") for key, value in recorded.items()
                                         if key.split(".")[0] in ("llama", "qwen2", "qwen3")})
 
 
-@pytest.mark.parametrize("arch", ["llama", "qwen2", "mistral", "qwen3"])
+@pytest.mark.parametrize("arch", ["llama", "qwen2", "mistral", "qwen3", "qwen2-bpe"])
+@pytest.mark.usefixtures("tiny_bpe_is_qwen2")
 def test_tensors_have_the_converters_names_and_shapes(tmp_path: Path, arch: str) -> None:
     path, plans = gguf_job(tmp_path, arch)
     written, recorded = describe(path)["tensors"], RECORDED[arch]["tensors"]
@@ -176,11 +191,12 @@ def test_rope_scaling_not_written_is_refused(tmp_path: Path) -> None:
     assert "'llama3'" in str(refused)
 
 
-def test_checkpoint_without_tokenizer_model_is_refused(tmp_path: Path) -> None:
+def test_checkpoint_without_tokenizer_is_refused(tmp_path: Path) -> None:
     source = tmp_path / "model"
     write_llama_checkpoint(source)
     (source / TOKENIZER_MODEL).unlink()
-    with pytest.raises(InvalidSpec, match=r"no tokenizer\.model") as refused:
+    (source / "tokenizer.json").unlink()
+    with pytest.raises(InvalidSpec, match=r"neither tokenizer\.model .SentencePiece. nor") as refused:
         plan_checkpoint(open_checkpoint(source), GGUF_OPTIONS)
     assert refused.value.field == "output"
 
@@ -231,3 +247,34 @@ def test_q_and_k_passed_through_are_permuted_too(tmp_path: Path) -> None:
         # the converter's LlamaModel.permute: reshape(heads, 2, rows/heads/2, cols), swap axes 1 and 2
         expected = source_rows.reshape(heads, 2, -1, source_rows.shape[1]).swapaxes(1, 2).reshape(source_rows.shape)
         assert stored.tobytes() == expected.tobytes(), name
+
+
+def test_bpe_pre_tokenizer_llama_cpp_does_not_know_is_refused(tmp_path: Path) -> None:
+    source = tmp_path / "model"
+    write_llama_checkpoint(source, family="qwen2", bpe=True)
+    with pytest.raises(InvalidSpec, match=r"BPE pre-tokenizer .check hash [0-9a-f]{64}. is not one") as refused:
+        plan_checkpoint(open_checkpoint(source), GGUF_OPTIONS)
+    assert refused.value.field == "output"
+
+
+def test_the_pre_tokenizer_table_is_the_converters() -> None:
+    # conversion/base.py get_vocab_base_pre at llama.cpp 0c1e570: 97 ifs on 95 hashes (for the two repeated,
+    # bert-bge then jina-v2-en and mpt then olmo, the later if wins, as in the table); Qwen2.5, Llama 3 among them
+    assert len(gguf_model.BPE_PRE_TOKENIZERS) == 95
+    assert gguf_model.BPE_PRE_TOKENIZERS[
+        "e636dc30a262dcc0d8c323492e32ae2b70728f4df7dfe9737d9f920a282b8aea"] == "qwen2"
+    assert gguf_model.BPE_PRE_TOKENIZERS[
+        "0ef9807a4087ebef797fc749390439009c3b9eda9ad1a097abbe738f486c01e5"] == "llama-bpe"
+
+
+def test_llama_2_style_tokenizer_json_without_tokenizer_model_is_refused(tmp_path: Path) -> None:
+    source = tmp_path / "model"
+    write_llama_checkpoint(source)
+    (source / TOKENIZER_MODEL).unlink()
+    data = json.loads((source / "tokenizer.json").read_text())
+    data["model"] = {"type": "BPE", "byte_fallback": True, "vocab": {}, "merges": []}
+    data["decoder"] = {"type": "Sequence", "decoders": []}
+    (source / "tokenizer.json").write_text(json.dumps(data))
+    with pytest.raises(InvalidSpec, match="Llama-2 style") as refused:
+        plan_checkpoint(open_checkpoint(source), GGUF_OPTIONS)
+    assert refused.value.field == "output"

@@ -1,7 +1,7 @@
 """Record what llama.cpp's converter, convert_hf_to_gguf.py, writes for the tiny llama, qwen2, mistral and qwen3
-checkpoints of tests/checkpoints.py: every metadata key with its GGUF type and value (arrays: length, first
-items and a SHA-256 of all of them) and every tensor's name, ggml type and shape, into recorded.json.  The tests
-read that file, never the converter.
+checkpoints of tests/checkpoints.py, and the qwen2 with a byte-level BPE tokenizer: every metadata key with its
+GGUF type and value (arrays: length, first items and a SHA-256 of all of them) and every tensor's name, ggml type
+and shape, into recorded.json.  The tests read that file, never the converter.
 
 Run once, from the repository root, with the converter's dependencies (torch, transformers, sentencepiece):
 python -m tests.quant_core.data.gguf_model.record PATH/TO/llama.cpp
@@ -27,7 +27,25 @@ from tests.checkpoints import write_llama_checkpoint
 
 HERE = Path(__file__).parent
 #: the directory names the checkpoints get (the converter's general.name comes from it)
-MODELS = {"llama": "tiny-llama", "qwen2": "tiny-qwen2", "mistral": "tiny-mistral", "qwen3": "tiny-qwen3"}
+MODELS = {"llama": "tiny-llama", "qwen2": "tiny-qwen2", "mistral": "tiny-mistral", "qwen3": "tiny-qwen3",
+          "qwen2-bpe": "tiny-qwen2-bpe"}
+#: the converter names a BPE pre-tokenizer by the hash of its token ids for a check text, which only real
+#: tokenizers match; for the tiny byte-level BPE (Qwen2's pre-tokenizer) it is told "qwen2" instead
+#: (``TextModel.get_vocab_base_pre`` replaced for that run), and the tests add the tiny tokenizer's hash to
+#: nibble's table the same way
+PRE_TOKENIZER = {"qwen2-bpe": "qwen2"}
+#: runs the converter with ``get_vocab_base_pre`` answering argv[1], the converter's arguments following
+DRIVER = """
+import runpy, sys
+from pathlib import Path
+llama_cpp = Path(sys.argv[2])
+sys.path[:0] = [str(llama_cpp), str(llama_cpp / "gguf-py")]
+import conversion.base
+pre = sys.argv[1]
+conversion.base.TextModel.get_vocab_base_pre = lambda self, tokenizer: pre
+sys.argv = [str(llama_cpp / "convert_hf_to_gguf.py"), *sys.argv[3:]]
+runpy.run_path(sys.argv[0], run_name="__main__")
+"""
 #: config.json changes made to the tiny llama or qwen2 (a Mistral is a llama with Mistral's config class)
 CONFIGS: dict[str, dict[str, Any]] = {
     "mistral": {"architectures": ["MistralForCausalLM"], "model_type": "mistral", "sliding_window": None}}
@@ -35,7 +53,9 @@ CONFIGS: dict[str, dict[str, Any]] = {
 
 def write_model(directory: Path, arch: str) -> None:
     """The tiny checkpoint recorded as `arch` (llama, qwen2, mistral), written to `directory`."""
-    write_llama_checkpoint(directory, family=arch if arch in ("qwen2", "qwen3") else "llama")
+    family = arch.removesuffix("-bpe")
+    write_llama_checkpoint(directory, family=family if family in ("qwen2", "qwen3") else "llama",
+                           bpe=arch.endswith("-bpe"))
     if arch in CONFIGS:
         path = directory / "config.json"
         path.write_text(json.dumps({**json.loads(path.read_text()), **CONFIGS[arch]}, indent=2))
@@ -72,8 +92,12 @@ def main(llama_cpp: Path) -> None:
             directory = Path(scratch) / name
             write_model(directory, arch)
             out = Path(scratch) / f"{name}.gguf"
-            subprocess.run([sys.executable, str(llama_cpp / "convert_hf_to_gguf.py"), str(directory),
-                            "--outtype", "f16", "--outfile", str(out)], check=True, capture_output=True)
+            arguments = [str(directory), "--outtype", "f16", "--outfile", str(out)]
+            if arch in PRE_TOKENIZER:
+                command = [sys.executable, "-c", DRIVER, PRE_TOKENIZER[arch], str(llama_cpp), *arguments]
+            else:
+                command = [sys.executable, str(llama_cpp / "convert_hf_to_gguf.py"), *arguments]
+            subprocess.run(command, check=True, capture_output=True)
             recorded[arch] = describe(out)
     (HERE / "recorded.json").write_text(json.dumps(recorded, indent=1, ensure_ascii=False) + "\n")
 
