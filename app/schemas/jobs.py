@@ -44,7 +44,7 @@ class JobCreate(BaseModel):
     output: Literal["compressed-tensors", "gptq", "awq", "gguf"] = Field("compressed-tensors", description=(
         "compressed-tensors (pack-quantized), gptq, awq: safetensors shards + index + config.json with its "
         "quantization_config, other files copied; gguf: one Q4_0 file llama.cpp loads (needs group_size 32, "
-        "symmetric; Llama, Mistral, Qwen2 or Qwen3 with a SentencePiece tokenizer.model, else 422)."))
+        "symmetric; Llama, Mistral, Qwen2 or Qwen3 with a tokenizer llama.cpp's converter reads, else 422)."))
     group_size: int | None = Field(128, description="32, 64, 128, 256; 'row' or null for a whole row.")
     symmetric: bool = False
     zero: Literal["auto", "int4"] = Field("auto", description=(

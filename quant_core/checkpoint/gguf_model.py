@@ -21,14 +21,17 @@ by llama-cpp-python 0.3.36; ``conversion/base.py`` and ``conversion/llama.py``,
 - 1-D tensors, norms and biases as F32 (the converter's ``prepare_tensors``);
 - the SentencePiece vocabulary (``_create_vocab_sentencepiece``: tokens,
   scores, types, ``added_tokens.json`` and ``added_tokens_decoder``
-  overrides), read from ``tokenizer.model`` by a protobuf reader of our own,
-  then gguf-py's public ``SpecialVocab`` for the special token ids, the
-  add-BOS/EOS flags and the chat template;
+  overrides), read from ``tokenizer.model`` by a protobuf reader of our own;
+  or, without one, the byte-level BPE vocabulary of ``tokenizer.json``
+  (``get_vocab_base``, read with the ``tokenizers`` library), its
+  pre-tokenizer named by the converter's table of check hashes; then gguf-py's
+  public ``SpecialVocab`` for the special token ids, the add-BOS/EOS flags,
+  the merges and the chat template;
 - ``general.*`` through gguf-py's public ``Metadata`` (name, size label...).
 
-A checkpoint this cannot describe (another architecture, no
-``tokenizer.model``, a tensor llama.cpp has no name for) is refused before
-any work, as `InvalidSpec` naming ``output``: a job never writes a GGUF file
+A checkpoint this cannot describe (another architecture, no tokenizer, a BPE
+pre-tokenizer the converter does not know, scaled RoPE, a tensor llama.cpp
+has no name for) is refused before any work, as `InvalidSpec` naming ``output``: a job never writes a GGUF file
 no engine loads.
 """
 
