@@ -477,6 +477,16 @@ class GGUFModel:
         as_f32 = ndim <= 1 or new_name.endswith("_norm.weight") or not new_name.endswith(".weight")
         return GGUFTensor(new_name, permute, as_f32)
 
+    def extra_tensors(self) -> list[tuple[str, NDArray[np.float32]]]:
+        """Tensors the converter generates, written before the checkpoint's: llama's ``rope_freqs.weight``
+        under llama3 rope scaling."""
+        rope = _rope_parameters(self.config, self.arch)
+        if rope["rope_type"] != "llama3":
+            return []
+        heads = _int(self.config, "num_attention_heads")
+        dim = _int(self.config, "head_dim", _int(self.config, "hidden_size") // heads)
+        return [(gguf.TENSOR_NAMES[gguf.MODEL_TENSOR.ROPE_FREQS] + ".weight", llama3_rope_factors(rope, dim))]
+
     def add_metadata(self, writer: gguf.GGUFWriter) -> None:
         """Add the converter's key-value pairs to `writer` (after its tensor infos: ``general.size_label``
         counts their parameters): ``general.*``, the hyper-parameters, ``general.file_type`` (Q4_0), the
@@ -497,7 +507,10 @@ class GGUFModel:
         writer.add_feed_forward_length(_int(config, "intermediate_size"))
         writer.add_head_count(heads)
         writer.add_head_count_kv(_int(config, "num_key_value_heads", heads))
-        rope = _rope_parameters(config)
+        rope = _rope_parameters(config, self.arch)
+        if rope["rope_type"] == "linear":
+            writer.add_rope_scaling_type(gguf.RopeScalingType.LINEAR)
+            writer.add_rope_scaling_factor(_float(rope, "factor", 1.0))
         writer.add_rope_freq_base(_float(rope, "rope_theta", _DEFAULT_ROPE_THETA))
         writer.add_layer_norm_rms_eps(_float(config, "rms_norm_eps", _DEFAULT_RMS_EPS))
         # LlamaConfig and MistralConfig fill head_dim in (hidden / heads), Qwen3Config has 128, Qwen2Config none
@@ -533,19 +546,50 @@ class GGUFModel:
             writer.add_bool(key, value)
 
 
-def _rope_parameters(config: Mapping[str, Any]) -> Mapping[str, Any]:
+def _rope_parameters(config: Mapping[str, Any], arch: gguf.MODEL_ARCH) -> dict[str, Any]:
     """config.json's rope settings as the converter reads them (``rope_parameters``, else ``rope_scaling``,
-    with a top-level ``rope_theta``); refuses a rope scaling this module does not write."""
+    with a top-level ``rope_theta``, ``type`` read as ``rope_type``); refuses a rope scaling this module does
+    not write: it writes none, linear, and llama's llama3 (``rope_freqs``)."""
     rope = config.get("rope_parameters") or config.get("rope_scaling") or {}
     if not isinstance(rope, Mapping):
         raise _refuse(f"config.json's rope_parameters is {rope!r}, not an object")
     rope = dict(rope.get("full_attention", rope))
     kind = rope.get("rope_type", rope.get("type"))
-    if kind not in (None, "default"):
-        raise _refuse(f"rope scaling {kind!r} is not written to GGUF by nibble (only unscaled RoPE)")
+    written = (None, "default", "linear", *(("llama3",) if arch == gguf.MODEL_ARCH.LLAMA else ()))
+    if kind not in written:
+        raise _refuse(f"rope scaling {kind!r} is not written to GGUF by nibble for {gguf.MODEL_ARCH_NAMES[arch]} "
+                      f"(it writes {', '.join(str(k) for k in written[2:])} or none)")
+    rope["rope_type"] = kind
     if "rope_theta" not in rope and "rope_theta" in config:
         rope["rope_theta"] = config["rope_theta"]
+    for key in ("factor", "low_freq_factor", "high_freq_factor", "original_max_position_embeddings"):
+        if key in rope:
+            _float(rope, key, 0.0)
+    if kind == "linear" and rope.get("factor") is None:
+        raise _refuse("linear rope scaling without a factor")
     return rope
+
+
+def llama3_rope_factors(rope: Mapping[str, Any], dim: int) -> NDArray[np.float32]:
+    """``rope_freqs`` of a llama3-scaled RoPE, as the converter's ``LlamaModel.generate_extra_tensors`` computes
+    it in torch float32: per frequency 1 (short wavelengths), ``factor`` (long ones), or the smooth blend
+    between.  torch divides a scalar by a tensor as a reciprocal times the scalar, reproduced here; its float32
+    power is taken as the correctly rounded one (torch's may differ by one unit in the last place)."""
+    f32 = np.float32
+    base = _float(rope, "rope_theta", _DEFAULT_ROPE_THETA)
+    factor = _float(rope, "factor", 8.0)
+    low, high = _float(rope, "low_freq_factor", 1.0), _float(rope, "high_freq_factor", 4.0)
+    old = _float(rope, "original_max_position_embeddings", 8192)
+    if high == low:
+        raise _refuse("llama3 rope scaling with high_freq_factor equal to low_freq_factor")
+    exponents = np.arange(0, dim, 2, dtype=f32) / f32(dim)
+    power = np.power(np.float64(base), exponents.astype(np.float64)).astype(f32)
+    freqs = (f32(1) / power) * f32(1.0)
+    wavelength = (f32(1) / freqs) * f32(2 * math.pi)
+    smooth = ((f32(1) / wavelength) * f32(old) - f32(low)) / f32(high - low)
+    blended = f32(1) / ((f32(1) - smooth) / f32(factor) + smooth)
+    factors = np.where(wavelength < old / high, f32(1), np.where(wavelength > old / low, f32(factor), blended))
+    return np.ascontiguousarray(factors, dtype=f32)
 
 
 def _qwen3_reranker(directory: Path, config: Mapping[str, Any], other_files: Sequence[str]) -> bool:
@@ -586,13 +630,15 @@ def gguf_model(checkpoint: Checkpoint) -> GGUFModel:
     blocks = _int(config, "num_hidden_layers")
     for key in ("hidden_size", "intermediate_size", "num_attention_heads", "vocab_size"):
         _int(config, key)
-    _rope_parameters(config)
+    _rope_parameters(config, arch)
     vocab_size = config.get("vocab_size")
     size = vocab_size if isinstance(vocab_size, int) else None
     vocabulary = sentencepiece_vocabulary(directory, size) if sentencepiece else bpe_vocabulary(directory, size)
     # the converter's prepare_metadata, with the parameters its writer counts (every tensor it writes)
     parameters = sum(math.prod(tensor.shape) for tensor in checkpoint.tensors
                      if not tensor.name.endswith(DROPPED_SUFFIXES))
+    if _rope_parameters(config, arch)["rope_type"] == "llama3":
+        parameters += _int(config, "head_dim", _int(config, "hidden_size") // _int(config, "num_attention_heads")) // 2
     try:
         metadata = gguf.Metadata.load(None, directory, None, parameters)
     except (ValueError, TypeError, KeyError, AttributeError, OSError, yaml.YAMLError) as exc:

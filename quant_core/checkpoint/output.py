@@ -359,6 +359,7 @@ def write_gguf_output(checkpoint: Checkpoint, plans: Sequence[TensorPlan], part_
     llama.cpp's converter writes them, its metadata and tokenizer: `gguf_model`; the report in
     ``nibble.report``) and ``nibble_report.json``; written a tensor at a time through gguf-py's writer."""
     model = gguf_model(checkpoint)
+    extra = model.extra_tensors()
     quantized = {plan.tensor.name for plan in plans if plan.quantized}
     tensors = [(tensor, gguf_tensor) for tensor in output_tensors(checkpoint, plans, part_dir)
                if (gguf_tensor := model.tensor(tensor.name, len(tensor.shape))) is not None]
@@ -366,6 +367,8 @@ def write_gguf_output(checkpoint: Checkpoint, plans: Sequence[TensorPlan], part_
     def write(path: Path) -> None:
         writer = gguf.GGUFWriter(path, model.arch_name)
         try:
+            for name, array in extra:
+                writer.add_tensor_info(name, array.shape, array.dtype, array.nbytes)
             for tensor, gguf_tensor in tensors:
                 name, dtype, nbytes = gguf_tensor.name, gguf_tensor.dtype(tensor.dtype), gguf_tensor.nbytes(tensor)
                 if tensor.name in quantized:
@@ -382,6 +385,8 @@ def write_gguf_output(checkpoint: Checkpoint, plans: Sequence[TensorPlan], part_
             writer.write_header_to_file()
             writer.write_kv_data_to_file()
             writer.write_ti_data_to_file()
+            for _, array in extra:
+                writer.write_tensor_data(array)
             for tensor, gguf_tensor in tensors:
                 data = np.memmap(tensor.path, dtype=np.uint8, mode="r", offset=tensor.offset, shape=(tensor.nbytes,))
                 writer.write_tensor_data(gguf_tensor.data(data, tensor.dtype, tensor.shape))

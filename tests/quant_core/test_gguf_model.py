@@ -59,20 +59,23 @@ def gguf_job(tmp_path: Path, arch: str) -> tuple[Path, Any]:
     return tmp_path / "out" / "model.gguf", plans
 
 
-@pytest.mark.parametrize("arch", ["llama", "qwen2", "mistral", "qwen3", "qwen2-bpe"])
+@pytest.mark.parametrize("arch", ["llama", "qwen2", "mistral", "qwen3", "qwen2-bpe", "llama3-rope",
+                                  "llama-linear-rope"])
 @pytest.mark.usefixtures("tiny_bpe_is_qwen2")
 def test_metadata_is_what_convert_hf_to_gguf_writes(tmp_path: Path, arch: str) -> None:
     path, _ = gguf_job(tmp_path, arch)
     written, recorded = describe(path)["metadata"], RECORDED[arch]["metadata"]
     assert {key: value for key, value in written.items() if key not in OWN_KEYS} == \
         {key: value for key, value in recorded.items() if key not in OWN_KEYS}
-    assert written["general.architecture"]["value"] == {"mistral": "llama", "qwen2-bpe": "qwen2"}.get(arch, arch)
+    assert written["general.architecture"]["value"] == ("qwen2" if arch == "qwen2-bpe" else
+                                                        "llama" if "llama" in arch or arch == "mistral" else arch)
     assert written["general.file_type"] == {"types": ["UINT32"], "value": int(gguf.LlamaFileType.MOSTLY_Q4_0)}
     print(arch, len(written), "keys;", {key: value.get("value") for key, value in recorded.items()
                                         if key.split(".")[0] in ("llama", "qwen2", "qwen3")})
 
 
-@pytest.mark.parametrize("arch", ["llama", "qwen2", "mistral", "qwen3", "qwen2-bpe"])
+@pytest.mark.parametrize("arch", ["llama", "qwen2", "mistral", "qwen3", "qwen2-bpe", "llama3-rope",
+                                  "llama-linear-rope"])
 @pytest.mark.usefixtures("tiny_bpe_is_qwen2")
 def test_tensors_have_the_converters_names_and_shapes(tmp_path: Path, arch: str) -> None:
     path, plans = gguf_job(tmp_path, arch)
@@ -87,7 +90,39 @@ def test_tensors_have_the_converters_names_and_shapes(tmp_path: Path, arch: str)
     assert {name: tensor["type"] for name, tensor in written.items()} == {
         name: "F32" if tensor["type"] == "F32" else "Q4_0" if name in quantized else "BF16"
         for name, tensor in recorded.items()}
+    if "rope_freqs.weight" in recorded:  # llama3 rope scaling: the converter's generated factors
+        assert written["rope_freqs.weight"]["values"] == recorded["rope_freqs.weight"]["values"]
     print(arch, len(written), "tensors,", len(quantized), "Q4_0")
+
+
+@pytest.mark.parametrize(("base", "dim", "factor"), [(500000.0, 128, 8.0), (500000.0, 64, 32.0),
+                                                     (10000.0, 128, 8.0), (10000.0, 64, 32.0)])
+def test_llama3_rope_factors_are_the_converters(base: float, dim: int, factor: float) -> None:
+    """Llama 3.1 8B (head 128, factor 8), Llama 3.2 1B (head 64, factor 32), and both at base 10000 (where
+    dividing as x / y instead of torch's reciprocal-times gives other bits): the factors equal, bit for bit,
+    those convert_hf_to_gguf.py's LlamaModel.generate_extra_tensors computes in torch (its code, below)."""
+    import math
+
+    import torch
+
+    freqs = 1.0 / (base ** (torch.arange(0, dim, 2, dtype=torch.float32) / dim))
+    low_wavelen, high_wavelen = 8192 / 1.0, 8192 / 4.0
+    factors: list[Any] = []
+    for freq in freqs:
+        wavelen = 2 * math.pi / freq
+        if wavelen < high_wavelen:
+            factors.append(1)
+        elif wavelen > low_wavelen:
+            factors.append(factor)
+        else:
+            smooth = (8192 / wavelen - 1.0) / (4.0 - 1.0)
+            factors.append(1 / ((1 - smooth) / factor + smooth))
+    expected = torch.tensor(factors, dtype=torch.float32).numpy()
+    rope = {"rope_theta": base, "factor": factor, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+            "original_max_position_embeddings": 8192}
+    computed = gguf_model.llama3_rope_factors(rope, dim)
+    assert computed.tobytes() == expected.tobytes()
+    assert computed.min() == 1.0 and computed.max() == factor and ((computed > 1) & (computed < factor)).sum() >= 2
 
 
 def test_q4_0_rows_permuted_are_the_permuted_weight_quantized() -> None:
@@ -187,8 +222,16 @@ def test_qwen3_reranker_is_refused(tmp_path: Path) -> None:
 
 
 def test_rope_scaling_not_written_is_refused(tmp_path: Path) -> None:
-    refused = _refusal(tmp_path, rope_scaling={"rope_type": "llama3", "factor": 8.0})
-    assert "'llama3'" in str(refused)
+    refused = _refusal(tmp_path, rope_scaling={"rope_type": "yarn", "factor": 4.0,
+                                               "original_max_position_embeddings": 32768})
+    assert "'yarn'" in str(refused)
+
+
+def test_llama3_rope_scaling_is_refused_for_qwen2(tmp_path: Path) -> None:
+    # the converter's rope_freqs for llama3 scaling is LlamaModel's; for a qwen2 it would be dropped
+    refused = _refusal(tmp_path, architectures=["Qwen2ForCausalLM"], model_type="qwen2",
+                       rope_scaling={"rope_type": "llama3", "factor": 8.0})
+    assert "'llama3'" in str(refused) and "qwen2" in str(refused)
 
 
 def test_checkpoint_without_tokenizer_is_refused(tmp_path: Path) -> None:
