@@ -27,12 +27,14 @@ by llama-cpp-python 0.3.36; ``conversion/base.py`` and ``conversion/llama.py``,
   pre-tokenizer named by the converter's table of check hashes; then gguf-py's
   public ``SpecialVocab`` for the special token ids, the add-BOS/EOS flags,
   the merges and the chat template;
-- ``general.*`` through gguf-py's public ``Metadata`` (name, size label...).
+- ``general.*`` through gguf-py's public ``Metadata`` (name, size label...);
+- linear RoPE scaling keys, and for llama's llama3 scaling the
+  ``rope_freqs.weight`` tensor ``LlamaModel.generate_extra_tensors`` makes.
 
 A checkpoint this cannot describe (another architecture, no tokenizer, a BPE
-pre-tokenizer the converter does not know, scaled RoPE, a tensor llama.cpp
-has no name for) is refused before any work, as `InvalidSpec` naming ``output``: a job never writes a GGUF file
-no engine loads.
+pre-tokenizer the converter does not know, a RoPE scaling not written here, a
+tensor llama.cpp has no name for) is refused before any work, as `InvalidSpec`
+naming ``output``: a job never writes a GGUF file no engine loads.
 """
 
 from __future__ import annotations
