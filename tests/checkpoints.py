@@ -1,6 +1,8 @@
-"""A small but real llama checkpoint written by the tests: random BF16 weights in several shards, with
-``model.safetensors.index.json``, a llama ``config.json`` (the keys transformers' ``LlamaConfig`` reads) and
-tokenizer files made by the ``tokenizers`` library."""
+"""Small but real llama, qwen2 and qwen3 checkpoints written by the tests: random BF16 weights in several shards, with
+``model.safetensors.index.json``, a ``config.json`` (the keys transformers' ``LlamaConfig`` / ``Qwen2Config`` /
+``Qwen3Config`` read) and tokenizer files: a 96-piece SentencePiece ``tokenizer.model``
+(tests/quant_core/data/gguf_model/make_tokenizer.py) and the same unigram model as ``tokenizer.json``, made by
+the ``tokenizers`` library."""
 
 from __future__ import annotations
 
@@ -12,7 +14,12 @@ import ml_dtypes
 import numpy as np
 from numpy.typing import NDArray
 
+from quant_core.checkpoint.gguf_model import sentencepiece_pieces
 from quant_core.tensorio import write_safetensors
+
+TOKENIZER_MODEL = Path(__file__).parent / "quant_core" / "data" / "gguf_model" / "tokenizer.model"
+BPE_TOKENIZER = Path(__file__).parent / "quant_core" / "data" / "gguf_model" / "bpe"
+BPE_VOCAB = 320
 
 HIDDEN = 128
 INTERMEDIATE = 256
@@ -29,23 +36,50 @@ LLAMA_CONFIG: dict[str, Any] = {
     "rms_norm_eps": 1e-5, "rope_theta": 10000.0, "hidden_act": "silu", "tie_word_embeddings": False,
     "attention_bias": False, "mlp_bias": False, "torch_dtype": "bfloat16", "bos_token_id": 1, "eos_token_id": 2,
 }
+#: a Qwen3 of the same size: q/k norms instead of biases, head_dim given, tied embeddings
+QWEN3_CONFIG: dict[str, Any] = {
+    "architectures": ["Qwen3ForCausalLM"], "model_type": "qwen3", "hidden_size": HIDDEN,
+    "intermediate_size": INTERMEDIATE, "num_hidden_layers": LAYERS, "num_attention_heads": HEADS,
+    "num_key_value_heads": KV_HEADS, "head_dim": HEAD_DIM, "vocab_size": VOCAB, "max_position_embeddings": 1024,
+    "rms_norm_eps": 1e-6, "rope_theta": 1000000.0, "hidden_act": "silu", "tie_word_embeddings": True,
+    "attention_bias": False, "use_sliding_window": False, "sliding_window": None, "max_window_layers": LAYERS,
+    "torch_dtype": "bfloat16", "bos_token_id": 1, "eos_token_id": 2,
+}
+#: a Qwen2 of the same size: q/k/v biases, tied embeddings (no lm_head), Qwen2's rope base and norm epsilon
+QWEN2_CONFIG: dict[str, Any] = {
+    "architectures": ["Qwen2ForCausalLM"], "model_type": "qwen2", "hidden_size": HIDDEN,
+    "intermediate_size": INTERMEDIATE, "num_hidden_layers": LAYERS, "num_attention_heads": HEADS,
+    "num_key_value_heads": KV_HEADS, "vocab_size": VOCAB, "max_position_embeddings": 512, "rms_norm_eps": 1e-6,
+    "rope_theta": 1000000.0, "hidden_act": "silu", "tie_word_embeddings": True, "use_sliding_window": False,
+    "sliding_window": None, "max_window_layers": LAYERS, "torch_dtype": "bfloat16", "bos_token_id": 1,
+    "eos_token_id": 2,
+}
 
 
-def llama_tensors(seed: int = 0, layers: int = LAYERS) -> dict[str, NDArray[Any]]:
-    """Every tensor of the tiny llama in the order transformers' state dict lists them, BF16, seeded."""
+def llama_tensors(seed: int = 0, layers: int = LAYERS, *, family: str = "llama", vocab: int = VOCAB
+                  ) -> dict[str, NDArray[Any]]:
+    """Every tensor of the tiny llama (`family` qwen2: with q/k/v biases and no lm_head; qwen3: with q/k norms
+    and no lm_head) in the order transformers' state dict lists them, BF16, seeded."""
+    qwen2 = family == "qwen2"
     rng = np.random.default_rng(seed)
 
     def weight(*shape: int) -> NDArray[Any]:
         return (rng.standard_normal(shape, dtype=np.float32) * 0.05).astype(ml_dtypes.bfloat16)
 
-    tensors: dict[str, NDArray[Any]] = {"model.embed_tokens.weight": weight(VOCAB, HIDDEN)}
+    tensors: dict[str, NDArray[Any]] = {"model.embed_tokens.weight": weight(vocab, HIDDEN)}
     for layer in range(layers):
         prefix = f"model.layers.{layer}"
         tensors.update({
             f"{prefix}.self_attn.q_proj.weight": weight(HEADS * HEAD_DIM, HIDDEN),
             f"{prefix}.self_attn.k_proj.weight": weight(KV_HEADS * HEAD_DIM, HIDDEN),
             f"{prefix}.self_attn.v_proj.weight": weight(KV_HEADS * HEAD_DIM, HIDDEN),
+            **({f"{prefix}.self_attn.q_proj.bias": weight(HEADS * HEAD_DIM),
+                f"{prefix}.self_attn.k_proj.bias": weight(KV_HEADS * HEAD_DIM),
+                f"{prefix}.self_attn.v_proj.bias": weight(KV_HEADS * HEAD_DIM)} if qwen2 else {}),
             f"{prefix}.self_attn.o_proj.weight": weight(HIDDEN, HEADS * HEAD_DIM),
+            **({f"{prefix}.self_attn.q_norm.weight": np.ones(HEAD_DIM, dtype=ml_dtypes.bfloat16),
+                f"{prefix}.self_attn.k_norm.weight": np.ones(HEAD_DIM, dtype=ml_dtypes.bfloat16)}
+               if family == "qwen3" else {}),
             f"{prefix}.mlp.gate_proj.weight": weight(INTERMEDIATE, HIDDEN),
             f"{prefix}.mlp.up_proj.weight": weight(INTERMEDIATE, HIDDEN),
             f"{prefix}.mlp.down_proj.weight": weight(HIDDEN, INTERMEDIATE),
@@ -53,17 +87,22 @@ def llama_tensors(seed: int = 0, layers: int = LAYERS) -> dict[str, NDArray[Any]
             f"{prefix}.post_attention_layernorm.weight": np.ones(HIDDEN, dtype=ml_dtypes.bfloat16),
         })
     tensors["model.norm.weight"] = np.ones(HIDDEN, dtype=ml_dtypes.bfloat16)
-    tensors["lm_head.weight"] = weight(VOCAB, HIDDEN)
+    if family == "llama":
+        tensors["lm_head.weight"] = weight(vocab, HIDDEN)
     return tensors
 
 
 def write_tokenizer(directory: Path) -> None:
-    """A word-level tokenizer saved by the ``tokenizers`` library, with the config transformers reads."""
-    from tokenizers import Tokenizer, models, pre_tokenizers
+    """The SentencePiece ``tokenizer.model``, the same unigram model as ``tokenizer.json`` (saved by the
+    ``tokenizers`` library, with the metaspace pre-tokenizer llama's uses) and the config transformers reads."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
 
-    vocab = {"<unk>": 0, "<s>": 1, "</s>": 2, **{f"w{i}": i + 3 for i in range(VOCAB - 3)}}
-    tokenizer = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
-    tokenizer.pre_tokenizer = pre_tokenizers.Whitespace()
+    model = TOKENIZER_MODEL.read_bytes()
+    (directory / "tokenizer.model").write_bytes(model)
+    pieces = [(piece.piece, piece.score) for piece in sentencepiece_pieces(model)]
+    tokenizer = Tokenizer(models.Unigram(pieces, unk_id=0, byte_fallback=False))
+    tokenizer.pre_tokenizer = pre_tokenizers.Metaspace(replacement="\u2581", prepend_scheme="first")
+    tokenizer.decoder = decoders.Metaspace(replacement="\u2581", prepend_scheme="first")
     tokenizer.save(str(directory / "tokenizer.json"))
     (directory / "tokenizer_config.json").write_text(json.dumps({
         "tokenizer_class": "PreTrainedTokenizerFast", "bos_token": "<s>", "eos_token": "</s>",
@@ -72,15 +111,34 @@ def write_tokenizer(directory: Path) -> None:
         {"bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>"}, indent=2))
 
 
+def write_bpe_tokenizer(directory: Path) -> None:
+    """A 320-token byte-level BPE ``tokenizer.json`` with Qwen2's pre-tokenizer
+    (tests/quant_core/data/gguf_model/make_bpe_tokenizer.py) and a Qwen2-like tokenizer_config.json."""
+    (directory / "tokenizer.json").write_bytes((BPE_TOKENIZER / "tokenizer.json").read_bytes())
+    special = {str(BPE_VOCAB - 3 + i): {"content": text, "lstrip": False, "normalized": False, "rstrip": False,
+                                        "single_word": False, "special": True}
+               for i, text in enumerate(["<|endoftext|>", "<|im_start|>", "<|im_end|>"])}
+    (directory / "tokenizer_config.json").write_text(json.dumps({
+        "tokenizer_class": "PreTrainedTokenizerFast", "added_tokens_decoder": special, "bos_token": None,
+        "eos_token": "<|im_end|>", "pad_token": "<|endoftext|>", "add_prefix_space": False,
+        "model_max_length": 512, "clean_up_tokenization_spaces": False,
+        "chat_template": "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n"
+                         "{% endfor %}"}, indent=2))
+
+
 def write_llama_checkpoint(directory: Path, *, shards: int = 3, seed: int = 0, layers: int = LAYERS,
-                           tensors: dict[str, NDArray[Any]] | None = None) -> dict[str, NDArray[Any]]:
-    """Write the tiny llama as `shards` safetensors shards plus index, config.json and tokenizer files.
+                           tensors: dict[str, NDArray[Any]] | None = None, family: str = "llama",
+                           bpe: bool = False) -> dict[str, NDArray[Any]]:
+    """Write the tiny llama (`family` qwen2 or qwen3: the tiny qwen2 or qwen3) as `shards` safetensors shards
+    plus index, config.json and tokenizer files (`bpe`: the byte-level BPE tokenizer.json alone, and a
+    vocabulary of its 320 tokens).
 
     Returns the tensors written.  Tensors are dealt to shards in order, about
     the same count each, named as transformers names them.
     """
     directory.mkdir(parents=True, exist_ok=True)
-    tensors = tensors if tensors is not None else llama_tensors(seed, layers)
+    tensors = tensors if tensors is not None else llama_tensors(seed, layers, family=family,
+                                                                vocab=BPE_VOCAB if bpe else VOCAB)
     names = list(tensors)
     per_shard = -(-len(names) // shards)
     weight_map: dict[str, str] = {}
@@ -93,9 +151,16 @@ def write_llama_checkpoint(directory: Path, *, shards: int = 3, seed: int = 0, l
         total += sum(int(tensors[name].nbytes) for name in chunk)
     (directory / "model.safetensors.index.json").write_text(
         json.dumps({"metadata": {"total_size": total}, "weight_map": weight_map}, indent=2))
-    (directory / "config.json").write_text(json.dumps({**LLAMA_CONFIG, "num_hidden_layers": layers}, indent=2))
-    (directory / "generation_config.json").write_text(json.dumps({"bos_token_id": 1, "eos_token_id": 2}))
-    write_tokenizer(directory)
+    config = {"llama": LLAMA_CONFIG, "qwen2": QWEN2_CONFIG, "qwen3": QWEN3_CONFIG}[family]
+    special_ids = {"bos_token_id": BPE_VOCAB - 3, "eos_token_id": BPE_VOCAB - 1} if bpe else {
+        "bos_token_id": 1, "eos_token_id": 2}
+    (directory / "config.json").write_text(json.dumps({**config, "num_hidden_layers": layers, **special_ids,
+                                                       "vocab_size": BPE_VOCAB if bpe else VOCAB}, indent=2))
+    (directory / "generation_config.json").write_text(json.dumps(special_ids))
+    if bpe:
+        write_bpe_tokenizer(directory)
+    else:
+        write_tokenizer(directory)
     return tensors
 
 

@@ -45,7 +45,8 @@ class JobCreate(BudgetFields):
                                             "(GPTQ needs calibration activations, which jobs do not take).")
     output: Literal["compressed-tensors", "gptq", "awq", "gguf"] = Field("compressed-tensors", description=(
         "compressed-tensors (pack-quantized), gptq, awq: safetensors shards + index + config.json with its "
-        "quantization_config, other files copied; gguf: one Q4_0 file (needs group_size 32, symmetric)."))
+        "quantization_config, other files copied; gguf: one Q4_0 file llama.cpp loads (needs group_size 32, "
+        "symmetric; Llama, Mistral, Qwen2 or Qwen3 with a tokenizer llama.cpp's converter reads, else 422)."))
     group_size: int | None = Field(128, description="32, 64, 128, 256; 'row' or null for a whole row.")
     symmetric: bool = False
     zero: Literal["auto", "int4"] = Field("auto", description=(

@@ -36,6 +36,7 @@ import ml_dtypes
 import numpy as np
 from numpy.typing import NDArray
 
+from quant_core.checkpoint.gguf_model import gguf_model
 from quant_core.checkpoint.plan import CheckpointOptions, TensorPlan
 from quant_core.checkpoint.source import (
     CONFIG_NAME,
@@ -430,33 +431,42 @@ def write_checkpoint_files(checkpoint: Checkpoint, shards: Sequence[OutputShard]
 def write_gguf_output(checkpoint: Checkpoint, plans: Sequence[TensorPlan], part_dir: Path,
                       report: Mapping[str, Any], out_dir: Path) -> None:
     """The GGUF result: ``model.gguf`` (each quantized tensor in its ggml type, Q4_0 without a budget, and the
-    passthrough tensors; the report in ``nibble.report``) and ``nibble_report.json``; written a tensor at a
+    passthrough tensors, named, permuted and typed as llama.cpp's converter writes them, its metadata and
+    tokenizer: `gguf_model`; the report in ``nibble.report``) and ``nibble_report.json``; written a tensor at a
     time through gguf-py's writer."""
-    tensors = output_tensors(checkpoint, plans, part_dir)
+    model = gguf_model(checkpoint)
+    extra = model.extra_tensors()
     quantized = {plan.tensor.name: _ggml_type(plan) for plan in plans if plan.quantized}
+    tensors = [(tensor, gguf_tensor) for tensor in output_tensors(checkpoint, plans, part_dir)
+               if (gguf_tensor := model.tensor(tensor.name, len(tensor.shape))) is not None]
 
     def write(path: Path) -> None:
-        writer = gguf.GGUFWriter(path, "nibble")
+        writer = gguf.GGUFWriter(path, model.arch_name)
         try:
-            writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
-            writer.add_string("nibble.report", json.dumps(report, separators=(",", ":")))
-            for tensor in tensors:
+            for name, array in extra:
+                writer.add_tensor_info(name, array.shape, array.dtype, array.nbytes)
+            for tensor, gguf_tensor in tensors:
+                name, dtype, nbytes = gguf_tensor.name, gguf_tensor.dtype(tensor.dtype), gguf_tensor.nbytes(tensor)
                 ggml_type = quantized.get(tensor.name)
                 if ggml_type in (gguf.GGMLQuantizationType.Q4_0, gguf.GGMLQuantizationType.Q8_0):
-                    writer.add_tensor_info(tensor.name, tensor.shape, np.dtype(np.uint8), tensor.nbytes,
+                    writer.add_tensor_info(name, tensor.shape, np.dtype(np.uint8), tensor.nbytes,
                                            raw_dtype=ggml_type)
-                elif tensor.dtype == "BF16":
+                elif dtype == "BF16":
                     byte_shape = (*tensor.shape[:-1], 2 * tensor.shape[-1]) if tensor.shape else (2,)
-                    writer.add_tensor_info(tensor.name, byte_shape, np.dtype(np.uint8), tensor.nbytes,
+                    writer.add_tensor_info(name, byte_shape, np.dtype(np.uint8), nbytes,
                                            raw_dtype=gguf.GGMLQuantizationType.BF16)
                 else:
-                    writer.add_tensor_info(tensor.name, tensor.shape, _GGUF_TYPES[tensor.dtype], tensor.nbytes)
+                    writer.add_tensor_info(name, tensor.shape, _GGUF_TYPES[dtype], nbytes)
+            model.add_metadata(writer)
+            writer.add_string("nibble.report", json.dumps(report, separators=(",", ":")))
             writer.write_header_to_file()
             writer.write_kv_data_to_file()
             writer.write_ti_data_to_file()
-            for tensor in tensors:
+            for _, array in extra:
+                writer.write_tensor_data(array)
+            for tensor, gguf_tensor in tensors:
                 data = np.memmap(tensor.path, dtype=np.uint8, mode="r", offset=tensor.offset, shape=(tensor.nbytes,))
-                writer.write_tensor_data(data)
+                writer.write_tensor_data(gguf_tensor.data(data, tensor.dtype, tensor.shape))
                 del data
         finally:
             writer.close()

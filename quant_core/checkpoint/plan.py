@@ -20,6 +20,7 @@ from typing import Literal
 import numpy as np
 from numpy.typing import NDArray
 
+from quant_core.checkpoint.gguf_model import check_gguf_tensors, gguf_model
 from quant_core.checkpoint.source import Checkpoint, CheckpointTensor
 from quant_core.errors import InvalidSpec, UnknownName
 from quant_core.formats import WeightFormat
@@ -169,7 +170,8 @@ def plan_checkpoint(checkpoint: Checkpoint, options: CheckpointOptions) -> tuple
     """Every tensor of `checkpoint` in order with its fate under `options` (checked first: `check_options`).
 
     Raises `InvalidSpec` when nothing would be quantized, or (GGUF) when a
-    passthrough tensor has a dtype GGUF cannot store.
+    passthrough tensor has a dtype GGUF cannot store or the checkpoint is not
+    one llama.cpp would load (`gguf_model`, `check_gguf_tensors`).
     """
     check_options(options)
     plans = tuple(TensorPlan(index, tensor, _reason(tensor, options))
@@ -179,6 +181,8 @@ def plan_checkpoint(checkpoint: Checkpoint, options: CheckpointOptions) -> tuple
         raise InvalidSpec("include", list(options.include),
                           f"selects no tensor to quantize among {len(plans)}; reasons: {reasons}")
     if options.output == "gguf":
+        model = gguf_model(checkpoint)
+        check_gguf_tensors(model, [(plan.tensor.name, plan.tensor.shape, plan.quantized) for plan in plans])
         for plan in plans:
             if not plan.quantized and plan.tensor.dtype not in _GGUF_PASSTHROUGH_DTYPES:
                 raise InvalidSpec("output", "gguf", f"GGUF has no tensor type for {plan.tensor.dtype} "

@@ -191,6 +191,17 @@ def test_missing_directory_and_bad_options_are_422(jobs_client: TestClient) -> N
     assert extra["status"] == 422 and extra["errors"][0]["field"] == "colour"
 
 
+def test_gguf_output_of_an_architecture_llama_cpp_would_not_load_is_422(jobs_client: TestClient,
+                                                                         data_root: Path) -> None:
+    config_path = data_root / "llama" / "config.json"
+    config_path.write_text(json.dumps({**json.loads(config_path.read_text()), "architectures": ["GPT2LMHeadModel"]}))
+    problem = _problem(jobs_client, {"source": {"path": "llama"}, "output": "gguf", "group_size": 32,
+                                     "symmetric": True})
+    assert problem["status"] == 422 and problem["errors"][0]["field"] == "output"
+    assert "'GPT2LMHeadModel'" in problem["detail"]
+    assert jobs_client.get("/v1/jobs").json()["jobs"] == []  # refused before a job existed
+
+
 def test_jobs_without_state_dir_and_data_root_answer_404() -> None:
     with client_with() as client:
         problem = _problem(client, {"source": {"path": "llama"}})

@@ -34,7 +34,7 @@ from quant_core.quantize import QuantizedTensor, dequantize, quantize
 from quant_core.tensorio import write_safetensors
 from tests.app.conftest import client_with
 from tests.app.test_jobs_budget import STATISTICS, importance_vectors
-from tests.checkpoints import llama_tensors, write_llama_checkpoint
+from tests.checkpoints import HEADS, KV_HEADS, LAYERS, llama_tensors, write_llama_checkpoint
 from tests.quant_core.tensorio.test_reference_libraries import reference_module
 
 pytestmark = [
@@ -158,22 +158,36 @@ def test_autoawq_decodes_the_awq_checkpoint(client: TestClient, source: Path, tm
         np.testing.assert_array_equal(decoded.T.numpy(), dequantize(q), err_msg=name)
 
 
+def converter_permute(rows: NDArray[Any], heads: int) -> NDArray[Any]:
+    """convert_hf_to_gguf.py's ``LlamaModel.permute`` (llama.cpp conversion/llama.py), in NumPy."""
+    return rows.reshape(heads, 2, rows.shape[0] // heads // 2, *rows.shape[1:]).swapaxes(1, 2).reshape(rows.shape)
+
+
 def test_gguf_reads_the_gguf_checkpoint(client: TestClient, source: Path, tmp_path: Path) -> None:
     status = run_job(client, tmp_path / "out", output="gguf", group_size=32, symmetric=True)
     assert sorted(f["name"] for f in status["result"]["files"]) == ["model.gguf", "nibble_report.json"]
     reader = gguf.GGUFReader(tmp_path / "out" / "model.gguf")
+    assert reader.fields["general.architecture"].contents() == "llama"
     tensors = {tensor.name: tensor for tensor in reader.tensors}
     written = llama_tensors()
-    assert list(tensors) == list(written)  # every tensor, in the source's order
+    names = gguf.get_tensor_name_map(gguf.MODEL_ARCH.LLAMA, LAYERS)
+    # every tensor, in the source's order, under the name llama.cpp loads it by (gguf-py's map)
+    assert list(tensors) == [names.get_name(name, try_suffixes=(".weight",)) for name in written]
     for name, q in nibble_quantized(source, {"output": "gguf", "group_size": 32, "symmetric": True}).items():
-        tensor = tensors[name]
+        tensor = tensors[names.get_name(name, try_suffixes=(".weight",))]
         assert tensor.tensor_type == gguf.GGMLQuantizationType.Q4_0
         decoded = gguf.quants.dequantize(tensor.data, gguf.GGMLQuantizationType.Q4_0).reshape(q.shape)
-        np.testing.assert_array_equal(decoded, dequantize(q), err_msg=name)
-    norm = tensors["model.norm.weight"]
-    assert norm.tensor_type == gguf.GGMLQuantizationType.BF16
-    np.testing.assert_array_equal(np.asarray(norm.data).view(ml_dtypes.bfloat16).reshape(-1),
-                                  written["model.norm.weight"])
+        expected = dequantize(q)
+        if name.endswith(("q_proj.weight", "k_proj.weight")):  # rows permuted as the converter does for llama
+            expected = converter_permute(expected, HEADS if "q_proj" in name else KV_HEADS)
+        np.testing.assert_array_equal(decoded, expected, err_msg=name)
+    norm = tensors["output_norm.weight"]
+    assert norm.tensor_type == gguf.GGMLQuantizationType.F32  # llama.cpp reads norms as F32
+    np.testing.assert_array_equal(np.asarray(norm.data), written["model.norm.weight"].astype(np.float32))
+    embedding = tensors["token_embd.weight"]
+    assert embedding.tensor_type == gguf.GGMLQuantizationType.BF16  # passed through as it was
+    np.testing.assert_array_equal(np.asarray(embedding.data).view(ml_dtypes.bfloat16).reshape(written[
+        "model.embed_tokens.weight"].shape), written["model.embed_tokens.weight"])
     report = json.loads(bytes(reader.fields["nibble.report"].parts[-1]).decode())
     assert report == json.loads((tmp_path / "out" / "nibble_report.json").read_text())
 
@@ -292,21 +306,30 @@ def test_gguf_reads_a_budgeted_checkpoint_with_a_ggml_type_per_tensor(client: Te
     written = llama_tensors()
     types = {"int4-g32-sym": gguf.GGMLQuantizationType.Q4_0, "q8_0": gguf.GGMLQuantizationType.Q8_0,
              "bf16": gguf.GGMLQuantizationType.BF16}
+    names = gguf.get_tensor_name_map(gguf.MODEL_ARCH.LLAMA, LAYERS)
+
+    def as_converted(name: str, rows: NDArray[Any]) -> NDArray[Any]:
+        """`rows` in llama.cpp's order: Q and K rows permuted as the converter does for llama (rows commute
+        with every row-blocked ggml type)."""
+        if name.endswith(("q_proj.weight", "k_proj.weight")):
+            return converter_permute(rows, HEADS if "q_proj" in name else KV_HEADS)
+        return rows
+
     for name, chosen in formats.items():
-        tensor = tensors[name]
+        tensor = tensors[names.get_name(name, try_suffixes=(".weight",))]
         assert tensor.tensor_type == types[chosen], name
         source_weights = as_float32(written[name])
         if chosen == "bf16":
             np.testing.assert_array_equal(np.asarray(tensor.data).view(ml_dtypes.bfloat16).reshape(source_weights.shape),
-                                          written[name])
+                                          as_converted(name, written[name]))
             continue
         decoded = gguf.quants.dequantize(tensor.data, tensor.tensor_type).reshape(source_weights.shape)
         if chosen == "q8_0":  # gguf-py's own Q8_0 of the source weights
-            reference = gguf.quants.quantize(source_weights, gguf.GGMLQuantizationType.Q8_0)
+            reference = gguf.quants.quantize(as_converted(name, source_weights), gguf.GGMLQuantizationType.Q8_0)
             np.testing.assert_array_equal(decoded, gguf.quants.dequantize(reference, gguf.GGMLQuantizationType.Q8_0)
                                           .reshape(source_weights.shape), err_msg=name)
         else:
-            np.testing.assert_array_equal(decoded, dequantize(expected[name]), err_msg=name)
-    quantized_bytes = sum(int(tensors[name].n_bytes) for name in formats)
+            np.testing.assert_array_equal(decoded, as_converted(name, dequantize(expected[name])), err_msg=name)
+    quantized_bytes = sum(int(tensors[names.get_name(name, try_suffixes=(".weight",))].n_bytes) for name in formats)
     allocation = status["result"]["allocation"]
     assert quantized_bytes == allocation["output_bytes"] <= allocation["budget_bytes"]

@@ -41,7 +41,7 @@ def test_open_checkpoint_lists_every_tensor_by_shard_and_byte_range(checkpoint_d
     assert len({t.shard for t in checkpoint.tensors}) == 3
     assert checkpoint.total_bytes == sum(int(a.nbytes) for a in written.values())
     assert checkpoint.other_files == ("generation_config.json", "special_tokens_map.json", "tokenizer.json",
-                                      "tokenizer_config.json")
+                                      "tokenizer.model", "tokenizer_config.json")
     for tensor in checkpoint.tensors:
         np.testing.assert_array_equal(read_tensor(checkpoint.directory, tensor), written[tensor.name])
 

@@ -22,7 +22,7 @@ from quant_core.checkpoint import (
 )
 from quant_core.errors import ImportanceMismatch, InvalidSpec
 from tests.app.test_jobs_budget import importance_vectors
-from tests.checkpoints import llama_tensors, write_llama_checkpoint
+from tests.checkpoints import LAYERS, llama_tensors, write_llama_checkpoint
 
 
 @pytest.fixture(scope="module")
@@ -61,7 +61,9 @@ def test_the_bytes_written_are_the_allocations_and_never_above_the_budget(
     assert allocation["output_bytes"] == sum(entry["bytes"]["output"] for entry in report["tensors"])
     if output == "gguf":
         reader = gguf.GGUFReader(tmp_path / "out" / "model.gguf")
-        written = sum(int(t.n_bytes) for t in reader.tensors if t.name in {e["name"] for e in report["tensors"]})
+        names = gguf.get_tensor_name_map(gguf.MODEL_ARCH.LLAMA, LAYERS)  # the file holds llama.cpp's names
+        quantized = {names.get_name(e["name"], try_suffixes=(".weight",)) for e in report["tensors"]}
+        written = sum(int(t.n_bytes) for t in reader.tensors if t.name in quantized)
     else:
         index = json.loads((tmp_path / "out" / INDEX_NAME).read_text())
         source = llama_tensors()
