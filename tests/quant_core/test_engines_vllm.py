@@ -8,14 +8,15 @@ from typing import Any
 
 import pytest
 
-from quant_core.catalog import get_device, get_preset, list_devices
+from quant_core.catalog import get_device, get_preset, get_preset_info, list_devices
 from quant_core.engines import BatchLimits, Stage, get_engine
 from quant_core.engines.vllm import VllmProfile
 from quant_core.errors import UnknownName
-from quant_core.formats import WeightFormat, float_format, int4
+from quant_core.formats import WeightFormat, float_format, fp8, int4
 from quant_core.hf_config import model_from_sizes
 from quant_core.kv_cache import kv_bytes_per_token
 from quant_core.planner import Hardware, PlanOptions, Workload, plan
+from quant_core.schemes import WeightScheme, scheme_from_quantization_config
 from quant_core.specs import ModelSpec
 
 GIB = 1 << 30
@@ -171,14 +172,30 @@ def test_engine_terms_fill_the_gap_between_logged_weights_and_logged_kv_memory(l
 
 # --- end to end: nibble's weights, the engine terms and the device, against vLLM's token figure -------------
 
-END_TO_END: dict[str, WeightFormat] = {
+def _shipped(model: str) -> WeightScheme:
+    """The checkpoint as it ships (its config.json's quantization_config): gpt-oss's MXFP4 experts beside
+    bf16 attention, router and embeddings."""
+    config = get_preset_info(model).quantization_config
+    assert config is not None
+    return scheme_from_quantization_config(config)
+
+
+# Every public run whose log gives the model, the device (its total memory or a catalog entry), the utilization,
+# the context, the layout and vLLM's KV figure, with the storage nibble plans it at.  Sources: vllm_logs.json.
+END_TO_END: dict[str, WeightFormat | str] = {
     "llmd-v0.11-llama-3.1-8b": float_format("bf16"),
     "llmd-v0.11-qwen3-0.6b-16k": float_format("bf16"),
     "llmd-v0.11-qwen3-0.6b-32k": float_format("bf16"),
     "llmd-v0.11-qwen3-32b-tp1": float_format("bf16"),
     "llmd-v0.11-qwen3-32b-tp2": float_format("bf16"),
+    "llmd-v0.11-llama-3.3-70b-fp8-tp2": fp8(),  # FP8-dynamic: per-channel scales, dynamic activations
+    # gpt-oss: nibble's 12.82 GiB is the checkpoint's bytes; vLLM's MXFP4 MoE kernels hold 13.47 GiB on H100 and
+    # 13.72 GiB on A100 (their own weight layout), so these two runs over-predict by 1.3 and 2.6 %.
+    "llmd-v0.11-gpt-oss-20b": "as shipped",
     "kagaho-v0.16-llama-3-70b-awq-l40s-tp2": int4(128),
+    "myoceane-a100-gpt-oss-20b-0.19": "as shipped",
 }
+SOURCES = ("logged total", "catalog device")
 
 
 def _vllm_tokens(log: dict[str, Any]) -> int:
@@ -192,31 +209,53 @@ def _vllm_tokens(log: dict[str, Any]) -> int:
                                      BatchLimits(8192, 1024)).tokens
 
 
-def _capacity_error(log: dict[str, Any], capacity_bytes: int, weight_format: WeightFormat) -> float:
-    options = PlanOptions(weight_format=weight_format, kv_cache_dtype=log["kv_cache_dtype"],
-                          memory_utilization=log["gpu_memory_utilization"], block_size=log["block_size"],
-                          engine_version=log["profile_version"], max_batched_tokens=log["max_num_batched_tokens"],
-                          max_num_seqs=log["max_num_seqs"])
-    hardware = Hardware(capacity_bytes, log["tensor_parallel"], log["catalog_device"])
+def _capacity_error(log_id: str, source: str) -> float:
+    """(nibble's kv_cache.capacity_tokens - vLLM's) / vLLM's, planning on the total the log reports (the catalog
+    device when it reports none) or on the catalog device."""
+    log, storage = BY_ID[log_id], END_TO_END[log_id]
+    catalog = get_device(log["catalog_device"]).planning_bytes
+    capacity = (round(log["total_memory_gib"] * GIB) if source == "logged total" and log["total_memory_gib"]
+                else catalog)
+    options = PlanOptions(weight_format=storage if isinstance(storage, WeightFormat) else int4(),
+                          scheme=_shipped(log["model"]) if storage == "as shipped" else None,
+                          kv_cache_dtype=log["kv_cache_dtype"], memory_utilization=log["gpu_memory_utilization"],
+                          block_size=log["block_size"], engine_version=log["profile_version"],
+                          max_batched_tokens=log["max_num_batched_tokens"], max_num_seqs=log["max_num_seqs"])
+    hardware = Hardware(capacity, log["tensor_parallel"] * log["pipeline_parallel"], log["catalog_device"])
     tokens = plan(_spec(log), hardware, Workload(log["max_model_len"], 1), options).primary.kv_capacity_tokens
     assert tokens is not None
     return (tokens - _vllm_tokens(log)) / _vllm_tokens(log)
 
 
-@pytest.mark.parametrize("source", ["logged total", "catalog device"])
-def test_capacity_tokens_end_to_end_within_2_percent_and_never_3_percent_above(source: str) -> None:
-    errors = {}
-    for log_id, weight_format in END_TO_END.items():
-        log = BY_ID[log_id]
-        catalog = get_device(log["catalog_device"]).planning_bytes
-        logged = source == "logged total" and log["total_memory_gib"]
-        total = round(log["total_memory_gib"] * GIB) if logged else catalog
-        errors[log_id] = _capacity_error(log, total, weight_format)
+@pytest.mark.parametrize("source", SOURCES)
+@pytest.mark.parametrize("log_id", END_TO_END)
+def test_capacity_tokens_of_each_public_run_are_never_3_percent_above_vllms(log_id: str, source: str) -> None:
+    error = _capacity_error(log_id, source)
+    log = BY_ID[log_id]
+    print(f"{log_id} ({log['hf_repo']}, TP {log['tensor_parallel']} PP {log['pipeline_parallel']}, "
+          f"{source}): {error:+.2%}")
+    assert -0.03 <= error <= 0.03
+
+
+@pytest.mark.parametrize("source", SOURCES)
+def test_capacity_tokens_end_to_end_within_2_percent_on_average(source: str) -> None:
+    errors = {log_id: _capacity_error(log_id, source) for log_id in END_TO_END}
     mean = sum(abs(error) for error in errors.values()) / len(errors)
-    print(f"{source}: " + ", ".join(f"{key} {error:+.2%}" for key, error in errors.items())
-          + f"; mean absolute error {mean:.2%}")
+    print(f"{source}: {len(errors)} runs, mean absolute error {mean:.2%}, "
+          f"largest over-prediction {max(errors.values()):+.2%}")
     assert mean <= 0.02
     assert max(errors.values()) <= 0.03
+
+
+def test_the_end_to_end_runs_span_models_layouts_and_checkpoints() -> None:
+    # What the public logs found so far can check end to end: 6 models, TP 1 and 2, FP8, AWQ and MXFP4
+    # checkpoints, H100, A100 and L40S.  TP 4, PP 2 and an fp8 KV cache appear only in logs without the total
+    # memory or utilization (block rounding is pinned on them above; PP's rules are pinned on vLLM's code below).
+    runs = [BY_ID[log_id] for log_id in END_TO_END]
+    assert len({log["hf_repo"] for log in runs}) >= 6
+    assert {log["tensor_parallel"] for log in runs} == {1, 2}
+    assert {"fp8", "int4-g128-awq", "mxfp4"} <= {log["weights_format"] for log in runs}
+    assert {log["catalog_device"] for log in runs} == {"h100-80gb", "a100-80gb", "l40s"}
 
 
 # --- defaults, versions, grouping, refusals, devices ---------------------------------------------------------
