@@ -258,6 +258,49 @@ def test_the_end_to_end_runs_span_models_layouts_and_checkpoints() -> None:
     assert {log["catalog_device"] for log in runs} == {"h100-80gb", "a100-80gb", "l40s"}
 
 
+# --- pipeline parallelism: no public PP=2 log gives all its figures, so PP is pinned on vLLM's own code ---------
+
+@pytest.mark.parametrize(("model", "stages", "layers"), [
+    ("deepseek-v3", 2, [(0, 31), (31, 61)]),  # vLLM's docs: 61 layers -> [31, 30] and [15, 15, 16, 15]
+    ("deepseek-v3", 4, [(0, 15), (15, 30), (30, 46), (46, 61)]),
+    ("llama-3.2-3b", 3, [(0, 9), (9, 19), (19, 28)]),
+    ("llama-3.1-8b", 2, [(0, 16), (16, 32)]),
+])
+def test_pipeline_stages_hold_the_layers_vllms_get_pp_indices_gives_them(model: str, stages: int,
+                                                                         layers: list[tuple[int, int]]) -> None:
+    # vllm/distributed/utils.py get_pp_indices: num_layers // pp each, the remainder one apiece to the stages
+    # before the last, from the second-to-last backwards (the last stage runs the norm, lm_head and sampler).
+    hardware = Hardware(get_device("h100-80gb").planning_bytes, stages, "h100-80gb")
+    result = plan(get_preset(model), hardware, Workload(4096, 1), PlanOptions(pipeline_parallel=stages))
+    assert [device.layers for device in result.primary.devices] == layers
+
+
+PP2 = plan(get_preset("llama-3.1-8b"), Hardware(get_device("h100-80gb").planning_bytes, 2, "h100-80gb"),
+           Workload(16000, 1), PlanOptions(weight_format=float_format("bf16"), pipeline_parallel=2))
+
+
+def test_only_the_last_pipeline_stage_profiles_the_sampler() -> None:
+    # gpu_model_runner.profile_run: "_dummy_run(self.max_num_tokens, is_profile=True)" on every rank, then
+    # "if get_pp_group().is_last_rank: ... self._dummy_sampler_run(...)". Llama-3.1-8B on H100 (8192 tokens,
+    # 1024 sequences, v0.19): the first stage peaks at the forward pass, 8192 x 2 bytes x (3 x 4096 hidden +
+    # 3 x 14336 MLP) = 0.84 GiB; the last at the sampler, 1024 x 128,256 x 20 bytes + the batch's hidden
+    # states 2 x 8192 x 4096 x 2 bytes = 2.57 GiB.
+    first, last = PP2.primary.devices
+    assert first.activation_bytes == 8192 * 2 * (3 * 4096 + 3 * 14336) == 905_969_664
+    assert last.activation_bytes == 1024 * 128_256 * 20 + 2 * 8192 * 4096 * 2 == 2_760_900_608
+
+
+def test_pipeline_capacity_is_every_stage_cut_to_the_smallest_stages_blocks() -> None:
+    # kv_cache_utils.get_kv_cache_configs: each worker gets available // (page x its layers) blocks, then "Change
+    # the num_blocks of each rank to the smallest among all ranks"; the token line is num_blocks x block_size.
+    # Llama-3.1-8B: a 16-token page of one layer is 16 x 8 KV heads x 128 x 2 (K, V) x 2 bytes = 64 KiB.
+    page = 16 * 8 * 128 * 2 * 2
+    blocks = [(device.usable_bytes - device.weights_bytes - device.activation_bytes - device.overhead_bytes)
+              // (page * (device.layers[1] - device.layers[0])) for device in PP2.primary.devices]
+    assert blocks[1] < blocks[0]  # the last stage also holds lm_head and the sampler's peak
+    assert PP2.primary.kv_capacity_tokens == min(blocks) * 16
+
+
 # --- defaults, versions, grouping, refusals, devices ---------------------------------------------------------
 
 def test_batch_limits_follow_vllms_openai_server_defaults() -> None:
