@@ -51,16 +51,25 @@ def test_at_least_twelve_public_logs_each_with_its_source() -> None:
 
 # --- block rounding: the tokens vLLM logs for the memory it logs -------------------------------------------
 
-@pytest.mark.parametrize("log_id", _ids(lambda log: log["model"] and log["available_kv_gib"] and log["kv_cache_tokens"]
-                                        and log["tensor_parallel"] and log["id"] != "vllm-21348-qwen3-235b-fp8-tp4"))
+# Runs whose logged KV memory is not the tightest worker's: vllm#21348 (another rank had less) and the PP 4 run
+# (the 26.84 GiB worker holds more blocks than the 34,730 every stage gets).
+NOT_THE_TIGHTEST_WORKER = ("vllm-21348-qwen3-235b-fp8-tp4", "kubesimplify-v0.27-qwen3-235b-fp8-pp4")
+
+
+@pytest.mark.parametrize("log_id", _ids(lambda log: log["model"] and (log["available_kv_gib"] or 0) > 0
+                                        and log["kv_cache_tokens"] and log["tensor_parallel"]
+                                        and log["id"] not in NOT_THE_TIGHTEST_WORKER))
 def test_kv_capacity_from_the_logged_available_memory_is_vllms_token_figure(log_id: str) -> None:
     # vLLM prints the available memory to 0.01 GiB: the tokens it logs lie between nibble's count for that
-    # figure minus and plus half a hundredth (block size 16, or 128 where the run set --block-size 128).
+    # figure minus and plus half a hundredth (block size 16, or 128 where the run set --block-size 128).  With
+    # pipeline stages the logged worker is the first stage (Worker_PP0), which holds layers [0, 32) of 64.
     log = BY_ID[log_id]
     spec, profile = _spec(log), VllmProfile("0.19")
+    stages = log["pipeline_parallel"]
+    stage = Stage(spec, log["tensor_parallel"], stages, (0, spec.num_layers // stages), stages == 1)
 
     def tokens(gib: float) -> int:
-        return profile.kv_capacity(_stage(spec, log["tensor_parallel"]), log["kv_cache_dtype"], int(gib * GIB),
+        return profile.kv_capacity(stage, log["kv_cache_dtype"], int(gib * GIB),
                                    log["block_size"], log["max_model_len"], BatchLimits(8192, 256)).tokens
 
     assert tokens(log["available_kv_gib"] - 0.005) <= log["kv_cache_tokens"] <= tokens(log["available_kv_gib"] + 0.005)
@@ -145,8 +154,9 @@ def test_non_torch_memory_grows_with_tensor_parallelism(log_id: str, tensor_para
     assert abs(term.bytes / GIB - log["non_torch_gib"]) <= 0.02
 
 
-ENGINE_TERMS = _ids(lambda log: log["profile_version"] and log["available_kv_gib"] and log["gpu_memory_utilization"]
-                    and not log.get("multimodal") and log.get("self_consistent", True))
+ENGINE_TERMS = _ids(lambda log: log["profile_version"] and (log["available_kv_gib"] or 0) > 0
+                    and log["gpu_memory_utilization"] and not log.get("multimodal")
+                    and log.get("self_consistent", True) and not log.get("gap"))
 
 
 @pytest.mark.parametrize("log_id", ENGINE_TERMS)
@@ -180,9 +190,11 @@ def _shipped(model: str) -> WeightScheme:
     return scheme_from_quantization_config(config)
 
 
+Storage = WeightFormat | WeightScheme | str
+
 # Every public run whose log gives the model, the device (its total memory or a catalog entry), the utilization,
 # the context, the layout and vLLM's KV figure, with the storage nibble plans it at.  Sources: vllm_logs.json.
-END_TO_END: dict[str, WeightFormat | str] = {
+END_TO_END: dict[str, Storage] = {
     "llmd-v0.11-llama-3.1-8b": float_format("bf16"),
     "llmd-v0.11-qwen3-0.6b-16k": float_format("bf16"),
     "llmd-v0.11-qwen3-0.6b-32k": float_format("bf16"),
@@ -209,20 +221,33 @@ def _vllm_tokens(log: dict[str, Any]) -> int:
                                      BatchLimits(8192, 1024)).tokens
 
 
-def _capacity_error(log_id: str, source: str) -> float:
+def _options(log: dict[str, Any], storage: Storage) -> PlanOptions:
+    """The run's settings as plan options: its storage (a format, a checkpoint's scheme, or "as shipped" for the
+    preset's own checkpoint), KV dtype, utilization, block size, layout and the batch limits it ran with."""
+    weight_format, scheme = int4(), None
+    if isinstance(storage, WeightFormat):
+        weight_format = storage
+    elif isinstance(storage, WeightScheme):
+        scheme = storage
+    else:
+        scheme = _shipped(log["model"])
+    return PlanOptions(weight_format=weight_format, scheme=scheme, kv_cache_dtype=log["kv_cache_dtype"],
+                       memory_utilization=log["gpu_memory_utilization"], block_size=log["block_size"],
+                       pipeline_parallel=log["pipeline_parallel"], engine_version=log["profile_version"],
+                       max_batched_tokens=log["max_num_batched_tokens"], max_num_seqs=log["max_num_seqs"])
+
+
+def _capacity_error(log_id: str, source: str, storage: Storage | None = None) -> float:
     """(nibble's kv_cache.capacity_tokens - vLLM's) / vLLM's, planning on the total the log reports (the catalog
     device when it reports none) or on the catalog device."""
-    log, storage = BY_ID[log_id], END_TO_END[log_id]
+    log = BY_ID[log_id]
+    storage = END_TO_END[log_id] if storage is None else storage
     catalog = get_device(log["catalog_device"]).planning_bytes
     capacity = (round(log["total_memory_gib"] * GIB) if source == "logged total" and log["total_memory_gib"]
                 else catalog)
-    options = PlanOptions(weight_format=storage if isinstance(storage, WeightFormat) else int4(),
-                          scheme=_shipped(log["model"]) if storage == "as shipped" else None,
-                          kv_cache_dtype=log["kv_cache_dtype"], memory_utilization=log["gpu_memory_utilization"],
-                          block_size=log["block_size"], engine_version=log["profile_version"],
-                          max_batched_tokens=log["max_num_batched_tokens"], max_num_seqs=log["max_num_seqs"])
     hardware = Hardware(capacity, log["tensor_parallel"] * log["pipeline_parallel"], log["catalog_device"])
-    tokens = plan(_spec(log), hardware, Workload(log["max_model_len"], 1), options).primary.kv_capacity_tokens
+    tokens = plan(_spec(log), hardware, Workload(log["max_model_len"], 1),
+                  _options(log, storage)).primary.kv_capacity_tokens
     assert tokens is not None
     return (tokens - _vllm_tokens(log)) / _vllm_tokens(log)
 
@@ -247,15 +272,57 @@ def test_capacity_tokens_end_to_end_within_2_percent_on_average(source: str) -> 
     assert max(errors.values()) <= 0.03
 
 
+# --- vLLM 0.27.1 on PCIe-only cards: runs whose memory nibble's terms do not explain (their "gap") -----------
+
+FP8_BLOCK_128 = scheme_from_quantization_config(  # the checkpoint's quantization_config, as the post quotes it
+    {"quant_method": "fp8", "fmt": "e4m3", "weight_block_size": [128, 128], "activation_scheme": "dynamic"})
+GAP_RUNS: dict[str, Storage] = {
+    "kubesimplify-v0.27-qwen3-32b-tp2": float_format("bf16"),
+    "kubesimplify-v0.27-qwen3-32b-pp2": float_format("bf16"),
+    "kubesimplify-v0.27-qwen3-235b-fp8-tp4": FP8_BLOCK_128,
+    "kubesimplify-v0.27-qwen3-235b-fp8-pp4": FP8_BLOCK_128,
+}
+PP4_OVER = pytest.mark.xfail(strict=True, reason=(
+    "nibble's 0.33 terms leave each of the four stages 2.19 GiB beside its weights; vLLM 0.27.1 leaves the tightest "
+    "at least 4.37 GiB (85.51 - 55.70 - 25.44), so nibble promises about 9 % more tokens than the engine holds"))
+
+
+@pytest.mark.parametrize("source", SOURCES)
+@pytest.mark.parametrize("log_id", [pytest.param(log_id, marks=PP4_OVER) if log_id.endswith("pp4") else log_id
+                                    for log_id in GAP_RUNS])
+def test_runs_with_a_known_gap_never_promise_more_than_3_percent_above_vllm(log_id: str, source: str) -> None:
+    # kubesimplify's TP 2 / PP 2 (Qwen3-32B) and TP 4 / PP 4 (Qwen3-235B FP8) runs on RTX PRO 6000 cards without
+    # NVLink: under-predicting is safe (TP 2 -20 %, PP 2 -5 %), TP 4 is +2.75 %; PP 4 over-predicts (xfail).
+    log = BY_ID[log_id]
+    error = _capacity_error(log_id, source, GAP_RUNS[log_id])
+    print(f"{log_id} (TP {log['tensor_parallel']} PP {log['pipeline_parallel']}, {source}): {error:+.2%} "
+          f"[gap: {log['gap'][:60]}...]")
+    assert error <= 0.03
+
+
+def test_a_run_vllm_starts_without_kv_memory_is_planned_without_room() -> None:
+    # Qwen3-32B in bf16 on one 95.01 GiB card at --gpu-memory-utilization 0.426: vLLM logs "Available KV cache
+    # memory: -24.42 GiB" and refuses to start; nibble's pool is negative and the plan does not fit.
+    log = BY_ID["kubesimplify-v0.27-qwen3-32b-tp1"]
+    hardware = Hardware(round(log["total_memory_gib"] * GIB), 1, log["catalog_device"])
+    result = plan(_spec(log), hardware, Workload(log["max_model_len"], 1), _options(log, float_format("bf16")))
+    assert not result.fits
+    assert result.primary.kv_pool_bytes / GIB < log["available_kv_gib"] + 1 < 0
+
+
 def test_the_end_to_end_runs_span_models_layouts_and_checkpoints() -> None:
-    # What the public logs found so far can check end to end: 6 models, TP 1 and 2, FP8, AWQ and MXFP4
-    # checkpoints, H100, A100 and L40S.  TP 4, PP 2 and an fp8 KV cache appear only in logs without the total
-    # memory or utilization (block rounding is pinned on them above; PP's rules are pinned on vLLM's code below).
+    # What nibble's terms explain end to end: 6 models, TP 1 and 2, FP8, AWQ and MXFP4 checkpoints, on H100, A100
+    # and L40S.  TP 4, PP 2 and PP 4 with all their figures come from vLLM 0.27.1 on PCIe-only cards, whose memory
+    # outside the KV cache nibble does not model (GAP_RUNS); no public run with an fp8 KV cache logs its device's
+    # total and utilization (vllm#25350 pins its block rounding only).
     runs = [BY_ID[log_id] for log_id in END_TO_END]
     assert len({log["hf_repo"] for log in runs}) >= 6
     assert {log["tensor_parallel"] for log in runs} == {1, 2}
     assert {"fp8", "int4-g128-awq", "mxfp4"} <= {log["weights_format"] for log in runs}
     assert {log["catalog_device"] for log in runs} == {"h100-80gb", "a100-80gb", "l40s"}
+    gaps = [BY_ID[log_id] for log_id in GAP_RUNS]
+    assert {(log["tensor_parallel"], log["pipeline_parallel"]) for log in gaps} == {(2, 1), (1, 2), (4, 1), (1, 4)}
+    assert all(log["gap"] for log in gaps)
 
 
 # --- pipeline parallelism: no public PP=2 log gives all its figures, so PP is pinned on vLLM's own code ---------
