@@ -144,14 +144,17 @@ def test_a_large_profiling_batch_makes_the_forward_pass_the_peak(log_id: str) ->
     assert term.basis.index("forward pass") < term.basis.index("sampler")
 
 
-@pytest.mark.parametrize(("log_id", "tensor_parallel"), [("llmd-v0.11-llama-3.1-8b", 1),
-                                                         ("llmd-v0.11-qwen3-32b-tp2", 2),
-                                                         ("llmd-v0.11-llama-3.3-70b-fp8-tp2", 2)])
-def test_non_torch_memory_grows_with_tensor_parallelism(log_id: str, tensor_parallel: int) -> None:
+@pytest.mark.parametrize("log_id", _ids(lambda log: log["profile_version"] in ("0.11", "0.19")
+                                        and log["non_torch_gib"] is not None))
+def test_non_torch_memory_is_the_releases_figure_for_the_layout(log_id: str) -> None:
+    # vLLM 0.11 on H100 (llm-d-benchmark): 0.13 GiB on one GPU, 0.55 GiB at TP=2.  vLLM 0.19 on H100 (llm-d-planner):
+    # 0.24-0.27 GiB on one GPU, 2.06-2.11 GiB at TP=2, 2.13-2.21 GiB at TP=4, 0.07 GiB per pipeline stage.
     log = BY_ID[log_id]
     spec = _spec(log)
-    term = VllmProfile().non_torch(Stage(spec, tensor_parallel, 1, (0, spec.num_layers), True))
-    assert abs(term.bytes / GIB - log["non_torch_gib"]) <= 0.02
+    stages = log["pipeline_parallel"]
+    stage = Stage(spec, log["tensor_parallel"], stages, (0, spec.num_layers // stages), stages == 1)
+    term = VllmProfile(log["profile_version"]).non_torch(stage)
+    assert abs(term.bytes / GIB - log["non_torch_gib"]) <= 0.05
 
 
 ENGINE_TERMS = _ids(lambda log: log["profile_version"] and (log["available_kv_gib"] or 0) > 0
@@ -207,6 +210,18 @@ END_TO_END: dict[str, Storage] = {
     "kagaho-v0.16-llama-3-70b-awq-l40s-tp2": int4(128),
     "myoceane-a100-gpt-oss-20b-0.19": "as shipped",
 }
+# llm-d-planner's vLLM v0.19.0 sweep on H100 (27 runs of 13 checkpoints: TP 1/2/4, PP 2/4, an fp8 KV cache, FP8,
+# W8A8, W4A16 and MXFP4 checkpoints), each planned at the storage its checkpoint ships in.
+STORAGE_OF_FORMAT: dict[str, Storage] = {
+    "bf16": float_format("bf16"),
+    "fp8": fp8(),  # FP8-dynamic (compressed-tensors): a scale per output channel
+    "fp8-tensor": fp8("tensor"),  # --quantization fp8 at load time: one scale per tensor
+    "int8-w8a8": WeightFormat("int8", None, True, "none"),  # W8A8: int8 with a scale per output channel
+    "int4-g128-gptq": int4(128, symmetric=True),  # W4A16 GPTQ: symmetric, a scale per 128 weights
+    "mxfp4": "as shipped",
+}
+END_TO_END |= {log["id"]: STORAGE_OF_FORMAT[log["weights_format"]] for log in LOGS
+               if log["id"].startswith("llmdp-v0.19-")}
 SOURCES = ("logged total", "catalog device")
 
 
@@ -255,11 +270,14 @@ def _capacity_error(log_id: str, source: str, storage: Storage | None = None) ->
 @pytest.mark.parametrize("source", SOURCES)
 @pytest.mark.parametrize("log_id", END_TO_END)
 def test_capacity_tokens_of_each_public_run_are_never_3_percent_above_vllms(log_id: str, source: str) -> None:
+    # Above is the failure that matters (the plan promises tokens the engine does not hold); below, only the
+    # runs with a "gap" in vllm_logs.json are more than 2 % under.
     error = _capacity_error(log_id, source)
     log = BY_ID[log_id]
     print(f"{log_id} ({log['hf_repo']}, TP {log['tensor_parallel']} PP {log['pipeline_parallel']}, "
           f"{source}): {error:+.2%}")
-    assert -0.03 <= error <= 0.03
+    assert error <= 0.03
+    assert error >= -0.02 or log.get("gap")
 
 
 @pytest.mark.parametrize("source", SOURCES)
@@ -283,8 +301,9 @@ GAP_RUNS: dict[str, Storage] = {
     "kubesimplify-v0.27-qwen3-235b-fp8-pp4": FP8_BLOCK_128,
 }
 PP4_OVER = pytest.mark.xfail(strict=True, reason=(
-    "nibble's 0.33 terms leave each of the four stages 2.19 GiB beside its weights; vLLM 0.27.1 leaves the tightest "
-    "at least 4.37 GiB (85.51 - 55.70 - 25.44), so nibble promises about 9 % more tokens than the engine holds"))
+    "nibble leaves the tightest of the four stages 1.84 GiB beside its weights (1.38 GiB of activations, 0.07 of "
+    "non-torch memory, 0.39 of CUDA graphs); vLLM 0.27.1 leaves it at least 4.37 GiB (85.51 - 55.70 - 25.44), so "
+    "nibble promises about 10 % more tokens than the engine holds"))
 
 
 @pytest.mark.parametrize("source", SOURCES)
@@ -292,7 +311,7 @@ PP4_OVER = pytest.mark.xfail(strict=True, reason=(
                                     for log_id in GAP_RUNS])
 def test_runs_with_a_known_gap_never_promise_more_than_3_percent_above_vllm(log_id: str, source: str) -> None:
     # kubesimplify's TP 2 / PP 2 (Qwen3-32B) and TP 4 / PP 4 (Qwen3-235B FP8) runs on RTX PRO 6000 cards without
-    # NVLink: under-predicting is safe (TP 2 -20 %, PP 2 -5 %), TP 4 is +2.75 %; PP 4 over-predicts (xfail).
+    # NVLink: TP 2 (-39 %), PP 2 (-0.7 %) and TP 4 (-3 %) are under, on the safe side; PP 4 is 10 % over (xfail).
     log = BY_ID[log_id]
     error = _capacity_error(log_id, source, GAP_RUNS[log_id])
     print(f"{log_id} (TP {log['tensor_parallel']} PP {log['pipeline_parallel']}, {source}): {error:+.2%} "
@@ -311,14 +330,15 @@ def test_a_run_vllm_starts_without_kv_memory_is_planned_without_room() -> None:
 
 
 def test_the_end_to_end_runs_span_models_layouts_and_checkpoints() -> None:
-    # What nibble's terms explain end to end: 6 models, TP 1 and 2, FP8, AWQ and MXFP4 checkpoints, on H100, A100
-    # and L40S.  TP 4, PP 2 and PP 4 with all their figures come from vLLM 0.27.1 on PCIe-only cards, whose memory
-    # outside the KV cache nibble does not model (GAP_RUNS); no public run with an fp8 KV cache logs its device's
-    # total and utilization (vllm#25350 pins its block rounding only).
+    # What nibble's terms explain end to end: 36 runs of 18 checkpoints on H100, A100 and L40S, TP 1/2/4 and PP 2/4,
+    # an fp8 KV cache, FP8, W8A8, W4A16, AWQ and MXFP4 checkpoints.  The vLLM 0.27.1 runs on PCIe-only cards
+    # (GAP_RUNS) are outside it: nibble does not model their memory outside the KV cache.
     runs = [BY_ID[log_id] for log_id in END_TO_END]
-    assert len({log["hf_repo"] for log in runs}) >= 6
-    assert {log["tensor_parallel"] for log in runs} == {1, 2}
-    assert {"fp8", "int4-g128-awq", "mxfp4"} <= {log["weights_format"] for log in runs}
+    assert len(runs) >= 36 and len({log["hf_repo"] for log in runs}) >= 18
+    assert {log["tensor_parallel"] for log in runs} == {1, 2, 4}
+    assert {log["pipeline_parallel"] for log in runs} == {1, 2, 4}
+    assert "fp8" in {log["kv_cache_dtype"] for log in runs}
+    assert {"fp8", "int8-w8a8", "int4-g128-gptq", "int4-g128-awq", "mxfp4"} <= {log["weights_format"] for log in runs}
     assert {log["catalog_device"] for log in runs} == {"h100-80gb", "a100-80gb", "l40s"}
     gaps = [BY_ID[log_id] for log_id in GAP_RUNS]
     assert {(log["tensor_parallel"], log["pipeline_parallel"]) for log in gaps} == {(2, 1), (1, 2), (4, 1), (1, 4)}
@@ -342,19 +362,22 @@ def test_pipeline_stages_hold_the_layers_vllms_get_pp_indices_gives_them(model: 
     assert [device.layers for device in result.primary.devices] == layers
 
 
-PP2 = plan(get_preset("llama-3.1-8b"), Hardware(get_device("h100-80gb").planning_bytes, 2, "h100-80gb"),
-           Workload(16000, 1), PlanOptions(weight_format=float_format("bf16"), pipeline_parallel=2))
+PP2_LOG = BY_ID["llmdp-v0.19-llama-3.1-8b-pp2"]
+PP2 = plan(get_preset("llama-3.1-8b"), Hardware(round(PP2_LOG["total_memory_gib"] * GIB), 2, "h100-80gb"),
+           Workload(8192, 1), PlanOptions(weight_format=float_format("bf16"), pipeline_parallel=2,
+                                          memory_utilization=PP2_LOG["gpu_memory_utilization"]))
 
 
 def test_only_the_last_pipeline_stage_profiles_the_sampler() -> None:
     # gpu_model_runner.profile_run: "_dummy_run(self.max_num_tokens, is_profile=True)" on every rank, then
-    # "if get_pp_group().is_last_rank: ... self._dummy_sampler_run(...)". Llama-3.1-8B on H100 (8192 tokens,
-    # 1024 sequences, v0.19): the first stage peaks at the forward pass, 8192 x 2 bytes x (3 x 4096 hidden +
-    # 3 x 14336 MLP) = 0.84 GiB; the last at the sampler, 1024 x 128,256 x 20 bytes + the batch's hidden
-    # states 2 x 8192 x 4096 x 2 bytes = 2.57 GiB.
+    # "if get_pp_group().is_last_rank: ... self._dummy_sampler_run(...)".  vLLM 0.19.0 logs Llama-3.1-8B at PP=2
+    # (llm-d-planner): 1.10 GiB of peak activation on the first stage, 2.01 GiB on the last, which is the single
+    # GPU's 1.89 GiB sampler pass plus the 0.13 GiB (2 x 8192 x 4096 x 2 bytes) it receives the first stage's
+    # hidden states and residual in.  nibble's first stage is the forward pass alone, 8192 x 2 bytes x (3 x 4096
+    # hidden + 3 x 14336 MLP) = 0.84 GiB, below the log on a stage that does not bind.
     first, last = PP2.primary.devices
     assert first.activation_bytes == 8192 * 2 * (3 * 4096 + 3 * 14336) == 905_969_664
-    assert last.activation_bytes == 1024 * 128_256 * 20 + 2 * 8192 * 4096 * 2 == 2_760_900_608
+    assert round(last.activation_bytes / GIB, 2) == PP2_LOG["activation_gib"] == 2.01
 
 
 def test_pipeline_capacity_is_every_stage_cut_to_the_smallest_stages_blocks() -> None:
