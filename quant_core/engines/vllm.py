@@ -15,9 +15,15 @@ Where each term comes from (vLLM's repository, ``vllm/v1``):
   is ``num_blocks // groups × block_size`` tokens (v0.19), or ``max_concurrency ×
   max_model_len`` in later releases; with several workers, every worker gets the
   smallest worker's block count.
+* ``distributed/utils.py``, ``get_pp_indices``: the layers of each pipeline stage (the
+  planner's `_stage_ranges`); ``worker/workspace.py``: buffers kept across the profiling run.
 * ``engine/arg_utils.py``, ``EngineArgs.get_batch_defaults``: the OpenAI server's
   ``max_num_batched_tokens`` / ``max_num_seqs`` are 8192 / 1024 on a device of at least
   70 GiB that is not an A100, 2048 / 256 otherwise.
+
+The per-logit bytes of the sampler pass and the non-torch memory are not sized by any code of
+vLLM's (they are PyTorch's sampling kernels and NCCL's buffers): each release's figure is the one
+its public start-up logs show, named where it is set.
 """
 
 from __future__ import annotations
