@@ -23,7 +23,8 @@ Parallelism follows vLLM:
   exceeds them; a tp that neither divides nor is a multiple of n_kv is warned
   about, since vLLM refuses it) and an MLA latent is replicated on every rank;
 * pipeline parallel (pp): decoder layers are split into contiguous stages as
-  evenly as possible (earlier stages take the remainder), the embedding sits
+  vLLM's ``get_pp_indices`` splits them (the remainder goes to the stages
+  before the last, from the second-to-last backwards), the embedding sits
   on the first stage, the final norm and lm_head on the last; a tied lm_head
   is a second copy of the embedding on the last stage when pp > 1.
 """
@@ -322,11 +323,18 @@ class _Layout:
 
 
 def _stage_ranges(num_layers: int, stages: int) -> tuple[tuple[int, int], ...]:
+    """The ``[start, stop)`` decoder layers of each pipeline stage, as vLLM's ``get_pp_indices``
+    (``vllm/distributed/utils.py``) splits them: ``num_layers // stages`` each, and the remainder one
+    layer apiece to the stages before the last, counting back from the second-to-last
+    (``partitions[-i] += 1`` for ``i`` in ``2 .. remainder + 1``): the last stage also runs the norm,
+    lm_head and sampler, and with more than two stages the first keeps the embedding."""
     base, extra = divmod(num_layers, stages)
+    sizes = [base] * stages
+    for back in range(2, extra + 2):
+        sizes[-back] += 1
     ranges = []
     start = 0
-    for stage in range(stages):
-        size = base + (1 if stage < extra else 0)
+    for size in sizes:
         ranges.append((start, start + size))
         start += size
     return tuple(ranges)

@@ -15,9 +15,15 @@ Where each term comes from (vLLM's repository, ``vllm/v1``):
   is ``num_blocks // groups × block_size`` tokens (v0.19), or ``max_concurrency ×
   max_model_len`` in later releases; with several workers, every worker gets the
   smallest worker's block count.
+* ``distributed/utils.py``, ``get_pp_indices``: the layers of each pipeline stage (the
+  planner's `_stage_ranges`); ``worker/workspace.py``: buffers kept across the profiling run.
 * ``engine/arg_utils.py``, ``EngineArgs.get_batch_defaults``: the OpenAI server's
   ``max_num_batched_tokens`` / ``max_num_seqs`` are 8192 / 1024 on a device of at least
   70 GiB that is not an A100, 2048 / 256 otherwise.
+
+The per-logit bytes of the sampler pass and the non-torch memory are not sized by any code of
+vLLM's (they are PyTorch's sampling kernels and NCCL's buffers): each release's figure is the one
+its public start-up logs show, named where it is set.
 """
 
 from __future__ import annotations
@@ -33,13 +39,27 @@ from quant_core.specs import ModelSpec
 GIB = 1 << 30
 MIB = 1 << 20
 ACTIVATION_ELEMENT_BYTES = 2  # bf16/fp16 activations
-# Memory outside PyTorch that grows while vLLM loads and profiles (memory_profiling's non_torch_increase), as
-# llm-d-benchmark's H100 logs of vLLM v0.11 report it: 0.13 GiB on one GPU, 0.55 GiB per GPU with TP=2; the
-# L40S TP=2 log of vLLM v0.16 (kagaho/VLLM_Serve_llama3-70b-awq...) leaves 0.59 GiB for it.
-NON_TORCH_SINGLE_GPU_BYTES = 133 * MIB
-NON_TORCH_PARALLEL_BYTES = 563 * MIB
 CUDA_GRAPH_ESTIMATE_BYTES = 400 * MIB
 LARGE_DEVICE_BYTES = 70 * GIB
+# llm-d-planner's vLLM v0.19.0 sweep on H100 80GB (accuracy/results/v0.19.0/logs, commit d3121e0 of
+# github.com/llm-d-incubation/llm-d-planner): 57 start-up logs, each worker's "Actual usage is ... GiB for weight,
+# ... for peak activation, ... for non-torch memory" line.
+LLMD_PLANNER_V0_19 = "llm-d-planner's vLLM v0.19.0 H100 logs"
+
+
+@dataclass(frozen=True, slots=True)
+class _NonTorch:
+    """Memory outside PyTorch's allocator that grows while vLLM loads and profiles (`memory_profiling`'s
+    ``non_torch_increase``), per device, by layout.  No vLLM code sizes it (cuBLAS workspaces, NCCL
+    communicators and all-reduce buffers), so each figure is the one public logs of the release show,
+    named in `source`.  `tensor_parallel` maps a degree to its bytes (a larger degree takes the largest
+    measured one below it); `pipeline` is None where no pipeline-parallel log was found (then charged as
+    tensor parallelism of the same degree, the larger of the two)."""
+
+    single: int
+    tensor_parallel: tuple[tuple[int, int], ...]
+    pipeline: int | None
+    source: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,26 +69,44 @@ class _Version:
     `sampler_bytes_per_logit` is the peak of the profiling run's sampler pass per row and
     vocabulary entry: the fp32 logits and the working copies its top-k/top-p pass makes, which
     changed as vLLM's sampler did (measured from public start-up logs, named in `VERSIONS`).
+    `moe_workspace_persists`: the fused-MoE intermediate caches of the dummy forward pass stay
+    allocated under the sampler pass (vllm/v1/worker/workspace.py's WorkspaceManager keeps its
+    largest buffer until it is locked after profiling).
     """
 
-    sampler_bytes_per_logit: int
+    sampler_bytes_per_logit: float
     cuda_graphs_in_budget: bool
     tokens_from_concurrency: bool
+    moe_workspace_persists: bool
+    non_torch: _NonTorch
 
+
+# v0.11 (llm-d-benchmark's H100 logs, config_explorer/empirical-vllm-memory-results.md): 0.13 GiB on one GPU,
+# 0.55 GiB per GPU with TP=2; no pipeline-parallel log.
+_NON_TORCH_V0_11 = _NonTorch(133 * MIB, ((2, 563 * MIB),), None, "llm-d-benchmark's vLLM v0.11 H100 logs")
+# v0.19: 0.24-0.27 GiB on one GPU (19 runs), 2.06-2.11 GiB at TP=2 (10 runs), 2.13-2.21 GiB at TP=4 (5 runs), 0.07
+# GiB per stage at PP=2 and PP=4 (Llama-3.1-8B): the TP figure is NCCL's and vLLM's all-reduce buffers.
+_NON_TORCH_V0_19 = _NonTorch(256 * MIB, ((2, 2140 * MIB), (4, 2222 * MIB)), 72 * MIB, LLMD_PLANNER_V0_19)
 
 VERSIONS: dict[str, _Version] = {
     # v0.11: 4.76-7.38 GiB of activations for five models on H100 (llm-d-benchmark, config_explorer/
     # empirical-vllm-memory-results.md) = 1024 rows x vocabulary x ~38 bytes: bf16 and fp32 logits, the sorted
     # values and their int64 indices, softmax, cumulative sum, the scattered-back logits, probabilities and the
     # exponential draws of the PyTorch top-k/top-p path.
-    "0.11": _Version(sampler_bytes_per_logit=38, cuda_graphs_in_budget=False, tokens_from_concurrency=False),
-    # v0.19: gpt-oss-20b on an A100 (myoceane.fr) leaves ~1 GiB of activations for 256 x 201,088 logits:
-    # ~20 bytes per logit.  CUDA graphs are captured after the KV pool is sized, outside gpu_memory_utilization.
-    "0.19": _Version(sampler_bytes_per_logit=20, cuda_graphs_in_budget=False, tokens_from_concurrency=False),
+    "0.11": _Version(sampler_bytes_per_logit=38, cuda_graphs_in_budget=False, tokens_from_concurrency=False,
+                     moe_workspace_persists=False, non_torch=_NON_TORCH_V0_11),
+    # v0.19 (llm-d-planner's sweep): 1.89-3.66 GiB of activations for dense models from 128,256 to 256,000
+    # vocabulary entries = 1024 rows x vocabulary x 14.0-14.5 bytes beside the batch's hidden states (Llama-3.1-8B
+    # 1.89, Qwen2.5-7B 2.21, gemma-2-9b 3.65, phi-4 1.52 GiB).  CUDA graphs are captured after the KV pool is
+    # sized, outside gpu_memory_utilization (75.23 - 14.99 - 1.89 - 0.25 = 58.11 GiB logged for Llama-3.1-8B).
+    "0.19": _Version(sampler_bytes_per_logit=14.4, cuda_graphs_in_budget=False, tokens_from_concurrency=False,
+                     moe_workspace_persists=True, non_torch=_NON_TORCH_V0_19),
     # v0.21 made VLLM_MEMORY_PROFILER_ESTIMATE_CUDAGRAPHS the default: the estimate is charged inside the
     # budget; the KV size is logged as max_concurrency x max_model_len; vllm#57047 (0.29 era) peaks at 0.57 GiB
-    # for 256 x 151,936 logits: ~16 bytes per logit.
-    "0.33": _Version(sampler_bytes_per_logit=16, cuda_graphs_in_budget=True, tokens_from_concurrency=True),
+    # for 256 x 151,936 logits: ~16 bytes per logit.  No multi-GPU H100 log of a release after 0.19 gives its
+    # non-torch memory: 0.19's figures stand in.
+    "0.33": _Version(sampler_bytes_per_logit=16, cuda_graphs_in_budget=True, tokens_from_concurrency=True,
+                     moe_workspace_persists=True, non_torch=_NON_TORCH_V0_19),
 }
 DEFAULT_VERSION = "0.19"
 
@@ -127,31 +165,57 @@ class VllmProfile:
         ``max_batched_tokens`` tokens and, on the last stage, the sampler pass over
         ``min(max_num_seqs, max_batched_tokens)`` rows of full-vocabulary logits, during which the
         dummy run's hidden states and residual (``2 × tokens × hidden × 2 bytes``) are still held;
-        the forward pass's intermediates are freed before the sampler runs, so the two do not add."""
+        the forward pass's intermediates are freed before the sampler runs, so the two do not add,
+        except, from the releases whose `moe_workspace_persists`, a MoE model's fused-MoE caches
+        (``tokens × top_k × (2 × expert width / tp + expert width / tp + hidden) × 2 bytes``), which
+        the workspace manager keeps (Qwen3-30B-A3B on vLLM 0.19: 2.15 GiB of sampler + 0.53 GiB of
+        caches = the 2.68 GiB logged).  A pipeline stage after the first also holds the buffers it
+        receives the previous stage's hidden states and residual in (``IntermediateTensors`` of
+        ``max_num_batched_tokens`` rows, allocated once by the dummy run: 2 × tokens × hidden × 2 bytes;
+        Llama-3.1-8B's last stage at PP=2 on vLLM 0.19: 1.89 + 0.13 = the 2.01 GiB logged)."""
         spec, tokens = stage.spec, limits.max_batched_tokens
-        forward = tokens * _forward_bytes_per_token(spec, stage.tensor_parallel)
+        received = 2 * tokens * spec.hidden_size * ACTIVATION_ELEMENT_BYTES if stage.layers[0] > 0 else 0
+        forward = tokens * _forward_bytes_per_token(spec, stage.tensor_parallel) + received
         rows = min(limits.max_num_seqs, tokens) if stage.is_last else 0
         per_logit = self._rules.sampler_bytes_per_logit
-        sampler = rows * spec.vocab_size * per_logit + (2 * tokens * spec.hidden_size * ACTIVATION_ELEMENT_BYTES
-                                                         if rows else 0)
+        workspace = 0
+        if rows and spec.is_moe and self._rules.moe_workspace_persists:
+            width = spec.moe_intermediate_size // stage.tensor_parallel
+            workspace = (tokens * spec.experts_per_token * (3 * width + spec.hidden_size)
+                         * ACTIVATION_ELEMENT_BYTES)
+        sampler = (int(rows * spec.vocab_size * per_logit) + workspace + received
+                   + (2 * tokens * spec.hidden_size * ACTIVATION_ELEMENT_BYTES if rows else 0))
+        held = f", with the fused-MoE caches still held ({workspace / GIB:.2f} GiB)" if workspace else ""
+        if received:
+            held += f", beside the stage's receive buffers ({received / GIB:.2f} GiB)"
         basis = (f"vLLM {self._version} profiling run: max(forward pass of max_num_batched_tokens={tokens} tokens "
                  f"at 2 bytes per element ({forward / GIB:.2f} GiB), sampler over {rows} sequences x "
-                 f"{spec.vocab_size} vocabulary at {per_logit} bytes per logit beside the batch's hidden states "
-                 f"({sampler / GIB:.2f} GiB)); independent of the workload's context (gpu_model_runner.profile_run)")
+                 f"{spec.vocab_size} vocabulary at {per_logit:g} bytes per logit beside the batch's hidden states"
+                 f"{held} ({sampler / GIB:.2f} GiB)); independent of the workload's context "
+                 "(gpu_model_runner.profile_run)")
         return Term(max(forward, sampler), basis)
 
     def non_torch(self, stage: Stage) -> Term:
         """Memory outside PyTorch's allocator that grows during loading and profiling
-        (`memory_profiling`'s ``non_torch_increase``): cuBLAS workspaces on one GPU; with tensor
-        parallelism the NCCL and custom all-reduce buffers; with pipeline stages the send/receive
-        buffers."""
-        if stage.tensor_parallel > 1:
-            size, why = NON_TORCH_PARALLEL_BYTES, "NCCL and custom all-reduce buffers of tensor parallelism"
+        (`memory_profiling`'s ``non_torch_increase``), as the release's public logs show it per
+        layout (`_NonTorch`): cuBLAS workspaces on one GPU; with tensor parallelism the NCCL and
+        custom all-reduce buffers; with pipeline stages the send/receive buffers."""
+        rules = self._rules.non_torch
+        tensor = stage.tensor_parallel
+        by_degree = [size for degree, size in rules.tensor_parallel if degree <= tensor] or [
+            rules.tensor_parallel[0][1]]
+        if tensor > 1 and (stage.pipeline_parallel == 1 or rules.pipeline is None):
+            size, why = by_degree[-1], f"NCCL and all-reduce buffers of tensor parallelism ({tensor} ranks)"
+        elif tensor > 1:
+            size, why = max(by_degree[-1], rules.pipeline or 0), "all-reduce and pipeline send/receive buffers"
         elif stage.pipeline_parallel > 1:
-            size, why = NON_TORCH_PARALLEL_BYTES, "NCCL send/receive buffers between pipeline stages (assumed as TP)"
+            if rules.pipeline is None:
+                size, why = rules.tensor_parallel[0][1], "NCCL send/receive buffers between stages (no log: as TP)"
+            else:
+                size, why = rules.pipeline, "NCCL send/receive buffers between pipeline stages"
         else:
-            size, why = NON_TORCH_SINGLE_GPU_BYTES, "cuBLAS workspaces and the CUDA allocator's own use"
-        return Term(size, f"{size / GIB:.2f} GiB per device: {why}, as vLLM's start-up logs show it "
+            size, why = rules.single, "cuBLAS workspaces and the CUDA allocator's own use"
+        return Term(size, f"{size / GIB:.2f} GiB per device: {why}, as {rules.source} show it "
                           "(gpu_worker.determine_available_memory, non-torch memory)")
 
     def cuda_graphs(self, stage: Stage, limits: BatchLimits) -> Term:

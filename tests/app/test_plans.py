@@ -396,9 +396,9 @@ def test_readme_vllm_example_predicts_the_token_figure_it_shows(client: TestClie
         "workload": {"context_length": 32768}, "weights": {"format": "bf16"},
         "runtime": {"engine": "vllm", "memory_utilization": 0.90}}).json()
     assert body["fits"] and body["refusal"] is None
-    assert body["kv_cache"]["capacity_tokens"] == 460848
-    assert body["kv_cache"]["engine_max_concurrency"] == 14.06396484375
-    assert body["max_concurrent_sequences"] == 14
+    assert body["kv_cache"]["capacity_tokens"] == 448576
+    assert body["kv_cache"]["engine_max_concurrency"] == 13.689453125
+    assert body["max_concurrent_sequences"] == 13
 
 
 def test_a_pasted_config_with_a_misspelt_key_gets_a_note_naming_it(client: TestClient) -> None:
@@ -436,7 +436,9 @@ def test_devices_side_by_side_give_the_fewest_of_each_type_per_format(client: Te
     devices = {entry["device"]: entry for entry in response.json()["devices"]}
     assert list(devices) == ["h100-80gb", "h200", "a10g"]
     h100 = devices["h100-80gb"]["formats"]
-    assert (h100["bf16"]["min_devices"], h100["int4"]["min_devices"]) == (8, 4)
+    # bf16 on 8 ranks: 54.82 GiB of weights, 11.75 GiB of KV, vLLM 0.19's 2.78 GiB profiling peak and 2.17 GiB of
+    # non-torch memory per rank do not fit in 71.26 GiB; the next degree vLLM accepts is 16
+    assert (h100["bf16"]["min_devices"], h100["int4"]["min_devices"]) == (16, 4)
     for device_id, entry in devices.items():
         for result in entry["formats"].values():
             count = result["min_devices"]

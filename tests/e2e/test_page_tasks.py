@@ -323,7 +323,8 @@ def test_devices_side_by_side_chart_shows_the_fewest_of_each_type(browser: Any, 
     page = open_page(browser, live_server, "/?model=qwen3-235b-a22b&device=h100-80gb&count=8&ctx=32k&seq=8")
     page.wait_for_selector("#devices-chart svg g.device-bar")
     bar = "#devices-chart g.device-bar[data-device='{}'][data-format='{}']"
-    assert page.get_attribute(bar.format("h100-80gb", "bf16"), "data-min-devices") == "8"
+    # 16: on 8 ranks vLLM 0.19's 2.17 GiB of non-torch memory per rank leaves no room (tests/app/test_plans.py)
+    assert page.get_attribute(bar.format("h100-80gb", "bf16"), "data-min-devices") == "16"
     assert page.get_attribute(bar.format("h100-80gb", "int4"), "data-min-devices") == "4"
     assert page.get_attribute(bar.format("h200", "int4"), "data-min-devices") == "2"
     assert page.locator("#devices-chart g.device-bar").count() >= 2 * 19

@@ -8,14 +8,15 @@ from typing import Any
 
 import pytest
 
-from quant_core.catalog import get_device, get_preset, list_devices
+from quant_core.catalog import get_device, get_preset, get_preset_info, list_devices
 from quant_core.engines import BatchLimits, Stage, get_engine
 from quant_core.engines.vllm import VllmProfile
 from quant_core.errors import UnknownName
-from quant_core.formats import WeightFormat, float_format, int4
+from quant_core.formats import WeightFormat, float_format, fp8, int4
 from quant_core.hf_config import model_from_sizes
 from quant_core.kv_cache import kv_bytes_per_token
 from quant_core.planner import Hardware, PlanOptions, Workload, plan
+from quant_core.schemes import WeightScheme, scheme_from_quantization_config
 from quant_core.specs import ModelSpec
 
 GIB = 1 << 30
@@ -50,16 +51,25 @@ def test_at_least_twelve_public_logs_each_with_its_source() -> None:
 
 # --- block rounding: the tokens vLLM logs for the memory it logs -------------------------------------------
 
-@pytest.mark.parametrize("log_id", _ids(lambda log: log["model"] and log["available_kv_gib"] and log["kv_cache_tokens"]
-                                        and log["tensor_parallel"] and log["id"] != "vllm-21348-qwen3-235b-fp8-tp4"))
+# Runs whose logged KV memory is not the tightest worker's: vllm#21348 (another rank had less) and the PP 4 run
+# (the 26.84 GiB worker holds more blocks than the 34,730 every stage gets).
+NOT_THE_TIGHTEST_WORKER = ("vllm-21348-qwen3-235b-fp8-tp4", "kubesimplify-v0.27-qwen3-235b-fp8-pp4")
+
+
+@pytest.mark.parametrize("log_id", _ids(lambda log: log["model"] and (log["available_kv_gib"] or 0) > 0
+                                        and log["kv_cache_tokens"] and log["tensor_parallel"]
+                                        and log["id"] not in NOT_THE_TIGHTEST_WORKER))
 def test_kv_capacity_from_the_logged_available_memory_is_vllms_token_figure(log_id: str) -> None:
     # vLLM prints the available memory to 0.01 GiB: the tokens it logs lie between nibble's count for that
-    # figure minus and plus half a hundredth (block size 16, or 128 where the run set --block-size 128).
+    # figure minus and plus half a hundredth (block size 16, or 128 where the run set --block-size 128).  With
+    # pipeline stages the logged worker is the first stage (Worker_PP0), which holds layers [0, 32) of 64.
     log = BY_ID[log_id]
     spec, profile = _spec(log), VllmProfile("0.19")
+    stages = log["pipeline_parallel"]
+    stage = Stage(spec, log["tensor_parallel"], stages, (0, spec.num_layers // stages), stages == 1)
 
     def tokens(gib: float) -> int:
-        return profile.kv_capacity(_stage(spec, log["tensor_parallel"]), log["kv_cache_dtype"], int(gib * GIB),
+        return profile.kv_capacity(stage, log["kv_cache_dtype"], int(gib * GIB),
                                    log["block_size"], log["max_model_len"], BatchLimits(8192, 256)).tokens
 
     assert tokens(log["available_kv_gib"] - 0.005) <= log["kv_cache_tokens"] <= tokens(log["available_kv_gib"] + 0.005)
@@ -134,18 +144,22 @@ def test_a_large_profiling_batch_makes_the_forward_pass_the_peak(log_id: str) ->
     assert term.basis.index("forward pass") < term.basis.index("sampler")
 
 
-@pytest.mark.parametrize(("log_id", "tensor_parallel"), [("llmd-v0.11-llama-3.1-8b", 1),
-                                                         ("llmd-v0.11-qwen3-32b-tp2", 2),
-                                                         ("llmd-v0.11-llama-3.3-70b-fp8-tp2", 2)])
-def test_non_torch_memory_grows_with_tensor_parallelism(log_id: str, tensor_parallel: int) -> None:
+@pytest.mark.parametrize("log_id", _ids(lambda log: log["profile_version"] in ("0.11", "0.19")
+                                        and log["non_torch_gib"] is not None))
+def test_non_torch_memory_is_the_releases_figure_for_the_layout(log_id: str) -> None:
+    # vLLM 0.11 on H100 (llm-d-benchmark): 0.13 GiB on one GPU, 0.55 GiB at TP=2.  vLLM 0.19 on H100 (llm-d-planner):
+    # 0.24-0.27 GiB on one GPU, 2.06-2.11 GiB at TP=2, 2.13-2.21 GiB at TP=4, 0.07 GiB per pipeline stage.
     log = BY_ID[log_id]
     spec = _spec(log)
-    term = VllmProfile().non_torch(Stage(spec, tensor_parallel, 1, (0, spec.num_layers), True))
-    assert abs(term.bytes / GIB - log["non_torch_gib"]) <= 0.02
+    stages = log["pipeline_parallel"]
+    stage = Stage(spec, log["tensor_parallel"], stages, (0, spec.num_layers // stages), stages == 1)
+    term = VllmProfile(log["profile_version"]).non_torch(stage)
+    assert abs(term.bytes / GIB - log["non_torch_gib"]) <= 0.05
 
 
-ENGINE_TERMS = _ids(lambda log: log["profile_version"] and log["available_kv_gib"] and log["gpu_memory_utilization"]
-                    and not log.get("multimodal") and log.get("self_consistent", True))
+ENGINE_TERMS = _ids(lambda log: log["profile_version"] and (log["available_kv_gib"] or 0) > 0
+                    and log["gpu_memory_utilization"] and not log.get("multimodal")
+                    and log.get("self_consistent", True) and not log.get("gap"))
 
 
 @pytest.mark.parametrize("log_id", ENGINE_TERMS)
@@ -171,14 +185,44 @@ def test_engine_terms_fill_the_gap_between_logged_weights_and_logged_kv_memory(l
 
 # --- end to end: nibble's weights, the engine terms and the device, against vLLM's token figure -------------
 
-END_TO_END: dict[str, WeightFormat] = {
+def _shipped(model: str) -> WeightScheme:
+    """The checkpoint as it ships (its config.json's quantization_config): gpt-oss's MXFP4 experts beside
+    bf16 attention, router and embeddings."""
+    config = get_preset_info(model).quantization_config
+    assert config is not None
+    return scheme_from_quantization_config(config)
+
+
+Storage = WeightFormat | WeightScheme | str
+
+# Every public run whose log gives the model, the device (its total memory or a catalog entry), the utilization,
+# the context, the layout and vLLM's KV figure, with the storage nibble plans it at.  Sources: vllm_logs.json.
+END_TO_END: dict[str, Storage] = {
     "llmd-v0.11-llama-3.1-8b": float_format("bf16"),
     "llmd-v0.11-qwen3-0.6b-16k": float_format("bf16"),
     "llmd-v0.11-qwen3-0.6b-32k": float_format("bf16"),
     "llmd-v0.11-qwen3-32b-tp1": float_format("bf16"),
     "llmd-v0.11-qwen3-32b-tp2": float_format("bf16"),
+    "llmd-v0.11-llama-3.3-70b-fp8-tp2": fp8(),  # FP8-dynamic: per-channel scales, dynamic activations
+    # gpt-oss: nibble's 12.82 GiB is the checkpoint's bytes; vLLM's MXFP4 MoE kernels hold 13.47 GiB on H100 and
+    # 13.72 GiB on A100 (their own weight layout), so these two runs over-predict by 1.3 and 2.6 %.
+    "llmd-v0.11-gpt-oss-20b": "as shipped",
     "kagaho-v0.16-llama-3-70b-awq-l40s-tp2": int4(128),
+    "myoceane-a100-gpt-oss-20b-0.19": "as shipped",
 }
+# llm-d-planner's vLLM v0.19.0 sweep on H100 (27 runs of 13 checkpoints: TP 1/2/4, PP 2/4, an fp8 KV cache, FP8,
+# W8A8, W4A16 and MXFP4 checkpoints), each planned at the storage its checkpoint ships in.
+STORAGE_OF_FORMAT: dict[str, Storage] = {
+    "bf16": float_format("bf16"),
+    "fp8": fp8(),  # FP8-dynamic (compressed-tensors): a scale per output channel
+    "fp8-tensor": fp8("tensor"),  # --quantization fp8 at load time: one scale per tensor
+    "int8-w8a8": WeightFormat("int8", None, True, "none"),  # W8A8: int8 with a scale per output channel
+    "int4-g128-gptq": int4(128, symmetric=True),  # W4A16 GPTQ: symmetric, a scale per 128 weights
+    "mxfp4": "as shipped",
+}
+END_TO_END |= {log["id"]: STORAGE_OF_FORMAT[log["weights_format"]] for log in LOGS
+               if log["id"].startswith("llmdp-v0.19-")}
+SOURCES = ("logged total", "catalog device")
 
 
 def _vllm_tokens(log: dict[str, Any]) -> int:
@@ -192,31 +236,159 @@ def _vllm_tokens(log: dict[str, Any]) -> int:
                                      BatchLimits(8192, 1024)).tokens
 
 
-def _capacity_error(log: dict[str, Any], capacity_bytes: int, weight_format: WeightFormat) -> float:
-    options = PlanOptions(weight_format=weight_format, kv_cache_dtype=log["kv_cache_dtype"],
-                          memory_utilization=log["gpu_memory_utilization"], block_size=log["block_size"],
-                          engine_version=log["profile_version"], max_batched_tokens=log["max_num_batched_tokens"],
-                          max_num_seqs=log["max_num_seqs"])
-    hardware = Hardware(capacity_bytes, log["tensor_parallel"], log["catalog_device"])
-    tokens = plan(_spec(log), hardware, Workload(log["max_model_len"], 1), options).primary.kv_capacity_tokens
+def _options(log: dict[str, Any], storage: Storage) -> PlanOptions:
+    """The run's settings as plan options: its storage (a format, a checkpoint's scheme, or "as shipped" for the
+    preset's own checkpoint), KV dtype, utilization, block size, layout and the batch limits it ran with."""
+    weight_format, scheme = int4(), None
+    if isinstance(storage, WeightFormat):
+        weight_format = storage
+    elif isinstance(storage, WeightScheme):
+        scheme = storage
+    else:
+        scheme = _shipped(log["model"])
+    return PlanOptions(weight_format=weight_format, scheme=scheme, kv_cache_dtype=log["kv_cache_dtype"],
+                       memory_utilization=log["gpu_memory_utilization"], block_size=log["block_size"],
+                       pipeline_parallel=log["pipeline_parallel"], engine_version=log["profile_version"],
+                       max_batched_tokens=log["max_num_batched_tokens"], max_num_seqs=log["max_num_seqs"])
+
+
+def _capacity_error(log_id: str, source: str, storage: Storage | None = None) -> float:
+    """(nibble's kv_cache.capacity_tokens - vLLM's) / vLLM's, planning on the total the log reports (the catalog
+    device when it reports none) or on the catalog device."""
+    log = BY_ID[log_id]
+    storage = END_TO_END[log_id] if storage is None else storage
+    catalog = get_device(log["catalog_device"]).planning_bytes
+    capacity = (round(log["total_memory_gib"] * GIB) if source == "logged total" and log["total_memory_gib"]
+                else catalog)
+    hardware = Hardware(capacity, log["tensor_parallel"] * log["pipeline_parallel"], log["catalog_device"])
+    tokens = plan(_spec(log), hardware, Workload(log["max_model_len"], 1),
+                  _options(log, storage)).primary.kv_capacity_tokens
     assert tokens is not None
     return (tokens - _vllm_tokens(log)) / _vllm_tokens(log)
 
 
-@pytest.mark.parametrize("source", ["logged total", "catalog device"])
-def test_capacity_tokens_end_to_end_within_2_percent_and_never_3_percent_above(source: str) -> None:
-    errors = {}
-    for log_id, weight_format in END_TO_END.items():
-        log = BY_ID[log_id]
-        catalog = get_device(log["catalog_device"]).planning_bytes
-        logged = source == "logged total" and log["total_memory_gib"]
-        total = round(log["total_memory_gib"] * GIB) if logged else catalog
-        errors[log_id] = _capacity_error(log, total, weight_format)
+@pytest.mark.parametrize("source", SOURCES)
+@pytest.mark.parametrize("log_id", END_TO_END)
+def test_capacity_tokens_of_each_public_run_are_never_3_percent_above_vllms(log_id: str, source: str) -> None:
+    # Above is the failure that matters (the plan promises tokens the engine does not hold); below, only the
+    # runs with a "gap" in vllm_logs.json are more than 2 % under.
+    error = _capacity_error(log_id, source)
+    log = BY_ID[log_id]
+    print(f"{log_id} ({log['hf_repo']}, TP {log['tensor_parallel']} PP {log['pipeline_parallel']}, "
+          f"{source}): {error:+.2%}")
+    assert error <= 0.03
+    assert error >= -0.02 or log.get("gap")
+
+
+@pytest.mark.parametrize("source", SOURCES)
+def test_capacity_tokens_end_to_end_within_2_percent_on_average(source: str) -> None:
+    errors = {log_id: _capacity_error(log_id, source) for log_id in END_TO_END}
     mean = sum(abs(error) for error in errors.values()) / len(errors)
-    print(f"{source}: " + ", ".join(f"{key} {error:+.2%}" for key, error in errors.items())
-          + f"; mean absolute error {mean:.2%}")
+    print(f"{source}: {len(errors)} runs, mean absolute error {mean:.2%}, "
+          f"largest over-prediction {max(errors.values()):+.2%}")
     assert mean <= 0.02
     assert max(errors.values()) <= 0.03
+
+
+# --- vLLM 0.27.1 on PCIe-only cards: runs whose memory nibble's terms do not explain (their "gap") -----------
+
+FP8_BLOCK_128 = scheme_from_quantization_config(  # the checkpoint's quantization_config, as the post quotes it
+    {"quant_method": "fp8", "fmt": "e4m3", "weight_block_size": [128, 128], "activation_scheme": "dynamic"})
+GAP_RUNS: dict[str, Storage] = {
+    "kubesimplify-v0.27-qwen3-32b-tp2": float_format("bf16"),
+    "kubesimplify-v0.27-qwen3-32b-pp2": float_format("bf16"),
+    "kubesimplify-v0.27-qwen3-235b-fp8-tp4": FP8_BLOCK_128,
+    "kubesimplify-v0.27-qwen3-235b-fp8-pp4": FP8_BLOCK_128,
+}
+PP4_OVER = pytest.mark.xfail(strict=True, reason=(
+    "nibble leaves the tightest of the four stages 1.84 GiB beside its weights (1.38 GiB of activations, 0.07 of "
+    "non-torch memory, 0.39 of CUDA graphs); vLLM 0.27.1 leaves it at least 4.37 GiB (85.51 - 55.70 - 25.44), so "
+    "nibble promises about 10 % more tokens than the engine holds"))
+
+
+@pytest.mark.parametrize("source", SOURCES)
+@pytest.mark.parametrize("log_id", [pytest.param(log_id, marks=PP4_OVER) if log_id.endswith("pp4") else log_id
+                                    for log_id in GAP_RUNS])
+def test_runs_with_a_known_gap_never_promise_more_than_3_percent_above_vllm(log_id: str, source: str) -> None:
+    # kubesimplify's TP 2 / PP 2 (Qwen3-32B) and TP 4 / PP 4 (Qwen3-235B FP8) runs on RTX PRO 6000 cards without
+    # NVLink: TP 2 (-39 %), PP 2 (-0.7 %) and TP 4 (-3 %) are under, on the safe side; PP 4 is 10 % over (xfail).
+    log = BY_ID[log_id]
+    error = _capacity_error(log_id, source, GAP_RUNS[log_id])
+    print(f"{log_id} (TP {log['tensor_parallel']} PP {log['pipeline_parallel']}, {source}): {error:+.2%} "
+          f"[gap: {log['gap'][:60]}...]")
+    assert error <= 0.03
+
+
+def test_a_run_vllm_starts_without_kv_memory_is_planned_without_room() -> None:
+    # Qwen3-32B in bf16 on one 95.01 GiB card at --gpu-memory-utilization 0.426: vLLM logs "Available KV cache
+    # memory: -24.42 GiB" and refuses to start; nibble's pool is negative and the plan does not fit.
+    log = BY_ID["kubesimplify-v0.27-qwen3-32b-tp1"]
+    hardware = Hardware(round(log["total_memory_gib"] * GIB), 1, log["catalog_device"])
+    result = plan(_spec(log), hardware, Workload(log["max_model_len"], 1), _options(log, float_format("bf16")))
+    assert not result.fits
+    assert result.primary.kv_pool_bytes / GIB < log["available_kv_gib"] + 1 < 0
+
+
+def test_the_end_to_end_runs_span_models_layouts_and_checkpoints() -> None:
+    # What nibble's terms explain end to end: 36 runs of 18 checkpoints on H100, A100 and L40S, TP 1/2/4 and PP 2/4,
+    # an fp8 KV cache, FP8, W8A8, W4A16, AWQ and MXFP4 checkpoints.  The vLLM 0.27.1 runs on PCIe-only cards
+    # (GAP_RUNS) are outside it: nibble does not model their memory outside the KV cache.
+    runs = [BY_ID[log_id] for log_id in END_TO_END]
+    assert len(runs) >= 36 and len({log["hf_repo"] for log in runs}) >= 18
+    assert {log["tensor_parallel"] for log in runs} == {1, 2, 4}
+    assert {log["pipeline_parallel"] for log in runs} == {1, 2, 4}
+    assert "fp8" in {log["kv_cache_dtype"] for log in runs}
+    assert {"fp8", "int8-w8a8", "int4-g128-gptq", "int4-g128-awq", "mxfp4"} <= {log["weights_format"] for log in runs}
+    assert {log["catalog_device"] for log in runs} == {"h100-80gb", "a100-80gb", "l40s"}
+    gaps = [BY_ID[log_id] for log_id in GAP_RUNS]
+    assert {(log["tensor_parallel"], log["pipeline_parallel"]) for log in gaps} == {(2, 1), (1, 2), (4, 1), (1, 4)}
+    assert all(log["gap"] for log in gaps)
+
+
+# --- pipeline parallelism: no public PP=2 log gives all its figures, so PP is pinned on vLLM's own code ---------
+
+@pytest.mark.parametrize(("model", "stages", "layers"), [
+    ("deepseek-v3", 2, [(0, 31), (31, 61)]),  # vLLM's docs: 61 layers -> [31, 30] and [15, 15, 16, 15]
+    ("deepseek-v3", 4, [(0, 15), (15, 30), (30, 46), (46, 61)]),
+    ("llama-3.2-3b", 3, [(0, 9), (9, 19), (19, 28)]),
+    ("llama-3.1-8b", 2, [(0, 16), (16, 32)]),
+])
+def test_pipeline_stages_hold_the_layers_vllms_get_pp_indices_gives_them(model: str, stages: int,
+                                                                         layers: list[tuple[int, int]]) -> None:
+    # vllm/distributed/utils.py get_pp_indices: num_layers // pp each, the remainder one apiece to the stages
+    # before the last, from the second-to-last backwards (the last stage runs the norm, lm_head and sampler).
+    hardware = Hardware(get_device("h100-80gb").planning_bytes, stages, "h100-80gb")
+    result = plan(get_preset(model), hardware, Workload(4096, 1), PlanOptions(pipeline_parallel=stages))
+    assert [device.layers for device in result.primary.devices] == layers
+
+
+PP2_LOG = BY_ID["llmdp-v0.19-llama-3.1-8b-pp2"]
+PP2 = plan(get_preset("llama-3.1-8b"), Hardware(round(PP2_LOG["total_memory_gib"] * GIB), 2, "h100-80gb"),
+           Workload(8192, 1), PlanOptions(weight_format=float_format("bf16"), pipeline_parallel=2,
+                                          memory_utilization=PP2_LOG["gpu_memory_utilization"]))
+
+
+def test_only_the_last_pipeline_stage_profiles_the_sampler() -> None:
+    # gpu_model_runner.profile_run: "_dummy_run(self.max_num_tokens, is_profile=True)" on every rank, then
+    # "if get_pp_group().is_last_rank: ... self._dummy_sampler_run(...)".  vLLM 0.19.0 logs Llama-3.1-8B at PP=2
+    # (llm-d-planner): 1.10 GiB of peak activation on the first stage, 2.01 GiB on the last, which is the single
+    # GPU's 1.89 GiB sampler pass plus the 0.13 GiB (2 x 8192 x 4096 x 2 bytes) it receives the first stage's
+    # hidden states and residual in.  nibble's first stage is the forward pass alone, 8192 x 2 bytes x (3 x 4096
+    # hidden + 3 x 14336 MLP) = 0.84 GiB, below the log on a stage that does not bind.
+    first, last = PP2.primary.devices
+    assert first.activation_bytes == 8192 * 2 * (3 * 4096 + 3 * 14336) == 905_969_664
+    assert round(last.activation_bytes / GIB, 2) == PP2_LOG["activation_gib"] == 2.01
+
+
+def test_pipeline_capacity_is_every_stage_cut_to_the_smallest_stages_blocks() -> None:
+    # kv_cache_utils.get_kv_cache_configs: each worker gets available // (page x its layers) blocks, then "Change
+    # the num_blocks of each rank to the smallest among all ranks"; the token line is num_blocks x block_size.
+    # Llama-3.1-8B: a 16-token page of one layer is 16 x 8 KV heads x 128 x 2 (K, V) x 2 bytes = 64 KiB.
+    page = 16 * 8 * 128 * 2 * 2
+    blocks = [(device.usable_bytes - device.weights_bytes - device.activation_bytes - device.overhead_bytes)
+              // (page * (device.layers[1] - device.layers[0])) for device in PP2.primary.devices]
+    assert blocks[1] < blocks[0]  # the last stage also holds lm_head and the sampler's peak
+    assert PP2.primary.kv_capacity_tokens == min(blocks) * 16
 
 
 # --- defaults, versions, grouping, refusals, devices ---------------------------------------------------------
