@@ -24,7 +24,7 @@ const PLAN_FIELDS = {
 };
 const UPLOAD_FIELDS = {
   "file": "q-file", "calibration": "q-calibration", "methods": "q-methods", "method": "q-methods",
-  "group_size": "q-group-size", "symmetric": "q-methods",
+  "group_size": "q-group-size", "symmetric": "q-methods", "importance": "q-importance", "bits_per_weight": "q-bits",
 };
 // The inputs a plan link carries, by query key (the pasted config travels in the fragment).
 const STATE_INPUTS = {
@@ -886,6 +886,13 @@ function uploadForm(extra, scheme = {}) {
   data.append("file", file, file.name);
   const calibration = $("q-calibration").files[0];
   if (calibration) data.append("calibration", calibration, calibration.name);
+  const importance = $("q-importance").files[0];
+  if (importance) data.append("importance", importance, importance.name);
+  const bits = $("q-bits").value.trim();
+  if (bits) {
+    if (!/^\d+(\.\d+)?$/.test(bits)) throw new FieldProblem("bits_per_weight", `“${bits}”: must be a number of bits per weight, e.g. 4.5`);
+    data.append("bits_per_weight", bits);
+  }
   data.append("group_size", scheme.group_size ?? $("q-group-size").value);
   data.append("symmetric", (scheme.symmetric ?? $("q-symmetric").checked) ? "true" : "false");
   for (const [key, value] of Object.entries(extra)) data.append(key, value);
@@ -913,16 +920,29 @@ async function runCompare() {
   }
 }
 
+function figure(value, digits, missing) {
+  // JSON has no infinity: an exact result's SQNR comes as null, and so does an undefined relative error
+  return value === null || value === undefined ? missing : value.toFixed(digits);
+}
+
+function weightedError(quality) {
+  // the importance-weighted relative error next to the plain one; "minimised" when the method used the statistics
+  if (quality.weighted_relative_error === null || quality.weighted_relative_error === undefined) return "—";
+  return quality.weighted_relative_error.toFixed(5) + (quality.importance_used ? " (minimised)" : "");
+}
+
 function renderCompare(report) {
   $("compare-result").hidden = false;
+  const budgeted = report.tensors.some((tensor) => new Set(tensor.results.map((result) => result.format)).size > 1)
+    || Boolean($("q-bits").value.trim());
   const rows = [];
   for (const tensor of report.tensors) {
     tensor.results.forEach((result, i) => {
       rows.push({ className: result.method === tensor.best_method ? "best" : "", cells: [
         i === 0 ? `${tensor.name} [${tensor.shape.join(" × ")}]` : "",
-        result.method + (result.method === tensor.best_method ? " (best)" : ""),
-        thousands(result.bytes.output), result.bits_per_weight.toFixed(3), result.quality.relative_error.toFixed(5),
-        result.quality.sqnr_db.toFixed(2), result.quality.max_abs_error.toPrecision(4)] });
+        result.method + (result.method === tensor.best_method ? " (best)" : "") + (budgeted ? ` · ${result.format}` : ""),
+        thousands(result.bytes.output), result.bits_per_weight.toFixed(3), figure(result.quality.relative_error, 5, "—"),
+        figure(result.quality.sqnr_db, 2, "∞"), weightedError(result.quality), result.quality.max_abs_error.toPrecision(4)] });
     });
   }
   fillTable("compare-table", rows);

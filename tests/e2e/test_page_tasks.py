@@ -25,7 +25,9 @@ from typing import Any
 import httpx
 import numpy as np
 import pytest
+from safetensors.numpy import save as save_safetensors
 
+from quant_core.tensorio import write_importance_dat
 from tests.e2e.test_web_page import ARTIFACTS, CHROMIUM, TIMEOUT_MS
 
 AXE_VERSION = "4.14.1"  # axe-core from npm (MPL-2.0), installed on first use into a git-ignored folder
@@ -234,6 +236,38 @@ def test_tables_are_not_clipped(browser: Any, live_server: str, tmp_path: Path, 
     assert page.is_visible("#compare-table caption")
     max_error = page.locator("#compare-table tbody tr >> nth=0").locator("td").last
     assert max_error.is_visible() and float(max_error.inner_text()) > 0
+    page.close()
+
+
+def test_importance_statistics_and_a_budget_show_the_weighted_error_and_each_tensors_format(
+        browser: Any, live_server: str, tmp_path: Path) -> None:
+    rng = np.random.default_rng(5)
+    tensors = {"a.weight": rng.standard_normal((64, 256)).astype(np.float32),
+               "b.weight": (3 * rng.standard_normal((128, 256))).astype(np.float32)}
+    (tmp_path / "m.safetensors").write_bytes(save_safetensors(tensors))
+    write_importance_dat(tmp_path / "imatrix.dat",
+                        {name: np.exp(2 * rng.standard_normal(256)).astype(np.float32) for name in tensors})
+    page = open_page(browser, live_server)
+    page.set_input_files("#q-file", str(tmp_path / "m.safetensors"))
+    page.set_input_files("#q-importance", str(tmp_path / "imatrix.dat"))
+    page.fill("#q-bits", "4.5")
+    page.click("#compare-button")
+    page.wait_for_selector("#compare-table tbody tr")
+    rows = page.locator("#compare-table tbody tr")
+    assert rows.count() == 6  # two tensors x rtn, clip, hqq
+    cells = [[rows.nth(i).locator("td").nth(j).inner_text() for j in range(7)] for i in range(6)]
+    assert all(" · int4-" in row[0] or " · int8" in row[0] or " · bf16" in row[0] for row in cells), cells
+    weighted = [row[5] for row in cells]
+    assert all(text.endswith("(minimised)") and 0 < float(text.split(" ")[0]) < 1 for text in weighted), weighted
+    bits = [float(row[2]) for row in cells]
+    sizes = [int(row[1].replace(",", "")) for row in cells]
+    for method in range(3):  # each method's mix keeps to the budget over both tensors
+        assert (sizes[method] + sizes[3 + method]) * 8 <= 4.5 * (64 + 128) * 256, (sizes, bits)
+
+    page.fill("#q-bits", "four")
+    page.click("#compare-button")
+    page.wait_for_selector("#err-q-bits:not(:empty)")
+    assert "number of bits per weight" in page.inner_text("#err-q-bits")
     page.close()
 
 

@@ -123,6 +123,7 @@ def test_upload_npy_shows_the_compare_table(browser: Any, live_server: str, tmp_
     # 64 x 256 at g128 asymmetric: 8,192 bytes of nibbles + 128 fp16 scales + 128 packed zeros = 8,512 bytes.
     assert rows.nth(0).locator("td").nth(1).inner_text() == "8,512"
     assert rows.nth(0).locator("td").nth(2).inner_text() == "4.156"
+    assert rows.nth(0).locator("td").nth(5).inner_text() == "—"  # no importance statistics: no weighted error
     page.screenshot(path=str(ARTIFACTS / "page-compare.png"), full_page=True)
     with page.expect_download() as download_info:
         page.click("#download-button")
