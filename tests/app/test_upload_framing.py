@@ -61,11 +61,12 @@ def collect(body: bytes, cuts: list[int], directory: Path) -> tuple[dict[str, by
                 collector.feed(parser, body[start:stop])
         parser.finalize()
         collector.finish()
+        collector.flush()  # the server hands these writes to its spool thread (SpoolWriter)
         files = {name: path.read_bytes() for name, (_, path, _size) in collector.raw_files.items()}
         assert all(len(files[name]) == size for name, (_, _path, size) in collector.raw_files.items())
         return files, collector.fields
     finally:
-        collector.close()
+        collector.discard()
 
 
 def outcome(body: bytes, cuts: list[int], directory: Path) -> object:
