@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import io
 import itertools
+import os
 import struct
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -22,7 +23,7 @@ from hypothesis import strategies as st
 from safetensors.numpy import save as save_safetensors
 
 from app.problems import MalformedUpload
-from app.uploads import MAX_PARTS, _Collector
+from app.uploads import MAX_PARTS, _Collector, _write_slices
 from tests.app.conftest import make_settings
 
 BOUNDARY = b"----nibbleTestBoundary7MA4YWxkTrZu0gW"
@@ -215,3 +216,19 @@ def test_the_http_answer_is_the_same_however_the_body_is_cut_into_reads(name: st
     whole = asyncio.run(_post_in_pieces(body, []))
     assert whole[0] == (200 if name == "answered" else 400)
     assert asyncio.run(_post_in_pieces(body, cuts)) == whole
+
+
+def test_the_spool_writer_finishes_writes_the_system_cuts_short_and_keeps_each_files_order(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    real_writev = os.writev
+    monkeypatch.setattr(os, "writev", lambda descriptor, views: real_writev(descriptor, [bytes(views[0])[:3]]))
+    first, second = tmp_path / "part-0", tmp_path / "part-1"
+    descriptors = [os.open(path, os.O_WRONLY | os.O_CREAT) for path in (first, second)]
+    pieces = [(descriptors[0], b"alpha-"), (descriptors[0], b"beta-"), (descriptors[1], b"gamma"),
+              (descriptors[0], b"delta")]
+    _write_slices([(descriptor, memoryview(piece)) for descriptor, piece in pieces], descriptors)
+    assert first.read_bytes() == b"alpha-beta-delta"
+    assert second.read_bytes() == b"gamma"
+    for descriptor in descriptors:  # closed after their writes
+        with pytest.raises(OSError):
+            os.fstat(descriptor)
