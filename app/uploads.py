@@ -263,9 +263,11 @@ class SpoolWriter:
         self.in_flight = _SPOOL_THREADS.submit(_write_slices, writes, closing)
 
     async def settle(self) -> None:
-        """Wait until every batch handed over is written."""
+        """Wait until every batch handed over is written (usually it is already: then without a turn of the loop)."""
         if self.in_flight is not None:
-            await asyncio.wrap_future(self.in_flight)
+            if not self.in_flight.done():
+                await asyncio.wrap_future(self.in_flight)
+            self.in_flight.result()  # the write's error, if any
             self.in_flight = None
 
     def abandon(self, collector: _Collector) -> None:
