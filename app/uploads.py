@@ -394,7 +394,10 @@ async def receive_upload(request: Request, settings: Settings,
     else:
         # deleting the files frees their page-cache pages (a few milliseconds for 64 MiB): a spool thread
         # does it while the answer leaves (threads are joined at exit, so a stopped server leaves nothing)
-        _SPOOL_THREADS.submit(shutil.rmtree, directory, ignore_errors=True)
+        try:
+            _SPOOL_THREADS.submit(shutil.rmtree, directory, ignore_errors=True)
+        except RuntimeError:  # the interpreter is shutting down: no new thread work
+            shutil.rmtree(directory, ignore_errors=True)
 
 
 def new_output_path(upload: Upload, suffix: str) -> Path:
