@@ -50,10 +50,11 @@ MULTIPART_OVERHEAD_BYTES = 64 * 1024  # part headers, boundaries and text fields
 MAX_BOUNDARY_BYTES = 70
 #: the most parts one body may hold (a form has a dozen fields): parts cost Python work however small they are
 MAX_PARTS = 100
-#: file bytes gathered before they are handed to the spool's writer thread (one os.writev).  With one batch
-#: being written and one gathering, about 2 MiB of network chunks stay alive: under glibc's trim threshold
-#: (app/allocator.py), so their heap pages are reused; 2 MiB and larger batches fault pages in anew every batch
-SPOOL_BATCH_BYTES = 1 << 20
+#: file bytes gathered before they are handed to the spool's writer thread (one os.writev; each hand-off wakes
+#: the thread, so fewer is faster).  With one batch being written and one gathering, about 4 MiB of network chunks
+#: stay alive: under glibc's trim threshold (app/allocator.py), so their heap pages are reused rather than
+#: faulted in anew every batch
+SPOOL_BATCH_BYTES = 2 << 20
 #: slices per os.writev call (POSIX's IOV_MAX, 1024 on Linux)
 _MAX_SLICES = os.sysconf("SC_IOV_MAX") if hasattr(os, "sysconf") else 16
 #: the threads writing spool files, shared by every upload (each has at most one batch in flight)
