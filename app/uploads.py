@@ -57,6 +57,9 @@ MAX_PARTS = 100
 SPOOL_BATCH_BYTES = 2 << 20
 #: slices per os.writev call (POSIX's IOV_MAX, 1024 on Linux)
 _MAX_SLICES = os.sysconf("SC_IOV_MAX") if hasattr(os, "sysconf") else 16
+#: a batch is handed over at this many slices too: a client sending tiny network reads (within the upload rate)
+#: must not pile up millions of slice objects, each a few hundred bytes, before 2 MiB of them are in
+MAX_PENDING_SLICES = 1024
 #: the threads writing spool files, shared by every upload (each has at most one batch in flight)
 _SPOOL_THREADS = ThreadPoolExecutor(max_workers=4, thread_name_prefix="nibble-spool")
 #: pending writes: (file descriptor, bytes) in the order they arrived
@@ -330,7 +333,7 @@ async def _stream(request: Request, settings: Settings, collector: _Collector, b
                     last = loop.time()
                     received += len(chunk)
                     collector.feed(parser, chunk)
-                    if collector.batch_bytes >= SPOOL_BATCH_BYTES:
+                    if collector.batch_bytes >= SPOOL_BATCH_BYTES or len(collector.writes) >= MAX_PENDING_SLICES:
                         await spool.write(*collector.take())
             finally:
                 watchdog.cancel()

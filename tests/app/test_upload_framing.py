@@ -23,7 +23,7 @@ from hypothesis import strategies as st
 from safetensors.numpy import save as save_safetensors
 
 from app.problems import MalformedUpload
-from app.uploads import MAX_PARTS, _Collector, _write_slices
+from app.uploads import MAX_PARTS, MAX_PENDING_SLICES, SpoolWriter, Writes, _Collector, _stream, _write_slices
 from tests.app.conftest import make_settings
 
 BOUNDARY = b"----nibbleTestBoundary7MA4YWxkTrZu0gW"
@@ -232,3 +232,28 @@ def test_the_spool_writer_finishes_writes_the_system_cuts_short_and_keeps_each_f
     for descriptor in descriptors:  # closed after their writes
         with pytest.raises(OSError):
             os.fstat(descriptor)
+
+
+def test_a_body_in_tiny_reads_is_handed_to_the_spool_thread_every_max_pending_slices(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    content = npy_bytes(WEIGHTS)
+    body = multipart([("file", content, True)])
+    handed: list[int] = []
+    write = SpoolWriter.write
+
+    async def counting_write(self: SpoolWriter, writes: Writes, closing: list[int]) -> None:
+        handed.append(len(writes))
+        await write(self, writes, closing)
+
+    monkeypatch.setattr(SpoolWriter, "write", counting_write)
+
+    class OneByteReads:
+        async def stream(self) -> AsyncIterator[bytes]:
+            for index in range(len(body)):
+                yield body[index:index + 1]
+
+    collector = _Collector(tmp_path, ("file",), make_settings())
+    asyncio.run(_stream(OneByteReads(), make_settings(), collector, BOUNDARY, SpoolWriter()))  # type: ignore[arg-type]
+    assert len(content) > 4 * MAX_PENDING_SLICES
+    assert max(handed) <= MAX_PENDING_SLICES + 1  # a read can end a part: its slice and the next part's
+    assert collector.raw_files["file"][1].read_bytes() == content
