@@ -11,8 +11,10 @@ Two processes, two needs:
   (BENCHMARKS.md, API).  `keep_receive_buffers` fixes the thresholds so blocks
   under `MMAP_THRESHOLD_BYTES` come from the heap and up to
   `TRIM_THRESHOLD_BYTES` of free memory may stay at its top: the same few
-  pages serve every read.  Larger blocks (NumPy arrays) are still mapped and
-  unmapped, so the server keeps at most a few MiB more than it uses.
+  pages serve every read.  The threshold is above the ~4 MiB of reads an
+  upload holds while its spool thread writes them (app/uploads.py).  Larger
+  blocks (NumPy arrays) are still mapped and unmapped, so the server keeps at
+  most a few MiB more than it uses.
 * A worker process allocates and frees tens of MiB of NumPy scratch per job;
   `heap_trimmer` returns a function that hands the freed heap back once the
   worker is idle, so it does not keep its last job's high-water mark.
@@ -27,7 +29,7 @@ import ctypes.util
 from collections.abc import Callable
 
 MMAP_THRESHOLD_BYTES = 1 << 20
-TRIM_THRESHOLD_BYTES = 4 << 20
+TRIM_THRESHOLD_BYTES = 8 << 20
 _M_TRIM_THRESHOLD = -1  # glibc's mallopt parameter numbers (malloc.h)
 _M_MMAP_THRESHOLD = -3
 

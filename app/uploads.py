@@ -10,6 +10,11 @@ the client's), keeps small text fields in memory, and in ``finally`` (on
 success, on error, and when the client disconnects mid-upload) removes the
 directory.
 
+A file's bytes are written by a thread (`SpoolWriter`), in batches of a few
+MiB handed to ``os.writev`` as slices of the network chunks (no copy): the
+copy into the page cache then runs beside the event loop, which receives and
+parses the next bytes meanwhile, instead of after it.
+
 Every byte goes through the parser, so the answer does not depend on how the
 client's body was cut into network reads; a body that ends without its closing
 delimiter (``--boundary--``) is refused (400), whatever came before it.
@@ -19,13 +24,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
+import operator
 import os
 import shutil
 import tempfile
 from collections.abc import AsyncIterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import BinaryIO, Literal
+from typing import Literal
 
 from python_multipart.multipart import MultipartParser, parse_options_header
 from starlette.requests import ClientDisconnect, Request
@@ -44,6 +52,20 @@ PART_OVERHEAD_BYTES = 1024
 MAX_BOUNDARY_BYTES = 70
 #: the most parts one body may hold (a form has a dozen fields): parts cost Python work however small they are
 MAX_PARTS = 100
+#: file bytes gathered before they are handed to the spool's writer thread (one os.writev; each hand-off wakes
+#: the thread, so fewer is faster).  With one batch being written and one gathering, about 4 MiB of network chunks
+#: stay alive: under glibc's trim threshold (app/allocator.py), so their heap pages are reused rather than
+#: faulted in anew every batch
+SPOOL_BATCH_BYTES = 2 << 20
+#: slices per os.writev call (POSIX's IOV_MAX, 1024 on Linux)
+_MAX_SLICES = os.sysconf("SC_IOV_MAX") if hasattr(os, "sysconf") else 16
+#: a batch is handed over at this many slices too: a client sending tiny network reads (within the upload rate)
+#: must not pile up millions of slice objects, each a few hundred bytes, before 2 MiB of them are in
+MAX_PENDING_SLICES = 1024
+#: the threads writing spool files, shared by every upload (each has at most one batch in flight)
+_SPOOL_THREADS = ThreadPoolExecutor(max_workers=4, thread_name_prefix="nibble-spool")
+#: pending writes: (file descriptor, bytes) in the order they arrived
+Writes = list[tuple[int, memoryview]]
 
 
 @dataclass
@@ -111,7 +133,12 @@ class _Collector:
         self.header_value = b""
         self.headers: dict[str, bytes] = {}
         self.part_name = ""
-        self.sink: BinaryIO | None = None
+        #: the open spool file of the current file part; its writes wait in `writes`, then go to `SpoolWriter`
+        self.sink: int | None = None
+        self.writes: Writes = []
+        self.batch_bytes = 0
+        #: spool files whose part has ended, closed once their pending writes are done
+        self.closing: list[int] = []
         self.text: bytearray | None = None
         #: (field, the client's file name, path, bytes written), in the body's order
         self.raw_files: list[tuple[str, str, Path, int]] = []
@@ -151,7 +178,7 @@ class _Collector:
                                              field=self.part_name)
                 return
             path = self.directory / f"part-{len(self.raw_files)}"
-            self.sink = path.open("wb", buffering=0)
+            self.sink = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
             self.raw_files.append((self.part_name, (filename or b"").decode("utf-8", "replace"), path, 0))
             self.files_in[self.part_name] = self.files_in.get(self.part_name, 0) + 1
         else:
@@ -173,9 +200,10 @@ class _Collector:
                 self.error = LimitExceeded(self.limits.part_limit, written + size, self.limits.max_part_bytes,
                                            field=self._where())
                 return
-            view = memoryview(data)[start:end]  # a slice of the network chunk, not a copy of it
-            while view:  # a raw file may write less than asked
-                view = view[self.sink.write(view) or 0:]
+            # a slice of the network chunk (immutable bytes), not a copy; python-multipart's own buffers are copied
+            view = memoryview(data)[start:end] if type(data) is bytes else memoryview(bytes(data[start:end]))
+            self.writes.append((self.sink, view))
+            self.batch_bytes += size
             self.raw_files[-1] = (part, name, path, written + size)
         elif self.text is not None:
             self.text_bytes += size
@@ -201,9 +229,26 @@ class _Collector:
         self.ended = True
 
     def close(self) -> None:
+        """End the current file part: its spool file is closed after its pending writes."""
         if self.sink is not None:
-            self.sink.close()
+            self.closing.append(self.sink)
             self.sink = None
+
+    def take(self) -> tuple[Writes, list[int]]:
+        """The pending writes and the files to close after them, handed over (to `SpoolWriter.write`)."""
+        taken = self.writes, self.closing
+        self.writes, self.closing, self.batch_bytes = [], [], 0
+        return taken
+
+    def flush(self) -> None:
+        """Write the pending bytes now, on this thread, and close the ended parts' files."""
+        _write_slices(*self.take())
+
+    def discard(self) -> None:
+        """Drop the pending bytes and close every spool file (after an error)."""
+        self.close()
+        for descriptor in self.take()[1]:
+            os.close(descriptor)
 
     def parser(self, boundary: bytes) -> MultipartParser:
         """python-multipart's streaming parser of a body with `boundary`, calling this collector back."""
@@ -228,6 +273,52 @@ class _Collector:
                               field=self.part_name or "body")
 
 
+def _write_slices(writes: Writes, closing: list[int]) -> None:
+    """Write each slice to its file, in order (``os.writev`` over runs of one file), then close `closing`."""
+    try:
+        for descriptor, run in itertools.groupby(writes, key=operator.itemgetter(0)):
+            views = [view for _, view in run]
+            first = 0
+            while first < len(views):
+                written = os.writev(descriptor, views[first:first + _MAX_SLICES])
+                while first < len(views) and written >= len(views[first]):  # a write may stop short
+                    written -= len(views[first])
+                    first += 1
+                if written:
+                    views[first] = views[first][written:]
+    finally:
+        for descriptor in closing:
+            os.close(descriptor)
+
+
+class SpoolWriter:
+    """Writes an upload's file bytes on a thread, one batch at a time, while the event loop receives the next."""
+
+    def __init__(self) -> None:
+        self.in_flight: Future[None] | None = None
+
+    async def write(self, writes: Writes, closing: list[int]) -> None:
+        """Wait for the previous batch (its errors are raised here), then start writing this one."""
+        await self.settle()
+        self.in_flight = _SPOOL_THREADS.submit(_write_slices, writes, closing)
+
+    async def settle(self) -> None:
+        """Wait until every batch handed over is written (usually it is already: then without a turn of the loop)."""
+        if self.in_flight is not None:
+            if not self.in_flight.done():
+                await asyncio.wrap_future(self.in_flight)
+            self.in_flight.result()  # the write's error, if any
+            self.in_flight = None
+
+    def abandon(self, collector: _Collector) -> None:
+        """After an error: wait for the batch in flight (it is being written), drop the rest, close every file."""
+        if self.in_flight is not None:
+            with contextlib.suppress(Exception):
+                self.in_flight.result()  # at most one batch: a few milliseconds
+            self.in_flight = None
+        collector.discard()
+
+
 def _boundary(request: Request) -> bytes:
     content_type, options = parse_options_header(request.headers.get("content-type", ""))
     if content_type != b"multipart/form-data" or not options.get(b"boundary"):
@@ -242,7 +333,8 @@ def _boundary(request: Request) -> bytes:
     return boundary
 
 
-async def _stream(request: Request, settings: Settings, collector: _Collector, boundary: bytes) -> None:
+async def _stream(request: Request, settings: Settings, collector: _Collector, boundary: bytes,
+                  spool: SpoolWriter) -> None:
     """Parse the body as it arrives, under one deadline (408 past it; see ``upload_idle_seconds``).
 
     The next bytes are due within `idle` seconds, and the body may fall at
@@ -277,10 +369,14 @@ async def _stream(request: Request, settings: Settings, collector: _Collector, b
                     last = loop.time()
                     received += len(chunk)
                     collector.feed(parser, chunk)
+                    if collector.batch_bytes >= SPOOL_BATCH_BYTES or len(collector.writes) >= MAX_PENDING_SLICES:
+                        await spool.write(*collector.take())
             finally:
                 watchdog.cancel()
         parser.finalize()
         collector.finish()
+        await spool.write(*collector.take())
+        await spool.settle()
     except TimeoutError:
         if loop.time() - last >= idle:
             reason = f"sent no bytes for {idle:g} s"
@@ -298,7 +394,8 @@ async def _stream(request: Request, settings: Settings, collector: _Collector, b
 @contextlib.asynccontextmanager
 async def receive_upload(request: Request, settings: Settings,
                          limits: FormLimits = FormLimits()) -> AsyncIterator[Upload]:
-    """Stream a multipart body into a temp directory; yield the parsed `Upload`; always delete it.
+    """Stream a multipart body into a temp directory; yield the parsed `Upload`; always delete it (after an
+    error before raising; after success on a spool thread, while the answer is sent).
 
     Raises `LimitExceeded` (413) when the Content-Length, or the file bytes
     received so far, pass ``settings.max_upload_bytes`` (or `limits`' own, and
@@ -316,11 +413,13 @@ async def receive_upload(request: Request, settings: Settings,
         raise LimitExceeded(limits.limit, int(declared), max_file_bytes, field="file")
     directory = Path(tempfile.mkdtemp(prefix="nibble-upload-", dir=settings.temp_dir))
     collector = _Collector(directory, limits, settings)
+    spool = SpoolWriter()
     try:
         try:
-            await _stream(request, settings, collector, boundary)
-        finally:
-            collector.close()
+            await _stream(request, settings, collector, boundary, spool)
+        except BaseException:
+            spool.abandon(collector)
+            raise
         upload = Upload(fields=collector.fields, directory=directory)
         for name, filename, path, size in collector.raw_files:
             with path.open("rb") as handle:
@@ -335,8 +434,16 @@ async def receive_upload(request: Request, settings: Settings,
             else:
                 upload.files[name] = uploaded
         yield upload
-    finally:
+    except BaseException:
         shutil.rmtree(directory, ignore_errors=True)
+        raise
+    else:
+        # deleting the files frees their page-cache pages (a few milliseconds for 64 MiB): a spool thread
+        # does it while the answer leaves (threads are joined at exit, so a stopped server leaves nothing)
+        try:
+            _SPOOL_THREADS.submit(shutil.rmtree, directory, ignore_errors=True)
+        except RuntimeError:  # the interpreter is shutting down: no new thread work
+            shutil.rmtree(directory, ignore_errors=True)
 
 
 def new_output_path(upload: Upload, suffix: str) -> Path:

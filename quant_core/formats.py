@@ -65,6 +65,7 @@ The formats checkpoints ship in (each a name, with its tensors as the tools writ
 
 from __future__ import annotations
 
+import functools
 import math
 import numbers
 from dataclasses import dataclass
@@ -322,6 +323,7 @@ def ggml_format(ggml_type: str) -> WeightFormat:
     return WeightFormat("ggml", None, True, "none", ggml_type=name)
 
 
+@functools.cache  # three names; a plan asks for one several times (formats are frozen, so shared)
 def float_format(name: str) -> WeightFormat:
     """A 16- or 32-bit float format by name (``bf16``, ``fp16``, ``fp32``)."""
     if name not in FLOAT_FORMATS:

@@ -8,6 +8,7 @@ import math
 import pickle
 import struct
 import tempfile
+import time
 from pathlib import Path
 
 import gguf
@@ -245,9 +246,20 @@ def test_upload_over_the_limit_is_413_and_leaves_no_temp_files(weights: np.ndarr
         assert response.status_code == 413
         body = response.json()
         assert body["limit"] == "max_upload_bytes" and body["maximum"] == 4096 and body["value"] > 4096
+        assert list(Path(spool).iterdir()) == []  # a refused upload is deleted before the answer
         ok = small.post("/v1/quantize", files={"file": ("w.npy", npy_bytes(weights[:2, :128]))})
         assert ok.status_code == 200
-        assert list(Path(spool).iterdir()) == []
+        assert emptied(Path(spool)), "an answered upload was not deleted"  # by a spool thread, as the answer leaves
+
+
+def emptied(directory: Path, seconds: float = 10.0) -> bool:
+    """Whether `directory` is empty, or becomes so within `seconds`."""
+    deadline = time.monotonic() + seconds
+    while any(directory.iterdir()):
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.01)
+    return True
 
 
 def test_upload_over_the_limit_without_content_length_is_cut_off_while_streaming(weights: np.ndarray) -> None:

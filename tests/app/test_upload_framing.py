@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import io
 import itertools
+import os
 import struct
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -22,7 +23,16 @@ from hypothesis import strategies as st
 from safetensors.numpy import save as save_safetensors
 
 from app.problems import MalformedUpload
-from app.uploads import MAX_PARTS, FormLimits, _Collector
+from app.uploads import (
+    MAX_PARTS,
+    MAX_PENDING_SLICES,
+    FormLimits,
+    SpoolWriter,
+    Writes,
+    _Collector,
+    _stream,
+    _write_slices,
+)
 from tests.app.conftest import make_settings
 
 BOUNDARY = b"----nibbleTestBoundary7MA4YWxkTrZu0gW"
@@ -61,11 +71,12 @@ def collect(body: bytes, cuts: list[int], directory: Path) -> tuple[dict[str, by
                 collector.feed(parser, body[start:stop])
         parser.finalize()
         collector.finish()
+        collector.flush()  # the server hands these writes to its spool thread (SpoolWriter)
         files = {name: path.read_bytes() for name, _, path, _size in collector.raw_files}
         assert all(len(files[name]) == size for name, _, _path, size in collector.raw_files)
         return files, collector.fields
     finally:
-        collector.close()
+        collector.discard()
 
 
 def outcome(body: bytes, cuts: list[int], directory: Path) -> object:
@@ -214,3 +225,44 @@ def test_the_http_answer_is_the_same_however_the_body_is_cut_into_reads(name: st
     whole = asyncio.run(_post_in_pieces(body, []))
     assert whole[0] == (200 if name == "answered" else 400)
     assert asyncio.run(_post_in_pieces(body, cuts)) == whole
+
+
+def test_the_spool_writer_finishes_writes_the_system_cuts_short_and_keeps_each_files_order(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    real_writev = os.writev
+    monkeypatch.setattr(os, "writev", lambda descriptor, views: real_writev(descriptor, [bytes(views[0])[:3]]))
+    first, second = tmp_path / "part-0", tmp_path / "part-1"
+    descriptors = [os.open(path, os.O_WRONLY | os.O_CREAT) for path in (first, second)]
+    pieces = [(descriptors[0], b"alpha-"), (descriptors[0], b"beta-"), (descriptors[1], b"gamma"),
+              (descriptors[0], b"delta")]
+    _write_slices([(descriptor, memoryview(piece)) for descriptor, piece in pieces], descriptors)
+    assert first.read_bytes() == b"alpha-beta-delta"
+    assert second.read_bytes() == b"gamma"
+    for descriptor in descriptors:  # closed after their writes
+        with pytest.raises(OSError):
+            os.fstat(descriptor)
+
+
+def test_a_body_in_tiny_reads_is_handed_to_the_spool_thread_every_max_pending_slices(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    content = npy_bytes(WEIGHTS)
+    body = multipart([("file", content, True)])
+    handed: list[int] = []
+    write = SpoolWriter.write
+
+    async def counting_write(self: SpoolWriter, writes: Writes, closing: list[int]) -> None:
+        handed.append(len(writes))
+        await write(self, writes, closing)
+
+    monkeypatch.setattr(SpoolWriter, "write", counting_write)
+
+    class OneByteReads:
+        async def stream(self) -> AsyncIterator[bytes]:
+            for index in range(len(body)):
+                yield body[index:index + 1]
+
+    collector = _Collector(tmp_path, FormLimits(("file",)), make_settings())
+    asyncio.run(_stream(OneByteReads(), make_settings(), collector, BOUNDARY, SpoolWriter()))  # type: ignore[arg-type]
+    assert len(content) > 4 * MAX_PENDING_SLICES
+    assert max(handed) <= MAX_PENDING_SLICES + 1  # a read can end a part: its slice and the next part's
+    assert collector.raw_files["file"][1].read_bytes() == content
