@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -95,6 +96,13 @@ def _job_manager(settings: Settings, pool: WorkerPool) -> JobManager | None:
                       threads=settings.job_threads, tensors=tensors, uploads=uploads)
 
 
+#: how long a thread may hold the GIL while another waits for it (CPython's default is 5 ms).  A large sweep
+#: runs on a worker thread; each time the event loop makes a system call it lets the GIL go and then waits up
+#: to this long to get it back, so at 5 ms one maximum sweep pushed the p99 of plans from 24 ms to 178 ms
+#: (benchmarks/load_test.py's attack mix); at 0.5 ms, 92 ms.  With one thread running it costs nothing.
+GIL_SWITCH_SECONDS = 0.0005
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
     """Build the nibble app under `settings` (default: `get_settings()`, from ``NIBBLE_*``)."""
     settings = settings or get_settings()
@@ -104,6 +112,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         keep_receive_buffers()  # the serving process: upload reads reuse heap pages (app/allocator.py)
+        sys.setswitchinterval(GIL_SWITCH_SECONDS)
         pool.start()
         manager = _job_manager(settings, pool)
         app.state.jobs = manager
