@@ -52,6 +52,7 @@ from starlette.requests import Request
 
 from app.problems import ApiProblem, UnsupportedMediaType, UploadStalled
 from app.settings import Settings
+from app.uploads import body_due, stall_reason
 from quant_core.errors import InvalidSpec, LimitExceeded
 
 TUS_VERSION = "1.0.0"
@@ -161,17 +162,13 @@ async def paced_chunks(request: Request, idle_seconds: float, min_bytes_per_seco
     received = 0
     chunks = request.stream().__aiter__()
     while True:
-        due = min(last + idle_seconds, started + idle_seconds + received / min_bytes_per_second)
+        due = body_due(started, last, received, idle_seconds, min_bytes_per_second)
         try:
             chunk = await asyncio.wait_for(anext(chunks), max(0.0, due - loop.time()))
         except StopAsyncIteration:
             return
         except TimeoutError:
-            if loop.time() - last >= idle_seconds:
-                reason = f"sent no bytes for {idle_seconds:g} s"
-            else:
-                reason = (f"sent {received} bytes in {loop.time() - started:.0f} s, slower than the "
-                          f"{min_bytes_per_second:g} bytes per second an upload must keep up")
+            reason = stall_reason(started, last, received, loop.time(), idle_seconds, min_bytes_per_second)
             raise UploadStalled(f"the PATCH body {reason}; the bytes received are kept (HEAD tells the offset)",
                                 field="body", headers={"Connection": "close"}) from None
         last = loop.time()

@@ -319,6 +319,21 @@ class SpoolWriter:
         collector.discard()
 
 
+def body_due(started: float, last: float, received: int, idle: float, rate: float) -> float:
+    """When a body's next bytes are due: within `idle` seconds of the last read, and never more than `idle`
+    seconds behind `rate` bytes per second since it `started` (``upload_idle_seconds`` and
+    ``upload_min_bytes_per_second``; tus PATCH bodies keep the same pace)."""
+    return min(last + idle, started + idle + received / rate)
+
+
+def stall_reason(started: float, last: float, received: int, now: float, idle: float, rate: float) -> str:
+    """Why a body missed `body_due`, for its 408: silence, or too slow an average."""
+    if now - last >= idle:
+        return f"sent no bytes for {idle:g} s"
+    return (f"sent {received} bytes in {now - started:.0f} s, slower than the {rate:g} bytes per second an "
+            "upload must keep up")
+
+
 def _boundary(request: Request) -> bytes:
     content_type, options = parse_options_header(request.headers.get("content-type", ""))
     if content_type != b"multipart/form-data" or not options.get(b"boundary"):
@@ -349,7 +364,7 @@ async def _stream(request: Request, settings: Settings, collector: _Collector, b
     received = 0
 
     def due() -> float:
-        return min(last + idle, started + idle + received / rate)
+        return body_due(started, last, received, idle, rate)
 
     watchdog: asyncio.TimerHandle
     try:
@@ -378,11 +393,7 @@ async def _stream(request: Request, settings: Settings, collector: _Collector, b
         await spool.write(*collector.take())
         await spool.settle()
     except TimeoutError:
-        if loop.time() - last >= idle:
-            reason = f"sent no bytes for {idle:g} s"
-        else:
-            reason = (f"sent {received} bytes in {loop.time() - started:.0f} s, slower than the "
-                      f"{rate:g} bytes per second an upload must keep up")
+        reason = stall_reason(started, last, received, loop.time(), idle, rate)
         raise UploadStalled(f"the upload {reason} (after {collector.file_bytes} file bytes)", field="file",
                             headers={"Connection": "close"}) from None
     except (ClientDisconnect, LimitExceeded, MalformedUpload):
