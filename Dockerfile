@@ -30,4 +30,4 @@ HEALTHCHECK --interval=30s --timeout=5s --start-period=20s --retries=3 \
 # On SIGTERM, in-flight requests get up to 25 s to finish.  Docker's stop timeout is 10 s by default:
 # stop with `docker stop -t 30` (compose: stop_grace_period: 30s) to give them the whole grace period.
 # The connection limits are SECURITY.md's ("Connections"), the same as `make run` and `nibble serve`.
-CMD ["uvicorn", "app.main:app", "--host", "0.0.0.0", "--port", "8000", "--timeout-graceful-shutdown", "25", "--limit-concurrency", "256", "--timeout-keep-alive", "5", "--backlog", "256"]
+CMD ["uvicorn", "app.main:app", "--host", "0.0.0.0", "--port", "8000", "--timeout-graceful-shutdown", "25", "--loop", "app.connections:GuardedEventLoop", "--limit-concurrency", "256", "--timeout-keep-alive", "5", "--backlog", "256"]

@@ -8,7 +8,8 @@ PORT ?= 8000
 # Seconds in-flight requests get after SIGTERM before they are stopped (SECURITY.md, graceful shutdown).
 GRACE ?= 30
 # What one server process holds (SECURITY.md, "Connections"; the same as `nibble serve` and the Dockerfile).
-UVICORN_LIMITS ?= --limit-concurrency 256 --timeout-keep-alive 5 --backlog 256
+# The guarded event loop bounds each request head in time and size, and the open connections (app/connections.py).
+UVICORN_LIMITS ?= --loop app.connections:GuardedEventLoop --limit-concurrency 256 --timeout-keep-alive 5 --backlog 256
 
 .PHONY: run test lint bench openapi docker-smoke clean
 

@@ -585,13 +585,15 @@ SERVE_LIMIT_CONCURRENCY = 256
 SERVE_TIMEOUT_KEEP_ALIVE_SECONDS = 5
 SERVE_BACKLOG = 256
 SERVE_MAX_HEAD_BYTES = 64 * 1024
+#: the event loop that bounds each request head in time and size and the open connections (app/connections.py)
+SERVE_LOOP = "app.connections:GuardedEventLoop"
 
 
 def command_serve(args: argparse.Namespace) -> int:
-    """Stock ``uvicorn app.main:app`` with the connection limits of SECURITY.md."""
+    """Stock ``uvicorn app.main:app`` on the guarded event loop, with the connection limits of SECURITY.md."""
     import uvicorn  # only this command needs the server
 
-    uvicorn.run("app.main:app", host=args.host, port=args.port, workers=args.workers, http=args.http,
+    uvicorn.run("app.main:app", host=args.host, port=args.port, workers=args.workers, http=args.http, loop=SERVE_LOOP,
                 limit_concurrency=args.limit_concurrency, timeout_keep_alive=args.timeout_keep_alive,
                 backlog=args.backlog, h11_max_incomplete_event_size=args.max_head_bytes)
     return 0

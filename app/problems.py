@@ -152,6 +152,24 @@ class UnsupportedTransferCoding(ApiProblem):
     status, title, slug = 501, "Transfer coding not implemented", "transfer-coding-not-implemented"
 
 
+class HeadTimeout(ApiProblem):
+    """A connection that did not complete its request head within ``head_timeout_seconds`` (slowloris)."""
+
+    status, title, slug = 408, "Request head timed out", "request-head-timeout"
+
+
+class HeadTooLarge(ApiProblem):
+    """A request head longer than ``max_head_bytes`` (RFC 6585 §5: 431)."""
+
+    status, title, slug = 431, "Request head too large", "request-head-too-large"
+
+
+class TooManyConnections(ApiProblem):
+    """The process already holds ``max_connections`` open connections: a new one is answered and closed."""
+
+    status, title, slug = 503, "Too many connections", "too-many-connections"
+
+
 class PoolFull(ApiProblem):
     """Every worker is busy and the queue is full: try again later (503 with Retry-After)."""
 

@@ -66,6 +66,16 @@ class Settings(BaseSettings):
     upload_min_bytes_per_second: float = Field(
         65536.0, gt=0, description="Slowest average rate an upload may keep (it may fall upload_idle_seconds "
         "behind it) before it is refused with 408: a client trickling bytes cannot hold a pool place either.")
+    head_timeout_seconds: float = Field(
+        10.0, gt=0, description="Longest a connection may take to send a request head, from its opening (or from "
+        "its first byte after an answer), before it is answered 408 and closed; under the guarded event loop "
+        "(`--loop app.connections:GuardedEventLoop`, as `make run`, `nibble serve` and the Dockerfile start it).")
+    max_head_bytes: int = Field(
+        64 * 1024, gt=0, description="Longest request head (request line and headers), bytes: past it the "
+        "connection is answered 431 and closed; under the guarded event loop.")
+    max_connections: int = Field(
+        1024, gt=0, description="Most connections one server process holds open (with or without a request "
+        "head yet): a new one past it is answered 503 and closed; under the guarded event loop.")
     cors_origins: Annotated[list[str], NoDecode] = Field(
         default_factory=list, description="Origins allowed by CORS (comma-separated in the environment)."
     )

@@ -347,7 +347,8 @@ def test_the_table_states_the_decode_bound_and_its_basis() -> None:
     assert "speed basis: Upper bounds, not predictions" in out and "H100 Tensor Core GPU datasheet" in out
 
 
-def test_serve_runs_stock_uvicorn_with_the_connection_limits_of_security_md(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_serve_runs_stock_uvicorn_on_the_guarded_loop_with_the_connection_limits_of_security_md(
+        monkeypatch: pytest.MonkeyPatch) -> None:
     import uvicorn
 
     calls: list[tuple[tuple[object, ...], dict[str, object]]] = []
@@ -355,12 +356,15 @@ def test_serve_runs_stock_uvicorn_with_the_connection_limits_of_security_md(monk
     assert nibble("serve", "--port", "8123")[0] == 0
     ((args, kwargs),) = calls
     assert args == ("app.main:app",)
-    assert kwargs == {"host": "127.0.0.1", "port": 8123, "workers": 1, "http": "auto", "limit_concurrency": 256,
+    assert kwargs == {"host": "127.0.0.1", "port": 8123, "workers": 1, "http": "auto",
+                      "loop": "app.connections:GuardedEventLoop", "limit_concurrency": 256,
                       "timeout_keep_alive": 5, "backlog": 256, "h11_max_incomplete_event_size": 65536}
     makefile = (REPO_ROOT / "Makefile").read_text()
     dockerfile = (REPO_ROOT / "Dockerfile").read_text()
-    assert "--limit-concurrency 256 --timeout-keep-alive 5 --backlog 256" in makefile
-    assert '"--limit-concurrency", "256", "--timeout-keep-alive", "5", "--backlog", "256"' in dockerfile
+    assert ("--loop app.connections:GuardedEventLoop --limit-concurrency 256 --timeout-keep-alive 5 --backlog 256"
+            in makefile)
+    assert ('"--loop", "app.connections:GuardedEventLoop", "--limit-concurrency", "256", "--timeout-keep-alive", '
+            '"5", "--backlog", "256"' in dockerfile)
     assert "app.http_protocol" not in makefile + dockerfile
 
 

@@ -23,6 +23,8 @@ from typing import Any
 import httpx
 import pytest
 
+from app.cli import SERVE_LOOP
+
 REPO_ROOT = Path(__file__).resolve().parents[2]
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -51,17 +53,20 @@ def free_port() -> int:
 
 @contextmanager
 def start_server(env: Mapping[str, str] | None = None, startup_timeout_seconds: float = 60.0,
-                 log_path: Path | None = None, uvicorn_options: Sequence[str] = ()) -> Iterator[str]:
+                 log_path: Path | None = None, uvicorn_options: Sequence[str] = (),
+                 guarded: bool = True) -> Iterator[str]:
     """Start stock ``uvicorn app.main:app`` on a free port; yield its base URL once /healthz answers.
 
-    `uvicorn_options` are more of uvicorn's own command-line options (``--limit-concurrency 8``, ...).
+    `uvicorn_options` are more of uvicorn's own command-line options (``--limit-concurrency 8``, ...).  The
+    server runs on nibble's guarded event loop (``--loop app.connections:GuardedEventLoop``), as ``make run``
+    starts it, unless `guarded` is false (bare ``uvicorn app.main:app``).
     """
     port = free_port()
     environment = {**os.environ, **(env or {})}
     log = (log_path or Path(os.devnull)).open("wb")
     process = subprocess.Popen(
         [sys.executable, "-m", "uvicorn", "app.main:app", "--host", "127.0.0.1", "--port", str(port),
-         "--log-level", "warning", *uvicorn_options],
+         "--log-level", "warning", *(("--loop", SERVE_LOOP) if guarded else ()), *uvicorn_options],
         cwd=REPO_ROOT, env=environment, stdout=log, stderr=subprocess.STDOUT,
     )
     base_url = f"http://127.0.0.1:{port}"
