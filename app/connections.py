@@ -24,8 +24,9 @@ answer is a problem document, and the connection is closed after it.
 from __future__ import annotations
 
 import asyncio
+from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from http import HTTPStatus
 from typing import Any
 
@@ -39,6 +40,23 @@ from app.settings import Settings, get_settings
 #: version and the line ends (a short estimate; the bound is on the client's bytes, not on a byte count)
 REQUEST_LINE_BYTES = len("OPTIONS  HTTP/1.1\r\n\r\n")
 HEADER_LINE_BYTES = len(": \r\n")
+
+
+@dataclass
+class GuardStats:
+    """What the guarded servers of this process hold and have refused, for ``/metrics`` (`app.metrics`)."""
+
+    guarded: bool = False  # a guarded server started in this process
+    open_sets: list[set[HeadGuard]] = field(default_factory=list)
+    refused: Counter[str] = field(default_factory=Counter)  # by the problem's slug
+
+    @property
+    def open(self) -> int:
+        return sum(map(len, self.open_sets))
+
+
+#: this process's figures (one event loop serves one process)
+STATS = GuardStats()
 
 
 @dataclass(frozen=True)
@@ -190,6 +208,7 @@ class HeadGuard(asyncio.Protocol):
         """Answer `problem` and close; uvicorn's protocol is told the connection is lost when the close is done."""
         self.disarm()
         self.refused = True
+        STATS.refused[problem.slug] += 1
         assert self.transport is not None
         if not self.transport.is_closing():
             self.transport.write(refusal(problem))
@@ -203,6 +222,8 @@ class GuardedEventLoop(uvloop.Loop):
     def _guard(self, protocol_factory: Callable[[], asyncio.BaseProtocol]) -> Callable[[], HeadGuard]:
         limits = HeadLimits.from_settings(get_settings())
         open_guards: set[HeadGuard] = set()
+        STATS.guarded = True
+        STATS.open_sets.append(open_guards)
         return lambda: HeadGuard(protocol_factory(), self, limits, open_guards)
 
     async def create_server(self, protocol_factory: Callable[[], asyncio.BaseProtocol], *args: Any,

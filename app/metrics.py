@@ -12,6 +12,8 @@ never share or double-register counters.  What is measured:
   ``nibble_quantization_output_bytes_total`` and ``nibble_quantized_tensors_total``
   by method, fed by `observe_quantization` (the quantize router calls it per
   tensor and method, from the job's report);
+- under the guarded event loop (`app.connections`), ``nibble_connections_open``
+  and ``nibble_connections_refused_total`` by reason (the problem's slug);
 - the worker pool, read from ``app.state.pool.stats`` at scrape time: busy
   workers, queued requests, size, capacity, and its completed / rejected /
   timed-out job counts.
@@ -34,6 +36,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from app.connections import STATS
 from app.page import install_page
 from app.request_log import install_request_log, route_template
 from app.security import require_api_key
@@ -72,6 +75,23 @@ class _PoolCollector(Collector):
                                   value=stats.timed_out)
 
 
+class _ConnectionCollector(Collector):
+    """Reads the guarded event loop's figures (`app.connections.STATS`) at scrape time; nothing when the process
+    does not run on it."""
+
+    def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
+        if not STATS.guarded:
+            return
+        yield GaugeMetricFamily("nibble_connections_open", "Connections the process holds open (guarded loop).",
+                                value=STATS.open)
+        refused = CounterMetricFamily("nibble_connections_refused", "Connections answered and closed by the "
+                                      "guarded loop: head too slow (408), too large (431), too many open (503).",
+                                      labels=("reason",))
+        for reason, count in sorted(STATS.refused.items()):
+            refused.add_metric((reason,), count)
+        yield refused
+
+
 class Metrics:
     """The metric objects of one app, in their own registry."""
 
@@ -94,6 +114,7 @@ class Metrics:
         self.quantized_tensors = Counter("nibble_quantized_tensors", "Tensors quantized, by method.", ("method",),
                                          registry=self.registry)
         self.registry.register(_PoolCollector(app))
+        self.registry.register(_ConnectionCollector())
         self._request_children: dict[tuple[str, str, int], tuple[Any, Any]] = {}
 
     def request_children(self, method: str, route: str, status: int) -> tuple[Any, Any]:

@@ -18,6 +18,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import urlsplit
 
+import httpx
 import pytest
 
 from app.cli import SERVE_MAX_HEAD_BYTES
@@ -338,3 +339,14 @@ def test_silent_connections_never_pile_up_past_max_connections(guarded_server: s
     finally:
         for connection in opened:
             connection.close()
+
+
+def test_metrics_count_the_open_and_the_refused_connections(guarded_server: str) -> None:
+    with connect(guarded_server) as connection:
+        assert_refused(connection, 408, "head")
+    metrics = httpx.get(f"{guarded_server}/metrics").text
+    refused = {line.split('"')[1]: float(line.split()[-1]) for line in metrics.splitlines()
+               if line.startswith("nibble_connections_refused_total{")}
+    assert refused["request-head-timeout"] >= 1
+    open_now = [float(line.split()[-1]) for line in metrics.splitlines() if line.startswith("nibble_connections_open ")]
+    assert open_now and 1 <= open_now[0] <= MAX_CONNECTIONS  # the scrape's own connection at least
