@@ -217,6 +217,9 @@ class DevicePlan:
     used_bytes: int
     headroom_bytes: int
     fits: bool
+    #: of `weights_bytes`, the copies of the embedding, final norm and lm_head that the engine builds on this
+    #: stage but that only the first or last stage runs (vLLM's Qwen3-MoE, Mixtral, ...: see `plan`)
+    unread_weights_bytes: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -325,6 +328,8 @@ class _Layout:
     stage_kv: tuple[_StageKV, ...]
     #: bytes of the embedding, final norm and lm_head on one rank of each stage, when every stage holds them
     vocabulary_on_every_stage: int = 0
+    #: per stage, the bytes of those copies that the stage holds but never runs (0 when they sit where used)
+    stage_unread: tuple[int, ...] = ()
 
 
 def _stage_ranges(num_layers: int, stages: int) -> tuple[tuple[int, int], ...]:
@@ -381,20 +386,23 @@ def _build_layout(spec: ModelSpec, scheme: WeightScheme, kv_dtype_name: str,
     last = pipeline_parallel - 1
     stage_of = [stage for stage, (start, stop) in enumerate(stages) for _ in range(start, stop)]
     weights = [0] * pipeline_parallel
-    everywhere = 0
+    home = [0] * pipeline_parallel  # the tensors outside the layers where the stages that run them hold them
+    outside = 0  # ... and all of them once (a tied lm_head is the embedding itself)
     for entry, one in _weight_rows(spec, scheme):
         per_rank = _sharded_bytes(one, entry.role, tensor_parallel) * entry.per_layer
         if entry.layers:
             for index in entry.layers:  # once per layer, not per layer and stage (4,096 layers x 1,024 stages)
                 weights[stage_of[index]] += per_rank
-        elif vocabulary_everywhere and pipeline_parallel > 1:
-            everywhere += per_rank  # a tied lm_head is the embedding itself: one copy per stage
-        elif entry.role in ("embedding", "position_embedding"):
-            weights[0] += per_rank
+            continue
+        outside += per_rank
+        if entry.role in ("embedding", "position_embedding"):
+            home[0] += per_rank
             if entry.role == "embedding" and spec.tie_word_embeddings and pipeline_parallel > 1:
-                weights[last] += per_rank  # the tied lm_head is a second copy on the last stage
+                home[last] += per_rank  # the tied lm_head is a second copy on the last stage
         else:  # final norm, lm_head
-            weights[last] += per_rank
+            home[last] += per_rank
+    everywhere = outside if vocabulary_everywhere and pipeline_parallel > 1 else 0
+    held = [everywhere] * pipeline_parallel if everywhere else home
     stage_kv = []
     for start, stop in stages:
         groups: dict[int | None, int] = {}
@@ -402,8 +410,9 @@ def _build_layout(spec: ModelSpec, scheme: WeightScheme, kv_dtype_name: str,
             window = layer.window if layer.kind == "sliding" else None
             groups[window] = groups.get(window, 0) + layer_bytes_per_token(layer, kv_dtype_name, tensor_parallel)
         stage_kv.append(_StageKV(tuple(groups.items())))
-    return _Layout(tensor_parallel, pipeline_parallel, stages, tuple(size + everywhere for size in weights),
-                   tuple(stage_kv), everywhere)
+    return _Layout(tensor_parallel, pipeline_parallel, stages,
+                   tuple(size + extra for size, extra in zip(weights, held, strict=True)), tuple(stage_kv),
+                   everywhere, tuple(extra - own for extra, own in zip(held, home, strict=True)))
 
 
 # ---------------------------------------------------------------------------
@@ -765,7 +774,8 @@ def _format_plan(terms: _ModelTerms, hardware: Hardware, workload: Workload, ten
         same = (layers, hardware.capacity_bytes, evaluator.usable_bytes, layout.stage_weights[stage], kv,
                 activations, overhead, used, evaluator.usable_bytes - used,
                 used <= evaluator.usable_bytes)  # every tensor-parallel rank of a stage holds the same
-        devices.extend(DevicePlan(stage * tensor_parallel + rank, stage, rank, *same)
+        unread = layout.stage_unread[stage]
+        devices.extend(DevicePlan(stage * tensor_parallel + rank, stage, rank, *same, unread_weights_bytes=unread)
                        for rank in range(tensor_parallel))
     fits = terms.fits_predicate(evaluator, tensor_parallel, options.pipeline_parallel)
     max_context, limited_by = _max_context(evaluator, layout, fits, workload.concurrent_sequences)

@@ -349,6 +349,32 @@ def test_vllm_builds_the_qwen3_moe_embedding_and_lm_head_on_every_pipeline_stage
     assert not any("on every pipeline stage" in w for w in PP2.warnings)  # Llama: llama.py guards them
 
 
+@pytest.mark.parametrize(("model", "everywhere"), [
+    # vllm/model_executor/models/ (v0.27.1, v0.33.0): no get_pp_group() test around the embedding and lm_head in
+    # qwen3_moe.py, mixtral.py, gpt_oss.py, gemma2.py, gemma3.py, falcon.py, gpt2.py; PPMissingLayer on the other
+    # ranks in llama.py (Mistral, Phi-3), qwen2.py, qwen3.py, deepseek_v2.py.
+    ("qwen3-30b-a3b", True), ("mixtral-8x7b-v0.1", True), ("gpt-oss-20b", True), ("gemma-2-9b", True),
+    ("gemma-3-1b-it", True), ("falcon-7b", True), ("gpt2", True),
+    ("llama-3.1-8b", False), ("mistral-7b-v0.1", False), ("phi-3-mini-4k-instruct", False), ("qwen2.5-7b", False),
+    ("qwen3-8b", False), ("deepseek-v3", False),
+])
+def test_the_model_families_vllm_builds_the_vocabulary_for_on_every_stage(model: str, everywhere: bool) -> None:
+    spec = get_preset(model)
+    assert (VllmProfile().vocabulary_on_every_stage(spec) is not None) == everywhere
+    staged = plan(spec, Hardware(get_device("h100-80gb").planning_bytes, 3), Workload(4096, 1),
+                  PlanOptions(pipeline_parallel=3, weight_format=float_format("bf16")))
+    generic = plan(spec, Hardware(get_device("h100-80gb").planning_bytes, 3), Workload(4096, 1),
+                   PlanOptions(pipeline_parallel=3, weight_format=float_format("bf16"), engine="generic"))
+    middle, alone = staged.primary.devices[1], generic.primary.devices[1]  # a middle stage runs neither matrix
+    roles = staged.primary.weights_by_role
+    vocabulary = sum(roles.get(role, 0) for role in ("embedding", "position_embedding", "lm_head"))
+    if everywhere:  # one copy of each (a tied lm_head is the embedding) and the final norm, none of which it runs
+        assert middle.unread_weights_bytes == middle.weights_bytes - alone.weights_bytes
+        assert vocabulary <= middle.unread_weights_bytes < vocabulary + (1 << 20)
+    else:
+        assert middle.unread_weights_bytes == 0 and middle.weights_bytes == alone.weights_bytes
+
+
 def test_the_tightest_qwen3_235b_stage_at_pp4_is_a_24_layer_stage_holding_58_gib_of_weights() -> None:
     # 555,680 tokens = 34,730 blocks of 16: a 24-layer stage's 25.44 GiB (34,730 x 24 layers x 32 KiB pages); the
     # 26.84 GiB the post quotes is a 23-layer stage's (38,238 blocks).  Each middle stage carries 24 layers plus
