@@ -26,7 +26,10 @@ Parallelism follows vLLM:
   vLLM's ``get_pp_indices`` splits them (the remainder goes to the stages
   before the last, from the second-to-last backwards), the embedding sits
   on the first stage, the final norm and lm_head on the last; a tied lm_head
-  is a second copy of the embedding on the last stage when pp > 1.
+  is a second copy of the embedding on the last stage when pp > 1; where the
+  engine's model code builds them on every stage (vLLM's Qwen3-MoE, Mixtral,
+  gpt-oss, Gemma 2/3: `EngineProfile.vocabulary_on_every_stage`), every stage
+  holds the embedding, final norm and lm_head.
 """
 
 from __future__ import annotations
@@ -214,6 +217,9 @@ class DevicePlan:
     used_bytes: int
     headroom_bytes: int
     fits: bool
+    #: of `weights_bytes`, the copies of the embedding, final norm and lm_head that the engine builds on this
+    #: stage but that only the first or last stage runs (vLLM's Qwen3-MoE, Mixtral, ...: see `plan`)
+    unread_weights_bytes: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -320,6 +326,10 @@ class _Layout:
     stage_layers: tuple[tuple[int, int], ...]
     stage_weights: tuple[int, ...]
     stage_kv: tuple[_StageKV, ...]
+    #: bytes of the embedding, final norm and lm_head on one rank of each stage, when every stage holds them
+    vocabulary_on_every_stage: int = 0
+    #: per stage, the bytes of those copies that the stage holds but never runs (0 when they sit where used)
+    stage_unread: tuple[int, ...] = ()
 
 
 def _stage_ranges(num_layers: int, stages: int) -> tuple[tuple[int, int], ...]:
@@ -365,7 +375,10 @@ _parameter_count = lru_cache(maxsize=256)(parameter_count)
 
 
 def _build_layout(spec: ModelSpec, scheme: WeightScheme, kv_dtype_name: str,
-                  tensor_parallel: int, pipeline_parallel: int) -> _Layout:
+                  tensor_parallel: int, pipeline_parallel: int, vocabulary_everywhere: bool = False) -> _Layout:
+    """Per stage: the weights on one rank and the KV coefficients.  `vocabulary_everywhere` puts the
+    tensors outside the decoder layers (embedding, final norm, lm_head) on every stage, as the engine's
+    model code does for some families when `pipeline_parallel` > 1."""
     if pipeline_parallel > spec.num_layers:
         raise InvalidSpec("parallel.pipeline", pipeline_parallel,
                           f"more pipeline stages than the model's {spec.num_layers} layers")
@@ -373,17 +386,23 @@ def _build_layout(spec: ModelSpec, scheme: WeightScheme, kv_dtype_name: str,
     last = pipeline_parallel - 1
     stage_of = [stage for stage, (start, stop) in enumerate(stages) for _ in range(start, stop)]
     weights = [0] * pipeline_parallel
+    home = [0] * pipeline_parallel  # the tensors outside the layers where the stages that run them hold them
+    outside = 0  # ... and all of them once (a tied lm_head is the embedding itself)
     for entry, one in _weight_rows(spec, scheme):
         per_rank = _sharded_bytes(one, entry.role, tensor_parallel) * entry.per_layer
         if entry.layers:
             for index in entry.layers:  # once per layer, not per layer and stage (4,096 layers x 1,024 stages)
                 weights[stage_of[index]] += per_rank
-        elif entry.role in ("embedding", "position_embedding"):
-            weights[0] += per_rank
+            continue
+        outside += per_rank
+        if entry.role in ("embedding", "position_embedding"):
+            home[0] += per_rank
             if entry.role == "embedding" and spec.tie_word_embeddings and pipeline_parallel > 1:
-                weights[last] += per_rank  # the tied lm_head is a second copy on the last stage
+                home[last] += per_rank  # the tied lm_head is a second copy on the last stage
         else:  # final norm, lm_head
-            weights[last] += per_rank
+            home[last] += per_rank
+    everywhere = outside if vocabulary_everywhere and pipeline_parallel > 1 else 0
+    held = [everywhere] * pipeline_parallel if everywhere else home
     stage_kv = []
     for start, stop in stages:
         groups: dict[int | None, int] = {}
@@ -391,7 +410,9 @@ def _build_layout(spec: ModelSpec, scheme: WeightScheme, kv_dtype_name: str,
             window = layer.window if layer.kind == "sliding" else None
             groups[window] = groups.get(window, 0) + layer_bytes_per_token(layer, kv_dtype_name, tensor_parallel)
         stage_kv.append(_StageKV(tuple(groups.items())))
-    return _Layout(tensor_parallel, pipeline_parallel, stages, tuple(weights), tuple(stage_kv))
+    return _Layout(tensor_parallel, pipeline_parallel, stages,
+                   tuple(size + extra for size, extra in zip(weights, held, strict=True)), tuple(stage_kv),
+                   everywhere, tuple(extra - own for extra, own in zip(held, home, strict=True)))
 
 
 # ---------------------------------------------------------------------------
@@ -436,6 +457,12 @@ class _Evaluator:
         options = self.options
         return (self.usable_bytes, options.runtime_overhead_bytes, options.block_size, self.limits,
                 options.activation_bytes, options.engine, options.engine_version)
+
+    def vocabulary_everywhere(self, pipeline_parallel: int) -> bool:
+        """Whether every one of `pipeline_parallel` stages holds the embedding, final norm and lm_head:
+        the engine's model code for this model builds them on each stage."""
+        return (pipeline_parallel > 1 and self.engine is not None
+                and self.engine.vocabulary_on_every_stage(self.spec) is not None)
 
     def stage(self, layout: _Layout, stage: int) -> Stage:
         return Stage(self.spec, layout.tensor_parallel, layout.pipeline_parallel, layout.stage_layers[stage],
@@ -549,14 +576,15 @@ class _ModelTerms:
         self.scheme = scheme
         self.kv_dtype_name = kv_dtype_name
         self.by_role = _weights_by_role(spec, scheme)
-        self._layouts: dict[tuple[int, int], _Layout] = {}
+        self._layouts: dict[tuple[int, int, bool], _Layout] = {}
         self._predicates: dict[tuple[object, ...], Callable[[int, int], bool]] = {}
 
-    def layout(self, tensor_parallel: int, pipeline_parallel: int) -> _Layout:
-        key = (tensor_parallel, pipeline_parallel)
+    def layout(self, tensor_parallel: int, pipeline_parallel: int, vocabulary_everywhere: bool = False) -> _Layout:
+        key = (tensor_parallel, pipeline_parallel, vocabulary_everywhere)
         found = self._layouts.get(key)
         if found is None:
-            found = _build_layout(self.spec, self.scheme, self.kv_dtype_name, tensor_parallel, pipeline_parallel)
+            found = _build_layout(self.spec, self.scheme, self.kv_dtype_name, tensor_parallel, pipeline_parallel,
+                                  vocabulary_everywhere)
             if len(self._layouts) < 4096:
                 self._layouts[key] = found
         return found
@@ -566,7 +594,8 @@ class _ModelTerms:
         key = (tensor_parallel, pipeline_parallel, *evaluator.key)
         found = self._predicates.get(key)
         if found is None:
-            found = evaluator.build_predicate(self.layout(tensor_parallel, pipeline_parallel))
+            found = evaluator.build_predicate(self.layout(tensor_parallel, pipeline_parallel,
+                                                          evaluator.vocabulary_everywhere(pipeline_parallel)))
             if len(self._predicates) < 4096:
                 self._predicates[key] = found
         return found
@@ -733,7 +762,8 @@ def _kv_capacity(evaluator: _Evaluator, layout: _Layout, stage_terms: _StageTerm
 def _format_plan(terms: _ModelTerms, hardware: Hardware, workload: Workload, tensor_parallel: int,
                  evaluator: _Evaluator, total_parameters: int, kv_total: int) -> FormatPlan:
     options = evaluator.options
-    layout = terms.layout(tensor_parallel, options.pipeline_parallel)
+    layout = terms.layout(tensor_parallel, options.pipeline_parallel,
+                          evaluator.vocabulary_everywhere(options.pipeline_parallel))
     stage_terms = evaluator.stage_terms(layout)
     by_role = terms.by_role
     total_weights = sum(by_role.values())
@@ -744,7 +774,8 @@ def _format_plan(terms: _ModelTerms, hardware: Hardware, workload: Workload, ten
         same = (layers, hardware.capacity_bytes, evaluator.usable_bytes, layout.stage_weights[stage], kv,
                 activations, overhead, used, evaluator.usable_bytes - used,
                 used <= evaluator.usable_bytes)  # every tensor-parallel rank of a stage holds the same
-        devices.extend(DevicePlan(stage * tensor_parallel + rank, stage, rank, *same)
+        unread = layout.stage_unread[stage]
+        devices.extend(DevicePlan(stage * tensor_parallel + rank, stage, rank, *same, unread_weights_bytes=unread)
                        for rank in range(tensor_parallel))
     fits = terms.fits_predicate(evaluator, tensor_parallel, options.pipeline_parallel)
     max_context, limited_by = _max_context(evaluator, layout, fits, workload.concurrent_sequences)
@@ -847,8 +878,13 @@ def plan(spec: ModelSpec, hardware: Hardware, workload: Workload | None = None,
         shipped, _ = with_partial_groups(spec, shipped)
         comparison[AS_SHIPPED] = format_plan(shipped)
 
-    primary_terms = evaluator.stage_terms(_model_terms(spec, deployed, options.kv_cache_dtype)
-                                          .layout(tensor, pipeline))
+    primary_layout = _model_terms(spec, deployed, options.kv_cache_dtype).layout(
+        tensor, pipeline, evaluator.vocabulary_everywhere(pipeline))
+    primary_terms = evaluator.stage_terms(primary_layout)
+    if primary_layout.vocabulary_on_every_stage and engine is not None:
+        notes.append(f"{engine.vocabulary_on_every_stage(spec)}: each of the {pipeline} stages holds "
+                     f"{primary_layout.vocabulary_on_every_stage / GIB:.2f} GiB of them per device, which its KV "
+                     "cache cannot use.")
     busiest = max(primary.devices, key=lambda device: device.activation_bytes)
     if evaluator.variable_activations:
         activation_basis = ACTIVATION_BASIS.format(

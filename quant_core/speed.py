@@ -66,14 +66,15 @@ def _expert_share(spec: ModelSpec, sequences: int) -> float:
 
 
 def _step_bytes(spec: ModelSpec, result: FormatPlan, sequences: int) -> tuple[list[int], int, int]:
-    """Per pipeline stage, the most bytes one of its devices reads per decode step; and the weights and KV
-    cache parts on the slowest path."""
+    """Per pipeline stage, the most bytes one of its devices reads per decode step (its weights less the
+    embedding and lm_head copies it holds but does not run); and the weights and KV cache parts on the
+    slowest path."""
     expert_bytes = result.weights_by_role.get("expert", 0)
     expert_fraction = expert_bytes / result.weights_bytes if result.weights_bytes else 0.0
     unread = expert_fraction * (1.0 - _expert_share(spec, sequences))
     stages: dict[int, tuple[int, int]] = {}
     for device in result.devices:
-        weights = round(device.weights_bytes * (1.0 - unread))
+        weights = round((device.weights_bytes - device.unread_weights_bytes) * (1.0 - unread))
         current = stages.get(device.pipeline_stage)
         if current is None or weights + device.kv_cache_bytes > sum(current):
             stages[device.pipeline_stage] = (weights, device.kv_cache_bytes)

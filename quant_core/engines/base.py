@@ -89,6 +89,12 @@ class EngineProfile(Protocol):
         """Why the engine refuses this layout, or None when it accepts it."""
         ...
 
+    def vocabulary_on_every_stage(self, spec: ModelSpec) -> str | None:
+        """Why every pipeline stage holds the model's input embedding, final norm and lm_head (the
+        engine's model code builds them on each stage), or None when the first stage holds the
+        embedding and the last the norm and lm_head."""
+        ...
+
     def kv_capacity(self, stage: Stage, kv_cache_dtype: str, available_bytes: int, block_size: int,
                     max_model_len: int, limits: BatchLimits) -> KVCapacity:
         """Blocks and tokens the engine's KV pool holds in `available_bytes` on one device of `stage`."""

@@ -20,6 +20,9 @@ Where each term comes from (vLLM's repository, ``vllm/v1``):
 * ``engine/arg_utils.py``, ``EngineArgs.get_batch_defaults``: the OpenAI server's
   ``max_num_batched_tokens`` / ``max_num_seqs`` are 8192 / 1024 on a device of at least
   70 GiB that is not an A100, 2048 / 256 otherwise.
+* ``model_executor/models/``: some model classes build the input embedding, the final norm
+  and the lm_head on every pipeline stage, not only on the first and last
+  (`VOCABULARY_ON_EVERY_STAGE`).
 
 The per-logit bytes of the sampler pass and the non-torch memory are not sized by any code of
 vLLM's (they are PyTorch's sampling kernels and NCCL's buffers): each release's figure is the one
@@ -109,6 +112,25 @@ VERSIONS: dict[str, _Version] = {
                      moe_workspace_persists=True, non_torch=_NON_TORCH_V0_19),
 }
 DEFAULT_VERSION = "0.19"
+
+# Model types whose vLLM model class builds the input embedding, the final norm and the lm_head (tied or not) on
+# every pipeline rank: their constructors create them with no `get_pp_group()` test, where llama.py (and the Llama-
+# based mistral.py, phi3.py), qwen2.py, qwen3.py and deepseek_v2.py put a `PPMissingLayer` on the ranks that do not
+# run them.  The allocated parameters are weights to vLLM ("Model loading took"): Qwen3-235B-A22B-FP8 at PP=4 logs
+# 55.70 GiB for a 23-layer stage, which is 23 layers + embedding + lm_head (kubesimplify's vLLM 0.27.1 run).  Read
+# in vllm/model_executor/models/ of the v0.27.1 and v0.33.0 wheels and of vLLM's main branch in October 2025 (v0.11)
+# and May 2026 (after v0.19): the same in all four, so the rule holds for every release nibble models.
+VOCABULARY_ON_EVERY_STAGE: dict[str, str] = {
+    "qwen3_moe": "qwen3_moe.py: Qwen3MoeModel.__init__ (embed_tokens, norm), Qwen3MoeForCausalLM.__init__ (lm_head)",
+    "qwen2_moe": "qwen2_moe.py: Qwen2MoeModel.__init__ (embed_tokens, norm), Qwen2MoeForCausalLM.__init__ (lm_head)",
+    "mixtral": "mixtral.py: MixtralModel.__init__ (embed_tokens, norm), MixtralForCausalLM.__init__ (lm_head)",
+    "gpt_oss": "gpt_oss.py: GptOssModel.__init__ (embedding, norm), GptOssForCausalLM.__init__ (lm_head)",
+    "gemma2": "gemma2.py: Gemma2Model.__init__ (embed_tokens, which is also the tied lm_head, and norm)",
+    "gemma3_text": "gemma3.py: Gemma3Model.__init__ (embed_tokens, norm), Gemma3ForCausalLM.__init__ (lm_head)",
+    "gemma3": "gemma3.py (the language model of gemma3_mm.py): Gemma3Model.__init__, Gemma3ForCausalLM.__init__",
+    "falcon": "falcon.py: FalconModel.__init__ (word_embeddings, ln_f), FalconForCausalLM.__init__ (lm_head)",
+    "gpt2": "gpt2.py: GPT2Model.__init__ (wte, wpe, ln_f), GPT2LMHeadModel.__init__ (lm_head)",
+}
 
 
 def _forward_bytes_per_token(spec: ModelSpec, tensor_parallel: int) -> int:
@@ -243,6 +265,17 @@ class VllmProfile:
         if pipeline_parallel > spec.num_layers:
             return f"vLLM refuses {pipeline_parallel} pipeline stages for {spec.num_layers} layers"
         return None
+
+    def vocabulary_on_every_stage(self, spec: ModelSpec) -> str | None:
+        """Why each pipeline stage of `spec` holds the embedding, final norm and lm_head in vLLM: the model
+        class builds them on every rank (`VOCABULARY_ON_EVERY_STAGE`); None for the model types whose
+        classes build them only on the first and last rank."""
+        where = VOCABULARY_ON_EVERY_STAGE.get(spec.model_type)
+        if where is None:
+            return None
+        return (f"vLLM builds the input embedding, final norm and lm_head of a {spec.model_type} model on every "
+                f"pipeline stage, not only on the first and last (vllm/model_executor/models/{where}, with no "
+                "PPMissingLayer for them), and counts them as each stage's weights")
 
     def kv_capacity(self, stage: Stage, kv_cache_dtype: str, available_bytes: int, block_size: int,
                     max_model_len: int, limits: BatchLimits) -> KVCapacity:

@@ -71,6 +71,24 @@ def test_pipeline_stages_add_up_per_sequence_and_overlap_in_aggregate() -> None:
     assert bound.decode_tokens_per_second_aggregate == pytest.approx(4 * 3.35e12 / max(stage_bytes))
 
 
+def test_vocabulary_copies_a_stage_holds_but_never_runs_are_not_read_per_step() -> None:
+    # vLLM's Qwen3-MoE model builds the embedding and lm_head on every pipeline stage (qwen3_moe.py): they take
+    # memory on each stage, but a decode step runs the embedding on the first stage and the lm_head on the last only,
+    # so the bytes read per step are those of the plan that puts them there (the generic model's layout).
+    assert H100_PEAKS is not None
+    spec = get_preset("qwen3-30b-a3b")
+    hardware, workload = Hardware(H100.memory_bytes, 4), Workload(4096, 4)
+    engine = plan(spec, hardware, workload, PlanOptions(pipeline_parallel=4))
+    generic = plan(spec, hardware, workload, PlanOptions(pipeline_parallel=4, engine="generic"))
+    first, middle = engine.comparison["int4"].devices[0], engine.comparison["int4"].devices[1]
+    assert middle.unread_weights_bytes > 0 and first.unread_weights_bytes < middle.unread_weights_bytes
+    assert [d.weights_bytes - d.unread_weights_bytes for d in engine.comparison["int4"].devices] == \
+        [d.weights_bytes for d in generic.comparison["int4"].devices]
+    for key in ("int4", "bf16"):
+        assert speed_bounds(spec, engine, H100_PEAKS)[key].bytes_read_per_step == \
+            speed_bounds(spec, generic, H100_PEAKS)[key].bytes_read_per_step
+
+
 def test_prefill_flops_are_twice_the_matmul_parameters_per_token_plus_causal_attention() -> None:
     spec = model_from_sizes(hidden_size=64, num_layers=2, num_attention_heads=4, intermediate_size=128,
                             vocab_size=100, head_dim=16)
