@@ -316,6 +316,19 @@ def test_runs_with_a_known_gap_never_promise_more_than_3_percent_above_vllm(log_
     assert error <= 0.03
 
 
+@pytest.mark.parametrize("source", SOURCES)
+def test_every_public_run_gaps_included_is_within_2_percent_on_average_and_never_3_percent_above(
+        source: str) -> None:
+    # the issue's bound over all 40 runs, the four PCIe runs with their gap among them (TP 2's -39 % included)
+    errors = [_capacity_error(log_id, source) for log_id in END_TO_END]
+    errors += [_capacity_error(log_id, source, storage) for log_id, storage in GAP_RUNS.items()]
+    mean = sum(map(abs, errors)) / len(errors)
+    print(f"{source}, every run: {len(errors)} runs, mean absolute error {mean:.2%}, "
+          f"largest over-prediction {max(errors):+.2%}")
+    assert len(errors) == 40
+    assert mean <= 0.02 and max(errors) <= 0.03
+
+
 def _pp4_plan(engine: str = "vllm") -> Plan:
     log = BY_ID["kubesimplify-v0.27-qwen3-235b-fp8-pp4"]
     options = replace(_options(log, FP8_BLOCK_128), engine=engine,
