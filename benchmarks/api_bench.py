@@ -3,7 +3,8 @@
 Run: ``.venv/bin/python benchmarks/api_bench.py`` (from the repository root).
 
 1. Starts stock ``uvicorn app.main:app`` (default settings: process pool of 2) on a free port
-   (``--uvicorn-option=--http=h11`` and the like pass uvicorn options through).
+   (``--uvicorn-option=--http=h11`` and the like pass uvicorn options through), on the guarded event loop
+   ``make run`` uses (``--bare``: uvicorn's default loop).
 2. From a separate load-generator process (a minimal asyncio HTTP/1.1 client
    on uvloop, 32 keep-alive connections), measures requests/s and p50/p99
    latency of ``GET /healthz`` and ``POST /v1/plan`` (Llama-3.1-70B preset on
@@ -286,10 +287,13 @@ def main() -> int:
     parser.add_argument("--part", choices=("all", "plan", "quantize"), default="all")
     parser.add_argument("--uvicorn-option", action="append", default=[],
                         help="an option for uvicorn, e.g. --uvicorn-option=--http=h11 (repeatable)")
+    parser.add_argument("--bare", action="store_true",
+                        help="serve on uvicorn's default loop, not the guarded one make run uses (to measure it)")
     args = parser.parse_args()
     print(f"nproc={os.cpu_count()} connections={args.connections} seconds={args.seconds} "
-          f"uvicorn options: {' '.join(args.uvicorn_option) or 'none'}")
-    with start_server(uvicorn_options=args.uvicorn_option) as base_url:
+          f"uvicorn options: {' '.join(args.uvicorn_option) or 'none'}, "
+          f"loop: {'uvicorn default' if args.bare else 'guarded'}")
+    with start_server(uvicorn_options=args.uvicorn_option, guarded=not args.bare) as base_url:
         time.sleep(2.0)  # let the pool's workers finish importing before measuring
         if args.part in ("all", "plan"):
             health = run_load(base_url, "GET", "/healthz", None, args.connections, args.seconds, args.warmup)
