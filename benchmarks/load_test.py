@@ -272,6 +272,8 @@ async def send_hostile(host: str, port: int, request: HostileRequest, deadline: 
         try:
             if request.delivery == "trickle":
                 for position in range(len(payload)):
+                    if answer.done() or writer.is_closing():
+                        break  # refused at the head deadline: the 408 is read below
                     if time.perf_counter() >= deadline:
                         figures.cut_at_end += 1
                         return
