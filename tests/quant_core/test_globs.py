@@ -77,14 +77,16 @@ def test_one_compiled_glob_matches_many_names_as_fnmatchcase(pattern: str, names
     ("a" * 100_000, "*" + "[a]" * 300 + "b", False),
     ("a" * 20_000, "[!b]" * 19_999 + "*", True),
 ])
-def test_hostile_globs_cost_well_under_a_second(name: str, pattern: str, expected: bool) -> None:
-    # a bound that only a quadratic-in-the-pattern or backtracking matcher misses (fnmatch takes minutes)
+def test_hostile_globs_cost_seconds_at_most_not_minutes(name: str, pattern: str, expected: bool) -> None:
+    # a bound that only a quadratic-in-the-pattern or backtracking matcher misses (fnmatch takes minutes); each
+    # takes 20-150 ms alone, and once 1.5 s inside the whole suite on the 2-core machine (a collection of the
+    # suite's heap while the 100,000-atom automaton is built), so the bound is a hang's, not a speed target
     started = time.perf_counter()
     matched = compile_glob(pattern).matches(name)
     seconds = time.perf_counter() - started
     print(f"{len(pattern)}-char pattern on a {len(name)}-char name: {seconds * 1000:.1f} ms")
     assert matched is expected
-    assert seconds < 1.0
+    assert seconds < 10.0
 
 
 def test_a_compiled_glob_remembers_at_most_a_few_mib() -> None:
