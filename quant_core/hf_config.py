@@ -30,6 +30,7 @@ from quant_core.specs import (
     MAX_HIDDEN_SIZE,
     MAX_INTERMEDIATE_SIZE,
     MAX_LAYERS,
+    MAX_NAME_CHARS,
     MAX_POSITIONS,
     MAX_RANK,
     MAX_VOCAB_SIZE,
@@ -134,11 +135,18 @@ def _name(config: Mapping[str, object], model_type: str, name: str | None) -> st
         return name
     path = config.get("_name_or_path")
     if isinstance(path, str) and path:
-        return path
+        return _short_name("_name_or_path", path)
     architectures = config.get("architectures")
     if isinstance(architectures, list) and architectures and isinstance(architectures[0], str) and architectures[0]:
-        return architectures[0]
+        return _short_name("architectures[0]", architectures[0])
     return model_type
+
+
+def _short_name(field: str, value: str) -> str:
+    """`value` as the model's name, refused where the config holds it when it is too long to be one."""
+    if len(value) > MAX_NAME_CHARS:
+        raise InvalidSpec(field, f"{len(value)} characters", f"is longer than {MAX_NAME_CHARS} characters")
+    return value
 
 
 def _attention_sizes(r: _Reader) -> dict[str, Any]:

@@ -105,6 +105,9 @@ NORM_KINDS: tuple[str, ...] = ("rmsnorm", "layernorm")
 # vocab 262,208, 384 experts), low enough that a typo like 10^12 layers is refused at once,
 # before anything is allocated per layer.
 MAX_LAYERS = 4_096
+#: the longest model name or type: a Hugging Face repo id is at most 96 characters, a local path a few hundred; every
+#: answer about the model echoes its name, so a megabyte name would make each answer megabytes (issue 17)
+MAX_NAME_CHARS = 1_000
 MAX_HIDDEN_SIZE = 262_144
 MAX_HEADS = 8_192
 MAX_HEAD_DIM = 8_192
@@ -232,6 +235,8 @@ class ModelSpec:
             value = getattr(self, field)
             if not isinstance(value, str) or not value:
                 raise InvalidSpec(field, value, "must be a non-empty string")
+            if len(value) > MAX_NAME_CHARS:
+                raise InvalidSpec(field, f"{len(value)} characters", f"is longer than {MAX_NAME_CHARS} characters")
         if self.layout not in LAYOUTS:
             raise UnknownName("layout", str(self.layout), list(LAYOUTS), field="layout")
         if self.norm not in NORM_KINDS:

@@ -25,6 +25,7 @@ from app.problems import MAX_FIELD_CHARS, MAX_MESSAGE_CHARS
 from app.routers.quantizations import _unless_client_leaves
 from app.schemas.quantize import MAX_INCLUDE_CHARS
 from quant_core.errors import LimitExceeded
+from quant_core.specs import MAX_NAME_CHARS
 from quant_core.tensorio.limits import DEFAULT_MAX_NPY_HEADER_BYTES
 
 #: the largest error answer any of these may get: a bounded detail and message, plus the problem's frame
@@ -151,6 +152,26 @@ def test_issue_17_item_10_an_error_echoing_a_megabyte_is_cut_to_a_few_kib(client
     assert detail.startswith("model_type 'xxx") and detail.endswith(problem["errors"][0]["message"][-100:])
     assert "characters cut]…" in detail
     assert len(detail) <= MAX_MESSAGE_CHARS + 60
+
+
+@pytest.mark.parametrize(("body", "field"), [
+    ({"spec": {**SPEC, "name": "\x00" * 100_000}}, "spec.name"),
+    ({"hf_config": {"model_type": "llama", "hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4,
+                    "intermediate_size": 128, "vocab_size": 1000, "_name_or_path": "p" * 5_000}},
+     "hf_config._name_or_path"),
+], ids=["spec.name", "_name_or_path"])
+def test_a_model_name_too_long_to_be_one_is_refused_422_not_echoed_into_every_answer(
+        client: TestClient, body: dict[str, Any], field: str) -> None:
+    # found by the cost fuzzing: a 100,000-character name (600 KB of JSON escapes) came back 200 in a 2.4 MB
+    # inspect answer, the name echoed four times
+    response = client.post("/v1/models/inspect", json=body)
+    assert _problem(response, 422, field)["errors"][0]["message"].endswith(f"longer than {MAX_NAME_CHARS} characters")
+    assert len(response.content) < 1024
+
+
+def test_a_name_at_the_limit_is_answered(client: TestClient) -> None:
+    response = client.post("/v1/models/inspect", json={"spec": {**SPEC, "name": "n" * MAX_NAME_CHARS}})
+    assert response.status_code == 200 and response.json()["name"] == "n" * MAX_NAME_CHARS
 
 
 def test_a_megabyte_json_key_is_named_in_a_bounded_field(client: TestClient) -> None:
