@@ -47,6 +47,27 @@ def new_set(base_url: str) -> dict[str, Any]:
     return created
 
 
+def upload_directory(base_url: str, directory: Path) -> dict[str, Any]:
+    """A new upload set holding each file of `directory`, sent by tuspy (an existing tus client)."""
+    upload_set = new_set(base_url)
+    client = tus_client.TusClient(base_url + upload_set["tus_url"])
+    for path in sorted(directory.iterdir()):
+        with path.open("rb") as stream:
+            client.uploader(file_stream=stream, chunk_size=64 * 1024, metadata={"filename": path.name}).upload()
+    return upload_set
+
+
+def finished_job(base_url: str, job: dict[str, Any]) -> dict[str, Any]:
+    """The status of `job` once it has succeeded (within two minutes)."""
+    deadline = time.monotonic() + 120
+    while (status := httpx.get(f"{base_url}{job['url']}").json())["state"] in ("queued", "running"):
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+    assert status["state"] == "succeeded", status["error"]
+    done: dict[str, Any] = status
+    return done
+
+
 def offset_of(url: str) -> int:
     return int(httpx.head(url, headers={"Tus-Resumable": "1.0.0"}).headers["upload-offset"])
 
@@ -116,19 +137,11 @@ def test_a_patch_whose_offset_disagrees_is_409_on_a_real_server(server: tuple[st
 def test_a_job_from_shards_uploaded_by_tuspy_gives_the_bytes_of_the_directory_job(
         server: tuple[str, Path]) -> None:
     base_url, root = server
-    upload_set = new_set(base_url)
-    client = tus_client.TusClient(base_url + upload_set["tus_url"])
-    for path in sorted((root / "data" / "llama").iterdir()):
-        with path.open("rb") as stream:
-            client.uploader(file_stream=stream, chunk_size=64 * 1024, metadata={"filename": path.name}).upload()
+    upload_set = upload_directory(base_url, root / "data" / "llama")
     results = []
     for source in ({"upload": upload_set["id"]}, {"path": "llama"}):
         job = httpx.post(f"{base_url}/v1/jobs", json={"source": source, "max_shard_bytes": 60_000}).json()
-        deadline = time.monotonic() + 120
-        while (status := httpx.get(f"{base_url}{job['url']}").json())["state"] in ("queued", "running"):
-            assert time.monotonic() < deadline
-            time.sleep(0.1)
-        assert status["state"] == "succeeded", status["error"]
+        status = finished_job(base_url, job)
         results.append({f["name"]: httpx.get(base_url + f["url"]).content for f in status["result"]["files"]})
     assert results[0] == results[1]
     assert set(results[0]) >= {"config.json", "model.safetensors.index.json", "nibble_report.json"}
@@ -202,21 +215,13 @@ def test_a_budgeted_job_takes_its_importance_file_from_the_upload_set(server: tu
     base_url, root = server
     shutil.copytree(root / "data" / "llama", root / "data" / "llama-stats")
     write_safetensors(root / "data" / "llama-stats" / "imatrix.safetensors", importance_vectors())
-    upload_set = new_set(base_url)
-    client = tus_client.TusClient(base_url + upload_set["tus_url"])
-    for path in sorted((root / "data" / "llama-stats").iterdir()):
-        with path.open("rb") as stream:
-            client.uploader(file_stream=stream, chunk_size=64 * 1024, metadata={"filename": path.name}).upload()
+    upload_set = upload_directory(base_url, root / "data" / "llama-stats")
     results = []
     for source, importance in (({"upload": upload_set["id"]}, "imatrix.safetensors"),
                                ({"path": "llama-stats"}, "llama-stats/imatrix.safetensors")):
         body = {"source": source, "importance": importance, "bits_per_weight": 4.4, "max_shard_bytes": 60_000}
         job = httpx.post(f"{base_url}/v1/jobs", json=body).json()
-        deadline = time.monotonic() + 120
-        while (status := httpx.get(f"{base_url}{job['url']}").json())["state"] in ("queued", "running"):
-            assert time.monotonic() < deadline
-            time.sleep(0.1)
-        assert status["state"] == "succeeded", status["error"]
+        status = finished_job(base_url, job)
         assert all(entry["importance_used"] for entry in status["report"] if "reason" not in entry)
         results.append({f["name"]: httpx.get(base_url + f["url"]).content for f in status["result"]["files"]})
     assert results[0] == results[1] and "imatrix.safetensors" not in results[0]
