@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import struct
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -31,3 +33,13 @@ def client() -> Iterator[TestClient]:
 def client_with(**overrides: Any) -> TestClient:
     """A client of an app with some settings changed; use it as a context manager."""
     return TestClient(create_app(make_settings(**overrides)))
+
+
+def safetensors_header(tensors: dict[str, tuple[str, list[int], int]]) -> bytes:
+    """A safetensors header (8-byte length + JSON) for tensors given as name -> (dtype, shape, bytes)."""
+    header, offset = {}, 0
+    for name, (dtype, shape, size) in tensors.items():
+        header[name] = {"dtype": dtype, "shape": shape, "data_offsets": [offset, offset + size]}
+        offset += size
+    text = json.dumps(header).encode()
+    return struct.pack("<Q", len(text)) + text

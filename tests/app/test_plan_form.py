@@ -7,29 +7,18 @@ come to 21.6 MB, so the largest checkpoints are planned from their headers throu
 from __future__ import annotations
 
 import json
-import struct
 from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
 
-from tests.app.conftest import client_with
+from tests.app.conftest import client_with, safetensors_header
 from tests.checkpoints import deepseek_v3_headers
 from tests.shared_fixtures import FIXTURES, needs_fixtures
 
 H200 = 143_771 * 2**20  # nvidia-smi's 143771 MiB
 TINY_SPEC = {"hidden_size": 256, "num_layers": 2, "num_attention_heads": 4, "intermediate_size": 512,
              "vocab_size": 1000}
-
-
-def safetensors_header(tensors: dict[str, tuple[str, list[int], int]]) -> bytes:
-    """A safetensors header (8-byte length + JSON) for tensors given as name -> (dtype, shape, bytes)."""
-    header, offset = {}, 0
-    for name, (dtype, shape, size) in tensors.items():
-        header[name] = {"dtype": dtype, "shape": shape, "data_offsets": [offset, offset + size]}
-        offset += size
-    text = json.dumps(header).encode()
-    return struct.pack("<Q", len(text)) + text
 
 
 EMBEDDING = safetensors_header({"model.embed_tokens.weight": ("BF16", [1000, 256], 512_000)})

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 from pathlib import Path
 from typing import Any
@@ -15,7 +16,7 @@ from quant_core.hf_config import model_from_hf_config
 from quant_core.inventory import parameter_count
 from quant_core.kv_cache import kv_bytes_per_token
 from quant_core.planner import plan
-from tests.app.conftest import FIXTURES, client_with
+from tests.app.conftest import FIXTURES, client_with, safetensors_header
 
 BODY_70B: dict[str, Any] = {"model": {"preset": "llama-3.1-70b"}, "hardware": {"device": "h100-80gb", "count": 2}}
 
@@ -460,15 +461,8 @@ def test_devices_side_by_side_refuse_a_parallel_layout_and_name_an_unknown_devic
 
 
 def _safetensors_header_b64(tensors: dict[str, tuple[str, list[int], int]]) -> str:
-    """A safetensors header (8-byte length + JSON) for tensors given as name -> (dtype, shape, bytes)."""
-    import base64
-    import struct
-    header, offset = {}, 0
-    for name, (dtype, shape, size) in tensors.items():
-        header[name] = {"dtype": dtype, "shape": shape, "data_offsets": [offset, offset + size]}
-        offset += size
-    text = json.dumps(header).encode()
-    return base64.b64encode(struct.pack("<Q", len(text)) + text).decode()
+    """`safetensors_header` as the JSON route's ``header_base64`` takes it."""
+    return base64.b64encode(safetensors_header(tensors)).decode()
 
 
 def test_a_plan_from_checkpoint_headers_sums_the_files_own_tensors(client: TestClient) -> None:
