@@ -61,7 +61,7 @@ STATS = GuardStats()
 
 @dataclass(frozen=True)
 class HeadLimits:
-    """The three bounds a guarded server holds every connection to (see `app.settings`)."""
+    """The bounds a guarded server holds every connection to, and the Retry-After of its 503 (`app.settings`)."""
 
     timeout_seconds: float
     max_head_bytes: int
@@ -156,9 +156,10 @@ class HeadGuard(asyncio.Protocol):
         if not self.armed:  # the first head's clock started with the connection
             self.arm()
             self.fed = -1  # the read this message began in also holds the previous one's end: not counted
+        self.head_bytes += REQUEST_LINE_BYTES
 
     def on_url(self, url: bytes) -> None:
-        self.head_bytes += len(url) + REQUEST_LINE_BYTES
+        self.head_bytes += len(url)  # httptools hands a URL over in as many pieces as reads carried it
 
     def on_header(self, name: bytes, value: bytes) -> None:
         self.head_bytes += len(name) + len(value) + HEADER_LINE_BYTES

@@ -156,6 +156,14 @@ def test_a_head_past_max_head_bytes_is_refused_431_while_it_arrives_and_when_who
     assert refusal_status(transport) == 431
 
 
+def test_a_head_within_max_head_bytes_is_served_however_many_reads_carry_its_url() -> None:
+    guard, inner, transport, _ = guarded()
+    head = b"GET /" + b"u" * (LIMITS.max_head_bytes // 2) + b" HTTP/1.1\r\nHost: test\r\n\r\n"
+    for index in range(len(head)):
+        guard.data_received(head[index:index + 1])
+    assert not transport.written and bytes(inner.received) == head
+
+
 def test_past_max_connections_a_new_connection_is_refused_503_and_never_reaches_the_app() -> None:
     open_guards: set[HeadGuard] = set()
     for _ in range(LIMITS.max_connections):
