@@ -6,13 +6,14 @@
 from __future__ import annotations
 
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable
 from contextlib import asynccontextmanager
 from typing import Any
 
 from fastapi import APIRouter, FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.openapi.utils import get_openapi
+from fastapi.routing import APIRoute
 from starlette.datastructures import Headers
 from starlette.responses import Response
 
@@ -43,6 +44,7 @@ Plan LLM memory at 16-bit beside INT4, and quantize uploaded tensors to INT4 wit
 Every error is `application/problem+json` (RFC 9457) with `type`, `title`, `status`, `detail`
 and an `errors` list naming each invalid field.
 """
+V1_PREFIX = "/v1"
 V1_ROUTERS: tuple[APIRouter, ...] = (plans.router, models.router, devices.router, quantizations.router, jobs.router,
                                      uploads.router)
 
@@ -103,6 +105,18 @@ def _job_manager(settings: Settings, pool: WorkerPool) -> JobManager | None:
 GIL_SWITCH_SECONDS = 0.0005
 
 
+def upload_media_types(routers: Iterable[APIRouter], prefix: str) -> dict[str, frozenset[str]]:
+    """Each route's upload media types (multipart, octet-stream) by path, as its request body documents them."""
+    uploads: dict[str, frozenset[str]] = {}
+    for router in routers:
+        for route in router.routes:
+            if isinstance(route, APIRoute):
+                content = (route.openapi_extra or {}).get("requestBody", {}).get("content", {})
+                if media := frozenset(content) - {"application/json"}:
+                    uploads[prefix + route.path] = media
+    return uploads
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
     """Build the nibble app under `settings` (default: `get_settings()`, from ``NIBBLE_*``)."""
     settings = settings or get_settings()
@@ -139,9 +153,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     install_problem_handlers(app)
     app.include_router(health.router)
     for router in V1_ROUTERS:
-        app.include_router(router, prefix="/v1")  # each route checks the API key (ApiKeyRoute)
+        app.include_router(router, prefix=V1_PREFIX)  # each route checks the API key (ApiKeyRoute)
     app.add_middleware(HeadAsGet)  # innermost: the routes see GET, everything outside still sees HEAD
-    app.add_middleware(BodySizeLimit, settings=settings)
+    app.add_middleware(BodySizeLimit, settings=settings, uploads=upload_media_types(V1_ROUTERS, V1_PREFIX))
     if settings.cors_origins:
         app.add_middleware(ProblemCORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["*"],
                            allow_headers=["*"], expose_headers=["X-Nibble-Report", "Retry-After", "Content-Disposition",

@@ -7,7 +7,7 @@ import hashlib
 import hmac
 import json
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Mapping
 from typing import Any
 
 from fastapi import Request, Response
@@ -114,9 +114,12 @@ class ApiKeyRoute(APIRoute):
 class BodySizeLimit:
     """Guard every request body: its size (413), its transfer coding (501) and its pace (408).
 
-    JSON bodies may hold ``max_json_bytes``; multipart bodies the uploads'
-    ``max_upload_bytes`` plus multipart overhead (`app.uploads` enforces the
-    exact per-file limit itself); tus PATCH bodies ``upload_max_file_bytes``
+    JSON bodies may hold ``max_json_bytes``; a body of a media type its route
+    reads as an upload (`uploads`: path -> media types, from each route's
+    documented request body) the uploads' ``max_upload_bytes`` (plus multipart
+    overhead; `app.uploads` enforces the exact per-file limit itself), any other
+    body on any other route ``max_json_bytes`` as well, so a route never reads
+    256 MiB only to refuse its media type; tus PATCH bodies ``upload_max_file_bytes``
     (app/tus.py holds each to what its file still lacks).  A declared Content-Length over the limit is
     refused without reading a byte; a chunked body is cut off when it passes
     the limit: the app sees a disconnect and its answer is replaced by the 413.
@@ -126,9 +129,10 @@ class BodySizeLimit:
     ``Connection: close`` (uvicorn then closes the connection).
     """
 
-    def __init__(self, app: ASGIApp, settings: Settings) -> None:
+    def __init__(self, app: ASGIApp, settings: Settings, uploads: Mapping[str, frozenset[str]]) -> None:
         self.app = app
         self.settings = settings
+        self.uploads = uploads
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -142,9 +146,10 @@ class BodySizeLimit:
                 "as is (Content-Length) or chunked", field="Transfer-Encoding"))
             return
         content_type = headers.get(b"content-type", b"").decode("latin-1").lower()
-        if content_type.startswith("multipart/"):
+        media_type = content_type.partition(";")[0].strip()
+        if media_type in self.uploads.get(scope["path"], ()):
             limit_name, maximum = "max_upload_bytes", self.settings.max_upload_bytes
-            allowed = maximum + MULTIPART_OVERHEAD_BYTES
+            allowed = maximum + (MULTIPART_OVERHEAD_BYTES if media_type.startswith("multipart/") else 0)
         elif content_type.startswith("application/offset+octet-stream"):  # a tus PATCH (app/tus.py)
             limit_name, maximum = "upload_max_file_bytes", self.settings.upload_max_file_bytes
             allowed = maximum
