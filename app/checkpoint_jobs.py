@@ -17,6 +17,7 @@ measures each tensor in every allowed format (a row each), then allocates the
 formats from those rows (the same choice on every run) and writes the parts.  Cancelling
 stops a job between tensors and removes its files.
 
+The steps a job runs off the event loop are quant_core's (quant_core/checkpoint/job_steps.py).
 The executors know nothing of HTTP: `PoolExecutor` runs calls on the app's
 bounded `WorkerPool` (waiting while it is full); tensors go through a
 `TensorRunner`, the pool's (`PoolTensorRunner`) or, with ``NIBBLE_RAY_ADDRESS``,
@@ -43,28 +44,20 @@ from app.tus import UploadSets
 from quant_core.checkpoint import (
     Checkpoint,
     CheckpointOptions,
-    OutputShard,
     TensorPlan,
-    attach_importance,
-    build_report,
-    check_budget,
     choose_formats,
+    finish_output,
+    inspect_source,
+    load_plan,
     measure_tensor,
-    open_checkpoint,
-    output_shards,
     part_path,
-    passthrough_entry,
-    plan_checkpoint,
-    quantize_tensor_part,
+    timed_tensor_part,
     valid_parts,
-    without_statistics,
     write_checkpoint_files,
-    write_gguf_output,
     write_output_shard,
 )
 from quant_core.errors import NibbleError, TensorFileError
 from quant_core.quantize.allocation import TensorOption
-from quant_core.tensorio import read_importance, read_safetensors, write_safetensors
 
 T = TypeVar("T")
 logger = logging.getLogger("nibble.jobs")
@@ -113,71 +106,6 @@ def resolve_source(data_root: Path, path: str, field: str = "source.path") -> Pa
         raise PathRefused(f"{field} {path!r} resolves to a place outside the data root (a symlink leads out)",
                           field=field)
     return resolved
-
-
-# --- work run by the executor (module-level functions: a worker process imports them by name) ------------
-
-
-def inspect_source(directory: Path, root: Path, max_tensors: int, max_elements: int, max_header_bytes: int,
-                   options: CheckpointOptions, importance: Path | None = None, importance_copy: Path | None = None
-                   ) -> tuple[int, int, list[dict[str, Any]]]:
-    """Validate and plan a source: (tensors to quantize, their input bytes, passthrough report entries).
-
-    With `importance`, its vectors are checked against every tensor to quantize and the ones used are
-    written to `importance_copy` (the job reads them from there on every run); with a budget, a budget
-    below the smallest formats' bytes is refused here."""
-    checkpoint = open_checkpoint(directory, root=root, max_tensors=max_tensors, max_elements=max_elements,
-                                 max_header_bytes=max_header_bytes)
-    plans = plan_checkpoint(checkpoint, options)
-    if importance is not None and importance_copy is not None:
-        checkpoint = without_statistics(checkpoint, importance)
-        vectors = read_importance(importance, max_tensors=max_tensors, max_elements=max_elements,
-                                  max_header_bytes=max_header_bytes)
-        plans = attach_importance(plans, vectors)
-        importance_copy.parent.mkdir(parents=True, exist_ok=True)
-        write_safetensors(importance_copy, {plan.tensor.name: plan.importance for plan in plans
-                                            if plan.importance is not None})
-    if options.has_budget:
-        check_budget(plans, options)
-    quantized = [plan for plan in plans if plan.quantized]
-    return (len(quantized), sum(plan.tensor.nbytes for plan in quantized),
-            [passthrough_entry(plan) for plan in plans if not plan.quantized])
-
-
-def load_plan(directory: Path, root: Path, max_tensors: int, max_elements: int, max_header_bytes: int,
-              options: CheckpointOptions, importance: Path | None = None, importance_copy: Path | None = None
-              ) -> tuple[Checkpoint, tuple[TensorPlan, ...]]:
-    """The validated checkpoint and its plan (again at each run: the source may have changed since), with the
-    job's copy of its importance vectors (the statistics file itself, `importance`, is not copied through)."""
-    checkpoint = open_checkpoint(directory, root=root, max_tensors=max_tensors, max_elements=max_elements,
-                                 max_header_bytes=max_header_bytes)
-    plans = plan_checkpoint(checkpoint, options)
-    if importance is not None and importance_copy is not None:
-        checkpoint = without_statistics(checkpoint, importance)
-        plans = attach_importance(plans, read_safetensors(importance_copy))
-    return checkpoint, plans
-
-
-def timed_tensor_part(directory: Path, plan: TensorPlan, options: CheckpointOptions, part: Path
-                      ) -> tuple[dict[str, Any], float]:
-    """`quantize_tensor_part` and the seconds it took."""
-    started = time.perf_counter()
-    entry = quantize_tensor_part(directory, plan, options, part)
-    return entry, time.perf_counter() - started
-
-
-def finish_output(checkpoint: Checkpoint, plans: tuple[TensorPlan, ...], options: CheckpointOptions,
-                  entries: dict[int, dict[str, Any]], part_dir: Path, out_dir: Path,
-                  allocation: dict[str, Any] | None = None) -> tuple[dict[str, Any], list[OutputShard]] | None:
-    """Lay out the result: GGUF is written here whole (None); otherwise the report and the shards to write."""
-    out_dir.mkdir(parents=True, exist_ok=True)
-    for leftover in out_dir.glob("*.partial"):  # a write a kill interrupted
-        leftover.unlink()
-    report = build_report(options, plans, entries, checkpoint, allocation)
-    if options.output == "gguf":
-        write_gguf_output(checkpoint, plans, part_dir, report, out_dir)
-        return None
-    return report, output_shards(checkpoint, plans, part_dir, options)
 
 
 # --- executors -------------------------------------------------------------------------------------------

@@ -2,7 +2,7 @@
 ``compare``, ``dequantize``, ``jobs``).
 
 Each command runs locally on `quant_core` through the same conversion
-functions the API uses (`app.schemas`, `app.jobs`), or against a server with
+functions the API uses (`app.schemas`, `quant_core.single_file`), or against a server with
 ``--url`` through `app.client`; so ``nibble plan ... --json`` prints exactly
 what ``POST /v1/plan`` answers, whichever way it ran.  Sizes in tables are
 GiB (1 GiB = 2^30 bytes) unless ``--unit GB`` asks for 10^9 bytes, and every
@@ -36,7 +36,6 @@ from pydantic import ValidationError
 
 from app.cli_jobs import JobFailed, add_job_options, add_jobs_parser, command_jobs, command_quantize_checkpoint
 from app.client import NibbleAPIError, NibbleClient
-from app.jobs import OUTPUT_SUFFIXES, QuantizeJob, ReadLimits, compare_file, dequantize_file, quantize_file
 from app.problems import problem_for, validation_problem
 from app.schemas.models import (
     DeviceOut,
@@ -65,6 +64,14 @@ from quant_core import catalog
 from quant_core.checkpoint.source import INDEX_NAME
 from quant_core.errors import NibbleError, TensorFileError
 from quant_core.quantize import METHODS
+from quant_core.single_file import (
+    OUTPUT_SUFFIXES,
+    QuantizeJob,
+    ReadLimits,
+    compare_file,
+    dequantize_file,
+    quantize_file,
+)
 from quant_core.tensorio import sniff_format
 from quant_core.tensorio.checkpoint_headers import checkpoint_files, index_weight_map, read_header_prefix
 

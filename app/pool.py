@@ -44,7 +44,7 @@ from app.problems import ApiProblem, PoolFull, ShuttingDown, TimeLimitExceeded, 
 from quant_core.errors import NibbleError
 
 T = TypeVar("T")
-PRELOAD_MODULES: tuple[str, ...] = ("app.jobs",)
+PRELOAD_MODULES: tuple[str, ...] = ("quant_core.single_file.jobs",)
 #: a worker idle this long after a job returns its freed heap to the OS; a job arriving sooner reuses the
 #: pages (a 64 MiB quantize allocates ~8 MiB of output: ~2,000 page faults when taken anew, BENCHMARKS.md)
 IDLE_TRIM_SECONDS = 0.5

@@ -47,10 +47,10 @@ import uvloop
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
 
-from app.jobs import QuantizeJob, ReadLimits, quantize_file  # noqa: E402
 from app.settings import Settings  # noqa: E402
 from quant_core.formats import int4  # noqa: E402
 from quant_core.quantize import quantize  # noqa: E402
+from quant_core.single_file import QuantizeJob, ReadLimits, quantize_file  # noqa: E402
 from tests.e2e.conftest import start_server  # noqa: E402
 
 #: issue 21: HTTP quantize of a 64 MiB file at most this many times the same work in process (best of 15)

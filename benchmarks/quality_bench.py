@@ -15,7 +15,7 @@ calibration from one set of modules, the evaluation from another.
 
 Rows: each method with and without the statistics, at a fixed int4 g128
 format and under budgets of 4.25 and 4.5 bits per weight (per-tensor formats:
-int4 g128/g64/g32 asymmetric and symmetric, int8 or 16-bit, `app/budget.py`);
+int4 g128/g64/g32 asymmetric and symmetric, int8 or 16-bit, `quant_core/single_file/budget.py`);
 bits per weight are over the quantized tensors.  Targets
 (issue 22): mean cosine ≥ 0.972 at ≤ 4.25 bits per weight and ≥ 0.975 at ≤ 4.5.
 """

@@ -36,9 +36,9 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
 
 from app.allocator import keep_receive_buffers  # noqa: E402
-from app.jobs import QuantizeJob, ReadLimits, quantize_file  # noqa: E402
 from app.settings import Settings  # noqa: E402
 from benchmarks.api_bench import _read_response, multipart_body, upload_head  # noqa: E402
+from quant_core.single_file import QuantizeJob, ReadLimits, quantize_file  # noqa: E402
 from tests.e2e.conftest import free_port  # noqa: E402
 
 

@@ -52,6 +52,7 @@ from quant_core.quantize import (
     QuantizedTensor,
     dequantize,
     payload_bytes,
+    payload_size,
     quality_report,
     quantized_from_payload,
 )
@@ -63,6 +64,7 @@ from quant_core.schemes import (
     scheme_from_quantization_config,
     scheme_of,
 )
+from quant_core.single_file import QuantizeJob, ReadLimits, compare_file, dequantize_file, quantize_file
 from quant_core.specs import KVLayer, ModelSpec, TensorEntry
 from quant_core.tensorio import (
     export_awq,
@@ -106,7 +108,9 @@ __all__ = [
     "PlanOptions",
     "QualityReport",
     "QuantizationPolicy",
+    "QuantizeJob",
     "QuantizedTensor",
+    "ReadLimits",
     "TensorEntry",
     "TensorFileError",
     "UnknownName",
@@ -116,7 +120,9 @@ __all__ = [
     "Workload",
     "block_format",
     "checkpoint_scheme",
+    "compare_file",
     "dequantize",
+    "dequantize_file",
     "export_awq",
     "export_compressed_tensors",
     "export_gguf",
@@ -141,8 +147,10 @@ __all__ = [
     "model_from_sizes",
     "parameter_count",
     "payload_bytes",
+    "payload_size",
     "plan",
     "quality_report",
+    "quantize_file",
     "quantized_from_payload",
     "read_checkpoint_headers",
     "read_nibble_safetensors",

@@ -24,15 +24,6 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 from starlette.requests import ClientDisconnect
 
-from app.jobs import (
-    EXPORT_REPORT_KEY,
-    OUTPUT_SUFFIXES,
-    QuantizeJob,
-    ReadLimits,
-    compare_file,
-    dequantize_file,
-    quantize_file,
-)
 from app.metrics import observe_report
 from app.pool import WorkerPool
 from app.problems import MalformedUpload, UnsupportedMediaType, problem_responses
@@ -48,6 +39,15 @@ from app.schemas.quantize import (
 from app.security import ApiKeyRoute, settings_of
 from app.settings import Settings
 from app.uploads import FormLimits, TensorFileKind, Upload, UploadedFile, new_output_path, receive_upload
+from quant_core.single_file import (
+    EXPORT_REPORT_KEY,
+    OUTPUT_SUFFIXES,
+    QuantizeJob,
+    ReadLimits,
+    compare_file,
+    dequantize_file,
+    quantize_file,
+)
 
 router = APIRouter(tags=["quantize"], route_class=ApiKeyRoute)
 UPLOAD_ERRORS = problem_responses(400, 408, 413, 415, 422, 503, 504)

@@ -5,7 +5,9 @@ tensors; `plan_checkpoint` decides each tensor's fate under
 `CheckpointOptions`; `quantize_tensor_part` does one tensor (what a job's
 worker runs); `output_shards`, `write_output_shard`, `write_checkpoint_files`
 and `write_gguf_output` assemble the result; `quantize_checkpoint` runs all of
-it in this process.  Under a budget, `measure_tensor` and `choose_formats`
+it in this process; `inspect_source`, `load_plan`, `timed_tensor_part` and
+`finish_output` (job_steps.py) are a job's steps, each run by name in a worker.
+Under a budget, `measure_tensor` and `choose_formats`
 (budget.py) give each tensor its format first; `attach_importance` gives the
 plans their importance statistics.
 """
@@ -19,6 +21,7 @@ from quant_core.checkpoint.budget import (
     measure_tensor,
     without_statistics,
 )
+from quant_core.checkpoint.job_steps import finish_output, inspect_source, load_plan, timed_tensor_part
 from quant_core.checkpoint.output import (
     GGUF_NAME,
     REPORT_NAME,
@@ -84,6 +87,9 @@ __all__ = [
     "check_options",
     "choose_formats",
     "encode_tensor",
+    "finish_output",
+    "inspect_source",
+    "load_plan",
     "measure_and_choose",
     "measure_tensor",
     "open_checkpoint",
@@ -96,6 +102,7 @@ __all__ = [
     "quantize_tensor_bytes",
     "quantize_tensor_part",
     "read_tensor",
+    "timed_tensor_part",
     "valid_parts",
     "without_statistics",
     "write_checkpoint_files",

@@ -14,7 +14,7 @@ GPTQ and AWQ refuse a budget (`quant_core.checkpoint.plan.BUDGET_REFUSED`).
 `measure_tensor` stores a tensor in each candidate and measures the bytes the
 output holds for it and its error (the squared importance-weighted relative
 error, the plain one without statistics: what the single-file budget of
-app/budget.py minimises); `choose_formats` hands those numbers to
+quant_core/single_file/budget.py minimises); `choose_formats` hands those numbers to
 `quant_core.quantize.allocation.allocate` and returns the plans with their
 formats.  Measuring is deterministic, and so is the allocation of the same
 numbers: a resumed job chooses the same formats, and the bytes written for the
@@ -24,7 +24,6 @@ quantized tensors are the allocation's ``output_bytes``, at most the budget.
 from __future__ import annotations
 
 import math
-from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
@@ -38,7 +37,13 @@ from quant_core.checkpoint.plan import CheckpointOptions, TensorPlan
 from quant_core.checkpoint.source import Checkpoint, read_tensor
 from quant_core.errors import BudgetTooSmall, ImportanceMismatch
 from quant_core.formats import WeightFormat, float_format, ggml_format, int4
-from quant_core.quantize.allocation import TensorOption, allocate, budget_formats, budget_from_bits
+from quant_core.quantize.allocation import (
+    TensorOption,
+    allocate,
+    allocation_summary,
+    budget_formats,
+    budget_from_bits,
+)
 from quant_core.quantize.api import normalised_importance
 
 __all__ = ["attach_importance", "candidate_formats", "check_budget", "choose_formats", "lower_bound_bytes",
@@ -113,14 +118,8 @@ def choose_formats(plans: Sequence[TensorPlan], options: CheckpointOptions,
         raise
     chosen = {plan.index: candidate_formats(plan, options)[choice]
               for plan, choice in zip(quantized, allocation.choices, strict=True)}
-    labels = [stored.label() for stored in chosen.values()]
-    summary = {
-        "budget_bytes": budget, "bits_per_weight_budget": options.bits_per_weight,
-        "output_bytes": allocation.bytes, "elements": elements,
-        "bits_per_weight": 8 * allocation.bytes / elements if elements else 0.0,
-        "error": allocation.error, "formats": dict(sorted(Counter(labels).items())),
-        "allowed_formats": sorted({option.label for plan in quantized for option in measured[plan.index]}),
-    }
+    summary = allocation_summary([measured[plan.index] for plan in quantized], allocation, elements,
+                                 options.bits_per_weight)
     return tuple(replace(plan, format=chosen[plan.index]) if plan.quantized else plan for plan in plans), summary
 
 

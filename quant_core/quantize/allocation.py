@@ -31,8 +31,10 @@ from __future__ import annotations
 
 import heapq
 import math
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -44,8 +46,8 @@ PARETO_STATES = 200_000
 #: pair moves are searched while (tensors × options) is at most this (the pair matrix is its square)
 PAIR_MOVES = 2048
 
-__all__ = ["BUDGET_GROUP_SIZES", "Allocation", "BudgetTooSmall", "TensorOption", "allocate", "budget_formats",
-           "budget_from_bits"]
+__all__ = ["BUDGET_GROUP_SIZES", "Allocation", "BudgetTooSmall", "TensorOption", "allocate", "allocation_summary",
+           "budget_formats", "budget_from_bits"]
 
 #: the int4 group sizes a budget may choose per tensor
 BUDGET_GROUP_SIZES = (128, 64, 32)
@@ -151,6 +153,21 @@ def allocate(tensors: Sequence[Sequence[TensorOption]], budget_bytes: int) -> Al
         choices = frontier
     return Allocation(tuple(choices), int(_total(tensors, choices, "bytes")), _total(tensors, choices, "error"),
                       budget_bytes)
+
+
+def allocation_summary(tensors: Sequence[Sequence[TensorOption]], allocation: Allocation, elements: int,
+                       bits_per_weight: float | None) -> dict[str, Any]:
+    """An allocation as a report gives it: the budget (and the bits per weight it came from, if it did), the
+    bytes and bits per weight over the `elements` weights, the total error, how many tensors took each format
+    and every format offered."""
+    chosen = [tensors[t][index].label for t, index in enumerate(allocation.choices)]
+    return {
+        "budget_bytes": allocation.budget_bytes, "bits_per_weight_budget": bits_per_weight,
+        "output_bytes": allocation.bytes, "elements": elements,
+        "bits_per_weight": 8 * allocation.bytes / elements if elements else 0.0,
+        "error": allocation.error, "formats": dict(sorted(Counter(chosen).items())),
+        "allowed_formats": sorted({option.label for options in tensors for option in options}),
+    }
 
 
 def _total(tensors: Sequence[Sequence[TensorOption]], choices: Sequence[int], what: str) -> float:

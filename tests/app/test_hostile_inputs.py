@@ -20,11 +20,11 @@ import pytest
 from fastapi.testclient import TestClient
 from starlette.requests import ClientDisconnect
 
-from app.jobs import ReadLimits, load_tensors
 from app.problems import MAX_FIELD_CHARS, MAX_MESSAGE_CHARS
 from app.routers.quantizations import _unless_client_leaves
 from app.schemas.quantize import MAX_INCLUDE_CHARS
 from quant_core.errors import LimitExceeded
+from quant_core.single_file import ReadLimits, load_tensors
 from quant_core.specs import MAX_NAME_CHARS
 from quant_core.tensorio.limits import DEFAULT_MAX_NPY_HEADER_BYTES
 

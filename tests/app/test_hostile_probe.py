@@ -22,9 +22,9 @@ import pytest
 from fastapi.testclient import TestClient
 from safetensors.numpy import save as save_safetensors
 
-from app.jobs import EXPORT_REPORT_KEY
 from app.main import create_app
 from app.routers.quantizations import REPORT_HEADER_MAX_BYTES
+from quant_core.single_file import EXPORT_REPORT_KEY
 from tests.app.conftest import client_with, make_settings
 from tests.tensor_files import npy_bytes
 from tests.threaded_server import uvicorn_in_thread

@@ -18,9 +18,8 @@ import pytest
 from fastapi.testclient import TestClient
 from safetensors.numpy import save as save_safetensors
 
-from app.jobs import payload_size
-from quant_core.formats import WeightFormat, int4
-from quant_core.quantize import dequantize, payload_bytes, quantize
+from quant_core.formats import int4
+from quant_core.quantize import dequantize, quantize
 from tests.app.conftest import client_with
 from tests.tensor_files import load_safetensors, npy_bytes
 
@@ -328,28 +327,6 @@ def test_gguf_export_of_an_asymmetric_scheme_is_422(client: TestClient, weights:
     response = client.post("/v1/quantize", files={"file": ("w.npy", npy_bytes(weights))},
                            data={"output": "gguf", "group_size": "128"})
     assert response.status_code == 422
-
-
-PAYLOAD_CASES: list[tuple[str, WeightFormat, bool]] = [
-    ("rtn", int4(128), False),
-    ("rtn", int4(None), False),
-    ("rtn", int4(32, pad=True), False),
-    ("rtn-sym", int4(64, symmetric=True), False),
-    ("hqq", int4(128, zero="fp16"), False),
-    ("clip", int4(128), False),
-    ("gptq", WeightFormat("int4", 128, False, "int4", layout="gptq"), True),
-    ("gptq-act-order", WeightFormat("int4", 128, True, "none", layout="gptq"), True),
-]
-
-
-@pytest.mark.parametrize(("method", "scheme", "calibrated"), PAYLOAD_CASES)
-def test_payload_size_equals_the_joined_payload_length(method: str, scheme: WeightFormat, calibrated: bool) -> None:
-    rng = np.random.default_rng(7)
-    columns = 200 if scheme.pad else 256  # 200: not a multiple of 32, so the rows are padded
-    weights = rng.standard_normal((13, columns)).astype(np.float32)  # odd: 13 x groups int4 zeros
-    calibration = rng.standard_normal((64, columns)).astype(np.float32) if calibrated else None
-    q = quantize(weights, scheme, method, calibration)
-    assert payload_size(q) == len(payload_bytes(q)) == scheme.bytes_for(weights.shape)
 
 
 def test_hqq_keeps_its_fp16_zero_by_default_and_rounds_it_when_asked(client: TestClient,

@@ -10,12 +10,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from quant_core.errors import TensorFileError
-from quant_core.formats import GROUP_SIZES, WeightFormat
+from quant_core.formats import GROUP_SIZES, WeightFormat, int4
 from quant_core.quantize import (
     dequantize,
     pack_codes,
     payload_array,
     payload_bytes,
+    payload_size,
     quantize,
     quantized_from_payload,
     unpack_codes,
@@ -116,3 +117,25 @@ def test_payload_with_out_of_range_g_idx_is_refused() -> None:
     data[-4:] = np.array([7], dtype="<i4").tobytes()
     with pytest.raises(TensorFileError, match=r"g_idx\[63\] = 7"):
         quantized_from_payload(bytes(data), (2, 64), scheme, "rtn")
+
+
+PAYLOAD_CASES: list[tuple[str, WeightFormat, bool]] = [
+    ("rtn", int4(128), False),
+    ("rtn", int4(None), False),
+    ("rtn", int4(32, pad=True), False),
+    ("rtn-sym", int4(64, symmetric=True), False),
+    ("hqq", int4(128, zero="fp16"), False),
+    ("clip", int4(128), False),
+    ("gptq", WeightFormat("int4", 128, False, "int4", layout="gptq"), True),
+    ("gptq-act-order", WeightFormat("int4", 128, True, "none", layout="gptq"), True),
+]
+
+
+@pytest.mark.parametrize(("method", "scheme", "calibrated"), PAYLOAD_CASES)
+def test_payload_size_equals_the_joined_payload_length(method: str, scheme: WeightFormat, calibrated: bool) -> None:
+    rng = np.random.default_rng(7)
+    columns = 200 if scheme.pad else 256  # 200: not a multiple of 32, so the rows are padded
+    weights = rng.standard_normal((13, columns)).astype(np.float32)  # odd: 13 x groups int4 zeros
+    calibration = rng.standard_normal((64, columns)).astype(np.float32) if calibrated else None
+    q = quantize(weights, scheme, method, calibration)
+    assert payload_size(q) == len(payload_bytes(q)) == scheme.bytes_for(weights.shape)

@@ -17,15 +17,13 @@ from __future__ import annotations
 
 import math
 import time
-from collections import Counter
 from collections.abc import Callable, Mapping
 from typing import Any
 
-import ml_dtypes
 import numpy as np
 from numpy.typing import NDArray
 
-from app import jobs
+from quant_core.checkpoint.output import sixteen_bit
 from quant_core.errors import ImportanceMismatch, InvalidSpec, LimitExceeded, TensorFileError
 from quant_core.formats import WeightFormat, float_format
 from quant_core.quantize import QuantizedTensor, quality_report
@@ -34,20 +32,18 @@ from quant_core.quantize.allocation import (
     BudgetTooSmall,
     TensorOption,
     allocate,
+    allocation_summary,
     budget_formats,
     budget_from_bits,
 )
 from quant_core.quantize.api import normalised_importance
 from quant_core.quantize.int8 import INT8, Int8Tensor, dequantize_int8, quantize_int8
 from quant_core.quantize.metrics import weighted_relative_error
+from quant_core.single_file import jobs
 from quant_core.tensorio import read_importance
 
 #: outputs that can hold a different format per tensor (engine checkpoints declare one group size)
 BUDGET_OUTPUTS = ("report", "nibble")
-_BF16 = np.dtype(ml_dtypes.bfloat16)
-
-PassthroughReason = Callable[[str, NDArray[Any], str | None], str | None]
-
 
 def has_budget(job: jobs.QuantizeJob) -> bool:
     """Whether the job asks for per-tensor formats under a budget."""
@@ -61,8 +57,7 @@ def check_output(output: str) -> None:
                           f"group size for every tensor: use output {' or '.join(BUDGET_OUTPUTS)}")
 
 
-def load_importance(job: jobs.QuantizeJob, tensors: Mapping[str, NDArray[Any]],
-                    passthrough_reason: PassthroughReason) -> dict[str, NDArray[np.float32]]:
+def load_importance(job: jobs.QuantizeJob, tensors: Mapping[str, NDArray[Any]]) -> dict[str, NDArray[np.float32]]:
     """The job's importance vectors by tensor name ({} without a file), checked against the tensors to quantize.
 
     Names match exactly.  A file that matches none of the tensors to quantize,
@@ -79,7 +74,7 @@ def load_importance(job: jobs.QuantizeJob, tensors: Mapping[str, NDArray[Any]],
         exc.field = "importance"
         raise
     include = jobs.include_glob(job.include)
-    selected = [name for name in tensors if passthrough_reason(name, tensors[name], include) is None]
+    selected = [name for name in tensors if jobs.passthrough_reason(name, tensors[name], include) is None]
     matched = [name for name in selected if name in vectors]
     if selected and not matched:
         raise ImportanceMismatch("", f"name none of the tensors to quantize (e.g. {selected[:3]}); the file "
@@ -87,13 +82,6 @@ def load_importance(job: jobs.QuantizeJob, tensors: Mapping[str, NDArray[Any]],
     for name in matched:
         normalised_importance(vectors[name], int(tensors[name].shape[1]), name)
     return {name: vectors[name] for name in matched}
-
-
-def _sixteen_bit(array: NDArray[Any]) -> NDArray[Any]:
-    """The 16-bit copy of a tensor: its own dtype when 16-bit already, else float16."""
-    if array.dtype in (np.dtype(np.float16), _BF16):
-        return np.asarray(array)
-    return np.asarray(array, dtype=np.float32).astype(np.float16)
 
 
 def _figures_of(name: str, array: NDArray[Any], back: NDArray[np.float32], importance: NDArray[np.float32] | None,
@@ -136,10 +124,10 @@ def _int8_entry(name: str, array: NDArray[Any], importance: NDArray[np.float32] 
 def _sixteen_bit_entry(name: str, array: NDArray[Any], importance: NDArray[np.float32] | None
                        ) -> tuple[NDArray[Any], dict[str, Any]]:
     started = time.perf_counter()
-    stored = _sixteen_bit(array)
+    stored = sixteen_bit(np.asarray(array))
     with np.errstate(over="ignore"):
         back = np.asarray(stored, dtype=np.float32)
-    label = "bf16" if stored.dtype == _BF16 else "fp16"
+    label = "fp16" if stored.dtype == np.float16 else "bf16"
     return stored, _figures_of(name, array, back, importance, float_format(label), int(stored.nbytes),
                                time.perf_counter() - started)
 
@@ -180,20 +168,13 @@ def _budget(job: jobs.QuantizeJob, elements: int) -> int:
 
 def _allocate(job: jobs.QuantizeJob, measured: list[Measured], elements: int) -> tuple[list[int], dict[str, Any]]:
     budget_bytes = _budget(job, elements)
+    tensor_options = [[option for option, _, _ in options] for options in measured]
     try:
-        allocation = allocate([[option for option, _, _ in options] for options in measured], budget_bytes)
+        allocation = allocate(tensor_options, budget_bytes)
     except BudgetTooSmall as exc:
         exc.field = "budget_bytes" if job.budget_bytes is not None else "bits_per_weight"
         raise
-    chosen = [measured[t][index][0].label for t, index in enumerate(allocation.choices)]
-    summary = {
-        "budget_bytes": budget_bytes, "bits_per_weight_budget": job.bits_per_weight,
-        "output_bytes": allocation.bytes, "elements": elements,
-        "bits_per_weight": 8 * allocation.bytes / elements if elements else 0.0,
-        "error": allocation.error, "formats": dict(sorted(Counter(chosen).items())),
-        "allowed_formats": sorted({option.label for options in measured for option, _, _ in options}),
-    }
-    return list(allocation.choices), summary
+    return list(allocation.choices), allocation_summary(tensor_options, allocation, elements, job.bits_per_weight)
 
 
 def quantize_under_budget(job: jobs.QuantizeJob, tensors: Mapping[str, NDArray[Any]], method: str,

@@ -1,11 +1,11 @@
-"""The NumPy work behind the upload endpoints, run in a pool worker (never on the event loop).
+"""Quantize, compare and dequantize one tensor file on disk (.safetensors or .npy): the work behind the upload
+endpoints and ``nibble quantize``, for any script too.
 
 Each job is a plain function of file paths and a small parameter record, and
 returns a JSON-able dict, so a worker process receives and sends only a few
-hundred bytes: the tensors are memory-mapped from the uploaded temp file by
-the worker itself, and outputs are written to a temp file the parent streams
-back.  All errors are `quant_core` typed errors, mapped to HTTP by
-app/problems.py.
+hundred bytes: the tensors are memory-mapped from the file by the worker
+itself, and outputs are written to a file the caller names.  All errors are
+`quant_core` typed errors (app/problems.py maps them to HTTP).
 """
 
 from __future__ import annotations
@@ -22,12 +22,13 @@ import ml_dtypes
 import numpy as np
 from numpy.typing import NDArray
 
-from app import budget
 from quant_core.errors import CalibrationError, InvalidSpec, LimitExceeded, NibbleError
 from quant_core.formats import WeightFormat
 from quant_core.globs import Glob, compile_glob
 from quant_core.quantize import QuantizedTensor, dequantize, quantize
 from quant_core.quantize.int8 import Int8Tensor, dequantize_int8
+from quant_core.quantize.packing import payload_size
+from quant_core.single_file import budget
 from quant_core.tensorio import (
     awq_config,
     compressed_tensors_config,
@@ -44,6 +45,10 @@ from quant_core.tensorio import (
 )
 from quant_core.tensorio import write_safetensors as write_plain_safetensors
 from quant_core.tensorio.limits import DEFAULT_MAX_NPY_HEADER_BYTES
+
+__all__ = ["EXPORT_CONFIGS", "EXPORT_REPORT_KEY", "FLOAT_KINDS", "NPY_TENSOR_NAME", "OUTPUT_SUFFIXES",
+           "DequantizeDtype", "OutputKind", "QuantizeJob", "ReadLimits", "compare_file", "dequantize_file",
+           "include_glob", "load_tensors", "passthrough_reason", "quantize_file"]
 
 FLOAT_KINDS = ("float32", "float16", "bfloat16")
 #: the name a `.npy` file's one tensor goes by
@@ -95,9 +100,9 @@ class QuantizeJob:
     #: threads per tensor (`quantize`'s `threads`): None = every core (the CLI); the server's
     #: workers run one job per core and pass 1
     threads: int | None = None
-    #: importance statistics (llama.cpp imatrix GGUF or .dat, or safetensors vectors), app/budget.py
+    #: importance statistics (llama.cpp imatrix GGUF or .dat, or safetensors vectors), budget.py
     importance_path: Path | None = None
-    #: a byte budget for the quantized tensors (or bits per weight over them): per-tensor formats, app/budget.py
+    #: a byte budget for the quantized tensors (or bits per weight over them): per-tensor formats, budget.py
     budget_bytes: int | None = None
     bits_per_weight: float | None = None
 
@@ -187,25 +192,6 @@ def _closeness(result: Mapping[str, Any]) -> tuple[bool, float, float]:
     return quality["relative_error"] is None, quality["relative_error"] or 0.0, quality["max_abs_error"]
 
 
-def payload_size(q: QuantizedTensor) -> int:
-    """``len(payload_bytes(q))``, from the arrays' sizes, without joining a copy of the payload.
-
-    The payload is the packed codes, the fp16 scales, the zeros (int4 codes
-    packed two per byte, or fp16) and, in the GPTQ layout, the int32 g_idx
-    (quant_core/quantize/packing.py); joining them costs 3 to 10 ms for a
-    4096 x 4096 tensor only to take the length.  A test checks it equals the
-    joined length for every method and scheme.
-    """
-    size = int(np.asarray(q.packed).size) + 2 * int(np.asarray(q.scales).size)
-    if q.zeros is not None and q.format.zero == "int4":
-        size += (int(np.asarray(q.zeros).size) + 1) // 2
-    elif q.zeros is not None and q.format.zero == "fp16":
-        size += 2 * int(np.asarray(q.zeros).size)
-    if q.format.layout == "gptq":
-        size += 4 * (int(np.asarray(q.g_idx).size) if q.g_idx is not None else q.shape[1])
-    return size
-
-
 def _run_method(name: str, array: NDArray[Any], scheme: WeightFormat, method: str,
                 calibration: NDArray[Any] | None, threads: int | None = None, min_zero: int = 0,
                 importance: NDArray[Any] | None = None) -> tuple[QuantizedTensor, dict[str, Any]]:
@@ -282,7 +268,7 @@ def quantize_file(job: QuantizeJob, output: OutputKind, output_path: Path | None
     _check_include(tensors, include)
     calibration = _load_calibration(job)
     _check_calibration_fits(tensors, include, calibration)
-    importance = budget.load_importance(job, tensors, passthrough_reason)
+    importance = budget.load_importance(job, tensors)
     method = job.methods[0]
     scheme = _scheme(job, method, output)
     report: dict[str, Any] = {"method": method, "format": scheme.label(), "tensors": [], "passthrough": []}
@@ -346,7 +332,7 @@ def compare_file(job: QuantizeJob) -> dict[str, Any]:
     _check_include(tensors, include)
     calibration = _load_calibration(job)
     _check_calibration_fits(tensors, include, calibration)
-    importance = budget.load_importance(job, tensors, passthrough_reason)
+    importance = budget.load_importance(job, tensors)
     scheme = _scheme(job, "")
     if budget.has_budget(job):
         return budget.compare_under_budget(job, tensors, calibration, importance)
