@@ -33,7 +33,7 @@ from collections.abc import AsyncIterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal, Protocol
+from typing import Literal
 
 from python_multipart.multipart import MultipartParser, parse_options_header
 from starlette.requests import ClientDisconnect, Request
@@ -94,10 +94,6 @@ class Upload:
     fields: dict[str, list[str]] = field(default_factory=dict)
     directory: Path = Path()
     repeated: dict[str, list[UploadedFile]] = field(default_factory=dict)
-    #: where `fields` came from: "form" (multipart text fields) or "query" (a raw body's query parameters)
-    source: str = "form"
-    #: the query parameters of a multipart request (its options belong in the form; see `parse_form`)
-    query: dict[str, list[str]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -115,9 +111,6 @@ class FormLimits:
     part_limit: str = ""
     part_fields: tuple[str, ...] = ()
     max_parts: int = 0  # 0: MAX_PARTS
-    #: the file field a raw ``application/octet-stream`` body stands for (its options then come as query
-    #: parameters); None: the route reads multipart bodies only
-    raw_field: str | None = None
 
 
 class _Collector:
@@ -184,17 +177,12 @@ class _Collector:
                 self.error = MalformedUpload(f"the field {self.part_name!r} holds more than one file",
                                              field=self.part_name)
                 return
-            self.open_file(self.part_name, (filename or b"").decode("utf-8", "replace"))
+            path = self.directory / f"part-{len(self.raw_files)}"
+            self.sink = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+            self.raw_files.append((self.part_name, (filename or b"").decode("utf-8", "replace"), path, 0))
+            self.files_in[self.part_name] = self.files_in.get(self.part_name, 0) + 1
         else:
             self.text = bytearray()
-
-    def open_file(self, name: str, filename: str) -> None:
-        """Start the file part `name`: its bytes go to a new spool file."""
-        self.part_name = name
-        path = self.directory / f"part-{len(self.raw_files)}"
-        self.sink = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
-        self.raw_files.append((name, filename, path, 0))
-        self.files_in[name] = self.files_in.get(name, 0) + 1
 
     def on_part_data(self, data: bytes, start: int, end: int) -> None:
         if self.error is not None:
@@ -270,7 +258,7 @@ class _Collector:
             "on_headers_finished": self.on_headers_finished, "on_part_data": self.on_part_data,
             "on_part_end": self.on_part_end, "on_end": self.on_end})
 
-    def feed(self, parser: _BodyParser, chunk: bytes) -> None:
+    def feed(self, parser: MultipartParser, chunk: bytes) -> None:
         """Parse one network chunk; raise the refusal (a limit passed, a misplaced file) as soon as there is one."""
         parser.write(chunk)
         if self.error is not None:
@@ -283,33 +271,6 @@ class _Collector:
         inside = f" inside the part {self.part_name!r}" if self.part_name else ""
         raise MalformedUpload(f"the multipart body ended{inside} without its closing delimiter (--boundary--)",
                               field=self.part_name or "body")
-
-
-class _RawBody:
-    """An ``application/octet-stream`` body read as the one file part `field` of a form: the same collector,
-    limits and spool as a multipart file, without a boundary to search for."""
-
-    def __init__(self, collector: _Collector, field: str) -> None:
-        self.collector = collector
-        self.field = field
-        self.started = False
-
-    def write(self, chunk: bytes) -> None:
-        if not self.started:
-            self.started = True
-            self.collector.open_file(self.field, "")
-        self.collector.on_part_data(chunk, 0, len(chunk))
-
-    def finalize(self) -> None:
-        self.write(b"")
-        self.collector.on_part_end()
-        self.collector.on_end()
-
-
-class _BodyParser(Protocol):
-    def write(self, chunk: bytes) -> int | None: ...
-
-    def finalize(self) -> None: ...
 
 
 def _write_slices(writes: Writes, closing: list[int]) -> None:
@@ -373,15 +334,11 @@ def stall_reason(started: float, last: float, received: int, now: float, idle: f
             "upload must keep up")
 
 
-def _boundary(request: Request, limits: FormLimits) -> bytes | None:
-    """The multipart boundary of the request's body; None for a raw body the route takes (`limits.raw_field`)."""
+def _boundary(request: Request) -> bytes:
     content_type, options = parse_options_header(request.headers.get("content-type", ""))
-    if content_type == b"application/octet-stream" and limits.raw_field is not None:
-        return None
     if content_type != b"multipart/form-data" or not options.get(b"boundary"):
-        raw = " or application/octet-stream (the file itself)" if limits.raw_field is not None else ""
         raise UnsupportedMediaType(
-            f"expected a multipart/form-data{raw} body, got {request.headers.get('content-type', 'none')!r}",
+            f"expected a multipart/form-data body, got {request.headers.get('content-type', 'none')!r}",
             field="Content-Type",
         )
     boundary = options[b"boundary"]
@@ -391,7 +348,7 @@ def _boundary(request: Request, limits: FormLimits) -> bytes | None:
     return boundary
 
 
-async def _stream(request: Request, settings: Settings, collector: _Collector, parser: _BodyParser,
+async def _stream(request: Request, settings: Settings, collector: _Collector, boundary: bytes,
                   spool: SpoolWriter) -> None:
     """Parse the body as it arrives, under one deadline (408 past it; see ``upload_idle_seconds``).
 
@@ -400,6 +357,7 @@ async def _stream(request: Request, settings: Settings, collector: _Collector, p
     time and size; one timer, when it fires, finds the deadline those reads
     moved and waits for it, or ends the upload.
     """
+    parser = collector.parser(boundary)
     loop = asyncio.get_running_loop()
     idle, rate = settings.upload_idle_seconds, settings.upload_min_bytes_per_second
     started = last = loop.time()
@@ -450,10 +408,6 @@ async def receive_upload(request: Request, settings: Settings,
     """Stream a multipart body into a temp directory; yield the parsed `Upload`; always delete it (after an
     error before raising; after success on a spool thread, while the answer is sent).
 
-    A route with `limits.raw_field` also takes the file itself as an ``application/octet-stream`` body
-    (``curl --data-binary @w.npy``), its options as query parameters: the same limits and answers, without
-    the multipart parse.
-
     Raises `LimitExceeded` (413) when the Content-Length, or the file bytes
     received so far, pass ``settings.max_upload_bytes`` (or `limits`' own, and
     one file past ``limits.max_part_bytes``); `UnsupportedMediaType`
@@ -462,31 +416,22 @@ async def receive_upload(request: Request, settings: Settings,
     broken multipart body; `UploadStalled` (408) for a body that stops
     arriving or arrives too slowly.
     """
-    boundary = _boundary(request, limits)
+    boundary = _boundary(request)
     declared = request.headers.get("content-length")
     max_file_bytes = limits.max_file_bytes or settings.max_upload_bytes
-    budget = max_file_bytes
-    if boundary is not None:
-        budget += MULTIPART_OVERHEAD_BYTES + limits.max_parts * PART_OVERHEAD_BYTES
+    budget = max_file_bytes + MULTIPART_OVERHEAD_BYTES + limits.max_parts * PART_OVERHEAD_BYTES
     if declared is not None and declared.isdigit() and int(declared) > budget:
         raise LimitExceeded(limits.limit, int(declared), max_file_bytes, field="file")
     directory = Path(tempfile.mkdtemp(prefix="nibble-upload-", dir=settings.temp_dir))
     collector = _Collector(directory, limits, settings)
     spool = SpoolWriter()
-    query: dict[str, list[str]] = {}
-    for key, value in request.query_params.multi_items():
-        query.setdefault(key, []).append(value)
     try:
         try:
-            parser = collector.parser(boundary) if boundary is not None else _RawBody(collector, str(limits.raw_field))
-            await _stream(request, settings, collector, parser, spool)
+            await _stream(request, settings, collector, boundary, spool)
         except BaseException:
             spool.abandon(collector)
             raise
-        if boundary is None:
-            upload = Upload(fields=query, directory=directory, source="query")
-        else:
-            upload = Upload(fields=collector.fields, directory=directory, query=query)
+        upload = Upload(fields=collector.fields, directory=directory)
         for name, filename, path, size in collector.raw_files:
             with path.open("rb") as handle:
                 kind = sniff_format(handle.read(SNIFF_BYTES))

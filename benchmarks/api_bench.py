@@ -38,7 +38,6 @@ import tempfile
 import time
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlencode
 
 import httpx
 import numpy as np
@@ -148,15 +147,10 @@ def multipart_body(fields: dict[str, str], file_field: str, filename: str, paylo
     return "".join(parts).encode() + head.encode() + payload + f"\r\n--{BOUNDARY}--\r\n".encode()
 
 
-def upload_head(host: str, body: bytes, fields: dict[str, str] | None = None) -> bytes:
-    """The HTTP/1.1 request head of ``POST /v1/quantize`` carrying `body`: a multipart body (from
-    `multipart_body`), or with `fields` the file itself (``application/octet-stream``, options in the query)."""
-    if fields is None:
-        target, content_type = "/v1/quantize", f"multipart/form-data; boundary={BOUNDARY}"
-    else:
-        target, content_type = f"/v1/quantize?{urlencode(fields)}", "application/octet-stream"
-    return (f"POST {target} HTTP/1.1\r\nHost: {host}\r\n"
-            f"Content-Type: {content_type}\r\nContent-Length: {len(body)}\r\n\r\n").encode()
+def upload_head(host: str, body: bytes) -> bytes:
+    """The HTTP/1.1 request head of ``POST /v1/quantize`` carrying `body` (from `multipart_body`)."""
+    return (f"POST /v1/quantize HTTP/1.1\r\nHost: {host}\r\n"
+            f"Content-Type: multipart/form-data; boundary={BOUNDARY}\r\nContent-Length: {len(body)}\r\n\r\n").encode()
 
 
 def _read_response(sock: socket.socket) -> tuple[int, bytes]:
@@ -183,23 +177,18 @@ def _read_response(sock: socket.socket) -> tuple[int, bytes]:
 
 
 def _upload_client(base_url: str, npy_path: str, fields: dict[str, str], commands: Any) -> None:
-    """Client process: on each command ("multipart" or "raw"), POST that upload on one keep-alive socket;
-    send back timings.
+    """Client process: on each command, POST the multipart upload on one keep-alive socket; send back timings.
 
     The body is built once, before timing (a client that has the file bytes), and sent with two
     ``sendall`` calls (head, body) on a raw HTTP/1.1 socket: httpx's sync client needs ~0.3 s of
     its own CPU to push 64 MiB through h11 on this machine, and would measure itself.
     """
     url = httpx.URL(base_url)
-    payload = Path(npy_path).read_bytes()
-    host = f"{url.host}:{url.port}"
-    multipart = multipart_body(fields, "file", "w.npy", payload)
-    requests = {"multipart": (upload_head(host, multipart), multipart),
-                "raw": (upload_head(host, payload, fields), payload)}
+    body = multipart_body(fields, "file", "w.npy", Path(npy_path).read_bytes())
+    head = upload_head(f"{url.host}:{url.port}", body)
     with socket.create_connection((url.host, url.port or 80)) as sock:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        while (command := commands.recv()) in requests:
-            head, body = requests[command]
+        while commands.recv() == "go":
             started = time.perf_counter()
             sock.sendall(head)
             sock.sendall(body)
@@ -227,7 +216,7 @@ def time_quantize(base_url: str, repeats: int) -> dict[str, list[float]]:
     weights = np.random.default_rng(0).standard_normal((4096, 4096)).astype(np.float32)
     limits = ReadLimits(4096, 256 * 2**20, 16 * 2**20)
     fields = {"method": "rtn", "group_size": "128", "output": "report"}
-    timings: dict[str, list[float]] = {"http": [], "multipart": [], "quantize_file": [], "quantize": []}
+    timings: dict[str, list[float]] = {"http": [], "quantize_file": [], "quantize": []}
     with tempfile.TemporaryDirectory(prefix="nibble-bench-") as folder:
         npy_path = Path(folder) / "w.npy"
         np.save(npy_path, weights, allow_pickle=False)
@@ -239,11 +228,10 @@ def time_quantize(base_url: str, repeats: int) -> dict[str, list[float]]:
         client.start()
         try:
             local_report = quantize_file(job, "report", None)  # warm-up, both sides, full size
-            for command in ("raw", "multipart"):
-                commands.send(command)
-                _, http_report = commands.recv()
-                if _figures(http_report) != _figures(local_report):
-                    raise RuntimeError(f"the HTTP report's figures ({command}) differ from the in-process report's")
+            commands.send("go")
+            _, http_report = commands.recv()
+            if _figures(http_report) != _figures(local_report):
+                raise RuntimeError("the HTTP report's figures differ from the in-process report's")
             for _ in range(repeats):
                 started = time.perf_counter()
                 quantize(weights, int4(128), "rtn", threads=job.threads)
@@ -251,10 +239,9 @@ def time_quantize(base_url: str, repeats: int) -> dict[str, list[float]]:
                 started = time.perf_counter()
                 quantize_file(job, "report", None)
                 timings["quantize_file"].append(time.perf_counter() - started)
-                for command, key in (("raw", "http"), ("multipart", "multipart")):
-                    commands.send(command)
-                    seconds, _ = commands.recv()
-                    timings[key].append(seconds)
+                commands.send("go")
+                seconds, _ = commands.recv()
+                timings["http"].append(seconds)
         finally:
             commands.send("stop")
             client.join(timeout=30)
@@ -277,8 +264,7 @@ def report_quantize(quantize_timings: dict[str, list[float]], repeats: int) -> N
     best = {name: min(values) for name, values in quantize_timings.items()}
     median = {name: statistics.median(values) for name, values in quantize_timings.items()}
     print(f"quantize 4096x4096 f32 (64 MiB), rtn g128, report ({repeats} alternating rounds):")
-    for name, label in (("http", "POST /v1/quantize, octet-stream body"),
-                        ("multipart", "POST /v1/quantize, multipart body"),
+    for name, label in (("http", "POST /v1/quantize (raw-socket client process)"),
                         ("quantize_file", "in process, quantize_file() on the .npy"),
                         ("quantize", "in process, quantize() of the array in memory")):
         print(f"  {label:<48} best {best[name]:.3f} s  median {median[name]:.3f} s")
@@ -288,9 +274,6 @@ def report_quantize(quantize_timings: dict[str, list[float]], repeats: int) -> N
           f"vs bare quantize(): best {best['http'] / best['quantize']:.2f}, "
           f"median {median['http'] / median['quantize']:.2f}")
     paired = sorted(h / q for h, q in zip(quantize_timings["http"], quantize_timings["quantize_file"], strict=True))
-    multipart = best["multipart"] / best["quantize_file"]
-    print(f"  multipart body (curl -F, the page): best of {repeats} {multipart:.2f}, median "
-          f"{median['multipart'] / median['quantize_file']:.2f} (the target is read on the octet-stream body)")
     print(f"  paired rounds (HTTP / the in-process run just before it): median {statistics.median(paired):.2f}, "
           f"quartiles {paired[len(paired) // 4]:.2f}-{paired[3 * len(paired) // 4]:.2f}")
 

@@ -57,7 +57,7 @@ IMPORTANCE_DESCRIPTION = ("Optional importance statistics, one float per input c
                           "llama.cpp's imatrix): a GGUF or legacy .dat imatrix, or a .safetensors of float32 vectors "
                           "named by tensor.")
 UPLOAD_FIELDS = ("file", "calibration", "importance")
-UPLOAD_LIMITS = FormLimits(UPLOAD_FIELDS, raw_field="file")
+UPLOAD_LIMITS = FormLimits(UPLOAD_FIELDS)
 DOWNLOAD_CHUNK_BYTES = 1 << 20
 REPORT_HEADER = "X-Nibble-Report"
 T = TypeVar("T")
@@ -189,13 +189,13 @@ def _quantize_job(path: Path, kind: TensorFileKind, calibration: Path | None, fo
              responses={**DOWNLOAD_RESPONSE, **UPLOAD_ERRORS},
              openapi_extra=multipart_body(QuantizeForm, {"file": FILE_DESCRIPTION,
                                                          "calibration": CALIBRATION_DESCRIPTION,
-                                                         "importance": IMPORTANCE_DESCRIPTION}, ("file",), "file"))
+                                                         "importance": IMPORTANCE_DESCRIPTION}, ("file",)))
 async def create_quantization(request: Request) -> JSONResponse | StreamingResponse:
     """Every 2-D float tensor (or those matching `include`) to INT4 by `method`, measured; the rest passes."""
     settings = settings_of(request)
     pool = _pool(request)
     async with pool.reserve(), receive_upload(request, settings, UPLOAD_LIMITS) as upload:
-        form = parse_form(QuantizeForm, upload.fields, upload.source, upload.query)
+        form = parse_form(QuantizeForm, upload.fields)
         file = _required_file(upload, "file")
         job = _quantize_job(file.path, file.kind, _calibration(upload), form, settings, _importance(upload))
         if form.output == "report":
@@ -213,13 +213,13 @@ async def create_quantization(request: Request) -> JSONResponse | StreamingRespo
              response_model=CompareReport, responses=UPLOAD_ERRORS,
              openapi_extra=multipart_body(CompareForm, {"file": FILE_DESCRIPTION,
                                                         "calibration": CALIBRATION_DESCRIPTION,
-                                                        "importance": IMPORTANCE_DESCRIPTION}, ("file",), "file"))
+                                                        "importance": IMPORTANCE_DESCRIPTION}, ("file",)))
 async def create_comparison(request: Request) -> JSONResponse:
     """Quality figures and sizes of each method, per tensor, so a user sees which survives the squeeze."""
     settings = settings_of(request)
     pool = _pool(request)
     async with pool.reserve(), receive_upload(request, settings, UPLOAD_LIMITS) as upload:
-        form = parse_form(CompareForm, upload.fields, upload.source, upload.query)
+        form = parse_form(CompareForm, upload.fields)
         file = _required_file(upload, "file")
         job = QuantizeJob(file.path, file.kind, _calibration(upload), tuple(form.methods), form.group_size,
                           form.symmetric, form.include, _limits(settings), form.zero,
@@ -235,13 +235,13 @@ async def create_comparison(request: Request) -> JSONResponse:
                               "content": {"application/octet-stream": {
                                   "schema": {"type": "string", "format": "binary"}}}}, **UPLOAD_ERRORS},
              openapi_extra=multipart_body(DequantizeForm, {"file": "A .safetensors file written by nibble."},
-                                          ("file",), "file"))
+                                          ("file",)))
 async def create_dequantization(request: Request) -> StreamingResponse:
     """Back to float32, float16 or bfloat16; passthrough tensors come back unchanged."""
     settings = settings_of(request)
     pool = _pool(request)
-    async with pool.reserve(), receive_upload(request, settings, FormLimits(("file",), raw_field="file")) as upload:
-        form = parse_form(DequantizeForm, upload.fields, upload.source, upload.query)
+    async with pool.reserve(), receive_upload(request, settings, FormLimits(("file",))) as upload:
+        form = parse_form(DequantizeForm, upload.fields)
         file = _required_file(upload, "file")
         if file.kind != "safetensors":
             raise UnsupportedMediaType(

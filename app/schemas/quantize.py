@@ -112,58 +112,37 @@ class DequantizeForm(BaseModel):
     dtype: Literal["float32", "float16", "bfloat16"] = "float32"
 
 
-def parse_form(model: type[FormT], fields: Mapping[str, list[str]], source: str = "form",
-               query: Mapping[str, list[str]] | None = None) -> FormT:
-    """Validate an upload's options with `model`: multipart text fields (`source` "form") or, with a raw
-    body, query parameters ("query"); errors become a 422 problem naming each field where it came from.
-
-    A multipart request's `query` may not carry an option too: the form's value or the query's, neither
-    is taken silently."""
+def parse_form(model: type[FormT], fields: Mapping[str, list[str]]) -> FormT:
+    """Validate multipart text fields with `model`; errors become a 422 problem naming each field."""
     values: dict[str, Any] = {}
-    errors: list[dict[str, Any]] = [
-        {"type": "value_error", "loc": ("query", name), "input": items,
-         "msg": "with a multipart body, options are form fields; the query string carries them only with an "
-                "application/octet-stream body"}
-        for name, items in (query or {}).items() if name in model.model_fields]
+    repeated: list[dict[str, Any]] = []
     for name, items in fields.items():
         annotation = model.model_fields.get(name)
         is_list = annotation is not None and "list" in str(annotation.annotation)
         if not is_list and len(items) > 1:  # which one was meant? neither is taken silently
-            errors.append({"type": "value_error", "loc": (source, name), "input": items,
-                           "msg": f"sent {len(items)} times ({', '.join(map(repr, items[:4]))}); send it once"})
+            repeated.append({"type": "value_error", "loc": ("form", name), "input": items,
+                             "msg": f"sent {len(items)} times ({', '.join(map(repr, items[:4]))}); send it once"})
         values[name] = items if is_list else items[-1]
     try:
         form = model.model_validate(values)
     except ValidationError as exc:
-        errors += [{**err, "loc": (source, *err["loc"])} for err in exc.errors(include_url=False)]
-    if errors:
-        raise RequestValidationError(errors)
+        errors = [{**err, "loc": ("form", *err["loc"])} for err in exc.errors(include_url=False)]
+        raise RequestValidationError(repeated + errors) from None
+    if repeated:
+        raise RequestValidationError(repeated)
     return form
 
 
-def multipart_body(form: type[BaseModel], files: Mapping[str, str], required: tuple[str, ...],
-                   raw: str | None = None) -> dict[str, Any]:
-    """The OpenAPI ``requestBody`` of a multipart upload: `files` (name -> description) plus `form`'s fields;
-    with `raw` (a file field), also that file alone as ``application/octet-stream``, the options as query
-    parameters."""
+def multipart_body(form: type[BaseModel], files: Mapping[str, str], required: tuple[str, ...]) -> dict[str, Any]:
+    """The OpenAPI ``requestBody`` of a multipart upload: `files` (name -> description) plus `form`'s fields."""
     schema = form.model_json_schema()
     properties: dict[str, Any] = {
         name: {"type": "string", "format": "binary", "description": description}
         for name, description in files.items()
     }
     properties.update(schema.get("properties", {}))
-    content: dict[str, Any] = {"multipart/form-data": {"schema": {
-        "type": "object", "properties": properties, "required": list(required)}}}
-    if raw is None:
-        return {"requestBody": {"required": True, "content": content}}
-    content["application/octet-stream"] = {"schema": {"type": "string", "format": "binary"}}
-    parameters = [{"name": name, "in": "query", "required": False, "schema": field,
-                   "description": "With an application/octet-stream body only: " + field.get("description", name)}
-                  for name, field in schema.get("properties", {}).items()]
-    return {"requestBody": {"required": True, "content": content, "description": (
-        f"A multipart form (the files and the options as fields), or the {raw!r} file alone as "
-        "application/octet-stream with the options as query parameters of the same names.")},
-        "parameters": parameters}
+    return {"requestBody": {"required": True, "content": {"multipart/form-data": {"schema": {
+        "type": "object", "properties": properties, "required": list(required)}}}}}
 
 
 # --- answers (documented shapes; the jobs return plain dicts of these shapes) --------------------

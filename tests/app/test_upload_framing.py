@@ -262,7 +262,7 @@ def test_a_body_in_tiny_reads_is_handed_to_the_spool_thread_every_max_pending_sl
                 yield body[index:index + 1]
 
     collector = _Collector(tmp_path, FormLimits(("file",)), make_settings())
-    asyncio.run(_stream(OneByteReads(), make_settings(), collector, collector.parser(BOUNDARY), SpoolWriter()))  # type: ignore[arg-type]
+    asyncio.run(_stream(OneByteReads(), make_settings(), collector, BOUNDARY, SpoolWriter()))  # type: ignore[arg-type]
     assert len(content) > 4 * MAX_PENDING_SLICES
     assert max(handed) <= MAX_PENDING_SLICES + 1  # a read can end a part: its slice and the next part's
     assert collector.raw_files[0][2].read_bytes() == content
