@@ -238,6 +238,18 @@ def _check_include(tensors: Mapping[str, NDArray[Any]], include: Glob | None) ->
                           f"matches none of the {len(names)} tensor names, e.g. {names[:5]}")
 
 
+def _inputs(job: QuantizeJob) -> tuple[Mapping[str, NDArray[Any]], Glob | None, NDArray[Any] | None,
+                                       dict[str, NDArray[np.float32]]]:
+    """What a quantize or compare job reads before its work: the tensors, the include pattern, the calibration
+    activations and the importance vectors, each checked against the tensors it applies to."""
+    tensors = load_tensors(job.path, job.kind, job.limits)
+    include = include_glob(job.include)
+    _check_include(tensors, include)
+    calibration = _load_calibration(job)
+    _check_calibration_fits(tensors, include, calibration)
+    return tensors, include, calibration, budget.load_importance(job, tensors)
+
+
 def _load_calibration(job: QuantizeJob) -> NDArray[Any] | None:
     if job.calibration_path is None:
         return None
@@ -263,12 +275,7 @@ def quantize_file(job: QuantizeJob, output: OutputKind, output_path: Path | None
     `progress(done, total, name, seconds)` is called after each quantized
     tensor (the ``nibble quantize`` progress bar).
     """
-    tensors = load_tensors(job.path, job.kind, job.limits)
-    include = include_glob(job.include)
-    _check_include(tensors, include)
-    calibration = _load_calibration(job)
-    _check_calibration_fits(tensors, include, calibration)
-    importance = budget.load_importance(job, tensors)
+    tensors, include, calibration, importance = _inputs(job)
     method = job.methods[0]
     scheme = _scheme(job, method, output)
     report: dict[str, Any] = {"method": method, "format": scheme.label(), "tensors": [], "passthrough": []}
@@ -327,12 +334,7 @@ def quantize_file(job: QuantizeJob, output: OutputKind, output_path: Path | None
 
 def compare_file(job: QuantizeJob) -> dict[str, Any]:
     """Quantize every selected tensor by each of ``job.methods``: figures side by side, best first named."""
-    tensors = load_tensors(job.path, job.kind, job.limits)
-    include = include_glob(job.include)
-    _check_include(tensors, include)
-    calibration = _load_calibration(job)
-    _check_calibration_fits(tensors, include, calibration)
-    importance = budget.load_importance(job, tensors)
+    tensors, include, calibration, importance = _inputs(job)
     scheme = _scheme(job, "")
     if budget.has_budget(job):
         return budget.compare_under_budget(job, tensors, calibration, importance)
