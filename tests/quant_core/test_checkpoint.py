@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from pathlib import Path
 
 import numpy as np
@@ -175,6 +176,20 @@ def test_options_a_format_cannot_hold_are_refused_before_any_work(checkpoint_dir
         plan_checkpoint(checkpoint, CheckpointOptions(output="gguf"))
     with pytest.raises(InvalidSpec, match="selects no tensor"):
         plan_checkpoint(checkpoint, CheckpointOptions(include=("nothing.*",)))
+
+
+def test_hostile_include_and_exclude_globs_cost_seconds_at_most_not_minutes(checkpoint_dir: Path) -> None:
+    # fnmatch translates a run of unclosed '[' in time quadratic in its length: 50,000 of them in a job's
+    # include held a pool worker for 50 s (issue 17's globs, quant_core/globs.py, are linear)
+    checkpoint = open_checkpoint(checkpoint_dir)
+    started = time.monotonic()
+    with pytest.raises(InvalidSpec, match="selects no tensor"):
+        plan_checkpoint(checkpoint, CheckpointOptions(include=("[" * 100_000,)))
+    plans = plan_checkpoint(checkpoint, CheckpointOptions(exclude=("[" * 100_000, "*norm*", "*embed*", "*lm_head*")))
+    assert time.monotonic() - started < 10  # a generous bound: only catches the quadratic cost
+    assert next(plan.reason for plan in plans if "norm" in plan.tensor.name) == (
+        "name matches the exclude pattern '*norm*'")
+    assert sum(plan.quantized for plan in plans) == 2 * QUANTIZED_PER_LAYER
 
 
 def test_valid_parts_names_only_the_parts_that_exist_whole(tmp_path: Path, checkpoint_dir: Path) -> None:
