@@ -130,7 +130,7 @@ def parse_metadata(header: str | None) -> dict[str, str]:
 def header_integer(request: Request, name: str) -> int:
     """A non-negative integer header (Upload-Length, Upload-Offset), 400 when missing or malformed."""
     value = request.headers.get(name)
-    if value is None or not value.isdigit() or len(value) > 20:
+    if value is None or not (value.isascii() and value.isdigit()) or len(value) > 20:  # not '²': int() refuses it
         raise MalformedTusRequest(f"{name} must be a non-negative integer, got {value!r}", field=name)
     return int(value)
 

@@ -134,6 +134,25 @@ def test_a_patch_whose_offset_disagrees_is_409_on_a_real_server(server: tuple[st
     assert offset_of(uploader.url) == 300
 
 
+@pytest.mark.parametrize("header", ["Upload-Length", "Upload-Offset"])
+def test_a_length_or_offset_of_digits_that_are_not_ascii_is_400_naming_the_header(server: tuple[str, Path],
+                                                                                header: str) -> None:
+    # the byte 0xb2 is latin-1 '²', which str.isdigit() takes for a digit and int() refuses (it was a 500);
+    # sent on a real connection, as no test client sends a header byte past ASCII unchanged
+    base_url, _ = server
+    upload_set = new_set(base_url)
+    created = httpx.post(f"{base_url}{upload_set['tus_url']}", headers={
+        "Tus-Resumable": "1.0.0", "Upload-Length": "4", "Upload-Metadata": "filename Y29uZmlnLmpzb24="})
+    target, method = ((f"{base_url}{upload_set['tus_url']}", "POST") if header == "Upload-Length"
+                      else (base_url + created.headers["location"], "PATCH"))
+    headers = [("Tus-Resumable", b"1.0.0"), ("Upload-Length", b"4"), ("Upload-Offset", b"0"),
+               ("Upload-Metadata", b"filename YS5qc29u"), ("Content-Type", b"application/offset+octet-stream")]
+    answer = httpx.request(method, target, content=b"0123",
+                           headers=[(name, b"\xb2" if name == header else value) for name, value in headers])
+    assert answer.status_code == 400 and answer.headers["content-type"] == "application/problem+json", answer.text
+    assert answer.json()["errors"][0]["field"] == header
+
+
 def test_a_job_from_shards_uploaded_by_tuspy_gives_the_bytes_of_the_directory_job(
         server: tuple[str, Path]) -> None:
     base_url, root = server
