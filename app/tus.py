@@ -365,7 +365,7 @@ class UploadSets:
         finally:  # what arrived is kept, whatever stopped the body (a disconnect, a stall, an overrun)
             if buffer:
                 await asyncio.shield(asyncio.to_thread(_append, partial, bytes(buffer)))
-        if current.offset + received == current.length:  # sealed here, off the event loop
+        if received and current.offset + received == current.length:  # sealed here (once), off the event loop
             await asyncio.to_thread(_seal, partial, self.root / set_id / "files" / current.name)
         return self._file(set_id, file_id)
 

@@ -96,6 +96,17 @@ def test_head_tells_the_offset_and_patch_appends_at_it(client: TestClient) -> No
                                 "complete": True, "url": url}]
 
 
+def test_an_empty_patch_at_the_end_of_a_complete_file_is_204_and_changes_nothing(client: TestClient) -> None:
+    # a client retrying its last PATCH with nothing left to send (it got 500: the file was sealed twice)
+    upload_set = client.post("/v1/uploads").json()
+    url = create_file(client, upload_set["url"], "config.json", 4)
+    assert patch(client, url, 0, b"0123")[0] == 204
+    status, headers = patch(client, url, 4, b"")
+    assert (status, headers["upload-offset"], headers["upload-length"]) == (204, "4", "4")
+    assert client.get(upload_set["url"]).json()["complete"] is True
+    assert patch(client, url, 4, b"4")[0] == 413  # a byte past the declared length is still refused
+
+
 def test_a_patch_whose_offset_disagrees_is_409_and_changes_nothing(client: TestClient) -> None:
     upload_set = client.post("/v1/uploads").json()
     url = create_file(client, upload_set["url"], "config.json", 10)
