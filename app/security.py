@@ -53,7 +53,7 @@ def _signed_request(request: Request, keys: list[str]) -> bool:
     signature, expires = request.query_params.get("signature"), request.query_params.get("expires")
     if request.method not in ("GET", "HEAD") or signature is None or expires is None:
         return False
-    valid = expires.isdigit() and len(expires) <= 12 and hmac.compare_digest(
+    valid = expires.isascii() and expires.isdigit() and len(expires) <= 12 and hmac.compare_digest(
         signature.encode(), _path_signature(keys, request.url.path, int(expires)).encode())
     if not valid or int(expires) < time.time():
         raise Unauthorized("this link's signature is not valid or has expired: GET the job again for a fresh "

@@ -262,6 +262,15 @@ def test_with_api_keys_a_jobs_file_urls_are_signed_and_download_without_the_head
         assert client.get(signed_path(make_settings(api_keys=["k2"]), path)).status_code == 401  # other keys
 
 
+@pytest.mark.parametrize("expires", ["%C2%B2", "%C2%B9%C2%B2", "%D9%A3"])  # '²', '¹²' (int() refuses), '٣' (Arabic 3)
+def test_a_signed_link_whose_expiry_is_not_ascii_digits_is_401_not_a_500(tmp_path: Path, data_root: Path,
+                                                                        expires: str) -> None:
+    with client_with(state_dir=tmp_path / "state", data_dir=data_root, api_keys=["k1"]) as client:
+        answer = client.get(f"/v1/jobs/{'0' * 32}/files/config.json?expires={expires}&signature=00")
+    assert answer.status_code == 401 and answer.headers["content-type"] == PROBLEM
+    assert "signature" in answer.json()["detail"]
+
+
 def test_without_api_keys_file_urls_are_plain_paths(jobs_client: TestClient) -> None:
     created = jobs_client.post("/v1/jobs", json={"source": {"path": "llama"}}).json()
     status = wait_for(jobs_client, created["id"])
