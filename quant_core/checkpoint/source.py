@@ -92,6 +92,15 @@ def _plain_name(name: object, what: str) -> str:
     return name
 
 
+def _is_utf8(name: str) -> bool:
+    """Whether a file name read from the disk is UTF-8 (Python holds other bytes as lone surrogates)."""
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def read_json_file(path: Path, what: str) -> Any:
     """A small JSON file (at most `MAX_JSON_BYTES`), parsed; `CheckpointError` when it is not JSON."""
     size = path.stat().st_size
@@ -176,6 +185,8 @@ def open_checkpoint(directory: str | os.PathLike[str], *, root: str | os.PathLik
                 or not item.is_file()):
             continue
         _inside(item, root_path, f"file {name!r}")
+        if not _is_utf8(name):  # copied through, it would be named in the manifest, which is UTF-8 JSON
+            raise CheckpointError(f"file name {name!r} is not UTF-8; rename the file or remove it")
         others.append(name)
     return Checkpoint(folder, tuple(tensors), shard_bytes, tuple(others), config)
 

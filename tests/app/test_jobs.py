@@ -164,6 +164,15 @@ def test_symlinked_shard_leading_out_of_the_data_root_is_refused(jobs_client: Te
     assert "outside the data root" in problem["detail"]
 
 
+def test_a_file_whose_name_is_not_utf8_is_refused_422_at_submission(jobs_client: TestClient, data_root: Path) -> None:
+    # it was copied through and its name put in the manifest: the job ran every tensor, then failed with a 500
+    (data_root / "llama" / os.fsdecode(b"notes-\xff.txt")).write_bytes(b"x")
+    problem = _problem(jobs_client, {"source": {"path": "llama"}})
+    assert problem["status"] == 422 and problem["errors"][0]["field"] == "source.path"
+    assert "is not UTF-8" in problem["detail"] and "notes-\\udcff.txt" in problem["detail"]
+    assert jobs_client.get("/v1/jobs").json()["jobs"] == []
+
+
 def test_index_that_lies_is_refused_422(jobs_client: TestClient, data_root: Path) -> None:
     index_path = data_root / "llama" / INDEX_NAME
     index = json.loads(index_path.read_text())
