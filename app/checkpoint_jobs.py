@@ -9,7 +9,7 @@ once), which runs `quantize_tensor_part` and writes the tensor's part file;
 its row is recorded when the part is on disk.  When every tensor has its part
 the executor assembles the result (one call per shard, then the index,
 config.json, copied files and report), the parts are removed, and the job
-succeeds with its file manifest.  A restart resumes every job still queued or
+succeeds with its file manifest (a job that fails keeps no file).  A restart resumes every job still queued or
 running from its rows, and the assembly makes the same bytes.  A job with
 importance statistics keeps a copy of the vectors it uses (validated against
 every tensor at submission) in its own directory; a job with a budget first
@@ -321,8 +321,10 @@ class JobManager:
                     self._fail(job_id, RuntimeError("unexpected"))
 
     def _fail(self, job_id: str, exc: Exception) -> None:
+        """Fail the job with `exc`'s problem and remove its files: a failed job is never resumed or served."""
         problem, _ = problem_for(exc)
         self.store.finish(job_id, "failed", error=problem.model_dump(exclude_none=True))
+        self._remove_files(job_id)
         self._notify(job_id)
 
     async def _run(self, job_id: str) -> None:

@@ -243,6 +243,23 @@ def test_a_tensor_that_cannot_be_quantized_fails_the_job_with_its_problem(tmp_pa
     assert error["detail"] == f"1 NaN/Inf value(s) in tensor {broken!r}; first at index [3, 5]"
 
 
+def test_a_failed_job_keeps_no_files(tmp_path: Path) -> None:
+    # its parts (the tensors quantized before the failure) were kept for ever: a failed job is never resumed,
+    # and its files are not served, so nothing could use them and nothing removed them
+    tensors = llama_tensors()
+    last = "model.layers.1.mlp.down_proj.weight"
+    tensors[last] = tensors[last].copy()
+    tensors[last][0, 0] = np.inf
+    write_llama_checkpoint(tmp_path / "data" / "inf", tensors=tensors)
+    with client_with(state_dir=tmp_path / "state", data_dir=tmp_path / "data") as client:
+        job = client.post("/v1/jobs", json={"source": {"path": "inf"}}).json()
+        status = wait_for(client, job["id"])
+        assert status["state"] == "failed" and status["progress"]["tensors_done"] >= 12  # parts were written
+        assert not (tmp_path / "state" / "jobs" / job["id"]).exists()
+        refused = client.get(f"/v1/jobs/{job['id']}/files/config.json")
+        assert refused.status_code == 409 and refused.headers["content-type"] == PROBLEM
+
+
 def test_with_api_keys_a_jobs_file_urls_are_signed_and_download_without_the_header_until_they_expire(
         tmp_path: Path, data_root: Path) -> None:
     auth = {"Authorization": "Bearer k1"}
