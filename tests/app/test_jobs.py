@@ -297,6 +297,25 @@ def test_a_signed_link_whose_expiry_is_not_ascii_digits_is_401_not_a_500(tmp_pat
     assert "signature" in answer.json()["detail"]
 
 
+@pytest.mark.parametrize("api_keys", [[], ["k1"]])
+def test_a_result_file_whose_name_holds_url_characters_downloads_from_its_url(tmp_path: Path, data_root: Path,
+                                                                             api_keys: list[str]) -> None:
+    # copied through from the source directory; its URL was the raw name, so '#' and '?' cut it short (404)
+    name = "read me #1?%é.txt"
+    (data_root / "llama" / name).write_bytes(b"notes")
+    with client_with(state_dir=tmp_path / "state", data_dir=data_root, api_keys=api_keys) as client:
+        auth = {"Authorization": "Bearer k1"} if api_keys else {}
+        created = client.post("/v1/jobs", json={"source": {"path": "llama"}}, headers=auth).json()
+        deadline = time.monotonic() + 60
+        while (status := client.get(created["url"], headers=auth).json())["state"] in ("queued", "running"):
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        entry = next(entry for entry in status["result"]["files"] if entry["name"] == name)
+        assert entry["url"].split("?")[0] == f"{created['url']}/files/read%20me%20%231%3F%25%C3%A9.txt"
+        answer = client.get(entry["url"])  # no Authorization header: with keys, the link is signed
+        assert (answer.status_code, answer.content) == (200, b"notes")
+
+
 def test_without_api_keys_file_urls_are_plain_paths(jobs_client: TestClient) -> None:
     created = jobs_client.post("/v1/jobs", json={"source": {"path": "llama"}}).json()
     status = wait_for(jobs_client, created["id"])
