@@ -6,12 +6,14 @@ Thin: validation is the wire models', the work is app/checkpoint_jobs.py's.
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import AsyncIterator
 from typing import Any
 
 from fastapi import APIRouter, Request
 from fastapi.responses import FileResponse, JSONResponse, StreamingResponse
 
+from app.byte_ranges import checked_range
 from app.checkpoint_jobs import JobManager, JobsNotConfigured
 from app.job_store import TERMINAL_STATES, JobRecord
 from app.problems import problem_responses
@@ -112,10 +114,22 @@ async def stream_job_events(request: Request, job_id: str) -> StreamingResponse:
             responses={200: {"content": {"application/octet-stream": {"schema": {"type": "string",
                                                                                  "format": "binary"}}},
                              "description": "The file, or the requested byte range (206)."},
-                       **problem_responses(404, 409, 416)})
+                       **problem_responses(400, 404, 409, 416)})
 async def read_job_file(request: Request, job_id: str, name: str) -> FileResponse:
-    """Only the names the job's manifest lists are served."""
+    """Only the names the job's manifest lists are served.  A Range that is not byte ranges is 400, one past
+    the end 416 (problem+json, app/byte_ranges.py); a unit other than ``bytes`` is ignored."""
     manager = _manager(request)
     path = manager.output_file(job_id, name)
     media_type = "application/json" if name.endswith(".json") else "application/octet-stream"
-    return FileResponse(path, media_type=media_type, filename=name)
+    stat = os.stat(path)
+    response = FileResponse(path, media_type=media_type, filename=name, stat_result=stat)
+    header = request.headers.get("range")
+    if_range = request.headers.get("if-range")  # a failed If-Range sends the whole file, Range unread (§13.1.5)
+    if header is not None and (if_range is None or if_range in (response.headers["etag"],
+                                                                response.headers["last-modified"])):
+        ranges = checked_range(header, stat.st_size)
+        # the file response reads the Range from the request's scope: give it the checked ranges, or none
+        request.scope["headers"] = [(key, value) for key, value in request.scope["headers"] if key != b"range"]
+        if ranges is not None:
+            request.scope["headers"].append((b"range", ranges.encode()))
+    return response

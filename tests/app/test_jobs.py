@@ -86,6 +86,34 @@ def test_job_files_are_served_by_byte_range(jobs_client: TestClient) -> None:
     assert tail.content == whole[-10:]
 
 
+def test_a_range_refused_is_a_problem_and_an_unknown_unit_is_ignored(jobs_client: TestClient) -> None:
+    # Starlette's own answers were text/plain: 400 "Malformed range header", an empty 416, and a 400 for
+    # a unit it does not know (RFC 9110 §14.2: ignored); and 416 as soon as one range of several was past the end
+    job = jobs_client.post("/v1/jobs", json={"source": {"path": "llama"}}).json()
+    status = wait_for(jobs_client, job["id"])
+    entry = next(f for f in status["result"]["files"] if f["name"] == "tokenizer.model")
+    size, whole = entry["bytes"], jobs_client.get(entry["url"]).content
+    for malformed in ("bytes=5-2", "bytes=abc", "bytes=", "bytes=-", "bytes=1-2-3", "bytes=+1-2", "bytes=1_0-20",
+                      "bytes"):
+        answer = jobs_client.get(entry["url"], headers={"Range": malformed})
+        assert (answer.status_code, answer.headers["content-type"]) == (400, PROBLEM), malformed
+        assert answer.json()["errors"][0]["field"] == "Range"
+    for past in (f"bytes={size}-", f"bytes={size}-{size + 10}", "bytes=-0", f"bytes={'9' * 5000}-"):
+        answer = jobs_client.get(entry["url"], headers={"Range": past})
+        assert (answer.status_code, answer.headers["content-type"]) == (416, PROBLEM), past[:20]
+        assert answer.headers["content-range"] == f"bytes */{size}"
+        assert answer.json()["errors"][0]["field"] == "Range"
+    for ignored in ("items=0-5", "Items=5-2"):  # a unit this server does not know: the whole file, 200
+        answer = jobs_client.get(entry["url"], headers={"Range": ignored})
+        assert (answer.status_code, answer.content) == (200, whole)
+    some = jobs_client.get(entry["url"], headers={"Range": f"bytes=0-9,{size + 5}-{size + 9}"})  # one satisfiable
+    assert (some.status_code, some.headers["content-range"], some.content) == (206, f"bytes 0-9/{size}", whole[:10])
+    huge = jobs_client.get(entry["url"], headers={"Range": f"bytes=-{'9' * 5000}"})  # a suffix past the start
+    assert (huge.status_code, huge.content) == (206, whole)
+    stale = jobs_client.get(entry["url"], headers={"Range": "bytes=5-2", "If-Range": '"another-etag"'})
+    assert (stale.status_code, stale.content) == (200, whole)  # If-Range fails: the Range is not read
+
+
 def test_job_events_stream_status_until_the_job_is_finished(jobs_client: TestClient) -> None:
     job = jobs_client.post("/v1/jobs", json={"source": {"path": "llama"}, "output": "awq"}).json()
     with jobs_client.stream("GET", f"/v1/jobs/{job['id']}/events") as stream:
