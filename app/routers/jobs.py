@@ -17,6 +17,7 @@ from app.byte_ranges import checked_range
 from app.checkpoint_jobs import JobManager, JobsNotConfigured
 from app.job_store import TERMINAL_STATES, JobRecord
 from app.problems import problem_responses
+from app.routing import JsonBodyRoute
 from app.schemas.jobs import JobCreate, JobList, JobStatus, JobSummary
 from app.security import ApiKeyRoute, settings_of, signed_path
 
@@ -50,15 +51,21 @@ def _status(request: Request, manager: JobManager, record: JobRecord) -> dict[st
             "error": record.error}
 
 
-@router.post("", status_code=202, response_model=JobStatus, summary="Quantize a checkpoint as a job",
-             responses=problem_responses(400, 403, 404, 413, 415, 422, 503))
-async def create_job(request: Request, body: JobCreate) -> JSONResponse:
+async def create_job(body: JobCreate, request: Request) -> JSONResponse:
     """Validate the source (every shard header and the index) and plan it, then queue the job: 202 with its
     id and URL.  Refused with problem+json: a path outside the data root (403), a checkpoint whose index lies
-    or whose shards are truncated (422), options no output format can hold (422)."""
+    or whose shards are truncated (422), options no output format can hold (422), a key given twice (422)."""
     manager = _manager(request)
     record = await manager.submit(body)
     return JSONResponse(_status(request, manager, record), status_code=202, headers={"Location": _url(record)})
+
+
+# The body is read as the plan routes read theirs (JsonBodyRoute, app/routing.py): a key given twice is
+# refused 422 naming it, where FastAPI's own parsing keeps the last value without a word.
+router.add_api_route("", create_job, methods=["POST"], status_code=202, response_model=JobStatus,
+                     summary="Quantize a checkpoint as a job",
+                     responses=problem_responses(400, 403, 404, 413, 415, 422, 503),
+                     route_class_override=JsonBodyRoute)
 
 
 @router.get("", response_model=JobList, summary="List jobs, newest first", responses=problem_responses(404))

@@ -238,6 +238,19 @@ def test_a_glob_past_1024_characters_is_refused_422_naming_it_before_any_work(jo
     assert within.status_code == 202
 
 
+def test_a_key_given_twice_is_refused_422_naming_it_not_the_last_one_kept(jobs_client: TestClient,
+                                                                         data_root: Path) -> None:
+    # the JSON parser kept the last "source" without a word and the job quantized another checkpoint
+    write_llama_checkpoint(data_root / "other", shards=1)
+    for body, field in ((b'{"source": {"path": "llama"}, "source": {"path": "other"}}', "source"),
+                        (b'{"source": {"path": "llama", "path": "other"}}', "source.path"),
+                        (b'{"source": {"path": "llama"}, "exclude": ["*norm*"], "exclude": []}', "exclude")):
+        answer = jobs_client.post("/v1/jobs", content=body, headers={"Content-Type": "application/json"})
+        assert (answer.status_code, answer.headers["content-type"]) == (422, PROBLEM), body
+        assert answer.json()["errors"][0]["field"] == field and "appears twice" in answer.json()["detail"]
+    assert jobs_client.get("/v1/jobs").json()["jobs"] == []
+
+
 def test_gguf_output_of_an_architecture_llama_cpp_would_not_load_is_422(jobs_client: TestClient,
                                                                          data_root: Path) -> None:
     config_path = data_root / "llama" / "config.json"
