@@ -158,6 +158,8 @@ def open_checkpoint(directory: str | os.PathLike[str], *, root: str | os.PathLik
                                              max_header_bytes=max_header_bytes)
         except TensorFileError as exc:
             raise CheckpointError(f"shard {shard!r}: {exc.detail}") from None
+        except LimitExceeded as exc:  # the reader names its `file`: here the file is the source's
+            raise LimitExceeded(exc.limit, exc.value, exc.maximum, field="source.path") from None
         shard_bytes[shard] = real.stat().st_size
         for name, entry in header.entries.items():
             if weight_map is not None and weight_map.get(name) != shard:

@@ -201,6 +201,18 @@ def test_a_file_whose_name_is_not_utf8_is_refused_422_at_submission(jobs_client:
     assert jobs_client.get("/v1/jobs").json()["jobs"] == []
 
 
+def test_a_shard_whose_header_claims_10_to_the_12_elements_is_413_naming_the_source(jobs_client: TestClient,
+                                                                                   data_root: Path) -> None:
+    # refused from the header alone; the problem named 'file', a field POST /v1/jobs does not have
+    header = json.dumps({"model.layers.0.mlp.up_proj.weight": {
+        "dtype": "F32", "shape": [10**6, 10**6], "data_offsets": [0, 4 * 10**12]}}).encode()
+    (data_root / "huge").mkdir()
+    (data_root / "huge" / "model.safetensors").write_bytes(len(header).to_bytes(8, "little") + header + bytes(16))
+    problem = _problem(jobs_client, {"source": {"path": "huge"}})
+    assert problem["status"] == 413 and problem["errors"][0]["field"] == "source.path"
+    assert (problem["limit"], problem["value"]) == ("elements of tensor 'model.layers.0.mlp.up_proj.weight'", 10**12)
+
+
 def test_index_that_lies_is_refused_422(jobs_client: TestClient, data_root: Path) -> None:
     index_path = data_root / "llama" / INDEX_NAME
     index = json.loads(index_path.read_text())
