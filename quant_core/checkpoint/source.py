@@ -102,7 +102,10 @@ def _is_utf8(name: str) -> bool:
 
 
 def read_json_file(path: Path, what: str) -> Any:
-    """A small JSON file (at most `MAX_JSON_BYTES`), parsed; `CheckpointError` when it is not JSON."""
+    """A small JSON file (at most `MAX_JSON_BYTES`), parsed; `CheckpointError` when it is not a regular file
+    (a directory, or a FIFO whose read would wait for ever) or not JSON."""
+    if not path.is_file():
+        raise CheckpointError(f"{what} is not a regular file")
     size = path.stat().st_size
     if size > MAX_JSON_BYTES:
         raise LimitExceeded(f"bytes of {what}", size, MAX_JSON_BYTES, field="source.path")
@@ -176,7 +179,7 @@ def open_checkpoint(directory: str | os.PathLike[str], *, root: str | os.PathLik
             raise CheckpointError(f"{INDEX_NAME} places tensor {missing[0]!r} in shard {weight_map[missing[0]]!r}, "
                                   f"which does not hold it ({len(missing)} such tensor(s))")
     config = None
-    if (folder / CONFIG_NAME).is_file():
+    if (folder / CONFIG_NAME).exists():  # a config.json that is not a regular file is refused, not left out
         config = read_json_file(_inside(folder / CONFIG_NAME, root_path, CONFIG_NAME), CONFIG_NAME)
         if not isinstance(config, dict):
             raise CheckpointError(f"{CONFIG_NAME} is a JSON {type(config).__name__}, not an object")

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import threading
 import time
 from pathlib import Path
 
@@ -190,6 +192,32 @@ def test_hostile_include_and_exclude_globs_cost_seconds_at_most_not_minutes(chec
     assert next(plan.reason for plan in plans if "norm" in plan.tensor.name) == (
         "name matches the exclude pattern '*norm*'")
     assert sum(plan.quantized for plan in plans) == 2 * QUANTIZED_PER_LAYER
+
+
+def _release_reader(fifo: Path) -> None:
+    """Give a reader blocked on `fifo` its end of file (nothing, if no one reads it)."""
+    with contextlib.suppress(OSError):
+        os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+
+
+@pytest.mark.parametrize("name", [INDEX_NAME, "config.json"])
+@pytest.mark.parametrize("kind", ["directory", "fifo"])
+def test_an_index_or_config_that_is_not_a_regular_file_is_refused_at_once(checkpoint_dir: Path, name: str,
+                                                                         kind: str) -> None:
+    # a FIFO's read waited for ever (the pool worker held until the time limit, then 504), a directory was a 500,
+    # and a config.json that was either was left out of the result without a word
+    path = checkpoint_dir / name
+    path.unlink()
+    path.mkdir() if kind == "directory" else os.mkfifo(path)
+    release = threading.Timer(10, _release_reader, [path])  # ends a read that would wait for ever
+    release.start()
+    started = time.monotonic()
+    try:
+        with pytest.raises(CheckpointError, match=f"^{name} is not a regular file$"):
+            open_checkpoint(checkpoint_dir)
+    finally:
+        release.cancel()
+    assert time.monotonic() - started < 5
 
 
 def test_valid_parts_names_only_the_parts_that_exist_whole(tmp_path: Path, checkpoint_dir: Path) -> None:
