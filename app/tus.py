@@ -119,6 +119,8 @@ def parse_metadata(header: str | None) -> dict[str, str]:
         if not item.strip():
             continue
         key, _, encoded = item.strip().partition(" ")
+        if key in pairs:  # tus 1.0.0: "All keys MUST be unique"; which one was meant is not ours to guess
+            raise MalformedTusRequest(f"Upload-Metadata gives the key {key!r} twice", field="Upload-Metadata")
         try:
             pairs[key] = base64.b64decode(encoded.strip(), validate=True).decode("utf-8")
         except (binascii.Error, UnicodeDecodeError) as exc:

@@ -162,6 +162,16 @@ def test_file_names_must_be_plain_names(client: TestClient, name: str | None, st
     assert answer.json()["errors"][0]["field"] == "Upload-Metadata"
 
 
+def test_a_metadata_key_given_twice_is_400_not_the_last_one_kept(client: TestClient) -> None:
+    # tus 1.0.0: "All keys MUST be unique"; the last filename was kept without a word
+    upload_set = client.post("/v1/uploads").json()
+    answer = client.post(upload_set["tus_url"], headers={
+        **TUS, "Upload-Length": "4", "Upload-Metadata": f"{metadata('config.json')},{metadata('tokenizer.json')}"})
+    assert (answer.status_code, answer.headers["content-type"]) == (400, PROBLEM)
+    assert answer.json()["errors"][0]["field"] == "Upload-Metadata" and "'filename'" in answer.json()["detail"]
+    assert client.get(upload_set["url"]).json()["files"] == []
+
+
 def test_a_name_twice_in_a_set_is_409_and_termination_frees_it(client: TestClient) -> None:
     upload_set = client.post("/v1/uploads").json()
     url = create_file(client, upload_set["url"], "a.json", 4)
