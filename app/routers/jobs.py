@@ -5,6 +5,7 @@ Thin: validation is the wire models', the work is app/checkpoint_jobs.py's.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 from collections.abc import AsyncIterator
@@ -24,6 +25,8 @@ from app.security import ApiKeyRoute, settings_of, signed_path
 router = APIRouter(prefix="/jobs", tags=["jobs"], route_class=ApiKeyRoute)
 #: an event is sent at least this often while a job runs (a heartbeat keeps proxies from closing the stream)
 EVENT_INTERVAL_SECONDS = 15.0
+#: and at most once in this long: a job of small tensors changes hundreds of times a second
+EVENT_MIN_INTERVAL_SECONDS = 0.25
 
 
 def _manager(request: Request) -> JobManager:
@@ -38,17 +41,20 @@ def _url(record: JobRecord) -> str:
     return f"/v1/jobs/{record.id}"
 
 
-def _status(request: Request, manager: JobManager, record: JobRecord) -> dict[str, Any]:
+def _status(request: Request, manager: JobManager, record: JobRecord, *, report: bool = True) -> dict[str, Any]:
+    """The job's status document; its `report` (every finished tensor's row, read and decoded) only if asked."""
     result = None
     if record.result is not None:  # with API keys, each file's URL is signed: a browser's plain link downloads it
         settings = settings_of(request)
         result = {**record.result, "files": [
             {**entry, "url": signed_path(settings, f"{_url(record)}/files/{entry['name']}")}
             for entry in record.result["files"]]}
-    return {"id": record.id, "url": _url(record), "state": record.state, "created_at": record.created_at,
-            "started_at": record.started_at, "finished_at": record.finished_at, "request": record.request,
-            "progress": manager.progress(record), "report": manager.report(record), "result": result,
-            "error": record.error}
+    status = {"id": record.id, "url": _url(record), "state": record.state, "created_at": record.created_at,
+              "started_at": record.started_at, "finished_at": record.finished_at, "request": record.request,
+              "progress": manager.progress(record), "result": result, "error": record.error}
+    if report:
+        status["report"] = manager.report(record)
+    return status
 
 
 async def create_job(body: JobCreate, request: Request) -> JSONResponse:
@@ -105,14 +111,15 @@ async def stream_job_events(request: Request, job_id: str) -> StreamingResponse:
     async def events() -> AsyncIterator[bytes]:
         while True:
             record = manager.get(job_id)
-            status = _status(request, manager, record)
             finished = record.state in TERMINAL_STATES
-            if not finished:  # the report grows with every tensor: sent whole once, with the final status
-                status.pop("report")
+            # the report grows with every tensor: read and sent whole once, with the final status (read at every
+            # event, it cost each stream the whole job's rows per tensor, on the event loop)
+            status = _status(request, manager, record, report=finished)
             yield f"event: status\ndata: {json.dumps(status, separators=(',', ':'))}\n\n".encode()
             if finished or await request.is_disconnected():
                 return
             await manager.wait_change(job_id, EVENT_INTERVAL_SECONDS)
+            await asyncio.sleep(EVENT_MIN_INTERVAL_SECONDS)  # the changes within it are sent as one event
 
     return StreamingResponse(events(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
 

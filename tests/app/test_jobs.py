@@ -125,6 +125,22 @@ def test_job_events_stream_status_until_the_job_is_finished(jobs_client: TestCli
     assert done == sorted(done)
 
 
+def test_an_event_stream_reads_the_report_once_for_its_last_event(jobs_client: TestClient,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    # every event read and decoded the rows of every finished tensor, then dropped them: 300 streams on a
+    # 2,100-tensor job held /healthz for 22 s and starved the job itself
+    manager = jobs_client.app.state.jobs  # type: ignore[attr-defined]
+    reads: list[str] = []
+    report = manager.report
+    monkeypatch.setattr(manager, "report", lambda record: (reads.append(record.state), report(record))[1])
+    job = jobs_client.post("/v1/jobs", json={"source": {"path": "llama"}, "method": "clip"}).json()
+    reads.clear()  # the 202's own status holds the report (empty)
+    with jobs_client.stream("GET", f"/v1/jobs/{job['id']}/events") as stream:
+        events = [json.loads(line.removeprefix("data: ")) for line in stream.iter_lines() if line.startswith("data: ")]
+    assert len(events) >= 2 and events[-1]["state"] == "succeeded" and len(events[-1]["report"]) == 21
+    assert reads == ["succeeded"]
+
+
 def test_jobs_are_listed_newest_first_and_unknown_ids_are_404(jobs_client: TestClient, tmp_path: Path) -> None:
     first = jobs_client.post("/v1/jobs", json={"source": {"path": "llama"}}).json()
     second = jobs_client.post("/v1/jobs", json={"source": {"path": "llama"}, "output": "gptq"}).json()
