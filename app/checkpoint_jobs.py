@@ -43,6 +43,7 @@ from app.schemas.jobs import JobCreate, to_options
 from app.tus import UploadSets
 from quant_core.checkpoint import (
     Checkpoint,
+    CheckpointError,
     CheckpointOptions,
     TensorPlan,
     choose_formats,
@@ -92,7 +93,9 @@ def resolve_source(data_root: Path, path: str, field: str = "source.path") -> Pa
     """The place `path` names under `data_root`, refused (`PathRefused`, naming `field`) unless it stays inside it.
 
     Refused: an absolute path, a ``..`` component, a NUL byte, and any path
-    that resolves, symlinks followed, outside the resolved data root.
+    that resolves, symlinks followed, outside the resolved data root; a path
+    that cannot be resolved (a name too long, a symlink loop) is a
+    `CheckpointError` naming `field`.
     """
     parts = PurePosixPath(path).parts
     if "\x00" in path or path.startswith(("/", "\\")) or PurePosixPath(path).is_absolute():
@@ -101,7 +104,14 @@ def resolve_source(data_root: Path, path: str, field: str = "source.path") -> Pa
         raise PathRefused(f"{field} {path!r} climbs out with '..' (or uses '\\'); give a path inside the "
                           "data root", field=field)
     root = data_root.resolve()
-    resolved = (root / path).resolve()
+    try:
+        resolved = (root / path).resolve()
+        resolved.stat()  # a name past the file system's NAME_MAX, or a symlink loop, fails here
+    except (FileNotFoundError, NotADirectoryError):
+        pass  # a missing source or file is refused where it is opened, naming what is missing
+    except (OSError, RuntimeError) as exc:  # pathlib raises RuntimeError for a symlink loop on some versions
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        raise CheckpointError(f"{field} {path!r} cannot be resolved: {reason}", field=field) from None
     if resolved != root and root not in resolved.parents:
         raise PathRefused(f"{field} {path!r} resolves to a place outside the data root (a symlink leads out)",
                           field=field)

@@ -190,6 +190,18 @@ def test_source_paths_leaving_the_data_root_are_refused_403(jobs_client: TestCli
     assert problem["errors"][0]["field"] == "source.path"
 
 
+@pytest.mark.parametrize("field", ["source.path", "importance"])
+@pytest.mark.parametrize("path", ["a" * 300, "llama/" + "b" * 300, "loop", "loop/x"])
+def test_a_path_that_cannot_be_resolved_is_422_naming_its_field(jobs_client: TestClient, data_root: Path,
+                                                                field: str, path: str) -> None:
+    # a name past NAME_MAX (255 bytes) and a symlink loop were 500s
+    (data_root / "loop").symlink_to(data_root / "loop")
+    body = {"source": {"path": path}} if field == "source.path" else {"source": {"path": "llama"}, "importance": path}
+    problem = _problem(jobs_client, body)
+    assert (problem["status"], problem["type"]) == (422, "urn:nibble:problem:checkpoint-error"), problem
+    assert problem["errors"][0]["field"] == field and "cannot be resolved" in problem["detail"]
+
+
 def test_symlink_leading_out_of_the_data_root_is_refused(jobs_client: TestClient, data_root: Path,
                                                         tmp_path: Path) -> None:
     write_llama_checkpoint(tmp_path / "elsewhere")
