@@ -85,9 +85,13 @@ def _inside(path: Path, root: Path, what: str) -> Path:
     return resolved
 
 
+#: the longest file name POSIX file systems hold (NAME_MAX), in bytes
+MAX_NAME_BYTES = 255
+
+
 def _plain_name(name: object, what: str) -> str:
     if (not isinstance(name, str) or not name or name in (".", "..") or "/" in name or "\\" in name
-            or "\x00" in name):
+            or "\x00" in name or len(name.encode("utf-8", "surrogatepass")) > MAX_NAME_BYTES):
         raise CheckpointError(f"{what} {name!r} is not a plain file name in the checkpoint directory")
     return name
 

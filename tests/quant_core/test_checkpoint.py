@@ -126,7 +126,8 @@ def test_index_naming_a_tensor_no_shard_holds_is_refused(checkpoint_dir: Path) -
         open_checkpoint(checkpoint_dir)
 
 
-@pytest.mark.parametrize("shard", ["../outside.safetensors", "/etc/passwd", "sub/x.safetensors", ".."])
+@pytest.mark.parametrize("shard", ["../outside.safetensors", "/etc/passwd", "sub/x.safetensors", "..",
+                                   "a" * 256, "é" * 128])  # past NAME_MAX (255 bytes): an OSError, a 500, before
 def test_index_shard_names_that_are_not_plain_file_names_are_refused(checkpoint_dir: Path, shard: str) -> None:
     index = _index(checkpoint_dir)
     weight_map = index["weight_map"]
