@@ -195,9 +195,14 @@ class JobManager:
 
     # lifecycle
     def start(self) -> None:
-        """Queue every unfinished job (a restart resumes them) and start the runner."""
+        """Queue every unfinished job (a restart resumes them; one whose cancel was asked is cancelled) and start
+        the runner."""
         for record in self.store.unfinished():
-            self._queue.put_nowait(record.id)
+            if record.cancel_requested:
+                self.store.finish(record.id, "cancelled")
+                self._remove_files(record.id)
+            else:
+                self._queue.put_nowait(record.id)
         self._runner = asyncio.create_task(self._run_forever(), name="nibble-job-runner")
 
     async def close(self) -> None:
@@ -266,6 +271,7 @@ class JobManager:
         if record.state in TERMINAL_STATES:
             return record
         self._cancelled.add(job_id)
+        self.store.request_cancel(job_id)  # durable: a restart before the job stops does not resume it
         if record.state == "queued":
             self.store.finish(job_id, "cancelled")
             self._remove_files(job_id)

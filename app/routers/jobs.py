@@ -93,7 +93,8 @@ async def read_job(request: Request, job_id: str) -> dict[str, Any]:
 @router.delete("/{job_id}", response_model=JobStatus, summary="Cancel a job", responses=problem_responses(404))
 async def cancel_job(request: Request, job_id: str) -> dict[str, Any]:
     """A queued job is cancelled at once; a running one stops after the tensors in flight (its state says
-    ``running`` until then), and its files are removed.  A finished job is left as it is."""
+    ``running`` until then; the request is kept, so a restart before then does not resume it), and its files
+    are removed.  A finished job is left as it is."""
     manager = _manager(request)
     return _status(request, manager, manager.cancel(job_id))
 

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import sqlite3
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -13,6 +15,7 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
+from app.job_store import _SCHEMA, DATABASE_NAME, JobStore
 from app.security import signed_path
 from quant_core.checkpoint import INDEX_NAME, CheckpointOptions, open_checkpoint, plan_checkpoint, quantize_checkpoint
 from tests.app.conftest import client_with, make_settings
@@ -162,6 +165,43 @@ def test_cancelled_job_ends_cancelled_and_keeps_no_files(jobs_client: TestClient
     assert not (tmp_path / "state" / "jobs" / job["id"]).exists()
     refused = jobs_client.get(f"/v1/jobs/{job['id']}/files/config.json")
     assert refused.status_code == 409 and refused.headers["content-type"] == PROBLEM
+
+
+def test_a_cancel_survives_a_restart_before_the_job_stops(tmp_path: Path) -> None:
+    # a running job stops between tensors; a restart in between resumed it and it succeeded: the cancel was lost
+    tensors = llama_tensors()
+    first = next(name for name in tensors if name.endswith("q_proj.weight"))
+    tensors[first] = np.random.default_rng(0).standard_normal((2048, 4096)).astype(np.float32)  # ~1 s of hqq
+    write_llama_checkpoint(tmp_path / "data" / "big", tensors=tensors)
+    settings = {"state_dir": tmp_path / "state", "data_dir": tmp_path / "data", "job_tensor_concurrency": 1}
+    with client_with(**settings) as client:
+        job = client.post("/v1/jobs", json={"source": {"path": "big"}, "method": "hqq"}).json()
+        deadline = time.monotonic() + 60
+        while client.get(job["url"]).json()["state"] == "queued":
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        assert client.delete(job["url"]).json()["state"] == "running"  # it stops after the tensor in flight
+    with client_with(**settings) as client:  # the server restarted at once
+        status = wait_for(client, job["id"])
+    assert status["state"] == "cancelled"
+    assert not (tmp_path / "state" / "jobs" / job["id"]).exists()
+
+
+def test_a_job_store_made_before_cancel_requests_were_kept_opens_with_its_jobs(tmp_path: Path) -> None:
+    old_schema = _SCHEMA.replace(",\n    cancel_requested INTEGER NOT NULL DEFAULT 0", "")
+    assert "cancel_requested" not in old_schema
+    with contextlib.closing(sqlite3.connect(tmp_path / DATABASE_NAME)) as connection:
+        connection.executescript(old_schema)
+        connection.execute("INSERT INTO jobs (id, created_at, state, request, source_dir, output_dir, tensors_total, "
+                           "bytes_total, passthrough) VALUES ('j', 0, 'running', '{}', 's', 'o', 1, 1, '[]')")
+        connection.commit()
+    store = JobStore(tmp_path)
+    try:
+        assert [record.cancel_requested for record in store.unfinished()] == [False]
+        store.request_cancel("j")
+        assert store.get("j").cancel_requested is True  # type: ignore[union-attr]
+    finally:
+        store.close()
 
 
 def test_only_the_manifests_names_are_served(jobs_client: TestClient) -> None:
