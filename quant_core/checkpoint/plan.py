@@ -141,6 +141,10 @@ class TensorPlan:
         return self.format if self.format is not None else options.scheme
 
 
+def _group_size_reason(in_features: int, group_size: int) -> str:
+    return f"in_features {in_features} is not a multiple of group_size {group_size}"
+
+
 def _reason(tensor: CheckpointTensor, options: CheckpointOptions, include: Sequence[Glob],
             exclude: Sequence[Glob]) -> str | None:
     """Why `tensor` passes through, or None; `include` and `exclude` are the options' globs, compiled
@@ -162,7 +166,7 @@ def _reason(tensor: CheckpointTensor, options: CheckpointOptions, include: Seque
         return "an empty tensor"
     group = options.group_size
     if group is not None and in_features % group:
-        return f"in_features {in_features} is not a multiple of group_size {group}"
+        return _group_size_reason(in_features, group)
     if options.output in ("gptq", "awq") and out_features % 8:
         return f"out_features {out_features} is not a multiple of 8 ({options.output} packs 8 codes per int32)"
     if options.output == "gptq" and in_features % 8:
@@ -183,9 +187,16 @@ def plan_checkpoint(checkpoint: Checkpoint, options: CheckpointOptions) -> tuple
     plans = tuple(TensorPlan(index, tensor, _reason(tensor, options, include, exclude))
                   for index, tensor in enumerate(checkpoint.tensors))
     if not any(plan.quantized for plan in plans):
-        reasons = sorted({plan.reason or "" for plan in plans})[:3]
+        reasons = sorted({plan.reason or "" for plan in plans})
+        group = options.group_size
+        if group is not None and any(len(plan.tensor.shape) == 2
+                                     and plan.reason == _group_size_reason(plan.tensor.shape[1], group)
+                                     for plan in plans):
+            # the weights the selection picks are there: the group size is what no one of them can take
+            raise InvalidSpec("group_size", group, f"divides the width of no tensor selected to quantize among "
+                              f"{len(plans)}; reasons: {reasons[:3]}")
         raise InvalidSpec("include", list(options.include),
-                          f"selects no tensor to quantize among {len(plans)}; reasons: {reasons}")
+                          f"selects no tensor to quantize among {len(plans)}; reasons: {reasons[:3]}")
     if options.output == "gguf":
         model = gguf_model(checkpoint)
         check_gguf_tensors(model, [(plan.tensor.name, plan.tensor.shape, plan.quantized) for plan in plans])

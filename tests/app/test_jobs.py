@@ -331,6 +331,17 @@ def test_a_key_given_twice_is_refused_422_naming_it_not_the_last_one_kept(jobs_c
     assert jobs_client.get("/v1/jobs").json()["jobs"] == []
 
 
+@pytest.mark.parametrize("group_size", [4096, 10**21])
+def test_a_group_size_no_selected_weight_can_take_is_422_naming_group_size(jobs_client: TestClient,
+                                                                            group_size: int) -> None:
+    # it was refused naming 'include', which the request did not give
+    problem = _problem(jobs_client, {"source": {"path": "llama"}, "group_size": group_size})
+    assert problem["status"] == 422 and problem["errors"][0]["field"] == "group_size", problem
+    assert f"is not a multiple of group_size {group_size}" in problem["detail"]
+    narrowed = _problem(jobs_client, {"source": {"path": "llama"}, "include": ["nothing.*"]})
+    assert narrowed["errors"][0]["field"] == "include"
+
+
 def test_gguf_output_of_an_architecture_llama_cpp_would_not_load_is_422(jobs_client: TestClient,
                                                                          data_root: Path) -> None:
     config_path = data_root / "llama" / "config.json"
