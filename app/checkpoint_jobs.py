@@ -363,27 +363,31 @@ class JobManager:
 
     async def _each(self, job_id: str, todo: list[TensorPlan], work: Callable[[TensorPlan], Any]) -> None:
         """Await ``work(plan)`` for each plan of `todo` in order, `concurrency` at once, until the job is cancelled;
-        the first error stops the others and is raised."""
+        the first error stops the others once the tensors they hold are done (so nothing writes into the job's
+        directory after it has failed and been removed), and is raised."""
         pending = iter(todo)  # shared by the workers below: each takes the next tensor in plan order
+        errors: list[Exception] = []
 
         async def next_tensor() -> None:
             for plan in pending:
-                if job_id in self._cancelled:
+                if job_id in self._cancelled or errors:
                     return
-                await work(plan)
+                try:
+                    await work(plan)
+                except Exception as error:
+                    errors.append(error)
+                    return
                 self._notify(job_id)
 
         workers = [asyncio.create_task(next_tensor()) for _ in range(min(self.concurrency, max(1, len(todo))))]
         try:
-            done, _ = await asyncio.wait(workers, return_when=asyncio.FIRST_EXCEPTION)
-            for task in done:
-                error = task.exception()
-                if error is not None:
-                    raise error
-        finally:
+            await asyncio.gather(*workers)
+        finally:  # cancelled from outside (the server stops): the tensors in flight are not waited for
             for task in workers:
                 task.cancel()
             await asyncio.gather(*workers, return_exceptions=True)
+        if errors:
+            raise errors[0]
 
     async def _allocate(self, job_id: str, checkpoint: Checkpoint, plans: tuple[TensorPlan, ...],
                         options: CheckpointOptions) -> tuple[tuple[TensorPlan, ...], dict[str, Any]]:
