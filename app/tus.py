@@ -272,7 +272,12 @@ class UploadSets:
         return self.set_dir(set_id) / "files"
 
     def delete_set(self, set_id: str) -> None:
-        shutil.rmtree(self.set_dir(set_id), ignore_errors=True)
+        """Remove the set and its files; refused (423) while a PATCH to one of them is being received."""
+        directory = self.set_dir(set_id)
+        if any(key.startswith(f"{set_id}/") for key in self._locks):
+            raise UploadLocked(f"a PATCH to a file of upload set {set_id} is still being received", field="id",
+                               headers={"Retry-After": "1"})
+        shutil.rmtree(directory, ignore_errors=True)
 
     # files (tus)
     def create_file(self, set_id: str, name: str | None, length: int) -> UploadFile:

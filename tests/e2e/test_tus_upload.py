@@ -228,6 +228,28 @@ def test_a_patch_body_that_pauses_locks_its_file_then_is_408_and_the_bytes_it_se
         assert offset_of(url) == 40_000
 
 
+def test_a_set_is_not_deleted_while_a_patch_to_one_of_its_files_is_received(server: tuple[str, Path]) -> None:
+    # the set was removed (204) under the PATCH, which then answered 500 (its partial file was gone)
+    base_url, _ = server
+    upload_set = new_set(base_url)
+    created = httpx.post(base_url + upload_set["tus_url"], headers={
+        "Tus-Resumable": "1.0.0", "Upload-Length": "100000", "Upload-Metadata": "filename YS5iaW4="})  # a.bin
+    url = base_url + created.headers["location"]
+    parts = urlsplit(url)
+    with socket.create_connection((parts.hostname, parts.port), timeout=30) as connection:
+        connection.sendall((f"PATCH {parts.path} HTTP/1.1\r\nHost: {parts.netloc}\r\nTus-Resumable: 1.0.0\r\n"
+                            "Upload-Offset: 0\r\nContent-Type: application/offset+octet-stream\r\n"
+                            "Content-Length: 100000\r\n\r\n").encode() + b"z" * 40_000)
+        time.sleep(0.3)
+        refused = httpx.delete(base_url + upload_set["url"])
+        assert (refused.status_code, refused.headers.get("content-type")) == (423, "application/problem+json")
+        assert refused.headers["retry-after"] == "1"
+        connection.sendall(b"z" * 60_000)
+        assert connection.recv(65536).startswith(b"HTTP/1.1 204 ")
+    assert offset_of(url) == 100_000
+    assert httpx.delete(base_url + upload_set["url"]).status_code == 204  # once the PATCH has ended
+
+
 def test_a_budgeted_job_takes_its_importance_file_from_the_upload_set(server: tuple[str, Path]) -> None:
     """The statistics uploaded with the shards (``importance``: a file of the set) give the bytes of the same
     job from a directory holding them; the statistics are not copied into the result."""
