@@ -281,6 +281,19 @@ def test_a_shard_whose_header_claims_10_to_the_12_elements_is_413_naming_the_sou
     assert (problem["limit"], problem["value"]) == ("elements of tensor 'model.layers.0.mlp.up_proj.weight'", 10**12)
 
 
+@pytest.mark.parametrize("name", ["tokenizer.json", "config.json", INDEX_NAME])
+def test_a_file_copied_through_symlinked_out_of_the_data_root_is_refused_not_copied(
+        jobs_client: TestClient, data_root: Path, tmp_path: Path, name: str) -> None:
+    # the files beside the shards are checked as the shards are: nothing outside the data root is read
+    path = data_root / "llama" / name
+    path.rename(tmp_path / "secret")
+    path.symlink_to(tmp_path / "secret")
+    problem = _problem(jobs_client, {"source": {"path": "llama"}})
+    assert (problem["status"], problem["type"]) == (422, "urn:nibble:problem:checkpoint-error")
+    assert "outside the data root" in problem["detail"] and name in problem["detail"]
+    assert jobs_client.get("/v1/jobs").json()["jobs"] == []
+
+
 def test_index_that_lies_is_refused_422(jobs_client: TestClient, data_root: Path) -> None:
     index_path = data_root / "llama" / INDEX_NAME
     index = json.loads(index_path.read_text())
