@@ -9,7 +9,7 @@ once), which runs `quantize_tensor_part` and writes the tensor's part file;
 its row is recorded when the part is on disk.  When every tensor has its part
 the executor assembles the result (one call per shard, then the index,
 config.json, copied files and report), the parts are removed, and the job
-succeeds with its file manifest.  A restart resumes every job still queued or
+succeeds with its file manifest (a job that fails keeps no file).  A restart resumes every job still queued or
 running from its rows, and the assembly makes the same bytes.  A job with
 importance statistics keeps a copy of the vectors it uses (validated against
 every tensor at submission) in its own directory; a job with a budget first
@@ -43,6 +43,7 @@ from app.schemas.jobs import JobCreate, to_options
 from app.tus import UploadSets
 from quant_core.checkpoint import (
     Checkpoint,
+    CheckpointError,
     CheckpointOptions,
     TensorPlan,
     choose_formats,
@@ -92,7 +93,9 @@ def resolve_source(data_root: Path, path: str, field: str = "source.path") -> Pa
     """The place `path` names under `data_root`, refused (`PathRefused`, naming `field`) unless it stays inside it.
 
     Refused: an absolute path, a ``..`` component, a NUL byte, and any path
-    that resolves, symlinks followed, outside the resolved data root.
+    that resolves, symlinks followed, outside the resolved data root; a path
+    that cannot be resolved (a name too long, a symlink loop) is a
+    `CheckpointError` naming `field`.
     """
     parts = PurePosixPath(path).parts
     if "\x00" in path or path.startswith(("/", "\\")) or PurePosixPath(path).is_absolute():
@@ -101,7 +104,14 @@ def resolve_source(data_root: Path, path: str, field: str = "source.path") -> Pa
         raise PathRefused(f"{field} {path!r} climbs out with '..' (or uses '\\'); give a path inside the "
                           "data root", field=field)
     root = data_root.resolve()
-    resolved = (root / path).resolve()
+    try:
+        resolved = (root / path).resolve()
+        resolved.stat()  # a name past the file system's NAME_MAX, or a symlink loop, fails here
+    except (FileNotFoundError, NotADirectoryError):
+        pass  # a missing source or file is refused where it is opened, naming what is missing
+    except (OSError, RuntimeError) as exc:  # pathlib raises RuntimeError for a symlink loop on some versions
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        raise CheckpointError(f"{field} {path!r} cannot be resolved: {reason}", field=field) from None
     if resolved != root and root not in resolved.parents:
         raise PathRefused(f"{field} {path!r} resolves to a place outside the data root (a symlink leads out)",
                           field=field)
@@ -185,9 +195,14 @@ class JobManager:
 
     # lifecycle
     def start(self) -> None:
-        """Queue every unfinished job (a restart resumes them) and start the runner."""
+        """Queue every unfinished job (a restart resumes them; one whose cancel was asked is cancelled) and start
+        the runner."""
         for record in self.store.unfinished():
-            self._queue.put_nowait(record.id)
+            if record.cancel_requested:
+                self.store.finish(record.id, "cancelled")
+                self._remove_files(record.id)
+            else:
+                self._queue.put_nowait(record.id)
         self._runner = asyncio.create_task(self._run_forever(), name="nibble-job-runner")
 
     async def close(self) -> None:
@@ -256,6 +271,7 @@ class JobManager:
         if record.state in TERMINAL_STATES:
             return record
         self._cancelled.add(job_id)
+        self.store.request_cancel(job_id)  # durable: a restart before the job stops does not resume it
         if record.state == "queued":
             self.store.finish(job_id, "cancelled")
             self._remove_files(job_id)
@@ -321,8 +337,10 @@ class JobManager:
                     self._fail(job_id, RuntimeError("unexpected"))
 
     def _fail(self, job_id: str, exc: Exception) -> None:
+        """Fail the job with `exc`'s problem and remove its files: a failed job is never resumed or served."""
         problem, _ = problem_for(exc)
         self.store.finish(job_id, "failed", error=problem.model_dump(exclude_none=True))
+        self._remove_files(job_id)
         self._notify(job_id)
 
     async def _run(self, job_id: str) -> None:
@@ -345,27 +363,31 @@ class JobManager:
 
     async def _each(self, job_id: str, todo: list[TensorPlan], work: Callable[[TensorPlan], Any]) -> None:
         """Await ``work(plan)`` for each plan of `todo` in order, `concurrency` at once, until the job is cancelled;
-        the first error stops the others and is raised."""
+        the first error stops the others once the tensors they hold are done (so nothing writes into the job's
+        directory after it has failed and been removed), and is raised."""
         pending = iter(todo)  # shared by the workers below: each takes the next tensor in plan order
+        errors: list[Exception] = []
 
         async def next_tensor() -> None:
             for plan in pending:
-                if job_id in self._cancelled:
+                if job_id in self._cancelled or errors:
                     return
-                await work(plan)
+                try:
+                    await work(plan)
+                except Exception as error:
+                    errors.append(error)
+                    return
                 self._notify(job_id)
 
         workers = [asyncio.create_task(next_tensor()) for _ in range(min(self.concurrency, max(1, len(todo))))]
         try:
-            done, _ = await asyncio.wait(workers, return_when=asyncio.FIRST_EXCEPTION)
-            for task in done:
-                error = task.exception()
-                if error is not None:
-                    raise error
-        finally:
+            await asyncio.gather(*workers)
+        finally:  # cancelled from outside (the server stops): the tensors in flight are not waited for
             for task in workers:
                 task.cancel()
             await asyncio.gather(*workers, return_exceptions=True)
+        if errors:
+            raise errors[0]
 
     async def _allocate(self, job_id: str, checkpoint: Checkpoint, plans: tuple[TensorPlan, ...],
                         options: CheckpointOptions) -> tuple[tuple[TensorPlan, ...], dict[str, Any]]:

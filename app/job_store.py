@@ -40,7 +40,8 @@ CREATE TABLE IF NOT EXISTS jobs (
     started_at REAL,
     finished_at REAL,
     error TEXT,
-    result TEXT
+    result TEXT,
+    cancel_requested INTEGER NOT NULL DEFAULT 0
 );
 CREATE TABLE IF NOT EXISTS tensors (
     job_id TEXT NOT NULL REFERENCES jobs(id) ON DELETE CASCADE,
@@ -77,6 +78,8 @@ class JobRecord:
     finished_at: float | None
     error: dict[str, Any] | None
     result: dict[str, Any] | None
+    #: a DELETE came while the job ran: it stops between tensors, and a restart before then does not resume it
+    cancel_requested: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,7 +99,7 @@ def _record(row: sqlite3.Row) -> JobRecord:
         bytes_total=row["bytes_total"], passthrough=json.loads(row["passthrough"]),
         started_at=row["started_at"], finished_at=row["finished_at"],
         error=json.loads(row["error"]) if row["error"] else None,
-        result=json.loads(row["result"]) if row["result"] else None,
+        result=json.loads(row["result"]) if row["result"] else None, cancel_requested=bool(row["cancel_requested"]),
     )
 
 
@@ -113,6 +116,9 @@ class JobStore:
         self._connection.execute("PRAGMA synchronous=NORMAL")
         self._connection.execute("PRAGMA foreign_keys=ON")
         self._connection.executescript(_SCHEMA)
+        columns = {row["name"] for row in self._connection.execute("PRAGMA table_info(jobs)")}
+        if "cancel_requested" not in columns:  # a store made before the column existed
+            self._connection.execute("ALTER TABLE jobs ADD COLUMN cancel_requested INTEGER NOT NULL DEFAULT 0")
 
     def close(self) -> None:
         self._connection.close()
@@ -152,6 +158,10 @@ class JobStore:
     def set_running(self, job_id: str) -> None:
         self._connection.execute("UPDATE jobs SET state = 'running', started_at = COALESCE(started_at, ?) "
                                  "WHERE id = ?", (time.time(), job_id))
+
+    def request_cancel(self, job_id: str) -> None:
+        """Record that a running job is to stop (it does between tensors; a restart before then cancels it)."""
+        self._connection.execute("UPDATE jobs SET cancel_requested = 1 WHERE id = ?", (job_id,))
 
     def finish(self, job_id: str, state: JobState, *, error: dict[str, Any] | None = None,
                result: dict[str, Any] | None = None) -> None:

@@ -9,6 +9,7 @@ import json
 import time
 from collections.abc import Callable, Coroutine, Mapping
 from typing import Any
+from urllib.parse import quote
 
 from fastapi import Request, Response
 from fastapi.routing import APIRoute
@@ -39,13 +40,15 @@ def _path_signature(keys: list[str], path: str, expires: int) -> str:
 
 
 def signed_path(settings: Settings, path: str, now: float | None = None) -> str:
-    """`path` with a signature that lets a GET or HEAD of it through without an Authorization header for
+    """The URL of `path` (percent-encoded: a file name may hold ``#``, ``?``, ``%`` or a space) with a
+    signature that lets a GET or HEAD of it through without an Authorization header for
     ``download_url_seconds``: what a browser's plain link (a job's result file) needs when API keys are set.
-    Without API keys, `path` as it is."""
+    Without API keys, the percent-encoded path alone.  The signature is of `path` itself, as the server
+    decodes it again (``scope["path"]``)."""
     if not settings.api_keys:
-        return path
+        return quote(path)
     expires = int(time.time() if now is None else now) + settings.download_url_seconds
-    return f"{path}?expires={expires}&signature={_path_signature(settings.api_keys, path, expires)}"
+    return f"{quote(path)}?expires={expires}&signature={_path_signature(settings.api_keys, path, expires)}"
 
 
 def _signed_request(request: Request, keys: list[str]) -> bool:
@@ -53,8 +56,8 @@ def _signed_request(request: Request, keys: list[str]) -> bool:
     signature, expires = request.query_params.get("signature"), request.query_params.get("expires")
     if request.method not in ("GET", "HEAD") or signature is None or expires is None:
         return False
-    valid = expires.isdigit() and len(expires) <= 12 and hmac.compare_digest(
-        signature.encode(), _path_signature(keys, request.url.path, int(expires)).encode())
+    valid = expires.isascii() and expires.isdigit() and len(expires) <= 12 and hmac.compare_digest(
+        signature.encode(), _path_signature(keys, request.scope["path"], int(expires)).encode())
     if not valid or int(expires) < time.time():
         raise Unauthorized("this link's signature is not valid or has expired: GET the job again for a fresh "
                            "link, or send Authorization: Bearer <key>")

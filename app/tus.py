@@ -119,6 +119,8 @@ def parse_metadata(header: str | None) -> dict[str, str]:
         if not item.strip():
             continue
         key, _, encoded = item.strip().partition(" ")
+        if key in pairs:  # tus 1.0.0: "All keys MUST be unique"; which one was meant is not ours to guess
+            raise MalformedTusRequest(f"Upload-Metadata gives the key {key!r} twice", field="Upload-Metadata")
         try:
             pairs[key] = base64.b64decode(encoded.strip(), validate=True).decode("utf-8")
         except (binascii.Error, UnicodeDecodeError) as exc:
@@ -130,7 +132,7 @@ def parse_metadata(header: str | None) -> dict[str, str]:
 def header_integer(request: Request, name: str) -> int:
     """A non-negative integer header (Upload-Length, Upload-Offset), 400 when missing or malformed."""
     value = request.headers.get(name)
-    if value is None or not value.isdigit() or len(value) > 20:
+    if value is None or not (value.isascii() and value.isdigit()) or len(value) > 20:  # not '²': int() refuses it
         raise MalformedTusRequest(f"{name} must be a non-negative integer, got {value!r}", field=name)
     return int(value)
 
@@ -270,7 +272,12 @@ class UploadSets:
         return self.set_dir(set_id) / "files"
 
     def delete_set(self, set_id: str) -> None:
-        shutil.rmtree(self.set_dir(set_id), ignore_errors=True)
+        """Remove the set and its files; refused (423) while a PATCH to one of them is being received."""
+        directory = self.set_dir(set_id)
+        if any(key.startswith(f"{set_id}/") for key in self._locks):
+            raise UploadLocked(f"a PATCH to a file of upload set {set_id} is still being received", field="id",
+                               headers={"Retry-After": "1"})
+        shutil.rmtree(directory, ignore_errors=True)
 
     # files (tus)
     def create_file(self, set_id: str, name: str | None, length: int) -> UploadFile:
@@ -365,7 +372,7 @@ class UploadSets:
         finally:  # what arrived is kept, whatever stopped the body (a disconnect, a stall, an overrun)
             if buffer:
                 await asyncio.shield(asyncio.to_thread(_append, partial, bytes(buffer)))
-        if current.offset + received == current.length:  # sealed here, off the event loop
+        if received and current.offset + received == current.length:  # sealed here (once), off the event loop
             await asyncio.to_thread(_seal, partial, self.root / set_id / "files" / current.name)
         return self._file(set_id, file_id)
 

@@ -5,22 +5,28 @@ Thin: validation is the wire models', the work is app/checkpoint_jobs.py's.
 
 from __future__ import annotations
 
+import asyncio
 import json
+import os
 from collections.abc import AsyncIterator
 from typing import Any
 
 from fastapi import APIRouter, Request
 from fastapi.responses import FileResponse, JSONResponse, StreamingResponse
 
+from app.byte_ranges import checked_range
 from app.checkpoint_jobs import JobManager, JobsNotConfigured
 from app.job_store import TERMINAL_STATES, JobRecord
 from app.problems import problem_responses
+from app.routing import JsonBodyRoute
 from app.schemas.jobs import JobCreate, JobList, JobStatus, JobSummary
 from app.security import ApiKeyRoute, settings_of, signed_path
 
 router = APIRouter(prefix="/jobs", tags=["jobs"], route_class=ApiKeyRoute)
 #: an event is sent at least this often while a job runs (a heartbeat keeps proxies from closing the stream)
 EVENT_INTERVAL_SECONDS = 15.0
+#: and at most once in this long: a job of small tensors changes hundreds of times a second
+EVENT_MIN_INTERVAL_SECONDS = 0.25
 
 
 def _manager(request: Request) -> JobManager:
@@ -35,28 +41,37 @@ def _url(record: JobRecord) -> str:
     return f"/v1/jobs/{record.id}"
 
 
-def _status(request: Request, manager: JobManager, record: JobRecord) -> dict[str, Any]:
+def _status(request: Request, manager: JobManager, record: JobRecord, *, report: bool = True) -> dict[str, Any]:
+    """The job's status document; its `report` (every finished tensor's row, read and decoded) only if asked."""
     result = None
     if record.result is not None:  # with API keys, each file's URL is signed: a browser's plain link downloads it
         settings = settings_of(request)
         result = {**record.result, "files": [
             {**entry, "url": signed_path(settings, f"{_url(record)}/files/{entry['name']}")}
             for entry in record.result["files"]]}
-    return {"id": record.id, "url": _url(record), "state": record.state, "created_at": record.created_at,
-            "started_at": record.started_at, "finished_at": record.finished_at, "request": record.request,
-            "progress": manager.progress(record), "report": manager.report(record), "result": result,
-            "error": record.error}
+    status = {"id": record.id, "url": _url(record), "state": record.state, "created_at": record.created_at,
+              "started_at": record.started_at, "finished_at": record.finished_at, "request": record.request,
+              "progress": manager.progress(record), "result": result, "error": record.error}
+    if report:
+        status["report"] = manager.report(record)
+    return status
 
 
-@router.post("", status_code=202, response_model=JobStatus, summary="Quantize a checkpoint as a job",
-             responses=problem_responses(400, 403, 404, 413, 415, 422, 503))
-async def create_job(request: Request, body: JobCreate) -> JSONResponse:
+async def create_job(body: JobCreate, request: Request) -> JSONResponse:
     """Validate the source (every shard header and the index) and plan it, then queue the job: 202 with its
     id and URL.  Refused with problem+json: a path outside the data root (403), a checkpoint whose index lies
-    or whose shards are truncated (422), options no output format can hold (422)."""
+    or whose shards are truncated (422), options no output format can hold (422), a key given twice (422)."""
     manager = _manager(request)
     record = await manager.submit(body)
     return JSONResponse(_status(request, manager, record), status_code=202, headers={"Location": _url(record)})
+
+
+# The body is read as the plan routes read theirs (JsonBodyRoute, app/routing.py): a key given twice is
+# refused 422 naming it, where FastAPI's own parsing keeps the last value without a word.
+router.add_api_route("", create_job, methods=["POST"], status_code=202, response_model=JobStatus,
+                     summary="Quantize a checkpoint as a job",
+                     responses=problem_responses(400, 403, 404, 413, 415, 422, 503),
+                     route_class_override=JsonBodyRoute)
 
 
 @router.get("", response_model=JobList, summary="List jobs, newest first", responses=problem_responses(404))
@@ -78,7 +93,8 @@ async def read_job(request: Request, job_id: str) -> dict[str, Any]:
 @router.delete("/{job_id}", response_model=JobStatus, summary="Cancel a job", responses=problem_responses(404))
 async def cancel_job(request: Request, job_id: str) -> dict[str, Any]:
     """A queued job is cancelled at once; a running one stops after the tensors in flight (its state says
-    ``running`` until then), and its files are removed.  A finished job is left as it is."""
+    ``running`` until then; the request is kept, so a restart before then does not resume it), and its files
+    are removed.  A finished job is left as it is."""
     manager = _manager(request)
     return _status(request, manager, manager.cancel(job_id))
 
@@ -96,14 +112,15 @@ async def stream_job_events(request: Request, job_id: str) -> StreamingResponse:
     async def events() -> AsyncIterator[bytes]:
         while True:
             record = manager.get(job_id)
-            status = _status(request, manager, record)
             finished = record.state in TERMINAL_STATES
-            if not finished:  # the report grows with every tensor: sent whole once, with the final status
-                status.pop("report")
+            # the report grows with every tensor: read and sent whole once, with the final status (read at every
+            # event, it cost each stream the whole job's rows per tensor, on the event loop)
+            status = _status(request, manager, record, report=finished)
             yield f"event: status\ndata: {json.dumps(status, separators=(',', ':'))}\n\n".encode()
             if finished or await request.is_disconnected():
                 return
             await manager.wait_change(job_id, EVENT_INTERVAL_SECONDS)
+            await asyncio.sleep(EVENT_MIN_INTERVAL_SECONDS)  # the changes within it are sent as one event
 
     return StreamingResponse(events(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
 
@@ -112,10 +129,22 @@ async def stream_job_events(request: Request, job_id: str) -> StreamingResponse:
             responses={200: {"content": {"application/octet-stream": {"schema": {"type": "string",
                                                                                  "format": "binary"}}},
                              "description": "The file, or the requested byte range (206)."},
-                       **problem_responses(404, 409, 416)})
+                       **problem_responses(400, 404, 409, 416)})
 async def read_job_file(request: Request, job_id: str, name: str) -> FileResponse:
-    """Only the names the job's manifest lists are served."""
+    """Only the names the job's manifest lists are served.  A Range that is not byte ranges is 400, one past
+    the end 416 (problem+json, app/byte_ranges.py); a unit other than ``bytes`` is ignored."""
     manager = _manager(request)
     path = manager.output_file(job_id, name)
     media_type = "application/json" if name.endswith(".json") else "application/octet-stream"
-    return FileResponse(path, media_type=media_type, filename=name)
+    stat = os.stat(path)
+    response = FileResponse(path, media_type=media_type, filename=name, stat_result=stat)
+    header = request.headers.get("range")
+    if_range = request.headers.get("if-range")  # a failed If-Range sends the whole file, Range unread (§13.1.5)
+    if header is not None and (if_range is None or if_range in (response.headers["etag"],
+                                                                response.headers["last-modified"])):
+        ranges = checked_range(header, stat.st_size)
+        # the file response reads the Range from the request's scope: give it the checked ranges, or none
+        request.scope["headers"] = [(key, value) for key, value in request.scope["headers"] if key != b"range"]
+        if ranges is not None:
+            request.scope["headers"].append((b"range", ranges.encode()))
+    return response

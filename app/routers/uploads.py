@@ -129,9 +129,10 @@ async def read_upload_set(request: Request, set_id: str) -> dict[str, Any]:
 
 
 @router.delete("/{set_id}", status_code=204, summary="Remove an upload set and its files",
-               responses=problem_responses(404, 409))
+               responses=problem_responses(404, 409, 423))
 async def delete_upload_set(request: Request, set_id: str) -> Response:
-    """Refused (409) while a queued or running job reads it."""
+    """Refused while a queued or running job reads it (409), or a PATCH to one of its files is being received
+    (423, with Retry-After)."""
     sets = _sets(request)
     _refuse_while_read(request, sets, set_id)
     sets.delete_set(set_id)

@@ -5,15 +5,17 @@ The conversion to the core's `CheckpointOptions` lives here (`to_options`).
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from app.schemas.quantize import BudgetFields
+from app.schemas.quantize import MAX_INCLUDE_CHARS, BudgetFields
 from quant_core.checkpoint import DEFAULT_EXCLUDE, DEFAULT_MAX_SHARD_BYTES, CheckpointOptions
 from quant_core.quantize import METHODS
 
 JobStateName = Literal["queued", "running", "succeeded", "failed", "cancelled"]
+#: one glob of include or exclude: at most as long as /v1/quantize's include
+JobGlob = Annotated[str, Field(max_length=MAX_INCLUDE_CHARS)]
 
 
 class JobSource(BaseModel):
@@ -51,10 +53,12 @@ class JobCreate(BudgetFields):
     symmetric: bool = False
     zero: Literal["auto", "int4"] = Field("auto", description=(
         "Zero points are stored as 4-bit integers in every engine format (auto means int4)."))
-    include: list[str] | None = Field(None, max_length=256, description=(
-        "Globs on tensor names: only names matching one are quantized (default: every linear weight)."))
-    exclude: list[str] | None = Field(None, max_length=256, description=(
-        f"Globs on tensor names never quantized (default: {', '.join(DEFAULT_EXCLUDE)})."))
+    include: list[JobGlob] | None = Field(None, max_length=256, description=(
+        f"Globs on tensor names (at most {MAX_INCLUDE_CHARS} characters each): only names matching one are "
+        "quantized (default: every linear weight)."))
+    exclude: list[JobGlob] | None = Field(None, max_length=256, description=(
+        f"Globs on tensor names never quantized (at most {MAX_INCLUDE_CHARS} characters each; default: "
+        f"{', '.join(DEFAULT_EXCLUDE)})."))
     max_shard_bytes: int = Field(DEFAULT_MAX_SHARD_BYTES, ge=1, description=(
         "Most tensor data bytes in one output shard (default 5 GB as transformers counts it, 5 x 10^9)."))
     importance: str | None = Field(None, min_length=1, max_length=4096, description=(

@@ -13,7 +13,7 @@ the whole checkpoint.
 
 from __future__ import annotations
 
-import fnmatch
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -24,6 +24,7 @@ from quant_core.checkpoint.gguf_model import check_gguf_tensors, gguf_model
 from quant_core.checkpoint.source import Checkpoint, CheckpointTensor
 from quant_core.errors import InvalidSpec, UnknownName
 from quant_core.formats import WeightFormat
+from quant_core.globs import Glob, compile_glob
 from quant_core.quantize import METHODS
 
 CheckpointOutput = Literal["compressed-tensors", "gptq", "awq", "gguf"]
@@ -140,11 +141,18 @@ class TensorPlan:
         return self.format if self.format is not None else options.scheme
 
 
-def _reason(tensor: CheckpointTensor, options: CheckpointOptions) -> str | None:
+def _group_size_reason(in_features: int, group_size: int) -> str:
+    return f"in_features {in_features} is not a multiple of group_size {group_size}"
+
+
+def _reason(tensor: CheckpointTensor, options: CheckpointOptions, include: Sequence[Glob],
+            exclude: Sequence[Glob]) -> str | None:
+    """Why `tensor` passes through, or None; `include` and `exclude` are the options' globs, compiled
+    (quant_core/globs.py: linear time, where fnmatch is quadratic in a pattern's unclosed ``[``)."""
     name = tensor.name
-    if options.include and not any(fnmatch.fnmatchcase(name, pattern) for pattern in options.include):
+    if include and not any(glob.matches(name) for glob in include):
         return f"name matches none of the include patterns {list(options.include)}"
-    excluded = [pattern for pattern in options.exclude if fnmatch.fnmatchcase(name, pattern)]
+    excluded = [glob.pattern for glob in exclude if glob.matches(name)]
     if excluded:
         return f"name matches the exclude pattern {excluded[0]!r}"
     if len(tensor.shape) != 2:
@@ -158,7 +166,7 @@ def _reason(tensor: CheckpointTensor, options: CheckpointOptions) -> str | None:
         return "an empty tensor"
     group = options.group_size
     if group is not None and in_features % group:
-        return f"in_features {in_features} is not a multiple of group_size {group}"
+        return _group_size_reason(in_features, group)
     if options.output in ("gptq", "awq") and out_features % 8:
         return f"out_features {out_features} is not a multiple of 8 ({options.output} packs 8 codes per int32)"
     if options.output == "gptq" and in_features % 8:
@@ -174,12 +182,21 @@ def plan_checkpoint(checkpoint: Checkpoint, options: CheckpointOptions) -> tuple
     one llama.cpp would load (`gguf_model`, `check_gguf_tensors`).
     """
     check_options(options)
-    plans = tuple(TensorPlan(index, tensor, _reason(tensor, options))
+    include = [compile_glob(pattern) for pattern in options.include]
+    exclude = [compile_glob(pattern) for pattern in options.exclude]
+    plans = tuple(TensorPlan(index, tensor, _reason(tensor, options, include, exclude))
                   for index, tensor in enumerate(checkpoint.tensors))
     if not any(plan.quantized for plan in plans):
-        reasons = sorted({plan.reason or "" for plan in plans})[:3]
+        reasons = sorted({plan.reason or "" for plan in plans})
+        group = options.group_size
+        if group is not None and any(len(plan.tensor.shape) == 2
+                                     and plan.reason == _group_size_reason(plan.tensor.shape[1], group)
+                                     for plan in plans):
+            # the weights the selection picks are there: the group size is what no one of them can take
+            raise InvalidSpec("group_size", group, f"divides the width of no tensor selected to quantize among "
+                              f"{len(plans)}; reasons: {reasons[:3]}")
         raise InvalidSpec("include", list(options.include),
-                          f"selects no tensor to quantize among {len(plans)}; reasons: {reasons}")
+                          f"selects no tensor to quantize among {len(plans)}; reasons: {reasons[:3]}")
     if options.output == "gguf":
         model = gguf_model(checkpoint)
         check_gguf_tensors(model, [(plan.tensor.name, plan.tensor.shape, plan.quantized) for plan in plans])

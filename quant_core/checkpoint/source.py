@@ -85,15 +85,31 @@ def _inside(path: Path, root: Path, what: str) -> Path:
     return resolved
 
 
+#: the longest file name POSIX file systems hold (NAME_MAX), in bytes
+MAX_NAME_BYTES = 255
+
+
 def _plain_name(name: object, what: str) -> str:
     if (not isinstance(name, str) or not name or name in (".", "..") or "/" in name or "\\" in name
-            or "\x00" in name):
+            or "\x00" in name or len(name.encode("utf-8", "surrogatepass")) > MAX_NAME_BYTES):
         raise CheckpointError(f"{what} {name!r} is not a plain file name in the checkpoint directory")
     return name
 
 
+def _is_utf8(name: str) -> bool:
+    """Whether a file name read from the disk is UTF-8 (Python holds other bytes as lone surrogates)."""
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def read_json_file(path: Path, what: str) -> Any:
-    """A small JSON file (at most `MAX_JSON_BYTES`), parsed; `CheckpointError` when it is not JSON."""
+    """A small JSON file (at most `MAX_JSON_BYTES`), parsed; `CheckpointError` when it is not a regular file
+    (a directory, or a FIFO whose read would wait for ever) or not JSON."""
+    if not path.is_file():
+        raise CheckpointError(f"{what} is not a regular file")
     size = path.stat().st_size
     if size > MAX_JSON_BYTES:
         raise LimitExceeded(f"bytes of {what}", size, MAX_JSON_BYTES, field="source.path")
@@ -149,6 +165,8 @@ def open_checkpoint(directory: str | os.PathLike[str], *, root: str | os.PathLik
                                              max_header_bytes=max_header_bytes)
         except TensorFileError as exc:
             raise CheckpointError(f"shard {shard!r}: {exc.detail}") from None
+        except LimitExceeded as exc:  # the reader names its `file`: here the file is the source's
+            raise LimitExceeded(exc.limit, exc.value, exc.maximum, field="source.path") from None
         shard_bytes[shard] = real.stat().st_size
         for name, entry in header.entries.items():
             if weight_map is not None and weight_map.get(name) != shard:
@@ -165,7 +183,7 @@ def open_checkpoint(directory: str | os.PathLike[str], *, root: str | os.PathLik
             raise CheckpointError(f"{INDEX_NAME} places tensor {missing[0]!r} in shard {weight_map[missing[0]]!r}, "
                                   f"which does not hold it ({len(missing)} such tensor(s))")
     config = None
-    if (folder / CONFIG_NAME).is_file():
+    if (folder / CONFIG_NAME).exists():  # a config.json that is not a regular file is refused, not left out
         config = read_json_file(_inside(folder / CONFIG_NAME, root_path, CONFIG_NAME), CONFIG_NAME)
         if not isinstance(config, dict):
             raise CheckpointError(f"{CONFIG_NAME} is a JSON {type(config).__name__}, not an object")
@@ -176,6 +194,8 @@ def open_checkpoint(directory: str | os.PathLike[str], *, root: str | os.PathLik
                 or not item.is_file()):
             continue
         _inside(item, root_path, f"file {name!r}")
+        if not _is_utf8(name):  # copied through, it would be named in the manifest, which is UTF-8 JSON
+            raise CheckpointError(f"file name {name!r} is not UTF-8; rename the file or remove it")
         others.append(name)
     return Checkpoint(folder, tuple(tensors), shard_bytes, tuple(others), config)
 

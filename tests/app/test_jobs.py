@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import sqlite3
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -13,6 +15,7 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
+from app.job_store import _SCHEMA, DATABASE_NAME, JobStore
 from app.security import signed_path
 from quant_core.checkpoint import INDEX_NAME, CheckpointOptions, open_checkpoint, plan_checkpoint, quantize_checkpoint
 from tests.app.conftest import client_with, make_settings
@@ -86,6 +89,34 @@ def test_job_files_are_served_by_byte_range(jobs_client: TestClient) -> None:
     assert tail.content == whole[-10:]
 
 
+def test_a_range_refused_is_a_problem_and_an_unknown_unit_is_ignored(jobs_client: TestClient) -> None:
+    # Starlette's own answers were text/plain: 400 "Malformed range header", an empty 416, and a 400 for
+    # a unit it does not know (RFC 9110 §14.2: ignored); and 416 as soon as one range of several was past the end
+    job = jobs_client.post("/v1/jobs", json={"source": {"path": "llama"}}).json()
+    status = wait_for(jobs_client, job["id"])
+    entry = next(f for f in status["result"]["files"] if f["name"] == "tokenizer.model")
+    size, whole = entry["bytes"], jobs_client.get(entry["url"]).content
+    for malformed in ("bytes=5-2", "bytes=abc", "bytes=", "bytes=-", "bytes=1-2-3", "bytes=+1-2", "bytes=1_0-20",
+                      "bytes"):
+        answer = jobs_client.get(entry["url"], headers={"Range": malformed})
+        assert (answer.status_code, answer.headers["content-type"]) == (400, PROBLEM), malformed
+        assert answer.json()["errors"][0]["field"] == "Range"
+    for past in (f"bytes={size}-", f"bytes={size}-{size + 10}", "bytes=-0", f"bytes={'9' * 5000}-"):
+        answer = jobs_client.get(entry["url"], headers={"Range": past})
+        assert (answer.status_code, answer.headers["content-type"]) == (416, PROBLEM), past[:20]
+        assert answer.headers["content-range"] == f"bytes */{size}"
+        assert answer.json()["errors"][0]["field"] == "Range"
+    for ignored in ("items=0-5", "Items=5-2"):  # a unit this server does not know: the whole file, 200
+        answer = jobs_client.get(entry["url"], headers={"Range": ignored})
+        assert (answer.status_code, answer.content) == (200, whole)
+    some = jobs_client.get(entry["url"], headers={"Range": f"bytes=0-9,{size + 5}-{size + 9}"})  # one satisfiable
+    assert (some.status_code, some.headers["content-range"], some.content) == (206, f"bytes 0-9/{size}", whole[:10])
+    huge = jobs_client.get(entry["url"], headers={"Range": f"bytes=-{'9' * 5000}"})  # a suffix past the start
+    assert (huge.status_code, huge.content) == (206, whole)
+    stale = jobs_client.get(entry["url"], headers={"Range": "bytes=5-2", "If-Range": '"another-etag"'})
+    assert (stale.status_code, stale.content) == (200, whole)  # If-Range fails: the Range is not read
+
+
 def test_job_events_stream_status_until_the_job_is_finished(jobs_client: TestClient) -> None:
     job = jobs_client.post("/v1/jobs", json={"source": {"path": "llama"}, "output": "awq"}).json()
     with jobs_client.stream("GET", f"/v1/jobs/{job['id']}/events") as stream:
@@ -95,6 +126,22 @@ def test_job_events_stream_status_until_the_job_is_finished(jobs_client: TestCli
     assert len(events[-1]["report"]) == 21 and all("report" not in event for event in events[:-1])
     done = [event["progress"]["tensors_done"] for event in events]
     assert done == sorted(done)
+
+
+def test_an_event_stream_reads_the_report_once_for_its_last_event(jobs_client: TestClient,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    # every event read and decoded the rows of every finished tensor, then dropped them: 300 streams on a
+    # 2,100-tensor job held /healthz for 22 s and starved the job itself
+    manager = jobs_client.app.state.jobs  # type: ignore[attr-defined]
+    reads: list[str] = []
+    report = manager.report
+    monkeypatch.setattr(manager, "report", lambda record: (reads.append(record.state), report(record))[1])
+    job = jobs_client.post("/v1/jobs", json={"source": {"path": "llama"}, "method": "clip"}).json()
+    reads.clear()  # the 202's own status holds the report (empty)
+    with jobs_client.stream("GET", f"/v1/jobs/{job['id']}/events") as stream:
+        events = [json.loads(line.removeprefix("data: ")) for line in stream.iter_lines() if line.startswith("data: ")]
+    assert len(events) >= 2 and events[-1]["state"] == "succeeded" and len(events[-1]["report"]) == 21
+    assert reads == ["succeeded"]
 
 
 def test_jobs_are_listed_newest_first_and_unknown_ids_are_404(jobs_client: TestClient, tmp_path: Path) -> None:
@@ -118,6 +165,43 @@ def test_cancelled_job_ends_cancelled_and_keeps_no_files(jobs_client: TestClient
     assert not (tmp_path / "state" / "jobs" / job["id"]).exists()
     refused = jobs_client.get(f"/v1/jobs/{job['id']}/files/config.json")
     assert refused.status_code == 409 and refused.headers["content-type"] == PROBLEM
+
+
+def test_a_cancel_survives_a_restart_before_the_job_stops(tmp_path: Path) -> None:
+    # a running job stops between tensors; a restart in between resumed it and it succeeded: the cancel was lost
+    tensors = llama_tensors()
+    first = next(name for name in tensors if name.endswith("q_proj.weight"))
+    tensors[first] = np.random.default_rng(0).standard_normal((2048, 4096)).astype(np.float32)  # ~1 s of hqq
+    write_llama_checkpoint(tmp_path / "data" / "big", tensors=tensors)
+    settings = {"state_dir": tmp_path / "state", "data_dir": tmp_path / "data", "job_tensor_concurrency": 1}
+    with client_with(**settings) as client:
+        job = client.post("/v1/jobs", json={"source": {"path": "big"}, "method": "hqq"}).json()
+        deadline = time.monotonic() + 60
+        while client.get(job["url"]).json()["state"] == "queued":
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        assert client.delete(job["url"]).json()["state"] == "running"  # it stops after the tensor in flight
+    with client_with(**settings) as client:  # the server restarted at once
+        status = wait_for(client, job["id"])
+    assert status["state"] == "cancelled"
+    assert not (tmp_path / "state" / "jobs" / job["id"]).exists()
+
+
+def test_a_job_store_made_before_cancel_requests_were_kept_opens_with_its_jobs(tmp_path: Path) -> None:
+    old_schema = _SCHEMA.replace(",\n    cancel_requested INTEGER NOT NULL DEFAULT 0", "")
+    assert "cancel_requested" not in old_schema
+    with contextlib.closing(sqlite3.connect(tmp_path / DATABASE_NAME)) as connection:
+        connection.executescript(old_schema)
+        connection.execute("INSERT INTO jobs (id, created_at, state, request, source_dir, output_dir, tensors_total, "
+                           "bytes_total, passthrough) VALUES ('j', 0, 'running', '{}', 's', 'o', 1, 1, '[]')")
+        connection.commit()
+    store = JobStore(tmp_path)
+    try:
+        assert [record.cancel_requested for record in store.unfinished()] == [False]
+        store.request_cancel("j")
+        assert store.get("j").cancel_requested is True  # type: ignore[union-attr]
+    finally:
+        store.close()
 
 
 def test_only_the_manifests_names_are_served(jobs_client: TestClient) -> None:
@@ -146,6 +230,18 @@ def test_source_paths_leaving_the_data_root_are_refused_403(jobs_client: TestCli
     assert problem["errors"][0]["field"] == "source.path"
 
 
+@pytest.mark.parametrize("field", ["source.path", "importance"])
+@pytest.mark.parametrize("path", ["a" * 300, "llama/" + "b" * 300, "loop", "loop/x"])
+def test_a_path_that_cannot_be_resolved_is_422_naming_its_field(jobs_client: TestClient, data_root: Path,
+                                                                field: str, path: str) -> None:
+    # a name past NAME_MAX (255 bytes) and a symlink loop were 500s
+    (data_root / "loop").symlink_to(data_root / "loop")
+    body = {"source": {"path": path}} if field == "source.path" else {"source": {"path": "llama"}, "importance": path}
+    problem = _problem(jobs_client, body)
+    assert (problem["status"], problem["type"]) == (422, "urn:nibble:problem:checkpoint-error"), problem
+    assert problem["errors"][0]["field"] == field and "cannot be resolved" in problem["detail"]
+
+
 def test_symlink_leading_out_of_the_data_root_is_refused(jobs_client: TestClient, data_root: Path,
                                                         tmp_path: Path) -> None:
     write_llama_checkpoint(tmp_path / "elsewhere")
@@ -162,6 +258,40 @@ def test_symlinked_shard_leading_out_of_the_data_root_is_refused(jobs_client: Te
     problem = _problem(jobs_client, {"source": {"path": "llama"}})
     assert (problem["status"], problem["type"]) == (422, "urn:nibble:problem:checkpoint-error")
     assert "outside the data root" in problem["detail"]
+
+
+def test_a_file_whose_name_is_not_utf8_is_refused_422_at_submission(jobs_client: TestClient, data_root: Path) -> None:
+    # it was copied through and its name put in the manifest: the job ran every tensor, then failed with a 500
+    (data_root / "llama" / os.fsdecode(b"notes-\xff.txt")).write_bytes(b"x")
+    problem = _problem(jobs_client, {"source": {"path": "llama"}})
+    assert problem["status"] == 422 and problem["errors"][0]["field"] == "source.path"
+    assert "is not UTF-8" in problem["detail"] and "notes-\\udcff.txt" in problem["detail"]
+    assert jobs_client.get("/v1/jobs").json()["jobs"] == []
+
+
+def test_a_shard_whose_header_claims_10_to_the_12_elements_is_413_naming_the_source(jobs_client: TestClient,
+                                                                                   data_root: Path) -> None:
+    # refused from the header alone; the problem named 'file', a field POST /v1/jobs does not have
+    header = json.dumps({"model.layers.0.mlp.up_proj.weight": {
+        "dtype": "F32", "shape": [10**6, 10**6], "data_offsets": [0, 4 * 10**12]}}).encode()
+    (data_root / "huge").mkdir()
+    (data_root / "huge" / "model.safetensors").write_bytes(len(header).to_bytes(8, "little") + header + bytes(16))
+    problem = _problem(jobs_client, {"source": {"path": "huge"}})
+    assert problem["status"] == 413 and problem["errors"][0]["field"] == "source.path"
+    assert (problem["limit"], problem["value"]) == ("elements of tensor 'model.layers.0.mlp.up_proj.weight'", 10**12)
+
+
+@pytest.mark.parametrize("name", ["tokenizer.json", "config.json", INDEX_NAME])
+def test_a_file_copied_through_symlinked_out_of_the_data_root_is_refused_not_copied(
+        jobs_client: TestClient, data_root: Path, tmp_path: Path, name: str) -> None:
+    # the files beside the shards are checked as the shards are: nothing outside the data root is read
+    path = data_root / "llama" / name
+    path.rename(tmp_path / "secret")
+    path.symlink_to(tmp_path / "secret")
+    problem = _problem(jobs_client, {"source": {"path": "llama"}})
+    assert (problem["status"], problem["type"]) == (422, "urn:nibble:problem:checkpoint-error")
+    assert "outside the data root" in problem["detail"] and name in problem["detail"]
+    assert jobs_client.get("/v1/jobs").json()["jobs"] == []
 
 
 def test_index_that_lies_is_refused_422(jobs_client: TestClient, data_root: Path) -> None:
@@ -189,6 +319,40 @@ def test_missing_directory_and_bad_options_are_422(jobs_client: TestClient) -> N
     assert unknown["status"] == 422 and unknown["errors"][0]["field"] == "method"
     extra = _problem(jobs_client, {"source": {"path": "llama"}, "colour": "red"})
     assert extra["status"] == 422 and extra["errors"][0]["field"] == "colour"
+
+
+def test_a_glob_past_1024_characters_is_refused_422_naming_it_before_any_work(jobs_client: TestClient) -> None:
+    # /v1/quantize's include bound (issue 17): 50,000 '[' held a pool worker for 50 s before it
+    for field in ("include", "exclude"):
+        problem = _problem(jobs_client, {"source": {"path": "llama"}, field: ["*proj*", "[" * 1025]})
+        assert problem["status"] == 422 and problem["errors"][0]["field"] == f"{field}[1]", problem
+    assert jobs_client.get("/v1/jobs").json()["jobs"] == []
+    within = jobs_client.post("/v1/jobs", json={"source": {"path": "llama"}, "exclude": ["[" * 1024, "*norm*"]})
+    assert within.status_code == 202
+
+
+def test_a_key_given_twice_is_refused_422_naming_it_not_the_last_one_kept(jobs_client: TestClient,
+                                                                         data_root: Path) -> None:
+    # the JSON parser kept the last "source" without a word and the job quantized another checkpoint
+    write_llama_checkpoint(data_root / "other", shards=1)
+    for body, field in ((b'{"source": {"path": "llama"}, "source": {"path": "other"}}', "source"),
+                        (b'{"source": {"path": "llama", "path": "other"}}', "source.path"),
+                        (b'{"source": {"path": "llama"}, "exclude": ["*norm*"], "exclude": []}', "exclude")):
+        answer = jobs_client.post("/v1/jobs", content=body, headers={"Content-Type": "application/json"})
+        assert (answer.status_code, answer.headers["content-type"]) == (422, PROBLEM), body
+        assert answer.json()["errors"][0]["field"] == field and "appears twice" in answer.json()["detail"]
+    assert jobs_client.get("/v1/jobs").json()["jobs"] == []
+
+
+@pytest.mark.parametrize("group_size", [4096, 10**21])
+def test_a_group_size_no_selected_weight_can_take_is_422_naming_group_size(jobs_client: TestClient,
+                                                                            group_size: int) -> None:
+    # it was refused naming 'include', which the request did not give
+    problem = _problem(jobs_client, {"source": {"path": "llama"}, "group_size": group_size})
+    assert problem["status"] == 422 and problem["errors"][0]["field"] == "group_size", problem
+    assert f"is not a multiple of group_size {group_size}" in problem["detail"]
+    narrowed = _problem(jobs_client, {"source": {"path": "llama"}, "include": ["nothing.*"]})
+    assert narrowed["errors"][0]["field"] == "include"
 
 
 def test_gguf_output_of_an_architecture_llama_cpp_would_not_load_is_422(jobs_client: TestClient,
@@ -224,6 +388,23 @@ def test_a_tensor_that_cannot_be_quantized_fails_the_job_with_its_problem(tmp_pa
     assert error["detail"] == f"1 NaN/Inf value(s) in tensor {broken!r}; first at index [3, 5]"
 
 
+def test_a_failed_job_keeps_no_files(tmp_path: Path) -> None:
+    # its parts (the tensors quantized before the failure) were kept for ever: a failed job is never resumed,
+    # and its files are not served, so nothing could use them and nothing removed them
+    tensors = llama_tensors()
+    last = "model.layers.1.mlp.down_proj.weight"
+    tensors[last] = tensors[last].copy()
+    tensors[last][0, 0] = np.inf
+    write_llama_checkpoint(tmp_path / "data" / "inf", tensors=tensors)
+    with client_with(state_dir=tmp_path / "state", data_dir=tmp_path / "data") as client:
+        job = client.post("/v1/jobs", json={"source": {"path": "inf"}}).json()
+        status = wait_for(client, job["id"])
+        assert status["state"] == "failed" and status["progress"]["tensors_done"] >= 12  # parts were written
+        assert not (tmp_path / "state" / "jobs" / job["id"]).exists()
+        refused = client.get(f"/v1/jobs/{job['id']}/files/config.json")
+        assert refused.status_code == 409 and refused.headers["content-type"] == PROBLEM
+
+
 def test_with_api_keys_a_jobs_file_urls_are_signed_and_download_without_the_header_until_they_expire(
         tmp_path: Path, data_root: Path) -> None:
     auth = {"Authorization": "Bearer k1"}
@@ -250,6 +431,34 @@ def test_with_api_keys_a_jobs_file_urls_are_signed_and_download_without_the_head
         expired = signed_path(make_settings(api_keys=["k1"], download_url_seconds=1), path, now=time.time() - 10)
         assert client.get(expired).status_code == 401  # signed rightly, nine seconds ago
         assert client.get(signed_path(make_settings(api_keys=["k2"]), path)).status_code == 401  # other keys
+
+
+@pytest.mark.parametrize("expires", ["%C2%B2", "%C2%B9%C2%B2", "%D9%A3"])  # '²', '¹²' (int() refuses), '٣' (Arabic 3)
+def test_a_signed_link_whose_expiry_is_not_ascii_digits_is_401_not_a_500(tmp_path: Path, data_root: Path,
+                                                                        expires: str) -> None:
+    with client_with(state_dir=tmp_path / "state", data_dir=data_root, api_keys=["k1"]) as client:
+        answer = client.get(f"/v1/jobs/{'0' * 32}/files/config.json?expires={expires}&signature=00")
+    assert answer.status_code == 401 and answer.headers["content-type"] == PROBLEM
+    assert "signature" in answer.json()["detail"]
+
+
+@pytest.mark.parametrize("api_keys", [[], ["k1"]])
+def test_a_result_file_whose_name_holds_url_characters_downloads_from_its_url(tmp_path: Path, data_root: Path,
+                                                                             api_keys: list[str]) -> None:
+    # copied through from the source directory; its URL was the raw name, so '#' and '?' cut it short (404)
+    name = "read me #1?%é.txt"
+    (data_root / "llama" / name).write_bytes(b"notes")
+    with client_with(state_dir=tmp_path / "state", data_dir=data_root, api_keys=api_keys) as client:
+        auth = {"Authorization": "Bearer k1"} if api_keys else {}
+        created = client.post("/v1/jobs", json={"source": {"path": "llama"}}, headers=auth).json()
+        deadline = time.monotonic() + 60
+        while (status := client.get(created["url"], headers=auth).json())["state"] in ("queued", "running"):
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        entry = next(entry for entry in status["result"]["files"] if entry["name"] == name)
+        assert entry["url"].split("?")[0] == f"{created['url']}/files/read%20me%20%231%3F%25%C3%A9.txt"
+        answer = client.get(entry["url"])  # no Authorization header: with keys, the link is signed
+        assert (answer.status_code, answer.content) == (200, b"notes")
 
 
 def test_without_api_keys_file_urls_are_plain_paths(jobs_client: TestClient) -> None:

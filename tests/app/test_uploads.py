@@ -96,6 +96,17 @@ def test_head_tells_the_offset_and_patch_appends_at_it(client: TestClient) -> No
                                 "complete": True, "url": url}]
 
 
+def test_an_empty_patch_at_the_end_of_a_complete_file_is_204_and_changes_nothing(client: TestClient) -> None:
+    # a client retrying its last PATCH with nothing left to send (it got 500: the file was sealed twice)
+    upload_set = client.post("/v1/uploads").json()
+    url = create_file(client, upload_set["url"], "config.json", 4)
+    assert patch(client, url, 0, b"0123")[0] == 204
+    status, headers = patch(client, url, 4, b"")
+    assert (status, headers["upload-offset"], headers["upload-length"]) == (204, "4", "4")
+    assert client.get(upload_set["url"]).json()["complete"] is True
+    assert patch(client, url, 4, b"4")[0] == 413  # a byte past the declared length is still refused
+
+
 def test_a_patch_whose_offset_disagrees_is_409_and_changes_nothing(client: TestClient) -> None:
     upload_set = client.post("/v1/uploads").json()
     url = create_file(client, upload_set["url"], "config.json", 10)
@@ -149,6 +160,16 @@ def test_file_names_must_be_plain_names(client: TestClient, name: str | None, st
     answer = client.post(upload_set["tus_url"], headers=headers)
     assert answer.status_code == status and answer.headers["content-type"] == PROBLEM
     assert answer.json()["errors"][0]["field"] == "Upload-Metadata"
+
+
+def test_a_metadata_key_given_twice_is_400_not_the_last_one_kept(client: TestClient) -> None:
+    # tus 1.0.0: "All keys MUST be unique"; the last filename was kept without a word
+    upload_set = client.post("/v1/uploads").json()
+    answer = client.post(upload_set["tus_url"], headers={
+        **TUS, "Upload-Length": "4", "Upload-Metadata": f"{metadata('config.json')},{metadata('tokenizer.json')}"})
+    assert (answer.status_code, answer.headers["content-type"]) == (400, PROBLEM)
+    assert answer.json()["errors"][0]["field"] == "Upload-Metadata" and "'filename'" in answer.json()["detail"]
+    assert client.get(upload_set["url"]).json()["files"] == []
 
 
 def test_a_name_twice_in_a_set_is_409_and_termination_frees_it(client: TestClient) -> None:

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -123,7 +126,8 @@ def test_index_naming_a_tensor_no_shard_holds_is_refused(checkpoint_dir: Path) -
         open_checkpoint(checkpoint_dir)
 
 
-@pytest.mark.parametrize("shard", ["../outside.safetensors", "/etc/passwd", "sub/x.safetensors", ".."])
+@pytest.mark.parametrize("shard", ["../outside.safetensors", "/etc/passwd", "sub/x.safetensors", "..",
+                                   "a" * 256, "é" * 128])  # past NAME_MAX (255 bytes): an OSError, a 500, before
 def test_index_shard_names_that_are_not_plain_file_names_are_refused(checkpoint_dir: Path, shard: str) -> None:
     index = _index(checkpoint_dir)
     weight_map = index["weight_map"]
@@ -175,6 +179,46 @@ def test_options_a_format_cannot_hold_are_refused_before_any_work(checkpoint_dir
         plan_checkpoint(checkpoint, CheckpointOptions(output="gguf"))
     with pytest.raises(InvalidSpec, match="selects no tensor"):
         plan_checkpoint(checkpoint, CheckpointOptions(include=("nothing.*",)))
+
+
+def test_hostile_include_and_exclude_globs_cost_seconds_at_most_not_minutes(checkpoint_dir: Path) -> None:
+    # fnmatch translates a run of unclosed '[' in time quadratic in its length: 50,000 of them in a job's
+    # include held a pool worker for 50 s (issue 17's globs, quant_core/globs.py, are linear)
+    checkpoint = open_checkpoint(checkpoint_dir)
+    started = time.monotonic()
+    with pytest.raises(InvalidSpec, match="selects no tensor"):
+        plan_checkpoint(checkpoint, CheckpointOptions(include=("[" * 100_000,)))
+    plans = plan_checkpoint(checkpoint, CheckpointOptions(exclude=("[" * 100_000, "*norm*", "*embed*", "*lm_head*")))
+    assert time.monotonic() - started < 10  # a generous bound: only catches the quadratic cost
+    assert next(plan.reason for plan in plans if "norm" in plan.tensor.name) == (
+        "name matches the exclude pattern '*norm*'")
+    assert sum(plan.quantized for plan in plans) == 2 * QUANTIZED_PER_LAYER
+
+
+def _release_reader(fifo: Path) -> None:
+    """Give a reader blocked on `fifo` its end of file (nothing, if no one reads it)."""
+    with contextlib.suppress(OSError):
+        os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+
+
+@pytest.mark.parametrize("name", [INDEX_NAME, "config.json"])
+@pytest.mark.parametrize("kind", ["directory", "fifo"])
+def test_an_index_or_config_that_is_not_a_regular_file_is_refused_at_once(checkpoint_dir: Path, name: str,
+                                                                         kind: str) -> None:
+    # a FIFO's read waited for ever (the pool worker held until the time limit, then 504), a directory was a 500,
+    # and a config.json that was either was left out of the result without a word
+    path = checkpoint_dir / name
+    path.unlink()
+    path.mkdir() if kind == "directory" else os.mkfifo(path)
+    release = threading.Timer(10, _release_reader, [path])  # ends a read that would wait for ever
+    release.start()
+    started = time.monotonic()
+    try:
+        with pytest.raises(CheckpointError, match=f"^{name} is not a regular file$"):
+            open_checkpoint(checkpoint_dir)
+    finally:
+        release.cancel()
+    assert time.monotonic() - started < 5
 
 
 def test_valid_parts_names_only_the_parts_that_exist_whole(tmp_path: Path, checkpoint_dir: Path) -> None:
