@@ -32,6 +32,7 @@ import logging
 import shutil
 import time
 import uuid
+from collections import Counter
 from collections.abc import Callable
 from pathlib import Path, PurePosixPath
 from typing import Any, Protocol, TypeVar
@@ -174,8 +175,11 @@ class JobManager:
 
     def __init__(self, store: JobStore, executor: Executor, data_root: Path, *, concurrency: int,
                  max_tensors: int, max_elements: int, max_header_bytes: int, threads: int | None = 1,
-                 tensors: TensorRunner | None = None, uploads: UploadSets | None = None) -> None:
+                 tensors: TensorRunner | None = None, uploads: UploadSets | None = None,
+                 max_unfinished: int = 64, retry_after_seconds: int = 5) -> None:
         self.store = store
+        #: most jobs queued or running (or being submitted) at once; past it a submission is 503 with Retry-After
+        self.max_unfinished, self.retry_after_seconds, self._submitting = max_unfinished, retry_after_seconds, 0
         #: the tus upload sets a job may take as its source (``source.upload``)
         self.uploads = uploads
         self.executor = executor
@@ -192,6 +196,8 @@ class JobManager:
         #: per running job: (monotonic start of this run, bytes done at its start)
         self._run_start: dict[str, tuple[float, int]] = {}
         self._closing = False
+        #: result-file downloads being sent, per job: a deleted job's files are removed when its last one ends
+        self._downloads: Counter[str] = Counter()
 
     # lifecycle
     def start(self) -> None:
@@ -217,18 +223,27 @@ class JobManager:
 
     # requests
     async def submit(self, request: JobCreate) -> JobRecord:
-        """Validate and plan the source (typed errors: 4xx), then queue the job."""
+        """Validate and plan the source (typed errors: 4xx), then queue the job; refused with nothing stored
+        (`PoolFull`: 503 with Retry-After) while `max_unfinished` jobs are queued, running or being submitted."""
+        unfinished = self.store.count_unfinished() + self._submitting
+        if unfinished >= self.max_unfinished:
+            raise PoolFull(f"{unfinished} jobs are queued or running, the most this server takes "
+                           f"(max_unfinished_jobs); retry in {self.retry_after_seconds} s",
+                           headers={"Retry-After": str(self.retry_after_seconds)})
         directory, root = self._source(request)
         importance = self._importance(request, root)
         options = to_options(request, self.threads)
         job_id = uuid.uuid4().hex
         copy = self._importance_copy(job_id) if importance is not None else None
+        self._submitting += 1
         try:
             total, total_bytes, passthrough = await self.executor.call(
                 inspect_source, directory, root, *self.limits, options, importance, copy)
         except BaseException:
             self._remove_files(job_id)
             raise
+        finally:
+            self._submitting -= 1
         record = self.store.create(job_id, request.model_dump(mode="json"), directory, total, total_bytes,
                                    passthrough)
         self._queue.put_nowait(record.id)
@@ -266,7 +281,7 @@ class JobManager:
         return record
 
     def cancel(self, job_id: str) -> JobRecord:
-        """Cancel a queued or running job (it stops between tensors); a finished job is left as it is."""
+        """Cancel a queued or running job (it stops between tensors); a finished job is returned as it is."""
         record = self.get(job_id)
         if record.state in TERMINAL_STATES:
             return record
@@ -314,6 +329,24 @@ class JobManager:
         if name not in {entry["name"] for entry in record.result["files"]}:
             raise JobNotFound(f"job {job_id} has no file {name!r}", field="name")
         return Path(record.output_dir) / name
+
+    def delete(self, job_id: str) -> None:
+        """Remove a finished job: its record at once (it is then 404), its files too unless a download of one is
+        being sent (an open file keeps streaming, but one not yet opened would be gone): then when the last ends."""
+        self.store.delete(job_id)
+        self._cancelled.discard(job_id)
+        self._notify(job_id)
+        if not self._downloads[job_id]:
+            self._remove_files(job_id)
+
+    def download(self, job_id: str, started: bool) -> None:
+        """Count a download of a result file of job `job_id` starting or ending (the last one to end after the
+        job was deleted removes its files)."""
+        self._downloads[job_id] += 1 if started else -1
+        if not self._downloads[job_id]:
+            del self._downloads[job_id]
+            if self.store.get(job_id) is None:
+                self._remove_files(job_id)
 
     # running
     def _notify(self, job_id: str) -> None:

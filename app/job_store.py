@@ -155,6 +155,15 @@ class JobStore:
             "SELECT * FROM jobs WHERE state IN ('queued', 'running') ORDER BY created_at, id")
         return [_record(row) for row in rows.fetchall()]
 
+    def count_unfinished(self) -> int:
+        """How many jobs are queued or running."""
+        return int(self._connection.execute(
+            "SELECT COUNT(*) FROM jobs WHERE state IN ('queued', 'running')").fetchone()[0])
+
+    def delete(self, job_id: str) -> None:
+        """Remove a job's row and (by cascade) its tensor and measurement rows."""
+        self._connection.execute("DELETE FROM jobs WHERE id = ?", (job_id,))
+
     def set_running(self, job_id: str) -> None:
         self._connection.execute("UPDATE jobs SET state = 'running', started_at = COALESCE(started_at, ?) "
                                  "WHERE id = ?", (time.time(), job_id))

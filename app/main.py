@@ -95,7 +95,8 @@ def _job_manager(settings: Settings, pool: WorkerPool) -> JobManager | None:
     return JobManager(JobStore(settings.state_dir), executor, settings.data_dir,
                       concurrency=settings.job_tensor_concurrency, max_tensors=settings.job_max_tensors,
                       max_elements=settings.job_max_elements_per_tensor, max_header_bytes=settings.max_header_bytes,
-                      threads=settings.job_threads, tensors=tensors, uploads=uploads)
+                      threads=settings.job_threads, tensors=tensors, uploads=uploads,
+                      max_unfinished=settings.max_unfinished_jobs, retry_after_seconds=settings.retry_after_seconds)
 
 
 #: how long a thread may hold the GIL while another waits for it (CPython's default is 5 ms).  A large sweep

@@ -428,8 +428,8 @@ _DESCRIPTIONS = {
          "multipart/form-data whose files are .npy or .safetensors.",
     422: "The input is well-formed but invalid; `errors` names each field.",
     500: "Unexpected server error.",
-    503: "Every worker is busy and the queue is full, or the server is shutting down; retry after the "
-         "Retry-After header's seconds.",
+    503: "Every worker is busy and the queue is full, max_unfinished_jobs checkpoint jobs are queued or running, "
+         "or the server is shutting down; retry after the Retry-After header's seconds.",
     504: "The job ran past the time limit.",
 }
 

@@ -112,6 +112,9 @@ class Settings(BaseSettings):
     ray_address: str | None = Field(
         None, description="A Ray cluster's address (host:port): checkpoint job tensors then run as Ray tasks, "
                           "reading their source at the same path on every node; unset: the local pool.")
+    max_unfinished_jobs: int = Field(
+        64, gt=0, description="Most checkpoint jobs queued or running at once (those resumed at a restart "
+                              "included); past it POST /v1/jobs is 503 with Retry-After, nothing stored.")
     job_max_tensors: int = Field(200_000, gt=0, description="Most tensors in one job's source checkpoint.")
     job_max_elements_per_tensor: int = Field(
         1 << 32, gt=0, description="Most elements in one tensor of a job's source checkpoint (a tensor is read "

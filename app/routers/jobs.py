@@ -90,13 +90,21 @@ async def read_job(request: Request, job_id: str) -> dict[str, Any]:
     return _status(request, manager, manager.get(job_id))
 
 
-@router.delete("/{job_id}", response_model=JobStatus, summary="Cancel a job", responses=problem_responses(404))
+@router.delete("/{job_id}", response_model=JobStatus, summary="Cancel a job, or delete a finished one",
+               responses=problem_responses(404))
 async def cancel_job(request: Request, job_id: str) -> dict[str, Any]:
     """A queued job is cancelled at once; a running one stops after the tensors in flight (its state says
     ``running`` until then; the request is kept, so a restart before then does not resume it), and its files
-    are removed.  A finished job is left as it is."""
+    are removed.  A finished job (succeeded, failed, cancelled) is deleted: its result files and its record are
+    removed (a download already being sent completes first), the answer is its last status, and the job is
+    404 from then on."""
     manager = _manager(request)
-    return _status(request, manager, manager.cancel(job_id))
+    record = manager.get(job_id)
+    if record.state not in TERMINAL_STATES:
+        return _status(request, manager, manager.cancel(job_id))
+    status = _status(request, manager, record)
+    manager.delete(job_id)
+    return status
 
 
 @router.get("/{job_id}/events", summary="A job's status as server-sent events",
@@ -111,7 +119,9 @@ async def stream_job_events(request: Request, job_id: str) -> StreamingResponse:
 
     async def events() -> AsyncIterator[bytes]:
         while True:
-            record = manager.get(job_id)
+            record = manager.store.get(job_id)
+            if record is None:  # deleted once finished, between two events
+                return
             finished = record.state in TERMINAL_STATES
             # the report grows with every tensor: read and sent whole once, with the final status (read at every
             # event, it cost each stream the whole job's rows per tensor, on the event loop)
@@ -137,7 +147,7 @@ async def read_job_file(request: Request, job_id: str, name: str) -> FileRespons
     path = manager.output_file(job_id, name)
     media_type = "application/json" if name.endswith(".json") else "application/octet-stream"
     stat = os.stat(path)
-    response = FileResponse(path, media_type=media_type, filename=name, stat_result=stat)
+    response = _Download(manager, job_id, path, media_type=media_type, filename=name, stat_result=stat)
     header = request.headers.get("range")
     if_range = request.headers.get("if-range")  # a failed If-Range sends the whole file, Range unread (§13.1.5)
     if header is not None and (if_range is None or if_range in (response.headers["etag"],
@@ -147,4 +157,19 @@ async def read_job_file(request: Request, job_id: str, name: str) -> FileRespons
         request.scope["headers"] = [(key, value) for key, value in request.scope["headers"] if key != b"range"]
         if ranges is not None:
             request.scope["headers"].append((b"range", ranges.encode()))
+    manager.download(job_id, started=True)  # the job's files stay until it is sent (a DELETE then waits for it)
     return response
+
+
+class _Download(FileResponse):
+    """A result file's response, counted while it is sent (`JobManager.download`)."""
+
+    def __init__(self, manager: JobManager, job_id: str, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.manager, self.job_id = manager, job_id
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            self.manager.download(self.job_id, started=False)

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import os
 import sqlite3
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,6 +17,7 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
+from app.checkpoint_jobs import PoolTensorRunner
 from app.job_store import _SCHEMA, DATABASE_NAME, JobStore
 from app.security import signed_path
 from quant_core.checkpoint import INDEX_NAME, CheckpointOptions, open_checkpoint, plan_checkpoint, quantize_checkpoint
@@ -165,6 +168,100 @@ def test_cancelled_job_ends_cancelled_and_keeps_no_files(jobs_client: TestClient
     assert not (tmp_path / "state" / "jobs" / job["id"]).exists()
     refused = jobs_client.get(f"/v1/jobs/{job['id']}/files/config.json")
     assert refused.status_code == 409 and refused.headers["content-type"] == PROBLEM
+
+
+@pytest.fixture
+def gate(monkeypatch: pytest.MonkeyPatch) -> threading.Event:
+    """Until it is set, every job's tensors wait: the first job stays running and the ones after it queued."""
+    gate = threading.Event()
+    quantize = PoolTensorRunner.quantize
+
+    async def gated(self: PoolTensorRunner, *args: Any) -> Any:
+        while not gate.is_set():
+            await asyncio.sleep(0.01)
+        return await quantize(self, *args)
+
+    monkeypatch.setattr(PoolTensorRunner, "quantize", gated)
+    return gate
+
+
+def test_past_max_unfinished_jobs_a_job_is_refused_503_with_retry_after_and_nothing_stored(
+        tmp_path: Path, data_root: Path, gate: threading.Event) -> None:
+    body = {"source": {"path": "llama"}}
+    with client_with(state_dir=tmp_path / "state", data_dir=data_root, max_unfinished_jobs=2,
+                     retry_after_seconds=7) as client:
+        first, second = (client.post("/v1/jobs", json=body).json() for _ in range(2))  # running, queued
+        refused = client.post("/v1/jobs", json=body)
+        assert (refused.status_code, refused.headers["content-type"], refused.headers["retry-after"]) == (
+            503, PROBLEM, "7")
+        assert refused.json()["type"] == "urn:nibble:problem:server-busy"
+        assert refused.json()["detail"] == ("2 jobs are queued or running, the most this server takes "
+                                            "(max_unfinished_jobs); retry in 7 s")
+        assert [job["id"] for job in client.get("/v1/jobs").json()["jobs"]] == [second["id"], first["id"]]
+        assert {path.name for path in (tmp_path / "state" / "jobs").iterdir()} <= {first["id"], second["id"]}
+        assert client.delete(second["url"]).json()["state"] == "cancelled"  # a queued job: at once
+        third = client.post("/v1/jobs", json=body)
+        assert third.status_code == 202
+        assert client.post("/v1/jobs", json=body).status_code == 503
+        gate.set()
+        assert wait_for(client, first["id"])["state"] == "succeeded"
+        fourth = client.post("/v1/jobs", json=body)
+        assert fourth.status_code == 202
+        for job in (third.json(), fourth.json()):
+            assert wait_for(client, job["id"])["state"] == "succeeded"
+
+
+def test_jobs_resumed_at_a_restart_count_toward_max_unfinished_jobs(tmp_path: Path, data_root: Path,
+                                                                     gate: threading.Event) -> None:
+    settings = {"state_dir": tmp_path / "state", "data_dir": data_root, "max_unfinished_jobs": 2}
+    body = {"source": {"path": "llama"}}
+    with client_with(**settings) as client:
+        jobs = [client.post("/v1/jobs", json=body).json() for _ in range(2)]
+    with client_with(**settings) as client:  # both resumed, the first waiting at the gate
+        assert client.post("/v1/jobs", json=body).status_code == 503
+        gate.set()
+        assert [wait_for(client, job["id"])["state"] for job in jobs] == ["succeeded", "succeeded"]
+        assert client.post("/v1/jobs", json=body).status_code == 202
+
+
+def test_deleting_a_finished_job_removes_its_files_and_its_record(jobs_client: TestClient, tmp_path: Path,
+                                                                  gate: threading.Event) -> None:
+    jobs = tmp_path / "state" / "jobs"
+    cancelled = jobs_client.post("/v1/jobs", json={"source": {"path": "llama"}}).json()
+    assert jobs_client.delete(cancelled["url"]).json()["state"] in ("running", "cancelled")  # cancelled, kept
+    gate.set()
+    assert wait_for(jobs_client, cancelled["id"])["state"] == "cancelled"
+    done = jobs_client.post("/v1/jobs", json={"source": {"path": "llama"}}).json()
+    status = wait_for(jobs_client, done["id"])
+    assert status["state"] == "succeeded" and (jobs / done["id"] / "output" / "config.json").is_file()
+    for job, state in ((done, "succeeded"), (cancelled, "cancelled")):
+        answer = jobs_client.delete(job["url"])
+        assert (answer.status_code, answer.json()["state"]) == (200, state)  # its last status
+        assert not (jobs / job["id"]).exists()
+        for url in (job["url"], f"{job['url']}/files/config.json", f"{job['url']}/events"):
+            assert jobs_client.get(url).status_code == 404, url
+        again = jobs_client.delete(job["url"])
+        assert (again.status_code, again.headers["content-type"]) == (404, PROBLEM)
+    assert jobs_client.get("/v1/jobs").json()["jobs"] == []
+    with contextlib.closing(sqlite3.connect(tmp_path / "state" / DATABASE_NAME)) as connection:
+        assert [connection.execute(f"SELECT COUNT(*) FROM {table}").fetchone()[0]
+                for table in ("jobs", "tensors", "measurements")] == [0, 0, 0]
+
+
+def test_a_deleted_jobs_files_stay_until_the_downloads_being_sent_end(jobs_client: TestClient,
+                                                                      tmp_path: Path) -> None:
+    # a download's file is opened once its answer starts: removed before then, the download broke mid-answer
+    job = jobs_client.post("/v1/jobs", json={"source": {"path": "llama"}}).json()
+    wait_for(jobs_client, job["id"])
+    manager = jobs_client.app.state.jobs  # type: ignore[attr-defined]
+    manager.download(job["id"], started=True)
+    manager.download(job["id"], started=True)
+    assert jobs_client.delete(job["url"]).status_code == 200
+    assert jobs_client.get(job["url"]).status_code == 404  # the record is gone at once
+    manager.download(job["id"], started=False)
+    assert (tmp_path / "state" / "jobs" / job["id"] / "output" / "config.json").is_file()
+    manager.download(job["id"], started=False)
+    assert not (tmp_path / "state" / "jobs" / job["id"]).exists()
 
 
 def test_a_cancel_survives_a_restart_before_the_job_stops(tmp_path: Path) -> None:
