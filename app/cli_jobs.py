@@ -211,7 +211,7 @@ def add_jobs_parser(commands: Any, add_remote: Any) -> None:
     add_budget_options(submit)
     add_remote(submit)
     for action, text in (("status", "a job's state, progress and files"), ("watch", "follow a job to its end"),
-                         ("cancel", "cancel a job")):
+                         ("cancel", "cancel a job (a finished one is deleted, with its files)")):
         parser = actions.add_parser(action, help=text)
         parser.add_argument("id")
         add_remote(parser)

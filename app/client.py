@@ -321,7 +321,7 @@ class NibbleClient:
         return self._get("/v1/jobs").json()["jobs"]  # type: ignore[no-any-return]
 
     def cancel_job(self, job_id: str) -> dict[str, Any]:
-        """``DELETE /v1/jobs/{id}``."""
+        """``DELETE /v1/jobs/{id}``: cancel a queued or running job; delete a finished one (its files and record)."""
         return _checked(self._http.delete(f"/v1/jobs/{job_id}")).json()  # type: ignore[no-any-return]
 
     def job_events(self, job_id: str) -> Iterator[dict[str, Any]]:
