@@ -13,6 +13,7 @@ import signal
 import socket
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -66,6 +67,25 @@ def finished_job(base_url: str, job: dict[str, Any]) -> dict[str, Any]:
     assert status["state"] == "succeeded", status["error"]
     done: dict[str, Any] = status
     return done
+
+
+def new_file(base_url: str, upload_set: dict[str, Any], length: int) -> str:
+    """Create the file ``a.bin`` of `length` bytes in `upload_set` (tus creation); its URL path."""
+    created = httpx.post(base_url + upload_set["tus_url"], headers={
+        "Tus-Resumable": "1.0.0", "Upload-Length": str(length), "Upload-Metadata": "filename YS5iaW4="})  # a.bin
+    return str(created.headers["location"])
+
+
+@contextmanager
+def patch_under_way(url: str, length: int, first: bytes) -> Iterator[socket.socket]:
+    """A PATCH of `length` bytes at offset 0 whose body has sent only `first` so far (and is being received)."""
+    parts = urlsplit(url)
+    with socket.create_connection((parts.hostname, parts.port), timeout=30) as connection:
+        connection.sendall((f"PATCH {parts.path} HTTP/1.1\r\nHost: {parts.netloc}\r\nTus-Resumable: 1.0.0\r\n"
+                            "Upload-Offset: 0\r\nContent-Type: application/offset+octet-stream\r\n"
+                            f"Content-Length: {length}\r\n\r\n").encode() + first)
+        time.sleep(0.3)  # the server has read the head and is receiving the body
+        yield connection
 
 
 def offset_of(url: str) -> int:
@@ -206,15 +226,9 @@ def test_a_patch_body_that_pauses_locks_its_file_then_is_408_and_the_bytes_it_se
            "NIBBLE_UPLOAD_IDLE_SECONDS": "1"}
     with start_server(env) as base_url:
         upload_set = new_set(base_url)
-        created = httpx.post(base_url + upload_set["tus_url"], headers={
-            "Tus-Resumable": "1.0.0", "Upload-Length": "100000", "Upload-Metadata": "filename YS5iaW4="})  # a.bin
-        url = base_url + created.headers["location"]
-        parts = urlsplit(url)
-        with socket.create_connection((parts.hostname, parts.port), timeout=30) as connection:
-            connection.sendall((f"PATCH {parts.path} HTTP/1.1\r\nHost: {parts.netloc}\r\nTus-Resumable: 1.0.0\r\n"
-                                "Upload-Offset: 0\r\nContent-Type: application/offset+octet-stream\r\n"
-                                "Content-Length: 100000\r\n\r\n").encode() + b"z" * 40_000)
-            time.sleep(0.3)  # while that body is being received, the file is locked (423, as tusd answers)
+        url = base_url + new_file(base_url, upload_set, 100_000)
+        with patch_under_way(url, 100_000, b"z" * 40_000) as connection:
+            # while that body is being received, the file is locked (423, as tusd answers)
             second = httpx.patch(url, content=b"y", headers={"Tus-Resumable": "1.0.0", "Upload-Offset": "0",
                                                              "Content-Type": "application/offset+octet-stream"})
             terminate = httpx.delete(url, headers={"Tus-Resumable": "1.0.0"})
@@ -232,15 +246,8 @@ def test_a_set_is_not_deleted_while_a_patch_to_one_of_its_files_is_received(serv
     # the set was removed (204) under the PATCH, which then answered 500 (its partial file was gone)
     base_url, _ = server
     upload_set = new_set(base_url)
-    created = httpx.post(base_url + upload_set["tus_url"], headers={
-        "Tus-Resumable": "1.0.0", "Upload-Length": "100000", "Upload-Metadata": "filename YS5iaW4="})  # a.bin
-    url = base_url + created.headers["location"]
-    parts = urlsplit(url)
-    with socket.create_connection((parts.hostname, parts.port), timeout=30) as connection:
-        connection.sendall((f"PATCH {parts.path} HTTP/1.1\r\nHost: {parts.netloc}\r\nTus-Resumable: 1.0.0\r\n"
-                            "Upload-Offset: 0\r\nContent-Type: application/offset+octet-stream\r\n"
-                            "Content-Length: 100000\r\n\r\n").encode() + b"z" * 40_000)
-        time.sleep(0.3)
+    url = base_url + new_file(base_url, upload_set, 100_000)
+    with patch_under_way(url, 100_000, b"z" * 40_000) as connection:
         refused = httpx.delete(base_url + upload_set["url"])
         assert (refused.status_code, refused.headers.get("content-type")) == (423, "application/problem+json")
         assert refused.headers["retry-after"] == "1"
