@@ -91,8 +91,8 @@ def validated_json(raw: bytes, model: type[M], members: dict[str, Any] | None = 
     """`raw` (a JSON object, e.g. a multipart form's request part) with `members` added, validated as `model`;
     refused as a JSON body would be (400 for bad JSON, 422 naming the field, a repeated key or a lone surrogate).
     A member `raw` already holds is refused (422 naming it): it is given once."""
+    value = _decoded_as_fastapi_does(raw)  # first: a document past json's nesting bound is a 400 here
     refuse_duplicate_keys(raw)
-    value = _decoded_as_fastapi_does(raw)
     for key, member in (members or {}).items():
         if isinstance(value, dict):
             if key in value:

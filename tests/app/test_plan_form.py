@@ -200,3 +200,14 @@ def test_a_file_whose_header_is_given_twice_is_refused_naming_the_second(client:
     parts = [*form(request, {"a.safetensors": EMBEDDING}), ("header", ("a.safetensors", LM_HEAD, "x/y"))]
     response = client.post("/v1/plan", files=parts)
     assert response.status_code == 422 and response.json()["errors"][0]["field"] == "header[1]"
+
+
+def test_a_request_part_nested_past_the_json_parsers_depth_is_400_as_a_json_body_is(client: TestClient) -> None:
+    deep = b"[" * 100_000 + b"]" * 100_000  # past json's recursion bound: it was a 500 (RecursionError)
+    parts = [("request", (None, deep, "application/json")),
+             ("header", ("a.safetensors", EMBEDDING, "application/octet-stream"))]
+    for path in ("/v1/plan", "/v1/plan/sweep"):
+        response = client.post(path, files=parts)
+        assert response.status_code == 400, response.text
+        assert response.headers["content-type"] == "application/problem+json"
+        assert client.post(path, content=deep, headers={"Content-Type": "application/json"}).status_code == 400
