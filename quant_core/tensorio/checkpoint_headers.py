@@ -28,6 +28,8 @@ HEADER_MAX_ELEMENTS = 1 << 48  # header-only: the largest published tensors pass
 _GGUF_SCALAR_BYTES = {0: 1, 1: 1, 2: 2, 3: 2, 4: 4, 5: 4, 6: 4, 7: 1, 10: 8, 11: 8, 12: 8}
 _GGUF_STRING, _GGUF_ARRAY, _GGUF_UINT32 = 8, 9, 4
 GGUF_DEFAULT_ALIGNMENT = 32
+GGML_MAX_DIMS = 4  # ggml.h; gguf.cpp refuses a tensor of more dimensions
+GGUF_MAX_ARRAY_NESTING = 8  # arrays of arrays: none in published files; deeper would recurse without bound
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,7 +76,9 @@ class _Cursor:
     def string(self) -> str:
         return self.take(self.u64()).decode("utf-8", errors="replace")
 
-    def skip_value(self, value_type: int) -> None:
+    def skip_value(self, value_type: int, depth: int = 0) -> None:
+        if depth > GGUF_MAX_ARRAY_NESTING:
+            raise TensorFileError(f"gguf metadata arrays nested more than {GGUF_MAX_ARRAY_NESTING} deep")
         if value_type in _GGUF_SCALAR_BYTES:
             self.take(_GGUF_SCALAR_BYTES[value_type])
         elif value_type == _GGUF_STRING:
@@ -85,7 +89,7 @@ class _Cursor:
                 self.take(_GGUF_SCALAR_BYTES[item_type] * count)
             else:
                 for _ in range(count):
-                    self.skip_value(item_type)
+                    self.skip_value(item_type, depth + 1)
         else:
             raise TensorFileError(f"gguf metadata value type {value_type} is unknown")
 
@@ -113,7 +117,11 @@ def _gguf_header(prefix: bytes, max_tensors: int) -> tuple[list[HeaderTensor], i
     tensors = []
     for _ in range(tensor_count):
         name = cursor.string()
-        dims = [cursor.u64() for _ in range(cursor.u32())]
+        dim_count = cursor.u32()
+        if dim_count > GGML_MAX_DIMS:
+            raise TensorFileError(f"gguf tensor {name!r} has {dim_count} dimensions; "
+                                  f"ggml's are at most {GGML_MAX_DIMS}")
+        dims = [cursor.u64() for _ in range(dim_count)]
         type_id = cursor.u32()
         cursor.u64()  # offset in the data area
         try:
@@ -124,6 +132,8 @@ def _gguf_header(prefix: bytes, max_tensors: int) -> tuple[list[HeaderTensor], i
         elements = 1
         for dim in dims:
             elements *= dim
+        if elements > HEADER_MAX_ELEMENTS:
+            raise LimitExceeded(f"elements of tensor {name!r}", elements, HEADER_MAX_ELEMENTS, field="file")
         if dims and dims[0] % block:
             raise TensorFileError(f"gguf tensor {name!r}: row of {dims[0]} is not whole {ggml_type.name} blocks")
         tensors.append(HeaderTensor(name, ggml_type.name, tuple(reversed(dims)), elements // block * block_bytes))

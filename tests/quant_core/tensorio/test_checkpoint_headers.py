@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+import struct
 from pathlib import Path
 
 import gguf
@@ -215,3 +216,30 @@ def test_headers_must_be_the_checkpoint_their_index_describes() -> None:
     for index in (b"[1]", b"{", b'{"weight_map": {"a": 3}}'):
         with pytest.raises(TensorFileError):
             index_weight_map(index)
+
+
+def _gguf_prefix(records: list[tuple[str, list[int], int]], metadata: bytes = b"", metadata_count: int = 0) -> bytes:
+    """A GGUF v3 header written field by field (gguf-py ``gguf_reader.py``'s layout): records of name, dims
+    (innermost first), ggml type; the offsets are 0, as a planner never reads them."""
+    out = b"GGUF" + struct.pack("<IQQ", 3, len(records), metadata_count) + metadata
+    for name, dims, ggml_type in records:
+        out += struct.pack("<Q", len(name)) + name.encode() + struct.pack("<I", len(dims))
+        out += b"".join(struct.pack("<Q", dim) for dim in dims) + struct.pack("<IQ", ggml_type, 0)
+    return out + b"\0" * (-len(out) % 32)
+
+
+@pytest.mark.parametrize(("prefix", "error", "says"), [
+    # an array of arrays 5,000 deep: it was a RecursionError (500)
+    (_gguf_prefix([("w", [256], 1)], struct.pack("<Q", 1) + b"k" + struct.pack("<I", 9)
+                  + struct.pack("<IQ", 9, 1) * 5_000 + struct.pack("<IQ", 4, 0), 1),
+     TensorFileError, "nested"),
+    # ggml tensors have at most GGML_MAX_DIMS = 4 dimensions (ggml.h; gguf.cpp refuses more): 200 was a 500
+    (_gguf_prefix([("w", [2] * 200, 1)]), TensorFileError, "200 dimensions"),
+    # 2^64 x 2^64 elements: was planned as a 2^129-byte tensor
+    (_gguf_prefix([("w", [2**63, 2**63], 1)]), LimitExceeded, "elements"),
+], ids=["arrays-nested-5000-deep", "200-dimensions", "2^126-elements"])
+def test_a_hostile_gguf_header_is_a_typed_error(prefix: bytes, error: type[Exception], says: str) -> None:
+    with pytest.raises(error, match=says):
+        header_tensors(prefix)
+    with pytest.raises(error):
+        header_length(prefix)
