@@ -213,6 +213,7 @@ def checkpoint_tensors(checkpoint: CheckpointHeaders, max_header_bytes: int,
     """Every tensor the request's headers declare; each file's problem names the file and where the request
     holds it; with an index, the headers must be the files and tensors it names (422 naming `index_field`)."""
     by_file: dict[str, list[HeaderTensor]] = {}
+    holder: dict[str, str] = {}  # tensor name -> the file declaring it
     for header in checkpoint.files:
         try:
             if checkpoint.headers_only:
@@ -227,6 +228,12 @@ def checkpoint_tensors(checkpoint: CheckpointHeaders, max_header_bytes: int,
             raise
         if header.file in by_file:
             raise InvalidSpec(header.field, header.file, "names a file whose header is given twice")
+        for tensor in tensors:
+            first = holder.setdefault(tensor.name, header.file)
+            if first != header.file:
+                raise InvalidSpec(header.field, header.file,
+                                  f"declares tensor {tensor.name!r}, which {first} declares too: a checkpoint "
+                                  "stores each tensor in one file")
         by_file[header.file] = tensors
     if checkpoint.weight_map is not None:
         try:

@@ -115,8 +115,12 @@ def _gguf_header(prefix: bytes, max_tensors: int) -> tuple[list[HeaderTensor], i
         else:
             cursor.skip_value(value_type)
     tensors = []
+    names: set[str] = set()
     for _ in range(tensor_count):
         name = cursor.string()
+        if name in names:  # gguf.cpp refuses a duplicate tensor name too
+            raise TensorFileError(f"gguf header names tensor {name!r} twice")
+        names.add(name)
         dim_count = cursor.u32()
         if dim_count > GGML_MAX_DIMS:
             raise TensorFileError(f"gguf tensor {name!r} has {dim_count} dimensions; "

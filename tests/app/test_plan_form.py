@@ -146,7 +146,8 @@ def test_the_forms_limits_name_their_settings() -> None:
                                                                "c.safetensors": LM_HEAD}))
         assert response.status_code == 413 and response.json()["limit"] == "max_checkpoint_form_bytes"
     with client_with(max_checkpoint_files=2) as small:
-        headers = {f"{name}.safetensors": EMBEDDING for name in "abcdef"}
+        headers = {"a.safetensors": EMBEDDING, "b.safetensors": LM_HEAD, **{f"{name}.safetensors": EMBEDDING
+                                                                            for name in "cdef"}}
         assert small.post("/v1/plan", files=form(request, dict(list(headers.items())[:2]))).status_code == 200
         response = small.post("/v1/plan", files=form(request, dict(list(headers.items())[:3])))
         assert response.status_code == 413 and response.json()["limit"] == "max_checkpoint_files"
@@ -211,3 +212,13 @@ def test_a_request_part_nested_past_the_json_parsers_depth_is_400_as_a_json_body
         assert response.status_code == 400, response.text
         assert response.headers["content-type"] == "application/problem+json"
         assert client.post(path, content=deep, headers={"Content-Type": "application/json"}).status_code == 400
+
+
+def test_a_tensor_declared_by_two_headers_is_refused_naming_the_second_not_counted_twice(client: TestClient) -> None:
+    request = {"model": {"spec": TINY_SPEC}, "hardware": {"device": "l4"}}
+    # it was planned as 2 tensors of 1,024,000 bytes: the embedding counted once per header
+    response = client.post("/v1/plan", files=form(request, {"a.safetensors": EMBEDDING, "b.safetensors": EMBEDDING}))
+    assert response.status_code == 422, response.text
+    problem = response.json()
+    assert problem["errors"][0]["field"] == "header[1]"
+    assert "model.embed_tokens.weight" in problem["detail"] and "a.safetensors" in problem["detail"]

@@ -243,3 +243,9 @@ def test_a_hostile_gguf_header_is_a_typed_error(prefix: bytes, error: type[Excep
         header_tensors(prefix)
     with pytest.raises(error):
         header_length(prefix)
+
+
+def test_a_gguf_header_naming_a_tensor_twice_is_refused() -> None:
+    # gguf.cpp refuses a file whose tensor records repeat a name; counted twice, the plan would double it
+    with pytest.raises(TensorFileError, match=re.escape("'token_embd.weight' twice")):
+        header_tensors(_gguf_prefix([("token_embd.weight", [256, 1000], 1), ("token_embd.weight", [256, 1000], 1)]))
