@@ -28,7 +28,7 @@ from app.schemas.plans import CheckpointHeaders, HeaderFile
 from app.settings import Settings
 from app.uploads import FormLimits, Upload, UploadedFile
 from quant_core.errors import InvalidSpec, LimitExceeded, TensorFileError
-from quant_core.tensorio.checkpoint_headers import index_weight_map
+from quant_core.tensorio.checkpoint_headers import index_weight_map, unique_keys
 
 M = TypeVar("M", bound=BaseModel)
 REQUEST_FIELD, HEADER_FIELD, INDEX_FIELD, CONFIG_FIELD = "request", "header", "index", "config"
@@ -54,9 +54,11 @@ def form_limits(settings: Settings) -> FormLimits:
 
 def _json_object(part: UploadedFile, field: str) -> dict[str, object]:
     try:
-        document = json.loads(part.path.read_bytes())
+        document = json.loads(part.path.read_bytes(), object_pairs_hook=unique_keys)
     except (UnicodeDecodeError, ValueError, RecursionError) as exc:
         raise InvalidSpec(field, part.filename or field, f"is not valid JSON: {exc}"[:300]) from None
+    except TensorFileError as exc:  # a key given twice
+        raise InvalidSpec(field, part.filename or field, exc.detail) from None
     if not isinstance(document, dict):
         raise InvalidSpec(field, part.filename or field, f"is a JSON {type(document).__name__}, not an object")
     return document

@@ -15,6 +15,7 @@ import json
 import struct
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
 
@@ -163,10 +164,21 @@ def header_length(prefix: bytes, *, max_header_bytes: int = DEFAULT_MAX_HEADER_B
     return 8 + int(length)
 
 
+def unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """A JSON object's members (an ``object_pairs_hook``), refusing a key given twice: ``json.loads`` keeps
+    the last value without a word, and which one the file meant is not ours to guess."""
+    members: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in members:
+            raise TensorFileError(f"gives the key {key!r} twice in one JSON object; send it once")
+        members[key] = value
+    return members
+
+
 def index_weight_map(index: bytes) -> dict[str, str]:
     """``weight_map`` of a ``model.safetensors.index.json`` (tensor name -> shard file name)."""
     try:
-        document = json.loads(index)
+        document = json.loads(index, object_pairs_hook=unique_keys)
     except (UnicodeDecodeError, ValueError, RecursionError) as exc:
         raise TensorFileError(f"not valid JSON: {type(exc).__name__}: {exc}"[:300]) from None
     weight_map = document.get("weight_map") if isinstance(document, dict) else None

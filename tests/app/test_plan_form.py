@@ -222,3 +222,22 @@ def test_a_tensor_declared_by_two_headers_is_refused_naming_the_second_not_count
     problem = response.json()
     assert problem["errors"][0]["field"] == "header[1]"
     assert "model.embed_tokens.weight" in problem["detail"] and "a.safetensors" in problem["detail"]
+
+
+@pytest.mark.parametrize(("part", "body", "key"), [
+    ("config", b'{"model_type": "llama", "hidden_size": 256, "hidden_size": 4096, "num_hidden_layers": 2, '
+               b'"num_attention_heads": 4, "intermediate_size": 512, "vocab_size": 1000}', "hidden_size"),
+    ("index", b'{"weight_map": {"model.embed_tokens.weight": "a.safetensors", '
+              b'"model.embed_tokens.weight": "b.safetensors"}}', "model.embed_tokens.weight"),
+])
+def test_a_config_or_index_giving_a_key_twice_is_refused_naming_the_part_not_the_last_one_kept(
+        client: TestClient, part: str, body: bytes, key: str) -> None:
+    # json.loads keeps the last value: the config was planned at hidden_size 4096 (200), and the index was
+    # refused for a shard "not given" that the client had given
+    request = {"hardware": {"device": "l4"}} if part == "config" else {"model": {"spec": TINY_SPEC},
+                                                                        "hardware": {"device": "l4"}}
+    parts = [*form(request, {"a.safetensors": EMBEDDING}), (part, (f"{part}.json", body, "application/json"))]
+    response = client.post("/v1/plan", files=parts)
+    assert response.status_code == 422, response.text
+    problem = response.json()
+    assert problem["errors"][0]["field"] == part and f"{key!r} twice" in problem["detail"]
