@@ -203,7 +203,9 @@ def normalised_importance(importance: NDArray[np.floating], in_features: int, na
         raise ImportanceMismatch(name, "are all zero")
     if float(values.min()) == float(values.max()):
         return None
-    return (values / np.float32(mean)).astype(np.float32)
+    # in float64: a mean below float32's range (values near 1e-45) would divide to inf; the quotients are
+    # at most in_features, within float32's
+    return (values.astype(np.float64) / mean).astype(np.float32)
 
 
 def quantize(weights: NDArray[np.generic], scheme: WeightFormat, method: str,

@@ -111,3 +111,17 @@ def test_the_weighted_figures_survive_nibbles_file(tmp_path: Path) -> None:
     assert back.weighted_relative_error == q.quality.weighted_relative_error
     assert back.weighted_sqnr_db == q.quality.weighted_sqnr_db
     assert back.importance_used is True
+
+
+@pytest.mark.parametrize("method", ["rtn", "clip", "hqq"])
+def test_importance_of_float32s_smallest_values_weighs_as_the_same_vector_scaled_up(method: str) -> None:
+    # [1e-45 (the least float32 above 0), 0, ...]: its mean, 1e-45 / 128, is below float32's range, and dividing
+    # by it in float32 gave inf and nan weights (rtn's relative error 0.73 for a 0.1 one, the weighted error nan)
+    weights = np.random.default_rng(4).standard_normal((8, 128)).astype(np.float32)
+    tiny = np.zeros(128, dtype=np.float32)
+    tiny[0] = np.float32(1e-45)
+    q = quantize(weights, int4(128), method, importance=tiny)
+    scaled = quantize(weights, int4(128), method, importance=tiny / tiny[0])  # [1, 0, ...]: the same weighting
+    assert np.array_equal(dequantize(q), dequantize(scaled))
+    assert q.quality.weighted_relative_error == scaled.quality.weighted_relative_error
+    assert q.quality.weighted_relative_error is not None and np.isfinite(q.quality.weighted_relative_error)
