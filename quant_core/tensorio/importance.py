@@ -95,10 +95,16 @@ def _read_gguf(path: Path, max_tensors: int, max_elements: int) -> dict[str, NDA
         if name not in counts:
             raise TensorFileError(f"GGUF imatrix: {name + IN_SUM2!r} has no {name + COUNTS!r}", field=FIELD)
         count = counts[name].reshape(-1)
-        matrices = in_sum2.reshape(count.size, -1) if in_sum2.size % max(1, count.size) == 0 else None
-        if matrices is None or count.size == 0:
-            raise TensorFileError(f"GGUF imatrix: {name!r} has {in_sum2.size} sums for {count.size} counts",
+        if in_sum2.ndim > 2:  # imatrix.cpp writes [in_features, n_mat]: one row of sums per matrix
+            raise TensorFileError(f"GGUF imatrix: {name + IN_SUM2!r} has {in_sum2.ndim} dimensions; "
+                                  "expected [in_features, n_mat]", field=FIELD)
+        matrices = in_sum2.reshape(-1, in_sum2.shape[-1]) if in_sum2.ndim else in_sum2.reshape(1, 1)
+        if matrices.shape[0] != count.size or count.size == 0:
+            raise TensorFileError(f"GGUF imatrix: {name!r} has {matrices.shape[0]} matrices for {count.size} counts",
                                   field=FIELD)
+        if not np.isfinite(count).all() or float(count.min()) < 0:
+            raise TensorFileError(f"GGUF imatrix: {name!r}: counts must be finite and non-negative (rows of "
+                                  f"activations), got {count[:4].tolist()}", field=FIELD)
         total = float(count.sum())
         if total <= 0:
             raise TensorFileError(f"GGUF imatrix: {name!r} was computed from no activations (counts 0)",

@@ -87,3 +87,21 @@ def test_truncated_or_foreign_files_are_refused_as_importance(tmp_path: Path, da
     with pytest.raises(TensorFileError) as error:
         read_importance(path)
     assert error.value.field == "importance"
+
+
+@pytest.mark.parametrize(("sums", "counts", "says"), [
+    # in_sum2 is [in_features, n_mat] in ggml order (imatrix.cpp save_imatrix): one row of 4 columns with two
+    # counts was read as two matrices of 2 columns, [5, 2]
+    (np.array([[10.0, 20.0, 40.0, 0.0]]), np.array([5.0, 5.0]), "1 matrices for 2 counts"),
+    (np.ones((2, 2, 4)), np.ones(4), "3 dimensions"),
+    # a count is a number of activation rows: [5, -4] summed to 1, and the sums were divided by it
+    (np.array([[10.0, 20.0], [4.0, 4.0]]), np.array([5.0, -4.0]), "counts must be finite and non-negative"),
+    (np.array([[10.0, 20.0]]), np.array([np.nan]), "counts must be finite and non-negative"),
+])
+def test_a_gguf_imatrix_whose_counts_or_shape_lie_is_refused_naming_the_tensor(
+        tmp_path: Path, sums: np.ndarray, counts: np.ndarray, says: str) -> None:
+    path = tmp_path / "imatrix.gguf"
+    _write_gguf_imatrix(path, {"blk.0.ffn_up.weight": (sums, counts)})
+    with pytest.raises(TensorFileError, match=says) as error:
+        read_importance(path)
+    assert "blk.0.ffn_up.weight" in error.value.detail and error.value.field == "importance"
