@@ -14,6 +14,7 @@ from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
 
 from quant_core.quantize import METHODS
+from quant_core.quantize.allocation import BUDGET_GROUP_SIZES
 
 OutputName = Literal["report", "nibble", "gptq", "awq", "compressed-tensors", "gguf"]
 FormT = TypeVar("FormT", bound=BaseModel)
@@ -36,7 +37,8 @@ class BudgetFields(BaseModel):
     bits_per_weight: float | None = Field(None, gt=0, le=16, description=(
         "A budget in bits per weight over the tensors quantized: each tensor gets the format (int4 at g128, g64 "
         "or g32 by `method`, asymmetric and symmetric; int8 per row; or 16-bit) that minimises the total "
-        "importance-weighted error within it (output report or nibble). Or budget_bytes; not both."))
+        "importance-weighted error within it (output report or nibble). Or budget_bytes; not both, and without "
+        "group_size, which the budget chooses."))
     budget_bytes: int | None = Field(None, gt=0, description="A budget in bytes for the quantized tensors' payload.")
 
     @field_validator("budget_bytes")
@@ -46,6 +48,15 @@ class BudgetFields(BaseModel):
         if value is not None and info.data.get("bits_per_weight") is not None:
             raise ValueError("send bits_per_weight or budget_bytes, not both")
         return value
+
+
+def group_size_without_budget(value: int | None, info: ValidationInfo) -> int | None:
+    """Refuse a group size sent beside a budget (the budget chooses each tensor's among `BUDGET_GROUP_SIZES`)
+    rather than drop it; validators run on sent values only, so the default never trips it."""
+    if info.data.get("bits_per_weight") is not None or info.data.get("budget_bytes") is not None:
+        raise ValueError(f"a budget chooses each tensor's group size among {', '.join(map(str, BUDGET_GROUP_SIZES))} "
+                         "(and int8, 16-bit): send the budget without group_size")
+    return value
 
 
 class QuantizeForm(BudgetFields):
@@ -66,6 +77,11 @@ class QuantizeForm(BudgetFields):
     @classmethod
     def _row(cls, value: object) -> object:
         return None if value in ("", "row", "null", "none") else value
+
+    @field_validator("group_size")
+    @classmethod
+    def _not_with_budget(cls, value: int | None, info: ValidationInfo) -> int | None:
+        return group_size_without_budget(value, info)
 
 
 class CompareForm(BudgetFields):
@@ -102,6 +118,11 @@ class CompareForm(BudgetFields):
     @classmethod
     def _row(cls, value: object) -> object:
         return None if value in ("", "row", "null", "none") else value
+
+    @field_validator("group_size")
+    @classmethod
+    def _not_with_budget(cls, value: int | None, info: ValidationInfo) -> int | None:
+        return group_size_without_budget(value, info)
 
 
 class DequantizeForm(BaseModel):

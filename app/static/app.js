@@ -893,7 +893,7 @@ function uploadForm(extra, scheme = {}) {
     if (!/^\d+(\.\d+)?$/.test(bits)) throw new FieldProblem("bits_per_weight", `“${bits}”: must be a number of bits per weight, e.g. 4.5`);
     data.append("bits_per_weight", bits);
   }
-  data.append("group_size", scheme.group_size ?? $("q-group-size").value);
+  if (!bits) data.append("group_size", scheme.group_size ?? $("q-group-size").value);  // a budget chooses it
   data.append("symmetric", (scheme.symmetric ?? $("q-symmetric").checked) ? "true" : "false");
   for (const [key, value] of Object.entries(extra)) data.append(key, value);
   return data;

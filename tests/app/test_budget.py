@@ -183,3 +183,14 @@ def test_int8_is_the_middle_option_and_dequantize_reads_it_back(
         step = np.abs(tensors[name]).max(axis=1, keepdims=True) / 127
         assert (np.abs(back[name] - tensors[name]) <= step * 0.5 * (1 + 2 ** -9)).all()
     np.testing.assert_array_equal(back["a.bias"], tensors["a.bias"])
+
+
+@pytest.mark.parametrize("path", ["/v1/quantize", "/v1/quantize/compare"])
+def test_a_group_size_sent_with_a_budget_is_refused_not_dropped(client: TestClient, tensors: dict[str, np.ndarray],
+                                                                tmp_path: Path, path: str) -> None:
+    # the budget chooses each tensor's group size among 32, 64 and 128: group_size 64 was answered 200 with
+    # int4-g32 tensors, the value the client sent dropped without a word
+    response = client.post(path, files=_files(tensors, None, tmp_path),
+                           data={"bits_per_weight": "4.5", "group_size": "64"})
+    assert response.status_code == 422, response.text
+    assert response.json()["errors"][0]["field"] == "group_size" and "budget" in response.json()["detail"]
