@@ -34,7 +34,7 @@ ZERO_DESCRIPTION = ("How asymmetric zero points are stored: int4 (4.156 bits per
 class BudgetFields(BaseModel):
     """The budget both upload forms take: bits per weight or bytes, one of them, for a per-tensor format mix."""
 
-    bits_per_weight: float | None = Field(None, gt=0, le=16, description=(
+    bits_per_weight: float | None = Field(None, gt=0, le=16, allow_inf_nan=False, description=(
         "A budget in bits per weight over the tensors quantized: each tensor gets the format (int4 at g128, g64 "
         "or g32 by `method`, asymmetric and symmetric; int8 per row; or 16-bit) that minimises the total "
         "importance-weighted error within it (output report or nibble). Or budget_bytes; not both, and without "

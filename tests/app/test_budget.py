@@ -194,3 +194,12 @@ def test_a_group_size_sent_with_a_budget_is_refused_not_dropped(client: TestClie
                            data={"bits_per_weight": "4.5", "group_size": "64"})
     assert response.status_code == 422, response.text
     assert response.json()["errors"][0]["field"] == "group_size" and "budget" in response.json()["detail"]
+
+
+@pytest.mark.parametrize("bits", ["nan", "NaN", "-inf"])
+def test_a_bits_per_weight_that_is_not_a_finite_number_is_refused_as_such(
+        client: TestClient, tensors: dict[str, np.ndarray], tmp_path: Path, bits: str) -> None:
+    # "nan" was refused as "Input should be less than or equal to 16", and "-inf" as "greater than 0"
+    response = client.post("/v1/quantize", files=_files(tensors, None, tmp_path), data={"bits_per_weight": bits})
+    assert response.status_code == 422
+    assert response.json()["errors"][0] == {"field": "bits_per_weight", "message": "Input should be a finite number"}
