@@ -82,8 +82,11 @@ def _read_gguf(path: Path, max_tensors: int, max_elements: int) -> dict[str, NDA
     sums: dict[str, NDArray[Any]] = {}
     counts: dict[str, NDArray[Any]] = {}
     for tensor in reader.tensors:
-        if tensor.tensor_type != gguf.GGMLQuantizationType.F32:
-            continue
+        if not tensor.name.endswith((IN_SUM2, COUNTS)):
+            continue  # in_sum (sums of x), unused
+        if tensor.tensor_type != gguf.GGMLQuantizationType.F32:  # as imatrix.cpp writes them
+            raise TensorFileError(f"GGUF imatrix: {tensor.name!r} is {tensor.tensor_type.name}, not F32",
+                                  field=FIELD)
         if int(tensor.n_elements) > max_elements:
             raise LimitExceeded("elements per tensor", int(tensor.n_elements), max_elements, field=FIELD)
         if tensor.name.endswith(IN_SUM2):

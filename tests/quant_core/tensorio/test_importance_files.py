@@ -105,3 +105,21 @@ def test_a_gguf_imatrix_whose_counts_or_shape_lie_is_refused_naming_the_tensor(
     with pytest.raises(TensorFileError, match=says) as error:
         read_importance(path)
     assert "blk.0.ffn_up.weight" in error.value.detail and error.value.field == "importance"
+
+
+def test_a_gguf_imatrix_statistic_stored_other_than_f32_is_refused_not_skipped(tmp_path: Path) -> None:
+    # imatrix.cpp writes in_sum2 and counts as F32; an F16 in_sum2 was skipped without a word, and its tensor
+    # quantized unweighted while the other tensors used their statistics
+    path = tmp_path / "imatrix.gguf"
+    writer = gguf.GGUFWriter(path, arch="imatrix")
+    writer.add_tensor("a.weight.in_sum2", np.ones((1, 4), np.float32))
+    writer.add_tensor("a.weight.counts", np.ones((1, 1), np.float32))
+    writer.add_tensor("b.weight.in_sum2", np.ones((1, 4), np.float16))
+    writer.add_tensor("b.weight.counts", np.ones((1, 1), np.float32))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    with pytest.raises(TensorFileError, match="F16") as error:
+        read_importance(path)
+    assert "b.weight.in_sum2" in error.value.detail
