@@ -112,7 +112,9 @@ def _gguf_header(prefix: bytes, max_tensors: int) -> tuple[list[HeaderTensor], i
         key = cursor.string()
         value_type = cursor.u32()
         if key == "general.alignment" and value_type == _GGUF_UINT32:
-            alignment = cursor.u32() or GGUF_DEFAULT_ALIGNMENT
+            alignment = cursor.u32()
+            if alignment == 0 or alignment & (alignment - 1):  # gguf.cpp refuses it too
+                raise TensorFileError(f"gguf general.alignment {alignment} is not a power of 2")
         else:
             cursor.skip_value(value_type)
     tensors = []

@@ -249,3 +249,12 @@ def test_a_gguf_header_naming_a_tensor_twice_is_refused() -> None:
     # gguf.cpp refuses a file whose tensor records repeat a name; counted twice, the plan would double it
     with pytest.raises(TensorFileError, match=re.escape("'token_embd.weight' twice")):
         header_tensors(_gguf_prefix([("token_embd.weight", [256, 1000], 1), ("token_embd.weight", [256, 1000], 1)]))
+
+
+@pytest.mark.parametrize("alignment", [0, 3, 2**32 - 1])
+def test_a_gguf_alignment_that_is_not_a_power_of_two_is_refused(alignment: int) -> None:
+    # gguf.cpp refuses it; 2^32 - 1 made the whole part "header" up to 4 GiB: tensor data passed as padding
+    metadata = struct.pack("<Q", 17) + b"general.alignment" + struct.pack("<II", 4, alignment)
+    prefix = _gguf_prefix([("token_embd.weight", [256, 1000], 1)], metadata, 1)
+    with pytest.raises(TensorFileError, match=f"alignment {alignment} is not a power of 2"):
+        header_length(prefix)
