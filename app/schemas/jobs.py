@@ -66,7 +66,7 @@ class JobCreate(BudgetFields):
         "tensor): a file relative to the data root (with source.path, validated as it is) or a file of the "
         "upload set (with source.upload). rtn, clip, refit and hqq minimise the importance-weighted error of "
         "the tensors it names; a vector whose width differs from its tensor's is refused naming the tensor."))
-    bits_per_weight: float | None = Field(None, gt=0, le=16, description=(
+    bits_per_weight: float | None = Field(None, gt=0, le=16, allow_inf_nan=False, description=(
         "A budget in bits per weight over the tensors quantized: each tensor is measured in every format the "
         "output can carry (compressed-tensors: int4 g128/g64/g32, the request's scheme and symmetric, or 16-bit; "
         "gguf: Q4_0, Q8_0 or F16/BF16) and gets the one minimising the total (importance-weighted) error "

@@ -175,6 +175,15 @@ def test_budget_fields_are_validated(jobs_client: TestClient) -> None:
     assert bits["status"] == 422 and bits["errors"][0]["field"] == "bits_per_weight", bits
 
 
+def test_a_bits_per_weight_that_is_not_a_finite_number_is_refused_as_such(jobs_client: TestClient) -> None:
+    # JSON's NaN and Infinity (Python's json writes and reads them) were refused as "less than or equal to 16"
+    for value in ("NaN", "Infinity", "-Infinity"):
+        answer = jobs_client.post("/v1/jobs", content=f'{{"source": {{"path": "llama"}}, "bits_per_weight": {value}}}',
+                                  headers={"Content-Type": "application/json"})
+        assert answer.status_code == 422, answer.text
+        assert answer.json()["errors"][0] == {"field": "bits_per_weight", "message": "Input should be a finite number"}
+
+
 def test_a_budget_below_what_the_output_stores_fails_the_job_naming_the_field(jobs_client: TestClient) -> None:
     """compressed-tensors adds each tensor's int64 ``weight_shape`` (16 bytes): 152,064 + 14 x 16 = 152,288
     bytes is the least it stores, known once the tensors are measured."""
