@@ -40,7 +40,7 @@ from typing import Any, Protocol, TypeVar
 from app.job_store import TERMINAL_STATES, JobRecord, JobStore, TensorRecord
 from app.pool import WorkerPool
 from app.problems import ApiProblem, PoolFull, problem_for
-from app.schemas.jobs import JobCreate, to_options
+from app.schemas.jobs import STORED, JobCreate, to_options
 from app.tus import UploadSets
 from quant_core.checkpoint import (
     Checkpoint,
@@ -440,7 +440,7 @@ class JobManager:
 
     async def _execute(self, record: JobRecord) -> None:
         job_id = record.id
-        request = JobCreate.model_validate(record.request)
+        request = JobCreate.model_validate(record.request, context=STORED)
         options = to_options(request, self.threads)
         source = Path(record.source_dir)
         root = source if request.source.upload is not None else self.data_root

@@ -43,14 +43,22 @@ def _group_size(value: str) -> int | None:
     return None if value == "row" else int(value)
 
 
+#: GGUF Q4_0: blocks of 32 weights, symmetric (gguf-py quants.py, Q4_0)
+GGUF_GROUP_SIZE = 32
+
+
 def job_body(args: argparse.Namespace, path: str) -> dict[str, Any]:
     """The ``POST /v1/jobs`` body of the command-line options (validated by the API's own model)."""
     chosen: dict[str, Any] = {}
-    if args.group_size is not None:  # unset: the API's default group size
+    output = args.format or "compressed-tensors"
+    symmetric = args.symmetric
+    if args.group_size is not None:  # unset: the API's default group size (a budget chooses it)
         chosen["group_size"] = _group_size(args.group_size)
+    elif output == "gguf":  # Q4_0 is group 32 symmetric, as `nibble quantize FILE --format gguf` takes it
+        chosen["group_size"], symmetric = GGUF_GROUP_SIZE, True
     request = JobCreate(
-        source=JobSource(path=path), method=args.method, output=args.format or "compressed-tensors",
-        symmetric=args.symmetric, include=args.include or None, exclude=args.exclude or None,
+        source=JobSource(path=path), method=args.method, output=output,
+        symmetric=symmetric, include=args.include or None, exclude=args.exclude or None,
         max_shard_bytes=args.max_shard_bytes, importance=args.importance or None,
         bits_per_weight=args.bits_per_weight, budget_bytes=args.budget_bytes, **chosen)
     return request.model_dump(mode="json", exclude_unset=True)
@@ -203,7 +211,8 @@ def add_jobs_parser(commands: Any, add_remote: Any) -> None:
     submit.add_argument("path", help="the checkpoint directory, relative to the server's NIBBLE_DATA_DIR")
     submit.add_argument("--method", default="rtn", choices=[m for m in METHODS if not m.startswith("gptq")])
     submit.add_argument("--format", default="compressed-tensors", choices=JOB_OUTPUTS)
-    submit.add_argument("--group-size", default="128", help="32, 64, 128, 256 or row (default 128)")
+    submit.add_argument("--group-size", help="32, 64, 128, 256 or row (default 128; 32 for --format gguf; "
+                        "a budget chooses each tensor's)")
     submit.add_argument("--symmetric", action="store_true")
     submit.add_argument("--include", action="append", help="glob of tensor names to quantize (repeatable)")
     submit.add_argument("--watch", action="store_true", help="follow the job with a progress bar to its end")

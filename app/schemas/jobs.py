@@ -7,15 +7,19 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 from app.schemas.quantize import MAX_INCLUDE_CHARS, BudgetFields
 from quant_core.checkpoint import DEFAULT_EXCLUDE, DEFAULT_MAX_SHARD_BYTES, CheckpointOptions
 from quant_core.quantize import METHODS
+from quant_core.quantize.allocation import BUDGET_GROUP_SIZES
 
 JobStateName = Literal["queued", "running", "succeeded", "failed", "cancelled"]
 #: one glob of include or exclude: at most as long as /v1/quantize's include
 JobGlob = Annotated[str, Field(max_length=MAX_INCLUDE_CHARS)]
+#: validation context of a request read back from the job store: its dump carries every default (group_size 128
+#: beside a budget, say), and what was sent was checked when the job was submitted
+STORED = {"stored": True}
 
 
 class JobSource(BaseModel):
@@ -78,6 +82,19 @@ class JobCreate(BudgetFields):
     @classmethod
     def _row(cls, value: object) -> object:
         return None if value in ("", "row", "null", "none") else value
+
+    @field_validator("group_size")
+    @classmethod
+    def _not_with_budget(cls, value: int | None, info: ValidationInfo) -> int | None:
+        """Refuse a group size a budget would ignore rather than drop it: compressed-tensors' budget chooses each
+        tensor's (gguf's int4 is Q4_0, group 32, and gptq and awq refuse a budget: the core checks those);
+        validators run on sent values only, so the default never trips it."""
+        budget = info.data.get("bits_per_weight") is not None or info.data.get("budget_bytes") is not None
+        if budget and info.data.get("output") == "compressed-tensors" and info.context != STORED:
+            raise ValueError(f"a budget chooses each tensor's group size among "
+                             f"{', '.join(map(str, BUDGET_GROUP_SIZES))} (or 16-bit): send the budget without "
+                             "group_size")
+        return value
 
     @field_validator("include", "exclude", mode="before")
     @classmethod

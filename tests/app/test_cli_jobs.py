@@ -116,3 +116,29 @@ def test_jobs_submit_sends_the_importance_path_and_the_budget(server: str) -> No
     status, _, err = nibble("jobs", "submit", "llama", "--format", "gptq", "--bits-per-weight", "4.5",
                             "--url", server)
     assert status == 1 and "(422)" in err and "output" in err
+
+
+def test_jobs_submit_takes_gguf_as_q4_0_and_leaves_a_budgets_group_size_to_the_budget(server: str) -> None:
+    # before: --group-size defaulted to 128 and was always sent, so --format gguf was refused (Q4_0 is group 32
+    # symmetric) and any budget was refused for sending a group size beside it
+    status, out, err = nibble("jobs", "submit", "llama", "--format", "gguf", "--watch", "--json", "--url", server)
+    assert status == 0, err
+    answer = json.loads(out)
+    assert answer["state"] == "succeeded" and answer["request"]["group_size"] == 32 and answer["request"]["symmetric"]
+    status, out, err = nibble("jobs", "submit", "llama", "--bits-per-weight", "4.6", "--watch", "--json",
+                              "--url", server)
+    assert status == 0, err
+    assert json.loads(out)["result"]["allocation"]["bits_per_weight"] <= 4.6
+    status, _, err = nibble("jobs", "submit", "llama", "--bits-per-weight", "4.6", "--group-size", "64",
+                            "--url", server)
+    assert status == 1 and "(422)" in err and "send the budget without group_size" in err
+
+
+def test_quantize_a_checkpoint_locally_as_gguf_takes_q4_0s_scheme(data_root: Path, tmp_path: Path) -> None:
+    status, out, err = nibble("quantize", str(data_root / "llama"), "-o", str(tmp_path / "out"), "--format", "gguf")
+    assert status == 0, err
+    assert out.startswith(f"wrote {tmp_path / 'out'} (gguf)")
+    checkpoint = open_checkpoint(data_root / "llama")
+    options = CheckpointOptions(output="gguf", group_size=32, symmetric=True)
+    quantize_checkpoint(checkpoint, plan_checkpoint(checkpoint, options), options, tmp_path / "ref", tmp_path / "p")
+    assert tree_bytes(tmp_path / "out") == tree_bytes(tmp_path / "ref")

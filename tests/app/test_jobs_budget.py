@@ -175,6 +175,20 @@ def test_budget_fields_are_validated(jobs_client: TestClient) -> None:
     assert bits["status"] == 422 and bits["errors"][0]["field"] == "bits_per_weight", bits
 
 
+@pytest.mark.parametrize("group_size", [64, None])
+def test_a_group_size_sent_with_a_budget_is_refused_rather_than_ignored(jobs_client: TestClient,
+                                                                       group_size: int | None) -> None:
+    # compressed-tensors' budget chooses each tensor's group size (g128, g64, g32 or 16-bit), as the quantize
+    # forms refuse it; gguf's budget keeps its Q4_0 group of 32, which the job needs sent (test_checkpoint_loaders)
+    for budget in ({"bits_per_weight": 4.5}, {"budget_bytes": 200_000}):
+        problem = _problem(jobs_client, {**budget, "group_size": group_size})
+        assert problem["status"] == 422 and problem["errors"][0]["field"] == "group_size", problem
+        assert "send the budget without group_size" in problem["errors"][0]["message"]
+    gguf = jobs_client.post("/v1/jobs", json={"source": {"path": "llama"}, "output": "gguf", "group_size": 32,
+                                              "symmetric": True, "bits_per_weight": 6.0})
+    assert gguf.status_code == 202, gguf.text
+
+
 def test_a_bits_per_weight_that_is_not_a_finite_number_is_refused_as_such(jobs_client: TestClient) -> None:
     # JSON's NaN and Infinity (Python's json writes and reads them) were refused as "less than or equal to 16"
     for value in ("NaN", "Infinity", "-Infinity"):
