@@ -28,7 +28,8 @@ from app.schemas.plans import CheckpointHeaders, HeaderFile
 from app.settings import Settings
 from app.uploads import FormLimits, Upload, UploadedFile
 from quant_core.errors import InvalidSpec, LimitExceeded, TensorFileError
-from quant_core.tensorio.checkpoint_headers import index_weight_map, unique_keys
+from quant_core.tensorio.checkpoint_headers import index_weight_map
+from quant_core.tensorio.safetensors_io import unique_keys
 
 M = TypeVar("M", bound=BaseModel)
 REQUEST_FIELD, HEADER_FIELD, INDEX_FIELD, CONFIG_FIELD = "request", "header", "index", "config"

@@ -15,13 +15,12 @@ import json
 import struct
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
 
 from quant_core.errors import LimitExceeded, TensorFileError
 from quant_core.tensorio.limits import DEFAULT_MAX_HEADER_BYTES
-from quant_core.tensorio.safetensors_io import parse_safetensors_header
+from quant_core.tensorio.safetensors_io import parse_safetensors_header, unique_keys
 
 GGUF_MAGIC = b"GGUF"
 HEADER_MAX_ELEMENTS = 1 << 48  # header-only: the largest published tensors pass, nothing is allocated
@@ -164,17 +163,6 @@ def header_length(prefix: bytes, *, max_header_bytes: int = DEFAULT_MAX_HEADER_B
     if length > max_header_bytes:
         raise LimitExceeded("safetensors header bytes", length, max_header_bytes, field="checkpoint")
     return 8 + int(length)
-
-
-def unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    """A JSON object's members (an ``object_pairs_hook``), refusing a key given twice: ``json.loads`` keeps
-    the last value without a word, and which one the file meant is not ours to guess."""
-    members: dict[str, Any] = {}
-    for key, value in pairs:
-        if key in members:
-            raise TensorFileError(f"gives the key {key!r} twice in one JSON object; send it once")
-        members[key] = value
-    return members
 
 
 def index_weight_map(index: bytes) -> dict[str, str]:

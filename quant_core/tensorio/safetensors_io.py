@@ -101,13 +101,15 @@ class SafetensorsHeader:
     data_offset: int
 
 
-def _reject_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    result: dict[str, Any] = {}
+def unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """A JSON object's members (an ``object_pairs_hook``), refusing a key given twice: ``json.loads`` keeps
+    the last value without a word, and which one the file meant is not ours to guess."""
+    members: dict[str, Any] = {}
     for key, value in pairs:
-        if key in result:
-            raise TensorFileError(f"safetensors header has the key {key!r} twice")
-        result[key] = value
-    return result
+        if key in members:
+            raise TensorFileError(f"gives the key {key!r} twice in one JSON object; send it once")
+        members[key] = value
+    return members
 
 
 def _is_int(value: object) -> bool:
@@ -184,7 +186,9 @@ def parse_safetensors_header(
         raise TensorFileError(f"safetensors header truncated: {len(prefix) - 8} of {header_bytes} bytes")
     try:
         text = prefix[8:8 + header_bytes].decode("utf-8")
-        header = json.loads(text, object_pairs_hook=_reject_duplicate_keys)
+        header = json.loads(text, object_pairs_hook=unique_keys)
+    except TensorFileError as exc:
+        raise TensorFileError(f"safetensors header {exc.detail}") from None
     except UnicodeDecodeError as exc:
         raise TensorFileError(f"safetensors header is not UTF-8: {exc}") from None
     except (ValueError, RecursionError) as exc:  # JSONDecodeError, int digit limit, deep nesting

@@ -204,7 +204,7 @@ def test_read_safetensors_refuses_inconsistent_headers(tmp_path: Path, header: o
 @pytest.mark.parametrize(("raw", "message"), [
     (b'{"a": ', "not valid JSON"),
     (b"\xff\xfe{}", "not UTF-8"),
-    (b'{"a": 1, "a": 2}', "twice"),
+    (b'{"a": 1, "a": 2}', "safetensors header gives the key 'a' twice"),
     (b"[" * 100_000 + b"]" * 100_000, "not valid JSON"),
     (b'{"a": {"dtype": "F32", "shape": [' + b"9" * 5000 + b'], "data_offsets": [0, 0]}}', "not valid JSON"),
 ])
