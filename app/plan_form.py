@@ -65,6 +65,12 @@ def _json_object(part: UploadedFile, field: str) -> dict[str, object]:
     return document
 
 
+def _file_name(filename: str, shards: set[str]) -> str:
+    """A header part's checkpoint file name: as sent when the index names it so (``sub/a.safetensors``), else its
+    last path part (a client may send the path it read the file from)."""
+    return filename if filename in shards else PurePosixPath(filename).name
+
+
 def read_plan_form(upload: Upload, model: type[M], settings: Settings) -> tuple[M, CheckpointHeaders]:
     """The request part validated as `model` (with ``config`` as its model), and the checkpoint's headers.
 
@@ -96,7 +102,8 @@ def read_plan_form(upload: Upload, model: type[M], settings: Settings) -> tuple[
             exc.field = INDEX_FIELD
             exc.detail = f"{index.filename or INDEX_FIELD}: {exc.detail}"
             raise
-    files = tuple(HeaderFile(PurePosixPath(part.filename).name or f"{HEADER_FIELD}[{number}]",
+    shards = set(weight_map.values()) if weight_map is not None else set()
+    files = tuple(HeaderFile(_file_name(part.filename, shards) or f"{HEADER_FIELD}[{number}]",
                              f"{HEADER_FIELD}[{number}]", part.path.read_bytes())
                   for number, part in enumerate(parts))
     return body, CheckpointHeaders(files, weight_map, headers_only=True)

@@ -241,3 +241,15 @@ def test_a_config_or_index_giving_a_key_twice_is_refused_naming_the_part_not_the
     assert response.status_code == 422, response.text
     problem = response.json()
     assert problem["errors"][0]["field"] == part and f"{key!r} twice" in problem["detail"]
+
+
+def test_a_header_part_named_by_the_indexs_relative_path_is_that_shard(client: TestClient) -> None:
+    # an index may place shards in a sub-directory; the part named so was cut to "a.safetensors" and the index
+    # refused as "1 not given: sub/a.safetensors".  A path the index does not name is still cut to its last part.
+    request = {"model": {"spec": TINY_SPEC}, "hardware": {"device": "l4"}}
+    index = json.dumps({"weight_map": {"model.embed_tokens.weight": "sub/a.safetensors",
+                                       "lm_head.weight": "b.safetensors"}}).encode()
+    response = client.post("/v1/plan", files=form(request, {"sub/a.safetensors": EMBEDDING,
+                                                            "/home/me/model/b.safetensors": LM_HEAD}, index))
+    assert response.status_code == 200, response.text
+    assert response.json()["weights"]["bytes"] == 1_024_000
