@@ -14,8 +14,9 @@ from __future__ import annotations
 
 import re
 from collections import Counter, defaultdict
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 
+from quant_core.errors import InvalidSpec
 from quant_core.inventory import inventory
 from quant_core.schemes import CheckpointSummary, WeightScheme, module_name
 from quant_core.specs import ModelSpec, TensorEntry
@@ -86,6 +87,37 @@ def _format_of(tensors: list[HeaderTensor], gguf: bool) -> str:
     return by_dtype.most_common(1)[0][0].lower() if by_dtype else "empty"
 
 
+def _ranges(numbers: list[int]) -> str:
+    """``0-3, 7, 9-31`` of sorted `numbers`."""
+    runs: list[list[int]] = []
+    for number in numbers:
+        if runs and number == runs[-1][1] + 1:
+            runs[-1][1] = number
+        else:
+            runs.append([number, number])
+    return ", ".join(f"{first}-{last}" if last > first else f"{first}" for first, last in runs)
+
+
+def _check_coverage(spec: ModelSpec, per_layer: Mapping[tuple[str, tuple[int, ...], str, int, int], int],
+                    classified: bool, gguf: bool) -> None:
+    """Refuse headers that leave part of the model out: every layer of `spec` must have a tensor, and (when every
+    tensor's module is known, so none hides them) the embedding and an untied lm_head must be there.  A plan from
+    some of the shards would count only their bytes and promise the engine memory the rest of the weights take."""
+    layers = {key[4] for key in per_layer if key[4] >= 0}
+    missing = [layer for layer in range(spec.num_layers) if layer not in layers]
+    gaps = [f"layers {_ranges(missing)}"] if missing else []
+    if classified:
+        present = {key[2] for key in per_layer}
+        needed = {entry.role for entry in inventory(spec)} & {"embedding", "lm_head"}
+        gaps += [f"the {role}" for role in sorted(needed - present)]
+    if gaps:
+        kind = "GGUF" if gguf else "safetensors"
+        raise InvalidSpec("checkpoint", "headers",
+                          f"the {kind} headers hold no tensor of {' or '.join(gaps)} of {spec.name} "
+                          f"({spec.num_layers} layers): send every file's header (or check that config.json is "
+                          "this checkpoint's); a plan from part of the weights would promise memory the rest take")
+
+
 def checkpoint_scheme(spec: ModelSpec, tensors: Iterable[HeaderTensor]) -> tuple[WeightScheme, CheckpointSummary]:
     """The planner's rows for a checkpoint's header tensors, and what they hold."""
     listed = list(tensors)
@@ -106,6 +138,7 @@ def checkpoint_scheme(spec: ModelSpec, tensors: Iterable[HeaderTensor]) -> tuple
             unknown.append(tensor.name)
             role = "other"
         per_layer[(_pattern(tensor.name), tensor.shape, role, tensor.bytes, layer)] += 1
+    _check_coverage(spec, per_layer, not unknown, gguf)
     grouped: dict[tuple[str, tuple[int, ...], str, int, int], list[int]] = defaultdict(list)
     for (pattern, shape, role, size, layer), count in per_layer.items():
         grouped[(pattern, shape, role, size, count)].append(layer)

@@ -351,7 +351,13 @@ def plan_to_core(body: PlanRequest, max_config_depth: int, max_header_bytes: int
                             device.id if body.hardware.device is not None else None, device.name)
     workload = Workload(body.workload.context_length, body.workload.concurrent_sequences)
     if headers is not None:
-        scheme, _ = checkpoint_scheme(spec, checkpoint_tensors(headers, max_header_bytes))
+        tensors = checkpoint_tensors(headers, max_header_bytes)
+        try:
+            scheme, _ = checkpoint_scheme(spec, tensors)
+        except InvalidSpec as exc:  # headers leaving part of the model out: named where the request holds them
+            exc.field = headers.files[0].field.partition("[")[0] if headers.files else exc.field
+            exc.detail = exc.reason
+            raise
     elif "weights" in body.model_fields_set or shipped is None:
         with field_prefix("weights"):
             scheme = weight_scheme_to_core(body.weights, body.runtime.float_format)

@@ -6,6 +6,7 @@ come to 21.6 MB, so the largest checkpoints are planned from their headers throu
 
 from __future__ import annotations
 
+import base64
 import json
 from typing import Any
 
@@ -23,6 +24,9 @@ TINY_SPEC = {"hidden_size": 256, "num_layers": 2, "num_attention_heads": 4, "int
 
 EMBEDDING = safetensors_header({"model.embed_tokens.weight": ("BF16", [1000, 256], 512_000)})
 LM_HEAD = safetensors_header({"lm_head.weight": ("BF16", [1000, 256], 512_000)})
+#: a tensor of each of TINY_SPEC's two layers: with EMBEDDING and LM_HEAD, headers that leave no part of it out
+LAYERS = safetensors_header({f"model.layers.{i}.self_attn.q_proj.weight": ("BF16", [256, 256], 131_072)
+                             for i in range(2)})
 
 
 def form(request: dict[str, Any] | None, headers: dict[str, bytes], index: bytes | None = None,
@@ -80,15 +84,15 @@ def test_deepseek_v3_headers_sweep_over_http(
 
 
 def test_a_form_plans_the_files_own_tensors_as_the_json_form_does(client: TestClient) -> None:
-    import base64
+
     request = {"model": {"spec": TINY_SPEC}, "hardware": {"device": "l4"}}
-    by_form = client.post("/v1/plan", files=form(request, {"a.safetensors": EMBEDDING, "b.safetensors": LM_HEAD}))
+    files = {"a.safetensors": EMBEDDING, "b.safetensors": LM_HEAD, "c.safetensors": LAYERS}
+    by_form = client.post("/v1/plan", files=form(request, files))
     by_json = client.post("/v1/plan", json={**request, "checkpoint": {"headers": [
-        {"file": "a.safetensors", "header_base64": base64.b64encode(EMBEDDING).decode()},
-        {"file": "b.safetensors", "header_base64": base64.b64encode(LM_HEAD).decode()}]}})
+        {"file": name, "header_base64": base64.b64encode(data).decode()} for name, data in files.items()]}})
     assert by_form.status_code == by_json.status_code == 200, by_form.text
     assert by_form.json() == by_json.json()
-    assert by_form.json()["weights"]["bytes"] == 1_024_000
+    assert by_form.json()["weights"]["bytes"] == 1_024_000 + 262_144
 
 
 def test_a_header_part_carrying_tensor_data_is_refused_naming_the_part(client: TestClient) -> None:
@@ -145,15 +149,15 @@ def test_the_forms_limits_name_their_settings() -> None:
         response = small.post("/v1/plan", files=form(request, {"a.safetensors": EMBEDDING, "b.safetensors": LM_HEAD,
                                                                "c.safetensors": LM_HEAD}))
         assert response.status_code == 413 and response.json()["limit"] == "max_checkpoint_form_bytes"
-    with client_with(max_checkpoint_files=2) as small:
-        headers = {"a.safetensors": EMBEDDING, "b.safetensors": LM_HEAD, **{f"{name}.safetensors": EMBEDDING
-                                                                            for name in "cdef"}}
-        assert small.post("/v1/plan", files=form(request, dict(list(headers.items())[:2]))).status_code == 200
-        response = small.post("/v1/plan", files=form(request, dict(list(headers.items())[:3])))
+    with client_with(max_checkpoint_files=3) as small:
+        headers = {"a.safetensors": EMBEDDING, "b.safetensors": LM_HEAD, "c.safetensors": LAYERS,
+                   **{f"{name}.safetensors": EMBEDDING for name in "defg"}}
+        assert small.post("/v1/plan", files=form(request, dict(list(headers.items())[:3]))).status_code == 200
+        response = small.post("/v1/plan", files=form(request, dict(list(headers.items())[:4])))
         assert response.status_code == 413 and response.json()["limit"] == "max_checkpoint_files"
         # past the files, the request, index and config, the parser stops at the first part too many
         response = small.post("/v1/plan", files=form(request, headers))
-        assert response.status_code == 400 and "more than 5 parts" in response.json()["detail"]
+        assert response.status_code == 400 and "more than 6 parts" in response.json()["detail"]
 
 
 def test_plans_from_the_form_wait_behind_the_large_sweeps_gate() -> None:
@@ -180,6 +184,8 @@ def test_a_gguf_header_part_may_end_anywhere_up_to_its_data_area_and_not_past_it
     writer.add_token_list([f"token-{i}" for i in range(300)])
     writer.add_tensor("token_embd.weight", np.zeros((1000, 256), np.float16))
     writer.add_tensor("output.weight", np.zeros((1000, 256), np.float16))
+    for layer in range(2):
+        writer.add_tensor(f"blk.{layer}.attn_q.weight", np.zeros((256, 256), np.float16))
     writer.write_header_to_file()
     writer.write_kv_data_to_file()
     writer.write_tensors_to_file()
@@ -190,7 +196,7 @@ def test_a_gguf_header_part_may_end_anywhere_up_to_its_data_area_and_not_past_it
     for end in (data_offset - 1, data_offset):  # the records end within the alignment padding before the data
         response = client.post("/v1/plan", files=form(request, {"tiny.gguf": content[:end]}))
         assert response.status_code == 200, response.text
-        assert response.json()["weights"]["bytes"] == 2 * 2 * 1000 * 256  # the file's two f16 tensors
+        assert response.json()["weights"]["bytes"] == 2 * (2 * 1000 * 256 + 2 * 256 * 256)  # its four f16 tensors
     response = client.post("/v1/plan", files=form(request, {"tiny.gguf": content[:data_offset + 1]}))
     assert response.status_code == 413 and response.json()["errors"][0]["field"] == "header[0]"
     assert response.json()["maximum"] == data_offset
@@ -248,8 +254,34 @@ def test_a_header_part_named_by_the_indexs_relative_path_is_that_shard(client: T
     # refused as "1 not given: sub/a.safetensors".  A path the index does not name is still cut to its last part.
     request = {"model": {"spec": TINY_SPEC}, "hardware": {"device": "l4"}}
     index = json.dumps({"weight_map": {"model.embed_tokens.weight": "sub/a.safetensors",
-                                       "lm_head.weight": "b.safetensors"}}).encode()
+                                       "lm_head.weight": "b.safetensors",
+                                       **{f"model.layers.{i}.self_attn.q_proj.weight": "c.safetensors"
+                                          for i in range(2)}}}).encode()
     response = client.post("/v1/plan", files=form(request, {"sub/a.safetensors": EMBEDDING,
-                                                            "/home/me/model/b.safetensors": LM_HEAD}, index))
+                                                            "/home/me/model/b.safetensors": LM_HEAD,
+                                                            "c.safetensors": LAYERS}, index))
     assert response.status_code == 200, response.text
-    assert response.json()["weights"]["bytes"] == 1_024_000
+    assert response.json()["weights"]["bytes"] == 1_024_000 + 262_144
+
+
+def test_a_config_with_one_shards_headers_is_refused_not_planned_as_if_they_were_the_model(
+        client: TestClient) -> None:
+    # Llama-2-7B's config.json (its public sizes) beside its embedding's header alone answered 200 "fits" on an L4
+    # with 0.26 GB of weights (0.31 bits per weight): 13.2 GB of its weights were left out
+    config = {"_name_or_path": "meta-llama/Llama-2-7b-hf", "architectures": ["LlamaForCausalLM"],
+              "model_type": "llama", "hidden_size": 4096, "intermediate_size": 11008, "num_attention_heads": 32,
+              "num_hidden_layers": 32, "num_key_value_heads": 32, "vocab_size": 32000,
+              "max_position_embeddings": 4096, "rms_norm_eps": 1e-05, "tie_word_embeddings": False,
+              "torch_dtype": "float16"}
+    embedding = safetensors_header({"model.embed_tokens.weight": ("BF16", [32000, 4096], 262_144_000)})
+    request = {"hardware": {"device": "l4"}}
+    by_form = client.post("/v1/plan", files=form(request, {"model-00001-of-00002.safetensors": embedding},
+                                                 config=config))
+    by_json = client.post("/v1/plan", json={**request, "model": {"hf_config": config}, "checkpoint": {"headers": [
+        {"file": "model-00001-of-00002.safetensors", "header_base64": base64.b64encode(embedding).decode()}]}})
+    for answer, field in ((by_form, "header"), (by_json, "checkpoint.headers")):
+        assert answer.status_code == 422, answer.text
+        problem = answer.json()
+        assert problem["errors"][0]["field"] == field
+        assert problem["detail"].startswith("the safetensors headers hold no tensor of layers 0-31 or the lm_head "
+                                            "of meta-llama/Llama-2-7b-hf (32 layers)")

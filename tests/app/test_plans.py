@@ -632,7 +632,9 @@ def test_a_sweep_as_shipped_for_a_model_that_ships_none_names_the_field(client: 
 
 
 def test_a_sweep_over_a_checkpoint_and_its_header_limit() -> None:
-    tensors = {"model.embed_tokens.weight": ("BF16", [1000, 256], 512_000)}
+    tensors = {"model.embed_tokens.weight": ("BF16", [1000, 256], 512_000),
+               "lm_head.weight": ("BF16", [1000, 256], 512_000),
+               **{f"model.layers.{i}.mlp.down_proj.weight": ("BF16", [256, 512], 262_144) for i in range(2)}}
     header = {"file": "model.safetensors", "header_base64": _safetensors_header_b64(tensors)}
     spec = {"hidden_size": 256, "num_layers": 2, "num_attention_heads": 4, "intermediate_size": 512,
             "vocab_size": 1000}
@@ -641,6 +643,6 @@ def test_a_sweep_over_a_checkpoint_and_its_header_limit() -> None:
     with client_with() as client:
         rows = client.post("/v1/plan/sweep", json=body).json()["rows"]
         assert [row["format"] for row in rows] == ["checkpoint-bf16", "bf16"]
-        assert rows[0]["weights_bytes"] == 512_000  # the checkpoint's one tensor, not the model's inventory
+        assert rows[0]["weights_bytes"] == 1_548_288  # the checkpoint's four tensors, not the model's inventory
     with client_with(max_header_bytes=64) as small:
         assert small.post("/v1/plan/sweep", json=body).status_code == 413

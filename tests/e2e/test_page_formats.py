@@ -209,11 +209,13 @@ def test_a_gguf_file_is_read_up_to_its_last_tensor_record(browser: Any, live_ser
     gguf = pytest.importorskip("gguf")
     path = tmp_path / "tiny.gguf"
     writer = gguf.GGUFWriter(str(path), "llama")
-    writer.add_block_count(1)
+    writer.add_block_count(16)
     writer.add_token_list([f"token-{i}" for i in range(5000)])  # an array of strings, as a tokenizer's
     writer.add_token_scores([0.5] * 5000)
     rng = np.random.default_rng(0)
-    shapes = {"token_embd.weight": (64, 128), "blk.0.attn_q.weight": (128, 128), "output.weight": (64, 128)}
+    # a tensor in each of Llama-3.2-1B's 16 layers: the plan refuses headers that leave a layer out
+    shapes = {"token_embd.weight": (64, 128), **{f"blk.{i}.attn_q.weight": (128, 128) for i in range(16)},
+              "output.weight": (64, 128)}
     for name, shape in shapes.items():
         writer.add_tensor(name, rng.standard_normal(shape).astype(np.float16))
     writer.write_header_to_file()
@@ -222,7 +224,7 @@ def test_a_gguf_file_is_read_up_to_its_last_tensor_record(browser: Any, live_ser
     writer.close()
     data_offset = gguf.GGUFReader(str(path)).data_offset
 
-    page = open_page(browser, live_server)
+    page = open_page(browser, live_server, "/?model=llama-3.2-1b-instruct")
     page.set_input_files("#checkpoint-files", str(path))
     page.wait_for_selector("#checkpoint-note >> text=header bytes read")
     prefix = bytes(page.evaluate("() => Array.from(checkpointHeaders.files[0].bytes)"))
@@ -232,8 +234,8 @@ def test_a_gguf_file_is_read_up_to_its_last_tensor_record(browser: Any, live_ser
     page.click("#plan-button")
     page.wait_for_selector("#verdict p[data-format='checkpoint']")
     answer = page.evaluate("() => shown.answer")
-    assert answer["checkpoint"]["tensors"] == 3
-    assert answer["weights"]["bytes"] == 2 * (64 * 128 + 128 * 128 + 64 * 128)  # fp16, the file's own tensors
+    assert answer["checkpoint"]["tensors"] == 18
+    assert answer["weights"]["bytes"] == 2 * (64 * 128 + 16 * 128 * 128 + 64 * 128)  # fp16, the file's own tensors
     page.close()
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import re
 import struct
+from collections.abc import Callable
 from pathlib import Path
 
 import gguf
@@ -15,7 +16,7 @@ from safetensors.numpy import save_file
 
 from quant_core.catalog import get_preset
 from quant_core.checkpoint_rows import checkpoint_scheme
-from quant_core.errors import LimitExceeded, TensorFileError
+from quant_core.errors import InvalidSpec, LimitExceeded, TensorFileError
 from quant_core.formats import GGML_BLOCKS, float_format, ggml_format, int4
 from quant_core.gguf_mix import ModelFacts, tensor_type
 from quant_core.hf_config import model_from_sizes
@@ -65,6 +66,40 @@ def test_a_safetensors_checkpoint_is_planned_from_its_header_to_the_byte(tmp_pat
     assert summary.unknown == ("model.rotary_emb.inv_freq",)
     assert scheme.label() == "checkpoint-f16"
     assert any("multi-token-prediction" in note for note in scheme.notes)
+
+
+def _header_tensors(spec: ModelSpec) -> list[HeaderTensor]:
+    return [HeaderTensor(name, "F16", tuple(array.shape), array.size * 2) for name, array in _hf_tensors(spec).items()]
+
+
+@pytest.mark.parametrize(("left_out", "says"), [
+    (lambda name: ".layers.1." in name, "no tensor of layers 1 of"),
+    (lambda name: ".layers.0." in name or ".layers.2." in name, "no tensor of layers 0, 2 of"),
+    (lambda name: ".layers." in name, "no tensor of layers 0-2 of"),
+    (lambda name: name == "model.embed_tokens.weight", "no tensor of the embedding of"),
+    (lambda name: name == "lm_head.weight", "no tensor of the lm_head of"),
+])
+def test_headers_that_leave_part_of_the_model_out_are_refused_not_planned_as_the_whole(
+        left_out: Callable[[str], bool], says: str) -> None:
+    # a plan counts the headers' bytes as the weights: one shard's headers of four would promise the engine the
+    # memory the other three take (Llama-2-7B with its embedding's header alone "fit" an L4 at 0.26 GB)
+    with pytest.raises(InvalidSpec, match=re.escape(says)) as refused:
+        checkpoint_scheme(TINY, [tensor for tensor in _header_tensors(TINY) if not left_out(tensor.name)])
+    assert refused.value.field == "checkpoint" and "(3 layers): send every file's header" in refused.value.detail
+
+
+def test_a_tied_model_needs_no_lm_head_and_unknown_names_may_hold_the_embedding() -> None:
+    tied = model_from_sizes(hidden_size=256, num_layers=3, num_attention_heads=4, num_kv_heads=2,
+                            intermediate_size=512, vocab_size=1000, tie_word_embeddings=True)
+    tensors = _header_tensors(tied)
+    assert not any(tensor.name == "lm_head.weight" for tensor in tensors)
+    checkpoint_scheme(tied, tensors)
+    # a multimodal checkpoint's prefixed names are no module of the model: the roles cannot be told, so only
+    # the layers (found by their number wherever they sit in the name) are checked
+    prefixed = [HeaderTensor(f"language_model.{tensor.name}", tensor.dtype, tensor.shape, tensor.bytes)
+                for tensor in _header_tensors(TINY) if "embed_tokens" not in tensor.name]
+    _, summary = checkpoint_scheme(TINY, prefixed)
+    assert len(summary.unknown) == len(prefixed)
 
 
 def test_an_mxfp4_checkpoint_in_gpt_oss_layout_is_what_the_mxfp4_format_predicts(tmp_path: Path) -> None:
