@@ -118,17 +118,25 @@ def _check_coverage(spec: ModelSpec, per_layer: Mapping[tuple[str, tuple[int, ..
                           "this checkpoint's); a plan from part of the weights would promise memory the rest take")
 
 
-def checkpoint_scheme(spec: ModelSpec, tensors: Iterable[HeaderTensor]) -> tuple[WeightScheme, CheckpointSummary]:
-    """The planner's rows for a checkpoint's header tensors, and what they hold."""
+def checkpoint_scheme(spec: ModelSpec, tensors: Iterable[HeaderTensor],
+                      mtp_layers: int | None = None) -> tuple[WeightScheme, CheckpointSummary]:
+    """The planner's rows for a checkpoint's header tensors, and what they hold.
+
+    Layers past the model's are its multi-token-prediction layers, set apart; when the config says how many
+    it has (`mtp_layers`, ``num_nextn_predict_layers``: 0 when absent), headers with layers past those are
+    another model's and are refused, as are headers that leave part of the model out (`_check_coverage`)."""
     listed = list(tensors)
     gguf = any(tensor.name.startswith(("blk.", "token_embd.")) for tensor in listed)
     roles = {} if gguf else _module_roles(spec)
     per_layer: dict[tuple[str, tuple[int, ...], str, int, int], int] = defaultdict(int)
     unknown: list[str] = []
     mtp_tensors = mtp_bytes = 0
+    beyond: set[int] = set()  # layers past the model's and its multi-token-prediction layers
     for tensor in listed:
         match = _LAYER.search(tensor.name)
         layer = int(match.group(1)) if match else -1
+        if mtp_layers is not None and layer >= spec.num_layers + mtp_layers:
+            beyond.add(layer)
         if layer >= spec.num_layers or "nextn" in tensor.name or ".mtp." in f".{tensor.name}":
             mtp_tensors += 1
             mtp_bytes += tensor.bytes
@@ -138,6 +146,11 @@ def checkpoint_scheme(spec: ModelSpec, tensors: Iterable[HeaderTensor]) -> tuple
             unknown.append(tensor.name)
             role = "other"
         per_layer[(_pattern(tensor.name), tensor.shape, role, tensor.bytes, layer)] += 1
+    if beyond:
+        raise InvalidSpec("checkpoint", "headers",
+                          f"the headers hold layers {_ranges(sorted(beyond))}, past the {spec.num_layers} layers of "
+                          f"{spec.name} and its {mtp_layers} multi-token-prediction layers (num_nextn_predict_layers): "
+                          "they are another model's; send this model's config.json with them")
     _check_coverage(spec, per_layer, not unknown, gguf)
     grouped: dict[tuple[str, tuple[int, ...], str, int, int], list[int]] = defaultdict(list)
     for (pattern, shape, role, size, layer), count in per_layer.items():

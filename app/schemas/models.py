@@ -125,26 +125,34 @@ def model_to_core(model: ModelInput, max_config_depth: int, where: str = "model"
         return model_from_sizes(**model.spec.model_dump())
 
 
+def mtp_layers_of(model: ModelInput) -> int | None:
+    """The checkpoint's multi-token-prediction layers past the model's (a preset's, or the config's
+    ``num_nextn_predict_layers``, 0 when absent), or None for a model given by its sizes, which does not say."""
+    if model.preset is not None:
+        return get_preset_info(model.preset).mtp_layers
+    if model.hf_config is not None:
+        mtp = model.hf_config.get("num_nextn_predict_layers")
+        return mtp if isinstance(mtp, int) and not isinstance(mtp, bool) and 0 < mtp <= 64 else 0
+    return None
+
+
 def shipped_scheme(model: ModelInput, float_name: str = "bf16", where: str = "model") -> WeightScheme | None:
     """The checkpoint's as-shipped scheme from its ``quantization_config`` (a preset's, or the config's
     own), or None for a model that ships unquantized or is given by its sizes."""
     if model.preset is not None:
-        preset = get_preset_info(model.preset)
-        config, mtp_layers = preset.quantization_config, preset.mtp_layers
+        config = get_preset_info(model.preset).quantization_config
         prefix = _join(where, "preset")
     elif model.hf_config is not None:
         config = model.hf_config.get("quantization_config")
         prefix = _join(where, "hf_config")
         if config is not None and not isinstance(config, dict):
             raise InvalidSpec(_join(prefix, "quantization_config"), config, "must be an object")
-        mtp = model.hf_config.get("num_nextn_predict_layers")
-        mtp_layers = mtp if isinstance(mtp, int) and not isinstance(mtp, bool) and 0 < mtp <= 64 else 0
     else:
         return None
     if config is None:
         return None
     with field_prefix(prefix):
-        return shipped_scheme_of(config, float_name, mtp_layers)
+        return shipped_scheme_of(config, float_name, mtp_layers_of(model) or 0)
 
 
 # --- answers -----------------------------------------------------------------------------------

@@ -264,7 +264,7 @@ def test_a_header_part_named_by_the_indexs_relative_path_is_that_shard(client: T
     assert response.json()["weights"]["bytes"] == 1_024_000 + 262_144
 
 
-def test_a_config_with_one_shards_headers_is_refused_not_planned_as_if_they_were_the_model(
+def test_headers_that_are_not_all_of_the_configs_model_are_refused_not_planned_as_if_they_were(
         client: TestClient) -> None:
     # Llama-2-7B's config.json (its public sizes) beside its embedding's header alone answered 200 "fits" on an L4
     # with 0.26 GB of weights (0.31 bits per weight): 13.2 GB of its weights were left out
@@ -285,3 +285,11 @@ def test_a_config_with_one_shards_headers_is_refused_not_planned_as_if_they_were
         assert problem["errors"][0]["field"] == field
         assert problem["detail"].startswith("the safetensors headers hold no tensor of layers 0-31 or the lm_head "
                                             "of meta-llama/Llama-2-7b-hf (32 layers)")
+    # and headers of more layers than its config's 32 (none of them multi-token prediction: the config has no
+    # num_nextn_predict_layers) are another model's; they were planned as 32 layers, the rest "MTP", not planned
+    layers = safetensors_header({f"model.layers.{i}.self_attn.q_proj.weight": ("BF16", [4096, 4096], 33_554_432)
+                                 for i in range(40)})
+    answer = client.post("/v1/plan", files=form(request, {"a.safetensors": embedding, "b.safetensors": layers},
+                                                config=config))
+    assert answer.status_code == 422 and answer.json()["errors"][0]["field"] == "header"
+    assert answer.json()["detail"].startswith("the headers hold layers 32-39, past the 32 layers")

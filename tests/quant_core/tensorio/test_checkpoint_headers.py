@@ -88,6 +88,22 @@ def test_headers_that_leave_part_of_the_model_out_are_refused_not_planned_as_the
     assert refused.value.field == "checkpoint" and "(3 layers): send every file's header" in refused.value.detail
 
 
+def test_layers_past_the_model_and_its_multi_token_prediction_layers_are_another_models() -> None:
+    # TINY has 3 layers; a config with num_nextn_predict_layers 1 allows layer 3 (DeepSeek-V3's layer 61), and
+    # layers past it are refused: Llama-3.1-8B's config (32 layers) with 70B's headers (80) planned 32 of them
+    extra = [HeaderTensor(f"model.layers.{layer}.mlp.down_proj.weight", "F16", (256, 512), 262_144)
+             for layer in (3, 4, 5)]
+    tensors = _header_tensors(TINY)
+    _, summary = checkpoint_scheme(TINY, [*tensors, extra[0]], mtp_layers=1)
+    assert summary.mtp_tensors == 1
+    with pytest.raises(InvalidSpec, match=re.escape("the headers hold layers 4-5, past the 3 layers")):
+        checkpoint_scheme(TINY, [*tensors, *extra], mtp_layers=1)
+    with pytest.raises(InvalidSpec, match=re.escape("the headers hold layers 3, past the 3 layers")):
+        checkpoint_scheme(TINY, [*tensors, extra[0]], mtp_layers=0)
+    _, summary = checkpoint_scheme(TINY, [*tensors, *extra])  # a model given by its sizes does not say
+    assert summary.mtp_tensors == 3
+
+
 def test_a_tied_model_needs_no_lm_head_and_unknown_names_may_hold_the_embedding() -> None:
     tied = model_from_sizes(hidden_size=256, num_layers=3, num_attention_heads=4, num_kv_heads=2,
                             intermediate_size=512, vocab_size=1000, tie_word_embeddings=True)
