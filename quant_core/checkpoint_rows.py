@@ -135,8 +135,9 @@ def checkpoint_scheme(spec: ModelSpec, tensors: Iterable[HeaderTensor],
     for tensor in listed:
         match = _LAYER.search(tensor.name)
         layer = int(match.group(1)) if match else -1
-        if mtp_layers is not None and layer >= spec.num_layers + mtp_layers:
-            beyond.add(layer)
+        if (mtp_layers is not None and layer >= spec.num_layers + mtp_layers
+                and (tensor.name.startswith("blk.") if gguf else _hf_role(tensor.name, roles) is not None)):
+            beyond.add(layer)  # a module of this model (not a vision tower's layer, say) past its layers
         if layer >= spec.num_layers or "nextn" in tensor.name or ".mtp." in f".{tensor.name}":
             mtp_tensors += 1
             mtp_bytes += tensor.bytes

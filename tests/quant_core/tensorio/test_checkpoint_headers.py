@@ -102,6 +102,11 @@ def test_layers_past_the_model_and_its_multi_token_prediction_layers_are_another
         checkpoint_scheme(TINY, [*tensors, extra[0]], mtp_layers=0)
     _, summary = checkpoint_scheme(TINY, [*tensors, *extra])  # a model given by its sizes does not say
     assert summary.mtp_tensors == 3
+    # a vision tower's deeper layers are no module of the model: set apart as before, not taken for its layers
+    tower = [HeaderTensor(f"vision_tower.encoder.layers.{layer}.mlp.fc1.weight", "F16", (64, 64), 8192)
+             for layer in range(6)]
+    _, summary = checkpoint_scheme(TINY, [*tensors, *tower], mtp_layers=0)
+    assert summary.mtp_tensors == 3 and len(summary.unknown) == 3
 
 
 def test_a_tied_model_needs_no_lm_head_and_unknown_names_may_hold_the_embedding() -> None:
