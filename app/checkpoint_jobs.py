@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import shutil
 import time
@@ -311,9 +312,13 @@ class JobManager:
                 "bytes_total": record.bytes_total, "rate": rate, "eta_seconds": eta,
                 "tensors_measured": self.store.measured_count(record.id) if budget else None}
 
-    def report(self, record: JobRecord) -> list[dict[str, Any]]:
-        finished = [{**row.entry, "seconds": row.seconds} for row in self.store.tensors(record.id)]
-        return finished + record.passthrough
+    def report_json(self, record: JobRecord) -> bytes:
+        """The per-tensor report as a JSON array: each finished tensor's entry as stored, its seconds spliced in
+        (not decoded and encoded again: a 200,000-tensor job's report is ~100 MB), then the passthrough tensors."""
+        finished = [f'{entry[:-1]},"seconds":{seconds!r}}}' for seconds, entry in
+                    self.store.tensor_entries_json(record.id)]
+        passthrough = [json.dumps(entry) for entry in record.passthrough]
+        return f"[{','.join(finished + passthrough)}]".encode()
 
     async def wait_change(self, job_id: str, timeout_seconds: float) -> None:
         """Return when job `job_id` changes (a tensor finishes, its state moves) or after `timeout_seconds`."""

@@ -193,6 +193,12 @@ class JobStore:
         return [TensorRecord(row["position"], row["input_bytes"], row["seconds"], json.loads(row["entry"]))
                 for row in rows.fetchall()]
 
+    def tensor_entries_json(self, job_id: str) -> list[tuple[float, str]]:
+        """The finished tensors' seconds and report entries as stored (JSON text, not decoded), in plan order."""
+        rows = self._connection.execute(
+            "SELECT seconds, entry FROM tensors WHERE job_id = ? ORDER BY position", (job_id,))
+        return [(row["seconds"], row["entry"]) for row in rows.fetchall()]
+
     def add_measurement(self, job_id: str, position: int, options: list[tuple[str, int, float]]) -> None:
         """Record a tensor measured under a budget: its (format label, bytes, error) per allowed format.
 

@@ -149,9 +149,10 @@ class JobStatus(BaseModel):
     finished_at: float | None = None
     request: dict[str, Any]
     progress: JobProgress
-    report: list[dict[str, Any]] = Field(description=(
+    report: list[dict[str, Any]] | None = Field(None, description=(
         "One entry per tensor: quantized ones (name, shape, dtype, method, format, bytes, bits_per_weight, "
-        "quality, importance_used, seconds) as they finish, and the passthrough tensors (name, shape, dtype, reason)."))
+        "quality, importance_used, seconds) as they finish, and the passthrough tensors (name, shape, dtype, reason). "
+        "Absent from GET with report=false and from every event of a stream but its last."))
     result: JobResult | None = None
     error: dict[str, Any] | None = Field(None, description="The problem+json document of a failed job.")
 
