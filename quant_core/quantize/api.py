@@ -129,6 +129,9 @@ def _check_weights(weights: NDArray[np.generic], name: str) -> NDArray[np.generi
 def _check_scheme(scheme: WeightFormat) -> None:
     if scheme.name != "int4":
         raise InvalidSpec("scheme", scheme.name, "quantize writes int4 group-wise formats")
+    if scheme.partial:  # the checkpoints' partial last group is counted by the planner, never written here
+        raise InvalidSpec("partial", scheme.partial, "quantize writes whole groups; pad=True pads a row the group "
+                          "size does not divide")
 
 
 def _raise_non_finite(weights: NDArray[np.generic], name: str) -> None:
