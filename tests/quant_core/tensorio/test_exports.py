@@ -175,6 +175,30 @@ def test_compressed_tensors_decodes_nibbles_own_quantizer_output(tmp_path: Path)
     _assert_bit_equal(_ct_decompress(path, config, PREFIX, torch.float32), q)
 
 
+@pytest.mark.parametrize(("shape", "group_size", "symmetric"), [
+    ((1, 128), 32, False), ((8, 256), 64, False), ((7, 96), 32, True), ((13, 100), None, False), ((9, 64), 32, False),
+])
+def test_compressed_tensors_own_compressor_writes_the_bytes_of_nibbles_export(
+        tmp_path: Path, shape: tuple[int, int], group_size: int | None, symmetric: bool) -> None:
+    # The library packs nibble's weights, scales and signed zeros (z - 8) itself: it must write the same int32
+    # words.  Beyond decompress's reach too: with 8 rows or fewer and more than one group, the zero points are
+    # one int32 row, which compressed-tensors 0.20's own decompress cannot unpack (it views a transposed [G, 1]
+    # word tensor as bytes: "self.stride(-1) must be 1"), whether nibble or the library wrote the file.
+    from compressed_tensors.compressors.pack_quantized.base import PackedQuantizationCompressor
+    from compressed_tensors.quantization import QuantizationScheme
+
+    q = random_quantized(np.random.default_rng(3), *shape, group_size, symmetric)
+    config = export_compressed_tensors({NAME: q}, None, tmp_path / "ct.safetensors")
+    exported = safetensors.torch.load_file(tmp_path / "ct.safetensors")
+    state = {"weight": torch.from_numpy(dequantize(q)), "weight_scale": torch.from_numpy(q.scales.astype(np.float32))}
+    if q.zeros is not None:
+        state["weight_zero_point"] = torch.from_numpy(q.zeros.astype(np.int8) - np.int8(8))
+    compressed = PackedQuantizationCompressor.compress(state, QuantizationScheme(**config["config_groups"]["group_0"]))
+    assert sorted(compressed) == sorted(key.removeprefix(PREFIX + ".") for key in exported)
+    for part in ("weight_packed", "weight_shape", *(("weight_zero_point",) if q.zeros is not None else ())):
+        assert torch.equal(compressed[part], exported[f"{PREFIX}.{part}"]), part
+
+
 # ---------------------------------------------------------------- AWQ
 
 @pytest.mark.parametrize(("group_size", "symmetric"), [(128, False), (64, True), (32, False)])
