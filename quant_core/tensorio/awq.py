@@ -26,7 +26,7 @@ to its own format and decompresses them (test_exports.py); both equal nibble's
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -74,10 +74,13 @@ def awq_config(tensors: Mapping[str, QuantizedTensor]) -> dict[str, Any]:
     return awq_scheme_config(group_size)
 
 
-def awq_scheme_config(group_size: int | None) -> dict[str, Any]:
-    """`awq_config` from the group size alone (AWQ GEMM is always asymmetric, zeros stored)."""
+def awq_scheme_config(group_size: int | None, modules_to_not_convert: Sequence[str] = ()) -> dict[str, Any]:
+    """`awq_config` from the group size alone (AWQ GEMM is always asymmetric, zeros stored), and the modules
+    stored unquantized by their full names (null when none): transformers leaves a module whose name an entry
+    matches from its start (``should_convert_module``), vLLM one whose name holds an entry
+    (``is_layer_skipped_awq``)."""
     return {"quant_method": "awq", "bits": 4, "group_size": group_size, "zero_point": True,
-            "version": "gemm", "modules_to_not_convert": None}
+            "version": "gemm", "modules_to_not_convert": list(modules_to_not_convert) or None}
 
 
 def export_awq(
