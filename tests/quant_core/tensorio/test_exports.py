@@ -15,6 +15,7 @@ import json
 from pathlib import Path
 
 import gguf
+import ml_dtypes
 import numpy as np
 import pytest
 import safetensors.torch
@@ -223,6 +224,15 @@ def test_awq_export_decodes_with_autoawq_unpacking_to_nibbles_values(
     decoded = PackedQuantizationCompressor.decompress(local, scheme)["weight"].numpy()
     _assert_bit_equal(decoded, q)
     assert isinstance(scheme, QuantizationScheme)
+
+
+def test_awq_export_names_the_linear_weights_it_passes_through_in_modules_to_not_convert(tmp_path: Path) -> None:
+    # a 2-D float weight stored unquantized (here: left out by the include pattern) must not become an AWQ layer
+    # in the loaders (transformers' replace_with_awq_linear, vLLM): the config said null
+    passthrough = {"model.layers.0.mlp.down_proj.weight": np.ones((8, 64), ml_dtypes.bfloat16),
+                   "model.norm.weight": np.ones(64, np.float32), "model.layers.0.ids": np.ones((2, 2), np.int64)}
+    config = export_awq({NAME: quantized_gaussian(0, 8, 64, int4(32))}, passthrough, tmp_path / "a.safetensors")
+    assert config["modules_to_not_convert"] == ["model.layers.0.mlp.down_proj"]
 
 
 def test_awq_interleaves_nibbles_in_the_0_2_4_6_1_3_5_7_order(tmp_path: Path) -> None:
