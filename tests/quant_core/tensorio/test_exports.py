@@ -242,8 +242,11 @@ def test_awq_interleaves_nibbles_in_the_0_2_4_6_1_3_5_7_order(tmp_path: Path) ->
     assert read_safetensors(tmp_path / "a")[f"{PREFIX}.qweight"].view(np.uint32)[0, 0] == 0x75316420
 
 
-def test_awq_refuses_whole_row_groups_and_act_order(tmp_path: Path) -> None:
+def test_awq_refuses_whole_row_groups_act_order_and_rows_it_cannot_pack(tmp_path: Path) -> None:
     rng = np.random.default_rng(0)
+    # qweight packs 8 output rows per int32 (AWQ_ORDER interleave): 12 rows leave half a word
+    with pytest.raises(InvalidTensor, match="AWQ packs 8 codes per int32: out_features of tensor 'w' is 12"):
+        export_awq({"w": random_quantized(rng, 12, 64, 32, False)}, None, tmp_path / "a")
     with pytest.raises(InvalidSpec, match="needs a group size"):
         export_awq({"w": random_quantized(rng, 8, 64, None, False)}, None, tmp_path / "a")
     q = random_quantized(rng, 8, 64, 32, False)
