@@ -22,7 +22,7 @@ import ml_dtypes
 import numpy as np
 from numpy.typing import NDArray
 
-from quant_core.errors import CalibrationError, InvalidSpec, LimitExceeded, NibbleError
+from quant_core.errors import CalibrationError, GroupSizeMismatch, InvalidSpec, LimitExceeded, NibbleError
 from quant_core.formats import Layout, WeightFormat
 from quant_core.globs import Glob, compile_glob
 from quant_core.quantize import QuantizedTensor, dequantize, quantize
@@ -200,8 +200,13 @@ def _run_method(name: str, array: NDArray[Any], scheme: WeightFormat, method: st
     """Quantize one tensor and its report entry; `min_zero` as `quantize` takes it."""
     activations, note = _calibration_for(name, array, calibration, method)
     started = time.perf_counter()
-    q = quantize(array, scheme, method, activations, name=name, threads=threads, min_zero=min_zero,
-                 importance=importance)
+    try:
+        q = quantize(array, scheme, method, activations, name=name, threads=threads, min_zero=min_zero,
+                     importance=importance)
+    except GroupSizeMismatch as exc:  # name the tensor of the upload, and the choices its form has (no padding)
+        raise GroupSizeMismatch(exc.in_features, exc.group_size, exc.field, tensor=name,
+                                hint="; choose a group size that divides it, or 'row' (a whole row per group)"
+                                ) from None
     seconds = time.perf_counter() - started
     output = payload_size(q)
     elements = int(array.shape[0]) * int(array.shape[1])

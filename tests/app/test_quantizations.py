@@ -178,6 +178,19 @@ def test_gptq_act_order_under_a_budget_keeps_the_g_idx_of_the_format_it_chose(
     np.testing.assert_array_equal(dequantize(stored), dequantize(expected))
 
 
+def test_a_width_the_group_size_does_not_divide_is_422_naming_the_tensor(client: TestClient) -> None:
+    # the refusal said "in_features 96 is not a multiple of group_size 64" and no more: which of the upload's
+    # tensors, the client had to find out
+    content = save_safetensors({"model.layers.0.a.weight": np.ones((8, 128), np.float32),
+                                "model.layers.0.b.weight": np.ones((8, 96), np.float32)})
+    response = client.post("/v1/quantize", files={"file": ("m.safetensors", content)}, data={"group_size": "64"})
+    assert response.status_code == 422
+    (error,) = response.json()["errors"]
+    assert error["field"] == "group_size"
+    assert error["message"] == ("tensor model.layers.0.b.weight: in_features 96 is not a multiple of group_size 64; "
+                                "choose a group size that divides it, or 'row' (a whole row per group)")
+
+
 def test_gptq_without_calibration_is_422(client: TestClient, weights: np.ndarray) -> None:
     response = client.post("/v1/quantize", files={"file": ("w.npy", npy_bytes(weights))}, data={"method": "gptq"})
     assert response.status_code == 422
