@@ -73,9 +73,10 @@ class GroupSizeMismatch(NibbleError):
     """A tensor's input dimension does not divide by the group size (and padding was not asked)."""
 
     def __init__(self, in_features: int, group_size: int, field: str = "group_size", tensor: str = "",
-                 dividing: Sequence[int] | None = None) -> None:
+                 dividing: Sequence[int] | None = None, hint: str | None = None) -> None:
         where = f"tensor {tensor}: " if tensor else ""
-        hint = "; choose a group size that divides it, or ask for padding" if tensor else ""
+        if hint is None:  # the caller's own hint names the choices its request has
+            hint = "; choose a group size that divides it, or ask for padding" if tensor else ""
         if dividing is not None:
             sizes = ", ".join(map(str, dividing)) if dividing else "none of 32, 64, 128, 256"
             hint = f"; group sizes that divide every quantized tensor of this model: {sizes} (or null, a whole " \

@@ -237,13 +237,22 @@ def _ggml_type(plan: TensorPlan) -> gguf.GGMLQuantizationType:
     return gguf.GGMLQuantizationType.Q4_0 if plan.format is None else _GGML_TYPES[plan.format.label()]
 
 
+def unquantized_modules(plans: Sequence[TensorPlan]) -> list[str]:
+    """The modules whose 2-D float ``.weight`` passes through (embeddings, the LM head, routers, and linear layers
+    the output cannot hold or the globs leave out), in order: the ones an AWQ loader must not make AWQ layers of."""
+    return [module_prefix(plan.tensor.name) for plan in plans
+            if not plan.quantized and len(plan.tensor.shape) == 2 and plan.tensor.name.endswith(".weight")
+            and plan.tensor.dtype in ("F32", "F16", "BF16")]
+
+
 def quantization_config(options: CheckpointOptions, plans: Sequence[TensorPlan]) -> dict[str, Any]:
     """The ``quantization_config`` config.json gets for this job.
 
     compressed-tensors: one config group per distinct int4 scheme, each
     targeting its modules by name (a budget's 16-bit tensors are in none, so
     they load as plain linear layers); GGUF: the ggml type of each quantized
-    tensor (``Q4_0`` for every one without a budget).
+    tensor (``Q4_0`` for every one without a budget); AWQ: ``modules_to_not_convert`` lists the
+    `unquantized_modules`.
     """
     group_size, symmetric = options.group_size, options.symmetric
     if options.output == "compressed-tensors":
@@ -256,7 +265,7 @@ def quantization_config(options: CheckpointOptions, plans: Sequence[TensorPlan])
     if options.output == "gptq":
         return gptq_scheme_config(group_size, symmetric, act_order=False)
     if options.output == "awq":
-        return awq_scheme_config(group_size)
+        return awq_scheme_config(group_size, unquantized_modules(plans))
     if not options.has_budget:
         return {"quant_method": "gguf", "type": "Q4_0"}
     types = {plan.tensor.name: _ggml_type(plan).name for plan in plans if plan.quantized}

@@ -85,8 +85,9 @@ def budget_formats(scheme: WeightFormat, in_features: int, method: str) -> list[
     formats = []
     for kind in kinds:
         for group_size in BUDGET_GROUP_SIZES:
-            if scheme.pad or in_features % group_size == 0:
-                formats.append(WeightFormat("int4", group_size, kind.symmetric, kind.zero, scheme.pad))
+            if scheme.pad or in_features % group_size == 0:  # the layout kept: act-order's g_idx is in `gptq`'s
+                formats.append(WeightFormat("int4", group_size, kind.symmetric, kind.zero, scheme.pad,
+                                            layout=scheme.layout))
     return formats
 
 

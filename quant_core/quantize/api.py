@@ -129,6 +129,9 @@ def _check_weights(weights: NDArray[np.generic], name: str) -> NDArray[np.generi
 def _check_scheme(scheme: WeightFormat) -> None:
     if scheme.name != "int4":
         raise InvalidSpec("scheme", scheme.name, "quantize writes int4 group-wise formats")
+    if scheme.partial:  # the checkpoints' partial last group is counted by the planner, never written here
+        raise InvalidSpec("partial", scheme.partial, "quantize writes whole groups; pad=True pads a row the group "
+                          "size does not divide")
 
 
 def _raise_non_finite(weights: NDArray[np.generic], name: str) -> None:
@@ -171,6 +174,13 @@ class _ChunkReader:
         # shifting the bfloat16 bits into a uint32 view, which NumPy runs through a buffered cast)
         np.copyto(target, source, casting="unsafe")
         return out
+
+
+def _named(error: InvalidTensor, name: str) -> InvalidTensor:
+    """`error` with the tensor's `name` in front of its detail (unchanged without a name, or when it has one)."""
+    if not name or error.name:
+        return error
+    return InvalidTensor(f"tensor {name!r}: {error.detail}", field=error.field, name=name)
 
 
 def _chunk_rows(columns: int, elements: int = _CHUNK_ELEMENTS) -> int:
@@ -253,10 +263,13 @@ def quantize(weights: NDArray[np.generic], scheme: WeightFormat, method: str,
         from quant_core.quantize import gptq
 
         activations = validate_calibration(calibration, in_features) if calibration is not None else None
-        codes_all, scales_all, zeros_all, g_idx = gptq.gptq(
-            array, scheme, activations, act_order=method == "gptq-act-order",
-            reader=_ChunkReader(array, columns), min_zero=min_zero,
-        )
+        try:
+            codes_all, scales_all, zeros_all, g_idx = gptq.gptq(
+                array, scheme, activations, act_order=method == "gptq-act-order",
+                reader=_ChunkReader(array, columns), min_zero=min_zero,
+            )
+        except InvalidTensor as exc:
+            raise _named(exc, name) from None
         quantized = _assemble(array, scheme, method, pack_codes(codes_all), scales_all, zeros_all, g_idx)
         return _with_quality(quantized, _with_weighted(_measure(array, quantized, held_out, split), array,
                                                        quantized, importance, weights_by_column, False))
@@ -292,10 +305,14 @@ def quantize(weights: NDArray[np.generic], scheme: WeightFormat, method: str,
             if not (np.isfinite(w_min).all() and np.isfinite(w_max).all()):
                 failed.set()
                 _raise_non_finite(array, name)
-            parameters = group_method(grouped, w_min, w_max, scheme)
-            if scheme.zero == "int4":
-                parameters = zeros_at_least(parameters, w_min, w_max, min_zero)
-            parameters = within_fp16(parameters, w_min, w_max, scheme.zero != "fp16")
+            try:
+                parameters = group_method(grouped, w_min, w_max, scheme)
+                if scheme.zero == "int4":
+                    parameters = zeros_at_least(parameters, w_min, w_max, min_zero)
+                parameters = within_fp16(parameters, w_min, w_max, scheme.zero != "fp16")
+            except InvalidTensor as exc:  # a scale past fp16: the group math knows no tensor name
+                failed.set()
+                raise _named(exc, name) from None
             scales[start:stop] = parameters.scales
             zeros[start:stop] = parameters.zeros
             encoder.encode(start, chunk, w_min, w_max, parameters.scales, parameters.zeros, accumulators[index])

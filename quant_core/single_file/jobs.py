@@ -22,8 +22,8 @@ import ml_dtypes
 import numpy as np
 from numpy.typing import NDArray
 
-from quant_core.errors import CalibrationError, InvalidSpec, LimitExceeded, NibbleError
-from quant_core.formats import WeightFormat
+from quant_core.errors import CalibrationError, GroupSizeMismatch, InvalidSpec, LimitExceeded, NibbleError
+from quant_core.formats import Layout, WeightFormat
 from quant_core.globs import Glob, compile_glob
 from quant_core.quantize import QuantizedTensor, dequantize, quantize
 from quant_core.quantize.int8 import Int8Tensor, dequantize_int8
@@ -138,13 +138,15 @@ def passthrough_reason(name: str, array: NDArray[Any], include: Glob | None) -> 
 
 def _scheme(job: QuantizeJob, method: str, output: str = "report") -> WeightFormat:
     """The int4 scheme of `job` for `method`: HQQ keeps its float zero (stored fp16, as the HQQ format
-    does) unless int4 zeros are asked for or the output is an engine format that stores 4-bit zeros."""
+    does) unless int4 zeros are asked for or the output is an engine format that stores 4-bit zeros;
+    ``gptq-act-order`` takes the GPTQ layout, whose payload stores the g_idx it permutes the groups by."""
+    layout: Layout = "gptq" if method == "gptq-act-order" else "nibble"
     if job.symmetric:
-        return WeightFormat("int4", job.group_size, True, "none")
+        return WeightFormat("int4", job.group_size, True, "none", layout=layout)
     zero = job.zero
     if zero == "auto":
         zero = "fp16" if method == "hqq" and output in ("report", "nibble") else "int4"
-    return WeightFormat("int4", job.group_size, False, zero)
+    return WeightFormat("int4", job.group_size, False, zero, layout=layout)
 
 
 def _calibration_for(name: str, array: NDArray[Any], calibration: NDArray[Any] | None, method: str
@@ -198,8 +200,13 @@ def _run_method(name: str, array: NDArray[Any], scheme: WeightFormat, method: st
     """Quantize one tensor and its report entry; `min_zero` as `quantize` takes it."""
     activations, note = _calibration_for(name, array, calibration, method)
     started = time.perf_counter()
-    q = quantize(array, scheme, method, activations, name=name, threads=threads, min_zero=min_zero,
-                 importance=importance)
+    try:
+        q = quantize(array, scheme, method, activations, name=name, threads=threads, min_zero=min_zero,
+                     importance=importance)
+    except GroupSizeMismatch as exc:  # name the tensor of the upload, and the choices its form has (no padding)
+        raise GroupSizeMismatch(exc.in_features, exc.group_size, exc.field, tensor=name,
+                                hint="; choose a group size that divides it, or 'row' (a whole row per group)"
+                                ) from None
     seconds = time.perf_counter() - started
     output = payload_size(q)
     elements = int(array.shape[0]) * int(array.shape[1])
@@ -275,8 +282,11 @@ def quantize_file(job: QuantizeJob, output: OutputKind, output_path: Path | None
     `progress(done, total, name, seconds)` is called after each quantized
     tensor (the ``nibble quantize`` progress bar).
     """
-    tensors, include, calibration, importance = _inputs(job)
     method = job.methods[0]
+    if method == "gptq-act-order" and output in ("awq", "compressed-tensors", "gguf"):
+        raise InvalidSpec("method", method, f"permutes the groups by a g_idx, which output {output} cannot store "
+                          "(use output gptq or nibble, or method gptq)")
+    tensors, include, calibration, importance = _inputs(job)
     scheme = _scheme(job, method, output)
     report: dict[str, Any] = {"method": method, "format": scheme.label(), "tensors": [], "passthrough": []}
     quantized: dict[str, QuantizedTensor] = {}

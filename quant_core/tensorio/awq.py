@@ -26,9 +26,10 @@ to its own format and decompresses them (test_exports.py); both equal nibble's
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
+import ml_dtypes
 import numpy as np
 from numpy.typing import NDArray
 
@@ -48,6 +49,7 @@ from quant_core.tensorio._export_common import (
 from quant_core.tensorio.safetensors_io import write_safetensors
 
 AWQ_ORDER = (0, 2, 4, 6, 1, 3, 5, 7)
+_FLOATS = (np.dtype(np.float32), np.dtype(np.float16), np.dtype(ml_dtypes.bfloat16))
 
 
 def awq_tensors(name: str, q: QuantizedTensor) -> dict[str, NDArray[Any]]:
@@ -74,10 +76,13 @@ def awq_config(tensors: Mapping[str, QuantizedTensor]) -> dict[str, Any]:
     return awq_scheme_config(group_size)
 
 
-def awq_scheme_config(group_size: int | None) -> dict[str, Any]:
-    """`awq_config` from the group size alone (AWQ GEMM is always asymmetric, zeros stored)."""
+def awq_scheme_config(group_size: int | None, modules_to_not_convert: Sequence[str] = ()) -> dict[str, Any]:
+    """`awq_config` from the group size alone (AWQ GEMM is always asymmetric, zeros stored), and the modules
+    stored unquantized by their full names (null when none): transformers leaves a module whose name an entry
+    matches from its start (``should_convert_module``), vLLM one whose name holds an entry
+    (``is_layer_skipped_awq``)."""
     return {"quant_method": "awq", "bits": 4, "group_size": group_size, "zero_point": True,
-            "version": "gemm", "modules_to_not_convert": None}
+            "version": "gemm", "modules_to_not_convert": list(modules_to_not_convert) or None}
 
 
 def export_awq(
@@ -88,9 +93,13 @@ def export_awq(
 ) -> dict[str, Any]:
     """Write an AWQ GEMM safetensors checkpoint at `path`; returns its ``quantization_config`` dict.
 
-    `metadata` joins the file's ``__metadata__`` (a loader reads only its own keys).
+    `metadata` joins the file's ``__metadata__`` (a loader reads only its own keys).  The config's
+    ``modules_to_not_convert`` names the 2-D float ``.weight`` tensors of `passthrough` (stored unquantized).
     """
-    config = awq_config(tensors)
+    group_size, _ = single_scheme(tensors, "AWQ")
+    config = awq_scheme_config(group_size, [module_prefix(name) for name, array in (passthrough or {}).items()
+                                            if name.endswith(".weight") and np.ndim(array) == 2
+                                            and np.asarray(array).dtype in _FLOATS])
     stored: dict[str, NDArray[Any]] = {}
     for name, q in tensors.items():
         add_exported(stored, awq_tensors(name, q), name)

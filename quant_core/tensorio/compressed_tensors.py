@@ -18,6 +18,10 @@ nibble's codes and zeros unchanged.  Per tensor ``<prefix>.weight``:
 
 Strategy ``group`` with ``group_size`` g, or ``channel`` for a whole-row
 group.  Act-order (``g_idx``) and fp16 zeros are refused (`InvalidSpec`).
+
+The library's own ``compress`` writes these int32 words (tests/quant_core/tensorio/test_exports.py).
+Its ``decompress`` (0.20) cannot unpack the zero points of a tensor of 8 rows or fewer with several
+groups (one int32 row, viewed as bytes after a transpose): it raises, for its own files as for these.
 """
 
 from __future__ import annotations

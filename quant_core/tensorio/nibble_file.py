@@ -204,10 +204,14 @@ def _weight_format(raw: Any, name: str) -> WeightFormat:
         raise TensorFileError(f"format of quantized tensor {name!r} must be an object with keys among {known}"
                               + (f"; it has {extra}" if extra else ""))
     try:
-        return WeightFormat(**raw)
+        fmt = WeightFormat(**raw)
     except NibbleError as exc:
         field = "name" if isinstance(exc, UnknownName) else exc.field  # its own field is the API's "format"
         raise TensorFileError(f"format.{field} of quantized tensor {name!r}: {exc.detail}") from None
+    if fmt.partial:  # nibble's payload holds whole groups (quantize refuses partial ones; pad pads them)
+        raise TensorFileError(f"format.partial of quantized tensor {name!r}: nibble files hold whole groups "
+                              "(pad pads a row); a partial last group is not a payload nibble writes")
+    return fmt
 
 
 def _text(description: dict[str, Any], key: str, name: str) -> str:

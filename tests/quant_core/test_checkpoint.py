@@ -98,6 +98,35 @@ def test_result_carries_config_tokenizer_and_report(tmp_path: Path, checkpoint_d
     np.testing.assert_array_equal(stored["lm_head.weight"], llama_tensors()["lm_head.weight"])
 
 
+def test_an_awq_result_names_every_module_it_left_unquantized_in_modules_to_not_convert(
+        tmp_path: Path, checkpoint_dir: Path) -> None:
+    # group 256: every projection reading the 128-wide hidden state passes through (in_features 128), so only
+    # down_proj (in 256) is quantized.  modules_to_not_convert was null: transformers (replace_with_awq_linear)
+    # and vLLM made AWQ layers of the passed-through modules too, whose qweight the checkpoint does not hold.
+    checkpoint = open_checkpoint(checkpoint_dir)
+    options = CheckpointOptions(output="awq", group_size=256)
+    plans = plan_checkpoint(checkpoint, options)
+    quantize_checkpoint(checkpoint, plans, options, tmp_path / "out", tmp_path / "parts")
+    listed = json.loads((tmp_path / "out" / "config.json").read_text())["quantization_config"]["modules_to_not_convert"]
+    quantized = [p.tensor.name.removesuffix(".weight") for p in plans if p.quantized]
+    assert quantized == ["model.layers.0.mlp.down_proj", "model.layers.1.mlp.down_proj"]
+    assert listed == [p.tensor.name.removesuffix(".weight") for p in plans
+                      if not p.quantized and len(p.tensor.shape) == 2]  # the embedding and lm_head too, as published
+    assert "model.layers.1.self_attn.q_proj" in listed and len(listed) == 2 * 6 + 2
+    # vLLM skips a module when an entry is a substring of its name (awq.py, is_layer_skipped_awq): no quantized one
+    assert not [module for module in quantized if any(entry in module for entry in listed)]
+
+
+def test_an_awq_result_that_quantizes_every_linear_layer_keeps_modules_to_not_convert_for_the_rest(
+        tmp_path: Path, checkpoint_dir: Path) -> None:
+    checkpoint = open_checkpoint(checkpoint_dir)
+    options = CheckpointOptions(output="awq")
+    quantize_checkpoint(checkpoint, plan_checkpoint(checkpoint, options), options, tmp_path / "out",
+                        tmp_path / "parts")
+    config = json.loads((tmp_path / "out" / "config.json").read_text())["quantization_config"]
+    assert config["modules_to_not_convert"] == ["model.embed_tokens", "lm_head"]
+
+
 # --- hostile sources ----------------------------------------------------------------------------------------
 
 

@@ -13,6 +13,7 @@ import ml_dtypes
 import numpy as np
 import pytest
 
+from quant_core.errors import InvalidTensor
 from quant_core.formats import WeightFormat, int4
 from quant_core.quantize import dequantize, quantize
 
@@ -61,3 +62,23 @@ def test_groups_beyond_fp16_keep_their_scales() -> None:
     q = quantize(weights.astype(ml_dtypes.bfloat16), int4(32), "rtn")
     assert float(dequantize(q)[0, 0]) == pytest.approx(1.0e5, rel=0.01)
 
+
+
+@pytest.mark.parametrize(("method", "scheme", "message"), [
+    ("rtn", int4(64), "a group's scale 66666.7 exceeds the fp16 maximum 65504.0"),
+    ("rtn-sym", int4(32, symmetric=True), "a value 125000 to store as fp16 exceeds the fp16 maximum 65504.0"),
+    ("clip", int4(64), "a group's scale 66666.7 exceeds the fp16 maximum 65504.0"),
+    ("gptq", int4(64), "a group's scale 66666.7 exceeds the fp16 maximum 65504.0"),
+], ids=["rtn", "rtn-sym", "clip", "gptq"])
+def test_weights_no_fp16_scale_can_describe_are_refused_naming_the_tensor(method: str, scheme: WeightFormat,
+                                                                         message: str) -> None:
+    # a float32 weight of 1e6 needs a scale of 1e6 / 15 (or / 8): past fp16.  The refusal named no tensor, so a
+    # checkpoint job of hundreds of tensors, or an upload of several, failed without saying which one.
+    weights = np.zeros((8, 64), dtype=np.float32)
+    weights[5, 3] = 1.0e6
+    calibration = np.random.default_rng(8).standard_normal((64, 64)).astype(np.float32)
+    with pytest.raises(InvalidTensor) as raised:
+        quantize(weights, scheme, method, calibration if method == "gptq" else None,
+                 name="model.layers.3.mlp.down_proj.weight")
+    assert str(raised.value).startswith(f"tensor 'model.layers.3.mlp.down_proj.weight': {message}")
+    assert (raised.value.name, raised.value.field) == ("model.layers.3.mlp.down_proj.weight", "file")

@@ -77,6 +77,14 @@ def test_act_order_needs_the_gptq_layout_for_its_g_idx() -> None:
         quantize(_weights(), int4(128), "gptq-act-order", calibration)
 
 
+@pytest.mark.parametrize("in_features", [200, 256])
+def test_a_partial_last_group_is_refused_as_a_scheme_the_quantizer_does_not_write(in_features: int) -> None:
+    # partial=True is how GPTQ/AWQ checkpoints store a width the group size does not divide (the planner counts
+    # it); the quantizer writes whole groups (pad=True pads a row): a partial 200 raised ValueError from a reshape
+    with pytest.raises(InvalidSpec, match="partial"):
+        quantize(_weights(8, in_features), int4(128, partial=True), "rtn")
+
+
 def test_inverse_cholesky_upper_factors_the_damped_inverse() -> None:
     matrix = np.random.default_rng(4).standard_normal((300, 300)).astype(np.float32)
     hessian = matrix @ matrix.T

@@ -15,7 +15,7 @@ expression is evaluated in float32, where ``(w - z) × s`` is exact (a 5-bit int
 
 AWQ is decoded by compressed-tensors' port of AutoAWQ's ``unpack_awq`` / ``reverse_awq_order``
 (compressed_tensors/entrypoints/convert/converters/autoawq.py), a real installed library, in
-test_interop.py, so no transcription is needed for it.
+test_exports.py, so no transcription is needed for it.
 """
 
 from __future__ import annotations

@@ -15,6 +15,7 @@ import json
 from pathlib import Path
 
 import gguf
+import ml_dtypes
 import numpy as np
 import pytest
 import safetensors.torch
@@ -175,6 +176,30 @@ def test_compressed_tensors_decodes_nibbles_own_quantizer_output(tmp_path: Path)
     _assert_bit_equal(_ct_decompress(path, config, PREFIX, torch.float32), q)
 
 
+@pytest.mark.parametrize(("shape", "group_size", "symmetric"), [
+    ((1, 128), 32, False), ((8, 256), 64, False), ((7, 96), 32, True), ((13, 100), None, False), ((9, 64), 32, False),
+])
+def test_compressed_tensors_own_compressor_writes_the_bytes_of_nibbles_export(
+        tmp_path: Path, shape: tuple[int, int], group_size: int | None, symmetric: bool) -> None:
+    # The library packs nibble's weights, scales and signed zeros (z - 8) itself: it must write the same int32
+    # words.  Beyond decompress's reach too: with 8 rows or fewer and more than one group, the zero points are
+    # one int32 row, which compressed-tensors 0.20's own decompress cannot unpack (it views a transposed [G, 1]
+    # word tensor as bytes: "self.stride(-1) must be 1"), whether nibble or the library wrote the file.
+    from compressed_tensors.compressors.pack_quantized.base import PackedQuantizationCompressor
+    from compressed_tensors.quantization import QuantizationScheme
+
+    q = random_quantized(np.random.default_rng(3), *shape, group_size, symmetric)
+    config = export_compressed_tensors({NAME: q}, None, tmp_path / "ct.safetensors")
+    exported = safetensors.torch.load_file(tmp_path / "ct.safetensors")
+    state = {"weight": torch.from_numpy(dequantize(q)), "weight_scale": torch.from_numpy(q.scales.astype(np.float32))}
+    if q.zeros is not None:
+        state["weight_zero_point"] = torch.from_numpy(q.zeros.astype(np.int8) - np.int8(8))
+    compressed = PackedQuantizationCompressor.compress(state, QuantizationScheme(**config["config_groups"]["group_0"]))
+    assert sorted(compressed) == sorted(key.removeprefix(PREFIX + ".") for key in exported)
+    for part in ("weight_packed", "weight_shape", *(("weight_zero_point",) if q.zeros is not None else ())):
+        assert torch.equal(compressed[part], exported[f"{PREFIX}.{part}"]), part
+
+
 # ---------------------------------------------------------------- AWQ
 
 @pytest.mark.parametrize(("group_size", "symmetric"), [(128, False), (64, True), (32, False)])
@@ -201,6 +226,15 @@ def test_awq_export_decodes_with_autoawq_unpacking_to_nibbles_values(
     assert isinstance(scheme, QuantizationScheme)
 
 
+def test_awq_export_names_the_linear_weights_it_passes_through_in_modules_to_not_convert(tmp_path: Path) -> None:
+    # a 2-D float weight stored unquantized (here: left out by the include pattern) must not become an AWQ layer
+    # in the loaders (transformers' replace_with_awq_linear, vLLM): the config said null
+    passthrough = {"model.layers.0.mlp.down_proj.weight": np.ones((8, 64), ml_dtypes.bfloat16),
+                   "model.norm.weight": np.ones(64, np.float32), "model.layers.0.ids": np.ones((2, 2), np.int64)}
+    config = export_awq({NAME: quantized_gaussian(0, 8, 64, int4(32))}, passthrough, tmp_path / "a.safetensors")
+    assert config["modules_to_not_convert"] == ["model.layers.0.mlp.down_proj"]
+
+
 def test_awq_interleaves_nibbles_in_the_0_2_4_6_1_3_5_7_order(tmp_path: Path) -> None:
     codes = np.tile(np.arange(8, dtype=np.uint8)[:, None], (1, 32))  # output row o holds code o
     q = hand_built(codes, np.ones((8, 1), np.float16), np.zeros((8, 1), np.uint8), int4(32))
@@ -208,8 +242,11 @@ def test_awq_interleaves_nibbles_in_the_0_2_4_6_1_3_5_7_order(tmp_path: Path) ->
     assert read_safetensors(tmp_path / "a")[f"{PREFIX}.qweight"].view(np.uint32)[0, 0] == 0x75316420
 
 
-def test_awq_refuses_whole_row_groups_and_act_order(tmp_path: Path) -> None:
+def test_awq_refuses_whole_row_groups_act_order_and_rows_it_cannot_pack(tmp_path: Path) -> None:
     rng = np.random.default_rng(0)
+    # qweight packs 8 output rows per int32 (AWQ_ORDER interleave): 12 rows leave half a word
+    with pytest.raises(InvalidTensor, match="AWQ packs 8 codes per int32: out_features of tensor 'w' is 12"):
+        export_awq({"w": random_quantized(rng, 12, 64, 32, False)}, None, tmp_path / "a")
     with pytest.raises(InvalidSpec, match="needs a group size"):
         export_awq({"w": random_quantized(rng, 8, 64, None, False)}, None, tmp_path / "a")
     q = random_quantized(rng, 8, 64, 32, False)

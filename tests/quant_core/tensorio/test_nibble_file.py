@@ -125,9 +125,10 @@ def test_tampered_component_shapes_are_refused(tmp_path: Path) -> None:
         read_nibble_safetensors(tmp_path / "bad2")
 
 
-def _tampered(tmp_path: Path, change: Callable[[dict[str, Any]], None]) -> Path:
-    """A valid nibble file of one 4 x 64 tensor ``w`` whose description `change` edits in place."""
-    q = random_quantized(np.random.default_rng(0), 4, 64, 32, False)
+def _tampered(tmp_path: Path, change: Callable[[dict[str, Any]], None], group_size: int | None = 32) -> Path:
+    """A valid nibble file of one 4 x 64 tensor ``w`` (groups of `group_size`) whose description `change` edits
+    in place."""
+    q = random_quantized(np.random.default_rng(0), 4, 64, group_size, False)
     write_nibble_safetensors(tmp_path / "ok", {"w": q})
     file = read_safetensors(tmp_path / "ok")
     descriptions = json.loads(file.metadata["nibble.tensors"])
@@ -155,6 +156,20 @@ def test_a_format_field_of_the_wrong_type_or_outside_its_set_is_refused_naming_i
     with pytest.raises(TensorFileError) as raised:
         read_nibble_safetensors(path)
     assert str(raised.value).startswith(message)
+
+
+def test_a_partial_last_group_which_nibble_never_writes_is_refused_naming_it(tmp_path: Path) -> None:
+    # whole-row groups redescribed as groups of 128 with a partial last one: every stored tensor has the size
+    # the description implies (one group per row), so the file was read, then dequantize split 64 codes into
+    # groups of 128: a ValueError, a 500 on POST /v1/dequantize.  nibble writes whole groups (pad=True pads them).
+    def partial_group(description: dict[str, Any]) -> None:
+        description["format"].update(group_size=128, partial=True)
+
+    path = _tampered(tmp_path, partial_group, group_size=None)
+    with pytest.raises(TensorFileError) as raised:
+        read_nibble_safetensors(path)
+    assert str(raised.value).startswith("format.partial of quantized tensor 'w': ")
+    assert raised.value.field == "file"
 
 
 @pytest.mark.parametrize(("value", "message"), [

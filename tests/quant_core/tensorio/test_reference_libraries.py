@@ -73,10 +73,11 @@ def test_autoawq_dequantize_gemm_decodes_nibbles_awq_export_bit_for_bit(
 
 
 def _autogptq_weight(autogptq: ModuleType, path: Path, out_features: int, in_features: int,
-                     group_size: int) -> np.ndarray:
-    """The weight AutoGPTQ's layer computes from nibble's export: its output on the identity is Wᵀ (in fp16)."""
+                     group_size: int | None) -> np.ndarray:
+    """The weight AutoGPTQ's layer computes from nibble's export: its output on the identity is Wᵀ (in fp16).
+    A whole-row group is AutoGPTQ's group_size -1, as the export's quantize_config says."""
     loaded = safetensors.torch.load_file(path)
-    layer = autogptq.QuantLinear(4, group_size, in_features, out_features, bias=False)
+    layer = autogptq.QuantLinear(4, -1 if group_size is None else group_size, in_features, out_features, bias=False)
     for part in ("qweight", "qzeros", "scales", "g_idx"):
         getattr(layer, part).copy_(loaded[f"{PREFIX}.{part}"])
     with torch.no_grad():
@@ -84,10 +85,10 @@ def _autogptq_weight(autogptq: ModuleType, path: Path, out_features: int, in_fea
     return output.to(torch.float32).numpy().T  # type: ignore[no-any-return]
 
 
-@pytest.mark.parametrize(("group_size", "symmetric"), [(128, False), (32, False), (64, True)])
+@pytest.mark.parametrize(("group_size", "symmetric"), [(128, False), (32, False), (64, True), (None, False)])
 def test_autogptq_quantlinear_decodes_nibbles_gptq_export_bit_for_bit(
-        autogptq: ModuleType, tmp_path: Path, group_size: int, symmetric: bool) -> None:
-    q = random_quantized(np.random.default_rng(group_size), 32, 256, group_size, symmetric, zero_range=(1, 16))
+        autogptq: ModuleType, tmp_path: Path, group_size: int | None, symmetric: bool) -> None:
+    q = random_quantized(np.random.default_rng(group_size or 1), 32, 256, group_size, symmetric, zero_range=(1, 16))
     export_gptq({NAME: q}, None, tmp_path / "g.safetensors")
     weight = _autogptq_weight(autogptq, tmp_path / "g.safetensors", 32, 256, group_size)
     # the reference multiplies in fp16; (q − z) × s is exact in float32, so both round the same value
