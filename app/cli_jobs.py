@@ -12,12 +12,19 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import tempfile
 import time
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TextIO
 
+import httpx
+
 from app.client import NibbleClient
+from app.job_store import TERMINAL_STATES
 from app.schemas.jobs import JobCreate, JobSource, to_options
 from app.settings import get_settings
 from quant_core.checkpoint import (
@@ -32,7 +39,12 @@ from quant_core.tensorio import read_importance
 
 PROGRESS_WIDTH = 24
 MIB = 1 << 20
+GGUF_GROUP_SIZE = 32  # GGUF Q4_0: blocks of 32 weights, symmetric (gguf-py quants.py, Q4_0)
 JOB_OUTPUTS = ("compressed-tensors", "gptq", "awq", "gguf")
+#: how long ``watch`` keeps trying a server that stopped answering (a restart resumes the job), and the pause
+#: between tries
+RECONNECT_SECONDS = 120.0
+RECONNECT_PAUSE_SECONDS = 1.0
 
 
 class JobFailed(Exception):
@@ -43,14 +55,26 @@ def _group_size(value: str) -> int | None:
     return None if value == "row" else int(value)
 
 
+def group_size_option(text: str) -> str:
+    """``--group-size``: a whole number or ``row``, checked as the option is read (a usage error, exit 2); the
+    API says which numbers it takes."""
+    if text != "row" and not text.strip().isdigit():
+        raise argparse.ArgumentTypeError(f"{text!r} is not a group size: give 32, 64, 128, 256 or row")
+    return text
+
+
 def job_body(args: argparse.Namespace, path: str) -> dict[str, Any]:
     """The ``POST /v1/jobs`` body of the command-line options (validated by the API's own model)."""
     chosen: dict[str, Any] = {}
+    output = args.format or "compressed-tensors"
+    symmetric = args.symmetric
+    if output == "gguf":  # Q4_0 is group 32, symmetric: taken unless a group size is given (then refused if not 32)
+        chosen["group_size"], symmetric = GGUF_GROUP_SIZE, True
     if args.group_size is not None:  # unset: the API's default group size
         chosen["group_size"] = _group_size(args.group_size)
     request = JobCreate(
-        source=JobSource(path=path), method=args.method, output=args.format or "compressed-tensors",
-        symmetric=args.symmetric, include=args.include or None, exclude=args.exclude or None,
+        source=JobSource(path=path), method=args.method, output=output,
+        symmetric=symmetric, include=args.include or None, exclude=args.exclude or None,
         max_shard_bytes=args.max_shard_bytes, importance=args.importance or None,
         bits_per_weight=args.bits_per_weight, budget_bytes=args.budget_bytes, **chosen)
     return request.model_dump(mode="json", exclude_unset=True)
@@ -77,20 +101,34 @@ def allocation_line(allocation: dict[str, Any]) -> str:
             f"({allocation['bits_per_weight']:.3f} bits per weight): {mix}")
 
 
-def _client(args: argparse.Namespace) -> NibbleClient:
-    if not args.url:
-        raise JobFailed("jobs run on a server: pass --url (or set NIBBLE_URL)")
-    return NibbleClient(args.url, api_key=args.api_key)
+def watch(client: NibbleClient, job_id: str, err: TextIO,
+          reconnect_seconds: float = RECONNECT_SECONDS) -> dict[str, Any]:
+    """Follow a job's events to its end, one progress line per change; its last status.
 
-
-def watch(client: NibbleClient, job_id: str, err: TextIO) -> dict[str, Any]:
-    """Follow a job's events to its end, one progress line per change; its last status."""
-    last: dict[str, Any] = client.get_job(job_id)
-    for status in client.job_events(job_id):
-        last = status
-        err.write(progress_line(status) + "\n")
-        err.flush()
-    return last
+    A stream that drops (the server restarting resumes its jobs) is followed again once the server answers,
+    for up to `reconnect_seconds` without an answer; then the transport error is raised.  A stream that ends
+    before the job has is followed again too, so the status returned is always a finished one."""
+    lost_at: float | None = None
+    while True:
+        try:
+            last = client.get_job(job_id)
+            for status in client.job_events(job_id):
+                last, lost_at = status, None
+                err.write(progress_line(status) + "\n")
+                err.flush()
+            if last["state"] in TERMINAL_STATES:
+                return last
+        except httpx.TransportError as exc:
+            now = time.monotonic()
+            if lost_at is None:
+                lost_at = now
+                err.write(f"connection to the server lost ({exc or type(exc).__name__}); following job {job_id} "
+                          f"again once it answers (for up to {reconnect_seconds:.0f} s)\n")
+            elif now - lost_at > reconnect_seconds:
+                err.write(f"gave up watching job {job_id}; it may still run on the server "
+                          f"(nibble jobs watch {job_id})\n")
+                raise
+        time.sleep(RECONNECT_PAUSE_SECONDS)
 
 
 def _finish(status: dict[str, Any], args: argparse.Namespace, out: TextIO) -> int:
@@ -109,9 +147,27 @@ def _finish(status: dict[str, Any], args: argparse.Namespace, out: TextIO) -> in
     return 0
 
 
-def command_jobs(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
-    """``nibble jobs <action>``."""
-    with _client(args) as client:
+def _cancel(client: NibbleClient, args: argparse.Namespace, out: TextIO) -> int:
+    """Cancel a queued or running job; delete a finished one (the server's DELETE does either), saying which."""
+    before = client.get_job(args.id)["state"]
+    status = client.cancel_job(args.id)
+    if args.json:
+        out.write(json.dumps(status, indent=2) + "\n")
+    elif before in TERMINAL_STATES:
+        out.write(f"job {status['id']}: deleted, with its files (it had {before})\n")
+    elif status["state"] == "cancelled":
+        out.write(f"job {status['id']}: cancelled\n")
+    else:
+        out.write(f"job {status['id']}: cancelling (it stops after the tensors in flight)\n")
+    return 0
+
+
+def command_jobs(args: argparse.Namespace, out: TextIO, err: TextIO,
+                 connect: Callable[[argparse.Namespace], NibbleClient]) -> int:
+    """``nibble jobs <action>``, on the server `connect` opens a client of (``--url``, ``--api-key``)."""
+    if not args.url:
+        raise JobFailed("jobs run on a server: pass --url (or set NIBBLE_URL)")
+    with connect(args) as client:
         if args.action == "submit":
             status = client.submit_job(job_body(args, args.path))
             err.write(f"submitted job {status['id']} ({status['url']})\n")
@@ -128,9 +184,7 @@ def command_jobs(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         if args.action == "watch":
             return _finish(watch(client, args.id, err), args, out)
         if args.action == "cancel":
-            status = client.cancel_job(args.id)
-            out.write(f"job {status['id']}: {status['state']}\n")
-            return 0
+            return _cancel(client, args, out)
         return _finish(client.get_job(args.id), args, out)
 
 
@@ -154,8 +208,10 @@ def command_quantize_checkpoint(args: argparse.Namespace, out: TextIO, err: Text
         plans = attach_importance(plans, read_importance(Path(args.importance)))
         checkpoint = without_statistics(checkpoint, Path(args.importance))
     output = Path(args.output)
-    if output.exists() and any(output.iterdir()):
+    if output.is_dir() and any(output.iterdir()):
         raise JobFailed(f"{output} exists and is not empty; give a new directory")
+    if output.exists() and not output.is_dir():
+        raise JobFailed(f"{output} is a file, not a directory; give a new directory")
     started = time.perf_counter()
 
     def progress(done: int, total: int, entry: dict[str, Any]) -> None:
@@ -165,8 +221,9 @@ def command_quantize_checkpoint(args: argparse.Namespace, out: TextIO, err: Text
                       f"({time.perf_counter() - started:.1f} s in all)\n")
             err.flush()
 
-    with tempfile.TemporaryDirectory(prefix="nibble-parts-", dir=os.environ.get("NIBBLE_TEMP_DIR")) as parts:
-        report = quantize_checkpoint(checkpoint, plans, options, output, Path(parts), progress)
+    with (tempfile.TemporaryDirectory(prefix="nibble-parts-", dir=os.environ.get("NIBBLE_TEMP_DIR")) as parts,
+          staged_output(output) as staging):
+        report = quantize_checkpoint(checkpoint, plans, options, staging, Path(parts), progress)
     if args.json:
         out.write(json.dumps(report, indent=2) + "\n")
         return 0
@@ -177,6 +234,23 @@ def command_quantize_checkpoint(args: argparse.Namespace, out: TextIO, err: Text
     if report.get("allocation") is not None:
         out.write(allocation_line(report["allocation"]) + "\n")
     return 0
+
+
+@contextmanager
+def staged_output(output: Path) -> Iterator[Path]:
+    """A hidden path beside `output` to write the result to, renamed to `output` once the block ends without an
+    error (a directory replaces an empty one); otherwise removed.  An interrupted run (Ctrl-C, SIGTERM, a full
+    disk) leaves no half-written result under `output`'s name, and its parent's other files untouched."""
+    output.parent.mkdir(parents=True, exist_ok=True)
+    staging = output.parent / f".{output.name}.partial-{uuid.uuid4().hex[:12]}"
+    try:
+        yield staging
+        os.replace(staging, output)
+    finally:
+        if staging.is_dir():
+            shutil.rmtree(staging, ignore_errors=True)
+        else:
+            staging.unlink(missing_ok=True)
 
 
 def add_job_options(parser: argparse.ArgumentParser) -> None:
@@ -203,7 +277,8 @@ def add_jobs_parser(commands: Any, add_remote: Any) -> None:
     submit.add_argument("path", help="the checkpoint directory, relative to the server's NIBBLE_DATA_DIR")
     submit.add_argument("--method", default="rtn", choices=[m for m in METHODS if not m.startswith("gptq")])
     submit.add_argument("--format", default="compressed-tensors", choices=JOB_OUTPUTS)
-    submit.add_argument("--group-size", default="128", help="32, 64, 128, 256 or row (default 128)")
+    submit.add_argument("--group-size", type=group_size_option,
+                        help="32, 64, 128, 256 or row (default 128; 32 for --format gguf)")
     submit.add_argument("--symmetric", action="store_true")
     submit.add_argument("--include", action="append", help="glob of tensor names to quantize (repeatable)")
     submit.add_argument("--watch", action="store_true", help="follow the job with a progress bar to its end")

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
@@ -23,19 +23,25 @@ from typing import IO, Any, Literal, Self, TypeVar, overload
 from urllib.parse import urlsplit
 
 import httpx
-from pydantic import BaseModel, TypeAdapter
+from pydantic import BaseModel, TypeAdapter, ValidationError
 
+from app.schemas.jobs import JobList, JobStatus, JobSummary
 from app.schemas.models import DeviceOut, Health, InspectResponse, ModelDetail, ModelSummary
 from app.schemas.plans import PlanRequest, PlanResponse, SweepRequest, SweepResponse
 from app.schemas.quantize import CompareReport, QuantizeReport
 
 DEFAULT_TIMEOUT_SECONDS = 300.0  # a quantization of a large upload takes minutes
+#: a job's event stream silent this long is dead: the server sends an event at least every 15 s
+#: (app/routers/jobs.py, EVENT_INTERVAL_SECONDS)
+EVENTS_READ_TIMEOUT_SECONDS = 60.0
 REPORT_HEADER = "X-Nibble-Report"
 FileInput = str | os.PathLike[str] | bytes | IO[bytes]
 Body = BaseModel | Mapping[str, Any]
 ModelT = TypeVar("ModelT", bound=BaseModel)
 _MODEL_LIST = TypeAdapter(list[ModelSummary])
 _DEVICE_LIST = TypeAdapter(list[DeviceOut])
+_JSON_OBJECT = TypeAdapter(dict[str, Any])
+AnswerT = TypeVar("AnswerT")
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,6 +73,12 @@ class NibbleAPIError(Exception):
         value = self.headers.get("retry-after", "")
         return int(value) if value.isdigit() else None
 
+    @property
+    def is_problem(self) -> bool:
+        """Whether the answer was a problem document (nibble's own error), not another body: a proxy's HTML
+        page, uvicorn's plain-text 503 past its connection limit."""
+        return bool(self.problem)
+
     @classmethod
     def from_response(cls, response: httpx.Response) -> NibbleAPIError:
         """The error for a non-2xx `response` (a problem+json body, or any other body, e.g. a proxy's)."""
@@ -75,14 +87,46 @@ class NibbleAPIError(Exception):
             document = response.json()
         except (json.JSONDecodeError, UnicodeDecodeError):
             document = None
-        if not isinstance(document, dict) or "status" not in document:
+        if not isinstance(document, dict) or type(document.get("status")) is not int:
             return cls(response.status_code, response.reason_phrase or "HTTP error",
-                       response.text[:500], headers=headers)
+                       f"{_body_kind(response)}, not a problem document: {_excerpt(response)}", headers=headers)
         errors = [ProblemField(str(item.get("field", "")), str(item.get("message", "")))
                   for item in document.get("errors") or [] if isinstance(item, dict)]
-        return cls(int(document.get("status", response.status_code)), str(document.get("title", "")),
-                   str(document.get("detail", "")), str(document.get("type", "about:blank")), errors,
-                   document, headers)
+        return cls(document["status"], str(document.get("title", "")), str(document.get("detail", "")),
+                   str(document.get("type", "about:blank")), errors, document, headers)
+
+
+class NibbleResponseError(Exception):
+    """A success answer that is not what nibble answers there (an HTML page, JSON of another shape): the address
+    names some other server, or a proxy answers for it.  `status`, `content_type` and a one-line `excerpt`."""
+
+    def __init__(self, status: int, content_type: str, excerpt: str, reason: str) -> None:
+        super().__init__(f"the server answered {status} with {content_type}, not nibble's JSON ({reason})"
+                         + (f": {excerpt}" if excerpt else ""))
+        self.status = status
+        self.content_type = content_type
+        self.excerpt = excerpt
+        self.reason = reason
+
+    @classmethod
+    def from_response(cls, response: httpx.Response, error: Exception) -> NibbleResponseError:
+        """The error for a 2xx `response` whose body `error` (a JSON or validation error) could not parse."""
+        if isinstance(error, ValidationError) and all(item["type"] != "json_invalid" for item in error.errors()):
+            reason = f"JSON of another shape: {error.error_count()} field(s) not as nibble answers"
+        else:
+            reason = "not JSON"
+        return cls(response.status_code, _body_kind(response), _excerpt(response), reason)
+
+
+def _body_kind(response: httpx.Response) -> str:
+    content_type = response.headers.get("content-type", "").split(";")[0].strip()
+    return content_type or ("an empty body" if not response.content else "a body of no declared type")
+
+
+def _excerpt(response: httpx.Response, length: int = 200) -> str:
+    """The first `length` characters of the body on one line (an HTML page's whitespace collapsed)."""
+    text = " ".join(response.content[:4 * length].decode("utf-8", "replace").split())
+    return text[:length] + ("..." if len(text) > length else "")
 
 
 @dataclass(frozen=True, slots=True)
@@ -160,6 +204,41 @@ def _close_files(files: Mapping[str, tuple[str, Any, str]]) -> None:
             handle.close()
 
 
+def _parse(parse: Callable[[bytes], AnswerT], response: httpx.Response) -> AnswerT:
+    """`parse` of a success answer's body; `NibbleResponseError` when it is not what nibble answers there."""
+    try:
+        return parse(response.content)
+    except ValueError as exc:  # JSON, Unicode and pydantic's validation errors all are
+        raise NibbleResponseError.from_response(response, exc) from None
+
+
+def _job_status(content: bytes) -> dict[str, Any]:
+    """A job's status as the JSON object the server sent, once its shape is checked (`JobStatus`)."""
+    JobStatus.model_validate_json(content)
+    return _JSON_OBJECT.validate_json(content)
+
+
+def _job_list(content: bytes) -> list[dict[str, Any]]:
+    JobList.model_validate_json(content)
+    return _JSON_OBJECT.validate_json(content)["jobs"]  # type: ignore[no-any-return]
+
+
+def _event_status(response: httpx.Response, data: str) -> dict[str, Any]:
+    """An event's status: a job's summary fields at least (its ``report`` comes only with the last)."""
+    try:
+        JobSummary.model_validate_json(data)
+        return _JSON_OBJECT.validate_json(data)
+    except ValueError as exc:
+        raise NibbleResponseError(response.status_code, "text/event-stream", data[:200],
+                                  "an event that is not a job's status") from exc
+
+
+def _events_timeout(timeout: httpx.Timeout) -> httpx.Timeout:
+    """The client's timeouts, but reads of an event stream wait `EVENTS_READ_TIMEOUT_SECONDS`: four of the
+    server's 15 s heartbeats, however long the client's own read timeout."""
+    return httpx.Timeout(timeout.connect, read=EVENTS_READ_TIMEOUT_SECONDS, write=timeout.write, pool=timeout.pool)
+
+
 def _checked(response: httpx.Response) -> httpx.Response:
     if response.is_error:
         raise NibbleAPIError.from_response(response)
@@ -170,7 +249,7 @@ def _download(response: httpx.Response) -> Download:
     disposition = response.headers.get("content-disposition", "")
     filename = disposition.split('filename="', 1)[1].rstrip('"') if 'filename="' in disposition else "download"
     summary_text = response.headers.get(REPORT_HEADER)
-    summary = json.loads(summary_text) if summary_text else {}
+    summary = _parse(lambda _: _JSON_OBJECT.validate_json(summary_text), response) if summary_text else {}
     return Download(response.content, filename, summary)
 
 
@@ -235,7 +314,7 @@ class NibbleClient:
 
     def health(self) -> Health:
         """``GET /healthz``: ``Health(status="ok")`` when the server is up."""
-        return Health.model_validate(self._get("/healthz").json())
+        return _parse(Health.model_validate_json, self._get("/healthz"))
 
     def _post_plan(self, path: str, body: Body, checkpoint: CheckpointFiles | None,
                    index: bytes | None) -> httpx.Response:
@@ -247,32 +326,32 @@ class NibbleClient:
              index: bytes | None = None) -> PlanResponse:
         """``POST /v1/plan``: will the model fit, per device, 16-bit beside INT4.  With `checkpoint` (file name
         -> header bytes) and its `index`, the checkpoint's own tensors, sent as the multipart form."""
-        return PlanResponse.model_validate_json(self._post_plan("/v1/plan", body, checkpoint, index).content)
+        return _parse(PlanResponse.model_validate_json, self._post_plan("/v1/plan", body, checkpoint, index))
 
     def sweep(self, body: SweepRequest | Mapping[str, Any], *, checkpoint: CheckpointFiles | None = None,
               index: bytes | None = None) -> SweepResponse:
         """``POST /v1/plan/sweep``: one row per combination of the swept values (`checkpoint` as for `plan`)."""
-        return SweepResponse.model_validate_json(self._post_plan("/v1/plan/sweep", body, checkpoint, index).content)
+        return _parse(SweepResponse.model_validate_json, self._post_plan("/v1/plan/sweep", body, checkpoint, index))
 
     def inspect(self, model: Body) -> InspectResponse:
         """``POST /v1/models/inspect``: ``{"preset": id}``, ``{"hf_config": {...}}`` or ``{"spec": {...}}``."""
-        return InspectResponse.model_validate_json(self._post_json("/v1/models/inspect", model).content)
+        return _parse(InspectResponse.model_validate_json, self._post_json("/v1/models/inspect", model))
 
     def list_models(self) -> list[ModelSummary]:
         """``GET /v1/models``: every preset."""
-        return _MODEL_LIST.validate_json(self._get("/v1/models").content)
+        return _parse(_MODEL_LIST.validate_json, self._get("/v1/models"))
 
     def get_model(self, model_id: str) -> ModelDetail:
         """``GET /v1/models/{id}``."""
-        return ModelDetail.model_validate_json(self._get(f"/v1/models/{model_id}").content)
+        return _parse(ModelDetail.model_validate_json, self._get(f"/v1/models/{model_id}"))
 
     def list_devices(self) -> list[DeviceOut]:
         """``GET /v1/devices``: every catalogued accelerator."""
-        return _DEVICE_LIST.validate_json(self._get("/v1/devices").content)
+        return _parse(_DEVICE_LIST.validate_json, self._get("/v1/devices"))
 
     def get_device(self, device_id: str) -> DeviceOut:
         """``GET /v1/devices/{id}``."""
-        return DeviceOut.model_validate_json(self._get(f"/v1/devices/{device_id}").content)
+        return _parse(DeviceOut.model_validate_json, self._get(f"/v1/devices/{device_id}"))
 
     @overload
     def quantize(self, file: FileInput, *, filename: str | None = ..., method: str = ...,
@@ -291,7 +370,7 @@ class NibbleClient:
         response = self._post_upload("/v1/quantize", file, filename, calibration,
                                      _quantize_fields(method, group_size, symmetric, output, include))
         if output == "report":
-            return QuantizeReport.model_validate_json(response.content)
+            return _parse(QuantizeReport.model_validate_json, response)
         return _download(response)
 
     def compare(self, file: FileInput, methods: Sequence[str] = ("rtn", "clip"), *, filename: str | None = None,
@@ -300,7 +379,7 @@ class NibbleClient:
         """``POST /v1/quantize/compare``: each method's sizes and quality figures, per tensor."""
         response = self._post_upload("/v1/quantize/compare", file, filename, calibration,
                                      _compare_fields(methods, group_size, symmetric, include))
-        return CompareReport.model_validate_json(response.content)
+        return _parse(CompareReport.model_validate_json, response)
 
     def dequantize(self, file: FileInput, dtype: str = "float32", *, filename: str | None = None) -> Download:
         """``POST /v1/dequantize``: a nibble ``.safetensors`` back to `dtype` floats."""
@@ -310,29 +389,37 @@ class NibbleClient:
 
     def submit_job(self, body: Mapping[str, Any]) -> dict[str, Any]:
         """``POST /v1/jobs``: the queued job's status (``id``, ``url``, ``state``, ``progress``...)."""
-        return self._post_json("/v1/jobs", body).json()  # type: ignore[no-any-return]
+        return _parse(_job_status, self._post_json("/v1/jobs", body))
 
     def get_job(self, job_id: str) -> dict[str, Any]:
         """``GET /v1/jobs/{id}``."""
-        return self._get(f"/v1/jobs/{job_id}").json()  # type: ignore[no-any-return]
+        return _parse(_job_status, self._get(f"/v1/jobs/{job_id}"))
 
     def list_jobs(self) -> list[dict[str, Any]]:
         """``GET /v1/jobs``, newest first."""
-        return self._get("/v1/jobs").json()["jobs"]  # type: ignore[no-any-return]
+        return _parse(_job_list, self._get("/v1/jobs"))
 
     def cancel_job(self, job_id: str) -> dict[str, Any]:
         """``DELETE /v1/jobs/{id}``: cancel a queued or running job; delete a finished one (its files and record)."""
-        return _checked(self._http.delete(f"/v1/jobs/{job_id}")).json()  # type: ignore[no-any-return]
+        return _parse(_job_status, _checked(self._http.delete(f"/v1/jobs/{job_id}")))
 
     def job_events(self, job_id: str) -> Iterator[dict[str, Any]]:
-        """``GET /v1/jobs/{id}/events``: each status the server sends, until the job is finished."""
-        with self._http.stream("GET", f"/v1/jobs/{job_id}/events", timeout=None) as response:
+        """``GET /v1/jobs/{id}/events``: each status the server sends, until the job is finished.
+
+        The server sends an event at least every 15 s while a job runs; a stream silent for
+        `EVENTS_READ_TIMEOUT_SECONDS` raises `httpx.ReadTimeout`, and a dropped one `httpx.TransportError`
+        (``nibble jobs watch`` reconnects)."""
+        with self._http.stream("GET", f"/v1/jobs/{job_id}/events", timeout=_events_timeout(self._http.timeout)) \
+                as response:
             if response.status_code >= 400:
                 response.read()
                 _checked(response)
+            if not response.headers.get("content-type", "").startswith("text/event-stream"):
+                response.read()
+                raise NibbleResponseError.from_response(response, ValueError("not an event stream"))
             for line in response.iter_lines():
                 if line.startswith("data: "):
-                    yield json.loads(line.removeprefix("data: "))
+                    yield _event_status(response, line.removeprefix("data: "))
 
     def download_job_file(self, url: str, path: str | os.PathLike[str]) -> Path:
         """Stream one result file (its ``url`` from the job's ``result.files``) to `path`."""
@@ -382,7 +469,7 @@ class AsyncNibbleClient:
 
     async def health(self) -> Health:
         """``GET /healthz``: ``Health(status="ok")`` when the server is up."""
-        return Health.model_validate((await self._get("/healthz")).json())
+        return _parse(Health.model_validate_json, await self._get("/healthz"))
 
     async def _post_plan(self, path: str, body: Body, checkpoint: CheckpointFiles | None,
                          index: bytes | None) -> httpx.Response:
@@ -393,33 +480,33 @@ class AsyncNibbleClient:
     async def plan(self, body: PlanRequest | Mapping[str, Any], *, checkpoint: CheckpointFiles | None = None,
                    index: bytes | None = None) -> PlanResponse:
         """``POST /v1/plan`` (`checkpoint`: see `NibbleClient.plan`)."""
-        return PlanResponse.model_validate_json((await self._post_plan("/v1/plan", body, checkpoint, index)).content)
+        return _parse(PlanResponse.model_validate_json, await self._post_plan("/v1/plan", body, checkpoint, index))
 
     async def sweep(self, body: SweepRequest | Mapping[str, Any], *, checkpoint: CheckpointFiles | None = None,
                     index: bytes | None = None) -> SweepResponse:
         """``POST /v1/plan/sweep`` (`checkpoint`: see `NibbleClient.plan`)."""
         answer = await self._post_plan("/v1/plan/sweep", body, checkpoint, index)
-        return SweepResponse.model_validate_json(answer.content)
+        return _parse(SweepResponse.model_validate_json, answer)
 
     async def inspect(self, model: Body) -> InspectResponse:
         """``POST /v1/models/inspect``."""
-        return InspectResponse.model_validate_json((await self._post_json("/v1/models/inspect", model)).content)
+        return _parse(InspectResponse.model_validate_json, await self._post_json("/v1/models/inspect", model))
 
     async def list_models(self) -> list[ModelSummary]:
         """``GET /v1/models``."""
-        return _MODEL_LIST.validate_json((await self._get("/v1/models")).content)
+        return _parse(_MODEL_LIST.validate_json, await self._get("/v1/models"))
 
     async def get_model(self, model_id: str) -> ModelDetail:
         """``GET /v1/models/{id}``."""
-        return ModelDetail.model_validate_json((await self._get(f"/v1/models/{model_id}")).content)
+        return _parse(ModelDetail.model_validate_json, await self._get(f"/v1/models/{model_id}"))
 
     async def list_devices(self) -> list[DeviceOut]:
         """``GET /v1/devices``."""
-        return _DEVICE_LIST.validate_json((await self._get("/v1/devices")).content)
+        return _parse(_DEVICE_LIST.validate_json, await self._get("/v1/devices"))
 
     async def get_device(self, device_id: str) -> DeviceOut:
         """``GET /v1/devices/{id}``."""
-        return DeviceOut.model_validate_json((await self._get(f"/v1/devices/{device_id}")).content)
+        return _parse(DeviceOut.model_validate_json, await self._get(f"/v1/devices/{device_id}"))
 
     @overload
     async def quantize(self, file: FileInput, *, filename: str | None = ..., method: str = ...,
@@ -440,7 +527,7 @@ class AsyncNibbleClient:
         response = await self._post_upload("/v1/quantize", file, filename, calibration,
                                            _quantize_fields(method, group_size, symmetric, output, include))
         if output == "report":
-            return QuantizeReport.model_validate_json(response.content)
+            return _parse(QuantizeReport.model_validate_json, response)
         return _download(response)
 
     async def compare(self, file: FileInput, methods: Sequence[str] = ("rtn", "clip"), *,
@@ -449,7 +536,7 @@ class AsyncNibbleClient:
         """``POST /v1/quantize/compare``."""
         response = await self._post_upload("/v1/quantize/compare", file, filename, calibration,
                                            _compare_fields(methods, group_size, symmetric, include))
-        return CompareReport.model_validate_json(response.content)
+        return _parse(CompareReport.model_validate_json, response)
 
     async def dequantize(self, file: FileInput, dtype: str = "float32", *, filename: str | None = None) -> Download:
         """``POST /v1/dequantize``."""

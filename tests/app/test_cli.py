@@ -8,6 +8,7 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import numpy as np
@@ -16,6 +17,7 @@ from safetensors.numpy import load_file, save_file
 
 from app.cli import run
 from tests.e2e.conftest import REPO_ROOT, start_server
+from tests.threaded_server import uvicorn_in_thread
 
 PLAN_ARGS = ["plan", "--model", "llama-3.1-70b", "--device", "h100-80gb", "--count", "2", "--context", "32768",
              "--sequences", "8"]
@@ -448,3 +450,86 @@ def test_quantize_locally_under_a_budget_with_importance_statistics(checkpoint: 
     status, _, err = nibble("quantize", str(checkpoint), "-o", str(output), "--bits-per-weight", "4.4",
                             "--url", server)
     assert status == 1 and "locally" in err
+
+
+# --- what answers at --url is not always nibble: one line each, and an exit status a CI script can act on --------
+
+
+def fixed_answer(status: int, content_type: str, body: bytes, headers: dict[str, str] | None = None) -> Any:
+    """An ASGI app answering every request with the same status, type and body (a proxy, another service)."""
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return
+        while (await receive()).get("more_body"):
+            pass
+        fields = [(b"content-type", content_type.encode())] if content_type else []
+        fields += [(name.encode(), value.encode()) for name, value in (headers or {}).items()]
+        await send({"type": "http.response.start", "status": status, "headers": fields})
+        await send({"type": "http.response.body", "body": body})
+    return app
+
+
+NGINX_502 = (b"<html>\r\n<head><title>502 Bad Gateway</title></head>\r\n<body>\r\n<center><h1>502 Bad Gateway</h1>"
+             b"</center>\r\n<hr><center>nginx</center>\r\n</body>\r\n</html>\r\n")
+NOT_NIBBLE = [
+    pytest.param(200, "text/html", b"<html>\n<body>\n<h1>Sign in to the guest Wi-Fi</h1>\n</body>\n</html>",
+                 "answered 200 with text/html, not nibble's JSON (not JSON): <html> <body> <h1>Sign in", id="html"),
+    pytest.param(200, "application/json", b'{"hello": "world"}',
+                 "answered 200 with application/json, not nibble's JSON (JSON of another shape", id="other-json"),
+    pytest.param(502, "text/html", NGINX_502,
+                 "502 Bad Gateway: text/html, not a problem document: <html> <head><title>502 Bad Gateway", id="proxy"),
+]
+
+
+@pytest.mark.parametrize(("status", "content_type", "body", "said"), NOT_NIBBLE)
+@pytest.mark.parametrize("argv", [["presets"], ["plan", "--model", "llama-3.1-8b", "--device", "h100-80gb"],
+                                  ["jobs", "status", "0123"], ["jobs", "watch", "0123"], ["jobs", "list"]],
+                         ids=lambda argv: "-".join(argv[:2]))
+def test_an_answer_that_is_not_nibbles_is_one_line_and_exit_status_4(argv: list[str], status: int,
+                                                                      content_type: str, body: bytes,
+                                                                      said: str) -> None:
+    with uvicorn_in_thread(fixed_answer(status, content_type, body)) as port:
+        result = nibble_process(*argv, "--url", f"http://127.0.0.1:{port}")
+    assert result.returncode == 4, result.stderr
+    assert "Traceback" not in result.stderr and result.stderr.count("\n") == 1
+    assert result.stderr.startswith(f"error: no nibble answer at http://127.0.0.1:{port}: ")
+    assert said in result.stderr
+    assert "Invalid request (422)" not in result.stderr  # the server's answer is not the user's request
+
+
+BUSY = [
+    pytest.param(503, "application/problem+json",
+                 b'{"type":"urn:nibble:problem:pool-full","title":"Service unavailable","status":503,'
+                 b'"detail":"the pool is full","errors":[]}', {"Retry-After": "7"},
+                 "is busy: Service unavailable (503): the pool is full; retry after 7 s\n", id="pool-full"),
+    pytest.param(503, "text/plain; charset=utf-8", b"Service Unavailable", {},
+                 "is busy: Service Unavailable (503): text/plain, not a problem document: Service Unavailable; "
+                 "retry later\n", id="uvicorn-limit-concurrency"),
+]
+
+
+@pytest.mark.parametrize(("status", "content_type", "body", "headers", "said"), BUSY)
+@pytest.mark.parametrize("argv", [["devices"], ["jobs", "submit", "llama"]], ids=lambda argv: "-".join(argv[:2]))
+def test_a_busy_server_is_one_line_with_its_retry_after_and_exit_status_5(argv: list[str], status: int,
+                                                                          content_type: str, body: bytes,
+                                                                          headers: dict[str, str], said: str) -> None:
+    with uvicorn_in_thread(fixed_answer(status, content_type, body, headers)) as port:
+        result = nibble_process(*argv, "--url", f"http://127.0.0.1:{port}")
+    assert result.returncode == 5, result.stderr
+    assert result.stderr == f"error: the server at http://127.0.0.1:{port} {said}"
+
+
+@pytest.mark.parametrize("argv", [
+    ["jobs", "status", "0123", "--url", "localhost:8000"],
+    ["jobs", "list", "--url", "ftp://example.org"],
+    ["jobs", "submit", "llama", "--group-size", "abc", "--url", "http://127.0.0.1:9"],
+    ["plan", "--model", "llama-3.1-8b", "--device", "h100-80gb", "--group-size", "abc"],
+    ["quantize", "ckpt", "-o", "out", "--group-size", "12x"],
+], ids=["jobs-url-without-scheme", "jobs-url-ftp", "jobs-group-size", "plan-group-size", "quantize-group-size"])
+def test_a_bad_url_or_group_size_is_a_usage_error_in_every_command(argv: list[str]) -> None:
+    result = nibble_process(*argv)
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr and "unexpected" not in result.stderr
+    assert result.stderr.count("\n") == 1
+    assert ("is not an http:// or https:// address" in result.stderr
+            or "is not a group size: give 32, 64, 128, 256 or row" in result.stderr)

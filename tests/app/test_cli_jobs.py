@@ -4,12 +4,19 @@ from __future__ import annotations
 
 import io
 import json
+import os
+import signal
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
+import numpy as np
 import pytest
 
 from app.cli import run
+from app.client import NibbleClient
 from quant_core.checkpoint import (
     CheckpointOptions,
     attach_importance,
@@ -20,7 +27,7 @@ from quant_core.checkpoint import (
 from quant_core.tensorio import write_safetensors
 from tests.app.test_jobs_budget import STATISTICS, importance_vectors
 from tests.checkpoints import tree_bytes, write_llama_checkpoint
-from tests.e2e.conftest import start_server
+from tests.e2e.conftest import REPO_ROOT, start_server
 
 
 def nibble(*argv: str) -> tuple[int, str, str]:
@@ -33,6 +40,10 @@ def nibble(*argv: str) -> tuple[int, str, str]:
 def data_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("data")
     write_llama_checkpoint(root / "llama", shards=2)
+    rng = np.random.default_rng(5)  # 16 tensors of 8 MiB: seconds of hqq, to interrupt or cancel mid-way
+    write_llama_checkpoint(root / "slow", shards=2, tensors={
+        f"model.layers.{i}.mlp.up_proj.weight": rng.standard_normal((1024, 2048), dtype=np.float32)
+        for i in range(16)})
     (root / STATISTICS).parent.mkdir()
     write_safetensors(root / STATISTICS, importance_vectors())
     return root
@@ -116,3 +127,76 @@ def test_jobs_submit_sends_the_importance_path_and_the_budget(server: str) -> No
     status, _, err = nibble("jobs", "submit", "llama", "--format", "gptq", "--bits-per-weight", "4.5",
                             "--url", server)
     assert status == 1 and "(422)" in err and "output" in err
+
+
+# --- as a CI script meets them: exit statuses, what cancel did, interrupted runs, the server's bytes -------------
+
+
+def nibble_process(*argv: str, **options: Any) -> subprocess.Popen[str]:
+    """The console entry point in a child process (signals and exit statuses are the process's)."""
+    return subprocess.Popen([sys.executable, "-m", "app.cli", *argv], cwd=REPO_ROOT, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, **options)
+
+
+def test_cancel_says_whether_it_cancelled_or_deleted_and_a_cancelled_job_exits_1(server: str) -> None:
+    status, out, err = nibble("jobs", "submit", "slow", "--method", "hqq", "--url", server)
+    assert status == 0, err
+    job_id = out.split()[1].rstrip(":")
+    status, out, _ = nibble("jobs", "cancel", job_id, "--url", server)
+    assert status == 0
+    assert out in (f"job {job_id}: cancelled\n", f"job {job_id}: cancelling (it stops after the tensors in flight)\n")
+    status, out, err = nibble("jobs", "watch", job_id, "--url", server)
+    assert (status, out, err.splitlines()[-1]) == (1, f"job {job_id}: cancelled\n", f"error: job {job_id} cancelled")
+    status, out, _ = nibble("jobs", "status", job_id, "--json", "--url", server)
+    assert status == 1 and json.loads(out)["state"] == "cancelled"
+    status, out, _ = nibble("jobs", "cancel", job_id, "--json", "--url", server)
+    assert status == 0 and json.loads(out)["state"] == "cancelled"  # the JSON of DELETE: its last status
+    status, _, err = nibble("jobs", "status", job_id, "--url", server)
+    assert status == 1 and "(404)" in err
+    status, out, err = nibble("jobs", "submit", "llama", "--watch", "--url", server)
+    job_id = out.split()[1].rstrip(":")
+    status, out, _ = nibble("jobs", "cancel", job_id, "--url", server)
+    assert (status, out) == (0, f"job {job_id}: deleted, with its files (it had succeeded)\n")
+
+
+@pytest.mark.parametrize(("name", "exit_status", "said"), [("SIGINT", 130, "interrupted\n"),
+                                                            ("SIGTERM", 143, "terminated\n")])
+def test_an_interrupted_local_quantize_leaves_no_output_and_no_temporary_files(data_root: Path, tmp_path: Path,
+                                                                               name: str, exit_status: int,
+                                                                               said: str) -> None:
+    (tmp_path / "temp").mkdir()
+    process = nibble_process("quantize", str(data_root / "slow"), "-o", str(tmp_path / "out"), "--method", "hqq",
+                             env={**os.environ, "NIBBLE_TEMP_DIR": str(tmp_path / "temp")})
+    assert process.stderr is not None
+    first = process.stderr.readline()
+    assert first.startswith("[#") and "1/16" in first, first + process.stderr.read()
+    process.send_signal(getattr(signal, name))
+    _, err = process.communicate(timeout=120)
+    assert process.returncode == exit_status and err.endswith(said) and "Traceback" not in err
+    assert [path.name for path in tmp_path.iterdir()] == ["temp"]  # no OUTDIR, no .out.partial-* beside it
+    assert list((tmp_path / "temp").iterdir()) == []  # the tensors' parts are removed
+
+
+def test_quantize_refuses_an_output_that_is_a_file_before_any_work(data_root: Path, tmp_path: Path) -> None:
+    (tmp_path / "taken").write_text("a file")
+    status, _, err = nibble("quantize", str(data_root / "llama"), "-o", str(tmp_path / "taken"))
+    assert (status, err) == (1, f"error: {tmp_path / 'taken'} is a file, not a directory; give a new directory\n")
+    assert (tmp_path / "taken").read_text() == "a file"
+
+
+def test_gguf_takes_q4_0s_scheme_locally_and_as_a_job_and_both_write_the_same_bytes(data_root: Path, server: str,
+                                                                                   tmp_path: Path) -> None:
+    status, out, err = nibble("quantize", str(data_root / "llama"), "-o", str(tmp_path / "local"), "--format",
+                              "gguf", "--quiet")
+    assert status == 0, err
+    status, out, err = nibble("jobs", "submit", "llama", "--format", "gguf", "--watch", "--json", "--url", server)
+    assert status == 0, err
+    answer = json.loads(out)
+    assert (answer["request"]["group_size"], answer["request"]["symmetric"]) == (32, True)
+    (tmp_path / "job").mkdir()
+    with NibbleClient(server) as client:
+        for file in answer["result"]["files"]:
+            client.download_job_file(file["url"], tmp_path / "job" / file["name"])
+    assert tree_bytes(tmp_path / "job") == tree_bytes(tmp_path / "local")
+    status, _, err = nibble("jobs", "submit", "llama", "--format", "gguf", "--group-size", "128", "--url", server)
+    assert status == 1 and "GGUF Q4_0 holds int4 group-32 symmetric tensors" in err

@@ -5,16 +5,22 @@ from __future__ import annotations
 import asyncio
 import io
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
+import httpx
 import numpy as np
 import pytest
 from safetensors.numpy import load
 
-from app.client import AsyncNibbleClient, Download, NibbleAPIError, NibbleClient
+import app.client
+from app.client import AsyncNibbleClient, Download, NibbleAPIError, NibbleClient, NibbleResponseError
 from app.schemas.models import Health
 from app.schemas.plans import PlanResponse
+from tests.app.test_cli import NGINX_502, fixed_answer
 from tests.e2e.conftest import start_server
+from tests.threaded_server import uvicorn_in_thread
 
 PLAN_BODY = {"model": {"preset": "llama-3.1-70b"}, "hardware": {"device": "h100-80gb", "count": 2},
              "workload": {"context_length": 32768, "concurrent_sequences": 8}}
@@ -161,3 +167,59 @@ def test_both_clients_plan_and_sweep_a_checkpoint_from_its_headers_as_files(serv
             return answer.weights.bytes, rows[0].weights_bytes
 
     assert asyncio.run(run()) == (planned, planned)
+
+
+# --- answers that are not nibble's: an exception that says so, never a pydantic or JSON error ---------------------
+
+
+@contextmanager
+def client_of(app: Any, **config: Any) -> Iterator[NibbleClient]:
+    """A client of `app` served by a real uvicorn."""
+    with uvicorn_in_thread(app, **config) as port, NibbleClient(f"http://127.0.0.1:{port}") as client:
+        yield client
+
+
+def test_a_success_answer_that_is_not_nibbles_raises_a_response_error_with_a_one_line_excerpt() -> None:
+    page = b"<html>\n<body>\n  <h1>Sign in to the guest Wi-Fi</h1>\n</body>\n</html>"
+    with client_of(fixed_answer(200, "text/html; charset=utf-8", page)) as client, \
+            pytest.raises(NibbleResponseError) as html:
+        client.list_devices()
+
+    async def health(port: int) -> None:
+        async with AsyncNibbleClient(f"http://127.0.0.1:{port}") as client:
+            await client.health()
+
+    with uvicorn_in_thread(fixed_answer(200, "text/html", page)) as port, \
+            pytest.raises(NibbleResponseError) as async_html:
+        asyncio.run(health(port))
+    with client_of(fixed_answer(200, "application/json", b'{"state": "running"}')) as client, \
+            pytest.raises(NibbleResponseError) as shape:
+        client.get_job("0123")
+    assert (html.value.status, html.value.content_type, html.value.reason) == (200, "text/html", "not JSON")
+    assert html.value.excerpt == "<html> <body> <h1>Sign in to the guest Wi-Fi</h1> </body> </html>"
+    assert async_html.value.excerpt == html.value.excerpt
+    assert shape.value.reason.startswith("JSON of another shape: ") and shape.value.excerpt == '{"state": "running"}'
+
+
+def test_an_error_answer_that_is_no_problem_document_keeps_its_status_on_one_line() -> None:
+    with client_of(fixed_answer(502, "text/html", NGINX_502)) as client, pytest.raises(NibbleAPIError) as proxy:
+        client.plan(PLAN_BODY)
+    with client_of(fixed_answer(503, "text/plain", b"Service Unavailable", {"Retry-After": "3"})) as client, \
+            pytest.raises(NibbleAPIError) as busy:
+        client.submit_job({"source": {"path": "llama"}})
+    assert (proxy.value.status, proxy.value.title, proxy.value.is_problem) == (502, "Bad Gateway", False)
+    assert "\n" not in proxy.value.detail and proxy.value.detail.startswith("text/html, not a problem document: ")
+    assert (busy.value.status, busy.value.retry_after_seconds, busy.value.is_problem) == (503, 3, False)
+
+
+def test_a_silent_event_stream_times_out_instead_of_hanging(monkeypatch: pytest.MonkeyPatch) -> None:
+    async def silent(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] == "http":
+            await send({"type": "http.response.start", "status": 200,
+                        "headers": [(b"content-type", b"text/event-stream")]})
+            await send({"type": "http.response.body", "body": b"", "more_body": True})
+            await asyncio.sleep(30)  # a connection gone dead on the way: no heartbeat, no end
+
+    monkeypatch.setattr(app.client, "EVENTS_READ_TIMEOUT_SECONDS", 0.5)
+    with client_of(silent, timeout_graceful_shutdown=1) as client, pytest.raises(httpx.ReadTimeout):
+        list(client.job_events("0123"))
