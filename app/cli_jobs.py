@@ -106,12 +106,15 @@ def watch(client: NibbleClient, job_id: str, err: TextIO,
     """Follow a job's events to its end, one progress line per change; its last status.
 
     A stream that drops (the server restarting resumes its jobs) is followed again once the server answers,
-    for up to `reconnect_seconds` without an answer; then the transport error is raised.  A stream that ends
-    before the job has is followed again too, so the status returned is always a finished one."""
+    for up to `reconnect_seconds` without an answer; then the transport error is raised, as it is at once by a
+    server never reached (a wrong ``--url``).  A stream that ends before the job has is followed again too, so
+    the status returned is always a finished one."""
     lost_at: float | None = None
+    reached = False
     while True:
         try:
             last = client.get_job(job_id)
+            reached = True
             for status in client.job_events(job_id):
                 last, lost_at = status, None
                 err.write(progress_line(status) + "\n")
@@ -119,6 +122,8 @@ def watch(client: NibbleClient, job_id: str, err: TextIO,
             if last["state"] in TERMINAL_STATES:
                 return last
         except httpx.TransportError as exc:
+            if not reached:
+                raise
             now = time.monotonic()
             if lost_at is None:
                 lost_at = now

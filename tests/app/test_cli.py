@@ -209,6 +209,15 @@ def test_an_unreachable_server_is_one_line_on_stderr_and_exit_status_4() -> None
     assert "Connection refused" in result.stderr
 
 
+@pytest.mark.parametrize("argv", [["jobs", "watch", "0123"], ["jobs", "status", "0123"], ["jobs", "submit", "llama"]])
+def test_jobs_against_an_unreachable_server_exit_4_at_once(argv: list[str]) -> None:
+    result = nibble_process(*argv, "--watch" if argv[1] == "submit" else "--json",
+                            "--url", f"http://127.0.0.1:{free_port()}")
+    assert result.returncode == 4
+    assert result.stderr.startswith("error: cannot reach the nibble server at http://127.0.0.1:")
+    assert result.stderr.count("\n") == 1  # no reconnecting to a server never reached: a wrong --url fails now
+
+
 def test_a_url_without_a_scheme_is_a_usage_error_with_the_fix() -> None:
     result = nibble_process("presets", "--url", "localhost:8000")
     assert result.returncode == 2
