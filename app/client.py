@@ -254,12 +254,20 @@ def _download(response: httpx.Response) -> Download:
 
 
 def _base_url(url: str) -> str:
-    """`url` without a trailing slash; a ValueError that says what to write when it names no http(s) server
-    (httpx would otherwise fail on the first request with "unsupported protocol 'localhost://'")."""
-    parts = urlsplit(url)
-    if parts.scheme not in ("http", "https") or not parts.netloc:
+    """`url` without surrounding white space (a ``NIBBLE_URL`` read from a file keeps its newline) or a trailing
+    slash; a ValueError that says what to write when it names no http(s) server (httpx would otherwise fail on the
+    first request with "unsupported protocol 'localhost://'", or "Connection refused" for port 99999)."""
+    url = url.strip()
+    try:
+        parts = urlsplit(url)
+        port = parts.port  # a port that is not a number, or out of 0-65535, raises
+    except ValueError as exc:
+        raise ValueError(f"base_url {url!r} is not a valid address: {exc}") from None
+    if parts.scheme not in ("http", "https") or not parts.hostname:
         hint = f"; did you mean http://{url}?" if "://" not in url else ""
         raise ValueError(f"base_url {url!r} is not an http:// or https:// address{hint}")
+    if port == 0:
+        raise ValueError(f"base_url {url!r} is not a valid address: port 0")
     return url.rstrip("/")
 
 

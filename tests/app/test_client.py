@@ -143,6 +143,18 @@ def test_a_base_url_that_names_no_http_server_is_refused_at_once(url: str) -> No
         AsyncNibbleClient(url)
 
 
+@pytest.mark.parametrize(("url", "reason"), [("http://127.0.0.1:99999", "Port out of range 0-65535"),
+                                           ("http://127.0.0.1:0", "port 0"), ("http://[::1", "Invalid IPv6 URL")])
+def test_a_base_url_with_a_port_or_host_that_cannot_be_is_refused_at_once(url: str, reason: str) -> None:
+    with pytest.raises(ValueError, match=f"is not a valid address: {reason}"):
+        NibbleClient(url)  # not a "Connection refused" at the first request
+
+
+def test_white_space_around_a_base_url_is_dropped(server: str) -> None:
+    with NibbleClient(f" {server}/\n") as client:  # NIBBLE_URL read from a file keeps its newline
+        assert client.health() == Health(status="ok")
+
+
 def test_both_clients_plan_and_sweep_a_checkpoint_from_its_headers_as_files(server: str, tmp_path: Path) -> None:
     from quant_core.tensorio.checkpoint_headers import read_header_prefix
     from tests.checkpoints import LLAMA_CONFIG, write_llama_checkpoint
