@@ -245,7 +245,9 @@ def command_quantize_checkpoint(args: argparse.Namespace, out: TextIO, err: Text
 def staged_output(output: Path) -> Iterator[Path]:
     """A hidden path beside `output` to write the result to, renamed to `output` once the block ends without an
     error (a directory replaces an empty one); otherwise removed.  An interrupted run (Ctrl-C, SIGTERM, a full
-    disk) leaves no half-written result under `output`'s name, and its parent's other files untouched."""
+    disk) leaves no half-written result under `output`'s name, and its parent's other files untouched.  A
+    symbolic link is written through, as an open() would: the result goes where it points."""
+    output = output.resolve() if output.is_symlink() else output
     output.parent.mkdir(parents=True, exist_ok=True)
     staging = output.parent / f".{output.name}.partial-{uuid.uuid4().hex[:12]}"
     try:

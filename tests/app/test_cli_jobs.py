@@ -177,6 +177,16 @@ def test_an_interrupted_local_quantize_leaves_no_output_and_no_temporary_files(d
     assert list((tmp_path / "temp").iterdir()) == []  # the tensors' parts are removed
 
 
+def test_quantize_writes_through_an_output_that_is_a_link_to_an_empty_directory(data_root: Path,
+                                                                               tmp_path: Path) -> None:
+    (tmp_path / "volume").mkdir()
+    (tmp_path / "out").symlink_to(tmp_path / "volume")
+    status, _, err = nibble("quantize", str(data_root / "llama"), "-o", str(tmp_path / "out"), "--quiet")
+    assert status == 0, err
+    assert (tmp_path / "out").is_symlink() and (tmp_path / "volume" / "config.json").is_file()
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["out", "volume"]
+
+
 def test_quantize_refuses_an_output_that_is_a_file_before_any_work(data_root: Path, tmp_path: Path) -> None:
     (tmp_path / "taken").write_text("a file")
     status, _, err = nibble("quantize", str(data_root / "llama"), "-o", str(tmp_path / "taken"))
