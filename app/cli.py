@@ -509,12 +509,19 @@ class ProgressBar:
         self.stream.flush()
 
 
+def _output_file(path: str) -> Path:
+    """``-o`` of a command that writes one file: refused before any work when it is a directory."""
+    if Path(path).is_dir():
+        raise CommandError(f"{path} is a directory; give a file name (-o)")
+    return Path(path)
+
+
 def command_quantize(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     if Path(args.input).is_dir():  # a checkpoint directory: the job, locally (app/cli_jobs.py)
         return command_quantize_checkpoint(args, out, err)
     args.format = args.format or "nibble"
     _scheme_for_output(args)
-    output = Path(args.output)
+    output = _output_file(args.output)
     _local_only(args)
     if args.url:
         err.write(f"uploading {args.input} to {args.url} (the server reports no per-tensor progress)\n")
@@ -583,7 +590,7 @@ def command_compare(args: argparse.Namespace, out: TextIO) -> int:
 
 
 def command_dequantize(args: argparse.Namespace, out: TextIO) -> int:
-    output = Path(args.output)
+    output = _output_file(args.output)
     if args.url:
         with _client(args) as client:
             download = client.dequantize(args.input, args.dtype)

@@ -252,7 +252,10 @@ def staged_output(output: Path) -> Iterator[Path]:
     staging = output.parent / f".{output.name}.partial-{uuid.uuid4().hex[:12]}"
     try:
         yield staging
-        os.replace(staging, output)
+        try:
+            os.replace(staging, output)
+        except OSError as exc:  # named after `output`, not the hidden staging path
+            raise OSError(exc.errno, f"cannot put the result at {output}: {exc.strerror}") from None
     finally:
         if staging.is_dir():
             shutil.rmtree(staging, ignore_errors=True)

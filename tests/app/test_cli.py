@@ -348,6 +348,15 @@ def test_quantize_to_gguf_takes_the_q4_0_scheme_by_itself(checkpoint: Path, tmp_
     assert status == 1 and "group_size" in err
 
 
+@pytest.mark.parametrize("command", ["quantize", "dequantize"])
+def test_an_output_file_that_is_a_directory_is_refused_before_any_work(checkpoint: Path, tmp_path: Path,
+                                                                       command: str) -> None:
+    (tmp_path / "taken").mkdir()
+    status, out, err = nibble(command, str(checkpoint), "-o", str(tmp_path / "taken"))
+    assert (status, out, err) == (1, "", f"error: {tmp_path / 'taken'} is a directory; give a file name (-o)\n")
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["in.safetensors", "taken"]
+
+
 def test_the_table_states_the_decode_bound_and_its_basis() -> None:
     status, out, _ = nibble(*PLAN_ARGS)
     assert status == 0
