@@ -1,4 +1,5 @@
-"""``nibble jobs submit/status/watch/cancel/list`` (against a server) and ``nibble quantize DIR -o OUTDIR`` (locally).
+"""``nibble jobs submit/status/watch/cancel/download/list`` (against a server) and ``nibble quantize DIR -o
+OUTDIR`` (locally).
 
 The remote commands speak to ``/v1/jobs`` through `app.client`; ``watch``
 follows the job's server-sent events with a progress bar on stderr.  A local
@@ -167,6 +168,24 @@ def _cancel(client: NibbleClient, args: argparse.Namespace, out: TextIO) -> int:
     return 0
 
 
+def _download(client: NibbleClient, args: argparse.Namespace, out: TextIO) -> int:
+    """Every result file of a succeeded job into a new directory (``-o``), which appears only once complete."""
+    status = client.get_job(args.id)
+    if status["state"] != "succeeded":
+        raise JobFailed(f"job {args.id} is {status['state']}: only a succeeded job has files to download")
+    output = Path(args.output)
+    if output.exists() and not (output.is_dir() and not any(output.iterdir())):
+        raise JobFailed(f"{output} exists and is not an empty directory; give a new directory")
+    files = status["result"]["files"]
+    with staged_output(output) as staging:
+        staging.mkdir()
+        for file in files:
+            client.download_job_file(file["url"], staging / file["name"])
+    out.write(f"downloaded job {args.id}: {len(files)} files, {sum(file['bytes'] for file in files):,} bytes "
+              f"into {output}\n")
+    return 0
+
+
 def command_jobs(args: argparse.Namespace, out: TextIO, err: TextIO,
                  connect: Callable[[argparse.Namespace], NibbleClient]) -> int:
     """``nibble jobs <action>``, on the server `connect` opens a client of (``--url``, ``--api-key``)."""
@@ -190,6 +209,8 @@ def command_jobs(args: argparse.Namespace, out: TextIO, err: TextIO,
             return _finish(watch(client, args.id, err), args, out)
         if args.action == "cancel":
             return _cancel(client, args, out)
+        if args.action == "download":
+            return _download(client, args, out)
         return _finish(client.get_job(args.id), args, out)
 
 
@@ -296,8 +317,11 @@ def add_jobs_parser(commands: Any, add_remote: Any) -> None:
     add_budget_options(submit)
     add_remote(submit)
     for action, text in (("status", "a job's state, progress and files"), ("watch", "follow a job to its end"),
-                         ("cancel", "cancel a job (a finished one is deleted, with its files)")):
+                         ("cancel", "cancel a job (a finished one is deleted, with its files)"),
+                         ("download", "a succeeded job's files into a new directory")):
         parser = actions.add_parser(action, help=text)
         parser.add_argument("id")
+        if action == "download":
+            parser.add_argument("-o", "--output", required=True, help="a new (or empty) directory for the files")
         add_remote(parser)
     add_remote(actions.add_parser("list", help="every job, newest first"))

@@ -430,15 +430,21 @@ class NibbleClient:
                     yield _event_status(response, line.removeprefix("data: "))
 
     def download_job_file(self, url: str, path: str | os.PathLike[str]) -> Path:
-        """Stream one result file (its ``url`` from the job's ``result.files``) to `path`."""
+        """Stream one result file (its ``url`` from the job's ``result.files``) to `path`: written beside it
+        under a hidden name and renamed once whole, so an interrupted download leaves no partial file there."""
         target = Path(path)
-        with self._http.stream("GET", url, timeout=None) as response:
-            if response.status_code >= 400:
-                response.read()
-                _checked(response)
-            with target.open("wb") as handle:
-                for chunk in response.iter_bytes(1 << 20):
-                    handle.write(chunk)
+        partial = target.with_name(f".{target.name}.partial")
+        try:
+            with self._http.stream("GET", url, timeout=_events_timeout(self._http.timeout)) as response:
+                if response.status_code >= 400:
+                    response.read()
+                    _checked(response)
+                with partial.open("wb") as handle:
+                    for chunk in response.iter_bytes(1 << 20):
+                        handle.write(chunk)
+            os.replace(partial, target)
+        finally:
+            partial.unlink(missing_ok=True)
         return target
 
 

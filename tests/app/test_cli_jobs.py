@@ -16,7 +16,6 @@ import numpy as np
 import pytest
 
 from app.cli import run
-from app.client import NibbleClient
 from quant_core.checkpoint import (
     CheckpointOptions,
     attach_importance,
@@ -149,6 +148,8 @@ def test_cancel_says_whether_it_cancelled_or_deleted_and_a_cancelled_job_exits_1
     assert (status, out, err.splitlines()[-1]) == (1, f"job {job_id}: cancelled\n", f"error: job {job_id} cancelled")
     status, out, _ = nibble("jobs", "status", job_id, "--json", "--url", server)
     assert status == 1 and json.loads(out)["state"] == "cancelled"
+    status, _, err = nibble("jobs", "download", job_id, "-o", "never", "--url", server)
+    assert (status, err) == (1, f"error: job {job_id} is cancelled: only a succeeded job has files to download\n")
     status, out, _ = nibble("jobs", "cancel", job_id, "--json", "--url", server)
     assert status == 0 and json.loads(out)["state"] == "cancelled"  # the JSON of DELETE: its last status
     status, _, err = nibble("jobs", "status", job_id, "--url", server)
@@ -194,7 +195,7 @@ def test_quantize_refuses_an_output_that_is_a_file_before_any_work(data_root: Pa
     assert (tmp_path / "taken").read_text() == "a file"
 
 
-def test_gguf_takes_q4_0s_scheme_locally_and_as_a_job_and_both_write_the_same_bytes(data_root: Path, server: str,
+def test_gguf_takes_q4_0s_scheme_locally_and_as_a_job_downloaded_with_the_same_bytes(data_root: Path, server: str,
                                                                                    tmp_path: Path) -> None:
     status, out, err = nibble("quantize", str(data_root / "llama"), "-o", str(tmp_path / "local"), "--format",
                               "gguf", "--quiet")
@@ -203,10 +204,13 @@ def test_gguf_takes_q4_0s_scheme_locally_and_as_a_job_and_both_write_the_same_by
     assert status == 0, err
     answer = json.loads(out)
     assert (answer["request"]["group_size"], answer["request"]["symmetric"]) == (32, True)
-    (tmp_path / "job").mkdir()
-    with NibbleClient(server) as client:
-        for file in answer["result"]["files"]:
-            client.download_job_file(file["url"], tmp_path / "job" / file["name"])
+    status, out, err = nibble("jobs", "download", answer["id"], "-o", str(tmp_path / "job"), "--url", server)
+    assert (status, out) == (0, f"downloaded job {answer['id']}: 2 files, "
+                                f"{sum(file['bytes'] for file in answer['result']['files']):,} bytes into "
+                                f"{tmp_path / 'job'}\n"), err
     assert tree_bytes(tmp_path / "job") == tree_bytes(tmp_path / "local")
+    status, _, err = nibble("jobs", "download", answer["id"], "-o", str(tmp_path / "job"), "--url", server)
+    assert (status, err) == (1, f"error: {tmp_path / 'job'} exists and is not an empty directory; give a new "
+                                "directory\n")
     status, _, err = nibble("jobs", "submit", "llama", "--format", "gguf", "--group-size", "128", "--url", server)
     assert status == 1 and "GGUF Q4_0 holds int4 group-32 symmetric tensors" in err
