@@ -177,6 +177,9 @@ def _download(client: NibbleClient, args: argparse.Namespace, out: TextIO) -> in
     if output.exists() and not (output.is_dir() and not any(output.iterdir())):
         raise JobFailed(f"{output} exists and is not an empty directory; give a new directory")
     files = status["result"]["files"]
+    for name in (file["name"] for file in files):  # written under OUTDIR: never a path that leaves it
+        if name in ("", ".", "..") or Path(name).name != name or "\\" in name:
+            raise JobFailed(f"the server names a result file {name!r}, not a plain file name; nothing downloaded")
     with staged_output(output) as staging:
         staging.mkdir()
         for file in files:

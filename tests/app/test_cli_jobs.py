@@ -24,9 +24,11 @@ from quant_core.checkpoint import (
     quantize_checkpoint,
 )
 from quant_core.tensorio import write_safetensors
+from tests.app.test_cli import fixed_answer
 from tests.app.test_jobs_budget import STATISTICS, importance_vectors
 from tests.checkpoints import tree_bytes, write_llama_checkpoint
 from tests.e2e.conftest import REPO_ROOT, start_server
+from tests.threaded_server import uvicorn_in_thread
 
 
 def nibble(*argv: str) -> tuple[int, str, str]:
@@ -214,3 +216,17 @@ def test_gguf_takes_q4_0s_scheme_locally_and_as_a_job_downloaded_with_the_same_b
                                 "directory\n")
     status, _, err = nibble("jobs", "submit", "llama", "--format", "gguf", "--group-size", "128", "--url", server)
     assert status == 1 and "GGUF Q4_0 holds int4 group-32 symmetric tensors" in err
+
+
+@pytest.mark.parametrize("name", ["../escaped", "/tmp/escaped", "sub/dir", ".."])
+def test_jobs_download_refuses_a_file_name_that_is_not_a_plain_name(tmp_path: Path, name: str) -> None:
+    status = {"id": "0123", "url": "/v1/jobs/0123", "state": "succeeded", "created_at": 0, "request": {},
+              "progress": {"tensors_done": 0, "tensors_total": 0, "bytes_done": 0, "bytes_total": 0}, "report": [],
+              "result": {"files": [{"name": name, "bytes": 2, "url": "/v1/jobs/0123/files/x"}]}}
+    answer = fixed_answer(200, "application/json", json.dumps(status).encode())  # a hostile or broken server
+    with uvicorn_in_thread(answer) as port:
+        code, _, err = nibble("jobs", "download", "0123", "-o", str(tmp_path / "out" / "job"), "--url",
+                              f"http://127.0.0.1:{port}")
+    assert (code, err) == (1, f"error: the server names a result file {name!r}, not a plain file name; nothing "
+                              "downloaded\n")
+    assert list(tmp_path.iterdir()) == []
