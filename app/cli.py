@@ -39,6 +39,7 @@ from pydantic import ValidationError
 
 from app.cli_jobs import (
     JobFailed,
+    Terminated,
     add_job_options,
     add_jobs_parser,
     command_jobs,
@@ -878,11 +879,6 @@ def _transport_reason(exc: Exception, url: str) -> str:
     if isinstance(exc, httpx.TimeoutException):
         return f"cannot reach the nibble server at {url}: timed out ({type(exc).__name__})"
     return f"lost the connection to the nibble server at {url}: {exc or type(exc).__name__}"
-
-
-class Terminated(BaseException):
-    """SIGTERM (a CI runner's cancel, ``docker stop``, ``timeout``) as an exception, so that the command's
-    temporary files are removed on the way out as for Ctrl-C."""
 
 
 def _raise_terminated(signum: int, frame: object) -> NoReturn:

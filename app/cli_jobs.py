@@ -48,6 +48,11 @@ RECONNECT_SECONDS = 120.0
 RECONNECT_PAUSE_SECONDS = 1.0
 
 
+class Terminated(BaseException):
+    """SIGTERM (a CI runner's cancel, ``docker stop``, ``timeout``) as an exception, so that the command's
+    temporary files are removed on the way out as for Ctrl-C."""
+
+
 class JobFailed(Exception):
     """A watched job ended failed or cancelled (the CLI exits 1)."""
 
@@ -110,6 +115,15 @@ def watch(client: NibbleClient, job_id: str, err: TextIO,
     for up to `reconnect_seconds` without an answer; then the transport error is raised, as it is at once by a
     server never reached (a wrong ``--url``).  A stream that ends before the job has is followed again too, so
     the status returned is always a finished one."""
+    try:
+        return _follow(client, job_id, err, reconnect_seconds)
+    except (KeyboardInterrupt, Terminated):  # the watch stops; the job does not
+        err.write(f"stopped watching; job {job_id} goes on on the server (nibble jobs watch {job_id}, "
+                  f"or nibble jobs cancel {job_id})\n")
+        raise
+
+
+def _follow(client: NibbleClient, job_id: str, err: TextIO, reconnect_seconds: float) -> dict[str, Any]:
     lost_at: float | None = None
     reached = False
     while True:

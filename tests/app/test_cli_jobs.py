@@ -164,6 +164,22 @@ def test_cancel_says_whether_it_cancelled_or_deleted_and_a_cancelled_job_exits_1
 
 @pytest.mark.parametrize(("name", "exit_status", "said"), [("SIGINT", 130, "interrupted\n"),
                                                             ("SIGTERM", 143, "terminated\n")])
+def test_a_watch_stopped_by_a_signal_says_the_job_goes_on(server: str, name: str, exit_status: int,
+                                                          said: str) -> None:
+    process = nibble_process("jobs", "submit", "slow", "--method", "hqq", "--watch", "--url", server)
+    assert process.stderr is not None
+    job_id = process.stderr.readline().split()[2]
+    assert process.stderr.readline().startswith("[")
+    process.send_signal(getattr(signal, name))
+    _, err = process.communicate(timeout=60)
+    assert process.returncode == exit_status
+    assert err.endswith(f"stopped watching; job {job_id} goes on on the server (nibble jobs watch {job_id}, or "
+                        f"nibble jobs cancel {job_id})\n{said}")
+    assert nibble("jobs", "cancel", job_id, "--url", server)[0] == 0
+
+
+@pytest.mark.parametrize(("name", "exit_status", "said"), [("SIGINT", 130, "interrupted\n"),
+                                                            ("SIGTERM", 143, "terminated\n")])
 def test_an_interrupted_local_quantize_leaves_no_output_and_no_temporary_files(data_root: Path, tmp_path: Path,
                                                                                name: str, exit_status: int,
                                                                                said: str) -> None:
