@@ -67,6 +67,10 @@ class NibbleAPIError(Exception):
         self.problem = dict(problem or {})
         self.headers = dict(headers or {})
 
+    def __reduce__(self) -> tuple[type[NibbleAPIError], tuple[Any, ...]]:
+        """Pickled with every field (a worker process's error reaches its parent whole, not as a TypeError)."""
+        return type(self), (self.status, self.title, self.detail, self.type, self.errors, self.problem, self.headers)
+
     @property
     def retry_after_seconds(self) -> int | None:
         """The ``Retry-After`` of a 503 (pool full), in seconds, if the server sent one."""
@@ -107,6 +111,9 @@ class NibbleResponseError(Exception):
         self.content_type = content_type
         self.excerpt = excerpt
         self.reason = reason
+
+    def __reduce__(self) -> tuple[type[NibbleResponseError], tuple[Any, ...]]:
+        return type(self), (self.status, self.content_type, self.excerpt, self.reason)
 
     @classmethod
     def from_response(cls, response: httpx.Response, error: Exception) -> NibbleResponseError:

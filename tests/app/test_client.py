@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import pickle
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -88,6 +89,21 @@ def test_problems_raise_one_error_type_with_the_problem_fields(server: str) -> N
     assert invalid.value.status == 422
     assert invalid.value.title
     assert [error.field for error in invalid.value.errors] == ["workload.context_length"]
+
+
+def test_errors_reach_a_parent_process_whole_from_a_worker(server: str) -> None:
+    with NibbleClient(server) as client, pytest.raises(NibbleAPIError) as invalid:
+        client.plan({**PLAN_BODY, "workload": {"context_length": 0}})
+    response = NibbleResponseError(200, "text/html", "<html> <body>", "not JSON")
+    # what multiprocessing, concurrent.futures and Ray do with an exception raised in a worker
+    received, received_response = pickle.loads(pickle.dumps(invalid.value)), pickle.loads(pickle.dumps(response))
+    assert (received.status, received.title, received.detail, received.type, received.errors, received.problem) == (
+        invalid.value.status, invalid.value.title, invalid.value.detail, invalid.value.type, invalid.value.errors,
+        invalid.value.problem)
+    assert [error.field for error in received.errors] == ["workload.context_length"] and str(received) == str(
+        invalid.value)
+    assert (received_response.status, received_response.excerpt, str(received_response)) == (
+        200, "<html> <body>", str(response))
 
 
 def test_quantize_compare_and_dequantize_round_trip(server: str, weights_npy: Path, tmp_path: Path) -> None:
