@@ -24,7 +24,7 @@ from typing import Any, TextIO
 
 import httpx
 
-from app.client import NibbleClient
+from app.client import NibbleAPIError, NibbleClient
 from app.job_store import TERMINAL_STATES
 from app.schemas.jobs import JobCreate, JobSource, to_options
 from app.settings import get_settings
@@ -46,6 +46,8 @@ JOB_OUTPUTS = ("compressed-tensors", "gptq", "awq", "gguf")
 #: between tries
 RECONNECT_SECONDS = 120.0
 RECONNECT_PAUSE_SECONDS = 1.0
+#: what a reverse proxy (or nibble, shutting down) answers while the server behind it restarts
+GATEWAY_STATUSES = (502, 503, 504)
 
 
 class Terminated(BaseException):
@@ -111,10 +113,10 @@ def watch(client: NibbleClient, job_id: str, err: TextIO,
           reconnect_seconds: float = RECONNECT_SECONDS) -> dict[str, Any]:
     """Follow a job's events to its end, one progress line per change; its last status.
 
-    A stream that drops (the server restarting resumes its jobs) is followed again once the server answers,
-    for up to `reconnect_seconds` without an answer; then the transport error is raised, as it is at once by a
-    server never reached (a wrong ``--url``).  A stream that ends before the job has is followed again too, so
-    the status returned is always a finished one."""
+    A stream that drops (the server restarting resumes its jobs), or a proxy's 502/503/504 in its place, is
+    followed again once the server answers, for up to `reconnect_seconds` without an answer; then the error is
+    raised, as it is at once by a server never reached (a wrong ``--url``).  A stream that ends before the job
+    has is followed again too, so the status returned is always a finished one."""
     try:
         return _follow(client, job_id, err, reconnect_seconds)
     except (KeyboardInterrupt, Terminated):  # the watch stops; the job does not
@@ -136,8 +138,8 @@ def _follow(client: NibbleClient, job_id: str, err: TextIO, reconnect_seconds: f
                 err.flush()
             if last["state"] in TERMINAL_STATES:
                 return last
-        except httpx.TransportError as exc:
-            if not reached:
+        except (httpx.TransportError, NibbleAPIError) as exc:
+            if not reached or (isinstance(exc, NibbleAPIError) and exc.status not in GATEWAY_STATUSES):
                 raise
             now = time.monotonic()
             if lost_at is None:

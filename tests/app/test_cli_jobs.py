@@ -24,7 +24,7 @@ from quant_core.checkpoint import (
     quantize_checkpoint,
 )
 from quant_core.tensorio import write_safetensors
-from tests.app.test_cli import fixed_answer
+from tests.app.test_cli import NGINX_502, fixed_answer
 from tests.app.test_jobs_budget import STATISTICS, importance_vectors
 from tests.checkpoints import tree_bytes, write_llama_checkpoint
 from tests.e2e.conftest import REPO_ROOT, start_server
@@ -246,3 +246,35 @@ def test_jobs_download_refuses_a_file_name_that_is_not_a_plain_name(tmp_path: Pa
     assert (code, err) == (1, f"error: the server names a result file {name!r}, not a plain file name; nothing "
                               "downloaded\n")
     assert list(tmp_path.iterdir()) == []
+
+
+def restarting_behind_a_proxy(job: dict[str, Any]) -> Any:
+    """An ASGI app playing a job's server behind nginx through a restart: the job running, its event stream cut
+    after one event, two 502 pages while the server is down, then the job succeeded."""
+    answers = iter([("status", "running"), ("events", "running"), ("502", ""), ("502", ""),
+                    ("status", "succeeded"), ("events", "succeeded")])
+
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return
+        kind, state = next(answers)
+        body = json.dumps({**job, "state": state}).encode()
+        if kind == "502":
+            head, body = (502, b"text/html"), NGINX_502
+        elif kind == "events":
+            head, body = (200, b"text/event-stream"), b"event: status\ndata: " + body + b"\n\n"
+        else:
+            head = (200, b"application/json")
+        await send({"type": "http.response.start", "status": head[0], "headers": [(b"content-type", head[1])]})
+        await send({"type": "http.response.body", "body": body})
+    return app
+
+
+def test_watch_follows_a_job_through_a_proxys_502_pages_while_its_server_restarts() -> None:
+    job = {"id": "0123", "url": "/v1/jobs/0123", "created_at": 0, "request": {}, "report": [],
+           "progress": {"tensors_done": 3, "tensors_total": 3, "bytes_done": 6, "bytes_total": 6}}
+    with uvicorn_in_thread(restarting_behind_a_proxy(job)) as port:
+        status, out, err = nibble("jobs", "watch", "0123", "--url", f"http://127.0.0.1:{port}")
+    assert (status, out) == (0, "job 0123: succeeded\n"), err
+    assert err.splitlines()[1].startswith("connection to the server lost (502 Bad Gateway: text/html")
+    assert err.splitlines()[-1].endswith("(succeeded)") and len(err.splitlines()) == 3
