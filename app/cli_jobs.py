@@ -89,12 +89,15 @@ def job_body(args: argparse.Namespace, path: str) -> dict[str, Any]:
 
 
 def progress_line(status: dict[str, Any]) -> str:
-    """``[#####.......] 12/56 tensors, 1.2 of 4.0 GiB, 35.1 MiB/s, 80 s left (running)``."""
+    """``[#####.......] 12/56 tensors, 1.20 of 4.00 GiB, 35.1 MiB/s, 80 s left (running)``; bytes in MiB
+    (2^20) below a GiB total, in KiB (2^10) below a MiB, where GiB would print ``0.00 of 0.00``."""
     progress = status["progress"]
     done, total = progress["tensors_done"], progress["tensors_total"]
     filled = PROGRESS_WIDTH * done // max(total, 1)
+    unit, scale = next((name, size) for name, size in (("GiB", 1 << 30), ("MiB", MIB), ("KiB", 1 << 10), ("bytes", 1))
+                       if progress["bytes_total"] >= size or size == 1)
     parts = [f"[{'#' * filled}{'.' * (PROGRESS_WIDTH - filled)}] {done}/{total} tensors",
-             f"{progress['bytes_done'] / (1 << 30):.2f} of {progress['bytes_total'] / (1 << 30):.2f} GiB"]
+             f"{progress['bytes_done'] / scale:.2f} of {progress['bytes_total'] / scale:.2f} {unit}"]
     if progress.get("rate"):
         parts.append(f"{progress['rate'] / MIB:.1f} MiB/s")
     if progress.get("eta_seconds") is not None and status["state"] == "running":

@@ -84,7 +84,7 @@ def test_jobs_submit_watch_status_list_against_a_server(server: str) -> None:
     assert status == 0, err
     job_id = out.split()[1].rstrip(":")
     assert out.startswith(f"job {job_id}: succeeded") and "model.safetensors.index.json" in out
-    assert "] 14/14 tensors" in err and "(succeeded)" in err
+    assert "] 14/14 tensors, 576.00 of 576.00 KiB" in err and "(succeeded)" in err  # 589,824 bytes, not 0.00 GiB
     status, out, _ = nibble("jobs", "status", job_id, "--json", "--url", server)
     assert status == 0 and json.loads(out)["request"]["output"] == "awq"
     status, out, _ = nibble("jobs", "list", "--url", server)

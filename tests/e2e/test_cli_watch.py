@@ -45,5 +45,5 @@ def test_watch_follows_a_job_across_a_server_kill_and_restart_to_its_end(tmp_pat
     assert watch.returncode == 0, err
     assert out.startswith(f"job {job_id}: succeeded")
     assert "connection to the server lost" in err and f"following job {job_id} again once it answers" in err
-    assert f"] {TENSORS}/{TENSORS} tensors" in err and err.rstrip().endswith("(succeeded)")
+    assert f"] {TENSORS}/{TENSORS} tensors, 128.00 of 128.00 MiB" in err and err.rstrip().endswith("(succeeded)")
     assert "Traceback" not in err
