@@ -105,7 +105,7 @@ class NibbleResponseError(Exception):
     names some other server, or a proxy answers for it.  `status`, `content_type` and a one-line `excerpt`."""
 
     def __init__(self, status: int, content_type: str, excerpt: str, reason: str) -> None:
-        super().__init__(f"the server answered {status} with {content_type}, not nibble's JSON ({reason})"
+        super().__init__(f"the server answered {status} with {content_type}, not nibble's answer ({reason})"
                          + (f": {excerpt}" if excerpt else ""))
         self.status = status
         self.content_type = content_type
@@ -120,8 +120,10 @@ class NibbleResponseError(Exception):
         """The error for a 2xx `response` whose body `error` (a JSON or validation error) could not parse."""
         if isinstance(error, ValidationError) and all(item["type"] != "json_invalid" for item in error.errors()):
             reason = f"JSON of another shape: {error.error_count()} field(s) not as nibble answers"
-        else:
+        elif isinstance(error, ValidationError | json.JSONDecodeError):
             reason = "not JSON"
+        else:
+            reason = str(error)
         return cls(response.status_code, _body_kind(response), _excerpt(response), reason)
 
 
@@ -253,10 +255,18 @@ def _checked(response: httpx.Response) -> httpx.Response:
 
 
 def _download(response: httpx.Response) -> Download:
+    """The file of a quantize or dequantize answer, which nibble always sends with its report summary in the
+    ``X-Nibble-Report`` header: an answer without it (a proxy's or portal's page) is no file of nibble's."""
     disposition = response.headers.get("content-disposition", "")
     filename = disposition.split('filename="', 1)[1].rstrip('"') if 'filename="' in disposition else "download"
     summary_text = response.headers.get(REPORT_HEADER)
-    summary = _parse(lambda _: _JSON_OBJECT.validate_json(summary_text), response) if summary_text else {}
+    if summary_text is None:
+        raise NibbleResponseError.from_response(response, ValueError(f"a file without nibble's {REPORT_HEADER}"))
+    try:
+        summary = _JSON_OBJECT.validate_json(summary_text)
+    except ValueError:
+        raise NibbleResponseError.from_response(response, ValueError(f"an {REPORT_HEADER} that is not a JSON object")) \
+            from None
     return Download(response.content, filename, summary)
 
 

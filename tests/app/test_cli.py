@@ -491,9 +491,9 @@ NGINX_502 = (b"<html>\r\n<head><title>502 Bad Gateway</title></head>\r\n<body>\r
              b"</center>\r\n<hr><center>nginx</center>\r\n</body>\r\n</html>\r\n")
 NOT_NIBBLE = [
     pytest.param(200, "text/html", b"<html>\n<body>\n<h1>Sign in to the guest Wi-Fi</h1>\n</body>\n</html>",
-                 "answered 200 with text/html, not nibble's JSON (not JSON): <html> <body> <h1>Sign in", id="html"),
+                 "answered 200 with text/html, not nibble's answer (not JSON): <html> <body> <h1>Sign in", id="html"),
     pytest.param(200, "application/json", b'{"hello": "world"}',
-                 "answered 200 with application/json, not nibble's JSON (JSON of another shape", id="other-json"),
+                 "answered 200 with application/json, not nibble's answer (JSON of another shape", id="other-json"),
     pytest.param(502, "text/html", NGINX_502,
                  "502 Bad Gateway: text/html, not a problem document: <html> <head><title>502 Bad Gateway", id="proxy"),
 ]
@@ -513,6 +513,20 @@ def test_an_answer_that_is_not_nibbles_is_one_line_and_exit_status_4(argv: list[
     assert result.stderr.startswith(f"error: no nibble answer at http://127.0.0.1:{port}: ")
     assert said in result.stderr
     assert "Invalid request (422)" not in result.stderr  # the server's answer is not the user's request
+
+
+@pytest.mark.parametrize("command", ["quantize", "dequantize"])
+def test_a_file_answer_that_is_not_nibbles_is_not_written_as_the_output(checkpoint: Path, tmp_path: Path,
+                                                                         command: str) -> None:
+    page = b"<html><body><h1>Sign in to the guest Wi-Fi</h1></body></html>"  # 200, as a captive portal answers
+    with uvicorn_in_thread(fixed_answer(200, "text/html", page)) as port:
+        result = nibble_process(command, str(checkpoint), "-o", str(tmp_path / "out.safetensors"), "--url",
+                                f"http://127.0.0.1:{port}")
+    assert result.returncode == 4 and result.stdout == ""
+    assert result.stderr.splitlines()[-1] == (
+        f"error: no nibble answer at http://127.0.0.1:{port}: the server answered 200 with text/html, not nibble's "
+        f"answer (a file without nibble's X-Nibble-Report): {page.decode()}; is --url a nibble server?")
+    assert not (tmp_path / "out.safetensors").exists()
 
 
 BUSY = [
