@@ -202,7 +202,10 @@ def _download(client: NibbleClient, args: argparse.Namespace, out: TextIO) -> in
     with staged_output(output) as staging:
         staging.mkdir()
         for file in files:
-            client.download_job_file(file["url"], staging / file["name"])
+            size = client.download_job_file(file["url"], staging / file["name"]).stat().st_size
+            if size != file["bytes"]:  # a proxy's page, or a file changed on the server: not the job's result
+                raise JobFailed(f"{file['name']}: {size:,} bytes arrived where the job lists {file['bytes']:,}; "
+                                "nothing downloaded")
     out.write(f"downloaded job {args.id}: {len(files)} files, {sum(file['bytes'] for file in files):,} bytes "
               f"into {output}\n")
     return 0

@@ -234,17 +234,29 @@ def test_gguf_takes_q4_0s_scheme_locally_and_as_a_job_downloaded_with_the_same_b
     assert status == 1 and "GGUF Q4_0 holds int4 group-32 symmetric tensors" in err
 
 
-@pytest.mark.parametrize("name", ["../escaped", "/tmp/escaped", "sub/dir", ".."])
-def test_jobs_download_refuses_a_file_name_that_is_not_a_plain_name(tmp_path: Path, name: str) -> None:
+def jobs_download_from(files: list[dict[str, Any]], output: Path) -> tuple[int, str, str]:
+    """``nibble jobs download`` from a server answering every request with a succeeded job listing `files`
+    (a hostile or broken server: each file's download gets that JSON too)."""
     status = {"id": "0123", "url": "/v1/jobs/0123", "state": "succeeded", "created_at": 0, "request": {},
               "progress": {"tensors_done": 0, "tensors_total": 0, "bytes_done": 0, "bytes_total": 0}, "report": [],
-              "result": {"files": [{"name": name, "bytes": 2, "url": "/v1/jobs/0123/files/x"}]}}
-    answer = fixed_answer(200, "application/json", json.dumps(status).encode())  # a hostile or broken server
-    with uvicorn_in_thread(answer) as port:
-        code, _, err = nibble("jobs", "download", "0123", "-o", str(tmp_path / "out" / "job"), "--url",
-                              f"http://127.0.0.1:{port}")
+              "result": {"files": files}}
+    with uvicorn_in_thread(fixed_answer(200, "application/json", json.dumps(status).encode())) as port:
+        return nibble("jobs", "download", "0123", "-o", str(output), "--url", f"http://127.0.0.1:{port}")
+
+
+@pytest.mark.parametrize("name", ["../escaped", "/tmp/escaped", "sub/dir", ".."])
+def test_jobs_download_refuses_a_file_name_that_is_not_a_plain_name(tmp_path: Path, name: str) -> None:
+    code, _, err = jobs_download_from([{"name": name, "bytes": 2, "url": "/x"}], tmp_path / "out" / "job")
     assert (code, err) == (1, f"error: the server names a result file {name!r}, not a plain file name; nothing "
                               "downloaded\n")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_jobs_download_refuses_a_file_whose_size_is_not_the_listed_one(tmp_path: Path) -> None:
+    files = [{"name": "model.safetensors", "bytes": 2, "url": "/v1/jobs/0123/files/model.safetensors"}]
+    code, _, err = jobs_download_from(files, tmp_path / "job")
+    assert code == 1 and err.startswith("error: model.safetensors: ") and err.endswith(
+        " bytes arrived where the job lists 2; nothing downloaded\n")
     assert list(tmp_path.iterdir()) == []
 
 
