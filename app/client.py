@@ -31,6 +31,8 @@ from app.schemas.plans import PlanRequest, PlanResponse, SweepRequest, SweepResp
 from app.schemas.quantize import CompareReport, QuantizeReport
 
 DEFAULT_TIMEOUT_SECONDS = 300.0  # a quantization of a large upload takes minutes
+#: a server whose packets are dropped (a firewall, a full accept queue) is given up on after this long
+CONNECT_TIMEOUT_SECONDS = 10.0
 #: a job's event stream silent this long is dead: the server sends an event at least every 15 s
 #: (app/routers/jobs.py, EVENT_INTERVAL_SECONDS)
 EVENTS_READ_TIMEOUT_SECONDS = 60.0
@@ -242,6 +244,12 @@ def _event_status(response: httpx.Response, data: str) -> dict[str, Any]:
                                   "an event that is not a job's status") from exc
 
 
+def _timeouts(timeout_seconds: float, connect_timeout_seconds: float) -> httpx.Timeout:
+    """`timeout_seconds` for each read, write and pool wait; a connection that is not made within
+    `connect_timeout_seconds` (at most `timeout_seconds`) fails then, not after a quantization's minutes."""
+    return httpx.Timeout(timeout_seconds, connect=min(connect_timeout_seconds, timeout_seconds))
+
+
 def _events_timeout(timeout: httpx.Timeout) -> httpx.Timeout:
     """The client's timeouts, but reads of an event stream wait `EVENTS_READ_TIMEOUT_SECONDS`: four of the
     server's 15 s heartbeats, however long the client's own read timeout."""
@@ -309,9 +317,10 @@ class NibbleClient:
 
     def __init__(self, base_url: str, *, api_key: str | None = None,
                  timeout_seconds: float = DEFAULT_TIMEOUT_SECONDS,
+                 connect_timeout_seconds: float = CONNECT_TIMEOUT_SECONDS,
                  transport: httpx.BaseTransport | None = None) -> None:
         self._http = httpx.Client(base_url=_base_url(base_url), headers=_auth_headers(api_key),
-                                  timeout=timeout_seconds, transport=transport)
+                                  timeout=_timeouts(timeout_seconds, connect_timeout_seconds), transport=transport)
 
     def __enter__(self) -> Self:
         return self
@@ -470,9 +479,11 @@ class AsyncNibbleClient:
 
     def __init__(self, base_url: str, *, api_key: str | None = None,
                  timeout_seconds: float = DEFAULT_TIMEOUT_SECONDS,
+                 connect_timeout_seconds: float = CONNECT_TIMEOUT_SECONDS,
                  transport: httpx.AsyncBaseTransport | None = None) -> None:
         self._http = httpx.AsyncClient(base_url=_base_url(base_url), headers=_auth_headers(api_key),
-                                       timeout=timeout_seconds, transport=transport)
+                                       timeout=_timeouts(timeout_seconds, connect_timeout_seconds),
+                                       transport=transport)
 
     async def __aenter__(self) -> Self:
         return self

@@ -6,6 +6,7 @@ import io
 import json
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -17,7 +18,7 @@ from safetensors.numpy import load_file, save_file
 
 from app.cli import run
 from tests.e2e.conftest import REPO_ROOT, start_server
-from tests.threaded_server import uvicorn_in_thread
+from tests.threaded_server import silent_listener, uvicorn_in_thread
 
 PLAN_ARGS = ["plan", "--model", "llama-3.1-70b", "--device", "h100-80gb", "--count", "2", "--context", "32768",
              "--sequences", "8"]
@@ -216,6 +217,15 @@ def test_jobs_against_an_unreachable_server_exit_4_at_once(argv: list[str]) -> N
     assert result.returncode == 4
     assert result.stderr.startswith("error: cannot reach the nibble server at http://127.0.0.1:")
     assert result.stderr.count("\n") == 1  # no reconnecting to a server never reached: a wrong --url fails now
+
+
+def test_a_server_that_never_accepts_is_exit_status_4_within_the_connect_timeout() -> None:
+    with silent_listener() as port:
+        started = time.monotonic()
+        result = nibble_process("devices", "--url", f"http://127.0.0.1:{port}")
+    assert result.returncode == 4 and time.monotonic() - started < 60  # 10 s to connect; it was 300 s
+    assert result.stderr == f"error: cannot reach the nibble server at http://127.0.0.1:{port}: timed out " \
+                            "(ConnectTimeout)\n"
 
 
 def test_a_url_without_a_scheme_is_a_usage_error_with_the_fix() -> None:

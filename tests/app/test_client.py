@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import io
 import pickle
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -21,7 +22,7 @@ from app.schemas.models import Health
 from app.schemas.plans import PlanResponse
 from tests.app.test_cli import NGINX_502, fixed_answer
 from tests.e2e.conftest import start_server
-from tests.threaded_server import uvicorn_in_thread
+from tests.threaded_server import silent_listener, uvicorn_in_thread
 
 PLAN_BODY = {"model": {"preset": "llama-3.1-70b"}, "hardware": {"device": "h100-80gb", "count": 2},
              "workload": {"context_length": 32768, "concurrent_sequences": 8}}
@@ -251,3 +252,12 @@ def test_a_silent_event_stream_times_out_instead_of_hanging(monkeypatch: pytest.
     monkeypatch.setattr(app.client, "EVENTS_READ_TIMEOUT_SECONDS", 0.5)
     with client_of(silent, timeout_graceful_shutdown=1) as client, pytest.raises(httpx.ReadTimeout):
         list(client.job_events("0123"))
+
+
+def test_a_connection_that_is_never_made_fails_after_the_connect_timeout_not_the_read_one() -> None:
+    with silent_listener() as port, NibbleClient(f"http://127.0.0.1:{port}", timeout_seconds=300,
+                                                 connect_timeout_seconds=1) as client:
+        started = time.monotonic()
+        with pytest.raises(httpx.ConnectTimeout):
+            client.list_devices()
+    assert time.monotonic() - started < 30  # 1 s asked; before, 300 s (the read timeout) applied to connecting
