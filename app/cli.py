@@ -17,6 +17,7 @@ Exit status (``nibble --help`` lists it too):
   4  no nibble server answers at --url: refused, timed out, name not resolved, the connection lost, or what
      answers is not nibble (an HTML page, a proxy's error page, JSON of another shape)
   5  the server is busy (503, or 429): retry, after the Retry-After seconds printed when it sent them
+  130, 143  interrupted (Ctrl-C, SIGTERM); 141 the reader of stdout left (``nibble ... | head``), silently
 No traceback reaches the terminal: an unexpected failure prints one line
 (``NIBBLE_DEBUG=1`` shows the traceback).
 """
@@ -99,6 +100,7 @@ EXIT_UNREACHABLE = 4
 EXIT_BUSY = 5
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, as shells report it
 EXIT_TERMINATED = 143  # 128 + SIGTERM
+EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE, what `ls | head` reports for ls
 BUSY_STATUSES = (429, 503)
 EXIT_STATUS_HELP = (
     "exit status: 0 done (plan: the deployed format fits; jobs: the job succeeded or, without --watch, was "
@@ -842,6 +844,9 @@ def run(argv: Sequence[str] | None = None, out: TextIO | None = None, err: TextI
     except (httpx.TransportError, httpx.InvalidURL) as exc:
         err.write(f"error: {_transport_reason(exc, args.url)}\n")
         return EXIT_UNREACHABLE
+    except BrokenPipeError:  # the reader left (`nibble ... | head`): nothing more to say, as for any Unix tool
+        _silence_stdout(out)
+        return EXIT_BROKEN_PIPE
     except OSError as exc:
         err.write(f"error: {exc}\n")
     except KeyboardInterrupt:
@@ -855,6 +860,13 @@ def run(argv: Sequence[str] | None = None, out: TextIO | None = None, err: TextI
             traceback.print_exc(file=err)
         err.write(f"error: unexpected {type(exc).__name__}: {exc} (NIBBLE_DEBUG=1 shows the traceback)\n")
     return EXIT_ERROR
+
+
+def _silence_stdout(out: TextIO) -> None:
+    """Point the process's stdout at /dev/null when `out` is it, so the interpreter's last flush into the closed
+    pipe raises nothing more at exit (the Python documentation's way, "Note on SIGPIPE")."""
+    if out is sys.stdout:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
 
 
 def _report_api_error(exc: NibbleAPIError, url: str, err: TextIO) -> int:

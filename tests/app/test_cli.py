@@ -228,6 +228,16 @@ def test_a_server_that_never_accepts_is_exit_status_4_within_the_connect_timeout
                             "(ConnectTimeout)\n"
 
 
+@pytest.mark.parametrize("argv", [["devices"], ["inspect", "--preset", "qwen3-235b-a22b", "--json"]])
+def test_a_reader_that_leaves_the_pipe_ends_the_command_quietly_with_status_141(argv: list[str]) -> None:
+    process = subprocess.Popen([sys.executable, "-m", "app.cli", *argv], cwd=REPO_ROOT, stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True)
+    assert process.stdout is not None
+    process.stdout.close()  # `nibble ... | head -1` once head has its line
+    _, err = process.communicate(timeout=120)
+    assert (process.returncode, err) == (141, "")  # as `ls | head` for ls; it was 1 and "error: [Errno 32] Broken pipe"
+
+
 def test_a_url_without_a_scheme_is_a_usage_error_with_the_fix() -> None:
     result = nibble_process("presets", "--url", "localhost:8000")
     assert result.returncode == 2
