@@ -209,9 +209,11 @@ def _plan_form(body: Body, checkpoint: CheckpointFiles, index: bytes | None) -> 
     return parts
 
 
-def _close_files(files: Mapping[str, tuple[str, Any, str]]) -> None:
-    for _, handle, _ in files.values():
-        if hasattr(handle, "close") and hasattr(handle, "name") and isinstance(handle.name, str):
+def _close_files(files: Mapping[str, tuple[str, Any, str]], given: Mapping[str, FileInput | None]) -> None:
+    """Close the files the client opened (those `given` as paths); a file object the caller passed stays open,
+    theirs to seek back and send again."""
+    for key, (_, handle, _) in files.items():
+        if isinstance(given[key], str | os.PathLike):
             handle.close()
 
 
@@ -344,7 +346,7 @@ class NibbleClient:
         try:
             return _checked(self._http.post(path, files=files, data=data))
         finally:
-            _close_files(files)
+            _close_files(files, {"file": file, "calibration": calibration})
 
     def health(self) -> Health:
         """``GET /healthz``: ``Health(status="ok")`` when the server is up."""
@@ -507,7 +509,7 @@ class AsyncNibbleClient:
         try:
             return _checked(await self._http.post(path, files=files, data=data))
         finally:
-            _close_files(files)
+            _close_files(files, {"file": file, "calibration": calibration})
 
     async def health(self) -> Health:
         """``GET /healthz``: ``Health(status="ok")`` when the server is up."""

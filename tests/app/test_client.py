@@ -124,6 +124,15 @@ def test_quantize_compare_and_dequantize_round_trip(server: str, weights_npy: Pa
     assert download.save(tmp_path / "q.safetensors").stat().st_size == len(download.content)
 
 
+def test_a_file_object_the_caller_passes_stays_open_to_send_again(server: str, weights_npy: Path) -> None:
+    with NibbleClient(server) as client, weights_npy.open("rb") as handle:
+        first = client.quantize(handle, method="rtn")
+        assert not handle.closed  # the caller's, not the client's: it was closed, and the seek below failed
+        handle.seek(0)
+        again = client.compare(handle, ["rtn"])
+    assert again.tensors[0].results[0].quality == first.tensors[0].quality
+
+
 def test_async_client_answers_the_same(server: str, weights_npy: Path) -> None:
     async def run() -> tuple[PlanResponse, float, int]:
         async with AsyncNibbleClient(server) as client:
