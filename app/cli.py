@@ -630,10 +630,17 @@ def command_serve(args: argparse.Namespace) -> int:
     """Stock ``uvicorn app.main:app`` on the guarded event loop, with the connection limits of SECURITY.md."""
     import uvicorn  # only this command needs the server
 
-    uvicorn.run("app.main:app", host=args.host, port=args.port, workers=args.workers, http=args.http, loop=SERVE_LOOP,
-                limit_concurrency=args.limit_concurrency, timeout_keep_alive=args.timeout_keep_alive,
-                backlog=args.backlog, h11_max_incomplete_event_size=args.max_head_bytes)
-    return 0
+    try:
+        uvicorn.run("app.main:app", host=args.host, port=args.port, workers=args.workers, http=args.http,
+                    loop=SERVE_LOOP, limit_concurrency=args.limit_concurrency,
+                    timeout_keep_alive=args.timeout_keep_alive, backlog=args.backlog,
+                    h11_max_incomplete_event_size=args.max_head_bytes)
+    except SystemExit as exc:  # uvicorn's own statuses (3: did not start) would read as nibble's (3: does not fit)
+        if exc.code in (0, None):
+            return EXIT_OK
+        raise CommandError(f"the server did not start on {args.host}:{args.port} (uvicorn's exit status {exc.code}; "
+                           "its log above says why)") from None
+    return EXIT_OK
 
 
 # --- parser and entry point ---------------------------------------------------------------------

@@ -408,6 +408,15 @@ def test_serve_runs_stock_uvicorn_on_the_guarded_loop_with_the_connection_limits
     assert "app.http_protocol" not in makefile + dockerfile
 
 
+def test_serve_on_a_port_in_use_exits_1_saying_so_not_uvicorns_3(server: str) -> None:
+    port = server.rsplit(":", 1)[1]
+    result = nibble_process("serve", "--port", port)
+    assert result.returncode == 1  # 3 is plan's "does not fit"; uvicorn's "did not start" was passed through
+    assert "address already in use" in result.stderr and "Traceback" not in result.stderr
+    assert result.stderr.splitlines()[-1] == (f"error: the server did not start on 127.0.0.1:{port} (uvicorn's "
+                                              "exit status 3; its log above says why)")
+
+
 def test_plan_from_a_local_checkpoint_directory_reads_its_headers_and_config(tmp_path: Path) -> None:
     config = {"model_type": "llama", "hidden_size": 256, "num_hidden_layers": 2, "num_attention_heads": 4,
               "num_key_value_heads": 2, "intermediate_size": 512, "vocab_size": 1000}
