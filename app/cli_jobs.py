@@ -206,6 +206,9 @@ def _download(client: NibbleClient, args: argparse.Namespace, out: TextIO) -> in
             if size != file["bytes"]:  # a proxy's page, or a file changed on the server: not the job's result
                 raise JobFailed(f"{file['name']}: {size:,} bytes arrived where the job lists {file['bytes']:,}; "
                                 "nothing downloaded")
+    if args.json:
+        out.write(json.dumps({"id": args.id, "output": str(output), "files": files}, indent=2) + "\n")
+        return 0
     out.write(f"downloaded job {args.id}: {len(files)} files, {sum(file['bytes'] for file in files):,} bytes "
               f"into {output}\n")
     return 0

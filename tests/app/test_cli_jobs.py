@@ -230,6 +230,10 @@ def test_gguf_takes_q4_0s_scheme_locally_and_as_a_job_downloaded_with_the_same_b
     status, _, err = nibble("jobs", "download", answer["id"], "-o", str(tmp_path / "job"), "--url", server)
     assert (status, err) == (1, f"error: {tmp_path / 'job'} exists and is not an empty directory; give a new "
                                 "directory\n")
+    status, out, err = nibble("jobs", "download", answer["id"], "-o", str(tmp_path / "again"), "--json", "--url",
+                              server)
+    assert status == 0 and json.loads(out) == {"id": answer["id"], "output": str(tmp_path / "again"),
+                                               "files": answer["result"]["files"]}
     status, _, err = nibble("jobs", "submit", "llama", "--format", "gguf", "--group-size", "128", "--url", server)
     assert status == 1 and "GGUF Q4_0 holds int4 group-32 symmetric tensors" in err
 
