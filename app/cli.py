@@ -14,7 +14,10 @@ Exit status (``nibble --help`` lists it too):
   1  the request failed: the problem (title, detail, each invalid field) is on stderr
   2  usage: a bad option or value, or a --url without http:// or https://
   3  ``plan`` only: the model does NOT fit (``--allow-no-fit`` exits 0 instead)
-  4  the server at --url cannot be reached (refused, timed out, name not resolved)
+  4  no nibble server answers at --url: refused, timed out, name not resolved, the connection lost, or what
+     answers is not nibble (an HTML page, a proxy's error page, JSON of another shape)
+  5  the server is busy (503, or 429): retry, after the Retry-After seconds printed when it sent them
+  130, 143  interrupted (Ctrl-C, SIGTERM); 141 the reader of stdout left (``nibble ... | head``), silently
 No traceback reaches the terminal: an unexpected failure prints one line
 (``NIBBLE_DEBUG=1`` shows the traceback).
 """
@@ -24,6 +27,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import sys
 import time
 import traceback
@@ -34,8 +38,17 @@ from typing import Any, NoReturn, TextIO, get_args
 import httpx
 from pydantic import ValidationError
 
-from app.cli_jobs import JobFailed, add_job_options, add_jobs_parser, command_jobs, command_quantize_checkpoint
-from app.client import NibbleAPIError, NibbleClient
+from app.cli_jobs import (
+    JobFailed,
+    Terminated,
+    add_job_options,
+    add_jobs_parser,
+    command_jobs,
+    command_quantize_checkpoint,
+    group_size_option,
+    staged_output,
+)
+from app.client import NibbleAPIError, NibbleClient, NibbleResponseError
 from app.problems import problem_for, validation_problem
 from app.schemas.models import (
     DeviceOut,
@@ -84,9 +97,15 @@ EXIT_ERROR = 1
 EXIT_USAGE = 2
 EXIT_DOES_NOT_FIT = 3
 EXIT_UNREACHABLE = 4
+EXIT_BUSY = 5
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, as shells report it
+EXIT_TERMINATED = 143  # 128 + SIGTERM
+EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE, what `ls | head` reports for ls
+BUSY_STATUSES = (429, 503)
 EXIT_STATUS_HELP = (
-    "exit status: 0 done (plan: the deployed format fits); 1 the request failed (problem on stderr); "
-    "2 usage error; 3 plan: does not fit (--allow-no-fit: 0); 4 server unreachable")
+    "exit status: 0 done (plan: the deployed format fits; jobs: the job succeeded or, without --watch, was "
+    "accepted); 1 the request failed (problem on stderr), or the job failed or was cancelled; 2 usage error; "
+    "3 plan: does not fit (--allow-no-fit: 0); 4 no nibble server answers at --url; 5 server busy, retry later")
 
 
 class CommandError(Exception):
@@ -493,12 +512,19 @@ class ProgressBar:
         self.stream.flush()
 
 
+def _output_file(path: str) -> Path:
+    """``-o`` of a command that writes one file: refused before any work when it is a directory."""
+    if Path(path).is_dir():
+        raise CommandError(f"{path} is a directory; give a file name (-o)")
+    return Path(path)
+
+
 def command_quantize(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     if Path(args.input).is_dir():  # a checkpoint directory: the job, locally (app/cli_jobs.py)
         return command_quantize_checkpoint(args, out, err)
     args.format = args.format or "nibble"
     _scheme_for_output(args)
-    output = Path(args.output)
+    output = _output_file(args.output)
     _local_only(args)
     if args.url:
         err.write(f"uploading {args.input} to {args.url} (the server reports no per-tensor progress)\n")
@@ -508,12 +534,14 @@ def command_quantize(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
                                        calibration=args.calibration)
         if isinstance(download, QuantizeReport):  # only for output=report, which this command never asks
             raise CommandError("the server answered a report instead of a file")
-        download.save(output)
+        with staged_output(output) as staging:
+            download.save(staging)
         summary = download.summary
     else:
         job = _job(args, (args.method,))
         progress = ProgressBar(err) if not args.quiet else None
-        summary = quantize_file(job, args.format, output, progress=progress)
+        with staged_output(output) as staging:
+            summary = quantize_file(job, args.format, staging, progress=progress)
     if args.json:
         _print_json(summary, out)
         return 0
@@ -565,16 +593,18 @@ def command_compare(args: argparse.Namespace, out: TextIO) -> int:
 
 
 def command_dequantize(args: argparse.Namespace, out: TextIO) -> int:
-    output = Path(args.output)
+    output = _output_file(args.output)
     if args.url:
         with _client(args) as client:
             download = client.dequantize(args.input, args.dtype)
-        download.save(output)
+        with staged_output(output) as staging:
+            download.save(staging)
         summary = download.summary
     else:
         settings = get_settings()
         limits = ReadLimits(settings.max_tensors, settings.max_elements_per_tensor, settings.max_header_bytes)
-        summary = dequantize_file(Path(args.input), args.dtype, limits, output)
+        with staged_output(output) as staging:
+            summary = dequantize_file(Path(args.input), args.dtype, limits, staging)
     if args.json:
         _print_json(summary, out)
         return EXIT_OK
@@ -600,10 +630,17 @@ def command_serve(args: argparse.Namespace) -> int:
     """Stock ``uvicorn app.main:app`` on the guarded event loop, with the connection limits of SECURITY.md."""
     import uvicorn  # only this command needs the server
 
-    uvicorn.run("app.main:app", host=args.host, port=args.port, workers=args.workers, http=args.http, loop=SERVE_LOOP,
-                limit_concurrency=args.limit_concurrency, timeout_keep_alive=args.timeout_keep_alive,
-                backlog=args.backlog, h11_max_incomplete_event_size=args.max_head_bytes)
-    return 0
+    try:
+        uvicorn.run("app.main:app", host=args.host, port=args.port, workers=args.workers, http=args.http,
+                    loop=SERVE_LOOP, limit_concurrency=args.limit_concurrency,
+                    timeout_keep_alive=args.timeout_keep_alive, backlog=args.backlog,
+                    h11_max_incomplete_event_size=args.max_head_bytes)
+    except SystemExit as exc:  # uvicorn's own statuses (3: did not start) would read as nibble's (3: does not fit)
+        if exc.code in (0, None):
+            return EXIT_OK
+        raise CommandError(f"the server did not start on {args.host}:{args.port} (uvicorn's exit status {exc.code}; "
+                           "its log above says why)") from None
+    return EXIT_OK
 
 
 # --- parser and entry point ---------------------------------------------------------------------
@@ -637,7 +674,8 @@ def _add_remote(parser: argparse.ArgumentParser) -> None:
 
 
 def _add_scheme(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--group-size", help="32, 64, 128, 256 or row (default 128; 32 for --format gguf)")
+    parser.add_argument("--group-size", type=group_size_option,
+                        help="32, 64, 128, 256 or row (default 128; 32 for --format gguf)")
     parser.add_argument("--symmetric", action="store_true", help="symmetric INT4 (no zero points)")
     parser.add_argument("--include", help="glob on tensor names (default: every 2-D float tensor)")
     parser.add_argument("--calibration", help="calibration activations [samples, in_features] as .npy")
@@ -696,7 +734,7 @@ def build_parser() -> argparse.ArgumentParser:
                                   "shown beside)")
     plan_parser.add_argument("--checkpoint", help="a local checkpoint (.safetensors, .gguf, or a directory of "
                                                   "shards): its headers give the weights; only headers are read")
-    plan_parser.add_argument("--group-size", help="INT4 group size: 32, 64, 128, 256 or row")
+    plan_parser.add_argument("--group-size", type=group_size_option, help="INT4 group size: 32, 64, 128, 256 or row")
     plan_parser.add_argument("--symmetric", action="store_true", help="symmetric INT4")
     plan_parser.add_argument("--zero", choices=("int4", "fp16"),
                              help="INT4 asymmetric zero points stored as int4 (default) or fp16")
@@ -792,12 +830,15 @@ def run(argv: Sequence[str] | None = None, out: TextIO | None = None, err: TextI
         "quantize": lambda: command_quantize(args, out, err),
         "compare": lambda: command_compare(args, out),
         "dequantize": lambda: command_dequantize(args, out),
-        "jobs": lambda: command_jobs(args, out, err),
+        "jobs": lambda: command_jobs(args, out, err, _client),
     }
     try:
         return commands[args.command]()
     except NibbleAPIError as exc:
-        _report_problem(exc.problem or {"title": exc.title, "status": exc.status, "detail": exc.detail}, err)
+        return _report_api_error(exc, args.url, err)
+    except NibbleResponseError as exc:
+        err.write(f"error: no nibble answer at {args.url}: {exc}; is --url a nibble server?\n")
+        return EXIT_UNREACHABLE
     except ValidationError as exc:
         _report_problem(validation_problem(exc.errors(include_url=False)).model_dump(), err)
     except NibbleError as exc:
@@ -808,13 +849,19 @@ def run(argv: Sequence[str] | None = None, out: TextIO | None = None, err: TextI
     except (CommandError, JobFailed) as exc:
         err.write(f"error: {exc}\n")
     except (httpx.TransportError, httpx.InvalidURL) as exc:
-        err.write(f"error: cannot reach the nibble server at {args.url}: {_transport_reason(exc)}\n")
+        err.write(f"error: {_transport_reason(exc, args.url)}\n")
         return EXIT_UNREACHABLE
+    except BrokenPipeError:  # the reader left (`nibble ... | head`): nothing more to say, as for any Unix tool
+        _silence_stdout(out)
+        return EXIT_BROKEN_PIPE
     except OSError as exc:
         err.write(f"error: {exc}\n")
     except KeyboardInterrupt:
         err.write("interrupted\n")
-        return 130
+        return EXIT_INTERRUPTED
+    except Terminated:
+        err.write("terminated\n")
+        return EXIT_TERMINATED
     except Exception as exc:  # the last guard: one line, the traceback only on request
         if os.environ.get("NIBBLE_DEBUG"):
             traceback.print_exc(file=err)
@@ -822,16 +869,44 @@ def run(argv: Sequence[str] | None = None, out: TextIO | None = None, err: TextI
     return EXIT_ERROR
 
 
-def _transport_reason(exc: Exception) -> str:
+def _silence_stdout(out: TextIO) -> None:
+    """Point the process's stdout at /dev/null when `out` is it, so the interpreter's last flush into the closed
+    pipe raises nothing more at exit (the Python documentation's way, "Note on SIGPIPE")."""
+    if out is sys.stdout:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+
+
+def _report_api_error(exc: NibbleAPIError, url: str, err: TextIO) -> int:
+    """The server's error answer on stderr; the exit status says whose it is: busy (5), not nibble's (4), or
+    nibble's problem with the request (1)."""
+    if exc.status in BUSY_STATUSES:
+        wait = exc.retry_after_seconds
+        err.write(f"error: the server at {url} is busy: {exc.title} ({exc.status}): {exc.detail}; "
+                  + (f"retry after {wait} s\n" if wait is not None else "retry later\n"))
+        return EXIT_BUSY
+    if not exc.is_problem:  # a proxy's page, or another server: no problem document of nibble's
+        err.write(f"error: no nibble answer at {url}: {exc.status} {exc.title}: {exc.detail}\n")
+        return EXIT_UNREACHABLE
+    _report_problem(exc.problem, err)
+    return EXIT_ERROR
+
+
+def _transport_reason(exc: Exception, url: str) -> str:
     if isinstance(exc, httpx.ConnectError):
-        return f"connection failed ({exc}); is `nibble serve` running there?"
+        return (f"cannot reach the nibble server at {url}: connection failed ({exc}); "
+                "is `nibble serve` running there?")
     if isinstance(exc, httpx.TimeoutException):
-        return f"timed out ({type(exc).__name__})"
-    return str(exc) or type(exc).__name__
+        return f"cannot reach the nibble server at {url}: timed out ({type(exc).__name__})"
+    return f"lost the connection to the nibble server at {url}: {exc or type(exc).__name__}"
+
+
+def _raise_terminated(signum: int, frame: object) -> NoReturn:
+    raise Terminated
 
 
 def main() -> None:
-    """The ``nibble`` console script."""
+    """The ``nibble`` console script (SIGTERM ends it as cleanly as Ctrl-C: exit status 143)."""
+    signal.signal(signal.SIGTERM, _raise_terminated)
     raise SystemExit(run())
 
 

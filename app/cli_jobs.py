@@ -1,4 +1,5 @@
-"""``nibble jobs submit/status/watch/cancel/list`` (against a server) and ``nibble quantize DIR -o OUTDIR`` (locally).
+"""``nibble jobs submit/status/watch/cancel/download/list`` (against a server) and ``nibble quantize DIR -o
+OUTDIR`` (locally).
 
 The remote commands speak to ``/v1/jobs`` through `app.client`; ``watch``
 follows the job's server-sent events with a progress bar on stderr.  A local
@@ -12,12 +13,19 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import tempfile
 import time
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TextIO
 
-from app.client import NibbleClient
+import httpx
+
+from app.client import NibbleAPIError, NibbleClient
+from app.job_store import TERMINAL_STATES
 from app.schemas.jobs import JobCreate, JobSource, to_options
 from app.settings import get_settings
 from quant_core.checkpoint import (
@@ -32,7 +40,19 @@ from quant_core.tensorio import read_importance
 
 PROGRESS_WIDTH = 24
 MIB = 1 << 20
+GGUF_GROUP_SIZE = 32  # GGUF Q4_0: blocks of 32 weights, symmetric (gguf-py quants.py, Q4_0)
 JOB_OUTPUTS = ("compressed-tensors", "gptq", "awq", "gguf")
+#: how long ``watch`` keeps trying a server that stopped answering (a restart resumes the job), and the pause
+#: between tries
+RECONNECT_SECONDS = 120.0
+RECONNECT_PAUSE_SECONDS = 1.0
+#: what a reverse proxy (or nibble, shutting down) answers while the server behind it restarts
+GATEWAY_STATUSES = (502, 503, 504)
+
+
+class Terminated(BaseException):
+    """SIGTERM (a CI runner's cancel, ``docker stop``, ``timeout``) as an exception, so that the command's
+    temporary files are removed on the way out as for Ctrl-C."""
 
 
 class JobFailed(Exception):
@@ -43,8 +63,12 @@ def _group_size(value: str) -> int | None:
     return None if value == "row" else int(value)
 
 
-#: GGUF Q4_0: blocks of 32 weights, symmetric (gguf-py quants.py, Q4_0)
-GGUF_GROUP_SIZE = 32
+def group_size_option(text: str) -> str:
+    """``--group-size``: a whole number or ``row``, checked as the option is read (a usage error, exit 2); the
+    API says which numbers it takes."""
+    if text != "row" and not text.strip().isdigit():
+        raise argparse.ArgumentTypeError(f"{text!r} is not a group size: give 32, 64, 128, 256 or row")
+    return text
 
 
 def job_body(args: argparse.Namespace, path: str) -> dict[str, Any]:
@@ -52,10 +76,10 @@ def job_body(args: argparse.Namespace, path: str) -> dict[str, Any]:
     chosen: dict[str, Any] = {}
     output = args.format or "compressed-tensors"
     symmetric = args.symmetric
+    if output == "gguf":  # Q4_0 is group 32, symmetric: taken unless a group size is given (then refused if not 32)
+        chosen["group_size"], symmetric = GGUF_GROUP_SIZE, True
     if args.group_size is not None:  # unset: the API's default group size (a budget chooses it)
         chosen["group_size"] = _group_size(args.group_size)
-    elif output == "gguf":  # Q4_0 is group 32 symmetric, as `nibble quantize FILE --format gguf` takes it
-        chosen["group_size"], symmetric = GGUF_GROUP_SIZE, True
     request = JobCreate(
         source=JobSource(path=path), method=args.method, output=output,
         symmetric=symmetric, include=args.include or None, exclude=args.exclude or None,
@@ -65,12 +89,15 @@ def job_body(args: argparse.Namespace, path: str) -> dict[str, Any]:
 
 
 def progress_line(status: dict[str, Any]) -> str:
-    """``[#####.......] 12/56 tensors, 1.2 of 4.0 GiB, 35.1 MiB/s, 80 s left (running)``."""
+    """``[#####.......] 12/56 tensors, 1.20 of 4.00 GiB, 35.1 MiB/s, 80 s left (running)``; bytes in MiB
+    (2^20) below a GiB total, in KiB (2^10) below a MiB, where GiB would print ``0.00 of 0.00``."""
     progress = status["progress"]
     done, total = progress["tensors_done"], progress["tensors_total"]
     filled = PROGRESS_WIDTH * done // max(total, 1)
+    unit, scale = next((name, size) for name, size in (("GiB", 1 << 30), ("MiB", MIB), ("KiB", 1 << 10), ("bytes", 1))
+                       if progress["bytes_total"] >= size or size == 1)
     parts = [f"[{'#' * filled}{'.' * (PROGRESS_WIDTH - filled)}] {done}/{total} tensors",
-             f"{progress['bytes_done'] / (1 << 30):.2f} of {progress['bytes_total'] / (1 << 30):.2f} GiB"]
+             f"{progress['bytes_done'] / scale:.2f} of {progress['bytes_total'] / scale:.2f} {unit}"]
     if progress.get("rate"):
         parts.append(f"{progress['rate'] / MIB:.1f} MiB/s")
     if progress.get("eta_seconds") is not None and status["state"] == "running":
@@ -85,20 +112,48 @@ def allocation_line(allocation: dict[str, Any]) -> str:
             f"({allocation['bits_per_weight']:.3f} bits per weight): {mix}")
 
 
-def _client(args: argparse.Namespace) -> NibbleClient:
-    if not args.url:
-        raise JobFailed("jobs run on a server: pass --url (or set NIBBLE_URL)")
-    return NibbleClient(args.url, api_key=args.api_key)
+def watch(client: NibbleClient, job_id: str, err: TextIO,
+          reconnect_seconds: float = RECONNECT_SECONDS) -> dict[str, Any]:
+    """Follow a job's events to its end, one progress line per change; its last status.
+
+    A stream that drops (the server restarting resumes its jobs), or a proxy's 502/503/504 in its place, is
+    followed again once the server answers, for up to `reconnect_seconds` without an answer; then the error is
+    raised, as it is at once by a server never reached (a wrong ``--url``).  A stream that ends before the job
+    has is followed again too, so the status returned is always a finished one."""
+    try:
+        return _follow(client, job_id, err, reconnect_seconds)
+    except (KeyboardInterrupt, Terminated):  # the watch stops; the job does not
+        err.write(f"stopped watching; job {job_id} goes on on the server (nibble jobs watch {job_id}, "
+                  f"or nibble jobs cancel {job_id})\n")
+        raise
 
 
-def watch(client: NibbleClient, job_id: str, err: TextIO) -> dict[str, Any]:
-    """Follow a job's events to its end, one progress line per change; its last status."""
-    last: dict[str, Any] = client.get_job(job_id)
-    for status in client.job_events(job_id):
-        last = status
-        err.write(progress_line(status) + "\n")
-        err.flush()
-    return last
+def _follow(client: NibbleClient, job_id: str, err: TextIO, reconnect_seconds: float) -> dict[str, Any]:
+    lost_at: float | None = None
+    reached = False
+    while True:
+        try:
+            last = client.get_job(job_id)
+            reached = True
+            for status in client.job_events(job_id):
+                last, lost_at = status, None
+                err.write(progress_line(status) + "\n")
+                err.flush()
+            if last["state"] in TERMINAL_STATES:
+                return last
+        except (httpx.TransportError, NibbleAPIError) as exc:
+            if not reached or (isinstance(exc, NibbleAPIError) and exc.status not in GATEWAY_STATUSES):
+                raise
+            now = time.monotonic()
+            if lost_at is None:
+                lost_at = now
+                err.write(f"connection to the server lost ({exc or type(exc).__name__}); following job {job_id} "
+                          f"again once it answers (for up to {reconnect_seconds:.0f} s)\n")
+            elif now - lost_at > reconnect_seconds:
+                err.write(f"gave up watching job {job_id}; it may still run on the server "
+                          f"(nibble jobs watch {job_id})\n")
+                raise
+        time.sleep(RECONNECT_PAUSE_SECONDS)
 
 
 def _finish(status: dict[str, Any], args: argparse.Namespace, out: TextIO) -> int:
@@ -117,9 +172,54 @@ def _finish(status: dict[str, Any], args: argparse.Namespace, out: TextIO) -> in
     return 0
 
 
-def command_jobs(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
-    """``nibble jobs <action>``."""
-    with _client(args) as client:
+def _cancel(client: NibbleClient, args: argparse.Namespace, out: TextIO) -> int:
+    """Cancel a queued or running job; delete a finished one (the server's DELETE does either), saying which."""
+    before = client.get_job(args.id)["state"]
+    status = client.cancel_job(args.id)
+    if args.json:
+        out.write(json.dumps(status, indent=2) + "\n")
+    elif before in TERMINAL_STATES:
+        out.write(f"job {status['id']}: deleted, with its files (it had {before})\n")
+    elif status["state"] == "cancelled":
+        out.write(f"job {status['id']}: cancelled\n")
+    else:
+        out.write(f"job {status['id']}: cancelling (it stops after the tensors in flight)\n")
+    return 0
+
+
+def _download(client: NibbleClient, args: argparse.Namespace, out: TextIO) -> int:
+    """Every result file of a succeeded job into a new directory (``-o``), which appears only once complete."""
+    status = client.get_job(args.id)
+    if status["state"] != "succeeded":
+        raise JobFailed(f"job {args.id} is {status['state']}: only a succeeded job has files to download")
+    output = Path(args.output)
+    if output.exists() and not (output.is_dir() and not any(output.iterdir())):
+        raise JobFailed(f"{output} exists and is not an empty directory; give a new directory")
+    files = status["result"]["files"]
+    for name in (file["name"] for file in files):  # written under OUTDIR: never a path that leaves it
+        if name in ("", ".", "..") or Path(name).name != name or "\\" in name:
+            raise JobFailed(f"the server names a result file {name!r}, not a plain file name; nothing downloaded")
+    with staged_output(output) as staging:
+        staging.mkdir()
+        for file in files:
+            size = client.download_job_file(file["url"], staging / file["name"]).stat().st_size
+            if size != file["bytes"]:  # a proxy's page, or a file changed on the server: not the job's result
+                raise JobFailed(f"{file['name']}: {size:,} bytes arrived where the job lists {file['bytes']:,}; "
+                                "nothing downloaded")
+    if args.json:
+        out.write(json.dumps({"id": args.id, "output": str(output), "files": files}, indent=2) + "\n")
+        return 0
+    out.write(f"downloaded job {args.id}: {len(files)} files, {sum(file['bytes'] for file in files):,} bytes "
+              f"into {output}\n")
+    return 0
+
+
+def command_jobs(args: argparse.Namespace, out: TextIO, err: TextIO,
+                 connect: Callable[[argparse.Namespace], NibbleClient]) -> int:
+    """``nibble jobs <action>``, on the server `connect` opens a client of (``--url``, ``--api-key``)."""
+    if not args.url:
+        raise JobFailed("jobs run on a server: pass --url (or set NIBBLE_URL)")
+    with connect(args) as client:
         if args.action == "submit":
             status = client.submit_job(job_body(args, args.path))
             err.write(f"submitted job {status['id']} ({status['url']})\n")
@@ -136,9 +236,9 @@ def command_jobs(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         if args.action == "watch":
             return _finish(watch(client, args.id, err), args, out)
         if args.action == "cancel":
-            status = client.cancel_job(args.id)
-            out.write(f"job {status['id']}: {status['state']}\n")
-            return 0
+            return _cancel(client, args, out)
+        if args.action == "download":
+            return _download(client, args, out)
         return _finish(client.get_job(args.id), args, out)
 
 
@@ -162,8 +262,10 @@ def command_quantize_checkpoint(args: argparse.Namespace, out: TextIO, err: Text
         plans = attach_importance(plans, read_importance(Path(args.importance)))
         checkpoint = without_statistics(checkpoint, Path(args.importance))
     output = Path(args.output)
-    if output.exists() and any(output.iterdir()):
+    if output.is_dir() and any(output.iterdir()):
         raise JobFailed(f"{output} exists and is not empty; give a new directory")
+    if output.exists() and not output.is_dir():
+        raise JobFailed(f"{output} is a file, not a directory; give a new directory")
     started = time.perf_counter()
 
     def progress(done: int, total: int, entry: dict[str, Any]) -> None:
@@ -173,8 +275,9 @@ def command_quantize_checkpoint(args: argparse.Namespace, out: TextIO, err: Text
                       f"({time.perf_counter() - started:.1f} s in all)\n")
             err.flush()
 
-    with tempfile.TemporaryDirectory(prefix="nibble-parts-", dir=os.environ.get("NIBBLE_TEMP_DIR")) as parts:
-        report = quantize_checkpoint(checkpoint, plans, options, output, Path(parts), progress)
+    with (tempfile.TemporaryDirectory(prefix="nibble-parts-", dir=os.environ.get("NIBBLE_TEMP_DIR")) as parts,
+          staged_output(output) as staging):
+        report = quantize_checkpoint(checkpoint, plans, options, staging, Path(parts), progress)
     if args.json:
         out.write(json.dumps(report, indent=2) + "\n")
         return 0
@@ -185,6 +288,28 @@ def command_quantize_checkpoint(args: argparse.Namespace, out: TextIO, err: Text
     if report.get("allocation") is not None:
         out.write(allocation_line(report["allocation"]) + "\n")
     return 0
+
+
+@contextmanager
+def staged_output(output: Path) -> Iterator[Path]:
+    """A hidden path beside `output` to write the result to, renamed to `output` once the block ends without an
+    error (a directory replaces an empty one); otherwise removed.  An interrupted run (Ctrl-C, SIGTERM, a full
+    disk) leaves no half-written result under `output`'s name, and its parent's other files untouched.  A
+    symbolic link is written through, as an open() would: the result goes where it points."""
+    output = output.resolve() if output.is_symlink() else output
+    output.parent.mkdir(parents=True, exist_ok=True)
+    staging = output.parent / f".{output.name}.partial-{uuid.uuid4().hex[:12]}"
+    try:
+        yield staging
+        try:
+            os.replace(staging, output)
+        except OSError as exc:  # named after `output`, not the hidden staging path
+            raise OSError(exc.errno, f"cannot put the result at {output}: {exc.strerror}") from None
+    finally:
+        if staging.is_dir():
+            shutil.rmtree(staging, ignore_errors=True)
+        else:
+            staging.unlink(missing_ok=True)
 
 
 def add_job_options(parser: argparse.ArgumentParser) -> None:
@@ -211,8 +336,9 @@ def add_jobs_parser(commands: Any, add_remote: Any) -> None:
     submit.add_argument("path", help="the checkpoint directory, relative to the server's NIBBLE_DATA_DIR")
     submit.add_argument("--method", default="rtn", choices=[m for m in METHODS if not m.startswith("gptq")])
     submit.add_argument("--format", default="compressed-tensors", choices=JOB_OUTPUTS)
-    submit.add_argument("--group-size", help="32, 64, 128, 256 or row (default 128; 32 for --format gguf; "
-                        "a budget chooses each tensor's)")
+    submit.add_argument("--group-size", type=group_size_option,
+                        help="32, 64, 128, 256 or row (default 128; 32 for --format gguf; a budget chooses each "
+                        "tensor's)")
     submit.add_argument("--symmetric", action="store_true")
     submit.add_argument("--include", action="append", help="glob of tensor names to quantize (repeatable)")
     submit.add_argument("--watch", action="store_true", help="follow the job with a progress bar to its end")
@@ -220,8 +346,11 @@ def add_jobs_parser(commands: Any, add_remote: Any) -> None:
     add_budget_options(submit)
     add_remote(submit)
     for action, text in (("status", "a job's state, progress and files"), ("watch", "follow a job to its end"),
-                         ("cancel", "cancel a job (a finished one is deleted, with its files)")):
+                         ("cancel", "cancel a job (a finished one is deleted, with its files)"),
+                         ("download", "a succeeded job's files into a new directory")):
         parser = actions.add_parser(action, help=text)
         parser.add_argument("id")
+        if action == "download":
+            parser.add_argument("-o", "--output", required=True, help="a new (or empty) directory for the files")
         add_remote(parser)
     add_remote(actions.add_parser("list", help="every job, newest first"))

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
@@ -23,19 +23,27 @@ from typing import IO, Any, Literal, Self, TypeVar, overload
 from urllib.parse import urlsplit
 
 import httpx
-from pydantic import BaseModel, TypeAdapter
+from pydantic import BaseModel, TypeAdapter, ValidationError
 
+from app.schemas.jobs import JobList, JobStatus, JobSummary
 from app.schemas.models import DeviceOut, Health, InspectResponse, ModelDetail, ModelSummary
 from app.schemas.plans import PlanRequest, PlanResponse, SweepRequest, SweepResponse
 from app.schemas.quantize import CompareReport, QuantizeReport
 
 DEFAULT_TIMEOUT_SECONDS = 300.0  # a quantization of a large upload takes minutes
+#: a server whose packets are dropped (a firewall, a full accept queue) is given up on after this long
+CONNECT_TIMEOUT_SECONDS = 10.0
+#: a job's event stream silent this long is dead: the server sends an event at least every 15 s
+#: (app/routers/jobs.py, EVENT_INTERVAL_SECONDS)
+EVENTS_READ_TIMEOUT_SECONDS = 60.0
 REPORT_HEADER = "X-Nibble-Report"
 FileInput = str | os.PathLike[str] | bytes | IO[bytes]
 Body = BaseModel | Mapping[str, Any]
 ModelT = TypeVar("ModelT", bound=BaseModel)
 _MODEL_LIST = TypeAdapter(list[ModelSummary])
 _DEVICE_LIST = TypeAdapter(list[DeviceOut])
+_JSON_OBJECT = TypeAdapter(dict[str, Any])
+AnswerT = TypeVar("AnswerT")
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,11 +69,21 @@ class NibbleAPIError(Exception):
         self.problem = dict(problem or {})
         self.headers = dict(headers or {})
 
+    def __reduce__(self) -> tuple[type[NibbleAPIError], tuple[Any, ...]]:
+        """Pickled with every field (a worker process's error reaches its parent whole, not as a TypeError)."""
+        return type(self), (self.status, self.title, self.detail, self.type, self.errors, self.problem, self.headers)
+
     @property
     def retry_after_seconds(self) -> int | None:
         """The ``Retry-After`` of a 503 (pool full), in seconds, if the server sent one."""
         value = self.headers.get("retry-after", "")
         return int(value) if value.isdigit() else None
+
+    @property
+    def is_problem(self) -> bool:
+        """Whether the answer was a problem document (nibble's own error), not another body: a proxy's HTML
+        page, uvicorn's plain-text 503 past its connection limit."""
+        return bool(self.problem)
 
     @classmethod
     def from_response(cls, response: httpx.Response) -> NibbleAPIError:
@@ -75,14 +93,51 @@ class NibbleAPIError(Exception):
             document = response.json()
         except (json.JSONDecodeError, UnicodeDecodeError):
             document = None
-        if not isinstance(document, dict) or "status" not in document:
+        if not isinstance(document, dict) or type(document.get("status")) is not int:
             return cls(response.status_code, response.reason_phrase or "HTTP error",
-                       response.text[:500], headers=headers)
+                       f"{_body_kind(response)}, not a problem document: {_excerpt(response)}", headers=headers)
         errors = [ProblemField(str(item.get("field", "")), str(item.get("message", "")))
                   for item in document.get("errors") or [] if isinstance(item, dict)]
-        return cls(int(document.get("status", response.status_code)), str(document.get("title", "")),
-                   str(document.get("detail", "")), str(document.get("type", "about:blank")), errors,
-                   document, headers)
+        return cls(document["status"], str(document.get("title", "")), str(document.get("detail", "")),
+                   str(document.get("type", "about:blank")), errors, document, headers)
+
+
+class NibbleResponseError(Exception):
+    """A success answer that is not what nibble answers there (an HTML page, JSON of another shape): the address
+    names some other server, or a proxy answers for it.  `status`, `content_type` and a one-line `excerpt`."""
+
+    def __init__(self, status: int, content_type: str, excerpt: str, reason: str) -> None:
+        super().__init__(f"the server answered {status} with {content_type}, not nibble's answer ({reason})"
+                         + (f": {excerpt}" if excerpt else ""))
+        self.status = status
+        self.content_type = content_type
+        self.excerpt = excerpt
+        self.reason = reason
+
+    def __reduce__(self) -> tuple[type[NibbleResponseError], tuple[Any, ...]]:
+        return type(self), (self.status, self.content_type, self.excerpt, self.reason)
+
+    @classmethod
+    def from_response(cls, response: httpx.Response, error: Exception) -> NibbleResponseError:
+        """The error for a 2xx `response` whose body `error` (a JSON or validation error) could not parse."""
+        if isinstance(error, ValidationError) and all(item["type"] != "json_invalid" for item in error.errors()):
+            reason = f"JSON of another shape: {error.error_count()} field(s) not as nibble answers"
+        elif isinstance(error, ValidationError | json.JSONDecodeError):
+            reason = "not JSON"
+        else:
+            reason = str(error)
+        return cls(response.status_code, _body_kind(response), _excerpt(response), reason)
+
+
+def _body_kind(response: httpx.Response) -> str:
+    content_type = response.headers.get("content-type", "").split(";")[0].strip()
+    return content_type or ("an empty body" if not response.content else "a body of no declared type")
+
+
+def _excerpt(response: httpx.Response, length: int = 200) -> str:
+    """The first `length` characters of the body on one line (an HTML page's whitespace collapsed)."""
+    text = " ".join(response.content[:4 * length].decode("utf-8", "replace").split())
+    return text[:length] + ("..." if len(text) > length else "")
 
 
 @dataclass(frozen=True, slots=True)
@@ -154,10 +209,53 @@ def _plan_form(body: Body, checkpoint: CheckpointFiles, index: bytes | None) -> 
     return parts
 
 
-def _close_files(files: Mapping[str, tuple[str, Any, str]]) -> None:
-    for _, handle, _ in files.values():
-        if hasattr(handle, "close") and hasattr(handle, "name") and isinstance(handle.name, str):
+def _close_files(files: Mapping[str, tuple[str, Any, str]], given: Mapping[str, FileInput | None]) -> None:
+    """Close the files the client opened (those `given` as paths); a file object the caller passed stays open,
+    theirs to seek back and send again."""
+    for key, (_, handle, _) in files.items():
+        if isinstance(given[key], str | os.PathLike):
             handle.close()
+
+
+def _parse(parse: Callable[[bytes], AnswerT], response: httpx.Response) -> AnswerT:
+    """`parse` of a success answer's body; `NibbleResponseError` when it is not what nibble answers there."""
+    try:
+        return parse(response.content)
+    except ValueError as exc:  # JSON, Unicode and pydantic's validation errors all are
+        raise NibbleResponseError.from_response(response, exc) from None
+
+
+def _job_status(content: bytes) -> dict[str, Any]:
+    """A job's status as the JSON object the server sent, once its shape is checked (`JobStatus`)."""
+    JobStatus.model_validate_json(content)
+    return _JSON_OBJECT.validate_json(content)
+
+
+def _job_list(content: bytes) -> list[dict[str, Any]]:
+    JobList.model_validate_json(content)
+    return _JSON_OBJECT.validate_json(content)["jobs"]  # type: ignore[no-any-return]
+
+
+def _event_status(response: httpx.Response, data: str) -> dict[str, Any]:
+    """An event's status: a job's summary fields at least (its ``report`` comes only with the last)."""
+    try:
+        JobSummary.model_validate_json(data)
+        return _JSON_OBJECT.validate_json(data)
+    except ValueError as exc:
+        raise NibbleResponseError(response.status_code, "text/event-stream", data[:200],
+                                  "an event that is not a job's status") from exc
+
+
+def _timeouts(timeout_seconds: float, connect_timeout_seconds: float) -> httpx.Timeout:
+    """`timeout_seconds` for each read, write and pool wait; a connection that is not made within
+    `connect_timeout_seconds` (at most `timeout_seconds`) fails then, not after a quantization's minutes."""
+    return httpx.Timeout(timeout_seconds, connect=min(connect_timeout_seconds, timeout_seconds))
+
+
+def _events_timeout(timeout: httpx.Timeout) -> httpx.Timeout:
+    """The client's timeouts, but reads of an event stream wait `EVENTS_READ_TIMEOUT_SECONDS`: four of the
+    server's 15 s heartbeats, however long the client's own read timeout."""
+    return httpx.Timeout(timeout.connect, read=EVENTS_READ_TIMEOUT_SECONDS, write=timeout.write, pool=timeout.pool)
 
 
 def _checked(response: httpx.Response) -> httpx.Response:
@@ -167,20 +265,36 @@ def _checked(response: httpx.Response) -> httpx.Response:
 
 
 def _download(response: httpx.Response) -> Download:
+    """The file of a quantize or dequantize answer, which nibble always sends with its report summary in the
+    ``X-Nibble-Report`` header: an answer without it (a proxy's or portal's page) is no file of nibble's."""
     disposition = response.headers.get("content-disposition", "")
     filename = disposition.split('filename="', 1)[1].rstrip('"') if 'filename="' in disposition else "download"
     summary_text = response.headers.get(REPORT_HEADER)
-    summary = json.loads(summary_text) if summary_text else {}
+    if summary_text is None:
+        raise NibbleResponseError.from_response(response, ValueError(f"a file without nibble's {REPORT_HEADER}"))
+    try:
+        summary = _JSON_OBJECT.validate_json(summary_text)
+    except ValueError:
+        raise NibbleResponseError.from_response(response, ValueError(f"an {REPORT_HEADER} that is not a JSON object")) \
+            from None
     return Download(response.content, filename, summary)
 
 
 def _base_url(url: str) -> str:
-    """`url` without a trailing slash; a ValueError that says what to write when it names no http(s) server
-    (httpx would otherwise fail on the first request with "unsupported protocol 'localhost://'")."""
-    parts = urlsplit(url)
-    if parts.scheme not in ("http", "https") or not parts.netloc:
+    """`url` without surrounding white space (a ``NIBBLE_URL`` read from a file keeps its newline) or a trailing
+    slash; a ValueError that says what to write when it names no http(s) server (httpx would otherwise fail on the
+    first request with "unsupported protocol 'localhost://'", or "Connection refused" for port 99999)."""
+    url = url.strip()
+    try:
+        parts = urlsplit(url)
+        port = parts.port  # a port that is not a number, or out of 0-65535, raises
+    except ValueError as exc:
+        raise ValueError(f"base_url {url!r} is not a valid address: {exc}") from None
+    if parts.scheme not in ("http", "https") or not parts.hostname:
         hint = f"; did you mean http://{url}?" if "://" not in url else ""
         raise ValueError(f"base_url {url!r} is not an http:// or https:// address{hint}")
+    if port == 0:
+        raise ValueError(f"base_url {url!r} is not a valid address: port 0")
     return url.rstrip("/")
 
 
@@ -205,9 +319,10 @@ class NibbleClient:
 
     def __init__(self, base_url: str, *, api_key: str | None = None,
                  timeout_seconds: float = DEFAULT_TIMEOUT_SECONDS,
+                 connect_timeout_seconds: float = CONNECT_TIMEOUT_SECONDS,
                  transport: httpx.BaseTransport | None = None) -> None:
         self._http = httpx.Client(base_url=_base_url(base_url), headers=_auth_headers(api_key),
-                                  timeout=timeout_seconds, transport=transport)
+                                  timeout=_timeouts(timeout_seconds, connect_timeout_seconds), transport=transport)
 
     def __enter__(self) -> Self:
         return self
@@ -231,11 +346,11 @@ class NibbleClient:
         try:
             return _checked(self._http.post(path, files=files, data=data))
         finally:
-            _close_files(files)
+            _close_files(files, {"file": file, "calibration": calibration})
 
     def health(self) -> Health:
         """``GET /healthz``: ``Health(status="ok")`` when the server is up."""
-        return Health.model_validate(self._get("/healthz").json())
+        return _parse(Health.model_validate_json, self._get("/healthz"))
 
     def _post_plan(self, path: str, body: Body, checkpoint: CheckpointFiles | None,
                    index: bytes | None) -> httpx.Response:
@@ -247,32 +362,32 @@ class NibbleClient:
              index: bytes | None = None) -> PlanResponse:
         """``POST /v1/plan``: will the model fit, per device, 16-bit beside INT4.  With `checkpoint` (file name
         -> header bytes) and its `index`, the checkpoint's own tensors, sent as the multipart form."""
-        return PlanResponse.model_validate_json(self._post_plan("/v1/plan", body, checkpoint, index).content)
+        return _parse(PlanResponse.model_validate_json, self._post_plan("/v1/plan", body, checkpoint, index))
 
     def sweep(self, body: SweepRequest | Mapping[str, Any], *, checkpoint: CheckpointFiles | None = None,
               index: bytes | None = None) -> SweepResponse:
         """``POST /v1/plan/sweep``: one row per combination of the swept values (`checkpoint` as for `plan`)."""
-        return SweepResponse.model_validate_json(self._post_plan("/v1/plan/sweep", body, checkpoint, index).content)
+        return _parse(SweepResponse.model_validate_json, self._post_plan("/v1/plan/sweep", body, checkpoint, index))
 
     def inspect(self, model: Body) -> InspectResponse:
         """``POST /v1/models/inspect``: ``{"preset": id}``, ``{"hf_config": {...}}`` or ``{"spec": {...}}``."""
-        return InspectResponse.model_validate_json(self._post_json("/v1/models/inspect", model).content)
+        return _parse(InspectResponse.model_validate_json, self._post_json("/v1/models/inspect", model))
 
     def list_models(self) -> list[ModelSummary]:
         """``GET /v1/models``: every preset."""
-        return _MODEL_LIST.validate_json(self._get("/v1/models").content)
+        return _parse(_MODEL_LIST.validate_json, self._get("/v1/models"))
 
     def get_model(self, model_id: str) -> ModelDetail:
         """``GET /v1/models/{id}``."""
-        return ModelDetail.model_validate_json(self._get(f"/v1/models/{model_id}").content)
+        return _parse(ModelDetail.model_validate_json, self._get(f"/v1/models/{model_id}"))
 
     def list_devices(self) -> list[DeviceOut]:
         """``GET /v1/devices``: every catalogued accelerator."""
-        return _DEVICE_LIST.validate_json(self._get("/v1/devices").content)
+        return _parse(_DEVICE_LIST.validate_json, self._get("/v1/devices"))
 
     def get_device(self, device_id: str) -> DeviceOut:
         """``GET /v1/devices/{id}``."""
-        return DeviceOut.model_validate_json(self._get(f"/v1/devices/{device_id}").content)
+        return _parse(DeviceOut.model_validate_json, self._get(f"/v1/devices/{device_id}"))
 
     @overload
     def quantize(self, file: FileInput, *, filename: str | None = ..., method: str = ...,
@@ -291,7 +406,7 @@ class NibbleClient:
         response = self._post_upload("/v1/quantize", file, filename, calibration,
                                      _quantize_fields(method, group_size, symmetric, output, include))
         if output == "report":
-            return QuantizeReport.model_validate_json(response.content)
+            return _parse(QuantizeReport.model_validate_json, response)
         return _download(response)
 
     def compare(self, file: FileInput, methods: Sequence[str] = ("rtn", "clip"), *, filename: str | None = None,
@@ -300,7 +415,7 @@ class NibbleClient:
         """``POST /v1/quantize/compare``: each method's sizes and quality figures, per tensor."""
         response = self._post_upload("/v1/quantize/compare", file, filename, calibration,
                                      _compare_fields(methods, group_size, symmetric, include))
-        return CompareReport.model_validate_json(response.content)
+        return _parse(CompareReport.model_validate_json, response)
 
     def dequantize(self, file: FileInput, dtype: str = "float32", *, filename: str | None = None) -> Download:
         """``POST /v1/dequantize``: a nibble ``.safetensors`` back to `dtype` floats."""
@@ -310,40 +425,54 @@ class NibbleClient:
 
     def submit_job(self, body: Mapping[str, Any]) -> dict[str, Any]:
         """``POST /v1/jobs``: the queued job's status (``id``, ``url``, ``state``, ``progress``...)."""
-        return self._post_json("/v1/jobs", body).json()  # type: ignore[no-any-return]
+        return _parse(_job_status, self._post_json("/v1/jobs", body))
 
     def get_job(self, job_id: str) -> dict[str, Any]:
         """``GET /v1/jobs/{id}``."""
-        return self._get(f"/v1/jobs/{job_id}").json()  # type: ignore[no-any-return]
+        return _parse(_job_status, self._get(f"/v1/jobs/{job_id}"))
 
     def list_jobs(self) -> list[dict[str, Any]]:
         """``GET /v1/jobs``, newest first."""
-        return self._get("/v1/jobs").json()["jobs"]  # type: ignore[no-any-return]
+        return _parse(_job_list, self._get("/v1/jobs"))
 
     def cancel_job(self, job_id: str) -> dict[str, Any]:
         """``DELETE /v1/jobs/{id}``: cancel a queued or running job; delete a finished one (its files and record)."""
-        return _checked(self._http.delete(f"/v1/jobs/{job_id}")).json()  # type: ignore[no-any-return]
+        return _parse(_job_status, _checked(self._http.delete(f"/v1/jobs/{job_id}")))
 
     def job_events(self, job_id: str) -> Iterator[dict[str, Any]]:
-        """``GET /v1/jobs/{id}/events``: each status the server sends, until the job is finished."""
-        with self._http.stream("GET", f"/v1/jobs/{job_id}/events", timeout=None) as response:
+        """``GET /v1/jobs/{id}/events``: each status the server sends, until the job is finished.
+
+        The server sends an event at least every 15 s while a job runs; a stream silent for
+        `EVENTS_READ_TIMEOUT_SECONDS` raises `httpx.ReadTimeout`, and a dropped one `httpx.TransportError`
+        (``nibble jobs watch`` reconnects)."""
+        with self._http.stream("GET", f"/v1/jobs/{job_id}/events", timeout=_events_timeout(self._http.timeout)) \
+                as response:
             if response.status_code >= 400:
                 response.read()
                 _checked(response)
+            if not response.headers.get("content-type", "").startswith("text/event-stream"):
+                response.read()
+                raise NibbleResponseError.from_response(response, ValueError("not an event stream"))
             for line in response.iter_lines():
                 if line.startswith("data: "):
-                    yield json.loads(line.removeprefix("data: "))
+                    yield _event_status(response, line.removeprefix("data: "))
 
     def download_job_file(self, url: str, path: str | os.PathLike[str]) -> Path:
-        """Stream one result file (its ``url`` from the job's ``result.files``) to `path`."""
+        """Stream one result file (its ``url`` from the job's ``result.files``) to `path`: written beside it
+        under a hidden name and renamed once whole, so an interrupted download leaves no partial file there."""
         target = Path(path)
-        with self._http.stream("GET", url, timeout=None) as response:
-            if response.status_code >= 400:
-                response.read()
-                _checked(response)
-            with target.open("wb") as handle:
-                for chunk in response.iter_bytes(1 << 20):
-                    handle.write(chunk)
+        partial = target.with_name(f".{target.name}.partial")
+        try:
+            with self._http.stream("GET", url, timeout=_events_timeout(self._http.timeout)) as response:
+                if response.status_code >= 400:
+                    response.read()
+                    _checked(response)
+                with partial.open("wb") as handle:
+                    for chunk in response.iter_bytes(1 << 20):
+                        handle.write(chunk)
+            os.replace(partial, target)
+        finally:
+            partial.unlink(missing_ok=True)
         return target
 
 
@@ -352,9 +481,11 @@ class AsyncNibbleClient:
 
     def __init__(self, base_url: str, *, api_key: str | None = None,
                  timeout_seconds: float = DEFAULT_TIMEOUT_SECONDS,
+                 connect_timeout_seconds: float = CONNECT_TIMEOUT_SECONDS,
                  transport: httpx.AsyncBaseTransport | None = None) -> None:
         self._http = httpx.AsyncClient(base_url=_base_url(base_url), headers=_auth_headers(api_key),
-                                       timeout=timeout_seconds, transport=transport)
+                                       timeout=_timeouts(timeout_seconds, connect_timeout_seconds),
+                                       transport=transport)
 
     async def __aenter__(self) -> Self:
         return self
@@ -378,11 +509,11 @@ class AsyncNibbleClient:
         try:
             return _checked(await self._http.post(path, files=files, data=data))
         finally:
-            _close_files(files)
+            _close_files(files, {"file": file, "calibration": calibration})
 
     async def health(self) -> Health:
         """``GET /healthz``: ``Health(status="ok")`` when the server is up."""
-        return Health.model_validate((await self._get("/healthz")).json())
+        return _parse(Health.model_validate_json, await self._get("/healthz"))
 
     async def _post_plan(self, path: str, body: Body, checkpoint: CheckpointFiles | None,
                          index: bytes | None) -> httpx.Response:
@@ -393,33 +524,33 @@ class AsyncNibbleClient:
     async def plan(self, body: PlanRequest | Mapping[str, Any], *, checkpoint: CheckpointFiles | None = None,
                    index: bytes | None = None) -> PlanResponse:
         """``POST /v1/plan`` (`checkpoint`: see `NibbleClient.plan`)."""
-        return PlanResponse.model_validate_json((await self._post_plan("/v1/plan", body, checkpoint, index)).content)
+        return _parse(PlanResponse.model_validate_json, await self._post_plan("/v1/plan", body, checkpoint, index))
 
     async def sweep(self, body: SweepRequest | Mapping[str, Any], *, checkpoint: CheckpointFiles | None = None,
                     index: bytes | None = None) -> SweepResponse:
         """``POST /v1/plan/sweep`` (`checkpoint`: see `NibbleClient.plan`)."""
         answer = await self._post_plan("/v1/plan/sweep", body, checkpoint, index)
-        return SweepResponse.model_validate_json(answer.content)
+        return _parse(SweepResponse.model_validate_json, answer)
 
     async def inspect(self, model: Body) -> InspectResponse:
         """``POST /v1/models/inspect``."""
-        return InspectResponse.model_validate_json((await self._post_json("/v1/models/inspect", model)).content)
+        return _parse(InspectResponse.model_validate_json, await self._post_json("/v1/models/inspect", model))
 
     async def list_models(self) -> list[ModelSummary]:
         """``GET /v1/models``."""
-        return _MODEL_LIST.validate_json((await self._get("/v1/models")).content)
+        return _parse(_MODEL_LIST.validate_json, await self._get("/v1/models"))
 
     async def get_model(self, model_id: str) -> ModelDetail:
         """``GET /v1/models/{id}``."""
-        return ModelDetail.model_validate_json((await self._get(f"/v1/models/{model_id}")).content)
+        return _parse(ModelDetail.model_validate_json, await self._get(f"/v1/models/{model_id}"))
 
     async def list_devices(self) -> list[DeviceOut]:
         """``GET /v1/devices``."""
-        return _DEVICE_LIST.validate_json((await self._get("/v1/devices")).content)
+        return _parse(_DEVICE_LIST.validate_json, await self._get("/v1/devices"))
 
     async def get_device(self, device_id: str) -> DeviceOut:
         """``GET /v1/devices/{id}``."""
-        return DeviceOut.model_validate_json((await self._get(f"/v1/devices/{device_id}")).content)
+        return _parse(DeviceOut.model_validate_json, await self._get(f"/v1/devices/{device_id}"))
 
     @overload
     async def quantize(self, file: FileInput, *, filename: str | None = ..., method: str = ...,
@@ -440,7 +571,7 @@ class AsyncNibbleClient:
         response = await self._post_upload("/v1/quantize", file, filename, calibration,
                                            _quantize_fields(method, group_size, symmetric, output, include))
         if output == "report":
-            return QuantizeReport.model_validate_json(response.content)
+            return _parse(QuantizeReport.model_validate_json, response)
         return _download(response)
 
     async def compare(self, file: FileInput, methods: Sequence[str] = ("rtn", "clip"), *,
@@ -449,7 +580,7 @@ class AsyncNibbleClient:
         """``POST /v1/quantize/compare``."""
         response = await self._post_upload("/v1/quantize/compare", file, filename, calibration,
                                            _compare_fields(methods, group_size, symmetric, include))
-        return CompareReport.model_validate_json(response.content)
+        return _parse(CompareReport.model_validate_json, response)
 
     async def dequantize(self, file: FileInput, dtype: str = "float32", *, filename: str | None = None) -> Download:
         """``POST /v1/dequantize``."""

@@ -1,7 +1,9 @@
-"""A real uvicorn server of an ASGI app in a thread of the test process, for protocol-level tests."""
+"""A real uvicorn server of an ASGI app in a thread of the test process, and a port that never answers, for
+protocol-level tests."""
 
 from __future__ import annotations
 
+import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -33,3 +35,22 @@ def uvicorn_in_thread(app: Any, **config: Any) -> Iterator[int]:
     finally:
         instance.should_exit = True
         thread.join(timeout=10)
+
+
+@contextmanager
+def silent_listener() -> Iterator[int]:
+    """A port whose SYNs go unanswered, as behind a firewall that drops them: a listening socket that never
+    accepts, its queue of one filled."""
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(0)
+        port: int = listener.getsockname()[1]
+        fillers = [socket.socket() for _ in range(4)]
+        for filler in fillers:
+            filler.setblocking(False)
+            filler.connect_ex(("127.0.0.1", port))
+        try:
+            yield port
+        finally:
+            for filler in fillers:
+                filler.close()

@@ -6,8 +6,10 @@ import io
 import json
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import numpy as np
@@ -16,6 +18,7 @@ from safetensors.numpy import load_file, save_file
 
 from app.cli import run
 from tests.e2e.conftest import REPO_ROOT, start_server
+from tests.threaded_server import silent_listener, uvicorn_in_thread
 
 PLAN_ARGS = ["plan", "--model", "llama-3.1-70b", "--device", "h100-80gb", "--count", "2", "--context", "32768",
              "--sequences", "8"]
@@ -207,6 +210,34 @@ def test_an_unreachable_server_is_one_line_on_stderr_and_exit_status_4() -> None
     assert "Connection refused" in result.stderr
 
 
+@pytest.mark.parametrize("argv", [["jobs", "watch", "0123"], ["jobs", "status", "0123"], ["jobs", "submit", "llama"]])
+def test_jobs_against_an_unreachable_server_exit_4_at_once(argv: list[str]) -> None:
+    result = nibble_process(*argv, "--watch" if argv[1] == "submit" else "--json",
+                            "--url", f"http://127.0.0.1:{free_port()}")
+    assert result.returncode == 4
+    assert result.stderr.startswith("error: cannot reach the nibble server at http://127.0.0.1:")
+    assert result.stderr.count("\n") == 1  # no reconnecting to a server never reached: a wrong --url fails now
+
+
+def test_a_server_that_never_accepts_is_exit_status_4_within_the_connect_timeout() -> None:
+    with silent_listener() as port:
+        started = time.monotonic()
+        result = nibble_process("devices", "--url", f"http://127.0.0.1:{port}")
+    assert result.returncode == 4 and time.monotonic() - started < 60  # 10 s to connect; it was 300 s
+    assert result.stderr == f"error: cannot reach the nibble server at http://127.0.0.1:{port}: timed out " \
+                            "(ConnectTimeout)\n"
+
+
+@pytest.mark.parametrize("argv", [["devices"], ["inspect", "--preset", "qwen3-235b-a22b", "--json"]])
+def test_a_reader_that_leaves_the_pipe_ends_the_command_quietly_with_status_141(argv: list[str]) -> None:
+    process = subprocess.Popen([sys.executable, "-m", "app.cli", *argv], cwd=REPO_ROOT, stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True)
+    assert process.stdout is not None
+    process.stdout.close()  # `nibble ... | head -1` once head has its line
+    _, err = process.communicate(timeout=120)
+    assert (process.returncode, err) == (141, "")  # as `ls | head` for ls; it was 1 and "error: [Errno 32] Broken pipe"
+
+
 def test_a_url_without_a_scheme_is_a_usage_error_with_the_fix() -> None:
     result = nibble_process("presets", "--url", "localhost:8000")
     assert result.returncode == 2
@@ -337,6 +368,15 @@ def test_quantize_to_gguf_takes_the_q4_0_scheme_by_itself(checkpoint: Path, tmp_
     assert status == 1 and "group_size" in err
 
 
+@pytest.mark.parametrize("command", ["quantize", "dequantize"])
+def test_an_output_file_that_is_a_directory_is_refused_before_any_work(checkpoint: Path, tmp_path: Path,
+                                                                       command: str) -> None:
+    (tmp_path / "taken").mkdir()
+    status, out, err = nibble(command, str(checkpoint), "-o", str(tmp_path / "taken"))
+    assert (status, out, err) == (1, "", f"error: {tmp_path / 'taken'} is a directory; give a file name (-o)\n")
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["in.safetensors", "taken"]
+
+
 def test_the_table_states_the_decode_bound_and_its_basis() -> None:
     status, out, _ = nibble(*PLAN_ARGS)
     assert status == 0
@@ -366,6 +406,15 @@ def test_serve_runs_stock_uvicorn_on_the_guarded_loop_with_the_connection_limits
     assert ('"--loop", "app.connections:GuardedEventLoop", "--limit-concurrency", "256", "--timeout-keep-alive", '
             '"5", "--backlog", "256"' in dockerfile)
     assert "app.http_protocol" not in makefile + dockerfile
+
+
+def test_serve_on_a_port_in_use_exits_1_saying_so_not_uvicorns_3(server: str) -> None:
+    port = server.rsplit(":", 1)[1]
+    result = nibble_process("serve", "--port", port)
+    assert result.returncode == 1  # 3 is plan's "does not fit"; uvicorn's "did not start" was passed through
+    assert "address already in use" in result.stderr and "Traceback" not in result.stderr
+    assert result.stderr.splitlines()[-1] == (f"error: the server did not start on 127.0.0.1:{port} (uvicorn's "
+                                              "exit status 3; its log above says why)")
 
 
 def test_plan_from_a_local_checkpoint_directory_reads_its_headers_and_config(tmp_path: Path) -> None:
@@ -448,3 +497,100 @@ def test_quantize_locally_under_a_budget_with_importance_statistics(checkpoint: 
     status, _, err = nibble("quantize", str(checkpoint), "-o", str(output), "--bits-per-weight", "4.4",
                             "--url", server)
     assert status == 1 and "locally" in err
+
+
+# --- what answers at --url is not always nibble: one line each, and an exit status a CI script can act on --------
+
+
+def fixed_answer(status: int, content_type: str, body: bytes, headers: dict[str, str] | None = None) -> Any:
+    """An ASGI app answering every request with the same status, type and body (a proxy, another service)."""
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return
+        while (await receive()).get("more_body"):
+            pass
+        fields = [(b"content-type", content_type.encode())] if content_type else []
+        fields += [(name.encode(), value.encode()) for name, value in (headers or {}).items()]
+        await send({"type": "http.response.start", "status": status, "headers": fields})
+        await send({"type": "http.response.body", "body": body})
+    return app
+
+
+NGINX_502 = (b"<html>\r\n<head><title>502 Bad Gateway</title></head>\r\n<body>\r\n<center><h1>502 Bad Gateway</h1>"
+             b"</center>\r\n<hr><center>nginx</center>\r\n</body>\r\n</html>\r\n")
+NOT_NIBBLE = [
+    pytest.param(200, "text/html", b"<html>\n<body>\n<h1>Sign in to the guest Wi-Fi</h1>\n</body>\n</html>",
+                 "answered 200 with text/html, not nibble's answer (not JSON): <html> <body> <h1>Sign in", id="html"),
+    pytest.param(200, "application/json", b'{"hello": "world"}',
+                 "answered 200 with application/json, not nibble's answer (JSON of another shape", id="other-json"),
+    pytest.param(502, "text/html", NGINX_502,
+                 "502 Bad Gateway: text/html, not a problem document: <html> <head><title>502 Bad Gateway", id="proxy"),
+]
+
+
+@pytest.mark.parametrize(("status", "content_type", "body", "said"), NOT_NIBBLE)
+@pytest.mark.parametrize("argv", [["presets"], ["plan", "--model", "llama-3.1-8b", "--device", "h100-80gb"],
+                                  ["jobs", "status", "0123"], ["jobs", "watch", "0123"], ["jobs", "list"]],
+                         ids=lambda argv: "-".join(argv[:2]))
+def test_an_answer_that_is_not_nibbles_is_one_line_and_exit_status_4(argv: list[str], status: int,
+                                                                      content_type: str, body: bytes,
+                                                                      said: str) -> None:
+    with uvicorn_in_thread(fixed_answer(status, content_type, body)) as port:
+        result = nibble_process(*argv, "--url", f"http://127.0.0.1:{port}")
+    assert result.returncode == 4, result.stderr
+    assert "Traceback" not in result.stderr and result.stderr.count("\n") == 1
+    assert result.stderr.startswith(f"error: no nibble answer at http://127.0.0.1:{port}: ")
+    assert said in result.stderr
+    assert "Invalid request (422)" not in result.stderr  # the server's answer is not the user's request
+
+
+@pytest.mark.parametrize("command", ["quantize", "dequantize"])
+def test_a_file_answer_that_is_not_nibbles_is_not_written_as_the_output(checkpoint: Path, tmp_path: Path,
+                                                                         command: str) -> None:
+    page = b"<html><body><h1>Sign in to the guest Wi-Fi</h1></body></html>"  # 200, as a captive portal answers
+    with uvicorn_in_thread(fixed_answer(200, "text/html", page)) as port:
+        result = nibble_process(command, str(checkpoint), "-o", str(tmp_path / "out.safetensors"), "--url",
+                                f"http://127.0.0.1:{port}")
+    assert result.returncode == 4 and result.stdout == ""
+    assert result.stderr.splitlines()[-1] == (
+        f"error: no nibble answer at http://127.0.0.1:{port}: the server answered 200 with text/html, not nibble's "
+        f"answer (a file without nibble's X-Nibble-Report): {page.decode()}; is --url a nibble server?")
+    assert not (tmp_path / "out.safetensors").exists()
+
+
+BUSY = [
+    pytest.param(503, "application/problem+json",
+                 b'{"type":"urn:nibble:problem:pool-full","title":"Service unavailable","status":503,'
+                 b'"detail":"the pool is full","errors":[]}', {"Retry-After": "7"},
+                 "is busy: Service unavailable (503): the pool is full; retry after 7 s\n", id="pool-full"),
+    pytest.param(503, "text/plain; charset=utf-8", b"Service Unavailable", {},
+                 "is busy: Service Unavailable (503): text/plain, not a problem document: Service Unavailable; "
+                 "retry later\n", id="uvicorn-limit-concurrency"),
+]
+
+
+@pytest.mark.parametrize(("status", "content_type", "body", "headers", "said"), BUSY)
+@pytest.mark.parametrize("argv", [["devices"], ["jobs", "submit", "llama"]], ids=lambda argv: "-".join(argv[:2]))
+def test_a_busy_server_is_one_line_with_its_retry_after_and_exit_status_5(argv: list[str], status: int,
+                                                                          content_type: str, body: bytes,
+                                                                          headers: dict[str, str], said: str) -> None:
+    with uvicorn_in_thread(fixed_answer(status, content_type, body, headers)) as port:
+        result = nibble_process(*argv, "--url", f"http://127.0.0.1:{port}")
+    assert result.returncode == 5, result.stderr
+    assert result.stderr == f"error: the server at http://127.0.0.1:{port} {said}"
+
+
+@pytest.mark.parametrize("argv", [
+    ["jobs", "status", "0123", "--url", "localhost:8000"],
+    ["jobs", "list", "--url", "ftp://example.org"],
+    ["jobs", "submit", "llama", "--group-size", "abc", "--url", "http://127.0.0.1:9"],
+    ["plan", "--model", "llama-3.1-8b", "--device", "h100-80gb", "--group-size", "abc"],
+    ["quantize", "ckpt", "-o", "out", "--group-size", "12x"],
+], ids=["jobs-url-without-scheme", "jobs-url-ftp", "jobs-group-size", "plan-group-size", "quantize-group-size"])
+def test_a_bad_url_or_group_size_is_a_usage_error_in_every_command(argv: list[str]) -> None:
+    result = nibble_process(*argv)
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr and "unexpected" not in result.stderr
+    assert result.stderr.count("\n") == 1
+    assert ("is not an http:// or https:// address" in result.stderr
+            or "is not a group size: give 32, 64, 128, 256 or row" in result.stderr)

@@ -4,17 +4,25 @@ from __future__ import annotations
 
 import asyncio
 import io
+import pickle
+import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
+import httpx
 import numpy as np
 import pytest
 from safetensors.numpy import load
 
-from app.client import AsyncNibbleClient, Download, NibbleAPIError, NibbleClient
+import app.client
+from app.client import AsyncNibbleClient, Download, NibbleAPIError, NibbleClient, NibbleResponseError
 from app.schemas.models import Health
 from app.schemas.plans import PlanResponse
+from tests.app.test_cli import NGINX_502, fixed_answer
 from tests.e2e.conftest import start_server
+from tests.threaded_server import silent_listener, uvicorn_in_thread
 
 PLAN_BODY = {"model": {"preset": "llama-3.1-70b"}, "hardware": {"device": "h100-80gb", "count": 2},
              "workload": {"context_length": 32768, "concurrent_sequences": 8}}
@@ -84,6 +92,21 @@ def test_problems_raise_one_error_type_with_the_problem_fields(server: str) -> N
     assert [error.field for error in invalid.value.errors] == ["workload.context_length"]
 
 
+def test_errors_reach_a_parent_process_whole_from_a_worker(server: str) -> None:
+    with NibbleClient(server) as client, pytest.raises(NibbleAPIError) as invalid:
+        client.plan({**PLAN_BODY, "workload": {"context_length": 0}})
+    response = NibbleResponseError(200, "text/html", "<html> <body>", "not JSON")
+    # what multiprocessing, concurrent.futures and Ray do with an exception raised in a worker
+    received, received_response = pickle.loads(pickle.dumps(invalid.value)), pickle.loads(pickle.dumps(response))
+    assert (received.status, received.title, received.detail, received.type, received.errors, received.problem) == (
+        invalid.value.status, invalid.value.title, invalid.value.detail, invalid.value.type, invalid.value.errors,
+        invalid.value.problem)
+    assert [error.field for error in received.errors] == ["workload.context_length"] and str(received) == str(
+        invalid.value)
+    assert (received_response.status, received_response.excerpt, str(received_response)) == (
+        200, "<html> <body>", str(response))
+
+
 def test_quantize_compare_and_dequantize_round_trip(server: str, weights_npy: Path, tmp_path: Path) -> None:
     with NibbleClient(server) as client:
         report = client.quantize(weights_npy, method="rtn")
@@ -99,6 +122,15 @@ def test_quantize_compare_and_dequantize_round_trip(server: str, weights_npy: Pa
     relative = float(np.linalg.norm(tensor - original) / np.linalg.norm(original))
     assert relative == pytest.approx(report.tensors[0].quality.relative_error, rel=1e-5)
     assert download.save(tmp_path / "q.safetensors").stat().st_size == len(download.content)
+
+
+def test_a_file_object_the_caller_passes_stays_open_to_send_again(server: str, weights_npy: Path) -> None:
+    with NibbleClient(server) as client, weights_npy.open("rb") as handle:
+        first = client.quantize(handle, method="rtn")
+        assert not handle.closed  # the caller's, not the client's: it was closed, and the seek below failed
+        handle.seek(0)
+        again = client.compare(handle, ["rtn"])
+    assert again.tensors[0].results[0].quality == first.tensors[0].quality
 
 
 def test_async_client_answers_the_same(server: str, weights_npy: Path) -> None:
@@ -137,6 +169,18 @@ def test_a_base_url_that_names_no_http_server_is_refused_at_once(url: str) -> No
         AsyncNibbleClient(url)
 
 
+@pytest.mark.parametrize(("url", "reason"), [("http://127.0.0.1:99999", "Port out of range 0-65535"),
+                                           ("http://127.0.0.1:0", "port 0"), ("http://[::1", "Invalid IPv6 URL")])
+def test_a_base_url_with_a_port_or_host_that_cannot_be_is_refused_at_once(url: str, reason: str) -> None:
+    with pytest.raises(ValueError, match=f"is not a valid address: {reason}"):
+        NibbleClient(url)  # not a "Connection refused" at the first request
+
+
+def test_white_space_around_a_base_url_is_dropped(server: str) -> None:
+    with NibbleClient(f" {server}/\n") as client:  # NIBBLE_URL read from a file keeps its newline
+        assert client.health() == Health(status="ok")
+
+
 def test_both_clients_plan_and_sweep_a_checkpoint_from_its_headers_as_files(server: str, tmp_path: Path) -> None:
     from quant_core.tensorio.checkpoint_headers import read_header_prefix
     from tests.checkpoints import LLAMA_CONFIG, write_llama_checkpoint
@@ -161,3 +205,68 @@ def test_both_clients_plan_and_sweep_a_checkpoint_from_its_headers_as_files(serv
             return answer.weights.bytes, rows[0].weights_bytes
 
     assert asyncio.run(run()) == (planned, planned)
+
+
+# --- answers that are not nibble's: an exception that says so, never a pydantic or JSON error ---------------------
+
+
+@contextmanager
+def client_of(app: Any, **config: Any) -> Iterator[NibbleClient]:
+    """A client of `app` served by a real uvicorn."""
+    with uvicorn_in_thread(app, **config) as port, NibbleClient(f"http://127.0.0.1:{port}") as client:
+        yield client
+
+
+def test_a_success_answer_that_is_not_nibbles_raises_a_response_error_with_a_one_line_excerpt() -> None:
+    page = b"<html>\n<body>\n  <h1>Sign in to the guest Wi-Fi</h1>\n</body>\n</html>"
+    with client_of(fixed_answer(200, "text/html; charset=utf-8", page)) as client, \
+            pytest.raises(NibbleResponseError) as html:
+        client.list_devices()
+
+    async def health(port: int) -> None:
+        async with AsyncNibbleClient(f"http://127.0.0.1:{port}") as client:
+            await client.health()
+
+    with uvicorn_in_thread(fixed_answer(200, "text/html", page)) as port, \
+            pytest.raises(NibbleResponseError) as async_html:
+        asyncio.run(health(port))
+    with client_of(fixed_answer(200, "application/json", b'{"state": "running"}')) as client, \
+            pytest.raises(NibbleResponseError) as shape:
+        client.get_job("0123")
+    assert (html.value.status, html.value.content_type, html.value.reason) == (200, "text/html", "not JSON")
+    assert html.value.excerpt == "<html> <body> <h1>Sign in to the guest Wi-Fi</h1> </body> </html>"
+    assert async_html.value.excerpt == html.value.excerpt
+    assert shape.value.reason.startswith("JSON of another shape: ") and shape.value.excerpt == '{"state": "running"}'
+
+
+def test_an_error_answer_that_is_no_problem_document_keeps_its_status_on_one_line() -> None:
+    with client_of(fixed_answer(502, "text/html", NGINX_502)) as client, pytest.raises(NibbleAPIError) as proxy:
+        client.plan(PLAN_BODY)
+    with client_of(fixed_answer(503, "text/plain", b"Service Unavailable", {"Retry-After": "3"})) as client, \
+            pytest.raises(NibbleAPIError) as busy:
+        client.submit_job({"source": {"path": "llama"}})
+    assert (proxy.value.status, proxy.value.title, proxy.value.is_problem) == (502, "Bad Gateway", False)
+    assert "\n" not in proxy.value.detail and proxy.value.detail.startswith("text/html, not a problem document: ")
+    assert (busy.value.status, busy.value.retry_after_seconds, busy.value.is_problem) == (503, 3, False)
+
+
+def test_a_silent_event_stream_times_out_instead_of_hanging(monkeypatch: pytest.MonkeyPatch) -> None:
+    async def silent(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] == "http":
+            await send({"type": "http.response.start", "status": 200,
+                        "headers": [(b"content-type", b"text/event-stream")]})
+            await send({"type": "http.response.body", "body": b"", "more_body": True})
+            await asyncio.sleep(30)  # a connection gone dead on the way: no heartbeat, no end
+
+    monkeypatch.setattr(app.client, "EVENTS_READ_TIMEOUT_SECONDS", 0.5)
+    with client_of(silent, timeout_graceful_shutdown=1) as client, pytest.raises(httpx.ReadTimeout):
+        list(client.job_events("0123"))
+
+
+def test_a_connection_that_is_never_made_fails_after_the_connect_timeout_not_the_read_one() -> None:
+    with silent_listener() as port, NibbleClient(f"http://127.0.0.1:{port}", timeout_seconds=300,
+                                                 connect_timeout_seconds=1) as client:
+        started = time.monotonic()
+        with pytest.raises(httpx.ConnectTimeout):
+            client.list_devices()
+    assert time.monotonic() - started < 30  # 1 s asked; before, 300 s (the read timeout) applied to connecting

@@ -37,9 +37,11 @@ JOB = {"source": {"path": "big"}, "method": "hqq", "output": "compressed-tensors
 
 
 @contextmanager
-def uvicorn_server(env: dict[str, str], log: Path) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
-    """Stock ``uvicorn app.main:app`` (no ``--http``) in its own process group, answering /healthz."""
-    port = free_port()
+def uvicorn_server(env: dict[str, str], log: Path,
+                   port: int | None = None) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
+    """Stock ``uvicorn app.main:app`` (no ``--http``) in its own process group, answering /healthz, on `port`
+    (default: a free one)."""
+    port = port or free_port()
     with log.open("ab") as output:
         process = subprocess.Popen(
             [sys.executable, "-m", "uvicorn", "app.main:app", "--host", "127.0.0.1", "--port", str(port),
