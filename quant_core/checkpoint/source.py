@@ -141,8 +141,10 @@ def open_checkpoint(directory: str | os.PathLike[str], *, root: str | os.PathLik
     """
     base = Path(directory)
     root_path = Path(root if root is not None else directory).resolve()
-    if not base.is_dir():
-        raise CheckpointError(f"{base} is not a directory")
+    if not base.is_dir():  # named as the caller gave it: relative to `root`, whose own path is not the client's
+        shown = base if root is None else base.resolve().relative_to(root_path) if base.resolve().is_relative_to(
+            root_path) else base.name
+        raise CheckpointError(f"'{shown}' is not a directory")
     folder = _inside(base, root_path, "the checkpoint directory")
     weight_map = _weight_map(folder, root_path)
     if weight_map is None:

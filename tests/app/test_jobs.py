@@ -356,6 +356,15 @@ def test_a_path_that_cannot_be_resolved_is_422_naming_its_field(jobs_client: Tes
     assert problem["errors"][0]["field"] == field and "cannot be resolved" in problem["detail"]
 
 
+def test_a_source_that_is_no_directory_is_named_as_sent_not_by_the_servers_path(jobs_client: TestClient,
+                                                                               data_root: Path) -> None:
+    # the detail was "/srv/.../data/models/nope is not a directory": the data root's place on the server's disk
+    (data_root / "models").mkdir(exist_ok=True)
+    problem = _problem(jobs_client, {"source": {"path": "models/nope"}})
+    assert problem["status"] == 422 and problem["detail"] == "'models/nope' is not a directory"
+    assert str(data_root) not in json.dumps(problem)
+
+
 def test_symlink_leading_out_of_the_data_root_is_refused(jobs_client: TestClient, data_root: Path,
                                                         tmp_path: Path) -> None:
     write_llama_checkpoint(tmp_path / "elsewhere")
