@@ -133,7 +133,7 @@ def _follow(client: NibbleClient, job_id: str, err: TextIO, reconnect_seconds: f
     reached = False
     while True:
         try:
-            last = client.get_job(job_id)
+            last = client.get_job(job_id, report=False)
             reached = True
             for status in client.job_events(job_id):
                 last, lost_at = status, None
@@ -174,7 +174,7 @@ def _finish(status: dict[str, Any], args: argparse.Namespace, out: TextIO) -> in
 
 def _cancel(client: NibbleClient, args: argparse.Namespace, out: TextIO) -> int:
     """Cancel a queued or running job; delete a finished one (the server's DELETE does either), saying which."""
-    before = client.get_job(args.id)["state"]
+    before = client.get_job(args.id, report=False)["state"]
     status = client.cancel_job(args.id)
     if args.json:
         out.write(json.dumps(status, indent=2) + "\n")
@@ -189,7 +189,7 @@ def _cancel(client: NibbleClient, args: argparse.Namespace, out: TextIO) -> int:
 
 def _download(client: NibbleClient, args: argparse.Namespace, out: TextIO) -> int:
     """Every result file of a succeeded job into a new directory (``-o``), which appears only once complete."""
-    status = client.get_job(args.id)
+    status = client.get_job(args.id, report=False)
     if status["state"] != "succeeded":
         raise JobFailed(f"job {args.id} is {status['state']}: only a succeeded job has files to download")
     output = Path(args.output)
@@ -239,7 +239,7 @@ def command_jobs(args: argparse.Namespace, out: TextIO, err: TextIO,
             return _cancel(client, args, out)
         if args.action == "download":
             return _download(client, args, out)
-        return _finish(client.get_job(args.id), args, out)
+        return _finish(client.get_job(args.id, report=args.json), args, out)  # the report: --json shows it
 
 
 def command_quantize_checkpoint(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:

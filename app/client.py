@@ -427,9 +427,10 @@ class NibbleClient:
         """``POST /v1/jobs``: the queued job's status (``id``, ``url``, ``state``, ``progress``...)."""
         return _parse(_job_status, self._post_json("/v1/jobs", body))
 
-    def get_job(self, job_id: str) -> dict[str, Any]:
-        """``GET /v1/jobs/{id}``."""
-        return _parse(_job_status, self._get(f"/v1/jobs/{job_id}"))
+    def get_job(self, job_id: str, *, report: bool = True) -> dict[str, Any]:
+        """``GET /v1/jobs/{id}``; ``report=False`` leaves out the per-tensor report (megabytes for a large job)."""
+        path = f"/v1/jobs/{job_id}" if report else f"/v1/jobs/{job_id}?report=false"
+        return _parse(_job_status, self._get(path))
 
     def list_jobs(self) -> list[dict[str, Any]]:
         """``GET /v1/jobs``, newest first."""

@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 
 from app.cli import run
+from app.client import NibbleClient
 from quant_core.checkpoint import (
     CheckpointOptions,
     attach_importance,
@@ -86,9 +87,13 @@ def test_jobs_submit_watch_status_list_against_a_server(server: str) -> None:
     assert out.startswith(f"job {job_id}: succeeded") and "model.safetensors.index.json" in out
     assert "] 14/14 tensors, 576.00 of 576.00 KiB" in err and "(succeeded)" in err  # 589,824 bytes, not 0.00 GiB
     status, out, _ = nibble("jobs", "status", job_id, "--json", "--url", server)
-    assert status == 0 and json.loads(out)["request"]["output"] == "awq"
+    assert status == 0 and json.loads(out)["request"]["output"] == "awq" and len(json.loads(out)["report"]) == 21
     status, out, _ = nibble("jobs", "list", "--url", server)
     assert status == 0 and out.startswith(job_id)
+    with NibbleClient(server) as client:  # a poll without the report (megabytes for a large job)
+        light = client.get_job(job_id, report=False)
+        assert "report" not in light and light["state"] == "succeeded"
+        assert len(client.get_job(job_id)["report"]) == 21
 
 
 def test_jobs_errors_print_the_problem_and_exit_1(server: str) -> None:
