@@ -68,3 +68,19 @@ def test_the_quant_core_examples_print_what_the_readme_says(tmp_path: Path) -> N
 def test_expected_output_reads_print_comments_and_the_comment_lines_after_a_print(code: str,
                                                                                   expected: list[str]) -> None:
     assert expected_output(code) == expected
+
+
+def test_the_client_examples_plan_answers_what_the_readme_says() -> None:
+    from fastapi.testclient import TestClient
+
+    from app.main import create_app
+
+    block = next(block for block in re.findall(r"```python\n(.*?)```", README.read_text(), re.S)
+                 if "NibbleClient(" in block)
+    body = {"model": {"preset": "llama-3.1-70b"}, "hardware": {"device": "h100-80gb", "count": 2},
+            "workload": {"context_length": 32768, "concurrent_sequences": 8}}
+    assert repr(body).replace("'", '"').replace(": ", ":").replace(", ", ",") in \
+        re.sub(r"\s+", "", block).replace("'", '"')  # the example's own request
+    with TestClient(create_app()) as client:
+        int4 = client.post("/v1/plan", json=body).json()["comparison"]["int4"]
+    assert f"# {int4['fits']} {int4['max_context_length']}" in block
