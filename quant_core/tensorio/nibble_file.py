@@ -33,6 +33,7 @@ from __future__ import annotations
 import json
 import math
 import os
+from collections.abc import Iterable
 from dataclasses import asdict, fields, replace
 from typing import Any
 
@@ -277,6 +278,19 @@ def _read_one(file: SafetensorsFile, name: str, description: Any, max_elements: 
     return replace(q, g_idx=g_idx) if g_idx is not None else q
 
 
+#: tensor name endings of the engine formats nibble also writes, which their own loaders read
+_ENGINE_FORMATS = ((".weight_packed", "compressed-tensors"), (".qweight", "GPTQ or AWQ"))
+
+
+def _engine_format_hint(names: Iterable[str]) -> str:
+    """Why a file of an engine format is not read here, when its tensor names show it is one."""
+    for ending, kind in _ENGINE_FORMATS:
+        if any(name.endswith(ending) for name in names):
+            return (f"; it holds a {kind} checkpoint ({ending[1:]} tensors), which its engine's loader reads: "
+                    "this reads the files written with output=nibble")
+    return ""
+
+
 def read_nibble_safetensors(
     path: str | os.PathLike[str],
     *,
@@ -302,7 +316,7 @@ def read_nibble_safetensors(
     if file.metadata.get(FORMAT_KEY) != FILE_FORMAT:
         raise TensorFileError(
             f"not a nibble quantized file: __metadata__ {FORMAT_KEY} is {file.metadata.get(FORMAT_KEY)!r}, "
-            f"expected {FILE_FORMAT!r}"
+            f"expected {FILE_FORMAT!r}{_engine_format_hint(file)}"
         )
     try:
         descriptions = json.loads(file.metadata.get(TENSORS_KEY, ""))

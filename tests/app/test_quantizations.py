@@ -312,6 +312,19 @@ def test_dequantize_refuses_a_file_not_written_by_nibble(client: TestClient, wei
     assert response.status_code == 422
 
 
+@pytest.mark.parametrize(("output", "says"), [("gptq", "a GPTQ or AWQ checkpoint (qweight tensors)"),
+                                              ("awq", "a GPTQ or AWQ checkpoint (qweight tensors)"),
+                                              ("compressed-tensors", "a compressed-tensors checkpoint")])
+def test_dequantize_of_an_engine_format_says_its_loader_reads_it(client: TestClient, weights: np.ndarray,
+                                                                output: str, says: str) -> None:
+    # nibble's own gptq download sent back was "nibble.format is None, expected 'nibble-int4/1'", no more
+    engine_file = client.post("/v1/quantize", files={"file": ("w.npy", npy_bytes(weights))}, data={"output": output})
+    assert engine_file.status_code == 200, engine_file.text
+    response = client.post("/v1/dequantize", files={"file": ("w.safetensors", engine_file.content)})
+    assert response.status_code == 422 and says in response.json()["detail"]
+    assert "output=nibble" in response.json()["detail"]
+
+
 def test_upload_over_the_limit_is_413_and_leaves_no_temp_files(weights: np.ndarray) -> None:
     with tempfile.TemporaryDirectory() as spool, client_with(max_upload_bytes=4096, temp_dir=spool) as small:
         response = small.post("/v1/quantize", files={"file": ("w.npy", npy_bytes(weights))})
