@@ -8,11 +8,13 @@ import os
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 
 from quant_core.checkpoint import (
+    DEFAULT_EXCLUDE,
     INDEX_NAME,
     REPORT_NAME,
     CheckpointError,
@@ -27,6 +29,12 @@ from quant_core.checkpoint import (
 from quant_core.errors import InvalidSpec
 from quant_core.tensorio import read_safetensors, write_safetensors
 from tests.checkpoints import llama_tensors, tree_bytes, write_llama_checkpoint
+from tests.quant_core.tensorio.gptq_loader_rules import (
+    LLAMA_PACKED_MODULES,
+    gptqmodel_quantizes,
+    optimum_quantizes,
+    vllm_quantizes,
+)
 
 QUANTIZED_PER_LAYER = 7  # q, k, v, o, gate, up, down
 
@@ -125,6 +133,96 @@ def test_an_awq_result_that_quantizes_every_linear_layer_keeps_modules_to_not_co
                         tmp_path / "parts")
     config = json.loads((tmp_path / "out" / "config.json").read_text())["quantization_config"]
     assert config["modules_to_not_convert"] == ["model.embed_tokens", "lm_head"]
+
+
+#: the block's linear modules of the test llama (what optimum's get_layers and GPTQModel's layer tree list)
+LINEAR_MODULES = [f"model.layers.{layer}.{module}" for layer in range(2) for module in (
+    "self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj", "mlp.gate_proj", "mlp.up_proj",
+    "mlp.down_proj")]
+#: vLLM's layer prefixes of the same model (q/k/v and gate/up fused: LlamaForCausalLM.packed_modules_mapping)
+VLLM_LINEAR_PREFIXES = [f"model.layers.{layer}.{module}" for layer in range(2) for module in (
+    "self_attn.qkv_proj", "self_attn.o_proj", "mlp.gate_up_proj", "mlp.down_proj")]
+
+
+def gptq_result(tmp_path: Path, checkpoint_dir: Path, **fields: Any) -> tuple[dict[str, Any], list[str]]:
+    """A GPTQ job's config.json quantization_config, and the linear modules its plan quantized."""
+    checkpoint = open_checkpoint(checkpoint_dir)
+    options = CheckpointOptions(output="gptq", **fields)
+    plans = plan_checkpoint(checkpoint, options)
+    quantize_checkpoint(checkpoint, plans, options, tmp_path / "out", tmp_path / "parts")
+    config = json.loads((tmp_path / "out" / "config.json").read_text())["quantization_config"]
+    assert config == json.loads((tmp_path / "out" / "quantize_config.json").read_text())
+    return config, [p.tensor.name.removesuffix(".weight") for p in plans if p.quantized]
+
+
+@pytest.mark.parametrize(("fields", "passed_through"), [
+    # group 256: every projection reading the 128-wide hidden state passes through (in_features 128)
+    ({"group_size": 256}, [m for m in LINEAR_MODULES if not m.endswith("down_proj")]),
+    # an exclude glob leaves out one layer's down_proj
+    ({"exclude": (*DEFAULT_EXCLUDE, "*layers.1.mlp.down_proj*")}, ["model.layers.1.mlp.down_proj"]),
+], ids=["group-size", "exclude"])
+def test_a_gptq_result_tells_every_loader_which_linear_modules_it_left_unquantized(
+        tmp_path: Path, checkpoint_dir: Path, fields: dict[str, Any], passed_through: list[str]) -> None:
+    # Before: no key said so, and GPTQModel, vLLM and transformers made GPTQ layers of the passed-through
+    # modules too, whose qweight the checkpoint does not hold.  Each loader's own matching is transcribed in
+    # tests/quant_core/tensorio/gptq_loader_rules.py (sources cited there).
+    config, quantized = gptq_result(tmp_path, checkpoint_dir, **fields)
+    assert sorted(quantized) == sorted(set(LINEAR_MODULES) - set(passed_through))
+    assert [m for m in LINEAR_MODULES if not gptqmodel_quantizes(config, m)] == passed_through
+    assert [m for m in LINEAR_MODULES if not optimum_quantizes(config, m)] == passed_through
+    vllm_quantized = {prefix for prefix in VLLM_LINEAR_PREFIXES if vllm_quantizes(config, prefix)}
+    assert vllm_quantized == {prefix for prefix in VLLM_LINEAR_PREFIXES
+                              if all(shard in quantized for shard in vllm_shards(prefix))}
+
+
+def vllm_shards(prefix: str) -> list[str]:
+    """The checkpoint modules a vLLM layer prefix stands for (its shards, for a fused layer)."""
+    name = prefix.rsplit(".", 1)[1]
+    return [prefix.replace(name, shard) for shard in LLAMA_PACKED_MODULES.get(name, [name])]
+
+
+def test_a_gptq_result_writes_one_rule_per_module_skipped_in_every_layer_and_short_names_for_the_rest(
+        tmp_path: Path, checkpoint_dir: Path) -> None:
+    config, _ = gptq_result(tmp_path, checkpoint_dir, group_size=256)
+    # one rule per module left out in every layer (the layer number any digits), written as GPTQModel does
+    assert list(config["dynamic"]) == [r"-:^model\.layers\.\d+\.self_attn\.q_proj$",
+                                       r"-:^model\.layers\.\d+\.self_attn\.k_proj$",
+                                       r"-:^model\.layers\.\d+\.self_attn\.v_proj$",
+                                       r"-:^model\.layers\.\d+\.self_attn\.o_proj$",
+                                       r"-:^model\.layers\.\d+\.mlp\.gate_proj$",
+                                       r"-:^model\.layers\.\d+\.mlp\.up_proj$"]
+    assert all(rule == {} for rule in config["dynamic"].values())
+    assert config["modules_in_block_to_quantize"] == [["mlp.down_proj"]]
+    config, _ = gptq_result(tmp_path / "exclude", checkpoint_dir,
+                            exclude=(*DEFAULT_EXCLUDE, "*layers.1.mlp.down_proj*"))
+    # layer 0's down_proj is quantized: layer 1's is named alone, and layer 0's by its full name
+    assert config["dynamic"] == {r"-:^model\.layers\.1\.mlp\.down_proj$": {}}
+    assert config["modules_in_block_to_quantize"] == [["self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj",
+                                                       "self_attn.o_proj", "mlp.gate_proj", "mlp.up_proj",
+                                                       "model.layers.0.mlp.down_proj"]]
+
+
+def test_a_gptq_result_leaving_out_part_of_a_fused_layer_is_what_vllm_refuses_at_load(
+        tmp_path: Path, checkpoint_dir: Path) -> None:
+    # k_proj alone left out: GPTQModel and transformers load it; vLLM fuses q/k/v into one layer and refuses a
+    # layer whose shards differ (is_layer_gptq_quantized), as quant_core/tensorio/gptq.py says
+    config, _ = gptq_result(tmp_path, checkpoint_dir, exclude=(*DEFAULT_EXCLUDE, "*k_proj*"))
+    skipped = [m for m in LINEAR_MODULES if m.endswith("k_proj")]
+    assert [m for m in LINEAR_MODULES if not gptqmodel_quantizes(config, m)] == skipped
+    assert [m for m in LINEAR_MODULES if not optimum_quantizes(config, m)] == skipped
+    with pytest.raises(ValueError, match=r"some but not all shards of model\.layers\.0\.self_attn\.qkv_proj"):
+        vllm_quantizes(config, "model.layers.0.self_attn.qkv_proj")
+
+
+@pytest.mark.parametrize("symmetric", [False, True])
+def test_a_gptq_result_that_quantizes_every_linear_layer_keeps_the_config_it_had(
+        tmp_path: Path, checkpoint_dir: Path, symmetric: bool) -> None:
+    # embeddings, lm_head and norms pass through, but no loader quantizes those: no dynamic key, as before
+    _, quantized = gptq_result(tmp_path, checkpoint_dir, symmetric=symmetric)
+    assert quantized == LINEAR_MODULES
+    assert (tmp_path / "out" / "quantize_config.json").read_text() == json.dumps(
+        {"bits": 4, "group_size": 128, "desc_act": False, "sym": symmetric, "true_sequential": True,
+         "static_groups": False, "checkpoint_format": "gptq", "quant_method": "gptq"}, indent=2) + "\n"
 
 
 # --- hostile sources ----------------------------------------------------------------------------------------
