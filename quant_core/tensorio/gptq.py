@@ -39,12 +39,15 @@ loaders read, and nothing when every linear module is quantized:
 * ``dynamic``, ``{"-:<regex>": {}}`` per rule: a negative rule leaves the
   modules it matches unquantized.  GPTQModel (``gptqmodel/quantization/config.py``,
   ``dynamic_get`` / ``_resolve_dynamic_override``: PCRE ``match``, anchored at
-  the start only, with a dict lookup for a ``^literal$`` pattern; ``make_quant``
-  skips a module whose lookup is False) and vLLM
+  the start only, with a dict lookup for a ``^literal$`` pattern;
+  ``create_quant_module`` in ``gptqmodel/utils/model.py`` makes no GPTQ layer
+  of a module whose lookup is False) and vLLM
   (``vllm/model_executor/layers/quantization/utils/gptq_utils.py``,
   ``get_dynamic_override``: ``regex.match`` on the layer prefix, read by
-  ``get_linear_quant_method`` for ``gptq`` and ``gptq_marlin``) read it; each
-  rule here is anchored at both ends (``^...$``), so both match whole names.
+  ``get_linear_quant_method`` for ``gptq`` and ``gptq_marlin``, and by
+  ``gptq_marlin.py``'s ``get_moe_quant_method`` for a layer's experts, named
+  by their list) read it; each rule here is anchored at both ends
+  (``^...$``), so both match whole names.
 * ``modules_in_block_to_quantize``, one list of the quantized modules:
   transformers (``GPTQConfig``) hands it to optimum, whose
   ``GPTQQuantizer.convert_model`` (``optimum/gptq/quantizer.py``) makes GPTQ
@@ -55,16 +58,22 @@ loaders read, and nothing when every linear module is quantized:
   this key (unknown keys are logged and skipped).
 
 What no key can say: AutoGPTQ (archived) reads neither and makes GPTQ layers of
-every module of its model's ``inside_layer_modules``; vLLM quantizes a fused
-layer (``qkv_proj`` from q/k/v, ``gate_up_proj`` from gate/up, all of a
-layer's MoE experts) as one and refuses at load ("Detected some but not all
-shards ... are quantized") a checkpoint where only some of its parts are, as a
-job whose globs leave out ``k_proj`` alone writes (a group size leaves out
-q/k/v or gate/up together: they read the same width).
+every module of its model's ``inside_layer_modules``.  vLLM makes one layer of
+q/k/v (``qkv_proj``) and of gate/up (``gate_up_proj``) and refuses at load
+("Detected some but not all shards ... are quantized") a checkpoint where only
+some of one's parts are, as a job whose globs leave out ``k_proj`` alone writes
+(a group size leaves out q/k/v or gate/up together: they read the same width);
+it also makes one layer of each layer's experts, quantized or not as a whole
+(a rule names the list when all its experts pass through), and its asymmetric
+``gptq`` path hands experts to ``MoeWNA16Config`` without ``dynamic``.
+nibble writes these checkpoints anyway, rather than refusing them: GPTQModel
+and transformers load them, and the job's report lists every module passed
+through, with why.
 """
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import re
@@ -95,6 +104,8 @@ from quant_core.tensorio.safetensors_io import write_safetensors
 
 CheckpointFormat = Literal["gptq", "gptq_v2"]
 _NO_LOADER_QUANTIZES = tuple(compile_glob(pattern) for pattern in UNQUANTIZED_NAME_GLOBS)
+#: what a rule's ``\d+`` may match (any Unicode decimal digits, as Python's and vLLM's ``regex`` do)
+_DIGITS = re.compile(r"\d+")
 
 
 def gptq_tensors(name: str, q: QuantizedTensor, checkpoint_format: CheckpointFormat = "gptq"
@@ -186,24 +197,46 @@ def skipped_modules_config(quantized: Sequence[str], skipped: Sequence[str], unq
 
 
 def _negative_patterns(quantized: Sequence[str], skipped: Sequence[str]) -> list[str]:
-    """The regexes of `skipped_modules_config`'s negative rules, in the order of `skipped`."""
-    by_pattern: dict[str, list[str]] = {}
-    for name in skipped:
-        by_pattern.setdefault(_numbered_pattern(name), []).append(name)
+    """The regexes of `skipped_modules_config`'s negative rules, in the order of `skipped`, then one for each
+    numbered list (``model.layers.0.mlp.experts``) none of whose modules is quantized: vLLM decides a layer's
+    MoE experts at once, by the ``dynamic`` rule matching that list's name (``get_moe_quant_method`` in
+    ``gptq_marlin.py``; ``FusedMoE`` layers are named so), and loads them unquantized when it is negative.
+
+    A name's numbers are written ``\\d+`` in as many places as keep the rule from matching a quantized module
+    or a module or list holding one (the exact name when none can): one rule for a module left out in every
+    layer, one per layer for the experts of a layer left out.
+    """
+    holding = [name.split(".") for name in {".".join(parts[:end]) for parts in (name.split(".") for name in quantized)
+                                            for end in range(1, len(parts) + 1)}]
+    held_names = {".".join(parts) for parts in holding}
+    lists = [".".join(parts[:index]) for parts in (name.split(".") for name in skipped)
+             for index in range(1, len(parts)) if _is_number(parts[index])]
+    held: dict[tuple[int, ...], set[tuple[str, ...]]] = {}  # per set of places written \d+: the shapes it matches
     patterns: dict[str, None] = {}
-    for pattern, names in by_pattern.items():
-        compiled = re.compile(pattern)
-        if any(compiled.match(name) for name in quantized):
-            patterns.update((f"^{re.escape(name)}$", None) for name in names)
-        else:
-            patterns[pattern] = None
+    for name in [*skipped, *(name for name in lists if name not in held_names)]:
+        parts = name.split(".")
+        for general in _generalizations([index for index, part in enumerate(parts) if _is_number(part)]):
+            if general not in held:
+                held[general] = {_shape(other, general) for other in holding
+                                 if all(index < len(other) and _DIGITS.fullmatch(other[index]) for index in general)}
+            if not general or _shape(parts, general) not in held[general]:
+                patterns["^" + r"\.".join(r"\d+" if index in general else re.escape(part)
+                                           for index, part in enumerate(parts)) + "$"] = None
+                break
     return list(patterns)
 
 
-def _numbered_pattern(name: str) -> str:
-    """``model.layers.3.mlp.down_proj`` → ``^model\\.layers\\.\\d+\\.mlp\\.down_proj$``: every layer's (or expert's)."""
-    parts = name.split(".")
-    return "^" + r"\.".join(r"\d+" if _is_number(part) else re.escape(part) for part in parts) + "$"
+def _generalizations(numbers: Sequence[int]) -> list[tuple[int, ...]]:
+    """The sets of a name's number places a rule may write ``\\d+``, most first, the empty set last: every subset
+    for up to 3 numbers, else those from the last number back (a bounded count for any name)."""
+    if len(numbers) <= 3:
+        return [subset for size in range(len(numbers), -1, -1) for subset in itertools.combinations(numbers, size)]
+    return [tuple(numbers[kept:]) for kept in range(len(numbers) + 1)]
+
+
+def _shape(parts: Sequence[str], general: Sequence[int]) -> tuple[str, ...]:
+    """A name's components, those at `general` blanked: a rule with ``\\d+`` there matches every name of a shape."""
+    return tuple("" if index in general else part for index, part in enumerate(parts))
 
 
 def _is_number(part: str) -> bool:

@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from numpy.typing import NDArray
 
 from quant_core.checkpoint import (
     DEFAULT_EXCLUDE,
@@ -34,6 +35,7 @@ from tests.quant_core.tensorio.gptq_loader_rules import (
     gptqmodel_quantizes,
     optimum_quantizes,
     vllm_quantizes,
+    vllm_quantizes_experts,
 )
 
 QUANTIZED_PER_LAYER = 7  # q, k, v, o, gate, up, down
@@ -212,6 +214,45 @@ def test_a_gptq_result_leaving_out_part_of_a_fused_layer_is_what_vllm_refuses_at
     assert [m for m in LINEAR_MODULES if not optimum_quantizes(config, m)] == skipped
     with pytest.raises(ValueError, match=r"some but not all shards of model\.layers\.0\.self_attn\.qkv_proj"):
         vllm_quantizes(config, "model.layers.0.self_attn.qkv_proj")
+
+
+def moe_tensors(layers: int = 2, experts: int = 4) -> dict[str, NDArray[Any]]:
+    """A tiny mixture of experts named as Qwen-MoE's are (router ``mlp.gate``, ``mlp.experts.<e>.*_proj``)."""
+    rng = np.random.default_rng(0)
+
+    def weight(*shape: int) -> NDArray[np.float32]:
+        return rng.standard_normal(shape, dtype=np.float32) * np.float32(0.05)
+
+    tensors = {"model.embed_tokens.weight": weight(96, 128)}
+    for layer in range(layers):
+        prefix = f"model.layers.{layer}"
+        tensors |= {f"{prefix}.self_attn.q_proj.weight": weight(128, 128),
+                    f"{prefix}.self_attn.o_proj.weight": weight(128, 128),
+                    f"{prefix}.mlp.gate.weight": weight(experts, 128),
+                    f"{prefix}.input_layernorm.weight": np.ones(128, np.float32)}
+        for expert in range(experts):
+            tensors |= {f"{prefix}.mlp.experts.{expert}.gate_proj.weight": weight(128, 128),
+                        f"{prefix}.mlp.experts.{expert}.up_proj.weight": weight(128, 128),
+                        f"{prefix}.mlp.experts.{expert}.down_proj.weight": weight(128, 128)}
+    return tensors | {"model.norm.weight": np.ones(128, np.float32), "lm_head.weight": weight(96, 128)}
+
+
+def test_a_gptq_result_whose_layer_leaves_its_experts_unquantized_names_them_as_one_for_vllm(tmp_path: Path) -> None:
+    # vLLM makes one FusedMoE layer of a layer's experts and asks `dynamic` about it by its list's name only
+    # (gptq_marlin.py get_moe_quant_method): the per-module rules would leave layer 1's experts quantized there
+    write_llama_checkpoint(tmp_path / "moe", shards=2, tensors=moe_tensors())
+    config, quantized = gptq_result(tmp_path, tmp_path / "moe", exclude=(*DEFAULT_EXCLUDE, "*layers.1.mlp.experts*"))
+    assert list(config["dynamic"]) == [r"-:^model\.layers\.1\.mlp\.experts\.\d+\.gate_proj$",
+                                       r"-:^model\.layers\.1\.mlp\.experts\.\d+\.up_proj$",
+                                       r"-:^model\.layers\.1\.mlp\.experts\.\d+\.down_proj$",
+                                       r"-:^model\.layers\.1\.mlp\.experts$"]
+    assert vllm_quantizes_experts(config, "model.layers.0.mlp.experts")
+    assert not vllm_quantizes_experts(config, "model.layers.1.mlp.experts")
+    experts = [name.removesuffix(".weight") for name in moe_tensors() if ".experts." in name]
+    skipped = [module for module in experts if module.startswith("model.layers.1.")]
+    assert [m for m in experts if not gptqmodel_quantizes(config, m)] == skipped
+    assert [m for m in experts if not optimum_quantizes(config, m)] == skipped
+    assert all(gptqmodel_quantizes(config, m) and optimum_quantizes(config, m) for m in quantized)
 
 
 @pytest.mark.parametrize("symmetric", [False, True])

@@ -9,7 +9,9 @@ module of a checkpoint nibble wrote:
   imports ``regex as re``, whose ``match`` agrees with the standard module's on these patterns) or when
   ``is_layer_gptq_quantized`` says no (no entry of ``modules_in_block_to_quantize``, flattened by
   ``maybe_update_config``, is a substring of the prefix, or of each shard's prefix for a fused layer, all
-  shards having to agree, else ``ValueError``).
+  shards having to agree, else ``ValueError``); ``gptq_marlin.py`` ``get_moe_quant_method`` gives a ``FusedMoE``
+  layer (a layer's experts, named by their list: ``model.layers.0.mlp.experts``) ``UnquantizedFusedMoEMethod``
+  when ``get_dynamic_override`` returns False, and reads nothing else.
 * GPTQModel, ``gptqmodel/quantization/config.py``: ``dynamic_get`` → ``_resolve_dynamic_override``: the first
   rule in order that matches; a ``^literal$`` pattern (no regex metacharacter left once its escapes are read)
   matches by equality, any other by PCRE ``match`` (anchored at the start only); ``gptqmodel/utils/model.py``
@@ -70,6 +72,11 @@ def vllm_quantizes(config: Mapping[str, Any], prefix: str,
     flattened = [item for sublist in listed for item in sublist] if listed and isinstance(listed[0], list) else listed
     is_layer_quantized = vllm_is_layer_gptq_quantized(prefix, flattened, fused_mapping)
     return not (vllm_get_dynamic_override(config.get("dynamic") or {}, prefix) is False or not is_layer_quantized)
+
+
+def vllm_quantizes_experts(config: Mapping[str, Any], prefix: str) -> bool:
+    """Whether ``get_moe_quant_method`` gives the ``FusedMoE`` layer `prefix` a GPTQ method."""
+    return vllm_get_dynamic_override(config.get("dynamic") or {}, prefix) is not False
 
 
 def _gptqmodel_literal(raw: str) -> str | None:
