@@ -252,12 +252,14 @@ def _quantized_entries(quantized: Sequence[str], unquantized: Iterable[str]) -> 
     for name in quantized:
         parts = name.split(".")
         tails = [".".join(parts[index + 1:]) for index in reversed(range(len(parts) - 1)) if _is_number(parts[index])]
-        for entry in [*tails, name]:
+        for entry in tails:
             if entry not in clear:
                 clear[entry] = not any(entry in other for other in others)
-            if clear[entry] or entry == name:
-                entries[entry] = None
+            if clear[entry]:
                 break
+        else:
+            entry = name  # the full name, even should an unquantized module's name hold it: no entry can say more
+        entries[entry] = None
     return list(entries)
 
 
