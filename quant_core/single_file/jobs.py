@@ -63,9 +63,9 @@ DequantizeDtype = Literal["float32", "float16", "bfloat16"]
 #: the metadata key (safetensors ``__metadata__``, or a GGUF string) under which an exported file holds its report
 EXPORT_REPORT_KEY = "nibble.report"
 #: the ``quantization_config`` of each export that has one (the config.json entry its loaders read)
-#: (of the quantized tensors and those passed through: GPTQ's names the linear ones loaders must leave unquantized)
+#: (of the quantized tensors and those passed through: GPTQ's and AWQ's name the linear ones loaders leave as they are)
 EXPORT_CONFIGS: dict[str, Callable[[Mapping[str, QuantizedTensor], Mapping[str, NDArray[Any]]], dict[str, Any]]] = {
-    "gptq": gptq_config, "awq": lambda quantized, _: awq_config(quantized),
+    "gptq": gptq_config, "awq": awq_config,
     "compressed-tensors": lambda quantized, _: compressed_tensors_config(quantized)}
 
 

@@ -414,6 +414,21 @@ def test_gptq_export_of_a_selection_tells_the_loaders_which_linear_weights_it_le
         assert config["modules_in_block_to_quantize"] == [["mlp.up_proj"]]
 
 
+def test_awq_export_of_a_selection_names_the_weights_it_left_out_in_the_files_report_too(
+        client: TestClient, weights: np.ndarray) -> None:
+    # the answer said modules_to_not_convert ["...down_proj"], the report in the file's metadata null
+    payload = save_safetensors({"model.layers.0.mlp.up_proj.weight": weights,
+                                "model.layers.0.mlp.down_proj.weight": weights})
+    response = client.post("/v1/quantize", files={"file": ("m.safetensors", payload)},
+                           data={"output": "awq", "include": "*up_proj*"})
+    assert response.status_code == 200, response.text
+    header_size = int.from_bytes(response.content[:8], "little")
+    written = json.loads(json.loads(response.content[8: 8 + header_size])["__metadata__"]["nibble.report"])
+    for config in (json.loads(response.headers["x-nibble-report"])["quantization_config"],
+                   written["quantization_config"]):
+        assert config["modules_to_not_convert"] == ["model.layers.0.mlp.down_proj"]
+
+
 def test_gguf_export_of_an_asymmetric_scheme_is_422(client: TestClient, weights: np.ndarray) -> None:
     response = client.post("/v1/quantize", files={"file": ("w.npy", npy_bytes(weights))},
                            data={"output": "gguf", "group_size": "128"})
