@@ -183,12 +183,11 @@ def skipped_modules_config(quantized: Sequence[str], skipped: Sequence[str], unq
     `skipped` are stored unquantized (module docstring); ``{}`` when none is, so the config stays as it was.
 
     `quantized`: the modules stored as GPTQ; `unquantized`: every other module of the checkpoint (norms,
-    embeddings, `skipped` ...), by full name.  ``dynamic`` has one negative rule per skipped module with each
-    layer or expert number written ``\\d+`` when that rule then matches no quantized module (one rule for a
-    module skipped in every layer), else its exact name; ``modules_in_block_to_quantize`` names each quantized
-    module by the shortest tail after a layer or expert number that no unquantized module's name contains
-    (``mlp.down_proj`` when every layer's is quantized; else longer, up to the full name), since optimum
-    matches the end of a name and vLLM any part of it.
+    embeddings, `skipped` ...), by full name.  ``dynamic``: `_negative_patterns` (a rule per skipped module,
+    its layer and expert numbers written ``\\d+`` where no quantized module then matches);
+    ``modules_in_block_to_quantize`` names each quantized module by the shortest tail after a layer or expert
+    number that no unquantized module's name contains (``mlp.down_proj`` when every layer's is quantized; else
+    longer, up to the full name), since optimum matches the end of a name and vLLM any part of it.
     """
     if not skipped:
         return {}
@@ -246,7 +245,7 @@ def _is_number(part: str) -> bool:
 def _quantized_entries(quantized: Sequence[str], unquantized: Iterable[str]) -> list[str]:
     """`skipped_modules_config`'s ``modules_in_block_to_quantize``: one entry per quantized module, shortest
     first, deduplicated in order."""
-    others = sorted(set(unquantized) - set(quantized))
+    others = set(unquantized) - set(quantized)
     clear: dict[str, bool] = {}
     entries: dict[str, None] = {}
     for name in quantized:
