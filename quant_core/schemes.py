@@ -218,7 +218,8 @@ _KNOWN_FIELDS: dict[str, frozenset[str]] = {
                        "meta", "tokenizer", "dataset", "use_exllama", "exllama_config", "cache_block_outputs",
                        "use_cuda_fp16", "max_input_length", "batch_size", "module_name_preceding_first_block",
                        "block_name_to_quantize", "modules_in_block_to_quantize", "backend", "format",
-                       "damp_auto_increment", "v2", "mse", "act_group_aware", "hyb_act", "is_marlin_format"}),
+                       "damp_auto_increment", "v2", "mse", "act_group_aware", "hyb_act", "is_marlin_format",
+                       "dynamic"}),
     "awq": frozenset({"bits", "group_size", "zero_point", "version", "backend", "do_fuse", "fuse_max_seq_len",
                       "modules_to_fuse", "exllama_config"}),
     "compressed-tensors": frozenset({"config_groups", "format", "ignore", "quantization_status", "kv_cache_scheme",
@@ -334,12 +335,38 @@ def _gptq(config: Mapping[str, object]) -> _Read:
     notes = ["GPTQ stores qzeros and g_idx whatever sym and desc_act say: counted"]
     if config.get("checkpoint_format", "gptq") not in ("gptq", "gptq_v2"):
         notes.append(f"gptq checkpoint_format {config.get('checkpoint_format')!r} planned as the gptq layout")
-    keep = () if config.get("lm_head") else ("lm_head",)
+    keep = (*(() if config.get("lm_head") else ("lm_head",)), *_gptq_skipped(config, notes))
     if bits == 4:
         return int4(group, layout="gptq"), keep, notes
     if bits == 8:
         return int8_gptq(group), keep, notes
     raise InvalidSpec(f"{FIELD}.bits", bits, "nibble plans GPTQ at 4 or 8 bits")
+
+
+def _gptq_skipped(config: Mapping[str, object], notes: list[str]) -> tuple[str, ...]:
+    """The ``keep`` entries (``re:`` patterns) of GPTQModel's ``dynamic`` negative rules, ``"-:<regex>"``: the
+    modules a name of which the regex matches from its start stay unquantized (GPTQModel's ``dynamic_get``,
+    vLLM's ``get_dynamic_override``; nibble's own GPTQ checkpoints write them, quant_core/tensorio/gptq.py).
+    A rule is tried on layer 0's (and expert 0's) name, as every ``keep`` entry is.  A positive rule (per-module
+    bits or group size) is named in a note: those modules are planned at the config's scheme."""
+    dynamic = config.get("dynamic")
+    if dynamic is None:
+        return ()
+    if not isinstance(dynamic, dict) or not all(isinstance(rule, dict) for rule in dynamic.values()):
+        raise InvalidSpec(f"{FIELD}.dynamic", dynamic, "must map module regexes to override objects")
+    skipped = []
+    for pattern in dynamic:
+        regex = pattern.removeprefix("-:").removeprefix("+:")
+        try:
+            re.compile(regex)
+        except re.error as exc:
+            raise InvalidSpec(f"{FIELD}.dynamic", pattern, f"is not a regular expression ({exc})") from exc
+        if pattern.startswith("-:"):
+            skipped.append(f"re:{regex}")
+        else:
+            notes.append(f"{FIELD}.dynamic rule {pattern!r} overrides the scheme of the modules it matches: "
+                         "planned at the config's scheme")
+    return tuple(skipped)
 
 
 def _awq(config: Mapping[str, object]) -> _Read:

@@ -56,7 +56,13 @@ from quant_core.tensorio._export_common import module_prefix
 from quant_core.tensorio.awq import awq_scheme_config, awq_tensors
 from quant_core.tensorio.compressed_tensors import compressed_tensors_scheme_config, compressed_tensors_tensors
 from quant_core.tensorio.gguf_export import q4_0_blocks
-from quant_core.tensorio.gptq import gptq_scheme_config, gptq_tensors
+from quant_core.tensorio.gptq import (
+    gptq_scheme_config,
+    gptq_tensors,
+    module_of,
+    needs_skip_rule,
+    skipped_modules_config,
+)
 from quant_core.tensorio.nibble_file import _json_figure, describe_quantized
 from quant_core.tensorio.safetensors_io import (
     encode_safetensors_header,
@@ -72,6 +78,7 @@ _GGUF_TYPES: dict[str, np.dtype[Any]] = {
     "F32": np.dtype(np.float32), "F16": np.dtype(np.float16), "I8": np.dtype(np.int8),
     "I16": np.dtype(np.int16), "I32": np.dtype(np.int32), "I64": np.dtype(np.int64)}
 _BF16 = np.dtype(ml_dtypes.bfloat16)
+_FLOAT_DTYPES = ("F32", "F16", "BF16")
 #: the ggml type of each format a GGUF result stores a quantized tensor in (by format label)
 _GGML_TYPES = {"int4-g32-sym": gguf.GGMLQuantizationType.Q4_0, "q8_0": gguf.GGMLQuantizationType.Q8_0,
                "fp16": gguf.GGMLQuantizationType.F16, "bf16": gguf.GGMLQuantizationType.BF16}
@@ -242,7 +249,7 @@ def unquantized_modules(plans: Sequence[TensorPlan]) -> list[str]:
     the output cannot hold or the globs leave out), in order: the ones an AWQ loader must not make AWQ layers of."""
     return [module_prefix(plan.tensor.name) for plan in plans
             if not plan.quantized and len(plan.tensor.shape) == 2 and plan.tensor.name.endswith(".weight")
-            and plan.tensor.dtype in ("F32", "F16", "BF16")]
+            and plan.tensor.dtype in _FLOAT_DTYPES]
 
 
 def quantization_config(options: CheckpointOptions, plans: Sequence[TensorPlan]) -> dict[str, Any]:
@@ -252,7 +259,8 @@ def quantization_config(options: CheckpointOptions, plans: Sequence[TensorPlan])
     targeting its modules by name (a budget's 16-bit tensors are in none, so
     they load as plain linear layers); GGUF: the ggml type of each quantized
     tensor (``Q4_0`` for every one without a budget); AWQ: ``modules_to_not_convert`` lists the
-    `unquantized_modules`.
+    `unquantized_modules`; GPTQ: the scheme, and the rules that tell loaders which linear modules passed
+    through (`skipped_modules_config`, quant_core/tensorio/gptq.py; none when every one is quantized).
     """
     group_size, symmetric = options.group_size, options.symmetric
     if options.output == "compressed-tensors":
@@ -263,7 +271,12 @@ def quantization_config(options: CheckpointOptions, plans: Sequence[TensorPlan])
                 groups.setdefault((stored.group_size, stored.symmetric), []).append(module_prefix(plan.tensor.name))
         return compressed_tensors_scheme_config(groups)
     if options.output == "gptq":
-        return gptq_scheme_config(group_size, symmetric, act_order=False)
+        quantized = [module_prefix(plan.tensor.name) for plan in plans if plan.quantized]
+        skipped = [module_prefix(plan.tensor.name) for plan in plans if not plan.quantized
+                   and needs_skip_rule(plan.tensor.name, len(plan.tensor.shape), plan.tensor.dtype in _FLOAT_DTYPES)]
+        unquantized = [module_of(plan.tensor.name) for plan in plans if not plan.quantized]
+        return {**gptq_scheme_config(group_size, symmetric, act_order=False),
+                **skipped_modules_config(quantized, skipped, unquantized)}
     if options.output == "awq":
         return awq_scheme_config(group_size, unquantized_modules(plans))
     if not options.has_budget:

@@ -26,12 +26,12 @@ from quant_core.errors import InvalidSpec, UnknownName
 from quant_core.formats import WeightFormat
 from quant_core.globs import Glob, compile_glob
 from quant_core.quantize import METHODS
+from quant_core.tensorio._export_common import UNQUANTIZED_NAME_GLOBS
 
 CheckpointOutput = Literal["compressed-tensors", "gptq", "awq", "gguf"]
 OUTPUTS: tuple[CheckpointOutput, ...] = ("compressed-tensors", "gptq", "awq", "gguf")
 #: names no INT4 checkpoint quantizes: token embeddings, LM head, norms, MoE routers, learned positions
-DEFAULT_EXCLUDE: tuple[str, ...] = ("*embed*", "*lm_head*", "*norm*", "*.mlp.gate.weight", "*router*",
-                                    "*wte*", "*wpe*")
+DEFAULT_EXCLUDE: tuple[str, ...] = UNQUANTIZED_NAME_GLOBS
 #: transformers' default ``max_shard_size="5GB"``, which it reads as 5 × 10^9 bytes (``convert_file_size_to_int``)
 DEFAULT_MAX_SHARD_BYTES = 5 * 10**9
 _FLOAT_DTYPES = ("F32", "F16", "BF16")

@@ -63,8 +63,10 @@ DequantizeDtype = Literal["float32", "float16", "bfloat16"]
 #: the metadata key (safetensors ``__metadata__``, or a GGUF string) under which an exported file holds its report
 EXPORT_REPORT_KEY = "nibble.report"
 #: the ``quantization_config`` of each export that has one (the config.json entry its loaders read)
-EXPORT_CONFIGS: dict[str, Callable[[Mapping[str, QuantizedTensor]], dict[str, Any]]] = {
-    "gptq": gptq_config, "awq": awq_config, "compressed-tensors": compressed_tensors_config}
+#: (of the quantized tensors and those passed through: GPTQ's and AWQ's name the linear ones loaders leave as they are)
+EXPORT_CONFIGS: dict[str, Callable[[Mapping[str, QuantizedTensor], Mapping[str, NDArray[Any]]], dict[str, Any]]] = {
+    "gptq": gptq_config, "awq": awq_config,
+    "compressed-tensors": lambda quantized, _: compressed_tensors_config(quantized)}
 
 
 @dataclass(frozen=True, slots=True)
@@ -322,7 +324,7 @@ def quantize_file(job: QuantizeJob, output: OutputKind, output_path: Path | None
     if output_path is None or output == "report":
         return report
     if output in EXPORT_CONFIGS:  # in the file's report too: the X-Nibble-Report header may leave it out
-        report["quantization_config"] = EXPORT_CONFIGS[output](quantized)
+        report["quantization_config"] = EXPORT_CONFIGS[output](quantized, passthrough)
     written_report = json.dumps(report, separators=(",", ":"))  # every file carries the report in its metadata
     if output == "nibble":
         write_nibble_safetensors(output_path, quantized, passthrough, metadata={"report": written_report},

@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+import ml_dtypes
 import numpy as np
 from numpy.typing import NDArray
 
@@ -18,6 +19,13 @@ from quant_core.quantize.types import QuantizedTensor
 
 SYMMETRIC_ZERO = 8  # the implicit zero of nibble's symmetric formats (types.py)
 NIBBLES_PER_INT32 = 8
+#: the float dtypes a linear weight stored unquantized has (safetensors F32, F16, BF16)
+FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float16), np.dtype(ml_dtypes.bfloat16))
+#: names of the tensors no INT4 checkpoint quantizes and no engine's loader makes a quantized layer of unless its
+#: config asks: token embeddings, the LM head, norms, MoE routers, learned positions (the checkpoint jobs' default
+#: ``exclude``, quant_core/checkpoint/plan.py)
+UNQUANTIZED_NAME_GLOBS: tuple[str, ...] = ("*embed*", "*lm_head*", "*norm*", "*.mlp.gate.weight", "*router*",
+                                           "*wte*", "*wpe*")
 
 
 def module_prefix(name: str) -> str:

@@ -29,13 +29,13 @@ import os
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-import ml_dtypes
 import numpy as np
 from numpy.typing import NDArray
 
 from quant_core.errors import InvalidSpec
 from quant_core.quantize.types import QuantizedTensor
 from quant_core.tensorio._export_common import (
+    FLOAT_DTYPES,
     add_exported,
     code_matrix,
     has_act_order,
@@ -49,7 +49,6 @@ from quant_core.tensorio._export_common import (
 from quant_core.tensorio.safetensors_io import write_safetensors
 
 AWQ_ORDER = (0, 2, 4, 6, 1, 3, 5, 7)
-_FLOATS = (np.dtype(np.float32), np.dtype(np.float16), np.dtype(ml_dtypes.bfloat16))
 
 
 def awq_tensors(name: str, q: QuantizedTensor) -> dict[str, NDArray[Any]]:
@@ -70,10 +69,14 @@ def awq_tensors(name: str, q: QuantizedTensor) -> dict[str, NDArray[Any]]:
     }
 
 
-def awq_config(tensors: Mapping[str, QuantizedTensor]) -> dict[str, Any]:
-    """The ``quantization_config`` entry of config.json for an AWQ GEMM export."""
+def awq_config(tensors: Mapping[str, QuantizedTensor], passthrough: Mapping[str, NDArray[Any]] | None = None
+               ) -> dict[str, Any]:
+    """The ``quantization_config`` entry of config.json for an AWQ GEMM export: ``modules_to_not_convert``
+    names the 2-D float ``.weight`` tensors of `passthrough` (stored unquantized)."""
     group_size, _ = single_scheme(tensors, "AWQ")
-    return awq_scheme_config(group_size)
+    return awq_scheme_config(group_size, [module_prefix(name) for name, array in (passthrough or {}).items()
+                                          if name.endswith(".weight") and np.ndim(array) == 2
+                                          and np.asarray(array).dtype in FLOAT_DTYPES])
 
 
 def awq_scheme_config(group_size: int | None, modules_to_not_convert: Sequence[str] = ()) -> dict[str, Any]:
@@ -93,13 +96,10 @@ def export_awq(
 ) -> dict[str, Any]:
     """Write an AWQ GEMM safetensors checkpoint at `path`; returns its ``quantization_config`` dict.
 
-    `metadata` joins the file's ``__metadata__`` (a loader reads only its own keys).  The config's
-    ``modules_to_not_convert`` names the 2-D float ``.weight`` tensors of `passthrough` (stored unquantized).
+    `metadata` joins the file's ``__metadata__`` (a loader reads only its own keys).  The config is
+    `awq_config`'s (``modules_to_not_convert``: the linear weights among `passthrough`).
     """
-    group_size, _ = single_scheme(tensors, "AWQ")
-    config = awq_scheme_config(group_size, [module_prefix(name) for name, array in (passthrough or {}).items()
-                                            if name.endswith(".weight") and np.ndim(array) == 2
-                                            and np.asarray(array).dtype in _FLOATS])
+    config = awq_config(tensors, passthrough)
     stored: dict[str, NDArray[Any]] = {}
     for name, q in tensors.items():
         add_exported(stored, awq_tensors(name, q), name)

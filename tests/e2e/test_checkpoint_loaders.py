@@ -24,6 +24,7 @@ from fastapi.testclient import TestClient
 from numpy.typing import NDArray
 
 from quant_core.checkpoint import (
+    DEFAULT_EXCLUDE,
     CheckpointOptions,
     candidate_formats,
     open_checkpoint,
@@ -35,6 +36,7 @@ from quant_core.tensorio import write_safetensors
 from tests.app.conftest import client_with
 from tests.app.test_jobs_budget import STATISTICS, importance_vectors
 from tests.checkpoints import HEADS, KV_HEADS, LAYERS, llama_tensors, write_llama_checkpoint
+from tests.quant_core.tensorio.gptq_loader_rules import gptqmodel_quantizes, optimum_quantizes
 from tests.quant_core.tensorio.test_reference_libraries import reference_module
 
 pytestmark = [
@@ -140,6 +142,40 @@ def test_autogptq_decodes_the_gptq_checkpoint(client: TestClient, source: Path, 
         prefix = name.removesuffix(".weight")
         out_features, in_features = q.shape
         layer = autogptq.QuantLinear(4, 128, in_features, out_features, bias=False)
+        for part in ("qweight", "qzeros", "scales", "g_idx"):
+            getattr(layer, part).copy_(loaded[f"{prefix}.{part}"])
+        with torch.no_grad():
+            weight = layer(torch.eye(in_features, dtype=torch.float16)).to(torch.float32).numpy().T
+        np.testing.assert_array_equal(weight, dequantize(q, np.float16).astype(np.float32), err_msg=name)
+
+
+@pytest.mark.parametrize("fields", [
+    {"group_size": 256},  # only down_proj (in_features 256) can take it: the rest pass through
+    {"exclude": [*DEFAULT_EXCLUDE, "*layers.1.mlp.down_proj*"]},
+], ids=["group-size", "exclude"])
+def test_a_gptq_checkpoint_with_linear_layers_left_unquantized_tells_the_loaders_and_autogptq_decodes_the_rest(
+        client: TestClient, source: Path, tmp_path: Path, fields: dict[str, Any]) -> None:
+    autogptq = reference_module("auto-gptq", "auto_gptq/nn_modules/qlinear/qlinear_cuda_old.py")
+    run_job(client, tmp_path / "out", output="gptq", **fields)
+    loaded = shard_tensors(tmp_path / "out")
+    config = json.loads((tmp_path / "out" / "config.json").read_text())["quantization_config"]
+    assert config == json.loads((tmp_path / "out" / "quantize_config.json").read_text())
+    expected = nibble_quantized(source, {"output": "gptq", **{k: tuple(v) if isinstance(v, list) else v
+                                                              for k, v in fields.items()}})
+    stored = sorted(name.removesuffix(".qweight") for name in loaded if name.endswith(".qweight"))
+    assert stored == sorted(name.removesuffix(".weight") for name in expected)
+    linear = [name.removesuffix(".weight") for name in llama_tensors() if name.startswith("model.layers.")
+              and name.endswith("_proj.weight")]
+    for loader_quantizes in (gptqmodel_quantizes, optimum_quantizes):  # each loader builds GPTQ layers of those
+        assert sorted(module for module in linear if loader_quantizes(config, module)) == stored
+    written = llama_tensors()
+    for module in sorted(set(linear) - set(stored)):  # and finds the others' weights as they were
+        np.testing.assert_array_equal(loaded[f"{module}.weight"].float().numpy(),
+                                      as_float32(written[f"{module}.weight"]), err_msg=module)
+    for name, q in expected.items():
+        prefix = name.removesuffix(".weight")
+        out_features, in_features = q.shape
+        layer = autogptq.QuantLinear(4, config["group_size"], in_features, out_features, bias=False)
         for part in ("qweight", "qzeros", "scales", "g_idx"):
             getattr(layer, part).copy_(loaded[f"{prefix}.{part}"])
         with torch.no_grad():

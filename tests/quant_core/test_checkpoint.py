@@ -8,11 +8,14 @@ import os
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
+from numpy.typing import NDArray
 
 from quant_core.checkpoint import (
+    DEFAULT_EXCLUDE,
     INDEX_NAME,
     REPORT_NAME,
     CheckpointError,
@@ -27,6 +30,13 @@ from quant_core.checkpoint import (
 from quant_core.errors import InvalidSpec
 from quant_core.tensorio import read_safetensors, write_safetensors
 from tests.checkpoints import llama_tensors, tree_bytes, write_llama_checkpoint
+from tests.quant_core.tensorio.gptq_loader_rules import (
+    LLAMA_PACKED_MODULES,
+    gptqmodel_quantizes,
+    optimum_quantizes,
+    vllm_quantizes,
+    vllm_quantizes_experts,
+)
 
 QUANTIZED_PER_LAYER = 7  # q, k, v, o, gate, up, down
 
@@ -125,6 +135,135 @@ def test_an_awq_result_that_quantizes_every_linear_layer_keeps_modules_to_not_co
                         tmp_path / "parts")
     config = json.loads((tmp_path / "out" / "config.json").read_text())["quantization_config"]
     assert config["modules_to_not_convert"] == ["model.embed_tokens", "lm_head"]
+
+
+#: the block's linear modules of the test llama (what optimum's get_layers and GPTQModel's layer tree list)
+LINEAR_MODULES = [f"model.layers.{layer}.{module}" for layer in range(2) for module in (
+    "self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj", "mlp.gate_proj", "mlp.up_proj",
+    "mlp.down_proj")]
+#: vLLM's layer prefixes of the same model (q/k/v and gate/up fused: LlamaForCausalLM.packed_modules_mapping)
+VLLM_LINEAR_PREFIXES = [f"model.layers.{layer}.{module}" for layer in range(2) for module in (
+    "self_attn.qkv_proj", "self_attn.o_proj", "mlp.gate_up_proj", "mlp.down_proj")]
+
+
+def gptq_result(tmp_path: Path, checkpoint_dir: Path, **fields: Any) -> tuple[dict[str, Any], list[str]]:
+    """A GPTQ job's config.json quantization_config, and the linear modules its plan quantized."""
+    checkpoint = open_checkpoint(checkpoint_dir)
+    options = CheckpointOptions(output="gptq", **fields)
+    plans = plan_checkpoint(checkpoint, options)
+    quantize_checkpoint(checkpoint, plans, options, tmp_path / "out", tmp_path / "parts")
+    config = json.loads((tmp_path / "out" / "config.json").read_text())["quantization_config"]
+    assert config == json.loads((tmp_path / "out" / "quantize_config.json").read_text())
+    return config, [p.tensor.name.removesuffix(".weight") for p in plans if p.quantized]
+
+
+@pytest.mark.parametrize(("fields", "passed_through"), [
+    # group 256: every projection reading the 128-wide hidden state passes through (in_features 128)
+    ({"group_size": 256}, [m for m in LINEAR_MODULES if not m.endswith("down_proj")]),
+    # an exclude glob leaves out one layer's down_proj
+    ({"exclude": (*DEFAULT_EXCLUDE, "*layers.1.mlp.down_proj*")}, ["model.layers.1.mlp.down_proj"]),
+], ids=["group-size", "exclude"])
+def test_a_gptq_result_tells_every_loader_which_linear_modules_it_left_unquantized(
+        tmp_path: Path, checkpoint_dir: Path, fields: dict[str, Any], passed_through: list[str]) -> None:
+    # Before: no key said so, and GPTQModel, vLLM and transformers made GPTQ layers of the passed-through
+    # modules too, whose qweight the checkpoint does not hold.  Each loader's own matching is transcribed in
+    # tests/quant_core/tensorio/gptq_loader_rules.py (sources cited there).
+    config, quantized = gptq_result(tmp_path, checkpoint_dir, **fields)
+    assert sorted(quantized) == sorted(set(LINEAR_MODULES) - set(passed_through))
+    assert [m for m in LINEAR_MODULES if not gptqmodel_quantizes(config, m)] == passed_through
+    assert [m for m in LINEAR_MODULES if not optimum_quantizes(config, m)] == passed_through
+    vllm_quantized = {prefix for prefix in VLLM_LINEAR_PREFIXES if vllm_quantizes(config, prefix)}
+    assert vllm_quantized == {prefix for prefix in VLLM_LINEAR_PREFIXES
+                              if all(shard in quantized for shard in vllm_shards(prefix))}
+
+
+def vllm_shards(prefix: str) -> list[str]:
+    """The checkpoint modules a vLLM layer prefix stands for (its shards, for a fused layer)."""
+    name = prefix.rsplit(".", 1)[1]
+    return [prefix.replace(name, shard) for shard in LLAMA_PACKED_MODULES.get(name, [name])]
+
+
+def test_a_gptq_result_writes_one_rule_per_module_skipped_in_every_layer_and_short_names_for_the_rest(
+        tmp_path: Path, checkpoint_dir: Path) -> None:
+    config, _ = gptq_result(tmp_path, checkpoint_dir, group_size=256)
+    # one rule per module left out in every layer (the layer number any digits), written as GPTQModel does
+    assert list(config["dynamic"]) == [r"-:^model\.layers\.\d+\.self_attn\.q_proj$",
+                                       r"-:^model\.layers\.\d+\.self_attn\.k_proj$",
+                                       r"-:^model\.layers\.\d+\.self_attn\.v_proj$",
+                                       r"-:^model\.layers\.\d+\.self_attn\.o_proj$",
+                                       r"-:^model\.layers\.\d+\.mlp\.gate_proj$",
+                                       r"-:^model\.layers\.\d+\.mlp\.up_proj$"]
+    assert all(rule == {} for rule in config["dynamic"].values())
+    assert config["modules_in_block_to_quantize"] == [["mlp.down_proj"]]
+    config, _ = gptq_result(tmp_path / "exclude", checkpoint_dir,
+                            exclude=(*DEFAULT_EXCLUDE, "*layers.1.mlp.down_proj*"))
+    # layer 0's down_proj is quantized: layer 1's is named alone, and layer 0's by its full name
+    assert config["dynamic"] == {r"-:^model\.layers\.1\.mlp\.down_proj$": {}}
+    assert config["modules_in_block_to_quantize"] == [["self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj",
+                                                       "self_attn.o_proj", "mlp.gate_proj", "mlp.up_proj",
+                                                       "model.layers.0.mlp.down_proj"]]
+
+
+def test_a_gptq_result_leaving_out_part_of_a_fused_layer_is_what_vllm_refuses_at_load(
+        tmp_path: Path, checkpoint_dir: Path) -> None:
+    # k_proj alone left out: GPTQModel and transformers load it; vLLM fuses q/k/v into one layer and refuses a
+    # layer whose shards differ (is_layer_gptq_quantized), as quant_core/tensorio/gptq.py says
+    config, _ = gptq_result(tmp_path, checkpoint_dir, exclude=(*DEFAULT_EXCLUDE, "*k_proj*"))
+    skipped = [m for m in LINEAR_MODULES if m.endswith("k_proj")]
+    assert [m for m in LINEAR_MODULES if not gptqmodel_quantizes(config, m)] == skipped
+    assert [m for m in LINEAR_MODULES if not optimum_quantizes(config, m)] == skipped
+    with pytest.raises(ValueError, match=r"some but not all shards of model\.layers\.0\.self_attn\.qkv_proj"):
+        vllm_quantizes(config, "model.layers.0.self_attn.qkv_proj")
+
+
+def moe_tensors(layers: int = 2, experts: int = 4) -> dict[str, NDArray[Any]]:
+    """A tiny mixture of experts named as Qwen-MoE's are (router ``mlp.gate``, ``mlp.experts.<e>.*_proj``)."""
+    rng = np.random.default_rng(0)
+
+    def weight(*shape: int) -> NDArray[np.float32]:
+        return rng.standard_normal(shape, dtype=np.float32) * np.float32(0.05)
+
+    tensors = {"model.embed_tokens.weight": weight(96, 128)}
+    for layer in range(layers):
+        prefix = f"model.layers.{layer}"
+        tensors |= {f"{prefix}.self_attn.q_proj.weight": weight(128, 128),
+                    f"{prefix}.self_attn.o_proj.weight": weight(128, 128),
+                    f"{prefix}.mlp.gate.weight": weight(experts, 128),
+                    f"{prefix}.input_layernorm.weight": np.ones(128, np.float32)}
+        for expert in range(experts):
+            tensors |= {f"{prefix}.mlp.experts.{expert}.gate_proj.weight": weight(128, 128),
+                        f"{prefix}.mlp.experts.{expert}.up_proj.weight": weight(128, 128),
+                        f"{prefix}.mlp.experts.{expert}.down_proj.weight": weight(128, 128)}
+    return tensors | {"model.norm.weight": np.ones(128, np.float32), "lm_head.weight": weight(96, 128)}
+
+
+def test_a_gptq_result_whose_layer_leaves_its_experts_unquantized_names_them_as_one_for_vllm(tmp_path: Path) -> None:
+    # vLLM makes one FusedMoE layer of a layer's experts and asks `dynamic` about it by its list's name only
+    # (gptq_marlin.py get_moe_quant_method): the per-module rules would leave layer 1's experts quantized there
+    write_llama_checkpoint(tmp_path / "moe", shards=2, tensors=moe_tensors())
+    config, quantized = gptq_result(tmp_path, tmp_path / "moe", exclude=(*DEFAULT_EXCLUDE, "*layers.1.mlp.experts*"))
+    assert list(config["dynamic"]) == [r"-:^model\.layers\.1\.mlp\.experts\.\d+\.gate_proj$",
+                                       r"-:^model\.layers\.1\.mlp\.experts\.\d+\.up_proj$",
+                                       r"-:^model\.layers\.1\.mlp\.experts\.\d+\.down_proj$",
+                                       r"-:^model\.layers\.1\.mlp\.experts$"]
+    assert vllm_quantizes_experts(config, "model.layers.0.mlp.experts")
+    assert not vllm_quantizes_experts(config, "model.layers.1.mlp.experts")
+    experts = [name.removesuffix(".weight") for name in moe_tensors() if ".experts." in name]
+    skipped = [module for module in experts if module.startswith("model.layers.1.")]
+    assert [m for m in experts if not gptqmodel_quantizes(config, m)] == skipped
+    assert [m for m in experts if not optimum_quantizes(config, m)] == skipped
+    assert all(gptqmodel_quantizes(config, m) and optimum_quantizes(config, m) for m in quantized)
+
+
+@pytest.mark.parametrize("symmetric", [False, True])
+def test_a_gptq_result_that_quantizes_every_linear_layer_keeps_the_config_it_had(
+        tmp_path: Path, checkpoint_dir: Path, symmetric: bool) -> None:
+    # embeddings, lm_head and norms pass through, but no loader quantizes those: no dynamic key, as before
+    _, quantized = gptq_result(tmp_path, checkpoint_dir, symmetric=symmetric)
+    assert quantized == LINEAR_MODULES
+    assert (tmp_path / "out" / "quantize_config.json").read_text() == json.dumps(
+        {"bits": 4, "group_size": 128, "desc_act": False, "sym": symmetric, "true_sequential": True,
+         "static_groups": False, "checkpoint_format": "gptq", "quant_method": "gptq"}, indent=2) + "\n"
 
 
 # --- hostile sources ----------------------------------------------------------------------------------------

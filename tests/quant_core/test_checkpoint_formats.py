@@ -269,6 +269,25 @@ def test_a_gptqmodel_checkpoint_has_no_bias_for_layers_without_one() -> None:
     assert scheme_bytes(spec, auto) - scheme_bytes(spec, gptqmodel) == 2 * linears
 
 
+def test_a_gptq_config_plans_the_modules_its_negative_dynamic_rules_skip_at_16_bits() -> None:
+    # GPTQModel's and vLLM's "-:<regex>" (quant_core/tensorio/gptq.py): nibble's own checkpoint of a group size
+    # down_proj's 11008 columns do not take (g256) carries this rule; each down_proj is bf16, with no bias
+    spec = model_from_sizes(**LLAMA_2_7B)
+    base = {"quant_method": "gptq", "bits": 4, "group_size": 128, "desc_act": False, "sym": False}
+    skipping = scheme_from_quantization_config({**base, "dynamic": {r"-:^model\.layers\.\d+\.mlp\.down_proj$": {}},
+                                                "modules_in_block_to_quantize": [["self_attn.q_proj"]]})
+    assert not any("not understood" in note for note in skipping.notes)
+    down_proj_int4 = int4(128, layout="gptq").bytes_for((4096, 11008)) + 2 * 4096  # AutoGPTQ's fp16 bias
+    assert scheme_bytes(spec, skipping) - scheme_bytes(spec, scheme_from_quantization_config(base)) \
+        == 32 * (2 * 4096 * 11008 - down_proj_int4)
+    overriding = scheme_from_quantization_config({**base, "dynamic": {r"+:.*\.down_proj$": {"bits": 8}}})
+    assert scheme_bytes(spec, overriding) == scheme_bytes(spec, scheme_from_quantization_config(base))
+    assert any("dynamic rule '+:.*\\\\.down_proj$'" in note for note in overriding.notes)
+    with pytest.raises(InvalidSpec) as caught:
+        scheme_from_quantization_config({**base, "dynamic": {"-:(": {}}})
+    assert caught.value.field == "quantization_config.dynamic"
+
+
 # TheBloke/Llama-2-7B-GGUF (llama.cpp of Sept. 2023), file sizes from the Hugging Face file listing
 # (lfs.size; quoted e.g. by TheBloke/Llama-2-7B-Chat-GGUF siblings "llama-2-7b-chat.Q4_K_M.gguf",
 # size 4081004224, and "llama-2-7b-chat.Q8_0.gguf", size 7161089728; the Q4_0 blob 3825807040 is

@@ -32,6 +32,7 @@ from quant_core.tensorio import (
     export_gptq,
     read_safetensors,
 )
+from tests.quant_core.tensorio.gptq_loader_rules import gptqmodel_quantizes, optimum_quantizes, vllm_quantizes
 from tests.quant_core.tensorio.helpers import hand_built, quantized_gaussian, random_quantized
 from tests.quant_core.tensorio.reference_decoders import decode_gptq
 
@@ -72,6 +73,28 @@ def test_gptq_export_decodes_with_autogptq_unpacking_to_nibbles_values(
     assert config["group_size"] == (-1 if group_size is None else group_size)
     assert config["sym"] is symmetric and config["desc_act"] is False
     assert config["checkpoint_format"] == checkpoint_format and config["quant_method"] == "gptq"
+
+
+def test_gptq_export_tells_the_loaders_which_linear_weights_it_passes_through(tmp_path: Path) -> None:
+    # a 2-D float weight stored unquantized (here: left out by the include pattern) must not become a GPTQ layer
+    # in GPTQModel, vLLM or transformers (transcriptions in gptq_loader_rules.py); the embedding, norms and other
+    # dtypes need no rule (no loader quantizes them)
+    passthrough = {"model.layers.0.mlp.down_proj.weight": np.ones((8, 64), ml_dtypes.bfloat16),
+                   "model.embed_tokens.weight": np.ones((16, 64), np.float16),
+                   "model.norm.weight": np.ones(64, np.float32), "model.layers.0.ids": np.ones((2, 2), np.int64)}
+    config = export_gptq({NAME: quantized_gaussian(0, 8, 64, int4(32))}, passthrough, tmp_path / "g.safetensors",
+                         config_path=tmp_path / "quantize_config.json")
+    assert config == json.loads((tmp_path / "quantize_config.json").read_text())
+    assert config["dynamic"] == {r"-:^model\.layers\.\d+\.mlp\.down_proj$": {}}
+    assert config["modules_in_block_to_quantize"] == [["mlp.up_proj"]]
+    for loader_quantizes in (gptqmodel_quantizes, optimum_quantizes, vllm_quantizes):
+        assert loader_quantizes(config, PREFIX)
+        assert not loader_quantizes(config, "model.layers.0.mlp.down_proj")
+    # with the linear weights all quantized, the config is the scheme alone, as before
+    plain = export_gptq({NAME: quantized_gaussian(0, 8, 64, int4(32))},
+                        {name: array for name, array in passthrough.items() if "down_proj" not in name},
+                        tmp_path / "h.safetensors")
+    assert "dynamic" not in plain and "modules_in_block_to_quantize" not in plain
 
 
 def test_gptq_qweight_bit_layout_matches_the_documented_packing(tmp_path: Path) -> None:
