@@ -13,11 +13,11 @@ with a note for every field it does not understand and every assumption it makes
 
 from __future__ import annotations
 
-import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
-from fnmatch import fnmatchcase
 from functools import lru_cache
+
+import re2
 
 from quant_core.errors import GroupSizeMismatch, InvalidSpec
 from quant_core.formats import (
@@ -30,6 +30,7 @@ from quant_core.formats import (
     int8_gptq,
 )
 from quant_core.gguf_mix import GGUF_FILE_TYPES, gguf_rows
+from quant_core.globs import compile_glob
 from quant_core.inventory import inventory
 from quant_core.specs import QUANTIZED_ROLES, ROLES, ModelSpec, TensorEntry
 
@@ -115,25 +116,76 @@ def module_name(tensor_name: str) -> str:
     return name
 
 
+#: most entries nibble reads from one list of a quantization_config (``ignore``, ``modules_to_not_convert``,
+#: ``dynamic``): each is matched against the model's modules, and its regexes are compiled
+MAX_KEEP_ENTRIES = 4096
+_RE2_OPTIONS = re2.Options()
+_RE2_OPTIONS.log_errors = False  # a pattern it refuses is the client's error, answered 422, not a server log line
+
+
+@lru_cache(maxsize=4096)
+def module_regex(pattern: str) -> Callable[[str], bool]:
+    """Whether a name matches a config's module regex from its start, decided by RE2 in time linear in the name.
+
+    The regex is the client's: Python's backtracking `re` spends minutes on a
+    pattern like ``(?:.|.)*!`` against a 30-character module name, on the
+    event loop.  RE2 has no look-around or back-references (`re2.error`; the
+    config readers refuse such a pattern naming its field, `checked_regex`).
+    """
+    compiled = re2.compile(pattern, _RE2_OPTIONS)
+    return lambda name: compiled.match(name) is not None
+
+
+def checked_regex(field: str, pattern: str, regex: str) -> None:
+    """Refuse `regex` (from the entry `pattern` of `field`) when RE2 cannot compile it (`module_regex`)."""
+    try:
+        module_regex(regex)
+    except re2.error as exc:
+        reason = exc.args[0].decode("utf-8", "replace") if exc.args and isinstance(exc.args[0], bytes) else str(exc)
+        raise InvalidSpec(field, pattern, f"is not a regular expression nibble matches ({reason}; nibble "
+                                          "matches with RE2, in linear time: no look-around or back-references)"
+                          ) from None
+
+
 def matches(module: str, pattern: str) -> bool:
     """Whether a `modules_to_not_convert` / ``ignore`` entry names `module` (or a module holding it).
 
-    ``re:...`` is a regular expression (compressed-tensors); a pattern with ``*`` a glob over the
-    dotted name (transformers' mxfp4 ``model.layers.*.self_attn``); otherwise a module name or a
-    dotted part of one (``lm_head``, ``mlp.gate``), as transformers' quantizers compare them.
+    ``re:...`` is a regular expression (compressed-tensors; `module_regex`); a pattern with ``*`` a glob
+    over the dotted name (transformers' mxfp4 ``model.layers.*.self_attn``), it or a module it holds;
+    otherwise a module name or a dotted part of one (``lm_head``, ``mlp.gate``), as transformers'
+    quantizers compare them.
     """
-    if pattern.startswith("re:"):
-        return re.match(pattern[3:], module) is not None
-    if "*" in pattern:
-        return fnmatchcase(module, pattern) or fnmatchcase(module, pattern + ".*")
-    return f".{pattern}." in f".{module}."
+    return keep_matcher((pattern,))(module)
+
+
+@lru_cache(maxsize=64)
+def keep_matcher(keep: tuple[str, ...]) -> Callable[[str], bool]:
+    """`matches` of any entry of `keep`, built once for a scheme's list, whose cost per module does not grow
+    with the names in it: a config may list thousands (a set of dotted parts), its globs match in linear time
+    (`quant_core.globs`, not `fnmatch`'s quadratic translation and cache), and its regexes are one RE2
+    alternation."""
+    names = frozenset(pattern for pattern in keep if not pattern.startswith("re:") and "*" not in pattern)
+    globs = [compile_glob(glob) for pattern in keep if not pattern.startswith("re:") and "*" in pattern
+             for glob in (pattern, f"{pattern}.*")]  # the module, or one inside it
+    regexes = [pattern[3:] for pattern in keep if pattern.startswith("re:")]
+    union = module_regex("|".join(f"(?:{regex})" for regex in regexes)) if regexes else None
+
+    def matcher(module: str) -> bool:
+        parts = module.split(".")
+        if names and any(".".join(parts[start:end]) in names
+                         for start in range(len(parts)) for end in range(start + 1, len(parts) + 1)):
+            return True
+        if any(glob.matches(module) for glob in globs):
+            return True
+        return union is not None and union(module)
+
+    return matcher
 
 
 def _quantizes(scheme: WeightScheme, entry: TensorEntry) -> bool:
     if entry.role not in scheme.quantized_roles or len(entry.shape) < 2:
         return False
-    module = module_name(entry.name)
-    return not any(matches(module, pattern) for pattern in scheme.keep)
+    return not keep_matcher(scheme.keep)(module_name(entry.name))
 
 
 @lru_cache(maxsize=512)
@@ -246,7 +298,23 @@ def _names(config: Mapping[str, object], key: str) -> tuple[str, ...]:
         return ()
     if not isinstance(value, list) or not all(isinstance(item, str) for item in value):
         raise InvalidSpec(f"{FIELD}.{key}", value, "must be a list of module names")
-    return tuple(value)
+    if len(value) > MAX_KEEP_ENTRIES:
+        raise InvalidSpec(f"{FIELD}.{key}", f"{len(value)} entries", f"nibble reads at most {MAX_KEEP_ENTRIES} "
+                                                                        "(a published config lists a few hundred)")
+    for item in value:
+        if item.startswith("re:"):
+            checked_regex(f"{FIELD}.{key}", item, item[3:])
+    return _matchable(f"{FIELD}.{key}", tuple(value))
+
+
+def _matchable(field: str, keep: tuple[str, ...]) -> tuple[str, ...]:
+    """`keep`, once its matcher is built: RE2 refuses an alternation of regexes past its memory bound."""
+    try:
+        keep_matcher(keep)
+    except re2.error:
+        raise InvalidSpec(field, f"{len(keep)} entries", "its regular expressions together are too large for "
+                                                         "nibble's matcher (RE2)") from None
+    return keep
 
 
 def _group(config: Mapping[str, object], key: str = "group_size") -> int | None:
@@ -354,19 +422,18 @@ def _gptq_skipped(config: Mapping[str, object], notes: list[str]) -> tuple[str, 
         return ()
     if not isinstance(dynamic, dict) or not all(isinstance(rule, dict) for rule in dynamic.values()):
         raise InvalidSpec(f"{FIELD}.dynamic", dynamic, "must map module regexes to override objects")
+    if len(dynamic) > MAX_KEEP_ENTRIES:
+        raise InvalidSpec(f"{FIELD}.dynamic", f"{len(dynamic)} rules", f"nibble reads at most {MAX_KEEP_ENTRIES}")
     skipped = []
     for pattern in dynamic:
         regex = pattern.removeprefix("-:").removeprefix("+:")
-        try:
-            re.compile(regex)
-        except re.error as exc:
-            raise InvalidSpec(f"{FIELD}.dynamic", pattern, f"is not a regular expression ({exc})") from exc
+        checked_regex(f"{FIELD}.dynamic", pattern, regex)
         if pattern.startswith("-:"):
             skipped.append(f"re:{regex}")
         else:
             notes.append(f"{FIELD}.dynamic rule {pattern!r} overrides the scheme of the modules it matches: "
                          "planned at the config's scheme")
-    return tuple(skipped)
+    return _matchable(f"{FIELD}.dynamic", tuple(skipped))
 
 
 def _awq(config: Mapping[str, object]) -> _Read:

@@ -18,6 +18,7 @@ from quant_core.hf_config import model_from_sizes
 from quant_core.inventory import inventory
 from quant_core.planner import Hardware, PlanOptions, plan
 from quant_core.schemes import (
+    MAX_KEEP_ENTRIES,
     assign,
     assigned_bytes,
     gguf_scheme,
@@ -286,6 +287,50 @@ def test_a_gptq_config_plans_the_modules_its_negative_dynamic_rules_skip_at_16_b
     with pytest.raises(InvalidSpec) as caught:
         scheme_from_quantization_config({**base, "dynamic": {"-:(": {}}})
     assert caught.value.field == "quantization_config.dynamic"
+
+
+COMPRESSED_INT4 = {"quant_method": "compressed-tensors", "format": "pack-quantized", "config_groups": {"group_0": {
+    "targets": ["Linear"],
+    "weights": {"num_bits": 4, "type": "int", "symmetric": True, "strategy": "group", "group_size": 128}}}}
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize("regex", [r"(?:.|.)*!", r"((\w|\.)*)*!", r"(.*)*!"])
+def test_a_configs_regex_is_matched_in_linear_time_not_by_backtracking(regex: str) -> None:
+    # the regex is the client's: Python's re took minutes on these against a module name (0.18 s on 22 of
+    # "model.layers.0.self_attn.q_proj"'s characters, doubling with each more), on the event loop
+    spec = model_from_sizes(**LLAMA_2_7B)
+    for config in ({**COMPRESSED_INT4, "ignore": ["lm_head", f"re:{regex}"]},
+                   {"quant_method": "gptq", "bits": 4, "group_size": 128, "dynamic": {f"-:{regex}": {}}}):
+        scheme = scheme_from_quantization_config(config)
+        assert scheme_bytes(spec, scheme) > 0 and not matches("model.layers.0.self_attn.q_proj", f"re:{regex}")
+
+
+def test_a_regex_nibble_cannot_match_in_linear_time_or_too_many_entries_are_refused_naming_the_field() -> None:
+    with pytest.raises(InvalidSpec) as look_around:
+        scheme_from_quantization_config({**COMPRESSED_INT4, "ignore": ["re:.*(?<!gate)_proj"]})
+    assert look_around.value.field == "quantization_config.ignore" and "no look-around" in look_around.value.detail
+    too_many = [f"re:m{i}" for i in range(MAX_KEEP_ENTRIES + 1)]
+    with pytest.raises(InvalidSpec) as refused:
+        scheme_from_quantization_config({**COMPRESSED_INT4, "ignore": too_many})
+    assert refused.value.field == "quantization_config.ignore" and f"at most {MAX_KEEP_ENTRIES}" in refused.value.detail
+    # at the bound, thousands of names, globs and regexes cost one pass per module, not one per entry
+    keep = [f"model.layers.{i}.mlp.gate" for i in range(1365)] + [f"model.layers.{i}.*.k_proj" for i in range(1365)]
+    keep += [f"re:model\\.layers\\.{i}\\.self_attn\\.v_proj" for i in range(MAX_KEEP_ENTRIES - len(keep))]
+    scheme = scheme_from_quantization_config({**COMPRESSED_INT4, "ignore": keep})
+    spec = model_from_sizes(**LLAMA_2_7B)
+    assert scheme_bytes(spec, scheme) > 0
+
+
+@pytest.mark.parametrize(("module", "pattern", "expected"), [
+    ("model.layers.0.mlp.gate", "mlp.gate", True), ("model.layers.0.mlp.gate_proj", "mlp.gate", False),
+    ("model.layers.3.self_attn.q_proj", "model.layers.*.self_attn", True),
+    ("model.layers.3.self_attn", "model.layers.*.self_attn", True),
+    ("model.layers.3.mlp", "model.layers.*.self_attn", False),
+    ("model.layers.0.mlp.gate", r"re:.*mlp\.gate$", True), ("x.mlp.gate_up", r"re:.*mlp\.gate$", False),
+])
+def test_keep_entries_name_a_module_as_transformers_compares_them(module: str, pattern: str, expected: bool) -> None:
+    assert matches(module, pattern) is expected
 
 
 # TheBloke/Llama-2-7B-GGUF (llama.cpp of Sept. 2023), file sizes from the Hugging Face file listing
