@@ -24,8 +24,11 @@ FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float16), np.dtype(ml_dtypes.b
 #: names of the tensors no INT4 checkpoint quantizes and no engine's loader makes a quantized layer of unless its
 #: config asks: token embeddings, the LM head, norms, MoE routers, learned positions (the checkpoint jobs' default
 #: ``exclude``, quant_core/checkpoint/plan.py)
-UNQUANTIZED_NAME_GLOBS: tuple[str, ...] = ("*embed*", "*lm_head*", "*norm*", "*.mlp.gate.weight", "*router*",
-                                           "*wte*", "*wpe*")
+#: (a module named ``gate`` is a router in every family: Qwen-MoE and DeepSeek's ``mlp.gate``, Mixtral's and
+#: Phi-3.5-MoE's ``block_sparse_moe.gate``, which vLLM builds with ``quant_config=None``; Qwen2-MoE's
+#: ``shared_expert_gate`` is a plain ``torch.nn.Linear`` in vLLM and transformers)
+UNQUANTIZED_NAME_GLOBS: tuple[str, ...] = ("*embed*", "*lm_head*", "*norm*", "*.gate.weight", "*shared_expert_gate*",
+                                           "*router*", "*wte*", "*wpe*")
 
 
 def module_prefix(name: str) -> str:

@@ -28,6 +28,7 @@ from quant_core.checkpoint import (
     valid_parts,
 )
 from quant_core.errors import InvalidSpec
+from quant_core.globs import glob_matches
 from quant_core.tensorio import read_safetensors, write_safetensors
 from tests.checkpoints import llama_tensors, tree_bytes, write_llama_checkpoint
 from tests.quant_core.tensorio.gptq_loader_rules import (
@@ -400,3 +401,18 @@ def test_valid_parts_names_only_the_parts_that_exist_whole(tmp_path: Path, check
     second.write_bytes(b"")
     third.unlink()
     assert valid_parts(tmp_path / "parts", plans, quantized) == quantized[3:]
+
+
+@pytest.mark.parametrize(("name", "excluded"), [
+    ("model.layers.0.mlp.gate.weight", True),  # Qwen2/3-MoE, DeepSeek-V3
+    ("model.layers.0.block_sparse_moe.gate.weight", True),  # Mixtral, Phi-3.5-MoE: vLLM's gate has no quant_config
+    ("model.layers.0.mlp.shared_expert_gate.weight", True),  # Qwen2-MoE: a plain torch.nn.Linear in vLLM
+    ("model.layers.0.mlp.router.weight", True),  # gpt-oss
+    ("model.layers.0.mlp.gate_proj.weight", False), ("model.layers.0.mlp.experts.3.gate_proj.weight", False),
+    ("model.layers.0.block_sparse_moe.experts.3.w1.weight", False), ("model.layers.0.mlp.shared_expert.up_proj.weight",
+                                                                       False),
+])
+def test_the_default_exclude_keeps_every_familys_router_and_no_projection(name: str, excluded: bool) -> None:
+    # Mixtral's router was quantized by default (only "*.mlp.gate.weight" was excluded): its GPTQ, AWQ or
+    # compressed-tensors checkpoint held block_sparse_moe.gate as int4, which no engine loads
+    assert any(glob_matches(name, pattern) for pattern in DEFAULT_EXCLUDE) is excluded
