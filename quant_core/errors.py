@@ -40,10 +40,11 @@ class MissingConfigKey(InvalidSpec):
 class UnsupportedArchitecture(NibbleError):
     """A config.json whose model_type nibble cannot read, with what it would need."""
 
-    def __init__(self, model_type: str, known: Sequence[str], missing: Sequence[str] = ()) -> None:
+    def __init__(self, model_type: str, known: Sequence[str], missing: Sequence[str] = (), reason: str = "") -> None:
         need = f"; a generic decoder needs {', '.join(missing)}" if missing else ""
+        why = f": {reason}" if reason else ""
         super().__init__(
-            f"model_type {model_type!r} is not supported{need}; known types: {', '.join(known)}",
+            f"model_type {model_type!r} is not supported{need}{why}; known types: {', '.join(known)}",
             field="model_type",
         )
         self.model_type = model_type

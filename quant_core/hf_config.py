@@ -19,6 +19,7 @@ the type and the missing keys.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
@@ -511,7 +512,21 @@ def _model_from_hf_config(config: Mapping[str, object], name: str | None) -> Mod
     missing = [key for key in GENERIC_KEYS if key not in config]
     if missing:
         raise UnsupportedArchitecture(model_type or "<absent>", KNOWN_MODEL_TYPES, missing)
-    return _llama_family(config, model_type or "unknown", name)
+    recorder = _ReadRecorder(config)
+    spec = _llama_family(recorder, model_type or "unknown", name)
+    structural = sorted(key for key in config if key not in recorder.read and _STRUCTURAL.search(key))
+    if structural:
+        raise UnsupportedArchitecture(
+            model_type or "<absent>", KNOWN_MODEL_TYPES,
+            reason=f"its config sizes experts, dense-layer splits, low-rank attention or state-space layers "
+                   f"({', '.join(structural)}) that a llama-style reading would leave out, planning a fraction "
+                   "of its weights")
+    return spec
+
+
+#: unread keys that make a llama-style reading of an unknown model_type wrong by a multiple, not a few tensors:
+#: GLM-4.5's n_routed_experts (160) read as a dense llama planned 31.5 of its 355 billion parameters
+_STRUCTURAL = re.compile(r"expert|moe|lora_rank|dense_replace|mamba|ssm|linear_attn|num_local")
 
 
 # Keys of a Hugging Face config that never change a model's tensors or memory (training, tokenizer ids,

@@ -146,6 +146,34 @@ def test_unknown_model_type_without_llama_keys_names_type_and_missing_keys() -> 
     assert "mamba" in str(caught.value) and "num_hidden_layers" in str(caught.value)
 
 
+# zai-org/GLM-4.5's config.json (355B parameters, 32B active, in its model card): DeepSeek-style experts on
+# grouped-query attention, a model_type nibble has no adapter for
+GLM_4_5 = {"architectures": ["Glm4MoeForCausalLM"], "model_type": "glm4_moe", "hidden_size": 5120,
+           "intermediate_size": 12288, "moe_intermediate_size": 1536, "n_routed_experts": 160, "n_shared_experts": 1,
+           "num_experts_per_tok": 8, "first_k_dense_replace": 3, "num_attention_heads": 96, "num_key_value_heads": 8,
+           "head_dim": 128, "num_hidden_layers": 92, "vocab_size": 151552, "max_position_embeddings": 131072,
+           "tie_word_embeddings": False, "num_nextn_predict_layers": 1, "use_qk_norm": True, "attention_bias": True}
+
+
+@pytest.mark.parametrize(("config", "keys"), [
+    (GLM_4_5, "first_k_dense_replace, moe_intermediate_size, n_routed_experts, n_shared_experts, num_experts_per_tok"),
+    # Qwen2-57B-A14B (qwen2_moe): read as a dense llama, its 64 experts and shared expert were left out
+    ({**LLAMA_8B, "model_type": "qwen2_moe", "num_experts": 64, "num_experts_per_tok": 8, "moe_intermediate_size": 2560,
+      "shared_expert_intermediate_size": 20480},
+     "moe_intermediate_size, num_experts, num_experts_per_tok, shared_expert_intermediate_size"),
+])
+def test_an_unknown_model_type_whose_config_sizes_what_a_llama_reading_leaves_out_is_refused(
+        config: dict[str, Any], keys: str) -> None:
+    # GLM-4.5 was read as a dense llama of 31.5 billion parameters and planned "fits" on 8 x H100, with a warning
+    with pytest.raises(UnsupportedArchitecture) as caught:
+        model_from_hf_config(config)
+    assert caught.value.field == "model_type" and f"({keys})" in str(caught.value)
+    assert "planning a fraction of its weights" in str(caught.value)
+    # a multi-token-prediction layer alone does not change what engines load: still read, as a llama
+    spec = model_from_hf_config({**LLAMA_8B, "model_type": "mimo", "num_nextn_predict_layers": 1})
+    assert parameter_count(spec).total == 8_030_261_248
+
+
 def test_missing_key_raises_missing_config_key_naming_it() -> None:
     config = dict(LLAMA_8B)
     del config["vocab_size"]
