@@ -187,6 +187,8 @@ def tensor_type(file_type: str, entry: TensorEntry, layer: int, facts: ModelFact
         default, chooser = GGUF_FILE_TYPES[file_type]
     except KeyError:
         raise UnknownName("gguf file type", file_type, list(GGUF_FILE_TYPES), field="format") from None
+    if entry.role == "vision":  # llama.cpp's separate mmproj file (convert_hf_to_gguf.py --mmproj: F16, F32 1-D)
+        return "F16" if len(entry.shape) >= 2 else "F32"
     if not quantizable(entry):
         return "F32"
     category = gguf_category(entry)

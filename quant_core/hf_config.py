@@ -7,7 +7,8 @@ and Falcon, False elsewhere), and sets the flags the family's modeling code hard
 parameter counts that follow from the spec are those of the model transformers builds
 from the config: DeepSeek-V3's multi-token-prediction layer (``num_nextn_predict_layers``)
 is not built by transformers and is not counted; for the multimodal ``gemma3`` type
-the language model (``text_config``) is read and the vision tower is left out.
+the language model (``text_config``) is read, and its SigLIP vision tower and projector
+(``vision_config``) are counted as role ``vision``: engines load them beside it, at 16 bits.
 
 Every size is checked as it is read: a missing key raises `MissingConfigKey`, a value of
 the wrong type (a string, a bool), zero, negative or absurd (over the maximums in
@@ -21,6 +22,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import replace
 from typing import Any
 
 from quant_core.errors import InvalidSpec, MissingConfigKey, UnsupportedArchitecture
@@ -36,6 +38,7 @@ from quant_core.specs import (
     MAX_RANK,
     MAX_VOCAB_SIZE,
     ModelSpec,
+    VisionTower,
     check_int,
 )
 
@@ -495,6 +498,23 @@ def model_from_hf_config(config: Mapping[str, object], *, name: str | None = Non
         raise _in_config_terms(error, text, "text_config." if text is not config else "") from None
 
 
+def _gemma3_vision(config: Mapping[str, object], text_hidden_size: int) -> VisionTower | None:
+    """Gemma 3's SigLIP encoder from ``vision_config`` (transformers' ``SiglipVisionConfig`` defaults for absent
+    keys), projected to the language model's width; None for a config without one (``gemma3`` text only)."""
+    vision = config.get("vision_config")
+    if vision is None:
+        return None
+    if not isinstance(vision, Mapping):
+        raise InvalidSpec("vision_config", vision, "must be a JSON object")
+    defaults = {"hidden_size": 768, "num_hidden_layers": 12, "intermediate_size": 3072, "image_size": 224,
+                "patch_size": 16, "num_channels": 3}
+    sizes: dict[str, Any] = {key: vision.get(key, default) for key, default in defaults.items()}
+    return VisionTower(hidden_size=sizes["hidden_size"], num_layers=sizes["num_hidden_layers"],
+                       intermediate_size=sizes["intermediate_size"], image_size=sizes["image_size"],
+                       patch_size=sizes["patch_size"], projection_size=text_hidden_size,
+                       num_channels=sizes["num_channels"])
+
+
 def _model_from_hf_config(config: Mapping[str, object], name: str | None) -> ModelSpec:
     """`model_from_hf_config` by ``model_type``, errors named by the spec's fields where the spec found them."""
     raw_type = config.get("model_type")
@@ -505,7 +525,8 @@ def _model_from_hf_config(config: Mapping[str, object], name: str | None) -> Mod
         text = config.get("text_config", config)
         if not isinstance(text, Mapping):
             raise InvalidSpec("text_config", text, "must be a JSON object")
-        return _llama_family(text, "gemma3", name or _name(config, model_type, None))
+        spec = _llama_family(text, "gemma3", name or _name(config, model_type, None))
+        return replace(spec, vision=_gemma3_vision(config, spec.hidden_size))
     adapter = _ADAPTERS.get(model_type)
     if adapter is not None:
         return adapter(config, model_type, name)

@@ -23,7 +23,7 @@ from functools import lru_cache
 
 from quant_core.errors import GroupSizeMismatch, UnknownName
 from quant_core.formats import FLOAT_FORMATS, WeightFormat, float_format, int4
-from quant_core.specs import QUANTIZED_ROLES, ROLES, ModelSpec, TensorEntry
+from quant_core.specs import QUANTIZED_ROLES, ROLES, ModelSpec, TensorEntry, VisionTower
 
 
 class _Builder:
@@ -216,7 +216,37 @@ def inventory(spec: ModelSpec) -> tuple[TensorEntry, ...]:
         _gpt2(builder, spec)
     else:
         _decoder(builder, spec)
+    if spec.vision is not None:
+        _vision(builder, spec.vision)
     return tuple(builder.rows)
+
+
+def _vision(b: _Builder, tower: VisionTower) -> None:
+    """Gemma 3's image encoder as transformers builds it (``SiglipVisionModel`` without its pooling head, and
+    ``Gemma3MultiModalProjector``), every tensor of role ``vision``: the encoder's layers are no decoder
+    layers, so each of its tensors is one row counted `num_layers` times."""
+    hidden, prefix = tower.hidden_size, "vision_tower.vision_model"
+    patches = (tower.image_size // tower.patch_size) ** 2
+    b.add(f"{prefix}.embeddings.patch_embedding.weight", (hidden, tower.num_channels, tower.patch_size,
+                                                           tower.patch_size), "vision")
+    b.add(f"{prefix}.embeddings.patch_embedding.bias", (hidden,), "vision")
+    b.add(f"{prefix}.embeddings.position_embedding.weight", (patches, hidden), "vision")
+    layer, count = f"{prefix}.encoder.layers.{{v}}", tower.num_layers
+    for name, shape in ((f"{layer}.self_attn.{proj}", (hidden, hidden)) for proj in ("q_proj", "k_proj", "v_proj",
+                                                                                   "out_proj")):
+        b.add(f"{name}.weight", shape, "vision", per_layer=count)
+        b.add(f"{name}.bias", (hidden,), "vision", per_layer=count)
+    for name, (out_features, in_features) in ((f"{layer}.mlp.fc1", (tower.intermediate_size, hidden)),
+                                              (f"{layer}.mlp.fc2", (hidden, tower.intermediate_size))):
+        b.add(f"{name}.weight", (out_features, in_features), "vision", per_layer=count)
+        b.add(f"{name}.bias", (out_features,), "vision", per_layer=count)
+    for norm in (f"{layer}.layer_norm1", f"{layer}.layer_norm2"):
+        b.add(f"{norm}.weight", (hidden,), "vision", per_layer=count)
+        b.add(f"{norm}.bias", (hidden,), "vision", per_layer=count)
+    b.add(f"{prefix}.post_layernorm.weight", (hidden,), "vision")
+    b.add(f"{prefix}.post_layernorm.bias", (hidden,), "vision")
+    b.add("multi_modal_projector.mm_input_projection_weight", (hidden, tower.projection_size), "vision")
+    b.add("multi_modal_projector.mm_soft_emb_norm.weight", (hidden,), "vision")
 
 
 @dataclass(frozen=True, slots=True)
@@ -259,7 +289,7 @@ def parameter_count(spec: ModelSpec) -> ParameterCount:
         position_embedding=positions,
         non_embedding=total - embedding - lm_head - positions,
         routed_experts=routed,
-        active_per_token=total - routed + active_routed if spec.is_moe else None,
+        active_per_token=total - routed + active_routed - by_role["vision"] if spec.is_moe else None,
     )
 
 

@@ -350,9 +350,16 @@ def _stage_ranges(num_layers: int, stages: int) -> tuple[tuple[int, int], ...]:
     return tuple(ranges)
 
 
-def _sharded_bytes(one_tensor_bytes: int, role: str, tensor_parallel: int) -> int:
-    """Bytes of one tensor on one rank: replicated roles whole, the others ``ceil(bytes / tp)``."""
-    if role in REPLICATED_ROLES:
+#: the vision tower's tensors vLLM shards over the tensor-parallel ranks (siglip.py: QKVParallelLinear,
+#: RowParallelLinear and ColumnParallelLinear weights, fc1's bias, a VocabParallelEmbedding of positions); its
+#: patch convolution, norms, row-parallel biases and the projector are whole on every rank
+_VISION_SHARDED = ("q_proj.weight", "k_proj.weight", "v_proj.weight", "q_proj.bias", "k_proj.bias", "v_proj.bias",
+                   "out_proj.weight", "fc1.weight", "fc1.bias", "fc2.weight", "position_embedding.weight")
+
+
+def _sharded_bytes(one_tensor_bytes: int, entry: TensorEntry, tensor_parallel: int) -> int:
+    """Bytes of one tensor of `entry` on one rank: replicated roles whole, the others ``ceil(bytes / tp)``."""
+    if entry.role in REPLICATED_ROLES or (entry.role == "vision" and not entry.name.endswith(_VISION_SHARDED)):
         return one_tensor_bytes
     return -(-one_tensor_bytes // tensor_parallel)
 
@@ -389,10 +396,13 @@ def _build_layout(spec: ModelSpec, scheme: WeightScheme, kv_dtype_name: str,
     home = [0] * pipeline_parallel  # the tensors outside the layers where the stages that run them hold them
     outside = 0  # ... and all of them once (a tied lm_head is the embedding itself)
     for entry, one in _weight_rows(spec, scheme):
-        per_rank = _sharded_bytes(one, entry.role, tensor_parallel) * entry.per_layer
+        per_rank = _sharded_bytes(one, entry, tensor_parallel) * entry.per_layer
         if entry.layers:
             for index in entry.layers:  # once per layer, not per layer and stage (4,096 layers x 1,024 stages)
                 weights[stage_of[index]] += per_rank
+            continue
+        if entry.role == "vision":  # on every stage, the safe side: vLLM's gemma3_mm.py builds it with no rank test
+            weights = [size + per_rank for size in weights]
             continue
         outside += per_rank
         if entry.role in ("embedding", "position_embedding"):

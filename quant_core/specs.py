@@ -24,6 +24,7 @@ ROLES: tuple[str, ...] = (
     "norm",
     "bias",
     "lm_head",
+    "vision",
     "other",
 )
 QUANTIZED_ROLES: frozenset[str] = frozenset({"attention", "mlp", "expert"})
@@ -63,6 +64,29 @@ class TensorEntry:
     @property
     def total_elements(self) -> int:
         return self.elements * self.count
+
+
+@dataclass(frozen=True, slots=True)
+class VisionTower:
+    """A multimodal model's SigLIP image encoder and the projector into the language model (Gemma 3's
+    ``vision_config``): `num_layers` encoder layers of `hidden_size` with an MLP of `intermediate_size`,
+    `image_size` square images cut into `patch_size` patches (one learned position each) of `num_channels`,
+    projected by a ``[hidden_size, projection_size]`` matrix (the language model's width)."""
+
+    hidden_size: int
+    num_layers: int
+    intermediate_size: int
+    image_size: int
+    patch_size: int
+    projection_size: int
+    num_channels: int = 3
+
+    def __post_init__(self) -> None:
+        for field, (low, high) in _VISION_LIMITS.items():
+            object.__setattr__(self, field, check_int(f"vision_config.{field}", getattr(self, field), low, high))
+        if self.image_size % self.patch_size:
+            raise InvalidSpec("vision_config.image_size", self.image_size,
+                              f"is not a multiple of patch_size={self.patch_size}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -134,6 +158,16 @@ _INT_LIMITS: dict[str, tuple[int, int]] = {
     "qk_nope_head_dim": (0, MAX_HEAD_DIM),
     "qk_rope_head_dim": (0, MAX_HEAD_DIM),
     "v_head_dim": (0, MAX_HEAD_DIM),
+}
+#: a vision tower's sizes (its position table is (image_size / patch_size)^2 rows: at most 2^24 with these)
+_VISION_LIMITS: dict[str, tuple[int, int]] = {
+    "hidden_size": (1, MAX_HIDDEN_SIZE),
+    "num_layers": (1, MAX_LAYERS),
+    "intermediate_size": (1, MAX_INTERMEDIATE_SIZE),
+    "image_size": (1, 65_536),
+    "patch_size": (1, 65_536),
+    "projection_size": (1, MAX_HIDDEN_SIZE),
+    "num_channels": (1, 64),
 }
 _OPTIONAL_INT_LIMITS: dict[str, tuple[int, int]] = {
     "max_position_embeddings": (1, MAX_POSITIONS),
@@ -229,6 +263,8 @@ class ModelSpec:
     qk_nope_head_dim: int = 0
     qk_rope_head_dim: int = 0
     v_head_dim: int = 0
+    #: a multimodal model's image encoder, which engines load beside the language model (None: text only)
+    vision: VisionTower | None = None
 
     def __post_init__(self) -> None:
         for field in ("name", "model_type"):

@@ -381,3 +381,29 @@ def test_unread_keys_name_a_misspelt_key_and_leave_out_bookkeeping() -> None:
 def test_unread_keys_of_the_fixtures_are_the_keys_the_memory_model_deliberately_skips() -> None:
     assert unread_config_keys(load("llama-3.1-70b")) == ()
     assert unread_config_keys(load("deepseek-v3")) == ("num_key_value_heads", "num_nextn_predict_layers")  # MLA; MTP
+
+
+# google/gemma-3-27b-it's config.json: the language model in text_config, SigLIP in vision_config
+GEMMA_3_27B_IT = {
+    "architectures": ["Gemma3ForConditionalGeneration"], "model_type": "gemma3", "mm_tokens_per_image": 256,
+    "text_config": {"head_dim": 128, "hidden_size": 5376, "intermediate_size": 21504, "model_type": "gemma3_text",
+                    "num_attention_heads": 32, "num_hidden_layers": 62, "num_key_value_heads": 16,
+                    "query_pre_attn_scalar": 168, "sliding_window": 1024, "vocab_size": 262208},
+    "vision_config": {"hidden_size": 1152, "image_size": 896, "intermediate_size": 4304, "model_type":
+                      "siglip_vision_model", "num_attention_heads": 16, "num_hidden_layers": 27, "patch_size": 14,
+                      "vision_use_head": False}}
+
+
+def test_gemma_3s_vision_tower_and_projector_are_counted_as_engines_load_them() -> None:
+    # google/medgemma-27b-it (Gemma 3 27B's architecture) lists metadata.total_size 54,864,813,280 bytes of bf16
+    # tensors in its model.safetensors.index.json: 27,432,406,640 parameters.  The language model alone is
+    # 27,009,346,304; SigLIP (27 layers of 1152, 4096 patch positions) and the 1152 x 5376 projector the rest
+    counts = parameter_count(model_from_hf_config(GEMMA_3_27B_IT))
+    assert counts.total * 2 == 54_864_813_280
+    assert counts.by_role["vision"] == 27_432_406_640 - 27_009_346_304 == 423_060_336
+    text_only = parameter_count(model_from_hf_config({**GEMMA_3_27B_IT, "vision_config": None}))
+    assert text_only.total == 27_009_346_304 and text_only.by_role["vision"] == 0
+    with pytest.raises(InvalidSpec) as caught:
+        model_from_hf_config({**GEMMA_3_27B_IT, "vision_config": {**GEMMA_3_27B_IT["vision_config"],
+                                                                  "patch_size": 0}})
+    assert caught.value.field == "vision_config.patch_size"

@@ -294,3 +294,47 @@ def test_more_tensor_parallel_ranks_than_kv_heads_says_the_kv_cache_is_replicate
     assert not any(w.startswith("The KV cache is replicated") for w in four.warnings)
     mla = plan(get_preset("deepseek-v3"), Hardware(H100, 16), Workload(4096, 1), PlanOptions())
     assert not any(w.startswith("The KV cache is replicated") for w in mla.warnings)  # MLA: one latent, no heads
+
+
+def test_a_vision_tower_stays_16_bit_in_int4_is_sharded_as_vllm_shards_it_and_sits_on_every_stage() -> None:
+    from quant_core.hf_config import model_from_hf_config
+    from tests.quant_core.test_hf_config import GEMMA_3_27B_IT
+
+    with_tower = model_from_hf_config(GEMMA_3_27B_IT)
+    text_only = model_from_hf_config({**GEMMA_3_27B_IT, "vision_config": None})
+    h100 = get_device("h100-80gb")
+
+    def weights(spec: object, tp: int = 1, pp: int = 1, fmt: str = "int4") -> list[int]:
+        options = PlanOptions(weight_format=int4(128) if fmt == "int4" else float_format(fmt),
+                              tensor_parallel=tp, pipeline_parallel=pp)
+        result = plan(spec, Hardware(h100.planning_bytes, tp * pp, h100.id), Workload(4096, 1), options)  # type: ignore[arg-type]
+        return [device.weights_bytes for device in result.primary.devices]
+
+    tower = 423_060_336 * 2  # bf16, whether the language model is int4 or not
+    assert weights(with_tower)[0] - weights(text_only)[0] == tower
+    assert weights(with_tower, fmt="bf16")[0] - weights(text_only, fmt="bf16")[0] == tower
+    # TP 2: q/k/v/out_proj, fc1, fc2 and the positions split; the patch convolution, norms, out_proj and fc2
+    # biases and the projector (7,061,760 parameters) whole on both ranks
+    replicated = 1152 * 3 * 14 * 14 + 1152 + 27 * (4 * 1152 + 2 * 1152) + 2 * 1152 + 1152 * 5376 + 1152
+    assert replicated == 7_061_760
+    assert [w - t for w, t in zip(weights(with_tower, tp=2), weights(text_only, tp=2), strict=True)] == \
+        [2 * replicated + (tower - 2 * replicated) // 2] * 2
+    assert [w - t for w, t in zip(weights(with_tower, pp=2), weights(text_only, pp=2), strict=True)] == [tower] * 2
+
+
+def test_a_gguf_plan_keeps_the_vision_tower_as_llama_cpps_mmproj_file_stores_it() -> None:
+    from quant_core.gguf_mix import ModelFacts, tensor_type
+    from quant_core.hf_config import model_from_hf_config
+    from quant_core.inventory import inventory
+    from tests.quant_core.test_hf_config import GEMMA_3_27B_IT
+
+    spec = model_from_hf_config(GEMMA_3_27B_IT)
+    facts = ModelFacts.of(spec)
+    # convert_hf_to_gguf.py --mmproj writes a separate F16 file (1-D tensors F32); llama-quantize never sees it
+    file_type = "gguf-q4_k_m"
+    types = {entry.name.removeprefix("vision_tower.vision_model."): tensor_type(file_type, entry, -1, facts)
+             for entry in inventory(spec) if entry.role == "vision"}
+    layer = "encoder.layers.{v}"
+    assert types[f"{layer}.self_attn.q_proj.weight"] == types[f"{layer}.mlp.fc1.weight"] == "F16"
+    assert types[f"{layer}.layer_norm1.bias"] == "F32"
+    assert types["multi_modal_projector.mm_input_projection_weight"] == "F16"
