@@ -123,7 +123,6 @@ _RE2_OPTIONS = re2.Options()
 _RE2_OPTIONS.log_errors = False  # a pattern it refuses is the client's error, answered 422, not a server log line
 
 
-@lru_cache(maxsize=4096)
 def module_regex(pattern: str) -> Callable[[str], bool]:
     """Whether a name matches a config's module regex from its start, decided by RE2 in time linear in the name.
 
@@ -158,7 +157,7 @@ def matches(module: str, pattern: str) -> bool:
     return keep_matcher((pattern,))(module)
 
 
-@lru_cache(maxsize=64)
+@lru_cache(maxsize=8)  # a few schemes at once; each holds at most RE2's max_mem (8 MiB) of compiled regexes
 def keep_matcher(keep: tuple[str, ...]) -> Callable[[str], bool]:
     """`matches` of any entry of `keep`, built once for a scheme's list, whose cost per module does not grow
     with the names in it: a config may list thousands (a set of dotted parts), its globs match in linear time
