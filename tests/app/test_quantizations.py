@@ -10,6 +10,7 @@ import struct
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import gguf
 import ml_dtypes
@@ -409,36 +410,31 @@ def test_quantize_exports_download_a_file(client: TestClient, weights: np.ndarra
                                                                        for t in report["tensors"]]
 
 
-def test_gptq_export_of_a_selection_tells_the_loaders_which_linear_weights_it_left_unquantized(
-        client: TestClient, weights: np.ndarray) -> None:
-    # include leaves down_proj out: the quantization_config in the answer and in the file's own report says so
-    # (GPTQModel/vLLM read dynamic, transformers modules_in_block_to_quantize: quant_core/tensorio/gptq.py)
+def _configs_of_an_up_proj_only_export(client: TestClient, weights: np.ndarray, output: str) -> list[dict[str, Any]]:
+    """The quantization_config of an export whose include leaves down_proj out: in the answer's header, and in
+    the report the file's own metadata carries."""
     payload = save_safetensors({"model.layers.0.mlp.up_proj.weight": weights,
                                 "model.layers.0.mlp.down_proj.weight": weights})
     response = client.post("/v1/quantize", files={"file": ("m.safetensors", payload)},
-                           data={"output": "gptq", "include": "*up_proj*"})
+                           data={"output": output, "include": "*up_proj*"})
     assert response.status_code == 200, response.text
     header_size = int.from_bytes(response.content[:8], "little")
     written = json.loads(json.loads(response.content[8: 8 + header_size])["__metadata__"]["nibble.report"])
-    expected = {r"-:^model\.layers\.\d+\.mlp\.down_proj$": {}}
-    for config in (json.loads(response.headers["x-nibble-report"])["quantization_config"],
-                   written["quantization_config"]):
-        assert config["dynamic"] == expected
+    return [json.loads(response.headers["x-nibble-report"])["quantization_config"], written["quantization_config"]]
+
+
+def test_gptq_export_of_a_selection_tells_the_loaders_which_linear_weights_it_left_unquantized(
+        client: TestClient, weights: np.ndarray) -> None:
+    # (GPTQModel/vLLM read dynamic, transformers modules_in_block_to_quantize: quant_core/tensorio/gptq.py)
+    for config in _configs_of_an_up_proj_only_export(client, weights, "gptq"):
+        assert config["dynamic"] == {r"-:^model\.layers\.\d+\.mlp\.down_proj$": {}}
         assert config["modules_in_block_to_quantize"] == [["mlp.up_proj"]]
 
 
 def test_awq_export_of_a_selection_names_the_weights_it_left_out_in_the_files_report_too(
         client: TestClient, weights: np.ndarray) -> None:
     # the answer said modules_to_not_convert ["...down_proj"], the report in the file's metadata null
-    payload = save_safetensors({"model.layers.0.mlp.up_proj.weight": weights,
-                                "model.layers.0.mlp.down_proj.weight": weights})
-    response = client.post("/v1/quantize", files={"file": ("m.safetensors", payload)},
-                           data={"output": "awq", "include": "*up_proj*"})
-    assert response.status_code == 200, response.text
-    header_size = int.from_bytes(response.content[:8], "little")
-    written = json.loads(json.loads(response.content[8: 8 + header_size])["__metadata__"]["nibble.report"])
-    for config in (json.loads(response.headers["x-nibble-report"])["quantization_config"],
-                   written["quantization_config"]):
+    for config in _configs_of_an_up_proj_only_export(client, weights, "awq"):
         assert config["modules_to_not_convert"] == ["model.layers.0.mlp.down_proj"]
 
 
