@@ -232,10 +232,9 @@ def _vision(b: _Builder, tower: VisionTower) -> None:
     b.add(f"{prefix}.embeddings.patch_embedding.bias", (hidden,), "vision")
     b.add(f"{prefix}.embeddings.position_embedding.weight", (patches, hidden), "vision")
     layer, count = f"{prefix}.encoder.layers.{{v}}", tower.num_layers
-    for name, shape in ((f"{layer}.self_attn.{proj}", (hidden, hidden)) for proj in ("q_proj", "k_proj", "v_proj",
-                                                                                   "out_proj")):
-        b.add(f"{name}.weight", shape, "vision", per_layer=count)
-        b.add(f"{name}.bias", (hidden,), "vision", per_layer=count)
+    for proj in ("q_proj", "k_proj", "v_proj", "out_proj"):
+        b.add(f"{layer}.self_attn.{proj}.weight", (hidden, hidden), "vision", per_layer=count)
+        b.add(f"{layer}.self_attn.{proj}.bias", (hidden,), "vision", per_layer=count)
     for name, (out_features, in_features) in ((f"{layer}.mlp.fc1", (tower.intermediate_size, hidden)),
                                               (f"{layer}.mlp.fc2", (hidden, tower.intermediate_size))):
         b.add(f"{name}.weight", (out_features, in_features), "vision", per_layer=count)

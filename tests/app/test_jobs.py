@@ -495,12 +495,17 @@ def test_jobs_without_state_dir_and_data_root_answer_404() -> None:
     assert (problem["status"], problem["type"]) == (404, "urn:nibble:problem:jobs-not-configured")
 
 
-def test_a_tensor_that_cannot_be_quantized_fails_the_job_with_its_problem(tmp_path: Path) -> None:
+def _write_with_a_non_finite_value(directory: Path, name: str, index: tuple[int, int], value: float) -> None:
+    """The small llama checkpoint with one value of tensor `name` made NaN or infinite (seen only once read)."""
     tensors = llama_tensors()
+    tensors[name] = tensors[name].copy()
+    tensors[name][index] = value
+    write_llama_checkpoint(directory, tensors=tensors)
+
+
+def test_a_tensor_that_cannot_be_quantized_fails_the_job_with_its_problem(tmp_path: Path) -> None:
     broken = "model.layers.1.mlp.up_proj.weight"
-    tensors[broken] = tensors[broken].copy()
-    tensors[broken][3, 5] = np.nan
-    write_llama_checkpoint(tmp_path / "data" / "nan", tensors=tensors)
+    _write_with_a_non_finite_value(tmp_path / "data" / "nan", broken, (3, 5), np.nan)
     with client_with(state_dir=tmp_path / "state", data_dir=tmp_path / "data") as client:
         job = client.post("/v1/jobs", json={"source": {"path": "nan"}})
         assert job.status_code == 202  # NaN is only seen when the tensor is read
@@ -514,11 +519,7 @@ def test_a_tensor_that_cannot_be_quantized_fails_the_job_with_its_problem(tmp_pa
 def test_a_failed_job_keeps_no_files(tmp_path: Path) -> None:
     # its parts (the tensors quantized before the failure) were kept for ever: a failed job is never resumed,
     # and its files are not served, so nothing could use them and nothing removed them
-    tensors = llama_tensors()
-    last = "model.layers.1.mlp.down_proj.weight"
-    tensors[last] = tensors[last].copy()
-    tensors[last][0, 0] = np.inf
-    write_llama_checkpoint(tmp_path / "data" / "inf", tensors=tensors)
+    _write_with_a_non_finite_value(tmp_path / "data" / "inf", "model.layers.1.mlp.down_proj.weight", (0, 0), np.inf)
     with client_with(state_dir=tmp_path / "state", data_dir=tmp_path / "data") as client:
         job = client.post("/v1/jobs", json={"source": {"path": "inf"}}).json()
         status = wait_for(client, job["id"])
