@@ -107,7 +107,12 @@ def gguf_scheme(file_type: str) -> WeightScheme:
 
 def module_name(tensor_name: str) -> str:
     """The module a tensor pattern belongs to, with layer and expert 0: ``model.layers.0.self_attn.q_proj``."""
-    name = tensor_name.replace("{i}", "0").replace("{e}", "0")
+    return _module_pattern(tensor_name).replace("{i}", "0").replace("{e}", "0")
+
+
+def _module_pattern(tensor_name: str) -> str:
+    """The module a tensor pattern belongs to, as a pattern: ``model.layers.{i}.self_attn.q_proj``."""
+    name = tensor_name
     if name.endswith("]"):
         name = name[:name.rindex("[")]
     for suffix in (".weight", ".bias"):
@@ -169,11 +174,18 @@ def keep_matcher(keep: tuple[str, ...]) -> Callable[[str], bool]:
     regexes = [pattern[3:] for pattern in keep if pattern.startswith("re:")]
     union = module_regex("|".join(f"(?:{regex})" for regex in regexes)) if regexes else None
 
+    dotted_names = tuple(f".{name}." for name in names) if len(names) <= 32 else ()
+
     def matcher(module: str) -> bool:
-        parts = module.split(".")
-        if names and any(".".join(parts[start:end]) in names
-                         for start in range(len(parts)) for end in range(start + 1, len(parts) + 1)):
-            return True
+        if dotted_names:  # a few names: each a run of whole dotted parts of the module
+            dotted = f".{module}."
+            if any(name in dotted for name in dotted_names):
+                return True
+        elif names:
+            parts = module.split(".")
+            if any(".".join(parts[start:end]) in names
+                   for start in range(len(parts)) for end in range(start + 1, len(parts) + 1)):
+                return True
         if any(glob.matches(module) for glob in globs):
             return True
         return union is not None and union(module)
@@ -181,15 +193,142 @@ def keep_matcher(keep: tuple[str, ...]) -> Callable[[str], bool]:
     return matcher
 
 
-def _quantizes(scheme: WeightScheme, entry: TensorEntry) -> bool:
-    if entry.role not in scheme.quantized_roles or len(entry.shape) < 2:
-        return False
-    return not keep_matcher(scheme.keep)(module_name(entry.name))
+def _same_in_every_layer(pattern: str) -> bool:
+    """Whether a ``keep`` entry names the same modules in every layer and of every expert, so that trying it on
+    layer 0's name decides for all.  An index is a run of digits in a module's name; an entry that can only
+    cover a digit with a wildcard of any length, whatever the run's value and length, is blind to it: a
+    module name or a glob with no digit, ``?`` or ``[``, or a regex `_blind_to_indices`.  Any other entry is
+    tried on every layer's and expert's name (`_split_by_keep`)."""
+    if pattern.startswith("re:"):
+        return _blind_to_indices(pattern[3:])
+    return not any(char.isdigit() or char in "?[" for char in pattern)
+
+
+def _blind_to_indices(regex: str) -> bool:
+    """Whether a regex can match a digit only with ``.*`` (or one ``.+``: a run of digits is never empty):
+    no digit, class (``[``, ``\\d``, ``\\w``...), counted repetition or lone ``.``, which could tell one index
+    from another or count its digits."""
+    at_least_one = 0
+    i = 0
+    while i < len(regex):
+        char = regex[i]
+        if char == "\\":
+            if i + 1 >= len(regex) or regex[i + 1].isalnum():
+                return False
+            i += 2
+            continue
+        if char.isdigit() or char in "[{":
+            return False
+        if char == ".":
+            if regex[i + 1:i + 2] not in ("*", "+"):
+                return False
+            at_least_one += regex[i + 1] == "+"
+            i += 1
+        i += 1
+    return at_least_one <= 1
+
+
+#: the most (module name x entry) trials a keep list's index-naming globs and regexes may cost one model
+#: (DeepSeek-V3 with one such regex: 47,000 names); index-naming module names cost no trials (`_name_binds`)
+MAX_KEEP_TRIALS = 250_000
+_ANY = -1  # a binding that holds for every layer or expert
+
+
+def _name_binds(template: list[str], name: list[str]) -> list[tuple[int, int]]:
+    """The (layer, expert) pairs whose module the dotted module name `name` names (`_ANY` for every one): the
+    name is a run of the module's dotted parts, with ``{i}`` and ``{e}`` standing for any index."""
+    out = []
+    for offset in range(len(template) - len(name) + 1):
+        layer = expert = _ANY
+        for part, wanted in zip(template[offset:], name, strict=False):
+            if part in ("{i}", "{e}"):
+                if not (wanted.isascii() and wanted.isdigit() and str(int(wanted)) == wanted):
+                    break
+                if part == "{i}":
+                    layer = int(wanted)
+                else:
+                    expert = int(wanted)
+            elif part != wanted:
+                break
+        else:
+            out.append((layer, expert))
+    return out
+
+
+def _split_by_keep(entry: TensorEntry, names: tuple[list[str], ...],
+                   patterns: Callable[[str], bool] | None) -> tuple[tuple[TensorEntry, bool], ...]:
+    """`entry` as rows kept unquantized (True) or not, by entries that name some layers or experts: `names` as
+    dotted parts (bound to indices, `_name_binds`) and `patterns` (globs and regexes) tried on each layer's and
+    expert's module name.  A config that keeps ``model.layers.1.mlp.down_proj`` keeps that one tensor."""
+    module = _module_pattern(entry.name)
+    template = module.split(".")
+    experts = entry.per_layer if "{e}" in template else 0  # a fused tensor of all experts is one module
+    binds = [bind for name in names for bind in _name_binds(template, name)]
+    by_count: dict[int, list[int]] = {}
+    for layer in entry.layers or (_ANY,):
+        layer_binds = {expert for bound_layer, expert in binds if bound_layer in (_ANY, layer)}
+        whole = _ANY in layer_binds
+        name = module.replace("{i}", str(layer))
+        if experts:
+            before, _, after = name.partition("{e}")
+            hits = experts if whole else sum(
+                expert in layer_binds or (patterns is not None and patterns(f"{before}{expert}{after}"))
+                for expert in range(experts))
+        else:
+            hits = entry.per_layer if whole or (patterns is not None and patterns(name.replace("{e}", "0"))) else 0
+        by_count.setdefault(hits, []).append(layer)
+    if len(by_count) == 1 and set(by_count) <= {0, entry.per_layer}:
+        return ((entry, entry.per_layer in by_count),)
+    out: list[tuple[TensorEntry, bool]] = []
+    for count, layers in sorted(by_count.items()):
+        part_layers = tuple(layers) if entry.layers else ()
+        quantized = entry.per_layer - count
+        active = entry.active_per_layer
+        quantized_active = None if active is None else min(active, quantized)
+        if quantized:
+            out.append((replace(entry, layers=part_layers, per_layer=quantized,
+                                active_per_layer=quantized_active), False))
+        if count:
+            out.append((replace(entry, layers=part_layers, per_layer=count,
+                                active_per_layer=None if active is None else active - (quantized_active or 0)), True))
+    return tuple(out)
+
+
+def _kept_rows(scheme: WeightScheme, rows: tuple[TensorEntry, ...]) -> list[tuple[TensorEntry, bool]]:
+    """Each row, split where the scheme's ``keep`` entries keep some of its layers or experts, with whether
+    it stays unquantized.  Entries blind to indices are tried once per row (`_same_in_every_layer`)."""
+    uniform = keep_matcher(tuple(pattern for pattern in scheme.keep if _same_in_every_layer(pattern)))
+    indexed = [pattern for pattern in scheme.keep if not _same_in_every_layer(pattern)]
+    names = tuple(pattern.split(".") for pattern in indexed if not pattern.startswith("re:") and "*" not in pattern
+                  and "?" not in pattern and "[" not in pattern)
+    tried = tuple(pattern for pattern in indexed if pattern.startswith("re:") or any(c in pattern for c in "*?["))
+    candidates = [entry for entry in rows if entry.role in scheme.quantized_roles and len(entry.shape) >= 2
+                  and not uniform(module_name(entry.name))]
+    if tried:
+        globs = sum(not pattern.startswith("re:") for pattern in tried)
+        trials = (1 + globs) * sum(max(1, len(entry.layers)) * (entry.per_layer if "{e}" in entry.name else 1)
+                                   for entry in candidates)
+        if trials > MAX_KEEP_TRIALS:
+            raise InvalidSpec(FIELD, f"{len(tried)} globs or regexes naming layers or experts",
+                              f"nibble tries each on every layer's and expert's module name, {trials:,} trials for "
+                              f"this model; it tries at most {MAX_KEEP_TRIALS:,}")
+    patterns = keep_matcher(tried) if tried else None
+    quantizable = set(candidates)
+    out: list[tuple[TensorEntry, bool]] = []
+    for entry in rows:
+        if entry not in quantizable:
+            out.append((entry, True))
+        elif indexed:
+            out.extend(_split_by_keep(entry, names, patterns))
+        else:
+            out.append((entry, False))
+    return out
 
 
 @lru_cache(maxsize=512)
 def assign(spec: ModelSpec, scheme: WeightScheme) -> tuple[tuple[TensorEntry, WeightFormat], ...]:
-    """Every inventory row with the format it is stored in (GGUF mixes split rows by layer)."""
+    """Every inventory row with the format it is stored in (GGUF mixes, and keep lists that name some layers
+    or experts, split rows by layer)."""
     if scheme.mix:
         return scheme.mix
     rows = inventory(spec)
@@ -198,14 +337,14 @@ def assign(spec: ModelSpec, scheme: WeightScheme) -> tuple[tuple[TensorEntry, We
     if not scheme.quantized.is_quantized:
         return tuple((entry, scheme.quantized) for entry in rows)
     rest = float_format(scheme.unquantized)
-    out = [(entry, scheme.quantized if _quantizes(scheme, entry) else rest) for entry in rows]
+    out = [(entry, rest if kept else scheme.quantized) for entry, kept in _kept_rows(scheme, rows)]
     if scheme.stored_bias:
         names = {entry.name for entry in rows}
-        out.extend((TensorEntry(entry.name[: -len(".weight")] + ".bias", entry.shape[:1], "bias", entry.layers,
-                                entry.per_layer, entry.active_per_layer), float_format("fp16"))
-                   for entry, chosen in out[: len(rows)]
-                   if chosen is scheme.quantized and entry.name.endswith(".weight")
-                   and entry.name[: -len(".weight")] + ".bias" not in names)
+        out.extend([(TensorEntry(entry.name[: -len(".weight")] + ".bias", entry.shape[:1], "bias", entry.layers,
+                                 entry.per_layer, entry.active_per_layer), float_format("fp16"))
+                    for entry, chosen in out
+                    if chosen is scheme.quantized and entry.name.endswith(".weight")
+                    and entry.name[: -len(".weight")] + ".bias" not in names])
     return tuple(out)
 
 
@@ -414,7 +553,7 @@ def _gptq_skipped(config: Mapping[str, object], notes: list[str]) -> tuple[str, 
     """The ``keep`` entries (``re:`` patterns) of GPTQModel's ``dynamic`` negative rules, ``"-:<regex>"``: the
     modules a name of which the regex matches from its start stay unquantized (GPTQModel's ``dynamic_get``,
     vLLM's ``get_dynamic_override``; nibble's own GPTQ checkpoints write them, quant_core/tensorio/gptq.py).
-    A rule is tried on layer 0's (and expert 0's) name, as every ``keep`` entry is.  A positive rule (per-module
+    A rule is tried on every layer's and expert's module name (`assign`).  A positive rule (per-module
     bits or group size) is named in a note: those modules are planned at the config's scheme."""
     dynamic = config.get("dynamic")
     if dynamic is None:

@@ -14,11 +14,12 @@ from quant_core.catalog import get_preset, get_preset_info
 from quant_core.errors import GroupSizeMismatch, InvalidSpec
 from quant_core.formats import GGML_BLOCKS, block_format, fp8, ggml_format, int4, int8_gptq
 from quant_core.gguf_mix import GGUF_FILE_TYPES, ModelFacts, fallback, gguf_rows, use_more_bits
-from quant_core.hf_config import model_from_sizes
+from quant_core.hf_config import model_from_hf_config, model_from_sizes
 from quant_core.inventory import inventory
 from quant_core.planner import Hardware, PlanOptions, plan
 from quant_core.schemes import (
     MAX_KEEP_ENTRIES,
+    MAX_KEEP_TRIALS,
     assign,
     assigned_bytes,
     gguf_scheme,
@@ -292,6 +293,7 @@ def test_a_gptq_config_plans_the_modules_its_negative_dynamic_rules_skip_at_16_b
 COMPRESSED_INT4 = {"quant_method": "compressed-tensors", "format": "pack-quantized", "config_groups": {"group_0": {
     "targets": ["Linear"],
     "weights": {"num_bits": 4, "type": "int", "symmetric": True, "strategy": "group", "group_size": 128}}}}
+COMPRESSED_FORMAT = scheme_from_quantization_config(COMPRESSED_INT4).quantized
 
 
 @pytest.mark.timeout(30)
@@ -314,12 +316,20 @@ def test_a_regex_nibble_cannot_match_in_linear_time_or_too_many_entries_are_refu
     with pytest.raises(InvalidSpec) as refused:
         scheme_from_quantization_config({**COMPRESSED_INT4, "ignore": too_many})
     assert refused.value.field == "quantization_config.ignore" and f"at most {MAX_KEEP_ENTRIES}" in refused.value.detail
-    # at the bound, thousands of names, globs and regexes cost one pass per module, not one per entry
-    keep = [f"model.layers.{i}.mlp.gate" for i in range(1365)] + [f"model.layers.{i}.*.k_proj" for i in range(1365)]
+    # at the bound, thousands of names and regexes naming layers cost one pass per layer's module, not one per
+    # entry: names are bound to the layers they name, regexes are one RE2 alternation
+    keep = [f"model.layers.{i}.mlp.gate" for i in range(2048)]
     keep += [f"re:model\\.layers\\.{i}\\.self_attn\\.v_proj" for i in range(MAX_KEEP_ENTRIES - len(keep))]
     scheme = scheme_from_quantization_config({**COMPRESSED_INT4, "ignore": keep})
     spec = model_from_sizes(**LLAMA_2_7B)
-    assert scheme_bytes(spec, scheme) > 0
+    v_proj = 4096 * 4096
+    assert scheme_bytes(spec, scheme) == scheme_bytes(spec, scheme_from_quantization_config(COMPRESSED_INT4)) \
+        + 32 * (2 * v_proj - COMPRESSED_FORMAT.bytes_for((4096, 4096)))
+    # each glob naming a layer is tried on every layer's module: past MAX_KEEP_TRIALS trials, refused
+    globs = [f"model.layers.{i}.*.k_proj" for i in range(1365)]
+    with pytest.raises(InvalidSpec) as costly:
+        scheme_bytes(spec, scheme_from_quantization_config({**COMPRESSED_INT4, "ignore": globs}))
+    assert costly.value.field == "quantization_config" and f"at most {MAX_KEEP_TRIALS:,}" in costly.value.detail
 
 
 @pytest.mark.parametrize(("module", "pattern", "expected"), [
@@ -404,3 +414,72 @@ def test_compressed_tensors_nvfp4_with_static_activations_stores_an_input_scale(
                                              "config_groups": {"group_0": {"targets": ["Linear"], "weights": weights}}})
     assert (w4a4.label(), w4a16.label()) == ("nvfp4-static", "nvfp4")
     assert w4a4.quantized.bytes_for((4096, 4096)) == w4a16.quantized.bytes_for((4096, 4096)) + 4
+
+
+# a small Qwen3-MoE: 12 layers, 16 experts of which layers 0 and 5 are dense (mlp_only_layers)
+SMALL_MOE = {"model_type": "qwen3_moe", "hidden_size": 256, "num_hidden_layers": 12, "num_attention_heads": 4,
+             "num_key_value_heads": 2, "head_dim": 64, "intermediate_size": 512, "moe_intermediate_size": 128,
+             "num_experts": 16, "num_experts_per_tok": 2, "mlp_only_layers": [0, 5], "vocab_size": 1024}
+
+
+def _kept_by_brute_force(keep: list[str]) -> dict[str, int]:
+    """Tensors of SMALL_MOE's quantized rows kept at 16 bits, by row name: every layer's and expert's module
+    tried against every entry, one at a time."""
+    spec = model_from_hf_config(SMALL_MOE)
+    out: dict[str, int] = {}
+    for entry in inventory(spec):
+        if entry.role not in ("attention", "mlp", "expert") or len(entry.shape) < 2:
+            continue
+        module = module_name(entry.name.replace("{i}", "I").replace("{e}", "E")).replace("I", "{i}")
+        kept = 0
+        for layer in entry.layers or (0,):
+            for expert in range(entry.per_layer) if "{e}" in entry.name else (None,):
+                name = module.replace("{i}", str(layer)).replace("E", str(expert))
+                if any(matches(name, pattern) for pattern in keep):
+                    kept += 1 if expert is not None else entry.per_layer
+        out[entry.name] = kept
+    return out
+
+
+@pytest.mark.parametrize("keep", [
+    ["model.layers.1.mlp.experts.7.down_proj"],  # one expert of one layer
+    ["model.layers.11.self_attn.q_proj", "model.layers.0.mlp"],  # a layer past 9, a dense layer's whole MLP
+    ["mlp.experts.3", "layers.4"],  # one expert in every layer; all of layer 4
+    [r"re:.*experts\.1[0-5]\.up_proj$", r"re:model\.layers\.[2-3]\..*"],  # classes: experts 10-15, layers 2-3
+    ["model.layers.1?.*", "*.experts.?.gate_proj"],  # globs naming index digits
+    [r"re:.*mlp\.experts\..*\.down_proj", "*.self_attn.k_proj", "re:.+_proj$"],  # blind to indices: all or none
+    ["model.layers.01.mlp.down_proj", "model.layers.{i}.mlp.down_proj", "model.layers.99.self_attn.q_proj"],  # none
+])
+def test_a_keep_entry_is_tried_on_every_layers_and_experts_module_not_layer_0s_alone(keep: list[str]) -> None:
+    # a config that keeps model.layers.1.mlp.experts.7.down_proj at 16 bits was planned as if it kept none of
+    # them (layer 0's name did not match), and one keeping layer 0's module as if it kept every layer's
+    spec = model_from_hf_config(SMALL_MOE)
+    scheme = scheme_from_quantization_config({**COMPRESSED_INT4, "ignore": keep})
+    planned: dict[str, int] = {}
+    for entry, weight_format in assign(spec, scheme):
+        if entry.role in ("attention", "mlp", "expert") and len(entry.shape) >= 2:
+            planned[entry.name] = planned.get(entry.name, 0) + (entry.count if weight_format.name == "bf16" else 0)
+    assert planned == _kept_by_brute_force(keep)
+    split = sum(entry.count for entry, _ in assign(spec, scheme) if entry.role in ("attention", "mlp", "expert"))
+    assert split == sum(entry.count for entry in inventory(spec) if entry.role in ("attention", "mlp", "expert"))
+
+
+def test_a_gptq_rule_skipping_two_layers_down_proj_plans_those_two_at_16_bits() -> None:
+    spec = model_from_sizes(**LLAMA_2_7B)
+    base = {"quant_method": "gptq", "bits": 4, "group_size": 128, "desc_act": False, "sym": False}
+    skipping = scheme_from_quantization_config({**base, "dynamic": {r"-:model\.layers\.(?:1|31)\.mlp\.down_proj": {}}})
+    down_proj_int4 = int4(128, layout="gptq").bytes_for((4096, 11008)) + 2 * 4096  # AutoGPTQ's fp16 bias
+    assert scheme_bytes(spec, skipping) - scheme_bytes(spec, scheme_from_quantization_config(base)) \
+        == 2 * (2 * 4096 * 11008 - down_proj_int4)
+
+
+def test_deepseek_v3_with_a_regex_naming_experts_is_planned_within_the_trial_bound() -> None:
+    # 58 MoE layers x 256 experts x 3 projections: about 45,000 names tried against the one RE2 alternation
+    spec = get_preset("deepseek-v3")
+    base = scheme_from_quantization_config({**COMPRESSED_INT4, "ignore": ["lm_head"]})
+    ignore = ["lm_head", r"re:.*experts\.1[0-9]\.up_proj$"]
+    scheme = scheme_from_quantization_config({**COMPRESSED_INT4, "ignore": ignore})
+    up_proj = 2048 * 7168
+    layers = sum(len(entry.layers) for entry in inventory(spec) if entry.name.endswith("experts.{e}.up_proj.weight"))
+    assert scheme_bytes(spec, scheme) - scheme_bytes(spec, base) \
+        == 10 * layers * (2 * up_proj - COMPRESSED_FORMAT.bytes_for((2048, 7168)))
