@@ -646,3 +646,17 @@ def test_a_sweep_over_a_checkpoint_and_its_header_limit() -> None:
         assert rows[0]["weights_bytes"] == 1_548_288  # the checkpoint's four tensors, not the model's inventory
     with client_with(max_header_bytes=64) as small:
         assert small.post("/v1/plan/sweep", json=body).status_code == 413
+
+
+def test_a_quantization_config_whose_index_naming_globs_cost_too_many_trials_is_refused_naming_it(
+        client: TestClient) -> None:
+    # each glob naming a layer is tried on every layer's module (quant_core.schemes.MAX_KEEP_TRIALS)
+    config = {"model_type": "llama", "hidden_size": 8192, "intermediate_size": 28672, "num_hidden_layers": 80,
+              "num_attention_heads": 64, "num_key_value_heads": 8, "vocab_size": 128256,
+              "quantization_config": {"quant_method": "awq", "bits": 4, "group_size": 128, "zero_point": True,
+                                      "modules_to_not_convert": [f"model.layers.{i}.*.k_proj" for i in range(2000)]}}
+    response = client.post("/v1/plan", json={**BODY_70B, "model": {"hf_config": config}})
+    assert response.status_code == 422, response.text
+    assert response.headers["content-type"] == "application/problem+json"
+    error = response.json()["errors"][0]
+    assert error["field"].endswith("quantization_config") and "trials" in error["message"]
