@@ -539,15 +539,17 @@ def _model_from_hf_config(config: Mapping[str, object], name: str | None) -> Mod
     if structural:
         raise UnsupportedArchitecture(
             model_type or "<absent>", KNOWN_MODEL_TYPES,
-            reason=f"its config sizes experts, dense-layer splits, low-rank attention or state-space layers "
-                   f"({', '.join(structural)}) that a llama-style reading would leave out, planning a fraction "
-                   "of its weights")
+            reason=f"its config sizes experts, dense-layer splits, low-rank attention, state-space layers or an "
+                   f"image or audio encoder ({', '.join(structural)}) that a llama-style reading would leave out, "
+                   "planning a fraction of its weights")
     return spec
 
 
 #: unread keys that make a llama-style reading of an unknown model_type wrong by a multiple, not a few tensors:
-#: GLM-4.5's n_routed_experts (160) read as a dense llama planned 31.5 of its 355 billion parameters
-_STRUCTURAL = re.compile(r"expert|moe|lora_rank|dense_replace|mamba|ssm|linear_attn|num_local")
+#: GLM-4.5's n_routed_experts (160) read as a dense llama planned 31.5 of its 355 billion parameters; an encoder
+#: of images or sound beside the decoder (Qwen2.5-VL-7B's vision_config: 0.68 billion parameters) was left out
+_STRUCTURAL = re.compile(r"expert|moe|lora_rank|dense_replace|mamba|ssm|linear_attn|num_local"
+                         r"|vision|visual|image|video|audio|speech|projector")
 
 
 # Keys of a Hugging Face config that never change a model's tensors or memory (training, tokenizer ids,
