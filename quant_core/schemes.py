@@ -228,9 +228,11 @@ def _blind_to_indices(regex: str) -> bool:
     return at_least_one <= 1
 
 
-#: the most (module name x entry) trials a keep list's index-naming globs and regexes may cost one model
-#: (DeepSeek-V3 with one such regex: 47,000 names); index-naming module names cost no trials (`_name_binds`)
-MAX_KEEP_TRIALS = 250_000
+#: the most matching one plan's keep list may cost for its globs and regexes naming layers or experts, in steps
+#: of about 50 ns: each module name tried costs 40 steps for the RE2 call and the regexes' program size (RE2's
+#: worst case per character) and 250 per glob.  DeepSeek-V3 with one such regex: 47,000 names x 70 steps.
+#: Index-naming module names cost nothing here (`_name_binds`); entries blind to indices are tried once per row.
+MAX_KEEP_STEPS = 5_000_000
 _ANY = -1  # a binding that holds for every layer or expert
 
 
@@ -294,6 +296,15 @@ def _split_by_keep(entry: TensorEntry, names: tuple[list[str], ...],
     return tuple(out)
 
 
+@lru_cache(maxsize=8)
+def _steps_per_name(tried: tuple[str, ...]) -> int:
+    """What trying `tried` on one module name costs, in `MAX_KEEP_STEPS`' steps."""
+    regexes = [pattern[3:] for pattern in tried if pattern.startswith("re:")]
+    globs = len(tried) - len(regexes)
+    union = re2.compile("|".join(f"(?:{regex})" for regex in regexes), _RE2_OPTIONS) if regexes else None
+    return 250 * globs + (40 + union.programsize if union is not None else 0)
+
+
 def _kept_rows(scheme: WeightScheme, rows: tuple[TensorEntry, ...]) -> list[tuple[TensorEntry, bool]]:
     """Each row, split where the scheme's ``keep`` entries keep some of its layers or experts, with whether
     it stays unquantized.  Entries blind to indices are tried once per row (`_same_in_every_layer`)."""
@@ -305,13 +316,14 @@ def _kept_rows(scheme: WeightScheme, rows: tuple[TensorEntry, ...]) -> list[tupl
     candidates = [entry for entry in rows if entry.role in scheme.quantized_roles and len(entry.shape) >= 2
                   and not uniform(module_name(entry.name))]
     if tried:
-        globs = sum(not pattern.startswith("re:") for pattern in tried)
-        trials = (1 + globs) * sum(max(1, len(entry.layers)) * (entry.per_layer if "{e}" in entry.name else 1)
-                                   for entry in candidates)
-        if trials > MAX_KEEP_TRIALS:
+        names_tried = sum(max(1, len(entry.layers)) * (entry.per_layer if "{e}" in entry.name else 1)
+                          for entry in candidates)
+        steps = names_tried * _steps_per_name(tried)
+        if steps > MAX_KEEP_STEPS:
             raise InvalidSpec(FIELD, f"{len(tried)} globs or regexes naming layers or experts",
-                              f"nibble tries each on every layer's and expert's module name, {trials:,} trials for "
-                              f"this model; it tries at most {MAX_KEEP_TRIALS:,}")
+                              f"nibble tries them on every layer's and expert's module name: {names_tried:,} names "
+                              f"of this model at {steps // names_tried:,} steps each, past the {MAX_KEEP_STEPS:,} "
+                              "steps it spends on one plan (name the modules, or use fewer or simpler patterns)")
     patterns = keep_matcher(tried) if tried else None
     quantizable = set(candidates)
     out: list[tuple[TensorEntry, bool]] = []

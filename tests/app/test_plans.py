@@ -648,9 +648,9 @@ def test_a_sweep_over_a_checkpoint_and_its_header_limit() -> None:
         assert small.post("/v1/plan/sweep", json=body).status_code == 413
 
 
-def test_a_quantization_config_whose_index_naming_globs_cost_too_many_trials_is_refused_naming_it(
+def test_a_quantization_config_whose_index_naming_globs_cost_too_much_matching_is_refused_naming_it(
         client: TestClient) -> None:
-    # each glob naming a layer is tried on every layer's module (quant_core.schemes.MAX_KEEP_TRIALS)
+    # each glob naming a layer is tried on every layer's module (quant_core.schemes.MAX_KEEP_STEPS)
     config = {"model_type": "llama", "hidden_size": 8192, "intermediate_size": 28672, "num_hidden_layers": 80,
               "num_attention_heads": 64, "num_key_value_heads": 8, "vocab_size": 128256,
               "quantization_config": {"quant_method": "awq", "bits": 4, "group_size": 128, "zero_point": True,
@@ -659,4 +659,4 @@ def test_a_quantization_config_whose_index_naming_globs_cost_too_many_trials_is_
     assert response.status_code == 422, response.text
     assert response.headers["content-type"] == "application/problem+json"
     error = response.json()["errors"][0]
-    assert error["field"].endswith("quantization_config") and "trials" in error["message"]
+    assert error["field"].endswith("quantization_config") and "steps" in error["message"]

@@ -19,7 +19,7 @@ from quant_core.inventory import inventory
 from quant_core.planner import Hardware, PlanOptions, plan
 from quant_core.schemes import (
     MAX_KEEP_ENTRIES,
-    MAX_KEEP_TRIALS,
+    MAX_KEEP_STEPS,
     assign,
     assigned_bytes,
     gguf_scheme,
@@ -316,20 +316,23 @@ def test_a_regex_nibble_cannot_match_in_linear_time_or_too_many_entries_are_refu
     with pytest.raises(InvalidSpec) as refused:
         scheme_from_quantization_config({**COMPRESSED_INT4, "ignore": too_many})
     assert refused.value.field == "quantization_config.ignore" and f"at most {MAX_KEEP_ENTRIES}" in refused.value.detail
-    # at the bound, thousands of names and regexes naming layers cost one pass per layer's module, not one per
-    # entry: names are bound to the layers they name, regexes are one RE2 alternation
-    keep = [f"model.layers.{i}.mlp.gate" for i in range(2048)]
-    keep += [f"re:model\\.layers\\.{i}\\.self_attn\\.v_proj" for i in range(MAX_KEEP_ENTRIES - len(keep))]
-    scheme = scheme_from_quantization_config({**COMPRESSED_INT4, "ignore": keep})
+    # at the bound, module names naming layers are bound to the layers they name, not tried on each name
+    keep = [f"model.layers.{i}.mlp.gate" for i in range(2048)] + [f"model.layers.{i}.self_attn.v_proj"
+                                                                   for i in range(MAX_KEEP_ENTRIES - 2048)]
     spec = model_from_sizes(**LLAMA_2_7B)
-    v_proj = 4096 * 4096
-    assert scheme_bytes(spec, scheme) == scheme_bytes(spec, scheme_from_quantization_config(COMPRESSED_INT4)) \
-        + 32 * (2 * v_proj - COMPRESSED_FORMAT.bytes_for((4096, 4096)))
-    # each glob naming a layer is tried on every layer's module: past MAX_KEEP_TRIALS trials, refused
+    v_proj_16_bit = 2 * 4096 * 4096 - COMPRESSED_FORMAT.bytes_for((4096, 4096))
+    whole = scheme_bytes(spec, scheme_from_quantization_config(COMPRESSED_INT4))
+    assert scheme_bytes(spec, scheme_from_quantization_config({**COMPRESSED_INT4, "ignore": keep})) \
+        == whole + 32 * v_proj_16_bit
+    # a hundred regexes naming layers: one RE2 alternation, tried on each layer's module
+    regexes = [f"re:model\\.layers\\.{i}\\.self_attn\\.v_proj" for i in range(100)]
+    assert scheme_bytes(spec, scheme_from_quantization_config({**COMPRESSED_INT4, "ignore": regexes})) \
+        == whole + 32 * v_proj_16_bit
+    # each glob naming a layer is tried on every layer's module: past MAX_KEEP_STEPS steps, refused
     globs = [f"model.layers.{i}.*.k_proj" for i in range(1365)]
     with pytest.raises(InvalidSpec) as costly:
         scheme_bytes(spec, scheme_from_quantization_config({**COMPRESSED_INT4, "ignore": globs}))
-    assert costly.value.field == "quantization_config" and f"at most {MAX_KEEP_TRIALS:,}" in costly.value.detail
+    assert costly.value.field == "quantization_config" and f"{MAX_KEEP_STEPS:,} steps" in costly.value.detail
 
 
 @pytest.mark.parametrize(("module", "pattern", "expected"), [
@@ -473,7 +476,7 @@ def test_a_gptq_rule_skipping_two_layers_down_proj_plans_those_two_at_16_bits() 
         == 2 * (2 * 4096 * 11008 - down_proj_int4)
 
 
-def test_deepseek_v3_with_a_regex_naming_experts_is_planned_within_the_trial_bound() -> None:
+def test_deepseek_v3_with_a_regex_naming_experts_is_planned_within_the_matching_bound() -> None:
     # 58 MoE layers x 256 experts x 3 projections: about 45,000 names tried against the one RE2 alternation
     spec = get_preset("deepseek-v3")
     base = scheme_from_quantization_config({**COMPRESSED_INT4, "ignore": ["lm_head"]})
@@ -483,3 +486,14 @@ def test_deepseek_v3_with_a_regex_naming_experts_is_planned_within_the_trial_bou
     layers = sum(len(entry.layers) for entry in inventory(spec) if entry.name.endswith("experts.{e}.up_proj.weight"))
     assert scheme_bytes(spec, scheme) - scheme_bytes(spec, base) \
         == 10 * layers * (2 * up_proj - COMPRESSED_FORMAT.bytes_for((2048, 7168)))
+
+
+@pytest.mark.timeout(30)
+def test_regexes_naming_experts_that_would_cost_minutes_to_try_on_every_expert_are_refused_at_once() -> None:
+    # 4,096 backtracking-shaped regexes: RE2's program of 60,000 instructions, tried on 45,000 expert names, took
+    # 163 s; refused before any is tried
+    spec = get_preset("deepseek-v3")
+    ignore = [f"re:(?:.|.)*{i}!" for i in range(MAX_KEEP_ENTRIES)]
+    with pytest.raises(InvalidSpec) as refused:
+        scheme_bytes(spec, scheme_from_quantization_config({**COMPRESSED_INT4, "ignore": ignore}))
+    assert refused.value.field == "quantization_config" and "45,032 names" in refused.value.detail
