@@ -530,6 +530,9 @@ def _model_from_hf_config(config: Mapping[str, object], name: str | None) -> Mod
     adapter = _ADAPTERS.get(model_type)
     if adapter is not None:
         return adapter(config, model_type, name)
+    family = architecture_family(config)
+    if family is not None:
+        return _ADAPTERS[family](config, family, name or _name(config, model_type, None))
     missing = [key for key in GENERIC_KEYS if key not in config]
     if missing:
         raise UnsupportedArchitecture(model_type or "<absent>", KNOWN_MODEL_TYPES, missing)
@@ -543,6 +546,31 @@ def _model_from_hf_config(config: Mapping[str, object], name: str | None) -> Mod
                    f"image or audio encoder ({', '.join(structural)}) that a llama-style reading would leave out, "
                    "planning a fraction of its weights")
     return spec
+
+
+#: the family of each model class a config's ``architectures`` names.  vLLM loads the class its registry has
+#: for ``architectures``, not for ``model_type``: Kimi K2 ships ``model_type: kimi_k2`` with
+#: ``DeepseekV3ForCausalLM`` and loads as DeepSeek-V3 (its model card: other engines run it with model_type
+#: changed to deepseek_v3)
+_ARCHITECTURE_FAMILIES: dict[str, str] = {
+    "LlamaForCausalLM": "llama", "MistralForCausalLM": "mistral", "MixtralForCausalLM": "mixtral",
+    "Qwen2ForCausalLM": "qwen2", "Qwen3ForCausalLM": "qwen3", "Qwen3MoeForCausalLM": "qwen3_moe",
+    "Gemma2ForCausalLM": "gemma2", "Gemma3ForCausalLM": "gemma3_text", "Phi3ForCausalLM": "phi3",
+    "DeepseekV2ForCausalLM": "deepseek_v2", "DeepseekV3ForCausalLM": "deepseek_v3", "FalconForCausalLM": "falcon",
+    "GPT2LMHeadModel": "gpt2", "GptOssForCausalLM": "gpt_oss",
+}
+
+
+def architecture_family(config: Mapping[str, object]) -> str | None:
+    """The known ``model_type`` a config of an unknown one is read as: the family of its first
+    ``architectures`` class, the class vLLM loads (None when its model_type is known, or its class is not)."""
+    model_type = config.get("model_type")
+    if isinstance(model_type, str) and (model_type in _ADAPTERS or model_type == "gemma3"):
+        return None
+    architectures = config.get("architectures")
+    if isinstance(architectures, list) and architectures and isinstance(architectures[0], str):
+        return _ARCHITECTURE_FAMILIES.get(architectures[0])
+    return None
 
 
 #: unread keys that make a llama-style reading of an unknown model_type wrong by a multiple, not a few tensors:

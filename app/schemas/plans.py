@@ -18,7 +18,7 @@ from quant_core.checkpoint_rows import checkpoint_scheme
 from quant_core.errors import InvalidSpec, LimitExceeded, NibbleError, TensorFileError
 from quant_core.fit import FitRecipe, fit_plan
 from quant_core.formats import FLOAT_FORMATS, WeightFormat, block_format, float_format, fp8, int8_gptq
-from quant_core.hf_config import unread_config_keys
+from quant_core.hf_config import architecture_family, unread_config_keys
 from quant_core.planner import DevicePlan, FormatPlan, Hardware, Plan, PlanOptions, Workload, plan
 from quant_core.schemes import WeightScheme, gguf_scheme, scheme_of
 from quant_core.specs import ModelSpec
@@ -655,15 +655,21 @@ def _format_dict(result: FormatPlan) -> dict[str, object]:
 
 
 def request_notes(body: PlanRequest) -> tuple[str, ...]:
-    """Remarks on the request itself that the planner cannot make: the keys of a pasted ``config.json`` that
-    nothing read (a misspelt key would otherwise be dropped without a word)."""
-    if body.model.hf_config is None:
+    """Remarks on the request itself that the planner cannot make: a ``config.json`` read as the family of its
+    architecture, and its keys that nothing read (a misspelt key would otherwise be dropped without a word)."""
+    config = body.model.hf_config
+    if config is None:
         return ()
-    unread = unread_config_keys(body.model.hf_config)
-    if not unread:
-        return ()
-    return (f"These config.json keys were not used to size the model (check the spelling of any that should "
-            f"be): {', '.join(unread)}.",)
+    notes = []
+    family = architecture_family(config)
+    if family is not None:
+        notes.append(f"model_type {config.get('model_type')!r} has no reader in nibble: read as {family!r}, the "
+                     f"family of its architecture {config['architectures'][0]} (the model class vLLM loads it with).")
+    unread = unread_config_keys(config)
+    if unread:
+        notes.append(f"These config.json keys were not used to size the model (check the spelling of any that "
+                     f"should be): {', '.join(unread)}.")
+    return tuple(notes)
 
 
 def plan_json_from_core(result: Plan, notes: tuple[str, ...] = (), speed: dict[str, object] | None = None,

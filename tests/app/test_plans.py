@@ -660,3 +660,20 @@ def test_a_quantization_config_whose_index_naming_globs_cost_too_much_matching_i
     assert response.headers["content-type"] == "application/problem+json"
     error = response.json()["errors"][0]
     assert error["field"].endswith("quantization_config") and "steps" in error["message"]
+
+
+def test_a_config_of_an_unknown_model_type_is_planned_as_its_architecture_with_a_note_saying_so(
+        client: TestClient) -> None:
+    # moonshotai/Kimi-K2-Instruct: model_type kimi_k2, architectures ["DeepseekV3ForCausalLM"]
+    config = {"architectures": ["DeepseekV3ForCausalLM"], "model_type": "kimi_k2", "hidden_size": 7168,
+              "intermediate_size": 18432, "moe_intermediate_size": 2048, "n_routed_experts": 384,
+              "n_shared_experts": 1, "num_experts_per_tok": 8, "first_k_dense_replace": 1, "num_hidden_layers": 61,
+              "num_attention_heads": 64, "q_lora_rank": 1536, "kv_lora_rank": 512, "qk_nope_head_dim": 128,
+              "qk_rope_head_dim": 64, "v_head_dim": 128, "vocab_size": 163840, "topk_method": "noaux_tc"}
+    response = client.post("/v1/plan", json={"model": {"hf_config": config},
+                                             "hardware": {"device": "h200", "count": 8}})
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["parameters"]["total"] == 1_026_408_232_448
+    assert any("'kimi_k2'" in note and "'deepseek_v3'" in note and "DeepseekV3ForCausalLM" in note
+               for note in body["warnings"])

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from quant_core.errors import InvalidSpec, MissingConfigKey, UnknownName, UnsupportedArchitecture
-from quant_core.hf_config import model_from_hf_config, model_from_sizes, unread_config_keys
+from quant_core.hf_config import architecture_family, model_from_hf_config, model_from_sizes, unread_config_keys
 from quant_core.inventory import inventory, parameter_count
 from quant_core.specs import MAX_LAYERS, ModelSpec
 
@@ -426,3 +426,40 @@ def test_an_unknown_model_type_with_an_image_encoder_is_refused_not_planned_with
         model_from_hf_config(QWEN2_5_VL_7B)
     assert caught.value.field == "model_type" and "vision_config" in str(caught.value)
     assert "image or audio encoder" in str(caught.value)
+
+
+# moonshotai/Kimi-K2-Instruct's config.json (keys that size it; its quantization_config left out): DeepSeek-V3's
+# architecture at 384 experts, shipped as model_type "kimi_k2" with architectures ["DeepseekV3ForCausalLM"]
+KIMI_K2 = {"architectures": ["DeepseekV3ForCausalLM"], "model_type": "kimi_k2", "hidden_size": 7168,
+           "intermediate_size": 18432, "moe_intermediate_size": 2048, "n_routed_experts": 384, "n_shared_experts": 1,
+           "num_experts_per_tok": 8, "first_k_dense_replace": 1, "moe_layer_freq": 1, "num_hidden_layers": 61,
+           "num_attention_heads": 64, "num_key_value_heads": 64, "q_lora_rank": 1536, "kv_lora_rank": 512,
+           "qk_nope_head_dim": 128, "qk_rope_head_dim": 64, "v_head_dim": 128, "vocab_size": 163840,
+           "max_position_embeddings": 131072, "tie_word_embeddings": False, "topk_method": "noaux_tc",
+           "n_group": 1, "topk_group": 1, "num_nextn_predict_layers": 0, "scoring_func": "sigmoid",
+           "routed_scaling_factor": 2.827, "norm_topk_prob": True}
+
+
+def test_an_unknown_model_type_is_read_as_the_family_of_the_architecture_vllm_loads_it_with() -> None:
+    # vLLM picks its model class by "architectures": Kimi K2 loads as DeepSeek-V3 (its model card tells other
+    # engines to set model_type to deepseek_v3).  It was refused as an unknown type.
+    assert architecture_family(KIMI_K2) == "deepseek_v3"
+    spec = model_from_hf_config({**KIMI_K2, "_name_or_path": "moonshotai/Kimi-K2-Instruct"})
+    assert spec.layout == "deepseek" and spec.num_experts == 384 and spec.name == "moonshotai/Kimi-K2-Instruct"
+    # transformers 5.23's DeepseekV3ForCausalLM built for this config on the meta device holds 1,026,408,209,408
+    # parameters (test below); the checkpoint adds each MoE layer's router bias (e_score_correction_bias, a buffer
+    # in transformers): 60 x 384
+    assert parameter_count(spec).total == 1_026_408_209_408 + 60 * 384
+    assert architecture_family(LLAMA_8B) is None  # a known model_type is read as itself
+    assert architecture_family({**KIMI_K2, "architectures": ["KimiForCausalLM"]}) is None
+    assert unread_config_keys(KIMI_K2) == ("num_key_value_heads", "num_nextn_predict_layers")
+
+
+def test_kimi_k2s_parameter_count_is_what_transformers_builds_for_its_config() -> None:
+    import torch
+    import transformers
+    keys = {key: value for key, value in KIMI_K2.items()
+            if key not in ("architectures", "model_type", "topk_method", "scoring_func", "num_nextn_predict_layers")}
+    with torch.device("meta"):
+        model = transformers.AutoModelForCausalLM.from_config(transformers.DeepseekV3Config(**keys))
+    assert sum(parameter.numel() for parameter in model.parameters()) == 1_026_408_209_408
