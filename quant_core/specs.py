@@ -122,7 +122,9 @@ class KVLayer:
 #   falcon    fused query_key_value (MQA/GQA), LayerNorm with bias, parallel attention
 #   gpt2      learned positions, Conv1D layers with biases, LayerNorm with bias
 #   gpt_oss   MoE with fused expert tensors and biases, router bias, attention sinks
-LAYOUTS: tuple[str, ...] = ("llama", "mixtral", "phi3", "deepseek", "falcon", "gpt2", "gpt_oss")
+#   qwen2_moe llama attention, MoE as mlp.gate + mlp.experts.{e}.* beside one mlp.shared_expert of its own width,
+#             scaled per token by mlp.shared_expert_gate ([1, hidden], a sigmoid gate)
+LAYOUTS: tuple[str, ...] = ("llama", "mixtral", "phi3", "deepseek", "falcon", "gpt2", "gpt_oss", "qwen2_moe")
 NORM_KINDS: tuple[str, ...] = ("rmsnorm", "layernorm")
 
 # Sane maximums: far above any published model (largest today: hidden 25,600, 126 layers,
@@ -154,6 +156,7 @@ _INT_LIMITS: dict[str, tuple[int, int]] = {
     "experts_per_token": (0, MAX_EXPERTS),
     "moe_intermediate_size": (0, MAX_INTERMEDIATE_SIZE),
     "num_shared_experts": (0, MAX_EXPERTS),
+    "shared_expert_intermediate_size": (0, MAX_INTERMEDIATE_SIZE),
     "kv_lora_rank": (0, MAX_RANK),
     "qk_nope_head_dim": (0, MAX_HEAD_DIM),
     "qk_rope_head_dim": (0, MAX_HEAD_DIM),
@@ -255,6 +258,9 @@ class ModelSpec:
     experts_per_token: int = 0
     moe_intermediate_size: int = 0
     num_shared_experts: int = 0
+    #: the shared experts' width when it is not ``num_shared_experts × moe_intermediate_size`` (Qwen2-MoE: one
+    #: shared expert of ``shared_expert_intermediate_size``); 0 = that product
+    shared_expert_intermediate_size: int = 0
     dense_layers: tuple[int, ...] = ()
     router_bias: bool = False
     expert_bias: bool = False
@@ -309,9 +315,10 @@ class ModelSpec:
             if self.moe_intermediate_size < 1:
                 raise InvalidSpec("moe_intermediate_size", self.moe_intermediate_size,
                                   "must be positive for a mixture-of-experts model")
-        elif self.experts_per_token or self.num_shared_experts or self.dense_layers:
-            raise InvalidSpec("num_experts", 0,
-                              "experts_per_token, num_shared_experts and dense_layers need routed experts")
+        elif (self.experts_per_token or self.num_shared_experts or self.shared_expert_intermediate_size
+              or self.dense_layers):
+            raise InvalidSpec("num_experts", 0, "experts_per_token, num_shared_experts, "
+                              "shared_expert_intermediate_size and dense_layers need routed experts")
         if self.is_mla:
             for field in ("qk_rope_head_dim", "v_head_dim"):
                 if getattr(self, field) < 1:
@@ -323,6 +330,11 @@ class ModelSpec:
     def is_moe(self) -> bool:
         """True when the model has routed experts."""
         return self.num_experts > 0
+
+    @property
+    def shared_expert_width(self) -> int:
+        """The always-on shared experts' intermediate width, all of them together (0 without any)."""
+        return self.shared_expert_intermediate_size or self.moe_intermediate_size * self.num_shared_experts
 
     @property
     def is_mla(self) -> bool:

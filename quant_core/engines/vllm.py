@@ -146,7 +146,7 @@ def _forward_bytes_per_token(spec: ModelSpec, tensor_parallel: int) -> int:
     mlp = 3 * spec.intermediate_size // tp if (not spec.is_moe or spec.dense_layers) else 0
     if spec.is_moe:
         routed = spec.experts_per_token * (3 * spec.moe_intermediate_size // tp + spec.hidden_size)
-        shared = 3 * spec.moe_intermediate_size * spec.num_shared_experts // tp
+        shared = 3 * spec.shared_expert_width // tp
         mlp = max(mlp, routed + shared)
     heads = -(-spec.num_attention_heads // tp)
     if spec.is_mla:
@@ -264,6 +264,11 @@ class VllmProfile:
                     "can be neither split evenly nor replicated evenly across the ranks")
         if pipeline_parallel > spec.num_layers:
             return f"vLLM refuses {pipeline_parallel} pipeline stages for {spec.num_layers} layers"
+        if spec.layout == "qwen2_moe" and tensor_parallel > spec.num_experts:
+            # qwen2_moe.py, Qwen2MoeSparseMoeBlock.__init__: "Tensor parallel size ... is greater than the number
+            # of experts"
+            return (f"vLLM refuses tensor parallel size {tensor_parallel} for a Qwen2-MoE model: it is greater than "
+                    f"the model's {spec.num_experts} experts")
         return None
 
     def vocabulary_on_every_stage(self, spec: ModelSpec) -> str | None:
