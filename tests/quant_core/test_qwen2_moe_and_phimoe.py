@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 
 from quant_core.catalog import get_device
+from quant_core.checkpoint_rows import checkpoint_scheme
 from quant_core.engines.vllm import VllmProfile
 from quant_core.errors import InvalidSpec, MissingConfigKey
 from quant_core.formats import float_format, int4
@@ -23,6 +24,7 @@ from quant_core.inventory import inventory, parameter_count, weight_bytes
 from quant_core.kv_cache import kv_bytes_per_token, kv_layers
 from quant_core.planner import Hardware, PlanOptions, Workload, plan
 from quant_core.specs import ModelSpec
+from quant_core.tensorio.checkpoint_headers import HeaderTensor
 
 CONFIGS = Path(__file__).resolve().parent / "data" / "hf_configs"
 
@@ -198,3 +200,26 @@ def test_int4_quantizes_the_experts_and_shared_expert_and_keeps_the_gates_at_16_
     linear = by_role["attention"] + by_role["mlp"] + by_role["expert"]
     rest = parameter_count(spec).total - linear
     assert quantized == linear // 2 + (linear // 128) * 2 + (linear // 128) // 2 + 2 * rest
+
+
+def _checkpoint_headers(spec: ModelSpec) -> list[HeaderTensor]:
+    """A bf16 checkpoint's headers: one tensor per layer and expert, named as the inventory names them."""
+    headers = []
+    for entry in inventory(spec):
+        for layer in entry.layers or (-1,):
+            for expert in range(entry.per_layer):
+                name = entry.name.replace("{i}", str(layer)).replace("{e}", str(expert))
+                headers.append(HeaderTensor(name, "BF16", entry.shape, 2 * entry.elements))
+    return headers
+
+
+@pytest.mark.parametrize("name", ["qwen1.5-moe-a2.7b"])
+def test_a_checkpoints_headers_give_each_tensor_the_role_of_its_inventory_row(name: str) -> None:
+    # biased linears (q/k/v here) were planned from headers as role 'bias', whole on every tensor-parallel rank
+    spec = spec_of(name)
+    scheme, summary = checkpoint_scheme(spec, _checkpoint_headers(spec))
+    assert summary.unknown == () and summary.bytes == 2 * parameter_count(spec).total
+    roles: dict[str, int] = {}
+    for row, one in scheme.checkpoint_rows:
+        roles[row.role] = roles.get(row.role, 0) + one * row.count
+    assert roles == {role: 2 * count for role, count in parameter_count(spec).by_role.items() if count}
