@@ -471,6 +471,35 @@ def _qwen2_moe(config: Mapping[str, object], model_type: str, name: str | None) 
     )
 
 
+def _phimoe(config: Mapping[str, object], model_type: str, name: str | None) -> ModelSpec:
+    """Phi-3.5-MoE: Mixtral's tensors (``block_sparse_moe.gate`` and ``experts.{e}.w1/w2/w3`` of
+    ``intermediate_size``) with LayerNorms that have a bias, q/k/v/o biases per ``attention_bias`` and an
+    ``lm_head.bias`` per ``lm_head_bias`` (both false by default, true in Phi-3.5-MoE; transformers'
+    PhimoeConfig).  A declared ``sliding_window`` covers every layer: vLLM's phimoe.py passes no per-layer
+    window, so its attention takes the model-level one (``cache_config.sliding_window``), as Mixtral's does."""
+    r = _Reader(config, model_type)
+    sizes = _attention_sizes(r)
+    window, sliding = _window_all_layers(r, sizes["num_layers"])
+    attention_bias = r.flag("attention_bias", False)
+    return ModelSpec(
+        name=_name(config, model_type, name),
+        model_type=model_type,
+        layout="mixtral",
+        tie_word_embeddings=r.flag("tie_word_embeddings", False),
+        attention_qkv_bias=attention_bias,
+        attention_output_bias=attention_bias,
+        norm="layernorm",
+        max_position_embeddings=_positions(r),
+        sliding_window=window,
+        sliding_layers=sliding,
+        num_experts=r.required_int("num_local_experts", MAX_EXPERTS),
+        experts_per_token=r.required_int("num_experts_per_tok", MAX_EXPERTS),
+        moe_intermediate_size=sizes["intermediate_size"],
+        lm_head_bias=r.flag("lm_head_bias", False),
+        **sizes,
+    )
+
+
 _Adapter = Callable[[Mapping[str, object], str, "str | None"], ModelSpec]
 _ADAPTERS: dict[str, _Adapter] = {
     "llama": _llama_family,
@@ -490,6 +519,7 @@ _ADAPTERS: dict[str, _Adapter] = {
     "gpt2": _gpt2,
     "gpt_oss": _gpt_oss,
     "qwen2_moe": _qwen2_moe,
+    "phimoe": _phimoe,
 }
 KNOWN_MODEL_TYPES: tuple[str, ...] = (*sorted(_ADAPTERS), "gemma3")
 
@@ -610,6 +640,7 @@ NON_SIZING_KEYS = frozenset({
     "cache_implementation", "_attn_implementation", "swiglu_limit", "alibi", "rope_local_base_freq", "use_mrope",
     "apply_residual_connection_post_layernorm", "original_max_position_embeddings", "initial_context_length",
     "max_window_layers",
+    "input_jitter_noise",  # Phi-3.5-MoE: training noise on the experts' inputs
 })
 
 

@@ -156,6 +156,8 @@ def _decoder(b: _Builder, spec: ModelSpec) -> None:
     b.norm("model.norm", hidden, None, spec.norm)
     if not spec.tie_word_embeddings:
         b.add("lm_head.weight", (spec.vocab_size, hidden), "lm_head")
+    if spec.lm_head_bias:
+        b.add("lm_head.bias", (spec.vocab_size,), "bias")
 
 
 def _qwen2_moe_block(b: _Builder, spec: ModelSpec, moe: tuple[int, ...]) -> None:

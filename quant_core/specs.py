@@ -116,7 +116,8 @@ class KVLayer:
 # How a model names and arranges its tensors (see inventory.py):
 #   llama     embed_tokens, q/k/v/o_proj, gate/up/down_proj; MoE as mlp.gate + mlp.experts.{e}.*
 #             (llama, mistral, qwen2, qwen3, qwen3_moe, gemma2, gemma3, generic decoders)
-#   mixtral   llama attention, MoE as block_sparse_moe.gate + experts.{e}.w1/w2/w3
+#   mixtral   llama attention, MoE as block_sparse_moe.gate + experts.{e}.w1/w2/w3 (mixtral; phimoe with
+#             LayerNorms with bias, attention biases and an lm_head bias)
 #   phi3      fused qkv_proj and gate_up_proj
 #   deepseek  multi-head latent attention (MLA), dense first layers, routed + shared experts
 #   falcon    fused query_key_value (MQA/GQA), LayerNorm with bias, parallel attention
@@ -187,6 +188,7 @@ _BOOL_FIELDS: tuple[str, ...] = (
     "learned_position_embeddings",
     "router_bias",
     "expert_bias",
+    "lm_head_bias",
 )
 _LAYER_TUPLE_FIELDS: tuple[str, ...] = ("sliding_layers", "dense_layers")
 
@@ -264,6 +266,8 @@ class ModelSpec:
     dense_layers: tuple[int, ...] = ()
     router_bias: bool = False
     expert_bias: bool = False
+    #: an ``lm_head.bias`` of vocab_size (Phi-3.5-MoE's ``lm_head_bias``), beside the lm_head or the tied embedding
+    lm_head_bias: bool = False
     q_lora_rank: int | None = None
     kv_lora_rank: int = 0
     qk_nope_head_dim: int = 0

@@ -124,6 +124,7 @@ VOCABULARY_ON_EVERY_STAGE: dict[str, str] = {
     "qwen3_moe": "qwen3_moe.py: Qwen3MoeModel.__init__ (embed_tokens, norm), Qwen3MoeForCausalLM.__init__ (lm_head)",
     "qwen2_moe": "qwen2_moe.py: Qwen2MoeModel.__init__ (embed_tokens, norm), Qwen2MoeForCausalLM.__init__ (lm_head)",
     "mixtral": "mixtral.py: MixtralModel.__init__ (embed_tokens, norm), MixtralForCausalLM.__init__ (lm_head)",
+    "phimoe": "phimoe.py: PhiMoEModel.__init__ (embed_tokens, norm), PhiMoEForCausalLM.__init__ (lm_head and its bias)",
     "gpt_oss": "gpt_oss.py: GptOssModel.__init__ (embedding, norm), GptOssForCausalLM.__init__ (lm_head)",
     "gemma2": "gemma2.py: Gemma2Model.__init__ (embed_tokens, which is also the tied lm_head, and norm)",
     "gemma3_text": "gemma3.py: Gemma3Model.__init__ (embed_tokens, norm), Gemma3ForCausalLM.__init__ (lm_head)",
@@ -269,6 +270,10 @@ class VllmProfile:
             # of experts"
             return (f"vLLM refuses tensor parallel size {tensor_parallel} for a Qwen2-MoE model: it is greater than "
                     f"the model's {spec.num_experts} experts")
+        if spec.model_type == "phimoe" and spec.experts_per_token != 2:
+            # phimoe.py, phimoe_routing_function: assert topk == 2, "Only top-2 routing is supported"
+            return (f"vLLM refuses a PhiMoE model routing each token to {spec.experts_per_token} experts: its "
+                    "sparsemixer routing supports top-2 only")
         return None
 
     def vocabulary_on_every_stage(self, spec: ModelSpec) -> str | None:

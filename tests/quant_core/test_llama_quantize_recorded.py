@@ -3,8 +3,8 @@
 `data/llama_quantize/recorded.json` holds what llama-quantize (llama.cpp vendored by PyPI's
 llama-cpp-python 0.3.36, built here with cmake, CPU only) wrote for small random models of seven
 configurations (llama, qwen2 with widths 256 does not divide and tied embeddings, qwen3, gemma2,
-phi3, qwen3_moe with 4 experts, mixtral with 8, qwen2_moe with 4 experts and a gated shared expert) in every
-file type nibble plans; `record.py` beside
+phi3, qwen3_moe with 4 experts, mixtral with 8, qwen2_moe with 4 experts and a gated shared expert, phimoe with
+4 experts, LayerNorm, attention and lm_head biases) in every file type nibble plans; `record.py` beside
 it wrote the inputs and ran the tool.  The tests compare with the recording, never run the tool.
 """
 

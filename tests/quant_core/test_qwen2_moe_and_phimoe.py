@@ -1,4 +1,5 @@
-"""Qwen2-MoE (Qwen1.5-MoE-A2.7B, Qwen2-57B-A14B) planned as its checkpoints hold it and vLLM loads it.
+"""Qwen2-MoE (Qwen1.5-MoE-A2.7B, Qwen2-57B-A14B) and PhiMoE (Phi-3.5-MoE) planned as their checkpoints hold them
+and vLLM loads them.
 
 The configs under data/hf_configs/ are the published config.json files (sources in that folder's README.md).
 Independent counts: transformers 5.23 builds each model from its config on the meta device (no memory), and
@@ -213,7 +214,7 @@ def _checkpoint_headers(spec: ModelSpec) -> list[HeaderTensor]:
     return headers
 
 
-@pytest.mark.parametrize("name", ["qwen1.5-moe-a2.7b"])
+@pytest.mark.parametrize("name", ["qwen1.5-moe-a2.7b", "phi-3.5-moe-instruct"])
 def test_a_checkpoints_headers_give_each_tensor_the_role_of_its_inventory_row(name: str) -> None:
     # biased linears (q/k/v here) were planned from headers as role 'bias', whole on every tensor-parallel rank
     spec = spec_of(name)
@@ -223,3 +224,82 @@ def test_a_checkpoints_headers_give_each_tensor_the_role_of_its_inventory_row(na
     for row, one in scheme.checkpoint_rows:
         roles[row.role] = roles.get(row.role, 0) + one * row.count
     assert roles == {role: 2 * count for role, count in parameter_count(spec).by_role.items() if count}
+
+
+# Phi-3.5-MoE: transformers 5.23 builds 41,873,153,344 parameters from the published config (checked live below);
+# the model card says "16x3.8B parameters with 6.6B active parameters" and Hugging Face lists 41.9B params
+PHI_TOTAL, PHI_ACTIVE = 41_873_153_344, 6_640_999_744
+
+
+def test_phi_3_5_moe_counts_every_parameter_transformers_builds() -> None:
+    count = parameter_count(spec_of("phi-3.5-moe-instruct"))
+    assert (count.total, count.active_per_token) == (PHI_TOTAL, PHI_ACTIVE)
+    print(f"phi-3.5-moe-instruct: {count.total:,} parameters, {count.active_per_token:,} active per token")
+    built = transformers_parameter_count(load("phi-3.5-moe-instruct"))
+    assert sum(built.values()) == PHI_TOTAL
+    # transformers 5 names the router mlp.router and fuses the experts; the checkpoint keeps block_sparse_moe
+    assert sum(n for key, n in built.items() if ".mlp.experts." in key) == count.routed_experts == \
+        count.by_role["expert"] == 32 * 16 * 3 * 6400 * 4096
+    assert sum(n for key, n in built.items() if key.endswith(".mlp.router.weight")) == count.by_role["router"]
+    assert sum(n for key, n in built.items() if key.endswith(".bias")) == count.by_role["bias"]
+    assert sum(n for key, n in built.items() if "norm.weight" in key) == count.by_role["norm"]
+
+
+def test_phi_3_5_moe_lists_the_tensors_its_checkpoint_holds() -> None:
+    # the checkpoint keeps Mixtral's names: vLLM's phimoe.py loads block_sparse_moe.gate and
+    # block_sparse_moe.experts.{e}.w1/w2/w3 (make_expert_params_mapping with ckpt_gate_proj_name="w1",
+    # ckpt_down_proj_name="w2", ckpt_up_proj_name="w3"), q/k/v/o_proj with bias=True, nn.LayerNorm (weight and bias)
+    # for input_layernorm, post_attention_layernorm and model.norm, and ParallelLMHead(..., bias=True)
+    spec = spec_of("phi-3.5-moe-instruct")
+    rows = {row.name: row for row in inventory(spec)}
+    layer = "model.layers.{i}"
+    assert rows[f"{layer}.block_sparse_moe.gate.weight"].shape == (16, 4096)
+    w1 = rows[f"{layer}.block_sparse_moe.experts.{{e}}.w1.weight"]
+    assert (w1.shape, w1.role, w1.count, w1.active_per_layer) == ((6400, 4096), "expert", 32 * 16, 2)
+    assert rows[f"{layer}.block_sparse_moe.experts.{{e}}.w2.weight"].shape == (4096, 6400)
+    assert {name for name in rows if name.endswith(".bias")} == {
+        *(f"{layer}.self_attn.{projection}.bias" for projection in ("q_proj", "k_proj", "v_proj", "o_proj")),
+        f"{layer}.input_layernorm.bias", f"{layer}.post_attention_layernorm.bias", "model.norm.bias", "lm_head.bias"}
+    assert rows["lm_head.bias"].shape == (32064,) and rows["lm_head.weight"].shape == (32064, 4096)
+    assert rows[f"{layer}.self_attn.k_proj.bias"].shape == (1024,)
+    assert unread_config_keys(load("phi-3.5-moe-instruct")) == ()
+
+
+def test_phi_3_5_moe_biases_follow_the_config_flags() -> None:
+    config = {**load("phi-3.5-moe-instruct"), "attention_bias": False, "lm_head_bias": False}
+    names = {row.name for row in inventory(model_from_hf_config(config))}
+    assert not any("self_attn" in name and name.endswith(".bias") for name in names) and "lm_head.bias" not in names
+    assert parameter_count(model_from_hf_config(config)).total == \
+        PHI_TOTAL - 32 * (4096 + 1024 + 1024 + 4096) - 32064
+
+
+def test_phi_3_5_moes_declared_window_covers_every_layer_and_equals_its_context() -> None:
+    # phimoe.py builds Attention without a per-layer window, so vLLM uses the model-level one (config
+    # sliding_window, 131,072 = max_position_embeddings): every layer holds min(context, 131,072) tokens
+    spec = spec_of("phi-3.5-moe-instruct")
+    assert spec.sliding_window == 131072 and spec.sliding_layers == tuple(range(32))
+    assert kv_bytes_per_token(spec) == 32 * 2 * 8 * 128 * 2  # 131,072 bytes
+    assert kv_bytes_per_token(spec, tensor_parallel=4) == 32 * 2 * 2 * 128 * 2
+
+
+def test_vllm_builds_phimoes_vocabulary_on_every_stage_and_routes_top_2_only() -> None:
+    spec = spec_of("phi-3.5-moe-instruct")
+    note = VllmProfile().vocabulary_on_every_stage(spec)
+    assert note is not None and "phimoe.py" in note
+    assert VllmProfile().refusal(spec, 8, 1) is None
+    top_4 = model_from_hf_config({**load("phi-3.5-moe-instruct"), "num_experts_per_tok": 4})
+    reason = VllmProfile().refusal(top_4, 1, 1)
+    assert reason is not None and "top-2" in reason
+    staged = plan(spec, Hardware(get_device("h100-80gb").planning_bytes, 2), Workload(4096, 1),
+                  PlanOptions(pipeline_parallel=2, weight_format=float_format("bf16"))).primary.devices
+    vocabulary = 2 * (2 * 32064 * 4096 + 2 * 4096 + 32064)  # embedding, lm_head, final LayerNorm, lm_head bias
+    assert [device.unread_weights_bytes for device in staged] == [vocabulary - 2 * 32064 * 4096,
+                                                                   2 * 32064 * 4096]
+
+
+def test_int4_quantizes_phi_3_5_moes_attention_and_experts_and_keeps_the_rest_at_16_bits() -> None:
+    spec = spec_of("phi-3.5-moe-instruct")
+    by_role = parameter_count(spec).by_role
+    linear = by_role["attention"] + by_role["expert"]
+    assert weight_bytes(spec, int4(128)) == linear // 2 + (linear // 128) * 2 + (linear // 128) // 2 + \
+        2 * (PHI_TOTAL - linear)

@@ -35,7 +35,7 @@ FILE_TYPES = {"gguf-q4_0": "Q4_0", "gguf-q4_k_s": "Q4_K_S", "gguf-q4_k_m": "Q4_K
               "gguf-q6_k": "Q6_K", "gguf-q8_0": "Q8_0"}
 BASE = {"hidden_size": 256, "num_hidden_layers": 8, "num_attention_heads": 4, "num_key_value_heads": 2,
         "intermediate_size": 512, "vocab_size": 512, "max_position_embeddings": 4096}
-# (name, gguf architecture, config.json): six families and two MoE; qwen2-320 has widths that 256 does not divide
+# (name, gguf architecture, config.json): five dense models and four MoE; qwen2-320 has widths that 256 does not divide
 MODELS: list[tuple[str, str, dict[str, object]]] = [
     ("llama", "llama", {**BASE, "model_type": "llama"}),
     ("qwen2-320", "qwen2", {**BASE, "model_type": "qwen2", "hidden_size": 320, "num_attention_heads": 5,
@@ -48,6 +48,8 @@ MODELS: list[tuple[str, str, dict[str, object]]] = [
     ("mixtral", "llama", {**BASE, "model_type": "mixtral", "num_local_experts": 8, "num_experts_per_tok": 2}),
     ("qwen2_moe", "qwen2moe", {**BASE, "model_type": "qwen2_moe", "num_experts": 4, "num_experts_per_tok": 2,
                                "moe_intermediate_size": 256, "shared_expert_intermediate_size": 512}),
+    ("phimoe", "phimoe", {**BASE, "model_type": "phimoe", "num_local_experts": 4, "num_experts_per_tok": 2,
+                          "attention_bias": True, "lm_head_bias": True}),
 ]
 _NAMES = {"input_layernorm": "attn_norm", "q_proj": "attn_q", "k_proj": "attn_k", "v_proj": "attn_v",
           "o_proj": "attn_output", "qkv_proj": "attn_qkv", "q_norm": "attn_q_norm", "k_norm": "attn_k_norm",
@@ -59,7 +61,8 @@ _NAMES = {"input_layernorm": "attn_norm", "q_proj": "attn_q", "k_proj": "attn_k"
 def gguf_name(spec: ModelSpec, entry: TensorEntry) -> str:
     """The GGUF name convert_hf_to_gguf.py gives an inventory row (``{i}`` kept for the layer)."""
     fixed = {"model.embed_tokens.weight": "token_embd.weight", "lm_head.weight": "output.weight",
-             "model.norm.weight": "output_norm.weight"}
+             "model.norm.weight": "output_norm.weight", "model.norm.bias": "output_norm.bias",
+             "lm_head.bias": "output.bias"}
     if entry.name in fixed:
         return fixed[entry.name]
     parts = entry.name.split(".")
