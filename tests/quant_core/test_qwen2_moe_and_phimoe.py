@@ -13,19 +13,24 @@ import warnings
 from pathlib import Path
 from typing import Any
 
+import ml_dtypes
+import numpy as np
 import pytest
 
 from quant_core.catalog import get_device
+from quant_core.checkpoint import CheckpointOptions, open_checkpoint, plan_checkpoint, quantize_checkpoint
 from quant_core.checkpoint_rows import checkpoint_scheme
 from quant_core.engines.vllm import VllmProfile
 from quant_core.errors import InvalidSpec, MissingConfigKey
 from quant_core.formats import float_format, int4
 from quant_core.hf_config import model_from_hf_config, unread_config_keys
-from quant_core.inventory import inventory, parameter_count, weight_bytes
+from quant_core.inventory import DEFAULT_POLICY, inventory, parameter_count, weight_bytes
 from quant_core.kv_cache import kv_bytes_per_token, kv_layers
 from quant_core.planner import Hardware, PlanOptions, Workload, plan
 from quant_core.specs import ModelSpec
+from quant_core.tensorio import read_safetensors
 from quant_core.tensorio.checkpoint_headers import HeaderTensor
+from tests.checkpoints import write_llama_checkpoint
 
 CONFIGS = Path(__file__).resolve().parent / "data" / "hf_configs"
 
@@ -303,3 +308,52 @@ def test_int4_quantizes_phi_3_5_moes_attention_and_experts_and_keeps_the_rest_at
     linear = by_role["attention"] + by_role["expert"]
     assert weight_bytes(spec, int4(128)) == linear // 2 + (linear // 128) * 2 + (linear // 128) // 2 + \
         2 * (PHI_TOTAL - linear)
+
+
+TINY = {"hidden_size": 128, "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2,
+        "vocab_size": 96, "max_position_embeddings": 256, "torch_dtype": "bfloat16"}
+TINY_CONFIGS = {
+    "qwen2_moe": {**TINY, "architectures": ["Qwen2MoeForCausalLM"], "model_type": "qwen2_moe",
+                  "intermediate_size": 256, "num_experts": 4, "num_experts_per_tok": 2, "moe_intermediate_size": 128,
+                  "shared_expert_intermediate_size": 256, "decoder_sparse_step": 1, "use_sliding_window": False},
+    "phimoe": {**TINY, "architectures": ["PhiMoEForCausalLM"], "model_type": "phimoe", "intermediate_size": 128,
+               "num_local_experts": 4, "num_experts_per_tok": 2, "attention_bias": True, "lm_head_bias": True},
+}
+
+
+@pytest.mark.parametrize("family", sorted(TINY_CONFIGS))
+def test_a_checkpoint_job_quantizes_the_tensors_the_int4_plan_quantizes_and_passes_the_gates_through(
+        tmp_path: Path, family: str) -> None:
+    # a small random checkpoint named as the family's checkpoints are, through a compressed-tensors job with the
+    # default include/exclude: it must quantize what vLLM quantizes (attention, experts, Qwen2-MoE's shared expert)
+    # and what nibble's INT4 plan prices as INT4, and pass the routers, shared_expert_gate, norms, biases,
+    # embedding and lm_head through at 16 bits
+    config = TINY_CONFIGS[family]
+    spec = model_from_hf_config(config)
+    rng = np.random.default_rng(0)
+    tensors: dict[str, Any] = {}
+    expected = set()
+    for entry in inventory(spec):
+        for layer in entry.layers or (-1,):
+            for expert in range(entry.per_layer):
+                name = entry.name.replace("{i}", str(layer)).replace("{e}", str(expert))
+                tensors[name] = (rng.standard_normal(entry.shape, dtype=np.float32) * 0.05).astype(ml_dtypes.bfloat16)
+                if DEFAULT_POLICY.quantizes(entry):
+                    expected.add(name.removesuffix(".weight"))
+    write_llama_checkpoint(tmp_path / "src", shards=2, tensors=tensors)
+    (tmp_path / "src" / "config.json").write_text(json.dumps(config))
+    checkpoint = open_checkpoint(tmp_path / "src")
+    options = CheckpointOptions()
+    plans = plan_checkpoint(checkpoint, options)
+    assert {p.tensor.name.removesuffix(".weight") for p in plans if p.quantized} == expected
+    quantize_checkpoint(checkpoint, plans, options, tmp_path / "out", tmp_path / "parts")
+    written = json.loads((tmp_path / "out" / "config.json").read_text())
+    assert written["model_type"] == family
+    assert set(written["quantization_config"]["config_groups"]["group_0"]["targets"]) == expected
+    stored: dict[str, Any] = {}
+    for shard in sorted((tmp_path / "out").glob("model-*.safetensors")):
+        stored.update(read_safetensors(shard))
+    gates = [name for name in tensors if name.endswith((".gate.weight", "shared_expert_gate.weight"))]
+    assert len(gates) == (4 if family == "qwen2_moe" else 2)
+    for name in [*gates, "lm_head.weight", "model.embed_tokens.weight"]:
+        np.testing.assert_array_equal(stored[name], tensors[name])
