@@ -435,16 +435,17 @@ def _qwen2_moe(config: Mapping[str, object], model_type: str, name: str | None) 
     o_proj without), routed experts of ``moe_intermediate_size`` and one shared expert of
     ``shared_expert_intermediate_size`` with its sigmoid gate.  A layer is MoE when it is not in
     ``mlp_only_layers`` and ``(i + 1) % decoder_sparse_step == 0`` (transformers' Qwen2MoeDecoderLayer, vLLM's
-    qwen2_moe.py); the others hold a dense MLP of ``intermediate_size``.  vLLM's qwen2_moe.py gives every layer
-    full attention, so a config asking for sliding windows (``use_sliding_window``), which transformers would
-    honour on some layers, is refused rather than planned one way or the other."""
+    qwen2_moe.py); the others hold a dense MLP of ``intermediate_size``.  Without ``use_sliding_window`` (every
+    published Qwen2-MoE) vLLM caches every layer in full (``ModelConfig.get_hf_config_sliding_window`` gives no
+    window).  With it, vLLM's qwen2_moe.py, which passes no per-layer window, would slide every layer while
+    transformers slides only some (``layer_types``): such a config is refused rather than planned one way."""
     r = _Reader(config, model_type)
     sizes = _attention_sizes(r)
     layers = sizes["num_layers"]
     r.optional_int("sliding_window", None, MAX_POSITIONS)  # checked, and read: without the flag it sizes nothing
     if r.flag("use_sliding_window", False):
-        raise InvalidSpec("use_sliding_window", True, "vLLM's qwen2_moe.py caches every layer in full while "
-                          "transformers slides some: nibble does not plan a Qwen2-MoE with sliding windows")
+        raise InvalidSpec("use_sliding_window", True, "vLLM's qwen2_moe.py would slide every layer and "
+                          "transformers only some: nibble does not plan a Qwen2-MoE with sliding windows")
     experts = r.required_int("num_experts", MAX_EXPERTS, minimum=0)
     moe: dict[str, Any] = {}
     if experts:
