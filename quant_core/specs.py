@@ -226,7 +226,9 @@ class ModelSpec:
     `intermediate_size` the dense MLP width; `num_kv_heads` the key/value heads (MQA = 1).
     MoE: `num_experts` routed experts (0 = dense), `experts_per_token` top-k,
     `moe_intermediate_size` one expert's width, `num_shared_experts` always-on experts of
-    the same width (DeepSeek), `dense_layers` the layers of a MoE model whose MLP is dense.
+    the same width (DeepSeek) or, with `shared_expert_intermediate_size`, of that width together
+    (Qwen2-MoE's one gated shared expert), `dense_layers` the layers of a MoE model whose MLP is dense.
+    `lm_head_bias`: the lm_head has a bias of vocab_size (Phi-3.5-MoE).
     MLA (DeepSeek, when `kv_lora_rank` > 0): `q_lora_rank` (None = no query compression),
     `kv_lora_rank`, `qk_nope_head_dim`, `qk_rope_head_dim`, `v_head_dim`.
     Attention window: `sliding_layers` lists the layers that attend to (and cache) at most
