@@ -47,7 +47,7 @@ MODELS: list[tuple[str, str, dict[str, object]]] = [
                                "num_experts_per_tok": 2, "moe_intermediate_size": 256}),
     ("mixtral", "llama", {**BASE, "model_type": "mixtral", "num_local_experts": 8, "num_experts_per_tok": 2}),
     ("qwen2_moe", "qwen2moe", {**BASE, "model_type": "qwen2_moe", "num_experts": 4, "num_experts_per_tok": 2,
-                               "moe_intermediate_size": 256, "shared_expert_intermediate_size": 512}),
+                               "moe_intermediate_size": 384, "shared_expert_intermediate_size": 512}),
     ("phimoe", "phimoe", {**BASE, "model_type": "phimoe", "num_local_experts": 4, "num_experts_per_tok": 2,
                           "attention_bias": True, "lm_head_bias": True}),
 ]
@@ -148,7 +148,9 @@ def main(tool: str, only: list[str]) -> None:
                                  "tensor_bytes": int(sum(int(t.n_bytes) for t in reader.tensors)),
                                  "types": {t.name: t.tensor_type.name for t in reader.tensors}})
                 print(name, file_type, recorded[-1]["tensor_bytes"])
-    (HERE / "recorded.json").write_text(json.dumps(kept + recorded, indent=1, sort_keys=True) + "\n")
+    order = {name: index for index, (name, _arch, _config) in enumerate(MODELS)}
+    records = sorted(kept + recorded, key=lambda record: order.get(record["model"], len(order)))  # stable
+    (HERE / "recorded.json").write_text(json.dumps(records, indent=1, sort_keys=True) + "\n")
 
 
 if __name__ == "__main__":
