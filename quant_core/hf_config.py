@@ -438,7 +438,9 @@ def _qwen2_moe(config: Mapping[str, object], model_type: str, name: str | None) 
     qwen2_moe.py); the others hold a dense MLP of ``intermediate_size``.  Without ``use_sliding_window`` (every
     published Qwen2-MoE) vLLM caches every layer in full (``ModelConfig.get_hf_config_sliding_window`` gives no
     window).  With it, vLLM's qwen2_moe.py, which passes no per-layer window, would slide every layer while
-    transformers slides only some (``layer_types``): such a config is refused rather than planned one way."""
+    transformers slides only some (``layer_types``): such a config is refused rather than planned one way.
+    ``num_experts`` and, with experts, the expert sizes are required: transformers' defaults for them are
+    Qwen1.5-MoE-A2.7B's, which a config that leaves them out need not be."""
     r = _Reader(config, model_type)
     sizes = _attention_sizes(r)
     layers = sizes["num_layers"]
