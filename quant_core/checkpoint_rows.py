@@ -37,9 +37,16 @@ def _pattern(name: str) -> str:
 
 
 def _module_roles(spec: ModelSpec) -> dict[str, str]:
-    roles = {}
+    """Role by module pattern, the module's weight's role; a module's bias also under ``<module>.bias`` with its own
+    role (a biased linear's ``q_proj.weight`` or ``lm_head.weight`` is not a bias, and its ``.bias`` is)."""
+    roles: dict[str, str] = {}
     for entry in inventory(spec):
-        roles[_pattern(module_name(entry.name).replace("{i}", "0").replace("{e}", "0"))] = entry.role
+        module = _pattern(module_name(entry.name).replace("{i}", "0").replace("{e}", "0"))
+        if entry.name.endswith(".bias"):
+            roles[f"{module}.bias"] = entry.role
+            roles.setdefault(module, entry.role)
+        else:
+            roles[module] = entry.role
     return roles
 
 

@@ -430,6 +430,79 @@ def _gpt_oss(config: Mapping[str, object], model_type: str, name: str | None) ->
     )
 
 
+def _qwen2_moe(config: Mapping[str, object], model_type: str, name: str | None) -> ModelSpec:
+    """Qwen2-MoE (Qwen1.5-MoE, Qwen2-57B-A14B): Qwen2's attention (q/k/v bias per ``qkv_bias``, default true;
+    o_proj without), routed experts of ``moe_intermediate_size`` and one shared expert of
+    ``shared_expert_intermediate_size`` with its sigmoid gate.  A layer is MoE when it is not in
+    ``mlp_only_layers`` and ``(i + 1) % decoder_sparse_step == 0`` (transformers' Qwen2MoeDecoderLayer, vLLM's
+    qwen2_moe.py); the others hold a dense MLP of ``intermediate_size``.  Without ``use_sliding_window`` (every
+    published Qwen2-MoE) vLLM caches every layer in full (``ModelConfig.get_hf_config_sliding_window`` gives no
+    window).  With it, vLLM's qwen2_moe.py, which passes no per-layer window, would slide every layer while
+    transformers slides only some (``layer_types``): such a config is refused rather than planned one way.
+    ``num_experts`` and, with experts, the expert sizes are required: transformers' defaults for them are
+    Qwen1.5-MoE-A2.7B's, which a config that leaves them out need not be."""
+    r = _Reader(config, model_type)
+    sizes = _attention_sizes(r)
+    layers = sizes["num_layers"]
+    r.optional_int("sliding_window", None, MAX_POSITIONS)  # checked, and read: without the flag it sizes nothing
+    if r.flag("use_sliding_window", False):
+        raise InvalidSpec("use_sliding_window", True, "vLLM's qwen2_moe.py would slide every layer and "
+                          "transformers only some: nibble does not plan a Qwen2-MoE with sliding windows")
+    experts = r.required_int("num_experts", MAX_EXPERTS, minimum=0)
+    moe: dict[str, Any] = {}
+    if experts:
+        step = r.int_or("decoder_sparse_step", 1, MAX_LAYERS)
+        mlp_only = set(r.int_list("mlp_only_layers", layers))
+        shared = r.required_int("shared_expert_intermediate_size", MAX_INTERMEDIATE_SIZE, minimum=0)
+        moe = {
+            "num_experts": experts,
+            "experts_per_token": r.required_int("num_experts_per_tok", MAX_EXPERTS),
+            "moe_intermediate_size": r.required_int("moe_intermediate_size", MAX_INTERMEDIATE_SIZE),
+            "num_shared_experts": 1 if shared else 0,
+            "shared_expert_intermediate_size": shared,
+            "dense_layers": tuple(i for i in range(layers) if i in mlp_only or (i + 1) % step),
+        }
+    return ModelSpec(
+        name=_name(config, model_type, name),
+        model_type=model_type,
+        layout="qwen2_moe" if experts else "llama",
+        tie_word_embeddings=r.flag("tie_word_embeddings", False),
+        attention_qkv_bias=r.flag("qkv_bias", True),
+        max_position_embeddings=_positions(r),
+        **sizes,
+        **moe,
+    )
+
+
+def _phimoe(config: Mapping[str, object], model_type: str, name: str | None) -> ModelSpec:
+    """Phi-3.5-MoE: Mixtral's tensors (``block_sparse_moe.gate`` and ``experts.{e}.w1/w2/w3`` of
+    ``intermediate_size``) with LayerNorms that have a bias, q/k/v/o biases per ``attention_bias`` and an
+    ``lm_head.bias`` per ``lm_head_bias`` (both false by default, true in Phi-3.5-MoE; transformers'
+    PhimoeConfig).  A declared ``sliding_window`` covers every layer: vLLM's phimoe.py passes no per-layer
+    window, so its attention takes the model-level one (``cache_config.sliding_window``), as Mixtral's does."""
+    r = _Reader(config, model_type)
+    sizes = _attention_sizes(r)
+    window, sliding = _window_all_layers(r, sizes["num_layers"])
+    attention_bias = r.flag("attention_bias", False)
+    return ModelSpec(
+        name=_name(config, model_type, name),
+        model_type=model_type,
+        layout="mixtral",
+        tie_word_embeddings=r.flag("tie_word_embeddings", False),
+        attention_qkv_bias=attention_bias,
+        attention_output_bias=attention_bias,
+        norm="layernorm",
+        max_position_embeddings=_positions(r),
+        sliding_window=window,
+        sliding_layers=sliding,
+        num_experts=r.required_int("num_local_experts", MAX_EXPERTS),
+        experts_per_token=r.required_int("num_experts_per_tok", MAX_EXPERTS),
+        moe_intermediate_size=sizes["intermediate_size"],
+        lm_head_bias=r.flag("lm_head_bias", False),
+        **sizes,
+    )
+
+
 _Adapter = Callable[[Mapping[str, object], str, "str | None"], ModelSpec]
 _ADAPTERS: dict[str, _Adapter] = {
     "llama": _llama_family,
@@ -448,6 +521,8 @@ _ADAPTERS: dict[str, _Adapter] = {
     "RefinedWebModel": _falcon,
     "gpt2": _gpt2,
     "gpt_oss": _gpt_oss,
+    "qwen2_moe": _qwen2_moe,
+    "phimoe": _phimoe,
 }
 KNOWN_MODEL_TYPES: tuple[str, ...] = (*sorted(_ADAPTERS), "gemma3")
 
@@ -463,6 +538,7 @@ _SPEC_FIELD_KEYS: dict[str, tuple[str, ...]] = {
     "experts_per_token": ("num_experts_per_tok", "experts_per_token"),
     "moe_intermediate_size": ("moe_intermediate_size", "intermediate_size"),
     "num_shared_experts": ("n_shared_experts", "num_shared_experts"),
+    "shared_expert_intermediate_size": ("shared_expert_intermediate_size",),
     "head_dim": ("head_dim", "num_attention_heads"),
     "sliding_window": ("sliding_window",),
     "vocab_size": ("vocab_size", "padded_vocab_size"),
@@ -597,6 +673,7 @@ NON_SIZING_KEYS = frozenset({
     "cache_implementation", "_attn_implementation", "swiglu_limit", "alibi", "rope_local_base_freq", "use_mrope",
     "apply_residual_connection_post_layernorm", "original_max_position_embeddings", "initial_context_length",
     "max_window_layers",
+    "input_jitter_noise",  # Phi-3.5-MoE: training noise on the experts' inputs
 })
 
 

@@ -99,7 +99,7 @@ def _mla_attention(b: _Builder, spec: ModelSpec, layers: tuple[int, ...]) -> Non
 
 
 def _decoder(b: _Builder, spec: ModelSpec) -> None:
-    """llama, mixtral, phi3, deepseek and gpt_oss layouts: ``model.*`` with pre-norm blocks."""
+    """llama, mixtral, phi3, deepseek, gpt_oss and qwen2_moe layouts: ``model.*`` with pre-norm blocks."""
     every = tuple(range(spec.num_layers))
     dense = spec.dense_layers if spec.is_moe else every
     moe = spec.moe_layers
@@ -143,6 +143,8 @@ def _decoder(b: _Builder, spec: ModelSpec) -> None:
         b.add(f"{p}.down_proj[{{e}}]", (hidden, width), "expert", moe, experts, top_k)
         if spec.expert_bias:
             b.add(f"{p}.down_proj_bias[{{e}}]", (hidden,), "bias", moe, experts, top_k)
+    elif spec.layout == "qwen2_moe":
+        _qwen2_moe_block(b, spec, moe)
     elif spec.is_moe:
         b.linear(f"{layer}.mlp.gate", experts, hidden, "router", moe, False)
         if spec.router_bias:
@@ -154,6 +156,23 @@ def _decoder(b: _Builder, spec: ModelSpec) -> None:
     b.norm("model.norm", hidden, None, spec.norm)
     if not spec.tie_word_embeddings:
         b.add("lm_head.weight", (spec.vocab_size, hidden), "lm_head")
+    if spec.lm_head_bias:
+        b.add("lm_head.bias", (spec.vocab_size,), "bias")
+
+
+def _qwen2_moe_block(b: _Builder, spec: ModelSpec, moe: tuple[int, ...]) -> None:
+    """Qwen2-MoE's sparse block (transformers' Qwen2MoeSparseMoeBlock, vLLM's qwen2_moe.py): the router
+    ``mlp.gate``, the routed experts, one shared expert ``mlp.shared_expert`` of its own width that every
+    token runs, and ``mlp.shared_expert_gate``, a [1, hidden] linear whose sigmoid scales the shared expert's
+    output per token.  The gate is a router to every engine (vLLM: a plain replicated ``torch.nn.Linear``;
+    llama.cpp: ``ffn_gate_inp_shexp``, kept at F32) and is built even when the shared width is 0."""
+    layer, hidden = "model.layers.{i}.mlp", spec.hidden_size
+    b.linear(f"{layer}.gate", spec.num_experts, hidden, "router", moe, False)
+    _gated_mlp(b, f"{layer}.experts.{{e}}", spec.moe_intermediate_size, spec, moe, "expert", spec.num_experts,
+               spec.experts_per_token)
+    if spec.shared_expert_width:
+        _gated_mlp(b, f"{layer}.shared_expert", spec.shared_expert_width, spec, moe)
+    b.linear(f"{layer}.shared_expert_gate", 1, hidden, "router", moe, False)
 
 
 def _falcon(b: _Builder, spec: ModelSpec) -> None:

@@ -520,7 +520,7 @@ class _Evaluator:
         """(bytes per batched token, bytes per sampled sequence) of the generic activation estimate."""
         spec = self.spec
         mlp_width = max(spec.intermediate_size if not spec.is_moe or spec.dense_layers else 0,
-                        spec.moe_intermediate_size * (spec.experts_per_token + spec.num_shared_experts))
+                        spec.moe_intermediate_size * spec.experts_per_token + spec.shared_expert_width)
         attention_width = (spec.num_attention_heads + 2 * spec.num_kv_heads) * spec.head_dim
         per_token = 2 * (4 * spec.hidden_size + (2 * mlp_width + attention_width) // tensor_parallel)
         per_sampled = 4 * -(-spec.vocab_size // tensor_parallel)

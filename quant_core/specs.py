@@ -116,13 +116,16 @@ class KVLayer:
 # How a model names and arranges its tensors (see inventory.py):
 #   llama     embed_tokens, q/k/v/o_proj, gate/up/down_proj; MoE as mlp.gate + mlp.experts.{e}.*
 #             (llama, mistral, qwen2, qwen3, qwen3_moe, gemma2, gemma3, generic decoders)
-#   mixtral   llama attention, MoE as block_sparse_moe.gate + experts.{e}.w1/w2/w3
+#   mixtral   llama attention, MoE as block_sparse_moe.gate + experts.{e}.w1/w2/w3 (mixtral; phimoe with
+#             LayerNorms with bias, attention biases and an lm_head bias)
 #   phi3      fused qkv_proj and gate_up_proj
 #   deepseek  multi-head latent attention (MLA), dense first layers, routed + shared experts
 #   falcon    fused query_key_value (MQA/GQA), LayerNorm with bias, parallel attention
 #   gpt2      learned positions, Conv1D layers with biases, LayerNorm with bias
 #   gpt_oss   MoE with fused expert tensors and biases, router bias, attention sinks
-LAYOUTS: tuple[str, ...] = ("llama", "mixtral", "phi3", "deepseek", "falcon", "gpt2", "gpt_oss")
+#   qwen2_moe llama attention, MoE as mlp.gate + mlp.experts.{e}.* beside one mlp.shared_expert of its own width,
+#             scaled per token by mlp.shared_expert_gate ([1, hidden], a sigmoid gate)
+LAYOUTS: tuple[str, ...] = ("llama", "mixtral", "phi3", "deepseek", "falcon", "gpt2", "gpt_oss", "qwen2_moe")
 NORM_KINDS: tuple[str, ...] = ("rmsnorm", "layernorm")
 
 # Sane maximums: far above any published model (largest today: hidden 25,600, 126 layers,
@@ -154,6 +157,7 @@ _INT_LIMITS: dict[str, tuple[int, int]] = {
     "experts_per_token": (0, MAX_EXPERTS),
     "moe_intermediate_size": (0, MAX_INTERMEDIATE_SIZE),
     "num_shared_experts": (0, MAX_EXPERTS),
+    "shared_expert_intermediate_size": (0, MAX_INTERMEDIATE_SIZE),
     "kv_lora_rank": (0, MAX_RANK),
     "qk_nope_head_dim": (0, MAX_HEAD_DIM),
     "qk_rope_head_dim": (0, MAX_HEAD_DIM),
@@ -184,6 +188,7 @@ _BOOL_FIELDS: tuple[str, ...] = (
     "learned_position_embeddings",
     "router_bias",
     "expert_bias",
+    "lm_head_bias",
 )
 _LAYER_TUPLE_FIELDS: tuple[str, ...] = ("sliding_layers", "dense_layers")
 
@@ -221,7 +226,9 @@ class ModelSpec:
     `intermediate_size` the dense MLP width; `num_kv_heads` the key/value heads (MQA = 1).
     MoE: `num_experts` routed experts (0 = dense), `experts_per_token` top-k,
     `moe_intermediate_size` one expert's width, `num_shared_experts` always-on experts of
-    the same width (DeepSeek), `dense_layers` the layers of a MoE model whose MLP is dense.
+    the same width (DeepSeek) or, with `shared_expert_intermediate_size`, of that width together
+    (Qwen2-MoE's one gated shared expert), `dense_layers` the layers of a MoE model whose MLP is dense.
+    `lm_head_bias`: the lm_head has a bias of vocab_size (Phi-3.5-MoE).
     MLA (DeepSeek, when `kv_lora_rank` > 0): `q_lora_rank` (None = no query compression),
     `kv_lora_rank`, `qk_nope_head_dim`, `qk_rope_head_dim`, `v_head_dim`.
     Attention window: `sliding_layers` lists the layers that attend to (and cache) at most
@@ -255,9 +262,14 @@ class ModelSpec:
     experts_per_token: int = 0
     moe_intermediate_size: int = 0
     num_shared_experts: int = 0
+    #: the shared experts' width when it is not ``num_shared_experts × moe_intermediate_size`` (Qwen2-MoE: one
+    #: shared expert of ``shared_expert_intermediate_size``); 0 = that product
+    shared_expert_intermediate_size: int = 0
     dense_layers: tuple[int, ...] = ()
     router_bias: bool = False
     expert_bias: bool = False
+    #: an ``lm_head.bias`` of vocab_size (Phi-3.5-MoE's ``lm_head_bias``), beside the lm_head or the tied embedding
+    lm_head_bias: bool = False
     q_lora_rank: int | None = None
     kv_lora_rank: int = 0
     qk_nope_head_dim: int = 0
@@ -309,9 +321,10 @@ class ModelSpec:
             if self.moe_intermediate_size < 1:
                 raise InvalidSpec("moe_intermediate_size", self.moe_intermediate_size,
                                   "must be positive for a mixture-of-experts model")
-        elif self.experts_per_token or self.num_shared_experts or self.dense_layers:
-            raise InvalidSpec("num_experts", 0,
-                              "experts_per_token, num_shared_experts and dense_layers need routed experts")
+        elif (self.experts_per_token or self.num_shared_experts or self.shared_expert_intermediate_size
+              or self.dense_layers):
+            raise InvalidSpec("num_experts", 0, "experts_per_token, num_shared_experts, "
+                              "shared_expert_intermediate_size and dense_layers need routed experts")
         if self.is_mla:
             for field in ("qk_rope_head_dim", "v_head_dim"):
                 if getattr(self, field) < 1:
@@ -323,6 +336,11 @@ class ModelSpec:
     def is_moe(self) -> bool:
         """True when the model has routed experts."""
         return self.num_experts > 0
+
+    @property
+    def shared_expert_width(self) -> int:
+        """The always-on shared experts' intermediate width, all of them together (0 without any)."""
+        return self.shared_expert_intermediate_size or self.moe_intermediate_size * self.num_shared_experts
 
     @property
     def is_mla(self) -> bool:

@@ -124,6 +124,7 @@ VOCABULARY_ON_EVERY_STAGE: dict[str, str] = {
     "qwen3_moe": "qwen3_moe.py: Qwen3MoeModel.__init__ (embed_tokens, norm), Qwen3MoeForCausalLM.__init__ (lm_head)",
     "qwen2_moe": "qwen2_moe.py: Qwen2MoeModel.__init__ (embed_tokens, norm), Qwen2MoeForCausalLM.__init__ (lm_head)",
     "mixtral": "mixtral.py: MixtralModel.__init__ (embed_tokens, norm), MixtralForCausalLM.__init__ (lm_head)",
+    "phimoe": "phimoe.py: PhiMoEModel.__init__ (embed_tokens, norm), PhiMoEForCausalLM.__init__ (lm_head and its bias)",
     "gpt_oss": "gpt_oss.py: GptOssModel.__init__ (embedding, norm), GptOssForCausalLM.__init__ (lm_head)",
     "gemma2": "gemma2.py: Gemma2Model.__init__ (embed_tokens, which is also the tied lm_head, and norm)",
     "gemma3_text": "gemma3.py: Gemma3Model.__init__ (embed_tokens, norm), Gemma3ForCausalLM.__init__ (lm_head)",
@@ -146,7 +147,7 @@ def _forward_bytes_per_token(spec: ModelSpec, tensor_parallel: int) -> int:
     mlp = 3 * spec.intermediate_size // tp if (not spec.is_moe or spec.dense_layers) else 0
     if spec.is_moe:
         routed = spec.experts_per_token * (3 * spec.moe_intermediate_size // tp + spec.hidden_size)
-        shared = 3 * spec.moe_intermediate_size * spec.num_shared_experts // tp
+        shared = 3 * spec.shared_expert_width // tp
         mlp = max(mlp, routed + shared)
     heads = -(-spec.num_attention_heads // tp)
     if spec.is_mla:
@@ -264,6 +265,15 @@ class VllmProfile:
                     "can be neither split evenly nor replicated evenly across the ranks")
         if pipeline_parallel > spec.num_layers:
             return f"vLLM refuses {pipeline_parallel} pipeline stages for {spec.num_layers} layers"
+        if spec.layout == "qwen2_moe" and tensor_parallel > spec.num_experts:
+            # qwen2_moe.py, Qwen2MoeSparseMoeBlock.__init__: "Tensor parallel size ... is greater than the number
+            # of experts"
+            return (f"vLLM refuses tensor parallel size {tensor_parallel} for a Qwen2-MoE model: it is greater than "
+                    f"the model's {spec.num_experts} experts")
+        if spec.model_type == "phimoe" and spec.experts_per_token != 2:
+            # phimoe.py, phimoe_routing_function: assert topk == 2, "Only top-2 routing is supported"
+            return (f"vLLM refuses a PhiMoE model routing each token to {spec.experts_per_token} experts: its "
+                    "sparsemixer routing supports top-2 only")
         return None
 
     def vocabulary_on_every_stage(self, spec: ModelSpec) -> str | None:

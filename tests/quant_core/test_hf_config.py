@@ -157,9 +157,10 @@ GLM_4_5 = {"architectures": ["Glm4MoeForCausalLM"], "model_type": "glm4_moe", "h
 
 @pytest.mark.parametrize(("config", "keys"), [
     (GLM_4_5, "first_k_dense_replace, moe_intermediate_size, n_routed_experts, n_shared_experts, num_experts_per_tok"),
-    # Qwen2-57B-A14B (qwen2_moe): read as a dense llama, its 64 experts and shared expert were left out
-    ({**LLAMA_8B, "model_type": "qwen2_moe", "num_experts": 64, "num_experts_per_tok": 8, "moe_intermediate_size": 2560,
-      "shared_expert_intermediate_size": 20480},
+    # a Qwen2-MoE-like config under a type nibble has no adapter for (qwen2_moe itself has one since): read as a
+    # dense llama, its 64 experts and shared expert were left out
+    ({**LLAMA_8B, "model_type": "qwen2_moe_like", "num_experts": 64, "num_experts_per_tok": 8,
+      "moe_intermediate_size": 2560, "shared_expert_intermediate_size": 20480},
      "moe_intermediate_size, num_experts, num_experts_per_tok, shared_expert_intermediate_size"),
 ])
 def test_an_unknown_model_type_whose_config_sizes_what_a_llama_reading_leaves_out_is_refused(

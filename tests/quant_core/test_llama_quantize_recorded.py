@@ -3,7 +3,8 @@
 `data/llama_quantize/recorded.json` holds what llama-quantize (llama.cpp vendored by PyPI's
 llama-cpp-python 0.3.36, built here with cmake, CPU only) wrote for small random models of seven
 configurations (llama, qwen2 with widths 256 does not divide and tied embeddings, qwen3, gemma2,
-phi3, qwen3_moe with 4 experts, mixtral with 8) in every file type nibble plans; `record.py` beside
+phi3, qwen3_moe with 4 experts, mixtral with 8, qwen2_moe with 4 experts and a gated shared expert, phimoe with
+4 experts, LayerNorm, attention and lm_head biases) in every file type nibble plans; `record.py` beside
 it wrote the inputs and ran the tool.  The tests compare with the recording, never run the tool.
 """
 
@@ -25,14 +26,15 @@ DATA = Path(__file__).resolve().parent / "data" / "llama_quantize"
 RECORDED: list[dict[str, Any]] = json.loads((DATA / "recorded.json").read_text()) \
     if (DATA / "recorded.json").is_file() else []
 sys.path.insert(0, str(DATA))
-from record import gguf_name  # noqa: E402  (the recorder's own name mapping, one place)
+from record import MODELS, gguf_name  # noqa: E402  (the recorder's own name mapping, one place)
 
 
 @pytest.mark.skipif(not RECORDED, reason="no llama-quantize recording")
-def test_the_recording_covers_every_file_type_and_seven_models() -> None:
+def test_the_recording_covers_every_file_type_and_every_model_of_the_recorder() -> None:
     assert {record["file_type"] for record in RECORDED} == {"gguf-q4_0", "gguf-q4_k_s", "gguf-q4_k_m",
                                                            "gguf-q5_k_m", "gguf-q6_k", "gguf-q8_0"}
-    assert len({record["model"] for record in RECORDED}) == 7
+    assert {record["model"] for record in RECORDED} == {name for name, _arch, _config in MODELS}
+    assert len(RECORDED) == 6 * len(MODELS)
 
 
 @pytest.mark.parametrize("record", RECORDED, ids=lambda r: f"{r['model']}-{r['file_type']}")

@@ -5,7 +5,8 @@ never the tool).
 The models are written here with gguf-py from nibble's own tensor inventory (F16 weights, F32 norms,
 biases and routers, as convert_hf_to_gguf.py writes them), with the GGUF tensor names llama.cpp uses.
 Run (after building llama-quantize from llama.cpp's sources, e.g. those PyPI's llama-cpp-python sdist
-vendors): python tests/quant_core/data/llama_quantize/record.py PATH/TO/llama-quantize
+vendors): python tests/quant_core/data/llama_quantize/record.py PATH/TO/llama-quantize [MODEL ...]
+(with model names, only those are recorded again and the other records are kept).
 
 recorded.json was made on 2026-12-06 with llama-cpp-python 0.3.36's vendored llama.cpp (the same
 llama_tensor_get_type as ggml-org/llama.cpp 007dbbf3), built with
@@ -34,7 +35,7 @@ FILE_TYPES = {"gguf-q4_0": "Q4_0", "gguf-q4_k_s": "Q4_K_S", "gguf-q4_k_m": "Q4_K
               "gguf-q6_k": "Q6_K", "gguf-q8_0": "Q8_0"}
 BASE = {"hidden_size": 256, "num_hidden_layers": 8, "num_attention_heads": 4, "num_key_value_heads": 2,
         "intermediate_size": 512, "vocab_size": 512, "max_position_embeddings": 4096}
-# (name, gguf architecture, config.json): six families and two MoE; qwen2-320 has widths that 256 does not divide
+# (name, gguf architecture, config.json): five dense models and four MoE; qwen2-320 has widths that 256 does not divide
 MODELS: list[tuple[str, str, dict[str, object]]] = [
     ("llama", "llama", {**BASE, "model_type": "llama"}),
     ("qwen2-320", "qwen2", {**BASE, "model_type": "qwen2", "hidden_size": 320, "num_attention_heads": 5,
@@ -45,17 +46,23 @@ MODELS: list[tuple[str, str, dict[str, object]]] = [
     ("qwen3_moe", "qwen3moe", {**BASE, "model_type": "qwen3_moe", "head_dim": 64, "num_experts": 4,
                                "num_experts_per_tok": 2, "moe_intermediate_size": 256}),
     ("mixtral", "llama", {**BASE, "model_type": "mixtral", "num_local_experts": 8, "num_experts_per_tok": 2}),
+    ("qwen2_moe", "qwen2moe", {**BASE, "model_type": "qwen2_moe", "num_experts": 4, "num_experts_per_tok": 2,
+                               "moe_intermediate_size": 384, "shared_expert_intermediate_size": 512}),
+    ("phimoe", "phimoe", {**BASE, "model_type": "phimoe", "num_local_experts": 4, "num_experts_per_tok": 2,
+                          "attention_bias": True, "lm_head_bias": True}),
 ]
 _NAMES = {"input_layernorm": "attn_norm", "q_proj": "attn_q", "k_proj": "attn_k", "v_proj": "attn_v",
           "o_proj": "attn_output", "qkv_proj": "attn_qkv", "q_norm": "attn_q_norm", "k_norm": "attn_k_norm",
           "gate_proj": "ffn_gate", "up_proj": "ffn_up", "down_proj": "ffn_down", "gate_up_proj": "ffn_up",
-          "w1": "ffn_gate", "w3": "ffn_up", "w2": "ffn_down", "gate": "ffn_gate_inp"}
+          "w1": "ffn_gate", "w3": "ffn_up", "w2": "ffn_down", "gate": "ffn_gate_inp",
+          "shared_expert_gate": "ffn_gate_inp_shexp"}
 
 
 def gguf_name(spec: ModelSpec, entry: TensorEntry) -> str:
     """The GGUF name convert_hf_to_gguf.py gives an inventory row (``{i}`` kept for the layer)."""
     fixed = {"model.embed_tokens.weight": "token_embd.weight", "lm_head.weight": "output.weight",
-             "model.norm.weight": "output_norm.weight"}
+             "model.norm.weight": "output_norm.weight", "model.norm.bias": "output_norm.bias",
+             "lm_head.bias": "output.bias"}
     if entry.name in fixed:
         return fixed[entry.name]
     parts = entry.name.split(".")
@@ -70,6 +77,8 @@ def gguf_name(spec: ModelSpec, entry: TensorEntry) -> str:
         base = _NAMES[module]
     if entry.per_layer > 1:
         base += "_exps"
+    elif ".shared_expert." in entry.name:  # Qwen2-MoE's one shared expert: ffn_{gate,up,down}_shexp
+        base += "_shexp"
     return f"blk.{{i}}.{base}.{kind}"
 
 
@@ -90,6 +99,8 @@ def write_model(spec: ModelSpec, arch: str, path: Path) -> dict[str, TensorEntry
         writer.add_expert_count(spec.num_experts)
         writer.add_expert_used_count(spec.experts_per_token)
         writer.add_expert_feed_forward_length(spec.moe_intermediate_size)
+        if spec.shared_expert_intermediate_size:
+            writer.add_expert_shared_feed_forward_length(spec.shared_expert_intermediate_size)
     if arch == "gemma2":
         writer.add_sliding_window(128)
         writer.add_attn_logit_softcapping(50.0)
@@ -117,10 +128,15 @@ def write_model(spec: ModelSpec, arch: str, path: Path) -> dict[str, TensorEntry
     return names
 
 
-def main(tool: str) -> None:
+def main(tool: str, only: list[str]) -> None:
+    """Record every model of `MODELS`, or only those named in `only` (the others' records are kept)."""
+    kept = [] if not only else [record for record in json.loads((HERE / "recorded.json").read_text())
+                                if record["model"] not in only]
     recorded = []
     with tempfile.TemporaryDirectory() as folder:
         for name, arch, config in MODELS:
+            if only and name not in only:
+                continue
             spec = model_from_hf_config(config, name=name)
             source = Path(folder) / f"{name}-f16.gguf"
             write_model(spec, arch, source)
@@ -132,8 +148,10 @@ def main(tool: str) -> None:
                                  "tensor_bytes": int(sum(int(t.n_bytes) for t in reader.tensors)),
                                  "types": {t.name: t.tensor_type.name for t in reader.tensors}})
                 print(name, file_type, recorded[-1]["tensor_bytes"])
-    (HERE / "recorded.json").write_text(json.dumps(recorded, indent=1, sort_keys=True) + "\n")
+    order = {name: index for index, (name, _arch, _config) in enumerate(MODELS)}
+    records = sorted(kept + recorded, key=lambda record: order.get(record["model"], len(order)))  # stable
+    (HERE / "recorded.json").write_text(json.dumps(records, indent=1, sort_keys=True) + "\n")
 
 
 if __name__ == "__main__":
-    main(sys.argv[1])
+    main(sys.argv[1], sys.argv[2:])
