@@ -628,12 +628,13 @@ def _model_from_hf_config(config: Mapping[str, object], name: str | None) -> Mod
 #: for ``architectures``, not for ``model_type``: Kimi K2 ships ``model_type: kimi_k2`` with
 #: ``DeepseekV3ForCausalLM`` and loads as DeepSeek-V3 (its model card: other engines run it with model_type
 #: changed to deepseek_v3)
-_ARCHITECTURE_FAMILIES: dict[str, str] = {
+ARCHITECTURE_FAMILIES: dict[str, str] = {
     "LlamaForCausalLM": "llama", "MistralForCausalLM": "mistral", "MixtralForCausalLM": "mixtral",
     "Qwen2ForCausalLM": "qwen2", "Qwen3ForCausalLM": "qwen3", "Qwen3MoeForCausalLM": "qwen3_moe",
     "Gemma2ForCausalLM": "gemma2", "Gemma3ForCausalLM": "gemma3_text", "Phi3ForCausalLM": "phi3",
     "DeepseekV2ForCausalLM": "deepseek_v2", "DeepseekV3ForCausalLM": "deepseek_v3", "FalconForCausalLM": "falcon",
-    "GPT2LMHeadModel": "gpt2", "GptOssForCausalLM": "gpt_oss",
+    "GPT2LMHeadModel": "gpt2", "GptOssForCausalLM": "gpt_oss", "Qwen2MoeForCausalLM": "qwen2_moe",
+    "PhiMoEForCausalLM": "phimoe",
 }
 
 
@@ -645,7 +646,7 @@ def architecture_family(config: Mapping[str, object]) -> str | None:
         return None
     architectures = config.get("architectures")
     if isinstance(architectures, list) and architectures and isinstance(architectures[0], str):
-        return _ARCHITECTURE_FAMILIES.get(architectures[0])
+        return ARCHITECTURE_FAMILIES.get(architectures[0])
     return None
 
 

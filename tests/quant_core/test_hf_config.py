@@ -464,3 +464,8 @@ def test_kimi_k2s_parameter_count_is_what_transformers_builds_for_its_config() -
     with torch.device("meta"):
         model = transformers.AutoModelForCausalLM.from_config(transformers.DeepseekV3Config(**keys))
     assert sum(parameter.numel() for parameter in model.parameters()) == 1_026_408_209_408
+
+
+def test_every_architecture_nibble_reads_by_its_class_is_a_family_it_has_a_reader_for() -> None:
+    from quant_core.hf_config import ARCHITECTURE_FAMILIES, KNOWN_MODEL_TYPES
+    assert set(ARCHITECTURE_FAMILIES.values()) <= set(KNOWN_MODEL_TYPES)
