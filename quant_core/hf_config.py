@@ -534,6 +534,8 @@ def model_from_hf_config(config: Mapping[str, object], *, name: str | None = Non
     text = config.get("text_config", config) if config.get("model_type") == "gemma3" else config
     try:
         return _model_from_hf_config(config, name)
+    except MissingConfigKey:  # names the config key already (renaming moe_intermediate_size would blame another)
+        raise
     except InvalidSpec as error:
         if not isinstance(text, Mapping):
             raise

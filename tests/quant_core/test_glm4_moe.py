@@ -1,0 +1,202 @@
+"""GLM-4.5 / 4.6 / 4.5-Air (``glm4_moe``): planned as transformers builds them and vLLM loads them.
+
+The configs are the published ones (tests/quant_core/data/glm4_moe/, sources in its README.md).  The exact
+counts come from transformers itself: the model each config describes, built on the meta device (no memory),
+its parameters plus the router's ``e_score_correction_bias`` (a persistent buffer, so in every checkpoint).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from quant_core.checkpoint_rows import checkpoint_scheme
+from quant_core.errors import InvalidSpec, MissingConfigKey
+from quant_core.hf_config import model_from_hf_config, unread_config_keys
+from quant_core.inventory import inventory, parameter_count, weight_bytes
+from quant_core.kv_cache import kv_bytes_per_token
+from quant_core.planner import Hardware, PlanOptions, Workload, plan
+from quant_core.schemes import gguf_scheme
+from quant_core.specs import ModelSpec
+from quant_core.tensorio.checkpoint_headers import HeaderTensor
+
+DATA = Path(__file__).resolve().parent / "data" / "glm4_moe"
+GIB = 1 << 30
+
+
+def load(name: str) -> dict[str, Any]:
+    config: dict[str, Any] = json.loads((DATA / f"{name}.json").read_text())
+    return config
+
+
+def spec_of(name: str) -> ModelSpec:
+    return model_from_hf_config(load(name), name=name)
+
+
+def transformers_count(config: dict[str, Any]) -> tuple[int, int, set[str]]:
+    """Parameters, router-bias buffer elements and state-dict names of the model transformers builds."""
+    torch = pytest.importorskip("torch")
+    transformers = pytest.importorskip("transformers")
+    hf_config = transformers.AutoConfig.for_model(**config)
+    with torch.device("meta"):
+        model = transformers.AutoModelForCausalLM.from_config(hf_config)
+    parameters = sum(parameter.numel() for parameter in model.parameters())
+    buffers = sum(buffer.numel() for name, buffer in model.named_buffers() if name.endswith("e_score_correction_bias"))
+    return parameters, buffers, set(model.state_dict())
+
+
+@pytest.mark.parametrize(("name", "parameters", "router_bias"), [
+    # transformers 5.23's Glm4MoeForCausalLM on the meta device: 352,797,814,784 parameters and 89 MoE layers x 160
+    # router-bias values for GLM-4.5 (GLM-4.6 has the same tensors: only its context is longer); 106,852,245,504
+    # and 45 x 128 for GLM-4.5-Air.  The published "355B" and "106B" also count the MTP layer, which
+    # transformers does not build and vLLM does not load
+    ("GLM-4.5", 352_797_814_784, 89 * 160),
+    ("GLM-4.6", 352_797_814_784, 89 * 160),
+    ("GLM-4.5-Air", 106_852_245_504, 45 * 128),
+])
+def test_glm_counts_what_transformers_builds_plus_the_router_bias_the_checkpoints_hold(
+        name: str, parameters: int, router_bias: int) -> None:
+    built, buffers, _ = transformers_count(load(name))
+    assert (built, buffers) == (parameters, router_bias)
+    counts = parameter_count(spec_of(name))
+    assert counts.total == parameters + router_bias
+    # the expert elements (transformers 5 fuses each layer's experts into 3-D gate_up_proj / down_proj tensors)
+    spec = spec_of(name)
+    assert counts.routed_experts == len(spec.moe_layers) * spec.num_experts * 3 * spec.hidden_size * \
+        spec.moe_intermediate_size
+    assert counts.by_role["router"] == len(spec.moe_layers) * spec.num_experts * (spec.hidden_size + 1)
+
+
+@pytest.mark.parametrize("name", ["GLM-4.5", "GLM-4.5-Air"])
+def test_glm_tensor_names_are_the_checkpoints_own(name: str) -> None:
+    # Every non-expert tensor nibble lists is one transformers' state dict holds, by the same name, and no other:
+    # the published checkpoints use these names (q/k/v biases, q_norm/k_norm, mlp.gate.e_score_correction_bias,
+    # mlp.shared_experts.*); their routed experts are per-expert 2-D tensors (mlp.experts.{e}.gate_proj.weight ...)
+    # which transformers 5 loads into fused 3-D parameters
+    spec = spec_of(name)
+    _, _, state = transformers_count(load(name))
+    ours = set()
+    for entry in inventory(spec):
+        if entry.active_per_layer is not None:  # routed experts
+            continue
+        for layer in entry.layers or (-1,):
+            ours.add(entry.name.replace("{i}", str(layer)))
+    assert ours == {key for key in state if ".mlp.experts." not in key}
+    experts = {entry.name for entry in inventory(spec) if entry.active_per_layer is not None}
+    assert experts == {f"model.layers.{{i}}.mlp.experts.{{e}}.{proj}.weight"
+                       for proj in ("gate_proj", "up_proj", "down_proj")}
+
+
+def test_glm_4_5_reads_its_attention_and_expert_layout() -> None:
+    spec = spec_of("GLM-4.5")
+    assert (spec.num_layers, spec.hidden_size, spec.num_attention_heads, spec.num_kv_heads, spec.head_dim) == \
+        (92, 5120, 96, 8, 128)  # head_dim 128 is given: 5120 / 96 does not divide
+    assert spec.attention_qkv_bias and not spec.attention_output_bias and spec.qk_norm  # o_proj has no bias
+    assert spec.dense_layers == (0, 1, 2) and len(spec.moe_layers) == 89
+    assert (spec.num_experts, spec.experts_per_token, spec.moe_intermediate_size, spec.num_shared_experts) == \
+        (160, 8, 1536, 1)
+    assert spec.router_bias and not spec.tie_word_embeddings
+    air = spec_of("GLM-4.5-Air")
+    assert air.dense_layers == (0,) and not air.qk_norm and air.attention_qkv_bias
+    assert spec_of("GLM-4.6").max_position_embeddings == 202_752
+
+
+def test_glm_unread_keys_are_only_the_mtp_layer() -> None:
+    # partial_rotary_factor (0.5: RoPE on half of each head) changes no tensor and no KV size;
+    # num_nextn_predict_layers is the MTP layer vLLM skips at load (skip_spec_layers)
+    assert unread_config_keys(load("GLM-4.5")) == ("num_nextn_predict_layers",)
+
+
+def test_glm_absent_keys_take_glm4moeconfigs_defaults_and_missing_expert_sizes_are_refused() -> None:
+    config = {key: value for key, value in load("GLM-4.5").items()
+              if key not in ("num_key_value_heads", "first_k_dense_replace", "n_shared_experts",
+                             "attention_bias", "use_qk_norm")}
+    spec = model_from_hf_config(config)
+    built, buffers, _ = transformers_count(config)
+    assert spec.num_kv_heads == 8 and spec.dense_layers == (0,) and spec.num_shared_experts == 1
+    assert parameter_count(spec).total == built + buffers
+    for key in ("n_routed_experts", "moe_intermediate_size", "num_experts_per_tok"):
+        with pytest.raises(MissingConfigKey) as caught:
+            model_from_hf_config({k: v for k, v in load("GLM-4.5").items() if k != key})
+        assert caught.value.field == key
+
+
+def test_glm_kv_cache_is_grouped_query_attention_on_every_layer() -> None:
+    # vllm/model_executor/models/glm4_moe.py: Attention(num_heads, head_dim=128, num_kv_heads=8) on every one of
+    # the 92 layers, no sliding window; partial rotary changes no cached size: 2 x 92 x 8 x 128 x 2 bytes
+    assert kv_bytes_per_token(spec_of("GLM-4.5")) == 376_832
+    assert kv_bytes_per_token(spec_of("GLM-4.5-Air")) == 2 * 46 * 8 * 128 * 2 == 188_416
+    # tensor parallel 16 replicates the 8 KV heads (one per rank), as vLLM's Glm4MoeAttention does
+    assert kv_bytes_per_token(spec_of("GLM-4.5"), tensor_parallel=16) == 2 * 92 * 1 * 128 * 2
+
+
+def test_glm_bf16_weights_and_the_router_at_16_bits_in_int4() -> None:
+    spec = spec_of("GLM-4.5-Air")
+    assert weight_bytes(spec, "bf16") == 2 * 106_852_251_264
+    int4_plan = plan(spec, Hardware(80 * GIB, 2), Workload(4096, 1))
+    assert int4_plan.primary.weights_by_role["router"] == 2 * 45 * 128 * (4096 + 1)  # routers are never quantized
+
+
+def test_vllm_puts_glms_vocabulary_only_on_the_first_and_last_stage() -> None:
+    # glm4_moe.py builds embed_tokens / norm / lm_head behind get_pp_group().is_first_rank / is_last_rank
+    # (PPMissingLayer elsewhere), as deepseek_v2.py does: no vocabulary on the middle stages
+    from quant_core.engines.vllm import VllmProfile
+    assert VllmProfile().vocabulary_on_every_stage(spec_of("GLM-4.5")) is None
+
+
+def test_vllm_refuses_a_tensor_parallel_size_the_eight_kv_heads_cannot_follow() -> None:
+    from quant_core.engines.vllm import VllmProfile
+    spec = spec_of("GLM-4.5")
+    assert VllmProfile().refusal(spec, 16, 1) is None  # 96 heads split, 8 KV heads replicated twice
+    assert "key/value heads" in (VllmProfile().refusal(spec, 12, 1) or "")  # 96 % 12 == 0, but 8 and 12
+
+
+def test_glm_gguf_formats_are_refused_naming_the_format() -> None:
+    # convert_hf_to_gguf.py writes the MTP layer as one more block (GLM-4.5-Air: block_count 47), which nibble's
+    # inventory (what vLLM loads) does not hold: refused, not guessed
+    spec = spec_of("GLM-4.5-Air")
+    with pytest.raises(InvalidSpec) as caught:
+        plan(spec, Hardware(80 * GIB, 2), Workload(4096, 1), PlanOptions(scheme=gguf_scheme("gguf-q4_k_m")))
+    assert caught.value.field == "format" and "multi-token-prediction" in str(caught.value)
+
+
+def _bf16_checkpoint(config: dict[str, Any]) -> tuple[list[HeaderTensor], int]:
+    """The headers of a bf16 GLM checkpoint: every planned tensor (the router bias in F32, as the published
+    checkpoints store it) plus the MTP layer (``model.layers.{num_hidden_layers}``: a MoE layer with enorm, hnorm,
+    eh_proj and shared_head.norm, as vLLM's glm4_moe_mtp.py loads it); also the planned bytes."""
+    spec = model_from_hf_config(config)
+    layers, hidden = spec.num_layers, spec.hidden_size
+    tensors: list[HeaderTensor] = []
+    planned = 0
+    for entry in inventory(spec):
+        dtype, size = ("F32", 4) if entry.name.endswith("e_score_correction_bias") else ("BF16", 2)
+        for layer in entry.layers or (-1,):
+            for expert in range(entry.per_layer):
+                name = entry.name.replace("{i}", str(layer)).replace("{e}", str(expert))
+                tensors.append(HeaderTensor(name, dtype, entry.shape, size * entry.elements))
+                planned += size * entry.elements
+                if layer == layers - 1:
+                    mtp = re.sub(r"^model\.layers\.\d+\.", f"model.layers.{layers}.", name)
+                    tensors.append(HeaderTensor(mtp, dtype, entry.shape, size * entry.elements))
+    for name, shape in (("enorm.weight", (hidden,)), ("hnorm.weight", (hidden,)),
+                        ("eh_proj.weight", (hidden, 2 * hidden)), ("shared_head.norm.weight", (hidden,))):
+        elements = 1
+        for dim in shape:
+            elements *= dim
+        tensors.append(HeaderTensor(f"model.layers.{layers}.{name}", "BF16", shape, 2 * elements))
+    return tensors, planned
+
+
+def test_a_glm_checkpoints_mtp_layer_is_set_apart_and_the_rest_planned() -> None:
+    config = {**load("GLM-4.5-Air"), "num_hidden_layers": 3, "first_k_dense_replace": 1}  # same tensors, fewer
+    spec = model_from_hf_config(config)
+    tensors, planned = _bf16_checkpoint(config)
+    _scheme, summary = checkpoint_scheme(spec, tensors, mtp_layers=1)
+    assert summary.unknown == () and summary.bytes == planned
+    # q/k/v weights and biases and o_proj, 128 x 3 experts, router and its bias, shared expert, two norms, MTP's own
+    assert summary.mtp_tensors == 7 + 128 * 3 + 2 + 3 + 2 + 4 == 402
+    assert summary.mtp_bytes == sum(t.bytes for t in tensors) - planned
