@@ -200,3 +200,13 @@ def test_a_glm_checkpoints_mtp_layer_is_set_apart_and_the_rest_planned() -> None
     # q/k/v weights and biases and o_proj, 128 x 3 experts, router and its bias, shared expert, two norms, MTP's own
     assert summary.mtp_tensors == 7 + 128 * 3 + 2 + 3 + 2 + 4 == 402
     assert summary.mtp_bytes == sum(t.bytes for t in tensors) - planned
+
+
+@pytest.mark.parametrize(("preset", "name"), [("glm-4.5", "GLM-4.5"), ("glm-4.5-air", "GLM-4.5-Air"),
+                                              ("glm-4.6", "GLM-4.6")])
+def test_the_glm_presets_are_their_parsed_configs_with_one_mtp_layer(preset: str, name: str) -> None:
+    from quant_core.catalog import get_preset_info
+    info = get_preset_info(preset)
+    assert info.spec == model_from_hf_config(load(name), name=preset)
+    assert info.mtp_layers == load(name)["num_nextn_predict_layers"] == 1
+    assert info.quantization_config is None  # the bf16 checkpoints (the -FP8 repositories are other presets' job)
