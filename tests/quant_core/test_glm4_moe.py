@@ -210,3 +210,51 @@ def test_the_glm_presets_are_their_parsed_configs_with_one_mtp_layer(preset: str
     assert info.spec == model_from_hf_config(load(name), name=preset)
     assert info.mtp_layers == load(name)["num_nextn_predict_layers"] == 1
     assert info.quantization_config is None  # the bf16 checkpoints (the -FP8 repositories are other presets' job)
+
+
+def test_a_glm_checkpoint_job_quantizes_what_vllm_quantizes_and_passes_the_routers_through(tmp_path: Path) -> None:
+    # A tiny random GLM (one dense layer, one MoE layer of 4 experts + a shared one, q/k/v biases, q/k norms) with
+    # its MTP layer, through a compressed-tensors job with the default include/exclude: the router (mlp.gate, a plain
+    # fp32 nn.Linear in vLLM's Glm4MoE, never quantized) and its e_score_correction_bias pass through, as do norms,
+    # biases and the embedding / lm_head; the experts, shared experts, attention and dense MLP are quantized
+    import ml_dtypes
+    import numpy as np
+
+    from quant_core.checkpoint import CheckpointOptions
+    from quant_core.checkpoint.output import quantize_checkpoint
+    from quant_core.checkpoint.plan import plan_checkpoint
+    from quant_core.checkpoint.source import open_checkpoint
+    from tests.checkpoints import write_llama_checkpoint
+
+    config = {**load("GLM-4.5"), "hidden_size": 128, "intermediate_size": 256, "moe_intermediate_size": 128,
+              "num_attention_heads": 2, "num_key_value_heads": 1, "head_dim": 64, "num_hidden_layers": 2,
+              "first_k_dense_replace": 1, "n_routed_experts": 4, "num_experts_per_tok": 2, "vocab_size": 96,
+              "pad_token_id": 0, "eos_token_id": 2}
+    spec = model_from_hf_config(config)
+    rng = np.random.default_rng(0)
+    tensors: dict[str, Any] = {}
+    for header in _bf16_checkpoint(config)[0]:
+        dtype = np.float32 if header.dtype == "F32" else ml_dtypes.bfloat16
+        tensors[header.name] = (rng.standard_normal(header.shape, dtype=np.float32) * 0.05).astype(dtype)
+    write_llama_checkpoint(tmp_path / "glm", tensors=tensors)
+    (tmp_path / "glm" / "config.json").write_text(json.dumps(config))
+    checkpoint, options = open_checkpoint(tmp_path / "glm"), CheckpointOptions()
+    plans = plan_checkpoint(checkpoint, options)
+    quantized = {p.tensor.name for p in plans if p.quantized}
+    passed = {p.tensor.name for p in plans if not p.quantized}
+    assert {"model.layers.1.mlp.gate.weight", "model.layers.1.mlp.gate.e_score_correction_bias",
+            "model.embed_tokens.weight", "lm_head.weight", "model.layers.1.self_attn.q_proj.bias",
+            "model.layers.1.self_attn.k_norm.weight"} <= passed
+    assert {"model.layers.1.mlp.experts.3.down_proj.weight", "model.layers.1.mlp.shared_experts.up_proj.weight",
+            "model.layers.0.mlp.gate_proj.weight", "model.layers.1.self_attn.o_proj.weight"} <= quantized
+    assert not any(".gate." in name or name.endswith("_bias") for name in quantized)
+    # every 2-D linear weight of the model's own layers is quantized, as vLLM's fused MoE needs all of a layer's
+    # experts in one scheme
+    planned_linears = {name for name in tensors if name.endswith(".weight") and tensors[name].ndim == 2
+                       and not name.startswith(f"model.layers.{spec.num_layers}.")
+                       and not name.endswith(("embed_tokens.weight", "lm_head.weight", "mlp.gate.weight"))}
+    assert planned_linears <= quantized
+    quantize_checkpoint(checkpoint, plans, options, tmp_path / "out", tmp_path / "parts")
+    written = json.loads((tmp_path / "out" / "config.json").read_text())["quantization_config"]
+    targets = {target for group in written["config_groups"].values() for target in group["targets"]}
+    assert targets == {name.removesuffix(".weight") for name in quantized}
