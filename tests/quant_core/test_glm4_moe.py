@@ -165,9 +165,10 @@ def test_glm_gguf_formats_are_refused_naming_the_format() -> None:
 
 
 def _bf16_checkpoint(config: dict[str, Any]) -> tuple[list[HeaderTensor], int]:
-    """The headers of a bf16 GLM checkpoint: every planned tensor (the router bias in F32, as the published
-    checkpoints store it) plus the MTP layer (``model.layers.{num_hidden_layers}``: a MoE layer with enorm, hnorm,
-    eh_proj and shared_head.norm, as vLLM's glm4_moe_mtp.py loads it); also the planned bytes."""
+    """The headers of a bf16 GLM checkpoint: every planned tensor (the router bias in F32, as transformers keeps it,
+    ``_keep_in_fp32_modules_strict``) plus the MTP layer (``model.layers.{num_hidden_layers}``: a MoE layer with
+    enorm, hnorm, eh_proj, its own embed_tokens and shared_head.norm / shared_head.head, the names vLLM's
+    glm4_moe_mtp.py loads and convert_hf_to_gguf.py maps to blk.N.nextn.*); also the planned bytes."""
     spec = model_from_hf_config(config)
     layers, hidden = spec.num_layers, spec.hidden_size
     tensors: list[HeaderTensor] = []
@@ -182,8 +183,10 @@ def _bf16_checkpoint(config: dict[str, Any]) -> tuple[list[HeaderTensor], int]:
                 if layer == layers - 1:
                     mtp = re.sub(r"^model\.layers\.\d+\.", f"model.layers.{layers}.", name)
                     tensors.append(HeaderTensor(mtp, dtype, entry.shape, size * entry.elements))
+    vocab = spec.vocab_size
     for name, shape in (("enorm.weight", (hidden,)), ("hnorm.weight", (hidden,)),
-                        ("eh_proj.weight", (hidden, 2 * hidden)), ("shared_head.norm.weight", (hidden,))):
+                        ("eh_proj.weight", (hidden, 2 * hidden)), ("embed_tokens.weight", (vocab, hidden)),
+                        ("shared_head.norm.weight", (hidden,)), ("shared_head.head.weight", (vocab, hidden))):
         elements = 1
         for dim in shape:
             elements *= dim
@@ -198,7 +201,7 @@ def test_a_glm_checkpoints_mtp_layer_is_set_apart_and_the_rest_planned() -> None
     _scheme, summary = checkpoint_scheme(spec, tensors, mtp_layers=1)
     assert summary.unknown == () and summary.bytes == planned
     # q/k/v weights and biases and o_proj, 128 x 3 experts, router and its bias, shared expert, two norms, MTP's own
-    assert summary.mtp_tensors == 7 + 128 * 3 + 2 + 3 + 2 + 4 == 402
+    assert summary.mtp_tensors == 7 + 128 * 3 + 2 + 3 + 2 + 6 == 404
     assert summary.mtp_bytes == sum(t.bytes for t in tensors) - planned
 
 
@@ -230,7 +233,6 @@ def test_a_glm_checkpoint_job_quantizes_what_vllm_quantizes_and_passes_the_route
               "num_attention_heads": 2, "num_key_value_heads": 1, "head_dim": 64, "num_hidden_layers": 2,
               "first_k_dense_replace": 1, "n_routed_experts": 4, "num_experts_per_tok": 2, "vocab_size": 96,
               "pad_token_id": 0, "eos_token_id": 2}
-    spec = model_from_hf_config(config)
     rng = np.random.default_rng(0)
     tensors: dict[str, Any] = {}
     for header in _bf16_checkpoint(config)[0]:
@@ -248,11 +250,16 @@ def test_a_glm_checkpoint_job_quantizes_what_vllm_quantizes_and_passes_the_route
     assert {"model.layers.1.mlp.experts.3.down_proj.weight", "model.layers.1.mlp.shared_experts.up_proj.weight",
             "model.layers.0.mlp.gate_proj.weight", "model.layers.1.self_attn.o_proj.weight"} <= quantized
     assert not any(".gate." in name or name.endswith("_bias") for name in quantized)
+    # the MTP layer's eh_proj and shared_head.head stay 16-bit (plain nn.Linear / ParallelLMHead in vLLM's
+    # glm4_moe_mtp.py), its decoder block is quantized as the others
+    assert {"model.layers.2.eh_proj.weight", "model.layers.2.shared_head.head.weight",
+            "model.layers.2.embed_tokens.weight"} <= passed
+    assert "model.layers.2.mlp.experts.0.gate_proj.weight" in quantized
     # every 2-D linear weight of the model's own layers is quantized, as vLLM's fused MoE needs all of a layer's
     # experts in one scheme
     planned_linears = {name for name in tensors if name.endswith(".weight") and tensors[name].ndim == 2
-                       and not name.startswith(f"model.layers.{spec.num_layers}.")
-                       and not name.endswith(("embed_tokens.weight", "lm_head.weight", "mlp.gate.weight"))}
+                       and not name.endswith(("embed_tokens.weight", "lm_head.weight", "mlp.gate.weight",
+                                              "eh_proj.weight", "shared_head.head.weight"))}
     assert planned_linears <= quantized
     quantize_checkpoint(checkpoint, plans, options, tmp_path / "out", tmp_path / "parts")
     written = json.loads((tmp_path / "out" / "config.json").read_text())["quantization_config"]
