@@ -265,3 +265,19 @@ def test_a_glm_checkpoint_job_quantizes_what_vllm_quantizes_and_passes_the_route
     written = json.loads((tmp_path / "out" / "config.json").read_text())["quantization_config"]
     targets = {target for group in written["config_groups"].values() for target in group["targets"]}
     assert targets == {name.removesuffix(".weight") for name in quantized}
+
+
+def test_glm_4_5s_checkpoint_with_its_mtp_layer_is_the_size_hugging_face_shows() -> None:
+    # Sanity, against rounded published figures: Hugging Face's safetensors metadata for zai-org/GLM-4.5 shows
+    # "358B" parameters, listed as 358.34B with a 667.5 GB (GiB) download at
+    # https://free2aitools.com/model/zai-org/glm-4.5 (and "params 358B" at https://www.onlylabs.fyi/signals/
+    # 215ba15c-649f-49a6-b687-455309a9c640).  nibble's 352,797,829,024 planned parameters plus the MTP layer
+    # (a MoE layer with its eh_proj, norms, embed_tokens and shared_head.head: 5,539,962,272) make 358,337,791,296;
+    # at bf16 with the router bias in F32, 716,675,611,392 bytes = 667.46 GiB.  The exact index total_size was
+    # not found in any public source nibble could read.
+    tensors, planned = _bf16_checkpoint(load("GLM-4.5"))
+    stored = sum(tensor.bytes for tensor in tensors)
+    parameters = sum(tensor.bytes // (4 if tensor.dtype == "F32" else 2) for tensor in tensors)
+    assert parameters == 358_337_791_296 and round(parameters / 1e9, 2) == 358.34
+    assert stored == 716_675_611_392 and round(stored / GIB, 1) == 667.5
+    assert planned == 2 * 352_797_829_024 + 2 * 89 * 160  # the router bias at 4 bytes
