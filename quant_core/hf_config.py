@@ -5,8 +5,8 @@ that class's defaults for absent keys (``tie_word_embeddings`` is True for Gemma
 and Falcon, False elsewhere), and sets the flags the family's modeling code hard-codes
 (Qwen2's q/k/v bias, Gemma's four norms per layer, Qwen3's q/k norms, ...).  The
 parameter counts that follow from the spec are those of the model transformers builds
-from the config: DeepSeek-V3's multi-token-prediction layer (``num_nextn_predict_layers``)
-is not built by transformers and is not counted; for the multimodal ``gemma3`` type
+from the config: DeepSeek-V3's and GLM-4.5's multi-token-prediction layer (``num_nextn_predict_layers``)
+is not built by transformers (nor loaded by vLLM's model classes) and is not counted; for the multimodal ``gemma3`` type
 the language model (``text_config``) is read, and its SigLIP vision tower and projector
 (``vision_config``) are counted as role ``vision``: engines load them beside it, at 16 bits.
 
