@@ -281,3 +281,16 @@ def test_glm_4_5s_checkpoint_with_its_mtp_layer_is_the_size_hugging_face_shows()
     assert parameters == 358_337_791_296 and round(parameters / 1e9, 2) == 358.34
     assert stored == 716_675_611_392 and round(stored / GIB, 1) == 667.5
     assert planned == 2 * 352_797_829_024 + 2 * 89 * 160  # the router bias at 4 bytes
+
+
+@pytest.mark.parametrize(("name", "active", "billions"), [("GLM-4.5", 33_632_266_144, 32), ("GLM-4.5-Air",
+                                                                                           13_424_129_664, 12)])
+def test_glm_active_parameters_are_the_model_cards_without_the_vocabulary(name: str, active: int,
+                                                                          billions: int) -> None:
+    # Sanity, against rounded published figures: "355 billion total parameters with 32 billion active" and
+    # "106 billion total parameters and 12 billion active" (zai-org/GLM-4.5's README, Model Introduction).  Per
+    # token: attention, norms, biases, the dense and shared MLPs, the router and 8 routed experts per MoE layer, and
+    # the embedding row and lm_head; without those two vocabulary matrices, 32.08B and 12.18B
+    counts = parameter_count(spec_of(name))
+    assert counts.active_per_token == active
+    assert round((active - counts.embedding - counts.lm_head) / 1e9) == billions
