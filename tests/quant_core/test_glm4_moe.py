@@ -294,3 +294,24 @@ def test_glm_active_parameters_are_the_model_cards_without_the_vocabulary(name: 
     counts = parameter_count(spec_of(name))
     assert counts.active_per_token == active
     assert round((active - counts.embedding - counts.lm_head) / 1e9) == billions
+
+
+@pytest.mark.parametrize("preset", ["glm-4.5", "glm-4.5-air"])
+def test_the_fewest_h100s_for_glm_fit_and_one_fewer_does_not(preset: str) -> None:
+    # the planner's device solver at its boundary, for the tensor-parallel sizes vLLM accepts for 96 heads and 8
+    # KV heads (1, 2, 3, 4, 6, 8, 16, ...: a size must divide 96 and divide 8 or be a multiple of it)
+    from quant_core.catalog import get_device, get_preset
+    from quant_core.formats import float_format, int4
+    from quant_core.planner import engine_tensor_parallel_sizes
+    h100 = get_device("h100-80gb").memory_bytes
+    spec, workload = get_preset(preset), Workload(32768, 4)
+    accepted = engine_tensor_parallel_sizes(spec)
+    assert 3 not in accepted and 16 in accepted and 12 not in accepted
+    result = plan(spec, Hardware(h100, 1), workload)
+    for key, format_plan in result.comparison.items():
+        options = PlanOptions(weight_format=int4() if key == "int4" else float_format(key))
+        fewest = format_plan.min_devices
+        assert fewest in accepted
+        assert plan(spec, Hardware(h100, fewest), workload, options).primary.fits
+        fewer = [size for size in accepted if size < fewest]
+        assert fewer and not plan(spec, Hardware(h100, fewer[-1]), workload, options).primary.fits
