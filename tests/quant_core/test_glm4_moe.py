@@ -318,3 +318,28 @@ def test_the_fewest_h100s_for_glm_fit_and_one_fewer_does_not(preset: str) -> Non
         assert plan(spec, Hardware(h100, fewest), workload, options).primary.fits
         fewer = [size for size in accepted if size < fewest]
         assert fewer and not plan(spec, Hardware(h100, fewer[-1]), workload, options).primary.fits
+
+
+def test_an_fp8_glm_checkpoint_is_planned_at_its_stored_bytes() -> None:
+    # FP8 e4m3 linears with one fp32 scale per output channel (compressed-tensors' float-quantized layout; the
+    # exact quantization_config of zai-org/GLM-4.5-FP8 could not be read here), the router, its F32 bias, norms,
+    # biases and the vocabulary matrices at their own dtypes: the headers' bytes are the plan's, to the byte
+    from quant_core.schemes import scheme_bytes
+    config = {**load("GLM-4.5-Air"), "num_hidden_layers": 3}
+    spec = model_from_hf_config(config)
+    tensors: list[HeaderTensor] = []
+    for entry in inventory(spec):
+        for layer in entry.layers or (-1,):
+            for expert in range(entry.per_layer):
+                name = entry.name.replace("{i}", str(layer)).replace("{e}", str(expert))
+                if entry.role in ("attention", "mlp", "expert") and len(entry.shape) == 2:
+                    tensors.append(HeaderTensor(name, "F8_E4M3", entry.shape, entry.elements))
+                    tensors.append(HeaderTensor(name.replace(".weight", ".weight_scale"), "F32",
+                                                (entry.shape[0], 1), 4 * entry.shape[0]))
+                elif name.endswith("e_score_correction_bias"):
+                    tensors.append(HeaderTensor(name, "F32", entry.shape, 4 * entry.elements))
+                else:
+                    tensors.append(HeaderTensor(name, "BF16", entry.shape, 2 * entry.elements))
+    scheme, summary = checkpoint_scheme(spec, tensors, mtp_layers=1)
+    assert summary.format == "fp8" and summary.unknown == () and summary.mtp_tensors == 0
+    assert summary.bytes == scheme_bytes(spec, scheme) == sum(tensor.bytes for tensor in tensors) == 7_418_151_424
