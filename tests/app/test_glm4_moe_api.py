@@ -28,9 +28,20 @@ def test_a_pasted_glm_4_5_config_is_planned_with_its_experts(client: TestClient)
     assert answer["parameters"]["total"] == 352_797_829_024
     assert answer["weights"]["bytes"] == 2 * 352_797_829_024 == 705_595_658_048
     assert answer["weights"]["by_role"]["expert"] == 2 * 89 * 160 * 3 * 5120 * 1536
-    # the one key not read is the MTP layer's count, which vLLM's Glm4MoeForCausalLM does not load
-    assert answer["warnings"] == ["These config.json keys were not used to size the model (check the spelling of any "
-                                  "that should be): num_nextn_predict_layers."]
+    # vLLM's float32 routers, in the device weights; the one key not read is the MTP layer's count, which vLLM's
+    # Glm4MoeForCausalLM does not load
+    assert answer["warnings"] == [
+        "vLLM allocates the MoE routers of a glm4_moe model in float32 (vllm/model_executor/models/glm4_moe.py: "
+        "Glm4MoE's gate and its e_score_correction_bias in torch.float32), whatever the model's dtype: the device "
+        "weights count them at 4 bytes an element, 0.14 GiB over the weights' format in all (whole on each of the 8 "
+        "tensor-parallel rank(s), split by layer over pipeline stages).",
+        "These config.json keys were not used to size the model (check the spelling of any that should be): "
+        "num_nextn_predict_layers."]
+    # per device: an eighth of the split roles, the norms and biases whole, the routers whole at 4 bytes an element
+    role = answer["weights"]["by_role"]
+    split = sum(role[name] for name in ("embedding", "attention", "mlp", "expert", "lm_head"))
+    assert answer["devices"][0]["weights_bytes"] == split // 8 + role["norm"] + role["bias"] + 2 * role["router"] \
+        == 88_476_925_568
 
 
 def test_a_glm_gguf_format_is_422_naming_the_format(client: TestClient) -> None:

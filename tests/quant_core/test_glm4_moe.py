@@ -343,3 +343,38 @@ def test_an_fp8_glm_checkpoint_is_planned_at_its_stored_bytes() -> None:
     scheme, summary = checkpoint_scheme(spec, tensors, mtp_layers=1)
     assert summary.format == "fp8" and summary.unknown == () and summary.mtp_tensors == 0
     assert summary.bytes == scheme_bytes(spec, scheme) == sum(tensor.bytes for tensor in tensors) == 7_418_151_424
+
+
+@pytest.mark.parametrize("weight_format", ["bf16", "int4"])
+def test_vllm_holds_glms_routers_in_float32_on_every_rank(weight_format: str) -> None:
+    # vllm/model_executor/models/glm4_moe.py (pull requests #22143 and #22203, August 2025, so in every release
+    # nibble models): Glm4MoE.gate = nn.Linear(hidden, n_routed_experts, dtype=torch.float32), whole on each rank,
+    # and its e_score_correction_bias a float32 Parameter.  GLM-4.5 at TP 8: each device holds the 89 routers at
+    # 4 bytes an element, 89 x 160 x (5120 + 1) x 2 = 145,846,080 bytes more than at 16 bits
+    from quant_core.formats import float_format, int4
+    spec = spec_of("GLM-4.5")
+    chosen = float_format("bf16") if weight_format == "bf16" else int4()
+    hardware, workload = Hardware(141 * GIB, 8), Workload(8192, 1)
+    vllm = plan(spec, hardware, workload, PlanOptions(weight_format=chosen))
+    generic = plan(spec, hardware, workload, PlanOptions(weight_format=chosen, engine="generic"))
+    extra = 89 * 160 * (5120 + 1) * 2
+    assert [device.weights_bytes - other.weights_bytes
+            for device, other in zip(vllm.primary.devices, generic.primary.devices, strict=True)] == [extra] * 8
+    assert vllm.primary.weights_by_role["router"] == 89 * 160 * (5120 + 1) * 2  # the format's own bytes
+    note = next(line for line in vllm.warnings if "float32" in line)
+    assert "glm4_moe.py" in note and "0.14 GiB" in note
+    # pipeline stages hold the routers of their own layers: 2 stages of 46 layers, 43 and 46 of them MoE
+    staged = plan(spec, Hardware(141 * GIB, 16), workload, PlanOptions(weight_format=chosen, pipeline_parallel=2,
+                                                                         tensor_parallel=8))
+    staged_generic = plan(spec, Hardware(141 * GIB, 16), workload,
+                          PlanOptions(weight_format=chosen, pipeline_parallel=2, tensor_parallel=8, engine="generic"))
+    first, last = staged.primary.devices[0], staged.primary.devices[-1]
+    assert first.weights_bytes - staged_generic.primary.devices[0].weights_bytes == 43 * 160 * 5121 * 2
+    assert last.weights_bytes - staged_generic.primary.devices[-1].weights_bytes == 46 * 160 * 5121 * 2
+
+
+def test_vllm_holds_other_families_routers_as_their_other_weights() -> None:
+    from quant_core.catalog import get_preset
+    from quant_core.engines.vllm import VllmProfile
+    for preset in ("qwen3-30b-a3b", "deepseek-v3", "mixtral-8x7b-v0.1", "gpt-oss-20b"):
+        assert VllmProfile().routers_at_fp32(get_preset(preset)) is None
