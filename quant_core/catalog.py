@@ -164,7 +164,8 @@ def get_device_performance(device_id: str) -> DevicePerformance | None:
 @lru_cache(maxsize=1)
 def _presets() -> dict[str, Preset]:
     presets: dict[str, Preset] = {}
-    for path in sorted((DATA_DIR / "models").glob("*.json")):
+    # by id, not by file name: "glm-4.5-air.json" sorts before "glm-4.5.json" ('-' < '.') but "glm-4.5" first by id
+    for path in sorted((DATA_DIR / "models").glob("*.json"), key=lambda path: path.stem):
         record = json.loads(path.read_text(encoding="utf-8"))
         preset_id = _text(record, "id", path.name)
         if preset_id != path.stem:

@@ -40,7 +40,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from quant_core.errors import UnknownName
+from quant_core.errors import InvalidSpec, UnknownName
 from quant_core.formats import GGML_BLOCKS, WeightFormat, ggml_format
 from quant_core.specs import ModelSpec, TensorEntry
 
@@ -211,9 +211,25 @@ def tensor_type(file_type: str, entry: TensorEntry, layer: int, facts: ModelFact
     return fallback(chosen, columns)
 
 
+#: model types whose GGUF files nibble does not size, and why: refused (422 naming ``format``) rather than guessed
+GGUF_REFUSED: dict[str, str] = {
+    # convert_hf_to_gguf.py's Glm4MoeModel writes the multi-token-prediction layer into the file as one more block
+    # (block_count = num_hidden_layers + num_nextn_predict_layers: 47 for GLM-4.5-Air's 46 layers, blk.46.nextn.*
+    # beside the layer's experts), and llama_tensor_get_type's layer-dependent choices count that block; nibble's
+    # inventory holds what vLLM loads, without it, and no llama-quantize run of this arch is recorded
+    "glm4_moe": "llama.cpp's glm4moe GGUF files hold the multi-token-prediction layer as an extra block "
+                "(block_count = num_hidden_layers + num_nextn_predict_layers) whose tensors and layer-dependent "
+                "types nibble does not model: plan a safetensors format (bf16, fp8, int4) for this model",
+}
+
+
 def gguf_rows(file_type: str, spec: ModelSpec,
               entries: tuple[TensorEntry, ...]) -> tuple[tuple[TensorEntry, WeightFormat], ...]:
-    """`entries` split by the ggml type each layer's tensor gets: one row per (entry, type)."""
+    """`entries` split by the ggml type each layer's tensor gets: one row per (entry, type).  A model type of
+    `GGUF_REFUSED` raises `InvalidSpec` naming ``format``."""
+    refused = GGUF_REFUSED.get(spec.model_type)
+    if refused is not None:
+        raise InvalidSpec("format", file_type, refused)
     facts = ModelFacts.of(spec)
     out: list[tuple[TensorEntry, WeightFormat]] = []
     for entry in entries:

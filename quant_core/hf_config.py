@@ -5,8 +5,8 @@ that class's defaults for absent keys (``tie_word_embeddings`` is True for Gemma
 and Falcon, False elsewhere), and sets the flags the family's modeling code hard-codes
 (Qwen2's q/k/v bias, Gemma's four norms per layer, Qwen3's q/k norms, ...).  The
 parameter counts that follow from the spec are those of the model transformers builds
-from the config: DeepSeek-V3's multi-token-prediction layer (``num_nextn_predict_layers``)
-is not built by transformers and is not counted; for the multimodal ``gemma3`` type
+from the config: DeepSeek-V3's and GLM-4.5's multi-token-prediction layer (``num_nextn_predict_layers``)
+is not built by transformers (nor loaded by vLLM's model classes) and is not counted; for the multimodal ``gemma3`` type
 the language model (``text_config``) is read, and its SigLIP vision tower and projector
 (``vision_config``) are counted as role ``vision``: engines load them beside it, at 16 bits.
 
@@ -503,6 +503,47 @@ def _phimoe(config: Mapping[str, object], model_type: str, name: str | None) -> 
     )
 
 
+def _glm4_moe(config: Mapping[str, object], model_type: str, name: str | None) -> ModelSpec:
+    """GLM-4.5 / 4.6 (``glm4_moe``, transformers' Glm4MoeForCausalLM): grouped-query attention with q/k/v biases
+    (``attention_bias``; o_proj never has one) and per-head q/k RMSNorms (``use_qk_norm``), the first
+    ``first_k_dense_replace`` layers dense, the others ``n_routed_experts`` routed experts plus
+    ``n_shared_experts`` shared ones of ``moe_intermediate_size``, and a sigmoid router whose
+    ``e_score_correction_bias`` (one fp32 value per expert, a persistent buffer) the checkpoints hold.
+
+    Absent keys take Glm4MoeConfig's defaults (8 key/value heads, one dense layer, one shared expert); the
+    expert sizes are required.  Partial rotary (``partial_rotary_factor``) changes no tensor.  The
+    multi-token-prediction layer (``num_nextn_predict_layers``, stored as layer ``num_hidden_layers``) is
+    neither built by transformers nor loaded by vLLM's Glm4MoeForCausalLM (``skip_spec_layers``): not counted.
+    """
+    r = _Reader(config, model_type)
+    hidden = r.required_int("hidden_size", MAX_HIDDEN_SIZE)
+    layers = r.required_int("num_hidden_layers", MAX_LAYERS)
+    heads = r.required_int("num_attention_heads", MAX_HEADS)
+    first_dense = r.int_or("first_k_dense_replace", 1, MAX_LAYERS, minimum=0)
+    return ModelSpec(
+        name=_name(config, model_type, name),
+        model_type=model_type,
+        layout="llama",
+        hidden_size=hidden,
+        num_layers=layers,
+        num_attention_heads=heads,
+        num_kv_heads=r.int_or("num_key_value_heads", 8, MAX_HEADS),
+        head_dim=r.head_dim(hidden, heads),
+        intermediate_size=r.required_int("intermediate_size", MAX_INTERMEDIATE_SIZE),
+        vocab_size=r.required_int("vocab_size", MAX_VOCAB_SIZE),
+        tie_word_embeddings=r.flag("tie_word_embeddings", False),
+        attention_qkv_bias=r.flag("attention_bias", False),
+        qk_norm=r.flag("use_qk_norm", False),
+        max_position_embeddings=_positions(r),
+        num_experts=r.required_int("n_routed_experts", MAX_EXPERTS, "num_local_experts"),
+        experts_per_token=r.required_int("num_experts_per_tok", MAX_EXPERTS),
+        moe_intermediate_size=r.required_int("moe_intermediate_size", MAX_INTERMEDIATE_SIZE),
+        num_shared_experts=r.int_or("n_shared_experts", 1, MAX_EXPERTS, minimum=0),
+        dense_layers=tuple(range(min(first_dense, layers))),
+        router_bias=True,
+    )
+
+
 _Adapter = Callable[[Mapping[str, object], str, "str | None"], ModelSpec]
 _ADAPTERS: dict[str, _Adapter] = {
     "llama": _llama_family,
@@ -523,6 +564,7 @@ _ADAPTERS: dict[str, _Adapter] = {
     "gpt_oss": _gpt_oss,
     "qwen2_moe": _qwen2_moe,
     "phimoe": _phimoe,
+    "glm4_moe": _glm4_moe,
 }
 KNOWN_MODEL_TYPES: tuple[str, ...] = (*sorted(_ADAPTERS), "gemma3")
 
@@ -568,6 +610,8 @@ def model_from_hf_config(config: Mapping[str, object], *, name: str | None = Non
     text = config.get("text_config", config) if config.get("model_type") == "gemma3" else config
     try:
         return _model_from_hf_config(config, name)
+    except MissingConfigKey:  # names the config key already (renaming moe_intermediate_size would blame another)
+        raise
     except InvalidSpec as error:
         if not isinstance(text, Mapping):
             raise
@@ -634,7 +678,7 @@ ARCHITECTURE_FAMILIES: dict[str, str] = {
     "Gemma2ForCausalLM": "gemma2", "Gemma3ForCausalLM": "gemma3_text", "Phi3ForCausalLM": "phi3",
     "DeepseekV2ForCausalLM": "deepseek_v2", "DeepseekV3ForCausalLM": "deepseek_v3", "FalconForCausalLM": "falcon",
     "GPT2LMHeadModel": "gpt2", "GptOssForCausalLM": "gpt_oss", "Qwen2MoeForCausalLM": "qwen2_moe",
-    "PhiMoEForCausalLM": "phimoe",
+    "PhiMoEForCausalLM": "phimoe", "Glm4MoeForCausalLM": "glm4_moe",
 }
 
 
@@ -651,8 +695,9 @@ def architecture_family(config: Mapping[str, object]) -> str | None:
 
 
 #: unread keys that make a llama-style reading of an unknown model_type wrong by a multiple, not a few tensors:
-#: GLM-4.5's n_routed_experts (160) read as a dense llama planned 31.5 of its 355 billion parameters; an encoder
-#: of images or sound beside the decoder (Qwen2.5-VL-7B's vision_config: 0.68 billion parameters) was left out
+#: GLM-4.5's n_routed_experts (160) read as a dense llama planned 31.5 of its 355 billion parameters (before glm4_moe
+#: had an adapter); an encoder of images or sound beside the decoder (Qwen2.5-VL-7B's vision_config: 0.68 billion
+#: parameters) was left out
 _STRUCTURAL = re.compile(r"expert|moe|lora_rank|dense_replace|mamba|ssm|linear_attn|num_local"
                          r"|vision|visual|image|video|audio|speech|projector")
 

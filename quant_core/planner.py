@@ -29,7 +29,10 @@ Parallelism follows vLLM:
   is a second copy of the embedding on the last stage when pp > 1; where the
   engine's model code builds them on every stage (vLLM's Qwen3-MoE, Mixtral,
   gpt-oss, Gemma 2/3: `EngineProfile.vocabulary_on_every_stage`), every stage
-  holds the embedding, final norm and lm_head.
+  holds the embedding, final norm and lm_head;
+* where the engine allocates a family's MoE routers in float32 (vLLM's GLM-4.5:
+  `EngineProfile.routers_at_fp32`), the device weights count them at 4 bytes an
+  element whatever the format's float type.
 """
 
 from __future__ import annotations
@@ -364,6 +367,21 @@ def _sharded_bytes(one_tensor_bytes: int, entry: TensorEntry, tensor_parallel: i
     return -(-one_tensor_bytes // tensor_parallel)
 
 
+def _router_bytes(one_tensor_bytes: int, entry: TensorEntry) -> int:
+    """Bytes of one tensor of `entry` as an engine that allocates routers in float32 holds it: a ``router`` row at
+    4 bytes an element (never less than its format's bytes), any other row as it is."""
+    return max(one_tensor_bytes, 4 * entry.elements) if entry.role == "router" else one_tensor_bytes
+
+
+def _fp32_router_note(engine: EngineProfile, spec: ModelSpec, scheme: WeightScheme, tensor_parallel: int) -> str:
+    """The plan's note on routers an engine holds in float32: the bytes that adds over the format's own bytes,
+    over all layers (routers are whole on every tensor-parallel rank, split by layer over pipeline stages)."""
+    extra = sum((_router_bytes(one, entry) - one) * entry.count for entry, one in _weight_rows(spec, scheme))
+    return (f"{engine.routers_at_fp32(spec)}: the device weights count them at 4 bytes an element, "
+            f"{extra / GIB:.2f} GiB over the weights' format in all (whole on each of the {tensor_parallel} "
+            "tensor-parallel rank(s), split by layer over pipeline stages).")
+
+
 @lru_cache(maxsize=256)
 def _weight_rows(spec: ModelSpec, scheme: WeightScheme) -> tuple[tuple[TensorEntry, int], ...]:
     """Each inventory row (split by format where a scheme mixes them) with the bytes of ONE of its tensors."""
@@ -382,10 +400,12 @@ _parameter_count = lru_cache(maxsize=256)(parameter_count)
 
 
 def _build_layout(spec: ModelSpec, scheme: WeightScheme, kv_dtype_name: str,
-                  tensor_parallel: int, pipeline_parallel: int, vocabulary_everywhere: bool = False) -> _Layout:
+                  tensor_parallel: int, pipeline_parallel: int, vocabulary_everywhere: bool = False,
+                  fp32_routers: bool = False) -> _Layout:
     """Per stage: the weights on one rank and the KV coefficients.  `vocabulary_everywhere` puts the
     tensors outside the decoder layers (embedding, final norm, lm_head) on every stage, as the engine's
-    model code does for some families when `pipeline_parallel` > 1."""
+    model code does for some families when `pipeline_parallel` > 1; `fp32_routers` holds the rows of role
+    ``router`` at 4 bytes an element, as the engine allocates them for some families (`_router_bytes`)."""
     if pipeline_parallel > spec.num_layers:
         raise InvalidSpec("parallel.pipeline", pipeline_parallel,
                           f"more pipeline stages than the model's {spec.num_layers} layers")
@@ -396,7 +416,8 @@ def _build_layout(spec: ModelSpec, scheme: WeightScheme, kv_dtype_name: str,
     home = [0] * pipeline_parallel  # the tensors outside the layers where the stages that run them hold them
     outside = 0  # ... and all of them once (a tied lm_head is the embedding itself)
     for entry, one in _weight_rows(spec, scheme):
-        per_rank = _sharded_bytes(one, entry, tensor_parallel) * entry.per_layer
+        per_rank = _sharded_bytes(_router_bytes(one, entry) if fp32_routers else one, entry,
+                                  tensor_parallel) * entry.per_layer
         if entry.layers:
             for index in entry.layers:  # once per layer, not per layer and stage (4,096 layers x 1,024 stages)
                 weights[stage_of[index]] += per_rank
@@ -473,6 +494,10 @@ class _Evaluator:
         the engine's model code for this model builds them on each stage."""
         return (pipeline_parallel > 1 and self.engine is not None
                 and self.engine.vocabulary_on_every_stage(self.spec) is not None)
+
+    def fp32_routers(self) -> bool:
+        """Whether the engine allocates this model's MoE routers in float32 (`EngineProfile.routers_at_fp32`)."""
+        return self.engine is not None and self.engine.routers_at_fp32(self.spec) is not None
 
     def stage(self, layout: _Layout, stage: int) -> Stage:
         return Stage(self.spec, layout.tensor_parallel, layout.pipeline_parallel, layout.stage_layers[stage],
@@ -586,15 +611,16 @@ class _ModelTerms:
         self.scheme = scheme
         self.kv_dtype_name = kv_dtype_name
         self.by_role = _weights_by_role(spec, scheme)
-        self._layouts: dict[tuple[int, int, bool], _Layout] = {}
+        self._layouts: dict[tuple[int, int, bool, bool], _Layout] = {}
         self._predicates: dict[tuple[object, ...], Callable[[int, int], bool]] = {}
 
-    def layout(self, tensor_parallel: int, pipeline_parallel: int, vocabulary_everywhere: bool = False) -> _Layout:
-        key = (tensor_parallel, pipeline_parallel, vocabulary_everywhere)
+    def layout(self, tensor_parallel: int, pipeline_parallel: int, vocabulary_everywhere: bool = False,
+               fp32_routers: bool = False) -> _Layout:
+        key = (tensor_parallel, pipeline_parallel, vocabulary_everywhere, fp32_routers)
         found = self._layouts.get(key)
         if found is None:
             found = _build_layout(self.spec, self.scheme, self.kv_dtype_name, tensor_parallel, pipeline_parallel,
-                                  vocabulary_everywhere)
+                                  vocabulary_everywhere, fp32_routers)
             if len(self._layouts) < 4096:
                 self._layouts[key] = found
         return found
@@ -605,7 +631,8 @@ class _ModelTerms:
         found = self._predicates.get(key)
         if found is None:
             found = evaluator.build_predicate(self.layout(tensor_parallel, pipeline_parallel,
-                                                          evaluator.vocabulary_everywhere(pipeline_parallel)))
+                                                          evaluator.vocabulary_everywhere(pipeline_parallel),
+                                                          evaluator.fp32_routers()))
             if len(self._predicates) < 4096:
                 self._predicates[key] = found
         return found
@@ -773,7 +800,7 @@ def _format_plan(terms: _ModelTerms, hardware: Hardware, workload: Workload, ten
                  evaluator: _Evaluator, total_parameters: int, kv_total: int) -> FormatPlan:
     options = evaluator.options
     layout = terms.layout(tensor_parallel, options.pipeline_parallel,
-                          evaluator.vocabulary_everywhere(options.pipeline_parallel))
+                          evaluator.vocabulary_everywhere(options.pipeline_parallel), evaluator.fp32_routers())
     stage_terms = evaluator.stage_terms(layout)
     by_role = terms.by_role
     total_weights = sum(by_role.values())
@@ -889,12 +916,14 @@ def plan(spec: ModelSpec, hardware: Hardware, workload: Workload | None = None,
         comparison[AS_SHIPPED] = format_plan(shipped)
 
     primary_layout = _model_terms(spec, deployed, options.kv_cache_dtype).layout(
-        tensor, pipeline, evaluator.vocabulary_everywhere(pipeline))
+        tensor, pipeline, evaluator.vocabulary_everywhere(pipeline), evaluator.fp32_routers())
     primary_terms = evaluator.stage_terms(primary_layout)
     if primary_layout.vocabulary_on_every_stage and engine is not None:
         notes.append(f"{engine.vocabulary_on_every_stage(spec)}: each of the {pipeline} stages holds "
                      f"{primary_layout.vocabulary_on_every_stage / GIB:.2f} GiB of them per device, which its KV "
                      "cache cannot use.")
+    if evaluator.fp32_routers() and engine is not None:
+        notes.append(_fp32_router_note(engine, spec, deployed, tensor))
     busiest = max(primary.devices, key=lambda device: device.activation_bytes)
     if evaluator.variable_activations:
         activation_basis = ACTIVATION_BASIS.format(

@@ -115,7 +115,8 @@ class KVLayer:
 
 # How a model names and arranges its tensors (see inventory.py):
 #   llama     embed_tokens, q/k/v/o_proj, gate/up/down_proj; MoE as mlp.gate + mlp.experts.{e}.*
-#             (llama, mistral, qwen2, qwen3, qwen3_moe, gemma2, gemma3, generic decoders)
+#             (llama, mistral, qwen2, qwen3, qwen3_moe, gemma2, gemma3, generic decoders; glm4_moe with
+#             its router's e_score_correction_bias and mlp.shared_experts.*)
 #   mixtral   llama attention, MoE as block_sparse_moe.gate + experts.{e}.w1/w2/w3 (mixtral; phimoe with
 #             LayerNorms with bias, attention biases and an lm_head bias)
 #   phi3      fused qkv_proj and gate_up_proj

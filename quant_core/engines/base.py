@@ -99,3 +99,8 @@ class EngineProfile(Protocol):
                     max_model_len: int, limits: BatchLimits) -> KVCapacity:
         """Blocks and tokens the engine's KV pool holds in `available_bytes` on one device of `stage`."""
         ...
+
+    def routers_at_fp32(self, spec: ModelSpec) -> str | None:
+        """Why the engine allocates the MoE routers of `spec` (role ``router``: gate weights and their biases) in
+        float32 whatever the model's dtype, or None when it allocates them as the other unquantized tensors."""
+        ...

@@ -134,6 +134,16 @@ VOCABULARY_ON_EVERY_STAGE: dict[str, str] = {
 }
 
 
+# Model types whose vLLM model class allocates the MoE router (gate weight and e_score_correction_bias) in float32
+# whatever the model's dtype, on every tensor-parallel rank (replicated): 4 bytes per router element, not 2.
+ROUTERS_AT_FP32: dict[str, str] = {
+    # Glm4MoE.gate = nn.Linear(hidden_size, n_routed_experts, dtype=torch.float32) and gate.e_score_correction_bias =
+    # nn.Parameter(torch.empty(n_routed_experts, dtype=torch.float32)): vLLM pull requests #22143 and #22203
+    # (August 2025, before v0.11), unchanged on vLLM's main branch in 2026
+    "glm4_moe": "glm4_moe.py: Glm4MoE's gate and its e_score_correction_bias in torch.float32",
+}
+
+
 def _forward_bytes_per_token(spec: ModelSpec, tensor_parallel: int) -> int:
     """Peak live activation bytes per batched token on one rank during one decoder layer.
 
@@ -286,6 +296,14 @@ class VllmProfile:
         return (f"vLLM builds the input embedding, final norm and lm_head of a {spec.model_type} model on every "
                 f"pipeline stage, not only on the first and last (vllm/model_executor/models/{where}, with no "
                 "PPMissingLayer for them), and counts them as each stage's weights")
+
+    def routers_at_fp32(self, spec: ModelSpec) -> str | None:
+        """Why vLLM holds the routers of `spec` in float32 (`ROUTERS_AT_FP32`), or None."""
+        where = ROUTERS_AT_FP32.get(spec.model_type)
+        if where is None:
+            return None
+        return (f"vLLM allocates the MoE routers of a {spec.model_type} model in float32 "
+                f"(vllm/model_executor/models/{where}), whatever the model's dtype")
 
     def kv_capacity(self, stage: Stage, kv_cache_dtype: str, available_bytes: int, block_size: int,
                     max_model_len: int, limits: BatchLimits) -> KVCapacity:

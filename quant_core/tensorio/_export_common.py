@@ -26,9 +26,11 @@ FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float16), np.dtype(ml_dtypes.b
 #: ``exclude``, quant_core/checkpoint/plan.py)
 #: (a module named ``gate`` is a router in every family: Qwen-MoE and DeepSeek's ``mlp.gate``, Mixtral's and
 #: Phi-3.5-MoE's ``block_sparse_moe.gate``, which vLLM builds with ``quant_config=None``; Qwen2-MoE's
-#: ``shared_expert_gate`` is a plain ``torch.nn.Linear`` in vLLM and transformers)
+#: ``shared_expert_gate`` is a plain ``torch.nn.Linear`` in vLLM and transformers; the multi-token-prediction
+#: layer's ``eh_proj`` is a plain ``nn.Linear`` and its ``shared_head.head`` a ``ParallelLMHead`` in vLLM's
+#: glm4_moe_mtp.py and deepseek_mtp.py, which load them unquantized as the LM head)
 UNQUANTIZED_NAME_GLOBS: tuple[str, ...] = ("*embed*", "*lm_head*", "*norm*", "*.gate.weight", "*shared_expert_gate*",
-                                           "*router*", "*wte*", "*wpe*")
+                                           "*router*", "*wte*", "*wpe*", "*eh_proj*", "*shared_head.head*")
 
 
 def module_prefix(name: str) -> str:

@@ -408,6 +408,10 @@ def test_valid_parts_names_only_the_parts_that_exist_whole(tmp_path: Path, check
     ("model.layers.0.block_sparse_moe.gate.weight", True),  # Mixtral, Phi-3.5-MoE: vLLM's gate has no quant_config
     ("model.layers.0.mlp.shared_expert_gate.weight", True),  # Qwen2-MoE: a plain torch.nn.Linear in vLLM
     ("model.layers.0.mlp.router.weight", True),  # gpt-oss
+    # GLM-4.5's and DeepSeek-V3's MTP layer (layer num_hidden_layers): a plain nn.Linear and a ParallelLMHead in
+    # vLLM's glm4_moe_mtp.py / deepseek_mtp.py; its experts and attention are quantized as the other layers'
+    ("model.layers.92.eh_proj.weight", True), ("model.layers.92.shared_head.head.weight", True),
+    ("model.layers.92.mlp.experts.3.up_proj.weight", False),
     ("model.layers.0.mlp.gate_proj.weight", False), ("model.layers.0.mlp.experts.3.gate_proj.weight", False),
     ("model.layers.0.block_sparse_moe.experts.3.w1.weight", False), ("model.layers.0.mlp.shared_expert.up_proj.weight",
                                                                        False),

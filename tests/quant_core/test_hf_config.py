@@ -147,7 +147,7 @@ def test_unknown_model_type_without_llama_keys_names_type_and_missing_keys() -> 
 
 
 # zai-org/GLM-4.5's config.json (355B parameters, 32B active, in its model card): DeepSeek-style experts on
-# grouped-query attention, a model_type nibble has no adapter for
+# grouped-query attention; glm4_moe has an adapter now, so the refusal is shown on a made-up type with its keys
 GLM_4_5 = {"architectures": ["Glm4MoeForCausalLM"], "model_type": "glm4_moe", "hidden_size": 5120,
            "intermediate_size": 12288, "moe_intermediate_size": 1536, "n_routed_experts": 160, "n_shared_experts": 1,
            "num_experts_per_tok": 8, "first_k_dense_replace": 3, "num_attention_heads": 96, "num_key_value_heads": 8,
@@ -156,11 +156,12 @@ GLM_4_5 = {"architectures": ["Glm4MoeForCausalLM"], "model_type": "glm4_moe", "h
 
 
 @pytest.mark.parametrize(("config", "keys"), [
-    (GLM_4_5, "first_k_dense_replace, moe_intermediate_size, n_routed_experts, n_shared_experts, num_experts_per_tok"),
+    ({**GLM_4_5, "model_type": "made_up_moe", "architectures": ["MadeUpMoeForCausalLM"]},
+     "first_k_dense_replace, moe_intermediate_size, n_routed_experts, n_shared_experts, num_experts_per_tok"),
     # a Qwen2-MoE-like config under a type nibble has no adapter for (qwen2_moe itself has one since): read as a
     # dense llama, its 64 experts and shared expert were left out
-    ({**LLAMA_8B, "model_type": "qwen2_moe_like", "num_experts": 64, "num_experts_per_tok": 8,
-      "moe_intermediate_size": 2560, "shared_expert_intermediate_size": 20480},
+    ({**LLAMA_8B, "model_type": "qwen2_moe_like", "architectures": ["Qwen2MoeLikeForCausalLM"], "num_experts": 64,
+      "num_experts_per_tok": 8, "moe_intermediate_size": 2560, "shared_expert_intermediate_size": 20480},
      "moe_intermediate_size, num_experts, num_experts_per_tok, shared_expert_intermediate_size"),
 ])
 def test_an_unknown_model_type_whose_config_sizes_what_a_llama_reading_leaves_out_is_refused(
@@ -173,6 +174,14 @@ def test_an_unknown_model_type_whose_config_sizes_what_a_llama_reading_leaves_ou
     # a multi-token-prediction layer alone does not change what engines load: still read, as a llama
     spec = model_from_hf_config({**LLAMA_8B, "model_type": "mimo", "num_nextn_predict_layers": 1})
     assert parameter_count(spec).total == 8_030_261_248
+
+
+def test_glm_4_5_is_no_longer_refused_but_planned_with_its_experts() -> None:
+    # the config the refusal above was first written for: read by the glm4_moe adapter, its 160 experts counted
+    # (352,797,829,024 = transformers' 352,797,814,784 parameters + 89 x 160 router-bias values; see test_glm4_moe)
+    spec = model_from_hf_config(GLM_4_5)
+    assert spec.model_type == "glm4_moe" and spec.num_experts == 160 and spec.dense_layers == (0, 1, 2)
+    assert parameter_count(spec).total == 352_797_829_024
 
 
 def test_missing_key_raises_missing_config_key_naming_it() -> None:
