@@ -172,6 +172,8 @@ def _class_ranges(content: str) -> tuple[tuple[int, int], ...]:
     else:
         chunks[-1] += "-"
     tokens = _without_empty_ranges(chunks)
+    if not negated and tokens and tokens[0] == "!":
+        negated = True  # fnmatch reads a `!` that an empty range removed from the front left first as negation
     if negated:
         tokens = tokens[1:]  # the `!`, which stays first through every merge (the first chunk holds 2+ chars)
         if not tokens:

@@ -52,6 +52,9 @@ def test_glob_matches_as_fnmatchcase_on_examples(name: str, pattern: str, expect
 @example(name="a", pattern="[!a-]")
 @example(name="b", pattern="[a-c-e]")
 @example(name="-", pattern="[z-a-]")
+@example(name="?", pattern="[?-.!]")  # the empty range ?-. removed leaves "!": fnmatch matches any character
+@example(name="x", pattern="[b-a!x]")  # ... and "!x": fnmatch reads it as [^x]
+@example(name="y", pattern="[b-a!x]")
 def test_glob_matches_as_fnmatchcase_on_random_patterns(name: str, pattern: str) -> None:
     expected = _fnmatchcase(name, pattern)
     if expected is not None:
