@@ -353,8 +353,13 @@ def _stage_ranges(num_layers: int, stages: int) -> tuple[tuple[int, int], ...]:
 #: the vision tower's tensors vLLM shards over the tensor-parallel ranks (siglip.py: QKVParallelLinear,
 #: RowParallelLinear and ColumnParallelLinear weights, fc1's bias, a VocabParallelEmbedding of positions); its
 #: patch convolution, norms, row-parallel biases and the projector are whole on every rank
-_VISION_SHARDED = ("q_proj.weight", "k_proj.weight", "v_proj.weight", "q_proj.bias", "k_proj.bias", "v_proj.bias",
-                   "out_proj.weight", "fc1.weight", "fc1.bias", "fc2.weight", "position_embedding.weight")
+_VISION_SHARDED: tuple[str, ...] = (
+    "q_proj.weight", "k_proj.weight", "v_proj.weight", "q_proj.bias", "k_proj.bias", "v_proj.bias",
+    "out_proj.weight", "fc1.weight", "fc1.bias", "fc2.weight", "position_embedding.weight")
+#: ... and Llama 4's (mllama4.py, mm_encoder_tp_mode "weights"): the same linear layers (o_proj for out_proj), the
+#: patch embedding's and the projector's ColumnParallelLinear; its class and position embeddings (plain Parameters),
+#: norms and row-parallel biases are whole on every rank
+_VISION_SHARDED += ("o_proj.weight", "patch_embedding.linear.weight", "multi_modal_projector.linear_1.weight")
 
 
 def _sharded_bytes(one_tensor_bytes: int, entry: TensorEntry, tensor_parallel: int) -> int:

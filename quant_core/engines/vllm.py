@@ -37,7 +37,7 @@ from functools import lru_cache
 from quant_core.engines.base import BatchLimits, KVCapacity, Stage, Term
 from quant_core.errors import UnknownName
 from quant_core.kv_cache import kv_layers, layer_bytes_per_token
-from quant_core.specs import ModelSpec
+from quant_core.specs import Llama4VisionTower, ModelSpec
 
 GIB = 1 << 30
 MIB = 1 << 20
@@ -264,6 +264,10 @@ class VllmProfile:
                     "can be neither split evenly nor replicated evenly across the ranks")
         if pipeline_parallel > spec.num_layers:
             return f"vLLM refuses {pipeline_parallel} pipeline stages for {spec.num_layers} layers"
+        if isinstance(spec.vision, Llama4VisionTower) and spec.vision.num_attention_heads % tensor_parallel:
+            # mllama4.py, Llama4VisionAttention: assert self.num_heads % self.tp_size == 0
+            return (f"vLLM refuses tensor parallel size {tensor_parallel}: it does not divide the vision tower's "
+                    f"{spec.vision.num_attention_heads} attention heads (mllama4.py splits them over the ranks)")
         return None
 
     def vocabulary_on_every_stage(self, spec: ModelSpec) -> str | None:
