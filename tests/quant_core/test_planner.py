@@ -399,3 +399,22 @@ def test_maverick_at_int4_quantizes_experts_shared_expert_and_dense_layers_and_k
     # per 128 inputs (4.156 bits per weight at g = 128)
     expert_weights = 24 * 128 * (16384 * 5120 + 5120 * 8192)
     assert by_role["expert"] == expert_weights // 2 + expert_weights // 128 * 2 + expert_weights // 128 // 2
+
+
+def test_a_gguf_plan_of_scout_quantizes_its_text_model_as_llama_quantize_does_and_keeps_the_mmproj_at_16_bits() -> None:
+    from quant_core.gguf_mix import ModelFacts, tensor_type
+    from quant_core.inventory import inventory
+
+    scout = _llama4("llama-4-scout-17b-16e-instruct")
+    facts = ModelFacts.of(scout)  # type: ignore[arg-type]
+    types = {entry.name.removeprefix("language_model.model.layers.{i}."): tensor_type("gguf-q4_k_m", entry, 0, facts)
+             for entry in inventory(scout)}  # type: ignore[arg-type]
+    # layer 0 is one of use_more_bits' layers: attn_v and every ffn_down (routed and shared) Q6_K, as llama-quantize
+    # gave the llama4 model of data/llama_quantize/recorded.json; the router stays F32, the vision tower F16/F32
+    assert types["self_attn.v_proj.weight"] == types["feed_forward.experts.down_proj[{e}]"] == "Q6_K"
+    assert types["feed_forward.shared_expert.down_proj.weight"] == "Q6_K"
+    assert types["feed_forward.experts.gate_up_proj[{e}]"] == types["self_attn.q_proj.weight"] == "Q4_K"
+    assert types["feed_forward.router.weight"] == "F32"
+    assert types["vision_model.model.layers.{v}.mlp.fc1.weight"] == "F16"
+    assert types["vision_model.class_embedding"] == "F32"
+    assert types["language_model.lm_head.weight"] == "Q6_K"

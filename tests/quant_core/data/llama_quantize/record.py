@@ -5,7 +5,8 @@ never the tool).
 The models are written here with gguf-py from nibble's own tensor inventory (F16 weights, F32 norms,
 biases and routers, as convert_hf_to_gguf.py writes them), with the GGUF tensor names llama.cpp uses.
 Run (after building llama-quantize from llama.cpp's sources, e.g. those PyPI's llama-cpp-python sdist
-vendors): python tests/quant_core/data/llama_quantize/record.py PATH/TO/llama-quantize
+vendors): python tests/quant_core/data/llama_quantize/record.py PATH/TO/llama-quantize [MODEL ...]
+(naming models records only those, keeping the others' records).
 
 recorded.json was made on 2026-12-06 with llama-cpp-python 0.3.36's vendored llama.cpp (the same
 llama_tensor_get_type as ggml-org/llama.cpp 007dbbf3), built with
@@ -45,11 +46,24 @@ MODELS: list[tuple[str, str, dict[str, object]]] = [
     ("qwen3_moe", "qwen3moe", {**BASE, "model_type": "qwen3_moe", "head_dim": 64, "num_experts": 4,
                                "num_experts_per_tok": 2, "moe_intermediate_size": 256}),
     ("mixtral", "llama", {**BASE, "model_type": "mixtral", "num_local_experts": 8, "num_experts_per_tok": 2}),
+    # Llama 4's language model (Maverick's layout: MoE on the odd layers with a shared expert, dense between)
+    ("llama4", "llama4", {**BASE, "model_type": "llama4_text", "head_dim": 64, "num_local_experts": 4,
+                          "num_experts_per_tok": 1, "intermediate_size": 256, "intermediate_size_mlp": 512,
+                          "interleave_moe_layer_step": 2}),
 ]
 _NAMES = {"input_layernorm": "attn_norm", "q_proj": "attn_q", "k_proj": "attn_k", "v_proj": "attn_v",
           "o_proj": "attn_output", "qkv_proj": "attn_qkv", "q_norm": "attn_q_norm", "k_norm": "attn_k_norm",
           "gate_proj": "ffn_gate", "up_proj": "ffn_up", "down_proj": "ffn_down", "gate_up_proj": "ffn_up",
           "w1": "ffn_gate", "w3": "ffn_up", "w2": "ffn_down", "gate": "ffn_gate_inp"}
+
+
+def gguf_names(spec: ModelSpec, entry: TensorEntry) -> list[tuple[str, tuple[int, ...]]]:
+    """The GGUF tensors convert_hf_to_gguf.py writes for an inventory row, with one tensor's logical shape:
+    one, but for Llama 4's fused ``experts.gate_up_proj``, which it splits into ffn_gate_exps and ffn_up_exps."""
+    if spec.layout == "llama4" and entry.name.endswith("experts.gate_up_proj[{e}]"):
+        half = (entry.shape[0] // 2, *entry.shape[1:])
+        return [("blk.{i}.ffn_gate_exps.weight", half), ("blk.{i}.ffn_up_exps.weight", half)]
+    return [(gguf_name(spec, entry), entry.shape)]
 
 
 def gguf_name(spec: ModelSpec, entry: TensorEntry) -> str:
@@ -58,7 +72,13 @@ def gguf_name(spec: ModelSpec, entry: TensorEntry) -> str:
              "model.norm.weight": "output_norm.weight"}
     if entry.name in fixed:
         return fixed[entry.name]
-    parts = entry.name.split(".")
+    name, suffix = entry.name, ""
+    if spec.layout == "llama4":  # feed_forward.router / .shared_expert.* / .experts.down_proj[{e}]
+        name = name.replace("feed_forward.router", "feed_forward.gate")
+        if name.endswith("]"):
+            name = name[: name.rindex("[")] + ".weight"
+        suffix = "_shexp" if "shared_expert." in name else ""
+    parts = name.split(".")
     module, kind = parts[-2], parts[-1]
     if module == "post_attention_layernorm":
         base = "post_attention_norm" if spec.norms_per_layer == 4 else "ffn_norm"
@@ -70,7 +90,7 @@ def gguf_name(spec: ModelSpec, entry: TensorEntry) -> str:
         base = _NAMES[module]
     if entry.per_layer > 1:
         base += "_exps"
-    return f"blk.{{i}}.{base}.{kind}"
+    return f"blk.{{i}}.{base}{suffix}.{kind}"
 
 
 def write_model(spec: ModelSpec, arch: str, path: Path) -> dict[str, TensorEntry]:
@@ -80,6 +100,9 @@ def write_model(spec: ModelSpec, arch: str, path: Path) -> dict[str, TensorEntry
     writer.add_block_count(spec.num_layers)
     writer.add_feed_forward_length(spec.moe_intermediate_size if spec.is_moe and arch == "qwen3moe"
                                    else spec.intermediate_size)
+    if arch == "llama4":  # llama-model's llama4 load_hparams requires it
+        step = spec.moe_layers[0] + 1
+        writer.add_interleave_moe_layer_step(step)
     writer.add_head_count(spec.num_attention_heads)
     writer.add_head_count_kv(spec.num_kv_heads)
     writer.add_key_length(spec.head_dim)
@@ -102,14 +125,14 @@ def write_model(spec: ModelSpec, arch: str, path: Path) -> dict[str, TensorEntry
     rng = np.random.default_rng(0)
     names = {}
     for entry in inventory(spec):
-        name = gguf_name(spec, entry)
-        for layer in entry.layers or (-1,):
-            concrete = name.replace("{i}", str(layer))
-            shape = (entry.per_layer, *entry.shape) if entry.per_layer > 1 else entry.shape
-            data = rng.standard_normal(shape).astype(np.float32) * 0.02
-            quantizable = len(entry.shape) >= 2 and entry.role not in ("router",)
-            writer.add_tensor(concrete, data.astype(np.float16) if quantizable else data)
-            names[concrete] = entry
+        for name, one_shape in gguf_names(spec, entry):
+            for layer in entry.layers or (-1,):
+                concrete = name.replace("{i}", str(layer))
+                shape = (entry.per_layer, *one_shape) if entry.per_layer > 1 else one_shape
+                data = rng.standard_normal(shape).astype(np.float32) * 0.02
+                quantizable = len(entry.shape) >= 2 and entry.role not in ("router",)
+                writer.add_tensor(concrete, data.astype(np.float16) if quantizable else data)
+                names[concrete] = entry
     writer.write_header_to_file()
     writer.write_kv_data_to_file()
     writer.write_tensors_to_file()
@@ -117,10 +140,14 @@ def write_model(spec: ModelSpec, arch: str, path: Path) -> dict[str, TensorEntry
     return names
 
 
-def main(tool: str) -> None:
-    recorded = []
+def main(tool: str, only: list[str]) -> None:
+    """Record every model of `MODELS`, or only those named in `only` (their records replaced, the others kept)."""
+    recorded = [record for record in json.loads((HERE / "recorded.json").read_text())
+                if only and record["model"] not in only] if (HERE / "recorded.json").is_file() else []
     with tempfile.TemporaryDirectory() as folder:
         for name, arch, config in MODELS:
+            if only and name not in only:
+                continue
             spec = model_from_hf_config(config, name=name)
             source = Path(folder) / f"{name}-f16.gguf"
             write_model(spec, arch, source)
@@ -136,4 +163,4 @@ def main(tool: str) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1])
+    main(sys.argv[1], sys.argv[2:])
