@@ -8,10 +8,13 @@ from typing import Any
 
 import pytest
 
+from quant_core.checkpoint import CheckpointOptions, open_checkpoint, plan_checkpoint, quantize_checkpoint
 from quant_core.checkpoint_rows import checkpoint_scheme
 from quant_core.hf_config import model_from_hf_config
 from quant_core.inventory import parameter_count
+from quant_core.tensorio import read_safetensors
 from quant_core.tensorio.checkpoint_headers import HeaderTensor, read_checkpoint_headers
+from tests.quant_core.tensorio.gptq_loader_rules import vllm_quantizes_experts
 
 # Maverick's layout at a tiny size: MoE on the odd layers (interleave_moe_layer_step 2), dense between, a vision
 # tower of more layers (6) than the language model (4)
@@ -35,7 +38,6 @@ def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     torch.manual_seed(0)
     config = transformers.Llama4Config(**{key: value for key, value in TINY_LLAMA4.items() if key != "model_type"})
     transformers.Llama4ForConditionalGeneration(config).save_pretrained(folder)
-    (folder / "nibble-config.json").write_text(json.dumps(TINY_LLAMA4))
     return folder
 
 
@@ -81,3 +83,47 @@ def test_a_llama4_checkpoint_with_one_tensor_per_expert_plans_them_as_experts(ti
     assert summary.unknown == () and summary.bytes == 4 * parameter_count(spec).total
     experts = sum(size * entry.count for entry, size in scheme.checkpoint_rows if entry.role == "expert")
     assert experts == 4 * parameter_count(spec).by_role["expert"]
+
+
+@pytest.mark.parametrize("output", ["compressed-tensors", "gptq", "awq"])
+def test_a_llama4_job_quantizes_what_vllm_quantizes_and_marks_the_fused_experts_unquantized(
+        tmp_path: Path, tiny_checkpoint: Path, output: str) -> None:
+    # vllm/model_executor/models/mllama4.py builds Llama4VisionModel and Llama4MultiModalProjector with
+    # quant_config None, and its llama4.py Llama4MoE's router with quant_config=None: all three stay as stored.
+    # The routed experts are fused [E, hidden, 2 x width] / [E, width, hidden] tensors nibble does not quantize:
+    # kept as stored, their FusedMoE module ("...feed_forward.experts") named unquantized for vLLM
+    checkpoint = open_checkpoint(tiny_checkpoint)
+    options = CheckpointOptions(output=output, group_size=32)  # type: ignore[arg-type]
+    plans = plan_checkpoint(checkpoint, options)
+    reasons = {plan.tensor.name: plan.reason or "" for plan in plans}
+    experts = [f"language_model.model.layers.{layer}.feed_forward.experts" for layer in (1, 3)]
+    for module in experts:
+        assert reasons[f"{module}.gate_up_proj"].startswith("routed experts fused as one [experts, in, out] tensor")
+        assert reasons[f"{module}.down_proj"].startswith("routed experts fused")
+    assert reasons["vision_model.model.layers.5.self_attn.q_proj.weight"].startswith("Llama 4's vision tower")
+    assert reasons["multi_modal_projector.linear_1.weight"].startswith("Llama 4's vision tower and projector")
+    assert reasons["language_model.model.layers.1.feed_forward.router.weight"] == \
+        "name matches the exclude pattern '*router*'"
+    quantized = sorted(name.removeprefix("language_model.model.layers.") for name, reason in reasons.items()
+                       if not reason)
+    # attention in every layer, the dense MLP of layers 0 and 2, the shared expert of the MoE layers 1 and 3
+    assert len(quantized) == 4 * 4 + 2 * 3 + 2 * 3
+    assert all(".self_attn." in name or ".feed_forward.gate_proj" in name or ".feed_forward.up_proj" in name
+               or ".feed_forward.down_proj" in name or ".shared_expert." in name for name in quantized)
+    quantize_checkpoint(checkpoint, plans, options, tmp_path / "out", tmp_path / "parts")
+    config = json.loads((tmp_path / "out" / "config.json").read_text())["quantization_config"]
+    if output == "compressed-tensors":
+        assert config["ignore"] == experts  # CompressedTensorsMoEMethod.get_moe_method: should_ignore_layer
+    elif output == "gptq":  # gptq_marlin.py get_moe_quant_method: a negative dynamic rule
+        assert not any(vllm_quantizes_experts(config, module) for module in experts)
+    else:  # awq_marlin.py: is_layer_skipped(prefix, modules_to_not_convert)
+        assert set(experts) <= set(config["modules_to_not_convert"])
+        assert "vision_model.model.layers.0.mlp.fc1" in config["modules_to_not_convert"]
+    stored: dict[str, Any] = {}
+    for shard in sorted((tmp_path / "out").glob("*.safetensors")):
+        stored.update(read_safetensors(shard))
+    source = read_safetensors(tiny_checkpoint / "model.safetensors")
+    for module in experts:  # byte for byte as the checkpoint held them, vLLM's fused loading path reads them
+        assert stored[f"{module}.gate_up_proj"].tobytes() == source[f"{module}.gate_up_proj"].tobytes()
+    assert stored["vision_model.model.layers.0.mlp.fc1.weight"].tobytes() == \
+        source["vision_model.model.layers.0.mlp.fc1.weight"].tobytes()
