@@ -10,6 +10,7 @@ import pytest
 
 from quant_core.checkpoint import CheckpointOptions, open_checkpoint, plan_checkpoint, quantize_checkpoint
 from quant_core.checkpoint_rows import checkpoint_scheme
+from quant_core.errors import InvalidSpec
 from quant_core.hf_config import model_from_hf_config
 from quant_core.inventory import parameter_count
 from quant_core.tensorio import read_safetensors
@@ -127,3 +128,12 @@ def test_a_llama4_job_quantizes_what_vllm_quantizes_and_marks_the_fused_experts_
         assert stored[f"{module}.gate_up_proj"].tobytes() == source[f"{module}.gate_up_proj"].tobytes()
     assert stored["vision_model.model.layers.0.mlp.fc1.weight"].tobytes() == \
         source["vision_model.model.layers.0.mlp.fc1.weight"].tobytes()
+
+
+def test_a_llama4_job_refuses_a_gguf_output_it_cannot_write_for_llama_cpp(tiny_checkpoint: Path) -> None:
+    # nibble's GGUF writer follows convert_hf_to_gguf.py for the llama, Qwen2 and Qwen3 converters only: a Llama 4
+    # file (llama.cpp's llama4 arch, the vision tower in a separate mmproj) is refused before any work
+    with pytest.raises(InvalidSpec) as refused:
+        plan_checkpoint(open_checkpoint(tiny_checkpoint), CheckpointOptions(output="gguf", group_size=32,
+                                                                            symmetric=True))
+    assert refused.value.field == "output" and "Llama4ForConditionalGeneration" in refused.value.detail
