@@ -1001,4 +1001,10 @@ def _warnings(spec: ModelSpec, hardware: Hardware, workload: Workload, options: 
         out.append(f"Tensor parallel degree {tensor_parallel} neither divides the model's {kv_heads} key/value "
                    f"heads nor is a multiple of them (to replicate them): engines such as vLLM refuse this "
                    f"layout; the KV figures assume {-(-kv_heads // tensor_parallel)} head(s) per device.")
+    if spec.layout == "llama4":
+        out.append("Llama 4's chunked local attention layers (its RoPE layers, attention_chunk_size tokens each) are "
+                   "planned as full attention: vLLM allocates them the whole context while its hybrid KV cache "
+                   "manager is off for chunked attention (the default from vLLM PR #21761, July 2025, to PR #29627); "
+                   "with VLLM_ALLOW_CHUNKED_LOCAL_ATTN_WITH_HYBRID_KV_CACHE on they hold at most a chunk and a batch "
+                   "of tokens, so the KV cache figures are an upper bound there.")
     return tuple(out)

@@ -361,6 +361,8 @@ def test_llama4_scout_plans_its_weights_and_full_length_kv_on_h100s() -> None:
     # (attention_chunk_size 8192) are planned as full attention, as vLLM 0.11 allocates them
     assert kv_bytes_per_token(scout) == 48 * 8 * 128 * 2 * 2 == 196_608
     assert kv_cache_bytes(scout, context_length=100_000) == 196_608 * 100_000
+    assert any("chunked local attention layers" in warning and "upper bound" in warning
+               for warning in result.warnings)
 
 
 def test_llama4s_vision_tower_stays_16_bit_in_int4_and_is_sharded_as_mllama4_shards_it() -> None:
