@@ -420,7 +420,7 @@ def llama4_config(name: str) -> dict[str, Any]:
 
 @pytest.mark.parametrize(("name", "total", "experts", "dense_layers"), [
     # meta-llama/Llama-4-Scout-17B-16E-Instruct: 108,641,793,536 parameters, the Hugging Face Hub API's
-    # safetensors.total for the repo (bf16: metadata.total_size 217,283,587,072 bytes); "17B active, 109B total"
+    # safetensors.total for the repo (every tensor bf16: 217,283,587,072 bytes); "17B active, 109B total"
     ("llama-4-scout-17b-16e-instruct", 108_641_793_536, 16, 0),
     # meta-llama/Llama-4-Maverick-17B-128E-Instruct: 401,583,781,376 parameters, the parameter_count Fireworks'
     # billing export shows for llama4-maverick-instruct-basic (docs.fireworks.ai, firectl billing export-metrics);
