@@ -46,7 +46,7 @@ from quant_core.formats import WeightFormat, float_format, int4, kv_dtype
 from quant_core.inventory import QuantizationPolicy, parameter_count
 from quant_core.kv_cache import held_tokens, kv_bytes_per_token, kv_layers, layer_bytes_per_token
 from quant_core.schemes import WeightScheme, assigned_bytes, scheme_of, with_partial_groups
-from quant_core.specs import ModelSpec, TensorEntry
+from quant_core.specs import Llama4VisionTower, ModelSpec, TensorEntry
 
 GIB = 1 << 30
 AS_SHIPPED = "as_shipped"  # the comparison's key for the checkpoint as its config ships it
@@ -728,9 +728,12 @@ def engine_tensor_parallel_sizes(spec: ModelSpec, limit: int = MAX_DEVICES_SEARC
     heads, kv_heads = spec.num_attention_heads, spec.num_kv_heads
     if heads <= 0:
         return tuple(range(1, limit + 1))
+    # Llama 4's vision tower splits its own heads over the same ranks (vLLM's mllama4.py asserts they divide)
+    vision_heads = spec.vision.num_attention_heads if isinstance(spec.vision, Llama4VisionTower) else None
     return tuple(size for size in range(1, min(heads, limit) + 1)
                  if heads % size == 0 and (spec.kv_lora_rank > 0 or kv_heads <= 0
-                                           or kv_heads % size == 0 or size % kv_heads == 0))
+                                           or kv_heads % size == 0 or size % kv_heads == 0)
+                 and (vision_heads is None or vision_heads % size == 0))
 
 
 def _min_devices(evaluator: _Evaluator, terms: _ModelTerms, workload: Workload) -> int | None:

@@ -566,6 +566,10 @@ def test_vllm_refuses_a_tensor_parallel_size_that_splits_llama4s_40_heads_but_no
     assert refused.refusal is not None and "vision tower's 16 attention heads" in refused.refusal
     assert plan(model_from_hf_config(config["text_config"]), hardware, Workload(4096, 1)).refusal is None
     assert VllmProfile().refusal(model_from_hf_config(config), 8, 1) is None
+    from quant_core.planner import engine_tensor_parallel_sizes
+
+    assert engine_tensor_parallel_sizes(model_from_hf_config(config)) == (1, 2, 4, 8)
+    assert engine_tensor_parallel_sizes(model_from_hf_config(config["text_config"])) == (1, 2, 4, 8, 40)
 
 
 def test_vllm_builds_llama4s_vocabulary_only_on_the_first_and_last_stage() -> None:
