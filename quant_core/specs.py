@@ -362,6 +362,8 @@ class ModelSpec:
                     raise InvalidSpec(field, getattr(self, field), "must be positive for MLA attention")
         if self.learned_position_embeddings and self.max_position_embeddings is None:
             raise InvalidSpec("max_position_embeddings", None, "learned position embeddings need a size")
+        if self.vision is not None and not isinstance(self.vision, VisionTower | Llama4VisionTower):
+            raise InvalidSpec("vision", type(self.vision).__name__, "must be a vision tower (or absent)")
 
     @property
     def is_moe(self) -> bool:
@@ -406,4 +408,16 @@ class ModelSpec:
         values: dict[str, Any] = {
             key: tuple(value) if isinstance(value, list) else value for key, value in data.items()
         }
+        vision = values.get("vision")
+        if isinstance(vision, dict):  # to_dict's tower as JSON: Llama 4's has a vision_output_dim, SigLIP's not
+            tower = Llama4VisionTower if "vision_output_dim" in vision else VisionTower
+            known_fields = tower.__dataclass_fields__
+            unknown_fields = sorted(str(key) for key in vision if key not in known_fields)
+            if unknown_fields:
+                raise InvalidSpec(f"vision.{unknown_fields[0]}", vision[unknown_fields[0]],
+                                  f"is not a {tower.__name__} field (known: {', '.join(known_fields)})")
+            try:
+                values["vision"] = tower(**vision)
+            except TypeError as error:  # a field left out
+                raise InvalidSpec("vision", sorted(vision), f"is not a whole {tower.__name__}: {error}") from None
         return cls(**values)

@@ -535,3 +535,17 @@ def test_llama4_configs_leave_no_key_unread_and_refuse_a_tie_the_two_configs_dis
     with pytest.raises(InvalidSpec) as caught:
         model_from_hf_config({**config, "text_config": {**config["text_config"], "no_rope_layers": [2]}})
     assert caught.value.field == "text_config.no_rope_layers"
+
+
+def test_a_llama4_spec_with_its_vision_tower_survives_a_json_round_trip() -> None:
+    import dataclasses
+
+    spec = model_from_hf_config(llama4_config("llama-4-maverick-17b-128e-instruct"))
+    as_json = json.loads(json.dumps(spec.to_dict(), default=dataclasses.asdict))
+    assert ModelSpec.from_dict(as_json) == spec
+    with pytest.raises(InvalidSpec) as caught:
+        ModelSpec.from_dict({**as_json, "vision": {**as_json["vision"], "heads": 16}})
+    assert caught.value.field == "vision.heads"
+    with pytest.raises(InvalidSpec) as caught:
+        ModelSpec.from_dict({**as_json, "vision": "siglip"})
+    assert caught.value.field == "vision"
