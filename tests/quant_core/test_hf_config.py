@@ -549,3 +549,10 @@ def test_a_llama4_spec_with_its_vision_tower_survives_a_json_round_trip() -> Non
     with pytest.raises(InvalidSpec) as caught:
         ModelSpec.from_dict({**as_json, "vision": "siglip"})
     assert caught.value.field == "vision"
+
+
+@pytest.mark.parametrize("name", ["llama-4-scout-17b-16e-instruct", "llama-4-maverick-17b-128e-instruct"])
+def test_the_llama4_presets_are_their_parsed_configs(name: str) -> None:
+    from quant_core.catalog import get_preset
+
+    assert get_preset(name) == model_from_hf_config(llama4_config(name), name=name)
