@@ -8,7 +8,9 @@ parameter counts that follow from the spec are those of the model transformers b
 from the config: DeepSeek-V3's multi-token-prediction layer (``num_nextn_predict_layers``)
 is not built by transformers and is not counted; for the multimodal ``gemma3`` type
 the language model (``text_config``) is read, and its SigLIP vision tower and projector
-(``vision_config``) are counted as role ``vision``: engines load them beside it, at 16 bits.
+(``vision_config``) are counted as role ``vision``: engines load them beside it, at 16 bits; the
+multimodal ``llama4`` type likewise (``Llama4VisionModel`` and its projector), its language model
+being the ``llama4_text`` type's.
 
 Every size is checked as it is read: a missing key raises `MissingConfigKey`, a value of
 the wrong type (a string, a bool), zero, negative or absurd (over the maximums in
@@ -457,7 +459,7 @@ def _llama4_text(config: Mapping[str, object], model_type: str, name: str | None
                               f"builds its experts from ({list(moe_layers)[:8]}...): checkpoint and engine disagree")
     attention_bias = r.flag("attention_bias", False)
     r.flag("use_qk_norm", True)  # an L2 norm without weights: no tensor either way
-    # the chunked local (RoPE) layers cache what full layers do in the vLLM releases that plan them safest
+    # read and checked only: the chunked local (RoPE) layers are planned as full attention (kv_cache.py)
     r.optional_int("attention_chunk_size", None, MAX_POSITIONS)
     rope_flags = config.get("no_rope_layers")  # 1: a RoPE (chunked local) layer, 0: a global NoPE layer
     if rope_flags is not None and (not isinstance(rope_flags, list) or len(rope_flags) > MAX_LAYERS
