@@ -137,3 +137,22 @@ def test_a_llama4_job_refuses_a_gguf_output_it_cannot_write_for_llama_cpp(tiny_c
         plan_checkpoint(open_checkpoint(tiny_checkpoint), CheckpointOptions(output="gguf", group_size=32,
                                                                             symmetric=True))
     assert refused.value.field == "output" and "Llama4ForConditionalGeneration" in refused.value.detail
+
+
+def test_a_llama4_checkpoints_vision_tower_sits_on_every_pipeline_stage(tiny_checkpoint: Path) -> None:
+    # vLLM's mllama4.py builds the vision tower and projector with no pipeline-rank test: every stage holds them,
+    # and the tower's 6 layers are no decoder layers (they would have put its layers 0-1 on stage 0 only)
+    from quant_core.planner import Hardware, PlanOptions, Workload, plan
+
+    spec = model_from_hf_config(TINY_LLAMA4)
+    headers = read_checkpoint_headers(tiny_checkpoint)
+    text = [tensor for tensor in headers if not tensor.name.startswith(("vision_model.", "multi_modal_projector."))]
+    tower = sum(tensor.bytes for tensor in headers) - sum(tensor.bytes for tensor in text)
+    assert tower == 4 * parameter_count(spec).by_role["vision"]
+
+    def stage_weights(tensors: list[HeaderTensor]) -> list[int]:
+        scheme, _ = checkpoint_scheme(spec, tensors, mtp_layers=0)
+        result = plan(spec, Hardware(80 << 30, 2), Workload(1024, 1), PlanOptions(scheme=scheme, pipeline_parallel=2))
+        return [device.weights_bytes for device in result.primary.devices]
+
+    assert [w - t for w, t in zip(stage_weights(headers), stage_weights(text), strict=True)] == [tower, tower]
