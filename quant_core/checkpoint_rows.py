@@ -32,6 +32,15 @@ _GGUF_ROLES: tuple[tuple[str, str], ...] = (
 )
 
 
+#: fused expert tensors and the per-expert modules a checkpoint may hold instead: Llama 4's checkpoints quantized by
+#: llm-compressor (``for_llm_compressor``) store ``feed_forward.experts.N.gate_proj`` ..., which vLLM's llama4.py
+#: loads as well (load_moe_expert_weights, fused=False)
+_FUSED_EXPERTS: dict[str, tuple[str, ...]] = {
+    "experts.gate_up_proj": ("gate_proj", "up_proj"),
+    "experts.down_proj": ("down_proj",),
+}
+
+
 def _pattern(name: str) -> str:
     return _NUMBER.sub(".{n}", name)
 
@@ -41,12 +50,17 @@ def _module_roles(spec: ModelSpec) -> dict[str, str]:
     role (a biased linear's ``q_proj.weight`` or ``lm_head.weight`` is not a bias, and its ``.bias`` is)."""
     roles: dict[str, str] = {}
     for entry in inventory(spec):
-        module = _pattern(module_name(entry.name).replace("{i}", "0").replace("{e}", "0"))
-        if entry.name.endswith(".bias"):
+        module = _pattern(module_name(entry.name).replace("{i}", "0").replace("{e}", "0").replace("{v}", "0"))
+        if entry.name.endswith(".bias"):  # {v}: a vision encoder's layer
             roles[f"{module}.bias"] = entry.role
             roles.setdefault(module, entry.role)
         else:
             roles[module] = entry.role
+    for fused, parts in _FUSED_EXPERTS.items():  # the same experts stored one 2-D tensor per expert and projection
+        for module, role in list(roles.items()):
+            if module.endswith(fused):
+                for part in parts:
+                    roles[f"{module[: -len(fused)]}experts.{{n}}.{part}"] = role
     return roles
 
 
@@ -142,6 +156,8 @@ def checkpoint_scheme(spec: ModelSpec, tensors: Iterable[HeaderTensor],
     for tensor in listed:
         match = _LAYER.search(tensor.name)
         layer = int(match.group(1)) if match else -1
+        if not gguf and layer >= 0 and _hf_role(tensor.name, roles) == "vision":
+            layer = -1  # a vision encoder's layer (Llama 4's vision_model.model.layers.N) is no decoder layer
         if (mtp_layers is not None and layer >= spec.num_layers + mtp_layers
                 and (tensor.name.startswith("blk.") if gguf else _hf_role(tensor.name, roles) is not None)):
             beyond.add(layer)  # a module of this model (not a vision tower's layer, say) past its layers

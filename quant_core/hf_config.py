@@ -8,7 +8,9 @@ parameter counts that follow from the spec are those of the model transformers b
 from the config: DeepSeek-V3's and GLM-4.5's multi-token-prediction layer (``num_nextn_predict_layers``)
 is not built by transformers (nor loaded by vLLM's model classes) and is not counted; for the multimodal ``gemma3`` type
 the language model (``text_config``) is read, and its SigLIP vision tower and projector
-(``vision_config``) are counted as role ``vision``: engines load them beside it, at 16 bits.
+(``vision_config``) are counted as role ``vision``: engines load them beside it, at 16 bits; the
+multimodal ``llama4`` type likewise (``Llama4VisionModel`` and its projector), its language model
+being the ``llama4_text`` type's.
 
 Every size is checked as it is read: a missing key raises `MissingConfigKey`, a value of
 the wrong type (a string, a bool), zero, negative or absurd (over the maximums in
@@ -37,6 +39,7 @@ from quant_core.specs import (
     MAX_POSITIONS,
     MAX_RANK,
     MAX_VOCAB_SIZE,
+    Llama4VisionTower,
     ModelSpec,
     VisionTower,
     check_int,
@@ -544,6 +547,83 @@ def _glm4_moe(config: Mapping[str, object], model_type: str, name: str | None) -
     )
 
 
+def _llama4_text(config: Mapping[str, object], model_type: str, name: str | None) -> ModelSpec:
+    """Llama 4's language model (transformers' ``Llama4TextConfig``; its defaults for the family's own keys).
+
+    Every MoE layer routes each token to ``num_experts_per_tok`` of ``num_local_experts`` experts of width
+    ``intermediate_size`` (fused in checkpoints as ``experts.gate_up_proj`` [E, hidden, 2 x width] and
+    ``experts.down_proj`` [E, width, hidden]) beside one always-on shared expert of the same width; the other
+    layers are dense MLPs of ``intermediate_size_mlp``.  The MoE layers are those vLLM's llama4.py builds,
+    ``(i + 1) % interleave_moe_layer_step == 0`` (Scout: every layer; Maverick, step 2: the odd ones); a
+    ``moe_layers`` list, which transformers reads instead, must name the same layers.  The qk norm
+    (``use_qk_norm``) is a parameter-free L2 norm.  The chunked local attention of the RoPE layers
+    (``attention_chunk_size``, ``no_rope_layers``) is planned as full attention: see `kv_cache.kv_layers`.
+    """
+    r = _Reader(config, model_type)
+    hidden = r.required_int("hidden_size", MAX_HIDDEN_SIZE)
+    layers = r.required_int("num_hidden_layers", MAX_LAYERS)
+    heads = r.required_int("num_attention_heads", MAX_HEADS)
+    step = r.int_or("interleave_moe_layer_step", 1, MAX_LAYERS)
+    moe_layers = tuple(i for i in range(layers) if (i + 1) % step == 0)
+    if config.get("moe_layers") is not None:
+        listed = tuple(sorted(set(r.int_list("moe_layers", layers))))
+        if listed != moe_layers:
+            raise InvalidSpec("moe_layers", list(listed)[:8],
+                              f"names other layers than interleave_moe_layer_step={step}, which vLLM's llama4.py "
+                              f"builds its experts from ({list(moe_layers)[:8]}...): checkpoint and engine disagree")
+    attention_bias = r.flag("attention_bias", False)
+    r.flag("use_qk_norm", True)  # an L2 norm without weights: no tensor either way
+    # read and checked only: the chunked local (RoPE) layers are planned as full attention (kv_cache.py)
+    r.optional_int("attention_chunk_size", None, MAX_POSITIONS)
+    rope_flags = config.get("no_rope_layers")  # 1: a RoPE (chunked local) layer, 0: a global NoPE layer
+    if rope_flags is not None and (not isinstance(rope_flags, list) or len(rope_flags) > MAX_LAYERS
+                                   or any(flag not in (0, 1) or isinstance(flag, bool) for flag in rope_flags)):
+        raise InvalidSpec("no_rope_layers", rope_flags if not isinstance(rope_flags, list) else rope_flags[:8],
+                          "must be a list of 0 (NoPE) and 1 (RoPE) flags, one per layer")
+    return ModelSpec(
+        name=_name(config, model_type, name),
+        model_type=model_type,
+        layout="llama4",
+        hidden_size=hidden,
+        num_layers=layers,
+        num_attention_heads=heads,
+        num_kv_heads=r.int_or("num_key_value_heads", 8, MAX_HEADS),
+        head_dim=r.int_or("head_dim", 128, MAX_HEAD_DIM),
+        intermediate_size=r.int_or("intermediate_size_mlp", 16384, MAX_INTERMEDIATE_SIZE),
+        vocab_size=r.required_int("vocab_size", MAX_VOCAB_SIZE),
+        tie_word_embeddings=r.flag("tie_word_embeddings", False),
+        attention_qkv_bias=attention_bias,
+        attention_output_bias=attention_bias,
+        max_position_embeddings=_positions(r),
+        num_experts=r.int_or("num_local_experts", 16, MAX_EXPERTS),
+        experts_per_token=r.int_or("num_experts_per_tok", 1, MAX_EXPERTS),
+        moe_intermediate_size=r.required_int("intermediate_size", MAX_INTERMEDIATE_SIZE),
+        num_shared_experts=1,
+        dense_layers=tuple(i for i in range(layers) if i not in set(moe_layers)),
+    )
+
+
+def _llama4_vision(config: Mapping[str, object], text_hidden_size: int) -> Llama4VisionTower:
+    """Llama 4's vision tower from ``vision_config`` (transformers' ``Llama4VisionConfig`` defaults for absent keys,
+    and the whole default tower when the key is absent: ``Llama4Config`` always builds one)."""
+    vision = config.get("vision_config")
+    if vision is None:
+        vision = {}
+    if not isinstance(vision, Mapping):
+        raise InvalidSpec("vision_config", vision, "must be a JSON object")
+    defaults = {"hidden_size": 768, "num_hidden_layers": 34, "num_attention_heads": 16, "intermediate_size": 5632,
+                "image_size": 448, "patch_size": 14, "projector_input_dim": 4096, "projector_output_dim": 4096,
+                "vision_output_dim": 7680, "num_channels": 3}
+    sizes: dict[str, Any] = {key: vision.get(key, default) for key, default in defaults.items()}
+    return Llama4VisionTower(
+        hidden_size=sizes["hidden_size"], num_layers=sizes["num_hidden_layers"],
+        num_attention_heads=sizes["num_attention_heads"], intermediate_size=sizes["intermediate_size"],
+        image_size=sizes["image_size"], patch_size=sizes["patch_size"],
+        projector_input_dim=sizes["projector_input_dim"], projector_output_dim=sizes["projector_output_dim"],
+        vision_output_dim=sizes["vision_output_dim"], projection_size=text_hidden_size,
+        num_channels=sizes["num_channels"])
+
+
 _Adapter = Callable[[Mapping[str, object], str, "str | None"], ModelSpec]
 _ADAPTERS: dict[str, _Adapter] = {
     "llama": _llama_family,
@@ -565,8 +645,9 @@ _ADAPTERS: dict[str, _Adapter] = {
     "qwen2_moe": _qwen2_moe,
     "phimoe": _phimoe,
     "glm4_moe": _glm4_moe,
+    "llama4_text": _llama4_text,
 }
-KNOWN_MODEL_TYPES: tuple[str, ...] = (*sorted(_ADAPTERS), "gemma3")
+KNOWN_MODEL_TYPES: tuple[str, ...] = (*sorted(_ADAPTERS), "gemma3", "llama4")
 
 
 #: the config keys a `ModelSpec` field may come from, by family; the first one the config holds names an error
@@ -607,7 +688,7 @@ def model_from_hf_config(config: Mapping[str, object], *, name: str | None = Non
     """
     if not isinstance(config, Mapping):
         raise InvalidSpec("config", type(config).__name__, "must be a JSON object")
-    text = config.get("text_config", config) if config.get("model_type") == "gemma3" else config
+    text = config.get("text_config", config) if config.get("model_type") in ("gemma3", "llama4") else config
     try:
         return _model_from_hf_config(config, name)
     except MissingConfigKey:  # names the config key already (renaming moe_intermediate_size would blame another)
@@ -647,6 +728,22 @@ def _model_from_hf_config(config: Mapping[str, object], name: str | None) -> Mod
             raise InvalidSpec("text_config", text, "must be a JSON object")
         spec = _llama_family(text, "gemma3", name or _name(config, model_type, None))
         return replace(spec, vision=_gemma3_vision(config, spec.hidden_size))
+    if model_type == "llama4":  # Llama4ForConditionalGeneration: text_config's language model and its vision tower
+        text = config.get("text_config")
+        if not isinstance(text, Mapping):
+            raise InvalidSpec("text_config", text, "must be a JSON object")
+        try:
+            spec = _llama4_text(text, "llama4", name or _name(config, model_type, None))
+        except InvalidSpec as error:  # a key the adapter read from text_config: name it there
+            if error.field.split("[")[0] not in text:
+                raise
+            raise InvalidSpec(f"text_config.{error.field}", error.value, error.reason) from error
+        top = _Reader(config, model_type)
+        if top.flag("tie_word_embeddings", spec.tie_word_embeddings) != spec.tie_word_embeddings:
+            raise InvalidSpec("tie_word_embeddings", config["tie_word_embeddings"],
+                              "differs from text_config.tie_word_embeddings: whether the language model's lm_head "
+                              "is its embedding would depend on which one an engine reads")
+        return replace(spec, vision=_llama4_vision(config, spec.hidden_size))
     adapter = _ADAPTERS.get(model_type)
     if adapter is not None:
         return adapter(config, model_type, name)
@@ -678,7 +775,7 @@ ARCHITECTURE_FAMILIES: dict[str, str] = {
     "Gemma2ForCausalLM": "gemma2", "Gemma3ForCausalLM": "gemma3_text", "Phi3ForCausalLM": "phi3",
     "DeepseekV2ForCausalLM": "deepseek_v2", "DeepseekV3ForCausalLM": "deepseek_v3", "FalconForCausalLM": "falcon",
     "GPT2LMHeadModel": "gpt2", "GptOssForCausalLM": "gpt_oss", "Qwen2MoeForCausalLM": "qwen2_moe",
-    "PhiMoEForCausalLM": "phimoe", "Glm4MoeForCausalLM": "glm4_moe",
+    "PhiMoEForCausalLM": "phimoe", "Glm4MoeForCausalLM": "glm4_moe", "Llama4ForCausalLM": "llama4_text",
 }
 
 
@@ -686,7 +783,7 @@ def architecture_family(config: Mapping[str, object]) -> str | None:
     """The known ``model_type`` a config of an unknown one is read as: the family of its first
     ``architectures`` class, the class vLLM loads (None when its model_type is known, or its class is not)."""
     model_type = config.get("model_type")
-    if isinstance(model_type, str) and (model_type in _ADAPTERS or model_type == "gemma3"):
+    if isinstance(model_type, str) and model_type in KNOWN_MODEL_TYPES:
         return None
     architectures = config.get("architectures")
     if isinstance(architectures, list) and architectures and isinstance(architectures[0], str):
@@ -720,6 +817,9 @@ NON_SIZING_KEYS = frozenset({
     "apply_residual_connection_post_layernorm", "original_max_position_embeddings", "initial_context_length",
     "max_window_layers",
     "input_jitter_noise",  # Phi-3.5-MoE: training noise on the experts' inputs
+    # Llama 4: attention temperature tuning, image token ids, a conversion flag
+    "attn_scale", "floor_scale", "attn_temperature_tuning", "for_llm_compressor", "boi_token_index",
+    "eoi_token_index", "image_token_index",
 })
 
 

@@ -23,7 +23,7 @@ from functools import lru_cache
 
 from quant_core.errors import GroupSizeMismatch, UnknownName
 from quant_core.formats import FLOAT_FORMATS, WeightFormat, float_format, int4
-from quant_core.specs import QUANTIZED_ROLES, ROLES, ModelSpec, TensorEntry, VisionTower
+from quant_core.specs import QUANTIZED_ROLES, ROLES, Llama4VisionTower, ModelSpec, TensorEntry, VisionTower
 
 
 class _Builder:
@@ -233,11 +233,82 @@ def inventory(spec: ModelSpec) -> tuple[TensorEntry, ...]:
         _falcon(builder, spec)
     elif spec.layout == "gpt2":
         _gpt2(builder, spec)
+    elif spec.layout == "llama4":
+        _llama4(builder, spec)
     else:
         _decoder(builder, spec)
-    if spec.vision is not None:
+    if isinstance(spec.vision, Llama4VisionTower):
+        _llama4_vision(builder, spec.vision)
+    elif spec.vision is not None:
         _vision(builder, spec.vision)
     return tuple(builder.rows)
+
+
+def _llama4(b: _Builder, spec: ModelSpec) -> None:
+    """Llama 4's language model as its checkpoints name it (transformers' ``Llama4ForCausalLM``; under
+    ``language_model.`` in the multimodal ``Llama4ForConditionalGeneration`` of the ``llama4`` type).
+
+    A MoE layer's ``feed_forward`` holds a router [E, hidden], the routed experts fused into two 3-D tensors,
+    ``experts.gate_up_proj`` [E, hidden, 2 x width] and ``experts.down_proj`` [E, width, hidden] (listed per
+    expert by their logical [out, in] shapes, ``gate_up_proj[{e}]``, whose int4 groups run along the input), and a
+    shared expert (``shared_expert.gate/up/down_proj``, role ``mlp``: every token uses it); a dense layer's
+    ``feed_forward`` is a gated MLP of `intermediate_size`.  The qk norm has no weights."""
+    every = tuple(range(spec.num_layers))
+    moe, dense = spec.moe_layers, spec.dense_layers
+    hidden, experts, width = spec.hidden_size, spec.num_experts, spec.moe_intermediate_size
+    root = "language_model." if spec.model_type == "llama4" else ""
+    layer = f"{root}model.layers.{{i}}"
+    b.add(f"{root}model.embed_tokens.weight", (spec.vocab_size, hidden), "embedding")
+    b.norm(f"{layer}.input_layernorm", hidden, every, spec.norm)
+    p = f"{layer}.self_attn"
+    q_out, kv_out = spec.num_attention_heads * spec.head_dim, spec.num_kv_heads * spec.head_dim
+    b.linear(f"{p}.q_proj", q_out, hidden, "attention", every, spec.attention_qkv_bias)
+    b.linear(f"{p}.k_proj", kv_out, hidden, "attention", every, spec.attention_qkv_bias)
+    b.linear(f"{p}.v_proj", kv_out, hidden, "attention", every, spec.attention_qkv_bias)
+    b.linear(f"{p}.o_proj", hidden, q_out, "attention", every, spec.attention_output_bias)
+    b.norm(f"{layer}.post_attention_layernorm", hidden, every, spec.norm)
+    f = f"{layer}.feed_forward"
+    _gated_mlp(b, f, spec.intermediate_size, spec, dense)
+    b.linear(f"{f}.router", experts, hidden, "router", moe, False)
+    top_k = spec.experts_per_token
+    b.add(f"{f}.experts.gate_up_proj[{{e}}]", (2 * width, hidden), "expert", moe, experts, top_k)
+    b.add(f"{f}.experts.down_proj[{{e}}]", (hidden, width), "expert", moe, experts, top_k)
+    _gated_mlp(b, f"{f}.shared_expert", width * spec.num_shared_experts, spec, moe)
+    b.norm(f"{root}model.norm", hidden, None, spec.norm)
+    if not spec.tie_word_embeddings:
+        b.add(f"{root}lm_head.weight", (spec.vocab_size, hidden), "lm_head")
+
+
+def _llama4_vision(b: _Builder, tower: Llama4VisionTower) -> None:
+    """Llama 4's image encoder and projector as its checkpoints name them (transformers' ``Llama4VisionModel`` and
+    ``Llama4MultiModalProjector``), every tensor of role ``vision``, the encoder's layers one row each counted
+    `num_layers` times (they are no decoder layers)."""
+    hidden, prefix = tower.hidden_size, "vision_model"
+    positions = (tower.image_size // tower.patch_size) ** 2 + 1  # one per patch and the class token
+    head_dim = hidden // tower.num_attention_heads
+    attention_width = tower.num_attention_heads * head_dim
+    b.add(f"{prefix}.patch_embedding.linear.weight",
+          (hidden, tower.num_channels * tower.patch_size * tower.patch_size), "vision")
+    b.add(f"{prefix}.class_embedding", (hidden,), "vision")
+    b.add(f"{prefix}.positional_embedding_vlm", (positions, hidden), "vision")
+    for norm in (f"{prefix}.layernorm_pre", f"{prefix}.layernorm_post"):
+        b.add(f"{norm}.weight", (hidden,), "vision")
+        b.add(f"{norm}.bias", (hidden,), "vision")
+    layer, count = f"{prefix}.model.layers.{{v}}", tower.num_layers
+    linears = [(f"{layer}.self_attn.{proj}", (attention_width, hidden)) for proj in ("q_proj", "k_proj", "v_proj")]
+    linears += [(f"{layer}.self_attn.o_proj", (hidden, attention_width)),
+                (f"{layer}.mlp.fc1", (tower.intermediate_size, hidden)),
+                (f"{layer}.mlp.fc2", (hidden, tower.intermediate_size))]
+    for name, (out_features, in_features) in linears:
+        b.add(f"{name}.weight", (out_features, in_features), "vision", per_layer=count)
+        b.add(f"{name}.bias", (out_features,), "vision", per_layer=count)
+    for norm in (f"{layer}.input_layernorm", f"{layer}.post_attention_layernorm"):
+        b.add(f"{norm}.weight", (hidden,), "vision", per_layer=count)
+        b.add(f"{norm}.bias", (hidden,), "vision", per_layer=count)
+    b.add(f"{prefix}.vision_adapter.mlp.fc1.weight", (tower.projector_input_dim, tower.intermediate_size), "vision")
+    b.add(f"{prefix}.vision_adapter.mlp.fc2.weight", (tower.projector_output_dim, tower.projector_output_dim),
+          "vision")
+    b.add("multi_modal_projector.linear_1.weight", (tower.projection_size, tower.vision_output_dim), "vision")
 
 
 def _vision(b: _Builder, tower: VisionTower) -> None:

@@ -19,6 +19,13 @@ Tokens held per sequence: a full layer holds the whole context; a sliding layer 
 layer's held tokens round up to whole blocks, per sequence.  (vLLM may hold one more
 block for a sliding layer while the window straddles a block boundary; nibble counts
 ``ceil(min(context, window) / block) × block`` tokens, the steady-state figure.)
+
+Llama 4's chunked local attention (``attention_chunk_size`` on its RoPE layers) is planned as full
+attention, the safe side: vLLM allocates those layers the full context whenever its hybrid KV cache
+manager is off, which it is by default for a model with ``attention_chunk_size`` from vLLM PR #21761
+(July 2025, ``VLLM_ALLOW_CHUNKED_LOCAL_ATTN_WITH_HYBRID_KV_CACHE`` default off: v0.11 among the releases
+nibble models) until PR #29627 turned the variable on; later releases may hold only ``chunk + batch``
+tokens in them (``ChunkedLocalAttentionSpec``), so nibble's figure is their upper bound.
 """
 
 from __future__ import annotations

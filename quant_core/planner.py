@@ -49,7 +49,7 @@ from quant_core.formats import WeightFormat, float_format, int4, kv_dtype
 from quant_core.inventory import QuantizationPolicy, parameter_count
 from quant_core.kv_cache import held_tokens, kv_bytes_per_token, kv_layers, layer_bytes_per_token
 from quant_core.schemes import WeightScheme, assigned_bytes, scheme_of, with_partial_groups
-from quant_core.specs import ModelSpec, TensorEntry
+from quant_core.specs import Llama4VisionTower, ModelSpec, TensorEntry
 
 GIB = 1 << 30
 AS_SHIPPED = "as_shipped"  # the comparison's key for the checkpoint as its config ships it
@@ -356,8 +356,13 @@ def _stage_ranges(num_layers: int, stages: int) -> tuple[tuple[int, int], ...]:
 #: the vision tower's tensors vLLM shards over the tensor-parallel ranks (siglip.py: QKVParallelLinear,
 #: RowParallelLinear and ColumnParallelLinear weights, fc1's bias, a VocabParallelEmbedding of positions); its
 #: patch convolution, norms, row-parallel biases and the projector are whole on every rank
-_VISION_SHARDED = ("q_proj.weight", "k_proj.weight", "v_proj.weight", "q_proj.bias", "k_proj.bias", "v_proj.bias",
-                   "out_proj.weight", "fc1.weight", "fc1.bias", "fc2.weight", "position_embedding.weight")
+_VISION_SHARDED: tuple[str, ...] = (
+    "q_proj.weight", "k_proj.weight", "v_proj.weight", "q_proj.bias", "k_proj.bias", "v_proj.bias",
+    "out_proj.weight", "fc1.weight", "fc1.bias", "fc2.weight", "position_embedding.weight")
+#: ... and Llama 4's (mllama4.py, mm_encoder_tp_mode "weights"): the same linear layers (o_proj for out_proj), the
+#: patch embedding's and the projector's ColumnParallelLinear; its class and position embeddings (plain Parameters),
+#: norms and row-parallel biases are whole on every rank
+_VISION_SHARDED += ("o_proj.weight", "patch_embedding.linear.weight", "multi_modal_projector.linear_1.weight")
 
 
 def _sharded_bytes(one_tensor_bytes: int, entry: TensorEntry, tensor_parallel: int) -> int:
@@ -750,9 +755,12 @@ def engine_tensor_parallel_sizes(spec: ModelSpec, limit: int = MAX_DEVICES_SEARC
     heads, kv_heads = spec.num_attention_heads, spec.num_kv_heads
     if heads <= 0:
         return tuple(range(1, limit + 1))
+    # Llama 4's vision tower splits its own heads over the same ranks (vLLM's mllama4.py asserts they divide)
+    vision_heads = spec.vision.num_attention_heads if isinstance(spec.vision, Llama4VisionTower) else None
     return tuple(size for size in range(1, min(heads, limit) + 1)
                  if heads % size == 0 and (spec.kv_lora_rank > 0 or kv_heads <= 0
-                                           or kv_heads % size == 0 or size % kv_heads == 0))
+                                           or kv_heads % size == 0 or size % kv_heads == 0)
+                 and (vision_heads is None or vision_heads % size == 0))
 
 
 def _min_devices(evaluator: _Evaluator, terms: _ModelTerms, workload: Workload) -> int | None:
@@ -1025,4 +1033,10 @@ def _warnings(spec: ModelSpec, hardware: Hardware, workload: Workload, options: 
         out.append(f"Tensor parallel degree {tensor_parallel} neither divides the model's {kv_heads} key/value "
                    f"heads nor is a multiple of them (to replicate them): engines such as vLLM refuse this "
                    f"layout; the KV figures assume {-(-kv_heads // tensor_parallel)} head(s) per device.")
+    if spec.layout == "llama4":
+        out.append("Llama 4's chunked local attention layers (its RoPE layers, attention_chunk_size tokens each) are "
+                   "planned as full attention: vLLM allocates them the whole context while its hybrid KV cache "
+                   "manager is off for chunked attention (the default from vLLM PR #21761, July 2025, to PR #29627); "
+                   "with VLLM_ALLOW_CHUNKED_LOCAL_ATTN_WITH_HYBRID_KV_CACHE on they hold at most a chunk and a batch "
+                   "of tokens, so the KV cache figures are an upper bound there.")
     return tuple(out)

@@ -90,6 +90,39 @@ class VisionTower:
 
 
 @dataclass(frozen=True, slots=True)
+class Llama4VisionTower:
+    """Llama 4's image encoder and projector (``vision_config`` of a ``llama4`` config, transformers'
+    ``Llama4VisionModel`` and ``Llama4MultiModalProjector``): a patch embedding (a linear layer over unfolded
+    `patch_size` x `patch_size` x `num_channels` patches), a class embedding and one learned position per patch and
+    for the class token, `num_layers` encoder layers of `hidden_size` with `num_attention_heads` heads and an MLP of
+    `intermediate_size` (every linear layer with a bias, LayerNorms with one), a pixel-shuffle adapter MLP
+    (``vision_adapter.mlp``: `intermediate_size` -> `projector_input_dim` -> `projector_output_dim`, no biases), and
+    the ``[projection_size, vision_output_dim]`` projector into the language model (its width)."""
+
+    hidden_size: int
+    num_layers: int
+    num_attention_heads: int
+    intermediate_size: int
+    image_size: int
+    patch_size: int
+    projector_input_dim: int
+    projector_output_dim: int
+    vision_output_dim: int
+    projection_size: int
+    num_channels: int = 3
+
+    def __post_init__(self) -> None:
+        for field, (low, high) in _LLAMA4_VISION_LIMITS.items():
+            object.__setattr__(self, field, check_int(f"vision_config.{field}", getattr(self, field), low, high))
+        if self.image_size % self.patch_size:
+            raise InvalidSpec("vision_config.image_size", self.image_size,
+                              f"is not a multiple of patch_size={self.patch_size}")
+        if self.hidden_size % self.num_attention_heads:
+            raise InvalidSpec("vision_config.num_attention_heads", self.num_attention_heads,
+                              f"does not divide hidden_size={self.hidden_size}")
+
+
+@dataclass(frozen=True, slots=True)
 class KVLayer:
     """What one attention layer caches per token.
 
@@ -126,7 +159,11 @@ class KVLayer:
 #   gpt_oss   MoE with fused expert tensors and biases, router bias, attention sinks
 #   qwen2_moe llama attention, MoE as mlp.gate + mlp.experts.{e}.* beside one mlp.shared_expert of its own width,
 #             scaled per token by mlp.shared_expert_gate ([1, hidden], a sigmoid gate)
-LAYOUTS: tuple[str, ...] = ("llama", "mixtral", "phi3", "deepseek", "falcon", "gpt2", "gpt_oss", "qwen2_moe")
+#   llama4    llama attention under ``feed_forward``: routed experts fused as [E, in, out] tensors beside a router
+#             and one shared expert, dense layers (`dense_layers`) of `intermediate_size`; the multimodal
+#             ``llama4`` type names the language model ``language_model.model.*`` beside ``vision_model.*``
+LAYOUTS: tuple[str, ...] = ("llama", "mixtral", "phi3", "deepseek", "falcon", "gpt2", "gpt_oss", "qwen2_moe",
+                           "llama4")
 NORM_KINDS: tuple[str, ...] = ("rmsnorm", "layernorm")
 
 # Sane maximums: far above any published model (largest today: hidden 25,600, 126 layers,
@@ -173,6 +210,14 @@ _VISION_LIMITS: dict[str, tuple[int, int]] = {
     "patch_size": (1, 65_536),
     "projection_size": (1, MAX_HIDDEN_SIZE),
     "num_channels": (1, 64),
+}
+#: Llama 4's vision tower (its position table is (image_size / patch_size)^2 + 1 rows)
+_LLAMA4_VISION_LIMITS: dict[str, tuple[int, int]] = {
+    **_VISION_LIMITS,
+    "num_attention_heads": (1, MAX_HEADS),
+    "projector_input_dim": (1, MAX_HIDDEN_SIZE),
+    "projector_output_dim": (1, MAX_HIDDEN_SIZE),
+    "vision_output_dim": (1, MAX_HIDDEN_SIZE),
 }
 _OPTIONAL_INT_LIMITS: dict[str, tuple[int, int]] = {
     "max_position_embeddings": (1, MAX_POSITIONS),
@@ -277,7 +322,7 @@ class ModelSpec:
     qk_rope_head_dim: int = 0
     v_head_dim: int = 0
     #: a multimodal model's image encoder, which engines load beside the language model (None: text only)
-    vision: VisionTower | None = None
+    vision: VisionTower | Llama4VisionTower | None = None
 
     def __post_init__(self) -> None:
         for field in ("name", "model_type"):
@@ -332,6 +377,8 @@ class ModelSpec:
                     raise InvalidSpec(field, getattr(self, field), "must be positive for MLA attention")
         if self.learned_position_embeddings and self.max_position_embeddings is None:
             raise InvalidSpec("max_position_embeddings", None, "learned position embeddings need a size")
+        if self.vision is not None and not isinstance(self.vision, VisionTower | Llama4VisionTower):
+            raise InvalidSpec("vision", type(self.vision).__name__, "must be a vision tower (or absent)")
 
     @property
     def is_moe(self) -> bool:
@@ -381,4 +428,16 @@ class ModelSpec:
         values: dict[str, Any] = {
             key: tuple(value) if isinstance(value, list) else value for key, value in data.items()
         }
+        vision = values.get("vision")
+        if isinstance(vision, dict):  # to_dict's tower as JSON: Llama 4's has a vision_output_dim, SigLIP's not
+            tower = Llama4VisionTower if "vision_output_dim" in vision else VisionTower
+            known_fields = tower.__dataclass_fields__
+            unknown_fields = sorted(str(key) for key in vision if key not in known_fields)
+            if unknown_fields:
+                raise InvalidSpec(f"vision.{unknown_fields[0]}", vision[unknown_fields[0]],
+                                  f"is not a {tower.__name__} field (known: {', '.join(known_fields)})")
+            try:
+                values["vision"] = tower(**vision)
+            except TypeError as error:  # a field left out
+                raise InvalidSpec("vision", sorted(vision), f"is not a whole {tower.__name__}: {error}") from None
         return cls(**values)

@@ -37,7 +37,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from quant_core.checkpoint.gguf_model import gguf_model
-from quant_core.checkpoint.plan import CheckpointOptions, TensorPlan
+from quant_core.checkpoint.plan import CheckpointOptions, TensorPlan, fused_expert_module
 from quant_core.checkpoint.source import (
     CONFIG_NAME,
     INDEX_NAME,
@@ -252,6 +252,17 @@ def unquantized_modules(plans: Sequence[TensorPlan]) -> list[str]:
             and plan.tensor.dtype in _FLOAT_DTYPES]
 
 
+def fused_expert_modules(plans: Sequence[TensorPlan]) -> list[str]:
+    """The fused-MoE modules (``...feed_forward.experts``) whose fused 3-D expert tensors pass through, in order:
+    the quantization_config names them so vLLM builds those layers unquantized (`quantization_config`)."""
+    modules: dict[str, None] = {}
+    for plan in plans:
+        module = fused_expert_module(plan.tensor.name, len(plan.tensor.shape))
+        if module is not None and not plan.quantized:
+            modules[module] = None
+    return list(modules)
+
+
 def quantization_config(options: CheckpointOptions, plans: Sequence[TensorPlan]) -> dict[str, Any]:
     """The ``quantization_config`` config.json gets for this job.
 
@@ -269,16 +280,20 @@ def quantization_config(options: CheckpointOptions, plans: Sequence[TensorPlan])
             stored = plan.stored_format(options)
             if plan.quantized and stored.name == "int4":
                 groups.setdefault((stored.group_size, stored.symmetric), []).append(module_prefix(plan.tensor.name))
-        return compressed_tensors_scheme_config(groups)
+        config = compressed_tensors_scheme_config(groups)
+        # vLLM's CompressedTensorsMoEMethod.get_moe_method: a fused-MoE layer the ignore list names is unquantized
+        config["ignore"] = [*config["ignore"], *fused_expert_modules(plans)]
+        return config
     if options.output == "gptq":
         quantized = [module_prefix(plan.tensor.name) for plan in plans if plan.quantized]
         skipped = [module_prefix(plan.tensor.name) for plan in plans if not plan.quantized
                    and needs_skip_rule(plan.tensor.name, len(plan.tensor.shape), plan.tensor.dtype in _FLOAT_DTYPES)]
+        skipped += fused_expert_modules(plans)  # gptq_marlin's get_moe_quant_method: a negative dynamic rule
         unquantized = [module_of(plan.tensor.name) for plan in plans if not plan.quantized]
         return {**gptq_scheme_config(group_size, symmetric, act_order=False),
                 **skipped_modules_config(quantized, skipped, unquantized)}
-    if options.output == "awq":
-        return awq_scheme_config(group_size, unquantized_modules(plans))
+    if options.output == "awq":  # awq_marlin: a fused-MoE layer modules_to_not_convert names is unquantized
+        return awq_scheme_config(group_size, [*unquantized_modules(plans), *fused_expert_modules(plans)])
     if not options.has_budget:
         return {"quant_method": "gguf", "type": "Q4_0"}
     types = {plan.tensor.name: _ggml_type(plan).name for plan in plans if plan.quantized}

@@ -141,6 +141,13 @@ class TensorPlan:
         return self.format if self.format is not None else options.scheme
 
 
+def _with_family_reason(reason: str | None, tensor: CheckpointTensor, checkpoint: Checkpoint) -> str | None:
+    """`reason`, or the family's own when the generic rules would quantize the tensor or call it only 3-D."""
+    if reason is None or reason.startswith("3-D tensor"):
+        return _family_reason(tensor, checkpoint) or reason
+    return reason
+
+
 def _group_size_reason(in_features: int, group_size: int) -> str:
     return f"in_features {in_features} is not a multiple of group_size {group_size}"
 
@@ -174,6 +181,35 @@ def _reason(tensor: CheckpointTensor, options: CheckpointOptions, include: Seque
     return None
 
 
+#: the modules of a multimodal Llama 4 checkpoint that vLLM builds with no quantization config (mllama4.py:
+#: ``Llama4VisionModel(config.vision_config, None, ...)``, ``Llama4MultiModalProjector(self.config, None, ...)``):
+#: stored quantized, they would not load
+_LLAMA4_UNQUANTIZED_PREFIXES = ("vision_model.", "multi_modal_projector.")
+#: routed experts fused into one [experts, in, out] tensor per projection (Llama 4; gpt-oss in bf16)
+FUSED_EXPERT_SUFFIXES = ("experts.gate_up_proj", "experts.down_proj")
+
+
+def fused_expert_module(name: str, ndim: int) -> str | None:
+    """The fused-MoE module (``...feed_forward.experts``) a fused 3-D expert tensor belongs to, else None."""
+    if ndim == 3 and name.endswith(FUSED_EXPERT_SUFFIXES):
+        return name.rsplit(".", 1)[0]
+    return None
+
+
+def _family_reason(tensor: CheckpointTensor, checkpoint: Checkpoint) -> str | None:
+    """Why a tensor the name and shape rules would quantize (or refuse as 3-D) passes through for its family."""
+    config = checkpoint.config or {}
+    if config.get("model_type") == "llama4" and tensor.name.startswith(_LLAMA4_UNQUANTIZED_PREFIXES):
+        return ("Llama 4's vision tower and projector: vLLM's mllama4.py builds them without a quantization "
+                "config, so they stay as stored")
+    if fused_expert_module(tensor.name, len(tensor.shape)) is not None:
+        return (f"routed experts fused as one [experts, in, out] tensor (shape {list(tensor.shape)}): nibble "
+                "quantizes 2-D linear weights only, so they stay as stored, and the quantization_config marks "
+                "their fused-MoE module unquantized (compressed-tensors ignore, AWQ modules_to_not_convert, GPTQ "
+                "dynamic) for vLLM to load them as they are")
+    return None
+
+
 def plan_checkpoint(checkpoint: Checkpoint, options: CheckpointOptions) -> tuple[TensorPlan, ...]:
     """Every tensor of `checkpoint` in order with its fate under `options` (checked first: `check_options`).
 
@@ -184,7 +220,8 @@ def plan_checkpoint(checkpoint: Checkpoint, options: CheckpointOptions) -> tuple
     check_options(options)
     include = [compile_glob(pattern) for pattern in options.include]
     exclude = [compile_glob(pattern) for pattern in options.exclude]
-    plans = tuple(TensorPlan(index, tensor, _reason(tensor, options, include, exclude))
+    plans = tuple(TensorPlan(index, tensor, _with_family_reason(_reason(tensor, options, include, exclude),
+                                                                tensor, checkpoint))
                   for index, tensor in enumerate(checkpoint.tensors))
     if not any(plan.quantized for plan in plans):
         reasons = sorted({plan.reason or "" for plan in plans})

@@ -37,7 +37,7 @@ from functools import lru_cache
 from quant_core.engines.base import BatchLimits, KVCapacity, Stage, Term
 from quant_core.errors import UnknownName
 from quant_core.kv_cache import kv_layers, layer_bytes_per_token
-from quant_core.specs import ModelSpec
+from quant_core.specs import Llama4VisionTower, ModelSpec
 
 GIB = 1 << 30
 MIB = 1 << 20
@@ -284,6 +284,10 @@ class VllmProfile:
             # phimoe.py, phimoe_routing_function: assert topk == 2, "Only top-2 routing is supported"
             return (f"vLLM refuses a PhiMoE model routing each token to {spec.experts_per_token} experts: its "
                     "sparsemixer routing supports top-2 only")
+        if isinstance(spec.vision, Llama4VisionTower) and spec.vision.num_attention_heads % tensor_parallel:
+            # mllama4.py, Llama4VisionAttention: assert self.num_heads % self.tp_size == 0
+            return (f"vLLM refuses tensor parallel size {tensor_parallel}: it does not divide the vision tower's "
+                    f"{spec.vision.num_attention_heads} attention heads (mllama4.py splits them over the ranks)")
         return None
 
     def vocabulary_on_every_stage(self, spec: ModelSpec) -> str | None:

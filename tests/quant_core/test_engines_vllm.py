@@ -552,3 +552,31 @@ def test_unknown_engine_and_version_are_refused_naming_the_field() -> None:
         PlanOptions(engine_version="0.1")
     assert version.value.field == "runtime.engine_version"
     assert get_engine("generic") is None
+
+
+def test_vllm_refuses_a_tensor_parallel_size_that_splits_llama4s_40_heads_but_not_its_vision_towers_16() -> None:
+    # TP 40 divides the language model's 40 heads and replicates its 8 KV heads, but mllama4.py's
+    # Llama4VisionAttention asserts num_heads (16) % tp_size == 0; the text-only llama4_text model takes it
+    from quant_core.hf_config import model_from_hf_config
+    from tests.quant_core.test_hf_config import llama4_config
+
+    config = llama4_config("llama-4-scout-17b-16e-instruct")
+    hardware = Hardware(get_device("h100-80gb").planning_bytes, 40)
+    refused = plan(model_from_hf_config(config), hardware, Workload(4096, 1))
+    assert refused.refusal is not None and "vision tower's 16 attention heads" in refused.refusal
+    assert plan(model_from_hf_config(config["text_config"]), hardware, Workload(4096, 1)).refusal is None
+    assert VllmProfile().refusal(model_from_hf_config(config), 8, 1) is None
+    from quant_core.planner import engine_tensor_parallel_sizes
+
+    assert engine_tensor_parallel_sizes(model_from_hf_config(config)) == (1, 2, 4, 8)
+    assert engine_tensor_parallel_sizes(model_from_hf_config(config["text_config"])) == (1, 2, 4, 8, 40)
+
+
+def test_vllm_builds_llama4s_vocabulary_only_on_the_first_and_last_stage() -> None:
+    # vllm/model_executor/models/llama4.py: Llama4Model(LlamaModel) and Llama4ForCausalLM(LlamaForCausalLM) keep
+    # llama.py's PPMissingLayer for the embedding, norm and lm_head on the ranks that do not run them
+    from quant_core.hf_config import model_from_hf_config
+    from tests.quant_core.test_hf_config import llama4_config
+
+    spec = model_from_hf_config(llama4_config("llama-4-maverick-17b-128e-instruct"))
+    assert VllmProfile().vocabulary_on_every_stage(spec) is None

@@ -478,3 +478,152 @@ def test_kimi_k2s_parameter_count_is_what_transformers_builds_for_its_config() -
 def test_every_architecture_nibble_reads_by_its_class_is_a_family_it_has_a_reader_for() -> None:
     from quant_core.hf_config import ARCHITECTURE_FAMILIES, KNOWN_MODEL_TYPES
     assert set(ARCHITECTURE_FAMILIES.values()) <= set(KNOWN_MODEL_TYPES)
+
+
+# --- Llama 4 -------------------------------------------------------------------------------------------------------
+LLAMA4_DATA = Path(__file__).resolve().parent / "data" / "llama4"  # sources: data/llama4/README.md
+
+
+def llama4_config(name: str) -> dict[str, Any]:
+    config: dict[str, Any] = json.loads((LLAMA4_DATA / f"{name}.json").read_text())
+    return config
+
+
+@pytest.mark.parametrize(("name", "total", "experts", "dense_layers"), [
+    # meta-llama/Llama-4-Scout-17B-16E-Instruct: 108,641,793,536 parameters, the Hugging Face Hub API's
+    # safetensors.total for the repo (every tensor bf16: 217,283,587,072 bytes); "17B active, 109B total"
+    ("llama-4-scout-17b-16e-instruct", 108_641_793_536, 16, 0),
+    # meta-llama/Llama-4-Maverick-17B-128E-Instruct: 401,583,781,376 parameters, the parameter_count Fireworks'
+    # billing export shows for llama4-maverick-instruct-basic (docs.fireworks.ai, firectl billing export-metrics);
+    # "17B active, 400B total"
+    ("llama-4-maverick-17b-128e-instruct", 401_583_781_376, 128, 24),
+])
+def test_llama4_configs_count_their_published_parameters(name: str, total: int, experts: int,
+                                                         dense_layers: int) -> None:
+    spec = model_from_hf_config(llama4_config(name))
+    counts = parameter_count(spec)
+    assert counts.total == total
+    assert spec.num_experts == experts and spec.num_shared_experts == 1 and spec.experts_per_token == 1
+    assert len(spec.dense_layers) == dense_layers
+    # Llama4VisionModel (34 layers of 1408) and the 4096 -> 5120 projector: 871,932,416, the same in both
+    assert counts.by_role["vision"] == 871_932_416
+    assert counts.active_per_token is not None and 17_000_000_000 < counts.active_per_token < 17_500_000_000
+
+
+@pytest.mark.parametrize("name", ["llama-4-scout-17b-16e-instruct", "llama-4-maverick-17b-128e-instruct"])
+def test_llama4_inventory_equals_the_model_transformers_builds_role_by_role(name: str) -> None:
+    torch = pytest.importorskip("torch")
+    transformers = pytest.importorskip("transformers")
+    config = llama4_config(name)
+    # transformers 5's strict Llama4TextConfig wants a bool where the published files hold 4
+    text = {**config["text_config"], "attn_temperature_tuning": True}
+    hf_config = transformers.Llama4Config(**{**config, "text_config": text})
+    with torch.device("meta"):
+        model = transformers.Llama4ForConditionalGeneration(hf_config)
+    by_role: dict[str, int] = {}
+    for parameter_name, parameter in model.named_parameters():
+        if parameter_name.startswith(("model.vision_model.", "model.multi_modal_projector.", "vision_model.",
+                                      "multi_modal_projector.")):
+            role = "vision"
+        elif ".experts." in parameter_name:
+            role = "expert"
+        elif ".router." in parameter_name:
+            role = "router"
+        elif "norm" in parameter_name:
+            role = "norm"
+        elif "embed_tokens" in parameter_name:
+            role = "embedding"
+        elif "lm_head" in parameter_name:
+            role = "lm_head"
+        elif ".self_attn." in parameter_name:
+            role = "attention"
+        else:
+            role = "mlp"  # dense feed_forward and the shared expert
+        by_role[role] = by_role.get(role, 0) + parameter.numel()
+    counts = parameter_count(model_from_hf_config(config))
+    assert {role: size for role, size in counts.by_role.items() if size} == by_role
+    text_only = parameter_count(model_from_hf_config(config["text_config"]))  # llama4_text: Llama4ForCausalLM
+    with torch.device("meta"):
+        text_model = transformers.AutoModelForCausalLM.from_config(transformers.Llama4TextConfig(**text))
+    assert text_only.total == sum(parameter.numel() for parameter in text_model.parameters())
+    assert text_only.by_role["vision"] == 0
+
+
+def test_llama4_tensors_carry_their_checkpoint_names_and_shapes() -> None:
+    # the names of meta-llama/Llama-4-Scout-17B-16E-Instruct's model.safetensors.index.json (vLLM's llama4.py
+    # load_moe_expert_weights reads the fused "experts.gate_up_proj" [E, hidden, 2 x width] and splits it in two)
+    spec = model_from_hf_config(llama4_config("llama-4-scout-17b-16e-instruct"))
+    rows = {entry.name: entry for entry in inventory(spec)}
+    gate_up = rows["language_model.model.layers.{i}.feed_forward.experts.gate_up_proj[{e}]"]
+    assert gate_up.shape == (2 * 8192, 5120) and gate_up.per_layer == 16 and len(gate_up.layers) == 48
+    assert rows["language_model.model.layers.{i}.feed_forward.experts.down_proj[{e}]"].shape == (5120, 8192)
+    assert rows["language_model.model.layers.{i}.feed_forward.router.weight"].shape == (16, 5120)
+    assert rows["language_model.model.layers.{i}.feed_forward.shared_expert.up_proj.weight"].shape == (8192, 5120)
+    assert "language_model.lm_head.weight" in rows and "vision_model.positional_embedding_vlm" in rows
+    assert rows["vision_model.positional_embedding_vlm"].shape == (24 * 24 + 1, 1408)
+    assert rows["multi_modal_projector.linear_1.weight"].shape == (5120, 4096)
+    assert not any("q_norm" in name or "k_norm" in name for name in rows)  # use_qk_norm: an L2 norm, no weights
+    text = model_from_hf_config(llama4_config("llama-4-scout-17b-16e-instruct")["text_config"])
+    assert text.model_type == "llama4_text" and text.vision is None
+    assert {"model.embed_tokens.weight", "lm_head.weight"} <= {entry.name for entry in inventory(text)}
+
+
+def test_maverick_interleaves_dense_and_moe_layers_as_vllm_builds_them() -> None:
+    # vllm/model_executor/models/llama4.py: is_moe_layer = (layer_idx + 1) % interleave_moe_layer_step == 0
+    config = llama4_config("llama-4-maverick-17b-128e-instruct")
+    spec = model_from_hf_config(config)
+    assert spec.moe_layers == tuple(range(1, 48, 2)) and spec.dense_layers == tuple(range(0, 48, 2))
+    rows = {entry.name: entry for entry in inventory(spec)}
+    dense = rows["language_model.model.layers.{i}.feed_forward.gate_proj.weight"]
+    assert dense.shape == (16384, 5120) and dense.layers == tuple(range(0, 48, 2))
+    listed = {**config, "text_config": {**config["text_config"], "moe_layers": list(range(1, 48, 2))}}
+    assert model_from_hf_config(listed) == spec
+    other = {**config, "text_config": {**config["text_config"], "moe_layers": list(range(0, 48, 2))}}
+    with pytest.raises(InvalidSpec) as caught:  # transformers would build one model, vLLM another
+        model_from_hf_config(other)
+    assert caught.value.field == "text_config.moe_layers"
+
+
+def test_llama4_bad_sizes_are_refused_naming_the_key() -> None:
+    config = llama4_config("llama-4-scout-17b-16e-instruct")
+    with pytest.raises(InvalidSpec) as caught:
+        model_from_hf_config({**config, "vision_config": {**config["vision_config"], "patch_size": 0}})
+    assert caught.value.field == "vision_config.patch_size"
+    with pytest.raises(InvalidSpec) as caught:
+        model_from_hf_config({**config, "text_config": {**config["text_config"], "num_local_experts": "16"}})
+    assert caught.value.field == "text_config.num_local_experts"
+    with pytest.raises(InvalidSpec) as caught:
+        model_from_hf_config({**config, "text_config": [1]})
+    assert caught.value.field == "text_config"
+
+
+def test_llama4_configs_leave_no_key_unread_and_refuse_a_tie_the_two_configs_disagree_on() -> None:
+    config = llama4_config("llama-4-maverick-17b-128e-instruct")
+    assert unread_config_keys(config) == () and unread_config_keys(config["text_config"]) == ()
+    with pytest.raises(InvalidSpec) as caught:
+        model_from_hf_config({**config, "tie_word_embeddings": True})
+    assert caught.value.field == "tie_word_embeddings"
+    with pytest.raises(InvalidSpec) as caught:
+        model_from_hf_config({**config, "text_config": {**config["text_config"], "no_rope_layers": [2]}})
+    assert caught.value.field == "text_config.no_rope_layers"
+
+
+def test_a_llama4_spec_with_its_vision_tower_survives_a_json_round_trip() -> None:
+    import dataclasses
+
+    spec = model_from_hf_config(llama4_config("llama-4-maverick-17b-128e-instruct"))
+    as_json = json.loads(json.dumps(spec.to_dict(), default=dataclasses.asdict))
+    assert ModelSpec.from_dict(as_json) == spec
+    with pytest.raises(InvalidSpec) as caught:
+        ModelSpec.from_dict({**as_json, "vision": {**as_json["vision"], "heads": 16}})
+    assert caught.value.field == "vision.heads"
+    with pytest.raises(InvalidSpec) as caught:
+        ModelSpec.from_dict({**as_json, "vision": "siglip"})
+    assert caught.value.field == "vision"
+
+
+@pytest.mark.parametrize("name", ["llama-4-scout-17b-16e-instruct", "llama-4-maverick-17b-128e-instruct"])
+def test_the_llama4_presets_are_their_parsed_configs(name: str) -> None:
+    from quant_core.catalog import get_preset
+
+    assert get_preset(name) == model_from_hf_config(llama4_config(name), name=name)

@@ -1,11 +1,12 @@
 """nibble's llama.cpp mixes against llama-quantize itself: recorded per-tensor types and tensor bytes.
 
 `data/llama_quantize/recorded.json` holds what llama-quantize (llama.cpp vendored by PyPI's
-llama-cpp-python 0.3.36, built here with cmake, CPU only) wrote for small random models of seven
+llama-cpp-python 0.3.36, built here with cmake, CPU only) wrote for small random models of ten
 configurations (llama, qwen2 with widths 256 does not divide and tied embeddings, qwen3, gemma2,
 phi3, qwen3_moe with 4 experts, mixtral with 8, qwen2_moe with 4 experts and a gated shared expert, phimoe with
-4 experts, LayerNorm, attention and lm_head biases) in every file type nibble plans; `record.py` beside
-it wrote the inputs and ran the tool.  The tests compare with the recording, never run the tool.
+4 experts, LayerNorm, attention and lm_head biases, llama4 with 4 experts, a shared expert and dense layers between)
+in every file type nibble plans; `record.py` beside it wrote the inputs and ran the tool.  The tests compare with the
+recording, never run the tool.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ DATA = Path(__file__).resolve().parent / "data" / "llama_quantize"
 RECORDED: list[dict[str, Any]] = json.loads((DATA / "recorded.json").read_text()) \
     if (DATA / "recorded.json").is_file() else []
 sys.path.insert(0, str(DATA))
-from record import MODELS, gguf_name  # noqa: E402  (the recorder's own name mapping, one place)
+from record import MODELS, gguf_names  # noqa: E402  (the recorder's own name mapping, one place)
 
 
 @pytest.mark.skipif(not RECORDED, reason="no llama-quantize recording")
@@ -44,8 +45,8 @@ def test_every_tensor_gets_the_type_llama_quantize_gave_it(record: dict[str, Any
     predicted = {}
     for entry in inventory(spec):
         for layer in entry.layers or (-1,):
-            name = gguf_name(spec, entry).replace("{i}", str(layer))
-            predicted[name] = tensor_type(record["file_type"], entry, layer, facts)
+            for name, _shape in gguf_names(spec, entry):
+                predicted[name.replace("{i}", str(layer))] = tensor_type(record["file_type"], entry, layer, facts)
     assert predicted == record["types"]
 
 

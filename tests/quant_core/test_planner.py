@@ -338,3 +338,85 @@ def test_a_gguf_plan_keeps_the_vision_tower_as_llama_cpps_mmproj_file_stores_it(
     assert types[f"{layer}.self_attn.q_proj.weight"] == types[f"{layer}.mlp.fc1.weight"] == "F16"
     assert types[f"{layer}.layer_norm1.bias"] == "F32"
     assert types["multi_modal_projector.mm_input_projection_weight"] == "F16"
+
+
+def _llama4(name: str, vision: bool = True) -> object:
+    from quant_core.hf_config import model_from_hf_config
+    from tests.quant_core.test_hf_config import llama4_config
+
+    config = llama4_config(name)
+    return model_from_hf_config(config if vision else config["text_config"])
+
+
+def test_llama4_scout_plans_its_weights_and_full_length_kv_on_h100s() -> None:
+    scout = _llama4("llama-4-scout-17b-16e-instruct")
+    h100 = get_device("h100-80gb")
+    result = plan(scout, Hardware(h100.planning_bytes, 4, h100.id), Workload(8192, 1),  # type: ignore[arg-type]
+                  PlanOptions(weight_format=float_format("bf16"), tensor_parallel=4))
+    # 108,641,793,536 bf16 parameters over 4 ranks: everything splits but the norms, the router (16 x 5120 per
+    # layer, replicated), the vision tower's replicated part, and the rest of the rounding
+    total = sum(device.weights_bytes for device in result.primary.devices)
+    assert 2 * 108_641_793_536 < total < 2 * 108_641_793_536 + 4 * 60_000_000
+    # 48 layers x 8 KV heads x 128 x 2 (K and V) x 2 bytes = 196,608 bytes a token: the chunked local layers
+    # (attention_chunk_size 8192) are planned as full attention, as vLLM 0.11 allocates them
+    assert kv_bytes_per_token(scout) == 48 * 8 * 128 * 2 * 2 == 196_608
+    assert kv_cache_bytes(scout, context_length=100_000) == 196_608 * 100_000
+    assert any("chunked local attention layers" in warning and "upper bound" in warning
+               for warning in result.warnings)
+
+
+def test_llama4s_vision_tower_stays_16_bit_in_int4_and_is_sharded_as_mllama4_shards_it() -> None:
+    h100 = get_device("h100-80gb")
+
+    def weights(spec: object, tp: int = 1, pp: int = 1, fmt: str = "int4") -> list[int]:
+        options = PlanOptions(weight_format=int4(128) if fmt == "int4" else float_format(fmt),
+                              tensor_parallel=tp, pipeline_parallel=pp)
+        result = plan(spec, Hardware(h100.planning_bytes, tp * pp, h100.id), Workload(4096, 1), options)  # type: ignore[arg-type]
+        return [device.weights_bytes for device in result.primary.devices]
+
+    with_tower = _llama4("llama-4-scout-17b-16e-instruct")
+    from dataclasses import replace
+
+    text_only = replace(with_tower, vision=None)  # type: ignore[type-var]
+    tower = 871_932_416 * 2
+    assert weights(with_tower)[0] - weights(text_only)[0] == tower
+    # TP 2 (mllama4.py): class and position embeddings, the pre/post norms, each layer's two LayerNorms and its
+    # o_proj and fc2 biases whole; q/k/v (weights and biases), o_proj, fc1 (and its bias), fc2, the patch
+    # embedding, the adapter's fc1/fc2 and the projector split
+    replicated = 1408 + 577 * 1408 + 4 * 1408 + 34 * (4 * 1408 + 2 * 1408)
+    assert replicated == 1_106_688
+    assert [w - t for w, t in zip(weights(with_tower, tp=2), weights(text_only, tp=2), strict=True)] == \
+        [2 * replicated + (tower - 2 * replicated) // 2] * 2
+    assert [w - t for w, t in zip(weights(with_tower, pp=2), weights(text_only, pp=2), strict=True)] == [tower] * 2
+
+
+def test_maverick_at_int4_quantizes_experts_shared_expert_and_dense_layers_and_keeps_the_router() -> None:
+    from quant_core.inventory import weight_bytes_by_role
+
+    maverick = _llama4("llama-4-maverick-17b-128e-instruct")
+    by_role = weight_bytes_by_role(maverick, int4(128))  # type: ignore[arg-type]
+    assert by_role["router"] == 24 * 128 * 5120 * 2  # 16-bit, as GPTQ/AWQ/compressed-tensors checkpoints keep it
+    assert by_role["vision"] == 871_932_416 * 2
+    # 128 experts x 24 layers of [16384, 5120] and [5120, 8192] at 4 bits with an fp16 scale and a packed zero
+    # per 128 inputs (4.156 bits per weight at g = 128)
+    expert_weights = 24 * 128 * (16384 * 5120 + 5120 * 8192)
+    assert by_role["expert"] == expert_weights // 2 + expert_weights // 128 * 2 + expert_weights // 128 // 2
+
+
+def test_a_gguf_plan_of_scout_quantizes_its_text_model_as_llama_quantize_does_and_keeps_the_mmproj_at_16_bits() -> None:
+    from quant_core.gguf_mix import ModelFacts, tensor_type
+    from quant_core.inventory import inventory
+
+    scout = _llama4("llama-4-scout-17b-16e-instruct")
+    facts = ModelFacts.of(scout)  # type: ignore[arg-type]
+    types = {entry.name.removeprefix("language_model.model.layers.{i}."): tensor_type("gguf-q4_k_m", entry, 0, facts)
+             for entry in inventory(scout)}  # type: ignore[arg-type]
+    # layer 0 is one of use_more_bits' layers: attn_v and every ffn_down (routed and shared) Q6_K, as llama-quantize
+    # gave the llama4 model of data/llama_quantize/recorded.json; the router stays F32, the vision tower F16/F32
+    assert types["self_attn.v_proj.weight"] == types["feed_forward.experts.down_proj[{e}]"] == "Q6_K"
+    assert types["feed_forward.shared_expert.down_proj.weight"] == "Q6_K"
+    assert types["feed_forward.experts.gate_up_proj[{e}]"] == types["self_attn.q_proj.weight"] == "Q4_K"
+    assert types["feed_forward.router.weight"] == "F32"
+    assert types["vision_model.model.layers.{v}.mlp.fc1.weight"] == "F16"
+    assert types["vision_model.class_embedding"] == "F32"
+    assert types["language_model.lm_head.weight"] == "Q6_K"

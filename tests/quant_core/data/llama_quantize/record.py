@@ -35,7 +35,7 @@ FILE_TYPES = {"gguf-q4_0": "Q4_0", "gguf-q4_k_s": "Q4_K_S", "gguf-q4_k_m": "Q4_K
               "gguf-q6_k": "Q6_K", "gguf-q8_0": "Q8_0"}
 BASE = {"hidden_size": 256, "num_hidden_layers": 8, "num_attention_heads": 4, "num_key_value_heads": 2,
         "intermediate_size": 512, "vocab_size": 512, "max_position_embeddings": 4096}
-# (name, gguf architecture, config.json): five dense models and four MoE; qwen2-320 has widths that 256 does not divide
+# (name, gguf architecture, config.json): five dense models and five MoE; qwen2-320 has widths that 256 does not divide
 MODELS: list[tuple[str, str, dict[str, object]]] = [
     ("llama", "llama", {**BASE, "model_type": "llama"}),
     ("qwen2-320", "qwen2", {**BASE, "model_type": "qwen2", "hidden_size": 320, "num_attention_heads": 5,
@@ -50,12 +50,25 @@ MODELS: list[tuple[str, str, dict[str, object]]] = [
                                "moe_intermediate_size": 384, "shared_expert_intermediate_size": 512}),
     ("phimoe", "phimoe", {**BASE, "model_type": "phimoe", "num_local_experts": 4, "num_experts_per_tok": 2,
                           "attention_bias": True, "lm_head_bias": True}),
+    # Llama 4's language model (Maverick's layout: MoE on the odd layers with a shared expert, dense between)
+    ("llama4", "llama4", {**BASE, "model_type": "llama4_text", "head_dim": 64, "num_local_experts": 4,
+                          "num_experts_per_tok": 1, "intermediate_size": 256, "intermediate_size_mlp": 512,
+                          "interleave_moe_layer_step": 2}),
 ]
 _NAMES = {"input_layernorm": "attn_norm", "q_proj": "attn_q", "k_proj": "attn_k", "v_proj": "attn_v",
           "o_proj": "attn_output", "qkv_proj": "attn_qkv", "q_norm": "attn_q_norm", "k_norm": "attn_k_norm",
           "gate_proj": "ffn_gate", "up_proj": "ffn_up", "down_proj": "ffn_down", "gate_up_proj": "ffn_up",
           "w1": "ffn_gate", "w3": "ffn_up", "w2": "ffn_down", "gate": "ffn_gate_inp",
           "shared_expert_gate": "ffn_gate_inp_shexp"}
+
+
+def gguf_names(spec: ModelSpec, entry: TensorEntry) -> list[tuple[str, tuple[int, ...]]]:
+    """The GGUF tensors convert_hf_to_gguf.py writes for an inventory row, with one tensor's logical shape:
+    one, but for Llama 4's fused ``experts.gate_up_proj``, which it splits into ffn_gate_exps and ffn_up_exps."""
+    if spec.layout == "llama4" and entry.name.endswith("experts.gate_up_proj[{e}]"):
+        half = (entry.shape[0] // 2, *entry.shape[1:])
+        return [("blk.{i}.ffn_gate_exps.weight", half), ("blk.{i}.ffn_up_exps.weight", half)]
+    return [(gguf_name(spec, entry), entry.shape)]
 
 
 def gguf_name(spec: ModelSpec, entry: TensorEntry) -> str:
@@ -65,7 +78,12 @@ def gguf_name(spec: ModelSpec, entry: TensorEntry) -> str:
              "lm_head.bias": "output.bias"}
     if entry.name in fixed:
         return fixed[entry.name]
-    parts = entry.name.split(".")
+    name = entry.name
+    if spec.layout == "llama4":  # feed_forward.router / .shared_expert.* (_shexp below) / .experts.down_proj[{e}]
+        name = name.replace("feed_forward.router", "feed_forward.gate")
+        if name.endswith("]"):
+            name = name[: name.rindex("[")] + ".weight"
+    parts = name.split(".")
     module, kind = parts[-2], parts[-1]
     if module == "post_attention_layernorm":
         base = "post_attention_norm" if spec.norms_per_layer == 4 else "ffn_norm"
@@ -77,7 +95,7 @@ def gguf_name(spec: ModelSpec, entry: TensorEntry) -> str:
         base = _NAMES[module]
     if entry.per_layer > 1:
         base += "_exps"
-    elif ".shared_expert." in entry.name:  # Qwen2-MoE's one shared expert: ffn_{gate,up,down}_shexp
+    elif ".shared_expert." in entry.name:  # Qwen2-MoE's and Llama 4's one shared expert: ffn_*_shexp
         base += "_shexp"
     return f"blk.{{i}}.{base}.{kind}"
 
@@ -89,6 +107,9 @@ def write_model(spec: ModelSpec, arch: str, path: Path) -> dict[str, TensorEntry
     writer.add_block_count(spec.num_layers)
     writer.add_feed_forward_length(spec.moe_intermediate_size if spec.is_moe and arch == "qwen3moe"
                                    else spec.intermediate_size)
+    if arch == "llama4":  # llama-model's llama4 load_hparams requires it
+        step = spec.moe_layers[0] + 1
+        writer.add_interleave_moe_layer_step(step)
     writer.add_head_count(spec.num_attention_heads)
     writer.add_head_count_kv(spec.num_kv_heads)
     writer.add_key_length(spec.head_dim)
@@ -113,14 +134,14 @@ def write_model(spec: ModelSpec, arch: str, path: Path) -> dict[str, TensorEntry
     rng = np.random.default_rng(0)
     names = {}
     for entry in inventory(spec):
-        name = gguf_name(spec, entry)
-        for layer in entry.layers or (-1,):
-            concrete = name.replace("{i}", str(layer))
-            shape = (entry.per_layer, *entry.shape) if entry.per_layer > 1 else entry.shape
-            data = rng.standard_normal(shape).astype(np.float32) * 0.02
-            quantizable = len(entry.shape) >= 2 and entry.role not in ("router",)
-            writer.add_tensor(concrete, data.astype(np.float16) if quantizable else data)
-            names[concrete] = entry
+        for name, one_shape in gguf_names(spec, entry):
+            for layer in entry.layers or (-1,):
+                concrete = name.replace("{i}", str(layer))
+                shape = (entry.per_layer, *one_shape) if entry.per_layer > 1 else one_shape
+                data = rng.standard_normal(shape).astype(np.float32) * 0.02
+                quantizable = len(entry.shape) >= 2 and entry.role not in ("router",)
+                writer.add_tensor(concrete, data.astype(np.float16) if quantizable else data)
+                names[concrete] = entry
     writer.write_header_to_file()
     writer.write_kv_data_to_file()
     writer.write_tensors_to_file()
