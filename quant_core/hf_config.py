@@ -10,7 +10,8 @@ is not built by transformers (nor loaded by vLLM's model classes) and is not cou
 the language model (``text_config``) is read, and its SigLIP vision tower and projector
 (``vision_config``) are counted as role ``vision``: engines load them beside it, at 16 bits; the
 multimodal ``llama4`` type likewise (``Llama4VisionModel`` and its projector), its language model
-being the ``llama4_text`` type's.
+being the ``llama4_text`` type's; and the ``mistral3`` type (Mistral Small 3.1/3.2: a ``mistral`` or
+``ministral3`` text_config beside a Pixtral tower and projector).
 
 Every size is checked as it is read: a missing key raises `MissingConfigKey`, a value of
 the wrong type (a string, a bool), zero, negative or absurd (over the maximums in
@@ -845,6 +846,8 @@ ARCHITECTURE_FAMILIES: dict[str, str] = {
     "DeepseekV2ForCausalLM": "deepseek_v2", "DeepseekV3ForCausalLM": "deepseek_v3", "FalconForCausalLM": "falcon",
     "GPT2LMHeadModel": "gpt2", "GptOssForCausalLM": "gpt_oss", "Qwen2MoeForCausalLM": "qwen2_moe",
     "PhiMoEForCausalLM": "phimoe", "Glm4MoeForCausalLM": "glm4_moe", "Llama4ForCausalLM": "llama4_text",
+    # Ministral 3 (model_type ministral3): vLLM's registry loads it as mistral.py's MistralForCausalLM
+    "Ministral3ForCausalLM": "mistral",
 }
 
 

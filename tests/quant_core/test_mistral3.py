@@ -199,3 +199,25 @@ def test_the_mistral_small_3_presets_are_their_configs_and_survive_a_json_round_
     with pytest.raises(InvalidSpec) as caught:
         ModelSpec.from_dict({**as_json, "vision": {**as_json["vision"], "heads": 16}})
     assert caught.value.field == "vision.heads"
+
+
+def test_a_ministral3_language_model_is_planned_as_the_mistral_decoder_transformers_and_vllm_build() -> None:
+    # Devstral Small 2 / Ministral 3 configs ship text_config model_type ministral3 (YaRN rope parameters, no other
+    # tensor); vLLM's registry maps Ministral3ForCausalLM to mistral.py's MistralForCausalLM
+    torch = pytest.importorskip("torch")
+    transformers = pytest.importorskip("transformers")
+    text = {"model_type": "ministral3", "hidden_size": 256, "num_hidden_layers": 4, "num_attention_heads": 4,
+            "num_key_value_heads": 2, "head_dim": 64, "intermediate_size": 512, "vocab_size": 512,
+            "tie_word_embeddings": False}
+    vision = {"model_type": "pixtral", "hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4,
+              "intermediate_size": 128, "patch_size": 14}
+    config = {"model_type": "mistral3", "text_config": text, "vision_config": vision}
+    hf_config = transformers.Mistral3Config(text_config=text, vision_config=vision, tie_word_embeddings=False)
+    with torch.device("meta"):
+        model = transformers.Mistral3ForConditionalGeneration(hf_config)
+    assert parameter_count(model_from_hf_config(config)).total == sum(p.numel() for p in model.parameters())
+    alone = model_from_hf_config({**text, "architectures": ["Ministral3ForCausalLM"]})
+    with torch.device("meta"):
+        text_model = transformers.AutoModelForCausalLM.from_config(transformers.Ministral3Config(**text))
+    assert alone.model_type == "mistral" and alone.vision is None
+    assert parameter_count(alone).total == sum(p.numel() for p in text_model.parameters())
