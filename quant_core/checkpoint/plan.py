@@ -188,7 +188,8 @@ _LLAMA4_UNQUANTIZED_PREFIXES = ("vision_model.", "multi_modal_projector.")
 #: a Mistral 3 checkpoint's Pixtral tower and projector (vLLM's mistral3.py builds them with the checkpoint's
 #: quantization config, so a quantized copy must say so: compressed-tensors config groups do not target them, AWQ's
 #: modules_to_not_convert and GPTQ's dynamic rules name them, as llm-compressor's Mistral 3 checkpoints ignore them)
-_MISTRAL3_UNQUANTIZED_PREFIXES = ("vision_tower.", "multi_modal_projector.")
+_MISTRAL3_UNQUANTIZED_PREFIXES = ("vision_tower.", "multi_modal_projector.", "model.vision_tower.",
+                                  "model.multi_modal_projector.")
 #: routed experts fused into one [experts, in, out] tensor per projection (Llama 4; gpt-oss in bf16)
 FUSED_EXPERT_SUFFIXES = ("experts.gate_up_proj", "experts.down_proj")
 

@@ -15,7 +15,7 @@ from quant_core.errors import InvalidSpec
 from quant_core.hf_config import model_from_hf_config
 from quant_core.inventory import parameter_count
 from quant_core.planner import Hardware, PlanOptions, Workload, plan
-from quant_core.tensorio import read_safetensors
+from quant_core.tensorio import read_safetensors, write_safetensors
 from quant_core.tensorio.checkpoint_headers import HeaderTensor, read_checkpoint_headers
 from tests.quant_core.tensorio.gptq_loader_rules import vllm_quantizes
 
@@ -61,6 +61,36 @@ def test_a_mistral3_checkpoint_written_by_transformers_is_every_tensor_of_nibble
         if entry.role == "vision":
             assert entry.layers == ()  # held whole on every pipeline stage, not on a decoder layer's stage
     assert roles == {role: 4 * size for role, size in parameter_count(spec).by_role.items() if size}
+
+
+def test_a_mistral3_checkpoint_in_the_later_model_language_model_layout_plans_the_same(
+        tmp_path: Path, tiny_checkpoint: Path) -> None:
+    # transformers 4.52-4.57's names (model.language_model.*, model.vision_tower.*, model.multi_modal_projector.*,
+    # lm_head), which vLLM's mistral3.py hf_to_vllm_mapper maps to the published ones
+    spec = model_from_hf_config(TINY_MISTRAL3)
+    headers = read_checkpoint_headers(tiny_checkpoint)
+    renames = (("language_model.model.", "model.language_model."), ("language_model.lm_head.", "lm_head."),
+               ("vision_tower.", "model.vision_tower."), ("multi_modal_projector.", "model.multi_modal_projector."))
+
+    def later(name: str) -> str:
+        for old, new in renames:
+            if name.startswith(old):
+                return new + name[len(old):]
+        raise AssertionError(name)
+
+    renamed = [HeaderTensor(later(tensor.name), tensor.dtype, tensor.shape, tensor.bytes) for tensor in headers]
+    scheme, summary = checkpoint_scheme(spec, renamed, mtp_layers=0)
+    assert summary.unknown == () and summary.mtp_tensors == 0
+    assert scheme.checkpoint_rows == checkpoint_scheme(spec, headers, mtp_layers=0)[0].checkpoint_rows
+    # and a job on it passes the tower through as on the published layout
+    folder = tmp_path / "later"
+    folder.mkdir()
+    (folder / "config.json").write_text((tiny_checkpoint / "config.json").read_text())
+    tensors = read_safetensors(tiny_checkpoint / "model.safetensors")
+    write_safetensors(folder / "model.safetensors", {later(name): array for name, array in tensors.items()})
+    plans = plan_checkpoint(open_checkpoint(folder), CheckpointOptions(group_size=32))
+    quantized = [plan.tensor.name for plan in plans if plan.quantized]
+    assert len(quantized) == 3 * 7 and all(name.startswith("model.language_model.layers.") for name in quantized)
 
 
 def test_a_mistral3_checkpoints_vision_tower_sits_on_every_pipeline_stage(tiny_checkpoint: Path) -> None:
