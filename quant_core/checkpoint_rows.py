@@ -41,6 +41,23 @@ _FUSED_EXPERTS: dict[str, tuple[str, ...]] = {
 }
 
 
+#: the names later checkpoints of a family give the modules nibble's inventory names as the published ones do, as
+#: vLLM's loader reads both (mistral3.py's hf_to_vllm_mapper: the model.language_model.* layout of transformers
+#: 4.52 to 4.57 beside the language_model.model.* of Mistral Small 3.1 and 3.2)
+_RENAMED_PREFIXES: dict[str, tuple[tuple[str, str], ...]] = {
+    "mistral3": (("model.language_model.", "language_model.model."), ("model.vision_tower.", "vision_tower."),
+                 ("model.multi_modal_projector.", "multi_modal_projector."), ("lm_head.", "language_model.lm_head.")),
+}
+
+
+def _inventory_name(spec: ModelSpec, name: str) -> str:
+    """`name` as the inventory of `spec` names the module (`_RENAMED_PREFIXES`), else itself."""
+    for old, new in _RENAMED_PREFIXES.get(spec.model_type, ()):
+        if name.startswith(old):
+            return new + name[len(old):]
+    return name
+
+
 def _pattern(name: str) -> str:
     return _NUMBER.sub(".{n}", name)
 
@@ -154,22 +171,23 @@ def checkpoint_scheme(spec: ModelSpec, tensors: Iterable[HeaderTensor],
     mtp_tensors = mtp_bytes = 0
     beyond: set[int] = set()  # layers past the model's and its multi-token-prediction layers
     for tensor in listed:
-        match = _LAYER.search(tensor.name)
+        name = tensor.name if gguf else _inventory_name(spec, tensor.name)
+        match = _LAYER.search(name)
         layer = int(match.group(1)) if match else -1
-        if not gguf and layer >= 0 and _hf_role(tensor.name, roles) == "vision":
+        if not gguf and layer >= 0 and _hf_role(name, roles) == "vision":
             layer = -1  # a vision encoder's layer (Llama 4's vision_model.model.layers.N) is no decoder layer
         if (mtp_layers is not None and layer >= spec.num_layers + mtp_layers
-                and (tensor.name.startswith("blk.") if gguf else _hf_role(tensor.name, roles) is not None)):
+                and (name.startswith("blk.") if gguf else _hf_role(name, roles) is not None)):
             beyond.add(layer)  # a module of this model (not a vision tower's layer, say) past its layers
-        if layer >= spec.num_layers or "nextn" in tensor.name or ".mtp." in f".{tensor.name}":
+        if layer >= spec.num_layers or "nextn" in name or ".mtp." in f".{name}":
             mtp_tensors += 1
             mtp_bytes += tensor.bytes
             continue
-        role = _gguf_role(tensor.name) if gguf else _hf_role(tensor.name, roles)
+        role = _gguf_role(name) if gguf else _hf_role(name, roles)
         if role is None:
             unknown.append(tensor.name)
             role = "other"
-        per_layer[(_pattern(tensor.name), tensor.shape, role, tensor.bytes, layer)] += 1
+        per_layer[(_pattern(name), tensor.shape, role, tensor.bytes, layer)] += 1
     if beyond:
         raise InvalidSpec("checkpoint", "headers",
                           f"the headers hold layers {_ranges(sorted(beyond))}, past the {spec.num_layers} layers of "

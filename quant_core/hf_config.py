@@ -10,7 +10,8 @@ is not built by transformers (nor loaded by vLLM's model classes) and is not cou
 the language model (``text_config``) is read, and its SigLIP vision tower and projector
 (``vision_config``) are counted as role ``vision``: engines load them beside it, at 16 bits; the
 multimodal ``llama4`` type likewise (``Llama4VisionModel`` and its projector), its language model
-being the ``llama4_text`` type's.
+being the ``llama4_text`` type's; and the ``mistral3`` type (Mistral Small 3.1/3.2: a ``mistral`` or
+``ministral3`` text_config beside a Pixtral tower and projector).
 
 Every size is checked as it is read: a missing key raises `MissingConfigKey`, a value of
 the wrong type (a string, a bool), zero, negative or absurd (over the maximums in
@@ -41,6 +42,7 @@ from quant_core.specs import (
     MAX_VOCAB_SIZE,
     Llama4VisionTower,
     ModelSpec,
+    PixtralVisionTower,
     VisionTower,
     check_int,
 )
@@ -624,6 +626,71 @@ def _llama4_vision(config: Mapping[str, object], text_hidden_size: int) -> Llama
         num_channels=sizes["num_channels"])
 
 
+#: the language models a ``mistral3`` text_config may name: Mistral's (Mistral Small 3.1/3.2, Magistral, Devstral) and
+#: Ministral 3's, the same llama tensors (its YaRN rope parameters change no shape)
+_MISTRAL3_TEXT_TYPES = ("mistral", "ministral3")
+
+
+def _mistral3(config: Mapping[str, object], name: str | None) -> ModelSpec:
+    """Mistral 3 (``Mistral3ForConditionalGeneration``: Mistral Small 3.1 and 3.2, Magistral Small 2509): the
+    language model of ``text_config`` (a ``mistral`` decoder, read as that type is) and its Pixtral vision tower and
+    projector (`_pixtral_vision`).  vLLM builds the language model from ``text_config`` alone
+    (``init_vllm_registered_model(hf_config=config.text_config)``), so its ``tie_word_embeddings`` decides the lm_head;
+    a top-level ``tie_word_embeddings`` that says otherwise is refused (transformers 5 ties by the top-level key,
+    True by default, and would share the lm_head the published checkpoints store apart)."""
+    text = config.get("text_config")
+    if not isinstance(text, Mapping):
+        raise InvalidSpec("text_config", text, "must be a JSON object")
+    text_type = text.get("model_type", "mistral")
+    if text_type not in _MISTRAL3_TEXT_TYPES:
+        raise InvalidSpec("text_config.model_type", text_type,
+                          f"is not a language model nibble plans under mistral3 ({', '.join(_MISTRAL3_TEXT_TYPES)})")
+    try:
+        spec = _llama_family(text, "mistral", name or _name(config, "mistral3", None))
+    except InvalidSpec as error:  # a key the adapter read from text_config: name it there
+        if error.field.split("[")[0] not in text:
+            raise
+        raise InvalidSpec(f"text_config.{error.field}", error.value, error.reason) from error
+    top = _Reader(config, "mistral3")
+    if top.flag("tie_word_embeddings", spec.tie_word_embeddings) != spec.tie_word_embeddings:
+        raise InvalidSpec("tie_word_embeddings", config["tie_word_embeddings"],
+                          "differs from text_config.tie_word_embeddings: vLLM reads text_config's and transformers 5 "
+                          "the top-level one, so whether the lm_head is the embedding would depend on the engine")
+    return replace(spec, model_type="mistral3", vision=_pixtral_vision(config, spec.hidden_size))
+
+
+def _pixtral_vision(config: Mapping[str, object], text_hidden_size: int) -> PixtralVisionTower:
+    """Mistral 3's Pixtral tower and projector from ``vision_config`` and the projector's top-level keys
+    (transformers' ``PixtralVisionConfig`` and ``Mistral3Config`` defaults for absent keys; the default tower when
+    ``vision_config`` is absent, as ``Mistral3Config`` builds one).  ``vision_feature_layer`` must be -1 (the default,
+    every published config): vLLM's mistral3.py builds the encoder only up to the feature layer and its projector
+    takes one layer's features, while transformers builds every layer and a projector as wide as the layers listed."""
+    vision = config.get("vision_config")
+    if vision is None:
+        vision = {}
+    if not isinstance(vision, Mapping):
+        raise InvalidSpec("vision_config", vision, "must be a JSON object")
+    vision_type = vision.get("model_type", "pixtral")
+    if vision_type != "pixtral":
+        raise InvalidSpec("vision_config.model_type", vision_type, "is not pixtral, the encoder mistral3 builds")
+    feature_layer = config.get("vision_feature_layer", -1)
+    if feature_layer != -1 or isinstance(feature_layer, bool):
+        raise InvalidSpec("vision_feature_layer", feature_layer,
+                          "is not -1: vLLM builds the Pixtral encoder only up to that layer and one layer's features "
+                          "into the projector, transformers every layer and a projector per listed layer; nibble "
+                          "plans the published -1 (every layer, the last one's features)")
+    top = _Reader(config, "mistral3")
+    defaults = {"hidden_size": 1024, "num_hidden_layers": 24, "num_attention_heads": 16, "intermediate_size": 4096,
+                "patch_size": 14, "num_channels": 3}
+    sizes: dict[str, Any] = {key: vision.get(key, default) for key, default in defaults.items()}
+    return PixtralVisionTower(
+        hidden_size=sizes["hidden_size"], num_layers=sizes["num_hidden_layers"],
+        num_attention_heads=sizes["num_attention_heads"], intermediate_size=sizes["intermediate_size"],
+        patch_size=sizes["patch_size"], projection_size=text_hidden_size,
+        spatial_merge_size=top.int_or("spatial_merge_size", 2, 64),
+        projector_bias=top.flag("multimodal_projector_bias", False), num_channels=sizes["num_channels"])
+
+
 _Adapter = Callable[[Mapping[str, object], str, "str | None"], ModelSpec]
 _ADAPTERS: dict[str, _Adapter] = {
     "llama": _llama_family,
@@ -647,7 +714,7 @@ _ADAPTERS: dict[str, _Adapter] = {
     "glm4_moe": _glm4_moe,
     "llama4_text": _llama4_text,
 }
-KNOWN_MODEL_TYPES: tuple[str, ...] = (*sorted(_ADAPTERS), "gemma3", "llama4")
+KNOWN_MODEL_TYPES: tuple[str, ...] = (*sorted(_ADAPTERS), "gemma3", "llama4", "mistral3")
 
 
 #: the config keys a `ModelSpec` field may come from, by family; the first one the config holds names an error
@@ -688,7 +755,8 @@ def model_from_hf_config(config: Mapping[str, object], *, name: str | None = Non
     """
     if not isinstance(config, Mapping):
         raise InvalidSpec("config", type(config).__name__, "must be a JSON object")
-    text = config.get("text_config", config) if config.get("model_type") in ("gemma3", "llama4") else config
+    text = (config.get("text_config", config) if config.get("model_type") in ("gemma3", "llama4", "mistral3")
+            else config)
     try:
         return _model_from_hf_config(config, name)
     except MissingConfigKey:  # names the config key already (renaming moe_intermediate_size would blame another)
@@ -744,6 +812,8 @@ def _model_from_hf_config(config: Mapping[str, object], name: str | None) -> Mod
                               "differs from text_config.tie_word_embeddings: whether the language model's lm_head "
                               "is its embedding would depend on which one an engine reads")
         return replace(spec, vision=_llama4_vision(config, spec.hidden_size))
+    if model_type == "mistral3":
+        return _mistral3(config, name)
     adapter = _ADAPTERS.get(model_type)
     if adapter is not None:
         return adapter(config, model_type, name)
@@ -776,6 +846,8 @@ ARCHITECTURE_FAMILIES: dict[str, str] = {
     "DeepseekV2ForCausalLM": "deepseek_v2", "DeepseekV3ForCausalLM": "deepseek_v3", "FalconForCausalLM": "falcon",
     "GPT2LMHeadModel": "gpt2", "GptOssForCausalLM": "gpt_oss", "Qwen2MoeForCausalLM": "qwen2_moe",
     "PhiMoEForCausalLM": "phimoe", "Glm4MoeForCausalLM": "glm4_moe", "Llama4ForCausalLM": "llama4_text",
+    # Ministral 3 (model_type ministral3): vLLM's registry loads it as mistral.py's MistralForCausalLM
+    "Ministral3ForCausalLM": "mistral",
 }
 
 
@@ -820,6 +892,7 @@ NON_SIZING_KEYS = frozenset({
     # Llama 4: attention temperature tuning, image token ids, a conversion flag
     "attn_scale", "floor_scale", "attn_temperature_tuning", "for_llm_compressor", "boi_token_index",
     "eoi_token_index", "image_token_index",
+    "projector_hidden_act",  # Mistral 3: the projector's activation
 })
 
 

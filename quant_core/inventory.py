@@ -18,12 +18,20 @@ the embedding / lm_head / position-embedding breakdown), and `weight_bytes` unde
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import lru_cache
 
 from quant_core.errors import GroupSizeMismatch, UnknownName
 from quant_core.formats import FLOAT_FORMATS, WeightFormat, float_format, int4
-from quant_core.specs import QUANTIZED_ROLES, ROLES, Llama4VisionTower, ModelSpec, TensorEntry, VisionTower
+from quant_core.specs import (
+    QUANTIZED_ROLES,
+    ROLES,
+    Llama4VisionTower,
+    ModelSpec,
+    PixtralVisionTower,
+    TensorEntry,
+    VisionTower,
+)
 
 
 class _Builder:
@@ -237,8 +245,12 @@ def inventory(spec: ModelSpec) -> tuple[TensorEntry, ...]:
         _llama4(builder, spec)
     else:
         _decoder(builder, spec)
+    if spec.model_type == "mistral3":  # the language model under language_model., as its checkpoints name it
+        builder.rows = [replace(row, name=f"language_model.{row.name}") for row in builder.rows]
     if isinstance(spec.vision, Llama4VisionTower):
         _llama4_vision(builder, spec.vision)
+    elif isinstance(spec.vision, PixtralVisionTower):
+        _pixtral_vision(builder, spec.vision)
     elif spec.vision is not None:
         _vision(builder, spec.vision)
     return tuple(builder.rows)
@@ -309,6 +321,32 @@ def _llama4_vision(b: _Builder, tower: Llama4VisionTower) -> None:
     b.add(f"{prefix}.vision_adapter.mlp.fc2.weight", (tower.projector_output_dim, tower.projector_output_dim),
           "vision")
     b.add("multi_modal_projector.linear_1.weight", (tower.projection_size, tower.vision_output_dim), "vision")
+
+
+def _pixtral_vision(b: _Builder, tower: PixtralVisionTower) -> None:
+    """Mistral 3's Pixtral encoder and projector as its checkpoints name them (transformers' ``PixtralVisionModel``
+    under ``vision_tower.`` and ``Mistral3MultiModalProjector`` under ``multi_modal_projector.``), every tensor of
+    role ``vision``, the encoder's layers one row each counted `num_layers` times (they are no decoder layers).  No
+    position table: Pixtral's 2-D rotary positions are computed, not stored."""
+    hidden, prefix = tower.hidden_size, "vision_tower"
+    b.add(f"{prefix}.patch_conv.weight", (hidden, tower.num_channels, tower.patch_size, tower.patch_size), "vision")
+    b.add(f"{prefix}.ln_pre.weight", (hidden,), "vision")
+    layer, count = f"{prefix}.transformer.layers.{{v}}", tower.num_layers
+    for proj in ("q_proj", "k_proj", "v_proj", "o_proj"):
+        b.add(f"{layer}.attention.{proj}.weight", (hidden, hidden), "vision", per_layer=count)
+    width = tower.intermediate_size
+    for proj, shape in (("gate_proj", (width, hidden)), ("up_proj", (width, hidden)), ("down_proj", (hidden, width))):
+        b.add(f"{layer}.feed_forward.{proj}.weight", shape, "vision", per_layer=count)
+    for norm in ("attention_norm", "ffn_norm"):
+        b.add(f"{layer}.{norm}.weight", (hidden,), "vision", per_layer=count)
+    projector, text_width = "multi_modal_projector", tower.projection_size
+    b.add(f"{projector}.norm.weight", (hidden,), "vision")
+    b.add(f"{projector}.patch_merger.merging_layer.weight", (hidden, hidden * tower.spatial_merge_size ** 2), "vision")
+    for name, shape in ((f"{projector}.linear_1", (text_width, hidden)),
+                        (f"{projector}.linear_2", (text_width, text_width))):
+        b.add(f"{name}.weight", shape, "vision")
+        if tower.projector_bias:
+            b.add(f"{name}.bias", (text_width,), "vision")
 
 
 def _vision(b: _Builder, tower: VisionTower) -> None:

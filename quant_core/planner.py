@@ -49,7 +49,7 @@ from quant_core.formats import WeightFormat, float_format, int4, kv_dtype
 from quant_core.inventory import QuantizationPolicy, parameter_count
 from quant_core.kv_cache import held_tokens, kv_bytes_per_token, kv_layers, layer_bytes_per_token
 from quant_core.schemes import WeightScheme, assigned_bytes, scheme_of, with_partial_groups
-from quant_core.specs import Llama4VisionTower, ModelSpec, TensorEntry
+from quant_core.specs import Llama4VisionTower, ModelSpec, PixtralVisionTower, TensorEntry
 
 GIB = 1 << 30
 AS_SHIPPED = "as_shipped"  # the comparison's key for the checkpoint as its config ships it
@@ -363,6 +363,12 @@ _VISION_SHARDED: tuple[str, ...] = (
 #: patch embedding's and the projector's ColumnParallelLinear; its class and position embeddings (plain Parameters),
 #: norms and row-parallel biases are whole on every rank
 _VISION_SHARDED += ("o_proj.weight", "patch_embedding.linear.weight", "multi_modal_projector.linear_1.weight")
+#: ... and Mistral 3's Pixtral (pixtral.py's PixtralHFAttention and PixtralHFMLP, mistral3.py's projector): q/k/v/o
+#: and the gated MLP's weights (QKV/MergedColumn/RowParallelLinear, no biases), the projector's ColumnParallelLinear
+#: linear_1 with its bias and RowParallelLinear linear_2 (its bias whole); the patch convolution, the norms and the
+#: patch merger (a plain nn.Linear) are whole on every rank
+_VISION_SHARDED += ("gate_proj.weight", "up_proj.weight", "down_proj.weight", "multi_modal_projector.linear_1.bias",
+                    "multi_modal_projector.linear_2.weight")
 
 
 def _sharded_bytes(one_tensor_bytes: int, entry: TensorEntry, tensor_parallel: int) -> int:
@@ -755,8 +761,10 @@ def engine_tensor_parallel_sizes(spec: ModelSpec, limit: int = MAX_DEVICES_SEARC
     heads, kv_heads = spec.num_attention_heads, spec.num_kv_heads
     if heads <= 0:
         return tuple(range(1, limit + 1))
-    # Llama 4's vision tower splits its own heads over the same ranks (vLLM's mllama4.py asserts they divide)
-    vision_heads = spec.vision.num_attention_heads if isinstance(spec.vision, Llama4VisionTower) else None
+    # Llama 4's and Pixtral's vision towers split their own heads over the same ranks (vLLM's mllama4.py and
+    # pixtral.py assert they divide)
+    vision_heads = (spec.vision.num_attention_heads if isinstance(spec.vision, Llama4VisionTower | PixtralVisionTower)
+                    else None)
     return tuple(size for size in range(1, min(heads, limit) + 1)
                  if heads % size == 0 and (spec.kv_lora_rank > 0 or kv_heads <= 0
                                            or kv_heads % size == 0 or size % kv_heads == 0)
@@ -1039,4 +1047,10 @@ def _warnings(spec: ModelSpec, hardware: Hardware, workload: Workload, options: 
                    "manager is off for chunked attention (the default from vLLM PR #21761, July 2025, to PR #29627); "
                    "with VLLM_ALLOW_CHUNKED_LOCAL_ATTN_WITH_HYBRID_KV_CACHE on they hold at most a chunk and a batch "
                    "of tokens, so the KV cache figures are an upper bound there.")
+    if isinstance(spec.vision, PixtralVisionTower):
+        out.append("Mistral 3's Pixtral vision tower and projector are planned at 16 bits on every device, but the "
+                   "memory of image inputs is not: vLLM's profiling run for a multimodal model also encodes dummy "
+                   "images, and nibble charges the text-only profiling peak instead (for Mistral-Small-3.2 on vLLM "
+                   "0.11 it charges 4.91 GiB where vLLM logged 2.12 GiB, so its KV capacity is about 10 % under "
+                   "vLLM's); the image encoder's activations and encoder cache while serving images are not planned.")
     return tuple(out)

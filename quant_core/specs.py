@@ -123,6 +123,42 @@ class Llama4VisionTower:
 
 
 @dataclass(frozen=True, slots=True)
+class PixtralVisionTower:
+    """Mistral 3's image encoder and projector (``vision_config`` of a ``mistral3`` config, model_type ``pixtral``;
+    transformers' ``PixtralVisionModel`` and ``Mistral3MultiModalProjector``, vLLM's ``PixtralHFVisionModel`` and
+    ``Mistral3MultiModalProjector``): a patch convolution without bias (`num_channels` -> `hidden_size`, `patch_size`
+    square), an RMSNorm (``ln_pre``), `num_layers` encoder layers of `hidden_size` with `num_attention_heads` heads
+    (q/k/v/o without biases, 2-D RoPE: no position table) and a gated MLP of `intermediate_size`, each with two
+    RMSNorms; then the projector: an RMSNorm, a patch merger (``merging_layer`` [hidden, hidden x
+    `spatial_merge_size`^2], no bias) and two linear layers into the language model's width `projection_size`
+    (``linear_1`` [projection, hidden], ``linear_2`` [projection, projection]), with biases when `projector_bias`
+    (``multimodal_projector_bias``)."""
+
+    hidden_size: int
+    num_layers: int
+    num_attention_heads: int
+    intermediate_size: int
+    patch_size: int
+    projection_size: int
+    spatial_merge_size: int = 2
+    projector_bias: bool = False
+    num_channels: int = 3
+
+    def __post_init__(self) -> None:
+        for field, (low, high) in _PIXTRAL_VISION_LIMITS.items():
+            object.__setattr__(self, field, check_int(f"vision_config.{field}", getattr(self, field), low, high))
+        if not isinstance(self.projector_bias, bool):
+            raise InvalidSpec("multimodal_projector_bias", self.projector_bias, "must be true or false")
+        if self.hidden_size % self.num_attention_heads:  # vLLM's PixtralHFAttention asserts it
+            raise InvalidSpec("vision_config.num_attention_heads", self.num_attention_heads,
+                              f"does not divide hidden_size={self.hidden_size}")
+
+
+#: the vision towers a `ModelSpec` may carry
+VISION_TOWERS = (VisionTower, Llama4VisionTower, PixtralVisionTower)
+
+
+@dataclass(frozen=True, slots=True)
 class KVLayer:
     """What one attention layer caches per token.
 
@@ -162,6 +198,8 @@ class KVLayer:
 #   llama4    llama attention under ``feed_forward``: routed experts fused as [E, in, out] tensors beside a router
 #             and one shared expert, dense layers (`dense_layers`) of `intermediate_size`; the multimodal
 #             ``llama4`` type names the language model ``language_model.model.*`` beside ``vision_model.*``
+#   (mistral3: the llama layout of its ``mistral`` text_config named ``language_model.model.*`` and
+#             ``language_model.lm_head``, beside the Pixtral ``vision_tower.*`` and ``multi_modal_projector.*``)
 LAYOUTS: tuple[str, ...] = ("llama", "mixtral", "phi3", "deepseek", "falcon", "gpt2", "gpt_oss", "qwen2_moe",
                            "llama4")
 NORM_KINDS: tuple[str, ...] = ("rmsnorm", "layernorm")
@@ -218,6 +256,17 @@ _LLAMA4_VISION_LIMITS: dict[str, tuple[int, int]] = {
     "projector_input_dim": (1, MAX_HIDDEN_SIZE),
     "projector_output_dim": (1, MAX_HIDDEN_SIZE),
     "vision_output_dim": (1, MAX_HIDDEN_SIZE),
+}
+#: Mistral 3's Pixtral tower (no position table: its positions are 2-D rotary)
+_PIXTRAL_VISION_LIMITS: dict[str, tuple[int, int]] = {
+    "hidden_size": (1, MAX_HIDDEN_SIZE),
+    "num_layers": (1, MAX_LAYERS),
+    "num_attention_heads": (1, MAX_HEADS),
+    "intermediate_size": (1, MAX_INTERMEDIATE_SIZE),
+    "patch_size": (1, 65_536),
+    "projection_size": (1, MAX_HIDDEN_SIZE),
+    "spatial_merge_size": (1, 64),
+    "num_channels": (1, 64),
 }
 _OPTIONAL_INT_LIMITS: dict[str, tuple[int, int]] = {
     "max_position_embeddings": (1, MAX_POSITIONS),
@@ -322,7 +371,7 @@ class ModelSpec:
     qk_rope_head_dim: int = 0
     v_head_dim: int = 0
     #: a multimodal model's image encoder, which engines load beside the language model (None: text only)
-    vision: VisionTower | Llama4VisionTower | None = None
+    vision: VisionTower | Llama4VisionTower | PixtralVisionTower | None = None
 
     def __post_init__(self) -> None:
         for field in ("name", "model_type"):
@@ -377,7 +426,7 @@ class ModelSpec:
                     raise InvalidSpec(field, getattr(self, field), "must be positive for MLA attention")
         if self.learned_position_embeddings and self.max_position_embeddings is None:
             raise InvalidSpec("max_position_embeddings", None, "learned position embeddings need a size")
-        if self.vision is not None and not isinstance(self.vision, VisionTower | Llama4VisionTower):
+        if self.vision is not None and not isinstance(self.vision, VISION_TOWERS):
             raise InvalidSpec("vision", type(self.vision).__name__, "must be a vision tower (or absent)")
 
     @property
@@ -429,8 +478,11 @@ class ModelSpec:
             key: tuple(value) if isinstance(value, list) else value for key, value in data.items()
         }
         vision = values.get("vision")
-        if isinstance(vision, dict):  # to_dict's tower as JSON: Llama 4's has a vision_output_dim, SigLIP's not
-            tower = Llama4VisionTower if "vision_output_dim" in vision else VisionTower
+        if isinstance(vision, dict):  # to_dict's tower as JSON: Llama 4's has a vision_output_dim, Pixtral's a
+            # spatial_merge_size, SigLIP's neither
+            tower: type[VisionTower | Llama4VisionTower | PixtralVisionTower] = (
+                Llama4VisionTower if "vision_output_dim" in vision
+                else PixtralVisionTower if "spatial_merge_size" in vision else VisionTower)
             known_fields = tower.__dataclass_fields__
             unknown_fields = sorted(str(key) for key in vision if key not in known_fields)
             if unknown_fields:

@@ -185,6 +185,11 @@ def _reason(tensor: CheckpointTensor, options: CheckpointOptions, include: Seque
 #: ``Llama4VisionModel(config.vision_config, None, ...)``, ``Llama4MultiModalProjector(self.config, None, ...)``):
 #: stored quantized, they would not load
 _LLAMA4_UNQUANTIZED_PREFIXES = ("vision_model.", "multi_modal_projector.")
+#: a Mistral 3 checkpoint's Pixtral tower and projector (vLLM's mistral3.py builds them with the checkpoint's
+#: quantization config, so a quantized copy must say so: compressed-tensors config groups do not target them, AWQ's
+#: modules_to_not_convert and GPTQ's dynamic rules name them, as llm-compressor's Mistral 3 checkpoints ignore them)
+_MISTRAL3_UNQUANTIZED_PREFIXES = ("vision_tower.", "multi_modal_projector.", "model.vision_tower.",
+                                  "model.multi_modal_projector.")
 #: routed experts fused into one [experts, in, out] tensor per projection (Llama 4; gpt-oss in bf16)
 FUSED_EXPERT_SUFFIXES = ("experts.gate_up_proj", "experts.down_proj")
 
@@ -202,6 +207,10 @@ def _family_reason(tensor: CheckpointTensor, checkpoint: Checkpoint) -> str | No
     if config.get("model_type") == "llama4" and tensor.name.startswith(_LLAMA4_UNQUANTIZED_PREFIXES):
         return ("Llama 4's vision tower and projector: vLLM's mllama4.py builds them without a quantization "
                 "config, so they stay as stored")
+    if config.get("model_type") == "mistral3" and tensor.name.startswith(_MISTRAL3_UNQUANTIZED_PREFIXES):
+        return ("Mistral 3's Pixtral vision tower and projector stay as stored, as the published quantized "
+                "checkpoints keep them (llm-compressor ignores vision_tower and multi_modal_projector); vLLM's "
+                "mistral3.py builds them with the checkpoint's quantization_config, which marks them unquantized")
     if fused_expert_module(tensor.name, len(tensor.shape)) is not None:
         return (f"routed experts fused as one [experts, in, out] tensor (shape {list(tensor.shape)}): nibble "
                 "quantizes 2-D linear weights only, so they stay as stored, and the quantization_config marks "

@@ -37,7 +37,7 @@ from functools import lru_cache
 from quant_core.engines.base import BatchLimits, KVCapacity, Stage, Term
 from quant_core.errors import UnknownName
 from quant_core.kv_cache import kv_layers, layer_bytes_per_token
-from quant_core.specs import Llama4VisionTower, ModelSpec
+from quant_core.specs import Llama4VisionTower, ModelSpec, PixtralVisionTower
 
 GIB = 1 << 30
 MIB = 1 << 20
@@ -288,6 +288,11 @@ class VllmProfile:
             # mllama4.py, Llama4VisionAttention: assert self.num_heads % self.tp_size == 0
             return (f"vLLM refuses tensor parallel size {tensor_parallel}: it does not divide the vision tower's "
                     f"{spec.vision.num_attention_heads} attention heads (mllama4.py splits them over the ranks)")
+        if isinstance(spec.vision, PixtralVisionTower) and spec.vision.num_attention_heads % tensor_parallel:
+            # pixtral.py, PixtralHFAttention: self.n_heads = divide(config.num_attention_heads, self.tp_size)
+            return (f"vLLM refuses tensor parallel size {tensor_parallel}: it does not divide the Pixtral vision "
+                    f"tower's {spec.vision.num_attention_heads} attention heads (pixtral.py splits them over the "
+                    "ranks)")
         return None
 
     def vocabulary_on_every_stage(self, spec: ModelSpec) -> str | None:

@@ -35,7 +35,7 @@ FILE_TYPES = {"gguf-q4_0": "Q4_0", "gguf-q4_k_s": "Q4_K_S", "gguf-q4_k_m": "Q4_K
               "gguf-q6_k": "Q6_K", "gguf-q8_0": "Q8_0"}
 BASE = {"hidden_size": 256, "num_hidden_layers": 8, "num_attention_heads": 4, "num_key_value_heads": 2,
         "intermediate_size": 512, "vocab_size": 512, "max_position_embeddings": 4096}
-# (name, gguf architecture, config.json): five dense models and five MoE; qwen2-320 has widths that 256 does not divide
+# (name, gguf architecture, config.json): six dense models and five MoE; qwen2-320 has widths that 256 does not divide
 MODELS: list[tuple[str, str, dict[str, object]]] = [
     ("llama", "llama", {**BASE, "model_type": "llama"}),
     ("qwen2-320", "qwen2", {**BASE, "model_type": "qwen2", "hidden_size": 320, "num_attention_heads": 5,
@@ -54,6 +54,12 @@ MODELS: list[tuple[str, str, dict[str, object]]] = [
     ("llama4", "llama4", {**BASE, "model_type": "llama4_text", "head_dim": 64, "num_local_experts": 4,
                           "num_experts_per_tok": 1, "intermediate_size": 256, "intermediate_size_mlp": 512,
                           "interleave_moe_layer_step": 2}),
+    # Mistral 3 (Mistral Small 3.1/3.2): convert_hf_to_gguf.py writes its language model as llama.cpp's mistral3 arch
+    # (conversion/mistral3.py) and its Pixtral tower to a separate mmproj file (F16, not llama-quantize's input)
+    ("mistral3", "mistral3", {"model_type": "mistral3", "text_config": {**BASE, "model_type": "mistral"},
+                              "vision_config": {"model_type": "pixtral", "hidden_size": 64, "num_hidden_layers": 2,
+                                                "num_attention_heads": 4, "intermediate_size": 128,
+                                                "patch_size": 14}}),
 ]
 _NAMES = {"input_layernorm": "attn_norm", "q_proj": "attn_q", "k_proj": "attn_k", "v_proj": "attn_v",
           "o_proj": "attn_output", "qkv_proj": "attn_qkv", "q_norm": "attn_q_norm", "k_norm": "attn_k_norm",
@@ -64,7 +70,10 @@ _NAMES = {"input_layernorm": "attn_norm", "q_proj": "attn_q", "k_proj": "attn_k"
 
 def gguf_names(spec: ModelSpec, entry: TensorEntry) -> list[tuple[str, tuple[int, ...]]]:
     """The GGUF tensors convert_hf_to_gguf.py writes for an inventory row, with one tensor's logical shape:
-    one, but for Llama 4's fused ``experts.gate_up_proj``, which it splits into ffn_gate_exps and ffn_up_exps."""
+    one, but for Llama 4's fused ``experts.gate_up_proj``, which it splits into ffn_gate_exps and ffn_up_exps, and
+    none for a vision tower's (its mmproj file is another GGUF, which llama-quantize does not quantize)."""
+    if entry.role == "vision":
+        return []
     if spec.layout == "llama4" and entry.name.endswith("experts.gate_up_proj[{e}]"):
         half = (entry.shape[0] // 2, *entry.shape[1:])
         return [("blk.{i}.ffn_gate_exps.weight", half), ("blk.{i}.ffn_up_exps.weight", half)]
@@ -76,9 +85,9 @@ def gguf_name(spec: ModelSpec, entry: TensorEntry) -> str:
     fixed = {"model.embed_tokens.weight": "token_embd.weight", "lm_head.weight": "output.weight",
              "model.norm.weight": "output_norm.weight", "model.norm.bias": "output_norm.bias",
              "lm_head.bias": "output.bias"}
-    if entry.name in fixed:
-        return fixed[entry.name]
-    name = entry.name
+    name = entry.name.removeprefix("language_model.")  # Mistral 3's language model
+    if name in fixed:
+        return fixed[name]
     if spec.layout == "llama4":  # feed_forward.router / .shared_expert.* (_shexp below) / .experts.down_proj[{e}]
         name = name.replace("feed_forward.router", "feed_forward.gate")
         if name.endswith("]"):
