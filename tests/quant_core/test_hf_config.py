@@ -12,6 +12,7 @@ from quant_core.errors import InvalidSpec, MissingConfigKey, UnknownName, Unsupp
 from quant_core.hf_config import architecture_family, model_from_hf_config, model_from_sizes, unread_config_keys
 from quant_core.inventory import inventory, parameter_count
 from quant_core.specs import MAX_LAYERS, ModelSpec
+from tests.quant_core.meta_models import parameters_by_role
 
 FIXTURES = Path(__file__).resolve().parents[2] / ".." / "shared" / "fixtures"
 MODELS = FIXTURES / "models"
@@ -520,26 +521,8 @@ def test_llama4_inventory_equals_the_model_transformers_builds_role_by_role(name
     hf_config = transformers.Llama4Config(**{**config, "text_config": text})
     with torch.device("meta"):
         model = transformers.Llama4ForConditionalGeneration(hf_config)
-    by_role: dict[str, int] = {}
-    for parameter_name, parameter in model.named_parameters():
-        if parameter_name.startswith(("model.vision_model.", "model.multi_modal_projector.", "vision_model.",
-                                      "multi_modal_projector.")):
-            role = "vision"
-        elif ".experts." in parameter_name:
-            role = "expert"
-        elif ".router." in parameter_name:
-            role = "router"
-        elif "norm" in parameter_name:
-            role = "norm"
-        elif "embed_tokens" in parameter_name:
-            role = "embedding"
-        elif "lm_head" in parameter_name:
-            role = "lm_head"
-        elif ".self_attn." in parameter_name:
-            role = "attention"
-        else:
-            role = "mlp"  # dense feed_forward and the shared expert
-        by_role[role] = by_role.get(role, 0) + parameter.numel()
+    by_role = parameters_by_role(model, ("model.vision_model.", "model.multi_modal_projector.", "vision_model.",
+                                                       "multi_modal_projector."))
     counts = parameter_count(model_from_hf_config(config))
     assert {role: size for role, size in counts.by_role.items() if size} == by_role
     text_only = parameter_count(model_from_hf_config(config["text_config"]))  # llama4_text: Llama4ForCausalLM

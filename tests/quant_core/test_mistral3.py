@@ -20,6 +20,7 @@ from quant_core.inventory import inventory, parameter_count, weight_bytes, weigh
 from quant_core.kv_cache import kv_bytes_per_token
 from quant_core.planner import Hardware, PlanOptions, Workload, engine_tensor_parallel_sizes, plan
 from quant_core.specs import ModelSpec, PixtralVisionTower
+from tests.quant_core.meta_models import parameters_by_role
 
 GIB = 1 << 30
 DATA = Path(__file__).resolve().parent / "data" / "mistral3"
@@ -61,21 +62,7 @@ def test_mistral3_inventory_equals_the_model_transformers_builds_role_by_role() 
     hf_config = transformers.Mistral3Config.from_dict({**config, "tie_word_embeddings": False})
     with torch.device("meta"):
         model = transformers.Mistral3ForConditionalGeneration(hf_config)
-    by_role: dict[str, int] = {}
-    for parameter_name, parameter in model.named_parameters():
-        if parameter_name.startswith(("model.vision_tower.", "model.multi_modal_projector.")):
-            role = "vision"
-        elif "norm" in parameter_name:
-            role = "norm"
-        elif "embed_tokens" in parameter_name:
-            role = "embedding"
-        elif "lm_head" in parameter_name:
-            role = "lm_head"
-        elif ".self_attn." in parameter_name:
-            role = "attention"
-        else:
-            role = "mlp"
-        by_role[role] = by_role.get(role, 0) + parameter.numel()
+    by_role = parameters_by_role(model, ("model.vision_tower.", "model.multi_modal_projector."))
     counts = parameter_count(model_from_hf_config(config))
     assert {role: size for role, size in counts.by_role.items() if size} == by_role
     assert sum(by_role.values()) == PUBLISHED_TOTAL
