@@ -10,7 +10,7 @@ is not built by transformers (nor loaded by vLLM's model classes) and is not cou
 the language model (``text_config``) is read, and its SigLIP vision tower and projector
 (``vision_config``) are counted as role ``vision``: engines load them beside it, at 16 bits; the
 multimodal ``llama4`` type likewise (``Llama4VisionModel`` and its projector), its language model
-being the ``llama4_text`` type's.
+being the ``llama4_text`` type's, and ``qwen2_5_vl`` (a Qwen2 language model, its vision transformer and merger).
 
 Every size is checked as it is read: a missing key raises `MissingConfigKey`, a value of
 the wrong type (a string, a bool), zero, negative or absurd (over the maximums in
@@ -41,6 +41,7 @@ from quant_core.specs import (
     MAX_VOCAB_SIZE,
     Llama4VisionTower,
     ModelSpec,
+    QwenVisionTower,
     VisionTower,
     check_int,
 )
@@ -624,6 +625,59 @@ def _llama4_vision(config: Mapping[str, object], text_hidden_size: int) -> Llama
         num_channels=sizes["num_channels"])
 
 
+def _qwen2_5_vl(config: Mapping[str, object], model_type: str, name: str | None) -> ModelSpec:
+    """Qwen2.5-VL (``Qwen2_5_VLForConditionalGeneration``): a Qwen2 language model (q/k/v with biases, o_proj
+    without; vLLM loads it as ``Qwen2ForCausalLM``) beside its vision transformer and merger (`QwenVisionTower`).
+
+    The published configs hold the language model's keys at the top level beside ``vision_config``; configs saved
+    by transformers >= 4.52 may nest them in ``text_config`` (read there, errors named ``text_config.<key>``).
+    M-RoPE (``rope_scaling.mrope_section``) rotates the same head dimensions and changes no KV size; sliding windows
+    are Qwen2's (``use_sliding_window``, false in every published config)."""
+    text = config.get("text_config")
+    if text is not None and not isinstance(text, Mapping):
+        raise InvalidSpec("text_config", text, "must be a JSON object")
+    source = text if text is not None else config
+    try:
+        spec = _llama_family(source, "qwen2", name or _name(config, model_type, None))
+    except InvalidSpec as error:
+        if source is config or error.field.split("[")[0] not in source:
+            raise
+        raise InvalidSpec(f"text_config.{error.field}", error.value, error.reason) from error
+    if text is not None and "tie_word_embeddings" in config:
+        top = _Reader(config, model_type).flag("tie_word_embeddings", spec.tie_word_embeddings)
+        if top != spec.tie_word_embeddings:
+            raise InvalidSpec("tie_word_embeddings", config["tie_word_embeddings"],
+                              "differs from text_config.tie_word_embeddings: whether the language model's lm_head "
+                              "is its embedding would depend on which one an engine reads")
+    return replace(spec, model_type=model_type, vision=_qwen2_5_vl_vision(config, spec.hidden_size))
+
+
+def _qwen2_5_vl_vision(config: Mapping[str, object], text_hidden_size: int) -> QwenVisionTower:
+    """Qwen2.5-VL's vision tower from ``vision_config`` (transformers' ``Qwen2_5_VLVisionConfig`` defaults for
+    absent keys, and the whole default tower when the key is absent: ``Qwen2_5_VLConfig`` always builds one).  The
+    merger's output (``out_hidden_size``) must be the language model's width: vLLM puts its rows in place of the
+    image tokens' embeddings.  ``in_chans``, which the published configs also hold, is read by neither transformers 5
+    nor vLLM (both read ``in_channels``)."""
+    vision = config.get("vision_config")
+    if vision is None:
+        vision = {}
+    if not isinstance(vision, Mapping):
+        raise InvalidSpec("vision_config", vision, "must be a JSON object")
+    defaults = {"depth": 32, "hidden_size": 3584, "num_heads": 16, "intermediate_size": 3420, "patch_size": 14,
+                "temporal_patch_size": 2, "spatial_merge_size": 2, "out_hidden_size": 3584, "in_channels": 3}
+    sizes: dict[str, Any] = {key: vision.get(key, default) for key, default in defaults.items()}
+    tower = QwenVisionTower(
+        hidden_size=sizes["hidden_size"], num_layers=sizes["depth"], num_attention_heads=sizes["num_heads"],
+        intermediate_size=sizes["intermediate_size"], patch_size=sizes["patch_size"],
+        temporal_patch_size=sizes["temporal_patch_size"], spatial_merge_size=sizes["spatial_merge_size"],
+        projection_size=sizes["out_hidden_size"], num_channels=sizes["in_channels"])
+    if tower.projection_size != text_hidden_size:
+        raise InvalidSpec("vision_config.out_hidden_size", tower.projection_size,
+                          f"differs from the language model's hidden_size={text_hidden_size}: the merger's rows "
+                          "replace image tokens' embeddings")
+    return tower
+
+
 _Adapter = Callable[[Mapping[str, object], str, "str | None"], ModelSpec]
 _ADAPTERS: dict[str, _Adapter] = {
     "llama": _llama_family,
@@ -646,6 +700,7 @@ _ADAPTERS: dict[str, _Adapter] = {
     "phimoe": _phimoe,
     "glm4_moe": _glm4_moe,
     "llama4_text": _llama4_text,
+    "qwen2_5_vl": _qwen2_5_vl,
 }
 KNOWN_MODEL_TYPES: tuple[str, ...] = (*sorted(_ADAPTERS), "gemma3", "llama4")
 
@@ -776,6 +831,7 @@ ARCHITECTURE_FAMILIES: dict[str, str] = {
     "DeepseekV2ForCausalLM": "deepseek_v2", "DeepseekV3ForCausalLM": "deepseek_v3", "FalconForCausalLM": "falcon",
     "GPT2LMHeadModel": "gpt2", "GptOssForCausalLM": "gpt_oss", "Qwen2MoeForCausalLM": "qwen2_moe",
     "PhiMoEForCausalLM": "phimoe", "Glm4MoeForCausalLM": "glm4_moe", "Llama4ForCausalLM": "llama4_text",
+    "Qwen2_5_VLForConditionalGeneration": "qwen2_5_vl",
 }
 
 

@@ -23,7 +23,15 @@ from functools import lru_cache
 
 from quant_core.errors import GroupSizeMismatch, UnknownName
 from quant_core.formats import FLOAT_FORMATS, WeightFormat, float_format, int4
-from quant_core.specs import QUANTIZED_ROLES, ROLES, Llama4VisionTower, ModelSpec, TensorEntry, VisionTower
+from quant_core.specs import (
+    QUANTIZED_ROLES,
+    ROLES,
+    Llama4VisionTower,
+    ModelSpec,
+    QwenVisionTower,
+    TensorEntry,
+    VisionTower,
+)
 
 
 class _Builder:
@@ -239,6 +247,8 @@ def inventory(spec: ModelSpec) -> tuple[TensorEntry, ...]:
         _decoder(builder, spec)
     if isinstance(spec.vision, Llama4VisionTower):
         _llama4_vision(builder, spec.vision)
+    elif isinstance(spec.vision, QwenVisionTower):
+        _qwen_vision(builder, spec.vision)
     elif spec.vision is not None:
         _vision(builder, spec.vision)
     return tuple(builder.rows)
@@ -309,6 +319,31 @@ def _llama4_vision(b: _Builder, tower: Llama4VisionTower) -> None:
     b.add(f"{prefix}.vision_adapter.mlp.fc2.weight", (tower.projector_output_dim, tower.projector_output_dim),
           "vision")
     b.add("multi_modal_projector.linear_1.weight", (tower.projection_size, tower.vision_output_dim), "vision")
+
+
+def _qwen_vision(b: _Builder, tower: QwenVisionTower) -> None:
+    """Qwen2.5-VL's vision transformer and merger as its published checkpoints name them (``visual.*``; transformers
+    5 holds them as ``model.visual.*`` in memory), every tensor of role ``vision``, each block's tensors one row
+    counted `num_layers` times (they are no decoder layers)."""
+    hidden, width = tower.hidden_size, tower.intermediate_size
+    merged = hidden * tower.spatial_merge_size ** 2
+    b.add("visual.patch_embed.proj.weight",
+          (hidden, tower.num_channels, tower.temporal_patch_size, tower.patch_size, tower.patch_size), "vision")
+    block, count = "visual.blocks.{v}", tower.num_layers
+    for norm in ("norm1", "norm2"):
+        b.add(f"{block}.{norm}.weight", (hidden,), "vision", per_layer=count)
+    for name, (out_features, in_features) in ((f"{block}.attn.qkv", (3 * hidden, hidden)),
+                                              (f"{block}.attn.proj", (hidden, hidden)),
+                                              (f"{block}.mlp.gate_proj", (width, hidden)),
+                                              (f"{block}.mlp.up_proj", (width, hidden)),
+                                              (f"{block}.mlp.down_proj", (hidden, width))):
+        b.add(f"{name}.weight", (out_features, in_features), "vision", per_layer=count)
+        b.add(f"{name}.bias", (out_features,), "vision", per_layer=count)
+    b.add("visual.merger.ln_q.weight", (hidden,), "vision")
+    for name, (out_features, in_features) in (("visual.merger.mlp.0", (merged, merged)),
+                                              ("visual.merger.mlp.2", (tower.projection_size, merged))):
+        b.add(f"{name}.weight", (out_features, in_features), "vision")
+        b.add(f"{name}.bias", (out_features,), "vision")
 
 
 def _vision(b: _Builder, tower: VisionTower) -> None:

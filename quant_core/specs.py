@@ -123,6 +123,35 @@ class Llama4VisionTower:
 
 
 @dataclass(frozen=True, slots=True)
+class QwenVisionTower:
+    """Qwen2.5-VL's vision transformer and patch merger (``vision_config`` of a ``qwen2_5_vl`` config, transformers'
+    ``Qwen2_5_VisionTransformerPretrainedModel``): a bias-free Conv3d patch embedding over `temporal_patch_size` x
+    `patch_size` x `patch_size` x `num_channels` pixels, `num_layers` blocks of `hidden_size` with
+    `num_attention_heads` heads (a fused ``qkv`` and a ``proj``, both with biases), a SwiGLU MLP of
+    `intermediate_size` with biases and two RMSNorms, no learned positions (2-D rotary), and the merger: an RMSNorm,
+    then an MLP over `spatial_merge_size`^2 merged patches (hidden x merge^2 -> the same -> `projection_size`, the
+    language model's width), with biases.  Window attention (``window_size``, ``fullatt_block_indexes``) changes no
+    weight."""
+
+    hidden_size: int
+    num_layers: int
+    num_attention_heads: int
+    intermediate_size: int
+    patch_size: int
+    temporal_patch_size: int
+    spatial_merge_size: int
+    projection_size: int
+    num_channels: int = 3
+
+    def __post_init__(self) -> None:
+        for field, (low, high) in _QWEN_VISION_LIMITS.items():
+            object.__setattr__(self, field, check_int(f"vision_config.{field}", getattr(self, field), low, high))
+        if self.hidden_size % self.num_attention_heads:
+            raise InvalidSpec("vision_config.num_heads", self.num_attention_heads,
+                              f"does not divide hidden_size={self.hidden_size}")
+
+
+@dataclass(frozen=True, slots=True)
 class KVLayer:
     """What one attention layer caches per token.
 
@@ -162,6 +191,7 @@ class KVLayer:
 #   llama4    llama attention under ``feed_forward``: routed experts fused as [E, in, out] tensors beside a router
 #             and one shared expert, dense layers (`dense_layers`) of `intermediate_size`; the multimodal
 #             ``llama4`` type names the language model ``language_model.model.*`` beside ``vision_model.*``
+#   (qwen2_5_vl: the llama layout with Qwen2's biases beside a `QwenVisionTower` named ``visual.*``)
 LAYOUTS: tuple[str, ...] = ("llama", "mixtral", "phi3", "deepseek", "falcon", "gpt2", "gpt_oss", "qwen2_moe",
                            "llama4")
 NORM_KINDS: tuple[str, ...] = ("rmsnorm", "layernorm")
@@ -218,6 +248,18 @@ _LLAMA4_VISION_LIMITS: dict[str, tuple[int, int]] = {
     "projector_input_dim": (1, MAX_HIDDEN_SIZE),
     "projector_output_dim": (1, MAX_HIDDEN_SIZE),
     "vision_output_dim": (1, MAX_HIDDEN_SIZE),
+}
+#: Qwen2.5-VL's vision tower (its merger's first layer is (hidden x spatial_merge_size^2)^2 elements)
+_QWEN_VISION_LIMITS: dict[str, tuple[int, int]] = {
+    "hidden_size": (1, MAX_HIDDEN_SIZE),
+    "num_layers": (1, MAX_LAYERS),
+    "num_attention_heads": (1, MAX_HEADS),
+    "intermediate_size": (1, MAX_INTERMEDIATE_SIZE),
+    "patch_size": (1, 65_536),
+    "temporal_patch_size": (1, 64),
+    "spatial_merge_size": (1, 64),
+    "projection_size": (1, MAX_HIDDEN_SIZE),
+    "num_channels": (1, 64),
 }
 _OPTIONAL_INT_LIMITS: dict[str, tuple[int, int]] = {
     "max_position_embeddings": (1, MAX_POSITIONS),
@@ -322,7 +364,7 @@ class ModelSpec:
     qk_rope_head_dim: int = 0
     v_head_dim: int = 0
     #: a multimodal model's image encoder, which engines load beside the language model (None: text only)
-    vision: VisionTower | Llama4VisionTower | None = None
+    vision: VisionTower | Llama4VisionTower | QwenVisionTower | None = None
 
     def __post_init__(self) -> None:
         for field in ("name", "model_type"):
@@ -377,7 +419,7 @@ class ModelSpec:
                     raise InvalidSpec(field, getattr(self, field), "must be positive for MLA attention")
         if self.learned_position_embeddings and self.max_position_embeddings is None:
             raise InvalidSpec("max_position_embeddings", None, "learned position embeddings need a size")
-        if self.vision is not None and not isinstance(self.vision, VisionTower | Llama4VisionTower):
+        if self.vision is not None and not isinstance(self.vision, VisionTower | Llama4VisionTower | QwenVisionTower):
             raise InvalidSpec("vision", type(self.vision).__name__, "must be a vision tower (or absent)")
 
     @property
@@ -429,8 +471,11 @@ class ModelSpec:
             key: tuple(value) if isinstance(value, list) else value for key, value in data.items()
         }
         vision = values.get("vision")
-        if isinstance(vision, dict):  # to_dict's tower as JSON: Llama 4's has a vision_output_dim, SigLIP's not
-            tower = Llama4VisionTower if "vision_output_dim" in vision else VisionTower
+        if isinstance(vision, dict):  # to_dict's tower as JSON: Llama 4's has a vision_output_dim, Qwen's a
+            # temporal_patch_size, SigLIP's neither
+            tower: type[VisionTower | Llama4VisionTower | QwenVisionTower] = (
+                Llama4VisionTower if "vision_output_dim" in vision
+                else QwenVisionTower if "temporal_patch_size" in vision else VisionTower)
             known_fields = tower.__dataclass_fields__
             unknown_fields = sorted(str(key) for key in vision if key not in known_fields)
             if unknown_fields:
