@@ -44,12 +44,13 @@ from functools import lru_cache
 
 from quant_core.catalog import MAX_DEVICE_BYTES
 from quant_core.engines import ENGINES, BatchLimits, EngineProfile, KVCapacity, Stage, Term, get_engine
+from quant_core.engines.vllm import qwen_vision_refusal
 from quant_core.errors import InvalidSpec
 from quant_core.formats import WeightFormat, float_format, int4, kv_dtype
 from quant_core.inventory import QuantizationPolicy, parameter_count
 from quant_core.kv_cache import held_tokens, kv_bytes_per_token, kv_layers, layer_bytes_per_token
 from quant_core.schemes import WeightScheme, assigned_bytes, scheme_of, with_partial_groups
-from quant_core.specs import Llama4VisionTower, ModelSpec, TensorEntry
+from quant_core.specs import Llama4VisionTower, ModelSpec, QwenVisionTower, TensorEntry
 
 GIB = 1 << 30
 AS_SHIPPED = "as_shipped"  # the comparison's key for the checkpoint as its config ships it
@@ -363,6 +364,13 @@ _VISION_SHARDED: tuple[str, ...] = (
 #: patch embedding's and the projector's ColumnParallelLinear; its class and position embeddings (plain Parameters),
 #: norms and row-parallel biases are whole on every rank
 _VISION_SHARDED += ("o_proj.weight", "patch_embedding.linear.weight", "multi_modal_projector.linear_1.weight")
+#: ... and Qwen2.5-VL's (qwen2_5_vl.py, mm_encoder_tp_mode "weights"): each block's qkv (QKVParallelLinear, weight
+#: and bias), proj and down_proj weights (RowParallelLinear), gate/up_proj weights and biases (a
+#: MergedColumnParallelLinear), the merger's mlp.0 (ColumnParallelLinear, weight and bias) and mlp.2 weight
+#: (RowParallelLinear); its patch embedding (a ReplicatedLinear), RMSNorms and row-parallel biases are whole
+_VISION_SHARDED += ("attn.qkv.weight", "attn.qkv.bias", "attn.proj.weight", "mlp.gate_proj.weight",
+                    "mlp.gate_proj.bias", "mlp.up_proj.weight", "mlp.up_proj.bias", "mlp.down_proj.weight",
+                    "merger.mlp.0.weight", "merger.mlp.0.bias", "merger.mlp.2.weight")
 
 
 def _sharded_bytes(one_tensor_bytes: int, entry: TensorEntry, tensor_parallel: int) -> int:
@@ -757,10 +765,12 @@ def engine_tensor_parallel_sizes(spec: ModelSpec, limit: int = MAX_DEVICES_SEARC
         return tuple(range(1, limit + 1))
     # Llama 4's vision tower splits its own heads over the same ranks (vLLM's mllama4.py asserts they divide)
     vision_heads = spec.vision.num_attention_heads if isinstance(spec.vision, Llama4VisionTower) else None
+    qwen_tower = spec.vision if isinstance(spec.vision, QwenVisionTower) else None  # qwen2_5_vl.py's divisions
     return tuple(size for size in range(1, min(heads, limit) + 1)
                  if heads % size == 0 and (spec.kv_lora_rank > 0 or kv_heads <= 0
                                            or kv_heads % size == 0 or size % kv_heads == 0)
-                 and (vision_heads is None or vision_heads % size == 0))
+                 and (vision_heads is None or vision_heads % size == 0)
+                 and (qwen_tower is None or qwen_vision_refusal(qwen_tower, size) is None))
 
 
 def _min_devices(evaluator: _Evaluator, terms: _ModelTerms, workload: Workload) -> int | None:
@@ -1033,6 +1043,10 @@ def _warnings(spec: ModelSpec, hardware: Hardware, workload: Workload, options: 
         out.append(f"Tensor parallel degree {tensor_parallel} neither divides the model's {kv_heads} key/value "
                    f"heads nor is a multiple of them (to replicate them): engines such as vLLM refuse this "
                    f"layout; the KV figures assume {-(-kv_heads // tensor_parallel)} head(s) per device.")
+    if isinstance(spec.vision, QwenVisionTower):
+        out.append("Qwen2.5-VL's vision tower is counted in the weights (16-bit, as its published AWQ checkpoints keep "
+                   "it), but the activations of vLLM's profiling run over a batch of dummy images through it are not "
+                   "modelled: the engine reserves that peak too, so leave headroom for it.")
     if spec.layout == "llama4":
         out.append("Llama 4's chunked local attention layers (its RoPE layers, attention_chunk_size tokens each) are "
                    "planned as full attention: vLLM allocates them the whole context while its hybrid KV cache "
