@@ -876,6 +876,8 @@ NON_SIZING_KEYS = frozenset({
     # Llama 4: attention temperature tuning, image token ids, a conversion flag
     "attn_scale", "floor_scale", "attn_temperature_tuning", "for_llm_compressor", "boi_token_index",
     "eoi_token_index", "image_token_index",
+    # Qwen2.5-VL: image and video token ids
+    "image_token_id", "video_token_id", "vision_start_token_id", "vision_end_token_id", "vision_token_id",
 })
 
 
