@@ -743,7 +743,8 @@ def model_from_hf_config(config: Mapping[str, object], *, name: str | None = Non
     """
     if not isinstance(config, Mapping):
         raise InvalidSpec("config", type(config).__name__, "must be a JSON object")
-    text = config.get("text_config", config) if config.get("model_type") in ("gemma3", "llama4") else config
+    text = (config.get("text_config", config) if config.get("model_type") in ("gemma3", "llama4", "qwen2_5_vl")
+            else config)
     try:
         return _model_from_hf_config(config, name)
     except MissingConfigKey:  # names the config key already (renaming moe_intermediate_size would blame another)

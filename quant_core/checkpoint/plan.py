@@ -187,7 +187,7 @@ def _reason(tensor: CheckpointTensor, options: CheckpointOptions, include: Seque
 _LLAMA4_UNQUANTIZED_PREFIXES = ("vision_model.", "multi_modal_projector.")
 #: Qwen2.5-VL's vision tower and merger, as published checkpoints name them (``visual.``) and as transformers >= 4.52
 #: saves them (``model.visual.``): vLLM's qwen2_5_vl.py maps both to ``visual.``
-_QWEN_VL_UNQUANTIZED_PREFIXES = ("visual.", "model.visual.")
+QWEN_VL_UNQUANTIZED_PREFIXES = ("visual.", "model.visual.")
 #: routed experts fused into one [experts, in, out] tensor per projection (Llama 4; gpt-oss in bf16)
 FUSED_EXPERT_SUFFIXES = ("experts.gate_up_proj", "experts.down_proj")
 
@@ -205,7 +205,7 @@ def _family_reason(tensor: CheckpointTensor, checkpoint: Checkpoint) -> str | No
     if config.get("model_type") == "llama4" and tensor.name.startswith(_LLAMA4_UNQUANTIZED_PREFIXES):
         return ("Llama 4's vision tower and projector: vLLM's mllama4.py builds them without a quantization "
                 "config, so they stay as stored")
-    if config.get("model_type") == "qwen2_5_vl" and tensor.name.startswith(_QWEN_VL_UNQUANTIZED_PREFIXES):
+    if config.get("model_type") == "qwen2_5_vl" and tensor.name.startswith(QWEN_VL_UNQUANTIZED_PREFIXES):
         return ("Qwen2.5-VL's vision tower and merger: published quantized checkpoints keep them as stored (Qwen's "
                 "AWQ releases: modules_to_not_convert [\"visual\"]), and nibble plans them at 16 bits")
     if fused_expert_module(tensor.name, len(tensor.shape)) is not None:
