@@ -307,3 +307,12 @@ def test_a_checkpoints_vision_tower_sits_on_every_pipeline_stage(tiny_checkpoint
         return [device.weights_bytes for device in result.primary.devices]
 
     assert [w - t for w, t in zip(stage_weights(headers), stage_weights(text), strict=True)] == [tower, tower]
+
+
+@pytest.mark.parametrize("size", ["3b", "7b"])
+def test_the_catalog_presets_are_the_published_configs_parsed(size: str) -> None:
+    from quant_core.catalog import get_preset
+
+    preset_id = f"qwen2.5-vl-{size}-instruct"
+    assert get_preset(preset_id) == model_from_hf_config(_config(size), name=preset_id)
+    assert parameter_count(get_preset(preset_id)).total == META_TOTALS[size][0]
