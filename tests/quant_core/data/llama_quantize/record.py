@@ -35,7 +35,8 @@ FILE_TYPES = {"gguf-q4_0": "Q4_0", "gguf-q4_k_s": "Q4_K_S", "gguf-q4_k_m": "Q4_K
               "gguf-q6_k": "Q6_K", "gguf-q8_0": "Q8_0"}
 BASE = {"hidden_size": 256, "num_hidden_layers": 8, "num_attention_heads": 4, "num_key_value_heads": 2,
         "intermediate_size": 512, "vocab_size": 512, "max_position_embeddings": 4096}
-# (name, gguf architecture, config.json): five dense models and five MoE; qwen2-320 has widths that 256 does not divide
+_TINY_QWEN_VISION = {"depth": 2, "hidden_size": 64, "intermediate_size": 128, "num_heads": 4, "out_hidden_size": 256}
+# (name, gguf architecture, config.json): seven dense models and five MoE; qwen2-320 has widths that 256 does not divide
 MODELS: list[tuple[str, str, dict[str, object]]] = [
     ("llama", "llama", {**BASE, "model_type": "llama"}),
     ("qwen2-320", "qwen2", {**BASE, "model_type": "qwen2", "hidden_size": 320, "num_attention_heads": 5,
@@ -54,6 +55,11 @@ MODELS: list[tuple[str, str, dict[str, object]]] = [
     ("llama4", "llama4", {**BASE, "model_type": "llama4_text", "head_dim": 64, "num_local_experts": 4,
                           "num_experts_per_tok": 1, "intermediate_size": 256, "intermediate_size_mlp": 512,
                           "interleave_moe_layer_step": 2}),
+    # Qwen2.5-VL's language model (llama.cpp's qwen2vl arch; the vision tower goes to a separate mmproj file), and
+    # at 80 layers: qwen2vl's load_arch_hparams sets no model type, so no LLM_TYPE_70B as qwen2's 80 layers get
+    ("qwen2_5_vl", "qwen2vl", {**BASE, "model_type": "qwen2_5_vl", "vision_config": _TINY_QWEN_VISION}),
+    ("qwen2_5_vl-80", "qwen2vl", {**BASE, "model_type": "qwen2_5_vl", "num_hidden_layers": 80,
+                                  "vision_config": _TINY_QWEN_VISION}),
 ]
 _NAMES = {"input_layernorm": "attn_norm", "q_proj": "attn_q", "k_proj": "attn_k", "v_proj": "attn_v",
           "o_proj": "attn_output", "qkv_proj": "attn_qkv", "q_norm": "attn_q_norm", "k_norm": "attn_k_norm",
@@ -65,6 +71,8 @@ _NAMES = {"input_layernorm": "attn_norm", "q_proj": "attn_q", "k_proj": "attn_k"
 def gguf_names(spec: ModelSpec, entry: TensorEntry) -> list[tuple[str, tuple[int, ...]]]:
     """The GGUF tensors convert_hf_to_gguf.py writes for an inventory row, with one tensor's logical shape:
     one, but for Llama 4's fused ``experts.gate_up_proj``, which it splits into ffn_gate_exps and ffn_up_exps."""
+    if entry.role == "vision":  # convert_hf_to_gguf.py --mmproj writes the vision tower into a file of its own
+        return []
     if spec.layout == "llama4" and entry.name.endswith("experts.gate_up_proj[{e}]"):
         half = (entry.shape[0] // 2, *entry.shape[1:])
         return [("blk.{i}.ffn_gate_exps.weight", half), ("blk.{i}.ffn_up_exps.weight", half)]
@@ -122,6 +130,8 @@ def write_model(spec: ModelSpec, arch: str, path: Path) -> dict[str, TensorEntry
         writer.add_expert_feed_forward_length(spec.moe_intermediate_size)
         if spec.shared_expert_intermediate_size:
             writer.add_expert_shared_feed_forward_length(spec.shared_expert_intermediate_size)
+    if arch == "qwen2vl":  # llama-model's qwen2vl load_arch_hparams requires the M-RoPE sections
+        writer.add_rope_dimension_sections([8, 12, 12, 0])
     if arch == "gemma2":
         writer.add_sliding_window(128)
         writer.add_attn_logit_softcapping(50.0)
