@@ -316,3 +316,14 @@ def test_the_catalog_presets_are_the_published_configs_parsed(size: str) -> None
     preset_id = f"qwen2.5-vl-{size}-instruct"
     assert get_preset(preset_id) == model_from_hf_config(_config(size), name=preset_id)
     assert parameter_count(get_preset(preset_id)).total == META_TOTALS[size][0]
+
+
+def test_an_awq_checkpoint_as_shipped_holds_the_tower_at_16_bits() -> None:
+    from quant_core.schemes import scheme_bytes, scheme_from_quantization_config
+
+    # Qwen/Qwen2.5-VL-7B-Instruct-AWQ's quantization_config (its config.json, as public copies of it show)
+    awq = scheme_from_quantization_config({"bits": 4, "group_size": 128, "modules_to_not_convert": ["visual"],
+                                           "quant_method": "awq", "version": "gemm", "zero_point": True})
+    spec = model_from_hf_config(QWEN2_5_VL_7B)
+    text_only = ModelSpec.from_dict({**spec.to_dict(), "vision": None})
+    assert scheme_bytes(spec, awq) - scheme_bytes(text_only, awq) == 676_550_144 * 2
