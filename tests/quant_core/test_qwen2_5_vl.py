@@ -327,3 +327,24 @@ def test_an_awq_checkpoint_as_shipped_holds_the_tower_at_16_bits() -> None:
     spec = model_from_hf_config(QWEN2_5_VL_7B)
     text_only = ModelSpec.from_dict({**spec.to_dict(), "vision": None})
     assert scheme_bytes(spec, awq) - scheme_bytes(text_only, awq) == 676_550_144 * 2
+
+
+def test_a_checkpoint_saved_under_transformers_4_52_names_is_planned_the_same(tiny_checkpoint: Path) -> None:
+    # transformers 4.52 to 4.57 saved Qwen2.5-VL as model.language_model.* and model.visual.* (lm_head unchanged);
+    # vLLM's hf_to_vllm_mapper reads both spellings
+    spec = model_from_hf_config(TINY_QWEN2_5_VL)
+    headers = read_checkpoint_headers(tiny_checkpoint)
+    renamed = [HeaderTensor(f"model.language_model.{tensor.name.removeprefix('model.')}"
+                            if tensor.name.startswith("model.") else
+                            f"model.{tensor.name}" if tensor.name.startswith("visual.") else tensor.name,
+                            tensor.dtype, tensor.shape, tensor.bytes) for tensor in headers]
+    assert any(tensor.name == "model.visual.blocks.0.attn.qkv.weight" for tensor in renamed)
+    scheme, summary = checkpoint_scheme(spec, renamed, mtp_layers=0)
+    original, _ = checkpoint_scheme(spec, headers, mtp_layers=0)
+    assert summary.unknown == () and summary.bytes == 4 * parameter_count(spec).total
+    by_role = {entry.role: 0 for entry, _ in original.checkpoint_rows}
+    for entry, size in scheme.checkpoint_rows:
+        by_role[entry.role] += size * entry.count
+        if entry.role == "vision":
+            assert entry.layers == ()
+    assert by_role == {role: 4 * size for role, size in parameter_count(spec).by_role.items() if size}
