@@ -10,7 +10,8 @@ is not built by transformers (nor loaded by vLLM's model classes) and is not cou
 the language model (``text_config``) is read, and its SigLIP vision tower and projector
 (``vision_config``) are counted as role ``vision``: engines load them beside it, at 16 bits; the
 multimodal ``llama4`` type likewise (``Llama4VisionModel`` and its projector), its language model
-being the ``llama4_text`` type's, and ``qwen2_5_vl`` (a Qwen2 language model, its vision transformer and merger).
+being the ``llama4_text`` type's, ``qwen2_5_vl`` (a Qwen2 language model, its vision transformer and merger) and
+``qwen3_vl`` (a Qwen3 language model, its vision transformer, merger and deepstack mergers).
 
 Every size is checked as it is read: a missing key raises `MissingConfigKey`, a value of
 the wrong type (a string, a bool), zero, negative or absurd (over the maximums in
@@ -41,6 +42,7 @@ from quant_core.specs import (
     MAX_VOCAB_SIZE,
     Llama4VisionTower,
     ModelSpec,
+    Qwen3VisionTower,
     QwenVisionTower,
     VisionTower,
     check_int,
@@ -678,6 +680,66 @@ def _qwen2_5_vl_vision(config: Mapping[str, object], text_hidden_size: int) -> Q
     return tower
 
 
+def _qwen3_vl(config: Mapping[str, object], model_type: str, name: str | None) -> ModelSpec:
+    """Qwen3-VL dense (``Qwen3VLForConditionalGeneration``): a Qwen3 language model (``text_config``: q/k norms, an
+    explicit ``head_dim``, biases per ``attention_bias``; vLLM loads it as Qwen3) beside its vision transformer,
+    merger and deepstack mergers (`Qwen3VisionTower`).  Interleaved M-RoPE (``mrope_section``) changes no KV size.
+    ``tie_word_embeddings`` is read from ``text_config`` (what vLLM's language model reads) or, absent there, from
+    the top level (what transformers 5 reads); a config where the two disagree is refused."""
+    text = config.get("text_config")
+    if not isinstance(text, Mapping):
+        raise InvalidSpec("text_config", text, "must be a JSON object")
+    source: Mapping[str, object] = text
+    if "tie_word_embeddings" not in text and "tie_word_embeddings" in config:
+        source = {**text, "tie_word_embeddings": config["tie_word_embeddings"]}
+    try:
+        spec = _llama_family(source, "qwen3", name or _name(config, model_type, None))
+    except InvalidSpec as error:
+        if error.field.split("[")[0] not in text:
+            raise
+        raise InvalidSpec(f"text_config.{error.field}", error.value, error.reason) from error
+    if "tie_word_embeddings" in config and "tie_word_embeddings" in text:
+        top = _Reader(config, model_type).flag("tie_word_embeddings", spec.tie_word_embeddings)
+        if top != spec.tie_word_embeddings:
+            raise InvalidSpec("tie_word_embeddings", config["tie_word_embeddings"],
+                              "differs from text_config.tie_word_embeddings: whether the language model's lm_head "
+                              "is its embedding would depend on which one an engine reads")
+    return replace(spec, model_type=model_type, vision=_qwen3_vl_vision(config, spec.hidden_size))
+
+
+def _qwen3_vl_vision(config: Mapping[str, object], text_hidden_size: int) -> Qwen3VisionTower:
+    """Qwen3-VL's vision tower from ``vision_config`` (transformers' ``Qwen3VLVisionConfig`` defaults for absent keys,
+    the whole default tower when the key is absent); one deepstack merger per ``deepstack_visual_indexes`` entry,
+    each naming a block of the tower."""
+    vision = config.get("vision_config")
+    if vision is None:
+        vision = {}
+    if not isinstance(vision, Mapping):
+        raise InvalidSpec("vision_config", vision, "must be a JSON object")
+    defaults = {"depth": 27, "hidden_size": 1152, "num_heads": 16, "intermediate_size": 4304, "patch_size": 16,
+                "temporal_patch_size": 2, "spatial_merge_size": 2, "out_hidden_size": 3584, "in_channels": 3,
+                "num_position_embeddings": 2304}
+    sizes: dict[str, Any] = {key: vision.get(key, default) for key, default in defaults.items()}
+    depth = check_int("vision_config.depth", sizes["depth"], 1, MAX_LAYERS)
+    deepstack = vision.get("deepstack_visual_indexes", [8, 16, 24])
+    if (not isinstance(deepstack, list) or len(deepstack) > depth
+            or any(isinstance(index, bool) or not isinstance(index, int) or not 0 <= index < depth
+                   for index in deepstack)):
+        raise InvalidSpec("vision_config.deepstack_visual_indexes", deepstack if not isinstance(deepstack, list)
+                          else deepstack[:8], f"must be a list of block indices below depth={depth}")
+    tower = Qwen3VisionTower(
+        hidden_size=sizes["hidden_size"], num_layers=depth, num_attention_heads=sizes["num_heads"],
+        intermediate_size=sizes["intermediate_size"], patch_size=sizes["patch_size"],
+        temporal_patch_size=sizes["temporal_patch_size"], spatial_merge_size=sizes["spatial_merge_size"],
+        num_position_embeddings=sizes["num_position_embeddings"], deepstack_mergers=len(deepstack),
+        projection_size=sizes["out_hidden_size"], num_channels=sizes["in_channels"])
+    if tower.projection_size != text_hidden_size:
+        raise InvalidSpec("vision_config.out_hidden_size", tower.projection_size,
+                          f"differs from the language model's hidden_size={text_hidden_size}: the merger's rows "
+                          "replace image tokens' embeddings")
+    return tower
+
+
 _Adapter = Callable[[Mapping[str, object], str, "str | None"], ModelSpec]
 _ADAPTERS: dict[str, _Adapter] = {
     "llama": _llama_family,
@@ -701,6 +763,7 @@ _ADAPTERS: dict[str, _Adapter] = {
     "glm4_moe": _glm4_moe,
     "llama4_text": _llama4_text,
     "qwen2_5_vl": _qwen2_5_vl,
+    "qwen3_vl": _qwen3_vl,
 }
 KNOWN_MODEL_TYPES: tuple[str, ...] = (*sorted(_ADAPTERS), "gemma3", "llama4")
 
@@ -743,8 +806,8 @@ def model_from_hf_config(config: Mapping[str, object], *, name: str | None = Non
     """
     if not isinstance(config, Mapping):
         raise InvalidSpec("config", type(config).__name__, "must be a JSON object")
-    text = (config.get("text_config", config) if config.get("model_type") in ("gemma3", "llama4", "qwen2_5_vl")
-            else config)
+    text = (config.get("text_config", config)
+            if config.get("model_type") in ("gemma3", "llama4", "qwen2_5_vl", "qwen3_vl") else config)
     try:
         return _model_from_hf_config(config, name)
     except MissingConfigKey:  # names the config key already (renaming moe_intermediate_size would blame another)
@@ -832,7 +895,7 @@ ARCHITECTURE_FAMILIES: dict[str, str] = {
     "DeepseekV2ForCausalLM": "deepseek_v2", "DeepseekV3ForCausalLM": "deepseek_v3", "FalconForCausalLM": "falcon",
     "GPT2LMHeadModel": "gpt2", "GptOssForCausalLM": "gpt_oss", "Qwen2MoeForCausalLM": "qwen2_moe",
     "PhiMoEForCausalLM": "phimoe", "Glm4MoeForCausalLM": "glm4_moe", "Llama4ForCausalLM": "llama4_text",
-    "Qwen2_5_VLForConditionalGeneration": "qwen2_5_vl",
+    "Qwen2_5_VLForConditionalGeneration": "qwen2_5_vl", "Qwen3VLForConditionalGeneration": "qwen3_vl",
 }
 
 

@@ -18,7 +18,7 @@ the embedding / lm_head / position-embedding breakdown), and `weight_bytes` unde
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import lru_cache
 
 from quant_core.errors import GroupSizeMismatch, UnknownName
@@ -28,6 +28,7 @@ from quant_core.specs import (
     ROLES,
     Llama4VisionTower,
     ModelSpec,
+    Qwen3VisionTower,
     QwenVisionTower,
     TensorEntry,
     VisionTower,
@@ -245,10 +246,15 @@ def inventory(spec: ModelSpec) -> tuple[TensorEntry, ...]:
         _llama4(builder, spec)
     else:
         _decoder(builder, spec)
+    if spec.model_type == "qwen3_vl":  # Qwen3-VL's checkpoints: model.language_model.* (lm_head as it is)
+        builder.rows = [replace(row, name=f"model.language_model.{row.name.removeprefix('model.')}")
+                        if row.name.startswith("model.") else row for row in builder.rows]
     if isinstance(spec.vision, Llama4VisionTower):
         _llama4_vision(builder, spec.vision)
     elif isinstance(spec.vision, QwenVisionTower):
         _qwen_vision(builder, spec.vision)
+    elif isinstance(spec.vision, Qwen3VisionTower):
+        _qwen3_vision(builder, spec.vision)
     elif spec.vision is not None:
         _vision(builder, spec.vision)
     return tuple(builder.rows)
@@ -344,6 +350,38 @@ def _qwen_vision(b: _Builder, tower: QwenVisionTower) -> None:
                                               ("visual.merger.mlp.2", (tower.projection_size, merged))):
         b.add(f"{name}.weight", (out_features, in_features), "vision")
         b.add(f"{name}.bias", (out_features,), "vision")
+
+
+def _qwen3_vision(b: _Builder, tower: Qwen3VisionTower) -> None:
+    """Qwen3-VL's vision transformer, merger and deepstack mergers as its checkpoints name them (``model.visual.*``),
+    every tensor of role ``vision``, each block's (and each deepstack merger's) tensors one row counted that many
+    times (they are no decoder layers)."""
+    hidden, width, prefix = tower.hidden_size, tower.intermediate_size, "model.visual"
+    merged = hidden * tower.spatial_merge_size ** 2
+    b.add(f"{prefix}.patch_embed.proj.weight",
+          (hidden, tower.num_channels, tower.temporal_patch_size, tower.patch_size, tower.patch_size), "vision")
+    b.add(f"{prefix}.patch_embed.proj.bias", (hidden,), "vision")
+    b.add(f"{prefix}.pos_embed.weight", (tower.num_position_embeddings, hidden), "vision")
+    block, count = f"{prefix}.blocks.{{v}}", tower.num_layers
+    for norm in ("norm1", "norm2"):
+        b.add(f"{block}.{norm}.weight", (hidden,), "vision", per_layer=count)
+        b.add(f"{block}.{norm}.bias", (hidden,), "vision", per_layer=count)
+    for name, (out_features, in_features) in ((f"{block}.attn.qkv", (3 * hidden, hidden)),
+                                              (f"{block}.attn.proj", (hidden, hidden)),
+                                              (f"{block}.mlp.linear_fc1", (width, hidden)),
+                                              (f"{block}.mlp.linear_fc2", (hidden, width))):
+        b.add(f"{name}.weight", (out_features, in_features), "vision", per_layer=count)
+        b.add(f"{name}.bias", (out_features,), "vision", per_layer=count)
+    mergers = [(f"{prefix}.merger", hidden, 1)]
+    if tower.deepstack_mergers:
+        mergers.append((f"{prefix}.deepstack_merger_list.{{v}}", merged, tower.deepstack_mergers))
+    for merger, norm_width, copies in mergers:
+        b.add(f"{merger}.norm.weight", (norm_width,), "vision", per_layer=copies)
+        b.add(f"{merger}.norm.bias", (norm_width,), "vision", per_layer=copies)
+        for name, (out_features, in_features) in ((f"{merger}.linear_fc1", (merged, merged)),
+                                                  (f"{merger}.linear_fc2", (tower.projection_size, merged))):
+            b.add(f"{name}.weight", (out_features, in_features), "vision", per_layer=copies)
+            b.add(f"{name}.bias", (out_features,), "vision", per_layer=copies)
 
 
 def _vision(b: _Builder, tower: VisionTower) -> None:

@@ -50,7 +50,7 @@ from quant_core.formats import WeightFormat, float_format, int4, kv_dtype
 from quant_core.inventory import QuantizationPolicy, parameter_count
 from quant_core.kv_cache import held_tokens, kv_bytes_per_token, kv_layers, layer_bytes_per_token
 from quant_core.schemes import WeightScheme, assigned_bytes, scheme_of, with_partial_groups
-from quant_core.specs import Llama4VisionTower, ModelSpec, QwenVisionTower, TensorEntry
+from quant_core.specs import Llama4VisionTower, ModelSpec, Qwen3VisionTower, QwenVisionTower, TensorEntry
 
 GIB = 1 << 30
 AS_SHIPPED = "as_shipped"  # the comparison's key for the checkpoint as its config ships it
@@ -371,6 +371,10 @@ _VISION_SHARDED += ("o_proj.weight", "patch_embedding.linear.weight", "multi_mod
 _VISION_SHARDED += ("attn.qkv.weight", "attn.qkv.bias", "attn.proj.weight", "mlp.gate_proj.weight",
                     "mlp.gate_proj.bias", "mlp.up_proj.weight", "mlp.up_proj.bias", "mlp.down_proj.weight",
                     "merger.mlp.0.weight", "merger.mlp.0.bias", "merger.mlp.2.weight")
+#: ... and Qwen3-VL's (qwen3_vl.py): the same attention, each block's and merger's linear_fc1 (ColumnParallelLinear,
+#: weight and bias) and linear_fc2 weight (RowParallelLinear); its patch embedding (a Conv3d), learned positions (an
+#: nn.Embedding), LayerNorms and row-parallel biases whole
+_VISION_SHARDED += ("linear_fc1.weight", "linear_fc1.bias", "linear_fc2.weight")
 
 
 def _sharded_bytes(one_tensor_bytes: int, entry: TensorEntry, tensor_parallel: int) -> int:
@@ -765,7 +769,8 @@ def engine_tensor_parallel_sizes(spec: ModelSpec, limit: int = MAX_DEVICES_SEARC
         return tuple(range(1, limit + 1))
     # Llama 4's vision tower splits its own heads over the same ranks (vLLM's mllama4.py asserts they divide)
     vision_heads = spec.vision.num_attention_heads if isinstance(spec.vision, Llama4VisionTower) else None
-    qwen_tower = spec.vision if isinstance(spec.vision, QwenVisionTower) else None  # qwen2_5_vl.py's divisions
+    # qwen2_5_vl.py's and qwen3_vl.py's divisions of their towers
+    qwen_tower = spec.vision if isinstance(spec.vision, QwenVisionTower | Qwen3VisionTower) else None
     return tuple(size for size in range(1, min(heads, limit) + 1)
                  if heads % size == 0 and (spec.kv_lora_rank > 0 or kv_heads <= 0
                                            or kv_heads % size == 0 or size % kv_heads == 0)
@@ -1043,10 +1048,11 @@ def _warnings(spec: ModelSpec, hardware: Hardware, workload: Workload, options: 
         out.append(f"Tensor parallel degree {tensor_parallel} neither divides the model's {kv_heads} key/value "
                    f"heads nor is a multiple of them (to replicate them): engines such as vLLM refuse this "
                    f"layout; the KV figures assume {-(-kv_heads // tensor_parallel)} head(s) per device.")
-    if isinstance(spec.vision, QwenVisionTower):
-        out.append("Qwen2.5-VL's vision tower is counted in the weights (16-bit, as its published AWQ checkpoints keep "
-                   "it), but the activations of vLLM's profiling run over a batch of dummy images through it are not "
-                   "modelled: the engine reserves that peak too, so leave headroom for it.")
+    if isinstance(spec.vision, QwenVisionTower | Qwen3VisionTower):
+        family = "Qwen2.5-VL" if isinstance(spec.vision, QwenVisionTower) else "Qwen3-VL"
+        out.append(f"{family}'s vision tower is counted in the weights at 16 bits, but the activations of vLLM's "
+                   "profiling run over a batch of dummy images through it are not modelled: the engine reserves that "
+                   "peak too, so leave headroom for it.")
     if spec.layout == "llama4":
         out.append("Llama 4's chunked local attention layers (its RoPE layers, attention_chunk_size tokens each) are "
                    "planned as full attention: vLLM allocates them the whole context while its hybrid KV cache "

@@ -152,6 +152,37 @@ class QwenVisionTower:
 
 
 @dataclass(frozen=True, slots=True)
+class Qwen3VisionTower:
+    """Qwen3-VL's vision transformer and mergers (``vision_config`` of a ``qwen3_vl`` config, transformers'
+    ``Qwen3VLVisionModel``): a Conv3d patch embedding with a bias over `temporal_patch_size` x `patch_size` x
+    `patch_size` x `num_channels` pixels, a learned table of `num_position_embeddings` positions, `num_layers` blocks
+    of `hidden_size` with `num_attention_heads` heads (``qkv`` and ``proj`` with biases), a GELU MLP
+    (``linear_fc1``/``linear_fc2`` of `intermediate_size`, with biases) and two LayerNorms with biases; the merger (a
+    LayerNorm of hidden_size, then hidden x merge^2 -> the same -> `projection_size`, with biases) and
+    `deepstack_mergers` more mergers (``deepstack_visual_indexes``: their LayerNorm over the merged width) whose rows
+    are added to the first decoder layers' hidden states."""
+
+    hidden_size: int
+    num_layers: int
+    num_attention_heads: int
+    intermediate_size: int
+    patch_size: int
+    temporal_patch_size: int
+    spatial_merge_size: int
+    num_position_embeddings: int
+    deepstack_mergers: int
+    projection_size: int
+    num_channels: int = 3
+
+    def __post_init__(self) -> None:
+        for field, (low, high) in _QWEN3_VISION_LIMITS.items():
+            object.__setattr__(self, field, check_int(f"vision_config.{field}", getattr(self, field), low, high))
+        if self.hidden_size % self.num_attention_heads:
+            raise InvalidSpec("vision_config.num_heads", self.num_attention_heads,
+                              f"does not divide hidden_size={self.hidden_size}")
+
+
+@dataclass(frozen=True, slots=True)
 class KVLayer:
     """What one attention layer caches per token.
 
@@ -191,7 +222,8 @@ class KVLayer:
 #   llama4    llama attention under ``feed_forward``: routed experts fused as [E, in, out] tensors beside a router
 #             and one shared expert, dense layers (`dense_layers`) of `intermediate_size`; the multimodal
 #             ``llama4`` type names the language model ``language_model.model.*`` beside ``vision_model.*``
-#   (qwen2_5_vl: the llama layout with Qwen2's biases beside a `QwenVisionTower` named ``visual.*``)
+#   (qwen2_5_vl: the llama layout with Qwen2's biases beside a `QwenVisionTower` named ``visual.*``; qwen3_vl: Qwen3's
+#   layout under ``model.language_model.*`` beside a `Qwen3VisionTower` under ``model.visual.*``)
 LAYOUTS: tuple[str, ...] = ("llama", "mixtral", "phi3", "deepseek", "falcon", "gpt2", "gpt_oss", "qwen2_moe",
                            "llama4")
 NORM_KINDS: tuple[str, ...] = ("rmsnorm", "layernorm")
@@ -260,6 +292,12 @@ _QWEN_VISION_LIMITS: dict[str, tuple[int, int]] = {
     "spatial_merge_size": (1, 64),
     "projection_size": (1, MAX_HIDDEN_SIZE),
     "num_channels": (1, 64),
+}
+#: Qwen3-VL's vision tower
+_QWEN3_VISION_LIMITS: dict[str, tuple[int, int]] = {
+    **_QWEN_VISION_LIMITS,
+    "num_position_embeddings": (1, 1 << 24),
+    "deepstack_mergers": (0, MAX_LAYERS),
 }
 _OPTIONAL_INT_LIMITS: dict[str, tuple[int, int]] = {
     "max_position_embeddings": (1, MAX_POSITIONS),
@@ -364,7 +402,7 @@ class ModelSpec:
     qk_rope_head_dim: int = 0
     v_head_dim: int = 0
     #: a multimodal model's image encoder, which engines load beside the language model (None: text only)
-    vision: VisionTower | Llama4VisionTower | QwenVisionTower | None = None
+    vision: VisionTower | Llama4VisionTower | QwenVisionTower | Qwen3VisionTower | None = None
 
     def __post_init__(self) -> None:
         for field in ("name", "model_type"):
@@ -419,7 +457,8 @@ class ModelSpec:
                     raise InvalidSpec(field, getattr(self, field), "must be positive for MLA attention")
         if self.learned_position_embeddings and self.max_position_embeddings is None:
             raise InvalidSpec("max_position_embeddings", None, "learned position embeddings need a size")
-        if self.vision is not None and not isinstance(self.vision, VisionTower | Llama4VisionTower | QwenVisionTower):
+        if self.vision is not None and not isinstance(self.vision, VisionTower | Llama4VisionTower | QwenVisionTower
+                                                                   | Qwen3VisionTower):
             raise InvalidSpec("vision", type(self.vision).__name__, "must be a vision tower (or absent)")
 
     @property
@@ -473,8 +512,9 @@ class ModelSpec:
         vision = values.get("vision")
         if isinstance(vision, dict):  # to_dict's tower as JSON: Llama 4's has a vision_output_dim, Qwen's a
             # temporal_patch_size, SigLIP's neither
-            tower: type[VisionTower | Llama4VisionTower | QwenVisionTower] = (
+            tower: type[VisionTower | Llama4VisionTower | QwenVisionTower | Qwen3VisionTower] = (
                 Llama4VisionTower if "vision_output_dim" in vision
+                else Qwen3VisionTower if "num_position_embeddings" in vision
                 else QwenVisionTower if "temporal_patch_size" in vision else VisionTower)
             known_fields = tower.__dataclass_fields__
             unknown_fields = sorted(str(key) for key in vision if key not in known_fields)

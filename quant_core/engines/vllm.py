@@ -37,7 +37,7 @@ from functools import lru_cache
 from quant_core.engines.base import BatchLimits, KVCapacity, Stage, Term
 from quant_core.errors import UnknownName
 from quant_core.kv_cache import kv_layers, layer_bytes_per_token
-from quant_core.specs import Llama4VisionTower, ModelSpec, QwenVisionTower
+from quant_core.specs import Llama4VisionTower, ModelSpec, Qwen3VisionTower, QwenVisionTower
 
 GIB = 1 << 30
 MIB = 1 << 20
@@ -169,8 +169,10 @@ def _forward_bytes_per_token(spec: ModelSpec, tensor_parallel: int) -> int:
     return ACTIVATION_ELEMENT_BYTES * (3 * spec.hidden_size + max(mlp, attention))
 
 
-def qwen_vision_refusal(tower: QwenVisionTower, tensor_parallel: int) -> str | None:
-    """Why vLLM's qwen2_5_vl.py cannot split Qwen2.5-VL's vision tower over `tensor_parallel` ranks (None: it can).
+def qwen_vision_refusal(tower: QwenVisionTower | Qwen3VisionTower, tensor_parallel: int) -> str | None:
+    """Why vLLM's qwen2_5_vl.py cannot split Qwen2.5-VL's vision tower over `tensor_parallel` ranks (None: it can);
+    likewise Qwen3-VL's in qwen3_vl.py (the same attention; ``linear_fc1`` a ColumnParallelLinear and ``linear_fc2``
+    a RowParallelLinear of `intermediate_size`).
 
     With ``mm_encoder_tp_mode`` "weights" (the default) each block's ``qkv`` is a QKVParallelLinear of `heads`
     heads (``dist_utils.divide(num_heads, tp_size)``), ``proj`` and the MLP's ``down_proj`` RowParallelLinears over
@@ -181,7 +183,7 @@ def qwen_vision_refusal(tower: QwenVisionTower, tensor_parallel: int) -> str | N
                        ("hidden size", tower.hidden_size)):
         if size % tensor_parallel:
             return (f"vLLM refuses tensor parallel size {tensor_parallel}: it does not divide the vision tower's "
-                    f"{what} ({size}; qwen2_5_vl.py splits the tower's layers over the ranks)")
+                    f"{what} ({size}; vLLM splits the tower's layers over the ranks)")
     return None
 
 
@@ -304,7 +306,7 @@ class VllmProfile:
             # mllama4.py, Llama4VisionAttention: assert self.num_heads % self.tp_size == 0
             return (f"vLLM refuses tensor parallel size {tensor_parallel}: it does not divide the vision tower's "
                     f"{spec.vision.num_attention_heads} attention heads (mllama4.py splits them over the ranks)")
-        if isinstance(spec.vision, QwenVisionTower):
+        if isinstance(spec.vision, QwenVisionTower | Qwen3VisionTower):
             return qwen_vision_refusal(spec.vision, tensor_parallel)
         return None
 
