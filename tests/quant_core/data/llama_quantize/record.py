@@ -36,7 +36,7 @@ FILE_TYPES = {"gguf-q4_0": "Q4_0", "gguf-q4_k_s": "Q4_K_S", "gguf-q4_k_m": "Q4_K
 BASE = {"hidden_size": 256, "num_hidden_layers": 8, "num_attention_heads": 4, "num_key_value_heads": 2,
         "intermediate_size": 512, "vocab_size": 512, "max_position_embeddings": 4096}
 _TINY_QWEN_VISION = {"depth": 2, "hidden_size": 64, "intermediate_size": 128, "num_heads": 4, "out_hidden_size": 256}
-# (name, gguf architecture, config.json): seven dense models and five MoE; qwen2-320 has widths that 256 does not divide
+# (name, gguf architecture, config.json): eight dense models and five MoE; qwen2-320 has widths that 256 does not divide
 MODELS: list[tuple[str, str, dict[str, object]]] = [
     ("llama", "llama", {**BASE, "model_type": "llama"}),
     ("qwen2-320", "qwen2", {**BASE, "model_type": "qwen2", "hidden_size": 320, "num_attention_heads": 5,
@@ -60,6 +60,12 @@ MODELS: list[tuple[str, str, dict[str, object]]] = [
     ("qwen2_5_vl", "qwen2vl", {**BASE, "model_type": "qwen2_5_vl", "vision_config": _TINY_QWEN_VISION}),
     ("qwen2_5_vl-80", "qwen2vl", {**BASE, "model_type": "qwen2_5_vl", "num_hidden_layers": 80,
                                   "vision_config": _TINY_QWEN_VISION}),
+    # Qwen3-VL's language model (llama.cpp's qwen3vl arch: Qwen3's tensors, named model.language_model.* in the
+    # checkpoint), its tower and deepstack mergers in the mmproj file
+    ("qwen3_vl", "qwen3vl", {"model_type": "qwen3_vl", "tie_word_embeddings": False,
+                             "text_config": {**BASE, "head_dim": 64, "tie_word_embeddings": False},
+                             "vision_config": {**_TINY_QWEN_VISION, "num_position_embeddings": 16,
+                                               "deepstack_visual_indexes": [0]}}),
 ]
 _NAMES = {"input_layernorm": "attn_norm", "q_proj": "attn_q", "k_proj": "attn_k", "v_proj": "attn_v",
           "o_proj": "attn_output", "qkv_proj": "attn_qkv", "q_norm": "attn_q_norm", "k_norm": "attn_k_norm",
@@ -84,9 +90,9 @@ def gguf_name(spec: ModelSpec, entry: TensorEntry) -> str:
     fixed = {"model.embed_tokens.weight": "token_embd.weight", "lm_head.weight": "output.weight",
              "model.norm.weight": "output_norm.weight", "model.norm.bias": "output_norm.bias",
              "lm_head.bias": "output.bias"}
-    if entry.name in fixed:
-        return fixed[entry.name]
-    name = entry.name
+    name = entry.name.replace("model.language_model.", "model.", 1)  # Qwen3-VL's language model
+    if name in fixed:
+        return fixed[name]
     if spec.layout == "llama4":  # feed_forward.router / .shared_expert.* (_shexp below) / .experts.down_proj[{e}]
         name = name.replace("feed_forward.router", "feed_forward.gate")
         if name.endswith("]"):
@@ -130,7 +136,7 @@ def write_model(spec: ModelSpec, arch: str, path: Path) -> dict[str, TensorEntry
         writer.add_expert_feed_forward_length(spec.moe_intermediate_size)
         if spec.shared_expert_intermediate_size:
             writer.add_expert_shared_feed_forward_length(spec.shared_expert_intermediate_size)
-    if arch == "qwen2vl":  # llama-model's qwen2vl load_arch_hparams requires the M-RoPE sections
+    if arch in ("qwen2vl", "qwen3vl"):  # llama-model's qwen2vl/qwen3vl load_arch_hparams require the M-RoPE sections
         writer.add_rope_dimension_sections([8, 12, 12, 0])
     if arch == "gemma2":
         writer.add_sliding_window(128)
