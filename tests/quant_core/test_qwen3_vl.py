@@ -203,3 +203,19 @@ def test_a_job_quantizes_the_language_model_and_passes_the_vision_tower_through(
         stored.update(read_safetensors(shard))
     source = read_safetensors(tiny_checkpoint / "model.safetensors")
     assert stored["model.visual.pos_embed.weight"].tobytes() == source["model.visual.pos_embed.weight"].tobytes()
+
+
+@pytest.mark.parametrize("size", ["2b", "4b"])
+def test_the_catalog_presets_are_the_configs_parsed(size: str) -> None:
+    from quant_core.catalog import get_preset
+
+    preset_id = f"qwen3-vl-{size}-instruct"
+    assert get_preset(preset_id) == model_from_hf_config(_config(size), name=preset_id)
+    assert parameter_count(get_preset(preset_id)).total == META_TOTALS[size][0]
+
+
+def test_a_job_refuses_a_gguf_output_it_cannot_write_for_llama_cpp(tiny_checkpoint: Path) -> None:
+    with pytest.raises(InvalidSpec) as refused:
+        plan_checkpoint(open_checkpoint(tiny_checkpoint), CheckpointOptions(output="gguf", group_size=32,
+                                                                            symmetric=True))
+    assert refused.value.field == "output" and "Qwen3VLForConditionalGeneration" in refused.value.detail
