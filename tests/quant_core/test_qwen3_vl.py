@@ -219,3 +219,16 @@ def test_a_job_refuses_a_gguf_output_it_cannot_write_for_llama_cpp(tiny_checkpoi
         plan_checkpoint(open_checkpoint(tiny_checkpoint), CheckpointOptions(output="gguf", group_size=32,
                                                                             symmetric=True))
     assert refused.value.field == "output" and "Qwen3VLForConditionalGeneration" in refused.value.detail
+
+
+def test_a_qwen3_vl_moe_config_is_refused_not_planned_as_a_dense_model() -> None:
+    # Qwen3-VL-30B-A3B's type: its experts (fused per layer in its checkpoints) have no adapter in nibble yet
+    from quant_core.errors import UnsupportedArchitecture
+
+    config = _config("2b")
+    moe = {**config, "model_type": "qwen3_vl_moe", "architectures": ["Qwen3VLMoeForConditionalGeneration"],
+           "text_config": {**config["text_config"], "num_experts": 128, "num_experts_per_tok": 8,
+                           "moe_intermediate_size": 768}}
+    with pytest.raises(UnsupportedArchitecture) as caught:
+        model_from_hf_config(moe)
+    assert caught.value.field == "model_type"
