@@ -26,7 +26,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import replace
-from typing import Any
+from typing import Any, TypeVar
 
 from quant_core.errors import InvalidSpec, MissingConfigKey, UnsupportedArchitecture
 from quant_core.specs import (
@@ -654,6 +654,25 @@ def _qwen2_5_vl(config: Mapping[str, object], model_type: str, name: str | None)
     return replace(spec, model_type=model_type, vision=_qwen2_5_vl_vision(config, spec.hidden_size))
 
 
+#: the config keys of a Qwen vision tower's fields, to name a bad value by the key it came from
+_QWEN_VISION_KEYS = {"num_layers": "depth", "num_attention_heads": "num_heads", "projection_size": "out_hidden_size",
+                     "num_channels": "in_channels"}
+
+
+_QwenTower = TypeVar("_QwenTower", QwenVisionTower, Qwen3VisionTower)
+
+
+def _qwen_vision_tower(tower: type[_QwenTower], sizes: Mapping[str, Any]) -> _QwenTower:
+    """`tower` built from its fields, an `InvalidSpec` renamed to the ``vision_config`` key the value came from."""
+    try:
+        return tower(**sizes)
+    except InvalidSpec as error:
+        field = error.field.removeprefix("vision_config.")
+        if field not in _QWEN_VISION_KEYS:
+            raise
+        raise InvalidSpec(f"vision_config.{_QWEN_VISION_KEYS[field]}", error.value, error.reason) from error
+
+
 def _qwen2_5_vl_vision(config: Mapping[str, object], text_hidden_size: int) -> QwenVisionTower:
     """Qwen2.5-VL's vision tower from ``vision_config`` (transformers' ``Qwen2_5_VLVisionConfig`` defaults for
     absent keys, and the whole default tower when the key is absent: ``Qwen2_5_VLConfig`` always builds one).  The
@@ -668,11 +687,11 @@ def _qwen2_5_vl_vision(config: Mapping[str, object], text_hidden_size: int) -> Q
     defaults = {"depth": 32, "hidden_size": 3584, "num_heads": 16, "intermediate_size": 3420, "patch_size": 14,
                 "temporal_patch_size": 2, "spatial_merge_size": 2, "out_hidden_size": 3584, "in_channels": 3}
     sizes: dict[str, Any] = {key: vision.get(key, default) for key, default in defaults.items()}
-    tower = QwenVisionTower(
-        hidden_size=sizes["hidden_size"], num_layers=sizes["depth"], num_attention_heads=sizes["num_heads"],
-        intermediate_size=sizes["intermediate_size"], patch_size=sizes["patch_size"],
-        temporal_patch_size=sizes["temporal_patch_size"], spatial_merge_size=sizes["spatial_merge_size"],
-        projection_size=sizes["out_hidden_size"], num_channels=sizes["in_channels"])
+    tower = _qwen_vision_tower(QwenVisionTower, {
+        "hidden_size": sizes["hidden_size"], "num_layers": sizes["depth"], "num_attention_heads": sizes["num_heads"],
+        "intermediate_size": sizes["intermediate_size"], "patch_size": sizes["patch_size"],
+        "temporal_patch_size": sizes["temporal_patch_size"], "spatial_merge_size": sizes["spatial_merge_size"],
+        "projection_size": sizes["out_hidden_size"], "num_channels": sizes["in_channels"]})
     if tower.projection_size != text_hidden_size:
         raise InvalidSpec("vision_config.out_hidden_size", tower.projection_size,
                           f"differs from the language model's hidden_size={text_hidden_size}: the merger's rows "
@@ -727,12 +746,12 @@ def _qwen3_vl_vision(config: Mapping[str, object], text_hidden_size: int) -> Qwe
                    for index in deepstack)):
         raise InvalidSpec("vision_config.deepstack_visual_indexes", deepstack if not isinstance(deepstack, list)
                           else deepstack[:8], f"must be a list of block indices below depth={depth}")
-    tower = Qwen3VisionTower(
-        hidden_size=sizes["hidden_size"], num_layers=depth, num_attention_heads=sizes["num_heads"],
-        intermediate_size=sizes["intermediate_size"], patch_size=sizes["patch_size"],
-        temporal_patch_size=sizes["temporal_patch_size"], spatial_merge_size=sizes["spatial_merge_size"],
-        num_position_embeddings=sizes["num_position_embeddings"], deepstack_mergers=len(deepstack),
-        projection_size=sizes["out_hidden_size"], num_channels=sizes["in_channels"])
+    tower = _qwen_vision_tower(Qwen3VisionTower, {
+        "hidden_size": sizes["hidden_size"], "num_layers": depth, "num_attention_heads": sizes["num_heads"],
+        "intermediate_size": sizes["intermediate_size"], "patch_size": sizes["patch_size"],
+        "temporal_patch_size": sizes["temporal_patch_size"], "spatial_merge_size": sizes["spatial_merge_size"],
+        "num_position_embeddings": sizes["num_position_embeddings"], "deepstack_mergers": len(deepstack),
+        "projection_size": sizes["out_hidden_size"], "num_channels": sizes["in_channels"]})
     if tower.projection_size != text_hidden_size:
         raise InvalidSpec("vision_config.out_hidden_size", tower.projection_size,
                           f"differs from the language model's hidden_size={text_hidden_size}: the merger's rows "

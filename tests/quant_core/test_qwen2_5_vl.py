@@ -123,7 +123,10 @@ def test_a_vision_tower_that_does_not_fit_the_language_model_is_refused_by_its_k
     assert caught.value.field == "vision_config.num_heads"
     with pytest.raises(InvalidSpec) as caught:
         model_from_hf_config({**QWEN2_5_VL_7B, "vision_config": {**vision, "depth": 0}})
-    assert caught.value.field == "vision_config.num_layers"
+    assert caught.value.field == "vision_config.depth"  # the config's key, not the tower's field
+    with pytest.raises(InvalidSpec) as caught:
+        model_from_hf_config({**QWEN2_5_VL_7B, "vision_config": {**vision, "in_channels": "rgb"}})
+    assert caught.value.field == "vision_config.in_channels"
     with pytest.raises(InvalidSpec) as caught:
         model_from_hf_config({**QWEN2_5_VL_7B, "vision_config": [1280]})
     assert caught.value.field == "vision_config"
