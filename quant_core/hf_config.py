@@ -700,9 +700,12 @@ def _qwen2_5_vl_vision(config: Mapping[str, object], text_hidden_size: int) -> Q
 
 
 def _qwen3_vl(config: Mapping[str, object], model_type: str, name: str | None) -> ModelSpec:
-    """Qwen3-VL dense (``Qwen3VLForConditionalGeneration``): a Qwen3 language model (``text_config``: q/k norms, an
+    """Qwen3-VL (``Qwen3VLForConditionalGeneration``): a Qwen3 language model (``text_config``: q/k norms, an
     explicit ``head_dim``, biases per ``attention_bias``; vLLM loads it as Qwen3) beside its vision transformer,
-    merger and deepstack mergers (`Qwen3VisionTower`).  Interleaved M-RoPE (``mrope_section``) changes no KV size.
+    merger and deepstack mergers (`Qwen3VisionTower`); for ``qwen3_vl_moe`` (``Qwen3VLMoeForConditionalGeneration``)
+    a Qwen3-MoE language model (``num_experts``, ``decoder_sparse_step``, ``mlp_only_layers`` as Qwen3-MoE reads
+    them), whose checkpoints hold each layer's experts fused (``mlp.experts.gate_up_proj``, ``down_proj``).
+    Interleaved M-RoPE (``mrope_section``) changes no KV size.
     ``tie_word_embeddings`` is read from ``text_config`` (what vLLM's language model reads) or, absent there, from
     the top level (what transformers 5 reads); a config where the two disagree is refused."""
     text = config.get("text_config")
@@ -711,12 +714,16 @@ def _qwen3_vl(config: Mapping[str, object], model_type: str, name: str | None) -
     source: Mapping[str, object] = text
     if "tie_word_embeddings" not in text and "tie_word_embeddings" in config:
         source = {**text, "tie_word_embeddings": config["tie_word_embeddings"]}
+    language_model = "qwen3_moe" if model_type == "qwen3_vl_moe" else "qwen3"
     try:
-        spec = _llama_family(source, "qwen3", name or _name(config, model_type, None))
+        spec = _llama_family(source, language_model, name or _name(config, model_type, None))
     except InvalidSpec as error:
         if error.field.split("[")[0] not in text:
             raise
         raise InvalidSpec(f"text_config.{error.field}", error.value, error.reason) from error
+    if model_type == "qwen3_vl_moe" and not spec.is_moe:
+        raise InvalidSpec("text_config.num_experts", text.get("num_experts"),
+                          "must be positive for qwen3_vl_moe (its layers' experts are fused per layer)")
     if "tie_word_embeddings" in config and "tie_word_embeddings" in text:
         top = _Reader(config, model_type).flag("tie_word_embeddings", spec.tie_word_embeddings)
         if top != spec.tie_word_embeddings:
@@ -783,6 +790,7 @@ _ADAPTERS: dict[str, _Adapter] = {
     "llama4_text": _llama4_text,
     "qwen2_5_vl": _qwen2_5_vl,
     "qwen3_vl": _qwen3_vl,
+    "qwen3_vl_moe": _qwen3_vl,
 }
 KNOWN_MODEL_TYPES: tuple[str, ...] = (*sorted(_ADAPTERS), "gemma3", "llama4")
 
@@ -826,7 +834,7 @@ def model_from_hf_config(config: Mapping[str, object], *, name: str | None = Non
     if not isinstance(config, Mapping):
         raise InvalidSpec("config", type(config).__name__, "must be a JSON object")
     text = (config.get("text_config", config)
-            if config.get("model_type") in ("gemma3", "llama4", "qwen2_5_vl", "qwen3_vl") else config)
+            if config.get("model_type") in ("gemma3", "llama4", "qwen2_5_vl", "qwen3_vl", "qwen3_vl_moe") else config)
     try:
         return _model_from_hf_config(config, name)
     except MissingConfigKey:  # names the config key already (renaming moe_intermediate_size would blame another)
@@ -915,6 +923,7 @@ ARCHITECTURE_FAMILIES: dict[str, str] = {
     "GPT2LMHeadModel": "gpt2", "GptOssForCausalLM": "gpt_oss", "Qwen2MoeForCausalLM": "qwen2_moe",
     "PhiMoEForCausalLM": "phimoe", "Glm4MoeForCausalLM": "glm4_moe", "Llama4ForCausalLM": "llama4_text",
     "Qwen2_5_VLForConditionalGeneration": "qwen2_5_vl", "Qwen3VLForConditionalGeneration": "qwen3_vl",
+    "Qwen3VLMoeForConditionalGeneration": "qwen3_vl_moe",
 }
 
 

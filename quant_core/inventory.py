@@ -246,7 +246,9 @@ def inventory(spec: ModelSpec) -> tuple[TensorEntry, ...]:
         _llama4(builder, spec)
     else:
         _decoder(builder, spec)
-    if spec.model_type == "qwen3_vl":  # Qwen3-VL's checkpoints: model.language_model.* (lm_head as it is)
+    if spec.model_type == "qwen3_vl_moe":
+        builder.rows = _fused_qwen3_vl_experts(builder.rows)
+    if spec.model_type in ("qwen3_vl", "qwen3_vl_moe"):  # their checkpoints: model.language_model.* (lm_head as is)
         builder.rows = [replace(row, name=f"model.language_model.{row.name.removeprefix('model.')}")
                         if row.name.startswith("model.") else row for row in builder.rows]
     if isinstance(spec.vision, Llama4VisionTower):
@@ -350,6 +352,24 @@ def _qwen_vision(b: _Builder, tower: QwenVisionTower) -> None:
                                               ("visual.merger.mlp.2", (tower.projection_size, merged))):
         b.add(f"{name}.weight", (out_features, in_features), "vision")
         b.add(f"{name}.bias", (out_features,), "vision")
+
+
+def _fused_qwen3_vl_experts(rows: list[TensorEntry]) -> list[TensorEntry]:
+    """Qwen3-VL-MoE's routed experts as its checkpoints hold them: per layer one ``mlp.experts.gate_up_proj`` (the
+    gate and up projections of every expert) and one ``mlp.experts.down_proj`` 3-D tensor, listed per expert by their
+    logical [out, in] shapes (``gate_up_proj[{e}]``: [2 x width, hidden]) as Llama 4's fused experts are."""
+    out: list[TensorEntry] = []
+    for row in rows:
+        prefix, _, part = row.name.partition(".experts.{e}.")
+        if not part:
+            out.append(row)
+        elif part == "gate_proj.weight":
+            out.append(replace(row, name=f"{prefix}.experts.gate_up_proj[{{e}}]",
+                               shape=(2 * row.shape[0], row.shape[1])))
+        elif part == "down_proj.weight":
+            out.append(replace(row, name=f"{prefix}.experts.down_proj[{{e}}]"))
+        # up_proj.weight: in gate_up_proj
+    return out
 
 
 def _qwen3_vision(b: _Builder, tower: Qwen3VisionTower) -> None:

@@ -208,7 +208,8 @@ def _family_reason(tensor: CheckpointTensor, checkpoint: Checkpoint) -> str | No
     if config.get("model_type") == "qwen2_5_vl" and tensor.name.startswith(QWEN_VL_UNQUANTIZED_PREFIXES):
         return ("Qwen2.5-VL's vision tower and merger: published quantized checkpoints keep them as stored (Qwen's "
                 "AWQ releases: modules_to_not_convert [\"visual\"]), and nibble plans them at 16 bits")
-    if config.get("model_type") == "qwen3_vl" and tensor.name.startswith(QWEN_VL_UNQUANTIZED_PREFIXES):
+    if (config.get("model_type") in ("qwen3_vl", "qwen3_vl_moe")
+            and tensor.name.startswith(QWEN_VL_UNQUANTIZED_PREFIXES)):
         return ("Qwen3-VL's vision tower and mergers: kept as stored, as nibble plans them at 16 bits (vLLM's "
                 "qwen3_vl.py reads them with the checkpoint's quant_config, whose ignore list names them)")
     if fused_expert_module(tensor.name, len(tensor.shape)) is not None:

@@ -224,14 +224,96 @@ def test_a_job_refuses_a_gguf_output_it_cannot_write_for_llama_cpp(tiny_checkpoi
     assert refused.value.field == "output" and "Qwen3VLForConditionalGeneration" in refused.value.detail
 
 
-def test_a_qwen3_vl_moe_config_is_refused_not_planned_as_a_dense_model() -> None:
-    # Qwen3-VL-30B-A3B's type: its experts (fused per layer in its checkpoints) have no adapter in nibble yet
-    from quant_core.errors import UnsupportedArchitecture
+# --- Qwen3-VL-MoE (qwen3_vl_moe) ------------------------------------------------------------------------------------
 
-    config = _config("2b")
-    moe = {**config, "model_type": "qwen3_vl_moe", "architectures": ["Qwen3VLMoeForConditionalGeneration"],
-           "text_config": {**config["text_config"], "num_experts": 128, "num_experts_per_tok": 8,
-                           "moe_intermediate_size": 768}}
-    with pytest.raises(UnsupportedArchitecture) as caught:
-        model_from_hf_config(moe)
-    assert caught.value.field == "model_type"
+
+def test_qwen3_vl_30b_a3b_is_what_transformers_builds_for_its_config() -> None:
+    torch = pytest.importorskip("torch")
+    transformers = pytest.importorskip("transformers")
+    config = _config("30b-a3b")
+    keys = {key: value for key, value in config.items() if key not in ("architectures", "model_type")}
+    with torch.device("meta"):
+        model = transformers.Qwen3VLMoeForConditionalGeneration(transformers.Qwen3VLMoeConfig(**keys))
+    by_role: dict[str, int] = {}
+    for name, parameter in model.named_parameters():
+        role = ("vision" if name.startswith("model.visual.") else "expert" if ".mlp.experts." in name
+                else "router" if ".mlp.gate." in name else "rest")
+        by_role[role] = by_role.get(role, 0) + parameter.numel()
+    counted = parameter_count(model_from_hf_config(config))
+    # 31,070,754,032 in all: the model card's "31.1B params"; 128 experts of 768 in each of the 48 layers, a
+    # [128, 2048] router, the vision tower of the dense 8B's shape
+    assert sum(by_role.values()) == counted.total == 31_070_754_032
+    assert by_role["expert"] == counted.by_role["expert"] == 48 * 128 * 3 * 768 * 2048
+    assert by_role["router"] == counted.by_role["router"] == 48 * 128 * 2048
+    assert by_role["vision"] == counted.by_role["vision"] == 538_631_408
+    assert counted.active_per_token == 3_353_032_704  # "A3B": 8 of 128 experts, the tower left out
+    assert unread_config_keys(_config("30b-a3b")) == ()
+
+
+def test_qwen3_vl_moe_lists_its_experts_fused_as_its_checkpoints_hold_them() -> None:
+    spec = model_from_hf_config(_config("30b-a3b"))
+    assert spec.model_type == "qwen3_vl_moe" and spec.num_experts == 128 and spec.experts_per_token == 8
+    rows = {entry.name: entry for entry in inventory(spec)}
+    gate_up = rows["model.language_model.layers.{i}.mlp.experts.gate_up_proj[{e}]"]
+    assert gate_up.shape == (2 * 768, 2048) and gate_up.per_layer == 128 and len(gate_up.layers) == 48
+    assert rows["model.language_model.layers.{i}.mlp.experts.down_proj[{e}]"].shape == (2048, 768)
+    assert rows["model.language_model.layers.{i}.mlp.gate.weight"].role == "router"
+    assert not any(".experts.{e}." in name for name in rows)
+    with pytest.raises(InvalidSpec) as caught:
+        model_from_hf_config({**_config("30b-a3b"), "text_config": {**_config("30b-a3b")["text_config"],
+                                                                    "num_experts": 0}})
+    assert caught.value.field == "text_config.num_experts"
+
+
+TINY_QWEN3_VL_MOE: dict[str, Any] = {
+    **TINY_QWEN3_VL, "architectures": ["Qwen3VLMoeForConditionalGeneration"], "model_type": "qwen3_vl_moe",
+    "text_config": {**TINY_QWEN3_VL["text_config"], "num_experts": 4, "num_experts_per_tok": 2,
+                    "moe_intermediate_size": 32, "decoder_sparse_step": 1, "mlp_only_layers": []},
+}
+
+
+@pytest.fixture(scope="module")
+def tiny_moe_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    torch = pytest.importorskip("torch")
+    transformers = pytest.importorskip("transformers")
+    folder = tmp_path_factory.mktemp("tiny-qwen3_vl_moe")
+    torch.manual_seed(0)
+    config = transformers.Qwen3VLMoeConfig(**{key: value for key, value in TINY_QWEN3_VL_MOE.items()
+                                              if key not in ("architectures", "model_type")})
+    transformers.Qwen3VLMoeForConditionalGeneration(config).save_pretrained(folder)
+    return folder
+
+
+def test_a_moe_checkpoint_written_by_transformers_is_planned_from_its_headers(tiny_moe_checkpoint: Path) -> None:
+    spec = model_from_hf_config(TINY_QWEN3_VL_MOE)
+    headers = read_checkpoint_headers(tiny_moe_checkpoint)
+    names = {tensor.name: tensor.shape for tensor in headers}
+    # one 3-D tensor per layer and projection (transformers 5 writes them [E, out, in]; the published checkpoints
+    # [E, in, out]: the same elements, which is what a plan counts)
+    assert names["model.language_model.layers.1.mlp.experts.gate_up_proj"] in ((4, 64, 64),)
+    assert names["model.language_model.layers.1.mlp.experts.down_proj"] in ((4, 64, 32), (4, 32, 64))
+    scheme, summary = checkpoint_scheme(spec, headers, mtp_layers=0)
+    assert summary.unknown == () and summary.bytes == 4 * parameter_count(spec).total
+    roles: dict[str, int] = {}
+    for entry, size in scheme.checkpoint_rows:
+        roles[entry.role] = roles.get(entry.role, 0) + size * entry.count
+    assert roles == {role: 4 * size for role, size in parameter_count(spec).by_role.items() if size}
+
+
+@pytest.mark.parametrize("output", ["compressed-tensors", "awq"])
+def test_a_moe_job_passes_the_fused_experts_router_and_tower_through(
+        tmp_path: Path, tiny_moe_checkpoint: Path, output: str) -> None:
+    checkpoint = open_checkpoint(tiny_moe_checkpoint)
+    options = CheckpointOptions(output=output, group_size=32)  # type: ignore[arg-type]
+    plans = plan_checkpoint(checkpoint, options)
+    reasons = {plan.tensor.name: plan.reason or "" for plan in plans}
+    experts = [f"model.language_model.layers.{layer}.mlp.experts" for layer in (0, 1)]
+    assert reasons[f"{experts[0]}.gate_up_proj"].startswith("routed experts fused as one [experts, in, out] tensor")
+    assert reasons["model.language_model.layers.0.mlp.gate.weight"].startswith("name matches the exclude pattern")
+    assert reasons["model.visual.blocks.0.attn.qkv.weight"].startswith("Qwen3-VL's vision tower")
+    quantized = sorted(name for name, reason in reasons.items() if not reason)
+    assert len(quantized) == 2 * 4 and all(".self_attn." in name for name in quantized)
+    quantize_checkpoint(checkpoint, plans, options, tmp_path / "out", tmp_path / "parts")
+    config = json.loads((tmp_path / "out" / "config.json").read_text())["quantization_config"]
+    listed = config["ignore"] if output == "compressed-tensors" else config["modules_to_not_convert"]
+    assert set(experts) <= set(listed) and "model.visual.merger.linear_fc1" in listed
