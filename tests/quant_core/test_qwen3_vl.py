@@ -208,13 +208,14 @@ def test_a_job_quantizes_the_language_model_and_passes_the_vision_tower_through(
     assert stored["model.visual.pos_embed.weight"].tobytes() == source["model.visual.pos_embed.weight"].tobytes()
 
 
-@pytest.mark.parametrize("size", ["2b", "4b"])
-def test_the_catalog_presets_are_the_configs_parsed(size: str) -> None:
+@pytest.mark.parametrize(("size", "total"), [("2b", 2_127_532_032), ("4b", 4_437_815_808),
+                                             ("30b-a3b", 31_070_754_032)])
+def test_the_catalog_presets_are_the_configs_parsed(size: str, total: int) -> None:
     from quant_core.catalog import get_preset
 
     preset_id = f"qwen3-vl-{size}-instruct"
     assert get_preset(preset_id) == model_from_hf_config(_config(size), name=preset_id)
-    assert parameter_count(get_preset(preset_id)).total == META_TOTALS[size][0]
+    assert parameter_count(get_preset(preset_id)).total == total
 
 
 def test_a_job_refuses_a_gguf_output_it_cannot_write_for_llama_cpp(tiny_checkpoint: Path) -> None:

@@ -36,7 +36,7 @@ FILE_TYPES = {"gguf-q4_0": "Q4_0", "gguf-q4_k_s": "Q4_K_S", "gguf-q4_k_m": "Q4_K
 BASE = {"hidden_size": 256, "num_hidden_layers": 8, "num_attention_heads": 4, "num_key_value_heads": 2,
         "intermediate_size": 512, "vocab_size": 512, "max_position_embeddings": 4096}
 _TINY_QWEN_VISION = {"depth": 2, "hidden_size": 64, "intermediate_size": 128, "num_heads": 4, "out_hidden_size": 256}
-# (name, gguf architecture, config.json): eight dense models and five MoE; qwen2-320 has widths that 256 does not divide
+# (name, gguf architecture, config.json): eight dense models and six MoE; qwen2-320 has widths that 256 does not divide
 MODELS: list[tuple[str, str, dict[str, object]]] = [
     ("llama", "llama", {**BASE, "model_type": "llama"}),
     ("qwen2-320", "qwen2", {**BASE, "model_type": "qwen2", "hidden_size": 320, "num_attention_heads": 5,
@@ -66,6 +66,14 @@ MODELS: list[tuple[str, str, dict[str, object]]] = [
                              "text_config": {**BASE, "head_dim": 64, "tie_word_embeddings": False},
                              "vision_config": {**_TINY_QWEN_VISION, "num_position_embeddings": 16,
                                                "deepstack_visual_indexes": [0]}}),
+    # Qwen3-VL-MoE's language model (llama.cpp's qwen3vlmoe arch; the checkpoint's fused experts split by the
+    # converter into ffn_gate_exps and ffn_up_exps, as Llama 4's)
+    ("qwen3_vl_moe", "qwen3vlmoe", {"model_type": "qwen3_vl_moe", "tie_word_embeddings": False,
+                                    "text_config": {**BASE, "head_dim": 64, "tie_word_embeddings": False,
+                                                    "num_experts": 4, "num_experts_per_tok": 2,
+                                                    "moe_intermediate_size": 256},
+                                    "vision_config": {**_TINY_QWEN_VISION, "num_position_embeddings": 16,
+                                                      "deepstack_visual_indexes": [0]}}),
 ]
 _NAMES = {"input_layernorm": "attn_norm", "q_proj": "attn_q", "k_proj": "attn_k", "v_proj": "attn_v",
           "o_proj": "attn_output", "qkv_proj": "attn_qkv", "q_norm": "attn_q_norm", "k_norm": "attn_k_norm",
@@ -79,7 +87,7 @@ def gguf_names(spec: ModelSpec, entry: TensorEntry) -> list[tuple[str, tuple[int
     one, but for Llama 4's fused ``experts.gate_up_proj``, which it splits into ffn_gate_exps and ffn_up_exps."""
     if entry.role == "vision":  # convert_hf_to_gguf.py --mmproj writes the vision tower into a file of its own
         return []
-    if spec.layout == "llama4" and entry.name.endswith("experts.gate_up_proj[{e}]"):
+    if entry.name.endswith("experts.gate_up_proj[{e}]"):  # Llama 4's and Qwen3-VL-MoE's fused experts
         half = (entry.shape[0] // 2, *entry.shape[1:])
         return [("blk.{i}.ffn_gate_exps.weight", half), ("blk.{i}.ffn_up_exps.weight", half)]
     return [(gguf_name(spec, entry), entry.shape)]
@@ -95,8 +103,8 @@ def gguf_name(spec: ModelSpec, entry: TensorEntry) -> str:
         return fixed[name]
     if spec.layout == "llama4":  # feed_forward.router / .shared_expert.* (_shexp below) / .experts.down_proj[{e}]
         name = name.replace("feed_forward.router", "feed_forward.gate")
-        if name.endswith("]"):
-            name = name[: name.rindex("[")] + ".weight"
+    if name.endswith("]"):  # a fused expert tensor: Llama 4's, Qwen3-VL-MoE's
+        name = name[: name.rindex("[")] + ".weight"
     parts = name.split(".")
     module, kind = parts[-2], parts[-1]
     if module == "post_attention_layernorm":
@@ -119,7 +127,7 @@ def write_model(spec: ModelSpec, arch: str, path: Path) -> dict[str, TensorEntry
     writer.add_context_length(4096)
     writer.add_embedding_length(spec.hidden_size)
     writer.add_block_count(spec.num_layers)
-    writer.add_feed_forward_length(spec.moe_intermediate_size if spec.is_moe and arch == "qwen3moe"
+    writer.add_feed_forward_length(spec.moe_intermediate_size if spec.is_moe and arch in ("qwen3moe", "qwen3vlmoe")
                                    else spec.intermediate_size)
     if arch == "llama4":  # llama-model's llama4 load_hparams requires it
         step = spec.moe_layers[0] + 1
@@ -136,7 +144,7 @@ def write_model(spec: ModelSpec, arch: str, path: Path) -> dict[str, TensorEntry
         writer.add_expert_feed_forward_length(spec.moe_intermediate_size)
         if spec.shared_expert_intermediate_size:
             writer.add_expert_shared_feed_forward_length(spec.shared_expert_intermediate_size)
-    if arch in ("qwen2vl", "qwen3vl"):  # llama-model's qwen2vl/qwen3vl load_arch_hparams require the M-RoPE sections
+    if arch in ("qwen2vl", "qwen3vl", "qwen3vlmoe"):  # their load_arch_hparams require the M-RoPE sections
         writer.add_rope_dimension_sections([8, 12, 12, 0])
     if arch == "gemma2":
         writer.add_sliding_window(128)
