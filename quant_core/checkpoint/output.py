@@ -258,9 +258,10 @@ def unquantized_modules(plans: Sequence[TensorPlan]) -> list[str]:
 
 
 def vision_tower_modules(plans: Sequence[TensorPlan]) -> list[str]:
-    """The linear modules of a Qwen2.5-VL vision tower whose 2-D float ``.weight`` passes through, in order: vLLM's
-    qwen2_5_vl.py builds them with the checkpoint's quant_config, and compressed-tensors' ``find_matched_target``
-    refuses a linear layer neither targeted nor ignored, so the ``ignore`` list names them."""
+    """The linear modules of a Qwen2.5-VL or Qwen3-VL vision tower whose 2-D float ``.weight`` passes through, in
+    order: vLLM's qwen2_5_vl.py and qwen3_vl.py build them with the checkpoint's quant_config, and
+    compressed-tensors' ``find_matched_target`` refuses a linear layer neither targeted nor ignored, so the
+    ``ignore`` list names them."""
     return [module for module in unquantized_modules(plans) if module.startswith(QWEN_VL_UNQUANTIZED_PREFIXES)]
 
 
