@@ -11,7 +11,8 @@ the language model (``text_config``) is read, and its SigLIP vision tower and pr
 (``vision_config``) are counted as role ``vision``: engines load them beside it, at 16 bits; the
 multimodal ``llama4`` type likewise (``Llama4VisionModel`` and its projector), its language model
 being the ``llama4_text`` type's, ``qwen2_5_vl`` (a Qwen2 language model, its vision transformer and merger) and
-``qwen3_vl`` (a Qwen3 language model, its vision transformer, merger and deepstack mergers).
+``qwen3_vl`` (a Qwen3 language model, its vision transformer, merger and deepstack mergers), and ``qwen3_vl_moe``
+(the same tower beside a Qwen3-MoE language model).
 
 Every size is checked as it is read: a missing key raises `MissingConfigKey`, a value of
 the wrong type (a string, a bool), zero, negative or absurd (over the maximums in

@@ -223,7 +223,8 @@ class KVLayer:
 #             and one shared expert, dense layers (`dense_layers`) of `intermediate_size`; the multimodal
 #             ``llama4`` type names the language model ``language_model.model.*`` beside ``vision_model.*``
 #   (qwen2_5_vl: the llama layout with Qwen2's biases beside a `QwenVisionTower` named ``visual.*``; qwen3_vl: Qwen3's
-#   layout under ``model.language_model.*`` beside a `Qwen3VisionTower` under ``model.visual.*``)
+#   layout under ``model.language_model.*`` beside a `Qwen3VisionTower` under ``model.visual.*``; qwen3_vl_moe:
+#   Qwen3-MoE's with each layer's experts fused, ``mlp.experts.gate_up_proj[{e}]`` and ``down_proj[{e}]``)
 LAYOUTS: tuple[str, ...] = ("llama", "mixtral", "phi3", "deepseek", "falcon", "gpt2", "gpt_oss", "qwen2_moe",
                            "llama4")
 NORM_KINDS: tuple[str, ...] = ("rmsnorm", "layernorm")
