@@ -73,6 +73,13 @@ def _module_roles(spec: ModelSpec) -> dict[str, str]:
             roles.setdefault(module, entry.role)
         else:
             roles[module] = entry.role
+    if spec.model_type == "qwen2_5_vl":  # the names transformers 4.52-4.57 saved Qwen2.5-VL under, which vLLM's
+        # qwen2_5_vl.py maps back (hf_to_vllm_mapper): model.language_model.* and model.visual.*
+        for module, role in list(roles.items()):
+            if module.startswith("model."):
+                roles[f"model.language_model.{module.removeprefix('model.')}"] = role
+            elif module.startswith("visual."):
+                roles[f"model.{module}"] = role
     for fused, parts in _FUSED_EXPERTS.items():  # the same experts stored one 2-D tensor per expert and projection
         for module, role in list(roles.items()):
             if module.endswith(fused):

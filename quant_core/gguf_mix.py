@@ -108,7 +108,8 @@ class ModelFacts:
 
     @classmethod
     def of(cls, spec: ModelSpec) -> ModelFacts:
-        # LLM_TYPE_70B: llama with 80 layers and grouped KV heads, qwen2 with 80 (llama-model.cpp)
+        # LLM_TYPE_70B: llama with 80 layers and grouped KV heads, qwen2 with 80 (llama-model.cpp); not qwen2vl
+        # (Qwen2.5-VL's language model: its load_arch_hparams sets no type; recorded at 80 layers)
         is_70b = spec.num_layers == 80 and (
             (spec.model_type == "llama" and spec.num_kv_heads != spec.num_attention_heads)
             or spec.model_type == "qwen2")

@@ -11,7 +11,9 @@ the language model (``text_config``) is read, and its SigLIP vision tower and pr
 (``vision_config``) are counted as role ``vision``: engines load them beside it, at 16 bits; the
 multimodal ``llama4`` type likewise (``Llama4VisionModel`` and its projector), its language model
 being the ``llama4_text`` type's; and the ``mistral3`` type (Mistral Small 3.1/3.2: a ``mistral`` or
-``ministral3`` text_config beside a Pixtral tower and projector).
+``ministral3`` text_config beside a Pixtral tower and projector); ``qwen2_5_vl`` (a Qwen2 language model, its vision
+transformer and merger), ``qwen3_vl`` (a Qwen3 language model, its vision transformer, merger and deepstack mergers)
+and ``qwen3_vl_moe`` (the same tower beside a Qwen3-MoE language model).
 
 Every size is checked as it is read: a missing key raises `MissingConfigKey`, a value of
 the wrong type (a string, a bool), zero, negative or absurd (over the maximums in
@@ -26,7 +28,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import replace
-from typing import Any
+from typing import Any, TypeVar
 
 from quant_core.errors import InvalidSpec, MissingConfigKey, UnsupportedArchitecture
 from quant_core.specs import (
@@ -43,6 +45,8 @@ from quant_core.specs import (
     Llama4VisionTower,
     ModelSpec,
     PixtralVisionTower,
+    Qwen3VisionTower,
+    QwenVisionTower,
     VisionTower,
     check_int,
 )
@@ -691,6 +695,145 @@ def _pixtral_vision(config: Mapping[str, object], text_hidden_size: int) -> Pixt
         projector_bias=top.flag("multimodal_projector_bias", False), num_channels=sizes["num_channels"])
 
 
+def _qwen2_5_vl(config: Mapping[str, object], model_type: str, name: str | None) -> ModelSpec:
+    """Qwen2.5-VL (``Qwen2_5_VLForConditionalGeneration``): a Qwen2 language model (q/k/v with biases, o_proj
+    without; vLLM loads it as ``Qwen2ForCausalLM``) beside its vision transformer and merger (`QwenVisionTower`).
+
+    The published configs hold the language model's keys at the top level beside ``vision_config``; configs saved
+    by transformers >= 4.52 may nest them in ``text_config`` (read there, errors named ``text_config.<key>``).
+    M-RoPE (``rope_scaling.mrope_section``) rotates the same head dimensions and changes no KV size; sliding windows
+    are Qwen2's (``use_sliding_window``, false in every published config)."""
+    text = config.get("text_config")
+    if text is not None and not isinstance(text, Mapping):
+        raise InvalidSpec("text_config", text, "must be a JSON object")
+    source = text if text is not None else config
+    try:
+        spec = _llama_family(source, "qwen2", name or _name(config, model_type, None))
+    except InvalidSpec as error:
+        if source is config or error.field.split("[")[0] not in source:
+            raise
+        raise InvalidSpec(f"text_config.{error.field}", error.value, error.reason) from error
+    if text is not None and "tie_word_embeddings" in config:
+        top = _Reader(config, model_type).flag("tie_word_embeddings", spec.tie_word_embeddings)
+        if top != spec.tie_word_embeddings:
+            raise InvalidSpec("tie_word_embeddings", config["tie_word_embeddings"],
+                              "differs from text_config.tie_word_embeddings: whether the language model's lm_head "
+                              "is its embedding would depend on which one an engine reads")
+    return replace(spec, model_type=model_type, vision=_qwen2_5_vl_vision(config, spec.hidden_size))
+
+
+#: the config keys of a Qwen vision tower's fields, to name a bad value by the key it came from
+_QWEN_VISION_KEYS = {"num_layers": "depth", "num_attention_heads": "num_heads", "projection_size": "out_hidden_size",
+                     "num_channels": "in_channels"}
+
+
+_QwenTower = TypeVar("_QwenTower", QwenVisionTower, Qwen3VisionTower)
+
+
+def _qwen_vision_tower(tower: type[_QwenTower], sizes: Mapping[str, Any]) -> _QwenTower:
+    """`tower` built from its fields, an `InvalidSpec` renamed to the ``vision_config`` key the value came from."""
+    try:
+        return tower(**sizes)
+    except InvalidSpec as error:
+        field = error.field.removeprefix("vision_config.")
+        if field not in _QWEN_VISION_KEYS:
+            raise
+        raise InvalidSpec(f"vision_config.{_QWEN_VISION_KEYS[field]}", error.value, error.reason) from error
+
+
+def _qwen2_5_vl_vision(config: Mapping[str, object], text_hidden_size: int) -> QwenVisionTower:
+    """Qwen2.5-VL's vision tower from ``vision_config`` (transformers' ``Qwen2_5_VLVisionConfig`` defaults for
+    absent keys, and the whole default tower when the key is absent: ``Qwen2_5_VLConfig`` always builds one).  The
+    merger's output (``out_hidden_size``) must be the language model's width: vLLM puts its rows in place of the
+    image tokens' embeddings.  ``in_chans``, which the published configs also hold, is read by neither transformers 5
+    nor vLLM (both read ``in_channels``)."""
+    vision = config.get("vision_config")
+    if vision is None:
+        vision = {}
+    if not isinstance(vision, Mapping):
+        raise InvalidSpec("vision_config", vision, "must be a JSON object")
+    defaults = {"depth": 32, "hidden_size": 3584, "num_heads": 16, "intermediate_size": 3420, "patch_size": 14,
+                "temporal_patch_size": 2, "spatial_merge_size": 2, "out_hidden_size": 3584, "in_channels": 3}
+    sizes: dict[str, Any] = {key: vision.get(key, default) for key, default in defaults.items()}
+    tower = _qwen_vision_tower(QwenVisionTower, {
+        "hidden_size": sizes["hidden_size"], "num_layers": sizes["depth"], "num_attention_heads": sizes["num_heads"],
+        "intermediate_size": sizes["intermediate_size"], "patch_size": sizes["patch_size"],
+        "temporal_patch_size": sizes["temporal_patch_size"], "spatial_merge_size": sizes["spatial_merge_size"],
+        "projection_size": sizes["out_hidden_size"], "num_channels": sizes["in_channels"]})
+    if tower.projection_size != text_hidden_size:
+        raise InvalidSpec("vision_config.out_hidden_size", tower.projection_size,
+                          f"differs from the language model's hidden_size={text_hidden_size}: the merger's rows "
+                          "replace image tokens' embeddings")
+    return tower
+
+
+def _qwen3_vl(config: Mapping[str, object], model_type: str, name: str | None) -> ModelSpec:
+    """Qwen3-VL (``Qwen3VLForConditionalGeneration``): a Qwen3 language model (``text_config``: q/k norms, an
+    explicit ``head_dim``, biases per ``attention_bias``; vLLM loads it as Qwen3) beside its vision transformer,
+    merger and deepstack mergers (`Qwen3VisionTower`); for ``qwen3_vl_moe`` (``Qwen3VLMoeForConditionalGeneration``)
+    a Qwen3-MoE language model (``num_experts``, ``decoder_sparse_step``, ``mlp_only_layers`` as Qwen3-MoE reads
+    them), whose checkpoints hold each layer's experts fused (``mlp.experts.gate_up_proj``, ``down_proj``).
+    Interleaved M-RoPE (``mrope_section``) changes no KV size.
+    ``tie_word_embeddings`` is read from ``text_config`` (what vLLM's language model reads) or, absent there, from
+    the top level (what transformers 5 reads); a config where the two disagree is refused."""
+    text = config.get("text_config")
+    if not isinstance(text, Mapping):
+        raise InvalidSpec("text_config", text, "must be a JSON object")
+    source: Mapping[str, object] = text
+    if "tie_word_embeddings" not in text and "tie_word_embeddings" in config:
+        source = {**text, "tie_word_embeddings": config["tie_word_embeddings"]}
+    language_model = "qwen3_moe" if model_type == "qwen3_vl_moe" else "qwen3"
+    try:
+        spec = _llama_family(source, language_model, name or _name(config, model_type, None))
+    except InvalidSpec as error:
+        if error.field.split("[")[0] not in text:
+            raise
+        raise InvalidSpec(f"text_config.{error.field}", error.value, error.reason) from error
+    if model_type == "qwen3_vl_moe" and not spec.is_moe:
+        raise InvalidSpec("text_config.num_experts", text.get("num_experts"),
+                          "must be positive for qwen3_vl_moe (its layers' experts are fused per layer)")
+    if "tie_word_embeddings" in config and "tie_word_embeddings" in text:
+        top = _Reader(config, model_type).flag("tie_word_embeddings", spec.tie_word_embeddings)
+        if top != spec.tie_word_embeddings:
+            raise InvalidSpec("tie_word_embeddings", config["tie_word_embeddings"],
+                              "differs from text_config.tie_word_embeddings: whether the language model's lm_head "
+                              "is its embedding would depend on which one an engine reads")
+    return replace(spec, model_type=model_type, vision=_qwen3_vl_vision(config, spec.hidden_size))
+
+
+def _qwen3_vl_vision(config: Mapping[str, object], text_hidden_size: int) -> Qwen3VisionTower:
+    """Qwen3-VL's vision tower from ``vision_config`` (transformers' ``Qwen3VLVisionConfig`` defaults for absent keys,
+    the whole default tower when the key is absent); one deepstack merger per ``deepstack_visual_indexes`` entry,
+    each naming a block of the tower."""
+    vision = config.get("vision_config")
+    if vision is None:
+        vision = {}
+    if not isinstance(vision, Mapping):
+        raise InvalidSpec("vision_config", vision, "must be a JSON object")
+    defaults = {"depth": 27, "hidden_size": 1152, "num_heads": 16, "intermediate_size": 4304, "patch_size": 16,
+                "temporal_patch_size": 2, "spatial_merge_size": 2, "out_hidden_size": 3584, "in_channels": 3,
+                "num_position_embeddings": 2304}
+    sizes: dict[str, Any] = {key: vision.get(key, default) for key, default in defaults.items()}
+    depth = check_int("vision_config.depth", sizes["depth"], 1, MAX_LAYERS)
+    deepstack = vision.get("deepstack_visual_indexes", [8, 16, 24])
+    if (not isinstance(deepstack, list) or len(deepstack) > depth
+            or any(isinstance(index, bool) or not isinstance(index, int) or not 0 <= index < depth
+                   for index in deepstack)):
+        raise InvalidSpec("vision_config.deepstack_visual_indexes", deepstack if not isinstance(deepstack, list)
+                          else deepstack[:8], f"must be a list of block indices below depth={depth}")
+    tower = _qwen_vision_tower(Qwen3VisionTower, {
+        "hidden_size": sizes["hidden_size"], "num_layers": depth, "num_attention_heads": sizes["num_heads"],
+        "intermediate_size": sizes["intermediate_size"], "patch_size": sizes["patch_size"],
+        "temporal_patch_size": sizes["temporal_patch_size"], "spatial_merge_size": sizes["spatial_merge_size"],
+        "num_position_embeddings": sizes["num_position_embeddings"], "deepstack_mergers": len(deepstack),
+        "projection_size": sizes["out_hidden_size"], "num_channels": sizes["in_channels"]})
+    if tower.projection_size != text_hidden_size:
+        raise InvalidSpec("vision_config.out_hidden_size", tower.projection_size,
+                          f"differs from the language model's hidden_size={text_hidden_size}: the merger's rows "
+                          "replace image tokens' embeddings")
+    return tower
+
+
 _Adapter = Callable[[Mapping[str, object], str, "str | None"], ModelSpec]
 _ADAPTERS: dict[str, _Adapter] = {
     "llama": _llama_family,
@@ -713,6 +856,9 @@ _ADAPTERS: dict[str, _Adapter] = {
     "phimoe": _phimoe,
     "glm4_moe": _glm4_moe,
     "llama4_text": _llama4_text,
+    "qwen2_5_vl": _qwen2_5_vl,
+    "qwen3_vl": _qwen3_vl,
+    "qwen3_vl_moe": _qwen3_vl,
 }
 KNOWN_MODEL_TYPES: tuple[str, ...] = (*sorted(_ADAPTERS), "gemma3", "llama4", "mistral3")
 
@@ -755,7 +901,8 @@ def model_from_hf_config(config: Mapping[str, object], *, name: str | None = Non
     """
     if not isinstance(config, Mapping):
         raise InvalidSpec("config", type(config).__name__, "must be a JSON object")
-    text = (config.get("text_config", config) if config.get("model_type") in ("gemma3", "llama4", "mistral3")
+    text = (config.get("text_config", config)
+            if config.get("model_type") in ("gemma3", "llama4", "mistral3", "qwen2_5_vl", "qwen3_vl", "qwen3_vl_moe")
             else config)
     try:
         return _model_from_hf_config(config, name)
@@ -848,6 +995,8 @@ ARCHITECTURE_FAMILIES: dict[str, str] = {
     "PhiMoEForCausalLM": "phimoe", "Glm4MoeForCausalLM": "glm4_moe", "Llama4ForCausalLM": "llama4_text",
     # Ministral 3 (model_type ministral3): vLLM's registry loads it as mistral.py's MistralForCausalLM
     "Ministral3ForCausalLM": "mistral",
+    "Qwen2_5_VLForConditionalGeneration": "qwen2_5_vl", "Qwen3VLForConditionalGeneration": "qwen3_vl",
+    "Qwen3VLMoeForConditionalGeneration": "qwen3_vl_moe",
 }
 
 
@@ -893,6 +1042,8 @@ NON_SIZING_KEYS = frozenset({
     "attn_scale", "floor_scale", "attn_temperature_tuning", "for_llm_compressor", "boi_token_index",
     "eoi_token_index", "image_token_index",
     "projector_hidden_act",  # Mistral 3: the projector's activation
+    # Qwen2.5-VL: image and video token ids
+    "image_token_id", "video_token_id", "vision_start_token_id", "vision_end_token_id", "vision_token_id",
 })
 
 

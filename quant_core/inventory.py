@@ -29,6 +29,8 @@ from quant_core.specs import (
     Llama4VisionTower,
     ModelSpec,
     PixtralVisionTower,
+    Qwen3VisionTower,
+    QwenVisionTower,
     TensorEntry,
     VisionTower,
 )
@@ -247,10 +249,19 @@ def inventory(spec: ModelSpec) -> tuple[TensorEntry, ...]:
         _decoder(builder, spec)
     if spec.model_type == "mistral3":  # the language model under language_model., as its checkpoints name it
         builder.rows = [replace(row, name=f"language_model.{row.name}") for row in builder.rows]
+    if spec.model_type == "qwen3_vl_moe":
+        builder.rows = _fused_qwen3_vl_experts(builder.rows)
+    if spec.model_type in ("qwen3_vl", "qwen3_vl_moe"):  # their checkpoints: model.language_model.* (lm_head as is)
+        builder.rows = [replace(row, name=f"model.language_model.{row.name.removeprefix('model.')}")
+                        if row.name.startswith("model.") else row for row in builder.rows]
     if isinstance(spec.vision, Llama4VisionTower):
         _llama4_vision(builder, spec.vision)
     elif isinstance(spec.vision, PixtralVisionTower):
         _pixtral_vision(builder, spec.vision)
+    elif isinstance(spec.vision, QwenVisionTower):
+        _qwen_vision(builder, spec.vision)
+    elif isinstance(spec.vision, Qwen3VisionTower):
+        _qwen3_vision(builder, spec.vision)
     elif spec.vision is not None:
         _vision(builder, spec.vision)
     return tuple(builder.rows)
@@ -347,6 +358,81 @@ def _pixtral_vision(b: _Builder, tower: PixtralVisionTower) -> None:
         b.add(f"{name}.weight", shape, "vision")
         if tower.projector_bias:
             b.add(f"{name}.bias", (text_width,), "vision")
+
+
+def _qwen_vision(b: _Builder, tower: QwenVisionTower) -> None:
+    """Qwen2.5-VL's vision transformer and merger as its published checkpoints name them (``visual.*``; transformers
+    5 holds them as ``model.visual.*`` in memory), every tensor of role ``vision``, each block's tensors one row
+    counted `num_layers` times (they are no decoder layers)."""
+    hidden, width = tower.hidden_size, tower.intermediate_size
+    merged = hidden * tower.spatial_merge_size ** 2
+    b.add("visual.patch_embed.proj.weight",
+          (hidden, tower.num_channels, tower.temporal_patch_size, tower.patch_size, tower.patch_size), "vision")
+    block, count = "visual.blocks.{v}", tower.num_layers
+    for norm in ("norm1", "norm2"):
+        b.add(f"{block}.{norm}.weight", (hidden,), "vision", per_layer=count)
+    for name, (out_features, in_features) in ((f"{block}.attn.qkv", (3 * hidden, hidden)),
+                                              (f"{block}.attn.proj", (hidden, hidden)),
+                                              (f"{block}.mlp.gate_proj", (width, hidden)),
+                                              (f"{block}.mlp.up_proj", (width, hidden)),
+                                              (f"{block}.mlp.down_proj", (hidden, width))):
+        b.add(f"{name}.weight", (out_features, in_features), "vision", per_layer=count)
+        b.add(f"{name}.bias", (out_features,), "vision", per_layer=count)
+    b.add("visual.merger.ln_q.weight", (hidden,), "vision")
+    for name, (out_features, in_features) in (("visual.merger.mlp.0", (merged, merged)),
+                                              ("visual.merger.mlp.2", (tower.projection_size, merged))):
+        b.add(f"{name}.weight", (out_features, in_features), "vision")
+        b.add(f"{name}.bias", (out_features,), "vision")
+
+
+def _fused_qwen3_vl_experts(rows: list[TensorEntry]) -> list[TensorEntry]:
+    """Qwen3-VL-MoE's routed experts as its checkpoints hold them: per layer one ``mlp.experts.gate_up_proj`` (the
+    gate and up projections of every expert) and one ``mlp.experts.down_proj`` 3-D tensor, listed per expert by their
+    logical [out, in] shapes (``gate_up_proj[{e}]``: [2 x width, hidden]) as Llama 4's fused experts are."""
+    out: list[TensorEntry] = []
+    for row in rows:
+        prefix, _, part = row.name.partition(".experts.{e}.")
+        if not part:
+            out.append(row)
+        elif part == "gate_proj.weight":
+            out.append(replace(row, name=f"{prefix}.experts.gate_up_proj[{{e}}]",
+                               shape=(2 * row.shape[0], row.shape[1])))
+        elif part == "down_proj.weight":
+            out.append(replace(row, name=f"{prefix}.experts.down_proj[{{e}}]"))
+        # up_proj.weight: in gate_up_proj
+    return out
+
+
+def _qwen3_vision(b: _Builder, tower: Qwen3VisionTower) -> None:
+    """Qwen3-VL's vision transformer, merger and deepstack mergers as its checkpoints name them (``model.visual.*``),
+    every tensor of role ``vision``, each block's (and each deepstack merger's) tensors one row counted that many
+    times (they are no decoder layers)."""
+    hidden, width, prefix = tower.hidden_size, tower.intermediate_size, "model.visual"
+    merged = hidden * tower.spatial_merge_size ** 2
+    b.add(f"{prefix}.patch_embed.proj.weight",
+          (hidden, tower.num_channels, tower.temporal_patch_size, tower.patch_size, tower.patch_size), "vision")
+    b.add(f"{prefix}.patch_embed.proj.bias", (hidden,), "vision")
+    b.add(f"{prefix}.pos_embed.weight", (tower.num_position_embeddings, hidden), "vision")
+    block, count = f"{prefix}.blocks.{{v}}", tower.num_layers
+    for norm in ("norm1", "norm2"):
+        b.add(f"{block}.{norm}.weight", (hidden,), "vision", per_layer=count)
+        b.add(f"{block}.{norm}.bias", (hidden,), "vision", per_layer=count)
+    for name, (out_features, in_features) in ((f"{block}.attn.qkv", (3 * hidden, hidden)),
+                                              (f"{block}.attn.proj", (hidden, hidden)),
+                                              (f"{block}.mlp.linear_fc1", (width, hidden)),
+                                              (f"{block}.mlp.linear_fc2", (hidden, width))):
+        b.add(f"{name}.weight", (out_features, in_features), "vision", per_layer=count)
+        b.add(f"{name}.bias", (out_features,), "vision", per_layer=count)
+    mergers = [(f"{prefix}.merger", hidden, 1)]
+    if tower.deepstack_mergers:
+        mergers.append((f"{prefix}.deepstack_merger_list.{{v}}", merged, tower.deepstack_mergers))
+    for merger, norm_width, copies in mergers:
+        b.add(f"{merger}.norm.weight", (norm_width,), "vision", per_layer=copies)
+        b.add(f"{merger}.norm.bias", (norm_width,), "vision", per_layer=copies)
+        for name, (out_features, in_features) in ((f"{merger}.linear_fc1", (merged, merged)),
+                                                  (f"{merger}.linear_fc2", (tower.projection_size, merged))):
+            b.add(f"{name}.weight", (out_features, in_features), "vision", per_layer=copies)
+            b.add(f"{name}.bias", (out_features,), "vision", per_layer=copies)
 
 
 def _vision(b: _Builder, tower: VisionTower) -> None:

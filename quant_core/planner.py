@@ -44,12 +44,20 @@ from functools import lru_cache
 
 from quant_core.catalog import MAX_DEVICE_BYTES
 from quant_core.engines import ENGINES, BatchLimits, EngineProfile, KVCapacity, Stage, Term, get_engine
+from quant_core.engines.vllm import qwen_vision_refusal
 from quant_core.errors import InvalidSpec
 from quant_core.formats import WeightFormat, float_format, int4, kv_dtype
 from quant_core.inventory import QuantizationPolicy, parameter_count
 from quant_core.kv_cache import held_tokens, kv_bytes_per_token, kv_layers, layer_bytes_per_token
 from quant_core.schemes import WeightScheme, assigned_bytes, scheme_of, with_partial_groups
-from quant_core.specs import Llama4VisionTower, ModelSpec, PixtralVisionTower, TensorEntry
+from quant_core.specs import (
+    Llama4VisionTower,
+    ModelSpec,
+    PixtralVisionTower,
+    Qwen3VisionTower,
+    QwenVisionTower,
+    TensorEntry,
+)
 
 GIB = 1 << 30
 AS_SHIPPED = "as_shipped"  # the comparison's key for the checkpoint as its config ships it
@@ -369,6 +377,17 @@ _VISION_SHARDED += ("o_proj.weight", "patch_embedding.linear.weight", "multi_mod
 #: patch merger (a plain nn.Linear) are whole on every rank
 _VISION_SHARDED += ("gate_proj.weight", "up_proj.weight", "down_proj.weight", "multi_modal_projector.linear_1.bias",
                     "multi_modal_projector.linear_2.weight")
+#: ... and Qwen2.5-VL's (qwen2_5_vl.py, mm_encoder_tp_mode "weights"): each block's qkv (QKVParallelLinear, weight
+#: and bias), proj and down_proj weights (RowParallelLinear), gate/up_proj weights and biases (a
+#: MergedColumnParallelLinear), the merger's mlp.0 (ColumnParallelLinear, weight and bias) and mlp.2 weight
+#: (RowParallelLinear); its patch embedding (a ReplicatedLinear), RMSNorms and row-parallel biases are whole
+_VISION_SHARDED += ("attn.qkv.weight", "attn.qkv.bias", "attn.proj.weight", "mlp.gate_proj.weight",
+                    "mlp.gate_proj.bias", "mlp.up_proj.weight", "mlp.up_proj.bias", "mlp.down_proj.weight",
+                    "merger.mlp.0.weight", "merger.mlp.0.bias", "merger.mlp.2.weight")
+#: ... and Qwen3-VL's (qwen3_vl.py): the same attention, each block's and merger's linear_fc1 (ColumnParallelLinear,
+#: weight and bias) and linear_fc2 weight (RowParallelLinear); its patch embedding (a Conv3d), learned positions (an
+#: nn.Embedding), LayerNorms and row-parallel biases whole
+_VISION_SHARDED += ("linear_fc1.weight", "linear_fc1.bias", "linear_fc2.weight")
 
 
 def _sharded_bytes(one_tensor_bytes: int, entry: TensorEntry, tensor_parallel: int) -> int:
@@ -765,10 +784,13 @@ def engine_tensor_parallel_sizes(spec: ModelSpec, limit: int = MAX_DEVICES_SEARC
     # pixtral.py assert they divide)
     vision_heads = (spec.vision.num_attention_heads if isinstance(spec.vision, Llama4VisionTower | PixtralVisionTower)
                     else None)
+    # qwen2_5_vl.py's and qwen3_vl.py's divisions of their towers
+    qwen_tower = spec.vision if isinstance(spec.vision, QwenVisionTower | Qwen3VisionTower) else None
     return tuple(size for size in range(1, min(heads, limit) + 1)
                  if heads % size == 0 and (spec.kv_lora_rank > 0 or kv_heads <= 0
                                            or kv_heads % size == 0 or size % kv_heads == 0)
-                 and (vision_heads is None or vision_heads % size == 0))
+                 and (vision_heads is None or vision_heads % size == 0)
+                 and (qwen_tower is None or qwen_vision_refusal(qwen_tower, size) is None))
 
 
 def _min_devices(evaluator: _Evaluator, terms: _ModelTerms, workload: Workload) -> int | None:
@@ -1041,6 +1063,17 @@ def _warnings(spec: ModelSpec, hardware: Hardware, workload: Workload, options: 
         out.append(f"Tensor parallel degree {tensor_parallel} neither divides the model's {kv_heads} key/value "
                    f"heads nor is a multiple of them (to replicate them): engines such as vLLM refuse this "
                    f"layout; the KV figures assume {-(-kv_heads // tensor_parallel)} head(s) per device.")
+    if isinstance(spec.vision, QwenVisionTower | Qwen3VisionTower):
+        family = "Qwen2.5-VL" if isinstance(spec.vision, QwenVisionTower) else "Qwen3-VL"
+        out.append(f"{family}'s vision tower is counted in the weights at 16 bits, but the activations of vLLM's "
+                   "profiling run over a batch of dummy images through it are not modelled: the engine reserves that "
+                   "peak too, so leave headroom for it.")
+        if isinstance(spec.vision, Qwen3VisionTower) and spec.vision.deepstack_mergers:
+            # vLLM's qwen3_vl.py __init__: self.deepstack_input_embeds = [torch.zeros(max_num_batched_tokens,
+            # text hidden_size) for each deepstack level], on the device at the model's dtype
+            out.append(f"vLLM also keeps {spec.vision.deepstack_mergers} deepstack input buffers of "
+                       f"max_num_batched_tokens x {spec.hidden_size} elements each for Qwen3-VL (qwen3_vl.py), "
+                       "which the plan does not count.")
     if spec.layout == "llama4":
         out.append("Llama 4's chunked local attention layers (its RoPE layers, attention_chunk_size tokens each) are "
                    "planned as full attention: vLLM allocates them the whole context while its hybrid KV cache "

@@ -154,8 +154,70 @@ class PixtralVisionTower:
                               f"does not divide hidden_size={self.hidden_size}")
 
 
+
+
+@dataclass(frozen=True, slots=True)
+class QwenVisionTower:
+    """Qwen2.5-VL's vision transformer and patch merger (``vision_config`` of a ``qwen2_5_vl`` config, transformers'
+    ``Qwen2_5_VisionTransformerPretrainedModel``): a bias-free Conv3d patch embedding over `temporal_patch_size` x
+    `patch_size` x `patch_size` x `num_channels` pixels, `num_layers` blocks of `hidden_size` with
+    `num_attention_heads` heads (a fused ``qkv`` and a ``proj``, both with biases), a SwiGLU MLP of
+    `intermediate_size` with biases and two RMSNorms, no learned positions (2-D rotary), and the merger: an RMSNorm,
+    then an MLP over `spatial_merge_size`^2 merged patches (hidden x merge^2 -> the same -> `projection_size`, the
+    language model's width), with biases.  Window attention (``window_size``, ``fullatt_block_indexes``) changes no
+    weight."""
+
+    hidden_size: int
+    num_layers: int
+    num_attention_heads: int
+    intermediate_size: int
+    patch_size: int
+    temporal_patch_size: int
+    spatial_merge_size: int
+    projection_size: int
+    num_channels: int = 3
+
+    def __post_init__(self) -> None:
+        for field, (low, high) in _QWEN_VISION_LIMITS.items():
+            object.__setattr__(self, field, check_int(f"vision_config.{field}", getattr(self, field), low, high))
+        if self.hidden_size % self.num_attention_heads:
+            raise InvalidSpec("vision_config.num_heads", self.num_attention_heads,
+                              f"does not divide hidden_size={self.hidden_size}")
+
+
+@dataclass(frozen=True, slots=True)
+class Qwen3VisionTower:
+    """Qwen3-VL's vision transformer and mergers (``vision_config`` of a ``qwen3_vl`` config, transformers'
+    ``Qwen3VLVisionModel``): a Conv3d patch embedding with a bias over `temporal_patch_size` x `patch_size` x
+    `patch_size` x `num_channels` pixels, a learned table of `num_position_embeddings` positions, `num_layers` blocks
+    of `hidden_size` with `num_attention_heads` heads (``qkv`` and ``proj`` with biases), a GELU MLP
+    (``linear_fc1``/``linear_fc2`` of `intermediate_size`, with biases) and two LayerNorms with biases; the merger (a
+    LayerNorm of hidden_size, then hidden x merge^2 -> the same -> `projection_size`, with biases) and
+    `deepstack_mergers` more mergers (``deepstack_visual_indexes``: their LayerNorm over the merged width) whose rows
+    are added to the first decoder layers' hidden states."""
+
+    hidden_size: int
+    num_layers: int
+    num_attention_heads: int
+    intermediate_size: int
+    patch_size: int
+    temporal_patch_size: int
+    spatial_merge_size: int
+    num_position_embeddings: int
+    deepstack_mergers: int
+    projection_size: int
+    num_channels: int = 3
+
+    def __post_init__(self) -> None:
+        for field, (low, high) in _QWEN3_VISION_LIMITS.items():
+            object.__setattr__(self, field, check_int(f"vision_config.{field}", getattr(self, field), low, high))
+        if self.hidden_size % self.num_attention_heads:
+            raise InvalidSpec("vision_config.num_heads", self.num_attention_heads,
+                              f"does not divide hidden_size={self.hidden_size}")
+
+
 #: the vision towers a `ModelSpec` may carry
-VISION_TOWERS = (VisionTower, Llama4VisionTower, PixtralVisionTower)
+VISION_TOWERS = (VisionTower, Llama4VisionTower, PixtralVisionTower, QwenVisionTower, Qwen3VisionTower)
 
 
 @dataclass(frozen=True, slots=True)
@@ -200,6 +262,9 @@ class KVLayer:
 #             ``llama4`` type names the language model ``language_model.model.*`` beside ``vision_model.*``
 #   (mistral3: the llama layout of its ``mistral`` text_config named ``language_model.model.*`` and
 #             ``language_model.lm_head``, beside the Pixtral ``vision_tower.*`` and ``multi_modal_projector.*``)
+#   (qwen2_5_vl: the llama layout with Qwen2's biases beside a `QwenVisionTower` named ``visual.*``; qwen3_vl: Qwen3's
+#   layout under ``model.language_model.*`` beside a `Qwen3VisionTower` under ``model.visual.*``; qwen3_vl_moe:
+#   Qwen3-MoE's with each layer's experts fused, ``mlp.experts.gate_up_proj[{e}]`` and ``down_proj[{e}]``)
 LAYOUTS: tuple[str, ...] = ("llama", "mixtral", "phi3", "deepseek", "falcon", "gpt2", "gpt_oss", "qwen2_moe",
                            "llama4")
 NORM_KINDS: tuple[str, ...] = ("rmsnorm", "layernorm")
@@ -267,6 +332,24 @@ _PIXTRAL_VISION_LIMITS: dict[str, tuple[int, int]] = {
     "projection_size": (1, MAX_HIDDEN_SIZE),
     "spatial_merge_size": (1, 64),
     "num_channels": (1, 64),
+}
+#: Qwen2.5-VL's vision tower (its merger's first layer is (hidden x spatial_merge_size^2)^2 elements)
+_QWEN_VISION_LIMITS: dict[str, tuple[int, int]] = {
+    "hidden_size": (1, MAX_HIDDEN_SIZE),
+    "num_layers": (1, MAX_LAYERS),
+    "num_attention_heads": (1, MAX_HEADS),
+    "intermediate_size": (1, MAX_INTERMEDIATE_SIZE),
+    "patch_size": (1, 65_536),
+    "temporal_patch_size": (1, 64),
+    "spatial_merge_size": (1, 64),
+    "projection_size": (1, MAX_HIDDEN_SIZE),
+    "num_channels": (1, 64),
+}
+#: Qwen3-VL's vision tower
+_QWEN3_VISION_LIMITS: dict[str, tuple[int, int]] = {
+    **_QWEN_VISION_LIMITS,
+    "num_position_embeddings": (1, 1 << 24),
+    "deepstack_mergers": (0, MAX_LAYERS),
 }
 _OPTIONAL_INT_LIMITS: dict[str, tuple[int, int]] = {
     "max_position_embeddings": (1, MAX_POSITIONS),
@@ -371,7 +454,7 @@ class ModelSpec:
     qk_rope_head_dim: int = 0
     v_head_dim: int = 0
     #: a multimodal model's image encoder, which engines load beside the language model (None: text only)
-    vision: VisionTower | Llama4VisionTower | PixtralVisionTower | None = None
+    vision: VisionTower | Llama4VisionTower | PixtralVisionTower | QwenVisionTower | Qwen3VisionTower | None = None
 
     def __post_init__(self) -> None:
         for field in ("name", "model_type"):
@@ -478,10 +561,12 @@ class ModelSpec:
             key: tuple(value) if isinstance(value, list) else value for key, value in data.items()
         }
         vision = values.get("vision")
-        if isinstance(vision, dict):  # to_dict's tower as JSON: Llama 4's has a vision_output_dim, Pixtral's a
-            # spatial_merge_size, SigLIP's neither
-            tower: type[VisionTower | Llama4VisionTower | PixtralVisionTower] = (
+        if isinstance(vision, dict):  # to_dict's tower as JSON: Llama 4's has a vision_output_dim, Qwen3's a
+            # num_position_embeddings, Qwen2.5's a temporal_patch_size, Pixtral's (only) a spatial_merge_size
+            tower: type[VisionTower | Llama4VisionTower | PixtralVisionTower | QwenVisionTower | Qwen3VisionTower] = (
                 Llama4VisionTower if "vision_output_dim" in vision
+                else Qwen3VisionTower if "num_position_embeddings" in vision
+                else QwenVisionTower if "temporal_patch_size" in vision
                 else PixtralVisionTower if "spatial_merge_size" in vision else VisionTower)
             known_fields = tower.__dataclass_fields__
             unknown_fields = sorted(str(key) for key in vision if key not in known_fields)

@@ -190,6 +190,9 @@ _LLAMA4_UNQUANTIZED_PREFIXES = ("vision_model.", "multi_modal_projector.")
 #: modules_to_not_convert and GPTQ's dynamic rules name them, as llm-compressor's Mistral 3 checkpoints ignore them)
 _MISTRAL3_UNQUANTIZED_PREFIXES = ("vision_tower.", "multi_modal_projector.", "model.vision_tower.",
                                   "model.multi_modal_projector.")
+#: Qwen2.5-VL's vision tower and merger, as published checkpoints name them (``visual.``) and as transformers >= 4.52
+#: saves them (``model.visual.``): vLLM's qwen2_5_vl.py maps both to ``visual.``
+QWEN_VL_UNQUANTIZED_PREFIXES = ("visual.", "model.visual.")
 #: routed experts fused into one [experts, in, out] tensor per projection (Llama 4; gpt-oss in bf16)
 FUSED_EXPERT_SUFFIXES = ("experts.gate_up_proj", "experts.down_proj")
 
@@ -211,6 +214,13 @@ def _family_reason(tensor: CheckpointTensor, checkpoint: Checkpoint) -> str | No
         return ("Mistral 3's Pixtral vision tower and projector stay as stored, as the published quantized "
                 "checkpoints keep them (llm-compressor ignores vision_tower and multi_modal_projector); vLLM's "
                 "mistral3.py builds them with the checkpoint's quantization_config, which marks them unquantized")
+    if config.get("model_type") == "qwen2_5_vl" and tensor.name.startswith(QWEN_VL_UNQUANTIZED_PREFIXES):
+        return ("Qwen2.5-VL's vision tower and merger: published quantized checkpoints keep them as stored (Qwen's "
+                "AWQ releases: modules_to_not_convert [\"visual\"]), and nibble plans them at 16 bits")
+    if (config.get("model_type") in ("qwen3_vl", "qwen3_vl_moe")
+            and tensor.name.startswith(QWEN_VL_UNQUANTIZED_PREFIXES)):
+        return ("Qwen3-VL's vision tower and mergers: kept as stored, as nibble plans them at 16 bits (vLLM's "
+                "qwen3_vl.py reads them with the checkpoint's quant_config, whose ignore list names them)")
     if fused_expert_module(tensor.name, len(tensor.shape)) is not None:
         return (f"routed experts fused as one [experts, in, out] tensor (shape {list(tensor.shape)}): nibble "
                 "quantizes 2-D linear weights only, so they stay as stored, and the quantization_config marks "

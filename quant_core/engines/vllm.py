@@ -37,7 +37,7 @@ from functools import lru_cache
 from quant_core.engines.base import BatchLimits, KVCapacity, Stage, Term
 from quant_core.errors import UnknownName
 from quant_core.kv_cache import kv_layers, layer_bytes_per_token
-from quant_core.specs import Llama4VisionTower, ModelSpec, PixtralVisionTower
+from quant_core.specs import Llama4VisionTower, ModelSpec, PixtralVisionTower, Qwen3VisionTower, QwenVisionTower
 
 GIB = 1 << 30
 MIB = 1 << 20
@@ -169,6 +169,24 @@ def _forward_bytes_per_token(spec: ModelSpec, tensor_parallel: int) -> int:
     return ACTIVATION_ELEMENT_BYTES * (3 * spec.hidden_size + max(mlp, attention))
 
 
+def qwen_vision_refusal(tower: QwenVisionTower | Qwen3VisionTower, tensor_parallel: int) -> str | None:
+    """Why vLLM's qwen2_5_vl.py cannot split Qwen2.5-VL's vision tower over `tensor_parallel` ranks (None: it can);
+    likewise Qwen3-VL's in qwen3_vl.py (the same attention; ``linear_fc1`` a ColumnParallelLinear and ``linear_fc2``
+    a RowParallelLinear of `intermediate_size`).
+
+    With ``mm_encoder_tp_mode`` "weights" (the default) each block's ``qkv`` is a QKVParallelLinear of `heads`
+    heads (``dist_utils.divide(num_heads, tp_size)``), ``proj`` and the MLP's ``down_proj`` RowParallelLinears over
+    `hidden_size` and `intermediate_size` inputs, ``gate_up_proj`` a MergedColumnParallelLinear of two
+    `intermediate_size` outputs: vLLM's ``divide`` asserts each of them is a multiple of the ranks (Qwen2.5-VL-3B and
+    7B's 3,420-wide MLP refuses 8 ranks; the merger's hidden x merge^2 widths follow from hidden_size)."""
+    for what, size in (("attention heads", tower.num_attention_heads), ("MLP width", tower.intermediate_size),
+                       ("hidden size", tower.hidden_size)):
+        if size % tensor_parallel:
+            return (f"vLLM refuses tensor parallel size {tensor_parallel}: it does not divide the vision tower's "
+                    f"{what} ({size}; vLLM splits the tower's layers over the ranks)")
+    return None
+
+
 class VllmProfile:
     """vLLM's terms for one release (`VERSIONS`); the planner uses it through `EngineProfile`."""
 
@@ -293,6 +311,8 @@ class VllmProfile:
             return (f"vLLM refuses tensor parallel size {tensor_parallel}: it does not divide the Pixtral vision "
                     f"tower's {spec.vision.num_attention_heads} attention heads (pixtral.py splits them over the "
                     "ranks)")
+        if isinstance(spec.vision, QwenVisionTower | Qwen3VisionTower):
+            return qwen_vision_refusal(spec.vision, tensor_parallel)
         return None
 
     def vocabulary_on_every_stage(self, spec: ModelSpec) -> str | None:

@@ -420,21 +420,23 @@ def test_gemma_3s_vision_tower_and_projector_are_counted_as_engines_load_them() 
     assert caught.value.field == "vision_config.patch_size"
 
 
-# Qwen/Qwen2.5-VL-7B-Instruct's config.json (model_type qwen2_5_vl, keys abridged): a Qwen2 decoder beside a
-# 32-block vision transformer and merger (vision_config), 8.29 billion parameters in all on its model card
-QWEN2_5_VL_7B = {"architectures": ["Qwen2_5_VLForConditionalGeneration"], "model_type": "qwen2_5_vl",
-                 "hidden_size": 3584, "intermediate_size": 18944, "num_attention_heads": 28, "num_hidden_layers": 28,
-                 "num_key_value_heads": 4, "vocab_size": 152064, "max_position_embeddings": 128000,
-                 "image_token_id": 151655, "video_token_id": 151656, "vision_start_token_id": 151652,
-                 "vision_config": {"depth": 32, "hidden_size": 1280, "intermediate_size": 3420, "num_heads": 16,
-                                   "out_hidden_size": 3584, "patch_size": 14, "spatial_merge_size": 2,
-                                   "temporal_patch_size": 2}}
+# Qwen/Qwen2-VL-7B-Instruct's config.json (model_type qwen2_vl, keys abridged): a Qwen2 decoder beside a 32-block
+# vision transformer (vision_config: LayerNorms, an fc1/fc2 MLP of mlp_ratio 4, unlike Qwen2.5-VL's), a type nibble
+# has no adapter for
+QWEN2_VL_7B = {"architectures": ["Qwen2VLForConditionalGeneration"], "model_type": "qwen2_vl",
+               "hidden_size": 3584, "intermediate_size": 18944, "num_attention_heads": 28, "num_hidden_layers": 28,
+               "num_key_value_heads": 4, "vocab_size": 152064, "max_position_embeddings": 32768,
+               "image_token_id": 151655, "video_token_id": 151656, "vision_start_token_id": 151652,
+               "vision_config": {"depth": 32, "embed_dim": 1280, "mlp_ratio": 4, "num_heads": 16, "in_chans": 3,
+                                 "hidden_size": 3584, "patch_size": 14, "spatial_merge_size": 2,
+                                 "temporal_patch_size": 2}}
 
 
 def test_an_unknown_model_type_with_an_image_encoder_is_refused_not_planned_without_it() -> None:
     # read as a generic decoder, Qwen2.5-VL-7B was planned at 7.6 billion parameters, its vision tower left out
+    # (before qwen2_5_vl had an adapter); Qwen2-VL's is as large and would be left out the same way
     with pytest.raises(UnsupportedArchitecture) as caught:
-        model_from_hf_config(QWEN2_5_VL_7B)
+        model_from_hf_config(QWEN2_VL_7B)
     assert caught.value.field == "model_type" and "vision_config" in str(caught.value)
     assert "image or audio encoder" in str(caught.value)
 

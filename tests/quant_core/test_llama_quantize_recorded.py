@@ -1,11 +1,13 @@
 """nibble's llama.cpp mixes against llama-quantize itself: recorded per-tensor types and tensor bytes.
 
 `data/llama_quantize/recorded.json` holds what llama-quantize (llama.cpp vendored by PyPI's
-llama-cpp-python 0.3.36, built here with cmake, CPU only) wrote for small random models of eleven
+llama-cpp-python 0.3.36, built here with cmake, CPU only) wrote for small random models of fifteen
 configurations (llama, qwen2 with widths 256 does not divide and tied embeddings, qwen3, gemma2,
 phi3, qwen3_moe with 4 experts, mixtral with 8, qwen2_moe with 4 experts and a gated shared expert, phimoe with
 4 experts, LayerNorm, attention and lm_head biases, llama4 with 4 experts, a shared expert and dense layers between,
-mistral3's language model as llama.cpp's mistral3 arch beside its Pixtral tower)
+Qwen2.5-VL's language model as llama.cpp's qwen2vl arch at 8 and 80 layers, Qwen3-VL's as qwen3vl, Qwen3-VL-MoE's
+as qwen3vlmoe with 4 fused experts, mistral3's language model as llama.cpp's mistral3 arch
+beside its Pixtral tower)
 in every file type nibble plans; `record.py` beside it wrote the inputs and ran the tool.  The tests compare with the
 recording, never run the tool.
 """
@@ -23,6 +25,7 @@ from quant_core.gguf_mix import ModelFacts, tensor_type
 from quant_core.hf_config import model_from_hf_config
 from quant_core.inventory import inventory
 from quant_core.schemes import gguf_scheme, scheme_bytes
+from quant_core.specs import ModelSpec
 
 DATA = Path(__file__).resolve().parent / "data" / "llama_quantize"
 RECORDED: list[dict[str, Any]] = json.loads((DATA / "recorded.json").read_text()) \
@@ -39,9 +42,15 @@ def test_the_recording_covers_every_file_type_and_every_model_of_the_recorder() 
     assert len(RECORDED) == 6 * len(MODELS)
 
 
+def _language_model(record: dict[str, Any]) -> ModelSpec:
+    """The recorded model without its vision tower: convert_hf_to_gguf.py writes a tower to an mmproj file apart."""
+    spec = model_from_hf_config(record["config"], name=record["model"])
+    return ModelSpec.from_dict({**spec.to_dict(), "vision": None})
+
+
 @pytest.mark.parametrize("record", RECORDED, ids=lambda r: f"{r['model']}-{r['file_type']}")
 def test_every_tensor_gets_the_type_llama_quantize_gave_it(record: dict[str, Any]) -> None:
-    spec = model_from_hf_config(record["config"], name=record["model"])
+    spec = _language_model(record)
     facts = ModelFacts.of(spec)
     predicted = {}
     for entry in inventory(spec):

@@ -35,7 +35,8 @@ FILE_TYPES = {"gguf-q4_0": "Q4_0", "gguf-q4_k_s": "Q4_K_S", "gguf-q4_k_m": "Q4_K
               "gguf-q6_k": "Q6_K", "gguf-q8_0": "Q8_0"}
 BASE = {"hidden_size": 256, "num_hidden_layers": 8, "num_attention_heads": 4, "num_key_value_heads": 2,
         "intermediate_size": 512, "vocab_size": 512, "max_position_embeddings": 4096}
-# (name, gguf architecture, config.json): six dense models and five MoE; qwen2-320 has widths that 256 does not divide
+_TINY_QWEN_VISION = {"depth": 2, "hidden_size": 64, "intermediate_size": 128, "num_heads": 4, "out_hidden_size": 256}
+# (name, gguf architecture, config.json): nine dense models and six MoE; qwen2-320 has widths that 256 does not divide
 MODELS: list[tuple[str, str, dict[str, object]]] = [
     ("llama", "llama", {**BASE, "model_type": "llama"}),
     ("qwen2-320", "qwen2", {**BASE, "model_type": "qwen2", "hidden_size": 320, "num_attention_heads": 5,
@@ -60,6 +61,25 @@ MODELS: list[tuple[str, str, dict[str, object]]] = [
                               "vision_config": {"model_type": "pixtral", "hidden_size": 64, "num_hidden_layers": 2,
                                                 "num_attention_heads": 4, "intermediate_size": 128,
                                                 "patch_size": 14}}),
+    # Qwen2.5-VL's language model (llama.cpp's qwen2vl arch; the vision tower goes to a separate mmproj file), and
+    # at 80 layers: qwen2vl's load_arch_hparams sets no model type, so no LLM_TYPE_70B as qwen2's 80 layers get
+    ("qwen2_5_vl", "qwen2vl", {**BASE, "model_type": "qwen2_5_vl", "vision_config": _TINY_QWEN_VISION}),
+    ("qwen2_5_vl-80", "qwen2vl", {**BASE, "model_type": "qwen2_5_vl", "num_hidden_layers": 80,
+                                  "vision_config": _TINY_QWEN_VISION}),
+    # Qwen3-VL's language model (llama.cpp's qwen3vl arch: Qwen3's tensors, named model.language_model.* in the
+    # checkpoint), its tower and deepstack mergers in the mmproj file
+    ("qwen3_vl", "qwen3vl", {"model_type": "qwen3_vl", "tie_word_embeddings": False,
+                             "text_config": {**BASE, "head_dim": 64, "tie_word_embeddings": False},
+                             "vision_config": {**_TINY_QWEN_VISION, "num_position_embeddings": 16,
+                                               "deepstack_visual_indexes": [0]}}),
+    # Qwen3-VL-MoE's language model (llama.cpp's qwen3vlmoe arch; the checkpoint's fused experts split by the
+    # converter into ffn_gate_exps and ffn_up_exps, as Llama 4's)
+    ("qwen3_vl_moe", "qwen3vlmoe", {"model_type": "qwen3_vl_moe", "tie_word_embeddings": False,
+                                    "text_config": {**BASE, "head_dim": 64, "tie_word_embeddings": False,
+                                                    "num_experts": 4, "num_experts_per_tok": 2,
+                                                    "moe_intermediate_size": 256},
+                                    "vision_config": {**_TINY_QWEN_VISION, "num_position_embeddings": 16,
+                                                      "deepstack_visual_indexes": [0]}}),
 ]
 _NAMES = {"input_layernorm": "attn_norm", "q_proj": "attn_q", "k_proj": "attn_k", "v_proj": "attn_v",
           "o_proj": "attn_output", "qkv_proj": "attn_qkv", "q_norm": "attn_q_norm", "k_norm": "attn_k_norm",
@@ -70,11 +90,12 @@ _NAMES = {"input_layernorm": "attn_norm", "q_proj": "attn_q", "k_proj": "attn_k"
 
 def gguf_names(spec: ModelSpec, entry: TensorEntry) -> list[tuple[str, tuple[int, ...]]]:
     """The GGUF tensors convert_hf_to_gguf.py writes for an inventory row, with one tensor's logical shape:
-    one, but for Llama 4's fused ``experts.gate_up_proj``, which it splits into ffn_gate_exps and ffn_up_exps, and
-    none for a vision tower's (its mmproj file is another GGUF, which llama-quantize does not quantize)."""
-    if entry.role == "vision":
+    one, but for Llama 4's and Qwen3-VL-MoE's fused ``experts.gate_up_proj``, which it splits into ffn_gate_exps and
+    ffn_up_exps, and none for a vision tower's (its mmproj file is another GGUF, which llama-quantize does not
+    quantize)."""
+    if entry.role == "vision":  # convert_hf_to_gguf.py --mmproj writes the vision tower into a file of its own
         return []
-    if spec.layout == "llama4" and entry.name.endswith("experts.gate_up_proj[{e}]"):
+    if entry.name.endswith("experts.gate_up_proj[{e}]"):  # Llama 4's and Qwen3-VL-MoE's fused experts
         half = (entry.shape[0] // 2, *entry.shape[1:])
         return [("blk.{i}.ffn_gate_exps.weight", half), ("blk.{i}.ffn_up_exps.weight", half)]
     return [(gguf_name(spec, entry), entry.shape)]
@@ -86,12 +107,13 @@ def gguf_name(spec: ModelSpec, entry: TensorEntry) -> str:
              "model.norm.weight": "output_norm.weight", "model.norm.bias": "output_norm.bias",
              "lm_head.bias": "output.bias"}
     name = entry.name.removeprefix("language_model.")  # Mistral 3's language model
+    name = name.replace("model.language_model.", "model.", 1)  # Qwen3-VL's language model
     if name in fixed:
         return fixed[name]
     if spec.layout == "llama4":  # feed_forward.router / .shared_expert.* (_shexp below) / .experts.down_proj[{e}]
         name = name.replace("feed_forward.router", "feed_forward.gate")
-        if name.endswith("]"):
-            name = name[: name.rindex("[")] + ".weight"
+    if name.endswith("]"):  # a fused expert tensor: Llama 4's, Qwen3-VL-MoE's
+        name = name[: name.rindex("[")] + ".weight"
     parts = name.split(".")
     module, kind = parts[-2], parts[-1]
     if module == "post_attention_layernorm":
@@ -114,7 +136,7 @@ def write_model(spec: ModelSpec, arch: str, path: Path) -> dict[str, TensorEntry
     writer.add_context_length(4096)
     writer.add_embedding_length(spec.hidden_size)
     writer.add_block_count(spec.num_layers)
-    writer.add_feed_forward_length(spec.moe_intermediate_size if spec.is_moe and arch == "qwen3moe"
+    writer.add_feed_forward_length(spec.moe_intermediate_size if spec.is_moe and arch in ("qwen3moe", "qwen3vlmoe")
                                    else spec.intermediate_size)
     if arch == "llama4":  # llama-model's llama4 load_hparams requires it
         step = spec.moe_layers[0] + 1
@@ -131,6 +153,8 @@ def write_model(spec: ModelSpec, arch: str, path: Path) -> dict[str, TensorEntry
         writer.add_expert_feed_forward_length(spec.moe_intermediate_size)
         if spec.shared_expert_intermediate_size:
             writer.add_expert_shared_feed_forward_length(spec.shared_expert_intermediate_size)
+    if arch in ("qwen2vl", "qwen3vl", "qwen3vlmoe"):  # their load_arch_hparams require the M-RoPE sections
+        writer.add_rope_dimension_sections([8, 12, 12, 0])
     if arch == "gemma2":
         writer.add_sliding_window(128)
         writer.add_attn_logit_softcapping(50.0)
