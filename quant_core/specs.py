@@ -66,6 +66,19 @@ class TensorEntry:
         return self.elements * self.count
 
 
+def _check_tower(tower: Any, limits: dict[str, tuple[int, int]], heads_key: str | None = None,
+                 square_images: bool = False) -> None:
+    """Check a vision tower's sizes against `limits` (each named ``vision_config.<field>``), that its heads divide its
+    width (refused naming `heads_key`, the config key they come from) and that its images are whole patches."""
+    for field, (low, high) in limits.items():
+        object.__setattr__(tower, field, check_int(f"vision_config.{field}", getattr(tower, field), low, high))
+    if square_images and tower.image_size % tower.patch_size:
+        raise InvalidSpec("vision_config.image_size", tower.image_size,
+                          f"is not a multiple of patch_size={tower.patch_size}")
+    if heads_key is not None and tower.hidden_size % tower.num_attention_heads:
+        raise InvalidSpec(heads_key, tower.num_attention_heads, f"does not divide hidden_size={tower.hidden_size}")
+
+
 @dataclass(frozen=True, slots=True)
 class VisionTower:
     """A multimodal model's SigLIP image encoder and the projector into the language model (Gemma 3's
@@ -82,11 +95,7 @@ class VisionTower:
     num_channels: int = 3
 
     def __post_init__(self) -> None:
-        for field, (low, high) in _VISION_LIMITS.items():
-            object.__setattr__(self, field, check_int(f"vision_config.{field}", getattr(self, field), low, high))
-        if self.image_size % self.patch_size:
-            raise InvalidSpec("vision_config.image_size", self.image_size,
-                              f"is not a multiple of patch_size={self.patch_size}")
+        _check_tower(self, _VISION_LIMITS, square_images=True)
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,14 +121,7 @@ class Llama4VisionTower:
     num_channels: int = 3
 
     def __post_init__(self) -> None:
-        for field, (low, high) in _LLAMA4_VISION_LIMITS.items():
-            object.__setattr__(self, field, check_int(f"vision_config.{field}", getattr(self, field), low, high))
-        if self.image_size % self.patch_size:
-            raise InvalidSpec("vision_config.image_size", self.image_size,
-                              f"is not a multiple of patch_size={self.patch_size}")
-        if self.hidden_size % self.num_attention_heads:
-            raise InvalidSpec("vision_config.num_attention_heads", self.num_attention_heads,
-                              f"does not divide hidden_size={self.hidden_size}")
+        _check_tower(self, _LLAMA4_VISION_LIMITS, "vision_config.num_attention_heads", square_images=True)
 
 
 @dataclass(frozen=True, slots=True)
@@ -145,15 +147,9 @@ class PixtralVisionTower:
     num_channels: int = 3
 
     def __post_init__(self) -> None:
-        for field, (low, high) in _PIXTRAL_VISION_LIMITS.items():
-            object.__setattr__(self, field, check_int(f"vision_config.{field}", getattr(self, field), low, high))
         if not isinstance(self.projector_bias, bool):
             raise InvalidSpec("multimodal_projector_bias", self.projector_bias, "must be true or false")
-        if self.hidden_size % self.num_attention_heads:  # vLLM's PixtralHFAttention asserts it
-            raise InvalidSpec("vision_config.num_attention_heads", self.num_attention_heads,
-                              f"does not divide hidden_size={self.hidden_size}")
-
-
+        _check_tower(self, _PIXTRAL_VISION_LIMITS, "vision_config.num_attention_heads")  # PixtralHFAttention asserts it
 
 
 @dataclass(frozen=True, slots=True)
@@ -178,11 +174,7 @@ class QwenVisionTower:
     num_channels: int = 3
 
     def __post_init__(self) -> None:
-        for field, (low, high) in _QWEN_VISION_LIMITS.items():
-            object.__setattr__(self, field, check_int(f"vision_config.{field}", getattr(self, field), low, high))
-        if self.hidden_size % self.num_attention_heads:
-            raise InvalidSpec("vision_config.num_heads", self.num_attention_heads,
-                              f"does not divide hidden_size={self.hidden_size}")
+        _check_tower(self, _QWEN_VISION_LIMITS, "vision_config.num_heads")
 
 
 @dataclass(frozen=True, slots=True)
@@ -209,11 +201,7 @@ class Qwen3VisionTower:
     num_channels: int = 3
 
     def __post_init__(self) -> None:
-        for field, (low, high) in _QWEN3_VISION_LIMITS.items():
-            object.__setattr__(self, field, check_int(f"vision_config.{field}", getattr(self, field), low, high))
-        if self.hidden_size % self.num_attention_heads:
-            raise InvalidSpec("vision_config.num_heads", self.num_attention_heads,
-                              f"does not divide hidden_size={self.hidden_size}")
+        _check_tower(self, _QWEN3_VISION_LIMITS, "vision_config.num_heads")
 
 
 #: the vision towers a `ModelSpec` may carry

@@ -1,9 +1,14 @@
-"""Parameters of the models transformers builds, counted by nibble's roles: the independent count the family
-tests compare nibble's inventory with (the model is built on the meta device: no memory)."""
+"""What the model-family tests share: the parameters of the models transformers builds, counted by nibble's roles
+(the independent count they compare the inventory with; built on the meta device, no memory), and a checkpoint
+job's plan and output."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
+
+from quant_core.checkpoint import Checkpoint, CheckpointOptions, TensorPlan, open_checkpoint, plan_checkpoint
+from quant_core.tensorio.safetensors_io import read_safetensors
 
 
 def parameters_by_role(model: Any, vision_prefixes: tuple[str, ...]) -> dict[str, int]:
@@ -30,3 +35,20 @@ def parameters_by_role(model: Any, vision_prefixes: tuple[str, ...]) -> dict[str
             role = "mlp"
         by_role[role] = by_role.get(role, 0) + parameter.numel()
     return by_role
+
+
+def planned_job(source: Path, output: str) -> tuple[Checkpoint, CheckpointOptions, list[TensorPlan], dict[str, str]]:
+    """A checkpoint job's plan for `source` at group size 32 into `output`, with each tensor's pass-through reason
+    ("" for a tensor it quantizes)."""
+    checkpoint = open_checkpoint(source)
+    options = CheckpointOptions(output=output, group_size=32)  # type: ignore[arg-type]
+    plans = plan_checkpoint(checkpoint, options)
+    return checkpoint, options, plans, {plan.tensor.name: plan.reason or "" for plan in plans}
+
+
+def output_tensors(folder: Path) -> dict[str, Any]:
+    """Every tensor of the safetensors shards a job wrote to `folder`."""
+    stored: dict[str, Any] = {}
+    for shard in sorted(folder.glob("*.safetensors")):
+        stored.update(read_safetensors(shard))
+    return stored

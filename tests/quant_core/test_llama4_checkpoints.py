@@ -15,6 +15,7 @@ from quant_core.hf_config import model_from_hf_config
 from quant_core.inventory import parameter_count
 from quant_core.tensorio import read_safetensors
 from quant_core.tensorio.checkpoint_headers import HeaderTensor, read_checkpoint_headers
+from tests.quant_core.meta_models import output_tensors, planned_job
 from tests.quant_core.tensorio.gptq_loader_rules import vllm_quantizes_experts
 
 # Maverick's layout at a tiny size: MoE on the odd layers (interleave_moe_layer_step 2), dense between, a vision
@@ -93,10 +94,7 @@ def test_a_llama4_job_quantizes_what_vllm_quantizes_and_marks_the_fused_experts_
     # quant_config None, and its llama4.py Llama4MoE's router with quant_config=None: all three stay as stored.
     # The routed experts are fused [E, hidden, 2 x width] / [E, width, hidden] tensors nibble does not quantize:
     # kept as stored, their FusedMoE module ("...feed_forward.experts") named unquantized for vLLM
-    checkpoint = open_checkpoint(tiny_checkpoint)
-    options = CheckpointOptions(output=output, group_size=32)  # type: ignore[arg-type]
-    plans = plan_checkpoint(checkpoint, options)
-    reasons = {plan.tensor.name: plan.reason or "" for plan in plans}
+    checkpoint, options, plans, reasons = planned_job(tiny_checkpoint, output)
     experts = [f"language_model.model.layers.{layer}.feed_forward.experts" for layer in (1, 3)]
     for module in experts:
         assert reasons[f"{module}.gate_up_proj"].startswith("routed experts fused as one [experts, in, out] tensor")
@@ -120,9 +118,7 @@ def test_a_llama4_job_quantizes_what_vllm_quantizes_and_marks_the_fused_experts_
     else:  # awq_marlin.py: is_layer_skipped(prefix, modules_to_not_convert)
         assert set(experts) <= set(config["modules_to_not_convert"])
         assert "vision_model.model.layers.0.mlp.fc1" in config["modules_to_not_convert"]
-    stored: dict[str, Any] = {}
-    for shard in sorted((tmp_path / "out").glob("*.safetensors")):
-        stored.update(read_safetensors(shard))
+    stored = output_tensors(tmp_path / "out")
     source = read_safetensors(tiny_checkpoint / "model.safetensors")
     for module in experts:  # byte for byte as the checkpoint held them, vLLM's fused loading path reads them
         assert stored[f"{module}.gate_up_proj"].tobytes() == source[f"{module}.gate_up_proj"].tobytes()

@@ -17,6 +17,7 @@ from quant_core.inventory import parameter_count
 from quant_core.planner import Hardware, PlanOptions, Workload, plan
 from quant_core.tensorio import read_safetensors, write_safetensors
 from quant_core.tensorio.checkpoint_headers import HeaderTensor, read_checkpoint_headers
+from tests.quant_core.meta_models import output_tensors, planned_job
 from tests.quant_core.tensorio.gptq_loader_rules import vllm_quantizes
 
 # Mistral Small 3's layout at a tiny size: a vision tower of more layers (5) than the language model (3)
@@ -116,10 +117,7 @@ def test_a_mistral3_job_quantizes_the_language_model_and_passes_the_pixtral_towe
     # passed-through modules must read as unquantized (compressed-tensors: no config group targets them; AWQ
     # modules_to_not_convert; GPTQ dynamic), as llm-compressor's Mistral 3 checkpoints ignore re:vision_tower.* and
     # re:multi_modal_projector.*
-    checkpoint = open_checkpoint(tiny_checkpoint)
-    options = CheckpointOptions(output=output, group_size=32)  # type: ignore[arg-type]
-    plans = plan_checkpoint(checkpoint, options)
-    reasons = {plan.tensor.name: plan.reason or "" for plan in plans}
+    checkpoint, options, plans, reasons = planned_job(tiny_checkpoint, output)
     tower = {name: reason for name, reason in reasons.items() if name.startswith(TOWER_PREFIXES)}
     assert all(tower.values())  # every tensor of the tower passes through; its linear layers for this reason
     linear = [name for name in tower if name.endswith("_proj.weight") or ".linear_" in name]
@@ -144,9 +142,7 @@ def test_a_mistral3_job_quantizes_the_language_model_and_passes_the_pixtral_towe
         assert vllm_quantizes(config, "language_model.model.layers.2.self_attn.qkv_proj")
     else:  # awq_marlin.py: is_layer_skipped(prefix, modules_to_not_convert)
         assert set(tower_modules) <= set(config["modules_to_not_convert"])
-    stored: dict[str, Any] = {}
-    for shard in sorted((tmp_path / "out").glob("*.safetensors")):
-        stored.update(read_safetensors(shard))
+    stored = output_tensors(tmp_path / "out")
     source = read_safetensors(tiny_checkpoint / "model.safetensors")
     for name in ("vision_tower.patch_conv.weight", "vision_tower.transformer.layers.1.attention.v_proj.weight",
                  "multi_modal_projector.linear_2.weight"):

@@ -10,6 +10,7 @@ from quant_core.formats import float_format, int4
 from quant_core.hf_config import model_from_sizes
 from quant_core.kv_cache import kv_bytes_per_token, kv_cache_bytes
 from quant_core.planner import Hardware, PlanOptions, Workload, engine_tensor_parallel_sizes, plan
+from quant_core.specs import ModelSpec
 
 GIB = 1 << 30
 H100 = get_device("h100-80gb").memory_bytes
@@ -283,6 +284,15 @@ def test_when_no_tensor_parallel_degree_fits_the_warning_points_to_pipeline_stag
     assert staged.fits
 
 
+def _h100_weights(spec: ModelSpec, tp: int = 1, pp: int = 1, fmt: str = "int4") -> list[int]:
+    """Each H100's weight bytes in a plan of `spec` at `tp` x `pp`, its policy's tensors at INT4 g128 or `fmt`."""
+    h100 = get_device("h100-80gb")
+    options = PlanOptions(weight_format=int4(128) if fmt == "int4" else float_format(fmt),
+                          tensor_parallel=tp, pipeline_parallel=pp)
+    result = plan(spec, Hardware(h100.planning_bytes, tp * pp, h100.id), Workload(4096, 1), options)
+    return [device.weights_bytes for device in result.primary.devices]
+
+
 def test_more_tensor_parallel_ranks_than_kv_heads_says_the_kv_cache_is_replicated() -> None:
     spec = get_preset("qwen3-235b-a22b")  # 4 key/value heads (Qwen3-235B-A22B config.json)
     assert spec.num_kv_heads == 4
@@ -302,24 +312,18 @@ def test_a_vision_tower_stays_16_bit_in_int4_is_sharded_as_vllm_shards_it_and_si
 
     with_tower = model_from_hf_config(GEMMA_3_27B_IT)
     text_only = model_from_hf_config({**GEMMA_3_27B_IT, "vision_config": None})
-    h100 = get_device("h100-80gb")
-
-    def weights(spec: object, tp: int = 1, pp: int = 1, fmt: str = "int4") -> list[int]:
-        options = PlanOptions(weight_format=int4(128) if fmt == "int4" else float_format(fmt),
-                              tensor_parallel=tp, pipeline_parallel=pp)
-        result = plan(spec, Hardware(h100.planning_bytes, tp * pp, h100.id), Workload(4096, 1), options)  # type: ignore[arg-type]
-        return [device.weights_bytes for device in result.primary.devices]
 
     tower = 423_060_336 * 2  # bf16, whether the language model is int4 or not
-    assert weights(with_tower)[0] - weights(text_only)[0] == tower
-    assert weights(with_tower, fmt="bf16")[0] - weights(text_only, fmt="bf16")[0] == tower
+    assert _h100_weights(with_tower)[0] - _h100_weights(text_only)[0] == tower
+    assert _h100_weights(with_tower, fmt="bf16")[0] - _h100_weights(text_only, fmt="bf16")[0] == tower
     # TP 2: q/k/v/out_proj, fc1, fc2 and the positions split; the patch convolution, norms, out_proj and fc2
     # biases and the projector (7,061,760 parameters) whole on both ranks
     replicated = 1152 * 3 * 14 * 14 + 1152 + 27 * (4 * 1152 + 2 * 1152) + 2 * 1152 + 1152 * 5376 + 1152
     assert replicated == 7_061_760
-    assert [w - t for w, t in zip(weights(with_tower, tp=2), weights(text_only, tp=2), strict=True)] == \
+    assert [w - t for w, t in zip(_h100_weights(with_tower, tp=2), _h100_weights(text_only, tp=2), strict=True)] == \
         [2 * replicated + (tower - 2 * replicated) // 2] * 2
-    assert [w - t for w, t in zip(weights(with_tower, pp=2), weights(text_only, pp=2), strict=True)] == [tower] * 2
+    assert [w - t for w, t in zip(_h100_weights(with_tower, pp=2), _h100_weights(text_only, pp=2), strict=True)] == \
+        [tower] * 2
 
 
 def test_a_gguf_plan_keeps_the_vision_tower_as_llama_cpps_mmproj_file_stores_it() -> None:
@@ -366,28 +370,22 @@ def test_llama4_scout_plans_its_weights_and_full_length_kv_on_h100s() -> None:
 
 
 def test_llama4s_vision_tower_stays_16_bit_in_int4_and_is_sharded_as_mllama4_shards_it() -> None:
-    h100 = get_device("h100-80gb")
-
-    def weights(spec: object, tp: int = 1, pp: int = 1, fmt: str = "int4") -> list[int]:
-        options = PlanOptions(weight_format=int4(128) if fmt == "int4" else float_format(fmt),
-                              tensor_parallel=tp, pipeline_parallel=pp)
-        result = plan(spec, Hardware(h100.planning_bytes, tp * pp, h100.id), Workload(4096, 1), options)  # type: ignore[arg-type]
-        return [device.weights_bytes for device in result.primary.devices]
 
     with_tower = _llama4("llama-4-scout-17b-16e-instruct")
     from dataclasses import replace
 
     text_only = replace(with_tower, vision=None)  # type: ignore[type-var]
     tower = 871_932_416 * 2
-    assert weights(with_tower)[0] - weights(text_only)[0] == tower
+    assert _h100_weights(with_tower)[0] - _h100_weights(text_only)[0] == tower
     # TP 2 (mllama4.py): class and position embeddings, the pre/post norms, each layer's two LayerNorms and its
     # o_proj and fc2 biases whole; q/k/v (weights and biases), o_proj, fc1 (and its bias), fc2, the patch
     # embedding, the adapter's fc1/fc2 and the projector split
     replicated = 1408 + 577 * 1408 + 4 * 1408 + 34 * (4 * 1408 + 2 * 1408)
     assert replicated == 1_106_688
-    assert [w - t for w, t in zip(weights(with_tower, tp=2), weights(text_only, tp=2), strict=True)] == \
+    assert [w - t for w, t in zip(_h100_weights(with_tower, tp=2), _h100_weights(text_only, tp=2), strict=True)] == \
         [2 * replicated + (tower - 2 * replicated) // 2] * 2
-    assert [w - t for w, t in zip(weights(with_tower, pp=2), weights(text_only, pp=2), strict=True)] == [tower] * 2
+    assert [w - t for w, t in zip(_h100_weights(with_tower, pp=2), _h100_weights(text_only, pp=2), strict=True)] == \
+        [tower] * 2
 
 
 def test_maverick_at_int4_quantizes_experts_shared_expert_and_dense_layers_and_keeps_the_router() -> None:

@@ -28,6 +28,7 @@ from quant_core.planner import Hardware, PlanOptions, Workload, engine_tensor_pa
 from quant_core.specs import ModelSpec, QwenVisionTower
 from quant_core.tensorio import read_safetensors
 from quant_core.tensorio.checkpoint_headers import HeaderTensor, read_checkpoint_headers
+from tests.quant_core.meta_models import output_tensors, planned_job
 from tests.quant_core.tensorio.gptq_loader_rules import vllm_quantizes
 
 DATA = Path(__file__).parent / "data" / "qwen2_5_vl"
@@ -259,10 +260,7 @@ def test_a_job_quantizes_the_language_model_and_passes_the_vision_tower_through(
         tmp_path: Path, tiny_checkpoint: Path, output: str) -> None:
     # Qwen's AWQ releases keep the tower as stored (modules_to_not_convert ["visual"]); qwen2_5_vl.py builds it with
     # the checkpoint's quant_config, so the output's config must name its modules unquantized for vLLM
-    checkpoint = open_checkpoint(tiny_checkpoint)
-    options = CheckpointOptions(output=output, group_size=32)  # type: ignore[arg-type]
-    plans = plan_checkpoint(checkpoint, options)
-    reasons = {plan.tensor.name: plan.reason or "" for plan in plans}
+    checkpoint, options, plans, reasons = planned_job(tiny_checkpoint, output)
     assert reasons["visual.blocks.0.attn.qkv.weight"].startswith("Qwen2.5-VL's vision tower and merger")
     assert reasons["visual.merger.mlp.0.weight"].startswith("Qwen2.5-VL's vision tower and merger")
     quantized = sorted(name for name, reason in reasons.items() if not reason)
@@ -279,9 +277,7 @@ def test_a_job_quantizes_the_language_model_and_passes_the_vision_tower_through(
         assert vllm_quantizes(config, "model.layers.0.self_attn.q_proj")
     else:
         assert set(tower) <= set(config["modules_to_not_convert"])
-    stored: dict[str, Any] = {}
-    for shard in sorted((tmp_path / "out").glob("*.safetensors")):
-        stored.update(read_safetensors(shard))
+    stored = output_tensors(tmp_path / "out")
     source = read_safetensors(tiny_checkpoint / "model.safetensors")
     for name in ("visual.blocks.1.mlp.down_proj.weight", "visual.patch_embed.proj.weight"):
         assert stored[name].tobytes() == source[name].tobytes()

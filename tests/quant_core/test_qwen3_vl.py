@@ -25,6 +25,7 @@ from quant_core.planner import Hardware, PlanOptions, Workload, engine_tensor_pa
 from quant_core.specs import ModelSpec, Qwen3VisionTower
 from quant_core.tensorio import read_safetensors
 from quant_core.tensorio.checkpoint_headers import read_checkpoint_headers
+from tests.quant_core.meta_models import output_tensors, planned_job
 
 DATA = Path(__file__).parent / "data" / "qwen3_vl"
 
@@ -188,10 +189,7 @@ def test_a_checkpoint_written_by_transformers_is_every_tensor_of_nibbles_invento
 @pytest.mark.parametrize("output", ["compressed-tensors", "awq"])
 def test_a_job_quantizes_the_language_model_and_passes_the_vision_tower_through(
         tmp_path: Path, tiny_checkpoint: Path, output: str) -> None:
-    checkpoint = open_checkpoint(tiny_checkpoint)
-    options = CheckpointOptions(output=output, group_size=32)  # type: ignore[arg-type]
-    plans = plan_checkpoint(checkpoint, options)
-    reasons = {plan.tensor.name: plan.reason or "" for plan in plans}
+    checkpoint, options, plans, reasons = planned_job(tiny_checkpoint, output)
     assert reasons["model.visual.blocks.0.attn.qkv.weight"].startswith("Qwen3-VL's vision tower and mergers")
     assert reasons["model.visual.deepstack_merger_list.1.linear_fc1.weight"].startswith("Qwen3-VL's vision tower")
     quantized = sorted(name for name, reason in reasons.items() if not reason)
@@ -201,9 +199,7 @@ def test_a_job_quantizes_the_language_model_and_passes_the_vision_tower_through(
     listed = config["ignore"] if output == "compressed-tensors" else config["modules_to_not_convert"]
     assert {"model.visual.blocks.2.attn.qkv", "model.visual.merger.linear_fc2",
             "model.visual.deepstack_merger_list.0.linear_fc1"} <= set(listed)
-    stored: dict[str, Any] = {}
-    for shard in sorted((tmp_path / "out").glob("*.safetensors")):
-        stored.update(read_safetensors(shard))
+    stored = output_tensors(tmp_path / "out")
     source = read_safetensors(tiny_checkpoint / "model.safetensors")
     assert stored["model.visual.pos_embed.weight"].tobytes() == source["model.visual.pos_embed.weight"].tobytes()
 
@@ -304,10 +300,7 @@ def test_a_moe_checkpoint_written_by_transformers_is_planned_from_its_headers(ti
 @pytest.mark.parametrize("output", ["compressed-tensors", "awq"])
 def test_a_moe_job_passes_the_fused_experts_router_and_tower_through(
         tmp_path: Path, tiny_moe_checkpoint: Path, output: str) -> None:
-    checkpoint = open_checkpoint(tiny_moe_checkpoint)
-    options = CheckpointOptions(output=output, group_size=32)  # type: ignore[arg-type]
-    plans = plan_checkpoint(checkpoint, options)
-    reasons = {plan.tensor.name: plan.reason or "" for plan in plans}
+    checkpoint, options, plans, reasons = planned_job(tiny_moe_checkpoint, output)
     experts = [f"model.language_model.layers.{layer}.mlp.experts" for layer in (0, 1)]
     assert reasons[f"{experts[0]}.gate_up_proj"].startswith("routed experts fused as one [experts, in, out] tensor")
     assert reasons["model.language_model.layers.0.mlp.gate.weight"].startswith("name matches the exclude pattern")
