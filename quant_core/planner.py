@@ -1068,12 +1068,6 @@ def _warnings(spec: ModelSpec, hardware: Hardware, workload: Workload, options: 
         out.append(f"{family}'s vision tower is counted in the weights at 16 bits, but the activations of vLLM's "
                    "profiling run over a batch of dummy images through it are not modelled: the engine reserves that "
                    "peak too, so leave headroom for it.")
-        if isinstance(spec.vision, Qwen3VisionTower) and spec.vision.deepstack_mergers:
-            # vLLM's qwen3_vl.py __init__: self.deepstack_input_embeds = [torch.zeros(max_num_batched_tokens,
-            # text hidden_size) for each deepstack level], on the device at the model's dtype
-            out.append(f"vLLM also keeps {spec.vision.deepstack_mergers} deepstack input buffers of "
-                       f"max_num_batched_tokens x {spec.hidden_size} elements each for Qwen3-VL (qwen3_vl.py), "
-                       "which the plan does not count.")
     if spec.layout == "llama4":
         out.append("Llama 4's chunked local attention layers (its RoPE layers, attention_chunk_size tokens each) are "
                    "planned as full attention: vLLM allocates them the whole context while its hybrid KV cache "

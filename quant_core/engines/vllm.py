@@ -144,6 +144,15 @@ ROUTERS_AT_FP32: dict[str, str] = {
 }
 
 
+def _deepstack_buffer_bytes(spec: ModelSpec, tokens: int) -> int:
+    """The deepstack input buffers vLLM's qwen3_vl.py allocates when it builds a Qwen3-VL model: one
+    ``torch.zeros(max_num_batched_tokens, text hidden_size)`` at the model's dtype per deepstack level (held on every
+    pipeline stage here, the safe side: releases that build the tower on the first stage only hold them there)."""
+    if not isinstance(spec.vision, Qwen3VisionTower):
+        return 0
+    return spec.vision.deepstack_mergers * tokens * spec.hidden_size * ACTIVATION_ELEMENT_BYTES
+
+
 def _forward_bytes_per_token(spec: ModelSpec, tensor_parallel: int) -> int:
     """Peak live activation bytes per batched token on one rank during one decoder layer.
 
@@ -244,7 +253,12 @@ class VllmProfile:
                  f"{spec.vocab_size} vocabulary at {per_logit:g} bytes per logit beside the batch's hidden states"
                  f"{held} ({sampler / GIB:.2f} GiB)); independent of the workload's context "
                  "(gpu_model_runner.profile_run)")
-        return Term(max(forward, sampler), basis)
+        deepstack = _deepstack_buffer_bytes(spec, tokens)
+        if deepstack:
+            basis += (f"; plus Qwen3-VL's deepstack input buffers, one of max_num_batched_tokens x hidden_size at "
+                      f"2 bytes per deepstack level ({deepstack / GIB:.2f} GiB), "
+                      "allocated when the model is built (qwen3_vl.py, deepstack_input_embeds)")
+        return Term(max(forward, sampler) + deepstack, basis)
 
     def non_torch(self, stage: Stage) -> Term:
         """Memory outside PyTorch's allocator that grows during loading and profiling

@@ -140,8 +140,6 @@ def test_the_tower_stays_16_bit_is_split_as_qwen3_vl_py_splits_it_and_sits_on_ev
     warnings = plan(with_tower, Hardware(80 << 30, 1), Workload(4096, 1), PlanOptions()).warnings
     assert any(warning.startswith("Qwen3-VL's vision tower is counted in the weights at 16 bits")
                for warning in warnings)
-    assert "vLLM also keeps 3 deepstack input buffers of max_num_batched_tokens x 2048 elements each for Qwen3-VL " \
-        "(qwen3_vl.py), which the plan does not count." in warnings
 
 
 TINY_QWEN3_VL: dict[str, Any] = {
@@ -311,3 +309,24 @@ def test_a_moe_job_passes_the_fused_experts_router_and_tower_through(
     config = json.loads((tmp_path / "out" / "config.json").read_text())["quantization_config"]
     listed = config["ignore"] if output == "compressed-tensors" else config["modules_to_not_convert"]
     assert set(experts) <= set(listed) and "model.visual.merger.linear_fc1" in listed
+
+
+def test_vllms_deepstack_input_buffers_are_counted_on_every_device() -> None:
+    # vllm/model_executor/models/qwen3_vl.py, Qwen3VLForConditionalGeneration.__init__: one
+    # torch.zeros(max_num_batched_tokens, text_config.hidden_size) per deepstack_visual_indexes entry, at the
+    # model's dtype: 3 x 8,192 x 2,048 x 2 bytes = 100,663,296 for the 2B on an H100 (8,192 batched tokens)
+    with_tower = model_from_hf_config(_config("2b"))
+    no_deepstack = ModelSpec.from_dict({**with_tower.to_dict(),
+                                        "vision": {**dataclasses.asdict(with_tower.vision), "deepstack_mergers": 0}})
+    h100 = Hardware(80 << 30, 2)  # two devices: tensor parallel 2, or two pipeline stages
+
+    def activations(spec: ModelSpec, pp: int = 1) -> list[int]:
+        result = plan(spec, h100, Workload(4096, 1), PlanOptions(pipeline_parallel=pp))
+        return [device.activation_bytes for device in result.primary.devices]
+
+    buffers = 3 * 8192 * 2048 * 2
+    assert [a - b for a, b in zip(activations(with_tower), activations(no_deepstack), strict=True)] == [buffers] * 2
+    assert [a - b for a, b in zip(activations(with_tower, pp=2), activations(no_deepstack, pp=2), strict=True)] == \
+        [buffers] * 2
+    result = plan(with_tower, Hardware(80 << 30, 1), Workload(4096, 1), PlanOptions())
+    assert "deepstack input buffers" in result.activation.basis
