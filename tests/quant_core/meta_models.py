@@ -1,13 +1,18 @@
 """What the model-family tests share: the parameters of the models transformers builds, counted by nibble's roles
-(the independent count they compare the inventory with; built on the meta device, no memory), and a checkpoint
-job's plan and output."""
+(the independent count they compare the inventory with; built on the meta device, no memory), tiny checkpoints
+saved by transformers, the vision tower's place in a pipeline plan, and a checkpoint job's plan and output."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from quant_core.checkpoint import Checkpoint, CheckpointOptions, TensorPlan, open_checkpoint, plan_checkpoint
+from quant_core.checkpoint_rows import checkpoint_scheme
+from quant_core.planner import Hardware, PlanOptions, Workload, plan
+from quant_core.specs import ModelSpec
+from quant_core.tensorio.checkpoint_headers import HeaderTensor
 from quant_core.tensorio.safetensors_io import read_safetensors
 
 
@@ -52,3 +57,32 @@ def output_tensors(folder: Path) -> dict[str, Any]:
     for shard in sorted(folder.glob("*.safetensors")):
         stored.update(read_safetensors(shard))
     return stored
+
+
+def saved_by_transformers(folder: Path, config_class: str, model_class: str, config: Mapping[str, Any],
+                          **overrides: Any) -> Path:
+    """A random model of transformers' `model_class` for `config` (its own ``model_type`` and ``architectures``
+    left to the class), saved to `folder` as transformers writes checkpoints: the names and shapes engines load."""
+    import torch
+    import transformers
+
+    torch.manual_seed(0)
+    keys = {key: value for key, value in config.items() if key not in ("architectures", "model_type")}
+    model = getattr(transformers, model_class)(getattr(transformers, config_class)(**keys, **overrides))
+    model.save_pretrained(folder)
+    return folder
+
+
+def tower_bytes_by_stage(spec: ModelSpec, headers: list[HeaderTensor],
+                         prefixes: tuple[str, ...]) -> tuple[int, list[int]]:
+    """The vision tower's bytes among a checkpoint's `headers` (the tensors under `prefixes`), and what it adds to
+    each stage's weights in a two-stage pipeline plan from those headers."""
+    text = [tensor for tensor in headers if not tensor.name.startswith(prefixes)]
+
+    def stage_weights(tensors: list[HeaderTensor]) -> list[int]:
+        scheme, _ = checkpoint_scheme(spec, tensors, mtp_layers=0)
+        result = plan(spec, Hardware(80 << 30, 2), Workload(1024, 1), PlanOptions(scheme=scheme, pipeline_parallel=2))
+        return [device.weights_bytes for device in result.primary.devices]
+
+    added = [w - t for w, t in zip(stage_weights(headers), stage_weights(text), strict=True)]
+    return sum(tensor.bytes for tensor in headers) - sum(tensor.bytes for tensor in text), added

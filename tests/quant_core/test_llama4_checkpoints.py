@@ -15,7 +15,7 @@ from quant_core.hf_config import model_from_hf_config
 from quant_core.inventory import parameter_count
 from quant_core.tensorio import read_safetensors
 from quant_core.tensorio.checkpoint_headers import HeaderTensor, read_checkpoint_headers
-from tests.quant_core.meta_models import output_tensors, planned_job
+from tests.quant_core.meta_models import output_tensors, planned_job, saved_by_transformers, tower_bytes_by_stage
 from tests.quant_core.tensorio.gptq_loader_rules import vllm_quantizes_experts
 
 # Maverick's layout at a tiny size: MoE on the odd layers (interleave_moe_layer_step 2), dense between, a vision
@@ -34,13 +34,8 @@ TINY_LLAMA4: dict[str, Any] = {
 
 @pytest.fixture(scope="module")
 def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    torch = pytest.importorskip("torch")
-    transformers = pytest.importorskip("transformers")
-    folder = tmp_path_factory.mktemp("tiny-llama4")
-    torch.manual_seed(0)
-    config = transformers.Llama4Config(**{key: value for key, value in TINY_LLAMA4.items() if key != "model_type"})
-    transformers.Llama4ForConditionalGeneration(config).save_pretrained(folder)
-    return folder
+    return saved_by_transformers(tmp_path_factory.mktemp("tiny-llama4"), "Llama4Config",
+                                 "Llama4ForConditionalGeneration", TINY_LLAMA4)
 
 
 def test_a_llama4_checkpoint_written_by_transformers_is_every_tensor_of_nibbles_inventory(
@@ -138,17 +133,9 @@ def test_a_llama4_job_refuses_a_gguf_output_it_cannot_write_for_llama_cpp(tiny_c
 def test_a_llama4_checkpoints_vision_tower_sits_on_every_pipeline_stage(tiny_checkpoint: Path) -> None:
     # vLLM's mllama4.py builds the vision tower and projector with no pipeline-rank test: every stage holds them,
     # and the tower's 6 layers are no decoder layers (they would have put its layers 0-1 on stage 0 only)
-    from quant_core.planner import Hardware, PlanOptions, Workload, plan
 
     spec = model_from_hf_config(TINY_LLAMA4)
     headers = read_checkpoint_headers(tiny_checkpoint)
-    text = [tensor for tensor in headers if not tensor.name.startswith(("vision_model.", "multi_modal_projector."))]
-    tower = sum(tensor.bytes for tensor in headers) - sum(tensor.bytes for tensor in text)
+    tower, added = tower_bytes_by_stage(spec, headers, ("vision_model.", "multi_modal_projector."))
     assert tower == 4 * parameter_count(spec).by_role["vision"]
-
-    def stage_weights(tensors: list[HeaderTensor]) -> list[int]:
-        scheme, _ = checkpoint_scheme(spec, tensors, mtp_layers=0)
-        result = plan(spec, Hardware(80 << 30, 2), Workload(1024, 1), PlanOptions(scheme=scheme, pipeline_parallel=2))
-        return [device.weights_bytes for device in result.primary.devices]
-
-    assert [w - t for w, t in zip(stage_weights(headers), stage_weights(text), strict=True)] == [tower, tower]
+    assert added == [tower, tower]

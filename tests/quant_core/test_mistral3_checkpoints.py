@@ -14,10 +14,9 @@ from quant_core.checkpoint_rows import checkpoint_scheme
 from quant_core.errors import InvalidSpec
 from quant_core.hf_config import model_from_hf_config
 from quant_core.inventory import parameter_count
-from quant_core.planner import Hardware, PlanOptions, Workload, plan
 from quant_core.tensorio import read_safetensors, write_safetensors
 from quant_core.tensorio.checkpoint_headers import HeaderTensor, read_checkpoint_headers
-from tests.quant_core.meta_models import output_tensors, planned_job
+from tests.quant_core.meta_models import output_tensors, planned_job, saved_by_transformers, tower_bytes_by_stage
 from tests.quant_core.tensorio.gptq_loader_rules import vllm_quantizes
 
 # Mistral Small 3's layout at a tiny size: a vision tower of more layers (5) than the language model (3)
@@ -35,15 +34,9 @@ TOWER_PREFIXES = ("vision_tower.", "multi_modal_projector.")
 
 @pytest.fixture(scope="module")
 def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    torch = pytest.importorskip("torch")
-    transformers = pytest.importorskip("transformers")
-    folder = tmp_path_factory.mktemp("tiny-mistral3")
-    torch.manual_seed(0)
     # untied as the published checkpoints are (transformers 5's Mistral3Config would tie by its top-level default)
-    config = transformers.Mistral3Config(**{key: value for key, value in TINY_MISTRAL3.items() if key != "model_type"},
-                                         tie_word_embeddings=False)
-    transformers.Mistral3ForConditionalGeneration(config).save_pretrained(folder)
-    return folder
+    return saved_by_transformers(tmp_path_factory.mktemp("tiny-mistral3"), "Mistral3Config",
+                                 "Mistral3ForConditionalGeneration", TINY_MISTRAL3, tie_word_embeddings=False)
 
 
 def test_a_mistral3_checkpoint_written_by_transformers_is_every_tensor_of_nibbles_inventory(
@@ -98,16 +91,9 @@ def test_a_mistral3_checkpoints_vision_tower_sits_on_every_pipeline_stage(tiny_c
     # vLLM's mistral3.py builds the vision tower and projector with no pipeline-rank test: every stage holds them
     spec = model_from_hf_config(TINY_MISTRAL3)
     headers = read_checkpoint_headers(tiny_checkpoint)
-    text = [tensor for tensor in headers if not tensor.name.startswith(TOWER_PREFIXES)]
-    tower = sum(tensor.bytes for tensor in headers) - sum(tensor.bytes for tensor in text)
+    tower, added = tower_bytes_by_stage(spec, headers, TOWER_PREFIXES)
     assert tower == 4 * parameter_count(spec).by_role["vision"]
-
-    def stage_weights(tensors: list[HeaderTensor]) -> list[int]:
-        scheme, _ = checkpoint_scheme(spec, tensors, mtp_layers=0)
-        result = plan(spec, Hardware(80 << 30, 2), Workload(1024, 1), PlanOptions(scheme=scheme, pipeline_parallel=2))
-        return [device.weights_bytes for device in result.primary.devices]
-
-    assert [w - t for w, t in zip(stage_weights(headers), stage_weights(text), strict=True)] == [tower, tower]
+    assert added == [tower, tower]
 
 
 @pytest.mark.parametrize("output", ["compressed-tensors", "gptq", "awq"])

@@ -28,7 +28,7 @@ from quant_core.planner import Hardware, PlanOptions, Workload, engine_tensor_pa
 from quant_core.specs import ModelSpec, QwenVisionTower
 from quant_core.tensorio import read_safetensors
 from quant_core.tensorio.checkpoint_headers import HeaderTensor, read_checkpoint_headers
-from tests.quant_core.meta_models import output_tensors, planned_job
+from tests.quant_core.meta_models import output_tensors, planned_job, saved_by_transformers, tower_bytes_by_stage
 from tests.quant_core.tensorio.gptq_loader_rules import vllm_quantizes
 
 DATA = Path(__file__).parent / "data" / "qwen2_5_vl"
@@ -218,14 +218,8 @@ TINY_QWEN2_5_VL: dict[str, Any] = {
 
 @pytest.fixture(scope="module")
 def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    torch = pytest.importorskip("torch")
-    transformers = pytest.importorskip("transformers")
-    folder = tmp_path_factory.mktemp("tiny-qwen2_5_vl")
-    torch.manual_seed(0)
-    config = transformers.Qwen2_5_VLConfig(**{key: value for key, value in TINY_QWEN2_5_VL.items()
-                                              if key not in ("architectures", "model_type")})
-    transformers.Qwen2_5_VLForConditionalGeneration(config).save_pretrained(folder)
-    return folder
+    return saved_by_transformers(tmp_path_factory.mktemp("tiny-qwen2_5_vl"), "Qwen2_5_VLConfig",
+                                 "Qwen2_5_VLForConditionalGeneration", TINY_QWEN2_5_VL)
 
 
 def test_a_checkpoint_written_by_transformers_is_every_tensor_of_nibbles_inventory(tiny_checkpoint: Path) -> None:
@@ -296,16 +290,9 @@ def test_a_checkpoints_vision_tower_sits_on_every_pipeline_stage(tiny_checkpoint
     # qwen2_5_vl.py builds self.visual with no pipeline-rank test: every stage holds it
     spec = model_from_hf_config(TINY_QWEN2_5_VL)
     headers = read_checkpoint_headers(tiny_checkpoint)
-    text = [tensor for tensor in headers if not tensor.name.startswith("visual.")]
-    tower = sum(tensor.bytes for tensor in headers) - sum(tensor.bytes for tensor in text)
+    tower, added = tower_bytes_by_stage(spec, headers, ("visual.",))
     assert tower == 4 * parameter_count(spec).by_role["vision"]
-
-    def stage_weights(tensors: list[HeaderTensor]) -> list[int]:
-        scheme, _ = checkpoint_scheme(spec, tensors, mtp_layers=0)
-        result = plan(spec, Hardware(80 << 30, 2), Workload(1024, 1), PlanOptions(scheme=scheme, pipeline_parallel=2))
-        return [device.weights_bytes for device in result.primary.devices]
-
-    assert [w - t for w, t in zip(stage_weights(headers), stage_weights(text), strict=True)] == [tower, tower]
+    assert added == [tower, tower]
 
 
 @pytest.mark.parametrize("size", ["3b", "7b"])

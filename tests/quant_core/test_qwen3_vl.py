@@ -25,7 +25,7 @@ from quant_core.planner import Hardware, PlanOptions, Workload, engine_tensor_pa
 from quant_core.specs import ModelSpec, Qwen3VisionTower
 from quant_core.tensorio import read_safetensors
 from quant_core.tensorio.checkpoint_headers import read_checkpoint_headers
-from tests.quant_core.meta_models import output_tensors, planned_job
+from tests.quant_core.meta_models import output_tensors, planned_job, saved_by_transformers
 
 DATA = Path(__file__).parent / "data" / "qwen3_vl"
 
@@ -155,14 +155,8 @@ TINY_QWEN3_VL: dict[str, Any] = {
 
 @pytest.fixture(scope="module")
 def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    torch = pytest.importorskip("torch")
-    transformers = pytest.importorskip("transformers")
-    folder = tmp_path_factory.mktemp("tiny-qwen3_vl")
-    torch.manual_seed(0)
-    config = transformers.Qwen3VLConfig(**{key: value for key, value in TINY_QWEN3_VL.items()
-                                           if key not in ("architectures", "model_type")})
-    transformers.Qwen3VLForConditionalGeneration(config).save_pretrained(folder)
-    return folder
+    return saved_by_transformers(tmp_path_factory.mktemp("tiny-qwen3_vl"), "Qwen3VLConfig",
+                                 "Qwen3VLForConditionalGeneration", TINY_QWEN3_VL)
 
 
 def test_a_checkpoint_written_by_transformers_is_every_tensor_of_nibbles_inventory(tiny_checkpoint: Path) -> None:
@@ -269,14 +263,8 @@ TINY_QWEN3_VL_MOE: dict[str, Any] = {
 
 @pytest.fixture(scope="module")
 def tiny_moe_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    torch = pytest.importorskip("torch")
-    transformers = pytest.importorskip("transformers")
-    folder = tmp_path_factory.mktemp("tiny-qwen3_vl_moe")
-    torch.manual_seed(0)
-    config = transformers.Qwen3VLMoeConfig(**{key: value for key, value in TINY_QWEN3_VL_MOE.items()
-                                              if key not in ("architectures", "model_type")})
-    transformers.Qwen3VLMoeForConditionalGeneration(config).save_pretrained(folder)
-    return folder
+    return saved_by_transformers(tmp_path_factory.mktemp("tiny-qwen3_vl_moe"), "Qwen3VLMoeConfig",
+                                 "Qwen3VLMoeForConditionalGeneration", TINY_QWEN3_VL_MOE)
 
 
 def test_a_moe_checkpoint_written_by_transformers_is_planned_from_its_headers(tiny_moe_checkpoint: Path) -> None:
