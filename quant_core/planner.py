@@ -495,6 +495,17 @@ def _hybrid_stage_kv(spec: ModelSpec, kv_dtype_name: str, tensor_parallel: int, 
     return _StageKV((), hybrid_kv(spec, kv_dtype_name, tensor_parallel))
 
 
+def _hybrid_note(hybrid: HybridKV, block_size: int, tensor_parallel: int) -> str:
+    """The plan's note on a hybrid model's KV cache: vLLM's raised attention block and the states per sequence."""
+    block = hybrid.block_size(block_size)
+    return (f"The {hybrid.linear_layers} Gated DeltaNet layers hold a fixed state per sequence "
+            f"({hybrid.state_bytes:,} bytes each per device at tensor parallel {tensor_parallel}), not tokens: vLLM "
+            f"raises the attention block to {block} tokens so that one page ({hybrid.page_bytes(block_size):,} bytes) "
+            f"holds a state, pads the states to it, and gives each sequence ceil(tokens / {block}) blocks in "
+            f"{hybrid.full_groups} full-attention group(s) and one block in each of {hybrid.linear_groups} linear "
+            f"group(s) of {hybrid.group_size} layers; context and sequences are counted in those blocks.")
+
+
 # ---------------------------------------------------------------------------
 # Evaluating one workload against a layout
 
@@ -991,6 +1002,9 @@ def plan(spec: ModelSpec, hardware: Hardware, workload: Workload | None = None,
                      "cache cannot use.")
     if evaluator.fp32_routers() and engine is not None:
         notes.append(_fp32_router_note(engine, spec, deployed, tensor))
+    hybrid = primary_layout.stage_kv[0].hybrid
+    if hybrid is not None:
+        notes.append(_hybrid_note(hybrid, options.block_size, tensor))
     busiest = max(primary.devices, key=lambda device: device.activation_bytes)
     if evaluator.variable_activations:
         activation_basis = ACTIVATION_BASIS.format(

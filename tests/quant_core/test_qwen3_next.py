@@ -404,3 +404,9 @@ def test_a_qwen3_next_checkpoint_job_quantizes_what_vllm_quantizes_and_passes_th
                  "model.layers.0.mlp.gate.weight", "model.layers.0.mlp.shared_expert_gate.weight",
                  "mtp.fc.weight", "lm_head.weight", "model.embed_tokens.weight"):
         np.testing.assert_array_equal(stored[name], tensors[name])
+
+
+def test_the_plan_says_how_vllm_holds_the_linear_layers_states() -> None:
+    result = plan(spec_of(), Hardware(get_device("h100-80gb").planning_bytes, 4), Workload(32_768, 8))
+    note = next(warning for warning in result.warnings if "Gated DeltaNet" in warning)
+    assert "274,432 bytes" in note and "272 tokens" in note and "278,528 bytes" in note
