@@ -236,24 +236,54 @@ def linear_state_bytes(spec: ModelSpec, tensor_parallel: int = 1) -> int:
 
 def hybrid_kv(spec: ModelSpec, dtype: str = "bf16", tensor_parallel: int = 1,
               layers: tuple[int, int] | None = None) -> HybridKV:
-    """The `HybridKV` of `spec`'s layers ``[start, stop)`` (all by default) on one rank at KV dtype `dtype`.
+    """The `HybridKV` of `spec`'s layers ``[start, stop)`` (all by default: one pipeline stage) on one rank at KV
+    dtype `dtype`.
 
-    Raises `InvalidSpec` naming ``layer_types`` when those layers hold no full-attention layer or no linear one
-    (vLLM then forms no hybrid groups), or when one kind is less than `HYBRID_GROUP_RATIO` times as many as the
-    other (the releases nibble models group such layers differently: not planned rather than guessed)."""
+    Raises `InvalidSpec` naming ``layer_types`` when the model holds no full-attention layer (vLLM then forms no
+    hybrid groups), or when one kind is less than `HYBRID_GROUP_RATIO` times as many as the other (the releases
+    nibble models group such layers differently: not planned rather than guessed); and naming
+    ``parallel.pipeline`` for a stage (`layers`) the releases group differently (`_stage_groups_agree`)."""
     tensor_parallel = check_int("tensor_parallel", tensor_parallel, 1, MAX_TENSOR_PARALLEL)
-    start, stop = layers if layers is not None else (0, spec.num_layers)
-    rows = kv_layers(spec)[start:stop]
-    full = [layer for layer in rows if layer.kind == "full"]
-    linear = sum(1 for layer in rows if layer.kind == "linear")
+    rows = kv_layers(spec)
+    full = [layer.index for layer in rows if layer.kind == "full"]
+    linear = [layer.index for layer in rows if layer.kind == "linear"]
     if not full or not linear:
-        raise InvalidSpec("layer_types", f"{len(full)} full_attention and {linear} linear_attention layers",
-                          "a hybrid model's layers (or pipeline stage) need both kinds: vLLM plans other mixes "
-                          "with other KV cache groups")
-    smaller, larger = sorted((len(full), linear))
+        raise InvalidSpec("layer_types", f"{len(full)} full_attention and {len(linear)} linear_attention layers",
+                          "a hybrid model's layers need both kinds: vLLM plans other mixes with other KV cache "
+                          "groups")
+    smaller, larger = sorted((len(full), len(linear)))
     if larger < smaller * HYBRID_GROUP_RATIO:
-        raise InvalidSpec("layer_types", f"{len(full)} full_attention and {linear} linear_attention layers",
+        raise InvalidSpec("layer_types", f"{len(full)} full_attention and {len(linear)} linear_attention layers",
                           f"one kind must be at least {HYBRID_GROUP_RATIO} times as many as the other: vLLM's "
                           "releases group closer counts differently (kv_cache_utils.py, PR #36684)")
-    return HybridKV(len(full), linear, layer_bytes_per_token(full[0], dtype, tensor_parallel),
+    start, stop = layers if layers is not None else (0, spec.num_layers)
+    stage_full = [i for i in full if start <= i < stop]
+    stage_linear = [i for i in linear if start <= i < stop]
+    if (start, stop) != (0, spec.num_layers) and not _stage_groups_agree(full, linear, start, stop):
+        raise InvalidSpec("parallel.pipeline", f"a stage of layers {start}-{stop - 1}",
+                          f"holds {len(stage_full)} full_attention and {len(stage_linear)} linear_attention layers, "
+                          "which vLLM 0.11 (each worker's own groups) and later releases (the whole model's groups, "
+                          "kv_cache_utils.py get_kv_cache_configs) group differently: choose a pipeline size whose "
+                          "stages hold whole repeats of the model's layer pattern")
+    return HybridKV(len(stage_full), len(stage_linear), layer_bytes_per_token(rows[full[0]], dtype, tensor_parallel),
                     linear_state_bytes(spec, tensor_parallel))
+
+
+def _stage_groups_agree(full: list[int], linear: list[int], start: int, stop: int) -> bool:
+    """Whether a pipeline stage ``[start, stop)`` gets the same KV cache groups from every release nibble models.
+
+    v0.11 (kv_cache_utils.py, ``get_kv_cache_configs``) groups each worker's own layers: groups of ``min(full,
+    linear)`` of the stage's layers.  Later releases group the whole model's layers (groups of ``min(full, linear)``,
+    the i-th of n groups of a kind holding that kind's layers ``[i::n]``) and give each worker the layers of every
+    group it holds, its group size the largest such share.  They agree when every whole-model group has the same
+    number of layers in the stage, that number being the stage's smaller count (no padding either way)."""
+    size = min(len(full), len(linear))
+    shares = []
+    for layers in (full, linear):
+        groups = -(-len(layers) // size)
+        shares += [sum(1 for i in layers[g::groups] if start <= i < stop) for g in range(groups)]
+    stage_full = sum(1 for i in full if start <= i < stop)
+    stage_linear = sum(1 for i in linear if start <= i < stop)
+    stage_size = min(stage_full, stage_linear)
+    return stage_size > 0 and all(share == stage_size for share in shares) and \
+        stage_full % stage_size == 0 and stage_linear % stage_size == 0

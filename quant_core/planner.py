@@ -470,8 +470,8 @@ def _build_layout(spec: ModelSpec, scheme: WeightScheme, kv_dtype_name: str,
     everywhere = outside if vocabulary_everywhere and pipeline_parallel > 1 else 0
     held = [everywhere] * pipeline_parallel if everywhere else home
     stage_kv = []
-    if spec.linear_attention is not None:
-        stage_kv.append(_hybrid_stage_kv(spec, kv_dtype_name, tensor_parallel, pipeline_parallel))
+    if spec.linear_attention is not None:  # a hybrid model (Qwen3-Next): vLLM's blocks and states per stage
+        stage_kv = [_StageKV((), hybrid_kv(spec, kv_dtype_name, tensor_parallel, layers)) for layers in stages]
     for start, stop in stages if spec.linear_attention is None else ():
         groups: dict[int | None, int] = {}
         for layer in kv_layers(spec)[start:stop]:
@@ -481,18 +481,6 @@ def _build_layout(spec: ModelSpec, scheme: WeightScheme, kv_dtype_name: str,
     return _Layout(tensor_parallel, pipeline_parallel, stages,
                    tuple(size + extra for size, extra in zip(weights, held, strict=True)), tuple(stage_kv),
                    everywhere, tuple(extra - own for extra, own in zip(held, home, strict=True)))
-
-
-def _hybrid_stage_kv(spec: ModelSpec, kv_dtype_name: str, tensor_parallel: int, pipeline_parallel: int) -> _StageKV:
-    """A hybrid model's (Qwen3-Next's) KV terms on one rank: `kv_cache.hybrid_kv`.  Refused past one pipeline stage:
-    vLLM v0.11 groups each worker's layers alone, later releases all workers' layers together, and a stage's share
-    of linear and full layers changes the groups; nibble does not plan what it cannot make exact."""
-    if pipeline_parallel > 1:
-        raise InvalidSpec("parallel.pipeline", pipeline_parallel,
-                          f"nibble plans a hybrid {spec.model_type} model (Gated DeltaNet layers beside full "
-                          "attention) on one pipeline stage: vLLM's releases group its KV cache across stages "
-                          "differently; use tensor parallelism")
-    return _StageKV((), hybrid_kv(spec, kv_dtype_name, tensor_parallel))
 
 
 def _hybrid_note(hybrid: HybridKV, block_size: int, tensor_parallel: int) -> str:

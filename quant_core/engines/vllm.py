@@ -131,6 +131,9 @@ VOCABULARY_ON_EVERY_STAGE: dict[str, str] = {
     "gemma3": "gemma3.py (the language model of gemma3_mm.py): Gemma3Model.__init__, Gemma3ForCausalLM.__init__",
     "falcon": "falcon.py: FalconModel.__init__ (word_embeddings, ln_f), FalconForCausalLM.__init__ (lm_head)",
     "gpt2": "gpt2.py: GPT2Model.__init__ (wte, wpe, ln_f), GPT2LMHeadModel.__init__ (lm_head)",
+    # the final norm is a PPMissingLayer off the last rank: counted on every stage here, 2 x hidden bytes to spare
+    "qwen3_next": "qwen3_next.py: Qwen3NextModel.__init__ (embed_tokens), Qwen3NextForCausalLM.__init__ (lm_head), "
+                  "v0.11 and May 2026 alike",
 }
 
 

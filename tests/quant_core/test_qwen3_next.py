@@ -286,8 +286,9 @@ def test_the_longest_context_ends_on_a_whole_attention_block() -> None:
 def test_hybrid_layouts_nibble_cannot_make_exact_are_refused_naming_the_field() -> None:
     spec = spec_of()
     h100 = Hardware(get_device("h100-80gb").planning_bytes, 4)
-    with pytest.raises(InvalidSpec) as caught:  # vLLM's releases group a pipeline's hybrid layers differently
-        plan(spec, h100, Workload(4096, 1), PlanOptions(pipeline_parallel=2, tensor_parallel=2))
+    with pytest.raises(InvalidSpec) as caught:  # stages of 9, 10, 10, 10 and 9 layers: releases group them apart
+        plan(spec, Hardware(get_device("h100-80gb").planning_bytes, 5), Workload(4096, 1),
+             PlanOptions(pipeline_parallel=5, tensor_parallel=1))
     assert caught.value.field == "parallel.pipeline"
     with pytest.raises(InvalidSpec) as caught:  # v0.11 raises the block from 16 whatever is asked
         plan(spec, h100, Workload(4096, 1), PlanOptions(block_size=32, engine_version="0.11"))
@@ -410,3 +411,35 @@ def test_the_plan_says_how_vllm_holds_the_linear_layers_states() -> None:
     result = plan(spec_of(), Hardware(get_device("h100-80gb").planning_bytes, 4), Workload(32_768, 8))
     note = next(warning for warning in result.warnings if "Gated DeltaNet" in warning)
     assert "274,432 bytes" in note and "272 tokens" in note and "278,528 bytes" in note
+
+
+@pytest.mark.parametrize(("stages", "full", "linear"), [(2, 6, 18), (3, 4, 12), (4, 3, 9), (6, 2, 6), (12, 1, 3)])
+def test_pipeline_stages_of_whole_layer_patterns_are_grouped_alike_by_every_release(stages: int, full: int,
+                                                                                    linear: int) -> None:
+    # v0.11 groups each worker's layers (groups of min(full, linear)); later releases the whole model's (groups of
+    # 12, the linear ones layers[i::3]) projected on each worker: the same groups when a stage holds whole 4-layer
+    # patterns, here every divisor of 12 stages
+    spec = spec_of()
+    size = 48 // stages
+    for stage in range(stages):
+        hybrid = hybrid_kv(spec, "bf16", 1, (stage * size, (stage + 1) * size))
+        assert (hybrid.full_layers, hybrid.linear_layers, hybrid.group_size) == (full, linear, full)
+        assert (hybrid.full_groups, hybrid.linear_groups, hybrid.block_size()) == (1, 3, 544)
+    with pytest.raises(InvalidSpec) as caught:  # layers 0-8 (2 full, 7 linear): v0.11 makes 5 groups of 2, later 4 of 3
+        hybrid_kv(spec, "bf16", 1, (0, 9))
+    assert caught.value.field == "parallel.pipeline"
+
+
+def test_vllm_builds_qwen3_nexts_embedding_and_lm_head_on_every_pipeline_stage() -> None:
+    # qwen3_next.py: Qwen3NextModel.__init__ creates embed_tokens and Qwen3NextForCausalLM.__init__ the lm_head with
+    # no get_pp_group() test (v0.11 and May 2026); the final norm is a PPMissingLayer off the last rank
+    spec = spec_of()
+    note = VllmProfile().vocabulary_on_every_stage(spec)
+    assert note is not None and "qwen3_next.py" in note
+    result = plan(spec, Hardware(get_device("h100-80gb").planning_bytes, 4), Workload(32_768, 4),
+                  PlanOptions(pipeline_parallel=2, tensor_parallel=2))
+    first, _, last, _ = result.primary.devices
+    vocabulary = 2 * 151936 * 2048 * 2 // 2 + 2048 * 2  # embedding and lm_head split over 2 ranks, the final norm
+    assert first.unread_weights_bytes == vocabulary - 151936 * 2048 * 2 // 2
+    assert last.unread_weights_bytes == 151936 * 2048 * 2 // 2
+    assert result.primary.max_concurrent_sequences == int(result.primary.engine_max_concurrency or 0)
