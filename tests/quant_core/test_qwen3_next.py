@@ -443,3 +443,10 @@ def test_vllm_builds_qwen3_nexts_embedding_and_lm_head_on_every_pipeline_stage()
     assert first.unread_weights_bytes == vocabulary - 151936 * 2048 * 2 // 2
     assert last.unread_weights_bytes == 151936 * 2048 * 2 // 2
     assert result.primary.max_concurrent_sequences == int(result.primary.engine_max_concurrency or 0)
+
+
+def test_the_qwen3_next_preset_is_its_parsed_config_with_one_mtp_layer() -> None:
+    from quant_core.catalog import get_preset_info
+    info = get_preset_info("qwen3-next-80b-a3b-instruct")
+    assert info.spec == model_from_hf_config(load(), name="qwen3-next-80b-a3b-instruct")
+    assert info.mtp_layers == 1 and info.quantization_config is None
