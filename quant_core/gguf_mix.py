@@ -232,6 +232,11 @@ GGUF_REFUSED: dict[str, str] = {
                   "linear and full attention layers), and its converter adds the multi-token-prediction layer as an "
                   "extra block by default: nibble does not size these files; plan a safetensors format (bf16, fp8, "
                   "int4) for this model",
+    # llama.cpp's qwen35 arch: the same converter (conversion/qwen.py, _LinearAttentionVReorderBase and _QwenMtpMixin)
+    "qwen3_5": "llama.cpp's qwen35 GGUF files store each Gated DeltaNet in_proj_qkv as attn_qkv, which "
+               "llama-quantize types as attn_v counted across the linear and full attention layers, not by layer, "
+               "and its converter adds the multi-token-prediction layer as an extra block by default: nibble does "
+               "not size these files; plan a safetensors format (bf16, fp8, int4) for this model",
 }
 
 

@@ -883,7 +883,13 @@ def _qwen3_next(config: Mapping[str, object], model_type: str, name: str | None)
         value_head_dim=r.required_int("linear_value_head_dim", MAX_HEAD_DIM),
         conv_kernel_size=r.required_int("linear_conv_kernel_dim", 1_024),
     )
-    experts = r.required_int("num_experts", MAX_EXPERTS, minimum=0)
+    if model_type == "qwen3_5":  # a dense Qwen3.5 (Qwen3_5TextConfig has no experts; qwen3_5_moe is not planned)
+        experts = r.int_or("num_experts", 0, MAX_EXPERTS, minimum=0)
+        if experts:
+            raise InvalidSpec("num_experts", experts, "a qwen3_5 model is dense (Qwen3_5TextConfig): nibble does not "
+                                                      "plan Qwen3.5-MoE (qwen3_5_moe)")
+    else:
+        experts = r.required_int("num_experts", MAX_EXPERTS, minimum=0)
     moe: dict[str, Any] = {}
     if experts:
         step = r.int_or("decoder_sparse_step", 1, MAX_LAYERS)
@@ -917,6 +923,52 @@ def _qwen3_next(config: Mapping[str, object], model_type: str, name: str | None)
     )
 
 
+def _qwen3_5(config: Mapping[str, object], model_type: str, name: str | None) -> ModelSpec:
+    """Qwen3.5 (``Qwen3_5ForConditionalGeneration``, dense): Qwen3-Next's hybrid language model under
+    ``text_config`` (`_qwen3_next`: Gated DeltaNet and gated full attention; a dense MLP in every layer), its
+    checkpoints naming it ``model.language_model.*`` and holding each DeltaNet projection apart (``in_proj_qkv``,
+    ``in_proj_z``, ``in_proj_b``, ``in_proj_a``: what vLLM's qwen3_5.py merges into in_proj_qkvz and in_proj_ba),
+    beside a Qwen3-VL vision tower and merger without deepstack mergers (``Qwen3_5VisionConfig`` has none:
+    `Qwen3VisionTower`).  ``mamba_ssm_dtype`` (float32 in the published configs) is the recurrent state's dtype,
+    which vLLM takes for ``mamba_ssm_cache_dtype`` (model_executor/models/config.py,
+    ``Qwen3_5ForConditionalGenerationConfig``, February 2026).  The multi-token-prediction layer
+    (``mtp_num_hidden_layers``, ``mtp.*``) is neither built by transformers nor loaded by vLLM: not counted."""
+    text = config.get("text_config")
+    if not isinstance(text, Mapping):
+        raise InvalidSpec("text_config", text, "must be a JSON object")
+    source: Mapping[str, object] = text
+    if "tie_word_embeddings" not in text and "tie_word_embeddings" in config:
+        source = {**text, "tie_word_embeddings": config["tie_word_embeddings"]}
+    r = _Reader(source, model_type)
+    try:
+        spec = _qwen3_next(source, "qwen3_5", name or _name(config, model_type, None))
+        state_dtype = r.string("mamba_ssm_dtype", "")
+        r.optional_int("mtp_num_hidden_layers", None, MAX_LAYERS, minimum=0)  # the MTP layer: not planned
+        r.flag("mtp_use_dedicated_embeddings", False)
+        linear = spec.linear_attention
+        if linear is None:  # _qwen3_next always builds one
+            raise InvalidSpec("layer_types", None, "a qwen3_5 model needs linear_attention layers")
+        linear = replace(linear, split_projections=True, ssm_state_dtype=state_dtype or None)
+    except InvalidSpec as error:
+        if error.field.split("[")[0] not in text:
+            raise
+        raise InvalidSpec(f"text_config.{error.field}", error.value, error.reason) from error
+    if "tie_word_embeddings" in config and "tie_word_embeddings" in text:
+        top = _Reader(config, model_type).flag("tie_word_embeddings", spec.tie_word_embeddings)
+        if top != spec.tie_word_embeddings:
+            raise InvalidSpec("tie_word_embeddings", config["tie_word_embeddings"],
+                              "differs from text_config.tie_word_embeddings: whether the language model's lm_head "
+                              "is its embedding would depend on which one an engine reads")
+    vision = config.get("vision_config")
+    tower_config = config
+    if isinstance(vision, Mapping):  # no deepstack mergers, whatever the key says (transformers reads none)
+        tower_config = {**config, "vision_config": {**vision, "deepstack_visual_indexes": []}}
+    elif vision is None:
+        tower_config = {**config, "vision_config": {"deepstack_visual_indexes": []}}
+    return replace(spec, model_type=model_type, linear_attention=linear,
+                   vision=_qwen3_vl_vision(tower_config, spec.hidden_size))
+
+
 _Adapter = Callable[[Mapping[str, object], str, "str | None"], ModelSpec]
 _ADAPTERS: dict[str, _Adapter] = {
     "llama": _llama_family,
@@ -943,6 +995,7 @@ _ADAPTERS: dict[str, _Adapter] = {
     "qwen3_vl": _qwen3_vl,
     "qwen3_vl_moe": _qwen3_vl,
     "qwen3_next": _qwen3_next,
+    "qwen3_5": _qwen3_5,
 }
 KNOWN_MODEL_TYPES: tuple[str, ...] = (*sorted(_ADAPTERS), "gemma3", "llama4", "mistral3")
 
@@ -1082,6 +1135,7 @@ ARCHITECTURE_FAMILIES: dict[str, str] = {
     "Qwen2_5_VLForConditionalGeneration": "qwen2_5_vl", "Qwen3VLForConditionalGeneration": "qwen3_vl",
     "Qwen3VLMoeForConditionalGeneration": "qwen3_vl_moe",
     "Qwen3NextForCausalLM": "qwen3_next",
+    "Qwen3_5ForConditionalGeneration": "qwen3_5",
 }
 
 

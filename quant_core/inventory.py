@@ -205,9 +205,15 @@ def _qwen3_next(b: _Builder, spec: ModelSpec) -> None:
     b.add("model.embed_tokens.weight", (spec.vocab_size, hidden), "embedding")
     b.norm(f"{layer}.input_layernorm", hidden, every, spec.norm)
     p = f"{layer}.linear_attn"
-    b.linear(f"{p}.in_proj_qkvz", 2 * linear.key_dim + 2 * linear.value_dim, hidden, "attention", linear_layers,
-             False)
-    b.linear(f"{p}.in_proj_ba", 2 * linear.num_value_heads, hidden, "attention", linear_layers, False)
+    if linear.split_projections:  # Qwen3.5's checkpoints: the same weights, four tensors
+        b.linear(f"{p}.in_proj_qkv", linear.conv_dim, hidden, "attention", linear_layers, False)
+        b.linear(f"{p}.in_proj_z", linear.value_dim, hidden, "attention", linear_layers, False)
+        b.linear(f"{p}.in_proj_b", linear.num_value_heads, hidden, "attention", linear_layers, False)
+        b.linear(f"{p}.in_proj_a", linear.num_value_heads, hidden, "attention", linear_layers, False)
+    else:
+        b.linear(f"{p}.in_proj_qkvz", 2 * linear.key_dim + 2 * linear.value_dim, hidden, "attention",
+                 linear_layers, False)
+        b.linear(f"{p}.in_proj_ba", 2 * linear.num_value_heads, hidden, "attention", linear_layers, False)
     b.add(f"{p}.conv1d.weight", (linear.conv_dim, 1, linear.conv_kernel_size), "other", linear_layers)
     b.add(f"{p}.dt_bias", (linear.num_value_heads,), "other", linear_layers)
     b.add(f"{p}.A_log", (linear.num_value_heads,), "other", linear_layers)
@@ -301,6 +307,9 @@ def inventory(spec: ModelSpec) -> tuple[TensorEntry, ...]:
     if spec.model_type == "qwen3_vl_moe":
         builder.rows = _fused_qwen3_vl_experts(builder.rows)
     if spec.model_type in ("qwen3_vl", "qwen3_vl_moe"):  # their checkpoints: model.language_model.* (lm_head as is)
+        builder.rows = [replace(row, name=f"model.language_model.{row.name.removeprefix('model.')}")
+                        if row.name.startswith("model.") else row for row in builder.rows]
+    if spec.model_type == "qwen3_5":  # Qwen3.5's checkpoints: model.language_model.* (lm_head as is), model.visual.*
         builder.rows = [replace(row, name=f"model.language_model.{row.name.removeprefix('model.')}")
                         if row.name.startswith("model.") else row for row in builder.rows]
     if isinstance(spec.vision, Llama4VisionTower):

@@ -471,6 +471,10 @@ def _build_layout(spec: ModelSpec, scheme: WeightScheme, kv_dtype_name: str,
     held = [everywhere] * pipeline_parallel if everywhere else home
     stage_kv = []
     if spec.linear_attention is not None:  # a hybrid model (Qwen3-Next): vLLM's blocks and states per stage
+        if spec.model_type == "qwen3_5" and pipeline_parallel > 1:
+            raise InvalidSpec("parallel.pipeline", pipeline_parallel,
+                              "vLLM's qwen3_5.py builds a Qwen3.5's embedding on every pipeline stage but its lm_head "
+                              "on the last only, which nibble's stage weights do not model: plan one stage")
         stage_kv = [_StageKV((), hybrid_kv(spec, kv_dtype_name, tensor_parallel, layers)) for layers in stages]
     for start, stop in stages if spec.linear_attention is None else ():
         groups: dict[int | None, int] = {}

@@ -230,8 +230,13 @@ class GatedDeltaNet:
     value_head_dim: int
     conv_kernel_size: int
     ssm_state_dtype: str | None = None
+    #: the checkpoints hold the projections apart, ``in_proj_qkv``, ``in_proj_z``, ``in_proj_b`` and ``in_proj_a``
+    #: (Qwen3.5), not fused as ``in_proj_qkvz`` and ``in_proj_ba`` (Qwen3-Next)
+    split_projections: bool = False
 
     def __post_init__(self) -> None:
+        if not isinstance(self.split_projections, bool):
+            raise InvalidSpec("linear_attention.split_projections", self.split_projections, "must be true or false")
         for field, (low, high) in _LINEAR_ATTENTION_LIMITS.items():
             object.__setattr__(self, field, check_int(f"linear_attention.{field}", getattr(self, field), low, high))
         if not isinstance(self.layers, tuple | list) or not self.layers:

@@ -379,10 +379,13 @@ class VllmProfile:
             return (f"vLLM refuses tensor parallel size {tensor_parallel}: it does not divide the Pixtral vision "
                     f"tower's {spec.vision.num_attention_heads} attention heads (pixtral.py splits them over the "
                     "ranks)")
+        if spec.model_type == "qwen3_5" and self._version == "0.11":
+            # vllm/model_executor/models/qwen3_5.py came in February 2026 (vLLM PR #34110), after v0.11
+            return "vLLM 0.11 has no Qwen3.5 model class (qwen3_5.py came in February 2026, PR #34110)"
+        if spec.linear_attention is not None and (hybrid := linear_attention_refusal(spec, tensor_parallel)):
+            return hybrid
         if isinstance(spec.vision, QwenVisionTower | Qwen3VisionTower):
             return qwen_vision_refusal(spec.vision, tensor_parallel)
-        if spec.linear_attention is not None:
-            return linear_attention_refusal(spec, tensor_parallel)
         return None
 
     def vocabulary_on_every_stage(self, spec: ModelSpec) -> str | None:

@@ -450,3 +450,115 @@ def test_the_qwen3_next_preset_is_its_parsed_config_with_one_mtp_layer() -> None
     info = get_preset_info("qwen3-next-80b-a3b-instruct")
     assert info.spec == model_from_hf_config(load(), name="qwen3-next-80b-a3b-instruct")
     assert info.mtp_layers == 1 and info.quantization_config is None
+
+
+# --- Qwen3.5 (dense): the same hybrid language model under text_config, beside a Qwen3-VL vision tower -----------
+
+QWEN3_5_9B = Path(__file__).resolve().parent / "data" / "qwen3_next" / "qwen3.5-9b.json"
+
+
+def load_qwen3_5() -> dict[str, Any]:
+    config: dict[str, Any] = json.loads(QWEN3_5_9B.read_text())
+    return config
+
+
+def test_qwen3_5_counts_what_transformers_builds_and_its_checkpoint_holds() -> None:
+    torch = pytest.importorskip("torch")
+    transformers = pytest.importorskip("transformers")
+    config = load_qwen3_5()
+    spec = model_from_hf_config(config)
+    hf_config = transformers.AutoConfig.for_model(**{key: value for key, value in config.items()
+                                                     if key != "architectures"})
+    with torch.device("meta"), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model = transformers.AutoModelForImageTextToText.from_config(hf_config)
+    built = {name: parameter.numel() for name, parameter in model.named_parameters()}
+    count = parameter_count(spec)
+    assert sum(built.values()) == count.total == 9_409_813_744
+    assert sum(n for name, n in built.items() if "visual" in name) == count.by_role["vision"] == 456_010_480
+    names = {row.name.replace("{i}", "0") for row in inventory(spec) if 0 in row.layers}
+    assert {name for name in built if name.startswith("model.language_model.layers.0.")} == names
+    assert unread_config_keys(config) == ()
+    # The published index (Qwen/Qwen3.5-9B at revision c2022362, metadata.total_size 19,306,216,416 bytes, as a
+    # public test suite quotes it): every tensor nibble plans at 2 bytes, but A_log and the DeltaNet's gated norm in
+    # F32 (as the Qwen3.5 checkpoints store them), plus the 15-tensor MTP layer (mtp.fc, three norms and one gated
+    # full-attention layer with its dense MLP) at 2 bytes
+    stored = sum(row.count * row.elements * (4 if row.name.endswith(("A_log", "linear_attn.norm.weight")) else 2)
+                 for row in inventory(spec))
+    hidden, width = 4096, 12288
+    mtp = (hidden * 2 * hidden + 3 * hidden + 2 * 16 * 256 * hidden + 2 * 4 * 256 * hidden + hidden * 16 * 256
+           + 2 * 256 + 2 * hidden + 3 * hidden * width)
+    assert stored + 2 * mtp == 19_306_216_416
+
+
+def test_qwen3_5_keeps_its_recurrent_state_in_float32_as_its_config_says() -> None:
+    # mamba_ssm_dtype float32 (vLLM's Qwen3_5ForConditionalGenerationConfig sets mamba_ssm_cache_dtype from it): conv
+    # state 3 x 8,192 x 2 bytes, recurrent state 32 x 128 x 128 x 4 bytes; 8 full-attention layers of 4 kv heads x 256
+    spec = model_from_hf_config(load_qwen3_5())
+    hybrid = hybrid_kv(spec)
+    assert hybrid.state_bytes == 3 * 8192 * 2 + 32 * 128 * 128 * 4 == 2_146_304
+    assert hybrid.attention_bytes_per_token == 2 * 4 * 256 * 2
+    assert (hybrid.block_size(), hybrid.group_size, hybrid.full_groups, hybrid.linear_groups) == (528, 8, 1, 3)
+    bf16_state = model_from_hf_config({**load_qwen3_5(), "text_config": {
+        **load_qwen3_5()["text_config"], "mamba_ssm_dtype": "bfloat16"}})
+    assert hybrid_kv(bf16_state).state_bytes == 3 * 8192 * 2 + 32 * 128 * 128 * 2
+
+
+def test_qwen3_5_is_planned_on_one_stage_by_the_releases_that_have_it() -> None:
+    spec = model_from_hf_config(load_qwen3_5())
+    h100 = Hardware(get_device("h100-80gb").planning_bytes, 1)
+    result = plan(spec, h100, Workload(32_768, 4), PlanOptions(engine_version="0.19"))
+    assert result.primary.fits and result.refusal is None
+    assert result.primary.max_concurrent_sequences == int(result.primary.engine_max_concurrency or 0)
+    refused = plan(spec, h100, Workload(32_768, 4), PlanOptions(engine_version="0.11")).refusal
+    assert refused is not None and "Qwen3.5" in refused
+    with pytest.raises(InvalidSpec) as caught:  # the embedding on every stage, the lm_head on the last only
+        plan(spec, Hardware(get_device("h100-80gb").planning_bytes, 2), Workload(4096, 1),
+             PlanOptions(pipeline_parallel=2, tensor_parallel=1))
+    assert caught.value.field == "parallel.pipeline"
+    with pytest.raises(InvalidSpec) as caught:
+        plan(spec, h100, Workload(4096, 1), PlanOptions(scheme=gguf_scheme("gguf-q4_k_m")))
+    assert caught.value.field == "format"
+    with pytest.raises(InvalidSpec) as caught:  # text_config keys are named where they are
+        model_from_hf_config({**load_qwen3_5(), "text_config": {**load_qwen3_5()["text_config"],
+                                                                "attention_bias": True}})
+    assert caught.value.field == "text_config.attention_bias"
+
+
+def test_a_qwen3_5_checkpoint_job_passes_the_vision_tower_and_mtp_layer_through(tmp_path: Path) -> None:
+    # A small random Qwen3.5 checkpoint as its checkpoints name it (model.language_model.*, the DeltaNet projections
+    # apart, model.visual.*, mtp.*): the language model's linear layers are quantized as the INT4 plan prices them;
+    # the tower (nibble plans it at 16 bits), the MTP layer, conv1d, A_log, dt_bias and the norms pass through
+    text = {key: value for key, value in TINY.items() if key not in ("architectures", "model_type", "num_experts",
+                                                                    "num_experts_per_tok", "moe_intermediate_size",
+                                                                    "shared_expert_intermediate_size",
+                                                                    "decoder_sparse_step", "mlp_only_layers")}
+    config = {"architectures": ["Qwen3_5ForConditionalGeneration"], "model_type": "qwen3_5",
+              "text_config": {**text, "mamba_ssm_dtype": "float32", "mtp_num_hidden_layers": 1},
+              "vision_config": {"depth": 1, "hidden_size": 128, "num_heads": 4, "intermediate_size": 128,
+                                "out_hidden_size": 128, "num_position_embeddings": 16}}
+    spec = model_from_hf_config(config)
+    rng = np.random.default_rng(0)
+    tensors: dict[str, Any] = {}
+    expected = set()
+    for entry in inventory(spec):
+        for layer in entry.layers or (-1,):
+            for copy in range(entry.per_layer):
+                name = entry.name.replace("{i}", str(layer)).replace("{e}", str(copy)).replace("{v}", str(copy))
+                tensors[name] = (rng.standard_normal(entry.shape, dtype=np.float32) * 0.05).astype(ml_dtypes.bfloat16)
+                if DEFAULT_POLICY.quantizes(entry):
+                    expected.add(name.removesuffix(".weight"))
+    for name, shape in (("mtp.fc.weight", (128, 256)), ("mtp.norm.weight", (128,)),
+                        ("mtp.layers.0.self_attn.q_proj.weight", (256, 128)),
+                        ("mtp.layers.0.mlp.up_proj.weight", (256, 128))):
+        tensors[name] = (rng.standard_normal(shape, dtype=np.float32) * 0.05).astype(ml_dtypes.bfloat16)
+    write_llama_checkpoint(tmp_path / "src", shards=2, tensors=tensors)
+    (tmp_path / "src" / "config.json").write_text(json.dumps(config))
+    checkpoint = open_checkpoint(tmp_path / "src")
+    plans = plan_checkpoint(checkpoint, CheckpointOptions())
+    assert {p.tensor.name.removesuffix(".weight") for p in plans if p.quantized} == expected
+    reasons = {p.tensor.name: p.reason or "" for p in plans}
+    assert "vision tower" in reasons["model.visual.blocks.0.attn.qkv.weight"]
+    assert "multi-token-prediction" in reasons["mtp.layers.0.self_attn.q_proj.weight"]
+    assert "model.language_model.layers.0.linear_attn.in_proj_qkv" in expected
+    assert "model.language_model.layers.0.linear_attn.in_proj_b" in expected
