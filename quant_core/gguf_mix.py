@@ -221,6 +221,22 @@ GGUF_REFUSED: dict[str, str] = {
     "glm4_moe": "llama.cpp's glm4moe GGUF files hold the multi-token-prediction layer as an extra block "
                 "(block_count = num_hidden_layers + num_nextn_predict_layers) whose tensors and layer-dependent "
                 "types nibble does not model: plan a safetensors format (bf16, fp8, int4) for this model",
+    # llama.cpp has the qwen3next arch, but its converter (conversion/qwen.py, Qwen3NextModel and _QwenMtpMixin)
+    # writes the multi-token-prediction layer as one more block unless --no-mtp is given, and splits each Gated
+    # DeltaNet in_proj_qkvz into attn_qkv and attn_gate, which llama_tensor_get_type (src/llama-quant.cpp) types
+    # differently: attn_qkv takes attn_v's upgrades, indexed by its count of attn_v/attn_qkv tensors
+    # (n_attention_wv, linear and full attention layers together), not by the layer.  nibble's GGUF mix is one type
+    # per checkpoint tensor and layer, and no llama-quantize run of this arch is recorded
+    "qwen3_next": "llama.cpp's qwen3next GGUF files split each Gated DeltaNet in_proj_qkvz into attn_qkv and "
+                  "attn_gate tensors that llama-quantize types differently (attn_qkv as attn_v, counted across the "
+                  "linear and full attention layers), and its converter adds the multi-token-prediction layer as an "
+                  "extra block by default: nibble does not size these files; plan a safetensors format (bf16, fp8, "
+                  "int4) for this model",
+    # llama.cpp's qwen35 arch: the same converter (conversion/qwen.py, _LinearAttentionVReorderBase and _QwenMtpMixin)
+    "qwen3_5": "llama.cpp's qwen35 GGUF files store each Gated DeltaNet in_proj_qkv as attn_qkv, which "
+               "llama-quantize types as attn_v counted across the linear and full attention layers, not by layer, "
+               "and its converter adds the multi-token-prediction layer as an extra block by default: nibble does "
+               "not size these files; plan a safetensors format (bf16, fp8, int4) for this model",
 }
 
 

@@ -42,6 +42,7 @@ from quant_core.specs import (
     MAX_POSITIONS,
     MAX_RANK,
     MAX_VOCAB_SIZE,
+    GatedDeltaNet,
     Llama4VisionTower,
     ModelSpec,
     PixtralVisionTower,
@@ -834,6 +835,140 @@ def _qwen3_vl_vision(config: Mapping[str, object], text_hidden_size: int) -> Qwe
     return tower
 
 
+def _linear_attention_layers(r: _Reader, num_layers: int) -> tuple[int, ...]:
+    """The ``linear_attention`` layers of a hybrid config: its ``layer_types`` list (each ``linear_attention`` or
+    ``full_attention``), else every layer but each ``full_attention_interval``-th (default 4), as Qwen3NextConfig
+    derives ``layer_types`` when a config leaves it out (the published Qwen3-Next configs do)."""
+    value = r.config.get("layer_types")
+    if value is None:
+        interval = r.int_or("full_attention_interval", 4, MAX_LAYERS)
+        return tuple(i for i in range(num_layers) if (i + 1) % interval)
+    r.optional_int("full_attention_interval", None, MAX_LAYERS)  # read: layer_types decides
+    if not isinstance(value, list) or len(value) != num_layers:
+        shown = value if not isinstance(value, list) else f"{len(value)} entries"
+        raise InvalidSpec("layer_types", shown, f"must list one type per layer ({num_layers})")
+    for i, kind in enumerate(value):
+        if kind not in ("linear_attention", "full_attention"):
+            raise InvalidSpec(f"layer_types[{i}]", kind, "must be 'linear_attention' or 'full_attention'")
+    return tuple(i for i, kind in enumerate(value) if kind == "linear_attention")
+
+
+def _qwen3_next(config: Mapping[str, object], model_type: str, name: str | None) -> ModelSpec:
+    """Qwen3-Next (Qwen3-Next-80B-A3B-Instruct/Thinking): Gated DeltaNet ``linear_attn`` layers and gated full
+    attention layers (``layer_types``, by default 3:1), as transformers' Qwen3NextForCausalLM builds them and vLLM's
+    qwen3_next.py loads them.  A full-attention layer's q_proj is ``2 x heads x head_dim`` wide (the second half
+    gates the output: vLLM's ``attn_output_gate``, default true), with q/k RMSNorms of head_dim and no biases; a
+    layer is a Qwen2-MoE-style sparse block (router ``mlp.gate``, routed experts, one ``mlp.shared_expert`` of
+    ``shared_expert_intermediate_size`` and its [1, hidden] ``shared_expert_gate``) when it is not in
+    ``mlp_only_layers`` and ``(i + 1) % decoder_sparse_step == 0``, else a dense MLP of ``intermediate_size``.
+    Partial rotary changes no tensor.  The multi-token-prediction layer the checkpoints ship (``mtp.*``) is neither
+    built by transformers nor loaded by vLLM's Qwen3NextForCausalLM (``skip_prefixes=["mtp."]``): not counted.
+    Refused, naming the key, where transformers and vLLM would build different tensors: ``attention_bias`` (vLLM
+    reads ``qkv_bias`` and gives o_proj none), ``attn_output_gate: false`` (transformers always gates) and
+    ``layer_scale`` (only vLLM builds its parameters); ``use_sliding_window`` (neither slides a window)."""
+    r = _Reader(config, model_type)
+    hidden = r.required_int("hidden_size", MAX_HIDDEN_SIZE)
+    layers = r.required_int("num_hidden_layers", MAX_LAYERS)
+    heads = r.required_int("num_attention_heads", MAX_HEADS)
+    for key, refused in (("attention_bias", True), ("attn_output_gate", False), ("layer_scale", True),
+                         ("use_sliding_window", True)):
+        if r.flag(key, not refused) is refused:
+            raise InvalidSpec(key, refused, "transformers and vLLM's qwen3_next.py would build different tensors "
+                                            "for it: nibble does not plan such a Qwen3-Next")
+    linear = GatedDeltaNet(
+        layers=_linear_attention_layers(r, layers),
+        num_key_heads=r.required_int("linear_num_key_heads", MAX_HEADS),
+        num_value_heads=r.required_int("linear_num_value_heads", MAX_HEADS),
+        key_head_dim=r.required_int("linear_key_head_dim", MAX_HEAD_DIM),
+        value_head_dim=r.required_int("linear_value_head_dim", MAX_HEAD_DIM),
+        conv_kernel_size=r.required_int("linear_conv_kernel_dim", 1_024),
+    )
+    if model_type == "qwen3_5":  # a dense Qwen3.5 (Qwen3_5TextConfig has no experts; qwen3_5_moe is not planned)
+        experts = r.int_or("num_experts", 0, MAX_EXPERTS, minimum=0)
+        if experts:
+            raise InvalidSpec("num_experts", experts, "a qwen3_5 model is dense (Qwen3_5TextConfig): nibble does not "
+                                                      "plan Qwen3.5-MoE (qwen3_5_moe)")
+    else:
+        experts = r.required_int("num_experts", MAX_EXPERTS, minimum=0)
+    moe: dict[str, Any] = {}
+    if experts:
+        step = r.int_or("decoder_sparse_step", 1, MAX_LAYERS)
+        mlp_only = set(r.int_list("mlp_only_layers", layers))
+        shared = r.required_int("shared_expert_intermediate_size", MAX_INTERMEDIATE_SIZE, minimum=0)
+        moe = {
+            "num_experts": experts,
+            "experts_per_token": r.required_int("num_experts_per_tok", MAX_EXPERTS),
+            "moe_intermediate_size": r.required_int("moe_intermediate_size", MAX_INTERMEDIATE_SIZE),
+            "num_shared_experts": 1 if shared else 0,
+            "shared_expert_intermediate_size": shared,
+            "dense_layers": tuple(i for i in range(layers) if i in mlp_only or (i + 1) % step),
+        }
+    return ModelSpec(
+        name=_name(config, model_type, name),
+        model_type=model_type,
+        layout="qwen3_next",
+        hidden_size=hidden,
+        num_layers=layers,
+        num_attention_heads=heads,
+        num_kv_heads=r.required_int("num_key_value_heads", MAX_HEADS),
+        head_dim=r.required_int("head_dim", MAX_HEAD_DIM),
+        intermediate_size=r.required_int("intermediate_size", MAX_INTERMEDIATE_SIZE),
+        vocab_size=r.required_int("vocab_size", MAX_VOCAB_SIZE),
+        tie_word_embeddings=r.flag("tie_word_embeddings", False),
+        qk_norm=True,
+        max_position_embeddings=_positions(r),
+        linear_attention=linear,
+        attention_output_gate=True,
+        **moe,
+    )
+
+
+def _qwen3_5(config: Mapping[str, object], model_type: str, name: str | None) -> ModelSpec:
+    """Qwen3.5 (``Qwen3_5ForConditionalGeneration``, dense): Qwen3-Next's hybrid language model under
+    ``text_config`` (`_qwen3_next`: Gated DeltaNet and gated full attention; a dense MLP in every layer), its
+    checkpoints naming it ``model.language_model.*`` and holding each DeltaNet projection apart (``in_proj_qkv``,
+    ``in_proj_z``, ``in_proj_b``, ``in_proj_a``: what vLLM's qwen3_5.py merges into in_proj_qkvz and in_proj_ba),
+    beside a Qwen3-VL vision tower and merger without deepstack mergers (``Qwen3_5VisionConfig`` has none:
+    `Qwen3VisionTower`).  ``mamba_ssm_dtype`` (float32 in the published configs) is the recurrent state's dtype,
+    which vLLM takes for ``mamba_ssm_cache_dtype`` (model_executor/models/config.py,
+    ``Qwen3_5ForConditionalGenerationConfig``, February 2026).  The multi-token-prediction layer
+    (``mtp_num_hidden_layers``, ``mtp.*``) is neither built by transformers nor loaded by vLLM: not counted."""
+    text = config.get("text_config")
+    if not isinstance(text, Mapping):
+        raise InvalidSpec("text_config", text, "must be a JSON object")
+    source: Mapping[str, object] = text
+    if "tie_word_embeddings" not in text and "tie_word_embeddings" in config:
+        source = {**text, "tie_word_embeddings": config["tie_word_embeddings"]}
+    r = _Reader(source, model_type)
+    try:
+        spec = _qwen3_next(source, "qwen3_5", name or _name(config, model_type, None))
+        state_dtype = r.string("mamba_ssm_dtype", "")
+        r.optional_int("mtp_num_hidden_layers", None, MAX_LAYERS, minimum=0)  # the MTP layer: not planned
+        r.flag("mtp_use_dedicated_embeddings", False)
+        linear = spec.linear_attention
+        if linear is None:  # _qwen3_next always builds one
+            raise InvalidSpec("layer_types", None, "a qwen3_5 model needs linear_attention layers")
+        linear = replace(linear, split_projections=True, ssm_state_dtype=state_dtype or None)
+    except InvalidSpec as error:
+        if error.field.split("[")[0] not in text:
+            raise
+        raise InvalidSpec(f"text_config.{error.field}", error.value, error.reason) from error
+    if "tie_word_embeddings" in config and "tie_word_embeddings" in text:
+        top = _Reader(config, model_type).flag("tie_word_embeddings", spec.tie_word_embeddings)
+        if top != spec.tie_word_embeddings:
+            raise InvalidSpec("tie_word_embeddings", config["tie_word_embeddings"],
+                              "differs from text_config.tie_word_embeddings: whether the language model's lm_head "
+                              "is its embedding would depend on which one an engine reads")
+    vision = config.get("vision_config")
+    tower_config = config
+    if isinstance(vision, Mapping):  # no deepstack mergers, whatever the key says (transformers reads none)
+        tower_config = {**config, "vision_config": {**vision, "deepstack_visual_indexes": []}}
+    elif vision is None:
+        tower_config = {**config, "vision_config": {"deepstack_visual_indexes": []}}
+    return replace(spec, model_type=model_type, linear_attention=linear,
+                   vision=_qwen3_vl_vision(tower_config, spec.hidden_size))
+
+
 _Adapter = Callable[[Mapping[str, object], str, "str | None"], ModelSpec]
 _ADAPTERS: dict[str, _Adapter] = {
     "llama": _llama_family,
@@ -859,6 +994,8 @@ _ADAPTERS: dict[str, _Adapter] = {
     "qwen2_5_vl": _qwen2_5_vl,
     "qwen3_vl": _qwen3_vl,
     "qwen3_vl_moe": _qwen3_vl,
+    "qwen3_next": _qwen3_next,
+    "qwen3_5": _qwen3_5,
 }
 KNOWN_MODEL_TYPES: tuple[str, ...] = (*sorted(_ADAPTERS), "gemma3", "llama4", "mistral3")
 
@@ -997,6 +1134,8 @@ ARCHITECTURE_FAMILIES: dict[str, str] = {
     "Ministral3ForCausalLM": "mistral",
     "Qwen2_5_VLForConditionalGeneration": "qwen2_5_vl", "Qwen3VLForConditionalGeneration": "qwen3_vl",
     "Qwen3VLMoeForConditionalGeneration": "qwen3_vl_moe",
+    "Qwen3NextForCausalLM": "qwen3_next",
+    "Qwen3_5ForConditionalGeneration": "qwen3_5",
 }
 
 

@@ -185,6 +185,59 @@ def _qwen2_moe_block(b: _Builder, spec: ModelSpec, moe: tuple[int, ...]) -> None
     b.linear(f"{layer}.shared_expert_gate", 1, hidden, "router", moe, False)
 
 
+def _qwen3_next(b: _Builder, spec: ModelSpec) -> None:
+    """Qwen3-Next (transformers' Qwen3NextForCausalLM; names as its checkpoints hold them and vLLM's qwen3_next.py
+    loads them).  A Gated DeltaNet layer (``linear_attn``): ``in_proj_qkvz`` [2 x key + 2 x value, hidden] (q, k, v
+    and the output gate z), ``in_proj_ba`` [2 x value heads, hidden] (the beta and alpha gates), the depthwise
+    ``conv1d`` [2 x key + value, 1, kernel] without bias, ``dt_bias`` and ``A_log`` [value heads], the gated
+    RMSNorm ``norm`` [value_head_dim] and ``out_proj`` [hidden, value]; vLLM builds its linear layers with the
+    checkpoint's quantization config but conv1d, dt_bias and A_log without (role ``other``, 16-bit).  A full
+    attention layer: q_proj [2 x heads x head_dim, hidden] (the second half gates the output), k/v_proj, o_proj
+    and q/k norms of head_dim, no biases.  Every layer: two RMSNorms, and the Qwen2-MoE sparse block or a dense
+    MLP."""
+    linear = spec.linear_attention
+    if linear is None:  # ModelSpec refuses a qwen3_next layout without one; this narrows the type
+        return
+    every = tuple(range(spec.num_layers))
+    linear_layers = linear.layers
+    full = tuple(i for i in every if i not in set(linear_layers))
+    hidden, layer = spec.hidden_size, "model.layers.{i}"
+    b.add("model.embed_tokens.weight", (spec.vocab_size, hidden), "embedding")
+    b.norm(f"{layer}.input_layernorm", hidden, every, spec.norm)
+    p = f"{layer}.linear_attn"
+    if linear.split_projections:  # Qwen3.5's checkpoints: the same weights, four tensors
+        b.linear(f"{p}.in_proj_qkv", linear.conv_dim, hidden, "attention", linear_layers, False)
+        b.linear(f"{p}.in_proj_z", linear.value_dim, hidden, "attention", linear_layers, False)
+        b.linear(f"{p}.in_proj_b", linear.num_value_heads, hidden, "attention", linear_layers, False)
+        b.linear(f"{p}.in_proj_a", linear.num_value_heads, hidden, "attention", linear_layers, False)
+    else:
+        b.linear(f"{p}.in_proj_qkvz", 2 * linear.key_dim + 2 * linear.value_dim, hidden, "attention",
+                 linear_layers, False)
+        b.linear(f"{p}.in_proj_ba", 2 * linear.num_value_heads, hidden, "attention", linear_layers, False)
+    b.add(f"{p}.conv1d.weight", (linear.conv_dim, 1, linear.conv_kernel_size), "other", linear_layers)
+    b.add(f"{p}.dt_bias", (linear.num_value_heads,), "other", linear_layers)
+    b.add(f"{p}.A_log", (linear.num_value_heads,), "other", linear_layers)
+    b.norm(f"{p}.norm", linear.value_head_dim, linear_layers, spec.norm)
+    b.linear(f"{p}.out_proj", hidden, linear.value_dim, "attention", linear_layers, False)
+    a = f"{layer}.self_attn"
+    q_width = spec.num_attention_heads * spec.head_dim
+    kv_width = spec.num_kv_heads * spec.head_dim
+    gate = 2 if spec.attention_output_gate else 1
+    b.linear(f"{a}.q_proj", gate * q_width, hidden, "attention", full, False)
+    b.linear(f"{a}.k_proj", kv_width, hidden, "attention", full, False)
+    b.linear(f"{a}.v_proj", kv_width, hidden, "attention", full, False)
+    b.linear(f"{a}.o_proj", hidden, q_width, "attention", full, False)
+    b.norm(f"{a}.q_norm", spec.head_dim, full, spec.norm)
+    b.norm(f"{a}.k_norm", spec.head_dim, full, spec.norm)
+    b.norm(f"{layer}.post_attention_layernorm", hidden, every, spec.norm)
+    _gated_mlp(b, f"{layer}.mlp", spec.intermediate_size, spec, spec.dense_layers if spec.is_moe else every)
+    if spec.is_moe:
+        _qwen2_moe_block(b, spec, spec.moe_layers)
+    b.norm("model.norm", hidden, None, spec.norm)
+    if not spec.tie_word_embeddings:
+        b.add("lm_head.weight", (spec.vocab_size, hidden), "lm_head")
+
+
 def _falcon(b: _Builder, spec: ModelSpec) -> None:
     """Falcon (transformers' FalconForCausalLM).
 
@@ -245,6 +298,8 @@ def inventory(spec: ModelSpec) -> tuple[TensorEntry, ...]:
         _gpt2(builder, spec)
     elif spec.layout == "llama4":
         _llama4(builder, spec)
+    elif spec.layout == "qwen3_next":
+        _qwen3_next(builder, spec)
     else:
         _decoder(builder, spec)
     if spec.model_type == "mistral3":  # the language model under language_model., as its checkpoints name it
@@ -252,6 +307,9 @@ def inventory(spec: ModelSpec) -> tuple[TensorEntry, ...]:
     if spec.model_type == "qwen3_vl_moe":
         builder.rows = _fused_qwen3_vl_experts(builder.rows)
     if spec.model_type in ("qwen3_vl", "qwen3_vl_moe"):  # their checkpoints: model.language_model.* (lm_head as is)
+        builder.rows = [replace(row, name=f"model.language_model.{row.name.removeprefix('model.')}")
+                        if row.name.startswith("model.") else row for row in builder.rows]
+    if spec.model_type == "qwen3_5":  # Qwen3.5's checkpoints: model.language_model.* (lm_head as is), model.visual.*
         builder.rows = [replace(row, name=f"model.language_model.{row.name.removeprefix('model.')}")
                         if row.name.startswith("model.") else row for row in builder.rows]
     if isinstance(spec.vision, Llama4VisionTower):

@@ -26,15 +26,20 @@ manager is off, which it is by default for a model with ``attention_chunk_size``
 (July 2025, ``VLLM_ALLOW_CHUNKED_LOCAL_ATTN_WITH_HYBRID_KV_CACHE`` default off: v0.11 among the releases
 nibble models) until PR #29627 turned the variable on; later releases may hold only ``chunk + batch``
 tokens in them (``ChunkedLocalAttentionSpec``), so nibble's figure is their upper bound.
+
+Hybrid models (Qwen3-Next's Gated DeltaNet ``linear_attention`` layers beside full attention) are sized by
+`hybrid_kv`, as vLLM's hybrid KV cache manager allocates them (see `HybridKV`): a linear layer holds a fixed
+state per sequence, padded to one attention page, and the attention block grows until a page holds that state.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from functools import lru_cache
 
 from quant_core.errors import InvalidSpec
 from quant_core.formats import kv_dtype
-from quant_core.specs import MAX_POSITIONS, KVLayer, ModelSpec, check_int
+from quant_core.specs import MAX_POSITIONS, SSM_STATE_DTYPES, KVLayer, ModelSpec, check_int
 
 MAX_TENSOR_PARALLEL = 4_096
 MAX_SEQUENCES = 1 << 40
@@ -48,9 +53,12 @@ def kv_layers(spec: ModelSpec) -> tuple[KVLayer, ...]:
         latent = spec.kv_lora_rank + spec.qk_rope_head_dim
         return tuple(KVLayer(i, "mla", latent_dim=latent) for i in range(spec.num_layers))
     sliding = set(spec.sliding_layers)
+    linear = set(spec.linear_attention.layers) if spec.linear_attention is not None else set()
     rows = []
     for i in range(spec.num_layers):
-        if i in sliding:
+        if i in linear:  # a Gated DeltaNet layer: a fixed state per sequence, nothing per token (`hybrid_kv`)
+            rows.append(KVLayer(i, "linear"))
+        elif i in sliding:
             rows.append(KVLayer(i, "sliding", spec.num_kv_heads, spec.head_dim, spec.head_dim,
                                 window=spec.sliding_window))
         else:
@@ -66,6 +74,8 @@ def kv_heads_per_rank(num_kv_heads: int, tensor_parallel: int) -> int:
 def layer_bytes_per_token(layer: KVLayer, dtype: str = "bf16", tensor_parallel: int = 1) -> int:
     """Bytes one token costs in `layer` on one tensor-parallel rank, at KV dtype `dtype`."""
     element = kv_dtype(dtype)
+    if layer.kind == "linear":
+        return 0
     if layer.kind == "mla":
         return element.bytes_per_vector(layer.latent_dim)
     heads = kv_heads_per_rank(layer.num_kv_heads, tensor_parallel)
@@ -122,6 +132,158 @@ def kv_cache_bytes(spec: ModelSpec, dtype: str = "bf16", context_length: int = 4
     context_length = check_int("context_length", context_length, 0, MAX_POSITIONS)
     sequences = check_int("sequences", sequences, 0, MAX_SEQUENCES)
     block_size = check_int("block_size", block_size, 1, MAX_BLOCK_SIZE)
+    if spec.linear_attention is not None:
+        return hybrid_kv(spec, dtype, tensor_parallel).bytes_per_sequence(context_length, block_size) * sequences
     per_sequence = sum(size * held_tokens(context_length, window, block_size)
                        for window, size in kv_bytes_by_window(spec, dtype, tensor_parallel))
     return per_sequence * sequences
+
+
+# ---------------------------------------------------------------------------
+# Hybrid models: Gated DeltaNet (Mamba-like) layers beside full attention, as vLLM's hybrid KV cache manager holds
+# them.
+
+#: vLLM's default attention block (``CacheConfig.DEFAULT_BLOCK_SIZE``), and the kernel block alignment of its CUDA
+#: attention backends (FlashAttention ``MultipleOf(16)``, FlashInfer ``[16, 32, 64]``)
+VLLM_BLOCK_ALIGNMENT = 16
+#: the bytes of the model's dtype, in which vLLM keeps the convolution state (``mamba_cache_dtype`` "auto": the
+#: model's dtype, bf16 for every published Qwen3-Next checkpoint) and, unless the config fixes it, the recurrent state
+MODEL_DTYPE_BYTES = 2
+#: the fewest times as many layers of one kind as of the other that a hybrid model must have: below it vLLM's
+#: grouping of layers changed between the releases nibble models (v0.11: the smaller count; from March 2026, PR
+#: #36684, the larger when within 1.5x; in between 1.25x), above it every release groups by the smaller count
+HYBRID_GROUP_RATIO = 1.5
+
+
+@dataclass(frozen=True, slots=True)
+class HybridKV:
+    """One tensor-parallel rank's KV cache of a hybrid model, as vLLM's hybrid KV cache manager holds it.
+
+    `full_layers` full-attention layers cost `attention_bytes_per_token` each per token; `linear_layers` Gated
+    DeltaNet layers hold `state_bytes` each per sequence (``MambaSpec.page_size_bytes``, unpadded).  vLLM (v0.11:
+    ``HybridAttentionMambaModelConfig.verify_and_update_config`` in model_executor/models/config.py; later
+    ``Platform._align_hybrid_block_size`` in platforms/interface.py):
+
+    * raises the attention block to ``block = 16 x ceil(state / (16 x attention bytes per token))`` tokens (from the
+      requested block size up when that is larger; later releases align to ``max(16, requested)``), so that one
+      attention page holds one state, and pads the state to exactly one page (``mamba_page_size_padded``);
+    * groups layers of one kind into groups of ``min(full, linear)`` layers (`group_size`; kv_cache_utils.py,
+      ``_get_kv_cache_groups_uniform_page_size``), every group's block costing ``page x group_size`` bytes of the
+      one pool;
+    * gives a sequence ``ceil(tokens / block)`` blocks in each full-attention group and one block in each linear
+      group (``MambaSpec.max_memory_usage_bytes`` without prefix caching, which vLLM turns off for hybrid models).
+    """
+
+    full_layers: int
+    linear_layers: int
+    attention_bytes_per_token: int
+    state_bytes: int
+
+    @property
+    def group_size(self) -> int:
+        """Layers per KV cache group: the smaller of the two counts."""
+        return min(self.full_layers, self.linear_layers)
+
+    @property
+    def full_groups(self) -> int:
+        return -(-self.full_layers // self.group_size)
+
+    @property
+    def linear_groups(self) -> int:
+        return -(-self.linear_layers // self.group_size)
+
+    def block_size(self, requested: int = VLLM_BLOCK_ALIGNMENT) -> int:
+        """Tokens in one attention block: the smallest multiple of ``max(16, requested)`` whose page holds one
+        linear layer's state, or `requested` when that is larger."""
+        alignment = max(VLLM_BLOCK_ALIGNMENT, requested)
+        aligned = alignment * -(-self.state_bytes // (alignment * self.attention_bytes_per_token))
+        return max(requested, aligned)
+
+    def page_bytes(self, requested: int = VLLM_BLOCK_ALIGNMENT) -> int:
+        """Bytes of one layer's block, attention or (padded) state: ``block x attention bytes per token``."""
+        return self.block_size(requested) * self.attention_bytes_per_token
+
+    def blocks_per_sequence(self, context_length: int, requested: int = VLLM_BLOCK_ALIGNMENT) -> int:
+        """Pool blocks one sequence of `context_length` tokens takes: ``ceil(context / block)`` in each full group,
+        one in each linear group (none for an empty sequence)."""
+        if context_length <= 0:
+            return 0
+        return self.full_groups * -(-context_length // self.block_size(requested)) + self.linear_groups
+
+    def bytes_per_sequence(self, context_length: int, requested: int = VLLM_BLOCK_ALIGNMENT) -> int:
+        """Bytes one sequence takes on this rank: its blocks x ``page x group_size``."""
+        return self.blocks_per_sequence(context_length, requested) * self.page_bytes(requested) * self.group_size
+
+
+def linear_state_bytes(spec: ModelSpec, tensor_parallel: int = 1) -> int:
+    """One Gated DeltaNet layer's state for one sequence on one rank, in bytes: vLLM's
+    ``MambaStateShapeCalculator.gated_delta_net_state_shape`` (mamba_utils.py) gives a convolution state of
+    ``(kernel - 1) x conv_dim / tp`` and a recurrent state of ``value heads / tp x value_head_dim x key_head_dim``
+    (no speculative tokens); ``gated_delta_net_state_dtype`` keeps both at the model's dtype unless the config
+    fixes the recurrent state's (Qwen3.5's ``mamba_ssm_dtype``).  ``MambaSpec.page_size_bytes`` is their sum.
+    A tensor-parallel degree that does not divide the heads is refused by vLLM (`VllmProfile.refusal`); here the
+    busiest rank's share is counted."""
+    linear = spec.linear_attention
+    if linear is None:
+        return 0
+    conv = (linear.conv_kernel_size - 1) * -(-linear.conv_dim // tensor_parallel) * MODEL_DTYPE_BYTES
+    state_dtype_bytes = (SSM_STATE_DTYPES[linear.ssm_state_dtype] if linear.ssm_state_dtype is not None
+                         else MODEL_DTYPE_BYTES)
+    recurrent = (-(-linear.num_value_heads // tensor_parallel) * linear.value_head_dim * linear.key_head_dim
+                 * state_dtype_bytes)
+    return conv + recurrent
+
+
+def hybrid_kv(spec: ModelSpec, dtype: str = "bf16", tensor_parallel: int = 1,
+              layers: tuple[int, int] | None = None) -> HybridKV:
+    """The `HybridKV` of `spec`'s layers ``[start, stop)`` (all by default: one pipeline stage) on one rank at KV
+    dtype `dtype`.
+
+    Raises `InvalidSpec` naming ``layer_types`` when the model holds no full-attention layer (vLLM then forms no
+    hybrid groups), or when one kind is less than `HYBRID_GROUP_RATIO` times as many as the other (the releases
+    nibble models group such layers differently: not planned rather than guessed); and naming
+    ``parallel.pipeline`` for a stage (`layers`) the releases group differently (`_stage_groups_agree`)."""
+    tensor_parallel = check_int("tensor_parallel", tensor_parallel, 1, MAX_TENSOR_PARALLEL)
+    rows = kv_layers(spec)
+    full = [layer.index for layer in rows if layer.kind == "full"]
+    linear = [layer.index for layer in rows if layer.kind == "linear"]
+    if not full or not linear:
+        raise InvalidSpec("layer_types", f"{len(full)} full_attention and {len(linear)} linear_attention layers",
+                          "a hybrid model's layers need both kinds: vLLM plans other mixes with other KV cache "
+                          "groups")
+    smaller, larger = sorted((len(full), len(linear)))
+    if larger < smaller * HYBRID_GROUP_RATIO:
+        raise InvalidSpec("layer_types", f"{len(full)} full_attention and {len(linear)} linear_attention layers",
+                          f"one kind must be at least {HYBRID_GROUP_RATIO} times as many as the other: vLLM's "
+                          "releases group closer counts differently (kv_cache_utils.py, PR #36684)")
+    start, stop = layers if layers is not None else (0, spec.num_layers)
+    stage_full = [i for i in full if start <= i < stop]
+    stage_linear = [i for i in linear if start <= i < stop]
+    if (start, stop) != (0, spec.num_layers) and not _stage_groups_agree(full, linear, start, stop):
+        raise InvalidSpec("parallel.pipeline", f"a stage of layers {start}-{stop - 1}",
+                          f"holds {len(stage_full)} full_attention and {len(stage_linear)} linear_attention layers, "
+                          "which vLLM 0.11 (each worker's own groups) and later releases (the whole model's groups, "
+                          "kv_cache_utils.py get_kv_cache_configs) group differently: choose a pipeline size whose "
+                          "stages hold whole repeats of the model's layer pattern")
+    return HybridKV(len(stage_full), len(stage_linear), layer_bytes_per_token(rows[full[0]], dtype, tensor_parallel),
+                    linear_state_bytes(spec, tensor_parallel))
+
+
+def _stage_groups_agree(full: list[int], linear: list[int], start: int, stop: int) -> bool:
+    """Whether a pipeline stage ``[start, stop)`` gets the same KV cache groups from every release nibble models.
+
+    v0.11 (kv_cache_utils.py, ``get_kv_cache_configs``) groups each worker's own layers: groups of ``min(full,
+    linear)`` of the stage's layers.  Later releases group the whole model's layers (groups of ``min(full, linear)``,
+    the i-th of n groups of a kind holding that kind's layers ``[i::n]``) and give each worker the layers of every
+    group it holds, its group size the largest such share.  They agree when every whole-model group has the same
+    number of layers in the stage, that number being the stage's smaller count (no padding either way)."""
+    size = min(len(full), len(linear))
+    shares = []
+    for layers in (full, linear):
+        groups = -(-len(layers) // size)
+        shares += [sum(1 for i in layers[g::groups] if start <= i < stop) for g in range(groups)]
+    stage_full = sum(1 for i in full if start <= i < stop)
+    stage_linear = sum(1 for i in linear if start <= i < stop)
+    stage_size = min(stage_full, stage_linear)
+    return stage_size > 0 and all(share == stage_size for share in shares) and \
+        stage_full % stage_size == 0 and stage_linear % stage_size == 0

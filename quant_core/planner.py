@@ -48,7 +48,7 @@ from quant_core.engines.vllm import qwen_vision_refusal
 from quant_core.errors import InvalidSpec
 from quant_core.formats import WeightFormat, float_format, int4, kv_dtype
 from quant_core.inventory import QuantizationPolicy, parameter_count
-from quant_core.kv_cache import held_tokens, kv_bytes_per_token, kv_layers, layer_bytes_per_token
+from quant_core.kv_cache import HybridKV, held_tokens, hybrid_kv, kv_bytes_per_token, kv_layers, layer_bytes_per_token
 from quant_core.schemes import WeightScheme, assigned_bytes, scheme_of, with_partial_groups
 from quant_core.specs import (
     Llama4VisionTower,
@@ -322,8 +322,13 @@ class _StageKV:
     """KV bytes per token of one stage on one rank: by window (None = full attention)."""
 
     by_window: tuple[tuple[int | None, int], ...]
+    #: a hybrid model's stage (Gated DeltaNet beside full attention): vLLM's blocks and states (`hybrid_kv`), which
+    #: replace `by_window`
+    hybrid: HybridKV | None = None
 
     def bytes_per_sequence(self, context_length: int, block_size: int) -> int:
+        if self.hybrid is not None:
+            return self.hybrid.bytes_per_sequence(context_length, block_size)
         return sum(size * held_tokens(context_length, window, block_size) for window, size in self.by_window)
 
 
@@ -465,7 +470,13 @@ def _build_layout(spec: ModelSpec, scheme: WeightScheme, kv_dtype_name: str,
     everywhere = outside if vocabulary_everywhere and pipeline_parallel > 1 else 0
     held = [everywhere] * pipeline_parallel if everywhere else home
     stage_kv = []
-    for start, stop in stages:
+    if spec.linear_attention is not None:  # a hybrid model (Qwen3-Next): vLLM's blocks and states per stage
+        if spec.model_type == "qwen3_5" and pipeline_parallel > 1:
+            raise InvalidSpec("parallel.pipeline", pipeline_parallel,
+                              "vLLM's qwen3_5.py builds a Qwen3.5's embedding on every pipeline stage but its lm_head "
+                              "on the last only, which nibble's stage weights do not model: plan one stage")
+        stage_kv = [_StageKV((), hybrid_kv(spec, kv_dtype_name, tensor_parallel, layers)) for layers in stages]
+    for start, stop in stages if spec.linear_attention is None else ():
         groups: dict[int | None, int] = {}
         for layer in kv_layers(spec)[start:stop]:
             window = layer.window if layer.kind == "sliding" else None
@@ -474,6 +485,17 @@ def _build_layout(spec: ModelSpec, scheme: WeightScheme, kv_dtype_name: str,
     return _Layout(tensor_parallel, pipeline_parallel, stages,
                    tuple(size + extra for size, extra in zip(weights, held, strict=True)), tuple(stage_kv),
                    everywhere, tuple(extra - own for extra, own in zip(held, home, strict=True)))
+
+
+def _hybrid_note(hybrid: HybridKV, block_size: int, tensor_parallel: int) -> str:
+    """The plan's note on a hybrid model's KV cache: vLLM's raised attention block and the states per sequence."""
+    block = hybrid.block_size(block_size)
+    return (f"The {hybrid.linear_layers} Gated DeltaNet layers hold a fixed state per sequence "
+            f"({hybrid.state_bytes:,} bytes each per device at tensor parallel {tensor_parallel}), not tokens: vLLM "
+            f"raises the attention block to {block} tokens so that one page ({hybrid.page_bytes(block_size):,} bytes) "
+            f"holds a state, pads the states to it, and gives each sequence ceil(tokens / {block}) blocks in "
+            f"{hybrid.full_groups} full-attention group(s) and one block in each of {hybrid.linear_groups} linear "
+            f"group(s) of {hybrid.group_size} layers; context and sequences are counted in those blocks.")
 
 
 # ---------------------------------------------------------------------------
@@ -605,6 +627,7 @@ class _Evaluator:
         budgets = tuple(self.usable_bytes - weights - fixed
                         for weights, fixed in zip(layout.stage_weights, terms.fixed, strict=True))
         stages = tuple(zip(budgets, (kv.by_window for kv in layout.stage_kv), strict=True))
+        hybrids = tuple(kv.hybrid for kv in layout.stage_kv)
         block = self.options.block_size
         batched = self.limits.max_batched_tokens
         variable = self.variable_activations
@@ -617,7 +640,11 @@ class _Evaluator:
             else:
                 activations = 0
             held_full = -(-context_length // block) * block
-            for budget, groups in stages:
+            for (budget, groups), hybrid in zip(stages, hybrids, strict=True):
+                if hybrid is not None:
+                    if hybrid.bytes_per_sequence(context_length, block) * sequences + activations > budget:
+                        return False
+                    continue
                 per_sequence = 0
                 for window, size in groups:
                     if window is None or window >= context_length:
@@ -733,6 +760,11 @@ def _max_context(evaluator: _Evaluator, layout: _Layout, fits: Callable[[int, in
                       if window is not None)
         if full:
             guess = min(guess, (budget - sliding * sequences) // (sequences * full * block))
+        if kv.hybrid is not None:  # whole attention blocks after each sequence's states, in the plan's blocks
+            hybrid = kv.hybrid
+            group_block = hybrid.page_bytes(block) * hybrid.group_size
+            whole = (budget // (sequences * group_block) - hybrid.linear_groups) // hybrid.full_groups
+            guess = min(guess, whole * hybrid.block_size(block) // block)
     blocks = _largest_from(lambda n: fits(n * block, sequences), guess, max(1, cap // block))
     # Within the next block the KV cache holds as much as for its last token, while the activation estimate
     # still grows token by token: the longest context may end part-way into it.
@@ -962,6 +994,9 @@ def plan(spec: ModelSpec, hardware: Hardware, workload: Workload | None = None,
                      "cache cannot use.")
     if evaluator.fp32_routers() and engine is not None:
         notes.append(_fp32_router_note(engine, spec, deployed, tensor))
+    hybrid = primary_layout.stage_kv[0].hybrid
+    if hybrid is not None:
+        notes.append(_hybrid_note(hybrid, options.block_size, tensor))
     busiest = max(primary.devices, key=lambda device: device.activation_bytes)
     if evaluator.variable_activations:
         activation_basis = ACTIVATION_BASIS.format(

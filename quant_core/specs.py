@@ -208,6 +208,67 @@ class Qwen3VisionTower:
 VISION_TOWERS = (VisionTower, Llama4VisionTower, PixtralVisionTower, QwenVisionTower, Qwen3VisionTower)
 
 
+#: the state-cache dtypes a linear-attention layer may keep its recurrent state in (None: the model's dtype)
+SSM_STATE_DTYPES: dict[str, int] = {"float32": 4, "bfloat16": 2, "float16": 2}
+
+
+@dataclass(frozen=True, slots=True)
+class GatedDeltaNet:
+    """The Gated DeltaNet ("linear_attention") layers of a hybrid model (Qwen3-Next's ``layer_types``): which
+    decoder layers they are (`layers`; the others are gated full attention) and their sizes, as transformers'
+    ``Qwen3NextGatedDeltaNet`` and vLLM's ``GatedDeltaNetAttention`` read them: `num_key_heads` query/key heads of
+    `key_head_dim` (``linear_num_key_heads``, ``linear_key_head_dim``), `num_value_heads` value heads of
+    `value_head_dim`, a causal depthwise convolution of `conv_kernel_size` over the ``2 x key + value`` channels.
+    Each layer caches a fixed state per sequence, not per token: the convolution's last ``kernel - 1`` inputs and
+    a ``[value heads, value_head_dim, key_head_dim]`` recurrent state (`ssm_state_dtype`: the state's dtype when a
+    config fixes it, Qwen3.5's ``mamba_ssm_dtype``; None = the model's)."""
+
+    layers: tuple[int, ...]
+    num_key_heads: int
+    num_value_heads: int
+    key_head_dim: int
+    value_head_dim: int
+    conv_kernel_size: int
+    ssm_state_dtype: str | None = None
+    #: the checkpoints hold the projections apart, ``in_proj_qkv``, ``in_proj_z``, ``in_proj_b`` and ``in_proj_a``
+    #: (Qwen3.5), not fused as ``in_proj_qkvz`` and ``in_proj_ba`` (Qwen3-Next)
+    split_projections: bool = False
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.split_projections, bool):
+            raise InvalidSpec("linear_attention.split_projections", self.split_projections, "must be true or false")
+        for field, (low, high) in _LINEAR_ATTENTION_LIMITS.items():
+            object.__setattr__(self, field, check_int(f"linear_attention.{field}", getattr(self, field), low, high))
+        if not isinstance(self.layers, tuple | list) or not self.layers:
+            raise InvalidSpec("layer_types", self.layers, "a hybrid model needs at least one linear_attention layer")
+        layers = tuple(check_int(f"layer_types[{i}]", layer, 0, MAX_LAYERS - 1) for i, layer in enumerate(self.layers))
+        if list(layers) != sorted(set(layers)):
+            raise InvalidSpec("layer_types", list(layers), "layer indices must be increasing, without repeats")
+        object.__setattr__(self, "layers", layers)
+        if self.num_value_heads % self.num_key_heads:
+            raise InvalidSpec("linear_num_value_heads", self.num_value_heads,
+                              f"must be a multiple of linear_num_key_heads={self.num_key_heads} (each key head "
+                              "serves a whole group of value heads)")
+        if self.ssm_state_dtype is not None and self.ssm_state_dtype not in SSM_STATE_DTYPES:
+            raise UnknownName("mamba_ssm_dtype", str(self.ssm_state_dtype), list(SSM_STATE_DTYPES),
+                              field="mamba_ssm_dtype")
+
+    @property
+    def key_dim(self) -> int:
+        """Query (and key) width: ``num_key_heads x key_head_dim``."""
+        return self.num_key_heads * self.key_head_dim
+
+    @property
+    def value_dim(self) -> int:
+        """Value (and output gate z) width: ``num_value_heads x value_head_dim``."""
+        return self.num_value_heads * self.value_head_dim
+
+    @property
+    def conv_dim(self) -> int:
+        """Channels of the depthwise convolution: ``2 x key_dim + value_dim`` (q, k and v)."""
+        return 2 * self.key_dim + self.value_dim
+
+
 @dataclass(frozen=True, slots=True)
 class KVLayer:
     """What one attention layer caches per token.
@@ -253,8 +314,11 @@ class KVLayer:
 #   (qwen2_5_vl: the llama layout with Qwen2's biases beside a `QwenVisionTower` named ``visual.*``; qwen3_vl: Qwen3's
 #   layout under ``model.language_model.*`` beside a `Qwen3VisionTower` under ``model.visual.*``; qwen3_vl_moe:
 #   Qwen3-MoE's with each layer's experts fused, ``mlp.experts.gate_up_proj[{e}]`` and ``down_proj[{e}]``)
+#   qwen3_next Qwen3-Next's hybrid: `GatedDeltaNet` layers (``linear_attn.*``) and gated full-attention layers
+#             (``self_attn.*``, q_proj twice as wide for the output gate, q/k norms), every layer a Qwen2-MoE-style
+#             sparse block (router, routed experts, one gated shared expert) or, per mlp_only_layers, a dense MLP
 LAYOUTS: tuple[str, ...] = ("llama", "mixtral", "phi3", "deepseek", "falcon", "gpt2", "gpt_oss", "qwen2_moe",
-                           "llama4")
+                           "llama4", "qwen3_next")
 NORM_KINDS: tuple[str, ...] = ("rmsnorm", "layernorm")
 
 # Sane maximums: far above any published model (largest today: hidden 25,600, 126 layers,
@@ -338,6 +402,14 @@ _QWEN3_VISION_LIMITS: dict[str, tuple[int, int]] = {
     **_QWEN_VISION_LIMITS,
     "num_position_embeddings": (1, 1 << 24),
     "deepstack_mergers": (0, MAX_LAYERS),
+}
+#: a hybrid model's Gated DeltaNet sizes
+_LINEAR_ATTENTION_LIMITS: dict[str, tuple[int, int]] = {
+    "num_key_heads": (1, MAX_HEADS),
+    "num_value_heads": (1, MAX_HEADS),
+    "key_head_dim": (1, MAX_HEAD_DIM),
+    "value_head_dim": (1, MAX_HEAD_DIM),
+    "conv_kernel_size": (1, 1_024),
 }
 _OPTIONAL_INT_LIMITS: dict[str, tuple[int, int]] = {
     "max_position_embeddings": (1, MAX_POSITIONS),
@@ -443,6 +515,10 @@ class ModelSpec:
     v_head_dim: int = 0
     #: a multimodal model's image encoder, which engines load beside the language model (None: text only)
     vision: VisionTower | Llama4VisionTower | PixtralVisionTower | QwenVisionTower | Qwen3VisionTower | None = None
+    #: a hybrid model's Gated DeltaNet layers (Qwen3-Next); its other layers are full attention (None: none)
+    linear_attention: GatedDeltaNet | None = None
+    #: the full-attention layers' q_proj is twice as wide: its second half gates the output (Qwen3-Next)
+    attention_output_gate: bool = False
 
     def __post_init__(self) -> None:
         for field in ("name", "model_type"):
@@ -499,6 +575,26 @@ class ModelSpec:
             raise InvalidSpec("max_position_embeddings", None, "learned position embeddings need a size")
         if self.vision is not None and not isinstance(self.vision, VISION_TOWERS):
             raise InvalidSpec("vision", type(self.vision).__name__, "must be a vision tower (or absent)")
+        self._check_linear_attention()
+
+    def _check_linear_attention(self) -> None:
+        """A hybrid model's Gated DeltaNet block: its layers exist, and the output gate is a flag."""
+        if not isinstance(self.attention_output_gate, bool):
+            raise InvalidSpec("attention_output_gate", self.attention_output_gate, "must be true or false")
+        linear = self.linear_attention
+        if (linear is None) != (self.layout != "qwen3_next"):
+            raise InvalidSpec("linear_attention", None if linear is None else "a GatedDeltaNet",
+                              "the qwen3_next layout, and only it, has Gated DeltaNet layers")
+        if linear is None:
+            return
+        if not isinstance(linear, GatedDeltaNet):
+            raise InvalidSpec("linear_attention", type(linear).__name__, "must be a GatedDeltaNet (or absent)")
+        if linear.layers[-1] >= self.num_layers:
+            raise InvalidSpec("layer_types", f"{len(linear.layers)} linear_attention layers up to layer "
+                              f"{linear.layers[-1]}", f"more than num_hidden_layers={self.num_layers}")
+        if self.sliding_layers or self.is_mla:
+            raise InvalidSpec("linear_attention", "with sliding or latent attention",
+                              "a hybrid model's other layers are full attention")
 
     @property
     def is_moe(self) -> bool:
@@ -565,4 +661,15 @@ class ModelSpec:
                 values["vision"] = tower(**vision)
             except TypeError as error:  # a field left out
                 raise InvalidSpec("vision", sorted(vision), f"is not a whole {tower.__name__}: {error}") from None
+        linear = values.get("linear_attention")
+        if isinstance(linear, dict):  # to_dict's GatedDeltaNet as JSON
+            unknown_fields = sorted(str(key) for key in linear if key not in GatedDeltaNet.__dataclass_fields__)
+            if unknown_fields:
+                raise InvalidSpec(f"linear_attention.{unknown_fields[0]}", linear[unknown_fields[0]],
+                                  "is not a GatedDeltaNet field")
+            try:
+                values["linear_attention"] = GatedDeltaNet(**linear)
+            except TypeError as error:
+                raise InvalidSpec("linear_attention", sorted(linear), f"is not a whole GatedDeltaNet: {error}") \
+                    from None
         return cls(**values)

@@ -193,6 +193,9 @@ _MISTRAL3_UNQUANTIZED_PREFIXES = ("vision_tower.", "multi_modal_projector.", "mo
 #: Qwen2.5-VL's vision tower and merger, as published checkpoints name them (``visual.``) and as transformers >= 4.52
 #: saves them (``model.visual.``): vLLM's qwen2_5_vl.py maps both to ``visual.``
 QWEN_VL_UNQUANTIZED_PREFIXES = ("visual.", "model.visual.")
+#: Qwen3-Next's multi-token-prediction layer as its checkpoints name it: vLLM's Qwen3NextForCausalLM skips it
+#: (``skip_prefixes=["mtp."]``) and nibble does not plan it
+QWEN3_NEXT_MTP_PREFIX = "mtp."
 #: routed experts fused into one [experts, in, out] tensor per projection (Llama 4; gpt-oss in bf16)
 FUSED_EXPERT_SUFFIXES = ("experts.gate_up_proj", "experts.down_proj")
 
@@ -221,6 +224,13 @@ def _family_reason(tensor: CheckpointTensor, checkpoint: Checkpoint) -> str | No
             and tensor.name.startswith(QWEN_VL_UNQUANTIZED_PREFIXES)):
         return ("Qwen3-VL's vision tower and mergers: kept as stored, as nibble plans them at 16 bits (vLLM's "
                 "qwen3_vl.py reads them with the checkpoint's quant_config, whose ignore list names them)")
+    if config.get("model_type") in ("qwen3_next", "qwen3_5") and tensor.name.startswith(QWEN3_NEXT_MTP_PREFIX):
+        return ("Qwen3-Next's and Qwen3.5's multi-token-prediction layer (mtp.*): vLLM's model classes skip it at "
+                "load and nibble does not plan it, so it stays as stored (the quantization_config marks it "
+                "unquantized for the MTP drafter, qwen3_next_mtp.py / qwen3_5_mtp.py)")
+    if config.get("model_type") == "qwen3_5" and tensor.name.startswith(QWEN_VL_UNQUANTIZED_PREFIXES):
+        return ("Qwen3.5's vision tower and merger: kept as stored, as nibble plans them at 16 bits (vLLM's "
+                "qwen3_5.py reads them with the checkpoint's quant_config, whose ignore list names them)")
     if fused_expert_module(tensor.name, len(tensor.shape)) is not None:
         return (f"routed experts fused as one [experts, in, out] tensor (shape {list(tensor.shape)}): nibble "
                 "quantizes 2-D linear weights only, so they stay as stored, and the quantization_config marks "

@@ -35,8 +35,8 @@ from dataclasses import dataclass
 from functools import lru_cache
 
 from quant_core.engines.base import BatchLimits, KVCapacity, Stage, Term
-from quant_core.errors import UnknownName
-from quant_core.kv_cache import kv_layers, layer_bytes_per_token
+from quant_core.errors import InvalidSpec, UnknownName
+from quant_core.kv_cache import VLLM_BLOCK_ALIGNMENT, hybrid_kv, kv_layers, layer_bytes_per_token
 from quant_core.specs import Llama4VisionTower, ModelSpec, PixtralVisionTower, Qwen3VisionTower, QwenVisionTower
 
 GIB = 1 << 30
@@ -131,6 +131,9 @@ VOCABULARY_ON_EVERY_STAGE: dict[str, str] = {
     "gemma3": "gemma3.py (the language model of gemma3_mm.py): Gemma3Model.__init__, Gemma3ForCausalLM.__init__",
     "falcon": "falcon.py: FalconModel.__init__ (word_embeddings, ln_f), FalconForCausalLM.__init__ (lm_head)",
     "gpt2": "gpt2.py: GPT2Model.__init__ (wte, wpe, ln_f), GPT2LMHeadModel.__init__ (lm_head)",
+    # the final norm is a PPMissingLayer off the last rank: counted on every stage here, 2 x hidden bytes to spare
+    "qwen3_next": "qwen3_next.py: Qwen3NextModel.__init__ (embed_tokens), Qwen3NextForCausalLM.__init__ (lm_head), "
+                  "v0.11 and May 2026 alike",
 }
 
 
@@ -151,6 +154,57 @@ def _deepstack_buffer_bytes(spec: ModelSpec, tokens: int) -> int:
     if not isinstance(spec.vision, Qwen3VisionTower):
         return 0
     return spec.vision.deepstack_mergers * tokens * spec.hidden_size * ACTIVATION_ELEMENT_BYTES
+
+
+def linear_attention_refusal(spec: ModelSpec, tensor_parallel: int) -> str | None:
+    """Why vLLM cannot split a hybrid (Qwen3-Next) model's Gated DeltaNet layers or experts over `tensor_parallel`
+    ranks (None: it can).  gdn_linear_attn.py (qwen3_next.py in v0.11), ``GatedDeltaNetAttention``: ``dt_bias`` and
+    ``A_log`` hold ``divide(num_v_heads, tp_size)`` heads and the projections are reshaped per ``num_k_heads //
+    tp_size`` key heads (mamba_utils.py's state shapes ``divide`` the same); qwen3_next.py,
+    ``Qwen3NextSparseMoeBlock``: "Tensor parallel size ... is greater than the number of experts"."""
+    linear = spec.linear_attention
+    if linear is None:
+        return None
+    for what, size in (("linear_num_key_heads", linear.num_key_heads),
+                       ("linear_num_value_heads", linear.num_value_heads)):
+        if size % tensor_parallel:
+            return (f"vLLM refuses tensor parallel size {tensor_parallel}: it does not divide the Gated DeltaNet "
+                    f"layers' {size} {what.removeprefix('linear_num_').replace('_', ' ')} ({what}; vLLM splits "
+                    "them over the ranks)")
+    if spec.is_moe and tensor_parallel > spec.num_experts:
+        return (f"vLLM refuses tensor parallel size {tensor_parallel} for a {spec.model_type} model: it is greater "
+                f"than the model's {spec.num_experts} experts")
+    return None
+
+
+def hybrid_kv_capacity(stage: Stage, kv_cache_dtype: str, available_bytes: int, block_size: int,
+                       max_model_len: int, version: str, tokens_from_concurrency: bool) -> KVCapacity:
+    """vLLM's KV pool for a hybrid (Gated DeltaNet + full attention) stage (`kv_cache.HybridKV`).
+
+    ``num_blocks = available // (page x group_size)`` (kv_cache_utils.py, ``get_num_blocks``), the page being the
+    raised attention block's and the padded state's alike.  "Maximum concurrency for L tokens per request" is
+    ``num_blocks / (full groups x ceil(L / block) + linear groups)`` (``get_max_concurrency_for_kv_cache_config``:
+    a linear group's ``MambaSpec.max_memory_usage_bytes`` is one page without prefix caching, which vLLM keeps off
+    for hybrid models).  "GPU KV cache size" is ``num_blocks // groups x min(block, L)`` tokens in v0.11 and v0.19
+    (``get_kv_cache_config_from_groups``: every group counted, the linear groups' spec block being
+    ``max_model_len``), ``int(concurrency x L)`` in later releases (``_report_kv_cache_config``).  v0.11 raises the
+    block from 16, not from the requested size (model_executor/models/config.py,
+    ``HybridAttentionMambaModelConfig``): another requested block size is refused there, naming the field."""
+    if version == "0.11" and block_size != VLLM_BLOCK_ALIGNMENT:
+        raise InvalidSpec("kv_cache.block_size", block_size,
+                          f"vLLM 0.11 sizes a hybrid model's attention block from {VLLM_BLOCK_ALIGNMENT}-token "
+                          "multiples whatever block size is asked for; nibble plans it there at the default block "
+                          f"size {VLLM_BLOCK_ALIGNMENT} only")
+    hybrid = hybrid_kv(stage.spec, kv_cache_dtype, stage.tensor_parallel, stage.layers)
+    block = hybrid.block_size(block_size)
+    num_blocks = max(0, available_bytes // (hybrid.page_bytes(block_size) * hybrid.group_size))
+    per_request = hybrid.blocks_per_sequence(max_model_len, block_size)
+    concurrency = num_blocks / per_request if per_request else 0.0
+    if tokens_from_concurrency:
+        tokens = int(concurrency * max_model_len)
+    else:
+        tokens = num_blocks // (hybrid.full_groups + hybrid.linear_groups) * min(block, max_model_len)
+    return KVCapacity(num_blocks=num_blocks, tokens=tokens, max_concurrency=concurrency)
 
 
 def _forward_bytes_per_token(spec: ModelSpec, tensor_parallel: int) -> int:
@@ -325,6 +379,11 @@ class VllmProfile:
             return (f"vLLM refuses tensor parallel size {tensor_parallel}: it does not divide the Pixtral vision "
                     f"tower's {spec.vision.num_attention_heads} attention heads (pixtral.py splits them over the "
                     "ranks)")
+        if spec.model_type == "qwen3_5" and self._version == "0.11":
+            # vllm/model_executor/models/qwen3_5.py came in February 2026 (vLLM PR #34110), after v0.11
+            return "vLLM 0.11 has no Qwen3.5 model class (qwen3_5.py came in February 2026, PR #34110)"
+        if spec.linear_attention is not None and (hybrid := linear_attention_refusal(spec, tensor_parallel)):
+            return hybrid
         if isinstance(spec.vision, QwenVisionTower | Qwen3VisionTower):
             return qwen_vision_refusal(spec.vision, tensor_parallel)
         return None
@@ -353,6 +412,9 @@ class VllmProfile:
         """`kv_cache_utils`: the stage's layers grouped by kind (full, sliding window w) into groups
         of one size (`_get_kv_cache_groups_uniform_page_size`: the smallest kind's layer count,
         or the largest when within 1.25x); ``num_blocks = available // (page × group size)``."""
+        if stage.spec.linear_attention is not None:
+            return hybrid_kv_capacity(stage, kv_cache_dtype, available_bytes, block_size, max_model_len,
+                                      self._version, self._rules.tokens_from_concurrency)
         groups, group_size, page = _kv_cache_groups(stage.spec, stage.layers, kv_cache_dtype,
                                                     stage.tensor_parallel, block_size)
         num_groups = sum(n for _, n in groups)
