@@ -222,6 +222,14 @@ GGUF_REFUSED: dict[str, str] = {
                 "(block_count = num_hidden_layers + num_nextn_predict_layers) whose tensors and layer-dependent "
                 "types nibble does not model: plan a safetensors format (bf16, fp8, int4) for this model",
 }
+# DeepSeek-V3.2: llama.cpp has the arch (deepseek32, conversion/deepseek.py's DeepseekV32Model), but its converter
+# keeps the multi-token-prediction layer as an extra block by default (skip_mtp = False: block_count =
+# num_hidden_layers + num_nextn_predict_layers), splits kv_b_proj into attn_k_b / attn_v_b and writes the indexer's
+# tensors, and no llama-quantize run of deepseek32 is recorded (tests/quant_core/data/llama_quantize/)
+GGUF_REFUSED["deepseek_v32"] = (
+    "llama.cpp's deepseek32 GGUF files hold the multi-token-prediction layer as an extra block and split the MLA and "
+    "indexer tensors in ways whose llama-quantize types nibble has not recorded: plan a safetensors format (bf16, "
+    "fp8, int4) for this model")
 
 
 def gguf_rows(file_type: str, spec: ModelSpec,

@@ -5,7 +5,7 @@ that class's defaults for absent keys (``tie_word_embeddings`` is True for Gemma
 and Falcon, False elsewhere), and sets the flags the family's modeling code hard-codes
 (Qwen2's q/k/v bias, Gemma's four norms per layer, Qwen3's q/k norms, ...).  The
 parameter counts that follow from the spec are those of the model transformers builds
-from the config: DeepSeek-V3's and GLM-4.5's multi-token-prediction layer (``num_nextn_predict_layers``)
+from the config: DeepSeek-V3's (and V3.2's) and GLM-4.5's multi-token-prediction layer (``num_nextn_predict_layers``)
 is not built by transformers (nor loaded by vLLM's model classes) and is not counted; for the multimodal ``gemma3`` type
 the language model (``text_config``) is read, and its SigLIP vision tower and projector
 (``vision_config``) are counted as role ``vision``: engines load them beside it, at 16 bits; the
@@ -311,14 +311,15 @@ def _deepseek(config: Mapping[str, object], model_type: str, name: str | None) -
     if experts:
         first_dense = r.int_or("first_k_dense_replace", 0, MAX_LAYERS, minimum=0)
         frequency = r.int_or("moe_layer_freq", 1, MAX_LAYERS)
-        topk_method = r.string("topk_method", "noaux_tc" if model_type == "deepseek_v3" else "greedy")
+        topk_method = r.string("topk_method",
+                               "noaux_tc" if model_type in ("deepseek_v3", "deepseek_v32") else "greedy")
         moe = {
             "num_experts": experts,
             "experts_per_token": r.required_int("num_experts_per_tok", MAX_EXPERTS),
             "moe_intermediate_size": r.required_int("moe_intermediate_size", MAX_INTERMEDIATE_SIZE),
             "num_shared_experts": r.int_or("n_shared_experts", 0, MAX_EXPERTS, minimum=0),
             "dense_layers": tuple(i for i in range(layers) if i < first_dense or i % frequency),
-            "router_bias": model_type == "deepseek_v3" or topk_method == "noaux_tc",
+            "router_bias": model_type in ("deepseek_v3", "deepseek_v32") or topk_method == "noaux_tc",
         }
     attention_bias = r.flag("attention_bias", False)
     return ModelSpec(
@@ -343,6 +344,22 @@ def _deepseek(config: Mapping[str, object], model_type: str, name: str | None) -
         v_head_dim=r.required_int("v_head_dim", MAX_HEAD_DIM),
         **moe,
     )
+
+
+def _deepseek_v32(config: Mapping[str, object], model_type: str, name: str | None) -> ModelSpec:
+    """DeepSeek-V3.2 (-Exp, Speciale; transformers' DeepseekV32ForCausalLM): DeepSeek-V3 (`_deepseek`) plus DeepSeek
+    Sparse Attention's lightning indexer in every layer, sized by ``index_n_heads``, ``index_head_dim`` and
+    ``index_topk`` (DeepseekV32Config's defaults 64, 128 and 2048 for absent keys).  The indexer projects the query
+    latent (``wq_b``: [heads x dim, q_lora_rank]), so ``q_lora_rank`` is required.  The MTP layer
+    (``num_nextn_predict_layers``, layer ``num_hidden_layers``) is not counted, as for DeepSeek-V3: transformers does
+    not build it (``_keys_to_ignore_on_load_unexpected``) and vLLM's model class skips it at load."""
+    spec = _deepseek(config, model_type, name)
+    r = _Reader(config, model_type)
+    if spec.q_lora_rank is None:
+        raise MissingConfigKey("q_lora_rank", model_type)
+    return replace(spec, index_n_heads=r.int_or("index_n_heads", 64, MAX_HEADS),
+                   index_head_dim=r.int_or("index_head_dim", 128, MAX_HEAD_DIM),
+                   index_topk=r.int_or("index_topk", 2048, MAX_POSITIONS))
 
 
 def _falcon(config: Mapping[str, object], model_type: str, name: str | None) -> ModelSpec:
@@ -847,6 +864,7 @@ _ADAPTERS: dict[str, _Adapter] = {
     "phi3": _phi3,
     "deepseek_v2": _deepseek,
     "deepseek_v3": _deepseek,
+    "deepseek_v32": _deepseek_v32,
     "falcon": _falcon,
     "RefinedWeb": _falcon,
     "RefinedWebModel": _falcon,
@@ -997,6 +1015,9 @@ ARCHITECTURE_FAMILIES: dict[str, str] = {
     "Ministral3ForCausalLM": "mistral",
     "Qwen2_5_VLForConditionalGeneration": "qwen2_5_vl", "Qwen3VLForConditionalGeneration": "qwen3_vl",
     "Qwen3VLMoeForConditionalGeneration": "qwen3_vl_moe",
+    # DeepSeek-V3.2: vLLM's registry loads it as deepseek_v2.py's DeepseekV3ForCausalLM with the indexer built
+    # (its config has index_topk); never read as deepseek_v3, which would leave the indexer and its cache out
+    "DeepseekV32ForCausalLM": "deepseek_v32",
 }
 
 

@@ -35,7 +35,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 
 from quant_core.engines.base import BatchLimits, KVCapacity, Stage, Term
-from quant_core.errors import UnknownName
+from quant_core.errors import InvalidSpec, UnknownName
 from quant_core.kv_cache import kv_layers, layer_bytes_per_token
 from quant_core.specs import Llama4VisionTower, ModelSpec, PixtralVisionTower, Qwen3VisionTower, QwenVisionTower
 
@@ -153,6 +153,30 @@ def _deepstack_buffer_bytes(spec: ModelSpec, tokens: int) -> int:
     return spec.vision.deepstack_mergers * tokens * spec.hidden_size * ACTIVATION_ELEMENT_BYTES
 
 
+def _dsa_topk_buffer_bytes(spec: ModelSpec, tokens: int) -> int:
+    """The top-k indices buffer vLLM's deepseek_v2.py allocates when it builds a DeepSeek-V3.2 model (v0.11 and
+    v0.19, DeepseekV2Model.__init__): ``torch.empty(max_num_batched_tokens, index_topk, dtype=torch.int32)``."""
+    return tokens * spec.index_topk * 4 if spec.has_indexer else 0
+
+
+#: the vLLM releases whose DeepSeek Sparse Attention KV cache nibble sizes: one KV cache group of every layer's MLA
+#: latent and indexer key (UniformTypeKVCacheSpecs: the indexer's DeepseekV32IndexerCache is an MLAAttentionSpec
+#: of another page size), ``num_blocks = available // sum of the layers' pages`` (v1/core/kv_cache_utils.py,
+#: get_kv_cache_config_from_groups).  v0.33 gives the indexer cache its own role (SparseCacheRole.INDEXER) and
+#: group-leader and alignment rules nibble does not model: refused rather than guessed
+DSA_KV_VERSIONS = ("0.11", "0.19")
+
+
+def dsa_version_refusal(spec: ModelSpec, version: str) -> None:
+    """Raise `InvalidSpec` naming ``runtime.engine_version`` for a DeepSeek Sparse Attention model on a vLLM
+    release whose KV cache layout for it nibble does not size (`DSA_KV_VERSIONS`)."""
+    if spec.has_indexer and version not in DSA_KV_VERSIONS:
+        raise InvalidSpec("runtime.engine_version", version,
+                          f"nibble sizes vLLM's DeepSeek Sparse Attention KV cache (MLA latent + indexer keys) for "
+                          f"vLLM {' and '.join(DSA_KV_VERSIONS)} only: vLLM {version} groups the indexer cache by "
+                          "its own rules, which nibble does not model")
+
+
 def _forward_bytes_per_token(spec: ModelSpec, tensor_parallel: int) -> int:
     """Peak live activation bytes per batched token on one rank during one decoder layer.
 
@@ -258,7 +282,12 @@ class VllmProfile:
             basis += (f"; plus Qwen3-VL's deepstack input buffers, one of max_num_batched_tokens x hidden_size at "
                       f"2 bytes per deepstack level ({deepstack / GIB:.2f} GiB), "
                       "allocated when the model is built (qwen3_vl.py, deepstack_input_embeds)")
-        return Term(max(forward, sampler) + deepstack, basis)
+        topk_buffer = _dsa_topk_buffer_bytes(spec, tokens)
+        if topk_buffer:
+            basis += (f"; plus DeepSeek Sparse Attention's top-k indices buffer, max_num_batched_tokens x index_topk "
+                      f"int32 ({topk_buffer / GIB:.2f} GiB), allocated when the model is built (deepseek_v2.py, "
+                      "topk_indices_buffer)")
+        return Term(max(forward, sampler) + deepstack + topk_buffer, basis)
 
     def non_torch(self, stage: Stage) -> Term:
         """Memory outside PyTorch's allocator that grows during loading and profiling
@@ -353,6 +382,7 @@ class VllmProfile:
         """`kv_cache_utils`: the stage's layers grouped by kind (full, sliding window w) into groups
         of one size (`_get_kv_cache_groups_uniform_page_size`: the smallest kind's layer count,
         or the largest when within 1.25x); ``num_blocks = available // (page × group size)``."""
+        dsa_version_refusal(stage.spec, self._version)
         groups, group_size, page = _kv_cache_groups(stage.spec, stage.layers, kv_cache_dtype,
                                                     stage.tensor_parallel, block_size)
         num_groups = sum(n for _, n in groups)
@@ -380,6 +410,8 @@ def _kv_cache_groups(spec: ModelSpec, layers: tuple[int, int], kv_cache_dtype: s
     """A stage's KV cache groups as vLLM forms them: ((window or None, groups of that kind), ...), the layers
     in one group, and the page bytes (a pure function of the stage, cached: the solvers ask it many times)."""
     start, stop = layers
+    if spec.has_indexer:
+        return _dsa_kv_cache_groups(spec, layers, kv_cache_dtype, tensor_parallel, block_size)
     by_kind: dict[tuple[int | None, int], int] = {}
     for layer in kv_layers(spec)[start:stop]:
         window = layer.window if layer.kind == "sliding" else None
@@ -391,3 +423,16 @@ def _kv_cache_groups(spec: ModelSpec, layers: tuple[int, int], kv_cache_dtype: s
     groups = tuple((window, -(-count // group_size)) for (window, _page), count in by_kind.items())
     page = max(page for _window, page in by_kind)  # vLLM unifies page sizes; equal for one dtype and head size
     return groups, group_size, page
+
+
+def _dsa_kv_cache_groups(spec: ModelSpec, layers: tuple[int, int], kv_cache_dtype: str, tensor_parallel: int,
+                         block_size: int) -> tuple[tuple[tuple[int | None, int], ...], int, int]:
+    """DeepSeek Sparse Attention's KV cache in vLLM 0.11 / 0.19: every attention layer's MLA latent and indexer key
+    are full-attention specs of two page sizes, so `UniformTypeKVCacheSpecs.from_specs` puts them all in one group
+    whose page is the sum of the layers' pages (``block × Σ (latent + indexer key bytes)``); one block of it holds
+    `block_size` tokens in every layer, so ``num_blocks = available // page`` and the tokens are
+    ``num_blocks × block_size``."""
+    start, stop = layers
+    page = sum(block_size * layer_bytes_per_token(layer, kv_cache_dtype, tensor_parallel)
+               for layer in kv_layers(spec)[start:stop])
+    return ((None, 1),), 1, page
