@@ -240,3 +240,42 @@ def test_deepseek_v32_gguf_formats_are_refused_naming_the_format() -> None:
 def test_quantize_jobs_pass_the_indexers_unquantized_tensors_through_by_default(name: str,
                                                                                 passed_through: bool) -> None:
     assert any(compile_glob(pattern).matches(name) for pattern in UNQUANTIZED_NAME_GLOBS) is passed_through
+
+
+def test_the_deepseek_v32_preset_is_its_parsed_config_with_one_mtp_layer() -> None:
+    from quant_core.catalog import get_preset_info
+    info = get_preset_info("deepseek-v3.2")
+    assert info.spec == model_from_hf_config(load(), name="deepseek-v3.2")
+    assert info.mtp_layers == load()["num_nextn_predict_layers"] == 1
+    assert info.quantization_config == load()["quantization_config"]
+
+
+def test_deepseek_v32_as_shipped_plus_its_mtp_layer_is_the_checkpoints_tensor_bytes() -> None:
+    # The public listing of deepseek-ai/DeepSeek-V3.2's tensors sums them to "642.12 GB" (GiB: its 163 files are
+    # "642.13 GB" with their headers), a rounded figure: a sanity bound.  The plan's fp8 blocks with their fp32
+    # scales, bf16 embedding / lm_head / routers / weights_proj, plus the MTP layer (one more MoE layer, its bf16
+    # embed_tokens, shared_head.head and eh_proj and three norms) come to 642.118 GiB; the checkpoint keeps its norms
+    # in fp32 (about 2 MB more)
+    from quant_core.catalog import get_preset_info
+    from quant_core.schemes import scheme_bytes
+    preset = get_preset_info("deepseek-v3.2")
+    scheme = scheme_from_quantization_config(preset.quantization_config or {})
+    assert scheme.label() == "fp8-block128"
+    planned = scheme_bytes(preset.spec, scheme)
+    assert planned == 674_030_307_520
+    one_layer = sum(size * entry.per_layer for entry, size in assigned_bytes(preset.spec, scheme) if 60 in entry.layers)
+    mtp = one_layer + 2 * 129280 * 7168 * 2 + 7168 * 14336 * 2 + 3 * 7168 * 2
+    assert abs(planned + mtp - 642.12 * GIB) <= 0.005 * GIB
+
+
+def test_deepseek_v32_fits_on_8_h200_as_shipped_at_fp8_with_a_vllm_kv_capacity() -> None:
+    # H200: nvidia-smi reports 143771 MiB; vLLM 0.19 on 8 ranks, fp8 KV (fp8_ds_mla), 64-token blocks
+    from quant_core.catalog import get_preset_info
+    preset = get_preset_info("deepseek-v3.2")
+    scheme = scheme_from_quantization_config(preset.quantization_config or {})
+    result = plan(preset.spec, Hardware(143_771 * 2**20, 8), Workload(32_768, 4),
+                  PlanOptions(scheme=scheme, kv_cache_dtype="fp8", block_size=64))
+    assert result.fits and not result.comparison["bf16"].fits
+    assert result.kv_bytes_per_token == 48_068
+    pool = result.primary.kv_pool_bytes
+    assert result.primary.kv_capacity_tokens == pool // (64 * 48_068) * 64
