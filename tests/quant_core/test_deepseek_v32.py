@@ -279,3 +279,53 @@ def test_deepseek_v32_fits_on_8_h200_as_shipped_at_fp8_with_a_vllm_kv_capacity()
     assert result.kv_bytes_per_token == 48_068
     pool = result.primary.kv_pool_bytes
     assert result.primary.kv_capacity_tokens == pool // (64 * 48_068) * 64
+
+
+TINY = {"hidden_size": 128, "intermediate_size": 256, "moe_intermediate_size": 64, "num_attention_heads": 2,
+        "num_key_value_heads": 2, "q_lora_rank": 64, "kv_lora_rank": 64, "qk_nope_head_dim": 32,
+        "qk_rope_head_dim": 32, "v_head_dim": 32, "index_n_heads": 2, "index_head_dim": 64, "index_topk": 16,
+        "num_hidden_layers": 2, "first_k_dense_replace": 1, "n_routed_experts": 4, "num_experts_per_tok": 2,
+        "n_group": 1, "topk_group": 1, "vocab_size": 96, "max_position_embeddings": 256}
+
+
+@pytest.mark.parametrize("output", ["compressed-tensors", "gptq"])
+def test_a_job_quantizes_what_vllm_quantizes_and_passes_the_indexers_weighting_through(tmp_path: Path,
+                                                                                       output: str) -> None:
+    # A tiny random DeepSeek-V3.2 saved by transformers (one dense layer, one MoE layer of 4 experts + a shared one,
+    # an indexer in each), through a job with the default include/exclude: indexer.weights_proj (vLLM: quant_config
+    # None), indexer.k_norm, the router and its bias pass through and are listed as unquantized modules; the
+    # indexer's wq_b and wk are quantized with the attention, as vLLM's ReplicatedLinear(quant_config=...) loads them
+    pytest.importorskip("torch")
+    from quant_core.checkpoint.output import quantize_checkpoint
+    from quant_core.tensorio.safetensors_io import read_safetensors
+    from tests.quant_core.meta_models import output_tensors, planned_job, saved_by_transformers
+
+    config = {key: value for key, value in load().items() if key != "quantization_config"}
+    source = saved_by_transformers(tmp_path / "tiny", "DeepseekV32Config", "DeepseekV32ForCausalLM",
+                                   {**config, **TINY})
+    checkpoint, options, plans, reasons = planned_job(source, output)
+    passed = {name for name, reason in reasons.items() if reason}
+    quantized = {name for name, reason in reasons.items() if not reason}
+    for layer in (0, 1):
+        indexer = f"model.layers.{layer}.self_attn.indexer"
+        assert {f"{indexer}.weights_proj.weight", f"{indexer}.k_norm.weight", f"{indexer}.k_norm.bias"} <= passed
+        assert {f"{indexer}.wq_b.weight", f"{indexer}.wk.weight"} <= quantized
+    assert {"model.layers.1.mlp.gate.weight", "model.layers.1.mlp.gate.e_score_correction_bias"} <= passed
+    assert {"model.layers.1.mlp.experts.3.down_proj.weight", "model.layers.1.self_attn.kv_b_proj.weight"} <= quantized
+    quantize_checkpoint(checkpoint, plans, options, tmp_path / "out", tmp_path / "parts")
+    # the output stores the pass-through tensors as they were and the indexer's projections packed
+    stored = output_tensors(tmp_path / "out")
+    original = read_safetensors(source / "model.safetensors")
+    for name in ("model.layers.0.self_attn.indexer.weights_proj.weight", "model.layers.1.mlp.gate.weight",
+                 "model.layers.1.self_attn.indexer.k_norm.bias"):
+        assert stored[name].tobytes() == original[name].tobytes()
+    assert "model.layers.0.self_attn.indexer.wq_b.weight" not in stored
+    assert any(name.startswith("model.layers.0.self_attn.indexer.wq_b.") for name in stored)
+    # nibble plans the tiny checkpoint's own tensors as the spec's inventory: the same names
+    spec = model_from_hf_config({**config, **TINY})
+    names = set()
+    for entry in inventory(spec):
+        for layer in entry.layers or (-1,):
+            for expert in range(entry.per_layer if entry.active_per_layer is not None else 1):
+                names.add(entry.name.replace("{i}", str(layer)).replace("{e}", str(expert)))
+    assert names == set(reasons)
