@@ -230,6 +230,8 @@ GGUF_REFUSED["deepseek_v32"] = (
     "llama.cpp's deepseek32 GGUF files hold the multi-token-prediction layer as an extra block and split the MLA and "
     "indexer tensors in ways whose llama-quantize types nibble has not recorded: plan a safetensors format (bf16, "
     "fp8, int4) for this model")
+# GLM-5 (glm_moe_dsa): conversion/glm.py's GlmMoeDsaModel (arch glm-dsa) likewise keeps the MTP block (skip_mtp = False)
+GGUF_REFUSED["glm_moe_dsa"] = GGUF_REFUSED["deepseek_v32"].replace("deepseek32", "glm-dsa")
 
 
 def gguf_rows(file_type: str, spec: ModelSpec,
