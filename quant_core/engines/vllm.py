@@ -159,22 +159,26 @@ def _dsa_topk_buffer_bytes(spec: ModelSpec, tokens: int) -> int:
     return tokens * spec.index_topk * 4 if spec.has_indexer else 0
 
 
-#: the vLLM releases whose DeepSeek Sparse Attention KV cache nibble sizes: one KV cache group of every layer's MLA
-#: latent and indexer key (UniformTypeKVCacheSpecs: the indexer's DeepseekV32IndexerCache is an MLAAttentionSpec
-#: of another page size), ``num_blocks = available // sum of the layers' pages`` (v1/core/kv_cache_utils.py,
-#: get_kv_cache_config_from_groups).  v0.33 gives the indexer cache its own role (SparseCacheRole.INDEXER) and
-#: group-leader and alignment rules nibble does not model: refused rather than guessed
-DSA_KV_VERSIONS = ("0.11", "0.19")
+#: the vLLM releases whose DeepSeek Sparse Attention KV cache nibble sizes, by model type: one KV cache group of
+#: every layer's MLA latent and indexer key (UniformTypeKVCacheSpecs: the indexer's DeepseekV32IndexerCache is an
+#: MLAAttentionSpec of another page size), ``num_blocks = available // sum of the layers' pages``
+#: (v1/core/kv_cache_utils.py, get_kv_cache_config_from_groups).  GLM-5's GlmMoeDsaForCausalLM is in the registry
+#: from v0.19 (v0.11's has DeepseekV32ForCausalLM only).  v0.33 gives the indexer cache its own role
+#: (SparseCacheRole.INDEXER) and group-leader and alignment rules nibble does not model: refused rather than guessed
+DSA_KV_VERSIONS: dict[str, tuple[str, ...]] = {"deepseek_v32": ("0.11", "0.19"), "glm_moe_dsa": ("0.19",)}
 
 
 def dsa_version_refusal(spec: ModelSpec, version: str) -> None:
     """Raise `InvalidSpec` naming ``runtime.engine_version`` for a DeepSeek Sparse Attention model on a vLLM
-    release whose KV cache layout for it nibble does not size (`DSA_KV_VERSIONS`)."""
-    if spec.has_indexer and version not in DSA_KV_VERSIONS:
+    release that does not load it or whose KV cache layout for it nibble does not size (`DSA_KV_VERSIONS`)."""
+    if not spec.has_indexer:
+        return
+    versions = DSA_KV_VERSIONS.get(spec.model_type, ("0.19",))
+    if version not in versions:
         raise InvalidSpec("runtime.engine_version", version,
-                          f"nibble sizes vLLM's DeepSeek Sparse Attention KV cache (MLA latent + indexer keys) for "
-                          f"vLLM {' and '.join(DSA_KV_VERSIONS)} only: vLLM {version} groups the indexer cache by "
-                          "its own rules, which nibble does not model")
+                          f"nibble sizes vLLM's DeepSeek Sparse Attention KV cache (MLA latent + indexer keys) of a "
+                          f"{spec.model_type} model for vLLM {' and '.join(versions)} only: vLLM {version} does not "
+                          "load it or groups the indexer cache by rules nibble does not model")
 
 
 def _forward_bytes_per_token(spec: ModelSpec, tensor_parallel: int) -> int:
