@@ -329,3 +329,62 @@ def test_a_job_quantizes_what_vllm_quantizes_and_passes_the_indexers_weighting_t
             for expert in range(entry.per_layer if entry.active_per_layer is not None else 1):
                 names.add(entry.name.replace("{i}", str(layer)).replace("{e}", str(expert)))
     assert names == set(reasons)
+
+
+def _fp8_checkpoint_headers(config: dict[str, Any]) -> tuple[list[Any], int]:
+    """The headers of a DeepSeek-V3.2 checkpoint as its listing shows them: fp8 e4m3 linear weights (attention,
+    indexer wq_b / wk, MLPs, experts) each with a float32 weight_scale_inv of one value per 128 x 128 block, float32
+    norms, k_norm bias and router bias, bf16 embedding, lm_head, routers and indexer weights_proj; then the MTP layer
+    (``model.layers.{num_hidden_layers}``: one more MoE layer, its bf16 eh_proj, embed_tokens, shared_head.head and
+    float32 enorm, hnorm, shared_head.norm).  Also the bytes of the model's own layers."""
+    import re
+
+    from quant_core.tensorio.checkpoint_headers import HeaderTensor
+    spec = model_from_hf_config(config)
+    layers, hidden, vocab = spec.num_layers, spec.hidden_size, spec.vocab_size
+    tensors: list[HeaderTensor] = []
+    planned = 0
+
+    def add(name: str, dtype: str, shape: tuple[int, ...], mtp: bool) -> int:
+        size = {"F8_E4M3": 1, "BF16": 2, "F32": 4}[dtype]
+        elements = 1
+        for dim in shape:
+            elements *= dim
+        tensors.append(HeaderTensor(name, dtype, shape, size * elements))
+        if mtp:
+            tensors.append(HeaderTensor(re.sub(r"^model\.layers\.\d+\.", f"model.layers.{layers}.", name), dtype,
+                                        shape, size * elements))
+        return size * elements
+
+    for entry in inventory(spec):
+        fp8 = entry.role in ("attention", "mlp", "expert")
+        dtype = "F8_E4M3" if fp8 else "F32" if entry.role in ("norm", "bias") or "correction" in entry.name \
+            else "BF16"
+        for layer in entry.layers or (-1,):
+            for expert in range(entry.per_layer):
+                name = entry.name.replace("{i}", str(layer)).replace("{e}", str(expert))
+                planned += add(name, dtype, entry.shape, layer == layers - 1)
+                if fp8:
+                    scales = (-(-entry.shape[0] // 128), -(-entry.shape[1] // 128))
+                    planned += add(name + "_scale_inv", "F32", scales, layer == layers - 1)
+    for name, dtype, shape in (("enorm.weight", "F32", (hidden,)), ("hnorm.weight", "F32", (hidden,)),
+                               ("eh_proj.weight", "BF16", (hidden, 2 * hidden)),
+                               ("embed_tokens.weight", "BF16", (vocab, hidden)),
+                               ("shared_head.norm.weight", "F32", (hidden,)),
+                               ("shared_head.head.weight", "BF16", (vocab, hidden))):
+        add(f"model.layers.{layers}.{name}", dtype, shape, False)
+    return tensors, planned
+
+
+def test_a_deepseek_v32_checkpoints_headers_are_planned_and_its_mtp_layer_set_apart() -> None:
+    # the published tensors (names, shapes, dtypes of the listing) for 4 of the 61 layers: every tensor belongs to a
+    # module of the model (the indexer's and its fp8 scales included) and the MTP layer is set apart
+    from quant_core.checkpoint_rows import checkpoint_scheme
+    config = {**load(), "num_hidden_layers": 4}
+    spec = model_from_hf_config(config)
+    tensors, planned = _fp8_checkpoint_headers(config)
+    scheme, summary = checkpoint_scheme(spec, tensors, mtp_layers=1)
+    assert summary.unknown == () and summary.bytes == planned
+    assert summary.mtp_bytes == sum(tensor.bytes for tensor in tensors) - planned
+    weights = plan(spec, Hardware(141 * GIB, 8), Workload(4096, 1), PlanOptions(scheme=scheme)).primary
+    assert weights.weights_bytes == planned

@@ -138,3 +138,11 @@ def test_glm_5_1_gguf_formats_are_refused_naming_the_format() -> None:
     with pytest.raises(InvalidSpec) as caught:
         plan(spec_of(), Hardware(141 * GIB, 16), Workload(4096, 1), PlanOptions(scheme=gguf_scheme("gguf-q4_k_m")))
     assert caught.value.field == "format" and "glm-dsa" in str(caught.value)
+
+
+def test_the_glm_5_1_preset_is_its_parsed_config_with_one_mtp_layer() -> None:
+    from quant_core.catalog import get_preset_info
+    info = get_preset_info("glm-5.1")
+    assert info.spec == model_from_hf_config(load(), name="glm-5.1")
+    assert info.mtp_layers == load()["num_nextn_predict_layers"] == 1
+    assert info.quantization_config is None  # the bf16 checkpoint
