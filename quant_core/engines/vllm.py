@@ -159,6 +159,13 @@ def _dsa_topk_buffer_bytes(spec: ModelSpec, tokens: int) -> int:
     return tokens * spec.index_topk * 4 if spec.has_indexer else 0
 
 
+#: the dummy allocation each sparse-attention indexer makes in vLLM's profiling run "to simulate the peak logits tensor
+#: memory during inference" (v0.19 model_executor/layers/sparse_attn_indexer.py: torch.empty of
+#: VLLM_SPARSE_INDEXER_MAX_LOGITS_MB, default 512, bytes), charged on the forward pass's peak (the safe side: it is
+#: freed before the layer's MoE runs); v0.11's profiling path allocates only a flattened key buffer of
+#: 2 x max_model_len x 132 bytes (86 MB at DeepSeek-V3.2's 163,840), not charged
+DSA_PROFILE_LOGITS_BYTES: dict[str, int] = {"0.19": 512 * MIB}
+
 #: the vLLM releases whose DeepSeek Sparse Attention KV cache nibble sizes, by model type: one KV cache group of
 #: every layer's MLA latent and indexer key (UniformTypeKVCacheSpecs: the indexer's DeepseekV32IndexerCache is an
 #: MLAAttentionSpec of another page size), ``num_blocks = available // sum of the layers' pages``
@@ -291,6 +298,11 @@ class VllmProfile:
             basis += (f"; plus DeepSeek Sparse Attention's top-k indices buffer, max_num_batched_tokens x index_topk "
                       f"int32 ({topk_buffer / GIB:.2f} GiB), allocated when the model is built (deepseek_v2.py, "
                       "topk_indices_buffer)")
+        logits = DSA_PROFILE_LOGITS_BYTES.get(self._version, 0) if spec.has_indexer else 0
+        if logits:
+            forward += logits
+            basis += (f"; the forward pass includes the indexer's {logits / GIB:.2f} GiB logits dummy of the profiling "
+                      "run (sparse_attn_indexer.py, VLLM_SPARSE_INDEXER_MAX_LOGITS_MB)")
         return Term(max(forward, sampler) + deepstack + topk_buffer, basis)
 
     def non_torch(self, stage: Stage) -> Term:
