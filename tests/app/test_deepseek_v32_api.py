@@ -39,3 +39,14 @@ def test_vllm_0_33_and_an_int8_kv_cache_are_422_naming_the_field(client: TestCli
         assert response.status_code == 422, (extra, response.text)
         assert response.headers["content-type"] == "application/problem+json"
         assert any(error["field"].endswith(field) for error in response.json()["errors"]), response.json()
+
+
+def test_inspect_lists_the_kv_dtypes_vllm_can_cache_and_why_not_gguf(client: TestClient) -> None:
+    for preset, layers in (("deepseek-v3.2", 61), ("glm-5.1", 78)):
+        response = client.post("/v1/models/inspect", json={"preset": preset})
+        assert response.status_code == 200, response.text
+        answer = response.json()
+        # no int8 / int4: vLLM's sparse MLA caches bf16, fp16 or DeepSeek's fp8_ds_mla only
+        assert answer["kv_bytes_per_token"] == {"bf16": layers * 1284, "fp16": layers * 1284, "fp8": layers * 788}
+        gguf = [row for row in answer["weight_bytes"] if row["format"].startswith("gguf")]
+        assert gguf and all(row["bytes"] is None and "multi-token-prediction" in row["error"] for row in gguf)
