@@ -238,6 +238,16 @@ GGUF_REFUSED: dict[str, str] = {
                "and its converter adds the multi-token-prediction layer as an extra block by default: nibble does "
                "not size these files; plan a safetensors format (bf16, fp8, int4) for this model",
 }
+# DeepSeek-V3.2: llama.cpp has the arch (deepseek32, conversion/deepseek.py's DeepseekV32Model), but its converter
+# keeps the multi-token-prediction layer as an extra block by default (skip_mtp = False: block_count =
+# num_hidden_layers + num_nextn_predict_layers), splits kv_b_proj into attn_k_b / attn_v_b and writes the indexer's
+# tensors, and no llama-quantize run of deepseek32 is recorded (tests/quant_core/data/llama_quantize/)
+GGUF_REFUSED["deepseek_v32"] = (
+    "llama.cpp's deepseek32 GGUF files hold the multi-token-prediction layer as an extra block and split the MLA and "
+    "indexer tensors in ways whose llama-quantize types nibble has not recorded: plan a safetensors format (bf16, "
+    "fp8, int4) for this model")
+# GLM-5 (glm_moe_dsa): conversion/glm.py's GlmMoeDsaModel (arch glm-dsa) likewise keeps the MTP block (skip_mtp = False)
+GGUF_REFUSED["glm_moe_dsa"] = GGUF_REFUSED["deepseek_v32"].replace("deepseek32", "glm-dsa")
 
 
 def gguf_rows(file_type: str, spec: ModelSpec,

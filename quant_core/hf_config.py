@@ -5,7 +5,7 @@ that class's defaults for absent keys (``tie_word_embeddings`` is True for Gemma
 and Falcon, False elsewhere), and sets the flags the family's modeling code hard-codes
 (Qwen2's q/k/v bias, Gemma's four norms per layer, Qwen3's q/k norms, ...).  The
 parameter counts that follow from the spec are those of the model transformers builds
-from the config: DeepSeek-V3's and GLM-4.5's multi-token-prediction layer (``num_nextn_predict_layers``)
+from the config: DeepSeek-V3's (and V3.2's) and GLM-4.5's multi-token-prediction layer (``num_nextn_predict_layers``)
 is not built by transformers (nor loaded by vLLM's model classes) and is not counted; for the multimodal ``gemma3`` type
 the language model (``text_config``) is read, and its SigLIP vision tower and projector
 (``vision_config``) are counted as role ``vision``: engines load them beside it, at 16 bits; the
@@ -312,14 +312,15 @@ def _deepseek(config: Mapping[str, object], model_type: str, name: str | None) -
     if experts:
         first_dense = r.int_or("first_k_dense_replace", 0, MAX_LAYERS, minimum=0)
         frequency = r.int_or("moe_layer_freq", 1, MAX_LAYERS)
-        topk_method = r.string("topk_method", "noaux_tc" if model_type == "deepseek_v3" else "greedy")
+        topk_method = r.string("topk_method",
+                               "noaux_tc" if model_type in ("deepseek_v3", "deepseek_v32", "glm_moe_dsa") else "greedy")
         moe = {
             "num_experts": experts,
             "experts_per_token": r.required_int("num_experts_per_tok", MAX_EXPERTS),
             "moe_intermediate_size": r.required_int("moe_intermediate_size", MAX_INTERMEDIATE_SIZE),
             "num_shared_experts": r.int_or("n_shared_experts", 0, MAX_EXPERTS, minimum=0),
             "dense_layers": tuple(i for i in range(layers) if i < first_dense or i % frequency),
-            "router_bias": model_type == "deepseek_v3" or topk_method == "noaux_tc",
+            "router_bias": model_type in ("deepseek_v3", "deepseek_v32", "glm_moe_dsa") or topk_method == "noaux_tc",
         }
     attention_bias = r.flag("attention_bias", False)
     return ModelSpec(
@@ -344,6 +345,80 @@ def _deepseek(config: Mapping[str, object], model_type: str, name: str | None) -
         v_head_dim=r.required_int("v_head_dim", MAX_HEAD_DIM),
         **moe,
     )
+
+
+def _deepseek_v32(config: Mapping[str, object], model_type: str, name: str | None) -> ModelSpec:
+    """DeepSeek-V3.2 (-Exp, Speciale; transformers' DeepseekV32ForCausalLM): DeepSeek-V3 (`_deepseek`) plus DeepSeek
+    Sparse Attention's lightning indexer in every layer, sized by ``index_n_heads``, ``index_head_dim`` and
+    ``index_topk`` (DeepseekV32Config's defaults 64, 128 and 2048 for absent keys; see `_sparse_attention`)."""
+    return _sparse_attention(config, model_type, name, index_heads=64)
+
+
+def _glm_moe_dsa(config: Mapping[str, object], model_type: str, name: str | None) -> ModelSpec:
+    """GLM-5 / 5.1 (``glm_moe_dsa``, transformers' GlmMoeDsaForCausalLM): DeepSeek-V3.2's architecture (MLA, DeepSeek
+    Sparse Attention's indexer in every layer, routed + shared experts with a sigmoid router and its
+    ``e_score_correction_bias``) at GLM's sizes; GlmMoeDsaConfig's default of 32 indexer heads for an absent
+    ``index_n_heads`` (see `_sparse_attention`)."""
+    return _sparse_attention(config, model_type, name, index_heads=32)
+
+
+def _sparse_attention(config: Mapping[str, object], model_type: str, name: str | None,
+                      index_heads: int) -> ModelSpec:
+    """A DeepSeek Sparse Attention model (deepseek_v32, glm_moe_dsa): `_deepseek`'s MLA and experts plus a lightning
+    indexer per layer.  The indexer projects the query latent (``wq_b``: [heads x dim, q_lora_rank]), so
+    ``q_lora_rank`` is required, and so are the routed experts (their config classes default to 256 experts: a config
+    without ``n_routed_experts`` is refused rather than planned dense).  Absent ``first_k_dense_replace`` is 3 (both
+    config classes); an explicit ``mlp_layer_types`` ("dense" / "sparse" per layer, what transformers builds from)
+    decides the dense layers.  Per-layer ``indexer_types`` other than "full" (GLM-5.2's "shared" layers, also set by
+    ``index_topk_freq`` / ``index_topk_pattern``) reuse another layer's top-k with no indexer of their own, which
+    nibble does not model: `InvalidSpec` naming the key.  ``head_dim`` and ``qk_head_dim``, when given, must be what
+    the config classes derive (qk_rope_head_dim; qk_nope + qk_rope).  The MTP layer (``num_nextn_predict_layers``,
+    layer ``num_hidden_layers``) is not counted, as for DeepSeek-V3: transformers does not build it and vLLM's model
+    class skips it at load."""
+    r = _Reader(config, model_type)
+    r.required_int("n_routed_experts", MAX_EXPERTS)
+    spec = _deepseek(config, model_type, name)
+    if spec.q_lora_rank is None:
+        raise MissingConfigKey("q_lora_rank", model_type)
+    layers = spec.num_layers
+    dense = spec.dense_layers
+    if not r.has("first_k_dense_replace"):
+        frequency = r.int_or("moe_layer_freq", 1, MAX_LAYERS)
+        dense = tuple(i for i in range(layers) if i < 3 or i % frequency)
+    kinds = config.get("mlp_layer_types")
+    if kinds is not None:
+        if not isinstance(kinds, list) or len(kinds) != layers or any(k not in ("dense", "sparse") for k in kinds):
+            raise InvalidSpec("mlp_layer_types", kinds if not isinstance(kinds, list) else f"{len(kinds)} entries",
+                              f"must list 'dense' or 'sparse' for each of the {layers} layers")
+        dense = tuple(i for i, kind in enumerate(kinds) if kind == "dense")
+    _check_every_layer_indexed(config, layers)
+    for key, derived in (("head_dim", spec.qk_rope_head_dim),
+                         ("qk_head_dim", spec.qk_nope_head_dim + spec.qk_rope_head_dim)):
+        given = r.optional_int(key, None, MAX_HEAD_DIM)
+        if given is not None and given != derived:
+            raise InvalidSpec(key, given, f"must be {derived}, as the model's config class derives it")
+    return replace(spec, dense_layers=dense, index_n_heads=r.int_or("index_n_heads", index_heads, MAX_HEADS),
+                   index_head_dim=r.int_or("index_head_dim", 128, MAX_HEAD_DIM),
+                   index_topk=r.int_or("index_topk", 2048, MAX_POSITIONS))
+
+
+def _check_every_layer_indexed(config: Mapping[str, object], layers: int) -> None:
+    """`InvalidSpec` for a config whose layers do not all run their own indexer (``indexer_types``,
+    ``index_topk_freq``, ``index_topk_pattern``: GlmMoeDsaConfig's "shared" layers)."""
+    types = config.get("indexer_types")
+    if types is not None and (not isinstance(types, list) or any(kind != "full" for kind in types)):
+        raise InvalidSpec("indexer_types", types if not isinstance(types, list) else f"{len(types)} entries",
+                          "layers other than 'full' (shared top-k, no indexer of their own) are not modelled")
+    frequency = config.get("index_topk_freq")
+    if frequency is not None and frequency != 1:
+        raise InvalidSpec("index_topk_freq", frequency,
+                          "a frequency over 1 makes layers share another's top-k (no indexer of their own): "
+                          "not modelled")
+    pattern = config.get("index_topk_pattern")
+    if pattern is not None and (not isinstance(pattern, str | list)
+                                or any(kind not in ("F", "full") for kind in pattern)):
+        raise InvalidSpec("index_topk_pattern", pattern,
+                          "layers other than full ('F') share another's top-k (no indexer of their own): not modelled")
 
 
 def _falcon(config: Mapping[str, object], model_type: str, name: str | None) -> ModelSpec:
@@ -982,6 +1057,8 @@ _ADAPTERS: dict[str, _Adapter] = {
     "phi3": _phi3,
     "deepseek_v2": _deepseek,
     "deepseek_v3": _deepseek,
+    "deepseek_v32": _deepseek_v32,
+    "glm_moe_dsa": _glm_moe_dsa,
     "falcon": _falcon,
     "RefinedWeb": _falcon,
     "RefinedWebModel": _falcon,
@@ -1136,6 +1213,11 @@ ARCHITECTURE_FAMILIES: dict[str, str] = {
     "Qwen3VLMoeForConditionalGeneration": "qwen3_vl_moe",
     "Qwen3NextForCausalLM": "qwen3_next",
     "Qwen3_5ForConditionalGeneration": "qwen3_5",
+    # DeepSeek-V3.2: vLLM's registry loads it as deepseek_v2.py's DeepseekV3ForCausalLM with the indexer built
+    # (its config has index_topk); never read as deepseek_v3, which would leave the indexer and its cache out
+    "DeepseekV32ForCausalLM": "deepseek_v32",
+    # GLM-5 / 5.1: vLLM 0.19's registry loads it as deepseek_v2.py's GlmMoeDsaForCausalLM (DeepSeek-V3.2's class)
+    "GlmMoeDsaForCausalLM": "glm_moe_dsa",
 }
 
 
@@ -1183,6 +1265,8 @@ NON_SIZING_KEYS = frozenset({
     "projector_hidden_act",  # Mistral 3: the projector's activation
     # Qwen2.5-VL: image and video token ids
     "image_token_id", "video_token_id", "vision_start_token_id", "vision_end_token_id", "vision_token_id",
+    # GLM-5: the rotary layout of the attention and of the sparse-attention indexer (interleaved or not)
+    "rope_interleave", "indexer_rope_interleave",
 })
 
 

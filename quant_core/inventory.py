@@ -108,6 +108,20 @@ def _mla_attention(b: _Builder, spec: ModelSpec, layers: tuple[int, ...]) -> Non
     b.linear(f"{p}.o_proj", hidden, heads * spec.v_head_dim, "attention", layers, spec.attention_output_bias)
 
 
+def _dsa_indexer(b: _Builder, spec: ModelSpec, layers: tuple[int, ...]) -> None:
+    """DeepSeek Sparse Attention's lightning indexer (transformers' DeepseekV32Indexer, vLLM's deepseek_v2.py
+    Indexer), under ``self_attn.indexer``: ``wq_b`` [heads x dim, q_lora_rank] and ``wk`` [dim, hidden] (linear
+    layers vLLM builds with the model's quant_config: fp8 in DeepSeek's checkpoints), ``k_norm`` (a LayerNorm, weight
+    and bias) and ``weights_proj`` [heads, hidden], the per-head weighting vLLM builds with ``quant_config=None`` and
+    the checkpoints store in bf16: role ``other``, never quantized."""
+    p = "model.layers.{i}.self_attn.indexer"
+    q_lora_rank = spec.q_lora_rank or 0  # ModelSpec requires it with an indexer
+    b.linear(f"{p}.wq_b", spec.index_n_heads * spec.index_head_dim, q_lora_rank, "attention", layers, False)
+    b.linear(f"{p}.wk", spec.index_head_dim, spec.hidden_size, "attention", layers, False)
+    b.norm(f"{p}.k_norm", spec.index_head_dim, layers, "layernorm")
+    b.linear(f"{p}.weights_proj", spec.index_n_heads, spec.hidden_size, "other", layers, False)
+
+
 def _decoder(b: _Builder, spec: ModelSpec) -> None:
     """llama, mixtral, phi3, deepseek, gpt_oss and qwen2_moe layouts: ``model.*`` with pre-norm blocks."""
     every = tuple(range(spec.num_layers))
@@ -124,6 +138,8 @@ def _decoder(b: _Builder, spec: ModelSpec) -> None:
                  every, False)
     elif spec.layout == "deepseek":
         _mla_attention(b, spec, every)
+        if spec.has_indexer:
+            _dsa_indexer(b, spec, every)
     else:
         _llama_attention(b, spec, every)
     b.norm(f"{layer}.post_attention_layernorm", hidden, every, spec.norm)

@@ -7,6 +7,9 @@ and per token, by attention kind (`KVLayer`):
   i.e. ``2 × n_kv_heads × head_dim × bytes`` at bf16, the figure vLLM allocates;
 * mla (DeepSeek-V2/V3): one latent of ``kv_lora_rank + qk_rope_head_dim`` elements,
   not per head;
+* dsa (DeepSeek Sparse Attention, DeepSeek-V3.2): that latent (at fp8 in DeepSeek's 656-byte
+  fp8_ds_mla layout) plus the lightning indexer's fp8 key with its scales (132 bytes), as vLLM
+  caches them (`dsa_layer_bytes_per_token`);
 
 where ``bytes(d)`` is `KVCacheDtype.bytes_per_vector` (int8/int4 add their per-token,
 per-head scale and zero).  Tensor parallelism splits KV heads across ranks: a rank holds
@@ -49,6 +52,8 @@ MAX_BLOCK_SIZE = 1 << 20
 @lru_cache(maxsize=512)
 def kv_layers(spec: ModelSpec) -> tuple[KVLayer, ...]:
     """One `KVLayer` per attention layer of `spec`: mla, sliding (with its window) or full."""
+    if spec.has_indexer:
+        return _dsa_layers(spec)
     if spec.is_mla:
         latent = spec.kv_lora_rank + spec.qk_rope_head_dim
         return tuple(KVLayer(i, "mla", latent_dim=latent) for i in range(spec.num_layers))
@@ -66,6 +71,50 @@ def kv_layers(spec: ModelSpec) -> tuple[KVLayer, ...]:
     return tuple(rows)
 
 
+# DeepSeek Sparse Attention (DeepSeek-V3.2), as vLLM caches it (v0.11 and v0.19: vllm/v1/kv_cache_interface.py
+# MLAAttentionSpec, v1/attention/backends/mla/flashmla_sparse.py, model_executor/models/deepseek_v2.py):
+#: the indexer's key: fp8 values with one fp32 scale per block of this many (Indexer.quant_block_size)
+DSA_INDEXER_QUANT_BLOCK = 128
+#: the bytes of one fp32 scale of the fp8 layouts
+DSA_SCALE_BYTES = 4
+#: DeepSeek's "fp8_ds_mla" layout, the one vLLM's FlashMLA sparse kernel reads when the KV dtype is fp8: the
+#: kv_lora_rank latent in fp8 with an fp32 scale per 128 values, the rotary key kept in bf16 (512 + 4 x 4 + 64 x 2
+#: = 656 bytes, the size vLLM hard-codes for every layer): only for this latent
+DSA_FP8_LAYOUT = (512, 64)
+
+
+def _dsa_layers(spec: ModelSpec) -> tuple[KVLayer, ...]:
+    """DeepSeek Sparse Attention's layers: each caches the MLA latent and the lightning indexer's key."""
+    latent = spec.kv_lora_rank + spec.qk_rope_head_dim
+    return tuple(KVLayer(i, "dsa", latent_dim=latent, rope_dim=spec.qk_rope_head_dim,
+                         indexer_dim=spec.index_head_dim) for i in range(spec.num_layers))
+
+
+def dsa_layer_bytes_per_token(layer: KVLayer, dtype: str) -> tuple[int, int]:
+    """(MLA latent, indexer key) bytes one token costs in a DeepSeek Sparse Attention layer, on every rank (both
+    replicated), at KV dtype `dtype`.
+
+    The latent: ``(kv_lora_rank + rope) x 2`` at bf16/fp16 (vLLM's MLAAttentionSpec, 1,152 bytes for DeepSeek-V3.2);
+    at fp8 DeepSeek's fp8_ds_mla layout, 656 bytes (``kv_lora_rank`` fp8 values, one fp32 scale per 128 of them and
+    the rotary key in bf16), which vLLM picks for any fp8 KV dtype with the FlashMLA sparse backend.  The indexer
+    key (vLLM's DeepseekV32IndexerCache, uint8 whatever the KV dtype): ``dim + dim // 128 x 4`` bytes (132).
+    vLLM's sparse MLA caches no int8 or int4 KV: those raise `InvalidSpec` naming ``kv_cache.dtype``."""
+    indexer = layer.indexer_dim + layer.indexer_dim // DSA_INDEXER_QUANT_BLOCK * DSA_SCALE_BYTES
+    element = kv_dtype(dtype)
+    if element.scale_bytes_per_vector:
+        raise InvalidSpec("kv_cache.dtype", dtype, "vLLM's sparse MLA (DeepSeek Sparse Attention) caches bf16, "
+                                                   "fp16 or fp8 (DeepSeek's fp8_ds_mla layout) only")
+    if element.bits == 16:
+        return element.bytes_per_vector(layer.latent_dim), indexer
+    nope = layer.latent_dim - layer.rope_dim
+    if (nope, layer.rope_dim) != DSA_FP8_LAYOUT:
+        raise InvalidSpec("kv_cache.dtype", dtype,
+                          f"vLLM's fp8_ds_mla layout holds a {DSA_FP8_LAYOUT[0]} + {DSA_FP8_LAYOUT[1]} latent; this "
+                          f"model's is {nope} + {layer.rope_dim}: plan a bf16 KV cache")
+    scales = -(-nope // DSA_INDEXER_QUANT_BLOCK) * DSA_SCALE_BYTES
+    return nope + scales + 2 * layer.rope_dim, indexer
+
+
 def kv_heads_per_rank(num_kv_heads: int, tensor_parallel: int) -> int:
     """KV heads one tensor-parallel rank caches: ``ceil(n_kv / tp)`` (replicated when tp > n_kv)."""
     return -(-num_kv_heads // tensor_parallel)
@@ -73,6 +122,8 @@ def kv_heads_per_rank(num_kv_heads: int, tensor_parallel: int) -> int:
 
 def layer_bytes_per_token(layer: KVLayer, dtype: str = "bf16", tensor_parallel: int = 1) -> int:
     """Bytes one token costs in `layer` on one tensor-parallel rank, at KV dtype `dtype`."""
+    if layer.kind == "dsa":
+        return sum(dsa_layer_bytes_per_token(layer, dtype))
     element = kv_dtype(dtype)
     if layer.kind == "linear":
         return 0

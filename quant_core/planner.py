@@ -395,9 +395,17 @@ _VISION_SHARDED += ("attn.qkv.weight", "attn.qkv.bias", "attn.proj.weight", "mlp
 _VISION_SHARDED += ("linear_fc1.weight", "linear_fc1.bias", "linear_fc2.weight")
 
 
+#: tensors of a sharded role that engines hold whole on every tensor-parallel rank: DeepSeek Sparse Attention's
+#: lightning indexer (vLLM's deepseek_v2.py Indexer: wq_b, wk and weights_proj are ReplicatedLinear, "no tensor
+#: parallel, just replicated", in v0.11, v0.19 and v0.33)
+_REPLICATED_NAMES: tuple[str, ...] = (".self_attn.indexer.",)
+
+
 def _sharded_bytes(one_tensor_bytes: int, entry: TensorEntry, tensor_parallel: int) -> int:
     """Bytes of one tensor of `entry` on one rank: replicated roles whole, the others ``ceil(bytes / tp)``."""
     if entry.role in REPLICATED_ROLES or (entry.role == "vision" and not entry.name.endswith(_VISION_SHARDED)):
+        return one_tensor_bytes
+    if any(part in entry.name for part in _REPLICATED_NAMES):
         return one_tensor_bytes
     return -(-one_tensor_bytes // tensor_parallel)
 

@@ -275,7 +275,8 @@ class KVLayer:
 
     `kind` is ``full`` (MHA/GQA/MQA), ``sliding`` (holds at most `window` tokens per
     sequence) or ``mla`` (DeepSeek: one latent of `latent_dim` = kv_lora_rank +
-    qk_rope_head_dim per token, not per head, replicated on every tensor-parallel rank).
+    qk_rope_head_dim per token, not per head, replicated on every tensor-parallel rank) or ``dsa``
+    (DeepSeek-V3.2: that latent plus the sparse-attention indexer's key, see `rope_dim`).
     For full and sliding layers each token caches `num_kv_heads` keys of `key_dim` and
     values of `value_dim` elements.
     """
@@ -287,6 +288,11 @@ class KVLayer:
     value_dim: int = 0
     window: int | None = None
     latent_dim: int = 0
+    #: ``dsa`` (DeepSeek Sparse Attention, DeepSeek-V3.2): an ``mla`` latent whose last `rope_dim` elements are
+    #: the rotary key (kept at 16 bits in DeepSeek's fp8 layout), beside the lightning indexer's own key of
+    #: `indexer_dim` elements (vLLM's DeepseekV32IndexerCache: fp8 with one fp32 scale per 128)
+    rope_dim: int = 0
+    indexer_dim: int = 0
 
 
 # ---------------------------------------------------------------------------
@@ -300,7 +306,8 @@ class KVLayer:
 #   mixtral   llama attention, MoE as block_sparse_moe.gate + experts.{e}.w1/w2/w3 (mixtral; phimoe with
 #             LayerNorms with bias, attention biases and an lm_head bias)
 #   phi3      fused qkv_proj and gate_up_proj
-#   deepseek  multi-head latent attention (MLA), dense first layers, routed + shared experts
+#   deepseek  multi-head latent attention (MLA), dense first layers, routed + shared experts (deepseek_v32: plus
+#             each layer's lightning indexer, self_attn.indexer.wq_b / wk / k_norm (a LayerNorm) / weights_proj)
 #   falcon    fused query_key_value (MQA/GQA), LayerNorm with bias, parallel attention
 #   gpt2      learned positions, Conv1D layers with biases, LayerNorm with bias
 #   gpt_oss   MoE with fused expert tensors and biases, router bias, attention sinks
@@ -355,6 +362,10 @@ _INT_LIMITS: dict[str, tuple[int, int]] = {
     "qk_nope_head_dim": (0, MAX_HEAD_DIM),
     "qk_rope_head_dim": (0, MAX_HEAD_DIM),
     "v_head_dim": (0, MAX_HEAD_DIM),
+    # DeepSeek Sparse Attention's lightning indexer (deepseek_v32); 0 = none
+    "index_n_heads": (0, MAX_HEADS),
+    "index_head_dim": (0, MAX_HEAD_DIM),
+    "index_topk": (0, MAX_POSITIONS),
 }
 #: a vision tower's sizes (its position table is (image_size / patch_size)^2 rows: at most 2^24 with these)
 _VISION_LIMITS: dict[str, tuple[int, int]] = {
@@ -513,6 +524,11 @@ class ModelSpec:
     qk_nope_head_dim: int = 0
     qk_rope_head_dim: int = 0
     v_head_dim: int = 0
+    #: DeepSeek Sparse Attention (``deepseek_v32``): each layer's lightning indexer scores the cached tokens with
+    #: `index_n_heads` heads of `index_head_dim` and keeps the `index_topk` best for MLA (0 = no indexer)
+    index_n_heads: int = 0
+    index_head_dim: int = 0
+    index_topk: int = 0
     #: a multimodal model's image encoder, which engines load beside the language model (None: text only)
     vision: VisionTower | Llama4VisionTower | PixtralVisionTower | QwenVisionTower | Qwen3VisionTower | None = None
     #: a hybrid model's Gated DeltaNet layers (Qwen3-Next); its other layers are full attention (None: none)
@@ -571,6 +587,7 @@ class ModelSpec:
             for field in ("qk_rope_head_dim", "v_head_dim"):
                 if getattr(self, field) < 1:
                     raise InvalidSpec(field, getattr(self, field), "must be positive for MLA attention")
+        self._check_indexer()
         if self.learned_position_embeddings and self.max_position_embeddings is None:
             raise InvalidSpec("max_position_embeddings", None, "learned position embeddings need a size")
         if self.vision is not None and not isinstance(self.vision, VISION_TOWERS):
@@ -595,6 +612,25 @@ class ModelSpec:
         if self.sliding_layers or self.is_mla:
             raise InvalidSpec("linear_attention", "with sliding or latent attention",
                               "a hybrid model's other layers are full attention")
+
+    def _check_indexer(self) -> None:
+        """DeepSeek Sparse Attention's indexer reads the MLA query latent (its ``wq_b`` is [heads x dim,
+        q_lora_rank]): it needs MLA with query compression, and all three of its sizes."""
+        sizes = (self.index_n_heads, self.index_head_dim, self.index_topk)
+        if not any(sizes):
+            return
+        if not all(sizes):
+            missing = next(f for f in ("index_n_heads", "index_head_dim", "index_topk") if not getattr(self, f))
+            raise InvalidSpec(missing, 0, "must be positive when the sparse-attention indexer has any size")
+        if not self.is_mla or self.q_lora_rank is None:
+            raise InvalidSpec("index_n_heads", self.index_n_heads,
+                              "a sparse-attention indexer needs MLA attention with q_lora_rank (it reads the "
+                              "query latent)")
+
+    @property
+    def has_indexer(self) -> bool:
+        """True for DeepSeek Sparse Attention (DeepSeek-V3.2): each layer has a lightning indexer and its key cache."""
+        return self.index_n_heads > 0
 
     @property
     def is_moe(self) -> bool:

@@ -275,7 +275,9 @@ class InspectResponse(BaseModel):
     spec: dict[str, Any]
     parameters: ParametersOut
     tensors: list[TensorRow]
-    kv_bytes_per_token: dict[str, int] = Field(description="KV-cache bytes per token, by KV dtype.")
+    kv_bytes_per_token: dict[str, int] = Field(
+        description="KV-cache bytes per token, by KV dtype (a dtype the model's attention cannot cache is left out: "
+                    "DeepSeek Sparse Attention's int8 and int4).")
     weight_bytes: list[WeightBytesOut]
 
 
@@ -328,6 +330,17 @@ def _weight_bytes_row(spec: ModelSpec, scheme: WeightScheme, total: int, as_ship
                           weights=weights)
 
 
+def _kv_bytes_by_dtype(spec: ModelSpec) -> dict[str, int]:
+    """KV bytes per token for each KV dtype the model's attention can cache (vLLM's sparse MLA: no int8 or int4)."""
+    out: dict[str, int] = {}
+    for dtype in KV_DTYPES:
+        try:
+            out[dtype] = kv_bytes_per_token(spec, dtype)
+        except InvalidSpec:
+            continue
+    return out
+
+
 def inspect_from_core(spec: ModelSpec, shipped: WeightScheme | None = None) -> InspectResponse:
     counts = parameter_count(spec)
     rows = [TensorRow(name=e.name, shape=list(e.shape), role=e.role, count=e.count, layers=list(e.layers),
@@ -338,7 +351,7 @@ def inspect_from_core(spec: ModelSpec, shipped: WeightScheme | None = None) -> I
     formats.extend(_weight_bytes_row(spec, scheme, counts.total) for scheme in INSPECT_SCHEMES)
     return InspectResponse(
         name=spec.name, model_type=spec.model_type, spec=spec.to_dict(), parameters=parameters_from_core(spec),
-        tensors=rows, kv_bytes_per_token={dtype: kv_bytes_per_token(spec, dtype) for dtype in KV_DTYPES},
+        tensors=rows, kv_bytes_per_token=_kv_bytes_by_dtype(spec),
         weight_bytes=formats,
     )
 

@@ -205,6 +205,39 @@ def hybrid_kv_capacity(stage: Stage, kv_cache_dtype: str, available_bytes: int, 
     else:
         tokens = num_blocks // (hybrid.full_groups + hybrid.linear_groups) * min(block, max_model_len)
     return KVCapacity(num_blocks=num_blocks, tokens=tokens, max_concurrency=concurrency)
+def _dsa_topk_buffer_bytes(spec: ModelSpec, tokens: int) -> int:
+    """The top-k indices buffer vLLM's deepseek_v2.py allocates when it builds a DeepSeek-V3.2 model (v0.11 and
+    v0.19, DeepseekV2Model.__init__): ``torch.empty(max_num_batched_tokens, index_topk, dtype=torch.int32)``."""
+    return tokens * spec.index_topk * 4 if spec.has_indexer else 0
+
+
+#: the dummy allocation each sparse-attention indexer makes in vLLM's profiling run "to simulate the peak logits tensor
+#: memory during inference" (v0.19 model_executor/layers/sparse_attn_indexer.py: torch.empty of
+#: VLLM_SPARSE_INDEXER_MAX_LOGITS_MB, default 512, bytes), charged on the forward pass's peak (the safe side: it is
+#: freed before the layer's MoE runs); v0.11's profiling path allocates only a flattened key buffer of
+#: 2 x max_model_len x 132 bytes (86 MB at DeepSeek-V3.2's 163,840), not charged
+DSA_PROFILE_LOGITS_BYTES: dict[str, int] = {"0.19": 512 * MIB}
+
+#: the vLLM releases whose DeepSeek Sparse Attention KV cache nibble sizes, by model type: one KV cache group of
+#: every layer's MLA latent and indexer key (UniformTypeKVCacheSpecs: the indexer's DeepseekV32IndexerCache is an
+#: MLAAttentionSpec of another page size), ``num_blocks = available // sum of the layers' pages``
+#: (v1/core/kv_cache_utils.py, get_kv_cache_config_from_groups).  GLM-5's GlmMoeDsaForCausalLM is in the registry
+#: from v0.19 (v0.11's has DeepseekV32ForCausalLM only).  v0.33 gives the indexer cache its own role
+#: (SparseCacheRole.INDEXER) and group-leader and alignment rules nibble does not model: refused rather than guessed
+DSA_KV_VERSIONS: dict[str, tuple[str, ...]] = {"deepseek_v32": ("0.11", "0.19"), "glm_moe_dsa": ("0.19",)}
+
+
+def dsa_version_refusal(spec: ModelSpec, version: str) -> None:
+    """Raise `InvalidSpec` naming ``runtime.engine_version`` for a DeepSeek Sparse Attention model on a vLLM
+    release that does not load it or whose KV cache layout for it nibble does not size (`DSA_KV_VERSIONS`)."""
+    if not spec.has_indexer:
+        return
+    versions = DSA_KV_VERSIONS.get(spec.model_type, ("0.19",))
+    if version not in versions:
+        raise InvalidSpec("runtime.engine_version", version,
+                          f"nibble sizes vLLM's DeepSeek Sparse Attention KV cache (MLA latent + indexer keys) of a "
+                          f"{spec.model_type} model for vLLM {' and '.join(versions)} only: vLLM {version} does not "
+                          "load it or groups the indexer cache by rules nibble does not model")
 
 
 def _forward_bytes_per_token(spec: ModelSpec, tensor_parallel: int) -> int:
@@ -312,7 +345,17 @@ class VllmProfile:
             basis += (f"; plus Qwen3-VL's deepstack input buffers, one of max_num_batched_tokens x hidden_size at "
                       f"2 bytes per deepstack level ({deepstack / GIB:.2f} GiB), "
                       "allocated when the model is built (qwen3_vl.py, deepstack_input_embeds)")
-        return Term(max(forward, sampler) + deepstack, basis)
+        topk_buffer = _dsa_topk_buffer_bytes(spec, tokens)
+        if topk_buffer:
+            basis += (f"; plus DeepSeek Sparse Attention's top-k indices buffer, max_num_batched_tokens x index_topk "
+                      f"int32 ({topk_buffer / GIB:.2f} GiB), allocated when the model is built (deepseek_v2.py, "
+                      "topk_indices_buffer)")
+        logits = DSA_PROFILE_LOGITS_BYTES.get(self._version, 0) if spec.has_indexer else 0
+        if logits:
+            forward += logits
+            basis += (f"; the forward pass includes the indexer's {logits / GIB:.2f} GiB logits dummy of the profiling "
+                      "run (sparse_attn_indexer.py, VLLM_SPARSE_INDEXER_MAX_LOGITS_MB)")
+        return Term(max(forward, sampler) + deepstack + topk_buffer, basis)
 
     def non_torch(self, stage: Stage) -> Term:
         """Memory outside PyTorch's allocator that grows during loading and profiling
@@ -415,6 +458,7 @@ class VllmProfile:
         if stage.spec.linear_attention is not None:
             return hybrid_kv_capacity(stage, kv_cache_dtype, available_bytes, block_size, max_model_len,
                                       self._version, self._rules.tokens_from_concurrency)
+        dsa_version_refusal(stage.spec, self._version)
         groups, group_size, page = _kv_cache_groups(stage.spec, stage.layers, kv_cache_dtype,
                                                     stage.tensor_parallel, block_size)
         num_groups = sum(n for _, n in groups)
@@ -442,6 +486,8 @@ def _kv_cache_groups(spec: ModelSpec, layers: tuple[int, int], kv_cache_dtype: s
     """A stage's KV cache groups as vLLM forms them: ((window or None, groups of that kind), ...), the layers
     in one group, and the page bytes (a pure function of the stage, cached: the solvers ask it many times)."""
     start, stop = layers
+    if spec.has_indexer:
+        return _dsa_kv_cache_groups(spec, layers, kv_cache_dtype, tensor_parallel, block_size)
     by_kind: dict[tuple[int | None, int], int] = {}
     for layer in kv_layers(spec)[start:stop]:
         window = layer.window if layer.kind == "sliding" else None
@@ -453,3 +499,16 @@ def _kv_cache_groups(spec: ModelSpec, layers: tuple[int, int], kv_cache_dtype: s
     groups = tuple((window, -(-count // group_size)) for (window, _page), count in by_kind.items())
     page = max(page for _window, page in by_kind)  # vLLM unifies page sizes; equal for one dtype and head size
     return groups, group_size, page
+
+
+def _dsa_kv_cache_groups(spec: ModelSpec, layers: tuple[int, int], kv_cache_dtype: str, tensor_parallel: int,
+                         block_size: int) -> tuple[tuple[tuple[int | None, int], ...], int, int]:
+    """DeepSeek Sparse Attention's KV cache in vLLM 0.11 / 0.19: every attention layer's MLA latent and indexer key
+    are full-attention specs of two page sizes, so `UniformTypeKVCacheSpecs.from_specs` puts them all in one group
+    whose page is the sum of the layers' pages (``block × Σ (latent + indexer key bytes)``); one block of it holds
+    `block_size` tokens in every layer, so ``num_blocks = available // page`` and the tokens are
+    ``num_blocks × block_size``."""
+    start, stop = layers
+    page = sum(block_size * layer_bytes_per_token(layer, kv_cache_dtype, tensor_parallel)
+               for layer in kv_layers(spec)[start:stop])
+    return ((None, 1),), 1, page

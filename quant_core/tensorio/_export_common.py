@@ -31,6 +31,9 @@ FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float16), np.dtype(ml_dtypes.b
 #: glm4_moe_mtp.py and deepseek_mtp.py, which load them unquantized as the LM head)
 UNQUANTIZED_NAME_GLOBS: tuple[str, ...] = ("*embed*", "*lm_head*", "*norm*", "*.gate.weight", "*shared_expert_gate*",
                                            "*router*", "*wte*", "*wpe*", "*eh_proj*", "*shared_head.head*")
+#: ... and DeepSeek Sparse Attention's indexer.weights_proj, which vLLM's deepseek_v2.py Indexer builds with
+#: ``quant_config=None`` (DeepSeek-V3.2's fp8 checkpoints store it in bf16; its k_norm is a norm above)
+UNQUANTIZED_NAME_GLOBS += ("*indexer.weights_proj*",)
 
 
 def module_prefix(name: str) -> str:
