@@ -397,6 +397,17 @@ def _sharded_bytes(one_tensor_bytes: int, entry: TensorEntry, tensor_parallel: i
     return -(-one_tensor_bytes // tensor_parallel)
 
 
+#: MiniMax-M2's full-width q/k norms, which vLLM splits over the tensor-parallel ranks
+_MINIMAX_M2_SPLIT_NORMS: tuple[str, ...] = ("self_attn.q_norm.weight", "self_attn.k_norm.weight")
+
+
+def _minimax_m2_norm_bytes(one_tensor_bytes: int, entry: TensorEntry, tensor_parallel: int) -> int:
+    """Bytes of one of MiniMax-M2's q/k norms on one rank: vLLM's minimax_m2.py builds them as
+    ``MiniMaxText01RMSNormTP`` (layers/mamba/linear_attn.py), ``torch.ones(int(width / tp))`` in the model's
+    dtype, each rank loading its slice (the key norm too when the key/value heads are replicated)."""
+    return int(entry.elements / tensor_parallel) * (one_tensor_bytes // entry.elements)
+
+
 def _router_bytes(one_tensor_bytes: int, entry: TensorEntry) -> int:
     """Bytes of one tensor of `entry` as an engine that allocates routers in float32 holds it: a ``router`` row at
     4 bytes an element (never less than its format's bytes), any other row as it is."""
@@ -448,6 +459,8 @@ def _build_layout(spec: ModelSpec, scheme: WeightScheme, kv_dtype_name: str,
     for entry, one in _weight_rows(spec, scheme):
         per_rank = _sharded_bytes(_router_bytes(one, entry) if fp32_routers else one, entry,
                                   tensor_parallel) * entry.per_layer
+        if spec.model_type == "minimax_m2" and entry.name.endswith(_MINIMAX_M2_SPLIT_NORMS):
+            per_rank = _minimax_m2_norm_bytes(one, entry, tensor_parallel)
         if entry.layers:
             for index in entry.layers:  # once per layer, not per layer and stage (4,096 layers x 1,024 stages)
                 weights[stage_of[index]] += per_rank

@@ -141,6 +141,20 @@ ROUTERS_AT_FP32: dict[str, str] = {
     # nn.Parameter(torch.empty(n_routed_experts, dtype=torch.float32)): vLLM pull requests #22143 and #22203
     # (August 2025, before v0.11), unchanged on vLLM's main branch in 2026
     "glm4_moe": "glm4_moe.py: Glm4MoE's gate and its e_score_correction_bias in torch.float32",
+    # MiniMaxM2MoE.gate = ReplicatedLinear(hidden_size, num_local_experts, params_dtype=torch.float32,
+    # quant_config=None) and e_score_correction_bias = nn.Parameter(torch.empty(num_local_experts,
+    # dtype=torch.float32)), in minimax_m2.py since vLLM first shipped it (v0.11.1) and on its main branch in 2026
+    "minimax_m2": "minimax_m2.py: MiniMaxM2MoE's gate (params_dtype torch.float32) and its e_score_correction_bias",
+}
+
+
+# Model types a vLLM release nibble models cannot load: its model registry has no class for their architecture
+# ("Model architectures [...] are not supported"), by the (major, minor) of the first release after nibble's profile
+# of the one before that has it (nibble's "0.11" profile is v0.11.0).
+MODEL_TYPES_SINCE: dict[str, tuple[tuple[int, int], str]] = {
+    # minimax_m2.py (MiniMaxM2ForCausalLM) landed on vLLM's main branch for MiniMax-M2's release (26 October 2025,
+    # vllm-project/recipes#95 installs a nightly build for it), after v0.11.0 (2 October 2025): first in v0.11.1
+    "minimax_m2": ((0, 12), "MiniMaxM2ForCausalLM (minimax_m2.py) first shipped in vLLM v0.11.1"),
 }
 
 
@@ -307,6 +321,9 @@ class VllmProfile:
                     "can be neither split evenly nor replicated evenly across the ranks")
         if pipeline_parallel > spec.num_layers:
             return f"vLLM refuses {pipeline_parallel} pipeline stages for {spec.num_layers} layers"
+        since = MODEL_TYPES_SINCE.get(spec.model_type)
+        if since is not None and tuple(int(part) for part in self._version.split(".")) < since[0]:
+            return f"vLLM {self._version} cannot load a {spec.model_type} model: {since[1]}"
         if spec.layout == "qwen2_moe" and tensor_parallel > spec.num_experts:
             # qwen2_moe.py, Qwen2MoeSparseMoeBlock.__init__: "Tensor parallel size ... is greater than the number
             # of experts"
