@@ -839,7 +839,8 @@ def _minimax_m2(config: Mapping[str, object], model_type: str, name: str | None)
     names (``block_sparse_moe.gate``, ``block_sparse_moe.experts.{e}.w1/w2/w3`` of ``intermediate_size``) in every
     layer, grouped-query attention whose q/k RMSNorms span all heads (``q_norm`` [heads x head_dim], ``k_norm``
     [kv_heads x head_dim]: `inventory` sizes them so for this type), and a sigmoid router whose
-    ``e_score_correction_bias`` (``use_routing_bias``) sits beside the gate as ``block_sparse_moe.e_score_correction_bias``.
+    ``e_score_correction_bias`` (``use_routing_bias``) sits beside the gate, as
+    ``block_sparse_moe.e_score_correction_bias``.
 
     Both transformers and vLLM build the q/k norms whatever ``use_qk_norm`` says, and vLLM's RMSNorm of them is
     the full-width one (``MiniMaxText01RMSNormTP``): a ``qk_norm_type`` other than ``per_layer`` is refused.  vLLM
@@ -847,9 +848,10 @@ def _minimax_m2(config: Mapping[str, object], model_type: str, name: str | None)
     ``tie_word_embeddings`` is refused); builds every layer as full attention (an ``attn_type_list`` entry other
     than 1, MiniMax-Text-01's linear attention, is refused) and no shared expert (a ``shared_intermediate_size``
     other than 0 is refused).  Absent ``num_key_value_heads`` and ``head_dim`` take MiniMaxM2Config's defaults
-    (8 and 128); the other sizes are required.  Partial rotary (``rotary_dim``) changes no tensor.  The multi-token-prediction
-    modules (``num_mtp_modules``, stored as layers ``num_hidden_layers`` and on) are neither built by transformers
-    nor loaded by vLLM (``get_spec_layer_idx_from_weight_name`` skips them): not counted.
+    (8 and 128); the other sizes are required.  Partial rotary (``rotary_dim``) changes no tensor.  The
+    multi-token-prediction modules (``num_mtp_modules``, stored as layers ``num_hidden_layers`` and on) are
+    neither built by transformers nor loaded by vLLM (``get_spec_layer_idx_from_weight_name`` skips them): not
+    counted.
     """
     r = _Reader(config, model_type)
     hidden = r.required_int("hidden_size", MAX_HIDDEN_SIZE)
