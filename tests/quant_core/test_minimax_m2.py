@@ -210,3 +210,14 @@ def test_minimax_m2_5_fp8_release_is_priced_as_shipped() -> None:
     assert weight_bytes(spec, "bf16") == 2 * 228_689_764_864
     as_shipped = plan(spec, Hardware(141 * GIB, 4), Workload(8192, 1), PlanOptions(scheme=scheme))
     assert as_shipped.primary.weights_by_role["router"] == 2 * LAYERS * EXPERTS * (HIDDEN + 1)
+
+
+def test_the_minimax_m2_5_preset_is_its_parsed_config_shipped_in_fp8() -> None:
+    from quant_core.catalog import get_preset_info
+    info = get_preset_info("minimax-m2.5")
+    assert info.spec == model_from_hf_config(load(), name="minimax-m2.5")
+    assert info.quantization_config == load()["quantization_config"]
+    result = plan(info.spec, Hardware(141 * GIB, 4), Workload(8192, 1),
+                  PlanOptions(scheme=scheme_from_quantization_config(load()["quantization_config"])))
+    # the FP8 release on four 141 GiB devices, as vLLM's recipe serves it (--tensor-parallel-size 4, recipes#95)
+    assert result.primary.fits
