@@ -221,3 +221,59 @@ def test_the_minimax_m2_5_preset_is_its_parsed_config_shipped_in_fp8() -> None:
                   PlanOptions(scheme=scheme_from_quantization_config(load()["quantization_config"])))
     # the FP8 release on four 141 GiB devices, as vLLM's recipe serves it (--tensor-parallel-size 4, recipes#95)
     assert result.primary.fits
+
+
+def _tiny() -> dict[str, Any]:
+    """MiniMax-M2.5's config at a few layers and small widths: the same tensors, fewer and smaller."""
+    return {**{key: value for key, value in load().items() if key not in ("quantization_config", "attn_type_list")},
+            "hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2,
+            "head_dim": 16, "intermediate_size": 32, "num_local_experts": 4, "num_experts_per_tok": 2,
+            "vocab_size": 128, "rotary_dim": 8}
+
+
+def test_a_minimax_m2_checkpoint_job_quantizes_what_vllm_quantizes_and_passes_the_router_through(
+        tmp_path: Path) -> None:
+    # A tiny random MiniMax-M2 saved by transformers through a job with the default include/exclude: the router
+    # (block_sparse_moe.gate, a float32 ReplicatedLinear with quant_config=None in vLLM) and its
+    # e_score_correction_bias pass through, as do the full-width q/k norms, the other norms, the embedding and the
+    # lm_head (the FP8 release's modules_to_not_convert: gate, e_score_correction_bias, lm_head); the attention
+    # projections and every expert's w1/w2/w3 are quantized
+    from tests.quant_core.meta_models import planned_job, saved_by_transformers
+    folder = saved_by_transformers(tmp_path / "m2", "MiniMaxM2Config", "MiniMaxM2ForCausalLM", _tiny())
+    _checkpoint, _options, _plans, reasons = planned_job(folder, "compressed-tensors")
+    quantized = {name for name, reason in reasons.items() if not reason}
+    passed = set(reasons) - quantized
+    layer = "model.layers.1"
+    assert {f"{layer}.block_sparse_moe.gate.weight", f"{layer}.block_sparse_moe.e_score_correction_bias",
+            f"{layer}.self_attn.q_norm.weight", f"{layer}.self_attn.k_norm.weight", f"{layer}.input_layernorm.weight",
+            "model.embed_tokens.weight", "lm_head.weight", "model.norm.weight"} <= passed
+    assert quantized == {f"model.layers.{i}.{name}.weight" for i in range(2) for name in (
+        *(f"self_attn.{proj}" for proj in ("q_proj", "k_proj", "v_proj", "o_proj")),
+        *(f"block_sparse_moe.experts.{e}.{w}" for e in range(4) for w in ("w1", "w2", "w3")))}
+
+
+def test_an_fp8_minimax_m2_checkpoint_is_planned_at_its_stored_bytes() -> None:
+    # The FP8 release's headers, at three of its layers (the same tensors, fewer): attention and expert weights
+    # F8_E4M3 with one F32 weight_scale_inv per 128 x 128 block, the router and its bias F32 (the release keeps
+    # modules_to_not_convert at 16 bits; the bias is fp32 as transformers keeps it), norms, embedding and lm_head
+    # BF16: the planner's rows from these headers are their bytes, to the byte
+    from quant_core.checkpoint_rows import checkpoint_scheme
+    from quant_core.tensorio.checkpoint_headers import HeaderTensor
+    spec = model_from_hf_config({**load(), "num_hidden_layers": 3, "attn_type_list": [1] * 3})
+    tensors: list[HeaderTensor] = []
+    for entry in inventory(spec):
+        for layer in entry.layers or (-1,):
+            for expert in range(entry.per_layer):
+                name = entry.name.replace("{i}", str(layer)).replace("{e}", str(expert))
+                if entry.role in ("attention", "expert"):
+                    rows, columns = entry.shape
+                    tensors.append(HeaderTensor(name, "F8_E4M3", entry.shape, entry.elements))
+                    blocks = (-(-rows // 128), -(-columns // 128))
+                    tensors.append(HeaderTensor(f"{name}_scale_inv", "F32", blocks, 4 * blocks[0] * blocks[1]))
+                elif name.endswith("e_score_correction_bias"):
+                    tensors.append(HeaderTensor(name, "F32", entry.shape, 4 * entry.elements))
+                else:
+                    tensors.append(HeaderTensor(name, "BF16", entry.shape, 2 * entry.elements))
+    scheme, summary = checkpoint_scheme(spec, tensors)
+    assert summary.unknown == () and summary.format == "fp8-block128"
+    assert summary.bytes == scheme_bytes(spec, scheme) == sum(tensor.bytes for tensor in tensors)
