@@ -818,7 +818,9 @@ def _min_devices(evaluator: _Evaluator, terms: _ModelTerms, workload: Workload) 
         return fits(workload.context_length, workload.concurrent_sequences)
 
     low = max(1, -(-sum(terms.by_role.values()) // max(1, evaluator.usable_bytes)))
-    sizes = [size for size in engine_tensor_parallel_sizes(terms.spec) if size >= low]
+    sizes = [size for size in engine_tensor_parallel_sizes(terms.spec) if size >= low
+             and (evaluator.engine is None
+                  or evaluator.engine.format_refusal(terms.spec, terms.scheme.label(), size) is None)]
     if not sizes or not fits_on(sizes[-1]):
         return None
     first, last = 0, len(sizes) - 1  # sizes[last] fits
@@ -870,6 +872,7 @@ def _format_plan(terms: _ModelTerms, hardware: Hardware, workload: Workload, ten
     max_sequences = _max_sequences(evaluator, layout, fits, workload.context_length)
     pool, capacity = _kv_capacity(evaluator, layout, stage_terms, workload.context_length)
     refusal = (evaluator.engine.refusal(terms.spec, tensor_parallel, options.pipeline_parallel)
+               or evaluator.engine.format_refusal(terms.spec, terms.scheme.label(), tensor_parallel)
                if evaluator.engine is not None else None)
     return FormatPlan(
         format=terms.scheme.label(),

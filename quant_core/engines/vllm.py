@@ -357,6 +357,13 @@ class VllmProfile:
                 f"pipeline stage, not only on the first and last (vllm/model_executor/models/{where}, with no "
                 "PPMissingLayer for them), and counts them as each stage's weights")
 
+    def format_refusal(self, spec: ModelSpec, weight_format: str, tensor_parallel: int) -> str | None:
+        """`fp8_block_expert_refusal` for a scheme of fp8 [128, 128] blocks (as configured or read from a
+        checkpoint's headers); None for other formats."""
+        if weight_format.removeprefix("checkpoint-") != "fp8-block128":
+            return None
+        return fp8_block_expert_refusal(spec, tensor_parallel)
+
     def routers_at_fp32(self, spec: ModelSpec) -> str | None:
         """Why vLLM holds the routers of `spec` in float32 (`ROUTERS_AT_FP32`), or None."""
         where = ROUTERS_AT_FP32.get(spec.model_type)
@@ -389,6 +396,30 @@ class VllmProfile:
         else:
             tokens = num_blocks // num_groups * block_size
         return KVCapacity(num_blocks=num_blocks, tokens=tokens, max_concurrency=concurrency)
+
+
+#: the fp8 weight block's output and input sizes vLLM's block-quantized checkpoints use (weight_block_size)
+FP8_BLOCK_N = FP8_BLOCK_K = 128
+
+
+def fp8_block_expert_refusal(spec: ModelSpec, tensor_parallel: int) -> str | None:
+    """vLLM's refusal of fp8 [128, 128]-block routed experts whose width does not split into whole blocks:
+    ``Fp8MoEMethod.create_weights`` (layers/quantization/fp8.py) raises "The output_size of gate's and up's
+    weight = N is not divisible by weight quantization block_n = 128" when FusedMoE's
+    ``intermediate_size_per_partition`` (the expert width over the tensor-parallel ranks, expert parallelism
+    off) is not a multiple of 128, and the same for block_k when tensor parallelism splits w2's input.  MiniMax-M2
+    at TP 8: 1536 / 8 = 192 (vLLM 0.19.0 on 4 and 8 A100s; vllm#17569 for Qwen3's 1536 and 768); the fix is
+    ``--enable-expert-parallel``, which nibble does not plan.  Models without routed experts: None."""
+    if not spec.is_moe:
+        return None
+    width = spec.moe_intermediate_size
+    per_rank = width // tensor_parallel
+    if width % tensor_parallel == 0 and per_rank % FP8_BLOCK_N == 0 and per_rank % FP8_BLOCK_K == 0:
+        return None
+    return (f"vLLM refuses fp8 [128, 128]-block experts at tensor parallel size {tensor_parallel}: each rank's "
+            f"share of the {width}-wide experts, {width / tensor_parallel:g}, is not a multiple of the 128-wide "
+            "block (fp8.py, Fp8MoEMethod.create_weights); vLLM serves it with --enable-expert-parallel, which "
+            "nibble does not plan")
 
 
 @lru_cache(maxsize=256)

@@ -277,3 +277,28 @@ def test_an_fp8_minimax_m2_checkpoint_is_planned_at_its_stored_bytes() -> None:
     scheme, summary = checkpoint_scheme(spec, tensors)
     assert summary.unknown == () and summary.format == "fp8-block128"
     assert summary.bytes == scheme_bytes(spec, scheme) == sum(tensor.bytes for tensor in tensors)
+
+
+def test_vllm_refuses_the_fp8_release_where_its_experts_do_not_split_into_whole_blocks() -> None:
+    # fp8.py's Fp8MoEMethod.create_weights: FusedMoE's intermediate_size_per_partition must be a multiple of the
+    # 128-wide weight block.  MiniMax-M2's 1536-wide experts: 768 at TP 2 and 384 at TP 4 are, 192 at TP 8 is not
+    # ("ValueError: output_size of gate's and up's weight = 192 is not divisible by weight quantization block_n =
+    # 128", MiniMax-M2.7 on vLLM 0.19.0 at TP 8; fixed there with --enable-expert-parallel).  bf16 and int4 split
+    # at TP 8 as before
+    from quant_core.engines.vllm import VllmProfile
+    spec = spec_of()
+    scheme = scheme_from_quantization_config(load()["quantization_config"])
+    assert scheme.label() == "fp8-block128"
+    assert [size for size in (1, 2, 4, 8, 16, 24, 48)
+            if VllmProfile().format_refusal(spec, scheme.label(), size) is None] == [1, 2, 4]
+    assert "192" in (VllmProfile().format_refusal(spec, "fp8-block128", 8) or "")
+    assert VllmProfile().format_refusal(spec, "checkpoint-fp8-block128", 8) is not None  # read from headers
+    assert VllmProfile().format_refusal(spec, "bf16", 8) is None
+    h100 = 80 * GIB
+    refused = plan(spec, Hardware(h100, 8), Workload(8192, 1), PlanOptions(scheme=scheme))
+    assert not refused.primary.fits and "expert-parallel" in (refused.primary.refusal or "")
+    # the fewest devices skip the refused sizes: four 80 GiB devices hold the 230 GB release (the recipe's TP 4);
+    # bf16's fewest are not limited by it, and int4 at TP 8 is planned as before
+    assert refused.primary.min_devices == 4
+    assert refused.comparison["bf16"].min_devices == 8
+    assert plan(spec, Hardware(h100, 8), Workload(8192, 1)).comparison["int4"].refusal is None
