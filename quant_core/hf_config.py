@@ -6,7 +6,8 @@ and Falcon, False elsewhere), and sets the flags the family's modeling code hard
 (Qwen2's q/k/v bias, Gemma's four norms per layer, Qwen3's q/k norms, ...).  The
 parameter counts that follow from the spec are those of the model transformers builds
 from the config: DeepSeek-V3's and GLM-4.5's multi-token-prediction layer (``num_nextn_predict_layers``)
-is not built by transformers (nor loaded by vLLM's model classes) and is not counted; for the multimodal ``gemma3`` type
+is not built by transformers (nor loaded by vLLM's model classes) and is not counted, nor are MiniMax-M2's
+(``num_mtp_modules``); for the multimodal ``gemma3`` type
 the language model (``text_config``) is read, and its SigLIP vision tower and projector
 (``vision_config``) are counted as role ``vision``: engines load them beside it, at 16 bits; the
 multimodal ``llama4`` type likewise (``Llama4VisionModel`` and its projector), its language model

@@ -302,3 +302,22 @@ def test_vllm_refuses_the_fp8_release_where_its_experts_do_not_split_into_whole_
     assert refused.primary.min_devices == 4
     assert refused.comparison["bf16"].min_devices == 8
     assert plan(spec, Hardware(h100, 8), Workload(8192, 1)).comparison["int4"].refusal is None
+
+
+def test_at_tensor_parallel_16_each_device_holds_one_whole_key_value_head() -> None:
+    # Past the 8 KV heads, vLLM's QKVParallelLinear gives each of 16 ranks one whole key and one whole value head
+    # (128 rows of k_proj and of v_proj, each head held by two ranks), and the key norm is sharded by KV head
+    # (weight_shard_world_size = 8: 128 weights); the query norm and q/o projections split 16 ways.  bf16, by hand
+    from quant_core.formats import float_format
+    spec = spec_of()
+    tp = 16
+    device = plan(spec, Hardware(80 * GIB, tp), Workload(8192, 1),
+                  PlanOptions(weight_format=float_format("bf16")))
+    vocabulary = 2 * VOCAB * HIDDEN * 2 // tp
+    query_output = LAYERS * 2 * HEADS * HEAD_DIM * HIDDEN * 2 // tp
+    key_value = LAYERS * 2 * HEAD_DIM * HIDDEN * 2  # one head of k_proj and one of v_proj per layer
+    experts = LAYERS * EXPERTS * 3 * HIDDEN * WIDTH * 2 // tp
+    routers = LAYERS * EXPERTS * (HIDDEN + 1) * 4
+    norms = (LAYERS * 2 * HIDDEN + HIDDEN) * 2 + LAYERS * (HEADS * HEAD_DIM // tp + KV_HEADS * HEAD_DIM // 8) * 2
+    assert device.primary.devices[0].weights_bytes == \
+        vocabulary + query_output + key_value + experts + routers + norms
