@@ -50,3 +50,30 @@ def test_inspect_minimax_m2_sizes_its_gguf_formats(client: TestClient) -> None:
     rows = {row["format"]: row for row in response.json()["weight_bytes"]}
     assert rows["bf16"]["bytes"] == 2 * 228_689_764_864
     assert all(row["bytes"] for name, row in rows.items() if name.startswith("gguf"))
+
+
+def test_a_minimax_m2_checkpoints_mtp_modules_are_set_apart_not_refused() -> None:
+    # vLLM's minimax_m2.py skips model.layers.62.* to model.layers.64.* at load (get_spec_layer_idx_from_weight_name,
+    # num_mtp_modules 3): headers that hold them are the model's own, set apart as its multi-token-prediction layers;
+    # the as-shipped note (which says the checkpoint holds such layers) stays with num_nextn_predict_layers alone
+    from app.schemas.models import ModelInput, checkpoint_mtp_layers_of, mtp_layers_of
+    from quant_core.checkpoint_rows import checkpoint_scheme
+    from quant_core.hf_config import model_from_hf_config
+    from quant_core.inventory import inventory
+    from quant_core.tensorio.checkpoint_headers import HeaderTensor
+    model = ModelInput(hf_config=minimax())
+    assert (checkpoint_mtp_layers_of(model), mtp_layers_of(model)) == (3, 0)
+    assert checkpoint_mtp_layers_of(ModelInput(hf_config={**minimax(), "model_type": "mixtral"})) == 0
+    config = {**minimax(), "num_hidden_layers": 2, "attn_type_list": [1, 1], "num_local_experts": 4,
+              "num_experts_per_tok": 2}
+    spec = model_from_hf_config(config)
+    tensors = []
+    for entry in inventory(spec):
+        for layer in entry.layers or (-1,):
+            for expert in range(entry.per_layer):
+                name = entry.name.replace("{i}", str(layer)).replace("{e}", str(expert))
+                tensors.append(HeaderTensor(name, "BF16", entry.shape, 2 * entry.elements))
+    mtp = [HeaderTensor(f"model.layers.{2 + module}.self_attn.q_proj.weight", "BF16", (6144, 3072), 2 * 6144 * 3072)
+           for module in range(3)]
+    _scheme, summary = checkpoint_scheme(spec, tensors + mtp, checkpoint_mtp_layers_of(ModelInput(hf_config=config)))
+    assert summary.mtp_tensors == 3 and summary.bytes == sum(tensor.bytes for tensor in tensors)
