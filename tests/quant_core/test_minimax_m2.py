@@ -11,6 +11,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 
 from quant_core.errors import InvalidSpec
@@ -231,16 +232,18 @@ def _tiny() -> dict[str, Any]:
             "vocab_size": 128, "rotary_dim": 8}
 
 
+@pytest.mark.parametrize("output", ["compressed-tensors", "gptq", "awq"])
 def test_a_minimax_m2_checkpoint_job_quantizes_what_vllm_quantizes_and_passes_the_router_through(
-        tmp_path: Path) -> None:
+        tmp_path: Path, output: str) -> None:
     # A tiny random MiniMax-M2 saved by transformers through a job with the default include/exclude: the router
     # (block_sparse_moe.gate, a float32 ReplicatedLinear with quant_config=None in vLLM) and its
     # e_score_correction_bias pass through, as do the full-width q/k norms, the other norms, the embedding and the
     # lm_head (the FP8 release's modules_to_not_convert: gate, e_score_correction_bias, lm_head); the attention
     # projections and every expert's w1/w2/w3 are quantized
-    from tests.quant_core.meta_models import planned_job, saved_by_transformers
+    from quant_core.checkpoint import quantize_checkpoint
+    from tests.quant_core.meta_models import output_tensors, planned_job, saved_by_transformers
     folder = saved_by_transformers(tmp_path / "m2", "MiniMaxM2Config", "MiniMaxM2ForCausalLM", _tiny())
-    _checkpoint, _options, _plans, reasons = planned_job(folder, "compressed-tensors")
+    checkpoint, options, plans, reasons = planned_job(folder, output)
     quantized = {name for name, reason in reasons.items() if not reason}
     passed = set(reasons) - quantized
     layer = "model.layers.1"
@@ -250,6 +253,20 @@ def test_a_minimax_m2_checkpoint_job_quantizes_what_vllm_quantizes_and_passes_th
     assert quantized == {f"model.layers.{i}.{name}.weight" for i in range(2) for name in (
         *(f"self_attn.{proj}" for proj in ("q_proj", "k_proj", "v_proj", "o_proj")),
         *(f"block_sparse_moe.experts.{e}.{w}" for e in range(4) for w in ("w1", "w2", "w3")))}
+    # the written config leaves the router to vLLM unquantized: compressed-tensors targets exactly the quantized
+    # modules, AWQ lists the gates in modules_to_not_convert, and GPTQ needs no list (minimax_m2.py builds the gate
+    # with quant_config=None); the router bias reaches the output in float32, as the checkpoint stored it
+    quantize_checkpoint(checkpoint, plans, options, tmp_path / "out", tmp_path / "parts")
+    config = json.loads((tmp_path / "out" / "config.json").read_text())["quantization_config"]
+    gates = {f"model.layers.{i}.block_sparse_moe.gate" for i in range(2)}
+    if output == "compressed-tensors":
+        targets = {target for group in config["config_groups"].values() for target in group["targets"]}
+        assert targets == {name.removesuffix(".weight") for name in quantized} and not targets & gates
+    elif output == "awq":
+        assert gates <= set(config["modules_to_not_convert"])
+    stored = output_tensors(tmp_path / "out")
+    bias = f"{layer}.block_sparse_moe.e_score_correction_bias"
+    assert stored[bias].dtype == np.float32 and stored[f"{layer}.block_sparse_moe.gate.weight"].ndim == 2
 
 
 def test_an_fp8_minimax_m2_checkpoint_is_planned_at_its_stored_bytes() -> None:
