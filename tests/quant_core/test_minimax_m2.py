@@ -271,9 +271,8 @@ def test_a_minimax_m2_checkpoint_job_quantizes_what_vllm_quantizes_and_passes_th
 
 def test_an_fp8_minimax_m2_checkpoint_is_planned_at_its_stored_bytes() -> None:
     # The FP8 release's headers, at three of its layers (the same tensors, fewer): attention and expert weights
-    # F8_E4M3 with one F32 weight_scale_inv per 128 x 128 block, the router and its bias F32 (the release keeps
-    # modules_to_not_convert at 16 bits; the bias is fp32 as transformers keeps it), norms, embedding and lm_head
-    # BF16: the planner's rows from these headers are their bytes, to the byte
+    # F8_E4M3 with one F32 weight_scale_inv per 128 x 128 block, the router (modules_to_not_convert) in F32, norms,
+    # embedding and lm_head BF16: the planner's rows from these headers are their stored bytes, to the byte
     from quant_core.checkpoint_rows import checkpoint_scheme
     from quant_core.tensorio.checkpoint_headers import HeaderTensor
     spec = model_from_hf_config({**load(), "num_hidden_layers": 3, "attn_type_list": [1] * 3})
@@ -287,12 +286,14 @@ def test_an_fp8_minimax_m2_checkpoint_is_planned_at_its_stored_bytes() -> None:
                     tensors.append(HeaderTensor(name, "F8_E4M3", entry.shape, entry.elements))
                     blocks = (-(-rows // 128), -(-columns // 128))
                     tensors.append(HeaderTensor(f"{name}_scale_inv", "F32", blocks, 4 * blocks[0] * blocks[1]))
-                elif name.endswith("e_score_correction_bias"):
+                elif entry.role == "router":  # the gate and its bias in F32, the dtype vLLM holds them in
                     tensors.append(HeaderTensor(name, "F32", entry.shape, 4 * entry.elements))
                 else:
                     tensors.append(HeaderTensor(name, "BF16", entry.shape, 2 * entry.elements))
     scheme, summary = checkpoint_scheme(spec, tensors)
     assert summary.unknown == () and summary.format == "fp8-block128"
+    # 3 layers x (4 attention + 3 x 256 expert) weight_scale_inv tensors: 62 x 772 = 47,864 in the full release
+    assert sum(tensor.name.endswith("weight_scale_inv") for tensor in tensors) == 3 * (4 + 3 * EXPERTS)
     assert summary.bytes == scheme_bytes(spec, scheme) == sum(tensor.bytes for tensor in tensors)
 
 
