@@ -339,3 +339,21 @@ def test_at_tensor_parallel_16_each_device_holds_one_whole_key_value_head() -> N
     norms = (LAYERS * 2 * HIDDEN + HIDDEN) * 2 + LAYERS * (HEADS * HEAD_DIM // tp + KV_HEADS * HEAD_DIM // 8) * 2
     assert device.primary.devices[0].weights_bytes == \
         vocabulary + query_output + key_value + experts + routers + norms
+
+
+def test_minimax_m2_active_parameters_are_the_published_9_8_billion_without_the_vocabulary() -> None:
+    # Sanity, against rounded published figures: "230 billion total parameters with 10 billion active parameters"
+    # (sgl-project/sglang's docs/basic_usage/minimax_m2.md) and "9.8B 激活", 9.8B active, for M2.7's identical
+    # architecture (https://pillumina.github.io/posts/architecture/).  Per token: attention, norms, the router and
+    # 8 of 256 experts in each of 62 layers, plus the embedding row and the lm_head: 11,030,553,088; without those
+    # two vocabulary matrices, 9.80B
+    counts = parameter_count(spec_of())
+    assert counts.active_per_token == 11_030_553_088
+    assert round((counts.active_per_token - counts.embedding - counts.lm_head) / 1e9, 1) == 9.8
+
+
+def test_a_config_of_another_type_with_minimax_m2s_class_is_read_as_minimax_m2() -> None:
+    # vLLM loads the class its registry has for ``architectures``: a fine-tune renaming model_type keeps
+    # MiniMaxM2ForCausalLM, and nibble reads it as minimax_m2 (architecture_family)
+    spec = model_from_hf_config({**load(), "model_type": "minimax_m2_finetune"})
+    assert spec.model_type == "minimax_m2" and parameter_count(spec).total == 228_689_764_864
