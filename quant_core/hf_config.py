@@ -6,7 +6,8 @@ and Falcon, False elsewhere), and sets the flags the family's modeling code hard
 (Qwen2's q/k/v bias, Gemma's four norms per layer, Qwen3's q/k norms, ...).  The
 parameter counts that follow from the spec are those of the model transformers builds
 from the config: DeepSeek-V3's (and V3.2's) and GLM-4.5's multi-token-prediction layer (``num_nextn_predict_layers``)
-is not built by transformers (nor loaded by vLLM's model classes) and is not counted; for the multimodal ``gemma3`` type
+is not built by transformers (nor loaded by vLLM's model classes) and is not counted, nor are MiniMax-M2's
+(``num_mtp_modules``); for the multimodal ``gemma3`` type
 the language model (``text_config``) is read, and its SigLIP vision tower and projector
 (``vision_config``) are counted as role ``vision``: engines load them beside it, at 16 bits; the
 multimodal ``llama4`` type likewise (``Llama4VisionModel`` and its projector), its language model
@@ -910,6 +911,70 @@ def _qwen3_vl_vision(config: Mapping[str, object], text_hidden_size: int) -> Qwe
     return tower
 
 
+def _minimax_m2(config: Mapping[str, object], model_type: str, name: str | None) -> ModelSpec:
+    """MiniMax-M2 / M2.1 / M2.5 (``minimax_m2``; transformers' and vLLM's MiniMaxM2ForCausalLM): Mixtral's tensor
+    names (``block_sparse_moe.gate``, ``block_sparse_moe.experts.{e}.w1/w2/w3`` of ``intermediate_size``) in every
+    layer, grouped-query attention whose q/k RMSNorms span all heads (``q_norm`` [heads x head_dim], ``k_norm``
+    [kv_heads x head_dim]: `inventory` sizes them so for this type), and a sigmoid router whose
+    ``e_score_correction_bias`` (``use_routing_bias``) sits beside the gate, as
+    ``block_sparse_moe.e_score_correction_bias``.
+
+    Both transformers and vLLM build the q/k norms whatever ``use_qk_norm`` says, and vLLM's RMSNorm of them is
+    the full-width one (``MiniMaxText01RMSNormTP``): a ``qk_norm_type`` other than ``per_layer`` is refused.  vLLM
+    builds the router bias only with ``use_routing_bias`` (default false there); ties no lm_head (a true
+    ``tie_word_embeddings`` is refused); builds every layer as full attention (an ``attn_type_list`` entry other
+    than 1, MiniMax-Text-01's linear attention, is refused) and no shared expert (a ``shared_intermediate_size``
+    other than 0 is refused).  Absent ``num_key_value_heads`` and ``head_dim`` take MiniMaxM2Config's defaults
+    (8 and 128); the other sizes are required.  Partial rotary (``rotary_dim``) changes no tensor.  The
+    multi-token-prediction modules (``num_mtp_modules``, stored as layers ``num_hidden_layers`` and on) are
+    neither built by transformers nor loaded by vLLM (``get_spec_layer_idx_from_weight_name`` skips them): not
+    counted.
+    """
+    r = _Reader(config, model_type)
+    hidden = r.required_int("hidden_size", MAX_HIDDEN_SIZE)
+    layers = r.required_int("num_hidden_layers", MAX_LAYERS)
+    heads = r.required_int("num_attention_heads", MAX_HEADS)
+    width = r.required_int("intermediate_size", MAX_INTERMEDIATE_SIZE)
+    if r.string("qk_norm_type", "per_layer") != "per_layer":
+        raise InvalidSpec("qk_norm_type", config.get("qk_norm_type"),
+                          "vLLM's minimax_m2.py normalizes q and k over all heads at once ('per_layer') only")
+    if r.flag("tie_word_embeddings", False):
+        raise InvalidSpec("tie_word_embeddings", True, "vLLM's MiniMaxM2ForCausalLM builds its own lm_head and "
+                                                       "never ties it to the embedding")
+    if r.int_or("shared_intermediate_size", 0, MAX_INTERMEDIATE_SIZE, minimum=0):
+        raise InvalidSpec("shared_intermediate_size", config.get("shared_intermediate_size"),
+                          "neither transformers nor vLLM builds a shared expert for minimax_m2: only 0 is planned")
+    attention_kinds = config.get("attn_type_list")
+    if attention_kinds is not None:
+        if not isinstance(attention_kinds, list):
+            raise InvalidSpec("attn_type_list", attention_kinds, "must be a list of one attention type per layer")
+        for index, kind in enumerate(attention_kinds):
+            if kind != 1 or isinstance(kind, bool):
+                raise InvalidSpec(f"attn_type_list[{index}]", kind, "vLLM's minimax_m2.py builds every layer as "
+                                                                    "full (softmax) attention, type 1")
+    for key in ("use_qk_norm", "rotary_dim", "num_mtp_modules", "mtp_transformer_layers", "use_mtp"):
+        config.get(key)  # read: no tensor vLLM loads depends on them (see the docstring)
+    return ModelSpec(
+        name=_name(config, model_type, name),
+        model_type=model_type,
+        layout="mixtral",
+        hidden_size=hidden,
+        num_layers=layers,
+        num_attention_heads=heads,
+        num_kv_heads=r.int_or("num_key_value_heads", 8, MAX_HEADS),
+        head_dim=r.int_or("head_dim", 128, MAX_HEAD_DIM),
+        intermediate_size=width,
+        vocab_size=r.required_int("vocab_size", MAX_VOCAB_SIZE),
+        attention_qkv_bias=r.flag("attention_bias", False),
+        qk_norm=True,
+        max_position_embeddings=_positions(r),
+        num_experts=r.required_int("num_local_experts", MAX_EXPERTS),
+        experts_per_token=r.required_int("num_experts_per_tok", MAX_EXPERTS),
+        moe_intermediate_size=width,
+        router_bias=r.flag("use_routing_bias", False),
+    )
+
+
 def _linear_attention_layers(r: _Reader, num_layers: int) -> tuple[int, ...]:
     """The ``linear_attention`` layers of a hybrid config: its ``layer_types`` list (each ``linear_attention`` or
     ``full_attention``), else every layer but each ``full_attention_interval``-th (default 4), as Qwen3NextConfig
@@ -1073,6 +1138,7 @@ _ADAPTERS: dict[str, _Adapter] = {
     "qwen3_vl_moe": _qwen3_vl,
     "qwen3_next": _qwen3_next,
     "qwen3_5": _qwen3_5,
+    "minimax_m2": _minimax_m2,
 }
 KNOWN_MODEL_TYPES: tuple[str, ...] = (*sorted(_ADAPTERS), "gemma3", "llama4", "mistral3")
 
@@ -1218,6 +1284,7 @@ ARCHITECTURE_FAMILIES: dict[str, str] = {
     "DeepseekV32ForCausalLM": "deepseek_v32",
     # GLM-5 / 5.1: vLLM 0.19's registry loads it as deepseek_v2.py's GlmMoeDsaForCausalLM (DeepSeek-V3.2's class)
     "GlmMoeDsaForCausalLM": "glm_moe_dsa",
+    "MiniMaxM2ForCausalLM": "minimax_m2",
 }
 
 

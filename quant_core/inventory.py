@@ -156,6 +156,8 @@ def _decoder(b: _Builder, spec: ModelSpec) -> None:
     width = spec.moe_intermediate_size
     if spec.layout == "mixtral":
         b.linear(f"{layer}.block_sparse_moe.gate", experts, hidden, "router", moe, False)
+        if spec.router_bias:  # MiniMax-M2's sigmoid router: its bias beside the gate, not inside it
+            b.add(f"{layer}.block_sparse_moe.e_score_correction_bias", (experts,), "router", moe)
         _gated_mlp(b, f"{layer}.block_sparse_moe.experts.{{e}}", width, spec, moe, "expert", experts, top_k,
                    names=("w1", "w3", "w2"))
     elif spec.layout == "gpt_oss":
@@ -318,6 +320,8 @@ def inventory(spec: ModelSpec) -> tuple[TensorEntry, ...]:
         _qwen3_next(builder, spec)
     else:
         _decoder(builder, spec)
+    if spec.model_type == "minimax_m2":
+        builder.rows = _minimax_m2_qk_norms(builder.rows, spec)
     if spec.model_type == "mistral3":  # the language model under language_model., as its checkpoints name it
         builder.rows = [replace(row, name=f"language_model.{row.name}") for row in builder.rows]
     if spec.model_type == "qwen3_vl_moe":
@@ -339,6 +343,15 @@ def inventory(spec: ModelSpec) -> tuple[TensorEntry, ...]:
     elif spec.vision is not None:
         _vision(builder, spec.vision)
     return tuple(builder.rows)
+
+
+def _minimax_m2_qk_norms(rows: list[TensorEntry], spec: ModelSpec) -> list[TensorEntry]:
+    """MiniMax-M2's q/k RMSNorms normalize all heads at once (``qk_norm_type: per_layer``): ``q_norm`` holds
+    heads x head_dim weights and ``k_norm`` kv_heads x head_dim (transformers' MiniMaxM2Attention, vLLM's
+    ``MiniMaxText01RMSNormTP``), not one head's head_dim as Qwen3's."""
+    widths = {"model.layers.{i}.self_attn.q_norm.weight": spec.num_attention_heads * spec.head_dim,
+              "model.layers.{i}.self_attn.k_norm.weight": spec.num_kv_heads * spec.head_dim}
+    return [replace(row, shape=(widths[row.name],)) if row.name in widths else row for row in rows]
 
 
 def _llama4(b: _Builder, spec: ModelSpec) -> None:

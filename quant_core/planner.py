@@ -20,8 +20,9 @@ Parallelism follows vLLM:
   rank (vLLM splits the biases of column-parallel layers, so this over-counts
   by at most those biases, a few MB); KV heads are split with
   ``ceil(n_kv / tp)`` heads per rank (one replicated head per rank when tp
-  exceeds them; a tp that neither divides nor is a multiple of n_kv is warned
-  about, since vLLM refuses it) and an MLA latent is replicated on every rank;
+  exceeds them, in the KV cache and in the k/v projections' weights; a tp that
+  neither divides nor is a multiple of n_kv is warned about, since vLLM refuses
+  it) and an MLA latent is replicated on every rank;
 * pipeline parallel (pp): decoder layers are split into contiguous stages as
   vLLM's ``get_pp_indices`` splits them (the remainder goes to the stages
   before the last, from the second-to-last backwards), the embedding sits
@@ -410,6 +411,32 @@ def _sharded_bytes(one_tensor_bytes: int, entry: TensorEntry, tensor_parallel: i
     return -(-one_tensor_bytes // tensor_parallel)
 
 
+def _is_kv_projection(entry: TensorEntry) -> bool:
+    """A separate key or value projection of the decoder (its weight, or a quantized checkpoint's tensors of it)."""
+    return entry.role == "attention" and (".self_attn.k_proj." in entry.name or ".self_attn.v_proj." in entry.name)
+
+
+def _replicated_kv_bytes(one_tensor_bytes: int, spec: ModelSpec) -> int:
+    """Bytes of a key or value projection on one rank when the tensor-parallel degree exceeds the key/value
+    heads: vLLM's QKVParallelLinear gives every rank ``max(1, kv_heads // tp)`` = one whole head (replicated
+    ``tp // kv_heads`` times), not ``1 / tp`` of the projection."""
+    return -(-one_tensor_bytes // spec.num_kv_heads)
+
+
+#: MiniMax-M2's full-width q/k norms, which vLLM splits over the tensor-parallel ranks
+_MINIMAX_M2_SPLIT_NORMS: tuple[str, ...] = ("self_attn.q_norm.weight", "self_attn.k_norm.weight")
+
+
+def _minimax_m2_norm_bytes(one_tensor_bytes: int, entry: TensorEntry, shards: int) -> int:
+    """Bytes of one of MiniMax-M2's q/k norms on one rank: vLLM's minimax_m2.py builds them as
+    ``MiniMaxText01RMSNormTP`` (layers/mamba/linear_attn.py), ``torch.ones(int(width / shards))`` in the model's
+    dtype, each rank loading its slice: the query norm in tensor-parallel shards, the key norm in
+    min(tp, kv_heads) (``weight_shard_world_size=total_num_kv_heads`` where the key/value heads are replicated;
+    the first releases split it tp ways there too and could not run that layout: its weight no longer matched a
+    rank's key width)."""
+    return int(entry.elements / shards) * (one_tensor_bytes // entry.elements)
+
+
 def _router_bytes(one_tensor_bytes: int, entry: TensorEntry) -> int:
     """Bytes of one tensor of `entry` as an engine that allocates routers in float32 holds it: a ``router`` row at
     4 bytes an element (never less than its format's bytes), any other row as it is."""
@@ -461,6 +488,11 @@ def _build_layout(spec: ModelSpec, scheme: WeightScheme, kv_dtype_name: str,
     for entry, one in _weight_rows(spec, scheme):
         per_rank = _sharded_bytes(_router_bytes(one, entry) if fp32_routers else one, entry,
                                   tensor_parallel) * entry.per_layer
+        if tensor_parallel > spec.num_kv_heads and not spec.is_mla and _is_kv_projection(entry):
+            per_rank = _replicated_kv_bytes(one, spec) * entry.per_layer
+        if spec.model_type == "minimax_m2" and entry.name.endswith(_MINIMAX_M2_SPLIT_NORMS):
+            per_rank = _minimax_m2_norm_bytes(one, entry, min(tensor_parallel, spec.num_kv_heads)
+                                              if entry.name.endswith("k_norm.weight") else tensor_parallel)
         if entry.layers:
             for index in entry.layers:  # once per layer, not per layer and stage (4,096 layers x 1,024 stages)
                 weights[stage_of[index]] += per_rank
@@ -845,7 +877,9 @@ def _min_devices(evaluator: _Evaluator, terms: _ModelTerms, workload: Workload) 
         return fits(workload.context_length, workload.concurrent_sequences)
 
     low = max(1, -(-sum(terms.by_role.values()) // max(1, evaluator.usable_bytes)))
-    sizes = [size for size in engine_tensor_parallel_sizes(terms.spec) if size >= low]
+    sizes = [size for size in engine_tensor_parallel_sizes(terms.spec) if size >= low
+             and (evaluator.engine is None
+                  or evaluator.engine.format_refusal(terms.spec, terms.scheme.label(), size) is None)]
     if not sizes or not fits_on(sizes[-1]):
         return None
     first, last = 0, len(sizes) - 1  # sizes[last] fits
@@ -897,6 +931,7 @@ def _format_plan(terms: _ModelTerms, hardware: Hardware, workload: Workload, ten
     max_sequences = _max_sequences(evaluator, layout, fits, workload.context_length)
     pool, capacity = _kv_capacity(evaluator, layout, stage_terms, workload.context_length)
     refusal = (evaluator.engine.refusal(terms.spec, tensor_parallel, options.pipeline_parallel)
+               or evaluator.engine.format_refusal(terms.spec, terms.scheme.label(), tensor_parallel)
                if evaluator.engine is not None else None)
     return FormatPlan(
         format=terms.scheme.label(),

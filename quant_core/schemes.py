@@ -531,7 +531,8 @@ _Read = tuple[WeightFormat, tuple[str, ...], list[str]]
 
 def _fp8(config: Mapping[str, object]) -> _Read:
     notes = []
-    if config.get("fmt", "e4m3") != "e4m3":
+    # DeepSeek-V3 writes "e4m3", MiniMax-M2 the torch dtype's name, "float8_e4m3fn"; vLLM's Fp8Config reads neither
+    if config.get("fmt", "e4m3") not in ("e4m3", "float8_e4m3fn"):
         raise InvalidSpec(f"{FIELD}.fmt", config.get("fmt"), "nibble plans fp8 e4m3 weights")
     block = config.get("weight_block_size")
     static = config.get("activation_scheme", "dynamic") == "static"

@@ -304,7 +304,8 @@ class KVLayer:
 #             (llama, mistral, qwen2, qwen3, qwen3_moe, gemma2, gemma3, generic decoders; glm4_moe with
 #             its router's e_score_correction_bias and mlp.shared_experts.*)
 #   mixtral   llama attention, MoE as block_sparse_moe.gate + experts.{e}.w1/w2/w3 (mixtral; phimoe with
-#             LayerNorms with bias, attention biases and an lm_head bias)
+#             LayerNorms with bias, attention biases and an lm_head bias; minimax_m2 with q/k norms over all heads
+#             and block_sparse_moe.e_score_correction_bias)
 #   phi3      fused qkv_proj and gate_up_proj
 #   deepseek  multi-head latent attention (MLA), dense first layers, routed + shared experts (deepseek_v32: plus
 #             each layer's lightning indexer, self_attn.indexer.wq_b / wk / k_norm (a LayerNorm) / weights_proj)

@@ -136,6 +136,18 @@ def mtp_layers_of(model: ModelInput) -> int | None:
     return None
 
 
+def checkpoint_mtp_layers_of(model: ModelInput) -> int | None:
+    """`mtp_layers_of`, and for a MiniMax-M2 config its ``num_mtp_modules``: the layers past the model's that
+    vLLM's minimax_m2.py skips at load (``get_spec_layer_idx_from_weight_name``: model.layers.{N}...{N + m - 1}),
+    so that headers holding them are set apart, not refused as another model's."""
+    declared = mtp_layers_of(model)
+    config = model.hf_config
+    if declared or config is None or config.get("model_type") != "minimax_m2":
+        return declared
+    modules = config.get("num_mtp_modules")
+    return modules if isinstance(modules, int) and not isinstance(modules, bool) and 0 < modules <= 64 else declared
+
+
 def shipped_scheme(model: ModelInput, float_name: str = "bf16", where: str = "model") -> WeightScheme | None:
     """The checkpoint's as-shipped scheme from its ``quantization_config`` (a preset's, or the config's
     own), or None for a model that ships unquantized or is given by its sizes."""

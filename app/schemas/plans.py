@@ -12,7 +12,13 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from pydantic_core import to_json
 
-from app.schemas.models import ModelInput, field_prefix, model_to_core, mtp_layers_of, shipped_scheme
+from app.schemas.models import (
+    ModelInput,
+    checkpoint_mtp_layers_of,
+    field_prefix,
+    model_to_core,
+    shipped_scheme,
+)
 from quant_core import catalog
 from quant_core.checkpoint_rows import checkpoint_scheme
 from quant_core.errors import InvalidSpec, LimitExceeded, NibbleError, TensorFileError
@@ -353,7 +359,7 @@ def plan_to_core(body: PlanRequest, max_config_depth: int, max_header_bytes: int
     if headers is not None:
         tensors = checkpoint_tensors(headers, max_header_bytes)
         try:
-            scheme, _ = checkpoint_scheme(spec, tensors, mtp_layers_of(body.model))
+            scheme, _ = checkpoint_scheme(spec, tensors, checkpoint_mtp_layers_of(body.model))
         except InvalidSpec as exc:  # headers leaving part of the model out: named where the request holds them
             exc.field = headers.files[0].field.partition("[")[0] if headers.files else exc.field
             exc.detail = exc.reason

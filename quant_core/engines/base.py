@@ -104,3 +104,8 @@ class EngineProfile(Protocol):
         """Why the engine allocates the MoE routers of `spec` (role ``router``: gate weights and their biases) in
         float32 whatever the model's dtype, or None when it allocates them as the other unquantized tensors."""
         ...
+
+    def format_refusal(self, spec: ModelSpec, weight_format: str, tensor_parallel: int) -> str | None:
+        """Why the engine refuses `spec` stored as `weight_format` (a scheme's label, ``fp8-block128``) split over
+        `tensor_parallel` ranks, or None when it accepts it."""
+        ...

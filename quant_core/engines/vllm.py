@@ -144,6 +144,20 @@ ROUTERS_AT_FP32: dict[str, str] = {
     # nn.Parameter(torch.empty(n_routed_experts, dtype=torch.float32)): vLLM pull requests #22143 and #22203
     # (August 2025, before v0.11), unchanged on vLLM's main branch in 2026
     "glm4_moe": "glm4_moe.py: Glm4MoE's gate and its e_score_correction_bias in torch.float32",
+    # MiniMaxM2MoE.gate = ReplicatedLinear(hidden_size, num_local_experts, params_dtype=torch.float32,
+    # quant_config=None) and e_score_correction_bias = nn.Parameter(torch.empty(num_local_experts,
+    # dtype=torch.float32)), in minimax_m2.py since vLLM first shipped it (v0.11.1) and on its main branch in 2026
+    "minimax_m2": "minimax_m2.py: MiniMaxM2MoE's gate (params_dtype torch.float32) and its e_score_correction_bias",
+}
+
+
+# Model types a vLLM release nibble models cannot load: its model registry has no class for their architecture
+# ("Model architectures [...] are not supported"), by the (major, minor) of the first release after nibble's profile
+# of the one before that has it (nibble's "0.11" profile is v0.11.0).
+MODEL_TYPES_SINCE: dict[str, tuple[tuple[int, int], str]] = {
+    # minimax_m2.py (MiniMaxM2ForCausalLM) landed on vLLM's main branch for MiniMax-M2's release (26 October 2025,
+    # vllm-project/recipes#95 installs a nightly build for it), after v0.11.0 (2 October 2025): first in v0.11.1
+    "minimax_m2": ((0, 12), "MiniMaxM2ForCausalLM (minimax_m2.py) first shipped in vLLM v0.11.1"),
 }
 
 
@@ -404,6 +418,9 @@ class VllmProfile:
                     "can be neither split evenly nor replicated evenly across the ranks")
         if pipeline_parallel > spec.num_layers:
             return f"vLLM refuses {pipeline_parallel} pipeline stages for {spec.num_layers} layers"
+        since = MODEL_TYPES_SINCE.get(spec.model_type)
+        if since is not None and tuple(int(part) for part in self._version.split(".")) < since[0]:
+            return f"vLLM {self._version} cannot load a {spec.model_type} model: {since[1]}"
         if spec.layout == "qwen2_moe" and tensor_parallel > spec.num_experts:
             # qwen2_moe.py, Qwen2MoeSparseMoeBlock.__init__: "Tensor parallel size ... is greater than the number
             # of experts"
@@ -442,6 +459,13 @@ class VllmProfile:
                 f"pipeline stage, not only on the first and last (vllm/model_executor/models/{where}, with no "
                 "PPMissingLayer for them), and counts them as each stage's weights")
 
+    def format_refusal(self, spec: ModelSpec, weight_format: str, tensor_parallel: int) -> str | None:
+        """`fp8_block_expert_refusal` for a scheme of fp8 [128, 128] blocks (as configured or read from a
+        checkpoint's headers); None for other formats."""
+        if weight_format.removeprefix("checkpoint-") != "fp8-block128":
+            return None
+        return fp8_block_expert_refusal(spec, tensor_parallel)
+
     def routers_at_fp32(self, spec: ModelSpec) -> str | None:
         """Why vLLM holds the routers of `spec` in float32 (`ROUTERS_AT_FP32`), or None."""
         where = ROUTERS_AT_FP32.get(spec.model_type)
@@ -478,6 +502,30 @@ class VllmProfile:
         else:
             tokens = num_blocks // num_groups * block_size
         return KVCapacity(num_blocks=num_blocks, tokens=tokens, max_concurrency=concurrency)
+
+
+#: the fp8 weight block's output and input sizes vLLM's block-quantized checkpoints use (weight_block_size)
+FP8_BLOCK_N = FP8_BLOCK_K = 128
+
+
+def fp8_block_expert_refusal(spec: ModelSpec, tensor_parallel: int) -> str | None:
+    """vLLM's refusal of fp8 [128, 128]-block routed experts whose width does not split into whole blocks:
+    ``Fp8MoEMethod.create_weights`` (layers/quantization/fp8.py) raises "The output_size of gate's and up's
+    weight = N is not divisible by weight quantization block_n = 128" when FusedMoE's
+    ``intermediate_size_per_partition`` (the expert width over the tensor-parallel ranks, expert parallelism
+    off) is not a multiple of 128, and the same for block_k when tensor parallelism splits w2's input.  MiniMax-M2
+    at TP 8: 1536 / 8 = 192 (vLLM 0.19.0 on 4 and 8 A100s; vllm#17569 for Qwen3's 1536 and 768); the fix is
+    ``--enable-expert-parallel``, which nibble does not plan.  Models without routed experts: None."""
+    if not spec.is_moe:
+        return None
+    width = spec.moe_intermediate_size
+    per_rank = width // tensor_parallel
+    if width % tensor_parallel == 0 and per_rank % FP8_BLOCK_N == 0 and per_rank % FP8_BLOCK_K == 0:
+        return None
+    return (f"vLLM refuses fp8 [128, 128]-block experts at tensor parallel size {tensor_parallel}: each rank's "
+            f"share of the {width}-wide experts, {width / tensor_parallel:g}, is not a multiple of the 128-wide "
+            "block (fp8.py, Fp8MoEMethod.create_weights); vLLM serves it with --enable-expert-parallel, which "
+            "nibble does not plan")
 
 
 @lru_cache(maxsize=256)

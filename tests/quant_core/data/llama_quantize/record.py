@@ -36,7 +36,7 @@ FILE_TYPES = {"gguf-q4_0": "Q4_0", "gguf-q4_k_s": "Q4_K_S", "gguf-q4_k_m": "Q4_K
 BASE = {"hidden_size": 256, "num_hidden_layers": 8, "num_attention_heads": 4, "num_key_value_heads": 2,
         "intermediate_size": 512, "vocab_size": 512, "max_position_embeddings": 4096}
 _TINY_QWEN_VISION = {"depth": 2, "hidden_size": 64, "intermediate_size": 128, "num_heads": 4, "out_hidden_size": 256}
-# (name, gguf architecture, config.json): nine dense models and six MoE; qwen2-320 has widths that 256 does not divide
+# (name, gguf architecture, config.json): nine dense models and seven MoE; qwen2-320 has widths that 256 does not divide
 MODELS: list[tuple[str, str, dict[str, object]]] = [
     ("llama", "llama", {**BASE, "model_type": "llama"}),
     ("qwen2-320", "qwen2", {**BASE, "model_type": "qwen2", "hidden_size": 320, "num_attention_heads": 5,
@@ -80,6 +80,10 @@ MODELS: list[tuple[str, str, dict[str, object]]] = [
                                                     "moe_intermediate_size": 256},
                                     "vision_config": {**_TINY_QWEN_VISION, "num_position_embeddings": 16,
                                                       "deepstack_visual_indexes": [0]}}),
+    # MiniMax-M2 (llama.cpp's minimax-m2 arch): Mixtral's names with q/k norms over all heads, 4 stacked experts, the
+    # router's e_score_correction_bias as exp_probs_b
+    ("minimax_m2", "minimax-m2", {**BASE, "model_type": "minimax_m2", "head_dim": 64, "num_local_experts": 4,
+                                  "num_experts_per_tok": 2, "use_routing_bias": True}),
 ]
 _NAMES = {"input_layernorm": "attn_norm", "q_proj": "attn_q", "k_proj": "attn_k", "v_proj": "attn_v",
           "o_proj": "attn_output", "qkv_proj": "attn_qkv", "q_norm": "attn_q_norm", "k_norm": "attn_k_norm",
@@ -114,6 +118,8 @@ def gguf_name(spec: ModelSpec, entry: TensorEntry) -> str:
         name = name.replace("feed_forward.router", "feed_forward.gate")
     if name.endswith("]"):  # a fused expert tensor: Llama 4's, Qwen3-VL-MoE's
         name = name[: name.rindex("[")] + ".weight"
+    if name.endswith("block_sparse_moe.e_score_correction_bias"):  # MiniMax-M2's router bias
+        return "blk.{i}.exp_probs_b.bias"
     parts = name.split(".")
     module, kind = parts[-2], parts[-1]
     if module == "post_attention_layernorm":
