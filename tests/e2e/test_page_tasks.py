@@ -363,7 +363,7 @@ def test_devices_side_by_side_chart_shows_the_fewest_of_each_type(browser: Any, 
     assert page.get_attribute(bar.format("h200", "int4"), "data-min-devices") == "2"
     assert page.locator("#devices-chart g.device-bar").count() >= 2 * 19
     page.click("#devices-chart summary")
-    assert "NVIDIA H200 141GB: 16-bit (bf16) on 4" in page.inner_text("#devices-chart .device-list")
+    assert "NVIDIA H200 141GB: 16-bit (bf16) on 8" in page.inner_text("#devices-chart .device-list")
     page.close()
 
 

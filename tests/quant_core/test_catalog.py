@@ -38,6 +38,53 @@ def test_h100_80gb_is_80_gib() -> None:
     assert get_device("h100-80gb").memory_bytes == 85_899_345_920
 
 
+# What torch / vLLM report as each device's total (GiB, as the log prints it), from the public log the catalog cites.
+# When logs disagree the smallest is kept, so that a plan never promises memory the engine will not have.
+REPORTED_GIB = {
+    "h100-80gb": 79.18,  # llm-d/llm-d-benchmark empirical-vllm-memory-results.md: "78.57/79.18 GiB on startup"
+    "h100-nvl": 93.00,  # ali-vilab/VACE#56, H100 NVL 94GB: "total capacity of 93.00 GiB"
+    "h200": 139.80,  # Jackmin801/prime-rl-hardfork BENCHMARKS.md @4efbae4, 8xH200: "total capacity of 139.80 GiB"
+    "b200": 178.35,  # unslothai/unsloth#3411, NVIDIA B200: "Max memory: 178.351 GB" (178.36 in other logs)
+    "a100-40gb": 39.50,  # TianheWu/CoSeR#10
+    "a100-80gb": 79.14,  # lianqi1008/Control-GIC#6
+    "l40s": 44.42,  # stepfun-ai/Step-Video-T2V#8
+    "l4": 22.03,  # ArcInstitute/evo2#190
+    "a10g": 22.20,  # XavierXiao/Dreambooth-Stable-Diffusion#18, g5.12xlarge: "22.20 GiB total capacity"
+    "a10": 21.99,  # zai-org/CogVLM#236, Lambda Labs A10: "total capacty of 21.99 GiB"
+    "t4": 15.83,  # lllyasviel/FramePack#608
+    "v100-16gb": 15.78,  # kchengiva/Shift-GCN#34, 16G V100: "15.78 GiB total capacity"
+    "v100-32gb": 31.74,  # liucongg/ChatGLM-Finetuning#73, V100 32GB: "31.74 GiB total capacity" (31.75 elsewhere)
+    "rtx-pro-6000": 95.01,  # kubesimplify/website blog, vLLM 0.27.1: "94.05/95.01 GiB on startup"
+    "rtx-4090": 23.64,  # 3DTopia/Phidias-Diffusion#8
+    "rtx-4080": 15.99,  # aigc-apps/sd-webui-EasyPhoto#281
+    "rtx-3090": 23.58,  # vllm-project/vllm#10517
+    "mi300x": 191.98,  # vllm-project/vllm#7951, 8 x MI300X (ROCm torch): "total capacity of 191.98 GiB"
+    "mi325x": 255.98,  # vllm-project/vllm#41962, 8 x MI325X (ROCm torch): "total capacity of 255.98 GiB"
+}
+NOMINAL_ONLY = {"rtx-a6000"}  # no public log naming the device was found
+
+
+def test_every_device_is_planned_below_its_nominal_size_at_the_total_its_cited_log_reports() -> None:
+    devices = {device.id: device for device in list_devices()}
+    assert set(REPORTED_GIB) | NOMINAL_ONLY == set(devices)
+    for device_id, gib in REPORTED_GIB.items():
+        device = devices[device_id]
+        assert device.reported_memory_bytes == round(gib * 2**30), device_id
+        assert device.planning_bytes == device.reported_memory_bytes < device.memory_bytes, device_id
+        assert "https://github.com/" in device.reported_source and f"{gib:.2f}" in device.reported_source, device_id
+    for device_id in NOMINAL_ONLY:
+        device = devices[device_id]
+        assert device.reported_memory_bytes is None and device.planning_bytes == device.memory_bytes
+        assert device.reported_source.startswith("not verified from a public log")
+
+
+def test_an_h200_plan_counts_the_139_80_gib_torch_reports_not_the_nominal_141() -> None:
+    h200 = get_device("h200")
+    assert h200.memory_bytes == 141 * 2**30
+    assert h200.planning_bytes == 150_109_106_995  # round(139.80 x 2^30)
+    assert h200.memory_bytes - h200.planning_bytes == 1_288_490_189  # the 1.20 GiB a nominal plan promised
+
+
 def test_device_lookup_is_case_insensitive_and_unknown_ids_suggest_close_ones() -> None:
     assert get_device(" H100-80GB ") == get_device("h100-80gb")
     with pytest.raises(UnknownName) as caught:
