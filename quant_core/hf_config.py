@@ -553,6 +553,34 @@ def _glm4_moe(config: Mapping[str, object], model_type: str, name: str | None) -
     )
 
 
+def _glm4(config: Mapping[str, object], model_type: str, name: str | None) -> ModelSpec:
+    """GLM-4-0414 and GLM-Z1 (``glm4``, transformers' Glm4ForCausalLM): grouped-query attention with q/k/v biases
+    (``attention_bias``; o_proj never has one), four RMSNorms a layer and a fused ``gate_up_proj`` (the ``glm4``
+    layout of `specs.LAYOUTS`).
+
+    Absent keys take Glm4Config's defaults (2 key/value heads, head_dim 128, q/k/v biases, untied embeddings); the
+    widths, layers, heads and vocabulary are required.  Partial rotary (``partial_rotary_factor``, 0.5) changes no
+    tensor and no cached size.
+    """
+    r = _Reader(config, model_type)
+    return ModelSpec(
+        name=_name(config, model_type, name),
+        model_type=model_type,
+        layout="glm4",
+        hidden_size=r.required_int("hidden_size", MAX_HIDDEN_SIZE),
+        num_layers=r.required_int("num_hidden_layers", MAX_LAYERS),
+        num_attention_heads=r.required_int("num_attention_heads", MAX_HEADS),
+        num_kv_heads=r.int_or("num_key_value_heads", 2, MAX_HEADS),
+        head_dim=r.int_or("head_dim", 128, MAX_HEAD_DIM),
+        intermediate_size=r.required_int("intermediate_size", MAX_INTERMEDIATE_SIZE),
+        vocab_size=r.required_int("vocab_size", MAX_VOCAB_SIZE),
+        tie_word_embeddings=r.flag("tie_word_embeddings", False),
+        attention_qkv_bias=r.flag("attention_bias", True),
+        norms_per_layer=4,
+        max_position_embeddings=_positions(r),
+    )
+
+
 def _llama4_text(config: Mapping[str, object], model_type: str, name: str | None) -> ModelSpec:
     """Llama 4's language model (transformers' ``Llama4TextConfig``; its defaults for the family's own keys).
 
@@ -855,6 +883,7 @@ _ADAPTERS: dict[str, _Adapter] = {
     "qwen2_moe": _qwen2_moe,
     "phimoe": _phimoe,
     "glm4_moe": _glm4_moe,
+    "glm4": _glm4,
     "llama4_text": _llama4_text,
     "qwen2_5_vl": _qwen2_5_vl,
     "qwen3_vl": _qwen3_vl,
@@ -997,6 +1026,7 @@ ARCHITECTURE_FAMILIES: dict[str, str] = {
     "Ministral3ForCausalLM": "mistral",
     "Qwen2_5_VLForConditionalGeneration": "qwen2_5_vl", "Qwen3VLForConditionalGeneration": "qwen3_vl",
     "Qwen3VLMoeForConditionalGeneration": "qwen3_vl_moe",
+    "Glm4ForCausalLM": "glm4",
 }
 
 

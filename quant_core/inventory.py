@@ -245,6 +245,8 @@ def inventory(spec: ModelSpec) -> tuple[TensorEntry, ...]:
         _gpt2(builder, spec)
     elif spec.layout == "llama4":
         _llama4(builder, spec)
+    elif spec.layout == "glm4":
+        _glm4(builder, spec)
     else:
         _decoder(builder, spec)
     if spec.model_type == "mistral3":  # the language model under language_model., as its checkpoints name it
@@ -265,6 +267,27 @@ def inventory(spec: ModelSpec) -> tuple[TensorEntry, ...]:
     elif spec.vision is not None:
         _vision(builder, spec.vision)
     return tuple(builder.rows)
+
+
+def _glm4(b: _Builder, spec: ModelSpec) -> None:
+    """GLM-4-0414 (transformers' Glm4ForCausalLM, vLLM's glm4.py) as its checkpoints name it: llama attention (q/k/v
+    biases per `attention_qkv_bias`, o_proj without), four RMSNorms a layer (``input_layernorm`` before attention,
+    ``post_self_attn_layernorm`` on its output, ``post_attention_layernorm`` before the MLP, ``post_mlp_layernorm``
+    on its output) and the MLP's gate and up projections fused in one ``mlp.gate_up_proj`` [2 x intermediate,
+    hidden] (vLLM loads it whole into its MergedColumnParallelLinear, each rank taking its rows of both halves)."""
+    every = tuple(range(spec.num_layers))
+    hidden, layer = spec.hidden_size, "model.layers.{i}"
+    b.add("model.embed_tokens.weight", (spec.vocab_size, hidden), "embedding")
+    b.norm(f"{layer}.input_layernorm", hidden, every, spec.norm)
+    _llama_attention(b, spec, every)
+    b.norm(f"{layer}.post_self_attn_layernorm", hidden, every, spec.norm)
+    b.norm(f"{layer}.post_attention_layernorm", hidden, every, spec.norm)
+    b.linear(f"{layer}.mlp.gate_up_proj", 2 * spec.intermediate_size, hidden, "mlp", every, spec.mlp_bias)
+    b.linear(f"{layer}.mlp.down_proj", hidden, spec.intermediate_size, "mlp", every, spec.mlp_bias)
+    b.norm(f"{layer}.post_mlp_layernorm", hidden, every, spec.norm)
+    b.norm("model.norm", hidden, None, spec.norm)
+    if not spec.tie_word_embeddings:
+        b.add("lm_head.weight", (spec.vocab_size, hidden), "lm_head")
 
 
 def _llama4(b: _Builder, spec: ModelSpec) -> None:

@@ -255,6 +255,10 @@ class KVLayer:
 #   Qwen3-MoE's with each layer's experts fused, ``mlp.experts.gate_up_proj[{e}]`` and ``down_proj[{e}]``)
 LAYOUTS: tuple[str, ...] = ("llama", "mixtral", "phi3", "deepseek", "falcon", "gpt2", "gpt_oss", "qwen2_moe",
                            "llama4")
+#   glm4      GLM-4-0414: llama attention with q/k/v biases, four RMSNorms a layer (input_layernorm,
+#             post_self_attn_layernorm, post_attention_layernorm, post_mlp_layernorm), the MLP's gate and up
+#             fused in one ``mlp.gate_up_proj`` [2 x intermediate, hidden] as the checkpoints store it
+LAYOUTS += ("glm4",)
 NORM_KINDS: tuple[str, ...] = ("rmsnorm", "layernorm")
 
 # Sane maximums: far above any published model (largest today: hidden 25,600, 126 layers,
