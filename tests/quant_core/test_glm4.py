@@ -13,6 +13,9 @@ from typing import Any
 import pytest
 
 from quant_core.catalog import get_device
+from quant_core.checkpoint import CheckpointOptions, open_checkpoint, plan_checkpoint
+from quant_core.checkpoint.output import quantize_checkpoint
+from quant_core.checkpoint.plan import DEFAULT_EXCLUDE
 from quant_core.checkpoint_rows import checkpoint_scheme
 from quant_core.engines.vllm import VllmProfile
 from quant_core.errors import MissingConfigKey
@@ -23,7 +26,9 @@ from quant_core.kv_cache import kv_bytes_per_token, kv_layers
 from quant_core.planner import Hardware, PlanOptions, Workload, plan
 from quant_core.specs import ModelSpec
 from quant_core.tensorio.checkpoint_headers import read_checkpoint_headers
-from tests.quant_core.meta_models import parameters_by_role, saved_by_transformers
+from quant_core.tensorio.safetensors_io import read_safetensors
+from tests.quant_core.meta_models import output_tensors, parameters_by_role, planned_job, saved_by_transformers
+from tests.quant_core.tensorio.gptq_loader_rules import optimum_quantizes, vllm_quantizes
 
 DATA = Path(__file__).resolve().parent / "data" / "glm4"
 
@@ -187,3 +192,62 @@ def test_a_glm4_checkpoint_written_by_transformers_is_planned_from_its_headers(t
     for entry, size in scheme.checkpoint_rows:
         roles[entry.role] = roles.get(entry.role, 0) + size * entry.count
     assert roles == {role: 4 * size for role, size in parameter_count(spec).by_role.items() if size}
+
+
+@pytest.mark.parametrize("output", ["compressed-tensors", "gptq", "awq"])
+def test_a_glm4_job_quantizes_every_linear_layer_and_passes_norms_biases_and_vocabulary_through(
+        tmp_path: Path, tiny_checkpoint: Path, output: str) -> None:
+    # the default include/exclude: q/k/v/o, the fused gate_up_proj and down_proj are quantized (vLLM builds them all
+    # with the checkpoint's quant_config); the four norms, the q/k/v biases, embed_tokens and lm_head pass through
+    checkpoint, options, plans, reasons = planned_job(tiny_checkpoint, output)
+    quantized = sorted(name for name, reason in reasons.items() if not reason)
+    assert quantized == sorted(f"model.layers.{layer}.{module}.weight" for layer in (0, 1) for module in (
+        "self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj", "mlp.gate_up_proj",
+        "mlp.down_proj"))
+    quantize_checkpoint(checkpoint, plans, options, tmp_path / "out", tmp_path / "parts")
+    config = json.loads((tmp_path / "out" / "config.json").read_text())["quantization_config"]
+    modules = [name.removesuffix(".weight") for name in quantized]
+    if output == "gptq":  # the list written even though nothing is skipped (else vLLM fills it with the modules'
+        # full names, which its gate_proj / up_proj shard names of the fused gate_up_proj do not contain)
+        assert config["modules_in_block_to_quantize"] == [[
+            "mlp.down_proj", "mlp.gate_up_proj", "mlp.gate_proj", "mlp.up_proj", "self_attn.k_proj",
+            "self_attn.o_proj", "self_attn.q_proj", "self_attn.v_proj"]]
+        assert all(vllm_quantizes(config, module) and optimum_quantizes(config, module) for module in modules)
+    elif output == "awq":
+        assert set(config["modules_to_not_convert"]) == {"model.embed_tokens", "lm_head"}
+    else:
+        targets = {target for group in config["config_groups"].values() for target in group["targets"]}
+        assert targets == set(modules)
+    stored = output_tensors(tmp_path / "out")
+    source = read_safetensors(tiny_checkpoint / "model.safetensors")
+    for name in ("model.layers.1.post_mlp_layernorm.weight", "model.layers.0.self_attn.k_proj.bias"):
+        assert stored[name].tobytes() == source[name].tobytes()
+
+
+@pytest.mark.parametrize("output", ["gptq", "awq"])
+def test_a_glm4_job_that_leaves_a_fused_gate_up_proj_out_says_so_in_vllms_own_shard_names(
+        tmp_path: Path, tiny_checkpoint: Path, output: str) -> None:
+    # vLLM's glm4.py maps its gate_up_proj to the shards gate_proj and up_proj (packed_modules_mapping), and decides
+    # a fused layer's quantization from those shard names: GPTQ's is_layer_gptq_quantized (each shard against
+    # modules_in_block_to_quantize, by substring) and AWQ-Marlin's is_layer_skipped (each shard against
+    # modules_to_not_convert).  A config naming only the checkpoint's fused module would have vLLM build layer 0's
+    # gate_up_proj unquantized (GPTQ) or quantized (AWQ) against what the file holds
+    checkpoint = open_checkpoint(tiny_checkpoint)
+    options = CheckpointOptions(output=output, group_size=32,  # type: ignore[arg-type]
+                                exclude=(*DEFAULT_EXCLUDE, "model.layers.0.mlp.gate_up_proj.weight"))
+    plans = plan_checkpoint(checkpoint, options)
+    quantize_checkpoint(checkpoint, plans, options, tmp_path / "out", tmp_path / "parts")
+    config = json.loads((tmp_path / "out" / "config.json").read_text())["quantization_config"]
+    if output == "gptq":
+        assert not vllm_quantizes(config, "model.layers.0.mlp.gate_up_proj")
+        assert vllm_quantizes(config, "model.layers.1.mlp.gate_up_proj")
+        assert vllm_quantizes(config, "model.layers.0.mlp.down_proj")
+        assert vllm_quantizes(config, "model.layers.0.self_attn.qkv_proj")
+        assert optimum_quantizes(config, "model.layers.1.mlp.gate_up_proj")
+        assert not optimum_quantizes(config, "model.layers.0.mlp.gate_up_proj")
+    elif output == "awq":
+        skipped = config["modules_to_not_convert"]
+        for layer, expected in ((0, True), (1, False)):  # awq_marlin's is_layer_skipped, substrings, shards agreeing
+            shards = [f"model.layers.{layer}.mlp.{shard}" for shard in ("gate_proj", "up_proj")]
+            assert [any(entry in shard for entry in skipped) for shard in shards] == [expected, expected]
+            assert any(entry in f"model.layers.{layer}.mlp.gate_up_proj" for entry in skipped) == expected  # awq
