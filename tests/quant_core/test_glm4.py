@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from quant_core.catalog import get_device
+from quant_core.catalog import get_device, get_preset, get_preset_info
 from quant_core.checkpoint import CheckpointOptions, open_checkpoint, plan_checkpoint
 from quant_core.checkpoint.output import quantize_checkpoint
 from quant_core.checkpoint.plan import DEFAULT_EXCLUDE
@@ -251,3 +251,29 @@ def test_a_glm4_job_that_leaves_a_fused_gate_up_proj_out_says_so_in_vllms_own_sh
             shards = [f"model.layers.{layer}.mlp.{shard}" for shard in ("gate_proj", "up_proj")]
             assert [any(entry in shard for entry in skipped) for shard in shards] == [expected, expected]
             assert any(entry in f"model.layers.{layer}.mlp.gate_up_proj" for entry in skipped) == expected  # awq
+
+
+@pytest.mark.parametrize(("preset", "name"), [("glm-4-9b-0414", "GLM-4-9B-0414"),
+                                              ("glm-4-32b-0414", "GLM-4-32B-0414")])
+def test_the_glm4_presets_are_their_parsed_configs(preset: str, name: str) -> None:
+    info = get_preset_info(preset)
+    assert info.spec == model_from_hf_config(load(name), name=preset)
+    assert info.quantization_config is None and info.mtp_layers == 0  # the bf16 checkpoints, no MTP layer
+
+
+def test_the_fewest_h100s_for_glm_4_32b_fit_and_one_fewer_does_not() -> None:
+    # the device solver at its boundary, over the tensor-parallel sizes vLLM accepts for 48 heads and 2 KV heads
+    # (a size must divide 48 and divide 2 or be a multiple of it): at 32K x 8 on H100s, 2 at bf16 (60.7 GiB of
+    # weights and 15.2 GiB of KV cache, over one card's 72 GiB at 0.90) and 1 at INT4
+    from quant_core.formats import int4
+    from quant_core.planner import engine_tensor_parallel_sizes
+    h100 = get_device("h100-80gb").memory_bytes
+    spec, workload = get_preset("glm-4-32b-0414"), Workload(32768, 8)
+    accepted = engine_tensor_parallel_sizes(spec)
+    assert accepted[:6] == (1, 2, 4, 6, 8, 12)
+    result = plan(spec, Hardware(h100, 1), workload)
+    assert {key: value.min_devices for key, value in result.comparison.items()} == {"bf16": 2, "int4": 1}
+    bf16 = PlanOptions(weight_format=float_format("bf16"))
+    assert plan(spec, Hardware(h100, 2), workload, bf16).primary.fits
+    assert not plan(spec, Hardware(h100, 1), workload, bf16).primary.fits
+    assert plan(spec, Hardware(h100, 1), workload, PlanOptions(weight_format=int4())).primary.fits
