@@ -277,3 +277,13 @@ def test_the_fewest_h100s_for_glm_4_32b_fit_and_one_fewer_does_not() -> None:
     assert plan(spec, Hardware(h100, 2), workload, bf16).primary.fits
     assert not plan(spec, Hardware(h100, 1), workload, bf16).primary.fits
     assert plan(spec, Hardware(h100, 1), workload, PlanOptions(weight_format=int4())).primary.fits
+
+
+def test_a_glm4_job_refuses_a_gguf_output_it_cannot_write_for_llama_cpp(tiny_checkpoint: Path) -> None:
+    # nibble's GGUF writer follows the llama, Qwen2 and Qwen3 converters only: llama.cpp's glm4 arch (its ffn_up of
+    # 2 x n_ff rows, post norms) is refused before any work; plans of GGUF mixes for glm4 are priced (recorded)
+    from quant_core.errors import InvalidSpec
+    with pytest.raises(InvalidSpec) as refused:
+        plan_checkpoint(open_checkpoint(tiny_checkpoint), CheckpointOptions(output="gguf", group_size=32,
+                                                                            symmetric=True))
+    assert refused.value.field == "output" and "Glm4ForCausalLM" in refused.value.detail
