@@ -581,6 +581,50 @@ def _glm4(config: Mapping[str, object], model_type: str, name: str | None) -> Mo
     )
 
 
+def _olmo2(config: Mapping[str, object], model_type: str, name: str | None) -> ModelSpec:
+    """OLMo 2 (``olmo2``) and Olmo 3 (``olmo3``), transformers' Olmo2ForCausalLM / Olmo3ForCausalLM: q/k RMSNorms
+    over all heads, post-norms only (the ``olmo2`` layout of `specs.LAYOUTS`); Olmo 3's ``layer_types`` (default:
+    every fourth layer full, the others sliding) attend to ``sliding_window`` tokens (default 4096), as vLLM's
+    per-layer sliding window caches them.
+
+    vLLM's olmo2.py and olmo3.py size each head as hidden_size / num_attention_heads and build q/k/v/o without
+    biases: a ``head_dim`` other than that, or ``attention_bias`` true, is refused (422 naming the key) rather than
+    planned as a model vLLM would not build.  Absent keys take the configs' defaults (key/value heads = heads,
+    untied embeddings).
+    """
+    r = _Reader(config, model_type)
+    hidden = r.required_int("hidden_size", MAX_HIDDEN_SIZE)
+    layers = r.required_int("num_hidden_layers", MAX_LAYERS)
+    heads = r.required_int("num_attention_heads", MAX_HEADS)
+    head_dim = r.head_dim(hidden, heads)
+    if hidden % heads or head_dim != hidden // heads:
+        raise InvalidSpec("head_dim", head_dim, f"vLLM's {model_type} model sizes each head as hidden_size / "
+                                                f"num_attention_heads ({hidden} / {heads}), which must divide")
+    if r.flag("attention_bias", False):
+        raise InvalidSpec("attention_bias", True, f"vLLM's {model_type} model builds q/k/v/o without biases")
+    window: int | None = None
+    sliding: tuple[int, ...] = ()
+    if model_type == "olmo3":
+        window, sliding = _window_pattern(r, layers, 4096, lambda i: (i + 1) % 4 != 0)
+    return ModelSpec(
+        name=_name(config, model_type, name),
+        model_type=model_type,
+        layout="olmo2",
+        hidden_size=hidden,
+        num_layers=layers,
+        num_attention_heads=heads,
+        num_kv_heads=r.int_or("num_key_value_heads", heads, MAX_HEADS),
+        head_dim=head_dim,
+        intermediate_size=r.required_int("intermediate_size", MAX_INTERMEDIATE_SIZE),
+        vocab_size=r.required_int("vocab_size", MAX_VOCAB_SIZE),
+        tie_word_embeddings=r.flag("tie_word_embeddings", False),
+        qk_norm=True,
+        max_position_embeddings=_positions(r),
+        sliding_window=window,
+        sliding_layers=sliding,
+    )
+
+
 def _llama4_text(config: Mapping[str, object], model_type: str, name: str | None) -> ModelSpec:
     """Llama 4's language model (transformers' ``Llama4TextConfig``; its defaults for the family's own keys).
 
@@ -884,6 +928,8 @@ _ADAPTERS: dict[str, _Adapter] = {
     "phimoe": _phimoe,
     "glm4_moe": _glm4_moe,
     "glm4": _glm4,
+    "olmo2": _olmo2,
+    "olmo3": _olmo2,
     "llama4_text": _llama4_text,
     "qwen2_5_vl": _qwen2_5_vl,
     "qwen3_vl": _qwen3_vl,
@@ -1027,6 +1073,7 @@ ARCHITECTURE_FAMILIES: dict[str, str] = {
     "Qwen2_5_VLForConditionalGeneration": "qwen2_5_vl", "Qwen3VLForConditionalGeneration": "qwen3_vl",
     "Qwen3VLMoeForConditionalGeneration": "qwen3_vl_moe",
     "Glm4ForCausalLM": "glm4",
+    "Olmo2ForCausalLM": "olmo2", "Olmo3ForCausalLM": "olmo3",
 }
 
 

@@ -247,6 +247,8 @@ def inventory(spec: ModelSpec) -> tuple[TensorEntry, ...]:
         _llama4(builder, spec)
     elif spec.layout == "glm4":
         _glm4(builder, spec)
+    elif spec.layout == "olmo2":
+        _olmo2(builder, spec)
     else:
         _decoder(builder, spec)
     if spec.model_type == "mistral3":  # the language model under language_model., as its checkpoints name it
@@ -285,6 +287,31 @@ def _glm4(b: _Builder, spec: ModelSpec) -> None:
     b.linear(f"{layer}.mlp.gate_up_proj", 2 * spec.intermediate_size, hidden, "mlp", every, spec.mlp_bias)
     b.linear(f"{layer}.mlp.down_proj", hidden, spec.intermediate_size, "mlp", every, spec.mlp_bias)
     b.norm(f"{layer}.post_mlp_layernorm", hidden, every, spec.norm)
+    b.norm("model.norm", hidden, None, spec.norm)
+    if not spec.tie_word_embeddings:
+        b.add("lm_head.weight", (spec.vocab_size, hidden), "lm_head")
+
+
+def _olmo2(b: _Builder, spec: ModelSpec) -> None:
+    """OLMo 2 and Olmo 3 (transformers' Olmo2ForCausalLM / Olmo3ForCausalLM, vLLM's olmo2.py / olmo3.py) as their
+    checkpoints name them: llama attention (biases per `attention_qkv_bias` / `attention_output_bias`), a ``q_norm``
+    over all query heads [heads x head_dim] and a ``k_norm`` over all key heads [kv_heads x head_dim], then the
+    post-norms ``post_attention_layernorm`` and ``post_feedforward_layernorm`` on the attention's and the MLP's
+    outputs (no norm before them), and a gated MLP."""
+    every = tuple(range(spec.num_layers))
+    hidden, layer = spec.hidden_size, "model.layers.{i}"
+    p = f"{layer}.self_attn"
+    q_out, kv_out = spec.num_attention_heads * spec.head_dim, spec.num_kv_heads * spec.head_dim
+    b.add("model.embed_tokens.weight", (spec.vocab_size, hidden), "embedding")
+    b.linear(f"{p}.q_proj", q_out, hidden, "attention", every, spec.attention_qkv_bias)
+    b.linear(f"{p}.k_proj", kv_out, hidden, "attention", every, spec.attention_qkv_bias)
+    b.linear(f"{p}.v_proj", kv_out, hidden, "attention", every, spec.attention_qkv_bias)
+    b.linear(f"{p}.o_proj", hidden, q_out, "attention", every, spec.attention_output_bias)
+    b.norm(f"{p}.q_norm", q_out, every, spec.norm)
+    b.norm(f"{p}.k_norm", kv_out, every, spec.norm)
+    b.norm(f"{layer}.post_attention_layernorm", hidden, every, spec.norm)
+    _gated_mlp(b, f"{layer}.mlp", spec.intermediate_size, spec, every, bias=spec.mlp_bias)
+    b.norm(f"{layer}.post_feedforward_layernorm", hidden, every, spec.norm)
     b.norm("model.norm", hidden, None, spec.norm)
     if not spec.tie_word_embeddings:
         b.add("lm_head.weight", (spec.vocab_size, hidden), "lm_head")

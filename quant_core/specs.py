@@ -259,6 +259,10 @@ LAYOUTS: tuple[str, ...] = ("llama", "mixtral", "phi3", "deepseek", "falcon", "g
 #             post_self_attn_layernorm, post_attention_layernorm, post_mlp_layernorm), the MLP's gate and up
 #             fused in one ``mlp.gate_up_proj`` [2 x intermediate, hidden] as the checkpoints store it
 LAYOUTS += ("glm4",)
+#   olmo2     OLMo 2 / Olmo 3: llama attention whose ``q_norm`` / ``k_norm`` RMSNorms span all heads ([heads x
+#             head_dim], [kv_heads x head_dim]), and only post-norms (``post_attention_layernorm``,
+#             ``post_feedforward_layernorm``) on the attention's and the MLP's outputs; no input_layernorm
+LAYOUTS += ("olmo2",)
 NORM_KINDS: tuple[str, ...] = ("rmsnorm", "layernorm")
 
 # Sane maximums: far above any published model (largest today: hidden 25,600, 126 layers,

@@ -131,6 +131,11 @@ VOCABULARY_ON_EVERY_STAGE: dict[str, str] = {
     "gemma3": "gemma3.py (the language model of gemma3_mm.py): Gemma3Model.__init__, Gemma3ForCausalLM.__init__",
     "falcon": "falcon.py: FalconModel.__init__ (word_embeddings, ln_f), FalconForCausalLM.__init__ (lm_head)",
     "gpt2": "gpt2.py: GPT2Model.__init__ (wte, wpe, ln_f), GPT2LMHeadModel.__init__ (lm_head)",
+    # OLMo 2 / Olmo 3: read in olmo2.py of v0.11 and of May 2026's main (which loads both) and in olmo3.py (Olmo 3's
+    # own class on main from 2026): no get_pp_group() test around embed_tokens, norm or lm_head in either
+    "olmo2": "olmo2.py: Olmo2Model.__init__ (embed_tokens, norm), Olmo2ForCausalLM.__init__ (lm_head)",
+    "olmo3": "olmo3.py (olmo2.py before it): Olmo3Model.__init__ (embed_tokens, norm), Olmo3ForCausalLM.__init__ "
+             "(lm_head)",
 }
 
 

@@ -37,7 +37,7 @@ FILE_TYPES = {"gguf-q4_0": "Q4_0", "gguf-q4_k_s": "Q4_K_S", "gguf-q4_k_m": "Q4_K
 BASE = {"hidden_size": 256, "num_hidden_layers": 8, "num_attention_heads": 4, "num_key_value_heads": 2,
         "intermediate_size": 512, "vocab_size": 512, "max_position_embeddings": 4096}
 _TINY_QWEN_VISION = {"depth": 2, "hidden_size": 64, "intermediate_size": 128, "num_heads": 4, "out_hidden_size": 256}
-# (name, gguf architecture, config.json): ten dense models and six MoE; qwen2-320 has widths that 256 does not divide
+# (name, gguf architecture, config.json): twelve dense models and six MoE; qwen2-320 has widths that 256 does not divide
 MODELS: list[tuple[str, str, dict[str, object]]] = [
     ("llama", "llama", {**BASE, "model_type": "llama"}),
     ("qwen2-320", "qwen2", {**BASE, "model_type": "qwen2", "hidden_size": 320, "num_attention_heads": 5,
@@ -84,6 +84,10 @@ MODELS: list[tuple[str, str, dict[str, object]]] = [
     # GLM-4-0414 (llama.cpp's glm4 arch): q/k/v with biases, four norms a layer and the fused gate_up_proj, which
     # convert_hf_to_gguf.py keeps as one ffn_up of 2 x n_ff rows (llama-model's glm4: ffn_up {n_embd, n_ff * 2})
     ("glm4", "glm4", {**BASE, "model_type": "glm4", "head_dim": 64}),
+    # OLMo 2 and Olmo 3 (llama.cpp's olmo2 arch for both: q/k norms over all heads, post-norms only; Olmo 3's
+    # sliding layers change no tensor)
+    ("olmo2", "olmo2", {**BASE, "model_type": "olmo2"}),
+    ("olmo3", "olmo2", {**BASE, "model_type": "olmo3", "sliding_window": 128}),
 ]
 _NAMES = {"input_layernorm": "attn_norm", "q_proj": "attn_q", "k_proj": "attn_k", "v_proj": "attn_v",
           "o_proj": "attn_output", "qkv_proj": "attn_qkv", "q_norm": "attn_q_norm", "k_norm": "attn_k_norm",
@@ -127,6 +131,8 @@ def gguf_name(spec: ModelSpec, entry: TensorEntry) -> str:
     module, kind = parts[-2], parts[-1]
     if spec.layout == "glm4" and module in _GLM4_NORMS:
         base = _GLM4_NORMS[module]
+    elif spec.layout == "olmo2" and module == "post_attention_layernorm":  # OLMo's post-norm (tensor_mapping)
+        base = "post_attention_norm"
     elif module == "post_attention_layernorm":
         base = "post_attention_norm" if spec.norms_per_layer == 4 else "ffn_norm"
     elif module == "pre_feedforward_layernorm":
