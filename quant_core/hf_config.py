@@ -625,6 +625,40 @@ def _olmo2(config: Mapping[str, object], model_type: str, name: str | None) -> M
     )
 
 
+def _seed_oss(config: Mapping[str, object], model_type: str, name: str | None) -> ModelSpec:
+    """Seed-OSS (``seed_oss``, transformers' SeedOssForCausalLM): a llama whose q/k/v carry biases
+    (``attention_bias``) and whose ``head_dim`` (128) is not hidden_size / num_attention_heads (5120 / 80).
+
+    Absent keys take SeedOssConfig's defaults (8 key/value heads, head_dim 128, q/k/v biases, no o_proj or MLP bias,
+    untied embeddings).  vLLM's seed_oss.py builds q/k/v with biases, o_proj and the MLP without: a config saying
+    otherwise (``attention_bias`` false, ``attention_out_bias`` or ``mlp_bias`` true) is refused naming the key.
+    """
+    r = _Reader(config, model_type)
+    hidden = r.required_int("hidden_size", MAX_HIDDEN_SIZE)
+    heads = r.required_int("num_attention_heads", MAX_HEADS)
+    for key, built in (("attention_bias", True), ("attention_out_bias", False), ("mlp_bias", False)):
+        if r.flag(key, built) != built:
+            raise InvalidSpec(key, not built, f"vLLM's seed_oss.py builds {'q/k/v with' if built else 'no'} "
+                                              f"{'biases' if built else 'bias there'}")
+    head_dim = r.optional_int("head_dim", 128 if "head_dim" not in config else None, MAX_HEAD_DIM)
+    return ModelSpec(
+        name=_name(config, model_type, name),
+        model_type=model_type,
+        layout="llama",
+        hidden_size=hidden,
+        num_layers=r.required_int("num_hidden_layers", MAX_LAYERS),
+        num_attention_heads=heads,
+        num_kv_heads=r.int_or("num_key_value_heads", 8 if "num_key_value_heads" not in config else heads,
+                              MAX_HEADS),
+        head_dim=head_dim if head_dim is not None else r.head_dim(hidden, heads),
+        intermediate_size=r.required_int("intermediate_size", MAX_INTERMEDIATE_SIZE),
+        vocab_size=r.required_int("vocab_size", MAX_VOCAB_SIZE),
+        tie_word_embeddings=r.flag("tie_word_embeddings", False),
+        attention_qkv_bias=True,
+        max_position_embeddings=_positions(r),
+    )
+
+
 def _llama4_text(config: Mapping[str, object], model_type: str, name: str | None) -> ModelSpec:
     """Llama 4's language model (transformers' ``Llama4TextConfig``; its defaults for the family's own keys).
 
@@ -930,6 +964,7 @@ _ADAPTERS: dict[str, _Adapter] = {
     "glm4": _glm4,
     "olmo2": _olmo2,
     "olmo3": _olmo2,
+    "seed_oss": _seed_oss,
     "llama4_text": _llama4_text,
     "qwen2_5_vl": _qwen2_5_vl,
     "qwen3_vl": _qwen3_vl,
@@ -1074,6 +1109,7 @@ ARCHITECTURE_FAMILIES: dict[str, str] = {
     "Qwen3VLMoeForConditionalGeneration": "qwen3_vl_moe",
     "Glm4ForCausalLM": "glm4",
     "Olmo2ForCausalLM": "olmo2", "Olmo3ForCausalLM": "olmo3",
+    "SeedOssForCausalLM": "seed_oss",
 }
 
 
@@ -1114,6 +1150,7 @@ NON_SIZING_KEYS = frozenset({
     "cache_implementation", "_attn_implementation", "swiglu_limit", "alibi", "rope_local_base_freq", "use_mrope",
     "apply_residual_connection_post_layernorm", "original_max_position_embeddings", "initial_context_length",
     "max_window_layers",
+    "residual_dropout",  # Seed-OSS: training dropout
     "input_jitter_noise",  # Phi-3.5-MoE: training noise on the experts' inputs
     # Llama 4: attention temperature tuning, image token ids, a conversion flag
     "attn_scale", "floor_scale", "attn_temperature_tuning", "for_llm_compressor", "boi_token_index",

@@ -201,6 +201,21 @@ def qwen_vision_refusal(tower: QwenVisionTower | Qwen3VisionTower, tensor_parall
     return None
 
 
+def mlp_width_refusal(spec: ModelSpec, tensor_parallel: int) -> str | None:
+    """Why vLLM cannot split the dense MLP of `spec` over `tensor_parallel` ranks (None: it can): the MLP's
+    column-parallel input layer (``MergedColumnParallelLinear`` of ``[intermediate_size] * 2`` in llama.py and the
+    families built like it, ``ColumnParallelLinear`` in falcon.py and gpt2.py) gives each rank
+    ``divide(intermediate_size, tp)`` rows, which asserts the width is a multiple of the ranks (Seed-OSS-36B's 27,648
+    refuses 40 ranks, which its 80 heads and 8 key/value heads would accept).  MoE models without dense layers
+    have no such MLP."""
+    if spec.is_moe and not spec.dense_layers:
+        return None
+    if spec.intermediate_size % tensor_parallel:
+        return (f"vLLM refuses tensor parallel size {tensor_parallel}: it does not divide the MLP's width "
+                f"({spec.intermediate_size}; vLLM splits the MLP's rows over the ranks)")
+    return None
+
+
 class VllmProfile:
     """vLLM's terms for one release (`VERSIONS`); the planner uses it through `EngineProfile`."""
 
@@ -331,8 +346,8 @@ class VllmProfile:
                     f"tower's {spec.vision.num_attention_heads} attention heads (pixtral.py splits them over the "
                     "ranks)")
         if isinstance(spec.vision, QwenVisionTower | Qwen3VisionTower):
-            return qwen_vision_refusal(spec.vision, tensor_parallel)
-        return None
+            return qwen_vision_refusal(spec.vision, tensor_parallel) or mlp_width_refusal(spec, tensor_parallel)
+        return mlp_width_refusal(spec, tensor_parallel)
 
     def vocabulary_on_every_stage(self, spec: ModelSpec) -> str | None:
         """Why each pipeline stage of `spec` holds the embedding, final norm and lm_head in vLLM: the model

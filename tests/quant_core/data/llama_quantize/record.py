@@ -37,7 +37,8 @@ FILE_TYPES = {"gguf-q4_0": "Q4_0", "gguf-q4_k_s": "Q4_K_S", "gguf-q4_k_m": "Q4_K
 BASE = {"hidden_size": 256, "num_hidden_layers": 8, "num_attention_heads": 4, "num_key_value_heads": 2,
         "intermediate_size": 512, "vocab_size": 512, "max_position_embeddings": 4096}
 _TINY_QWEN_VISION = {"depth": 2, "hidden_size": 64, "intermediate_size": 128, "num_heads": 4, "out_hidden_size": 256}
-# (name, gguf architecture, config.json): twelve dense models and six MoE; qwen2-320 has widths that 256 does not divide
+# (name, gguf architecture, config.json): thirteen dense models and six MoE; qwen2-320 has widths that 256 does
+# not divide
 MODELS: list[tuple[str, str, dict[str, object]]] = [
     ("llama", "llama", {**BASE, "model_type": "llama"}),
     ("qwen2-320", "qwen2", {**BASE, "model_type": "qwen2", "hidden_size": 320, "num_attention_heads": 5,
@@ -88,6 +89,8 @@ MODELS: list[tuple[str, str, dict[str, object]]] = [
     # sliding layers change no tensor)
     ("olmo2", "olmo2", {**BASE, "model_type": "olmo2"}),
     ("olmo3", "olmo2", {**BASE, "model_type": "olmo3", "sliding_window": 128}),
+    # Seed-OSS (llama.cpp's seed_oss arch): q/k/v biases, head_dim 128 beside a hidden size of 256 over 4 heads
+    ("seed_oss", "seed_oss", {**BASE, "model_type": "seed_oss"}),
 ]
 _NAMES = {"input_layernorm": "attn_norm", "q_proj": "attn_q", "k_proj": "attn_k", "v_proj": "attn_v",
           "o_proj": "attn_output", "qkv_proj": "attn_qkv", "q_norm": "attn_q_norm", "k_norm": "attn_k_norm",
@@ -131,8 +134,8 @@ def gguf_name(spec: ModelSpec, entry: TensorEntry) -> str:
     module, kind = parts[-2], parts[-1]
     if spec.layout == "glm4" and module in _GLM4_NORMS:
         base = _GLM4_NORMS[module]
-    elif spec.layout == "olmo2" and module == "post_attention_layernorm":  # OLMo's post-norm (tensor_mapping)
-        base = "post_attention_norm"
+    elif module == "post_attention_layernorm" and (spec.layout == "olmo2" or spec.model_type == "seed_oss"):
+        base = "post_attention_norm"  # OLMo's post-norm; seed_oss has no ffn_norm (gguf-py's tensor_mapping)
     elif module == "post_attention_layernorm":
         base = "post_attention_norm" if spec.norms_per_layer == 4 else "ffn_norm"
     elif module == "pre_feedforward_layernorm":
