@@ -659,6 +659,45 @@ def _seed_oss(config: Mapping[str, object], model_type: str, name: str | None) -
     )
 
 
+def _smollm3(config: Mapping[str, object], model_type: str, name: str | None) -> ModelSpec:
+    """SmolLM3 (``smollm3``, transformers' SmolLM3ForCausalLM): a llama (tied embeddings by default) whose
+    ``no_rope_layers`` (default: every ``no_rope_layer_interval``-th layer, 4) skip rotary embeddings, which changes
+    no tensor and no cached size.  Sliding layers as transformers builds them: with ``use_sliding_window`` and a
+    ``sliding_window``, the layers ``layer_types`` calls sliding (default: the NoPE layers); vLLM's Transformers
+    backend, which serves SmolLM3, reads ``layer_types`` alone, so nibble's reading is the larger cache when they
+    disagree.  Absent keys take SmolLM3Config's defaults (4 key/value heads, tied embeddings, no biases).
+    """
+    r = _Reader(config, model_type)
+    sizes = _attention_sizes(r)
+    if "num_key_value_heads" not in config:  # SmolLM3Config's default (an explicit null means every head)
+        sizes["num_kv_heads"] = 4
+    layers = sizes["num_layers"]
+    rope_layers = r.int_list("no_rope_layers", layers)
+    if config.get("no_rope_layers") is not None and len(rope_layers) != layers:
+        raise InvalidSpec("no_rope_layers", f"{len(rope_layers)} entries", f"must list every layer ({layers})")
+    interval = r.int_or("no_rope_layer_interval", 4, MAX_LAYERS)
+    without_rope = [i for i in range(layers) if (rope_layers[i] == 0 if rope_layers else (i + 1) % interval == 0)]
+    window = r.optional_int("sliding_window", None, MAX_POSITIONS)
+    explicit = r.layer_types(layers)
+    sliding: tuple[int, ...] = ()
+    if r.flag("use_sliding_window", False) and window is not None:
+        sliding = explicit if explicit is not None else tuple(without_rope)
+    attention_bias = r.flag("attention_bias", False)
+    return ModelSpec(
+        name=_name(config, model_type, name),
+        model_type=model_type,
+        layout="llama",
+        tie_word_embeddings=r.flag("tie_word_embeddings", True),
+        attention_qkv_bias=attention_bias,
+        attention_output_bias=attention_bias,
+        mlp_bias=r.flag("mlp_bias", False),
+        max_position_embeddings=_positions(r),
+        sliding_window=window if sliding else None,
+        sliding_layers=sliding,
+        **sizes,
+    )
+
+
 def _llama4_text(config: Mapping[str, object], model_type: str, name: str | None) -> ModelSpec:
     """Llama 4's language model (transformers' ``Llama4TextConfig``; its defaults for the family's own keys).
 
@@ -965,6 +1004,7 @@ _ADAPTERS: dict[str, _Adapter] = {
     "olmo2": _olmo2,
     "olmo3": _olmo2,
     "seed_oss": _seed_oss,
+    "smollm3": _smollm3,
     "llama4_text": _llama4_text,
     "qwen2_5_vl": _qwen2_5_vl,
     "qwen3_vl": _qwen3_vl,
@@ -1110,6 +1150,7 @@ ARCHITECTURE_FAMILIES: dict[str, str] = {
     "Glm4ForCausalLM": "glm4",
     "Olmo2ForCausalLM": "olmo2", "Olmo3ForCausalLM": "olmo3",
     "SeedOssForCausalLM": "seed_oss",
+    "SmolLM3ForCausalLM": "smollm3",
 }
 
 

@@ -37,7 +37,7 @@ FILE_TYPES = {"gguf-q4_0": "Q4_0", "gguf-q4_k_s": "Q4_K_S", "gguf-q4_k_m": "Q4_K
 BASE = {"hidden_size": 256, "num_hidden_layers": 8, "num_attention_heads": 4, "num_key_value_heads": 2,
         "intermediate_size": 512, "vocab_size": 512, "max_position_embeddings": 4096}
 _TINY_QWEN_VISION = {"depth": 2, "hidden_size": 64, "intermediate_size": 128, "num_heads": 4, "out_hidden_size": 256}
-# (name, gguf architecture, config.json): thirteen dense models and six MoE; qwen2-320 has widths that 256 does
+# (name, gguf architecture, config.json): fourteen dense models and six MoE; qwen2-320 has widths that 256 does
 # not divide
 MODELS: list[tuple[str, str, dict[str, object]]] = [
     ("llama", "llama", {**BASE, "model_type": "llama"}),
@@ -91,6 +91,8 @@ MODELS: list[tuple[str, str, dict[str, object]]] = [
     ("olmo3", "olmo2", {**BASE, "model_type": "olmo3", "sliding_window": 128}),
     # Seed-OSS (llama.cpp's seed_oss arch): q/k/v biases, head_dim 128 beside a hidden size of 256 over 4 heads
     ("seed_oss", "seed_oss", {**BASE, "model_type": "seed_oss"}),
+    # SmolLM3 (llama.cpp's smollm3 arch: llama's tensors; tied embeddings by default, so token_embd is the output)
+    ("smollm3", "smollm3", {**BASE, "model_type": "smollm3"}),
 ]
 _NAMES = {"input_layernorm": "attn_norm", "q_proj": "attn_q", "k_proj": "attn_k", "v_proj": "attn_v",
           "o_proj": "attn_output", "qkv_proj": "attn_qkv", "q_norm": "attn_q_norm", "k_norm": "attn_k_norm",
