@@ -263,6 +263,7 @@ LAYOUTS += ("glm4",)
 #             head_dim], [kv_heads x head_dim]), and only post-norms (``post_attention_layernorm``,
 #             ``post_feedforward_layernorm``) on the attention's and the MLP's outputs; no input_layernorm
 LAYOUTS += ("olmo2",)
+#   (seed_oss and smollm3: the llama layout; seed_oss with q/k/v biases and a head_dim other than hidden / heads)
 NORM_KINDS: tuple[str, ...] = ("rmsnorm", "layernorm")
 
 # Sane maximums: far above any published model (largest today: hidden 25,600, 126 layers,
