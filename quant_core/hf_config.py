@@ -636,10 +636,11 @@ def _seed_oss(config: Mapping[str, object], model_type: str, name: str | None) -
     r = _Reader(config, model_type)
     hidden = r.required_int("hidden_size", MAX_HIDDEN_SIZE)
     heads = r.required_int("num_attention_heads", MAX_HEADS)
-    for key, built in (("attention_bias", True), ("attention_out_bias", False), ("mlp_bias", False)):
+    for key, built, what in (("attention_bias", True, "q/k/v with biases"),
+                             ("attention_out_bias", False, "o_proj without a bias"),
+                             ("mlp_bias", False, "the MLP without biases")):
         if r.flag(key, built) != built:
-            raise InvalidSpec(key, not built, f"vLLM's seed_oss.py builds {'q/k/v with' if built else 'no'} "
-                                              f"{'biases' if built else 'bias there'}")
+            raise InvalidSpec(key, not built, f"vLLM's seed_oss.py builds {what}")
     head_dim = r.optional_int("head_dim", 128 if "head_dim" not in config else None, MAX_HEAD_DIM)
     return ModelSpec(
         name=_name(config, model_type, name),
