@@ -56,6 +56,7 @@ def names_of(spec: ModelSpec) -> set[str]:
     ("OLMo-2-0425-1B", 1_484_916_736),
     ("OLMo-2-0325-32B", 32_234_279_936),
     ("Olmo-3-1025-7B", 7_298_011_136),
+    ("Olmo-3-1125-32B", 32_233_522_176),
 ])
 def test_olmo_counts_what_transformers_builds_role_by_role(name: str, parameters: int) -> None:
     model = built(load(name))
@@ -65,7 +66,7 @@ def test_olmo_counts_what_transformers_builds_role_by_role(name: str, parameters
     assert {role: size for role, size in counts.by_role.items() if size} == parameters_by_role(model, ())
 
 
-@pytest.mark.parametrize("name", ["OLMo-2-0425-1B", "OLMo-2-0325-32B", "Olmo-3-1025-7B"])
+@pytest.mark.parametrize("name", ["OLMo-2-0425-1B", "OLMo-2-0325-32B", "Olmo-3-1025-7B", "Olmo-3-1125-32B"])
 def test_olmo_tensor_names_are_the_checkpoints_own(name: str) -> None:
     # q_norm / k_norm over all heads (not per head as Qwen3's), post_attention_layernorm and
     # post_feedforward_layernorm only: the names and shapes of transformers' state dict, which the checkpoints hold
@@ -109,6 +110,7 @@ def test_olmo_3s_sliding_layers_hold_at_most_their_window() -> None:
     assert kv_cache_bytes(spec, context_length=32768) == 8 * 16_384 * 32768 + 24 * 16_384 * 4096
     assert kv_bytes_by_window(spec_of("OLMo-2-0425-1B")) == ((None, 16 * 2 * 16 * 128 * 2),)
     assert kv_bytes_by_window(spec_of("OLMo-2-0325-32B")) == ((None, 64 * 2 * 8 * 128 * 2),)  # 8 KV heads
+    assert kv_bytes_by_window(spec_of("Olmo-3-1125-32B")) == ((None, 16 * 4096), (4096, 48 * 4096))  # 8 KV heads
 
 
 def test_vllm_groups_olmo_3s_sliding_and_full_layers_as_it_groups_them() -> None:
@@ -186,7 +188,8 @@ def test_an_olmo_job_quantizes_the_linear_layers_and_passes_the_qk_norms_through
 
 @pytest.mark.parametrize(("preset", "name"), [("olmo-2-0425-1b", "OLMo-2-0425-1B"),
                                               ("olmo-2-0325-32b", "OLMo-2-0325-32B"),
-                                              ("olmo-3-1025-7b", "Olmo-3-1025-7B")])
+                                              ("olmo-3-1025-7b", "Olmo-3-1025-7B"),
+                                              ("olmo-3-1125-32b", "Olmo-3-1125-32B")])
 def test_the_olmo_presets_are_their_parsed_configs(preset: str, name: str) -> None:
     info = get_preset_info(preset)
     assert info.spec == model_from_hf_config(load(name), name=preset)
