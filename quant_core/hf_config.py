@@ -630,6 +630,152 @@ def _glm4_moe(config: Mapping[str, object], model_type: str, name: str | None) -
     )
 
 
+def _glm4(config: Mapping[str, object], model_type: str, name: str | None) -> ModelSpec:
+    """GLM-4-0414 and GLM-Z1 (``glm4``, transformers' Glm4ForCausalLM): grouped-query attention with q/k/v biases
+    (``attention_bias``; o_proj never has one), four RMSNorms a layer and a fused ``gate_up_proj`` (the ``glm4``
+    layout of `specs.LAYOUTS`).
+
+    Absent keys take Glm4Config's defaults (2 key/value heads, head_dim 128, q/k/v biases, untied embeddings); the
+    widths, layers, heads and vocabulary are required.  Partial rotary (``partial_rotary_factor``, 0.5) changes no
+    tensor and no cached size.
+    """
+    r = _Reader(config, model_type)
+    return ModelSpec(
+        name=_name(config, model_type, name),
+        model_type=model_type,
+        layout="glm4",
+        hidden_size=r.required_int("hidden_size", MAX_HIDDEN_SIZE),
+        num_layers=r.required_int("num_hidden_layers", MAX_LAYERS),
+        num_attention_heads=r.required_int("num_attention_heads", MAX_HEADS),
+        num_kv_heads=r.int_or("num_key_value_heads", 2, MAX_HEADS),
+        head_dim=r.int_or("head_dim", 128, MAX_HEAD_DIM),
+        intermediate_size=r.required_int("intermediate_size", MAX_INTERMEDIATE_SIZE),
+        vocab_size=r.required_int("vocab_size", MAX_VOCAB_SIZE),
+        tie_word_embeddings=r.flag("tie_word_embeddings", False),
+        attention_qkv_bias=r.flag("attention_bias", True),
+        norms_per_layer=4,
+        max_position_embeddings=_positions(r),
+    )
+
+
+def _olmo2(config: Mapping[str, object], model_type: str, name: str | None) -> ModelSpec:
+    """OLMo 2 (``olmo2``) and Olmo 3 (``olmo3``), transformers' Olmo2ForCausalLM / Olmo3ForCausalLM: q/k RMSNorms
+    over all heads, post-norms only (the ``olmo2`` layout of `specs.LAYOUTS`); Olmo 3's ``layer_types`` (default:
+    every fourth layer full, the others sliding) attend to ``sliding_window`` tokens (default 4096), as vLLM's
+    per-layer sliding window caches them.
+
+    vLLM's olmo2.py and olmo3.py size each head as hidden_size / num_attention_heads and build q/k/v/o without
+    biases: a ``head_dim`` other than that, or ``attention_bias`` true, is refused (422 naming the key) rather than
+    planned as a model vLLM would not build.  Absent keys take the configs' defaults (key/value heads = heads,
+    untied embeddings).
+    """
+    r = _Reader(config, model_type)
+    hidden = r.required_int("hidden_size", MAX_HIDDEN_SIZE)
+    layers = r.required_int("num_hidden_layers", MAX_LAYERS)
+    heads = r.required_int("num_attention_heads", MAX_HEADS)
+    head_dim = r.head_dim(hidden, heads)
+    if hidden % heads or head_dim != hidden // heads:
+        raise InvalidSpec("head_dim", head_dim, f"vLLM's {model_type} model sizes each head as hidden_size / "
+                                                f"num_attention_heads ({hidden} / {heads}), which must divide")
+    if r.flag("attention_bias", False):
+        raise InvalidSpec("attention_bias", True, f"vLLM's {model_type} model builds q/k/v/o without biases")
+    window: int | None = None
+    sliding: tuple[int, ...] = ()
+    if model_type == "olmo3":
+        window, sliding = _window_pattern(r, layers, 4096, lambda i: (i + 1) % 4 != 0)
+    return ModelSpec(
+        name=_name(config, model_type, name),
+        model_type=model_type,
+        layout="olmo2",
+        hidden_size=hidden,
+        num_layers=layers,
+        num_attention_heads=heads,
+        num_kv_heads=r.int_or("num_key_value_heads", heads, MAX_HEADS),
+        head_dim=head_dim,
+        intermediate_size=r.required_int("intermediate_size", MAX_INTERMEDIATE_SIZE),
+        vocab_size=r.required_int("vocab_size", MAX_VOCAB_SIZE),
+        tie_word_embeddings=r.flag("tie_word_embeddings", False),
+        qk_norm=True,
+        max_position_embeddings=_positions(r),
+        sliding_window=window,
+        sliding_layers=sliding,
+    )
+
+
+def _seed_oss(config: Mapping[str, object], model_type: str, name: str | None) -> ModelSpec:
+    """Seed-OSS (``seed_oss``, transformers' SeedOssForCausalLM): a llama whose q/k/v carry biases
+    (``attention_bias``) and whose ``head_dim`` (128) is not hidden_size / num_attention_heads (5120 / 80).
+
+    Absent keys take SeedOssConfig's defaults (8 key/value heads, head_dim 128, q/k/v biases, no o_proj or MLP bias,
+    untied embeddings).  vLLM's seed_oss.py builds q/k/v with biases, o_proj and the MLP without: a config saying
+    otherwise (``attention_bias`` false, ``attention_out_bias`` or ``mlp_bias`` true) is refused naming the key.
+    """
+    r = _Reader(config, model_type)
+    hidden = r.required_int("hidden_size", MAX_HIDDEN_SIZE)
+    heads = r.required_int("num_attention_heads", MAX_HEADS)
+    for key, built, what in (("attention_bias", True, "q/k/v with biases"),
+                             ("attention_out_bias", False, "o_proj without a bias"),
+                             ("mlp_bias", False, "the MLP without biases")):
+        if r.flag(key, built) != built:
+            raise InvalidSpec(key, not built, f"vLLM's seed_oss.py builds {what}")
+    head_dim = r.optional_int("head_dim", 128 if "head_dim" not in config else None, MAX_HEAD_DIM)
+    return ModelSpec(
+        name=_name(config, model_type, name),
+        model_type=model_type,
+        layout="llama",
+        hidden_size=hidden,
+        num_layers=r.required_int("num_hidden_layers", MAX_LAYERS),
+        num_attention_heads=heads,
+        num_kv_heads=r.int_or("num_key_value_heads", 8 if "num_key_value_heads" not in config else heads,
+                              MAX_HEADS),
+        head_dim=head_dim if head_dim is not None else r.head_dim(hidden, heads),
+        intermediate_size=r.required_int("intermediate_size", MAX_INTERMEDIATE_SIZE),
+        vocab_size=r.required_int("vocab_size", MAX_VOCAB_SIZE),
+        tie_word_embeddings=r.flag("tie_word_embeddings", False),
+        attention_qkv_bias=True,
+        max_position_embeddings=_positions(r),
+    )
+
+
+def _smollm3(config: Mapping[str, object], model_type: str, name: str | None) -> ModelSpec:
+    """SmolLM3 (``smollm3``, transformers' SmolLM3ForCausalLM): a llama (tied embeddings by default) whose
+    ``no_rope_layers`` (default: every ``no_rope_layer_interval``-th layer, 4) skip rotary embeddings, which changes
+    no tensor and no cached size.  Sliding layers as transformers builds them: with ``use_sliding_window`` and a
+    ``sliding_window``, the layers ``layer_types`` calls sliding (default: the NoPE layers); vLLM's Transformers
+    backend, which serves SmolLM3, reads ``layer_types`` alone, so nibble's reading is the larger cache when they
+    disagree.  Absent keys take SmolLM3Config's defaults (4 key/value heads, tied embeddings, no biases).
+    """
+    r = _Reader(config, model_type)
+    sizes = _attention_sizes(r)
+    if "num_key_value_heads" not in config:  # SmolLM3Config's default (an explicit null means every head)
+        sizes["num_kv_heads"] = 4
+    layers = sizes["num_layers"]
+    rope_layers = r.int_list("no_rope_layers", layers)
+    if config.get("no_rope_layers") is not None and len(rope_layers) != layers:
+        raise InvalidSpec("no_rope_layers", f"{len(rope_layers)} entries", f"must list every layer ({layers})")
+    interval = r.int_or("no_rope_layer_interval", 4, MAX_LAYERS)
+    without_rope = [i for i in range(layers) if (rope_layers[i] == 0 if rope_layers else (i + 1) % interval == 0)]
+    window = r.optional_int("sliding_window", None, MAX_POSITIONS)
+    explicit = r.layer_types(layers)
+    sliding: tuple[int, ...] = ()
+    if r.flag("use_sliding_window", False) and window is not None:
+        sliding = explicit if explicit is not None else tuple(without_rope)
+    attention_bias = r.flag("attention_bias", False)
+    return ModelSpec(
+        name=_name(config, model_type, name),
+        model_type=model_type,
+        layout="llama",
+        tie_word_embeddings=r.flag("tie_word_embeddings", True),
+        attention_qkv_bias=attention_bias,
+        attention_output_bias=attention_bias,
+        mlp_bias=r.flag("mlp_bias", False),
+        max_position_embeddings=_positions(r),
+        sliding_window=window if sliding else None,
+        sliding_layers=sliding,
+        **sizes,
+    )
+
+
 def _llama4_text(config: Mapping[str, object], model_type: str, name: str | None) -> ModelSpec:
     """Llama 4's language model (transformers' ``Llama4TextConfig``; its defaults for the family's own keys).
 
@@ -1132,6 +1278,11 @@ _ADAPTERS: dict[str, _Adapter] = {
     "qwen2_moe": _qwen2_moe,
     "phimoe": _phimoe,
     "glm4_moe": _glm4_moe,
+    "glm4": _glm4,
+    "olmo2": _olmo2,
+    "olmo3": _olmo2,
+    "seed_oss": _seed_oss,
+    "smollm3": _smollm3,
     "llama4_text": _llama4_text,
     "qwen2_5_vl": _qwen2_5_vl,
     "qwen3_vl": _qwen3_vl,
@@ -1285,6 +1436,10 @@ ARCHITECTURE_FAMILIES: dict[str, str] = {
     # GLM-5 / 5.1: vLLM 0.19's registry loads it as deepseek_v2.py's GlmMoeDsaForCausalLM (DeepSeek-V3.2's class)
     "GlmMoeDsaForCausalLM": "glm_moe_dsa",
     "MiniMaxM2ForCausalLM": "minimax_m2",
+    "Glm4ForCausalLM": "glm4",
+    "Olmo2ForCausalLM": "olmo2", "Olmo3ForCausalLM": "olmo3",
+    "SeedOssForCausalLM": "seed_oss",
+    "SmolLM3ForCausalLM": "smollm3",
 }
 
 
@@ -1325,6 +1480,7 @@ NON_SIZING_KEYS = frozenset({
     "cache_implementation", "_attn_implementation", "swiglu_limit", "alibi", "rope_local_base_freq", "use_mrope",
     "apply_residual_connection_post_layernorm", "original_max_position_embeddings", "initial_context_length",
     "max_window_layers",
+    "residual_dropout",  # Seed-OSS: training dropout
     "input_jitter_noise",  # Phi-3.5-MoE: training noise on the experts' inputs
     # Llama 4: attention temperature tuning, image token ids, a conversion flag
     "attn_scale", "floor_scale", "attn_temperature_tuning", "for_llm_compressor", "boi_token_index",

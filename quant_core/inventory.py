@@ -318,6 +318,10 @@ def inventory(spec: ModelSpec) -> tuple[TensorEntry, ...]:
         _llama4(builder, spec)
     elif spec.layout == "qwen3_next":
         _qwen3_next(builder, spec)
+    elif spec.layout == "glm4":
+        _glm4(builder, spec)
+    elif spec.layout == "olmo2":
+        _olmo2(builder, spec)
     else:
         _decoder(builder, spec)
     if spec.model_type == "minimax_m2":
@@ -352,6 +356,50 @@ def _minimax_m2_qk_norms(rows: list[TensorEntry], spec: ModelSpec) -> list[Tenso
     widths = {"model.layers.{i}.self_attn.q_norm.weight": spec.num_attention_heads * spec.head_dim,
               "model.layers.{i}.self_attn.k_norm.weight": spec.num_kv_heads * spec.head_dim}
     return [replace(row, shape=(widths[row.name],)) if row.name in widths else row for row in rows]
+def _glm4(b: _Builder, spec: ModelSpec) -> None:
+    """GLM-4-0414 (transformers' Glm4ForCausalLM, vLLM's glm4.py) as its checkpoints name it: llama attention (q/k/v
+    biases per `attention_qkv_bias`, o_proj without), four RMSNorms a layer (``input_layernorm`` before attention,
+    ``post_self_attn_layernorm`` on its output, ``post_attention_layernorm`` before the MLP, ``post_mlp_layernorm``
+    on its output) and the MLP's gate and up projections fused in one ``mlp.gate_up_proj`` [2 x intermediate,
+    hidden] (vLLM loads it whole into its MergedColumnParallelLinear, each rank taking its rows of both halves)."""
+    every = tuple(range(spec.num_layers))
+    hidden, layer = spec.hidden_size, "model.layers.{i}"
+    b.add("model.embed_tokens.weight", (spec.vocab_size, hidden), "embedding")
+    b.norm(f"{layer}.input_layernorm", hidden, every, spec.norm)
+    _llama_attention(b, spec, every)
+    b.norm(f"{layer}.post_self_attn_layernorm", hidden, every, spec.norm)
+    b.norm(f"{layer}.post_attention_layernorm", hidden, every, spec.norm)
+    b.linear(f"{layer}.mlp.gate_up_proj", 2 * spec.intermediate_size, hidden, "mlp", every, spec.mlp_bias)
+    b.linear(f"{layer}.mlp.down_proj", hidden, spec.intermediate_size, "mlp", every, spec.mlp_bias)
+    b.norm(f"{layer}.post_mlp_layernorm", hidden, every, spec.norm)
+    b.norm("model.norm", hidden, None, spec.norm)
+    if not spec.tie_word_embeddings:
+        b.add("lm_head.weight", (spec.vocab_size, hidden), "lm_head")
+
+
+def _olmo2(b: _Builder, spec: ModelSpec) -> None:
+    """OLMo 2 and Olmo 3 (transformers' Olmo2ForCausalLM / Olmo3ForCausalLM, vLLM's olmo2.py / olmo3.py) as their
+    checkpoints name them: llama attention (biases per `attention_qkv_bias` / `attention_output_bias`), a ``q_norm``
+    over all query heads [heads x head_dim] and a ``k_norm`` over all key heads [kv_heads x head_dim], then the
+    post-norms ``post_attention_layernorm`` and ``post_feedforward_layernorm`` on the attention's and the MLP's
+    outputs (no norm before them), and a gated MLP."""
+    every = tuple(range(spec.num_layers))
+    hidden, layer = spec.hidden_size, "model.layers.{i}"
+    p = f"{layer}.self_attn"
+    q_out, kv_out = spec.num_attention_heads * spec.head_dim, spec.num_kv_heads * spec.head_dim
+    b.add("model.embed_tokens.weight", (spec.vocab_size, hidden), "embedding")
+    b.linear(f"{p}.q_proj", q_out, hidden, "attention", every, spec.attention_qkv_bias)
+    b.linear(f"{p}.k_proj", kv_out, hidden, "attention", every, spec.attention_qkv_bias)
+    b.linear(f"{p}.v_proj", kv_out, hidden, "attention", every, spec.attention_qkv_bias)
+    b.linear(f"{p}.o_proj", hidden, q_out, "attention", every, spec.attention_output_bias)
+    b.norm(f"{p}.q_norm", q_out, every, spec.norm)
+    b.norm(f"{p}.k_norm", kv_out, every, spec.norm)
+    b.norm(f"{layer}.post_attention_layernorm", hidden, every, spec.norm)
+    _gated_mlp(b, f"{layer}.mlp", spec.intermediate_size, spec, every, bias=spec.mlp_bias)
+    b.norm(f"{layer}.post_feedforward_layernorm", hidden, every, spec.norm)
+    b.norm("model.norm", hidden, None, spec.norm)
+    if not spec.tie_word_embeddings:
+        b.add("lm_head.weight", (spec.vocab_size, hidden), "lm_head")
 
 
 def _llama4(b: _Builder, spec: ModelSpec) -> None:

@@ -327,6 +327,15 @@ class KVLayer:
 #             sparse block (router, routed experts, one gated shared expert) or, per mlp_only_layers, a dense MLP
 LAYOUTS: tuple[str, ...] = ("llama", "mixtral", "phi3", "deepseek", "falcon", "gpt2", "gpt_oss", "qwen2_moe",
                            "llama4", "qwen3_next")
+#   glm4      GLM-4-0414: llama attention with q/k/v biases, four RMSNorms a layer (input_layernorm,
+#             post_self_attn_layernorm, post_attention_layernorm, post_mlp_layernorm), the MLP's gate and up
+#             fused in one ``mlp.gate_up_proj`` [2 x intermediate, hidden] as the checkpoints store it
+LAYOUTS += ("glm4",)
+#   olmo2     OLMo 2 / Olmo 3: llama attention whose ``q_norm`` / ``k_norm`` RMSNorms span all heads ([heads x
+#             head_dim], [kv_heads x head_dim]), and only post-norms (``post_attention_layernorm``,
+#             ``post_feedforward_layernorm``) on the attention's and the MLP's outputs; no input_layernorm
+LAYOUTS += ("olmo2",)
+#   (seed_oss and smollm3: the llama layout; seed_oss with q/k/v biases and a head_dim other than hidden / heads)
 NORM_KINDS: tuple[str, ...] = ("rmsnorm", "layernorm")
 
 # Sane maximums: far above any published model (largest today: hidden 25,600, 126 layers,

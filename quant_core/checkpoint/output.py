@@ -54,6 +54,7 @@ from quant_core.checkpoint.source import (
 )
 from quant_core.errors import LimitExceeded, TensorFileError
 from quant_core.formats import WeightFormat
+from quant_core.hf_config import architecture_family
 from quant_core.quantize import quality_report, quantize
 from quant_core.quantize.api import normalised_importance
 from quant_core.quantize.metrics import weighted_relative_error
@@ -63,11 +64,13 @@ from quant_core.tensorio.awq import awq_scheme_config, awq_tensors
 from quant_core.tensorio.compressed_tensors import compressed_tensors_scheme_config, compressed_tensors_tensors
 from quant_core.tensorio.gguf_export import q4_0_blocks
 from quant_core.tensorio.gptq import (
+    VLLM_FUSED_SHARDS,
     gptq_scheme_config,
     gptq_tensors,
     module_of,
     needs_skip_rule,
     skipped_modules_config,
+    with_vllm_shards,
 )
 from quant_core.tensorio.nibble_file import _json_figure, describe_quantized
 from quant_core.tensorio.safetensors_io import (
@@ -284,7 +287,17 @@ def fused_expert_modules(plans: Sequence[TensorPlan]) -> list[str]:
     return list(modules)
 
 
-def quantization_config(options: CheckpointOptions, plans: Sequence[TensorPlan]) -> dict[str, Any]:
+def checkpoint_family(config: Mapping[str, Any] | None) -> str | None:
+    """The model family vLLM loads a checkpoint as: that of its config's ``architectures`` class when nibble knows
+    the class and not the ``model_type``, else the ``model_type`` (None without a config)."""
+    if not config:
+        return None
+    model_type = config.get("model_type")
+    return architecture_family(config) or (model_type if isinstance(model_type, str) else None)
+
+
+def quantization_config(options: CheckpointOptions, plans: Sequence[TensorPlan],
+                        family: str | None = None) -> dict[str, Any]:
     """The ``quantization_config`` config.json gets for this job.
 
     compressed-tensors: one config group per distinct int4 scheme, each
@@ -293,7 +306,10 @@ def quantization_config(options: CheckpointOptions, plans: Sequence[TensorPlan])
     tensor (``Q4_0`` for every one without a budget); AWQ: ``modules_to_not_convert`` lists the
     `unquantized_modules`; GPTQ: the scheme, and the rules that tell loaders which linear modules passed
     through (`skipped_modules_config`, quant_core/tensorio/gptq.py; none when every one is quantized).
+    For a `family` whose fused modules vLLM splits into shards of other names (`VLLM_FUSED_SHARDS`: GLM-4-0414's
+    gate_up_proj), the GPTQ list and AWQ's ``modules_to_not_convert`` also name those shards, as vLLM reads them.
     """
+    shards = VLLM_FUSED_SHARDS.get(family or "", {})
     group_size, symmetric = options.group_size, options.symmetric
     if options.output == "compressed-tensors":
         groups: dict[tuple[int | None, bool], list[str]] = {}
@@ -313,9 +329,10 @@ def quantization_config(options: CheckpointOptions, plans: Sequence[TensorPlan])
         skipped += fused_expert_modules(plans)  # gptq_marlin's get_moe_quant_method: a negative dynamic rule
         unquantized = [module_of(plan.tensor.name) for plan in plans if not plan.quantized]
         return {**gptq_scheme_config(group_size, symmetric, act_order=False),
-                **skipped_modules_config(quantized, skipped, unquantized)}
+                **skipped_modules_config(quantized, skipped, unquantized, shards)}
     if options.output == "awq":  # awq_marlin: a fused-MoE layer modules_to_not_convert names is unquantized
-        return awq_scheme_config(group_size, [*unquantized_modules(plans), *fused_expert_modules(plans)])
+        return awq_scheme_config(group_size, [*with_vllm_shards(unquantized_modules(plans), shards),
+                                              *fused_expert_modules(plans)])
     if not options.has_budget:
         return {"quant_method": "gguf", "type": "Q4_0"}
     types = {plan.tensor.name: _ggml_type(plan).name for plan in plans if plan.quantized}
@@ -340,7 +357,7 @@ def build_report(options: CheckpointOptions, plans: Sequence[TensorPlan], entrie
             "quantized_input_bytes": sum(entry["bytes"]["input"] for entry in quantized),
             "quantized_output_bytes": sum(entry["bytes"]["output"] for entry in quantized),
         },
-        "quantization_config": quantization_config(options, plans),
+        "quantization_config": quantization_config(options, plans, checkpoint_family(checkpoint.config)),
     }
     if allocation is not None:
         report["allocation"] = dict(allocation)

@@ -134,6 +134,11 @@ VOCABULARY_ON_EVERY_STAGE: dict[str, str] = {
     # the final norm is a PPMissingLayer off the last rank: counted on every stage here, 2 x hidden bytes to spare
     "qwen3_next": "qwen3_next.py: Qwen3NextModel.__init__ (embed_tokens), Qwen3NextForCausalLM.__init__ (lm_head), "
                   "v0.11 and May 2026 alike",
+    # OLMo 2 / Olmo 3: read in olmo2.py of v0.11 and of May 2026's main (which loads both) and in olmo3.py (Olmo 3's
+    # own class on main from 2026): no get_pp_group() test around embed_tokens, norm or lm_head in either
+    "olmo2": "olmo2.py: Olmo2Model.__init__ (embed_tokens, norm), Olmo2ForCausalLM.__init__ (lm_head)",
+    "olmo3": "olmo3.py (olmo2.py before it): Olmo3Model.__init__ (embed_tokens, norm), Olmo3ForCausalLM.__init__ "
+             "(lm_head)",
 }
 
 
@@ -297,6 +302,21 @@ def qwen_vision_refusal(tower: QwenVisionTower | Qwen3VisionTower, tensor_parall
     return None
 
 
+def mlp_width_refusal(spec: ModelSpec, tensor_parallel: int) -> str | None:
+    """Why vLLM cannot split the dense MLP of `spec` over `tensor_parallel` ranks (None: it can): the MLP's
+    column-parallel input layer (``MergedColumnParallelLinear`` of ``[intermediate_size] * 2`` in llama.py and the
+    families built like it, ``ColumnParallelLinear`` in falcon.py and gpt2.py) gives each rank
+    ``divide(intermediate_size, tp)`` rows, which asserts the width is a multiple of the ranks (Seed-OSS-36B's 27,648
+    refuses 40 ranks, which its 80 heads and 8 key/value heads would accept).  MoE models without dense layers
+    have no such MLP."""
+    if spec.is_moe and not spec.dense_layers:
+        return None
+    if spec.intermediate_size % tensor_parallel:
+        return (f"vLLM refuses tensor parallel size {tensor_parallel}: it does not divide the MLP's width "
+                f"({spec.intermediate_size}; vLLM splits the MLP's rows over the ranks)")
+    return None
+
+
 class VllmProfile:
     """vLLM's terms for one release (`VERSIONS`); the planner uses it through `EngineProfile`."""
 
@@ -445,8 +465,8 @@ class VllmProfile:
         if spec.linear_attention is not None and (hybrid := linear_attention_refusal(spec, tensor_parallel)):
             return hybrid
         if isinstance(spec.vision, QwenVisionTower | Qwen3VisionTower):
-            return qwen_vision_refusal(spec.vision, tensor_parallel)
-        return None
+            return qwen_vision_refusal(spec.vision, tensor_parallel) or mlp_width_refusal(spec, tensor_parallel)
+        return mlp_width_refusal(spec, tensor_parallel)
 
     def vocabulary_on_every_stage(self, spec: ModelSpec) -> str | None:
         """Why each pipeline stage of `spec` holds the embedding, final norm and lm_head in vLLM: the model

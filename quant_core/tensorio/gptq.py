@@ -177,8 +177,29 @@ def needs_skip_rule(tensor_name: str, ndim: int, floating: bool) -> bool:
             and not any(glob.matches(tensor_name) for glob in _NO_LOADER_QUANTIZES))
 
 
-def skipped_modules_config(quantized: Sequence[str], skipped: Sequence[str], unquantized: Iterable[str]
-                           ) -> dict[str, Any]:
+#: the fused modules checkpoints of a family store whole that vLLM's model class splits into shards of other names
+#: (its ``packed_modules_mapping``), by model family: GLM-4-0414's ``mlp.gate_up_proj`` (vllm/model_executor/models/
+#: glm4.py: ``"gate_up_proj": ["gate_proj", "up_proj"]``).  vLLM decides such a layer's quantization from the shard
+#: names (gptq_utils.is_layer_gptq_quantized; quant_utils.is_layer_skipped for AWQ-Marlin), which no module of the
+#: checkpoint has: phi3.py's gate_up_proj, mapped to itself, needs nothing
+VLLM_FUSED_SHARDS: dict[str, dict[str, tuple[str, ...]]] = {
+    "glm4": {"gate_up_proj": ("gate_proj", "up_proj")},
+}
+
+
+def with_vllm_shards(modules: Iterable[str], fused_shards: Mapping[str, Sequence[str]]) -> list[str]:
+    """`modules`, each followed by the names vLLM gives its shards when it is a fused module of `fused_shards`
+    (``model.layers.0.mlp.gate_up_proj`` -> also ``model.layers.0.mlp.gate_proj`` and ``...mlp.up_proj``)."""
+    out: list[str] = []
+    for module in modules:
+        out.append(module)
+        head, _, last = module.rpartition(".")
+        out.extend(f"{head}.{shard}" if head else shard for shard in fused_shards.get(last, ()))
+    return out
+
+
+def skipped_modules_config(quantized: Sequence[str], skipped: Sequence[str], unquantized: Iterable[str],
+                           fused_shards: Mapping[str, Sequence[str]] | None = None) -> dict[str, Any]:
     """The ``dynamic`` and ``modules_in_block_to_quantize`` keys that tell GPTQ loaders the linear modules
     `skipped` are stored unquantized (module docstring); ``{}`` when none is, so the config stays as it was.
 
@@ -188,11 +209,22 @@ def skipped_modules_config(quantized: Sequence[str], skipped: Sequence[str], unq
     ``modules_in_block_to_quantize`` names each quantized module by the shortest tail after a layer or expert
     number that no unquantized module's name contains (``mlp.down_proj`` when every layer's is quantized; else
     longer, up to the full name), since optimum matches the end of a name and vLLM any part of it.
+
+    `fused_shards` (`VLLM_FUSED_SHARDS` of the checkpoint's family): the list also names the shards vLLM checks for
+    each fused module (kept apart from those of the modules passed through), and is written even when nothing is
+    skipped: without it vLLM fills it with the quantized modules' full names (``maybe_update_config``), which no
+    shard name contains, and would build those layers unquantized.
     """
-    if not skipped:
+    shards = fused_shards or {}
+    fused = [module for module in quantized if module.rpartition(".")[2] in shards]
+    if not skipped and not fused:
         return {}
+    entries = _quantized_entries(with_vllm_shards(quantized, shards),
+                                 with_vllm_shards([*skipped, *unquantized], shards))
+    if not skipped:
+        return {"modules_in_block_to_quantize": [entries]}
     return {"dynamic": {f"-:{pattern}": {} for pattern in _negative_patterns(quantized, skipped)},
-            "modules_in_block_to_quantize": [_quantized_entries(quantized, unquantized)]}
+            "modules_in_block_to_quantize": [entries]}
 
 
 def _negative_patterns(quantized: Sequence[str], skipped: Sequence[str]) -> list[str]:

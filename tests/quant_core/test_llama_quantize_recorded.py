@@ -1,13 +1,15 @@
 """nibble's llama.cpp mixes against llama-quantize itself: recorded per-tensor types and tensor bytes.
 
 `data/llama_quantize/recorded.json` holds what llama-quantize (llama.cpp vendored by PyPI's
-llama-cpp-python 0.3.36, built here with cmake, CPU only) wrote for small random models of sixteen
+llama-cpp-python 0.3.36, built here with cmake, CPU only) wrote for small random models of twenty-one
 configurations (llama, qwen2 with widths 256 does not divide and tied embeddings, qwen3, gemma2,
 phi3, qwen3_moe with 4 experts, mixtral with 8, qwen2_moe with 4 experts and a gated shared expert, phimoe with
 4 experts, LayerNorm, attention and lm_head biases, llama4 with 4 experts, a shared expert and dense layers between,
 Qwen2.5-VL's language model as llama.cpp's qwen2vl arch at 8 and 80 layers, Qwen3-VL's as qwen3vl, Qwen3-VL-MoE's
 as qwen3vlmoe with 4 fused experts, mistral3's language model as llama.cpp's mistral3 arch
-beside its Pixtral tower, minimax_m2 as minimax-m2 with 4 experts, full-width q/k norms and the router bias)
+beside its Pixtral tower, minimax_m2 as minimax-m2 with 4 experts, full-width q/k norms and the router bias,
+GLM-4-0414 as glm4 with q/k/v biases, four norms a layer and its fused gate_up_proj,
+OLMo 2 and Olmo 3 as olmo2, Seed-OSS as seed_oss, SmolLM3 as smollm3)
 in every file type nibble plans; `record.py` beside it wrote the inputs and ran the tool.  The tests compare with the
 recording, never run the tool.
 """

@@ -6,7 +6,8 @@ The models are written here with gguf-py from nibble's own tensor inventory (F16
 biases and routers, as convert_hf_to_gguf.py writes them), with the GGUF tensor names llama.cpp uses.
 Run (after building llama-quantize from llama.cpp's sources, e.g. those PyPI's llama-cpp-python sdist
 vendors): python tests/quant_core/data/llama_quantize/record.py PATH/TO/llama-quantize [MODEL ...]
-(with model names, only those are recorded again and the other records are kept).
+(with model names, only those are recorded again and the other records are kept); run it with
+``PYTHONPATH=.`` from the repository, so that it reads this checkout's quant_core, not an installed one.
 
 recorded.json was made on 2026-12-06 with llama-cpp-python 0.3.36's vendored llama.cpp (the same
 llama_tensor_get_type as ggml-org/llama.cpp 007dbbf3), built with
@@ -36,7 +37,8 @@ FILE_TYPES = {"gguf-q4_0": "Q4_0", "gguf-q4_k_s": "Q4_K_S", "gguf-q4_k_m": "Q4_K
 BASE = {"hidden_size": 256, "num_hidden_layers": 8, "num_attention_heads": 4, "num_key_value_heads": 2,
         "intermediate_size": 512, "vocab_size": 512, "max_position_embeddings": 4096}
 _TINY_QWEN_VISION = {"depth": 2, "hidden_size": 64, "intermediate_size": 128, "num_heads": 4, "out_hidden_size": 256}
-# (name, gguf architecture, config.json): nine dense models and seven MoE; qwen2-320 has widths that 256 does not divide
+# (name, gguf architecture, config.json): fourteen dense models and seven MoE; qwen2-320 has widths that 256 does
+# not divide
 MODELS: list[tuple[str, str, dict[str, object]]] = [
     ("llama", "llama", {**BASE, "model_type": "llama"}),
     ("qwen2-320", "qwen2", {**BASE, "model_type": "qwen2", "hidden_size": 320, "num_attention_heads": 5,
@@ -84,12 +86,28 @@ MODELS: list[tuple[str, str, dict[str, object]]] = [
     # router's e_score_correction_bias as exp_probs_b
     ("minimax_m2", "minimax-m2", {**BASE, "model_type": "minimax_m2", "head_dim": 64, "num_local_experts": 4,
                                   "num_experts_per_tok": 2, "use_routing_bias": True}),
+    # GLM-4-0414 (llama.cpp's glm4 arch): q/k/v with biases, four norms a layer and the fused gate_up_proj, which
+    # convert_hf_to_gguf.py keeps as one ffn_up of 2 x n_ff rows (llama-model's glm4: ffn_up {n_embd, n_ff * 2})
+    ("glm4", "glm4", {**BASE, "model_type": "glm4", "head_dim": 64}),
+    # OLMo 2 and Olmo 3 (llama.cpp's olmo2 arch for both: q/k norms over all heads, post-norms only; Olmo 3's
+    # sliding layers change no tensor)
+    ("olmo2", "olmo2", {**BASE, "model_type": "olmo2"}),
+    ("olmo3", "olmo2", {**BASE, "model_type": "olmo3", "sliding_window": 128}),
+    # Seed-OSS (llama.cpp's seed_oss arch): q/k/v biases, head_dim 128 beside a hidden size of 256 over 4 heads
+    ("seed_oss", "seed_oss", {**BASE, "model_type": "seed_oss"}),
+    # SmolLM3 (llama.cpp's smollm3 arch: llama's tensors; tied embeddings by default, so token_embd is the output)
+    ("smollm3", "smollm3", {**BASE, "model_type": "smollm3"}),
 ]
 _NAMES = {"input_layernorm": "attn_norm", "q_proj": "attn_q", "k_proj": "attn_k", "v_proj": "attn_v",
           "o_proj": "attn_output", "qkv_proj": "attn_qkv", "q_norm": "attn_q_norm", "k_norm": "attn_k_norm",
           "gate_proj": "ffn_gate", "up_proj": "ffn_up", "down_proj": "ffn_down", "gate_up_proj": "ffn_up",
           "w1": "ffn_gate", "w3": "ffn_up", "w2": "ffn_down", "gate": "ffn_gate_inp",
           "shared_expert_gate": "ffn_gate_inp_shexp"}
+
+
+#: GLM-4-0414's norms as gguf-py's tensor_mapping names them (post_attention_layernorm is its pre-MLP norm)
+_GLM4_NORMS = {"post_self_attn_layernorm": "post_attention_norm", "post_attention_layernorm": "ffn_norm",
+               "post_mlp_layernorm": "post_ffw_norm"}
 
 
 def gguf_names(spec: ModelSpec, entry: TensorEntry) -> list[tuple[str, tuple[int, ...]]]:
@@ -122,7 +140,11 @@ def gguf_name(spec: ModelSpec, entry: TensorEntry) -> str:
         return "blk.{i}.exp_probs_b.bias"
     parts = name.split(".")
     module, kind = parts[-2], parts[-1]
-    if module == "post_attention_layernorm":
+    if spec.layout == "glm4" and module in _GLM4_NORMS:
+        base = _GLM4_NORMS[module]
+    elif module == "post_attention_layernorm" and (spec.layout == "olmo2" or spec.model_type == "seed_oss"):
+        base = "post_attention_norm"  # OLMo's post-norm; seed_oss has no ffn_norm (gguf-py's tensor_mapping)
+    elif module == "post_attention_layernorm":
         base = "post_attention_norm" if spec.norms_per_layer == 4 else "ffn_norm"
     elif module == "pre_feedforward_layernorm":
         base = "ffn_norm"
