@@ -212,7 +212,8 @@ def linear_attention_refusal(spec: ModelSpec, tensor_parallel: int) -> str | Non
 
 
 def hybrid_kv_capacity(stage: Stage, kv_cache_dtype: str, available_bytes: int, block_size: int,
-                       max_model_len: int, version: str, tokens_from_concurrency: bool) -> KVCapacity:
+                       max_model_len: int, version: str, tokens_from_concurrency: bool,
+                       max_batched_tokens: int | None = None) -> KVCapacity:
     """vLLM's KV pool for a hybrid (Gated DeltaNet + full attention) stage (`kv_cache.HybridKV`).
 
     ``num_blocks = available // (page x group_size)`` (kv_cache_utils.py, ``get_num_blocks``), the page being the
@@ -223,16 +224,24 @@ def hybrid_kv_capacity(stage: Stage, kv_cache_dtype: str, available_bytes: int, 
     (`mamba_cache_mode`: "none" in v0.11 and v0.19, "align" from PR #50991 on, hence in 0.33).  "GPU KV cache
     size" is ``num_blocks // groups x min(block, L)`` tokens in v0.11 and v0.19 (``get_kv_cache_config_from_groups``:
     every group counted, the linear groups' spec block being ``max_model_len``), ``int(concurrency x L)`` in later
-    releases (``_report_kv_cache_config``).  v0.11 raises the
-    block from 16, not from the requested size (model_executor/models/config.py,
-    ``HybridAttentionMambaModelConfig``): another requested block size is refused there, naming the field."""
+    releases (``_report_kv_cache_config``).  v0.11 raises the block from 16, not from the requested size
+    (model_executor/models/config.py, ``HybridAttentionMambaModelConfig``): another requested block size is refused
+    there, naming the field.  In "align" mode vLLM refuses to start when the raised block exceeds
+    `max_batched_tokens` (config/vllm.py, PR #34445: "In Mamba cache align mode, block_size (N) must be <=
+    max_num_batched_tokens (M)"): refused here too, naming ``runtime.max_batched_tokens``."""
     if version == "0.11" and block_size != VLLM_BLOCK_ALIGNMENT:
         raise InvalidSpec("kv_cache.block_size", block_size,
                           f"vLLM 0.11 sizes a hybrid model's attention block from {VLLM_BLOCK_ALIGNMENT}-token "
                           "multiples whatever block size is asked for; nibble plans it there at the default block "
                           f"size {VLLM_BLOCK_ALIGNMENT} only")
-    hybrid = hybrid_kv(stage.spec, kv_cache_dtype, stage.tensor_parallel, stage.layers, mamba_cache_mode(version))
+    mode = mamba_cache_mode(version)
+    hybrid = hybrid_kv(stage.spec, kv_cache_dtype, stage.tensor_parallel, stage.layers, mode)
     block = hybrid.block_size(block_size)
+    if mode == "align" and max_batched_tokens is not None and block > max_batched_tokens:
+        raise InvalidSpec("runtime.max_batched_tokens", max_batched_tokens,
+                          f"vLLM {version} runs this hybrid model with prefix caching on (mamba_cache_mode 'align') "
+                          f"and then refuses to start: \"In Mamba cache align mode, block_size ({block}) must be <= "
+                          f"max_num_batched_tokens ({max_batched_tokens})\"; plan at least {block} batched tokens")
     num_blocks = max(0, available_bytes // (hybrid.page_bytes(block_size) * hybrid.group_size))
     per_request = hybrid.blocks_per_sequence(max_model_len, block_size)
     concurrency = num_blocks / per_request if per_request else 0.0
@@ -455,7 +464,7 @@ class VllmProfile:
         or the largest when within 1.25x); ``num_blocks = available // (page × group size)``."""
         if stage.spec.linear_attention is not None:
             return hybrid_kv_capacity(stage, kv_cache_dtype, available_bytes, block_size, max_model_len,
-                                      self._version, self._rules.tokens_from_concurrency)
+                                      self._version, self._rules.tokens_from_concurrency, limits.max_batched_tokens)
         groups, group_size, page = _kv_cache_groups(stage.spec, stage.layers, kv_cache_dtype,
                                                     stage.tensor_parallel, block_size)
         num_groups = sum(n for _, n in groups)

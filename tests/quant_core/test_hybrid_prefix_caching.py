@@ -160,3 +160,14 @@ def test_a_short_context_qwen3_5_plan_counts_the_release_s_state_blocks(version:
     if version == "0.33":  # GPU KV cache size: max_concurrency x max_model_len
         assert primary.kv_capacity_tokens == int(pool_blocks / blocks * 4096)
     print(f"vLLM {version}, Qwen3.5-9B on 1 x H100, 4,096 tokens: {blocks} blocks a sequence, {sequences} sequences")
+
+
+def test_vllm_0_33_refuses_a_hybrid_block_larger_than_the_batched_tokens() -> None:
+    # config/vllm.py (PR #34445, February 2026), in "align" mode only: "In Mamba cache align mode, block_size (N) must
+    # be <= max_num_batched_tokens (M)" (public start-up failures quote it: "block_size (2096) must be <= ... (2048)")
+    spec, h100s = qwen3_next(), Hardware(get_device("h100-80gb").planning_bytes, 4)  # a 272-token block at TP 4
+    with pytest.raises(InvalidSpec) as caught:
+        plan(spec, h100s, Workload(4096, 1), PlanOptions(engine_version="0.33", max_batched_tokens=256))
+    assert caught.value.field == "runtime.max_batched_tokens" and "block_size (272)" in str(caught.value)
+    assert plan(spec, h100s, Workload(4096, 1), PlanOptions(engine_version="0.33", max_batched_tokens=272)).primary.fits
+    assert plan(spec, h100s, Workload(4096, 1), PlanOptions(engine_version="0.19", max_batched_tokens=256)).primary.fits
