@@ -781,7 +781,8 @@ def _max_context(evaluator: _Evaluator, layout: _Layout, fits: Callable[[int, in
         if kv.hybrid is not None:  # whole attention blocks after each sequence's states, in the plan's blocks
             hybrid = kv.hybrid
             group_block = hybrid.page_bytes(block) * hybrid.group_size
-            whole = (budget // (sequences * group_block) - hybrid.linear_groups) // hybrid.full_groups
+            whole = ((budget // (sequences * group_block) - hybrid.linear_groups * hybrid.state_blocks)
+                     // hybrid.full_groups)
             guess = min(guess, whole * hybrid.block_size(block) // block)
     blocks = _largest_from(lambda n: fits(n * block, sequences), guess, max(1, cap // block))
     # Within the next block the KV cache holds as much as for its last token, while the activation estimate

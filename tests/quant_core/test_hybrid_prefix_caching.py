@@ -86,8 +86,9 @@ def test_each_release_runs_hybrid_models_in_its_default_prefix_caching_mode() ->
 
 
 def test_vllm_0_29s_logged_kv_cache_of_qwen3_5_0_8b_in_align_mode() -> None:
-    # A public vLLM 0.29.0 start-up log (vllm/vllm-openai-cpu:v0.29.0, written up 2026-09-19) of Qwen3.5-0.8B,
-    # `--max-model-len 2048 --language-model-only`, no prefix-caching flag: "Mamba cache mode is set to 'align' for
+    # A public start-up log of vLLM 0.29.0 (released 2026-09-09; its CPU image vllm/vllm-openai-cpu:v0.29.0, written
+    # up 2026-09-19) serving Qwen/Qwen3.5-0.8B at revision 2fc06364, `--max-model-len 2048 --language-model-only`, no
+    # prefix-caching flag on its command line: "Mamba cache mode is set to 'align' for
     # Qwen3_5ForConditionalGeneration by default when prefix caching is enabled", "Setting attention block size to
     # 640 tokens", "Padding mamba page size by 20.75%", "Explicitly set (1.0/7.81) GiB for KV cache", "GPU KV cache
     # size: 27,852 tokens, Maximum concurrency for 2,048 tokens per request: 13.60x".
@@ -173,3 +174,17 @@ def test_vllm_0_33_refuses_a_hybrid_block_larger_than_the_batched_tokens() -> No
     assert caught.value.field == "runtime.max_batched_tokens" and "block_size (272)" in str(caught.value)
     assert plan(spec, h100s, Workload(4096, 1), PlanOptions(engine_version="0.33", max_batched_tokens=272)).primary.fits
     assert plan(spec, h100s, Workload(4096, 1), PlanOptions(engine_version="0.19", max_batched_tokens=256)).primary.fits
+
+
+def test_vllm_0_33s_longest_context_leaves_two_state_blocks_per_linear_group() -> None:
+    # 256 sequences on 4 x H100: the longest context is a whole number of 272-token blocks, after each sequence's
+    # 3 x 2 state blocks
+    spec = qwen3_next()
+    result = plan(spec, Hardware(get_device("h100-80gb").planning_bytes, 4), Workload(4096, 256),
+                  PlanOptions(engine_version="0.33"))
+    longest, pool = result.primary.max_context_length, result.primary.kv_pool_bytes
+    assert longest is not None and result.primary.context_limited_by == "memory" and longest % 272 == 0
+    hybrid = hybrid_kv(spec, "bf16", 4, mamba_cache_mode="align")
+    group_block = hybrid.page_bytes() * hybrid.group_size
+    assert 256 * (longest // 272 + 6) * group_block <= pool < 256 * (longest // 272 + 7) * group_block
+    print(f"vLLM 0.33, 256 Qwen3-Next sequences on 4 x H100: at most {longest:,} tokens each")
