@@ -32,7 +32,9 @@ tokens in them (``ChunkedLocalAttentionSpec``), so nibble's figure is their uppe
 
 Hybrid models (Qwen3-Next's Gated DeltaNet ``linear_attention`` layers beside full attention) are sized by
 `hybrid_kv`, as vLLM's hybrid KV cache manager allocates them (see `HybridKV`): a linear layer holds a fixed
-state per sequence, padded to one attention page, and the attention block grows until a page holds that state.
+state per sequence, padded to one attention page, and the attention block grows until a page holds that state.  A
+sequence takes one such page in each linear group while prefix caching is off (vLLM's ``mamba_cache_mode`` "none")
+and two while it is on ("align"); which one a release runs by default is the engine's (`engines.vllm`).
 """
 
 from __future__ import annotations
@@ -174,17 +176,19 @@ def held_tokens(context_length: int, window: int | None, block_size: int = 16) -
 
 
 def kv_cache_bytes(spec: ModelSpec, dtype: str = "bf16", context_length: int = 4096, sequences: int = 1,
-                   block_size: int = 16, tensor_parallel: int = 1) -> int:
+                   block_size: int = 16, tensor_parallel: int = 1, mamba_cache_mode: str = "none") -> int:
     """KV-cache bytes for `sequences` concurrent sequences of `context_length` tokens (per rank).
 
-    ``Σ_layers bytes_per_token(layer) × held_tokens(context, window, block) × sequences``.
+    ``Σ_layers bytes_per_token(layer) × held_tokens(context, window, block) × sequences``; a hybrid model's
+    (`hybrid_kv`) at vLLM's `mamba_cache_mode` (`MAMBA_CACHE_MODE_STATE_BLOCKS`).
     Raises `InvalidSpec` naming the argument for negative or absurd values.
     """
     context_length = check_int("context_length", context_length, 0, MAX_POSITIONS)
     sequences = check_int("sequences", sequences, 0, MAX_SEQUENCES)
     block_size = check_int("block_size", block_size, 1, MAX_BLOCK_SIZE)
     if spec.linear_attention is not None:
-        return hybrid_kv(spec, dtype, tensor_parallel).bytes_per_sequence(context_length, block_size) * sequences
+        hybrid = hybrid_kv(spec, dtype, tensor_parallel, mamba_cache_mode=mamba_cache_mode)
+        return hybrid.bytes_per_sequence(context_length, block_size) * sequences
     per_sequence = sum(size * held_tokens(context_length, window, block_size)
                        for window, size in kv_bytes_by_window(spec, dtype, tensor_parallel))
     return per_sequence * sequences
@@ -204,6 +208,13 @@ MODEL_DTYPE_BYTES = 2
 #: grouping of layers changed between the releases nibble models (v0.11: the smaller count; from March 2026, PR
 #: #36684, the larger when within 1.5x; in between 1.25x), above it every release groups by the smaller count
 HYBRID_GROUP_RATIO = 1.5
+#: pages one sequence takes in each linear-attention group, by vLLM's ``mamba_cache_mode`` (kv_cache_interface.py,
+#: ``MambaSpec.max_memory_usage_bytes`` with no speculative tokens): "none", prefix caching off, one page for the
+#: running state (``1 + num_speculative_blocks``); "align", prefix caching on, two: the running state and the state
+#: checkpointed at the last block boundary (``2 + num_speculative_blocks``).  "all" (a state per block) is refused by
+#: vLLM's Qwen3-Next and Qwen3.5 classes ("does not support 'all' prefix caching, please use
+#: '--mamba-cache-mode=align'").
+MAMBA_CACHE_MODE_STATE_BLOCKS: dict[str, int] = {"none": 1, "align": 2}
 
 
 @dataclass(frozen=True, slots=True)
@@ -221,14 +232,18 @@ class HybridKV:
     * groups layers of one kind into groups of ``min(full, linear)`` layers (`group_size`; kv_cache_utils.py,
       ``_get_kv_cache_groups_uniform_page_size``), every group's block costing ``page x group_size`` bytes of the
       one pool;
-    * gives a sequence ``ceil(tokens / block)`` blocks in each full-attention group and one block in each linear
-      group (``MambaSpec.max_memory_usage_bytes`` without prefix caching, which vLLM turns off for hybrid models).
+    * gives a sequence ``ceil(tokens / block)`` blocks in each full-attention group and `state_blocks` blocks in each
+      linear group (``MambaSpec.max_memory_usage_bytes``): one with prefix caching off (``mamba_cache_mode``
+      "none"), two with it on ("align": the running state and the last block boundary's checkpoint;
+      `MAMBA_CACHE_MODE_STATE_BLOCKS`).  The attention block is the same in both modes (``_align_hybrid_block_size``
+      sizes it alike for "none" and "align").
     """
 
     full_layers: int
     linear_layers: int
     attention_bytes_per_token: int
     state_bytes: int
+    state_blocks: int = 1
 
     @property
     def group_size(self) -> int:
@@ -256,10 +271,11 @@ class HybridKV:
 
     def blocks_per_sequence(self, context_length: int, requested: int = VLLM_BLOCK_ALIGNMENT) -> int:
         """Pool blocks one sequence of `context_length` tokens takes: ``ceil(context / block)`` in each full group,
-        one in each linear group (none for an empty sequence)."""
+        `state_blocks` in each linear group (none for an empty sequence)."""
         if context_length <= 0:
             return 0
-        return self.full_groups * -(-context_length // self.block_size(requested)) + self.linear_groups
+        return (self.full_groups * -(-context_length // self.block_size(requested))
+                + self.linear_groups * self.state_blocks)
 
     def bytes_per_sequence(self, context_length: int, requested: int = VLLM_BLOCK_ALIGNMENT) -> int:
         """Bytes one sequence takes on this rank: its blocks x ``page x group_size``."""
@@ -286,15 +302,20 @@ def linear_state_bytes(spec: ModelSpec, tensor_parallel: int = 1) -> int:
 
 
 def hybrid_kv(spec: ModelSpec, dtype: str = "bf16", tensor_parallel: int = 1,
-              layers: tuple[int, int] | None = None) -> HybridKV:
+              layers: tuple[int, int] | None = None, mamba_cache_mode: str = "none") -> HybridKV:
     """The `HybridKV` of `spec`'s layers ``[start, stop)`` (all by default: one pipeline stage) on one rank at KV
-    dtype `dtype`.
+    dtype `dtype`, a sequence taking `MAMBA_CACHE_MODE_STATE_BLOCKS[mamba_cache_mode]` blocks in each linear group.
 
     Raises `InvalidSpec` naming ``layer_types`` when the model holds no full-attention layer (vLLM then forms no
     hybrid groups), or when one kind is less than `HYBRID_GROUP_RATIO` times as many as the other (the releases
     nibble models group such layers differently: not planned rather than guessed); and naming
     ``parallel.pipeline`` for a stage (`layers`) the releases group differently (`_stage_groups_agree`)."""
     tensor_parallel = check_int("tensor_parallel", tensor_parallel, 1, MAX_TENSOR_PARALLEL)
+    state_blocks = MAMBA_CACHE_MODE_STATE_BLOCKS.get(mamba_cache_mode)
+    if state_blocks is None:
+        raise InvalidSpec("mamba_cache_mode", mamba_cache_mode,
+                          f"one of {', '.join(MAMBA_CACHE_MODE_STATE_BLOCKS)} (vLLM's Qwen3-Next and Qwen3.5 refuse "
+                          "'all')")
     rows = kv_layers(spec)
     full = [layer.index for layer in rows if layer.kind == "full"]
     linear = [layer.index for layer in rows if layer.kind == "linear"]
@@ -317,7 +338,7 @@ def hybrid_kv(spec: ModelSpec, dtype: str = "bf16", tensor_parallel: int = 1,
                           "kv_cache_utils.py get_kv_cache_configs) group differently: choose a pipeline size whose "
                           "stages hold whole repeats of the model's layer pattern")
     return HybridKV(len(stage_full), len(stage_linear), layer_bytes_per_token(rows[full[0]], dtype, tensor_parallel),
-                    linear_state_bytes(spec, tensor_parallel))
+                    linear_state_bytes(spec, tensor_parallel), state_blocks)
 
 
 def _stage_groups_agree(full: list[int], linear: list[int], start: int, stop: int) -> bool:

@@ -45,7 +45,8 @@ from functools import lru_cache
 
 from quant_core.catalog import MAX_DEVICE_BYTES
 from quant_core.engines import ENGINES, BatchLimits, EngineProfile, KVCapacity, Stage, Term, get_engine
-from quant_core.engines.vllm import mlp_width_refusal, qwen_vision_refusal
+from quant_core.engines.vllm import MAMBA_CACHE_MODES, mlp_width_refusal, qwen_vision_refusal
+from quant_core.engines.vllm import mamba_cache_mode as vllm_mamba_cache_mode
 from quant_core.errors import InvalidSpec
 from quant_core.formats import WeightFormat, float_format, int4, kv_dtype
 from quant_core.inventory import QuantizationPolicy, parameter_count
@@ -471,11 +472,12 @@ _parameter_count = lru_cache(maxsize=256)(parameter_count)
 
 def _build_layout(spec: ModelSpec, scheme: WeightScheme, kv_dtype_name: str,
                   tensor_parallel: int, pipeline_parallel: int, vocabulary_everywhere: bool = False,
-                  fp32_routers: bool = False) -> _Layout:
+                  fp32_routers: bool = False, mamba_cache_mode: str = "none") -> _Layout:
     """Per stage: the weights on one rank and the KV coefficients.  `vocabulary_everywhere` puts the
     tensors outside the decoder layers (embedding, final norm, lm_head) on every stage, as the engine's
     model code does for some families when `pipeline_parallel` > 1; `fp32_routers` holds the rows of role
-    ``router`` at 4 bytes an element, as the engine allocates them for some families (`_router_bytes`)."""
+    ``router`` at 4 bytes an element, as the engine allocates them for some families (`_router_bytes`);
+    `mamba_cache_mode` sets the blocks a hybrid model's sequence takes in each linear group (`hybrid_kv`)."""
     if pipeline_parallel > spec.num_layers:
         raise InvalidSpec("parallel.pipeline", pipeline_parallel,
                           f"more pipeline stages than the model's {spec.num_layers} layers")
@@ -515,7 +517,8 @@ def _build_layout(spec: ModelSpec, scheme: WeightScheme, kv_dtype_name: str,
             raise InvalidSpec("parallel.pipeline", pipeline_parallel,
                               "vLLM's qwen3_5.py builds a Qwen3.5's embedding on every pipeline stage but its lm_head "
                               "on the last only, which nibble's stage weights do not model: plan one stage")
-        stage_kv = [_StageKV((), hybrid_kv(spec, kv_dtype_name, tensor_parallel, layers)) for layers in stages]
+        stage_kv = [_StageKV((), hybrid_kv(spec, kv_dtype_name, tensor_parallel, layers, mamba_cache_mode))
+                    for layers in stages]
     for start, stop in stages if spec.linear_attention is None else ():
         groups: dict[int | None, int] = {}
         for layer in kv_layers(spec)[start:stop]:
@@ -527,15 +530,22 @@ def _build_layout(spec: ModelSpec, scheme: WeightScheme, kv_dtype_name: str,
                    everywhere, tuple(extra - own for extra, own in zip(held, home, strict=True)))
 
 
-def _hybrid_note(hybrid: HybridKV, block_size: int, tensor_parallel: int) -> str:
-    """The plan's note on a hybrid model's KV cache: vLLM's raised attention block and the states per sequence."""
+def _hybrid_note(hybrid: HybridKV, block_size: int, tensor_parallel: int, engine: EngineProfile | None) -> str:
+    """The plan's note on a hybrid model's KV cache: vLLM's raised attention block, the states per sequence, and the
+    prefix-caching mode that sets how many blocks those take (the release's default: `MAMBA_CACHE_MODES`)."""
     block = hybrid.block_size(block_size)
-    return (f"The {hybrid.linear_layers} Gated DeltaNet layers hold a fixed state per sequence "
+    blocks = "one block" if hybrid.state_blocks == 1 else f"{hybrid.state_blocks} blocks"
+    note = (f"The {hybrid.linear_layers} Gated DeltaNet layers hold a fixed state per sequence "
             f"({hybrid.state_bytes:,} bytes each per device at tensor parallel {tensor_parallel}), not tokens: vLLM "
             f"raises the attention block to {block} tokens so that one page ({hybrid.page_bytes(block_size):,} bytes) "
             f"holds a state, pads the states to it, and gives each sequence ceil(tokens / {block}) blocks in "
-            f"{hybrid.full_groups} full-attention group(s) and one block in each of {hybrid.linear_groups} linear "
+            f"{hybrid.full_groups} full-attention group(s) and {blocks} in each of {hybrid.linear_groups} linear "
             f"group(s) of {hybrid.group_size} layers; context and sequences are counted in those blocks.")
+    if engine is None or engine.name != "vllm":
+        return note + " (No engine: one block per linear group, vLLM's count with prefix caching off.)"
+    return (note + f" vLLM {engine.version} runs a hybrid model given no prefix-caching flag with "
+            f"{MAMBA_CACHE_MODES[engine.version]}; nibble plans that default (plan requests have no prefix-caching "
+            "field).")
 
 
 # ---------------------------------------------------------------------------
@@ -590,6 +600,14 @@ class _Evaluator:
     def fp32_routers(self) -> bool:
         """Whether the engine allocates this model's MoE routers in float32 (`EngineProfile.routers_at_fp32`)."""
         return self.engine is not None and self.engine.routers_at_fp32(self.spec) is not None
+
+    def mamba_cache_mode(self) -> str:
+        """The ``mamba_cache_mode`` a hybrid model's linear groups are planned in: the vLLM release's default
+        (`engines.vllm.mamba_cache_mode`: "align", two blocks per sequence, where it turns prefix caching on for
+        hybrid models), "none" (one block) for the generic estimate."""
+        if self.engine is None or self.engine.name != "vllm":
+            return "none"
+        return vllm_mamba_cache_mode(self.engine.version)
 
     def stage(self, layout: _Layout, stage: int) -> Stage:
         return Stage(self.spec, layout.tensor_parallel, layout.pipeline_parallel, layout.stage_layers[stage],
@@ -708,16 +726,16 @@ class _ModelTerms:
         self.scheme = scheme
         self.kv_dtype_name = kv_dtype_name
         self.by_role = _weights_by_role(spec, scheme)
-        self._layouts: dict[tuple[int, int, bool, bool], _Layout] = {}
+        self._layouts: dict[tuple[int, int, bool, bool, str], _Layout] = {}
         self._predicates: dict[tuple[object, ...], Callable[[int, int], bool]] = {}
 
     def layout(self, tensor_parallel: int, pipeline_parallel: int, vocabulary_everywhere: bool = False,
-               fp32_routers: bool = False) -> _Layout:
-        key = (tensor_parallel, pipeline_parallel, vocabulary_everywhere, fp32_routers)
+               fp32_routers: bool = False, mamba_cache_mode: str = "none") -> _Layout:
+        key = (tensor_parallel, pipeline_parallel, vocabulary_everywhere, fp32_routers, mamba_cache_mode)
         found = self._layouts.get(key)
         if found is None:
             found = _build_layout(self.spec, self.scheme, self.kv_dtype_name, tensor_parallel, pipeline_parallel,
-                                  vocabulary_everywhere, fp32_routers)
+                                  vocabulary_everywhere, fp32_routers, mamba_cache_mode)
             if len(self._layouts) < 4096:
                 self._layouts[key] = found
         return found
@@ -729,7 +747,7 @@ class _ModelTerms:
         if found is None:
             found = evaluator.build_predicate(self.layout(tensor_parallel, pipeline_parallel,
                                                           evaluator.vocabulary_everywhere(pipeline_parallel),
-                                                          evaluator.fp32_routers()))
+                                                          evaluator.fp32_routers(), evaluator.mamba_cache_mode()))
             if len(self._predicates) < 4096:
                 self._predicates[key] = found
         return found
@@ -803,7 +821,8 @@ def _max_context(evaluator: _Evaluator, layout: _Layout, fits: Callable[[int, in
         if kv.hybrid is not None:  # whole attention blocks after each sequence's states, in the plan's blocks
             hybrid = kv.hybrid
             group_block = hybrid.page_bytes(block) * hybrid.group_size
-            whole = (budget // (sequences * group_block) - hybrid.linear_groups) // hybrid.full_groups
+            whole = ((budget // (sequences * group_block) - hybrid.linear_groups * hybrid.state_blocks)
+                     // hybrid.full_groups)
             guess = min(guess, whole * hybrid.block_size(block) // block)
     blocks = _largest_from(lambda n: fits(n * block, sequences), guess, max(1, cap // block))
     # Within the next block the KV cache holds as much as for its last token, while the activation estimate
@@ -913,7 +932,8 @@ def _format_plan(terms: _ModelTerms, hardware: Hardware, workload: Workload, ten
                  evaluator: _Evaluator, total_parameters: int, kv_total: int) -> FormatPlan:
     options = evaluator.options
     layout = terms.layout(tensor_parallel, options.pipeline_parallel,
-                          evaluator.vocabulary_everywhere(options.pipeline_parallel), evaluator.fp32_routers())
+                          evaluator.vocabulary_everywhere(options.pipeline_parallel), evaluator.fp32_routers(),
+                          evaluator.mamba_cache_mode())
     stage_terms = evaluator.stage_terms(layout)
     by_role = terms.by_role
     total_weights = sum(by_role.values())
@@ -1003,7 +1023,8 @@ def plan(spec: ModelSpec, hardware: Hardware, workload: Workload | None = None,
         quantized = deployed
     else:
         quantized, _ = with_partial_groups(spec, _policy_scheme(int4(), policy))
-    kv_total = _model_terms(spec, baseline, options.kv_cache_dtype).layout(1, 1).stage_kv[0] \
+    kv_total = _model_terms(spec, baseline, options.kv_cache_dtype).layout(
+        1, 1, mamba_cache_mode=evaluator.mamba_cache_mode()).stage_kv[0] \
         .bytes_per_sequence(workload.context_length, options.block_size) * workload.concurrent_sequences
 
     def format_plan(scheme: WeightScheme) -> FormatPlan:
@@ -1030,7 +1051,8 @@ def plan(spec: ModelSpec, hardware: Hardware, workload: Workload | None = None,
         comparison[AS_SHIPPED] = format_plan(shipped)
 
     primary_layout = _model_terms(spec, deployed, options.kv_cache_dtype).layout(
-        tensor, pipeline, evaluator.vocabulary_everywhere(pipeline), evaluator.fp32_routers())
+        tensor, pipeline, evaluator.vocabulary_everywhere(pipeline), evaluator.fp32_routers(),
+        evaluator.mamba_cache_mode())
     primary_terms = evaluator.stage_terms(primary_layout)
     if primary_layout.vocabulary_on_every_stage and engine is not None:
         notes.append(f"{engine.vocabulary_on_every_stage(spec)}: each of the {pipeline} stages holds "
@@ -1040,7 +1062,7 @@ def plan(spec: ModelSpec, hardware: Hardware, workload: Workload | None = None,
         notes.append(_fp32_router_note(engine, spec, deployed, tensor))
     hybrid = primary_layout.stage_kv[0].hybrid
     if hybrid is not None:
-        notes.append(_hybrid_note(hybrid, options.block_size, tensor))
+        notes.append(_hybrid_note(hybrid, options.block_size, tensor, engine))
     busiest = max(primary.devices, key=lambda device: device.activation_bytes)
     if evaluator.variable_activations:
         activation_basis = ACTIVATION_BASIS.format(

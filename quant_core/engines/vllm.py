@@ -82,6 +82,10 @@ class _Version:
     tokens_from_concurrency: bool
     moe_workspace_persists: bool
     non_torch: _NonTorch
+    #: the ``mamba_cache_mode`` a hybrid (Gated DeltaNet) model runs in when ``vllm serve`` is given no prefix-caching
+    #: flag: "none" where the release keeps prefix caching off for hybrid models, "align" where it turns it on
+    #: (`MAMBA_CACHE_MODES`; `kv_cache.MAMBA_CACHE_MODE_STATE_BLOCKS` the blocks a sequence takes per linear group)
+    mamba_cache_mode: str
 
 
 # v0.11 (llm-d-benchmark's H100 logs, config_explorer/empirical-vllm-memory-results.md): 0.13 GiB on one GPU,
@@ -97,20 +101,50 @@ VERSIONS: dict[str, _Version] = {
     # values and their int64 indices, softmax, cumulative sum, the scattered-back logits, probabilities and the
     # exponential draws of the PyTorch top-k/top-p path.
     "0.11": _Version(sampler_bytes_per_logit=38, cuda_graphs_in_budget=False, tokens_from_concurrency=False,
-                     moe_workspace_persists=False, non_torch=_NON_TORCH_V0_11),
+                     moe_workspace_persists=False, non_torch=_NON_TORCH_V0_11, mamba_cache_mode="none"),
     # v0.19 (llm-d-planner's sweep): 1.89-3.66 GiB of activations for dense models from 128,256 to 256,000
     # vocabulary entries = 1024 rows x vocabulary x 14.0-14.5 bytes beside the batch's hidden states (Llama-3.1-8B
     # 1.89, Qwen2.5-7B 2.21, gemma-2-9b 3.65, phi-4 1.52 GiB).  CUDA graphs are captured after the KV pool is
     # sized, outside gpu_memory_utilization (75.23 - 14.99 - 1.89 - 0.25 = 58.11 GiB logged for Llama-3.1-8B).
     "0.19": _Version(sampler_bytes_per_logit=14.4, cuda_graphs_in_budget=False, tokens_from_concurrency=False,
-                     moe_workspace_persists=True, non_torch=_NON_TORCH_V0_19),
+                     moe_workspace_persists=True, non_torch=_NON_TORCH_V0_19, mamba_cache_mode="none"),
     # v0.21 made VLLM_MEMORY_PROFILER_ESTIMATE_CUDAGRAPHS the default: the estimate is charged inside the
     # budget; the KV size is logged as max_concurrency x max_model_len; vllm#57047 (0.29 era) peaks at 0.57 GiB
     # for 256 x 151,936 logits: ~16 bytes per logit.  No multi-GPU H100 log of a release after 0.19 gives its
     # non-torch memory: 0.19's figures stand in.
     "0.33": _Version(sampler_bytes_per_logit=16, cuda_graphs_in_budget=True, tokens_from_concurrency=True,
-                     moe_workspace_persists=True, non_torch=_NON_TORCH_V0_19),
+                     moe_workspace_persists=True, non_torch=_NON_TORCH_V0_19, mamba_cache_mode="align"),
 }
+
+# Why each release runs a hybrid Gated DeltaNet model (Qwen3NextForCausalLM, Qwen3_5ForConditionalGeneration) in its
+# `_Version.mamba_cache_mode` when ``vllm serve`` is given neither --enable-prefix-caching nor
+# --no-enable-prefix-caching.  nibble's plan options have no prefix-caching field: plans take the release's default
+# and their note says so.
+MAMBA_CACHE_MODES: dict[str, str] = {
+    "0.11": "prefix caching off: engine/arg_utils.py _set_default_args leaves it off for a hybrid model (PR #23716, "
+            "\"Disable prefix caching default for hybrid models since the feature is still experimental\"), and "
+            "model_executor/models/config.py MambaModelConfig turns it off even when asked (\"Hybrid or mamba-based "
+            "model detected without support for prefix caching: disabling\", vLLM 0.11.2 logs): one state block per "
+            "sequence",
+    "0.19": "prefix caching off unless --enable-prefix-caching is passed: config/model.py is_prefix_caching_supported "
+            "answers False for a hybrid model in the releases after 0.11, and engine/arg_utils.py keeps it "
+            "\"opt-in for now\" (default_prefix_caching = is_prefix_caching_supported and not is_hybrid) until PR "
+            "#50991 (August 2026): one state block per sequence (with --enable-prefix-caching vLLM runs the 'align' "
+            "mode and a sequence takes two)",
+    "0.33": "prefix caching on: PR #50991 (\"[Mamba] enable prefix cache by default\", merged 2026-08-04) made "
+            "default_prefix_caching = is_prefix_caching_supported for hybrid models too, and "
+            "HybridAttentionMambaModelConfig.verify_and_update_config then sets mamba_cache_mode 'align' (\"Mamba "
+            "cache mode is set to 'align' for Qwen3_5ForConditionalGeneration by default when prefix caching is "
+            "enabled\", vLLM 0.29.0): two state blocks per sequence, the running state and the last block "
+            "boundary's checkpoint (with --no-enable-prefix-caching a sequence takes one)",
+}
+
+
+def mamba_cache_mode(version: str) -> str:
+    """The ``mamba_cache_mode`` vLLM `version` runs a hybrid model in by default (`MAMBA_CACHE_MODES` says why)."""
+    if version not in VERSIONS:
+        raise UnknownName("vLLM version", str(version), [], field="runtime.engine_version", known=list(VERSIONS))
+    return VERSIONS[version].mamba_cache_mode
 DEFAULT_VERSION = "0.19"
 
 # Model types whose vLLM model class builds the input embedding, the final norm and the lm_head (tied or not) on
@@ -197,25 +231,36 @@ def linear_attention_refusal(spec: ModelSpec, tensor_parallel: int) -> str | Non
 
 
 def hybrid_kv_capacity(stage: Stage, kv_cache_dtype: str, available_bytes: int, block_size: int,
-                       max_model_len: int, version: str, tokens_from_concurrency: bool) -> KVCapacity:
+                       max_model_len: int, version: str, tokens_from_concurrency: bool,
+                       max_batched_tokens: int | None = None) -> KVCapacity:
     """vLLM's KV pool for a hybrid (Gated DeltaNet + full attention) stage (`kv_cache.HybridKV`).
 
     ``num_blocks = available // (page x group_size)`` (kv_cache_utils.py, ``get_num_blocks``), the page being the
     raised attention block's and the padded state's alike.  "Maximum concurrency for L tokens per request" is
-    ``num_blocks / (full groups x ceil(L / block) + linear groups)`` (``get_max_concurrency_for_kv_cache_config``:
-    a linear group's ``MambaSpec.max_memory_usage_bytes`` is one page without prefix caching, which vLLM keeps off
-    for hybrid models).  "GPU KV cache size" is ``num_blocks // groups x min(block, L)`` tokens in v0.11 and v0.19
-    (``get_kv_cache_config_from_groups``: every group counted, the linear groups' spec block being
-    ``max_model_len``), ``int(concurrency x L)`` in later releases (``_report_kv_cache_config``).  v0.11 raises the
-    block from 16, not from the requested size (model_executor/models/config.py,
-    ``HybridAttentionMambaModelConfig``): another requested block size is refused there, naming the field."""
+    ``num_blocks / (full groups x ceil(L / block) + linear groups x state blocks)``
+    (``get_max_concurrency_for_kv_cache_config``: a linear group's ``MambaSpec.max_memory_usage_bytes`` is one page
+    in ``mamba_cache_mode`` "none", two in "align"), the mode being the release's default for hybrid models
+    (`mamba_cache_mode`: "none" in v0.11 and v0.19, "align" from PR #50991 on, hence in 0.33).  "GPU KV cache
+    size" is ``num_blocks // groups x min(block, L)`` tokens in v0.11 and v0.19 (``get_kv_cache_config_from_groups``:
+    every group counted, the linear groups' spec block being ``max_model_len``), ``int(concurrency x L)`` in later
+    releases (``_report_kv_cache_config``).  v0.11 raises the block from 16, not from the requested size
+    (model_executor/models/config.py, ``HybridAttentionMambaModelConfig``): another requested block size is refused
+    there, naming the field.  In "align" mode vLLM refuses to start when the raised block exceeds
+    `max_batched_tokens` (config/vllm.py, PR #34445: "In Mamba cache align mode, block_size (N) must be <=
+    max_num_batched_tokens (M)"): refused here too, naming ``runtime.max_batched_tokens``."""
     if version == "0.11" and block_size != VLLM_BLOCK_ALIGNMENT:
         raise InvalidSpec("kv_cache.block_size", block_size,
                           f"vLLM 0.11 sizes a hybrid model's attention block from {VLLM_BLOCK_ALIGNMENT}-token "
                           "multiples whatever block size is asked for; nibble plans it there at the default block "
                           f"size {VLLM_BLOCK_ALIGNMENT} only")
-    hybrid = hybrid_kv(stage.spec, kv_cache_dtype, stage.tensor_parallel, stage.layers)
+    mode = mamba_cache_mode(version)
+    hybrid = hybrid_kv(stage.spec, kv_cache_dtype, stage.tensor_parallel, stage.layers, mode)
     block = hybrid.block_size(block_size)
+    if mode == "align" and max_batched_tokens is not None and block > max_batched_tokens:
+        raise InvalidSpec("runtime.max_batched_tokens", max_batched_tokens,
+                          f"vLLM {version} runs this hybrid model with prefix caching on (mamba_cache_mode 'align') "
+                          f"and then refuses to start: \"In Mamba cache align mode, block_size ({block}) must be <= "
+                          f"max_num_batched_tokens ({max_batched_tokens})\"; plan at least {block} batched tokens")
     num_blocks = max(0, available_bytes // (hybrid.page_bytes(block_size) * hybrid.group_size))
     per_request = hybrid.blocks_per_sequence(max_model_len, block_size)
     concurrency = num_blocks / per_request if per_request else 0.0
@@ -333,6 +378,11 @@ class VllmProfile:
     @property
     def version(self) -> str:
         return self._version
+
+    @property
+    def mamba_cache_mode(self) -> str:
+        """The ``mamba_cache_mode`` this release runs a hybrid model in by default (`MAMBA_CACHE_MODES`)."""
+        return self._rules.mamba_cache_mode
 
     def batch_limits(self, device_bytes: int, device_name: str) -> BatchLimits:
         """`EngineArgs.get_batch_defaults` for the OpenAI server: 8192 tokens and 1024 sequences on a
@@ -501,7 +551,7 @@ class VllmProfile:
         or the largest when within 1.25x); ``num_blocks = available // (page × group size)``."""
         if stage.spec.linear_attention is not None:
             return hybrid_kv_capacity(stage, kv_cache_dtype, available_bytes, block_size, max_model_len,
-                                      self._version, self._rules.tokens_from_concurrency)
+                                      self._version, self._rules.tokens_from_concurrency, limits.max_batched_tokens)
         dsa_version_refusal(stage.spec, self._version)
         groups, group_size, page = _kv_cache_groups(stage.spec, stage.layers, kv_cache_dtype,
                                                     stage.tensor_parallel, block_size)
