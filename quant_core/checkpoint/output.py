@@ -38,8 +38,6 @@ from numpy.typing import NDArray
 
 from quant_core.checkpoint.gguf_model import gguf_model
 from quant_core.checkpoint.plan import (
-    QWEN3_NEXT_MTP_PREFIX,
-    QWEN_VL_UNQUANTIZED_PREFIXES,
     CheckpointOptions,
     TensorPlan,
     fused_expert_module,
@@ -261,21 +259,6 @@ def unquantized_modules(plans: Sequence[TensorPlan]) -> list[str]:
             and plan.tensor.dtype in _FLOAT_DTYPES]
 
 
-def vision_tower_modules(plans: Sequence[TensorPlan]) -> list[str]:
-    """The linear modules of a Qwen2.5-VL or Qwen3-VL vision tower whose 2-D float ``.weight`` passes through, in
-    order: vLLM's qwen2_5_vl.py and qwen3_vl.py build them with the checkpoint's quant_config, and
-    compressed-tensors' ``find_matched_target`` refuses a linear layer neither targeted nor ignored, so the
-    ``ignore`` list names them."""
-    return [module for module in unquantized_modules(plans) if module.startswith(QWEN_VL_UNQUANTIZED_PREFIXES)]
-
-
-def mtp_modules(plans: Sequence[TensorPlan]) -> list[str]:
-    """The linear modules of a Qwen3-Next multi-token-prediction layer (``mtp.*``) whose 2-D float ``.weight``
-    passes through, in order: vLLM's qwen3_next_mtp.py builds them with the checkpoint's quant_config, and
-    compressed-tensors refuses a linear layer neither targeted nor ignored, so the ``ignore`` list names them."""
-    return [module for module in unquantized_modules(plans) if module.startswith(QWEN3_NEXT_MTP_PREFIX)]
-
-
 def fused_expert_modules(plans: Sequence[TensorPlan]) -> list[str]:
     """The fused-MoE modules (``...feed_forward.experts``) whose fused 3-D expert tensors pass through, in order:
     the quantization_config names them so vLLM builds those layers unquantized (`quantization_config`)."""
@@ -318,9 +301,11 @@ def quantization_config(options: CheckpointOptions, plans: Sequence[TensorPlan],
             if plan.quantized and stored.name == "int4":
                 groups.setdefault((stored.group_size, stored.symmetric), []).append(module_prefix(plan.tensor.name))
         config = compressed_tensors_scheme_config(groups)
-        # vLLM's CompressedTensorsMoEMethod.get_moe_method: a fused-MoE layer the ignore list names is unquantized
-        config["ignore"] = [*config["ignore"], *fused_expert_modules(plans), *vision_tower_modules(plans),
-                            *mtp_modules(plans)]
+        # vLLM's CompressedTensorsMoEMethod.get_moe_method: a fused-MoE layer the ignore list names is unquantized;
+        # CompressedTensorsConfig.get_scheme: a linear layer neither targeted nor ignored is refused at load
+        # ("Unable to find matching target"), so every module whose 2-D weight passes through is ignored too
+        ignored = [*config["ignore"], *fused_expert_modules(plans), *unquantized_modules(plans)]
+        config["ignore"] = list(dict.fromkeys(ignored))
         return config
     if options.output == "gptq":
         quantized = [module_prefix(plan.tensor.name) for plan in plans if plan.quantized]

@@ -178,6 +178,28 @@ def test_a_gptq_result_tells_every_loader_which_linear_modules_it_left_unquantiz
                               if all(shard in quantized for shard in vllm_shards(prefix))}
 
 
+@pytest.mark.parametrize("exclude", [(), ("*layers.1.mlp.down_proj*",), ("*k_proj*", "*v_proj*", "*q_proj*")],
+                         ids=["defaults", "one-down-proj", "attention-qkv"])
+def test_a_compressed_tensors_result_targets_or_ignores_every_linear_module_vllm_builds(
+        tmp_path: Path, checkpoint_dir: Path, exclude: tuple[str, ...]) -> None:
+    # vLLM's CompressedTensorsConfig.get_scheme refuses a linear layer that no config group targets and the ignore
+    # list does not name ("Unable to find matching target ... in the compressed-tensors config"), shard by shard
+    # for its fused layers.  Before: a module an exclude glob left out was in neither, and vLLM refused the result.
+    checkpoint = open_checkpoint(checkpoint_dir)
+    options = CheckpointOptions(output="compressed-tensors", exclude=(*DEFAULT_EXCLUDE, *exclude))
+    plans = plan_checkpoint(checkpoint, options)
+    quantize_checkpoint(checkpoint, plans, options, tmp_path / "out", tmp_path / "parts")
+    config = json.loads((tmp_path / "out" / "config.json").read_text())["quantization_config"]
+    targeted = {name for group in config["config_groups"].values() for name in group["targets"]}
+    ignored = set(config["ignore"])
+    assert targeted.isdisjoint(ignored)
+    for prefix in VLLM_LINEAR_PREFIXES:
+        shards = vllm_shards(prefix)
+        assert all(shard in targeted for shard in shards) or all(shard in ignored for shard in shards), prefix
+    assert {m for m in LINEAR_MODULES if any(glob_matches(m + ".weight", g) for g in exclude)} <= ignored
+    assert {"model.embed_tokens", "lm_head"} <= ignored  # passed through whole, as llm-compressor lists lm_head
+
+
 def vllm_shards(prefix: str) -> list[str]:
     """The checkpoint modules a vLLM layer prefix stands for (its shards, for a fused layer)."""
     name = prefix.rsplit(".", 1)[1]
