@@ -864,15 +864,17 @@ _MISTRAL3_TEXT_TYPES = ("mistral", "ministral3")
 #: tower, would promise memory vLLM does not have
 _MISTRAL3_UNPLANNED_TEXT_TYPES: dict[str, str] = {
     "deepseek_v3": (
-        "is Mistral Large 3's DeepSeek-V3-style MLA + MoE language model, which nibble does not plan: vLLM serves "
-        "Mistral Large 3 from Mistral's own params.json and consolidated tensors (--config-format mistral "
-        "--load-format mistral; vLLM 0.19.0's transformers_utils/configs/mistral.py maps such a params.json to "
-        "MistralLarge3ForCausalLM, a DeepseekV3ForCausalLM in mistral_large_3.py), and no published HF config.json "
-        "of it was found to check a plan against"),
+        "is Mistral Large 3's DeepSeek-V3-style MLA + MoE language model, which nibble does not plan: vLLM (0.19.0 "
+        "and 0.33.0) reads a repo holding consolidated*.safetensors and params.json from params.json, not "
+        "config.json (transformers_utils/config.py, config_format auto), and builds it as MistralLarge3ForCausalLM, "
+        "a DeepseekV3ForCausalLM (mistral_large_3.py), inside PixtralForConditionalGeneration; no published "
+        "config.json or safetensors index of it was found to check a plan against"),
     "mistral4": (
-        "is Mistral Small 4's MLA + MoE language model, which nibble does not plan: vLLM 0.19.0 has no model class "
-        "for mistral4 (its registry and config loaders never name it; vLLM's recipe for Mistral-Small-4-119B-2603 "
-        "asks for 0.20.0 or later), and no published config.json of it was found to check a plan against"),
+        "is Mistral Small 4's MLA + MoE language model, which nibble does not plan: no file of vLLM 0.19.0 or 0.33.0 "
+        "names mistral4, so neither builds this config.json's language model; they read the repo's params.json "
+        "instead (config_format auto) and build MistralLarge3ForCausalLM, a DeepseekV3ForCausalLM, inside "
+        "PixtralForConditionalGeneration; no published config.json or safetensors index of it was found to check a "
+        "plan against"),
 }
 
 

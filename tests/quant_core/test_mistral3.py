@@ -220,10 +220,12 @@ MLA_MOE_TEXT = {"hidden_size": 256, "num_hidden_layers": 2, "num_attention_heads
 
 
 @pytest.mark.parametrize(("text_type", "release", "why"), [
-    # vLLM 0.19.0: transformers_utils/configs/mistral.py maps Mistral Large 3's params.json to deepseek_v3 /
-    # MistralLarge3ForCausalLM (model_executor/models/mistral_large_3.py); no file of that wheel names mistral4
+    # vLLM 0.19.0 and 0.33.0 (their wheels from PyPI): transformers_utils/config.py reads params.json, not
+    # config.json, in a repo holding consolidated*.safetensors; transformers_utils/configs/mistral.py maps a MoE
+    # params.json with shared experts to deepseek_v3 / MistralLarge3ForCausalLM (model_executor/models/
+    # mistral_large_3.py) inside PixtralForConditionalGeneration; no file of either wheel names mistral4
     ("deepseek_v3", "Mistral Large 3", "MistralLarge3ForCausalLM"),
-    ("mistral4", "Mistral Small 4", "no model class for mistral4"),
+    ("mistral4", "Mistral Small 4", "names mistral4"),
 ])
 def test_a_mistral3_wrapper_around_an_mla_moe_language_model_is_refused_by_name_not_planned_as_a_mistral_decoder(
         text_type: str, release: str, why: str) -> None:
