@@ -858,6 +858,33 @@ def _llama4_vision(config: Mapping[str, object], text_hidden_size: int) -> Llama
 _MISTRAL3_TEXT_TYPES = ("mistral", "ministral3")
 
 
+#: ``mistral3`` wrappers whose ``text_config`` is an MLA + MoE language model, refused by name with what nibble found
+#: (and did not find) about them: no published config.json (nor safetensors index) of either release was found to
+#: check a plan against, and reading their text model as a ``mistral`` decoder, or planning it without its Pixtral
+#: tower, would promise memory vLLM does not have
+_MISTRAL3_UNPLANNED_TEXT_TYPES: dict[str, str] = {
+    "deepseek_v3": (
+        "is Mistral Large 3's DeepSeek-V3-style MLA + MoE language model, which nibble does not plan: vLLM (0.19.0 "
+        "and 0.33.0) reads a repo holding consolidated*.safetensors and params.json from params.json, not "
+        "config.json (transformers_utils/config.py, config_format auto), and builds it as MistralLarge3ForCausalLM, "
+        "a DeepseekV3ForCausalLM (mistral_large_3.py), inside PixtralForConditionalGeneration; no published "
+        "config.json or safetensors index of it was found to check a plan against"),
+    "mistral4": (
+        "is Mistral Small 4's MLA + MoE language model, which nibble does not plan: no file of vLLM 0.19.0 or 0.33.0 "
+        "names mistral4, so neither builds this config.json's language model; they read the repo's params.json "
+        "instead (config_format auto) and build MistralLarge3ForCausalLM, a DeepseekV3ForCausalLM, inside "
+        "PixtralForConditionalGeneration; no published config.json or safetensors index of it was found to check a "
+        "plan against"),
+}
+
+
+def _mistral3_unplanned_text_refusal(text_type: object) -> None:
+    """Raise `InvalidSpec` naming ``text_config.model_type`` for a ``mistral3`` wrapper around a language model
+    nibble knows of but does not plan (`_MISTRAL3_UNPLANNED_TEXT_TYPES`), saying why."""
+    if isinstance(text_type, str) and text_type in _MISTRAL3_UNPLANNED_TEXT_TYPES:
+        raise InvalidSpec("text_config.model_type", text_type, _MISTRAL3_UNPLANNED_TEXT_TYPES[text_type])
+
+
 def _mistral3(config: Mapping[str, object], name: str | None) -> ModelSpec:
     """Mistral 3 (``Mistral3ForConditionalGeneration``: Mistral Small 3.1 and 3.2, Magistral Small 2509): the
     language model of ``text_config`` (a ``mistral`` decoder, read as that type is) and its Pixtral vision tower and
@@ -869,6 +896,7 @@ def _mistral3(config: Mapping[str, object], name: str | None) -> ModelSpec:
     if not isinstance(text, Mapping):
         raise InvalidSpec("text_config", text, "must be a JSON object")
     text_type = text.get("model_type", "mistral")
+    _mistral3_unplanned_text_refusal(text_type)
     if text_type not in _MISTRAL3_TEXT_TYPES:
         raise InvalidSpec("text_config.model_type", text_type,
                           f"is not a language model nibble plans under mistral3 ({', '.join(_MISTRAL3_TEXT_TYPES)})")

@@ -13,7 +13,7 @@ import pytest
 
 from quant_core.catalog import get_device, get_preset
 from quant_core.engines.vllm import VllmProfile
-from quant_core.errors import InvalidSpec
+from quant_core.errors import InvalidSpec, UnsupportedArchitecture
 from quant_core.formats import float_format, int4
 from quant_core.hf_config import model_from_hf_config, unread_config_keys
 from quant_core.inventory import inventory, parameter_count, weight_bytes, weight_bytes_by_role
@@ -208,3 +208,34 @@ def test_a_ministral3_language_model_is_planned_as_the_mistral_decoder_transform
         text_model = transformers.AutoModelForCausalLM.from_config(transformers.Ministral3Config(**text))
     assert alone.model_type == "mistral" and alone.vision is None
     assert parameter_count(alone).total == sum(p.numel() for p in text_model.parameters())
+
+
+#: an MLA + MoE text_config of the shape Mistral Small 4 (mistral4) and Mistral Large 3 (deepseek_v3) wrap: the keys of
+#: transformers 5.23's Mistral4Config / DeepseekV3Config, small values (no published config.json of either release was
+#: found; the refusal does not depend on the values)
+MLA_MOE_TEXT = {"hidden_size": 256, "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 4,
+                "intermediate_size": 512, "moe_intermediate_size": 64, "n_routed_experts": 8, "n_shared_experts": 1,
+                "num_experts_per_tok": 2, "first_k_dense_replace": 0, "q_lora_rank": 64, "kv_lora_rank": 32,
+                "qk_nope_head_dim": 32, "qk_rope_head_dim": 16, "v_head_dim": 32, "vocab_size": 512}
+
+
+@pytest.mark.parametrize(("text_type", "release", "why"), [
+    # vLLM 0.19.0 and 0.33.0 (their wheels from PyPI): transformers_utils/config.py reads params.json, not
+    # config.json, in a repo holding consolidated*.safetensors; transformers_utils/configs/mistral.py maps a MoE
+    # params.json with shared experts to deepseek_v3 / MistralLarge3ForCausalLM (model_executor/models/
+    # mistral_large_3.py) inside PixtralForConditionalGeneration; no file of either wheel names mistral4
+    ("deepseek_v3", "Mistral Large 3", "MistralLarge3ForCausalLM"),
+    ("mistral4", "Mistral Small 4", "names mistral4"),
+])
+def test_a_mistral3_wrapper_around_an_mla_moe_language_model_is_refused_by_name_not_planned_as_a_mistral_decoder(
+        text_type: str, release: str, why: str) -> None:
+    config = {**mistral3_config(NAMES[1]), "text_config": {**MLA_MOE_TEXT, "model_type": text_type}}
+    with pytest.raises(InvalidSpec) as caught:
+        model_from_hf_config(config)
+    assert caught.value.field == "text_config.model_type"
+    assert release in caught.value.reason and why in caught.value.reason
+    # the same language model on its own is refused as an unread structure too, never read as a llama
+    if text_type == "mistral4":
+        with pytest.raises(UnsupportedArchitecture) as unsupported:
+            model_from_hf_config({**MLA_MOE_TEXT, "model_type": "mistral4"})
+        assert "kv_lora_rank" in str(unsupported.value) and "n_routed_experts" in str(unsupported.value)
