@@ -513,7 +513,7 @@ def _build_layout(spec: ModelSpec, scheme: WeightScheme, kv_dtype_name: str,
     held = [everywhere] * pipeline_parallel if everywhere else home
     stage_kv = []
     if spec.linear_attention is not None:  # a hybrid model (Qwen3-Next): vLLM's blocks and states per stage
-        if spec.model_type == "qwen3_5" and pipeline_parallel > 1:
+        if spec.model_type in ("qwen3_5", "qwen3_5_moe") and pipeline_parallel > 1:  # one class, qwen3_5.py
             raise InvalidSpec("parallel.pipeline", pipeline_parallel,
                               "vLLM's qwen3_5.py builds a Qwen3.5's embedding on every pipeline stage but its lm_head "
                               "on the last only, which nibble's stage weights do not model: plan one stage")

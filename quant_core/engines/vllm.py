@@ -512,6 +512,10 @@ class VllmProfile:
         if spec.model_type == "qwen3_5" and self._version == "0.11":
             # vllm/model_executor/models/qwen3_5.py came in February 2026 (vLLM PR #34110), after v0.11
             return "vLLM 0.11 has no Qwen3.5 model class (qwen3_5.py came in February 2026, PR #34110)"
+        if spec.model_type == "qwen3_5_moe" and self._version == "0.11":
+            # Qwen3_5MoeForConditionalGeneration is in the same qwen3_5.py (PR #34110, February 2026), after v0.11
+            return ("vLLM 0.11 has no Qwen3.5-MoE model class (Qwen3_5MoeForConditionalGeneration, qwen3_5.py, came "
+                    "in February 2026, PR #34110)")
         if spec.linear_attention is not None and (hybrid := linear_attention_refusal(spec, tensor_parallel)):
             return hybrid
         if isinstance(spec.vision, QwenVisionTower | Qwen3VisionTower):
