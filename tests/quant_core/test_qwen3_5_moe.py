@@ -114,7 +114,7 @@ def test_the_hybrid_kv_cache_is_ten_attention_layers_and_float32_states() -> Non
     assert (hybrid.block_size(), hybrid.group_size, hybrid.full_groups, hybrid.linear_groups) == (1056, 10, 1, 3)
 
 
-def test_qwen3_5_moe_is_planned_by_the_releases_that_have_it_on_one_stage() -> None:
+def test_qwen3_5_moe_is_planned_by_the_releases_that_have_it() -> None:
     spec = model_from_hf_config(load())
     h100 = Hardware(get_device("h100-80gb").planning_bytes, 1)
     result = plan(spec, h100, Workload(32_768, 4), PlanOptions(engine_version="0.19"))
@@ -125,10 +125,16 @@ def test_qwen3_5_moe_is_planned_by_the_releases_that_have_it_on_one_stage() -> N
     # gdn_linear_attn.py splits the 16 key heads over the ranks: 32 does not divide them
     assert VllmProfile("0.19").refusal(spec, 32, 1) is not None  # 16 heads (and DeltaNet key heads) over 32 ranks
     assert VllmProfile("0.19").refusal(spec, 8, 1) is None
-    with pytest.raises(InvalidSpec) as caught:  # qwen3_5.py: the embedding on every stage, the lm_head on the last
-        plan(spec, Hardware(get_device("h100-80gb").planning_bytes, 2), Workload(4096, 1),
-             PlanOptions(pipeline_parallel=2, tensor_parallel=1))
-    assert caught.value.field == "parallel.pipeline"
+    # qwen3_5.py builds the embedding on every pipeline stage (Qwen3_5Model.__init__, no get_pp_group() test) but the
+    # final norm and lm_head on the last only: the second of two stages holds an embedding it never runs, and the
+    # stages split the layers into whole 4-layer patterns (20 layers, 5 full-attention, each)
+    staged = plan(spec, Hardware(get_device("h100-80gb").planning_bytes, 2), Workload(32_768, 4),
+                  PlanOptions(pipeline_parallel=2, tensor_parallel=1))
+    first, second = staged.primary.devices
+    embedding = 248320 * 2048 * 2
+    assert (first.unread_weights_bytes, second.unread_weights_bytes) == (0, embedding)
+    assert second.weights_bytes - first.weights_bytes == embedding + 2048 * 2  # the lm_head and the final norm
+    assert staged.primary.max_concurrent_sequences == int(staged.primary.engine_max_concurrency or 0)
     with pytest.raises(InvalidSpec) as caught:  # llama.cpp's qwen35moe files: not sized (see gguf_mix.GGUF_REFUSED)
         plan(spec, h100, Workload(4096, 1), PlanOptions(scheme=gguf_scheme("gguf-q4_k_m")))
     assert caught.value.field == "format" and "qwen35moe" in str(caught.value)
