@@ -20,7 +20,7 @@ import pytest
 from quant_core.catalog import get_device, get_preset_info
 from quant_core.checkpoint import quantize_checkpoint
 from quant_core.checkpoint_rows import checkpoint_scheme
-from quant_core.engines.vllm import VllmProfile
+from quant_core.engines.vllm import VllmProfile, mamba_cache_mode
 from quant_core.errors import InvalidSpec
 from quant_core.hf_config import model_from_hf_config, unread_config_keys
 from quant_core.inventory import inventory, parameter_count
@@ -112,6 +112,12 @@ def test_the_hybrid_kv_cache_is_ten_attention_layers_and_float32_states() -> Non
     assert hybrid.state_bytes == 3 * 8192 * 2 + 32 * 128 * 128 * 4 == 2_146_304
     # the block vLLM raises until one page (group of 10 layers) holds a state: ceil(2,146,304 / 20,480) tokens, to 16
     assert (hybrid.block_size(), hybrid.group_size, hybrid.full_groups, hybrid.linear_groups) == (1056, 10, 1, 3)
+    # a sequence of 32,768 tokens: 32 attention blocks and one state block per linear group with prefix caching off
+    # (vLLM 0.11 / 0.19's default for hybrid models), two in 'align' mode (0.33's default, PR #50991)
+    assert hybrid.blocks_per_sequence(32_768) == 32 + 3
+    assert hybrid_kv(spec, "bf16", 1, None, mamba_cache_mode("0.33")).blocks_per_sequence(32_768) == 32 + 2 * 3
+    # at tensor parallel 4 each rank holds a quarter of the heads and states (gdn_linear_attn.py divides them)
+    assert hybrid_kv(spec, "bf16", 4).state_bytes == 2_146_304 // 4
 
 
 def test_qwen3_5_moe_is_planned_by_the_releases_that_have_it() -> None:
