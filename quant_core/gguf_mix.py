@@ -248,6 +248,9 @@ GGUF_REFUSED["deepseek_v32"] = (
     "fp8, int4) for this model")
 # GLM-5 (glm_moe_dsa): conversion/glm.py's GlmMoeDsaModel (arch glm-dsa) likewise keeps the MTP block (skip_mtp = False)
 GGUF_REFUSED["glm_moe_dsa"] = GGUF_REFUSED["deepseek_v32"].replace("deepseek32", "glm-dsa")
+# Qwen3.5-MoE: llama.cpp's qwen35moe arch, the same converter as qwen35 (conversion/qwen.py: in_proj_qkv written as
+# attn_qkv, typed by llama_tensor_get_type as attn_v counted across layers, and the MTP layer as an extra block)
+GGUF_REFUSED["qwen3_5_moe"] = GGUF_REFUSED["qwen3_5"].replace("qwen35 GGUF", "qwen35moe GGUF")
 
 
 def gguf_rows(file_type: str, spec: ModelSpec,

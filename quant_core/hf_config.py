@@ -1255,7 +1255,7 @@ def _qwen3_5(config: Mapping[str, object], model_type: str, name: str | None) ->
         source = {**text, "tie_word_embeddings": config["tie_word_embeddings"]}
     r = _Reader(source, model_type)
     try:
-        spec = _qwen3_next(source, "qwen3_5", name or _name(config, model_type, None))
+        spec = _qwen3_next(source, model_type, name or _name(config, model_type, None))
         state_dtype = r.string("mamba_ssm_dtype", "")
         r.optional_int("mtp_num_hidden_layers", None, MAX_LAYERS, minimum=0)  # the MTP layer: not planned
         r.flag("mtp_use_dedicated_embeddings", False)
@@ -1281,6 +1281,30 @@ def _qwen3_5(config: Mapping[str, object], model_type: str, name: str | None) ->
         tower_config = {**config, "vision_config": {"deepstack_visual_indexes": []}}
     return replace(spec, model_type=model_type, linear_attention=linear,
                    vision=_qwen3_vl_vision(tower_config, spec.hidden_size))
+
+
+#: keys of a Qwen3.5-MoE text_config that transformers' Qwen3_5MoeTextConfig does not have and vLLM's qwen3_5.py does
+#: not read: every layer is a sparse MoE block (``Qwen3_5MoeDecoderLayer``; ``Qwen3_5DecoderLayer`` for
+#: ``qwen3_5_moe_text``), whatever these say
+_QWEN3_5_MOE_UNUSED_KEYS = ("intermediate_size", "decoder_sparse_step", "mlp_only_layers")
+
+
+def _qwen3_5_moe(config: Mapping[str, object], model_type: str, name: str | None) -> ModelSpec:
+    """Qwen3.5-MoE (``Qwen3_5MoeForConditionalGeneration``: Qwen3.5-35B-A3B, -122B-A10B, -397B-A17B, Qwen3.6-35B-A3B):
+    `_qwen3_5`'s hybrid language model and vision tower, every layer a Qwen3-Next sparse block (router ``mlp.gate``,
+    ``num_experts`` routed experts of ``moe_intermediate_size``, one ``shared_expert`` of
+    ``shared_expert_intermediate_size`` and its ``shared_expert_gate``), as transformers' Qwen3_5MoeTextConfig
+    builds them (it has no ``intermediate_size``, ``decoder_sparse_step`` or ``mlp_only_layers``) and vLLM's
+    qwen3_5.py loads them (``Qwen3NextSparseMoeBlock`` in every ``qwen3_5_moe_text`` layer).  The checkpoints hold
+    each layer's routed experts fused (`inventory`).  The spec's ``intermediate_size`` is the experts' width: no
+    dense MLP uses it."""
+    text = config.get("text_config")
+    if not isinstance(text, Mapping):
+        raise InvalidSpec("text_config", text, "must be a JSON object")
+    sparse = {key: value for key, value in text.items() if key not in _QWEN3_5_MOE_UNUSED_KEYS}
+    if "moe_intermediate_size" in text:
+        sparse.update(intermediate_size=text["moe_intermediate_size"], decoder_sparse_step=1, mlp_only_layers=[])
+    return _qwen3_5({**config, "text_config": sparse}, model_type, name)
 
 
 _Adapter = Callable[[Mapping[str, object], str, "str | None"], ModelSpec]
@@ -1317,6 +1341,7 @@ _ADAPTERS: dict[str, _Adapter] = {
     "qwen3_vl_moe": _qwen3_vl,
     "qwen3_next": _qwen3_next,
     "qwen3_5": _qwen3_5,
+    "qwen3_5_moe": _qwen3_5_moe,
     "minimax_m2": _minimax_m2,
 }
 KNOWN_MODEL_TYPES: tuple[str, ...] = (*sorted(_ADAPTERS), "gemma3", "llama4", "mistral3")
@@ -1458,6 +1483,7 @@ ARCHITECTURE_FAMILIES: dict[str, str] = {
     "Qwen3VLMoeForConditionalGeneration": "qwen3_vl_moe",
     "Qwen3NextForCausalLM": "qwen3_next",
     "Qwen3_5ForConditionalGeneration": "qwen3_5",
+    "Qwen3_5MoeForConditionalGeneration": "qwen3_5_moe",
     # DeepSeek-V3.2: vLLM's registry loads it as deepseek_v2.py's DeepseekV3ForCausalLM with the indexer built
     # (its config has index_topk); never read as deepseek_v3, which would leave the indexer and its cache out
     "DeepseekV32ForCausalLM": "deepseek_v32",

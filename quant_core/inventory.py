@@ -336,6 +336,9 @@ def inventory(spec: ModelSpec) -> tuple[TensorEntry, ...]:
     if spec.model_type == "qwen3_5":  # Qwen3.5's checkpoints: model.language_model.* (lm_head as is), model.visual.*
         builder.rows = [replace(row, name=f"model.language_model.{row.name.removeprefix('model.')}")
                         if row.name.startswith("model.") else row for row in builder.rows]
+    if spec.model_type == "qwen3_5_moe":  # Qwen3.5-MoE's checkpoints: fused experts under model.language_model.*
+        builder.rows = [replace(row, name=f"model.language_model.{row.name.removeprefix('model.')}")
+                        if row.name.startswith("model.") else row for row in _fused_qwen3_vl_experts(builder.rows)]
     if isinstance(spec.vision, Llama4VisionTower):
         _llama4_vision(builder, spec.vision)
     elif isinstance(spec.vision, PixtralVisionTower):

@@ -45,7 +45,7 @@ from functools import lru_cache
 
 from quant_core.catalog import MAX_DEVICE_BYTES
 from quant_core.engines import ENGINES, BatchLimits, EngineProfile, KVCapacity, Stage, Term, get_engine
-from quant_core.engines.vllm import MAMBA_CACHE_MODES, mlp_width_refusal, qwen_vision_refusal
+from quant_core.engines.vllm import EMBEDDING_ON_EVERY_STAGE, MAMBA_CACHE_MODES, mlp_width_refusal, qwen_vision_refusal
 from quant_core.engines.vllm import mamba_cache_mode as vllm_mamba_cache_mode
 from quant_core.errors import InvalidSpec
 from quant_core.formats import WeightFormat, float_format, int4, kv_dtype
@@ -470,6 +470,18 @@ def _weights_by_role(spec: ModelSpec, scheme: WeightScheme) -> dict[str, int]:
 _parameter_count = lru_cache(maxsize=256)(parameter_count)
 
 
+def _embedding_on_every_stage(spec: ModelSpec, scheme: WeightScheme, tensor_parallel: int,
+                              home: list[int]) -> list[int]:
+    """`home` (each stage's tensors outside the layers, where the stages that run them hold them) with a copy of the
+    input embedding on every stage after the first, as vLLM's qwen3_5.py builds it (`EMBEDDING_ON_EVERY_STAGE`); the
+    last stage's tied lm_head is that copy, which `home` holds already."""
+    embedding = sum(_sharded_bytes(one, entry, tensor_parallel) * entry.per_layer
+                    for entry, one in _weight_rows(spec, scheme) if entry.role == "embedding" and not entry.layers)
+    last = len(home) - 1
+    return [size + (embedding if stage and not (stage == last and spec.tie_word_embeddings) else 0)
+            for stage, size in enumerate(home)]
+
+
 def _build_layout(spec: ModelSpec, scheme: WeightScheme, kv_dtype_name: str,
                   tensor_parallel: int, pipeline_parallel: int, vocabulary_everywhere: bool = False,
                   fp32_routers: bool = False, mamba_cache_mode: str = "none") -> _Layout:
@@ -511,12 +523,10 @@ def _build_layout(spec: ModelSpec, scheme: WeightScheme, kv_dtype_name: str,
             home[last] += per_rank
     everywhere = outside if vocabulary_everywhere and pipeline_parallel > 1 else 0
     held = [everywhere] * pipeline_parallel if everywhere else home
+    if spec.model_type in EMBEDDING_ON_EVERY_STAGE and not everywhere:
+        held = _embedding_on_every_stage(spec, scheme, tensor_parallel, home)
     stage_kv = []
     if spec.linear_attention is not None:  # a hybrid model (Qwen3-Next): vLLM's blocks and states per stage
-        if spec.model_type == "qwen3_5" and pipeline_parallel > 1:
-            raise InvalidSpec("parallel.pipeline", pipeline_parallel,
-                              "vLLM's qwen3_5.py builds a Qwen3.5's embedding on every pipeline stage but its lm_head "
-                              "on the last only, which nibble's stage weights do not model: plan one stage")
         stage_kv = [_StageKV((), hybrid_kv(spec, kv_dtype_name, tensor_parallel, layers, mamba_cache_mode))
                     for layers in stages]
     for start, stop in stages if spec.linear_attention is None else ():

@@ -325,6 +325,9 @@ class KVLayer:
 #   qwen3_next Qwen3-Next's hybrid: `GatedDeltaNet` layers (``linear_attn.*``) and gated full-attention layers
 #             (``self_attn.*``, q_proj twice as wide for the output gate, q/k norms), every layer a Qwen2-MoE-style
 #             sparse block (router, routed experts, one gated shared expert) or, per mlp_only_layers, a dense MLP
+#   (qwen3_5_moe: that layout under ``model.language_model.*``, the DeltaNet projections apart as Qwen3.5's, every
+#   layer sparse with its experts fused, ``mlp.experts.gate_up_proj[{e}]`` and ``down_proj[{e}]``, beside a
+#   `Qwen3VisionTower` without deepstack mergers under ``model.visual.*``)
 LAYOUTS: tuple[str, ...] = ("llama", "mixtral", "phi3", "deepseek", "falcon", "gpt2", "gpt_oss", "qwen2_moe",
                            "llama4", "qwen3_next")
 #   glm4      GLM-4-0414: llama attention with q/k/v biases, four RMSNorms a layer (input_layernorm,

@@ -231,6 +231,13 @@ def _family_reason(tensor: CheckpointTensor, checkpoint: Checkpoint) -> str | No
     if config.get("model_type") == "qwen3_5" and tensor.name.startswith(QWEN_VL_UNQUANTIZED_PREFIXES):
         return ("Qwen3.5's vision tower and merger: kept as stored, as nibble plans them at 16 bits (vLLM's "
                 "qwen3_5.py reads them with the checkpoint's quant_config, whose ignore list names them)")
+    if config.get("model_type") == "qwen3_5_moe":  # Qwen3.5-MoE: the same MTP layer and tower as Qwen3.5
+        if tensor.name.startswith(QWEN3_NEXT_MTP_PREFIX):
+            return ("Qwen3.5-MoE's multi-token-prediction layer (mtp.*): vLLM's qwen3_5.py skips it at load and "
+                    "nibble does not plan it, so it stays as stored (qwen3_5_mtp.py reads it for the MTP drafter)")
+        if tensor.name.startswith(QWEN_VL_UNQUANTIZED_PREFIXES):
+            return ("Qwen3.5-MoE's vision tower and merger: kept as stored, as nibble plans them at 16 bits (vLLM's "
+                    "qwen3_5.py reads them with the checkpoint's quant_config, whose ignore list names them)")
     if fused_expert_module(tensor.name, len(tensor.shape)) is not None:
         return (f"routed experts fused as one [experts, in, out] tensor (shape {list(tensor.shape)}): nibble "
                 "quantizes 2-D linear weights only, so they stay as stored, and the quantization_config marks "

@@ -176,6 +176,16 @@ VOCABULARY_ON_EVERY_STAGE: dict[str, str] = {
 }
 
 
+# Model types whose vLLM model class builds the input embedding on every pipeline rank but the final norm and an
+# untied lm_head on the last only: qwen3_5.py's Qwen3_5Model.__init__ creates embed_tokens with no get_pp_group()
+# test, and puts a PPMissingLayer for the norm (Qwen3_5Model) and the lm_head (Qwen3_5ForCausalLMBase) off the last
+# rank; a tied lm_head is that rank's embed_tokens.  Qwen3_5MoeForConditionalGeneration is built from the same classes.
+EMBEDDING_ON_EVERY_STAGE: dict[str, str] = {
+    "qwen3_5": "qwen3_5.py: Qwen3_5Model.__init__ (embed_tokens); the norm and lm_head on the last rank only",
+    "qwen3_5_moe": "qwen3_5.py: Qwen3_5Model.__init__ (embed_tokens); the norm and lm_head on the last rank only",
+}
+
+
 # Model types whose vLLM model class allocates the MoE router (gate weight and e_score_correction_bias) in float32
 # whatever the model's dtype, on every tensor-parallel rank (replicated): 4 bytes per router element, not 2.
 ROUTERS_AT_FP32: dict[str, str] = {
@@ -512,6 +522,10 @@ class VllmProfile:
         if spec.model_type == "qwen3_5" and self._version == "0.11":
             # vllm/model_executor/models/qwen3_5.py came in February 2026 (vLLM PR #34110), after v0.11
             return "vLLM 0.11 has no Qwen3.5 model class (qwen3_5.py came in February 2026, PR #34110)"
+        if spec.model_type == "qwen3_5_moe" and self._version == "0.11":
+            # Qwen3_5MoeForConditionalGeneration is in the same qwen3_5.py (PR #34110, February 2026), after v0.11
+            return ("vLLM 0.11 has no Qwen3.5-MoE model class (Qwen3_5MoeForConditionalGeneration, qwen3_5.py, came "
+                    "in February 2026, PR #34110)")
         if spec.linear_attention is not None and (hybrid := linear_attention_refusal(spec, tensor_parallel)):
             return hybrid
         if isinstance(spec.vision, QwenVisionTower | Qwen3VisionTower):
