@@ -516,6 +516,26 @@ def _gpt_oss(config: Mapping[str, object], model_type: str, name: str | None) ->
     )
 
 
+def _qwen_sparse_moe(r: _Reader, experts: int, layers: int) -> dict[str, Any]:
+    """The `ModelSpec` fields of a Qwen2-MoE-style sparse block (Qwen2-MoE, Qwen3-Next): `experts` routed experts
+    of ``moe_intermediate_size`` and one gated shared expert of ``shared_expert_intermediate_size`` (none at 0),
+    in every layer but those of ``mlp_only_layers`` and those ``decoder_sparse_step`` skips, which are dense
+    (``(i + 1) % step``, as transformers' and vLLM's model files decide); nothing when `experts` is 0."""
+    if not experts:
+        return {}
+    step = r.int_or("decoder_sparse_step", 1, MAX_LAYERS)
+    mlp_only = set(r.int_list("mlp_only_layers", layers))
+    shared = r.required_int("shared_expert_intermediate_size", MAX_INTERMEDIATE_SIZE, minimum=0)
+    return {
+        "num_experts": experts,
+        "experts_per_token": r.required_int("num_experts_per_tok", MAX_EXPERTS),
+        "moe_intermediate_size": r.required_int("moe_intermediate_size", MAX_INTERMEDIATE_SIZE),
+        "num_shared_experts": 1 if shared else 0,
+        "shared_expert_intermediate_size": shared,
+        "dense_layers": tuple(i for i in range(layers) if i in mlp_only or (i + 1) % step),
+    }
+
+
 def _qwen2_moe(config: Mapping[str, object], model_type: str, name: str | None) -> ModelSpec:
     """Qwen2-MoE (Qwen1.5-MoE, Qwen2-57B-A14B): Qwen2's attention (q/k/v bias per ``qkv_bias``, default true;
     o_proj without), routed experts of ``moe_intermediate_size`` and one shared expert of
@@ -535,19 +555,7 @@ def _qwen2_moe(config: Mapping[str, object], model_type: str, name: str | None) 
         raise InvalidSpec("use_sliding_window", True, "vLLM's qwen2_moe.py would slide every layer and "
                           "transformers only some: nibble does not plan a Qwen2-MoE with sliding windows")
     experts = r.required_int("num_experts", MAX_EXPERTS, minimum=0)
-    moe: dict[str, Any] = {}
-    if experts:
-        step = r.int_or("decoder_sparse_step", 1, MAX_LAYERS)
-        mlp_only = set(r.int_list("mlp_only_layers", layers))
-        shared = r.required_int("shared_expert_intermediate_size", MAX_INTERMEDIATE_SIZE, minimum=0)
-        moe = {
-            "num_experts": experts,
-            "experts_per_token": r.required_int("num_experts_per_tok", MAX_EXPERTS),
-            "moe_intermediate_size": r.required_int("moe_intermediate_size", MAX_INTERMEDIATE_SIZE),
-            "num_shared_experts": 1 if shared else 0,
-            "shared_expert_intermediate_size": shared,
-            "dense_layers": tuple(i for i in range(layers) if i in mlp_only or (i + 1) % step),
-        }
+    moe = _qwen_sparse_moe(r, experts, layers)
     return ModelSpec(
         name=_name(config, model_type, name),
         model_type=model_type,
@@ -1197,26 +1205,14 @@ def _qwen3_next(config: Mapping[str, object], model_type: str, name: str | None)
         value_head_dim=r.required_int("linear_value_head_dim", MAX_HEAD_DIM),
         conv_kernel_size=r.required_int("linear_conv_kernel_dim", 1_024),
     )
-    if model_type == "qwen3_5":  # a dense Qwen3.5 (Qwen3_5TextConfig has no experts; qwen3_5_moe is not planned)
+    if model_type == "qwen3_5":  # a dense Qwen3.5 (Qwen3_5TextConfig has no experts; qwen3_5_moe has its own type)
         experts = r.int_or("num_experts", 0, MAX_EXPERTS, minimum=0)
         if experts:
-            raise InvalidSpec("num_experts", experts, "a qwen3_5 model is dense (Qwen3_5TextConfig): nibble does not "
-                                                      "plan Qwen3.5-MoE (qwen3_5_moe)")
+            raise InvalidSpec("num_experts", experts, "a qwen3_5 model is dense (Qwen3_5TextConfig): a Qwen3.5-MoE "
+                                                      "config has model_type qwen3_5_moe")
     else:
         experts = r.required_int("num_experts", MAX_EXPERTS, minimum=0)
-    moe: dict[str, Any] = {}
-    if experts:
-        step = r.int_or("decoder_sparse_step", 1, MAX_LAYERS)
-        mlp_only = set(r.int_list("mlp_only_layers", layers))
-        shared = r.required_int("shared_expert_intermediate_size", MAX_INTERMEDIATE_SIZE, minimum=0)
-        moe = {
-            "num_experts": experts,
-            "experts_per_token": r.required_int("num_experts_per_tok", MAX_EXPERTS),
-            "moe_intermediate_size": r.required_int("moe_intermediate_size", MAX_INTERMEDIATE_SIZE),
-            "num_shared_experts": 1 if shared else 0,
-            "shared_expert_intermediate_size": shared,
-            "dense_layers": tuple(i for i in range(layers) if i in mlp_only or (i + 1) % step),
-        }
+    moe = _qwen_sparse_moe(r, experts, layers)
     return ModelSpec(
         name=_name(config, model_type, name),
         model_type=model_type,
