@@ -8,8 +8,11 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from quant_core.checkpoint import Checkpoint, CheckpointOptions, TensorPlan, open_checkpoint, plan_checkpoint
 from quant_core.checkpoint_rows import checkpoint_scheme
+from quant_core.inventory import inventory
 from quant_core.planner import Hardware, PlanOptions, Workload, plan
 from quant_core.specs import ModelSpec
 from quant_core.tensorio.checkpoint_headers import HeaderTensor
@@ -86,3 +89,16 @@ def tower_bytes_by_stage(spec: ModelSpec, headers: list[HeaderTensor],
 
     added = [w - t for w, t in zip(stage_weights(headers), stage_weights(text), strict=True)]
     return sum(tensor.bytes for tensor in headers) - sum(tensor.bytes for tensor in text), added
+
+
+def built_on_meta(config: Mapping[str, Any]) -> Any:
+    """The causal LM transformers builds for `config`, on the meta device (skipped without torch/transformers)."""
+    torch = pytest.importorskip("torch")
+    transformers = pytest.importorskip("transformers")
+    with torch.device("meta"):
+        return transformers.AutoModelForCausalLM.from_config(transformers.AutoConfig.for_model(**config))
+
+
+def tensor_names(spec: ModelSpec) -> set[str]:
+    """Every tensor name of `spec`'s inventory, each layer's rows written out."""
+    return {entry.name.replace("{i}", str(layer)) for entry in inventory(spec) for layer in entry.layers or (-1,)}

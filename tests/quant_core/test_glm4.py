@@ -27,7 +27,14 @@ from quant_core.planner import Hardware, PlanOptions, Workload, plan
 from quant_core.specs import ModelSpec
 from quant_core.tensorio.checkpoint_headers import read_checkpoint_headers
 from quant_core.tensorio.safetensors_io import read_safetensors
-from tests.quant_core.meta_models import output_tensors, parameters_by_role, planned_job, saved_by_transformers
+from tests.quant_core.meta_models import (
+    built_on_meta,
+    output_tensors,
+    parameters_by_role,
+    planned_job,
+    saved_by_transformers,
+    tensor_names,
+)
 from tests.quant_core.tensorio.gptq_loader_rules import optimum_quantizes, vllm_quantizes
 
 DATA = Path(__file__).resolve().parent / "data" / "glm4"
@@ -42,16 +49,6 @@ def spec_of(name: str) -> ModelSpec:
     return model_from_hf_config(load(name), name=name)
 
 
-def built(config: dict[str, Any]) -> Any:
-    """The model transformers builds for `config`, on the meta device."""
-    torch = pytest.importorskip("torch")
-    transformers = pytest.importorskip("transformers")
-    with torch.device("meta"):
-        return transformers.AutoModelForCausalLM.from_config(transformers.AutoConfig.for_model(**config))
-
-
-def names_of(spec: ModelSpec) -> set[str]:
-    return {entry.name.replace("{i}", str(layer)) for entry in inventory(spec) for layer in entry.layers or (-1,)}
 
 
 @pytest.mark.parametrize(("name", "parameters"), [
@@ -60,7 +57,7 @@ def names_of(spec: ModelSpec) -> set[str]:
     ("GLM-4-32B-0414", 32_566_487_552),
 ])
 def test_glm4_counts_what_transformers_builds_role_by_role(name: str, parameters: int) -> None:
-    model = built(load(name))
+    model = built_on_meta(load(name))
     assert sum(parameter.numel() for parameter in model.parameters()) == parameters
     counts = parameter_count(spec_of(name))
     assert counts.total == parameters
@@ -76,7 +73,7 @@ def test_glm4_tensor_names_are_the_checkpoints_own(name: str) -> None:
     # checkpoints hold these names (q/k/v biases, post_self_attn_layernorm / post_mlp_layernorm, and the MLP's gate
     # and up projections as one mlp.gate_up_proj, the tensor vLLM's glm4.py loads whole into its gate_up_proj)
     spec = spec_of(name)
-    assert names_of(spec) == set(built(load(name)).state_dict())
+    assert tensor_names(spec) == set(built_on_meta(load(name)).state_dict())
     shapes = {entry.name: entry.shape for entry in inventory(spec)}
     assert shapes["model.layers.{i}.mlp.gate_up_proj.weight"] == (2 * spec.intermediate_size, spec.hidden_size)
     assert "model.layers.{i}.mlp.gate_proj.weight" not in shapes
@@ -100,7 +97,7 @@ def test_glm4_absent_keys_take_glm4configs_defaults_and_missing_sizes_are_refuse
     spec = model_from_hf_config(config)
     assert (spec.num_kv_heads, spec.head_dim, spec.attention_qkv_bias, spec.tie_word_embeddings) == \
         (2, 128, True, False)
-    assert parameter_count(spec).total == sum(p.numel() for p in built(config).parameters()) == 32_566_487_552
+    assert parameter_count(spec).total == sum(p.numel() for p in built_on_meta(config).parameters()) == 32_566_487_552
     for key in ("hidden_size", "intermediate_size", "num_hidden_layers", "vocab_size"):
         with pytest.raises(MissingConfigKey) as caught:
             model_from_hf_config({k: v for k, v in load("GLM-4-9B-0414").items() if k != key})
@@ -185,7 +182,7 @@ def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_a_glm4_checkpoint_written_by_transformers_is_planned_from_its_headers(tiny_checkpoint: Path) -> None:
     spec = model_from_hf_config(TINY_GLM4)
     headers = read_checkpoint_headers(tiny_checkpoint)
-    assert {tensor.name for tensor in headers} == names_of(spec)
+    assert {tensor.name for tensor in headers} == tensor_names(spec)
     scheme, summary = checkpoint_scheme(spec, headers, mtp_layers=0)
     assert summary.unknown == () and summary.bytes == 4 * parameter_count(spec).total  # fp32
     roles: dict[str, int] = {}

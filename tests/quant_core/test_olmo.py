@@ -24,7 +24,13 @@ from quant_core.kv_cache import kv_bytes_by_window, kv_cache_bytes
 from quant_core.planner import Hardware, PlanOptions, Workload, plan
 from quant_core.specs import ModelSpec
 from quant_core.tensorio.checkpoint_headers import read_checkpoint_headers
-from tests.quant_core.meta_models import parameters_by_role, planned_job, saved_by_transformers
+from tests.quant_core.meta_models import (
+    built_on_meta,
+    parameters_by_role,
+    planned_job,
+    saved_by_transformers,
+    tensor_names,
+)
 
 DATA = Path(__file__).resolve().parent / "data" / "olmo"
 GIB = 1 << 30
@@ -39,16 +45,6 @@ def spec_of(name: str) -> ModelSpec:
     return model_from_hf_config(load(name), name=name)
 
 
-def built(config: dict[str, Any]) -> Any:
-    """The model transformers builds for `config`, on the meta device."""
-    torch = pytest.importorskip("torch")
-    transformers = pytest.importorskip("transformers")
-    with torch.device("meta"):
-        return transformers.AutoModelForCausalLM.from_config(transformers.AutoConfig.for_model(**config))
-
-
-def names_of(spec: ModelSpec) -> set[str]:
-    return {entry.name.replace("{i}", str(layer)) for entry in inventory(spec) for layer in entry.layers or (-1,)}
 
 
 @pytest.mark.parametrize(("name", "parameters"), [
@@ -59,7 +55,7 @@ def names_of(spec: ModelSpec) -> set[str]:
     ("Olmo-3-1125-32B", 32_233_522_176),
 ])
 def test_olmo_counts_what_transformers_builds_role_by_role(name: str, parameters: int) -> None:
-    model = built(load(name))
+    model = built_on_meta(load(name))
     assert sum(parameter.numel() for parameter in model.parameters()) == parameters
     counts = parameter_count(spec_of(name))
     assert counts.total == parameters
@@ -71,8 +67,8 @@ def test_olmo_tensor_names_are_the_checkpoints_own(name: str) -> None:
     # q_norm / k_norm over all heads (not per head as Qwen3's), post_attention_layernorm and
     # post_feedforward_layernorm only: the names and shapes of transformers' state dict, which the checkpoints hold
     spec = spec_of(name)
-    model = built(load(name))
-    assert names_of(spec) == set(model.state_dict())
+    model = built_on_meta(load(name))
+    assert tensor_names(spec) == set(model.state_dict())
     shapes = {entry.name: entry.shape for entry in inventory(spec)}
     assert shapes["model.layers.{i}.self_attn.q_norm.weight"] == (spec.num_attention_heads * spec.head_dim,)
     assert shapes["model.layers.{i}.self_attn.k_norm.weight"] == (spec.num_kv_heads * spec.head_dim,)
@@ -171,7 +167,7 @@ def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_an_olmo_checkpoint_written_by_transformers_is_planned_from_its_headers(tiny_checkpoint: Path) -> None:
     spec = model_from_hf_config({key: value for key, value in TINY_OLMO3.items() if value is not None})
     headers = read_checkpoint_headers(tiny_checkpoint)
-    assert {tensor.name for tensor in headers} == names_of(spec)
+    assert {tensor.name for tensor in headers} == tensor_names(spec)
     _scheme, summary = checkpoint_scheme(spec, headers, mtp_layers=0)
     assert summary.unknown == () and summary.bytes == 4 * parameter_count(spec).total  # fp32
 

@@ -21,7 +21,7 @@ from quant_core.inventory import inventory, parameter_count
 from quant_core.kv_cache import kv_bytes_per_token
 from quant_core.planner import Hardware, PlanOptions, Workload, engine_tensor_parallel_sizes, plan
 from quant_core.specs import ModelSpec
-from tests.quant_core.meta_models import parameters_by_role, planned_job, saved_by_transformers
+from tests.quant_core.meta_models import built_on_meta, parameters_by_role, planned_job, saved_by_transformers
 
 DATA = Path(__file__).resolve().parent / "data" / "seed_oss"
 NAME = "Seed-OSS-36B-Instruct"
@@ -36,17 +36,10 @@ def spec_of(config: dict[str, Any] | None = None) -> ModelSpec:
     return model_from_hf_config(config or load(), name=NAME)
 
 
-def built(config: dict[str, Any]) -> Any:
-    """The model transformers builds for `config`, on the meta device."""
-    torch = pytest.importorskip("torch")
-    transformers = pytest.importorskip("transformers")
-    with torch.device("meta"):
-        return transformers.AutoModelForCausalLM.from_config(transformers.AutoConfig.for_model(**config))
-
 
 def test_seed_oss_counts_what_transformers_builds_role_by_role() -> None:
     # transformers 5.23's SeedOssForCausalLM on the meta device: 36,151,104,512 parameters (the "36B")
-    model = built(load())
+    model = built_on_meta(load())
     assert sum(parameter.numel() for parameter in model.parameters()) == 36_151_104_512
     counts = parameter_count(spec_of())
     assert counts.total == 36_151_104_512
@@ -61,7 +54,7 @@ def test_seed_oss_tensor_names_and_its_head_dim_are_the_checkpoints_own() -> Non
     spec = spec_of()
     assert spec.head_dim == 128 and spec.hidden_size // spec.num_attention_heads == 64
     names = {entry.name.replace("{i}", str(layer)) for entry in inventory(spec) for layer in entry.layers or (-1,)}
-    assert names == set(built(load()).state_dict())
+    assert names == set(built_on_meta(load()).state_dict())
     shapes = {entry.name: entry.shape for entry in inventory(spec)}
     assert shapes["model.layers.{i}.self_attn.q_proj.weight"] == (80 * 128, 5120)
     assert shapes["model.layers.{i}.self_attn.o_proj.weight"] == (5120, 80 * 128)
@@ -75,7 +68,7 @@ def test_seed_oss_absent_keys_take_seedossconfigs_defaults() -> None:
     spec = spec_of(config)
     assert (spec.num_kv_heads, spec.head_dim, spec.attention_qkv_bias, spec.attention_output_bias) == \
         (8, 128, True, False)
-    assert parameter_count(spec).total == sum(p.numel() for p in built(config).parameters())
+    assert parameter_count(spec).total == sum(p.numel() for p in built_on_meta(config).parameters())
 
 
 @pytest.mark.parametrize(("key", "value"), [("attention_bias", False), ("attention_out_bias", True),

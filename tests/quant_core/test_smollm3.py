@@ -22,7 +22,13 @@ from quant_core.kv_cache import kv_bytes_by_window
 from quant_core.planner import Hardware, PlanOptions, Workload, plan
 from quant_core.specs import ModelSpec
 from quant_core.tensorio.checkpoint_headers import read_checkpoint_headers
-from tests.quant_core.meta_models import parameters_by_role, planned_job, saved_by_transformers
+from tests.quant_core.meta_models import (
+    built_on_meta,
+    parameters_by_role,
+    planned_job,
+    saved_by_transformers,
+    tensor_names,
+)
 
 DATA = Path(__file__).resolve().parent / "data" / "smollm3"
 
@@ -36,21 +42,11 @@ def spec_of(config: dict[str, Any] | None = None) -> ModelSpec:
     return model_from_hf_config(config or load(), name="SmolLM3-3B")
 
 
-def built(config: dict[str, Any]) -> Any:
-    """The model transformers builds for `config`, on the meta device."""
-    torch = pytest.importorskip("torch")
-    transformers = pytest.importorskip("transformers")
-    with torch.device("meta"):
-        return transformers.AutoModelForCausalLM.from_config(transformers.AutoConfig.for_model(**config))
-
-
-def names_of(spec: ModelSpec) -> set[str]:
-    return {entry.name.replace("{i}", str(layer)) for entry in inventory(spec) for layer in entry.layers or (-1,)}
 
 
 def test_smollm3_counts_what_transformers_builds_role_by_role() -> None:
     # transformers 5.23's SmolLM3ForCausalLM on the meta device: 3,075,098,624 parameters, the tied lm_head once
-    model = built(load())
+    model = built_on_meta(load())
     assert sum(parameter.numel() for parameter in model.parameters()) == 3_075_098_624
     counts = parameter_count(spec_of())
     assert counts.total == 3_075_098_624 and counts.lm_head == 0
@@ -59,9 +55,9 @@ def test_smollm3_counts_what_transformers_builds_role_by_role() -> None:
 
 def test_smollm3_tensor_names_are_the_checkpoints_own() -> None:
     # llama's names; the tied lm_head is the embedding (safetensors checkpoints do not store it twice)
-    model = built(load())
-    assert names_of(spec_of()) == {name for name, _ in model.named_parameters()}
-    assert names_of(spec_of()) == set(model.state_dict()) - {"lm_head.weight"}
+    model = built_on_meta(load())
+    assert tensor_names(spec_of()) == {name for name, _ in model.named_parameters()}
+    assert tensor_names(spec_of()) == set(model.state_dict()) - {"lm_head.weight"}
 
 
 def test_smollm3_reads_its_nope_layers_as_changing_no_tensor_or_cache() -> None:
@@ -80,7 +76,7 @@ def test_smollm3_absent_keys_take_smollm3configs_defaults() -> None:
               if key not in ("num_key_value_heads", "tie_word_embeddings", "no_rope_layers", "layer_types")}
     spec = spec_of(config)
     assert (spec.num_kv_heads, spec.tie_word_embeddings) == (4, True)
-    assert parameter_count(spec).total == sum(p.numel() for p in built(config).parameters())
+    assert parameter_count(spec).total == sum(p.numel() for p in built_on_meta(config).parameters())
 
 
 def test_smollm3_sliding_layers_are_the_nope_layers_transformers_builds_with_a_window() -> None:
@@ -119,7 +115,7 @@ def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_a_smollm3_checkpoint_holds_the_tied_embedding_once_and_a_job_leaves_it_at_16_bits(
         tiny_checkpoint: Path) -> None:
     spec = model_from_hf_config({key: value for key, value in TINY_SMOLLM3.items() if value is not None})
-    assert {tensor.name for tensor in read_checkpoint_headers(tiny_checkpoint)} == names_of(spec)
+    assert {tensor.name for tensor in read_checkpoint_headers(tiny_checkpoint)} == tensor_names(spec)
     _checkpoint, _options, _plans, reasons = planned_job(tiny_checkpoint, "awq")
     quantized = sorted(name for name, reason in reasons.items() if not reason)
     assert quantized == sorted(f"model.layers.{layer}.{module}.weight" for layer in range(4) for module in (
