@@ -708,11 +708,7 @@ class _Evaluator:
             else:
                 activations = 0
             held_full = -(-context_length // block) * block
-            for (budget, groups), hybrid in zip(stages, hybrids, strict=True):
-                if hybrid is not None:
-                    if hybrid.bytes_per_sequence(context_length, block) * sequences + activations > budget:
-                        return False
-                    continue
+            for budget, groups in stages:
                 per_sequence = 0
                 for window, size in groups:
                     if window is None or window >= context_length:
@@ -723,7 +719,14 @@ class _Evaluator:
                     return False
             return True
 
-        return fits
+        def fits_hybrid(context_length: int, sequences: int) -> bool:
+            # a hybrid model's stages (Gated DeltaNet beside full attention): vLLM's blocks and states (`HybridKV`)
+            activations = (min(batched, context_length * sequences) * per_token
+                           + min(sequences, batched) * per_sampled) if variable else 0
+            return all(hybrid.bytes_per_sequence(context_length, block) * sequences + activations <= budget
+                       for (budget, _), hybrid in zip(stages, hybrids, strict=True) if hybrid is not None)
+
+        return fits_hybrid if any(hybrid is not None for hybrid in hybrids) else fits
 
 
 class _ModelTerms:
