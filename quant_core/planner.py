@@ -40,12 +40,12 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import lru_cache
 
 from quant_core.catalog import MAX_DEVICE_BYTES
 from quant_core.engines import ENGINES, BatchLimits, EngineProfile, KVCapacity, Stage, Term, get_engine
-from quant_core.engines.vllm import MAMBA_CACHE_MODES, mlp_width_refusal, qwen_vision_refusal
+from quant_core.engines.vllm import MAMBA_CACHE_MODES, dsa_block_size, mlp_width_refusal, qwen_vision_refusal
 from quant_core.engines.vllm import mamba_cache_mode as vllm_mamba_cache_mode
 from quant_core.errors import InvalidSpec
 from quant_core.formats import WeightFormat, float_format, int4, kv_dtype
@@ -1009,10 +1009,11 @@ def plan(spec: ModelSpec, hardware: Hardware, workload: Workload | None = None,
     counts = _parameter_count(spec)
     usable = math.floor(hardware.capacity_bytes * options.memory_utilization)
     engine = get_engine(options.engine, options.engine_version)
+    notes: list[str] = []
+    options = _engine_block_size(spec, engine, options, notes)
     limits = _batch_limits(engine, hardware, options)
     evaluator = _Evaluator(spec, options, usable, engine, limits)
 
-    notes: list[str] = []
     baseline = _policy_scheme(float_format(options.float_format), policy)
     deployed = options.scheme or _policy_scheme(options.weight_format, policy)
     deployed, note = with_partial_groups(spec, deployed)
@@ -1092,6 +1093,19 @@ def plan(spec: ModelSpec, hardware: Hardware, workload: Workload | None = None,
         max_batched_tokens=limits.max_batched_tokens,
         max_num_seqs=limits.max_num_seqs,
     )
+
+
+def _engine_block_size(spec: ModelSpec, engine: EngineProfile | None, options: PlanOptions,
+                       notes: list[str]) -> PlanOptions:
+    """`options` at the KV block the engine runs `spec` at: vLLM's DeepSeek Sparse Attention block
+    (`engines.vllm.dsa_block_size`), with a note in `notes` when it is not the requested one."""
+    if engine is None or engine.name != "vllm":
+        return options
+    block, note = dsa_block_size(spec, engine.version, options.block_size)
+    if note is None:
+        return options
+    notes.append(note)
+    return replace(options, block_size=block)
 
 
 def _batch_limits(engine: EngineProfile | None, hardware: Hardware, options: PlanOptions) -> BatchLimits:

@@ -304,6 +304,41 @@ def dsa_version_refusal(spec: ModelSpec, version: str) -> None:
                           "load it or groups the indexer cache by rules nibble does not model")
 
 
+#: the KV block vLLM gives a DeepSeek Sparse Attention model on CUDA: v0.11's platforms/cuda.py
+#: (CudaPlatformBase.check_and_update_config) sets ``cache_config.block_size = 64`` "for FlashMLASparse backend"
+#: whatever was asked; v0.19's FlashMLASparseBackend and DeepseekV32IndexerBackend
+#: (v1/attention/backends/mla/flashmla_sparse.py, indexer.py) support kernel blocks of [64] only, and
+#: platforms/interface.py's update_block_size_for_backend sets the backend's preferred size (64) when
+#: --block-size is not given, keeps a given one, which AttentionBackend.supports_block_size then accepts only as a
+#: multiple of 64 (else "No valid attention backend found")
+DSA_BLOCK_SIZE = 64
+
+
+def dsa_block_size(spec: ModelSpec, version: str, requested: int) -> tuple[int, str | None]:
+    """(The KV block vLLM `version` runs a DeepSeek Sparse Attention model at, a note when it is not `requested`).
+
+    v0.11 forces `DSA_BLOCK_SIZE` whatever is requested; v0.19 keeps a requested multiple of 64 and sets 64 when
+    none is given, which nibble reads from the API's default of 16 (an explicit ``--block-size 16`` would not
+    start); any other size is refused naming ``kv_cache.block_size``.  Other models and releases: `requested`."""
+    if not spec.has_indexer or version not in ("0.11", "0.19"):
+        return requested, None
+    if version == "0.19" and requested % DSA_BLOCK_SIZE == 0:
+        return requested, None
+    if version == "0.19" and requested != 16:
+        raise InvalidSpec("kv_cache.block_size", requested,
+                          f"vLLM 0.19 runs a {spec.model_type} model's sparse attention (FlashMLA sparse and its "
+                          f"indexer) on {DSA_BLOCK_SIZE}-token kernel blocks only and refuses a --block-size that "
+                          f"is not a multiple of {DSA_BLOCK_SIZE} (\"No valid attention backend found\"); "
+                          f"leave the default or ask for {DSA_BLOCK_SIZE}")
+    if version == "0.11" and requested == DSA_BLOCK_SIZE:
+        return requested, None
+    how = ("forces" if version == "0.11" else "sets, when --block-size is not given,")
+    return DSA_BLOCK_SIZE, (f"Planned at {DSA_BLOCK_SIZE}-token KV blocks, not the requested {requested}: vLLM "
+                            f"{version} {how} a {DSA_BLOCK_SIZE}-token block for DeepSeek Sparse Attention models "
+                            "(its FlashMLA sparse backend's only block size), so the KV capacity and context are "
+                            f"counted in {DSA_BLOCK_SIZE}-token blocks.")
+
+
 def _forward_bytes_per_token(spec: ModelSpec, tensor_parallel: int) -> int:
     """Peak live activation bytes per batched token on one rank during one decoder layer.
 
