@@ -424,6 +424,28 @@ def _replicated_kv_bytes(one_tensor_bytes: int, spec: ModelSpec) -> int:
     return -(-one_tensor_bytes // spec.num_kv_heads)
 
 
+#: the fused query/key/value projections vLLM builds as one QKVParallelLinear: Phi-3's qkv_proj (phi3.py through
+#: llama.py), Falcon's query_key_value (falcon.py), GPT-2's c_attn (gpt2.py; MHA, so never more ranks than key/value
+#: heads); a quantized checkpoint's tensors of them (qweight, scales, ...) share the module's name
+_FUSED_QKV_NAMES: tuple[str, ...] = (".self_attn.qkv_proj.", ".self_attention.query_key_value.", ".attn.c_attn.")
+
+
+def _is_fused_qkv_projection(entry: TensorEntry) -> bool:
+    """A fused query/key/value projection of the decoder (its weight, or a quantized checkpoint's tensors of it)."""
+    return entry.role == "attention" and any(part in entry.name for part in _FUSED_QKV_NAMES)
+
+
+def _fused_qkv_bytes(one_tensor_bytes: int, spec: ModelSpec, tensor_parallel: int) -> int:
+    """Bytes of a fused q/k/v projection on one rank: vLLM's QKVParallelLinear (layers/linear.py, v0.11 to v0.19)
+    gives each rank ``heads / tp`` query heads and ``max(1, kv_heads / tp)`` whole key and value heads, so its rows
+    are ``(heads / tp + 2 × max(1, kv_heads // tp)) × head_dim`` of the tensor's ``(heads + 2 × kv_heads) ×
+    head_dim``; where tp exceeds the key/value heads that is more than ``1 / tp`` of the tensor (each key/value
+    head replicated ``tp / kv_heads`` times).  A quantized tensor's bytes follow its output rows alike."""
+    heads, kv_heads = spec.num_attention_heads, spec.num_kv_heads
+    rank_heads = -(-heads // tensor_parallel) + 2 * max(1, kv_heads // tensor_parallel)
+    return -(-one_tensor_bytes * rank_heads // (heads + 2 * kv_heads))
+
+
 #: MiniMax-M2's full-width q/k norms, which vLLM splits over the tensor-parallel ranks
 _MINIMAX_M2_SPLIT_NORMS: tuple[str, ...] = ("self_attn.q_norm.weight", "self_attn.k_norm.weight")
 
@@ -492,6 +514,8 @@ def _build_layout(spec: ModelSpec, scheme: WeightScheme, kv_dtype_name: str,
                                   tensor_parallel) * entry.per_layer
         if tensor_parallel > spec.num_kv_heads and not spec.is_mla and _is_kv_projection(entry):
             per_rank = _replicated_kv_bytes(one, spec) * entry.per_layer
+        if tensor_parallel > spec.num_kv_heads > 0 and not spec.is_mla and _is_fused_qkv_projection(entry):
+            per_rank = _fused_qkv_bytes(one, spec, tensor_parallel) * entry.per_layer
         if spec.model_type == "minimax_m2" and entry.name.endswith(_MINIMAX_M2_SPLIT_NORMS):
             per_rank = _minimax_m2_norm_bytes(one, entry, min(tensor_parallel, spec.num_kv_heads)
                                               if entry.name.endswith("k_norm.weight") else tensor_parallel)
