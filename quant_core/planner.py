@@ -45,7 +45,13 @@ from functools import lru_cache
 
 from quant_core.catalog import MAX_DEVICE_BYTES
 from quant_core.engines import ENGINES, BatchLimits, EngineProfile, KVCapacity, Stage, Term, get_engine
-from quant_core.engines.vllm import MAMBA_CACHE_MODES, dsa_block_size, mlp_width_refusal, qwen_vision_refusal
+from quant_core.engines.vllm import (
+    MAMBA_CACHE_MODES,
+    dsa_block_size,
+    expert_width_refusal,
+    mlp_width_refusal,
+    qwen_vision_refusal,
+)
 from quant_core.engines.vllm import mamba_cache_mode as vllm_mamba_cache_mode
 from quant_core.errors import InvalidSpec
 from quant_core.formats import WeightFormat, float_format, int4, kv_dtype
@@ -906,7 +912,7 @@ def engine_tensor_parallel_sizes(spec: ModelSpec, limit: int = MAX_DEVICES_SEARC
                                            or kv_heads % size == 0 or size % kv_heads == 0)
                  and (vision_heads is None or vision_heads % size == 0)
                  and (qwen_tower is None or qwen_vision_refusal(qwen_tower, size) is None)
-                 and mlp_width_refusal(spec, size) is None)
+                 and mlp_width_refusal(spec, size) is None and expert_width_refusal(spec, size) is None)
 
 
 def _min_devices(evaluator: _Evaluator, terms: _ModelTerms, workload: Workload) -> int | None:
