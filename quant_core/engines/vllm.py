@@ -311,7 +311,9 @@ def dsa_version_refusal(spec: ModelSpec, version: str) -> None:
 #: (v1/attention/backends/mla/flashmla_sparse.py, indexer.py) support kernel blocks of [64] only, and
 #: platforms/interface.py's update_block_size_for_backend sets the backend's preferred size (64) when
 #: --block-size is not given, keeps a given one, which AttentionBackend.supports_block_size then accepts only as a
-#: multiple of 64 (else "No valid attention backend found")
+#: multiple of 64 (else "No valid attention backend found").  On Hopper FlashMLA sparse is v0.19's only sparse MLA
+#: backend; on Blackwell with an fp8 cache or at most 16 heads a rank, platforms/cuda.py prefers FlashInfer's sparse
+#: MLA (kernel blocks [32, 64]), which nibble does not model
 DSA_BLOCK_SIZE = 64
 
 
