@@ -40,12 +40,19 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import lru_cache
 
 from quant_core.catalog import MAX_DEVICE_BYTES
 from quant_core.engines import ENGINES, BatchLimits, EngineProfile, KVCapacity, Stage, Term, get_engine
-from quant_core.engines.vllm import EMBEDDING_ON_EVERY_STAGE, MAMBA_CACHE_MODES, mlp_width_refusal, qwen_vision_refusal
+from quant_core.engines.vllm import (
+    EMBEDDING_ON_EVERY_STAGE,
+    MAMBA_CACHE_MODES,
+    dsa_block_size,
+    expert_width_refusal,
+    mlp_width_refusal,
+    qwen_vision_refusal,
+)
 from quant_core.engines.vllm import mamba_cache_mode as vllm_mamba_cache_mode
 from quant_core.errors import InvalidSpec
 from quant_core.formats import WeightFormat, float_format, int4, kv_dtype
@@ -424,6 +431,28 @@ def _replicated_kv_bytes(one_tensor_bytes: int, spec: ModelSpec) -> int:
     return -(-one_tensor_bytes // spec.num_kv_heads)
 
 
+#: the fused query/key/value projections vLLM builds as one QKVParallelLinear: Phi-3's qkv_proj (phi3.py through
+#: llama.py), Falcon's query_key_value (falcon.py), GPT-2's c_attn (gpt2.py; MHA, so never more ranks than key/value
+#: heads); a quantized checkpoint's tensors of them (qweight, scales, ...) share the module's name
+_FUSED_QKV_NAMES: tuple[str, ...] = (".self_attn.qkv_proj.", ".self_attention.query_key_value.", ".attn.c_attn.")
+
+
+def _is_fused_qkv_projection(entry: TensorEntry) -> bool:
+    """A fused query/key/value projection of the decoder (its weight, or a quantized checkpoint's tensors of it)."""
+    return entry.role == "attention" and any(part in entry.name for part in _FUSED_QKV_NAMES)
+
+
+def _fused_qkv_bytes(one_tensor_bytes: int, spec: ModelSpec, tensor_parallel: int) -> int:
+    """Bytes of a fused q/k/v projection on one rank: vLLM's QKVParallelLinear (layers/linear.py, v0.11 to v0.19)
+    gives each rank ``heads / tp`` query heads and ``max(1, kv_heads / tp)`` whole key and value heads, so its rows
+    are ``(heads / tp + 2 × max(1, kv_heads // tp)) × head_dim`` of the tensor's ``(heads + 2 × kv_heads) ×
+    head_dim``; where tp exceeds the key/value heads that is more than ``1 / tp`` of the tensor (each key/value
+    head replicated ``tp / kv_heads`` times).  A quantized tensor's bytes follow its output rows alike."""
+    heads, kv_heads = spec.num_attention_heads, spec.num_kv_heads
+    rank_heads = -(-heads // tensor_parallel) + 2 * max(1, kv_heads // tensor_parallel)
+    return -(-one_tensor_bytes * rank_heads // (heads + 2 * kv_heads))
+
+
 #: MiniMax-M2's full-width q/k norms, which vLLM splits over the tensor-parallel ranks
 _MINIMAX_M2_SPLIT_NORMS: tuple[str, ...] = ("self_attn.q_norm.weight", "self_attn.k_norm.weight")
 
@@ -504,6 +533,8 @@ def _build_layout(spec: ModelSpec, scheme: WeightScheme, kv_dtype_name: str,
                                   tensor_parallel) * entry.per_layer
         if tensor_parallel > spec.num_kv_heads and not spec.is_mla and _is_kv_projection(entry):
             per_rank = _replicated_kv_bytes(one, spec) * entry.per_layer
+        if tensor_parallel > spec.num_kv_heads > 0 and not spec.is_mla and _is_fused_qkv_projection(entry):
+            per_rank = _fused_qkv_bytes(one, spec, tensor_parallel) * entry.per_layer
         if spec.model_type == "minimax_m2" and entry.name.endswith(_MINIMAX_M2_SPLIT_NORMS):
             per_rank = _minimax_m2_norm_bytes(one, entry, min(tensor_parallel, spec.num_kv_heads)
                                               if entry.name.endswith("k_norm.weight") else tensor_parallel)
@@ -895,7 +926,7 @@ def engine_tensor_parallel_sizes(spec: ModelSpec, limit: int = MAX_DEVICES_SEARC
                                            or kv_heads % size == 0 or size % kv_heads == 0)
                  and (vision_heads is None or vision_heads % size == 0)
                  and (qwen_tower is None or qwen_vision_refusal(qwen_tower, size) is None)
-                 and mlp_width_refusal(spec, size) is None)
+                 and mlp_width_refusal(spec, size) is None and expert_width_refusal(spec, size) is None)
 
 
 def _min_devices(evaluator: _Evaluator, terms: _ModelTerms, workload: Workload) -> int | None:
@@ -1022,10 +1053,11 @@ def plan(spec: ModelSpec, hardware: Hardware, workload: Workload | None = None,
     counts = _parameter_count(spec)
     usable = math.floor(hardware.capacity_bytes * options.memory_utilization)
     engine = get_engine(options.engine, options.engine_version)
+    notes: list[str] = []
+    options = _engine_block_size(spec, engine, options, notes)
     limits = _batch_limits(engine, hardware, options)
     evaluator = _Evaluator(spec, options, usable, engine, limits)
 
-    notes: list[str] = []
     baseline = _policy_scheme(float_format(options.float_format), policy)
     deployed = options.scheme or _policy_scheme(options.weight_format, policy)
     deployed, note = with_partial_groups(spec, deployed)
@@ -1105,6 +1137,19 @@ def plan(spec: ModelSpec, hardware: Hardware, workload: Workload | None = None,
         max_batched_tokens=limits.max_batched_tokens,
         max_num_seqs=limits.max_num_seqs,
     )
+
+
+def _engine_block_size(spec: ModelSpec, engine: EngineProfile | None, options: PlanOptions,
+                       notes: list[str]) -> PlanOptions:
+    """`options` at the KV block the engine runs `spec` at: vLLM's DeepSeek Sparse Attention block
+    (`engines.vllm.dsa_block_size`), with a note in `notes` when it is not the requested one."""
+    if engine is None or engine.name != "vllm":
+        return options
+    block, note = dsa_block_size(spec, engine.version, options.block_size)
+    if note is None:
+        return options
+    notes.append(note)
+    return replace(options, block_size=block)
 
 
 def _batch_limits(engine: EngineProfile | None, hardware: Hardware, options: PlanOptions) -> BatchLimits:

@@ -31,6 +31,7 @@ its public start-up logs show, named where it is set.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -314,6 +315,43 @@ def dsa_version_refusal(spec: ModelSpec, version: str) -> None:
                           "load it or groups the indexer cache by rules nibble does not model")
 
 
+#: the KV block vLLM gives a DeepSeek Sparse Attention model on CUDA: v0.11's platforms/cuda.py
+#: (CudaPlatformBase.check_and_update_config) sets ``cache_config.block_size = 64`` "for FlashMLASparse backend"
+#: whatever was asked; v0.19's FlashMLASparseBackend and DeepseekV32IndexerBackend
+#: (v1/attention/backends/mla/flashmla_sparse.py, indexer.py) support kernel blocks of [64] only, and
+#: platforms/interface.py's update_block_size_for_backend sets the backend's preferred size (64) when
+#: --block-size is not given, keeps a given one, which AttentionBackend.supports_block_size then accepts only as a
+#: multiple of 64 (else "No valid attention backend found").  On Hopper FlashMLA sparse is v0.19's only sparse MLA
+#: backend; on Blackwell with an fp8 cache or at most 16 heads a rank, platforms/cuda.py prefers FlashInfer's sparse
+#: MLA (kernel blocks [32, 64]), which nibble does not model
+DSA_BLOCK_SIZE = 64
+
+
+def dsa_block_size(spec: ModelSpec, version: str, requested: int) -> tuple[int, str | None]:
+    """(The KV block vLLM `version` runs a DeepSeek Sparse Attention model at, a note when it is not `requested`).
+
+    v0.11 forces `DSA_BLOCK_SIZE` whatever is requested; v0.19 keeps a requested multiple of 64 and sets 64 when
+    none is given, which nibble reads from the API's default of 16 (an explicit ``--block-size 16`` would not
+    start); any other size is refused naming ``kv_cache.block_size``.  Other models and releases: `requested`."""
+    if not spec.has_indexer or version not in ("0.11", "0.19"):
+        return requested, None
+    if version == "0.19" and requested % DSA_BLOCK_SIZE == 0:
+        return requested, None
+    if version == "0.19" and requested != 16:
+        raise InvalidSpec("kv_cache.block_size", requested,
+                          f"vLLM 0.19 runs a {spec.model_type} model's sparse attention (FlashMLA sparse and its "
+                          f"indexer) on {DSA_BLOCK_SIZE}-token kernel blocks only and refuses a --block-size that "
+                          f"is not a multiple of {DSA_BLOCK_SIZE} (\"No valid attention backend found\"); "
+                          f"leave the default or ask for {DSA_BLOCK_SIZE}")
+    if version == "0.11" and requested == DSA_BLOCK_SIZE:
+        return requested, None
+    how = ("forces" if version == "0.11" else "sets, when --block-size is not given,")
+    return DSA_BLOCK_SIZE, (f"Planned at {DSA_BLOCK_SIZE}-token KV blocks, not the requested {requested}: vLLM "
+                            f"{version} {how} a {DSA_BLOCK_SIZE}-token block for DeepSeek Sparse Attention models "
+                            "(its FlashMLA sparse backend's only block size), so the KV capacity and context are "
+                            f"counted in {DSA_BLOCK_SIZE}-token blocks.")
+
+
 def _forward_bytes_per_token(spec: ModelSpec, tensor_parallel: int) -> int:
     """Peak live activation bytes per batched token on one rank during one decoder layer.
 
@@ -369,6 +407,88 @@ def mlp_width_refusal(spec: ModelSpec, tensor_parallel: int) -> str | None:
     if spec.intermediate_size % tensor_parallel:
         return (f"vLLM refuses tensor parallel size {tensor_parallel}: it does not divide the MLP's width "
                 f"({spec.intermediate_size}; vLLM splits the MLP's rows over the ranks)")
+    return None
+
+
+def expert_width_refusal(spec: ModelSpec, tensor_parallel: int) -> str | None:
+    """Why vLLM cannot split the experts of `spec` over `tensor_parallel` ranks, in any weight format (None: it can).
+
+    ``FusedMoE.__init__`` (model_executor/layers/fused_moe/layer.py, v0.11.0 and v0.19.0; fused_moe/config.py in
+    v0.33.0) asserts ``intermediate_size % self.tp_size == 0`` of the routed experts' width (expert parallelism off,
+    as nibble plans); the shared experts are a dense MLP (``MergedColumnParallelLinear``, whose ``divide`` asserts
+    the same of their width).  GLM-4.5-Air's 1,408-wide experts refuse 24, 48 and 96 ranks, which its 96 heads and
+    8 key/value heads would accept."""
+    if not spec.is_moe:
+        return None
+    for what, width in (("routed experts' width", spec.moe_intermediate_size),
+                        ("shared experts' width", spec.shared_expert_width)):
+        if width and width % tensor_parallel:
+            return (f"vLLM refuses tensor parallel size {tensor_parallel}: it does not divide the {what} ({width}; "
+                    "FusedMoE splits each expert's rows over the ranks); vLLM serves it with "
+                    "--enable-expert-parallel, which nibble does not plan")
+    return None
+
+
+#: a label of an int4 format vLLM loads as a GPTQ, AWQ or compressed-tensors checkpoint (`WeightFormat.label`)
+_INT4_CHECKPOINT_LABEL = re.compile(
+    r"int4-(?:g(?P<group>\d+)|row)-(?P<kind>sym|asym|asym-fp16zero)(?:-padded)?(?:-partial)?"
+    r"-(?P<layout>gptq|awq|compressed-tensors)")
+
+#: the int4 MoE group sizes Marlin runs (marlin_utils.check_moe_marlin_supports_layer: -1, 32, 64, 128)
+_MARLIN_MOE_GROUPS: tuple[int, ...] = (-1, 32, 64, 128)
+
+
+def _marlin_moe_supports(hidden_size: int, width_per_rank: int, group_size: int) -> bool:
+    """vLLM's ``check_moe_marlin_supports_layer`` (layers/quantization/utils/marlin_utils.py, v0.11.0 and v0.19.0):
+    ``hidden % 128 == 0 and intermediate_size_per_partition % max(64, group_size) == 0`` and a group size Marlin
+    runs (the router-weight-on-input condition is the model's, not the format's)."""
+    return (hidden_size % 128 == 0 and width_per_rank % max(64, group_size) == 0
+            and group_size in _MARLIN_MOE_GROUPS)
+
+
+def int4_expert_refusal(spec: ModelSpec, weight_format: str, tensor_parallel: int, version: str) -> str | None:
+    """Why vLLM `version` cannot run the routed experts of `spec` as the int4 checkpoint `weight_format` (a
+    `WeightFormat.label` ending in -gptq, -awq or -compressed-tensors) split over `tensor_parallel` ranks (None: it
+    can, or the label names no group size: a checkpoint's headers, nibble's own layout).  Each rank's experts are
+    ``moe_intermediate_size / tp`` wide (`expert_width_refusal` refuses a width the ranks do not divide).
+
+    GPTQ and AWQ (gptq_marlin.py's and awq_marlin.py's ``get_quant_method``, v0.11.0 and v0.19.0): Marlin where
+    `_marlin_moe_supports`, else MoeWNA16 (moe_wna16.py, ``MoeWNA16Method.create_weights``), which halves the group
+    size until it divides the rank's width and the hidden size and asserts ``group_size >= 32``.
+    compressed-tensors (compressed_tensors_moe.py): both its int4 MoE methods assert ``weight_quant.symmetric``
+    ("Only symmetric quantization is supported for MoE"); where Marlin does not run it,
+    ``CompressedTensorsWNA16MoEMethod.create_weights`` holds ``width_per_rank // group_size`` scale groups of w2, so
+    a rank's width must be whole groups.  vLLM 0.33 pads tiles by other rules nibble does not model: None."""
+    found = _INT4_CHECKPOINT_LABEL.fullmatch(weight_format)
+    if not spec.is_moe or found is None or version not in ("0.11", "0.19") \
+            or spec.moe_intermediate_size % tensor_parallel:
+        return None
+    group = int(found["group"]) if found["group"] else -1
+    width, hidden = spec.moe_intermediate_size // tensor_parallel, spec.hidden_size
+    layout = found["layout"]
+    where = (f"each rank's share of the {spec.moe_intermediate_size}-wide experts at tensor parallel size "
+             f"{tensor_parallel} is {width} wide")
+    if layout == "compressed-tensors":
+        if found["kind"] != "sym":
+            return (f"vLLM {version} refuses asymmetric compressed-tensors int4 experts: both its int4 MoE methods "
+                    "assert symmetric weights (compressed_tensors_moe.py, \"Only symmetric quantization is supported "
+                    "for MoE\")")
+        if group == -1 or width % group == 0:  # Marlin's condition implies whole groups too
+            return None
+        return (f"vLLM {version} cannot split compressed-tensors int4 g{group} experts: {where}, not whole "
+                f"{group}-wide groups, and Marlin does not run it (marlin_utils.check_moe_marlin_supports_layer), so "
+                f"CompressedTensorsWNA16MoEMethod holds {width // group} scale group(s) of each rank's w2 for "
+                f"{width / group:g} groups of the checkpoint")
+    if _marlin_moe_supports(hidden, width, group) or group == -1:
+        return None
+    fallback = group
+    while width % fallback or hidden % fallback:
+        fallback //= 2
+        if fallback < 32:
+            return (f"vLLM {version} refuses {layout.upper()} int4 g{group} experts at tensor parallel size "
+                    f"{tensor_parallel}: {where}, which Marlin does not run "
+                    "(marlin_utils.check_moe_marlin_supports_layer) and MoeWNA16 cannot group "
+                    "(moe_wna16.py, MoeWNA16Method.create_weights asserts a group size of at least 32 dividing it)")
     return None
 
 
@@ -529,8 +649,9 @@ class VllmProfile:
         if spec.linear_attention is not None and (hybrid := linear_attention_refusal(spec, tensor_parallel)):
             return hybrid
         if isinstance(spec.vision, QwenVisionTower | Qwen3VisionTower):
-            return qwen_vision_refusal(spec.vision, tensor_parallel) or mlp_width_refusal(spec, tensor_parallel)
-        return mlp_width_refusal(spec, tensor_parallel)
+            return (qwen_vision_refusal(spec.vision, tensor_parallel) or mlp_width_refusal(spec, tensor_parallel)
+                    or expert_width_refusal(spec, tensor_parallel))
+        return mlp_width_refusal(spec, tensor_parallel) or expert_width_refusal(spec, tensor_parallel)
 
     def vocabulary_on_every_stage(self, spec: ModelSpec) -> str | None:
         """Why each pipeline stage of `spec` holds the embedding, final norm and lm_head in vLLM: the model
@@ -545,9 +666,10 @@ class VllmProfile:
 
     def format_refusal(self, spec: ModelSpec, weight_format: str, tensor_parallel: int) -> str | None:
         """`fp8_block_expert_refusal` for a scheme of fp8 [128, 128] blocks (as configured or read from a
-        checkpoint's headers); None for other formats."""
+        checkpoint's headers), `int4_expert_refusal` for a GPTQ, AWQ or compressed-tensors int4 format; None for
+        other formats."""
         if weight_format.removeprefix("checkpoint-") != "fp8-block128":
-            return None
+            return int4_expert_refusal(spec, weight_format, tensor_parallel, self._version)
         return fp8_block_expert_refusal(spec, tensor_parallel)
 
     def routers_at_fp32(self, spec: ModelSpec) -> str | None:

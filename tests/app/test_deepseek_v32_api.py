@@ -50,3 +50,21 @@ def test_inspect_lists_the_kv_dtypes_vllm_can_cache_and_why_not_gguf(client: Tes
         assert answer["kv_bytes_per_token"] == {"bf16": layers * 1284, "fp16": layers * 1284, "fp8": layers * 788}
         gguf = [row for row in answer["weight_bytes"] if row["format"].startswith("gguf")]
         assert gguf and all(row["bytes"] is None and "multi-token-prediction" in row["error"] for row in gguf)
+
+
+def test_the_api_default_block_is_planned_at_vllms_64_and_an_explicit_32_is_422_naming_the_field(
+        client: TestClient) -> None:
+    # vLLM 0.19 sets a 64-token block for DeepSeek Sparse Attention when --block-size is not given
+    # (FlashMLASparseBackend.get_supported_kernel_block_sizes: [64]) and refuses a size that is not a multiple of 64
+    base = {"model": {"preset": "deepseek-v3.2"}, "hardware": {"device": "h200", "count": 8},
+            "kv_cache": {"dtype": "fp8"}, "runtime": {"engine_version": "0.19"}}
+    response = client.post("/v1/plan", json=base)
+    assert response.status_code == 200, response.text
+    answer = response.json()
+    assert answer["kv_cache"]["block_size"] == 64
+    assert answer["kv_cache"]["capacity_tokens"] % 64 == 0
+    assert any("64-token KV blocks, not the requested 16" in warning for warning in answer["warnings"])
+    refused = client.post("/v1/plan", json={**base, "kv_cache": {"dtype": "fp8", "block_size": 32}})
+    assert refused.status_code == 422, refused.text
+    assert refused.headers["content-type"] == "application/problem+json"
+    assert "block_size" in refused.text

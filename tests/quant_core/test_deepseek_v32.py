@@ -392,3 +392,47 @@ def test_a_deepseek_v32_checkpoints_headers_are_planned_and_its_mtp_layer_set_ap
     assert summary.mtp_bytes == sum(tensor.bytes for tensor in tensors) - planned
     weights = plan(spec, Hardware(141 * GIB, 8), Workload(4096, 1), PlanOptions(scheme=scheme)).primary
     assert weights.weights_bytes == planned
+
+
+@pytest.mark.parametrize("version", ["0.11", "0.19"])
+def test_vllm_plans_sparse_attention_at_its_64_token_block_whatever_the_default_request(version: str) -> None:
+    # v0.11 platforms/cuda.py forces cache_config.block_size = 64 "for FlashMLASparse backend"; v0.19's
+    # FlashMLASparseBackend.get_supported_kernel_block_sizes() is [64] and platforms/interface.py's
+    # update_block_size_for_backend sets it when --block-size is not given: the API's default 16 is planned at 64
+    spec = spec_of()
+    hardware, workload = Hardware(143_771 * 2**20, 8), Workload(32_768, 4)
+    default = plan(spec, hardware, workload, PlanOptions(kv_cache_dtype="fp8", engine_version=version))
+    at_64 = plan(spec, hardware, workload, PlanOptions(kv_cache_dtype="fp8", engine_version=version, block_size=64))
+    assert default.options.block_size == 64
+    assert default.primary.kv_capacity_tokens == at_64.primary.kv_capacity_tokens
+    assert default.primary.kv_capacity_tokens % 64 == 0
+    assert default.primary.kv_capacity_tokens == default.primary.kv_pool_bytes // (64 * 48_068) * 64
+    assert default.primary.max_context_length == at_64.primary.max_context_length
+    assert any("64-token KV blocks, not the requested 16" in note for note in default.warnings)
+    assert not any("64-token KV blocks" in note for note in at_64.warnings)
+
+
+def test_vllm_0_11_forces_64_token_blocks_and_0_19_keeps_a_multiple_of_64() -> None:
+    spec = spec_of()
+    hardware, workload = Hardware(143_771 * 2**20, 8), Workload(32_768, 4)
+    old = plan(spec, hardware, workload, PlanOptions(kv_cache_dtype="fp8", engine_version="0.11", block_size=128))
+    assert old.options.block_size == 64
+    kept = plan(spec, hardware, workload, PlanOptions(kv_cache_dtype="fp8", engine_version="0.19", block_size=128))
+    assert kept.options.block_size == 128
+    assert kept.primary.kv_capacity_tokens == kept.primary.kv_pool_bytes // (128 * 48_068) * 128
+
+
+@pytest.mark.parametrize("block_size", [8, 32, 48, 96])
+def test_vllm_0_19_refuses_an_explicit_sparse_attention_block_that_is_not_a_multiple_of_64(block_size: int) -> None:
+    # AttentionBackend.supports_block_size: block_size % 64 for FlashMLASparseBackend, else "No valid attention
+    # backend found"
+    with pytest.raises(InvalidSpec) as caught:
+        plan(spec_of(), Hardware(143_771 * 2**20, 8), Workload(32_768, 4),
+             PlanOptions(kv_cache_dtype="fp8", engine_version="0.19", block_size=block_size))
+    assert caught.value.field == "kv_cache.block_size"
+
+
+def test_the_generic_engine_plans_sparse_attention_at_the_requested_block() -> None:
+    result = plan(spec_of(), Hardware(143_771 * 2**20, 8), Workload(32_768, 4),
+                  PlanOptions(kv_cache_dtype="fp8", engine="generic"))
+    assert result.options.block_size == 16

@@ -559,7 +559,8 @@ def test_unknown_engine_and_version_are_refused_naming_the_field() -> None:
 
 def test_vllm_refuses_a_tensor_parallel_size_that_splits_llama4s_40_heads_but_not_its_vision_towers_16() -> None:
     # TP 40 divides the language model's 40 heads and replicates its 8 KV heads, but mllama4.py's
-    # Llama4VisionAttention asserts num_heads (16) % tp_size == 0; the text-only llama4_text model takes it
+    # Llama4VisionAttention asserts num_heads (16) % tp_size == 0; the text-only llama4_text model passes the head
+    # checks but not FusedMoE's (intermediate_size 8192 % 40: expert_width_refusal)
     from quant_core.hf_config import model_from_hf_config
     from tests.quant_core.test_hf_config import llama4_config
 
@@ -567,12 +568,13 @@ def test_vllm_refuses_a_tensor_parallel_size_that_splits_llama4s_40_heads_but_no
     hardware = Hardware(get_device("h100-80gb").planning_bytes, 40)
     refused = plan(model_from_hf_config(config), hardware, Workload(4096, 1))
     assert refused.refusal is not None and "vision tower's 16 attention heads" in refused.refusal
-    assert plan(model_from_hf_config(config["text_config"]), hardware, Workload(4096, 1)).refusal is None
+    text_only = plan(model_from_hf_config(config["text_config"]), hardware, Workload(4096, 1)).refusal
+    assert text_only is not None and "routed experts' width (8192" in text_only and "vision" not in text_only
     assert VllmProfile().refusal(model_from_hf_config(config), 8, 1) is None
     from quant_core.planner import engine_tensor_parallel_sizes
 
     assert engine_tensor_parallel_sizes(model_from_hf_config(config)) == (1, 2, 4, 8)
-    assert engine_tensor_parallel_sizes(model_from_hf_config(config["text_config"])) == (1, 2, 4, 8, 40)
+    assert engine_tensor_parallel_sizes(model_from_hf_config(config["text_config"])) == (1, 2, 4, 8)
 
 
 def test_vllm_builds_llama4s_vocabulary_only_on_the_first_and_last_stage() -> None:
