@@ -287,6 +287,8 @@ def command_quantize_checkpoint(args: argparse.Namespace, out: TextIO, err: Text
               f"{totals['quantized_input_bytes']:,} bytes in, {totals['quantized_output_bytes']:,} bytes out\n")
     if report.get("allocation") is not None:
         out.write(allocation_line(report["allocation"]) + "\n")
+    for note in report.get("engine_notes", []):
+        out.write(f"note: {note}\n")
     return 0
 
 

@@ -24,6 +24,7 @@ import io
 import json
 import math
 import os
+import re
 import shutil
 import struct
 from collections.abc import Callable, Mapping, Sequence
@@ -324,6 +325,25 @@ def quantization_config(options: CheckpointOptions, plans: Sequence[TensorPlan],
     return {"quant_method": "gguf", "type": "mixed", "types": types}
 
 
+#: a routed expert's own linear layer (``mlp.experts.3.up_proj``, ``block_sparse_moe.experts.0.w1``): vLLM's FusedMoE
+_ROUTED_EXPERT = re.compile(r"\.experts\.\d+\.")
+
+
+def engine_notes(options: CheckpointOptions, plans: Sequence[TensorPlan]) -> list[str]:
+    """What an engine will refuse in this job's result, said rather than left to fail at load: vLLM 0.11's and
+    0.19's compressed-tensors int4 MoE methods (compressed_tensors_moe.py) assert symmetric weights ("Only
+    symmetric quantization is supported for MoE"); 0.33's (compressed_tensors_moe_wna16.py) take zero points.
+    The job writes what was asked (nibble's INT4 has an offset by default); the note names the way out."""
+    notes: list[str] = []
+    if options.output == "compressed-tensors" and not options.symmetric and any(
+            plan.quantized and _ROUTED_EXPERT.search(plan.tensor.name) for plan in plans):
+        notes.append("vLLM 0.11 and 0.19 refuse asymmetric compressed-tensors int4 routed experts "
+                     "(compressed_tensors_moe.py: \"Only symmetric quantization is supported for MoE\"); vLLM 0.33 "
+                     "and transformers load this result. For those releases quantize with symmetric=true, or write "
+                     "awq or gptq, whose MoE kernels take zero points")
+    return notes
+
+
 def build_report(options: CheckpointOptions, plans: Sequence[TensorPlan], entries: Mapping[int, dict[str, Any]],
                  checkpoint: Checkpoint, allocation: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """nibble's report of the whole job: each quantized tensor's entry (by plan index), the passthrough
@@ -343,6 +363,7 @@ def build_report(options: CheckpointOptions, plans: Sequence[TensorPlan], entrie
             "quantized_output_bytes": sum(entry["bytes"]["output"] for entry in quantized),
         },
         "quantization_config": quantization_config(options, plans, checkpoint_family(checkpoint.config)),
+        "engine_notes": engine_notes(options, plans),
     }
     if allocation is not None:
         report["allocation"] = dict(allocation)

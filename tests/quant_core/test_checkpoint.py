@@ -442,3 +442,23 @@ def test_the_default_exclude_keeps_every_familys_router_and_no_projection(name: 
     # Mixtral's router was quantized by default (only "*.mlp.gate.weight" was excluded): its GPTQ, AWQ or
     # compressed-tensors checkpoint held block_sparse_moe.gate as int4, which no engine loads
     assert any(glob_matches(name, pattern) for pattern in DEFAULT_EXCLUDE) is excluded
+
+
+@pytest.mark.parametrize(("experts", "symmetric", "noted"), [
+    (True, False, True), (True, True, False), (False, False, False)], ids=["moe-asymmetric", "moe-symmetric", "dense"])
+def test_a_compressed_tensors_job_says_which_vllm_releases_refuse_its_asymmetric_experts(
+        tmp_path: Path, experts: bool, symmetric: bool, noted: bool) -> None:
+    # vLLM 0.11's and 0.19's compressed_tensors_moe.py assert weight_quant.symmetric for int4 MoE ("Only symmetric
+    # quantization is supported for MoE"); 0.33's compressed_tensors_moe_wna16.py takes zero points.  The job
+    # writes what was asked and its report says so, rather than leaving the refusal to the engine's load.
+    write_llama_checkpoint(tmp_path / "src", shards=2, tensors=moe_tensors() if experts else None)
+    checkpoint = open_checkpoint(tmp_path / "src")
+    options = CheckpointOptions(output="compressed-tensors", symmetric=symmetric)
+    plans = plan_checkpoint(checkpoint, options)
+    report = quantize_checkpoint(checkpoint, plans, options, tmp_path / "out", tmp_path / "parts")
+    assert report == json.loads((tmp_path / "out" / REPORT_NAME).read_text())
+    if noted:
+        assert len(report["engine_notes"]) == 1
+        assert "0.11 and 0.19 refuse" in report["engine_notes"][0] and "symmetric=true" in report["engine_notes"][0]
+    else:
+        assert report["engine_notes"] == []
