@@ -772,6 +772,19 @@ class _ModelTerms:
         self.by_role = _weights_by_role(spec, scheme)
         self._layouts: dict[tuple[int, int, bool, bool, str], _Layout] = {}
         self._predicates: dict[tuple[object, ...], Callable[[int, int], bool]] = {}
+        self._accepted: dict[tuple[str, str] | None, tuple[int, ...]] = {}
+
+    def accepted_sizes(self, engine: EngineProfile | None) -> tuple[int, ...]:
+        """The tensor-parallel sizes the engine accepts for this model in this format, ascending
+        (`engine_tensor_parallel_sizes` less `EngineProfile.format_refusal`'s), found once per engine."""
+        key = None if engine is None else (engine.name, engine.version)
+        found = self._accepted.get(key)
+        if found is None:
+            label = self.scheme.label()
+            found = tuple(size for size in engine_tensor_parallel_sizes(self.spec)
+                          if engine is None or engine.format_refusal(self.spec, label, size) is None)
+            self._accepted[key] = found
+        return found
 
     def layout(self, tensor_parallel: int, pipeline_parallel: int, vocabulary_everywhere: bool = False,
                fp32_routers: bool = False, mamba_cache_mode: str = "none") -> _Layout:
@@ -941,9 +954,7 @@ def _min_devices(evaluator: _Evaluator, terms: _ModelTerms, workload: Workload) 
         return fits(workload.context_length, workload.concurrent_sequences)
 
     low = max(1, -(-sum(terms.by_role.values()) // max(1, evaluator.usable_bytes)))
-    sizes = [size for size in engine_tensor_parallel_sizes(terms.spec) if size >= low
-             and (evaluator.engine is None
-                  or evaluator.engine.format_refusal(terms.spec, terms.scheme.label(), size) is None)]
+    sizes = [size for size in terms.accepted_sizes(evaluator.engine) if size >= low]
     if not sizes or not fits_on(sizes[-1]):
         return None
     first, last = 0, len(sizes) - 1  # sizes[last] fits
