@@ -223,7 +223,7 @@ def test_an_upload_survives_sigkill_of_the_server_mid_patch_and_resumes_after_re
 
 def test_a_patch_body_that_pauses_locks_its_file_then_is_408_and_the_bytes_it_sent_are_kept(tmp_path: Path) -> None:
     env = {"NIBBLE_STATE_DIR": str(tmp_path / "state"), "NIBBLE_DATA_DIR": str(tmp_path),
-           "NIBBLE_UPLOAD_IDLE_SECONDS": "1"}
+           "NIBBLE_UPLOAD_IDLE_SECONDS": "3"}  # long enough for the two requests below on a loaded machine
     with start_server(env) as base_url:
         upload_set = new_set(base_url)
         url = base_url + new_file(base_url, upload_set, 100_000)
@@ -234,7 +234,7 @@ def test_a_patch_body_that_pauses_locks_its_file_then_is_408_and_the_bytes_it_se
             terminate = httpx.delete(url, headers={"Tus-Resumable": "1.0.0"})
             assert (second.status_code, terminate.status_code) == (423, 423)
             assert second.headers["retry-after"] == "1" and second.headers["tus-resumable"] == "1.0.0"
-            answer = b""  # then nothing: the server gives up after 1 s, answers and closes
+            answer = b""  # then nothing: the server gives up after 3 s, answers and closes
             while chunk := connection.recv(65536):
                 answer += chunk
         assert answer.startswith(b"HTTP/1.1 408 ")
