@@ -12,8 +12,9 @@ import pytest
 
 from quant_core.checkpoint import Checkpoint, CheckpointOptions, TensorPlan, open_checkpoint, plan_checkpoint
 from quant_core.checkpoint_rows import checkpoint_scheme
-from quant_core.inventory import inventory
+from quant_core.inventory import inventory, parameter_count
 from quant_core.planner import Hardware, PlanOptions, Workload, plan
+from quant_core.schemes import WeightScheme
 from quant_core.specs import ModelSpec
 from quant_core.tensorio.checkpoint_headers import HeaderTensor
 from quant_core.tensorio.safetensors_io import read_safetensors
@@ -102,3 +103,22 @@ def built_on_meta(config: Mapping[str, Any]) -> Any:
 def tensor_names(spec: ModelSpec) -> set[str]:
     """Every tensor name of `spec`'s inventory, each layer's rows written out."""
     return {entry.name.replace("{i}", str(layer)) for entry in inventory(spec) for layer in entry.layers or (-1,)}
+
+
+def stored_bytes_by_role(scheme: WeightScheme) -> dict[str, int]:
+    """The bytes a checkpoint's rows store, by role (each row's bytes times the layers it stands for)."""
+    by_role: dict[str, int] = {}
+    for entry, size in scheme.checkpoint_rows:
+        by_role[entry.role] = by_role.get(entry.role, 0) + size * entry.count
+    return by_role
+
+
+def vision_rows_are_on_no_layer(scheme: WeightScheme) -> bool:
+    """Whether every vision row of `scheme` is held outside the decoder layers (whole on every pipeline stage)."""
+    return all(entry.layers == () for entry, _ in scheme.checkpoint_rows if entry.role == "vision")
+
+
+def fp32_bytes_by_role(spec: ModelSpec) -> dict[str, int]:
+    """nibble's parameter count of `spec` by role at 4 bytes each (the fp32 checkpoints transformers saves in the
+    tests), roles without parameters left out."""
+    return {role: 4 * size for role, size in parameter_count(spec).by_role.items() if size}

@@ -29,10 +29,12 @@ from quant_core.tensorio.checkpoint_headers import read_checkpoint_headers
 from quant_core.tensorio.safetensors_io import read_safetensors
 from tests.quant_core.meta_models import (
     built_on_meta,
+    fp32_bytes_by_role,
     output_tensors,
     parameters_by_role,
     planned_job,
     saved_by_transformers,
+    stored_bytes_by_role,
     tensor_names,
 )
 from tests.quant_core.tensorio.gptq_loader_rules import optimum_quantizes, vllm_quantizes
@@ -185,10 +187,7 @@ def test_a_glm4_checkpoint_written_by_transformers_is_planned_from_its_headers(t
     assert {tensor.name for tensor in headers} == tensor_names(spec)
     scheme, summary = checkpoint_scheme(spec, headers, mtp_layers=0)
     assert summary.unknown == () and summary.bytes == 4 * parameter_count(spec).total  # fp32
-    roles: dict[str, int] = {}
-    for entry, size in scheme.checkpoint_rows:
-        roles[entry.role] = roles.get(entry.role, 0) + size * entry.count
-    assert roles == {role: 4 * size for role, size in parameter_count(spec).by_role.items() if size}
+    assert stored_bytes_by_role(scheme) == fp32_bytes_by_role(spec)
 
 
 @pytest.mark.parametrize("output", ["compressed-tensors", "gptq", "awq"])

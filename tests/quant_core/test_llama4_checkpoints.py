@@ -15,7 +15,15 @@ from quant_core.hf_config import model_from_hf_config
 from quant_core.inventory import parameter_count
 from quant_core.tensorio import read_safetensors
 from quant_core.tensorio.checkpoint_headers import HeaderTensor, read_checkpoint_headers
-from tests.quant_core.meta_models import output_tensors, planned_job, saved_by_transformers, tower_bytes_by_stage
+from tests.quant_core.meta_models import (
+    fp32_bytes_by_role,
+    output_tensors,
+    planned_job,
+    saved_by_transformers,
+    stored_bytes_by_role,
+    tower_bytes_by_stage,
+    vision_rows_are_on_no_layer,
+)
 from tests.quant_core.tensorio.gptq_loader_rules import vllm_quantizes_experts
 
 # Maverick's layout at a tiny size: MoE on the odd layers (interleave_moe_layer_step 2), dense between, a vision
@@ -49,13 +57,8 @@ def test_a_llama4_checkpoint_written_by_transformers_is_every_tensor_of_nibbles_
     scheme, summary = checkpoint_scheme(spec, headers, mtp_layers=0)
     assert summary.unknown == () and summary.mtp_tensors == 0  # vision layers 4 and 5 are no decoder layers
     assert summary.bytes == 4 * parameter_count(spec).total  # fp32, every tensor counted once
-    roles: dict[str, int] = {}
-    for entry, size in scheme.checkpoint_rows:
-        roles[entry.role] = roles.get(entry.role, 0) + size * entry.count
-        if entry.role == "vision":
-            assert entry.layers == ()  # held whole on every pipeline stage, not on a decoder layer's stage
-    counts = parameter_count(spec).by_role
-    assert roles == {role: 4 * size for role, size in counts.items() if size}
+    assert stored_bytes_by_role(scheme) == fp32_bytes_by_role(spec)
+    assert vision_rows_are_on_no_layer(scheme)  # held whole on every pipeline stage, not on a decoder layer's stage
 
 
 def test_a_llama4_checkpoint_with_one_tensor_per_expert_plans_them_as_experts(tiny_checkpoint: Path) -> None:

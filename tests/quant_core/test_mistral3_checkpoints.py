@@ -16,7 +16,15 @@ from quant_core.hf_config import model_from_hf_config
 from quant_core.inventory import parameter_count
 from quant_core.tensorio import read_safetensors, write_safetensors
 from quant_core.tensorio.checkpoint_headers import HeaderTensor, read_checkpoint_headers
-from tests.quant_core.meta_models import output_tensors, planned_job, saved_by_transformers, tower_bytes_by_stage
+from tests.quant_core.meta_models import (
+    fp32_bytes_by_role,
+    output_tensors,
+    planned_job,
+    saved_by_transformers,
+    stored_bytes_by_role,
+    tower_bytes_by_stage,
+    vision_rows_are_on_no_layer,
+)
 from tests.quant_core.tensorio.gptq_loader_rules import vllm_quantizes
 
 # Mistral Small 3's layout at a tiny size: a vision tower of more layers (5) than the language model (3)
@@ -49,12 +57,8 @@ def test_a_mistral3_checkpoint_written_by_transformers_is_every_tensor_of_nibble
     scheme, summary = checkpoint_scheme(spec, headers, mtp_layers=0)
     assert summary.unknown == () and summary.mtp_tensors == 0  # vision layers 3 and 4 are no decoder layers
     assert summary.bytes == 4 * parameter_count(spec).total  # fp32, every tensor counted once
-    roles: dict[str, int] = {}
-    for entry, size in scheme.checkpoint_rows:
-        roles[entry.role] = roles.get(entry.role, 0) + size * entry.count
-        if entry.role == "vision":
-            assert entry.layers == ()  # held whole on every pipeline stage, not on a decoder layer's stage
-    assert roles == {role: 4 * size for role, size in parameter_count(spec).by_role.items() if size}
+    assert stored_bytes_by_role(scheme) == fp32_bytes_by_role(spec)
+    assert vision_rows_are_on_no_layer(scheme)  # held whole on every pipeline stage, not on a decoder layer's stage
 
 
 def test_a_mistral3_checkpoint_in_the_later_model_language_model_layout_plans_the_same(

@@ -28,7 +28,15 @@ from quant_core.planner import Hardware, PlanOptions, Workload, engine_tensor_pa
 from quant_core.specs import ModelSpec, QwenVisionTower
 from quant_core.tensorio import read_safetensors
 from quant_core.tensorio.checkpoint_headers import HeaderTensor, read_checkpoint_headers
-from tests.quant_core.meta_models import output_tensors, planned_job, saved_by_transformers, tower_bytes_by_stage
+from tests.quant_core.meta_models import (
+    fp32_bytes_by_role,
+    output_tensors,
+    planned_job,
+    saved_by_transformers,
+    stored_bytes_by_role,
+    tower_bytes_by_stage,
+    vision_rows_are_on_no_layer,
+)
 from tests.quant_core.tensorio.gptq_loader_rules import vllm_quantizes
 
 DATA = Path(__file__).parent / "data" / "qwen2_5_vl"
@@ -241,12 +249,8 @@ def test_a_checkpoint_written_by_transformers_is_every_tensor_of_nibbles_invento
     scheme, summary = checkpoint_scheme(spec, headers, mtp_layers=0)
     assert summary.unknown == () and summary.mtp_tensors == 0  # vision blocks are no decoder layers
     assert summary.bytes == 4 * parameter_count(spec).total  # fp32
-    roles: dict[str, int] = {}
-    for entry, size in scheme.checkpoint_rows:
-        roles[entry.role] = roles.get(entry.role, 0) + size * entry.count
-        if entry.role == "vision":
-            assert entry.layers == ()
-    assert roles == {role: 4 * size for role, size in parameter_count(spec).by_role.items() if size}
+    assert stored_bytes_by_role(scheme) == fp32_bytes_by_role(spec)
+    assert vision_rows_are_on_no_layer(scheme)
 
 
 @pytest.mark.parametrize("output", ["compressed-tensors", "gptq", "awq"])
@@ -326,11 +330,6 @@ def test_a_checkpoint_saved_under_transformers_4_52_names_is_planned_the_same(ti
                             tensor.dtype, tensor.shape, tensor.bytes) for tensor in headers]
     assert any(tensor.name == "model.visual.blocks.0.attn.qkv.weight" for tensor in renamed)
     scheme, summary = checkpoint_scheme(spec, renamed, mtp_layers=0)
-    original, _ = checkpoint_scheme(spec, headers, mtp_layers=0)
     assert summary.unknown == () and summary.bytes == 4 * parameter_count(spec).total
-    by_role = {entry.role: 0 for entry, _ in original.checkpoint_rows}
-    for entry, size in scheme.checkpoint_rows:
-        by_role[entry.role] += size * entry.count
-        if entry.role == "vision":
-            assert entry.layers == ()
-    assert by_role == {role: 4 * size for role, size in parameter_count(spec).by_role.items() if size}
+    assert vision_rows_are_on_no_layer(scheme)
+    assert stored_bytes_by_role(scheme) == fp32_bytes_by_role(spec)

@@ -29,7 +29,13 @@ from quant_core.planner import Hardware, PlanOptions, Workload, plan
 from quant_core.schemes import gguf_scheme
 from quant_core.tensorio.checkpoint_headers import read_checkpoint_headers
 from tests.checkpoints import write_llama_checkpoint
-from tests.quant_core.meta_models import output_tensors, planned_job, saved_by_transformers
+from tests.quant_core.meta_models import (
+    fp32_bytes_by_role,
+    output_tensors,
+    planned_job,
+    saved_by_transformers,
+    stored_bytes_by_role,
+)
 
 CONFIG = Path(__file__).resolve().parent / "data" / "qwen3_5_moe" / "qwen3.6-35b-a3b.json"
 
@@ -183,10 +189,7 @@ def test_a_checkpoint_written_by_transformers_is_planned_from_its_headers(tiny_c
     assert names["model.language_model.layers.1.mlp.experts.3.gate_proj.weight"] == (32, 64)
     scheme, summary = checkpoint_scheme(spec, headers, mtp_layers=0)
     assert summary.unknown == () and summary.bytes == 4 * parameter_count(spec).total
-    roles: dict[str, int] = {}
-    for entry, size in scheme.checkpoint_rows:
-        roles[entry.role] = roles.get(entry.role, 0) + size * entry.count
-    assert roles == {role: 4 * size for role, size in parameter_count(spec).by_role.items() if size}
+    assert stored_bytes_by_role(scheme) == fp32_bytes_by_role(spec)
 
 
 @pytest.mark.parametrize("output", ["compressed-tensors", "awq"])

@@ -25,7 +25,14 @@ from quant_core.planner import Hardware, PlanOptions, Workload, engine_tensor_pa
 from quant_core.specs import ModelSpec, Qwen3VisionTower
 from quant_core.tensorio import read_safetensors
 from quant_core.tensorio.checkpoint_headers import read_checkpoint_headers
-from tests.quant_core.meta_models import output_tensors, planned_job, saved_by_transformers
+from tests.quant_core.meta_models import (
+    fp32_bytes_by_role,
+    output_tensors,
+    planned_job,
+    saved_by_transformers,
+    stored_bytes_by_role,
+    vision_rows_are_on_no_layer,
+)
 
 DATA = Path(__file__).parent / "data" / "qwen3_vl"
 
@@ -170,12 +177,8 @@ def test_a_checkpoint_written_by_transformers_is_every_tensor_of_nibbles_invento
     assert {tensor.name: tensor.shape for tensor in headers} == expected
     scheme, summary = checkpoint_scheme(spec, headers, mtp_layers=0)
     assert summary.unknown == () and summary.bytes == 4 * parameter_count(spec).total
-    roles: dict[str, int] = {}
-    for entry, size in scheme.checkpoint_rows:
-        roles[entry.role] = roles.get(entry.role, 0) + size * entry.count
-        if entry.role == "vision":
-            assert entry.layers == ()
-    assert roles == {role: 4 * size for role, size in parameter_count(spec).by_role.items() if size}
+    assert stored_bytes_by_role(scheme) == fp32_bytes_by_role(spec)
+    assert vision_rows_are_on_no_layer(scheme)
 
 
 @pytest.mark.parametrize("output", ["compressed-tensors", "awq"])
@@ -277,10 +280,7 @@ def test_a_moe_checkpoint_written_by_transformers_is_planned_from_its_headers(ti
     assert names["model.language_model.layers.1.mlp.experts.down_proj"] in ((4, 64, 32), (4, 32, 64))
     scheme, summary = checkpoint_scheme(spec, headers, mtp_layers=0)
     assert summary.unknown == () and summary.bytes == 4 * parameter_count(spec).total
-    roles: dict[str, int] = {}
-    for entry, size in scheme.checkpoint_rows:
-        roles[entry.role] = roles.get(entry.role, 0) + size * entry.count
-    assert roles == {role: 4 * size for role, size in parameter_count(spec).by_role.items() if size}
+    assert stored_bytes_by_role(scheme) == fp32_bytes_by_role(spec)
 
 
 @pytest.mark.parametrize("output", ["compressed-tensors", "awq"])
