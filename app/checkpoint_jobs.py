@@ -238,7 +238,7 @@ class JobManager:
         copy = self._importance_copy(job_id) if importance is not None else None
         self._submitting += 1
         try:
-            total, total_bytes, passthrough = await self.executor.call(
+            total, total_bytes, passthrough, notes = await self.executor.call(
                 inspect_source, directory, root, *self.limits, options, importance, copy)
         except BaseException:
             self._remove_files(job_id)
@@ -246,7 +246,7 @@ class JobManager:
         finally:
             self._submitting -= 1
         record = self.store.create(job_id, request.model_dump(mode="json"), directory, total, total_bytes,
-                                   passthrough)
+                                   passthrough, notes)
         self._queue.put_nowait(record.id)
         return record
 

@@ -37,6 +37,7 @@ import ml_dtypes
 import numpy as np
 from numpy.typing import NDArray
 
+from quant_core.checkpoint.fused_groups import PASSED_THROUGH, QUANTIZED, split_fused_groups, split_group_notes
 from quant_core.checkpoint.gguf_model import gguf_model
 from quant_core.checkpoint.plan import (
     CheckpointOptions,
@@ -52,7 +53,7 @@ from quant_core.checkpoint.source import (
     read_tensor,
 )
 from quant_core.errors import LimitExceeded, TensorFileError
-from quant_core.formats import WeightFormat
+from quant_core.formats import FLOAT_FORMATS, WeightFormat
 from quant_core.hf_config import architecture_family
 from quant_core.quantize import quality_report, quantize
 from quant_core.quantize.api import normalised_importance
@@ -329,11 +330,33 @@ def quantization_config(options: CheckpointOptions, plans: Sequence[TensorPlan],
 _ROUTED_EXPERT = re.compile(r"\.experts\.\d+\.")
 
 
-def engine_notes(options: CheckpointOptions, plans: Sequence[TensorPlan]) -> list[str]:
-    """What an engine will refuse in this job's result, said rather than left to fail at load: vLLM 0.11's and
-    0.19's compressed-tensors int4 MoE methods (compressed_tensors_moe.py) assert symmetric weights ("Only
-    symmetric quantization is supported for MoE"); 0.33's (compressed_tensors_moe_wna16.py) take zero points.
-    The job writes what was asked (nibble's INT4 has an offset by default); the note names the way out."""
+def stored_kinds(options: CheckpointOptions, plans: Sequence[TensorPlan]) -> dict[str, str]:
+    """How the result stores each tensor, as vLLM's loader for `options.output` tells them apart
+    (quant_core/checkpoint/fused_groups.py): passed through, or quantized; a budget's 16-bit choice counts as
+    passed through (stored in no config group, or as an F16/BF16 GGUF tensor), and under a compressed-tensors
+    budget each int4 format is its own kind (a config group of its own)."""
+    kinds: dict[str, str] = {}
+    for plan in plans:
+        stored = plan.stored_format(options) if plan.quantized else None
+        if stored is None or stored.name in FLOAT_FORMATS:
+            kinds[plan.tensor.name] = PASSED_THROUGH
+        elif options.has_budget and options.output == "compressed-tensors":
+            kinds[plan.tensor.name] = stored.label()
+        else:
+            kinds[plan.tensor.name] = QUANTIZED
+    return kinds
+
+
+def engine_notes(options: CheckpointOptions, plans: Sequence[TensorPlan],
+                 config: Mapping[str, Any] | None = None) -> list[str]:
+    """What an engine will refuse in this job's result, said rather than left to fail at load.
+
+    vLLM 0.11's and 0.19's compressed-tensors int4 MoE methods (compressed_tensors_moe.py) assert symmetric
+    weights ("Only symmetric quantization is supported for MoE"); 0.33's (compressed_tensors_moe_wna16.py) take
+    zero points.  Every output vLLM loads (compressed-tensors, GPTQ, AWQ, and GGUF through vLLM's GGUF loader)
+    is refused when a layer vLLM fuses (q/k/v, gate/up, a layer's experts: `split_fused_groups` of the
+    checkpoint's `config`) is stored in part: one note per kind of split, layers compacted.  The job writes
+    what was asked (nibble's INT4 has an offset by default; globs are never widened); the notes name the way out."""
     notes: list[str] = []
     if options.output == "compressed-tensors" and not options.symmetric and any(
             plan.quantized and _ROUTED_EXPERT.search(plan.tensor.name) for plan in plans):
@@ -341,6 +364,7 @@ def engine_notes(options: CheckpointOptions, plans: Sequence[TensorPlan]) -> lis
                      "(compressed_tensors_moe.py: \"Only symmetric quantization is supported for MoE\"); vLLM 0.33 "
                      "and transformers load this result. For those releases quantize with symmetric=true, or write "
                      "awq or gptq, whose MoE kernels take zero points")
+    notes.extend(split_group_notes(split_fused_groups(config, stored_kinds(options, plans)), options.output))
     return notes
 
 
@@ -363,7 +387,7 @@ def build_report(options: CheckpointOptions, plans: Sequence[TensorPlan], entrie
             "quantized_output_bytes": sum(entry["bytes"]["output"] for entry in quantized),
         },
         "quantization_config": quantization_config(options, plans, checkpoint_family(checkpoint.config)),
-        "engine_notes": engine_notes(options, plans),
+        "engine_notes": engine_notes(options, plans, checkpoint.config),
     }
     if allocation is not None:
         report["allocation"] = dict(allocation)
