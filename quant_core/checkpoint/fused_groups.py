@@ -155,12 +155,12 @@ def split_fused_groups(config: Mapping[str, Any] | None, stored: Mapping[str, st
             for (module, fused), parts in groups.items() if len(set(parts.values())) > 1]
 
 
-def _order(mapping: Mapping[str, tuple[str, ...]], fused: str, part: str) -> tuple[int, str]:
-    """A part's place in its group: vLLM's shard order (q, k, v), an expert's number then its projection."""
+def _order(mapping: Mapping[str, tuple[str, ...]], fused: str, part: str) -> int:
+    """A part's place in its group (a stable sort keeps the checkpoint's order within it): vLLM's shard order
+    (q, k, v), or an expert's number."""
     if fused == _MOE:
-        number, _, projection = part.partition(".")
-        return int(number), projection
-    return mapping[fused].index(part), part
+        return int(part.partition(".")[0])
+    return mapping[fused].index(part)
 
 
 def split_between(config: Mapping[str, Any] | None, quantized: Iterable[str],
