@@ -44,6 +44,8 @@ from typing import Any
 
 PASSED_THROUGH = "passed through"
 QUANTIZED = "quantized"
+#: a budget's 16-bit choice: to vLLM as unquantized as a tensor passed through
+SIXTEEN_BIT = "kept 16-bit by the budget"
 
 _QKV = {"qkv_proj": ("q_proj", "k_proj", "v_proj")}
 _GATE_UP = {"gate_up_proj": ("gate_proj", "up_proj")}
@@ -129,12 +131,16 @@ class SplitGroup:
         return tuple(dict.fromkeys(kind for _, kind in self.parts))
 
 
+UNQUANTIZED = (PASSED_THROUGH, SIXTEEN_BIT)
+
+
 def split_fused_groups(config: Mapping[str, Any] | None, stored: Mapping[str, str]) -> list[SplitGroup]:
     """Every layer vLLM fuses (`vllm_packed_modules` of `config`, and each layer's routed experts) whose parts
     `stored` keeps in more than one way, in the checkpoint's order.
 
     `stored`: each tensor name (``...q_proj.weight``; tensors of other suffixes, biases say, are not looked at,
-    vLLM decides by module) with how the result stores it: `PASSED_THROUGH`, `QUANTIZED` or a format label.
+    vLLM decides by module) with how the result stores it: `PASSED_THROUGH`, `SIXTEEN_BIT` (the same to vLLM),
+    `QUANTIZED` or a format label.
     A fused layer with some part absent from `stored` is judged on the parts present.
     """
     mapping = vllm_packed_modules(config)
@@ -152,7 +158,8 @@ def split_fused_groups(config: Mapping[str, Any] | None, stored: Mapping[str, st
         if last in shard_of:
             groups.setdefault((parent, shard_of[last]), {})[last] = kind
     return [SplitGroup(module, fused, tuple(sorted(parts.items(), key=lambda part: _order(mapping, fused, part[0]))))
-            for (module, fused), parts in groups.items() if len(set(parts.values())) > 1]
+            for (module, fused), parts in groups.items()
+            if len({PASSED_THROUGH if kind in UNQUANTIZED else kind for kind in parts.values()}) > 1]
 
 
 def _order(mapping: Mapping[str, tuple[str, ...]], fused: str, part: str) -> int:
@@ -243,7 +250,7 @@ def split_group_notes(groups: Sequence[SplitGroup], output: str) -> list[str]:
               if output == "gguf" else "vLLM")
     notes: list[str] = []
     for (fused, parts), modules in by_kind.items():
-        kinds = sorted(dict.fromkeys(kind for _, kind in parts), key=lambda kind: kind != PASSED_THROUGH)
+        kinds = sorted(dict.fromkeys(kind for _, kind in parts), key=lambda kind: kind not in UNQUANTIZED)
         described = ", ".join(f"{_join([part for part, stored in parts if stored == kind])} {kind}"
                               for kind in kinds)
         if fused == _MOE:

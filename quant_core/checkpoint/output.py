@@ -37,7 +37,13 @@ import ml_dtypes
 import numpy as np
 from numpy.typing import NDArray
 
-from quant_core.checkpoint.fused_groups import PASSED_THROUGH, QUANTIZED, split_fused_groups, split_group_notes
+from quant_core.checkpoint.fused_groups import (
+    PASSED_THROUGH,
+    QUANTIZED,
+    SIXTEEN_BIT,
+    split_fused_groups,
+    split_group_notes,
+)
 from quant_core.checkpoint.gguf_model import gguf_model
 from quant_core.checkpoint.plan import (
     CheckpointOptions,
@@ -286,8 +292,9 @@ def quantization_config(options: CheckpointOptions, plans: Sequence[TensorPlan],
     """The ``quantization_config`` config.json gets for this job.
 
     compressed-tensors: one config group per distinct int4 scheme, each
-    targeting its modules by name (a budget's 16-bit tensors are in none, so
-    they load as plain linear layers); GGUF: the ggml type of each quantized
+    targeting its modules by name; a budget's 16-bit tensors are in none and
+    in ``ignore`` with the modules passed through (vLLM refuses a linear layer
+    neither targeted nor ignored); GGUF: the ggml type of each quantized
     tensor (``Q4_0`` for every one without a budget); AWQ: ``modules_to_not_convert`` lists the
     `unquantized_modules`; GPTQ: the scheme, and the rules that tell loaders which linear modules passed
     through (`skipped_modules_config`, quant_core/tensorio/gptq.py; none when every one is quantized).
@@ -306,7 +313,9 @@ def quantization_config(options: CheckpointOptions, plans: Sequence[TensorPlan],
         # vLLM's CompressedTensorsMoEMethod.get_moe_method: a fused-MoE layer the ignore list names is unquantized;
         # CompressedTensorsConfig.get_scheme: a linear layer neither targeted nor ignored is refused at load
         # ("Unable to find matching target"), so every module whose 2-D weight passes through is ignored too
-        ignored = [*config["ignore"], *fused_expert_modules(plans), *unquantized_modules(plans)]
+        kept_16_bit = [module_prefix(plan.tensor.name) for plan in plans
+                       if plan.quantized and plan.stored_format(options).name in FLOAT_FORMATS]
+        ignored = [*config["ignore"], *fused_expert_modules(plans), *unquantized_modules(plans), *kept_16_bit]
         config["ignore"] = list(dict.fromkeys(ignored))
         return config
     if options.output == "gptq":
@@ -332,14 +341,16 @@ _ROUTED_EXPERT = re.compile(r"\.experts\.\d+\.")
 
 def stored_kinds(options: CheckpointOptions, plans: Sequence[TensorPlan]) -> dict[str, str]:
     """How the result stores each tensor, as vLLM's loader for `options.output` tells them apart
-    (quant_core/checkpoint/fused_groups.py): passed through, or quantized; a budget's 16-bit choice counts as
-    passed through (stored in no config group, or as an F16/BF16 GGUF tensor), and under a compressed-tensors
-    budget each int4 format is its own kind (a config group of its own)."""
+    (quant_core/checkpoint/fused_groups.py): passed through, quantized, or a budget's 16-bit choice (stored in
+    no config group, or as an F16/BF16 GGUF tensor: for vLLM as unquantized as a tensor passed through); under a
+    compressed-tensors budget each int4 format is its own kind (a config group of its own)."""
     kinds: dict[str, str] = {}
     for plan in plans:
         stored = plan.stored_format(options) if plan.quantized else None
-        if stored is None or stored.name in FLOAT_FORMATS:
+        if stored is None:
             kinds[plan.tensor.name] = PASSED_THROUGH
+        elif stored.name in FLOAT_FORMATS:
+            kinds[plan.tensor.name] = SIXTEEN_BIT
         elif options.has_budget and options.output == "compressed-tensors":
             kinds[plan.tensor.name] = stored.label()
         else:

@@ -14,7 +14,13 @@ from __future__ import annotations
 import pytest
 
 from quant_core.checkpoint import split_between, split_fused_groups, split_group_notes, vllm_packed_modules
-from quant_core.checkpoint.fused_groups import PASSED_THROUGH, QUANTIZED, compact_names, compact_numbers
+from quant_core.checkpoint.fused_groups import (
+    PASSED_THROUGH,
+    QUANTIZED,
+    SIXTEEN_BIT,
+    compact_names,
+    compact_numbers,
+)
 
 LAYERS = 28  # Qwen2.5-7B's num_hidden_layers
 
@@ -169,3 +175,11 @@ def test_past_the_most_notes_the_rest_are_counted() -> None:
              for layer in range(20) for expert in range(20)}
     notes = split_group_notes(split_fused_groups({"model_type": "mixtral"}, names), "gptq")
     assert len(notes) == 13 and notes[-1] == "and 8 more fused layers stored in part"
+
+
+def test_a_budgets_16_bit_choice_is_unquantized_to_vllm_like_a_tensor_passed_through() -> None:
+    q, k, v = (f"model.layers.0.self_attn.{name}.weight" for name in ("q_proj", "k_proj", "v_proj"))
+    assert split_fused_groups({"model_type": "llama"}, {q: PASSED_THROUGH, k: SIXTEEN_BIT, v: PASSED_THROUGH}) == []
+    (group,) = split_fused_groups({"model_type": "llama"}, {q: "int4-g32-asym", k: SIXTEEN_BIT, v: "int4-g32-asym"})
+    assert split_group_notes([group], "compressed-tensors")[0].startswith(
+        "model.layers.0.self_attn: k_proj kept 16-bit by the budget, q_proj and v_proj int4-g32-asym. vLLM fuses")
