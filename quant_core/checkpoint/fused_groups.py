@@ -239,9 +239,10 @@ _MOE_RULES = {
 
 def split_group_notes(groups: Sequence[SplitGroup], output: str) -> list[str]:
     """One engine note per kind of split, its layers compacted (``model.layers.{0..27}.self_attn: k_proj passed
-    through; q_proj and v_proj quantized``), saying what vLLM fuses and where it refuses it, and the remedy:
-    exclude or include the whole group.  For a GGUF result the note says llama.cpp loads it and vLLM's GGUF
-    loader does not.  At most `MAX_NOTES` notes, then one counting the rest."""
+    through, q_proj and v_proj quantized``), saying what vLLM fuses and where it refuses it, and the remedy:
+    exclude or include the whole group (a split a budget's per-tensor formats made: exclude it, or no budget).
+    For a GGUF result the note says llama.cpp loads it and vLLM's GGUF loader does not.  At most `MAX_NOTES`
+    notes, then one counting the rest."""
     by_kind: dict[tuple[str, tuple[tuple[str, str], ...]], list[str]] = {}
     for group in groups:
         parts = _compact_parts(group.parts) if group.fused == _MOE else group.parts
@@ -253,14 +254,18 @@ def split_group_notes(groups: Sequence[SplitGroup], output: str) -> list[str]:
         kinds = sorted(dict.fromkeys(kind for _, kind in parts), key=lambda kind: kind not in UNQUANTIZED)
         described = ", ".join(f"{_join([part for part, stored in parts if stored == kind])} {kind}"
                               for kind in kinds)
+        members = (_join(list(dict.fromkeys(part for part, _ in parts))) if fused != _MOE
+                   else "every expert's projections of the layer")
+        # a split the globs (or widths) made is mended by the globs; one a budget's per-tensor choice made is not
+        remedy = (f"exclude or include {members} together" if PASSED_THROUGH in kinds or QUANTIZED in kinds
+                  else f"the budget chose their formats one by one: exclude {members} together, or quantize "
+                       "without a budget")
         if fused == _MOE:
             consequence = (f"{engine} makes one FusedMoE layer of a layer's experts with one scheme "
-                           f"({_MOE_RULES.get(output, '')}) and fails to load experts stored otherwise: exclude "
-                           "or include every expert's projections of the layer together")
+                           f"({_MOE_RULES.get(output, '')}) and fails to load experts stored otherwise: {remedy}")
         else:
-            members = _join(list(dict.fromkeys(part for part, _ in parts)))
             consequence = (f"{engine} fuses {members} into one {fused} and refuses it stored in part "
-                           f"({_DENSE_RULES.get(output, '')}): exclude or include {members} together")
+                           f"({_DENSE_RULES.get(output, '')}): {remedy}")
         notes.extend(f"{module}: {described}. {consequence}" for module in compact_names(modules))
     if len(notes) > MAX_NOTES:
         notes = [*notes[:MAX_NOTES], f"and {len(notes) - MAX_NOTES} more fused layers stored in part"]

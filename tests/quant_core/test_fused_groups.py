@@ -181,5 +181,8 @@ def test_a_budgets_16_bit_choice_is_unquantized_to_vllm_like_a_tensor_passed_thr
     q, k, v = (f"model.layers.0.self_attn.{name}.weight" for name in ("q_proj", "k_proj", "v_proj"))
     assert split_fused_groups({"model_type": "llama"}, {q: PASSED_THROUGH, k: SIXTEEN_BIT, v: PASSED_THROUGH}) == []
     (group,) = split_fused_groups({"model_type": "llama"}, {q: "int4-g32-asym", k: SIXTEEN_BIT, v: "int4-g32-asym"})
-    assert split_group_notes([group], "compressed-tensors")[0].startswith(
+    (note,) = split_group_notes([group], "compressed-tensors")
+    assert note.startswith(
         "model.layers.0.self_attn: k_proj kept 16-bit by the budget, q_proj and v_proj int4-g32-asym. vLLM fuses")
+    assert note.endswith("the budget chose their formats one by one: exclude q_proj, k_proj and v_proj together, "
+                         "or quantize without a budget")
