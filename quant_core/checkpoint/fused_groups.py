@@ -27,8 +27,9 @@ refuses a checkpoint where the parts of one are stored differently:
   vLLM's GGUF loader (model_loader/gguf_loader.py marks every F32/F16/BF16
   tensor unquantized) refuses a fused layer with parts in both.  llama.cpp
   does not care: it multiplies by ``attn_q``, ``attn_k`` and ``attn_v``
-  separately, each in its own type (its own Q4_K_M stores ``attn_v`` in Q6_K
-  beside a Q4_K ``attn_q``).
+  separately, each in its own type (llama-quantize's own Q4_K_M stores
+  ``attn_v`` in Q6_K beside a Q4_K ``attn_q``, and falls back to F16 for a
+  tensor whose width no block fits: quant_core/gguf_mix.py).
 
 `split_fused_groups` finds every such group a job's plan splits, and
 `split_group_notes` says each one, its layers compacted, with the remedy;
