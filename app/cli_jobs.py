@@ -227,6 +227,8 @@ def command_jobs(args: argparse.Namespace, out: TextIO, err: TextIO,
             status = client.submit_job(job_body(args, args.path))
             err.write(f"submitted job {status['id']} ({status['url']})\n")
             if args.watch:
+                for note in status.get("engine_notes") or []:  # known from the plan: said before the wait
+                    err.write(f"note: {note}\n")
                 status = watch(client, status["id"], err)
             return _finish(status, args, out)
         if args.action == "list":

@@ -91,6 +91,11 @@ def test_jobs_submit_prints_the_notes_of_the_202(server: str) -> None:
     status, out, err = nibble("jobs", "submit", "llama", "--format", "gptq", *_exclude_k_proj(), "--url", server)
     assert status == 0, err
     assert out.splitlines()[1].startswith("  note: model.layers.{0..1}.self_attn: k_proj passed through")
+    status, out, err = nibble("jobs", "submit", "llama", "--format", "awq", *_exclude_k_proj(), "--watch",
+                              "--url", server)
+    assert status == 0, err
+    note = "note: model.layers.{0..1}.self_attn: k_proj passed through, q_proj and v_proj quantized."
+    assert err.splitlines()[1].startswith(note) and "utils/quant_utils.py" in err.splitlines()[1]  # before the wait
 
 
 def test_quantize_refuses_a_non_empty_output_directory_and_the_nibble_format(data_root: Path,
