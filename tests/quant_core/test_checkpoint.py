@@ -263,6 +263,18 @@ def test_a_result_leaving_out_k_proj_alone_says_vllm_refuses_each_layers_qkv_pro
     assert ("llama.cpp loads this GGUF" in note) is (output == "gguf")
 
 
+def test_include_globs_that_fail_to_name_k_proj_split_qkv_proj_the_same_way(tmp_path: Path,
+                                                                            checkpoint_dir: Path) -> None:
+    checkpoint = open_checkpoint(checkpoint_dir)
+    options = CheckpointOptions(include=("*q_proj*", "*v_proj*", "*mlp*"))
+    plans = plan_checkpoint(checkpoint, options)
+    assert options.include == ("*q_proj*", "*v_proj*", "*mlp*")  # what was asked stays asked
+    report = quantize_checkpoint(checkpoint, plans, options, tmp_path / "out", tmp_path / "parts")
+    (note,) = report["engine_notes"]
+    assert note.startswith(K_PROJ_SPLIT) and "compressed_tensors/utils.py" in note
+    assert report["totals"]["quantized_tensors"] == 2 * 5  # q, v, gate, up, down per layer
+
+
 def test_a_gptq_result_leaving_out_all_of_q_k_v_loads_in_vllm_and_says_nothing(tmp_path: Path,
                                                                                 checkpoint_dir: Path) -> None:
     # the same rule (the mirror of gptq_utils.py's, tests/quant_core/tensorio/gptq_loader_rules.py) accepts the
