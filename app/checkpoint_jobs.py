@@ -49,6 +49,7 @@ from quant_core.checkpoint import (
     CheckpointOptions,
     TensorPlan,
     choose_formats,
+    engine_notes,
     finish_output,
     inspect_source,
     load_plan,
@@ -458,6 +459,10 @@ class JobManager:
         allocation = None
         if options.has_budget:
             plans, allocation = await self._allocate(job_id, checkpoint, plans, options)
+            # the formats chosen may store parts of a layer vLLM fuses differently: the status says so from now on
+            self.store.set_engine_notes(job_id, await self.executor.call(engine_notes, options, plans,
+                                                                         checkpoint.config))
+            self._notify(job_id)
         job_dir = self.store.job_dir(job_id)
         part_dir, out_dir = job_dir / "parts", Path(record.output_dir)
         part_dir.mkdir(parents=True, exist_ok=True)

@@ -175,6 +175,10 @@ class JobStore:
         self._connection.execute("UPDATE jobs SET state = 'running', started_at = COALESCE(started_at, ?) "
                                  "WHERE id = ?", (time.time(), job_id))
 
+    def set_engine_notes(self, job_id: str, notes: list[str]) -> None:
+        """Replace a job's engine notes (a budget's formats, chosen once the tensors are measured, may add some)."""
+        self._connection.execute("UPDATE jobs SET engine_notes = ? WHERE id = ?", (json.dumps(notes), job_id))
+
     def request_cancel(self, job_id: str) -> None:
         """Record that a running job is to stop (it does between tensors; a restart before then cancels it)."""
         self._connection.execute("UPDATE jobs SET cancel_requested = 1 WHERE id = ?", (job_id,))
