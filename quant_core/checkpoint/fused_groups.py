@@ -10,18 +10,18 @@ refuses a checkpoint where the parts of one are stored differently:
   ``is_layer_skipped`` (AWQ, AWQ-Marlin; vLLM 0.19 lines 457-478): "Detected
   some but not all shards of {prefix} are quantized";
 * .../utils/gptq_utils.py ``is_layer_gptq_quantized`` (GPTQ, GPTQ-Marlin;
-  0.19 lines 97-118): the same message;
+  0.19 lines 97-120): the same message;
 * .../compressed_tensors/utils.py ``should_ignore_layer`` (0.19 lines
   34-64): "Found a different quantization schemes for ... vLLM requires all to
   use the same scheme"; a fused layer whose parts are in different config
   groups, or in none, takes the first part's scheme or is refused by
   ``find_matched_target`` ("Unable to find matching target", 0.19 lines
-  84-129: ``_match_fused_layer`` needs every part targeted);
+  85-131: ``_match_fused_layer`` needs every part targeted);
 * .../compressed_tensors/compressed_tensors_moe.py ``get_moe_method`` (0.19
   lines 121-147) reads one scheme for a layer's experts ("All MoE projections
   need to have same quantization scheme"), from expert 0, for all of them;
   gptq_marlin.py ``get_moe_quant_method`` and awq_marlin.py (0.19 lines
-  280-287) decide a ``FusedMoE`` by its prefix (``model.layers.0.mlp.experts``)
+  282-290) decide a ``FusedMoE`` by its prefix (``model.layers.0.mlp.experts``)
   alone, so experts stored apart from the others' choice do not load;
 * .../quantization/gguf.py ``is_layer_skipped_gguf`` (0.19 lines 121-150):
   vLLM's GGUF loader (model_loader/gguf_loader.py marks every F32/F16/BF16
@@ -54,8 +54,9 @@ _LLAMA = {**_QKV, **_GATE_UP}
 #: Qwen3.5's Gated-DeltaNet projections, stored apart and fused by vLLM (qwen3_5.py ``packed_modules_mapping``)
 _GDN = {"in_proj_qkvz": ("in_proj_qkv", "in_proj_z"), "in_proj_ba": ("in_proj_b", "in_proj_a")}
 
-#: vLLM's ``packed_modules_mapping`` of the class it loads each model_type with, the same in 0.11, 0.19 and 0.33
-#: where the class exists (vllm/model_executor/models/<file>.py, read in the three wheels): the entries that fuse
+#: vLLM's ``packed_modules_mapping`` of the class it loads each model_type with (vllm/model_executor/models/<file>.py
+#: of 0.19; 0.11's and 0.33's group the same modules where the class exists: 0.11's qwen2_moe/qwen3_moe map
+#: gate_up_proj whatever the config, and its gpt_oss names the q/k/v layer ``qkv``): the entries that fuse
 #: modules of different names (phi3's ``qkv_proj: [qkv_proj]``, falcon's ``query_key_value``, qwen3_next's
 #: ``in_proj_qkvz`` map a stored module to itself and cannot be split).  Conditional entries: `vllm_packed_modules`.
 VLLM_PACKED_MODULES: dict[str, Mapping[str, tuple[str, ...]]] = {

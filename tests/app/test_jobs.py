@@ -90,7 +90,7 @@ def test_job_quantizes_a_checkpoint_and_serves_the_files_of_the_in_process_resul
                          ids=["k_proj-alone", "all-of-q-k-v"])
 def test_the_202_answer_says_which_fused_layers_vllm_would_refuse_before_any_work(
         jobs_client: TestClient, exclude: list[str], noted: bool) -> None:
-    # vLLM refuses a qkv_proj whose q/k/v are stored differently (0.19 utils/gptq_utils.py lines 97-118): the plan
+    # vLLM refuses a qkv_proj whose q/k/v are stored differently (0.19 utils/gptq_utils.py lines 97-120): the plan
     # at submission knows it, so the 202 says so; the job still does what was asked (k_proj stays excluded)
     body = {"source": {"path": "llama"}, "output": "gptq", "exclude": [*DEFAULT_EXCLUDE, *exclude]}
     answer = jobs_client.post("/v1/jobs", json=body)

@@ -248,7 +248,7 @@ VLLM_FUSES_QKV = "fuses q_proj, k_proj and v_proj into one qkv_proj and refuses 
 def test_a_result_leaving_out_k_proj_alone_says_vllm_refuses_each_layers_qkv_proj(
         tmp_path: Path, checkpoint_dir: Path, output: str) -> None:
     # vLLM refuses a fused layer stored in part (0.19 quant_utils.py is_layer_skipped lines 457-478, gptq_utils.py
-    # lines 97-118, compressed_tensors/utils.py lines 34-64, gguf.py lines 121-150); the job writes what was asked
+    # lines 97-120, compressed_tensors/utils.py lines 34-64, gguf.py lines 121-150); the job writes what was asked
     # (k_proj stays excluded: the globs are not widened) and its report names the group and the remedy
     checkpoint = open_checkpoint(checkpoint_dir)
     gguf = {"group_size": 32, "symmetric": True} if output == "gguf" else {}
@@ -333,7 +333,7 @@ def test_a_gptq_result_whose_layer_leaves_its_experts_unquantized_names_them_as_
 def test_a_moe_result_leaving_out_one_experts_up_proj_names_the_fused_moe_layers_and_a_whole_layer_none(
         tmp_path: Path, output: str) -> None:
     # vLLM's FusedMoE takes one quant method for a layer's experts (gptq_marlin.py get_moe_quant_method,
-    # awq_marlin.py lines 280-287 decide it by the list's name); an expert stored apart does not load
+    # awq_marlin.py lines 282-290 decide it by the list's name); an expert stored apart does not load
     write_llama_checkpoint(tmp_path / "moe", shards=2, tensors=moe_tensors())
     checkpoint = open_checkpoint(tmp_path / "moe")
     reports = {}

@@ -97,7 +97,7 @@ def test_importance_vectors_that_do_not_fit_are_refused_naming_the_tensor(checkp
 @pytest.mark.parametrize("bits_per_weight", [5.0, 5.5, 9.0])
 def test_a_compressed_tensors_budget_ignores_its_16_bit_modules_and_names_the_fused_layers_it_splits(
         checkpoint_dir: Path, tmp_path: Path, bits_per_weight: float) -> None:
-    # vLLM 0.19 compressed_tensors/utils.py find_matched_target (lines 84-129) refuses a linear layer neither
+    # vLLM 0.19 compressed_tensors/utils.py find_matched_target (lines 85-131) refuses a linear layer neither
     # targeted nor ignored ("Unable to find matching target"): a 16-bit choice is ignored, not left out of both.
     # A budget chooses each tensor's format alone, so q/k/v or gate/up may differ, which vLLM refuses
     # (should_ignore_layer, lines 34-64; _match_fused_layer takes the first part's scheme): the report says which

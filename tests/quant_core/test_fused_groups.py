@@ -4,7 +4,7 @@ The rule mirrored: vLLM builds one layer of the modules its model class's ``pack
 (vllm/model_executor/models/llama.py ``"qkv_proj": ["q_proj", "k_proj", "v_proj"], "gate_up_proj":
 ["gate_proj", "up_proj"]``) and of a layer's routed experts (FusedMoE), and refuses one whose parts are stored
 differently: vLLM 0.19 quantization/utils/quant_utils.py lines 457-478 (``is_layer_skipped``: "Detected some
-but not all shards of {prefix} are quantized"), utils/gptq_utils.py lines 97-118, compressed_tensors/utils.py
+but not all shards of {prefix} are quantized"), utils/gptq_utils.py lines 97-120, compressed_tensors/utils.py
 lines 34-64 ("Found a different quantization schemes"), compressed_tensors_moe.py lines 121-147 (one scheme for
 a layer's experts).  vLLM cannot be installed here, so the tests state that rule on names.
 """
