@@ -82,7 +82,7 @@ VLLM_PACKED_MODULES: dict[str, Mapping[str, tuple[str, ...]]] = {
 }
 
 #: a routed expert's own module (``model.layers.3.mlp.experts.7.w1``): vLLM's FusedMoE is the ``...experts`` list
-_ROUTED_EXPERT = re.compile(r"^(?P<layer>.+\.experts)\.(?P<member>\d+\.[^.]+)$")
+_ROUTED_EXPERT = re.compile(r"^(?P<layer>.+\.experts)\.(?P<member>[0-9]{1,9}\.[^.]+)$")
 _MOE = "experts"
 
 
@@ -180,7 +180,9 @@ def split_between(config: Mapping[str, Any] | None, quantized: Iterable[str],
     return split_fused_groups(config, stored)
 
 
-_NUMBER = re.compile(r"(?<![^.])\d+(?![^.])")  # a dot-separated component made of digits
+#: a dot-separated component of ASCII digits, at most 9 (longer is a name, not a layer: int() of a hostile name's
+#: 5,000 digits raises past Python's 4,300-digit limit)
+_NUMBER = re.compile(r"(?<![^.])[0-9]{1,9}(?![^.])")
 #: most runs a compacted number set shows before it says how many there are in all
 MAX_RUNS = 8
 #: most split-group notes a report carries (the rest are counted in one more note)

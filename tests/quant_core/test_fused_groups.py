@@ -186,3 +186,19 @@ def test_a_budgets_16_bit_choice_is_unquantized_to_vllm_like_a_tensor_passed_thr
         "model.layers.0.self_attn: k_proj kept 16-bit by the budget, q_proj and v_proj int4-g32-asym. vLLM fuses")
     assert note.endswith("the budget chose their formats one by one: exclude q_proj, k_proj and v_proj together, "
                          "or quantize without a budget")
+
+
+def test_hostile_names_with_endless_or_non_ascii_digits_are_names_not_layer_numbers() -> None:
+    # int() refuses a string of more than 4,300 digits (Python 3.11); a header may name a tensor so
+    huge = "9" * 5000
+    names = {f"model.layers.{huge}.self_attn.q_proj.weight": QUANTIZED,
+             f"model.layers.{huge}.self_attn.k_proj.weight": PASSED_THROUGH,
+             f"model.layers.{huge}.mlp.experts.{huge}.w1.weight": PASSED_THROUGH,
+             f"model.layers.{huge}.mlp.experts.0.w1.weight": QUANTIZED,
+             "model.layers.\u0663.self_attn.q_proj.weight": QUANTIZED,  # ARABIC-INDIC DIGIT THREE
+             "model.layers.\u0663.self_attn.k_proj.weight": PASSED_THROUGH}
+    groups = split_fused_groups({"model_type": "mixtral"}, names)
+    assert [group.fused for group in groups] == ["qkv_proj", "qkv_proj"]
+    notes = split_group_notes(groups, "gptq")
+    assert notes[0].startswith(f"model.layers.{huge}.self_attn: k_proj passed through")
+    assert notes[1].startswith("model.layers.\u0663.self_attn: k_proj passed through")
