@@ -49,6 +49,7 @@ from quant_core.checkpoint import (
     CheckpointOptions,
     TensorPlan,
     choose_formats,
+    engine_notes,
     finish_output,
     inspect_source,
     load_plan,
@@ -238,7 +239,7 @@ class JobManager:
         copy = self._importance_copy(job_id) if importance is not None else None
         self._submitting += 1
         try:
-            total, total_bytes, passthrough = await self.executor.call(
+            total, total_bytes, passthrough, notes = await self.executor.call(
                 inspect_source, directory, root, *self.limits, options, importance, copy)
         except BaseException:
             self._remove_files(job_id)
@@ -246,7 +247,7 @@ class JobManager:
         finally:
             self._submitting -= 1
         record = self.store.create(job_id, request.model_dump(mode="json"), directory, total, total_bytes,
-                                   passthrough)
+                                   passthrough, notes)
         self._queue.put_nowait(record.id)
         return record
 
@@ -458,6 +459,10 @@ class JobManager:
         allocation = None
         if options.has_budget:
             plans, allocation = await self._allocate(job_id, checkpoint, plans, options)
+            # the formats chosen may store parts of a layer vLLM fuses differently: the status says so from now on
+            self.store.set_engine_notes(job_id, await self.executor.call(engine_notes, options, plans,
+                                                                         checkpoint.config))
+            self._notify(job_id)
         job_dir = self.store.job_dir(job_id)
         part_dir, out_dir = job_dir / "parts", Path(record.output_dir)
         part_dir.mkdir(parents=True, exist_ok=True)

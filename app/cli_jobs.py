@@ -30,6 +30,7 @@ from app.schemas.jobs import JobCreate, JobSource, to_options
 from app.settings import get_settings
 from quant_core.checkpoint import (
     attach_importance,
+    engine_notes,
     open_checkpoint,
     plan_checkpoint,
     quantize_checkpoint,
@@ -161,6 +162,8 @@ def _finish(status: dict[str, Any], args: argparse.Namespace, out: TextIO) -> in
         out.write(json.dumps(status, indent=2) + "\n")
     else:
         out.write(f"job {status['id']}: {status['state']}\n")
+        for note in status.get("engine_notes") or []:
+            out.write(f"  note: {note}\n")
         for file in (status.get("result") or {}).get("files", []):
             out.write(f"  {file['name']:<44} {file['bytes']:>14,} bytes  {file['url']}\n")
         if (status.get("result") or {}).get("allocation"):
@@ -224,6 +227,8 @@ def command_jobs(args: argparse.Namespace, out: TextIO, err: TextIO,
             status = client.submit_job(job_body(args, args.path))
             err.write(f"submitted job {status['id']} ({status['url']})\n")
             if args.watch:
+                for note in status.get("engine_notes") or []:  # known from the plan: said before the wait
+                    err.write(f"note: {note}\n")
                 status = watch(client, status["id"], err)
             return _finish(status, args, out)
         if args.action == "list":
@@ -261,6 +266,8 @@ def command_quantize_checkpoint(args: argparse.Namespace, out: TextIO, err: Text
     if args.importance:  # here a local file (a server's job reads it under its data root)
         plans = attach_importance(plans, read_importance(Path(args.importance)))
         checkpoint = without_statistics(checkpoint, Path(args.importance))
+    for note in engine_notes(options, plans, checkpoint.config):  # said before any work, and again in the summary
+        err.write(f"note: {note}\n")
     output = Path(args.output)
     if output.is_dir() and any(output.iterdir()):
         raise JobFailed(f"{output} exists and is not empty; give a new directory")

@@ -18,7 +18,7 @@ from __future__ import annotations
 import json
 import sqlite3
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
@@ -41,7 +41,8 @@ CREATE TABLE IF NOT EXISTS jobs (
     finished_at REAL,
     error TEXT,
     result TEXT,
-    cancel_requested INTEGER NOT NULL DEFAULT 0
+    cancel_requested INTEGER NOT NULL DEFAULT 0,
+    engine_notes TEXT NOT NULL DEFAULT '[]'
 );
 CREATE TABLE IF NOT EXISTS tensors (
     job_id TEXT NOT NULL REFERENCES jobs(id) ON DELETE CASCADE,
@@ -80,6 +81,8 @@ class JobRecord:
     result: dict[str, Any] | None
     #: a DELETE came while the job ran: it stops between tensors, and a restart before then does not resume it
     cancel_requested: bool = False
+    #: what an engine will refuse in the result, known from the plan at submission (`engine_notes`)
+    engine_notes: list[str] = field(default_factory=list)
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,6 +103,7 @@ def _record(row: sqlite3.Row) -> JobRecord:
         started_at=row["started_at"], finished_at=row["finished_at"],
         error=json.loads(row["error"]) if row["error"] else None,
         result=json.loads(row["result"]) if row["result"] else None, cancel_requested=bool(row["cancel_requested"]),
+        engine_notes=json.loads(row["engine_notes"]),
     )
 
 
@@ -119,6 +123,8 @@ class JobStore:
         columns = {row["name"] for row in self._connection.execute("PRAGMA table_info(jobs)")}
         if "cancel_requested" not in columns:  # a store made before the column existed
             self._connection.execute("ALTER TABLE jobs ADD COLUMN cancel_requested INTEGER NOT NULL DEFAULT 0")
+        if "engine_notes" not in columns:  # a store made before the notes were kept
+            self._connection.execute("ALTER TABLE jobs ADD COLUMN engine_notes TEXT NOT NULL DEFAULT '[]'")
 
     def close(self) -> None:
         self._connection.close()
@@ -128,14 +134,15 @@ class JobStore:
         return self.state_dir / "jobs" / job_id
 
     def create(self, job_id: str, request: dict[str, Any], source_dir: Path, tensors_total: int,
-               bytes_total: int, passthrough: list[dict[str, Any]]) -> JobRecord:
+               bytes_total: int, passthrough: list[dict[str, Any]],
+               engine_notes: list[str] | None = None) -> JobRecord:
         """Insert a queued job writing to its own directory (an output taken by another job is an IntegrityError)."""
         output_dir = self.job_dir(job_id) / "output"
         self._connection.execute(
             "INSERT INTO jobs (id, created_at, state, request, source_dir, output_dir, tensors_total, bytes_total, "
-            "passthrough) VALUES (?, ?, 'queued', ?, ?, ?, ?, ?, ?)",
+            "passthrough, engine_notes) VALUES (?, ?, 'queued', ?, ?, ?, ?, ?, ?, ?)",
             (job_id, time.time(), json.dumps(request), str(source_dir), str(output_dir), tensors_total, bytes_total,
-             json.dumps(passthrough)))
+             json.dumps(passthrough), json.dumps(engine_notes or [])))
         record = self.get(job_id)
         assert record is not None
         return record
@@ -167,6 +174,10 @@ class JobStore:
     def set_running(self, job_id: str) -> None:
         self._connection.execute("UPDATE jobs SET state = 'running', started_at = COALESCE(started_at, ?) "
                                  "WHERE id = ?", (time.time(), job_id))
+
+    def set_engine_notes(self, job_id: str, notes: list[str]) -> None:
+        """Replace a job's engine notes (a budget's formats, chosen once the tensors are measured, may add some)."""
+        self._connection.execute("UPDATE jobs SET engine_notes = ? WHERE id = ?", (json.dumps(notes), job_id))
 
     def request_cancel(self, job_id: str) -> None:
         """Record that a running job is to stop (it does between tensors; a restart before then cancels it)."""

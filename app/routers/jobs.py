@@ -67,7 +67,8 @@ def _status(request: Request, manager: JobManager, record: JobRecord) -> dict[st
             for entry in record.result["files"]]}
     return {"id": record.id, "url": _url(record), "state": record.state, "created_at": record.created_at,
             "started_at": record.started_at, "finished_at": record.finished_at, "request": record.request,
-            "progress": manager.progress(record), "result": result, "error": record.error}
+            "progress": manager.progress(record), "engine_notes": record.engine_notes, "result": result,
+            "error": record.error}
 
 
 async def create_job(body: JobCreate, request: Request) -> Response:

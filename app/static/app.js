@@ -1356,6 +1356,9 @@ function jobItem(id) {
   bar.setAttribute("aria-label", `progress of job ${id.slice(0, 12)}`);
   const figures = document.createElement("p");
   figures.className = "job-progress note";
+  const notes = document.createElement("ul");  // what an engine will refuse in the result (engine_notes)
+  notes.className = "job-notes";
+  notes.setAttribute("aria-label", `engine notes of job ${id.slice(0, 12)}`);
   const files = document.createElement("ul");
   files.className = "job-files";
   const error = document.createElement("p");
@@ -1365,7 +1368,7 @@ function jobItem(id) {
   cancel.className = "job-cancel secondary";
   cancel.textContent = "Cancel";
   cancel.addEventListener("click", () => cancelJob(id));
-  item.append(title, bar, figures, files, error, cancel);
+  item.append(title, bar, figures, notes, files, error, cancel);
   return item;
 }
 
@@ -1379,6 +1382,13 @@ function renderJob(status) {
   item.querySelector(".job-progress").textContent = jobProgressText(status.progress);
   item.querySelector(".job-cancel").hidden = JOB_FINISHED.includes(status.state);
   if (status.error) item.querySelector(".job-error").textContent = `${status.error.title}: ${status.error.detail}`;
+  if (status.engine_notes) {  // known at submission (a budget's, once its formats are chosen)
+    item.querySelector(".job-notes").replaceChildren(...status.engine_notes.map((note) => {
+      const entry = document.createElement("li");
+      entry.textContent = note;
+      return entry;
+    }));
+  }
   if (status.result) {
     item.querySelector(".job-files").replaceChildren(...status.result.files.map((file) => {
       const entry = document.createElement("li");

@@ -7,6 +7,8 @@ worker runs); `output_shards`, `write_output_shard`, `write_checkpoint_files`
 and `write_gguf_output` assemble the result; `quantize_checkpoint` runs all of
 it in this process; `inspect_source`, `load_plan`, `timed_tensor_part` and
 `finish_output` (job_steps.py) are a job's steps, each run by name in a worker.
+`split_fused_groups` (fused_groups.py) finds the layers vLLM fuses that a plan
+stores in part, which `engine_notes` reports.
 Under a budget, `measure_tensor` and `choose_formats`
 (budget.py) give each tensor its format first; `attach_importance` gives the
 plans their importance statistics.
@@ -21,6 +23,14 @@ from quant_core.checkpoint.budget import (
     measure_tensor,
     without_statistics,
 )
+from quant_core.checkpoint.fused_groups import (
+    VLLM_PACKED_MODULES,
+    SplitGroup,
+    split_between,
+    split_fused_groups,
+    split_group_notes,
+    vllm_packed_modules,
+)
 from quant_core.checkpoint.job_steps import finish_output, inspect_source, load_plan, timed_tensor_part
 from quant_core.checkpoint.output import (
     GGUF_NAME,
@@ -29,6 +39,7 @@ from quant_core.checkpoint.output import (
     OutputTensor,
     build_report,
     encode_tensor,
+    engine_notes,
     output_shards,
     part_path,
     passthrough_entry,
@@ -72,6 +83,7 @@ __all__ = [
     "OUTPUTS",
     "REPORT_NAME",
     "SINGLE_NAME",
+    "VLLM_PACKED_MODULES",
     "Checkpoint",
     "CheckpointError",
     "CheckpointOptions",
@@ -79,6 +91,7 @@ __all__ = [
     "CheckpointTensor",
     "OutputShard",
     "OutputTensor",
+    "SplitGroup",
     "TensorPlan",
     "attach_importance",
     "build_report",
@@ -87,6 +100,7 @@ __all__ = [
     "check_options",
     "choose_formats",
     "encode_tensor",
+    "engine_notes",
     "finish_output",
     "inspect_source",
     "load_plan",
@@ -102,8 +116,12 @@ __all__ = [
     "quantize_tensor_bytes",
     "quantize_tensor_part",
     "read_tensor",
+    "split_between",
+    "split_fused_groups",
+    "split_group_notes",
     "timed_tensor_part",
     "valid_parts",
+    "vllm_packed_modules",
     "without_statistics",
     "write_checkpoint_files",
     "write_gguf_output",

@@ -16,6 +16,7 @@ from quant_core.checkpoint.budget import attach_importance, check_budget, withou
 from quant_core.checkpoint.output import (
     OutputShard,
     build_report,
+    engine_notes,
     output_shards,
     passthrough_entry,
     quantize_tensor_part,
@@ -30,8 +31,9 @@ __all__ = ["finish_output", "inspect_source", "load_plan", "timed_tensor_part"]
 
 def inspect_source(directory: Path, root: Path, max_tensors: int, max_elements: int, max_header_bytes: int,
                    options: CheckpointOptions, importance: Path | None = None, importance_copy: Path | None = None
-                   ) -> tuple[int, int, list[dict[str, Any]]]:
-    """Validate and plan a source: (tensors to quantize, their input bytes, passthrough report entries).
+                   ) -> tuple[int, int, list[dict[str, Any]], list[str]]:
+    """Validate and plan a source: (tensors to quantize, their input bytes, passthrough report entries, the
+    engine notes the plan already calls for: `engine_notes`, before a budget chooses formats).
 
     With `importance`, its vectors are checked against every tensor to quantize and the ones used are
     written to `importance_copy` (the job reads them from there on every run); with a budget, a budget
@@ -51,7 +53,8 @@ def inspect_source(directory: Path, root: Path, max_tensors: int, max_elements: 
         check_budget(plans, options)
     quantized = [plan for plan in plans if plan.quantized]
     return (len(quantized), sum(plan.tensor.nbytes for plan in quantized),
-            [passthrough_entry(plan) for plan in plans if not plan.quantized])
+            [passthrough_entry(plan) for plan in plans if not plan.quantized],
+            engine_notes(options, plans, checkpoint.config))
 
 
 def load_plan(directory: Path, root: Path, max_tensors: int, max_elements: int, max_header_bytes: int,

@@ -37,6 +37,13 @@ import ml_dtypes
 import numpy as np
 from numpy.typing import NDArray
 
+from quant_core.checkpoint.fused_groups import (
+    PASSED_THROUGH,
+    QUANTIZED,
+    SIXTEEN_BIT,
+    split_fused_groups,
+    split_group_notes,
+)
 from quant_core.checkpoint.gguf_model import gguf_model
 from quant_core.checkpoint.plan import (
     CheckpointOptions,
@@ -52,7 +59,7 @@ from quant_core.checkpoint.source import (
     read_tensor,
 )
 from quant_core.errors import LimitExceeded, TensorFileError
-from quant_core.formats import WeightFormat
+from quant_core.formats import FLOAT_FORMATS, WeightFormat
 from quant_core.hf_config import architecture_family
 from quant_core.quantize import quality_report, quantize
 from quant_core.quantize.api import normalised_importance
@@ -285,8 +292,9 @@ def quantization_config(options: CheckpointOptions, plans: Sequence[TensorPlan],
     """The ``quantization_config`` config.json gets for this job.
 
     compressed-tensors: one config group per distinct int4 scheme, each
-    targeting its modules by name (a budget's 16-bit tensors are in none, so
-    they load as plain linear layers); GGUF: the ggml type of each quantized
+    targeting its modules by name; a budget's 16-bit tensors are in none and
+    in ``ignore`` with the modules passed through (vLLM refuses a linear layer
+    neither targeted nor ignored); GGUF: the ggml type of each quantized
     tensor (``Q4_0`` for every one without a budget); AWQ: ``modules_to_not_convert`` lists the
     `unquantized_modules`; GPTQ: the scheme, and the rules that tell loaders which linear modules passed
     through (`skipped_modules_config`, quant_core/tensorio/gptq.py; none when every one is quantized).
@@ -305,7 +313,9 @@ def quantization_config(options: CheckpointOptions, plans: Sequence[TensorPlan],
         # vLLM's CompressedTensorsMoEMethod.get_moe_method: a fused-MoE layer the ignore list names is unquantized;
         # CompressedTensorsConfig.get_scheme: a linear layer neither targeted nor ignored is refused at load
         # ("Unable to find matching target"), so every module whose 2-D weight passes through is ignored too
-        ignored = [*config["ignore"], *fused_expert_modules(plans), *unquantized_modules(plans)]
+        kept_16_bit = [module_prefix(plan.tensor.name) for plan in plans
+                       if plan.quantized and plan.stored_format(options).name in FLOAT_FORMATS]
+        ignored = [*config["ignore"], *fused_expert_modules(plans), *unquantized_modules(plans), *kept_16_bit]
         config["ignore"] = list(dict.fromkeys(ignored))
         return config
     if options.output == "gptq":
@@ -329,11 +339,35 @@ def quantization_config(options: CheckpointOptions, plans: Sequence[TensorPlan],
 _ROUTED_EXPERT = re.compile(r"\.experts\.\d+\.")
 
 
-def engine_notes(options: CheckpointOptions, plans: Sequence[TensorPlan]) -> list[str]:
-    """What an engine will refuse in this job's result, said rather than left to fail at load: vLLM 0.11's and
-    0.19's compressed-tensors int4 MoE methods (compressed_tensors_moe.py) assert symmetric weights ("Only
-    symmetric quantization is supported for MoE"); 0.33's (compressed_tensors_moe_wna16.py) take zero points.
-    The job writes what was asked (nibble's INT4 has an offset by default); the note names the way out."""
+def stored_kinds(options: CheckpointOptions, plans: Sequence[TensorPlan]) -> dict[str, str]:
+    """How the result stores each tensor, as vLLM's loader for `options.output` tells them apart
+    (quant_core/checkpoint/fused_groups.py): passed through, quantized, or a budget's 16-bit choice (stored in
+    no config group, or as an F16/BF16 GGUF tensor: for vLLM as unquantized as a tensor passed through); under a
+    compressed-tensors budget each int4 format is its own kind (a config group of its own)."""
+    kinds: dict[str, str] = {}
+    for plan in plans:
+        stored = plan.stored_format(options) if plan.quantized else None
+        if stored is None:
+            kinds[plan.tensor.name] = PASSED_THROUGH
+        elif stored.name in FLOAT_FORMATS:
+            kinds[plan.tensor.name] = SIXTEEN_BIT
+        elif options.has_budget and options.output == "compressed-tensors":
+            kinds[plan.tensor.name] = stored.label()
+        else:
+            kinds[plan.tensor.name] = QUANTIZED
+    return kinds
+
+
+def engine_notes(options: CheckpointOptions, plans: Sequence[TensorPlan],
+                 config: Mapping[str, Any] | None = None) -> list[str]:
+    """What an engine will refuse in this job's result, said rather than left to fail at load.
+
+    vLLM 0.11's and 0.19's compressed-tensors int4 MoE methods (compressed_tensors_moe.py) assert symmetric
+    weights ("Only symmetric quantization is supported for MoE"); 0.33's (compressed_tensors_moe_wna16.py) take
+    zero points.  Every output vLLM loads (compressed-tensors, GPTQ, AWQ, and GGUF through vLLM's GGUF loader)
+    is refused when a layer vLLM fuses (q/k/v, gate/up, a layer's experts: `split_fused_groups` of the
+    checkpoint's `config`) is stored in part: one note per kind of split, layers compacted.  The job writes
+    what was asked (nibble's INT4 has an offset by default; globs are never widened); the notes name the way out."""
     notes: list[str] = []
     if options.output == "compressed-tensors" and not options.symmetric and any(
             plan.quantized and _ROUTED_EXPERT.search(plan.tensor.name) for plan in plans):
@@ -341,6 +375,7 @@ def engine_notes(options: CheckpointOptions, plans: Sequence[TensorPlan]) -> lis
                      "(compressed_tensors_moe.py: \"Only symmetric quantization is supported for MoE\"); vLLM 0.33 "
                      "and transformers load this result. For those releases quantize with symmetric=true, or write "
                      "awq or gptq, whose MoE kernels take zero points")
+    notes.extend(split_group_notes(split_fused_groups(config, stored_kinds(options, plans)), options.output))
     return notes
 
 
@@ -363,7 +398,7 @@ def build_report(options: CheckpointOptions, plans: Sequence[TensorPlan], entrie
             "quantized_output_bytes": sum(entry["bytes"]["output"] for entry in quantized),
         },
         "quantization_config": quantization_config(options, plans, checkpoint_family(checkpoint.config)),
-        "engine_notes": engine_notes(options, plans),
+        "engine_notes": engine_notes(options, plans, checkpoint.config),
     }
     if allocation is not None:
         report["allocation"] = dict(allocation)

@@ -67,8 +67,9 @@ it also makes one layer of each layer's experts, quantized or not as a whole
 (a rule names the list when all its experts pass through), and its asymmetric
 ``gptq`` path hands experts to ``MoeWNA16Config`` without ``dynamic``.
 nibble writes these checkpoints anyway, rather than refusing them: GPTQModel
-and transformers load them, and the job's report lists every module passed
-through, with why.
+and transformers load them, the job's report lists every module passed
+through, with why, and its ``engine_notes`` name each fused layer stored in
+part (quant_core/checkpoint/fused_groups.py).
 """
 
 from __future__ import annotations

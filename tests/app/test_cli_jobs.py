@@ -18,6 +18,7 @@ import pytest
 from app.cli import run
 from app.client import NibbleClient
 from quant_core.checkpoint import (
+    DEFAULT_EXCLUDE,
     CheckpointOptions,
     attach_importance,
     open_checkpoint,
@@ -69,6 +70,32 @@ def test_quantize_a_checkpoint_directory_locally_gives_the_jobs_bytes(data_root:
     options = CheckpointOptions(max_shard_bytes=100_000)  # one thread per tensor; the CLI used every core
     quantize_checkpoint(checkpoint, plan_checkpoint(checkpoint, options), options, tmp_path / "ref", tmp_path / "p")
     assert tree_bytes(tmp_path / "out") == tree_bytes(tmp_path / "ref")
+
+
+def _exclude_k_proj() -> list[str]:
+    """``--exclude`` of the default globs and k_proj: a layer vLLM fuses (q/k/v) left out in part."""
+    return [argument for glob in (*DEFAULT_EXCLUDE, "*k_proj*") for argument in ("--exclude", glob)]
+
+
+def test_quantize_says_which_fused_layers_vllm_refuses_before_any_work_and_in_its_summary(data_root: Path,
+                                                                                        tmp_path: Path) -> None:
+    status, out, err = nibble("quantize", str(data_root / "llama"), "-o", str(tmp_path / "out"), "--format", "gptq",
+                              *_exclude_k_proj())
+    assert status == 0, err
+    note = "note: model.layers.{0..1}.self_attn: k_proj passed through, q_proj and v_proj quantized. vLLM fuses"
+    assert err.startswith(note) and err.index("] 1/12 ") > err.index(note)  # said before the first tensor
+    assert out.splitlines()[1].startswith(note) and "12 tensors quantized" in out  # k_proj stays as asked
+
+
+def test_jobs_submit_prints_the_notes_of_the_202(server: str) -> None:
+    status, out, err = nibble("jobs", "submit", "llama", "--format", "gptq", *_exclude_k_proj(), "--url", server)
+    assert status == 0, err
+    assert out.splitlines()[1].startswith("  note: model.layers.{0..1}.self_attn: k_proj passed through")
+    status, out, err = nibble("jobs", "submit", "llama", "--format", "awq", *_exclude_k_proj(), "--watch",
+                              "--url", server)
+    assert status == 0, err
+    note = "note: model.layers.{0..1}.self_attn: k_proj passed through, q_proj and v_proj quantized."
+    assert err.splitlines()[1].startswith(note) and "utils/quant_utils.py" in err.splitlines()[1]  # before the wait
 
 
 def test_quantize_refuses_a_non_empty_output_directory_and_the_nibble_format(data_root: Path,

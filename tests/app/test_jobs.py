@@ -20,7 +20,14 @@ from fastapi.testclient import TestClient
 from app.checkpoint_jobs import PoolTensorRunner
 from app.job_store import _SCHEMA, DATABASE_NAME, JobStore
 from app.security import signed_path
-from quant_core.checkpoint import INDEX_NAME, CheckpointOptions, open_checkpoint, plan_checkpoint, quantize_checkpoint
+from quant_core.checkpoint import (
+    DEFAULT_EXCLUDE,
+    INDEX_NAME,
+    CheckpointOptions,
+    open_checkpoint,
+    plan_checkpoint,
+    quantize_checkpoint,
+)
 from tests.app.conftest import client_with, make_settings
 from tests.checkpoints import llama_tensors, tree_bytes, write_llama_checkpoint
 
@@ -77,6 +84,32 @@ def test_job_quantizes_a_checkpoint_and_serves_the_files_of_the_in_process_resul
     for name, entry in files.items():
         assert entry["bytes"] == len(expected[name])
         assert jobs_client.get(entry["url"]).content == expected[name], name
+
+
+@pytest.mark.parametrize(("exclude", "noted"), [(["*k_proj*"], True), (["*q_proj*", "*k_proj*", "*v_proj*"], False)],
+                         ids=["k_proj-alone", "all-of-q-k-v"])
+def test_the_202_answer_says_which_fused_layers_vllm_would_refuse_before_any_work(
+        jobs_client: TestClient, exclude: list[str], noted: bool) -> None:
+    # vLLM refuses a qkv_proj whose q/k/v are stored differently (0.19 utils/gptq_utils.py lines 97-120): the plan
+    # at submission knows it, so the 202 says so; the job still does what was asked (k_proj stays excluded)
+    body = {"source": {"path": "llama"}, "output": "gptq", "exclude": [*DEFAULT_EXCLUDE, *exclude]}
+    answer = jobs_client.post("/v1/jobs", json=body)
+    assert answer.status_code == 202
+    notes = answer.json()["engine_notes"]
+    if noted:
+        (note,) = notes
+        assert note.startswith("model.layers.{0..1}.self_attn: k_proj passed through, q_proj and v_proj quantized. "
+                               "vLLM fuses q_proj, k_proj and v_proj into one qkv_proj")
+        assert "exclude or include q_proj, k_proj and v_proj together" in note
+    else:
+        assert notes == []
+    status = wait_for(jobs_client, answer.json()["id"])
+    assert status["state"] == "succeeded", status["error"]
+    assert status["engine_notes"] == notes
+    assert sum(entry["name"].endswith("k_proj.weight") and "reason" in entry for entry in status["report"]) == 2
+    (url,) = [entry["url"] for entry in status["result"]["files"] if entry["name"] == "nibble_report.json"]
+    report = jobs_client.get(url).json()
+    assert report["engine_notes"] == notes
 
 
 def test_job_files_are_served_by_byte_range(jobs_client: TestClient) -> None:
@@ -302,8 +335,9 @@ def test_a_cancel_survives_a_restart_before_the_job_stops(tmp_path: Path) -> Non
 
 
 def test_a_job_store_made_before_cancel_requests_were_kept_opens_with_its_jobs(tmp_path: Path) -> None:
-    old_schema = _SCHEMA.replace(",\n    cancel_requested INTEGER NOT NULL DEFAULT 0", "")
-    assert "cancel_requested" not in old_schema
+    old_schema = _SCHEMA.replace(",\n    cancel_requested INTEGER NOT NULL DEFAULT 0", "").replace(
+        ",\n    engine_notes TEXT NOT NULL DEFAULT '[]'", "")
+    assert "cancel_requested" not in old_schema and "engine_notes" not in old_schema
     with contextlib.closing(sqlite3.connect(tmp_path / DATABASE_NAME)) as connection:
         connection.executescript(old_schema)
         connection.execute("INSERT INTO jobs (id, created_at, state, request, source_dir, output_dir, tensors_total, "
@@ -311,7 +345,7 @@ def test_a_job_store_made_before_cancel_requests_were_kept_opens_with_its_jobs(t
         connection.commit()
     store = JobStore(tmp_path)
     try:
-        assert [record.cancel_requested for record in store.unfinished()] == [False]
+        assert [(record.cancel_requested, record.engine_notes) for record in store.unfinished()] == [(False, [])]
         store.request_cancel("j")
         assert store.get("j").cancel_requested is True  # type: ignore[union-attr]
     finally:

@@ -9,6 +9,7 @@ from typing import Any
 import httpx
 import pytest
 
+from quant_core.checkpoint import DEFAULT_EXCLUDE
 from tests.checkpoints import write_llama_checkpoint
 from tests.e2e.conftest import start_server
 from tests.e2e.test_page_tasks import axe_source, open_page
@@ -36,12 +37,17 @@ def test_a_job_submitted_through_the_api_is_followed_on_the_page_until_it_succee
     page.wait_for_selector("#jobs-empty:visible")
     streams: list[str] = []
     page.on("request", lambda request: streams.append(request.url) if request.url.endswith("/events") else None)
+    # k_proj left out alone: vLLM would refuse each layer's qkv_proj, and the page says so from the first status
     job = httpx.post(f"{jobs_server}/v1/jobs", json={"source": {"path": "llama"}, "method": "hqq",
-                                                     "max_shard_bytes": 200_000}, timeout=60).json()
+                                                     "max_shard_bytes": 200_000,
+                                                     "exclude": [*DEFAULT_EXCLUDE, "*k_proj*"]}, timeout=60).json()
     page.click("#jobs-refresh")
     item = f"#jobs-list li[data-id='{job['id']}']"
     page.wait_for_selector(f"{item}[data-state='running']")
     assert page.is_visible(f"{item} .job-cancel") and page.is_hidden("#jobs-empty")
+    assert page.eval_on_selector_all(f"{item} .job-notes li", "(items) => items.map((li) => li.textContent)") \
+        == job["engine_notes"]
+    assert job["engine_notes"][0].startswith("model.layers.{0..23}.self_attn: k_proj passed through")
 
     page.wait_for_selector(f"{item}[data-state='succeeded'] .job-files a", timeout=180_000)
     assert streams == [f"{jobs_server}/v1/jobs/{job['id']}/events"]  # followed by its event stream, not polled

@@ -239,6 +239,57 @@ def test_a_gptq_result_leaving_out_part_of_a_fused_layer_is_what_vllm_refuses_at
         vllm_quantizes(config, "model.layers.0.self_attn.qkv_proj")
 
 
+#: what the report says of the tiny llama (2 layers) with k_proj alone left out
+K_PROJ_SPLIT = "model.layers.{0..1}.self_attn: k_proj passed through, q_proj and v_proj quantized. "
+VLLM_FUSES_QKV = "fuses q_proj, k_proj and v_proj into one qkv_proj and refuses it stored in part"
+
+
+@pytest.mark.parametrize("output", ["compressed-tensors", "gptq", "awq", "gguf"])
+def test_a_result_leaving_out_k_proj_alone_says_vllm_refuses_each_layers_qkv_proj(
+        tmp_path: Path, checkpoint_dir: Path, output: str) -> None:
+    # vLLM refuses a fused layer stored in part (0.19 quant_utils.py is_layer_skipped lines 457-478, gptq_utils.py
+    # lines 97-120, compressed_tensors/utils.py lines 34-64, gguf.py lines 121-150); the job writes what was asked
+    # (k_proj stays excluded: the globs are not widened) and its report names the group and the remedy
+    checkpoint = open_checkpoint(checkpoint_dir)
+    gguf = {"group_size": 32, "symmetric": True} if output == "gguf" else {}
+    options = CheckpointOptions(output=output, exclude=(*DEFAULT_EXCLUDE, "*k_proj*"), **gguf)  # type: ignore[arg-type]
+    plans = plan_checkpoint(checkpoint, options)
+    assert [p.tensor.name for p in plans if "k_proj" in p.tensor.name and p.quantized] == []
+    report = quantize_checkpoint(checkpoint, plans, options, tmp_path / "out", tmp_path / "parts")
+    assert report == json.loads((tmp_path / "out" / REPORT_NAME).read_text())
+    (note,) = report["engine_notes"]
+    assert note.startswith(K_PROJ_SPLIT) and VLLM_FUSES_QKV in note
+    assert note.endswith("exclude or include q_proj, k_proj and v_proj together")
+    assert ("llama.cpp loads this GGUF" in note) is (output == "gguf")
+
+
+def test_include_globs_that_fail_to_name_k_proj_split_qkv_proj_the_same_way(tmp_path: Path,
+                                                                            checkpoint_dir: Path) -> None:
+    checkpoint = open_checkpoint(checkpoint_dir)
+    options = CheckpointOptions(include=("*q_proj*", "*v_proj*", "*mlp*"))
+    plans = plan_checkpoint(checkpoint, options)
+    assert options.include == ("*q_proj*", "*v_proj*", "*mlp*")  # what was asked stays asked
+    report = quantize_checkpoint(checkpoint, plans, options, tmp_path / "out", tmp_path / "parts")
+    (note,) = report["engine_notes"]
+    assert note.startswith(K_PROJ_SPLIT) and "compressed_tensors/utils.py" in note
+    assert report["totals"]["quantized_tensors"] == 2 * 5  # q, v, gate, up, down per layer
+
+
+def test_a_gptq_result_leaving_out_all_of_q_k_v_loads_in_vllm_and_says_nothing(tmp_path: Path,
+                                                                                checkpoint_dir: Path) -> None:
+    # the same rule (the mirror of gptq_utils.py's, tests/quant_core/tensorio/gptq_loader_rules.py) accepts the
+    # whole group left out, and the report has no note; with k_proj alone left out the mirror refuses and the
+    # report names that layer
+    config, _ = gptq_result(tmp_path / "qkv", checkpoint_dir,
+                            exclude=(*DEFAULT_EXCLUDE, "*q_proj*", "*k_proj*", "*v_proj*"))
+    assert vllm_quantizes(config, "model.layers.0.self_attn.qkv_proj") is False
+    assert json.loads((tmp_path / "qkv" / "out" / REPORT_NAME).read_text())["engine_notes"] == []
+    config, _ = gptq_result(tmp_path / "k", checkpoint_dir, exclude=(*DEFAULT_EXCLUDE, "*k_proj*"))
+    with pytest.raises(ValueError, match=r"some but not all shards of model\.layers\.1\.self_attn\.qkv_proj"):
+        vllm_quantizes(config, "model.layers.1.self_attn.qkv_proj")
+    assert json.loads((tmp_path / "k" / "out" / REPORT_NAME).read_text())["engine_notes"][0].startswith(K_PROJ_SPLIT)
+
+
 def moe_tensors(layers: int = 2, experts: int = 4) -> dict[str, NDArray[Any]]:
     """A tiny mixture of experts named as Qwen-MoE's are (router ``mlp.gate``, ``mlp.experts.<e>.*_proj``)."""
     rng = np.random.default_rng(0)
@@ -276,6 +327,25 @@ def test_a_gptq_result_whose_layer_leaves_its_experts_unquantized_names_them_as_
     assert [m for m in experts if not gptqmodel_quantizes(config, m)] == skipped
     assert [m for m in experts if not optimum_quantizes(config, m)] == skipped
     assert all(gptqmodel_quantizes(config, m) and optimum_quantizes(config, m) for m in quantized)
+
+
+@pytest.mark.parametrize("output", ["gptq", "awq"])
+def test_a_moe_result_leaving_out_one_experts_up_proj_names_the_fused_moe_layers_and_a_whole_layer_none(
+        tmp_path: Path, output: str) -> None:
+    # vLLM's FusedMoE takes one quant method for a layer's experts (gptq_marlin.py get_moe_quant_method,
+    # awq_marlin.py lines 282-290 decide it by the list's name); an expert stored apart does not load
+    write_llama_checkpoint(tmp_path / "moe", shards=2, tensors=moe_tensors())
+    checkpoint = open_checkpoint(tmp_path / "moe")
+    reports = {}
+    for name, glob in (("one", "*experts.1.up_proj*"), ("layer", "*layers.1.mlp.experts*")):
+        options = CheckpointOptions(output=output, exclude=(*DEFAULT_EXCLUDE, glob))  # type: ignore[arg-type]
+        plans = plan_checkpoint(checkpoint, options)
+        reports[name] = quantize_checkpoint(checkpoint, plans, options, tmp_path / name, tmp_path / f"parts-{name}")
+    (note,) = reports["one"]["engine_notes"]
+    assert note.startswith("model.layers.{0..1}.mlp.experts: 1.up_proj passed through, {0..3}.gate_proj, "
+                           "{0,2..3}.up_proj and {0..3}.down_proj quantized. vLLM makes one FusedMoE layer")
+    assert note.endswith("exclude or include every expert's projections of the layer together")
+    assert reports["layer"]["engine_notes"] == []
 
 
 @pytest.mark.parametrize("symmetric", [False, True])

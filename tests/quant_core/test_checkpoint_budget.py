@@ -92,3 +92,27 @@ def test_importance_vectors_that_do_not_fit_are_refused_naming_the_tensor(checkp
         attach_importance(plans, {"other.weight": np.ones(128, np.float32)})
     attached = attach_importance(plans, {"model.layers.0.mlp.up_proj.weight": np.ones(128, np.float32)})
     assert [p.tensor.name for p in attached if p.importance is not None] == ["model.layers.0.mlp.up_proj.weight"]
+
+
+@pytest.mark.parametrize("bits_per_weight", [5.0, 5.5, 9.0])
+def test_a_compressed_tensors_budget_ignores_its_16_bit_modules_and_names_the_fused_layers_it_splits(
+        checkpoint_dir: Path, tmp_path: Path, bits_per_weight: float) -> None:
+    # vLLM 0.19 compressed_tensors/utils.py find_matched_target (lines 85-131) refuses a linear layer neither
+    # targeted nor ignored ("Unable to find matching target"): a 16-bit choice is ignored, not left out of both.
+    # A budget chooses each tensor's format alone, so q/k/v or gate/up may differ, which vLLM refuses
+    # (should_ignore_layer, lines 34-64; _match_fused_layer takes the first part's scheme): the report says which
+    options = CheckpointOptions(bits_per_weight=bits_per_weight)
+    checkpoint = open_checkpoint(checkpoint_dir)
+    plans = attach_importance(plan_checkpoint(checkpoint, options), importance_vectors())
+    report = quantize_checkpoint(checkpoint, plans, options, tmp_path / "out", tmp_path / "parts")
+    config = json.loads((tmp_path / "out" / "config.json").read_text())["quantization_config"]
+    formats = {entry["name"].removesuffix(".weight"): entry["format"] for entry in report["tensors"]}
+    targeted = {name for group in config["config_groups"].values() for name in group["targets"]}
+    assert {module for module, label in formats.items() if label == "bf16"} <= set(config["ignore"])
+    assert set(formats) <= targeted | set(config["ignore"]) and targeted.isdisjoint(config["ignore"])
+    split = [f"model.layers.{layer}.{parent}" for layer in range(LAYERS)
+             for parent, parts in (("self_attn", ("q_proj", "k_proj", "v_proj")), ("mlp", ("gate_proj", "up_proj")))
+             if len({formats[f"model.layers.{layer}.{parent}.{part}"] for part in parts}) > 1]
+    assert len(split) == {5.0: 1, 5.5: 3, 9.0: 0}[bits_per_weight]  # the allocations these budgets make
+    assert [note.split(":")[0] for note in report["engine_notes"]
+            if "fuses" in note] == split  # tiny llama: no two layers split alike at these budgets
