@@ -522,6 +522,23 @@ def test_sliding_window_layers_are_grouped_as_vllm_groups_them() -> None:
     assert capacity.tokens == capacity.num_blocks // 2 * 16
 
 
+@pytest.mark.parametrize(("version", "in_flight"), [("0.19", 8192), ("0.33", 2 * 8192)])
+def test_a_sliding_group_reserves_its_window_and_the_tokens_in_flight_per_request(version: str,
+                                                                                  in_flight: int) -> None:
+    # gpt-oss-20b: 12 sliding (window 128) + 12 full layers, two groups of 12.  SlidingWindowSpec's
+    # max_memory_usage_bytes reserves cdiv(min(window - 1 + in-flight tokens, L), 16) + 1 blocks: in v0.19 the in-flight
+    # tokens are max_num_batched_tokens (kv_cache_interface.py); in v0.33 VllmConfig.max_in_flight_tokens,
+    # max_concurrent_batches (2: async scheduling, on by default, with the V2 model runner at one stage, config/vllm.py)
+    # x max_num_batched_tokens
+    spec = get_preset("gpt-oss-20b")
+    pool, length = 10 * GIB, 131_072
+    capacity = VllmProfile(version).kv_capacity(_stage(spec), "bf16", pool, 16, length, BatchLimits(8192, 1024))
+    page = 16 * kv_bytes_per_token(spec, "bf16") // spec.num_layers
+    assert capacity.num_blocks == pool // (page * 12)
+    per_request = length // 16 + (-(-(128 - 1 + in_flight) // 16) + 1)
+    assert capacity.max_concurrency == capacity.num_blocks / per_request
+
+
 @pytest.mark.parametrize(("model", "tensor_parallel", "reason"), [
     ("llama-3.1-8b", 3, "does not divide the model's 32 attention heads"),
     ("qwen2.5-7b", 7, "4 key/value heads can be neither split evenly nor replicated"),
