@@ -94,6 +94,10 @@ class _Version:
     #: (config/vllm.py: ``max_concurrent_batches x max_num_batched_tokens``, two batches or more under the default
     #: async scheduling) rather than one batch of ``max_num_batched_tokens``
     in_flight_batches: bool = False
+    #: `_get_kv_cache_groups_uniform_page_size`'s layers per group when a model has attention layers of several
+    #: kinds: the larger kind's count when it is less than this many times the smaller's, else the smaller's (None:
+    #: always the smaller's, v0.11)
+    group_size_ratio: float | None = None
 
 
 # v0.11 (llm-d-benchmark's H100 logs, config_explorer/empirical-vllm-memory-results.md): 0.13 GiB on one GPU,
@@ -110,21 +114,21 @@ VERSIONS: dict[str, _Version] = {
     # exponential draws of the PyTorch top-k/top-p path.
     "0.11": _Version(sampler_bytes_per_logit=38, cuda_graphs_in_budget=False, tokens_from_concurrency=False,
                      moe_workspace_persists=False, non_torch=_NON_TORCH_V0_11, mamba_cache_mode="none",
-                     chunked_local_attention=False),
+                     chunked_local_attention=False, group_size_ratio=None),
     # v0.19 (llm-d-planner's sweep): 1.89-3.66 GiB of activations for dense models from 128,256 to 256,000
     # vocabulary entries = 1024 rows x vocabulary x 14.0-14.5 bytes beside the batch's hidden states (Llama-3.1-8B
     # 1.89, Qwen2.5-7B 2.21, gemma-2-9b 3.65, phi-4 1.52 GiB).  CUDA graphs are captured after the KV pool is
     # sized, outside gpu_memory_utilization (75.23 - 14.99 - 1.89 - 0.25 = 58.11 GiB logged for Llama-3.1-8B).
     "0.19": _Version(sampler_bytes_per_logit=14.4, cuda_graphs_in_budget=False, tokens_from_concurrency=False,
                      moe_workspace_persists=True, non_torch=_NON_TORCH_V0_19, mamba_cache_mode="none",
-                     chunked_local_attention=True),
+                     chunked_local_attention=True, group_size_ratio=1.5),
     # v0.21 made VLLM_MEMORY_PROFILER_ESTIMATE_CUDAGRAPHS the default: the estimate is charged inside the
     # budget; the KV size is logged as max_concurrency x max_model_len; vllm#57047 (0.29 era) peaks at 0.57 GiB
     # for 256 x 151,936 logits: ~16 bytes per logit.  No multi-GPU H100 log of a release after 0.19 gives its
     # non-torch memory: 0.19's figures stand in.
     "0.33": _Version(sampler_bytes_per_logit=16, cuda_graphs_in_budget=True, tokens_from_concurrency=True,
                      moe_workspace_persists=True, non_torch=_NON_TORCH_V0_19, mamba_cache_mode="align",
-                     chunked_local_attention=True, in_flight_batches=True),
+                     chunked_local_attention=True, in_flight_batches=True, group_size_ratio=1.5),
 }
 
 # Why each release does or does not run Llama 4's chunked local attention layers (a model whose text config has
@@ -739,15 +743,16 @@ class VllmProfile:
                     max_model_len: int, limits: BatchLimits) -> KVCapacity:
         """`kv_cache_utils`: the stage's layers grouped by kind (full, sliding window w, chunked local of chunk c
         where the release runs them under the hybrid manager, `CHUNKED_LOCAL_ATTENTION`) into groups of one size
-        (`_get_kv_cache_groups_uniform_page_size`: the smallest kind's layer count, or the largest when within
-        1.25x); ``num_blocks = available // (page × group size)``."""
+        (`_get_kv_cache_groups_uniform_page_size`: the smallest kind's layer count in v0.11; from v0.19 the largest
+        when it is under 1.5x the smallest, `_Version.group_size_ratio`); ``num_blocks = available // (page × group
+        size)``."""
         if stage.spec.linear_attention is not None:
             return hybrid_kv_capacity(stage, kv_cache_dtype, available_bytes, block_size, max_model_len,
                                       self._version, self._rules.tokens_from_concurrency, limits.max_batched_tokens)
         dsa_version_refusal(stage.spec, self._version)
         groups, group_size, page = _kv_cache_groups(stage.spec, stage.layers, kv_cache_dtype,
                                                     stage.tensor_parallel, block_size,
-                                                    self._rules.chunked_local_attention)
+                                                    self._rules.chunked_local_attention, self._rules.group_size_ratio)
         num_groups = sum(n for _, _, n in groups)
         num_blocks = max(0, available_bytes // (page * group_size))
         # Maximum concurrency (get_max_concurrency_for_kv_cache_config): the blocks one request of max_model_len
@@ -798,12 +803,13 @@ def fp8_block_expert_refusal(spec: ModelSpec, tensor_parallel: int) -> str | Non
 
 @lru_cache(maxsize=256)
 def _kv_cache_groups(spec: ModelSpec, layers: tuple[int, int], kv_cache_dtype: str, tensor_parallel: int,
-                     block_size: int, chunked_local: bool = False
+                     block_size: int, chunked_local: bool = False, group_size_ratio: float | None = None
                      ) -> tuple[tuple[tuple[str, int | None, int], ...], int, int]:
     """A stage's KV cache groups as vLLM forms them: ((kind, window or None, groups of that kind), ...), the layers
     in one group, and the page bytes (a pure function of the stage, cached: the solvers ask it many times).  Chunked
     local layers are a kind of their own (window: the chunk) when `chunked_local`, full attention otherwise
-    (``unify_hybrid_kv_cache_specs`` with the hybrid manager off)."""
+    (``unify_hybrid_kv_cache_specs`` with the hybrid manager off).  A group holds the smallest kind's layer count,
+    or the largest kind's when that is under `group_size_ratio` times the smallest (`_Version.group_size_ratio`)."""
     start, stop = layers
     if spec.has_indexer:
         return _dsa_kv_cache_groups(spec, layers, kv_cache_dtype, tensor_parallel, block_size)
@@ -815,7 +821,7 @@ def _kv_cache_groups(spec: ModelSpec, layers: tuple[int, int], kv_cache_dtype: s
         by_kind[(kind, window, page)] = by_kind.get((kind, window, page), 0) + 1
     counts = list(by_kind.values())
     smallest, largest = min(counts), max(counts)
-    group_size = largest if largest < smallest * 1.25 else smallest
+    group_size = largest if group_size_ratio is not None and largest < smallest * group_size_ratio else smallest
     groups = tuple((kind, window, -(-count // group_size)) for (kind, window, _page), count in by_kind.items())
     page = max(page for _kind, _window, page in by_kind)  # vLLM unifies page sizes; equal for one dtype and head size
     return groups, group_size, page
