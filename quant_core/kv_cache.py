@@ -25,9 +25,11 @@ block for a sliding layer while the window straddles a block boundary; nibble co
 
 Llama 4's chunked local attention (``attention_chunk_size`` tokens on its RoPE layers, three of every four;
 the fourth is global NoPE attention) is a ``chunked`` layer: a token attends to the tokens of its own chunk only,
-so an engine that frees the chunks behind holds at most ``min(context, chunk)`` tokens per sequence (rounded up to
-blocks; exact when the chunk is a whole number of blocks, as Llama 4's 8192 is), the sliding window's figure with
-the chunk as its window.  Whether an engine frees them is per release (``chunked_local`` below; the vLLM releases in
+so an engine that frees the chunks behind holds at most ``min(context, chunk)`` tokens per sequence, rounded up to
+blocks: the sliding window's figure with the chunk as its window, and the steady state of vLLM's decoding sequence
+(exact when the chunk is a whole number of blocks, as Llama 4's 8192 is; like a sliding layer, a sequence may hold
+the tokens of one scheduler step more while they are in flight, which vLLM's "Maximum concurrency" reserves and
+the engine profile reports).  Whether an engine frees them is per release (``chunked_local`` below; the vLLM releases in
 `engines.vllm`'s ``CHUNKED_LOCAL_ATTENTION``): vLLM 0.11 turns its hybrid KV cache manager off for a model with
 ``attention_chunk_size`` (``VLLM_ALLOW_CHUNKED_LOCAL_ATTN_WITH_HYBRID_KV_CACHE`` default 0, from PR #21761) and
 allocates those layers the whole context like full ones, so nibble plans them full there; from PR #29627 the

@@ -10,11 +10,14 @@ Where each term comes from (vLLM's repository, ``vllm/v1``):
   one dummy batch of ``max_num_batched_tokens`` tokens, then a sampler pass over
   ``min(max_num_seqs, max_num_batched_tokens)`` sequences on the last pipeline stage;
   the workload's context length plays no part.
-* ``core/kv_cache_utils.py``: layers are grouped by attention kind into groups of equal
-  size; ``num_blocks = available // (page_size × layers per group)``; "GPU KV cache size"
+* ``core/kv_cache_utils.py``: layers are grouped by attention kind (full, sliding window, and
+  Llama 4's chunked local attention where the release runs it under the hybrid KV cache
+  manager: `CHUNKED_LOCAL_ATTENTION`) into groups of equal size (`_Version.group_size_ratio`);
+  ``num_blocks = available // (page_size × layers per group)``; "GPU KV cache size"
   is ``num_blocks // groups × block_size`` tokens (v0.19), or ``max_concurrency ×
-  max_model_len`` in later releases; with several workers, every worker gets the
-  smallest worker's block count.
+  max_model_len`` in later releases; "Maximum concurrency" counts for a sliding or chunked
+  group its window plus the tokens in flight (`in_flight_tokens`); with several workers,
+  every worker gets the smallest worker's block count.
 * ``distributed/utils.py``, ``get_pp_indices``: the layers of each pipeline stage (the
   planner's `_stage_ranges`); ``worker/workspace.py``: buffers kept across the profiling run.
 * ``engine/arg_utils.py``, ``EngineArgs.get_batch_defaults``: the OpenAI server's
