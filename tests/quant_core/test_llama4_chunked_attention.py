@@ -61,14 +61,15 @@ def _scout_on_8_h100s(version: str, context_length: int, sequences: int = 1) -> 
                 PlanOptions(weight_format=float_format("bf16"), tensor_parallel=8, engine_version=version))
 
 
-def test_scouts_36_rope_layers_are_chunked_local_attention_of_8192_tokens() -> None:
+@pytest.mark.parametrize("name", [SCOUT, "llama-4-maverick-17b-128e-instruct"])
+def test_the_36_rope_layers_are_chunked_local_attention_of_8192_tokens(name: str) -> None:
     # config.json (tests/quant_core/data/llama4): "attention_chunk_size": 8192 and "no_rope_layers": [], which
     # Llama4TextConfig replaces by its default, 1 (RoPE, chunked) for every layer but each 4th (3, 7, ..., 47: NoPE)
-    config_spec = model_from_hf_config(llama4_config(SCOUT))
+    config_spec = model_from_hf_config(llama4_config(name))
     assert config_spec.attention_chunk_size == CHUNK
     assert config_spec.chunked_layers == tuple(i for i in range(48) if (i + 1) % 4)
     assert [layer.index for layer in kv_layers(config_spec) if layer.kind == "full"] == list(range(3, 48, 4))
-    preset = get_preset(SCOUT)
+    preset = get_preset(name)
     assert (preset.attention_chunk_size, preset.chunked_layers) == (CHUNK, config_spec.chunked_layers)
     assert {layer.window for layer in kv_layers(preset) if layer.kind == "chunked"} == {CHUNK}
 
