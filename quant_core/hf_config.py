@@ -793,8 +793,10 @@ def _llama4_text(config: Mapping[str, object], model_type: str, name: str | None
     layers are dense MLPs of ``intermediate_size_mlp``.  The MoE layers are those vLLM's llama4.py builds,
     ``(i + 1) % interleave_moe_layer_step == 0`` (Scout: every layer; Maverick, step 2: the odd ones); a
     ``moe_layers`` list, which transformers reads instead, must name the same layers.  The qk norm
-    (``use_qk_norm``) is a parameter-free L2 norm.  The chunked local attention of the RoPE layers
-    (``attention_chunk_size``, ``no_rope_layers``) is planned as full attention: see `kv_cache.kv_layers`.
+    (``use_qk_norm``) is a parameter-free L2 norm.  The RoPE layers (``no_rope_layers`` flag 1; an absent or empty
+    list is transformers' default, every layer but each ``no_rope_layer_interval``-th, 4) are chunked local
+    attention of ``attention_chunk_size`` tokens (default 8192), which vLLM's llama4.py builds as
+    ChunkedLocalAttention; the NoPE layers are global.  What each caches per release: `kv_cache.kv_layers`.
     """
     r = _Reader(config, model_type)
     hidden = r.required_int("hidden_size", MAX_HIDDEN_SIZE)
@@ -810,13 +812,20 @@ def _llama4_text(config: Mapping[str, object], model_type: str, name: str | None
                               f"builds its experts from ({list(moe_layers)[:8]}...): checkpoint and engine disagree")
     attention_bias = r.flag("attention_bias", False)
     r.flag("use_qk_norm", True)  # an L2 norm without weights: no tensor either way
-    # read and checked only: the chunked local (RoPE) layers are planned as full attention (kv_cache.py)
-    r.optional_int("attention_chunk_size", None, MAX_POSITIONS)
+    # Llama4TextConfig's default chunk (8192) when the key is absent; an explicit null turns chunking off
+    chunk = (None if "attention_chunk_size" in config and config["attention_chunk_size"] is None
+             else r.optional_int("attention_chunk_size", 8192, MAX_POSITIONS))
     rope_flags = config.get("no_rope_layers")  # 1: a RoPE (chunked local) layer, 0: a global NoPE layer
     if rope_flags is not None and (not isinstance(rope_flags, list) or len(rope_flags) > MAX_LAYERS
                                    or any(flag not in (0, 1) or isinstance(flag, bool) for flag in rope_flags)):
         raise InvalidSpec("no_rope_layers", rope_flags if not isinstance(rope_flags, list) else rope_flags[:8],
                           "must be a list of 0 (NoPE) and 1 (RoPE) flags, one per layer")
+    if rope_flags and len(rope_flags) != layers:  # vLLM's llama4.py reads config.no_rope_layers[layer_idx]
+        raise InvalidSpec("no_rope_layers", f"{len(rope_flags)} entries", f"must list every layer ({layers})")
+    if not rope_flags:  # Llama4TextConfig: an absent or empty list takes the default
+        interval = r.int_or("no_rope_layer_interval", 4, MAX_LAYERS)
+        rope_flags = [int((i + 1) % interval != 0) for i in range(layers)]
+    chunked = tuple(i for i, flag in enumerate(rope_flags) if flag) if chunk is not None else ()
     return ModelSpec(
         name=_name(config, model_type, name),
         model_type=model_type,
@@ -837,6 +846,8 @@ def _llama4_text(config: Mapping[str, object], model_type: str, name: str | None
         moe_intermediate_size=r.required_int("intermediate_size", MAX_INTERMEDIATE_SIZE),
         num_shared_experts=1,
         dense_layers=tuple(i for i in range(layers) if i not in set(moe_layers)),
+        attention_chunk_size=chunk if chunked else None,
+        chunked_layers=chunked,
     )
 
 

@@ -23,12 +23,19 @@ layer's held tokens round up to whole blocks, per sequence.  (vLLM may hold one 
 block for a sliding layer while the window straddles a block boundary; nibble counts
 ``ceil(min(context, window) / block) × block`` tokens, the steady-state figure.)
 
-Llama 4's chunked local attention (``attention_chunk_size`` on its RoPE layers) is planned as full
-attention, the safe side: vLLM allocates those layers the full context whenever its hybrid KV cache
-manager is off, which it is by default for a model with ``attention_chunk_size`` from vLLM PR #21761
-(July 2025, ``VLLM_ALLOW_CHUNKED_LOCAL_ATTN_WITH_HYBRID_KV_CACHE`` default off: v0.11 among the releases
-nibble models) until PR #29627 turned the variable on; later releases may hold only ``chunk + batch``
-tokens in them (``ChunkedLocalAttentionSpec``), so nibble's figure is their upper bound.
+Llama 4's chunked local attention (``attention_chunk_size`` tokens on its RoPE layers, three of every four;
+the fourth is global NoPE attention) is a ``chunked`` layer: a token attends to the tokens of its own chunk only,
+so an engine that frees the chunks behind holds at most ``min(context, chunk)`` tokens per sequence, rounded up to
+blocks: the sliding window's figure with the chunk as its window, and the steady state of vLLM's decoding sequence
+(exact when the chunk is a whole number of blocks, as Llama 4's 8192 is; like a sliding layer, a sequence may hold
+the tokens of one scheduler step more while they are in flight, which vLLM's "Maximum concurrency" reserves and
+the engine profile reports).  Whether an engine frees them is per release (``chunked_local`` below; the vLLM releases in
+`engines.vllm`'s ``CHUNKED_LOCAL_ATTENTION``): vLLM 0.11 turns its hybrid KV cache manager off for a model with
+``attention_chunk_size`` (``VLLM_ALLOW_CHUNKED_LOCAL_ATTN_WITH_HYBRID_KV_CACHE`` default 0, from PR #21761) and
+allocates those layers the whole context like full ones, so nibble plans them full there; from PR #29627 the
+variable defaults to 1 (0.19, 0.33) and vLLM's ``ChunkedLocalAttentionManager`` frees every block before the
+current chunk, so nibble plans them at one chunk, and the engine's groups and "Maximum concurrency" as vLLM forms
+them (`engines.vllm`).  Without an engine nibble plans the chunk too, the attention's own need.
 
 Hybrid models (Qwen3-Next's Gated DeltaNet ``linear_attention`` layers beside full attention) are sized by
 `hybrid_kv`, as vLLM's hybrid KV cache manager allocates them (see `HybridKV`): a linear layer holds a fixed
@@ -53,13 +60,15 @@ MAX_BLOCK_SIZE = 1 << 20
 
 @lru_cache(maxsize=512)
 def kv_layers(spec: ModelSpec) -> tuple[KVLayer, ...]:
-    """One `KVLayer` per attention layer of `spec`: mla, sliding (with its window) or full."""
+    """One `KVLayer` per attention layer of `spec`: mla, sliding (with its window), chunked (with its chunk) or
+    full."""
     if spec.has_indexer:
         return _dsa_layers(spec)
     if spec.is_mla:
         latent = spec.kv_lora_rank + spec.qk_rope_head_dim
         return tuple(KVLayer(i, "mla", latent_dim=latent) for i in range(spec.num_layers))
     sliding = set(spec.sliding_layers)
+    chunked = set(spec.chunked_layers)
     linear = set(spec.linear_attention.layers) if spec.linear_attention is not None else set()
     rows = []
     for i in range(spec.num_layers):
@@ -68,6 +77,9 @@ def kv_layers(spec: ModelSpec) -> tuple[KVLayer, ...]:
         elif i in sliding:
             rows.append(KVLayer(i, "sliding", spec.num_kv_heads, spec.head_dim, spec.head_dim,
                                 window=spec.sliding_window))
+        elif i in chunked:
+            rows.append(KVLayer(i, "chunked", spec.num_kv_heads, spec.head_dim, spec.head_dim,
+                                window=spec.attention_chunk_size))
         else:
             rows.append(KVLayer(i, "full", spec.num_kv_heads, spec.head_dim, spec.head_dim))
     return tuple(rows)
@@ -135,9 +147,19 @@ def layer_bytes_per_token(layer: KVLayer, dtype: str = "bf16", tensor_parallel: 
     return heads * (element.bytes_per_vector(layer.key_dim) + element.bytes_per_vector(layer.value_dim))
 
 
-def kv_bytes_by_window(spec: ModelSpec, dtype: str = "bf16",
-                       tensor_parallel: int = 1) -> tuple[tuple[int | None, int], ...]:
-    """Bytes per token grouped by window: ``((None, full-layer bytes), (window, bytes), ...)``.
+def held_window(layer: KVLayer, chunked_local: bool = True) -> int | None:
+    """The most tokens `layer` holds per sequence, None for the whole context: a sliding layer's window; a chunked
+    layer's chunk when the engine frees the chunks behind (`chunked_local`, vLLM's hybrid KV cache manager on),
+    else None (it is allocated as full attention)."""
+    if layer.kind == "sliding" or (layer.kind == "chunked" and chunked_local):
+        return layer.window
+    return None
+
+
+def kv_bytes_by_window(spec: ModelSpec, dtype: str = "bf16", tensor_parallel: int = 1,
+                       chunked_local: bool = True) -> tuple[tuple[int | None, int], ...]:
+    """Bytes per token grouped by window: ``((None, full-layer bytes), (window, bytes), ...)``, chunked layers
+    at their chunk when `chunked_local` (`held_window`).
 
     The planner's solvers evaluate a context or sequence count with this few-row table
     instead of walking the layers.  Raises `UnknownName` for an unknown dtype and
@@ -147,15 +169,15 @@ def kv_bytes_by_window(spec: ModelSpec, dtype: str = "bf16",
     if not isinstance(dtype, str):
         raise InvalidSpec("kv_cache.dtype", dtype, "must be a string")
     kv_dtype(dtype)
-    return _kv_bytes_by_window(spec, dtype, tensor_parallel)
+    return _kv_bytes_by_window(spec, dtype, tensor_parallel, bool(chunked_local))
 
 
 @lru_cache(maxsize=2048)
-def _kv_bytes_by_window(spec: ModelSpec, dtype: str,
-                        tensor_parallel: int) -> tuple[tuple[int | None, int], ...]:
+def _kv_bytes_by_window(spec: ModelSpec, dtype: str, tensor_parallel: int,
+                        chunked_local: bool) -> tuple[tuple[int | None, int], ...]:
     groups: dict[int | None, int] = {}
     for layer in kv_layers(spec):
-        window = layer.window if layer.kind == "sliding" else None
+        window = held_window(layer, chunked_local)
         groups[window] = groups.get(window, 0) + layer_bytes_per_token(layer, dtype, tensor_parallel)
     return tuple(sorted(groups.items(), key=lambda item: -1 if item[0] is None else item[0]))
 
@@ -176,11 +198,13 @@ def held_tokens(context_length: int, window: int | None, block_size: int = 16) -
 
 
 def kv_cache_bytes(spec: ModelSpec, dtype: str = "bf16", context_length: int = 4096, sequences: int = 1,
-                   block_size: int = 16, tensor_parallel: int = 1, mamba_cache_mode: str = "none") -> int:
+                   block_size: int = 16, tensor_parallel: int = 1, mamba_cache_mode: str = "none",
+                   chunked_local: bool = True) -> int:
     """KV-cache bytes for `sequences` concurrent sequences of `context_length` tokens (per rank).
 
-    ``Σ_layers bytes_per_token(layer) × held_tokens(context, window, block) × sequences``; a hybrid model's
-    (`hybrid_kv`) at vLLM's `mamba_cache_mode` (`MAMBA_CACHE_MODE_STATE_BLOCKS`).
+    ``Σ_layers bytes_per_token(layer) × held_tokens(context, window, block) × sequences``, chunked local layers at
+    their chunk when `chunked_local` (vLLM from PR #29627) and at the whole context otherwise (vLLM 0.11); a hybrid
+    model's (`hybrid_kv`) at vLLM's `mamba_cache_mode` (`MAMBA_CACHE_MODE_STATE_BLOCKS`).
     Raises `InvalidSpec` naming the argument for negative or absurd values.
     """
     context_length = check_int("context_length", context_length, 0, MAX_POSITIONS)
@@ -190,7 +214,7 @@ def kv_cache_bytes(spec: ModelSpec, dtype: str = "bf16", context_length: int = 4
         hybrid = hybrid_kv(spec, dtype, tensor_parallel, mamba_cache_mode=mamba_cache_mode)
         return hybrid.bytes_per_sequence(context_length, block_size) * sequences
     per_sequence = sum(size * held_tokens(context_length, window, block_size)
-                       for window, size in kv_bytes_by_window(spec, dtype, tensor_parallel))
+                       for window, size in kv_bytes_by_window(spec, dtype, tensor_parallel, chunked_local))
     return per_sequence * sequences
 
 

@@ -46,6 +46,7 @@ from functools import lru_cache
 from quant_core.catalog import MAX_DEVICE_BYTES
 from quant_core.engines import ENGINES, BatchLimits, EngineProfile, KVCapacity, Stage, Term, get_engine
 from quant_core.engines.vllm import (
+    CHUNKED_LOCAL_ATTENTION,
     EMBEDDING_ON_EVERY_STAGE,
     MAMBA_CACHE_MODES,
     dsa_block_size,
@@ -53,11 +54,20 @@ from quant_core.engines.vllm import (
     mlp_width_refusal,
     qwen_vision_refusal,
 )
+from quant_core.engines.vllm import chunked_local_attention as vllm_chunked_local_attention
 from quant_core.engines.vllm import mamba_cache_mode as vllm_mamba_cache_mode
 from quant_core.errors import InvalidSpec
 from quant_core.formats import WeightFormat, float_format, int4, kv_dtype
 from quant_core.inventory import QuantizationPolicy, parameter_count
-from quant_core.kv_cache import HybridKV, held_tokens, hybrid_kv, kv_bytes_per_token, kv_layers, layer_bytes_per_token
+from quant_core.kv_cache import (
+    HybridKV,
+    held_tokens,
+    held_window,
+    hybrid_kv,
+    kv_bytes_per_token,
+    kv_layers,
+    layer_bytes_per_token,
+)
 from quant_core.schemes import WeightScheme, assigned_bytes, scheme_of, with_partial_groups
 from quant_core.specs import (
     Llama4VisionTower,
@@ -513,12 +523,13 @@ def _embedding_on_every_stage(spec: ModelSpec, scheme: WeightScheme, tensor_para
 
 def _build_layout(spec: ModelSpec, scheme: WeightScheme, kv_dtype_name: str,
                   tensor_parallel: int, pipeline_parallel: int, vocabulary_everywhere: bool = False,
-                  fp32_routers: bool = False, mamba_cache_mode: str = "none") -> _Layout:
+                  fp32_routers: bool = False, mamba_cache_mode: str = "none", chunked_local: bool = True) -> _Layout:
     """Per stage: the weights on one rank and the KV coefficients.  `vocabulary_everywhere` puts the
     tensors outside the decoder layers (embedding, final norm, lm_head) on every stage, as the engine's
     model code does for some families when `pipeline_parallel` > 1; `fp32_routers` holds the rows of role
     ``router`` at 4 bytes an element, as the engine allocates them for some families (`_router_bytes`);
-    `mamba_cache_mode` sets the blocks a hybrid model's sequence takes in each linear group (`hybrid_kv`)."""
+    `mamba_cache_mode` sets the blocks a hybrid model's sequence takes in each linear group (`hybrid_kv`);
+    `chunked_local` holds a chunked local attention layer's chunk, not the whole context (`kv_cache.held_window`)."""
     if pipeline_parallel > spec.num_layers:
         raise InvalidSpec("parallel.pipeline", pipeline_parallel,
                           f"more pipeline stages than the model's {spec.num_layers} layers")
@@ -563,7 +574,7 @@ def _build_layout(spec: ModelSpec, scheme: WeightScheme, kv_dtype_name: str,
     for start, stop in stages if spec.linear_attention is None else ():
         groups: dict[int | None, int] = {}
         for layer in kv_layers(spec)[start:stop]:
-            window = layer.window if layer.kind == "sliding" else None
+            window = held_window(layer, chunked_local)
             groups[window] = groups.get(window, 0) + layer_bytes_per_token(layer, kv_dtype_name, tensor_parallel)
         stage_kv.append(_StageKV(tuple(groups.items())))
     return _Layout(tensor_parallel, pipeline_parallel, stages,
@@ -587,6 +598,27 @@ def _hybrid_note(hybrid: HybridKV, block_size: int, tensor_parallel: int, engine
     return (note + f" vLLM {engine.version} runs a hybrid model given no prefix-caching flag with "
             f"{MAMBA_CACHE_MODES[engine.version]}; nibble plans that default (plan requests have no prefix-caching "
             "field).")
+
+
+def _chunked_note(spec: ModelSpec, engine: EngineProfile | None, chunked_local: bool) -> str:
+    """The plan's note on chunked local attention (Llama 4): what its layers hold in this engine release and why
+    (`engines.vllm.CHUNKED_LOCAL_ATTENTION`)."""
+    chunk = spec.attention_chunk_size
+    layers = (f"Llama 4's {len(spec.chunked_layers)} chunked local attention layers (its RoPE layers; the other "
+              f"{spec.num_layers - len(spec.chunked_layers)} are global)")
+    if engine is None or engine.name != "vllm":
+        return (f"{layers} are planned at one chunk of {chunk:,} tokens per sequence (rounded up to blocks), what "
+                "their attention needs; an engine that allocates them as full attention (vLLM 0.11) holds the whole "
+                "context in them.")
+    why = CHUNKED_LOCAL_ATTENTION[engine.version]
+    if not chunked_local:
+        return (f"{layers} are planned as full attention, the whole context per sequence: {why}.  Releases from "
+                f"vLLM PR #29627 on hold only the current chunk ({chunk:,} tokens) in them.")
+    return (f"{layers} are planned at one chunk of {chunk:,} tokens per sequence (min(context, chunk) rounded up to "
+            f"blocks), not the whole context: {why}.  vLLM's \"Maximum concurrency\" reserves for each request a "
+            "chunk plus the tokens in flight in those groups (ChunkedLocalAttentionSpec.max_memory_usage_bytes); "
+            "vLLM 0.11 (and any release run with VLLM_ALLOW_CHUNKED_LOCAL_ATTN_WITH_HYBRID_KV_CACHE=0, "
+            "--disable-hybrid-kv-cache-manager, a KV connector or EAGLE) holds the whole context in them.")
 
 
 # ---------------------------------------------------------------------------
@@ -649,6 +681,14 @@ class _Evaluator:
         if self.engine is None or self.engine.name != "vllm":
             return "none"
         return vllm_mamba_cache_mode(self.engine.version)
+
+    def chunked_local(self) -> bool:
+        """Whether chunked local attention layers (Llama 4) hold only their chunk: the vLLM release's default
+        (`engines.vllm.chunked_local_attention`: from PR #29627, not in 0.11); the attention's own need without
+        an engine."""
+        if self.engine is None or self.engine.name != "vllm":
+            return True
+        return vllm_chunked_local_attention(self.engine.version)
 
     def stage(self, layout: _Layout, stage: int) -> Stage:
         return Stage(self.spec, layout.tensor_parallel, layout.pipeline_parallel, layout.stage_layers[stage],
@@ -770,7 +810,7 @@ class _ModelTerms:
         self.scheme = scheme
         self.kv_dtype_name = kv_dtype_name
         self.by_role = _weights_by_role(spec, scheme)
-        self._layouts: dict[tuple[int, int, bool, bool, str], _Layout] = {}
+        self._layouts: dict[tuple[int, int, bool, bool, str, bool], _Layout] = {}
         self._predicates: dict[tuple[object, ...], Callable[[int, int], bool]] = {}
         self._accepted: dict[tuple[str, str] | None, tuple[int, ...]] = {}
 
@@ -787,12 +827,12 @@ class _ModelTerms:
         return found
 
     def layout(self, tensor_parallel: int, pipeline_parallel: int, vocabulary_everywhere: bool = False,
-               fp32_routers: bool = False, mamba_cache_mode: str = "none") -> _Layout:
-        key = (tensor_parallel, pipeline_parallel, vocabulary_everywhere, fp32_routers, mamba_cache_mode)
+               fp32_routers: bool = False, mamba_cache_mode: str = "none", chunked_local: bool = True) -> _Layout:
+        key = (tensor_parallel, pipeline_parallel, vocabulary_everywhere, fp32_routers, mamba_cache_mode, chunked_local)
         found = self._layouts.get(key)
         if found is None:
             found = _build_layout(self.spec, self.scheme, self.kv_dtype_name, tensor_parallel, pipeline_parallel,
-                                  vocabulary_everywhere, fp32_routers, mamba_cache_mode)
+                                  vocabulary_everywhere, fp32_routers, mamba_cache_mode, chunked_local)
             if len(self._layouts) < 4096:
                 self._layouts[key] = found
         return found
@@ -804,7 +844,8 @@ class _ModelTerms:
         if found is None:
             found = evaluator.build_predicate(self.layout(tensor_parallel, pipeline_parallel,
                                                           evaluator.vocabulary_everywhere(pipeline_parallel),
-                                                          evaluator.fp32_routers(), evaluator.mamba_cache_mode()))
+                                                          evaluator.fp32_routers(), evaluator.mamba_cache_mode(),
+                                                          evaluator.chunked_local()))
             if len(self._predicates) < 4096:
                 self._predicates[key] = found
         return found
@@ -988,7 +1029,7 @@ def _format_plan(terms: _ModelTerms, hardware: Hardware, workload: Workload, ten
     options = evaluator.options
     layout = terms.layout(tensor_parallel, options.pipeline_parallel,
                           evaluator.vocabulary_everywhere(options.pipeline_parallel), evaluator.fp32_routers(),
-                          evaluator.mamba_cache_mode())
+                          evaluator.mamba_cache_mode(), evaluator.chunked_local())
     stage_terms = evaluator.stage_terms(layout)
     by_role = terms.by_role
     total_weights = sum(by_role.values())
@@ -1080,7 +1121,7 @@ def plan(spec: ModelSpec, hardware: Hardware, workload: Workload | None = None,
     else:
         quantized, _ = with_partial_groups(spec, _policy_scheme(int4(), policy))
     kv_total = _model_terms(spec, baseline, options.kv_cache_dtype).layout(
-        1, 1, mamba_cache_mode=evaluator.mamba_cache_mode()).stage_kv[0] \
+        1, 1, mamba_cache_mode=evaluator.mamba_cache_mode(), chunked_local=evaluator.chunked_local()).stage_kv[0] \
         .bytes_per_sequence(workload.context_length, options.block_size) * workload.concurrent_sequences
 
     def format_plan(scheme: WeightScheme) -> FormatPlan:
@@ -1108,7 +1149,7 @@ def plan(spec: ModelSpec, hardware: Hardware, workload: Workload | None = None,
 
     primary_layout = _model_terms(spec, deployed, options.kv_cache_dtype).layout(
         tensor, pipeline, evaluator.vocabulary_everywhere(pipeline), evaluator.fp32_routers(),
-        evaluator.mamba_cache_mode())
+        evaluator.mamba_cache_mode(), evaluator.chunked_local())
     primary_terms = evaluator.stage_terms(primary_layout)
     if primary_layout.vocabulary_on_every_stage and engine is not None:
         notes.append(f"{engine.vocabulary_on_every_stage(spec)}: each of the {pipeline} stages holds "
@@ -1119,6 +1160,8 @@ def plan(spec: ModelSpec, hardware: Hardware, workload: Workload | None = None,
     hybrid = primary_layout.stage_kv[0].hybrid
     if hybrid is not None:
         notes.append(_hybrid_note(hybrid, options.block_size, tensor, engine))
+    if spec.chunked_layers:
+        notes.append(_chunked_note(spec, engine, evaluator.chunked_local()))
     busiest = max(primary.devices, key=lambda device: device.activation_bytes)
     if evaluator.variable_activations:
         activation_basis = ACTIVATION_BASIS.format(
@@ -1238,12 +1281,6 @@ def _warnings(spec: ModelSpec, hardware: Hardware, workload: Workload, options: 
         out.append(f"{family}'s vision tower is counted in the weights at 16 bits, but the activations of vLLM's "
                    "profiling run over a batch of dummy images through it are not modelled: the engine reserves that "
                    "peak too, so leave headroom for it.")
-    if spec.layout == "llama4":
-        out.append("Llama 4's chunked local attention layers (its RoPE layers, attention_chunk_size tokens each) are "
-                   "planned as full attention: vLLM allocates them the whole context while its hybrid KV cache "
-                   "manager is off for chunked attention (the default from vLLM PR #21761, July 2025, to PR #29627); "
-                   "with VLLM_ALLOW_CHUNKED_LOCAL_ATTN_WITH_HYBRID_KV_CACHE on they hold at most a chunk and a batch "
-                   "of tokens, so the KV cache figures are an upper bound there.")
     if isinstance(spec.vision, PixtralVisionTower):
         out.append("Mistral 3's Pixtral vision tower and projector are planned at 16 bits on every device, but the "
                    "memory of image inputs is not: vLLM's profiling run for a multimodal model also encodes dummy "

@@ -274,10 +274,12 @@ class KVLayer:
     """What one attention layer caches per token.
 
     `kind` is ``full`` (MHA/GQA/MQA), ``sliding`` (holds at most `window` tokens per
-    sequence) or ``mla`` (DeepSeek: one latent of `latent_dim` = kv_lora_rank +
+    sequence), ``chunked`` (Llama 4's chunked local attention: a token attends to the tokens of its own chunk of
+    `window` = ``attention_chunk_size`` tokens, so an engine that frees the chunks behind holds at most one; what
+    an engine holds is `kv_cache.kv_layers`'s), ``mla`` (DeepSeek: one latent of `latent_dim` = kv_lora_rank +
     qk_rope_head_dim per token, not per head, replicated on every tensor-parallel rank) or ``dsa``
     (DeepSeek-V3.2: that latent plus the sparse-attention indexer's key, see `rope_dim`).
-    For full and sliding layers each token caches `num_kv_heads` keys of `key_dim` and
+    For full, sliding and chunked layers each token caches `num_kv_heads` keys of `key_dim` and
     values of `value_dim` elements.
     """
 
@@ -438,6 +440,7 @@ _LINEAR_ATTENTION_LIMITS: dict[str, tuple[int, int]] = {
 _OPTIONAL_INT_LIMITS: dict[str, tuple[int, int]] = {
     "max_position_embeddings": (1, MAX_POSITIONS),
     "sliding_window": (1, MAX_POSITIONS),
+    "attention_chunk_size": (1, MAX_POSITIONS),
     "q_lora_rank": (1, MAX_RANK),
 }
 _BOOL_FIELDS: tuple[str, ...] = (
@@ -452,7 +455,7 @@ _BOOL_FIELDS: tuple[str, ...] = (
     "expert_bias",
     "lm_head_bias",
 )
-_LAYER_TUPLE_FIELDS: tuple[str, ...] = ("sliding_layers", "dense_layers")
+_LAYER_TUPLE_FIELDS: tuple[str, ...] = ("sliding_layers", "chunked_layers", "dense_layers")
 
 
 def check_int(field: str, value: object, minimum: int, maximum: int) -> int:
@@ -494,7 +497,9 @@ class ModelSpec:
     MLA (DeepSeek, when `kv_lora_rank` > 0): `q_lora_rank` (None = no query compression),
     `kv_lora_rank`, `qk_nope_head_dim`, `qk_rope_head_dim`, `v_head_dim`.
     Attention window: `sliding_layers` lists the layers that attend to (and cache) at most
-    `sliding_window` tokens.  `max_position_embeddings` is the trained context (for
+    `sliding_window` tokens; `chunked_layers` the layers of chunked local attention (Llama 4's RoPE layers), each
+    token attending to the tokens of its own chunk of `attention_chunk_size` (what they cache depends on the engine:
+    `kv_cache.kv_layers`).  `max_position_embeddings` is the trained context (for
     `learned_position_embeddings`, also the rows of the position table).
     """
 
@@ -520,6 +525,9 @@ class ModelSpec:
     learned_position_embeddings: bool = False
     sliding_window: int | None = None
     sliding_layers: tuple[int, ...] = ()
+    #: chunked local attention (Llama 4): the layers that attend within chunks of `attention_chunk_size` tokens
+    attention_chunk_size: int | None = None
+    chunked_layers: tuple[int, ...] = ()
     num_experts: int = 0
     experts_per_token: int = 0
     moe_intermediate_size: int = 0
@@ -585,6 +593,14 @@ class ModelSpec:
                               f"must divide num_attention_heads={self.num_attention_heads}")
         if self.sliding_layers and self.sliding_window is None:
             raise InvalidSpec("sliding_window", None, "sliding_layers are given but no window")
+        if self.chunked_layers and self.attention_chunk_size is None:
+            raise InvalidSpec("attention_chunk_size", None, "chunked_layers are given but no chunk size")
+        if self.chunked_layers and (self.sliding_layers or self.is_mla):
+            # vLLM's FullAttentionSpec.merge: "Model with both sliding window layers and chunked local attention
+            # layers is not supported"
+            raise InvalidSpec("chunked_layers", list(self.chunked_layers[:8]),
+                              "chunked local attention goes with full attention layers only (no sliding or latent "
+                              "attention), as in vLLM")
         if self.num_experts:
             if not 1 <= self.experts_per_token <= self.num_experts:
                 raise InvalidSpec("experts_per_token", self.experts_per_token,
@@ -622,8 +638,8 @@ class ModelSpec:
         if linear.layers[-1] >= self.num_layers:
             raise InvalidSpec("layer_types", f"{len(linear.layers)} linear_attention layers up to layer "
                               f"{linear.layers[-1]}", f"more than num_hidden_layers={self.num_layers}")
-        if self.sliding_layers or self.is_mla:
-            raise InvalidSpec("linear_attention", "with sliding or latent attention",
+        if self.sliding_layers or self.chunked_layers or self.is_mla:
+            raise InvalidSpec("linear_attention", "with sliding, chunked or latent attention",
                               "a hybrid model's other layers are full attention")
 
     def _check_indexer(self) -> None:

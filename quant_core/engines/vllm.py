@@ -10,11 +10,14 @@ Where each term comes from (vLLM's repository, ``vllm/v1``):
   one dummy batch of ``max_num_batched_tokens`` tokens, then a sampler pass over
   ``min(max_num_seqs, max_num_batched_tokens)`` sequences on the last pipeline stage;
   the workload's context length plays no part.
-* ``core/kv_cache_utils.py``: layers are grouped by attention kind into groups of equal
-  size; ``num_blocks = available // (page_size × layers per group)``; "GPU KV cache size"
+* ``core/kv_cache_utils.py``: layers are grouped by attention kind (full, sliding window, and
+  Llama 4's chunked local attention where the release runs it under the hybrid KV cache
+  manager: `CHUNKED_LOCAL_ATTENTION`) into groups of equal size (`_Version.group_size_ratio`);
+  ``num_blocks = available // (page_size × layers per group)``; "GPU KV cache size"
   is ``num_blocks // groups × block_size`` tokens (v0.19), or ``max_concurrency ×
-  max_model_len`` in later releases; with several workers, every worker gets the
-  smallest worker's block count.
+  max_model_len`` in later releases; "Maximum concurrency" counts for a sliding or chunked
+  group its window plus the tokens in flight (`in_flight_tokens`); with several workers,
+  every worker gets the smallest worker's block count.
 * ``distributed/utils.py``, ``get_pp_indices``: the layers of each pipeline stage (the
   planner's `_stage_ranges`); ``worker/workspace.py``: buffers kept across the profiling run.
 * ``engine/arg_utils.py``, ``EngineArgs.get_batch_defaults``: the OpenAI server's
@@ -37,7 +40,7 @@ from functools import lru_cache
 
 from quant_core.engines.base import BatchLimits, KVCapacity, Stage, Term
 from quant_core.errors import InvalidSpec, UnknownName
-from quant_core.kv_cache import VLLM_BLOCK_ALIGNMENT, hybrid_kv, kv_layers, layer_bytes_per_token
+from quant_core.kv_cache import VLLM_BLOCK_ALIGNMENT, held_window, hybrid_kv, kv_layers, layer_bytes_per_token
 from quant_core.specs import Llama4VisionTower, ModelSpec, PixtralVisionTower, Qwen3VisionTower, QwenVisionTower
 
 GIB = 1 << 30
@@ -87,6 +90,17 @@ class _Version:
     #: flag: "none" where the release keeps prefix caching off for hybrid models, "align" where it turns it on
     #: (`MAMBA_CACHE_MODES`; `kv_cache.MAMBA_CACHE_MODE_STATE_BLOCKS` the blocks a sequence takes per linear group)
     mamba_cache_mode: str
+    #: whether a model with ``attention_chunk_size`` (Llama 4) runs under the hybrid KV cache manager, its chunked
+    #: local layers as ChunkedLocalAttentionSpec holding the current chunk (`CHUNKED_LOCAL_ATTENTION` says why)
+    chunked_local_attention: bool = False
+    #: whether the tokens a sliding or chunked group reserves per request beyond its window are ``max_in_flight_tokens``
+    #: (config/vllm.py: ``max_concurrent_batches x max_num_batched_tokens``, two batches or more under the default
+    #: async scheduling) rather than one batch of ``max_num_batched_tokens``
+    in_flight_batches: bool = False
+    #: `_get_kv_cache_groups_uniform_page_size`'s layers per group when a model has attention layers of several
+    #: kinds: the larger kind's count when it is less than this many times the smaller's, else the smaller's (None:
+    #: always the smaller's, v0.11)
+    group_size_ratio: float | None = None
 
 
 # v0.11 (llm-d-benchmark's H100 logs, config_explorer/empirical-vllm-memory-results.md): 0.13 GiB on one GPU,
@@ -102,20 +116,62 @@ VERSIONS: dict[str, _Version] = {
     # values and their int64 indices, softmax, cumulative sum, the scattered-back logits, probabilities and the
     # exponential draws of the PyTorch top-k/top-p path.
     "0.11": _Version(sampler_bytes_per_logit=38, cuda_graphs_in_budget=False, tokens_from_concurrency=False,
-                     moe_workspace_persists=False, non_torch=_NON_TORCH_V0_11, mamba_cache_mode="none"),
+                     moe_workspace_persists=False, non_torch=_NON_TORCH_V0_11, mamba_cache_mode="none",
+                     chunked_local_attention=False, group_size_ratio=None),
     # v0.19 (llm-d-planner's sweep): 1.89-3.66 GiB of activations for dense models from 128,256 to 256,000
     # vocabulary entries = 1024 rows x vocabulary x 14.0-14.5 bytes beside the batch's hidden states (Llama-3.1-8B
     # 1.89, Qwen2.5-7B 2.21, gemma-2-9b 3.65, phi-4 1.52 GiB).  CUDA graphs are captured after the KV pool is
     # sized, outside gpu_memory_utilization (75.23 - 14.99 - 1.89 - 0.25 = 58.11 GiB logged for Llama-3.1-8B).
     "0.19": _Version(sampler_bytes_per_logit=14.4, cuda_graphs_in_budget=False, tokens_from_concurrency=False,
-                     moe_workspace_persists=True, non_torch=_NON_TORCH_V0_19, mamba_cache_mode="none"),
+                     moe_workspace_persists=True, non_torch=_NON_TORCH_V0_19, mamba_cache_mode="none",
+                     chunked_local_attention=True, group_size_ratio=1.5),
     # v0.21 made VLLM_MEMORY_PROFILER_ESTIMATE_CUDAGRAPHS the default: the estimate is charged inside the
     # budget; the KV size is logged as max_concurrency x max_model_len; vllm#57047 (0.29 era) peaks at 0.57 GiB
     # for 256 x 151,936 logits: ~16 bytes per logit.  No multi-GPU H100 log of a release after 0.19 gives its
     # non-torch memory: 0.19's figures stand in.
     "0.33": _Version(sampler_bytes_per_logit=16, cuda_graphs_in_budget=True, tokens_from_concurrency=True,
-                     moe_workspace_persists=True, non_torch=_NON_TORCH_V0_19, mamba_cache_mode="align"),
+                     moe_workspace_persists=True, non_torch=_NON_TORCH_V0_19, mamba_cache_mode="align",
+                     chunked_local_attention=True, in_flight_batches=True, group_size_ratio=1.5),
 }
+
+# Why each release does or does not run Llama 4's chunked local attention layers (a model whose text config has
+# ``attention_chunk_size``) under its hybrid KV cache manager when ``vllm serve`` is given no flag about it.
+CHUNKED_LOCAL_ATTENTION: dict[str, str] = {
+    "0.11": "vLLM 0.11 turns the hybrid KV cache manager off for a model with attention_chunk_size "
+            "(config/__init__.py: "
+            "VLLM_ALLOW_CHUNKED_LOCAL_ATTN_WITH_HYBRID_KV_CACHE defaults to 0 in envs.py, PR #21761, \"There is a "
+            "latency regression when using chunked local attention with the hybrid KV cache manager. Disabling it, by "
+            "default\"), and unify_hybrid_kv_cache_specs makes every chunked layer a FullAttentionSpec: they hold the "
+            "whole context, as full layers do",
+    "0.19": "vLLM 0.19 keeps the hybrid KV cache manager on for Llama 4 (envs.py: "
+            "VLLM_ALLOW_CHUNKED_LOCAL_ATTN_WITH_HYBRID_KV_CACHE defaults to 1 from PR #29627): the chunked layers are "
+            "ChunkedLocalAttentionSpec groups whose ChunkedLocalAttentionManager frees every block before the current "
+            "chunk (get_num_skipped_tokens: computed tokens // chunk x chunk)",
+    "0.33": "vLLM 0.33 keeps the hybrid KV cache manager on for Llama 4 (envs.py: "
+            "VLLM_ALLOW_CHUNKED_LOCAL_ATTN_WITH_HYBRID_KV_CACHE defaults to 1, as from PR #29627): the chunked layers "
+            "are ChunkedLocalAttentionSpec groups whose ChunkedLocalAttentionManager frees every block before the "
+            "current chunk",
+}
+
+
+def chunked_local_attention(version: str) -> bool:
+    """Whether vLLM `version` holds only the current chunk in Llama 4's chunked local attention layers by default
+    (`CHUNKED_LOCAL_ATTENTION` says why); False: it allocates them the whole context, as full attention."""
+    if version not in VERSIONS:
+        raise UnknownName("vLLM version", str(version), [], field="runtime.engine_version", known=list(VERSIONS))
+    return VERSIONS[version].chunked_local_attention
+
+
+def in_flight_tokens(version: str, pipeline_parallel: int, max_batched_tokens: int) -> int:
+    """The tokens a sliding-window or chunked-local group reserves per request beyond its window in vLLM `version`'s
+    "Maximum concurrency" (``max_memory_usage_bytes``): one batch of `max_batched_tokens` up to v0.19
+    (kv_cache_interface.py, ``SlidingWindowSpec`` / ``ChunkedLocalAttentionSpec``); in v0.33
+    ``VllmConfig.max_in_flight_tokens`` = ``max_concurrent_batches x max_num_batched_tokens``, where async scheduling
+    (on by default, config/vllm.py) with the default V2 model runner keeps ``pipeline_parallel + 1`` batches in
+    flight."""
+    if not VERSIONS[version].in_flight_batches:
+        return max_batched_tokens
+    return (pipeline_parallel + 1) * max_batched_tokens
 
 # Why each release runs a hybrid Gated DeltaNet model (Qwen3NextForCausalLM, Qwen3_5ForConditionalGeneration) in its
 # `_Version.mamba_cache_mode` when ``vllm serve`` is given neither --enable-prefix-caching nor
@@ -514,6 +570,12 @@ class VllmProfile:
         """The ``mamba_cache_mode`` this release runs a hybrid model in by default (`MAMBA_CACHE_MODES`)."""
         return self._rules.mamba_cache_mode
 
+    @property
+    def chunked_local_attention(self) -> bool:
+        """Whether this release holds only the current chunk in chunked local attention layers
+        (`CHUNKED_LOCAL_ATTENTION`)."""
+        return self._rules.chunked_local_attention
+
     def batch_limits(self, device_bytes: int, device_name: str) -> BatchLimits:
         """`EngineArgs.get_batch_defaults` for the OpenAI server: 8192 tokens and 1024 sequences on a
         device of at least 70 GiB that is not an A100 (vLLM PR #17885), else 2048 and 256."""
@@ -682,25 +744,33 @@ class VllmProfile:
 
     def kv_capacity(self, stage: Stage, kv_cache_dtype: str, available_bytes: int, block_size: int,
                     max_model_len: int, limits: BatchLimits) -> KVCapacity:
-        """`kv_cache_utils`: the stage's layers grouped by kind (full, sliding window w) into groups
-        of one size (`_get_kv_cache_groups_uniform_page_size`: the smallest kind's layer count,
-        or the largest when within 1.25x); ``num_blocks = available // (page × group size)``."""
+        """`kv_cache_utils`: the stage's layers grouped by kind (full, sliding window w, chunked local of chunk c
+        where the release runs them under the hybrid manager, `CHUNKED_LOCAL_ATTENTION`) into groups of one size
+        (`_get_kv_cache_groups_uniform_page_size`: the smallest kind's layer count in v0.11; from v0.19 the largest
+        when it is under 1.5x the smallest, `_Version.group_size_ratio`); ``num_blocks = available // (page × group
+        size)``."""
         if stage.spec.linear_attention is not None:
             return hybrid_kv_capacity(stage, kv_cache_dtype, available_bytes, block_size, max_model_len,
                                       self._version, self._rules.tokens_from_concurrency, limits.max_batched_tokens)
         dsa_version_refusal(stage.spec, self._version)
         groups, group_size, page = _kv_cache_groups(stage.spec, stage.layers, kv_cache_dtype,
-                                                    stage.tensor_parallel, block_size)
-        num_groups = sum(n for _, n in groups)
+                                                    stage.tensor_parallel, block_size,
+                                                    self._rules.chunked_local_attention, self._rules.group_size_ratio)
+        num_groups = sum(n for _, _, n in groups)
         num_blocks = max(0, available_bytes // (page * group_size))
-        # Maximum concurrency (get_max_concurrency_for_kv_cache_config): blocks one request of
-        # max_model_len needs in every group, a sliding group at most its window plus a batch.
+        # Maximum concurrency (get_max_concurrency_for_kv_cache_config): the blocks one request of max_model_len
+        # may hold in every group (each spec's max_memory_usage_bytes): a full group the whole length; a sliding
+        # group its window less one plus the tokens in flight, and one block more for a window across a block
+        # boundary (SlidingWindowSpec); a chunked group a chunk plus the tokens in flight (ChunkedLocalAttentionSpec)
+        in_flight = in_flight_tokens(self._version, stage.pipeline_parallel, limits.max_batched_tokens)
         blocks_per_request = 0
-        for window, n in groups:
+        for kind, window, n in groups:
             if window is None:
                 need = -(-max_model_len // block_size)
+            elif kind == "chunked":
+                need = -(-min(window + in_flight, max_model_len) // block_size)
             else:
-                need = -(-min(window - 1 + limits.max_batched_tokens, max_model_len) // block_size) + 1
+                need = -(-min(window - 1 + in_flight, max_model_len) // block_size) + 1
             blocks_per_request += need * n
         concurrency = num_blocks / blocks_per_request if blocks_per_request else 0.0
         if self._rules.tokens_from_concurrency:
@@ -736,27 +806,32 @@ def fp8_block_expert_refusal(spec: ModelSpec, tensor_parallel: int) -> str | Non
 
 @lru_cache(maxsize=256)
 def _kv_cache_groups(spec: ModelSpec, layers: tuple[int, int], kv_cache_dtype: str, tensor_parallel: int,
-                     block_size: int) -> tuple[tuple[tuple[int | None, int], ...], int, int]:
-    """A stage's KV cache groups as vLLM forms them: ((window or None, groups of that kind), ...), the layers
-    in one group, and the page bytes (a pure function of the stage, cached: the solvers ask it many times)."""
+                     block_size: int, chunked_local: bool = False, group_size_ratio: float | None = None
+                     ) -> tuple[tuple[tuple[str, int | None, int], ...], int, int]:
+    """A stage's KV cache groups as vLLM forms them: ((kind, window or None, groups of that kind), ...), the layers
+    in one group, and the page bytes (a pure function of the stage, cached: the solvers ask it many times).  Chunked
+    local layers are a kind of their own (window: the chunk) when `chunked_local`, full attention otherwise
+    (``unify_hybrid_kv_cache_specs`` with the hybrid manager off).  A group holds the smallest kind's layer count,
+    or the largest kind's when that is under `group_size_ratio` times the smallest (`_Version.group_size_ratio`)."""
     start, stop = layers
     if spec.has_indexer:
         return _dsa_kv_cache_groups(spec, layers, kv_cache_dtype, tensor_parallel, block_size)
-    by_kind: dict[tuple[int | None, int], int] = {}
+    by_kind: dict[tuple[str, int | None, int], int] = {}
     for layer in kv_layers(spec)[start:stop]:
-        window = layer.window if layer.kind == "sliding" else None
+        window = held_window(layer, chunked_local)
+        kind = "full" if window is None else layer.kind
         page = block_size * layer_bytes_per_token(layer, kv_cache_dtype, tensor_parallel)
-        by_kind[(window, page)] = by_kind.get((window, page), 0) + 1
+        by_kind[(kind, window, page)] = by_kind.get((kind, window, page), 0) + 1
     counts = list(by_kind.values())
     smallest, largest = min(counts), max(counts)
-    group_size = largest if largest < smallest * 1.25 else smallest
-    groups = tuple((window, -(-count // group_size)) for (window, _page), count in by_kind.items())
-    page = max(page for _window, page in by_kind)  # vLLM unifies page sizes; equal for one dtype and head size
+    group_size = largest if group_size_ratio is not None and largest < smallest * group_size_ratio else smallest
+    groups = tuple((kind, window, -(-count // group_size)) for (kind, window, _page), count in by_kind.items())
+    page = max(page for _kind, _window, page in by_kind)  # vLLM unifies page sizes; equal for one dtype and head size
     return groups, group_size, page
 
 
 def _dsa_kv_cache_groups(spec: ModelSpec, layers: tuple[int, int], kv_cache_dtype: str, tensor_parallel: int,
-                         block_size: int) -> tuple[tuple[tuple[int | None, int], ...], int, int]:
+                         block_size: int) -> tuple[tuple[tuple[str, int | None, int], ...], int, int]:
     """DeepSeek Sparse Attention's KV cache in vLLM 0.11 / 0.19: every attention layer's MLA latent and indexer key
     are full-attention specs of two page sizes, so `UniformTypeKVCacheSpecs.from_specs` puts them all in one group
     whose page is the sum of the layers' pages (``block × Σ (latent + indexer key bytes)``); one block of it holds
@@ -765,4 +840,4 @@ def _dsa_kv_cache_groups(spec: ModelSpec, layers: tuple[int, int], kv_cache_dtyp
     start, stop = layers
     page = sum(block_size * layer_bytes_per_token(layer, kv_cache_dtype, tensor_parallel)
                for layer in kv_layers(spec)[start:stop])
-    return ((None, 1),), 1, page
+    return (("full", None, 1),), 1, page

@@ -686,3 +686,22 @@ def test_a_config_of_an_unknown_model_type_is_planned_as_its_architecture_with_a
     assert body["parameters"]["total"] == 1_026_408_232_448
     assert any("'kimi_k2'" in note and "'deepseek_v3'" in note and "DeepseekV3ForCausalLM" in note
                for note in body["warnings"])
+
+
+@pytest.mark.parametrize(("patch", "field"), [
+    ({"attention_chunk_size": 0}, "attention_chunk_size"),
+    ({"attention_chunk_size": "8192"}, "attention_chunk_size"),
+    ({"no_rope_layers": [1, 1, 1, 0]}, "no_rope_layers"),  # vLLM's llama4.py reads one flag per layer
+    ({"no_rope_layers": [2] * 48}, "no_rope_layers"),
+])
+def test_hostile_llama4_chunk_fields_are_refused_naming_the_key(client: TestClient, patch: dict[str, Any],
+                                                                field: str) -> None:
+    from tests.quant_core.test_hf_config import llama4_config
+
+    config = llama4_config("llama-4-scout-17b-16e-instruct")
+    config = {**config, "text_config": {**config["text_config"], **patch}}
+    response = client.post("/v1/plan", json={"model": {"hf_config": config},
+                                             "hardware": {"device": "h100-80gb", "count": 8}})
+    assert response.status_code == 422
+    assert response.headers["content-type"].startswith("application/problem+json")
+    assert response.json()["errors"][0]["field"].endswith(field)

@@ -522,6 +522,43 @@ def test_sliding_window_layers_are_grouped_as_vllm_groups_them() -> None:
     assert capacity.tokens == capacity.num_blocks // 2 * 16
 
 
+@pytest.mark.parametrize(("version", "group_size", "blocks_per_request"), [
+    # full groups x cdiv(8192, 16) + sliding groups x (cdiv(min(4096 - 1 + in-flight tokens, 8192), 16) + 1)
+    ("0.11", 10, 2 * 512 + 1 * (384 + 1)),  # 3 groups of 10: 2 full (the second padded) and 1 sliding
+    ("0.19", 13, 1 * 512 + 1 * (384 + 1)),  # 2 groups of 13 (the sliding one padded)
+    ("0.33", 13, 1 * 512 + 1 * (512 + 1)),  # the same, two batches of 2,048 in flight
+])
+def test_layers_of_two_kinds_within_1_5x_are_grouped_by_the_larger_count_from_0_19(
+        version: str, group_size: int, blocks_per_request: int) -> None:
+    # 10 sliding + 13 full layers: v0.11's _get_kv_cache_groups_uniform_page_size groups by the smaller count, 10;
+    # v0.19 and v0.33 by the larger when it is under 1.5x the smaller (kv_cache_utils.py / kv_cache_planning.py:
+    # "if max_num_layers < min_num_layers * 1.5")
+    spec = model_from_sizes(hidden_size=1024, num_layers=23, num_attention_heads=8, intermediate_size=4096,
+                            vocab_size=32_000, sliding_window=4096, sliding_layers=list(range(10)), name="mixed")
+    page = 16 * kv_bytes_per_token(spec, "bf16") // spec.num_layers
+    pool = GIB
+    capacity = VllmProfile(version).kv_capacity(_stage(spec), "bf16", pool, 16, 8192, BatchLimits(2048, 256))
+    assert capacity.num_blocks == pool // (page * group_size)
+    assert capacity.max_concurrency == capacity.num_blocks / blocks_per_request
+
+
+@pytest.mark.parametrize(("version", "in_flight"), [("0.19", 8192), ("0.33", 2 * 8192)])
+def test_a_sliding_group_reserves_its_window_and_the_tokens_in_flight_per_request(version: str,
+                                                                                  in_flight: int) -> None:
+    # gpt-oss-20b: 12 sliding (window 128) + 12 full layers, two groups of 12.  SlidingWindowSpec's
+    # max_memory_usage_bytes reserves cdiv(min(window - 1 + in-flight tokens, L), 16) + 1 blocks: in v0.19 the in-flight
+    # tokens are max_num_batched_tokens (kv_cache_interface.py); in v0.33 VllmConfig.max_in_flight_tokens,
+    # max_concurrent_batches (2: async scheduling, on by default, with the V2 model runner at one stage, config/vllm.py)
+    # x max_num_batched_tokens
+    spec = get_preset("gpt-oss-20b")
+    pool, length = 10 * GIB, 131_072
+    capacity = VllmProfile(version).kv_capacity(_stage(spec), "bf16", pool, 16, length, BatchLimits(8192, 1024))
+    page = 16 * kv_bytes_per_token(spec, "bf16") // spec.num_layers
+    assert capacity.num_blocks == pool // (page * 12)
+    per_request = length // 16 + (-(-(128 - 1 + in_flight) // 16) + 1)
+    assert capacity.max_concurrency == capacity.num_blocks / per_request
+
+
 @pytest.mark.parametrize(("model", "tensor_parallel", "reason"), [
     ("llama-3.1-8b", 3, "does not divide the model's 32 attention heads"),
     ("qwen2.5-7b", 7, "4 key/value heads can be neither split evenly nor replicated"),

@@ -354,7 +354,7 @@ def _llama4(name: str, vision: bool = True) -> object:
     return model_from_hf_config(config if vision else config["text_config"])
 
 
-def test_llama4_scout_plans_its_weights_and_full_length_kv_on_h100s() -> None:
+def test_llama4_scout_plans_its_weights_and_chunked_kv_on_h100s() -> None:
     scout = _llama4("llama-4-scout-17b-16e-instruct")
     h100 = get_device("h100-80gb")
     result = plan(scout, Hardware(h100.planning_bytes, 4, h100.id), Workload(8192, 1),  # type: ignore[arg-type]
@@ -363,11 +363,13 @@ def test_llama4_scout_plans_its_weights_and_full_length_kv_on_h100s() -> None:
     # layer, replicated), the vision tower's replicated part, and the rest of the rounding
     total = sum(device.weights_bytes for device in result.primary.devices)
     assert 2 * 108_641_793_536 < total < 2 * 108_641_793_536 + 4 * 60_000_000
-    # 48 layers x 8 KV heads x 128 x 2 (K and V) x 2 bytes = 196,608 bytes a token: the chunked local layers
-    # (attention_chunk_size 8192) are planned as full attention, as vLLM 0.11 allocates them
+    # 48 layers x 8 KV heads x 128 x 2 (K and V) x 2 bytes = 196,608 bytes a token; the 36 chunked local layers
+    # (attention_chunk_size 8192) hold one chunk, as vLLM 0.19 (the default release) allocates them, the 12 global
+    # ones the whole context (per release: test_llama4_chunked_attention.py)
     assert kv_bytes_per_token(scout) == 48 * 8 * 128 * 2 * 2 == 196_608
-    assert kv_cache_bytes(scout, context_length=100_000) == 196_608 * 100_000
-    assert any("chunked local attention layers" in warning and "upper bound" in warning
+    assert kv_cache_bytes(scout, context_length=100_000) == 4096 * (12 * 100_000 + 36 * 8192)
+    assert kv_cache_bytes(scout, context_length=100_000, chunked_local=False) == 196_608 * 100_000
+    assert any("chunked local attention layers" in warning and "one chunk of 8,192 tokens" in warning
                for warning in result.warnings)
 
 
