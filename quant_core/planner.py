@@ -46,6 +46,7 @@ from functools import lru_cache
 from quant_core.catalog import MAX_DEVICE_BYTES
 from quant_core.engines import ENGINES, BatchLimits, ContextTerm, EngineProfile, KVCapacity, Stage, Term, get_engine
 from quant_core.engines.vllm import (
+    DSA_BLOCK_SIZE,
     EMBEDDING_ON_EVERY_STAGE,
     MAMBA_CACHE_MODES,
     dsa_block_size,
@@ -1152,7 +1153,7 @@ def plan(spec: ModelSpec, hardware: Hardware, workload: Workload | None = None,
         if primary_terms.context and (last := primary_terms.context[-1]) is not None:
             activation_basis += f"; plus {last.basis_at(workload.context_length)}"
     if engine is not None and engine.name == "vllm":
-        notes.extend(_late_buffer_notes(spec, engine.version, workload, options, limits, hardware, usable))
+        notes.extend(_late_buffer_notes(spec, engine.version, workload, limits, hardware, usable))
     activation = Estimate(busiest.activation_bytes, activation_basis)
     overhead = Estimate(max(primary_terms.overheads), primary_terms.overhead_basis)
     kv_per_token = kv_bytes_per_token(spec, options.kv_cache_dtype)
@@ -1189,24 +1190,25 @@ def _engine_block_size(spec: ModelSpec, engine: EngineProfile | None, options: P
     return replace(options, block_size=block)
 
 
-def _late_buffer_notes(spec: ModelSpec, version: str, workload: Workload, options: PlanOptions,
-                       limits: BatchLimits, hardware: Hardware, usable: int) -> list[str]:
+def _late_buffer_notes(spec: ModelSpec, version: str, workload: Workload, limits: BatchLimits, hardware: Hardware,
+                       usable: int) -> list[str]:
     """What vLLM allocates after it has sized the KV cache, outside ``gpu_memory_utilization``
     (`engines.vllm.dsa_block_table_bytes`): not charged to the plan, whose KV capacity is the one vLLM computes, but
     taken from the memory the budget leaves free; a second note when that memory cannot hold it."""
-    late = dsa_block_table_bytes(spec, version, workload.context_length, options.block_size, limits)
+    late = dsa_block_table_bytes(spec, version, workload.context_length, limits)
     if not late:
         return []
     outside = hardware.capacity_bytes - usable
     notes = [f"vLLM {version} allocates DeepSeek Sparse Attention's expanded block table, max_num_batched_tokens="
-             f"{limits.max_batched_tokens} x ceil(max_model_len={workload.context_length} / {options.block_size}) "
+             f"{limits.max_batched_tokens} x ceil(max_model_len={workload.context_length} / {DSA_BLOCK_SIZE}) "
              f"int32 ({late / GIB:.2f} GiB per device; indexer.py, DeepseekV32IndexerMetadataBuilder), after it has "
              "sized the KV cache: it is outside gpu_memory_utilization, like its CUDA graphs, so it is not charged "
              "in the plan and comes from the memory the budget leaves free."]
     if late > outside:
         notes.append(f"That block table ({late / GIB:.2f} GiB) is larger than the "
-                     f"{outside / GIB:.2f} GiB per device outside the memory budget: vLLM would run out of memory "
-                     "after sizing its KV cache; lower memory_utilization, max_batched_tokens or the context.")
+                     f"{outside / GIB:.2f} GiB per device outside the memory budget: vLLM may run out of memory "
+                     "when it allocates it after sizing its KV cache; lower memory_utilization, max_batched_tokens or "
+                     "the context.")
     return notes
 
 

@@ -390,15 +390,16 @@ def dsa_workspace(stage: Stage, kv_cache_dtype: str, limits: BatchLimits, versio
                         indexer_row_bytes=spec.index_head_dim, counted_bytes=counted)
 
 
-def dsa_block_table_bytes(spec: ModelSpec, version: str, max_model_len: int, block_size: int,
-                          limits: BatchLimits) -> int:
+def dsa_block_table_bytes(spec: ModelSpec, version: str, max_model_len: int, limits: BatchLimits) -> int:
     """The indexer's expanded block table vLLM 0.19 allocates when it builds the attention metadata builders
     (indexer.py, DeepseekV32IndexerMetadataBuilder.__init__: ``torch.zeros(max_num_batched_tokens,
-    cdiv(max_model_len, block_size))`` int32), in ``initialize_kv_cache``, after the KV cache has been sized: outside
-    ``gpu_memory_utilization``, like v0.19's CUDA graphs (0 for other models and releases)."""
+    cdiv(max_model_len, block_size))`` int32, the block being the kernel's, `DSA_BLOCK_SIZE`, whatever --block-size
+    says: worker/utils.py create_metadata_builders hands the builder ``copy_with_new_block_size(kernel_block_size)``),
+    in ``initialize_kv_cache``, after the KV cache has been sized: outside ``gpu_memory_utilization``, like v0.19's
+    CUDA graphs (0 for other models and releases)."""
     if not spec.has_indexer or version != "0.19":
         return 0
-    return limits.max_batched_tokens * -(-max_model_len // block_size) * 4
+    return limits.max_batched_tokens * -(-max_model_len // DSA_BLOCK_SIZE) * 4
 
 
 #: the vLLM releases whose DeepSeek Sparse Attention KV cache nibble sizes, by model type: one KV cache group of

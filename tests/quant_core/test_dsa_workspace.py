@@ -108,7 +108,7 @@ def test_vllm_0_19_charges_glm_5_1s_workspace_as_its_code_sizes_it(context: int,
 def test_vllm_0_11_has_no_sparse_attention_workspace_sized_by_the_context() -> None:
     stage = Stage(deepseek_v32(), 8, 1, (0, 61), True)
     assert VllmProfile("0.11").context_activation(stage, "fp8", SMALL_BATCH) is None
-    assert dsa_block_table_bytes(deepseek_v32(), "0.11", 163_840, 64, SMALL_BATCH) == 0
+    assert dsa_block_table_bytes(deepseek_v32(), "0.11", 163_840, SMALL_BATCH) == 0
     short, long = (plan(deepseek_v32(), Hardware(H200, 8), Workload(context, 1),
                         PlanOptions(engine_version="0.11", kv_cache_dtype="fp8", block_size=64))
                    for context in (4096, 163_840))
@@ -164,7 +164,7 @@ def test_the_longest_context_search_charges_the_workspace_at_each_context_it_tri
 def test_vllm_0_19s_expanded_block_table_is_noted_outside_the_budget() -> None:
     # DeepseekV32IndexerMetadataBuilder: 8192 x cdiv(163,840, 64) x 4 = 83,886,080 bytes (0.08 GiB), allocated
     # after the KV cache is sized: not charged (the KV capacity stays vLLM's), named in the notes
-    assert dsa_block_table_bytes(deepseek_v32(), "0.19", 163_840, 64, BatchLimits(8192, 1024)) == 83_886_080
+    assert dsa_block_table_bytes(deepseek_v32(), "0.19", 163_840, BatchLimits(8192, 1024)) == 83_886_080
     result = plan(deepseek_v32(), Hardware(H200, 8), Workload(163_840, 1), shipped_options())
     noted = [note for note in result.warnings if "expanded block table" in note]
     assert len(noted) == 1 and "0.08 GiB" in noted[0] and "outside gpu_memory_utilization" in noted[0]
@@ -172,3 +172,7 @@ def test_vllm_0_19s_expanded_block_table_is_noted_outside_the_budget() -> None:
     tight = plan(deepseek_v32(), Hardware(H200, 8), Workload(163_840, 1), shipped_options(memory_utilization=0.9995))
     assert any("larger than the" in note and "outside the memory budget" in note for note in tight.warnings)
     assert not any("larger than the" in note for note in result.warnings)
+    # the table counts the kernel's 64-token blocks (create_metadata_builders: copy_with_new_block_size), whatever
+    # --block-size the KV cache manager runs at
+    coarse = plan(deepseek_v32(), Hardware(H200, 8), Workload(163_840, 1), shipped_options(block_size=128))
+    assert [note for note in coarse.warnings if "expanded block table" in note] == noted
