@@ -51,6 +51,7 @@ from quant_core.engines.vllm import (
     MAMBA_CACHE_MODES,
     dsa_block_size,
     dsa_block_table_bytes,
+    dsa_mixed_batch_bytes,
     expert_width_refusal,
     mlp_width_refusal,
     qwen_vision_refusal,
@@ -1153,7 +1154,7 @@ def plan(spec: ModelSpec, hardware: Hardware, workload: Workload | None = None,
         if primary_terms.context and (last := primary_terms.context[-1]) is not None:
             activation_basis += f"; plus {last.basis_at(workload.context_length)}"
     if engine is not None and engine.name == "vllm":
-        notes.extend(_late_buffer_notes(spec, engine.version, workload, limits, hardware, usable))
+        notes.extend(_late_buffer_notes(spec, engine.version, workload, options, tensor, limits, hardware, usable))
     activation = Estimate(busiest.activation_bytes, activation_basis)
     overhead = Estimate(max(primary_terms.overheads), primary_terms.overhead_basis)
     kv_per_token = kv_bytes_per_token(spec, options.kv_cache_dtype)
@@ -1190,25 +1191,36 @@ def _engine_block_size(spec: ModelSpec, engine: EngineProfile | None, options: P
     return replace(options, block_size=block)
 
 
-def _late_buffer_notes(spec: ModelSpec, version: str, workload: Workload, limits: BatchLimits, hardware: Hardware,
-                       usable: int) -> list[str]:
-    """What vLLM allocates after it has sized the KV cache, outside ``gpu_memory_utilization``
-    (`engines.vllm.dsa_block_table_bytes`): not charged to the plan, whose KV capacity is the one vLLM computes, but
-    taken from the memory the budget leaves free; a second note when that memory cannot hold it."""
-    late = dsa_block_table_bytes(spec, version, workload.context_length, limits)
-    if not late:
-        return []
+def _late_buffer_notes(spec: ModelSpec, version: str, workload: Workload, options: PlanOptions, tensor_parallel: int,
+                       limits: BatchLimits, hardware: Hardware, usable: int) -> list[str]:
+    """What vLLM takes from the GPU that its memory profiling does not count, outside ``gpu_memory_utilization``: the
+    DeepSeek Sparse Attention indexer's expanded block table (`engines.vllm.dsa_block_table_bytes`, allocated after
+    the KV cache is sized) and the fp8 mixed-batch attention's kernel buffers (`engines.vllm.dsa_mixed_batch_bytes`,
+    allocated while serving).  Not charged in the plan, whose KV capacity is the one vLLM computes, but named, with a
+    warning when the memory the budget leaves free cannot hold them together."""
+    table = dsa_block_table_bytes(spec, version, workload.context_length, limits)
+    kernel = dsa_mixed_batch_bytes(spec, version, options.kv_cache_dtype, tensor_parallel, limits)
+    notes = []
+    if table:
+        notes.append(f"vLLM {version} allocates DeepSeek Sparse Attention's expanded block table, "
+                     f"max_num_batched_tokens={limits.max_batched_tokens} x ceil(max_model_len="
+                     f"{workload.context_length} / {DSA_BLOCK_SIZE}) int32 ({table / GIB:.2f} GiB per device; "
+                     "indexer.py, DeepseekV32IndexerMetadataBuilder), after it has sized the KV cache: it is outside "
+                     "gpu_memory_utilization, like its CUDA graphs, so it is not charged in the plan and comes from "
+                     "the memory the budget leaves free.")
+    if kernel:
+        notes.append(f"With an fp8 KV cache and {spec.num_attention_heads // tensor_parallel} attention heads a "
+                     f"device (under 32), vLLM {version} runs every token of a step through FlashMLA's fp8 sparse "
+                     f"decode kernel, which allocates up to {kernel / GIB:.2f} GiB per device for a step of "
+                     f"{limits.max_batched_tokens} tokens (the query padded to 64 heads, its output and fp32 split "
+                     "accumulators: flashmla_sparse.py, FlashMLA sparse_decode.h) that the start-up profiling does "
+                     "not see (vllm#53413): not charged in the plan; it comes from the activation memory and the "
+                     "memory the budget leaves free, and grows with max_batched_tokens.")
     outside = hardware.capacity_bytes - usable
-    notes = [f"vLLM {version} allocates DeepSeek Sparse Attention's expanded block table, max_num_batched_tokens="
-             f"{limits.max_batched_tokens} x ceil(max_model_len={workload.context_length} / {DSA_BLOCK_SIZE}) "
-             f"int32 ({late / GIB:.2f} GiB per device; indexer.py, DeepseekV32IndexerMetadataBuilder), after it has "
-             "sized the KV cache: it is outside gpu_memory_utilization, like its CUDA graphs, so it is not charged "
-             "in the plan and comes from the memory the budget leaves free."]
-    if late > outside:
-        notes.append(f"That block table ({late / GIB:.2f} GiB) is larger than the "
-                     f"{outside / GIB:.2f} GiB per device outside the memory budget: vLLM may run out of memory "
-                     "when it allocates it after sizing its KV cache; lower memory_utilization, max_batched_tokens or "
-                     "the context.")
+    if table + kernel > outside:
+        notes.append(f"Those {(table + kernel) / GIB:.2f} GiB are more than the {outside / GIB:.2f} GiB per device "
+                     "outside the memory budget: vLLM may run out of memory after sizing its KV cache or while "
+                     "serving a full batch; lower memory_utilization, max_batched_tokens or the context.")
     return notes
 
 

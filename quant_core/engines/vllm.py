@@ -402,6 +402,43 @@ def dsa_block_table_bytes(spec: ModelSpec, version: str, max_model_len: int, lim
     return limits.max_batched_tokens * -(-max_model_len // DSA_BLOCK_SIZE) * 4
 
 
+#: v0.19 flashmla_sparse.py: below this many heads a rank, an fp8_ds_mla cache runs every token of a step, prefill
+#: included, through FlashMLA's fp8 sparse decode kernel as one batch ("mixed batch"), heads padded to 64
+DSA_MIN_HEADS_FOR_BF16_PREFILL = 32
+#: the head count FlashMLA's fp8 sparse decode kernel runs at (flashmla_sparse.py _compute_fp8_decode_padded_heads: 64
+#: or 128) and the value width it writes (head_dim_v=512)
+DSA_DECODE_PADDED_HEADS = 64
+DSA_DECODE_VALUE_DIM = 512
+#: streaming multiprocessors of an H100 SXM / H200 (132; B200: 148): FlashMLA splits a step of fewer tokens than this
+#: over more parts
+HOPPER_SMS = 132
+
+
+def dsa_mixed_batch_bytes(spec: ModelSpec, version: str, kv_cache_dtype: str, tensor_parallel: int,
+                          limits: BatchLimits) -> int:
+    """What one attention call of vLLM 0.19's fp8 "mixed batch" sparse attention allocates for a step of
+    ``max_num_batched_tokens`` tokens T, which its profiling run never sees (the attention layers return early there
+    without metadata: mla_attention.py), so it comes from the memory vLLM leaves outside the KV cache (vllm#53413:
+    "not accounted for during startup memory profiling"); 0 where that path does not run (another model or release,
+    a 16-bit cache, or at least 32 heads a rank, where prefill runs the bf16 kernel over the fp8_ds_mla workspace).
+
+    flashmla_sparse.py ``_fp8_flash_mla_kernel``: the query padded to 64 heads, ``T x 64 x 576`` bf16 (q.new_zeros);
+    FlashMLA's ``sparse_attn_decode_interface`` (csrc/api/sparse_decode.h, batch 1 of T queries): ``out`` ``T x 64 x
+    512`` bf16, ``lse`` ``T x 64`` fp32, and for its split-KV pass ``lse_accum`` and ``o_accum`` of ``(1 +
+    num_sm_parts) x T x 64 (x 512)`` fp32, ``num_sm_parts = max(num_sms / T, 1)`` (1 once T reaches the SM count).
+    At 8192 tokens: 3,294,625,792 bytes (3.07 GiB) a rank."""
+    heads = spec.num_attention_heads // tensor_parallel
+    if (not spec.has_indexer or version != "0.19" or kv_dtype(kv_cache_dtype).bits != 8
+            or heads >= DSA_MIN_HEADS_FOR_BF16_PREFILL):
+        return 0
+    tokens, padded, value = limits.max_batched_tokens, DSA_DECODE_PADDED_HEADS, DSA_DECODE_VALUE_DIM
+    query = tokens * padded * (spec.kv_lora_rank + spec.qk_rope_head_dim) * ACTIVATION_ELEMENT_BYTES
+    out = tokens * padded * value * ACTIVATION_ELEMENT_BYTES + tokens * padded * 4
+    splits = 1 + max(HOPPER_SMS // tokens, 1)
+    accumulators = splits * tokens * padded * (value * 4 + 4)
+    return query + out + accumulators
+
+
 #: the vLLM releases whose DeepSeek Sparse Attention KV cache nibble sizes, by model type: one KV cache group of
 #: every layer's MLA latent and indexer key (UniformTypeKVCacheSpecs: the indexer's DeepseekV32IndexerCache is an
 #: MLAAttentionSpec of another page size), ``num_blocks = available // sum of the layers' pages``
