@@ -44,12 +44,15 @@ from dataclasses import dataclass, field, replace
 from functools import lru_cache
 
 from quant_core.catalog import MAX_DEVICE_BYTES
-from quant_core.engines import ENGINES, BatchLimits, EngineProfile, KVCapacity, Stage, Term, get_engine
+from quant_core.engines import ENGINES, BatchLimits, ContextTerm, EngineProfile, KVCapacity, Stage, Term, get_engine
 from quant_core.engines.vllm import (
     CHUNKED_LOCAL_ATTENTION,
+    DSA_BLOCK_SIZE,
     EMBEDDING_ON_EVERY_STAGE,
     MAMBA_CACHE_MODES,
     dsa_block_size,
+    dsa_block_table_bytes,
+    dsa_mixed_batch_bytes,
     expert_width_refusal,
     mlp_width_refusal,
     qwen_vision_refusal,
@@ -634,6 +637,13 @@ class _StageTerms:
     overheads: tuple[int, ...]
     activation_basis: str
     overhead_basis: str
+    #: per stage, the engine's activation term that grows with max_model_len (`EngineProfile.context_activation`)
+    context: tuple[ContextTerm | None, ...] = ()
+
+    def context_bytes(self, stage: int, context_length: int) -> int:
+        """The engine's max_model_len-sized activation bytes of `stage` when started for `context_length`."""
+        term = self.context[stage] if self.context else None
+        return 0 if term is None else term.bytes_at(context_length)
 
 
 @dataclass(frozen=True, slots=True)
@@ -704,9 +714,12 @@ class _Evaluator:
     def _stage_terms(self, layout: _Layout) -> _StageTerms:
         options = self.options
         activations, overheads = [], []
+        context: list[ContextTerm | None] = []
         activation_basis = overhead_basis = ""
         for index in range(layout.pipeline_parallel):
             stage = self.stage(layout, index)
+            context.append(None if options.activation_bytes is not None or self.engine is None
+                           else self.engine.context_activation(stage, options.kv_cache_dtype, self.limits))
             if options.activation_bytes is not None:
                 activation = options.activation_bytes
                 activation_basis = "given by the request (runtime.activation_bytes)"
@@ -730,7 +743,8 @@ class _Evaluator:
             activations.append(activation)
             overheads.append(overhead)
         fixed = tuple(a + o for a, o in zip(activations, overheads, strict=True))
-        return _StageTerms(fixed, tuple(activations), tuple(overheads), activation_basis, overhead_basis)
+        return _StageTerms(fixed, tuple(activations), tuple(overheads), activation_basis, overhead_basis,
+                           tuple(context) if any(term is not None for term in context) else ())
 
     def activation_coefficients(self, tensor_parallel: int) -> tuple[int, int]:
         """(bytes per batched token, bytes per sampled sequence) of the generic activation estimate."""
@@ -754,8 +768,8 @@ class _Evaluator:
                    sequences: int) -> tuple[int, int, int, int]:
         """(used, kv cache, activations, overhead) bytes on one device of `stage`."""
         kv = layout.stage_kv[stage].bytes_per_sequence(context_length, self.options.block_size) * sequences
-        activations = terms.activations[stage] + self.variable_activation_bytes(context_length, sequences,
-                                                                                 layout.tensor_parallel)
+        activations = (terms.activations[stage] + terms.context_bytes(stage, context_length)
+                       + self.variable_activation_bytes(context_length, sequences, layout.tensor_parallel))
         used = layout.stage_weights[stage] + kv + activations + terms.overheads[stage]
         return used, kv, activations, terms.overheads[stage]
 
@@ -767,6 +781,8 @@ class _Evaluator:
                         for weights, fixed in zip(layout.stage_weights, terms.fixed, strict=True))
         stages = tuple(zip(budgets, (kv.by_window for kv in layout.stage_kv), strict=True))
         hybrids = tuple(kv.hybrid for kv in layout.stage_kv)
+        # the engine's terms sized from max_model_len (vLLM 0.19's DeepSeek Sparse Attention workspace), per stage
+        context_terms = terms.context or (None,) * len(budgets)
         block = self.options.block_size
         batched = self.limits.max_batched_tokens
         variable = self.variable_activations
@@ -779,7 +795,9 @@ class _Evaluator:
             else:
                 activations = 0
             held_full = -(-context_length // block) * block
-            for budget, groups in stages:
+            for (budget, groups), context_term in zip(stages, context_terms, strict=True):
+                if context_term is not None:
+                    budget -= context_term.bytes_at(context_length)
                 per_sequence = 0
                 for window, size in groups:
                     if window is None or window >= context_length:
@@ -794,8 +812,10 @@ class _Evaluator:
             # a hybrid model's stages (Gated DeltaNet beside full attention): vLLM's blocks and states (`HybridKV`)
             activations = (min(batched, context_length * sequences) * per_token
                            + min(sequences, batched) * per_sampled) if variable else 0
-            return all(hybrid.bytes_per_sequence(context_length, block) * sequences + activations <= budget
-                       for (budget, _), hybrid in zip(stages, hybrids, strict=True) if hybrid is not None)
+            return all(hybrid.bytes_per_sequence(context_length, block) * sequences + activations
+                       + (0 if context_term is None else context_term.bytes_at(context_length)) <= budget
+                       for (budget, _), hybrid, context_term in zip(stages, hybrids, context_terms, strict=True)
+                       if hybrid is not None)
 
         return fits_hybrid if any(hybrid is not None for hybrid in hybrids) else fits
 
@@ -889,16 +909,19 @@ def _largest_from(predicate: Callable[[int], bool], guess: int, high: int) -> in
     return low
 
 
-def _budgets_after_activations(evaluator: _Evaluator, layout: _Layout, sequences: int) -> list[int]:
-    """Per stage: usable − weights − fixed terms − the largest variable activations `sequences` can need."""
+def _budgets_after_activations(evaluator: _Evaluator, layout: _Layout, sequences: int,
+                               context_length: int) -> list[int]:
+    """Per stage: usable − weights − fixed terms − the largest variable activations `sequences` can need − the
+    engine's max_model_len-sized terms at `context_length` (they grow with it: at the longest context searched,
+    a bound for every shorter one)."""
     ceiling = 0
     if evaluator.variable_activations:
         per_token, per_sampled = evaluator.activation_coefficients(layout.tensor_parallel)
         batched = evaluator.limits.max_batched_tokens
         ceiling = batched * per_token + min(sequences, batched) * per_sampled
     terms = evaluator.stage_terms(layout)
-    return [evaluator.usable_bytes - weights - fixed - ceiling
-            for weights, fixed in zip(layout.stage_weights, terms.fixed, strict=True)]
+    return [evaluator.usable_bytes - weights - fixed - ceiling - terms.context_bytes(stage, context_length)
+            for stage, (weights, fixed) in enumerate(zip(layout.stage_weights, terms.fixed, strict=True))]
 
 
 def _max_context(evaluator: _Evaluator, layout: _Layout, fits: Callable[[int, int], bool],
@@ -910,7 +933,8 @@ def _max_context(evaluator: _Evaluator, layout: _Layout, fits: Callable[[int, in
     # Lower bound: activations at their ceiling and sliding layers full, the rest of each
     # stage's budget spent on full-attention tokens.
     guess = max(1, cap // block)
-    for budget, kv in zip(_budgets_after_activations(evaluator, layout, sequences), layout.stage_kv, strict=True):
+    for budget, kv in zip(_budgets_after_activations(evaluator, layout, sequences, cap), layout.stage_kv,
+                                  strict=True):
         full = sum(size for window, size in kv.by_window if window is None)
         sliding = sum(size * held_tokens(window, window, block) for window, size in kv.by_window
                       if window is not None)
@@ -945,7 +969,7 @@ def _max_sequences(evaluator: _Evaluator, layout: _Layout, fits: Callable[[int, 
     terms = evaluator.stage_terms(layout)
     for stage, weights in enumerate(layout.stage_weights):
         per_sequence = layout.stage_kv[stage].bytes_per_sequence(context_length, evaluator.options.block_size)
-        budget = evaluator.usable_bytes - weights - terms.fixed[stage]
+        budget = evaluator.usable_bytes - weights - terms.fixed[stage] - terms.context_bytes(stage, context_length)
         if per_sequence > 0:
             high = min(high, max(1, budget // per_sequence))
         guess = min(guess, (budget - variable) // (per_sequence + per_sequence_activations or 1))
@@ -1012,8 +1036,8 @@ def _kv_capacity(evaluator: _Evaluator, layout: _Layout, stage_terms: _StageTerm
                  context_length: int) -> tuple[int, KVCapacity | None]:
     """(KV pool bytes, the engine's capacity) on the tightest device: vLLM gives every worker the
     smallest worker's block count, so the stage that holds the fewest tokens decides."""
-    pools = [evaluator.usable_bytes - weights - fixed
-             for weights, fixed in zip(layout.stage_weights, stage_terms.fixed, strict=True)]
+    pools = [evaluator.usable_bytes - weights - fixed - stage_terms.context_bytes(stage, context_length)
+             for stage, (weights, fixed) in enumerate(zip(layout.stage_weights, stage_terms.fixed, strict=True))]
     engine = evaluator.engine
     if engine is None:
         return min(pools), None
@@ -1170,6 +1194,10 @@ def plan(spec: ModelSpec, hardware: Hardware, workload: Workload | None = None,
             sequences=min(workload.concurrent_sequences, limits.max_batched_tokens))
     else:
         activation_basis = primary_terms.activation_basis
+        if primary_terms.context and (last := primary_terms.context[-1]) is not None:
+            activation_basis += f"; plus {last.basis_at(workload.context_length)}"
+    if engine is not None and engine.name == "vllm":
+        notes.extend(_late_buffer_notes(spec, engine.version, workload, options, tensor, limits, hardware, usable))
     activation = Estimate(busiest.activation_bytes, activation_basis)
     overhead = Estimate(max(primary_terms.overheads), primary_terms.overhead_basis)
     kv_per_token = kv_bytes_per_token(spec, options.kv_cache_dtype)
@@ -1204,6 +1232,39 @@ def _engine_block_size(spec: ModelSpec, engine: EngineProfile | None, options: P
         return options
     notes.append(note)
     return replace(options, block_size=block)
+
+
+def _late_buffer_notes(spec: ModelSpec, version: str, workload: Workload, options: PlanOptions, tensor_parallel: int,
+                       limits: BatchLimits, hardware: Hardware, usable: int) -> list[str]:
+    """What vLLM takes from the GPU that its memory profiling does not count, outside ``gpu_memory_utilization``: the
+    DeepSeek Sparse Attention indexer's expanded block table (`engines.vllm.dsa_block_table_bytes`, allocated after
+    the KV cache is sized) and the fp8 mixed-batch attention's kernel buffers (`engines.vllm.dsa_mixed_batch_bytes`,
+    allocated while serving).  Not charged in the plan, whose KV capacity is the one vLLM computes, but named, with a
+    warning when the memory the budget leaves free cannot hold them together."""
+    table = dsa_block_table_bytes(spec, version, workload.context_length, limits)
+    kernel = dsa_mixed_batch_bytes(spec, version, options.kv_cache_dtype, tensor_parallel, limits)
+    notes = []
+    if table:
+        notes.append(f"vLLM {version} allocates DeepSeek Sparse Attention's expanded block table, "
+                     f"max_num_batched_tokens={limits.max_batched_tokens} x ceil(max_model_len="
+                     f"{workload.context_length} / {DSA_BLOCK_SIZE}) int32 ({table / GIB:.2f} GiB per device; "
+                     "indexer.py, DeepseekV32IndexerMetadataBuilder), after it has sized the KV cache: it is outside "
+                     "gpu_memory_utilization, like its CUDA graphs, so it is not charged in the plan and comes from "
+                     "the memory the budget leaves free.")
+    if kernel:
+        notes.append(f"With an fp8 KV cache and {spec.num_attention_heads // tensor_parallel} attention heads a "
+                     f"device (under 32), vLLM {version} runs every token of a step through FlashMLA's fp8 sparse "
+                     f"decode kernel, which allocates up to {kernel / GIB:.2f} GiB per device for a step of "
+                     f"{limits.max_batched_tokens} tokens (the query padded to 64 heads, its output and fp32 split "
+                     "accumulators: flashmla_sparse.py, FlashMLA sparse_decode.h) that the start-up profiling does "
+                     "not see (vllm#53413): not charged in the plan; it comes from the activation memory and the "
+                     "memory the budget leaves free, and grows with max_batched_tokens.")
+    outside = hardware.capacity_bytes - usable
+    if table + kernel > outside:
+        notes.append(f"Those {(table + kernel) / GIB:.2f} GiB are more than the {outside / GIB:.2f} GiB per device "
+                     "outside the memory budget: vLLM may run out of memory after sizing its KV cache or while "
+                     "serving a full batch; lower memory_utilization, max_batched_tokens or the context.")
+    return notes
 
 
 def _batch_limits(engine: EngineProfile | None, hardware: Hardware, options: PlanOptions) -> BatchLimits:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from functools import lru_cache
 
-from quant_core.engines.base import BatchLimits, EngineProfile, KVCapacity, Stage, Term
+from quant_core.engines.base import BatchLimits, ContextTerm, EngineProfile, KVCapacity, Stage, Term
 from quant_core.engines.vllm import DEFAULT_VERSION, VERSIONS, VllmProfile
 from quant_core.errors import UnknownName
 
@@ -24,6 +24,7 @@ __all__ = [
     "ENGINES",
     "ENGINE_VERSIONS",
     "BatchLimits",
+    "ContextTerm",
     "EngineProfile",
     "KVCapacity",
     "Stage",

@@ -60,6 +60,19 @@ class KVCapacity:
     max_concurrency: float
 
 
+class ContextTerm(Protocol):
+    """A term an engine sizes from the longest context it is started for (vLLM's ``max_model_len``), which the
+    planner asks at each context it weighs: the plan's own and every one its longest-context search tries."""
+
+    def bytes_at(self, max_model_len: int) -> int:
+        """Bytes on one device when the engine is started for `max_model_len` tokens."""
+        ...
+
+    def basis_at(self, max_model_len: int) -> str:
+        """What the bytes at `max_model_len` are and where the engine's code sizes them."""
+        ...
+
+
 class EngineProfile(Protocol):
     """The engine-specific terms of a plan; `quant_core.engines.vllm.VllmProfile` is one."""
 
@@ -75,6 +88,11 @@ class EngineProfile(Protocol):
 
     def activation(self, stage: Stage, limits: BatchLimits) -> Term:
         """Peak activation bytes the engine's profiling run measures on one device of `stage`."""
+        ...
+
+    def context_activation(self, stage: Stage, kv_cache_dtype: str, limits: BatchLimits) -> ContextTerm | None:
+        """What the engine's profiling peak adds on one device of `stage` that grows with ``max_model_len``
+        (buffers it sizes from the longest context), or None when nothing does."""
         ...
 
     def non_torch(self, stage: Stage) -> Term:

@@ -40,6 +40,7 @@ from functools import lru_cache
 
 from quant_core.engines.base import BatchLimits, KVCapacity, Stage, Term
 from quant_core.errors import InvalidSpec, UnknownName
+from quant_core.formats import kv_dtype
 from quant_core.kv_cache import VLLM_BLOCK_ALIGNMENT, held_window, hybrid_kv, kv_layers, layer_bytes_per_token
 from quant_core.specs import Llama4VisionTower, ModelSpec, PixtralVisionTower, Qwen3VisionTower, QwenVisionTower
 
@@ -349,6 +350,151 @@ def _dsa_topk_buffer_bytes(spec: ModelSpec, tokens: int) -> int:
 #: 2 x max_model_len x 132 bytes (86 MB at DeepSeek-V3.2's 163,840), not charged
 DSA_PROFILE_LOGITS_BYTES: dict[str, int] = {"0.19": 512 * MIB}
 
+#: v0.19's WorkspaceManager (v1/worker/workspace.py) rounds every view of a ``get_simultaneous`` request up to this
+#: many bytes and holds one buffer per rank, grown to the largest request any caller has made until it is locked
+#: after the profiling run: the fused-MoE caches (fused_moe/modular_kernel.py, _allocate_buffers), FlashMLA sparse's
+#: buffers and the indexer's prefill buffers are views of the same allocation, not three
+WORKSPACE_ALIGNMENT = 256
+#: v0.19 v1/attention/backends/mla/flashmla_sparse.py, get_prefill_workspace_size: ``max_model_len * 5`` rows of the
+#: bf16 latent (kv_lora_rank + rope = 576 values) into which an fp8_ds_mla cache is upconverted for prefill
+DSA_PREFILL_LATENT_ROWS = 5
+#: v0.19 v1/attention/backends/mla/indexer.py, get_max_prefill_buffer_size: ``max_model_len * 40`` rows of the
+#: indexer's fp8 key (index_head_dim bytes) and its 4-byte scale, gathered for prefill
+DSA_PREFILL_INDEXER_ROWS = 40
+#: the bytes of one row's scale in the indexer's prefill buffer (sparse_attn_indexer.py: ``(total_seq_lens, 4)``
+#: uint8)
+DSA_INDEXER_SCALE_BYTES = 4
+
+
+def _aligned(size: int) -> int:
+    """`size` rounded up to `WORKSPACE_ALIGNMENT` (workspace.py, get_simultaneous: ``round_up(actual, 256)``)."""
+    return -(-size // WORKSPACE_ALIGNMENT) * WORKSPACE_ALIGNMENT
+
+
+@dataclass(frozen=True, slots=True)
+class DsaWorkspace:
+    """vLLM 0.19's workspace buffer on one rank of a DeepSeek Sparse Attention model, by ``max_model_len`` L.
+
+    Two requests grow it beyond the fused-MoE caches nibble already charges (`counted_bytes`: ``tokens x top_k x
+    (3 x expert width / tp + hidden) x 2``, in the forward pass and, where `_Version.moe_workspace_persists`, under
+    the sampler pass):
+
+    * `attention_bytes`: ``FlashMLASparseImpl.__init__`` (flashmla_sparse.py), when the model is built (vLLM counts
+      it in "Model loading took"): the concatenated query, ``max_num_batched_tokens x heads / tp x (kv_lora_rank +
+      rope) x 2`` bytes, and with an fp8 (fp8_ds_mla) KV cache the prefill latent, ``5 x L x (kv_lora_rank + rope)
+      x 2`` bytes (2 x 5 x 163,840 x 576 = 0.88 GiB for DeepSeek-V3.2);
+    * `indexer_bytes`: ``sparse_attn_indexer`` in the profiling run (attn_metadata is not a dict there): ``40 x L``
+      rows of the fp8 key (index_head_dim bytes) and of its 4-byte scale (40 x 163,840 x 132 = 0.81 GiB).
+
+    Both are asked of the one buffer, which keeps the largest: the profiling peak holds ``max(attention, indexer,
+    MoE caches)``, so `bytes_at` is what that adds to the MoE caches already charged."""
+
+    query_bytes: int
+    latent_row_bytes: int
+    latent_rows_per_token: int
+    indexer_row_bytes: int
+    counted_bytes: int
+
+    def attention_bytes(self, max_model_len: int) -> int:
+        """FlashMLASparseImpl's request: the query, and the prefill latent with an fp8_ds_mla cache."""
+        if not self.latent_rows_per_token:
+            return _aligned(self.query_bytes)
+        return (_aligned(self.query_bytes)
+                + _aligned(self.latent_rows_per_token * max_model_len * self.latent_row_bytes))
+
+    def indexer_bytes(self, max_model_len: int) -> int:
+        """The indexer's profiling-run request: its prefill keys and their scales."""
+        rows = DSA_PREFILL_INDEXER_ROWS * max_model_len
+        return _aligned(rows * self.indexer_row_bytes) + _aligned(rows * DSA_INDEXER_SCALE_BYTES)
+
+    def buffer_bytes(self, max_model_len: int) -> int:
+        """The workspace buffer vLLM holds: the largest of the three requests."""
+        return max(self.attention_bytes(max_model_len), self.indexer_bytes(max_model_len), self.counted_bytes)
+
+    def bytes_at(self, max_model_len: int) -> int:
+        return self.buffer_bytes(max_model_len) - self.counted_bytes
+
+    def basis_at(self, max_model_len: int) -> str:
+        latent = (f" and the fp8_ds_mla prefill latent, 5 x max_model_len x {self.latent_row_bytes // 2} x 2 bytes"
+                  if self.latent_rows_per_token else "")
+        return (f"DeepSeek Sparse Attention's workspace at max_model_len={max_model_len}: one buffer of the largest "
+                f"of FlashMLA sparse's query{latent} ({self.attention_bytes(max_model_len) / GIB:.2f} GiB, "
+                "flashmla_sparse.py), the indexer's prefill keys, 40 x max_model_len x "
+                f"({self.indexer_row_bytes} + 4) bytes ({self.indexer_bytes(max_model_len) / GIB:.2f} GiB, "
+                "indexer.py get_max_prefill_buffer_size) and the fused-MoE caches counted above "
+                f"({self.counted_bytes / GIB:.2f} GiB): {self.bytes_at(max_model_len) / GIB:.2f} GiB more than "
+                "those (v1/worker/workspace.py keeps one buffer per rank)")
+
+
+def dsa_workspace(stage: Stage, kv_cache_dtype: str, limits: BatchLimits, version: str) -> DsaWorkspace | None:
+    """`DsaWorkspace` of a DeepSeek Sparse Attention stage on vLLM `version` (None: not such a model, or a release
+    without these buffers: v0.11's indexer allocates a transient ``2 x max_model_len x 132``-byte key buffer in its
+    profiling path and FlashMLA sparse no workspace)."""
+    spec = stage.spec
+    if not spec.has_indexer or version != "0.19":
+        return None
+    tokens = limits.max_batched_tokens
+    row = (spec.kv_lora_rank + spec.qk_rope_head_dim) * ACTIVATION_ELEMENT_BYTES
+    heads = spec.num_attention_heads // stage.tensor_parallel
+    counted = 0
+    if spec.is_moe and VERSIONS[version].moe_workspace_persists:
+        width = spec.moe_intermediate_size // stage.tensor_parallel
+        counted = tokens * spec.experts_per_token * (3 * width + spec.hidden_size) * ACTIVATION_ELEMENT_BYTES
+    fp8_cache = kv_dtype(kv_cache_dtype).bits == 8
+    return DsaWorkspace(query_bytes=tokens * heads * row, latent_row_bytes=row,
+                        latent_rows_per_token=DSA_PREFILL_LATENT_ROWS if fp8_cache else 0,
+                        indexer_row_bytes=spec.index_head_dim, counted_bytes=counted)
+
+
+def dsa_block_table_bytes(spec: ModelSpec, version: str, max_model_len: int, limits: BatchLimits) -> int:
+    """The indexer's expanded block table vLLM 0.19 allocates when it builds the attention metadata builders
+    (indexer.py, DeepseekV32IndexerMetadataBuilder.__init__: ``torch.zeros(max_num_batched_tokens,
+    cdiv(max_model_len, block_size))`` int32, the block being the kernel's, `DSA_BLOCK_SIZE`, whatever --block-size
+    says: worker/utils.py create_metadata_builders hands the builder ``copy_with_new_block_size(kernel_block_size)``),
+    in ``initialize_kv_cache``, after the KV cache has been sized: outside ``gpu_memory_utilization``, like v0.19's
+    CUDA graphs (0 for other models and releases)."""
+    if not spec.has_indexer or version != "0.19":
+        return 0
+    return limits.max_batched_tokens * -(-max_model_len // DSA_BLOCK_SIZE) * 4
+
+
+#: v0.19 flashmla_sparse.py: below this many heads a rank, an fp8_ds_mla cache runs every token of a step, prefill
+#: included, through FlashMLA's fp8 sparse decode kernel as one batch ("mixed batch"), heads padded to 64
+DSA_MIN_HEADS_FOR_BF16_PREFILL = 32
+#: the head count FlashMLA's fp8 sparse decode kernel runs at (flashmla_sparse.py _compute_fp8_decode_padded_heads: 64
+#: or 128) and the value width it writes (head_dim_v=512)
+DSA_DECODE_PADDED_HEADS = 64
+DSA_DECODE_VALUE_DIM = 512
+#: streaming multiprocessors of an H100 SXM / H200 (132; B200: 148): FlashMLA splits a step of fewer tokens than this
+#: over more parts
+HOPPER_SMS = 132
+
+
+def dsa_mixed_batch_bytes(spec: ModelSpec, version: str, kv_cache_dtype: str, tensor_parallel: int,
+                          limits: BatchLimits) -> int:
+    """What one attention call of vLLM 0.19's fp8 "mixed batch" sparse attention allocates for a step of
+    ``max_num_batched_tokens`` tokens T, which its profiling run never sees (the attention layers return early there
+    without metadata: mla_attention.py), so it comes from the memory vLLM leaves outside the KV cache (vllm#53413:
+    "not accounted for during startup memory profiling"); 0 where that path does not run (another model or release,
+    a 16-bit cache, or at least 32 heads a rank, where prefill runs the bf16 kernel over the fp8_ds_mla workspace).
+
+    flashmla_sparse.py ``_fp8_flash_mla_kernel``: the query padded to 64 heads, ``T x 64 x 576`` bf16 (q.new_zeros);
+    FlashMLA's ``sparse_attn_decode_interface`` (csrc/api/sparse_decode.h, batch 1 of T queries): ``out`` ``T x 64 x
+    512`` bf16, ``lse`` ``T x 64`` fp32, and for its split-KV pass ``lse_accum`` and ``o_accum`` of ``(1 +
+    num_sm_parts) x T x 64 (x 512)`` fp32, ``num_sm_parts = max(num_sms / T, 1)`` (1 once T reaches the SM count).
+    At 8192 tokens: 3,294,625,792 bytes (3.07 GiB) a rank."""
+    heads = spec.num_attention_heads // tensor_parallel
+    if (not spec.has_indexer or version != "0.19" or kv_dtype(kv_cache_dtype).bits != 8
+            or heads >= DSA_MIN_HEADS_FOR_BF16_PREFILL):
+        return 0
+    tokens, padded, value = limits.max_batched_tokens, DSA_DECODE_PADDED_HEADS, DSA_DECODE_VALUE_DIM
+    query = tokens * padded * (spec.kv_lora_rank + spec.qk_rope_head_dim) * ACTIVATION_ELEMENT_BYTES
+    out = tokens * padded * value * ACTIVATION_ELEMENT_BYTES + tokens * padded * 4
+    splits = 1 + max(HOPPER_SMS // tokens, 1)
+    accumulators = splits * tokens * padded * (value * 4 + 4)
+    return query + out + accumulators
+
+
 #: the vLLM releases whose DeepSeek Sparse Attention KV cache nibble sizes, by model type: one KV cache group of
 #: every layer's MLA latent and indexer key (UniformTypeKVCacheSpecs: the indexer's DeepseekV32IndexerCache is an
 #: MLAAttentionSpec of another page size), ``num_blocks = available // sum of the layers' pages``
@@ -632,6 +778,11 @@ class VllmProfile:
             basis += (f"; the forward pass includes the indexer's {logits / GIB:.2f} GiB logits dummy of the profiling "
                       "run (sparse_attn_indexer.py, VLLM_SPARSE_INDEXER_MAX_LOGITS_MB)")
         return Term(max(forward, sampler) + deepstack + topk_buffer, basis)
+
+    def context_activation(self, stage: Stage, kv_cache_dtype: str, limits: BatchLimits) -> DsaWorkspace | None:
+        """The part of the profiling peak that grows with ``max_model_len``: a DeepSeek Sparse Attention model's
+        workspace on vLLM 0.19 (`DsaWorkspace`); None otherwise."""
+        return dsa_workspace(stage, kv_cache_dtype, limits, self._version)
 
     def non_torch(self, stage: Stage) -> Term:
         """Memory outside PyTorch's allocator that grows during loading and profiling
