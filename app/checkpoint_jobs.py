@@ -442,7 +442,7 @@ class JobManager:
         await self._each(job_id, [plan for plan in plans if plan.quantized and plan.index not in measured], measure)
         if job_id in self._cancelled:
             return plans, {}
-        return await self.executor.call(choose_formats, plans, options, measured)
+        return await self.executor.call(choose_formats, plans, options, measured, checkpoint.config)
 
     async def _execute(self, record: JobRecord) -> None:
         job_id = record.id

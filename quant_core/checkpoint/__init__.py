@@ -26,6 +26,7 @@ from quant_core.checkpoint.budget import (
 from quant_core.checkpoint.fused_groups import (
     VLLM_PACKED_MODULES,
     SplitGroup,
+    fused_layers,
     split_between,
     split_fused_groups,
     split_group_notes,
@@ -102,6 +103,7 @@ __all__ = [
     "encode_tensor",
     "engine_notes",
     "finish_output",
+    "fused_layers",
     "inspect_source",
     "load_plan",
     "measure_and_choose",
