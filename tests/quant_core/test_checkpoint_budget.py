@@ -16,6 +16,7 @@ from quant_core.checkpoint import (
     attach_importance,
     candidate_formats,
     check_options,
+    choose_formats,
     measure_tensor,
     open_checkpoint,
     plan_checkpoint,
@@ -147,3 +148,32 @@ def test_a_budget_stores_each_fused_layer_in_one_scheme_so_vllm_loads_it(
     assert len(split_alone) == {("compressed-tensors", 4.6): 1, ("compressed-tensors", 5.0): 1,
                                 ("compressed-tensors", 5.5): 3, ("gguf", 9.0): 1}.get((output, bits_per_weight), 0)
     assert report["allocation"]["error"] >= alone.error
+
+
+def test_tensors_no_two_of_which_vllm_fuses_get_the_tensor_by_tensor_formats(checkpoint_dir: Path) -> None:
+    # phi3.py's packed_modules_mapping maps qkv_proj and gate_up_proj to themselves (its checkpoints store them
+    # fused), so nothing here is a fused group for it; for llama, o_proj and down_proj are layers of their own
+    options = CheckpointOptions(bits_per_weight=5.5)
+    checkpoint = open_checkpoint(checkpoint_dir)
+    plans = attach_importance(plan_checkpoint(checkpoint, options), importance_vectors())
+    quantized = [plan for plan in plans if plan.quantized]
+    measured = {plan.index: measure_tensor(checkpoint.directory, plan, options) for plan in quantized}
+    budget = int(5.5 * 294_912 / 8)
+    alone = allocate([measured[plan.index] for plan in quantized], budget)
+    chosen, _ = choose_formats(plans, options, measured, {"model_type": "phi3"})
+    assert [plan.format for plan in chosen if plan.quantized] == [
+        candidate_formats(plan, options)[choice] for plan, choice in zip(quantized, alone.choices, strict=True)]
+    _, as_llama = choose_formats(plans, options, measured, {"model_type": "llama"})
+    assert as_llama["error"] > alone.error  # llama's fused layers cost error at this budget: the groups bite
+
+    narrow = CheckpointOptions(bits_per_weight=5.5, include=("*.o_proj.weight", "*.down_proj.weight"))
+    plans = attach_importance(plan_checkpoint(checkpoint, narrow), importance_vectors())
+    quantized = [plan for plan in plans if plan.quantized]
+    assert len(quantized) == 4
+    measured = {plan.index: measure_tensor(checkpoint.directory, plan, narrow) for plan in quantized}
+    budget = int(5.5 * sum(plan.tensor.shape[0] * plan.tensor.shape[1] for plan in quantized) / 8)
+    alone = allocate([measured[plan.index] for plan in quantized], budget)
+    chosen, summary = choose_formats(plans, narrow, measured, {"model_type": "llama"})
+    assert summary["budget_bytes"] == budget and summary["error"] == alone.error
+    assert [plan.format for plan in chosen if plan.quantized] == [
+        candidate_formats(plan, narrow)[choice] for plan, choice in zip(quantized, alone.choices, strict=True)]
