@@ -10,8 +10,9 @@ it in this process; `inspect_source`, `load_plan`, `timed_tensor_part` and
 `split_fused_groups` (fused_groups.py) finds the layers vLLM fuses that a plan
 stores in part, which `engine_notes` reports.
 Under a budget, `measure_tensor` and `choose_formats`
-(budget.py) give each tensor its format first; `attach_importance` gives the
-plans their importance statistics.
+(budget.py) give each tensor its format first, the parts of each layer vLLM
+fuses (`fused_layers`) as one; `attach_importance` gives the plans their
+importance statistics.
 """
 
 from quant_core.checkpoint.budget import (

@@ -33,7 +33,9 @@ refuses a checkpoint where the parts of one are stored differently:
 
 `split_fused_groups` finds every such group a job's plan splits, and
 `split_group_notes` says each one, its layers compacted, with the remedy;
-nibble writes what was asked (it never widens the user's globs).
+nibble writes what was asked (it never widens the user's globs).  A budget
+never splits one: `fused_layers` gives quant_core/checkpoint/budget.py the
+groups whose quantized parts the allocation chooses as one.
 """
 
 from __future__ import annotations

@@ -368,7 +368,8 @@ def engine_notes(options: CheckpointOptions, plans: Sequence[TensorPlan],
     weights ("Only symmetric quantization is supported for MoE"); 0.33's (compressed_tensors_moe_wna16.py) take
     zero points.  Every output vLLM loads (compressed-tensors, GPTQ, AWQ, and GGUF through vLLM's GGUF loader)
     is refused when a layer vLLM fuses (q/k/v, gate/up, a layer's experts: `split_fused_groups` of the
-    checkpoint's `config`) is stored in part: one note per kind of split, layers compacted.  The job writes
+    checkpoint's `config`) is stored in part: one note per kind of split, layers compacted (a budget's formats
+    split none: quant_core/checkpoint/budget.py chooses each such layer's quantized parts as one).  The job writes
     what was asked (nibble's INT4 has an offset by default; globs are never widened); the notes name the way out."""
     notes: list[str] = []
     if options.output == "compressed-tensors" and not options.symmetric and any(
