@@ -442,7 +442,7 @@ class JobManager:
         await self._each(job_id, [plan for plan in plans if plan.quantized and plan.index not in measured], measure)
         if job_id in self._cancelled:
             return plans, {}
-        return await self.executor.call(choose_formats, plans, options, measured)
+        return await self.executor.call(choose_formats, plans, options, measured, checkpoint.config)
 
     async def _execute(self, record: JobRecord) -> None:
         job_id = record.id
@@ -459,7 +459,7 @@ class JobManager:
         allocation = None
         if options.has_budget:
             plans, allocation = await self._allocate(job_id, checkpoint, plans, options)
-            # the formats chosen may store parts of a layer vLLM fuses differently: the status says so from now on
+            # the status's notes as the report will give them (a budget keeps each fused layer whole: none added)
             self.store.set_engine_notes(job_id, await self.executor.call(engine_notes, options, plans,
                                                                          checkpoint.config))
             self._notify(job_id)

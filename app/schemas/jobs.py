@@ -152,8 +152,9 @@ class JobStatus(BaseModel):
     engine_notes: list[str] = Field(default_factory=list, description=(
         "What an engine will refuse in the result as asked, known from the plan at submission: a layer vLLM "
         "fuses (q/k/v, gate/up, a layer's experts) quantized in part, named with its layers and the remedy; "
-        "vLLM 0.11/0.19 refusing asymmetric compressed-tensors experts.  Under a budget, once its formats are "
-        "chosen, also the fused layers they store in part (as the result's nibble_report.json)."))
+        "vLLM 0.11/0.19 refusing asymmetric compressed-tensors experts.  A budget chooses each fused layer's "
+        "quantized parts as one (one format; GGUF: all quantized or all 16-bit), so its formats add no note; "
+        "once they are chosen the notes are said again as the result's nibble_report.json gives them."))
     report: list[dict[str, Any]] | None = Field(None, description=(
         "One entry per tensor: quantized ones (name, shape, dtype, method, format, bytes, bits_per_weight, "
         "quality, importance_used, seconds) as they finish, and the passthrough tensors (name, shape, dtype, reason). "

@@ -10,8 +10,9 @@ it in this process; `inspect_source`, `load_plan`, `timed_tensor_part` and
 `split_fused_groups` (fused_groups.py) finds the layers vLLM fuses that a plan
 stores in part, which `engine_notes` reports.
 Under a budget, `measure_tensor` and `choose_formats`
-(budget.py) give each tensor its format first; `attach_importance` gives the
-plans their importance statistics.
+(budget.py) give each tensor its format first, the parts of each layer vLLM
+fuses (`fused_layers`) as one; `attach_importance` gives the plans their
+importance statistics.
 """
 
 from quant_core.checkpoint.budget import (
@@ -26,6 +27,7 @@ from quant_core.checkpoint.budget import (
 from quant_core.checkpoint.fused_groups import (
     VLLM_PACKED_MODULES,
     SplitGroup,
+    fused_layers,
     split_between,
     split_fused_groups,
     split_group_notes,
@@ -102,6 +104,7 @@ __all__ = [
     "encode_tensor",
     "engine_notes",
     "finish_output",
+    "fused_layers",
     "inspect_source",
     "load_plan",
     "measure_and_choose",

@@ -11,6 +11,14 @@ carry (`candidate_formats`):
 * GGUF: a ggml type per tensor, Q4_0 (int4 g32 symmetric), Q8_0 or F16/BF16.
 
 GPTQ and AWQ refuse a budget (`quant_core.checkpoint.plan.BUDGET_REFUSED`).
+The quantized parts of each layer vLLM fuses (q/k/v, gate/up, a layer's routed
+experts, the family's other groups: `fused_layers` of the checkpoint's
+config, quant_core/checkpoint/fused_groups.py, which cites vLLM's files and
+lines) are chosen as one unit of the allocation (`allocation_groups`), since
+vLLM refuses such a layer stored in different schemes: in compressed-tensors
+they share one format, in GGUF one kind (all 16-bit, or all quantized, Q4_0
+and Q8_0 free per part: vLLM's GGUF linear method multiplies each shard in its
+own type, as llama.cpp's own Q4_K_M files need).
 `measure_tensor` stores a tensor in each candidate and measures the bytes the
 output holds for it and its error (the squared importance-weighted relative
 error, the plain one without statistics: what the single-file budget of
@@ -32,7 +40,8 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from quant_core.checkpoint.output import encode_tensor
+from quant_core.checkpoint.fused_groups import fused_layers
+from quant_core.checkpoint.output import encode_tensor, stored_kind
 from quant_core.checkpoint.plan import CheckpointOptions, TensorPlan
 from quant_core.checkpoint.source import Checkpoint, read_tensor
 from quant_core.errors import BudgetTooSmall, ImportanceMismatch
@@ -41,13 +50,14 @@ from quant_core.quantize.allocation import (
     TensorOption,
     allocate,
     allocation_summary,
+    allocation_units,
     budget_formats,
     budget_from_bits,
 )
 from quant_core.quantize.api import normalised_importance
 
-__all__ = ["attach_importance", "candidate_formats", "check_budget", "choose_formats", "lower_bound_bytes",
-           "measure_and_choose", "measure_tensor", "without_statistics"]
+__all__ = ["allocation_groups", "attach_importance", "candidate_formats", "check_budget", "choose_formats",
+           "lower_bound_bytes", "measure_and_choose", "measure_tensor", "without_statistics"]
 
 
 def candidate_formats(plan: TensorPlan, options: CheckpointOptions) -> list[WeightFormat]:
@@ -78,11 +88,28 @@ def measure_tensor(directory: Any, plan: TensorPlan, options: CheckpointOptions)
     return measured
 
 
-def lower_bound_bytes(plans: Sequence[TensorPlan], options: CheckpointOptions) -> int:
-    """The fewest bytes any allocation can take (each tensor's smallest format's payload): a budget below it
-    is refused before any tensor is measured (the exact floor, with the output's own headers, comes after)."""
-    return sum(min(stored.bytes_for(plan.tensor.shape) for stored in candidate_formats(plan, options))
-               for plan in plans if plan.quantized)
+def allocation_groups(plans: Sequence[TensorPlan], options: CheckpointOptions, config: Mapping[str, Any] | None
+                      ) -> tuple[list[list[int]], list[list[str]]]:
+    """For `allocate` over the quantized plans (in plan order): the positions of each fused layer's parts
+    (`fused_layers` of `config`) and the kind of each candidate format (`stored_kind`: what vLLM's loader for
+    `options.output` tells apart)."""
+    quantized = [plan for plan in plans if plan.quantized]
+    position = {plan.tensor.name: index for index, plan in enumerate(quantized)}
+    groups = [[position[name] for name in layer] for layer in fused_layers(config, position)]
+    kinds = [[stored_kind(options, stored) for stored in candidate_formats(plan, options)] for plan in quantized]
+    return groups, kinds
+
+
+def lower_bound_bytes(plans: Sequence[TensorPlan], options: CheckpointOptions,
+                      config: Mapping[str, Any] | None = None) -> int:
+    """The fewest bytes any allocation can take (each unit's smallest payload: a tensor's smallest format, a
+    fused layer's smallest format all its parts offer, `allocation_groups`): a budget below it is refused
+    before any tensor is measured (the exact floor, with the output's own headers, comes after)."""
+    quantized = [plan for plan in plans if plan.quantized]
+    payloads = [[TensorOption(stored.label(), stored.bytes_for(plan.tensor.shape), 0.0)
+                 for stored in candidate_formats(plan, options)] for plan in quantized]
+    groups, kinds = allocation_groups(plans, options, config)
+    return sum(min(option.bytes for option in unit.options) for unit in allocation_units(payloads, groups, kinds))
 
 
 def _budget_bytes(plans: Sequence[TensorPlan], options: CheckpointOptions) -> tuple[int, int]:
@@ -93,10 +120,11 @@ def _budget_bytes(plans: Sequence[TensorPlan], options: CheckpointOptions) -> tu
     return budget_from_bits(options.bits_per_weight or 0.0, elements), elements
 
 
-def check_budget(plans: Sequence[TensorPlan], options: CheckpointOptions) -> None:
+def check_budget(plans: Sequence[TensorPlan], options: CheckpointOptions,
+                 config: Mapping[str, Any] | None = None) -> None:
     """Refuse (`BudgetTooSmall`, naming the field sent) a budget below `lower_bound_bytes`."""
     budget, _ = _budget_bytes(plans, options)
-    floor = lower_bound_bytes(plans, options)
+    floor = lower_bound_bytes(plans, options, config)
     if budget < floor:
         raise BudgetTooSmall(budget, floor, field=_field(options))
 
@@ -106,13 +134,16 @@ def _field(options: CheckpointOptions) -> str:
 
 
 def choose_formats(plans: Sequence[TensorPlan], options: CheckpointOptions,
-                   measured: Mapping[int, Sequence[TensorOption]]) -> tuple[tuple[TensorPlan, ...], dict[str, Any]]:
-    """Each quantized plan with the format `allocate` chooses from its measured options (by plan index),
-    and the allocation's summary: budget, bytes, bits per weight, error, formats chosen and allowed."""
+                   measured: Mapping[int, Sequence[TensorOption]], config: Mapping[str, Any] | None
+                   ) -> tuple[tuple[TensorPlan, ...], dict[str, Any]]:
+    """Each quantized plan with the format `allocate` chooses from its measured options (by plan index), the
+    parts of each layer vLLM fuses (`config`'s, `allocation_groups`) chosen as one, and the allocation's
+    summary: budget, bytes, bits per weight, error, formats chosen and allowed."""
     quantized = [plan for plan in plans if plan.quantized]
     budget, elements = _budget_bytes(plans, options)
+    groups, kinds = allocation_groups(plans, options, config)
     try:
-        allocation = allocate([measured[plan.index] for plan in quantized], budget)
+        allocation = allocate([measured[plan.index] for plan in quantized], budget, groups, kinds)
     except BudgetTooSmall as exc:
         exc.field = _field(options)
         raise
@@ -126,9 +157,9 @@ def choose_formats(plans: Sequence[TensorPlan], options: CheckpointOptions,
 def measure_and_choose(checkpoint: Checkpoint, plans: Sequence[TensorPlan], options: CheckpointOptions
                        ) -> tuple[tuple[TensorPlan, ...], dict[str, Any]]:
     """`measure_tensor` for every quantized plan in this process, then `choose_formats`."""
-    check_budget(plans, options)
+    check_budget(plans, options, checkpoint.config)
     measured = {plan.index: measure_tensor(checkpoint.directory, plan, options) for plan in plans if plan.quantized}
-    return choose_formats(plans, options, measured)
+    return choose_formats(plans, options, measured, checkpoint.config)
 
 
 def attach_importance(plans: Sequence[TensorPlan], vectors: Mapping[str, NDArray[np.float32]]

@@ -33,7 +33,9 @@ refuses a checkpoint where the parts of one are stored differently:
 
 `split_fused_groups` finds every such group a job's plan splits, and
 `split_group_notes` says each one, its layers compacted, with the remedy;
-nibble writes what was asked (it never widens the user's globs).
+nibble writes what was asked (it never widens the user's globs).  A budget
+never splits one: `fused_layers` gives quant_core/checkpoint/budget.py the
+groups whose quantized parts the allocation chooses as one.
 """
 
 from __future__ import annotations
@@ -77,6 +79,7 @@ VLLM_PACKED_MODULES: dict[str, Mapping[str, tuple[str, ...]]] = {
     "qwen2_moe": _QKV, "qwen3_moe": _QKV,  # + gate_up_proj when the model has dense MLPs (vllm_packed_modules)
     "deepseek_v2": _GATE_UP, "deepseek_v3": _GATE_UP, "deepseek_v32": _GATE_UP,  # deepseek_v2.py
     "glm_moe_dsa": _GATE_UP,  # registry: GlmMoeDsaForCausalLM is deepseek_v2.py's
+    "bert": {"qkv_proj": ("query", "key", "value")},  # bert.py BertModel (0.19 line 370; 0.11 335, 0.33 372)
     "phi3": {}, "falcon": {}, "gpt2": {},  # their checkpoints store q/k/v and gate/up fused already
     "smollm3": {},  # registry: SmolLM3ForCausalLM runs on the Transformers backend, which fuses nothing
 }
@@ -146,22 +149,38 @@ def split_fused_groups(config: Mapping[str, Any] | None, stored: Mapping[str, st
     A fused layer with some part absent from `stored` is judged on the parts present.
     """
     mapping = vllm_packed_modules(config)
+    return [SplitGroup(module, fused, tuple(sorted(((part, stored[name]) for part, name in parts.items()),
+                                                   key=lambda part: _order(mapping, fused, part[0]))))
+            for (module, fused), parts in _fused_parts(mapping, stored).items()
+            if len({PASSED_THROUGH if stored[name] in UNQUANTIZED else stored[name] for name in parts.values()}) > 1]
+
+
+def _fused_parts(mapping: Mapping[str, tuple[str, ...]], names: Iterable[str]
+                 ) -> dict[tuple[str, str], dict[str, str]]:
+    """(parent module, fused name) -> {part: tensor name} of each fused layer with a ``.weight`` among `names`,
+    in first-seen order (a layer's routed experts: fused name ``experts``, parts ``7.w1``)."""
     shard_of = {shard: fused for fused, shards in mapping.items() for shard in shards if shard != fused}
     groups: dict[tuple[str, str], dict[str, str]] = {}
-    for name, kind in stored.items():
+    for name in names:
         if not name.endswith(".weight"):
             continue
         module = name.removesuffix(".weight")
         expert = _ROUTED_EXPERT.match(module)
         if expert is not None:
-            groups.setdefault((expert["layer"], _MOE), {})[expert["member"]] = kind
+            groups.setdefault((expert["layer"], _MOE), {})[expert["member"]] = name
             continue
         parent, _, last = module.rpartition(".")
         if last in shard_of:
-            groups.setdefault((parent, shard_of[last]), {})[last] = kind
-    return [SplitGroup(module, fused, tuple(sorted(parts.items(), key=lambda part: _order(mapping, fused, part[0]))))
-            for (module, fused), parts in groups.items()
-            if len({PASSED_THROUGH if kind in UNQUANTIZED else kind for kind in parts.values()}) > 1]
+            groups.setdefault((parent, shard_of[last]), {})[last] = name
+    return groups
+
+
+def fused_layers(config: Mapping[str, Any] | None, names: Iterable[str]) -> list[tuple[str, ...]]:
+    """The tensor names of each layer vLLM fuses (`vllm_packed_modules` of `config`, and each layer's routed
+    experts) that has two parts or more among `names`, in first-seen order: the groups a budget must store in one
+    scheme (quant_core/quantize/allocation.py, "Fused groups")."""
+    return [tuple(parts.values()) for parts in _fused_parts(vllm_packed_modules(config), names).values()
+            if len(parts) > 1]
 
 
 def _order(mapping: Mapping[str, tuple[str, ...]], fused: str, part: str) -> int:

@@ -50,7 +50,7 @@ def inspect_source(directory: Path, root: Path, max_tensors: int, max_elements: 
         write_safetensors(importance_copy, {plan.tensor.name: plan.importance for plan in plans
                                             if plan.importance is not None})
     if options.has_budget:
-        check_budget(plans, options)
+        check_budget(plans, options, checkpoint.config)
     quantized = [plan for plan in plans if plan.quantized]
     return (len(quantized), sum(plan.tensor.nbytes for plan in quantized),
             [passthrough_entry(plan) for plan in plans if not plan.quantized],

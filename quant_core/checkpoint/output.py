@@ -344,18 +344,20 @@ def stored_kinds(options: CheckpointOptions, plans: Sequence[TensorPlan]) -> dic
     (quant_core/checkpoint/fused_groups.py): passed through, quantized, or a budget's 16-bit choice (stored in
     no config group, or as an F16/BF16 GGUF tensor: for vLLM as unquantized as a tensor passed through); under a
     compressed-tensors budget each int4 format is its own kind (a config group of its own)."""
-    kinds: dict[str, str] = {}
-    for plan in plans:
-        stored = plan.stored_format(options) if plan.quantized else None
-        if stored is None:
-            kinds[plan.tensor.name] = PASSED_THROUGH
-        elif stored.name in FLOAT_FORMATS:
-            kinds[plan.tensor.name] = SIXTEEN_BIT
-        elif options.has_budget and options.output == "compressed-tensors":
-            kinds[plan.tensor.name] = stored.label()
-        else:
-            kinds[plan.tensor.name] = QUANTIZED
-    return kinds
+    return {plan.tensor.name: stored_kind(options, plan.stored_format(options) if plan.quantized else None)
+            for plan in plans}
+
+
+def stored_kind(options: CheckpointOptions, stored: WeightFormat | None) -> str:
+    """How vLLM's loader for `options.output` tells a tensor stored in `stored` (None: passed through) apart
+    from the other parts of a layer it fuses (`stored_kinds`; a budget keeps each fused layer to one kind)."""
+    if stored is None:
+        return PASSED_THROUGH
+    if stored.name in FLOAT_FORMATS:
+        return SIXTEEN_BIT
+    if options.has_budget and options.output == "compressed-tensors":
+        return stored.label()
+    return QUANTIZED
 
 
 def engine_notes(options: CheckpointOptions, plans: Sequence[TensorPlan],
@@ -366,7 +368,8 @@ def engine_notes(options: CheckpointOptions, plans: Sequence[TensorPlan],
     weights ("Only symmetric quantization is supported for MoE"); 0.33's (compressed_tensors_moe_wna16.py) take
     zero points.  Every output vLLM loads (compressed-tensors, GPTQ, AWQ, and GGUF through vLLM's GGUF loader)
     is refused when a layer vLLM fuses (q/k/v, gate/up, a layer's experts: `split_fused_groups` of the
-    checkpoint's `config`) is stored in part: one note per kind of split, layers compacted.  The job writes
+    checkpoint's `config`) is stored in part: one note per kind of split, layers compacted (a budget's formats
+    split none: quant_core/checkpoint/budget.py chooses each such layer's quantized parts as one).  The job writes
     what was asked (nibble's INT4 has an offset by default; globs are never widened); the notes name the way out."""
     notes: list[str] = []
     if options.output == "compressed-tensors" and not options.symmetric and any(

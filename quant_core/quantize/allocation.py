@@ -24,6 +24,28 @@ errors sum to as little as the search finds:
    (bytes, error) Pareto frontier, replaces that when the frontier stays
    under `PARETO_STATES` (it does when many tensors share a shape, as in real models).
 
+Fused groups.  vLLM builds one layer from several stored tensors (q/k/v as
+``qkv_proj``, gate/up as ``gate_up_proj``, a layer's routed experts as one
+FusedMoE: its models' ``packed_modules_mapping``) and refuses the layer when
+its parts are stored in different schemes (compressed-tensors: "Found a
+different quantization schemes", ``should_ignore_layer`` of
+vllm/model_executor/layers/quantization/compressed_tensors/utils.py, vLLM 0.19
+lines 34-64, and ``get_moe_method`` of compressed_tensors_moe.py, lines
+121-147; GGUF: "Detected some but not all shards ... are quantized",
+``is_layer_skipped_gguf`` of quantization/gguf.py, lines 116-150; the list
+and the mappings are quant_core/checkpoint/fused_groups.py's).  So a budget
+for such an output passes `groups` (tensor indexes that must share a kind)
+and `kinds` (each option's kind: what the engine tells apart).  Each group
+is then ONE unit of the search above: its options are the ways its members
+can all take options of one kind that every member offers (the intersection
+of their kinds), each costing the sum of the members' bytes and the sum of
+their errors; within a kind of several options per member (GGUF's Q4_0 and
+Q8_0 both load as "quantized") only the combinations on the group's own
+(bytes, error) Pareto frontier are kept, which loses no optimum.  Steps 1-5
+run on the units unchanged, so the exact search is exact over the choices
+vLLM loads, the budget is met as before, and a tensor in no group is its own
+unit with its own options: without groups the result is the same.
+
 Pure: numbers in, indexes out; the measuring lives with the caller.
 """
 
@@ -46,8 +68,8 @@ PARETO_STATES = 200_000
 #: pair moves are searched while (tensors × options) is at most this (the pair matrix is its square)
 PAIR_MOVES = 2048
 
-__all__ = ["BUDGET_GROUP_SIZES", "Allocation", "BudgetTooSmall", "TensorOption", "allocate", "allocation_summary",
-           "budget_formats", "budget_from_bits"]
+__all__ = ["BUDGET_GROUP_SIZES", "Allocation", "AllocationUnit", "BudgetTooSmall", "TensorOption", "allocate",
+           "allocation_summary", "allocation_units", "budget_formats", "budget_from_bits"]
 
 #: the int4 group sizes a budget may choose per tensor
 BUDGET_GROUP_SIZES = (128, 64, 32)
@@ -70,6 +92,18 @@ class Allocation:
     bytes: int
     error: float
     budget_bytes: int
+
+
+@dataclass(frozen=True, slots=True)
+class AllocationUnit:
+    """What the search chooses for at once: one tensor, or a fused group (`members`, tensor indexes).
+
+    `options[k]` stores the members as `choices[k]` (each member's option index), its bytes and error the
+    members' sums, its label the members' shared label (or their labels joined by ``+``)."""
+
+    members: tuple[int, ...]
+    options: tuple[TensorOption, ...]
+    choices: tuple[tuple[int, ...], ...]
 
 
 def budget_formats(scheme: WeightFormat, in_features: int, method: str) -> list[WeightFormat]:
@@ -115,13 +149,83 @@ def _hull(options: Sequence[TensorOption]) -> list[int]:
     return frontier
 
 
-def allocate(tensors: Sequence[Sequence[TensorOption]], budget_bytes: int) -> Allocation:
-    """One option per tensor: total bytes ≤ `budget_bytes`, total error minimised greedily (module docstring).
+def allocation_units(tensors: Sequence[Sequence[TensorOption]], groups: Sequence[Sequence[int]] = (),
+                     kinds: Sequence[Sequence[str]] | None = None) -> list[AllocationUnit]:
+    """The units the search chooses among (module docstring, "Fused groups"), ordered by their first tensor.
+
+    `groups`: disjoint lists of tensor indexes whose options must share a kind; `kinds[t][k]` the kind of
+    tensor t's option k (default: its label, so a group shares one format).  A tensor in no group, or in a
+    group of one, is a unit with exactly its own options.  Raises ValueError for overlapping groups, an index
+    out of range, or a group whose members offer no kind in common.
+    """
+    kind_of = kinds if kinds is not None else [[option.label for option in options] for options in tensors]
+    owner: dict[int, tuple[int, ...]] = {}
+    for group in groups:
+        members = tuple(dict.fromkeys(group))
+        for member in members:
+            if not 0 <= member < len(tensors) or member in owner:
+                raise ValueError(f"tensor {member} is out of range or in two groups")
+            owner[member] = members
+    units: list[AllocationUnit] = []
+    for t, options in enumerate(tensors):
+        members = owner.get(t, (t,))
+        if len(members) == 1:
+            units.append(AllocationUnit((t,), tuple(options), tuple((k,) for k in range(len(options)))))
+        elif t == min(members):
+            units.append(_group_unit(tensors, kind_of, tuple(sorted(members))))
+    return units
+
+
+def _group_unit(tensors: Sequence[Sequence[TensorOption]], kind_of: Sequence[Sequence[str]],
+                members: tuple[int, ...]) -> AllocationUnit:
+    """A fused group's unit: per kind every member offers (in the first member's order of kinds), the
+    (bytes, error) Pareto frontier of its members' combinations of options of that kind, by growing bytes."""
+    offered = [dict.fromkeys(kind_of[t][k] for k in range(len(tensors[t]))) for t in members]
+    common = [kind for kind in offered[0] if all(kind in kinds for kinds in offered[1:])]
+    if not common:
+        raise ValueError(f"the tensors {list(members)} of a fused group offer no kind of option in common")
+    options: list[TensorOption] = []
+    choices: list[tuple[int, ...]] = []
+    for kind in common:
+        states: list[tuple[int, float, tuple[int, ...]]] = [(0, 0.0, ())]
+        for t in members:
+            mine = [k for k in range(len(tensors[t])) if kind_of[t][k] == kind]
+            grown = sorted(((size + tensors[t][k].bytes, error + tensors[t][k].error, (*picked, k))
+                            for size, error, picked in states for k in mine), key=lambda state: state[:2])
+            states = []
+            for state in grown:  # by growing bytes: keep a state only if it lowers the error
+                if not states or state[1] < states[-1][1]:
+                    states.append(state)
+        for size, error, picked in states:
+            labels = list(dict.fromkeys(tensors[t][k].label for t, k in zip(members, picked, strict=True)))
+            options.append(TensorOption("+".join(labels), size, error))
+            choices.append(picked)
+    return AllocationUnit(members, tuple(options), tuple(choices))
+
+
+def allocate(tensors: Sequence[Sequence[TensorOption]], budget_bytes: int, groups: Sequence[Sequence[int]] = (),
+             kinds: Sequence[Sequence[str]] | None = None) -> Allocation:
+    """One option per tensor: total bytes ≤ `budget_bytes`, total error minimised (module docstring); the
+    members of each of `groups` take options of one kind (`allocation_units`), the group chosen as one unit.
 
     Ties are broken by tensor order, so the result is deterministic.
     """
     if any(not options for options in tensors):
         raise ValueError("every tensor needs at least one option")
+    units = allocation_units(tensors, groups, kinds)
+    if all(len(unit.members) == 1 for unit in units):
+        return _allocate(tensors, budget_bytes)
+    chosen = _allocate([unit.options for unit in units], budget_bytes)
+    choices = [0] * len(tensors)
+    for unit, index in zip(units, chosen.choices, strict=True):
+        for member, option in zip(unit.members, unit.choices[index], strict=True):
+            choices[member] = option
+    return Allocation(tuple(choices), int(_total(tensors, choices, "bytes")), _total(tensors, choices, "error"),
+                      budget_bytes)
+
+
+def _allocate(tensors: Sequence[Sequence[TensorOption]], budget_bytes: int) -> Allocation:
+    """`allocate` of independent tensors: steps 1-5 of the module docstring."""
     hulls = [_hull(options) for options in tensors]
     position = [0] * len(tensors)
     choices = [hull[0] for hull in hulls]

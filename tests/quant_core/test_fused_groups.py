@@ -13,7 +13,13 @@ from __future__ import annotations
 
 import pytest
 
-from quant_core.checkpoint import split_between, split_fused_groups, split_group_notes, vllm_packed_modules
+from quant_core.checkpoint import (
+    fused_layers,
+    split_between,
+    split_fused_groups,
+    split_group_notes,
+    vllm_packed_modules,
+)
 from quant_core.checkpoint.fused_groups import (
     PASSED_THROUGH,
     QUANTIZED,
@@ -118,6 +124,8 @@ def test_shared_experts_are_a_gate_up_proj_not_part_of_the_routed_experts() -> N
                                  "gate_up_proj": ("gate_proj", "up_proj"), "in_proj_qkvz": ("in_proj_qkv", "in_proj_z"),
                                  "in_proj_ba": ("in_proj_b", "in_proj_a")}),
     ({"model_type": "phi3"}, {}), ({"model_type": "smollm3"}, {}),
+    # bert.py BertModel: "qkv_proj": ["query", "key", "value"] (0.19 line 370; 0.11 line 335; 0.33 line 372)
+    ({"model_type": "bert"}, {"qkv_proj": ("query", "key", "value")}),
     ({"model_type": "some_new_llama_like"}, {"qkv_proj": ("q_proj", "k_proj", "v_proj"),
                                              "gate_up_proj": ("gate_proj", "up_proj")}),
 ], ids=lambda value: value.get("model_type", "") if isinstance(value, dict) and "model_type" in value else "")
@@ -202,3 +210,18 @@ def test_hostile_names_with_endless_or_non_ascii_digits_are_names_not_layer_numb
     notes = split_group_notes(groups, "gptq")
     assert notes[0].startswith(f"model.layers.{huge}.self_attn: k_proj passed through")
     assert notes[1].startswith("model.layers.\u0663.self_attn: k_proj passed through")
+
+
+def test_fused_layers_lists_each_layers_parts_for_a_budget_to_choose_together() -> None:
+    names = [*attention(2, ("q_proj", "k_proj", "v_proj", "o_proj")), "model.layers.0.self_attn.q_proj.bias",
+             "model.layers.0.mlp.gate_proj.weight", "model.layers.0.mlp.up_proj.weight",
+             "model.layers.0.mlp.down_proj.weight", "model.layers.1.mlp.up_proj.weight",
+             *routed_experts(1, 2)]
+    assert fused_layers({"model_type": "mixtral"}, names) == [
+        tuple(f"model.layers.{layer}.self_attn.{part}.weight" for part in ("q_proj", "k_proj", "v_proj"))
+        for layer in range(2)] + [tuple(routed_experts(1, 2))]  # mixtral fuses no gate/up; a part alone is no group
+    assert fused_layers({"model_type": "llama"}, names)[2] == ("model.layers.0.mlp.gate_proj.weight",
+                                                               "model.layers.0.mlp.up_proj.weight")
+    bert = [f"encoder.layer.0.attention.self.{part}.weight" for part in ("query", "key", "value")]
+    assert fused_layers({"model_type": "bert"}, [*bert, "encoder.layer.0.attention.output.dense.weight"]) == [
+        tuple(bert)]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+from collections.abc import Callable
 
 import numpy as np
 import pytest
@@ -83,3 +84,89 @@ def test_bytes_go_where_they_lower_the_error_most() -> None:
     steep = [TensorOption("g128", 100, 1.0), TensorOption("g32", 120, 0.2)]
     assert allocate([cheap, steep], 220).choices == (0, 1)
     assert allocate([steep, cheap], 220).choices == (1, 0)
+
+
+# fused groups: vLLM refuses a fused layer (q/k/v, gate/up, a layer's experts) whose parts are stored in
+# different schemes (compressed_tensors/utils.py should_ignore_layer, vLLM 0.19 lines 34-64;
+# quant_core/checkpoint/fused_groups.py)
+GROUPS = ((0, 2), (1, 3, 4))  # tensors 0 and 2 fused, 1, 3 and 4 fused; 5 alone
+
+
+def _exhaustive_best(tensors: list[list[TensorOption]], budget: int,
+                     allowed: Callable[[tuple[int, ...]], bool]) -> float:
+    return min(sum(tensors[t][i].error for t, i in enumerate(choice))
+               for choice in itertools.product(*(range(len(options)) for options in tensors))
+               if sum(tensors[t][i].bytes for t, i in enumerate(choice)) <= budget and allowed(choice))
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_a_fused_group_takes_one_format_and_the_allocation_is_the_exhaustive_best_of_those(seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    tensors = _options(rng, 6)
+    smallest = sum(min(o.bytes for o in options) for options in tensors)
+    largest = sum(max(o.bytes for o in options) for options in tensors)
+    budget = int(rng.integers(smallest, largest))
+    result = allocate(tensors, budget, GROUPS)
+    for group in GROUPS:
+        assert len({result.choices[t] for t in group}) == 1, result.choices
+    assert result.bytes <= budget
+    assert result.bytes == sum(tensors[t][i].bytes for t, i in enumerate(result.choices))
+    best = _exhaustive_best(tensors, budget, lambda choice: all(len({choice[t] for t in g}) == 1 for g in GROUPS))
+    assert result.error == pytest.approx(best, rel=1e-12)
+    assert result.error >= allocate(tensors, budget).error  # the constraint never lowers the error
+
+
+@pytest.mark.parametrize("seed", range(10))
+def test_the_greedy_search_alone_keeps_fused_groups_whole_within_the_budget(
+        seed: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(allocation, "PARETO_STATES", 0)
+    rng = np.random.default_rng(seed)
+    tensors = _options(rng, 6)
+    smallest = sum(min(o.bytes for o in options) for options in tensors)
+    largest = sum(max(o.bytes for o in options) for options in tensors)
+    budget = int(rng.integers(smallest, largest))
+    result = allocate(tensors, budget, GROUPS)
+    assert result.bytes <= budget
+    assert all(len({result.choices[t] for t in group}) == 1 for group in GROUPS)
+    best = _exhaustive_best(tensors, budget, lambda choice: all(len({choice[t] for t in g}) == 1 for g in GROUPS))
+    assert result.error <= best * 1.6
+
+
+@pytest.mark.parametrize("seed", range(10))
+def test_groups_of_kinds_let_members_differ_within_a_kind_and_stay_exhaustively_best(seed: int) -> None:
+    # GGUF: vLLM's GGUF loader refuses a fused layer with F16 and quantized parts (gguf.py is_layer_skipped_gguf,
+    # 0.19 lines 116-150) but multiplies each shard in its own ggml type (GGUFLinearMethod.apply, lines 526-540)
+    rng = np.random.default_rng(seed)
+    tensors = _options(rng, 6)
+    kinds = [["quantized", "quantized", "quantized", "16-bit"] for _ in tensors]
+    smallest = sum(min(o.bytes for o in options) for options in tensors)
+    largest = sum(max(o.bytes for o in options) for options in tensors)
+    budget = int(rng.integers(smallest, largest))
+    result = allocate(tensors, budget, GROUPS, kinds)
+    assert all(len({kinds[t][result.choices[t]] for t in group}) == 1 for group in GROUPS)
+    assert result.bytes <= budget
+    best = _exhaustive_best(tensors, budget, lambda choice: all(
+        len({kinds[t][choice[t]] for t in g}) == 1 for g in GROUPS))
+    assert result.error == pytest.approx(best, rel=1e-12)
+
+
+def test_tensors_in_no_group_are_allocated_exactly_as_without_groups() -> None:
+    for seed in range(10):
+        rng = np.random.default_rng(seed)
+        tensors = _options(rng, 6)
+        budget = int(rng.integers(sum(o[0].bytes for o in tensors), sum(o[-1].bytes for o in tensors)))
+        assert allocate(tensors, budget, [[0], [3]]) == allocate(tensors, budget)
+
+
+def test_a_group_offers_only_the_formats_every_member_can_take() -> None:
+    # member 1's width takes no g128 (budget_formats): the group is never g128, even where g128 would fit best
+    wide = [TensorOption("g128", 100, 1.0), TensorOption("g32", 130, 0.5), TensorOption("fp16", 400, 0.0)]
+    narrow = [TensorOption("g32", 130, 0.5), TensorOption("fp16", 400, 0.0)]
+    assert allocate([wide, narrow], 230).choices == (0, 0)  # apart: g128 and g32
+    assert allocate([wide, narrow], 260, [[0, 1]]).choices == (1, 0)  # together: both g32
+    units = allocation.allocation_units([wide, narrow], [[0, 1]])
+    assert [option.label for option in units[0].options] == ["g32", "fp16"]
+    with pytest.raises(BudgetTooSmall, match="a budget of 259 bytes is below the 260"):
+        allocate([wide, narrow], 259, [[0, 1]])
+    with pytest.raises(ValueError, match="no kind of option in common"):
+        allocate([[TensorOption("g128", 100, 1.0)], narrow], 10**6, [[0, 1]])
