@@ -2,12 +2,15 @@
 
 compressed-tensors: transformers (with compressed-tensors) loads the directory on CPU; GPTQ and AWQ: the
 reference libraries' own decoders (AutoGPTQ's ``QuantLinear``, AutoAWQ's ``dequantize_gemm``, loaded as in
-tests/quant_core/tensorio/test_reference_libraries.py); GGUF: gguf-py's reader.  Every quantized weight
-must equal nibble's own dequantization of the same tensor, and every other tensor the source's.
+tests/quant_core/tensorio/test_reference_libraries.py), and transformers itself, which loads both through
+GPTQModel (``quantizers/quantizer_gptq.py`` with optimum, ``quantizers/quantizer_awq.py``); GGUF: gguf-py's
+reader.  Every quantized weight must equal nibble's own dequantization of the same tensor, and every other
+tensor the source's.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import time
 from collections.abc import Iterator
@@ -192,6 +195,111 @@ def test_autoawq_decodes_the_awq_checkpoint(client: TestClient, source: Path, tm
         decoded = autoawq.dequantize_gemm(loaded[f"{prefix}.qweight"], loaded[f"{prefix}.qzeros"],
                                           loaded[f"{prefix}.scales"].to(torch.float32), 4, 128)
         np.testing.assert_array_equal(decoded.T.numpy(), dequantize(q), err_msg=name)
+
+
+def gptqmodel_or_skip() -> None:
+    """Skip when GPTQModel is not installed (`make test` installs it: pyproject.toml, [tool.nibble]
+    reference-decoders and the dev extra); installed, any import error of its own fails the test."""
+    if importlib.util.find_spec("gptqmodel") is None:
+        pytest.skip("gptqmodel is not installed: `make test` installs it (pyproject.toml [tool.nibble] "
+                    "reference-decoders, pip install --no-deps)")
+
+
+def dense_twin(model: torch.nn.Module, quantized: dict[str, QuantizedTensor]) -> torch.nn.Module:
+    """The model `model` loads, as a plain float32 transformers model holding the source's tensors with each
+    quantized weight replaced by nibble's own dequantization (rounded to fp16 once, as both loaders do)."""
+    from transformers import AutoModelForCausalLM
+
+    state = {name: torch.from_numpy(as_float32(array)) for name, array in llama_tensors().items()}
+    for name, q in quantized.items():
+        state[name] = torch.from_numpy(dequantize(q, np.float16).astype(np.float32))
+    settings = {key: value for key, value in model.config.to_dict().items() if key != "quantization_config"}
+    dense = AutoModelForCausalLM.from_config(model.config.__class__.from_dict(settings), dtype=torch.float32)
+    assert not dense.load_state_dict(state, strict=True).missing_keys
+    return dense
+
+
+TOKENS = torch.tensor([[1, 5, 9, 40, 2]])
+
+
+@pytest.mark.parametrize("fields", [
+    {},
+    {"symmetric": True},
+    {"group_size": 64},
+    {"exclude": [*DEFAULT_EXCLUDE, "*layers.1.mlp.down_proj*"]},  # a linear module left in bf16
+], ids=["asymmetric", "symmetric", "group-64", "exclude"])
+# optimum's GPTQQuantizer._replace_by_quant_layers reads model.is_gradient_checkpointing, which transformers 5
+# deprecates (modeling_utils.py): their warning, not ours
+@pytest.mark.filterwarnings("ignore:`is_gradient_checkpointing` is deprecated:FutureWarning")
+def test_transformers_loads_the_gptq_checkpoint_through_gptqmodel_with_nibbles_weights(
+        client: TestClient, source: Path, tmp_path: Path, fields: dict[str, Any]) -> None:
+    gptqmodel_or_skip()
+    from gptqmodel.nn_modules.qlinear.torch import TorchLinear
+    from transformers import AutoModelForCausalLM, GPTQConfig
+
+    run_job(client, tmp_path / "out", output="gptq", **fields)
+    # GPTQModel's torch kernel ("gptq_torch", gptqmodel/utils/backend.py): the CPU kernel every machine has.
+    # Left to choose ("auto") on a CPU with AVX512-BF16 it takes TorchCpuAvx512Linear, a C++ extension it
+    # compiles on first use.  TorchLinear.optimize() wraps dequantize_weight in torch.compile; force_eager runs
+    # the same function without inductor's C++ build.
+    with torch.compiler.set_stance("force_eager"):
+        model = AutoModelForCausalLM.from_pretrained(tmp_path / "out", device_map="cpu", dtype=torch.float32,
+                                                     quantization_config=GPTQConfig(bits=4, backend="gptq_torch"))
+        modules = dict(model.named_modules())
+        expected = nibble_quantized(source, {"output": "gptq", **{k: tuple(v) if isinstance(v, list) else v
+                                                                  for k, v in fields.items()}})
+        linear = [name.removesuffix(".weight") for name in llama_tensors() if name.startswith("model.layers.")
+                  and name.endswith("_proj.weight")]
+        written = llama_tensors()
+        for module in linear:
+            layer = modules[module]
+            if f"{module}.weight" not in expected:  # left unquantized: a plain Linear with the source's weight
+                assert type(layer) is torch.nn.Linear, (module, type(layer))
+                np.testing.assert_array_equal(layer.weight.detach().numpy(), as_float32(written[f"{module}.weight"]),
+                                              err_msg=module)
+                continue
+            assert isinstance(layer, TorchLinear), (module, type(layer))
+            # the layer's own dequantization (its public dequantize_weight: in_features x out_features, in its
+            # scales' fp16) is nibble's value rounded to fp16 once, bit for bit
+            weight = layer.dequantize_weight().to(torch.float32).numpy().T
+            q = expected[f"{module}.weight"]
+            np.testing.assert_array_equal(weight, dequantize(q, np.float16).astype(np.float32), err_msg=module)
+        assert len(expected) == len(linear) - ("exclude" in fields)
+        with torch.no_grad():
+            logits = model(TOKENS).logits
+            reference = dense_twin(model, expected)(TOKENS).logits
+    # TorchLinear multiplies the float32 input by its fp16 weights cast to float32: the dense twin's product
+    torch.testing.assert_close(logits, reference, rtol=0, atol=1e-5)
+
+
+def test_transformers_loads_the_awq_checkpoint_through_gptqmodel_with_nibbles_weights(
+        client: TestClient, source: Path, tmp_path: Path) -> None:
+    gptqmodel_or_skip()
+    from gptqmodel.nn_modules.qlinear.torch_awq import AwqTorchLinear
+    from transformers import AutoModelForCausalLM, AwqConfig
+
+    run_job(client, tmp_path / "out", output="awq")
+    # transformers' AWQ path builds GPTQModel's layers (integrations/awq.py, hf_select_quant_linear_v2); its
+    # "torch_awq" backend is AwqTorchLinear, the portable kernel ("auto" on a CPU asks for CUDA kernels first)
+    model = AutoModelForCausalLM.from_pretrained(tmp_path / "out", device_map="cpu", dtype=torch.float32,
+                                                 quantization_config=AwqConfig(bits=4, backend="torch_awq"))
+    modules = dict(model.named_modules())
+    expected = nibble_quantized(source, {"output": "awq"})
+    assert len(expected) == 14
+    for name, q in expected.items():
+        layer = modules[name.removesuffix(".weight")]
+        assert isinstance(layer, AwqTorchLinear), (name, type(layer))
+        # AwqTorchLinear has no public dequantization: its forward (dequantize_gemm, then x @ W in fp16) on the
+        # identity is W, each entry 1 x w plus zeros, exact in fp16
+        with torch.no_grad():
+            weight = layer(torch.eye(q.shape[1], dtype=torch.float16)).to(torch.float32).numpy().T
+        np.testing.assert_array_equal(weight, dequantize(q, np.float16).astype(np.float32), err_msg=name)
+    with torch.no_grad():
+        logits = model(TOKENS).logits
+        reference = dense_twin(model, expected)(TOKENS).logits
+    # AwqTorchLinear computes a float32 input in fp16 (torch_awq.py forward): each projection's input and output
+    # rounded to fp16, ~2^-11 relative
+    torch.testing.assert_close(logits, reference, rtol=1e-2, atol=1e-2)
 
 
 def converter_permute(rows: NDArray[Any], heads: int) -> NDArray[Any]:
