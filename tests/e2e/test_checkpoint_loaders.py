@@ -53,6 +53,7 @@ pytestmark = [
 def source(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("data")
     write_llama_checkpoint(root / "llama", shards=3)
+    write_llama_checkpoint(root / "qwen2", shards=2, family="qwen2")  # q/k/v biases, tied embeddings
     (root / STATISTICS).parent.mkdir()
     write_safetensors(root / STATISTICS, importance_vectors())
     return root
@@ -64,9 +65,10 @@ def client(source: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[T
         yield test_client
 
 
-def run_job(client: TestClient, target: Path, **fields: Any) -> dict[str, Any]:
-    """Submit a job on the test llama, watch it to the end, download every file into `target`."""
-    job = client.post("/v1/jobs", json={"source": {"path": "llama"}, **fields})
+def run_job(client: TestClient, target: Path, model: str = "llama", **fields: Any) -> dict[str, Any]:
+    """Submit a job on the test llama (or the source's `model`), watch it to the end, download every file into
+    `target`."""
+    job = client.post("/v1/jobs", json={"source": {"path": model}, **fields})
     assert job.status_code == 202, job.text
     deadline = time.monotonic() + 120
     while (status := client.get(job.json()["url"]).json())["state"] in ("queued", "running"):
@@ -79,10 +81,10 @@ def run_job(client: TestClient, target: Path, **fields: Any) -> dict[str, Any]:
     return status
 
 
-def nibble_quantized(source: Path, fields: dict[str, Any]) -> dict[str, QuantizedTensor]:
+def nibble_quantized(source: Path, fields: dict[str, Any], model: str = "llama") -> dict[str, QuantizedTensor]:
     """nibble's own quantization (`quantize`, in this process) of each tensor the job's plan quantizes."""
     options = CheckpointOptions(**fields)
-    checkpoint = open_checkpoint(source / "llama")
+    checkpoint = open_checkpoint(source / model)
     return {plan.tensor.name: quantize(read_tensor(checkpoint.directory, plan.tensor), options.scheme,
                                        options.method, min_zero=options.min_zero)
             for plan in plan_checkpoint(checkpoint, options) if plan.quantized}
@@ -205,12 +207,13 @@ def gptqmodel_or_skip() -> None:
                     "reference-decoders, pip install --no-deps)")
 
 
-def dense_twin(model: torch.nn.Module, quantized: dict[str, QuantizedTensor]) -> torch.nn.Module:
+def dense_twin(model: torch.nn.Module, quantized: dict[str, QuantizedTensor], family: str) -> torch.nn.Module:
     """The model `model` loads, as a plain float32 transformers model holding the source's tensors with each
     quantized weight replaced by nibble's own dequantization (rounded to fp16 once, as both loaders do)."""
     from transformers import AutoModelForCausalLM
 
-    state = {name: torch.from_numpy(as_float32(array)) for name, array in llama_tensors().items()}
+    state = {name: torch.from_numpy(as_float32(array)) for name, array in llama_tensors(family=family).items()}
+    state.setdefault("lm_head.weight", state["model.embed_tokens.weight"])  # tied
     for name, q in quantized.items():
         state[name] = torch.from_numpy(dequantize(q, np.float16).astype(np.float32))
     settings = {key: value for key, value in model.config.to_dict().items() if key != "quantization_config"}
@@ -222,22 +225,32 @@ def dense_twin(model: torch.nn.Module, quantized: dict[str, QuantizedTensor]) ->
 TOKENS = torch.tensor([[1, 5, 9, 40, 2]])
 
 
-@pytest.mark.parametrize("fields", [
-    {},
-    {"symmetric": True},
-    {"group_size": 64},
-    {"exclude": [*DEFAULT_EXCLUDE, "*layers.1.mlp.down_proj*"]},  # a linear module left in bf16
-], ids=["asymmetric", "symmetric", "group-64", "exclude"])
+def unquantized_bias(layer: torch.nn.Module, written: dict[str, NDArray[Any]], module: str) -> None:
+    """The layer's bias is the source's (bf16) as fp16, the dtype GPTQModel's layers hold it in."""
+    if f"{module}.bias" in written:
+        np.testing.assert_array_equal(layer.bias.detach().numpy(),
+                                      as_float32(written[f"{module}.bias"]).astype(np.float16), err_msg=module)
+    else:
+        assert layer.bias is None, module
+
+
+@pytest.mark.parametrize(("family", "fields"), [
+    ("llama", {}),
+    ("llama", {"symmetric": True}),
+    ("llama", {"group_size": 64}),
+    ("llama", {"exclude": [*DEFAULT_EXCLUDE, "*layers.1.mlp.down_proj*"]}),  # a linear module left in bf16
+    ("qwen2", {}),  # q/k/v with biases
+], ids=["asymmetric", "symmetric", "group-64", "exclude", "qwen2-biases"])
 # optimum's GPTQQuantizer._replace_by_quant_layers reads model.is_gradient_checkpointing, which transformers 5
 # deprecates (modeling_utils.py): their warning, not ours
 @pytest.mark.filterwarnings("ignore:`is_gradient_checkpointing` is deprecated:FutureWarning")
 def test_transformers_loads_the_gptq_checkpoint_through_gptqmodel_with_nibbles_weights(
-        client: TestClient, source: Path, tmp_path: Path, fields: dict[str, Any]) -> None:
+        client: TestClient, source: Path, tmp_path: Path, family: str, fields: dict[str, Any]) -> None:
     gptqmodel_or_skip()
     from gptqmodel.nn_modules.qlinear.torch import TorchLinear
     from transformers import AutoModelForCausalLM, GPTQConfig
 
-    run_job(client, tmp_path / "out", output="gptq", **fields)
+    run_job(client, tmp_path / "out", family, output="gptq", **fields)
     # GPTQModel's torch kernel ("gptq_torch", gptqmodel/utils/backend.py): the CPU kernel every machine has.
     # Left to choose ("auto") on a CPU with AVX512-BF16 it takes TorchCpuAvx512Linear, a C++ extension it
     # compiles on first use.  TorchLinear.optimize() wraps dequantize_weight in torch.compile; force_eager runs
@@ -247,10 +260,10 @@ def test_transformers_loads_the_gptq_checkpoint_through_gptqmodel_with_nibbles_w
                                                      quantization_config=GPTQConfig(bits=4, backend="gptq_torch"))
         modules = dict(model.named_modules())
         expected = nibble_quantized(source, {"output": "gptq", **{k: tuple(v) if isinstance(v, list) else v
-                                                                  for k, v in fields.items()}})
-        linear = [name.removesuffix(".weight") for name in llama_tensors() if name.startswith("model.layers.")
+                                                                  for k, v in fields.items()}}, family)
+        written = llama_tensors(family=family)
+        linear = [name.removesuffix(".weight") for name in written if name.startswith("model.layers.")
                   and name.endswith("_proj.weight")]
-        written = llama_tensors()
         for module in linear:
             layer = modules[module]
             if f"{module}.weight" not in expected:  # left unquantized: a plain Linear with the source's weight
@@ -264,39 +277,46 @@ def test_transformers_loads_the_gptq_checkpoint_through_gptqmodel_with_nibbles_w
             weight = layer.dequantize_weight().to(torch.float32).numpy().T
             q = expected[f"{module}.weight"]
             np.testing.assert_array_equal(weight, dequantize(q, np.float16).astype(np.float32), err_msg=module)
+            unquantized_bias(layer, written, module)
         assert len(expected) == len(linear) - ("exclude" in fields)
         with torch.no_grad():
             logits = model(TOKENS).logits
-            reference = dense_twin(model, expected)(TOKENS).logits
+            reference = dense_twin(model, expected, family)(TOKENS).logits
     # TorchLinear multiplies the float32 input by its fp16 weights cast to float32: the dense twin's product
     torch.testing.assert_close(logits, reference, rtol=0, atol=1e-5)
 
 
+@pytest.mark.parametrize("family", ["llama", "qwen2"])
 def test_transformers_loads_the_awq_checkpoint_through_gptqmodel_with_nibbles_weights(
-        client: TestClient, source: Path, tmp_path: Path) -> None:
+        client: TestClient, source: Path, tmp_path: Path, family: str) -> None:
     gptqmodel_or_skip()
     from gptqmodel.nn_modules.qlinear.torch_awq import AwqTorchLinear
     from transformers import AutoModelForCausalLM, AwqConfig
 
-    run_job(client, tmp_path / "out", output="awq")
+    run_job(client, tmp_path / "out", family, output="awq")
     # transformers' AWQ path builds GPTQModel's layers (integrations/awq.py, hf_select_quant_linear_v2); its
     # "torch_awq" backend is AwqTorchLinear, the portable kernel ("auto" on a CPU asks for CUDA kernels first)
     model = AutoModelForCausalLM.from_pretrained(tmp_path / "out", device_map="cpu", dtype=torch.float32,
                                                  quantization_config=AwqConfig(bits=4, backend="torch_awq"))
     modules = dict(model.named_modules())
-    expected = nibble_quantized(source, {"output": "awq"})
+    expected = nibble_quantized(source, {"output": "awq"}, family)
+    written = llama_tensors(family=family)
     assert len(expected) == 14
     for name, q in expected.items():
-        layer = modules[name.removesuffix(".weight")]
+        module = name.removesuffix(".weight")
+        layer = modules[module]
         assert isinstance(layer, AwqTorchLinear), (name, type(layer))
+        unquantized_bias(layer, written, module)
         # AwqTorchLinear has no public dequantization: its forward (dequantize_gemm, then x @ W in fp16) on the
-        # identity is W, each entry 1 x w plus zeros, exact in fp16
+        # identity is W, each entry 1 x w plus zeros, exact in fp16 (without the bias, which it adds after)
+        bias, layer.bias = layer.bias, None
         with torch.no_grad():
             weight = layer(torch.eye(q.shape[1], dtype=torch.float16)).to(torch.float32).numpy().T
+        layer.bias = bias
         np.testing.assert_array_equal(weight, dequantize(q, np.float16).astype(np.float32), err_msg=name)
     with torch.no_grad():
         logits = model(TOKENS).logits
-        reference = dense_twin(model, expected)(TOKENS).logits
+        reference = dense_twin(model, expected, family)(TOKENS).logits
     # AwqTorchLinear computes a float32 input in fp16 (torch_awq.py forward): each projection's input and output
     # rounded to fp16, ~2^-11 relative
     torch.testing.assert_close(logits, reference, rtol=1e-2, atol=1e-2)
