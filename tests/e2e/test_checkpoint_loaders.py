@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -39,8 +41,11 @@ from quant_core.tensorio import write_safetensors
 from tests.app.conftest import client_with
 from tests.app.test_jobs_budget import STATISTICS, importance_vectors
 from tests.checkpoints import HEADS, KV_HEADS, LAYERS, llama_tensors, write_llama_checkpoint
+from tests.e2e.gptqmodel_child import TOKENS
 from tests.quant_core.tensorio.gptq_loader_rules import gptqmodel_quantizes, optimum_quantizes
 from tests.quant_core.tensorio.test_reference_libraries import reference_module
+
+REPOSITORY = Path(__file__).resolve().parents[2]
 
 pytestmark = [
     pytest.mark.slow,
@@ -199,127 +204,124 @@ def test_autoawq_decodes_the_awq_checkpoint(client: TestClient, source: Path, tm
         np.testing.assert_array_equal(decoded.T.numpy(), dequantize(q), err_msg=name)
 
 
-def gptqmodel_or_skip() -> None:
-    """Skip when GPTQModel is not installed (`make test` installs it: pyproject.toml, [tool.nibble]
-    reference-decoders and the dev extra); installed, any import error of its own fails the test."""
+#: the GPTQ and AWQ results transformers loads through GPTQModel: (source model, output, job fields) by case
+GPTQMODEL_CASES: dict[str, tuple[str, str, dict[str, Any]]] = {
+    "gptq-asymmetric": ("llama", "gptq", {}),
+    "gptq-symmetric": ("llama", "gptq", {"symmetric": True}),
+    "gptq-group-64": ("llama", "gptq", {"group_size": 64}),
+    "gptq-exclude": ("llama", "gptq", {"exclude": [*DEFAULT_EXCLUDE, "*layers.1.mlp.down_proj*"]}),  # one left bf16
+    "gptq-qwen2": ("qwen2", "gptq", {}),  # q/k/v with biases, tied embeddings
+    "awq-llama": ("llama", "awq", {}),
+    "awq-qwen2": ("qwen2", "awq", {}),
+}
+
+
+@pytest.fixture(scope="module")
+def gptqmodel_loaded(client: TestClient, tmp_path_factory: pytest.TempPathFactory
+                     ) -> dict[str, tuple[Path, dict[str, torch.Tensor], dict[str, str]]]:
+    """Each case's job result, and what transformers, through GPTQModel, holds once it has loaded it: each decoder
+    linear layer's weight (out x in) and bias, the logits on ``TOKENS``, and each layer's class
+    (tests/e2e/gptqmodel_child.py, one child process for every case).  Skips when GPTQModel is not installed
+    (`make test` installs it: pyproject.toml, [tool.nibble] reference-decoders and the dev extra); installed,
+    any failure of the child fails the tests."""
     if importlib.util.find_spec("gptqmodel") is None:
         pytest.skip("gptqmodel is not installed: `make test` installs it (pyproject.toml [tool.nibble] "
                     "reference-decoders, pip install --no-deps)")
+    root = tmp_path_factory.mktemp("gptqmodel")
+    arguments = []
+    for case, (family, output, fields) in GPTQMODEL_CASES.items():
+        run_job(client, root / case, family, output=output, **fields)
+        arguments += [str(root / case), str(root / f"{case}.safetensors")]
+    child = subprocess.run([sys.executable, "-m", "tests.e2e.gptqmodel_child", *arguments], cwd=REPOSITORY,
+                           capture_output=True, text=True, timeout=900, check=False)
+    assert child.returncode == 0, child.stderr[-6000:]
+    results = {}
+    for case in GPTQMODEL_CASES:
+        with safetensors.safe_open(str(root / f"{case}.safetensors"), "pt") as loaded:
+            classes = json.loads(loaded.metadata()["classes"])
+            results[case] = (root / case, {key: loaded.get_tensor(key) for key in loaded.keys()}, classes)  # noqa: SIM118
+    return results
 
 
-def dense_twin(model: torch.nn.Module, quantized: dict[str, QuantizedTensor], family: str) -> torch.nn.Module:
-    """The model `model` loads, as a plain float32 transformers model holding the source's tensors with each
-    quantized weight replaced by nibble's own dequantization (rounded to fp16 once, as both loaders do)."""
-    from transformers import AutoModelForCausalLM
+def dense_logits(checkpoint: Path, quantized: dict[str, QuantizedTensor], family: str) -> torch.Tensor:
+    """The logits on ``TOKENS`` of the checkpoint's model as a plain float32 transformers model holding the
+    source's tensors, each quantized weight replaced by nibble's own dequantization rounded to fp16 once."""
+    from transformers import AutoConfig, AutoModelForCausalLM
 
+    settings = json.loads((checkpoint / "config.json").read_text())
+    del settings["quantization_config"]
+    dense = AutoModelForCausalLM.from_config(AutoConfig.for_model(settings.pop("model_type"), **settings),
+                                             dtype=torch.float32)
     state = {name: torch.from_numpy(as_float32(array)) for name, array in llama_tensors(family=family).items()}
     state.setdefault("lm_head.weight", state["model.embed_tokens.weight"])  # tied
     for name, q in quantized.items():
         state[name] = torch.from_numpy(dequantize(q, np.float16).astype(np.float32))
-    settings = {key: value for key, value in model.config.to_dict().items() if key != "quantization_config"}
-    dense = AutoModelForCausalLM.from_config(model.config.__class__.from_dict(settings), dtype=torch.float32)
     assert not dense.load_state_dict(state, strict=True).missing_keys
-    return dense
+    with torch.no_grad():
+        return dense(torch.tensor(TOKENS)).logits  # type: ignore[no-any-return]
 
 
-TOKENS = torch.tensor([[1, 5, 9, 40, 2]])
+def decoder_linear(written: dict[str, NDArray[Any]]) -> list[str]:
+    return [name.removesuffix(".weight") for name in written if name.startswith("model.layers.")
+            and name.endswith("_proj.weight")]
 
 
-def unquantized_bias(layer: torch.nn.Module, written: dict[str, NDArray[Any]], module: str) -> None:
-    """The layer's bias is the source's (bf16) as fp16, the dtype GPTQModel's layers hold it in."""
+def assert_biases(loaded: dict[str, torch.Tensor], written: dict[str, NDArray[Any]], module: str) -> None:
+    """A GPTQModel layer holds the source's (bf16) bias as fp16; a layer without one has none."""
     if f"{module}.bias" in written:
-        np.testing.assert_array_equal(layer.bias.detach().numpy(),
+        np.testing.assert_array_equal(loaded[f"{module}.bias"].numpy(),
                                       as_float32(written[f"{module}.bias"]).astype(np.float16), err_msg=module)
     else:
-        assert layer.bias is None, module
+        assert f"{module}.bias" not in loaded, module
 
 
-@pytest.mark.parametrize(("family", "fields"), [
-    ("llama", {}),
-    ("llama", {"symmetric": True}),
-    ("llama", {"group_size": 64}),
-    ("llama", {"exclude": [*DEFAULT_EXCLUDE, "*layers.1.mlp.down_proj*"]}),  # a linear module left in bf16
-    ("qwen2", {}),  # q/k/v with biases
-], ids=["asymmetric", "symmetric", "group-64", "exclude", "qwen2-biases"])
-# optimum's GPTQQuantizer._replace_by_quant_layers reads model.is_gradient_checkpointing, which transformers 5
-# deprecates (modeling_utils.py): their warning, not ours
-@pytest.mark.filterwarnings("ignore:`is_gradient_checkpointing` is deprecated:FutureWarning")
+@pytest.mark.parametrize("case", [case for case in GPTQMODEL_CASES if case.startswith("gptq")])
 def test_transformers_loads_the_gptq_checkpoint_through_gptqmodel_with_nibbles_weights(
-        client: TestClient, source: Path, tmp_path: Path, family: str, fields: dict[str, Any]) -> None:
-    gptqmodel_or_skip()
-    from gptqmodel.nn_modules.qlinear.torch import TorchLinear
-    from transformers import AutoModelForCausalLM, GPTQConfig
-
-    run_job(client, tmp_path / "out", family, output="gptq", **fields)
-    # GPTQModel's torch kernel ("gptq_torch", gptqmodel/utils/backend.py): the CPU kernel every machine has.
-    # Left to choose ("auto") on a CPU with AVX512-BF16 it takes TorchCpuAvx512Linear, a C++ extension it
-    # compiles on first use.  TorchLinear.optimize() wraps dequantize_weight in torch.compile; force_eager runs
-    # the same function without inductor's C++ build.
-    with torch.compiler.set_stance("force_eager"):
-        model = AutoModelForCausalLM.from_pretrained(tmp_path / "out", device_map="cpu", dtype=torch.float32,
-                                                     quantization_config=GPTQConfig(bits=4, backend="gptq_torch"))
-        modules = dict(model.named_modules())
-        expected = nibble_quantized(source, {"output": "gptq", **{k: tuple(v) if isinstance(v, list) else v
-                                                                  for k, v in fields.items()}}, family)
-        written = llama_tensors(family=family)
-        linear = [name.removesuffix(".weight") for name in written if name.startswith("model.layers.")
-                  and name.endswith("_proj.weight")]
-        for module in linear:
-            layer = modules[module]
-            if f"{module}.weight" not in expected:  # left unquantized: a plain Linear with the source's weight
-                assert type(layer) is torch.nn.Linear, (module, type(layer))
-                np.testing.assert_array_equal(layer.weight.detach().numpy(), as_float32(written[f"{module}.weight"]),
-                                              err_msg=module)
-                continue
-            assert isinstance(layer, TorchLinear), (module, type(layer))
-            # the layer's own dequantization (its public dequantize_weight: in_features x out_features, in its
-            # scales' fp16) is nibble's value rounded to fp16 once, bit for bit
-            weight = layer.dequantize_weight().to(torch.float32).numpy().T
-            q = expected[f"{module}.weight"]
-            np.testing.assert_array_equal(weight, dequantize(q, np.float16).astype(np.float32), err_msg=module)
-            unquantized_bias(layer, written, module)
-        assert len(expected) == len(linear) - ("exclude" in fields)
-        with torch.no_grad():
-            logits = model(TOKENS).logits
-            reference = dense_twin(model, expected, family)(TOKENS).logits
+        gptqmodel_loaded: dict[str, tuple[Path, dict[str, torch.Tensor], dict[str, str]]], source: Path,
+        case: str) -> None:
+    family, _, fields = GPTQMODEL_CASES[case]
+    checkpoint, loaded, classes = gptqmodel_loaded[case]
+    expected = nibble_quantized(source, {"output": "gptq", **{k: tuple(v) if isinstance(v, list) else v
+                                                              for k, v in fields.items()}}, family)
+    written = llama_tensors(family=family)
+    linear = decoder_linear(written)
+    assert sorted(classes) == sorted(linear)
+    for module in linear:
+        if f"{module}.weight" not in expected:  # left unquantized: a plain Linear with the source's weight
+            assert classes[module] == "torch.nn.modules.linear.Linear", (module, classes[module])
+            np.testing.assert_array_equal(loaded[f"{module}.weight"].numpy(), as_float32(written[f"{module}.weight"]),
+                                          err_msg=module)
+            continue
+        assert classes[module] == "gptqmodel.nn_modules.qlinear.torch.TorchLinear", (module, classes[module])
+        # TorchLinear's own dequantization (in its scales' fp16) is nibble's value rounded to fp16 once, bit for bit
+        q = expected[f"{module}.weight"]
+        np.testing.assert_array_equal(loaded[f"{module}.weight"].to(torch.float32).numpy(),
+                                      dequantize(q, np.float16).astype(np.float32), err_msg=module)
+        assert_biases(loaded, written, module)
+    assert len(expected) == len(linear) - ("exclude" in fields)
     # TorchLinear multiplies the float32 input by its fp16 weights cast to float32: the dense twin's product
-    torch.testing.assert_close(logits, reference, rtol=0, atol=1e-5)
+    torch.testing.assert_close(loaded["logits"], dense_logits(checkpoint, expected, family), rtol=0, atol=1e-5)
 
 
-@pytest.mark.parametrize("family", ["llama", "qwen2"])
+@pytest.mark.parametrize("case", [case for case in GPTQMODEL_CASES if case.startswith("awq")])
 def test_transformers_loads_the_awq_checkpoint_through_gptqmodel_with_nibbles_weights(
-        client: TestClient, source: Path, tmp_path: Path, family: str) -> None:
-    gptqmodel_or_skip()
-    from gptqmodel.nn_modules.qlinear.torch_awq import AwqTorchLinear
-    from transformers import AutoModelForCausalLM, AwqConfig
-
-    run_job(client, tmp_path / "out", family, output="awq")
-    # transformers' AWQ path builds GPTQModel's layers (integrations/awq.py, hf_select_quant_linear_v2); its
-    # "torch_awq" backend is AwqTorchLinear, the portable kernel ("auto" on a CPU asks for CUDA kernels first)
-    model = AutoModelForCausalLM.from_pretrained(tmp_path / "out", device_map="cpu", dtype=torch.float32,
-                                                 quantization_config=AwqConfig(bits=4, backend="torch_awq"))
-    modules = dict(model.named_modules())
+        gptqmodel_loaded: dict[str, tuple[Path, dict[str, torch.Tensor], dict[str, str]]], source: Path,
+        case: str) -> None:
+    family = GPTQMODEL_CASES[case][0]
+    checkpoint, loaded, classes = gptqmodel_loaded[case]
     expected = nibble_quantized(source, {"output": "awq"}, family)
     written = llama_tensors(family=family)
-    assert len(expected) == 14
+    # transformers' AWQ path builds GPTQModel's layers (integrations/awq.py, hf_select_quant_linear_v2)
+    assert sorted(classes) == sorted(decoder_linear(written)) == sorted(n.removesuffix(".weight") for n in expected)
     for name, q in expected.items():
         module = name.removesuffix(".weight")
-        layer = modules[module]
-        assert isinstance(layer, AwqTorchLinear), (name, type(layer))
-        unquantized_bias(layer, written, module)
-        # AwqTorchLinear has no public dequantization: its forward (dequantize_gemm, then x @ W in fp16) on the
-        # identity is W, each entry 1 x w plus zeros, exact in fp16 (without the bias, which it adds after)
-        bias, layer.bias = layer.bias, None
-        with torch.no_grad():
-            weight = layer(torch.eye(q.shape[1], dtype=torch.float16)).to(torch.float32).numpy().T
-        layer.bias = bias
-        np.testing.assert_array_equal(weight, dequantize(q, np.float16).astype(np.float32), err_msg=name)
-    with torch.no_grad():
-        logits = model(TOKENS).logits
-        reference = dense_twin(model, expected, family)(TOKENS).logits
+        assert classes[module] == "gptqmodel.nn_modules.qlinear.torch_awq.AwqTorchLinear", (module, classes[module])
+        np.testing.assert_array_equal(loaded[name].to(torch.float32).numpy(),
+                                      dequantize(q, np.float16).astype(np.float32), err_msg=name)
+        assert_biases(loaded, written, module)
     # AwqTorchLinear computes a float32 input in fp16 (torch_awq.py forward): each projection's input and output
     # rounded to fp16, ~2^-11 relative
-    torch.testing.assert_close(logits, reference, rtol=1e-2, atol=1e-2)
+    torch.testing.assert_close(loaded["logits"], dense_logits(checkpoint, expected, family), rtol=1e-2, atol=1e-2)
 
 
 def converter_permute(rows: NDArray[Any], heads: int) -> NDArray[Any]:
