@@ -2,13 +2,18 @@
 
 compressed-tensors: transformers (with compressed-tensors) loads the directory on CPU; GPTQ and AWQ: the
 reference libraries' own decoders (AutoGPTQ's ``QuantLinear``, AutoAWQ's ``dequantize_gemm``, loaded as in
-tests/quant_core/tensorio/test_reference_libraries.py); GGUF: gguf-py's reader.  Every quantized weight
-must equal nibble's own dequantization of the same tensor, and every other tensor the source's.
+tests/quant_core/tensorio/test_reference_libraries.py), and transformers itself, which loads both through
+GPTQModel (``quantizers/quantizer_gptq.py`` with optimum, ``quantizers/quantizer_awq.py``); GGUF: gguf-py's
+reader.  Every quantized weight must equal nibble's own dequantization of the same tensor, and every other
+tensor the source's.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import json
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -36,8 +41,11 @@ from quant_core.tensorio import write_safetensors
 from tests.app.conftest import client_with
 from tests.app.test_jobs_budget import STATISTICS, importance_vectors
 from tests.checkpoints import HEADS, KV_HEADS, LAYERS, llama_tensors, write_llama_checkpoint
+from tests.e2e.gptqmodel_child import TOKENS
 from tests.quant_core.tensorio.gptq_loader_rules import gptqmodel_quantizes, optimum_quantizes
 from tests.quant_core.tensorio.test_reference_libraries import reference_module
+
+REPOSITORY = Path(__file__).resolve().parents[2]
 
 pytestmark = [
     pytest.mark.slow,
@@ -50,6 +58,7 @@ pytestmark = [
 def source(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("data")
     write_llama_checkpoint(root / "llama", shards=3)
+    write_llama_checkpoint(root / "qwen2", shards=2, family="qwen2")  # q/k/v biases, tied embeddings
     (root / STATISTICS).parent.mkdir()
     write_safetensors(root / STATISTICS, importance_vectors())
     return root
@@ -61,9 +70,10 @@ def client(source: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[T
         yield test_client
 
 
-def run_job(client: TestClient, target: Path, **fields: Any) -> dict[str, Any]:
-    """Submit a job on the test llama, watch it to the end, download every file into `target`."""
-    job = client.post("/v1/jobs", json={"source": {"path": "llama"}, **fields})
+def run_job(client: TestClient, target: Path, model: str = "llama", **fields: Any) -> dict[str, Any]:
+    """Submit a job on the test llama (or the source's `model`), watch it to the end, download every file into
+    `target`."""
+    job = client.post("/v1/jobs", json={"source": {"path": model}, **fields})
     assert job.status_code == 202, job.text
     deadline = time.monotonic() + 120
     while (status := client.get(job.json()["url"]).json())["state"] in ("queued", "running"):
@@ -76,10 +86,10 @@ def run_job(client: TestClient, target: Path, **fields: Any) -> dict[str, Any]:
     return status
 
 
-def nibble_quantized(source: Path, fields: dict[str, Any]) -> dict[str, QuantizedTensor]:
+def nibble_quantized(source: Path, fields: dict[str, Any], model: str = "llama") -> dict[str, QuantizedTensor]:
     """nibble's own quantization (`quantize`, in this process) of each tensor the job's plan quantizes."""
     options = CheckpointOptions(**fields)
-    checkpoint = open_checkpoint(source / "llama")
+    checkpoint = open_checkpoint(source / model)
     return {plan.tensor.name: quantize(read_tensor(checkpoint.directory, plan.tensor), options.scheme,
                                        options.method, min_zero=options.min_zero)
             for plan in plan_checkpoint(checkpoint, options) if plan.quantized}
@@ -192,6 +202,126 @@ def test_autoawq_decodes_the_awq_checkpoint(client: TestClient, source: Path, tm
         decoded = autoawq.dequantize_gemm(loaded[f"{prefix}.qweight"], loaded[f"{prefix}.qzeros"],
                                           loaded[f"{prefix}.scales"].to(torch.float32), 4, 128)
         np.testing.assert_array_equal(decoded.T.numpy(), dequantize(q), err_msg=name)
+
+
+#: the GPTQ and AWQ results transformers loads through GPTQModel: (source model, output, job fields) by case
+GPTQMODEL_CASES: dict[str, tuple[str, str, dict[str, Any]]] = {
+    "gptq-asymmetric": ("llama", "gptq", {}),
+    "gptq-symmetric": ("llama", "gptq", {"symmetric": True}),
+    "gptq-group-64": ("llama", "gptq", {"group_size": 64}),
+    "gptq-exclude": ("llama", "gptq", {"exclude": [*DEFAULT_EXCLUDE, "*layers.1.mlp.down_proj*"]}),  # one left bf16
+    "gptq-qwen2": ("qwen2", "gptq", {}),  # q/k/v with biases, tied embeddings
+    "awq-llama": ("llama", "awq", {}),
+    "awq-qwen2": ("qwen2", "awq", {}),
+}
+
+
+@pytest.fixture(scope="module")
+def gptqmodel_loaded(client: TestClient, tmp_path_factory: pytest.TempPathFactory
+                     ) -> dict[str, tuple[Path, dict[str, torch.Tensor], dict[str, str]]]:
+    """Each case's job result, and what transformers, through GPTQModel, holds once it has loaded it: each decoder
+    linear layer's weight (out x in) and bias, the logits on ``TOKENS``, and each layer's class
+    (tests/e2e/gptqmodel_child.py, one child process for every case).  Skips when GPTQModel is not installed
+    (`make test` installs it: pyproject.toml, [tool.nibble] reference-decoders and the dev extra); installed,
+    any failure of the child fails the tests."""
+    if importlib.util.find_spec("gptqmodel") is None:
+        pytest.skip("gptqmodel is not installed: `make test` installs it (pyproject.toml [tool.nibble] "
+                    "reference-decoders, pip install --no-deps)")
+    root = tmp_path_factory.mktemp("gptqmodel")
+    arguments = []
+    for case, (family, output, fields) in GPTQMODEL_CASES.items():
+        run_job(client, root / case, family, output=output, **fields)
+        arguments += [str(root / case), str(root / f"{case}.safetensors")]
+    child = subprocess.run([sys.executable, "-m", "tests.e2e.gptqmodel_child", *arguments], cwd=REPOSITORY,
+                           capture_output=True, text=True, timeout=900, check=False)
+    assert child.returncode == 0, child.stderr[-6000:]
+    results = {}
+    for case in GPTQMODEL_CASES:
+        with safetensors.safe_open(str(root / f"{case}.safetensors"), "pt") as loaded:
+            classes = json.loads(loaded.metadata()["classes"])
+            results[case] = (root / case, {key: loaded.get_tensor(key) for key in loaded.keys()}, classes)  # noqa: SIM118
+    return results
+
+
+def dense_logits(checkpoint: Path, quantized: dict[str, QuantizedTensor], family: str) -> torch.Tensor:
+    """The logits on ``TOKENS`` of the checkpoint's model as a plain float32 transformers model holding the
+    source's tensors, each quantized weight replaced by nibble's own dequantization rounded to fp16 once."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    settings = json.loads((checkpoint / "config.json").read_text())
+    del settings["quantization_config"]
+    dense = AutoModelForCausalLM.from_config(AutoConfig.for_model(settings.pop("model_type"), **settings),
+                                             dtype=torch.float32)
+    state = {name: torch.from_numpy(as_float32(array)) for name, array in llama_tensors(family=family).items()}
+    state.setdefault("lm_head.weight", state["model.embed_tokens.weight"])  # tied
+    for name, q in quantized.items():
+        state[name] = torch.from_numpy(dequantize(q, np.float16).astype(np.float32))
+    assert not dense.load_state_dict(state, strict=True).missing_keys
+    with torch.no_grad():
+        return dense(torch.tensor(TOKENS)).logits  # type: ignore[no-any-return]
+
+
+def decoder_linear(written: dict[str, NDArray[Any]]) -> list[str]:
+    return [name.removesuffix(".weight") for name in written if name.startswith("model.layers.")
+            and name.endswith("_proj.weight")]
+
+
+def assert_biases(loaded: dict[str, torch.Tensor], written: dict[str, NDArray[Any]], module: str) -> None:
+    """A GPTQModel layer holds the source's (bf16) bias as fp16; a layer without one has none."""
+    if f"{module}.bias" in written:
+        np.testing.assert_array_equal(loaded[f"{module}.bias"].numpy(),
+                                      as_float32(written[f"{module}.bias"]).astype(np.float16), err_msg=module)
+    else:
+        assert f"{module}.bias" not in loaded, module
+
+
+@pytest.mark.parametrize("case", [case for case in GPTQMODEL_CASES if case.startswith("gptq")])
+def test_transformers_loads_the_gptq_checkpoint_through_gptqmodel_with_nibbles_weights(
+        gptqmodel_loaded: dict[str, tuple[Path, dict[str, torch.Tensor], dict[str, str]]], source: Path,
+        case: str) -> None:
+    family, _, fields = GPTQMODEL_CASES[case]
+    checkpoint, loaded, classes = gptqmodel_loaded[case]
+    expected = nibble_quantized(source, {"output": "gptq", **{k: tuple(v) if isinstance(v, list) else v
+                                                              for k, v in fields.items()}}, family)
+    written = llama_tensors(family=family)
+    linear = decoder_linear(written)
+    assert sorted(classes) == sorted(linear)
+    for module in linear:
+        if f"{module}.weight" not in expected:  # left unquantized: a plain Linear with the source's weight
+            assert classes[module] == "torch.nn.modules.linear.Linear", (module, classes[module])
+            np.testing.assert_array_equal(loaded[f"{module}.weight"].numpy(), as_float32(written[f"{module}.weight"]),
+                                          err_msg=module)
+            continue
+        assert classes[module] == "gptqmodel.nn_modules.qlinear.torch.TorchLinear", (module, classes[module])
+        # TorchLinear's own dequantization (in its scales' fp16) is nibble's value rounded to fp16 once, bit for bit
+        q = expected[f"{module}.weight"]
+        np.testing.assert_array_equal(loaded[f"{module}.weight"].to(torch.float32).numpy(),
+                                      dequantize(q, np.float16).astype(np.float32), err_msg=module)
+        assert_biases(loaded, written, module)
+    assert len(expected) == len(linear) - ("exclude" in fields)
+    # TorchLinear multiplies the float32 input by its fp16 weights cast to float32: the dense twin's product
+    torch.testing.assert_close(loaded["logits"], dense_logits(checkpoint, expected, family), rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("case", [case for case in GPTQMODEL_CASES if case.startswith("awq")])
+def test_transformers_loads_the_awq_checkpoint_through_gptqmodel_with_nibbles_weights(
+        gptqmodel_loaded: dict[str, tuple[Path, dict[str, torch.Tensor], dict[str, str]]], source: Path,
+        case: str) -> None:
+    family = GPTQMODEL_CASES[case][0]
+    checkpoint, loaded, classes = gptqmodel_loaded[case]
+    expected = nibble_quantized(source, {"output": "awq"}, family)
+    written = llama_tensors(family=family)
+    # transformers' AWQ path builds GPTQModel's layers (integrations/awq.py, hf_select_quant_linear_v2)
+    assert sorted(classes) == sorted(decoder_linear(written)) == sorted(n.removesuffix(".weight") for n in expected)
+    for name, q in expected.items():
+        module = name.removesuffix(".weight")
+        assert classes[module] == "gptqmodel.nn_modules.qlinear.torch_awq.AwqTorchLinear", (module, classes[module])
+        np.testing.assert_array_equal(loaded[name].to(torch.float32).numpy(),
+                                      dequantize(q, np.float16).astype(np.float32), err_msg=name)
+        assert_biases(loaded, written, module)
+    # AwqTorchLinear computes a float32 input in fp16 (torch_awq.py forward): each projection's input and output
+    # rounded to fp16, ~2^-11 relative
+    torch.testing.assert_close(loaded["logits"], dense_logits(checkpoint, expected, family), rtol=1e-2, atol=1e-2)
 
 
 def converter_permute(rows: NDArray[Any], heads: int) -> NDArray[Any]:
