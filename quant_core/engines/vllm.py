@@ -77,7 +77,7 @@ class _Version:
     allocated under the sampler pass (vllm/v1/worker/workspace.py's WorkspaceManager keeps its
     largest buffer until it is locked after profiling).
     `gdn_projections_profiled`: a Gated DeltaNet layer runs its projections in the profiling run
-    (`_gdn_forward_bytes_per_token`); False where the whole layer returns before them.
+    (`gdn_forward_bytes_per_token`); False where the whole layer returns before them.
     """
 
     sampler_bytes_per_logit: float
@@ -249,7 +249,7 @@ def rotary_cache_bytes(spec: ModelSpec) -> int:
     return spec.max_position_embeddings * spec.rotary_dim * ACTIVATION_ELEMENT_BYTES
 
 
-def _gdn_forward_bytes_per_token(spec: ModelSpec, tensor_parallel: int) -> int:
+def gdn_forward_bytes_per_token(spec: ModelSpec, tensor_parallel: int) -> int:
     """Peak live bytes per batched token of one Gated DeltaNet layer in the profiling run of the releases that run
     its projections there (v0.19 and v0.33: model_executor/layers/mamba/gdn_linear_attn.py, ``forward``; the core,
     ``_forward_core``, returns at ``attn_metadata is None`` after warming the chunked kernels up on 16- to 64-token
@@ -583,14 +583,14 @@ class VllmProfile:
         ``max_num_batched_tokens`` rows, allocated once by the dummy run: 2 × tokens × hidden × 2 bytes;
         Llama-3.1-8B's last stage at PP=2 on vLLM 0.19: 1.89 + 0.13 = the 2.01 GiB logged).  A hybrid
         model's Gated DeltaNet layers add nothing in v0.11 (the layer returns before its projections) and
-        their projections from v0.19 (`_gdn_forward_bytes_per_token`, when wider than the other layers'); the
+        their projections from v0.19 (`gdn_forward_bytes_per_token`, when wider than the other layers'); the
         rotary cos/sin cache the model is built with is charged beside the peak (`rotary_cache_bytes`)."""
         spec, tokens = stage.spec, limits.max_batched_tokens
         received = 2 * tokens * spec.hidden_size * ACTIVATION_ELEMENT_BYTES if stage.layers[0] > 0 else 0
         per_token = _forward_bytes_per_token(spec, stage.tensor_parallel)
         gdn = 0
         if spec.linear_attention is not None and self._rules.gdn_projections_profiled:
-            gdn = _gdn_forward_bytes_per_token(spec, stage.tensor_parallel)
+            gdn = gdn_forward_bytes_per_token(spec, stage.tensor_parallel)
         forward = tokens * max(per_token, gdn) + received
         rows = min(limits.max_num_seqs, tokens) if stage.is_last else 0
         per_logit = self._rules.sampler_bytes_per_logit
