@@ -253,8 +253,9 @@ def gdn_forward_bytes_per_token(spec: ModelSpec, tensor_parallel: int) -> int:
     """Peak live bytes per batched token of one Gated DeltaNet layer in the profiling run of the releases that run
     its projections there (model_executor/layers/mamba/gdn_linear_attn.py ``forward`` in v0.19,
     mamba/gdn/qwen_gdn_linear_attn.py ``forward_cuda`` in v0.33; the core returns at ``attn_metadata is None`` after
-    warming the chunked kernels up on dummies of at most 64 tokens): ``2 bytes x (3 x hidden + (4 x key_dim + 6 x value_dim + 2 x value heads) / tp + hidden)``, the
-    residual stream beside in_proj_qkvz's output (``2 x key_dim + 2 x value_dim``) and in_proj_ba's (2 per value
+    warming the chunked kernels up on dummies of at most 64 tokens):
+    ``2 bytes x (3 x hidden + (4 x key_dim + 6 x value_dim + 2 x value heads) / tp + hidden)``, the residual stream
+    beside in_proj_qkvz's output (``2 x key_dim + 2 x value_dim``) and in_proj_ba's (2 per value
     head), Qwen3-Next's unpacked q, k, v and their concatenation (``2 x (2 x key_dim + value_dim)``, the larger of
     the two at any time being the concatenation plus the copies), the gate z reshaped, the zeroed core output and
     the gated norm's output (``value_dim`` each), then out_proj's ``hidden``.  Qwen3.5's projections need no
