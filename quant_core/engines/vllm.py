@@ -99,9 +99,9 @@ class _Version:
 # after each worker's start-up snapshot (MemorySnapshot in Worker.init_device, before NCCL and the custom
 # all-reduce are set up), and llm-d's Llama-3.3-70B TP=2 workers started with 1.54 GiB already in use ("Free memory
 # on device 77.64/79.18 GiB") against 0.61 GiB in their one-GPU runs and 0.60 GiB in the H200 run (139.21/139.81
-# GiB): memory of the multi-GPU set-up taken before that snapshot may explain their smaller figure.  Nothing a
-# model class does in the profiling run is outside PyTorch's allocator (Qwen3-Next's Gated DeltaNet layers return
-# before any kernel in v0.10.2/v0.11), so the figure is the layout's, not the model's.
+# GiB): memory of the multi-GPU set-up taken before that snapshot may explain their smaller figure.  No code of
+# Qwen3-Next's in the profiling run allocates outside PyTorch's allocator (its Gated DeltaNet layers return before
+# any kernel in v0.10.2/v0.11, read in qwen3_next.py), so the figure is charged for the layout, every model alike.
 # No pipeline-parallel log.
 _NON_TORCH_V0_11 = _NonTorch(133 * MIB, ((2, 1413 * MIB),), None,
                              "llm-d-benchmark's vLLM v0.11 H100 logs (one GPU) and a vLLM 0.10.2 log of two H200s "
