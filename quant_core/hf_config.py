@@ -1194,8 +1194,9 @@ def _qwen3_next(config: Mapping[str, object], model_type: str, name: str | None)
     layer is a Qwen2-MoE-style sparse block (router ``mlp.gate``, routed experts, one ``mlp.shared_expert`` of
     ``shared_expert_intermediate_size`` and its [1, hidden] ``shared_expert_gate``) when it is not in
     ``mlp_only_layers`` and ``(i + 1) % decoder_sparse_step == 0``, else a dense MLP of ``intermediate_size``.
-    Partial rotary changes no tensor.  The multi-token-prediction layer the checkpoints ship (``mtp.*``) is neither
-    built by transformers nor loaded by vLLM's Qwen3NextForCausalLM (``skip_prefixes=["mtp."]``): not counted.
+    Partial rotary changes no tensor (its dimensions are kept as ``rotary_dim``: they size vLLM's cos/sin cache).
+    The multi-token-prediction layer the checkpoints ship (``mtp.*``) is neither built by transformers nor loaded
+    by vLLM's Qwen3NextForCausalLM (``skip_prefixes=["mtp."]``): not counted.
     Refused, naming the key, where transformers and vLLM would build different tensors: ``attention_bias`` (vLLM
     reads ``qkv_bias`` and gives o_proj none), ``attn_output_gate: false`` (transformers always gates) and
     ``layer_scale`` (only vLLM builds its parameters); ``use_sliding_window`` (neither slides a window)."""
@@ -1224,6 +1225,7 @@ def _qwen3_next(config: Mapping[str, object], model_type: str, name: str | None)
     else:
         experts = r.required_int("num_experts", MAX_EXPERTS, minimum=0)
     moe = _qwen_sparse_moe(r, experts, layers)
+    head_dim = r.required_int("head_dim", MAX_HEAD_DIM)
     return ModelSpec(
         name=_name(config, model_type, name),
         model_type=model_type,
@@ -1232,7 +1234,7 @@ def _qwen3_next(config: Mapping[str, object], model_type: str, name: str | None)
         num_layers=layers,
         num_attention_heads=heads,
         num_kv_heads=r.required_int("num_key_value_heads", MAX_HEADS),
-        head_dim=r.required_int("head_dim", MAX_HEAD_DIM),
+        head_dim=head_dim,
         intermediate_size=r.required_int("intermediate_size", MAX_INTERMEDIATE_SIZE),
         vocab_size=r.required_int("vocab_size", MAX_VOCAB_SIZE),
         tie_word_embeddings=r.flag("tie_word_embeddings", False),
@@ -1240,8 +1242,20 @@ def _qwen3_next(config: Mapping[str, object], model_type: str, name: str | None)
         max_position_embeddings=_positions(r),
         linear_attention=linear,
         attention_output_gate=True,
+        rotary_dim=_partial_rotary_dim(config, head_dim),
         **moe,
     )
+
+
+def _partial_rotary_dim(config: Mapping[str, object], head_dim: int) -> int:
+    """The rotary dimensions of a head, ``int(head_dim x partial_rotary_factor)`` as vLLM's ``get_rope`` computes
+    them, the factor read at the top level (Qwen3-Next) or in ``rope_parameters`` (Qwen3.5); 1.0 when absent."""
+    nested = config.get("rope_parameters")
+    factor = config.get("partial_rotary_factor", nested.get("partial_rotary_factor", 1.0)
+                        if isinstance(nested, Mapping) else 1.0)
+    if isinstance(factor, bool) or not isinstance(factor, int | float) or not 0 < factor <= 1:
+        raise InvalidSpec("partial_rotary_factor", factor, "must be a number in (0, 1]")
+    return int(head_dim * factor)
 
 
 def _qwen3_5(config: Mapping[str, object], model_type: str, name: str | None) -> ModelSpec:

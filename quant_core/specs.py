@@ -377,6 +377,7 @@ _INT_LIMITS: dict[str, tuple[int, int]] = {
     "qk_nope_head_dim": (0, MAX_HEAD_DIM),
     "qk_rope_head_dim": (0, MAX_HEAD_DIM),
     "v_head_dim": (0, MAX_HEAD_DIM),
+    "rotary_dim": (0, MAX_HEAD_DIM),
     # DeepSeek Sparse Attention's lightning indexer (deepseek_v32); 0 = none
     "index_n_heads": (0, MAX_HEADS),
     "index_head_dim": (0, MAX_HEAD_DIM),
@@ -556,6 +557,10 @@ class ModelSpec:
     linear_attention: GatedDeltaNet | None = None
     #: the full-attention layers' q_proj is twice as wide: its second half gates the output (Qwen3-Next)
     attention_output_gate: bool = False
+    #: the rotary dimensions of a full-attention head (``head_dim x partial_rotary_factor``), where the adapter
+    #: records them (Qwen3-Next and Qwen3.5: 0.25); 0 = not recorded.  No tensor depends on it: vLLM's cos/sin
+    #: cache of ``max_position_embeddings x rotary_dim`` does (`engines.vllm.rotary_cache_bytes`)
+    rotary_dim: int = 0
 
     def __post_init__(self) -> None:
         for field in ("name", "model_type"):
@@ -621,6 +626,8 @@ class ModelSpec:
             raise InvalidSpec("max_position_embeddings", None, "learned position embeddings need a size")
         if self.vision is not None and not isinstance(self.vision, VISION_TOWERS):
             raise InvalidSpec("vision", type(self.vision).__name__, "must be a vision tower (or absent)")
+        if self.rotary_dim > self.head_dim:
+            raise InvalidSpec("rotary_dim", self.rotary_dim, f"must not exceed head_dim={self.head_dim}")
         self._check_linear_attention()
 
     def _check_linear_attention(self) -> None:

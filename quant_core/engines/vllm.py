@@ -80,6 +80,8 @@ class _Version:
     `moe_workspace_persists`: the fused-MoE intermediate caches of the dummy forward pass stay
     allocated under the sampler pass (vllm/v1/worker/workspace.py's WorkspaceManager keeps its
     largest buffer until it is locked after profiling).
+    `gdn_projections_profiled`: a Gated DeltaNet layer runs its projections in the profiling run
+    (`gdn_forward_bytes_per_token`); False where the whole layer returns before them.
     """
 
     sampler_bytes_per_logit: float
@@ -87,6 +89,7 @@ class _Version:
     tokens_from_concurrency: bool
     moe_workspace_persists: bool
     non_torch: _NonTorch
+    gdn_projections_profiled: bool
     #: the ``mamba_cache_mode`` a hybrid (Gated DeltaNet) model runs in when ``vllm serve`` is given no prefix-caching
     #: flag: "none" where the release keeps prefix caching off for hybrid models, "align" where it turns it on
     #: (`MAMBA_CACHE_MODES`; `kv_cache.MAMBA_CACHE_MODE_STATE_BLOCKS` the blocks a sequence takes per linear group)
@@ -104,9 +107,20 @@ class _Version:
     group_size_ratio: float | None = None
 
 
-# v0.11 (llm-d-benchmark's H100 logs, config_explorer/empirical-vllm-memory-results.md): 0.13 GiB on one GPU,
-# 0.55 GiB per GPU with TP=2; no pipeline-parallel log.
-_NON_TORCH_V0_11 = _NonTorch(133 * MIB, ((2, 563 * MIB),), None, "llm-d-benchmark's vLLM v0.11 H100 logs")
+# v0.11 (llm-d-benchmark's H100 logs, config_explorer/empirical-vllm-memory-results.md): 0.13-0.14 GiB on one GPU;
+# with TP=2 0.54-0.55 GiB there, but 1.38 GiB in a vLLM 0.10.2 run of Qwen3-Next-80B-A3B on two H200s (the same
+# gpu_worker.py and utils.memory_profiling as v0.11.0, read in both wheels: "Actual usage is 74.28 GiB for weight,
+# 5.58 GiB for peak activation, 1.38 GiB for non-torch memory").  The larger is charged: vLLM charges what grows
+# after each worker's start-up snapshot (MemorySnapshot in Worker.init_device, before NCCL and the custom
+# all-reduce are set up), and llm-d's Llama-3.3-70B TP=2 workers started with 1.54 GiB already in use ("Free memory
+# on device 77.64/79.18 GiB") against 0.61 GiB in their one-GPU runs and 0.60 GiB in the H200 run (139.21/139.81
+# GiB): memory of the multi-GPU set-up taken before that snapshot may explain their smaller figure.  No code of
+# Qwen3-Next's in the profiling run allocates outside PyTorch's allocator (its Gated DeltaNet layers return before
+# any kernel in v0.10.2/v0.11, read in qwen3_next.py), so the figure is charged for the layout, every model alike.
+# No pipeline-parallel log.
+_NON_TORCH_V0_11 = _NonTorch(133 * MIB, ((2, 1413 * MIB),), None,
+                             "llm-d-benchmark's vLLM v0.11 H100 logs (one GPU) and a vLLM 0.10.2 log of two H200s "
+                             "(TP=2, the larger of the TP=2 figures)")
 # v0.19: 0.24-0.27 GiB on one GPU (19 runs), 2.06-2.11 GiB at TP=2 (10 runs), 2.13-2.21 GiB at TP=4 (5 runs), 0.07
 # GiB per stage at PP=2 and PP=4 (Llama-3.1-8B): the TP figure is NCCL's and vLLM's all-reduce buffers.
 _NON_TORCH_V0_19 = _NonTorch(256 * MIB, ((2, 2140 * MIB), (4, 2222 * MIB)), 72 * MIB, LLMD_PLANNER_V0_19)
@@ -117,22 +131,23 @@ VERSIONS: dict[str, _Version] = {
     # values and their int64 indices, softmax, cumulative sum, the scattered-back logits, probabilities and the
     # exponential draws of the PyTorch top-k/top-p path.
     "0.11": _Version(sampler_bytes_per_logit=38, cuda_graphs_in_budget=False, tokens_from_concurrency=False,
-                     moe_workspace_persists=False, non_torch=_NON_TORCH_V0_11, mamba_cache_mode="none",
-                     chunked_local_attention=False, group_size_ratio=None),
+                     moe_workspace_persists=False, non_torch=_NON_TORCH_V0_11, gdn_projections_profiled=False,
+                     mamba_cache_mode="none", chunked_local_attention=False, group_size_ratio=None),
     # v0.19 (llm-d-planner's sweep): 1.89-3.66 GiB of activations for dense models from 128,256 to 256,000
     # vocabulary entries = 1024 rows x vocabulary x 14.0-14.5 bytes beside the batch's hidden states (Llama-3.1-8B
     # 1.89, Qwen2.5-7B 2.21, gemma-2-9b 3.65, phi-4 1.52 GiB).  CUDA graphs are captured after the KV pool is
     # sized, outside gpu_memory_utilization (75.23 - 14.99 - 1.89 - 0.25 = 58.11 GiB logged for Llama-3.1-8B).
     "0.19": _Version(sampler_bytes_per_logit=14.4, cuda_graphs_in_budget=False, tokens_from_concurrency=False,
-                     moe_workspace_persists=True, non_torch=_NON_TORCH_V0_19, mamba_cache_mode="none",
-                     chunked_local_attention=True, group_size_ratio=1.5),
+                     moe_workspace_persists=True, non_torch=_NON_TORCH_V0_19, gdn_projections_profiled=True,
+                     mamba_cache_mode="none", chunked_local_attention=True, group_size_ratio=1.5),
     # v0.21 made VLLM_MEMORY_PROFILER_ESTIMATE_CUDAGRAPHS the default: the estimate is charged inside the
     # budget; the KV size is logged as max_concurrency x max_model_len; vllm#57047 (0.29 era) peaks at 0.57 GiB
     # for 256 x 151,936 logits: ~16 bytes per logit.  No multi-GPU H100 log of a release after 0.19 gives its
     # non-torch memory: 0.19's figures stand in.
     "0.33": _Version(sampler_bytes_per_logit=16, cuda_graphs_in_budget=True, tokens_from_concurrency=True,
-                     moe_workspace_persists=True, non_torch=_NON_TORCH_V0_19, mamba_cache_mode="align",
-                     chunked_local_attention=True, in_flight_batches=True, group_size_ratio=1.5),
+                     moe_workspace_persists=True, non_torch=_NON_TORCH_V0_19, gdn_projections_profiled=True,
+                     mamba_cache_mode="align", chunked_local_attention=True, in_flight_batches=True,
+                     group_size_ratio=1.5),
 }
 
 # Why each release does or does not run Llama 4's chunked local attention layers (a model whose text config has
@@ -275,6 +290,38 @@ def _deepstack_buffer_bytes(spec: ModelSpec, tokens: int) -> int:
     if not isinstance(spec.vision, Qwen3VisionTower):
         return 0
     return spec.vision.deepstack_mergers * tokens * spec.hidden_size * ACTIVATION_ELEMENT_BYTES
+
+
+def rotary_cache_bytes(spec: ModelSpec) -> int:
+    """The rotary cos/sin cache vLLM builds with the model, ``max_position_embeddings x rotary_dim x 2 bytes``: one
+    `RotaryEmbedding` buffer (``cos_sin_cache``, registered with ``register_buffer``, cast to the model's dtype)
+    that every attention layer shares (``get_rope`` caches instances in ``_ROPE_DICT``), on every rank; vLLM counts
+    it in "Model loading took" (rotary_embedding/base.py and __init__.py, the same in v0.10.2, v0.11.0, v0.19.0 and
+    v0.33.0).  Charged for the specs whose adapter records the rotary dimensions (`ModelSpec.rotary_dim`: Qwen3-Next,
+    Qwen3.5) and context; 0 for the others."""
+    if not spec.rotary_dim or not spec.max_position_embeddings:
+        return 0
+    return spec.max_position_embeddings * spec.rotary_dim * ACTIVATION_ELEMENT_BYTES
+
+
+def gdn_forward_bytes_per_token(spec: ModelSpec, tensor_parallel: int) -> int:
+    """Peak live bytes per batched token of one Gated DeltaNet layer in the profiling run of the releases that run
+    its projections there (model_executor/layers/mamba/gdn_linear_attn.py ``forward`` in v0.19,
+    mamba/gdn/qwen_gdn_linear_attn.py ``forward_cuda`` in v0.33; the core returns at ``attn_metadata is None`` after
+    warming the chunked kernels up on dummies of at most 64 tokens):
+    ``2 bytes x (3 x hidden + (4 x key_dim + 6 x value_dim + 2 x value heads) / tp + hidden)``, the residual stream
+    beside in_proj_qkvz's output (``2 x key_dim + 2 x value_dim``) and in_proj_ba's (2 per value
+    head), Qwen3-Next's unpacked q, k, v and their concatenation (``2 x (2 x key_dim + value_dim)``, the larger of
+    the two at any time being the concatenation plus the copies), the gate z reshaped, the zeroed core output and
+    the gated norm's output (``value_dim`` each), then out_proj's ``hidden``.  Qwen3.5's projections need no
+    unpacking: the same bound holds, on the safe side."""
+    linear = spec.linear_attention
+    if linear is None:
+        return 0
+    key_dim = linear.num_key_heads * linear.key_head_dim
+    value_dim = linear.num_value_heads * linear.value_head_dim
+    per_rank = (4 * key_dim + 6 * value_dim + 2 * linear.num_value_heads) // tensor_parallel
+    return ACTIVATION_ELEMENT_BYTES * (3 * spec.hidden_size + per_rank + spec.hidden_size)
 
 
 def linear_attention_refusal(spec: ModelSpec, tensor_parallel: int) -> str | None:
@@ -741,10 +788,17 @@ class VllmProfile:
         caches = the 2.68 GiB logged).  A pipeline stage after the first also holds the buffers it
         receives the previous stage's hidden states and residual in (``IntermediateTensors`` of
         ``max_num_batched_tokens`` rows, allocated once by the dummy run: 2 × tokens × hidden × 2 bytes;
-        Llama-3.1-8B's last stage at PP=2 on vLLM 0.19: 1.89 + 0.13 = the 2.01 GiB logged)."""
+        Llama-3.1-8B's last stage at PP=2 on vLLM 0.19: 1.89 + 0.13 = the 2.01 GiB logged).  A hybrid
+        model's Gated DeltaNet layers add nothing in v0.11 (the layer returns before its projections) and
+        their projections from v0.19 (`gdn_forward_bytes_per_token`, when wider than the other layers'); the
+        rotary cos/sin cache the model is built with is charged beside the peak (`rotary_cache_bytes`)."""
         spec, tokens = stage.spec, limits.max_batched_tokens
         received = 2 * tokens * spec.hidden_size * ACTIVATION_ELEMENT_BYTES if stage.layers[0] > 0 else 0
-        forward = tokens * _forward_bytes_per_token(spec, stage.tensor_parallel) + received
+        per_token = _forward_bytes_per_token(spec, stage.tensor_parallel)
+        gdn = 0
+        if spec.linear_attention is not None and self._rules.gdn_projections_profiled:
+            gdn = gdn_forward_bytes_per_token(spec, stage.tensor_parallel)
+        forward = tokens * max(per_token, gdn) + received
         rows = min(limits.max_num_seqs, tokens) if stage.is_last else 0
         per_logit = self._rules.sampler_bytes_per_logit
         workspace = 0
@@ -762,6 +816,14 @@ class VllmProfile:
                  f"{spec.vocab_size} vocabulary at {per_logit:g} bytes per logit beside the batch's hidden states"
                  f"{held} ({sampler / GIB:.2f} GiB)); independent of the workload's context "
                  "(gpu_model_runner.profile_run)")
+        if spec.linear_attention is not None and gdn:
+            basis += (f"; the forward pass is the widest layer's, a Gated DeltaNet layer's being its projections "
+                      f"({tokens * gdn / GIB:.2f} GiB: in_proj_qkvz/ba outputs, the unpacked q/k/v, the gate, the "
+                      "zeroed core output and the gated norm), which vLLM runs in the profiling run while the core "
+                      "returns early (gdn_linear_attn.py, attn_metadata is None)")
+        elif spec.linear_attention is not None:
+            basis += ("; the Gated DeltaNet layers add nothing to it: vLLM 0.11's layer returns before its "
+                      "projections in the profiling run (qwen3_next.py, _forward: attn_metadata is None)")
         deepstack = _deepstack_buffer_bytes(spec, tokens)
         if deepstack:
             basis += (f"; plus Qwen3-VL's deepstack input buffers, one of max_num_batched_tokens x hidden_size at "
@@ -777,7 +839,12 @@ class VllmProfile:
             forward += logits
             basis += (f"; the forward pass includes the indexer's {logits / GIB:.2f} GiB logits dummy of the profiling "
                       "run (sparse_attn_indexer.py, VLLM_SPARSE_INDEXER_MAX_LOGITS_MB)")
-        return Term(max(forward, sampler) + deepstack + topk_buffer, basis)
+        rotary = rotary_cache_bytes(spec)
+        if rotary:
+            basis += (f"; plus the rotary cos/sin cache, max_position_embeddings={spec.max_position_embeddings} x "
+                      f"{spec.rotary_dim} rotary dimensions at 2 bytes ({rotary / GIB:.3f} GiB), built with the "
+                      "model and counted in vLLM's 'Model loading took' (rotary_embedding/base.py, cos_sin_cache)")
+        return Term(max(forward, sampler) + deepstack + topk_buffer + rotary, basis)
 
     def context_activation(self, stage: Stage, kv_cache_dtype: str, limits: BatchLimits) -> DsaWorkspace | None:
         """The part of the profiling peak that grows with ``max_model_len``: a DeepSeek Sparse Attention model's

@@ -148,14 +148,17 @@ def test_a_large_profiling_batch_makes_the_forward_pass_the_peak(log_id: str) ->
 @pytest.mark.parametrize("log_id", _ids(lambda log: log["profile_version"] in ("0.11", "0.19")
                                         and log["non_torch_gib"] is not None))
 def test_non_torch_memory_is_the_releases_figure_for_the_layout(log_id: str) -> None:
-    # vLLM 0.11 on H100 (llm-d-benchmark): 0.13 GiB on one GPU, 0.55 GiB at TP=2.  vLLM 0.19 on H100 (llm-d-planner):
-    # 0.24-0.27 GiB on one GPU, 2.06-2.11 GiB at TP=2, 2.13-2.21 GiB at TP=4, 0.07 GiB per pipeline stage.
+    # vLLM 0.11 on H100 (llm-d-benchmark): 0.13 GiB on one GPU, 0.54-0.55 GiB at TP=2; vLLM 0.10.2 (v0.11's memory
+    # profiling) on two H200s: 1.38 GiB at TP=2, the figure charged (the larger: the llm-d TP=2 runs are below it,
+    # their "gap").  vLLM 0.19 on H100 (llm-d-planner): 0.24-0.27 GiB on one GPU, 2.06-2.11 GiB at TP=2, 2.13-2.21
+    # GiB at TP=4, 0.07 GiB per pipeline stage.
     log = BY_ID[log_id]
     spec = _spec(log)
     stages = log["pipeline_parallel"]
     stage = Stage(spec, log["tensor_parallel"], stages, (0, spec.num_layers // stages), stages == 1)
     term = VllmProfile(log["profile_version"]).non_torch(stage)
-    assert abs(term.bytes / GIB - log["non_torch_gib"]) <= 0.05
+    assert term.bytes / GIB >= log["non_torch_gib"] - 0.05  # never below what a public run of the release logged
+    assert abs(term.bytes / GIB - log["non_torch_gib"]) <= 0.05 or "non-torch" in log.get("gap", "")
 
 
 ENGINE_TERMS = _ids(lambda log: log["profile_version"] and (log["available_kv_gib"] or 0) > 0
@@ -205,6 +208,8 @@ END_TO_END: dict[str, Storage] = {
     "llmd-v0.11-qwen3-32b-tp1": float_format("bf16"),
     "llmd-v0.11-qwen3-32b-tp2": float_format("bf16"),
     "llmd-v0.11-llama-3.3-70b-fp8-tp2": fp8(),  # FP8-dynamic: per-channel scales, dynamic activations
+    # Qwen3-Next-80B-A3B on two H200s (vLLM 0.10.2): a hybrid model's KV pool at 262,144 tokens, exactly
+    "vllm0102-h200-qwen3-next-80b-tp2": float_format("bf16"),
     # gpt-oss: nibble's 12.82 GiB is the checkpoint's bytes; vLLM's MXFP4 MoE kernels hold 13.47 GiB on H100 and
     # 13.72 GiB on A100 (their own weight layout), so these two runs over-predict by 1.3 and 2.6 %.
     "llmd-v0.11-gpt-oss-20b": "as shipped",
@@ -322,13 +327,14 @@ def test_runs_with_a_known_gap_never_promise_more_than_3_percent_above_vllm(log_
 @pytest.mark.parametrize("source", SOURCES)
 def test_every_public_run_gaps_included_is_within_2_percent_on_average_and_never_3_percent_above(
         source: str) -> None:
-    # the issue's bound over all 41 runs, the five with a gap among them (TP 2's -39 % and Mistral 3's -9.7 % included)
+    # the issue's bound over all 42 runs, the seven with a gap among them (TP 2's -39 % and Mistral 3's -9.7 % included;
+    # llm-d's two v0.11 TP=2 runs -2.3 and -2.7 %, under the 1.38 GiB of non-torch memory a clean TP=2 start logs)
     errors = [_capacity_error(log_id, source) for log_id in END_TO_END]
     errors += [_capacity_error(log_id, source, storage) for log_id, storage in GAP_RUNS.items()]
     mean = sum(map(abs, errors)) / len(errors)
     print(f"{source}, every run: {len(errors)} runs, mean absolute error {mean:.2%}, "
           f"largest over-prediction {max(errors):+.2%}")
-    assert len(errors) == 41
+    assert len(errors) == 42
     assert mean <= 0.02 and max(errors) <= 0.03
 
 
@@ -419,16 +425,18 @@ def test_a_run_vllm_starts_without_kv_memory_is_planned_without_room() -> None:
 
 
 def test_the_end_to_end_runs_span_models_layouts_and_checkpoints() -> None:
-    # What nibble's terms explain end to end: 37 runs of 19 checkpoints on H100, A100 and L40S, TP 1/2/4 and PP 2/4,
-    # an fp8 KV cache, FP8, W8A8, W4A16, AWQ and MXFP4 checkpoints.  The vLLM 0.27.1 runs on PCIe-only cards
-    # (GAP_RUNS) are outside it: nibble does not model their memory outside the KV cache.
+    # What nibble's terms explain end to end: 38 runs of 20 checkpoints on H100, H200, A100 and L40S, TP 1/2/4 and
+    # PP 2/4, an fp8 KV cache, FP8, W8A8, W4A16, AWQ and MXFP4 checkpoints, a hybrid (Gated DeltaNet) model.  The
+    # vLLM 0.27.1 runs on PCIe-only cards (GAP_RUNS) are outside it: nibble does not model their memory outside the
+    # KV cache.
     runs = [BY_ID[log_id] for log_id in END_TO_END]
     assert len(runs) >= 37 and len({log["hf_repo"] for log in runs}) >= 19
     assert {log["tensor_parallel"] for log in runs} == {1, 2, 4}
     assert {log["pipeline_parallel"] for log in runs} == {1, 2, 4}
     assert "fp8" in {log["kv_cache_dtype"] for log in runs}
     assert {"fp8", "int8-w8a8", "int4-g128-gptq", "int4-g128-awq", "mxfp4"} <= {log["weights_format"] for log in runs}
-    assert {log["catalog_device"] for log in runs} == {"h100-80gb", "a100-80gb", "l40s"}
+    assert {log["catalog_device"] for log in runs} == {"h100-80gb", "h200", "a100-80gb", "l40s"}
+    assert any(not log["full_attention"] for log in runs)
     gaps = [BY_ID[log_id] for log_id in GAP_RUNS]
     assert {(log["tensor_parallel"], log["pipeline_parallel"]) for log in gaps} == {(2, 1), (1, 2), (4, 1), (1, 4)}
     assert all(log["gap"] for log in gaps)

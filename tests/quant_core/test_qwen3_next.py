@@ -22,8 +22,14 @@ import pytest
 from quant_core.catalog import get_device
 from quant_core.checkpoint import CheckpointOptions, open_checkpoint, plan_checkpoint, quantize_checkpoint
 from quant_core.checkpoint_rows import checkpoint_scheme
-from quant_core.engines.base import Stage
-from quant_core.engines.vllm import VllmProfile, hybrid_kv_capacity, mamba_cache_mode
+from quant_core.engines.base import BatchLimits, Stage
+from quant_core.engines.vllm import (
+    VllmProfile,
+    gdn_forward_bytes_per_token,
+    hybrid_kv_capacity,
+    mamba_cache_mode,
+    rotary_cache_bytes,
+)
 from quant_core.errors import InvalidSpec, MissingConfigKey, UnsupportedArchitecture
 from quant_core.formats import float_format
 from quant_core.hf_config import model_from_hf_config, unread_config_keys
@@ -250,6 +256,74 @@ def test_vllms_logged_weights_of_qwen3_next_at_tp_2() -> None:
     weights = result.primary.devices[0].weights_bytes
     rotary_cache, conv_split = 262_144 * 64 * 2, 36 * 8192 * 4 * 2 // 2
     assert abs((weights + rotary_cache - conv_split) / GIB - 74.2812) < 0.001
+
+
+# The public start-up log both tests above read (vLLM 0.10.2, 2 x H200, TP 2, the defaults of a 70 GiB+ device: 8,192
+# batched tokens, 1,024 sequences): https://github.com/sungwon-chae/arxiv_confi/blob/
+# bd1defe41b7e441c8f90d3ef6f3bd2636cad3f6a/tmp_memo.md, each worker: "Free memory on device (139.21/139.81 GiB) on
+# startup. Desired GPU memory utilization is (0.9, 125.83 GiB). Actual usage is 74.28 GiB for weight, 5.58 GiB for
+# peak activation, 1.38 GiB for non-torch memory, and 2.37 GiB for CUDAGraph memory" (graphs captured after the KV
+# cache is sized, outside the budget); "GPU KV cache size: 973,760 tokens".  Also in data/vllm_logs.json.
+LOGGED_TOKENS = 973_760
+
+
+def test_the_logged_qwen3_next_start_up_on_two_h200s_is_planned_at_or_just_below_vllms_kv_cache() -> None:
+    # The whole plan from the catalog's H200 (139.80 GiB as torch reports it), TP 2, 262,144 tokens, vLLM 0.11 rules
+    result = plan(spec_of(), Hardware(get_device("h200").planning_bytes, 2, "h200"), Workload(262_144, 1),
+                  PlanOptions(weight_format=float_format("bf16"), engine_version="0.11"))
+    primary, device = result.primary, result.primary.devices[0]
+    tokens = primary.kv_capacity_tokens
+    assert tokens is not None and 0.995 * LOGGED_TOKENS <= tokens <= LOGGED_TOKENS
+    # term by term against the log's line: the rotary cache vLLM counts in its weights (262,144 x 64 x 2 bytes) is
+    # nibble's to charge beside the activations, the conv1d nibble holds whole on each rank vLLM splits
+    rotary, conv_split = rotary_cache_bytes(spec_of()), 36 * 8192 * 4 * 2 // 2
+    assert rotary == 262_144 * 64 * 2
+    assert abs((device.weights_bytes + rotary - conv_split) / GIB - 74.28) < 0.005
+    assert abs((device.activation_bytes - rotary) / GIB - 5.58) < 0.015  # 1,024 x 151,936 x 38 bytes + hidden states
+    assert round(device.overhead_bytes / GIB, 2) == 1.38  # non-torch memory; no CUDA graphs inside the budget
+    assert abs(primary.kv_pool_bytes / GIB - 44.59) < 0.01
+    assert "1.38 GiB per device" in result.runtime_overhead.basis and "two H200s" in result.runtime_overhead.basis
+    assert "Gated DeltaNet layers add nothing" in result.activation.basis
+    assert "rotary cos/sin cache" in result.activation.basis
+    print(f"vLLM 0.11, 2 x H200, 262,144 tokens: GPU KV cache size {tokens:,} (vLLM 0.10.2 logged {LOGGED_TOKENS:,}, "
+          f"{(tokens - LOGGED_TOKENS) / LOGGED_TOKENS:+.3%}); weights {device.weights_bytes / GIB:.4f} GiB, "
+          f"activation {device.activation_bytes / GIB:.4f} GiB, non-torch {device.overhead_bytes / GIB:.4f} GiB, "
+          f"KV pool {primary.kv_pool_bytes / GIB:.4f} GiB")
+
+
+def test_the_gated_deltanet_layers_add_to_the_profiling_peak_only_where_vllm_runs_their_projections() -> None:
+    # v0.10.2/v0.11's Qwen3NextGatedDeltaNet._forward returns at "attn_metadata is None" before in_proj: nothing of
+    # it in the peak.  v0.19/v0.33 (gdn_linear_attn.py) run in_proj_qkvz/ba, the unpacking, the gate, the zeroed
+    # core output, the gated norm and out_proj, skipping only the core: per token at TP 2, 2 bytes x (3 x 2,048 +
+    # (4 x 2,048 + 6 x 4,096 + 2 x 32) / 2 + 2,048) = 49,216 bytes, below the MoE layer's 2 x (3 x 2,048 + 10 x
+    # (3 x 256 + 2,048) + 3 x 256) = 70,144 bytes: the forward pass stays the MoE layer's
+    stage, limits = Stage(spec_of(), 2, 1, (0, 48), True), BatchLimits(8192, 1024)
+    assert gdn_forward_bytes_per_token(spec_of(), 2) == 2 * (3 * 2048 + (4 * 2048 + 6 * 4096 + 2 * 32) // 2 + 2048)
+    assert "add nothing" in VllmProfile("0.11").activation(stage, limits).basis
+    later = VllmProfile("0.19").activation(stage, limits).basis
+    assert "in_proj_qkvz" in later and "(0.38 GiB" in later  # 8,192 x 49,216 bytes
+    assert "forward pass of max_num_batched_tokens=8192 tokens at 2 bytes per element (0.54 GiB)" in later  # 70,144
+    # where the DeltaNet is the widest layer (a dense Qwen3-Next whose MLP is narrowed to 512: the widest other
+    # layer is full attention's q/k/v/o, 2 x (3 x 2,048 + (2 x 16 + 2 x 2) x 256) = 30,720 bytes a token, against
+    # the DeltaNet's 2 x (3 x 2,048 + 4 x 2,048 + 6 x 4,096 + 64 + 2,048) = 82,048) its projections are the forward
+    # pass from v0.19 on, not in v0.11 (the sampler over one sequence is smaller than either)
+    narrow = spec_of(num_experts=0, num_experts_per_tok=0, mlp_only_layers=list(range(48)), intermediate_size=512)
+    narrow_stage, one_sequence = Stage(narrow, 1, 1, (0, 48), False), BatchLimits(8192, 1)
+    gdn, other = gdn_forward_bytes_per_token(narrow, 1), 30_720
+    assert gdn == 82_048
+    rotary = rotary_cache_bytes(narrow)
+    assert VllmProfile("0.11").activation(narrow_stage, one_sequence).bytes == 8192 * other + rotary
+    assert VllmProfile("0.19").activation(narrow_stage, one_sequence).bytes == 8192 * gdn + rotary
+
+
+def test_the_rotary_dimensions_come_from_the_partial_rotary_factor() -> None:
+    # partial_rotary_factor 0.25 of 256 (vLLM's get_rope: int(head_size x factor)); Qwen3.5 keeps it in
+    # rope_parameters; a factor outside (0, 1] is refused naming the key
+    assert spec_of().rotary_dim == 64 and spec_of(partial_rotary_factor=0.5).rotary_dim == 128
+    assert model_from_hf_config(load_qwen3_5()).rotary_dim == 64
+    with pytest.raises(InvalidSpec) as caught:
+        spec_of(partial_rotary_factor=1.5)
+    assert caught.value.field == "partial_rotary_factor"
 
 
 @pytest.mark.parametrize("version", ["0.11", "0.19", "0.33"])
