@@ -375,9 +375,9 @@ def _aligned(size: int) -> int:
 class DsaWorkspace:
     """vLLM 0.19's workspace buffer on one rank of a DeepSeek Sparse Attention model, by ``max_model_len`` L.
 
-    Two requests grow it beyond the fused-MoE caches nibble already charges (`counted_bytes`: ``tokens x top_k x
-    (3 x expert width / tp + hidden) x 2``, in the forward pass and, where `_Version.moe_workspace_persists`, under
-    the sampler pass):
+    Two requests grow it beyond the fused-MoE caches nibble already charges (`counted_bytes`: TritonExperts'
+    workspace13 and workspace2, `fused_moe_caches`, in the forward pass and, where `_Version.moe_workspace_persists`,
+    under the sampler pass):
 
     * `attention_bytes`: ``FlashMLASparseImpl.__init__`` (flashmla_sparse.py), when the model is built (vLLM counts
       it in "Model loading took"): the concatenated query, ``max_num_batched_tokens x heads / tp x (kv_lora_rank +
@@ -437,9 +437,9 @@ def dsa_workspace(stage: Stage, kv_cache_dtype: str, limits: BatchLimits, versio
     row = (spec.kv_lora_rank + spec.qk_rope_head_dim) * ACTIVATION_ELEMENT_BYTES
     heads = spec.num_attention_heads // stage.tensor_parallel
     counted = 0
-    if spec.is_moe and VERSIONS[version].moe_workspace_persists:
-        width = spec.moe_intermediate_size // stage.tensor_parallel
-        counted = tokens * spec.experts_per_token * (3 * width + spec.hidden_size) * ACTIVATION_ELEMENT_BYTES
+    if spec.is_moe:
+        caches = fused_moe_caches(spec, stage.tensor_parallel, tokens, version)
+        counted = caches.nbytes if caches.persists else 0
     fp8_cache = kv_dtype(kv_cache_dtype).bits == 8
     return DsaWorkspace(query_bytes=tokens * heads * row, latent_row_bytes=row,
                         latent_rows_per_token=DSA_PREFILL_LATENT_ROWS if fp8_cache else 0,
@@ -554,21 +554,71 @@ def dsa_block_size(spec: ModelSpec, version: str, requested: int) -> tuple[int, 
                             f"counted in {DSA_BLOCK_SIZE}-token blocks.")
 
 
-def _forward_bytes_per_token(spec: ModelSpec, tensor_parallel: int) -> int:
-    """Peak live activation bytes per batched token on one rank during one decoder layer.
+#: vLLM 0.11's default VLLM_FUSED_MOE_CHUNK_SIZE (envs.py: ``os.getenv("VLLM_FUSED_MOE_CHUNK_SIZE", "32768")``; the
+#: ``64 * 1024`` of its type annotation is not the default): fused_experts_impl sizes its caches for at most this many
+#: tokens and runs a longer batch in chunks of it
+FUSED_MOE_CHUNK_TOKENS_V0_11 = 32768
 
-    ``2 bytes × (3 × hidden + max(MLP, attention))``: the residual stream, the norm output
+
+@dataclass(frozen=True, slots=True)
+class FusedMoeCaches:
+    """The fused-MoE caches one rank allocates for a batch of `tokens` tokens on vLLM `version`
+    (`fused_moe_caches`): `nbytes` in all, `persists` when they stay allocated after the forward pass (the
+    workspace manager's buffer, under the sampler pass and every later layer), `basis` the kernel class and file."""
+
+    nbytes: int
+    persists: bool
+    basis: str
+
+
+def fused_moe_caches(spec: ModelSpec, tensor_parallel: int, tokens: int, version: str) -> FusedMoeCaches:
+    """The fused-MoE intermediate caches of a MoE layer over `tokens` tokens on one rank, as vLLM `version`'s code
+    sizes them, with ``k`` = top_k, ``w`` = moe_intermediate_size / tp, ``K`` = hidden_size, bf16 (2 bytes).
+
+    * v0.11 (fused_moe/fused_moe.py, ``fused_experts_impl``, the default path without expert parallelism:
+      ``UnquantizedFusedMoEMethod`` and ``Fp8MoEMethod`` call ``fused_experts`` in place): ``cache13`` of
+      ``M x k x max(2w, K)`` (intermediate_cache1 and 3 share it) and ``intermediate_cache2`` of ``M x k x w``,
+      ``M = min(tokens, VLLM_FUSED_MOE_CHUNK_SIZE = 32768)``; torch.empty in each call, freed after the layer.
+    * v0.19 and v0.33 (the modular kernel, ``FusedMoEKernel._allocate_buffers`` in fused_moe/modular_kernel.py, not
+      chunked: it passes ``M_full`` as ``M_chunk``): ``TritonExperts.workspace_shapes`` (fused_moe/fused_moe.py in
+      0.19, fused_moe/experts/triton_moe.py in 0.33) asks workspace13 ``T x k x max(w, K)`` (which also holds the
+      ``T x K`` output) and workspace2 ``T x k x max(2w, K)`` of ``current_workspace_manager().get_simultaneous``
+      (v1/worker/workspace.py: each rounded up to 256 bytes, one buffer per rank kept until it is locked after
+      profiling).  TritonExperts is what the oracles pick for bf16 MoE on H100/H200/A100/L40S (oracle/unquantized.py)
+      and for block fp8 on Hopper under tensor parallelism (oracle/fp8.py moves TRITON to the front);
+      ``MarlinExperts`` (fused_marlin_moe.py: ``M x k x max(w, K)`` and ``M x k x max(2w, K)``, the same bytes)
+      runs int4 (GPTQ/AWQ Marlin) and fp8/mxfp4 experts on A100.  The classes that ask less (gpt-oss's
+      ``OAITritonMxfp4ExpertsMonolithic`` on Hopper, nothing in the workspace; ``FlashInferExperts`` for per-tensor
+      fp8 on Hopper, ``T x K``) are charged this figure, on the safe side."""
+    k, hidden = spec.experts_per_token, spec.hidden_size
+    width = spec.moe_intermediate_size // tensor_parallel
+    if version == "0.11":
+        rows = min(tokens, FUSED_MOE_CHUNK_TOKENS_V0_11) * k
+        nbytes = rows * (max(2 * width, hidden) + width) * ACTIVATION_ELEMENT_BYTES
+        return FusedMoeCaches(nbytes, False, (
+            f"fused_experts_impl's caches (fused_moe/fused_moe.py: cache13 of min(tokens, 32768) x top_k x "
+            f"max(2 x {width}, {hidden}) and intermediate_cache2 of min(tokens, 32768) x top_k x {width}, bf16, "
+            f"{nbytes / GIB:.2f} GiB, freed after each layer)"))
+    rows = tokens * k
+    nbytes = (_aligned(rows * max(width, hidden) * ACTIVATION_ELEMENT_BYTES)
+              + _aligned(rows * max(2 * width, hidden) * ACTIVATION_ELEMENT_BYTES))
+    return FusedMoeCaches(nbytes, VERSIONS[version].moe_workspace_persists, (
+        f"TritonExperts' workspace (workspace_shapes: workspace13 tokens x top_k x max({width}, {hidden}) and "
+        f"workspace2 tokens x top_k x max(2 x {width}, {hidden}), bf16, {nbytes / GIB:.2f} GiB, in "
+        "v1/worker/workspace.py's buffer, modular_kernel.py _allocate_buffers; MarlinExperts asks the same)"))
+
+
+def _forward_bytes(spec: ModelSpec, tensor_parallel: int, tokens: int, version: str) -> int:
+    """Peak live activation bytes on one rank during one decoder layer of the dummy forward pass.
+
+    ``tokens x 2 bytes x (3 x hidden + max(MLP, attention))``: the residual stream, the norm output
     and the layer output, beside the widest intermediate: a dense MLP's gate/up output and
-    its activation (``3 × intermediate / tp``); a MoE layer's fused-MoE caches for each
-    routed expert (``top_k × (3 × expert width / tp + hidden)``) plus its shared experts;
-    attention's q/k/v and output (MLA: the per-head query and the expanded key/value).
+    its activation (``3 × intermediate / tp``); a MoE layer's shared experts (``3 × width / tp``) beside its
+    fused-MoE caches (`fused_moe_caches`), which, where they persist (v0.19 on), are held through every layer's
+    attention as well; attention's q/k/v and output (MLA: the per-head query and the expanded key/value).
     """
     tp = tensor_parallel
     mlp = 3 * spec.intermediate_size // tp if (not spec.is_moe or spec.dense_layers) else 0
-    if spec.is_moe:
-        routed = spec.experts_per_token * (3 * spec.moe_intermediate_size // tp + spec.hidden_size)
-        shared = 3 * spec.shared_expert_width // tp
-        mlp = max(mlp, routed + shared)
     heads = -(-spec.num_attention_heads // tp)
     if spec.is_mla:
         attention = heads * (spec.qk_nope_head_dim + spec.qk_rope_head_dim
@@ -576,7 +626,15 @@ def _forward_bytes_per_token(spec: ModelSpec, tensor_parallel: int) -> int:
     else:
         kv_heads = -(-spec.num_kv_heads // tp)
         attention = (2 * heads + 2 * kv_heads) * spec.head_dim
-    return ACTIVATION_ELEMENT_BYTES * (3 * spec.hidden_size + max(mlp, attention))
+    per_token = ACTIVATION_ELEMENT_BYTES * tokens
+    if not spec.is_moe:
+        return per_token * (3 * spec.hidden_size + max(mlp, attention))
+    caches = fused_moe_caches(spec, tp, tokens, version)
+    shared = 3 * spec.shared_expert_width // tp
+    if caches.persists:
+        return per_token * (3 * spec.hidden_size + max(mlp, attention, shared)) + caches.nbytes
+    return max(per_token * (3 * spec.hidden_size + max(mlp, attention)),
+               per_token * (3 * spec.hidden_size + shared) + caches.nbytes)
 
 
 def qwen_vision_refusal(tower: QwenVisionTower | Qwen3VisionTower, tensor_parallel: int) -> str | None:
@@ -736,22 +794,19 @@ class VllmProfile:
         dummy run's hidden states and residual (``2 × tokens × hidden × 2 bytes``) are still held;
         the forward pass's intermediates are freed before the sampler runs, so the two do not add,
         except, from the releases whose `moe_workspace_persists`, a MoE model's fused-MoE caches
-        (``tokens × top_k × (2 × expert width / tp + expert width / tp + hidden) × 2 bytes``), which
-        the workspace manager keeps (Qwen3-30B-A3B on vLLM 0.19: 2.15 GiB of sampler + 0.53 GiB of
-        caches = the 2.68 GiB logged).  A pipeline stage after the first also holds the buffers it
-        receives the previous stage's hidden states and residual in (``IntermediateTensors`` of
+        (`fused_moe_caches`: TritonExperts' ``tokens × top_k × (max(w, hidden) + max(2w, hidden)) × 2 bytes``,
+        w the expert width / tp), which the workspace manager keeps (Qwen3-30B-A3B on vLLM 0.19: 2.15 GiB of
+        sampler + 0.50 GiB of caches against the 2.68 GiB logged).  A pipeline stage after the first also holds the
+        buffers it receives the previous stage's hidden states and residual in (``IntermediateTensors`` of
         ``max_num_batched_tokens`` rows, allocated once by the dummy run: 2 × tokens × hidden × 2 bytes;
         Llama-3.1-8B's last stage at PP=2 on vLLM 0.19: 1.89 + 0.13 = the 2.01 GiB logged)."""
         spec, tokens = stage.spec, limits.max_batched_tokens
         received = 2 * tokens * spec.hidden_size * ACTIVATION_ELEMENT_BYTES if stage.layers[0] > 0 else 0
-        forward = tokens * _forward_bytes_per_token(spec, stage.tensor_parallel) + received
+        forward = _forward_bytes(spec, stage.tensor_parallel, tokens, self._version) + received
         rows = min(limits.max_num_seqs, tokens) if stage.is_last else 0
         per_logit = self._rules.sampler_bytes_per_logit
-        workspace = 0
-        if rows and spec.is_moe and self._rules.moe_workspace_persists:
-            width = spec.moe_intermediate_size // stage.tensor_parallel
-            workspace = (tokens * spec.experts_per_token * (3 * width + spec.hidden_size)
-                         * ACTIVATION_ELEMENT_BYTES)
+        caches = fused_moe_caches(spec, stage.tensor_parallel, tokens, self._version) if spec.is_moe else None
+        workspace = caches.nbytes if rows and caches is not None and caches.persists else 0
         sampler = (int(rows * spec.vocab_size * per_logit) + workspace + received
                    + (2 * tokens * spec.hidden_size * ACTIVATION_ELEMENT_BYTES if rows else 0))
         held = f", with the fused-MoE caches still held ({workspace / GIB:.2f} GiB)" if workspace else ""
@@ -762,6 +817,8 @@ class VllmProfile:
                  f"{spec.vocab_size} vocabulary at {per_logit:g} bytes per logit beside the batch's hidden states"
                  f"{held} ({sampler / GIB:.2f} GiB)); independent of the workload's context "
                  "(gpu_model_runner.profile_run)")
+        if caches is not None:
+            basis += f"; the fused-MoE caches are {caches.basis}"
         deepstack = _deepstack_buffer_bytes(spec, tokens)
         if deepstack:
             basis += (f"; plus Qwen3-VL's deepstack input buffers, one of max_num_batched_tokens x hidden_size at "
