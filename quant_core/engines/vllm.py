@@ -571,7 +571,16 @@ class FusedMoeCaches:
     basis: str
 
 
-def fused_moe_caches(spec: ModelSpec, tensor_parallel: int, tokens: int, version: str) -> FusedMoeCaches:
+#: the catalog's compute-capability 9.0 (Hopper) devices, on which vLLM 0.19 and 0.33 run gpt-oss's MXFP4 experts with
+#: OpenAI's Triton kernels (oracle/mxfp4.py: FLASHINFER_TRTLLM needs SM100, TRITON comes next and
+#: ``OAITritonMxfp4ExpertsMonolithic._supports_current_device`` takes ``(9, 0) <= capability < (11, 0)``); A100, L40S
+#: and the rest run them on MarlinExperts; Blackwell (b200) is left on the Triton figure, its FlashInfer TRT-LLM
+#: kernel's buffers unread
+HOPPER_DEVICES = frozenset({"h100-80gb", "h100-nvl", "h200"})
+
+
+def fused_moe_caches(spec: ModelSpec, tensor_parallel: int, tokens: int, version: str, expert_format: str = "",
+                     device_id: str = "") -> FusedMoeCaches:
     """The fused-MoE intermediate caches of a MoE layer over `tokens` tokens on one rank, as vLLM `version`'s code
     sizes them, with ``k`` = top_k, ``w`` = moe_intermediate_size / tp, ``K`` = hidden_size, bf16 (2 bytes).
 
@@ -589,9 +598,22 @@ def fused_moe_caches(spec: ModelSpec, tensor_parallel: int, tokens: int, version
       ``MarlinExperts`` (fused_marlin_moe.py: ``M x k x max(w, K)`` and ``M x k x max(2w, K)``, the same bytes)
       runs int4 (GPTQ/AWQ Marlin) and fp8/mxfp4 experts on A100.  The classes that ask less (gpt-oss's
       ``OAITritonMxfp4ExpertsMonolithic`` on Hopper, nothing in the workspace; ``FlashInferExperts`` for per-tensor
-      fp8 on Hopper, ``T x K``) are charged this figure, on the safe side."""
+      fp8 on Hopper, ``T x K``) are charged this figure, on the safe side, except MXFP4 experts
+      (`expert_format` "mxfp4", gpt-oss) on a Hopper device (`HOPPER_DEVICES`): ``OAITritonMxfp4ExpertsMonolithic``
+      bypasses the workspace manager and ``triton_kernel_fused_experts`` (gpt_oss_triton_kernels_moe.py) allocates
+      its ``T x k x w`` intermediate (the activation fused into the first matmul) and ``T x K`` output with
+      torch.empty in each call, freed after the layer (gpt-oss-20b at TP 2 on vLLM 0.19, H100: 2.87 GiB logged,
+      the sampler pass alone).
+    """
     k, hidden = spec.experts_per_token, spec.hidden_size
     width = spec.moe_intermediate_size // tensor_parallel
+    if version != "0.11" and expert_format == "mxfp4" and device_id in HOPPER_DEVICES:
+        nbytes = tokens * (k * width + hidden) * ACTIVATION_ELEMENT_BYTES
+        return FusedMoeCaches(nbytes, False, (
+            f"OAITritonMxfp4ExpertsMonolithic's buffers (gpt_oss_triton_kernels_moe.py, triton_kernel_fused_experts: "
+            f"tokens x top_k x {width} and tokens x {hidden}, bf16, {nbytes / GIB:.2f} GiB, freed after each layer; "
+            "oracle/mxfp4.py picks OpenAI's Triton kernels for MXFP4 experts on Hopper, outside the workspace "
+            "manager)"))
     if version == "0.11":
         rows = min(tokens, FUSED_MOE_CHUNK_TOKENS_V0_11) * k
         nbytes = rows * (max(2 * width, hidden) + width) * ACTIVATION_ELEMENT_BYTES
@@ -608,7 +630,8 @@ def fused_moe_caches(spec: ModelSpec, tensor_parallel: int, tokens: int, version
         "v1/worker/workspace.py's buffer, modular_kernel.py _allocate_buffers; MarlinExperts asks the same)"))
 
 
-def _forward_bytes(spec: ModelSpec, tensor_parallel: int, tokens: int, version: str) -> int:
+def _forward_bytes(spec: ModelSpec, tensor_parallel: int, tokens: int, version: str, expert_format: str = "",
+                   device_id: str = "") -> int:
     """Peak live activation bytes on one rank during one decoder layer of the dummy forward pass.
 
     ``tokens x 2 bytes x (3 x hidden + max(MLP, attention))``: the residual stream, the norm output
@@ -629,7 +652,7 @@ def _forward_bytes(spec: ModelSpec, tensor_parallel: int, tokens: int, version: 
     per_token = ACTIVATION_ELEMENT_BYTES * tokens
     if not spec.is_moe:
         return per_token * (3 * spec.hidden_size + max(mlp, attention))
-    caches = fused_moe_caches(spec, tp, tokens, version)
+    caches = fused_moe_caches(spec, tp, tokens, version, expert_format, device_id)
     shared = 3 * spec.shared_expert_width // tp
     if caches.persists:
         return per_token * (3 * spec.hidden_size + max(mlp, attention, shared)) + caches.nbytes
@@ -787,7 +810,7 @@ class VllmProfile:
             return BatchLimits(max_batched_tokens=8192, max_num_seqs=1024)
         return BatchLimits(max_batched_tokens=2048, max_num_seqs=256)
 
-    def activation(self, stage: Stage, limits: BatchLimits) -> Term:
+    def activation(self, stage: Stage, limits: BatchLimits, expert_format: str = "", device_id: str = "") -> Term:
         """The torch peak of `GPUModelRunner.profile_run`: the larger of the dummy forward pass over
         ``max_batched_tokens`` tokens and, on the last stage, the sampler pass over
         ``min(max_num_seqs, max_batched_tokens)`` rows of full-vocabulary logits, during which the
@@ -799,13 +822,17 @@ class VllmProfile:
         sampler + 0.50 GiB of caches against the 2.68 GiB logged).  A pipeline stage after the first also holds the
         buffers it receives the previous stage's hidden states and residual in (``IntermediateTensors`` of
         ``max_num_batched_tokens`` rows, allocated once by the dummy run: 2 × tokens × hidden × 2 bytes;
-        Llama-3.1-8B's last stage at PP=2 on vLLM 0.19: 1.89 + 0.13 = the 2.01 GiB logged)."""
+        Llama-3.1-8B's last stage at PP=2 on vLLM 0.19: 1.89 + 0.13 = the 2.01 GiB logged).  `expert_format` (the
+        weight format of the routed experts) and `device_id` (a catalog device) select the fused-MoE kernel class
+        as vLLM's oracles do (`fused_moe_caches`)."""
         spec, tokens = stage.spec, limits.max_batched_tokens
         received = 2 * tokens * spec.hidden_size * ACTIVATION_ELEMENT_BYTES if stage.layers[0] > 0 else 0
-        forward = _forward_bytes(spec, stage.tensor_parallel, tokens, self._version) + received
+        forward = _forward_bytes(spec, stage.tensor_parallel, tokens, self._version, expert_format,
+                                 device_id) + received
         rows = min(limits.max_num_seqs, tokens) if stage.is_last else 0
         per_logit = self._rules.sampler_bytes_per_logit
-        caches = fused_moe_caches(spec, stage.tensor_parallel, tokens, self._version) if spec.is_moe else None
+        caches = (fused_moe_caches(spec, stage.tensor_parallel, tokens, self._version, expert_format, device_id)
+                  if spec.is_moe else None)
         workspace = caches.nbytes if rows and caches is not None and caches.persists else 0
         sampler = (int(rows * spec.vocab_size * per_logit) + workspace + received
                    + (2 * tokens * spec.hidden_size * ACTIVATION_ELEMENT_BYTES if rows else 0))
