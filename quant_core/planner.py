@@ -527,11 +527,12 @@ def _embedding_on_every_stage(spec: ModelSpec, scheme: WeightScheme, tensor_para
 
 
 def _expert_format(spec: ModelSpec, scheme: WeightScheme) -> str:
-    """The one weight format a MoE model's routed experts are stored in under `scheme` ("" when not a MoE model or
+    """The label of the one weight format a MoE model's routed experts are stored in under `scheme` (``mxfp4``,
+    ``fp8-block128``, ``bf16``...; "" when not a MoE model or
     when the scheme does not give one format: a GGUF mix, per-row formats, a checkpoint's own tensors)."""
     if not spec.is_moe or scheme.gguf_file_type or scheme.mix or scheme.checkpoint_rows:
         return ""
-    return scheme.quantized.name if "expert" in scheme.quantized_roles else scheme.unquantized
+    return scheme.quantized.label() if "expert" in scheme.quantized_roles else scheme.unquantized
 
 
 def _build_layout(spec: ModelSpec, scheme: WeightScheme, kv_dtype_name: str,

@@ -579,12 +579,23 @@ class FusedMoeCaches:
 HOPPER_DEVICES = frozenset({"h100-80gb", "h100-nvl", "h200"})
 
 
+#: vLLM 0.11's DeepGEMM fused-MoE path (fused_moe/deep_gemm_moe.py, ``_valid_deep_gemm``): M, N and K aligned to
+#: DeepGEMM's 128-row block and the expert width per rank (w2's N) above 512, else it falls back to Triton
+DEEP_GEMM_ALIGNMENT = 128
+DEEP_GEMM_MIN_WIDTH_V0_11 = 512
+
+
 def fused_moe_caches(spec: ModelSpec, tensor_parallel: int, tokens: int, version: str, expert_format: str = "",
                      device_id: str = "") -> FusedMoeCaches:
     """The fused-MoE intermediate caches of a MoE layer over `tokens` tokens on one rank, as vLLM `version`'s code
     sizes them, with ``k`` = top_k, ``w`` = moe_intermediate_size / tp, ``K`` = hidden_size, bf16 (2 bytes).
 
-    * v0.11 (fused_moe/fused_moe.py, ``fused_experts_impl``, the default path without expert parallelism:
+    * v0.11 with block-fp8 experts (`expert_format` "fp8-block128") wider than 512 a rank on Hopper:
+      ``Fp8MoEMethod`` calls ``deep_gemm_moe_fp8`` (``allow_deep_gemm`` when the deep_gemm package is present,
+      ``_valid_deep_gemm``), a modular kernel whose ``DeepGemmExperts.workspace_shapes`` asks ``M_sum x max(2w, K)``
+      and ``M_sum x max(w, K)`` with ``M_sum = round_up(M x k + experts x 127, 128)`` (``compute_aligned_M``),
+      ``M = min(tokens, 32768)`` (the kernel chunks), kept in class-level ``SharedResizableBuffer``s: they persist.
+    * v0.11 otherwise (fused_moe/fused_moe.py, ``fused_experts_impl``, the default path without expert parallelism:
       ``UnquantizedFusedMoEMethod`` and ``Fp8MoEMethod`` call ``fused_experts`` in place): ``cache13`` of
       ``M x k x max(2w, K)`` (intermediate_cache1 and 3 share it) and ``intermediate_cache2`` of ``M x k x w``,
       ``M = min(tokens, VLLM_FUSED_MOE_CHUNK_SIZE = 32768)``; torch.empty in each call, freed after the layer.
@@ -614,6 +625,19 @@ def fused_moe_caches(spec: ModelSpec, tensor_parallel: int, tokens: int, version
             f"tokens x top_k x {width} and tokens x {hidden}, bf16, {nbytes / GIB:.2f} GiB, freed after each layer; "
             "oracle/mxfp4.py picks OpenAI's Triton kernels for MXFP4 experts on Hopper, outside the workspace "
             "manager)"))
+    if (version == "0.11" and expert_format == "fp8-block128" and device_id in HOPPER_DEVICES
+            and width > DEEP_GEMM_MIN_WIDTH_V0_11 and width % DEEP_GEMM_ALIGNMENT == 0
+            and hidden % DEEP_GEMM_ALIGNMENT == 0):
+        chunk = min(tokens, FUSED_MOE_CHUNK_TOKENS_V0_11)
+        rows = -(-(chunk * k + spec.num_experts * (DEEP_GEMM_ALIGNMENT - 1)) // DEEP_GEMM_ALIGNMENT) \
+            * DEEP_GEMM_ALIGNMENT
+        nbytes = rows * (max(2 * width, hidden) + max(width, hidden)) * ACTIVATION_ELEMENT_BYTES
+        return FusedMoeCaches(nbytes, True, (
+            f"DeepGemmExperts' workspace (deep_gemm_moe.py workspace_shapes: {rows} aligned rows, compute_aligned_M, "
+            f"x (max(2 x {width}, {hidden}) + max({width}, {hidden})), bf16, {nbytes / GIB:.2f} GiB, kept in "
+            "modular_kernel.py's class-level SharedResizableBuffers; vLLM 0.11 runs block-fp8 experts wider than 512 "
+            "a rank on DeepGEMM on Hopper when the deep_gemm package is installed, as vLLM's Docker builds install "
+            "it, and the charge is the safe side when it is not)"))
     if version == "0.11":
         rows = min(tokens, FUSED_MOE_CHUNK_TOKENS_V0_11) * k
         nbytes = rows * (max(2 * width, hidden) + width) * ACTIVATION_ELEMENT_BYTES

@@ -11,6 +11,11 @@ Read in the wheels from PyPI (vllm 0.11.0, 0.19.0, 0.33.0):
   ``modular_kernel.py`` ``_allocate_buffers`` is handed ``M_full`` as ``M_chunk`` (no chunking) and asks
   ``current_workspace_manager().get_simultaneous((max(workspace13, output),), workspace2)``; ``v1/worker/
   workspace.py`` rounds each view up to 256 bytes and keeps the buffer, so it is still held under the sampler pass.
+* 0.11 with block-fp8 experts on Hopper and the deep_gemm package: ``Fp8MoEMethod`` calls ``deep_gemm_moe_fp8`` when
+  ``_valid_deep_gemm`` (deep_gemm_moe.py: M, N, K multiples of 128 and w2's N, the expert width a rank, above 512),
+  a modular kernel whose ``DeepGemmExperts.workspace_shapes`` asks ``(M_sum, max(N, K))`` and ``(M_sum, max(N // 2,
+  K))``, ``M_sum = round_up(M * top_k + experts * 127, 128)`` (deep_gemm_utils.py ``compute_aligned_M``), held in
+  modular_kernel.py's class-level ``SharedResizableBuffer``s.
 * 0.19 / 0.33 ``oracle/mxfp4.py``: gpt-oss's MXFP4 experts on Hopper run ``OAITritonMxfp4ExpertsMonolithic``,
   whose ``triton_kernel_fused_experts`` (gpt_oss_triton_kernels_moe.py) allocates ``(M * top_k, N // 2)`` and
   ``(M, K)`` with torch.empty in each call, outside the workspace manager.
@@ -117,6 +122,24 @@ def test_gpt_oss_mxfp4_experts_on_hopper_hold_no_workspace_on_0_19() -> None:
     # bf16 experts on Hopper, and every format on 0.11, are not affected
     assert fused_moe_caches(spec, 2, 8192, "0.19", "bf16", "h100-80gb").nbytes == workspace
     assert fused_moe_caches(spec, 2, 8192, "0.11", "mxfp4", "h100-80gb").basis.startswith("fused_experts_impl")
+
+
+def test_vllm_0_11_keeps_deep_gemms_workspace_for_block_fp8_experts_wider_than_512_on_hopper() -> None:
+    # Qwen3-30B-A3B-FP8 on one H100 at 8192 tokens: M_sum = round_up(8192 x 8 + 128 x 127, 128) = 81,792 rows x
+    # (max(1536, 2048) + max(768, 2048)) x 2 = 670,040,064 bytes, held under the sampler pass
+    spec = get_preset("qwen3-30b-a3b")
+    caches = fused_moe_caches(spec, 1, 8192, "0.11", "fp8-block128", "h100-80gb")
+    assert caches.nbytes == 81_792 * (2048 + 2048) * 2 == 670_040_064
+    assert caches.persists and "DeepGemmExperts" in caches.basis
+    stage, limits = Stage(spec, 1, 1, (0, spec.num_layers), True), BatchLimits(8192, 1024)
+    assert (VllmProfile("0.11").activation(stage, limits, "fp8-block128", "h100-80gb").bytes
+            - VllmProfile("0.11").activation(stage, limits, "bf16", "h100-80gb").bytes) == 670_040_064
+    # _valid_deep_gemm: 768 / 4 = 192 and DeepSeek-V3's 2048 / 8 = 256 are not above 512 (Triton's path); A100 has no
+    # DeepGEMM; bf16 experts never take it
+    assert fused_moe_caches(spec, 4, 8192, "0.11", "fp8-block128", "h100-80gb").basis.startswith("fused_experts_impl")
+    assert not fused_moe_caches(get_preset("deepseek-v3"), 8, 8192, "0.11", "fp8-block128", "h200").persists
+    assert not fused_moe_caches(spec, 1, 8192, "0.11", "fp8-block128", "a100-80gb").persists
+    assert not fused_moe_caches(spec, 1, 8192, "0.11", "bf16", "h100-80gb").persists
 
 
 @pytest.mark.parametrize(("log_id", "logged"), [
