@@ -368,6 +368,8 @@ class _Layout:
     vocabulary_on_every_stage: int = 0
     #: per stage, the bytes of those copies that the stage holds but never runs (0 when they sit where used)
     stage_unread: tuple[int, ...] = ()
+    #: the weight format of the routed experts (`_expert_format`), by which an engine picks its fused-MoE kernel
+    expert_format: str = ""
 
 
 def _stage_ranges(num_layers: int, stages: int) -> tuple[tuple[int, int], ...]:
@@ -524,6 +526,15 @@ def _embedding_on_every_stage(spec: ModelSpec, scheme: WeightScheme, tensor_para
             for stage, size in enumerate(home)]
 
 
+def _expert_format(spec: ModelSpec, scheme: WeightScheme) -> str:
+    """The label of the one weight format a MoE model's routed experts are stored in under `scheme` (``mxfp4``,
+    ``fp8-block128``, ``bf16``...; "" when not a MoE model or
+    when the scheme does not give one format: a GGUF mix, per-row formats, a checkpoint's own tensors)."""
+    if not spec.is_moe or scheme.gguf_file_type or scheme.mix or scheme.checkpoint_rows:
+        return ""
+    return scheme.quantized.label() if "expert" in scheme.quantized_roles else scheme.unquantized
+
+
 def _build_layout(spec: ModelSpec, scheme: WeightScheme, kv_dtype_name: str,
                   tensor_parallel: int, pipeline_parallel: int, vocabulary_everywhere: bool = False,
                   fp32_routers: bool = False, mamba_cache_mode: str = "none", chunked_local: bool = True) -> _Layout:
@@ -582,7 +593,8 @@ def _build_layout(spec: ModelSpec, scheme: WeightScheme, kv_dtype_name: str,
         stage_kv.append(_StageKV(tuple(groups.items())))
     return _Layout(tensor_parallel, pipeline_parallel, stages,
                    tuple(size + extra for size, extra in zip(weights, held, strict=True)), tuple(stage_kv),
-                   everywhere, tuple(extra - own for extra, own in zip(held, home, strict=True)))
+                   everywhere, tuple(extra - own for extra, own in zip(held, home, strict=True)),
+                   _expert_format(spec, scheme))
 
 
 def _hybrid_note(hybrid: HybridKV, block_size: int, tensor_parallel: int, engine: EngineProfile | None) -> str:
@@ -661,7 +673,9 @@ class _Evaluator:
     usable_bytes: int
     engine: EngineProfile | None
     limits: BatchLimits
-    #: `stage_terms` by (tensor, pipeline, stage layers): the same for every format a plan compares
+    #: the catalog device ("" when the hardware is given in bytes), by which the engine picks its fused-MoE kernel
+    device_id: str = ""
+    #: `stage_terms` by (tensor, pipeline, stage layers, expert format)
     _terms: dict[tuple[object, ...], _StageTerms] = field(default_factory=dict)
 
     @property
@@ -672,7 +686,7 @@ class _Evaluator:
     def key(self) -> tuple[object, ...]:
         options = self.options
         return (self.usable_bytes, options.runtime_overhead_bytes, options.block_size, self.limits,
-                options.activation_bytes, options.engine, options.engine_version)
+                options.activation_bytes, options.engine, options.engine_version, self.device_id)
 
     def vocabulary_everywhere(self, pipeline_parallel: int) -> bool:
         """Whether every one of `pipeline_parallel` stages holds the embedding, final norm and lm_head:
@@ -706,7 +720,7 @@ class _Evaluator:
 
     def stage_terms(self, layout: _Layout) -> _StageTerms:
         """Activation and overhead bytes of each stage that do not depend on the workload."""
-        key = (layout.tensor_parallel, layout.pipeline_parallel, layout.stage_layers)
+        key = (layout.tensor_parallel, layout.pipeline_parallel, layout.stage_layers, layout.expert_format)
         if key not in self._terms:
             self._terms[key] = self._stage_terms(layout)
         return self._terms[key]
@@ -726,7 +740,7 @@ class _Evaluator:
             elif self.engine is None:
                 activation = 0  # the generic estimate grows with the workload: see activation_bytes
             else:
-                term = self.engine.activation(stage, self.limits)
+                term = self.engine.activation(stage, self.limits, layout.expert_format, self.device_id)
                 activation = term.bytes
                 if stage.is_last:
                     activation_basis = term.basis
@@ -1132,7 +1146,7 @@ def plan(spec: ModelSpec, hardware: Hardware, workload: Workload | None = None,
     notes: list[str] = []
     options = _engine_block_size(spec, engine, options, notes)
     limits = _batch_limits(engine, hardware, options)
-    evaluator = _Evaluator(spec, options, usable, engine, limits)
+    evaluator = _Evaluator(spec, options, usable, engine, limits, hardware.device_id or "")
 
     baseline = _policy_scheme(float_format(options.float_format), policy)
     deployed = options.scheme or _policy_scheme(options.weight_format, policy)

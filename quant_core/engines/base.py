@@ -86,8 +86,10 @@ class EngineProfile(Protocol):
         """The scheduler limits the engine's OpenAI server uses when the request gives none."""
         ...
 
-    def activation(self, stage: Stage, limits: BatchLimits) -> Term:
-        """Peak activation bytes the engine's profiling run measures on one device of `stage`."""
+    def activation(self, stage: Stage, limits: BatchLimits, expert_format: str = "", device_id: str = "") -> Term:
+        """Peak activation bytes the engine's profiling run measures on one device of `stage`; `expert_format` (the
+        weight format of a MoE model's routed experts, "" when unknown) and `device_id` (a catalog device, "" when
+        not one) let the engine pick the kernel it would run."""
         ...
 
     def context_activation(self, stage: Stage, kv_cache_dtype: str, limits: BatchLimits) -> ContextTerm | None:

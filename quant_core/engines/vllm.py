@@ -422,9 +422,9 @@ def _aligned(size: int) -> int:
 class DsaWorkspace:
     """vLLM 0.19's workspace buffer on one rank of a DeepSeek Sparse Attention model, by ``max_model_len`` L.
 
-    Two requests grow it beyond the fused-MoE caches nibble already charges (`counted_bytes`: ``tokens x top_k x
-    (3 x expert width / tp + hidden) x 2``, in the forward pass and, where `_Version.moe_workspace_persists`, under
-    the sampler pass):
+    Two requests grow it beyond the fused-MoE caches nibble already charges (`counted_bytes`: TritonExperts'
+    workspace13 and workspace2, `fused_moe_caches`, in the forward pass and, where `_Version.moe_workspace_persists`,
+    under the sampler pass):
 
     * `attention_bytes`: ``FlashMLASparseImpl.__init__`` (flashmla_sparse.py), when the model is built (vLLM counts
       it in "Model loading took"): the concatenated query, ``max_num_batched_tokens x heads / tp x (kv_lora_rank +
@@ -484,9 +484,9 @@ def dsa_workspace(stage: Stage, kv_cache_dtype: str, limits: BatchLimits, versio
     row = (spec.kv_lora_rank + spec.qk_rope_head_dim) * ACTIVATION_ELEMENT_BYTES
     heads = spec.num_attention_heads // stage.tensor_parallel
     counted = 0
-    if spec.is_moe and VERSIONS[version].moe_workspace_persists:
-        width = spec.moe_intermediate_size // stage.tensor_parallel
-        counted = tokens * spec.experts_per_token * (3 * width + spec.hidden_size) * ACTIVATION_ELEMENT_BYTES
+    if spec.is_moe:
+        caches = fused_moe_caches(spec, stage.tensor_parallel, tokens, version)
+        counted = caches.nbytes if caches.persists else 0
     fp8_cache = kv_dtype(kv_cache_dtype).bits == 8
     return DsaWorkspace(query_bytes=tokens * heads * row, latent_row_bytes=row,
                         latent_rows_per_token=DSA_PREFILL_LATENT_ROWS if fp8_cache else 0,
@@ -601,21 +601,118 @@ def dsa_block_size(spec: ModelSpec, version: str, requested: int) -> tuple[int, 
                             f"counted in {DSA_BLOCK_SIZE}-token blocks.")
 
 
-def _forward_bytes_per_token(spec: ModelSpec, tensor_parallel: int) -> int:
-    """Peak live activation bytes per batched token on one rank during one decoder layer.
+#: vLLM 0.11's default VLLM_FUSED_MOE_CHUNK_SIZE (envs.py: ``os.getenv("VLLM_FUSED_MOE_CHUNK_SIZE", "32768")``; the
+#: ``64 * 1024`` of its type annotation is not the default): fused_experts_impl sizes its caches for at most this many
+#: tokens and runs a longer batch in chunks of it
+FUSED_MOE_CHUNK_TOKENS_V0_11 = 32768
 
-    ``2 bytes × (3 × hidden + max(MLP, attention))``: the residual stream, the norm output
+
+@dataclass(frozen=True, slots=True)
+class FusedMoeCaches:
+    """The fused-MoE caches one rank allocates for a batch of `tokens` tokens on vLLM `version`
+    (`fused_moe_caches`): `nbytes` in all, `persists` when they stay allocated after the forward pass (the
+    workspace manager's buffer, under the sampler pass and every later layer), `basis` the kernel class and file."""
+
+    nbytes: int
+    persists: bool
+    basis: str
+
+
+#: the catalog's compute-capability 9.0 (Hopper) devices, on which vLLM 0.19 and 0.33 run gpt-oss's MXFP4 experts with
+#: OpenAI's Triton kernels (oracle/mxfp4.py: FLASHINFER_TRTLLM needs SM100, TRITON comes next and
+#: ``OAITritonMxfp4ExpertsMonolithic._supports_current_device`` takes ``(9, 0) <= capability < (11, 0)``); A100, L40S
+#: and the rest run them on MarlinExperts; Blackwell (b200) is left on the Triton figure, its FlashInfer TRT-LLM
+#: kernel's buffers unread
+HOPPER_DEVICES = frozenset({"h100-80gb", "h100-nvl", "h200"})
+
+
+#: vLLM 0.11's DeepGEMM fused-MoE path (fused_moe/deep_gemm_moe.py, ``_valid_deep_gemm``): M, N and K aligned to
+#: DeepGEMM's 128-row block and the expert width per rank (w2's N) above 512, else it falls back to Triton
+DEEP_GEMM_ALIGNMENT = 128
+DEEP_GEMM_MIN_WIDTH_V0_11 = 512
+
+
+def fused_moe_caches(spec: ModelSpec, tensor_parallel: int, tokens: int, version: str, expert_format: str = "",
+                     device_id: str = "") -> FusedMoeCaches:
+    """The fused-MoE intermediate caches of a MoE layer over `tokens` tokens on one rank, as vLLM `version`'s code
+    sizes them, with ``k`` = top_k, ``w`` = moe_intermediate_size / tp, ``K`` = hidden_size, bf16 (2 bytes).
+
+    * v0.11 with block-fp8 experts (`expert_format` "fp8-block128") wider than 512 a rank on Hopper:
+      ``Fp8MoEMethod`` calls ``deep_gemm_moe_fp8`` (``allow_deep_gemm`` when the deep_gemm package is present,
+      ``_valid_deep_gemm``), a modular kernel whose ``DeepGemmExperts.workspace_shapes`` asks ``M_sum x max(2w, K)``
+      and ``M_sum x max(w, K)`` with ``M_sum = round_up(M x k + experts x 127, 128)`` (``compute_aligned_M``),
+      ``M = min(tokens, 32768)`` (the kernel chunks), kept in class-level ``SharedResizableBuffer``s: they persist.
+    * v0.11 otherwise (fused_moe/fused_moe.py, ``fused_experts_impl``, the default path without expert parallelism:
+      ``UnquantizedFusedMoEMethod`` and ``Fp8MoEMethod`` call ``fused_experts`` in place): ``cache13`` of
+      ``M x k x max(2w, K)`` (intermediate_cache1 and 3 share it) and ``intermediate_cache2`` of ``M x k x w``,
+      ``M = min(tokens, VLLM_FUSED_MOE_CHUNK_SIZE = 32768)``; torch.empty in each call, freed after the layer.
+    * v0.19 and v0.33 (the modular kernel, ``FusedMoEKernel._allocate_buffers`` in fused_moe/modular_kernel.py, not
+      chunked: it passes ``M_full`` as ``M_chunk``): ``TritonExperts.workspace_shapes`` (fused_moe/fused_moe.py in
+      0.19, fused_moe/experts/triton_moe.py in 0.33) asks workspace13 ``T x k x max(w, K)`` (which also holds the
+      ``T x K`` output) and workspace2 ``T x k x max(2w, K)`` of ``current_workspace_manager().get_simultaneous``
+      (v1/worker/workspace.py: each rounded up to 256 bytes, one buffer per rank kept until it is locked after
+      profiling).  TritonExperts is what the oracles pick for bf16 MoE on H100/H200/A100/L40S (oracle/unquantized.py)
+      and for block fp8 on Hopper under tensor parallelism (oracle/fp8.py moves TRITON to the front);
+      ``MarlinExperts`` (fused_marlin_moe.py: ``M x k x max(w, K)`` and ``M x k x max(2w, K)``, the same bytes)
+      runs int4 (GPTQ/AWQ Marlin) and fp8/mxfp4 experts on A100.  The classes that ask less (gpt-oss's
+      ``OAITritonMxfp4ExpertsMonolithic`` on Hopper, nothing in the workspace; ``FlashInferExperts`` for per-tensor
+      fp8 on Hopper, ``T x K``) are charged this figure, on the safe side, except MXFP4 experts
+      (`expert_format` "mxfp4", gpt-oss) on a Hopper device (`HOPPER_DEVICES`): ``OAITritonMxfp4ExpertsMonolithic``
+      bypasses the workspace manager and ``triton_kernel_fused_experts`` (gpt_oss_triton_kernels_moe.py) allocates
+      its ``T x k x w`` intermediate (the activation fused into the first matmul) and ``T x K`` output with
+      torch.empty in each call, freed after the layer (gpt-oss-20b at TP 2 on vLLM 0.19, H100: 2.87 GiB logged,
+      the sampler pass alone).
+    """
+    k, hidden = spec.experts_per_token, spec.hidden_size
+    width = spec.moe_intermediate_size // tensor_parallel
+    if version != "0.11" and expert_format == "mxfp4" and device_id in HOPPER_DEVICES:
+        nbytes = tokens * (k * width + hidden) * ACTIVATION_ELEMENT_BYTES
+        return FusedMoeCaches(nbytes, False, (
+            f"OAITritonMxfp4ExpertsMonolithic's buffers (gpt_oss_triton_kernels_moe.py, triton_kernel_fused_experts: "
+            f"tokens x top_k x {width} and tokens x {hidden}, bf16, {nbytes / GIB:.2f} GiB, freed after each layer; "
+            "oracle/mxfp4.py picks OpenAI's Triton kernels for MXFP4 experts on Hopper, outside the workspace "
+            "manager)"))
+    if (version == "0.11" and expert_format == "fp8-block128" and device_id in HOPPER_DEVICES
+            and width > DEEP_GEMM_MIN_WIDTH_V0_11 and width % DEEP_GEMM_ALIGNMENT == 0
+            and hidden % DEEP_GEMM_ALIGNMENT == 0):
+        chunk = min(tokens, FUSED_MOE_CHUNK_TOKENS_V0_11)
+        rows = -(-(chunk * k + spec.num_experts * (DEEP_GEMM_ALIGNMENT - 1)) // DEEP_GEMM_ALIGNMENT) \
+            * DEEP_GEMM_ALIGNMENT
+        nbytes = rows * (max(2 * width, hidden) + max(width, hidden)) * ACTIVATION_ELEMENT_BYTES
+        return FusedMoeCaches(nbytes, True, (
+            f"DeepGemmExperts' workspace (deep_gemm_moe.py workspace_shapes: {rows} aligned rows, compute_aligned_M, "
+            f"x (max(2 x {width}, {hidden}) + max({width}, {hidden})), bf16, {nbytes / GIB:.2f} GiB, kept in "
+            "modular_kernel.py's class-level SharedResizableBuffers; vLLM 0.11 runs block-fp8 experts wider than 512 "
+            "a rank on DeepGEMM on Hopper when the deep_gemm package is installed, as vLLM's Docker builds install "
+            "it, and the charge is the safe side when it is not)"))
+    if version == "0.11":
+        rows = min(tokens, FUSED_MOE_CHUNK_TOKENS_V0_11) * k
+        nbytes = rows * (max(2 * width, hidden) + width) * ACTIVATION_ELEMENT_BYTES
+        return FusedMoeCaches(nbytes, False, (
+            f"fused_experts_impl's caches (fused_moe/fused_moe.py: cache13 of min(tokens, 32768) x top_k x "
+            f"max(2 x {width}, {hidden}) and intermediate_cache2 of min(tokens, 32768) x top_k x {width}, bf16, "
+            f"{nbytes / GIB:.2f} GiB, freed after each layer)"))
+    rows = tokens * k
+    nbytes = (_aligned(rows * max(width, hidden) * ACTIVATION_ELEMENT_BYTES)
+              + _aligned(rows * max(2 * width, hidden) * ACTIVATION_ELEMENT_BYTES))
+    return FusedMoeCaches(nbytes, VERSIONS[version].moe_workspace_persists, (
+        f"TritonExperts' workspace (workspace_shapes: workspace13 tokens x top_k x max({width}, {hidden}) and "
+        f"workspace2 tokens x top_k x max(2 x {width}, {hidden}), bf16, {nbytes / GIB:.2f} GiB, in "
+        "v1/worker/workspace.py's buffer, modular_kernel.py _allocate_buffers; MarlinExperts asks the same)"))
+
+
+def _forward_bytes(spec: ModelSpec, tensor_parallel: int, tokens: int, version: str, expert_format: str = "",
+                   device_id: str = "") -> int:
+    """Peak live activation bytes on one rank during one decoder layer of the dummy forward pass.
+
+    ``tokens x 2 bytes x (3 x hidden + max(MLP, attention))``: the residual stream, the norm output
     and the layer output, beside the widest intermediate: a dense MLP's gate/up output and
-    its activation (``3 × intermediate / tp``); a MoE layer's fused-MoE caches for each
-    routed expert (``top_k × (3 × expert width / tp + hidden)``) plus its shared experts;
-    attention's q/k/v and output (MLA: the per-head query and the expanded key/value).
+    its activation (``3 × intermediate / tp``); a MoE layer's shared experts (``3 × width / tp``) beside its
+    fused-MoE caches (`fused_moe_caches`), which, where they persist (v0.19 on), are held through every layer's
+    attention as well; attention's q/k/v and output (MLA: the per-head query and the expanded key/value).
     """
     tp = tensor_parallel
     mlp = 3 * spec.intermediate_size // tp if (not spec.is_moe or spec.dense_layers) else 0
-    if spec.is_moe:
-        routed = spec.experts_per_token * (3 * spec.moe_intermediate_size // tp + spec.hidden_size)
-        shared = 3 * spec.shared_expert_width // tp
-        mlp = max(mlp, routed + shared)
     heads = -(-spec.num_attention_heads // tp)
     if spec.is_mla:
         attention = heads * (spec.qk_nope_head_dim + spec.qk_rope_head_dim
@@ -623,7 +720,15 @@ def _forward_bytes_per_token(spec: ModelSpec, tensor_parallel: int) -> int:
     else:
         kv_heads = -(-spec.num_kv_heads // tp)
         attention = (2 * heads + 2 * kv_heads) * spec.head_dim
-    return ACTIVATION_ELEMENT_BYTES * (3 * spec.hidden_size + max(mlp, attention))
+    per_token = ACTIVATION_ELEMENT_BYTES * tokens
+    if not spec.is_moe:
+        return per_token * (3 * spec.hidden_size + max(mlp, attention))
+    caches = fused_moe_caches(spec, tp, tokens, version, expert_format, device_id)
+    shared = 3 * spec.shared_expert_width // tp
+    if caches.persists:
+        return per_token * (3 * spec.hidden_size + max(mlp, attention, shared)) + caches.nbytes
+    return max(per_token * (3 * spec.hidden_size + max(mlp, attention)),
+               per_token * (3 * spec.hidden_size + shared) + caches.nbytes)
 
 
 def qwen_vision_refusal(tower: QwenVisionTower | Qwen3VisionTower, tensor_parallel: int) -> str | None:
@@ -776,36 +881,38 @@ class VllmProfile:
             return BatchLimits(max_batched_tokens=8192, max_num_seqs=1024)
         return BatchLimits(max_batched_tokens=2048, max_num_seqs=256)
 
-    def activation(self, stage: Stage, limits: BatchLimits) -> Term:
+    def activation(self, stage: Stage, limits: BatchLimits, expert_format: str = "", device_id: str = "") -> Term:
         """The torch peak of `GPUModelRunner.profile_run`: the larger of the dummy forward pass over
         ``max_batched_tokens`` tokens and, on the last stage, the sampler pass over
         ``min(max_num_seqs, max_batched_tokens)`` rows of full-vocabulary logits, during which the
         dummy run's hidden states and residual (``2 × tokens × hidden × 2 bytes``) are still held;
         the forward pass's intermediates are freed before the sampler runs, so the two do not add,
         except, from the releases whose `moe_workspace_persists`, a MoE model's fused-MoE caches
-        (``tokens × top_k × (2 × expert width / tp + expert width / tp + hidden) × 2 bytes``), which
-        the workspace manager keeps (Qwen3-30B-A3B on vLLM 0.19: 2.15 GiB of sampler + 0.53 GiB of
-        caches = the 2.68 GiB logged).  A pipeline stage after the first also holds the buffers it
-        receives the previous stage's hidden states and residual in (``IntermediateTensors`` of
+        (`fused_moe_caches`: TritonExperts' ``tokens × top_k × (max(w, hidden) + max(2w, hidden)) × 2 bytes``,
+        w the expert width / tp), which the workspace manager keeps (Qwen3-30B-A3B on vLLM 0.19: 2.15 GiB of
+        sampler + 0.50 GiB of caches against the 2.68 GiB logged).  A pipeline stage after the first also holds the
+        buffers it receives the previous stage's hidden states and residual in (``IntermediateTensors`` of
         ``max_num_batched_tokens`` rows, allocated once by the dummy run: 2 × tokens × hidden × 2 bytes;
-        Llama-3.1-8B's last stage at PP=2 on vLLM 0.19: 1.89 + 0.13 = the 2.01 GiB logged).  A hybrid
-        model's Gated DeltaNet layers add nothing in v0.11 (the layer returns before its projections) and
-        their projections from v0.19 (`gdn_forward_bytes_per_token`, when wider than the other layers'); the
-        rotary cos/sin cache the model is built with is charged beside the peak (`rotary_cache_bytes`)."""
+        Llama-3.1-8B's last stage at PP=2 on vLLM 0.19: 1.89 + 0.13 = the 2.01 GiB logged).  `expert_format` (the
+        weight format of the routed experts) and `device_id` (a catalog device) select the fused-MoE kernel class
+        as vLLM's oracles do (`fused_moe_caches`).  A hybrid model's Gated DeltaNet layers add nothing in v0.11 (the
+        layer returns before its projections) and their projections from v0.19 (`gdn_forward_bytes_per_token`, when
+        wider than the other layers'); the rotary cos/sin cache the model is built with is charged beside the peak
+        (`rotary_cache_bytes`)."""
         spec, tokens = stage.spec, limits.max_batched_tokens
         received = 2 * tokens * spec.hidden_size * ACTIVATION_ELEMENT_BYTES if stage.layers[0] > 0 else 0
-        per_token = _forward_bytes_per_token(spec, stage.tensor_parallel)
+        caches = (fused_moe_caches(spec, stage.tensor_parallel, tokens, self._version, expert_format, device_id)
+                  if spec.is_moe else None)
         gdn = 0
         if spec.linear_attention is not None and self._rules.gdn_projections_profiled:
             gdn = gdn_forward_bytes_per_token(spec, stage.tensor_parallel)
-        forward = tokens * max(per_token, gdn) + received
+        # a Gated DeltaNet layer after the first MoE layer runs beside the fused-MoE caches where they persist
+        held_by_moe = caches.nbytes if caches is not None and caches.persists else 0
+        forward = max(_forward_bytes(spec, stage.tensor_parallel, tokens, self._version, expert_format, device_id),
+                      tokens * gdn + held_by_moe if gdn else 0) + received
         rows = min(limits.max_num_seqs, tokens) if stage.is_last else 0
         per_logit = self._rules.sampler_bytes_per_logit
-        workspace = 0
-        if rows and spec.is_moe and self._rules.moe_workspace_persists:
-            width = spec.moe_intermediate_size // stage.tensor_parallel
-            workspace = (tokens * spec.experts_per_token * (3 * width + spec.hidden_size)
-                         * ACTIVATION_ELEMENT_BYTES)
+        workspace = caches.nbytes if rows and caches is not None and caches.persists else 0
         sampler = (int(rows * spec.vocab_size * per_logit) + workspace + received
                    + (2 * tokens * spec.hidden_size * ACTIVATION_ELEMENT_BYTES if rows else 0))
         held = f", with the fused-MoE caches still held ({workspace / GIB:.2f} GiB)" if workspace else ""
@@ -820,10 +927,14 @@ class VllmProfile:
             basis += (f"; the forward pass is the widest layer's, a Gated DeltaNet layer's being its projections "
                       f"({tokens * gdn / GIB:.2f} GiB: in_proj_qkvz/ba outputs, the unpacked q/k/v, the gate, the "
                       "zeroed core output and the gated norm), which vLLM runs in the profiling run while the core "
-                      "returns early (gdn_linear_attn.py, attn_metadata is None)")
+                      "returns early (gdn_linear_attn.py, attn_metadata is None)"
+                      + (", beside the fused-MoE caches the workspace manager holds from the first MoE layer on"
+                         if held_by_moe else ""))
         elif spec.linear_attention is not None:
             basis += ("; the Gated DeltaNet layers add nothing to it: vLLM 0.11's layer returns before its "
                       "projections in the profiling run (qwen3_next.py, _forward: attn_metadata is None)")
+        if caches is not None:
+            basis += f"; the fused-MoE caches are {caches.basis}"
         deepstack = _deepstack_buffer_bytes(spec, tokens)
         if deepstack:
             basis += (f"; plus Qwen3-VL's deepstack input buffers, one of max_num_batched_tokens x hidden_size at "

@@ -44,6 +44,14 @@ H200 = 143_771 * 2**20  # nvidia-smi's 143,771 MiB
 SMALL_BATCH = BatchLimits(max_batched_tokens=2048, max_num_seqs=256)
 
 
+def triton_moe_workspace(*, tokens: int, top_k: int, width: int, hidden: int) -> int:
+    """vLLM 0.19's TritonExperts.workspace_shapes (fused_moe/fused_moe.py), through FusedMoEKernel._allocate_buffers
+    (fused_moe/modular_kernel.py): workspace13 ``(M, top_k, max(w, K))`` (the ``(M, K)`` output shares it) and
+    workspace2 ``(M, top_k, max(2w, K))``, bf16, each view of the workspace rounded up to 256 bytes."""
+    views = (tokens * top_k * max(width, hidden) * 2, tokens * top_k * max(2 * width, hidden) * 2)
+    return sum(-(-view // 256) * 256 for view in views)
+
+
 def vllm_workspace(*, tokens: int, heads_per_rank: int, context: int, fp8_cache: bool, moe_caches: int) -> int:
     """What the workspace buffer adds to the fused-MoE caches, recomputed from vLLM 0.19's code (module docstring):
     the largest of the three requests, less the MoE caches nibble already charges in that buffer's place."""
@@ -60,22 +68,24 @@ def shipped_options(**changes: object) -> PlanOptions:
 
 
 @pytest.mark.parametrize(("context", "kv_cache_dtype", "added"), [
-    # fp8: 37,748,736 query + 377,487,360 latent = 415,236,096 > 346,030,080 indexer > 260,046,848 MoE caches
-    (65_536, "fp8", 155_189_248),
-    # bf16: no prefill latent; the indexer's 346,030,080 is the largest
-    (65_536, "bf16", 85_983_232),
+    # fp8: 37,748,736 query + 377,487,360 latent = 415,236,096 < 469,762,048 MoE caches: nothing more
+    (65_536, "fp8", 0),
+    # bf16: no prefill latent; the indexer's 346,030,080 is below the MoE caches too
+    (65_536, "bf16", 0),
     # 37,748,736 + 943,718,400 = 981,467,136 (0.91 GiB): the "~900 MB" flashmla_sparse.py's comment gives
-    (163_840, "fp8", 721_420_288),
+    (163_840, "fp8", 511_705_088),
     # the indexer's 865,075,200: the "825 MB" indexer.py's comment gives for DeepSeek-V3.2
-    (163_840, "bf16", 605_028_352),
+    (163_840, "bf16", 395_313_152),
 ])
 def test_vllm_0_19_charges_deepseek_v32s_workspace_as_its_code_sizes_it(context: int, kv_cache_dtype: str,
                                                                          added: int) -> None:
     # 8 ranks of DeepSeek-V3.2 (128 heads: 16 a rank), 2048 batched tokens; the MoE caches nibble charges in the
-    # same buffer: 2048 x 8 experts x (3 x 2048 / 8 + 7168) x 2 = 260,046,848 bytes
+    # same buffer: TritonExperts' 2048 x 8 experts x (max(256, 7168) + max(512, 7168)) x 2 = 469,762,048 bytes
     spec = deepseek_v32()
+    moe = triton_moe_workspace(tokens=2048, top_k=8, width=2048 // 8, hidden=7168)
+    assert moe == 469_762_048
     expected = vllm_workspace(tokens=2048, heads_per_rank=16, context=context, fp8_cache=kv_cache_dtype == "fp8",
-                              moe_caches=2048 * 8 * (3 * 256 + 7168) * 2)
+                              moe_caches=moe)
     assert expected == added
     result = plan(spec, Hardware(H200, 8), Workload(context, 1),
                   PlanOptions(kv_cache_dtype=kv_cache_dtype, block_size=64, max_batched_tokens=2048,
@@ -87,27 +97,29 @@ def test_vllm_0_19_charges_deepseek_v32s_workspace_as_its_code_sizes_it(context:
     assert "flashmla_sparse.py" in result.activation.basis and "get_max_prefill_buffer_size" in result.activation.basis
 
 
-def test_vllm_0_19s_workspace_at_its_default_batch_on_h200_is_what_exceeds_the_moe_caches() -> None:
-    # 8192 batched tokens (H200's default): the MoE caches are 8192 x 8 x (768 + 7168) x 2 = 1,040,187,392 bytes;
-    # at 163,840 tokens and fp8 the query (150,994,944) and latent (943,718,400) ask 54,525,952 bytes more
+def test_vllm_0_19s_workspace_at_its_default_batch_on_h200_is_held_by_the_moe_caches() -> None:
+    # 8192 batched tokens (H200's default): TritonExperts' MoE caches are 8192 x 8 x (7168 + 7168) x 2 =
+    # 1,879,048,192 bytes; at 163,840 tokens and fp8 the query (150,994,944) and latent (943,718,400) fit in them
+    moe = triton_moe_workspace(tokens=8192, top_k=8, width=2048 // 8, hidden=7168)
+    assert moe == 1_879_048_192
     result = plan(deepseek_v32(), Hardware(H200, 8), Workload(163_840, 1), shipped_options())
     base = VllmProfile("0.19").activation(Stage(deepseek_v32(), 8, 1, (0, 61), True), BatchLimits(8192, 1024))
-    assert result.activation.bytes - base.bytes == 54_525_952 == vllm_workspace(
-        tokens=8192, heads_per_rank=16, context=163_840, fp8_cache=True, moe_caches=1_040_187_392)
+    assert result.activation.bytes - base.bytes == 0 == vllm_workspace(
+        tokens=8192, heads_per_rank=16, context=163_840, fp8_cache=True, moe_caches=moe)
 
 
 @pytest.mark.parametrize(("context", "kv_cache_dtype", "added"), [
-    (65_536, "fp8", 173_015_040), (202_752, "fp8", 963_379_200), (202_752, "bf16", 856_621_056)])
+    (65_536, "fp8", 0), (202_752, "fp8", 774_635_520), (202_752, "bf16", 667_877_376)])
 def test_vllm_0_19_charges_glm_5_1s_workspace_as_its_code_sizes_it(context: int, kv_cache_dtype: str,
                                                                     added: int) -> None:
     # GlmMoeDsaForCausalLM is deepseek_v2.py's model: 64 heads (4 a rank at 16), the same 576-wide latent and
-    # 128-wide indexer key; MoE caches 2048 x 8 x (3 x 2048 / 16 + 6144) x 2 = 213,909,504 bytes
+    # 128-wide indexer key; TritonExperts' MoE caches 2048 x 8 x (max(128, 6144) + max(256, 6144)) x 2 = 402,653,184
     stage = Stage(glm_5_1(), 16, 1, (0, 78), True)
     workspace = VllmProfile("0.19").context_activation(stage, kv_cache_dtype, SMALL_BATCH)
     assert workspace is not None
     assert workspace.bytes_at(context) == added == vllm_workspace(
         tokens=2048, heads_per_rank=4, context=context, fp8_cache=kv_cache_dtype == "fp8",
-        moe_caches=2048 * 8 * (3 * 128 + 6144) * 2)
+        moe_caches=triton_moe_workspace(tokens=2048, top_k=8, width=2048 // 16, hidden=6144))
 
 
 def test_vllm_0_11_has_no_sparse_attention_workspace_sized_by_the_context() -> None:
@@ -137,12 +149,12 @@ def test_each_view_of_the_workspace_is_rounded_up_to_256_bytes() -> None:
 
 
 def test_a_deepseek_v32_plan_within_the_workspace_of_the_edge_no_longer_fits() -> None:
-    # 8 sequences of 163,840 tokens at fp8 on 8 ranks, 2048 batched tokens: the workspace adds 721,420,288 bytes a
+    # 8 sequences of 163,840 tokens at fp8 on 8 ranks, 2048 batched tokens: the workspace adds 511,705,088 bytes a
     # rank.  A device whose budget holds the weights, the KV cache, the profiling peak without the workspace, the
     # overhead and half the workspace held the plan before it was charged; vLLM would not have had the KV cache for
     # the 8 sequences there
     spec, options, workload, added = deepseek_v32(), shipped_options(max_batched_tokens=2048, max_num_seqs=256), \
-        Workload(163_840, 8), 721_420_288
+        Workload(163_840, 8), 511_705_088
     roomy = plan(spec, Hardware(H200, 8), workload, options).primary.devices[0]
     peak = VllmProfile("0.19").activation(Stage(spec, 8, 1, (0, 61), True), SMALL_BATCH).bytes
     before = roomy.weights_bytes + roomy.kv_cache_bytes + peak + roomy.overhead_bytes

@@ -295,14 +295,17 @@ def test_the_gated_deltanet_layers_add_to_the_profiling_peak_only_where_vllm_run
     # v0.10.2/v0.11's Qwen3NextGatedDeltaNet._forward returns at "attn_metadata is None" before in_proj: nothing of
     # it in the peak.  v0.19/v0.33 (gdn_linear_attn.py) run in_proj_qkvz/ba, the unpacking, the gate, the zeroed
     # core output, the gated norm and out_proj, skipping only the core: per token at TP 2, 2 bytes x (3 x 2,048 +
-    # (4 x 2,048 + 6 x 4,096 + 2 x 32) / 2 + 2,048) = 49,216 bytes, below the MoE layer's 2 x (3 x 2,048 + 10 x
-    # (3 x 256 + 2,048) + 3 x 256) = 70,144 bytes: the forward pass stays the MoE layer's
+    # (4 x 2,048 + 6 x 4,096 + 2 x 32) / 2 + 2,048) = 49,216 bytes; from v0.19 the fused-MoE caches (TritonExperts'
+    # workspace, 8,192 x 10 x (max(256, 2,048) + max(512, 2,048)) x 2 = 671,088,640 bytes) stay held from the first
+    # MoE layer on, so a later DeltaNet layer's peak is its projections beside them: 8,192 x 49,216 + 671,088,640 =
+    # 1,074,266,112 bytes, above an attention layer's 8,192 x 2 x (3 x 2,048 + 4,608) + 671,088,640
     stage, limits = Stage(spec_of(), 2, 1, (0, 48), True), BatchLimits(8192, 1024)
     assert gdn_forward_bytes_per_token(spec_of(), 2) == 2 * (3 * 2048 + (4 * 2048 + 6 * 4096 + 2 * 32) // 2 + 2048)
     assert "add nothing" in VllmProfile("0.11").activation(stage, limits).basis
     later = VllmProfile("0.19").activation(stage, limits).basis
     assert "in_proj_qkvz" in later and "(0.38 GiB" in later  # 8,192 x 49,216 bytes
-    assert "forward pass of max_num_batched_tokens=8192 tokens at 2 bytes per element (0.54 GiB)" in later  # 70,144
+    assert "forward pass of max_num_batched_tokens=8192 tokens at 2 bytes per element (1.00 GiB)" in later
+    assert "beside the fused-MoE caches" in later
     # where the DeltaNet is the widest layer (a dense Qwen3-Next whose MLP is narrowed to 512: the widest other
     # layer is full attention's q/k/v/o, 2 x (3 x 2,048 + (2 x 16 + 2 x 2) x 256) = 30,720 bytes a token, against
     # the DeltaNet's 2 x (3 x 2,048 + 4 x 2,048 + 6 x 4,096 + 64 + 2,048) = 82,048) its projections are the forward

@@ -1,0 +1,169 @@
+"""vLLM's fused-MoE caches, release by release, recomputed here from vLLM's own code.
+
+Read in the wheels from PyPI (vllm 0.11.0, 0.19.0, 0.33.0):
+
+* 0.11 ``model_executor/layers/fused_moe/fused_moe.py``, ``fused_experts_impl`` (the path UnquantizedFusedMoEMethod
+  and Fp8MoEMethod take without expert parallelism): ``M = min(num_tokens, VLLM_FUSED_MOE_CHUNK_SIZE)`` (envs.py
+  default "32768"), ``cache13 = torch.empty(M * top_k * max(N, K))`` with N = w1.size(1) = 2 x expert width / tp,
+  ``intermediate_cache2 = torch.empty((M * top_k, N // 2))``, bf16; freed when the call returns.
+* 0.19 ``fused_moe/fused_moe.py`` / 0.33 ``fused_moe/experts/triton_moe.py``, ``TritonExperts.workspace_shapes``:
+  workspace13 ``(M, top_k, max(N // 2, K))``, workspace2 ``(M, top_k, max(N, K))``, output ``(M, K)``;
+  ``modular_kernel.py`` ``_allocate_buffers`` is handed ``M_full`` as ``M_chunk`` (no chunking) and asks
+  ``current_workspace_manager().get_simultaneous((max(workspace13, output),), workspace2)``; ``v1/worker/
+  workspace.py`` rounds each view up to 256 bytes and keeps the buffer, so it is still held under the sampler pass.
+* 0.11 with block-fp8 experts on Hopper and the deep_gemm package: ``Fp8MoEMethod`` calls ``deep_gemm_moe_fp8`` when
+  ``_valid_deep_gemm`` (deep_gemm_moe.py: M, N, K multiples of 128 and w2's N, the expert width a rank, above 512),
+  a modular kernel whose ``DeepGemmExperts.workspace_shapes`` asks ``(M_sum, max(N, K))`` and ``(M_sum, max(N // 2,
+  K))``, ``M_sum = round_up(M * top_k + experts * 127, 128)`` (deep_gemm_utils.py ``compute_aligned_M``), held in
+  modular_kernel.py's class-level ``SharedResizableBuffer``s.
+* 0.19 / 0.33 ``oracle/mxfp4.py``: gpt-oss's MXFP4 experts on Hopper run ``OAITritonMxfp4ExpertsMonolithic``,
+  whose ``triton_kernel_fused_experts`` (gpt_oss_triton_kernels_moe.py) allocates ``(M * top_k, N // 2)`` and
+  ``(M, K)`` with torch.empty in each call, outside the workspace manager.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from quant_core.catalog import get_device, get_preset, get_preset_info
+from quant_core.engines.base import BatchLimits, Stage
+from quant_core.engines.vllm import VllmProfile, fused_moe_caches
+from quant_core.planner import Hardware, PlanOptions, Workload, plan
+from quant_core.schemes import scheme_from_quantization_config
+
+GIB = 1 << 30
+LOGS = {log["id"]: log for log in json.loads(
+    (Path(__file__).parent / "data" / "vllm_logs.json").read_text(encoding="utf-8"))["logs"]}
+
+
+def v0_11_caches(*, tokens: int, top_k: int, width: int, hidden: int) -> int:
+    """fused_experts_impl's cache13 and intermediate_cache2 (N = 2 x width), bf16."""
+    rows = min(tokens, 32768) * top_k
+    return rows * max(2 * width, hidden) * 2 + rows * width * 2
+
+
+def triton_workspace(*, tokens: int, top_k: int, width: int, hidden: int) -> int:
+    """TritonExperts' workspace13 (which holds the output) and workspace2, bf16, each rounded up to 256 bytes."""
+    views = (max(tokens * top_k * max(width, hidden), tokens * hidden) * 2, tokens * top_k * max(2 * width, hidden) * 2)
+    return sum(-(-view // 256) * 256 for view in views)
+
+
+# (model, tensor parallel, tokens): DeepSeek-V3 at TP 8 with H100/H200's 8192 and A100's 2048 batched tokens,
+# Mixtral-8x7B at TP 2, Qwen3-30B-A3B and gpt-oss-120b on one device
+CASES = [("deepseek-v3", 8, 8192), ("deepseek-v3", 8, 2048), ("mixtral-8x7b-v0.1", 2, 8192),
+         ("qwen3-30b-a3b", 1, 8192), ("gpt-oss-120b", 1, 8192)]
+
+
+@pytest.mark.parametrize(("model", "tensor_parallel", "tokens"), CASES)
+@pytest.mark.parametrize("version", ["0.11", "0.19", "0.33"])
+def test_the_caches_are_what_each_releases_kernel_allocates(model: str, tensor_parallel: int, tokens: int,
+                                                            version: str) -> None:
+    spec = get_preset(model)
+    shape = {"tokens": tokens, "top_k": spec.experts_per_token,
+             "width": spec.moe_intermediate_size // tensor_parallel, "hidden": spec.hidden_size}
+    caches = fused_moe_caches(spec, tensor_parallel, tokens, version)
+    expected = v0_11_caches(**shape) if version == "0.11" else triton_workspace(**shape)
+    print(f"{model} TP {tensor_parallel}, {tokens} tokens, vLLM {version}: {caches.nbytes:,} bytes "
+          f"({caches.nbytes / GIB:.2f} GiB)")
+    assert caches.nbytes == expected
+    assert caches.persists == (version != "0.11")
+    assert ("fused_experts_impl" if version == "0.11" else "TritonExperts") in caches.basis
+
+
+def test_deepseek_v3_at_tp8_holds_1_75_gib_of_triton_workspace_a_rank_at_8192_tokens() -> None:
+    # 8192 x 8 x (max(256, 7168) + max(512, 7168)) x 2 = 1,879,048,192 bytes: the hidden size, not the 256-wide
+    # expert slice, sets both views (the 8192 x 8 x (3 x 256 + 7168) x 2 = 1,040,187,392 nibble charged before
+    # was 0.78 GiB a rank short); 2048 tokens: a quarter; vLLM 0.11 sizes 8192 x 8 x (7168 + 256) x 2
+    spec = get_preset("deepseek-v3")
+    assert fused_moe_caches(spec, 8, 8192, "0.19").nbytes == 1_879_048_192
+    assert fused_moe_caches(spec, 8, 8192, "0.33").nbytes == 1_879_048_192
+    assert fused_moe_caches(spec, 8, 2048, "0.19").nbytes == 469_762_048
+    assert fused_moe_caches(spec, 8, 8192, "0.11").nbytes == 973_078_528
+
+
+def test_only_vllm_0_11_chunks_the_batch() -> None:
+    # 0.11: at most VLLM_FUSED_MOE_CHUNK_SIZE = 32,768 tokens a chunk; 0.19's modular kernel passes M_full
+    spec = get_preset("qwen3-30b-a3b")
+    assert fused_moe_caches(spec, 1, 65536, "0.11").nbytes == fused_moe_caches(spec, 1, 32768, "0.11").nbytes
+    assert fused_moe_caches(spec, 1, 65536, "0.19").nbytes == 2 * fused_moe_caches(spec, 1, 32768, "0.19").nbytes
+
+
+def test_the_workspace_is_held_under_the_sampler_pass_from_0_19_only() -> None:
+    # DeepSeek-V3 at TP 8, 8192 tokens and 1024 sequences: the sampler pass (1024 x 129,280 logits at the release's
+    # bytes per logit, beside 2 x 8192 x 7168 x 2 bytes of hidden states) is the peak; 0.19 adds the workspace
+    spec, limits = get_preset("deepseek-v3"), BatchLimits(8192, 1024)
+    stage = Stage(spec, 8, 1, (0, spec.num_layers), True)
+    hidden = 2 * 8192 * 7168 * 2
+    new = VllmProfile("0.19").activation(stage, limits)
+    assert new.bytes == int(1024 * 129_280 * 14.4) + hidden + 1_879_048_192
+    assert "TritonExperts" in new.basis and "fused-MoE caches still held (1.75 GiB)" in new.basis
+    old = VllmProfile("0.11").activation(stage, limits)
+    assert old.bytes == 1024 * 129_280 * 38 + hidden
+    assert "fused_experts_impl" in old.basis
+
+
+def test_gpt_oss_mxfp4_experts_on_hopper_hold_no_workspace_on_0_19() -> None:
+    # OAITritonMxfp4ExpertsMonolithic (Hopper) frees its buffers after each layer; MarlinExperts (A100) asks the
+    # TritonExperts shapes of the workspace manager.  gpt-oss-20b at TP 2 on H100 (llm-d-planner's vLLM 0.19 log,
+    # vllm_logs.json "llmdp-v0.19-gpt-oss-20b-tp2"): 2.87 GiB of activations logged, the sampler pass alone
+    log = LOGS["llmdp-v0.19-gpt-oss-20b-tp2"]
+    spec = get_preset("gpt-oss-20b")
+    stage, limits = Stage(spec, 2, 1, (0, spec.num_layers), True), BatchLimits(8192, 1024)
+    hopper = VllmProfile("0.19").activation(stage, limits, "mxfp4", "h100-80gb")
+    a100 = VllmProfile("0.19").activation(stage, limits, "mxfp4", "a100-80gb")
+    workspace = triton_workspace(tokens=8192, top_k=4, width=1440, hidden=2880)
+    assert a100.bytes - hopper.bytes == workspace
+    assert "OAITritonMxfp4ExpertsMonolithic" in hopper.basis and "still held" not in hopper.basis
+    assert abs(hopper.bytes / GIB - log["activation_gib"]) < 0.03
+    assert fused_moe_caches(spec, 2, 8192, "0.19", "mxfp4", "h100-80gb").persists is False
+    # bf16 experts on Hopper, and every format on 0.11, are not affected
+    assert fused_moe_caches(spec, 2, 8192, "0.19", "bf16", "h100-80gb").nbytes == workspace
+    assert fused_moe_caches(spec, 2, 8192, "0.11", "mxfp4", "h100-80gb").basis.startswith("fused_experts_impl")
+
+
+def test_vllm_0_11_keeps_deep_gemms_workspace_for_block_fp8_experts_wider_than_512_on_hopper() -> None:
+    # Qwen3-30B-A3B-FP8 on one H100 at 8192 tokens: M_sum = round_up(8192 x 8 + 128 x 127, 128) = 81,792 rows x
+    # (max(1536, 2048) + max(768, 2048)) x 2 = 670,040,064 bytes, held under the sampler pass
+    spec = get_preset("qwen3-30b-a3b")
+    caches = fused_moe_caches(spec, 1, 8192, "0.11", "fp8-block128", "h100-80gb")
+    assert caches.nbytes == 81_792 * (2048 + 2048) * 2 == 670_040_064
+    assert caches.persists and "DeepGemmExperts" in caches.basis
+    stage, limits = Stage(spec, 1, 1, (0, spec.num_layers), True), BatchLimits(8192, 1024)
+    assert (VllmProfile("0.11").activation(stage, limits, "fp8-block128", "h100-80gb").bytes
+            - VllmProfile("0.11").activation(stage, limits, "bf16", "h100-80gb").bytes) == 670_040_064
+    # _valid_deep_gemm: 768 / 4 = 192 and DeepSeek-V3's 2048 / 8 = 256 are not above 512 (Triton's path); A100 has no
+    # DeepGEMM; bf16 experts never take it
+    assert fused_moe_caches(spec, 4, 8192, "0.11", "fp8-block128", "h100-80gb").basis.startswith("fused_experts_impl")
+    assert not fused_moe_caches(get_preset("deepseek-v3"), 8, 8192, "0.11", "fp8-block128", "h200").persists
+    assert not fused_moe_caches(spec, 1, 8192, "0.11", "fp8-block128", "a100-80gb").persists
+    assert not fused_moe_caches(spec, 1, 8192, "0.11", "bf16", "h100-80gb").persists
+
+
+@pytest.mark.parametrize(("log_id", "logged"), [
+    ("llmdp-v0.19-deepseek-v2-lite-tp1", 1.93), ("llmdp-v0.19-qwen3-30b-a3b-tp1", 2.68),
+    ("llmdp-v0.19-mixtral-8x7b-tp2", 1.21)])
+def test_moe_activations_logged_by_vllm_0_19_on_h100(log_id: str, logged: float) -> None:
+    # llm-d-planner's vLLM 0.19.0 H100 logs (URLs in vllm_logs.json): sampler pass + TritonExperts' workspace + the
+    # batch's hidden states; DeepSeek-V2-Lite 1.41 + 0.45 + 0.06 = 1.91 GiB against 1.93 (the old
+    # top_k x (3w + K) figure gave 2.04), Qwen3-30B-A3B 2.09 + 0.50 + 0.06 = 2.65 against 2.68
+    log = LOGS[log_id]
+    assert log["activation_gib"] == logged
+    spec = get_preset(log["model"])
+    term = VllmProfile("0.19").activation(Stage(spec, log["tensor_parallel"], 1, (0, spec.num_layers), True),
+                                          BatchLimits(log["max_num_batched_tokens"], log["max_num_seqs"]))
+    print(f"{log_id}: {term.bytes / GIB:.2f} GiB predicted, {logged} logged")
+    assert abs(term.bytes / GIB - logged) <= 0.035
+
+
+def test_deepseek_v3_on_8_h200s_has_the_kv_cache_the_workspace_leaves() -> None:
+    # the shipped FP8 checkpoint on 8 x H200 at vLLM 0.19's defaults (8192 tokens, 1024 sequences): the KV pool of
+    # each rank is 0.78 GiB smaller than with the old figure, 632,048 tokens instead of 643,984
+    preset = get_preset_info("deepseek-v3")
+    scheme = scheme_from_quantization_config(preset.quantization_config or {})
+    result = plan(get_preset("deepseek-v3"), Hardware(get_device("h200").planning_bytes, 8, "h200"),
+                  Workload(32768, 1), PlanOptions(engine_version="0.19", scheme=scheme))
+    assert result.primary.kv_capacity_tokens == 632_048
+    assert "TritonExperts" in result.activation.basis
