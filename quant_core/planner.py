@@ -48,9 +48,11 @@ from quant_core.engines import ENGINES, BatchLimits, EngineProfile, KVCapacity, 
 from quant_core.engines.vllm import (
     EMBEDDING_ON_EVERY_STAGE,
     MAMBA_CACHE_MODES,
+    QWEN3_VL_V011_UNMODELLED,
     dsa_block_size,
     expert_width_refusal,
     mlp_width_refusal,
+    qwen_encoder_dummy,
     qwen_vision_refusal,
 )
 from quant_core.engines.vllm import mamba_cache_mode as vllm_mamba_cache_mode
@@ -1066,7 +1068,7 @@ def plan(spec: ModelSpec, hardware: Hardware, workload: Workload | None = None,
     engine = get_engine(options.engine, options.engine_version)
     notes: list[str] = []
     options = _engine_block_size(spec, engine, options, notes)
-    limits = _batch_limits(engine, hardware, options)
+    limits = replace(_batch_limits(engine, hardware, options), max_model_len=workload.context_length)
     evaluator = _Evaluator(spec, options, usable, engine, limits)
 
     baseline = _policy_scheme(float_format(options.float_format), policy)
@@ -1181,6 +1183,29 @@ def _policy_scheme(weight_format: WeightFormat, policy: QuantizationPolicy) -> W
     return scheme_of(weight_format, policy.unquantized_format, policy.quantized_roles)
 
 
+def _qwen_vision_note(spec: ModelSpec, hardware: Hardware, options: PlanOptions, workload: Workload) -> str:
+    """What the plan charges for vLLM's profiling of a Qwen2.5-VL or Qwen3-VL vision tower (`qwen_encoder_dummy`)."""
+    family = "Qwen2.5-VL" if isinstance(spec.vision, QwenVisionTower) else "Qwen3-VL"
+    counted = f"{family}'s vision tower is counted in the weights at 16 bits"
+    engine = get_engine(options.engine, options.engine_version)
+    if engine is None:
+        return (f"{counted}, but the activations of an engine's profiling run over a batch of dummy images through it "
+                "are not in the generic estimate: vLLM reserves that peak too, so leave headroom for it.")
+    batched = _batch_limits(engine, hardware, options).max_batched_tokens
+    dummy = qwen_encoder_dummy(spec, engine.version, batched, workload.context_length)
+    if dummy is None:
+        return f"{counted}; {QWEN3_VL_V011_UNMODELLED}."
+    note = (f"{counted}, and the activations include vLLM {engine.version}'s profiling of it: {dummy.items} dummy "
+            f"{dummy.modality} item(s) of {dummy.tokens_per_item} tokens ({dummy.patches} patches of the image "
+            "processor's largest image) encoded before the text pass, the peak of the two charged.")
+    pair = qwen_encoder_dummy(spec, engine.version, batched, 1)
+    if isinstance(spec.vision, QwenVisionTower) and pair is not None:
+        note += (f" vLLM sizes that dummy video by max_model_len (one more pair of frames, {pair.tokens_per_item} "
+                 f"tokens, per {pair.tokens_per_item} tokens of context, up to 14 frames): it is charged at the "
+                 "requested context, so a longest context solved beyond it would reserve more.")
+    return note
+
+
 def _warnings(spec: ModelSpec, hardware: Hardware, workload: Workload, options: PlanOptions, tensor_parallel: int,
               primary: FormatPlan, comparison: dict[str, FormatPlan]) -> tuple[str, ...]:
     """Plain-words remarks a deployment engineer should not miss."""
@@ -1234,10 +1259,7 @@ def _warnings(spec: ModelSpec, hardware: Hardware, workload: Workload, options: 
                    f"heads nor is a multiple of them (to replicate them): engines such as vLLM refuse this "
                    f"layout; the KV figures assume {-(-kv_heads // tensor_parallel)} head(s) per device.")
     if isinstance(spec.vision, QwenVisionTower | Qwen3VisionTower):
-        family = "Qwen2.5-VL" if isinstance(spec.vision, QwenVisionTower) else "Qwen3-VL"
-        out.append(f"{family}'s vision tower is counted in the weights at 16 bits, but the activations of vLLM's "
-                   "profiling run over a batch of dummy images through it are not modelled: the engine reserves that "
-                   "peak too, so leave headroom for it.")
+        out.append(_qwen_vision_note(spec, hardware, options, workload))
     if spec.layout == "llama4":
         out.append("Llama 4's chunked local attention layers (its RoPE layers, attention_chunk_size tokens each) are "
                    "planned as full attention: vLLM allocates them the whole context while its hybrid KV cache "

@@ -40,10 +40,13 @@ class Stage:
 
 @dataclass(frozen=True, slots=True)
 class BatchLimits:
-    """The engine's scheduler limits: tokens in one step and sequences in one batch."""
+    """The engine's scheduler limits: tokens in one step and sequences in one batch, and the context the engine is
+    started with (``max_model_len``; None: not known, the model's trained context is taken where a term needs it:
+    vLLM sizes a multimodal model's dummy video by it)."""
 
     max_batched_tokens: int
     max_num_seqs: int
+    max_model_len: int | None = None
 
 
 @dataclass(frozen=True, slots=True)

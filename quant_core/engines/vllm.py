@@ -220,6 +220,122 @@ def _deepstack_buffer_bytes(spec: ModelSpec, tokens: int) -> int:
     return spec.vision.deepstack_mergers * tokens * spec.hidden_size * ACTIVATION_ELEMENT_BYTES
 
 
+#: the largest image, in pixels, the Hugging Face image processor of each Qwen vision-language model type resizes to,
+#: from the published checkpoints' preprocessor_config.json (the same for every size of a family): Qwen2.5-VL's
+#: ``max_pixels`` 12,845,056 (3,584 x 3,584) and Qwen3-VL's ``size.longest_edge`` 16,777,216 (4,096 x 4,096).  vLLM's
+#: ``get_image_size_with_most_features`` (qwen2_vl.py) builds its dummy image from it
+QWEN_VL_MAX_IMAGE_PIXELS: dict[str, int] = {"qwen2_5_vl": 12845056, "qwen3_vl": 16777216, "qwen3_vl_moe": 16777216}
+#: Qwen3-VL's video processor (video_preprocessor_config.json ``size.longest_edge``): 25,165,824 pixels over a
+#: temporal patch of frames; vLLM 0.19 and 0.33 (qwen3_vl.py, get_max_video_tokens) size the dummy video as two frames
+#: of ``longest_edge // temporal_patch_size`` pixels
+QWEN3_VL_MAX_VIDEO_PIXELS = 25165824
+#: the most frames of a dummy video: qwen2_vl.py ``_MAX_FRAMES_PER_VIDEO`` (Qwen2-VL and Qwen2.5-VL, v0.11 to v0.33)
+QWEN2_VL_MAX_DUMMY_FRAMES = 14
+#: why vLLM 0.11's profiling of a Qwen3-VL model is not sized: its dummy video is as many frames as fit max_model_len
+#: after the video processor's own resize (qwen3_vl.py ``_get_vision_info`` with ``video_smart_resize``, frames up to
+#: 24,576), its budget counts 12.5 placeholder tokens per video token (``get_max_video_tokens``), and profile_run
+#: widens the encoder outputs to that budget's rows (``output.new_zeros((encoder_budget, hidden))``)
+QWEN3_VL_V011_UNMODELLED = (
+    "vLLM 0.11 profiles a Qwen3-VL model with a dummy video sized by the video processor's resize and counted at 12.5 "
+    "placeholder tokens per video token, then widens the encoder outputs it keeps to that budget: nibble does not size "
+    "that reservation, which can be several GiB; plan it on vLLM 0.19 or 0.33, whose image dummy is modelled")
+#: the HF image processor's float32 pixel_values, moved to the GPU as they are (_get_mm_dummy_batch)
+PIXEL_VALUE_BYTES = 4
+
+
+@dataclass(frozen=True, slots=True)
+class EncoderDummy:
+    """The multimodal batch vLLM's ``GPUModelRunner.profile_run`` encodes before the text pass: `items` dummy items
+    of `modality`, each of `tokens_per_item` encoder output rows (merged patches), for an encoder budget of `budget`
+    tokens (``MultiModalBudget.get_encoder_budget``: ``max(max_num_batched_tokens, largest item's tokens)``), and the
+    `patches` the vision tower runs over."""
+
+    modality: str
+    items: int
+    tokens_per_item: int
+    budget: int
+    patches: int
+
+
+def qwen_encoder_dummy(spec: ModelSpec, version: str, max_batched_tokens: int,
+                       max_model_len: int) -> EncoderDummy | None:
+    """The dummy batch vLLM `version` profiles a Qwen2.5-VL or Qwen3-VL model with (None for other models).
+
+    Every dummy frame or image is the processor's largest (`QWEN_VL_MAX_IMAGE_PIXELS`): ``G = max_pixels / patch^2 /
+    merge^2`` tokens per temporal group of frames (16,384 for both families).  The modality with the most tokens per
+    item is profiled (``get_modality_with_max_tokens``, a tie to "video"):
+
+    * Qwen2.5-VL (qwen2_vl.py, ``get_num_frames_with_most_features``): a video of as many frames as fit
+      ``max_model_len`` tokens, at most 14: ``max(1, min(7, max_model_len // G))`` groups of G tokens;
+    * Qwen3-VL from 0.19: an image of G tokens (its dummy video, two frames of the video processor's
+      ``longest_edge / 2`` pixels, has fewer); in 0.11 none (`QWEN3_VL_V011_UNMODELLED`).
+
+    ``budget = max(max_num_batched_tokens, item tokens)`` (encoder_cache_manager.py ``compute_mm_encoder_budget``;
+    ``encoder_cache_size`` and ``max_num_encoder_input_tokens`` default to ``max_num_batched_tokens``) and
+    ``items = budget // item tokens`` (encoder_budget.py ``_get_max_items``; the decoder's limit is never lower)."""
+    tower = spec.vision
+    if not isinstance(tower, QwenVisionTower | Qwen3VisionTower) or spec.model_type not in QWEN_VL_MAX_IMAGE_PIXELS \
+            or (isinstance(tower, Qwen3VisionTower) and version == "0.11"):
+        return None
+    merge, temporal = tower.spatial_merge_size, tower.temporal_patch_size
+    per_group = QWEN_VL_MAX_IMAGE_PIXELS[spec.model_type] // tower.patch_size ** 2 // merge ** 2
+    if isinstance(tower, QwenVisionTower):
+        groups = max(1, min(QWEN2_VL_MAX_DUMMY_FRAMES // temporal, max_model_len // per_group))
+        modality, tokens = "video", groups * per_group
+    else:
+        video = QWEN3_VL_MAX_VIDEO_PIXELS // temporal // tower.patch_size ** 2 // merge ** 2
+        modality, tokens = ("image", per_group) if per_group > video else ("video", video)
+    budget = max(max_batched_tokens, tokens)
+    items = max(1, budget // tokens)
+    return EncoderDummy(modality, items, tokens, budget, items * tokens * merge ** 2)
+
+
+def qwen_encoder_profile(spec: ModelSpec, version: str, tensor_parallel: int, max_batched_tokens: int,
+                         max_model_len: int) -> tuple[int, int, str] | None:
+    """(Peak bytes while the vision tower encodes vLLM's dummy batch, bytes it leaves held under the text pass that
+    follows, basis) on one rank, for a Qwen2.5-VL or Qwen3-VL model (None for other models).
+
+    Over the dummy batch's ``n`` patches (`qwen_encoder_dummy`), at 2 bytes an element, ``t`` ranks splitting the
+    heads and the MLP's width (``mm_encoder_tp_mode`` "weights"), hidden ``H`` and MLP width ``I``:
+
+    * the float32 ``pixel_values`` (``n x channels x temporal x patch^2 x 4``): ``profile_run`` keeps the batch
+      (``batched_dummy_mm_inputs``) until it returns, so they are held under the text pass too;
+    * one block's peak (the blocks run one after another): attention ``3H + 8H/t`` (the block input, its norm, the
+      fused qkv, the q/k copy rotated and its rotation, the attention output and its contiguous copy, proj's output:
+      ``Qwen2_5_VisionAttention.forward``); Qwen2.5-VL's SwiGLU MLP ``4H + 3I/t`` (input, fused-norm output and
+      residual, gate_up, its activation and down_proj's output, ``Qwen2_5_VisionBlock``); Qwen3-VL's GELU MLP
+      ``max(2H + 2I/t, 3H + I/t)`` (``Qwen3_VisionMLP``: linear_fc1's output is freed once activated);
+    * Qwen3-VL's deepstack features (``n/4 x projection`` per deepstack merger) held under the later blocks;
+    * the merged output kept in the encoder cache (``n/4 x projection``, times ``1 + deepstack mergers`` for Qwen3-VL,
+      which concatenates them), which vLLM 0.11 widens to the budget's rows when an item has fewer
+      (``expanded = output.new_zeros((encoder_budget, hidden))``; Qwen2.5-VL's item is the budget)."""
+    tower = spec.vision
+    dummy = qwen_encoder_dummy(spec, version, max_batched_tokens, max_model_len)
+    if dummy is None or not isinstance(tower, QwenVisionTower | Qwen3VisionTower):
+        return None
+    patches, hidden, width = dummy.patches, tower.hidden_size, tower.intermediate_size // tensor_parallel
+    pixels = patches * tower.num_channels * tower.temporal_patch_size * tower.patch_size ** 2 * PIXEL_VALUE_BYTES
+    attention = 3 * hidden + 8 * (hidden // tensor_parallel)
+    if isinstance(tower, QwenVisionTower):
+        mlp, deepstack_levels = 4 * hidden + 3 * width, 0
+    else:
+        mlp, deepstack_levels = max(2 * hidden + 2 * width, 3 * hidden + width), tower.deepstack_mergers
+    block = patches * max(attention, mlp) * ACTIVATION_ELEMENT_BYTES
+    rows = dummy.items * dummy.tokens_per_item
+    deepstack = deepstack_levels * rows * tower.projection_size * ACTIVATION_ELEMENT_BYTES
+    kept_rows = dummy.items * (dummy.budget if version == "0.11" else dummy.tokens_per_item)
+    output = kept_rows * tower.projection_size * (1 + deepstack_levels) * ACTIVATION_ELEMENT_BYTES
+    peak, held = pixels + block + deepstack, pixels + output
+    basis = (f"vLLM {version} first encodes {dummy.items} dummy {dummy.modality} item(s) of {dummy.tokens_per_item} "
+             f"tokens (encoder budget {dummy.budget} tokens at max_model_len {max_model_len}; {patches} patches "
+             f"of the processor's largest image): {peak / GIB:.2f} GiB at the vision tower's peak (float32 "
+             f"pixel_values {pixels / GIB:.2f} GiB, one block's activations {block / GIB:.2f} GiB"
+             + (f", deepstack features {deepstack / GIB:.2f} GiB" if deepstack else "")
+             + f"), then holds {held / GIB:.2f} GiB (the pixel_values and the encoder cache's outputs) under the text "
+             "pass (gpu_model_runner.profile_run, _get_mm_dummy_batch, embed_multimodal)")
+    return peak, held, basis
+
+
 def linear_attention_refusal(spec: ModelSpec, tensor_parallel: int) -> str | None:
     """Why vLLM cannot split a hybrid (Qwen3-Next) model's Gated DeltaNet layers or experts over `tensor_parallel`
     ranks (None: it can).  gdn_linear_attn.py (qwen3_next.py in v0.11), ``GatedDeltaNetAttention``: ``dt_bias`` and
@@ -569,7 +685,15 @@ class VllmProfile:
             forward += logits
             basis += (f"; the forward pass includes the indexer's {logits / GIB:.2f} GiB logits dummy of the profiling "
                       "run (sparse_attn_indexer.py, VLLM_SPARSE_INDEXER_MAX_LOGITS_MB)")
-        return Term(max(forward, sampler) + deepstack + topk_buffer, basis)
+        text = max(forward, sampler) + deepstack + topk_buffer
+        max_model_len = limits.max_model_len or spec.max_position_embeddings or tokens
+        encoder = qwen_encoder_profile(spec, self._version, stage.tensor_parallel, tokens, max_model_len)
+        if encoder is None:
+            return Term(text, basis)
+        encoding, kept, encoder_basis = encoder
+        total = max(encoding + deepstack + topk_buffer, kept + text)
+        return Term(total, f"max(the multimodal dummy batch through the vision tower, the text pass beside what it "
+                           f"leaves held): {encoder_basis}; the text pass: {basis}")
 
     def non_torch(self, stage: Stage) -> Term:
         """Memory outside PyTorch's allocator that grows during loading and profiling
