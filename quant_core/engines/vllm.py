@@ -239,8 +239,10 @@ QWEN3_VL_V011_UNMODELLED = (
     "vLLM 0.11 profiles a Qwen3-VL model with a dummy video sized by the video processor's resize and counted at 12.5 "
     "placeholder tokens per video token, then widens the encoder outputs it keeps to that budget: nibble does not size "
     "that reservation, which can be several GiB; plan it on vLLM 0.19 or 0.33, whose image dummy is modelled")
-#: the HF image processor's float32 pixel_values, moved to the GPU as they are (_get_mm_dummy_batch)
-PIXEL_VALUE_BYTES = 4
+#: the dummy batch's pixel_values arrive at the model's dtype: vLLM casts a processor's floating outputs to it
+#: (multimodal/processing context.py ``call_hf_processor``, "emulates output.to(dtype=self.model_config.dtype)", in
+#: 0.11, 0.19 and 0.33), so the tower's own ``x.to(dtype=self.dtype)`` makes no copy
+PIXEL_VALUE_BYTES = ACTIVATION_ELEMENT_BYTES
 
 
 @dataclass(frozen=True, slots=True)
@@ -298,12 +300,16 @@ def qwen_encoder_profile(spec: ModelSpec, version: str, tensor_parallel: int, ma
     Over the dummy batch's ``n`` patches (`qwen_encoder_dummy`), at 2 bytes an element, ``t`` ranks splitting the
     heads and the MLP's width (``mm_encoder_tp_mode`` "weights"), hidden ``H`` and MLP width ``I``:
 
-    * the float32 ``pixel_values`` (``n x channels x temporal x patch^2 x 4``): ``profile_run`` keeps the batch
-      (``batched_dummy_mm_inputs``) until it returns, so they are held under the text pass too;
-    * one block's peak (the blocks run one after another): attention ``3H + 8H/t`` (the block input, its norm, the
-      fused qkv, the q/k copy rotated and its rotation, the attention output and its contiguous copy, proj's output:
-      ``Qwen2_5_VisionAttention.forward``); Qwen2.5-VL's SwiGLU MLP ``4H + 3I/t`` (input, fused-norm output and
-      residual, gate_up, its activation and down_proj's output, ``Qwen2_5_VisionBlock``); Qwen3-VL's GELU MLP
+    * the ``pixel_values`` (``n x channels x temporal x patch^2 x 2``, `PIXEL_VALUE_BYTES`): ``profile_run`` keeps
+      the batch (``batched_dummy_mm_inputs``) until it returns, so they are held under the text pass too;
+    * one block's peak (the blocks run one after another, eagerly: ``compile_mm_encoder`` is off by default, and with
+      ``custom_ops`` "none", the default under torch.compile, RMSNorm and SiluAndMul run their PyTorch-native
+      forms): attention ``3H + 8H/t`` in 0.19 and 0.33 (the block input, its norm, the fused qkv, the q/k copy
+      rearranged for the rotation and its rotation, the attention output, proj's output:
+      ``Qwen2_5_VisionAttention.forward``), ``3H + 9H/t`` in 0.11 (q, k and v made contiguous, then q and k
+      concatenated and rotated); Qwen2.5-VL's SwiGLU MLP ``max(4H + 4I/t, 5H + 3I/t)`` (the block input, the attention
+      output, the native add-RMSNorm's residual and output, gate_up, and SiluAndMul's silu beside its product, then
+      the product and down_proj's output: ``Qwen2_5_VisionBlock``, ``Qwen2_5_VisionMLP``); Qwen3-VL's GELU MLP
       ``max(2H + 2I/t, 3H + I/t)`` (``Qwen3_VisionMLP``: linear_fc1's output is freed once activated);
     * Qwen3-VL's deepstack features (``n/4 x projection`` per deepstack merger) held under the later blocks;
     * the merged output kept in the encoder cache (``n/4 x projection``, times ``1 + deepstack mergers`` for Qwen3-VL,
@@ -315,9 +321,9 @@ def qwen_encoder_profile(spec: ModelSpec, version: str, tensor_parallel: int, ma
         return None
     patches, hidden, width = dummy.patches, tower.hidden_size, tower.intermediate_size // tensor_parallel
     pixels = patches * tower.num_channels * tower.temporal_patch_size * tower.patch_size ** 2 * PIXEL_VALUE_BYTES
-    attention = 3 * hidden + 8 * (hidden // tensor_parallel)
+    attention = 3 * hidden + (9 if version == "0.11" else 8) * (hidden // tensor_parallel)
     if isinstance(tower, QwenVisionTower):
-        mlp, deepstack_levels = 4 * hidden + 3 * width, 0
+        mlp, deepstack_levels = max(4 * hidden + 4 * width, 5 * hidden + 3 * width), 0
     else:
         mlp, deepstack_levels = max(2 * hidden + 2 * width, 3 * hidden + width), tower.deepstack_mergers
     block = patches * max(attention, mlp) * ACTIVATION_ELEMENT_BYTES
@@ -328,7 +334,7 @@ def qwen_encoder_profile(spec: ModelSpec, version: str, tensor_parallel: int, ma
     peak, held = pixels + block + deepstack, pixels + output
     basis = (f"vLLM {version} first encodes {dummy.items} dummy {dummy.modality} item(s) of {dummy.tokens_per_item} "
              f"tokens (encoder budget {dummy.budget} tokens at max_model_len {max_model_len}; {patches} patches "
-             f"of the processor's largest image): {peak / GIB:.2f} GiB at the vision tower's peak (float32 "
+             f"of the processor's largest image): {peak / GIB:.2f} GiB at the vision tower's peak ("
              f"pixel_values {pixels / GIB:.2f} GiB, one block's activations {block / GIB:.2f} GiB"
              + (f", deepstack features {deepstack / GIB:.2f} GiB" if deepstack else "")
              + f"), then holds {held / GIB:.2f} GiB (the pixel_values and the encoder cache's outputs) under the text "
