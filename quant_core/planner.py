@@ -891,6 +891,35 @@ def _max_context(evaluator: _Evaluator, layout: _Layout, fits: Callable[[int, in
     return longest, "memory"
 
 
+def _max_context_started_at_it(evaluator: _Evaluator, terms: _ModelTerms, layout: _Layout,
+                               fits: Callable[[int, int], bool], workload: Workload) -> tuple[int | None, str]:
+    """The longest context that fits when the engine is started with it as its ``max_model_len``.
+
+    Most engine terms do not depend on the context, and `_max_context` answers with the plan's own predicate.  When
+    the engine's profiling peak grows with ``max_model_len`` (`EngineProfile.activation_context_steps`: vLLM's dummy
+    video for Qwen2.5-VL), the contexts are cut at those steps, the activation is constant within each range, and the
+    answer is the longest context that fits within its own range's activation."""
+    sequences = workload.concurrent_sequences
+    engine = evaluator.engine
+    steps = () if engine is None or evaluator.options.activation_bytes is not None else \
+        engine.activation_context_steps(evaluator.spec, evaluator.limits)
+    if not steps:
+        return _max_context(evaluator, layout, fits, sequences)
+    best: tuple[int | None, str] = (None, "memory")
+    for low, high in zip((1, *steps), (*(step - 1 for step in steps), None), strict=True):
+        ranged = _Evaluator(evaluator.spec, evaluator.options, evaluator.usable_bytes, engine,
+                            replace(evaluator.limits, max_model_len=low))
+        longest, limited_by = _max_context(ranged, layout, terms.fits_predicate(ranged, layout.tensor_parallel,
+                                                                                layout.pipeline_parallel), sequences)
+        if longest is None or longest < low:
+            continue
+        if high is not None and longest > high:
+            longest, limited_by = high, "memory"
+        if best[0] is None or longest > best[0]:
+            best = (longest, limited_by)
+    return best
+
+
 def _max_sequences(evaluator: _Evaluator, layout: _Layout, fits: Callable[[int, int], bool],
                    context_length: int) -> int:
     # Upper bound: activations are never negative, so no stage holds more sequences than its
@@ -1005,7 +1034,7 @@ def _format_plan(terms: _ModelTerms, hardware: Hardware, workload: Workload, ten
         devices.extend(DevicePlan(stage * tensor_parallel + rank, stage, rank, *same, unread_weights_bytes=unread)
                        for rank in range(tensor_parallel))
     fits = terms.fits_predicate(evaluator, tensor_parallel, options.pipeline_parallel)
-    max_context, limited_by = _max_context(evaluator, layout, fits, workload.concurrent_sequences)
+    max_context, limited_by = _max_context_started_at_it(evaluator, terms, layout, fits, workload)
     max_sequences = _max_sequences(evaluator, layout, fits, workload.context_length)
     pool, capacity = _kv_capacity(evaluator, layout, stage_terms, workload.context_length)
     refusal = (evaluator.engine.refusal(terms.spec, tensor_parallel, options.pipeline_parallel)
@@ -1201,8 +1230,8 @@ def _qwen_vision_note(spec: ModelSpec, hardware: Hardware, options: PlanOptions,
     pair = qwen_encoder_dummy(spec, engine.version, batched, 1)
     if isinstance(spec.vision, QwenVisionTower) and pair is not None:
         note += (f" vLLM sizes that dummy video by max_model_len (one more pair of frames, {pair.tokens_per_item} "
-                 f"tokens, per {pair.tokens_per_item} tokens of context, up to 14 frames): it is charged at the "
-                 "requested context, so a longest context solved beyond it would reserve more.")
+                 f"tokens, per {pair.tokens_per_item} tokens of context, up to 14 frames): the plan charges the "
+                 "requested context's, and the longest context is solved with the video each context would get.")
     return note
 
 

@@ -80,6 +80,11 @@ class EngineProfile(Protocol):
         """Peak activation bytes the engine's profiling run measures on one device of `stage`."""
         ...
 
+    def activation_context_steps(self, spec: ModelSpec, limits: BatchLimits) -> tuple[int, ...]:
+        """The ``max_model_len`` values, ascending, from which `activation` grows for `spec` (its profiling run
+        sizes a dummy input by the context: vLLM's Qwen2.5-VL video); empty when the context plays no part."""
+        ...
+
     def non_torch(self, stage: Stage) -> Term:
         """Bytes outside PyTorch's allocator that the engine counts against its budget."""
         ...

@@ -701,6 +701,15 @@ class VllmProfile:
         return Term(total, f"max(the multimodal dummy batch through the vision tower, the text pass beside what it "
                            f"leaves held): {encoder_basis}; the text pass: {basis}")
 
+    def activation_context_steps(self, spec: ModelSpec, limits: BatchLimits) -> tuple[int, ...]:
+        """The contexts from which Qwen2.5-VL's dummy video gains a pair of frames (`qwen_encoder_dummy`: ``k x G``
+        for k = 2 to 7, G the tokens of one pair): the activation is constant between them.  Other models: none."""
+        pair = qwen_encoder_dummy(spec, self._version, limits.max_batched_tokens, 1)
+        if pair is None or not isinstance(spec.vision, QwenVisionTower):
+            return ()
+        most = QWEN2_VL_MAX_DUMMY_FRAMES // spec.vision.temporal_patch_size
+        return tuple(groups * pair.tokens_per_item for groups in range(2, most + 1))
+
     def non_torch(self, stage: Stage) -> Term:
         """Memory outside PyTorch's allocator that grows during loading and profiling
         (`memory_profiling`'s ``non_torch_increase``), as the release's public logs show it per

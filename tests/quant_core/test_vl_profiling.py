@@ -12,6 +12,7 @@ import pytest
 from quant_core.catalog import get_device, get_preset
 from quant_core.engines import BatchLimits, Stage
 from quant_core.engines.vllm import VllmProfile, qwen_encoder_dummy, qwen_encoder_profile
+from quant_core.formats import int4
 from quant_core.planner import Hardware, PlanOptions, Workload, plan
 from quant_core.specs import ModelSpec
 
@@ -149,7 +150,37 @@ def test_the_plan_charges_the_dummy_video_of_the_requested_context() -> None:
     assert long.primary.devices[0].activation_bytes == encoder[0]
     assert long.primary.devices[0].activation_bytes > short.primary.devices[0].activation_bytes + 6 * GIB
     assert any("1 dummy video item(s) of 114688 tokens" in warning for warning in long.warnings)
-    assert any("charged at the requested context" in warning for warning in short.warnings)
+    assert any("the plan charges the requested context's" in warning for warning in short.warnings)
+
+
+def test_the_longest_context_is_solved_with_the_video_vllm_would_profile_at_it() -> None:
+    # Qwen2.5-VL-7B at bf16 on one L4: the dummy video grows by 16,384 tokens of frames from max_model_len 32,768 on,
+    # so a context that fits beside the one-pair video (charged at the 4,096 requested) may not fit beside its own.
+    # The answer is the longest context that fits when vLLM is started with it: each context range is solved with
+    # its own video, and the answer's own plan fits.
+    spec = get_preset("qwen2.5-vl-7b-instruct")
+    device = get_device("l4")
+    hardware = Hardware(device.planning_bytes, 1, "l4")
+    options = PlanOptions(weight_format=int4(128))
+    answer = plan(spec, hardware, Workload(4096, 1), options).primary
+    assert answer.max_context_length is not None
+    longest = answer.max_context_length
+    at_longest = plan(spec, hardware, Workload(longest, 1), options).primary
+    assert at_longest.fits
+    assert not plan(spec, hardware, Workload(longest + 1, 1), options).primary.fits
+    # the one-pair charge held for every context (the plan's activation at 4,096, given as runtime activation bytes)
+    # would have promised a context vLLM cannot start with
+    held = plan(spec, hardware, Workload(4096, 1),
+                replace(options, activation_bytes=answer.devices[0].activation_bytes)).primary.max_context_length
+    assert held is not None and held > longest
+    assert not plan(spec, hardware, Workload(held, 1), options).primary.fits
+    profile = VllmProfile("0.19")
+    limits = replace(profile.batch_limits(device.planning_bytes, "l4"), max_model_len=4096)
+    steps = profile.activation_context_steps(spec, limits)
+    assert steps == tuple(groups * 16384 for groups in range(2, 8))
+    print(f"Qwen2.5-VL-7B INT4 on an L4: longest context {longest} (activation at it "
+          f"{at_longest.devices[0].activation_bytes / GIB:.2f} GiB), {held} with the 4,096-token video held")
+    assert longest < 131072
 
 
 def test_mistral_3_and_llama_4_keep_the_text_only_profiling_term() -> None:
