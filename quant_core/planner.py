@@ -48,7 +48,6 @@ from quant_core.engines import ENGINES, BatchLimits, EngineProfile, KVCapacity, 
 from quant_core.engines.vllm import (
     EMBEDDING_ON_EVERY_STAGE,
     MAMBA_CACHE_MODES,
-    QWEN3_VL_V011_UNMODELLED,
     dsa_block_size,
     expert_width_refusal,
     mlp_width_refusal,
@@ -1222,11 +1221,15 @@ def _qwen_vision_note(spec: ModelSpec, hardware: Hardware, options: PlanOptions,
                 "are not in the generic estimate: vLLM reserves that peak too, so leave headroom for it.")
     batched = _batch_limits(engine, hardware, options).max_batched_tokens
     dummy = qwen_encoder_dummy(spec, engine.version, batched, workload.context_length)
-    if dummy is None:
-        return f"{counted}; {QWEN3_VL_V011_UNMODELLED}."
+    if dummy is None:  # a Qwen tower of a model type without a known processor
+        return (f"{counted}, but the activations of vLLM's profiling run over its dummy images are not sized: leave "
+                "headroom for them.")
     note = (f"{counted}, and the activations include vLLM {engine.version}'s profiling of it: {dummy.items} dummy "
             f"{dummy.modality} item(s) of {dummy.tokens_per_item} tokens ({dummy.patches} patches of the image "
             "processor's largest image) encoded before the text pass, the peak of the two charged.")
+    if isinstance(spec.vision, Qwen3VisionTower) and engine.version == "0.11":
+        note += (f" vLLM 0.11 counts that video at 12.5 tokens per token, an encoder budget of {dummy.budget} tokens, "
+                 "and widens the outputs it keeps to that many rows: they are charged too.")
     pair = qwen_encoder_dummy(spec, engine.version, batched, 1)
     if isinstance(spec.vision, QwenVisionTower) and pair is not None:
         note += (f" vLLM sizes that dummy video by max_model_len (one more pair of frames, {pair.tokens_per_item} "

@@ -31,7 +31,9 @@ its public start-up logs show, named where it is set.
 
 from __future__ import annotations
 
+import math
 import re
+from bisect import bisect_right
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -231,18 +233,58 @@ QWEN_VL_MAX_IMAGE_PIXELS: dict[str, int] = {"qwen2_5_vl": 12845056, "qwen3_vl": 
 QWEN3_VL_MAX_VIDEO_PIXELS = 25165824
 #: the most frames of a dummy video: qwen2_vl.py ``_MAX_FRAMES_PER_VIDEO`` (Qwen2-VL and Qwen2.5-VL, v0.11 to v0.33)
 QWEN2_VL_MAX_DUMMY_FRAMES = 14
-#: why vLLM 0.11's profiling of a Qwen3-VL model is not sized: its dummy video is as many frames as fit max_model_len
-#: after the video processor's own resize (qwen3_vl.py ``_get_vision_info`` with ``video_smart_resize``, frames up to
-#: 24,576), its budget counts 12.5 placeholder tokens per video token (``get_max_video_tokens``), and profile_run
-#: widens the encoder outputs to that budget's rows (``output.new_zeros((encoder_budget, hidden))``)
-QWEN3_VL_V011_UNMODELLED = (
-    "vLLM 0.11 profiles a Qwen3-VL model with a dummy video sized by the video processor's resize and counted at 12.5 "
-    "placeholder tokens per video token, then widens the encoder outputs it keeps to that budget: nibble does not size "
-    "that reservation, which can be several GiB; plan it on vLLM 0.19 or 0.33, whose image dummy is modelled")
+#: vLLM 0.11's Qwen3-VL dummy video (qwen3_vl.py): ``_MAX_FRAMES_PER_VIDEO`` frames at most, the frame loop starting
+#: at two (``_get_max_video_frames``), each resized by the video processor (`qwen3_vl_video_resize`) from the
+#: largest image; ``get_max_video_tokens`` counts 12.5 placeholder tokens per video token (a timestamp and the vision
+#: start and end tokens around each), which sizes the encoder budget, not the encoder's input
+QWEN3_VL_V011_MAX_DUMMY_FRAMES = 24576
+QWEN3_VL_V011_START_FRAMES = 2
+QWEN3_VL_V011_VIDEO_TOKEN_FACTOR = 12.5
+#: Qwen3-VL's video processor's ``size.shortest_edge`` (video_preprocessor_config.json), the resize's floor
+QWEN3_VL_MIN_VIDEO_PIXELS = 4096
 #: the dummy batch's pixel_values arrive at the model's dtype: vLLM casts a processor's floating outputs to it
 #: (multimodal/processing context.py ``call_hf_processor``, "emulates output.to(dtype=self.model_config.dtype)", in
 #: 0.11, 0.19 and 0.33), so the tower's own ``x.to(dtype=self.dtype)`` makes no copy
 PIXEL_VALUE_BYTES = ACTIVATION_ELEMENT_BYTES
+
+
+def qwen3_vl_video_resize(num_frames: int, side: int, factor: int, min_pixels: int, max_pixels: int) -> int:
+    """The side a square ``side x side`` dummy frame is resized to in a video of `num_frames` frames: transformers'
+    ``smart_resize`` of models/qwen3_vl/video_processing_qwen3_vl.py (vLLM 0.11's ``video_smart_resize``), which
+    bounds the whole clip's pixels (frames rounded to pairs) between `min_pixels` and `max_pixels`, in multiples of
+    `factor` (patch x merge)."""
+    side_bar = round(side / factor) * factor
+    frames_bar = round(num_frames / 2) * 2
+    if frames_bar * side_bar * side_bar > max_pixels:
+        beta = math.sqrt(num_frames * side * side / max_pixels)
+        return max(factor, math.floor(side / beta / factor) * factor)
+    if frames_bar * side_bar * side_bar < min_pixels:
+        beta = math.sqrt(min_pixels / (num_frames * side * side))
+        return math.ceil(side * beta / factor) * factor
+    return side_bar
+
+
+@lru_cache(maxsize=8)
+def _qwen3_vl_v011_video_table(side: int, patch: int, merge: int) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """(Tokens of a dummy video of n frames for n = 0 .. `QWEN3_VL_V011_MAX_DUMMY_FRAMES`, their running maximum
+    from the loop's first step on): vLLM 0.11's ``_get_max_video_frames`` stops before the first frame count whose
+    tokens exceed max_model_len, so the frames for a context are found by bisecting the running maximum."""
+    factor = patch * merge
+    tokens = [0] * (QWEN3_VL_V011_MAX_DUMMY_FRAMES + 1)
+    for frames in range(1, QWEN3_VL_V011_MAX_DUMMY_FRAMES + 1):
+        resized = qwen3_vl_video_resize(frames, side, factor, QWEN3_VL_MIN_VIDEO_PIXELS, QWEN3_VL_MAX_VIDEO_PIXELS)
+        tokens[frames] = -(-frames // 2) * (resized // patch) ** 2 // merge ** 2
+    running, highest = [], 0
+    for frames in range(QWEN3_VL_V011_START_FRAMES + 1, QWEN3_VL_V011_MAX_DUMMY_FRAMES + 1):
+        highest = max(highest, tokens[frames])
+        running.append(highest)
+    return tuple(tokens), tuple(running)
+
+
+def _qwen3_vl_v011_video(tower: Qwen3VisionTower, side: int, max_model_len: int) -> int:
+    """The frames of vLLM 0.11's Qwen3-VL dummy video at `max_model_len` (``get_num_frames_with_most_features``)."""
+    _tokens, running = _qwen3_vl_v011_video_table(side, tower.patch_size, tower.spatial_merge_size)
+    return QWEN3_VL_V011_START_FRAMES + bisect_right(running, max_model_len)
 
 
 @dataclass(frozen=True, slots=True)
@@ -270,25 +312,35 @@ def qwen_encoder_dummy(spec: ModelSpec, version: str, max_batched_tokens: int,
     * Qwen2.5-VL (qwen2_vl.py, ``get_num_frames_with_most_features``): a video of as many frames as fit
       ``max_model_len`` tokens, at most 14: ``max(1, min(7, max_model_len // G))`` groups of G tokens;
     * Qwen3-VL from 0.19: an image of G tokens (its dummy video, two frames of the video processor's
-      ``longest_edge / 2`` pixels, has fewer); in 0.11 none (`QWEN3_VL_V011_UNMODELLED`).
+      ``longest_edge / 2`` pixels, has fewer);
+    * Qwen3-VL in 0.11: a video of as many frames (from two, at most 24,576) as keep every shorter clip within
+      max_model_len tokens, each frame resized by the video processor (`qwen3_vl_video_resize`: 2 frames of 3,520
+      px below a 16,200-token context, 24,576 frames of 32 px from it), counted at 12.5 tokens per video token, so
+      the budget is ``int(12.5 x tokens)``.
 
     ``budget = max(max_num_batched_tokens, item tokens)`` (encoder_cache_manager.py ``compute_mm_encoder_budget``;
     ``encoder_cache_size`` and ``max_num_encoder_input_tokens`` default to ``max_num_batched_tokens``) and
     ``items = budget // item tokens`` (encoder_budget.py ``_get_max_items``; the decoder's limit is never lower)."""
     tower = spec.vision
-    if not isinstance(tower, QwenVisionTower | Qwen3VisionTower) or spec.model_type not in QWEN_VL_MAX_IMAGE_PIXELS \
-            or (isinstance(tower, Qwen3VisionTower) and version == "0.11"):
+    if not isinstance(tower, QwenVisionTower | Qwen3VisionTower) or spec.model_type not in QWEN_VL_MAX_IMAGE_PIXELS:
         return None
     merge, temporal = tower.spatial_merge_size, tower.temporal_patch_size
     per_group = QWEN_VL_MAX_IMAGE_PIXELS[spec.model_type] // tower.patch_size ** 2 // merge ** 2
+    counted = None
     if isinstance(tower, QwenVisionTower):
         groups = max(1, min(QWEN2_VL_MAX_DUMMY_FRAMES // temporal, max_model_len // per_group))
         modality, tokens = "video", groups * per_group
+    elif version == "0.11":
+        side = math.isqrt(QWEN_VL_MAX_IMAGE_PIXELS[spec.model_type])
+        frames = _qwen3_vl_v011_video(tower, side, max_model_len)
+        modality, tokens = "video", _qwen3_vl_v011_video_table(side, tower.patch_size, merge)[0][frames]
+        counted = int(tokens * QWEN3_VL_V011_VIDEO_TOKEN_FACTOR)
     else:
         video = QWEN3_VL_MAX_VIDEO_PIXELS // temporal // tower.patch_size ** 2 // merge ** 2
         modality, tokens = ("image", per_group) if per_group > video else ("video", video)
-    budget = max(max_batched_tokens, tokens)
-    items = max(1, budget // tokens)
+    counted = counted or tokens
+    budget = max(max_batched_tokens, counted)
+    items = max(1, budget // counted)
     return EncoderDummy(modality, items, tokens, budget, items * tokens * merge ** 2)
 
 
@@ -702,13 +754,20 @@ class VllmProfile:
                            f"leaves held): {encoder_basis}; the text pass: {basis}")
 
     def activation_context_steps(self, spec: ModelSpec, limits: BatchLimits) -> tuple[int, ...]:
-        """The contexts from which Qwen2.5-VL's dummy video gains a pair of frames (`qwen_encoder_dummy`: ``k x G``
-        for k = 2 to 7, G the tokens of one pair): the activation is constant between them.  Other models: none."""
+        """The contexts from which vLLM's dummy video changes (`qwen_encoder_dummy`): Qwen2.5-VL's gains a pair of
+        frames at ``k x G`` for k = 2 to 7 (G the tokens of one pair); vLLM 0.11's Qwen3-VL one jumps from 2 frames to
+        24,576 at 16,200 tokens.  The activation is constant between them.  Other models: none."""
+        tower = spec.vision
         pair = qwen_encoder_dummy(spec, self._version, limits.max_batched_tokens, 1)
-        if pair is None or not isinstance(spec.vision, QwenVisionTower):
+        if pair is None:
             return ()
-        most = QWEN2_VL_MAX_DUMMY_FRAMES // spec.vision.temporal_patch_size
-        return tuple(groups * pair.tokens_per_item for groups in range(2, most + 1))
+        if isinstance(tower, QwenVisionTower):
+            most = QWEN2_VL_MAX_DUMMY_FRAMES // tower.temporal_patch_size
+            return tuple(groups * pair.tokens_per_item for groups in range(2, most + 1))
+        if isinstance(tower, Qwen3VisionTower) and self._version == "0.11":
+            side = math.isqrt(QWEN_VL_MAX_IMAGE_PIXELS[spec.model_type])
+            return tuple(sorted(set(_qwen3_vl_v011_video_table(side, tower.patch_size, tower.spatial_merge_size)[1])))
+        return ()
 
     def non_torch(self, stage: Stage) -> Term:
         """Memory outside PyTorch's allocator that grows during loading and profiling

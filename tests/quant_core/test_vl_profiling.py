@@ -11,7 +11,7 @@ import pytest
 
 from quant_core.catalog import get_device, get_preset
 from quant_core.engines import BatchLimits, Stage
-from quant_core.engines.vllm import VllmProfile, qwen_encoder_dummy, qwen_encoder_profile
+from quant_core.engines.vllm import VllmProfile, qwen3_vl_video_resize, qwen_encoder_dummy, qwen_encoder_profile
 from quant_core.formats import int4
 from quant_core.planner import Hardware, PlanOptions, Workload, plan
 from quant_core.specs import ModelSpec
@@ -58,14 +58,38 @@ def test_qwen3_vl_profiles_its_largest_image_whatever_the_context(version: str) 
     assert larger is not None and (larger.items, larger.budget, larger.patches) == (2, 40000, 2 * 65536)
 
 
-def test_vllm_0_11_profiling_of_qwen3_vl_is_not_sized_and_the_plan_says_so() -> None:
-    # vLLM 0.11 sizes Qwen3-VL's dummy video by the video processor's resize and counts 12.5 placeholder tokens per
-    # video token, then widens the encoder outputs to that budget: nibble charges nothing it cannot derive, and says so.
+def test_vllm_0_11_profiles_qwen3_vl_with_a_video_resized_by_its_video_processor() -> None:
+    # vLLM 0.11's qwen3_vl.py: the dummy video starts at two frames of the largest image (4,096 px) and gains frames
+    # while every clip up to it stays within max_model_len tokens, at most 24,576; the video processor
+    # (video_preprocessor_config.json: size 4,096 to 25,165,824 px for the whole clip) shrinks each frame.
+    # Two frames: 3,520 px (220 x 220 patches of 16 px, one pair: 12,100 tokens); three: 2,880 px, two pairs,
+    # 16,200 tokens, the most of any frame count, so from a 16,200-token context the loop runs to the cap: 24,576
+    # frames of 32 px (2 x 2 patches), 12,288 tokens.  Each is counted at 12.5 tokens per token (a timestamp and the
+    # vision start/end around it): the encoder budget.
     spec = get_preset("qwen3-vl-4b-instruct")
-    assert qwen_encoder_dummy(spec, "0.11", 8192, 16000) is None
+    assert VllmProfile("0.11").activation_context_steps(spec, BatchLimits(8192, 1024, 16000)) == (16200,)
+    below = qwen_encoder_dummy(spec, "0.11", 8192, 16199)
+    above = qwen_encoder_dummy(spec, "0.11", 8192, 16200)
+    assert below is not None and above is not None
+    assert (below.modality, below.items, below.tokens_per_item, below.budget, below.patches) == (
+        "video", 1, 12100, 151250, 48400)
+    assert (above.tokens_per_item, above.budget, above.patches) == (12288, 153600, 49152)
+    # one item of 48,400 patches (H = 1,024, I = 4,096, 3 deepstack mergers, projection 2,560):
+    #   pixel_values 48,400 x 1,536 x 2 = 148,684,800
+    #   one block: max(0.11's attention 3H + 9H = 12,288, MLP max(2H + 2I, 3H + I) = 10,240) elements
+    #   x 2 x 48,400 = 1,189,478,400; deepstack features 3 x 12,100 x 2,560 x 2 = 185,856,000
+    #   outputs widened to the 151,250-row budget (profile_run's new_zeros((encoder_budget, hidden))):
+    #   151,250 x 2,560 x (1 + 3) x 2 = 3,097,600,000
+    profile = qwen_encoder_profile(spec, "0.11", 1, 8192, 16000)
+    assert profile is not None
+    assert profile[:2] == (148_684_800 + 1_189_478_400 + 185_856_000, 148_684_800 + 3_097_600_000)
     hardware = Hardware(get_device("h100-80gb").planning_bytes, 1, "h100-80gb")
-    warnings = plan(spec, hardware, Workload(16000, 1), PlanOptions(engine_version="0.11")).warnings
-    assert any("vLLM 0.11 profiles a Qwen3-VL model with a dummy video" in warning for warning in warnings)
+    answer = plan(spec, hardware, Workload(16000, 1), PlanOptions(engine_version="0.11"))
+    text = VllmProfile("0.11").activation(_stage(replace(spec, vision=None)), BatchLimits(8192, 1024, 16000)).bytes
+    deepstack = 3 * 8192 * 2560 * 2
+    # under the text pass (1,024 x 151,936 x 38-byte sampler, 5.6 GiB) vLLM still holds those 3.0 GiB
+    assert answer.primary.devices[0].activation_bytes == text + deepstack + profile[1]
+    assert any("encoder budget of 151250 tokens, and widens the outputs" in warning for warning in answer.warnings)
 
 
 def test_qwen2_5_vl_7b_encoder_bytes_follow_vllms_code() -> None:
@@ -193,3 +217,13 @@ def test_mistral_3_and_llama_4_keep_the_text_only_profiling_term() -> None:
         limits = BatchLimits(8192, 1024, 16000)
         assert VllmProfile("0.19").activation(_stage(spec), limits) == \
             VllmProfile("0.19").activation(_stage(replace(spec, vision=None)), limits)
+
+
+def test_the_qwen3_vl_video_resize_bounds_the_whole_clip() -> None:
+    # transformers' qwen3_vl video smart_resize (vLLM 0.11's video_smart_resize), square 4,096 px frames, factor 32,
+    # 4,096 to 25,165,824 px for the clip: 2 frames -> beta = sqrt(2 x 4,096^2 / 25,165,824) = 1.1547 -> 3,520 px;
+    # 3 frames -> sqrt(2) -> 2,880 px; 24,576 frames -> beta 128 -> 32 px, the floor of one factor; a 1-px frame
+    # pair is raised to the clip's minimum: sqrt(4,096 / 2) / 32 -> 64 px.
+    sizes = [qwen3_vl_video_resize(frames, 4096, 32, 4096, 25165824) for frames in (2, 3, 24576)]
+    assert sizes == [3520, 2880, 32]
+    assert qwen3_vl_video_resize(2, 32, 32, 4096, 25165824) == 64
