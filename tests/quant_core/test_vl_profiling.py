@@ -164,14 +164,15 @@ def test_on_an_h100_the_text_pass_stays_the_peak_beside_what_the_encoder_leaves(
 
 def test_the_plan_charges_the_dummy_video_of_the_requested_context() -> None:
     # Qwen2.5-VL-7B on one H100 at vLLM 0.19: at max_model_len 131,072 vLLM encodes 14 frames (114,688 tokens,
-    # 458,752 patches): 9.22 GiB of activations, against 2.45 GiB at 16,000; the plan's note says what it charged.
+    # 458,752 patches): 458,752 x (1,176 x 2 bytes of pixel_values + 18,800 x 2 of one block) = 18,328,059,904 bytes,
+    # 17.07 GiB of activations, against 2.45 GiB at 16,000; the plan's note says what it charged.
     spec = get_preset("qwen2.5-vl-7b-instruct")
     hardware = Hardware(get_device("h100-80gb").planning_bytes, 1, "h100-80gb")
     short = plan(spec, hardware, Workload(16000, 1), PlanOptions())
     long = plan(spec, hardware, Workload(131072, 1), PlanOptions())
     encoder = qwen_encoder_profile(spec, "0.19", 1, 8192, 131072)
     assert encoder is not None
-    assert long.primary.devices[0].activation_bytes == encoder[0]
+    assert long.primary.devices[0].activation_bytes == encoder[0] == 18_328_059_904
     assert long.primary.devices[0].activation_bytes > short.primary.devices[0].activation_bytes + 6 * GIB
     assert any("1 dummy video item(s) of 114688 tokens" in warning for warning in long.warnings)
     assert any("the plan charges the requested context's" in warning for warning in short.warnings)
