@@ -1299,9 +1299,13 @@ def _warnings(spec: ModelSpec, hardware: Hardware, workload: Workload, options: 
                    "with VLLM_ALLOW_CHUNKED_LOCAL_ATTN_WITH_HYBRID_KV_CACHE on they hold at most a chunk and a batch "
                    "of tokens, so the KV cache figures are an upper bound there.")
     if isinstance(spec.vision, PixtralVisionTower):
-        out.append("Mistral 3's Pixtral vision tower and projector are planned at 16 bits on every device, but the "
-                   "memory of image inputs is not: vLLM's profiling run for a multimodal model also encodes dummy "
-                   "images, and nibble charges the text-only profiling peak instead (for Mistral-Small-3.2 on vLLM "
-                   "0.11 it charges 4.91 GiB where vLLM logged 2.12 GiB, so its KV capacity is about 10 % under "
-                   "vLLM's); the image encoder's activations and encoder cache while serving images are not planned.")
+        out.append("Mistral 3's Pixtral vision tower and projector are planned at 16 bits on every device, and with "
+                   "vLLM the activations include its profiling run's dummy images through the tower (the largest "
+                   "image, as many as the batch budget holds; on vLLM 0.19 with the dense attention mask over their "
+                   "patches, PyTorch's attention workspace beside it not counted); for Mistral-Small-3.2 on vLLM "
+                   "0.11 nibble charges 5.09 GiB where vLLM logged 2.12 GiB, so its KV capacity is about 10 % under "
+                   "vLLM's there. The encoder cache while serving images is not planned.")
+    if isinstance(spec.vision, Llama4VisionTower):
+        out.append("Llama 4's vision tower is counted in the weights at 16 bits, but vLLM's profiling run over dummy "
+                   "images through it is not modelled: the engine reserves that peak too, so leave headroom for it.")
     return tuple(out)

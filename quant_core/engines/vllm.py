@@ -9,7 +9,10 @@ Where each term comes from (vLLM's repository, ``vllm/v1``):
 * ``worker/gpu_model_runner.py``, ``GPUModelRunner.profile_run``: the peak is measured on
   one dummy batch of ``max_num_batched_tokens`` tokens, then a sampler pass over
   ``min(max_num_seqs, max_num_batched_tokens)`` sequences on the last pipeline stage;
-  the workload's context length plays no part.
+  the workload's context length plays no part, except for a multimodal model, whose
+  vision tower first encodes a dummy batch of the processor's largest images or videos
+  (``_get_mm_dummy_batch``; `qwen_encoder_profile`, `pixtral_encoder_profile`), sized for
+  Qwen2.5-VL (and Qwen3-VL on 0.11) by ``max_model_len``.
 * ``core/kv_cache_utils.py``: layers are grouped by attention kind into groups of equal
   size; ``num_blocks = available // (page_size × layers per group)``; "GPU KV cache size"
   is ``num_blocks // groups × block_size`` tokens (v0.19), or ``max_concurrency ×
@@ -394,6 +397,67 @@ def qwen_encoder_profile(spec: ModelSpec, version: str, tensor_parallel: int, ma
     return peak, held, basis
 
 
+def pixtral_encoder_dummy(spec: ModelSpec, version: str, max_batched_tokens: int) -> EncoderDummy | None:
+    """The dummy batch vLLM `version` profiles a Mistral 3 model's Pixtral tower with (None for other models): images
+    of ``vision_config.image_size`` square (mistral3.py ``get_image_size_with_most_features``), each ``(image_size /
+    patch)^2`` patches and ``(image_size / (patch x merge))^2`` embeddings, counted with the ``[IMG_BREAK]`` closing
+    each row in vLLM 0.11 (``get_mm_max_contiguous_tokens``) and as embeddings from 0.19 (``get_num_embeds``), as many
+    as ``max(max_num_batched_tokens, one image) // one image``."""
+    tower = spec.vision
+    if not isinstance(tower, PixtralVisionTower):
+        return None
+    side = tower.image_size // tower.patch_size
+    merged = side // tower.spatial_merge_size
+    tokens = merged * merged
+    counted = merged * (merged + 1) if version == "0.11" else tokens
+    budget = max(max_batched_tokens, counted)
+    items = max(1, budget // counted)
+    return EncoderDummy("image", items, tokens, budget, items * side * side)
+
+
+def pixtral_encoder_profile(spec: ModelSpec, version: str, tensor_parallel: int,
+                            max_batched_tokens: int) -> tuple[int, int, str] | None:
+    """(Peak bytes while the Pixtral tower encodes vLLM's dummy images, bytes held under the text pass, basis) on one
+    rank of a Mistral 3 model (None for other models), over the batch's ``n`` patches at 2 bytes an element:
+
+    * the ``pixel_values`` (``channels x image_size^2`` per image, at the model's dtype), held to the end;
+    * in vLLM 0.19 only, the block-diagonal attention mask of all the patches, ``n x n`` at the model's dtype
+      (pixtral.py ``PixtralHFVisionModel.forward``: without xformers, which 0.11 requires and 0.19 no longer installs,
+      transformers' ``generate_block_attention_mask`` feeds ``scaled_dot_product_attention``; 0.33 runs varlen
+      attention over ``cu_seqlens``), held through every layer; PyTorch's own attention workspace is not counted;
+    * one block's peak: its gated MLP ``max(3H + 4I/t, 4H + 3I/t)`` (the block input, the residual sum, its norm,
+      gate_up, and the native SiluAndMul's silu beside its product, then down_proj's output:
+      ``PixtralHFTransformerBlock``, ``PixtralHFMLP``), above its attention;
+    * the projector's outputs kept in the encoder cache (``n/4 x projection``), widened to the budget's rows in 0.11."""
+    tower = spec.vision
+    dummy = pixtral_encoder_dummy(spec, version, max_batched_tokens)
+    if dummy is None or not isinstance(tower, PixtralVisionTower):
+        return None
+    patches, hidden, width = dummy.patches, tower.hidden_size, tower.intermediate_size // tensor_parallel
+    pixels = dummy.items * tower.num_channels * tower.image_size ** 2 * PIXEL_VALUE_BYTES
+    mask = patches * patches * ACTIVATION_ELEMENT_BYTES if version == "0.19" else 0
+    block = patches * max(3 * hidden + 4 * width, 4 * hidden + 3 * width) * ACTIVATION_ELEMENT_BYTES
+    kept_rows = dummy.items * (dummy.budget if version == "0.11" else dummy.tokens_per_item)
+    output = kept_rows * tower.projection_size * ACTIVATION_ELEMENT_BYTES
+    peak, held = pixels + mask + block, pixels + output
+    basis = (f"vLLM {version} first encodes {dummy.items} dummy image(s) of {tower.image_size} px ({patches} patches, "
+             f"{dummy.tokens_per_item} embeddings each; encoder budget {dummy.budget} tokens): {peak / GIB:.2f} GiB at "
+             f"the Pixtral tower's peak (pixel_values {pixels / GIB:.2f} GiB, "
+             + (f"the dense attention mask {mask / GIB:.2f} GiB, " if mask else "")
+             + f"one block's activations {block / GIB:.2f} GiB), then holds {held / GIB:.2f} GiB (the pixel_values "
+             "and the encoder cache's outputs) under the text pass (gpu_model_runner.profile_run, mistral3.py, "
+             "pixtral.py)")
+    return peak, held, basis
+
+
+def encoder_profile(spec: ModelSpec, version: str, tensor_parallel: int, max_batched_tokens: int,
+                    max_model_len: int) -> tuple[int, int, str] | None:
+    """`qwen_encoder_profile` or `pixtral_encoder_profile` for the model's tower; None for a model vLLM profiles
+    without images here (no tower, or a tower whose profiling nibble does not size: Llama 4's, Gemma 3's)."""
+    return (qwen_encoder_profile(spec, version, tensor_parallel, max_batched_tokens, max_model_len)
+            or pixtral_encoder_profile(spec, version, tensor_parallel, max_batched_tokens))
+
+
 def linear_attention_refusal(spec: ModelSpec, tensor_parallel: int) -> str | None:
     """Why vLLM cannot split a hybrid (Qwen3-Next) model's Gated DeltaNet layers or experts over `tensor_parallel`
     ranks (None: it can).  gdn_linear_attn.py (qwen3_next.py in v0.11), ``GatedDeltaNetAttention``: ``dt_bias`` and
@@ -745,7 +809,7 @@ class VllmProfile:
                       "run (sparse_attn_indexer.py, VLLM_SPARSE_INDEXER_MAX_LOGITS_MB)")
         text = max(forward, sampler) + deepstack + topk_buffer
         max_model_len = limits.max_model_len or spec.max_position_embeddings or tokens
-        encoder = qwen_encoder_profile(spec, self._version, stage.tensor_parallel, tokens, max_model_len)
+        encoder = encoder_profile(spec, self._version, stage.tensor_parallel, tokens, max_model_len)
         if encoder is None:
             return Term(text, basis)
         encoding, kept, encoder_basis = encoder
