@@ -425,9 +425,9 @@ def pixtral_encoder_profile(spec: ModelSpec, version: str, tensor_parallel: int,
       (pixtral.py ``PixtralHFVisionModel.forward``: without xformers, which 0.11 requires and 0.19 no longer installs,
       transformers' ``generate_block_attention_mask`` feeds ``scaled_dot_product_attention``; 0.33 runs varlen
       attention over ``cu_seqlens``), held through every layer; PyTorch's own attention workspace is not counted;
-    * one block's peak: its gated MLP ``max(3H + 4I/t, 4H + 3I/t)`` (the block input, the residual sum, its norm,
-      gate_up, and the native SiluAndMul's silu beside its product, then down_proj's output:
-      ``PixtralHFTransformerBlock``, ``PixtralHFMLP``), above its attention;
+    * one block's peak: its gated MLP ``max(4H + 4I/t, 5H + 3I/t)`` (the block input, the attention output still
+      bound to ``r``, the residual sum, its norm, gate_up, and the native SiluAndMul's silu beside its product, then
+      down_proj's output: ``PixtralHFTransformerBlock``, ``PixtralHFMLP``), above its attention;
     * the projector's outputs kept in the encoder cache (``n/4 x projection``), widened to the budget's rows in 0.11."""
     tower = spec.vision
     dummy = pixtral_encoder_dummy(spec, version, max_batched_tokens)
@@ -436,7 +436,7 @@ def pixtral_encoder_profile(spec: ModelSpec, version: str, tensor_parallel: int,
     patches, hidden, width = dummy.patches, tower.hidden_size, tower.intermediate_size // tensor_parallel
     pixels = dummy.items * tower.num_channels * tower.image_size ** 2 * PIXEL_VALUE_BYTES
     mask = patches * patches * ACTIVATION_ELEMENT_BYTES if version == "0.19" else 0
-    block = patches * max(3 * hidden + 4 * width, 4 * hidden + 3 * width) * ACTIVATION_ELEMENT_BYTES
+    block = patches * max(4 * hidden + 4 * width, 5 * hidden + 3 * width) * ACTIVATION_ELEMENT_BYTES
     kept_rows = dummy.items * (dummy.budget if version == "0.11" else dummy.tokens_per_item)
     output = kept_rows * tower.projection_size * ACTIVATION_ELEMENT_BYTES
     peak, held = pixels + mask + block, pixels + output

@@ -232,23 +232,23 @@ def test_mistral_3_encoder_bytes_follow_vllms_code() -> None:
     # One 1,540-px image on vLLM 0.19 (2,048 batched tokens): n = 12,100 patches, H = 1,024, I = 4,096:
     #   pixel_values 3 x 1,540^2 x 2 = 14,229,600
     #   the dense block-diagonal attention mask (no xformers in 0.19): 12,100^2 x 2 = 292,820,000
-    #   one block: max(3H + 4I = 19,456, 4H + 3I = 16,384) elements x 2 x 12,100 = 470,835,200
+    #   one block: max(4H + 4I = 20,480, 5H + 3I = 17,408) elements x 2 x 12,100 = 495,616,000
     #   outputs kept: 3,025 x 5,120 (the language model's width) x 2 = 30,976,000
     spec = get_preset("mistral-small-3.2-24b-instruct-2506")
     profile = pixtral_encoder_profile(spec, "0.19", 1, 2048)
     assert profile is not None
-    assert profile[:2] == (14_229_600 + 292_820_000 + 470_835_200, 14_229_600 + 30_976_000)
+    assert profile[:2] == (14_229_600 + 292_820_000 + 495_616_000, 14_229_600 + 30_976_000)
     assert "dense attention mask" in profile[2]
     # vLLM 0.11 (xformers' block-diagonal bias) and 0.33 (varlen attention over cu_seqlens) build no mask; 0.11
     # widens each image's 3,025 output rows to the 3,080-token budget
     for version, kept_rows in (("0.11", 3080), ("0.33", 3025)):
         other = pixtral_encoder_profile(spec, version, 1, 2048)
-        assert other is not None and other[:2] == (14_229_600 + 470_835_200, 14_229_600 + kept_rows * 5120 * 2)
+        assert other is not None and other[:2] == (14_229_600 + 495_616_000, 14_229_600 + kept_rows * 5120 * 2)
 
 
 def test_on_a_small_card_vllm_0_19_reserves_the_pixtral_mask_above_the_text_pass() -> None:
     # Mistral Small 3.2 at INT4 on an A100 40GB (2,048 batched tokens, 256 sequences) with vLLM 0.19: the text pass
-    # peaks at 0.49 GiB, the tower with its dense mask at 0.72 GiB: the plan reserves the latter, 0.23 GiB the
+    # peaks at 0.49 GiB, the tower with its dense mask at 0.75 GiB: the plan reserves the latter, 0.26 GiB the
     # text-only term promised to the KV cache.
     spec = get_preset("mistral-small-3.2-24b-instruct-2506")
     profile = VllmProfile("0.19")
