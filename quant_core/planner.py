@@ -67,6 +67,7 @@ from quant_core.specs import (
     Qwen3VisionTower,
     QwenVisionTower,
     TensorEntry,
+    VisionTower,
 )
 
 GIB = 1 << 30
@@ -1305,7 +1306,9 @@ def _warnings(spec: ModelSpec, hardware: Hardware, workload: Workload, options: 
                    "patches, PyTorch's attention workspace beside it not counted); for Mistral-Small-3.2 on vLLM "
                    "0.11 nibble charges 5.09 GiB where vLLM logged 2.12 GiB, so its KV capacity is about 10 % under "
                    "vLLM's there. The encoder cache while serving images is not planned.")
-    if isinstance(spec.vision, Llama4VisionTower):
-        out.append("Llama 4's vision tower is counted in the weights at 16 bits, but vLLM's profiling run over dummy "
-                   "images through it is not modelled: the engine reserves that peak too, so leave headroom for it.")
+    if isinstance(spec.vision, Llama4VisionTower | VisionTower):
+        family = "Llama 4" if isinstance(spec.vision, Llama4VisionTower) else "Gemma 3"
+        out.append(f"{family}'s vision tower is counted in the weights at 16 bits, but vLLM's profiling run over "
+                   "dummy images through it is not modelled: the engine reserves that peak too, so leave headroom for "
+                   "it.")
     return tuple(out)

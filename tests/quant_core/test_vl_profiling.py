@@ -20,8 +20,10 @@ from quant_core.engines.vllm import (
     qwen_encoder_profile,
 )
 from quant_core.formats import int4
+from quant_core.hf_config import model_from_hf_config
 from quant_core.planner import Hardware, PlanOptions, Workload, plan
 from quant_core.specs import ModelSpec
+from tests.quant_core.test_hf_config import GEMMA_3_27B_IT
 
 GIB = 1 << 30
 
@@ -262,7 +264,7 @@ def test_on_a_small_card_vllm_0_19_reserves_the_pixtral_mask_above_the_text_pass
     assert charged == encoder[0] > text + 0.2 * GIB
 
 
-def test_llama_4_keeps_the_text_only_profiling_term() -> None:
+def test_llama_4_and_gemma_3_keep_the_text_only_profiling_term_and_the_plan_says_so() -> None:
     # Llama 4's tower (mllama4.py) is not sized; the plan's note says its profiling is not modelled.
     spec = get_preset("llama-4-scout-17b-16e-instruct")
     assert qwen_encoder_dummy(spec, "0.19", 8192, 16000) is None and pixtral_encoder_dummy(spec, "0.19", 8192) is None
@@ -273,6 +275,12 @@ def test_llama_4_keeps_the_text_only_profiling_term() -> None:
     warnings = plan(spec, hardware, Workload(16000, 1), PlanOptions(weight_format=int4(128))).warnings
     assert any(warning.startswith("Llama 4's vision tower is counted in the weights at 16 bits, but vLLM's "
                                   "profiling run over dummy images through it is not modelled") for warning in warnings)
+    # likewise Gemma 3's SigLIP tower (tests/quant_core/test_hf_config.py's published Gemma-3-27B-IT config)
+    gemma = model_from_hf_config(GEMMA_3_27B_IT)
+    warnings = plan(gemma, Hardware(get_device("h100-80gb").planning_bytes, 1, "h100-80gb"), Workload(16000, 1),
+                    PlanOptions(weight_format=int4(128))).warnings
+    assert any(warning.startswith("Gemma 3's vision tower is counted in the weights at 16 bits, but vLLM's profiling")
+               for warning in warnings)
 
 
 def test_the_qwen3_vl_video_resize_bounds_the_whole_clip() -> None:
