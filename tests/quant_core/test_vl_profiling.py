@@ -19,7 +19,7 @@ from quant_core.engines.vllm import (
     qwen_encoder_dummy,
     qwen_encoder_profile,
 )
-from quant_core.formats import int4
+from quant_core.formats import float_format, int4
 from quant_core.hf_config import model_from_hf_config
 from quant_core.planner import Hardware, PlanOptions, Workload, plan
 from quant_core.specs import ModelSpec
@@ -291,3 +291,25 @@ def test_the_qwen3_vl_video_resize_bounds_the_whole_clip() -> None:
     sizes = [qwen3_vl_video_resize(frames, 4096, 32, 4096, 25165824) for frames in (2, 3, 24576)]
     assert sizes == [3520, 2880, 32]
     assert qwen3_vl_video_resize(2, 32, 32, 4096, 25165824) == 64
+
+
+def test_qwen2_5_vl_3b_at_its_default_context_in_a_quarter_of_an_a100_has_no_kv_pool_as_vllm_said() -> None:
+    # vllm-project/vllm#18124 (May 2025, mirrored as QwenLM/Qwen3-VL#1205): "vllm serve Qwen/Qwen2.5-VL-3B-Instruct
+    # --gpu-memory-utilization 0.3" on an 80 GB A100 (24 GB for vLLM) stops after loading with "No available memory
+    # for the cache blocks".  At the default max_model_len (128,000) vLLM profiles a 14-frame dummy video (114,688
+    # tokens, 458,752 patches): 17.07 GiB beside 6.99 GiB of weights.  The run predates the releases nibble models;
+    # its dummy sizes are the ones vLLM logged for Qwen2.5-VL since PR #12604, so it is planned on vLLM 0.11.  The
+    # text-only term (an A100 runs 2,048 batched tokens and 256 sequences: 1.4 GiB) would have promised a 15 GiB pool.
+    spec = get_preset("qwen2.5-vl-3b-instruct")
+    hardware = Hardware(get_device("a100-80gb").planning_bytes, 1, "a100-80gb")
+    options = PlanOptions(weight_format=float_format("bf16"), memory_utilization=0.3, engine_version="0.11")
+    answer = plan(spec, hardware, Workload(128000, 1), options).primary
+    assert not answer.fits
+    assert answer.kv_pool_bytes is not None and answer.kv_pool_bytes < 0
+    assert answer.devices[0].activation_bytes == 18_328_059_904
+    profile = VllmProfile("0.11")
+    limits = replace(profile.batch_limits(hardware.capacity_bytes, "a100-80gb"), max_model_len=128000)
+    assert (limits.max_batched_tokens, limits.max_num_seqs) == (2048, 256)
+    text = profile.activation(_stage(replace(spec, vision=None)), limits).bytes
+    text_only = plan(spec, hardware, Workload(128000, 1), replace(options, activation_bytes=text)).primary
+    assert text_only.kv_pool_bytes is not None and text_only.kv_pool_bytes > 14 * GIB
