@@ -1097,7 +1097,11 @@ def plan(spec: ModelSpec, hardware: Hardware, workload: Workload | None = None,
     engine = get_engine(options.engine, options.engine_version)
     notes: list[str] = []
     options = _engine_block_size(spec, engine, options, notes)
-    limits = replace(_batch_limits(engine, hardware, options), max_model_len=workload.context_length)
+    limits = _batch_limits(engine, hardware, options)
+    if engine is not None and engine.activation_context_steps(spec, limits):
+        # the engine's profiling peak depends on the context it is started with: plan it at the requested one (the
+        # other models keep one activation per layout, and their cached terms, whatever the context)
+        limits = replace(limits, max_model_len=workload.context_length)
     evaluator = _Evaluator(spec, options, usable, engine, limits)
 
     baseline = _policy_scheme(float_format(options.float_format), policy)
