@@ -955,14 +955,15 @@ def _pixtral_vision(config: Mapping[str, object], text_hidden_size: int) -> Pixt
                           "plans the published -1 (every layer, the last one's features)")
     top = _Reader(config, "mistral3")
     defaults = {"hidden_size": 1024, "num_hidden_layers": 24, "num_attention_heads": 16, "intermediate_size": 4096,
-                "patch_size": 14, "num_channels": 3}
+                "patch_size": 14, "num_channels": 3, "image_size": 1024}
     sizes: dict[str, Any] = {key: vision.get(key, default) for key, default in defaults.items()}
     return PixtralVisionTower(
         hidden_size=sizes["hidden_size"], num_layers=sizes["num_hidden_layers"],
         num_attention_heads=sizes["num_attention_heads"], intermediate_size=sizes["intermediate_size"],
         patch_size=sizes["patch_size"], projection_size=text_hidden_size,
         spatial_merge_size=top.int_or("spatial_merge_size", 2, 64),
-        projector_bias=top.flag("multimodal_projector_bias", False), num_channels=sizes["num_channels"])
+        projector_bias=top.flag("multimodal_projector_bias", False), num_channels=sizes["num_channels"],
+        image_size=sizes["image_size"])
 
 
 def _qwen2_5_vl(config: Mapping[str, object], model_type: str, name: str | None) -> ModelSpec:

@@ -55,6 +55,7 @@ from quant_core.engines.vllm import (
     dsa_mixed_batch_bytes,
     expert_width_refusal,
     mlp_width_refusal,
+    qwen_encoder_dummy,
     qwen_vision_refusal,
 )
 from quant_core.engines.vllm import chunked_local_attention as vllm_chunked_local_attention
@@ -79,6 +80,7 @@ from quant_core.specs import (
     Qwen3VisionTower,
     QwenVisionTower,
     TensorEntry,
+    VisionTower,
 )
 
 GIB = 1 << 30
@@ -968,6 +970,35 @@ def _max_context(evaluator: _Evaluator, layout: _Layout, fits: Callable[[int, in
     return longest, "memory"
 
 
+def _max_context_started_at_it(evaluator: _Evaluator, terms: _ModelTerms, layout: _Layout,
+                               fits: Callable[[int, int], bool], workload: Workload) -> tuple[int | None, str]:
+    """The longest context that fits when the engine is started with it as its ``max_model_len``.
+
+    Most engine terms do not depend on the context, and `_max_context` answers with the plan's own predicate.  When
+    the engine's profiling peak grows with ``max_model_len`` (`EngineProfile.activation_context_steps`: vLLM's dummy
+    video for Qwen2.5-VL), the contexts are cut at those steps, the activation is constant within each range, and the
+    answer is the longest context that fits within its own range's activation."""
+    sequences = workload.concurrent_sequences
+    engine = evaluator.engine
+    steps = () if engine is None or evaluator.options.activation_bytes is not None else \
+        engine.activation_context_steps(evaluator.spec, evaluator.limits)
+    if not steps:
+        return _max_context(evaluator, layout, fits, sequences)
+    best: tuple[int | None, str] = (None, "memory")
+    for low, high in zip((1, *steps), (*(step - 1 for step in steps), None), strict=True):
+        ranged = _Evaluator(evaluator.spec, evaluator.options, evaluator.usable_bytes, engine,
+                            replace(evaluator.limits, max_model_len=low))
+        longest, limited_by = _max_context(ranged, layout, terms.fits_predicate(ranged, layout.tensor_parallel,
+                                                                                layout.pipeline_parallel), sequences)
+        if longest is None or longest < low:
+            continue
+        if high is not None and longest > high:
+            longest, limited_by = high, "memory"
+        if best[0] is None or longest > best[0]:
+            best = (longest, limited_by)
+    return best
+
+
 def _max_sequences(evaluator: _Evaluator, layout: _Layout, fits: Callable[[int, int], bool],
                    context_length: int) -> int:
     # Upper bound: activations are never negative, so no stage holds more sequences than its
@@ -1082,7 +1113,7 @@ def _format_plan(terms: _ModelTerms, hardware: Hardware, workload: Workload, ten
         devices.extend(DevicePlan(stage * tensor_parallel + rank, stage, rank, *same, unread_weights_bytes=unread)
                        for rank in range(tensor_parallel))
     fits = terms.fits_predicate(evaluator, tensor_parallel, options.pipeline_parallel)
-    max_context, limited_by = _max_context(evaluator, layout, fits, workload.concurrent_sequences)
+    max_context, limited_by = _max_context_started_at_it(evaluator, terms, layout, fits, workload)
     max_sequences = _max_sequences(evaluator, layout, fits, workload.context_length)
     pool, capacity = _kv_capacity(evaluator, layout, stage_terms, workload.context_length)
     refusal = (evaluator.engine.refusal(terms.spec, tensor_parallel, options.pipeline_parallel)
@@ -1146,6 +1177,10 @@ def plan(spec: ModelSpec, hardware: Hardware, workload: Workload | None = None,
     notes: list[str] = []
     options = _engine_block_size(spec, engine, options, notes)
     limits = _batch_limits(engine, hardware, options)
+    if engine is not None and engine.activation_context_steps(spec, limits):
+        # the engine's profiling peak depends on the context it is started with: plan it at the requested one (the
+        # other models keep one activation per layout, and their cached terms, whatever the context)
+        limits = replace(limits, max_model_len=workload.context_length)
     evaluator = _Evaluator(spec, options, usable, engine, limits, hardware.device_id or "")
 
     baseline = _policy_scheme(float_format(options.float_format), policy)
@@ -1299,6 +1334,33 @@ def _policy_scheme(weight_format: WeightFormat, policy: QuantizationPolicy) -> W
     return scheme_of(weight_format, policy.unquantized_format, policy.quantized_roles)
 
 
+def _qwen_vision_note(spec: ModelSpec, hardware: Hardware, options: PlanOptions, workload: Workload) -> str:
+    """What the plan charges for vLLM's profiling of a Qwen2.5-VL or Qwen3-VL vision tower (`qwen_encoder_dummy`)."""
+    family = "Qwen2.5-VL" if isinstance(spec.vision, QwenVisionTower) else "Qwen3-VL"
+    counted = f"{family}'s vision tower is counted in the weights at 16 bits"
+    engine = get_engine(options.engine, options.engine_version)
+    if engine is None:
+        return (f"{counted}, but the activations of an engine's profiling run over a batch of dummy images through it "
+                "are not in the generic estimate: vLLM reserves that peak too, so leave headroom for it.")
+    batched = _batch_limits(engine, hardware, options).max_batched_tokens
+    dummy = qwen_encoder_dummy(spec, engine.version, batched, workload.context_length)
+    if dummy is None:  # a Qwen tower of a model type without a known processor
+        return (f"{counted}, but the activations of vLLM's profiling run over its dummy images are not sized: leave "
+                "headroom for them.")
+    note = (f"{counted}, and the activations include vLLM {engine.version}'s profiling of it: {dummy.items} dummy "
+            f"{dummy.modality} item(s) of {dummy.tokens_per_item} tokens ({dummy.patches} patches of the image "
+            "processor's largest image) encoded before the text pass, the peak of the two charged.")
+    if isinstance(spec.vision, Qwen3VisionTower) and engine.version == "0.11":
+        note += (f" vLLM 0.11 counts that video at 12.5 tokens per token, an encoder budget of {dummy.budget} tokens, "
+                 "and widens the outputs it keeps to that many rows: they are charged too.")
+    pair = qwen_encoder_dummy(spec, engine.version, batched, 1)
+    if isinstance(spec.vision, QwenVisionTower) and pair is not None:
+        note += (f" vLLM sizes that dummy video by max_model_len (one more pair of frames, {pair.tokens_per_item} "
+                 f"tokens, per {pair.tokens_per_item} tokens of context, up to 14 frames): the plan charges the "
+                 "requested context's, and the longest context is solved with the video each context would get.")
+    return note
+
+
 def _warnings(spec: ModelSpec, hardware: Hardware, workload: Workload, options: PlanOptions, tensor_parallel: int,
               primary: FormatPlan, comparison: dict[str, FormatPlan]) -> tuple[str, ...]:
     """Plain-words remarks a deployment engineer should not miss."""
@@ -1352,14 +1414,17 @@ def _warnings(spec: ModelSpec, hardware: Hardware, workload: Workload, options: 
                    f"heads nor is a multiple of them (to replicate them): engines such as vLLM refuse this "
                    f"layout; the KV figures assume {-(-kv_heads // tensor_parallel)} head(s) per device.")
     if isinstance(spec.vision, QwenVisionTower | Qwen3VisionTower):
-        family = "Qwen2.5-VL" if isinstance(spec.vision, QwenVisionTower) else "Qwen3-VL"
-        out.append(f"{family}'s vision tower is counted in the weights at 16 bits, but the activations of vLLM's "
-                   "profiling run over a batch of dummy images through it are not modelled: the engine reserves that "
-                   "peak too, so leave headroom for it.")
+        out.append(_qwen_vision_note(spec, hardware, options, workload))
     if isinstance(spec.vision, PixtralVisionTower):
-        out.append("Mistral 3's Pixtral vision tower and projector are planned at 16 bits on every device, but the "
-                   "memory of image inputs is not: vLLM's profiling run for a multimodal model also encodes dummy "
-                   "images, and nibble charges the text-only profiling peak instead (for Mistral-Small-3.2 on vLLM "
-                   "0.11 it charges 4.91 GiB where vLLM logged 2.12 GiB, so its KV capacity is about 10 % under "
-                   "vLLM's); the image encoder's activations and encoder cache while serving images are not planned.")
+        out.append("Mistral 3's Pixtral vision tower and projector are planned at 16 bits on every device, and with "
+                   "vLLM the activations include its profiling run's dummy images through the tower (the largest "
+                   "image, as many as the batch budget holds; on vLLM 0.19 with the dense attention mask over their "
+                   "patches, PyTorch's attention workspace beside it not counted); for Mistral-Small-3.2 on vLLM "
+                   "0.11 nibble charges 5.09 GiB where vLLM logged 2.12 GiB, so its KV capacity is about 10 % under "
+                   "vLLM's there. The encoder cache while serving images is not planned.")
+    if isinstance(spec.vision, Llama4VisionTower | VisionTower):
+        family = "Llama 4" if isinstance(spec.vision, Llama4VisionTower) else "Gemma 3"
+        out.append(f"{family}'s vision tower is counted in the weights at 16 bits, but vLLM's profiling run over "
+                   "dummy images through it is not modelled: the engine reserves that peak too, so leave headroom for "
+                   "it.")
     return tuple(out)

@@ -134,7 +134,9 @@ class PixtralVisionTower:
     RMSNorms; then the projector: an RMSNorm, a patch merger (``merging_layer`` [hidden, hidden x
     `spatial_merge_size`^2], no bias) and two linear layers into the language model's width `projection_size`
     (``linear_1`` [projection, hidden], ``linear_2`` [projection, projection]), with biases when `projector_bias`
-    (``multimodal_projector_bias``)."""
+    (``multimodal_projector_bias``).  `image_size` is the largest image side it takes (``vision_config.image_size``,
+    transformers' default 1,024; 1,540 in Mistral Small 3.1/3.2): no weight depends on it, vLLM's profiling image
+    does."""
 
     hidden_size: int
     num_layers: int
@@ -145,6 +147,7 @@ class PixtralVisionTower:
     spatial_merge_size: int = 2
     projector_bias: bool = False
     num_channels: int = 3
+    image_size: int = 1024
 
     def __post_init__(self) -> None:
         if not isinstance(self.projector_bias, bool):
@@ -411,6 +414,7 @@ _PIXTRAL_VISION_LIMITS: dict[str, tuple[int, int]] = {
     "projection_size": (1, MAX_HIDDEN_SIZE),
     "spatial_merge_size": (1, 64),
     "num_channels": (1, 64),
+    "image_size": (1, 65_536),
 }
 #: Qwen2.5-VL's vision tower (its merger's first layer is (hidden x spatial_merge_size^2)^2 elements)
 _QWEN_VISION_LIMITS: dict[str, tuple[int, int]] = {

@@ -40,10 +40,13 @@ class Stage:
 
 @dataclass(frozen=True, slots=True)
 class BatchLimits:
-    """The engine's scheduler limits: tokens in one step and sequences in one batch."""
+    """The engine's scheduler limits: tokens in one step and sequences in one batch, and the context the engine is
+    started with (``max_model_len``; None: not known, the model's trained context is taken where a term needs it:
+    vLLM sizes a multimodal model's dummy video by it)."""
 
     max_batched_tokens: int
     max_num_seqs: int
+    max_model_len: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,6 +98,11 @@ class EngineProfile(Protocol):
     def context_activation(self, stage: Stage, kv_cache_dtype: str, limits: BatchLimits) -> ContextTerm | None:
         """What the engine's profiling peak adds on one device of `stage` that grows with ``max_model_len``
         (buffers it sizes from the longest context), or None when nothing does."""
+        ...
+
+    def activation_context_steps(self, spec: ModelSpec, limits: BatchLimits) -> tuple[int, ...]:
+        """The ``max_model_len`` values, ascending, from which `activation` grows for `spec` (its profiling run
+        sizes a dummy input by the context: vLLM's Qwen2.5-VL video); empty when the context plays no part."""
         ...
 
     def non_torch(self, stage: Stage) -> Term:

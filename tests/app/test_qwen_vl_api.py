@@ -28,7 +28,7 @@ def test_a_pasted_qwen2_5_vl_config_is_planned_with_its_vision_tower(client: Tes
     # of them in the vision tower (tests/quant_core/test_qwen2_5_vl.py)
     assert answer["parameters"]["total"] == 8_292_166_656
     assert answer["weights"]["by_role"]["vision"] == 2 * 676_550_144
-    assert any("dummy images" in warning for warning in answer["warnings"])
+    assert any("profiling of it: 1 dummy video item(s) of 16384 tokens" in warning for warning in answer["warnings"])
     assert not any("not used to size the model" in warning for warning in answer["warnings"])
 
 

@@ -172,9 +172,12 @@ def test_mistral3_configs_leave_no_key_unread_and_bad_ones_are_refused_naming_th
         with pytest.raises(InvalidSpec) as caught:
             model_from_hf_config(bad)
         assert caught.value.field == field, bad
-    # Mistral3Config's defaults: the default Pixtral tower when vision_config is absent
+    # Mistral3Config's defaults: the default Pixtral tower when vision_config is absent, the published one but for
+    # the largest image side (PixtralVisionConfig's image_size 1,024; Mistral Small 3.x ship 1,540)
     default = model_from_hf_config({key: value for key, value in config.items() if key != "vision_config"})
-    assert default.vision == model_from_hf_config(config).vision
+    published = model_from_hf_config(config).vision
+    assert isinstance(published, PixtralVisionTower) and published.image_size == 1540
+    assert default.vision == dataclasses.replace(published, image_size=1024)
 
 
 @pytest.mark.parametrize("name", NAMES)

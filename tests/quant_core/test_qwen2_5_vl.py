@@ -191,7 +191,9 @@ def test_the_tower_stays_16_bit_is_split_as_vllm_splits_it_and_sits_on_every_sta
         [replicated * 2 + (tower - replicated * 2) // 2] * 2
     assert [w - t for w, t in zip(_weights(with_tower, pp=2), _weights(text_only, pp=2), strict=True)] == [tower] * 2
     warnings = plan(with_tower, Hardware(80 << 30, 1), Workload(4096, 1), PlanOptions()).warnings
-    assert any("profiling run over a batch of dummy images" in warning for warning in warnings)
+    # the plan says it charges vLLM's profiling of the tower, and on what dummy (vllm.qwen_encoder_dummy)
+    assert any("activations include vLLM 0.19's profiling of it: 1 dummy video item(s)" in warning
+               for warning in warnings)
     assert not any("dummy images" in warning for warning in
                    plan(text_only, Hardware(80 << 30, 1), Workload(4096, 1), PlanOptions()).warnings)
 
