@@ -660,6 +660,11 @@ class _StageTerms:
         return 0 if term is None else term.bytes_at(context_length)
 
 
+#: `_Evaluator.stage_terms` shared by every plan of the same model, KV dtype, evaluator key and layout (the engine's
+#: profiling terms are pure functions of them, and a request asks them once per weight format)
+_SHARED_STAGE_TERMS: dict[tuple[object, ...], _StageTerms] = {}
+
+
 @dataclass(frozen=True, slots=True)
 class _Evaluator:
     """The per-device function the verdict and every solver share.
@@ -723,9 +728,16 @@ class _Evaluator:
     def stage_terms(self, layout: _Layout) -> _StageTerms:
         """Activation and overhead bytes of each stage that do not depend on the workload."""
         key = (layout.tensor_parallel, layout.pipeline_parallel, layout.stage_layers, layout.expert_format)
-        if key not in self._terms:
-            self._terms[key] = self._stage_terms(layout)
-        return self._terms[key]
+        found = self._terms.get(key)
+        if found is None:
+            shared = (self.spec, self.options.kv_cache_dtype, *self.key, *key)
+            found = _SHARED_STAGE_TERMS.get(shared)
+            if found is None:
+                found = self._stage_terms(layout)
+                if len(_SHARED_STAGE_TERMS) < 4096:
+                    _SHARED_STAGE_TERMS[shared] = found
+            self._terms[key] = found
+        return found
 
     def _stage_terms(self, layout: _Layout) -> _StageTerms:
         options = self.options
@@ -799,6 +811,7 @@ class _Evaluator:
         hybrids = tuple(kv.hybrid for kv in layout.stage_kv)
         # the engine's terms sized from max_model_len (vLLM 0.19's DeepSeek Sparse Attention workspace), per stage
         context_terms = terms.context or (None,) * len(budgets)
+        sized_by_context = bool(terms.context)
         block = self.options.block_size
         batched = self.limits.max_batched_tokens
         variable = self.variable_activations
@@ -811,9 +824,10 @@ class _Evaluator:
             else:
                 activations = 0
             held_full = -(-context_length // block) * block
-            for (budget, groups), context_term in zip(stages, context_terms, strict=True):
-                if context_term is not None:
-                    budget -= context_term.bytes_at(context_length)
+            rows = stages if not sized_by_context else tuple(
+                (budget - (0 if term is None else term.bytes_at(context_length)), groups)
+                for (budget, groups), term in zip(stages, context_terms, strict=True))
+            for budget, groups in rows:
                 per_sequence = 0
                 for window, size in groups:
                     if window is None or window >= context_length:

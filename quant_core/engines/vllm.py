@@ -1085,6 +1085,13 @@ def int4_expert_refusal(spec: ModelSpec, weight_format: str, tensor_parallel: in
     return None
 
 
+@lru_cache(maxsize=4096)
+def _activation_of(version: str, stage: Stage, limits: BatchLimits, expert_format: str, device_id: str) -> Term:
+    """`VllmProfile.activation` of release `version`, computed once per set of arguments: a pure function of them
+    that every plan asks once per weight format and parallel layout."""
+    return VllmProfile(version)._activation(stage, limits, expert_format, device_id)
+
+
 class VllmProfile:
     """vLLM's terms for one release (`VERSIONS`); the planner uses it through `EngineProfile`."""
 
@@ -1138,6 +1145,10 @@ class VllmProfile:
         layer returns before its projections) and their projections from v0.19 (`gdn_forward_bytes_per_token`, when
         wider than the other layers'); the rotary cos/sin cache the model is built with is charged beside the peak
         (`rotary_cache_bytes`)."""
+        return _activation_of(self._version, stage, limits, expert_format, device_id)
+
+    def _activation(self, stage: Stage, limits: BatchLimits, expert_format: str, device_id: str) -> Term:
+        """`activation`, uncached."""
         spec, tokens = stage.spec, limits.max_batched_tokens
         received = 2 * tokens * spec.hidden_size * ACTIVATION_ELEMENT_BYTES if stage.layers[0] > 0 else 0
         caches = (fused_moe_caches(spec, stage.tensor_parallel, tokens, self._version, expert_format, device_id)
