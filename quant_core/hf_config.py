@@ -43,6 +43,7 @@ from quant_core.specs import (
     MAX_NAME_CHARS,
     MAX_POSITIONS,
     MAX_RANK,
+    MAX_ROTARY_ROWS,
     MAX_VOCAB_SIZE,
     GatedDeltaNet,
     Llama4VisionTower,
@@ -1363,6 +1364,9 @@ def _with_rotary_caches(spec: ModelSpec, config: Mapping[str, object]) -> ModelS
     if isinstance(original, bool) or not isinstance(original, int) or not 0 < original <= MAX_POSITIONS:
         raise InvalidSpec("original_max_position_embeddings", original, f"must be an integer in [1, {MAX_POSITIONS}]")
     rows = tuple(_rope_cache_rows(rope, positions, original) for rope in sets)
+    if max(rows) > MAX_ROTARY_ROWS:
+        raise InvalidSpec("rope_scaling.factor", max(rows),
+                          f"scales the rotary cache past {MAX_ROTARY_ROWS} positions")
     mrope = any(rope is not None and "mrope_section" in rope for rope in sets)
     return replace(spec, rotary_dim=_rotary_dim(spec, config), rotary_cache_rows=rows, rotary_mrope=mrope)
 

@@ -174,3 +174,7 @@ def test_a_rope_scaling_factor_that_is_not_a_number_is_refused_naming_it() -> No
     with pytest.raises(InvalidSpec) as caught:
         model_from_hf_config(config)
     assert caught.value.field == "rope_scaling.factor"
+    config["rope_scaling"] = {"rope_type": "linear", "factor": 268_435_456}  # 4,096 x 2^28 positions
+    with pytest.raises(InvalidSpec) as caught:
+        model_from_hf_config(config)
+    assert caught.value.field == "rope_scaling.factor"
