@@ -26,6 +26,7 @@ the type and the missing keys.
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import replace
@@ -42,6 +43,7 @@ from quant_core.specs import (
     MAX_NAME_CHARS,
     MAX_POSITIONS,
     MAX_RANK,
+    MAX_ROTARY_ROWS,
     MAX_VOCAB_SIZE,
     GatedDeltaNet,
     Llama4VisionTower,
@@ -1259,6 +1261,117 @@ def _partial_rotary_dim(config: Mapping[str, object], head_dim: int) -> int:
     return int(head_dim * factor)
 
 
+#: the rotary types whose cache holds the model's ``max_position`` positions (get_rope in
+#: model_executor/layers/rotary_embedding/__init__.py: RotaryEmbedding, Llama3RotaryEmbedding, NTKScaling, the
+#: ``alpha`` DynamicNTK, MRotaryEmbedding before its positions factor); "mrope" and "su" are the legacy names vLLM's
+#: patch_rope_parameters renames to "default" and "longrope"
+_ROPE_AT_MAX_POSITION = frozenset({"default", "mrope", "llama3", "ntk", "llama4"})
+#: the positions vLLM's model code builds RoPE over when the config has no max_position_embeddings (llama.py,
+#: falcon.py: ``getattr(config, "max_position_embeddings", 8192)``)
+_ROPE_DEFAULT_POSITIONS = 8192
+
+
+def _rope_number(rope: Mapping[str, object], key: str, default: float) -> float:
+    value = rope.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value <= MAX_POSITIONS:
+        raise InvalidSpec(f"rope_scaling.{key}", value, f"must be a number in (0, {MAX_POSITIONS}]")
+    return float(value)
+
+
+def _rope_cache_rows(rope: Mapping[str, object] | None, positions: int, original: int) -> int:
+    """The positions of the cos/sin cache ``get_rope`` builds for one RoPE configuration over ``max_position``
+    positions, by its rotary class's ``_compute_cos_sin_cache`` (``torch.arange`` of a float rounds up): linear and
+    dynamic ``max_position x factor``; yarn and deepseek_yarn ``original_max_position_embeddings x factor``;
+    longrope the short cache (``original_max_position_embeddings``) and the long one (``max_position``) in one
+    buffer; every other type ``max_position`` (the same in v0.11, v0.19 and v0.33).  `original` is the
+    ``original_max_position_embeddings`` a Phi-3 config keeps at its top level, which llama.py copies into the rope
+    scaling, when the scaling has none."""
+    if rope is None:
+        return positions
+    kind = rope.get("rope_type", rope.get("type", "default"))
+    if kind in _ROPE_AT_MAX_POSITION or (kind == "dynamic" and "alpha" in rope):
+        return positions
+    if kind in ("linear", "dynamic"):
+        return math.ceil(positions * _rope_number(rope, "factor", 1.0))
+    original = int(_rope_number(rope, "original_max_position_embeddings", original))
+    if kind == "yarn":
+        return math.ceil(original * _rope_number(rope, "factor", 1.0))
+    if kind in ("longrope", "su"):
+        return original + positions
+    return positions
+
+
+def _rope_parameter_sets(config: Mapping[str, object]) -> list[Mapping[str, object] | None]:
+    """The RoPE configurations of the model's layers, one per distinct ``get_rope`` key: ``rope_scaling`` (or
+    ``rope_parameters``), plus the local layers' own for Gemma 3 (gemma3.py: ``rope_local_base_freq``, no scaling)
+    and OLMo 3 (olmo2.py: sliding layers take the default RoPE), or both of transformers v5's per-layer-type sets."""
+    rope = config.get("rope_scaling")
+    if not isinstance(rope, Mapping):
+        rope = config.get("rope_parameters")
+    if not isinstance(rope, Mapping):
+        rope = None
+    if rope is not None and all(isinstance(value, Mapping) for value in rope.values()) and rope:
+        sets = [value for value in rope.values() if isinstance(value, Mapping)]
+        return [dict(entry) for index, entry in enumerate(sets) if entry not in sets[:index]]
+    model_type = config.get("model_type")
+    if model_type in ("gemma3_text", "gemma3"):
+        if rope is None and config.get("rope_local_base_freq", 10_000) == config.get("rope_theta", 1_000_000):
+            return [None]
+        return [rope, None]
+    if model_type == "olmo3" and rope is not None and rope.get("rope_type", rope.get("type")) != "default":
+        return [rope, None]
+    return [rope]
+
+
+_ROPE_KEYS = ("model_type", "rope_scaling", "rope_parameters", "rope_theta", "rope_local_base_freq",
+              "partial_rotary_factor", "rotary_dim", "alibi", "original_max_position_embeddings")
+
+
+def _rope_keys(config: Mapping[str, object]) -> dict[str, object]:
+    """The RoPE keys of the language model: ``text_config``'s where it has them, else the top level's (a
+    Qwen2.5-VL config may keep ``rope_scaling`` at the top beside a nested ``text_config``)."""
+    nested = config.get("text_config")
+    text = nested if isinstance(nested, Mapping) else config
+    return {key: text[key] if key in text else config[key] for key in _ROPE_KEYS if key in text or key in config}
+
+
+def _rotary_dim(spec: ModelSpec, config: Mapping[str, object]) -> int:
+    """The rotary dimensions of a head as vLLM's model code passes them to ``get_rope``: MLA's
+    ``qk_rope_head_dim`` (deepseek_v2.py), MiniMax-M2's ``rotary_dim`` key (minimax_m2.py), else
+    ``int(head_dim x partial_rotary_factor)`` (GLM-4 and GLM-4.5 default the factor to 0.5: glm4.py, glm4_moe.py)."""
+    if spec.is_mla:
+        return spec.qk_rope_head_dim
+    if spec.model_type == "minimax_m2" and "rotary_dim" in config:
+        value = config["rotary_dim"]
+        if isinstance(value, bool) or not isinstance(value, int) or not 0 < value <= spec.head_dim:
+            raise InvalidSpec("rotary_dim", value, f"must be an integer in [1, head_dim={spec.head_dim}]")
+        return value
+    if spec.model_type in ("glm4", "glm4_moe") and "partial_rotary_factor" not in config:
+        nested = config.get("rope_parameters")
+        if not (isinstance(nested, Mapping) and "partial_rotary_factor" in nested):
+            return spec.head_dim // 2
+    return _partial_rotary_dim(config, spec.head_dim)
+
+
+def _with_rotary_caches(spec: ModelSpec, config: Mapping[str, object]) -> ModelSpec:
+    """`spec` with the rotary cos/sin caches vLLM builds for it (`ModelSpec.rotary_dim`, ``rotary_cache_rows``,
+    ``rotary_mrope``) from its language model's `config`: none for learned positions (GPT-2) or ALiBi (Falcon with
+    ``alibi``), else one per distinct RoPE configuration (`_rope_parameter_sets`) of `_rope_cache_rows` positions."""
+    if spec.learned_position_embeddings or (spec.model_type == "falcon" and config.get("alibi") is True):
+        return replace(spec, rotary_dim=0, rotary_cache_rows=(), rotary_mrope=False)
+    positions = spec.max_position_embeddings or _ROPE_DEFAULT_POSITIONS
+    sets = _rope_parameter_sets(config)
+    original = config.get("original_max_position_embeddings", positions)
+    if isinstance(original, bool) or not isinstance(original, int) or not 0 < original <= MAX_POSITIONS:
+        raise InvalidSpec("original_max_position_embeddings", original, f"must be an integer in [1, {MAX_POSITIONS}]")
+    rows = tuple(_rope_cache_rows(rope, positions, original) for rope in sets)
+    if max(rows) > MAX_ROTARY_ROWS:
+        raise InvalidSpec("rope_scaling.factor", max(rows),
+                          f"scales the rotary cache past {MAX_ROTARY_ROWS} positions")
+    mrope = any(rope is not None and "mrope_section" in rope for rope in sets)
+    return replace(spec, rotary_dim=_rotary_dim(spec, config), rotary_cache_rows=rows, rotary_mrope=mrope)
+
+
 def _qwen3_5(config: Mapping[str, object], model_type: str, name: str | None) -> ModelSpec:
     """Qwen3.5 (``Qwen3_5ForConditionalGeneration``, dense): Qwen3-Next's hybrid language model under
     ``text_config`` (`_qwen3_next`: Gated DeltaNet and gated full attention; a dense MLP in every layer), its
@@ -1411,7 +1524,8 @@ def model_from_hf_config(config: Mapping[str, object], *, name: str | None = Non
             if config.get("model_type") in ("gemma3", "llama4", "mistral3", "qwen2_5_vl", "qwen3_vl", "qwen3_vl_moe")
             else config)
     try:
-        return _model_from_hf_config(config, name)
+        spec = _model_from_hf_config(config, name)
+        return _with_rotary_caches(spec, _rope_keys(config))
     except MissingConfigKey:  # names the config key already (renaming moe_intermediate_size would blame another)
         raise
     except InvalidSpec as error:

@@ -360,6 +360,8 @@ MAX_INTERMEDIATE_SIZE = 4_194_304
 MAX_VOCAB_SIZE = 16_777_216
 MAX_EXPERTS = 16_384
 MAX_POSITIONS = 268_435_456
+#: a rotary cos/sin cache's positions (a scaled cache holds max_position_embeddings x factor of them)
+MAX_ROTARY_ROWS = 2**32
 MAX_RANK = 262_144
 
 _INT_LIMITS: dict[str, tuple[int, int]] = {
@@ -561,10 +563,17 @@ class ModelSpec:
     linear_attention: GatedDeltaNet | None = None
     #: the full-attention layers' q_proj is twice as wide: its second half gates the output (Qwen3-Next)
     attention_output_gate: bool = False
-    #: the rotary dimensions of a full-attention head (``head_dim x partial_rotary_factor``), where the adapter
-    #: records them (Qwen3-Next and Qwen3.5: 0.25); 0 = not recorded.  No tensor depends on it: vLLM's cos/sin
-    #: cache of ``max_position_embeddings x rotary_dim`` does (`engines.vllm.rotary_cache_bytes`)
+    #: the rotary dimensions of a head (``head_dim x partial_rotary_factor``; MLA: ``qk_rope_head_dim``); 0 = no
+    #: RoPE (learned positions, ALiBi) or not recorded.  No tensor depends on it: vLLM's cos/sin caches do
+    #: (`engines.vllm.rotary_cache_bytes`)
     rotary_dim: int = 0
+    #: the positions (rows) of each distinct cos/sin cache vLLM's ``get_rope`` builds for the model, one entry per
+    #: distinct set of arguments (Gemma 3: the local and the global RoPE), as its RotaryEmbedding class sizes it
+    #: (yarn: ``original_max_position_embeddings x factor``; longrope: the short and the long cache together)
+    rotary_cache_rows: tuple[int, ...] = ()
+    #: the caches are multimodal RoPE's (``mrope_section``: Qwen2.5-VL, Qwen3-VL, Qwen3.5), whose rows vLLM
+    #: multiplies by its release's positions factor (mrope.py, ``cache_max_position_num``)
+    rotary_mrope: bool = False
 
     def __post_init__(self) -> None:
         for field in ("name", "model_type"):
@@ -630,9 +639,21 @@ class ModelSpec:
             raise InvalidSpec("max_position_embeddings", None, "learned position embeddings need a size")
         if self.vision is not None and not isinstance(self.vision, VISION_TOWERS):
             raise InvalidSpec("vision", type(self.vision).__name__, "must be a vision tower (or absent)")
-        if self.rotary_dim > self.head_dim:
-            raise InvalidSpec("rotary_dim", self.rotary_dim, f"must not exceed head_dim={self.head_dim}")
+        self._check_rotary_caches()
         self._check_linear_attention()
+
+    def _check_rotary_caches(self) -> None:
+        """Each cos/sin cache has 1 to ``MAX_ROTARY_ROWS`` positions, at most four of them, and only with rotary
+        dimensions; the mrope flag is a flag."""
+        rows = self.rotary_cache_rows
+        if not isinstance(rows, tuple | list) or len(rows) > 4:
+            raise InvalidSpec("rotary_cache_rows", rows, "must be a list of at most 4 cache sizes")
+        object.__setattr__(self, "rotary_cache_rows", tuple(
+            check_int(f"rotary_cache_rows[{i}]", value, 1, MAX_ROTARY_ROWS) for i, value in enumerate(rows)))
+        if rows and not self.rotary_dim:
+            raise InvalidSpec("rotary_cache_rows", list(rows), "needs rotary_dim")
+        if not isinstance(self.rotary_mrope, bool):
+            raise InvalidSpec("rotary_mrope", self.rotary_mrope, "must be true or false")
 
     def _check_linear_attention(self) -> None:
         """A hybrid model's Gated DeltaNet block: its layers exist, and the output gate is a flag."""

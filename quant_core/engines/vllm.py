@@ -298,16 +298,32 @@ def _deepstack_buffer_bytes(spec: ModelSpec, tokens: int) -> int:
     return spec.vision.deepstack_mergers * tokens * spec.hidden_size * ACTIVATION_ELEMENT_BYTES
 
 
-def rotary_cache_bytes(spec: ModelSpec) -> int:
-    """The rotary cos/sin cache vLLM builds with the model, ``max_position_embeddings x rotary_dim x 2 bytes``: one
-    `RotaryEmbedding` buffer (``cos_sin_cache``, registered with ``register_buffer``, cast to the model's dtype)
-    that every attention layer shares (``get_rope`` caches instances in ``_ROPE_DICT``), on every rank; vLLM counts
-    it in "Model loading took" (rotary_embedding/base.py and __init__.py, the same in v0.10.2, v0.11.0, v0.19.0 and
-    v0.33.0).  Charged for the specs whose adapter records the rotary dimensions (`ModelSpec.rotary_dim`: Qwen3-Next,
-    Qwen3.5) and context; 0 for the others."""
-    if not spec.rotary_dim or not spec.max_position_embeddings:
-        return 0
-    return spec.max_position_embeddings * spec.rotary_dim * ACTIVATION_ELEMENT_BYTES
+#: the models whose decoder layers build multimodal RoPE with ``mrope_positions_factor`` (qwen3_vl.py,
+#: qwen3_vl_moe.py, qwen3_5.py), 1 without video pruning, from vLLM 0.33; every other mrope cache, and these in
+#: earlier releases, is four times ``max_position`` (mrope.py: "We enlarge max_position_embeddings to 4 times")
+_MROPE_POSITIONS_FACTOR_ONE = frozenset({"qwen3_vl", "qwen3_vl_moe", "qwen3_5", "qwen3_5_moe"})
+
+
+def rotary_cache_positions(spec: ModelSpec, version: str = DEFAULT_VERSION) -> tuple[int, ...]:
+    """The positions of each rotary cos/sin cache vLLM `version` builds for `spec` (`ModelSpec.rotary_cache_rows`),
+    a multimodal RoPE's multiplied by the release's positions factor (mrope.py ``cache_max_position_num``: 4, or 1
+    for the Qwen3-VL family's decoder layers from v0.33)."""
+    factor = 1
+    if spec.rotary_mrope:
+        factor = 1 if version == "0.33" and spec.model_type in _MROPE_POSITIONS_FACTOR_ONE else 4
+    return tuple(rows * factor for rows in spec.rotary_cache_rows)
+
+
+def rotary_cache_bytes(spec: ModelSpec, version: str = DEFAULT_VERSION) -> int:
+    """The rotary cos/sin caches vLLM builds with the model, ``positions x rotary_dim x 2 bytes`` each: the
+    ``cos_sin_cache`` buffer of a RotaryEmbedding class (cos and sin concatenated on the last dimension, so
+    ``rotary_dim`` values per position; Phi-3's longrope holds its short and long caches in one
+    ``long_short_cos_sin_cache``), cast to the model's 16-bit dtype (``cache.to(dtype)``; DeepSeek's yarn keeps
+    fp32 only on its flashinfer path, off under the default torch.compile custom ops), registered with
+    ``register_buffer`` and shared by every layer with the same arguments (``get_rope`` caches instances in
+    ``_ROPE_DICT``), on every rank; vLLM counts it in "Model loading took" (rotary_embedding/__init__.py, base.py,
+    the same in v0.11, v0.19 and v0.33).  0 for a model without RoPE."""
+    return sum(rotary_cache_positions(spec, version)) * spec.rotary_dim * ACTIVATION_ELEMENT_BYTES
 
 
 def gdn_forward_bytes_per_token(spec: ModelSpec, tensor_parallel: int) -> int:
@@ -1200,11 +1216,13 @@ class VllmProfile:
             forward += logits
             basis += (f"; the forward pass includes the indexer's {logits / GIB:.2f} GiB logits dummy of the profiling "
                       "run (sparse_attn_indexer.py, VLLM_SPARSE_INDEXER_MAX_LOGITS_MB)")
-        rotary = rotary_cache_bytes(spec)
+        rotary = rotary_cache_bytes(spec, self._version)
         if rotary:
-            basis += (f"; plus the rotary cos/sin cache, max_position_embeddings={spec.max_position_embeddings} x "
-                      f"{spec.rotary_dim} rotary dimensions at 2 bytes ({rotary / GIB:.3f} GiB), built with the "
-                      "model and counted in vLLM's 'Model loading took' (rotary_embedding/base.py, cos_sin_cache)")
+            cached = " + ".join(f"{count:,}" for count in rotary_cache_positions(spec, self._version))
+            basis += (f"; plus the rotary cos/sin cache{'s' if len(spec.rotary_cache_rows) > 1 else ''}, "
+                      f"{cached} positions x {spec.rotary_dim} rotary dimensions at 2 bytes ({rotary / GIB:.3f} GiB), "
+                      "built with the model and counted in vLLM's 'Model loading took' (rotary_embedding/base.py, "
+                      "cos_sin_cache)")
         text = max(forward, sampler) + deepstack + topk_buffer + rotary
         max_model_len = limits.max_model_len or spec.max_position_embeddings or tokens
         encoder = encoder_profile(spec, self._version, stage.tensor_parallel, tokens, max_model_len)

@@ -11,7 +11,7 @@ import pytest
 
 from quant_core.catalog import get_device, get_preset, get_preset_info, list_devices
 from quant_core.engines import BatchLimits, Stage, get_engine
-from quant_core.engines.vllm import VllmProfile
+from quant_core.engines.vllm import VllmProfile, rotary_cache_bytes
 from quant_core.errors import UnknownName
 from quant_core.formats import WeightFormat, float_format, fp8, int4
 from quant_core.hf_config import model_from_sizes
@@ -181,10 +181,12 @@ def test_engine_terms_fill_the_gap_between_logged_weights_and_logged_kv_memory(l
     else:
         loaded = log["weights_and_non_torch_gib"] * GIB
     # the experts' format and the device pick the fused-MoE kernel (gpt-oss's MXFP4 experts on Hopper: OpenAI's
-    # Triton kernels, outside the workspace manager)
+    # Triton kernels, outside the workspace manager); the logged weights hold the rotary cos/sin cache nibble charges
+    # in its activation term: counted once
     experts = "mxfp4" if log["weights_format"] == "mxfp4" else ""
-    activation = profile.activation(stage, limits, experts, log["catalog_device"] or "")
-    predicted = (int(total * log["gpu_memory_utilization"]) - loaded - activation.bytes
+    activation = (profile.activation(stage, limits, experts, log["catalog_device"] or "").bytes
+                  - rotary_cache_bytes(spec, log["profile_version"]))
+    predicted = (int(total * log["gpu_memory_utilization"]) - loaded - activation
                  - profile.cuda_graphs(stage, limits).bytes) / GIB
     error = (predicted - log["available_kv_gib"]) / log["available_kv_gib"]
     print(f"{log_id}: available KV {predicted:.2f} GiB predicted, {log['available_kv_gib']} logged ({error:+.2%})")
@@ -407,9 +409,10 @@ def test_the_tightest_qwen3_235b_stage_at_pp4_is_a_24_layer_stage_holding_58_gib
     # 555,680 tokens = 34,730 blocks of 16: a 24-layer stage's 25.44 GiB (34,730 x 24 layers x 32 KiB pages); the
     # 26.84 GiB the post quotes is a 23-layer stage's (38,238 blocks).  Each middle stage carries 24 layers plus
     # both vocabulary matrices, 57.95 GiB (58.01 with the rotary cache): vLLM leaves it 85.51 - 58.01 - 25.44 =
-    # 2.06 GiB beside its weights and nibble 2.04 (1.00 GiB of it TritonExperts' fused-MoE workspace, which vLLM's
-    # workspace manager holds through every later layer's attention), so nibble is 0.3 % over instead of the 10.2 % it
-    # was when the middle stages held neither matrix (nibble 28.04 GiB for the KV pool there, vLLM 25.44).
+    # 2.06 GiB beside its weights and nibble 2.05 (1.00 GiB of it TritonExperts' fused-MoE workspace, which vLLM's
+    # workspace manager holds through every later layer's attention, and 0.01 GiB the rotary cache, 40,960 x 128 x 2
+    # bytes), so nibble is 0.3 % over instead of the 10.2 % it was when the middle stages held neither matrix (nibble
+    # 28.04 GiB for the KV pool there, vLLM 25.44).
     log = BY_ID["kubesimplify-v0.27-qwen3-235b-fp8-pp4"]
     result = _pp4_plan()
     page = 16 * 4 * 128 * 2 * 2  # one layer's 16-token block: 4 KV heads x 128 x K and V x bf16
@@ -417,7 +420,7 @@ def test_the_tightest_qwen3_235b_stage_at_pp4_is_a_24_layer_stage_holding_58_gib
     assert int(log["available_kv_gib"] * GIB) // (23 * page) == 38238 > 34730
     middle = result.primary.devices[1]
     assert round(middle.weights_bytes / GIB, 2) == 57.95
-    assert round((middle.activation_bytes + middle.overhead_bytes) / GIB, 2) == 2.04
+    assert round((middle.activation_bytes + middle.overhead_bytes) / GIB, 2) == 2.05
     assert 0 < (result.primary.kv_capacity_tokens - log["kv_cache_tokens"]) / log["kv_cache_tokens"] < 0.004
 
 
@@ -478,10 +481,12 @@ def test_only_the_last_pipeline_stage_profiles_the_sampler() -> None:
     # (llm-d-planner): 1.10 GiB of peak activation on the first stage, 2.01 GiB on the last, which is the single
     # GPU's 1.89 GiB sampler pass plus the 0.13 GiB (2 x 8192 x 4096 x 2 bytes) it receives the first stage's
     # hidden states and residual in.  nibble's first stage is the forward pass alone, 8192 x 2 bytes x (3 x 4096
-    # hidden + 3 x 14336 MLP) = 0.84 GiB, below the log on a stage that does not bind.
+    # hidden + 3 x 14336 MLP) = 0.84 GiB, below the log on a stage that does not bind, plus the rotary cos/sin cache
+    # every stage builds with its layers (llama3_rope.py: 131,072 positions x 128 x 2 bytes).
     first, last = PP2.primary.devices
-    assert first.activation_bytes == 8192 * 2 * (3 * 4096 + 3 * 14336) == 905_969_664
-    assert round(last.activation_bytes / GIB, 2) == PP2_LOG["activation_gib"] == 2.01
+    assert first.activation_bytes == 8192 * 2 * (3 * 4096 + 3 * 14336) + 131_072 * 128 * 2 == 939_524_096
+    # nibble's activation term also carries the rotary cache, which vLLM logs inside "Model loading took"
+    assert round((last.activation_bytes - 131_072 * 128 * 2) / GIB, 2) == PP2_LOG["activation_gib"] == 2.01
 
 
 def test_pipeline_capacity_is_every_stage_cut_to_the_smallest_stages_blocks() -> None:

@@ -30,7 +30,7 @@ import pytest
 
 from quant_core.catalog import get_device, get_preset, get_preset_info
 from quant_core.engines.base import BatchLimits, Stage
-from quant_core.engines.vllm import VllmProfile, fused_moe_caches
+from quant_core.engines.vllm import VllmProfile, fused_moe_caches, rotary_cache_bytes
 from quant_core.planner import Hardware, PlanOptions, Workload, plan
 from quant_core.schemes import scheme_from_quantization_config
 
@@ -98,10 +98,12 @@ def test_the_workspace_is_held_under_the_sampler_pass_from_0_19_only() -> None:
     stage = Stage(spec, 8, 1, (0, spec.num_layers), True)
     hidden = 2 * 8192 * 7168 * 2
     new = VllmProfile("0.19").activation(stage, limits)
-    assert new.bytes == int(1024 * 129_280 * 14.4) + hidden + 1_879_048_192
+    rotary = 163_840 * 64 * 2  # the yarn cos/sin cache (original_max_position x factor positions), held throughout
+    assert rotary_cache_bytes(spec, "0.19") == rotary_cache_bytes(spec, "0.11") == rotary
+    assert new.bytes == int(1024 * 129_280 * 14.4) + hidden + 1_879_048_192 + rotary
     assert "TritonExperts" in new.basis and "fused-MoE caches still held (1.75 GiB)" in new.basis
     old = VllmProfile("0.11").activation(stage, limits)
-    assert old.bytes == 1024 * 129_280 * 38 + hidden
+    assert old.bytes == 1024 * 129_280 * 38 + hidden + rotary
     assert "fused_experts_impl" in old.basis
 
 
@@ -160,10 +162,11 @@ def test_moe_activations_logged_by_vllm_0_19_on_h100(log_id: str, logged: float)
 
 def test_deepseek_v3_on_8_h200s_has_the_kv_cache_the_workspace_leaves() -> None:
     # the shipped FP8 checkpoint on 8 x H200 at vLLM 0.19's defaults (8192 tokens, 1024 sequences): the KV pool of
-    # each rank is 0.78 GiB smaller than with the old figure, 632,048 tokens instead of 643,984
+    # each rank is 0.78 GiB smaller than with the old figure (and 20 MiB for the rotary cache), 631,760 tokens
+    # instead of 643,984
     preset = get_preset_info("deepseek-v3")
     scheme = scheme_from_quantization_config(preset.quantization_config or {})
     result = plan(get_preset("deepseek-v3"), Hardware(get_device("h200").planning_bytes, 8, "h200"),
                   Workload(32768, 1), PlanOptions(engine_version="0.19", scheme=scheme))
-    assert result.primary.kv_capacity_tokens == 632_048
+    assert result.primary.kv_capacity_tokens == 631_760
     assert "TritonExperts" in result.activation.basis

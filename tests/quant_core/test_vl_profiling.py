@@ -18,6 +18,7 @@ from quant_core.engines.vllm import (
     qwen3_vl_video_resize,
     qwen_encoder_dummy,
     qwen_encoder_profile,
+    rotary_cache_bytes,
 )
 from quant_core.formats import float_format, int4
 from quant_core.hf_config import model_from_hf_config
@@ -154,7 +155,8 @@ def test_on_a_24_gb_card_the_encoder_pass_is_vllms_profiling_peak(model: str, ve
     charged = profile.activation(_stage(spec), limits)
     print(f"{model} on vLLM {version}, L4: text pass {text / GIB:.2f} GiB, encoder peak {encoder[0] / GIB:.2f} GiB, "
           f"charged {charged.bytes / GIB:.2f} GiB")
-    assert charged.bytes == encoder[0] + deepstack
+    # the rotary cos/sin cache (rotary_cache_bytes) is held beside the encoder's peak as beside the text pass
+    assert charged.bytes == encoder[0] + deepstack + rotary_cache_bytes(spec, version)
     assert charged.bytes - text - deepstack > 1.1 * GIB
     assert "dummy" in charged.basis and "the text pass:" in charged.basis
 
@@ -181,7 +183,8 @@ def test_the_plan_charges_the_dummy_video_of_the_requested_context() -> None:
     long = plan(spec, hardware, Workload(131072, 1), PlanOptions())
     encoder = qwen_encoder_profile(spec, "0.19", 1, 8192, 131072)
     assert encoder is not None
-    assert long.primary.devices[0].activation_bytes == encoder[0] == 18_328_059_904
+    assert encoder[0] == 18_328_059_904
+    assert long.primary.devices[0].activation_bytes == encoder[0] + rotary_cache_bytes(spec, "0.19")
     assert long.primary.devices[0].activation_bytes > short.primary.devices[0].activation_bytes + 6 * GIB
     assert any("1 dummy video item(s) of 114688 tokens" in warning for warning in long.warnings)
     assert any("the plan charges the requested context's" in warning for warning in short.warnings)
@@ -261,7 +264,7 @@ def test_on_a_small_card_vllm_0_19_reserves_the_pixtral_mask_above_the_text_pass
     charged = profile.activation(_stage(spec), limits).bytes
     print(f"Mistral Small 3.2 on vLLM 0.19, A100 40GB: text pass {text / GIB:.2f} GiB, Pixtral {encoder[0] / GIB:.2f} "
           f"GiB, charged {charged / GIB:.2f} GiB")
-    assert charged == encoder[0] > text + 0.2 * GIB
+    assert charged == encoder[0] + rotary_cache_bytes(spec, "0.19") > text + 0.2 * GIB
 
 
 def test_llama_4_and_gemma_3_keep_the_text_only_profiling_term_and_the_plan_says_so() -> None:
@@ -306,7 +309,7 @@ def test_qwen2_5_vl_3b_at_its_default_context_in_a_quarter_of_an_a100_has_no_kv_
     answer = plan(spec, hardware, Workload(128000, 1), options).primary
     assert not answer.fits
     assert answer.kv_pool_bytes is not None and answer.kv_pool_bytes < 0
-    assert answer.devices[0].activation_bytes == 18_328_059_904
+    assert answer.devices[0].activation_bytes == 18_328_059_904 + rotary_cache_bytes(spec, "0.11")
     profile = VllmProfile("0.11")
     limits = replace(profile.batch_limits(hardware.capacity_bytes, "a100-80gb"), max_model_len=128000)
     assert (limits.max_batched_tokens, limits.max_num_seqs) == (2048, 256)
