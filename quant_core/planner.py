@@ -768,6 +768,11 @@ class _Evaluator:
                 non_torch, graphs = self.engine.non_torch(stage), self.engine.cuda_graphs(stage, self.limits)
                 overhead = non_torch.bytes + graphs.bytes
                 overhead_basis = f"non-torch memory: {non_torch.basis}; CUDA graphs: {graphs.basis}"
+            layout_term = (None if self.engine is None
+                           else self.engine.expert_layout(stage, layout.expert_format, self.device_id))
+            if layout_term is not None:  # weights the engine's kernels hold beyond the checkpoint's
+                overhead += layout_term.bytes
+                overhead_basis += f"; routed experts' kernel layout: {layout_term.basis}"
             activations.append(activation)
             overheads.append(overhead)
         fixed = tuple(a + o for a, o in zip(activations, overheads, strict=True))

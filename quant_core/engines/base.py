@@ -128,6 +128,12 @@ class EngineProfile(Protocol):
         """Blocks and tokens the engine's KV pool holds in `available_bytes` on one device of `stage`."""
         ...
 
+    def expert_layout(self, stage: Stage, expert_format: str = "", device_id: str = "") -> Term | None:
+        """The bytes one rank of `stage` holds for its routed experts (stored as `expert_format`) beyond the
+        checkpoint's own, in the layout the engine's kernels for `device_id` rewrite them to; None when the engine
+        holds them as they ship."""
+        ...
+
     def routers_at_fp32(self, spec: ModelSpec) -> str | None:
         """Why the engine allocates the MoE routers of `spec` (role ``router``: gate weights and their biases) in
         float32 whatever the model's dtype, or None when it allocates them as the other unquantized tensors."""

@@ -956,6 +956,81 @@ def fused_moe_caches(spec: ModelSpec, tensor_parallel: int, tokens: int, version
         "v1/worker/workspace.py's buffer, modular_kernel.py _allocate_buffers; MarlinExperts asks the same)"))
 
 
+#: MXFP4 (OCP microscaling): 32 e2m1 values share one e8m0 scale byte; two values a byte
+MXFP4_BLOCK = 32
+#: vLLM 0.19's ``mxfp4_round_up_hidden_size_and_intermediate_size`` (fused_moe/oracle/mxfp4.py) for the Triton
+#: backends: the expert width per rank rounded up to 64 (the hidden size is left as it is)
+MXFP4_TRITON_WIDTH_ALIGNMENT = 64
+#: triton_kernels' ``HopperMXValueLayout.swizzle_data`` (vllm/third_party/triton_kernels, layout_details/
+#: hopper_value.py) pads both dimensions of the packed values to multiples of 64 bytes/rows
+HOPPER_VALUE_ALIGNMENT = 64
+#: ``HopperMXScaleLayout.swizzle_data`` (hopper_scale.py): the output dimension padded to ``2 x num_warps x 2 x 8``
+#: (256 with the 8 warps ``_swizzle_mxfp4`` asks), the scales per row to a multiple of 2
+HOPPER_SCALE_ROWS = 2 * 8 * 2 * 8
+HOPPER_SCALE_COLUMNS = 2
+#: vLLM releases whose MXFP4 Triton path on Hopper this layout is read from
+MXFP4_HOPPER_LAYOUT_VERSIONS = frozenset({"0.19"})
+
+
+def _round_up(value: int, multiple: int) -> int:
+    return -(-value // multiple) * multiple
+
+
+def mxfp4_expert_layout_bytes(spec: ModelSpec, tensor_parallel: int, layers: int) -> tuple[int, int]:
+    """(vLLM 0.19's bytes, the checkpoint's bytes) of the MXFP4 routed experts of `layers` MoE layers on one rank
+    under OpenAI's Triton kernels on Hopper, with E experts, H = hidden_size and w = moe_intermediate_size / tp.
+
+    The checkpoint holds per expert w13 ``2w x H/2`` and w2 ``H x w/2`` bytes of e2m1 pairs, ``2w x H/32`` and
+    ``H x w/32`` e8m0 scales, and bf16 biases ``2w`` and ``H``.  vLLM 0.19 (quantization/mxfp4.py,
+    ``Mxfp4MoEMethod``; fused_moe/oracle/mxfp4.py) instead:
+
+    * creates the parameters at w' = round_up(w, 64) (``maybe_roundup_sizes``: gpt-oss-20b at TP 2, 1,440 -> 1,472);
+    * ``convert_to_mxfp4_moe_kernel_format`` turns the biases into float32 and ``_swizzle_mxfp4`` rewrites the
+      values in ``HopperMXValueLayout`` (both dimensions of the transposed ``[H/2, 2w']`` and ``[w'/2, H]`` packed
+      values padded to 64) and the scales in ``HopperMXScaleLayout`` (output rows padded to 256, scales per row
+      to 2); the unswizzled values are deleted (``del layer.w13_weight``);
+    * ``_setup_kernel`` keeps the swizzled scales in ``self.w13_precision_config`` but never removes the
+      ``w13_weight_scale`` / ``w2_weight_scale`` parameters it registered: the unswizzled scales stay allocated
+      beside them.
+    """
+    experts, hidden = spec.num_experts, spec.hidden_size
+    width = spec.moe_intermediate_size // tensor_parallel
+    padded = _round_up(width, MXFP4_TRITON_WIDTH_ALIGNMENT)
+
+    def checkpoint(w: int, bias_bytes: int) -> int:
+        return (2 * w * hidden // 2 + 2 * w * hidden // MXFP4_BLOCK + hidden * w // 2 + hidden * w // MXFP4_BLOCK
+                + (2 * w + hidden) * bias_bytes)
+
+    values = (_round_up(2 * padded, HOPPER_VALUE_ALIGNMENT) * _round_up(hidden // 2, HOPPER_VALUE_ALIGNMENT)
+              + _round_up(hidden, HOPPER_VALUE_ALIGNMENT) * _round_up(padded // 2, HOPPER_VALUE_ALIGNMENT))
+    scales = (_round_up(2 * padded, HOPPER_SCALE_ROWS) * _round_up(hidden // MXFP4_BLOCK, HOPPER_SCALE_COLUMNS)
+              + _round_up(hidden, HOPPER_SCALE_ROWS) * _round_up(padded // MXFP4_BLOCK, HOPPER_SCALE_COLUMNS))
+    kept_scales = 2 * padded * hidden // MXFP4_BLOCK + hidden * padded // MXFP4_BLOCK
+    biases = (2 * padded + hidden) * 4
+    return (layers * experts * (values + scales + kept_scales + biases),
+            layers * experts * checkpoint(width, ACTIVATION_ELEMENT_BYTES))
+
+
+def expert_layout(stage: Stage, version: str, expert_format: str, device_id: str) -> Term | None:
+    """The bytes one rank's routed experts hold in vLLM `version` beyond the checkpoint's own (nibble's weights):
+    MXFP4 experts (`expert_format` "mxfp4", gpt-oss) on a Hopper device (`HOPPER_DEVICES`) in the releases of
+    `MXFP4_HOPPER_LAYOUT_VERSIONS` (`mxfp4_expert_layout_bytes`); None elsewhere (not read)."""
+    spec = stage.spec
+    if (version not in MXFP4_HOPPER_LAYOUT_VERSIONS or expert_format != "mxfp4" or device_id not in HOPPER_DEVICES
+            or not spec.is_moe):
+        return None
+    start, stop = stage.layers
+    layers = sum(1 for layer in spec.moe_layers if start <= layer < stop)
+    held, shipped = mxfp4_expert_layout_bytes(spec, stage.tensor_parallel, layers)
+    width = spec.moe_intermediate_size // stage.tensor_parallel
+    return Term(held - shipped, (
+        f"vLLM {version}'s MXFP4 experts on Hopper hold {held / GIB:.2f} GiB where the checkpoint's are "
+        f"{shipped / GIB:.2f} GiB: the expert width per rank rounded up to 64 ({width} -> "
+        f"{_round_up(width, MXFP4_TRITON_WIDTH_ALIGNMENT)}), triton_kernels' Hopper value and scale layouts "
+        "(padded to 64 and to 256 rows), float32 biases, and the unswizzled scales Mxfp4MoEMethod._setup_kernel "
+        "leaves registered (quantization/mxfp4.py, fused_moe/oracle/mxfp4.py)"))
+
+
 def _forward_bytes(spec: ModelSpec, tensor_parallel: int, tokens: int, version: str, expert_format: str = "",
                    device_id: str = "") -> int:
     """Peak live activation bytes on one rank during one decoder layer of the dummy forward pass.
@@ -1354,6 +1429,10 @@ class VllmProfile:
         if weight_format.removeprefix("checkpoint-") != "fp8-block128":
             return int4_expert_refusal(spec, weight_format, tensor_parallel, self._version)
         return fp8_block_expert_refusal(spec, tensor_parallel)
+
+    def expert_layout(self, stage: Stage, expert_format: str = "", device_id: str = "") -> Term | None:
+        """The bytes vLLM's MXFP4 experts hold on Hopper beyond the checkpoint's (`expert_layout`)."""
+        return expert_layout(stage, self._version, expert_format, device_id)
 
     def routers_at_fp32(self, spec: ModelSpec) -> str | None:
         """Why vLLM holds the routers of `spec` in float32 (`ROUTERS_AT_FP32`), or None."""
