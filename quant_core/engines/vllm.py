@@ -968,67 +968,91 @@ HOPPER_VALUE_ALIGNMENT = 64
 #: (256 with the 8 warps ``_swizzle_mxfp4`` asks), the scales per row to a multiple of 2
 HOPPER_SCALE_ROWS = 2 * 8 * 2 * 8
 HOPPER_SCALE_COLUMNS = 2
-#: vLLM releases whose MXFP4 Triton path on Hopper this layout is read from
-MXFP4_HOPPER_LAYOUT_VERSIONS = frozenset({"0.19"})
+#: vLLM releases whose MXFP4 expert layouts (`mxfp4_expert_layout_bytes`) are read from their code
+MXFP4_LAYOUT_VERSIONS = frozenset({"0.19"})
 
 
 def _round_up(value: int, multiple: int) -> int:
     return -(-value // multiple) * multiple
 
 
-def mxfp4_expert_layout_bytes(spec: ModelSpec, tensor_parallel: int, layers: int) -> tuple[int, int]:
-    """(vLLM 0.19's bytes, the checkpoint's bytes) of the MXFP4 routed experts of `layers` MoE layers on one rank
-    under OpenAI's Triton kernels on Hopper, with E experts, H = hidden_size and w = moe_intermediate_size / tp.
+#: vLLM 0.19's ``mxfp4_round_up_hidden_size_and_intermediate_size`` for the Marlin backend (CUDA): the expert
+#: width per rank rounded up to 128 and the hidden size to 256 (``gptq_marlin_repack`` tiles)
+MARLIN_WIDTH_ALIGNMENT = 128
+MARLIN_HIDDEN_ALIGNMENT = 256
+#: the catalog's compute-capability 8.x devices: below the (9, 0) OpenAI's Triton kernels need, and no FlashInfer
+#: MXFP4 kernel for them (SM90 CUTLASS, SM100 TRT-LLM), so oracle/mxfp4.py's ``select_mxfp4_moe_backend`` falls
+#: through to ``Mxfp4MoeBackend.MARLIN``
+MARLIN_MXFP4_DEVICES = frozenset({"a100-40gb", "a100-80gb", "l40s", "l4", "a10g", "a10", "rtx-a6000", "rtx-4090",
+                                  "rtx-4080", "rtx-3090"})
 
-    The checkpoint holds per expert w13 ``2w x H/2`` and w2 ``H x w/2`` bytes of e2m1 pairs, ``2w x H/32`` and
-    ``H x w/32`` e8m0 scales, and bf16 biases ``2w`` and ``H``.  vLLM 0.19 (quantization/mxfp4.py,
-    ``Mxfp4MoEMethod``; fused_moe/oracle/mxfp4.py) instead:
 
-    * creates the parameters at w' = round_up(w, 64) (``maybe_roundup_sizes``: gpt-oss-20b at TP 2, 1,440 -> 1,472);
-    * ``convert_to_mxfp4_moe_kernel_format`` turns the biases into float32 and ``_swizzle_mxfp4`` rewrites the
-      values in ``HopperMXValueLayout`` (both dimensions of the transposed ``[H/2, 2w']`` and ``[w'/2, H]`` packed
-      values padded to 64) and the scales in ``HopperMXScaleLayout`` (output rows padded to 256, scales per row
-      to 2); the unswizzled values are deleted (``del layer.w13_weight``);
-    * ``_setup_kernel`` keeps the swizzled scales in ``self.w13_precision_config`` but never removes the
-      ``w13_weight_scale`` / ``w2_weight_scale`` parameters it registered: the unswizzled scales stay allocated
-      beside them.
+def _mxfp4_checkpoint_bytes(experts: int, hidden: int, width: int) -> int:
+    """One MoE layer's MXFP4 experts as the checkpoint ships them on one rank: w13 ``2w x H/2`` and w2 ``H x w/2``
+    bytes of e2m1 pairs, ``2w x H/32`` and ``H x w/32`` e8m0 scales, bf16 biases ``2w`` and ``H``."""
+    return experts * (2 * width * hidden // 2 + 2 * width * hidden // MXFP4_BLOCK + hidden * width // 2
+                      + hidden * width // MXFP4_BLOCK + (2 * width + hidden) * ACTIVATION_ELEMENT_BYTES)
+
+
+def mxfp4_expert_layout_bytes(spec: ModelSpec, tensor_parallel: int, layers: int, backend: str) -> tuple[int, int]:
+    """(vLLM 0.19's bytes, the checkpoint's bytes) of the MXFP4 routed experts of `layers` MoE layers on one rank,
+    with E experts, H = hidden_size and w = moe_intermediate_size / tp, for `backend` "triton" (OpenAI's Triton
+    kernels, Hopper) or "marlin" (compute capability 8.x).  vLLM 0.19 (quantization/mxfp4.py ``Mxfp4MoEMethod``,
+    fused_moe/oracle/mxfp4.py, utils/marlin_utils_fp4.py):
+
+    * "triton": the parameters are created at w' = round_up(w, 64) (``maybe_roundup_sizes``: gpt-oss-20b at TP 2,
+      1,440 -> 1,472); ``convert_to_mxfp4_moe_kernel_format`` turns the biases into float32 and ``_swizzle_mxfp4``
+      rewrites the values in ``HopperMXValueLayout`` (both dimensions of the transposed ``[H/2, 2w']`` and
+      ``[w'/2, H]`` packed values padded to 64) and the scales in ``HopperMXScaleLayout`` (output rows padded to
+      256, scales per row to 2), deleting the unswizzled values (``del layer.w13_weight``); ``_setup_kernel`` keeps
+      the swizzled scales in ``self.w13_precision_config`` but never removes the ``w13_weight_scale`` /
+      ``w2_weight_scale`` parameters: the unswizzled scales stay allocated beside them.
+    * "marlin": the parameters are created at w' = round_up(w, 128) and H' = round_up(H, 256);
+      ``prepare_moe_mxfp4_layer_for_marlin`` repacks the values (``gptq_marlin_repack``, as many bytes), permutes
+      the scales back to e8m0 (``mxfp4_marlin_process_scales``) and the biases in bf16, and ``_setup_kernel``
+      replaces the parameters with them (``replace_parameter``).
     """
     experts, hidden = spec.num_experts, spec.hidden_size
     width = spec.moe_intermediate_size // tensor_parallel
+    shipped = layers * _mxfp4_checkpoint_bytes(experts, hidden, width)
+    if backend == "marlin":
+        padded, wide = _round_up(width, MARLIN_WIDTH_ALIGNMENT), _round_up(hidden, MARLIN_HIDDEN_ALIGNMENT)
+        return layers * _mxfp4_checkpoint_bytes(experts, wide, padded), shipped
     padded = _round_up(width, MXFP4_TRITON_WIDTH_ALIGNMENT)
-
-    def checkpoint(w: int, bias_bytes: int) -> int:
-        return (2 * w * hidden // 2 + 2 * w * hidden // MXFP4_BLOCK + hidden * w // 2 + hidden * w // MXFP4_BLOCK
-                + (2 * w + hidden) * bias_bytes)
-
     values = (_round_up(2 * padded, HOPPER_VALUE_ALIGNMENT) * _round_up(hidden // 2, HOPPER_VALUE_ALIGNMENT)
               + _round_up(hidden, HOPPER_VALUE_ALIGNMENT) * _round_up(padded // 2, HOPPER_VALUE_ALIGNMENT))
     scales = (_round_up(2 * padded, HOPPER_SCALE_ROWS) * _round_up(hidden // MXFP4_BLOCK, HOPPER_SCALE_COLUMNS)
               + _round_up(hidden, HOPPER_SCALE_ROWS) * _round_up(padded // MXFP4_BLOCK, HOPPER_SCALE_COLUMNS))
     kept_scales = 2 * padded * hidden // MXFP4_BLOCK + hidden * padded // MXFP4_BLOCK
     biases = (2 * padded + hidden) * 4
-    return (layers * experts * (values + scales + kept_scales + biases),
-            layers * experts * checkpoint(width, ACTIVATION_ELEMENT_BYTES))
+    return layers * experts * (values + scales + kept_scales + biases), shipped
 
 
 def expert_layout(stage: Stage, version: str, expert_format: str, device_id: str) -> Term | None:
     """The bytes one rank's routed experts hold in vLLM `version` beyond the checkpoint's own (nibble's weights):
-    MXFP4 experts (`expert_format` "mxfp4", gpt-oss) on a Hopper device (`HOPPER_DEVICES`) in the releases of
-    `MXFP4_HOPPER_LAYOUT_VERSIONS` (`mxfp4_expert_layout_bytes`); None elsewhere (not read)."""
+    MXFP4 experts (`expert_format` "mxfp4", gpt-oss) in the releases of `MXFP4_LAYOUT_VERSIONS`, on a Hopper device
+    (`HOPPER_DEVICES`: OpenAI's Triton kernels) or a compute-capability 8.x one (`MARLIN_MXFP4_DEVICES`: Marlin)
+    (`mxfp4_expert_layout_bytes`); None elsewhere (other releases and devices: not read)."""
     spec = stage.spec
-    if (version not in MXFP4_HOPPER_LAYOUT_VERSIONS or expert_format != "mxfp4" or device_id not in HOPPER_DEVICES
-            or not spec.is_moe):
+    backend = ("triton" if device_id in HOPPER_DEVICES else "marlin" if device_id in MARLIN_MXFP4_DEVICES else "")
+    if version not in MXFP4_LAYOUT_VERSIONS or expert_format != "mxfp4" or not backend or not spec.is_moe:
         return None
     start, stop = stage.layers
     layers = sum(1 for layer in spec.moe_layers if start <= layer < stop)
-    held, shipped = mxfp4_expert_layout_bytes(spec, stage.tensor_parallel, layers)
+    held, shipped = mxfp4_expert_layout_bytes(spec, stage.tensor_parallel, layers, backend)
     width = spec.moe_intermediate_size // stage.tensor_parallel
+    if backend == "marlin":
+        how = (f"Marlin's tiles: the expert width per rank rounded up to 128 ({width} -> "
+               f"{_round_up(width, MARLIN_WIDTH_ALIGNMENT)}) and the hidden size to 256 ({spec.hidden_size} -> "
+               f"{_round_up(spec.hidden_size, MARLIN_HIDDEN_ALIGNMENT)}) (utils/marlin_utils_fp4.py)")
+    else:
+        how = (f"OpenAI's Triton kernels: the expert width per rank rounded up to 64 ({width} -> "
+               f"{_round_up(width, MXFP4_TRITON_WIDTH_ALIGNMENT)}), triton_kernels' Hopper value and scale layouts "
+               "(padded to 64 and to 256 rows), float32 biases, and the unswizzled scales "
+               "Mxfp4MoEMethod._setup_kernel leaves registered")
     return Term(held - shipped, (
-        f"vLLM {version}'s MXFP4 experts on Hopper hold {held / GIB:.2f} GiB where the checkpoint's are "
-        f"{shipped / GIB:.2f} GiB: the expert width per rank rounded up to 64 ({width} -> "
-        f"{_round_up(width, MXFP4_TRITON_WIDTH_ALIGNMENT)}), triton_kernels' Hopper value and scale layouts "
-        "(padded to 64 and to 256 rows), float32 biases, and the unswizzled scales Mxfp4MoEMethod._setup_kernel "
-        "leaves registered (quantization/mxfp4.py, fused_moe/oracle/mxfp4.py)"))
+        f"vLLM {version}'s MXFP4 experts hold {held / GIB:.2f} GiB a rank where the checkpoint's are "
+        f"{shipped / GIB:.2f} GiB, under {how} (quantization/mxfp4.py, fused_moe/oracle/mxfp4.py)"))
 
 
 def _forward_bytes(spec: ModelSpec, tensor_parallel: int, tokens: int, version: str, expert_format: str = "",
