@@ -304,6 +304,12 @@ def _deepstack_buffer_bytes(spec: ModelSpec, tokens: int) -> int:
 _MROPE_POSITIONS_FACTOR_ONE = frozenset({"qwen3_vl", "qwen3_vl_moe", "qwen3_5", "qwen3_5_moe"})
 
 
+#: model types whose vLLM model class builds its rotary embedding with ``get_rope(..., dtype=torch.float32)``, so
+#: the cos/sin cache stays float32: gpt-oss's YaRN (models/gpt_oss.py ``OAIAttention.__init__``, in v0.11, v0.19
+#: and v0.33 alike: 131,072 positions x 64 x 4 bytes, 32 MiB on every rank)
+ROTARY_CACHE_FP32 = frozenset({"gpt_oss"})
+
+
 def rotary_cache_positions(spec: ModelSpec, version: str = DEFAULT_VERSION) -> tuple[int, ...]:
     """The positions of each rotary cos/sin cache vLLM `version` builds for `spec` (`ModelSpec.rotary_cache_rows`),
     a multimodal RoPE's multiplied by the release's positions factor (mrope.py ``cache_max_position_num``: 4, or 1
@@ -322,8 +328,10 @@ def rotary_cache_bytes(spec: ModelSpec, version: str = DEFAULT_VERSION) -> int:
     fp32 only on its flashinfer path, off under the default torch.compile custom ops), registered with
     ``register_buffer`` and shared by every layer with the same arguments (``get_rope`` caches instances in
     ``_ROPE_DICT``), on every rank; vLLM counts it in "Model loading took" (rotary_embedding/__init__.py, base.py,
-    the same in v0.11, v0.19 and v0.33).  0 for a model without RoPE."""
-    return sum(rotary_cache_positions(spec, version)) * spec.rotary_dim * ACTIVATION_ELEMENT_BYTES
+    the same in v0.11, v0.19 and v0.33), at 4 bytes a value for the model types whose vLLM model class asks
+    ``get_rope(..., dtype=torch.float32)`` (`ROTARY_CACHE_FP32`).  0 for a model without RoPE."""
+    element = 4 if spec.model_type in ROTARY_CACHE_FP32 else ACTIVATION_ELEMENT_BYTES
+    return sum(rotary_cache_positions(spec, version)) * spec.rotary_dim * element
 
 
 def gdn_forward_bytes_per_token(spec: ModelSpec, tensor_parallel: int) -> int:

@@ -101,11 +101,14 @@ def test_phi_3_longrope_holds_its_short_and_long_caches_in_one_buffer() -> None:
     assert rotary_cache_bytes(get_preset("phi-3-mini-4k-instruct")) == 4096 * 96 * BF16
 
 
-def test_gpt_oss_yarn_cache_is_4096_times_32_positions_of_64_dims() -> None:
+def test_gpt_oss_yarn_cache_is_4096_times_32_positions_of_64_dims_in_float32() -> None:
     # gpt_oss.py passes rope_type "yarn"; yarn_scaling_rope.py, YaRNScalingRotaryEmbedding._compute_cos_sin_cache:
-    # torch.arange(original_max_position_embeddings x factor) = 4,096 x 32 positions over head_dim 64
+    # torch.arange(original_max_position_embeddings x factor) = 4,096 x 32 positions over head_dim 64.
+    # OAIAttention.__init__ asks get_rope(..., dtype=torch.float32) (gpt_oss.py in v0.11, v0.19 and v0.33), so
+    # base.py's cache.to(dtype) keeps it at 4 bytes a value
     for model in ("gpt-oss-20b", "gpt-oss-120b"):
-        assert rotary_cache_bytes(get_preset(model)) == 131_072 * 64 * BF16 == 16 * MIB
+        for version in ("0.11", "0.19", "0.33"):
+            assert rotary_cache_bytes(get_preset(model), version) == 131_072 * 64 * 4 == 32 * MIB
 
 
 def test_multimodal_rope_is_four_times_max_position_except_qwen3_vl_from_0_33() -> None:
