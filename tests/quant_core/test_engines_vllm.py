@@ -11,7 +11,7 @@ import pytest
 
 from quant_core.catalog import get_device, get_preset, get_preset_info, list_devices
 from quant_core.engines import BatchLimits, Stage, get_engine
-from quant_core.engines.vllm import VllmProfile, rotary_cache_bytes
+from quant_core.engines.vllm import VllmProfile, mxfp4_expert_layout_bytes, rotary_cache_bytes
 from quant_core.errors import UnknownName
 from quant_core.formats import WeightFormat, float_format, fp8, int4
 from quant_core.hf_config import model_from_sizes
@@ -642,3 +642,79 @@ def test_vllm_builds_llama4s_vocabulary_only_on_the_first_and_last_stage() -> No
 
     spec = model_from_hf_config(llama4_config("llama-4-maverick-17b-128e-instruct"))
     assert VllmProfile().vocabulary_on_every_stage(spec) is None
+
+
+# --- vLLM 0.19's MXFP4 expert layouts (gpt-oss): the weights its kernels hold beyond the checkpoint's ---------
+
+def test_vllm_0_19_holds_gpt_oss_20b_experts_at_tp2_on_hopper_in_openais_triton_layout() -> None:
+    # gpt-oss-20b: 32 experts, hidden 2,880, expert width 2,880 = 1,440 a rank at TP 2.  vLLM 0.19
+    # (fused_moe/oracle/mxfp4.py, quantization/mxfp4.py, third_party/triton_kernels/tensor_details/layout_details):
+    # the width rounded up to 64 (1,472); HopperMXValueLayout pads the transposed packed values to 64 (w13
+    # [1,440 -> 1,472 x 2,944], w2 [736 -> 768 x 2,880]); HopperMXScaleLayout pads the rows to 256 (w13 2,944 ->
+    # 3,072 x 90 scales, w2 2,880 -> 3,072 x 46); the unswizzled scales stay registered (2,944 x 90, 2,880 x 46);
+    # the biases become float32 ((2,944 + 2,880) x 4)
+    held = (2944 * 1472 + 2880 * 768) + (3072 * 90 + 3072 * 46) + (2944 * 90 + 2880 * 46) + (2944 + 2880) * 4
+    shipped = (2 * 1440 * 2880 // 2 + 2 * 1440 * 2880 // 32 + 2880 * 1440 // 2 + 2880 * 1440 // 32
+               + (2 * 1440 + 2880) * 2)
+    spec = get_preset("gpt-oss-20b")
+    assert mxfp4_expert_layout_bytes(spec, 2, 24, "triton") == (24 * 32 * held, 24 * 32 * shipped)
+    term = VllmProfile("0.19").expert_layout(_stage(spec, 2), "mxfp4", "h100-80gb")
+    assert term is not None and term.bytes == 24 * 32 * (held - shipped)  # 0.55 GiB a rank
+    assert "1440 -> 1472" in term.basis
+
+
+def test_vllm_0_19_holds_gpt_oss_20b_experts_on_a100_in_marlins_padded_tiles() -> None:
+    # Marlin (compute capability 8.x, marlin_utils_fp4.py prepare_moe_mxfp4_layer_for_marlin): width 2,880 -> 2,944
+    # (128), hidden 2,880 -> 3,072 (256), repacked values and e8m0 scales at those sizes, bf16 biases
+    def experts(width: int, hidden: int) -> int:
+        return 2 * width * hidden // 2 + 2 * width * hidden // 32 + hidden * width // 2 + hidden * width // 32 \
+            + (2 * width + hidden) * 2
+    spec = get_preset("gpt-oss-20b")
+    assert mxfp4_expert_layout_bytes(spec, 1, 24, "marlin") == (24 * 32 * experts(2944, 3072),
+                                                                 24 * 32 * experts(2880, 2880))
+
+
+def test_mxfp4_layouts_are_charged_only_where_they_were_read() -> None:
+    spec, profile = get_preset("gpt-oss-20b"), VllmProfile("0.19")
+    assert profile.expert_layout(_stage(spec), "mxfp4", "b200") is None  # FlashInfer TRT-LLM: not read
+    assert profile.expert_layout(_stage(spec), "bf16", "h100-80gb") is None
+    assert VllmProfile("0.11").expert_layout(_stage(spec), "mxfp4", "h100-80gb") is None
+    assert VllmProfile("0.33").expert_layout(_stage(spec), "mxfp4", "h100-80gb") is None
+
+
+@pytest.mark.parametrize("log_id", ["llmdp-v0.19-gpt-oss-20b-tp2", "myoceane-a100-gpt-oss-20b-0.19"])
+def test_gpt_oss_weights_vllm_0_19_logs_are_the_checkpoint_its_expert_layout_and_its_fp32_rotary_cache(
+        log_id: str) -> None:
+    # llm-d-planner's TP 2 H100 log: 'Model loading took 7.01 GiB' on every worker; myoceane's A100 log: 13.72 GiB
+    # (vllm_logs.json).  nibble's rank weights + the expert layout + the float32 YaRN cache lands within 0.02 GiB
+    # under them (the log's 0.01 GiB rounding and allocator rounding of the 24 x 6 expert tensors unread), never over
+    log = BY_ID[log_id]
+    spec = _spec(log)
+    tp = log["tensor_parallel"]
+    hardware = Hardware(get_device(log["catalog_device"]).planning_bytes, tp, log["catalog_device"])
+    device = plan(spec, hardware, Workload(log["max_model_len"], 1), _options(log, "as shipped")).primary.devices[0]
+    term = VllmProfile("0.19").expert_layout(_stage(spec, tp), "mxfp4", log["catalog_device"])
+    assert term is not None
+    loaded = (device.weights_bytes + term.bytes + rotary_cache_bytes(spec, "0.19")) / GIB
+    print(f"{log_id}: weights {loaded:.3f} GiB predicted, {log['weights_gib']} logged "
+          f"(checkpoint only: {device.weights_bytes / GIB:.3f})")
+    assert log["weights_gib"] - 0.02 <= loaded <= log["weights_gib"] + 0.005
+
+
+@pytest.mark.parametrize("source", SOURCES)
+def test_gpt_oss_20b_at_tp2_on_h100_plans_vllms_kv_tokens_within_a_tenth_of_a_percent(source: str) -> None:
+    # llm-d-planner's v0.19.0 log (vllm_logs.json "llmdp-v0.19-gpt-oss-20b-tp2"): 'GPU KV cache size: 2,591,776
+    # tokens'.  vLLM's own figure for its logged 59.32 GiB: 24 layers, 12 sliding (window 128) + 12 full, two groups
+    # of 12 (kv_cache_utils.py _get_kv_cache_groups_uniform_page_size), a page of 16 tokens x 4 KV heads a rank x 64
+    # x 2 (K, V) x 2 bytes = 16 KiB a layer, so a block of the shared pool is 12 x 16 KiB; num_blocks = 59.32 GiB //
+    # 196,608 B, and the tokens are num_blocks // 2 groups x 16.  nibble was +0.97 % above it with the checkpoint's
+    # expert bytes; with vLLM's MXFP4 layout and the fp32 rotary cache it is within 0.1 %
+    log = BY_ID["llmdp-v0.19-gpt-oss-20b-tp2"]
+    def vllm_tokens(gib: float) -> int:
+        return int(gib * GIB) // (12 * 16 * 4 * 64 * 2 * 2) // 2 * 16
+
+    # the logged 2,591,776 within the 0.01 GiB the log rounds its memory to
+    assert vllm_tokens(59.315) <= log["kv_cache_tokens"] == 2_591_776 <= vllm_tokens(59.325)
+    error = _capacity_error(log["id"], source)
+    print(f"{log['id']} ({source}): {error:+.3%}")
+    assert abs(error) <= 0.001
