@@ -977,7 +977,7 @@ HOPPER_VALUE_ALIGNMENT = 64
 HOPPER_SCALE_ROWS = 2 * 8 * 2 * 8
 HOPPER_SCALE_COLUMNS = 2
 #: vLLM releases whose MXFP4 expert layouts (`mxfp4_expert_layout_bytes`) are read from their code
-MXFP4_LAYOUT_VERSIONS = frozenset({"0.19"})
+MXFP4_LAYOUT_VERSIONS = frozenset({"0.11", "0.19"})
 
 
 def _round_up(value: int, multiple: int) -> int:
@@ -1019,6 +1019,10 @@ def mxfp4_expert_layout_bytes(spec: ModelSpec, tensor_parallel: int, layers: int
       ``prepare_moe_mxfp4_layer_for_marlin`` repacks the values (``gptq_marlin_repack``, as many bytes), permutes
       the scales back to e8m0 (``mxfp4_marlin_process_scales``) and the biases in bf16, and ``_setup_kernel``
       replaces the parameters with them (``replace_parameter``).
+    * "triton-unswizzled": vLLM 0.11's Triton path as far as its own code shows it (quantization/mxfp4.py,
+      ``process_weights_after_loading``: the width rounded up to 64, float32 biases, ``del layer.w13_weight`` but
+      not the scales, which stay beside the swizzled ones): the values and scales at their own size, the padding
+      of the triton_kernels package it imports (not vendored in 0.11, its version not pinned) left out.
     """
     experts, hidden = spec.num_experts, spec.hidden_size
     width = spec.moe_intermediate_size // tensor_parallel
@@ -1027,22 +1031,26 @@ def mxfp4_expert_layout_bytes(spec: ModelSpec, tensor_parallel: int, layers: int
         padded, wide = _round_up(width, MARLIN_WIDTH_ALIGNMENT), _round_up(hidden, MARLIN_HIDDEN_ALIGNMENT)
         return layers * _mxfp4_checkpoint_bytes(experts, wide, padded), shipped
     padded = _round_up(width, MXFP4_TRITON_WIDTH_ALIGNMENT)
+    kept_scales = 2 * padded * hidden // MXFP4_BLOCK + hidden * padded // MXFP4_BLOCK
+    biases = (2 * padded + hidden) * 4
+    if backend == "triton-unswizzled":
+        return layers * experts * (padded * hidden + hidden * padded // 2 + 2 * kept_scales + biases), shipped
     values = (_round_up(2 * padded, HOPPER_VALUE_ALIGNMENT) * _round_up(hidden // 2, HOPPER_VALUE_ALIGNMENT)
               + _round_up(hidden, HOPPER_VALUE_ALIGNMENT) * _round_up(padded // 2, HOPPER_VALUE_ALIGNMENT))
     scales = (_round_up(2 * padded, HOPPER_SCALE_ROWS) * _round_up(hidden // MXFP4_BLOCK, HOPPER_SCALE_COLUMNS)
               + _round_up(hidden, HOPPER_SCALE_ROWS) * _round_up(padded // MXFP4_BLOCK, HOPPER_SCALE_COLUMNS))
-    kept_scales = 2 * padded * hidden // MXFP4_BLOCK + hidden * padded // MXFP4_BLOCK
-    biases = (2 * padded + hidden) * 4
     return layers * experts * (values + scales + kept_scales + biases), shipped
 
 
 def expert_layout(stage: Stage, version: str, expert_format: str, device_id: str) -> Term | None:
     """The bytes one rank's routed experts hold in vLLM `version` beyond the checkpoint's own (nibble's weights):
     MXFP4 experts (`expert_format` "mxfp4", gpt-oss) in the releases of `MXFP4_LAYOUT_VERSIONS`, on a Hopper device
-    (`HOPPER_DEVICES`: OpenAI's Triton kernels) or a compute-capability 8.x one (`MARLIN_MXFP4_DEVICES`: Marlin)
-    (`mxfp4_expert_layout_bytes`); None elsewhere (other releases and devices: not read)."""
+    (`HOPPER_DEVICES`: OpenAI's Triton kernels) or, in 0.19, a compute-capability 8.x one (`MARLIN_MXFP4_DEVICES`:
+    Marlin) (`mxfp4_expert_layout_bytes`); None elsewhere (other releases and devices: not read)."""
     spec = stage.spec
     backend = ("triton" if device_id in HOPPER_DEVICES else "marlin" if device_id in MARLIN_MXFP4_DEVICES else "")
+    if version == "0.11":  # only its Triton path on Hopper is read, without the triton_kernels layout
+        backend = "triton-unswizzled" if backend == "triton" else ""
     if version not in MXFP4_LAYOUT_VERSIONS or expert_format != "mxfp4" or not backend or not spec.is_moe:
         return None
     start, stop = stage.layers
@@ -1053,6 +1061,11 @@ def expert_layout(stage: Stage, version: str, expert_format: str, device_id: str
         how = (f"Marlin's tiles: the expert width per rank rounded up to 128 ({width} -> "
                f"{_round_up(width, MARLIN_WIDTH_ALIGNMENT)}) and the hidden size to 256 ({spec.hidden_size} -> "
                f"{_round_up(spec.hidden_size, MARLIN_HIDDEN_ALIGNMENT)}) (utils/marlin_utils_fp4.py)")
+    elif backend == "triton-unswizzled":
+        how = (f"OpenAI's Triton kernels: the expert width per rank rounded up to 64 ({width} -> "
+               f"{_round_up(width, MXFP4_TRITON_WIDTH_ALIGNMENT)}), float32 biases and the unswizzled scales "
+               "process_weights_after_loading leaves registered beside the swizzled ones (the triton_kernels "
+               "package's own padding not counted)")
     else:
         how = (f"OpenAI's Triton kernels: the expert width per rank rounded up to 64 ({width} -> "
                f"{_round_up(width, MXFP4_TRITON_WIDTH_ALIGNMENT)}), triton_kernels' Hopper value and scale layouts "
