@@ -976,8 +976,17 @@ HOPPER_VALUE_ALIGNMENT = 64
 #: (256 with the 8 warps ``_swizzle_mxfp4`` asks), the scales per row to a multiple of 2
 HOPPER_SCALE_ROWS = 2 * 8 * 2 * 8
 HOPPER_SCALE_COLUMNS = 2
+#: vLLM 0.33's vendored triton_kernels (third_party/triton_kernels/tensor_details/layout_details/hopper_value.py,
+#: ``HopperMXValueLayout.swizzle_data`` with ``mma_version`` 3) predates the pad-to-64 of 0.19's copy: it pads the
+#: packed values' output rows to ``k_tile x warp_tile x threads x scott_trick x contig`` = 1 x 2 x 4 x 2 x 1 = 16
+#: and their bytes along the reduction to 4 x 2 x 4 x 1 x 1 = 32
+HOPPER_VALUE_ROWS_033 = 16
+HOPPER_VALUE_BYTES_033 = 32
+#: vLLM 0.33's ``_swizzle_mxfp4`` (quantization/utils/mxfp4_utils.py) on compute capability 9.0 pads the scales
+#: per row to a multiple of 4 before ``HopperMXScaleLayout`` ("Patches #47303: pad K (num scale groups) to 0 mod 4")
+HOPPER_SCALE_COLUMNS_033 = 4
 #: vLLM releases whose MXFP4 expert layouts (`mxfp4_expert_layout_bytes`) are read from their code
-MXFP4_LAYOUT_VERSIONS = frozenset({"0.11", "0.19"})
+MXFP4_LAYOUT_VERSIONS = frozenset({"0.11", "0.19", "0.33"})
 
 
 def _round_up(value: int, multiple: int) -> int:
@@ -990,7 +999,10 @@ MARLIN_WIDTH_ALIGNMENT = 128
 MARLIN_HIDDEN_ALIGNMENT = 256
 #: the catalog's compute-capability 8.x devices: below the (9, 0) OpenAI's Triton kernels need, and no FlashInfer
 #: MXFP4 kernel for them (SM90 CUTLASS, SM100 TRT-LLM), so oracle/mxfp4.py's ``select_mxfp4_moe_backend`` falls
-#: through to ``Mxfp4MoeBackend.MARLIN``
+#: through to ``Mxfp4MoeBackend.MARLIN``; vLLM 0.33 the same (``_get_priority_backends_for_gpt_oss``: TRITON needs
+#: (9, 0), FLASHINFER_CUTLASS_MXFP4_BF16 ``FlashInferExperts`` capability 9.0/10.x/12.x, CUTLASS_MXFP4_MXFP4 is
+#: dropped by ``_filter_by_activation`` for bf16 activations, and ``prioritize_humming`` puts Humming ahead of
+#: Marlin only on capability 9.0), with the same rounding and ``prepare_moe_mxfp4_layer_for_marlin`` bytes
 MARLIN_MXFP4_DEVICES = frozenset({"a100-40gb", "a100-80gb", "l40s", "l4", "a10g", "a10", "rtx-a6000", "rtx-4090",
                                   "rtx-4080", "rtx-3090"})
 
@@ -1003,7 +1015,7 @@ def _mxfp4_checkpoint_bytes(experts: int, hidden: int, width: int) -> int:
 
 
 def mxfp4_expert_layout_bytes(spec: ModelSpec, tensor_parallel: int, layers: int, backend: str) -> tuple[int, int]:
-    """(vLLM 0.19's bytes, the checkpoint's bytes) of the MXFP4 routed experts of `layers` MoE layers on one rank,
+    """(vLLM's bytes, the checkpoint's bytes) of the MXFP4 routed experts of `layers` MoE layers on one rank,
     with E experts, H = hidden_size and w = moe_intermediate_size / tp, for `backend` "triton" (OpenAI's Triton
     kernels, Hopper) or "marlin" (compute capability 8.x).  vLLM 0.19 (quantization/mxfp4.py ``Mxfp4MoEMethod``,
     fused_moe/oracle/mxfp4.py, utils/marlin_utils_fp4.py):
@@ -1019,6 +1031,14 @@ def mxfp4_expert_layout_bytes(spec: ModelSpec, tensor_parallel: int, layers: int
       ``prepare_moe_mxfp4_layer_for_marlin`` repacks the values (``gptq_marlin_repack``, as many bytes), permutes
       the scales back to e8m0 (``mxfp4_marlin_process_scales``) and the biases in bf16, and ``_setup_kernel``
       replaces the parameters with them (``replace_parameter``).
+    * "triton-0.33": vLLM 0.33's Triton path on Hopper (oracle/mxfp4.py ``select_mxfp4_moe_backend``: TRITON is
+      the first of ``_get_priority_backends_for_gpt_oss`` a compute-capability 9.0 device supports; the triton_kernels
+      vendored in third_party/ is used unless another is installed; ``GptOssMxfp4MoEMethod``): the width rounded up to
+      64 (``mxfp4_round_up_hidden_size_and_intermediate_size``), float32 biases, ``_swizzle_mxfp4`` pads the scales
+      per row to 4 and then lays them out in ``HopperMXScaleLayout`` (rows to 256, scales per row to 2) and the
+      values in the vendored ``HopperMXValueLayout`` (output rows to 16, packed bytes along the reduction to 32);
+      ``convert_gpt_oss_weight_to_mxfp4_moe_kernel_format`` then deletes ``w13_weight``, ``w2_weight`` and both
+      unswizzled scales, so no copy of the scales is kept.
     * "triton-unswizzled": vLLM 0.11's Triton path as far as its own code shows it (quantization/mxfp4.py,
       ``process_weights_after_loading``: the width rounded up to 64, float32 biases, ``del layer.w13_weight`` but
       not the scales, which stay beside the swizzled ones): the values and scales at their own size, the padding
@@ -1035,6 +1055,14 @@ def mxfp4_expert_layout_bytes(spec: ModelSpec, tensor_parallel: int, layers: int
     biases = (2 * padded + hidden) * 4
     if backend == "triton-unswizzled":
         return layers * experts * (padded * hidden + hidden * padded // 2 + 2 * kept_scales + biases), shipped
+    if backend == "triton-0.33":
+        values = (_round_up(2 * padded, HOPPER_VALUE_ROWS_033) * _round_up(hidden // 2, HOPPER_VALUE_BYTES_033)
+                  + _round_up(hidden, HOPPER_VALUE_ROWS_033) * _round_up(padded // 2, HOPPER_VALUE_BYTES_033))
+        scales = (_round_up(2 * padded, HOPPER_SCALE_ROWS)
+                  * _round_up(_round_up(hidden // MXFP4_BLOCK, HOPPER_SCALE_COLUMNS_033), HOPPER_SCALE_COLUMNS)
+                  + _round_up(hidden, HOPPER_SCALE_ROWS)
+                  * _round_up(_round_up(padded // MXFP4_BLOCK, HOPPER_SCALE_COLUMNS_033), HOPPER_SCALE_COLUMNS))
+        return layers * experts * (values + scales + biases), shipped
     values = (_round_up(2 * padded, HOPPER_VALUE_ALIGNMENT) * _round_up(hidden // 2, HOPPER_VALUE_ALIGNMENT)
               + _round_up(hidden, HOPPER_VALUE_ALIGNMENT) * _round_up(padded // 2, HOPPER_VALUE_ALIGNMENT))
     scales = (_round_up(2 * padded, HOPPER_SCALE_ROWS) * _round_up(hidden // MXFP4_BLOCK, HOPPER_SCALE_COLUMNS)
@@ -1045,12 +1073,15 @@ def mxfp4_expert_layout_bytes(spec: ModelSpec, tensor_parallel: int, layers: int
 def expert_layout(stage: Stage, version: str, expert_format: str, device_id: str) -> Term | None:
     """The bytes one rank's routed experts hold in vLLM `version` beyond the checkpoint's own (nibble's weights):
     MXFP4 experts (`expert_format` "mxfp4", gpt-oss) in the releases of `MXFP4_LAYOUT_VERSIONS`, on a Hopper device
-    (`HOPPER_DEVICES`: OpenAI's Triton kernels) or, in 0.19, a compute-capability 8.x one (`MARLIN_MXFP4_DEVICES`:
-    Marlin) (`mxfp4_expert_layout_bytes`); None elsewhere (other releases and devices: not read)."""
+    (`HOPPER_DEVICES`: OpenAI's Triton kernels) or, in 0.19 and 0.33, a compute-capability 8.x one
+    (`MARLIN_MXFP4_DEVICES`: Marlin) (`mxfp4_expert_layout_bytes`); None elsewhere (other releases and devices: not
+    read)."""
     spec = stage.spec
     backend = ("triton" if device_id in HOPPER_DEVICES else "marlin" if device_id in MARLIN_MXFP4_DEVICES else "")
     if version == "0.11":  # only its Triton path on Hopper is read, without the triton_kernels layout
         backend = "triton-unswizzled" if backend == "triton" else ""
+    elif version == "0.33" and backend == "triton":
+        backend = "triton-0.33"
     if version not in MXFP4_LAYOUT_VERSIONS or expert_format != "mxfp4" or not backend or not spec.is_moe:
         return None
     start, stop = stage.layers
@@ -1066,6 +1097,13 @@ def expert_layout(stage: Stage, version: str, expert_format: str, device_id: str
                f"{_round_up(width, MXFP4_TRITON_WIDTH_ALIGNMENT)}), float32 biases and the unswizzled scales "
                "process_weights_after_loading leaves registered beside the swizzled ones (the triton_kernels "
                "package's own padding not counted)")
+    elif backend == "triton-0.33":
+        how = (f"OpenAI's Triton kernels: the expert width per rank rounded up to 64 ({width} -> "
+               f"{_round_up(width, MXFP4_TRITON_WIDTH_ALIGNMENT)}), the triton_kernels vendored in vllm/third_party "
+               "(used unless another is installed): its Hopper value and "
+               "scale layouts (values' rows to 16 and bytes to 32, scales per row to 4 by _swizzle_mxfp4, scale rows "
+               "to 256) and float32 biases; the unswizzled scales are deleted "
+               "(convert_gpt_oss_weight_to_mxfp4_moe_kernel_format)")
     else:
         how = (f"OpenAI's Triton kernels: the expert width per rank rounded up to 64 ({width} -> "
                f"{_round_up(width, MXFP4_TRITON_WIDTH_ALIGNMENT)}), triton_kernels' Hopper value and scale layouts "

@@ -679,7 +679,7 @@ def test_mxfp4_layouts_are_charged_only_where_they_were_read() -> None:
     assert profile.expert_layout(_stage(spec), "mxfp4", "b200") is None  # FlashInfer TRT-LLM: not read
     assert profile.expert_layout(_stage(spec), "bf16", "h100-80gb") is None
     assert VllmProfile("0.11").expert_layout(_stage(spec), "mxfp4", "a100-80gb") is None  # 0.11's Marlin: not read
-    assert VllmProfile("0.33").expert_layout(_stage(spec), "mxfp4", "h100-80gb") is None
+    assert VllmProfile("0.33").expert_layout(_stage(spec), "mxfp4", "b200") is None  # TRT-LLM on SM100: not read
 
 
 def test_vllm_0_11_keeps_gpt_oss_20b_unswizzled_scales_and_fp32_biases_on_hopper() -> None:
@@ -691,6 +691,40 @@ def test_vllm_0_11_keeps_gpt_oss_20b_unswizzled_scales_and_fp32_biases_on_hopper
     term = VllmProfile("0.11").expert_layout(_stage(spec), "mxfp4", "h100-80gb")
     assert term is not None
     assert term.bytes == 24 * 32 * ((5760 * 90 + 2880 * 90) + (5760 + 2880) * (4 - 2))  # 0.57 GiB
+
+
+def test_vllm_0_33_holds_gpt_oss_20b_experts_at_tp2_on_hopper_in_its_vendored_triton_layout() -> None:
+    # vLLM 0.33 (fused_moe/oracle/mxfp4.py select_mxfp4_moe_backend: TRITON is the first of
+    # _get_priority_backends_for_gpt_oss an SM90 device supports).  gpt-oss-20b at TP 2: width 1,440 -> 1,472
+    # (mxfp4_round_up_hidden_size_and_intermediate_size, 64).  convert_gpt_oss_weight_to_mxfp4_moe_kernel_format
+    # (TRITON_BACKENDS): float32 biases ((2,944 + 2,880) x 4), then quantization/utils/mxfp4_utils.py _swizzle_mxfp4
+    # pads the scales per row to 4 (w13 90 -> 92, w2 46 -> 48) and HopperMXScaleLayout.swizzle_data pads the rows to
+    # 256 (2,944 and 2,880 -> 3,072); third_party/triton_kernels/.../hopper_value.py HopperMXValueLayout.swizzle_data
+    # pads the values' rows to 16 and packed bytes to 32 (w13 2,944 x 1,440 and w2 2,880 x 736: already aligned);
+    # ``del layer.w13_weight_scale`` / ``w2_weight_scale``: no unswizzled copy is kept (0.19 kept one)
+    held = (2944 * 1440 + 2880 * 736) + (3072 * 92 + 3072 * 48) + (2944 + 2880) * 4
+    shipped = (2 * 1440 * 2880 // 2 + 2 * 1440 * 2880 // 32 + 2880 * 1440 // 2 + 2880 * 1440 // 32
+               + (2 * 1440 + 2880) * 2)
+    spec = get_preset("gpt-oss-20b")
+    assert mxfp4_expert_layout_bytes(spec, 2, 24, "triton-0.33") == (24 * 32 * held, 24 * 32 * shipped)
+    term = VllmProfile("0.33").expert_layout(_stage(spec, 2), "mxfp4", "h100-80gb")
+    assert term is not None and term.bytes == 24 * 32 * (held - shipped)  # 0.14 GiB a rank (0.19: 0.55 GiB)
+    assert "1440 -> 1472" in term.basis and "vLLM 0.33" in term.basis
+
+
+def test_vllm_0_33_holds_gpt_oss_20b_experts_at_tp2_on_a100_in_marlins_padded_tiles() -> None:
+    # vLLM 0.33 on compute capability 8.0: TRITON needs (9, 0), FlashInferExperts 9.0/10.x/12.x, CUTLASS_MXFP4_MXFP4
+    # is dropped for bf16 activations (_filter_by_activation), so select_mxfp4_moe_backend lands on MARLIN;
+    # mxfp4_round_up_hidden_size_and_intermediate_size rounds the width 1,440 -> 1,536 (128) and the hidden size
+    # 2,880 -> 3,072 (256); utils/marlin_utils_fp4.py prepare_moe_mxfp4_layer_for_marlin repacks the values
+    # (gptq_marlin_repack: size_k x size_n / 2 bytes), keeps e8m0 scales (mxfp4_marlin_process_scales) and bf16 biases
+    def experts(width: int, hidden: int) -> int:
+        return 2 * width * hidden // 2 + 2 * width * hidden // 32 + hidden * width // 2 + hidden * width // 32 \
+            + (2 * width + hidden) * 2
+    spec = get_preset("gpt-oss-20b")
+    term = VllmProfile("0.33").expert_layout(_stage(spec, 2), "mxfp4", "a100-80gb")
+    assert term is not None and term.bytes == 24 * 32 * (experts(1536, 3072) - experts(1440, 2880))  # 0.65 GiB
+    assert "1440 -> 1536" in term.basis and "2880 -> 3072" in term.basis
 
 
 @pytest.mark.parametrize("log_id", ["llmdp-v0.19-gpt-oss-20b-tp2", "myoceane-a100-gpt-oss-20b-0.19"])
