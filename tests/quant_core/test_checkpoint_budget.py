@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import gguf
 import numpy as np
@@ -12,7 +13,9 @@ import pytest
 
 from quant_core.checkpoint import (
     INDEX_NAME,
+    Checkpoint,
     CheckpointOptions,
+    TensorPlan,
     attach_importance,
     candidate_formats,
     check_options,
@@ -41,6 +44,18 @@ def _labels(checkpoint_dir: Path, **fields: object) -> list[str]:
     return [f.label() for f in candidate_formats(plan, options)]
 
 
+def _budget_job(checkpoint_dir: Path, tmp_path: Path, output: str,
+                bits_per_weight: float) -> tuple[Checkpoint, CheckpointOptions, list[TensorPlan], dict[str, Any]]:
+    """A budgeted job on the test checkpoint with the test importance vectors (GGUF at g32, symmetric: the blocks it
+    writes), into ``tmp_path / "out"``: its checkpoint, options, plans and report."""
+    extra = {"group_size": 32, "symmetric": True} if output == "gguf" else {}
+    options = CheckpointOptions(output=output, bits_per_weight=bits_per_weight, **extra)  # type: ignore[arg-type]
+    checkpoint = open_checkpoint(checkpoint_dir)
+    plans = attach_importance(plan_checkpoint(checkpoint, options), importance_vectors())
+    return checkpoint, options, plans, quantize_checkpoint(checkpoint, plans, options, tmp_path / "out",
+                                                           tmp_path / "parts")
+
+
 def test_each_output_offers_the_formats_it_can_carry(checkpoint_dir: Path) -> None:
     assert _labels(checkpoint_dir) == ["int4-g128-asym", "int4-g64-asym", "int4-g32-asym", "int4-g128-sym",
                                        "int4-g64-sym", "int4-g32-sym", "bf16"]
@@ -53,11 +68,7 @@ def test_each_output_offers_the_formats_it_can_carry(checkpoint_dir: Path) -> No
 @pytest.mark.parametrize("output", ["compressed-tensors", "gguf"])
 def test_the_bytes_written_are_the_allocations_and_never_above_the_budget(
         checkpoint_dir: Path, tmp_path: Path, output: str, bits_per_weight: float) -> None:
-    extra = {"group_size": 32, "symmetric": True} if output == "gguf" else {}
-    options = CheckpointOptions(output=output, bits_per_weight=bits_per_weight, **extra)  # type: ignore[arg-type]
-    checkpoint = open_checkpoint(checkpoint_dir)
-    plans = attach_importance(plan_checkpoint(checkpoint, options), importance_vectors())
-    report = quantize_checkpoint(checkpoint, plans, options, tmp_path / "out", tmp_path / "parts")
+    *_, report = _budget_job(checkpoint_dir, tmp_path, output, bits_per_weight)
     allocation = report["allocation"]
     assert allocation["budget_bytes"] == int(bits_per_weight * 294_912 / 8)  # the 14 linear weights
     assert allocation["output_bytes"] <= allocation["budget_bytes"]
@@ -120,11 +131,7 @@ def test_a_budget_stores_each_fused_layer_in_one_scheme_so_vllm_loads_it(
     # Chosen tensor by tensor, these budgets split q/k/v or gate/up (1 layer at 5.0 and 3 at 5.5 bits per weight,
     # gate_proj apart from up_proj at 4.6; a GGUF's k_proj 16-bit beside quantized q/v at 9.0), which vLLM
     # refuses; chosen per fused layer, none is split
-    extra = {"group_size": 32, "symmetric": True} if output == "gguf" else {}
-    options = CheckpointOptions(output=output, bits_per_weight=bits_per_weight, **extra)  # type: ignore[arg-type]
-    checkpoint = open_checkpoint(checkpoint_dir)
-    plans = attach_importance(plan_checkpoint(checkpoint, options), importance_vectors())
-    report = quantize_checkpoint(checkpoint, plans, options, tmp_path / "out", tmp_path / "parts")
+    checkpoint, options, plans, report = _budget_job(checkpoint_dir, tmp_path, output, bits_per_weight)
     formats = {entry["name"].removesuffix(".weight"): entry["format"] for entry in report["tensors"]}
     for module, parts in FUSED:
         assert len({_kind(output, formats[f"{module}.{part}"]) for part in parts}) == 1, (module, formats)
