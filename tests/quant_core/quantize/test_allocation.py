@@ -26,6 +26,13 @@ def _options(rng: np.random.Generator, count: int) -> list[list[TensorOption]]:
     return tensors
 
 
+def _random_budget(rng: np.random.Generator, tensors: list[list[TensorOption]]) -> int:
+    """A budget drawn between the smallest and the largest total the tensors' options can make."""
+    smallest = sum(min(o.bytes for o in options) for options in tensors)
+    largest = sum(max(o.bytes for o in options) for options in tensors)
+    return int(rng.integers(smallest, largest))
+
+
 def test_budget_from_bits_rounds_down() -> None:
     assert budget_from_bits(4.25, 1000) == 531  # 531.25 bytes -> 531, never over
     assert budget_from_bits(4.5, 4096 * 4096) == 4.5 * 4096 * 4096 / 8
@@ -35,9 +42,7 @@ def test_budget_from_bits_rounds_down() -> None:
 def test_the_allocation_never_exceeds_the_budget_and_is_the_exhaustive_best(seed: int) -> None:
     rng = np.random.default_rng(seed)
     tensors = _options(rng, 5)
-    smallest = sum(min(o.bytes for o in options) for options in tensors)
-    largest = sum(max(o.bytes for o in options) for options in tensors)
-    budget = int(rng.integers(smallest, largest))
+    budget = _random_budget(rng, tensors)
     result = allocate(tensors, budget)
     assert result.bytes <= budget
     assert result.bytes == sum(tensors[t][i].bytes for t, i in enumerate(result.choices))
@@ -53,9 +58,7 @@ def test_the_greedy_search_alone_stays_within_the_budget_and_near_the_best(
     monkeypatch.setattr(allocation, "PARETO_STATES", 0)  # the exact search gives up at once
     rng = np.random.default_rng(seed)
     tensors = _options(rng, 5)
-    smallest = sum(min(o.bytes for o in options) for options in tensors)
-    largest = sum(max(o.bytes for o in options) for options in tensors)
-    budget = int(rng.integers(smallest, largest))
+    budget = _random_budget(rng, tensors)
     result = allocate(tensors, budget)
     assert result.bytes <= budget
     best = min(sum(tensors[t][i].error for t, i in enumerate(choice))
@@ -103,9 +106,7 @@ def _exhaustive_best(tensors: list[list[TensorOption]], budget: int,
 def test_a_fused_group_takes_one_format_and_the_allocation_is_the_exhaustive_best_of_those(seed: int) -> None:
     rng = np.random.default_rng(seed)
     tensors = _options(rng, 6)
-    smallest = sum(min(o.bytes for o in options) for options in tensors)
-    largest = sum(max(o.bytes for o in options) for options in tensors)
-    budget = int(rng.integers(smallest, largest))
+    budget = _random_budget(rng, tensors)
     result = allocate(tensors, budget, GROUPS)
     for group in GROUPS:
         assert len({result.choices[t] for t in group}) == 1, result.choices
@@ -122,9 +123,7 @@ def test_the_greedy_search_alone_keeps_fused_groups_whole_within_the_budget(
     monkeypatch.setattr(allocation, "PARETO_STATES", 0)
     rng = np.random.default_rng(seed)
     tensors = _options(rng, 6)
-    smallest = sum(min(o.bytes for o in options) for options in tensors)
-    largest = sum(max(o.bytes for o in options) for options in tensors)
-    budget = int(rng.integers(smallest, largest))
+    budget = _random_budget(rng, tensors)
     result = allocate(tensors, budget, GROUPS)
     assert result.bytes <= budget
     assert all(len({result.choices[t] for t in group}) == 1 for group in GROUPS)
@@ -139,9 +138,7 @@ def test_groups_of_kinds_let_members_differ_within_a_kind_and_stay_exhaustively_
     rng = np.random.default_rng(seed)
     tensors = _options(rng, 6)
     kinds = [["quantized", "quantized", "quantized", "16-bit"] for _ in tensors]
-    smallest = sum(min(o.bytes for o in options) for options in tensors)
-    largest = sum(max(o.bytes for o in options) for options in tensors)
-    budget = int(rng.integers(smallest, largest))
+    budget = _random_budget(rng, tensors)
     result = allocate(tensors, budget, GROUPS, kinds)
     assert all(len({kinds[t][result.choices[t]] for t in group}) == 1 for group in GROUPS)
     assert result.bytes <= budget
