@@ -994,7 +994,8 @@ def _round_up(value: int, multiple: int) -> int:
 
 
 #: vLLM 0.19's ``mxfp4_round_up_hidden_size_and_intermediate_size`` for the Marlin backend (CUDA): the expert
-#: width per rank rounded up to 128 and the hidden size to 256 (``gptq_marlin_repack`` tiles)
+#: width per rank rounded up to 128 and the hidden size to 256 (``gptq_marlin_repack`` tiles); 0.11's
+#: ``Mxfp4MoEMethod.create_weights`` (quantization/mxfp4.py) rounds the same for ``Mxfp4Backend.MARLIN``
 MARLIN_WIDTH_ALIGNMENT = 128
 MARLIN_HIDDEN_ALIGNMENT = 256
 #: the catalog's compute-capability 8.x devices: below the (9, 0) OpenAI's Triton kernels need, and no FlashInfer
@@ -1002,35 +1003,79 @@ MARLIN_HIDDEN_ALIGNMENT = 256
 #: through to ``Mxfp4MoeBackend.MARLIN``; vLLM 0.33 the same (``_get_priority_backends_for_gpt_oss``: TRITON needs
 #: (9, 0), FLASHINFER_CUTLASS_MXFP4_BF16 ``FlashInferExperts`` capability 9.0/10.x/12.x, CUTLASS_MXFP4_MXFP4 is
 #: dropped by ``_filter_by_activation`` for bf16 activations, and ``prioritize_humming`` puts Humming ahead of
-#: Marlin only on capability 9.0), with the same rounding and ``prepare_moe_mxfp4_layer_for_marlin`` bytes
+#: Marlin only on capability 9.0), with the same rounding and ``prepare_moe_mxfp4_layer_for_marlin`` bytes; vLLM
+#: 0.11's ``get_mxfp4_backend`` returns MARLIN below capability 9
 MARLIN_MXFP4_DEVICES = frozenset({"a100-40gb", "a100-80gb", "l40s", "l4", "a10g", "a10", "rtx-a6000", "rtx-4090",
                                   "rtx-4080", "rtx-3090"})
+#: the catalog's compute-capability 10.0 devices (datacenter Blackwell), whose MXFP4 experts vLLM runs on
+#: FlashInfer's TRT-LLM-gen MoE kernel (``TrtLlmMxfp4ExpertsBase._supports_current_device``:
+#: ``is_device_capability_family(100)``)
+BLACKWELL_DEVICES = frozenset({"b200"})
+#: the catalog's compute-capability 12.0 devices (RTX PRO 6000 Blackwell): not family 100 for TRT-LLM-gen, above the
+#: (11, 0) OpenAI's Triton kernels stop at in 0.19, FlashInferExperts runs MXFP4 with bf16 activations only on
+#: 9.0, so 0.19 and 0.33 (which also moves TRITON after Marlin on family 120: "the OAI Triton kernels run but their
+#: 99KB shared memory budget caps them at small tiles") land on Marlin, as 0.11 does without triton_kernels
+SM120_DEVICES = frozenset({"rtx-pro-6000"})
+#: vLLM 0.11 and 0.19's FlashInfer TRT-LLM-gen backends (0.11 quantization/mxfp4.py ``create_weights`` for
+#: SM100_FI_MXFP4_BF16, 0.19 ``mxfp4_round_up_hidden_size_and_intermediate_size`` for TRTLLM_BACKENDS): the width
+#: per rank and the hidden size rounded up to 256; vLLM 0.33 rounds the width to 128 only (the hidden size to 256)
+TRTLLM_ALIGNMENT = 256
+TRTLLM_WIDTH_ALIGNMENT_033 = 128
 
 
-def _mxfp4_checkpoint_bytes(experts: int, hidden: int, width: int) -> int:
-    """One MoE layer's MXFP4 experts as the checkpoint ships them on one rank: w13 ``2w x H/2`` and w2 ``H x w/2``
-    bytes of e2m1 pairs, ``2w x H/32`` and ``H x w/32`` e8m0 scales, bf16 biases ``2w`` and ``H``."""
+def mxfp4_moe_backend(version: str, device_id: str) -> str:
+    """The MXFP4 MoE backend vLLM `version` runs gpt-oss's experts on for catalog device `device_id`, as
+    `mxfp4_expert_layout_bytes` names it ("triton", "triton-0.33", "marlin", "trtllm", "trtllm-0.33"), or "" where
+    it was not read (AMD, capability 7.x, other releases), with vLLM's default environment (no
+    ``VLLM_USE_FLASHINFER_MOE_MXFP4_*`` or ``VLLM_MXFP4_USE_MARLIN`` override, no LoRA, no expert parallelism):
+
+    * 0.11 (quantization/mxfp4.py ``get_mxfp4_backend``): on capability 10.0 with FlashInfer installed (vLLM's
+      image installs it; ``vllm[flashinfer]``) SM100_FI_MXFP4_BF16, FlashInfer's TRT-LLM-gen kernel ("trtllm";
+      without FlashInfer it runs Marlin, whose layout holds less for gpt-oss); on every other CUDA device
+      ``capability < 9 or not has_triton_kernels()`` picks MARLIN: the triton_kernels package is not among vLLM
+      0.11.0's dependencies nor vendored in it (vLLM PR #27370 and issue #27672, after 0.11.0: "users have to
+      install triton_kernels manually"), so Hopper and the RTX PRO 6000 run Marlin too.
+    * 0.19 (fused_moe/oracle/mxfp4.py ``select_mxfp4_moe_backend``, ``_get_priority_backends``): FLASHINFER_TRTLLM
+      on capability family 100 (flashinfer-python is a 0.19 dependency), TRITON on 9.0 (the vendored
+      third_party/triton_kernels, ``(9, 0) <= capability < (11, 0)``), MARLIN on 8.x and 12.0 (`SM120_DEVICES`).
+    * 0.33 (``_get_priority_backends_for_gpt_oss``): the same order, with its own TRT-LLM and Triton rounding.
+    """
+    if version not in MXFP4_LAYOUT_VERSIONS:
+        return ""
+    if device_id in BLACKWELL_DEVICES:
+        return "trtllm-0.33" if version == "0.33" else "trtllm"
+    if device_id in HOPPER_DEVICES:
+        return "marlin" if version == "0.11" else "triton-0.33" if version == "0.33" else "triton"
+    if device_id in MARLIN_MXFP4_DEVICES or device_id in SM120_DEVICES:
+        return "marlin"
+    return ""
+
+
+def _mxfp4_checkpoint_bytes(experts: int, hidden: int, width: int, bias_bytes: int = ACTIVATION_ELEMENT_BYTES) -> int:
+    """One MoE layer's MXFP4 experts on one rank at expert width `width` and hidden size `hidden`: w13 ``2w x H/2``
+    and w2 ``H x w/2`` bytes of e2m1 pairs, ``2w x H/32`` and ``H x w/32`` e8m0 scales, biases ``2w`` and ``H`` of
+    `bias_bytes` each (bf16 as the checkpoint ships them)."""
     return experts * (2 * width * hidden // 2 + 2 * width * hidden // MXFP4_BLOCK + hidden * width // 2
-                      + hidden * width // MXFP4_BLOCK + (2 * width + hidden) * ACTIVATION_ELEMENT_BYTES)
+                      + hidden * width // MXFP4_BLOCK + (2 * width + hidden) * bias_bytes)
 
 
 def mxfp4_expert_layout_bytes(spec: ModelSpec, tensor_parallel: int, layers: int, backend: str) -> tuple[int, int]:
     """(vLLM's bytes, the checkpoint's bytes) of the MXFP4 routed experts of `layers` MoE layers on one rank,
-    with E experts, H = hidden_size and w = moe_intermediate_size / tp, for `backend` "triton" (OpenAI's Triton
-    kernels, Hopper) or "marlin" (compute capability 8.x).  vLLM 0.19 (quantization/mxfp4.py ``Mxfp4MoEMethod``,
-    fused_moe/oracle/mxfp4.py, utils/marlin_utils_fp4.py):
+    with E experts, H = hidden_size and w = moe_intermediate_size / tp, for `backend` (`mxfp4_moe_backend`):
 
-    * "triton": the parameters are created at w' = round_up(w, 64) (``maybe_roundup_sizes``: gpt-oss-20b at TP 2,
-      1,440 -> 1,472); ``convert_to_mxfp4_moe_kernel_format`` turns the biases into float32 and ``_swizzle_mxfp4``
-      rewrites the values in ``HopperMXValueLayout`` (both dimensions of the transposed ``[H/2, 2w']`` and
-      ``[w'/2, H]`` packed values padded to 64) and the scales in ``HopperMXScaleLayout`` (output rows padded to
-      256, scales per row to 2), deleting the unswizzled values (``del layer.w13_weight``); ``_setup_kernel`` keeps
-      the swizzled scales in ``self.w13_precision_config`` but never removes the ``w13_weight_scale`` /
-      ``w2_weight_scale`` parameters: the unswizzled scales stay allocated beside them.
-    * "marlin": the parameters are created at w' = round_up(w, 128) and H' = round_up(H, 256);
-      ``prepare_moe_mxfp4_layer_for_marlin`` repacks the values (``gptq_marlin_repack``, as many bytes), permutes
-      the scales back to e8m0 (``mxfp4_marlin_process_scales``) and the biases in bf16, and ``_setup_kernel``
-      replaces the parameters with them (``replace_parameter``).
+    * "triton" (vLLM 0.19 on Hopper; quantization/mxfp4.py ``Mxfp4MoEMethod``, fused_moe/oracle/mxfp4.py): the
+      parameters are created at w' = round_up(w, 64) (``maybe_roundup_sizes``: gpt-oss-20b at TP 2, 1,440 ->
+      1,472); ``convert_to_mxfp4_moe_kernel_format`` turns the biases into float32 and ``_swizzle_mxfp4`` rewrites
+      the values in ``HopperMXValueLayout`` (both dimensions of the transposed ``[H/2, 2w']`` and ``[w'/2, H]``
+      packed values padded to 64) and the scales in ``HopperMXScaleLayout`` (output rows padded to 256, scales per
+      row to 2), deleting the unswizzled values (``del layer.w13_weight``); ``_setup_kernel`` keeps the swizzled
+      scales in ``self.w13_precision_config`` but never removes the ``w13_weight_scale`` / ``w2_weight_scale``
+      parameters: the unswizzled scales stay allocated beside them.
+    * "marlin" (compute capability 8.x and 12.0 in every release read, Hopper in 0.11): the parameters are created
+      at w' = round_up(w, 128) and H' = round_up(H, 256); ``prepare_moe_mxfp4_layer_for_marlin`` (0.11:
+      ``prepare_moe_fp4_layer_for_marlin``, utils/marlin_utils_fp4.py) repacks the values (``gptq_marlin_repack``,
+      as many bytes), permutes the scales back to e8m0 (``mxfp4_marlin_process_scales``) and the biases in bf16,
+      replacing the parameters with them.
     * "triton-0.33": vLLM 0.33's Triton path on Hopper (oracle/mxfp4.py ``select_mxfp4_moe_backend``: TRITON is
       the first of ``_get_priority_backends_for_gpt_oss`` a compute-capability 9.0 device supports; the triton_kernels
       vendored in third_party/ is used unless another is installed; ``GptOssMxfp4MoEMethod``): the width rounded up to
@@ -1039,10 +1084,19 @@ def mxfp4_expert_layout_bytes(spec: ModelSpec, tensor_parallel: int, layers: int
       values in the vendored ``HopperMXValueLayout`` (output rows to 16, packed bytes along the reduction to 32);
       ``convert_gpt_oss_weight_to_mxfp4_moe_kernel_format`` then deletes ``w13_weight``, ``w2_weight`` and both
       unswizzled scales, so no copy of the scales is kept.
-    * "triton-unswizzled": vLLM 0.11's Triton path as far as its own code shows it (quantization/mxfp4.py,
-      ``process_weights_after_loading``: the width rounded up to 64, float32 biases, ``del layer.w13_weight`` but
-      not the scales, which stay beside the swizzled ones): the values and scales at their own size, the padding
-      of the triton_kernels package it imports (not vendored in 0.11, its version not pinned) left out.
+    * "trtllm" (FlashInfer's TRT-LLM-gen kernel on capability 10.0: 0.11's SM100_FI_MXFP4_BF16,
+      quantization/mxfp4.py ``process_weights_after_loading``; 0.19's FLASHINFER_TRTLLM_MXFP4_BF16,
+      ``convert_to_mxfp4_moe_kernel_format`` for TRTLLM_BACKENDS): the parameters are created at w' =
+      round_up(w, 256) and H' = round_up(H, 256); the values are row-shuffled (``get_w2_permute_indices_with_cache``,
+      as many bytes), the scales shuffled and interleaved (``nvfp4_block_scale_interleave``, whose 128-row and
+      4-column padding these sizes already meet, as the ``reshape`` to ``[E, 2w', H'/32]`` requires), the biases
+      turned into float32, and the new tensors replace the parameters (``replace_parameter``; 0.11 assigns new
+      ``Parameter``s), so nothing of the checkpoint's layout stays; bf16 activations (the MXFP8-activation variants
+      need ``VLLM_USE_FLASHINFER_MOE_MXFP4_MXFP8``).  The permute indices each layer's method caches
+      (``_cache_permute_indices``: one index per row of each tensor shape) are not counted.
+    * "trtllm-0.33": vLLM 0.33's FLASHINFER_TRTLLM_MXFP4_BF16 (``convert_gpt_oss_weight_to_mxfp4_moe_kernel_format``,
+      the same shuffles and float32 biases), with the width rounded up to 128 only and the hidden size to 256
+      (``mxfp4_round_up_hidden_size_and_intermediate_size``).
     """
     experts, hidden = spec.num_experts, spec.hidden_size
     width = spec.moe_intermediate_size // tensor_parallel
@@ -1050,11 +1104,11 @@ def mxfp4_expert_layout_bytes(spec: ModelSpec, tensor_parallel: int, layers: int
     if backend == "marlin":
         padded, wide = _round_up(width, MARLIN_WIDTH_ALIGNMENT), _round_up(hidden, MARLIN_HIDDEN_ALIGNMENT)
         return layers * _mxfp4_checkpoint_bytes(experts, wide, padded), shipped
+    if backend in ("trtllm", "trtllm-0.33"):
+        padded = _round_up(width, TRTLLM_WIDTH_ALIGNMENT_033 if backend == "trtllm-0.33" else TRTLLM_ALIGNMENT)
+        return layers * _mxfp4_checkpoint_bytes(experts, _round_up(hidden, TRTLLM_ALIGNMENT), padded, 4), shipped
     padded = _round_up(width, MXFP4_TRITON_WIDTH_ALIGNMENT)
-    kept_scales = 2 * padded * hidden // MXFP4_BLOCK + hidden * padded // MXFP4_BLOCK
     biases = (2 * padded + hidden) * 4
-    if backend == "triton-unswizzled":
-        return layers * experts * (padded * hidden + hidden * padded // 2 + 2 * kept_scales + biases), shipped
     if backend == "triton-0.33":
         values = (_round_up(2 * padded, HOPPER_VALUE_ROWS_033) * _round_up(hidden // 2, HOPPER_VALUE_BYTES_033)
                   + _round_up(hidden, HOPPER_VALUE_ROWS_033) * _round_up(padded // 2, HOPPER_VALUE_BYTES_033))
@@ -1063,6 +1117,7 @@ def mxfp4_expert_layout_bytes(spec: ModelSpec, tensor_parallel: int, layers: int
                   + _round_up(hidden, HOPPER_SCALE_ROWS)
                   * _round_up(_round_up(padded // MXFP4_BLOCK, HOPPER_SCALE_COLUMNS_033), HOPPER_SCALE_COLUMNS))
         return layers * experts * (values + scales + biases), shipped
+    kept_scales = 2 * padded * hidden // MXFP4_BLOCK + hidden * padded // MXFP4_BLOCK
     values = (_round_up(2 * padded, HOPPER_VALUE_ALIGNMENT) * _round_up(hidden // 2, HOPPER_VALUE_ALIGNMENT)
               + _round_up(hidden, HOPPER_VALUE_ALIGNMENT) * _round_up(padded // 2, HOPPER_VALUE_ALIGNMENT))
     scales = (_round_up(2 * padded, HOPPER_SCALE_ROWS) * _round_up(hidden // MXFP4_BLOCK, HOPPER_SCALE_COLUMNS)
@@ -1070,48 +1125,51 @@ def mxfp4_expert_layout_bytes(spec: ModelSpec, tensor_parallel: int, layers: int
     return layers * experts * (values + scales + kept_scales + biases), shipped
 
 
+def _mxfp4_layout_basis(version: str, backend: str, width: int, hidden: int) -> str:
+    """Which kernel `expert_layout` charged and the layout it holds the experts in, for the answer's basis."""
+    triton_width = f"{width} -> {_round_up(width, MXFP4_TRITON_WIDTH_ALIGNMENT)}"
+    if backend == "marlin":
+        why = ("the triton_kernels package OpenAI's Triton kernels need is not among vLLM 0.11.0's dependencies, so "
+               "get_mxfp4_backend falls through to MARLIN on Hopper too (with triton_kernels installed it runs "
+               "them and holds less); " if version == "0.11" else "")
+        return (f"Marlin (Mxfp4MoeBackend.MARLIN; {why}utils/marlin_utils_fp4.py): the expert width per rank rounded "
+                f"up to 128 ({width} -> {_round_up(width, MARLIN_WIDTH_ALIGNMENT)}) and the hidden size to 256 "
+                f"({hidden} -> {_round_up(hidden, MARLIN_HIDDEN_ALIGNMENT)}), e8m0 scales and bf16 biases")
+    if backend in ("trtllm", "trtllm-0.33"):
+        name = "SM100_FI_MXFP4_BF16" if version == "0.11" else "FLASHINFER_TRTLLM_MXFP4_BF16"
+        step = TRTLLM_WIDTH_ALIGNMENT_033 if backend == "trtllm-0.33" else TRTLLM_ALIGNMENT
+        return (f"FlashInfer's TRT-LLM-gen MoE kernel ({name}, bf16 activations): the expert width per rank rounded "
+                f"up to {step} ({width} -> {_round_up(width, step)}) and the hidden size to 256 ({hidden} -> "
+                f"{_round_up(hidden, TRTLLM_ALIGNMENT)}), the values and scales shuffled for its transposed MMA "
+                "(nvfp4_block_scale_interleave) and float32 biases, replacing the checkpoint's tensors")
+    if backend == "triton-0.33":
+        return (f"OpenAI's Triton kernels (Mxfp4MoeBackend.TRITON): the expert width per rank rounded up to 64 "
+                f"({triton_width}), the triton_kernels vendored in vllm/third_party (used unless another is "
+                "installed): its Hopper value and scale layouts (values' rows to 16 and bytes to 32, scales per row "
+                "to 4 by _swizzle_mxfp4, scale rows to 256) and float32 biases; the unswizzled scales are deleted "
+                "(convert_gpt_oss_weight_to_mxfp4_moe_kernel_format)")
+    return (f"OpenAI's Triton kernels (Mxfp4MoeBackend.TRITON): the expert width per rank rounded up to 64 "
+            f"({triton_width}), triton_kernels' Hopper value and scale layouts (padded to 64 and to 256 rows), "
+            "float32 biases, and the unswizzled scales Mxfp4MoEMethod._setup_kernel leaves registered")
+
+
 def expert_layout(stage: Stage, version: str, expert_format: str, device_id: str) -> Term | None:
     """The bytes one rank's routed experts hold in vLLM `version` beyond the checkpoint's own (nibble's weights):
-    MXFP4 experts (`expert_format` "mxfp4", gpt-oss) in the releases of `MXFP4_LAYOUT_VERSIONS`, on a Hopper device
-    (`HOPPER_DEVICES`: OpenAI's Triton kernels) or, in 0.19 and 0.33, a compute-capability 8.x one
-    (`MARLIN_MXFP4_DEVICES`: Marlin) (`mxfp4_expert_layout_bytes`); None elsewhere (other releases and devices: not
-    read)."""
+    MXFP4 experts (`expert_format` "mxfp4", gpt-oss) in the releases of `MXFP4_LAYOUT_VERSIONS`, in the layout of
+    the backend `mxfp4_moe_backend` says the release runs on `device_id` (`mxfp4_expert_layout_bytes`); None
+    elsewhere (other formats, releases and devices: not read)."""
     spec = stage.spec
-    backend = ("triton" if device_id in HOPPER_DEVICES else "marlin" if device_id in MARLIN_MXFP4_DEVICES else "")
-    if version == "0.11":  # only its Triton path on Hopper is read, without the triton_kernels layout
-        backend = "triton-unswizzled" if backend == "triton" else ""
-    elif version == "0.33" and backend == "triton":
-        backend = "triton-0.33"
-    if version not in MXFP4_LAYOUT_VERSIONS or expert_format != "mxfp4" or not backend or not spec.is_moe:
+    backend = mxfp4_moe_backend(version, device_id)
+    if expert_format != "mxfp4" or not backend or not spec.is_moe:
         return None
     start, stop = stage.layers
     layers = sum(1 for layer in spec.moe_layers if start <= layer < stop)
     held, shipped = mxfp4_expert_layout_bytes(spec, stage.tensor_parallel, layers, backend)
     width = spec.moe_intermediate_size // stage.tensor_parallel
-    if backend == "marlin":
-        how = (f"Marlin's tiles: the expert width per rank rounded up to 128 ({width} -> "
-               f"{_round_up(width, MARLIN_WIDTH_ALIGNMENT)}) and the hidden size to 256 ({spec.hidden_size} -> "
-               f"{_round_up(spec.hidden_size, MARLIN_HIDDEN_ALIGNMENT)}) (utils/marlin_utils_fp4.py)")
-    elif backend == "triton-unswizzled":
-        how = (f"OpenAI's Triton kernels: the expert width per rank rounded up to 64 ({width} -> "
-               f"{_round_up(width, MXFP4_TRITON_WIDTH_ALIGNMENT)}), float32 biases and the unswizzled scales "
-               "process_weights_after_loading leaves registered beside the swizzled ones (the triton_kernels "
-               "package's own padding not counted)")
-    elif backend == "triton-0.33":
-        how = (f"OpenAI's Triton kernels: the expert width per rank rounded up to 64 ({width} -> "
-               f"{_round_up(width, MXFP4_TRITON_WIDTH_ALIGNMENT)}), the triton_kernels vendored in vllm/third_party "
-               "(used unless another is installed): its Hopper value and "
-               "scale layouts (values' rows to 16 and bytes to 32, scales per row to 4 by _swizzle_mxfp4, scale rows "
-               "to 256) and float32 biases; the unswizzled scales are deleted "
-               "(convert_gpt_oss_weight_to_mxfp4_moe_kernel_format)")
-    else:
-        how = (f"OpenAI's Triton kernels: the expert width per rank rounded up to 64 ({width} -> "
-               f"{_round_up(width, MXFP4_TRITON_WIDTH_ALIGNMENT)}), triton_kernels' Hopper value and scale layouts "
-               "(padded to 64 and to 256 rows), float32 biases, and the unswizzled scales "
-               "Mxfp4MoEMethod._setup_kernel leaves registered")
     return Term(held - shipped, (
         f"vLLM {version}'s MXFP4 experts hold {held / GIB:.2f} GiB a rank where the checkpoint's are "
-        f"{shipped / GIB:.2f} GiB, under {how} (quantization/mxfp4.py, fused_moe/oracle/mxfp4.py)"))
+        f"{shipped / GIB:.2f} GiB, on {_mxfp4_layout_basis(version, backend, width, spec.hidden_size)} "
+        "(quantization/mxfp4.py, fused_moe/oracle/mxfp4.py)"))
 
 
 def _forward_bytes(spec: ModelSpec, tensor_parallel: int, tokens: int, version: str, expert_format: str = "",
@@ -1514,7 +1572,8 @@ class VllmProfile:
         return fp8_block_expert_refusal(spec, tensor_parallel)
 
     def expert_layout(self, stage: Stage, expert_format: str = "", device_id: str = "") -> Term | None:
-        """The bytes vLLM's MXFP4 experts hold on Hopper beyond the checkpoint's (`expert_layout`)."""
+        """The bytes vLLM's MXFP4 experts hold beyond the checkpoint's in the layout of the backend the release
+        runs on `device_id` (`expert_layout`, `mxfp4_moe_backend`)."""
         return expert_layout(stage, self._version, expert_format, device_id)
 
     def routers_at_fp32(self, spec: ModelSpec) -> str | None:

@@ -217,7 +217,8 @@ END_TO_END: dict[str, Storage] = {
     # Qwen3-Next-80B-A3B on two H200s (vLLM 0.10.2): a hybrid model's KV pool at 262,144 tokens, exactly
     "vllm0102-h200-qwen3-next-80b-tp2": float_format("bf16"),
     # gpt-oss: nibble's 12.82 GiB is the checkpoint's bytes; vLLM's MXFP4 MoE kernels hold 13.47 GiB on H100 and
-    # 13.72 GiB on A100: nibble adds their layout (`expert_layout`: +1.28 % -> +0.12 % and +2.61 % -> +0.23 %)
+    # 13.72 GiB on A100: nibble adds their layout (`expert_layout`: +1.28 % -> -0.45 % and +2.61 % -> +0.23 %; on
+    # H100 0.11's default Marlin layout, 0.23 GiB more than llm-d's image held with OpenAI's Triton kernels)
     "llmd-v0.11-gpt-oss-20b": "as shipped",
     "kagaho-v0.16-llama-3-70b-awq-l40s-tp2": int4(128),
     "myoceane-a100-gpt-oss-20b-0.19": "as shipped",
@@ -676,21 +677,106 @@ def test_vllm_0_19_holds_gpt_oss_20b_experts_on_a100_in_marlins_padded_tiles() -
 
 def test_mxfp4_layouts_are_charged_only_where_they_were_read() -> None:
     spec, profile = get_preset("gpt-oss-20b"), VllmProfile("0.19")
-    assert profile.expert_layout(_stage(spec), "mxfp4", "b200") is None  # FlashInfer TRT-LLM: not read
     assert profile.expert_layout(_stage(spec), "bf16", "h100-80gb") is None
-    assert VllmProfile("0.11").expert_layout(_stage(spec), "mxfp4", "a100-80gb") is None  # 0.11's Marlin: not read
-    assert VllmProfile("0.33").expert_layout(_stage(spec), "mxfp4", "b200") is None  # TRT-LLM on SM100: not read
+    assert profile.expert_layout(_stage(spec), "mxfp4", "mi300x") is None  # ROCm's CK / AITER layouts: not read
+    assert profile.expert_layout(_stage(spec), "mxfp4", "t4") is None  # capability 7.5: not read
+    assert profile.expert_layout(_stage(spec), "mxfp4", "") is None  # no catalog device: the backend is unknown
+    assert profile.expert_layout(_stage(get_preset("llama-3.1-8b")), "mxfp4", "h100-80gb") is None  # no experts
 
 
-def test_vllm_0_11_keeps_gpt_oss_20b_unswizzled_scales_and_fp32_biases_on_hopper() -> None:
-    # vLLM 0.11 quantization/mxfp4.py process_weights_after_loading (Triton backend on Hopper): float32 biases
-    # replace the bf16 ones, _swizzle_mxfp4(layer.w13_weight, layer.w13_weight_scale) and ``del layer.w13_weight``
-    # only, so each expert's 5,760 x 90 + 2,880 x 90 scales are held twice; the width 2,880 is already a multiple of
-    # 64.  The triton_kernels package's layout (not vendored in 0.11) is not counted.
-    spec = get_preset("gpt-oss-20b")
-    term = VllmProfile("0.11").expert_layout(_stage(spec), "mxfp4", "h100-80gb")
+# gpt-oss-20b: 24 MoE layers x 32 experts, gpt-oss-120b: 36 x 128, both hidden H = 2,880 and expert width 2,880
+# (w = 1,440 a rank at TP 2).  One expert holds w x H x 51 / 32 bytes of values and e8m0 scales (w13: 2w x H/2 +
+# 2w x H/32, w2: H x w/2 + H x w/32) and (2w + H) biases.  The checkpoint: bf16 biases at w and H.
+SHIPPED_EXPERT = {1: 2880 * 2880 * 51 // 32 + (2 * 2880 + 2880) * 2, 2: 1440 * 2880 * 51 // 32 + (2 * 1440 + 2880) * 2}
+# What vLLM holds for one expert, by backend and TP:
+HELD_EXPERT = {
+    # Marlin (utils/marlin_utils_fp4.py): width to 128 (2,880 -> 2,944, 1,440 -> 1,536), hidden to 256 (3,072),
+    # bf16 biases
+    ("marlin", 1): 2944 * 3072 * 51 // 32 + (2 * 2944 + 3072) * 2,
+    ("marlin", 2): 1536 * 3072 * 51 // 32 + (2 * 1536 + 3072) * 2,
+    # FlashInfer TRT-LLM-gen, 0.11 (SM100_FI_MXFP4_BF16) and 0.19 (FLASHINFER_TRTLLM_MXFP4_BF16): width and hidden to
+    # 256 (2,880 -> 3,072, 1,440 -> 1,536), shuffled values and scales at those sizes, float32 biases
+    ("trtllm", 1): 3072 * 3072 * 51 // 32 + (2 * 3072 + 3072) * 4,
+    ("trtllm", 2): 1536 * 3072 * 51 // 32 + (2 * 1536 + 3072) * 4,
+    # 0.33's TRT-LLM-gen: width to 128 only (2,880 -> 2,944; 1,536), hidden to 256, float32 biases
+    ("trtllm-0.33", 1): 2944 * 3072 * 51 // 32 + (2 * 2944 + 3072) * 4,
+    ("trtllm-0.33", 2): 1536 * 3072 * 51 // 32 + (2 * 1536 + 3072) * 4,
+    # 0.19's Triton (Hopper): width to 64 (2,880; 1,472), values padded to 64 ([5,760 x 1,472] + [2,880 x 1,472];
+    # [2,944 x 1,472] + [2,880 x 768]), swizzled scales' rows to 256 (5,888 / 3,072; 3,072 / 3,072), the unswizzled
+    # scales kept beside them, float32 biases
+    ("triton", 1): (5760 * 1472 + 2880 * 1472) + (5888 * 90 + 3072 * 90) + (5760 * 90 + 2880 * 90) + (5760 + 2880) * 4,
+    ("triton", 2): (2944 * 1472 + 2880 * 768) + (3072 * 90 + 3072 * 46) + (2944 * 90 + 2880 * 46) + (2944 + 2880) * 4,
+    # 0.33's Triton (Hopper): values' rows to 16 and bytes to 32 (already aligned), scales per row to 4 (90 -> 92,
+    # 46 -> 48) and rows to 256, no unswizzled copy, float32 biases
+    ("triton-0.33", 1): (5760 * 1440 + 2880 * 1440) + (5888 * 92 + 3072 * 92) + (5760 + 2880) * 4,
+    ("triton-0.33", 2): (2944 * 1440 + 2880 * 736) + (3072 * 92 + 3072 * 48) + (2944 + 2880) * 4,
+}
+# The backend each release runs gpt-oss's experts on, by device (compute capability): H100 9.0, A100 8.0, B200 10.0,
+# RTX PRO 6000 12.0.  0.11 (quantization/mxfp4.py get_mxfp4_backend): FlashInfer's SM100 kernel on 10.0, Marlin
+# elsewhere (no triton_kernels in a 0.11.0 install); 0.19 / 0.33 (fused_moe/oracle/mxfp4.py): TRT-LLM-gen on 10.0,
+# Triton on 9.0, Marlin on 8.x and 12.0
+BACKEND_OF = {
+    ("0.11", "h100-80gb"): "marlin", ("0.11", "a100-80gb"): "marlin", ("0.11", "b200"): "trtllm",
+    ("0.11", "rtx-pro-6000"): "marlin",
+    ("0.19", "h100-80gb"): "triton", ("0.19", "a100-80gb"): "marlin", ("0.19", "b200"): "trtllm",
+    ("0.19", "rtx-pro-6000"): "marlin",
+    ("0.33", "h100-80gb"): "triton-0.33", ("0.33", "a100-80gb"): "marlin", ("0.33", "b200"): "trtllm-0.33",
+    ("0.33", "rtx-pro-6000"): "marlin",
+}
+EXPERTS_OF = {"gpt-oss-20b": 24 * 32, "gpt-oss-120b": 36 * 128}
+
+
+@pytest.mark.parametrize(("version", "device"), list(BACKEND_OF))
+@pytest.mark.parametrize("tensor_parallel", [1, 2])
+@pytest.mark.parametrize("model", list(EXPERTS_OF))
+def test_gpt_oss_mxfp4_experts_per_rank_bytes_by_release_device_and_tp(version: str, device: str,
+                                                                        tensor_parallel: int, model: str) -> None:
+    # e.g. gpt-oss-20b on a B200 at TP 1 in vLLM 0.19: 768 x (3,072 x 3,072 x 51/32 + 9,216 x 4 - 2,880 x 2,880 x
+    # 51/32 - 8,640 x 2) = 768 x 1,840,896 = 1.32 GiB a rank beyond the checkpoint's 9.47 GiB of experts
+    backend = BACKEND_OF[version, device]
+    held, shipped = HELD_EXPERT[backend, tensor_parallel], SHIPPED_EXPERT[tensor_parallel]
+    spec = get_preset(model)
+    term = VllmProfile(version).expert_layout(_stage(spec, tensor_parallel), "mxfp4", device)
     assert term is not None
-    assert term.bytes == 24 * 32 * ((5760 * 90 + 2880 * 90) + (5760 + 2880) * (4 - 2))  # 0.57 GiB
+    assert term.bytes == EXPERTS_OF[model] * (held - shipped)
+    assert mxfp4_expert_layout_bytes(spec, tensor_parallel, spec.num_layers, backend) == \
+        (EXPERTS_OF[model] * held, EXPERTS_OF[model] * shipped)
+
+
+@pytest.mark.parametrize(("version", "device", "names"), [
+    ("0.11", "h100-80gb", ("Marlin", "MARLIN", "triton_kernels", "2880 -> 2944", "2880 -> 3072")),
+    ("0.11", "b200", ("TRT-LLM-gen", "SM100_FI_MXFP4_BF16", "2880 -> 3072", "float32 biases")),
+    ("0.19", "b200", ("TRT-LLM-gen", "FLASHINFER_TRTLLM_MXFP4_BF16", "2880 -> 3072")),
+    ("0.33", "b200", ("TRT-LLM-gen", "FLASHINFER_TRTLLM_MXFP4_BF16", "2880 -> 2944", "2880 -> 3072")),
+    ("0.19", "rtx-pro-6000", ("Marlin", "2880 -> 2944")),
+    ("0.33", "h100-80gb", ("OpenAI's Triton kernels", "Mxfp4MoeBackend.TRITON")),
+])
+def test_the_plan_says_which_mxfp4_backend_and_layout_it_charged(version: str, device: str,
+                                                                 names: tuple[str, ...]) -> None:
+    spec = get_preset("gpt-oss-120b")
+    result = plan(spec, Hardware(get_device(device).planning_bytes, 1, device), Workload(8192, 1),
+                  PlanOptions(scheme=_shipped("gpt-oss-120b"), engine_version=version))
+    basis = result.runtime_overhead.basis
+    assert "routed experts' kernel layout: vLLM " + version in basis
+    assert all(name in basis for name in names), basis
+
+
+def test_vllm_0_11_runs_gpt_oss_on_marlin_on_hopper_without_triton_kernels() -> None:
+    # vLLM 0.11 quantization/mxfp4.py get_mxfp4_backend: on capability 9.0 FlashInfer only with
+    # VLLM_USE_FLASHINFER_MOE_MXFP4_BF16 (off by default), then ``capability[0] < 9 or not has_triton_kernels()``
+    # -> MARLIN; the 0.11.0 wheel neither requires nor vendors triton_kernels (vllm/third_party holds pynvml only;
+    # vLLM PR #27370 / issue #27672 added it after 0.11.0).  Marlin pads gpt-oss-20b's experts to 2,944 x 3,072:
+    # 0.85 GiB a rank beyond the checkpoint (the Triton layout this replaced charged 0.57 GiB).  llm-d's v0.11 H100
+    # log ('Model loading took 13.47 GiB', vllm_logs.json) is 0.23 GiB under Marlin's 13.70 GiB (checkpoint 12.82 +
+    # layout 0.85 + bf16 rotary cache 0.03): that image ran OpenAI's Triton kernels, so the plan is on the safe side
+    log = BY_ID["llmd-v0.11-gpt-oss-20b"]
+    spec = _spec(log)
+    term = VllmProfile("0.11").expert_layout(_stage(spec), "mxfp4", "h100-80gb")
+    assert term is not None and term.bytes == 768 * (HELD_EXPERT["marlin", 1] - SHIPPED_EXPERT[1])  # 0.85 GiB
+    hardware = Hardware(get_device("h100-80gb").planning_bytes, 1, "h100-80gb")
+    device = plan(spec, hardware, Workload(log["max_model_len"], 1), _options(log, "as shipped")).primary.devices[0]
+    loaded = (device.weights_bytes + term.bytes + rotary_cache_bytes(spec, "0.11")) / GIB
+    assert log["weights_gib"] + 0.2 <= loaded <= log["weights_gib"] + 0.25
 
 
 def test_vllm_0_33_holds_gpt_oss_20b_experts_at_tp2_on_hopper_in_its_vendored_triton_layout() -> None:
