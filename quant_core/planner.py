@@ -1313,7 +1313,14 @@ def plan(spec: ModelSpec, hardware: Hardware, workload: Workload | None = None,
         notes.extend(_late_buffer_notes(spec, engine.version, workload, options, tensor, limits))
     notes.extend(_outside_budget_warning(primary, evaluator, primary_layout, workload))
     activation = Estimate(busiest.activation_bytes, activation_basis)
-    overhead = Estimate(max(primary_terms.overheads), primary_terms.overhead_basis)
+    overhead_basis = primary_terms.overhead_basis
+    outside_term = max((term for term in primary_terms.outside if term is not None), default=None,
+                       key=lambda term: term.bytes_at(workload.context_length))
+    if outside_term is not None:
+        free = (hardware.capacity_bytes - usable) / GIB
+        overhead_basis += (f"; outside the budget, from the {free:.2f} GiB per device it leaves free (not in this "
+                           f"figure): {outside_term.basis_at(workload.context_length)}")
+    overhead = Estimate(max(primary_terms.overheads), overhead_basis)
     kv_per_token = kv_bytes_per_token(spec, options.kv_cache_dtype)
     return Plan(
         model=spec.name,

@@ -143,6 +143,9 @@ def test_llama_3_1_8b_on_an_l4_at_0_9_and_0_95_fits_on_0_19(utilization: float) 
     assert not any(w.startswith("Does not fit") for w in result.warnings)
     assert primary.min_devices == 1 and primary.max_concurrent_sequences >= 1
     assert primary.max_context_length is not None and primary.max_context_length >= 4096
+    # the answer names the graphs beside the in-budget overhead, which does not count them
+    assert "0.97 GiB per device for the CUDA graphs vLLM 0.19 captures" in result.runtime_overhead.basis
+    assert result.runtime_overhead.bytes == 256 * MIB  # non-torch memory only
 
 
 def test_0_11_captures_more_sizes_and_does_not_fit_at_0_95() -> None:
