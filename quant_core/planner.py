@@ -844,9 +844,14 @@ class _Evaluator:
         # the engine's terms sized from max_model_len (vLLM 0.19's DeepSeek Sparse Attention workspace), per stage
         context_terms = terms.context or (None,) * len(budgets)
         sized_by_context = bool(terms.context)
-        # what the engine allocates outside the budget must fit in the memory the budget leaves free
-        outside_terms = tuple(term for term in terms.outside if term is not None)
+        # what the engine allocates outside the budget must fit in the memory the budget leaves free; a term that
+        # does not grow with the context (never larger at the longest context searched than at one token) is
+        # checked once here, not at every call
         free_outside = self.free_outside_bytes
+        outside_terms = tuple(term for term in terms.outside if term is not None
+                              and term.bytes_at(1) != term.bytes_at(MAX_CONTEXT_SEARCHED))
+        if any(term.bytes_at(1) > free_outside for term in terms.outside if term is not None):
+            return _never_fits
 
         def outside_fits(context_length: int) -> bool:
             return all(term.bytes_at(context_length) <= free_outside for term in outside_terms)
@@ -890,6 +895,12 @@ class _Evaluator:
                        if hybrid is not None)
 
         return fits_hybrid if any(hybrid is not None for hybrid in hybrids) else fits
+
+
+def _never_fits(context_length: int, sequences: int) -> bool:
+    """The predicate of a layout whose engine needs more outside its budget than the budget leaves free, whatever
+    the context (`_Evaluator.build_predicate`)."""
+    return False
 
 
 class _ModelTerms:

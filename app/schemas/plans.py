@@ -126,7 +126,10 @@ class RuntimeIn(BaseModel):
                           "working copies; 0.33 charges CUDA-graph "
                           "memory inside the budget).")
     overhead_bytes: int | None = Field(None, description="Replaces the engine's per-device overhead (non-torch "
-                                                         "and CUDA-graph memory) when given.")
+                                                         "and CUDA-graph memory) when given; what vLLM 0.11/0.19 "
+                                                         "allocate outside the budget (their CUDA graphs) is still "
+                                                         "checked against the memory it leaves free (see "
+                                                         "enforce_eager).")
     activation_bytes: int | None = Field(None, description="Replaces the activation estimate when given.")
     max_batched_tokens: int | None = Field(None, description="vLLM's --max-num-batched-tokens; default: the "
                                                              "engine's for the device (8192 on 70 GiB+ non-A100, "
