@@ -1484,7 +1484,10 @@ def _warnings(spec: ModelSpec, hardware: Hardware, workload: Workload, options: 
             "a smaller KV dtype (fp8), a shorter context or fewer concurrent sequences does.")
     if not int4_plan.fits:
         need = int4_plan.min_devices
-        if need:
+        if int4_plan.refusal is None and all(device.used_bytes <= device.usable_bytes for device in int4_plan.devices):
+            more = (": the memory budget holds it, but the memory the budget leaves free does not hold what the "
+                    "engine allocates outside it (see the warning above)")
+        elif need:
             more = f"; the fewest devices that fit at INT4 is {need} (in tensor parallel)"
         else:
             largest = max(engine_tensor_parallel_sizes(spec), default=1)

@@ -121,6 +121,9 @@ def test_llama_3_1_8b_on_an_l4_at_0_99_does_not_fit_on_0_19_its_0_97_gib_of_grap
     # with more ranks: every rank captures all of them)
     primary = result.primary
     assert (primary.max_context_length, primary.max_concurrent_sequences, primary.min_devices) == (None, 0, None)
+    # and the INT4 remark does not send the user to more devices the graphs would follow onto
+    int4 = next(w for w in result.warnings if w.startswith("The model does not fit even at INT4"))
+    assert "the memory budget holds it" in int4 and "tensor-parallel" not in int4
     # the KV capacity stays the one vLLM logs: graphs are not taken from the pool
     eager = _l4_plan("0.19", 0.99, enforce_eager=True)
     assert eager.primary.kv_capacity_tokens == primary.kv_capacity_tokens
