@@ -213,11 +213,18 @@ def fit_plan(spec: ModelSpec, hardware: Hardware, workload: Workload | None = No
         by_role.setdefault(entry.role, Counter())[label] += entry.count
     reason = None
     if not smallest.fits:
-        tightest = min(smallest.primary.devices, key=lambda device: device.headroom_bytes)
+        devices = smallest.primary.devices
+        tightest = min(devices, key=lambda device: device.headroom_bytes)
         lowest = sorted({row.ladder[0].label() for row in rows})
         reason = (f"the model does not fit even with every quantized tensor at its smallest allowed format "
                   f"({', '.join(lowest)}): device {tightest.index} needs {-tightest.headroom_bytes} bytes more "
                   f"({tightest.used_bytes} used of {tightest.usable_bytes} usable)")
+        if tightest.headroom_bytes >= 0:  # the budget holds it: what the engine takes outside the budget does not fit
+            outside = max(devices, key=lambda device: device.outside_budget_bytes)
+            reason = (f"the model does not fit at any allowed format: on device {outside.index} the engine allocates "
+                      f"{outside.outside_budget_bytes} bytes outside its memory budget (CUDA graphs; DeepSeek Sparse "
+                      f"Attention's late buffers), more than the {outside.capacity_bytes - outside.usable_bytes} bytes "
+                      "the budget leaves free: the plan's warnings say what to lower")
         if smallest.refusal:
             reason = f"the engine refuses the layout: {smallest.refusal}"
     assumptions: tuple[str, ...] = (

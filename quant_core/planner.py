@@ -162,7 +162,9 @@ class PlanOptions:
     `engine` names the engine profile whose terms the plan uses (`quant_core.engines`:
     ``"vllm"`` at `engine_version`, or ``"generic"``: nibble's workload-sized activation
     estimate and a fixed 1 GiB overhead).  `max_batched_tokens` and `max_num_seqs` are the
-    engine's scheduler limits; None takes the engine's default for the device.
+    engine's scheduler limits; None takes the engine's default for the device.  `enforce_eager` is vLLM's
+    ``--enforce-eager``: no CUDA graph is captured (0.11 and 0.19 then take no memory outside the budget for them,
+    0.33 charges no graph estimate inside it).
     """
 
     weight_format: WeightFormat = field(default_factory=int4)
@@ -182,9 +184,12 @@ class PlanOptions:
     max_num_seqs: int | None = None
     engine: str = "vllm"
     engine_version: str | None = None
+    enforce_eager: bool = False
 
     def __post_init__(self) -> None:
         kv_dtype(self.kv_cache_dtype)
+        if not isinstance(self.enforce_eager, bool):
+            raise InvalidSpec("runtime.enforce_eager", self.enforce_eager, "must be true or false")
         float_format(self.float_format)
         if self.engine not in ENGINES:
             get_engine(self.engine)  # raises UnknownName listing the engines
@@ -255,6 +260,10 @@ class DevicePlan:
     #: of `weights_bytes`, the copies of the embedding, final norm and lm_head that the engine builds on this
     #: stage but that only the first or last stage runs (vLLM's Qwen3-MoE, Mixtral, ...: see `plan`)
     unread_weights_bytes: int = 0
+    #: what the engine allocates on this device outside `usable_bytes`, from the ``capacity - usable`` the budget
+    #: leaves free (vLLM 0.11/0.19's CUDA graphs, DeepSeek Sparse Attention's late buffers): `fits` is False when it
+    #: is more than that
+    outside_budget_bytes: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -653,10 +662,17 @@ class _StageTerms:
     overhead_basis: str
     #: per stage, the engine's activation term that grows with max_model_len (`EngineProfile.context_activation`)
     context: tuple[ContextTerm | None, ...] = ()
+    #: per stage, what the engine allocates outside the memory budget (`EngineProfile.outside_budget`)
+    outside: tuple[ContextTerm | None, ...] = ()
 
     def context_bytes(self, stage: int, context_length: int) -> int:
         """The engine's max_model_len-sized activation bytes of `stage` when started for `context_length`."""
         term = self.context[stage] if self.context else None
+        return 0 if term is None else term.bytes_at(context_length)
+
+    def outside_bytes(self, stage: int, context_length: int) -> int:
+        """What the engine allocates outside the budget on one device of `stage` when started for `context_length`."""
+        term = self.outside[stage] if self.outside else None
         return 0 if term is None else term.bytes_at(context_length)
 
 
@@ -672,7 +688,9 @@ class _Evaluator:
     ``used(stage) = weights(stage) + overhead(stage) + activations + kv_per_sequence(stage, context)
     × sequences``.  With an engine profile the activations are the engine's profiling peak, a
     constant per stage; with the generic model (no engine, no given activation bytes) they grow
-    with the workload up to ``max_batched_tokens``.
+    with the workload up to ``max_batched_tokens``.  A device fits when ``used <= usable`` and what the engine
+    allocates outside its budget (`_StageTerms.outside`, by the context it is started for) is at most
+    `free_outside_bytes`.
     """
 
     spec: ModelSpec
@@ -682,6 +700,9 @@ class _Evaluator:
     limits: BatchLimits
     #: the catalog device ("" when the hardware is given in bytes), by which the engine picks its fused-MoE kernel
     device_id: str = ""
+    #: ``capacity - usable`` of one device: the memory the budget leaves free, from which the engine takes what it
+    #: allocates outside it (`_StageTerms.outside`)
+    free_outside_bytes: int = 0
     #: `stage_terms` by (tensor, pipeline, stage layers, expert format)
     _terms: dict[tuple[object, ...], _StageTerms] = field(default_factory=dict)
 
@@ -693,7 +714,8 @@ class _Evaluator:
     def key(self) -> tuple[object, ...]:
         options = self.options
         return (self.usable_bytes, options.runtime_overhead_bytes, options.block_size, self.limits,
-                options.activation_bytes, options.engine, options.engine_version, self.device_id)
+                options.activation_bytes, options.engine, options.engine_version, self.device_id,
+                self.free_outside_bytes, options.enforce_eager)
 
     def vocabulary_everywhere(self, pipeline_parallel: int) -> bool:
         """Whether every one of `pipeline_parallel` stages holds the embedding, final norm and lm_head:
@@ -743,9 +765,12 @@ class _Evaluator:
         options = self.options
         activations, overheads = [], []
         context: list[ContextTerm | None] = []
+        outside: list[ContextTerm | None] = []
         activation_basis = overhead_basis = ""
         for index in range(layout.pipeline_parallel):
             stage = self.stage(layout, index)
+            outside.append(None if self.engine is None else self.engine.outside_budget(
+                stage, options.kv_cache_dtype, self.limits, options.enforce_eager))
             context.append(None if options.activation_bytes is not None or self.engine is None
                            else self.engine.context_activation(stage, options.kv_cache_dtype, self.limits))
             if options.activation_bytes is not None:
@@ -765,7 +790,8 @@ class _Evaluator:
                 overhead = DEFAULT_RUNTIME_OVERHEAD_BYTES
                 overhead_basis = RUNTIME_OVERHEAD_BASIS.format(gib=overhead / GIB)
             else:
-                non_torch, graphs = self.engine.non_torch(stage), self.engine.cuda_graphs(stage, self.limits)
+                non_torch = self.engine.non_torch(stage)
+                graphs = self.engine.cuda_graphs(stage, self.limits, options.enforce_eager)
                 overhead = non_torch.bytes + graphs.bytes
                 overhead_basis = f"non-torch memory: {non_torch.basis}; CUDA graphs: {graphs.basis}"
             layout_term = (None if self.engine is None
@@ -777,7 +803,8 @@ class _Evaluator:
             overheads.append(overhead)
         fixed = tuple(a + o for a, o in zip(activations, overheads, strict=True))
         return _StageTerms(fixed, tuple(activations), tuple(overheads), activation_basis, overhead_basis,
-                           tuple(context) if any(term is not None for term in context) else ())
+                           tuple(context) if any(term is not None for term in context) else (),
+                           tuple(outside) if any(term is not None for term in outside) else ())
 
     def activation_coefficients(self, tensor_parallel: int) -> tuple[int, int]:
         """(bytes per batched token, bytes per sampled sequence) of the generic activation estimate."""
@@ -817,12 +844,25 @@ class _Evaluator:
         # the engine's terms sized from max_model_len (vLLM 0.19's DeepSeek Sparse Attention workspace), per stage
         context_terms = terms.context or (None,) * len(budgets)
         sized_by_context = bool(terms.context)
+        # what the engine allocates outside the budget must fit in the memory the budget leaves free; a term that
+        # does not grow with the context (never larger at the longest context searched than at one token) is
+        # checked once here, not at every call
+        free_outside = self.free_outside_bytes
+        outside_terms = tuple(term for term in terms.outside if term is not None
+                              and term.bytes_at(1) != term.bytes_at(MAX_CONTEXT_SEARCHED))
+        if any(term.bytes_at(1) > free_outside for term in terms.outside if term is not None):
+            return _never_fits
+
+        def outside_fits(context_length: int) -> bool:
+            return all(term.bytes_at(context_length) <= free_outside for term in outside_terms)
         block = self.options.block_size
         batched = self.limits.max_batched_tokens
         variable = self.variable_activations
         per_token, per_sampled = self.activation_coefficients(layout.tensor_parallel)
 
         def fits(context_length: int, sequences: int) -> bool:
+            if outside_terms and not outside_fits(context_length):
+                return False
             if variable:
                 activations = (min(batched, context_length * sequences) * per_token
                                + min(sequences, batched) * per_sampled)
@@ -845,6 +885,8 @@ class _Evaluator:
 
         def fits_hybrid(context_length: int, sequences: int) -> bool:
             # a hybrid model's stages (Gated DeltaNet beside full attention): vLLM's blocks and states (`HybridKV`)
+            if outside_terms and not outside_fits(context_length):
+                return False
             activations = (min(batched, context_length * sequences) * per_token
                            + min(sequences, batched) * per_sampled) if variable else 0
             return all(hybrid.bytes_per_sequence(context_length, block) * sequences + activations
@@ -853,6 +895,12 @@ class _Evaluator:
                        if hybrid is not None)
 
         return fits_hybrid if any(hybrid is not None for hybrid in hybrids) else fits
+
+
+def _never_fits(context_length: int, sequences: int) -> bool:
+    """The predicate of a layout whose engine needs more outside its budget than the budget leaves free, whatever
+    the context (`_Evaluator.build_predicate`)."""
+    return False
 
 
 class _ModelTerms:
@@ -1006,7 +1054,8 @@ def _max_context_started_at_it(evaluator: _Evaluator, terms: _ModelTerms, layout
     best: tuple[int | None, str] = (None, "memory")
     for low, high in zip((1, *steps), (*(step - 1 for step in steps), None), strict=True):
         ranged = _Evaluator(evaluator.spec, evaluator.options, evaluator.usable_bytes, engine,
-                            replace(evaluator.limits, max_model_len=low))
+                            replace(evaluator.limits, max_model_len=low),
+                            free_outside_bytes=evaluator.free_outside_bytes)
         longest, limited_by = _max_context(ranged, layout, terms.fits_predicate(ranged, layout.tensor_parallel,
                                                                                 layout.pipeline_parallel), sequences)
         if longest is None or longest < low:
@@ -1076,7 +1125,9 @@ def _min_devices(evaluator: _Evaluator, terms: _ModelTerms, workload: Workload) 
 
     A rank holds at least its even share of the weights, so fewer than
     ceil(weights / usable) devices cannot fit; and per-rank usage never grows
-    with more ranks, so "does not fit" is a prefix of the accepted sizes: bisect them.
+    with more ranks, so "does not fit" is a prefix of the accepted sizes: bisect them.  Except for a DeepSeek
+    Sparse Attention model on vLLM 0.19, whose fp8 mixed-batch kernel buffers appear outside the budget once a
+    rank holds fewer than 32 heads (`engines.vllm.dsa_mixed_batch_bytes`): its sizes are tried in order.
     """
     def fits_on(devices: int) -> bool:
         fits = terms.fits_predicate(evaluator, devices, 1)
@@ -1084,6 +1135,8 @@ def _min_devices(evaluator: _Evaluator, terms: _ModelTerms, workload: Workload) 
 
     low = max(1, -(-sum(terms.by_role.values()) // max(1, evaluator.usable_bytes)))
     sizes = [size for size in terms.accepted_sizes(evaluator.engine) if size >= low]
+    if evaluator.spec.has_indexer and evaluator.engine is not None:
+        return next((size for size in sizes if fits_on(size)), None)
     if not sizes or not fits_on(sizes[-1]):
         return None
     first, last = 0, len(sizes) - 1  # sizes[last] fits
@@ -1125,11 +1178,13 @@ def _format_plan(terms: _ModelTerms, hardware: Hardware, workload: Workload, ten
     for stage, layers in enumerate(layout.stage_layers):
         used, kv, activations, overhead = evaluator.stage_used(layout, stage_terms, stage, workload.context_length,
                                                                workload.concurrent_sequences)
+        outside = stage_terms.outside_bytes(stage, workload.context_length)
         same = (layers, hardware.capacity_bytes, evaluator.usable_bytes, layout.stage_weights[stage], kv,
                 activations, overhead, used, evaluator.usable_bytes - used,
-                used <= evaluator.usable_bytes)  # every tensor-parallel rank of a stage holds the same
-        unread = layout.stage_unread[stage]
-        devices.extend(DevicePlan(stage * tensor_parallel + rank, stage, rank, *same, unread_weights_bytes=unread)
+                used <= evaluator.usable_bytes and outside <= evaluator.free_outside_bytes)
+        unread = layout.stage_unread[stage]  # every tensor-parallel rank of a stage holds the same
+        devices.extend(DevicePlan(stage * tensor_parallel + rank, stage, rank, *same, unread_weights_bytes=unread,
+                                  outside_budget_bytes=outside)
                        for rank in range(tensor_parallel))
     fits = terms.fits_predicate(evaluator, tensor_parallel, options.pipeline_parallel)
     max_context, limited_by = _max_context_started_at_it(evaluator, terms, layout, fits, workload)
@@ -1200,7 +1255,8 @@ def plan(spec: ModelSpec, hardware: Hardware, workload: Workload | None = None,
         # the engine's profiling peak depends on the context it is started with: plan it at the requested one (the
         # other models keep one activation per layout, and their cached terms, whatever the context)
         limits = replace(limits, max_model_len=workload.context_length)
-    evaluator = _Evaluator(spec, options, usable, engine, limits, hardware.device_id or "")
+    evaluator = _Evaluator(spec, options, usable, engine, limits, hardware.device_id or "",
+                           free_outside_bytes=hardware.capacity_bytes - usable)
 
     baseline = _policy_scheme(float_format(options.float_format), policy)
     deployed = options.scheme or _policy_scheme(options.weight_format, policy)
@@ -1265,9 +1321,17 @@ def plan(spec: ModelSpec, hardware: Hardware, workload: Workload | None = None,
         if primary_terms.context and (last := primary_terms.context[-1]) is not None:
             activation_basis += f"; plus {last.basis_at(workload.context_length)}"
     if engine is not None and engine.name == "vllm":
-        notes.extend(_late_buffer_notes(spec, engine.version, workload, options, tensor, limits, hardware, usable))
+        notes.extend(_late_buffer_notes(spec, engine.version, workload, options, tensor, limits))
+    notes.extend(_outside_budget_warning(primary, evaluator, primary_layout, workload))
     activation = Estimate(busiest.activation_bytes, activation_basis)
-    overhead = Estimate(max(primary_terms.overheads), primary_terms.overhead_basis)
+    overhead_basis = primary_terms.overhead_basis
+    outside_term = max((term for term in primary_terms.outside if term is not None), default=None,
+                       key=lambda term: term.bytes_at(workload.context_length))
+    if outside_term is not None:
+        free = (hardware.capacity_bytes - usable) / GIB
+        overhead_basis += (f"; outside the budget, from the {free:.2f} GiB per device it leaves free (not in this "
+                           f"figure): {outside_term.basis_at(workload.context_length)}")
+    overhead = Estimate(max(primary_terms.overheads), overhead_basis)
     kv_per_token = kv_bytes_per_token(spec, options.kv_cache_dtype)
     return Plan(
         model=spec.name,
@@ -1303,12 +1367,12 @@ def _engine_block_size(spec: ModelSpec, engine: EngineProfile | None, options: P
 
 
 def _late_buffer_notes(spec: ModelSpec, version: str, workload: Workload, options: PlanOptions, tensor_parallel: int,
-                       limits: BatchLimits, hardware: Hardware, usable: int) -> list[str]:
+                       limits: BatchLimits) -> list[str]:
     """What vLLM takes from the GPU that its memory profiling does not count, outside ``gpu_memory_utilization``: the
     DeepSeek Sparse Attention indexer's expanded block table (`engines.vllm.dsa_block_table_bytes`, allocated after
     the KV cache is sized) and the fp8 mixed-batch attention's kernel buffers (`engines.vllm.dsa_mixed_batch_bytes`,
-    allocated while serving).  Not charged in the plan, whose KV capacity is the one vLLM computes, but named, with a
-    warning when the memory the budget leaves free cannot hold them together."""
+    allocated while serving).  Not charged inside the budget, whose KV capacity is the one vLLM computes, but named;
+    with the CUDA graphs they must fit in the memory the budget leaves free (`_outside_budget_warning`)."""
     table = dsa_block_table_bytes(spec, version, workload.context_length, limits)
     kernel = dsa_mixed_batch_bytes(spec, version, options.kv_cache_dtype, tensor_parallel, limits)
     notes = []
@@ -1317,22 +1381,46 @@ def _late_buffer_notes(spec: ModelSpec, version: str, workload: Workload, option
                      f"max_num_batched_tokens={limits.max_batched_tokens} x ceil(max_model_len="
                      f"{workload.context_length} / {DSA_BLOCK_SIZE}) int32 ({table / GIB:.2f} GiB per device; "
                      "indexer.py, DeepseekV32IndexerMetadataBuilder), after it has sized the KV cache: it is outside "
-                     "gpu_memory_utilization, like its CUDA graphs, so it is not charged in the plan and comes from "
-                     "the memory the budget leaves free.")
+                     "gpu_memory_utilization, like its CUDA graphs, so it is not charged inside the budget and comes "
+                     "from the memory the budget leaves free.")
     if kernel:
         notes.append(f"With an fp8 KV cache and {spec.num_attention_heads // tensor_parallel} attention heads a "
                      f"device (under 32), vLLM {version} runs every token of a step through FlashMLA's fp8 sparse "
                      f"decode kernel, which allocates up to {kernel / GIB:.2f} GiB per device for a step of "
                      f"{limits.max_batched_tokens} tokens (the query padded to 64 heads, its output and fp32 split "
                      "accumulators: flashmla_sparse.py, FlashMLA sparse_decode.h) that the start-up profiling does "
-                     "not see (vllm#53413): not charged in the plan; it comes from the activation memory and the "
-                     "memory the budget leaves free, and grows with max_batched_tokens.")
-    outside = hardware.capacity_bytes - usable
-    if table + kernel > outside:
-        notes.append(f"Those {(table + kernel) / GIB:.2f} GiB are more than the {outside / GIB:.2f} GiB per device "
-                     "outside the memory budget: vLLM may run out of memory after sizing its KV cache or while "
-                     "serving a full batch; lower memory_utilization, max_batched_tokens or the context.")
+                     "not see (vllm#53413): not charged inside the budget; it is counted against the memory the "
+                     "budget leaves free, and grows with max_batched_tokens.")
     return notes
+
+
+def _outside_budget_warning(primary: FormatPlan, evaluator: _Evaluator, layout: _Layout,
+                            workload: Workload) -> list[str]:
+    """Why the plan does not fit when what the engine allocates outside its budget (`_StageTerms.outside`: vLLM
+    0.11/0.19's CUDA graphs, DeepSeek Sparse Attention's late buffers) is more than the ``capacity - usable`` the
+    budget leaves free on a device, with the figures, the release and the remedies; nothing when it fits."""
+    engine, options, free = evaluator.engine, evaluator.options, evaluator.free_outside_bytes
+    need, stage = max(((device.outside_budget_bytes, device.pipeline_stage) for device in primary.devices),
+                      default=(0, 0))
+    if engine is None or need <= free:
+        return []
+    context = workload.context_length
+    terms = evaluator.stage_terms(layout)
+    term = terms.outside[stage] if terms.outside else None
+    basis = "" if term is None else f" ({term.basis_at(context)})"
+    capacity = evaluator.usable_bytes + free
+    # the largest utilization that leaves `need` free: capacity - floor(capacity x u) >= need
+    highest = math.floor((1 - need / capacity) * 100) / 100
+    remedies = [f"lower memory_utilization to {highest:.2f} or less (if the rest still fits)" if highest > 0
+                else "use a device with more memory"]
+    eager = None if options.enforce_eager else engine.outside_budget(
+        evaluator.stage(layout, stage), options.kv_cache_dtype, evaluator.limits, True)
+    if not options.enforce_eager and (eager is None or eager.bytes_at(context) <= free):
+        remedies.append("run with enforce_eager (no CUDA graphs, slower decoding)")
+    return [f"Does not fit: vLLM {engine.version} allocates {need / GIB:.2f} GiB per device outside "
+            f"gpu_memory_utilization={options.memory_utilization:g}{basis}, more than the {free / GIB:.2f} GiB "
+            f"per device the budget leaves free, so it would run out of memory capturing its CUDA graphs or serving "
+            f"a full batch: {', or '.join(remedies)}."]
 
 
 def _batch_limits(engine: EngineProfile | None, hardware: Hardware, options: PlanOptions) -> BatchLimits:
@@ -1396,7 +1484,10 @@ def _warnings(spec: ModelSpec, hardware: Hardware, workload: Workload, options: 
             "a smaller KV dtype (fp8), a shorter context or fewer concurrent sequences does.")
     if not int4_plan.fits:
         need = int4_plan.min_devices
-        if need:
+        if int4_plan.refusal is None and all(device.used_bytes <= device.usable_bytes for device in int4_plan.devices):
+            more = (": the memory budget holds it, but the memory the budget leaves free does not hold what the "
+                    "engine allocates outside it (see the warning above)")
+        elif need:
             more = f"; the fewest devices that fit at INT4 is {need} (in tensor parallel)"
         else:
             largest = max(engine_tensor_parallel_sizes(spec), default=1)

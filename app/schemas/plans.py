@@ -126,7 +126,10 @@ class RuntimeIn(BaseModel):
                           "working copies; 0.33 charges CUDA-graph "
                           "memory inside the budget).")
     overhead_bytes: int | None = Field(None, description="Replaces the engine's per-device overhead (non-torch "
-                                                         "and CUDA-graph memory) when given.")
+                                                         "and CUDA-graph memory) when given; what vLLM 0.11/0.19 "
+                                                         "allocate outside the budget (their CUDA graphs) is still "
+                                                         "checked against the memory it leaves free (see "
+                                                         "enforce_eager).")
     activation_bytes: int | None = Field(None, description="Replaces the activation estimate when given.")
     max_batched_tokens: int | None = Field(None, description="vLLM's --max-num-batched-tokens; default: the "
                                                              "engine's for the device (8192 on 70 GiB+ non-A100, "
@@ -134,6 +137,10 @@ class RuntimeIn(BaseModel):
     max_num_seqs: int | None = Field(None, description="vLLM's --max-num-seqs; default: the engine's for the "
                                                        "device (1024 on 70 GiB+ non-A100, else 256).")
     float_format: Literal["bf16", "fp16", "fp32"] = Field("bf16", description="The 16-bit baseline format.")
+    enforce_eager: bool = Field(False, description="vllm only: --enforce-eager, no CUDA graphs (0.11 and 0.19 capture "
+                                                   "them after sizing the KV cache, from the memory "
+                                                   "memory_utilization leaves free; 0.33 charges their estimate "
+                                                   "inside the budget).")
 
 
 class CheckpointHeaderIn(BaseModel):
@@ -380,6 +387,7 @@ def plan_to_core(body: PlanRequest, max_config_depth: int, max_header_bytes: int
         memory_utilization=body.runtime.memory_utilization, runtime_overhead_bytes=body.runtime.overhead_bytes,
         activation_bytes=body.runtime.activation_bytes, max_batched_tokens=body.runtime.max_batched_tokens,
         max_num_seqs=body.runtime.max_num_seqs, engine=body.runtime.engine, engine_version=body.runtime.engine_version,
+        enforce_eager=body.runtime.enforce_eager,
     )
     return spec, hardware, workload, options
 
@@ -409,6 +417,9 @@ class DeviceOut(BaseModel):
     overhead_bytes: int
     used_bytes: int
     headroom_bytes: int = Field(description="usable − used; negative when it does not fit.")
+    outside_budget_bytes: int = Field(description="What the engine allocates outside usable, from capacity − usable "
+                                                  "(vLLM 0.11/0.19's CUDA graphs, DeepSeek Sparse Attention's late "
+                                                  "buffers); the device does not fit when it is more.")
     fits: bool
 
 
@@ -646,7 +657,8 @@ def _device_dict(device: DevicePlan) -> dict[str, object]:
             "usable_bytes": device.usable_bytes, "weights_bytes": device.weights_bytes,
             "kv_cache_bytes": device.kv_cache_bytes, "activation_bytes": device.activation_bytes,
             "overhead_bytes": device.overhead_bytes, "used_bytes": device.used_bytes,
-            "headroom_bytes": device.headroom_bytes, "fits": device.fits}
+            "headroom_bytes": device.headroom_bytes, "outside_budget_bytes": device.outside_budget_bytes,
+            "fits": device.fits}
 
 
 def _format_dict(result: FormatPlan) -> dict[str, object]:

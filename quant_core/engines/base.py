@@ -109,8 +109,16 @@ class EngineProfile(Protocol):
         """Bytes outside PyTorch's allocator that the engine counts against its budget."""
         ...
 
-    def cuda_graphs(self, stage: Stage, limits: BatchLimits) -> Term:
-        """CUDA-graph bytes the engine charges inside its memory budget (0 when it does not)."""
+    def cuda_graphs(self, stage: Stage, limits: BatchLimits, enforce_eager: bool = False) -> Term:
+        """CUDA-graph bytes the engine charges inside its memory budget (0 when it does not, or captures none:
+        `enforce_eager`)."""
+        ...
+
+    def outside_budget(self, stage: Stage, kv_cache_dtype: str, limits: BatchLimits,
+                       enforce_eager: bool = False) -> ContextTerm | None:
+        """What the engine allocates on one device of `stage` outside its memory budget, from the memory the budget
+        leaves free (vLLM 0.11/0.19's CUDA graphs, captured after the KV cache is sized), by the context it is
+        started for; None when nothing.  A device whose need exceeds ``capacity - usable`` does not fit."""
         ...
 
     def refusal(self, spec: ModelSpec, tensor_parallel: int, pipeline_parallel: int) -> str | None:

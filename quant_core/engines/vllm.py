@@ -45,6 +45,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 
 from quant_core.engines.base import BatchLimits, KVCapacity, Stage, Term
+from quant_core.engines.vllm_graphs import cuda_graph_pool
 from quant_core.errors import InvalidSpec, UnknownName
 from quant_core.formats import kv_dtype
 from quant_core.kv_cache import VLLM_BLOCK_ALIGNMENT, held_window, hybrid_kv, kv_layers, layer_bytes_per_token
@@ -766,6 +767,53 @@ def dsa_block_table_bytes(spec: ModelSpec, version: str, max_model_len: int, lim
     if not spec.has_indexer or version != "0.19":
         return 0
     return limits.max_batched_tokens * -(-max_model_len // DSA_BLOCK_SIZE) * 4
+
+
+@dataclass(frozen=True, slots=True)
+class OutsideBudget:
+    """What vLLM allocates on one device outside ``gpu_memory_utilization``, from the memory the budget leaves free
+    (``total - total x utilization``), by ``max_model_len`` L: its CUDA graphs on 0.11 and 0.19 (`graph`, captured
+    after the KV cache is sized: `vllm_graphs.cuda_graph_pool`), and for a DeepSeek Sparse Attention model on 0.19 the
+    fp8 mixed-batch kernel's buffers (`kernel_bytes`, `dsa_mixed_batch_bytes`) and the indexer's expanded block table,
+    ``table_bytes_per_block`` per 64-token block of L (`dsa_block_table_bytes`).  The plan does not fit where this
+    is more than that memory: vLLM would fail capturing its graphs or serving a full batch."""
+
+    version: str
+    graph: Term | None
+    kernel_bytes: int
+    table_bytes_per_block: int
+
+    def table_bytes(self, max_model_len: int) -> int:
+        """The expanded block table at `max_model_len`: ``max_num_batched_tokens x ceil(L / 64) x 4`` bytes."""
+        return self.table_bytes_per_block * -(-max_model_len // DSA_BLOCK_SIZE)
+
+    def bytes_at(self, max_model_len: int) -> int:
+        return (0 if self.graph is None else self.graph.bytes) + self.kernel_bytes + self.table_bytes(max_model_len)
+
+    def basis_at(self, max_model_len: int) -> str:
+        parts = [] if self.graph is None else [self.graph.basis]
+        table = self.table_bytes(max_model_len)
+        if table:
+            parts.append(f"{table / GIB:.2f} GiB for DeepSeek Sparse Attention's expanded block table at "
+                         f"max_model_len={max_model_len} (indexer.py, allocated after the KV cache is sized)")
+        if self.kernel_bytes:
+            parts.append(f"{self.kernel_bytes / GIB:.2f} GiB for the fp8 mixed-batch sparse attention kernel's buffers "
+                         "(flashmla_sparse.py; not seen by the start-up profiling, vllm#53413)")
+        return "; ".join(parts)
+
+
+def outside_budget(stage: Stage, kv_cache_dtype: str, limits: BatchLimits, version: str,
+                   enforce_eager: bool = False) -> OutsideBudget | None:
+    """`OutsideBudget` of one device of `stage` on vLLM `version`; None when vLLM allocates nothing there that
+    nibble sizes (0.33 charges its graph estimate inside the budget; with `enforce_eager` no graph is captured)."""
+    graph = None if enforce_eager or VERSIONS[version].cuda_graphs_in_budget else \
+        cuda_graph_pool(stage, limits, version)
+    spec = stage.spec
+    kernel = dsa_mixed_batch_bytes(spec, version, kv_cache_dtype, stage.tensor_parallel, limits)
+    per_block = dsa_block_table_bytes(spec, version, DSA_BLOCK_SIZE, limits)
+    if graph is None and not kernel and not per_block:
+        return None
+    return OutsideBudget(version, graph, kernel, per_block)
 
 
 #: v0.19 flashmla_sparse.py: below this many heads a rank, an fp8_ds_mla cache runs every token of a step, prefill
@@ -1493,16 +1541,26 @@ class VllmProfile:
         return Term(size, f"{size / GIB:.2f} GiB per device: {why}, as {rules.source} show it "
                           "(gpu_worker.determine_available_memory, non-torch memory)")
 
-    def cuda_graphs(self, stage: Stage, limits: BatchLimits) -> Term:
-        """CUDA-graph memory charged inside ``gpu_memory_utilization``: none in v0.19 (graphs are
-        captured after the KV pool is sized and use the memory the budget leaves free); from v0.21
-        the profiler's estimate (``VLLM_MEMORY_PROFILER_ESTIMATE_CUDAGRAPHS=1``) is subtracted."""
+    def cuda_graphs(self, stage: Stage, limits: BatchLimits, enforce_eager: bool = False) -> Term:
+        """CUDA-graph memory charged inside ``gpu_memory_utilization``: none in v0.11 and v0.19 (graphs are
+        captured after the KV pool is sized and use the memory the budget leaves free: `outside_budget`); from v0.21
+        the profiler's estimate (``VLLM_MEMORY_PROFILER_ESTIMATE_CUDAGRAPHS=1``) is subtracted, except with
+        `enforce_eager` (0.33's gpu_worker.determine_available_memory profiles graphs only when not enforce_eager)."""
+        if enforce_eager:
+            return Term(0, f"enforce_eager: vLLM {self._version} captures no CUDA graph")
         if not self._rules.cuda_graphs_in_budget:
             return Term(0, f"vLLM {self._version} captures CUDA graphs after sizing the KV cache, outside "
-                           "gpu_memory_utilization: nothing is charged inside the budget")
+                           "gpu_memory_utilization: nothing is charged inside the budget (what they take is checked "
+                           "against the memory the budget leaves free)")
         size = CUDA_GRAPH_ESTIMATE_BYTES
         return Term(size, f"vLLM {self._version} charges its CUDA-graph estimate inside gpu_memory_utilization; "
                           f"{size / GIB:.2f} GiB per device, within the 0.1-0.6 GiB its start-up logs report")
+
+    def outside_budget(self, stage: Stage, kv_cache_dtype: str, limits: BatchLimits,
+                       enforce_eager: bool = False) -> OutsideBudget | None:
+        """What this release allocates on one device of `stage` outside ``gpu_memory_utilization``
+        (`OutsideBudget`), or None."""
+        return outside_budget(stage, kv_cache_dtype, limits, self._version, enforce_eager)
 
     def refusal(self, spec: ModelSpec, tensor_parallel: int, pipeline_parallel: int) -> str | None:
         """vLLM's `ModelConfig.verify_with_parallel_config` and the attention layers' head split:

@@ -67,7 +67,15 @@ def test_plan_raw_memory_bytes_hardware(client: TestClient) -> None:
                                          "hardware": {"memory_bytes": 8 * 2**30}}).json()
     assert body["hardware"]["capacity_bytes"] == 8 * 2**30
     assert body["hardware"]["device"] is None
-    assert body["fits"] is True
+    # vLLM 0.19 captures Qwen2.5-0.5B's CUDA graphs (386 MiB + 24 layers x 19 MiB = 0.82 GiB) after sizing its KV
+    # cache, from the 0.80 GiB a 0.9 budget leaves free on 8 GiB: it does not fit, and says why
+    assert body["fits"] is False
+    assert body["devices"][0]["outside_budget_bytes"] == 842 * 2**20
+    assert any(w.startswith("Does not fit") and "0.82 GiB" in w and "0.80 GiB" in w for w in body["warnings"])
+    for runtime in ({"memory_utilization": 0.85}, {"enforce_eager": True}):
+        fixed = client.post("/v1/plan", json={"model": {"preset": "qwen2.5-0.5b"}, "runtime": runtime,
+                                              "hardware": {"memory_bytes": 8 * 2**30}}).json()
+        assert fixed["fits"] is True, runtime
 
 
 @pytest.mark.parametrize("content", [b'{"model": ', b"not json", b'{"model": {"preset": "gpt2"},}'])
@@ -442,9 +450,12 @@ def test_devices_side_by_side_give_the_fewest_of_each_type_per_format(client: Te
     assert (h100["bf16"]["min_devices"], h100["int4"]["min_devices"]) == (16, 4)
     # at the 139.80 GiB torch reports for an H200, not the nominal 141 GiB (on which 4 fit with 0.58 GiB headroom);
     # at the A10G's 22.20 GiB bf16 fits on no tensor degree Qwen3-235B's 64 heads allow (64 fit at nominal 24 GiB),
-    # nor at 64 once each rank holds one whole key and value head of the 4, as vLLM's QKVParallelLinear replicates them
+    # nor at 64 once each rank holds one whole key and value head of the 4, as vLLM's QKVParallelLinear replicates them;
+    # nor int4 (32 A10Gs before vLLM 0.19's CUDA graphs were counted): every rank captures graphs for all 94 layers,
+    # 386 MiB + 94 x 19 MiB + 146 MiB (Qwen3-MoE's logged excess) = 2.26 GiB, more than the 2.22 GiB a 0.9 budget
+    # leaves free, whatever the device count
     assert [devices["h200"]["formats"][f]["min_devices"] for f in ("bf16", "int4")] == [8, 2]
-    assert [devices["a10g"]["formats"][f]["min_devices"] for f in ("bf16", "int4")] == [None, 32]
+    assert [devices["a10g"]["formats"][f]["min_devices"] for f in ("bf16", "int4")] == [None, None]
     for device_id, entry in devices.items():
         for result in entry["formats"].values():
             count = result["min_devices"] or 64  # none fits: the plan on the most devices vLLM accepts refuses too
@@ -705,3 +716,21 @@ def test_hostile_llama4_chunk_fields_are_refused_naming_the_key(client: TestClie
     assert response.status_code == 422
     assert response.headers["content-type"].startswith("application/problem+json")
     assert response.json()["errors"][0]["field"].endswith(field)
+
+
+def test_llama_3_1_8b_on_an_l4_at_0_99_on_vllm_0_19_does_not_fit_its_cuda_graphs(client: TestClient) -> None:
+    # 0.97 GiB of graphs (quant_core/engines/vllm_graphs.py) against the 0.22 GiB a 0.99 budget leaves on an L4's
+    # 22.03 GiB; enforce_eager (no graphs) fits, and so does the default 0.9
+    request = {"model": {"preset": "llama-3.1-8b"}, "hardware": {"device": "l4", "count": 1},
+               "weights": {"format": "bf16"},
+               "runtime": {"engine": "vllm", "engine_version": "0.19", "memory_utilization": 0.99}}
+    body = client.post("/v1/plan", json=request).json()
+    assert body["fits"] is False and body["devices"][0]["fits"] is False
+    assert body["devices"][0]["outside_budget_bytes"] == 994 * 2**20
+    assert (body["max_context_length"], body["max_concurrent_sequences"], body["min_devices"]) == (None, 0, None)
+    warning = next(w for w in body["warnings"] if w.startswith("Does not fit"))
+    assert "vLLM 0.19" in warning and "0.97 GiB" in warning and "0.22 GiB" in warning and "enforce_eager" in warning
+    eager = client.post("/v1/plan", json={**request, "runtime": {**request["runtime"], "enforce_eager": True}}).json()
+    assert eager["fits"] is True and eager["devices"][0]["outside_budget_bytes"] == 0
+    default = client.post("/v1/plan", json={**request, "runtime": {"engine": "vllm", "engine_version": "0.19"}}).json()
+    assert default["fits"] is True

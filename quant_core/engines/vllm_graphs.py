@@ -1,0 +1,121 @@
+"""The CUDA graphs vLLM 0.11 and 0.19 capture after sizing the KV cache, outside ``gpu_memory_utilization``.
+
+What the code fixes (vLLM's repository):
+
+* ``v1/worker/gpu_worker.py``, ``Worker.compile_or_warm_up_model``: ``capture_model`` runs after
+  ``initialize_from_config`` has allocated the KV cache, unless ``enforce_eager``; ``determine_available_memory``
+  subtracts no graph memory from the budget (0.19 estimates it with ``profile_cudagraph_memory`` but applies the
+  estimate only under ``VLLM_MEMORY_PROFILER_ESTIMATE_CUDAGRAPHS=1``, off by default in its envs.py; 0.11 has no
+  estimate).  The graphs therefore come from what the budget leaves free, ``total - total x utilization``.
+* The capture sizes (`cudagraph_capture_sizes`): 0.11's ``VllmConfig._set_cudagraph_sizes`` (config/__init__.py),
+  ``[1, 2, 4]`` and every multiple of 8 up to ``min(2 x max_num_seqs, 512)``; 0.19's (config/vllm.py) ``[1, 2, 4]``,
+  multiples of 8 below 256 and of 16 from 256 up to the same maximum; both keep the sizes <= max_num_batched_tokens.
+  Both default to ``FULL_AND_PIECEWISE``: for every size a piecewise graph per piece of the compiled model (the
+  pieces split at each attention layer) and a full graph for uniform decode batches.
+* ``GPUModelRunner.capture_model`` logs what capture took as a difference of ``torch.cuda.mem_get_info`` before
+  and after: the graph pool (the largest size's intermediates, reused by the smaller sizes) and the driver's memory
+  for each instantiated graph.  No code of vLLM's computes that figure: 0.19 itself has to capture two graphs per
+  mode to estimate it.
+
+So the figure is the public logs' (`GRAPH_LOGS`): llm-d-planner's vLLM 0.19.0 H100 sweep logs every worker's
+"... GiB for CUDAGraph memory" at the default capture sizes (51 of them, up to 512).  The Llama-3.1-8B runs at 32,
+16 and 8 layers a stage (TP 1, PP 2, PP 4: 0.91, 0.65, 0.51 GiB) put the part that does not grow with the layers at
+0.377 GiB (`GRAPH_BASE_BYTES`); the largest per-layer rate of the dense models above it (gemma-2-27b: 1.23 GiB at
+46 layers, 19.0 MiB a layer) is charged for every layer (`GRAPH_BYTES_PER_LAYER`), so every dense run is covered
+(0.91-0.96 GiB logged for Llama-3.1-8B against 0.97 charged; 1.79-1.85 GiB for Llama-3.3-70B at TP 2 against 1.86).
+MoE, MLA and hybrid models capture more (their kernels' own buffers, more nodes a layer): each logged family's
+excess over the dense rule is added for its model types (`GRAPH_EXTRA_BY_MODEL_TYPE`: gpt-oss-20b 0.73 GiB,
+DeepSeek-V2-Lite 0.69 GiB, Qwen3-30B-A3B 0.14 GiB, Mixtral none; Qwen3-Next-80B's vLLM 0.10.2 run, taken at 0.11's
+67 capture sizes, 0.63 GiB), and for a MoE, MLA or Gated DeltaNet model of a family no log shows, the largest
+excess of its kind (`GRAPH_MOE_EXTRA_BYTES`, `GRAPH_HYBRID_EXTRA_BYTES`).  The per-layer and extra parts scale with
+the number of capture sizes (the graphs captured), the base does not.  0.11's own "took" figures are no measure of
+the pool: its ``capture_model`` reads the free memory without emptying PyTorch's cache first, so five of the nine
+llm-d 0.11 runs log a negative figure; the 0.19 figures stand in, scaled to 0.11's 67 sizes.  Tensor parallelism
+shrinks the graphs a rank (Llama-3.1-8B: 0.91, 0.76, 0.67 GiB at TP 1, 2, 4), which the envelope does not follow:
+the safe side.
+"""
+
+from __future__ import annotations
+
+from quant_core.engines.base import BatchLimits, Stage, Term
+from quant_core.specs import ModelSpec
+
+GIB = 1 << 30
+MIB = 1 << 20
+
+#: where the graph figures come from
+GRAPH_LOGS = ("llm-d-planner's vLLM 0.19.0 H100 logs (commit d3121e0 of github.com/llm-d-incubation/llm-d-planner, "
+              "accuracy/results/v0.19.0/logs: each worker's \"GiB for CUDAGraph memory\")")
+#: the part of the graph memory that does not grow with the layers: Llama-3.1-8B's runs at 32, 16 and 8 layers a stage
+#: (0.91, 0.65, 0.51 GiB) fall on 0.377 GiB + 17.1 MiB a layer
+GRAPH_BASE_BYTES = 386 * MIB
+#: per decoder layer on the stage at `GRAPH_LOGGED_SIZES` capture sizes: the largest rate of the dense runs above the
+#: base (gemma-2-27b, 1.23 GiB at 46 layers: 19.0 MiB)
+GRAPH_BYTES_PER_LAYER = 19 * MIB
+#: added for a MoE or MLA model of a family no log shows: the largest excess of a MoE run of the sweep over the dense
+#: rule, gpt-oss-20b's at TP 2 (1.55 GiB logged, 745 MiB above the rule for its 24 layers)
+GRAPH_MOE_EXTRA_BYTES = 745 * MIB
+#: added for a Gated DeltaNet hybrid: Qwen3-Next-80B-A3B at TP 2 on vLLM 0.10.2 (0.11's gpu_model_runner, its capture
+#: sizes taken as 0.11's 67 for max_num_seqs=1024) logged 2.37 GiB: (2,427 - 386) x 51 / 67 = 1,554 MiB at 51 sizes,
+#: 642 MiB above the dense rule for its 48 layers (vllm0102-h200-qwen3-next-80b-tp2 in tests' vllm_logs.json)
+GRAPH_HYBRID_EXTRA_BYTES = 642 * MIB
+#: the logged excess over the dense rule, by model type: (bytes, the run it comes from)
+GRAPH_EXTRA_BY_MODEL_TYPE: dict[str, tuple[int, str]] = {
+    "gpt_oss": (GRAPH_MOE_EXTRA_BYTES, "gpt-oss-20b's log, 1.55 GiB at 24 layers"),
+    # vLLM's deepseek_v2.py builds DeepSeek-V2, V3 and V3.2 alike (MLA, shared and routed experts)
+    "deepseek_v2": (709 * MIB, "DeepSeek-V2-Lite's log, 1.57 GiB at 27 layers"),
+    "deepseek_v3": (709 * MIB, "DeepSeek-V2-Lite's log (deepseek_v2.py), 1.57 GiB at 27 layers"),
+    "deepseek_v32": (709 * MIB, "DeepSeek-V2-Lite's log (deepseek_v2.py), 1.57 GiB at 27 layers"),
+    "qwen3_moe": (146 * MIB, "Qwen3-30B-A3B's log, 1.41 GiB at 48 layers"),
+    "mixtral": (0, "Mixtral-8x7B's log at TP 2, 0.93 GiB at 32 layers: nothing above the dense rule"),
+    "qwen3_next": (GRAPH_HYBRID_EXTRA_BYTES, "Qwen3-Next-80B's vLLM 0.10.2 log, 2.37 GiB at 48 layers and 67 sizes"),
+}
+#: the capture sizes of the logged runs: 0.19's defaults for max_num_seqs=1024 and 8192 batched tokens
+GRAPH_LOGGED_SIZES = 51
+#: ``min(2 x max_num_seqs, 512)``: the largest default capture size of both releases
+MAX_DEFAULT_CAPTURE_SIZE = 512
+
+
+def cudagraph_capture_sizes(version: str, limits: BatchLimits) -> tuple[int, ...]:
+    """The batch sizes vLLM `version` captures CUDA graphs for by default, ascending (module docstring)."""
+    largest = min(2 * limits.max_num_seqs, MAX_DEFAULT_CAPTURE_SIZE)
+    if version == "0.11":
+        sizes = [1, 2, 4, *range(8, largest + 1, 8)]
+    else:
+        sizes = [size for size in (1, 2, 4) if size <= largest]
+        if largest >= 8:
+            sizes += range(8, min(largest + 1, 256), 8)
+        if largest >= 256:
+            sizes += range(256, largest + 1, 16)
+    return tuple(sorted({size for size in sizes if size <= min(largest, limits.max_batched_tokens)}))
+
+
+def graph_extra(spec: ModelSpec) -> tuple[int, str]:
+    """(Bytes at the logged capture sizes above the dense rule, their source) for `spec`'s model type: its family's
+    logged excess (`GRAPH_EXTRA_BY_MODEL_TYPE`), else the largest of its kind for a hybrid, MoE or MLA model, else
+    none."""
+    if spec.model_type in GRAPH_EXTRA_BY_MODEL_TYPE:
+        return GRAPH_EXTRA_BY_MODEL_TYPE[spec.model_type]
+    if spec.linear_attention is not None:
+        return GRAPH_HYBRID_EXTRA_BYTES, "no log of this family: a Gated DeltaNet hybrid's, Qwen3-Next-80B's"
+    if spec.is_moe or spec.is_mla:
+        return GRAPH_MOE_EXTRA_BYTES, "no log of this family: the largest MoE excess, gpt-oss-20b's"
+    return 0, ""
+
+
+def cuda_graph_pool(stage: Stage, limits: BatchLimits, version: str) -> Term:
+    """The memory vLLM `version` (0.11 or 0.19) takes for its CUDA graphs on one device of `stage`, after the KV
+    cache is sized: ``GRAPH_BASE_BYTES + (layers x GRAPH_BYTES_PER_LAYER + graph_extra) x sizes / 51``,
+    `sizes` the capture sizes (`cudagraph_capture_sizes`); the module docstring says where each figure comes from."""
+    spec = stage.spec
+    layers = stage.layers[1] - stage.layers[0]
+    extra, source = graph_extra(spec)
+    why = f" + {extra / GIB:.2f} GiB for the model type, {source}" if extra else ""
+    captured = cudagraph_capture_sizes(version, limits)
+    grows = (layers * GRAPH_BYTES_PER_LAYER + extra) * len(captured) // GRAPH_LOGGED_SIZES
+    size = GRAPH_BASE_BYTES + grows
+    return Term(size, f"{size / GIB:.2f} GiB per device for the CUDA graphs vLLM {version} captures after sizing its "
+                      f"KV cache ({len(captured)} capture sizes up to {max(captured, default=0)}, {layers} layers on "
+                      f"the stage: 0.38 GiB + (19 MiB a layer{why}) x {len(captured)} / {GRAPH_LOGGED_SIZES} sizes, "
+                      "the envelope of llm-d-planner's vLLM 0.19.0 H100 logs of \"GiB for CUDAGraph memory\": "
+                      "vLLM's code measures it, gpu_model_runner.capture_model)")
