@@ -1200,12 +1200,31 @@ def sampler_pass_bytes(spec: ModelSpec, rows: int, tokens: int, device_id: str) 
 #: ``RowParallelLinear`` o_proj, and either a ``MergedColumnParallelLinear`` gate_up_proj beside a RowParallelLinear
 #: down_proj (Qwen3 takes Qwen2MLP) or a ``FusedMoE`` of ``w13_weight`` [experts, 2 x width / tp, hidden] and
 #: ``w2_weight`` [experts, hidden, width / tp] (UnquantizedFusedMoEMethod.create_weights); the embedding and lm_head
-#: are VocabParallelEmbedding / ParallelLMHead rows of the vocabulary padded to 64, split over the ranks
+#: are VocabParallelEmbedding / ParallelLMHead rows of the vocabulary padded to 64, split over the ranks.  DeepSeek-V2
+#: and V3 (deepseek_v2.py, DeepseekV2MLAAttention) hold MLA's projections instead of q/k/v (`_mla_projection_sizes`),
+#: their shared experts a DeepseekV2MLP (merged gate_up, down) beside the SharedFusedMoE
 FUSED_LINEAR_MODEL_TYPES: dict[str, str] = {
     "llama": "llama.py", "mistral": "llama.py (MistralForCausalLM)", "qwen2": "qwen2.py", "qwen3": "qwen3.py",
-    "gemma2": "gemma2.py", "mixtral": "mixtral.py", "qwen3_moe": "qwen3_moe.py"}
+    "gemma2": "gemma2.py", "mixtral": "mixtral.py", "qwen3_moe": "qwen3_moe.py", "deepseek_v2": "deepseek_v2.py",
+    "deepseek_v3": "deepseek_v2.py"}
 #: the weight formats whose tensors vLLM allocates as the checkpoint's shapes at 2 bytes an element
 SIXTEEN_BIT_FORMATS = frozenset({"bf16", "fp16"})
+
+
+def _mla_projection_sizes(spec: ModelSpec, tensor_parallel: int) -> tuple[int, ...]:
+    """The elements of each MLA projection weight one rank of deepseek_v2.py's ``DeepseekV2MLAAttention`` allocates:
+    without query compression a ColumnParallelLinear ``q_proj`` and a ReplicatedLinear ``kv_a_proj_with_mqa``, with
+    it a replicated ``fused_qkv_a_proj`` (q_lora + kv_lora + rope rows) and a ColumnParallelLinear ``q_b_proj``; then
+    ``kv_b_proj`` (ColumnParallelLinear) and ``o_proj`` (RowParallelLinear)."""
+    hidden, heads = spec.hidden_size, spec.num_attention_heads // tensor_parallel
+    query = heads * (spec.qk_nope_head_dim + spec.qk_rope_head_dim)
+    latent = spec.kv_lora_rank + spec.qk_rope_head_dim
+    if spec.q_lora_rank is None:
+        compressed: tuple[int, ...] = (query * hidden, latent * hidden)
+    else:
+        compressed = ((spec.q_lora_rank + latent) * hidden, query * spec.q_lora_rank)
+    return (*compressed, heads * (spec.qk_nope_head_dim + spec.v_head_dim) * spec.kv_lora_rank,
+            hidden * heads * spec.v_head_dim)
 
 
 def weight_allocation_slack(stage: Stage, weight_format: str) -> int | None:
@@ -1218,18 +1237,20 @@ def weight_allocation_slack(stage: Stage, weight_format: str) -> int | None:
     (packed, repacked or fused differently).  Qwen2.5-72B at TP 2: each of the 80 down_proj weights of
     8192 x 14,784 x 2 bytes (231 MiB) holds a 232 MiB segment, 80 MiB in all."""
     spec = stage.spec
-    if spec.model_type not in FUSED_LINEAR_MODEL_TYPES or weight_format not in SIXTEEN_BIT_FORMATS:
+    if (spec.model_type not in FUSED_LINEAR_MODEL_TYPES or weight_format not in SIXTEEN_BIT_FORMATS
+            or spec.has_indexer):
         return None
     tp, hidden, element = stage.tensor_parallel, spec.hidden_size, ACTIVATION_ELEMENT_BYTES
     start, stop = stage.layers
-    heads, kv_heads = spec.num_attention_heads // tp, max(1, spec.num_kv_heads // tp)
-    attention = (allocated_block_bytes((heads + 2 * kv_heads) * spec.head_dim * hidden * element)
-                 + allocated_block_bytes(hidden * heads * spec.head_dim * element)
-                 - ((heads + 2 * kv_heads) * spec.head_dim * hidden + hidden * heads * spec.head_dim) * element)
 
     def mlp_slack(shapes: tuple[int, ...]) -> int:
         return sum(allocated_block_bytes(size * element) - size * element for size in shapes)
 
+    if spec.is_mla:
+        attention = mlp_slack(_mla_projection_sizes(spec, tp))
+    else:
+        heads, kv_heads = spec.num_attention_heads // tp, max(1, spec.num_kv_heads // tp)
+        attention = mlp_slack(((heads + 2 * kv_heads) * spec.head_dim * hidden, hidden * heads * spec.head_dim))
     width = spec.intermediate_size // tp
     dense = mlp_slack((2 * width * hidden, hidden * width))
     moe = 0

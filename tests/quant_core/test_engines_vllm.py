@@ -278,7 +278,12 @@ def test_the_allocators_rounding_is_charged_only_where_nibble_knows_the_shapes_v
     # quantized layouts (packed, repacked, scales) and model classes outside FUSED_LINEAR_MODEL_TYPES are not modelled
     stage = _stage(get_preset("qwen2.5-72b-instruct"), 2)
     assert weight_allocation_slack(stage, "fp8-per-channel") is None
-    assert weight_allocation_slack(_stage(get_preset("deepseek-v2-lite")), "bf16") is None
+    assert weight_allocation_slack(_stage(get_preset("gpt-oss-20b")), "bf16") is None
+    assert weight_allocation_slack(_stage(get_preset("deepseek-v3.2")), "bf16") is None
+    # DeepSeek-V2-Lite (deepseek_v2.py): its MLA projections and experts are whole numbers of 2 MiB or under 10 MiB;
+    # the 26 shared experts' down_proj of 2048 x 2816 x 2 bytes (11 MiB) hold 12 MiB, the dense layer's gate_up
+    # (85.5 MiB) 86: 26.5 MiB of the 0.155 GiB its log's weights hold beyond nibble's (the rest is not explained)
+    assert weight_allocation_slack(_stage(get_preset("deepseek-v2-lite")), "bf16") == 26.5 * MIB
     assert weight_allocation_slack(stage, "fp16") == weight_allocation_slack(stage, "bf16") == 80 * MIB
     # a pipeline stage holds the embedding only on the first stage and the lm_head only on the last
     spec = get_preset("qwen3-8b")
