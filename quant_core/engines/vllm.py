@@ -31,9 +31,11 @@ Where each term comes from (vLLM's repository, ``vllm/v1``):
   and the lm_head on every pipeline stage, not only on the first and last
   (`VOCABULARY_ON_EVERY_STAGE`).
 
-The per-logit bytes of the sampler pass and the non-torch memory are not sized by any code of
-vLLM's (they are PyTorch's sampling kernels and NCCL's buffers): each release's figure is the one
-its public start-up logs show, named where it is set.
+The non-torch memory is not sized by any code of vLLM's (NCCL's and CUDA's buffers): each release's
+figure is the one its public start-up logs show, named where it is set; so are the per-logit bytes of
+the sampler pass in 0.11 and 0.33, while 0.19's is sized from its code (`sampler_pass_bytes`).
+PyTorch's own share of vLLM's figures, its cuBLAS workspaces and its allocator's block rounding of
+the weights (`weight_allocation_slack`), comes from PyTorch's code (`torch_cuda`).
 """
 
 from __future__ import annotations
@@ -1434,12 +1436,15 @@ class VllmProfile:
         """The torch peak of `GPUModelRunner.profile_run`: the larger of the dummy forward pass over
         ``max_batched_tokens`` tokens and, on the last stage, the sampler pass over
         ``min(max_num_seqs, max_batched_tokens)`` rows of full-vocabulary logits, during which the
-        dummy run's hidden states and residual (``2 × tokens × hidden × 2 bytes``) are still held;
+        dummy run's hidden states are still held (0.11 and 0.33: at the release's measured bytes per logit beside
+        ``2 × tokens × hidden × 2 bytes``; 0.19: as its code allocates them, `sampler_pass_bytes`, with PyTorch's
+        cuBLAS workspaces beside the peak, `torch_cuda.blas_workspace_bytes` of `device_id`);
         the forward pass's intermediates are freed before the sampler runs, so the two do not add,
         except, from the releases whose `moe_workspace_persists`, a MoE model's fused-MoE caches
         (`fused_moe_caches`: TritonExperts' ``tokens × top_k × (max(w, hidden) + max(2w, hidden)) × 2 bytes``,
-        w the expert width / tp), which the workspace manager keeps (Qwen3-30B-A3B on vLLM 0.19: 2.15 GiB of
-        sampler + 0.50 GiB of caches against the 2.68 GiB logged).  A pipeline stage after the first also holds the
+        w the expert width / tp), which the workspace manager keeps (Qwen3-30B-A3B on vLLM 0.19: 2.14 GiB of
+        sampler + 0.50 GiB of caches + 0.03 GiB of cuBLAS workspaces against the 2.68 GiB logged).  A pipeline
+        stage after the first also holds the
         buffers it receives the previous stage's hidden states and residual in (``IntermediateTensors`` of
         ``max_num_batched_tokens`` rows, allocated once by the dummy run: 2 × tokens × hidden × 2 bytes;
         Llama-3.1-8B's last stage at PP=2 on vLLM 0.19: 1.89 + 0.13 = the 2.01 GiB logged).  `expert_format` (the
