@@ -381,6 +381,9 @@ class _Layout:
     stage_unread: tuple[int, ...] = ()
     #: the weight format of the routed experts (`_expert_format`), by which an engine picks its fused-MoE kernel
     expert_format: str = ""
+    #: the one weight format of the decoder's linear layers, embedding and lm_head (`_linear_format`), by which an
+    #: engine knows the shapes its allocator rounds (`EngineProfile.weight_allocation`)
+    linear_format: str = ""
 
 
 def _stage_ranges(num_layers: int, stages: int) -> tuple[tuple[int, int], ...]:
@@ -546,6 +549,21 @@ def _expert_format(spec: ModelSpec, scheme: WeightScheme) -> str:
     return scheme.quantized.label() if "expert" in scheme.quantized_roles else scheme.unquantized
 
 
+def _linear_format(spec: ModelSpec, scheme: WeightScheme) -> str:
+    """The label of the one format `scheme` stores the decoder's linear layers (attention, MLP and, for a MoE model,
+    the experts), the embedding and the lm_head in ("" when they are not all in one format, or when the scheme is a
+    GGUF mix, per-row formats or a checkpoint's own tensors)."""
+    if scheme.gguf_file_type or scheme.mix or scheme.checkpoint_rows or scheme.keep:
+        return ""
+    roles = {"attention", "mlp", "embedding", "lm_head"} | ({"expert"} if spec.is_moe else set())
+    if roles <= scheme.quantized_roles:
+        return scheme.quantized.label()
+    if not roles & scheme.quantized_roles:
+        return scheme.unquantized
+    quantized = scheme.quantized.label()
+    return quantized if quantized == scheme.unquantized else ""
+
+
 def _build_layout(spec: ModelSpec, scheme: WeightScheme, kv_dtype_name: str,
                   tensor_parallel: int, pipeline_parallel: int, vocabulary_everywhere: bool = False,
                   fp32_routers: bool = False, mamba_cache_mode: str = "none", chunked_local: bool = True) -> _Layout:
@@ -605,7 +623,7 @@ def _build_layout(spec: ModelSpec, scheme: WeightScheme, kv_dtype_name: str,
     return _Layout(tensor_parallel, pipeline_parallel, stages,
                    tuple(size + extra for size, extra in zip(weights, held, strict=True)), tuple(stage_kv),
                    everywhere, tuple(extra - own for extra, own in zip(held, home, strict=True)),
-                   _expert_format(spec, scheme))
+                   _expert_format(spec, scheme), _linear_format(spec, scheme))
 
 
 def _hybrid_note(hybrid: HybridKV, block_size: int, tensor_parallel: int, engine: EngineProfile | None) -> str:
@@ -749,7 +767,8 @@ class _Evaluator:
 
     def stage_terms(self, layout: _Layout) -> _StageTerms:
         """Activation and overhead bytes of each stage that do not depend on the workload."""
-        key = (layout.tensor_parallel, layout.pipeline_parallel, layout.stage_layers, layout.expert_format)
+        key = (layout.tensor_parallel, layout.pipeline_parallel, layout.stage_layers, layout.expert_format,
+               layout.linear_format)
         found = self._terms.get(key)
         if found is None:
             shared = (self.spec, self.options.kv_cache_dtype, *self.key, *key)
@@ -799,6 +818,10 @@ class _Evaluator:
             if layout_term is not None:  # weights the engine's kernels hold beyond the checkpoint's
                 overhead += layout_term.bytes
                 overhead_basis += f"; routed experts' kernel layout: {layout_term.basis}"
+            allocation = None if self.engine is None else self.engine.weight_allocation(stage, layout.linear_format)
+            if allocation is not None and allocation.bytes:  # the allocator's rounding of the weights' blocks
+                overhead += allocation.bytes
+                overhead_basis += f"; weights' allocator blocks: {allocation.basis}"
             activations.append(activation)
             overheads.append(overhead)
         fixed = tuple(a + o for a, o in zip(activations, overheads, strict=True))

@@ -142,6 +142,12 @@ class EngineProfile(Protocol):
         holds them as they ship."""
         ...
 
+    def weight_allocation(self, stage: Stage, weight_format: str = "") -> Term | None:
+        """The bytes the engine's allocator counts for one rank's weights beyond their own size (block rounding),
+        which the engine's measurement of its weights includes, with `weight_format` the label of the decoder's
+        linear weights; None when the engine's figure is not modelled or there is none."""
+        ...
+
     def routers_at_fp32(self, spec: ModelSpec) -> str | None:
         """Why the engine allocates the MoE routers of `spec` (role ``router``: gate weights and their biases) in
         float32 whatever the model's dtype, or None when it allocates them as the other unquantized tensors."""

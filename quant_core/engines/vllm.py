@@ -31,9 +31,11 @@ Where each term comes from (vLLM's repository, ``vllm/v1``):
   and the lm_head on every pipeline stage, not only on the first and last
   (`VOCABULARY_ON_EVERY_STAGE`).
 
-The per-logit bytes of the sampler pass and the non-torch memory are not sized by any code of
-vLLM's (they are PyTorch's sampling kernels and NCCL's buffers): each release's figure is the one
-its public start-up logs show, named where it is set.
+The non-torch memory is not sized by any code of vLLM's (NCCL's and CUDA's buffers): each release's
+figure is the one its public start-up logs show, named where it is set; so are the per-logit bytes of
+the sampler pass in 0.11 and 0.33, while 0.19's is sized from its code (`sampler_pass_bytes`).
+PyTorch's own share of vLLM's figures, its cuBLAS workspaces and its allocator's block rounding of
+the weights (`weight_allocation_slack`), comes from PyTorch's code (`torch_cuda`).
 """
 
 from __future__ import annotations
@@ -45,6 +47,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 
 from quant_core.engines.base import BatchLimits, KVCapacity, Stage, Term
+from quant_core.engines.torch_cuda import allocated_block_bytes, blas_workspace_bytes, compute_units
 from quant_core.engines.vllm_graphs import cuda_graph_pool
 from quant_core.errors import InvalidSpec, UnknownName
 from quant_core.formats import kv_dtype
@@ -83,7 +86,9 @@ class _Version:
 
     `sampler_bytes_per_logit` is the peak of the profiling run's sampler pass per row and
     vocabulary entry: the fp32 logits and the working copies its top-k/top-p pass makes, which
-    changed as vLLM's sampler did (measured from public start-up logs, named in `VERSIONS`).
+    changed as vLLM's sampler did (measured from public start-up logs, named in `VERSIONS`); None
+    where the pass is sized from the release's code (`sampler_pass_bytes`), with PyTorch's BLAS
+    workspaces beside it (`torch_cuda.blas_workspace_bytes`).
     `moe_workspace_persists`: the fused-MoE intermediate caches of the dummy forward pass stay
     allocated under the sampler pass (vllm/v1/worker/workspace.py's WorkspaceManager keeps its
     largest buffer until it is locked after profiling).
@@ -91,7 +96,7 @@ class _Version:
     (`gdn_forward_bytes_per_token`); False where the whole layer returns before them.
     """
 
-    sampler_bytes_per_logit: float
+    sampler_bytes_per_logit: float | None
     cuda_graphs_in_budget: bool
     tokens_from_concurrency: bool
     moe_workspace_persists: bool
@@ -141,10 +146,12 @@ VERSIONS: dict[str, _Version] = {
                      moe_workspace_persists=False, non_torch=_NON_TORCH_V0_11, gdn_projections_profiled=False,
                      mamba_cache_mode="none", chunked_local_attention=False, group_size_ratio=None),
     # v0.19 (llm-d-planner's sweep): 1.89-3.66 GiB of activations for dense models from 128,256 to 256,000
-    # vocabulary entries = 1024 rows x vocabulary x 14.0-14.5 bytes beside the batch's hidden states (Llama-3.1-8B
-    # 1.89, Qwen2.5-7B 2.21, gemma-2-9b 3.65, phi-4 1.52 GiB).  CUDA graphs are captured after the KV pool is
-    # sized, outside gpu_memory_utilization (75.23 - 14.99 - 1.89 - 0.25 = 58.11 GiB logged for Llama-3.1-8B).
-    "0.19": _Version(sampler_bytes_per_logit=14.4, cuda_graphs_in_budget=False, tokens_from_concurrency=False,
+    # vocabulary entries, the sampler pass as its code sizes it (`sampler_pass_bytes`: 14 bytes a logit and the
+    # Triton top-k/top-p buffer, beside the dummy run's hidden states) and the cuBLAS workspaces: Llama-3.1-8B 1.89,
+    # Qwen2.5-7B 2.21, gemma-2-9b 3.65, Qwen2.5-72B at TP 2 2.29 GiB, each within 0.006 GiB.  CUDA graphs are
+    # captured after the KV pool is sized, outside gpu_memory_utilization (75.23 - 14.99 - 1.89 - 0.25 = 58.11 GiB
+    # logged for Llama-3.1-8B).
+    "0.19": _Version(sampler_bytes_per_logit=None, cuda_graphs_in_budget=False, tokens_from_concurrency=False,
                      moe_workspace_persists=True, non_torch=_NON_TORCH_V0_19, gdn_projections_profiled=True,
                      mamba_cache_mode="none", chunked_local_attention=True, group_size_ratio=1.5),
     # v0.21 made VLLM_MEMORY_PROFILER_ESTIMATE_CUDAGRAPHS the default: the estimate is charged inside the
@@ -1250,6 +1257,130 @@ def _forward_bytes(spec: ModelSpec, tensor_parallel: int, tokens: int, version: 
                per_token * (3 * spec.hidden_size + shared) + caches.nbytes)
 
 
+#: model_executor/layers/vocab_parallel_embedding.py ``DEFAULT_VOCAB_PADDING_SIZE``: the lm_head's rows are the
+#: vocabulary padded to a multiple of 64 (``pad_vocab_size``), split over the tensor-parallel ranks
+VOCAB_PADDING = 64
+#: v1/sample/ops/topk_topp_sampler.py ``apply_top_k_top_p``: the Triton kernel from 8 rows on, PyTorch's sort below
+TRITON_TOP_K_TOP_P_MIN_ROWS = 8
+#: float32 logits, softmax probabilities and exponential draws, 4 bytes a logit each, beside the model's 16-bit
+#: logits (Sampler.forward ``logits.to(torch.float32)``, forward_native ``logits.softmax``, random_sample
+#: ``torch.empty_like(probs)``), the Triton kernel masking the float32 logits in place
+SAMPLER_FLOAT32_COPIES = 3
+#: apply_top_k_top_p_pytorch's peak beyond the float32 logits, in bytes a logit: the sorted values (4) and their
+#: int64 indices (8), the top-k mask (1), the sorted probabilities (4) and the top-p mask (1), all live at once
+SORT_PATH_BYTES_PER_LOGIT = 4 + 8 + 1 + 4 + 1
+
+
+def sampler_pass_bytes(spec: ModelSpec, rows: int, tokens: int, device_id: str) -> tuple[int, str]:
+    """The peak of vLLM 0.19's sampler pass in the profiling run (gpu_model_runner.py ``_dummy_sampler_run``, on the
+    last pipeline stage) over `rows` = min(max_num_seqs, max_num_batched_tokens) dummy requests, and its basis.
+
+    Held at the peak: the dummy run's hidden states, ``tokens x hidden``, the last token of each request gathered
+    from them (``hidden_states[logit_indices]``) and their ``torch.rand_like`` copy, ``rows x hidden`` each, at 2
+    bytes; the model's 16-bit logits (``compute_logits``: the lm_head's ``rows x vocabulary padded to 64``,
+    all-gathered over the tensor-parallel ranks, held by ``_dummy_sampler_run`` while the sampler runs); and the
+    sampler's three float32 copies of ``rows x vocabulary`` (`SAMPLER_FLOAT32_COPIES`: the logits, the softmax
+    probabilities, the exponential draws of ``random_sample``).  The dummy requests ask top-k and top-p, which
+    ``apply_top_k_top_p_triton`` (topk_topp_triton.py) applies in place from 8 rows on, with a cached float32
+    buffer of ``min(next_power_of_2(min(SMs, rows)), SMs) x vocabulary`` (`torch_cuda.compute_units` of
+    `device_id`); below 8 rows ``apply_top_k_top_p_pytorch`` sorts (`SORT_PATH_BYTES_PER_LOGIT` more a logit)."""
+    if rows == 0:
+        return 0, "no sampler pass on this pipeline stage"
+    vocabulary, hidden = spec.vocab_size, spec.hidden_size
+    padded = -(-vocabulary // VOCAB_PADDING) * VOCAB_PADDING
+    held = (tokens + 2 * rows) * hidden * ACTIVATION_ELEMENT_BYTES + rows * padded * ACTIVATION_ELEMENT_BYTES
+    copies = SAMPLER_FLOAT32_COPIES * rows * vocabulary * 4
+    if rows >= TRITON_TOP_K_TOP_P_MIN_ROWS:
+        units = compute_units(device_id)
+        buffer_rows = min(1 << (min(units, rows) - 1).bit_length(), units)
+        top_k_top_p = buffer_rows * vocabulary * 4
+        how = f"the Triton top-k/top-p buffer of {buffer_rows} rows ({units} SMs)"
+    else:
+        top_k_top_p = rows * vocabulary * SORT_PATH_BYTES_PER_LOGIT
+        how = f"PyTorch's sort path, {SORT_PATH_BYTES_PER_LOGIT} bytes a logit more"
+    total = held + copies + top_k_top_p
+    return total, (f"sampler over {rows} requests x {vocabulary} vocabulary: 2-byte logits and three float32 copies "
+                   f"(14 bytes a logit), {how}, beside the dummy run's {tokens} hidden states and two copies of "
+                   "the sampled rows (gpu_model_runner._dummy_sampler_run, sampler.py, topk_topp_sampler.py)")
+
+
+#: the vLLM model classes whose decoder layers allocate one fused ``QKVParallelLinear`` (q, k and v), a
+#: ``RowParallelLinear`` o_proj, and either a ``MergedColumnParallelLinear`` gate_up_proj beside a RowParallelLinear
+#: down_proj (Qwen3 takes Qwen2MLP) or a ``FusedMoE`` of ``w13_weight`` [experts, 2 x width / tp, hidden] and
+#: ``w2_weight`` [experts, hidden, width / tp] (UnquantizedFusedMoEMethod.create_weights); the embedding and lm_head
+#: are VocabParallelEmbedding / ParallelLMHead rows of the vocabulary padded to 64, split over the ranks.  DeepSeek-V2
+#: and V3 (deepseek_v2.py, DeepseekV2MLAAttention) hold MLA's projections instead of q/k/v (`_mla_projection_sizes`),
+#: their shared experts a DeepseekV2MLP (merged gate_up, down) beside the SharedFusedMoE
+FUSED_LINEAR_MODEL_TYPES: dict[str, str] = {
+    "llama": "llama.py", "mistral": "llama.py (MistralForCausalLM)", "qwen2": "qwen2.py", "qwen3": "qwen3.py",
+    "gemma2": "gemma2.py", "mixtral": "mixtral.py", "qwen3_moe": "qwen3_moe.py", "deepseek_v2": "deepseek_v2.py",
+    "deepseek_v3": "deepseek_v2.py"}
+#: the weight formats whose tensors vLLM allocates as the checkpoint's shapes at 2 bytes an element
+SIXTEEN_BIT_FORMATS = frozenset({"bf16", "fp16"})
+
+
+def _mla_projection_sizes(spec: ModelSpec, tensor_parallel: int) -> tuple[int, ...]:
+    """The elements of each MLA projection weight one rank of deepseek_v2.py's ``DeepseekV2MLAAttention`` allocates:
+    without query compression a ColumnParallelLinear ``q_proj`` and a ReplicatedLinear ``kv_a_proj_with_mqa``, with
+    it a replicated ``fused_qkv_a_proj`` (q_lora + kv_lora + rope rows) and a ColumnParallelLinear ``q_b_proj``; then
+    ``kv_b_proj`` (ColumnParallelLinear) and ``o_proj`` (RowParallelLinear)."""
+    hidden, heads = spec.hidden_size, spec.num_attention_heads // tensor_parallel
+    query = heads * (spec.qk_nope_head_dim + spec.qk_rope_head_dim)
+    latent = spec.kv_lora_rank + spec.qk_rope_head_dim
+    if spec.q_lora_rank is None:
+        compressed: tuple[int, ...] = (query * hidden, latent * hidden)
+    else:
+        compressed = ((spec.q_lora_rank + latent) * hidden, query * spec.q_lora_rank)
+    return (*compressed, heads * (spec.qk_nope_head_dim + spec.v_head_dim) * spec.kv_lora_rank,
+            hidden * heads * spec.v_head_dim)
+
+
+def weight_allocation_slack(stage: Stage, weight_format: str) -> int | None:
+    """The bytes PyTorch's caching allocator counts for one rank's weights beyond their size, which vLLM's
+    "Model loading took" (``DeviceMemoryProfiler``: ``torch.cuda.max_memory_allocated`` after loading less before)
+    and so its KV budget include: every parameter tensor of 10 MiB or more gets a segment rounded up to 2 MiB and
+    keeps the remainder when it is 1 MiB or less (`torch_cuda.allocated_block_bytes`).  Computed for the model
+    classes of `FUSED_LINEAR_MODEL_TYPES` stored at 16 bits (`weight_format` "bf16" or "fp16"), from the shapes
+    their layers allocate on one rank; None for other models and formats, whose tensors vLLM lays out otherwise
+    (packed, repacked or fused differently).  Qwen2.5-72B at TP 2: each of the 80 down_proj weights of
+    8192 x 14,784 x 2 bytes (231 MiB) holds a 232 MiB segment, 80 MiB in all."""
+    spec = stage.spec
+    if (spec.model_type not in FUSED_LINEAR_MODEL_TYPES or weight_format not in SIXTEEN_BIT_FORMATS
+            or spec.has_indexer):
+        return None
+    tp, hidden, element = stage.tensor_parallel, spec.hidden_size, ACTIVATION_ELEMENT_BYTES
+    start, stop = stage.layers
+
+    def mlp_slack(shapes: tuple[int, ...]) -> int:
+        return sum(allocated_block_bytes(size * element) - size * element for size in shapes)
+
+    if spec.is_mla:
+        attention = mlp_slack(_mla_projection_sizes(spec, tp))
+    else:
+        heads, kv_heads = spec.num_attention_heads // tp, max(1, spec.num_kv_heads // tp)
+        attention = mlp_slack(((heads + 2 * kv_heads) * spec.head_dim * hidden, hidden * heads * spec.head_dim))
+    width = spec.intermediate_size // tp
+    dense = mlp_slack((2 * width * hidden, hidden * width))
+    moe = 0
+    if spec.is_moe:
+        expert_width = spec.moe_intermediate_size // tp
+        moe = mlp_slack((spec.num_experts * 2 * expert_width * hidden, spec.num_experts * hidden * expert_width))
+        if spec.shared_expert_width:
+            shared = spec.shared_expert_width // tp
+            moe += mlp_slack((2 * shared * hidden, hidden * shared))
+    layers = range(start, stop)
+    dense_count = sum(1 for layer in layers if not spec.is_moe or layer in spec.dense_layers)
+    slack = (stop - start) * attention + dense_count * dense + (stop - start - dense_count) * moe
+    vocabulary_rows = -(-spec.vocab_size // VOCAB_PADDING) * VOCAB_PADDING // tp
+    table = mlp_slack((vocabulary_rows * hidden,))
+    everywhere = spec.model_type in VOCABULARY_ON_EVERY_STAGE
+    if start == 0 or everywhere:
+        slack += table  # embed_tokens
+    if (stage.is_last or everywhere) and not spec.tie_word_embeddings:
+        slack += table  # lm_head
+    return slack
+
+
 def qwen_vision_refusal(tower: QwenVisionTower | Qwen3VisionTower, tensor_parallel: int) -> str | None:
     """Why vLLM's qwen2_5_vl.py cannot split Qwen2.5-VL's vision tower over `tensor_parallel` ranks (None: it can);
     likewise Qwen3-VL's in qwen3_vl.py (the same attention; ``linear_fc1`` a ColumnParallelLinear and ``linear_fc2``
@@ -1411,12 +1542,15 @@ class VllmProfile:
         """The torch peak of `GPUModelRunner.profile_run`: the larger of the dummy forward pass over
         ``max_batched_tokens`` tokens and, on the last stage, the sampler pass over
         ``min(max_num_seqs, max_batched_tokens)`` rows of full-vocabulary logits, during which the
-        dummy run's hidden states and residual (``2 × tokens × hidden × 2 bytes``) are still held;
+        dummy run's hidden states are still held (0.11 and 0.33: at the release's measured bytes per logit beside
+        ``2 × tokens × hidden × 2 bytes``; 0.19: as its code allocates them, `sampler_pass_bytes`, with PyTorch's
+        cuBLAS workspaces beside the peak, `torch_cuda.blas_workspace_bytes` of `device_id`);
         the forward pass's intermediates are freed before the sampler runs, so the two do not add,
         except, from the releases whose `moe_workspace_persists`, a MoE model's fused-MoE caches
         (`fused_moe_caches`: TritonExperts' ``tokens × top_k × (max(w, hidden) + max(2w, hidden)) × 2 bytes``,
-        w the expert width / tp), which the workspace manager keeps (Qwen3-30B-A3B on vLLM 0.19: 2.15 GiB of
-        sampler + 0.50 GiB of caches against the 2.68 GiB logged).  A pipeline stage after the first also holds the
+        w the expert width / tp), which the workspace manager keeps (Qwen3-30B-A3B on vLLM 0.19: 2.14 GiB of
+        sampler + 0.50 GiB of caches + 0.03 GiB of cuBLAS workspaces against the 2.68 GiB logged).  A pipeline
+        stage after the first also holds the
         buffers it receives the previous stage's hidden states and residual in (``IntermediateTensors`` of
         ``max_num_batched_tokens`` rows, allocated once by the dummy run: 2 × tokens × hidden × 2 bytes;
         Llama-3.1-8B's last stage at PP=2 on vLLM 0.19: 1.89 + 0.13 = the 2.01 GiB logged).  `expert_format` (the
@@ -1443,16 +1577,25 @@ class VllmProfile:
         rows = min(limits.max_num_seqs, tokens) if stage.is_last else 0
         per_logit = self._rules.sampler_bytes_per_logit
         workspace = caches.nbytes if rows and caches is not None and caches.persists else 0
-        sampler = (int(rows * spec.vocab_size * per_logit) + workspace + received
-                   + (2 * tokens * spec.hidden_size * ACTIVATION_ELEMENT_BYTES if rows else 0))
+        if per_logit is None:
+            sampled, sampler_basis = sampler_pass_bytes(spec, rows, tokens, device_id)
+            blas = blas_workspace_bytes(device_id)
+        else:
+            sampled = (int(rows * spec.vocab_size * per_logit)
+                       + (2 * tokens * spec.hidden_size * ACTIVATION_ELEMENT_BYTES if rows else 0))
+            sampler_basis = (f"sampler over {rows} sequences x {spec.vocab_size} vocabulary at {per_logit:g} bytes "
+                             "per logit beside the batch's hidden states")
+            blas = 0
+        sampler = sampled + workspace + received
         held = f", with the fused-MoE caches still held ({workspace / GIB:.2f} GiB)" if workspace else ""
         if received:
             held += f", beside the stage's receive buffers ({received / GIB:.2f} GiB)"
         basis = (f"vLLM {self._version} profiling run: max(forward pass of max_num_batched_tokens={tokens} tokens "
-                 f"at 2 bytes per element ({forward / GIB:.2f} GiB), sampler over {rows} sequences x "
-                 f"{spec.vocab_size} vocabulary at {per_logit:g} bytes per logit beside the batch's hidden states"
-                 f"{held} ({sampler / GIB:.2f} GiB)); independent of the workload's context "
-                 "(gpu_model_runner.profile_run)")
+                 f"at 2 bytes per element ({forward / GIB:.2f} GiB), {sampler_basis}{held} "
+                 f"({sampler / GIB:.2f} GiB)); independent of the workload's context (gpu_model_runner.profile_run)")
+        if blas:
+            basis += (f"; plus PyTorch's cuBLAS and cuBLASLt workspaces ({blas / MIB:.0f} MiB), allocated through "
+                      "its caching allocator at the run's first matrix product and kept (CublasHandlePool.cpp)")
         if spec.linear_attention is not None and gdn:
             basis += (f"; the forward pass is the widest layer's, a Gated DeltaNet layer's being its projections "
                       f"({tokens * gdn / GIB:.2f} GiB: in_proj_qkvz/ba outputs, the unpacked q/k/v, the gate, the "
@@ -1487,13 +1630,13 @@ class VllmProfile:
                       f"{cached} positions x {spec.rotary_dim} rotary dimensions at 2 bytes ({rotary / GIB:.3f} GiB), "
                       "built with the model and counted in vLLM's 'Model loading took' (rotary_embedding/base.py, "
                       "cos_sin_cache)")
-        text = max(forward, sampler) + deepstack + topk_buffer + rotary
+        text = max(forward, sampler) + deepstack + topk_buffer + rotary + blas
         max_model_len = limits.max_model_len or spec.max_position_embeddings or tokens
         encoder = encoder_profile(spec, self._version, stage.tensor_parallel, tokens, max_model_len)
         if encoder is None:
             return Term(text, basis)
         encoding, kept, encoder_basis = encoder
-        total = max(encoding + deepstack + topk_buffer + rotary, kept + text)
+        total = max(encoding + deepstack + topk_buffer + rotary + blas, kept + text)
         return Term(total, f"max(the multimodal dummy batch through the vision tower, the text pass beside what it "
                            f"leaves held): {encoder_basis}; the text pass: {basis}")
 
@@ -1633,6 +1776,20 @@ class VllmProfile:
         """The bytes vLLM's MXFP4 experts hold beyond the checkpoint's in the layout of the backend the release
         runs on `device_id` (`expert_layout`, `mxfp4_moe_backend`)."""
         return expert_layout(stage, self._version, expert_format, device_id)
+
+    def weight_allocation(self, stage: Stage, weight_format: str = "") -> Term | None:
+        """The bytes PyTorch's caching allocator counts for the rank's weights beyond their size, inside vLLM's
+        "Model loading took" (`weight_allocation_slack`); None where nibble does not model it (the model class or
+        the format, `weight_format` being the label of the decoder's linear weights)."""
+        slack = weight_allocation_slack(stage, weight_format)
+        if slack is None:
+            return None
+        where = FUSED_LINEAR_MODEL_TYPES[stage.spec.model_type]
+        return Term(slack, (f"{slack / MIB:.1f} MiB a rank: PyTorch's caching allocator gives each weight of 10 MiB or "
+                            "more a segment rounded up to 2 MiB and counts a remainder of 1 MiB or less with it "
+                            "(c10/cuda/CUDACachingAllocator.cpp: get_allocation_size, should_split), which vLLM's "
+                            "'Model loading took' includes (DeviceMemoryProfiler, max_memory_allocated); the "
+                            f"shapes {where} allocates on one rank"))
 
     def routers_at_fp32(self, spec: ModelSpec) -> str | None:
         """Why vLLM holds the routers of `spec` in float32 (`ROUTERS_AT_FP32`), or None."""
