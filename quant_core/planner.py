@@ -43,7 +43,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from functools import lru_cache
 
-from quant_core.catalog import MAX_DEVICE_BYTES
+from quant_core.catalog import MAX_DEVICE_BYTES, device_compute_capability
 from quant_core.engines import ENGINES, BatchLimits, ContextTerm, EngineProfile, KVCapacity, Stage, Term, get_engine
 from quant_core.engines.vllm import (
     CHUNKED_LOCAL_ATTENTION,
@@ -109,14 +109,29 @@ ACTIVATION_BASIS = (
 
 @dataclass(frozen=True, slots=True)
 class Hardware:
-    """`count` identical devices of `capacity_bytes` each (a catalog device or raw bytes)."""
+    """`count` identical devices of `capacity_bytes` each (a catalog device or raw bytes).
+
+    `compute_capability` is the devices' CUDA compute capability ``(major, minor)``, by which the engine refuses
+    formats its kernels cannot run there; when not given it is the catalog's for `device_id`
+    (`catalog.device_compute_capability`), and None (not known: no format is refused for the device) for
+    hardware given in bytes or a device without one (AMD).
+    """
 
     capacity_bytes: int
     count: int = 1
     device_id: str | None = None
     name: str = ""
+    compute_capability: tuple[int, int] | None = None
 
     def __post_init__(self) -> None:
+        if self.compute_capability is None:
+            if self.device_id:
+                object.__setattr__(self, "compute_capability", device_compute_capability(self.device_id))
+        elif not (isinstance(self.compute_capability, tuple) and len(self.compute_capability) == 2
+                  and all(type(part) is int for part in self.compute_capability)
+                  and 1 <= self.compute_capability[0] <= 99 and 0 <= self.compute_capability[1] <= 9):
+            raise InvalidSpec("hardware.compute_capability", self.compute_capability,
+                              "must be a CUDA compute capability (major, minor), major 1-99 and minor 0-9")
         if isinstance(self.capacity_bytes, bool) or not isinstance(self.capacity_bytes, int) \
                 or self.capacity_bytes <= 0:
             raise InvalidSpec("hardware.memory_bytes", self.capacity_bytes, "must be a positive integer")
@@ -274,12 +289,14 @@ class FormatPlan:
     `kv_capacity_tokens` is the tokens that pool holds as the engine logs it (vLLM: "GPU KV
     cache size: N tokens", block-rounded as vLLM rounds) and `engine_max_concurrency` the
     engine's own "maximum concurrency" for requests of the workload's context (both None
-    for the generic model).  `refusal` says why the engine refuses the layout; `fits` is
-    then False.  `min_devices` is the fewest devices
+    for the generic model).  `refusal` says why the engine refuses the layout, or the format on
+    these devices (`EngineProfile.device_refusal`: below the release's minimum compute capability
+    for it); `fits` is then False.  `min_devices` is the fewest devices
     in tensor parallel (one pipeline stage) that fit the workload, counting
     only degrees engines such as vLLM accept for this model (dividing its
     attention heads; dividing or replicating its key/value heads: see
-    `engine_tensor_parallel_sizes`), or None when none up to 1024 does.
+    `engine_tensor_parallel_sizes`), or None when none up to 1024 does or
+    the engine cannot run the format on the device at any count.
     """
 
     format: str
@@ -682,6 +699,8 @@ class _Evaluator:
     limits: BatchLimits
     #: the catalog device ("" when the hardware is given in bytes), by which the engine picks its fused-MoE kernel
     device_id: str = ""
+    #: the devices' CUDA compute capability (None: not known), by which the engine refuses formats
+    compute_capability: tuple[int, int] | None = None
     #: `stage_terms` by (tensor, pipeline, stage layers, expert format)
     _terms: dict[tuple[object, ...], _StageTerms] = field(default_factory=dict)
 
@@ -694,6 +713,13 @@ class _Evaluator:
         options = self.options
         return (self.usable_bytes, options.runtime_overhead_bytes, options.block_size, self.limits,
                 options.activation_bytes, options.engine, options.engine_version, self.device_id)
+
+    def device_refusal(self, weight_format: str) -> str | None:
+        """Why the engine cannot run `weight_format` on these devices at all (`EngineProfile.device_refusal`: the
+        release's minimum compute capability for the format, or a format it loads nowhere), or None."""
+        if self.engine is None:
+            return None
+        return self.engine.device_refusal(weight_format, self.compute_capability)
 
     def vocabulary_everywhere(self, pipeline_parallel: int) -> bool:
         """Whether every one of `pipeline_parallel` stages holds the embedding, final norm and lm_head:
@@ -1082,6 +1108,8 @@ def _min_devices(evaluator: _Evaluator, terms: _ModelTerms, workload: Workload) 
         fits = terms.fits_predicate(evaluator, devices, 1)
         return fits(workload.context_length, workload.concurrent_sequences)
 
+    if evaluator.device_refusal(terms.scheme.label()) is not None:  # no count of these devices runs the format
+        return None
     low = max(1, -(-sum(terms.by_role.values()) // max(1, evaluator.usable_bytes)))
     sizes = [size for size in terms.accepted_sizes(evaluator.engine) if size >= low]
     if not sizes or not fits_on(sizes[-1]):
@@ -1136,6 +1164,7 @@ def _format_plan(terms: _ModelTerms, hardware: Hardware, workload: Workload, ten
     max_sequences = _max_sequences(evaluator, layout, fits, workload.context_length)
     pool, capacity = _kv_capacity(evaluator, layout, stage_terms, workload.context_length)
     refusal = (evaluator.engine.refusal(terms.spec, tensor_parallel, options.pipeline_parallel)
+               or evaluator.device_refusal(terms.scheme.label())
                or evaluator.engine.format_refusal(terms.spec, terms.scheme.label(), tensor_parallel)
                if evaluator.engine is not None else None)
     return FormatPlan(
@@ -1200,7 +1229,7 @@ def plan(spec: ModelSpec, hardware: Hardware, workload: Workload | None = None,
         # the engine's profiling peak depends on the context it is started with: plan it at the requested one (the
         # other models keep one activation per layout, and their cached terms, whatever the context)
         limits = replace(limits, max_model_len=workload.context_length)
-    evaluator = _Evaluator(spec, options, usable, engine, limits, hardware.device_id or "")
+    evaluator = _Evaluator(spec, options, usable, engine, limits, hardware.device_id or "", hardware.compute_capability)
 
     baseline = _policy_scheme(float_format(options.float_format), policy)
     deployed = options.scheme or _policy_scheme(options.weight_format, policy)
@@ -1394,7 +1423,11 @@ def _warnings(spec: ModelSpec, hardware: Hardware, workload: Workload, options: 
             f"The KV cache ({first.kv_cache_bytes / GIB:.2f} GiB per device) is larger than the weights "
             f"({first.weights_bytes / GIB:.2f} GiB per device): INT4 weights do not shrink the KV cache; "
             "a smaller KV dtype (fp8), a shorter context or fewer concurrent sequences does.")
-    if not int4_plan.fits:
+    engine = get_engine(options.engine, options.engine_version)
+    int4_refused = None if engine is None else engine.device_refusal(int4_plan.format, hardware.compute_capability)
+    if int4_refused is not None:
+        out.append(f"The model cannot run at INT4 on this device: {int4_refused}.")
+    elif not int4_plan.fits:
         need = int4_plan.min_devices
         if need:
             more = f"; the fewest devices that fit at INT4 is {need} (in tensor parallel)"
@@ -1410,6 +1443,11 @@ def _warnings(spec: ModelSpec, hardware: Hardware, workload: Workload, options: 
                    if other.fits]
         also = f"; it fits at {' and at '.join(fitting)}" if fitting else ""
         out.append(f"The model does not fit as {primary.format} on {devices} device(s) for this workload{also}.")
+    requirement = None if engine is None else engine.capability_requirement(primary.format)
+    if requirement is not None and hardware.compute_capability is None:
+        out.append(f"The devices' compute capability is not known (hardware given in bytes without "
+                   f"hardware.compute_capability, or a device the catalog gives none, AMD): {requirement}; the plan "
+                   "cannot check it and does not refuse the format.")
     if primary.max_context_length is not None and primary.context_limited_by == "memory" \
             and primary.max_context_length < workload.context_length:
         out.append(f"The longest context that fits for {workload.concurrent_sequences} sequence(s) is "
