@@ -1460,6 +1460,7 @@ def capability_refusal(version: str, weight_format: str, compute_capability: tup
             f"(its minimum is {_capability_text(floor)}): {where}")
 
 
+@lru_cache(maxsize=1024)
 def capability_requirement(version: str, weight_format: str) -> str | None:
     """The compute capability vLLM `version` needs for `weight_format` in words, or None when it needs none that a
     CUDA device vLLM runs on lacks (floats, a mix) or runs it nowhere (`capability_refusal` says so)."""
