@@ -1443,6 +1443,9 @@ def _warnings(spec: ModelSpec, hardware: Hardware, workload: Workload, options: 
                    if other.fits]
         also = f"; it fits at {' and at '.join(fitting)}" if fitting else ""
         out.append(f"The model does not fit as {primary.format} on {devices} device(s) for this workload{also}.")
+    dtype_note = None if engine is None else engine.device_dtype_note(spec, hardware.compute_capability)
+    if dtype_note is not None:
+        out.append(f"{dtype_note}.")
     requirement = None if engine is None else engine.capability_requirement(primary.format)
     if requirement is not None and hardware.compute_capability is None:
         out.append(f"The devices' compute capability is not known (hardware given in bytes without "

@@ -154,3 +154,8 @@ class EngineProfile(Protocol):
         """The compute capability the engine needs for `weight_format`, in words (what a plan on a device of
         unknown capability cannot check), or None when it needs none."""
         ...
+
+    def device_dtype_note(self, spec: ModelSpec, compute_capability: tuple[int, int] | None) -> str | None:
+        """Why the engine runs `spec` at another dtype than the plan's 16 bits on a device of `compute_capability`
+        (bytes the plan does not charge), or None."""
+        ...

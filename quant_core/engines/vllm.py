@@ -1408,6 +1408,32 @@ CAPABILITY_FLOORS: dict[str, dict[str, tuple[int | None, str]]] = {
     },
 }
 
+#: The model types vLLM will not run in float16 (config/model.py ``_FLOAT16_NOT_SUPPORTED_MODELS``, "Numerical
+#: instability. Please use bfloat16 or float32 instead."), per release: on a device without bf16 (below 8.0,
+#: ``CudaPlatform.supported_dtypes`` is [float16, float32]) ``_resolve_auto_dtype`` drops float16 for them and runs
+#: float32, and ``--dtype half`` raises in ``_check_valid_dtype``
+FLOAT16_UNSUPPORTED_MODEL_TYPES: dict[str, frozenset[str]] = {
+    "0.11": frozenset({"gemma2", "gemma3", "gemma3_text", "plamo2", "glm4"}),
+    "0.19": frozenset({"gemma2", "gemma3", "gemma3_text", "plamo2", "glm4"}),
+    "0.33": frozenset({"gemma2", "gemma3", "gemma3_text", "glm4"}),
+}
+
+
+def float32_fallback_note(version: str, model_type: str, compute_capability: tuple[int, int] | None) -> str | None:
+    """What vLLM `version` does with a `model_type` it will not run in float16 on a device of `compute_capability`
+    without bf16 (below 8.0): it runs float32 (`FLOAT16_UNSUPPORTED_MODEL_TYPES`), twice the 16-bit bytes, which the
+    plan does not charge; None elsewhere."""
+    if compute_capability is None or compute_capability >= (8, 0) \
+            or model_type not in FLOAT16_UNSUPPORTED_MODEL_TYPES.get(version, frozenset()):
+        return None
+    major, minor = compute_capability
+    return (f"vLLM {version} runs a {model_type} model in float32 on a device of compute capability {major}.{minor} "
+            "(no bfloat16 below 8.0, and float16 refused for it: config/model.py _FLOAT16_NOT_SUPPORTED_MODELS, "
+            "_resolve_auto_dtype): its unquantized weights and activations take twice the 16-bit bytes planned here, "
+            "and a quantization method whose get_supported_act_dtypes() lacks float32 (GPTQ, AWQ, fp8, mxfp4 in 0.19) "
+            "refuses the model there")
+
+
 _GGML_LABELS = frozenset(name.lower() for name in GGML_TYPE_NAMES)
 
 
@@ -1735,6 +1761,10 @@ class VllmProfile:
     def capability_requirement(self, weight_format: str) -> str | None:
         """`capability_requirement`: the release's floor for `weight_format` in words, or None."""
         return capability_requirement(self._version, weight_format)
+
+    def device_dtype_note(self, spec: ModelSpec, compute_capability: tuple[int, int] | None) -> str | None:
+        """`float32_fallback_note`: a model vLLM runs in float32 on the device, or None."""
+        return float32_fallback_note(self._version, spec.model_type, compute_capability)
 
     def expert_layout(self, stage: Stage, expert_format: str = "", device_id: str = "") -> Term | None:
         """The bytes vLLM's MXFP4 experts hold beyond the checkpoint's in the layout of the backend the release

@@ -217,3 +217,14 @@ def test_a_refused_format_is_refused_at_every_device_count_the_fewest_devices_so
 def test_a_checkpoint_labels_format_takes_its_familys_floor_in_0_19(label: str, capability: tuple[int, int],
                                                                      refused: bool) -> None:
     assert (capability_refusal("0.19", label, capability) is not None) is refused
+
+
+@pytest.mark.parametrize("release", RELEASES)
+def test_gemma_3_below_8_0_is_warned_to_run_in_float32_which_the_plan_does_not_charge(release: str) -> None:
+    """_FLOAT16_NOT_SUPPORTED_MODELS holds gemma3_text in 0.11, 0.19 and 0.33: without bf16 vLLM runs it in fp32."""
+    on_t4 = _on("t4", release, float_format("bf16"), model="gemma-3-1b-it")
+    assert any("runs a gemma3_text model in float32" in warning for warning in on_t4.warnings)
+    on_l4 = _on("l4", release, float_format("bf16"), model="gemma-3-1b-it")
+    assert not any("float32" in warning for warning in on_l4.warnings)
+    llama = _on("t4", release, float_format("bf16"), model="llama-3.2-3b")
+    assert not any("float32" in warning for warning in llama.warnings)
