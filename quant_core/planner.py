@@ -714,12 +714,17 @@ class _Evaluator:
         return (self.usable_bytes, options.runtime_overhead_bytes, options.block_size, self.limits,
                 options.activation_bytes, options.engine, options.engine_version, self.device_id)
 
-    def device_refusal(self, weight_format: str) -> str | None:
-        """Why the engine cannot run `weight_format` on these devices at all (`EngineProfile.device_refusal`: the
-        release's minimum compute capability for the format, or a format it loads nowhere), or None."""
+    def device_refusal(self, weight_formats: tuple[str, ...]) -> str | None:
+        """Why the engine cannot run weights stored as `weight_formats` (a scheme's labels, `_ModelTerms.labels`) on
+        these devices at all (`EngineProfile.device_refusal`: the release's minimum compute capability for a format,
+        or a format it loads nowhere), or None."""
         if self.engine is None:
             return None
-        return self.engine.device_refusal(weight_format, self.compute_capability)
+        for weight_format in weight_formats:
+            refused = self.engine.device_refusal(weight_format, self.compute_capability)
+            if refused is not None:
+                return refused
+        return None
 
     def vocabulary_everywhere(self, pipeline_parallel: int) -> bool:
         """Whether every one of `pipeline_parallel` stages holds the embedding, final norm and lm_head:
@@ -891,6 +896,9 @@ class _ModelTerms:
         self.scheme = scheme
         self.kv_dtype_name = kv_dtype_name
         self.by_role = _weights_by_role(spec, scheme)
+        #: the labels the engine's device check reads: the scheme's, or each quantized format of a per-tensor mix
+        self.labels = (tuple(sorted({chosen.label() for _, chosen in scheme.mix if chosen.is_quantized}))
+                       if scheme.mix else (scheme.label(),))
         self._layouts: dict[tuple[int, int, bool, bool, str, bool], _Layout] = {}
         self._predicates: dict[tuple[object, ...], Callable[[int, int], bool]] = {}
         self._accepted: dict[tuple[str, str] | None, tuple[int, ...]] = {}
@@ -1108,7 +1116,7 @@ def _min_devices(evaluator: _Evaluator, terms: _ModelTerms, workload: Workload) 
         fits = terms.fits_predicate(evaluator, devices, 1)
         return fits(workload.context_length, workload.concurrent_sequences)
 
-    if evaluator.device_refusal(terms.scheme.label()) is not None:  # no count of these devices runs the format
+    if evaluator.device_refusal(terms.labels) is not None:  # no count of these devices runs the format
         return None
     low = max(1, -(-sum(terms.by_role.values()) // max(1, evaluator.usable_bytes)))
     sizes = [size for size in terms.accepted_sizes(evaluator.engine) if size >= low]
@@ -1164,7 +1172,7 @@ def _format_plan(terms: _ModelTerms, hardware: Hardware, workload: Workload, ten
     max_sequences = _max_sequences(evaluator, layout, fits, workload.context_length)
     pool, capacity = _kv_capacity(evaluator, layout, stage_terms, workload.context_length)
     refusal = (evaluator.engine.refusal(terms.spec, tensor_parallel, options.pipeline_parallel)
-               or evaluator.device_refusal(terms.scheme.label())
+               or evaluator.device_refusal(terms.labels)
                or evaluator.engine.format_refusal(terms.spec, terms.scheme.label(), tensor_parallel)
                if evaluator.engine is not None else None)
     return FormatPlan(

@@ -12,6 +12,7 @@ import pytest
 from quant_core.catalog import get_device, get_preset_info, list_devices
 from quant_core.engines.vllm import VERSIONS, capability_refusal
 from quant_core.errors import InvalidSpec
+from quant_core.fit import fit_plan
 from quant_core.formats import WeightFormat, block_format, float_format, fp8, int4
 from quant_core.planner import Hardware, Plan, PlanOptions, Workload, plan
 from quant_core.schemes import gguf_scheme, scheme_of, shipped_scheme_of
@@ -228,3 +229,15 @@ def test_gemma_3_below_8_0_is_warned_to_run_in_float32_which_the_plan_does_not_c
     assert not any("float32" in warning for warning in on_l4.warnings)
     llama = _on("t4", release, float_format("bf16"), model="llama-3.2-3b")
     assert not any("float32" in warning for warning in llama.warnings)
+
+
+def test_the_best_fitting_mix_is_refused_where_the_release_runs_none_of_its_quantized_formats() -> None:
+    """0.33 needs 7.5 for nibble's int4 and for int8 (`CAPABILITY_FLOORS`): on a V100 no mix with a quantized
+    tensor runs, and the recipe says so; 0.19 runs them from 6.0 and 7.0, and the V100 gets its mix."""
+    spec = get_preset_info("llama-3.2-3b").spec
+    device = get_device("v100-32gb")
+    hardware = Hardware(device.planning_bytes, 1, device.id, device.name)
+    refused = fit_plan(spec, hardware, Workload(4096, 1), PlanOptions(engine_version="0.33"))
+    assert not refused.fits and refused.reason is not None
+    assert refused.reason.startswith("the engine refuses the layout: vLLM 0.33 refuses")
+    assert fit_plan(spec, hardware, Workload(4096, 1), PlanOptions(engine_version="0.19")).fits
