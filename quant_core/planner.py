@@ -721,7 +721,7 @@ class _Evaluator:
         if self.engine is None:
             return None
         for weight_format in weight_formats:
-            refused = self.engine.device_refusal(weight_format, self.compute_capability)
+            refused = self.engine.device_refusal(self.spec, weight_format, self.compute_capability)
             if refused is not None:
                 return refused
         return None
@@ -897,7 +897,7 @@ class _ModelTerms:
         self.kv_dtype_name = kv_dtype_name
         self.by_role = _weights_by_role(spec, scheme)
         #: the labels the engine's device check reads: the scheme's, or each quantized format of a per-tensor mix
-        self.labels = (tuple(sorted({chosen.label() for _, chosen in scheme.mix if chosen.is_quantized}))
+        self.labels = (tuple(sorted({chosen.label() for _, chosen in scheme.mix if chosen.is_quantized})) or ("mixed",)
                        if scheme.mix else (scheme.label(),))
         self._layouts: dict[tuple[int, int, bool, bool, str, bool], _Layout] = {}
         self._predicates: dict[tuple[object, ...], Callable[[int, int], bool]] = {}
@@ -1432,7 +1432,8 @@ def _warnings(spec: ModelSpec, hardware: Hardware, workload: Workload, options: 
             f"({first.weights_bytes / GIB:.2f} GiB per device): INT4 weights do not shrink the KV cache; "
             "a smaller KV dtype (fp8), a shorter context or fewer concurrent sequences does.")
     engine = get_engine(options.engine, options.engine_version)
-    int4_refused = None if engine is None else engine.device_refusal(int4_plan.format, hardware.compute_capability)
+    int4_refused = (None if engine is None
+                    else engine.device_refusal(spec, int4_plan.format, hardware.compute_capability))
     if int4_refused is not None:
         out.append(f"The model cannot run at INT4 on this device: {int4_refused}.")
     elif not int4_plan.fits:

@@ -144,10 +144,11 @@ class EngineProfile(Protocol):
         `tensor_parallel` ranks, or None when it accepts it."""
         ...
 
-    def device_refusal(self, weight_format: str, compute_capability: tuple[int, int] | None) -> str | None:
-        """Why the engine cannot run weights stored as `weight_format` on a device of CUDA `compute_capability`
-        (``(major, minor)``; None: not known, and only a format the engine loads on no device is refused), or None
-        when it runs them there."""
+    def device_refusal(self, spec: ModelSpec, weight_format: str,
+                       compute_capability: tuple[int, int] | None) -> str | None:
+        """Why the engine cannot run `spec` (its attention) or weights stored as `weight_format` on a device of CUDA
+        `compute_capability` (``(major, minor)``; None: not known, and only a format the engine loads on no device is
+        refused), or None when it runs them there."""
         ...
 
     def capability_requirement(self, weight_format: str) -> str | None:

@@ -1434,6 +1434,27 @@ def float32_fallback_note(version: str, model_type: str, compute_capability: tup
             "refuses the model there")
 
 
+#: The compute-capability majors on which vLLM 0.19 has a sparse MLA attention backend for a DeepSeek Sparse Attention
+#: model (``supports_compute_capability`` in v1/attention/backends/mla/: FlashMLASparseBackend 9 and 10,
+#: FlashInferMLASparseBackend 10; the dense MLA backends fail ``validate_configuration``'s ``use_sparse !=
+#: cls.is_sparse()``), elsewhere platforms/cuda.py ``get_attn_backend_cls`` raises "No valid attention backend found"
+DSA_ATTENTION_MAJORS: dict[str, frozenset[int]] = {"0.19": frozenset({9, 10})}
+
+
+def dsa_attention_refusal(version: str, spec: ModelSpec, compute_capability: tuple[int, int] | None) -> str | None:
+    """Why vLLM `version` has no attention backend for DeepSeek Sparse Attention model `spec` on a device of
+    `compute_capability` (`DSA_ATTENTION_MAJORS`), or None (not such a model, the capability unknown, or a release
+    whose rule was not read: 0.11 picks FlashMLASparseBackend on any device without a capability check)."""
+    majors = DSA_ATTENTION_MAJORS.get(version)
+    if not spec.has_indexer or compute_capability is None or majors is None or compute_capability[0] in majors:
+        return None
+    major, minor = compute_capability
+    return (f"vLLM {version} has no sparse MLA attention backend for a {spec.model_type} model on a device of compute "
+            f"capability {major}.{minor}: FlashMLASparseBackend runs on 9.x and 10.x, FlashInferMLASparseBackend on "
+            "10.x (supports_compute_capability), and platforms/cuda.py get_attn_backend_cls raises \"No valid "
+            "attention backend found\"")
+
+
 _GGML_LABELS = frozenset(name.lower() for name in GGML_TYPE_NAMES)
 
 
@@ -1753,10 +1774,13 @@ class VllmProfile:
             return int4_expert_refusal(spec, weight_format, tensor_parallel, self._version)
         return fp8_block_expert_refusal(spec, tensor_parallel)
 
-    def device_refusal(self, weight_format: str, compute_capability: tuple[int, int] | None) -> str | None:
-        """`capability_refusal`: the release's floor for `weight_format` (`CAPABILITY_FLOORS`) against the device's
-        compute capability (None: not known; only a format the release loads nowhere is refused)."""
-        return capability_refusal(self._version, weight_format, compute_capability)
+    def device_refusal(self, spec: ModelSpec, weight_format: str,
+                       compute_capability: tuple[int, int] | None) -> str | None:
+        """`dsa_attention_refusal` (no attention backend for `spec` on the device), then `capability_refusal`: the
+        release's floor for `weight_format` (`CAPABILITY_FLOORS`) against the device's compute capability (None: not
+        known; only a format the release loads nowhere is refused)."""
+        return (dsa_attention_refusal(self._version, spec, compute_capability)
+                or capability_refusal(self._version, weight_format, compute_capability))
 
     def capability_requirement(self, weight_format: str) -> str | None:
         """`capability_requirement`: the release's floor for `weight_format` in words, or None."""

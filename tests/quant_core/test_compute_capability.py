@@ -241,3 +241,18 @@ def test_the_best_fitting_mix_is_refused_where_the_release_runs_none_of_its_quan
     assert not refused.fits and refused.reason is not None
     assert refused.reason.startswith("the engine refuses the layout: vLLM 0.33 refuses")
     assert fit_plan(spec, hardware, Workload(4096, 1), PlanOptions(engine_version="0.19")).fits
+
+
+@pytest.mark.parametrize(("device_id", "refused"), [("a100-80gb", True), ("l40s", True), ("rtx-pro-6000", True),
+                                                    ("h200", False), ("b200", False)])
+def test_deepseek_sparse_attention_has_no_vllm_0_19_attention_backend_outside_hopper_and_blackwell(
+        device_id: str, refused: bool) -> None:
+    """0.19's sparse MLA backends: FlashMLASparse on 9.x and 10.x, FlashInferMLASparse on 10.x; on any other
+    device get_attn_backend_cls finds no valid backend, whatever the weights' format (16-bit included)."""
+    for model in ("deepseek-v3.2", "glm-5.1"):
+        result = _on(device_id, "0.19", float_format("bf16"), model=model, count=8)
+        assert (result.refusal is not None) is refused, (model, device_id)
+        if refused:
+            assert "No valid attention backend found" in (result.refusal or "")
+            assert not result.fits and result.primary.min_devices is None
+            assert result.comparison["int4"].refusal == result.refusal
