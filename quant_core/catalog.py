@@ -27,7 +27,10 @@ class Device:
 
     `reported_memory_bytes` is the device's total as ``torch.cuda.mem_get_info`` reports it
     (the figure vLLM multiplies by ``gpu_memory_utilization``), with `reported_source`; None
-    when no public log was found.  `planning_bytes` is the figure plans use.
+    when no public log was found.  `planning_bytes` is the figure plans use.  `compute_capability` is
+    the CUDA compute capability ``(major, minor)`` NVIDIA lists for the GPU (`compute_capability_source`), by
+    which an engine refuses the weight formats its kernels cannot run there; None when not known (AMD, a
+    device given as bytes): no format is then refused for the device.
     """
 
     id: str
@@ -38,6 +41,8 @@ class Device:
     source: str = ""
     reported_memory_bytes: int | None = None
     reported_source: str = ""
+    compute_capability: tuple[int, int] | None = None
+    compute_capability_source: str = ""
 
     @property
     def planning_bytes(self) -> int:
@@ -105,8 +110,25 @@ def _devices() -> dict[str, Device]:
             reported_memory_bytes=(None if record.get("reported_memory_bytes") is None else check_int(
                 f"{device_id}.reported_memory_bytes", record.get("reported_memory_bytes"), 1, MAX_DEVICE_BYTES)),
             reported_source=_text(record, "reported_source", device_id),
+            compute_capability=_compute_capability(record, device_id),
+            compute_capability_source=_text(record, "compute_capability_source", device_id),
         )
     return devices
+
+
+def parse_compute_capability(value: object, field: str = "compute_capability") -> tuple[int, int]:
+    """``"8.9"`` as ``(8, 9)``: a CUDA compute capability, major 1-99 and minor 0-9 (the form NVIDIA's CUDA GPUs
+    page and ``nvidia-smi --query-gpu=compute_cap`` print); `InvalidSpec` names `field` otherwise."""
+    major, dot, minor = value.partition(".") if isinstance(value, str) else ("", "", "")
+    if not (dot and major.isdigit() and minor.isdigit() and len(major) <= 2 and len(minor) == 1
+            and int(major) >= 1):
+        raise InvalidSpec(field, value, "must be a CUDA compute capability, major.minor (\"8.9\")")
+    return int(major), int(minor)
+
+
+def _compute_capability(record: dict[str, object], device_id: str) -> tuple[int, int] | None:
+    value = record.get("compute_capability")
+    return None if value is None else parse_compute_capability(value, f"{device_id}.compute_capability")
 
 
 def list_devices() -> tuple[Device, ...]:
@@ -121,6 +143,13 @@ def get_device(device_id: str) -> Device:
     if key in devices:
         return devices[key]
     raise UnknownName("device", str(device_id), _close(key, list(devices)), field="device", known=list(devices))
+
+
+def device_compute_capability(device_id: str) -> tuple[int, int] | None:
+    """The compute capability of catalogued device `device_id`, None for a device without one or an id the
+    catalog does not hold (a dictionary lookup: the planner asks it for every hardware it is given)."""
+    device = _devices().get(device_id)
+    return None if device is None else device.compute_capability
 
 
 def device_from_bytes(memory_bytes: int, name: str = "custom") -> Device:

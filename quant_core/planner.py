@@ -43,7 +43,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from functools import lru_cache
 
-from quant_core.catalog import MAX_DEVICE_BYTES
+from quant_core.catalog import MAX_DEVICE_BYTES, device_compute_capability
 from quant_core.engines import ENGINES, BatchLimits, ContextTerm, EngineProfile, KVCapacity, Stage, Term, get_engine
 from quant_core.engines.vllm import (
     CHUNKED_LOCAL_ATTENTION,
@@ -109,14 +109,29 @@ ACTIVATION_BASIS = (
 
 @dataclass(frozen=True, slots=True)
 class Hardware:
-    """`count` identical devices of `capacity_bytes` each (a catalog device or raw bytes)."""
+    """`count` identical devices of `capacity_bytes` each (a catalog device or raw bytes).
+
+    `compute_capability` is the devices' CUDA compute capability ``(major, minor)``, by which the engine refuses
+    formats its kernels cannot run there; when not given it is the catalog's for `device_id`
+    (`catalog.device_compute_capability`), and None (not known: no format is refused for the device) for
+    hardware given in bytes or a device without one (AMD).
+    """
 
     capacity_bytes: int
     count: int = 1
     device_id: str | None = None
     name: str = ""
+    compute_capability: tuple[int, int] | None = None
 
     def __post_init__(self) -> None:
+        if self.compute_capability is None:
+            if self.device_id:
+                object.__setattr__(self, "compute_capability", device_compute_capability(self.device_id))
+        elif not (isinstance(self.compute_capability, tuple) and len(self.compute_capability) == 2
+                  and all(type(part) is int for part in self.compute_capability)
+                  and 1 <= self.compute_capability[0] <= 99 and 0 <= self.compute_capability[1] <= 9):
+            raise InvalidSpec("hardware.compute_capability", self.compute_capability,
+                              "must be a CUDA compute capability (major, minor), major 1-99 and minor 0-9")
         if isinstance(self.capacity_bytes, bool) or not isinstance(self.capacity_bytes, int) \
                 or self.capacity_bytes <= 0:
             raise InvalidSpec("hardware.memory_bytes", self.capacity_bytes, "must be a positive integer")
@@ -283,12 +298,14 @@ class FormatPlan:
     `kv_capacity_tokens` is the tokens that pool holds as the engine logs it (vLLM: "GPU KV
     cache size: N tokens", block-rounded as vLLM rounds) and `engine_max_concurrency` the
     engine's own "maximum concurrency" for requests of the workload's context (both None
-    for the generic model).  `refusal` says why the engine refuses the layout; `fits` is
-    then False.  `min_devices` is the fewest devices
+    for the generic model).  `refusal` says why the engine refuses the layout, or the format on
+    these devices (`EngineProfile.device_refusal`: below the release's minimum compute capability
+    for it); `fits` is then False.  `min_devices` is the fewest devices
     in tensor parallel (one pipeline stage) that fit the workload, counting
     only degrees engines such as vLLM accept for this model (dividing its
     attention heads; dividing or replicating its key/value heads: see
-    `engine_tensor_parallel_sizes`), or None when none up to 1024 does.
+    `engine_tensor_parallel_sizes`), or None when none up to 1024 does or
+    the engine cannot run the format on the device at any count.
     """
 
     format: str
@@ -721,6 +738,8 @@ class _Evaluator:
     #: ``capacity - usable`` of one device: the memory the budget leaves free, from which the engine takes what it
     #: allocates outside it (`_StageTerms.outside`)
     free_outside_bytes: int = 0
+    #: the devices' CUDA compute capability (None: not known), by which the engine refuses formats
+    compute_capability: tuple[int, int] | None = None
     #: `stage_terms` by (tensor, pipeline, stage layers, expert format)
     _terms: dict[tuple[object, ...], _StageTerms] = field(default_factory=dict)
 
@@ -734,6 +753,18 @@ class _Evaluator:
         return (self.usable_bytes, options.runtime_overhead_bytes, options.block_size, self.limits,
                 options.activation_bytes, options.engine, options.engine_version, self.device_id,
                 self.free_outside_bytes, options.enforce_eager)
+
+    def device_refusal(self, weight_formats: tuple[str, ...]) -> str | None:
+        """Why the engine cannot run weights stored as `weight_formats` (a scheme's labels, `_ModelTerms.labels`) on
+        these devices at all (`EngineProfile.device_refusal`: the release's minimum compute capability for a format,
+        or a format it loads nowhere), or None."""
+        if self.engine is None:
+            return None
+        for weight_format in weight_formats:
+            refused = self.engine.device_refusal(self.spec, weight_format, self.compute_capability)
+            if refused is not None:
+                return refused
+        return None
 
     def vocabulary_everywhere(self, pipeline_parallel: int) -> bool:
         """Whether every one of `pipeline_parallel` stages holds the embedding, final norm and lm_head:
@@ -936,6 +967,9 @@ class _ModelTerms:
         self.scheme = scheme
         self.kv_dtype_name = kv_dtype_name
         self.by_role = _weights_by_role(spec, scheme)
+        #: the labels the engine's device check reads: the scheme's, or each quantized format of a per-tensor mix
+        self.labels = (tuple(sorted({chosen.label() for _, chosen in scheme.mix if chosen.is_quantized})) or ("mixed",)
+                       if scheme.mix else (scheme.label(),))
         self._layouts: dict[tuple[int, int, bool, bool, str, bool], _Layout] = {}
         self._predicates: dict[tuple[object, ...], Callable[[int, int], bool]] = {}
         self._accepted: dict[tuple[str, str] | None, tuple[int, ...]] = {}
@@ -1076,9 +1110,8 @@ def _max_context_started_at_it(evaluator: _Evaluator, terms: _ModelTerms, layout
         return _max_context(evaluator, layout, fits, sequences)
     best: tuple[int | None, str] = (None, "memory")
     for low, high in zip((1, *steps), (*(step - 1 for step in steps), None), strict=True):
-        ranged = _Evaluator(evaluator.spec, evaluator.options, evaluator.usable_bytes, engine,
-                            replace(evaluator.limits, max_model_len=low),
-                            free_outside_bytes=evaluator.free_outside_bytes)
+        # the plan's evaluator (device, free memory, capability) started for contexts from `low`, its own caches
+        ranged = replace(evaluator, limits=replace(evaluator.limits, max_model_len=low), _terms={})
         longest, limited_by = _max_context(ranged, layout, terms.fits_predicate(ranged, layout.tensor_parallel,
                                                                                 layout.pipeline_parallel), sequences)
         if longest is None or longest < low:
@@ -1156,6 +1189,8 @@ def _min_devices(evaluator: _Evaluator, terms: _ModelTerms, workload: Workload) 
         fits = terms.fits_predicate(evaluator, devices, 1)
         return fits(workload.context_length, workload.concurrent_sequences)
 
+    if evaluator.device_refusal(terms.labels) is not None:  # no count of these devices runs the format
+        return None
     low = max(1, -(-sum(terms.by_role.values()) // max(1, evaluator.usable_bytes)))
     sizes = [size for size in terms.accepted_sizes(evaluator.engine) if size >= low]
     if evaluator.spec.has_indexer and evaluator.engine is not None:
@@ -1214,6 +1249,7 @@ def _format_plan(terms: _ModelTerms, hardware: Hardware, workload: Workload, ten
     max_sequences = _max_sequences(evaluator, layout, fits, workload.context_length)
     pool, capacity = _kv_capacity(evaluator, layout, stage_terms, workload.context_length)
     refusal = (evaluator.engine.refusal(terms.spec, tensor_parallel, options.pipeline_parallel)
+               or evaluator.device_refusal(terms.labels)
                or evaluator.engine.format_refusal(terms.spec, terms.scheme.label(), tensor_parallel)
                if evaluator.engine is not None else None)
     return FormatPlan(
@@ -1279,7 +1315,8 @@ def plan(spec: ModelSpec, hardware: Hardware, workload: Workload | None = None,
         # other models keep one activation per layout, and their cached terms, whatever the context)
         limits = replace(limits, max_model_len=workload.context_length)
     evaluator = _Evaluator(spec, options, usable, engine, limits, hardware.device_id or "",
-                           free_outside_bytes=hardware.capacity_bytes - usable)
+                           free_outside_bytes=hardware.capacity_bytes - usable,
+                           compute_capability=hardware.compute_capability)
 
     baseline = _policy_scheme(float_format(options.float_format), policy)
     deployed = options.scheme or _policy_scheme(options.weight_format, policy)
@@ -1505,7 +1542,12 @@ def _warnings(spec: ModelSpec, hardware: Hardware, workload: Workload, options: 
             f"The KV cache ({first.kv_cache_bytes / GIB:.2f} GiB per device) is larger than the weights "
             f"({first.weights_bytes / GIB:.2f} GiB per device): INT4 weights do not shrink the KV cache; "
             "a smaller KV dtype (fp8), a shorter context or fewer concurrent sequences does.")
-    if not int4_plan.fits:
+    engine = get_engine(options.engine, options.engine_version)
+    int4_refused = (None if engine is None
+                    else engine.device_refusal(spec, int4_plan.format, hardware.compute_capability))
+    if int4_refused is not None:
+        out.append(f"The model cannot run at INT4 on this device: {int4_refused}.")
+    elif not int4_plan.fits:
         need = int4_plan.min_devices
         if int4_plan.refusal is None and all(device.used_bytes <= device.usable_bytes for device in int4_plan.devices):
             more = (": the memory budget holds it, but the memory the budget leaves free does not hold what the "
@@ -1524,6 +1566,14 @@ def _warnings(spec: ModelSpec, hardware: Hardware, workload: Workload, options: 
                    if other.fits]
         also = f"; it fits at {' and at '.join(fitting)}" if fitting else ""
         out.append(f"The model does not fit as {primary.format} on {devices} device(s) for this workload{also}.")
+    dtype_note = None if engine is None else engine.device_dtype_note(spec, hardware.compute_capability)
+    if dtype_note is not None:
+        out.append(f"{dtype_note}.")
+    requirement = None if engine is None else engine.capability_requirement(primary.format)
+    if requirement is not None and hardware.compute_capability is None:
+        out.append(f"The devices' compute capability is not known (hardware given in bytes without "
+                   f"hardware.compute_capability, or a device the catalog gives none, AMD): {requirement}; the plan "
+                   "cannot check it and does not refuse the format.")
     if primary.max_context_length is not None and primary.context_limited_by == "memory" \
             and primary.max_context_length < workload.context_length:
         out.append(f"The longest context that fits for {workload.concurrent_sequences} sequence(s) is "

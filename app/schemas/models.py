@@ -235,12 +235,19 @@ class DeviceOut(BaseModel):
                                                           "multiplies by gpu_memory_utilization); plans use it. "
                                                           "Null when not verified from a public log.")
     reported_source: str
+    compute_capability: str | None = Field(description="CUDA compute capability, major.minor, as NVIDIA lists it: "
+                                                       "what the engine checks weight formats against. Null when "
+                                                       "none is catalogued (AMD).")
+    compute_capability_source: str
 
 
 def device_from_core(device: Device) -> DeviceOut:
+    capability = device.compute_capability
     return DeviceOut(id=device.id, name=device.name, vendor=device.vendor, memory_bytes=device.memory_bytes,
                      memory_type=device.memory_type, source=device.source,
-                     reported_memory_bytes=device.reported_memory_bytes, reported_source=device.reported_source)
+                     reported_memory_bytes=device.reported_memory_bytes, reported_source=device.reported_source,
+                     compute_capability=None if capability is None else f"{capability[0]}.{capability[1]}",
+                     compute_capability_source=device.compute_capability_source)
 
 
 # --- inspect -----------------------------------------------------------------------------------

@@ -44,6 +44,10 @@ class HardwareIn(BaseModel):
     device: str | None = Field(None, description="A device id from GET /v1/devices, e.g. h100-80gb.")
     memory_bytes: int | None = Field(None, description="Memory of one device, bytes (for unlisted hardware).")
     count: int = Field(1, description="Number of identical devices.")
+    compute_capability: str | None = Field(
+        None, description="CUDA compute capability, major.minor (\"7.5\"), by which the engine refuses formats "
+                          "its kernels cannot run on the device. Default: the catalog device's; for memory_bytes, "
+                          "unknown (no format is refused for the device, and the answer says so).")
 
     @model_validator(mode="after")
     def _exactly_one(self) -> HardwareIn:
@@ -360,8 +364,10 @@ def plan_to_core(body: PlanRequest, max_config_depth: int, max_header_bytes: int
         with field_prefix("hardware"):
             device = catalog.device_from_bytes(body.hardware.memory_bytes or 0)
     with field_prefix("hardware"):
+        capability = (None if body.hardware.compute_capability is None
+                      else catalog.parse_compute_capability(body.hardware.compute_capability))
         hardware = Hardware(device.planning_bytes, body.hardware.count,
-                            device.id if body.hardware.device is not None else None, device.name)
+                            device.id if body.hardware.device is not None else None, device.name, capability)
     workload = Workload(body.workload.context_length, body.workload.concurrent_sequences)
     if headers is not None:
         tensors = checkpoint_tensors(headers, max_header_bytes)
@@ -484,11 +490,18 @@ class PlanEngine(BaseModel):
     max_num_seqs: int = Field(description="The scheduler's sequences per batch the plan assumes.")
 
 
+def _capability_text(capability: tuple[int, int] | None) -> str | None:
+    """``(7, 5)`` as ``"7.5"``, the form NVIDIA prints and the request takes."""
+    return None if capability is None else f"{capability[0]}.{capability[1]}"
+
+
 class PlanHardware(BaseModel):
     device: str | None
     name: str
     capacity_bytes: int
     count: int
+    compute_capability: str | None = Field(description="The devices' CUDA compute capability the plan checked "
+                                                       "formats against; null when not known.")
 
 
 class SpeedFormatOut(BaseModel):
@@ -712,7 +725,8 @@ def plan_json_from_core(result: Plan, notes: tuple[str, ...] = (), speed: dict[s
         "runtime_overhead": {"bytes": result.runtime_overhead.bytes, "basis": result.runtime_overhead.basis},
         "devices": [_device_dict(d) for d in primary.devices],
         "hardware": {"device": result.hardware.device_id, "name": result.hardware.name,
-                     "capacity_bytes": result.hardware.capacity_bytes, "count": result.hardware.count},
+                     "capacity_bytes": result.hardware.capacity_bytes, "count": result.hardware.count,
+                     "compute_capability": _capability_text(result.hardware.compute_capability)},
         "workload": {"context_length": result.workload.context_length,
                      "concurrent_sequences": result.workload.concurrent_sequences},
         "parallel": {"tensor": result.tensor_parallel, "pipeline": result.pipeline_parallel},
@@ -903,7 +917,8 @@ def sweep_rows(body: SweepRequest, max_config_depth: int, max_rows: int,
                        "workload.concurrent_sequences": ("concurrent_sequences", i_sequences),
                        "workload.context_length": ("context_lengths", i_context)}
         try:
-            row_hardware = Hardware(hardware.capacity_bytes, count, hardware.device_id, hardware.name)
+            row_hardware = Hardware(hardware.capacity_bytes, count, hardware.device_id, hardware.name,
+                                    hardware.compute_capability)
             row_options = replace(options, weight_format=weight_format, scheme=scheme,
                                   tensor_parallel=None if axes.device_counts else options.tensor_parallel)
             result = plan(spec, row_hardware, Workload(context, sequence_count), row_options).primary

@@ -444,6 +444,7 @@ function verdictSentence(name, result) {
     const headroom = Math.min(...result.devices.map((d) => d.headroom_bytes));
     return `${title}: fits, with ${sized(headroom)} to spare on the fullest device.`;
   }
+  if (result.refusal) return `${title}: refused by the engine: ${result.refusal}.`;
   const worst = result.devices.reduce((a, b) => (b.headroom_bytes < a.headroom_bytes ? b : a));
   const more = result.min_devices ? ` It would fit on ${result.min_devices} devices.` : " It does not fit on any number of these devices.";
   return `${title}: does not fit; device ${worst.index} needs ${sized(worst.used_bytes)} but only ` +

@@ -157,3 +157,20 @@ class EngineProfile(Protocol):
         """Why the engine refuses `spec` stored as `weight_format` (a scheme's label, ``fp8-block128``) split over
         `tensor_parallel` ranks, or None when it accepts it."""
         ...
+
+    def device_refusal(self, spec: ModelSpec, weight_format: str,
+                       compute_capability: tuple[int, int] | None) -> str | None:
+        """Why the engine cannot run `spec` (its attention) or weights stored as `weight_format` on a device of CUDA
+        `compute_capability` (``(major, minor)``; None: not known, and only a format the engine loads on no device is
+        refused), or None when it runs them there."""
+        ...
+
+    def capability_requirement(self, weight_format: str) -> str | None:
+        """The compute capability the engine needs for `weight_format`, in words (what a plan on a device of
+        unknown capability cannot check), or None when it needs none."""
+        ...
+
+    def device_dtype_note(self, spec: ModelSpec, compute_capability: tuple[int, int] | None) -> str | None:
+        """Why the engine runs `spec` at another dtype than the plan's 16 bits on a device of `compute_capability`
+        (bytes the plan does not charge), or None."""
+        ...

@@ -50,7 +50,7 @@ from quant_core.engines.base import BatchLimits, KVCapacity, Stage, Term
 from quant_core.engines.torch_cuda import allocated_block_bytes, blas_workspace_bytes, compute_units
 from quant_core.engines.vllm_graphs import cuda_graph_pool
 from quant_core.errors import InvalidSpec, UnknownName
-from quant_core.formats import kv_dtype
+from quant_core.formats import GGML_TYPE_NAMES, kv_dtype
 from quant_core.kv_cache import VLLM_BLOCK_ALIGNMENT, held_window, hybrid_kv, kv_layers, layer_bytes_per_token
 from quant_core.specs import Llama4VisionTower, ModelSpec, PixtralVisionTower, Qwen3VisionTower, QwenVisionTower
 
@@ -1496,6 +1496,209 @@ def int4_expert_refusal(spec: ModelSpec, weight_format: str, tensor_parallel: in
     return None
 
 
+#: vLLM's check of a quantization method against the device (``VllmConfig._get_quantization_config``, config/vllm.py
+#: in 0.19 and 0.33, config/__init__.py in 0.11): ``if capability < quant_config.get_min_capability(): raise
+#: ValueError("The quantization method ... is not supported for the current GPU. Minimum capability: ... Current
+#: capability: ...")``, capability written ``major * 10 + minor``
+_CONFIG_CHECK = "VllmConfig._get_quantization_config raises \"not supported for the current GPU\""
+#: compressed-tensors' own check of the scheme it picks for a layer (``CompressedTensorsConfig.get_scheme`` ->
+#: ``_check_scheme_supported``): RuntimeError "Quantization scheme is not supported for the current GPU"
+_SCHEME_CHECK = "CompressedTensorsConfig._check_scheme_supported raises \"Quantization scheme is not supported\""
+
+#: The lowest compute capability (vLLM's ``major * 10 + minor``) at which vLLM runs each weight-format family, per
+#: release, with the code that decides it; None where the release has no quantization method for the family at all.
+#: Between the floor and a faster kernel's own floor vLLM falls back to a slower kernel on the checkpoint's own
+#: tensors (GPTQ's ExLlama, AWQ's GEMM, fp8 and nvfp4 weight-only Marlin): the bytes are the checkpoint's either
+#: way.  A family several methods load (nibble's own INT4, exported as GPTQ, AWQ or compressed-tensors; a plain
+#: ``int8``, which is bitsandbytes 8-bit or compressed-tensors W8A8 / W8A16) takes the lowest of their floors:
+#: nibble refuses only what no way of loading it runs.  Below 8.0 vLLM also runs a bf16 model as fp16 with dtype
+#: auto (``_resolve_auto_dtype``: "Falling back to float16", the same bytes), and every release starts there: V1
+#: attention below 8.0 is FlexAttention in 0.11 (platforms/cuda.py ``get_attn_backend_cls``) and TRITON_ATTN, whose
+#: ``supports_compute_capability`` is True for any device, in 0.19 and 0.33.
+CAPABILITY_FLOORS: dict[str, dict[str, tuple[int | None, str]]] = {
+    "mxfp4": {version: (80, f"Mxfp4Config.get_min_capability() is 80 (quantization/mxfp4.py); {_CONFIG_CHECK}")
+              for version in ("0.11", "0.19", "0.33")},
+    "fp8": {
+        "0.11": (80, "Fp8Config.get_min_capability() is 80 (quantization/fp8.py; fp8 Marlin weight-only below 8.9), "
+                     "and a compressed-tensors fp8 checkpoint falls back below 8.9 from CompressedTensorsW8A8Fp8 to "
+                     "CompressedTensorsW8A16Fp8, whose floor is 80 (\"ampere and up\"); " + _CONFIG_CHECK),
+        "0.19": (75, "Fp8Config.get_min_capability() is 75 (quantization/fp8.py), as is compressed-tensors' "
+                     "weight-only fallback CompressedTensorsW8A16Fp8 (\"turing and up\"); " + _CONFIG_CHECK),
+        "0.33": (75, "Fp8Config.get_min_capability() is 75 (quantization/fp8.py), as is compressed-tensors' "
+                     "weight-only fallback CompressedTensorsW8A16Fp8 (\"turing and up\"); " + _CONFIG_CHECK),
+    },
+    "nvfp4": {
+        "0.11": (80, "compressed-tensors nvfp4 runs CompressedTensorsW4A4Fp4 only where cutlass_fp4_supported() "
+                     "(10.0), else CompressedTensorsW4A16Fp4 (Marlin), whose get_min_capability() is 80; "
+                     + _SCHEME_CHECK),
+        "0.19": (75, "CompressedTensorsW4A4Fp4.get_min_capability() is 75; " + _SCHEME_CHECK),
+        "0.33": (75, "CompressedTensorsW4A4Fp4.get_min_capability() is 75; " + _SCHEME_CHECK),
+    },
+    "compressed-tensors": {
+        "0.11": (80, "CompressedTensorsWNA16.get_min_capability() is 80 (\"ampere and up\", "
+                     "schemes/compressed_tensors_wNa16.py); " + _SCHEME_CHECK),
+        "0.19": (75, "CompressedTensorsWNA16.get_min_capability() is 75 (\"Turing and up\"); " + _SCHEME_CHECK),
+        "0.33": (75, "CompressedTensorsWNA16.get_min_capability() is 75 (\"Turing and up\"); " + _SCHEME_CHECK),
+    },
+    "gptq": {
+        "0.11": (60, "GPTQMarlinConfig takes a GPTQ checkpoint from 8.0 (check_marlin_supported), GPTQConfig "
+                     "(ExLlama kernels, the same tensors) below, whose get_min_capability() is 60"),
+        "0.19": (60, "GPTQMarlinConfig takes a GPTQ checkpoint from 7.5 (check_marlin_supported), GPTQConfig "
+                     "(ExLlama kernels, the same tensors) below, whose get_min_capability() is 60"),
+        "0.33": (75, "AutoGPTQConfig (quantization/auto_gptq.py) runs Marlin only: AutoGPTQLinearMethod calls "
+                     "verify_marlin_supported, and query_marlin_supported_quant_types returns no type below 75, "
+                     "so it raises \"Marlin does not support weight_bits = uint4b8\""),
+    },
+    "awq": {
+        "0.11": (75, "AWQMarlinConfig takes an AWQ checkpoint from 8.0, AWQConfig below, whose "
+                     "get_min_capability() is 75; " + _CONFIG_CHECK),
+        "0.19": (75, "AWQMarlinConfig.get_min_capability() and AWQConfig.get_min_capability() are 75; "
+                     + _CONFIG_CHECK),
+        "0.33": (75, "AutoAWQConfig.get_min_capability() is 75 (quantization/auto_awq.py); " + _CONFIG_CHECK),
+    },
+    "int4": {
+        "0.11": (60, "nibble's INT4 loads as GPTQ, AWQ or compressed-tensors; the lowest floor is GPTQConfig's 60 "
+                     "(ExLlama kernels)"),
+        "0.19": (60, "nibble's INT4 loads as GPTQ, AWQ or compressed-tensors; the lowest floor is GPTQConfig's 60 "
+                     "(ExLlama kernels)"),
+        "0.33": (75, "nibble's INT4 loads as GPTQ, AWQ or compressed-tensors, and each needs 7.5: AutoGPTQ runs "
+                     "Marlin only (verify_marlin_supported), AutoAWQConfig and CompressedTensorsWNA16 "
+                     "get_min_capability() are 75"),
+    },
+    "int8": {
+        "0.11": (70, "int8 weights load as bitsandbytes 8-bit (BitsAndBytesConfig.get_min_capability() 70) or "
+                     "compressed-tensors W8A8 (75) / W8A16 (80): the lowest floor is 70"),
+        "0.19": (70, "int8 weights load as bitsandbytes 8-bit (BitsAndBytesConfig.get_min_capability() 70) or "
+                     "compressed-tensors W8A8 / W8A16 (75): the lowest floor is 70"),
+        "0.33": (75, "vLLM 0.33 has no bitsandbytes; compressed-tensors W8A8 int8 and W8A16 get_min_capability() "
+                     "are 75; " + _SCHEME_CHECK),
+    },
+    "nf4": {
+        "0.11": (70, "BitsAndBytesConfig.get_min_capability() is 70; " + _CONFIG_CHECK),
+        "0.19": (70, "BitsAndBytesConfig.get_min_capability() is 70; " + _CONFIG_CHECK),
+        "0.33": (None, "vLLM 0.33 has no bitsandbytes: no such method in QUANTIZATION_METHODS (get_quantization_"
+                       "config raises \"Invalid quantization method\") and no bitsandbytes_loader.py"),
+    },
+    "gguf": {
+        "0.11": (60, "GGUFConfig.get_min_capability() is 60; " + _CONFIG_CHECK),
+        "0.19": (60, "GGUFConfig.get_min_capability() is 60; " + _CONFIG_CHECK),
+        "0.33": (None, "vLLM 0.33 has no GGUF: no gguf.py under layers/quantization and no gguf_loader.py under "
+                       "model_executor/model_loader"),
+    },
+}
+
+#: The model types vLLM will not run in float16 (config/model.py ``_FLOAT16_NOT_SUPPORTED_MODELS``, "Numerical
+#: instability. Please use bfloat16 or float32 instead."), per release: on a device without bf16 (below 8.0,
+#: ``CudaPlatform.supported_dtypes`` is [float16, float32]) ``_resolve_auto_dtype`` drops float16 for them and runs
+#: float32, and ``--dtype half`` raises in ``_check_valid_dtype``
+FLOAT16_UNSUPPORTED_MODEL_TYPES: dict[str, frozenset[str]] = {
+    "0.11": frozenset({"gemma2", "gemma3", "gemma3_text", "plamo2", "glm4"}),
+    "0.19": frozenset({"gemma2", "gemma3", "gemma3_text", "plamo2", "glm4"}),
+    "0.33": frozenset({"gemma2", "gemma3", "gemma3_text", "glm4"}),
+}
+
+
+def float32_fallback_note(version: str, model_type: str, compute_capability: tuple[int, int] | None) -> str | None:
+    """What vLLM `version` does with a `model_type` it will not run in float16 on a device of `compute_capability`
+    without bf16 (below 8.0): it runs float32 (`FLOAT16_UNSUPPORTED_MODEL_TYPES`), twice the 16-bit bytes, which the
+    plan does not charge; None elsewhere."""
+    if compute_capability is None or compute_capability >= (8, 0) \
+            or model_type not in FLOAT16_UNSUPPORTED_MODEL_TYPES.get(version, frozenset()):
+        return None
+    major, minor = compute_capability
+    return (f"vLLM {version} runs a {model_type} model in float32 on a device of compute capability {major}.{minor} "
+            "(no bfloat16 below 8.0, and float16 refused for it: config/model.py _FLOAT16_NOT_SUPPORTED_MODELS, "
+            "_resolve_auto_dtype): its unquantized weights and activations take twice the 16-bit bytes planned here, "
+            "and a quantization method whose get_supported_act_dtypes() lacks float32 (GPTQ, AWQ, fp8, mxfp4 in 0.19) "
+            "refuses the model there")
+
+
+#: The compute-capability majors on which vLLM 0.19 has a sparse MLA attention backend for a DeepSeek Sparse Attention
+#: model (``supports_compute_capability`` in v1/attention/backends/mla/: FlashMLASparseBackend 9 and 10,
+#: FlashInferMLASparseBackend 10; the dense MLA backends fail ``validate_configuration``'s ``use_sparse !=
+#: cls.is_sparse()``), elsewhere platforms/cuda.py ``get_attn_backend_cls`` raises "No valid attention backend found"
+DSA_ATTENTION_MAJORS: dict[str, frozenset[int]] = {"0.19": frozenset({9, 10})}
+
+
+def dsa_attention_refusal(version: str, spec: ModelSpec, compute_capability: tuple[int, int] | None) -> str | None:
+    """Why vLLM `version` has no attention backend for DeepSeek Sparse Attention model `spec` on a device of
+    `compute_capability` (`DSA_ATTENTION_MAJORS`), or None (not such a model, the capability unknown, or a release
+    whose rule was not read: 0.11 picks FlashMLASparseBackend on any device without a capability check)."""
+    majors = DSA_ATTENTION_MAJORS.get(version)
+    if not spec.has_indexer or compute_capability is None or majors is None or compute_capability[0] in majors:
+        return None
+    major, minor = compute_capability
+    return (f"vLLM {version} has no sparse MLA attention backend for a {spec.model_type} model on a device of compute "
+            f"capability {major}.{minor}: FlashMLASparseBackend runs on 9.x and 10.x, FlashInferMLASparseBackend on "
+            "10.x (supports_compute_capability), and platforms/cuda.py get_attn_backend_cls raises \"No valid "
+            "attention backend found\"")
+
+
+_GGML_LABELS = frozenset(name.lower() for name in GGML_TYPE_NAMES)
+
+
+def weight_format_family(weight_format: str) -> str:
+    """The `CAPABILITY_FLOORS` family of `weight_format` (a scheme's label, a checkpoint's ``checkpoint-<format>``),
+    or "" for float weights and a per-tensor mix: formats no vLLM floor applies to.  A single ggml type's label
+    (``q4_k``) is GGUF; ggml's ``MXFP4`` labels as ``mxfp4`` and is taken for the safetensors MXFP4 it reads as."""
+    label = weight_format.removeprefix("checkpoint-")
+    if label == "mxfp4":
+        return "mxfp4"
+    if label.startswith("fp8"):
+        return "fp8"
+    if label.startswith("nvfp4"):
+        return "nvfp4"
+    if label.startswith("nf4"):
+        return "nf4"
+    if label.startswith("gguf") or label in _GGML_LABELS - {"f32", "f16", "bf16"}:
+        return "gguf"
+    for layout in ("compressed-tensors", "gptq", "awq"):
+        if label == layout or label.endswith(f"-{layout}") or label.endswith(f"-{layout}-partial"):
+            return layout
+    if label.startswith("int4-"):
+        return "int4"
+    if label == "int8":
+        return "int8"
+    return ""
+
+
+def _capability_text(capability: int) -> str:
+    return f"{capability // 10}.{capability % 10}"
+
+
+@lru_cache(maxsize=1024)
+def capability_refusal(version: str, weight_format: str, compute_capability: tuple[int, int] | None) -> str | None:
+    """Why vLLM `version` refuses weights stored as `weight_format` on a device of `compute_capability` (None: not
+    known, when only a release without the format at all is refused), by `CAPABILITY_FLOORS`; None when it runs
+    them.  Cached: the planner asks it for every format of every plan."""
+    rule = CAPABILITY_FLOORS.get(weight_format_family(weight_format), {}).get(version)
+    if rule is None:
+        return None
+    floor, where = rule
+    if floor is None:
+        return f"vLLM {version} cannot load {weight_format} weights on any device: {where}"
+    if compute_capability is None:
+        return None
+    major, minor = compute_capability
+    if major * 10 + minor >= floor:
+        return None
+    return (f"vLLM {version} refuses {weight_format} weights on a device of compute capability {major}.{minor} "
+            f"(its minimum is {_capability_text(floor)}): {where}")
+
+
+@lru_cache(maxsize=1024)
+def capability_requirement(version: str, weight_format: str) -> str | None:
+    """The compute capability vLLM `version` needs for `weight_format` in words, or None when it needs none that a
+    CUDA device vLLM runs on lacks (floats, a mix) or runs it nowhere (`capability_refusal` says so)."""
+    rule = CAPABILITY_FLOORS.get(weight_format_family(weight_format), {}).get(version)
+    if rule is None:
+        return None
+    floor, where = rule
+    if floor is None:
+        return None
+    return f"vLLM {version} runs {weight_format} weights from compute capability {_capability_text(floor)} ({where})"
+
+
 @lru_cache(maxsize=4096)
 def _activation_of(version: str, stage: Stage, limits: BatchLimits, expert_format: str, device_id: str) -> Term:
     """`VllmProfile.activation` of release `version`, computed once per set of arguments: a pure function of them
@@ -1771,6 +1974,22 @@ class VllmProfile:
         if weight_format.removeprefix("checkpoint-") != "fp8-block128":
             return int4_expert_refusal(spec, weight_format, tensor_parallel, self._version)
         return fp8_block_expert_refusal(spec, tensor_parallel)
+
+    def device_refusal(self, spec: ModelSpec, weight_format: str,
+                       compute_capability: tuple[int, int] | None) -> str | None:
+        """`dsa_attention_refusal` (no attention backend for `spec` on the device), then `capability_refusal`: the
+        release's floor for `weight_format` (`CAPABILITY_FLOORS`) against the device's compute capability (None: not
+        known; only a format the release loads nowhere is refused)."""
+        return (dsa_attention_refusal(self._version, spec, compute_capability)
+                or capability_refusal(self._version, weight_format, compute_capability))
+
+    def capability_requirement(self, weight_format: str) -> str | None:
+        """`capability_requirement`: the release's floor for `weight_format` in words, or None."""
+        return capability_requirement(self._version, weight_format)
+
+    def device_dtype_note(self, spec: ModelSpec, compute_capability: tuple[int, int] | None) -> str | None:
+        """`float32_fallback_note`: a model vLLM runs in float32 on the device, or None."""
+        return float32_fallback_note(self._version, spec.model_type, compute_capability)
 
     def expert_layout(self, stage: Stage, expert_format: str = "", device_id: str = "") -> Term | None:
         """The bytes vLLM's MXFP4 experts hold beyond the checkpoint's in the layout of the backend the release

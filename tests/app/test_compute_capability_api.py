@@ -1,0 +1,52 @@
+"""The devices' compute capability on the wire: catalogued, given for unlisted hardware, and the refusals it brings."""
+
+from __future__ import annotations
+
+from fastapi.testclient import TestClient
+
+GPT_OSS = {"model": {"preset": "gpt-oss-20b"}, "workload": {"context_length": 4096, "concurrent_sequences": 1}}
+
+
+def test_devices_list_their_compute_capability_and_its_source(client: TestClient) -> None:
+    devices = {device["id"]: device for device in client.get("/v1/devices").json()}
+    assert devices["t4"]["compute_capability"] == "7.5"
+    assert devices["h100-80gb"]["compute_capability"] == "9.0"
+    assert "developer.nvidia.com/cuda-gpus" in devices["l4"]["compute_capability_source"]
+    assert devices["mi300x"]["compute_capability"] is None
+
+
+def test_gpt_oss_20b_on_a_t4_is_refused_with_vllms_reason_and_fits_on_an_l4(client: TestClient) -> None:
+    on_t4 = client.post("/v1/plan", json={**GPT_OSS, "hardware": {"device": "t4"}}).json()
+    assert on_t4["hardware"]["compute_capability"] == "7.5"
+    assert not on_t4["fits"] and "Mxfp4Config.get_min_capability() is 80" in on_t4["refusal"]
+    assert on_t4["min_devices"] is None
+    on_l4 = client.post("/v1/plan", json={**GPT_OSS, "hardware": {"device": "l4"}}).json()
+    assert on_l4["fits"] and on_l4["refusal"] is None
+
+
+def test_unlisted_hardware_is_checked_only_when_its_capability_is_given(client: TestClient) -> None:
+    unknown = client.post("/v1/plan", json={**GPT_OSS, "hardware": {"memory_bytes": 16 << 30}}).json()
+    assert unknown["hardware"]["compute_capability"] is None
+    assert unknown["fits"] and unknown["refusal"] is None
+    assert any("compute capability is not known" in warning for warning in unknown["warnings"])
+    given = client.post("/v1/plan", json={**GPT_OSS, "hardware": {"memory_bytes": 16 << 30,
+                                                                  "compute_capability": "7.5"}}).json()
+    assert not given["fits"] and "compute capability 7.5" in given["refusal"]
+
+
+def test_a_malformed_compute_capability_names_the_field(client: TestClient) -> None:
+    for value in ("7", "7.10", "x.5", "0.5"):
+        response = client.post("/v1/plan", json={**GPT_OSS, "hardware": {"memory_bytes": 16 << 30,
+                                                                         "compute_capability": value}})
+        assert response.status_code == 422, value
+        assert response.json()["errors"][0]["field"] == "hardware.compute_capability"
+
+
+def test_devices_side_by_side_never_propose_a_device_that_refuses_the_format(client: TestClient) -> None:
+    response = client.post("/v1/plan/sweep", json={**GPT_OSS, "hardware": {"device": "l4"},
+                                                   "sweep": {"devices": ["t4", "l4"]}})
+    assert response.status_code == 200, response.text
+    devices = {entry["device"]: entry["formats"] for entry in response.json()["devices"]}
+    assert devices["t4"]["as_shipped"]["min_devices"] is None
+    assert devices["l4"]["as_shipped"]["min_devices"] == 1
+    assert devices["t4"]["bf16"]["min_devices"] is not None  # 16-bit runs as fp16 below 8.0: not refused
