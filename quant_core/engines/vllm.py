@@ -32,8 +32,8 @@ Where each term comes from (vLLM's repository, ``vllm/v1``):
   (`VOCABULARY_ON_EVERY_STAGE`).
 
 The non-torch memory is not sized by any code of vLLM's (NCCL's and CUDA's buffers): each release's
-figure is the one its public start-up logs show, named where it is set; so are the per-logit bytes of
-the sampler pass in 0.11 and 0.33, while 0.19's is sized from its code (`sampler_pass_bytes`).
+figure is the one its public start-up logs show, named where it is set, while the sampler pass of
+each release is sized from its code (`sampler_pass_bytes`).
 PyTorch's own share of vLLM's figures, its cuBLAS workspaces and its allocator's block rounding of
 the weights (`weight_allocation_slack`), comes from PyTorch's code (`torch_cuda`).
 """
@@ -84,11 +84,8 @@ class _NonTorch:
 class _Version:
     """What changes between the vLLM releases nibble models.
 
-    `sampler_bytes_per_logit` is the peak of the profiling run's sampler pass per row and
-    vocabulary entry: the fp32 logits and the working copies its top-k/top-p pass makes, which
-    changed as vLLM's sampler did (measured from public start-up logs, named in `VERSIONS`); None
-    where the pass is sized from the release's code (`sampler_pass_bytes`), with PyTorch's BLAS
-    workspaces beside it (`torch_cuda.blas_workspace_bytes`).
+    The profiling run's sampler pass is each release's code (`sampler_pass_bytes`, keyed by the
+    release), with PyTorch's BLAS workspaces beside it (`torch_cuda.blas_workspace_bytes`).
     `moe_workspace_persists`: the fused-MoE intermediate caches of the dummy forward pass stay
     allocated under the sampler pass (vllm/v1/worker/workspace.py's WorkspaceManager keeps its
     largest buffer until it is locked after profiling).
@@ -96,7 +93,6 @@ class _Version:
     (`gdn_forward_bytes_per_token`); False where the whole layer returns before them.
     """
 
-    sampler_bytes_per_logit: float | None
     cuda_graphs_in_budget: bool
     tokens_from_concurrency: bool
     moe_workspace_persists: bool
@@ -139,10 +135,10 @@ _NON_TORCH_V0_19 = _NonTorch(256 * MIB, ((2, 2140 * MIB), (4, 2222 * MIB)), 72 *
 
 VERSIONS: dict[str, _Version] = {
     # v0.11: 4.76-7.38 GiB of activations for five models on H100 (llm-d-benchmark, config_explorer/
-    # empirical-vllm-memory-results.md) = 1024 rows x vocabulary x ~38 bytes: bf16 and fp32 logits, the sorted
-    # values and their int64 indices, softmax, cumulative sum, the scattered-back logits, probabilities and the
-    # exponential draws of the PyTorch top-k/top-p path.
-    "0.11": _Version(sampler_bytes_per_logit=38, cuda_graphs_in_budget=False, tokens_from_concurrency=False,
+    # empirical-vllm-memory-results.md): the PyTorch-native top-k/top-p's sort as its code allocates it
+    # (`sampler_pass_bytes`: 38 bytes a logit over 1024 rows, beside the dummy run's hidden states) and the cuBLAS
+    # workspaces, each within 0.02 GiB.
+    "0.11": _Version(cuda_graphs_in_budget=False, tokens_from_concurrency=False,
                      moe_workspace_persists=False, non_torch=_NON_TORCH_V0_11, gdn_projections_profiled=False,
                      mamba_cache_mode="none", chunked_local_attention=False, group_size_ratio=None),
     # v0.19 (llm-d-planner's sweep): 1.89-3.66 GiB of activations for dense models from 128,256 to 256,000
@@ -151,14 +147,16 @@ VERSIONS: dict[str, _Version] = {
     # Qwen2.5-7B 2.21, gemma-2-9b 3.65, Qwen2.5-72B at TP 2 2.29 GiB, each within 0.006 GiB.  CUDA graphs are
     # captured after the KV pool is sized, outside gpu_memory_utilization (75.23 - 14.99 - 1.89 - 0.25 = 58.11 GiB
     # logged for Llama-3.1-8B).
-    "0.19": _Version(sampler_bytes_per_logit=None, cuda_graphs_in_budget=False, tokens_from_concurrency=False,
+    "0.19": _Version(cuda_graphs_in_budget=False, tokens_from_concurrency=False,
                      moe_workspace_persists=True, non_torch=_NON_TORCH_V0_19, gdn_projections_profiled=True,
                      mamba_cache_mode="none", chunked_local_attention=True, group_size_ratio=1.5),
     # v0.21 made VLLM_MEMORY_PROFILER_ESTIMATE_CUDAGRAPHS the default: the estimate is charged inside the
-    # budget; the KV size is logged as max_concurrency x max_model_len; vllm#57047 (0.29 era) peaks at 0.57 GiB
-    # for 256 x 151,936 logits: ~16 bytes per logit.  No multi-GPU H100 log of a release after 0.19 gives its
-    # non-torch memory: 0.19's figures stand in.
-    "0.33": _Version(sampler_bytes_per_logit=16, cuda_graphs_in_budget=True, tokens_from_concurrency=True,
+    # budget; the KV size is logged as max_concurrency x max_model_len.  The sampler pass is Model Runner V2's
+    # (`sampler_pass_bytes`: 14 bytes a logit with FlashInfer's sampler, beside the rows' penalty state,
+    # `sampler_state_bytes`); vllm#57047 (0.29 era) logs 0.57 GiB of peak activation for 256 x 151,936 logits,
+    # 0.05 GiB above that pass (0.52 GiB).  No multi-GPU H100 log of a release after 0.19 gives its non-torch
+    # memory: 0.19's figures stand in.
+    "0.33": _Version(cuda_graphs_in_budget=True, tokens_from_concurrency=True,
                      moe_workspace_persists=True, non_torch=_NON_TORCH_V0_19, gdn_projections_profiled=True,
                      mamba_cache_mode="align", chunked_local_attention=True, in_flight_batches=True,
                      group_size_ratio=1.5),
@@ -1261,6 +1259,7 @@ def _forward_bytes(spec: ModelSpec, tensor_parallel: int, tokens: int, version: 
 #: vocabulary padded to a multiple of 64 (``pad_vocab_size``), split over the tensor-parallel ranks
 VOCAB_PADDING = 64
 #: v1/sample/ops/topk_topp_sampler.py ``apply_top_k_top_p``: the Triton kernel from 8 rows on, PyTorch's sort below
+#: (0.19; 0.33's takes the Triton kernel for any row count)
 TRITON_TOP_K_TOP_P_MIN_ROWS = 8
 #: float32 logits, softmax probabilities and exponential draws, 4 bytes a logit each, beside the model's 16-bit
 #: logits (Sampler.forward ``logits.to(torch.float32)``, forward_native ``logits.softmax``, random_sample
@@ -1269,32 +1268,93 @@ SAMPLER_FLOAT32_COPIES = 3
 #: apply_top_k_top_p_pytorch's peak beyond the float32 logits, in bytes a logit: the sorted values (4) and their
 #: int64 indices (8), the top-k mask (1), the sorted probabilities (4) and the top-p mask (1), all live at once
 SORT_PATH_BYTES_PER_LOGIT = 4 + 8 + 1 + 4 + 1
+#: PyTorch's ``torch.sort`` of a float32 [rows, vocabulary] tensor on CUDA (aten/src/ATen/native/cuda/SortStable.cu,
+#: ``launch_stable_sort_kernel``; vLLM 0.11 pins torch 2.8.0), in bytes a logit while CUB sorts, beyond the sorted
+#: values (4) and int64 indices (8) it returns: from 128 rows ``segmented_sort_pairs`` fills an int64 index per
+#: element (``reverse_indices``, 8) and CUB's ``DeviceSegmentedRadixSort::SortPairs`` takes temporary storage for
+#: its alternate key and value buffers (4 + 8); one row, ``segmented_sort_large_segments``: an int64 index of the
+#: row (8) and ``radix_sort_pairs``' alternate buffers (4 + 8); 2 to 127 rows, ``segmented_sort_pairs_by_full_sort``:
+#: two int2 (index, segment) arrays (8 + 8), the sorted keys ``radix_sort_pairs`` allocates when given none (4) and
+#: the alternate key and int2 value buffers (4 + 8)
+TORCH_SORT_SEGMENTED_BYTES_PER_LOGIT = 8 + 4 + 8
+TORCH_SORT_BY_FULL_SORT_BYTES_PER_LOGIT = 8 + 8 + 4 + 4 + 8
+#: SortStable.cu: from this many rows ``segmented_sort_pairs``, below it (and above one row) the full sort
+TORCH_SORT_SEGMENTED_MIN_ROWS = 128
+#: FlashInfer's ``top_k_mask_logits`` row-state buffer (flashinfer/sampling.py, ``_get_cache_buf``, kept once made)
+FLASHINFER_ROW_STATES_BYTES = 1 * MIB
+#: vLLM 0.33's ``flashinfer_sampler_supported`` (v1/sample/ops/topk_topp_sampler.py): off outside CUDA, below
+#: compute capability 8.0 or above 12.1 (``FlashInferBackend.supports_compute_capability``) and at 16 SMs or fewer;
+#: of the catalog's devices the ROCm ones, the T4 (7.5) and the V100 (7.0)
+FLASHINFER_SAMPLER_UNSUPPORTED = frozenset({"t4", "v100-16gb", "v100-32gb", "mi300x", "mi325x"})
 
 
-def sampler_pass_bytes(spec: ModelSpec, rows: int, tokens: int, device_id: str) -> tuple[int, str]:
-    """The peak of vLLM 0.19's sampler pass in the profiling run (gpu_model_runner.py ``_dummy_sampler_run``, on the
-    last pipeline stage) over `rows` = min(max_num_seqs, max_num_batched_tokens) dummy requests, and its basis.
+def _triton_buffer(device_id: str, rows: int, vocabulary: int) -> tuple[int, str]:
+    """topk_topp_triton.py's cached float32 buffer: ``min(next_power_of_2(min(SMs, rows)), SMs) x vocabulary``."""
+    units = compute_units(device_id)
+    buffer_rows = min(1 << (min(units, rows) - 1).bit_length(), units)
+    return buffer_rows * vocabulary * 4, f"the Triton top-k/top-p buffer of {buffer_rows} rows ({units} SMs)"
 
-    Held at the peak: the dummy run's hidden states, ``tokens x hidden``, the last token of each request gathered
-    from them (``hidden_states[logit_indices]``) and their ``torch.rand_like`` copy, ``rows x hidden`` each, at 2
-    bytes; the model's 16-bit logits (``compute_logits``: the lm_head's ``rows x vocabulary padded to 64``,
-    all-gathered over the tensor-parallel ranks, held by ``_dummy_sampler_run`` while the sampler runs); and the
-    sampler's three float32 copies of ``rows x vocabulary`` (`SAMPLER_FLOAT32_COPIES`: the logits, the softmax
-    probabilities, the exponential draws of ``random_sample``).  The dummy requests ask top-k and top-p, which
-    ``apply_top_k_top_p_triton`` (topk_topp_triton.py) applies in place from 8 rows on, with a cached float32
-    buffer of ``min(next_power_of_2(min(SMs, rows)), SMs) x vocabulary`` (`torch_cuda.compute_units` of
-    `device_id`); below 8 rows ``apply_top_k_top_p_pytorch`` sorts (`SORT_PATH_BYTES_PER_LOGIT` more a logit)."""
+
+def sampler_pass_bytes(spec: ModelSpec, rows: int, tokens: int, device_id: str,
+                       version: str = "0.19") -> tuple[int, str]:
+    """The peak of vLLM `version`'s sampler pass in the profiling run (``_dummy_sampler_run``, on the last pipeline
+    stage) over `rows` = min(max_num_seqs, max_num_batched_tokens) dummy requests, and its basis.  Every release
+    holds the dummy run's hidden states (``tokens x hidden``), the last token of each request gathered from them and
+    the model's 16-bit logits (``compute_logits``: the lm_head's ``rows x vocabulary padded to 64``, all-gathered
+    over the tensor-parallel ranks) while its sampler runs; what the sampler adds is the release's:
+
+    * 0.19 (v1/worker/gpu_model_runner.py, v1/sample/sampler.py, ops/topk_topp_sampler.py, ops/topk_topp_triton.py):
+      the gathered rows' ``torch.rand_like`` copy; three float32 copies of ``rows x vocabulary``
+      (`SAMPLER_FLOAT32_COPIES`: the logits, the softmax probabilities, the exponential draws of
+      ``random_sample``); the dummy requests ask top-k and top-p, which ``apply_top_k_top_p_triton`` applies in
+      place from 8 rows on with a cached buffer (`_triton_buffer`, `torch_cuda.compute_units` of `device_id`);
+      below 8 rows ``apply_top_k_top_p_pytorch`` sorts (`SORT_PATH_BYTES_PER_LOGIT` more a logit).
+    * 0.11 (the same files of v0.11.0): the rand_like copy; with no FlashInfer (an extra of the 0.11 wheel, not a
+      dependency) ``TopKTopPSampler`` runs ``forward_native``, whose ``apply_top_k_top_p`` sorts the float32
+      logits: at ``logits.sort`` the float32 logits, the sorted values and int64 indices and PyTorch's sort
+      buffers are live (`TORCH_SORT_SEGMENTED_BYTES_PER_LOGIT`, `TORCH_SORT_BY_FULL_SORT_BYTES_PER_LOGIT`): 38
+      bytes a logit with the 16-bit logits, from 128 rows; the masks, sorted probabilities and the scattered logits
+      that follow (28 bytes a logit) and the probabilities and draws after them (18) stay below it.
+    * 0.33, Model Runner V2 (v1/worker/gpu/model_runner.py, its default: ``VllmConfig.use_v2_model_runner``):
+      ``_dummy_sampler_run`` gathers the rows (``hidden_states[logits_indices]``) with no random copy and samples
+      twice, the second time with ``SamplingParams.for_sampler_warmup`` (top-k 50, top-p 0.9, min-p, penalties,
+      logit bias, logprobs), whose ``apply_sampling_params`` copies the logits to float32 (4 bytes a logit); on a
+      CUDA device ``flashinfer_sampler_supported`` admits (`FLASHINFER_SAMPLER_UNSUPPORTED`), FlashInfer's
+      ``top_k_top_p_sampling_from_logits`` then holds its masked logits and their softmax (4 + 4,
+      ``top_k_mask_logits``, ``torch.softmax``) and a 1 MiB row-state buffer (`FLASHINFER_ROW_STATES_BYTES`);
+      elsewhere ``apply_top_k_top_p_triton`` masks in place with its buffer and ``gumbel_sample`` takes per-block
+      maxima only."""
     if rows == 0:
         return 0, "no sampler pass on this pipeline stage"
     vocabulary, hidden = spec.vocab_size, spec.hidden_size
     padded = -(-vocabulary // VOCAB_PADDING) * VOCAB_PADDING
-    held = (tokens + 2 * rows) * hidden * ACTIVATION_ELEMENT_BYTES + rows * padded * ACTIVATION_ELEMENT_BYTES
+    logits = rows * padded * ACTIVATION_ELEMENT_BYTES
+    if version == "0.33":
+        held = (tokens + rows) * hidden * ACTIVATION_ELEMENT_BYTES + logits + rows * vocabulary * 4
+        if device_id not in FLASHINFER_SAMPLER_UNSUPPORTED:
+            extra, how = (rows * vocabulary * 8 + FLASHINFER_ROW_STATES_BYTES,
+                          "FlashInfer's top-k-masked logits and their softmax (8 bytes a logit) and its 1 MiB "
+                          "row-state buffer")
+        else:
+            extra, how = _triton_buffer(device_id, rows, vocabulary)
+        return held + extra, (f"sampler over {rows} requests x {vocabulary} vocabulary with the warm-up parameters: "
+                              f"2-byte logits and their float32 copy (6 bytes a logit), {how}, beside the dummy "
+                              f"run's {tokens} hidden states and the sampled rows (Model Runner V2: "
+                              "gpu/model_runner.py _dummy_sampler_run, gpu/sample/sampler.py, topk_topp_sampler.py)")
+    held = (tokens + 2 * rows) * hidden * ACTIVATION_ELEMENT_BYTES + logits
+    if version == "0.11":
+        buffers = (TORCH_SORT_BY_FULL_SORT_BYTES_PER_LOGIT if 1 < rows < TORCH_SORT_SEGMENTED_MIN_ROWS
+                   else TORCH_SORT_SEGMENTED_BYTES_PER_LOGIT)
+        per_logit = 4 + 4 + 8 + buffers
+        return held + rows * vocabulary * per_logit, (
+            f"sampler over {rows} requests x {vocabulary} vocabulary: 2-byte logits, and at the PyTorch-native "
+            f"top-k/top-p's sort the float32 logits, the sorted values, their int64 indices and PyTorch's sort "
+            f"buffers ({2 + per_logit} bytes a logit), beside the dummy run's {tokens} hidden states and two copies "
+            "of the sampled rows (gpu_model_runner._dummy_sampler_run, sampler.py, topk_topp_sampler.py "
+            "forward_native, torch SortStable.cu)")
     copies = SAMPLER_FLOAT32_COPIES * rows * vocabulary * 4
     if rows >= TRITON_TOP_K_TOP_P_MIN_ROWS:
-        units = compute_units(device_id)
-        buffer_rows = min(1 << (min(units, rows) - 1).bit_length(), units)
-        top_k_top_p = buffer_rows * vocabulary * 4
-        how = f"the Triton top-k/top-p buffer of {buffer_rows} rows ({units} SMs)"
+        top_k_top_p, how = _triton_buffer(device_id, rows, vocabulary)
     else:
         top_k_top_p = rows * vocabulary * SORT_PATH_BYTES_PER_LOGIT
         how = f"PyTorch's sort path, {SORT_PATH_BYTES_PER_LOGIT} bytes a logit more"
@@ -1302,6 +1362,19 @@ def sampler_pass_bytes(spec: ModelSpec, rows: int, tokens: int, device_id: str) 
     return total, (f"sampler over {rows} requests x {vocabulary} vocabulary: 2-byte logits and three float32 copies "
                    f"(14 bytes a logit), {how}, beside the dummy run's {tokens} hidden states and two copies of "
                    "the sampled rows (gpu_model_runner._dummy_sampler_run, sampler.py, topk_topp_sampler.py)")
+
+
+def sampler_state_bytes(spec: ModelSpec, max_num_seqs: int, version: str) -> int:
+    """The sampler's per-request state vLLM `version` allocates on the last pipeline stage after the weights are
+    measured and keeps: in 0.33's Model Runner V2, ``PenaltiesState`` (v1/worker/gpu/sample/penalties.py) holds
+    ``output_bin_counts``, ``max_num_seqs x vocabulary`` int32, and ``prompt_bin_mask``, ``max_num_seqs x
+    ceil(vocabulary / 32)`` int32, made with the ``Sampler`` in ``load_model`` after "Model loading took" is
+    measured, so charged by 0.33's ``total_consumed`` (free device memory) against the KV cache; none in 0.11 and
+    0.19 (the V1 runner applies penalties on the batch's logits)."""
+    if version != "0.33":
+        return 0
+    vocabulary = spec.vocab_size
+    return max_num_seqs * (vocabulary + -(-vocabulary // 32)) * 4
 
 
 #: the vLLM model classes whose decoder layers allocate one fused ``QKVParallelLinear`` (q, k and v), a
@@ -1745,9 +1818,9 @@ class VllmProfile:
         """The torch peak of `GPUModelRunner.profile_run`: the larger of the dummy forward pass over
         ``max_batched_tokens`` tokens and, on the last stage, the sampler pass over
         ``min(max_num_seqs, max_batched_tokens)`` rows of full-vocabulary logits, during which the
-        dummy run's hidden states are still held (0.11 and 0.33: at the release's measured bytes per logit beside
-        ``2 × tokens × hidden × 2 bytes``; 0.19: as its code allocates them, `sampler_pass_bytes`, with PyTorch's
-        cuBLAS workspaces beside the peak, `torch_cuda.blas_workspace_bytes` of `device_id`);
+        dummy run's hidden states are still held (as each release's code allocates them, `sampler_pass_bytes`,
+        with PyTorch's cuBLAS workspaces beside the peak, `torch_cuda.blas_workspace_bytes` of `device_id`, and in
+        0.33 the sampler's penalty state, `sampler_state_bytes`);
         the forward pass's intermediates are freed before the sampler runs, so the two do not add,
         except, from the releases whose `moe_workspace_persists`, a MoE model's fused-MoE caches
         (`fused_moe_caches`: TritonExperts' ``tokens × top_k × (max(w, hidden) + max(2w, hidden)) × 2 bytes``,
@@ -1778,17 +1851,10 @@ class VllmProfile:
         forward = max(_forward_bytes(spec, stage.tensor_parallel, tokens, self._version, expert_format, device_id),
                       tokens * gdn + held_by_moe if gdn else 0) + received
         rows = min(limits.max_num_seqs, tokens) if stage.is_last else 0
-        per_logit = self._rules.sampler_bytes_per_logit
         workspace = caches.nbytes if rows and caches is not None and caches.persists else 0
-        if per_logit is None:
-            sampled, sampler_basis = sampler_pass_bytes(spec, rows, tokens, device_id)
-            blas = blas_workspace_bytes(device_id)
-        else:
-            sampled = (int(rows * spec.vocab_size * per_logit)
-                       + (2 * tokens * spec.hidden_size * ACTIVATION_ELEMENT_BYTES if rows else 0))
-            sampler_basis = (f"sampler over {rows} sequences x {spec.vocab_size} vocabulary at {per_logit:g} bytes "
-                             "per logit beside the batch's hidden states")
-            blas = 0
+        sampled, sampler_basis = sampler_pass_bytes(spec, rows, tokens, device_id, self._version)
+        blas = blas_workspace_bytes(device_id)
+        state = sampler_state_bytes(spec, limits.max_num_seqs, self._version) if stage.is_last else 0
         sampler = sampled + workspace + received
         held = f", with the fused-MoE caches still held ({workspace / GIB:.2f} GiB)" if workspace else ""
         if received:
@@ -1799,6 +1865,10 @@ class VllmProfile:
         if blas:
             basis += (f"; plus PyTorch's cuBLAS and cuBLASLt workspaces ({blas / MIB:.0f} MiB), allocated through "
                       "its caching allocator at the run's first matrix product and kept (CublasHandlePool.cpp)")
+        if state:
+            basis += (f"; plus the sampler's penalty state, max_num_seqs={limits.max_num_seqs} x vocabulary int32 "
+                      f"output counts and prompt bit masks ({state / GIB:.2f} GiB), allocated with Model Runner V2's "
+                      "Sampler after the weights are measured and kept (gpu/sample/penalties.py, PenaltiesState)")
         if spec.linear_attention is not None and gdn:
             basis += (f"; the forward pass is the widest layer's, a Gated DeltaNet layer's being its projections "
                       f"({tokens * gdn / GIB:.2f} GiB: in_proj_qkvz/ba outputs, the unpacked q/k/v, the gate, the "
@@ -1833,13 +1903,13 @@ class VllmProfile:
                       f"{cached} positions x {spec.rotary_dim} rotary dimensions at 2 bytes ({rotary / GIB:.3f} GiB), "
                       "built with the model and counted in vLLM's 'Model loading took' (rotary_embedding/base.py, "
                       "cos_sin_cache)")
-        text = max(forward, sampler) + deepstack + topk_buffer + rotary + blas
+        text = max(forward, sampler) + deepstack + topk_buffer + rotary + blas + state
         max_model_len = limits.max_model_len or spec.max_position_embeddings or tokens
         encoder = encoder_profile(spec, self._version, stage.tensor_parallel, tokens, max_model_len)
         if encoder is None:
             return Term(text, basis)
         encoding, kept, encoder_basis = encoder
-        total = max(encoding + deepstack + topk_buffer + rotary + blas, kept + text)
+        total = max(encoding + deepstack + topk_buffer + rotary + blas + state, kept + text)
         return Term(total, f"max(the multimodal dummy batch through the vision tower, the text pass beside what it "
                            f"leaves held): {encoder_basis}; the text pass: {basis}")
 

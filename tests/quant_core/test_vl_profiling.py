@@ -20,6 +20,7 @@ from quant_core.engines.vllm import (
     qwen_encoder_dummy,
     qwen_encoder_profile,
     rotary_cache_bytes,
+    sampler_state_bytes,
 )
 from quant_core.formats import float_format, int4
 from quant_core.hf_config import model_from_hf_config
@@ -156,9 +157,10 @@ def test_on_a_24_gb_card_the_encoder_pass_is_vllms_profiling_peak(model: str, ve
     charged = profile.activation(_stage(spec), limits, device_id="l4")
     print(f"{model} on vLLM {version}, L4: text pass {text / GIB:.2f} GiB, encoder peak {encoder[0] / GIB:.2f} GiB, "
           f"charged {charged.bytes / GIB:.2f} GiB")
-    # the rotary cos/sin cache (rotary_cache_bytes) is held beside the encoder's peak as beside the text pass, and
-    # on 0.19 (its terms sized from its code) the L4's cuBLAS workspaces, taken at the tower's first matrix product
-    blas = blas_workspace_bytes("l4") if version == "0.19" else 0
+    # the rotary cos/sin cache (rotary_cache_bytes) is held beside the encoder's peak as beside the text pass, as are
+    # the L4's cuBLAS workspaces, taken at the tower's first matrix product, and on 0.33 the sampler's penalty state
+    # for 256 sequences (Model Runner V2 allocates it with the Sampler, before profiling)
+    blas = blas_workspace_bytes("l4") + sampler_state_bytes(spec, 256, version)
     assert charged.bytes == encoder[0] + deepstack + rotary_cache_bytes(spec, version) + blas
     assert charged.bytes - text - deepstack > 1.1 * GIB
     assert "dummy" in charged.basis and "the text pass:" in charged.basis
@@ -314,7 +316,8 @@ def test_qwen2_5_vl_3b_at_its_default_context_in_a_quarter_of_an_a100_has_no_kv_
     answer = plan(spec, hardware, Workload(128000, 1), options).primary
     assert not answer.fits
     assert answer.kv_pool_bytes is not None and answer.kv_pool_bytes < 0
-    assert answer.devices[0].activation_bytes == 18_328_059_904 + rotary_cache_bytes(spec, "0.11")
+    assert (answer.devices[0].activation_bytes
+            == 18_328_059_904 + rotary_cache_bytes(spec, "0.11") + blas_workspace_bytes("a100-80gb"))
     profile = VllmProfile("0.11")
     limits = replace(profile.batch_limits(hardware.capacity_bytes, "a100-80gb"), max_model_len=128000)
     assert (limits.max_batched_tokens, limits.max_num_seqs) == (2048, 256)
