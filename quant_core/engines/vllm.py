@@ -1265,8 +1265,8 @@ TRITON_TOP_K_TOP_P_MIN_ROWS = 8
 #: logits (Sampler.forward ``logits.to(torch.float32)``, forward_native ``logits.softmax``, random_sample
 #: ``torch.empty_like(probs)``), the Triton kernel masking the float32 logits in place
 SAMPLER_FLOAT32_COPIES = 3
-#: apply_top_k_top_p_pytorch's peak beyond the float32 logits, in bytes a logit: the sorted values (4) and their
-#: int64 indices (8), the top-k mask (1), the sorted probabilities (4) and the top-p mask (1), all live at once
+#: apply_top_k_top_p_pytorch's working set beyond the float32 logits after the sort, in bytes a logit: the sorted
+#: values (4) and their int64 indices (8), the top-k mask (1), the sorted probabilities (4) and the top-p mask (1)
 SORT_PATH_BYTES_PER_LOGIT = 4 + 8 + 1 + 4 + 1
 #: PyTorch's ``torch.sort`` of a float32 [rows, vocabulary] tensor on CUDA (aten/src/ATen/native/cuda/SortStable.cu,
 #: ``launch_stable_sort_kernel``; vLLM 0.11 pins torch 2.8.0), in bytes a logit while CUB sorts, beyond the sorted
@@ -1280,6 +1280,16 @@ TORCH_SORT_SEGMENTED_BYTES_PER_LOGIT = 8 + 4 + 8
 TORCH_SORT_BY_FULL_SORT_BYTES_PER_LOGIT = 8 + 8 + 4 + 4 + 8
 #: SortStable.cu: from this many rows ``segmented_sort_pairs``, below it (and above one row) the full sort
 TORCH_SORT_SEGMENTED_MIN_ROWS = 128
+
+
+def torch_sort_peak_per_logit(rows: int) -> int:
+    """Bytes a logit live while PyTorch sorts a float32 ``rows x vocabulary`` tensor, the float32 input included:
+    the input (4), the sorted values (4) and int64 indices (8) and the sort's buffers
+    (`TORCH_SORT_SEGMENTED_BYTES_PER_LOGIT` for one row or from 128 rows, `TORCH_SORT_BY_FULL_SORT_BYTES_PER_LOGIT`
+    between): 36 or 48."""
+    buffers = (TORCH_SORT_BY_FULL_SORT_BYTES_PER_LOGIT if 1 < rows < TORCH_SORT_SEGMENTED_MIN_ROWS
+               else TORCH_SORT_SEGMENTED_BYTES_PER_LOGIT)
+    return 4 + 4 + 8 + buffers
 #: FlashInfer's ``top_k_mask_logits`` row-state buffer (flashinfer/sampling.py, ``_get_cache_buf``, kept once made)
 FLASHINFER_ROW_STATES_BYTES = 1 * MIB
 #: vLLM 0.33's ``flashinfer_sampler_supported`` (v1/sample/ops/topk_topp_sampler.py): off outside CUDA, below
@@ -1308,7 +1318,9 @@ def sampler_pass_bytes(spec: ModelSpec, rows: int, tokens: int, device_id: str,
       (`SAMPLER_FLOAT32_COPIES`: the logits, the softmax probabilities, the exponential draws of
       ``random_sample``); the dummy requests ask top-k and top-p, which ``apply_top_k_top_p_triton`` applies in
       place from 8 rows on with a cached buffer (`_triton_buffer`, `torch_cuda.compute_units` of `device_id`);
-      below 8 rows ``apply_top_k_top_p_pytorch`` sorts (`SORT_PATH_BYTES_PER_LOGIT` more a logit).
+      below 8 rows ``apply_top_k_top_p_pytorch`` sorts, and the peak is the sort's (`torch_sort_peak_per_logit`:
+      48 bytes a logit from 2 rows, 36 for one, beside the 16-bit logits), above the masks and sorted probabilities
+      after it (`SORT_PATH_BYTES_PER_LOGIT` beside the float32 logits) and the probabilities and draws after them.
     * 0.11 (the same files of v0.11.0): the rand_like copy; with no FlashInfer (an extra of the 0.11 wheel, not a
       dependency) ``TopKTopPSampler`` runs ``forward_native``, whose ``apply_top_k_top_p`` sorts the float32
       logits: at ``logits.sort`` the float32 logits, the sorted values and int64 indices and PyTorch's sort
@@ -1343,21 +1355,23 @@ def sampler_pass_bytes(spec: ModelSpec, rows: int, tokens: int, device_id: str,
                               "gpu/model_runner.py _dummy_sampler_run, gpu/sample/sampler.py, topk_topp_sampler.py)")
     held = (tokens + 2 * rows) * hidden * ACTIVATION_ELEMENT_BYTES + logits
     if version == "0.11":
-        buffers = (TORCH_SORT_BY_FULL_SORT_BYTES_PER_LOGIT if 1 < rows < TORCH_SORT_SEGMENTED_MIN_ROWS
-                   else TORCH_SORT_SEGMENTED_BYTES_PER_LOGIT)
-        per_logit = 4 + 4 + 8 + buffers
+        per_logit = torch_sort_peak_per_logit(rows)
         return held + rows * vocabulary * per_logit, (
             f"sampler over {rows} requests x {vocabulary} vocabulary: 2-byte logits, and at the PyTorch-native "
             f"top-k/top-p's sort the float32 logits, the sorted values, their int64 indices and PyTorch's sort "
             f"buffers ({2 + per_logit} bytes a logit), beside the dummy run's {tokens} hidden states and two copies "
             "of the sampled rows (gpu_model_runner._dummy_sampler_run, sampler.py, topk_topp_sampler.py "
             "forward_native, torch SortStable.cu)")
+    if rows < TRITON_TOP_K_TOP_P_MIN_ROWS:
+        per_logit = max(torch_sort_peak_per_logit(rows), 4 + SORT_PATH_BYTES_PER_LOGIT, SAMPLER_FLOAT32_COPIES * 4)
+        return held + rows * vocabulary * per_logit, (
+            f"sampler over {rows} requests x {vocabulary} vocabulary: 2-byte logits, and at PyTorch's sort (below 8 "
+            f"rows, apply_top_k_top_p_pytorch) the float32 logits, the sorted values, their int64 indices and "
+            f"PyTorch's sort buffers ({2 + per_logit} bytes a logit), beside the dummy run's {tokens} hidden states "
+            "and two copies of the sampled rows (gpu_model_runner._dummy_sampler_run, sampler.py, "
+            "topk_topp_sampler.py, torch SortStable.cu)")
     copies = SAMPLER_FLOAT32_COPIES * rows * vocabulary * 4
-    if rows >= TRITON_TOP_K_TOP_P_MIN_ROWS:
-        top_k_top_p, how = _triton_buffer(device_id, rows, vocabulary)
-    else:
-        top_k_top_p = rows * vocabulary * SORT_PATH_BYTES_PER_LOGIT
-        how = f"PyTorch's sort path, {SORT_PATH_BYTES_PER_LOGIT} bytes a logit more"
+    top_k_top_p, how = _triton_buffer(device_id, rows, vocabulary)
     total = held + copies + top_k_top_p
     return total, (f"sampler over {rows} requests x {vocabulary} vocabulary: 2-byte logits and three float32 copies "
                    f"(14 bytes a logit), {how}, beside the dummy run's {tokens} hidden states and two copies of "

@@ -230,13 +230,17 @@ def test_vllm_0_19s_activation_is_the_sampler_pass_its_code_allocates(log_id: st
 
 def test_the_sampler_buffer_has_a_row_per_sm_and_a_few_rows_take_pytorchs_sort() -> None:
     # topk_topp_triton.py: min(next_power_of_2(min(SMs, rows)), SMs) rows; apply_top_k_top_p: the Triton kernel from
-    # 8 rows, below it apply_top_k_top_p_pytorch's sorted values, int64 indices, masks and sorted probabilities
+    # 8 rows, below it apply_top_k_top_p_pytorch, whose peak is PyTorch's sort: float32 logits, sorted values, int64
+    # indices and SortStable.cu's buffers (segmented_sort_pairs_by_full_sort's from 2 rows, 48 bytes a logit with
+    # the float32 logits; one row's segmented_sort_large_segments, 36), above the 12 bytes of the float32 copies
     spec = get_preset("llama-3.1-8b")
     vocabulary, held = 128_256, (8192 + 2 * 100) * 4096 * 2 + 100 * 128_256 * 2
     assert sampler_pass_bytes(spec, 100, 8192, "h100-80gb")[0] == held + 3 * 100 * vocabulary * 4 + 128 * vocabulary * 4
     assert sampler_pass_bytes(spec, 100, 8192, "a100-80gb")[0] == held + 3 * 100 * vocabulary * 4 + 108 * vocabulary * 4
     few = (8192 + 2 * 4) * 4096 * 2 + 4 * 128_256 * 2
-    assert sampler_pass_bytes(spec, 4, 8192, "h100-80gb")[0] == few + 4 * vocabulary * (3 * 4 + 18)
+    assert sampler_pass_bytes(spec, 4, 8192, "h100-80gb")[0] == few + 4 * vocabulary * 48
+    one = (8192 + 2) * 4096 * 2 + 128_256 * 2
+    assert sampler_pass_bytes(spec, 1, 8192, "h100-80gb")[0] == one + vocabulary * 36
     assert sampler_pass_bytes(spec, 0, 8192, "h100-80gb")[0] == 0  # a pipeline stage before the last
 
 
