@@ -358,10 +358,15 @@ KV_DTYPES: dict[str, KVCacheDtype] = {
     "int8": KVCacheDtype("int8", 8, 4),
     "int4": KVCacheDtype("int4", 4, 4),
 }
+#: the cache of a model an engine runs in float32 (vLLM's ``kv_cache_dtype="auto"`` takes the model's dtype): the
+#: planner's, not a dtype a request names (not in `KV_DTYPES`, whose names the API lists)
+FLOAT32_KV_DTYPE = KVCacheDtype("fp32", 32, 0)
 
 
 def kv_dtype(name: str) -> KVCacheDtype:
     """Look up a KV-cache dtype by name; unknown names list the known ones."""
+    if name == FLOAT32_KV_DTYPE.name:
+        return FLOAT32_KV_DTYPE
     try:
         return KV_DTYPES[name]
     except KeyError:
