@@ -165,7 +165,8 @@ class WeightFormat:
             if self.group_size is not None and self.group_size not in GROUP_SIZES:
                 raise InvalidSpec("group_size", self.group_size,
                                   f"must be one of {list(GROUP_SIZES)} or a whole row (null in JSON, 'row' in a form)")
-            if self.symmetric and self.zero != "none":
+            if self.symmetric and self.zero != "none" and not (self.layout == "gptq" and self.zero == "int4"):
+                # a symmetric GPTQ checkpoint still stores packed qzeros (`gptq_checkpoint`): its zero stays int4
                 object.__setattr__(self, "zero", "none")
             if not self.symmetric and self.zero == "none":
                 raise InvalidSpec("zero", self.zero, "an asymmetric format needs int4 or fp16 zeros")
@@ -295,6 +296,14 @@ def int4(group_size: int | None = 128, symmetric: bool = False, zero: ZeroKind =
          pad: bool = False, layout: Layout = "nibble", partial: bool = False) -> WeightFormat:
     """The int4 group-wise format (default: g128 asymmetric, 4-bit zeros)."""
     return WeightFormat("int4", group_size, symmetric, "none" if symmetric else zero, pad, layout, partial)
+
+
+def gptq_checkpoint(group_size: int | None = 128, symmetric: bool = True) -> WeightFormat:
+    """A 4-bit GPTQ checkpoint as its ``quantization_config`` ships it: int32 qweight, packed qzeros, fp16 scales and
+    g_idx whatever ``sym`` says (AutoGPTQ and GPTQModel write qzeros for symmetric weights too: 8 in every code), so
+    the bytes are the same either way; `symmetric` (``sym``) is carried in the label (``int4-g128-sym-gptq``), by
+    which an engine that refuses one of them (vLLM 0.33: asymmetric) tells them apart."""
+    return WeightFormat("int4", group_size, symmetric, "int4", layout="gptq")
 
 
 def fp8(scales: Fp8Scales = "channel", input_scale: bool = False) -> WeightFormat:

@@ -1647,6 +1647,27 @@ def float32_refusal(version: str, model_type: str, weight_format: str,
             "get_supported_act_dtypes)")
 
 
+#: vLLM 0.33 loads every GPTQ checkpoint as AutoGPTQConfig (quantization/__init__.py maps "gptq" to it; Marlin
+#: kernels only), whose ``TYPE_MAP`` holds ``(4, True)`` and ``(8, True)``: ``__init__`` raises ``f"Unsupported
+#: quantization config: bits={weight_bits}, sym={is_sym}"`` for asymmetric weights (auto_gptq.py; gptq_utils.py's
+#: ``override_config`` the same for a dynamic rule).  0.11 and 0.19 load them through GPTQConfig (gptq.py, the
+#: ExLlama/GPTQ kernels, which read the qzeros) where gptq_marlin's ``is_gptq_marlin_compatible`` finds no
+#: ``(bits, sym)`` in its TYPE_MAP: not refused, but float16 activations only (``get_supported_act_dtypes``)
+ASYMMETRIC_GPTQ_REFUSED: frozenset[str] = frozenset({"0.33"})
+_ASYMMETRIC_GPTQ_LABEL = re.compile(r"int4-(?:g\d+|row)-asym(?:-fp16zero)?(?:-padded)?(?:-partial)?-gptq")
+
+
+def gptq_symmetry_refusal(version: str, weight_format: str) -> str | None:
+    """Why vLLM `version` refuses the asymmetric 4-bit GPTQ checkpoint `weight_format` on every device
+    (`ASYMMETRIC_GPTQ_REFUSED`, with vLLM's message), or None."""
+    if version not in ASYMMETRIC_GPTQ_REFUSED or not _ASYMMETRIC_GPTQ_LABEL.fullmatch(weight_format):
+        return None
+    return (f"vLLM {version} cannot load {weight_format} weights on any device: it loads GPTQ as AutoGPTQConfig, "
+            "Marlin kernels only, whose TYPE_MAP holds symmetric 4- and 8-bit weights, and raises \"Unsupported "
+            "quantization config: bits=4, sym=False\" (auto_gptq.py); vLLM 0.11 and 0.19 load it with their GPTQ "
+            "kernels, in float16")
+
+
 def float32_note(version: str, model_type: str, compute_capability: tuple[int, int] | None) -> str | None:
     """The plan's basis for a model vLLM `version` runs in float32 on the device (`runs_float32`), or None."""
     if compute_capability is None or not runs_float32(version, model_type, compute_capability):
@@ -2036,6 +2057,7 @@ class VllmProfile:
         known; only a format the release loads nowhere is refused)."""
         return (dsa_attention_refusal(self._version, spec, compute_capability)
                 or capability_refusal(self._version, weight_format, compute_capability)
+                or gptq_symmetry_refusal(self._version, weight_format)
                 or float32_refusal(self._version, spec.model_type, weight_format, compute_capability))
 
     def capability_requirement(self, weight_format: str) -> str | None:
