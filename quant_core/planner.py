@@ -38,6 +38,7 @@ Parallelism follows vLLM:
 
 from __future__ import annotations
 
+import copy
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
@@ -60,8 +61,8 @@ from quant_core.engines.vllm import (
 )
 from quant_core.engines.vllm import chunked_local_attention as vllm_chunked_local_attention
 from quant_core.engines.vllm import mamba_cache_mode as vllm_mamba_cache_mode
-from quant_core.errors import InvalidSpec
-from quant_core.formats import FLOAT32_KV_DTYPE, WeightFormat, float_format, int4, kv_dtype
+from quant_core.errors import InvalidSpec, UnknownName
+from quant_core.formats import FLOAT32_KV_DTYPE, KV_DTYPES, WeightFormat, float_format, int4, kv_dtype
 from quant_core.inventory import QuantizationPolicy, parameter_count
 from quant_core.kv_cache import (
     HybridKV,
@@ -202,7 +203,8 @@ class PlanOptions:
     enforce_eager: bool = False
 
     def __post_init__(self) -> None:
-        kv_dtype(self.kv_cache_dtype)
+        if self.kv_cache_dtype not in KV_DTYPES:  # fp32 is the planner's, for a model the engine runs in float32
+            raise UnknownName("kv cache dtype", self.kv_cache_dtype, sorted(KV_DTYPES), field="kv_cache.dtype")
         if not isinstance(self.enforce_eager, bool):
             raise InvalidSpec("runtime.enforce_eager", self.enforce_eager, "must be true or false")
         float_format(self.float_format)
@@ -1314,7 +1316,7 @@ def plan(spec: ModelSpec, hardware: Hardware, workload: Workload | None = None,
     element_bytes = 2 if engine is None else engine.model_dtype_bytes(spec, hardware.compute_capability)
     if element_bytes == 4 and kv_dtype(options.kv_cache_dtype).bits == 16:
         # vLLM's kv_cache_dtype "auto" (nibble's bf16/fp16) takes the model's dtype: float32 pages
-        options = replace(options, kv_cache_dtype=FLOAT32_KV_DTYPE.name)
+        options = _float32_kv_options(options)
     options = _engine_block_size(spec, engine, options, notes)
     limits = _batch_limits(engine, hardware, options)
     if engine is not None and engine.activation_context_steps(spec, limits):
@@ -1507,6 +1509,14 @@ def _batch_limits(engine: EngineProfile | None, hardware: Hardware, options: Pla
     return BatchLimits(options.max_batched_tokens or default.max_batched_tokens,
                        options.max_num_seqs or default.max_num_seqs)
 
+
+
+def _float32_kv_options(options: PlanOptions) -> PlanOptions:
+    """`options` with the float32 KV cache of a model the engine runs in float32 (`formats.FLOAT32_KV_DTYPE`): a
+    dtype the planner derives, never one a request names, so set past `PlanOptions`' check of requested dtypes."""
+    derived = copy.copy(options)
+    object.__setattr__(derived, "kv_cache_dtype", FLOAT32_KV_DTYPE.name)
+    return derived
 
 
 @lru_cache(maxsize=64)

@@ -19,6 +19,7 @@ from quant_core.engines.vllm import (
     runs_float32,
     sampler_pass_bytes,
 )
+from quant_core.errors import UnknownName
 from quant_core.formats import WeightFormat, float_format, fp8, int4
 from quant_core.planner import Hardware, Plan, PlanOptions, Workload, plan
 
@@ -128,3 +129,8 @@ def test_the_forward_pass_and_the_sampled_hidden_states_take_4_bytes_an_element_
     narrow, _ = sampler_pass_bytes(spec, 256, 2048, "t4")
     padded = -(-spec.vocab_size // 64) * 64
     assert wide - narrow == 2 * ((2048 + 2 * 256) * spec.hidden_size + 256 * padded)
+
+
+def test_a_request_cannot_name_the_float32_kv_cache_the_planner_derives() -> None:
+    with pytest.raises(UnknownName):
+        PlanOptions(kv_cache_dtype="fp32")
