@@ -134,3 +134,13 @@ def test_the_forward_pass_and_the_sampled_hidden_states_take_4_bytes_an_element_
 def test_a_request_cannot_name_the_float32_kv_cache_the_planner_derives() -> None:
     with pytest.raises(UnknownName):
         PlanOptions(kv_cache_dtype="fp32")
+
+
+@pytest.mark.parametrize("release", RELEASES)
+def test_glm_4_on_v100s_holds_its_kv_pool_in_float32_pages(release: str) -> None:
+    """GLM-4-9B-0414: 40 layers x 2 x 2 KV heads x 128 x 2 bytes = 40,960 bytes a token at 16 bits, 81,920 at
+    float32; on 4 devices each holds one replicated KV head, 40,960 bytes a token, and the pool holds whole
+    16-token blocks of them (half the tokens 16-bit pages would give)."""
+    on_v100 = _on("v100-32gb", release, float_format("bf16"), model="glm-4-9b-0414")
+    assert on_v100.primary.format == "fp32" and on_v100.kv_bytes_per_token == 81_920
+    assert on_v100.primary.kv_capacity_tokens == on_v100.primary.kv_pool_bytes // 40_960 // 16 * 16
