@@ -165,7 +165,8 @@ class WeightFormat:
             if self.group_size is not None and self.group_size not in GROUP_SIZES:
                 raise InvalidSpec("group_size", self.group_size,
                                   f"must be one of {list(GROUP_SIZES)} or a whole row (null in JSON, 'row' in a form)")
-            if self.symmetric and self.zero != "none":
+            if self.symmetric and self.zero != "none" and not (self.layout == "gptq" and self.zero == "int4"):
+                # a symmetric GPTQ checkpoint still stores packed qzeros (`gptq_checkpoint`): its zero stays int4
                 object.__setattr__(self, "zero", "none")
             if not self.symmetric and self.zero == "none":
                 raise InvalidSpec("zero", self.zero, "an asymmetric format needs int4 or fp16 zeros")
@@ -297,6 +298,14 @@ def int4(group_size: int | None = 128, symmetric: bool = False, zero: ZeroKind =
     return WeightFormat("int4", group_size, symmetric, "none" if symmetric else zero, pad, layout, partial)
 
 
+def gptq_checkpoint(group_size: int | None = 128, symmetric: bool = True) -> WeightFormat:
+    """A 4-bit GPTQ checkpoint as its ``quantization_config`` ships it: int32 qweight, packed qzeros, fp16 scales and
+    g_idx whatever ``sym`` says (AutoGPTQ and GPTQModel write qzeros for symmetric weights too: 8 in every code), so
+    the bytes are the same either way; `symmetric` (``sym``) is carried in the label (``int4-g128-sym-gptq``), by
+    which an engine that refuses one of them (vLLM 0.33: asymmetric) tells them apart."""
+    return WeightFormat("int4", group_size, symmetric, "int4", layout="gptq")
+
+
 def fp8(scales: Fp8Scales = "channel", input_scale: bool = False) -> WeightFormat:
     """fp8 e4m3 weights with a scale per tensor, per output channel or per 128 × 128 block (and with static
     activation scales, one fp32 ``input_scale`` per tensor)."""
@@ -358,10 +367,15 @@ KV_DTYPES: dict[str, KVCacheDtype] = {
     "int8": KVCacheDtype("int8", 8, 4),
     "int4": KVCacheDtype("int4", 4, 4),
 }
+#: the cache of a model an engine runs in float32 (vLLM's ``kv_cache_dtype="auto"`` takes the model's dtype): the
+#: planner's, not a dtype a request names (not in `KV_DTYPES`, whose names the API lists)
+FLOAT32_KV_DTYPE = KVCacheDtype("fp32", 32, 0)
 
 
 def kv_dtype(name: str) -> KVCacheDtype:
     """Look up a KV-cache dtype by name; unknown names list the known ones."""
+    if name == FLOAT32_KV_DTYPE.name:
+        return FLOAT32_KV_DTYPE
     try:
         return KV_DTYPES[name]
     except KeyError:

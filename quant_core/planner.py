@@ -38,6 +38,7 @@ Parallelism follows vLLM:
 
 from __future__ import annotations
 
+import copy
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
@@ -60,8 +61,8 @@ from quant_core.engines.vllm import (
 )
 from quant_core.engines.vllm import chunked_local_attention as vllm_chunked_local_attention
 from quant_core.engines.vllm import mamba_cache_mode as vllm_mamba_cache_mode
-from quant_core.errors import InvalidSpec
-from quant_core.formats import WeightFormat, float_format, int4, kv_dtype
+from quant_core.errors import InvalidSpec, UnknownName
+from quant_core.formats import FLOAT32_KV_DTYPE, KV_DTYPES, WeightFormat, float_format, int4, kv_dtype
 from quant_core.inventory import QuantizationPolicy, parameter_count
 from quant_core.kv_cache import (
     HybridKV,
@@ -202,7 +203,8 @@ class PlanOptions:
     enforce_eager: bool = False
 
     def __post_init__(self) -> None:
-        kv_dtype(self.kv_cache_dtype)
+        if self.kv_cache_dtype not in KV_DTYPES:  # fp32 is the planner's, for a model the engine runs in float32
+            raise UnknownName("kv cache dtype", self.kv_cache_dtype, sorted(KV_DTYPES), field="kv_cache.dtype")
         if not isinstance(self.enforce_eager, bool):
             raise InvalidSpec("runtime.enforce_eager", self.enforce_eager, "must be true or false")
         float_format(self.float_format)
@@ -740,6 +742,9 @@ class _Evaluator:
     free_outside_bytes: int = 0
     #: the devices' CUDA compute capability (None: not known), by which the engine refuses formats
     compute_capability: tuple[int, int] | None = None
+    #: bytes of one element of the dtype the engine runs the model in on these devices (4: float32,
+    #: `EngineProfile.model_dtype_bytes`), at which its activation terms are charged
+    element_bytes: int = 2
     #: `stage_terms` by (tensor, pipeline, stage layers, expert format)
     _terms: dict[tuple[object, ...], _StageTerms] = field(default_factory=dict)
 
@@ -752,7 +757,7 @@ class _Evaluator:
         options = self.options
         return (self.usable_bytes, options.runtime_overhead_bytes, options.block_size, self.limits,
                 options.activation_bytes, options.engine, options.engine_version, self.device_id,
-                self.free_outside_bytes, options.enforce_eager)
+                self.free_outside_bytes, options.enforce_eager, self.element_bytes)
 
     def device_refusal(self, weight_formats: tuple[str, ...]) -> str | None:
         """Why the engine cannot run weights stored as `weight_formats` (a scheme's labels, `_ModelTerms.labels`) on
@@ -794,7 +799,7 @@ class _Evaluator:
 
     def stage(self, layout: _Layout, stage: int) -> Stage:
         return Stage(self.spec, layout.tensor_parallel, layout.pipeline_parallel, layout.stage_layers[stage],
-                     stage == layout.pipeline_parallel - 1)
+                     stage == layout.pipeline_parallel - 1, self.element_bytes)
 
     def stage_terms(self, layout: _Layout) -> _StageTerms:
         """Activation and overhead bytes of each stage that do not depend on the workload."""
@@ -1308,6 +1313,10 @@ def plan(spec: ModelSpec, hardware: Hardware, workload: Workload | None = None,
     usable = math.floor(hardware.capacity_bytes * options.memory_utilization)
     engine = get_engine(options.engine, options.engine_version)
     notes: list[str] = []
+    element_bytes = 2 if engine is None else engine.model_dtype_bytes(spec, hardware.compute_capability)
+    if element_bytes == 4 and kv_dtype(options.kv_cache_dtype).bits == 16:
+        # vLLM's kv_cache_dtype "auto" (nibble's bf16/fp16) takes the model's dtype: float32 pages
+        options = _float32_kv_options(options)
     options = _engine_block_size(spec, engine, options, notes)
     limits = _batch_limits(engine, hardware, options)
     if engine is not None and engine.activation_context_steps(spec, limits):
@@ -1316,10 +1325,16 @@ def plan(spec: ModelSpec, hardware: Hardware, workload: Workload | None = None,
         limits = replace(limits, max_model_len=workload.context_length)
     evaluator = _Evaluator(spec, options, usable, engine, limits, hardware.device_id or "",
                            free_outside_bytes=hardware.capacity_bytes - usable,
-                           compute_capability=hardware.compute_capability)
+                           compute_capability=hardware.compute_capability, element_bytes=element_bytes)
 
     baseline = _policy_scheme(float_format(options.float_format), policy)
     deployed = options.scheme or _policy_scheme(options.weight_format, policy)
+    if element_bytes == 4:
+        baseline, deployed = _at_float32(baseline), _at_float32(deployed)
+        if deployed.checkpoint_rows or deployed.gguf_file_type or deployed.mix:
+            notes.append(f"The deployed {deployed.label()} weights are planned at their stored bytes: their 16-bit "
+                         "tensors, which the engine loads as float32 here, are not told apart from the rest, so up "
+                         "to twice those tensors' bytes are not charged.")
     deployed, note = with_partial_groups(spec, deployed)
     notes.extend(deployed.notes)
     if note:
@@ -1327,7 +1342,8 @@ def plan(spec: ModelSpec, hardware: Hardware, workload: Workload | None = None,
     if deployed.is_nibble_int4:
         quantized = deployed
     else:
-        quantized, _ = with_partial_groups(spec, _policy_scheme(int4(), policy))
+        int4_scheme = _policy_scheme(int4(), policy)
+        quantized, _ = with_partial_groups(spec, _at_float32(int4_scheme) if element_bytes == 4 else int4_scheme)
     kv_total = _model_terms(spec, baseline, options.kv_cache_dtype).layout(
         1, 1, mamba_cache_mode=evaluator.mamba_cache_mode(), chunked_local=evaluator.chunked_local()).stage_kv[0] \
         .bytes_per_sequence(workload.context_length, options.block_size) * workload.concurrent_sequences
@@ -1352,7 +1368,7 @@ def plan(spec: ModelSpec, hardware: Hardware, workload: Workload | None = None,
         comparison[key] = primary
     shipped = options.shipped
     if shipped is not None and shipped != options.scheme:
-        shipped, _ = with_partial_groups(spec, shipped)
+        shipped, _ = with_partial_groups(spec, _at_float32(shipped) if element_bytes == 4 else shipped)
         comparison[AS_SHIPPED] = format_plan(shipped)
 
     primary_layout = _model_terms(spec, deployed, options.kv_cache_dtype).layout(
@@ -1493,6 +1509,26 @@ def _batch_limits(engine: EngineProfile | None, hardware: Hardware, options: Pla
     return BatchLimits(options.max_batched_tokens or default.max_batched_tokens,
                        options.max_num_seqs or default.max_num_seqs)
 
+
+
+def _float32_kv_options(options: PlanOptions) -> PlanOptions:
+    """`options` with the float32 KV cache of a model the engine runs in float32 (`formats.FLOAT32_KV_DTYPE`): a
+    dtype the planner derives, never one a request names, so set past `PlanOptions`' check of requested dtypes."""
+    derived = copy.copy(options)
+    object.__setattr__(derived, "kv_cache_dtype", FLOAT32_KV_DTYPE.name)
+    return derived
+
+
+@lru_cache(maxsize=64)
+def _at_float32(scheme: WeightScheme) -> WeightScheme:
+    """`scheme` as an engine that runs the model in float32 holds it: its 16-bit tensors at 4 bytes an element (vLLM
+    loads a checkpoint's bf16/fp16 tensors into parameters of the model's dtype), its quantized tensors as they
+    are.  A checkpoint's own tensors, a GGUF mix and a per-tensor mix are kept as they are (their float rows are
+    not told apart here: said in the plan's note)."""
+    if scheme.checkpoint_rows or scheme.gguf_file_type or scheme.mix:
+        return scheme
+    quantized = float_format("fp32") if scheme.quantized.name in ("bf16", "fp16") else scheme.quantized
+    return replace(scheme, quantized=quantized, unquantized="fp32")
 
 
 @lru_cache(maxsize=64)

@@ -26,6 +26,7 @@ from quant_core.formats import (
     block_format,
     float_format,
     fp8,
+    gptq_checkpoint,
     int4,
     int8_gptq,
 )
@@ -552,11 +553,16 @@ def _gptq(config: Mapping[str, object]) -> _Read:
     bits = _int_field(config, "bits", 4)
     group = _group(config)
     notes = ["GPTQ stores qzeros and g_idx whatever sym and desc_act say: counted"]
+    symmetric = config.get("sym", True)
+    if not isinstance(symmetric, bool):
+        raise InvalidSpec(f"{FIELD}.sym", symmetric, "must be true or false")
+    if "sym" not in config:
+        notes.append("no sym: planned as symmetric, AutoGPTQ's and GPTQModel's default")
     if config.get("checkpoint_format", "gptq") not in ("gptq", "gptq_v2"):
         notes.append(f"gptq checkpoint_format {config.get('checkpoint_format')!r} planned as the gptq layout")
     keep = (*(() if config.get("lm_head") else ("lm_head",)), *_gptq_skipped(config, notes))
     if bits == 4:
-        return int4(group, layout="gptq"), keep, notes
+        return gptq_checkpoint(group, symmetric), keep, notes
     if bits == 8:
         return int8_gptq(group), keep, notes
     raise InvalidSpec(f"{FIELD}.bits", bits, "nibble plans GPTQ at 4 or 8 bits")

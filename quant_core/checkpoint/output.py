@@ -369,8 +369,10 @@ def engine_notes(options: CheckpointOptions, plans: Sequence[TensorPlan],
     zero points.  Every output vLLM loads (compressed-tensors, GPTQ, AWQ, and GGUF through vLLM's GGUF loader)
     is refused when a layer vLLM fuses (q/k/v, gate/up, a layer's experts: `split_fused_groups` of the
     checkpoint's `config`) is stored in part: one note per kind of split, layers compacted (a budget's formats
-    split none: quant_core/checkpoint/budget.py chooses each such layer's quantized parts as one).  The job writes
-    what was asked (nibble's INT4 has an offset by default; globs are never widened); the notes name the way out."""
+    split none: quant_core/checkpoint/budget.py chooses each such layer's quantized parts as one).  vLLM 0.33
+    refuses an asymmetric GPTQ result (`engines.vllm.ASYMMETRIC_GPTQ_REFUSED`: AutoGPTQConfig's TYPE_MAP is
+    symmetric only), said after the other notes.  The job writes what was asked (nibble's INT4 has an offset by
+    default; globs are never widened); the notes name the way out."""
     notes: list[str] = []
     if options.output == "compressed-tensors" and not options.symmetric and any(
             plan.quantized and _ROUTED_EXPERT.search(plan.tensor.name) for plan in plans):
@@ -379,6 +381,12 @@ def engine_notes(options: CheckpointOptions, plans: Sequence[TensorPlan],
                      "and transformers load this result. For those releases quantize with symmetric=true, or write "
                      "awq or gptq, whose MoE kernels take zero points")
     notes.extend(split_group_notes(split_fused_groups(config, stored_kinds(options, plans)), options.output))
+    if options.output == "gptq" and not options.symmetric and any(plan.quantized for plan in plans):
+        notes.append("vLLM 0.33 will not load this result: it loads GPTQ as AutoGPTQConfig (Marlin kernels only), "
+                     "which holds symmetric weights only and raises \"Unsupported quantization config: bits=4, "
+                     "sym=False\" (auto_gptq.py); vLLM 0.11 and 0.19 load it with their GPTQ kernels (gptq.py, "
+                     "float16 activations only), as do transformers. For vLLM 0.33 quantize with symmetric=true, or "
+                     "write awq or compressed-tensors, which take zero points")
     return notes
 
 

@@ -28,7 +28,9 @@ class Stage:
     """One device of a parallel layout, as an engine sees it.
 
     `layers` is the ``[start, stop)`` range of decoder layers of the device's pipeline
-    stage; `is_last` says whether the stage runs the sampler.
+    stage; `is_last` says whether the stage runs the sampler.  `element_bytes` is the bytes of one
+    element of the dtype the engine runs the model in (2: bf16/fp16; 4 where it runs float32:
+    `EngineProfile.model_dtype_bytes`).
     """
 
     spec: ModelSpec
@@ -36,6 +38,7 @@ class Stage:
     pipeline_parallel: int
     layers: tuple[int, int]
     is_last: bool
+    element_bytes: int = 2
 
 
 @dataclass(frozen=True, slots=True)
@@ -171,6 +174,12 @@ class EngineProfile(Protocol):
         ...
 
     def device_dtype_note(self, spec: ModelSpec, compute_capability: tuple[int, int] | None) -> str | None:
-        """Why the engine runs `spec` at another dtype than the plan's 16 bits on a device of `compute_capability`
-        (bytes the plan does not charge), or None."""
+        """Why the engine runs `spec` at another dtype than 16 bits on a device of `compute_capability`, and what the
+        plan charges for it (`model_dtype_bytes`), or None."""
+        ...
+
+    def model_dtype_bytes(self, spec: ModelSpec, compute_capability: tuple[int, int] | None) -> int:
+        """Bytes of one element of the dtype the engine runs `spec` in on a device of `compute_capability` (2, or 4
+        where it runs float32): the planner charges the unquantized weights, a 16-bit KV cache and the activations
+        at it."""
         ...

@@ -326,7 +326,7 @@ def rotary_cache_positions(spec: ModelSpec, version: str = DEFAULT_VERSION) -> t
     return tuple(rows * factor for rows in spec.rotary_cache_rows)
 
 
-def rotary_cache_bytes(spec: ModelSpec, version: str = DEFAULT_VERSION) -> int:
+def rotary_cache_bytes(spec: ModelSpec, version: str = DEFAULT_VERSION, element_bytes: int = 2) -> int:
     """The rotary cos/sin caches vLLM builds with the model, ``positions x rotary_dim x 2 bytes`` each: the
     ``cos_sin_cache`` buffer of a RotaryEmbedding class (cos and sin concatenated on the last dimension, so
     ``rotary_dim`` values per position; Phi-3's longrope holds its short and long caches in one
@@ -335,8 +335,9 @@ def rotary_cache_bytes(spec: ModelSpec, version: str = DEFAULT_VERSION) -> int:
     ``register_buffer`` and shared by every layer with the same arguments (``get_rope`` caches instances in
     ``_ROPE_DICT``), on every rank; vLLM counts it in "Model loading took" (rotary_embedding/__init__.py, base.py,
     the same in v0.11, v0.19 and v0.33), at 4 bytes a value for the model types whose vLLM model class asks
-    ``get_rope(..., dtype=torch.float32)`` (`ROTARY_CACHE_FP32`).  0 for a model without RoPE."""
-    element = 4 if spec.model_type in ROTARY_CACHE_FP32 else ACTIVATION_ELEMENT_BYTES
+    ``get_rope(..., dtype=torch.float32)`` (`ROTARY_CACHE_FP32`) or a model run in float32 (`element_bytes` 4, the
+    model's dtype).  0 for a model without RoPE."""
+    element = 4 if spec.model_type in ROTARY_CACHE_FP32 else element_bytes
     return sum(rotary_cache_positions(spec, version)) * spec.rotary_dim * element
 
 
@@ -1226,12 +1227,12 @@ def expert_layout(stage: Stage, version: str, expert_format: str, device_id: str
 
 
 def _forward_bytes(spec: ModelSpec, tensor_parallel: int, tokens: int, version: str, expert_format: str = "",
-                   device_id: str = "") -> int:
+                   device_id: str = "", element_bytes: int = 2) -> int:
     """Peak live activation bytes on one rank during one decoder layer of the dummy forward pass.
 
-    ``tokens x 2 bytes x (3 x hidden + max(MLP, attention))``: the residual stream, the norm output
-    and the layer output, beside the widest intermediate: a dense MLP's gate/up output and
-    its activation (``3 × intermediate / tp``); a MoE layer's shared experts (``3 × width / tp``) beside its
+    ``tokens x element_bytes (2; 4 for a model run in float32) x (3 x hidden + max(MLP, attention))``: the
+    residual stream, the norm output and the layer output, beside the widest intermediate: a dense MLP's gate/up
+    output and its activation (``3 × intermediate / tp``); a MoE layer's shared experts (``3 × width / tp``) beside its
     fused-MoE caches (`fused_moe_caches`), which, where they persist (v0.19 on), are held through every layer's
     attention as well; attention's q/k/v and output (MLA: the per-head query and the expanded key/value).
     """
@@ -1244,7 +1245,7 @@ def _forward_bytes(spec: ModelSpec, tensor_parallel: int, tokens: int, version: 
     else:
         kv_heads = -(-spec.num_kv_heads // tp)
         attention = (2 * heads + 2 * kv_heads) * spec.head_dim
-    per_token = ACTIVATION_ELEMENT_BYTES * tokens
+    per_token = element_bytes * tokens
     if not spec.is_moe:
         return per_token * (3 * spec.hidden_size + max(mlp, attention))
     caches = fused_moe_caches(spec, tp, tokens, version, expert_format, device_id)
@@ -1306,7 +1307,7 @@ def _triton_buffer(device_id: str, rows: int, vocabulary: int) -> tuple[int, str
 
 
 def sampler_pass_bytes(spec: ModelSpec, rows: int, tokens: int, device_id: str,
-                       version: str = "0.19") -> tuple[int, str]:
+                       version: str = "0.19", element_bytes: int = ACTIVATION_ELEMENT_BYTES) -> tuple[int, str]:
     """The peak of vLLM `version`'s sampler pass in the profiling run (``_dummy_sampler_run``, on the last pipeline
     stage) over `rows` = min(max_num_seqs, max_num_batched_tokens) dummy requests, and its basis.  Every release
     holds the dummy run's hidden states (``tokens x hidden``), the last token of each request gathered from them and
@@ -1335,14 +1336,16 @@ def sampler_pass_bytes(spec: ModelSpec, rows: int, tokens: int, device_id: str,
       ``top_k_top_p_sampling_from_logits`` then holds its masked logits and their softmax (4 + 4,
       ``top_k_mask_logits``, ``torch.softmax``) and a 1 MiB row-state buffer (`FLASHINFER_ROW_STATES_BYTES`);
       elsewhere ``apply_top_k_top_p_triton`` masks in place with its buffer and ``gumbel_sample`` takes per-block
-      maxima only."""
+      maxima only.
+
+    The hidden states and the model's logits take `element_bytes` an element: 4 for a model run in float32."""
     if rows == 0:
         return 0, "no sampler pass on this pipeline stage"
     vocabulary, hidden = spec.vocab_size, spec.hidden_size
     padded = -(-vocabulary // VOCAB_PADDING) * VOCAB_PADDING
-    logits = rows * padded * ACTIVATION_ELEMENT_BYTES
+    logits = rows * padded * element_bytes
     if version == "0.33":
-        held = (tokens + rows) * hidden * ACTIVATION_ELEMENT_BYTES + logits + rows * vocabulary * 4
+        held = (tokens + rows) * hidden * element_bytes + logits + rows * vocabulary * 4
         if device_id not in FLASHINFER_SAMPLER_UNSUPPORTED:
             extra, how = (rows * vocabulary * 8 + FLASHINFER_ROW_STATES_BYTES,
                           "FlashInfer's top-k-masked logits and their softmax (8 bytes a logit) and its 1 MiB "
@@ -1350,32 +1353,34 @@ def sampler_pass_bytes(spec: ModelSpec, rows: int, tokens: int, device_id: str,
         else:
             extra, how = _triton_buffer(device_id, rows, vocabulary)
         return held + extra, (f"sampler over {rows} requests x {vocabulary} vocabulary with the warm-up parameters: "
-                              f"2-byte logits and their float32 copy (6 bytes a logit), {how}, beside the dummy "
-                              f"run's {tokens} hidden states and the sampled rows (Model Runner V2: "
+                              f"{element_bytes}-byte logits and their float32 copy ({element_bytes + 4} bytes a "
+                              f"logit), {how}, beside the dummy run's {tokens} hidden states and the sampled rows "
+                              "(Model Runner V2: "
                               "gpu/model_runner.py _dummy_sampler_run, gpu/sample/sampler.py, topk_topp_sampler.py)")
-    held = (tokens + 2 * rows) * hidden * ACTIVATION_ELEMENT_BYTES + logits
+    held = (tokens + 2 * rows) * hidden * element_bytes + logits
     if version == "0.11":
         per_logit = torch_sort_peak_per_logit(rows)
         return held + rows * vocabulary * per_logit, (
-            f"sampler over {rows} requests x {vocabulary} vocabulary: 2-byte logits, and at the PyTorch-native "
-            f"top-k/top-p's sort the float32 logits, the sorted values, their int64 indices and PyTorch's sort "
-            f"buffers ({2 + per_logit} bytes a logit), beside the dummy run's {tokens} hidden states and two copies "
-            "of the sampled rows (gpu_model_runner._dummy_sampler_run, sampler.py, topk_topp_sampler.py "
-            "forward_native, torch SortStable.cu)")
+            f"sampler over {rows} requests x {vocabulary} vocabulary: {element_bytes}-byte logits, and at the "
+            f"PyTorch-native top-k/top-p's sort the float32 logits, the sorted values, their int64 indices and "
+            f"PyTorch's sort buffers ({element_bytes + per_logit} bytes a logit), beside the dummy run's {tokens} "
+            "hidden states and two copies of the sampled rows (gpu_model_runner._dummy_sampler_run, sampler.py, "
+            "topk_topp_sampler.py forward_native, torch SortStable.cu)")
     if rows < TRITON_TOP_K_TOP_P_MIN_ROWS:
         per_logit = max(torch_sort_peak_per_logit(rows), 4 + SORT_PATH_BYTES_PER_LOGIT, SAMPLER_FLOAT32_COPIES * 4)
         return held + rows * vocabulary * per_logit, (
-            f"sampler over {rows} requests x {vocabulary} vocabulary: 2-byte logits, and at PyTorch's sort (below 8 "
-            f"rows, apply_top_k_top_p_pytorch) the float32 logits, the sorted values, their int64 indices and "
-            f"PyTorch's sort buffers ({2 + per_logit} bytes a logit), beside the dummy run's {tokens} hidden states "
-            "and two copies of the sampled rows (gpu_model_runner._dummy_sampler_run, sampler.py, "
-            "topk_topp_sampler.py, torch SortStable.cu)")
+            f"sampler over {rows} requests x {vocabulary} vocabulary: {element_bytes}-byte logits, and at "
+            f"PyTorch's sort (below 8 rows, apply_top_k_top_p_pytorch) the float32 logits, the sorted values, their "
+            f"int64 indices and PyTorch's sort buffers ({element_bytes + per_logit} bytes a logit), beside the dummy "
+            f"run's {tokens} hidden states and two copies of the sampled rows (gpu_model_runner._dummy_sampler_run, "
+            "sampler.py, topk_topp_sampler.py, torch SortStable.cu)")
     copies = SAMPLER_FLOAT32_COPIES * rows * vocabulary * 4
     top_k_top_p, how = _triton_buffer(device_id, rows, vocabulary)
     total = held + copies + top_k_top_p
-    return total, (f"sampler over {rows} requests x {vocabulary} vocabulary: 2-byte logits and three float32 copies "
-                   f"(14 bytes a logit), {how}, beside the dummy run's {tokens} hidden states and two copies of "
-                   "the sampled rows (gpu_model_runner._dummy_sampler_run, sampler.py, topk_topp_sampler.py)")
+    return total, (f"sampler over {rows} requests x {vocabulary} vocabulary: {element_bytes}-byte logits and three "
+                   f"float32 copies ({element_bytes + 12} bytes a logit), {how}, beside the dummy run's {tokens} "
+                   "hidden states and two copies of the sampled rows (gpu_model_runner._dummy_sampler_run, sampler.py, "
+                   "topk_topp_sampler.py)")
 
 
 def sampler_state_bytes(spec: ModelSpec, max_num_seqs: int, version: str) -> int:
@@ -1685,19 +1690,85 @@ FLOAT16_UNSUPPORTED_MODEL_TYPES: dict[str, frozenset[str]] = {
 }
 
 
-def float32_fallback_note(version: str, model_type: str, compute_capability: tuple[int, int] | None) -> str | None:
-    """What vLLM `version` does with a `model_type` it will not run in float16 on a device of `compute_capability`
-    without bf16 (below 8.0): it runs float32 (`FLOAT16_UNSUPPORTED_MODEL_TYPES`), twice the 16-bit bytes, which the
-    plan does not charge; None elsewhere."""
-    if compute_capability is None or compute_capability >= (8, 0) \
-            or model_type not in FLOAT16_UNSUPPORTED_MODEL_TYPES.get(version, frozenset()):
+def runs_float32(version: str, model_type: str, compute_capability: tuple[int, int] | None) -> bool:
+    """Whether vLLM `version` runs a `model_type` model in float32 on a device of `compute_capability`: a model type it
+    will not run in float16 (`FLOAT16_UNSUPPORTED_MODEL_TYPES`) on a device without bfloat16 (below 8.0), where
+    ``_resolve_auto_dtype`` (config/model.py) is left with float32 among the platform's supported dtypes."""
+    return (compute_capability is not None and compute_capability < (8, 0)
+            and model_type in FLOAT16_UNSUPPORTED_MODEL_TYPES.get(version, frozenset()))
+
+
+#: The activation dtypes of the quantization method vLLM loads each format family with on a device below 8.0, per
+#: release, where they lack float32: ``VllmConfig._get_quantization_config`` (config/__init__.py in 0.11,
+#: config/vllm.py in 0.19 and 0.33) raises ``f"{model_config.dtype} is not supported for quantization method
+#: {model_config.quantization}. Supported dtypes: {supported_dtypes}"`` after its capability check.  Below 8.0
+#: GPTQ and AWQ are not Marlin in 0.11/0.19 (gptq_marlin / awq_marlin need 80): gptq.py's and awq.py's
+#: ``get_supported_act_dtypes`` are ``[torch.half]``; 0.33's auto_gptq.py and auto_awq.py ``[torch.half,
+#: torch.bfloat16]``; fp8.py ``[torch.bfloat16, torch.half]`` in all three.  compressed-tensors (nibble's INT4, int8),
+#: bitsandbytes and GGUF list float32 (compressed_tensors.py, bitsandbytes.py, gguf.py): not refused by this check;
+#: mxfp4 and nvfp4 are refused below 8.0 by their capability floor already (`CAPABILITY_FLOORS`)
+FLOAT32_REFUSING_METHODS: dict[str, dict[str, tuple[str, str]]] = {
+    "gptq": {"0.11": ("gptq", "[torch.float16]"), "0.19": ("gptq", "[torch.float16]"),
+             "0.33": ("gptq", "[torch.float16, torch.bfloat16]")},
+    "awq": {"0.11": ("awq", "[torch.float16]"), "0.19": ("awq", "[torch.float16]"),
+            "0.33": ("awq", "[torch.float16, torch.bfloat16]")},
+    "fp8": {"0.11": ("fp8", "[torch.bfloat16, torch.float16]"), "0.19": ("fp8", "[torch.bfloat16, torch.float16]"),
+            "0.33": ("fp8", "[torch.bfloat16, torch.float16]")},
+}
+
+
+@lru_cache(maxsize=1024)
+def float32_refusal(version: str, model_type: str, weight_format: str,
+                    compute_capability: tuple[int, int] | None) -> str | None:
+    """Why vLLM `version` refuses weights stored as `weight_format` for a `model_type` model it runs in float32 on the
+    device (`runs_float32`): the quantization method's activation dtypes lack float32 (`FLOAT32_REFUSING_METHODS`),
+    with vLLM's message; None otherwise.  Cached: the planner asks it for every format of every plan."""
+    if not runs_float32(version, model_type, compute_capability):
+        return None
+    rule = FLOAT32_REFUSING_METHODS.get(weight_format_family(weight_format), {}).get(version)
+    if rule is None:
+        return None
+    method, dtypes = rule
+    return (f"vLLM {version} runs a {model_type} model in float32 on this device (_FLOAT16_NOT_SUPPORTED_MODELS, "
+            f"no bfloat16 below 8.0) and refuses {weight_format} weights there: \"torch.float32 is not supported for "
+            f"quantization method {method}. Supported dtypes: {dtypes}\" (_get_quantization_config, "
+            "get_supported_act_dtypes)")
+
+
+#: vLLM 0.33 loads every GPTQ checkpoint as AutoGPTQConfig (quantization/__init__.py maps "gptq" to it; Marlin
+#: kernels only), whose ``TYPE_MAP`` holds ``(4, True)`` and ``(8, True)``: ``__init__`` raises ``f"Unsupported
+#: quantization config: bits={weight_bits}, sym={is_sym}"`` for asymmetric weights (auto_gptq.py; gptq_utils.py's
+#: ``override_config`` the same for a dynamic rule).  0.11 and 0.19 load them through GPTQConfig (gptq.py, the
+#: ExLlama/GPTQ kernels, which read the qzeros) where gptq_marlin's ``is_gptq_marlin_compatible`` finds no
+#: ``(bits, sym)`` in its TYPE_MAP: not refused, but float16 activations only (``get_supported_act_dtypes``)
+ASYMMETRIC_GPTQ_REFUSED: frozenset[str] = frozenset({"0.33"})
+_ASYMMETRIC_GPTQ_LABEL = re.compile(r"int4-(?:g\d+|row)-asym(?:-fp16zero)?(?:-padded)?(?:-partial)?-gptq")
+
+
+def gptq_symmetry_refusal(version: str, weight_format: str) -> str | None:
+    """Why vLLM `version` refuses the asymmetric 4-bit GPTQ checkpoint `weight_format` on every device
+    (`ASYMMETRIC_GPTQ_REFUSED`, with vLLM's message), or None."""
+    if version not in ASYMMETRIC_GPTQ_REFUSED or not _ASYMMETRIC_GPTQ_LABEL.fullmatch(weight_format):
+        return None
+    return (f"vLLM {version} cannot load {weight_format} weights on any device: it loads GPTQ as AutoGPTQConfig, "
+            "Marlin kernels only, whose TYPE_MAP holds symmetric 4- and 8-bit weights, and raises \"Unsupported "
+            "quantization config: bits=4, sym=False\" (auto_gptq.py); vLLM 0.11 and 0.19 load it with their GPTQ "
+            "kernels, in float16")
+
+
+def float32_note(version: str, model_type: str, compute_capability: tuple[int, int] | None) -> str | None:
+    """The plan's basis for a model vLLM `version` runs in float32 on the device (`runs_float32`), or None."""
+    if compute_capability is None or not runs_float32(version, model_type, compute_capability):
         return None
     major, minor = compute_capability
     return (f"vLLM {version} runs a {model_type} model in float32 on a device of compute capability {major}.{minor} "
             "(no bfloat16 below 8.0, and float16 refused for it: config/model.py _FLOAT16_NOT_SUPPORTED_MODELS, "
-            "_resolve_auto_dtype): its unquantized weights and activations take twice the 16-bit bytes planned here, "
-            "and a quantization method whose get_supported_act_dtypes() lacks float32 (GPTQ, AWQ, fp8, mxfp4 in 0.19) "
-            "refuses the model there")
+            "_resolve_auto_dtype): charged here at 4 bytes an element: its 16-bit checkpoint tensors load as "
+            "float32 (the weights' unquantized tensors), the KV cache of a 16-bit kv_cache_dtype (vLLM's \"auto\" "
+            "takes the model's dtype: its pages are twice the bytes), and the profiling run's hidden states and "
+            "the model's logits; GPTQ, AWQ and fp8 refuse float32 activations (get_supported_act_dtypes), "
+            "compressed-tensors, bitsandbytes and GGUF list it (their kernels' float32 support is not checked); a "
+            "vision tower's profiling run is still planned at 2 bytes")
 
 
 #: The compute-capability majors on which vLLM 0.19 has a sparse MLA attention backend for a DeepSeek Sparse Attention
@@ -1853,8 +1924,8 @@ class VllmProfile:
 
     def _activation(self, stage: Stage, limits: BatchLimits, expert_format: str, device_id: str) -> Term:
         """`activation`, uncached."""
-        spec, tokens = stage.spec, limits.max_batched_tokens
-        received = 2 * tokens * spec.hidden_size * ACTIVATION_ELEMENT_BYTES if stage.layers[0] > 0 else 0
+        spec, tokens, element = stage.spec, limits.max_batched_tokens, stage.element_bytes
+        received = 2 * tokens * spec.hidden_size * element if stage.layers[0] > 0 else 0
         caches = (fused_moe_caches(spec, stage.tensor_parallel, tokens, self._version, expert_format, device_id)
                   if spec.is_moe else None)
         gdn = 0
@@ -1862,11 +1933,12 @@ class VllmProfile:
             gdn = gdn_forward_bytes_per_token(spec, stage.tensor_parallel)
         # a Gated DeltaNet layer after the first MoE layer runs beside the fused-MoE caches where they persist
         held_by_moe = caches.nbytes if caches is not None and caches.persists else 0
-        forward = max(_forward_bytes(spec, stage.tensor_parallel, tokens, self._version, expert_format, device_id),
+        forward = max(_forward_bytes(spec, stage.tensor_parallel, tokens, self._version, expert_format, device_id,
+                                     element),
                       tokens * gdn + held_by_moe if gdn else 0) + received
         rows = min(limits.max_num_seqs, tokens) if stage.is_last else 0
         workspace = caches.nbytes if rows and caches is not None and caches.persists else 0
-        sampled, sampler_basis = sampler_pass_bytes(spec, rows, tokens, device_id, self._version)
+        sampled, sampler_basis = sampler_pass_bytes(spec, rows, tokens, device_id, self._version, element)
         blas = blas_workspace_bytes(device_id)
         state = sampler_state_bytes(spec, limits.max_num_seqs, self._version) if stage.is_last else 0
         sampler = sampled + workspace + received
@@ -1874,7 +1946,7 @@ class VllmProfile:
         if received:
             held += f", beside the stage's receive buffers ({received / GIB:.2f} GiB)"
         basis = (f"vLLM {self._version} profiling run: max(forward pass of max_num_batched_tokens={tokens} tokens "
-                 f"at 2 bytes per element ({forward / GIB:.2f} GiB), {sampler_basis}{held} "
+                 f"at {element} bytes per element ({forward / GIB:.2f} GiB), {sampler_basis}{held} "
                  f"({sampler / GIB:.2f} GiB)); independent of the workload's context (gpu_model_runner.profile_run)")
         if blas:
             basis += (f"; plus PyTorch's cuBLAS and cuBLASLt workspaces ({blas / MIB:.0f} MiB), allocated through "
@@ -1910,11 +1982,12 @@ class VllmProfile:
             forward += logits
             basis += (f"; the forward pass includes the indexer's {logits / GIB:.2f} GiB logits dummy of the profiling "
                       "run (sparse_attn_indexer.py, VLLM_SPARSE_INDEXER_MAX_LOGITS_MB)")
-        rotary = rotary_cache_bytes(spec, self._version)
+        rotary = rotary_cache_bytes(spec, self._version, element)
         if rotary:
             cached = " + ".join(f"{count:,}" for count in rotary_cache_positions(spec, self._version))
             basis += (f"; plus the rotary cos/sin cache{'s' if len(spec.rotary_cache_rows) > 1 else ''}, "
-                      f"{cached} positions x {spec.rotary_dim} rotary dimensions at 2 bytes ({rotary / GIB:.3f} GiB), "
+                      f"{cached} positions x {spec.rotary_dim} rotary dimensions at "
+                      f"{4 if spec.model_type in ROTARY_CACHE_FP32 else element} bytes ({rotary / GIB:.3f} GiB), "
                       "built with the model and counted in vLLM's 'Model loading took' (rotary_embedding/base.py, "
                       "cos_sin_cache)")
         text = max(forward, sampler) + deepstack + topk_buffer + rotary + blas + state
@@ -2065,15 +2138,22 @@ class VllmProfile:
         release's floor for `weight_format` (`CAPABILITY_FLOORS`) against the device's compute capability (None: not
         known; only a format the release loads nowhere is refused)."""
         return (dsa_attention_refusal(self._version, spec, compute_capability)
-                or capability_refusal(self._version, weight_format, compute_capability))
+                or capability_refusal(self._version, weight_format, compute_capability)
+                or gptq_symmetry_refusal(self._version, weight_format)
+                or float32_refusal(self._version, spec.model_type, weight_format, compute_capability))
 
     def capability_requirement(self, weight_format: str) -> str | None:
         """`capability_requirement`: the release's floor for `weight_format` in words, or None."""
         return capability_requirement(self._version, weight_format)
 
     def device_dtype_note(self, spec: ModelSpec, compute_capability: tuple[int, int] | None) -> str | None:
-        """`float32_fallback_note`: a model vLLM runs in float32 on the device, or None."""
-        return float32_fallback_note(self._version, spec.model_type, compute_capability)
+        """`float32_note`: the basis of a model vLLM runs in float32 on the device, or None."""
+        return float32_note(self._version, spec.model_type, compute_capability)
+
+    def model_dtype_bytes(self, spec: ModelSpec, compute_capability: tuple[int, int] | None) -> int:
+        """Bytes of one element of the dtype vLLM runs `spec` in on a device of `compute_capability`: 4 where it
+        runs float32 (`runs_float32`), else 2 (bfloat16 or float16)."""
+        return 4 if runs_float32(self._version, spec.model_type, compute_capability) else ACTIVATION_ELEMENT_BYTES
 
     def expert_layout(self, stage: Stage, expert_format: str = "", device_id: str = "") -> Term | None:
         """The bytes vLLM's MXFP4 experts hold beyond the checkpoint's in the layout of the backend the release

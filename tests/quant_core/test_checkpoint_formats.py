@@ -192,7 +192,8 @@ def test_deepseek_v3_on_8_h200_fits_as_shipped_at_fp8() -> None:
 
 
 @pytest.mark.parametrize(("config", "label"), [
-    ({"quant_method": "gptq", "bits": 4, "group_size": 32, "desc_act": True, "sym": True}, "int4-g32-asym-gptq"),
+    ({"quant_method": "gptq", "bits": 4, "group_size": 32, "desc_act": True, "sym": True}, "int4-g32-sym-gptq"),
+    ({"quant_method": "gptq", "bits": 4, "group_size": 32, "desc_act": True, "sym": False}, "int4-g32-asym-gptq"),
     ({"quant_method": "gptq", "bits": 8, "group_size": 128}, "int8-g128-gptq"),
     ({"quant_method": "awq", "bits": 4, "group_size": 128, "zero_point": True, "version": "gemm"},
      "int4-g128-asym-awq"),
@@ -497,3 +498,37 @@ def test_regexes_naming_experts_that_would_cost_minutes_to_try_on_every_expert_a
     with pytest.raises(InvalidSpec) as refused:
         scheme_bytes(spec, scheme_from_quantization_config({**COMPRESSED_INT4, "ignore": ignore}))
     assert refused.value.field == "quantization_config" and "45,032 names" in refused.value.detail
+
+
+def test_a_gptq_scheme_carries_sym_and_counts_the_same_qzeros_either_way() -> None:
+    """AutoGPTQ and GPTQModel write packed qzeros whether sym is true or false: the bytes do not move, the label
+    (by which vLLM 0.33's refusal of asymmetric GPTQ is found) does."""
+    spec = model_from_sizes(**LLAMA_2_7B)
+    base = {"quant_method": "gptq", "bits": 4, "group_size": 128, "desc_act": False}
+    symmetric = scheme_from_quantization_config({**base, "sym": True})
+    asymmetric = scheme_from_quantization_config({**base, "sym": False})
+    assert (symmetric.label(), asymmetric.label()) == ("int4-g128-sym-gptq", "int4-g128-asym-gptq")
+    assert scheme_bytes(spec, symmetric) == scheme_bytes(spec, asymmetric)
+    assert symmetric.quantized.bytes_for((4096, 4096)) == 4 * 512 * 4096 + 4 * 32 * 512 + 2 * 32 * 4096 + 4 * 4096
+    unsaid = scheme_from_quantization_config(base)
+    assert unsaid.label() == "int4-g128-sym-gptq" and any("no sym" in note for note in unsaid.notes)
+    with pytest.raises(InvalidSpec) as caught:
+        scheme_from_quantization_config({**base, "sym": "no"})
+    assert caught.value.field == "quantization_config.sym"
+
+
+@pytest.mark.parametrize("release", ["0.11", "0.19", "0.33"])
+def test_vllm_0_33_refuses_an_asymmetric_gptq_checkpoint_on_every_device_and_0_11_0_19_load_it(release: str) -> None:
+    # vLLM 0.33's auto_gptq.py AutoGPTQConfig.__init__: "Unsupported quantization config: bits=4, sym=False"
+    spec = model_from_sizes(**LLAMA_2_7B)
+    base = {"quant_method": "gptq", "bits": 4, "group_size": 128, "desc_act": False}
+    for sym in (True, False):
+        scheme = scheme_from_quantization_config({**base, "sym": sym})
+        result = plan(spec, Hardware(80 * 2**30, 1, "h100-80gb"), None,
+                      PlanOptions(scheme=scheme, shipped=scheme, engine_version=release))
+        refused = release == "0.33" and not sym
+        assert (result.refusal is not None) is refused
+        assert result.fits is not refused
+        if refused:
+            assert result.refusal is not None and "Unsupported quantization config: bits=4, sym=False" in result.refusal
+            assert result.primary.min_devices is None

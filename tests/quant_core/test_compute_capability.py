@@ -221,10 +221,13 @@ def test_a_checkpoint_labels_format_takes_its_familys_floor_in_0_19(label: str, 
 
 
 @pytest.mark.parametrize("release", RELEASES)
-def test_gemma_3_below_8_0_is_warned_to_run_in_float32_which_the_plan_does_not_charge(release: str) -> None:
-    """_FLOAT16_NOT_SUPPORTED_MODELS holds gemma3_text in 0.11, 0.19 and 0.33: without bf16 vLLM runs it in fp32."""
+def test_gemma_3_below_8_0_is_said_to_run_in_float32_and_charged_at_4_bytes(release: str) -> None:
+    """_FLOAT16_NOT_SUPPORTED_MODELS holds gemma3_text in 0.11, 0.19 and 0.33: without bf16 vLLM runs it in fp32
+    (the figures: tests/quant_core/test_float32_fallback.py)."""
     on_t4 = _on("t4", release, float_format("bf16"), model="gemma-3-1b-it")
-    assert any("runs a gemma3_text model in float32" in warning for warning in on_t4.warnings)
+    assert any("runs a gemma3_text model in float32" in warning and "charged here at 4 bytes" in warning
+               for warning in on_t4.warnings)
+    assert on_t4.primary.format == "fp32"
     on_l4 = _on("l4", release, float_format("bf16"), model="gemma-3-1b-it")
     assert not any("float32" in warning for warning in on_l4.warnings)
     llama = _on("t4", release, float_format("bf16"), model="llama-3.2-3b")
