@@ -212,6 +212,8 @@ def allocate(tensors: Sequence[Sequence[TensorOption]], budget_bytes: int, group
     """
     if any(not options for options in tensors):
         raise ValueError("every tensor needs at least one option")
+    if not tensors:  # nothing to spend the budget on (every tensor of a file passes through): an empty allocation
+        return Allocation((), 0, 0.0, budget_bytes)
     units = allocation_units(tensors, groups, kinds)
     if all(len(unit.members) == 1 for unit in units):
         return _allocate(tensors, budget_bytes)

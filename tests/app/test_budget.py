@@ -203,3 +203,20 @@ def test_a_bits_per_weight_that_is_not_a_finite_number_is_refused_as_such(
     response = client.post("/v1/quantize", files=_files(tensors, None, tmp_path), data={"bits_per_weight": bits})
     assert response.status_code == 422
     assert response.json()["errors"][0] == {"field": "bits_per_weight", "message": "Input should be a finite number"}
+
+
+@pytest.mark.parametrize("budget", [{"bits_per_weight": "4.5"}, {"budget_bytes": "1"}])
+def test_a_budget_over_a_file_whose_tensors_all_pass_through_is_an_empty_allocation(
+        client: TestClient, tensors: dict[str, np.ndarray], budget: dict[str, str]) -> None:
+    # the fuzzing hunt of session 18: a 1-D or float64 tensor alone under a budget was a 500 (max() of an empty
+    # sequence in allocation._improve); without a budget the same file answers 200, every tensor passed through
+    files = {"file": ("m.safetensors", save_safetensors({"a.bias": tensors["a.bias"],
+                                                          "d.weight": np.ones((8, 128), np.float64)}))}
+    response = client.post("/v1/quantize", files=files, data=budget)
+    assert response.status_code == 200, response.text[:500]
+    body = response.json()
+    assert body["tensors"] == [] and len(body["passthrough"]) == 2
+    assert body["allocation"]["output_bytes"] == 0 and body["allocation"]["formats"] == {}
+    response = client.post("/v1/quantize/compare", files=files, data={"methods": "rtn,clip", **budget})
+    assert response.status_code == 200, response.text[:500]
+    assert all(allocation["output_bytes"] == 0 for allocation in response.json()["allocations"].values())

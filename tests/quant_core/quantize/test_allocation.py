@@ -167,3 +167,9 @@ def test_a_group_offers_only_the_formats_every_member_can_take() -> None:
         allocate([wide, narrow], 259, [[0, 1]])
     with pytest.raises(ValueError, match="no kind of option in common"):
         allocate([[TensorOption("g128", 100, 1.0)], narrow], 10**6, [[0, 1]])
+
+
+def test_no_tensors_is_an_empty_allocation_within_any_budget() -> None:
+    # every tensor of a file passed through: nothing to choose (was a ValueError from max() in _improve)
+    for budget_bytes in (0, 1, 10**12):
+        assert allocate([], budget_bytes) == allocation.Allocation((), 0, 0.0, budget_bytes)
