@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import struct
+import time
 from pathlib import Path
 
 import numpy as np
@@ -220,3 +222,20 @@ def test_a_budget_over_a_file_whose_tensors_all_pass_through_is_an_empty_allocat
     response = client.post("/v1/quantize/compare", files=files, data={"methods": "rtn,clip", **budget})
     assert response.status_code == 200, response.text[:500]
     assert all(allocation["output_bytes"] == 0 for allocation in response.json()["allocations"].values())
+
+
+def test_an_importance_gguf_of_endless_metadata_is_a_413_naming_importance_at_once(
+        client: TestClient, tensors: dict[str, np.ndarray]) -> None:
+    # the fuzzing hunt of session 18: 800 kB of empty strings in one metadata array held a pool worker ~5 s
+    # (8 MB: 54 s) while gguf-py parsed them, before the answer "holds no statistics"
+    items = 100_000
+    key = b"imatrix.datasets"
+    statistics = (b"GGUF" + struct.pack("<IQQ", 3, 0, 1) + struct.pack("<Q", len(key)) + key
+                  + struct.pack("<IIQ", 9, 8, items) + struct.pack("<Q", 0) * items)
+    files = {"file": ("m.safetensors", save_safetensors({"a.weight": tensors["a.weight"]})),
+             "importance": ("imatrix.gguf", statistics)}
+    started = time.perf_counter()
+    response = client.post("/v1/quantize", files=files, data={"bits_per_weight": "4.5"})
+    assert time.perf_counter() - started < 2.0
+    assert response.status_code == 413, response.text[:300]
+    assert response.json()["errors"][0]["field"] == "importance"
