@@ -101,7 +101,9 @@ def resolve_source(data_root: Path, path: str, field: str = "source.path") -> Pa
     `CheckpointError` naming `field`.
     """
     parts = PurePosixPath(path).parts
-    if "\x00" in path or path.startswith(("/", "\\")) or PurePosixPath(path).is_absolute():
+    if "\x00" in path:  # no file name holds one: open() would raise ValueError
+        raise PathRefused(f"{field} {path!r} holds a NUL byte, which no file name does", field=field)
+    if path.startswith(("/", "\\")) or PurePosixPath(path).is_absolute():
         raise PathRefused(f"{field} {path!r} is absolute; give a path relative to the data root", field=field)
     if ".." in parts or "\\" in path:
         raise PathRefused(f"{field} {path!r} climbs out with '..' (or uses '\\'); give a path inside the "

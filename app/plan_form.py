@@ -77,6 +77,10 @@ def read_plan_form(upload: Upload, model: type[M], settings: Settings) -> tuple[
     Reads the parts `receive_upload` spooled (within the form's limits); the headers are decoded
     later, by the plan (`app.schemas.plans.checkpoint_tensors`), which refuses bytes past a header.
     """
+    unknown = sorted(set(upload.fields) - set(FORM_FIELDS))
+    if unknown:  # as the upload routes refuse a field they do not read: a misspelt part is not silently dropped
+        raise MalformedUpload(f"the form holds a field {unknown[0]!r}; a plan's form reads {list(FORM_FIELDS)} only",
+                              field=unknown[0])
     request = upload.files.get(REQUEST_FIELD)
     if request is None:
         raise MalformedUpload(f"the form has no {REQUEST_FIELD!r} part (the plan's JSON)", field=REQUEST_FIELD)

@@ -1288,7 +1288,10 @@ def _rope_cache_rows(rope: Mapping[str, object] | None, positions: int, original
     scaling, when the scaling has none."""
     if rope is None:
         return positions
-    kind = rope.get("rope_type", rope.get("type", "default"))
+    key = "rope_type" if "rope_type" in rope else "type"
+    kind = rope.get(key, "default")
+    if not isinstance(kind, str):  # a list or object here is unhashable: refused, not a TypeError
+        raise InvalidSpec(f"rope_scaling.{key}", kind, "must be a string (default, linear, dynamic, yarn, ...)")
     if kind in _ROPE_AT_MAX_POSITION or (kind == "dynamic" and "alpha" in rope):
         return positions
     if kind in ("linear", "dynamic"):

@@ -484,7 +484,7 @@ def scheme_from_quantization_config(config: Mapping[str, object], unquantized: s
     ``quant_method`` raises `InvalidSpec` naming it and the methods nibble reads.
     """
     method = config.get("quant_method")
-    if method not in _KNOWN_FIELDS:
+    if not isinstance(method, str) or method not in _KNOWN_FIELDS:  # a list or object is unhashable
         raise InvalidSpec(f"{FIELD}.quant_method", method, f"nibble reads {', '.join(QUANT_METHODS)}")
     notes = [f"{FIELD}.{key} is not understood by nibble and was ignored"
              for key in sorted(config) if key not in _COMMON_FIELDS | _KNOWN_FIELDS[str(method)]]

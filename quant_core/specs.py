@@ -153,6 +153,11 @@ class PixtralVisionTower:
         if not isinstance(self.projector_bias, bool):
             raise InvalidSpec("multimodal_projector_bias", self.projector_bias, "must be true or false")
         _check_tower(self, _PIXTRAL_VISION_LIMITS, "vision_config.num_attention_heads")  # PixtralHFAttention asserts it
+        merged_patch = self.patch_size * self.spatial_merge_size
+        if self.image_size < merged_patch:  # vLLM's profiling image would hold no embedding (and nibble divide by 0)
+            raise InvalidSpec("vision_config.image_size", self.image_size,
+                              f"is smaller than one merged patch (patch_size x spatial_merge_size = {merged_patch}): "
+                              "an image of it has no embedding")
 
 
 @dataclass(frozen=True, slots=True)

@@ -65,6 +65,10 @@ from quant_core.formats import WeightFormat
 
 #: the most (bytes, error) states the exact search keeps per tensor before leaving the answer to the greedy one
 PARETO_STATES = 200_000
+#: the most (state, option) pairs the exact search examines in all before leaving the answer to the greedy one:
+#: the frontier of n tensors of one shape grows with n, so its work grows as n^2 (4,096 tensors of 1 x 32 under a
+#: budget took 63 s of a pool worker); this bound is about half a second and 32 MB of parents at most
+PARETO_WORK = 4_000_000
 #: pair moves are searched while (tensors × options) is at most this (the pair matrix is its square)
 PAIR_MOVES = 2048
 
@@ -212,6 +216,8 @@ def allocate(tensors: Sequence[Sequence[TensorOption]], budget_bytes: int, group
     """
     if any(not options for options in tensors):
         raise ValueError("every tensor needs at least one option")
+    if not tensors:  # nothing to spend the budget on (every tensor of a file passes through): an empty allocation
+        return Allocation((), 0, 0.0, budget_bytes)
     units = allocation_units(tensors, groups, kinds)
     if all(len(unit.members) == 1 for unit in units):
         return _allocate(tensors, budget_bytes)
@@ -287,12 +293,17 @@ def _pareto_choices(tensors: Sequence[Sequence[TensorOption]], budget_bytes: int
     After each tensor only the states no other beats on both bytes and error
     (and within the budget) are kept; tensors of one shape give equal byte
     steps, so the frontier stays small for real models.  When it outgrows
-    `PARETO_STATES` the search gives up (None) and the greedy result stands.
+    `PARETO_STATES`, or the states examined in all outgrow `PARETO_WORK`, the
+    search gives up (None) and the greedy result stands.
     """
     state_bytes = np.zeros(1, dtype=np.int64)
     state_error = np.zeros(1, dtype=np.float64)
     parents: list[tuple[np.ndarray, np.ndarray]] = []
+    work = 0
     for options in tensors:
+        work += state_bytes.size * len(options)
+        if work > PARETO_WORK:
+            return None
         option_bytes = np.array([o.bytes for o in options], dtype=np.int64)
         option_error = np.array([o.error for o in options], dtype=np.float64)
         new_bytes = (state_bytes[:, None] + option_bytes[None, :]).reshape(-1)
@@ -307,7 +318,7 @@ def _pareto_choices(tensors: Sequence[Sequence[TensorOption]], budget_bytes: int
             return None
         if order.size > PARETO_STATES:
             return None
-        parents.append((order // len(options), order % len(options)))
+        parents.append(((order // len(options)).astype(np.int32), (order % len(options)).astype(np.int32)))
         state_bytes, state_error = new_bytes[order], new_error[order]
     state = int(np.argmin(state_error))
     choices = [0] * len(tensors)

@@ -166,13 +166,33 @@ def _budget(job: jobs.QuantizeJob, elements: int) -> int:
     return budget_from_bits(job.bits_per_weight or 0.0, elements)
 
 
+def _budget_field(job: jobs.QuantizeJob) -> str:
+    return "budget_bytes" if job.budget_bytes is not None else "bits_per_weight"
+
+
+def _check_floor(job: jobs.QuantizeJob, tensors: Mapping[str, NDArray[Any]], names: list[str], method: str,
+                 scheme: WeightFormat) -> None:
+    """Refuse a budget below the tensors' smallest options (`BudgetTooSmall`, as `allocate` would) before any is
+    measured: each option's bytes are its format's ``bytes_for(shape)``, known without quantizing (measuring
+    4,096 small tensors in four formats and four methods took 17 s before the same refusal)."""
+    floor = 0
+    for name in names:
+        shape = (int(tensors[name].shape[0]), int(tensors[name].shape[1]))
+        sizes = [candidate.bytes_for(shape) for candidate in budget_formats(scheme, shape[1], method)]
+        floor += min(*sizes, INT8.bytes_for(shape), 2 * shape[0] * shape[1])  # the int8 and 16-bit options
+    elements = sum(int(tensors[n].shape[0]) * int(tensors[n].shape[1]) for n in names)
+    budget_bytes = _budget(job, elements)
+    if names and budget_bytes < floor:
+        raise BudgetTooSmall(budget_bytes, floor, field=_budget_field(job))
+
+
 def _allocate(job: jobs.QuantizeJob, measured: list[Measured], elements: int) -> tuple[list[int], dict[str, Any]]:
     budget_bytes = _budget(job, elements)
     tensor_options = [[option for option, _, _ in options] for options in measured]
     try:
         allocation = allocate(tensor_options, budget_bytes)
     except BudgetTooSmall as exc:
-        exc.field = "budget_bytes" if job.budget_bytes is not None else "bits_per_weight"
+        exc.field = _budget_field(job)
         raise
     return list(allocation.choices), allocation_summary(tensor_options, allocation, elements, job.bits_per_weight)
 
@@ -188,7 +208,9 @@ def quantize_under_budget(job: jobs.QuantizeJob, tensors: Mapping[str, NDArray[A
     measured: list[Measured] = []
     int8: dict[str, Int8Tensor] = {}
     include = jobs.include_glob(job.include)
-    total = sum(jobs.passthrough_reason(n, tensors[n], include) is None for n in tensors)
+    selected = [n for n in tensors if jobs.passthrough_reason(n, tensors[n], include) is None]
+    _check_floor(job, tensors, selected, method, scheme)
+    total = len(selected)
     for name in tensors:
         array = tensors[name]
         reason = jobs.passthrough_reason(name, array, include)
@@ -230,6 +252,8 @@ def compare_under_budget(job: jobs.QuantizeJob, tensors: Mapping[str, NDArray[An
     elements = sum(int(tensors[n].shape[0]) * int(tensors[n].shape[1]) for n in names)
     results: dict[str, list[dict[str, Any]]] = {n: [] for n in names}
     allocations: dict[str, Any] = {}
+    for method in job.methods:  # every method's floor before any is measured
+        _check_floor(job, tensors, names, method, jobs._scheme(job, method))
     for method in job.methods:
         scheme = jobs._scheme(job, method)
         measured = [_measure(n, tensors[n], method, scheme, calibration, importance.get(n), job.threads, False)

@@ -52,17 +52,24 @@ def safetensors_header_tensors(prefix: bytes, *, max_header_bytes: int = DEFAULT
             for name, entry in header.entries.items()]
 
 
-class _Cursor:
-    """Reads little-endian GGUF fields from a header prefix; running out is a `TensorFileError`."""
+class TruncatedHeader(TensorFileError):
+    """A GGUF header that runs past the bytes given: a truncated file, or a prefix shorter than its header."""
 
-    def __init__(self, data: bytes) -> None:
+
+class _Cursor:
+    """Reads little-endian GGUF fields from a header prefix; running out is a `TruncatedHeader`, walking more
+    than `max_values` metadata values (array items included) a `LimitExceeded`."""
+
+    def __init__(self, data: bytes, max_values: int | None = None) -> None:
         self.data = data
         self.position = 0
+        self.max_values = max_values
+        self.values = 0
 
     def take(self, size: int) -> bytes:
         end = self.position + size
         if end > len(self.data):
-            raise TensorFileError(f"gguf header truncated: needs byte {end}, the prefix holds {len(self.data)}")
+            raise TruncatedHeader(f"gguf header truncated: needs byte {end}, the prefix holds {len(self.data)}")
         chunk = self.data[self.position:end]
         self.position = end
         return chunk
@@ -77,6 +84,9 @@ class _Cursor:
         return self.take(self.u64()).decode("utf-8", errors="replace")
 
     def skip_value(self, value_type: int, depth: int = 0) -> None:
+        self.values += 1
+        if self.max_values is not None and self.values > self.max_values:
+            raise LimitExceeded("gguf metadata values", self.values, self.max_values, field="file")
         if depth > GGUF_MAX_ARRAY_NESTING:
             raise TensorFileError(f"gguf metadata arrays nested more than {GGUF_MAX_ARRAY_NESTING} deep")
         if value_type in _GGUF_SCALAR_BYTES:
@@ -94,10 +104,11 @@ class _Cursor:
             raise TensorFileError(f"gguf metadata value type {value_type} is unknown")
 
 
-def _gguf_header(prefix: bytes, max_tensors: int) -> tuple[list[HeaderTensor], int]:
+def _gguf_header(prefix: bytes, max_tensors: int,
+                 max_metadata_values: int | None = None) -> tuple[list[HeaderTensor], int]:
     """The tensors of a GGUF header prefix, and where the file's data area starts: after the last tensor
     record, rounded up to ``general.alignment`` (32 when absent; gguf-py ``GGUF_DEFAULT_ALIGNMENT``)."""
-    cursor = _Cursor(prefix)
+    cursor = _Cursor(prefix, max_metadata_values)
     if cursor.take(4) != GGUF_MAGIC:
         raise TensorFileError("not a gguf file: it does not start with GGUF")
     version = cursor.u32()
@@ -146,9 +157,11 @@ def _gguf_header(prefix: bytes, max_tensors: int) -> tuple[list[HeaderTensor], i
     return tensors, -(-cursor.position // alignment) * alignment
 
 
-def gguf_header_tensors(prefix: bytes, *, max_tensors: int = 1 << 20) -> list[HeaderTensor]:
-    """The tensors of a GGUF file (versions 2 and 3) from a prefix holding its metadata and tensor records."""
-    return _gguf_header(prefix, max_tensors)[0]
+def gguf_header_tensors(prefix: bytes, *, max_tensors: int = 1 << 20,
+                        max_metadata_values: int | None = None) -> list[HeaderTensor]:
+    """The tensors of a GGUF file (versions 2 and 3) from a prefix holding its metadata and tensor records;
+    `max_metadata_values` bounds the metadata's values, array items included (None: the prefix bounds them)."""
+    return _gguf_header(prefix, max_tensors, max_metadata_values)[0]
 
 
 def header_length(prefix: bytes, *, max_header_bytes: int = DEFAULT_MAX_HEADER_BYTES) -> int:

@@ -33,6 +33,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from quant_core.errors import LimitExceeded, NibbleError, TensorFileError
+from quant_core.tensorio.checkpoint_headers import TruncatedHeader, gguf_header_tensors
 from quant_core.tensorio.limits import DEFAULT_MAX_ELEMENTS, DEFAULT_MAX_HEADER_BYTES, DEFAULT_MAX_TENSORS
 from quant_core.tensorio.safetensors_io import read_safetensors
 
@@ -43,6 +44,10 @@ GGUF_MAGIC = b"GGUF"
 IN_SUM2 = ".in_sum2"
 COUNTS = ".counts"
 _MAX_NAME_BYTES = 1 << 16
+#: metadata values (array items included) of a GGUF imatrix: imatrix.cpp writes a handful (general.type,
+#: imatrix.datasets, imatrix.chunk_count, imatrix.chunk_size); gguf-py parses each at ~50 us, so an 8 MB
+#: array of a million empty strings held a pool worker for a minute
+MAX_GGUF_METADATA_VALUES = 4096
 
 
 def read_importance(path: Path, *, max_tensors: int = DEFAULT_MAX_TENSORS,
@@ -57,7 +62,7 @@ def read_importance(path: Path, *, max_tensors: int = DEFAULT_MAX_TENSORS,
         head = handle.read(9)
     try:
         if head[:4] == GGUF_MAGIC:
-            vectors = _read_gguf(path, max_tensors, max_elements)
+            vectors = _read_gguf(path, max_tensors, max_elements, max_header_bytes)
         elif len(head) == 9 and head[8:9] == b"{":
             vectors = _read_safetensors(path, max_tensors, max_elements, max_header_bytes)
         else:
@@ -70,9 +75,27 @@ def read_importance(path: Path, *, max_tensors: int = DEFAULT_MAX_TENSORS,
     return vectors
 
 
-def _read_gguf(path: Path, max_tensors: int, max_elements: int) -> dict[str, NDArray[np.float32]]:
+def _check_gguf_header(path: Path, max_tensors: int, max_header_bytes: int) -> None:
+    """Walk the file's GGUF header with nibble's own bounded reader before gguf-py parses it: gguf-py builds
+    Python objects for every metadata value and tensor record first, at ~50 us each, and only then could the
+    counts be refused.  At most `max_tensors` tensor records, `MAX_GGUF_METADATA_VALUES` metadata values,
+    and a header within `max_header_bytes`."""
+    with path.open("rb") as handle:
+        prefix = handle.read(max_header_bytes)
+        longer = bool(handle.read(1))
+    try:
+        gguf_header_tensors(prefix, max_tensors=max_tensors, max_metadata_values=MAX_GGUF_METADATA_VALUES)
+    except TruncatedHeader:
+        if longer:  # the header runs past the bytes nibble reads of it
+            raise LimitExceeded("GGUF imatrix header bytes", len(prefix) + 1, max_header_bytes, field=FIELD) from None
+        raise
+
+
+def _read_gguf(path: Path, max_tensors: int, max_elements: int,
+               max_header_bytes: int) -> dict[str, NDArray[np.float32]]:
     import gguf
 
+    _check_gguf_header(path, 3 * max_tensors, max_header_bytes)
     try:
         reader = gguf.GGUFReader(path, "r")
     except (ValueError, KeyError, IndexError, struct.error, OverflowError, MemoryError) as exc:

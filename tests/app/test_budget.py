@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import struct
+import time
 from pathlib import Path
 
 import numpy as np
@@ -203,3 +205,60 @@ def test_a_bits_per_weight_that_is_not_a_finite_number_is_refused_as_such(
     response = client.post("/v1/quantize", files=_files(tensors, None, tmp_path), data={"bits_per_weight": bits})
     assert response.status_code == 422
     assert response.json()["errors"][0] == {"field": "bits_per_weight", "message": "Input should be a finite number"}
+
+
+@pytest.mark.parametrize("budget", [{"bits_per_weight": "4.5"}, {"budget_bytes": "1"}])
+def test_a_budget_over_a_file_whose_tensors_all_pass_through_is_an_empty_allocation(
+        client: TestClient, tensors: dict[str, np.ndarray], budget: dict[str, str]) -> None:
+    # the fuzzing hunt of session 18: a 1-D or float64 tensor alone under a budget was a 500 (max() of an empty
+    # sequence in allocation._improve); without a budget the same file answers 200, every tensor passed through
+    files = {"file": ("m.safetensors", save_safetensors({"a.bias": tensors["a.bias"],
+                                                          "d.weight": np.ones((8, 128), np.float64)}))}
+    response = client.post("/v1/quantize", files=files, data=budget)
+    assert response.status_code == 200, response.text[:500]
+    body = response.json()
+    assert body["tensors"] == [] and len(body["passthrough"]) == 2
+    assert body["allocation"]["output_bytes"] == 0 and body["allocation"]["formats"] == {}
+    response = client.post("/v1/quantize/compare", files=files, data={"methods": "rtn,clip", **budget})
+    assert response.status_code == 200, response.text[:500]
+    assert all(allocation["output_bytes"] == 0 for allocation in response.json()["allocations"].values())
+
+
+def test_an_importance_gguf_of_endless_metadata_is_a_413_naming_importance_at_once(
+        client: TestClient, tensors: dict[str, np.ndarray]) -> None:
+    # the fuzzing hunt of session 18: 800 kB of empty strings in one metadata array held a pool worker ~5 s
+    # (8 MB: 54 s) while gguf-py parsed them, before the answer "holds no statistics"
+    items = 100_000
+    key = b"imatrix.datasets"
+    statistics = (b"GGUF" + struct.pack("<IQQ", 3, 0, 1) + struct.pack("<Q", len(key)) + key
+                  + struct.pack("<IIQ", 9, 8, items) + struct.pack("<Q", 0) * items)
+    files = {"file": ("m.safetensors", save_safetensors({"a.weight": tensors["a.weight"]})),
+             "importance": ("imatrix.gguf", statistics)}
+    started = time.perf_counter()
+    response = client.post("/v1/quantize", files=files, data={"bits_per_weight": "4.5"})
+    assert time.perf_counter() - started < 2.0
+    assert response.status_code == 413, response.text[:300]
+    assert response.json()["errors"][0]["field"] == "importance"
+
+
+@pytest.mark.parametrize(("path", "form"), [
+    ("/v1/quantize", {"budget_bytes": "1000"}),
+    ("/v1/quantize/compare", {"methods": "rtn,hqq", "bits_per_weight": "4.14"}),
+])
+def test_a_budget_below_the_smallest_formats_is_refused_before_any_tensor_is_measured(
+        client: TestClient, tensors: dict[str, np.ndarray], tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        path: str, form: dict[str, str]) -> None:
+    # the fuzzing hunt of session 18: 1,024 small tensors compared by four methods under too small a budget were
+    # measured for 17 s before the refusal; the smallest options' bytes are their formats' bytes_for(shape).
+    # At 4.14 bits rtn fits (4.125 at the least) and hqq does not (4.156): neither is measured
+    from quant_core.single_file import budget
+
+    def measured(*arguments: object, **keywords: object) -> None:
+        raise AssertionError("a tensor was measured under a budget known to be too small")
+
+    monkeypatch.setattr(budget, "_measure", measured)
+    response = client.post(path, files=_files(tensors, None, tmp_path), data=form)
+    assert response.status_code == 422, response.text[:300]
+    problem = response.json()
+    assert problem["title"] == "Budget too small"
+    assert problem["errors"][0]["field"] == next(key for key in form if key != "methods")

@@ -378,6 +378,9 @@ def test_source_paths_leaving_the_data_root_are_refused_403(jobs_client: TestCli
     problem = _problem(jobs_client, {"source": {"path": path}})
     assert (problem["status"], problem["type"]) == (403, "urn:nibble:problem:path-refused")
     assert problem["errors"][0]["field"] == "source.path"
+    # each refusal says why: the fuzzing hunt found a NUL byte called "absolute"
+    reason = "NUL byte" if "\x00" in path else "absolute" if path.startswith("/") else "climbs out"
+    assert reason in problem["detail"], problem["detail"]
 
 
 @pytest.mark.parametrize("field", ["source.path", "importance"])

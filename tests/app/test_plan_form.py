@@ -293,3 +293,14 @@ def test_headers_that_are_not_all_of_the_configs_model_are_refused_not_planned_a
                                                 config=config))
     assert answer.status_code == 422 and answer.json()["errors"][0]["field"] == "header"
     assert answer.json()["detail"].startswith("the headers hold layers 32-39, past the 32 layers")
+
+
+@pytest.mark.parametrize("part", [("confg", (None, b"{}", "application/json")), ("zzz", (None, b"1", "text/plain")),
+                                  ("zzz", ("z.bin", b"1", "application/octet-stream"))])
+def test_a_part_the_form_does_not_read_is_refused_naming_it_not_dropped(
+        client: TestClient, part: tuple[str, tuple[str | None, bytes, str]]) -> None:
+    # the fuzzing hunt of session 18: a text part of another name (a misspelt "config") was silently ignored
+    request = {"model": {"spec": TINY_SPEC}, "hardware": {"device": "h100-80gb"}}
+    response = client.post("/v1/plan", files=[*form(request, {"model.safetensors": EMBEDDING}), part])
+    assert response.status_code == 400, response.text[:300]
+    assert response.json()["errors"][0]["field"] == part[0]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import time
 from collections.abc import Callable
 
 import numpy as np
@@ -167,3 +168,35 @@ def test_a_group_offers_only_the_formats_every_member_can_take() -> None:
         allocate([wide, narrow], 259, [[0, 1]])
     with pytest.raises(ValueError, match="no kind of option in common"):
         allocate([[TensorOption("g128", 100, 1.0)], narrow], 10**6, [[0, 1]])
+
+
+def test_no_tensors_is_an_empty_allocation_within_any_budget() -> None:
+    # every tensor of a file passed through: nothing to choose (was a ValueError from max() in _improve)
+    for budget_bytes in (0, 1, 10**12):
+        assert allocate([], budget_bytes) == allocation.Allocation((), 0, 0.0, budget_bytes)
+
+
+def test_thousands_of_tensors_of_one_shape_are_allocated_in_seconds_not_minutes() -> None:
+    # the fuzzing hunt of session 18: 4,096 tensors of 1 x 32 under bits_per_weight took 63 s of a pool worker
+    # (an 800 kB upload), the exact search's frontier growing with every tensor (its work as n^2); this is that
+    # allocation's shape: 12.8 s alone before its work was bounded (PARETO_WORK), 0.6 s after
+    rng = np.random.default_rng(0)
+    tensors = [[TensorOption("int4-g32-asym", 19, float(rng.uniform(0.008, 0.009))),
+                TensorOption("int4-g32-sym", 18, float(rng.uniform(0.012, 0.014))),
+                TensorOption("int8", 34, float(rng.uniform(3e-5, 4e-5))),
+                TensorOption("fp16", 64, float(rng.uniform(6e-8, 7e-8)))] for _ in range(4096)]
+    budget = 4096 * 32 * 9 // 16  # 4.5 bits per weight
+    started = time.perf_counter()
+    chosen = allocate(tensors, budget)
+    assert time.perf_counter() - started < 4.0
+    assert chosen.bytes <= budget
+    assert allocation._pareto_choices(tensors, budget) is None  # past PARETO_WORK: the greedy result stands
+
+
+def test_the_exact_search_still_runs_within_its_work_bound(monkeypatch: pytest.MonkeyPatch) -> None:
+    rng = np.random.default_rng(3)
+    tensors = _options(rng, 6)
+    budget = _random_budget(rng, tensors)
+    assert allocation._pareto_choices(tensors, budget) is not None
+    monkeypatch.setattr(allocation, "PARETO_WORK", 4)
+    assert allocation._pareto_choices(tensors, budget) is None

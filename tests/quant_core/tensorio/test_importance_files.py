@@ -15,8 +15,9 @@ import gguf
 import numpy as np
 import pytest
 
-from quant_core.errors import TensorFileError
+from quant_core.errors import LimitExceeded, TensorFileError
 from quant_core.tensorio import read_importance, write_importance_dat, write_safetensors
+from quant_core.tensorio.importance import MAX_GGUF_METADATA_VALUES
 
 
 def _write_gguf_imatrix(path: Path, entries: dict[str, tuple[np.ndarray, np.ndarray]]) -> None:
@@ -123,3 +124,36 @@ def test_a_gguf_imatrix_statistic_stored_other_than_f32_is_refused_not_skipped(t
     with pytest.raises(TensorFileError, match="F16") as error:
         read_importance(path)
     assert "b.weight.in_sum2" in error.value.detail
+
+
+def _gguf_with_metadata_array(items: int) -> bytes:
+    """A GGUF header of no tensor whose one metadata value is an array of `items` empty strings."""
+    key = b"imatrix.datasets"
+    return (b"GGUF" + struct.pack("<IQQ", 3, 0, 1) + struct.pack("<Q", len(key)) + key
+            + struct.pack("<IIQ", 9, 8, items) + struct.pack("<Q", 0) * items)
+
+
+def test_a_gguf_imatrix_of_endless_metadata_is_refused_before_gguf_py_parses_it(tmp_path: Path) -> None:
+    # the fuzzing hunt of session 18: gguf-py builds objects for every metadata value before anything can be
+    # checked, ~50 us each; an 8 MB array of 10^6 empty strings held a pool worker 54 s, then "no statistics"
+    path = tmp_path / "imatrix.gguf"
+    path.write_bytes(_gguf_with_metadata_array(MAX_GGUF_METADATA_VALUES))
+    with pytest.raises(LimitExceeded) as caught:
+        read_importance(path)
+    assert caught.value.field == "importance" and caught.value.limit == "gguf metadata values"
+
+
+def test_a_gguf_imatrix_with_more_tensor_records_than_allowed_is_refused_before_parsing(tmp_path: Path) -> None:
+    path = tmp_path / "imatrix.gguf"
+    path.write_bytes(b"GGUF" + struct.pack("<IQQ", 3, 31, 0))
+    with pytest.raises(LimitExceeded) as caught:
+        read_importance(path, max_tensors=10)  # three statistics a tensor: 30 records at most
+    assert caught.value.field == "importance" and caught.value.maximum == 30
+
+
+def test_a_gguf_imatrix_header_past_the_header_limit_is_refused_as_such(tmp_path: Path) -> None:
+    path = tmp_path / "imatrix.gguf"
+    path.write_bytes(_gguf_with_metadata_array(100) + b"\0" * 100)
+    with pytest.raises(LimitExceeded) as caught:
+        read_importance(path, max_header_bytes=64)
+    assert caught.value.field == "importance" and caught.value.maximum == 64
