@@ -86,7 +86,9 @@ class WeightsIn(BaseModel):
                                                     "for a whole row.  A width it does not divide is planned with a "
                                                     "partial last group, as GPTQ and AWQ store it, and said so.")
     symmetric: bool = False
-    zero: Literal["int4", "fp16"] = Field("int4", description="int4 asymmetric: how zero points are stored.")
+    zero: Literal["int4", "fp16"] = Field("int4", description="int4 asymmetric: how zero points are stored (fp16 "
+                                                              "in nibble's layout only: gptq, awq and "
+                                                              "compressed-tensors store packed 4-bit zeros).")
     pad: bool = Field(False, description="int4 only: pad rows whose width the group size does not divide "
                                          "to whole groups (instead of a partial last group).")
     layout: Literal["nibble", "gptq", "awq", "compressed-tensors"] = Field(
@@ -276,8 +278,10 @@ def weight_format_to_core(weights: WeightsIn, name: str | None = None) -> Weight
             return fp8(weights.scales)
         if name in ("mxfp4", "nvfp4", "nf4"):
             return block_format(name, weights.double_quant)
-        return WeightFormat("int4", weights.group_size, weights.symmetric,
-                            "none" if weights.symmetric else weights.zero, weights.pad, weights.layout)
+        # GPTQ files hold packed 4-bit qzeros whether or not the weights are symmetric (8 for symmetric ones:
+        # tensorio/gptq.py, AutoGPTQ and GPTQModel alike), so a symmetric GPTQ plan counts them too
+        zero = "int4" if weights.layout == "gptq" else "none" if weights.symmetric else weights.zero
+        return WeightFormat("int4", weights.group_size, weights.symmetric, zero, weights.pad, weights.layout)
 
 
 def weight_scheme_to_core(weights: WeightsIn, float_name: str, name: str | None = None) -> WeightScheme | None:
@@ -324,6 +328,10 @@ def _refuse_unused_fields(body: PlanRequest) -> None:
                               f"{sorted(formats)}")
     if weights.symmetric and "zero" in sent:
         raise InvalidSpec("weights.zero", weights.zero, "symmetric weights store no zero point")
+    if weights.zero != "int4" and weights.layout != "nibble":
+        raise InvalidSpec("weights.zero", weights.zero,
+                          f"the {weights.layout} layout stores its zero points as packed 4-bit integers; fp16 zeros "
+                          "are nibble's own layout only")
     if isinstance(body, SweepRequest) and body.sweep.devices:
         for name in ("tensor", "pipeline"):
             if name in body.parallel.model_fields_set:

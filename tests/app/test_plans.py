@@ -734,3 +734,26 @@ def test_llama_3_1_8b_on_an_l4_at_0_99_on_vllm_0_19_does_not_fit_its_cuda_graphs
     assert eager["fits"] is True and eager["devices"][0]["outside_budget_bytes"] == 0
     default = client.post("/v1/plan", json={**request, "runtime": {"engine": "vllm", "engine_version": "0.19"}}).json()
     assert default["fits"] is True
+
+
+def test_a_symmetric_gptq_plan_counts_the_qzeros_gptq_files_hold(client: TestClient) -> None:
+    # GPTQ files hold packed 4-bit qzeros for symmetric weights too (all 8: tensorio/gptq.py, AutoGPTQ, GPTQModel;
+    # test_nibbles_own_exports_are_what_the_formats_count reads them back from nibble's own export), so symmetric
+    # and asymmetric GPTQ take the same bytes; only the label (and vLLM 0.33's refusal of asym) tells them apart
+    weights = {name: client.post("/v1/plan", json={**BODY_70B, "weights": {
+        "format": "int4", "layout": "gptq", "symmetric": symmetric}}).json()["weights"] for name, symmetric in
+        (("sym", True), ("asym", False))}
+    assert weights["sym"]["format"] == "int4-g128-sym-gptq" and weights["asym"]["format"] == "int4-g128-asym-gptq"
+    assert weights["sym"]["bytes"] == weights["asym"]["bytes"]
+    nibble_sym = client.post("/v1/plan", json={**BODY_70B, "weights": {"format": "int4", "symmetric": True}}).json()
+    assert weights["sym"]["bytes"] > nibble_sym["weights"]["bytes"]  # nibble's own symmetric layout stores no zeros
+
+
+@pytest.mark.parametrize("layout", ["gptq", "awq", "compressed-tensors"])
+def test_fp16_zeros_in_a_checkpoint_layout_are_refused_naming_the_field(client: TestClient, layout: str) -> None:
+    response = client.post("/v1/plan", json={**BODY_70B, "weights": {"format": "int4", "zero": "fp16",
+                                                                     "layout": layout}})
+    assert response.status_code == 422
+    problem = response.json()
+    assert response.headers["content-type"].startswith("application/problem+json")
+    assert problem["errors"][0]["field"] == "weights.zero" and "packed 4-bit" in problem["errors"][0]["message"]
