@@ -978,6 +978,7 @@ class _ModelTerms:
         self._layouts: dict[tuple[int, int, bool, bool, str, bool], _Layout] = {}
         self._predicates: dict[tuple[object, ...], Callable[[int, int], bool]] = {}
         self._accepted: dict[tuple[str, str] | None, tuple[int, ...]] = {}
+        self._refusals: dict[tuple[str, str, tuple[int, int] | None], str | None] = {}
 
     def accepted_sizes(self, engine: EngineProfile | None) -> tuple[int, ...]:
         """The tensor-parallel sizes the engine accepts for this model in this format, ascending
@@ -990,6 +991,16 @@ class _ModelTerms:
                           if engine is None or engine.format_refusal(self.spec, label, size) is None)
             self._accepted[key] = found
         return found
+
+    def device_refusal(self, evaluator: _Evaluator) -> str | None:
+        """`_Evaluator.device_refusal` of this scheme's labels, found once per engine and compute capability."""
+        engine = evaluator.engine
+        if engine is None:
+            return None
+        key = (engine.name, engine.version, evaluator.compute_capability)
+        if key not in self._refusals:
+            self._refusals[key] = evaluator.device_refusal(self.labels)
+        return self._refusals[key]
 
     def layout(self, tensor_parallel: int, pipeline_parallel: int, vocabulary_everywhere: bool = False,
                fp32_routers: bool = False, mamba_cache_mode: str = "none", chunked_local: bool = True) -> _Layout:
@@ -1194,7 +1205,7 @@ def _min_devices(evaluator: _Evaluator, terms: _ModelTerms, workload: Workload) 
         fits = terms.fits_predicate(evaluator, devices, 1)
         return fits(workload.context_length, workload.concurrent_sequences)
 
-    if evaluator.device_refusal(terms.labels) is not None:  # no count of these devices runs the format
+    if terms.device_refusal(evaluator) is not None:  # no count of these devices runs the format
         return None
     low = max(1, -(-sum(terms.by_role.values()) // max(1, evaluator.usable_bytes)))
     sizes = [size for size in terms.accepted_sizes(evaluator.engine) if size >= low]
@@ -1254,7 +1265,7 @@ def _format_plan(terms: _ModelTerms, hardware: Hardware, workload: Workload, ten
     max_sequences = _max_sequences(evaluator, layout, fits, workload.context_length)
     pool, capacity = _kv_capacity(evaluator, layout, stage_terms, workload.context_length)
     refusal = (evaluator.engine.refusal(terms.spec, tensor_parallel, options.pipeline_parallel)
-               or evaluator.device_refusal(terms.labels)
+               or terms.device_refusal(evaluator)
                or evaluator.engine.format_refusal(terms.spec, terms.scheme.label(), tensor_parallel)
                if evaluator.engine is not None else None)
     return FormatPlan(
