@@ -11,6 +11,7 @@ import pytest
 
 from quant_core.catalog import get_device, get_preset, get_preset_info, list_devices
 from quant_core.engines import BatchLimits, Stage, get_engine
+from quant_core.engines.base import Term
 from quant_core.engines.vllm import (
     VllmProfile,
     mxfp4_expert_layout_bytes,
@@ -208,6 +209,20 @@ DENSE_V019 = _ids(lambda log: log["id"].startswith("llmdp-v0.19-") and log["pipe
                   and not get_preset(log["model"]).is_moe)
 
 
+def _activation_against_its_log(log_id: str, release: str) -> tuple[Term, float]:
+    """vLLM `release`'s activation term for a logged run, and its GiB without the rotary cache (which vLLM logs as
+    weights), printed beside the log's figure."""
+    log = BY_ID[log_id]
+    spec = _spec(log)
+    experts = "mxfp4" if log["weights_format"] == "mxfp4" else ""
+    term = VllmProfile(release).activation(_stage(spec, log["tensor_parallel"]),
+                                           BatchLimits(log["max_num_batched_tokens"], log["max_num_seqs"]),
+                                           experts, log["catalog_device"])
+    predicted = (term.bytes - rotary_cache_bytes(spec, release)) / GIB
+    print(f"{log_id}: {predicted:.3f} GiB predicted, {log['activation_gib']} logged")
+    return term, predicted
+
+
 @pytest.mark.parametrize("log_id", DENSE_V019)
 def test_vllm_0_19s_activation_is_the_sampler_pass_its_code_allocates(log_id: str) -> None:
     # gpu_model_runner._dummy_sampler_run holds the dummy run's 8192 hidden states, its 1024 gathered rows and their
@@ -217,14 +232,8 @@ def test_vllm_0_19s_activation_is_the_sampler_pass_its_code_allocates(log_id: st
     # Every dense run of the sweep at TP 1, 2 and 4 within the log's rounding: Qwen2.5-72B at TP 2 2.294 GiB against
     # 2.29 (the fitted 14.4 bytes a logit beside 2 x 8192 x 8192 x 2 bytes gave 2.338), Llama-3.1-8B 1.886 against
     # 1.89, gemma-2-9b 3.644 against 3.65
-    log = BY_ID[log_id]
-    spec = _spec(log)
-    term = VllmProfile("0.19").activation(_stage(spec, log["tensor_parallel"]),
-                                          BatchLimits(log["max_num_batched_tokens"], log["max_num_seqs"]),
-                                          device_id=log["catalog_device"])
-    predicted = (term.bytes - rotary_cache_bytes(spec, "0.19")) / GIB  # vLLM logs the rotary cache as weights
-    print(f"{log_id}: {predicted:.3f} GiB predicted, {log['activation_gib']} logged")
-    assert abs(predicted - log["activation_gib"]) <= 0.01
+    term, predicted = _activation_against_its_log(log_id, "0.19")
+    assert abs(predicted - BY_ID[log_id]["activation_gib"]) <= 0.01
     assert "14 bytes a logit" in term.basis and "132 rows" in term.basis and "cuBLAS" in term.basis
 
 
@@ -253,15 +262,8 @@ def test_vllm_0_11s_activation_is_the_pytorch_sort_its_code_allocates(log_id: st
     # rand_like copy, and the cuBLAS workspaces.  Every llm-d v0.11 H100 run and the v0.10.2 H200 run within the
     # log's rounding (the fitted 38 bytes beside 2 x 8192 x hidden x 2 gave up to +0.058 GiB: Llama-3.3-70B, 4.898
     # against 4.84; now 4.836)
-    log = BY_ID[log_id]
-    spec = _spec(log)
-    experts = "mxfp4" if log["weights_format"] == "mxfp4" else ""
-    term = VllmProfile("0.11").activation(_stage(spec, log["tensor_parallel"]),
-                                          BatchLimits(log["max_num_batched_tokens"], log["max_num_seqs"]),
-                                          experts, log["catalog_device"])
-    predicted = (term.bytes - rotary_cache_bytes(spec, "0.11")) / GIB  # vLLM logs the rotary cache as weights
-    print(f"{log_id}: {predicted:.3f} GiB predicted, {log['activation_gib']} logged")
-    assert abs(predicted - log["activation_gib"]) <= 0.01
+    term, predicted = _activation_against_its_log(log_id, "0.11")
+    assert abs(predicted - BY_ID[log_id]["activation_gib"]) <= 0.01
     assert "38 bytes a logit" in term.basis and "SortStable.cu" in term.basis and "cuBLAS" in term.basis
 
 
