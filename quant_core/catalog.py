@@ -126,6 +126,11 @@ def parse_compute_capability(value: object, field: str = "compute_capability") -
     return int(major), int(minor)
 
 
+def compute_capability_text(capability: tuple[int, int] | None) -> str | None:
+    """``(7, 5)`` as ``"7.5"``, the form `parse_compute_capability` reads and NVIDIA prints; None stays None."""
+    return None if capability is None else f"{capability[0]}.{capability[1]}"
+
+
 def _compute_capability(record: dict[str, object], device_id: str) -> tuple[int, int] | None:
     value = record.get("compute_capability")
     return None if value is None else parse_compute_capability(value, f"{device_id}.compute_capability")

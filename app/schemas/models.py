@@ -6,7 +6,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from quant_core.catalog import Device, Preset, get_preset, get_preset_info
+from quant_core.catalog import Device, Preset, compute_capability_text, get_preset, get_preset_info
 from quant_core.errors import InvalidSpec, LimitExceeded, NibbleError, UnknownName
 from quant_core.formats import KV_DTYPES, WeightFormat, block_format, float_format, fp8, int4, int8_gptq
 from quant_core.gguf_mix import GGUF_FILE_TYPES
@@ -242,11 +242,10 @@ class DeviceOut(BaseModel):
 
 
 def device_from_core(device: Device) -> DeviceOut:
-    capability = device.compute_capability
     return DeviceOut(id=device.id, name=device.name, vendor=device.vendor, memory_bytes=device.memory_bytes,
                      memory_type=device.memory_type, source=device.source,
                      reported_memory_bytes=device.reported_memory_bytes, reported_source=device.reported_source,
-                     compute_capability=None if capability is None else f"{capability[0]}.{capability[1]}",
+                     compute_capability=compute_capability_text(device.compute_capability),
                      compute_capability_source=device.compute_capability_source)
 
 

@@ -498,11 +498,6 @@ class PlanEngine(BaseModel):
     max_num_seqs: int = Field(description="The scheduler's sequences per batch the plan assumes.")
 
 
-def _capability_text(capability: tuple[int, int] | None) -> str | None:
-    """``(7, 5)`` as ``"7.5"``, the form NVIDIA prints and the request takes."""
-    return None if capability is None else f"{capability[0]}.{capability[1]}"
-
-
 class PlanHardware(BaseModel):
     device: str | None
     name: str
@@ -734,7 +729,7 @@ def plan_json_from_core(result: Plan, notes: tuple[str, ...] = (), speed: dict[s
         "devices": [_device_dict(d) for d in primary.devices],
         "hardware": {"device": result.hardware.device_id, "name": result.hardware.name,
                      "capacity_bytes": result.hardware.capacity_bytes, "count": result.hardware.count,
-                     "compute_capability": _capability_text(result.hardware.compute_capability)},
+                     "compute_capability": catalog.compute_capability_text(result.hardware.compute_capability)},
         "workload": {"context_length": result.workload.context_length,
                      "concurrent_sequences": result.workload.concurrent_sequences},
         "parallel": {"tensor": result.tensor_parallel, "pipeline": result.pipeline_parallel},
