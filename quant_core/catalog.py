@@ -19,6 +19,7 @@ from quant_core.specs import ModelSpec, check_int
 
 DATA_DIR = Path(__file__).resolve().parent / "data"
 MAX_DEVICE_BYTES = 1 << 50  # 1 PiB: far above any accelerator, low enough to catch unit slips
+MAX_COMPUTE_UNITS = 10_000  # far above any accelerator's streaming multiprocessors or compute units
 
 
 @dataclass(frozen=True, slots=True)
@@ -30,7 +31,9 @@ class Device:
     when no public log was found.  `planning_bytes` is the figure plans use.  `compute_capability` is
     the CUDA compute capability ``(major, minor)`` NVIDIA lists for the GPU (`compute_capability_source`), by
     which an engine refuses the weight formats its kernels cannot run there; None when not known (AMD, a
-    device given as bytes): no format is then refused for the device.
+    device given as bytes): no format is then refused for the device.  `compute_units` is its streaming
+    multiprocessors (NVIDIA) or compute units (AMD), ``multi_processor_count`` to torch, from the vendor's figures
+    (`compute_units_source`): an engine sizes some buffers by it.
     """
 
     id: str
@@ -43,6 +46,8 @@ class Device:
     reported_source: str = ""
     compute_capability: tuple[int, int] | None = None
     compute_capability_source: str = ""
+    compute_units: int | None = None
+    compute_units_source: str = ""
 
     @property
     def planning_bytes(self) -> int:
@@ -112,6 +117,8 @@ def _devices() -> dict[str, Device]:
             reported_source=_text(record, "reported_source", device_id),
             compute_capability=_compute_capability(record, device_id),
             compute_capability_source=_text(record, "compute_capability_source", device_id),
+            compute_units=check_int(f"{device_id}.compute_units", record.get("compute_units"), 1, MAX_COMPUTE_UNITS),
+            compute_units_source=_text(record, "compute_units_source", device_id),
         )
     return devices
 
@@ -155,6 +162,47 @@ def device_compute_capability(device_id: str) -> tuple[int, int] | None:
     catalog does not hold (a dictionary lookup: the planner asks it for every hardware it is given)."""
     device = _devices().get(device_id)
     return None if device is None else device.compute_capability
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceFacts:
+    """What an engine's kernel and buffer choices read of a device, from which it picks them as the engine's own
+    code does (by compute capability and SM count, never by the device's name): the catalog id ("" for a device
+    given in bytes), the `vendor` ("nvidia", "amd"; "" when not known), the CUDA `compute_capability` (None when not
+    known) and the `compute_units` (None when not known: the engine then takes `most_compute_units`)."""
+
+    device_id: str = ""
+    vendor: str = ""
+    compute_capability: tuple[int, int] | None = None
+    compute_units: int | None = None
+
+
+#: a device of which nothing is known (no catalog id, vendor, capability or SM count)
+UNKNOWN_DEVICE = DeviceFacts()
+
+
+def device_facts(device_id: str | None, compute_capability: tuple[int, int] | None = None) -> DeviceFacts:
+    """The `DeviceFacts` of catalog device `device_id`, with `compute_capability` in place of the catalog's when
+    given; for a device outside the catalog (None, "" or an id it does not hold) the given capability alone: an
+    NVIDIA device when one is given (only CUDA devices have one), of unknown vendor and SM count otherwise."""
+    device = _devices().get(device_id or "")
+    if device is None:
+        return DeviceFacts(vendor="" if compute_capability is None else "nvidia",
+                           compute_capability=compute_capability)
+    return DeviceFacts(device.id, device.vendor, compute_capability or device.compute_capability, device.compute_units)
+
+
+@lru_cache(maxsize=64)
+def most_compute_units(compute_capability: tuple[int, int] | None) -> int:
+    """The SM count an engine charges a device whose count is not known: the most of the catalog's NVIDIA devices
+    of the same major compute capability (the same architecture family: 132 on 9.x, 148 on 10.x), else of all its
+    NVIDIA devices (188).  The buffers sized by it grow with it, so this is the safe side for every part of a
+    family the catalog's largest bounds (no Hopper ships more than the H100 SXM5's 132); it is short where a part
+    has more than the catalog's (a GB200 reports 152 SMs, the catalog's B200 148)."""
+    nvidia = [device for device in _devices().values() if device.vendor == "nvidia" and device.compute_units]
+    family = [device for device in nvidia if compute_capability is not None and device.compute_capability is not None
+              and device.compute_capability[0] == compute_capability[0]]
+    return max(device.compute_units or 0 for device in (family or nvidia))
 
 
 def device_from_bytes(memory_bytes: int, name: str = "custom") -> Device:

@@ -44,7 +44,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from functools import lru_cache
 
-from quant_core.catalog import MAX_DEVICE_BYTES, device_compute_capability
+from quant_core.catalog import MAX_DEVICE_BYTES, UNKNOWN_DEVICE, DeviceFacts, device_compute_capability, device_facts
 from quant_core.engines import ENGINES, BatchLimits, ContextTerm, EngineProfile, KVCapacity, Stage, Term, get_engine
 from quant_core.engines.vllm import (
     CHUNKED_LOCAL_ATTENTION,
@@ -113,9 +113,10 @@ class Hardware:
     """`count` identical devices of `capacity_bytes` each (a catalog device or raw bytes).
 
     `compute_capability` is the devices' CUDA compute capability ``(major, minor)``, by which the engine refuses
-    formats its kernels cannot run there; when not given it is the catalog's for `device_id`
-    (`catalog.device_compute_capability`), and None (not known: no format is refused for the device) for
-    hardware given in bytes or a device without one (AMD).
+    formats its kernels cannot run there and picks its kernels (`catalog.device_facts`: a device given in bytes
+    with a capability is charged as a catalog device of that capability, its SM count aside); when not given it
+    is the catalog's for `device_id` (`catalog.device_compute_capability`), and None (not known: no format is
+    refused for the device) for hardware given in bytes or a device without one (AMD).
     """
 
     capacity_bytes: int
@@ -735,8 +736,8 @@ class _Evaluator:
     usable_bytes: int
     engine: EngineProfile | None
     limits: BatchLimits
-    #: the catalog device ("" when the hardware is given in bytes), by which the engine picks its fused-MoE kernel
-    device_id: str = ""
+    #: the devices' compute capability and SM count (`catalog.device_facts`), by which the engine picks its kernels
+    device: DeviceFacts = UNKNOWN_DEVICE
     #: ``capacity - usable`` of one device: the memory the budget leaves free, from which the engine takes what it
     #: allocates outside it (`_StageTerms.outside`)
     free_outside_bytes: int = 0
@@ -756,7 +757,7 @@ class _Evaluator:
     def key(self) -> tuple[object, ...]:
         options = self.options
         return (self.usable_bytes, options.runtime_overhead_bytes, options.block_size, self.limits,
-                options.activation_bytes, options.engine, options.engine_version, self.device_id,
+                options.activation_bytes, options.engine, options.engine_version, self.device,
                 self.free_outside_bytes, options.enforce_eager, self.element_bytes)
 
     def device_refusal(self, weight_formats: tuple[str, ...]) -> str | None:
@@ -834,7 +835,7 @@ class _Evaluator:
             elif self.engine is None:
                 activation = 0  # the generic estimate grows with the workload: see activation_bytes
             else:
-                term = self.engine.activation(stage, self.limits, layout.expert_format, self.device_id)
+                term = self.engine.activation(stage, self.limits, layout.expert_format, self.device)
                 activation = term.bytes
                 if stage.is_last:
                     activation_basis = term.basis
@@ -850,7 +851,7 @@ class _Evaluator:
                 overhead = non_torch.bytes + graphs.bytes
                 overhead_basis = f"non-torch memory: {non_torch.basis}; CUDA graphs: {graphs.basis}"
             layout_term = (None if self.engine is None
-                           else self.engine.expert_layout(stage, layout.expert_format, self.device_id))
+                           else self.engine.expert_layout(stage, layout.expert_format, self.device))
             if layout_term is not None:  # weights the engine's kernels hold beyond the checkpoint's
                 overhead += layout_term.bytes
                 overhead_basis += f"; routed experts' kernel layout: {layout_term.basis}"
@@ -1334,7 +1335,8 @@ def plan(spec: ModelSpec, hardware: Hardware, workload: Workload | None = None,
         # the engine's profiling peak depends on the context it is started with: plan it at the requested one (the
         # other models keep one activation per layout, and their cached terms, whatever the context)
         limits = replace(limits, max_model_len=workload.context_length)
-    evaluator = _Evaluator(spec, options, usable, engine, limits, hardware.device_id or "",
+    evaluator = _Evaluator(spec, options, usable, engine, limits,
+                           device_facts(hardware.device_id, hardware.compute_capability),
                            free_outside_bytes=hardware.capacity_bytes - usable,
                            compute_capability=hardware.compute_capability, element_bytes=element_bytes)
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Protocol
 
+from quant_core.catalog import UNKNOWN_DEVICE, DeviceFacts
 from quant_core.specs import ModelSpec
 
 
@@ -92,10 +93,11 @@ class EngineProfile(Protocol):
         """The scheduler limits the engine's OpenAI server uses when the request gives none."""
         ...
 
-    def activation(self, stage: Stage, limits: BatchLimits, expert_format: str = "", device_id: str = "") -> Term:
+    def activation(self, stage: Stage, limits: BatchLimits, expert_format: str = "",
+                   device: DeviceFacts = UNKNOWN_DEVICE) -> Term:
         """Peak activation bytes the engine's profiling run measures on one device of `stage`; `expert_format` (the
-        weight format of a MoE model's routed experts, "" when unknown) and `device_id` (a catalog device, "" when
-        not one) let the engine pick the kernel it would run."""
+        weight format of a MoE model's routed experts, "" when unknown) and `device` (its compute capability and SM
+        count, each None when not known) let the engine pick the kernel it would run."""
         ...
 
     def context_activation(self, stage: Stage, kv_cache_dtype: str, limits: BatchLimits) -> ContextTerm | None:
@@ -139,9 +141,9 @@ class EngineProfile(Protocol):
         """Blocks and tokens the engine's KV pool holds in `available_bytes` on one device of `stage`."""
         ...
 
-    def expert_layout(self, stage: Stage, expert_format: str = "", device_id: str = "") -> Term | None:
+    def expert_layout(self, stage: Stage, expert_format: str = "", device: DeviceFacts = UNKNOWN_DEVICE) -> Term | None:
         """The bytes one rank of `stage` holds for its routed experts (stored as `expert_format`) beyond the
-        checkpoint's own, in the layout the engine's kernels for `device_id` rewrite them to; None when the engine
+        checkpoint's own, in the layout the engine's kernels for `device` rewrite them to; None when the engine
         holds them as they ship."""
         ...
 

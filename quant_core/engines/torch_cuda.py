@@ -9,11 +9,14 @@ vLLM sizes its KV pool from PyTorch's allocator statistics (``torch.cuda.max_mem
 * ``aten/src/ATen/cuda/CublasHandlePool.cpp``: the cuBLAS and cuBLASLt workspaces are allocated through the caching
   allocator at the first matrix product on a stream and kept (`blas_workspace_bytes`).
 
-The device figures (`COMPUTE_UNITS`) are the vendors' datasheets; torch reads the same number as
-``multi_processor_count``.
+The device figures are the catalog's (`catalog.DeviceFacts`): the streaming multiprocessors come from the vendors'
+figures in data/devices.json (torch reads the same number as ``multi_processor_count``), and the choices PyTorch
+makes by device are made from the compute capability, as its code tests it.
 """
 
 from __future__ import annotations
+
+from quant_core.catalog import DeviceFacts, most_compute_units
 
 KIB = 1 << 10
 MIB = 1 << 20
@@ -43,28 +46,20 @@ def allocated_block_bytes(size: int) -> int:
     return segment if segment - rounded <= SMALL_SIZE_BYTES else rounded
 
 
-#: streaming multiprocessors (NVIDIA) or compute units (AMD) of each catalog device, from the vendors' datasheets
-#: (H100 SXM5 and NVL, H200: 132; B200: 148; A100: 108; L40S: 142; L4: 58; A10G: 80; A10: 72; T4: 40; V100: 80;
-#: RTX A6000: 84; RTX PRO 6000 Blackwell Server: 188; RTX 4090: 128; RTX 4080: 76; RTX 3090: 82; MI300X and
-#: MI325X: 304 CUs)
-COMPUTE_UNITS: dict[str, int] = {
-    "h100-80gb": 132, "h100-nvl": 132, "h200": 132, "b200": 148, "a100-40gb": 108, "a100-80gb": 108,
-    "l40s": 142, "l4": 58, "a10g": 80, "a10": 72, "t4": 40, "v100-16gb": 80, "v100-32gb": 80,
-    "rtx-a6000": 84, "rtx-pro-6000": 188, "rtx-4090": 128, "rtx-4080": 76, "rtx-3090": 82,
-    "mi300x": 304, "mi325x": 304,
-}
+def compute_units(device: DeviceFacts) -> tuple[int, bool]:
+    """The device's streaming multiprocessors (`DeviceFacts.compute_units`, the catalog's figure), and True; for a
+    device whose count is not known (given in bytes) `catalog.most_compute_units` of its compute capability, the
+    safe side for the buffers sized by it, and False."""
+    if device.compute_units is not None:
+        return device.compute_units, True
+    return most_compute_units(device.compute_capability), False
 
 
-def compute_units(device_id: str) -> int:
-    """The device's streaming multiprocessors (`COMPUTE_UNITS`); for a device outside the catalog the most of
-    the NVIDIA ones (188), the safe side for the buffers sized by it."""
-    return COMPUTE_UNITS.get(device_id, max(units for device, units in COMPUTE_UNITS.items()
-                                            if not device.startswith("mi")))
-
-
-#: compute capability 9.0 devices of the catalog, for which cuBLAS's default workspace is 32 MiB
-SM90_DEVICES = frozenset({"h100-80gb", "h100-nvl", "h200"})
-#: the catalog's ROCm devices of the gfx94x family (MI300X and MI325X are gfx942)
+#: CublasHandlePool.cpp ``parseChosenWorkspaceSize`` takes the larger cuBLAS workspace on compute capability 9.0
+#: exactly (its ``sm90`` test of the device properties' major and minor)
+SM90_CAPABILITY = (9, 0)
+#: the catalog's ROCm devices of the gfx94x family (MI300X and MI325X are gfx942); ROCm devices have no CUDA
+#: compute capability, so they are named
 GFX94_DEVICES = frozenset({"mi300x", "mi325x"})
 #: CublasHandlePool.cpp ``parseChosenWorkspaceSize`` without ``CUBLAS_WORKSPACE_CONFIG``: ":4096:2:16:8" (2 x 4 MiB
 #: + 8 x 16 KiB), 32 MiB on compute capability 9.0; on ROCm 32 MiB, 128 MiB on gfx94x/gfx95x
@@ -77,14 +72,14 @@ CUBLASLT_WORKSPACE_BYTES = 1 * MIB
 HIPBLASLT_WORKSPACE_BYTES = 76 * MIB
 
 
-def blas_workspace_bytes(device_id: str) -> int:
+def blas_workspace_bytes(device: DeviceFacts) -> int:
     """The cuBLAS and cuBLASLt workspaces PyTorch allocates through its caching allocator at the first matrix
     product on a stream and keeps (CublasHandlePool.cpp: ``getNewWorkspace`` / ``getNewCUDABlasLtWorkspace``
-    call ``CUDACachingAllocator::get()->allocate``): 32 MiB + 1 MiB on compute capability 9.0 (`SM90_DEVICES`),
-    8 MiB + 128 KiB + 1 MiB on other NVIDIA devices, 128 MiB + 76 MiB on the gfx94x ROCm devices; a device
-    outside the catalog is charged the Hopper figure."""
-    if device_id in GFX94_DEVICES:
+    call ``CUDACachingAllocator::get()->allocate``): 32 MiB + 1 MiB on compute capability 9.0 (`SM90_CAPABILITY`),
+    8 MiB + 128 KiB + 1 MiB on other NVIDIA devices, 128 MiB + 76 MiB on the gfx94x ROCm devices; a device of
+    unknown capability (given in bytes without one) is charged the Hopper figure, the larger of NVIDIA's."""
+    if device.device_id in GFX94_DEVICES:
         return HIPBLAS_WORKSPACE_GFX94_BYTES + HIPBLASLT_WORKSPACE_BYTES
-    if device_id in SM90_DEVICES or device_id not in COMPUTE_UNITS:
+    if device.compute_capability in (SM90_CAPABILITY, None):
         return CUBLAS_WORKSPACE_SM90_BYTES + CUBLASLT_WORKSPACE_BYTES
     return CUBLAS_WORKSPACE_BYTES + CUBLASLT_WORKSPACE_BYTES

@@ -46,6 +46,7 @@ from bisect import bisect_right
 from dataclasses import dataclass
 from functools import lru_cache
 
+from quant_core.catalog import UNKNOWN_DEVICE, DeviceFacts
 from quant_core.engines.base import BatchLimits, KVCapacity, Stage, Term
 from quant_core.engines.torch_cuda import allocated_block_bytes, blas_workspace_bytes, compute_units
 from quant_core.engines.vllm_graphs import cuda_graph_pool
@@ -935,12 +936,10 @@ class FusedMoeCaches:
     basis: str
 
 
-#: the catalog's compute-capability 9.0 (Hopper) devices, on which vLLM 0.19 and 0.33 run gpt-oss's MXFP4 experts with
-#: OpenAI's Triton kernels (oracle/mxfp4.py: FLASHINFER_TRTLLM needs SM100, TRITON comes next and
-#: ``OAITritonMxfp4ExpertsMonolithic._supports_current_device`` takes ``(9, 0) <= capability < (11, 0)``); A100, L40S
-#: and the rest run them on MarlinExperts; Blackwell (b200) is left on the Triton figure, its FlashInfer TRT-LLM
-#: kernel's buffers unread
-HOPPER_DEVICES = frozenset({"h100-80gb", "h100-nvl", "h200"})
+#: Hopper's compute capability: vLLM 0.11's DeepGEMM runs block-fp8 experts on it (utils/deep_gemm.py
+#: ``is_deep_gemm_supported``: ``is_device_capability(90)``, or 100, whose E8M0 path is not read here: a 10.0 device
+#: is left on the fused_experts_impl figure)
+HOPPER_CAPABILITY = (9, 0)
 
 
 #: vLLM 0.11's DeepGEMM fused-MoE path (fused_moe/deep_gemm_moe.py, ``_valid_deep_gemm``): M, N and K aligned to
@@ -950,11 +949,12 @@ DEEP_GEMM_MIN_WIDTH_V0_11 = 512
 
 
 def fused_moe_caches(spec: ModelSpec, tensor_parallel: int, tokens: int, version: str, expert_format: str = "",
-                     device_id: str = "") -> FusedMoeCaches:
+                     device: DeviceFacts = UNKNOWN_DEVICE) -> FusedMoeCaches:
     """The fused-MoE intermediate caches of a MoE layer over `tokens` tokens on one rank, as vLLM `version`'s code
     sizes them, with ``k`` = top_k, ``w`` = moe_intermediate_size / tp, ``K`` = hidden_size, bf16 (2 bytes).
 
-    * v0.11 with block-fp8 experts (`expert_format` "fp8-block128") wider than 512 a rank on Hopper:
+    * v0.11 with block-fp8 experts (`expert_format` "fp8-block128") wider than 512 a rank on Hopper
+      (`HOPPER_CAPABILITY`):
       ``Fp8MoEMethod`` calls ``deep_gemm_moe_fp8`` (``allow_deep_gemm`` when the deep_gemm package is present,
       ``_valid_deep_gemm``), a modular kernel whose ``DeepGemmExperts.workspace_shapes`` asks ``M_sum x max(2w, K)``
       and ``M_sum x max(w, K)`` with ``M_sum = round_up(M x k + experts x 127, 128)`` (``compute_aligned_M``),
@@ -974,7 +974,8 @@ def fused_moe_caches(spec: ModelSpec, tensor_parallel: int, tokens: int, version
       runs int4 (GPTQ/AWQ Marlin) and fp8/mxfp4 experts on A100.  The classes that ask less (gpt-oss's
       ``OAITritonMxfp4ExpertsMonolithic`` on Hopper, nothing in the workspace; ``FlashInferExperts`` for per-tensor
       fp8 on Hopper, ``T x K``) are charged this figure, on the safe side, except MXFP4 experts
-      (`expert_format` "mxfp4", gpt-oss) on a Hopper device (`HOPPER_DEVICES`): ``OAITritonMxfp4ExpertsMonolithic``
+      (`expert_format` "mxfp4", gpt-oss) where `mxfp4_moe_backend` is OpenAI's Triton kernels (compute capability
+      9.x): ``OAITritonMxfp4ExpertsMonolithic``
       bypasses the workspace manager and ``triton_kernel_fused_experts`` (gpt_oss_triton_kernels_moe.py) allocates
       its ``T x k x w`` intermediate (the activation fused into the first matmul) and ``T x K`` output with
       torch.empty in each call, freed after the layer (gpt-oss-20b at TP 2 on vLLM 0.19, H100: 2.87 GiB logged,
@@ -982,14 +983,14 @@ def fused_moe_caches(spec: ModelSpec, tensor_parallel: int, tokens: int, version
     """
     k, hidden = spec.experts_per_token, spec.hidden_size
     width = spec.moe_intermediate_size // tensor_parallel
-    if version != "0.11" and expert_format == "mxfp4" and device_id in HOPPER_DEVICES:
+    if expert_format == "mxfp4" and mxfp4_moe_backend(version, device).startswith("triton"):
         nbytes = tokens * (k * width + hidden) * ACTIVATION_ELEMENT_BYTES
         return FusedMoeCaches(nbytes, False, (
             f"OAITritonMxfp4ExpertsMonolithic's buffers (gpt_oss_triton_kernels_moe.py, triton_kernel_fused_experts: "
             f"tokens x top_k x {width} and tokens x {hidden}, bf16, {nbytes / GIB:.2f} GiB, freed after each layer; "
             "oracle/mxfp4.py picks OpenAI's Triton kernels for MXFP4 experts on Hopper, outside the workspace "
             "manager)"))
-    if (version == "0.11" and expert_format == "fp8-block128" and device_id in HOPPER_DEVICES
+    if (version == "0.11" and expert_format == "fp8-block128" and device.compute_capability == HOPPER_CAPABILITY
             and width > DEEP_GEMM_MIN_WIDTH_V0_11 and width % DEEP_GEMM_ALIGNMENT == 0
             and hidden % DEEP_GEMM_ALIGNMENT == 0):
         chunk = min(tokens, FUSED_MOE_CHUNK_TOKENS_V0_11)
@@ -1052,24 +1053,13 @@ def _round_up(value: int, multiple: int) -> int:
 #: ``Mxfp4MoEMethod.create_weights`` (quantization/mxfp4.py) rounds the same for ``Mxfp4Backend.MARLIN``
 MARLIN_WIDTH_ALIGNMENT = 128
 MARLIN_HIDDEN_ALIGNMENT = 256
-#: the catalog's compute-capability 8.x devices: below the (9, 0) OpenAI's Triton kernels need, and no FlashInfer
-#: MXFP4 kernel for them (SM90 CUTLASS, SM100 TRT-LLM), so oracle/mxfp4.py's ``select_mxfp4_moe_backend`` falls
-#: through to ``Mxfp4MoeBackend.MARLIN``; vLLM 0.33 the same (``_get_priority_backends_for_gpt_oss``: TRITON needs
-#: (9, 0), FLASHINFER_CUTLASS_MXFP4_BF16 ``FlashInferExperts`` capability 9.0/10.x/12.x, CUTLASS_MXFP4_MXFP4 is
-#: dropped by ``_filter_by_activation`` for bf16 activations, and ``prioritize_humming`` puts Humming ahead of
-#: Marlin only on capability 9.0), with the same rounding and ``prepare_moe_mxfp4_layer_for_marlin`` bytes; vLLM
-#: 0.11's ``get_mxfp4_backend`` returns MARLIN below capability 9
-MARLIN_MXFP4_DEVICES = frozenset({"a100-40gb", "a100-80gb", "l40s", "l4", "a10g", "a10", "rtx-a6000", "rtx-4090",
-                                  "rtx-4080", "rtx-3090"})
-#: the catalog's compute-capability 10.0 devices (datacenter Blackwell), whose MXFP4 experts vLLM runs on
-#: FlashInfer's TRT-LLM-gen MoE kernel (``TrtLlmMxfp4ExpertsBase._supports_current_device``:
-#: ``is_device_capability_family(100)``)
-BLACKWELL_DEVICES = frozenset({"b200"})
-#: the catalog's compute-capability 12.0 devices (RTX PRO 6000 Blackwell): not family 100 for TRT-LLM-gen, above the
-#: (11, 0) OpenAI's Triton kernels stop at in 0.19, FlashInferExperts runs MXFP4 with bf16 activations only on
-#: 9.0, so 0.19 and 0.33 (which also moves TRITON after Marlin on family 120: "the OAI Triton kernels run but their
-#: 99KB shared memory budget caps them at small tiles") land on Marlin, as 0.11 does without triton_kernels
-SM120_DEVICES = frozenset({"rtx-pro-6000"})
+#: vLLM's MXFP4 quantization (quantization/mxfp4.py ``Mxfp4Config.get_min_capability``: 80 in 0.11, 0.19 and 0.33)
+#: refuses a device below 8.0, so no backend is chosen there
+MXFP4_MIN_CAPABILITY = (8, 0)
+#: fused_moe/experts/gpt_oss_triton_kernels_moe.py ``_triton_kernel_moe_supports_current_device`` (0.33): OpenAI's
+#: Triton kernels on CUDA from 9.0 below 13.0 (0.19: below 11.0); only their Hopper (9.x) layouts are read
+#: (`mxfp4_expert_layout_bytes`)
+TRITON_MXFP4_CAPABILITY_033 = ((9, 0), (13, 0))
 #: vLLM 0.11 and 0.19's FlashInfer TRT-LLM-gen backends (0.11 quantization/mxfp4.py ``create_weights`` for
 #: SM100_FI_MXFP4_BF16, 0.19 ``mxfp4_round_up_hidden_size_and_intermediate_size`` for TRTLLM_BACKENDS): the width
 #: per rank and the hidden size rounded up to 256; vLLM 0.33 rounds the width to 128 only (the hidden size to 256)
@@ -1077,32 +1067,44 @@ TRTLLM_ALIGNMENT = 256
 TRTLLM_WIDTH_ALIGNMENT_033 = 128
 
 
-def mxfp4_moe_backend(version: str, device_id: str) -> str:
-    """The MXFP4 MoE backend vLLM `version` runs gpt-oss's experts on for catalog device `device_id`, as
-    `mxfp4_expert_layout_bytes` names it ("triton", "triton-0.33", "marlin", "trtllm", "trtllm-0.33"), or "" where
-    it was not read (AMD, capability 7.x, other releases), with vLLM's default environment (no
+def mxfp4_moe_backend(version: str, device: DeviceFacts) -> str:
+    """The MXFP4 MoE backend vLLM `version` runs gpt-oss's experts on for a device of `device`'s compute capability,
+    as `mxfp4_expert_layout_bytes` names it ("triton", "triton-0.33", "marlin", "trtllm", "trtllm-0.33"), or "" where
+    none is chosen or it was not read (AMD and capability unknown, below 8.0 where vLLM refuses MXFP4
+    (`MXFP4_MIN_CAPABILITY`), other releases), with vLLM's default environment (no
     ``VLLM_USE_FLASHINFER_MOE_MXFP4_*`` or ``VLLM_MXFP4_USE_MARLIN`` override, no LoRA, no expert parallelism):
 
-    * 0.11 (quantization/mxfp4.py ``get_mxfp4_backend``): on capability 10.0 with FlashInfer installed (vLLM's
-      image installs it; ``vllm[flashinfer]``) SM100_FI_MXFP4_BF16, FlashInfer's TRT-LLM-gen kernel ("trtllm";
-      without FlashInfer it runs Marlin, whose layout holds less for gpt-oss); on every other CUDA device
-      ``capability < 9 or not has_triton_kernels()`` picks MARLIN: the triton_kernels package is not among vLLM
-      0.11.0's dependencies nor vendored in it (vLLM PR #27370 and issue #27672, after 0.11.0: "users have to
-      install triton_kernels manually"), so Hopper and the RTX PRO 6000 run Marlin too.
-    * 0.19 (fused_moe/oracle/mxfp4.py ``select_mxfp4_moe_backend``, ``_get_priority_backends``): FLASHINFER_TRTLLM
-      on capability family 100 (flashinfer-python is a 0.19 dependency), TRITON on 9.0 (the vendored
-      third_party/triton_kernels, ``(9, 0) <= capability < (11, 0)``), MARLIN on 8.x and 12.0 (`SM120_DEVICES`).
-    * 0.33 (``_get_priority_backends_for_gpt_oss``): the same order, with its own TRT-LLM and Triton rounding.
+    * 0.11 (quantization/mxfp4.py ``get_mxfp4_backend``): on ``is_device_capability(100)`` (10.0 exactly) with
+      FlashInfer installed (vLLM's image installs it; ``vllm[flashinfer]``) SM100_FI_MXFP4_BF16, FlashInfer's
+      TRT-LLM-gen kernel ("trtllm"; without FlashInfer it runs Marlin, whose layout holds less for gpt-oss); on every
+      other CUDA device ``capability[0] < 9 or not has_triton_kernels()`` picks MARLIN: the triton_kernels package is
+      not among vLLM 0.11.0's dependencies nor vendored in it (vLLM PR #27370 and issue #27672, after 0.11.0: "users
+      have to install triton_kernels manually"), so Hopper and the RTX PRO 6000 run Marlin too.
+    * 0.19 (fused_moe/oracle/mxfp4.py ``select_mxfp4_moe_backend``, ``_get_priority_backends``, each kernel class's
+      ``_supports_current_device``): FLASHINFER_TRTLLM_MXFP4_BF16 on ``is_device_capability_family(100)`` (10.x;
+      flashinfer-python is a 0.19 dependency), TRITON on ``(9, 0) <= capability < (11, 0)`` (the vendored
+      third_party/triton_kernels), FLASHINFER_CUTLASS_MXFP4_BF16 only on ``is_device_capability(90)`` (taken by
+      Triton before it), MARLIN (``has_device_capability((7, 5))``) on the rest: 8.x, 11.x and 12.x.
+    * 0.33 (``_get_priority_backends_for_gpt_oss``): the same order, with its own TRT-LLM and Triton rounding; its
+      Triton kernels run on ``(9, 0) <= capability < (13, 0)`` (`TRITON_MXFP4_CAPABILITY_033`), but family 120 moves
+      TRITON after Marlin ("their 99KB shared memory budget caps them at small tiles"), and ``prioritize_humming``
+      puts Humming ahead of Marlin only on 9.0, where Triton comes first: Marlin on 8.x and 12.x, Triton on 9.x and
+      11.x, whose Triton layout (Blackwell's) is not read: "" there.
     """
-    if version not in MXFP4_LAYOUT_VERSIONS:
+    capability = device.compute_capability
+    if version not in MXFP4_LAYOUT_VERSIONS or capability is None or capability < MXFP4_MIN_CAPABILITY:
         return ""
-    if device_id in BLACKWELL_DEVICES:
+    major = capability[0]
+    if version == "0.11":
+        return "trtllm" if capability == (10, 0) else "marlin"
+    if major == 10:
         return "trtllm-0.33" if version == "0.33" else "trtllm"
-    if device_id in HOPPER_DEVICES:
-        return "marlin" if version == "0.11" else "triton-0.33" if version == "0.33" else "triton"
-    if device_id in MARLIN_MXFP4_DEVICES or device_id in SM120_DEVICES:
-        return "marlin"
-    return ""
+    if major == 9:
+        return "triton-0.33" if version == "0.33" else "triton"
+    low, high = TRITON_MXFP4_CAPABILITY_033
+    if version == "0.33" and major != 12 and low <= capability < high:
+        return ""  # 11.x: OpenAI's Triton kernels in Blackwell's layout, not read
+    return "marlin"
 
 
 def _mxfp4_checkpoint_bytes(experts: int, hidden: int, width: int, bias_bytes: int = ACTIVATION_ELEMENT_BYTES) -> int:
@@ -1207,13 +1209,13 @@ def _mxfp4_layout_basis(version: str, backend: str, width: int, hidden: int) -> 
             "float32 biases, and the unswizzled scales Mxfp4MoEMethod._setup_kernel leaves registered")
 
 
-def expert_layout(stage: Stage, version: str, expert_format: str, device_id: str) -> Term | None:
+def expert_layout(stage: Stage, version: str, expert_format: str, device: DeviceFacts) -> Term | None:
     """The bytes one rank's routed experts hold in vLLM `version` beyond the checkpoint's own (nibble's weights):
     MXFP4 experts (`expert_format` "mxfp4", gpt-oss) in the releases of `MXFP4_LAYOUT_VERSIONS`, in the layout of
-    the backend `mxfp4_moe_backend` says the release runs on `device_id` (`mxfp4_expert_layout_bytes`); None
+    the backend `mxfp4_moe_backend` says the release runs on `device` (`mxfp4_expert_layout_bytes`); None
     elsewhere (other formats, releases and devices: not read)."""
     spec = stage.spec
-    backend = mxfp4_moe_backend(version, device_id)
+    backend = mxfp4_moe_backend(version, device)
     if expert_format != "mxfp4" or not backend or not spec.is_moe:
         return None
     start, stop = stage.layers
@@ -1227,7 +1229,7 @@ def expert_layout(stage: Stage, version: str, expert_format: str, device_id: str
 
 
 def _forward_bytes(spec: ModelSpec, tensor_parallel: int, tokens: int, version: str, expert_format: str = "",
-                   device_id: str = "", element_bytes: int = 2) -> int:
+                   device: DeviceFacts = UNKNOWN_DEVICE, element_bytes: int = 2) -> int:
     """Peak live activation bytes on one rank during one decoder layer of the dummy forward pass.
 
     ``tokens x element_bytes (2; 4 for a model run in float32) x (3 x hidden + max(MLP, attention))``: the
@@ -1248,7 +1250,7 @@ def _forward_bytes(spec: ModelSpec, tensor_parallel: int, tokens: int, version: 
     per_token = element_bytes * tokens
     if not spec.is_moe:
         return per_token * (3 * spec.hidden_size + max(mlp, attention))
-    caches = fused_moe_caches(spec, tp, tokens, version, expert_format, device_id)
+    caches = fused_moe_caches(spec, tp, tokens, version, expert_format, device)
     shared = 3 * spec.shared_expert_width // tp
     if caches.persists:
         return per_token * (3 * spec.hidden_size + max(mlp, attention, shared)) + caches.nbytes
@@ -1293,20 +1295,39 @@ def torch_sort_peak_per_logit(rows: int) -> int:
     return 4 + 4 + 8 + buffers
 #: FlashInfer's ``top_k_mask_logits`` row-state buffer (flashinfer/sampling.py, ``_get_cache_buf``, kept once made)
 FLASHINFER_ROW_STATES_BYTES = 1 * MIB
-#: vLLM 0.33's ``flashinfer_sampler_supported`` (v1/sample/ops/topk_topp_sampler.py): off outside CUDA, below
-#: compute capability 8.0 or above 12.1 (``FlashInferBackend.supports_compute_capability``) and at 16 SMs or fewer;
-#: of the catalog's devices the ROCm ones, the T4 (7.5) and the V100 (7.0)
-FLASHINFER_SAMPLER_UNSUPPORTED = frozenset({"t4", "v100-16gb", "v100-32gb", "mi300x", "mi325x"})
+#: vLLM 0.33's ``flashinfer_sampler_supported`` (v1/sample/ops/topk_topp_sampler.py): CUDA devices from compute
+#: capability 8.0 to 12.1 (``FlashInferBackend.supports_compute_capability`` in v1/attention/backends/flashinfer.py)
+#: with more than 16 SMs (``num_compute_units``: FlashInfer's multi-CTA top-k masking)
+FLASHINFER_SAMPLER_CAPABILITY = ((8, 0), (12, 1))
+FLASHINFER_SAMPLER_MIN_SMS = 17
 
 
-def _triton_buffer(device_id: str, rows: int, vocabulary: int) -> tuple[int, str]:
-    """topk_topp_triton.py's cached float32 buffer: ``min(next_power_of_2(min(SMs, rows)), SMs) x vocabulary``."""
-    units = compute_units(device_id)
+def flashinfer_sampler_supported(device: DeviceFacts) -> bool:
+    """vLLM 0.33's ``flashinfer_sampler_supported`` for `device`: not on ROCm, not outside
+    `FLASHINFER_SAMPLER_CAPABILITY`, not at 16 SMs or fewer; a device of unknown vendor and capability, or of unknown
+    SM count, is taken to run it (its masked logits and softmax outweigh the Triton kernel's buffer at any SM count:
+    the safe side).  ``_flashinfer_jit_unsupported_reason`` (FlashInfer unable to compile for the device) is not
+    modelled."""
+    low, high = FLASHINFER_SAMPLER_CAPABILITY
+    capability = device.compute_capability
+    if device.vendor == "amd" or (capability is not None and not low <= capability <= high):
+        return False
+    return device.compute_units is None or device.compute_units >= FLASHINFER_SAMPLER_MIN_SMS
+
+
+def _triton_buffer(device: DeviceFacts, rows: int, vocabulary: int) -> tuple[int, str]:
+    """topk_topp_triton.py's cached float32 buffer: ``min(next_power_of_2(min(SMs, rows)), SMs) x vocabulary``, with
+    `torch_cuda.compute_units` of `device` (the basis says when the device's count was not known)."""
+    units, known = compute_units(device)
     buffer_rows = min(1 << (min(units, rows) - 1).bit_length(), units)
-    return buffer_rows * vocabulary * 4, f"the Triton top-k/top-p buffer of {buffer_rows} rows ({units} SMs)"
+    counted = f"{units} SMs" if known else (
+        f"{units} SMs: the device's count not given, the most of the catalog's NVIDIA devices"
+        f"{'' if device.compute_capability is None else f' of compute capability {device.compute_capability[0]}.x'}"
+        ", the safe side")
+    return buffer_rows * vocabulary * 4, f"the Triton top-k/top-p buffer of {buffer_rows} rows ({counted})"
 
 
-def sampler_pass_bytes(spec: ModelSpec, rows: int, tokens: int, device_id: str,
+def sampler_pass_bytes(spec: ModelSpec, rows: int, tokens: int, device: DeviceFacts,
                        version: str = "0.19", element_bytes: int = ACTIVATION_ELEMENT_BYTES) -> tuple[int, str]:
     """The peak of vLLM `version`'s sampler pass in the profiling run (``_dummy_sampler_run``, on the last pipeline
     stage) over `rows` = min(max_num_seqs, max_num_batched_tokens) dummy requests, and its basis.  Every release
@@ -1318,7 +1339,7 @@ def sampler_pass_bytes(spec: ModelSpec, rows: int, tokens: int, device_id: str,
       the gathered rows' ``torch.rand_like`` copy; three float32 copies of ``rows x vocabulary``
       (`SAMPLER_FLOAT32_COPIES`: the logits, the softmax probabilities, the exponential draws of
       ``random_sample``); the dummy requests ask top-k and top-p, which ``apply_top_k_top_p_triton`` applies in
-      place from 8 rows on with a cached buffer (`_triton_buffer`, `torch_cuda.compute_units` of `device_id`);
+      place from 8 rows on with a cached buffer (`_triton_buffer`, `torch_cuda.compute_units` of `device`);
       below 8 rows ``apply_top_k_top_p_pytorch`` sorts, and the peak is the sort's (`torch_sort_peak_per_logit`:
       48 bytes a logit from 2 rows, 36 for one, beside the 16-bit logits), above the masks and sorted probabilities
       after it (`SORT_PATH_BYTES_PER_LOGIT` beside the float32 logits) and the probabilities and draws after them.
@@ -1332,7 +1353,7 @@ def sampler_pass_bytes(spec: ModelSpec, rows: int, tokens: int, device_id: str,
       ``_dummy_sampler_run`` gathers the rows (``hidden_states[logits_indices]``) with no random copy and samples
       twice, the second time with ``SamplingParams.for_sampler_warmup`` (top-k 50, top-p 0.9, min-p, penalties,
       logit bias, logprobs), whose ``apply_sampling_params`` copies the logits to float32 (4 bytes a logit); on a
-      CUDA device ``flashinfer_sampler_supported`` admits (`FLASHINFER_SAMPLER_UNSUPPORTED`), FlashInfer's
+      CUDA device ``flashinfer_sampler_supported`` admits (`flashinfer_sampler_supported`), FlashInfer's
       ``top_k_top_p_sampling_from_logits`` then holds its masked logits and their softmax (4 + 4,
       ``top_k_mask_logits``, ``torch.softmax``) and a 1 MiB row-state buffer (`FLASHINFER_ROW_STATES_BYTES`);
       elsewhere ``apply_top_k_top_p_triton`` masks in place with its buffer and ``gumbel_sample`` takes per-block
@@ -1346,12 +1367,14 @@ def sampler_pass_bytes(spec: ModelSpec, rows: int, tokens: int, device_id: str,
     logits = rows * padded * element_bytes
     if version == "0.33":
         held = (tokens + rows) * hidden * element_bytes + logits + rows * vocabulary * 4
-        if device_id not in FLASHINFER_SAMPLER_UNSUPPORTED:
+        if flashinfer_sampler_supported(device):
             extra, how = (rows * vocabulary * 8 + FLASHINFER_ROW_STATES_BYTES,
                           "FlashInfer's top-k-masked logits and their softmax (8 bytes a logit) and its 1 MiB "
-                          "row-state buffer")
+                          "row-state buffer" + ("" if device.compute_units is not None else
+                                                " (the device's SM count not given: taken above the 16 FlashInfer "
+                                                "needs, the larger charge)"))
         else:
-            extra, how = _triton_buffer(device_id, rows, vocabulary)
+            extra, how = _triton_buffer(device, rows, vocabulary)
         return held + extra, (f"sampler over {rows} requests x {vocabulary} vocabulary with the warm-up parameters: "
                               f"{element_bytes}-byte logits and their float32 copy ({element_bytes + 4} bytes a "
                               f"logit), {how}, beside the dummy run's {tokens} hidden states and the sampled rows "
@@ -1375,7 +1398,7 @@ def sampler_pass_bytes(spec: ModelSpec, rows: int, tokens: int, device_id: str,
             f"run's {tokens} hidden states and two copies of the sampled rows (gpu_model_runner._dummy_sampler_run, "
             "sampler.py, topk_topp_sampler.py, torch SortStable.cu)")
     copies = SAMPLER_FLOAT32_COPIES * rows * vocabulary * 4
-    top_k_top_p, how = _triton_buffer(device_id, rows, vocabulary)
+    top_k_top_p, how = _triton_buffer(device, rows, vocabulary)
     total = held + copies + top_k_top_p
     return total, (f"sampler over {rows} requests x {vocabulary} vocabulary: {element_bytes}-byte logits and three "
                    f"float32 copies ({element_bytes + 12} bytes a logit), {how}, beside the dummy run's {tokens} "
@@ -1858,10 +1881,10 @@ def capability_requirement(version: str, weight_format: str) -> str | None:
 
 
 @lru_cache(maxsize=4096)
-def _activation_of(version: str, stage: Stage, limits: BatchLimits, expert_format: str, device_id: str) -> Term:
+def _activation_of(version: str, stage: Stage, limits: BatchLimits, expert_format: str, device: DeviceFacts) -> Term:
     """`VllmProfile.activation` of release `version`, computed once per set of arguments: a pure function of them
     that every plan asks once per weight format and parallel layout."""
-    return VllmProfile(version)._activation(stage, limits, expert_format, device_id)
+    return VllmProfile(version)._activation(stage, limits, expert_format, device)
 
 
 class VllmProfile:
@@ -1899,12 +1922,13 @@ class VllmProfile:
             return BatchLimits(max_batched_tokens=8192, max_num_seqs=1024)
         return BatchLimits(max_batched_tokens=2048, max_num_seqs=256)
 
-    def activation(self, stage: Stage, limits: BatchLimits, expert_format: str = "", device_id: str = "") -> Term:
+    def activation(self, stage: Stage, limits: BatchLimits, expert_format: str = "",
+                   device: DeviceFacts = UNKNOWN_DEVICE) -> Term:
         """The torch peak of `GPUModelRunner.profile_run`: the larger of the dummy forward pass over
         ``max_batched_tokens`` tokens and, on the last stage, the sampler pass over
         ``min(max_num_seqs, max_batched_tokens)`` rows of full-vocabulary logits, during which the
         dummy run's hidden states are still held (as each release's code allocates them, `sampler_pass_bytes`,
-        with PyTorch's cuBLAS workspaces beside the peak, `torch_cuda.blas_workspace_bytes` of `device_id`, and in
+        with PyTorch's cuBLAS workspaces beside the peak, `torch_cuda.blas_workspace_bytes` of `device`, and in
         0.33 the sampler's penalty state, `sampler_state_bytes`);
         the forward pass's intermediates are freed before the sampler runs, so the two do not add,
         except, from the releases whose `moe_workspace_persists`, a MoE model's fused-MoE caches
@@ -1915,31 +1939,31 @@ class VllmProfile:
         buffers it receives the previous stage's hidden states and residual in (``IntermediateTensors`` of
         ``max_num_batched_tokens`` rows, allocated once by the dummy run: 2 × tokens × hidden × 2 bytes;
         Llama-3.1-8B's last stage at PP=2 on vLLM 0.19: 1.89 + 0.13 = the 2.01 GiB logged).  `expert_format` (the
-        weight format of the routed experts) and `device_id` (a catalog device) select the fused-MoE kernel class
+        weight format of the routed experts) and `device` (its compute capability) select the fused-MoE kernel class
         as vLLM's oracles do (`fused_moe_caches`).  A hybrid model's Gated DeltaNet layers add nothing in v0.11 (the
         layer returns before its projections) and their projections from v0.19 (`gdn_forward_bytes_per_token`, when
         wider than the other layers'); the rotary cos/sin cache the model is built with is charged beside the peak
         (`rotary_cache_bytes`)."""
-        return _activation_of(self._version, stage, limits, expert_format, device_id)
+        return _activation_of(self._version, stage, limits, expert_format, device)
 
-    def _activation(self, stage: Stage, limits: BatchLimits, expert_format: str, device_id: str) -> Term:
+    def _activation(self, stage: Stage, limits: BatchLimits, expert_format: str, device: DeviceFacts) -> Term:
         """`activation`, uncached."""
         spec, tokens, element = stage.spec, limits.max_batched_tokens, stage.element_bytes
         received = 2 * tokens * spec.hidden_size * element if stage.layers[0] > 0 else 0
-        caches = (fused_moe_caches(spec, stage.tensor_parallel, tokens, self._version, expert_format, device_id)
+        caches = (fused_moe_caches(spec, stage.tensor_parallel, tokens, self._version, expert_format, device)
                   if spec.is_moe else None)
         gdn = 0
         if spec.linear_attention is not None and self._rules.gdn_projections_profiled:
             gdn = gdn_forward_bytes_per_token(spec, stage.tensor_parallel)
         # a Gated DeltaNet layer after the first MoE layer runs beside the fused-MoE caches where they persist
         held_by_moe = caches.nbytes if caches is not None and caches.persists else 0
-        forward = max(_forward_bytes(spec, stage.tensor_parallel, tokens, self._version, expert_format, device_id,
+        forward = max(_forward_bytes(spec, stage.tensor_parallel, tokens, self._version, expert_format, device,
                                      element),
                       tokens * gdn + held_by_moe if gdn else 0) + received
         rows = min(limits.max_num_seqs, tokens) if stage.is_last else 0
         workspace = caches.nbytes if rows and caches is not None and caches.persists else 0
-        sampled, sampler_basis = sampler_pass_bytes(spec, rows, tokens, device_id, self._version, element)
-        blas = blas_workspace_bytes(device_id)
+        sampled, sampler_basis = sampler_pass_bytes(spec, rows, tokens, device, self._version, element)
+        blas = blas_workspace_bytes(device)
         state = sampler_state_bytes(spec, limits.max_num_seqs, self._version) if stage.is_last else 0
         sampler = sampled + workspace + received
         held = f", with the fused-MoE caches still held ({workspace / GIB:.2f} GiB)" if workspace else ""
@@ -2155,10 +2179,10 @@ class VllmProfile:
         runs float32 (`runs_float32`), else 2 (bfloat16 or float16)."""
         return 4 if runs_float32(self._version, spec.model_type, compute_capability) else ACTIVATION_ELEMENT_BYTES
 
-    def expert_layout(self, stage: Stage, expert_format: str = "", device_id: str = "") -> Term | None:
+    def expert_layout(self, stage: Stage, expert_format: str = "", device: DeviceFacts = UNKNOWN_DEVICE) -> Term | None:
         """The bytes vLLM's MXFP4 experts hold beyond the checkpoint's in the layout of the backend the release
-        runs on `device_id` (`expert_layout`, `mxfp4_moe_backend`)."""
-        return expert_layout(stage, self._version, expert_format, device_id)
+        runs on `device` (`expert_layout`, `mxfp4_moe_backend`)."""
+        return expert_layout(stage, self._version, expert_format, device)
 
     def weight_allocation(self, stage: Stage, weight_format: str = "") -> Term | None:
         """The bytes PyTorch's caching allocator counts for the rank's weights beyond their size, inside vLLM's

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from quant_core.catalog import get_device, get_preset, get_preset_info, list_devices
+from quant_core.catalog import UNKNOWN_DEVICE, device_facts, get_device, get_preset, get_preset_info, list_devices
 from quant_core.engines import BatchLimits, Stage, get_engine
 from quant_core.engines.base import Term
 from quant_core.engines.vllm import (
@@ -26,6 +26,13 @@ from quant_core.kv_cache import kv_bytes_per_token
 from quant_core.planner import Hardware, Plan, PlanOptions, Workload, plan
 from quant_core.schemes import WeightScheme, scheme_from_quantization_config
 from quant_core.specs import ModelSpec
+
+#: the catalog devices the figures below are charged on
+A100_80GB = device_facts("a100-80gb")
+H100 = device_facts("h100-80gb")
+L40S = device_facts("l40s")
+MI300X = device_facts("mi300x")
+T4 = device_facts("t4")
 
 GIB = 1 << 30
 LOGS: list[dict[str, Any]] = json.loads(
@@ -149,7 +156,7 @@ def test_a_large_profiling_batch_makes_the_forward_pass_the_peak(log_id: str) ->
     # workspaces (9.1 MiB: the Hopper figure is 33 MiB, so the device is passed).
     log = BY_ID[log_id]
     term = VllmProfile().activation(_stage(_spec(log)), BatchLimits(log["max_num_batched_tokens"], log["max_num_seqs"]),
-                                    device_id=log["catalog_device"])
+                                    device=device_facts(log["catalog_device"]))
     assert abs(term.bytes / GIB - log["activation_gib"]) / log["activation_gib"] < 0.02
     assert term.basis.index("forward pass") < term.basis.index("sampler")
 
@@ -193,7 +200,7 @@ def test_engine_terms_fill_the_gap_between_logged_weights_and_logged_kv_memory(l
     # Triton kernels, outside the workspace manager); the logged weights hold the rotary cos/sin cache nibble charges
     # in its activation term: counted once
     experts = "mxfp4" if log["weights_format"] == "mxfp4" else ""
-    activation = (profile.activation(stage, limits, experts, log["catalog_device"] or "").bytes
+    activation = (profile.activation(stage, limits, experts, device_facts(log["catalog_device"])).bytes
                   - rotary_cache_bytes(spec, log["profile_version"]))
     predicted = (int(total * log["gpu_memory_utilization"]) - loaded - activation
                  - profile.cuda_graphs(stage, limits).bytes) / GIB
@@ -217,7 +224,7 @@ def _activation_against_its_log(log_id: str, release: str) -> tuple[Term, float]
     experts = "mxfp4" if log["weights_format"] == "mxfp4" else ""
     term = VllmProfile(release).activation(_stage(spec, log["tensor_parallel"]),
                                            BatchLimits(log["max_num_batched_tokens"], log["max_num_seqs"]),
-                                           experts, log["catalog_device"])
+                                           experts, device_facts(log["catalog_device"]))
     predicted = (term.bytes - rotary_cache_bytes(spec, release)) / GIB
     print(f"{log_id}: {predicted:.3f} GiB predicted, {log['activation_gib']} logged")
     return term, predicted
@@ -244,13 +251,13 @@ def test_the_sampler_buffer_has_a_row_per_sm_and_a_few_rows_take_pytorchs_sort()
     # the float32 logits; one row's segmented_sort_large_segments, 36), above the 12 bytes of the float32 copies
     spec = get_preset("llama-3.1-8b")
     vocabulary, held = 128_256, (8192 + 2 * 100) * 4096 * 2 + 100 * 128_256 * 2
-    assert sampler_pass_bytes(spec, 100, 8192, "h100-80gb")[0] == held + 3 * 100 * vocabulary * 4 + 128 * vocabulary * 4
-    assert sampler_pass_bytes(spec, 100, 8192, "a100-80gb")[0] == held + 3 * 100 * vocabulary * 4 + 108 * vocabulary * 4
+    assert sampler_pass_bytes(spec, 100, 8192, H100)[0] == held + 3 * 100 * vocabulary * 4 + 128 * vocabulary * 4
+    assert sampler_pass_bytes(spec, 100, 8192, A100_80GB)[0] == held + 3 * 100 * vocabulary * 4 + 108 * vocabulary * 4
     few = (8192 + 2 * 4) * 4096 * 2 + 4 * 128_256 * 2
-    assert sampler_pass_bytes(spec, 4, 8192, "h100-80gb")[0] == few + 4 * vocabulary * 48
+    assert sampler_pass_bytes(spec, 4, 8192, H100)[0] == few + 4 * vocabulary * 48
     one = (8192 + 2) * 4096 * 2 + 128_256 * 2
-    assert sampler_pass_bytes(spec, 1, 8192, "h100-80gb")[0] == one + vocabulary * 36
-    assert sampler_pass_bytes(spec, 0, 8192, "h100-80gb")[0] == 0  # a pipeline stage before the last
+    assert sampler_pass_bytes(spec, 1, 8192, H100)[0] == one + vocabulary * 36
+    assert sampler_pass_bytes(spec, 0, 8192, H100)[0] == 0  # a pipeline stage before the last
 
 
 @pytest.mark.parametrize("log_id", TEXT_V011)
@@ -274,7 +281,7 @@ def test_pytorchs_sort_buffers_depend_on_the_row_count() -> None:
     spec = get_preset("llama-3.1-8b")
     for rows, per_logit in ((1024, 38), (128, 38), (127, 50), (64, 50), (2, 50), (1, 38)):
         held = (8192 + 2 * rows) * 4096 * 2
-        assert sampler_pass_bytes(spec, rows, 8192, "h100-80gb", "0.11")[0] == held + rows * 128_256 * per_logit
+        assert sampler_pass_bytes(spec, rows, 8192, H100, "0.11")[0] == held + rows * 128_256 * per_logit
 
 
 def test_vllm_0_33s_sampler_pass_is_model_runner_v2s() -> None:
@@ -285,9 +292,9 @@ def test_vllm_0_33s_sampler_pass_is_model_runner_v2s() -> None:
     # 0.57 GiB of peak activation for Qwen3-4B's 256 x 151,936 logits: the 0.33 pass is 0.519 GiB, 0.05 under it.
     spec = _spec(BY_ID["vllm-57047-awq"])
     held = (2048 + 256) * 2560 * 2 + 256 * 151_936 * (2 + 4)
-    assert sampler_pass_bytes(spec, 256, 2048, "l40s", "0.33")[0] == held + 256 * 151_936 * 8 + (1 << 20)
-    assert sampler_pass_bytes(spec, 256, 2048, "t4", "0.33")[0] == held + 40 * 151_936 * 4
-    assert round(sampler_pass_bytes(spec, 256, 2048, "", "0.33")[0] / GIB, 3) == 0.519
+    assert sampler_pass_bytes(spec, 256, 2048, L40S, "0.33")[0] == held + 256 * 151_936 * 8 + (1 << 20)
+    assert sampler_pass_bytes(spec, 256, 2048, T4, "0.33")[0] == held + 40 * 151_936 * 4
+    assert round(sampler_pass_bytes(spec, 256, 2048, UNKNOWN_DEVICE, "0.33")[0] / GIB, 3) == 0.519
     assert 0.04 < BY_ID["vllm-57047-awq"]["activation_gib"] - 0.519 < 0.06
 
 
@@ -300,12 +307,12 @@ def test_vllm_0_33_charges_the_samplers_penalty_state_on_the_last_stage() -> Non
     limits = BatchLimits(8192, 1024)
     last, first = _stage(spec), Stage(spec, 1, 2, (0, 16), False)
     profile = VllmProfile("0.33")
-    term = profile.activation(last, limits, device_id="h100-80gb")
+    term = profile.activation(last, limits, device=H100)
     assert "penalty state" in term.basis and f"({state / GIB:.2f} GiB)" in term.basis
-    passes = sampler_pass_bytes(spec, 1024, 8192, "h100-80gb", "0.33")[0]
+    passes = sampler_pass_bytes(spec, 1024, 8192, H100, "0.33")[0]
     assert term.bytes >= passes + state
-    assert "penalty state" not in profile.activation(first, limits, device_id="h100-80gb").basis
-    assert "penalty state" not in VllmProfile("0.19").activation(last, limits, device_id="h100-80gb").basis
+    assert "penalty state" not in profile.activation(first, limits, device=H100).basis
+    assert "penalty state" not in VllmProfile("0.19").activation(last, limits, device=H100).basis
 
 
 @pytest.mark.parametrize(("log_id", "slack_mib"), [
@@ -827,7 +834,7 @@ def test_vllm_0_19_holds_gpt_oss_20b_experts_at_tp2_on_hopper_in_openais_triton_
                + (2 * 1440 + 2880) * 2)
     spec = get_preset("gpt-oss-20b")
     assert mxfp4_expert_layout_bytes(spec, 2, 24, "triton") == (24 * 32 * held, 24 * 32 * shipped)
-    term = VllmProfile("0.19").expert_layout(_stage(spec, 2), "mxfp4", "h100-80gb")
+    term = VllmProfile("0.19").expert_layout(_stage(spec, 2), "mxfp4", H100)
     assert term is not None and term.bytes == 24 * 32 * (held - shipped)  # 0.55 GiB a rank
     assert "1440 -> 1472" in term.basis
 
@@ -845,11 +852,11 @@ def test_vllm_0_19_holds_gpt_oss_20b_experts_on_a100_in_marlins_padded_tiles() -
 
 def test_mxfp4_layouts_are_charged_only_where_they_were_read() -> None:
     spec, profile = get_preset("gpt-oss-20b"), VllmProfile("0.19")
-    assert profile.expert_layout(_stage(spec), "bf16", "h100-80gb") is None
-    assert profile.expert_layout(_stage(spec), "mxfp4", "mi300x") is None  # ROCm's CK / AITER layouts: not read
-    assert profile.expert_layout(_stage(spec), "mxfp4", "t4") is None  # capability 7.5: not read
-    assert profile.expert_layout(_stage(spec), "mxfp4", "") is None  # no catalog device: the backend is unknown
-    assert profile.expert_layout(_stage(get_preset("llama-3.1-8b")), "mxfp4", "h100-80gb") is None  # no experts
+    assert profile.expert_layout(_stage(spec), "bf16", H100) is None
+    assert profile.expert_layout(_stage(spec), "mxfp4", MI300X) is None  # ROCm's CK / AITER layouts: not read
+    assert profile.expert_layout(_stage(spec), "mxfp4", T4) is None  # capability 7.5: not read
+    assert profile.expert_layout(_stage(spec), "mxfp4", UNKNOWN_DEVICE) is None  # no capability: the backend unknown
+    assert profile.expert_layout(_stage(get_preset("llama-3.1-8b")), "mxfp4", H100) is None  # no experts
 
 
 # gpt-oss-20b: 24 MoE layers x 32 experts, gpt-oss-120b: 36 x 128, both hidden H = 2,880 and expert width 2,880
@@ -904,7 +911,7 @@ def test_gpt_oss_mxfp4_experts_per_rank_bytes_by_release_device_and_tp(version: 
     backend = BACKEND_OF[version, device]
     held, shipped = HELD_EXPERT[backend, tensor_parallel], SHIPPED_EXPERT[tensor_parallel]
     spec = get_preset(model)
-    term = VllmProfile(version).expert_layout(_stage(spec, tensor_parallel), "mxfp4", device)
+    term = VllmProfile(version).expert_layout(_stage(spec, tensor_parallel), "mxfp4", device_facts(device))
     assert term is not None
     assert term.bytes == EXPERTS_OF[model] * (held - shipped)
     assert mxfp4_expert_layout_bytes(spec, tensor_parallel, spec.num_layers, backend) == \
@@ -939,7 +946,7 @@ def test_vllm_0_11_runs_gpt_oss_on_marlin_on_hopper_without_triton_kernels() -> 
     # layout 0.85 + bf16 rotary cache 0.03): that image ran OpenAI's Triton kernels, so the plan is on the safe side
     log = BY_ID["llmd-v0.11-gpt-oss-20b"]
     spec = _spec(log)
-    term = VllmProfile("0.11").expert_layout(_stage(spec), "mxfp4", "h100-80gb")
+    term = VllmProfile("0.11").expert_layout(_stage(spec), "mxfp4", H100)
     assert term is not None and term.bytes == 768 * (HELD_EXPERT["marlin", 1] - SHIPPED_EXPERT[1])  # 0.85 GiB
     hardware = Hardware(get_device("h100-80gb").planning_bytes, 1, "h100-80gb")
     device = plan(spec, hardware, Workload(log["max_model_len"], 1), _options(log, "as shipped")).primary.devices[0]
@@ -961,7 +968,7 @@ def test_vllm_0_33_holds_gpt_oss_20b_experts_at_tp2_on_hopper_in_its_vendored_tr
                + (2 * 1440 + 2880) * 2)
     spec = get_preset("gpt-oss-20b")
     assert mxfp4_expert_layout_bytes(spec, 2, 24, "triton-0.33") == (24 * 32 * held, 24 * 32 * shipped)
-    term = VllmProfile("0.33").expert_layout(_stage(spec, 2), "mxfp4", "h100-80gb")
+    term = VllmProfile("0.33").expert_layout(_stage(spec, 2), "mxfp4", H100)
     assert term is not None and term.bytes == 24 * 32 * (held - shipped)  # 0.14 GiB a rank (0.19: 0.55 GiB)
     assert "1440 -> 1472" in term.basis and "vLLM 0.33" in term.basis
 
@@ -976,7 +983,7 @@ def test_vllm_0_33_holds_gpt_oss_20b_experts_at_tp2_on_a100_in_marlins_padded_ti
         return 2 * width * hidden // 2 + 2 * width * hidden // 32 + hidden * width // 2 + hidden * width // 32 \
             + (2 * width + hidden) * 2
     spec = get_preset("gpt-oss-20b")
-    term = VllmProfile("0.33").expert_layout(_stage(spec, 2), "mxfp4", "a100-80gb")
+    term = VllmProfile("0.33").expert_layout(_stage(spec, 2), "mxfp4", A100_80GB)
     assert term is not None and term.bytes == 24 * 32 * (experts(1536, 3072) - experts(1440, 2880))  # 0.65 GiB
     assert "1440 -> 1536" in term.basis and "2880 -> 3072" in term.basis
 
@@ -992,7 +999,7 @@ def test_gpt_oss_weights_vllm_0_19_logs_are_the_checkpoint_its_expert_layout_and
     tp = log["tensor_parallel"]
     hardware = Hardware(get_device(log["catalog_device"]).planning_bytes, tp, log["catalog_device"])
     device = plan(spec, hardware, Workload(log["max_model_len"], 1), _options(log, "as shipped")).primary.devices[0]
-    term = VllmProfile("0.19").expert_layout(_stage(spec, tp), "mxfp4", log["catalog_device"])
+    term = VllmProfile("0.19").expert_layout(_stage(spec, tp), "mxfp4", device_facts(log["catalog_device"]))
     assert term is not None
     loaded = (device.weights_bytes + term.bytes + rotary_cache_bytes(spec, "0.19")) / GIB
     print(f"{log_id}: weights {loaded:.3f} GiB predicted, {log['weights_gib']} logged "

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import pytest
 
-from quant_core.catalog import get_device, get_preset_info
+from quant_core.catalog import device_facts, get_device, get_preset_info
 from quant_core.engines.vllm import (
     FLOAT16_UNSUPPORTED_MODEL_TYPES,
     _forward_bytes,
@@ -22,6 +22,9 @@ from quant_core.engines.vllm import (
 from quant_core.errors import UnknownName
 from quant_core.formats import WeightFormat, float_format, fp8, int4
 from quant_core.planner import Hardware, Plan, PlanOptions, Workload, plan
+
+#: the catalog devices the figures below are charged on
+T4 = device_facts("t4")
 
 RELEASES = ("0.11", "0.19", "0.33")
 
@@ -127,8 +130,8 @@ def test_plamo2_runs_float32_in_0_11_and_0_19_only() -> None:
 def test_the_forward_pass_and_the_sampled_hidden_states_take_4_bytes_an_element_in_float32() -> None:
     spec = get_preset_info("gemma-2-9b").spec
     assert _forward_bytes(spec, 1, 2048, "0.19", element_bytes=4) == 2 * _forward_bytes(spec, 1, 2048, "0.19")
-    wide, _ = sampler_pass_bytes(spec, 256, 2048, "t4", element_bytes=4)
-    narrow, _ = sampler_pass_bytes(spec, 256, 2048, "t4")
+    wide, _ = sampler_pass_bytes(spec, 256, 2048, T4, element_bytes=4)
+    narrow, _ = sampler_pass_bytes(spec, 256, 2048, T4)
     padded = -(-spec.vocab_size // 64) * 64
     assert wide - narrow == 2 * ((2048 + 2 * 256) * spec.hidden_size + 256 * padded)
 

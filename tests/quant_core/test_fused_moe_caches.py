@@ -28,11 +28,16 @@ from pathlib import Path
 
 import pytest
 
-from quant_core.catalog import get_device, get_preset, get_preset_info
+from quant_core.catalog import device_facts, get_device, get_preset, get_preset_info
 from quant_core.engines.base import BatchLimits, Stage
 from quant_core.engines.vllm import VllmProfile, fused_moe_caches, rotary_cache_bytes
 from quant_core.planner import Hardware, PlanOptions, Workload, plan
 from quant_core.schemes import scheme_from_quantization_config
+
+#: the catalog devices the figures below are charged on
+A100_80GB = device_facts("a100-80gb")
+H100 = device_facts("h100-80gb")
+H200 = device_facts("h200")
 
 GIB = 1 << 30
 LOGS = {log["id"]: log for log in json.loads(
@@ -101,7 +106,7 @@ def test_the_workspace_is_held_under_the_sampler_pass_from_0_19_only() -> None:
     # charged Hopper's)
     spec, limits = get_preset("deepseek-v3"), BatchLimits(8192, 1024)
     stage = Stage(spec, 8, 1, (0, spec.num_layers), True)
-    new = VllmProfile("0.19").activation(stage, limits, device_id="h200")
+    new = VllmProfile("0.19").activation(stage, limits, device=H200)
     rotary = 163_840 * 64 * 2  # the yarn cos/sin cache (original_max_position x factor positions), held throughout
     assert rotary_cache_bytes(spec, "0.19") == rotary_cache_bytes(spec, "0.11") == rotary
     assert new.bytes == (1024 * 129_280 * 14 + 132 * 129_280 * 4 + (8192 + 2 * 1024) * 7168 * 2 + 1_879_048_192
@@ -119,8 +124,8 @@ def test_gpt_oss_mxfp4_experts_on_hopper_hold_no_workspace_on_0_19() -> None:
     log = LOGS["llmdp-v0.19-gpt-oss-20b-tp2"]
     spec = get_preset("gpt-oss-20b")
     stage, limits = Stage(spec, 2, 1, (0, spec.num_layers), True), BatchLimits(8192, 1024)
-    hopper = VllmProfile("0.19").activation(stage, limits, "mxfp4", "h100-80gb")
-    a100 = VllmProfile("0.19").activation(stage, limits, "mxfp4", "a100-80gb")
+    hopper = VllmProfile("0.19").activation(stage, limits, "mxfp4", H100)
+    a100 = VllmProfile("0.19").activation(stage, limits, "mxfp4", A100_80GB)
     workspace = triton_workspace(tokens=8192, top_k=4, width=1440, hidden=2880)
     # beside the workspace, the A100's sampler buffer has 108 rows of 201,088 float32 logits, not the H100's 132
     # (topk_topp_triton.py: one per SM), and its cuBLAS workspace is 8 MiB + 128 KiB, not 32 MiB (CublasHandlePool.cpp)
@@ -129,28 +134,28 @@ def test_gpt_oss_mxfp4_experts_on_hopper_hold_no_workspace_on_0_19() -> None:
     assert "OAITritonMxfp4ExpertsMonolithic" in hopper.basis and "still held" not in hopper.basis
     # the activation term carries gpt-oss's float32 rotary cache, which vLLM logs inside "Model loading took"
     assert abs((hopper.bytes - rotary_cache_bytes(spec, "0.19")) / GIB - log["activation_gib"]) < 0.03
-    assert fused_moe_caches(spec, 2, 8192, "0.19", "mxfp4", "h100-80gb").persists is False
+    assert fused_moe_caches(spec, 2, 8192, "0.19", "mxfp4", H100).persists is False
     # bf16 experts on Hopper, and every format on 0.11, are not affected
-    assert fused_moe_caches(spec, 2, 8192, "0.19", "bf16", "h100-80gb").nbytes == workspace
-    assert fused_moe_caches(spec, 2, 8192, "0.11", "mxfp4", "h100-80gb").basis.startswith("fused_experts_impl")
+    assert fused_moe_caches(spec, 2, 8192, "0.19", "bf16", H100).nbytes == workspace
+    assert fused_moe_caches(spec, 2, 8192, "0.11", "mxfp4", H100).basis.startswith("fused_experts_impl")
 
 
 def test_vllm_0_11_keeps_deep_gemms_workspace_for_block_fp8_experts_wider_than_512_on_hopper() -> None:
     # Qwen3-30B-A3B-FP8 on one H100 at 8192 tokens: M_sum = round_up(8192 x 8 + 128 x 127, 128) = 81,792 rows x
     # (max(1536, 2048) + max(768, 2048)) x 2 = 670,040,064 bytes, held under the sampler pass
     spec = get_preset("qwen3-30b-a3b")
-    caches = fused_moe_caches(spec, 1, 8192, "0.11", "fp8-block128", "h100-80gb")
+    caches = fused_moe_caches(spec, 1, 8192, "0.11", "fp8-block128", H100)
     assert caches.nbytes == 81_792 * (2048 + 2048) * 2 == 670_040_064
     assert caches.persists and "DeepGemmExperts" in caches.basis
     stage, limits = Stage(spec, 1, 1, (0, spec.num_layers), True), BatchLimits(8192, 1024)
-    assert (VllmProfile("0.11").activation(stage, limits, "fp8-block128", "h100-80gb").bytes
-            - VllmProfile("0.11").activation(stage, limits, "bf16", "h100-80gb").bytes) == 670_040_064
+    assert (VllmProfile("0.11").activation(stage, limits, "fp8-block128", H100).bytes
+            - VllmProfile("0.11").activation(stage, limits, "bf16", H100).bytes) == 670_040_064
     # _valid_deep_gemm: 768 / 4 = 192 and DeepSeek-V3's 2048 / 8 = 256 are not above 512 (Triton's path); A100 has no
     # DeepGEMM; bf16 experts never take it
-    assert fused_moe_caches(spec, 4, 8192, "0.11", "fp8-block128", "h100-80gb").basis.startswith("fused_experts_impl")
-    assert not fused_moe_caches(get_preset("deepseek-v3"), 8, 8192, "0.11", "fp8-block128", "h200").persists
-    assert not fused_moe_caches(spec, 1, 8192, "0.11", "fp8-block128", "a100-80gb").persists
-    assert not fused_moe_caches(spec, 1, 8192, "0.11", "bf16", "h100-80gb").persists
+    assert fused_moe_caches(spec, 4, 8192, "0.11", "fp8-block128", H100).basis.startswith("fused_experts_impl")
+    assert not fused_moe_caches(get_preset("deepseek-v3"), 8, 8192, "0.11", "fp8-block128", H200).persists
+    assert not fused_moe_caches(spec, 1, 8192, "0.11", "fp8-block128", A100_80GB).persists
+    assert not fused_moe_caches(spec, 1, 8192, "0.11", "bf16", H100).persists
 
 
 @pytest.mark.parametrize(("log_id", "logged"), [
@@ -166,7 +171,7 @@ def test_moe_activations_logged_by_vllm_0_19_on_h100(log_id: str, logged: float)
     spec = get_preset(log["model"])
     term = VllmProfile("0.19").activation(Stage(spec, log["tensor_parallel"], 1, (0, spec.num_layers), True),
                                           BatchLimits(log["max_num_batched_tokens"], log["max_num_seqs"]),
-                                          device_id=log["catalog_device"])
+                                          device=device_facts(log["catalog_device"]))
     predicted = (term.bytes - rotary_cache_bytes(spec, "0.19")) / GIB
     print(f"{log_id}: {predicted:.3f} GiB predicted, {logged} logged")
     assert abs(predicted - logged) <= 0.035

@@ -4,10 +4,17 @@ from __future__ import annotations
 
 import pytest
 
-from quant_core.catalog import list_devices
-from quant_core.engines.torch_cuda import COMPUTE_UNITS, allocated_block_bytes, blas_workspace_bytes, compute_units
+from quant_core.catalog import UNKNOWN_DEVICE, device_facts, list_devices
+from quant_core.engines.torch_cuda import allocated_block_bytes, blas_workspace_bytes, compute_units
 
 MIB = 1 << 20
+
+#: the catalog devices the figures below are charged on
+A100_80GB = device_facts("a100-80gb")
+B200 = device_facts("b200")
+H100 = device_facts("h100-80gb")
+H200 = device_facts("h200")
+MI300X = device_facts("mi300x")
 
 
 @pytest.mark.parametrize(("size", "counted"), [
@@ -30,13 +37,36 @@ def test_the_allocator_counts_a_large_weights_whole_segment_when_it_leaves_a_mib
 def test_cublas_workspaces_are_32_mib_on_hopper_and_8_elsewhere_beside_cublaslts_1_mib() -> None:
     # aten/src/ATen/cuda/CublasHandlePool.cpp, parseChosenWorkspaceSize: ":4096:2:16:8" by default, 4096 KiB x 8 on
     # compute capability 9.0; parseCUDABlasLtWorkspaceSize: 1024 KiB; ROCm: 128 MiB on gfx94x and hipBLASLt's 76 MiB
-    assert blas_workspace_bytes("h100-80gb") == blas_workspace_bytes("h200") == 32 * MIB + MIB
-    assert blas_workspace_bytes("a100-80gb") == blas_workspace_bytes("b200") == 8 * MIB + 128 * 1024 + MIB
-    assert blas_workspace_bytes("mi300x") == 128 * MIB + 76 * MIB
-    assert blas_workspace_bytes("") == blas_workspace_bytes("h100-80gb")  # off the catalog: the Hopper figure
+    assert blas_workspace_bytes(H100) == blas_workspace_bytes(H200) == 32 * MIB + MIB
+    assert blas_workspace_bytes(A100_80GB) == blas_workspace_bytes(B200) == 8 * MIB + 128 * 1024 + MIB
+    assert blas_workspace_bytes(MI300X) == 128 * MIB + 76 * MIB
+    assert blas_workspace_bytes(UNKNOWN_DEVICE) == blas_workspace_bytes(H100)  # off the catalog: the Hopper figure
 
 
 def test_every_catalog_device_has_its_streaming_multiprocessors() -> None:
-    assert {device.id for device in list_devices()} == set(COMPUTE_UNITS)
-    assert compute_units("h100-80gb") == 132 and compute_units("a100-40gb") == 108
-    assert compute_units("") == 188  # off the catalog: the most of the NVIDIA devices, the safe side
+    # the vendors' figures in data/devices.json: H100 SXM5 132 SMs, A100 108, MI300X 304 compute units
+    assert all(device.compute_units and device.compute_units_source for device in list_devices())
+    assert compute_units(H100) == (132, True) and compute_units(device_facts("a100-40gb")) == (108, True)
+    assert compute_units(MI300X) == (304, True)
+
+
+@pytest.mark.parametrize(("capability", "charged"), [
+    ((9, 0), 132),  # the catalog's Hopper devices: H100 SXM5, H100 NVL, H200
+    ((10, 0), 148),  # B200
+    ((8, 0), 142),  # the most of the 8.x devices (L40S), not the A100's 108: the family, the safe side
+    ((7, 5), 80),  # V100 (7.0) above the T4's 40: a Titan RTX (7.5) has 72
+    ((12, 1), 188),  # RTX PRO 6000 (12.0)
+    ((11, 0), 188),  # no 11.x device in the catalog: the most of its NVIDIA devices
+    (None, 188),
+])
+def test_an_unknown_sm_count_is_the_most_of_the_catalogs_devices_of_that_major_capability(
+        capability: tuple[int, int] | None, charged: int) -> None:
+    assert compute_units(device_facts(None, capability)) == (charged, False)
+    assert compute_units(UNKNOWN_DEVICE) == (188, False)
+
+
+def test_the_cublas_workspace_follows_the_given_capability_not_the_device_id() -> None:
+    # a device given in bytes with capability 9.0 is charged as an H100; with 8.0 as an A100
+    assert blas_workspace_bytes(device_facts(None, (9, 0))) == blas_workspace_bytes(H100)
+    assert blas_workspace_bytes(device_facts(None, (8, 0))) == blas_workspace_bytes(A100_80GB)
+    assert blas_workspace_bytes(device_facts(None, (10, 0))) == blas_workspace_bytes(B200)

@@ -9,7 +9,7 @@ from dataclasses import replace
 
 import pytest
 
-from quant_core.catalog import get_device, get_preset
+from quant_core.catalog import device_facts, get_device, get_preset
 from quant_core.engines import BatchLimits, Stage
 from quant_core.engines.torch_cuda import blas_workspace_bytes
 from quant_core.engines.vllm import (
@@ -27,6 +27,12 @@ from quant_core.hf_config import model_from_hf_config
 from quant_core.planner import Hardware, PlanOptions, Workload, plan
 from quant_core.specs import ModelSpec
 from tests.quant_core.test_hf_config import GEMMA_3_27B_IT
+
+#: the catalog devices the figures below are charged on
+A100_40GB = device_facts("a100-40gb")
+A100_80GB = device_facts("a100-80gb")
+H100 = device_facts("h100-80gb")
+L4 = device_facts("l4")
 
 GIB = 1 << 30
 
@@ -150,17 +156,17 @@ def test_on_a_24_gb_card_the_encoder_pass_is_vllms_profiling_peak(model: str, ve
     profile = VllmProfile(version)
     limits = replace(profile.batch_limits(get_device("l4").planning_bytes, "l4"), max_model_len=16000)
     assert (limits.max_batched_tokens, limits.max_num_seqs) == (2048, 256)
-    text = profile.activation(_stage(replace(spec, vision=None)), limits, device_id="l4").bytes
+    text = profile.activation(_stage(replace(spec, vision=None)), limits, device=L4).bytes
     encoder = qwen_encoder_profile(spec, version, 1, limits.max_batched_tokens, 16000)
     assert encoder is not None
     deepstack = spec.vision.deepstack_mergers * 2048 * spec.hidden_size * 2 if model.startswith("qwen3") else 0
-    charged = profile.activation(_stage(spec), limits, device_id="l4")
+    charged = profile.activation(_stage(spec), limits, device=L4)
     print(f"{model} on vLLM {version}, L4: text pass {text / GIB:.2f} GiB, encoder peak {encoder[0] / GIB:.2f} GiB, "
           f"charged {charged.bytes / GIB:.2f} GiB")
     # the rotary cos/sin cache (rotary_cache_bytes) is held beside the encoder's peak as beside the text pass, as are
     # the L4's cuBLAS workspaces, taken at the tower's first matrix product, and on 0.33 the sampler's penalty state
     # for 256 sequences (Model Runner V2 allocates it with the Sampler, before profiling)
-    blas = blas_workspace_bytes("l4") + sampler_state_bytes(spec, 256, version)
+    blas = blas_workspace_bytes(L4) + sampler_state_bytes(spec, 256, version)
     assert charged.bytes == encoder[0] + deepstack + rotary_cache_bytes(spec, version) + blas
     assert charged.bytes - text - deepstack > 1.1 * GIB
     assert "dummy" in charged.basis and "the text pass:" in charged.basis
@@ -190,7 +196,7 @@ def test_the_plan_charges_the_dummy_video_of_the_requested_context() -> None:
     assert encoder is not None
     assert encoder[0] == 18_328_059_904
     assert long.primary.devices[0].activation_bytes == (encoder[0] + rotary_cache_bytes(spec, "0.19")
-                                                        + blas_workspace_bytes("h100-80gb"))
+                                                        + blas_workspace_bytes(H100))
     assert long.primary.devices[0].activation_bytes > short.primary.devices[0].activation_bytes + 6 * GIB
     assert any("1 dummy video item(s) of 114688 tokens" in warning for warning in long.warnings)
     assert any("the plan charges the requested context's" in warning for warning in short.warnings)
@@ -264,13 +270,13 @@ def test_on_a_small_card_vllm_0_19_reserves_the_pixtral_mask_above_the_text_pass
     spec = get_preset("mistral-small-3.2-24b-instruct-2506")
     profile = VllmProfile("0.19")
     limits = replace(profile.batch_limits(get_device("a100-40gb").planning_bytes, "a100-40gb"), max_model_len=16000)
-    text = profile.activation(_stage(replace(spec, vision=None)), limits, device_id="a100-40gb").bytes
+    text = profile.activation(_stage(replace(spec, vision=None)), limits, device=A100_40GB).bytes
     encoder = pixtral_encoder_profile(spec, "0.19", 1, limits.max_batched_tokens)
     assert encoder is not None
-    charged = profile.activation(_stage(spec), limits, device_id="a100-40gb").bytes
+    charged = profile.activation(_stage(spec), limits, device=A100_40GB).bytes
     print(f"Mistral Small 3.2 on vLLM 0.19, A100 40GB: text pass {text / GIB:.2f} GiB, Pixtral {encoder[0] / GIB:.2f} "
           f"GiB, charged {charged / GIB:.2f} GiB")
-    blas = blas_workspace_bytes("a100-40gb")
+    blas = blas_workspace_bytes(A100_40GB)
     assert charged == encoder[0] + rotary_cache_bytes(spec, "0.19") + blas > text + 0.2 * GIB
 
 
@@ -317,7 +323,7 @@ def test_qwen2_5_vl_3b_at_its_default_context_in_a_quarter_of_an_a100_has_no_kv_
     assert not answer.fits
     assert answer.kv_pool_bytes is not None and answer.kv_pool_bytes < 0
     assert (answer.devices[0].activation_bytes
-            == 18_328_059_904 + rotary_cache_bytes(spec, "0.11") + blas_workspace_bytes("a100-80gb"))
+            == 18_328_059_904 + rotary_cache_bytes(spec, "0.11") + blas_workspace_bytes(A100_80GB))
     profile = VllmProfile("0.11")
     limits = replace(profile.batch_limits(hardware.capacity_bytes, "a100-80gb"), max_model_len=128000)
     assert (limits.max_batched_tokens, limits.max_num_seqs) == (2048, 256)

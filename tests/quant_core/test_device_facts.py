@@ -1,0 +1,115 @@
+"""Kernel choices from the device's compute capability and SM count, as vLLM's code makes them, so that a device
+given in bytes with a capability is planned as the catalog device of that capability.
+
+vLLM tests the capability, never the device's name: ``is_device_capability(90)`` (exactly 9.0),
+``is_device_capability_family(100)`` (any 10.x), ``has_device_capability((7, 5))`` (7.5 or above), tuple ranges such
+as ``(9, 0) <= capability < (11, 0)`` (vllm/platforms/interface.py and each kernel's ``_supports_current_device``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import pytest
+
+from quant_core.catalog import UNKNOWN_DEVICE, DeviceFacts, device_facts, get_device, get_preset_info, list_devices
+from quant_core.engines.vllm import flashinfer_sampler_supported, mxfp4_moe_backend, sampler_pass_bytes
+from quant_core.planner import Hardware, Plan, PlanOptions, Workload, plan
+from quant_core.schemes import scheme_from_quantization_config
+
+RELEASES = ("0.11", "0.19", "0.33")
+#: Qwen/Qwen3-30B-A3B-FP8's quantization_config: 128 x 128 block fp8, whose experts vLLM 0.11 runs on DeepGEMM on 9.0
+QWEN3_30B_A3B_FP8 = {"quant_method": "fp8", "fmt": "e4m3", "activation_scheme": "dynamic",
+                     "weight_block_size": [128, 128]}
+
+
+def _plan(model: str, hardware: Hardware, release: str) -> Plan:
+    info = get_preset_info(model)
+    config = QWEN3_30B_A3B_FP8 if model == "qwen3-30b-a3b" else info.quantization_config
+    scheme = None if config is None else scheme_from_quantization_config(config)
+    return plan(info.spec, hardware, Workload(8192, 4), PlanOptions(engine_version=release, scheme=scheme))
+
+
+@pytest.mark.parametrize("release", RELEASES)
+@pytest.mark.parametrize(("device_id", "capability"), [("h100-80gb", (9, 0)), ("b200", (10, 0))])
+@pytest.mark.parametrize("model", ["llama-3.1-8b", "gpt-oss-20b", "qwen3-30b-a3b"])
+def test_a_device_given_in_bytes_with_a_capability_is_planned_as_the_catalog_device(
+        release: str, device_id: str, capability: tuple[int, int], model: str) -> None:
+    # the catalog device's memory and capability, no id: the same kernels (gpt-oss's MXFP4 backend and its layout,
+    # 0.11's DeepGEMM for block fp8 on 9.0, the sampler path, the cuBLAS workspace), the same SM count (the most of
+    # the catalog's devices of the same major capability: 132 on 9.x, 148 on 10.x), so the same figures; only the
+    # hardware's name and, where the SM count sizes a buffer (0.19's Triton top-k/top-p), the basis differ
+    device = get_device(device_id)
+    catalog = _plan(model, Hardware(device.planning_bytes, 1, device.id, device.name), release)
+    custom = _plan(model, Hardware(device.planning_bytes, 1, None, "custom", capability), release)
+    assert custom.activation.bytes == catalog.activation.bytes
+    assert custom.primary.kv_capacity_tokens == catalog.primary.kv_capacity_tokens
+    assert replace(custom, hardware=catalog.hardware, activation=catalog.activation) == catalog
+    if "Triton top-k/top-p" in custom.activation.basis:
+        assert "count not given" in custom.activation.basis
+
+
+def test_the_plans_without_a_capability_differ_so_the_test_above_can_fail() -> None:
+    # without the capability nothing is known: no MXFP4 layout term, the most SMs of all NVIDIA devices (188)
+    device = get_device("h100-80gb")
+    catalog = _plan("gpt-oss-20b", Hardware(device.planning_bytes, 1, device.id, device.name), "0.19")
+    unknown = _plan("gpt-oss-20b", Hardware(device.planning_bytes, 1, None, "custom"), "0.19")
+    assert unknown.primary.kv_capacity_tokens != catalog.primary.kv_capacity_tokens
+
+
+@pytest.mark.parametrize(("capability", "backends"), [
+    # (0.11, 0.19, 0.33); quantization/mxfp4.py get_min_capability 80: below 8.0 MXFP4 is refused, no backend
+    ((7, 5), ("", "", "")),
+    # 8.x: OpenAI's Triton kernels need 9.0, FlashInferExperts' bf16 MXFP4 needs 9.0 exactly: Marlin (7.5 or above)
+    ((8, 0), ("marlin", "marlin", "marlin")),
+    ((8, 9), ("marlin", "marlin", "marlin")),
+    # 9.0: 0.11 has no triton_kernels (Marlin); 0.19 (9, 0) <= capability < (11, 0); 0.33 below (13, 0)
+    ((9, 0), ("marlin", "triton", "triton-0.33")),
+    # 10.x: 0.11's is_device_capability(100) is 10.0 exactly; TrtLlmMxfp4Experts' is_device_capability_family(100)
+    ((10, 0), ("trtllm", "trtllm", "trtllm-0.33")),
+    ((10, 3), ("marlin", "trtllm", "trtllm-0.33")),
+    # 11.x: 0.19's Triton stops below 11.0 (Marlin); 0.33's runs there, in a layout not read
+    ((11, 0), ("marlin", "marlin", "")),
+    # 12.x: family 120 moves 0.33's Triton after Marlin
+    ((12, 0), ("marlin", "marlin", "marlin")),
+    ((12, 1), ("marlin", "marlin", "marlin")),
+])
+def test_the_mxfp4_backend_follows_each_releases_capability_tests(capability: tuple[int, int],
+                                                                   backends: tuple[str, str, str]) -> None:
+    device = device_facts(None, capability)
+    assert tuple(mxfp4_moe_backend(release, device) for release in RELEASES) == backends
+
+
+def test_each_catalog_device_gets_the_mxfp4_backend_of_its_capability() -> None:
+    for device in list_devices():
+        facts = device_facts(device.id)
+        custom = device_facts(None, device.compute_capability)
+        for release in RELEASES:
+            assert mxfp4_moe_backend(release, facts) == mxfp4_moe_backend(release, custom), (device.id, release)
+    assert mxfp4_moe_backend("0.19", device_facts("mi300x")) == ""  # ROCm: not read
+
+
+@pytest.mark.parametrize(("device", "supported"), [
+    # v1/sample/ops/topk_topp_sampler.py flashinfer_sampler_supported: CUDA, 8.0 <= capability <= 12.1, > 16 SMs
+    (device_facts("l40s"), True),
+    (device_facts("t4"), False),
+    (device_facts("mi300x"), False),
+    (device_facts(None, (12, 1)), True),
+    (device_facts(None, (12, 2)), False),
+    (device_facts(None, (7, 5)), False),
+    (DeviceFacts(vendor="nvidia", compute_capability=(8, 7), compute_units=16), False),  # 16 SMs: too few
+    (DeviceFacts(vendor="nvidia", compute_capability=(8, 7), compute_units=17), True),
+    (UNKNOWN_DEVICE, True),  # nothing known: the larger charge
+])
+def test_the_flashinfer_sampler_follows_capability_and_sm_count(device: DeviceFacts, supported: bool) -> None:
+    assert flashinfer_sampler_supported(device) is supported
+
+
+def test_a_custom_device_below_8_0_samples_as_the_t4_but_with_the_safe_side_sm_count() -> None:
+    # vLLM 0.33 on capability 7.5: the Triton top-k/top-p buffer of min(SMs, rows) rows; the T4's 40 SMs from the
+    # catalog, a device given in bytes the most of the catalog's 7.x devices (the V100's 80)
+    spec = get_preset_info("llama-3.1-8b").spec
+    t4, _ = sampler_pass_bytes(spec, 256, 2048, device_facts("t4"), "0.33")
+    custom, basis = sampler_pass_bytes(spec, 256, 2048, device_facts(None, (7, 5)), "0.33")
+    assert custom - t4 == (80 - 40) * spec.vocab_size * 4
+    assert "80 SMs: the device's count not given" in basis and "7.x" in basis
