@@ -1,9 +1,13 @@
 """Weight storage formats and KV-cache dtypes, with their exact byte counts.
 
 This is the one place that knows how many bytes a tensor takes in a format.
-The planner sums `WeightFormat.bytes_for` over the tensor inventory, and the
-quantizer writes exactly `bytes_for(shape)` bytes of payload for a tensor, so
-the two can never disagree.
+The planner sums `WeightFormat.bytes_for` over the tensor inventory: the bytes
+a checkpoint in the format holds.  nibble's quantizer writes exactly
+`WeightFormat.payload_bytes_for` bytes of payload for a tensor (its own packed
+layout, quant_core/quantize/packing.py); the two are one figure except where a
+checkpoint layout stores what the payload does not need
+(`WeightFormat.checkpoint_tensors`: a symmetric GPTQ or AWQ file's qzeros, a
+compressed-tensors file's ``weight_shape``).
 
 Conventions (a tensor of shape ``[..., in_features]`` is ``rows × in_features``
 with ``rows`` the product of the leading dimensions; groups run along the last,
@@ -18,10 +22,6 @@ input, dimension, as in GPTQ, AWQ and llama.cpp):
   asymmetric, or an fp16 value (2 bytes) when asymmetric with float zeros as
   HQQ stores them.  At g = 128 asymmetric that is 4 + 20/128 = 4.15625 bits
   per weight, the GPTQ/AWQ figure; symmetric 4.125.
-* the GPTQ export layout adds ``4 × in_features`` bytes of int32 ``g_idx``;
-  with out and in multiples of 8 (every published model) this is byte for
-  byte a GPTQ checkpoint: int32 ``qweight`` [in/8, out], ``qzeros`` [G, out/8],
-  fp16 ``scales`` [G, out] and int32 ``g_idx`` [in].
 
 A group size that does not divide ``in_features`` raises `GroupSizeMismatch`,
 unless ``pad=True`` was asked, in which case each row is padded with zero
@@ -29,14 +29,24 @@ codes to a whole number of groups (and those padded codes are stored), or
 ``partial=True``, the way GPTQ and AWQ store such a row: ``ceil(in / g)``
 groups, the last one shorter, and no padded codes.
 
-The formats checkpoints ship in (each a name, with its tensors as the tools write them):
+The formats checkpoints ship in (each a name, with its tensors as the tools write them;
+`WeightFormat.checkpoint_tensors` lists them, and ``bytes_for`` is their sum):
 
+* ``int4`` layout ``gptq``: int32 ``qweight`` [in/8, out], int32 ``qzeros``
+  [G, out/8], fp16 ``scales`` [G, out], int32 ``g_idx`` [in], the qzeros
+  whether or not the weights are symmetric (AutoGPTQ's and GPTQModel's
+  ``QuantLinear`` allocate them for ``sym=True`` too and pack 8, stored 7 in
+  checkpoint format v1; nibble's export, tensorio/gptq.py, does the same).
+  nibble's own payload in this layout (for act-order's ``g_idx``) keeps no
+  zeros for symmetric weights: `payload_bytes_for`.
 * ``int4`` layout ``awq`` (AutoAWQ GEMM): int32 ``qweight`` [in, out/8],
-  ``qzeros`` [G, out/8], fp16 ``scales`` [G, out]; no ``g_idx``.
+  ``qzeros`` [G, out/8], fp16 ``scales`` [G, out]; no ``g_idx``.  AWQ is
+  asymmetric: symmetric weights are stored with every zero 8 (tensorio/awq.py).
 * ``int4`` layout ``compressed-tensors`` (``pack-quantized``): int32
   ``weight_packed`` [out, in/8], 16-bit ``weight_scale`` [out, G], int64
-  ``weight_shape`` [2], and when asymmetric int32 ``weight_zero_point``
-  [out/8, G].
+  ``weight_shape`` [2], and only when asymmetric int32 ``weight_zero_point``
+  [out/8, G] (the library drops a symmetric tensor's zero point:
+  tensorio/compressed_tensors.py).
 * ``int8`` layout ``gptq`` (GPTQ 8-bit): int32 ``qweight`` [in/4, out],
   ``qzeros`` [G, out/4], fp16 ``scales`` [G, out], int32 ``g_idx`` [in].
 * ``fp8`` (e4m3, one byte a weight) with ``scales`` ``tensor`` (one fp32
@@ -61,6 +71,11 @@ The formats checkpoints ship in (each a name, with its tensors as the tools writ
   ``GGML_QUANT_SIZES``): ``rows × in/block × bytes per block``; a row that is
   not a whole number of blocks raises `GroupSizeMismatch` (llama-quantize
   falls back to another type first: `quant_core.gguf_mix`).
+
+A dimension that is not a multiple of the packing (8 nibbles or 4 bytes to an
+int32) is rounded up, as compressed-tensors pads a partial word; GPTQ and AWQ
+exporters refuse such a tensor.  A checkpoint layout stores integer zeros
+only: ``checkpoint_tensors`` (and so ``bytes_for``) refuses fp16 zeros there.
 """
 
 from __future__ import annotations
@@ -69,7 +84,7 @@ import functools
 import math
 import numbers
 from dataclasses import dataclass
-from typing import Literal, get_args
+from typing import Literal, NamedTuple, get_args
 
 from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
 
@@ -82,6 +97,10 @@ ZeroKind = Literal["none", "int4", "fp16"]
 Layout = Literal["nibble", "gptq", "awq", "compressed-tensors"]
 ZERO_KINDS: tuple[str, ...] = get_args(ZeroKind)
 LAYOUTS: tuple[str, ...] = get_args(Layout)
+#: the layouts that are a checkpoint's tensors (`WeightFormat.checkpoint_tensors`), not nibble's own payload
+CHECKPOINT_LAYOUTS: tuple[str, ...] = ("gptq", "awq", "compressed-tensors")
+#: bytes of one element of the safetensors dtypes a checkpoint layout's tensors take
+STORED_DTYPE_BYTES: dict[str, int] = {"I32": 4, "I64": 8, "F16": 2}
 Fp8Scales = Literal["tensor", "channel", "block"]
 QUANTIZED_NAMES: tuple[str, ...] = ("int8", "int4", "fp8", "mxfp4", "nvfp4", "nf4", "ggml")
 FORMAT_NAMES: tuple[str, ...] = (*FLOAT_FORMATS, *QUANTIZED_NAMES)
@@ -114,6 +133,21 @@ def _rows_and_columns(shape: tuple[int, ...]) -> tuple[int, int]:
     return math.prod(shape[:-1]), shape[-1]
 
 
+class StoredTensor(NamedTuple):
+    """One tensor a checkpoint file holds for a quantized weight: the last part of its name (``qweight`` for
+    ``<module>.qweight``), its safetensors dtype and its shape.  (A named tuple: a plan lists a few per tensor
+    row, and one is built in a third of a frozen dataclass's time.)"""
+
+    suffix: str
+    dtype: str
+    shape: tuple[int, ...]
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of the tensor's data (its header entry not counted)."""
+        return math.prod(self.shape) * STORED_DTYPE_BYTES[self.dtype]
+
+
 @dataclass(frozen=True, slots=True)
 class WeightFormat:
     """How one tensor's weights are stored.
@@ -122,7 +156,11 @@ class WeightFormat:
     `group_size` is the number of consecutive input columns sharing a scale
     (``None`` = the whole row is one group), `symmetric` drops the zero point,
     `zero` says how an asymmetric zero is stored, `pad` allows rows that do not
-    divide by the group size, and `layout` adds the GPTQ export's ``g_idx``.
+    divide by the group size, and `layout` names a checkpoint layout
+    (``gptq``, ``awq``, ``compressed-tensors``: `checkpoint_tensors`) or
+    nibble's own (``nibble``).  `bytes_for` counts what a file in the format
+    holds; `payload_bytes_for` what nibble's quantizer packs (they differ
+    where a checkpoint stores more, e.g. a symmetric GPTQ file's qzeros).
     """
 
     name: str = "int4"
@@ -165,8 +203,7 @@ class WeightFormat:
             if self.group_size is not None and self.group_size not in GROUP_SIZES:
                 raise InvalidSpec("group_size", self.group_size,
                                   f"must be one of {list(GROUP_SIZES)} or a whole row (null in JSON, 'row' in a form)")
-            if self.symmetric and self.zero != "none" and not (self.layout == "gptq" and self.zero == "int4"):
-                # a symmetric GPTQ checkpoint still stores packed qzeros (`gptq_checkpoint`): its zero stays int4
+            if self.symmetric and self.zero != "none":
                 object.__setattr__(self, "zero", "none")
             if not self.symmetric and self.zero == "none":
                 raise InvalidSpec("zero", self.zero, "an asymmetric format needs int4 or fp16 zeros")
@@ -226,40 +263,99 @@ class WeightFormat:
         return groups * self.group_size if self.pad else in_features
 
     def bytes_for(self, shape: tuple[int, ...]) -> int:
-        """Exact bytes a tensor of `shape` takes in this format (payload, no file header)."""
+        """Exact bytes a tensor of `shape` takes in this format (tensor data, no file header): in a checkpoint
+        layout the sum of its `checkpoint_tensors`, in nibble's own layout its `payload_bytes_for`."""
+        if self.layout in CHECKPOINT_LAYOUTS:
+            return _checkpoint_bytes(self, tuple(int(d) for d in shape))
         rows, columns = _rows_and_columns(tuple(int(d) for d in shape))
         if self.name in FLOAT_FORMATS:
             return rows * columns * FLOAT_FORMATS[self.name]
         if self.name == "int8":
-            if self.layout == "gptq":  # int32 qweight [in/4, out], qzeros [G, out/4], fp16 scales, g_idx
-                groups = self.group_count(columns)
-                return 4 * (-(-columns // 4) * rows + groups * -(-rows // 4)) + SCALE_BYTES * groups * rows \
-                    + 4 * columns
             return rows * columns + rows * SCALE_BYTES
         if self.name != "int4":
             return _float_block_bytes(self, rows, columns)
-        if self.layout == "awq":  # int32 qweight [in, out/8], qzeros [G, out/8], fp16 scales [G, out]
-            groups = self.group_count(columns)
-            return 4 * (columns + groups) * -(-rows // 8) + SCALE_BYTES * groups * rows
-        if self.layout == "compressed-tensors":  # weight_packed [out, in/8], weight_scale [out, G], weight_shape
-            groups = self.group_count(columns)
-            zeros = 0 if self.symmetric else 4 * -(-rows // 8) * groups
-            return 4 * rows * -(-columns // 8) + SCALE_BYTES * rows * groups + 16 + zeros
+        return sum(self.payload_sections(shape))
+
+    def payload_sections(self, shape: tuple[int, ...]) -> tuple[int, int, int, int]:
+        """Bytes of the sections of nibble's own int4 payload for a tensor of `shape`: (codes, scales, zeros,
+        g_idx), in that order (quant_core/quantize/packing.py writes them).
+
+        codes ``ceil(rows × C / 2)`` (``C`` the stored columns, padded to whole groups with `pad`), one fp16 scale
+        per group, zeros by `zero` (none, 4-bit packed two to a byte, or fp16), and in the ``gptq`` layout one
+        int32 ``g_idx`` per input column (act-order's permutation).  A symmetric tensor's payload has no zeros
+        in any layout: the implicit zero is 8.
+        """
+        if self.name != "int4":
+            raise InvalidSpec("format", self.label(), "only int4 has nibble's sectioned payload")
+        rows, columns = _rows_and_columns(tuple(int(d) for d in shape))
         groups = rows * self.group_count(columns)
-        codes = rows * self.padded_columns(columns)
-        size = (codes + 1) // 2 + groups * SCALE_BYTES
-        if self.zero == "int4":
-            size += (groups + 1) // 2
-        elif self.zero == "fp16":
-            size += groups * 2
+        codes = (rows * self.padded_columns(columns) + 1) // 2
+        zeros = {"none": 0, "int4": (groups + 1) // 2, "fp16": 2 * groups}[self.zero]
+        g_idx = 4 * columns if self.layout == "gptq" else 0
+        return codes, SCALE_BYTES * groups, zeros, g_idx
+
+    def payload_bytes_for(self, shape: tuple[int, ...]) -> int:
+        """Exact bytes of the payload nibble's quantizer writes for a tensor of `shape` (`payload_sections`
+        summed for int4; every other format's payload is what it stores, `bytes_for`).  This is what the
+        quantizer's own checks and nibble's file count; `bytes_for` is what the planner counts."""
+        if self.name == "int4":
+            return sum(self.payload_sections(shape))
+        return self.bytes_for(shape)
+
+    def checkpoint_tensors(self, shape: tuple[int, ...]) -> tuple[StoredTensor, ...]:
+        """The tensors a checkpoint in this format's `layout` holds for a weight of `shape` ``[..., out, in]``
+        (module docstring), one set per leading index, as the engines' loaders allocate them:
+
+        * ``gptq`` (int4, and int8 at 4 codes an int32): ``qweight``, ``qzeros``, ``scales``, ``g_idx``, the
+          qzeros whatever ``sym`` says: vLLM 0.11.0 ``quantization/gptq.py``, ``GPTQLinearMethod.create_weights``
+          registers all four (AutoGPTQ's and GPTQModel's ``QuantLinear`` too), and nibble's export writes them;
+        * ``awq``: ``qweight``, ``qzeros``, ``scales``, qzeros always (``awq.py``,
+          ``AWQLinearMethod.create_weights``);
+        * ``compressed-tensors``: ``weight_packed``, ``weight_scale``, ``weight_shape`` and, only when
+          asymmetric, ``weight_zero_point`` (``compressed_tensors_wNa16.py``, ``CompressedTensorsWNA16
+          .create_weights``).
+
+        Scales are 16-bit (the model's dtype; written fp16 here).  Raises `InvalidSpec` for nibble's own layout
+        (a payload: `payload_sections`) and for fp16 zeros, which no checkpoint layout stores.
+        """
+        if self.layout not in CHECKPOINT_LAYOUTS:
+            raise InvalidSpec("layout", self.layout, "nibble's own layout is a payload (payload_sections), not the "
+                              f"tensors of a checkpoint: one of {list(CHECKPOINT_LAYOUTS)} is")
+        if self.zero == "fp16":
+            raise InvalidSpec("zero", self.zero, f"the {self.layout} layout stores its zero points as packed "
+                              "integers; fp16 zeros have no tensor there")
+        dims = tuple(int(d) for d in shape)
+        _, columns = _rows_and_columns(dims)
+        lead, out = dims[:-2], (dims[-2] if len(dims) >= 2 else 1)
+        groups = self.group_count(columns)
+        per_word = 8 if self.name == "int4" else 4  # codes in one int32
+        out_words = -(-out // per_word)
         if self.layout == "gptq":
-            size += 4 * columns
-        return size
+            return (StoredTensor("qweight", "I32", (*lead, -(-self.padded_columns(columns) // per_word), out)),
+                    StoredTensor("qzeros", "I32", (*lead, groups, out_words)),
+                    StoredTensor("scales", "F16", (*lead, groups, out)),
+                    StoredTensor("g_idx", "I32", (*lead, columns)))
+        if self.layout == "awq":
+            return (StoredTensor("qweight", "I32", (*lead, columns, out_words)),
+                    StoredTensor("qzeros", "I32", (*lead, groups, out_words)),
+                    StoredTensor("scales", "F16", (*lead, groups, out)))
+        stored = (StoredTensor("weight_packed", "I32", (*lead, out, -(-columns // per_word))),
+                  StoredTensor("weight_scale", "F16", (*lead, out, groups)),
+                  StoredTensor("weight_shape", "I64", (*lead, 2)))
+        if self.symmetric:
+            return stored
+        return (*stored, StoredTensor("weight_zero_point", "I32", (*lead, out_words, groups)))
 
     def bits_per_weight(self, shape: tuple[int, ...]) -> float:
         """Stored bits divided by the tensor's element count."""
         rows, columns = _rows_and_columns(tuple(int(d) for d in shape))
         return 8 * self.bytes_for(shape) / (rows * columns)
+
+
+@functools.lru_cache(maxsize=4096)  # a plan asks for the same few shapes again and again; listing them costs ~10 us
+def _checkpoint_bytes(fmt: WeightFormat, shape: tuple[int, ...]) -> int:
+    """The sum of `fmt`'s `WeightFormat.checkpoint_tensors` for `shape`."""
+    return sum(tensor.nbytes for tensor in fmt.checkpoint_tensors(shape))
 
 
 def _float_block_bytes(fmt: WeightFormat, rows: int, columns: int) -> int:
@@ -300,10 +396,10 @@ def int4(group_size: int | None = 128, symmetric: bool = False, zero: ZeroKind =
 
 def gptq_checkpoint(group_size: int | None = 128, symmetric: bool = True) -> WeightFormat:
     """A 4-bit GPTQ checkpoint as its ``quantization_config`` ships it: int32 qweight, packed qzeros, fp16 scales and
-    g_idx whatever ``sym`` says (AutoGPTQ and GPTQModel write qzeros for symmetric weights too: 8 in every code), so
-    the bytes are the same either way; `symmetric` (``sym``) is carried in the label (``int4-g128-sym-gptq``), by
-    which an engine that refuses one of them (vLLM 0.33: asymmetric) tells them apart."""
-    return WeightFormat("int4", group_size, symmetric, "int4", layout="gptq")
+    g_idx whatever ``sym`` says (`WeightFormat.checkpoint_tensors`), so the bytes are the same either way;
+    `symmetric` (``sym``) is carried in the label (``int4-g128-sym-gptq``), by which an engine that refuses one of
+    them (vLLM 0.33: asymmetric) tells them apart."""
+    return int4(group_size, symmetric, layout="gptq")
 
 
 def fp8(scales: Fp8Scales = "channel", input_scale: bool = False) -> WeightFormat:

@@ -278,9 +278,7 @@ def weight_format_to_core(weights: WeightsIn, name: str | None = None) -> Weight
             return fp8(weights.scales)
         if name in ("mxfp4", "nvfp4", "nf4"):
             return block_format(name, weights.double_quant)
-        # GPTQ files hold packed 4-bit qzeros whether or not the weights are symmetric (8 for symmetric ones:
-        # tensorio/gptq.py, AutoGPTQ and GPTQModel alike), so a symmetric GPTQ plan counts them too
-        zero = "int4" if weights.layout == "gptq" else "none" if weights.symmetric else weights.zero
+        zero = "none" if weights.symmetric else weights.zero
         return WeightFormat("int4", weights.group_size, weights.symmetric, zero, weights.pad, weights.layout)
 
 

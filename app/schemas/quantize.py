@@ -172,7 +172,8 @@ def multipart_body(form: type[BaseModel], files: Mapping[str, str], required: tu
 class ByteCounts(BaseModel):
     input: int = Field(description="Bytes of the uploaded tensor.")
     output: int = Field(description="Bytes of the quantized payload written.")
-    predicted: int = Field(description="WeightFormat.bytes_for(shape): what the planner counts.")
+    predicted: int = Field(description="WeightFormat.payload_bytes_for(shape): the payload the format packs "
+                           "(what the planner counts for nibble's own layout).")
 
 
 class Quality(BaseModel):

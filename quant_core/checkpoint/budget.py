@@ -106,7 +106,7 @@ def lower_bound_bytes(plans: Sequence[TensorPlan], options: CheckpointOptions,
     fused layer's smallest format all its parts offer, `allocation_groups`): a budget below it is refused
     before any tensor is measured (the exact floor, with the output's own headers, comes after)."""
     quantized = [plan for plan in plans if plan.quantized]
-    payloads = [[TensorOption(stored.label(), stored.bytes_for(plan.tensor.shape), 0.0)
+    payloads = [[TensorOption(stored.label(), stored.payload_bytes_for(plan.tensor.shape), 0.0)
                  for stored in candidate_formats(plan, options)] for plan in quantized]
     groups, kinds = allocation_groups(plans, options, config)
     return sum(min(option.bytes for option in unit.options) for unit in allocation_units(payloads, groups, kinds))

@@ -1,7 +1,7 @@
 """Per-tensor formats under a byte budget: the choice that minimises the total measured error.
 
 Each tensor offers a few formats, each with its exact payload bytes
-(`WeightFormat.bytes_for`) and its error measured by quantizing the tensor
+(`WeightFormat.payload_bytes_for`) and its error measured by quantizing the tensor
 that way (the importance-weighted relative squared error,
 ``Σ h_j (W − Ŵ)²_ij / Σ h_j W²_ij``: each layer's output error relative to its
 output, for inputs with the importance's second moments).  `allocate` picks

@@ -21,8 +21,10 @@ with ``G`` groups per row and ``C`` stored columns per row (``C`` is
    int32 group indices, one per input column (``j // group_size`` unless GPTQ's
    act-order permuted the columns).
 
-The total is exactly ``scheme.bytes_for((out_features, in_features))``, the size
-the planner predicts (quant_core/formats.py is the one definition of it).
+The total is exactly ``scheme.payload_bytes_for((out_features, in_features))``
+(quant_core/formats.py, ``WeightFormat.payload_sections``, is the one definition
+of it): the planner's ``bytes_for`` in nibble's layout, and less than a GPTQ
+file of symmetric weights, which also stores qzeros (``checkpoint_tensors``).
 Dequantization is ``w = (code - zero) × scale`` (quant_core/quantize/types.py).
 """
 
@@ -86,16 +88,6 @@ def default_g_idx(in_features: int, group_size: int | None) -> NDArray[np.int32]
     return (np.arange(in_features, dtype=np.int32) // np.int32(group_size)).astype(np.int32)
 
 
-def _sections(shape: tuple[int, int], scheme: WeightFormat) -> tuple[int, int, int, int]:
-    """Byte lengths of (codes, scales, zeros, g_idx) for a tensor of `shape` in `scheme`."""
-    out_features, in_features = shape
-    groups = out_features * scheme.group_count(in_features)
-    codes = (out_features * scheme.padded_columns(in_features) + 1) // 2
-    zeros = {"none": 0, "int4": (groups + 1) // 2, "fp16": 2 * groups}[scheme.zero]
-    g_idx = 4 * in_features if scheme.layout == "gptq" else 0
-    return codes, 2 * groups, zeros, g_idx
-
-
 class PayloadBuffer:
     """One tensor's payload, allocated whole before quantizing, with its code and scale sections as views.
 
@@ -109,7 +101,7 @@ class PayloadBuffer:
     def __init__(self, shape: tuple[int, int], scheme: WeightFormat) -> None:
         self.shape = shape
         self.scheme = scheme
-        codes, scales, self._zeros_bytes, self._g_idx_bytes = _sections(shape, scheme)
+        codes, scales, self._zeros_bytes, self._g_idx_bytes = scheme.payload_sections(shape)
         self.data = np.empty(codes + scales + self._zeros_bytes + self._g_idx_bytes, dtype=np.uint8)
         self.packed: NDArray[np.uint8] = self.data[:codes]
         groups = scheme.group_count(shape[1])
@@ -145,7 +137,7 @@ def _laid_out(q: QuantizedTensor, parts: list[NDArray[np.uint8]]) -> NDArray[np.
     """
     base = q.packed.base
     if not (isinstance(base, np.ndarray) and base.dtype == np.uint8 and base.ndim == 1
-            and base.flags.c_contiguous and base.size == q.format.bytes_for(q.shape)):
+            and base.flags.c_contiguous and base.size == q.format.payload_bytes_for(q.shape)):
         return None
     start = _address(base)
     offset = 0
@@ -181,7 +173,7 @@ def _payload_parts(q: QuantizedTensor) -> list[NDArray[np.uint8]]:
 
 
 def payload_bytes(q: QuantizedTensor) -> bytes:
-    """Serialize `q` in nibble's native layout (module docstring); length == ``q.format.bytes_for(q.shape)``."""
+    """Serialize `q` in nibble's native layout (module docstring); length == ``q.format.payload_bytes_for(q.shape)``."""
     # the join of the sections' buffers is the only copy of the (large) code section
     return b"".join(part.data for part in _payload_parts(q))
 
@@ -232,7 +224,7 @@ def quantized_from_payload(
 ) -> QuantizedTensor:
     """Rebuild a `QuantizedTensor` from `payload_bytes` output (the file reader's inverse).
 
-    Checks the length against ``format.bytes_for(shape)``, that scales (and fp16
+    Checks the length against ``format.payload_bytes_for(shape)``, that scales (and fp16
     zeros) are finite, and that every g_idx is a valid group; raises
     `TensorFileError` naming the offending value otherwise.  `quality` is the
     report stored beside the payload (e.g. in a file's metadata); without it the
@@ -241,13 +233,13 @@ def quantized_from_payload(
     if len(shape) != 2 or min(shape) <= 0:
         raise TensorFileError(f"quantized tensors are 2-D with positive dimensions, got shape {list(shape)}")
     out_features, in_features = int(shape[0]), int(shape[1])
-    expected = format.bytes_for((out_features, in_features))
+    expected = format.payload_bytes_for((out_features, in_features))
     if len(data) != expected:
         raise TensorFileError(
             f"payload of {len(data)} bytes for shape {[out_features, in_features]} in {format.label()}; "
             f"expected {expected}"
         )
-    codes_len, scales_len, zeros_len, g_idx_len = _sections((out_features, in_features), format)
+    codes_len, scales_len, zeros_len, g_idx_len = format.payload_sections((out_features, in_features))
     groups = format.group_count(in_features)
     buffer = memoryview(data)
     offset = 0

@@ -7,7 +7,7 @@ and symmetric; int8 per row, quant_core/quantize/int8.py; and 16-bit),
 then lets `quant_core.quantize.allocation.allocate` choose one format per
 tensor that minimises the summed importance-weighted relative squared error
 within the budget.  The bytes each tensor takes are its format's
-``bytes_for(shape)``, so the report's ``allocation.output_bytes`` is what the
+``payload_bytes_for(shape)``, so the report's ``allocation.output_bytes`` is what the
 file's tensors take.  16-bit tensors are written as float16 (bfloat16 and
 float16 inputs keep their own dtype, exactly); int8 ones as nibble's int8 entries
 (quant_core/tensorio/nibble_file.py).
@@ -107,7 +107,7 @@ def _figures_of(name: str, array: NDArray[Any], back: NDArray[np.float32], impor
     return {
         "method": "none", "group_size": None, "symmetric": label == "int8", "format": label,
         "bytes": {"input": int(array.nbytes), "output": output_bytes,
-                  "predicted": stored_format.bytes_for(tuple(int(d) for d in array.shape))},
+                  "predicted": stored_format.payload_bytes_for(tuple(int(d) for d in array.shape))},
         "bits_per_weight": 8 * output_bytes / elements, "quality": quality, "seconds": seconds,
     }
 
@@ -173,12 +173,12 @@ def _budget_field(job: jobs.QuantizeJob) -> str:
 def _check_floor(job: jobs.QuantizeJob, tensors: Mapping[str, NDArray[Any]], names: list[str], method: str,
                  scheme: WeightFormat) -> None:
     """Refuse a budget below the tensors' smallest options (`BudgetTooSmall`, as `allocate` would) before any is
-    measured: each option's bytes are its format's ``bytes_for(shape)``, known without quantizing (measuring
+    measured: each option's bytes are its format's ``payload_bytes_for(shape)``, known without quantizing (measuring
     4,096 small tensors in four formats and four methods took 17 s before the same refusal)."""
     floor = 0
     for name in names:
         shape = (int(tensors[name].shape[0]), int(tensors[name].shape[1]))
-        sizes = [candidate.bytes_for(shape) for candidate in budget_formats(scheme, shape[1], method)]
+        sizes = [candidate.payload_bytes_for(shape) for candidate in budget_formats(scheme, shape[1], method)]
         floor += min(*sizes, INT8.bytes_for(shape), 2 * shape[0] * shape[1])  # the int8 and 16-bit options
     elements = sum(int(tensors[n].shape[0]) * int(tensors[n].shape[1]) for n in names)
     budget_bytes = _budget(job, elements)

@@ -215,7 +215,7 @@ def _run_method(name: str, array: NDArray[Any], scheme: WeightFormat, method: st
     figures = {
         "method": method, "group_size": scheme.group_size, "symmetric": scheme.symmetric,
         "format": scheme.label(),
-        "bytes": {"input": int(array.nbytes), "output": output, "predicted": scheme.bytes_for(array.shape)},
+        "bytes": {"input": int(array.nbytes), "output": output, "predicted": scheme.payload_bytes_for(array.shape)},
         "bits_per_weight": 8 * output / elements, "quality": _quality(q), "seconds": seconds,
     }
     if method.startswith("rtn-sym") and not scheme.symmetric:

@@ -16,10 +16,11 @@ as ``N.int8_codes`` I8 ``[out, in]`` and ``N.int8_scales`` F16 ``[out]``
 (quant_core/quantize/int8.py), named in ``__metadata__`` ``nibble.int8``
 (a JSON list of names); `read_nibble_int8` reads them back.
 
-So the tensor bytes of a quantized entry are exactly the planner's
-``format.bytes_for(shape)`` (plus ``4 × in`` for a g_idx outside the GPTQ
-layout).  Passthrough tensors (norms, biases, embeddings, integer buffers)
-are stored under their own names, unchanged.
+So the tensor bytes of a quantized entry are exactly nibble's payload,
+``format.payload_bytes_for(shape)`` (plus ``4 × in`` for a g_idx outside the GPTQ
+layout): the planner's ``bytes_for`` in nibble's own layout.  Passthrough
+tensors (norms, biases, embeddings, integer buffers) are stored under their
+own names, unchanged.
 
 ``__metadata__`` holds ``nibble.format`` (``"nibble-int4/1"``) and
 ``nibble.tensors``, a JSON string mapping each quantized name to its scheme

@@ -738,8 +738,9 @@ def test_llama_3_1_8b_on_an_l4_at_0_99_on_vllm_0_19_does_not_fit_its_cuda_graphs
 
 def test_a_symmetric_gptq_plan_counts_the_qzeros_gptq_files_hold(client: TestClient) -> None:
     # GPTQ files hold packed 4-bit qzeros for symmetric weights too (all 8: tensorio/gptq.py, AutoGPTQ, GPTQModel;
-    # test_nibbles_own_exports_are_what_the_formats_count reads them back from nibble's own export), so symmetric
-    # and asymmetric GPTQ take the same bytes; only the label (and vLLM 0.33's refusal of asym) tells them apart
+    # WeightFormat.checkpoint_tensors lists them, test_nibbles_own_exports_are_what_the_formats_count reads them back
+    # from nibble's own export), so symmetric and asymmetric GPTQ take the same bytes; only the label (and vLLM
+    # 0.33's refusal of asym) tells them apart
     weights = {name: client.post("/v1/plan", json={**BODY_70B, "weights": {
         "format": "int4", "layout": "gptq", "symmetric": symmetric}}).json()["weights"] for name, symmetric in
         (("sym", True), ("asym", False))}

@@ -134,6 +134,17 @@ def test_weight_bytes_sum_format_bytes_for_each_row() -> None:
     assert entries_bytes(inventory(LLAMA_8B), fmt) == expected
 
 
+def test_a_symmetric_gptq_llama_3_1_8b_counts_the_qzeros_of_its_files() -> None:
+    # the figure the plans gave when the API mapping counted the qzeros (eighteenth session), now the format's own
+    symmetric = weight_bytes(LLAMA_8B, int4(128, symmetric=True, layout="gptq"))
+    assert symmetric == weight_bytes(LLAMA_8B, int4(128, layout="gptq")) == 5_732_835_328
+    # beyond nibble's symmetric payload, per layer: the g_idx (4 bytes an input column) and the int32 qzeros
+    # ([in / 128, out / 8]) of q, k, v, o, gate, up (in 4096) and down (in 14336)
+    outs_4096 = 4096 + 1024 + 1024 + 4096 + 14336 + 14336
+    per_layer = 4 * (6 * 4096 + 14336) + 4 * (4096 // 128 * outs_4096 // 8 + 14336 // 128 * 4096 // 8)
+    assert symmetric - weight_bytes(LLAMA_8B, int4(128, symmetric=True)) == 32 * per_layer
+
+
 def test_policy_can_quantize_embeddings_and_keep_norms_in_fp32() -> None:
     policy = QuantizationPolicy(frozenset({"attention", "mlp", "embedding", "lm_head"}), "fp32")
     count = parameter_count(LLAMA_8B)

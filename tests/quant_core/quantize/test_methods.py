@@ -40,7 +40,7 @@ def test_every_method_stores_the_zero_kind_its_scheme_asks_for(method: str, sche
     assert (q.zeros.dtype if q.zeros is not None else None) == expected
     assert q.scales.dtype == np.float16
     data = payload_bytes(q)
-    assert len(data) == scheme.bytes_for(weights.shape)
+    assert len(data) == scheme.payload_bytes_for(weights.shape) == scheme.bytes_for(weights.shape)
     back = quantized_from_payload(data, q.shape, scheme, method)
     np.testing.assert_array_equal(dequantize(back), dequantize(q))
 

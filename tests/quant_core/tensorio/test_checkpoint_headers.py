@@ -225,13 +225,15 @@ def test_a_header_past_the_limit_or_truncated_is_refused() -> None:
 
 @pytest.mark.parametrize(("exporter", "weight_format", "group_size", "symmetric"), [
     ("gptq", "gptq", 128, False), ("gptq", "gptq", 32, True), ("awq", "awq", 128, False),
-    ("awq", "awq", 64, False), ("ct", "compressed-tensors", 128, True), ("ct", "compressed-tensors", 32, False),
+    ("awq", "awq", 64, False), ("awq", "awq", 128, True),
+    ("ct", "compressed-tensors", 128, True), ("ct", "compressed-tensors", 32, False),
     ("gguf", "Q4_0", 32, True),
 ])
 def test_nibbles_own_exports_are_what_the_formats_count(tmp_path: Path, exporter: str, weight_format: str,
                                                         group_size: int, symmetric: bool) -> None:
     # nibble's exporters write the layouts the engines load (each checked bit for bit against the reference
-    # decoders in test_exports.py); the header bytes of one [48, 512] tensor equal the format's bytes_for
+    # decoders in test_exports.py); the header bytes of one [48, 512] tensor equal the format's bytes_for, and its
+    # tensors the format's checkpoint_tensors (a symmetric GPTQ or AWQ export holds qzeros, compressed-tensors none)
     q = random_quantized(np.random.default_rng(3), 48, 512, group_size, symmetric, zero_range=(1, 16))
     name, path = "model.layers.0.mlp.up_proj.weight", tmp_path / ("m.gguf" if exporter == "gguf" else "m.safetensors")
     {"gptq": export_gptq, "awq": export_awq, "ct": export_compressed_tensors,
@@ -239,10 +241,10 @@ def test_nibbles_own_exports_are_what_the_formats_count(tmp_path: Path, exporter
     stored = sum(tensor.bytes for tensor in read_checkpoint_headers(path) if tensor.name.startswith(name[:-7]))
     fmt = ggml_format(weight_format) if exporter == "gguf" else \
         int4(group_size, symmetric=symmetric, layout=weight_format)  # type: ignore[arg-type]
-    expected = fmt.bytes_for((48, 512))
-    if exporter == "gptq" and symmetric:  # GPTQ stores zeros (of 8) even for symmetric weights
-        expected = int4(group_size, layout="gptq").bytes_for((48, 512))
-    assert stored == expected
+    assert stored == fmt.bytes_for((48, 512))
+    if exporter != "gguf":  # the layout's tensors, by name, dtype and shape, are what the format lists
+        listed = {f"{name[:-7]}.{t.suffix}": (t.dtype, t.shape) for t in fmt.checkpoint_tensors((48, 512))}
+        assert {t.name: (t.dtype, t.shape) for t in read_checkpoint_headers(path)} == listed
 
 
 def test_the_header_length_is_8_plus_n_for_safetensors(tmp_path: Path) -> None:
