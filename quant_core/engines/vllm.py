@@ -43,6 +43,7 @@ from __future__ import annotations
 import math
 import re
 from bisect import bisect_right
+from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -1773,22 +1774,52 @@ MARLIN_GROUP_SIZES: frozenset[int | None] = frozenset({None, 32, 64, 128})
 FLOAT16_ONLY_FALLBACK: dict[str, str] = {"0.11": "config/__init__.py", "0.19": "config/vllm.py"}
 
 
+def not_marlin_reason(method: str, bits: int, group_size: int | None, symmetric: bool) -> str | None:
+    """Why vLLM 0.11/0.19 do not convert a `method` (``gptq`` or ``awq``) config of `bits`, `group_size` (None: a
+    whole row) and `symmetric` weights (for AWQ: ``zero_point`` false) to Marlin on a device of 8.0 or above, or None
+    when they do.  gptq_marlin.py ``is_gptq_marlin_compatible``: ``(bits, sym)`` in its TYPE_MAP, ``(4, True)`` and
+    ``(8, True)`` only; awq_marlin.py ``is_awq_marlin_compatible``: 4 bits with zero points (marlin_utils.py
+    ``query_marlin_supported_quant_types``: uint4 is the zero-point type); both a group size of
+    `MARLIN_GROUP_SIZES` (``check_marlin_supported``)."""
+    if method == "gptq" and (bits, symmetric) not in ((4, True), (8, True)):
+        return (f"gptq_marlin's TYPE_MAP holds symmetric types only, not bits={bits}, sym={symmetric}: "
+                "is_gptq_marlin_compatible")
+    if method == "awq" and (bits != 4 or symmetric):
+        return "awq_marlin takes 4-bit weights with zero points only: is_awq_marlin_compatible"
+    if group_size not in MARLIN_GROUP_SIZES:
+        return (f"Marlin takes groups of 32, 64 or 128 columns or a whole row, not {group_size}: "
+                f"MARLIN_SUPPORTED_GROUP_SIZES, is_{method}_marlin_compatible")
+    return None
+
+
 def float16_only_method(stored: WeightFormat) -> tuple[str, str] | None:
-    """The method vLLM 0.11/0.19 loads `stored` with when it is not Marlin-compatible on a device of 8.0 or above
-    (``gptq`` or ``awq``, with why), or None when gptq_marlin / awq_marlin take it or it is neither GPTQ nor AWQ.
-    ``GPTQMarlinConfig.override_quantization_method`` converts a GPTQ config only when ``is_gptq_marlin_compatible``
-    (``(bits, sym)`` in its TYPE_MAP, symmetric only, and a Marlin group size); ``AWQMarlinConfig``'s
-    ``is_awq_marlin_compatible`` the same with uint4 and zero points (nibble's AWQ always has them)."""
+    """The method vLLM 0.11/0.19 load `stored` with when it is GPTQ or AWQ that is not Marlin-compatible on a device
+    of 8.0 or above (``gptq`` or ``awq``, with `not_marlin_reason`), or None (gptq_marlin / awq_marlin take it, or
+    it is neither).  8-bit GPTQ (`formats.int8_gptq`) does not carry its symmetry: taken as symmetric."""
     if stored.layout not in ("gptq", "awq") or stored.name not in ("int4", "int8"):
         return None
-    method = stored.layout
-    if is_asymmetric_int4_gptq(stored):
-        return method, ("gptq_marlin's TYPE_MAP holds symmetric types only, uint4b8 and uint8b128: "
-                        "is_gptq_marlin_compatible")
-    if stored.group_size not in MARLIN_GROUP_SIZES:
-        return method, (f"Marlin takes groups of 32, 64 or 128 columns or a whole row, not {stored.group_size}: "
-                        f"MARLIN_SUPPORTED_GROUP_SIZES, is_{method}_marlin_compatible")
-    return None
+    symmetric = stored.symmetric or stored.name == "int8"
+    why = not_marlin_reason(stored.layout, stored.bits, stored.group_size, symmetric)
+    return None if why is None else (stored.layout, why)
+
+
+def float16_only_config(quantization_config: Mapping[str, object]) -> tuple[str, str] | None:
+    """`float16_only_method` of a checkpoint's ``quantization_config`` as vLLM 0.11/0.19 read it
+    (``override_quantization_method``: a config missing one of the fields Marlin's check needs is not converted
+    either), or None for a config of another method or one Marlin takes."""
+    method = str(quantization_config.get("quant_method", "")).lower()
+    if method not in ("gptq", "awq"):
+        return None
+    needed = ("bits", "group_size", "sym", "desc_act") if method == "gptq" else ("bits", "group_size", "zero_point")
+    missing = [name for name in needed if quantization_config.get(name) is None]
+    if missing:
+        return method, f"its config lacks {', '.join(missing)}: is_{method}_marlin_compatible"
+    bits, group_size = quantization_config["bits"], quantization_config["group_size"]
+    symmetric = quantization_config["sym"] if method == "gptq" else not quantization_config["zero_point"]
+    if not isinstance(bits, int) or not isinstance(group_size, int) or not isinstance(symmetric, bool):
+        return None
+    why = not_marlin_reason(method, bits, None if group_size == -1 else group_size, symmetric)
+    return None if why is None else (method, why)
 
 
 def bfloat16_refusal(version: str, stored: WeightFormat | None, model_dtype: str,
