@@ -1787,3 +1787,21 @@ def model_from_sizes(
         num_shared_experts=num_shared_experts,
         dense_layers=tuple(dense_layers),
     )
+
+
+#: config.json's ``torch_dtype`` (``dtype`` since transformers 4.56) as nibble's float format names
+_CONFIG_DTYPES = {"bfloat16": "bf16", "float16": "fp16", "half": "fp16", "float32": "fp32", "float": "fp32"}
+
+
+def config_float_format(config: Mapping[str, object]) -> str | None:
+    """The float format (``bf16``, ``fp16``, ``fp32``) a Hugging Face config names as the model's dtype (``dtype``,
+    else ``torch_dtype``, else the same in its ``text_config``), or None when it names none: the dtype vLLM's ``--dtype
+    auto`` starts from (config/model.py ``_get_and_verify_dtype``)."""
+    for where in (config, config.get("text_config")):
+        if not isinstance(where, Mapping):
+            continue
+        for key in ("dtype", "torch_dtype"):
+            name = where.get(key)
+            if isinstance(name, str) and name.removeprefix("torch.") in _CONFIG_DTYPES:
+                return _CONFIG_DTYPES[name.removeprefix("torch.")]
+    return None

@@ -181,7 +181,9 @@ class PlanOptions:
     estimate and a fixed 1 GiB overhead).  `max_batched_tokens` and `max_num_seqs` are the
     engine's scheduler limits; None takes the engine's default for the device.  `enforce_eager` is vLLM's
     ``--enforce-eager``: no CUDA graph is captured (0.11 and 0.19 then take no memory outside the budget for them,
-    0.33 charges no graph estimate inside it).
+    0.33 charges no graph estimate inside it).  `config_dtype` is the float format the model's config.json names
+    (``torch_dtype``: bf16, fp16 or fp32; None when not known), which vLLM's ``--dtype auto`` runs: with
+    `float_format` it gives `model_dtype`.
     """
 
     weight_format: WeightFormat = field(default_factory=int4)
@@ -202,6 +204,7 @@ class PlanOptions:
     engine: str = "vllm"
     engine_version: str | None = None
     enforce_eager: bool = False
+    config_dtype: str | None = None
 
     def __post_init__(self) -> None:
         if self.kv_cache_dtype not in KV_DTYPES:  # fp32 is the planner's, for a model the engine runs in float32
@@ -209,6 +212,8 @@ class PlanOptions:
         if not isinstance(self.enforce_eager, bool):
             raise InvalidSpec("runtime.enforce_eager", self.enforce_eager, "must be true or false")
         float_format(self.float_format)
+        if self.config_dtype is not None:
+            float_format(self.config_dtype)
         if self.engine not in ENGINES:
             get_engine(self.engine)  # raises UnknownName listing the engines
         if self.engine_version is not None and not isinstance(self.engine_version, str):
@@ -244,6 +249,14 @@ class PlanOptions:
         for name, value, ok, reason in checks:
             if not ok:
                 raise InvalidSpec(name, value, reason)
+
+    @property
+    def model_dtype(self) -> str:
+        """The 16-bit dtype the engine runs the model in: ``fp16`` when `float_format` asks it (vLLM's ``--dtype
+        half``) or the config names it (`config_dtype`, which ``--dtype auto`` takes: config/model.py
+        ``_resolve_auto_dtype``), ``bf16`` otherwise (a bfloat16 config, a float32 or absent one, which ``auto``
+        runs in bfloat16 on a device that has it)."""
+        return "fp16" if "fp16" in (self.float_format, self.config_dtype) else "bf16"
 
 
 def _positive_int(value: object, maximum: int) -> bool:
@@ -760,14 +773,15 @@ class _Evaluator:
                 options.activation_bytes, options.engine, options.engine_version, self.device,
                 self.free_outside_bytes, options.enforce_eager, self.element_bytes)
 
-    def device_refusal(self, weight_formats: tuple[str, ...]) -> str | None:
-        """Why the engine cannot run weights stored as `weight_formats` (a scheme's labels, `_ModelTerms.labels`) on
-        these devices at all (`EngineProfile.device_refusal`: the release's minimum compute capability for a format,
-        or a format it loads nowhere), or None."""
+    def device_refusal(self, weight_formats: tuple[tuple[str, WeightFormat | None], ...]) -> str | None:
+        """Why the engine cannot run weights stored as `weight_formats` (a scheme's labels and formats,
+        `_ModelTerms.formats`) on these devices at all (`EngineProfile.device_refusal`: the release's minimum compute
+        capability for a format, a format it loads nowhere or not at the model's dtype), or None."""
         if self.engine is None:
             return None
-        for weight_format in weight_formats:
-            refused = self.engine.device_refusal(self.spec, weight_format, self.compute_capability)
+        for weight_format, stored in weight_formats:
+            refused = self.engine.device_refusal(self.spec, weight_format, self.compute_capability, stored,
+                                                 self.options.model_dtype)
             if refused is not None:
                 return refused
         return None
@@ -973,13 +987,17 @@ class _ModelTerms:
         self.scheme = scheme
         self.kv_dtype_name = kv_dtype_name
         self.by_role = _weights_by_role(spec, scheme)
-        #: the labels the engine's device check reads: the scheme's, or each quantized format of a per-tensor mix
-        self.labels = (tuple(sorted({chosen.label() for _, chosen in scheme.mix if chosen.is_quantized})) or ("mixed",)
-                       if scheme.mix else (scheme.label(),))
+        #: the labels the engine's device check reads, each with its format where there is one: the scheme's, or
+        #: each quantized format of a per-tensor mix (a checkpoint's headers and a GGUF mix: the label alone)
+        self.formats: tuple[tuple[str, WeightFormat | None], ...] = (
+            tuple(sorted({(chosen.label(), chosen) for _, chosen in scheme.mix if chosen.is_quantized},
+                         key=lambda pair: pair[0])) or (("mixed", None),) if scheme.mix
+            else ((scheme.label(), None if scheme.checkpoint is not None or scheme.gguf_file_type
+                   else scheme.quantized),))
         self._layouts: dict[tuple[int, int, bool, bool, str, bool], _Layout] = {}
         self._predicates: dict[tuple[object, ...], Callable[[int, int], bool]] = {}
         self._accepted: dict[tuple[str, str] | None, tuple[int, ...]] = {}
-        self._refusals: dict[tuple[str, str, tuple[int, int] | None], str | None] = {}
+        self._refusals: dict[tuple[str, str, tuple[int, int] | None, str], str | None] = {}
 
     def accepted_sizes(self, engine: EngineProfile | None) -> tuple[int, ...]:
         """The tensor-parallel sizes the engine accepts for this model in this format, ascending
@@ -994,13 +1012,14 @@ class _ModelTerms:
         return found
 
     def device_refusal(self, evaluator: _Evaluator) -> str | None:
-        """`_Evaluator.device_refusal` of this scheme's labels, found once per engine and compute capability."""
+        """`_Evaluator.device_refusal` of this scheme's formats, found once per engine, compute capability and model
+        dtype."""
         engine = evaluator.engine
         if engine is None:
             return None
-        key = (engine.name, engine.version, evaluator.compute_capability)
+        key = (engine.name, engine.version, evaluator.compute_capability, evaluator.options.model_dtype)
         if key not in self._refusals:
-            self._refusals[key] = evaluator.device_refusal(self.labels)
+            self._refusals[key] = evaluator.device_refusal(self.formats)
         return self._refusals[key]
 
     def layout(self, tensor_parallel: int, pipeline_parallel: int, vocabulary_everywhere: bool = False,

@@ -24,7 +24,7 @@ from quant_core.checkpoint_rows import checkpoint_scheme
 from quant_core.errors import InvalidSpec, LimitExceeded, NibbleError, TensorFileError
 from quant_core.fit import FitRecipe, fit_plan
 from quant_core.formats import FLOAT_FORMATS, WeightFormat, block_format, float_format, fp8, int8_gptq
-from quant_core.hf_config import architecture_family, unread_config_keys
+from quant_core.hf_config import architecture_family, config_float_format, unread_config_keys
 from quant_core.planner import DevicePlan, FormatPlan, Hardware, Plan, PlanOptions, Workload, plan
 from quant_core.schemes import WeightScheme, gguf_scheme, scheme_of
 from quant_core.specs import ModelSpec
@@ -400,6 +400,7 @@ def plan_to_core(body: PlanRequest, max_config_depth: int, max_header_bytes: int
         activation_bytes=body.runtime.activation_bytes, max_batched_tokens=body.runtime.max_batched_tokens,
         max_num_seqs=body.runtime.max_num_seqs, engine=body.runtime.engine, engine_version=body.runtime.engine_version,
         enforce_eager=body.runtime.enforce_eager,
+        config_dtype=None if body.model.hf_config is None else config_float_format(body.model.hf_config),
     )
     return spec, hardware, workload, options
 

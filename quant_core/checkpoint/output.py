@@ -58,9 +58,10 @@ from quant_core.checkpoint.source import (
     CheckpointTensor,
     read_tensor,
 )
+from quant_core.engines.vllm import float16_only_config
 from quant_core.errors import LimitExceeded, TensorFileError
 from quant_core.formats import FLOAT_FORMATS, WeightFormat
-from quant_core.hf_config import architecture_family
+from quant_core.hf_config import architecture_family, config_float_format
 from quant_core.quantize import quality_report, quantize
 from quant_core.quantize.api import normalised_importance
 from quant_core.quantize.metrics import weighted_relative_error
@@ -371,8 +372,10 @@ def engine_notes(options: CheckpointOptions, plans: Sequence[TensorPlan],
     checkpoint's `config`) is stored in part: one note per kind of split, layers compacted (a budget's formats
     split none: quant_core/checkpoint/budget.py chooses each such layer's quantized parts as one).  vLLM 0.33
     refuses an asymmetric GPTQ result (`engines.vllm.ASYMMETRIC_GPTQ_REFUSED`: AutoGPTQConfig's TYPE_MAP is
-    symmetric only), said after the other notes.  The job writes what was asked (nibble's INT4 has an offset by
-    default; globs are never widened); the notes name the way out."""
+    symmetric only), said after the other notes, with `float16_dtype_note` when the result's config.json is written
+    float16 (`output_config`; that note alone for a GPTQ or AWQ result Marlin does not take for its group size).
+    The job writes what was asked (nibble's INT4 has an offset by default; globs are never widened); the notes
+    name the way out."""
     notes: list[str] = []
     if options.output == "compressed-tensors" and not options.symmetric and any(
             plan.quantized and _ROUTED_EXPERT.search(plan.tensor.name) for plan in plans):
@@ -381,13 +384,70 @@ def engine_notes(options: CheckpointOptions, plans: Sequence[TensorPlan],
                      "and transformers load this result. For those releases quantize with symmetric=true, or write "
                      "awq or gptq, whose MoE kernels take zero points")
     notes.extend(split_group_notes(split_fused_groups(config, stored_kinds(options, plans)), options.output))
+    dtype_note = float16_dtype_note(config, _scheme_config(options)) if any(plan.quantized for plan in plans) \
+        else None
     if options.output == "gptq" and not options.symmetric and any(plan.quantized for plan in plans):
         notes.append("vLLM 0.33 will not load this result: it loads GPTQ as AutoGPTQConfig (Marlin kernels only), "
                      "which holds symmetric weights only and raises \"Unsupported quantization config: bits=4, "
                      "sym=False\" (auto_gptq.py); vLLM 0.11 and 0.19 load it with their GPTQ kernels (gptq.py, "
                      "float16 activations only), as do transformers. For vLLM 0.33 quantize with symmetric=true, or "
-                     "write awq or compressed-tensors, which take zero points")
+                     "write awq or compressed-tensors, which take zero points"
+                     + (f". {dtype_note}" if dtype_note else ""))
+    elif dtype_note is not None:
+        notes.append(dtype_note)
     return notes
+
+
+def _scheme_config(options: CheckpointOptions) -> dict[str, Any]:
+    """The scheme fields of the result's ``quantization_config`` by which vLLM picks its kernels (GPTQ, AWQ), or
+    an empty dict for the other outputs."""
+    if options.output == "gptq":
+        return gptq_scheme_config(options.group_size, options.symmetric, act_order=False)
+    if options.output == "awq":
+        return awq_scheme_config(options.group_size)
+    return {}
+
+
+#: the dtype a result's config.json names when vLLM 0.11/0.19 would load it with float16-only kernels (`output_config`)
+FLOAT16_TORCH_DTYPE = "float16"
+
+
+def _float16_rewrite(config: Mapping[str, Any] | None,
+                     quantization_config: Mapping[str, Any]) -> tuple[str, str] | None:
+    """(method, why not Marlin) when the result's config.json must name float16 (`output_config`), else None."""
+    if not config or config_float_format(config) == "fp16":
+        return None
+    return float16_only_config(quantization_config)
+
+
+def output_config(config: Mapping[str, Any] | None, quantization_config: Mapping[str, Any]) -> dict[str, Any]:
+    """The result's config.json: the source's with `quantization_config`, and its dtype (``torch_dtype``, and
+    ``dtype`` where transformers 4.56+ wrote it) float16 when vLLM 0.11 and 0.19 load the result with their
+    float16-only GPTQ or AWQ kernels (`engines.vllm.float16_only_config`: asymmetric GPTQ, or groups Marlin does not
+    take) and the source names another dtype or none.  ``--dtype auto`` runs the config's dtype, and a bfloat16
+    one is refused ("torch.bfloat16 is not supported for quantization method gptq", _get_quantization_config);
+    AutoGPTQ writes float16 models for the same kernels.  The 16-bit tensors stay as the source stores them: vLLM
+    and transformers cast them to the model's dtype as they load them."""
+    out = dict(config or {})
+    out["quantization_config"] = dict(quantization_config)
+    if _float16_rewrite(config, quantization_config) is not None:
+        for key in [key for key in ("torch_dtype", "dtype") if key in out] or ["torch_dtype"]:
+            out[key] = FLOAT16_TORCH_DTYPE
+    return out
+
+
+def float16_dtype_note(config: Mapping[str, Any] | None, quantization_config: Mapping[str, Any]) -> str | None:
+    """The engine note of a result whose config.json `output_config` writes float16, or None."""
+    found = _float16_rewrite(config, quantization_config)
+    if found is None or config is None:
+        return None
+    method, why = found
+    source = config.get("dtype", config.get("torch_dtype"))
+    return (f"config.json says torch_dtype float16 (the source's: {source or 'none'}): vLLM 0.11 and 0.19 load "
+            f"this result with their {method} kernels, not Marlin ({why}), which take float16 activations only and "
+            f"refuse a model run in bfloat16 (\"torch.bfloat16 is not supported for quantization method {method}\", "
+            "_get_quantization_config), as --dtype auto would run the source's dtype. The 16-bit tensors are stored "
+            "as in the source; vLLM and transformers cast them to float16 as they load them")
 
 
 def build_report(options: CheckpointOptions, plans: Sequence[TensorPlan], entries: Mapping[int, dict[str, Any]],
@@ -546,8 +606,7 @@ def write_checkpoint_files(checkpoint: Checkpoint, shards: Sequence[OutputShard]
     index = {"metadata": {"total_size": sum(shard.data_bytes for shard in shards)},
              "weight_map": {tensor.name: shard.name for shard in shards for tensor in shard.tensors}}
     _write_bytes(out_dir / INDEX_NAME, _json_bytes(index))
-    config = dict(checkpoint.config or {})
-    config["quantization_config"] = report["quantization_config"]
+    config = output_config(checkpoint.config, report["quantization_config"])
     _write_bytes(out_dir / CONFIG_NAME, _json_bytes(config))
     if report["output"] == "gptq":
         _write_bytes(out_dir / GPTQ_CONFIG_NAME, _json_bytes(report["quantization_config"]))

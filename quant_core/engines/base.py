@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from quant_core.catalog import UNKNOWN_DEVICE, DeviceFacts
+from quant_core.formats import WeightFormat
 from quant_core.specs import ModelSpec
 
 
@@ -163,11 +164,13 @@ class EngineProfile(Protocol):
         `tensor_parallel` ranks, or None when it accepts it."""
         ...
 
-    def device_refusal(self, spec: ModelSpec, weight_format: str,
-                       compute_capability: tuple[int, int] | None) -> str | None:
+    def device_refusal(self, spec: ModelSpec, weight_format: str, compute_capability: tuple[int, int] | None,
+                       stored: WeightFormat | None = None, model_dtype: str = "bf16") -> str | None:
         """Why the engine cannot run `spec` (its attention) or weights stored as `weight_format` on a device of CUDA
         `compute_capability` (``(major, minor)``; None: not known, and only a format the engine loads on no device is
-        refused), or None when it runs them there."""
+        refused), or None when it runs them there.  `stored` is the format `weight_format` labels when there is one
+        (not for a checkpoint's headers or a GGUF mix), whose fields (symmetry, group size) the engine reads;
+        `model_dtype` the 16-bit dtype the model runs in (``bf16`` or ``fp16``, vLLM's ``--dtype``)."""
         ...
 
     def capability_requirement(self, weight_format: str) -> str | None:

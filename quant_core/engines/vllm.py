@@ -43,6 +43,7 @@ from __future__ import annotations
 import math
 import re
 from bisect import bisect_right
+from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -51,7 +52,7 @@ from quant_core.engines.base import BatchLimits, KVCapacity, Stage, Term
 from quant_core.engines.torch_cuda import allocated_block_bytes, blas_workspace_bytes, compute_units
 from quant_core.engines.vllm_graphs import cuda_graph_pool
 from quant_core.errors import InvalidSpec, UnknownName
-from quant_core.formats import GGML_TYPE_NAMES, kv_dtype
+from quant_core.formats import GGML_TYPE_NAMES, WeightFormat, kv_dtype
 from quant_core.kv_cache import VLLM_BLOCK_ALIGNMENT, held_window, hybrid_kv, kv_layers, layer_bytes_per_token
 from quant_core.specs import Llama4VisionTower, ModelSpec, PixtralVisionTower, Qwen3VisionTower, QwenVisionTower
 
@@ -1763,20 +1764,108 @@ def float32_refusal(version: str, model_type: str, weight_format: str,
 #: quantization config: bits={weight_bits}, sym={is_sym}"`` for asymmetric weights (auto_gptq.py; gptq_utils.py's
 #: ``override_config`` the same for a dynamic rule).  0.11 and 0.19 load them through GPTQConfig (gptq.py, the
 #: ExLlama/GPTQ kernels, which read the qzeros) where gptq_marlin's ``is_gptq_marlin_compatible`` finds no
-#: ``(bits, sym)`` in its TYPE_MAP: not refused, but float16 activations only (``get_supported_act_dtypes``)
+#: ``(bits, sym)`` in its TYPE_MAP: not refused, but float16 activations only (`bfloat16_refusal`)
 ASYMMETRIC_GPTQ_REFUSED: frozenset[str] = frozenset({"0.33"})
-_ASYMMETRIC_GPTQ_LABEL = re.compile(r"int4-(?:g\d+|row)-asym(?:-fp16zero)?(?:-padded)?(?:-partial)?-gptq")
 
 
-def gptq_symmetry_refusal(version: str, weight_format: str) -> str | None:
-    """Why vLLM `version` refuses the asymmetric 4-bit GPTQ checkpoint `weight_format` on every device
-    (`ASYMMETRIC_GPTQ_REFUSED`, with vLLM's message), or None."""
-    if version not in ASYMMETRIC_GPTQ_REFUSED or not _ASYMMETRIC_GPTQ_LABEL.fullmatch(weight_format):
+def is_asymmetric_int4_gptq(stored: WeightFormat) -> bool:
+    """Whether `stored` is 4-bit GPTQ with a zero point (``sym: false``): gptq_marlin's and 0.33's AutoGPTQConfig's
+    TYPE_MAP hold no ``(4, False)``.  8-bit GPTQ (`formats.int8_gptq`) does not carry its symmetry: never."""
+    return stored.name == "int4" and stored.layout == "gptq" and not stored.symmetric
+
+
+def gptq_symmetry_refusal(version: str, stored: WeightFormat | None) -> str | None:
+    """Why vLLM `version` refuses the asymmetric 4-bit GPTQ weights `stored` on every device
+    (`ASYMMETRIC_GPTQ_REFUSED`, with vLLM's message), or None (no format: a checkpoint's headers or a GGUF mix)."""
+    if version not in ASYMMETRIC_GPTQ_REFUSED or stored is None or not is_asymmetric_int4_gptq(stored):
         return None
-    return (f"vLLM {version} cannot load {weight_format} weights on any device: it loads GPTQ as AutoGPTQConfig, "
+    return (f"vLLM {version} cannot load {stored.label()} weights on any device: it loads GPTQ as AutoGPTQConfig, "
             "Marlin kernels only, whose TYPE_MAP holds symmetric 4- and 8-bit weights, and raises \"Unsupported "
             "quantization config: bits=4, sym=False\" (auto_gptq.py); vLLM 0.11 and 0.19 load it with their GPTQ "
             "kernels, in float16")
+
+
+#: Marlin's group sizes in vLLM 0.11 and 0.19 (utils/marlin_utils.py ``MARLIN_SUPPORTED_GROUP_SIZES`` [-1, 32, 64,
+#: 128]; -1, a whole row, is None here): GPTQ or AWQ in groups of another size (nibble's 256) is not Marlin-compatible
+MARLIN_GROUP_SIZES: frozenset[int | None] = frozenset({None, 32, 64, 128})
+
+#: The releases whose fallback GPTQ and AWQ methods take float16 activations only (gptq.py's and awq.py's
+#: ``get_supported_act_dtypes``: ``[torch.half]``), with the file of ``VllmConfig._get_quantization_config``, which
+#: raises ``f"{model_config.dtype} is not supported for quantization method {model_config.quantization}. Supported
+#: dtypes: {supported_dtypes}"``.  gptq_marlin.py and awq_marlin.py list ``[torch.half, torch.bfloat16]``; 0.33's
+#: auto_gptq.py and auto_awq.py too (and it refuses asymmetric GPTQ outright: `ASYMMETRIC_GPTQ_REFUSED`)
+FLOAT16_ONLY_FALLBACK: dict[str, str] = {"0.11": "config/__init__.py", "0.19": "config/vllm.py"}
+
+
+def not_marlin_reason(method: str, bits: int, group_size: int | None, symmetric: bool) -> str | None:
+    """Why vLLM 0.11/0.19 do not convert a `method` (``gptq`` or ``awq``) config of `bits`, `group_size` (None: a
+    whole row) and `symmetric` weights (for AWQ: ``zero_point`` false) to Marlin on a device of 8.0 or above, or None
+    when they do.  gptq_marlin.py ``is_gptq_marlin_compatible``: ``(bits, sym)`` in its TYPE_MAP, ``(4, True)`` and
+    ``(8, True)`` only; awq_marlin.py ``is_awq_marlin_compatible``: 4 bits with zero points (marlin_utils.py
+    ``query_marlin_supported_quant_types``: uint4 is the zero-point type); both a group size of
+    `MARLIN_GROUP_SIZES` (``check_marlin_supported``)."""
+    if method == "gptq" and (bits, symmetric) not in ((4, True), (8, True)):
+        return (f"gptq_marlin's TYPE_MAP holds symmetric types only, not bits={bits}, sym={symmetric}: "
+                "is_gptq_marlin_compatible")
+    if method == "awq" and (bits != 4 or symmetric):
+        return "awq_marlin takes 4-bit weights with zero points only: is_awq_marlin_compatible"
+    if group_size not in MARLIN_GROUP_SIZES:
+        return (f"Marlin takes groups of 32, 64 or 128 columns or a whole row, not {group_size}: "
+                f"MARLIN_SUPPORTED_GROUP_SIZES, is_{method}_marlin_compatible")
+    return None
+
+
+def float16_only_method(stored: WeightFormat) -> tuple[str, str] | None:
+    """The method vLLM 0.11/0.19 load `stored` with when it is GPTQ or AWQ that is not Marlin-compatible on a device
+    of 8.0 or above (``gptq`` or ``awq``, with `not_marlin_reason`), or None (gptq_marlin / awq_marlin take it, or
+    it is neither).  8-bit GPTQ (`formats.int8_gptq`) does not carry its symmetry: taken as symmetric."""
+    if stored.layout not in ("gptq", "awq") or stored.name not in ("int4", "int8"):
+        return None
+    symmetric = stored.symmetric or stored.name == "int8"
+    why = not_marlin_reason(stored.layout, stored.bits, stored.group_size, symmetric)
+    return None if why is None else (stored.layout, why)
+
+
+def float16_only_config(quantization_config: Mapping[str, object]) -> tuple[str, str] | None:
+    """`float16_only_method` of a checkpoint's ``quantization_config`` as vLLM 0.11/0.19 read it
+    (``override_quantization_method``: a config missing one of the fields Marlin's check needs is not converted
+    either), or None for a config of another method or one Marlin takes."""
+    method = str(quantization_config.get("quant_method", "")).lower()
+    if method not in ("gptq", "awq"):
+        return None
+    needed = ("bits", "group_size", "sym", "desc_act") if method == "gptq" else ("bits", "group_size", "zero_point")
+    missing = [name for name in needed if quantization_config.get(name) is None]
+    if missing:
+        return method, f"its config lacks {', '.join(missing)}: is_{method}_marlin_compatible"
+    bits, group_size = quantization_config["bits"], quantization_config["group_size"]
+    symmetric = quantization_config["sym"] if method == "gptq" else not quantization_config["zero_point"]
+    if not isinstance(bits, int) or not isinstance(group_size, int) or not isinstance(symmetric, bool):
+        return None
+    why = not_marlin_reason(method, bits, None if group_size == -1 else group_size, symmetric)
+    return None if why is None else (method, why)
+
+
+def bfloat16_refusal(version: str, stored: WeightFormat | None, model_dtype: str,
+                     compute_capability: tuple[int, int] | None) -> str | None:
+    """Why vLLM `version` refuses the GPTQ or AWQ weights `stored` for a model it runs in bfloat16 (`model_dtype`
+    ``bf16``: vLLM's ``--dtype auto`` on a config whose torch_dtype is bfloat16, float32 or absent) on a device of
+    `compute_capability` 8.0 or above: the method it falls back to (`float16_only_method`) takes float16 only
+    (`FLOAT16_ONLY_FALLBACK`), with vLLM's message and the remedy, ``--dtype half``.  None otherwise: below 8.0
+    ``_resolve_auto_dtype`` (config/model.py) falls back to float16 itself, and a capability not known is not
+    refused (the plan's convention for device checks)."""
+    where = FLOAT16_ONLY_FALLBACK.get(version)
+    if (where is None or stored is None or model_dtype != "bf16" or compute_capability is None
+            or compute_capability < (8, 0)):
+        return None
+    found = float16_only_method(stored)
+    if found is None:
+        return None
+    method, why = found
+    return (f"vLLM {version} loads {stored.label()} weights with its {method} kernels, not Marlin ({why}), whose "
+            f"activations are float16 only, and refuses a model run in bfloat16: \"torch.bfloat16 is not supported "
+            f"for quantization method {method}. Supported dtypes: [torch.float16]\" ({where} "
+            f"_get_quantization_config, {method}.py get_supported_act_dtypes). Serve it with --dtype half (plan it "
+            "with float_format fp16), or from a checkpoint whose config.json says torch_dtype float16")
 
 
 def float32_note(version: str, model_type: str, compute_capability: tuple[int, int] | None) -> str | None:
@@ -2156,15 +2245,18 @@ class VllmProfile:
             return int4_expert_refusal(spec, weight_format, tensor_parallel, self._version)
         return fp8_block_expert_refusal(spec, tensor_parallel)
 
-    def device_refusal(self, spec: ModelSpec, weight_format: str,
-                       compute_capability: tuple[int, int] | None) -> str | None:
+    def device_refusal(self, spec: ModelSpec, weight_format: str, compute_capability: tuple[int, int] | None,
+                       stored: WeightFormat | None = None, model_dtype: str = "bf16") -> str | None:
         """`dsa_attention_refusal` (no attention backend for `spec` on the device), then `capability_refusal`: the
         release's floor for `weight_format` (`CAPABILITY_FLOORS`) against the device's compute capability (None: not
-        known; only a format the release loads nowhere is refused)."""
+        known; only a format the release loads nowhere is refused), then what the release refuses of the format
+        `stored` itself (`gptq_symmetry_refusal`) or at the model's dtype (`float32_refusal`, `bfloat16_refusal`)."""
         return (dsa_attention_refusal(self._version, spec, compute_capability)
                 or capability_refusal(self._version, weight_format, compute_capability)
-                or gptq_symmetry_refusal(self._version, weight_format)
-                or float32_refusal(self._version, spec.model_type, weight_format, compute_capability))
+                or gptq_symmetry_refusal(self._version, stored)
+                or float32_refusal(self._version, spec.model_type, weight_format, compute_capability)
+                or (None if runs_float32(self._version, spec.model_type, compute_capability)
+                    else bfloat16_refusal(self._version, stored, model_dtype, compute_capability)))
 
     def capability_requirement(self, weight_format: str) -> str | None:
         """`capability_requirement`: the release's floor for `weight_format` in words, or None."""

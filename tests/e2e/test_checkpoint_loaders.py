@@ -303,6 +303,27 @@ def test_transformers_loads_the_gptq_checkpoint_through_gptqmodel_with_nibbles_w
     torch.testing.assert_close(loaded["logits"], dense_logits(checkpoint, expected, family), rtol=0, atol=1e-5)
 
 
+def test_transformers_loads_the_asymmetric_gptq_checkpoint_of_a_bfloat16_model_at_its_configs_float16(
+        gptqmodel_loaded: dict[str, tuple[Path, dict[str, torch.Tensor], dict[str, str]]], source: Path,
+        tmp_path: Path) -> None:
+    # the source says torch_dtype bfloat16; vLLM 0.11/0.19 load asymmetric GPTQ with gptq.py, float16 activations
+    # only, so the result says float16 (quant_core/checkpoint/output.py output_config) and dtype="auto" takes it
+    checkpoint, at_float32, _ = gptqmodel_loaded["gptq-asymmetric"]
+    assert json.loads((checkpoint / "config.json").read_text())["torch_dtype"] == "float16"
+    target = tmp_path / "auto.safetensors"
+    child = subprocess.run([sys.executable, "-m", "tests.e2e.gptqmodel_child", "--dtype", "auto", str(checkpoint),
+                            str(target)], cwd=REPOSITORY, capture_output=True, text=True, timeout=900, check=False)
+    assert child.returncode == 0, child.stderr[-6000:]
+    with safetensors.safe_open(str(target), "pt") as loaded:
+        assert loaded.metadata()["dtype"] == "torch.float16"
+        for name, q in nibble_quantized(source, {"output": "gptq"}).items():
+            np.testing.assert_array_equal(loaded.get_tensor(name).to(torch.float32).numpy(),
+                                          dequantize(q, np.float16).astype(np.float32), err_msg=name)
+        logits = loaded.get_tensor("logits").to(torch.float32)
+    # the same model computed in float16 rather than float32: each product rounded to fp16, ~2^-11 relative
+    torch.testing.assert_close(logits, at_float32["logits"], rtol=2e-2, atol=2e-2)
+
+
 @pytest.mark.parametrize("case", [case for case in GPTQMODEL_CASES if case.startswith("awq")])
 def test_transformers_loads_the_awq_checkpoint_through_gptqmodel_with_nibbles_weights(
         gptqmodel_loaded: dict[str, tuple[Path, dict[str, torch.Tensor], dict[str, str]]], source: Path,

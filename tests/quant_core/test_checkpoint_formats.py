@@ -518,14 +518,16 @@ def test_a_gptq_scheme_carries_sym_and_counts_the_same_qzeros_either_way() -> No
 
 
 @pytest.mark.parametrize("release", ["0.11", "0.19", "0.33"])
-def test_vllm_0_33_refuses_an_asymmetric_gptq_checkpoint_on_every_device_and_0_11_0_19_load_it(release: str) -> None:
-    # vLLM 0.33's auto_gptq.py AutoGPTQConfig.__init__: "Unsupported quantization config: bits=4, sym=False"
+def test_vllm_0_33_refuses_an_asymmetric_gptq_checkpoint_on_every_device_and_0_11_0_19_load_it_in_float16(
+        release: str) -> None:
+    # vLLM 0.33's auto_gptq.py AutoGPTQConfig.__init__: "Unsupported quantization config: bits=4, sym=False"; 0.11's
+    # and 0.19's gptq.py take float16 activations only (bfloat16 refused: tests/quant_core/test_vllm_gptq_dtype.py)
     spec = model_from_sizes(**LLAMA_2_7B)
     base = {"quant_method": "gptq", "bits": 4, "group_size": 128, "desc_act": False}
     for sym in (True, False):
         scheme = scheme_from_quantization_config({**base, "sym": sym})
         result = plan(spec, Hardware(80 * 2**30, 1, "h100-80gb"), None,
-                      PlanOptions(scheme=scheme, shipped=scheme, engine_version=release))
+                      PlanOptions(scheme=scheme, shipped=scheme, engine_version=release, float_format="fp16"))
         refused = release == "0.33" and not sym
         assert (result.refusal is not None) is refused
         assert result.fits is not refused

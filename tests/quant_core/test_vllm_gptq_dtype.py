@@ -1,0 +1,113 @@
+"""GPTQ and AWQ that vLLM 0.11 / 0.19 load with their float16-only kernels: refused for a bfloat16 model on a device of
+8.0 or above with vLLM's message and the remedy (``--dtype half``), planned when the model runs in float16.
+
+vLLM 0.19's config/vllm.py (0.11's config/__init__.py) ``VllmConfig._get_quantization_config`` raises
+``f"{model_config.dtype} is not supported for quantization method {model_config.quantization}. Supported dtypes:
+{supported_dtypes}"``; gptq.py's and awq.py's ``get_supported_act_dtypes`` are ``[torch.half]``; gptq_marlin.py's
+``is_gptq_marlin_compatible`` needs ``(bits, sym)`` in a TYPE_MAP of symmetric types and a group size in
+marlin_utils.py's ``MARLIN_SUPPORTED_GROUP_SIZES`` [-1, 32, 64, 128] (awq_marlin.py the same for AWQ)."""
+
+from __future__ import annotations
+
+import pytest
+
+from quant_core.engines.vllm import bfloat16_refusal, gptq_symmetry_refusal
+from quant_core.formats import WeightFormat, gptq_checkpoint, int4, int8_gptq
+from quant_core.hf_config import config_float_format, model_from_sizes
+from quant_core.planner import Hardware, Plan, PlanOptions, plan
+from quant_core.schemes import scheme_from_quantization_config, scheme_of
+from tests.quant_core.test_checkpoint_formats import LLAMA_2_7B
+
+H100 = Hardware(80 * 2**30, 1, "h100-80gb", "H100", (9, 0))
+T4 = Hardware(15 * 2**30, 1, "t4", "T4", (7, 5))
+GPTQ = {"quant_method": "gptq", "bits": 4, "group_size": 128, "desc_act": False}
+REFUSED = "\"torch.bfloat16 is not supported for quantization method {}. Supported dtypes: [torch.float16]\""
+
+
+def _planned(config: dict[str, object], release: str, hardware: Hardware = H100, float_format: str = "bf16",
+             config_dtype: str | None = None) -> Plan:
+    """`LLAMA_2_7B` shipped with `config` as its quantization_config, planned on vLLM `release`."""
+    scheme = scheme_from_quantization_config(config)
+    return plan(model_from_sizes(**LLAMA_2_7B), hardware, None,
+                PlanOptions(scheme=scheme, shipped=scheme, engine_version=release, float_format=float_format,
+                            config_dtype=config_dtype))
+
+
+@pytest.mark.parametrize("release", ["0.11", "0.19"])
+def test_asymmetric_gptq_of_a_bfloat16_model_is_refused_with_vllms_message_and_the_remedy(release: str) -> None:
+    result = _planned({**GPTQ, "sym": False}, release)
+    assert not result.fits and result.primary.min_devices is None
+    assert result.refusal is not None
+    assert REFUSED.format("gptq") in result.refusal and "--dtype half" in result.refusal
+    assert ("config/__init__.py" if release == "0.11" else "config/vllm.py") in result.refusal
+
+
+@pytest.mark.parametrize("release", ["0.11", "0.19"])
+def test_asymmetric_gptq_is_planned_at_float16_when_asked_or_when_the_config_says_float16(release: str) -> None:
+    refused = _planned({**GPTQ, "sym": False}, release)
+    for float_format, config_dtype in (("fp16", None), ("bf16", "fp16")):
+        result = _planned({**GPTQ, "sym": False}, release, H100, float_format, config_dtype)
+        assert result.fits and result.refusal is None, (float_format, config_dtype)
+        # float16 and bfloat16 are both 2 bytes: the same weights, only the refusal goes
+        assert result.primary.weights_bytes == refused.primary.weights_bytes
+
+
+def test_symmetric_gptq_in_marlins_groups_runs_in_bfloat16_and_other_groups_do_not() -> None:
+    assert _planned({**GPTQ, "sym": True}, "0.19").fits
+    assert _planned({**GPTQ, "sym": True, "group_size": -1}, "0.19").fits  # a whole row: Marlin's -1
+    g256 = _planned({**GPTQ, "sym": True, "group_size": 256}, "0.19")
+    assert g256.refusal is not None and REFUSED.format("gptq") in g256.refusal and "not 256" in g256.refusal
+
+
+def test_awq_runs_in_bfloat16_through_awq_marlin_except_in_groups_marlin_does_not_take() -> None:
+    awq = {"quant_method": "awq", "bits": 4, "zero_point": True, "version": "gemm"}
+    assert _planned({**awq, "group_size": 128}, "0.19").fits
+    g256 = _planned({**awq, "group_size": 256}, "0.11")
+    assert g256.refusal is not None and REFUSED.format("awq") in g256.refusal
+
+
+def test_below_8_0_vllm_runs_the_model_in_float16_itself_and_asymmetric_gptq_loads() -> None:
+    # config/model.py _resolve_auto_dtype: no bfloat16 on the device, "Falling back to torch.float16"
+    assert _planned({**GPTQ, "sym": False}, "0.19", T4).refusal is None
+
+
+def test_a_device_of_unknown_capability_is_not_refused() -> None:
+    assert _planned({**GPTQ, "sym": False}, "0.19", Hardware(80 * 2**30, 1)).refusal is None
+
+
+def test_vllm_0_33_refuses_asymmetric_gptq_whatever_the_dtype() -> None:
+    result = _planned({**GPTQ, "sym": False}, "0.33", H100, "fp16")
+    assert result.refusal is not None and "Unsupported quantization config: bits=4, sym=False" in result.refusal
+
+
+def test_the_refusals_read_the_formats_fields_not_their_labels() -> None:
+    asymmetric = gptq_checkpoint(128, False)
+    assert gptq_symmetry_refusal("0.33", asymmetric) is not None
+    assert gptq_symmetry_refusal("0.33", gptq_checkpoint(128, True)) is None
+    assert gptq_symmetry_refusal("0.33", int4(128)) is None  # nibble's own asymmetric INT4: compressed-tensors
+    assert gptq_symmetry_refusal("0.33", None) is None  # a checkpoint's headers: symmetry not known
+    assert gptq_symmetry_refusal("0.19", asymmetric) is None
+    assert bfloat16_refusal("0.19", asymmetric, "bf16", (8, 0)) is not None
+    assert bfloat16_refusal("0.19", asymmetric, "fp16", (8, 0)) is None
+    assert bfloat16_refusal("0.33", asymmetric, "bf16", (8, 0)) is None
+    assert bfloat16_refusal("0.19", int8_gptq(128), "bf16", (9, 0)) is None
+    assert bfloat16_refusal("0.19", int8_gptq(256), "bf16", (9, 0)) is not None
+    assert bfloat16_refusal("0.19", WeightFormat("int4", 128, False, "int4", layout="compressed-tensors"), "bf16",
+                            (9, 0)) is None
+
+
+def test_requested_asymmetric_gptq_weights_are_refused_the_same_way() -> None:
+    spec = model_from_sizes(**LLAMA_2_7B)
+    requested = scheme_of(WeightFormat("int4", 128, False, "int4", layout="gptq"))  # weights: {layout: gptq}
+    refused = plan(spec, H100, None, PlanOptions(scheme=requested, engine_version="0.19"))
+    assert refused.refusal is not None and REFUSED.format("gptq") in refused.refusal
+    assert plan(spec, H100, None, PlanOptions(scheme=requested, engine_version="0.19", float_format="fp16")).fits
+
+
+@pytest.mark.parametrize(("config", "expected"), [
+    ({"torch_dtype": "bfloat16"}, "bf16"), ({"torch_dtype": "float16"}, "fp16"), ({"dtype": "float16"}, "fp16"),
+    ({"dtype": "float16", "torch_dtype": "bfloat16"}, "fp16"), ({"torch_dtype": "float32"}, "fp32"),
+    ({"text_config": {"torch_dtype": "float16"}}, "fp16"), ({}, None), ({"torch_dtype": "int8"}, None),
+])
+def test_the_config_dtype_is_read_as_transformers_writes_it(config: dict[str, object], expected: str | None) -> None:
+    assert config_float_format(config) == expected
