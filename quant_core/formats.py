@@ -397,8 +397,8 @@ def int4(group_size: int | None = 128, symmetric: bool = False, zero: ZeroKind =
 def gptq_checkpoint(group_size: int | None = 128, symmetric: bool = True) -> WeightFormat:
     """A 4-bit GPTQ checkpoint as its ``quantization_config`` ships it: int32 qweight, packed qzeros, fp16 scales and
     g_idx whatever ``sym`` says (`WeightFormat.checkpoint_tensors`), so the bytes are the same either way;
-    `symmetric` (``sym``) is carried in the label (``int4-g128-sym-gptq``), by which an engine that refuses one of
-    them (vLLM 0.33: asymmetric) tells them apart."""
+    `symmetric` (``sym``) is the format's own field (and shows in the label, ``int4-g128-sym-gptq``): an engine that
+    refuses one of them (vLLM 0.33: asymmetric; 0.11/0.19 run it float16 only) reads it there."""
     return int4(group_size, symmetric, layout="gptq")
 
 

@@ -501,8 +501,10 @@ def test_regexes_naming_experts_that_would_cost_minutes_to_try_on_every_expert_a
 
 
 def test_a_gptq_scheme_carries_sym_and_counts_the_same_qzeros_either_way() -> None:
-    """AutoGPTQ and GPTQModel write packed qzeros whether sym is true or false: the bytes do not move, the label
-    (by which vLLM 0.33's refusal of asymmetric GPTQ is found) does."""
+    """AutoGPTQ and GPTQModel write packed qzeros whether sym is true or false: the bytes do not move, the format's
+    `symmetric` (which vLLM 0.33's refusal of asymmetric GPTQ reads) and its label do."""
+    assert scheme_from_quantization_config({"quant_method": "gptq", "bits": 4, "group_size": 128, "desc_act": False,
+                                            "sym": False}).quantized.symmetric is False
     spec = model_from_sizes(**LLAMA_2_7B)
     base = {"quant_method": "gptq", "bits": 4, "group_size": 128, "desc_act": False}
     symmetric = scheme_from_quantization_config({**base, "sym": True})
