@@ -1726,8 +1726,10 @@ def runs_float32(version: str, model_type: str, compute_capability: tuple[int, i
 #: release, where they lack float32: ``VllmConfig._get_quantization_config`` (config/__init__.py in 0.11,
 #: config/vllm.py in 0.19 and 0.33) raises ``f"{model_config.dtype} is not supported for quantization method
 #: {model_config.quantization}. Supported dtypes: {supported_dtypes}"`` after its capability check.  Below 8.0
-#: GPTQ and AWQ are not Marlin in 0.11/0.19 (gptq_marlin / awq_marlin need 80): gptq.py's and awq.py's
-#: ``get_supported_act_dtypes`` are ``[torch.half]``; 0.33's auto_gptq.py and auto_awq.py ``[torch.half,
+#: GPTQ and AWQ are not Marlin in 0.11 (marlin_utils ``query_marlin_supported_quant_types`` needs 80): gptq.py's
+#: and awq.py's ``get_supported_act_dtypes`` are ``[torch.half]``; 0.19's Marlin runs from 7.5 (the same function
+#: needs 75), so a symmetric GPTQ or an AWQ checkpoint there loads as gptq_marlin / awq_marlin, whose ``[torch.half,
+#: torch.bfloat16]`` lacks float32 too: refused all the same (the message quoted here names gptq / awq); 0.33's auto_gptq.py and auto_awq.py ``[torch.half,
 #: torch.bfloat16]``; fp8.py ``[torch.bfloat16, torch.half]`` in all three.  compressed-tensors (nibble's INT4, int8),
 #: bitsandbytes and GGUF list float32 (compressed_tensors.py, bitsandbytes.py, gguf.py): not refused by this check;
 #: mxfp4 and nvfp4 are refused below 8.0 by their capability floor already (`CAPABILITY_FLOORS`)
