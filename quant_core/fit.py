@@ -221,9 +221,10 @@ def fit_plan(spec: ModelSpec, hardware: Hardware, workload: Workload | None = No
                   f"({tightest.used_bytes} used of {tightest.usable_bytes} usable)")
         if tightest.headroom_bytes >= 0:  # the budget holds it: what the engine takes outside the budget does not fit
             outside = max(devices, key=lambda device: device.outside_budget_bytes)
+            free = outside.capacity_bytes - outside.usable_bytes
             reason = (f"the model does not fit at any allowed format: on device {outside.index} the engine allocates "
-                      f"{outside.outside_budget_bytes} bytes outside its memory budget (CUDA graphs; DeepSeek Sparse "
-                      f"Attention's late buffers), more than the {outside.capacity_bytes - outside.usable_bytes} bytes "
+                      f"{outside.outside_budget_bytes} bytes outside its memory budget (memory in use at start-up, "
+                      f"CUDA graphs, DeepSeek Sparse Attention's late buffers), more than the {free} bytes "
                       "the budget leaves free: the plan's warnings say what to lower")
         if smallest.refusal:
             reason = f"the engine refuses the layout: {smallest.refusal}"

@@ -51,6 +51,7 @@ from quant_core.engines.vllm import (
     DSA_BLOCK_SIZE,
     EMBEDDING_ON_EVERY_STAGE,
     MAMBA_CACHE_MODES,
+    OutsideBudget,
     dsa_block_size,
     dsa_block_table_bytes,
     dsa_mixed_batch_bytes,
@@ -58,6 +59,7 @@ from quant_core.engines.vllm import (
     mlp_width_refusal,
     qwen_encoder_dummy,
     qwen_vision_refusal,
+    startup_refusal,
 )
 from quant_core.engines.vllm import chunked_local_attention as vllm_chunked_local_attention
 from quant_core.engines.vllm import mamba_cache_mode as vllm_mamba_cache_mode
@@ -291,9 +293,9 @@ class DevicePlan:
     #: of `weights_bytes`, the copies of the embedding, final norm and lm_head that the engine builds on this
     #: stage but that only the first or last stage runs (vLLM's Qwen3-MoE, Mixtral, ...: see `plan`)
     unread_weights_bytes: int = 0
-    #: what the engine allocates on this device outside `usable_bytes`, from the ``capacity - usable`` the budget
-    #: leaves free (vLLM 0.11/0.19's CUDA graphs, DeepSeek Sparse Attention's late buffers): `fits` is False when it
-    #: is more than that
+    #: what the engine takes on this device outside `usable_bytes`, from the ``capacity - usable`` the budget leaves
+    #: free (vLLM: the memory in use at its start-up snapshot, 0.11/0.19's CUDA graphs, DeepSeek Sparse Attention's
+    #: late buffers): `fits` is False when it is more than that
     outside_budget_bytes: int = 0
 
 
@@ -840,7 +842,7 @@ class _Evaluator:
         for index in range(layout.pipeline_parallel):
             stage = self.stage(layout, index)
             outside.append(None if self.engine is None else self.engine.outside_budget(
-                stage, options.kv_cache_dtype, self.limits, options.enforce_eager))
+                stage, options.kv_cache_dtype, self.limits, options.enforce_eager, self.device))
             context.append(None if options.activation_bytes is not None or self.engine is None
                            else self.engine.context_activation(stage, options.kv_cache_dtype, self.limits))
             if options.activation_bytes is not None:
@@ -1217,7 +1219,9 @@ def _min_devices(evaluator: _Evaluator, terms: _ModelTerms, workload: Workload) 
 
     A rank holds at least its even share of the weights, so fewer than
     ceil(weights / usable) devices cannot fit; and per-rank usage never grows
-    with more ranks, so "does not fit" is a prefix of the accepted sizes: bisect them.  Except for a DeepSeek
+    with more ranks, so "does not fit" is a prefix of the accepted sizes: bisect them.  Except that one device
+    starts with no tensor-parallel communicator, which every rank of two or more holds outside the budget
+    (`engines.vllm.startup_memory`): one device is tried first, then the larger sizes bisected.  And a DeepSeek
     Sparse Attention model on vLLM 0.19, whose fp8 mixed-batch kernel buffers appear outside the budget once a
     rank holds fewer than 32 heads (`engines.vllm.dsa_mixed_batch_bytes`): its sizes are tried in order.
     """
@@ -1231,6 +1235,10 @@ def _min_devices(evaluator: _Evaluator, terms: _ModelTerms, workload: Workload) 
     sizes = [size for size in terms.accepted_sizes(evaluator.engine) if size >= low]
     if evaluator.spec.has_indexer and evaluator.engine is not None:
         return next((size for size in sizes if fits_on(size)), None)
+    if sizes and sizes[0] == 1:
+        if fits_on(1):
+            return 1
+        sizes = sizes[1:]
     if not sizes or not fits_on(sizes[-1]):
         return None
     first, last = 0, len(sizes) - 1  # sizes[last] fits
@@ -1504,9 +1512,10 @@ def _late_buffer_notes(spec: ModelSpec, version: str, workload: Workload, option
 
 def _outside_budget_warning(primary: FormatPlan, evaluator: _Evaluator, layout: _Layout,
                             workload: Workload) -> list[str]:
-    """Why the plan does not fit when what the engine allocates outside its budget (`_StageTerms.outside`: vLLM
-    0.11/0.19's CUDA graphs, DeepSeek Sparse Attention's late buffers) is more than the ``capacity - usable`` the
-    budget leaves free on a device, with the figures, the release and the remedies; nothing when it fits."""
+    """Why the plan does not fit when what the engine takes outside its budget (`_StageTerms.outside`: vLLM's memory
+    in use at start-up, 0.11/0.19's CUDA graphs, DeepSeek Sparse Attention's late buffers) is more than the
+    ``capacity - usable`` the budget leaves free on a device, with the figures, the release, vLLM's own error when it
+    would refuse to start (`engines.vllm.startup_refusal`) and the remedies; nothing when it fits."""
     engine, options, free = evaluator.engine, evaluator.options, evaluator.free_outside_bytes
     need, stage = max(((device.outside_budget_bytes, device.pipeline_stage) for device in primary.devices),
                       default=(0, 0))
@@ -1522,9 +1531,15 @@ def _outside_budget_warning(primary: FormatPlan, evaluator: _Evaluator, layout: 
     remedies = [f"lower memory_utilization to {highest:.2f} or less (if the rest still fits)" if highest > 0
                 else "use a device with more memory"]
     eager = None if options.enforce_eager else engine.outside_budget(
-        evaluator.stage(layout, stage), options.kv_cache_dtype, evaluator.limits, True)
+        evaluator.stage(layout, stage), options.kv_cache_dtype, evaluator.limits, True, evaluator.device)
     if not options.enforce_eager and (eager is None or eager.bytes_at(context) <= free):
         remedies.append("run with enforce_eager (no CUDA graphs, slower decoding)")
+    if isinstance(term, OutsideBudget) and term.startup.bytes > free:
+        refusal = startup_refusal(engine.version, capacity, term.startup.bytes, options.memory_utilization)
+        return [f"Does not fit: vLLM {engine.version} would refuse to start (\"{refusal}\"): the "
+                f"{term.startup.bytes / GIB:.2f} GiB per device in use at its start-up snapshot is more than the "
+                f"{free / GIB:.2f} GiB per device gpu_memory_utilization={options.memory_utilization:g} leaves free, "
+                f"where it needs {need / GIB:.2f} GiB outside the budget{basis}: {', or '.join(remedies)}."]
     return [f"Does not fit: vLLM {engine.version} allocates {need / GIB:.2f} GiB per device outside "
             f"gpu_memory_utilization={options.memory_utilization:g}{basis}, more than the {free / GIB:.2f} GiB "
             f"per device the budget leaves free, so it would run out of memory capturing its CUDA graphs or serving "

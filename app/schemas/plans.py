@@ -430,9 +430,10 @@ class DeviceOut(BaseModel):
     overhead_bytes: int
     used_bytes: int
     headroom_bytes: int = Field(description="usable − used; negative when it does not fit.")
-    outside_budget_bytes: int = Field(description="What the engine allocates outside usable, from capacity − usable "
-                                                  "(vLLM 0.11/0.19's CUDA graphs, DeepSeek Sparse Attention's late "
-                                                  "buffers); the device does not fit when it is more.")
+    outside_budget_bytes: int = Field(description="What the engine takes outside usable, from capacity − usable "
+                                                  "(vLLM's memory in use at start-up, 0.11/0.19's CUDA graphs, "
+                                                  "DeepSeek Sparse Attention's late buffers); the device does not fit "
+                                                  "when it is more.")
     fits: bool
 
 

@@ -121,10 +121,11 @@ class EngineProfile(Protocol):
         ...
 
     def outside_budget(self, stage: Stage, kv_cache_dtype: str, limits: BatchLimits,
-                       enforce_eager: bool = False) -> ContextTerm | None:
-        """What the engine allocates on one device of `stage` outside its memory budget, from the memory the budget
-        leaves free (vLLM 0.11/0.19's CUDA graphs, captured after the KV cache is sized), by the context it is
-        started for; None when nothing.  A device whose need exceeds ``capacity - usable`` does not fit."""
+                       enforce_eager: bool = False, device: DeviceFacts = UNKNOWN_DEVICE) -> ContextTerm | None:
+        """What the engine takes on one `device` of `stage` (`UNKNOWN_DEVICE` when not known) outside its
+        memory budget, from the memory the budget leaves free (vLLM's memory in use at start-up, and 0.11/0.19's
+        CUDA graphs, captured after the KV cache is sized), by the context it is started for; None when nothing.  A
+        device whose need exceeds ``capacity - usable`` does not fit."""
         ...
 
     def refusal(self, spec: ModelSpec, tensor_parallel: int, pipeline_parallel: int) -> str | None:

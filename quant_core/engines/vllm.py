@@ -6,6 +6,9 @@ Where each term comes from (vLLM's repository, ``vllm/v1``):
   ``total × gpu_memory_utilization − (weights + peak activation + non-torch increase)``
   (+ the CUDA-graph estimate from v0.21 on), where *total* is what
   ``torch.cuda.mem_get_info`` reports for the device, not its marketing size.
+* ``worker/gpu_worker.py``, ``Worker.init_device``: the budget is asked of the memory free at a snapshot taken
+  after NCCL is set up; what is in use then (the CUDA context, the process groups' communicators) lies outside it,
+  and vLLM refuses to start when the free memory is below ``total × gpu_memory_utilization`` (`startup_memory`).
 * ``worker/gpu_model_runner.py``, ``GPUModelRunner.profile_run``: the peak is measured on
   one dummy batch of ``max_num_batched_tokens`` tokens, then a sampler pass over
   ``min(max_num_seqs, max_num_batched_tokens)`` sequences on the last pipeline stage;
@@ -44,7 +47,7 @@ import math
 import re
 from bisect import bisect_right
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import lru_cache
 
 from quant_core.catalog import UNKNOWN_DEVICE, DeviceFacts
@@ -104,6 +107,8 @@ class _Version:
     #: flag: "none" where the release keeps prefix caching off for hybrid models, "align" where it turns it on
     #: (`MAMBA_CACHE_MODES`; `kv_cache.MAMBA_CACHE_MODE_STATE_BLOCKS` the blocks a sequence takes per linear group)
     mamba_cache_mode: str
+    #: memory in use at the worker's start-up snapshot, outside the budget (`_Startup`, `startup_memory`)
+    startup: _Startup
     #: whether a model with ``attention_chunk_size`` (Llama 4) runs under the hybrid KV cache manager, its chunked
     #: local layers as ChunkedLocalAttentionSpec holding the current chunk (`CHUNKED_LOCAL_ATTENTION` says why)
     chunked_local_attention: bool = False
@@ -121,10 +126,12 @@ class _Version:
 # with TP=2 0.54-0.55 GiB there, but 1.38 GiB in a vLLM 0.10.2 run of Qwen3-Next-80B-A3B on two H200s (the same
 # gpu_worker.py and utils.memory_profiling as v0.11.0, read in both wheels: "Actual usage is 74.28 GiB for weight,
 # 5.58 GiB for peak activation, 1.38 GiB for non-torch memory").  The larger is charged: vLLM charges what grows
-# after each worker's start-up snapshot (MemorySnapshot in Worker.init_device, before NCCL and the custom
-# all-reduce are set up), and llm-d's Llama-3.3-70B TP=2 workers started with 1.54 GiB already in use ("Free memory
-# on device 77.64/79.18 GiB") against 0.61 GiB in their one-GPU runs and 0.60 GiB in the H200 run (139.21/139.81
-# GiB): memory of the multi-GPU set-up taken before that snapshot may explain their smaller figure.  No code of
+# after each worker's start-up snapshot (MemorySnapshot in Worker.init_device, which 0.11 takes after
+# init_worker_distributed_environment has set up NCCL and the custom all-reduce), and llm-d's Llama-3.3-70B TP=2
+# workers started with 1.54 GiB already in use ("Free memory on device 77.64/79.18 GiB") against 0.61 GiB in their
+# one-GPU runs and 0.60 GiB in the H200 run (139.21/139.81 GiB): the multi-GPU set-up taken before that snapshot
+# (`STARTUP_V0_11`, charged outside the budget) explains their smaller figure, so the 1.38 GiB charged here counts
+# it a second time, on the safe side.  No code of
 # Qwen3-Next's in the profiling run allocates outside PyTorch's allocator (its Gated DeltaNet layers return before
 # any kernel in v0.10.2/v0.11, read in qwen3_next.py), so the figure is charged for the layout, every model alike.
 # No pipeline-parallel log.
@@ -135,6 +142,60 @@ _NON_TORCH_V0_11 = _NonTorch(133 * MIB, ((2, 1413 * MIB),), None,
 # GiB per stage at PP=2 and PP=4 (Llama-3.1-8B): the TP figure is NCCL's and vLLM's all-reduce buffers.
 _NON_TORCH_V0_19 = _NonTorch(256 * MIB, ((2, 2140 * MIB), (4, 2222 * MIB)), 72 * MIB, LLMD_PLANNER_V0_19)
 
+
+@dataclass(frozen=True, slots=True)
+class _Startup:
+    """Device memory already in use when a vLLM worker takes its start-up snapshot, outside
+    ``gpu_memory_utilization``.
+
+    ``Worker.init_device`` (v1/worker/gpu_worker.py in 0.11, 0.19 and 0.33) first runs
+    ``init_worker_distributed_environment`` ("Initialize the distributed environment BEFORE taking memory snapshot
+    ... This ensures NCCL buffers are allocated before we measure available memory"), then takes ``MemorySnapshot``
+    and asks for ``total x gpu_memory_utilization``: 0.11 in init_device itself, 0.19 and 0.33 in
+    ``request_memory`` (v1/worker/utils.py), which raise "Free memory on device ... on startup is less than desired
+    GPU memory utilization" when the snapshot's free memory is below it.  What is in use then is the CUDA context and
+    PyTorch's (`single`), one NCCL communicator per process group of more than one rank (``initialize_model_parallel``
+    in distributed/parallel_state.py): the tensor-parallel group's with vLLM's custom all-reduce buffers
+    (`tensor_parallel`), the pipeline group's (`pipeline`; None where no log shows it: charged as `tensor_parallel`),
+    and the expert group's (`expert_parallel`, over the tensor-parallel ranks) where the release creates it only for
+    MoE models ("Don't create EP group for dense models", 0.19 and 0.33; 0.11 creates it for every model, so its
+    tensor-parallel figure holds it).  0.33's init_device also creates the cuBLAS and cuBLASLt handles before the
+    snapshot ("Create the handles now, before the snapshot, so they count as baseline"): `blas_handles`, their
+    workspaces (`torch_cuda.blas_workspace_bytes`).  The KV pool is sized from the budget alone, so this memory comes
+    from the ``total - total x utilization`` it leaves free, beside the CUDA graphs 0.11 and 0.19 capture after it
+    (`OutsideBudget`).  No vLLM code sizes it: the figures are the public logs' "Free memory on device (free/total
+    GiB) on startup", total - free rounded up to the MiB, named in `source`; the logs are H100 runs, charged on
+    every device."""
+
+    single: int
+    tensor_parallel: int
+    pipeline: int | None
+    expert_parallel: int
+    blas_handles: bool
+    source: str
+
+
+# v0.11: llm-d-benchmark's H100 runs (config_explorer/empirical-vllm-memory-results.md): "Free memory on device:
+# 78.57/79.18 GiB" on one GPU (0.61 GiB), 77.64/79.18 at TP=2 (Llama-3.3-70B FP8: 1.54 GiB, 0.93 above one GPU).
+STARTUP_V0_11 = _Startup(625 * MIB, 953 * MIB, None, 0, False,
+                         "llm-d-benchmark's vLLM v0.11 H100 logs' (78.57/79.18 GiB free on one GPU, 77.64/79.18 at "
+                         "TP=2)")
+# v0.19: llm-d-planner's sweep as tests' vllm_logs.json holds it, "Free memory on device (free/79.19 GiB) on startup":
+# 78.68 on one GPU (0.51 GiB, 15 runs, dense and MoE alike), 77.66 at TP=2 (1.53 GiB, five dense runs), 77.64 at TP=4
+# (1.55 GiB, three runs: 1.04 above one GPU), 77.76 and 77.71 at PP=2 and PP=4 (1.43 and 1.48 GiB: 0.97 above one
+# GPU), 77.18 for the two MoE runs at TP=2 (Mixtral-8x7B, gpt-oss-20b: 2.01 GiB, 0.48 above the dense runs: the
+# expert group's communicator).
+STARTUP_V0_19 = _Startup(523 * MIB, 1065 * MIB, 994 * MIB, 492 * MIB, False,
+                         "llm-d-planner's vLLM v0.19.0 H100 logs' (78.68/79.19 GiB free on one GPU, 77.64-77.76 with "
+                         "TP or PP, 77.18 for MoE models at TP=2)")
+# v0.33: no public log of a release after 0.19 on an H100 gives the figure; 0.33's init_device is 0.19's plus the
+# cuBLAS handles created before the snapshot, so 0.19's figures stand in with them.  The one later log, vLLM 0.27.1
+# on four RTX PRO 6000 (no NVLink) serving Qwen3-235B-A22B-FP8 at TP=4, started with 0.96 GiB in use ("Free memory
+# on device (94.05/95.01 GiB) on startup", vllm_logs.json's kubesimplify-v0.27-qwen3-235b-fp8-tp4), under the 2.04
+# GiB charged for that layout.
+STARTUP_V0_33 = replace(STARTUP_V0_19, blas_handles=True,
+                        source=f"{STARTUP_V0_19.source} and the cuBLAS workspaces 0.33 creates before it")
+
 VERSIONS: dict[str, _Version] = {
     # v0.11: 4.76-7.38 GiB of activations for five models on H100 (llm-d-benchmark, config_explorer/
     # empirical-vllm-memory-results.md): the PyTorch-native top-k/top-p's sort as its code allocates it
@@ -142,7 +203,8 @@ VERSIONS: dict[str, _Version] = {
     # workspaces, each within 0.02 GiB.
     "0.11": _Version(cuda_graphs_in_budget=False, tokens_from_concurrency=False,
                      moe_workspace_persists=False, non_torch=_NON_TORCH_V0_11, gdn_projections_profiled=False,
-                     mamba_cache_mode="none", chunked_local_attention=False, group_size_ratio=None),
+                     mamba_cache_mode="none", startup=STARTUP_V0_11, chunked_local_attention=False,
+                     group_size_ratio=None),
     # v0.19 (llm-d-planner's sweep): 1.89-3.66 GiB of activations for dense models from 128,256 to 256,000
     # vocabulary entries, the sampler pass as its code sizes it (`sampler_pass_bytes`: 14 bytes a logit and the
     # Triton top-k/top-p buffer, beside the dummy run's hidden states) and the cuBLAS workspaces: Llama-3.1-8B 1.89,
@@ -151,7 +213,8 @@ VERSIONS: dict[str, _Version] = {
     # logged for Llama-3.1-8B).
     "0.19": _Version(cuda_graphs_in_budget=False, tokens_from_concurrency=False,
                      moe_workspace_persists=True, non_torch=_NON_TORCH_V0_19, gdn_projections_profiled=True,
-                     mamba_cache_mode="none", chunked_local_attention=True, group_size_ratio=1.5),
+                     mamba_cache_mode="none", startup=STARTUP_V0_19, chunked_local_attention=True,
+                     group_size_ratio=1.5),
     # v0.21 made VLLM_MEMORY_PROFILER_ESTIMATE_CUDAGRAPHS the default: the estimate is charged inside the
     # budget; the KV size is logged as max_concurrency x max_model_len.  The sampler pass is Model Runner V2's
     # (`sampler_pass_bytes`: 14 bytes a logit with FlashInfer's sampler, beside the rows' penalty state,
@@ -160,8 +223,8 @@ VERSIONS: dict[str, _Version] = {
     # memory: 0.19's figures stand in.
     "0.33": _Version(cuda_graphs_in_budget=True, tokens_from_concurrency=True,
                      moe_workspace_persists=True, non_torch=_NON_TORCH_V0_19, gdn_projections_profiled=True,
-                     mamba_cache_mode="align", chunked_local_attention=True, in_flight_batches=True,
-                     group_size_ratio=1.5),
+                     mamba_cache_mode="align", startup=STARTUP_V0_33, chunked_local_attention=True,
+                     in_flight_batches=True, group_size_ratio=1.5),
 }
 
 # Why each release does or does not run Llama 4's chunked local attention layers (a model whose text config has
@@ -777,16 +840,58 @@ def dsa_block_table_bytes(spec: ModelSpec, version: str, max_model_len: int, lim
     return limits.max_batched_tokens * -(-max_model_len // DSA_BLOCK_SIZE) * 4
 
 
+def startup_memory(stage: Stage, version: str, device: DeviceFacts = UNKNOWN_DEVICE) -> Term:
+    """The memory in use on one device of `stage` when vLLM `version`'s worker takes its start-up snapshot, outside
+    ``gpu_memory_utilization`` (`_Startup`): the CUDA context, plus a communicator for each process group of more
+    than one rank (tensor, pipeline, and a MoE model's expert group where the release creates it only for MoE
+    models), plus on 0.33 the cuBLAS workspaces of `device` (`torch_cuda.blas_workspace_bytes`)."""
+    rules = VERSIONS[version].startup
+    size, parts = rules.single, ["the CUDA context"]
+    if stage.tensor_parallel > 1:
+        size += rules.tensor_parallel
+        parts.append(f"the tensor-parallel group's NCCL communicator and custom all-reduce ({stage.tensor_parallel} "
+                     "ranks)")
+        if stage.spec.is_moe and rules.expert_parallel:
+            size += rules.expert_parallel
+            parts.append("the expert group's NCCL communicator (a MoE model)")
+    if stage.pipeline_parallel > 1:
+        size += rules.tensor_parallel if rules.pipeline is None else rules.pipeline
+        parts.append("the pipeline group's NCCL communicator" + (" (no log: as tensor parallelism)"
+                                                                  if rules.pipeline is None else ""))
+    if rules.blas_handles:
+        size += blas_workspace_bytes(device)
+        parts.append("the cuBLAS workspaces")
+    where = "gpu_worker.py Worker.init_device" if version == "0.11" else "v1/worker/utils.py request_memory"
+    return Term(size, f"{size / GIB:.2f} GiB per device in use at vLLM {version}'s start-up snapshot "
+                      f"({', '.join(parts)}), outside gpu_memory_utilization: the budget, total x utilization, must "
+                      f"be free then ({where}); the figure is {rules.source}")
+
+
+def startup_refusal(version: str, capacity_bytes: int, startup_bytes: int, utilization: float) -> str:
+    """The error vLLM `version` raises at start when the free memory of its start-up snapshot, ``capacity -
+    startup``, is below ``total x utilization`` (0.11's Worker.init_device; 0.19's and 0.33's request_memory, which
+    rounds the request up to a byte and names the device), with the figures it would print (to 0.01 GiB)."""
+    requested = capacity_bytes * utilization if version == "0.11" else math.ceil(capacity_bytes * utilization)
+    device = "" if version == "0.11" else " cuda:0"
+    return (f"Free memory on device{device} ({round((capacity_bytes - startup_bytes) / GIB, 2)}/"
+            f"{round(capacity_bytes / GIB, 2)} GiB) on startup is less than desired GPU memory utilization "
+            f"({utilization}, {round(requested / GIB, 2)} GiB). Decrease GPU memory utilization or reduce GPU memory "
+            "used by other processes.")
+
+
 @dataclass(frozen=True, slots=True)
 class OutsideBudget:
-    """What vLLM allocates on one device outside ``gpu_memory_utilization``, from the memory the budget leaves free
-    (``total - total x utilization``), by ``max_model_len`` L: its CUDA graphs on 0.11 and 0.19 (`graph`, captured
-    after the KV cache is sized: `vllm_graphs.cuda_graph_pool`), and for a DeepSeek Sparse Attention model on 0.19 the
-    fp8 mixed-batch kernel's buffers (`kernel_bytes`, `dsa_mixed_batch_bytes`) and the indexer's expanded block table,
-    ``table_bytes_per_block`` per 64-token block of L (`dsa_block_table_bytes`).  The plan does not fit where this
-    is more than that memory: vLLM would fail capturing its graphs or serving a full batch."""
+    """What vLLM takes on one device outside ``gpu_memory_utilization``, from the memory the budget leaves free
+    (``total - total x utilization``), by ``max_model_len`` L: the memory already in use at its start-up snapshot
+    (`startup`, `startup_memory`: every release, which refuses to start when it is more than that memory), its CUDA
+    graphs on 0.11 and 0.19 (`graph`, captured after the KV cache is sized: `vllm_graphs.cuda_graph_pool`), and for a
+    DeepSeek Sparse Attention model on 0.19 the fp8 mixed-batch kernel's buffers (`kernel_bytes`,
+    `dsa_mixed_batch_bytes`) and the indexer's expanded block table, ``table_bytes_per_block`` per 64-token block of
+    L (`dsa_block_table_bytes`).  The plan does not fit where this is more than that memory: vLLM would refuse to
+    start, or fail capturing its graphs or serving a full batch."""
 
     version: str
+    startup: Term
     graph: Term | None
     kernel_bytes: int
     table_bytes_per_block: int
@@ -796,10 +901,11 @@ class OutsideBudget:
         return self.table_bytes_per_block * -(-max_model_len // DSA_BLOCK_SIZE)
 
     def bytes_at(self, max_model_len: int) -> int:
-        return (0 if self.graph is None else self.graph.bytes) + self.kernel_bytes + self.table_bytes(max_model_len)
+        return (self.startup.bytes + (0 if self.graph is None else self.graph.bytes) + self.kernel_bytes
+                + self.table_bytes(max_model_len))
 
     def basis_at(self, max_model_len: int) -> str:
-        parts = [] if self.graph is None else [self.graph.basis]
+        parts = [self.startup.basis] + ([] if self.graph is None else [self.graph.basis])
         table = self.table_bytes(max_model_len)
         if table:
             parts.append(f"{table / GIB:.2f} GiB for DeepSeek Sparse Attention's expanded block table at "
@@ -811,17 +917,16 @@ class OutsideBudget:
 
 
 def outside_budget(stage: Stage, kv_cache_dtype: str, limits: BatchLimits, version: str,
-                   enforce_eager: bool = False) -> OutsideBudget | None:
-    """`OutsideBudget` of one device of `stage` on vLLM `version`; None when vLLM allocates nothing there that
-    nibble sizes (0.33 charges its graph estimate inside the budget; with `enforce_eager` no graph is captured)."""
+                   enforce_eager: bool = False, device: DeviceFacts = UNKNOWN_DEVICE) -> OutsideBudget:
+    """`OutsideBudget` of one `device` of `stage` on vLLM `version` (`UNKNOWN_DEVICE` when not known): the
+    start-up memory always; no graph on 0.33, which charges its graph estimate inside the budget, nor with
+    `enforce_eager`, which captures none."""
     graph = None if enforce_eager or VERSIONS[version].cuda_graphs_in_budget else \
         cuda_graph_pool(stage, limits, version)
     spec = stage.spec
     kernel = dsa_mixed_batch_bytes(spec, version, kv_cache_dtype, stage.tensor_parallel, limits)
     per_block = dsa_block_table_bytes(spec, version, DSA_BLOCK_SIZE, limits)
-    if graph is None and not kernel and not per_block:
-        return None
-    return OutsideBudget(version, graph, kernel, per_block)
+    return OutsideBudget(version, startup_memory(stage, version, device), graph, kernel, per_block)
 
 
 #: v0.19 flashmla_sparse.py: below this many heads a rank, an fp8_ds_mla cache runs every token of a step, prefill
@@ -1729,8 +1834,9 @@ def runs_float32(version: str, model_type: str, compute_capability: tuple[int, i
 #: GPTQ and AWQ are not Marlin in 0.11 (marlin_utils ``query_marlin_supported_quant_types`` needs 80): gptq.py's
 #: and awq.py's ``get_supported_act_dtypes`` are ``[torch.half]``; 0.19's Marlin runs from 7.5 (the same function
 #: needs 75), so a symmetric GPTQ or an AWQ checkpoint there loads as gptq_marlin / awq_marlin, whose ``[torch.half,
-#: torch.bfloat16]`` lacks float32 too: refused all the same (the message quoted here names gptq / awq); 0.33's auto_gptq.py and auto_awq.py ``[torch.half,
-#: torch.bfloat16]``; fp8.py ``[torch.bfloat16, torch.half]`` in all three.  compressed-tensors (nibble's INT4, int8),
+#: torch.bfloat16]`` lacks float32 too: refused all the same (the message quoted here names gptq / awq);
+#: 0.33's auto_gptq.py and auto_awq.py ``[torch.half, torch.bfloat16]``; fp8.py ``[torch.bfloat16, torch.half]`` in
+#: all three.  compressed-tensors (nibble's INT4, int8),
 #: bitsandbytes and GGUF list float32 (compressed_tensors.py, bitsandbytes.py, gguf.py): not refused by this check;
 #: mxfp4 and nvfp4 are refused below 8.0 by their capability floor already (`CAPABILITY_FLOORS`)
 FLOAT32_REFUSING_METHODS: dict[str, dict[str, tuple[str, str]]] = {
@@ -2175,10 +2281,10 @@ class VllmProfile:
                           f"{size / GIB:.2f} GiB per device, within the 0.1-0.6 GiB its start-up logs report")
 
     def outside_budget(self, stage: Stage, kv_cache_dtype: str, limits: BatchLimits,
-                       enforce_eager: bool = False) -> OutsideBudget | None:
-        """What this release allocates on one device of `stage` outside ``gpu_memory_utilization``
-        (`OutsideBudget`), or None."""
-        return outside_budget(stage, kv_cache_dtype, limits, self._version, enforce_eager)
+                       enforce_eager: bool = False, device: DeviceFacts = UNKNOWN_DEVICE) -> OutsideBudget:
+        """What this release takes on one device of `stage` outside ``gpu_memory_utilization`` (`OutsideBudget`):
+        the memory in use at start-up, and what it allocates after sizing the KV cache."""
+        return outside_budget(stage, kv_cache_dtype, limits, self._version, enforce_eager, device)
 
     def refusal(self, spec: ModelSpec, tensor_parallel: int, pipeline_parallel: int) -> str | None:
         """vLLM's `ModelConfig.verify_with_parallel_config` and the attention layers' head split:

@@ -21,18 +21,24 @@ RELEASES = ("0.11", "0.19", "0.33")
 GIB = 1 << 30
 
 
+#: the memory utilization the T4 plans of the format tests run at: a T4's 15.83 GiB x 0.1 = 1.58 GiB does not hold
+#: vLLM 0.11's CUDA graphs at its 67 capture sizes (Qwen3-8B: 1.25 GiB) beside the 0.61 GiB in use at start-up, 0.15
+#: (2.37 GiB) does (before the start-up memory was charged the tests ran at the default 0.9)
+T4_UTILIZATION = 0.85
+
 def _on(device_id: str, release: str, weight_format: WeightFormat | None = None, model: str = "qwen3-8b",
-        count: int = 1) -> Plan:
-    """`model` on `count` catalog devices `device_id` under vLLM `release`: as shipped when no format is given."""
+        count: int = 1, utilization: float = 0.9) -> Plan:
+    """`model` on `count` catalog devices `device_id` under vLLM `release` at `utilization`: as shipped when no format
+    is given."""
     info = get_preset_info(model)
     device = get_device(device_id)
     hardware = Hardware(device.planning_bytes, count, device.id, device.name)
     if weight_format is None:
         assert info.quantization_config is not None
         shipped = shipped_scheme_of(info.quantization_config)
-        options = PlanOptions(scheme=shipped, shipped=shipped, engine_version=release)
+        options = PlanOptions(scheme=shipped, shipped=shipped, engine_version=release, memory_utilization=utilization)
     else:
-        options = PlanOptions(weight_format=weight_format, engine_version=release)
+        options = PlanOptions(weight_format=weight_format, engine_version=release, memory_utilization=utilization)
     return plan(info.spec, hardware, Workload(4096, 1), options)
 
 
@@ -88,9 +94,16 @@ def test_gpt_oss_20b_as_shipped_mxfp4_is_refused_below_compute_capability_8(rele
 
 
 @pytest.mark.parametrize("release", RELEASES)
-def test_gpt_oss_20b_as_shipped_fits_on_an_l4(release: str) -> None:
+def test_gpt_oss_20b_as_shipped_runs_on_an_l4_and_fits_there_from_0_19(release: str) -> None:
     result = _on("l4", release, model="gpt-oss-20b")
-    assert result.fits and result.refusal is None
+    assert result.refusal is None  # compute capability 8.9 runs MXFP4
+    if release == "0.11":
+        # memory, not the format: 1.92 GiB of CUDA graphs at 0.11's 67 capture sizes and 0.61 GiB in use at start-up
+        # against the 2.20 GiB a 0.9 budget leaves on an L4 (it fitted before the start-up memory was charged)
+        assert not result.fits and all(device.used_bytes <= device.usable_bytes for device in result.primary.devices)
+        assert any(w.startswith("Does not fit: vLLM 0.11 allocates 2.53 GiB") for w in result.warnings)
+        return
+    assert result.fits
     assert result.primary.min_devices == 1
 
 
@@ -98,8 +111,8 @@ def test_gpt_oss_20b_as_shipped_fits_on_an_l4(release: str) -> None:
 @pytest.mark.parametrize("device_id", ["t4", "l4"])
 def test_gptq_on_a_t4_falls_back_to_a_kernel_that_runs_and_fits(release: str, device_id: str) -> None:
     """0.11 takes GPTQ below 8.0 with GPTQConfig (floor 60), 0.19 with GPTQMarlin from 7.5, 0.33's AutoGPTQ
-    Marlin from 7.5: the T4 runs it in every release, on the checkpoint's own bytes."""
-    result = _on(device_id, release, int4(128, symmetric=True, layout="gptq"))
+    Marlin from 7.5: the T4 runs it in every release, on the checkpoint's own bytes (at 0.85: `T4_UTILIZATION`)."""
+    result = _on(device_id, release, int4(128, symmetric=True, layout="gptq"), utilization=T4_UTILIZATION)
     assert result.fits and result.refusal is None
 
 
@@ -127,7 +140,7 @@ def test_nibbles_compressed_tensors_int4_output_on_a_t4_and_a_v100(release: str,
 @pytest.mark.parametrize("release", RELEASES)
 def test_awq_needs_compute_capability_7_5_in_every_release(release: str) -> None:
     awq = int4(128, layout="awq")
-    assert _on("t4", release, awq).fits
+    assert _on("t4", release, awq, utilization=T4_UTILIZATION).fits
     refused = _on("v100-32gb", release, awq)
     assert not refused.fits and "its minimum is 7.5" in (refused.refusal or "")
 
@@ -146,8 +159,9 @@ def test_fp8_needs_8_0_in_0_11_and_7_5_from_0_19(release: str, t4_refused: bool,
 @pytest.mark.parametrize("release", RELEASES)
 @pytest.mark.parametrize("device_id", ["t4", "v100-32gb"])
 def test_16_bit_weights_are_never_refused_for_the_device(release: str, device_id: str) -> None:
-    """Below 8.0 vLLM runs a bf16 model as fp16 with dtype auto (_resolve_auto_dtype), the same bytes."""
-    result = _on(device_id, release, float_format("bf16"), model="llama-3.2-3b")
+    """Below 8.0 vLLM runs a bf16 model as fp16 with dtype auto (_resolve_auto_dtype), the same bytes (at 0.85:
+    `T4_UTILIZATION`)."""
+    result = _on(device_id, release, float_format("bf16"), model="llama-3.2-3b", utilization=T4_UTILIZATION)
     assert result.refusal is None and result.fits
 
 
@@ -167,7 +181,9 @@ def test_gguf_and_bitsandbytes_are_refused_on_every_device_by_0_33_which_has_nei
 def test_hardware_in_bytes_is_not_refused_but_the_answer_says_the_capability_was_not_checked() -> None:
     spec = get_preset_info("gpt-oss-20b").spec
     scheme = scheme_of(block_format("mxfp4"))
-    result = plan(spec, Hardware(16 * GIB), Workload(4096, 1), PlanOptions(scheme=scheme))
+    # at 0.85 (2.4 GiB left free): 0.19's 1.55 GiB of graphs for gpt-oss-20b and 0.51 GiB in use at start-up do not
+    # fit in the 1.6 GiB a 0.9 budget leaves on 16 GiB (they did before the start-up memory was charged)
+    result = plan(spec, Hardware(16 * GIB), Workload(4096, 1), PlanOptions(scheme=scheme, memory_utilization=0.85))
     assert result.refusal is None and result.fits
     unchecked = [warning for warning in result.warnings if "compute capability is not known" in warning]
     assert len(unchecked) == 1 and "from compute capability 8.0" in unchecked[0]

@@ -280,9 +280,12 @@ def test_when_no_tensor_parallel_degree_fits_the_warning_points_to_pipeline_stag
     warning = next(w for w in result.warnings if "does not fit even at INT4" in w)
     assert "the largest is 128 device(s)" in warning and "parallel.pipeline" in warning
     assert "1024" not in warning
-    # and pipeline stages do fit it, on 64 devices
+    # and pipeline stages do fit it, on 64 devices, at 0.75: the 4.0 GiB it leaves free hold vLLM 0.19's 3.20 GiB
+    # outside the budget (2.52 GiB in use at start-up with a TP and a PP group, 0.67 GiB of graphs), which the 1.6 GiB
+    # a 0.9 budget leaves do not (before the start-up memory was charged, 0.9 fitted)
     staged = plan(get_preset("llama-3.1-405b"), Hardware(get_device("t4").memory_bytes, 64), Workload(131072, 4),
-                  PlanOptions(tensor_parallel=8, pipeline_parallel=8, weight_format=int4(128)))
+                  PlanOptions(tensor_parallel=8, pipeline_parallel=8, weight_format=int4(128),
+                              memory_utilization=0.75))
     assert staged.fits
 
 
