@@ -72,3 +72,20 @@ def test_a_pixtral_image_of_one_merged_patch_is_planned(client: TestClient) -> N
     config = json.loads((DATA / "mistral3" / "mistral-small-3.1-24b-instruct-2503.json").read_text())
     config["vision_config"] = {**config["vision_config"], "image_size": 28}
     assert _plan(client, config).status_code == 200
+
+
+@pytest.mark.parametrize("head_dim", [1, 3, 15])
+def test_a_llama_head_no_vllm_attention_backend_runs_is_planned_as_refused_not_fitting(client: TestClient,
+                                                                                        head_dim: int) -> None:
+    # the fuzzing hunt: head_dim 3 answered 200 fits=true; vLLM's backends fall back to FlexAttention, whose
+    # PyTorch kernel refuses heads below 16 elements
+    response = _plan(client, {**LLAMA_8B, "head_dim": head_dim})
+    assert response.status_code == 200, response.text[:500]
+    answer = response.json()
+    assert answer["fits"] is False
+    assert f"heads of {head_dim} elements" in answer["refusal"]
+
+
+@pytest.mark.parametrize("head_dim", [0, -1, 2.5, "8", True, 10**9])
+def test_an_absurd_head_dim_is_a_422_naming_it(client: TestClient, head_dim: object) -> None:
+    assert _problem_fields(_plan(client, {**LLAMA_8B, "head_dim": head_dim})) == ["model.hf_config.head_dim"]
