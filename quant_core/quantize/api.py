@@ -170,14 +170,15 @@ def _raise_past_fp16(weights: NDArray[np.generic], columns: int, group_size: int
         if float(span[row, group]) > widest[0]:
             widest = (float(span[row, group]), start + int(row), int(group), float(low[row, group]),
                       float(high[row, group]))
-    span, row, group, low, high = widest
-    if span > float(np.finfo(np.float32).max):
+    widest_span, widest_row, widest_group, widest_low, widest_high = widest
+    if widest_span > float(np.finfo(np.float32).max):
         reason = f"past float32's largest value, so its 4-bit step exceeds the fp16 maximum {FP16_MAX}"
     else:
         reason = error.detail
     where = f"tensor {name!r}: " if name else ""
     raise InvalidTensor(
-        f"{where}row {row}, group {group} holds weights from {low:.6g} to {high:.6g}, a range of {span:.6g} too "
+        f"{where}row {widest_row}, group {widest_group} holds weights from {widest_low:.6g} to {widest_high:.6g}, a "
+        f"range of {widest_span:.6g} too "
         f"wide for 4-bit codes with 16-bit scales ({reason})", field="file", name=name,
     ) from None
 
