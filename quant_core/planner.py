@@ -115,7 +115,8 @@ class Hardware:
     `compute_capability` is the devices' CUDA compute capability ``(major, minor)``, by which the engine refuses
     formats its kernels cannot run there; when not given it is the catalog's for `device_id`
     (`catalog.device_compute_capability`), and None (not known: no format is refused for the device) for
-    hardware given in bytes or a device without one (AMD).
+    hardware given in bytes or a device without one (AMD).  A catalogued device's capability is a fact of the GPU:
+    another one given for it is refused (`InvalidSpec`), not planned as a device that does not exist.
     """
 
     capacity_bytes: int
@@ -133,6 +134,12 @@ class Hardware:
                   and 1 <= self.compute_capability[0] <= 99 and 0 <= self.compute_capability[1] <= 9):
             raise InvalidSpec("hardware.compute_capability", self.compute_capability,
                               "must be a CUDA compute capability (major, minor), major 1-99 and minor 0-9")
+        elif self.device_id and (listed := device_compute_capability(self.device_id)) is not None \
+                and listed != self.compute_capability:
+            major, minor = self.compute_capability
+            raise InvalidSpec("hardware.compute_capability", f"{major}.{minor}",
+                              f"{self.device_id} has compute capability {listed[0]}.{listed[1]} (GET /v1/devices); "
+                              "give memory_bytes for other hardware")
         if isinstance(self.capacity_bytes, bool) or not isinstance(self.capacity_bytes, int) \
                 or self.capacity_bytes <= 0:
             raise InvalidSpec("hardware.memory_bytes", self.capacity_bytes, "must be a positive integer")
