@@ -187,7 +187,8 @@ class PlanOptions:
     estimate and a fixed 1 GiB overhead).  `max_batched_tokens` and `max_num_seqs` are the
     engine's scheduler limits; None takes the engine's default for the device.  `enforce_eager` is vLLM's
     ``--enforce-eager``: no CUDA graph is captured (0.11 and 0.19 then take no memory outside the budget for them,
-    0.33 charges no graph estimate inside it).
+    0.33 charges no graph estimate inside it).  `engine_version` and `enforce_eager` with the generic engine raise
+    `InvalidSpec`: it has neither, and ignoring them would plan something else than what was asked.
     """
 
     weight_format: WeightFormat = field(default_factory=int4)
@@ -220,6 +221,14 @@ class PlanOptions:
         if self.engine_version is not None and not isinstance(self.engine_version, str):
             raise InvalidSpec("runtime.engine_version", self.engine_version, "must be a string")
         get_engine(self.engine, self.engine_version)  # an unknown version raises UnknownName
+        if self.engine == "generic":  # vLLM's options would be ignored: say so, never plan as if they applied
+            if self.engine_version is not None:
+                raise InvalidSpec("runtime.engine_version", self.engine_version,
+                                  "a vllm release; the generic engine has none (use engine vllm, or drop it)")
+            if self.enforce_eager:
+                raise InvalidSpec("runtime.enforce_eager", self.enforce_eager,
+                                  "vllm's --enforce-eager; the generic engine charges no CUDA graphs to leave out "
+                                  "(use engine vllm, or drop it)")
         checks: list[tuple[str, object, bool, str]] = [
             ("kv_cache.block_size", self.block_size, _positive_int(self.block_size, 1 << 20),
              "must be an integer in [1, 1048576]"),
