@@ -27,6 +27,10 @@ class Settings(BaseSettings):
     max_upload_bytes: int = Field(256 * MiB, gt=0, description="Largest accepted uploaded file, bytes.")
     max_json_bytes: int = Field(1 * MiB, gt=0, description="Largest accepted JSON request body, bytes.")
     max_tensors: int = Field(4096, gt=0, description="Most tensors in one uploaded .safetensors file.")
+    max_budget_tensors: int = Field(
+        1024, gt=0, description="Most tensors a quantize or compare request with a budget (bits_per_weight, "
+        "budget_bytes) measures: each is quantized in every budget format, about 2 ms a tensor however small.",
+    )
     max_elements_per_tensor: int = Field(
         256 * MiB, gt=0, description="Most elements in one uploaded tensor (256 Mi = 1 GiB of float32)."
     )

@@ -125,10 +125,12 @@ def _devices() -> dict[str, Device]:
 
 def parse_compute_capability(value: object, field: str = "compute_capability") -> tuple[int, int]:
     """``"8.9"`` as ``(8, 9)``: a CUDA compute capability, major 1-99 and minor 0-9 (the form NVIDIA's CUDA GPUs
-    page and ``nvidia-smi --query-gpu=compute_cap`` print); `InvalidSpec` names `field` otherwise."""
+    page and ``nvidia-smi --query-gpu=compute_cap`` print); `InvalidSpec` names `field` otherwise.  ASCII digits
+    only: ``str.isdigit`` also takes full-width ``"１.０"`` (read as 1.0) and superscript ``"².0"`` (which ``int``
+    refuses: a ValueError, a 500)."""
     major, dot, minor = value.partition(".") if isinstance(value, str) else ("", "", "")
-    if not (dot and major.isdigit() and minor.isdigit() and len(major) <= 2 and len(minor) == 1
-            and int(major) >= 1):
+    if not (dot and major.isascii() and minor.isascii() and major.isdigit() and minor.isdigit()
+            and len(major) <= 2 and len(minor) == 1 and int(major) >= 1):
         raise InvalidSpec(field, value, "must be a CUDA compute capability, major.minor (\"8.9\")")
     return int(major), int(minor)
 

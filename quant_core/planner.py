@@ -118,7 +118,9 @@ class Hardware:
     formats its kernels cannot run there and picks its kernels (`catalog.device_facts`: a device given in bytes
     with a capability is charged as a catalog device of that capability, its SM count aside); when not given it
     is the catalog's for `device_id` (`catalog.device_compute_capability`), and None (not known: no format is
-    refused for the device) for hardware given in bytes or a device without one (AMD).
+    refused for the device) for hardware given in bytes or a device without one (AMD).  A catalogued device's
+    capability is a fact of the GPU: another one given for it is refused (`InvalidSpec`), not planned as a device
+    that does not exist.
     """
 
     capacity_bytes: int
@@ -136,6 +138,12 @@ class Hardware:
                   and 1 <= self.compute_capability[0] <= 99 and 0 <= self.compute_capability[1] <= 9):
             raise InvalidSpec("hardware.compute_capability", self.compute_capability,
                               "must be a CUDA compute capability (major, minor), major 1-99 and minor 0-9")
+        elif self.device_id and (listed := device_compute_capability(self.device_id)) is not None \
+                and listed != self.compute_capability:
+            major, minor = self.compute_capability
+            raise InvalidSpec("hardware.compute_capability", f"{major}.{minor}",
+                              f"{self.device_id} has compute capability {listed[0]}.{listed[1]} (GET /v1/devices); "
+                              "give memory_bytes for other hardware")
         if isinstance(self.capacity_bytes, bool) or not isinstance(self.capacity_bytes, int) \
                 or self.capacity_bytes <= 0:
             raise InvalidSpec("hardware.memory_bytes", self.capacity_bytes, "must be a positive integer")
@@ -185,7 +193,9 @@ class PlanOptions:
     ``--enforce-eager``: no CUDA graph is captured (0.11 and 0.19 then take no memory outside the budget for them,
     0.33 charges no graph estimate inside it).  `config_dtype` is the float format the model's config.json names
     (``torch_dtype``: bf16, fp16 or fp32; None when not known), which vLLM's ``--dtype auto`` runs: with
-    `float_format` it gives `model_dtype`.
+    `float_format` it gives `model_dtype`.  `engine_version` and `enforce_eager`
+    with the generic engine raise `InvalidSpec`: it has neither, and ignoring them would plan something else than
+    what was asked.
     """
 
     weight_format: WeightFormat = field(default_factory=int4)
@@ -221,6 +231,14 @@ class PlanOptions:
         if self.engine_version is not None and not isinstance(self.engine_version, str):
             raise InvalidSpec("runtime.engine_version", self.engine_version, "must be a string")
         get_engine(self.engine, self.engine_version)  # an unknown version raises UnknownName
+        if self.engine == "generic":  # vLLM's options would be ignored: say so, never plan as if they applied
+            if self.engine_version is not None:
+                raise InvalidSpec("runtime.engine_version", self.engine_version,
+                                  "a vllm release; the generic engine has none (use engine vllm, or drop it)")
+            if self.enforce_eager:
+                raise InvalidSpec("runtime.enforce_eager", self.enforce_eager,
+                                  "vllm's --enforce-eager; the generic engine charges no CUDA graphs to leave out "
+                                  "(use engine vllm, or drop it)")
         checks: list[tuple[str, object, bool, str]] = [
             ("kv_cache.block_size", self.block_size, _positive_int(self.block_size, 1 << 20),
              "must be an integer in [1, 1048576]"),

@@ -513,7 +513,13 @@ def shipped_scheme_of(config: Mapping[str, object], unquantized: str = "bf16", m
     """`scheme_from_quantization_config`, or when nibble cannot read the config, nibble's INT4 with a note
     naming the field and why (``origin`` empty: not a shipped scheme), so a default plan still answers.
     `mtp_layers` (``num_nextn_predict_layers``) adds a note that the checkpoint's multi-token-prediction
-    layers, which engines skip at load, are not counted."""
+    layers, which engines skip at load, are not counted.  A ``quant_method`` that is not a string (a list, an
+    object, a number) raises `InvalidSpec` naming it: no real config has one, so it is a broken request, not a
+    checkpoint nibble cannot read."""
+    method = config.get("quant_method")
+    if method is not None and not isinstance(method, str):
+        raise InvalidSpec(f"{FIELD}.quant_method", method,
+                          f"quant_method is a string naming the method ({', '.join(QUANT_METHODS)}, ...)")
     try:
         scheme = scheme_from_quantization_config(config, unquantized)
     except InvalidSpec as exc:

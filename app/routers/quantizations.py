@@ -73,7 +73,7 @@ def _pool(request: Request) -> WorkerPool:
 
 def _limits(settings: Settings) -> ReadLimits:
     return ReadLimits(settings.max_tensors, settings.max_elements_per_tensor, settings.max_header_bytes,
-                      settings.max_upload_bytes)
+                      settings.max_upload_bytes, settings.max_budget_tensors)
 
 
 async def _client_left(request: Request) -> None:

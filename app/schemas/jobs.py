@@ -25,7 +25,7 @@ STORED = {"stored": True}
 class JobSource(BaseModel):
     """Where the checkpoint is: a directory under the server's data root (NIBBLE_DATA_DIR), or an upload set."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
 
     path: str | None = Field(None, min_length=1, max_length=4096, description=(
         "A directory relative to the data root holding model.safetensors.index.json and its shards (or one "
@@ -42,9 +42,11 @@ class JobSource(BaseModel):
 
 class JobCreate(BudgetFields):
     """A checkpoint quantize job: the source, and the options of POST /v1/quantize (a budget: one of
-    bits_per_weight and budget_bytes, `BudgetFields`)."""
+    bits_per_weight and budget_bytes, `BudgetFields`).  Strict, as the plan bodies are: JSON carries types, so
+    ``"symmetric": "yes"``, ``"group_size": true`` or ``"128"`` are refused naming the field, not read as True, 1
+    or 128 (the lax reading of /v1/quantize's form fields, which are all text)."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
 
     source: JobSource
     method: str = Field("rtn", description=f"One of: {', '.join(m for m in METHODS if not m.startswith('gptq'))} "

@@ -2012,6 +2012,47 @@ def dsa_attention_refusal(version: str, spec: ModelSpec, compute_capability: tup
             "attention backend found\"")
 
 
+#: the smallest head PyTorch's FlexAttention kernel takes (torch/nn/attention/flex_attention.py, PyTorch 2.8:
+#: "embedding dimension of the query, key, and value must be at least 16"), vLLM's last attention backend on CUDA
+FLEX_ATTENTION_MIN_HEAD_DIM = 16
+#: releases whose FlashAttention takes any multiple of 8 up to 256 on compute capability 8.0 or more
+#: (v1/attention/backends/flash_attn.py supports_head_size, supports_compute_capability); 0.11 lists 32 to 256
+FLASH_ATTENTION_MULTIPLE_OF_8 = frozenset({"0.19", "0.33"})
+
+
+def head_size_refusal(version: str, spec: ModelSpec, compute_capability: tuple[int, int] | None) -> str | None:
+    """Why vLLM `version` runs no attention kernel on the heads of `spec` (on a device of `compute_capability`,
+    None: not known), or None (MLA models: their own backends).
+
+    On CUDA, platforms/cuda.py tries FlashAttention (v1/attention/backends/flash_attn.py: 0.11's
+    get_supported_head_sizes 32, 64, ..., 256; 0.19 and 0.33's supports_head_size, a multiple of 8 up to 256, on
+    8.0 or more), FlashInfer (flashinfer.py get_supported_head_sizes: 64, 128, 256, and 512 in 0.33) and Triton
+    (triton_attn.py: 32 or more), and then falls back to FlexAttention, which vLLM lets take any head size
+    (flex_attention.py: 0.11's validate_head_size returns, 0.19 and 0.33's get_supported_head_sizes is empty).
+    vLLM itself refuses none, but PyTorch's FlexAttention kernel raises NotImplementedError on the first request
+    for a head below `FLEX_ATTENTION_MIN_HEAD_DIM` elements (a public vLLM 0.10.2 log of a head of 1: "embedding
+    dimension of the query, key, and value must be at least 16 but got E=1 and Ev=1"): such a head runs only where
+    FlashAttention takes it (8, from 0.19, on 8.0 or more).
+    """
+    if spec.is_mla:
+        return None
+    smallest = min(spec.head_dim, spec.v_head_dim or spec.head_dim)
+    if smallest >= FLEX_ATTENTION_MIN_HEAD_DIM:
+        return None
+    flash_attention = (version in FLASH_ATTENTION_MULTIPLE_OF_8 and spec.head_dim % 8 == 0
+                       and (spec.v_head_dim or spec.head_dim) % 8 == 0
+                       and (compute_capability is None or compute_capability >= (8, 0)))
+    if flash_attention:
+        return None
+    return (f"vLLM {version} runs no attention kernel on heads of {smallest} elements: FlashInfer and Triton take 32 "
+            "or more and FlashAttention "
+            + ("a multiple of 8 on compute capability 8.0 or more" if version in FLASH_ATTENTION_MULTIPLE_OF_8
+               else "32 or more")
+            + " (v1/attention/backends/flash_attn.py, flashinfer.py, triton_attn.py), so platforms/cuda.py falls back "
+            "to FlexAttention, whose PyTorch kernel raises \"embedding dimension of the query, key, and value must be "
+            f"at least {FLEX_ATTENTION_MIN_HEAD_DIM}\" on the first request")
+
+
 _GGML_LABELS = frozenset(name.lower() for name in GGML_TYPE_NAMES)
 
 
@@ -2355,11 +2396,13 @@ class VllmProfile:
 
     def device_refusal(self, spec: ModelSpec, weight_format: str, compute_capability: tuple[int, int] | None,
                        stored: WeightFormat | None = None, model_dtype: str = "bf16") -> str | None:
-        """`dsa_attention_refusal` (no attention backend for `spec` on the device), then `capability_refusal`: the
+        """`dsa_attention_refusal` (no attention backend for `spec` on the device), `head_size_refusal` (none for its
+        heads on any device), then `capability_refusal`: the
         release's floor for `weight_format` (`CAPABILITY_FLOORS`) against the device's compute capability (None: not
         known; only a format the release loads nowhere is refused), then what the release refuses of the format
         `stored` itself (`gptq_symmetry_refusal`) or at the model's dtype (`float32_refusal`, `bfloat16_refusal`)."""
         return (dsa_attention_refusal(self._version, spec, compute_capability)
+                or head_size_refusal(self._version, spec, compute_capability)
                 or capability_refusal(self._version, weight_format, compute_capability)
                 or gptq_symmetry_refusal(self._version, stored)
                 or float32_refusal(self._version, spec.model_type, weight_format, compute_capability)

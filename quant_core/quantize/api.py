@@ -40,7 +40,7 @@ from quant_core.quantize import clip as clip_method
 from quant_core.quantize import hqq as hqq_method
 from quant_core.quantize import refit as refit_method
 from quant_core.quantize._fused import ChunkEncoder
-from quant_core.quantize._groups import F32, LEVELS, GroupParameters, within_fp16, zeros_at_least
+from quant_core.quantize._groups import F32, FP16_MAX, LEVELS, GroupParameters, within_fp16, zeros_at_least
 from quant_core.quantize.metrics import (
     QualityAccumulator,
     WeightedErrorAccumulator,
@@ -149,6 +149,40 @@ def _raise_non_finite(weights: NDArray[np.generic], name: str) -> None:
     raise NonFiniteValues(count, first if first is not None else (0, 0), name)
 
 
+def _raise_past_fp16(weights: NDArray[np.generic], columns: int, group_size: int, name: str,
+                     error: InvalidTensor) -> None:
+    """Raise `error` again saying which group of `weights` no fp16 scale can describe, and what it holds.
+
+    The group math only sees a scale past 65504 (``inf`` when the range
+    overflows float32 itself, as weights of ±3e38 do), which tells the user
+    nothing about what they sent; this second pass, only on the error path,
+    finds the group of widest span ``max(w_max, 0) − min(w_min, 0)`` (in
+    float64, so it never overflows) and names its row, group and values.
+    """
+    reader = _ChunkReader(weights, columns)
+    step = _chunk_rows(columns)
+    widest = (-1.0, 0, 0, 0.0, 0.0)  # span, row, group, min, max
+    for start in range(0, weights.shape[0], step):
+        w_min, w_max = _group_extremes(reader.read(start, min(weights.shape[0], start + step)), group_size)
+        low, high = w_min.astype(np.float64), w_max.astype(np.float64)
+        span = np.maximum(high, 0.0) - np.minimum(low, 0.0)
+        row, group = np.unravel_index(int(np.argmax(span)), span.shape)
+        if float(span[row, group]) > widest[0]:
+            widest = (float(span[row, group]), start + int(row), int(group), float(low[row, group]),
+                      float(high[row, group]))
+    widest_span, widest_row, widest_group, widest_low, widest_high = widest
+    if widest_span > float(np.finfo(np.float32).max):
+        reason = f"past float32's largest value, so its 4-bit step exceeds the fp16 maximum {FP16_MAX}"
+    else:
+        reason = error.detail
+    where = f"tensor {name!r}: " if name else ""
+    raise InvalidTensor(
+        f"{where}row {widest_row}, group {widest_group} holds weights from {widest_low:.6g} to {widest_high:.6g}, a "
+        f"range of {widest_span:.6g} too "
+        f"wide for 4-bit codes with 16-bit scales ({reason})", field="file", name=name,
+    ) from None
+
+
 class _ChunkReader:
     """Rows of the weights as float32 ``[rows, padded_columns]``, exactly converted, zero-padded."""
 
@@ -174,13 +208,6 @@ class _ChunkReader:
         # shifting the bfloat16 bits into a uint32 view, which NumPy runs through a buffered cast)
         np.copyto(target, source, casting="unsafe")
         return out
-
-
-def _named(error: InvalidTensor, name: str) -> InvalidTensor:
-    """`error` with the tensor's `name` in front of its detail (unchanged without a name, or when it has one)."""
-    if not name or error.name:
-        return error
-    return InvalidTensor(f"tensor {name!r}: {error.detail}", field=error.field, name=name)
 
 
 def _chunk_rows(columns: int, elements: int = _CHUNK_ELEMENTS) -> int:
@@ -268,8 +295,9 @@ def quantize(weights: NDArray[np.generic], scheme: WeightFormat, method: str,
                 array, scheme, activations, act_order=method == "gptq-act-order",
                 reader=_ChunkReader(array, columns), min_zero=min_zero,
             )
-        except InvalidTensor as exc:
-            raise _named(exc, name) from None
+        except InvalidTensor as exc:  # a scale past fp16: say which group of the weights needs it
+            _raise_past_fp16(array, columns, group_size, name, exc)
+            raise
         quantized = _assemble(array, scheme, method, pack_codes(codes_all), scales_all, zeros_all, g_idx)
         return _with_quality(quantized, _with_weighted(_measure(array, quantized, held_out, split), array,
                                                        quantized, importance, weights_by_column, False))
@@ -306,13 +334,18 @@ def quantize(weights: NDArray[np.generic], scheme: WeightFormat, method: str,
                 failed.set()
                 _raise_non_finite(array, name)
             try:
+                with np.errstate(over="ignore"):  # a range past float32 (±3e38) is refused below, not warned of
+                    spans_finite = bool(np.isfinite(w_max - w_min).all())
+                if not spans_finite:
+                    raise InvalidTensor("a group's range overflows float32")
                 parameters = group_method(grouped, w_min, w_max, scheme)
                 if scheme.zero == "int4":
                     parameters = zeros_at_least(parameters, w_min, w_max, min_zero)
                 parameters = within_fp16(parameters, w_min, w_max, scheme.zero != "fp16")
-            except InvalidTensor as exc:  # a scale past fp16: the group math knows no tensor name
+            except InvalidTensor as exc:  # a scale past fp16: say which group of the weights needs it
                 failed.set()
-                raise _named(exc, name) from None
+                _raise_past_fp16(array, columns, group_size, name, exc)
+                raise
             scales[start:stop] = parameters.scales
             zeros[start:stop] = parameters.zeros
             encoder.encode(start, chunk, w_min, w_max, parameters.scales, parameters.zeros, accumulators[index])

@@ -59,9 +59,12 @@ DEFAULT_SYMMETRIC_RULE: SymmetricRule = "q4_0"
 def asymmetric_parameters(lo: F32, hi: F32, scheme: WeightFormat) -> tuple[F32, F32]:
     """fp16-exact scales and zeros (integer or fp16 by `scheme.zero`) for group ranges ``[lo, hi]``.
 
-    `lo` must be ≤ 0 ≤ `hi` when the zero is an integer in [0, 15].
+    `lo` must be ≤ 0 ≤ `hi` when the zero is an integer in [0, 15].  A range past float32 (±3e38) gives
+    an infinite step, which `fp16_ceil` refuses like any step past fp16.
     """
-    scales = nonzero_scale(fp16_ceil(((hi - lo) / np.float32(LEVELS)).astype(np.float32)))
+    with np.errstate(over="ignore"):
+        steps = ((hi - lo) / np.float32(LEVELS)).astype(np.float32)
+    scales = nonzero_scale(fp16_ceil(steps))
     raw_zeros = (-lo / scales).astype(np.float32)
     if scheme.zero == "fp16":
         zeros = fp16_nearest(raw_zeros)

@@ -78,6 +78,9 @@ class ReadLimits:
     max_header_bytes: int
     #: the largest upload accepted, also the most bytes a `/v1/dequantize` download may hold (issue 17 #7)
     max_file_bytes: int | None = None
+    #: the most tensors a budget request measures (budget.py: each in every budget format, at a fixed cost of about
+    #: 2 ms a tensor however small it is); None: `max_tensors`
+    max_budget_tensors: int | None = None
 
     @property
     def max_npy_header_bytes(self) -> int:

@@ -262,3 +262,41 @@ def test_a_budget_below_the_smallest_formats_is_refused_before_any_tensor_is_mea
     problem = response.json()
     assert problem["title"] == "Budget too small"
     assert problem["errors"][0]["field"] == next(key for key in form if key != "methods")
+
+
+@pytest.mark.parametrize(("path", "form", "field"), [
+    ("/v1/quantize", {"bits_per_weight": "4.5"}, "bits_per_weight"),
+    ("/v1/quantize", {"budget_bytes": "100000"}, "budget_bytes"),
+    ("/v1/quantize/compare", {"methods": "rtn,hqq", "bits_per_weight": "4.5"}, "bits_per_weight"),
+])
+def test_a_budget_over_more_tensors_than_its_limit_is_a_413_before_any_is_measured(
+        monkeypatch: pytest.MonkeyPatch, path: str, form: dict[str, str], field: str) -> None:
+    # the fuzzing hunt of session 18: 4,096 tensors of 1 x 32 (an 800 kB upload) under bits_per_weight held a pool
+    # worker 8.5 s, measuring each in four formats at a fixed cost of about 2 ms a tensor however small
+    from quant_core.single_file import budget
+    from tests.app.conftest import client_with
+
+    def measured(*arguments: object, **keywords: object) -> None:
+        raise AssertionError("a tensor was measured over the budget's tensor limit")
+
+    monkeypatch.setattr(budget, "_measure", measured)
+    rng = np.random.default_rng(9)
+    small = {f"t{index}.weight": rng.standard_normal((1, 32)).astype(np.float32) for index in range(1025)}
+    with client_with() as default_client:  # the default limit, 1,024
+        response = default_client.post(path, files={"file": ("w.safetensors", save_safetensors(small))}, data=form)
+    assert response.status_code == 413, response.text[:300]
+    problem = response.json()
+    assert problem["errors"][0]["field"] == field
+    assert "tensors measured under a budget is 1025, over the limit of 1024" in problem["detail"]
+
+
+def test_a_budget_within_the_tensor_limit_is_measured() -> None:
+    from tests.app.conftest import client_with
+
+    rng = np.random.default_rng(9)
+    small = {f"t{index}.weight": rng.standard_normal((1, 32)).astype(np.float32) for index in range(4)}
+    with client_with(max_budget_tensors=4) as limited:
+        response = limited.post("/v1/quantize", files={"file": ("w.safetensors", save_safetensors(small))},
+                                data={"bits_per_weight": "4.5"})
+    assert response.status_code == 200, response.text[:300]
+    assert len(response.json()["tensors"]) == 4

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 from fastapi.testclient import TestClient
 
 GPT_OSS = {"model": {"preset": "gpt-oss-20b"}, "workload": {"context_length": 4096, "concurrent_sequences": 1}}
@@ -56,3 +57,33 @@ def test_devices_side_by_side_never_propose_a_device_that_refuses_the_format(cli
     assert devices["t4"]["as_shipped"]["min_devices"] is None
     assert devices["l4"]["as_shipped"]["min_devices"] == 1
     assert devices["t4"]["bf16"]["min_devices"] is not None  # 16-bit runs as fp16 below 8.0: not refused
+
+
+@pytest.mark.parametrize("value", ["１.０", "８.９", "².0", "8.٣"])
+def test_a_compute_capability_of_non_ascii_digits_is_a_422_not_read_or_a_500(client: TestClient, value: str) -> None:
+    # the fuzzing hunt: str.isdigit took full-width "１.０" (planned as 1.0, every format refused) and superscript
+    # "².0" (int() raised: a 500)
+    response = client.post("/v1/plan", json={**GPT_OSS, "hardware": {"memory_bytes": 16 << 30,
+                                                                     "compute_capability": value}})
+    assert response.status_code == 422, response.text[:300]
+    assert response.json()["errors"][0]["field"] == "hardware.compute_capability"
+
+
+@pytest.mark.parametrize("value", ["99.9", "8.9", "12.0"])
+def test_a_catalog_device_given_another_compute_capability_is_a_422_naming_its_own(client: TestClient,
+                                                                                 value: str) -> None:
+    # an H100 is 9.0: "99.9" was planned as a device that does not exist, every floor passed
+    response = client.post("/v1/plan", json={**GPT_OSS, "hardware": {"device": "h100-80gb",
+                                                                     "compute_capability": value}})
+    assert response.status_code == 422, response.text[:300]
+    error = response.json()["errors"][0]
+    assert error["field"] == "hardware.compute_capability"
+    assert "h100-80gb has compute capability 9.0" in error["message"]
+
+
+def test_a_catalog_device_given_its_own_compute_capability_is_planned(client: TestClient) -> None:
+    for value in ("9.0", "09.0"):
+        response = client.post("/v1/plan", json={**GPT_OSS, "hardware": {"device": "h100-80gb",
+                                                                         "compute_capability": value}})
+        assert response.status_code == 200, response.text[:300]
+        assert response.json()["hardware"]["compute_capability"] == "9.0"

@@ -41,15 +41,14 @@ def test_a_rope_type_that_is_a_list_or_object_is_a_422_naming_it(client: TestCli
     assert fields == [f"model.hf_config.rope_scaling.{key}"]
 
 
-@pytest.mark.parametrize("method", [[], ["gptq"], {}, {"gptq": 1}])
-def test_a_quant_method_that_is_a_list_or_object_is_planned_at_int4_with_a_note_naming_it(
-        client: TestClient, method: object) -> None:
-    # was a TypeError (unhashable) in schemes.scheme_from_quantization_config: a 500.  An unreadable
-    # quantization_config is planned at nibble's INT4 with a note, as an unknown quant_method string is.
+@pytest.mark.parametrize("method", [[], ["gptq"], {}, {"gptq": 1}, 4, True])
+def test_a_quant_method_that_is_not_a_string_is_a_422_naming_it(client: TestClient, method: object) -> None:
+    # was a TypeError (unhashable) in schemes.scheme_from_quantization_config: a 500; then (session 18) planned
+    # at nibble's INT4 with a note, as an unknown quant_method string is.  No real config has a list or object
+    # there: it is a broken request, refused naming the field.
     config = {**LLAMA_8B, "quantization_config": {"quant_method": method, "bits": 4}}
-    response = _plan(client, config)
-    assert response.status_code == 200, response.text[:500]
-    assert any("quantization_config.quant_method" in note for note in response.json()["warnings"])
+    fields = _problem_fields(_plan(client, config))
+    assert fields == ["model.hf_config.quantization_config.quant_method"]
 
 
 def test_an_unknown_quant_method_string_gets_the_same_note(client: TestClient) -> None:
@@ -73,3 +72,20 @@ def test_a_pixtral_image_of_one_merged_patch_is_planned(client: TestClient) -> N
     config = json.loads((DATA / "mistral3" / "mistral-small-3.1-24b-instruct-2503.json").read_text())
     config["vision_config"] = {**config["vision_config"], "image_size": 28}
     assert _plan(client, config).status_code == 200
+
+
+@pytest.mark.parametrize("head_dim", [1, 3, 15])
+def test_a_llama_head_no_vllm_attention_backend_runs_is_planned_as_refused_not_fitting(client: TestClient,
+                                                                                        head_dim: int) -> None:
+    # the fuzzing hunt: head_dim 3 answered 200 fits=true; vLLM's backends fall back to FlexAttention, whose
+    # PyTorch kernel refuses heads below 16 elements
+    response = _plan(client, {**LLAMA_8B, "head_dim": head_dim})
+    assert response.status_code == 200, response.text[:500]
+    answer = response.json()
+    assert answer["fits"] is False
+    assert f"heads of {head_dim} elements" in answer["refusal"]
+
+
+@pytest.mark.parametrize("head_dim", [0, -1, 2.5, "8", True, 10**9])
+def test_an_absurd_head_dim_is_a_422_naming_it(client: TestClient, head_dim: object) -> None:
+    assert _problem_fields(_plan(client, {**LLAMA_8B, "head_dim": head_dim})) == ["model.hf_config.head_dim"]

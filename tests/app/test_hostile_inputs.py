@@ -254,6 +254,16 @@ def test_issue_17_item_13_a_scale_past_fp16_names_the_file(client: TestClient) -
     assert "exceeds the fp16 maximum" in problem["detail"]
 
 
+def test_weights_of_plus_minus_3e38_are_refused_saying_what_was_sent_not_scale_inf(client: TestClient) -> None:
+    # the fuzzing hunt's case: finite float32 weights whose range overflows float32; the 422 said "a group's scale
+    # inf exceeds the fp16 maximum", naming neither the values nor where they were
+    content = _npy(np.tile(np.array([3e38, -3e38], dtype=np.float32), (4, 64)))
+    problem = _problem(client.post("/v1/quantize", files={"file": ("w.npy", content)}), 422, "file")
+    assert problem["detail"].startswith("tensor 'weight': row 0, group 0 holds weights from -3e+38 to 3e+38, a range "
+                                        "of 6e+38"), problem["detail"]
+    assert "scale inf" not in problem["detail"]
+
+
 def test_an_unknown_route_names_the_path(client: TestClient) -> None:
     _problem(client.get("/v1/nothing-here"), 404, "path")
 

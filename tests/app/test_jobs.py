@@ -628,3 +628,25 @@ def test_without_api_keys_file_urls_are_plain_paths(jobs_client: TestClient) -> 
     created = jobs_client.post("/v1/jobs", json={"source": {"path": "llama"}}).json()
     status = wait_for(jobs_client, created["id"])
     assert all("?" not in entry["url"] for entry in status["result"]["files"])
+
+
+@pytest.mark.parametrize(("change", "field"), [
+    ({"symmetric": "yes"}, "symmetric"), ({"symmetric": 1}, "symmetric"),
+    ({"group_size": True}, "group_size"), ({"group_size": "128"}, "group_size"), ({"group_size": 128.0}, "group_size"),
+    ({"bits_per_weight": "4.5"}, "bits_per_weight"), ({"max_shard_bytes": "1000"}, "max_shard_bytes"),
+    ({"source": {"path": 7}}, "source.path"),
+])
+def test_a_job_body_of_the_wrong_json_type_is_a_422_naming_the_field_not_coerced(
+        jobs_client: TestClient, change: dict[str, object], field: str) -> None:
+    # the fuzzing hunt: the job body was read lax, so "symmetric": "yes" quantized symmetric and "group_size": true
+    # was refused as "group_size=1"; the plan bodies were already strict
+    response = jobs_client.post("/v1/jobs", json={"source": {"path": "llama"}, **change})
+    assert response.status_code == 422, response.text[:300]
+    assert [error["field"] for error in response.json()["errors"]] == [field]
+
+
+def test_a_job_body_keeps_its_spelled_out_whole_row_group_size(jobs_client: TestClient) -> None:
+    for row in ("row", None):
+        response = jobs_client.post("/v1/jobs", json={"source": {"path": "llama"}, "group_size": row})
+        assert response.status_code == 202, response.text[:300]
+        jobs_client.delete(response.json()["url"])

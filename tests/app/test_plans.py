@@ -763,3 +763,23 @@ def test_fp16_zeros_in_a_checkpoint_layout_are_refused_naming_the_field(client: 
     problem = response.json()
     assert response.headers["content-type"].startswith("application/problem+json")
     assert problem["errors"][0]["field"] == "weights.zero" and "packed 4-bit" in problem["errors"][0]["message"]
+
+
+@pytest.mark.parametrize(("runtime", "field"), [
+    ({"engine": "generic", "enforce_eager": True}, "runtime.enforce_eager"),
+    ({"engine": "generic", "engine_version": "0.11"}, "runtime.engine_version"),
+])
+def test_a_vllm_only_option_with_the_generic_engine_is_a_422_naming_it_not_ignored(
+        client: TestClient, runtime: dict[str, object], field: str) -> None:
+    # the fuzzing hunt: both were planned with the generic engine as if they had not been sent
+    response = client.post("/v1/plan", json={"model": {"preset": "llama-3.1-8b"}, "hardware": {"device": "h100-80gb"},
+                                             "runtime": runtime})
+    assert response.status_code == 422, response.text[:300]
+    assert [error["field"] for error in response.json()["errors"]] == [field]
+
+
+def test_the_generic_engine_without_vllm_options_is_planned(client: TestClient) -> None:
+    response = client.post("/v1/plan", json={"model": {"preset": "llama-3.1-8b"}, "hardware": {"device": "h100-80gb"},
+                                             "runtime": {"engine": "generic", "enforce_eager": False}})
+    assert response.status_code == 200, response.text[:300]
+    assert response.json()["engine"]["name"] == "generic"

@@ -1024,3 +1024,36 @@ def test_gpt_oss_20b_at_tp2_on_h100_plans_vllms_kv_tokens_within_a_tenth_of_a_pe
     error = _capacity_error(log["id"], source)
     print(f"{log['id']} ({source}): {error:+.3%}")
     assert abs(error) <= 0.001
+
+
+def _llama_heads(head_dim: int) -> ModelSpec:
+    return model_from_sizes(hidden_size=4096, num_layers=4, num_attention_heads=32, num_kv_heads=8,
+                            intermediate_size=14336, vocab_size=128256, head_dim=head_dim)
+
+
+@pytest.mark.parametrize("version", ["0.11", "0.19", "0.33"])
+@pytest.mark.parametrize("head_dim", [1, 3, 12, 15])
+def test_heads_below_16_elements_are_refused_by_every_release_naming_flex_attention(version: str,
+                                                                                    head_dim: int) -> None:
+    # FlashAttention, FlashInfer and Triton refuse them (v1/attention/backends/*.py), and the FlexAttention
+    # fallback's PyTorch kernel needs 16 or more: the plan answered fits=true for a model no backend runs
+    refusal = VllmProfile(version).device_refusal(_llama_heads(head_dim), "bf16", (9, 0))
+    assert refusal is not None and f"heads of {head_dim} elements" in refusal and "FlexAttention" in refusal
+
+
+@pytest.mark.parametrize(("version", "capability", "refused"), [
+    ("0.11", (9, 0), True),  # 0.11's FlashAttention lists 32, 64, ..., 256
+    ("0.19", (9, 0), False), ("0.33", (9, 0), False),  # a multiple of 8 from 0.19 (supports_head_size)
+    ("0.19", (7, 5), True),  # FlashAttention needs 8.0 (supports_compute_capability)
+    ("0.19", None, False),  # capability not known: not refused
+])
+def test_a_head_of_8_runs_where_flash_attention_takes_multiples_of_8(version: str, capability: tuple[int, int] | None,
+                                                                     refused: bool) -> None:
+    refusal = VllmProfile(version).device_refusal(_llama_heads(8), "bf16", capability)
+    assert (refusal is not None) is refused, refusal
+
+
+@pytest.mark.parametrize("head_dim", [16, 24, 40, 72, 128, 256, 320, 512])
+def test_heads_of_16_or_more_are_not_refused(head_dim: int) -> None:
+    for version in ("0.11", "0.19", "0.33"):
+        assert VllmProfile(version).device_refusal(_llama_heads(head_dim), "bf16", (9, 0)) is None

@@ -80,5 +80,23 @@ def test_weights_no_fp16_scale_can_describe_are_refused_naming_the_tensor(method
     with pytest.raises(InvalidTensor) as raised:
         quantize(weights, scheme, method, calibration if method == "gptq" else None,
                  name="model.layers.3.mlp.down_proj.weight")
-    assert str(raised.value).startswith(f"tensor 'model.layers.3.mlp.down_proj.weight': {message}")
+    assert str(raised.value).startswith(
+        "tensor 'model.layers.3.mlp.down_proj.weight': row 5, group 0 holds weights from 0 to 1e+06, a range of 1e+06 "
+        f"too wide for 4-bit codes with 16-bit scales ({message}")
     assert (raised.value.name, raised.value.field) == ("model.layers.3.mlp.down_proj.weight", "file")
+
+
+@pytest.mark.parametrize("method", ["rtn", "clip", "hqq", "gptq"])
+def test_weights_whose_range_overflows_float32_are_refused_saying_what_they_hold_not_scale_inf(method: str) -> None:
+    # ±3e38 are finite float32 values, but their range 6e38 is not: the group math saw a scale of inf, and the
+    # refusal said "a group's scale inf exceeds the fp16 maximum", which told the user nothing they had sent
+    weights = np.zeros((8, 64), dtype=np.float32)
+    weights[6, 64 - 2:] = [3e38, -3e38]
+    calibration = np.random.default_rng(8).standard_normal((64, 64)).astype(np.float32)
+    with pytest.raises(InvalidTensor) as raised:
+        quantize(weights, int4(32), method, calibration if method == "gptq" else None, name="lm_head.weight")
+    assert str(raised.value) == (
+        "tensor 'lm_head.weight': row 6, group 1 holds weights from -3e+38 to 3e+38, a range of 6e+38 too wide for "
+        "4-bit codes with 16-bit scales (past float32's largest value, so its 4-bit step exceeds the fp16 maximum "
+        "65504.0)")
+    assert "inf" not in str(raised.value)
