@@ -11,6 +11,7 @@ bytes a server's job writes.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import shutil
@@ -20,13 +21,13 @@ import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any, TextIO, get_args
 
 import httpx
 
 from app.client import NibbleAPIError, NibbleClient
 from app.job_store import TERMINAL_STATES
-from app.schemas.jobs import JobCreate, JobSource, to_options
+from app.schemas.jobs import MAX_JOBS_PER_PAGE, JobCreate, JobSource, JobStateName, to_options
 from app.settings import get_settings
 from quant_core.checkpoint import (
     attach_importance,
@@ -43,6 +44,7 @@ PROGRESS_WIDTH = 24
 MIB = 1 << 20
 GGUF_GROUP_SIZE = 32  # GGUF Q4_0: blocks of 32 weights, symmetric (gguf-py quants.py, Q4_0)
 JOB_OUTPUTS = ("compressed-tensors", "gptq", "awq", "gguf")
+JOB_STATES: tuple[str, ...] = get_args(JobStateName)
 #: how long ``watch`` keeps trying a server that stopped answering (a restart resumes the job), and the pause
 #: between tries
 RECONNECT_SECONDS = 120.0
@@ -232,12 +234,7 @@ def command_jobs(args: argparse.Namespace, out: TextIO, err: TextIO,
                 status = watch(client, status["id"], err)
             return _finish(status, args, out)
         if args.action == "list":
-            jobs = client.list_jobs()
-            if args.json:
-                out.write(json.dumps(jobs, indent=2) + "\n")
-            for job in [] if args.json else jobs:
-                out.write(f"{job['id']}  {job['state']:<10} {progress_line(job)}\n")
-            return 0
+            return _list(client, args, out, err)
         if args.action == "watch":
             return _finish(watch(client, args.id, err), args, out)
         if args.action == "cancel":
@@ -245,6 +242,24 @@ def command_jobs(args: argparse.Namespace, out: TextIO, err: TextIO,
         if args.action == "download":
             return _download(client, args, out)
         return _finish(client.get_job(args.id, report=args.json), args, out)  # the report: --json shows it
+
+
+def _list(client: NibbleClient, args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    """``nibble jobs list``: every job newest first (of ``--state``), or the ``--limit`` newest, and then a line on
+    stderr when more jobs follow them (never a silent cut)."""
+    wanted = args.limit
+    page_size = None if wanted is None else min(wanted + 1, MAX_JOBS_PER_PAGE)
+    jobs = list(itertools.islice(client.iter_jobs(state=args.state or (), page_size=page_size),
+                                 None if wanted is None else wanted + 1))
+    more = wanted is not None and len(jobs) > wanted
+    jobs = jobs[:wanted]
+    if args.json:
+        out.write(json.dumps(jobs, indent=2) + "\n")
+    for job in [] if args.json else jobs:
+        out.write(f"{job['id']}  {job['state']:<10} {progress_line(job)}\n")
+    if more:
+        err.write(f"more jobs follow these {wanted}: a larger --limit, or none, lists them\n")
+    return 0
 
 
 def command_quantize_checkpoint(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
@@ -337,6 +352,17 @@ def add_budget_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--budget-bytes", type=int, help="a budget in bytes for the quantized tensors")
 
 
+def positive_count(text: str) -> int:
+    """An argparse type: a whole number of at least 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} is below 1")
+    return value
+
+
 def add_jobs_parser(commands: Any, add_remote: Any) -> None:
     """Register ``nibble jobs`` and its actions on the CLI's subcommands."""
     jobs = commands.add_parser("jobs", help="quantize a whole checkpoint as a job on a server (--url)")
@@ -362,4 +388,9 @@ def add_jobs_parser(commands: Any, add_remote: Any) -> None:
         if action == "download":
             parser.add_argument("-o", "--output", required=True, help="a new (or empty) directory for the files")
         add_remote(parser)
-    add_remote(actions.add_parser("list", help="every job, newest first"))
+    listing = actions.add_parser("list", help="every job, newest first (or the --limit newest)")
+    listing.add_argument("--state", action="append", choices=JOB_STATES,
+                         help="only jobs in this state (repeatable)")
+    listing.add_argument("--limit", type=positive_count,
+                         help="list at most this many (stderr says when more follow)")
+    add_remote(listing)

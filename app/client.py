@@ -231,9 +231,10 @@ def _job_status(content: bytes) -> dict[str, Any]:
     return _JSON_OBJECT.validate_json(content)
 
 
-def _job_list(content: bytes) -> list[dict[str, Any]]:
+def _job_page(content: bytes) -> dict[str, Any]:
+    """One page of GET /v1/jobs (``jobs``, ``next``, ``next_cursor``) once its shape is checked (`JobList`)."""
     JobList.model_validate_json(content)
-    return _JSON_OBJECT.validate_json(content)["jobs"]  # type: ignore[no-any-return]
+    return _JSON_OBJECT.validate_json(content)
 
 
 def _event_status(response: httpx.Response, data: str) -> dict[str, Any]:
@@ -432,9 +433,34 @@ class NibbleClient:
         path = f"/v1/jobs/{job_id}" if report else f"/v1/jobs/{job_id}?report=false"
         return _parse(_job_status, self._get(path))
 
-    def list_jobs(self) -> list[dict[str, Any]]:
-        """``GET /v1/jobs``, newest first."""
-        return _parse(_job_list, self._get("/v1/jobs"))
+    def jobs_page(self, *, limit: int | None = None, cursor: str | None = None,
+                  state: str | Sequence[str] = ()) -> dict[str, Any]:
+        """One page of ``GET /v1/jobs``: ``jobs`` (newest first; at most `limit`, the server's default 100, at
+        most 1000), and ``next_cursor``, the `cursor` of the page after it (None on the last page); only jobs
+        in `state` (one state or several) if given."""
+        params: list[tuple[str, str | int]] = [("state", name) for name in ([state] if isinstance(state, str)
+                                                                            else state)]
+        if limit is not None:
+            params.append(("limit", limit))
+        if cursor is not None:
+            params.append(("cursor", cursor))
+        return _parse(_job_page, _checked(self._http.get("/v1/jobs", params=params)))
+
+    def iter_jobs(self, *, state: str | Sequence[str] = (), page_size: int | None = None
+                  ) -> Iterator[dict[str, Any]]:
+        """Every job, newest first (of `state` if given), a page of `page_size` read at a time as it is
+        needed (`jobs_page`)."""
+        cursor = None
+        while True:
+            page = self.jobs_page(limit=page_size, cursor=cursor, state=state)
+            yield from page["jobs"]
+            cursor = page["next_cursor"]
+            if cursor is None:
+                return
+
+    def list_jobs(self, *, state: str | Sequence[str] = ()) -> list[dict[str, Any]]:
+        """Every job, newest first (of `state` if given), however many pages ``GET /v1/jobs`` takes."""
+        return list(self.iter_jobs(state=state))
 
     def cancel_job(self, job_id: str) -> dict[str, Any]:
         """``DELETE /v1/jobs/{id}``: cancel a queued or running job; delete a finished one (its files and record)."""

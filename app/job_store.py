@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import sqlite3
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -52,6 +53,7 @@ CREATE TABLE IF NOT EXISTS tensors (
     entry TEXT NOT NULL,
     PRIMARY KEY (job_id, position)
 );
+CREATE INDEX IF NOT EXISTS jobs_newest_first ON jobs (created_at DESC, id);
 CREATE TABLE IF NOT EXISTS measurements (
     job_id TEXT NOT NULL REFERENCES jobs(id) ON DELETE CASCADE,
     position INTEGER NOT NULL,
@@ -151,9 +153,23 @@ class JobStore:
         row = self._connection.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()
         return _record(row) if row is not None else None
 
-    def list_jobs(self, limit: int = 1000) -> list[JobRecord]:
-        """The most recent jobs first."""
-        rows = self._connection.execute("SELECT * FROM jobs ORDER BY created_at DESC, id LIMIT ?", (limit,))
+    def list_jobs(self, limit: int, *, after: tuple[float, str] | None = None,
+                  states: Sequence[str] = ()) -> list[JobRecord]:
+        """At most `limit` jobs, newest first (``created_at`` descending, then ``id``), only those listed after
+        the job `after` names (its ``created_at`` and ``id``) and, given `states`, only in one of them.
+
+        `after` is a keyset, not an offset: a job created or deleted between two pages neither repeats a job
+        nor skips one on the next page."""
+        where, parameters = [], []
+        if after is not None:
+            where.append("(created_at < ? OR (created_at = ? AND id > ?))")
+            parameters += [after[0], after[0], after[1]]
+        if states:
+            where.append(f"state IN ({', '.join('?' * len(states))})")
+            parameters += list(states)
+        clause = f"WHERE {' AND '.join(where)} " if where else ""
+        rows = self._connection.execute(f"SELECT * FROM jobs {clause}ORDER BY created_at DESC, id LIMIT ?",
+                                        (*parameters, limit))
         return [_record(row) for row in rows.fetchall()]
 
     def unfinished(self) -> list[JobRecord]:

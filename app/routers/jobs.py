@@ -9,10 +9,12 @@ import asyncio
 import json
 import os
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import Annotated, Any
+from urllib.parse import urlencode
 
 from anyio import to_thread
 from fastapi import APIRouter, Query, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, Response, StreamingResponse
 
 from app.byte_ranges import checked_range
@@ -20,7 +22,15 @@ from app.checkpoint_jobs import JobManager, JobsNotConfigured
 from app.job_store import TERMINAL_STATES, JobRecord
 from app.problems import problem_responses
 from app.routing import JsonBodyRoute
-from app.schemas.jobs import JobCreate, JobList, JobStatus, JobSummary
+from app.schemas.jobs import (
+    JobCreate,
+    JobList,
+    JobListQuery,
+    JobStatus,
+    JobSummary,
+    decode_cursor,
+    encode_cursor,
+)
 from app.security import ApiKeyRoute, settings_of, signed_path
 
 router = APIRouter(prefix="/jobs", tags=["jobs"], route_class=ApiKeyRoute)
@@ -89,13 +99,35 @@ router.add_api_route("", create_job, methods=["POST"], status_code=202, response
                      route_class_override=JsonBodyRoute)
 
 
-@router.get("", response_model=JobList, summary="List jobs, newest first", responses=problem_responses(404))
-async def list_jobs(request: Request) -> dict[str, Any]:
+@router.get("", response_model=JobList, summary="List jobs, newest first, a page at a time",
+            responses={200: {"description": "A page of jobs.", "headers": {"Link": {
+                "description": 'While jobs follow the page: `<next page URL>; rel="next"` (RFC 8288).',
+                "schema": {"type": "string"}}}}, **problem_responses(404, 422)})
+async def list_jobs(request: Request, response: Response,
+                    query: Annotated[JobListQuery, Query()]) -> dict[str, Any]:
+    """At most `limit` jobs (default 100, at most 1000), newest first, of the `state`s given; the answer's
+    ``next`` (and its ``Link: <...>; rel="next"`` header) is the next page's URL while jobs follow.  A bad
+    limit, state or cursor, or a parameter not known here, is 422 naming it."""
+    repeated = [{"type": "value_error", "loc": ("query", name), "input": values,
+                 "msg": f"sent {len(values)} times ({', '.join(map(repr, values[:4]))}); send it once"}
+                for name in ("limit", "cursor") if len(values := request.query_params.getlist(name)) > 1]
+    if repeated:  # which one was meant? neither is taken silently (as parse_form refuses a repeated form field)
+        raise RequestValidationError(repeated)
     manager = _manager(request)
+    after = decode_cursor(query.cursor) if query.cursor is not None else None
+    # one more than the page: whether another page follows is known without a second query
+    records = manager.store.list_jobs(query.limit + 1, after=after, states=query.state)
+    page = records[:query.limit]
     jobs = [JobSummary(id=r.id, url=_url(r), state=r.state, created_at=r.created_at,
                        progress=manager.progress(r)).model_dump()  # type: ignore[arg-type]
-            for r in manager.store.list_jobs()]
-    return {"jobs": jobs}
+            for r in page]
+    next_url = next_cursor = None
+    if len(records) > query.limit:
+        next_cursor = encode_cursor(page[-1].created_at, page[-1].id)
+        next_url = "/v1/jobs?" + urlencode([("limit", query.limit), *(("state", s) for s in query.state),
+                                            ("cursor", next_cursor)])
+        response.headers["Link"] = f'<{next_url}>; rel="next"'
+    return {"jobs": jobs, "next": next_url, "next_cursor": next_cursor}
 
 
 @router.get("/{job_id}", response_model=JobStatus, summary="A job's state, progress, report and result",

@@ -5,6 +5,9 @@ The conversion to the core's `CheckpointOptions` lives here (`to_options`).
 
 from __future__ import annotations
 
+import base64
+import binascii
+import math
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
@@ -174,4 +177,56 @@ class JobSummary(BaseModel):
 
 
 class JobList(BaseModel):
+    """One page of jobs, newest first; `next` says whether there is more (never a silent cut)."""
+
     jobs: list[JobSummary]
+    next: str | None = Field(None, description=(
+        "The URL of the next page (the same limit and state filter, after the last job listed), also sent as "
+        "a `Link: <url>; rel=\"next\"` header; null when no job follows this page's last."))
+    next_cursor: str | None = Field(None, description="The `cursor` of that next page; null on the last page.")
+
+
+#: jobs in one page of GET /v1/jobs when `limit` is not sent, and the most `limit` takes
+DEFAULT_JOBS_PER_PAGE = 100
+MAX_JOBS_PER_PAGE = 1000
+#: a cursor is base64url of ``<created_at> <id>``: a float's repr and a 32-digit id, a few dozen characters
+MAX_CURSOR_CHARS = 200
+
+
+def encode_cursor(created_at: float, job_id: str) -> str:
+    """The opaque `cursor` naming a job's place in the newest-first order (its creation time, exactly, and id)."""
+    return base64.urlsafe_b64encode(f"{created_at!r} {job_id}".encode()).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> tuple[float, str]:
+    """The (created_at, id) an `encode_cursor` cursor names; ValueError for anything else."""
+    try:
+        text = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode("ascii")
+        created_at, job_id = text.split(" ")
+        value = float(created_at)
+    except (ValueError, binascii.Error):  # UnicodeDecodeError is a ValueError
+        raise ValueError("is not a cursor this server gave (use the `next` or `next_cursor` of a listing)") from None
+    if not math.isfinite(value) or not job_id:
+        raise ValueError("is not a cursor this server gave (use the `next` or `next_cursor` of a listing)")
+    return value, job_id
+
+
+class JobListQuery(BaseModel):
+    """The query of GET /v1/jobs: a page of at most `limit` jobs after `cursor`, of the `state`s given.  A
+    parameter not listed here is refused (422 naming it) rather than ignored."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    limit: int = Field(DEFAULT_JOBS_PER_PAGE, ge=1, le=MAX_JOBS_PER_PAGE, description=(
+        f"The most jobs in the page (default {DEFAULT_JOBS_PER_PAGE}, at most {MAX_JOBS_PER_PAGE})."))
+    cursor: str | None = Field(None, min_length=1, max_length=MAX_CURSOR_CHARS, description=(
+        "Where the page starts: the `next_cursor` of the page before (or follow its `next` URL)."))
+    state: list[JobStateName] = Field(default_factory=list, description=(
+        "Only jobs in these states (repeat it for several: state=queued&state=running)."))
+
+    @field_validator("cursor")
+    @classmethod
+    def _known_cursor(cls, value: str | None) -> str | None:
+        if value is not None:
+            decode_cursor(value)
+        return value

@@ -1461,6 +1461,10 @@ async function loadJobs() {
   $("jobs-note").hidden = true;
   $("jobs-body").hidden = false;
   $("jobs-empty").hidden = answer.jobs.length > 0;
+  // the server lists a page (100 by default) and says when older jobs follow it: said here too, never cut silently
+  $("jobs-more").hidden = !answer.next;
+  $("jobs-more").textContent = answer.next ? `The ${answer.jobs.length} newest jobs are shown; older ones follow `
+    + `(GET ${answer.next}, or nibble jobs list).` : "";
   const items = answer.jobs.map((summary) => {
     const item = renderJob(summary);
     if (!JOB_FINISHED.includes(summary.state)) followJob(summary.id);

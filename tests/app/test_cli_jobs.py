@@ -26,7 +26,9 @@ from quant_core.checkpoint import (
     quantize_checkpoint,
 )
 from quant_core.tensorio import write_safetensors
+from tests.app.conftest import client_with
 from tests.app.test_cli import NGINX_502, fixed_answer
+from tests.app.test_jobs import stored_jobs
 from tests.app.test_jobs_budget import STATISTICS, importance_vectors
 from tests.checkpoints import tree_bytes, write_llama_checkpoint
 from tests.e2e.conftest import REPO_ROOT, start_server
@@ -352,3 +354,28 @@ def test_watch_follows_a_job_through_a_proxys_502_pages_while_its_server_restart
     assert (status, out) == (0, "job 0123: succeeded\n"), err
     assert err.splitlines()[1].startswith("connection to the server lost (502 Bad Gateway: text/html")
     assert err.splitlines()[-1].endswith("(succeeded)") and len(err.splitlines()) == 3
+
+
+def test_jobs_list_and_the_client_follow_every_page_and_a_limit_says_when_jobs_are_left_out(
+        tmp_path: Path) -> None:
+    with client_with(state_dir=tmp_path / "state", data_dir=tmp_path) as app_client, \
+            uvicorn_in_thread(app_client.app) as port:
+        newest_first = stored_jobs(app_client, [float(number) for number in range(150)])  # two server pages
+        url = f"http://127.0.0.1:{port}"
+        with NibbleClient(url) as client:
+            assert [job["id"] for job in client.list_jobs()] == newest_first
+            assert [job["id"] for job in client.iter_jobs(page_size=7)] == newest_first
+            page = client.jobs_page(limit=7, state="queued")
+            assert [job["id"] for job in page["jobs"]] == newest_first[:7] and page["next_cursor"] is not None
+            after = client.jobs_page(limit=7, cursor=page["next_cursor"], state=["queued", "failed"])
+            assert [job["id"] for job in after["jobs"]] == newest_first[7:14]
+            assert client.list_jobs(state="succeeded") == []
+        status, out, err = nibble("jobs", "list", "--url", url)
+        assert (status, [line.split()[0] for line in out.splitlines()], err) == (0, newest_first, "")
+        status, out, err = nibble("jobs", "list", "--limit", "3", "--url", url)
+        assert [line.split()[0] for line in out.splitlines()] == newest_first[:3]
+        assert err == "more jobs follow these 3: a larger --limit, or none, lists them\n"
+        status, out, err = nibble("jobs", "list", "--limit", "150", "--json", "--url", url)
+        assert ([job["id"] for job in json.loads(out)], err) == (newest_first, "")
+        status, out, err = nibble("jobs", "list", "--state", "failed", "--state", "cancelled", "--url", url)
+        assert (status, out, err) == (0, "", "")

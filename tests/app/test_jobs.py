@@ -212,6 +212,80 @@ def test_jobs_are_listed_newest_first_and_unknown_ids_are_404(jobs_client: TestC
     assert sorted(p.name for p in (tmp_path / "state" / "jobs").iterdir()) == sorted([first["id"], second["id"]])
 
 
+def stored_jobs(client: TestClient, created_at: list[float]) -> list[str]:
+    """Job rows put straight into the app's store (no work is queued for them), created at the given times;
+    their ids, newest first as GET /v1/jobs lists them (created_at descending, then id)."""
+    store: JobStore = client.app.state.jobs.store  # type: ignore[attr-defined]
+    rows = []
+    for number, when in enumerate(created_at):
+        job_id = f"{number:032x}"
+        store.create(job_id, {"source": {"path": "llama"}}, Path("llama"), 1, 1, [])
+        store._connection.execute("UPDATE jobs SET created_at = ? WHERE id = ?", (when, job_id))
+        rows.append((-when, job_id))
+    return [job_id for _, job_id in sorted(rows)]
+
+
+def _every_page(client: TestClient, url: str) -> list[list[str]]:
+    """The ids of each page, following `next` (and checking the Link header says the same) until it is null."""
+    pages = []
+    while url is not None:
+        answer = client.get(url)
+        assert answer.status_code == 200, answer.text
+        body = answer.json()
+        pages.append([job["id"] for job in body["jobs"]])
+        assert answer.headers.get("link") == (f'<{body["next"]}>; rel="next"' if body["next"] else None)
+        assert (body["next"] is None) == (body["next_cursor"] is None)
+        url = body["next"]
+    return pages
+
+
+def test_jobs_are_listed_a_page_at_a_time_and_the_answer_says_when_more_follow(jobs_client: TestClient) -> None:
+    # 101 jobs, three created in the same instant (their ids order them): the default page is 100, and the
+    # 101st is on a second page the first one links to, not cut without a word (the old listing stopped at 1,000)
+    times = [1_000.0 + number for number in range(98)] + [2_000.0, 2_000.0, 2_000.0]
+    newest_first = stored_jobs(jobs_client, times)
+    assert _every_page(jobs_client, "/v1/jobs") == [newest_first[:100], newest_first[100:]]
+    pages = _every_page(jobs_client, "/v1/jobs?limit=3")
+    assert [len(page) for page in pages] == [3] * 33 + [2]
+    # the tie at 2,000.0 is split across pages without a repeat or a gap
+    assert [job for page in pages for job in page] == newest_first
+    # a limit that divides the jobs: the last full page says there is nothing after it
+    assert _every_page(jobs_client, "/v1/jobs?limit=101") == [newest_first]
+
+
+def test_a_job_deleted_between_two_pages_neither_repeats_nor_skips_one(jobs_client: TestClient) -> None:
+    newest_first = stored_jobs(jobs_client, [10.0, 20.0, 30.0, 40.0, 50.0])
+    first = jobs_client.get("/v1/jobs", params={"limit": 2}).json()
+    jobs_client.app.state.jobs.store.delete(newest_first[0])  # type: ignore[attr-defined]
+    jobs_client.app.state.jobs.store.delete(newest_first[2])  # type: ignore[attr-defined]
+    assert [job["id"] for job in first["jobs"]] == newest_first[:2]
+    assert _every_page(jobs_client, first["next"]) == [[newest_first[3], newest_first[4]]]
+
+
+def test_the_state_filter_lists_only_those_states_and_its_next_page_keeps_it(jobs_client: TestClient) -> None:
+    newest_first = stored_jobs(jobs_client, [float(number) for number in range(6)])
+    store: JobStore = jobs_client.app.state.jobs.store  # type: ignore[attr-defined]
+    for job_id in newest_first[::2]:
+        store.finish(job_id, "failed", error={"detail": "x"})
+    store.finish(newest_first[1], "cancelled")
+    assert _every_page(jobs_client, "/v1/jobs?state=failed&limit=2") == [newest_first[0:3:2], [newest_first[4]]]
+    assert _every_page(jobs_client, "/v1/jobs?state=queued&state=cancelled&limit=2") == [
+        newest_first[1:4:2], [newest_first[5]]]
+    assert _every_page(jobs_client, "/v1/jobs?state=succeeded") == [[]]
+
+
+@pytest.mark.parametrize(("query", "field"), [
+    ("limit=0", "limit"), ("limit=1001", "limit"), ("limit=ten", "limit"), ("limit=-1", "limit"),
+    ("state=done", "state[0]"), ("cursor=bm90IGEgY3Vyc29y", "cursor"), ("cursor=%FF", "cursor"),
+    ("cursor=" + "A" * 201, "cursor"), ("page=2", "page"), ("limit=5&limit=6", "limit"),
+    ("cursor=bmFuIHg&cursor=bmFuIHg", "cursor"), ("cursor=bmFuIHg", "cursor")])  # the last: 'nan x'
+def test_a_bad_listing_parameter_is_a_422_naming_it(jobs_client: TestClient, query: str, field: str) -> None:
+    stored_jobs(jobs_client, [1.0])
+    answer = jobs_client.get(f"/v1/jobs?{query}")
+    assert (answer.status_code, answer.headers["content-type"]) == (422, PROBLEM), answer.text
+    assert [error["field"] for error in answer.json()["errors"]] == [field]
+
+
 def test_cancelled_job_ends_cancelled_and_keeps_no_files(jobs_client: TestClient, tmp_path: Path) -> None:
     job = jobs_client.post("/v1/jobs", json={"source": {"path": "llama"}, "method": "clip"}).json()
     cancelled = jobs_client.delete(f"/v1/jobs/{job['id']}").json()
