@@ -430,6 +430,8 @@ _DESCRIPTIONS = {
     500: "Unexpected server error.",
     503: "Every worker is busy and the queue is full, max_unfinished_jobs checkpoint jobs are queued or running, "
          "or the server is shutting down; retry after the Retry-After header's seconds.",
+    501: "A tus extension this server does not offer: Upload-Defer-Length: 1 (creation-defer-length; declare "
+         "Upload-Length).",
     504: "The job ran past the time limit.",
 }
 

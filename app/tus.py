@@ -23,7 +23,9 @@ directory a job reads, with the set itself as the root nothing may leave.
 Refused, each with problem+json: a ``Tus-Resumable`` other than 1.0.0 (412,
 with ``Tus-Version``), a PATCH that is not ``application/offset+octet-stream``
 (415), whose ``Upload-Offset`` is not where the upload stands (409), or that
-runs past the declared length (413); a file over ``upload_max_file_bytes``,
+runs past the declared length (413, saying offset + bytes sent against it); a
+creation deferring its length (``Upload-Defer-Length: 1``: 501, no
+creation-defer-length here; another value, or beside ``Upload-Length``: 400); a file over ``upload_max_file_bytes``,
 a set past ``upload_max_set_bytes`` / ``upload_max_files``, more than
 ``upload_max_sets`` sets (413); a file longer than the free disk (507); a file
 name that is not a plain name, or one the set already has (422 / 409).  A
@@ -102,6 +104,28 @@ class MalformedTusRequest(ApiProblem):
     status, title, slug = 400, "Malformed tus request", "malformed-tus-request"
 
 
+class TusExtensionNotSupported(ApiProblem):
+    """A request for a tus extension this server does not offer (``Upload-Defer-Length: 1`` without
+    creation-defer-length): 501, as tusd answers it (``ErrNotImplemented``) and RFC 9110 §15.6.2 defines it."""
+
+    status, title, slug = 501, "Tus extension not supported", "tus-extension-not-supported"
+
+
+class PastUploadLength(LimitExceeded):
+    """A PATCH whose bytes, from its ``Upload-Offset``, run past the file's declared ``Upload-Length`` (413).
+
+    Its `value` is where the bytes would end (offset + bytes sent, or at least that for a body without
+    Content-Length, cut off when it passes the end), its `maximum` the declared length."""
+
+    def __init__(self, offset: int, sent: int, length: int, *, field: str, kept: int) -> None:
+        super().__init__("Upload-Length", offset + sent, length, field=field)
+        at_least = "" if field == "Content-Length" else "at least "
+        self.detail = (f"the PATCH sends {at_least}{sent} bytes at Upload-Offset {offset}: they would end at byte "
+                       f"{offset + sent}, past the declared Upload-Length of {length} ({length - offset} bytes "
+                       f"remain); " + (f"the first {kept} were kept (HEAD tells the offset)" if kept
+                                       else "nothing was written"))
+
+
 def check_tus_resumable(request: Request, *, required: bool = True) -> None:
     """Refuse (412) a request whose ``Tus-Resumable`` is not 1.0.0 (or is missing, where it is `required`)."""
     version = request.headers.get("tus-resumable")
@@ -110,6 +134,30 @@ def check_tus_resumable(request: Request, *, required: bool = True) -> None:
     if version != TUS_VERSION:
         raise TusVersionUnsupported(f"Tus-Resumable {version!r} is not supported; this server speaks tus "
                                     f"{TUS_VERSION}", field="Tus-Resumable", headers={"Tus-Version": TUS_VERSION})
+
+
+def check_defer_length(request: Request) -> None:
+    """Refuse a creation that defers its length: this server does not offer creation-defer-length (it is not in
+    ``Tus-Extension``), and a file's length bounds it before its first byte is taken.
+
+    tus 1.0.0 (Creation, POST) says a request carries ``Upload-Length`` or ``Upload-Defer-Length: 1``; any other
+    value of ``Upload-Defer-Length`` "should" be 400, and a length that is not deferred MUST omit the header, so
+    both at once are 400 as well.  What a server without the extension answers ``Upload-Defer-Length: 1`` the
+    spec does not say: tusd, the reference server, answers 501 Not Implemented (``ErrNotImplemented``, when its
+    store cannot defer lengths), which is RFC 9110's status for a function the server does not support."""
+    defer = request.headers.get("upload-defer-length")
+    if defer is None:
+        return
+    if defer != "1":
+        raise MalformedTusRequest(f"Upload-Defer-Length must be 1 when sent (tus 1.0.0), got {defer!r}",
+                                  field="Upload-Defer-Length")
+    if request.headers.get("upload-length") is not None:
+        raise MalformedTusRequest("Upload-Length and Upload-Defer-Length are both sent: a length that is known is "
+                                  "not deferred (tus 1.0.0: the header MUST then be omitted)",
+                                  field="Upload-Defer-Length")
+    raise TusExtensionNotSupported(
+        f"Upload-Defer-Length: 1 needs the creation-defer-length extension, which this server does not offer "
+        f"(Tus-Extension: {TUS_EXTENSIONS}): declare the file's Upload-Length", field="Upload-Defer-Length")
 
 
 def parse_metadata(header: str | None) -> dict[str, str]:
@@ -353,8 +401,7 @@ class UploadSets:
         remaining = current.length - current.offset
         declared = request.headers.get("content-length")
         if declared is not None and declared.isdigit() and int(declared) > remaining:
-            raise LimitExceeded("Upload-Length", current.offset + int(declared), current.length,
-                                field="Content-Length")
+            raise PastUploadLength(current.offset, int(declared), current.length, field="Content-Length", kept=0)
         partial = self.root / set_id / "partial" / file_id
         buffer = bytearray()
         received = 0
@@ -362,8 +409,8 @@ class UploadSets:
             async for chunk in paced_chunks(request, self.idle_seconds, self.min_bytes_per_second):
                 if received + len(chunk) > remaining:
                     buffer += chunk[:remaining - received]
-                    raise LimitExceeded("Upload-Length", current.offset + received + len(chunk), current.length,
-                                        field="body")
+                    raise PastUploadLength(current.offset, received + len(chunk), current.length, field="body",
+                                           kept=remaining)
                 buffer += chunk
                 received += len(chunk)
                 if len(buffer) >= WRITE_BATCH_BYTES:

@@ -26,6 +26,7 @@ from app.tus import (
     UploadConflict,
     UploadFile,
     UploadSets,
+    check_defer_length,
     check_tus_resumable,
     header_integer,
     parse_metadata,
@@ -151,15 +152,13 @@ async def describe_tus(request: Request, set_id: str) -> Response:
 
 @router.post("/{set_id}/files", status_code=201, response_model=UploadFileStatus,
              summary="tus creation: a new file of the set",
-             responses=problem_responses(400, 404, 409, 412, 413, 422, 507))
+             responses=problem_responses(400, 404, 409, 412, 413, 422, 501, 507))
 async def create_upload_file(request: Request, set_id: str) -> Response:
     """Headers: ``Tus-Resumable: 1.0.0``, ``Upload-Length``, ``Upload-Metadata: filename <base64>``.  Answers
     201 with the file's URL in ``Location``."""
     sets = _sets(request)
     check_tus_resumable(request)
-    if request.headers.get("upload-defer-length") is not None:
-        raise UploadConflict("Upload-Defer-Length is not supported (the creation-defer-length extension): "
-                             "declare Upload-Length", field="Upload-Defer-Length")
+    check_defer_length(request)
     length = header_integer(request, "Upload-Length")
     _refuse_while_read(request, sets, set_id)
     name = parse_metadata(request.headers.get("upload-metadata")).get("filename")

@@ -143,6 +143,54 @@ def test_sizes_past_the_limits_are_413_naming_the_limit(client: TestClient) -> N
     assert client.head(url, headers=TUS).headers["upload-offset"] == "0"
 
 
+def test_a_patch_past_the_declared_length_says_offset_plus_bytes_sent_against_it(client: TestClient) -> None:
+    upload_set = client.post("/v1/uploads").json()
+    url = create_file(client, upload_set["url"], "config.json", 5)
+    assert patch(client, url, 0, b"abc")[0] == 204
+    answer = client.patch(url, content=b"defgh", headers={
+        **TUS, "Upload-Offset": "3", "Content-Type": "application/offset+octet-stream"})
+    assert answer.status_code == 413 and answer.headers["tus-resumable"] == "1.0.0"
+    problem = answer.json()
+    # was "Upload-Length is 8, over the limit of 5": 8 is neither the declared length nor the bytes sent
+    assert problem["detail"] == ("the PATCH sends 5 bytes at Upload-Offset 3: they would end at byte 8, past the "
+                                 "declared Upload-Length of 5 (2 bytes remain); nothing was written")
+    assert (problem["limit"], problem["value"], problem["maximum"]) == ("Upload-Length", 8, 5)
+    assert problem["errors"] == [{"field": "Content-Length", "message": problem["detail"]}]
+    assert client.head(url, headers=TUS).headers["upload-offset"] == "3"
+
+    def chunks() -> Iterator[bytes]:  # no Content-Length: the body is read until it passes the end
+        yield b"de"
+        yield b"fgh"
+
+    answer = client.patch(url, content=chunks(), headers={
+        **TUS, "Upload-Offset": "3", "Content-Type": "application/offset+octet-stream"})
+    assert answer.status_code == 413 and answer.json()["errors"][0]["field"] == "body"
+    assert answer.json()["detail"] == ("the PATCH sends at least 5 bytes at Upload-Offset 3: they would end at byte "
+                                       "8, past the declared Upload-Length of 5 (2 bytes remain); the first 2 were "
+                                       "kept (HEAD tells the offset)")
+    assert client.head(url, headers=TUS).headers["upload-offset"] == "5"
+    assert client.get(upload_set["url"]).json()["complete"] is True
+
+
+@pytest.mark.parametrize(("headers", "status", "said"), [
+    # tus 1.0.0 Creation: the value MUST be 1 ("should return 400" otherwise); a known length MUST omit it
+    ({"Upload-Defer-Length": "0", "Upload-Length": "4"}, 400, "must be 1"),
+    ({"Upload-Defer-Length": "yes"}, 400, "must be 1"),
+    ({"Upload-Defer-Length": "1", "Upload-Length": "4"}, 400, "both sent"),
+    # no creation-defer-length here: 501, as tusd answers a store that cannot defer (ErrNotImplemented)
+    ({"Upload-Defer-Length": "1"}, 501, "creation-defer-length"),
+])
+def test_a_deferred_length_is_refused_as_tus_and_tusd_answer_a_server_without_the_extension(
+        client: TestClient, headers: dict[str, str], status: int, said: str) -> None:
+    upload_set = client.post("/v1/uploads").json()
+    assert "creation-defer-length" not in client.options(upload_set["tus_url"]).headers["tus-extension"]
+    answer = client.post(upload_set["tus_url"], headers={**TUS, "Upload-Metadata": metadata("a.json"), **headers})
+    assert (answer.status_code, answer.headers["content-type"]) == (status, PROBLEM)
+    assert answer.headers["tus-resumable"] == "1.0.0"
+    assert answer.json()["errors"][0]["field"] == "Upload-Defer-Length" and said in answer.json()["detail"]
+    assert client.get(upload_set["url"]).json()["files"] == []
+
+
 def test_a_patch_body_of_another_media_type_is_415(client: TestClient) -> None:
     upload_set = client.post("/v1/uploads").json()
     url = create_file(client, upload_set["url"], "a.json", 4)
