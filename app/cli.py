@@ -549,7 +549,9 @@ def command_quantize(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     out.write(f"wrote {output} ({args.format}, {output.stat().st_size:,} bytes): "
               f"{totals.get('quantized_tensors', 0)} tensors quantized by {args.method}, "
               f"{totals.get('passthrough_tensors', 0)} passed through; input {totals.get('input_bytes', 0):,} bytes, "
-              f"INT4 payload {totals.get('output_payload_bytes', 0):,} bytes\n")
+              f"INT4 payload {totals.get('output_payload_bytes', 0):,} bytes"
+              + (f", {totals['output_file_tensor_bytes']:,} as the file's tensors"
+                 if totals.get("output_file_tensor_bytes") is not None else "") + "\n")
     for tensor in summary.get("tensors", []):
         quality = tensor["quality"]
         out.write(f"  {tensor['name']:<40} {tensor['bits_per_weight']:.3f} b/w  relative error "

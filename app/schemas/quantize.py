@@ -171,9 +171,15 @@ def multipart_body(form: type[BaseModel], files: Mapping[str, str], required: tu
 
 class ByteCounts(BaseModel):
     input: int = Field(description="Bytes of the uploaded tensor.")
-    output: int = Field(description="Bytes of the quantized payload written.")
+    output: int = Field(description="Bytes of the quantized payload nibble packed (codes, scales, zeros, and "
+                        "act-order's g_idx): the same whatever file the output is.")
     predicted: int = Field(description="WeightFormat.payload_bytes_for(shape): the payload the format packs "
                            "(what the planner counts for nibble's own layout).")
+    file: int | None = Field(None, description=(
+        "Bytes of this weight's tensors in the file written (absent with output=report): gptq, awq, "
+        "compressed-tensors hold more than the payload (a GPTQ file's g_idx, and the qzeros a symmetric GPTQ or "
+        "AWQ file stores too; WeightFormat.bytes_for in that layout, the planner's figure for such a "
+        "checkpoint), gguf its Q4_0 blocks, nibble the payload itself."))
 
 
 class Quality(BaseModel):
@@ -227,7 +233,11 @@ class QuantizeTotals(BaseModel):
     quantized_tensors: int
     passthrough_tensors: int
     output_payload_bytes: int
-    file_bytes: int | None = None
+    output_file_tensor_bytes: int | None = Field(None, description=(
+        "The quantized tensors' bytes in the file written: the sum of their bytes.file (absent with "
+        "output=report)."))
+    file_bytes: int | None = Field(None, description=(
+        "The size of the file written: every tensor, passed-through ones included, and its header."))
 
 
 class Allocation(BaseModel):

@@ -14,16 +14,16 @@ import json
 import math
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import ml_dtypes
 import numpy as np
 from numpy.typing import NDArray
 
 from quant_core.errors import CalibrationError, GroupSizeMismatch, InvalidSpec, LimitExceeded, NibbleError
-from quant_core.formats import Layout, WeightFormat
+from quant_core.formats import CHECKPOINT_LAYOUTS, Layout, WeightFormat
 from quant_core.globs import Glob, compile_glob
 from quant_core.quantize import QuantizedTensor, dequantize, quantize
 from quant_core.quantize.int8 import Int8Tensor, dequantize_int8
@@ -48,7 +48,7 @@ from quant_core.tensorio.limits import DEFAULT_MAX_NPY_HEADER_BYTES
 
 __all__ = ["EXPORT_CONFIGS", "EXPORT_REPORT_KEY", "FLOAT_KINDS", "NPY_TENSOR_NAME", "OUTPUT_SUFFIXES",
            "DequantizeDtype", "OutputKind", "QuantizeJob", "ReadLimits", "compare_file", "dequantize_file",
-           "include_glob", "load_tensors", "passthrough_reason", "quantize_file"]
+           "include_glob", "load_tensors", "output_file_bytes", "passthrough_reason", "quantize_file"]
 
 FLOAT_KINDS = ("float32", "float16", "bfloat16")
 #: the name a `.npy` file's one tensor goes by
@@ -58,6 +58,8 @@ OutputKind = Literal["report", "nibble", "gptq", "awq", "compressed-tensors", "g
 OUTPUT_SUFFIXES: dict[str, str] = {"nibble": ".safetensors", "gptq": ".safetensors", "awq": ".safetensors",
                                    "compressed-tensors": ".safetensors", "gguf": ".gguf"}
 DequantizeDtype = Literal["float32", "float16", "bfloat16"]
+#: how output=gguf stores a quantized weight (tensorio/gguf_export.py: llama.cpp's Q4_0 blocks)
+GGUF_Q4_0 = WeightFormat("ggml", None, True, "none", ggml_type="Q4_0")
 
 
 #: the metadata key (safetensors ``__metadata__``, or a GGUF string) under which an exported file holds its report
@@ -326,6 +328,9 @@ def quantize_file(job: QuantizeJob, output: OutputKind, output_path: Path | None
     }
     if output_path is None or output == "report":
         return report
+    for entry in report["tensors"]:  # before the file is written: its report carries them too
+        entry["bytes"]["file"] = output_file_bytes(output, scheme, tuple(entry["shape"]), entry["bytes"]["output"])
+    report["totals"]["output_file_tensor_bytes"] = sum(entry["bytes"]["file"] for entry in report["tensors"])
     if output in EXPORT_CONFIGS:  # in the file's report too: the X-Nibble-Report header may leave it out
         report["quantization_config"] = EXPORT_CONFIGS[output](quantized, passthrough)
     written_report = json.dumps(report, separators=(",", ":"))  # every file carries the report in its metadata
@@ -345,6 +350,22 @@ def quantize_file(job: QuantizeJob, output: OutputKind, output_path: Path | None
         export_gguf(quantized, passthrough, output_path, metadata={EXPORT_REPORT_KEY: written_report})
     report["totals"]["file_bytes"] = output_path.stat().st_size
     return report
+
+
+def output_file_bytes(output: OutputKind, scheme: WeightFormat, shape: tuple[int, ...], payload_bytes: int) -> int:
+    """Bytes of the tensors the `output` file holds for one weight quantized by `scheme` (its `payload_bytes` in
+    nibble's own layout): what that file adds for it, beside the payload a report counts.
+
+    gptq, awq, compressed-tensors: `WeightFormat.bytes_for` in that checkpoint layout, the sum of its
+    `WeightFormat.checkpoint_tensors` (a GPTQ file's g_idx, and the qzeros a symmetric GPTQ or AWQ file stores
+    too, are not in the payload); gguf: its Q4_0 blocks (``GGML_BLOCKS``); nibble: the payload itself, whose
+    sections are the file's tensors (tensorio/nibble_file.py).  Raises `InvalidSpec` where the layout cannot
+    hold the scheme (fp16 zeros in a checkpoint layout)."""
+    if output in CHECKPOINT_LAYOUTS:
+        return replace(scheme, layout=cast(Layout, output)).bytes_for(shape)
+    if output == "gguf":
+        return GGUF_Q4_0.bytes_for(shape)
+    return payload_bytes
 
 
 def compare_file(job: QuantizeJob) -> dict[str, Any]:

@@ -664,3 +664,71 @@ def test_rtn_sym_on_an_asymmetric_scheme_says_its_zeros_are_stored(client: TestC
     response = client.post("/v1/quantize", files={"file": ("w.npy", npy_bytes(weights))}, data={"method": "rtn-sym"})
     (entry,) = response.json()["tensors"]
     assert entry["format"] == "int4-g128-asym" and "send symmetric=true" in entry["note"]
+
+
+def _file_tensor_bytes(content: bytes, output: str, path: Path) -> tuple[dict[str, int], dict[str, Any]]:
+    """The bytes of each tensor of a written file (safetensors header offsets, or GGUF's tensor infos), and the
+    report the file holds in its metadata."""
+    if output == "gguf":
+        path.write_bytes(content)
+        reader = gguf.GGUFReader(path)
+        field = reader.fields["nibble.report"]
+        report = json.loads(bytes(field.parts[field.data[0]]).decode())
+        return {tensor.name: int(tensor.n_bytes) for tensor in reader.tensors}, report
+    header_size = int.from_bytes(content[:8], "little")
+    header = json.loads(content[8:8 + header_size])
+    metadata = header.pop("__metadata__")
+    report = json.loads(metadata["nibble.report" if output != "nibble" else "report"])
+    return {name: end - start for name, (start, end) in
+            ((name, entry["data_offsets"]) for name, entry in header.items())}, report
+
+
+@pytest.mark.parametrize(("output", "fields"), [
+    ("gptq", {}), ("gptq", {"symmetric": "true"}), ("gptq", {"method": "gptq-act-order"}),
+    ("awq", {}), ("awq", {"symmetric": "true"}), ("compressed-tensors", {}),
+    ("compressed-tensors", {"symmetric": "true", "group_size": "64"}),
+    ("gguf", {"symmetric": "true", "group_size": "32"}), ("nibble", {}), ("nibble", {"method": "hqq"}),
+    ("nibble", {"bits_per_weight": "6"})])
+def test_the_report_gives_each_weights_bytes_in_the_file_written_beside_its_payload(
+        client: TestClient, tmp_path: Path, output: str, fields: dict[str, str]) -> None:
+    # bytes.output and .predicted are nibble's payload; a GPTQ file also holds g_idx (and qzeros when symmetric),
+    # an AWQ file qzeros when symmetric, compressed-tensors weight_shape: bytes.file is what the file holds
+    rng = np.random.default_rng(3)
+    tensors = {"model.layers.0.mlp.up_proj.weight": rng.standard_normal((64, 256)).astype(np.float32),
+               "model.layers.0.mlp.down_proj.weight": rng.standard_normal((256, 128)).astype(np.float32),
+               "model.layers.0.post_attention_layernorm.weight": np.ones(256, dtype=np.float32)}
+    calibration = ({"calibration": ("x.npy", npy_bytes(rng.standard_normal((32, 256)).astype(np.float32)))}
+                   if fields.get("method", "").startswith("gptq") else {})
+    response = client.post("/v1/quantize", files={"file": ("m.safetensors", save_safetensors(tensors)),
+                                                  **calibration},
+                           data={"output": output, **fields,
+                                 **({"include": "*up_proj*"} if calibration else {})})
+    assert response.status_code == 200, response.text
+    sizes, report = _file_tensor_bytes(response.content, output, tmp_path / "out.gguf")
+    passthrough = {entry["name"] for entry in report["passthrough"]}
+    for entry in report["tensors"]:
+        module = entry["name"].removesuffix("weight")
+        stored = {name: size for name, size in sizes.items() if name.startswith(module) and name not in passthrough}
+        assert entry["bytes"]["file"] == sum(stored.values()), (entry["name"], stored)
+        assert entry["bytes"]["output"] == entry["bytes"]["predicted"] or "bits_per_weight" in fields
+    total = sum(entry["bytes"]["file"] for entry in report["tensors"])
+    assert report["totals"]["output_file_tensor_bytes"] == total
+    assert json.loads(response.headers["x-nibble-report"])["output_file_tensor_bytes"] == total
+    assert sum(size for name, size in sizes.items() if name not in passthrough) == total
+
+
+@pytest.mark.parametrize(("output", "symmetric", "file_bytes"), [
+    # 64 x 256 at g128: qweight 8,192 + scales 256 (+ packed zeros 64) is the payload, 8,512 (8,448 symmetric)
+    ("gptq", "false", 8_512 + 1_024),  # + g_idx [256] int32
+    ("gptq", "true", 8_448 + 64 + 1_024),  # + qzeros [2, 8] int32, stored though symmetric, + g_idx
+    ("awq", "false", 8_512), ("awq", "true", 8_448 + 64),  # AWQ stores every zero (8 when symmetric)
+    ("compressed-tensors", "false", 8_512 + 16), ("compressed-tensors", "true", 8_448 + 16)])  # + weight_shape
+def test_a_checkpoint_outputs_file_bytes_are_the_payload_plus_its_layouts_tensors(
+        client: TestClient, weights: np.ndarray, output: str, symmetric: str, file_bytes: int) -> None:
+    response = client.post("/v1/quantize", files={"file": ("w.safetensors", save_safetensors({"x.weight": weights}))},
+                           data={"output": output, "symmetric": symmetric})
+    header_size = int.from_bytes(response.content[:8], "little")
+    metadata = json.loads(response.content[8:8 + header_size])["__metadata__"]
+    (entry,) = json.loads(metadata["nibble.report"])["tensors"]
+    payload = 8_448 if symmetric == "true" else 8_512
+    assert entry["bytes"] == {"input": 65_536, "output": payload, "predicted": payload, "file": file_bytes}
