@@ -122,22 +122,19 @@ class _Version:
     group_size_ratio: float | None = None
 
 
-# v0.11 (llm-d-benchmark's H100 logs, config_explorer/empirical-vllm-memory-results.md): 0.13-0.14 GiB on one GPU;
-# with TP=2 0.54-0.55 GiB there, but 1.38 GiB in a vLLM 0.10.2 run of Qwen3-Next-80B-A3B on two H200s (the same
-# gpu_worker.py and utils.memory_profiling as v0.11.0, read in both wheels: "Actual usage is 74.28 GiB for weight,
-# 5.58 GiB for peak activation, 1.38 GiB for non-torch memory").  The larger is charged: vLLM charges what grows
-# after each worker's start-up snapshot (MemorySnapshot in Worker.init_device, which 0.11 takes after
-# init_worker_distributed_environment has set up NCCL and the custom all-reduce), and llm-d's Llama-3.3-70B TP=2
-# workers started with 1.54 GiB already in use ("Free memory on device 77.64/79.18 GiB") against 0.61 GiB in their
-# one-GPU runs and 0.60 GiB in the H200 run (139.21/139.81 GiB): the multi-GPU set-up taken before that snapshot
-# (`STARTUP_V0_11`, charged outside the budget) explains their smaller figure, so the 1.38 GiB charged here counts
-# it a second time, on the safe side.  No code of
-# Qwen3-Next's in the profiling run allocates outside PyTorch's allocator (its Gated DeltaNet layers return before
-# any kernel in v0.10.2/v0.11, read in qwen3_next.py), so the figure is charged for the layout, every model alike.
-# No pipeline-parallel log.
-_NON_TORCH_V0_11 = _NonTorch(133 * MIB, ((2, 1413 * MIB),), None,
-                             "llm-d-benchmark's vLLM v0.11 H100 logs (one GPU) and a vLLM 0.10.2 log of two H200s "
-                             "(TP=2, the larger of the TP=2 figures)")
+# v0.11 (llm-d-benchmark's H100 logs, config_explorer/empirical-vllm-memory-results.md): 0.13-0.14 GiB on one GPU,
+# 0.54 and 0.55 GiB at TP=2 (Qwen3-32B bf16, Llama-3.3-70B FP8), charged as 0.55 GiB rounded up to the MiB.  That is
+# what grows after 0.11's start-up snapshot: Worker.init_device takes MemorySnapshot after
+# init_worker_distributed_environment has set up NCCL and the custom all-reduce (v1/worker/gpu_worker.py, "Initialize
+# the distributed environment BEFORE taking memory snapshot"), and memory_profiling's non_torch_increase is measured
+# from that snapshot (utils/__init__.py), so the communicators are charged outside the budget (`STARTUP_V0_11`: those
+# workers started with 1.54 GiB in use against 0.61 GiB on one GPU).  A vLLM 0.10.2 TP=2 log (Qwen3-Next-80B-A3B on
+# two H200s) shows 1.38 GiB: 0.10.2's init_device takes the snapshot before init_worker_distributed_environment (read
+# in the 0.10.2 wheel), so its figure holds the communicators too (it started with 0.60 GiB in use), and it is not
+# 0.11's figure.  No pipeline-parallel log: charged as tensor parallelism.
+_NON_TORCH_V0_11 = _NonTorch(133 * MIB, ((2, 564 * MIB),), None,
+                             "llm-d-benchmark's vLLM v0.11 H100 logs (0.13-0.14 GiB on one GPU, 0.54-0.55 GiB at "
+                             "TP=2)")
 # v0.19: 0.24-0.27 GiB on one GPU (19 runs), 2.06-2.11 GiB at TP=2 (10 runs), 2.13-2.21 GiB at TP=4 (5 runs), 0.07
 # GiB per stage at PP=2 and PP=4 (Llama-3.1-8B): the TP figure is NCCL's and vLLM's all-reduce buffers.
 _NON_TORCH_V0_19 = _NonTorch(256 * MIB, ((2, 2140 * MIB), (4, 2222 * MIB)), 72 * MIB, LLMD_PLANNER_V0_19)
