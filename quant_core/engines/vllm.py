@@ -122,22 +122,19 @@ class _Version:
     group_size_ratio: float | None = None
 
 
-# v0.11 (llm-d-benchmark's H100 logs, config_explorer/empirical-vllm-memory-results.md): 0.13-0.14 GiB on one GPU;
-# with TP=2 0.54-0.55 GiB there, but 1.38 GiB in a vLLM 0.10.2 run of Qwen3-Next-80B-A3B on two H200s (the same
-# gpu_worker.py and utils.memory_profiling as v0.11.0, read in both wheels: "Actual usage is 74.28 GiB for weight,
-# 5.58 GiB for peak activation, 1.38 GiB for non-torch memory").  The larger is charged: vLLM charges what grows
-# after each worker's start-up snapshot (MemorySnapshot in Worker.init_device, which 0.11 takes after
-# init_worker_distributed_environment has set up NCCL and the custom all-reduce), and llm-d's Llama-3.3-70B TP=2
-# workers started with 1.54 GiB already in use ("Free memory on device 77.64/79.18 GiB") against 0.61 GiB in their
-# one-GPU runs and 0.60 GiB in the H200 run (139.21/139.81 GiB): the multi-GPU set-up taken before that snapshot
-# (`STARTUP_V0_11`, charged outside the budget) explains their smaller figure, so the 1.38 GiB charged here counts
-# it a second time, on the safe side.  No code of
-# Qwen3-Next's in the profiling run allocates outside PyTorch's allocator (its Gated DeltaNet layers return before
-# any kernel in v0.10.2/v0.11, read in qwen3_next.py), so the figure is charged for the layout, every model alike.
-# No pipeline-parallel log.
-_NON_TORCH_V0_11 = _NonTorch(133 * MIB, ((2, 1413 * MIB),), None,
-                             "llm-d-benchmark's vLLM v0.11 H100 logs (one GPU) and a vLLM 0.10.2 log of two H200s "
-                             "(TP=2, the larger of the TP=2 figures)")
+# v0.11 (llm-d-benchmark's H100 logs, config_explorer/empirical-vllm-memory-results.md): 0.13-0.14 GiB on one GPU,
+# 0.54 and 0.55 GiB at TP=2 (Qwen3-32B bf16, Llama-3.3-70B FP8), charged as 0.55 GiB rounded up to the MiB.  That is
+# what grows after 0.11's start-up snapshot: Worker.init_device takes MemorySnapshot after
+# init_worker_distributed_environment has set up NCCL and the custom all-reduce (v1/worker/gpu_worker.py, "Initialize
+# the distributed environment BEFORE taking memory snapshot"), and memory_profiling's non_torch_increase is measured
+# from that snapshot (utils/__init__.py), so the communicators are charged outside the budget (`STARTUP_V0_11`: those
+# workers started with 1.54 GiB in use against 0.61 GiB on one GPU).  A vLLM 0.10.2 TP=2 log (Qwen3-Next-80B-A3B on
+# two H200s) shows 1.38 GiB: 0.10.2's init_device takes the snapshot before init_worker_distributed_environment (read
+# in the 0.10.2 wheel), so its figure holds the communicators too (it started with 0.60 GiB in use), and it is not
+# 0.11's figure.  No pipeline-parallel log: charged as tensor parallelism.
+_NON_TORCH_V0_11 = _NonTorch(133 * MIB, ((2, 564 * MIB),), None,
+                             "llm-d-benchmark's vLLM v0.11 H100 logs (0.13-0.14 GiB on one GPU, 0.54-0.55 GiB at "
+                             "TP=2)")
 # v0.19: 0.24-0.27 GiB on one GPU (19 runs), 2.06-2.11 GiB at TP=2 (10 runs), 2.13-2.21 GiB at TP=4 (5 runs), 0.07
 # GiB per stage at PP=2 and PP=4 (Llama-3.1-8B): the TP figure is NCCL's and vLLM's all-reduce buffers.
 _NON_TORCH_V0_19 = _NonTorch(256 * MIB, ((2, 2140 * MIB), (4, 2222 * MIB)), 72 * MIB, LLMD_PLANNER_V0_19)
@@ -1043,9 +1040,13 @@ class FusedMoeCaches:
 
 
 #: Hopper's compute capability: vLLM 0.11's DeepGEMM runs block-fp8 experts on it (utils/deep_gemm.py
-#: ``is_deep_gemm_supported``: ``is_device_capability(90)``, or 100, whose E8M0 path is not read here: a 10.0 device
-#: is left on the fused_experts_impl figure)
+#: ``is_deep_gemm_supported``: ``is_device_capability(90)`` or ``(100)``) where ``_valid_deep_gemm`` accepts the shape
 HOPPER_CAPABILITY = (9, 0)
+#: Blackwell's (B200, GB200): vLLM 0.11 runs block-fp8 experts on DeepGEMM there whatever their shape, its E8M0 path
+#: (utils/deep_gemm.py ``is_deep_gemm_e8m0_used``: ``is_device_capability(100)`` and ``VLLM_USE_DEEP_GEMM_E8M0``,
+#: "1" by default in envs.py; fused_moe.py ``fused_experts`` takes ``deep_gemm_moe_fp8`` when ``is_deep_gemm_e8m0_used()
+#: or _valid_deep_gemm(...)``: "on B200, we use DeepGemm for all cases because they only support E8M0 scale")
+DEEP_GEMM_E8M0_CAPABILITY = (10, 0)
 
 
 #: vLLM 0.11's DeepGEMM fused-MoE path (fused_moe/deep_gemm_moe.py, ``_valid_deep_gemm``): M, N and K aligned to
@@ -1060,9 +1061,10 @@ def fused_moe_caches(spec: ModelSpec, tensor_parallel: int, tokens: int, version
     sizes them, with ``k`` = top_k, ``w`` = moe_intermediate_size / tp, ``K`` = hidden_size, bf16 (2 bytes).
 
     * v0.11 with block-fp8 experts (`expert_format` "fp8-block128") wider than 512 a rank on Hopper
-      (`HOPPER_CAPABILITY`):
-      ``Fp8MoEMethod`` calls ``deep_gemm_moe_fp8`` (``allow_deep_gemm`` when the deep_gemm package is present,
-      ``_valid_deep_gemm``), a modular kernel whose ``DeepGemmExperts.workspace_shapes`` asks ``M_sum x max(2w, K)``
+      (`HOPPER_CAPABILITY`), or of any width on compute capability 10.0 (`DEEP_GEMM_E8M0_CAPABILITY`, the E8M0 path
+      that skips ``_valid_deep_gemm``; its ``allow_cutlass_block_scaled_grouped_gemm`` comes second in
+      ``fused_experts``): ``Fp8MoEMethod`` calls ``deep_gemm_moe_fp8`` (``allow_deep_gemm`` when the deep_gemm
+      package is present), a modular kernel whose ``DeepGemmExperts.workspace_shapes`` asks ``M_sum x max(2w, K)``
       and ``M_sum x max(w, K)`` with ``M_sum = round_up(M x k + experts x 127, 128)`` (``compute_aligned_M``),
       ``M = min(tokens, 32768)`` (the kernel chunks), kept in class-level ``SharedResizableBuffer``s: they persist.
     * v0.11 otherwise (fused_moe/fused_moe.py, ``fused_experts_impl``, the default path without expert parallelism:
@@ -1096,9 +1098,12 @@ def fused_moe_caches(spec: ModelSpec, tensor_parallel: int, tokens: int, version
             f"tokens x top_k x {width} and tokens x {hidden}, bf16, {nbytes / GIB:.2f} GiB, freed after each layer; "
             "oracle/mxfp4.py picks OpenAI's Triton kernels for MXFP4 experts on Hopper, outside the workspace "
             "manager)"))
-    if (version == "0.11" and expert_format == "fp8-block128" and device.compute_capability == HOPPER_CAPABILITY
-            and width > DEEP_GEMM_MIN_WIDTH_V0_11 and width % DEEP_GEMM_ALIGNMENT == 0
-            and hidden % DEEP_GEMM_ALIGNMENT == 0):
+    hopper_shape = (device.compute_capability == HOPPER_CAPABILITY and width > DEEP_GEMM_MIN_WIDTH_V0_11
+                    and width % DEEP_GEMM_ALIGNMENT == 0 and hidden % DEEP_GEMM_ALIGNMENT == 0)
+    if (version == "0.11" and expert_format == "fp8-block128"
+            and (hopper_shape or device.compute_capability == DEEP_GEMM_E8M0_CAPABILITY)):
+        where = ("on Hopper, wider than 512 a rank and 128-aligned (_valid_deep_gemm)" if hopper_shape
+                 else "on compute capability 10.0 whatever the width (the E8M0 path, is_deep_gemm_e8m0_used)")
         chunk = min(tokens, FUSED_MOE_CHUNK_TOKENS_V0_11)
         rows = -(-(chunk * k + spec.num_experts * (DEEP_GEMM_ALIGNMENT - 1)) // DEEP_GEMM_ALIGNMENT) \
             * DEEP_GEMM_ALIGNMENT
@@ -1106,9 +1111,9 @@ def fused_moe_caches(spec: ModelSpec, tensor_parallel: int, tokens: int, version
         return FusedMoeCaches(nbytes, True, (
             f"DeepGemmExperts' workspace (deep_gemm_moe.py workspace_shapes: {rows} aligned rows, compute_aligned_M, "
             f"x (max(2 x {width}, {hidden}) + max({width}, {hidden})), bf16, {nbytes / GIB:.2f} GiB, kept in "
-            "modular_kernel.py's class-level SharedResizableBuffers; vLLM 0.11 runs block-fp8 experts wider than 512 "
-            "a rank on DeepGEMM on Hopper when the deep_gemm package is installed, as vLLM's Docker builds install "
-            "it, and the charge is the safe side when it is not)"))
+            f"modular_kernel.py's class-level SharedResizableBuffers; vLLM 0.11 runs block-fp8 experts on DeepGEMM "
+            f"{where} when the deep_gemm package is installed, as vLLM's Docker builds install it, and the charge is "
+            "the safe side when it is not)"))
     if version == "0.11":
         rows = min(tokens, FUSED_MOE_CHUNK_TOKENS_V0_11) * k
         nbytes = rows * (max(2 * width, hidden) + width) * ACTIVATION_ELEMENT_BYTES
@@ -1341,8 +1346,8 @@ def _forward_bytes(spec: ModelSpec, tensor_parallel: int, tokens: int, version: 
     ``tokens x element_bytes (2; 4 for a model run in float32) x (3 x hidden + max(MLP, attention))``: the
     residual stream, the norm output and the layer output, beside the widest intermediate: a dense MLP's gate/up
     output and its activation (``3 × intermediate / tp``); a MoE layer's shared experts (``3 × width / tp``) beside its
-    fused-MoE caches (`fused_moe_caches`), which, where they persist (v0.19 on), are held through every layer's
-    attention as well; attention's q/k/v and output (MLA: the per-head query and the expanded key/value).
+    fused-MoE caches (`fused_moe_caches`), which, where they persist (v0.19 on, and 0.11's DeepGEMM workspace), are
+    held through every layer's attention as well; attention's q/k/v and output (MLA: the per-head query and the expanded key/value).
     """
     tp = tensor_parallel
     mlp = 3 * spec.intermediate_size // tp if (not spec.is_moe or spec.dense_layers) else 0

@@ -19,6 +19,7 @@ from quant_core.schemes import scheme_from_quantization_config
 
 RELEASES = ("0.11", "0.19", "0.33")
 #: Qwen/Qwen3-30B-A3B-FP8's quantization_config: 128 x 128 block fp8, whose experts vLLM 0.11 runs on DeepGEMM on 9.0
+#: and 10.0
 QWEN3_30B_A3B_FP8 = {"quant_method": "fp8", "fmt": "e4m3", "activation_scheme": "dynamic",
                      "weight_block_size": [128, 128]}
 
@@ -36,9 +37,9 @@ def _plan(model: str, hardware: Hardware, release: str) -> Plan:
 def test_a_device_given_in_bytes_with_a_capability_is_planned_as_the_catalog_device(
         release: str, device_id: str, capability: tuple[int, int], model: str) -> None:
     # the catalog device's memory and capability, no id: the same kernels (gpt-oss's MXFP4 backend and its layout,
-    # 0.11's DeepGEMM for block fp8 on 9.0, the sampler path, the cuBLAS workspace), the same SM count (the most of
-    # the catalog's devices of the same major capability: 132 on 9.x, 148 on 10.x), so the same figures; only the
-    # hardware's name and, where the SM count sizes a buffer (0.19's Triton top-k/top-p), the basis differ
+    # 0.11's DeepGEMM for block fp8 on 9.0 and 10.0, the sampler path, the cuBLAS workspace), the same SM count (the
+    # most of the catalog's devices of the same major capability: 132 on 9.x, 148 on 10.x), so the same figures; only
+    # the hardware's name and, where the SM count sizes a buffer (0.19's Triton top-k/top-p), the basis differ
     device = get_device(device_id)
     catalog = _plan(model, Hardware(device.planning_bytes, 1, device.id, device.name), release)
     custom = _plan(model, Hardware(device.planning_bytes, 1, None, "custom", capability), release)

@@ -17,6 +17,7 @@ from quant_core.engines.vllm import (
     mxfp4_expert_layout_bytes,
     rotary_cache_bytes,
     sampler_pass_bytes,
+    startup_memory,
     weight_allocation_slack,
 )
 from quant_core.errors import UnknownName
@@ -161,20 +162,30 @@ def test_a_large_profiling_batch_makes_the_forward_pass_the_peak(log_id: str) ->
     assert term.basis.index("forward pass") < term.basis.index("sampler")
 
 
+#: the release whose Worker.init_device takes the start-up snapshot before init_worker_distributed_environment (read in
+#: its wheel; 0.11 takes it after): its non-torch figure holds the NCCL communicators 0.11 charges outside the budget,
+#: so its run is planned under 0.11's rules with that figure (vllm_logs.json's "gap")
+SNAPSHOT_BEFORE_NCCL = "0.10.2"
+
 @pytest.mark.parametrize("log_id", _ids(lambda log: log["profile_version"] in ("0.11", "0.19")
                                         and log["non_torch_gib"] is not None))
 def test_non_torch_memory_is_the_releases_figure_for_the_layout(log_id: str) -> None:
-    # vLLM 0.11 on H100 (llm-d-benchmark): 0.13 GiB on one GPU, 0.54-0.55 GiB at TP=2; vLLM 0.10.2 (v0.11's memory
-    # profiling) on two H200s: 1.38 GiB at TP=2, the figure charged (the larger: the llm-d TP=2 runs are below it,
-    # their "gap").  vLLM 0.19 on H100 (llm-d-planner): 0.24-0.27 GiB on one GPU, 2.06-2.11 GiB at TP=2, 2.13-2.21
-    # GiB at TP=4, 0.07 GiB per pipeline stage.
+    # vLLM 0.11 on H100 (llm-d-benchmark): 0.13 GiB on one GPU, 0.54-0.55 GiB at TP=2, what grows after the start-up
+    # snapshot 0.11 takes once NCCL is set up.  vLLM 0.10.2 on two H200s: 1.38 GiB at TP=2, where 0.10.2 took its
+    # snapshot before setting up NCCL, so the figure holds the communicators 0.11 has in use at start-up (its "gap"):
+    # against it, 0.11's non-torch figure and the start-up memory above one GPU together.  vLLM 0.19 on H100
+    # (llm-d-planner): 0.24-0.27 GiB on one GPU, 2.06-2.11 GiB at TP=2, 2.13-2.21 GiB at TP=4, 0.07 GiB per
+    # pipeline stage.
     log = BY_ID[log_id]
     spec = _spec(log)
     stages = log["pipeline_parallel"]
     stage = Stage(spec, log["tensor_parallel"], stages, (0, spec.num_layers // stages), stages == 1)
-    term = VllmProfile(log["profile_version"]).non_torch(stage)
-    assert term.bytes / GIB >= log["non_torch_gib"] - 0.05  # never below what a public run of the release logged
-    assert abs(term.bytes / GIB - log["non_torch_gib"]) <= 0.05 or "non-torch" in log.get("gap", "")
+    version = log["profile_version"]
+    charged = VllmProfile(version).non_torch(stage).bytes
+    if log["vllm_version"] == SNAPSHOT_BEFORE_NCCL:
+        charged += startup_memory(stage, version).bytes - startup_memory(_stage(spec), version).bytes
+    assert charged / GIB >= log["non_torch_gib"] - 0.05  # never below what a public run of the release logged
+    assert abs(charged / GIB - log["non_torch_gib"]) <= 0.05 or "non-torch" in log.get("gap", "")
 
 
 ENGINE_TERMS = _ids(lambda log: log["profile_version"] and (log["available_kv_gib"] or 0) > 0
@@ -428,7 +439,8 @@ def _vllm_tokens(log: dict[str, Any]) -> int:
 
 def _options(log: dict[str, Any], storage: Storage) -> PlanOptions:
     """The run's settings as plan options: its storage (a format, a checkpoint's scheme, or "as shipped" for the
-    preset's own checkpoint), KV dtype, utilization, block size, layout and the batch limits it ran with."""
+    preset's own checkpoint), KV dtype, utilization, block size, layout and the batch limits it ran with; for a vLLM
+    0.10.2 run, its own non-torch figure (`SNAPSHOT_BEFORE_NCCL`)."""
     weight_format, scheme = int4(), None
     if isinstance(storage, WeightFormat):
         weight_format = storage
@@ -439,7 +451,9 @@ def _options(log: dict[str, Any], storage: Storage) -> PlanOptions:
     return PlanOptions(weight_format=weight_format, scheme=scheme, kv_cache_dtype=log["kv_cache_dtype"],
                        memory_utilization=log["gpu_memory_utilization"], block_size=log["block_size"],
                        pipeline_parallel=log["pipeline_parallel"], engine_version=log["profile_version"],
-                       max_batched_tokens=log["max_num_batched_tokens"], max_num_seqs=log["max_num_seqs"])
+                       max_batched_tokens=log["max_num_batched_tokens"], max_num_seqs=log["max_num_seqs"],
+                       runtime_overhead_bytes=(round(log["non_torch_gib"] * GIB)
+                                               if log["vllm_version"] == SNAPSHOT_BEFORE_NCCL else None))
 
 
 def _capacity_error(log_id: str, source: str, storage: Storage | None = None) -> float:
@@ -509,8 +523,8 @@ def test_runs_with_a_known_gap_never_promise_more_than_3_percent_above_vllm(log_
 def test_every_public_run_gaps_included_is_within_2_percent_on_average_and_never_3_percent_above(
         source: str) -> None:
     # the issue's bound over all 42 runs, the seven with a gap among them (TP 2's -39 % and Mistral 3's -10.4 %
-    # included; llm-d's two v0.11 TP=2 runs -2.3 and -2.7 %, under the 1.38 GiB of non-torch memory a clean TP=2
-    # start logs)
+    # included; llm-d's two v0.11 TP=2 runs +0.23 and +0.00 % with 0.11's own 0.55 GiB of non-torch memory at TP=2,
+    # -2.2 and -2.6 % when a vLLM 0.10.2 run's 1.38 GiB, which holds the NCCL set-up, was charged)
     errors = [_capacity_error(log_id, source) for log_id in END_TO_END]
     errors += [_capacity_error(log_id, source, storage) for log_id, storage in GAP_RUNS.items()]
     mean = sum(map(abs, errors)) / len(errors)

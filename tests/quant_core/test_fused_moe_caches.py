@@ -11,8 +11,10 @@ Read in the wheels from PyPI (vllm 0.11.0, 0.19.0, 0.33.0):
   ``modular_kernel.py`` ``_allocate_buffers`` is handed ``M_full`` as ``M_chunk`` (no chunking) and asks
   ``current_workspace_manager().get_simultaneous((max(workspace13, output),), workspace2)``; ``v1/worker/
   workspace.py`` rounds each view up to 256 bytes and keeps the buffer, so it is still held under the sampler pass.
-* 0.11 with block-fp8 experts on Hopper and the deep_gemm package: ``Fp8MoEMethod`` calls ``deep_gemm_moe_fp8`` when
+* 0.11 with block-fp8 experts and the deep_gemm package: ``Fp8MoEMethod`` calls ``deep_gemm_moe_fp8`` on Hopper when
   ``_valid_deep_gemm`` (deep_gemm_moe.py: M, N, K multiples of 128 and w2's N, the expert width a rank, above 512),
+  and on compute capability 10.0 always (fused_moe.py ``fused_experts``: ``is_deep_gemm_e8m0_used() or
+  _valid_deep_gemm(...)``; utils/deep_gemm.py: E8M0 on ``is_device_capability(100)``, ``VLLM_USE_DEEP_GEMM_E8M0`` "1"),
   a modular kernel whose ``DeepGemmExperts.workspace_shapes`` asks ``(M_sum, max(N, K))`` and ``(M_sum, max(N // 2,
   K))``, ``M_sum = round_up(M * top_k + experts * 127, 128)`` (deep_gemm_utils.py ``compute_aligned_M``), held in
   modular_kernel.py's class-level ``SharedResizableBuffer``s.
@@ -24,6 +26,7 @@ Read in the wheels from PyPI (vllm 0.11.0, 0.19.0, 0.33.0):
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -38,6 +41,7 @@ from quant_core.schemes import scheme_from_quantization_config
 A100_80GB = device_facts("a100-80gb")
 H100 = device_facts("h100-80gb")
 H200 = device_facts("h200")
+B200 = device_facts("b200")
 
 GIB = 1 << 30
 LOGS = {log["id"]: log for log in json.loads(
@@ -156,6 +160,46 @@ def test_vllm_0_11_keeps_deep_gemms_workspace_for_block_fp8_experts_wider_than_5
     assert not fused_moe_caches(get_preset("deepseek-v3"), 8, 8192, "0.11", "fp8-block128", H200).persists
     assert not fused_moe_caches(spec, 1, 8192, "0.11", "fp8-block128", A100_80GB).persists
     assert not fused_moe_caches(spec, 1, 8192, "0.11", "bf16", H100).persists
+
+
+def test_vllm_0_11_runs_block_fp8_experts_on_deep_gemm_on_a_b200_whatever_their_width() -> None:
+    # Qwen3-30B-A3B-FP8 at 8192 tokens: at TP 2 the expert width a rank is 384, not above 512, so an H100 falls back to
+    # fused_experts_impl (8192 x 8 x (max(768, 2048) + 384) x 2 = 318,767,104 bytes, freed after each layer); a B200
+    # (10.0) takes DeepGEMM's E8M0 path, which skips _valid_deep_gemm: DeepGemmExperts' workspace, M_sum = 81,792 rows
+    # x (max(768, 2048) + max(384, 2048)) x 2 = 670,040,064 bytes, held under the sampler pass.  At TP 1 both run it.
+    spec = get_preset("qwen3-30b-a3b")
+    hopper, blackwell = (fused_moe_caches(spec, 2, 8192, "0.11", "fp8-block128", device) for device in (H100, B200))
+    assert hopper.nbytes == 8192 * 8 * (2048 + 384) * 2 == 318_767_104 and not hopper.persists
+    assert blackwell.nbytes == 81_792 * (2048 + 2048) * 2 == 670_040_064 and blackwell.persists
+    assert "DeepGemmExperts" in blackwell.basis and "E8M0" in blackwell.basis
+    assert fused_moe_caches(spec, 1, 8192, "0.11", "fp8-block128", B200) == \
+        replace(fused_moe_caches(spec, 1, 8192, "0.11", "fp8-block128", H100),
+                basis=fused_moe_caches(spec, 1, 8192, "0.11", "fp8-block128", B200).basis)
+    # the persistent workspace under the sampler pass: the B200's 0.11 activation is the bf16 experts' plus all of it
+    stage, limits = Stage(spec, 2, 1, (0, spec.num_layers), True), BatchLimits(8192, 1024)
+    assert (VllmProfile("0.11").activation(stage, limits, "fp8-block128", B200).bytes
+            - VllmProfile("0.11").activation(stage, limits, "bf16", B200).bytes) == 670_040_064
+    # is_device_capability(100) is 10.0 exactly (a 10.3 device is not read as DeepGEMM's); bf16 experts and 0.19
+    # never take it
+    assert not fused_moe_caches(spec, 2, 8192, "0.11", "fp8-block128", device_facts(None, (10, 3))).persists
+    assert fused_moe_caches(spec, 2, 8192, "0.11", "bf16", B200).basis.startswith("fused_experts_impl")
+    assert "TritonExperts" in fused_moe_caches(spec, 2, 8192, "0.19", "fp8-block128", B200).basis
+
+
+def test_a_b200_plan_of_block_fp8_qwen3_moe_on_vllm_0_11_charges_deep_gemms_workspace() -> None:
+    # The whole plan (Qwen3-30B-A3B-FP8's 128 x 128 block fp8, one B200, 0.11): the activation is the H100's figure
+    # for the same layout, both on DeepGEMM, within the devices' cuBLAS workspaces; it was 670,040,064 bytes less
+    # (the non-DeepGEMM caches, freed after each layer) before 10.0 was read as DeepGEMM's
+    scheme = scheme_from_quantization_config({"quant_method": "fp8", "fmt": "e4m3", "activation_scheme": "dynamic",
+                                              "weight_block_size": [128, 128]})
+    spec = get_preset("qwen3-30b-a3b")
+    plans = {device_id: plan(spec, Hardware(get_device(device_id).planning_bytes, 1, device_id), Workload(32_768, 1),
+                             PlanOptions(engine_version="0.11", scheme=scheme))
+             for device_id in ("h100-80gb", "b200")}
+    b200, h100 = plans["b200"].activation, plans["h100-80gb"].activation
+    assert b200.bytes == 6_644_170_752  # was 5,974,130,688
+    assert abs(b200.bytes - h100.bytes) < 32 * 2**20
+    assert "DeepGemmExperts" in b200.basis and "DeepGemmExperts" in h100.basis
 
 
 @pytest.mark.parametrize(("log_id", "logged"), [
