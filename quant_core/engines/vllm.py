@@ -1347,7 +1347,8 @@ def _forward_bytes(spec: ModelSpec, tensor_parallel: int, tokens: int, version: 
     residual stream, the norm output and the layer output, beside the widest intermediate: a dense MLP's gate/up
     output and its activation (``3 × intermediate / tp``); a MoE layer's shared experts (``3 × width / tp``) beside its
     fused-MoE caches (`fused_moe_caches`), which, where they persist (v0.19 on, and 0.11's DeepGEMM workspace), are
-    held through every layer's attention as well; attention's q/k/v and output (MLA: the per-head query and the expanded key/value).
+    held through every layer's attention as well; attention's q/k/v and output (MLA: the per-head query and the
+    expanded key/value).
     """
     tp = tensor_parallel
     mlp = 3 * spec.intermediate_size // tp if (not spec.is_moe or spec.dense_layers) else 0
