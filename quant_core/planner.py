@@ -751,6 +751,22 @@ class _StageTerms:
 #: profiling terms are pure functions of them, and a request asks them once per weight format)
 _SHARED_STAGE_TERMS: dict[tuple[object, ...], _StageTerms] = {}
 
+#: `_Evaluator.key_id` by ``(spec, KV dtype, *_Evaluator.key)``: a small integer per distinct evaluator, up to 4096 of
+#: them; past that the tuple itself is its own id (never equal to an integer), so ids stay one-to-one with the keys
+_EVALUATOR_KEY_IDS: dict[tuple[object, ...], int] = {}
+
+
+def _evaluator_key_id(key: tuple[object, ...]) -> object:
+    """`_Evaluator.key_id` of `key`: hashed here once per plan, where the caches' keys would hash it at every
+    lookup."""
+    found = _EVALUATOR_KEY_IDS.get(key)
+    if found is not None:
+        return found
+    if len(_EVALUATOR_KEY_IDS) >= 4096:
+        return key
+    found = _EVALUATOR_KEY_IDS[key] = len(_EVALUATOR_KEY_IDS)
+    return found
+
 
 @dataclass(frozen=True, slots=True)
 class _Evaluator:
@@ -781,6 +797,26 @@ class _Evaluator:
     element_bytes: int = 2
     #: `stage_terms` by (tensor, pipeline, stage layers, expert format)
     _terms: dict[tuple[object, ...], _StageTerms] = field(default_factory=dict)
+    #: `key_id`, `vocabulary_everywhere`'s engine fact, `fp32_routers`, `mamba_cache_mode` and `chunked_local`:
+    #: facts of (engine, model, evaluator) found once here (`__post_init__`), not at every layout, solver or format
+    #: that asks them
+    _key_id: object = field(init=False, repr=False, compare=False)
+    _vocabulary_everywhere: bool = field(init=False, repr=False, compare=False)
+    _fp32_routers: bool = field(init=False, repr=False, compare=False)
+    _mamba_cache_mode: str = field(init=False, repr=False, compare=False)
+    _chunked_local: bool = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        engine, spec = self.engine, self.spec
+        vllm = engine is not None and engine.name == "vllm"
+        facts = (_evaluator_key_id((spec, self.options.kv_cache_dtype, *self.key)),
+                 engine is not None and engine.vocabulary_on_every_stage(spec) is not None,
+                 engine is not None and engine.routers_at_fp32(spec) is not None,
+                 vllm_mamba_cache_mode(engine.version) if engine is not None and vllm else "none",
+                 vllm_chunked_local_attention(engine.version) if engine is not None and vllm else True)
+        for name, value in zip(("_key_id", "_vocabulary_everywhere", "_fp32_routers", "_mamba_cache_mode",
+                                "_chunked_local"), facts, strict=True):
+            object.__setattr__(self, name, value)
 
     @property
     def variable_activations(self) -> bool:
@@ -792,6 +828,12 @@ class _Evaluator:
         return (self.usable_bytes, options.runtime_overhead_bytes, options.block_size, self.limits,
                 options.activation_bytes, options.engine, options.engine_version, self.device,
                 self.free_outside_bytes, options.enforce_eager, self.element_bytes)
+
+    @property
+    def key_id(self) -> object:
+        """A small stand-in for ``(spec, KV dtype, *key)`` (`_evaluator_key_id`): equal for evaluators whose terms
+        are equal, cheap to hash in the caches' keys (the spec's hash walks every field)."""
+        return self._key_id
 
     def device_refusal(self, weight_formats: tuple[tuple[str, WeightFormat | None], ...]) -> str | None:
         """Why the engine cannot run weights stored as `weight_formats` (a scheme's labels and formats,
@@ -809,28 +851,23 @@ class _Evaluator:
     def vocabulary_everywhere(self, pipeline_parallel: int) -> bool:
         """Whether every one of `pipeline_parallel` stages holds the embedding, final norm and lm_head:
         the engine's model code for this model builds them on each stage."""
-        return (pipeline_parallel > 1 and self.engine is not None
-                and self.engine.vocabulary_on_every_stage(self.spec) is not None)
+        return pipeline_parallel > 1 and self._vocabulary_everywhere
 
     def fp32_routers(self) -> bool:
         """Whether the engine allocates this model's MoE routers in float32 (`EngineProfile.routers_at_fp32`)."""
-        return self.engine is not None and self.engine.routers_at_fp32(self.spec) is not None
+        return self._fp32_routers
 
     def mamba_cache_mode(self) -> str:
         """The ``mamba_cache_mode`` a hybrid model's linear groups are planned in: the vLLM release's default
         (`engines.vllm.mamba_cache_mode`: "align", two blocks per sequence, where it turns prefix caching on for
         hybrid models), "none" (one block) for the generic estimate."""
-        if self.engine is None or self.engine.name != "vllm":
-            return "none"
-        return vllm_mamba_cache_mode(self.engine.version)
+        return self._mamba_cache_mode
 
     def chunked_local(self) -> bool:
         """Whether chunked local attention layers (Llama 4) hold only their chunk: the vLLM release's default
         (`engines.vllm.chunked_local_attention`: from PR #29627, not in 0.11); the attention's own need without
         an engine."""
-        if self.engine is None or self.engine.name != "vllm":
-            return True
-        return vllm_chunked_local_attention(self.engine.version)
+        return self._chunked_local
 
     def stage(self, layout: _Layout, stage: int) -> Stage:
         return Stage(self.spec, layout.tensor_parallel, layout.pipeline_parallel, layout.stage_layers[stage],
@@ -842,7 +879,7 @@ class _Evaluator:
                layout.linear_format)
         found = self._terms.get(key)
         if found is None:
-            shared = (self.spec, self.options.kv_cache_dtype, *self.key, *key)
+            shared = (self._key_id, *key)
             found = _SHARED_STAGE_TERMS.get(shared)
             if found is None:
                 found = self._stage_terms(layout)
@@ -1018,6 +1055,7 @@ class _ModelTerms:
         self._predicates: dict[tuple[object, ...], Callable[[int, int], bool]] = {}
         self._accepted: dict[tuple[str, str] | None, tuple[int, ...]] = {}
         self._refusals: dict[tuple[str, str, tuple[int, int] | None, str], str | None] = {}
+        self._layout_refusals: dict[tuple[str, str, int, int, tuple[int, int] | None, str], str | None] = {}
 
     def accepted_sizes(self, engine: EngineProfile | None) -> tuple[int, ...]:
         """The tensor-parallel sizes the engine accepts for this model in this format, ascending
@@ -1042,6 +1080,21 @@ class _ModelTerms:
             self._refusals[key] = evaluator.device_refusal(self.formats)
         return self._refusals[key]
 
+    def refusal(self, evaluator: _Evaluator, tensor_parallel: int, pipeline_parallel: int) -> str | None:
+        """Why the engine refuses this model in this format at this parallel layout on these devices
+        (`EngineProfile.refusal`, then `device_refusal`, then `EngineProfile.format_refusal`), or None: pure functions
+        of the release, the layout, the capability and the model dtype, found once per them."""
+        engine = evaluator.engine
+        if engine is None:
+            return None
+        key = (engine.name, engine.version, tensor_parallel, pipeline_parallel, evaluator.compute_capability,
+               evaluator.options.model_dtype)
+        if key not in self._layout_refusals:
+            self._layout_refusals[key] = (engine.refusal(self.spec, tensor_parallel, pipeline_parallel)
+                                          or self.device_refusal(evaluator)
+                                          or engine.format_refusal(self.spec, self.scheme.label(), tensor_parallel))
+        return self._layout_refusals[key]
+
     def layout(self, tensor_parallel: int, pipeline_parallel: int, vocabulary_everywhere: bool = False,
                fp32_routers: bool = False, mamba_cache_mode: str = "none", chunked_local: bool = True) -> _Layout:
         key = (tensor_parallel, pipeline_parallel, vocabulary_everywhere, fp32_routers, mamba_cache_mode, chunked_local)
@@ -1055,7 +1108,7 @@ class _ModelTerms:
 
     def fits_predicate(self, evaluator: _Evaluator, tensor_parallel: int,
                        pipeline_parallel: int) -> Callable[[int, int], bool]:
-        key = (tensor_parallel, pipeline_parallel, *evaluator.key)
+        key = (tensor_parallel, pipeline_parallel, evaluator.key_id)
         found = self._predicates.get(key)
         if found is None:
             found = evaluator.build_predicate(self.layout(tensor_parallel, pipeline_parallel,
@@ -1310,10 +1363,7 @@ def _format_plan(terms: _ModelTerms, hardware: Hardware, workload: Workload, ten
     max_context, limited_by = _max_context_started_at_it(evaluator, terms, layout, fits, workload)
     max_sequences = _max_sequences(evaluator, layout, fits, workload.context_length)
     pool, capacity = _kv_capacity(evaluator, layout, stage_terms, workload.context_length)
-    refusal = (evaluator.engine.refusal(terms.spec, tensor_parallel, options.pipeline_parallel)
-               or terms.device_refusal(evaluator)
-               or evaluator.engine.format_refusal(terms.spec, terms.scheme.label(), tensor_parallel)
-               if evaluator.engine is not None else None)
+    refusal = terms.refusal(evaluator, tensor_parallel, options.pipeline_parallel)
     return FormatPlan(
         format=terms.scheme.label(),
         weights_bytes=total_weights,
@@ -1336,6 +1386,7 @@ def _format_plan(terms: _ModelTerms, hardware: Hardware, workload: Workload, ten
 
 
 _DEFAULT_WORKLOAD = Workload()
+_INT4 = int4()  # the comparison's INT4 format (g128 asymmetric), built once: a WeightFormat checks its fields
 _DEFAULT_OPTIONS = PlanOptions()
 
 
@@ -1400,15 +1451,26 @@ def plan(spec: ModelSpec, hardware: Hardware, workload: Workload | None = None,
     if deployed.is_nibble_int4:
         quantized = deployed
     else:
-        int4_scheme = _policy_scheme(int4(), policy)
+        int4_scheme = _policy_scheme(_INT4, policy)
         quantized, _ = with_partial_groups(spec, _at_float32(int4_scheme) if element_bytes == 4 else int4_scheme)
-    kv_total = _model_terms(spec, baseline, options.kv_cache_dtype).layout(
+    known_terms: list[tuple[WeightScheme, _ModelTerms]] = []
+
+    def terms_of(scheme: WeightScheme) -> _ModelTerms:
+        # the plan asks a scheme's terms up to three times (KV, its format plan, the primary layout): one lookup in
+        # `_model_terms`, whose key hashes the whole spec and scheme
+        for known, terms in known_terms:
+            if known is scheme:
+                return terms
+        terms = _model_terms(spec, scheme, options.kv_cache_dtype)
+        known_terms.append((scheme, terms))
+        return terms
+
+    kv_total = terms_of(baseline).layout(
         1, 1, mamba_cache_mode=evaluator.mamba_cache_mode(), chunked_local=evaluator.chunked_local()).stage_kv[0] \
         .bytes_per_sequence(workload.context_length, options.block_size) * workload.concurrent_sequences
 
     def format_plan(scheme: WeightScheme) -> FormatPlan:
-        terms = _model_terms(spec, scheme, options.kv_cache_dtype)
-        return _format_plan(terms, hardware, workload, tensor, evaluator, counts.total, kv_total)
+        return _format_plan(terms_of(scheme), hardware, workload, tensor, evaluator, counts.total, kv_total)
 
     comparison = {options.float_format: format_plan(baseline), "int4": format_plan(quantized)}
     if deployed == quantized:
@@ -1429,7 +1491,7 @@ def plan(spec: ModelSpec, hardware: Hardware, workload: Workload | None = None,
         shipped, _ = with_partial_groups(spec, _at_float32(shipped) if element_bytes == 4 else shipped)
         comparison[AS_SHIPPED] = format_plan(shipped)
 
-    primary_layout = _model_terms(spec, deployed, options.kv_cache_dtype).layout(
+    primary_layout = terms_of(deployed).layout(
         tensor, pipeline, evaluator.vocabulary_everywhere(pipeline), evaluator.fp32_routers(),
         evaluator.mamba_cache_mode(), evaluator.chunked_local())
     primary_terms = evaluator.stage_terms(primary_layout)
