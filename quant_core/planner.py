@@ -797,7 +797,8 @@ class _Evaluator:
     element_bytes: int = 2
     #: `stage_terms` by (tensor, pipeline, stage layers, expert format)
     _terms: dict[tuple[object, ...], _StageTerms] = field(default_factory=dict)
-    #: `key_id`, `vocabulary_everywhere`'s engine fact, `fp32_routers`, `mamba_cache_mode` and `chunked_local`:
+    #: `key_id`, `vocabulary_everywhere`'s engine fact, `fp32_routers`, `mamba_cache_mode`, `chunked_local` and
+    #: `context_steps`:
     #: facts of (engine, model, evaluator) found once here (`__post_init__`), not at every layout, solver or format
     #: that asks them
     _key_id: object = field(init=False, repr=False, compare=False)
@@ -805,6 +806,7 @@ class _Evaluator:
     _fp32_routers: bool = field(init=False, repr=False, compare=False)
     _mamba_cache_mode: str = field(init=False, repr=False, compare=False)
     _chunked_local: bool = field(init=False, repr=False, compare=False)
+    _context_steps: tuple[int, ...] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         engine, spec = self.engine, self.spec
@@ -813,9 +815,11 @@ class _Evaluator:
                  engine is not None and engine.vocabulary_on_every_stage(spec) is not None,
                  engine is not None and engine.routers_at_fp32(spec) is not None,
                  vllm_mamba_cache_mode(engine.version) if engine is not None and vllm else "none",
-                 vllm_chunked_local_attention(engine.version) if engine is not None and vllm else True)
+                 vllm_chunked_local_attention(engine.version) if engine is not None and vllm else True,
+                 () if engine is None or self.options.activation_bytes is not None
+                 else engine.activation_context_steps(spec, self.limits))
         for name, value in zip(("_key_id", "_vocabulary_everywhere", "_fp32_routers", "_mamba_cache_mode",
-                                "_chunked_local"), facts, strict=True):
+                                "_chunked_local", "_context_steps"), facts, strict=True):
             object.__setattr__(self, name, value)
 
     @property
@@ -828,6 +832,12 @@ class _Evaluator:
         return (self.usable_bytes, options.runtime_overhead_bytes, options.block_size, self.limits,
                 options.activation_bytes, options.engine, options.engine_version, self.device,
                 self.free_outside_bytes, options.enforce_eager, self.element_bytes)
+
+    @property
+    def context_steps(self) -> tuple[int, ...]:
+        """The contexts from which the engine's profiling peak changes (`EngineProfile.activation_context_steps`;
+        none without an engine or with the request's activation bytes)."""
+        return self._context_steps
 
     @property
     def key_id(self) -> object:
@@ -1056,6 +1066,13 @@ class _ModelTerms:
         self._accepted: dict[tuple[str, str] | None, tuple[int, ...]] = {}
         self._refusals: dict[tuple[str, str, tuple[int, int] | None, str], str | None] = {}
         self._layout_refusals: dict[tuple[str, str, int, int, tuple[int, int] | None, str], str | None] = {}
+        self._kv_bytes_per_token: int | None = None
+
+    def kv_bytes_per_token(self) -> int:
+        """`kv_cache.kv_bytes_per_token` of the model at this KV dtype, found once (its cache hashes the spec)."""
+        if self._kv_bytes_per_token is None:
+            self._kv_bytes_per_token = kv_bytes_per_token(self.spec, self.kv_dtype_name)
+        return self._kv_bytes_per_token
 
     def accepted_sizes(self, engine: EngineProfile | None) -> tuple[int, ...]:
         """The tensor-parallel sizes the engine accepts for this model in this format, ascending
@@ -1212,9 +1229,7 @@ def _max_context_started_at_it(evaluator: _Evaluator, terms: _ModelTerms, layout
     video for Qwen2.5-VL), the contexts are cut at those steps, the activation is constant within each range, and the
     answer is the longest context that fits within its own range's activation."""
     sequences = workload.concurrent_sequences
-    engine = evaluator.engine
-    steps = () if engine is None or evaluator.options.activation_bytes is not None else \
-        engine.activation_context_steps(evaluator.spec, evaluator.limits)
+    steps = evaluator.context_steps
     if not steps:
         return _max_context(evaluator, layout, fits, sequences)
     best: tuple[int | None, str] = (None, "memory")
@@ -1348,16 +1363,19 @@ def _format_plan(terms: _ModelTerms, hardware: Hardware, workload: Workload, ten
     by_role = terms.by_role
     total_weights = sum(by_role.values())
     devices: list[DevicePlan] = []
+    used_total, all_fit = 0, True  # per stage, for its tensor_parallel devices (not summed device by device)
     for stage, layers in enumerate(layout.stage_layers):
         used, kv, activations, overhead = evaluator.stage_used(layout, stage_terms, stage, workload.context_length,
                                                                workload.concurrent_sequences)
         outside = stage_terms.outside_bytes(stage, workload.context_length)
+        stage_fits = used <= evaluator.usable_bytes and outside <= evaluator.free_outside_bytes
         same = (layers, hardware.capacity_bytes, evaluator.usable_bytes, layout.stage_weights[stage], kv,
-                activations, overhead, used, evaluator.usable_bytes - used,
-                used <= evaluator.usable_bytes and outside <= evaluator.free_outside_bytes)
+                activations, overhead, used, evaluator.usable_bytes - used, stage_fits)
+        used_total += used * tensor_parallel
+        all_fit = all_fit and stage_fits
         unread = layout.stage_unread[stage]  # every tensor-parallel rank of a stage holds the same
-        devices.extend(DevicePlan(stage * tensor_parallel + rank, stage, rank, *same, unread_weights_bytes=unread,
-                                  outside_budget_bytes=outside)
+        # positional: a frozen dataclass's keyword call costs more, and a plan builds one per device of each format
+        devices.extend(DevicePlan(stage * tensor_parallel + rank, stage, rank, *same, unread, outside)
                        for rank in range(tensor_parallel))
     fits = terms.fits_predicate(evaluator, tensor_parallel, options.pipeline_parallel)
     max_context, limited_by = _max_context_started_at_it(evaluator, terms, layout, fits, workload)
@@ -1370,9 +1388,9 @@ def _format_plan(terms: _ModelTerms, hardware: Hardware, workload: Workload, ten
         bits_per_weight=8 * total_weights / total_parameters,
         weights_by_role=dict(by_role),
         kv_cache_bytes=kv_total,
-        used_bytes=sum(device.used_bytes for device in devices),
+        used_bytes=used_total,
         devices=tuple(devices),
-        fits=refusal is None and all(device.fits for device in devices),
+        fits=refusal is None and all_fit,
         max_context_length=max_context,
         context_limited_by=limited_by,
         max_concurrent_sequences=max_sequences,
@@ -1528,7 +1546,7 @@ def plan(spec: ModelSpec, hardware: Hardware, workload: Workload | None = None,
         overhead_basis += (f"; outside the budget, from the {free:.2f} GiB per device it leaves free (not in this "
                            f"figure): {outside_term.basis_at(workload.context_length)}")
     overhead = Estimate(max(primary_terms.overheads), overhead_basis)
-    kv_per_token = kv_bytes_per_token(spec, options.kv_cache_dtype)
+    kv_per_token = terms_of(baseline).kv_bytes_per_token()
     return Plan(
         model=spec.name,
         total_parameters=counts.total,
