@@ -1524,7 +1524,8 @@ def plan(spec: ModelSpec, hardware: Hardware, workload: Workload | None = None,
         notes.append(_hybrid_note(hybrid, options.block_size, tensor, engine))
     if spec.chunked_layers:
         notes.append(_chunked_note(spec, engine, evaluator.chunked_local()))
-    busiest = max(primary.devices, key=lambda device: device.activation_bytes)
+    # the ranks of a stage hold the same: one device per stage (the first of each) is enough
+    busiest = max(primary.devices[::tensor], key=lambda device: device.activation_bytes)
     if evaluator.variable_activations:
         activation_basis = ACTIVATION_BASIS.format(
             tokens=min(limits.max_batched_tokens, workload.context_length * workload.concurrent_sequences),
@@ -1615,7 +1616,8 @@ def _outside_budget_warning(primary: FormatPlan, evaluator: _Evaluator, layout: 
     ``capacity - usable`` the budget leaves free on a device, with the figures, the release, vLLM's own error when it
     would refuse to start (`engines.vllm.startup_refusal`) and the remedies; nothing when it fits."""
     engine, options, free = evaluator.engine, evaluator.options, evaluator.free_outside_bytes
-    need, stage = max(((device.outside_budget_bytes, device.pipeline_stage) for device in primary.devices),
+    need, stage = max(((device.outside_budget_bytes, device.pipeline_stage)
+                       for device in primary.devices[::layout.tensor_parallel]),  # a stage's ranks hold the same
                       default=(0, 0))
     if engine is None or need <= free:
         return []
