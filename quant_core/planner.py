@@ -1196,6 +1196,8 @@ def _max_context(evaluator: _Evaluator, layout: _Layout, fits: Callable[[int, in
     cap = evaluator.spec.max_position_embeddings or MAX_CONTEXT_SEARCHED
     if fits(cap, sequences):
         return cap, "model" if evaluator.spec.max_position_embeddings else "search_limit"
+    if not fits(1, sequences):  # not one token (the weights alone overflow): what the searches below would find
+        return None, "memory"
     # Lower bound: activations at their ceiling and sliding layers full, the rest of each
     # stage's budget spent on full-attention tokens.
     guess = max(1, cap // block)
