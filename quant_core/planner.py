@@ -1142,6 +1142,26 @@ def _model_terms(spec: ModelSpec, scheme: WeightScheme, kv_dtype_name: str) -> _
     return _ModelTerms(spec, scheme, kv_dtype_name)
 
 
+#: `_model_terms` by the identity of the spec and scheme objects (a catalog preset and a cached policy scheme come
+#: back as the same objects request after request): each entry holds them, so no other object can take their ids
+#: while it is here; emptied when full
+_TERMS_BY_IDENTITY: dict[tuple[int, int, str], tuple[ModelSpec, WeightScheme, _ModelTerms]] = {}
+
+
+def _model_terms_of(spec: ModelSpec, scheme: WeightScheme, kv_dtype_name: str) -> _ModelTerms:
+    """`_model_terms`, without hashing the spec and scheme (their hashes walk every field) when the same objects
+    were planned before."""
+    key = (id(spec), id(scheme), kv_dtype_name)
+    found = _TERMS_BY_IDENTITY.get(key)
+    if found is not None and found[0] is spec and found[1] is scheme:
+        return found[2]
+    terms = _model_terms(spec, scheme, kv_dtype_name)
+    if len(_TERMS_BY_IDENTITY) >= 256:
+        _TERMS_BY_IDENTITY.clear()
+    _TERMS_BY_IDENTITY[key] = (spec, scheme, terms)
+    return terms
+
+
 def _largest(predicate: Callable[[int], bool], low: int, high: int) -> int | None:
     """The largest n in [low, high] with predicate(n), for a predicate true up to a point."""
     if not predicate(low):
@@ -1476,12 +1496,11 @@ def plan(spec: ModelSpec, hardware: Hardware, workload: Workload | None = None,
     known_terms: list[tuple[WeightScheme, _ModelTerms]] = []
 
     def terms_of(scheme: WeightScheme) -> _ModelTerms:
-        # the plan asks a scheme's terms up to three times (KV, its format plan, the primary layout): one lookup in
-        # `_model_terms`, whose key hashes the whole spec and scheme
+        # the plan asks a scheme's terms up to three times (KV, its format plan, the primary layout): one lookup
         for known, terms in known_terms:
             if known is scheme:
                 return terms
-        terms = _model_terms(spec, scheme, options.kv_cache_dtype)
+        terms = _model_terms_of(spec, scheme, options.kv_cache_dtype)
         known_terms.append((scheme, terms))
         return terms
 
