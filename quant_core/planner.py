@@ -41,7 +41,7 @@ from __future__ import annotations
 import copy
 import math
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from functools import lru_cache
 
 from quant_core.catalog import MAX_DEVICE_BYTES, UNKNOWN_DEVICE, DeviceFacts, device_compute_capability, device_facts
@@ -315,6 +315,23 @@ class DevicePlan:
     #: free (vLLM: the memory in use at its start-up snapshot, 0.11/0.19's CUDA graphs, DeepSeek Sparse Attention's
     #: late buffers): `fits` is False when it is more than that
     outside_budget_bytes: int = 0
+
+
+def _slot_constructor(cls: type[DevicePlan]) -> Callable[..., DevicePlan]:
+    """A constructor of `cls` (a frozen, slotted dataclass without ``__post_init__``) from all its fields in order,
+    that sets each slot through its descriptor: the same object as ``cls(*values)``, without the dataclass
+    ``__init__``'s ``object.__setattr__`` per field (a plan builds one DevicePlan per device of each format)."""
+    names = [item.name for item in fields(cls)]
+    if hasattr(cls, "__post_init__") or list(getattr(cls, "__slots__", ())) != names:
+        raise TypeError(f"{cls.__name__} must be a slotted dataclass without __post_init__")
+    scope: dict[str, object] = {"new": object.__new__, "cls": cls}
+    scope.update({f"set_{name}": getattr(cls, name).__set__ for name in names})
+    body = "".join(f"    set_{name}(made, {name})\n" for name in names)
+    exec(f"def construct({', '.join(names)}):\n    made = new(cls)\n{body}    return made\n", scope)
+    return scope["construct"]  # type: ignore[return-value]
+
+
+_new_device_plan = _slot_constructor(DevicePlan)
 
 
 @dataclass(frozen=True, slots=True)
@@ -752,7 +769,8 @@ class _StageTerms:
 _SHARED_STAGE_TERMS: dict[tuple[object, ...], _StageTerms] = {}
 
 #: `_Evaluator.key_id` by ``(spec, KV dtype, *_Evaluator.key)``: a small integer per distinct evaluator, up to 4096 of
-#: them; past that the tuple itself is its own id (never equal to an integer), so ids stay one-to-one with the keys
+#: them; past that the tuple itself is its own id (never equal to an integer), so ids stay one-to-one with the keys.
+#: Never emptied: the stage-terms and predicate caches key on these ids, which must not be given to another key
 _EVALUATOR_KEY_IDS: dict[tuple[object, ...], int] = {}
 
 
@@ -1397,7 +1415,7 @@ def _format_plan(terms: _ModelTerms, hardware: Hardware, workload: Workload, ten
         all_fit = all_fit and stage_fits
         unread = layout.stage_unread[stage]  # every tensor-parallel rank of a stage holds the same
         # positional: a frozen dataclass's keyword call costs more, and a plan builds one per device of each format
-        devices.extend(DevicePlan(stage * tensor_parallel + rank, stage, rank, *same, unread, outside)
+        devices.extend(_new_device_plan(stage * tensor_parallel + rank, stage, rank, *same, unread, outside)
                        for rank in range(tensor_parallel))
     fits = terms.fits_predicate(evaluator, tensor_parallel, options.pipeline_parallel)
     max_context, limited_by = _max_context_started_at_it(evaluator, terms, layout, fits, workload)
