@@ -43,6 +43,7 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass, field, fields, replace
 from functools import lru_cache
+from typing import Any, TypeVar, cast
 
 from quant_core.catalog import MAX_DEVICE_BYTES, UNKNOWN_DEVICE, DeviceFacts, device_compute_capability, device_facts
 from quant_core.engines import ENGINES, BatchLimits, ContextTerm, EngineProfile, KVCapacity, Stage, Term, get_engine
@@ -317,11 +318,15 @@ class DevicePlan:
     outside_budget_bytes: int = 0
 
 
-def _slot_constructor(cls: type[DevicePlan]) -> Callable[..., DevicePlan]:
-    """A constructor of `cls` (a frozen, slotted dataclass without ``__post_init__``) from all its fields in order,
-    that sets each slot through its descriptor: the same object as ``cls(*values)``, without the dataclass
-    ``__init__``'s ``object.__setattr__`` per field (a plan builds one DevicePlan per device of each format)."""
-    names = [item.name for item in fields(cls)]
+_Frozen = TypeVar("_Frozen")
+
+
+def _slot_constructor(cls: type[_Frozen]) -> Callable[..., _Frozen]:
+    """A constructor of `cls` (a frozen, slotted dataclass without ``__post_init__``) from all its fields, in order or
+    by name, none left to its default, that sets each slot through its descriptor: the same object as ``cls(...)``,
+    without the dataclass ``__init__``'s ``object.__setattr__`` per field (a plan builds one DevicePlan per device of
+    each format, a FormatPlan per format and its Plan)."""
+    names = [item.name for item in fields(cast(Any, cls))]
     if hasattr(cls, "__post_init__") or list(getattr(cls, "__slots__", ())) != names:
         raise TypeError(f"{cls.__name__} must be a slotted dataclass without __post_init__")
     scope: dict[str, object] = {"new": object.__new__, "cls": cls}
@@ -331,7 +336,6 @@ def _slot_constructor(cls: type[DevicePlan]) -> Callable[..., DevicePlan]:
     return scope["construct"]  # type: ignore[return-value]
 
 
-_new_device_plan = _slot_constructor(DevicePlan)
 
 
 @dataclass(frozen=True, slots=True)
@@ -380,6 +384,10 @@ class FormatPlan:
     refusal: str | None = None
 
 
+_new_device_plan = _slot_constructor(DevicePlan)
+_new_format_plan = _slot_constructor(FormatPlan)
+
+
 @dataclass(frozen=True, slots=True)
 class Plan:
     """The answer to "will it fit": the deployed format first, both formats side by side."""
@@ -414,6 +422,9 @@ class Plan:
     def refusal(self) -> str | None:
         """Why the engine refuses this layout (the plan is then not deployable), or None."""
         return self.primary.refusal
+
+
+_new_plan = _slot_constructor(Plan)
 
 
 # ---------------------------------------------------------------------------
@@ -1422,7 +1433,7 @@ def _format_plan(terms: _ModelTerms, hardware: Hardware, workload: Workload, ten
     max_sequences = _max_sequences(evaluator, layout, fits, workload.context_length)
     pool, capacity = _kv_capacity(evaluator, layout, stage_terms, workload.context_length)
     refusal = terms.refusal(evaluator, tensor_parallel, options.pipeline_parallel)
-    return FormatPlan(
+    return _new_format_plan(
         format=terms.scheme.label(),
         weights_bytes=total_weights,
         bits_per_weight=8 * total_weights / total_parameters,
@@ -1587,7 +1598,7 @@ def plan(spec: ModelSpec, hardware: Hardware, workload: Workload | None = None,
                            f"figure): {outside_term.basis_at(workload.context_length)}")
     overhead = Estimate(max(primary_terms.overheads), overhead_basis)
     kv_per_token = terms_of(baseline).kv_bytes_per_token()
-    return Plan(
+    return _new_plan(
         model=spec.name,
         total_parameters=counts.total,
         active_parameters_per_token=counts.active_per_token or counts.total,

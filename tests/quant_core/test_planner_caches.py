@@ -12,9 +12,14 @@ from quant_core.catalog import get_device, get_preset
 from quant_core.planner import DevicePlan, Hardware, PlanOptions, Workload, plan
 
 
-def test_device_plans_built_through_their_slots_equal_the_dataclasses_own() -> None:
+def test_plans_built_through_their_slots_equal_the_dataclasses_own() -> None:
     result = plan(get_preset("qwen2.5-0.5b"), Hardware(get_device("h100-80gb").memory_bytes, 4), Workload(8192, 4),
                   PlanOptions(pipeline_parallel=2))
+    for made in (result, *result.comparison.values()):
+        plain = dataclasses.replace(made)  # through the dataclass __init__
+        assert type(made) is type(plain) and made == plain and repr(made) == repr(plain)
+        with pytest.raises(dataclasses.FrozenInstanceError):
+            made.kv_cache_bytes = 0  # type: ignore[misc]
     for device in result.primary.devices:
         values = [getattr(device, item.name) for item in dataclasses.fields(DevicePlan)]
         plain = DevicePlan(*values)
