@@ -1009,7 +1009,11 @@ class _Evaluator:
         terms = self.stage_terms(layout)
         budgets = tuple(self.usable_bytes - weights - fixed
                         for weights, fixed in zip(layout.stage_weights, terms.fixed, strict=True))
-        stages = tuple(zip(budgets, (kv.by_window for kv in layout.stage_kv), strict=True))
+        # per stage: budget, the bytes per token of its full-attention layers (they hold the whole context, summed
+        # once here) and its windowed layers' (window, bytes per token)
+        stages = tuple((budget, sum(size for window, size in kv.by_window if window is None),
+                        tuple((window, size) for window, size in kv.by_window if window is not None))
+                       for budget, kv in zip(budgets, layout.stage_kv, strict=True))
         hybrids = tuple(kv.hybrid for kv in layout.stage_kv)
         # the engine's terms sized from max_model_len (vLLM 0.19's DeepSeek Sparse Attention workspace), per stage
         context_terms = terms.context or (None,) * len(budgets)
@@ -1040,12 +1044,12 @@ class _Evaluator:
                 activations = 0
             held_full = -(-context_length // block) * block
             rows = stages if not sized_by_context else tuple(
-                (budget - (0 if term is None else term.bytes_at(context_length)), groups)
-                for (budget, groups), term in zip(stages, context_terms, strict=True))
-            for budget, groups in rows:
-                per_sequence = 0
-                for window, size in groups:
-                    if window is None or window >= context_length:
+                (budget - (0 if term is None else term.bytes_at(context_length)), full, windowed)
+                for (budget, full, windowed), term in zip(stages, context_terms, strict=True))
+            for budget, full, windowed in rows:
+                per_sequence = full * held_full
+                for window, size in windowed:
+                    if window >= context_length:
                         per_sequence += size * held_full
                     else:
                         per_sequence += size * (-(-window // block) * block)
@@ -1061,7 +1065,7 @@ class _Evaluator:
                            + min(sequences, batched) * per_sampled) if variable else 0
             return all(hybrid.bytes_per_sequence(context_length, block) * sequences + activations
                        + (0 if context_term is None else context_term.bytes_at(context_length)) <= budget
-                       for (budget, _), hybrid, context_term in zip(stages, hybrids, context_terms, strict=True)
+                       for (budget, _, _), hybrid, context_term in zip(stages, hybrids, context_terms, strict=True)
                        if hybrid is not None)
 
         return fits_hybrid if any(hybrid is not None for hybrid in hybrids) else fits
