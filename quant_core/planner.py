@@ -41,8 +41,9 @@ from __future__ import annotations
 import copy
 import math
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from functools import lru_cache
+from typing import Any, TypeVar, cast
 
 from quant_core.catalog import MAX_DEVICE_BYTES, UNKNOWN_DEVICE, DeviceFacts, device_compute_capability, device_facts
 from quant_core.engines import ENGINES, BatchLimits, ContextTerm, EngineProfile, KVCapacity, Stage, Term, get_engine
@@ -317,6 +318,26 @@ class DevicePlan:
     outside_budget_bytes: int = 0
 
 
+_Frozen = TypeVar("_Frozen")
+
+
+def _slot_constructor(cls: type[_Frozen]) -> Callable[..., _Frozen]:
+    """A constructor of `cls` (a frozen, slotted dataclass without ``__post_init__``) from all its fields, in order or
+    by name, none left to its default, that sets each slot through its descriptor: the same object as ``cls(...)``,
+    without the dataclass ``__init__``'s ``object.__setattr__`` per field (a plan builds one DevicePlan per device of
+    each format, a FormatPlan per format and its Plan)."""
+    names = [item.name for item in fields(cast(Any, cls))]
+    if hasattr(cls, "__post_init__") or list(getattr(cls, "__slots__", ())) != names:
+        raise TypeError(f"{cls.__name__} must be a slotted dataclass without __post_init__")
+    scope: dict[str, object] = {"new": object.__new__, "cls": cls}
+    scope.update({f"set_{name}": getattr(cls, name).__set__ for name in names})
+    body = "".join(f"    set_{name}(made, {name})\n" for name in names)
+    exec(f"def construct({', '.join(names)}):\n    made = new(cls)\n{body}    return made\n", scope)
+    return scope["construct"]  # type: ignore[return-value]
+
+
+
+
 @dataclass(frozen=True, slots=True)
 class FormatPlan:
     """The plan for one weight format: totals, devices, verdict and the solved limits.
@@ -363,6 +384,10 @@ class FormatPlan:
     refusal: str | None = None
 
 
+_new_device_plan = _slot_constructor(DevicePlan)
+_new_format_plan = _slot_constructor(FormatPlan)
+
+
 @dataclass(frozen=True, slots=True)
 class Plan:
     """The answer to "will it fit": the deployed format first, both formats side by side."""
@@ -397,6 +422,9 @@ class Plan:
     def refusal(self) -> str | None:
         """Why the engine refuses this layout (the plan is then not deployable), or None."""
         return self.primary.refusal
+
+
+_new_plan = _slot_constructor(Plan)
 
 
 # ---------------------------------------------------------------------------
@@ -751,6 +779,23 @@ class _StageTerms:
 #: profiling terms are pure functions of them, and a request asks them once per weight format)
 _SHARED_STAGE_TERMS: dict[tuple[object, ...], _StageTerms] = {}
 
+#: `_Evaluator.key_id` by ``(spec, KV dtype, *_Evaluator.key)``: a small integer per distinct evaluator, up to 4096 of
+#: them; past that the tuple itself is its own id (never equal to an integer), so ids stay one-to-one with the keys.
+#: Never emptied: the stage-terms and predicate caches key on these ids, which must not be given to another key
+_EVALUATOR_KEY_IDS: dict[tuple[object, ...], int] = {}
+
+
+def _evaluator_key_id(key: tuple[object, ...]) -> object:
+    """`_Evaluator.key_id` of `key`: hashed here once per plan, where the caches' keys would hash it at every
+    lookup."""
+    found = _EVALUATOR_KEY_IDS.get(key)
+    if found is not None:
+        return found
+    if len(_EVALUATOR_KEY_IDS) >= 4096:
+        return key
+    found = _EVALUATOR_KEY_IDS[key] = len(_EVALUATOR_KEY_IDS)
+    return found
+
 
 @dataclass(frozen=True, slots=True)
 class _Evaluator:
@@ -781,6 +826,30 @@ class _Evaluator:
     element_bytes: int = 2
     #: `stage_terms` by (tensor, pipeline, stage layers, expert format)
     _terms: dict[tuple[object, ...], _StageTerms] = field(default_factory=dict)
+    #: `key_id`, `vocabulary_everywhere`'s engine fact, `fp32_routers`, `mamba_cache_mode`, `chunked_local` and
+    #: `context_steps`:
+    #: facts of (engine, model, evaluator) found once here (`__post_init__`), not at every layout, solver or format
+    #: that asks them
+    _key_id: object = field(init=False, repr=False, compare=False)
+    _vocabulary_everywhere: bool = field(init=False, repr=False, compare=False)
+    _fp32_routers: bool = field(init=False, repr=False, compare=False)
+    _mamba_cache_mode: str = field(init=False, repr=False, compare=False)
+    _chunked_local: bool = field(init=False, repr=False, compare=False)
+    _context_steps: tuple[int, ...] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        engine, spec = self.engine, self.spec
+        vllm = engine is not None and engine.name == "vllm"
+        facts = (_evaluator_key_id((spec, self.options.kv_cache_dtype, *self.key)),
+                 engine is not None and engine.vocabulary_on_every_stage(spec) is not None,
+                 engine is not None and engine.routers_at_fp32(spec) is not None,
+                 vllm_mamba_cache_mode(engine.version) if engine is not None and vllm else "none",
+                 vllm_chunked_local_attention(engine.version) if engine is not None and vllm else True,
+                 () if engine is None or self.options.activation_bytes is not None
+                 else engine.activation_context_steps(spec, self.limits))
+        for name, value in zip(("_key_id", "_vocabulary_everywhere", "_fp32_routers", "_mamba_cache_mode",
+                                "_chunked_local", "_context_steps"), facts, strict=True):
+            object.__setattr__(self, name, value)
 
     @property
     def variable_activations(self) -> bool:
@@ -792,6 +861,18 @@ class _Evaluator:
         return (self.usable_bytes, options.runtime_overhead_bytes, options.block_size, self.limits,
                 options.activation_bytes, options.engine, options.engine_version, self.device,
                 self.free_outside_bytes, options.enforce_eager, self.element_bytes)
+
+    @property
+    def context_steps(self) -> tuple[int, ...]:
+        """The contexts from which the engine's profiling peak changes (`EngineProfile.activation_context_steps`;
+        none without an engine or with the request's activation bytes)."""
+        return self._context_steps
+
+    @property
+    def key_id(self) -> object:
+        """A small stand-in for ``(spec, KV dtype, *key)`` (`_evaluator_key_id`): equal for evaluators whose terms
+        are equal, cheap to hash in the caches' keys (the spec's hash walks every field)."""
+        return self._key_id
 
     def device_refusal(self, weight_formats: tuple[tuple[str, WeightFormat | None], ...]) -> str | None:
         """Why the engine cannot run weights stored as `weight_formats` (a scheme's labels and formats,
@@ -809,28 +890,23 @@ class _Evaluator:
     def vocabulary_everywhere(self, pipeline_parallel: int) -> bool:
         """Whether every one of `pipeline_parallel` stages holds the embedding, final norm and lm_head:
         the engine's model code for this model builds them on each stage."""
-        return (pipeline_parallel > 1 and self.engine is not None
-                and self.engine.vocabulary_on_every_stage(self.spec) is not None)
+        return pipeline_parallel > 1 and self._vocabulary_everywhere
 
     def fp32_routers(self) -> bool:
         """Whether the engine allocates this model's MoE routers in float32 (`EngineProfile.routers_at_fp32`)."""
-        return self.engine is not None and self.engine.routers_at_fp32(self.spec) is not None
+        return self._fp32_routers
 
     def mamba_cache_mode(self) -> str:
         """The ``mamba_cache_mode`` a hybrid model's linear groups are planned in: the vLLM release's default
         (`engines.vllm.mamba_cache_mode`: "align", two blocks per sequence, where it turns prefix caching on for
         hybrid models), "none" (one block) for the generic estimate."""
-        if self.engine is None or self.engine.name != "vllm":
-            return "none"
-        return vllm_mamba_cache_mode(self.engine.version)
+        return self._mamba_cache_mode
 
     def chunked_local(self) -> bool:
         """Whether chunked local attention layers (Llama 4) hold only their chunk: the vLLM release's default
         (`engines.vllm.chunked_local_attention`: from PR #29627, not in 0.11); the attention's own need without
         an engine."""
-        if self.engine is None or self.engine.name != "vllm":
-            return True
-        return vllm_chunked_local_attention(self.engine.version)
+        return self._chunked_local
 
     def stage(self, layout: _Layout, stage: int) -> Stage:
         return Stage(self.spec, layout.tensor_parallel, layout.pipeline_parallel, layout.stage_layers[stage],
@@ -842,7 +918,7 @@ class _Evaluator:
                layout.linear_format)
         found = self._terms.get(key)
         if found is None:
-            shared = (self.spec, self.options.kv_cache_dtype, *self.key, *key)
+            shared = (self._key_id, *key)
             found = _SHARED_STAGE_TERMS.get(shared)
             if found is None:
                 found = self._stage_terms(layout)
@@ -933,7 +1009,11 @@ class _Evaluator:
         terms = self.stage_terms(layout)
         budgets = tuple(self.usable_bytes - weights - fixed
                         for weights, fixed in zip(layout.stage_weights, terms.fixed, strict=True))
-        stages = tuple(zip(budgets, (kv.by_window for kv in layout.stage_kv), strict=True))
+        # per stage: budget, the bytes per token of its full-attention layers (they hold the whole context, summed
+        # once here) and its windowed layers' (window, bytes per token)
+        stages = tuple((budget, sum(size for window, size in kv.by_window if window is None),
+                        tuple((window, size) for window, size in kv.by_window if window is not None))
+                       for budget, kv in zip(budgets, layout.stage_kv, strict=True))
         hybrids = tuple(kv.hybrid for kv in layout.stage_kv)
         # the engine's terms sized from max_model_len (vLLM 0.19's DeepSeek Sparse Attention workspace), per stage
         context_terms = terms.context or (None,) * len(budgets)
@@ -964,12 +1044,12 @@ class _Evaluator:
                 activations = 0
             held_full = -(-context_length // block) * block
             rows = stages if not sized_by_context else tuple(
-                (budget - (0 if term is None else term.bytes_at(context_length)), groups)
-                for (budget, groups), term in zip(stages, context_terms, strict=True))
-            for budget, groups in rows:
-                per_sequence = 0
-                for window, size in groups:
-                    if window is None or window >= context_length:
+                (budget - (0 if term is None else term.bytes_at(context_length)), full, windowed)
+                for (budget, full, windowed), term in zip(stages, context_terms, strict=True))
+            for budget, full, windowed in rows:
+                per_sequence = full * held_full
+                for window, size in windowed:
+                    if window >= context_length:
                         per_sequence += size * held_full
                     else:
                         per_sequence += size * (-(-window // block) * block)
@@ -985,7 +1065,7 @@ class _Evaluator:
                            + min(sequences, batched) * per_sampled) if variable else 0
             return all(hybrid.bytes_per_sequence(context_length, block) * sequences + activations
                        + (0 if context_term is None else context_term.bytes_at(context_length)) <= budget
-                       for (budget, _), hybrid, context_term in zip(stages, hybrids, context_terms, strict=True)
+                       for (budget, _, _), hybrid, context_term in zip(stages, hybrids, context_terms, strict=True)
                        if hybrid is not None)
 
         return fits_hybrid if any(hybrid is not None for hybrid in hybrids) else fits
@@ -1018,6 +1098,14 @@ class _ModelTerms:
         self._predicates: dict[tuple[object, ...], Callable[[int, int], bool]] = {}
         self._accepted: dict[tuple[str, str] | None, tuple[int, ...]] = {}
         self._refusals: dict[tuple[str, str, tuple[int, int] | None, str], str | None] = {}
+        self._layout_refusals: dict[tuple[str, str, int, int, tuple[int, int] | None, str], str | None] = {}
+        self._kv_bytes_per_token: int | None = None
+
+    def kv_bytes_per_token(self) -> int:
+        """`kv_cache.kv_bytes_per_token` of the model at this KV dtype, found once (its cache hashes the spec)."""
+        if self._kv_bytes_per_token is None:
+            self._kv_bytes_per_token = kv_bytes_per_token(self.spec, self.kv_dtype_name)
+        return self._kv_bytes_per_token
 
     def accepted_sizes(self, engine: EngineProfile | None) -> tuple[int, ...]:
         """The tensor-parallel sizes the engine accepts for this model in this format, ascending
@@ -1042,6 +1130,21 @@ class _ModelTerms:
             self._refusals[key] = evaluator.device_refusal(self.formats)
         return self._refusals[key]
 
+    def refusal(self, evaluator: _Evaluator, tensor_parallel: int, pipeline_parallel: int) -> str | None:
+        """Why the engine refuses this model in this format at this parallel layout on these devices
+        (`EngineProfile.refusal`, then `device_refusal`, then `EngineProfile.format_refusal`), or None: pure functions
+        of the release, the layout, the capability and the model dtype, found once per them."""
+        engine = evaluator.engine
+        if engine is None:
+            return None
+        key = (engine.name, engine.version, tensor_parallel, pipeline_parallel, evaluator.compute_capability,
+               evaluator.options.model_dtype)
+        if key not in self._layout_refusals:
+            self._layout_refusals[key] = (engine.refusal(self.spec, tensor_parallel, pipeline_parallel)
+                                          or self.device_refusal(evaluator)
+                                          or engine.format_refusal(self.spec, self.scheme.label(), tensor_parallel))
+        return self._layout_refusals[key]
+
     def layout(self, tensor_parallel: int, pipeline_parallel: int, vocabulary_everywhere: bool = False,
                fp32_routers: bool = False, mamba_cache_mode: str = "none", chunked_local: bool = True) -> _Layout:
         key = (tensor_parallel, pipeline_parallel, vocabulary_everywhere, fp32_routers, mamba_cache_mode, chunked_local)
@@ -1055,7 +1158,7 @@ class _ModelTerms:
 
     def fits_predicate(self, evaluator: _Evaluator, tensor_parallel: int,
                        pipeline_parallel: int) -> Callable[[int, int], bool]:
-        key = (tensor_parallel, pipeline_parallel, *evaluator.key)
+        key = (tensor_parallel, pipeline_parallel, evaluator.key_id)
         found = self._predicates.get(key)
         if found is None:
             found = evaluator.build_predicate(self.layout(tensor_parallel, pipeline_parallel,
@@ -1070,6 +1173,26 @@ class _ModelTerms:
 @lru_cache(maxsize=256)
 def _model_terms(spec: ModelSpec, scheme: WeightScheme, kv_dtype_name: str) -> _ModelTerms:
     return _ModelTerms(spec, scheme, kv_dtype_name)
+
+
+#: `_model_terms` by the identity of the spec and scheme objects (a catalog preset and a cached policy scheme come
+#: back as the same objects request after request): each entry holds them, so no other object can take their ids
+#: while it is here; emptied when full
+_TERMS_BY_IDENTITY: dict[tuple[int, int, str], tuple[ModelSpec, WeightScheme, _ModelTerms]] = {}
+
+
+def _model_terms_of(spec: ModelSpec, scheme: WeightScheme, kv_dtype_name: str) -> _ModelTerms:
+    """`_model_terms`, without hashing the spec and scheme (their hashes walk every field) when the same objects
+    were planned before."""
+    key = (id(spec), id(scheme), kv_dtype_name)
+    found = _TERMS_BY_IDENTITY.get(key)
+    if found is not None and found[0] is spec and found[1] is scheme:
+        return found[2]
+    terms = _model_terms(spec, scheme, kv_dtype_name)
+    if len(_TERMS_BY_IDENTITY) >= 256:
+        _TERMS_BY_IDENTITY.clear()
+    _TERMS_BY_IDENTITY[key] = (spec, scheme, terms)
+    return terms
 
 
 def _largest(predicate: Callable[[int], bool], low: int, high: int) -> int | None:
@@ -1126,6 +1249,8 @@ def _max_context(evaluator: _Evaluator, layout: _Layout, fits: Callable[[int, in
     cap = evaluator.spec.max_position_embeddings or MAX_CONTEXT_SEARCHED
     if fits(cap, sequences):
         return cap, "model" if evaluator.spec.max_position_embeddings else "search_limit"
+    if not fits(1, sequences):  # not one token (the weights alone overflow): what the searches below would find
+        return None, "memory"
     # Lower bound: activations at their ceiling and sliding layers full, the rest of each
     # stage's budget spent on full-attention tokens.
     guess = max(1, cap // block)
@@ -1159,9 +1284,7 @@ def _max_context_started_at_it(evaluator: _Evaluator, terms: _ModelTerms, layout
     video for Qwen2.5-VL), the contexts are cut at those steps, the activation is constant within each range, and the
     answer is the longest context that fits within its own range's activation."""
     sequences = workload.concurrent_sequences
-    engine = evaluator.engine
-    steps = () if engine is None or evaluator.options.activation_bytes is not None else \
-        engine.activation_context_steps(evaluator.spec, evaluator.limits)
+    steps = evaluator.context_steps
     if not steps:
         return _max_context(evaluator, layout, fits, sequences)
     best: tuple[int | None, str] = (None, "memory")
@@ -1295,34 +1418,34 @@ def _format_plan(terms: _ModelTerms, hardware: Hardware, workload: Workload, ten
     by_role = terms.by_role
     total_weights = sum(by_role.values())
     devices: list[DevicePlan] = []
+    used_total, all_fit = 0, True  # per stage, for its tensor_parallel devices (not summed device by device)
     for stage, layers in enumerate(layout.stage_layers):
         used, kv, activations, overhead = evaluator.stage_used(layout, stage_terms, stage, workload.context_length,
                                                                workload.concurrent_sequences)
         outside = stage_terms.outside_bytes(stage, workload.context_length)
+        stage_fits = used <= evaluator.usable_bytes and outside <= evaluator.free_outside_bytes
         same = (layers, hardware.capacity_bytes, evaluator.usable_bytes, layout.stage_weights[stage], kv,
-                activations, overhead, used, evaluator.usable_bytes - used,
-                used <= evaluator.usable_bytes and outside <= evaluator.free_outside_bytes)
+                activations, overhead, used, evaluator.usable_bytes - used, stage_fits)
+        used_total += used * tensor_parallel
+        all_fit = all_fit and stage_fits
         unread = layout.stage_unread[stage]  # every tensor-parallel rank of a stage holds the same
-        devices.extend(DevicePlan(stage * tensor_parallel + rank, stage, rank, *same, unread_weights_bytes=unread,
-                                  outside_budget_bytes=outside)
+        # positional: a frozen dataclass's keyword call costs more, and a plan builds one per device of each format
+        devices.extend(_new_device_plan(stage * tensor_parallel + rank, stage, rank, *same, unread, outside)
                        for rank in range(tensor_parallel))
     fits = terms.fits_predicate(evaluator, tensor_parallel, options.pipeline_parallel)
     max_context, limited_by = _max_context_started_at_it(evaluator, terms, layout, fits, workload)
     max_sequences = _max_sequences(evaluator, layout, fits, workload.context_length)
     pool, capacity = _kv_capacity(evaluator, layout, stage_terms, workload.context_length)
-    refusal = (evaluator.engine.refusal(terms.spec, tensor_parallel, options.pipeline_parallel)
-               or terms.device_refusal(evaluator)
-               or evaluator.engine.format_refusal(terms.spec, terms.scheme.label(), tensor_parallel)
-               if evaluator.engine is not None else None)
-    return FormatPlan(
+    refusal = terms.refusal(evaluator, tensor_parallel, options.pipeline_parallel)
+    return _new_format_plan(
         format=terms.scheme.label(),
         weights_bytes=total_weights,
         bits_per_weight=8 * total_weights / total_parameters,
         weights_by_role=dict(by_role),
         kv_cache_bytes=kv_total,
-        used_bytes=sum(device.used_bytes for device in devices),
+        used_bytes=used_total,
         devices=tuple(devices),
-        fits=refusal is None and all(device.fits for device in devices),
+        fits=refusal is None and all_fit,
         max_context_length=max_context,
         context_limited_by=limited_by,
         max_concurrent_sequences=max_sequences,
@@ -1336,6 +1459,7 @@ def _format_plan(terms: _ModelTerms, hardware: Hardware, workload: Workload, ten
 
 
 _DEFAULT_WORKLOAD = Workload()
+_INT4 = int4()  # the comparison's INT4 format (g128 asymmetric), built once: a WeightFormat checks its fields
 _DEFAULT_OPTIONS = PlanOptions()
 
 
@@ -1400,15 +1524,25 @@ def plan(spec: ModelSpec, hardware: Hardware, workload: Workload | None = None,
     if deployed.is_nibble_int4:
         quantized = deployed
     else:
-        int4_scheme = _policy_scheme(int4(), policy)
+        int4_scheme = _policy_scheme(_INT4, policy)
         quantized, _ = with_partial_groups(spec, _at_float32(int4_scheme) if element_bytes == 4 else int4_scheme)
-    kv_total = _model_terms(spec, baseline, options.kv_cache_dtype).layout(
+    known_terms: list[tuple[WeightScheme, _ModelTerms]] = []
+
+    def terms_of(scheme: WeightScheme) -> _ModelTerms:
+        # the plan asks a scheme's terms up to three times (KV, its format plan, the primary layout): one lookup
+        for known, terms in known_terms:
+            if known is scheme:
+                return terms
+        terms = _model_terms_of(spec, scheme, options.kv_cache_dtype)
+        known_terms.append((scheme, terms))
+        return terms
+
+    kv_total = terms_of(baseline).layout(
         1, 1, mamba_cache_mode=evaluator.mamba_cache_mode(), chunked_local=evaluator.chunked_local()).stage_kv[0] \
         .bytes_per_sequence(workload.context_length, options.block_size) * workload.concurrent_sequences
 
     def format_plan(scheme: WeightScheme) -> FormatPlan:
-        terms = _model_terms(spec, scheme, options.kv_cache_dtype)
-        return _format_plan(terms, hardware, workload, tensor, evaluator, counts.total, kv_total)
+        return _format_plan(terms_of(scheme), hardware, workload, tensor, evaluator, counts.total, kv_total)
 
     comparison = {options.float_format: format_plan(baseline), "int4": format_plan(quantized)}
     if deployed == quantized:
@@ -1429,7 +1563,7 @@ def plan(spec: ModelSpec, hardware: Hardware, workload: Workload | None = None,
         shipped, _ = with_partial_groups(spec, _at_float32(shipped) if element_bytes == 4 else shipped)
         comparison[AS_SHIPPED] = format_plan(shipped)
 
-    primary_layout = _model_terms(spec, deployed, options.kv_cache_dtype).layout(
+    primary_layout = terms_of(deployed).layout(
         tensor, pipeline, evaluator.vocabulary_everywhere(pipeline), evaluator.fp32_routers(),
         evaluator.mamba_cache_mode(), evaluator.chunked_local())
     primary_terms = evaluator.stage_terms(primary_layout)
@@ -1444,7 +1578,8 @@ def plan(spec: ModelSpec, hardware: Hardware, workload: Workload | None = None,
         notes.append(_hybrid_note(hybrid, options.block_size, tensor, engine))
     if spec.chunked_layers:
         notes.append(_chunked_note(spec, engine, evaluator.chunked_local()))
-    busiest = max(primary.devices, key=lambda device: device.activation_bytes)
+    # the ranks of a stage hold the same: one device per stage (the first of each) is enough
+    busiest = max(primary.devices[::tensor], key=lambda device: device.activation_bytes)
     if evaluator.variable_activations:
         activation_basis = ACTIVATION_BASIS.format(
             tokens=min(limits.max_batched_tokens, workload.context_length * workload.concurrent_sequences),
@@ -1466,8 +1601,8 @@ def plan(spec: ModelSpec, hardware: Hardware, workload: Workload | None = None,
         overhead_basis += (f"; outside the budget, from the {free:.2f} GiB per device it leaves free (not in this "
                            f"figure): {outside_term.basis_at(workload.context_length)}")
     overhead = Estimate(max(primary_terms.overheads), overhead_basis)
-    kv_per_token = kv_bytes_per_token(spec, options.kv_cache_dtype)
-    return Plan(
+    kv_per_token = terms_of(baseline).kv_bytes_per_token()
+    return _new_plan(
         model=spec.name,
         total_parameters=counts.total,
         active_parameters_per_token=counts.active_per_token or counts.total,
@@ -1535,7 +1670,8 @@ def _outside_budget_warning(primary: FormatPlan, evaluator: _Evaluator, layout: 
     ``capacity - usable`` the budget leaves free on a device, with the figures, the release, vLLM's own error when it
     would refuse to start (`engines.vllm.startup_refusal`) and the remedies; nothing when it fits."""
     engine, options, free = evaluator.engine, evaluator.options, evaluator.free_outside_bytes
-    need, stage = max(((device.outside_budget_bytes, device.pipeline_stage) for device in primary.devices),
+    need, stage = max(((device.outside_budget_bytes, device.pipeline_stage)
+                       for device in primary.devices[::layout.tensor_parallel]),  # a stage's ranks hold the same
                       default=(0, 0))
     if engine is None or need <= free:
         return []
