@@ -336,8 +336,6 @@ def _slot_constructor(cls: type[_Frozen]) -> Callable[..., _Frozen]:
     return scope["construct"]  # type: ignore[return-value]
 
 
-
-
 @dataclass(frozen=True, slots=True)
 class FormatPlan:
     """The plan for one weight format: totals, devices, verdict and the solved limits.
