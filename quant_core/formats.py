@@ -235,7 +235,7 @@ class WeightFormat:
             return "nf4-dq" if self.double_quant else "nf4"
         if self.name == "int8" and self.layout == "gptq":
             group = f"g{self.group_size}" if self.group_size else "row"
-            return f"int8-{group}-gptq" + ("-partial" if self.partial else "")
+            return f"int8-{group}-{'' if self.symmetric else 'asym-'}gptq" + ("-partial" if self.partial else "")
         if self.name != "int4":
             return self.name
         group = f"g{self.group_size}" if self.group_size else "row"
@@ -408,9 +408,11 @@ def fp8(scales: Fp8Scales = "channel", input_scale: bool = False) -> WeightForma
     return WeightFormat("fp8", None, True, "none", scales=scales, input_scale=input_scale)
 
 
-def int8_gptq(group_size: int | None = 128, partial: bool = False) -> WeightFormat:
-    """GPTQ 8-bit: int8 codes packed four to an int32, fp16 scales and packed zeros per group, g_idx."""
-    return WeightFormat("int8", group_size, False, "none", layout="gptq", partial=partial)
+def int8_gptq(group_size: int | None = 128, partial: bool = False, symmetric: bool = True) -> WeightFormat:
+    """GPTQ 8-bit: int8 codes packed four to an int32, fp16 scales and packed zeros per group, g_idx, whatever
+    ``sym`` says (so the bytes are the same either way); `symmetric` (``sym``, GPTQModel's default true) is carried
+    for the engines that refuse or slow down one of them (vLLM: Marlin's TYPE_MAP holds ``(8, True)`` only)."""
+    return WeightFormat("int8", group_size, symmetric, "none", layout="gptq", partial=partial)
 
 
 def block_format(name: str, double_quant: bool = True) -> WeightFormat:

@@ -570,7 +570,7 @@ def _gptq(config: Mapping[str, object]) -> _Read:
     if bits == 4:
         return gptq_checkpoint(group, symmetric), keep, notes
     if bits == 8:
-        return int8_gptq(group), keep, notes
+        return int8_gptq(group, symmetric=symmetric), keep, notes
     raise InvalidSpec(f"{FIELD}.bits", bits, "nibble plans GPTQ at 4 or 8 bits")
 
 

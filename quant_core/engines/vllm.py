@@ -1882,21 +1882,21 @@ def float32_refusal(version: str, model_type: str, weight_format: str,
 ASYMMETRIC_GPTQ_REFUSED: frozenset[str] = frozenset({"0.33"})
 
 
-def is_asymmetric_int4_gptq(stored: WeightFormat) -> bool:
-    """Whether `stored` is 4-bit GPTQ with a zero point (``sym: false``): gptq_marlin's and 0.33's AutoGPTQConfig's
-    TYPE_MAP hold no ``(4, False)``.  8-bit GPTQ (`formats.int8_gptq`) does not carry its symmetry: never."""
-    return stored.name == "int4" and stored.layout == "gptq" and not stored.symmetric
+def is_asymmetric_gptq(stored: WeightFormat) -> bool:
+    """Whether `stored` is 4- or 8-bit GPTQ with a zero point (``sym: false``): gptq_marlin's and 0.33's
+    AutoGPTQConfig's TYPE_MAP hold ``(4, True)`` and ``(8, True)`` only."""
+    return stored.name in ("int4", "int8") and stored.layout == "gptq" and not stored.symmetric
 
 
 def gptq_symmetry_refusal(version: str, stored: WeightFormat | None) -> str | None:
-    """Why vLLM `version` refuses the asymmetric 4-bit GPTQ weights `stored` on every device
+    """Why vLLM `version` refuses the asymmetric 4- or 8-bit GPTQ weights `stored` on every device
     (`ASYMMETRIC_GPTQ_REFUSED`, with vLLM's message), or None (no format: a checkpoint's headers or a GGUF mix)."""
-    if version not in ASYMMETRIC_GPTQ_REFUSED or stored is None or not is_asymmetric_int4_gptq(stored):
+    if version not in ASYMMETRIC_GPTQ_REFUSED or stored is None or not is_asymmetric_gptq(stored):
         return None
     return (f"vLLM {version} cannot load {stored.label()} weights on any device: it loads GPTQ as AutoGPTQConfig, "
             "Marlin kernels only, whose TYPE_MAP holds symmetric 4- and 8-bit weights, and raises \"Unsupported "
-            "quantization config: bits=4, sym=False\" (auto_gptq.py); vLLM 0.11 and 0.19 load it with their GPTQ "
-            "kernels, in float16")
+            f"quantization config: bits={stored.bits}, sym=False\" (auto_gptq.py); vLLM 0.11 and 0.19 load it with "
+            "their GPTQ kernels, in float16")
 
 
 #: Marlin's group sizes in vLLM 0.11 and 0.19 (utils/marlin_utils.py ``MARLIN_SUPPORTED_GROUP_SIZES`` [-1, 32, 64,
@@ -1932,11 +1932,10 @@ def not_marlin_reason(method: str, bits: int, group_size: int | None, symmetric:
 def float16_only_method(stored: WeightFormat) -> tuple[str, str] | None:
     """The method vLLM 0.11/0.19 load `stored` with when it is GPTQ or AWQ that is not Marlin-compatible on a device
     of 8.0 or above (``gptq`` or ``awq``, with `not_marlin_reason`), or None (gptq_marlin / awq_marlin take it, or
-    it is neither).  8-bit GPTQ (`formats.int8_gptq`) does not carry its symmetry: taken as symmetric."""
+    it is neither)."""
     if stored.layout not in ("gptq", "awq") or stored.name not in ("int4", "int8"):
         return None
-    symmetric = stored.symmetric or stored.name == "int8"
-    why = not_marlin_reason(stored.layout, stored.bits, stored.group_size, symmetric)
+    why = not_marlin_reason(stored.layout, stored.bits, stored.group_size, stored.symmetric)
     return None if why is None else (stored.layout, why)
 
 

@@ -111,3 +111,23 @@ def test_requested_asymmetric_gptq_weights_are_refused_the_same_way() -> None:
 ])
 def test_the_config_dtype_is_read_as_transformers_writes_it(config: dict[str, object], expected: str | None) -> None:
     assert config_float_format(config) == expected
+
+
+def test_eight_bit_gptq_carries_sym_and_asymmetric_is_refused_like_four_bit() -> None:
+    """gptq_marlin's TYPE_MAP (0.11, 0.19) and 0.33's AutoGPTQConfig's hold ``(8, True)`` and no ``(8, False)``: an
+    asymmetric 8-bit checkpoint is refused by 0.33 ("bits=8, sym=False") and loaded by 0.11/0.19's float16-only
+    gptq method; a symmetric one (GPTQModel's default) by Marlin in bfloat16.  The bytes do not move."""
+    eight = {**GPTQ, "bits": 8}
+    asymmetric = scheme_from_quantization_config({**eight, "sym": False})
+    symmetric = scheme_from_quantization_config({**eight, "sym": True})
+    assert (asymmetric.label(), symmetric.label()) == ("int8-g128-asym-gptq", "int8-g128-gptq")
+    assert asymmetric.quantized.bytes_for((4096, 4096)) == symmetric.quantized.bytes_for((4096, 4096))
+    assert scheme_from_quantization_config(eight).quantized.symmetric  # no sym: GPTQModel's default
+    refusal = _planned({**eight, "sym": False}, "0.33").refusal
+    assert refusal is not None and "bits=8, sym=False" in refusal
+    assert _planned({**eight, "sym": True}, "0.33").fits
+    for release in ("0.11", "0.19"):
+        refused = _planned({**eight, "sym": False}, release).refusal
+        assert refused is not None and REFUSED.format("gptq") in refused
+        assert _planned({**eight, "sym": False}, release, float_format="fp16").fits
+        assert _planned({**eight, "sym": True}, release).fits
