@@ -45,6 +45,9 @@ def test_a_job_submitted_through_the_api_is_followed_on_the_page_until_it_succee
     item = f"#jobs-list li[data-id='{job['id']}']"
     page.wait_for_selector(f"{item}[data-state='running']")
     assert page.is_visible(f"{item} .job-cancel") and page.is_hidden("#jobs-empty")
+    # the list's summaries carry no notes: the first status of the job's event stream brings them, which under load
+    # can come after the list has drawn the job running
+    page.wait_for_selector(f"{item} .job-notes li")
     assert page.eval_on_selector_all(f"{item} .job-notes li", "(items) => items.map((li) => li.textContent)") \
         == job["engine_notes"]
     assert job["engine_notes"][0].startswith("model.layers.{0..23}.self_attn: k_proj passed through")
