@@ -817,8 +817,6 @@ class _Evaluator:
     #: ``capacity - usable`` of one device: the memory the budget leaves free, from which the engine takes what it
     #: allocates outside it (`_StageTerms.outside`)
     free_outside_bytes: int = 0
-    #: the devices' CUDA compute capability (None: not known), by which the engine refuses formats
-    compute_capability: tuple[int, int] | None = None
     #: bytes of one element of the dtype the engine runs the model in on these devices (4: float32,
     #: `EngineProfile.model_dtype_bytes`), at which its activation terms are charged
     element_bytes: int = 2
@@ -859,6 +857,12 @@ class _Evaluator:
         return (self.usable_bytes, options.runtime_overhead_bytes, options.block_size, self.limits,
                 options.activation_bytes, options.engine, options.engine_version, self.device,
                 self.free_outside_bytes, options.enforce_eager, self.element_bytes)
+
+    @property
+    def compute_capability(self) -> tuple[int, int] | None:
+        """The devices' CUDA compute capability (None: not known), by which the engine refuses formats: the
+        `device`'s."""
+        return self.device.compute_capability
 
     @property
     def context_steps(self) -> tuple[int, ...]:
@@ -1504,8 +1508,7 @@ def plan(spec: ModelSpec, hardware: Hardware, workload: Workload | None = None,
         limits = replace(limits, max_model_len=workload.context_length)
     evaluator = _Evaluator(spec, options, usable, engine, limits,
                            device_facts(hardware.device_id, hardware.compute_capability),
-                           free_outside_bytes=hardware.capacity_bytes - usable,
-                           compute_capability=hardware.compute_capability, element_bytes=element_bytes)
+                           free_outside_bytes=hardware.capacity_bytes - usable, element_bytes=element_bytes)
 
     baseline = _policy_scheme(float_format(options.float_format), policy)
     deployed = options.scheme or _policy_scheme(options.weight_format, policy)
