@@ -170,12 +170,12 @@ SNAPSHOT_BEFORE_NCCL = "0.10.2"
 @pytest.mark.parametrize("log_id", _ids(lambda log: log["profile_version"] in ("0.11", "0.19")
                                         and log["non_torch_gib"] is not None))
 def test_non_torch_memory_is_the_releases_figure_for_the_layout(log_id: str) -> None:
-    # vLLM 0.11 on H100 (llm-d-benchmark): 0.13 GiB on one GPU, 0.54-0.55 GiB at TP=2, what grows after the start-up
-    # snapshot 0.11 takes once NCCL is set up.  vLLM 0.10.2 on two H200s: 1.38 GiB at TP=2, where 0.10.2 took its
-    # snapshot before setting up NCCL, so the figure holds the communicators 0.11 has in use at start-up (its "gap"):
-    # against it, 0.11's non-torch figure and the start-up memory above one GPU together.  vLLM 0.19 on H100
-    # (llm-d-planner): 0.24-0.27 GiB on one GPU, 2.06-2.11 GiB at TP=2, 2.13-2.21 GiB at TP=4, 0.07 GiB per
-    # pipeline stage.
+    # vLLM 0.11 on H100 (llm-d-benchmark): 0.13-0.14 GiB on one GPU, 0.54-0.55 GiB at TP=2, what grows after the
+    # start-up snapshot 0.11 takes once NCCL is set up.  vLLM 0.10.2 on two H200s: 1.38 GiB at TP=2, where 0.10.2 took
+    # its snapshot before setting up NCCL, so the figure holds the communicators 0.11 has in use at start-up (its
+    # "gap"): against it, 0.11's non-torch figure and the start-up memory above one GPU together.  vLLM 0.19 on H100
+    # (llm-d-planner): 0.24-0.27 GiB on one GPU, 2.06-2.11 GiB at TP=2, 2.13-2.21 GiB at TP=4, 0.07 GiB per pipeline
+    # stage.
     log = BY_ID[log_id]
     spec = _spec(log)
     stages = log["pipeline_parallel"]
