@@ -188,6 +188,8 @@ def plan_body(args: argparse.Namespace) -> dict[str, Any]:
         hardware["memory_bytes"] = args.memory
     else:
         hardware["device"] = args.device
+    if args.compute_units is not None:
+        hardware["compute_units"] = args.compute_units
     body: dict[str, Any] = {"model": model, "hardware": hardware}
     sections: dict[str, dict[str, Any]] = {
         "workload": {"context_length": args.context, "concurrent_sequences": args.sequences},
@@ -726,6 +728,8 @@ def build_parser() -> argparse.ArgumentParser:
     hardware.add_argument("--device", help="a device id, e.g. h100-80gb (GET /v1/devices)")
     hardware.add_argument("--memory", "--memory-bytes", dest="memory", type=_bytes_option,
                           help="memory of one device, for unlisted hardware: 80GB (10^9), 80GiB (2^30) or bytes")
+    plan_parser.add_argument("--compute-units", type=int, help="SMs per device, for --memory (default: the most of "
+                                                               "the catalog's devices, the safe side)")
     plan_parser.add_argument("--count", type=int, default=1, help="number of devices (default 1)")
     plan_parser.add_argument("--context", type=_tokens_option,
                              help="tokens per sequence, prompt + output: 4096, 8k (8,192), 128K (131,072)")

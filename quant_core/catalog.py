@@ -166,6 +166,12 @@ def device_compute_capability(device_id: str) -> tuple[int, int] | None:
     return None if device is None else device.compute_capability
 
 
+def device_compute_units(device_id: str) -> int | None:
+    """The SM (compute unit) count of catalogued device `device_id`, None for an id the catalog does not hold."""
+    device = _devices().get(device_id)
+    return None if device is None else device.compute_units
+
+
 @dataclass(frozen=True, slots=True)
 class DeviceFacts:
     """What an engine's kernel and buffer choices read of a device, from which it picks them as the engine's own
@@ -183,15 +189,18 @@ class DeviceFacts:
 UNKNOWN_DEVICE = DeviceFacts()
 
 
-def device_facts(device_id: str | None, compute_capability: tuple[int, int] | None = None) -> DeviceFacts:
-    """The `DeviceFacts` of catalog device `device_id`, with `compute_capability` in place of the catalog's when
-    given; for a device outside the catalog (None, "" or an id it does not hold) the given capability alone: an
-    NVIDIA device when one is given (only CUDA devices have one), of unknown vendor and SM count otherwise."""
+def device_facts(device_id: str | None, compute_capability: tuple[int, int] | None = None,
+                 compute_units: int | None = None) -> DeviceFacts:
+    """The `DeviceFacts` of catalog device `device_id`, with `compute_capability` and `compute_units` in place of
+    the catalog's when given; for a device outside the catalog (None, "" or an id it does not hold) the given
+    capability and SM count alone: an NVIDIA device when a capability is given (only CUDA devices have one), of
+    unknown vendor otherwise, and of unknown SM count when none is given."""
     device = _devices().get(device_id or "")
     if device is None:
         return DeviceFacts(vendor="" if compute_capability is None else "nvidia",
-                           compute_capability=compute_capability)
-    return DeviceFacts(device.id, device.vendor, compute_capability or device.compute_capability, device.compute_units)
+                           compute_capability=compute_capability, compute_units=compute_units)
+    return DeviceFacts(device.id, device.vendor, compute_capability or device.compute_capability,
+                       compute_units or device.compute_units)
 
 
 @lru_cache(maxsize=64)

@@ -45,7 +45,15 @@ from dataclasses import dataclass, field, fields, replace
 from functools import lru_cache
 from typing import Any, TypeVar, cast
 
-from quant_core.catalog import MAX_DEVICE_BYTES, UNKNOWN_DEVICE, DeviceFacts, device_compute_capability, device_facts
+from quant_core.catalog import (
+    MAX_COMPUTE_UNITS,
+    MAX_DEVICE_BYTES,
+    UNKNOWN_DEVICE,
+    DeviceFacts,
+    device_compute_capability,
+    device_compute_units,
+    device_facts,
+)
 from quant_core.engines import ENGINES, BatchLimits, ContextTerm, EngineProfile, KVCapacity, Stage, Term, get_engine
 from quant_core.engines.vllm import (
     CHUNKED_LOCAL_ATTENTION,
@@ -121,7 +129,9 @@ class Hardware:
     is the catalog's for `device_id` (`catalog.device_compute_capability`), and None (not known: no format is
     refused for the device) for hardware given in bytes or a device without one (AMD).  A catalogued device's
     capability is a fact of the GPU: another one given for it is refused (`InvalidSpec`), not planned as a device
-    that does not exist.
+    that does not exist.  `compute_units` is the devices' streaming multiprocessors (compute units), by which the
+    engine sizes some buffers: the catalog's for `device_id` (another figure is refused as the capability is),
+    given for hardware in bytes, else None (not known: the engine takes `catalog.most_compute_units`).
     """
 
     capacity_bytes: int
@@ -129,8 +139,10 @@ class Hardware:
     device_id: str | None = None
     name: str = ""
     compute_capability: tuple[int, int] | None = None
+    compute_units: int | None = None
 
     def __post_init__(self) -> None:
+        self._check_compute_units()
         if self.compute_capability is None:
             if self.device_id:
                 object.__setattr__(self, "compute_capability", device_compute_capability(self.device_id))
@@ -151,6 +163,18 @@ class Hardware:
         if isinstance(self.count, bool) or not isinstance(self.count, int) or not 1 <= self.count \
                 <= MAX_DEVICES_SEARCHED:
             raise InvalidSpec("hardware.count", self.count, f"must be an integer in [1, {MAX_DEVICES_SEARCHED}]")
+
+    def _check_compute_units(self) -> None:
+        listed = device_compute_units(self.device_id) if self.device_id else None
+        if self.compute_units is None:
+            object.__setattr__(self, "compute_units", listed)
+        elif type(self.compute_units) is not int or not 1 <= self.compute_units <= MAX_COMPUTE_UNITS:
+            raise InvalidSpec("hardware.compute_units", self.compute_units,
+                              f"must be an integer in [1, {MAX_COMPUTE_UNITS}]")
+        elif listed is not None and listed != self.compute_units:
+            raise InvalidSpec("hardware.compute_units", self.compute_units,
+                              f"{self.device_id} has {listed} compute units (GET /v1/devices); give memory_bytes "
+                              "for other hardware")
 
 
 @dataclass(frozen=True, slots=True)
@@ -1507,7 +1531,7 @@ def plan(spec: ModelSpec, hardware: Hardware, workload: Workload | None = None,
         # other models keep one activation per layout, and their cached terms, whatever the context)
         limits = replace(limits, max_model_len=workload.context_length)
     evaluator = _Evaluator(spec, options, usable, engine, limits,
-                           device_facts(hardware.device_id, hardware.compute_capability),
+                           device_facts(hardware.device_id, hardware.compute_capability, hardware.compute_units),
                            free_outside_bytes=hardware.capacity_bytes - usable, element_bytes=element_bytes)
 
     baseline = _policy_scheme(float_format(options.float_format), policy)

@@ -239,6 +239,9 @@ class DeviceOut(BaseModel):
                                                        "what the engine checks weight formats against. Null when "
                                                        "none is catalogued (AMD).")
     compute_capability_source: str
+    compute_units: int | None = Field(description="Streaming multiprocessors (NVIDIA) or compute units (AMD), "
+                                                  "by which the engine sizes some buffers.")
+    compute_units_source: str
 
 
 def device_from_core(device: Device) -> DeviceOut:
@@ -246,7 +249,8 @@ def device_from_core(device: Device) -> DeviceOut:
                      memory_type=device.memory_type, source=device.source,
                      reported_memory_bytes=device.reported_memory_bytes, reported_source=device.reported_source,
                      compute_capability=compute_capability_text(device.compute_capability),
-                     compute_capability_source=device.compute_capability_source)
+                     compute_capability_source=device.compute_capability_source,
+                     compute_units=device.compute_units, compute_units_source=device.compute_units_source)
 
 
 # --- inspect -----------------------------------------------------------------------------------

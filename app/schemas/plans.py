@@ -48,6 +48,10 @@ class HardwareIn(BaseModel):
         None, description="CUDA compute capability, major.minor (\"7.5\"), by which the engine refuses formats "
                           "its kernels cannot run on the device. Default: the catalog device's; for memory_bytes, "
                           "unknown (no format is refused for the device, and the answer says so).")
+    compute_units: int | None = Field(
+        None, description="Streaming multiprocessors (compute units) of one device, by which the engine sizes some "
+                          "buffers. Default: the catalog device's; for memory_bytes, the most of the catalog's "
+                          "devices of the same major compute capability (the safe side, and the answer says so).")
 
     @model_validator(mode="after")
     def _exactly_one(self) -> HardwareIn:
@@ -373,7 +377,8 @@ def plan_to_core(body: PlanRequest, max_config_depth: int, max_header_bytes: int
         capability = (None if body.hardware.compute_capability is None
                       else catalog.parse_compute_capability(body.hardware.compute_capability))
         hardware = Hardware(device.planning_bytes, body.hardware.count,
-                            device.id if body.hardware.device is not None else None, device.name, capability)
+                            device.id if body.hardware.device is not None else None, device.name, capability,
+                            body.hardware.compute_units)
     workload = Workload(body.workload.context_length, body.workload.concurrent_sequences)
     if headers is not None:
         tensors = checkpoint_tensors(headers, max_header_bytes)
@@ -505,6 +510,8 @@ class PlanHardware(BaseModel):
     count: int
     compute_capability: str | None = Field(description="The devices' CUDA compute capability the plan checked "
                                                        "formats against; null when not known.")
+    compute_units: int | None = Field(description="The devices' SM count the engine's buffers were sized by; null "
+                                                  "when not known.")
 
 
 class SpeedFormatOut(BaseModel):
@@ -729,7 +736,8 @@ def plan_json_from_core(result: Plan, notes: tuple[str, ...] = (), speed: dict[s
         "devices": [_device_dict(d) for d in primary.devices],
         "hardware": {"device": result.hardware.device_id, "name": result.hardware.name,
                      "capacity_bytes": result.hardware.capacity_bytes, "count": result.hardware.count,
-                     "compute_capability": catalog.compute_capability_text(result.hardware.compute_capability)},
+                     "compute_capability": catalog.compute_capability_text(result.hardware.compute_capability),
+                     "compute_units": result.hardware.compute_units},
         "workload": {"context_length": result.workload.context_length,
                      "concurrent_sequences": result.workload.concurrent_sequences},
         "parallel": {"tensor": result.tensor_parallel, "pipeline": result.pipeline_parallel},
@@ -920,8 +928,7 @@ def sweep_rows(body: SweepRequest, max_config_depth: int, max_rows: int,
                        "workload.concurrent_sequences": ("concurrent_sequences", i_sequences),
                        "workload.context_length": ("context_lengths", i_context)}
         try:
-            row_hardware = Hardware(hardware.capacity_bytes, count, hardware.device_id, hardware.name,
-                                    hardware.compute_capability)
+            row_hardware = replace(hardware, count=count)
             row_options = replace(options, weight_format=weight_format, scheme=scheme,
                                   tensor_parallel=None if axes.device_counts else options.tensor_parallel)
             result = plan(spec, row_hardware, Workload(context, sequence_count), row_options).primary

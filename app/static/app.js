@@ -17,7 +17,8 @@ const TERMS = [
 // Where each problem+json `errors[].field` is shown: the longest matching prefix wins.
 const PLAN_FIELDS = {
   "model.preset": "model-preset", "model.hf_config": "model-config", "model.spec": "model-config",
-  "hardware.device": "device", "hardware.memory_bytes": "memory", "hardware.count": "count", "hardware": "count",
+  "hardware.device": "device", "hardware.memory_bytes": "memory", "hardware.compute_units": "compute-units",
+  "hardware.count": "count", "hardware": "count",
   "workload.context_length": "context", "workload.concurrent_sequences": "sequences", "workload": "context",
   "kv_cache": "kv-dtype", "weights": "group-size", "parallel.tensor": "tensor", "parallel.pipeline": "pipeline",
   "parallel": "count", "runtime.memory_utilization": "utilization", "sweep": "context",
@@ -28,8 +29,8 @@ const UPLOAD_FIELDS = {
 };
 // The inputs a plan link carries, by query key (the pasted config travels in the fragment).
 const STATE_INPUTS = {
-  model: "model-preset", device: "device", memory: "memory", count: "count", tp: "tensor", pp: "pipeline",
-  util: "utilization", ctx: "context", seq: "sequences", kv: "kv-dtype", group: "group-size",
+  model: "model-preset", device: "device", memory: "memory", sms: "compute-units", count: "count", tp: "tensor",
+  pp: "pipeline", util: "utilization", ctx: "context", seq: "sequences", kv: "kv-dtype", group: "group-size",
 };
 const MAX_CONFIG_IN_LINK = 16000;  // characters of a pasted config a link may carry
 
@@ -224,6 +225,8 @@ function planBody() {
     }
     typedAtSubmit.memory = typed;
     body.hardware = { memory_bytes: bytes, count };
+    const units = wholeNumber("compute-units", "hardware.compute_units", true);
+    if (units !== null) body.hardware.compute_units = units;
   }
   const contextText = $("context").value.trim();
   const context = parseTokens(contextText);
@@ -341,7 +344,7 @@ function writeState() {
   const hardware = selected("hardware-source");
   if (hardware === "device") params.set("device", $("device").value); else params.set("memory", $("memory").value.trim());
   for (const [key, id] of Object.entries(STATE_INPUTS)) {
-    if (["model", "device", "memory"].includes(key)) continue;
+    if (["model", "device", "memory"].includes(key) || (key === "sms" && hardware === "device")) continue;
     const value = $(id).value.trim();
     if (value !== "") params.set(key, value);
   }

@@ -321,6 +321,18 @@ def test_padding_zero_and_runtime_choices_reach_the_request() -> None:
     assert status == 1 and "weights.pad" in err  # sent, and refused where it does not apply
 
 
+def test_compute_units_reach_the_request_and_size_the_plan_of_a_device_given_in_bytes() -> None:
+    from app.cli import build_parser, plan_body
+    args = build_parser().parse_args(["plan", "--model", "gpt2", "--memory", "24GiB", "--compute-units", "58"])
+    assert plan_body(args)["hardware"] == {"count": 1, "memory_bytes": 24 * 2**30, "compute_units": 58}
+    status, out, _ = nibble("plan", "--model", "llama-3.1-8b", "--memory", "24GiB", "--compute-units", "58",
+                            "--json")
+    answer = json.loads(out)
+    assert status == 0 and answer["hardware"]["compute_units"] == 58 and "58 SMs" in answer["activation"]["basis"]
+    status, _, err = nibble("plan", "--model", "gpt2", "--device", "l4", "--compute-units", "60")
+    assert status == 1 and "hardware.compute_units" in err and "l4 has 58 compute units" in err
+
+
 def test_presets_and_devices_list_the_catalog_locally_and_remotely(server: str) -> None:
     status, out, _ = nibble("presets")
     assert status == 0

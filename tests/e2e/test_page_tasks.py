@@ -121,6 +121,25 @@ def test_human_units_in_the_inputs_never_plan_8_tokens_for_8k(browser: Any, live
     page.close()
 
 
+def test_a_device_given_by_memory_takes_its_sm_count_to_the_plan_and_the_link(browser: Any,
+                                                                            live_server: str) -> None:
+    page = open_page(browser, live_server)
+    page.select_option("#model-preset", "llama-3.1-8b")
+    page.check("input[name='hardware-source'][value='memory']")
+    page.fill("#memory", "24GiB")
+    page.fill("#compute-units", "58")  # an L4's: vLLM 0.19's Triton top-k/top-p buffer is 58 rows, not 142
+    plan_and_wait(page, "8k", 8192)
+    assert "sms=58" in page.url
+    with page.expect_download() as json_info:
+        page.click("#export-json")
+    answer = json.loads(Path(json_info.value.path()).read_text())
+    assert answer["hardware"]["compute_units"] == 58 and "58 SMs" in answer["activation"]["basis"]
+    page.fill("#compute-units", "0")
+    page.click("#plan-button")
+    assert field_error(page, "compute-units") == "must be an integer in [1, 10000]"
+    page.close()
+
+
 def test_an_empty_method_list_is_an_error_on_the_methods(browser: Any, live_server: str, tmp_path: Path) -> None:
     upload = tmp_path / "layer.npy"
     np.save(upload, np.random.default_rng(1).standard_normal((64, 256)).astype(np.float32))

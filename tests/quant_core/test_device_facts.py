@@ -14,6 +14,7 @@ import pytest
 
 from quant_core.catalog import UNKNOWN_DEVICE, DeviceFacts, device_facts, get_device, get_preset_info, list_devices
 from quant_core.engines.vllm import flashinfer_sampler_supported, mxfp4_moe_backend, sampler_pass_bytes
+from quant_core.errors import InvalidSpec
 from quant_core.planner import Hardware, Plan, PlanOptions, Workload, plan
 from quant_core.schemes import scheme_from_quantization_config
 
@@ -114,3 +115,48 @@ def test_a_custom_device_below_8_0_samples_as_the_t4_but_with_the_safe_side_sm_c
     custom, basis = sampler_pass_bytes(spec, 256, 2048, device_facts(None, (7, 5)), "0.33")
     assert custom - t4 == (80 - 40) * spec.vocab_size * 4
     assert "80 SMs: the device's count not given" in basis and "7.x" in basis
+
+
+@pytest.mark.parametrize("release", RELEASES)
+@pytest.mark.parametrize("device_id", ["h100-80gb", "l4"])
+def test_a_device_given_in_bytes_with_its_capability_and_sm_count_is_planned_as_the_catalog_device_to_the_basis(
+        release: str, device_id: str) -> None:
+    # with the SM count given nothing differs but the hardware's name: the Triton top-k/top-p buffer (0.19, 0.33
+    # below 8.0) and FlashInfer's choice (0.33) read the given count, and no basis says it was not known (not an
+    # A100: vLLM's default scheduler limits read its name, "a100", in EngineArgs._set_default_args)
+    device = get_device(device_id)
+    assert device.compute_capability is not None and device.compute_units is not None
+    catalog = _plan("llama-3.1-8b", Hardware(device.planning_bytes, 1, device.id, device.name), release)
+    custom = _plan("llama-3.1-8b", Hardware(device.planning_bytes, 1, None, "custom", device.compute_capability,
+                                            device.compute_units), release)
+    assert custom.hardware.compute_units == catalog.hardware.compute_units == device.compute_units
+    assert replace(custom, hardware=catalog.hardware) == catalog
+    assert "not given" not in custom.activation.basis
+
+
+def test_without_its_sm_count_an_l4_given_in_bytes_keeps_the_safe_side_fallback() -> None:
+    # vLLM 0.19's Triton top-k/top-p buffer: min(next_power_of_2(min(SMs, 256 rows)), SMs) rows of the vocabulary;
+    # an L4's 58 SMs, else the most of the catalog's 8.x devices (the L40S's 142)
+    device = get_device("l4")
+    vocabulary = get_preset_info("llama-3.1-8b").spec.vocab_size
+    given = _plan("llama-3.1-8b", Hardware(device.planning_bytes, 1, None, "custom", (8, 9), 58), "0.19")
+    fallback = _plan("llama-3.1-8b", Hardware(device.planning_bytes, 1, None, "custom", (8, 9)), "0.19")
+    assert fallback.hardware.compute_units is None
+    assert fallback.activation.bytes - given.activation.bytes == (142 - 58) * vocabulary * 4
+    assert "142 SMs: the device's count not given" in fallback.activation.basis
+    assert "58 SMs)" in given.activation.basis
+
+
+@pytest.mark.parametrize("units", [0, -1, 10_001, 132.0, True, "132"])
+def test_a_compute_unit_count_outside_1_to_10000_or_not_an_int_is_refused(units: object) -> None:
+    with pytest.raises(InvalidSpec) as raised:
+        Hardware(80 << 30, 1, None, "custom", (9, 0), units)  # type: ignore[arg-type]
+    assert raised.value.field == "hardware.compute_units"
+
+
+def test_a_catalog_device_is_refused_another_sm_count_and_accepts_its_own() -> None:
+    device = get_device("h100-80gb")
+    with pytest.raises(InvalidSpec, match="h100-80gb has 132 compute units"):
+        Hardware(device.planning_bytes, 1, device.id, device.name, None, 114)
+    assert Hardware(device.planning_bytes, 1, device.id, device.name, None, 132).compute_units == 132
+    assert Hardware(device.planning_bytes, 1, device.id, device.name).compute_units == 132
