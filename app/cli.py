@@ -199,7 +199,8 @@ def plan_body(args: argparse.Namespace) -> dict[str, Any]:
         "runtime": {"memory_utilization": args.memory_utilization, "engine": args.engine,
                     "engine_version": args.engine_version, "max_num_seqs": args.max_num_seqs,
                     "max_batched_tokens": args.max_batched_tokens, "overhead_bytes": args.overhead,
-                    "activation_bytes": args.activations, "float_format": args.float_format},
+                    "activation_bytes": args.activations, "float_format": args.float_format,
+                    "expert_parallel": args.expert_parallel or None},
     }
     sections["weights"].update(zero=args.zero, pad=args.pad or None)
     if args.group_size is not None:
@@ -752,6 +753,8 @@ def build_parser() -> argparse.ArgumentParser:
     plan_parser.add_argument("--engine", choices=("vllm", "generic"),
                              help="engine whose memory terms apply (default vllm)")
     plan_parser.add_argument("--engine-version", choices=("0.11", "0.19", "0.33"), help="vLLM release (default 0.19)")
+    plan_parser.add_argument("--expert-parallel", action="store_true",
+                             help="vLLM --enable-expert-parallel (data parallel 1): whole experts on each rank")
     plan_parser.add_argument("--max-num-seqs", type=int,
                              help="vLLM --max-num-seqs (default: vLLM's for the device)")
     plan_parser.add_argument("--block-size", type=int, help="KV cache block (page) size in tokens (default 16)")

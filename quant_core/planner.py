@@ -64,6 +64,8 @@ from quant_core.engines.vllm import (
     dsa_block_size,
     dsa_block_table_bytes,
     dsa_mixed_batch_bytes,
+    expert_placement_note,
+    expert_shard,
     expert_width_refusal,
     mlp_width_refusal,
     qwen_encoder_dummy,
@@ -220,7 +222,10 @@ class PlanOptions:
     (``torch_dtype``: bf16, fp16 or fp32; None when not known), which vLLM's ``--dtype auto`` runs: with
     `float_format` it gives `model_dtype`.  `engine_version` and `enforce_eager`
     with the generic engine raise `InvalidSpec`: it has neither, and ignoring them would plan something else than
-    what was asked.
+    what was asked.  `expert_parallel` is vLLM's ``--enable-expert-parallel`` with data parallel 1: a MoE model's
+    routed experts placed whole over the tensor-parallel ranks (`engines.vllm.expert_shard`), the rest still split
+    by tensor parallelism; the generic engine has no such placement (`InvalidSpec`), and a model without routed
+    experts is refused by `plan`.
     """
 
     weight_format: WeightFormat = field(default_factory=int4)
@@ -242,12 +247,15 @@ class PlanOptions:
     engine_version: str | None = None
     enforce_eager: bool = False
     config_dtype: str | None = None
+    expert_parallel: bool = False
 
     def __post_init__(self) -> None:
         if self.kv_cache_dtype not in KV_DTYPES:  # fp32 is the planner's, for a model the engine runs in float32
             raise UnknownName("kv cache dtype", self.kv_cache_dtype, sorted(KV_DTYPES), field="kv_cache.dtype")
         if not isinstance(self.enforce_eager, bool):
             raise InvalidSpec("runtime.enforce_eager", self.enforce_eager, "must be true or false")
+        if not isinstance(self.expert_parallel, bool):
+            raise InvalidSpec("runtime.expert_parallel", self.expert_parallel, "must be true or false")
         float_format(self.float_format)
         if self.config_dtype is not None:
             float_format(self.config_dtype)
@@ -264,6 +272,10 @@ class PlanOptions:
                 raise InvalidSpec("runtime.enforce_eager", self.enforce_eager,
                                   "vllm's --enforce-eager; the generic engine charges no CUDA graphs to leave out "
                                   "(use engine vllm, or drop it)")
+            if self.expert_parallel:
+                raise InvalidSpec("runtime.expert_parallel", self.expert_parallel,
+                                  "vllm's --enable-expert-parallel; the generic engine places no experts (use engine "
+                                  "vllm, or drop it)")
         checks: list[tuple[str, object, bool, str]] = [
             ("kv_cache.block_size", self.block_size, _positive_int(self.block_size, 1 << 20),
              "must be an integer in [1, 1048576]"),
@@ -487,6 +499,8 @@ class _Layout:
     #: the one weight format of the decoder's linear layers, embedding and lm_head (`_linear_format`), by which an
     #: engine knows the shapes its allocator rounds (`EngineProfile.weight_allocation`)
     linear_format: str = ""
+    #: the routed experts are placed whole over the tensor-parallel ranks (`PlanOptions.expert_parallel`)
+    expert_parallel: bool = False
 
 
 def _stage_ranges(num_layers: int, stages: int) -> tuple[tuple[int, int], ...]:
@@ -549,6 +563,20 @@ def _sharded_bytes(one_tensor_bytes: int, entry: TensorEntry, tensor_parallel: i
     if any(part in entry.name for part in _REPLICATED_NAMES):
         return one_tensor_bytes
     return -(-one_tensor_bytes // tensor_parallel)
+
+
+def _is_routed_expert(entry: TensorEntry, spec: ModelSpec) -> bool:
+    """A row of a MoE layer's routed experts: role ``expert`` (weights, and a quantized checkpoint's scales of them),
+    or their biases (gpt-oss's ``experts.gate_up_proj_bias``), which vLLM's FusedMoE holds per expert."""
+    return spec.is_moe and (entry.role == "expert" or (entry.role == "bias" and ".experts." in entry.name))
+
+
+def _expert_parallel_bytes(one_tensor_bytes: int, entry: TensorEntry, spec: ModelSpec, tensor_parallel: int) -> int:
+    """Bytes of one layer's tensors of a routed-expert row on the most loaded rank under expert parallelism: whole
+    experts, `engines.vllm.expert_shard`'s count of the layer's ``E`` (a row of one tensor per expert holds that many
+    tensors; a fused row holding every expert, that share of it, rounded up)."""
+    local, _ = expert_shard(spec, tensor_parallel, True)
+    return -(-one_tensor_bytes * entry.per_layer * local // spec.num_experts)
 
 
 def _is_kv_projection(entry: TensorEntry) -> bool:
@@ -669,13 +697,15 @@ def _linear_format(spec: ModelSpec, scheme: WeightScheme) -> str:
 
 def _build_layout(spec: ModelSpec, scheme: WeightScheme, kv_dtype_name: str,
                   tensor_parallel: int, pipeline_parallel: int, vocabulary_everywhere: bool = False,
-                  fp32_routers: bool = False, mamba_cache_mode: str = "none", chunked_local: bool = True) -> _Layout:
+                  fp32_routers: bool = False, mamba_cache_mode: str = "none", chunked_local: bool = True,
+                  expert_parallel: bool = False) -> _Layout:
     """Per stage: the weights on one rank and the KV coefficients.  `vocabulary_everywhere` puts the
     tensors outside the decoder layers (embedding, final norm, lm_head) on every stage, as the engine's
     model code does for some families when `pipeline_parallel` > 1; `fp32_routers` holds the rows of role
     ``router`` at 4 bytes an element, as the engine allocates them for some families (`_router_bytes`);
     `mamba_cache_mode` sets the blocks a hybrid model's sequence takes in each linear group (`hybrid_kv`);
-    `chunked_local` holds a chunked local attention layer's chunk, not the whole context (`kv_cache.held_window`)."""
+    `chunked_local` holds a chunked local attention layer's chunk, not the whole context (`kv_cache.held_window`);
+    `expert_parallel` puts the most loaded rank's whole routed experts on each rank (`_expert_parallel_bytes`)."""
     if pipeline_parallel > spec.num_layers:
         raise InvalidSpec("parallel.pipeline", pipeline_parallel,
                           f"more pipeline stages than the model's {spec.num_layers} layers")
@@ -695,6 +725,8 @@ def _build_layout(spec: ModelSpec, scheme: WeightScheme, kv_dtype_name: str,
         if spec.model_type == "minimax_m2" and entry.name.endswith(_MINIMAX_M2_SPLIT_NORMS):
             per_rank = _minimax_m2_norm_bytes(one, entry, min(tensor_parallel, spec.num_kv_heads)
                                               if entry.name.endswith("k_norm.weight") else tensor_parallel)
+        if expert_parallel and tensor_parallel > 1 and _is_routed_expert(entry, spec):
+            per_rank = _expert_parallel_bytes(one, entry, spec, tensor_parallel)
         if entry.layers:
             for index in entry.layers:  # once per layer, not per layer and stage (4,096 layers x 1,024 stages)
                 weights[stage_of[index]] += per_rank
@@ -726,7 +758,7 @@ def _build_layout(spec: ModelSpec, scheme: WeightScheme, kv_dtype_name: str,
     return _Layout(tensor_parallel, pipeline_parallel, stages,
                    tuple(size + extra for size, extra in zip(weights, held, strict=True)), tuple(stage_kv),
                    everywhere, tuple(extra - own for extra, own in zip(held, home, strict=True)),
-                   _expert_format(spec, scheme), _linear_format(spec, scheme))
+                   _expert_format(spec, scheme), _linear_format(spec, scheme), expert_parallel)
 
 
 def _hybrid_note(hybrid: HybridKV, block_size: int, tensor_parallel: int, engine: EngineProfile | None) -> str:
@@ -880,7 +912,7 @@ class _Evaluator:
         options = self.options
         return (self.usable_bytes, options.runtime_overhead_bytes, options.block_size, self.limits,
                 options.activation_bytes, options.engine, options.engine_version, self.device,
-                self.free_outside_bytes, options.enforce_eager, self.element_bytes)
+                self.free_outside_bytes, options.enforce_eager, self.element_bytes, options.expert_parallel)
 
     @property
     def compute_capability(self) -> tuple[int, int] | None:
@@ -936,12 +968,12 @@ class _Evaluator:
 
     def stage(self, layout: _Layout, stage: int) -> Stage:
         return Stage(self.spec, layout.tensor_parallel, layout.pipeline_parallel, layout.stage_layers[stage],
-                     stage == layout.pipeline_parallel - 1, self.element_bytes)
+                     stage == layout.pipeline_parallel - 1, self.element_bytes, layout.expert_parallel)
 
     def stage_terms(self, layout: _Layout) -> _StageTerms:
         """Activation and overhead bytes of each stage that do not depend on the workload."""
         key = (layout.tensor_parallel, layout.pipeline_parallel, layout.stage_layers, layout.expert_format,
-               layout.linear_format)
+               layout.linear_format, layout.expert_parallel)
         found = self._terms.get(key)
         if found is None:
             shared = (self._key_id, *key)
@@ -1120,11 +1152,11 @@ class _ModelTerms:
                          key=lambda pair: pair[0])) or (("mixed", None),) if scheme.mix
             else ((scheme.label(), None if scheme.checkpoint is not None or scheme.gguf_file_type
                    else scheme.quantized),))
-        self._layouts: dict[tuple[int, int, bool, bool, str, bool], _Layout] = {}
+        self._layouts: dict[tuple[int, int, bool, bool, str, bool, bool], _Layout] = {}
         self._predicates: dict[tuple[object, ...], Callable[[int, int], bool]] = {}
-        self._accepted: dict[tuple[str, str] | None, tuple[int, ...]] = {}
+        self._accepted: dict[tuple[str, str, bool] | None, tuple[int, ...]] = {}
         self._refusals: dict[tuple[str, str, tuple[int, int] | None, str], str | None] = {}
-        self._layout_refusals: dict[tuple[str, str, int, int, tuple[int, int] | None, str], str | None] = {}
+        self._layout_refusals: dict[tuple[str, str, int, int, tuple[int, int] | None, str, bool], str | None] = {}
         self._kv_bytes_per_token: int | None = None
 
     def kv_bytes_per_token(self) -> int:
@@ -1133,15 +1165,18 @@ class _ModelTerms:
             self._kv_bytes_per_token = kv_bytes_per_token(self.spec, self.kv_dtype_name)
         return self._kv_bytes_per_token
 
-    def accepted_sizes(self, engine: EngineProfile | None) -> tuple[int, ...]:
+    def accepted_sizes(self, engine: EngineProfile | None, expert_parallel: bool = False) -> tuple[int, ...]:
         """The tensor-parallel sizes the engine accepts for this model in this format, ascending
-        (`engine_tensor_parallel_sizes` less `EngineProfile.format_refusal`'s), found once per engine."""
-        key = None if engine is None else (engine.name, engine.version)
+        (`engine_tensor_parallel_sizes` less `EngineProfile.format_refusal`'s and, under `expert_parallel`,
+        `EngineProfile.refusal`'s), found once per engine."""
+        key = None if engine is None else (engine.name, engine.version, expert_parallel)
         found = self._accepted.get(key)
         if found is None:
             label = self.scheme.label()
-            found = tuple(size for size in engine_tensor_parallel_sizes(self.spec)
-                          if engine is None or engine.format_refusal(self.spec, label, size) is None)
+            found = tuple(size for size in engine_tensor_parallel_sizes(self.spec, expert_parallel=expert_parallel)
+                          if engine is None or (
+                              engine.format_refusal(self.spec, label, size, expert_parallel) is None
+                              and not (expert_parallel and engine.refusal(self.spec, size, 1, True))))
             self._accepted[key] = found
         return found
 
@@ -1163,21 +1198,25 @@ class _ModelTerms:
         engine = evaluator.engine
         if engine is None:
             return None
+        expert_parallel = evaluator.options.expert_parallel
         key = (engine.name, engine.version, tensor_parallel, pipeline_parallel, evaluator.compute_capability,
-               evaluator.options.model_dtype)
+               evaluator.options.model_dtype, expert_parallel)
         if key not in self._layout_refusals:
-            self._layout_refusals[key] = (engine.refusal(self.spec, tensor_parallel, pipeline_parallel)
+            self._layout_refusals[key] = (engine.refusal(self.spec, tensor_parallel, pipeline_parallel, expert_parallel)
                                           or self.device_refusal(evaluator)
-                                          or engine.format_refusal(self.spec, self.scheme.label(), tensor_parallel))
+                                          or engine.format_refusal(self.spec, self.scheme.label(), tensor_parallel,
+                                                                   expert_parallel))
         return self._layout_refusals[key]
 
     def layout(self, tensor_parallel: int, pipeline_parallel: int, vocabulary_everywhere: bool = False,
-               fp32_routers: bool = False, mamba_cache_mode: str = "none", chunked_local: bool = True) -> _Layout:
-        key = (tensor_parallel, pipeline_parallel, vocabulary_everywhere, fp32_routers, mamba_cache_mode, chunked_local)
+               fp32_routers: bool = False, mamba_cache_mode: str = "none", chunked_local: bool = True,
+               expert_parallel: bool = False) -> _Layout:
+        key = (tensor_parallel, pipeline_parallel, vocabulary_everywhere, fp32_routers, mamba_cache_mode, chunked_local,
+               expert_parallel)
         found = self._layouts.get(key)
         if found is None:
             found = _build_layout(self.spec, self.scheme, self.kv_dtype_name, tensor_parallel, pipeline_parallel,
-                                  vocabulary_everywhere, fp32_routers, mamba_cache_mode, chunked_local)
+                                  vocabulary_everywhere, fp32_routers, mamba_cache_mode, chunked_local, expert_parallel)
             if len(self._layouts) < 4096:
                 self._layouts[key] = found
         return found
@@ -1190,7 +1229,8 @@ class _ModelTerms:
             found = evaluator.build_predicate(self.layout(tensor_parallel, pipeline_parallel,
                                                           evaluator.vocabulary_everywhere(pipeline_parallel),
                                                           evaluator.fp32_routers(), evaluator.mamba_cache_mode(),
-                                                          evaluator.chunked_local()))
+                                                          evaluator.chunked_local(),
+                                                          evaluator.options.expert_parallel))
             if len(self._predicates) < 4096:
                 self._predicates[key] = found
         return found
@@ -1356,13 +1396,15 @@ def _sequences_limited_by(sequences: int) -> str:
 
 
 @lru_cache(maxsize=256)
-def engine_tensor_parallel_sizes(spec: ModelSpec, limit: int = MAX_DEVICES_SEARCHED) -> tuple[int, ...]:
+def engine_tensor_parallel_sizes(spec: ModelSpec, limit: int = MAX_DEVICES_SEARCHED,
+                                 expert_parallel: bool = False) -> tuple[int, ...]:
     """Tensor-parallel degrees up to `limit` that engines such as vLLM accept for `spec`, ascending.
 
     The degree must divide the attention heads, and divide the key/value heads
     or be a multiple of them (each rank then holds a replica); MLA models
     (a latent KV cache) have no key/value-head condition.  A spec without
-    attention heads constrains nothing.
+    attention heads constrains nothing.  Under `expert_parallel` the routed experts' width need not divide
+    (`engines.vllm.expert_width_refusal`).
     """
     heads, kv_heads = spec.num_attention_heads, spec.num_kv_heads
     if heads <= 0:
@@ -1378,7 +1420,8 @@ def engine_tensor_parallel_sizes(spec: ModelSpec, limit: int = MAX_DEVICES_SEARC
                                            or kv_heads % size == 0 or size % kv_heads == 0)
                  and (vision_heads is None or vision_heads % size == 0)
                  and (qwen_tower is None or qwen_vision_refusal(qwen_tower, size) is None)
-                 and mlp_width_refusal(spec, size) is None and expert_width_refusal(spec, size) is None)
+                 and mlp_width_refusal(spec, size) is None
+                 and expert_width_refusal(spec, size, expert_parallel) is None)
 
 
 def _min_devices(evaluator: _Evaluator, terms: _ModelTerms, workload: Workload) -> int | None:
@@ -1399,7 +1442,8 @@ def _min_devices(evaluator: _Evaluator, terms: _ModelTerms, workload: Workload) 
     if terms.device_refusal(evaluator) is not None:  # no count of these devices runs the format
         return None
     low = max(1, -(-sum(terms.by_role.values()) // max(1, evaluator.usable_bytes)))
-    sizes = [size for size in terms.accepted_sizes(evaluator.engine) if size >= low]
+    sizes = [size for size in terms.accepted_sizes(evaluator.engine, evaluator.options.expert_parallel)
+             if size >= low]
     if evaluator.spec.has_indexer and evaluator.engine is not None:
         return next((size for size in sizes if fits_on(size)), None)
     if sizes and sizes[0] == 1:
@@ -1439,7 +1483,7 @@ def _format_plan(terms: _ModelTerms, hardware: Hardware, workload: Workload, ten
     options = evaluator.options
     layout = terms.layout(tensor_parallel, options.pipeline_parallel,
                           evaluator.vocabulary_everywhere(options.pipeline_parallel), evaluator.fp32_routers(),
-                          evaluator.mamba_cache_mode(), evaluator.chunked_local())
+                          evaluator.mamba_cache_mode(), evaluator.chunked_local(), options.expert_parallel)
     stage_terms = evaluator.stage_terms(layout)
     by_role = terms.by_role
     total_weights = sum(by_role.values())
@@ -1516,6 +1560,11 @@ def plan(spec: ModelSpec, hardware: Hardware, workload: Workload | None = None,
         raise InvalidSpec("parallel.tensor", tensor,
                           f"tensor ({tensor}) x pipeline ({pipeline}) must equal the device count "
                           f"({hardware.count})")
+    if options.expert_parallel and not spec.is_moe:
+        raise InvalidSpec("runtime.expert_parallel", options.expert_parallel,
+                          f"expert parallelism needs routed experts; {spec.name} has none (vLLM's "
+                          "_verify_with_expert_parallelism: \"Number of experts in the model must be greater than 0 "
+                          "when expert parallelism is enabled\")")
     counts = _parameter_count(spec)
     usable = math.floor(hardware.capacity_bytes * options.memory_utilization)
     engine = get_engine(options.engine, options.engine_version)
@@ -1590,7 +1639,7 @@ def plan(spec: ModelSpec, hardware: Hardware, workload: Workload | None = None,
 
     primary_layout = terms_of(deployed).layout(
         tensor, pipeline, evaluator.vocabulary_everywhere(pipeline), evaluator.fp32_routers(),
-        evaluator.mamba_cache_mode(), evaluator.chunked_local())
+        evaluator.mamba_cache_mode(), evaluator.chunked_local(), options.expert_parallel)
     primary_terms = evaluator.stage_terms(primary_layout)
     if primary_layout.vocabulary_on_every_stage and engine is not None:
         notes.append(f"{engine.vocabulary_on_every_stage(spec)}: each of the {pipeline} stages holds "
@@ -1598,6 +1647,8 @@ def plan(spec: ModelSpec, hardware: Hardware, workload: Workload | None = None,
                      "cache cannot use.")
     if evaluator.fp32_routers() and engine is not None:
         notes.append(_fp32_router_note(engine, spec, deployed, tensor))
+    if options.expert_parallel and engine is not None:
+        notes.append(expert_placement_note(spec, engine.version, tensor))
     hybrid = primary_layout.stage_kv[0].hybrid
     if hybrid is not None:
         notes.append(_hybrid_note(hybrid, options.block_size, tensor, engine))

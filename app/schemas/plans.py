@@ -151,6 +151,10 @@ class RuntimeIn(BaseModel):
                                                    "them after sizing the KV cache, from the memory "
                                                    "memory_utilization leaves free; 0.33 charges their estimate "
                                                    "inside the budget).")
+    expert_parallel: bool = Field(False, description="vllm only, MoE models only: --enable-expert-parallel with data "
+                                                     "parallel 1: each tensor-parallel rank holds whole routed "
+                                                     "experts (the first ranks one more where they do not divide), "
+                                                     "the rest stays split by tensor parallelism.")
 
 
 class CheckpointHeaderIn(BaseModel):
@@ -405,6 +409,7 @@ def plan_to_core(body: PlanRequest, max_config_depth: int, max_header_bytes: int
         activation_bytes=body.runtime.activation_bytes, max_batched_tokens=body.runtime.max_batched_tokens,
         max_num_seqs=body.runtime.max_num_seqs, engine=body.runtime.engine, engine_version=body.runtime.engine_version,
         enforce_eager=body.runtime.enforce_eager,
+        expert_parallel=body.runtime.expert_parallel,
         config_dtype=None if body.model.hf_config is None else config_float_format(body.model.hf_config),
     )
     return spec, hardware, workload, options

@@ -32,7 +32,8 @@ class Stage:
     `layers` is the ``[start, stop)`` range of decoder layers of the device's pipeline
     stage; `is_last` says whether the stage runs the sampler.  `element_bytes` is the bytes of one
     element of the dtype the engine runs the model in (2: bf16/fp16; 4 where it runs float32:
-    `EngineProfile.model_dtype_bytes`).
+    `EngineProfile.model_dtype_bytes`).  `expert_parallel`: the routed experts are placed whole over the
+    `tensor_parallel` ranks (vLLM's ``--enable-expert-parallel`` with data parallel 1), not sliced over them.
     """
 
     spec: ModelSpec
@@ -41,6 +42,7 @@ class Stage:
     layers: tuple[int, int]
     is_last: bool
     element_bytes: int = 2
+    expert_parallel: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -128,8 +130,10 @@ class EngineProfile(Protocol):
         device whose need exceeds ``capacity - usable`` does not fit."""
         ...
 
-    def refusal(self, spec: ModelSpec, tensor_parallel: int, pipeline_parallel: int) -> str | None:
-        """Why the engine refuses this layout, or None when it accepts it."""
+    def refusal(self, spec: ModelSpec, tensor_parallel: int, pipeline_parallel: int,
+                expert_parallel: bool = False) -> str | None:
+        """Why the engine refuses this layout (`expert_parallel`: the routed experts placed whole over the
+        tensor-parallel ranks), or None when it accepts it."""
         ...
 
     def vocabulary_on_every_stage(self, spec: ModelSpec) -> str | None:
@@ -160,9 +164,11 @@ class EngineProfile(Protocol):
         float32 whatever the model's dtype, or None when it allocates them as the other unquantized tensors."""
         ...
 
-    def format_refusal(self, spec: ModelSpec, weight_format: str, tensor_parallel: int) -> str | None:
+    def format_refusal(self, spec: ModelSpec, weight_format: str, tensor_parallel: int,
+                       expert_parallel: bool = False) -> str | None:
         """Why the engine refuses `spec` stored as `weight_format` (a scheme's label, ``fp8-block128``) split over
-        `tensor_parallel` ranks, or None when it accepts it."""
+        `tensor_parallel` ranks (`expert_parallel`: its routed experts placed whole on them), or None when it
+        accepts it."""
         ...
 
     def device_refusal(self, spec: ModelSpec, weight_format: str, compute_capability: tuple[int, int] | None,

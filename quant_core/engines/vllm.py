@@ -818,7 +818,7 @@ def dsa_workspace(stage: Stage, kv_cache_dtype: str, limits: BatchLimits, versio
     heads = spec.num_attention_heads // stage.tensor_parallel
     counted = 0
     if spec.is_moe:
-        caches = fused_moe_caches(spec, stage.tensor_parallel, tokens, version)
+        caches = fused_moe_caches(spec, stage.tensor_parallel, tokens, version, expert_parallel=stage.expert_parallel)
         counted = caches.nbytes if caches.persists else 0
     fp8_cache = kv_dtype(kv_cache_dtype).bits == 8
     return DsaWorkspace(query_bytes=tokens * heads * row, latent_row_bytes=row,
@@ -1056,10 +1056,116 @@ DEEP_GEMM_ALIGNMENT = 128
 DEEP_GEMM_MIN_WIDTH_V0_11 = 512
 
 
+#: the releases whose expert-parallel path with data parallel 1 (``--enable-expert-parallel``) nibble read, and what
+#: it is in each: the same in 0.11, 0.19 and 0.33
+EXPERT_PARALLEL_PATH: dict[str, str] = {
+    version: (
+        "FusedMoEParallelConfig.make (fused_moe/config.py) takes use_ep when tp x dp > 1 and sets ep_size = tp, "
+        "tp_size = 1: each rank holds whole experts; determine_expert_map ("
+        + ("fused_moe/layer.py" if version != "0.33" else "fused_moe/expert_map_manager.py")
+        + ", linear placement) gives the first E % ep ranks one expert more; with data parallel 1 no all2all "
+        "manager is made (" + ("base_device_communicator.py: use_all2all needs data_parallel_size > 1"
+                               if version != "0.33" else
+                               "config/parallel.py use_all2all and use_sequence_parallel_moe need "
+                               "data_parallel_size > 1")
+        + "), the fused-MoE kernels run on the local experts with the expert_map and the tensor-parallel "
+        "all-reduce sums their outputs; attention, shared experts and dense layers stay tensor-parallel")
+    for version in ("0.11", "0.19", "0.33")}
+
+
+def routed_experts_per_rank(num_experts: int, ranks: int, rank: int = 0) -> int:
+    """How many of `num_experts` routed experts expert-parallel rank `rank` of `ranks` holds, as vLLM's
+    ``determine_expert_map`` (fused_moe/layer.py in v0.11.0 and v0.19.0, fused_moe/expert_map_manager.py in v0.33.0)
+    places them: ``E // ranks`` each and one more on the ranks below ``E % ranks`` (the first ranks, though its
+    docstring says the last).  Rank 0 holds the most."""
+    base, remainder = divmod(num_experts, ranks)
+    return base + 1 if rank < remainder else base
+
+
+def expert_shard(spec: ModelSpec, tensor_parallel: int, expert_parallel: bool = False) -> tuple[int, int]:
+    """(routed experts, expert width) one rank of `tensor_parallel` holds: every expert at ``moe_intermediate_size
+    / tp`` under tensor parallelism; under `expert_parallel` (vLLM's FusedMoEParallelConfig.make: ep_size = tp,
+    tp_size = 1 for the experts) the most loaded rank's whole experts (`routed_experts_per_rank`) at the full
+    width.  At one rank expert parallelism is off (``use_ep`` needs tp x dp > 1): every expert, whole."""
+    if expert_parallel and tensor_parallel > 1:
+        return routed_experts_per_rank(spec.num_experts, tensor_parallel), spec.moe_intermediate_size
+    return spec.num_experts, spec.moe_intermediate_size // tensor_parallel
+
+
+def expert_parallel_refusal(spec: ModelSpec, version: str, tensor_parallel: int) -> str | None:
+    """Why nibble does not plan `spec` with vLLM `version`'s expert parallelism over `tensor_parallel` ranks (None:
+    it does): a release whose path it did not read (`EXPERT_PARALLEL_PATH`), or more ranks than routed experts (the
+    ranks past the E-th would hold none)."""
+    if version not in EXPERT_PARALLEL_PATH:
+        return (f"nibble does not plan vLLM {version}'s expert parallelism (runtime.expert_parallel): its code path "
+                f"was read for {', '.join(EXPERT_PARALLEL_PATH)} only")
+    if spec.is_moe and tensor_parallel > spec.num_experts:
+        return (f"nibble does not plan expert parallelism over {tensor_parallel} ranks for {spec.num_experts} routed "
+                "experts (runtime.expert_parallel): determine_expert_map would leave ranks with none")
+    return None
+
+
+#: the expert formats (`weight_format_family`) whose fused-MoE kernel under expert parallelism was not read for a
+#: release, and why (the others keep the kernel they run under tensor parallelism, on the whole experts)
+EXPERT_PARALLEL_UNREAD_FORMATS: dict[str, str] = {
+    "mxfp4": "the MXFP4 oracles pick other backends under expert parallelism (0.33's FlashInfer EP experts, "
+             "flashinfer_moe_ep.py, need use_ep) and nibble's MXFP4 layouts are read without it",
+    "nvfp4": "the NVFP4 oracle can pick FlashInfer's EP-only experts (0.33 flashinfer_moe_ep.py: use_ep), not read",
+    "gguf": "GGUF's MoE method under expert parallelism was not read",
+    "nf4": "bitsandbytes' MoE method under expert parallelism was not read",
+    "int8": "int8 MoE methods under expert parallelism were not read",
+}
+#: 0.33's int4 (WNA16) MoE: on Hopper it prefers Humming's kernels to Marlin (quantization/utils/humming/priority.py
+#: ``prefers_humming``: compute capability 9.0), which take a grouped_contiguous GEMM under expert parallelism
+#: (fused_humming_moe.py ``get_humming_moe_gemm_type``: ``use_ep``), whose buffers nibble did not read; refused on
+#: every device (a format refusal does not know the device)
+EXPERT_PARALLEL_UNREAD_INT4_V0_33 = ("vLLM 0.33 runs int4 MoE on Humming's kernels on Hopper (humming/priority.py), "
+                                     "which switch to a grouped_contiguous GEMM under expert parallelism "
+                                     "(fused_humming_moe.py get_humming_moe_gemm_type), whose buffers nibble did not "
+                                     "read")
+
+
+def expert_parallel_format_refusal(version: str, weight_format: str) -> str | None:
+    """Why nibble does not plan experts stored as `weight_format` under vLLM `version`'s expert parallelism
+    (`EXPERT_PARALLEL_UNREAD_FORMATS`, `EXPERT_PARALLEL_UNREAD_INT4_V0_33`), or None."""
+    family = weight_format_family(weight_format)
+    why = EXPERT_PARALLEL_UNREAD_FORMATS.get(family)
+    if why is None and version == "0.33" and family in ("gptq", "awq", "compressed-tensors", "int4"):
+        why = EXPERT_PARALLEL_UNREAD_INT4_V0_33
+    if why is None:
+        return None
+    return f"nibble does not plan {weight_format} experts with expert parallelism (runtime.expert_parallel): {why}"
+
+
+def expert_placement_note(spec: ModelSpec, version: str, tensor_parallel: int) -> str:
+    """The plan's note on how vLLM `version` places `spec`'s routed experts under expert parallelism over
+    `tensor_parallel` ranks (data parallel 1), and what the plan charges."""
+    if tensor_parallel == 1:
+        return ("Expert parallelism (runtime.expert_parallel) changes nothing on one device: vLLM turns it on only "
+                "when tensor x data parallel > 1 (FusedMoEParallelConfig.make); planned as tensor parallelism.")
+    experts = spec.num_experts
+    most, least = routed_experts_per_rank(experts, tensor_parallel), routed_experts_per_rank(
+        experts, tensor_parallel, tensor_parallel - 1)
+    remainder = experts % tensor_parallel
+    placed = (f"{most} each" if not remainder else
+              f"{most} on ranks 0-{remainder - 1} and {least} on ranks {remainder}-{tensor_parallel - 1}")
+    return (f"Expert parallelism planned (vLLM {version} --enable-expert-parallel, data parallel 1): the "
+            f"{experts} routed experts of each MoE layer are placed whole over the {tensor_parallel} ranks "
+            f"({placed}, full {spec.moe_intermediate_size}-wide), not sliced; every device is charged the most "
+            f"loaded rank's {most} experts, their fused-MoE buffers at the full width, and its tensor-parallel share "
+            "of the rest (attention, shared experts, dense layers, embedding, KV cache). "
+            f"{EXPERT_PARALLEL_PATH[version]}.")
+
+
 def fused_moe_caches(spec: ModelSpec, tensor_parallel: int, tokens: int, version: str, expert_format: str = "",
-                     device: DeviceFacts = UNKNOWN_DEVICE) -> FusedMoeCaches:
+                     device: DeviceFacts = UNKNOWN_DEVICE, expert_parallel: bool = False) -> FusedMoeCaches:
     """The fused-MoE intermediate caches of a MoE layer over `tokens` tokens on one rank, as vLLM `version`'s code
     sizes them, with ``k`` = top_k, ``w`` = moe_intermediate_size / tp, ``K`` = hidden_size, bf16 (2 bytes).
+    With `expert_parallel` (``--enable-expert-parallel``, data parallel 1) the same kernels run on the rank's whole
+    experts (`expert_shard`: ``w`` = moe_intermediate_size, ``experts`` the rank's local count), the tokens not
+    dispatched (no all2all manager: `EXPERT_PARALLEL_PATH`); in 0.33 on Hopper block fp8 then prefers FlashInfer's
+    CUTLASS experts (oracle/fp8.py ``select_fp8_moe_backend``: ``ep_size > 1`` moves FLASHINFER_CUTLASS to the
+    front), whose ``T x K`` workspace is charged the Triton figure, on the safe side, as for per-tensor fp8.
 
     * v0.11 with block-fp8 experts (`expert_format` "fp8-block128") wider than 512 a rank on Hopper
       (`HOPPER_CAPABILITY`), or of any width on compute capability 10.0 (`DEEP_GEMM_E8M0_CAPABILITY`, the E8M0 path
@@ -1091,7 +1197,7 @@ def fused_moe_caches(spec: ModelSpec, tensor_parallel: int, tokens: int, version
       the sampler pass alone).
     """
     k, hidden = spec.experts_per_token, spec.hidden_size
-    width = spec.moe_intermediate_size // tensor_parallel
+    experts, width = expert_shard(spec, tensor_parallel, expert_parallel)
     if expert_format == "mxfp4" and mxfp4_moe_backend(version, device).startswith("triton"):
         nbytes = tokens * (k * width + hidden) * ACTIVATION_ELEMENT_BYTES
         return FusedMoeCaches(nbytes, False, (
@@ -1106,7 +1212,7 @@ def fused_moe_caches(spec: ModelSpec, tensor_parallel: int, tokens: int, version
         where = ("on Hopper, wider than 512 a rank and 128-aligned (_valid_deep_gemm)" if hopper_shape
                  else "on compute capability 10.0 whatever the width (the E8M0 path, is_deep_gemm_e8m0_used)")
         chunk = min(tokens, FUSED_MOE_CHUNK_TOKENS_V0_11)
-        rows = -(-(chunk * k + spec.num_experts * (DEEP_GEMM_ALIGNMENT - 1)) // DEEP_GEMM_ALIGNMENT) \
+        rows = -(-(chunk * k + experts * (DEEP_GEMM_ALIGNMENT - 1)) // DEEP_GEMM_ALIGNMENT) \
             * DEEP_GEMM_ALIGNMENT
         nbytes = rows * (max(2 * width, hidden) + max(width, hidden)) * ACTIVATION_ELEMENT_BYTES
         return FusedMoeCaches(nbytes, True, (
@@ -1341,7 +1447,7 @@ def expert_layout(stage: Stage, version: str, expert_format: str, device: Device
 
 
 def _forward_bytes(spec: ModelSpec, tensor_parallel: int, tokens: int, version: str, expert_format: str = "",
-                   device: DeviceFacts = UNKNOWN_DEVICE, element_bytes: int = 2) -> int:
+                   device: DeviceFacts = UNKNOWN_DEVICE, element_bytes: int = 2, expert_parallel: bool = False) -> int:
     """Peak live activation bytes on one rank during one decoder layer of the dummy forward pass.
 
     ``tokens x element_bytes (2; 4 for a model run in float32) x (3 x hidden + max(MLP, attention))``: the
@@ -1363,7 +1469,7 @@ def _forward_bytes(spec: ModelSpec, tensor_parallel: int, tokens: int, version: 
     per_token = element_bytes * tokens
     if not spec.is_moe:
         return per_token * (3 * spec.hidden_size + max(mlp, attention))
-    caches = fused_moe_caches(spec, tp, tokens, version, expert_format, device)
+    caches = fused_moe_caches(spec, tp, tokens, version, expert_format, device, expert_parallel)
     shared = 3 * spec.shared_expert_width // tp
     if caches.persists:
         return per_token * (3 * spec.hidden_size + max(mlp, attention, shared)) + caches.nbytes
@@ -1591,8 +1697,8 @@ def weight_allocation_slack(stage: Stage, weight_format: str) -> int | None:
     dense = mlp_slack((2 * width * hidden, hidden * width))
     moe = 0
     if spec.is_moe:
-        expert_width = spec.moe_intermediate_size // tp
-        moe = mlp_slack((spec.num_experts * 2 * expert_width * hidden, spec.num_experts * hidden * expert_width))
+        experts, expert_width = expert_shard(spec, tp, stage.expert_parallel)
+        moe = mlp_slack((experts * 2 * expert_width * hidden, experts * hidden * expert_width))
         if spec.shared_expert_width:
             shared = spec.shared_expert_width // tp
             moe += mlp_slack((2 * shared * hidden, hidden * shared))
@@ -1642,22 +1748,25 @@ def mlp_width_refusal(spec: ModelSpec, tensor_parallel: int) -> str | None:
     return None
 
 
-def expert_width_refusal(spec: ModelSpec, tensor_parallel: int) -> str | None:
+def expert_width_refusal(spec: ModelSpec, tensor_parallel: int, expert_parallel: bool = False) -> str | None:
     """Why vLLM cannot split the experts of `spec` over `tensor_parallel` ranks, in any weight format (None: it can).
+    Under `expert_parallel` the routed experts are whole on each rank (FusedMoEParallelConfig.make: tp_size = 1 for
+    them) and only the shared experts' width is split.
 
     ``FusedMoE.__init__`` (model_executor/layers/fused_moe/layer.py, v0.11.0 and v0.19.0; fused_moe/config.py in
-    v0.33.0) asserts ``intermediate_size % self.tp_size == 0`` of the routed experts' width (expert parallelism off,
-    as nibble plans); the shared experts are a dense MLP (``MergedColumnParallelLinear``, whose ``divide`` asserts
-    the same of their width).  GLM-4.5-Air's 1,408-wide experts refuse 24, 48 and 96 ranks, which its 96 heads and
-    8 key/value heads would accept."""
+    v0.33.0) asserts ``intermediate_size % self.tp_size == 0`` of the routed experts' width (expert parallelism off;
+    with it ``tp_size`` is 1 for the experts); the shared experts are a dense MLP (``MergedColumnParallelLinear``,
+    whose ``divide`` asserts the same of their width).  GLM-4.5-Air's 1,408-wide experts refuse 24, 48 and 96
+    ranks, which its 96 heads and 8 key/value heads would accept."""
     if not spec.is_moe:
         return None
-    for what, width in (("routed experts' width", spec.moe_intermediate_size),
+    for what, width in (("routed experts' width", 0 if expert_parallel else spec.moe_intermediate_size),
                         ("shared experts' width", spec.shared_expert_width)):
         if width and width % tensor_parallel:
             return (f"vLLM refuses tensor parallel size {tensor_parallel}: it does not divide the {what} ({width}; "
-                    "FusedMoE splits each expert's rows over the ranks); vLLM serves it with "
-                    "--enable-expert-parallel, which nibble does not plan")
+                    + ("the shared experts are a tensor-parallel MLP even under expert parallelism)"
+                       if expert_parallel else "FusedMoE splits each expert's rows over the ranks); vLLM serves it "
+                       "with --enable-expert-parallel (runtime.expert_parallel)"))
     return None
 
 
@@ -2194,15 +2303,15 @@ class VllmProfile:
         """`activation`, uncached."""
         spec, tokens, element = stage.spec, limits.max_batched_tokens, stage.element_bytes
         received = 2 * tokens * spec.hidden_size * element if stage.layers[0] > 0 else 0
-        caches = (fused_moe_caches(spec, stage.tensor_parallel, tokens, self._version, expert_format, device)
-                  if spec.is_moe else None)
+        caches = (fused_moe_caches(spec, stage.tensor_parallel, tokens, self._version, expert_format, device,
+                                   stage.expert_parallel) if spec.is_moe else None)
         gdn = 0
         if spec.linear_attention is not None and self._rules.gdn_projections_profiled:
             gdn = gdn_forward_bytes_per_token(spec, stage.tensor_parallel)
         # a Gated DeltaNet layer after the first MoE layer runs beside the fused-MoE caches where they persist
         held_by_moe = caches.nbytes if caches is not None and caches.persists else 0
         forward = max(_forward_bytes(spec, stage.tensor_parallel, tokens, self._version, expert_format, device,
-                                     element),
+                                     element, stage.expert_parallel),
                       tokens * gdn + held_by_moe if gdn else 0) + received
         rows = min(limits.max_num_seqs, tokens) if stage.is_last else 0
         workspace = caches.nbytes if rows and caches is not None and caches.persists else 0
@@ -2333,10 +2442,15 @@ class VllmProfile:
         the memory in use at start-up, and what it allocates after sizing the KV cache."""
         return outside_budget(stage, kv_cache_dtype, limits, self._version, enforce_eager, device)
 
-    def refusal(self, spec: ModelSpec, tensor_parallel: int, pipeline_parallel: int) -> str | None:
+    def refusal(self, spec: ModelSpec, tensor_parallel: int, pipeline_parallel: int,
+                expert_parallel: bool = False) -> str | None:
         """vLLM's `ModelConfig.verify_with_parallel_config` and the attention layers' head split:
         the tensor-parallel degree must divide the attention heads, and divide the key/value heads
-        or be a multiple of them (each rank then holds a replica); MLA has no key/value heads."""
+        or be a multiple of them (each rank then holds a replica); MLA has no key/value heads.  Under
+        `expert_parallel` the routed experts' width is not split (`expert_width_refusal`), and what nibble does not
+        plan of it is refused (`expert_parallel_refusal`)."""
+        if expert_parallel and (refused := expert_parallel_refusal(spec, self._version, tensor_parallel)):
+            return refused
         heads, kv_heads = spec.num_attention_heads, spec.num_kv_heads
         if heads % tensor_parallel:
             return (f"vLLM refuses tensor parallel size {tensor_parallel}: it does not divide the model's "
@@ -2378,8 +2492,8 @@ class VllmProfile:
             return hybrid
         if isinstance(spec.vision, QwenVisionTower | Qwen3VisionTower):
             return (qwen_vision_refusal(spec.vision, tensor_parallel) or mlp_width_refusal(spec, tensor_parallel)
-                    or expert_width_refusal(spec, tensor_parallel))
-        return mlp_width_refusal(spec, tensor_parallel) or expert_width_refusal(spec, tensor_parallel)
+                    or expert_width_refusal(spec, tensor_parallel, expert_parallel))
+        return mlp_width_refusal(spec, tensor_parallel) or expert_width_refusal(spec, tensor_parallel, expert_parallel)
 
     def vocabulary_on_every_stage(self, spec: ModelSpec) -> str | None:
         """Why each pipeline stage of `spec` holds the embedding, final norm and lm_head in vLLM: the model
@@ -2392,10 +2506,17 @@ class VllmProfile:
                 f"pipeline stage, not only on the first and last (vllm/model_executor/models/{where}, with no "
                 "PPMissingLayer for them), and counts them as each stage's weights")
 
-    def format_refusal(self, spec: ModelSpec, weight_format: str, tensor_parallel: int) -> str | None:
+    def format_refusal(self, spec: ModelSpec, weight_format: str, tensor_parallel: int,
+                       expert_parallel: bool = False) -> str | None:
         """`fp8_block_expert_refusal` for a scheme of fp8 [128, 128] blocks (as configured or read from a
         checkpoint's headers), `int4_expert_refusal` for a GPTQ, AWQ or compressed-tensors int4 format; None for
-        other formats."""
+        other formats.  Under `expert_parallel` (more than one rank) each rank's experts are whole: both are asked
+        at one rank (the experts' full width), after `expert_parallel_format_refusal`."""
+        if expert_parallel and tensor_parallel > 1 and spec.is_moe:
+            refused = expert_parallel_format_refusal(self._version, weight_format)
+            if refused is not None:
+                return refused
+            tensor_parallel = 1  # FusedMoE's intermediate_size_per_partition is the whole width
         if weight_format.removeprefix("checkpoint-") != "fp8-block128":
             return int4_expert_refusal(spec, weight_format, tensor_parallel, self._version)
         return fp8_block_expert_refusal(spec, tensor_parallel)
@@ -2504,7 +2625,8 @@ def fp8_block_expert_refusal(spec: ModelSpec, tensor_parallel: int) -> str | Non
     ``intermediate_size_per_partition`` (the expert width over the tensor-parallel ranks, expert parallelism
     off) is not a multiple of 128, and the same for block_k when tensor parallelism splits w2's input.  MiniMax-M2
     at TP 8: 1536 / 8 = 192 (vLLM 0.19.0 on 4 and 8 A100s; vllm#17569 for Qwen3's 1536 and 768); the fix is
-    ``--enable-expert-parallel``, which nibble does not plan.  Models without routed experts: None."""
+    ``--enable-expert-parallel``, whose ranks hold whole experts (`VllmProfile.format_refusal` asks it at one rank
+    then).  Models without routed experts: None."""
     if not spec.is_moe:
         return None
     width = spec.moe_intermediate_size
@@ -2513,8 +2635,8 @@ def fp8_block_expert_refusal(spec: ModelSpec, tensor_parallel: int) -> str | Non
         return None
     return (f"vLLM refuses fp8 [128, 128]-block experts at tensor parallel size {tensor_parallel}: each rank's "
             f"share of the {width}-wide experts, {width / tensor_parallel:g}, is not a multiple of the 128-wide "
-            "block (fp8.py, Fp8MoEMethod.create_weights); vLLM serves it with --enable-expert-parallel, which "
-            "nibble does not plan")
+            "block (fp8.py, Fp8MoEMethod.create_weights); vLLM serves it with --enable-expert-parallel "
+            "(runtime.expert_parallel), which places whole experts on each rank")
 
 
 @lru_cache(maxsize=256)

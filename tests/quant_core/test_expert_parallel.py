@@ -1,0 +1,221 @@
+"""vLLM's expert parallelism with data parallel 1 (``--enable-expert-parallel``), as nibble plans it.
+
+Read in the sources of vLLM 0.11.0, 0.19.0 and 0.33.0 (PyPI wheels):
+
+* ``FusedMoEParallelConfig.make`` (fused_moe/config.py): ``use_ep = dp x tp > 1 and enable_expert_parallel``;
+  with it ``ep_size = tp``, ``tp_size = 1``: each rank holds whole experts, ``intermediate_size_per_partition`` is
+  the full width.
+* ``determine_expert_map`` (fused_moe/layer.py in 0.11/0.19, fused_moe/expert_map_manager.py in 0.33):
+  ``base = E // ep``, ``local = base + 1 if ep_rank < E % ep else base`` (the first ranks take the remainder).
+* All2all: 0.11/0.19 ``DeviceCommunicatorBase`` sets ``use_all2all`` only when ``data_parallel_size > 1``; 0.33's
+  ``ParallelConfig.use_all2all`` needs ``data_parallel_size > 1`` (or sequence-parallel MoE, itself dp > 1, or
+  prefill context parallelism): with dp 1 no all2all manager and no DeepEP/pplx buffers.  The EP group is made for
+  every MoE model whatever the flag ("Don't create EP group for dense models"), so the start-up memory is unchanged.
+* The shared experts and attention stay tensor-parallel (MergedColumnParallelLinear / QKVParallelLinear).
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from quant_core.catalog import get_preset, get_preset_info
+from quant_core.engines.vllm import (
+    VllmProfile,
+    expert_shard,
+    fused_moe_caches,
+    routed_experts_per_rank,
+)
+from quant_core.errors import InvalidSpec
+from quant_core.formats import float_format
+from quant_core.inventory import inventory
+from quant_core.planner import Hardware, PlanOptions, Workload, plan
+from quant_core.schemes import scheme_from_quantization_config
+
+GIB = 1 << 30
+H100 = 80 * GIB
+BF16 = float_format("bf16")
+
+
+@pytest.mark.parametrize(("experts", "ranks", "expected"), [
+    (256, 8, [32] * 8),
+    (160, 24, [7] * 16 + [6] * 8),  # GLM-4.5 at 24 ranks: 160 = 24 x 6 + 16, the first 16 ranks hold one more
+    (60, 8, [8] * 4 + [7] * 4),
+    (8, 8, [1] * 8),
+])
+def test_determine_expert_map_gives_the_remainder_to_the_first_ranks(experts: int, ranks: int,
+                                                                       expected: list[int]) -> None:
+    placed = [routed_experts_per_rank(experts, ranks, rank) for rank in range(ranks)]
+    assert placed == expected and sum(placed) == experts
+    assert routed_experts_per_rank(experts, ranks) == max(placed)  # rank 0 is the most loaded
+
+
+def test_expert_shard_is_whole_experts_under_expert_parallelism_and_a_width_slice_without() -> None:
+    spec = get_preset("glm-4.5")
+    assert expert_shard(spec, 24) == (160, 1536 // 24)
+    assert expert_shard(spec, 24, True) == (7, 1536)
+    assert expert_shard(spec, 1, True) == (160, 1536)  # use_ep needs tp x dp > 1
+
+
+def _expert_bytes_per_layer(spec_name: str) -> tuple[int, int]:
+    """(bf16 bytes of one routed expert's three projections, MoE layers), from the inventory."""
+    spec = get_preset(spec_name)
+    rows = [entry for entry in inventory(spec) if entry.role == "expert"]
+    layers = {len(entry.layers) for entry in rows}
+    assert len(layers) == 1 and all(entry.per_layer == spec.num_experts for entry in rows)
+    return sum(2 * entry.elements for entry in rows), layers.pop()
+
+
+def test_weights_per_device_are_the_most_loaded_ranks_whole_experts_plus_a_tensor_parallel_share_of_the_rest() -> None:
+    # GLM-4.5 bf16 at 24 devices: 160 experts of 3 x 1536 x 5120 x 2 bytes = 47,185,920 bytes each, 89 MoE layers.
+    # Tensor parallel: every expert sliced 24 ways, 160 / 24 of an expert a layer; expert parallel: rank 0 holds 7
+    # whole experts (determine_expert_map), and the rest (attention, shared experts, dense layers, embedding) is the
+    # same tensor-parallel share
+    one_expert, layers = _expert_bytes_per_layer("glm-4.5")
+    assert one_expert == 3 * 1536 * 5120 * 2 == 47_185_920 and layers == 89
+    spec = get_preset("glm-4.5")
+    hardware, workload = Hardware(H100, 24, "h100-80gb"), Workload(8192, 1)
+    sliced = plan(spec, hardware, workload, PlanOptions(weight_format=BF16))
+    placed = plan(spec, hardware, workload, PlanOptions(weight_format=BF16, expert_parallel=True))
+    rest = sliced.primary.devices[0].weights_bytes - layers * 160 * one_expert // 24
+    assert placed.primary.devices[0].weights_bytes == rest + layers * 7 * one_expert
+    assert placed.primary.devices[0].weights_bytes - sliced.primary.devices[0].weights_bytes == 1_399_848_960
+    # every device is charged the most loaded rank; the KV cache is attention's, tensor-parallel either way
+    assert {device.weights_bytes for device in placed.primary.devices} == {placed.primary.devices[0].weights_bytes}
+    assert placed.primary.devices[0].kv_cache_bytes == sliced.primary.devices[0].kv_cache_bytes
+    assert placed.kv_bytes_per_token == sliced.kv_bytes_per_token
+    assert placed.primary.refusal is None
+    assert any("7 on ranks 0-15 and 6 on ranks 16-23" in note for note in placed.warnings)
+
+
+def test_minimax_fp8_at_tensor_parallel_8_plans_with_expert_parallelism_where_it_is_refused_without() -> None:
+    # fp8.py's Fp8MoEMethod refuses 1536 / 8 = 192-wide expert slices (not whole 128-wide blocks); with
+    # --enable-expert-parallel each rank holds 32 whole 1536-wide experts, 12 blocks wide.  256 / 8 is even: the
+    # weights per device are the same bytes as the tensor-parallel slices
+    info = get_preset_info("minimax-m2.5")
+    scheme = scheme_from_quantization_config(info.quantization_config)
+    hardware, workload = Hardware(H100, 8, "h100-80gb"), Workload(8192, 1)
+    for version in ("0.19", "0.33"):
+        sliced = plan(info.spec, hardware, workload, PlanOptions(scheme=scheme, engine_version=version))
+        placed = plan(info.spec, hardware, workload, PlanOptions(scheme=scheme, engine_version=version,
+                                                                 expert_parallel=True))
+        if version == "0.19":  # 0.33 refines or pads the block scales instead (oracle/fp8.py), not modelled here
+            assert "192" in (sliced.primary.refusal or "")
+        assert placed.primary.refusal is None and placed.primary.fits
+        assert placed.primary.devices[0].weights_bytes == sliced.primary.devices[0].weights_bytes
+        assert VllmProfile(version).format_refusal(info.spec, "fp8-block128", 8, True) is None
+    # vLLM 0.11 has no MiniMax-M2 class, with or without expert parallelism
+    refused = plan(info.spec, hardware, workload, PlanOptions(scheme=scheme, engine_version="0.11",
+                                                              expert_parallel=True))
+    assert "cannot load a minimax_m2 model" in (refused.primary.refusal or "")
+
+
+@pytest.mark.parametrize("version", ["0.11", "0.19", "0.33"])
+def test_the_fused_moe_buffers_take_the_full_expert_width_under_expert_parallelism(version: str) -> None:
+    # Mixtral-8x7B at TP 2, 8192 tokens, top-2, hidden 4096: the kernels see w1 [4, 2 x 14336, 4096] instead of
+    # [8, 2 x 7168, 4096].  0.11 fused_experts_impl: cache13 M x k x max(2w, K) + cache2 M x k x w; 0.19/0.33
+    # TritonExperts: workspace13 M x k x max(w, K) + workspace2 M x k x max(2w, K); bf16
+    spec = get_preset("mixtral-8x7b-v0.1")
+    rows = 8192 * 2
+    for width, expert_parallel in ((7168, False), (14336, True)):
+        expected = (rows * (2 * width + width) * 2 if version == "0.11"
+                    else rows * (max(width, 4096) + max(2 * width, 4096)) * 2)
+        assert fused_moe_caches(spec, 2, 8192, version, expert_parallel=expert_parallel).nbytes == expected
+    assert fused_moe_caches(spec, 2, 8192, version, expert_parallel=True).nbytes == 1_409_286_144
+
+
+def test_the_plans_activation_grows_by_the_wider_moe_workspace_where_it_persists() -> None:
+    # vLLM 0.19 keeps the fused-MoE workspace under the sampler pass: the activation grows by exactly the
+    # workspace's growth, 1,409,286,144 - 704,643,072 bytes
+    spec = get_preset("mixtral-8x7b-v0.1")
+    hardware, workload = Hardware(H100, 2, "h100-80gb"), Workload(8192, 1)
+    sliced, placed = (plan(spec, hardware, workload, PlanOptions(weight_format=BF16, engine_version="0.19",
+                                                                 expert_parallel=flag)) for flag in (False, True))
+    assert placed.activation.bytes - sliced.activation.bytes == 1_409_286_144 - 704_643_072
+    assert placed.runtime_overhead.bytes == sliced.runtime_overhead.bytes  # no all2all buffers with dp 1
+    assert placed.primary.devices[0].weights_bytes == sliced.primary.devices[0].weights_bytes  # 8 / 2 even
+
+
+def test_deepgemm_on_vllm_0_11_aligns_rows_for_the_local_experts() -> None:
+    # deep_gemm_moe.py DeepGemmExperts.workspace_shapes: compute_aligned_M(M, topk, local_num_experts, 128): with
+    # expert parallelism the rank's 32 experts of DeepSeek-V3 at TP 8, not 256; N = the full 2048 width
+    from quant_core.catalog import device_facts
+    spec = get_preset("deepseek-v3")
+    hopper = device_facts("h100-80gb")
+    caches = fused_moe_caches(spec, 8, 8192, "0.11", "fp8-block128", hopper, expert_parallel=True)
+    rows = -(-(8192 * 8 + 32 * 127) // 128) * 128
+    assert caches.nbytes == rows * (max(2 * 2048, 7168) + max(2048, 7168)) * 2
+    assert "DeepGemmExperts" in caches.basis
+
+
+def test_expert_parallel_false_plans_as_before() -> None:
+    spec = get_preset("qwen3-30b-a3b")
+    hardware, workload = Hardware(H100, 4, "h100-80gb"), Workload(8192, 4)
+    assert plan(spec, hardware, workload) == plan(spec, hardware, workload, PlanOptions(expert_parallel=False))
+
+
+def test_expert_parallelism_leaves_the_shared_experts_split_over_tensor_parallelism() -> None:
+    # GLM-4.5-Air at 24 ranks: 1408 / 24 is not whole for the routed experts (lifted) nor for the shared expert, a
+    # MergedColumnParallelLinear still split 24 ways
+    refusal = VllmProfile().refusal(get_preset("glm-4.5-air"), 24, 1, True)
+    assert refusal is not None and "shared experts' width (1408" in refusal
+    assert VllmProfile().refusal(get_preset("glm-4.5"), 24, 1, True) is None
+
+
+def test_what_nibble_does_not_model_of_expert_parallelism_is_refused_naming_the_field() -> None:
+    hardware, workload = Hardware(H100, 16, "h100-80gb"), Workload(8192, 1)
+    mixtral = get_preset("mixtral-8x7b-v0.1")
+    more_ranks = plan(mixtral, hardware, workload, PlanOptions(weight_format=BF16, expert_parallel=True))
+    assert "runtime.expert_parallel" in (more_ranks.primary.refusal or "")
+    assert more_ranks.primary.min_devices == 2  # the fewest devices skip the refused sizes
+    gpt_oss = get_preset_info("gpt-oss-120b")
+    mxfp4 = plan(gpt_oss.spec, Hardware(H100, 2, "h100-80gb"), workload,
+                 PlanOptions(scheme=scheme_from_quantization_config(gpt_oss.quantization_config),
+                             expert_parallel=True))
+    assert "mxfp4 experts with expert parallelism" in (mxfp4.primary.refusal or "")
+    # vLLM 0.33's int4 MoE (Humming) switches GEMM under expert parallelism: not read, refused; 0.19's Marlin is not
+    qwen = get_preset("qwen3-30b-a3b")
+    assert VllmProfile("0.33").format_refusal(qwen, "int4-g128-sym-gptq", 2, True) is not None
+    assert VllmProfile("0.19").format_refusal(qwen, "int4-g128-sym-gptq", 2, True) is None
+    assert VllmProfile("0.33").format_refusal(qwen, "int4-g128-sym-gptq", 2) is None
+
+
+@pytest.mark.parametrize(("model", "options", "reason"), [
+    ("qwen2.5-0.5b", {"expert_parallel": True}, "has none"),
+    ("qwen3-30b-a3b", {"expert_parallel": True, "engine": "generic"}, "generic engine"),
+    ("qwen3-30b-a3b", {"expert_parallel": 1}, "true or false"),
+])
+def test_expert_parallelism_without_experts_or_vllm_is_an_error_naming_the_field(
+        model: str, options: dict[str, object], reason: str) -> None:
+    with pytest.raises(InvalidSpec) as caught:
+        plan(get_preset(model), Hardware(H100, 2), Workload(), PlanOptions(**options))  # type: ignore[arg-type]
+    assert caught.value.field == "runtime.expert_parallel"
+    assert reason in str(caught.value)
+
+
+def test_the_public_expert_parallel_run_is_planned_on_the_safe_side() -> None:
+    # kubesimplify's vLLM 0.27.1 run of Qwen3-235B-A22B FP8 at TP 4 with --enable-expert-parallel on RTX PRO 6000
+    # cards (vllm_logs.json): 55.19 GiB of weights, 623,696 tokens (621,392 without expert parallelism).  128 / 4 = 32
+    # whole experts a rank hold the bytes of the tensor-parallel slices (1536 / 4 = 384, whole 128-wide blocks), and
+    # hidden 4096 exceeds 2 x 1536, so the MoE workspace is the same: nibble plans both runs alike, 5.1 % under the
+    # logged tokens (the run's "gap": PCIe cards' non-torch memory)
+    import json
+    from pathlib import Path
+    logs = {log["id"]: log for log in json.loads(
+        (Path(__file__).parent / "data" / "vllm_logs.json").read_text(encoding="utf-8"))["logs"]}
+    log = logs["kubesimplify-v0.27-qwen3-235b-fp8-tp4-ep"]
+    assert log["expert_parallel"] is True and log["tensor_parallel"] == 4
+    fp8 = scheme_from_quantization_config({"quant_method": "fp8", "fmt": "e4m3", "weight_block_size": [128, 128],
+                                           "activation_scheme": "dynamic"})
+    hardware = Hardware(round(log["total_memory_gib"] * GIB), 4, log["catalog_device"])
+    plans = [plan(get_preset(log["model"]), hardware, Workload(log["max_model_len"], 1),
+                  PlanOptions(scheme=fp8, memory_utilization=log["gpu_memory_utilization"],
+                              engine_version=log["profile_version"], max_batched_tokens=log["max_num_batched_tokens"],
+                              max_num_seqs=log["max_num_seqs"], expert_parallel=flag)) for flag in (False, True)]
+    sliced, placed = plans
+    assert placed.primary.refusal is None
+    assert placed.primary.devices[0].weights_bytes == sliced.primary.devices[0].weights_bytes
+    assert abs(placed.primary.devices[0].weights_bytes / GIB - log["weights_gib"]) < 0.1
+    tokens = placed.primary.kv_capacity_tokens
+    assert tokens is not None and tokens == sliced.primary.kv_capacity_tokens
+    error = (tokens - log["kv_cache_tokens"]) / log["kv_cache_tokens"]
+    assert -0.06 < error <= 0.03
