@@ -1846,8 +1846,10 @@ QUANTIZATION_CONFIG_FILE: dict[str, str] = {"0.11": "config/__init__.py", "0.19"
 #: quantization/ it is read from (compressed-tensors: compressed_tensors/compressed_tensors.py:
 #: CompressedTensorsConfig).  The methods nibble's format families load with (`quantization_method`); 0.33 has no
 #: bitsandbytes and no GGUF, and maps ``gptq``, ``gptq_marlin`` and ``auto_gptq`` to AutoGPTQConfig (``awq`` alike to
-#: AutoAWQConfig: quantization/__init__.py ``get_quantization_config``).  mxfp4 (Mxfp4Config: bfloat16 only) and
-#: nvfp4 are refused below 8.0 by their capability floors already (`CAPABILITY_FLOORS`)
+#: AutoAWQConfig: quantization/__init__.py ``get_quantization_config``), whose ``override_quantization_method``
+#: leaves ``auto_gptq`` / ``auto_awq`` in ``model_config.quantization`` for every GPTQ / AWQ checkpoint.  mxfp4
+#: (Mxfp4Config: bfloat16 only) and nvfp4 are refused below 8.0 by their capability floors already
+#: (`CAPABILITY_FLOORS`)
 ACT_DTYPES: dict[str, dict[str, tuple[str, ...]]] = {
     "0.11": {
         "gptq": ("float16",),  # gptq.py:GPTQConfig
@@ -1872,8 +1874,8 @@ ACT_DTYPES: dict[str, dict[str, tuple[str, ...]]] = {
         "gguf": ("float16", "bfloat16", "float32"),  # gguf.py:GGUFConfig
     },
     "0.33": {
-        "gptq": ("float16", "bfloat16"),  # auto_gptq.py:AutoGPTQConfig
-        "awq": ("float16", "bfloat16"),  # auto_awq.py:AutoAWQConfig
+        "auto_gptq": ("float16", "bfloat16"),  # auto_gptq.py:AutoGPTQConfig
+        "auto_awq": ("float16", "bfloat16"),  # auto_awq.py:AutoAWQConfig
         "fp8": ("bfloat16", "float16"),  # fp8.py:Fp8Config
         "compressed-tensors": ("float32", "float16", "bfloat16"),  # CompressedTensorsConfig
     },
@@ -1887,15 +1889,26 @@ _FAMILY_METHODS: dict[str, str] = {"fp8": "fp8", "compressed-tensors": "compress
                                    "gguf": "gguf"}
 
 
+#: The lowest compute capability at which vLLM 0.11 / 0.19 convert a GPTQ or AWQ checkpoint to Marlin
+#: (utils/marlin_utils.py ``query_marlin_supported_quant_types`` returns no type below 80 in 0.11, 75 in 0.19, so
+#: ``is_gptq_marlin_compatible`` / ``is_awq_marlin_compatible`` are false there)
+MARLIN_FLOORS: dict[str, tuple[int, int]] = {"0.11": (8, 0), "0.19": (7, 5)}
+
+
 def quantization_method(version: str, family: str, stored: WeightFormat | None,
                         compute_capability: tuple[int, int]) -> str | None:
     """The `ACT_DTYPES` method vLLM `version` loads weights of `family` (`weight_format_family`, `stored` the format
-    when known) with on a device of `compute_capability`, or None for a family with none there.  GPTQ and AWQ: on
-    8.0 and above gptq_marlin / awq_marlin where Marlin takes `stored` (`float16_only_method`; 0.11 and 0.19: the
-    overrides ModelConfig._verify_quantization tries first), else the gptq / awq fallback; below 8.0 gptq / awq."""
+    when known) with on a device of `compute_capability`, or None for a family with none there.  GPTQ and AWQ:
+    auto_gptq / auto_awq in a release that has them (0.33); in 0.11 and 0.19 gptq_marlin / awq_marlin (the overrides
+    ModelConfig._verify_quantization tries first) from the release's `MARLIN_FLOORS` where Marlin takes `stored`
+    (`float16_only_method`; a format not known is taken as Marlin's, as `bfloat16_refusal` takes it), else the
+    gptq / awq fallback."""
     if family in ("gptq", "awq"):
-        marlin = (version in ("0.11", "0.19") and compute_capability >= (8, 0) and stored is not None
-                  and float16_only_method(stored) is None)
+        if f"auto_{family}" in ACT_DTYPES.get(version, {}):
+            return f"auto_{family}"
+        floor = MARLIN_FLOORS.get(version)
+        marlin = (floor is not None and compute_capability >= floor
+                  and (stored is None or float16_only_method(stored) is None))
         return f"{family}_marlin" if marlin else family
     return _FAMILY_METHODS.get(family)
 
@@ -1913,14 +1926,14 @@ def act_dtypes_text(dtypes: tuple[str, ...]) -> str:
 
 @lru_cache(maxsize=1024)
 def float32_refusal(version: str, model_type: str, weight_format: str,
-                    compute_capability: tuple[int, int] | None) -> str | None:
-    """Why vLLM `version` refuses weights stored as `weight_format` for a `model_type` model it runs in float32 on the
-    device (`runs_float32`): the activation dtypes (`ACT_DTYPES`) of the quantization method that loads them
-    (`quantization_method`) lack float32, with vLLM's message; None otherwise.  Cached: the planner asks it for every
-    format of every plan."""
+                    compute_capability: tuple[int, int] | None, stored: WeightFormat | None = None) -> str | None:
+    """Why vLLM `version` refuses weights stored as `weight_format` (the format `stored`, when known) for a
+    `model_type` model it runs in float32 on the device (`runs_float32`): the activation dtypes (`ACT_DTYPES`) of the
+    quantization method that loads them (`quantization_method`) lack float32, with vLLM's message; None otherwise.
+    Cached: the planner asks it for every format of every plan."""
     if compute_capability is None or not runs_float32(version, model_type, compute_capability):
         return None
-    method = quantization_method(version, weight_format_family(weight_format), None, compute_capability)
+    method = quantization_method(version, weight_format_family(weight_format), stored, compute_capability)
     dtypes = act_dtypes(version, method)
     if dtypes is None or "float32" in dtypes:
         return None
@@ -2463,7 +2476,7 @@ class VllmProfile:
                 or head_size_refusal(self._version, spec, compute_capability)
                 or capability_refusal(self._version, weight_format, compute_capability)
                 or gptq_symmetry_refusal(self._version, stored)
-                or float32_refusal(self._version, spec.model_type, weight_format, compute_capability)
+                or float32_refusal(self._version, spec.model_type, weight_format, compute_capability, stored)
                 or (None if runs_float32(self._version, spec.model_type, compute_capability)
                     else bfloat16_refusal(self._version, stored, model_dtype, compute_capability)))
 

@@ -134,7 +134,7 @@ def test_eight_bit_gptq_carries_sym_and_asymmetric_is_refused_like_four_bit() ->
 
 
 @pytest.mark.parametrize(("release", "method", "refuses_bfloat16"), [
-    ("0.11", "gptq", True), ("0.19", "gptq", True), ("0.33", "gptq", False),
+    ("0.11", "gptq", True), ("0.19", "gptq", True), ("0.33", "auto_gptq", False),
 ])
 def test_the_float32_and_bfloat16_refusals_name_the_act_dtypes_table_of_the_method(release: str, method: str,
                                                                                    refuses_bfloat16: bool) -> None:
@@ -144,7 +144,7 @@ def test_the_float32_and_bfloat16_refusals_name_the_act_dtypes_table_of_the_meth
     stored = gptq_checkpoint(256, True)
     dtypes = ACT_DTYPES[release][method]
     listed = "[" + ", ".join(f"torch.{dtype}" for dtype in dtypes) + "]"
-    in_float32 = float32_refusal(release, "gemma2", stored.label(), (7, 5))
+    in_float32 = float32_refusal(release, "gemma2", stored.label(), (7, 5), stored)
     in_bfloat16 = bfloat16_refusal(release, stored, "bf16", (9, 0))
     assert (in_float32 is not None, in_bfloat16 is not None) == (True, refuses_bfloat16)
     assert ("float32" in dtypes, "bfloat16" in dtypes) == (False, not refuses_bfloat16)
