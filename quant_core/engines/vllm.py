@@ -1943,43 +1943,113 @@ def runs_float32(version: str, model_type: str, compute_capability: tuple[int, i
             and model_type in FLOAT16_UNSUPPORTED_MODEL_TYPES.get(version, frozenset()))
 
 
-#: The activation dtypes of the quantization method vLLM loads each format family with on a device below 8.0, per
-#: release, where they lack float32: ``VllmConfig._get_quantization_config`` (config/__init__.py in 0.11,
-#: config/vllm.py in 0.19 and 0.33) raises ``f"{model_config.dtype} is not supported for quantization method
-#: {model_config.quantization}. Supported dtypes: {supported_dtypes}"`` after its capability check.  Below 8.0
-#: GPTQ and AWQ are not Marlin in 0.11 (marlin_utils ``query_marlin_supported_quant_types`` needs 80): gptq.py's
-#: and awq.py's ``get_supported_act_dtypes`` are ``[torch.half]``; 0.19's Marlin runs from 7.5 (the same function
-#: needs 75), so a symmetric GPTQ or an AWQ checkpoint there loads as gptq_marlin / awq_marlin, whose ``[torch.half,
-#: torch.bfloat16]`` lacks float32 too: refused all the same (the message quoted here names gptq / awq);
-#: 0.33's auto_gptq.py and auto_awq.py ``[torch.half, torch.bfloat16]``; fp8.py ``[torch.bfloat16, torch.half]`` in
-#: all three.  compressed-tensors (nibble's INT4, int8),
-#: bitsandbytes and GGUF list float32 (compressed_tensors.py, bitsandbytes.py, gguf.py): not refused by this check;
-#: mxfp4 and nvfp4 are refused below 8.0 by their capability floor already (`CAPABILITY_FLOORS`)
-FLOAT32_REFUSING_METHODS: dict[str, dict[str, tuple[str, str]]] = {
-    "gptq": {"0.11": ("gptq", "[torch.float16]"), "0.19": ("gptq", "[torch.float16]"),
-             "0.33": ("gptq", "[torch.float16, torch.bfloat16]")},
-    "awq": {"0.11": ("awq", "[torch.float16]"), "0.19": ("awq", "[torch.float16]"),
-            "0.33": ("awq", "[torch.float16, torch.bfloat16]")},
-    "fp8": {"0.11": ("fp8", "[torch.bfloat16, torch.float16]"), "0.19": ("fp8", "[torch.bfloat16, torch.float16]"),
-            "0.33": ("fp8", "[torch.bfloat16, torch.float16]")},
+#: The file of ``VllmConfig._get_quantization_config`` per release, which checks the model's dtype against the
+#: quantization method's activation dtypes (`ACT_DTYPES`) after its capability check and raises
+#: ``f"{model_config.dtype} is not supported for quantization method {model_config.quantization}. Supported dtypes:
+#: {supported_dtypes}"``
+QUANTIZATION_CONFIG_FILE: dict[str, str] = {"0.11": "config/__init__.py", "0.19": "config/vllm.py",
+                                            "0.33": "config/vllm.py"}
+
+#: Per release, per vLLM quantization method (by the name ``model_config.quantization`` holds, which the message of
+#: `QUANTIZATION_CONFIG_FILE` names): the activation dtypes its config's ``get_supported_act_dtypes`` returns, in
+#: its order (``torch.half`` prints as torch.float16), each with the file:class under model_executor/layers/
+#: quantization/ it is read from (compressed-tensors: compressed_tensors/compressed_tensors.py:
+#: CompressedTensorsConfig).  The methods nibble's format families load with (`quantization_method`); 0.33 has no
+#: bitsandbytes and no GGUF, and maps ``gptq``, ``gptq_marlin`` and ``auto_gptq`` to AutoGPTQConfig (``awq`` alike to
+#: AutoAWQConfig: quantization/__init__.py ``get_quantization_config``), whose ``override_quantization_method``
+#: leaves ``auto_gptq`` / ``auto_awq`` in ``model_config.quantization`` for every GPTQ / AWQ checkpoint.  mxfp4
+#: (Mxfp4Config: bfloat16 only) and nvfp4 are refused below 8.0 by their capability floors already
+#: (`CAPABILITY_FLOORS`)
+ACT_DTYPES: dict[str, dict[str, tuple[str, ...]]] = {
+    "0.11": {
+        "gptq": ("float16",),  # gptq.py:GPTQConfig
+        "gptq_marlin": ("float16", "bfloat16"),  # gptq_marlin.py:GPTQMarlinConfig
+        "awq": ("float16",),  # awq.py:AWQConfig
+        "awq_marlin": ("float16", "bfloat16"),  # awq_marlin.py:AWQMarlinConfig
+        "fp8": ("bfloat16", "float16"),  # fp8.py:Fp8Config
+        "compressed-tensors": ("float32", "float16", "bfloat16"),  # CompressedTensorsConfig
+        "bitsandbytes": ("float32", "float16", "bfloat16"),  # bitsandbytes.py:BitsAndBytesConfig
+        "gguf": ("float16", "bfloat16", "float32"),  # gguf.py:GGUFConfig
+    },
+    "0.19": {
+        "gptq": ("float16",),  # gptq.py:GPTQConfig
+        "gptq_marlin": ("float16", "bfloat16"),  # gptq_marlin.py:GPTQMarlinConfig
+        "awq": ("float16",),  # awq.py:AWQConfig
+        "awq_marlin": ("float16", "bfloat16"),  # awq_marlin.py:AWQMarlinConfig
+        "fp8": ("bfloat16", "float16"),  # fp8.py:Fp8Config
+        "compressed-tensors": ("float32", "float16", "bfloat16"),  # CompressedTensorsConfig
+        "bitsandbytes": ("float32", "float16", "bfloat16"),  # bitsandbytes.py:BitsAndBytesConfig
+        # below 10.0; from 10.0 (has_device_capability(100)) [torch.half, torch.float32]: "GGUF has precision
+        # issues with bfloat16 on Blackwell"
+        "gguf": ("float16", "bfloat16", "float32"),  # gguf.py:GGUFConfig
+    },
+    "0.33": {
+        "auto_gptq": ("float16", "bfloat16"),  # auto_gptq.py:AutoGPTQConfig
+        "auto_awq": ("float16", "bfloat16"),  # auto_awq.py:AutoAWQConfig
+        "fp8": ("bfloat16", "float16"),  # fp8.py:Fp8Config
+        "compressed-tensors": ("float32", "float16", "bfloat16"),  # CompressedTensorsConfig
+    },
 }
+
+#: The quantization method vLLM loads each format family (`weight_format_family`) with, but GPTQ and AWQ
+#: (`quantization_method`): nibble's own INT4 and a plain int8 as compressed-tensors (an int8 as bitsandbytes 8-bit
+#: lists the same dtypes), nf4 as bitsandbytes, a ggml type as GGUF
+_FAMILY_METHODS: dict[str, str] = {"fp8": "fp8", "compressed-tensors": "compressed-tensors",
+                                   "int4": "compressed-tensors", "int8": "compressed-tensors", "nf4": "bitsandbytes",
+                                   "gguf": "gguf"}
+
+
+#: The lowest compute capability at which vLLM 0.11 / 0.19 convert a GPTQ or AWQ checkpoint to Marlin
+#: (utils/marlin_utils.py ``query_marlin_supported_quant_types`` returns no type below 80 in 0.11, 75 in 0.19, so
+#: ``is_gptq_marlin_compatible`` / ``is_awq_marlin_compatible`` are false there)
+MARLIN_FLOORS: dict[str, tuple[int, int]] = {"0.11": (8, 0), "0.19": (7, 5)}
+
+
+def quantization_method(version: str, family: str, stored: WeightFormat | None,
+                        compute_capability: tuple[int, int]) -> str | None:
+    """The `ACT_DTYPES` method vLLM `version` loads weights of `family` (`weight_format_family`, `stored` the format
+    when known) with on a device of `compute_capability`, or None for a family with none there.  GPTQ and AWQ:
+    auto_gptq / auto_awq in a release that has them (0.33); in 0.11 and 0.19 gptq_marlin / awq_marlin (the overrides
+    ModelConfig._verify_quantization tries first) from the release's `MARLIN_FLOORS` where Marlin takes `stored`
+    (`float16_only_method`; a format not known is taken as Marlin's, as `bfloat16_refusal` takes it), else the
+    gptq / awq fallback."""
+    if family in ("gptq", "awq"):
+        if f"auto_{family}" in ACT_DTYPES.get(version, {}):
+            return f"auto_{family}"
+        floor = MARLIN_FLOORS.get(version)
+        marlin = (floor is not None and compute_capability >= floor
+                  and (stored is None or float16_only_method(stored) is None))
+        return f"{family}_marlin" if marlin else family
+    return _FAMILY_METHODS.get(family)
+
+
+def act_dtypes(version: str, method: str | None) -> tuple[str, ...] | None:
+    """The activation dtypes of vLLM `version`'s quantization `method` (`ACT_DTYPES`), or None for a method not
+    listed (no check of the model's dtype is charged for it)."""
+    return ACT_DTYPES.get(version, {}).get(method or "")
+
+
+def act_dtypes_text(dtypes: tuple[str, ...]) -> str:
+    """`dtypes` as vLLM's message prints the list: ``[torch.float16, torch.bfloat16]``."""
+    return "[" + ", ".join(f"torch.{dtype}" for dtype in dtypes) + "]"
 
 
 @lru_cache(maxsize=1024)
 def float32_refusal(version: str, model_type: str, weight_format: str,
-                    compute_capability: tuple[int, int] | None) -> str | None:
-    """Why vLLM `version` refuses weights stored as `weight_format` for a `model_type` model it runs in float32 on the
-    device (`runs_float32`): the quantization method's activation dtypes lack float32 (`FLOAT32_REFUSING_METHODS`),
-    with vLLM's message; None otherwise.  Cached: the planner asks it for every format of every plan."""
-    if not runs_float32(version, model_type, compute_capability):
+                    compute_capability: tuple[int, int] | None, stored: WeightFormat | None = None) -> str | None:
+    """Why vLLM `version` refuses weights stored as `weight_format` (the format `stored`, when known) for a
+    `model_type` model it runs in float32 on the device (`runs_float32`): the activation dtypes (`ACT_DTYPES`) of the
+    quantization method that loads them (`quantization_method`) lack float32, with vLLM's message; None otherwise.
+    Cached: the planner asks it for every format of every plan."""
+    if compute_capability is None or not runs_float32(version, model_type, compute_capability):
         return None
-    rule = FLOAT32_REFUSING_METHODS.get(weight_format_family(weight_format), {}).get(version)
-    if rule is None:
+    method = quantization_method(version, weight_format_family(weight_format), stored, compute_capability)
+    dtypes = act_dtypes(version, method)
+    if dtypes is None or "float32" in dtypes:
         return None
-    method, dtypes = rule
     return (f"vLLM {version} runs a {model_type} model in float32 on this device (_FLOAT16_NOT_SUPPORTED_MODELS, "
             f"no bfloat16 below 8.0) and refuses {weight_format} weights there: \"torch.float32 is not supported for "
-            f"quantization method {method}. Supported dtypes: {dtypes}\" (_get_quantization_config, "
+            f"quantization method {method}. Supported dtypes: {act_dtypes_text(dtypes)}\" (_get_quantization_config, "
             "get_supported_act_dtypes)")
 
 
@@ -2012,14 +2082,6 @@ def gptq_symmetry_refusal(version: str, stored: WeightFormat | None) -> str | No
 #: Marlin's group sizes in vLLM 0.11 and 0.19 (utils/marlin_utils.py ``MARLIN_SUPPORTED_GROUP_SIZES`` [-1, 32, 64,
 #: 128]; -1, a whole row, is None here): GPTQ or AWQ in groups of another size (nibble's 256) is not Marlin-compatible
 MARLIN_GROUP_SIZES: frozenset[int | None] = frozenset({None, 32, 64, 128})
-
-#: The releases whose fallback GPTQ and AWQ methods take float16 activations only (gptq.py's and awq.py's
-#: ``get_supported_act_dtypes``: ``[torch.half]``), with the file of ``VllmConfig._get_quantization_config``, which
-#: raises ``f"{model_config.dtype} is not supported for quantization method {model_config.quantization}. Supported
-#: dtypes: {supported_dtypes}"``.  gptq_marlin.py and awq_marlin.py list ``[torch.half, torch.bfloat16]``; 0.33's
-#: auto_gptq.py and auto_awq.py too (and it refuses asymmetric GPTQ outright: `ASYMMETRIC_GPTQ_REFUSED`)
-FLOAT16_ONLY_FALLBACK: dict[str, str] = {"0.11": "config/__init__.py", "0.19": "config/vllm.py"}
-
 
 def not_marlin_reason(method: str, bits: int, group_size: int | None, symmetric: bool) -> str | None:
     """Why vLLM 0.11/0.19 do not convert a `method` (``gptq`` or ``awq``) config of `bits`, `group_size` (None: a
@@ -2072,23 +2134,27 @@ def bfloat16_refusal(version: str, stored: WeightFormat | None, model_dtype: str
                      compute_capability: tuple[int, int] | None) -> str | None:
     """Why vLLM `version` refuses the GPTQ or AWQ weights `stored` for a model it runs in bfloat16 (`model_dtype`
     ``bf16``: vLLM's ``--dtype auto`` on a config whose torch_dtype is bfloat16, float32 or absent) on a device of
-    `compute_capability` 8.0 or above: the method it falls back to (`float16_only_method`) takes float16 only
-    (`FLOAT16_ONLY_FALLBACK`), with vLLM's message and the remedy, ``--dtype half``.  None otherwise: below 8.0
-    ``_resolve_auto_dtype`` (config/model.py) falls back to float16 itself, and a capability not known is not
-    refused (the plan's convention for device checks)."""
-    where = FLOAT16_ONLY_FALLBACK.get(version)
-    if (where is None or stored is None or model_dtype != "bf16" or compute_capability is None
-            or compute_capability < (8, 0)):
+    `compute_capability` 8.0 or above: the method it falls back to (`float16_only_method`, `quantization_method`)
+    lacks bfloat16 among its activation dtypes (`ACT_DTYPES`: gptq.py's and awq.py's float16 only in 0.11 and 0.19),
+    with vLLM's message and the remedy, ``--dtype half``.  None otherwise: below 8.0 ``_resolve_auto_dtype``
+    (config/model.py) falls back to float16 itself, and a capability not known is not refused (the plan's convention
+    for device checks)."""
+    if stored is None or model_dtype != "bf16" or compute_capability is None or compute_capability < (8, 0):
         return None
     found = float16_only_method(stored)
     if found is None:
         return None
-    method, why = found
+    family, why = found
+    method = quantization_method(version, family, stored, compute_capability)
+    dtypes = act_dtypes(version, method)
+    if dtypes is None or "bfloat16" in dtypes:
+        return None
     return (f"vLLM {version} loads {stored.label()} weights with its {method} kernels, not Marlin ({why}), whose "
             f"activations are float16 only, and refuses a model run in bfloat16: \"torch.bfloat16 is not supported "
-            f"for quantization method {method}. Supported dtypes: [torch.float16]\" ({where} "
-            f"_get_quantization_config, {method}.py get_supported_act_dtypes). Serve it with --dtype half (plan it "
-            "with float_format fp16), or from a checkpoint whose config.json says torch_dtype float16")
+            f"for quantization method {method}. Supported dtypes: {act_dtypes_text(dtypes)}\" "
+            f"({QUANTIZATION_CONFIG_FILE[version]} _get_quantization_config, {method}.py get_supported_act_dtypes). "
+            "Serve it with --dtype half (plan it with float_format fp16), or from a checkpoint whose config.json says "
+            "torch_dtype float16")
 
 
 def float32_note(version: str, model_type: str, compute_capability: tuple[int, int] | None) -> str | None:
@@ -2532,7 +2598,7 @@ class VllmProfile:
                 or head_size_refusal(self._version, spec, compute_capability)
                 or capability_refusal(self._version, weight_format, compute_capability)
                 or gptq_symmetry_refusal(self._version, stored)
-                or float32_refusal(self._version, spec.model_type, weight_format, compute_capability)
+                or float32_refusal(self._version, spec.model_type, weight_format, compute_capability, stored)
                 or (None if runs_float32(self._version, spec.model_type, compute_capability)
                     else bfloat16_refusal(self._version, stored, model_dtype, compute_capability)))
 

@@ -23,7 +23,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from quant_core.errors import CalibrationError, GroupSizeMismatch, InvalidSpec, LimitExceeded, NibbleError
-from quant_core.formats import CHECKPOINT_LAYOUTS, Layout, WeightFormat
+from quant_core.formats import CHECKPOINT_LAYOUTS, Layout, WeightFormat, ggml_format
 from quant_core.globs import Glob, compile_glob
 from quant_core.quantize import QuantizedTensor, dequantize, quantize
 from quant_core.quantize.int8 import Int8Tensor, dequantize_int8
@@ -59,7 +59,7 @@ OUTPUT_SUFFIXES: dict[str, str] = {"nibble": ".safetensors", "gptq": ".safetenso
                                    "compressed-tensors": ".safetensors", "gguf": ".gguf"}
 DequantizeDtype = Literal["float32", "float16", "bfloat16"]
 #: how output=gguf stores a quantized weight (tensorio/gguf_export.py: llama.cpp's Q4_0 blocks)
-GGUF_Q4_0 = WeightFormat("ggml", None, True, "none", ggml_type="Q4_0")
+GGUF_Q4_0 = ggml_format("Q4_0")
 
 
 #: the metadata key (safetensors ``__metadata__``, or a GGUF string) under which an exported file holds its report

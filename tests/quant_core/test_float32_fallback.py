@@ -20,7 +20,7 @@ from quant_core.engines.vllm import (
     sampler_pass_bytes,
 )
 from quant_core.errors import UnknownName
-from quant_core.formats import WeightFormat, float_format, fp8, int4
+from quant_core.formats import WeightFormat, float_format, fp8, gptq_checkpoint, int4
 from quant_core.planner import Hardware, Plan, PlanOptions, Workload, plan
 
 #: the catalog devices the figures below are charged on
@@ -82,11 +82,13 @@ def test_hardware_in_bytes_below_8_0_is_charged_like_the_catalog_device() -> Non
 
 @pytest.mark.parametrize(("release", "weight_format", "supported"), [
     ("0.11", int4(128, symmetric=True, layout="gptq"), "gptq. Supported dtypes: [torch.float16]"),
-    ("0.19", int4(128, symmetric=True, layout="gptq"), "gptq. Supported dtypes: [torch.float16]"),
-    ("0.33", int4(128, symmetric=True, layout="gptq"), "gptq. Supported dtypes: [torch.float16, torch.bfloat16]"),
+    ("0.19", int4(128, symmetric=True, layout="gptq"),
+     "gptq_marlin. Supported dtypes: [torch.float16, torch.bfloat16]"),
+    ("0.33", int4(128, symmetric=True, layout="gptq"),
+     "auto_gptq. Supported dtypes: [torch.float16, torch.bfloat16]"),
     ("0.11", int4(128, layout="awq"), "awq. Supported dtypes: [torch.float16]"),
-    ("0.19", int4(128, layout="awq"), "awq. Supported dtypes: [torch.float16]"),
-    ("0.33", int4(128, layout="awq"), "awq. Supported dtypes: [torch.float16, torch.bfloat16]"),
+    ("0.19", int4(128, layout="awq"), "awq_marlin. Supported dtypes: [torch.float16, torch.bfloat16]"),
+    ("0.33", int4(128, layout="awq"), "auto_awq. Supported dtypes: [torch.float16, torch.bfloat16]"),
     ("0.19", fp8("channel"), "fp8. Supported dtypes: [torch.bfloat16, torch.float16]"),
     ("0.33", fp8("channel"), "fp8. Supported dtypes: [torch.bfloat16, torch.float16]"),
 ])
@@ -99,6 +101,29 @@ def test_gptq_awq_and_fp8_refuse_gemma_2_on_a_t4_with_vllms_message(release: str
     assert _on("l4", release, weight_format).refusal is None
     llama = _on("t4", release, weight_format, model="llama-3.1-8b").refusal  # runs float16 on a T4
     assert llama is None or "float32" not in llama
+
+
+@pytest.mark.parametrize(("release", "device_id", "weight_format", "supported"), [
+    ("0.19", "t4", gptq_checkpoint(128, True), "gptq_marlin. Supported dtypes: [torch.float16, torch.bfloat16]"),
+    ("0.19", "t4", int4(128, layout="awq"), "awq_marlin. Supported dtypes: [torch.float16, torch.bfloat16]"),
+    ("0.19", "t4", gptq_checkpoint(128, False), "gptq. Supported dtypes: [torch.float16]"),
+    ("0.19", "t4", gptq_checkpoint(256, True), "gptq. Supported dtypes: [torch.float16]"),
+    ("0.19", "v100-32gb", gptq_checkpoint(128, True), "gptq. Supported dtypes: [torch.float16]"),
+    ("0.11", "t4", gptq_checkpoint(128, True), "gptq. Supported dtypes: [torch.float16]"),
+    ("0.33", "t4", gptq_checkpoint(128, True), "auto_gptq. Supported dtypes: [torch.float16, torch.bfloat16]"),
+    ("0.33", "t4", int4(128, layout="awq"), "auto_awq. Supported dtypes: [torch.float16, torch.bfloat16]"),
+])
+def test_the_float32_refusal_names_the_method_vllm_settles_on_below_8_0(release: str, device_id: str,
+                                                                      weight_format: WeightFormat,
+                                                                      supported: str) -> None:
+    """``model_config.quantization`` as ModelConfig._verify_quantization leaves it: 0.19 converts a GPTQ or AWQ
+    checkpoint Marlin takes to gptq_marlin / awq_marlin from 7.5 (marlin_utils.py query_marlin_supported_quant_types:
+    no type below 75; 0.11: below 80), whose get_supported_act_dtypes is [torch.half, torch.bfloat16]; the others,
+    and every one on a V100, load as gptq (gptq.py, [torch.half]); 0.33's AutoGPTQConfig / AutoAWQConfig
+    override_quantization_method names every GPTQ / AWQ checkpoint auto_gptq / auto_awq."""
+    refusal = _on(device_id, release, weight_format).refusal
+    assert refusal is not None
+    assert f"torch.float32 is not supported for quantization method {supported}\"" in refusal
 
 
 def test_fp8_on_a_t4_in_0_11_is_refused_by_its_capability_first() -> None:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import pytest
 
-from quant_core.engines.vllm import bfloat16_refusal, gptq_symmetry_refusal
+from quant_core.engines.vllm import ACT_DTYPES, bfloat16_refusal, float32_refusal, gptq_symmetry_refusal
 from quant_core.formats import WeightFormat, gptq_checkpoint, int4, int8_gptq
 from quant_core.hf_config import config_float_format, model_from_sizes
 from quant_core.planner import Hardware, Plan, PlanOptions, plan
@@ -131,3 +131,24 @@ def test_eight_bit_gptq_carries_sym_and_asymmetric_is_refused_like_four_bit() ->
         assert refused is not None and REFUSED.format("gptq") in refused
         assert _planned({**eight, "sym": False}, release, float_format="fp16").fits
         assert _planned({**eight, "sym": True}, release).fits
+
+
+@pytest.mark.parametrize(("release", "method", "refuses_bfloat16"), [
+    ("0.11", "gptq", True), ("0.19", "gptq", True), ("0.33", "auto_gptq", False),
+])
+def test_the_float32_and_bfloat16_refusals_name_the_act_dtypes_table_of_the_method(release: str, method: str,
+                                                                                   refuses_bfloat16: bool) -> None:
+    """Symmetric GPTQ in groups of 256, which Marlin does not take (0.11/0.19 load it with gptq.py's GPTQConfig,
+    0.33 with AutoGPTQConfig): a float32 model (gemma2 on a T4) and a bfloat16 one (on an H100) are refused exactly
+    when `ACT_DTYPES`' list for the method lacks their dtype, and vLLM's message quotes that list."""
+    stored = gptq_checkpoint(256, True)
+    dtypes = ACT_DTYPES[release][method]
+    listed = "[" + ", ".join(f"torch.{dtype}" for dtype in dtypes) + "]"
+    in_float32 = float32_refusal(release, "gemma2", stored.label(), (7, 5), stored)
+    in_bfloat16 = bfloat16_refusal(release, stored, "bf16", (9, 0))
+    assert (in_float32 is not None, in_bfloat16 is not None) == (True, refuses_bfloat16)
+    assert ("float32" in dtypes, "bfloat16" in dtypes) == (False, not refuses_bfloat16)
+    for refusal, dtype in ((in_float32, "float32"), (in_bfloat16, "bfloat16")):
+        if refusal is not None:
+            assert (f"torch.{dtype} is not supported for quantization method {method}. Supported dtypes: {listed}"
+                    in refusal)
