@@ -1979,8 +1979,7 @@ ACT_DTYPES: dict[str, dict[str, tuple[str, ...]]] = {
         "fp8": ("bfloat16", "float16"),  # fp8.py:Fp8Config
         "compressed-tensors": ("float32", "float16", "bfloat16"),  # CompressedTensorsConfig
         "bitsandbytes": ("float32", "float16", "bfloat16"),  # bitsandbytes.py:BitsAndBytesConfig
-        # below 10.0; from 10.0 (has_device_capability(100)) [torch.half, torch.float32]: "GGUF has precision
-        # issues with bfloat16 on Blackwell"
+        # below 10.0; from 10.0 `ACT_DTYPES_FROM_CAPABILITY`
         "gguf": ("float16", "bfloat16", "float32"),  # gguf.py:GGUFConfig
     },
     "0.33": {
@@ -2023,9 +2022,22 @@ def quantization_method(version: str, family: str, stored: WeightFormat | None,
     return _FAMILY_METHODS.get(family)
 
 
-def act_dtypes(version: str, method: str | None) -> tuple[str, ...] | None:
-    """The activation dtypes of vLLM `version`'s quantization `method` (`ACT_DTYPES`), or None for a method not
-    listed (no check of the model's dtype is charged for it)."""
+#: (release, method): from which compute capability the method's ``get_supported_act_dtypes`` returns another list
+#: than `ACT_DTYPES`' (0.19's gguf.py GGUFConfig: ``has_device_capability(100)`` -> ``[torch.half, torch.float32]``,
+#: "GGUF has precision issues with bfloat16 on Blackwell"; 0.11's lists bfloat16 on every device)
+ACT_DTYPES_FROM_CAPABILITY: dict[tuple[str, str], tuple[tuple[int, int], tuple[str, ...]]] = {
+    ("0.19", "gguf"): ((10, 0), ("float16", "float32")),
+}
+
+
+def act_dtypes(version: str, method: str | None,
+               compute_capability: tuple[int, int] | None = None) -> tuple[str, ...] | None:
+    """The activation dtypes of vLLM `version`'s quantization `method` on a device of `compute_capability`
+    (`ACT_DTYPES`, `ACT_DTYPES_FROM_CAPABILITY`), or None for a method not listed (no check of the model's dtype is
+    charged for it)."""
+    above = ACT_DTYPES_FROM_CAPABILITY.get((version, method or ""))
+    if above is not None and compute_capability is not None and compute_capability >= above[0]:
+        return above[1]
     return ACT_DTYPES.get(version, {}).get(method or "")
 
 
@@ -2044,7 +2056,7 @@ def float32_refusal(version: str, model_type: str, weight_format: str,
     if compute_capability is None or not runs_float32(version, model_type, compute_capability):
         return None
     method = quantization_method(version, weight_format_family(weight_format), stored, compute_capability)
-    dtypes = act_dtypes(version, method)
+    dtypes = act_dtypes(version, method, compute_capability)
     if dtypes is None or "float32" in dtypes:
         return None
     return (f"vLLM {version} runs a {model_type} model in float32 on this device (_FLOAT16_NOT_SUPPORTED_MODELS, "
@@ -2146,7 +2158,7 @@ def bfloat16_refusal(version: str, stored: WeightFormat | None, model_dtype: str
         return None
     family, why = found
     method = quantization_method(version, family, stored, compute_capability)
-    dtypes = act_dtypes(version, method)
+    dtypes = act_dtypes(version, method, compute_capability)
     if dtypes is None or "bfloat16" in dtypes:
         return None
     return (f"vLLM {version} loads {stored.label()} weights with its {method} kernels, not Marlin ({why}), whose "
@@ -2155,6 +2167,24 @@ def bfloat16_refusal(version: str, stored: WeightFormat | None, model_dtype: str
             f"({QUANTIZATION_CONFIG_FILE[version]} _get_quantization_config, {method}.py get_supported_act_dtypes). "
             "Serve it with --dtype half (plan it with float_format fp16), or from a checkpoint whose config.json says "
             "torch_dtype float16")
+
+
+def gguf_bfloat16_refusal(version: str, weight_format: str, model_dtype: str,
+                          compute_capability: tuple[int, int] | None) -> str | None:
+    """Why vLLM `version` refuses GGUF weights (`weight_format` of the gguf family) for a model it runs in bfloat16
+    (`model_dtype` ``bf16``: ``--dtype auto`` on a config whose torch_dtype is bfloat16, float32 or absent, as a
+    GGUF file's config usually is) on a device whose GGUF act dtypes lack bfloat16 (`act_dtypes`: 0.19 from 10.0),
+    with vLLM's message and the remedy, ``--dtype half``; None otherwise."""
+    if model_dtype != "bf16" or weight_format_family(weight_format) != "gguf":
+        return None
+    dtypes = act_dtypes(version, "gguf", compute_capability)
+    if dtypes is None or "bfloat16" in dtypes:
+        return None
+    return (f"vLLM {version} refuses GGUF weights for a model run in bfloat16 on a device of compute capability 10.0 "
+            "or above (\"GGUF has precision issues with bfloat16 on Blackwell\"): \"torch.bfloat16 is not supported "
+            f"for quantization method gguf. Supported dtypes: {act_dtypes_text(dtypes)}\" "
+            f"({QUANTIZATION_CONFIG_FILE[version]} _get_quantization_config, gguf.py get_supported_act_dtypes). Serve "
+            "it with --dtype half (plan it with float_format fp16)")
 
 
 def float32_note(version: str, model_type: str, compute_capability: tuple[int, int] | None) -> str | None:
@@ -2593,14 +2623,16 @@ class VllmProfile:
         heads on any device), then `capability_refusal`: the
         release's floor for `weight_format` (`CAPABILITY_FLOORS`) against the device's compute capability (None: not
         known; only a format the release loads nowhere is refused), then what the release refuses of the format
-        `stored` itself (`gptq_symmetry_refusal`) or at the model's dtype (`float32_refusal`, `bfloat16_refusal`)."""
+        `stored` itself (`gptq_symmetry_refusal`) or at the model's dtype (`float32_refusal`, `bfloat16_refusal`,
+        `gguf_bfloat16_refusal`)."""
         return (dsa_attention_refusal(self._version, spec, compute_capability)
                 or head_size_refusal(self._version, spec, compute_capability)
                 or capability_refusal(self._version, weight_format, compute_capability)
                 or gptq_symmetry_refusal(self._version, stored)
                 or float32_refusal(self._version, spec.model_type, weight_format, compute_capability, stored)
                 or (None if runs_float32(self._version, spec.model_type, compute_capability)
-                    else bfloat16_refusal(self._version, stored, model_dtype, compute_capability)))
+                    else (bfloat16_refusal(self._version, stored, model_dtype, compute_capability)
+                          or gguf_bfloat16_refusal(self._version, weight_format, model_dtype, compute_capability))))
 
     def capability_requirement(self, weight_format: str) -> str | None:
         """`capability_requirement`: the release's floor for `weight_format` in words, or None."""
