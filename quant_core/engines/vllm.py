@@ -158,7 +158,12 @@ class _Startup:
     MoE models ("Don't create EP group for dense models", 0.19 and 0.33; 0.11 creates it for every model, so its
     tensor-parallel figure holds it).  0.33's init_device also creates the cuBLAS and cuBLASLt handles before the
     snapshot ("Create the handles now, before the snapshot, so they count as baseline"): `blas_handles`, their
-    workspaces (`torch_cuda.blas_workspace_bytes`).  The KV pool is sized from the budget alone, so this memory comes
+    workspaces (`torch_cuda.blas_workspace_bytes`), which PyTorch keeps per (handle, stream) through
+    ``torch.accelerator.empty_cache()``; the profiling run's matrix products on the same thread and stream reuse them,
+    and 0.33's ``memory_profiling`` (utils/mem_utils.py) charges only what the free memory lost from this snapshot
+    (``total_consumed``) and the peak above what stays allocated (``transient_peak_headroom``), so they are in
+    neither and the activation term leaves them out (0.11 and 0.19 allocate them in the profiling run, inside
+    its torch peak, and charge them there).  The KV pool is sized from the budget alone, so this memory comes
     from the ``total - total x utilization`` it leaves free, beside the CUDA graphs 0.11 and 0.19 capture after it
     (`OutsideBudget`).  No vLLM code sizes it: the figures are the public logs' "Free memory on device (free/total
     GiB) on startup", total - free rounded up to the MiB, named in `source`; the logs are H100 runs, charged on
@@ -2171,7 +2176,8 @@ class VllmProfile:
         ``max_batched_tokens`` tokens and, on the last stage, the sampler pass over
         ``min(max_num_seqs, max_batched_tokens)`` rows of full-vocabulary logits, during which the
         dummy run's hidden states are still held (as each release's code allocates them, `sampler_pass_bytes`,
-        with PyTorch's cuBLAS workspaces beside the peak, `torch_cuda.blas_workspace_bytes` of `device`, and in
+        with PyTorch's cuBLAS workspaces beside the peak, `torch_cuda.blas_workspace_bytes` of `device`, except on
+        0.33, whose init_device allocates them before the start-up snapshot (`startup_memory`), and in
         0.33 the sampler's penalty state, `sampler_state_bytes`);
         the forward pass's intermediates are freed before the sampler runs, so the two do not add,
         except, from the releases whose `moe_workspace_persists`, a MoE model's fused-MoE caches
@@ -2206,7 +2212,8 @@ class VllmProfile:
         rows = min(limits.max_num_seqs, tokens) if stage.is_last else 0
         workspace = caches.nbytes if rows and caches is not None and caches.persists else 0
         sampled, sampler_basis = sampler_pass_bytes(spec, rows, tokens, device, self._version, element)
-        blas = blas_workspace_bytes(device)
+        # 0.33 allocates them before its start-up snapshot (`_Startup.blas_handles`, charged by `startup_memory`)
+        blas = 0 if self._rules.startup.blas_handles else blas_workspace_bytes(device)
         state = sampler_state_bytes(spec, limits.max_num_seqs, self._version) if stage.is_last else 0
         sampler = sampled + workspace + received
         held = f", with the fused-MoE caches still held ({workspace / GIB:.2f} GiB)" if workspace else ""
@@ -2218,6 +2225,10 @@ class VllmProfile:
         if blas:
             basis += (f"; plus PyTorch's cuBLAS and cuBLASLt workspaces ({blas / MIB:.0f} MiB), allocated through "
                       "its caching allocator at the run's first matrix product and kept (CublasHandlePool.cpp)")
+        else:
+            basis += (f"; PyTorch's cuBLAS and cuBLASLt workspaces are not in it: vLLM {self._version}'s "
+                      "Worker.init_device allocates them before its start-up snapshot, where they are charged "
+                      "(start-up memory), and the profiling run's matrix products reuse them")
         if state:
             basis += (f"; plus the sampler's penalty state, max_num_seqs={limits.max_num_seqs} x vocabulary int32 "
                       f"output counts and prompt bit masks ({state / GIB:.2f} GiB), allocated with Model Runner V2's "
