@@ -61,6 +61,7 @@ from quant_core.engines.vllm import (
     qwen_encoder_dummy,
     qwen_vision_refusal,
     startup_refusal,
+    unknown_gptq_symmetry_note,
 )
 from quant_core.engines.vllm import chunked_local_attention as vllm_chunked_local_attention
 from quant_core.engines.vllm import mamba_cache_mode as vllm_mamba_cache_mode
@@ -1592,6 +1593,8 @@ def plan(spec: ModelSpec, hardware: Hardware, workload: Workload | None = None,
             activation_basis += f"; plus {last.basis_at(workload.context_length)}"
     if engine is not None and engine.name == "vllm":
         notes.extend(_late_buffer_notes(spec, engine.version, workload, options, tensor, limits))
+        if _gptq_symmetry_unknown(deployed, options.shipped):
+            notes.append(unknown_gptq_symmetry_note(engine.version))
     notes.extend(_outside_budget_warning(primary, evaluator, primary_layout, workload))
     activation = Estimate(busiest.activation_bytes, activation_basis)
     overhead_basis = primary_terms.overhead_basis
@@ -1634,6 +1637,15 @@ def _engine_block_size(spec: ModelSpec, engine: EngineProfile | None, options: P
         return options
     notes.append(note)
     return replace(options, block_size=block)
+
+
+def _gptq_symmetry_unknown(deployed: WeightScheme, shipped: WeightScheme | None) -> bool:
+    """Whether `deployed` is GPTQ read from a checkpoint's headers (``checkpoint-gptq``) with no GPTQ
+    ``quantization_config`` beside it (`shipped`, from config.json) to say whether its weights are symmetric: no
+    safetensors header names ``sym`` (`engines.vllm.unknown_gptq_symmetry_note`), so the plan takes them as
+    symmetric."""
+    return (deployed.checkpoint is not None and deployed.checkpoint.format == "gptq"
+            and (shipped is None or shipped.quantized.layout != "gptq"))
 
 
 def _late_buffer_notes(spec: ModelSpec, version: str, workload: Workload, options: PlanOptions, tensor_parallel: int,

@@ -1963,6 +1963,30 @@ def float16_only_config(quantization_config: Mapping[str, object]) -> tuple[str,
     return None if why is None else (method, why)
 
 
+def unknown_gptq_symmetry_note(version: str) -> str:
+    """The plan's warning for GPTQ weights read from a checkpoint's headers alone (``checkpoint-gptq``), without the
+    config.json ``quantization_config`` that names ``sym``: no header does (AutoGPTQ's safetensors metadata names
+    ``gptq_bits``, ``gptq_group_size``, ``gptq_desc_act``, ``gptq_damp_percent``, ``gptq_checkpoint_format`` and
+    ``gptq_quant_method``; GPTQModel's only ``format``; both store qzeros whatever ``sym`` is, so the shapes are the
+    same), and the plan takes them as symmetric.  Says what vLLM `version` does with asymmetric ones
+    (`gptq_symmetry_refusal` on 0.33; on 0.11 and 0.19 `bfloat16_refusal` of the float16-only gptq method)."""
+    unknown = ("The checkpoint's headers do not say whether its GPTQ weights are symmetric (sym is in config.json's "
+               "quantization_config and quantize_config.json; no safetensors header names it, and qzeros are stored "
+               "either way): planned as symmetric. ")
+    known = (" Give config.json with its quantization_config beside the headers: the as_shipped plan reads sym from "
+             "it.")
+    if version in ASYMMETRIC_GPTQ_REFUSED:
+        return (unknown + f"If they are asymmetric (sym: false), vLLM {version} refuses them on any device: it loads "
+                "GPTQ as AutoGPTQConfig, Marlin kernels only, whose TYPE_MAP holds symmetric 4- and 8-bit weights, "
+                "and raises \"Unsupported quantization config: bits=4, sym=False\" (auto_gptq.py)." + known)
+    return (unknown + f"If they are asymmetric (sym: false), vLLM {version} loads them with its gptq kernels, not "
+            "Marlin (gptq_marlin's TYPE_MAP holds symmetric types only: is_gptq_marlin_compatible), whose activations "
+            "are float16 only: it refuses a model run in bfloat16 on a device of compute capability 8.0 or above "
+            "(\"torch.bfloat16 is not supported for quantization method gptq\", "
+            f"{FLOAT16_ONLY_FALLBACK.get(version, 'config/vllm.py')} _get_quantization_config): serve it with --dtype "
+            "half (plan it with float_format fp16)." + known)
+
+
 def bfloat16_refusal(version: str, stored: WeightFormat | None, model_dtype: str,
                      compute_capability: tuple[int, int] | None) -> str | None:
     """Why vLLM `version` refuses the GPTQ or AWQ weights `stored` for a model it runs in bfloat16 (`model_dtype`
