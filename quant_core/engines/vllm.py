@@ -1973,8 +1973,7 @@ def unknown_gptq_symmetry_note(version: str) -> str:
     unknown = ("The checkpoint's headers do not say whether its GPTQ weights are symmetric (sym is in config.json's "
                "quantization_config and quantize_config.json; no safetensors header names it, and qzeros are stored "
                "either way): planned as symmetric. ")
-    known = (" Give config.json with its quantization_config beside the headers: the as_shipped plan reads sym from "
-             "it.")
+    known = " Give config.json with its quantization_config beside the headers and the plan reads sym from it."
     if version in ASYMMETRIC_GPTQ_REFUSED:
         return (unknown + f"If they are asymmetric (sym: false), vLLM {version} refuses them on any device: it loads "
                 "GPTQ as AutoGPTQConfig, Marlin kernels only, whose TYPE_MAP holds symmetric 4- and 8-bit weights, "

@@ -540,6 +540,8 @@ def test_a_gptq_plan_from_headers_alone_warns_that_sym_is_not_known_unless_its_c
                                                                          "quantization_config": quantization}}})
     assert known.status_code == 200, known.text
     assert not any(UNKNOWN in warning for warning in known.json()["warnings"])
+    # known asymmetric: the checkpoint's plan carries vLLM 0.33's refusal
+    assert not known.json()["fits"] and "bits=4, sym=False" in known.json()["refusal"]
 
 
 @pytest.mark.parametrize(("header", "status", "field"), [

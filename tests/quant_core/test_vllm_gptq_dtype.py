@@ -191,16 +191,23 @@ def test_a_gptq_plan_from_headers_alone_warns_that_sym_is_not_known_and_what_vll
         assert ("config/__init__.py" if release == "0.11" else "config/vllm.py") in warning
 
 
-def test_a_gptq_plan_from_headers_with_its_quantization_config_knows_sym_and_does_not_warn() -> None:
+@pytest.mark.parametrize("release", ["0.11", "0.19", "0.33"])
+def test_a_gptq_plan_from_headers_with_its_quantization_config_knows_sym_and_does_not_warn(release: str) -> None:
     # config.json's quantization_config beside the headers (the API's hf_config, the CLI's --checkpoint directory):
-    # sym is known, the as-shipped row carries 0.33's refusal of asymmetric weights, and no warning
+    # sym is known, no warning, and the checkpoint's plan is refused as its as-shipped row is (0.33: any device;
+    # 0.11/0.19: a bfloat16 model on the H100), with the headers' bytes
     spec = model_from_sizes(**TINY_LLAMA)
     scheme, _ = checkpoint_scheme(spec, gptq_headers(spec), mtp_layers=0)
+    headers_only = plan(spec, H100, None, PlanOptions(scheme=scheme, engine_version=release))
     for sym in (False, True):
         shipped = scheme_from_quantization_config({**GPTQ, "sym": sym})
-        result = plan(spec, H100, None, PlanOptions(scheme=scheme, shipped=shipped, engine_version="0.33"))
+        result = plan(spec, H100, None, PlanOptions(scheme=scheme, shipped=shipped, engine_version=release))
         assert not any(UNKNOWN in warning for warning in result.warnings)
         assert (result.comparison["as_shipped"].refusal is None) is sym
+        assert (result.refusal is None) is sym and result.fits is sym
+        assert result.refusal == result.comparison["as_shipped"].refusal
+        assert result.primary.format == "checkpoint-gptq"
+        assert result.primary.weights_bytes == headers_only.primary.weights_bytes
     # a generic engine (no vLLM kernels to choose), and headers of another format, say nothing of it
     generic = plan(spec, H100, None, PlanOptions(scheme=scheme, engine="generic"))
     assert not any(UNKNOWN in warning for warning in generic.warnings)
