@@ -71,6 +71,7 @@ from quant_core.engines.vllm import (
     qwen_encoder_dummy,
     qwen_vision_refusal,
     startup_refusal,
+    unknown_gptq_symmetry_note,
 )
 from quant_core.engines.vllm import chunked_local_attention as vllm_chunked_local_attention
 from quant_core.engines.vllm import mamba_cache_mode as vllm_mamba_cache_mode
@@ -1146,11 +1147,13 @@ class _ModelTerms:
         self.kv_dtype_name = kv_dtype_name
         self.by_role = _weights_by_role(spec, scheme)
         #: the labels the engine's device check reads, each with its format where there is one: the scheme's, or
-        #: each quantized format of a per-tensor mix (a checkpoint's headers and a GGUF mix: the label alone)
+        #: each quantized format of a per-tensor mix (a checkpoint's headers and a GGUF mix: the label alone, except
+        #: GPTQ headers with config.json's quantization_config, whose format says sym: `_is_checkpoint_gptq`)
         self.formats: tuple[tuple[str, WeightFormat | None], ...] = (
             tuple(sorted({(chosen.label(), chosen) for _, chosen in scheme.mix if chosen.is_quantized},
                          key=lambda pair: pair[0])) or (("mixed", None),) if scheme.mix
-            else ((scheme.label(), None if scheme.checkpoint is not None or scheme.gguf_file_type
+            else ((scheme.label(), None if scheme.gguf_file_type or (scheme.checkpoint is not None
+                                                                      and scheme.quantized.layout != "gptq")
                    else scheme.quantized),))
         self._layouts: dict[tuple[int, int, bool, bool, str, bool, bool], _Layout] = {}
         self._predicates: dict[tuple[object, ...], Callable[[int, int], bool]] = {}
@@ -1585,6 +1588,10 @@ def plan(spec: ModelSpec, hardware: Hardware, workload: Workload | None = None,
 
     baseline = _policy_scheme(float_format(options.float_format), policy)
     deployed = options.scheme or _policy_scheme(options.weight_format, policy)
+    if _is_checkpoint_gptq(deployed) and options.shipped is not None and options.shipped.quantized.layout == "gptq":
+        # the headers' GPTQ weights as config.json's quantization_config says they are stored (sym): the engine's
+        # device check reads it (`_ModelTerms.formats`); the bytes stay the headers'
+        deployed = replace(deployed, quantized=options.shipped.quantized)
     if element_bytes == 4:
         baseline, deployed = _at_float32(baseline), _at_float32(deployed)
         if deployed.checkpoint_rows or deployed.gguf_file_type or deployed.mix:
@@ -1667,6 +1674,8 @@ def plan(spec: ModelSpec, hardware: Hardware, workload: Workload | None = None,
             activation_basis += f"; plus {last.basis_at(workload.context_length)}"
     if engine is not None and engine.name == "vllm":
         notes.extend(_late_buffer_notes(spec, engine.version, workload, options, tensor, limits))
+        if _is_checkpoint_gptq(deployed) and deployed.quantized.layout != "gptq":
+            notes.append(unknown_gptq_symmetry_note(engine.version))
     notes.extend(_outside_budget_warning(primary, evaluator, primary_layout, workload))
     activation = Estimate(busiest.activation_bytes, activation_basis)
     overhead_basis = primary_terms.overhead_basis
@@ -1709,6 +1718,14 @@ def _engine_block_size(spec: ModelSpec, engine: EngineProfile | None, options: P
         return options
     notes.append(note)
     return replace(options, block_size=block)
+
+
+def _is_checkpoint_gptq(scheme: WeightScheme) -> bool:
+    """Whether `scheme` is GPTQ read from a checkpoint's headers (``checkpoint-gptq``).  No safetensors header names
+    ``sym`` (`engines.vllm.unknown_gptq_symmetry_note`): its `quantized` format is the one config.json's GPTQ
+    ``quantization_config`` gives when the plan has it (`PlanOptions.shipped`), and otherwise not a GPTQ format at all
+    (the plan then takes the weights as symmetric and warns)."""
+    return scheme.checkpoint is not None and scheme.checkpoint.format == "gptq"
 
 
 def _late_buffer_notes(spec: ModelSpec, version: str, workload: Workload, options: PlanOptions, tensor_parallel: int,

@@ -159,7 +159,12 @@ class _Startup:
     MoE models ("Don't create EP group for dense models", 0.19 and 0.33; 0.11 creates it for every model, so its
     tensor-parallel figure holds it).  0.33's init_device also creates the cuBLAS and cuBLASLt handles before the
     snapshot ("Create the handles now, before the snapshot, so they count as baseline"): `blas_handles`, their
-    workspaces (`torch_cuda.blas_workspace_bytes`).  The KV pool is sized from the budget alone, so this memory comes
+    workspaces (`torch_cuda.blas_workspace_bytes`), which PyTorch keeps per (handle, stream) through
+    ``torch.accelerator.empty_cache()``; the profiling run's matrix products on the same thread and stream reuse them,
+    and 0.33's ``memory_profiling`` (utils/mem_utils.py) charges only what the free memory lost from this snapshot
+    (``total_consumed``) and the peak above what stays allocated (``transient_peak_headroom``), so they are in
+    neither and the activation term leaves them out (0.11 and 0.19 allocate them in the profiling run, inside
+    its torch peak, and charge them there).  The KV pool is sized from the budget alone, so this memory comes
     from the ``total - total x utilization`` it leaves free, beside the CUDA graphs 0.11 and 0.19 capture after it
     (`OutsideBudget`).  No vLLM code sizes it: the figures are the public logs' "Free memory on device (free/total
     GiB) on startup", total - free rounded up to the MiB, named in `source`; the logs are H100 runs, charged on
@@ -2142,6 +2147,29 @@ def float16_only_config(quantization_config: Mapping[str, object]) -> tuple[str,
     return None if why is None else (method, why)
 
 
+def unknown_gptq_symmetry_note(version: str) -> str:
+    """The plan's warning for GPTQ weights read from a checkpoint's headers alone (``checkpoint-gptq``), without the
+    config.json ``quantization_config`` that names ``sym``: no header does (AutoGPTQ's safetensors metadata names
+    ``gptq_bits``, ``gptq_group_size``, ``gptq_desc_act``, ``gptq_damp_percent``, ``gptq_checkpoint_format`` and
+    ``gptq_quant_method``; GPTQModel's only ``format``; both store qzeros whatever ``sym`` is, so the shapes are the
+    same), and the plan takes them as symmetric.  Says what vLLM `version` does with asymmetric ones
+    (`gptq_symmetry_refusal` on 0.33; on 0.11 and 0.19 `bfloat16_refusal` of the float16-only gptq method)."""
+    unknown = ("The checkpoint's headers do not say whether its GPTQ weights are symmetric (sym is in config.json's "
+               "quantization_config and quantize_config.json; no safetensors header names it, and qzeros are stored "
+               "either way): planned as symmetric. ")
+    known = " Give config.json with its quantization_config beside the headers and the plan reads sym from it."
+    if version in ASYMMETRIC_GPTQ_REFUSED:
+        return (unknown + f"If they are asymmetric (sym: false), vLLM {version} refuses them on any device: it loads "
+                "GPTQ as AutoGPTQConfig, Marlin kernels only, whose TYPE_MAP holds symmetric 4- and 8-bit weights, "
+                "and raises \"Unsupported quantization config: bits=4, sym=False\" (auto_gptq.py)." + known)
+    return (unknown + f"If they are asymmetric (sym: false), vLLM {version} loads them with its gptq kernels, not "
+            "Marlin (gptq_marlin's TYPE_MAP holds symmetric types only: is_gptq_marlin_compatible), whose activations "
+            "are float16 only: it refuses a model run in bfloat16 on a device of compute capability 8.0 or above "
+            "(\"torch.bfloat16 is not supported for quantization method gptq\", "
+            f"{QUANTIZATION_CONFIG_FILE.get(version, 'config/vllm.py')} _get_quantization_config): serve it with "
+            "--dtype half (plan it with float_format fp16)." + known)
+
+
 def bfloat16_refusal(version: str, stored: WeightFormat | None, model_dtype: str,
                      compute_capability: tuple[int, int] | None) -> str | None:
     """Why vLLM `version` refuses the GPTQ or AWQ weights `stored` for a model it runs in bfloat16 (`model_dtype`
@@ -2377,7 +2405,8 @@ class VllmProfile:
         ``max_batched_tokens`` tokens and, on the last stage, the sampler pass over
         ``min(max_num_seqs, max_batched_tokens)`` rows of full-vocabulary logits, during which the
         dummy run's hidden states are still held (as each release's code allocates them, `sampler_pass_bytes`,
-        with PyTorch's cuBLAS workspaces beside the peak, `torch_cuda.blas_workspace_bytes` of `device`, and in
+        with PyTorch's cuBLAS workspaces beside the peak, `torch_cuda.blas_workspace_bytes` of `device`, except on
+        0.33, whose init_device allocates them before the start-up snapshot (`startup_memory`), and in
         0.33 the sampler's penalty state, `sampler_state_bytes`);
         the forward pass's intermediates are freed before the sampler runs, so the two do not add,
         except, from the releases whose `moe_workspace_persists`, a MoE model's fused-MoE caches
@@ -2412,7 +2441,8 @@ class VllmProfile:
         rows = min(limits.max_num_seqs, tokens) if stage.is_last else 0
         workspace = caches.nbytes if rows and caches is not None and caches.persists else 0
         sampled, sampler_basis = sampler_pass_bytes(spec, rows, tokens, device, self._version, element)
-        blas = blas_workspace_bytes(device)
+        # 0.33 allocates them before its start-up snapshot (`_Startup.blas_handles`, charged by `startup_memory`)
+        blas = 0 if self._rules.startup.blas_handles else blas_workspace_bytes(device)
         state = sampler_state_bytes(spec, limits.max_num_seqs, self._version) if stage.is_last else 0
         sampler = sampled + workspace + received
         held = f", with the fused-MoE caches still held ({workspace / GIB:.2f} GiB)" if workspace else ""
@@ -2424,6 +2454,10 @@ class VllmProfile:
         if blas:
             basis += (f"; plus PyTorch's cuBLAS and cuBLASLt workspaces ({blas / MIB:.0f} MiB), allocated through "
                       "its caching allocator at the run's first matrix product and kept (CublasHandlePool.cpp)")
+        else:
+            basis += (f"; PyTorch's cuBLAS and cuBLASLt workspaces are not in it: vLLM {self._version}'s "
+                      "Worker.init_device allocates them before its start-up snapshot, where they are charged "
+                      "(start-up memory), and the profiling run's matrix products reuse them")
         if state:
             basis += (f"; plus the sampler's penalty state, max_num_seqs={limits.max_num_seqs} x vocabulary int32 "
                       f"output counts and prompt bit masks ({state / GIB:.2f} GiB), allocated with Model Runner V2's "

@@ -452,6 +452,34 @@ def test_plan_from_a_local_checkpoint_directory_reads_its_headers_and_config(tmp
     assert answer["checkpoint"]["unknown_tensors"] == [] and answer["checkpoint"]["mtp_tensors"] == 0
 
 
+def test_plan_from_a_gptq_checkpoint_directory_warns_that_sym_is_not_known_without_its_quantization_config(
+        tmp_path: Path) -> None:
+    # `nibble plan --checkpoint DIR` reads the safetensors headers and DIR/config.json: without a quantization_config
+    # there no file it reads names sym (the headers do not: AutoGPTQ's and GPTQModel's metadata leave it out), so the
+    # plan says it took the weights as symmetric and what vLLM does with asymmetric ones; with one, sym is known
+    from quant_core.hf_config import model_from_sizes
+    from tests.quant_core.test_vllm_gptq_dtype import TINY_LLAMA, UNKNOWN, gptq_headers
+
+    numpy_dtypes = {"I32": np.int32, "F16": np.float16}
+    save_file({tensor.name: np.zeros(tensor.shape, numpy_dtypes[tensor.dtype])
+               for tensor in gptq_headers(model_from_sizes(**TINY_LLAMA))}, str(tmp_path / "model.safetensors"))
+    config = {"model_type": "llama", "hidden_size": 256, "num_hidden_layers": 2, "num_attention_heads": 4,
+              "num_key_value_heads": 2, "intermediate_size": 512, "vocab_size": 1000}
+    args = ("plan", "--checkpoint", str(tmp_path), "--device", "h100-80gb", "--engine-version", "0.19", "--json")
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    status, out, err = nibble(*args)
+    assert status == 0, err
+    answer = json.loads(out)
+    assert answer["weights"]["format"] == "checkpoint-gptq"
+    (warning,) = [warning for warning in answer["warnings"] if UNKNOWN in warning]
+    assert "vLLM 0.19 loads them with its gptq kernels" in warning and "--dtype half" in warning
+    (tmp_path / "config.json").write_text(json.dumps({**config, "quantization_config": {
+        "quant_method": "gptq", "bits": 4, "group_size": 128, "desc_act": False, "sym": True}}))
+    status, out, err = nibble(*args)
+    assert status == 0, err
+    assert not any(UNKNOWN in warning for warning in json.loads(out)["warnings"])
+
+
 def test_plan_from_a_sharded_checkpoint_over_http_sends_the_headers_as_files_and_agrees_with_local(
         tmp_path: Path, server: str, monkeypatch: pytest.MonkeyPatch) -> None:
     from tests.checkpoints import write_llama_checkpoint

@@ -517,6 +517,33 @@ def test_a_plan_from_checkpoint_headers_sums_the_files_own_tensors(client: TestC
     assert {"bf16", "int4"} <= set(answer["comparison"])
 
 
+def test_a_gptq_plan_from_headers_alone_warns_that_sym_is_not_known_unless_its_config_says(
+        client: TestClient) -> None:
+    # the headers of a GPTQ checkpoint (qweight, qzeros, scales, g_idx) name no sym: planned as symmetric, with the
+    # warning; the same headers beside a config.json whose quantization_config says sym are planned without it
+    from quant_core.hf_config import model_from_sizes
+    from tests.quant_core.test_vllm_gptq_dtype import TINY_LLAMA, UNKNOWN, gptq_headers
+
+    tensors = {tensor.name: (tensor.dtype, list(tensor.shape), tensor.bytes)
+               for tensor in gptq_headers(model_from_sizes(**TINY_LLAMA))}
+    config = {"model_type": "llama", "hidden_size": 256, "num_hidden_layers": 2, "num_attention_heads": 4,
+              "num_key_value_heads": 2, "intermediate_size": 512, "vocab_size": 1000, "torch_dtype": "bfloat16"}
+    header = {"file": "model.safetensors", "header_base64": _safetensors_header_b64(tensors)}
+    body = {"model": {"hf_config": config}, "hardware": {"device": "h100-80gb"},
+            "runtime": {"engine_version": "0.33"}, "checkpoint": {"headers": [header]}}
+    answer = client.post("/v1/plan", json=body).json()
+    assert answer["weights"]["format"] == "checkpoint-gptq" and answer["fits"]
+    (warning,) = [warning for warning in answer["warnings"] if UNKNOWN in warning]
+    assert "Unsupported quantization config: bits=4, sym=False" in warning
+    quantization = {"quant_method": "gptq", "bits": 4, "group_size": 128, "desc_act": False, "sym": False}
+    known = client.post("/v1/plan", json={**body, "model": {"hf_config": {**config,
+                                                                         "quantization_config": quantization}}})
+    assert known.status_code == 200, known.text
+    assert not any(UNKNOWN in warning for warning in known.json()["warnings"])
+    # known asymmetric: the checkpoint's plan carries vLLM 0.33's refusal
+    assert not known.json()["fits"] and "bits=4, sym=False" in known.json()["refusal"]
+
+
 @pytest.mark.parametrize(("header", "status", "field"), [
     ("not base64!", 422, "checkpoint.headers[0].header_base64"),
     ("AAAA", 422, "checkpoint.headers[0]"),  # three zero bytes: shorter than a header length

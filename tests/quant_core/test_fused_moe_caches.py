@@ -202,6 +202,47 @@ def test_a_b200_plan_of_block_fp8_qwen3_moe_on_vllm_0_11_charges_deep_gemms_work
     assert "DeepGemmExperts" in b200.basis and "DeepGemmExperts" in h100.basis
 
 
+def test_deepseek_v3_on_8_b200s_on_vllm_0_11_holds_deep_gemms_2_62_gib_workspace_a_rank() -> None:
+    # The shipped checkpoint (128 x 128 block fp8) on 8 x B200 at TP 8 under vLLM 0.11, by hand from 0.11's code:
+    # * fused_moe/fused_moe.py fused_experts: deep_gemm_moe_fp8 when "allow_deep_gemm and quant_config.use_fp8_w8a8
+    #   and (is_deep_gemm_e8m0_used() or _valid_deep_gemm(...))"; utils/deep_gemm.py is_deep_gemm_e8m0_used is True on
+    #   is_device_capability(100) with VLLM_USE_DEEP_GEMM_E8M0 ("1" in envs.py), so the 2048 / 8 = 256-wide expert
+    #   slice, which _valid_deep_gemm refuses (not above 512: an H200 stays on fused_experts_impl), runs DeepGEMM.
+    # * fused_moe/deep_gemm_moe.py DeepGemmExperts.workspace_shapes: M_sum = compute_aligned_M(M, topk,
+    #   local_num_experts, 128) = round_up(M x topk + local_num_experts x 127, 128) (deep_gemm_utils.py), with M =
+    #   8192 (the B200's OpenAI-server default: at least 70 GiB and not an A100; VLLM_FUSED_MOE_CHUNK_SIZE = 32,768
+    #   leaves one chunk), topk 8 and all 256 experts on every rank (no expert parallelism): 65,536 + 32,512 = 98,048
+    #   rows (766 x 128).  workspace1 = (M_sum, max(N, K)), N = w1's 2 x 256 = 512, K = hidden 7168; workspace2 =
+    #   (M_sum, max(N // 2, K)); the output (M, K) reuses workspace13 (modular_kernel.py _do_fused_experts); dtype
+    #   the bf16 hidden states: 98,048 x (7168 + 7168) x 2 = 2,811,232,256 bytes (2.62 GiB), kept in
+    #   modular_kernel.py's class-level SharedResizableBuffers, so held under the sampler pass.
+    # * The plan's activation: 0.11's sampler pass, PyTorch's sort at 38 bytes a logit (1024 x 129,280 x 38 =
+    #   5,030,543,360) beside the dummy run's 8192 hidden states and two copies of the 1024 sampled rows ((8192 + 2 x
+    #   1024) x 7168 x 2 = 146,800,640), with the workspace held: 7,988,576,256 (7.44 GiB, above the forward pass's
+    #   3.09 GiB); plus the yarn rotary cache (163,840 x 64 x 2 = 20,971,520) and the B200's cuBLAS and cuBLASLt
+    #   workspaces (compute capability 10.0: 8 MiB + 128 KiB + 1 MiB = 9,568,256): 8,019,116,032 bytes a rank.
+    preset = get_preset_info("deepseek-v3")
+    scheme = scheme_from_quantization_config(preset.quantization_config or {})
+    spec = get_preset("deepseek-v3")
+    caches = fused_moe_caches(spec, 8, 8192, "0.11", "fp8-block128", B200)
+    workspace = 98_048 * (7168 + 7168) * 2
+    assert (98_048, workspace) == (-(-(8192 * 8 + 256 * 127) // 128) * 128, 2_811_232_256)
+    assert caches.nbytes == workspace and caches.persists and "E8M0" in caches.basis
+    result = plan(spec, Hardware(get_device("b200").planning_bytes, 8, "b200"), Workload(32_768, 1),
+                  PlanOptions(engine_version="0.11", scheme=scheme))
+    assert (result.max_batched_tokens, result.max_num_seqs) == (8192, 1024)
+    sampler = 1024 * 129_280 * 38 + (8192 + 2 * 1024) * 7168 * 2 + workspace
+    assert result.activation.bytes == sampler + 163_840 * 64 * 2 + (8 * 2**20 + 128 * 2**10 + 2**20) == 8_019_116_032
+    assert "DeepGemmExperts" in result.activation.basis and "still held (2.62 GiB)" in result.activation.basis
+    # the same layout on 8 x H200 (9.0, the 256-wide slice refused by _valid_deep_gemm): the freed
+    # fused_experts_impl caches, no workspace under the sampler pass
+    h200 = plan(spec, Hardware(get_device("h200").planning_bytes, 8, "h200"), Workload(32_768, 1),
+                PlanOptions(engine_version="0.11", scheme=scheme))
+    assert h200.activation.bytes == sampler - workspace + 163_840 * 64 * 2 + 33 * 2**20 == 5_232_918_528
+    print(f"DeepSeek-V3 FP8, 8 x B200, TP 8, vLLM 0.11: activation {result.activation.bytes:,} bytes a rank, "
+          f"KV tokens {result.primary.kv_capacity_tokens:,} at 32,768")
+
+
 @pytest.mark.parametrize(("log_id", "logged"), [
     ("llmdp-v0.19-deepseek-v2-lite-tp1", 1.93), ("llmdp-v0.19-qwen3-30b-a3b-tp1", 2.68),
     ("llmdp-v0.19-mixtral-8x7b-tp2", 1.21)])

@@ -164,9 +164,10 @@ def test_on_a_24_gb_card_the_encoder_pass_is_vllms_profiling_peak(model: str, ve
     print(f"{model} on vLLM {version}, L4: text pass {text / GIB:.2f} GiB, encoder peak {encoder[0] / GIB:.2f} GiB, "
           f"charged {charged.bytes / GIB:.2f} GiB")
     # the rotary cos/sin cache (rotary_cache_bytes) is held beside the encoder's peak as beside the text pass, as are
-    # the L4's cuBLAS workspaces, taken at the tower's first matrix product, and on 0.33 the sampler's penalty state
+    # the L4's cuBLAS workspaces, taken at the tower's first matrix product (on 0.19; 0.33's init_device takes them
+    # before its start-up snapshot, where they are charged instead), and on 0.33 the sampler's penalty state
     # for 256 sequences (Model Runner V2 allocates it with the Sampler, before profiling)
-    blas = blas_workspace_bytes(L4) + sampler_state_bytes(spec, 256, version)
+    blas = (0 if version == "0.33" else blas_workspace_bytes(L4)) + sampler_state_bytes(spec, 256, version)
     assert charged.bytes == encoder[0] + deepstack + rotary_cache_bytes(spec, version) + blas
     assert charged.bytes - text - deepstack > 1.1 * GIB
     assert "dummy" in charged.basis and "the text pass:" in charged.basis

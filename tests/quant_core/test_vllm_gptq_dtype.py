@@ -11,11 +11,20 @@ from __future__ import annotations
 
 import pytest
 
-from quant_core.engines.vllm import ACT_DTYPES, bfloat16_refusal, float32_refusal, gptq_symmetry_refusal
+from quant_core.checkpoint_rows import checkpoint_scheme
+from quant_core.engines.vllm import (
+    ACT_DTYPES,
+    bfloat16_refusal,
+    float32_refusal,
+    gptq_symmetry_refusal,
+    unknown_gptq_symmetry_note,
+)
 from quant_core.formats import WeightFormat, gptq_checkpoint, int4, int8_gptq
 from quant_core.hf_config import config_float_format, model_from_sizes
 from quant_core.planner import Hardware, Plan, PlanOptions, plan
 from quant_core.schemes import scheme_from_quantization_config, scheme_of
+from quant_core.specs import ModelSpec
+from quant_core.tensorio.checkpoint_headers import HeaderTensor
 from tests.quant_core.test_checkpoint_formats import LLAMA_2_7B
 
 H100 = Hardware(80 * 2**30, 1, "h100-80gb", "H100", (9, 0))
@@ -152,3 +161,86 @@ def test_the_float32_and_bfloat16_refusals_name_the_act_dtypes_table_of_the_meth
         if refusal is not None:
             assert (f"torch.{dtype} is not supported for quantization method {method}. Supported dtypes: {listed}"
                     in refusal)
+
+
+# --- a GPTQ checkpoint read from its headers alone ------------------------------------------------------------------
+
+#: a small llama (hidden 256, 2 layers, 4 heads of 64, 2 KV heads) whose every linear a GPTQ checkpoint stores
+TINY_LLAMA = {"hidden_size": 256, "num_layers": 2, "num_attention_heads": 4, "num_kv_heads": 2,
+              "intermediate_size": 512, "vocab_size": 1000}
+UNKNOWN = "do not say whether its GPTQ weights are symmetric"
+
+
+def gptq_headers(spec: ModelSpec, group_size: int = 128) -> list[HeaderTensor]:
+    """The header tensors AutoGPTQ and GPTQModel write for `spec` at 4 bits: per linear (out x in) an int32 qweight
+    (in / 8 x out), qzeros (in / g x out / 8), fp16 scales (in / g x out) and an int32 g_idx (in), whatever sym is;
+    the embedding, lm_head and norms in fp16."""
+    hidden, width, kv = spec.hidden_size, spec.intermediate_size, spec.num_kv_heads * spec.head_dim
+    vocabulary = (spec.vocab_size, hidden)
+    tensors = [HeaderTensor("model.embed_tokens.weight", "F16", vocabulary, 2 * spec.vocab_size * hidden),
+               HeaderTensor("lm_head.weight", "F16", vocabulary, 2 * spec.vocab_size * hidden),
+               HeaderTensor("model.norm.weight", "F16", (hidden,), 2 * hidden)]
+    linears = (("self_attn.q_proj", hidden, hidden), ("self_attn.k_proj", kv, hidden), ("self_attn.v_proj", kv, hidden),
+               ("self_attn.o_proj", hidden, hidden), ("mlp.gate_proj", width, hidden), ("mlp.up_proj", width, hidden),
+               ("mlp.down_proj", hidden, width))
+    for layer in range(spec.num_layers):
+        prefix = f"model.layers.{layer}."
+        for name, rows, columns in linears:
+            groups = columns // group_size
+            tensors += [HeaderTensor(f"{prefix}{name}.qweight", "I32", (columns // 8, rows), 4 * columns // 8 * rows),
+                        HeaderTensor(f"{prefix}{name}.qzeros", "I32", (groups, rows // 8), 4 * groups * rows // 8),
+                        HeaderTensor(f"{prefix}{name}.scales", "F16", (groups, rows), 2 * groups * rows),
+                        HeaderTensor(f"{prefix}{name}.g_idx", "I32", (columns,), 4 * columns)]
+        tensors += [HeaderTensor(f"{prefix}{norm}.weight", "F16", (hidden,), 2 * hidden)
+                    for norm in ("input_layernorm", "post_attention_layernorm")]
+    return tensors
+
+
+@pytest.mark.parametrize("release", ["0.11", "0.19", "0.33"])
+def test_a_gptq_plan_from_headers_alone_warns_that_sym_is_not_known_and_what_vllm_does_if_false(release: str) -> None:
+    # No safetensors header names sym: AutoGPTQ's metadata holds gptq_bits, gptq_group_size, gptq_desc_act,
+    # gptq_damp_percent, gptq_checkpoint_format and gptq_quant_method (auto_gptq/modeling/_base.py save_quantized),
+    # GPTQModel's only "format" (gptqmodel/models/writer.py); both write qzeros for symmetric weights too, so the
+    # shapes are the same.  The plan takes the weights as symmetric (nothing refused) and says so.
+    spec = model_from_sizes(**TINY_LLAMA)
+    scheme, summary = checkpoint_scheme(spec, gptq_headers(spec), mtp_layers=0)
+    assert summary.format == "gptq" and scheme.label() == "checkpoint-gptq"
+    result = plan(spec, H100, None, PlanOptions(scheme=scheme, engine_version=release))
+    assert result.fits and result.refusal is None
+    (warning,) = [warning for warning in result.warnings if UNKNOWN in warning]
+    assert warning == unknown_gptq_symmetry_note(release)
+    assert "planned as symmetric" in warning and "quantization_config" in warning
+    if release == "0.33":
+        assert "refuses them on any device" in warning and "bits=4, sym=False" in warning
+    else:
+        assert "\"torch.bfloat16 is not supported for quantization method gptq\"" in warning
+        assert "--dtype half" in warning
+        assert ("config/__init__.py" if release == "0.11" else "config/vllm.py") in warning
+
+
+@pytest.mark.parametrize("release", ["0.11", "0.19", "0.33"])
+def test_a_gptq_plan_from_headers_with_its_quantization_config_knows_sym_and_does_not_warn(release: str) -> None:
+    # config.json's quantization_config beside the headers (the API's hf_config, the CLI's --checkpoint directory):
+    # sym is known, no warning, and the checkpoint's plan is refused as its as-shipped row is (0.33: any device;
+    # 0.11/0.19: a bfloat16 model on the H100), with the headers' bytes
+    spec = model_from_sizes(**TINY_LLAMA)
+    scheme, _ = checkpoint_scheme(spec, gptq_headers(spec), mtp_layers=0)
+    headers_only = plan(spec, H100, None, PlanOptions(scheme=scheme, engine_version=release))
+    for sym in (False, True):
+        shipped = scheme_from_quantization_config({**GPTQ, "sym": sym})
+        result = plan(spec, H100, None, PlanOptions(scheme=scheme, shipped=shipped, engine_version=release))
+        assert not any(UNKNOWN in warning for warning in result.warnings)
+        assert (result.comparison["as_shipped"].refusal is None) is sym
+        assert (result.refusal is None) is sym and result.fits is sym
+        assert result.refusal == result.comparison["as_shipped"].refusal
+        assert result.primary.format == "checkpoint-gptq"
+        assert result.primary.weights_bytes == headers_only.primary.weights_bytes
+    # a generic engine (no vLLM kernels to choose), and headers of another format, say nothing of it
+    generic = plan(spec, H100, None, PlanOptions(scheme=scheme, engine="generic"))
+    assert not any(UNKNOWN in warning for warning in generic.warnings)
+    float16 = [HeaderTensor(tensor.name.replace(".qweight", ".weight"), "F16", (1,), 2) for tensor in
+               gptq_headers(spec) if not tensor.name.endswith((".qzeros", ".scales", ".g_idx"))]
+    f16_scheme, _ = checkpoint_scheme(spec, float16, mtp_layers=0)
+    assert f16_scheme.label() == "checkpoint-f16"
+    f16_plan = plan(spec, H100, None, PlanOptions(scheme=f16_scheme, engine_version="0.33"))
+    assert not any(UNKNOWN in warning for warning in f16_plan.warnings)
