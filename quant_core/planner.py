@@ -1407,7 +1407,8 @@ def engine_tensor_parallel_sizes(spec: ModelSpec, limit: int = MAX_DEVICES_SEARC
     or be a multiple of them (each rank then holds a replica); MLA models
     (a latent KV cache) have no key/value-head condition.  A spec without
     attention heads constrains nothing.  Under `expert_parallel` the routed experts' width need not divide
-    (`engines.vllm.expert_width_refusal`).
+    (`engines.vllm.expert_width_refusal`), and a MoE model takes no more ranks than routed experts
+    (`engines.vllm.expert_parallel_refusal`).
     """
     heads, kv_heads = spec.num_attention_heads, spec.num_kv_heads
     if heads <= 0:
@@ -1424,7 +1425,8 @@ def engine_tensor_parallel_sizes(spec: ModelSpec, limit: int = MAX_DEVICES_SEARC
                  and (vision_heads is None or vision_heads % size == 0)
                  and (qwen_tower is None or qwen_vision_refusal(qwen_tower, size) is None)
                  and mlp_width_refusal(spec, size) is None
-                 and expert_width_refusal(spec, size, expert_parallel) is None)
+                 and expert_width_refusal(spec, size, expert_parallel) is None
+                 and not (expert_parallel and spec.is_moe and size > spec.num_experts))
 
 
 def _min_devices(evaluator: _Evaluator, terms: _ModelTerms, workload: Workload) -> int | None:
@@ -1885,7 +1887,7 @@ def _warnings(spec: ModelSpec, hardware: Hardware, workload: Workload, options: 
         elif need:
             more = f"; the fewest devices that fit at INT4 is {need} (in tensor parallel)"
         else:
-            largest = max(engine_tensor_parallel_sizes(spec), default=1)
+            largest = max(engine_tensor_parallel_sizes(spec, expert_parallel=options.expert_parallel), default=1)
             more = (f"; no tensor-parallel degree engines accept for this model fits (the largest is {largest} "
                     "device(s)): pipeline stages (parallel.pipeline) spread the layers over more devices")
         out.append(f"The model does not fit even at INT4 on {devices} device(s) for this workload{more}.")

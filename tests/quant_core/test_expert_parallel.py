@@ -219,3 +219,17 @@ def test_the_public_expert_parallel_run_is_planned_on_the_safe_side() -> None:
     assert tokens is not None and tokens == sliced.primary.kv_capacity_tokens
     error = (tokens - log["kv_cache_tokens"]) / log["kv_cache_tokens"]
     assert -0.06 < error <= 0.03
+
+
+def test_the_tensor_parallel_sizes_under_expert_parallelism_stop_at_the_routed_expert_count() -> None:
+    # Mixtral-8x22B's 16,384-wide experts refuse 24 and 48 ranks under tensor parallelism; under expert parallelism
+    # the width no longer divides, but no rank may be left without an expert (expert_parallel_refusal), so its 8
+    # experts cap the degree at 8 (the "largest degree engines accept" warning reads the same sizes)
+    from quant_core.planner import engine_tensor_parallel_sizes
+
+    spec = get_preset("mixtral-8x22b-v0.1")
+    assert engine_tensor_parallel_sizes(spec) == (1, 2, 4, 8, 16)
+    assert engine_tensor_parallel_sizes(spec, expert_parallel=True) == (1, 2, 4, 8)
+    result = plan(spec, Hardware(6 * GIB, 8), Workload(8192, 1), PlanOptions(expert_parallel=True))
+    assert any("no tensor-parallel degree engines accept for this model fits (the largest is 8 device(s))" in warning
+               for warning in result.warnings)
