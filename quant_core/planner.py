@@ -674,7 +674,10 @@ def _embedding_on_every_stage(spec: ModelSpec, scheme: WeightScheme, tensor_para
 def _expert_format(spec: ModelSpec, scheme: WeightScheme) -> str:
     """The label of the one weight format a MoE model's routed experts are stored in under `scheme` (``mxfp4``,
     ``fp8-block128``, ``bf16``...; "" when not a MoE model or
-    when the scheme does not give one format: a GGUF mix, per-row formats, a checkpoint's own tensors)."""
+    when the scheme does not give one format: a GGUF mix, per-row formats, a checkpoint's own tensors other than
+    fp8 [128, 128] blocks, whose ``weight_scale_inv`` tensors say the format of every quantized linear)."""
+    if scheme.checkpoint is not None and scheme.checkpoint.format == "fp8-block128" and spec.is_moe:
+        return "fp8-block128"
     if not spec.is_moe or scheme.gguf_file_type or scheme.mix or scheme.checkpoint_rows:
         return ""
     return scheme.quantized.label() if "expert" in scheme.quantized_roles else scheme.unquantized
