@@ -675,7 +675,10 @@ def _embedding_on_every_stage(spec: ModelSpec, scheme: WeightScheme, tensor_para
 def _expert_format(spec: ModelSpec, scheme: WeightScheme) -> str:
     """The label of the one weight format a MoE model's routed experts are stored in under `scheme` (``mxfp4``,
     ``fp8-block128``, ``bf16``...; "" when not a MoE model or
-    when the scheme does not give one format: a GGUF mix, per-row formats, a checkpoint's own tensors)."""
+    when the scheme does not give one format: a GGUF mix, per-row formats, a checkpoint's own tensors other than
+    fp8 [128, 128] blocks, whose ``weight_scale_inv`` tensors say the format of every quantized linear)."""
+    if scheme.checkpoint is not None and scheme.checkpoint.format == "fp8-block128" and spec.is_moe:
+        return "fp8-block128"
     if not spec.is_moe or scheme.gguf_file_type or scheme.mix or scheme.checkpoint_rows:
         return ""
     return scheme.quantized.label() if "expert" in scheme.quantized_roles else scheme.unquantized
@@ -1157,7 +1160,7 @@ class _ModelTerms:
                    else scheme.quantized),))
         self._layouts: dict[tuple[int, int, bool, bool, str, bool, bool], _Layout] = {}
         self._predicates: dict[tuple[object, ...], Callable[[int, int], bool]] = {}
-        self._accepted: dict[tuple[str, str, bool] | None, tuple[int, ...]] = {}
+        self._accepted: dict[tuple[str, str, bool, tuple[int, int] | None] | None, tuple[int, ...]] = {}
         self._refusals: dict[tuple[str, str, tuple[int, int] | None, str], str | None] = {}
         self._layout_refusals: dict[tuple[str, str, int, int, tuple[int, int] | None, str, bool], str | None] = {}
         self._kv_bytes_per_token: int | None = None
@@ -1168,17 +1171,19 @@ class _ModelTerms:
             self._kv_bytes_per_token = kv_bytes_per_token(self.spec, self.kv_dtype_name)
         return self._kv_bytes_per_token
 
-    def accepted_sizes(self, engine: EngineProfile | None, expert_parallel: bool = False) -> tuple[int, ...]:
-        """The tensor-parallel sizes the engine accepts for this model in this format, ascending
-        (`engine_tensor_parallel_sizes` less `EngineProfile.format_refusal`'s and, under `expert_parallel`,
-        `EngineProfile.refusal`'s), found once per engine."""
-        key = None if engine is None else (engine.name, engine.version, expert_parallel)
+    def accepted_sizes(self, engine: EngineProfile | None, expert_parallel: bool = False,
+                       compute_capability: tuple[int, int] | None = None) -> tuple[int, ...]:
+        """The tensor-parallel sizes the engine accepts for this model in this format on devices of
+        `compute_capability`, ascending (`engine_tensor_parallel_sizes` less `EngineProfile.format_refusal`'s and,
+        under `expert_parallel`, `EngineProfile.refusal`'s), found once per engine and capability."""
+        key = None if engine is None else (engine.name, engine.version, expert_parallel, compute_capability)
         found = self._accepted.get(key)
         if found is None:
-            label = self.scheme.label()
+            label, method = self.scheme.label(), self.scheme.quant_method
             found = tuple(size for size in engine_tensor_parallel_sizes(self.spec, expert_parallel=expert_parallel)
                           if engine is None or (
-                              engine.format_refusal(self.spec, label, size, expert_parallel) is None
+                              engine.format_refusal(self.spec, label, size, expert_parallel, compute_capability,
+                                                    method) is None
                               and not (expert_parallel and engine.refusal(self.spec, size, 1, True))))
             self._accepted[key] = found
         return found
@@ -1208,7 +1213,8 @@ class _ModelTerms:
             self._layout_refusals[key] = (engine.refusal(self.spec, tensor_parallel, pipeline_parallel, expert_parallel)
                                           or self.device_refusal(evaluator)
                                           or engine.format_refusal(self.spec, self.scheme.label(), tensor_parallel,
-                                                                   expert_parallel))
+                                                                   expert_parallel, evaluator.compute_capability,
+                                                                   self.scheme.quant_method))
         return self._layout_refusals[key]
 
     def layout(self, tensor_parallel: int, pipeline_parallel: int, vocabulary_everywhere: bool = False,
@@ -1447,8 +1453,8 @@ def _min_devices(evaluator: _Evaluator, terms: _ModelTerms, workload: Workload) 
     if terms.device_refusal(evaluator) is not None:  # no count of these devices runs the format
         return None
     low = max(1, -(-sum(terms.by_role.values()) // max(1, evaluator.usable_bytes)))
-    sizes = [size for size in terms.accepted_sizes(evaluator.engine, evaluator.options.expert_parallel)
-             if size >= low]
+    sizes = [size for size in terms.accepted_sizes(evaluator.engine, evaluator.options.expert_parallel,
+                                                   evaluator.compute_capability) if size >= low]
     if evaluator.spec.has_indexer and evaluator.engine is not None:
         return next((size for size in sizes if fits_on(size)), None)
     if sizes and sizes[0] == 1:

@@ -165,10 +165,12 @@ class EngineProfile(Protocol):
         ...
 
     def format_refusal(self, spec: ModelSpec, weight_format: str, tensor_parallel: int,
-                       expert_parallel: bool = False) -> str | None:
+                       expert_parallel: bool = False, compute_capability: tuple[int, int] | None = None,
+                       quant_method: str = "") -> str | None:
         """Why the engine refuses `spec` stored as `weight_format` (a scheme's label, ``fp8-block128``) split over
-        `tensor_parallel` ranks (`expert_parallel`: its routed experts placed whole on them), or None when it
-        accepts it."""
+        `tensor_parallel` ranks (`expert_parallel`: its routed experts placed whole on them) on a device of
+        `compute_capability` (None: not known), read from a quantization_config of `quant_method` ("" when not:
+        `WeightScheme.quant_method`), or None when it accepts it."""
         ...
 
     def device_refusal(self, spec: ModelSpec, weight_format: str, compute_capability: tuple[int, int] | None,

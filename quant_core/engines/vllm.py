@@ -55,7 +55,8 @@ from quant_core.engines.base import BatchLimits, KVCapacity, Stage, Term
 from quant_core.engines.torch_cuda import allocated_block_bytes, blas_workspace_bytes, compute_units
 from quant_core.engines.vllm_graphs import cuda_graph_pool
 from quant_core.errors import InvalidSpec, UnknownName
-from quant_core.formats import GGML_TYPE_NAMES, WeightFormat, kv_dtype
+from quant_core.formats import GGML_TYPE_NAMES, WeightFormat, fp8, kv_dtype
+from quant_core.inventory import inventory
 from quant_core.kv_cache import VLLM_BLOCK_ALIGNMENT, held_window, hybrid_kv, kv_layers, layer_bytes_per_token
 from quant_core.specs import Llama4VisionTower, ModelSpec, PixtralVisionTower, Qwen3VisionTower, QwenVisionTower
 
@@ -1435,9 +1436,13 @@ def _mxfp4_layout_basis(version: str, backend: str, width: int, hidden: int) -> 
 def expert_layout(stage: Stage, version: str, expert_format: str, device: DeviceFacts) -> Term | None:
     """The bytes one rank's routed experts hold in vLLM `version` beyond the checkpoint's own (nibble's weights):
     MXFP4 experts (`expert_format` "mxfp4", gpt-oss) in the releases of `MXFP4_LAYOUT_VERSIONS`, in the layout of
-    the backend `mxfp4_moe_backend` says the release runs on `device` (`mxfp4_expert_layout_bytes`); None
+    the backend `mxfp4_moe_backend` says the release runs on `device` (`mxfp4_expert_layout_bytes`); fp8
+    [128, 128]-block experts whose scales vLLM 0.33 refines to the tensor-parallel slice (`fp8_refined_block`,
+    `fp8_refined_expert_bytes`; not under expert parallelism, whose whole experts nibble charges as shipped); None
     elsewhere (other formats, releases and devices: not read)."""
     spec = stage.spec
+    if expert_format == "fp8-block128" and not stage.expert_parallel:
+        return _fp8_refined_layout(stage, version)
     backend = mxfp4_moe_backend(version, device)
     if expert_format != "mxfp4" or not backend or not spec.is_moe:
         return None
@@ -1449,6 +1454,26 @@ def expert_layout(stage: Stage, version: str, expert_format: str, device: Device
         f"vLLM {version}'s MXFP4 experts hold {held / GIB:.2f} GiB a rank where the checkpoint's are "
         f"{shipped / GIB:.2f} GiB, on {_mxfp4_layout_basis(version, backend, width, spec.hidden_size)} "
         "(quantization/mxfp4.py, fused_moe/oracle/mxfp4.py)"))
+
+
+def _fp8_refined_layout(stage: Stage, version: str) -> Term | None:
+    """`expert_layout` of fp8-block experts: the scales vLLM 0.33 holds on the refined grid beyond nibble's charge of
+    the checkpoint's blocks, or None where it does not refine them."""
+    spec, tensor_parallel = stage.spec, stage.tensor_parallel
+    block = fp8_refined_block(spec, tensor_parallel, version)
+    if block is None:
+        return None
+    start, stop = stage.layers
+    layers = sum(1 for layer in spec.moe_layers if start <= layer < stop)
+    held, shipped = fp8_refined_expert_bytes(spec, tensor_parallel, layers, block)
+    width = spec.moe_intermediate_size // tensor_parallel
+    return Term(held - shipped, (
+        f"vLLM {version} refines the [128, 128] block scales of the fp8 experts to {block} x {block} for each "
+        f"rank's {width}-wide share of the {spec.moe_intermediate_size}-wide experts (fused_moe/oracle/fp8.py "
+        f"refine_fp8_moe_block_shape: gcd(128, {width}, {spec.hidden_size}); quantization/fp8.py "
+        f"Fp8MoEMethod.create_weights allocates the float32 scales on that grid, FusedMoE.weight_loader upsamples "
+        f"the checkpoint's into them) and runs them on its Triton experts: {held / GIB:.2f} GiB a rank of weights "
+        f"and scales where the checkpoint's share is {shipped / GIB:.2f} GiB ({held - shipped:,} bytes more)"))
 
 
 def _forward_bytes(spec: ModelSpec, tensor_parallel: int, tokens: int, version: str, expert_format: str = "",
@@ -2637,9 +2662,11 @@ class VllmProfile:
                 "PPMissingLayer for them), and counts them as each stage's weights")
 
     def format_refusal(self, spec: ModelSpec, weight_format: str, tensor_parallel: int,
-                       expert_parallel: bool = False) -> str | None:
+                       expert_parallel: bool = False, compute_capability: tuple[int, int] | None = None,
+                       quant_method: str = "") -> str | None:
         """`fp8_block_expert_refusal` for a scheme of fp8 [128, 128] blocks (as configured or read from a
-        checkpoint's headers), `int4_expert_refusal` for a GPTQ, AWQ or compressed-tensors int4 format; None for
+        checkpoint's headers; `quant_method` and `compute_capability` say whether vLLM 0.33 refines its scales and
+        runs them there), `int4_expert_refusal` for a GPTQ, AWQ or compressed-tensors int4 format; None for
         other formats.  Under `expert_parallel` (more than one rank) each rank's experts are whole: both are asked
         at one rank (the experts' full width), after `expert_parallel_format_refusal`."""
         if expert_parallel and tensor_parallel > 1 and spec.is_moe:
@@ -2649,7 +2676,7 @@ class VllmProfile:
             tensor_parallel = 1  # FusedMoE's intermediate_size_per_partition is the whole width
         if weight_format.removeprefix("checkpoint-") != "fp8-block128":
             return int4_expert_refusal(spec, weight_format, tensor_parallel, self._version)
-        return fp8_block_expert_refusal(spec, tensor_parallel)
+        return fp8_block_expert_refusal(spec, tensor_parallel, self._version, quant_method, compute_capability)
 
     def device_refusal(self, spec: ModelSpec, weight_format: str, compute_capability: tuple[int, int] | None,
                        stored: WeightFormat | None = None, model_dtype: str = "bf16") -> str | None:
@@ -2748,27 +2775,113 @@ class VllmProfile:
 
 #: the fp8 weight block's output and input sizes vLLM's block-quantized checkpoints use (weight_block_size)
 FP8_BLOCK_N = FP8_BLOCK_K = 128
+#: vLLM 0.33's ``refine_fp8_moe_block_shape`` (fused_moe/oracle/fp8.py): the refined square block must be at least
+#: 32 wide (``if refine < 32: return None``)
+FP8_REFINED_BLOCK_MIN = 32
+#: the releases whose fp8 MoE method refines the block scales to the tensor-parallel slice (0.33's oracle/fp8.py
+#: ``resolve_fp8_moe_weight_block_shape``, called by quantization/fp8.py ``Fp8MoEMethod.__init__``); 0.11.0 and
+#: 0.19.0 have neither it nor ``pad_tp_shard_to_weight_blocks``
+FP8_REFINE_VERSIONS = frozenset({"0.33"})
+#: vLLM 0.33 runs a refined block only on its Triton experts (fused_moe/experts/triton_moe.py
+#: ``TritonExperts._supports_quant_scheme``: any block shape, where ``current_platform.supports_fp8()``, which is
+#: compute capability 8.9 and up on CUDA, platforms/cuda.py)
+TRITON_FP8_CAPABILITY = (8, 9)
 
 
-def fp8_block_expert_refusal(spec: ModelSpec, tensor_parallel: int) -> str | None:
+def fp8_refined_block(spec: ModelSpec, tensor_parallel: int, version: str, quant_method: str = "") -> int | None:
+    """The square block vLLM `version` refines the fp8 [128, 128] block scales of `spec`'s routed experts to at
+    `tensor_parallel` ranks, or None where it does not.  vLLM 0.33 (fused_moe/oracle/fp8.py
+    ``refine_fp8_moe_block_shape``, asked by ``resolve_fp8_moe_weight_block_shape`` from quantization/fp8.py
+    ``Fp8MoEMethod.__init__``): when the rank's share ``ispp = moe_intermediate_size / tp`` is not a multiple of
+    block_n (or, with tp > 1, of block_k), ``refine = gcd(128, 128, ispp, hidden_size)``, kept when at least 32
+    (`FP8_REFINED_BLOCK_MIN`); ``create_weights`` then allocates the scales on that grid and ``FusedMoE.weight_loader``
+    (routed_experts.py) upsamples the checkpoint's scales to it (``repeat_interleave``: lossless).  Only the ``fp8``
+    quant method refines (`quant_method`: "" is taken as it, the ``weight_scale_inv`` layout a ``fp8-block128``
+    checkpoint holds); compressed-tensors' ``CompressedTensorsW8A8Fp8MoEMethod`` validates the 128 blocks as before.
+    With vLLM's default ``--moe-backend auto``; an explicit backend whose kernels take 128 blocks only would pad the
+    slice to whole blocks instead (``pad_tp_shard_to_weight_blocks``), which nibble does not plan (no such option).
+    The linear layers are not refined in any release (quantization/utils/fp8_utils.py ``validate_fp8_block_shape``)."""
+    if not spec.is_moe or version not in FP8_REFINE_VERSIONS or quant_method == "compressed-tensors":
+        return None
+    width = spec.moe_intermediate_size
+    if width % tensor_parallel:
+        return None  # FusedMoEConfig asserts the split (`expert_width_refusal`)
+    per_rank = width // tensor_parallel
+    if per_rank % FP8_BLOCK_N == 0 and (tensor_parallel == 1 or per_rank % FP8_BLOCK_K == 0):
+        return None
+    refine = math.gcd(FP8_BLOCK_N, FP8_BLOCK_K, per_rank, spec.hidden_size)
+    return refine if refine >= FP8_REFINED_BLOCK_MIN else None
+
+
+def fp8_block_expert_refusal(spec: ModelSpec, tensor_parallel: int, version: str = DEFAULT_VERSION,
+                             quant_method: str = "", compute_capability: tuple[int, int] | None = None) -> str | None:
     """vLLM's refusal of fp8 [128, 128]-block routed experts whose width does not split into whole blocks:
-    ``Fp8MoEMethod.create_weights`` (layers/quantization/fp8.py) raises "The output_size of gate's and up's
-    weight = N is not divisible by weight quantization block_n = 128" when FusedMoE's
-    ``intermediate_size_per_partition`` (the expert width over the tensor-parallel ranks, expert parallelism
-    off) is not a multiple of 128, and the same for block_k when tensor parallelism splits w2's input.  MiniMax-M2
-    at TP 8: 1536 / 8 = 192 (vLLM 0.19.0 on 4 and 8 A100s; vllm#17569 for Qwen3's 1536 and 768); the fix is
-    ``--enable-expert-parallel``, whose ranks hold whole experts (`VllmProfile.format_refusal` asks it at one rank
-    then).  Models without routed experts: None."""
+    ``Fp8MoEMethod.create_weights`` (layers/quantization/fp8.py; ``validate_fp8_block_shape_moe`` in
+    quantization/utils/fp8_utils.py from 0.19) raises "The output_size of gate's and up's weight = N is not
+    divisible by weight quantization block_n = 128" when FusedMoE's ``intermediate_size_per_partition`` (the expert
+    width over the tensor-parallel ranks, expert parallelism off) is not a multiple of 128, and the same for block_k
+    when tensor parallelism splits w2's input.  MiniMax-M2 at TP 8: 1536 / 8 = 192 (vLLM 0.19.0 on 4 and 8 A100s;
+    vllm#17569 for Qwen3's 1536 and 768); the fix there is ``--enable-expert-parallel``, whose ranks hold whole
+    experts (`VllmProfile.format_refusal` asks it at one rank then).  vLLM 0.33 refines the scales to a smaller
+    block instead where one of at least 32 divides the slice (`fp8_refined_block`; planned, the larger scales
+    charged by `fp8_refined_expert_bytes`), which only its Triton experts run: below compute capability 8.9
+    (`TRITON_FP8_CAPABILITY`) no backend takes it (oracle/fp8.py ``select_fp8_moe_backend``); where no such block
+    exists, or under compressed-tensors, it refuses as 0.19 does.  Models without routed experts: None."""
     if not spec.is_moe:
         return None
     width = spec.moe_intermediate_size
     per_rank = width // tensor_parallel
     if width % tensor_parallel == 0 and per_rank % FP8_BLOCK_N == 0 and per_rank % FP8_BLOCK_K == 0:
         return None
+    share = f"{width / tensor_parallel:g}"
+    refined = fp8_refined_block(spec, tensor_parallel, version, quant_method)
+    if refined is not None:
+        if compute_capability is None or compute_capability >= TRITON_FP8_CAPABILITY:
+            return None
+        major, minor = compute_capability
+        return (f"vLLM {version} refuses fp8 [128, 128]-block experts at tensor parallel size {tensor_parallel} on "
+                f"compute capability {major}.{minor}: it refines the block scales of each rank's {share}-wide share "
+                f"of the {width}-wide experts to {refined} x {refined} (oracle/fp8.py refine_fp8_moe_block_shape), "
+                "which only its Triton experts run, from compute capability 8.9 (TritonExperts._supports_quant_scheme,"
+                " platforms/cuda.py supports_fp8); Marlin, which runs block fp8 below it, takes 128 x 128 blocks only: "
+                "\"No FP8 MoE backend supports the deployment configuration.\" (select_fp8_moe_backend); vLLM serves "
+                "it with --enable-expert-parallel (runtime.expert_parallel), which places whole experts on each rank")
+    why = ""
+    if version in FP8_REFINE_VERSIONS and width % tensor_parallel == 0:
+        if quant_method == "compressed-tensors":
+            why = (f"; vLLM {version}'s compressed-tensors MoE method does not refine the block scales as its fp8 "
+                   "method does (compressed_tensors_moe_w8a8_fp8.py, validate_fp8_block_shape_moe)")
+        else:
+            gcd = math.gcd(FP8_BLOCK_N, FP8_BLOCK_K, per_rank, spec.hidden_size)
+            why = (f"; vLLM {version} would refine the block scales to the largest block dividing 128, the share and "
+                   f"the hidden size {spec.hidden_size}, but that is {gcd}, under 32 (oracle/fp8.py "
+                   f"refine_fp8_moe_block_shape), so \"The output_size of gate's and up's weight = {per_rank} is not "
+                   "divisible by weight quantization block_n = 128.\"")
     return (f"vLLM refuses fp8 [128, 128]-block experts at tensor parallel size {tensor_parallel}: each rank's "
-            f"share of the {width}-wide experts, {width / tensor_parallel:g}, is not a multiple of the 128-wide "
-            "block (fp8.py, Fp8MoEMethod.create_weights); vLLM serves it with --enable-expert-parallel "
+            f"share of the {width}-wide experts, {share}, is not a multiple of the 128-wide "
+            f"block (fp8.py, Fp8MoEMethod.create_weights){why}; vLLM serves it with --enable-expert-parallel "
             "(runtime.expert_parallel), which places whole experts on each rank")
+
+
+def fp8_refined_expert_bytes(spec: ModelSpec, tensor_parallel: int, layers: int, block: int) -> tuple[int, int]:
+    """(vLLM's bytes, nibble's weights' bytes) of the fp8-block routed experts of `layers` MoE layers on one rank
+    when vLLM 0.33 refines their scales to `block` x `block` (`fp8_refined_block`), with E experts, H = hidden_size,
+    w = moe_intermediate_size / tp: ``Fp8MoEMethod.create_weights`` (quantization/fp8.py) allocates w13 ``E x 2w x
+    H`` and w2 ``E x H x w`` fp8 bytes and float32 scales ``E x 2 ceil(w/b) x ceil(H/b)`` and ``E x ceil(H/b) x
+    ceil(w/b)``; the Triton experts that run it (`TRITON_FP8_CAPABILITY`) keep them as they are
+    (``convert_to_fp8_moe_kernel_format`` rewrites nothing for TRITON).  The loader's upsampled copy of one
+    expert's checkpoint scales (``repeat_interleave``, a few KiB, freed at once) is not counted.  nibble's weights
+    charge each routed-expert tensor of the inventory at ``ceil(bytes / tp)`` of its [128, 128]-block bytes
+    (planner ``_sharded_bytes``)."""
+    experts, hidden = spec.num_experts, spec.hidden_size
+    width = spec.moe_intermediate_size // tensor_parallel
+    rows, columns = -(-width // block), -(-hidden // block)
+    held = experts * (3 * width * hidden + 4 * (2 * rows * columns + columns * rows))
+    blocked = fp8("block")
+    first = spec.moe_layers[0]
+    shipped = sum(-(-blocked.bytes_for(entry.shape) // tensor_parallel) * entry.per_layer
+                  for entry in inventory(spec) if entry.role == "expert" and first in entry.layers)
+    return layers * held, layers * shipped
 
 
 @lru_cache(maxsize=256)

@@ -98,8 +98,10 @@ def test_minimax_fp8_at_tensor_parallel_8_plans_with_expert_parallelism_where_it
         sliced = plan(info.spec, hardware, workload, PlanOptions(scheme=scheme, engine_version=version))
         placed = plan(info.spec, hardware, workload, PlanOptions(scheme=scheme, engine_version=version,
                                                                  expert_parallel=True))
-        if version == "0.19":  # 0.33 refines or pads the block scales instead (oracle/fp8.py), not modelled here
+        if version == "0.19":  # 0.33 refines the block scales to 64 x 64 instead (test_fp8_refine.py)
             assert "192" in (sliced.primary.refusal or "")
+        else:
+            assert sliced.primary.refusal is None
         assert placed.primary.refusal is None and placed.primary.fits
         assert placed.primary.devices[0].weights_bytes == sliced.primary.devices[0].weights_bytes
         assert VllmProfile(version).format_refusal(info.spec, "fp8-block128", 8, True) is None
