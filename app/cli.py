@@ -188,6 +188,8 @@ def plan_body(args: argparse.Namespace) -> dict[str, Any]:
         hardware["memory_bytes"] = args.memory
     else:
         hardware["device"] = args.device
+    if args.compute_capability is not None:
+        hardware["compute_capability"] = args.compute_capability
     if args.compute_units is not None:
         hardware["compute_units"] = args.compute_units
     body: dict[str, Any] = {"model": model, "hardware": hardware}
@@ -729,6 +731,8 @@ def build_parser() -> argparse.ArgumentParser:
     hardware.add_argument("--device", help="a device id, e.g. h100-80gb (GET /v1/devices)")
     hardware.add_argument("--memory", "--memory-bytes", dest="memory", type=_bytes_option,
                           help="memory of one device, for unlisted hardware: 80GB (10^9), 80GiB (2^30) or bytes")
+    plan_parser.add_argument("--compute-capability", help="CUDA compute capability, for --memory: 9.0 (H100), 8.9 "
+                                                           "(L4), 10.0 (B200); picks vLLM's kernels and refusals")
     plan_parser.add_argument("--compute-units", type=int, help="SMs per device, for --memory (default: the most of "
                                                                "the catalog's devices, the safe side)")
     plan_parser.add_argument("--count", type=int, default=1, help="number of devices (default 1)")

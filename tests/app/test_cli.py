@@ -333,6 +333,22 @@ def test_compute_units_reach_the_request_and_size_the_plan_of_a_device_given_in_
     assert status == 1 and "hardware.compute_units" in err and "l4 has 58 compute units" in err
 
 
+def test_a_device_given_in_bytes_takes_its_compute_capability_from_the_command_line() -> None:
+    # an H100's bytes, capability and SM count plan as the catalog h100-80gb (tests/app/test_compute_units_api.py
+    # compares every field); without the capability a GPTQ asymmetric checkpoint is not checked against the device
+    from app.cli import build_parser, plan_body
+    args = build_parser().parse_args(["plan", "--model", "gpt2", "--memory", "85899345920", "--compute-capability",
+                                      "9.0", "--compute-units", "132"])
+    assert plan_body(args)["hardware"] == {"count": 1, "memory_bytes": 85899345920, "compute_capability": "9.0",
+                                           "compute_units": 132}
+    status, out, _ = nibble("plan", "--model", "llama-3.1-8b", "--memory", "80GiB", "--compute-capability", "9.0",
+                            "--json")
+    answer = json.loads(out)
+    assert status == 0 and answer["hardware"]["compute_capability"] == "9.0"
+    status, _, err = nibble("plan", "--model", "gpt2", "--device", "l4", "--compute-capability", "9.0")
+    assert status == 1 and "hardware.compute_capability" in err
+
+
 def test_presets_and_devices_list_the_catalog_locally_and_remotely(server: str) -> None:
     status, out, _ = nibble("presets")
     assert status == 0
