@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
@@ -247,6 +247,27 @@ def _event_status(response: httpx.Response, data: str) -> dict[str, Any]:
                                   "an event that is not a job's status") from exc
 
 
+def _jobs_params(limit: int | None, cursor: str | None, state: str | Sequence[str]) -> httpx.QueryParams:
+    """The query of one ``GET /v1/jobs`` page: each state, then the limit and the cursor when given."""
+    params: list[tuple[str, str | int | float | bool | None]] = [
+        ("state", name) for name in ([state] if isinstance(state, str) else state)]
+    if limit is not None:
+        params.append(("limit", limit))
+    if cursor is not None:
+        params.append(("cursor", cursor))
+    return httpx.QueryParams(params)
+
+
+def _not_an_event_stream(response: httpx.Response) -> NibbleResponseError:
+    """The error for an events answer (its body read) that is not ``text/event-stream``: a proxy's page."""
+    return NibbleResponseError.from_response(response, ValueError("not an event stream"))
+
+
+def _is_event_stream(response: httpx.Response) -> bool:
+    content_type: str = response.headers.get("content-type", "")
+    return content_type.startswith("text/event-stream")
+
+
 def _timeouts(timeout_seconds: float, connect_timeout_seconds: float) -> httpx.Timeout:
     """`timeout_seconds` for each read, write and pool wait; a connection that is not made within
     `connect_timeout_seconds` (at most `timeout_seconds`) fails then, not after a quantization's minutes."""
@@ -438,13 +459,7 @@ class NibbleClient:
         """One page of ``GET /v1/jobs``: ``jobs`` (newest first; at most `limit`, the server's default 100, at
         most 1000), and ``next_cursor``, the `cursor` of the page after it (None on the last page); only jobs
         in `state` (one state or several) if given."""
-        params: list[tuple[str, str | int]] = [("state", name) for name in ([state] if isinstance(state, str)
-                                                                            else state)]
-        if limit is not None:
-            params.append(("limit", limit))
-        if cursor is not None:
-            params.append(("cursor", cursor))
-        return _parse(_job_page, _checked(self._http.get("/v1/jobs", params=params)))
+        return _parse(_job_page, _checked(self._http.get("/v1/jobs", params=_jobs_params(limit, cursor, state))))
 
     def iter_jobs(self, *, state: str | Sequence[str] = (), page_size: int | None = None
                   ) -> Iterator[dict[str, Any]]:
@@ -477,9 +492,9 @@ class NibbleClient:
             if response.status_code >= 400:
                 response.read()
                 _checked(response)
-            if not response.headers.get("content-type", "").startswith("text/event-stream"):
+            if not _is_event_stream(response):
                 response.read()
-                raise NibbleResponseError.from_response(response, ValueError("not an event stream"))
+                raise _not_an_event_stream(response)
             for line in response.iter_lines():
                 if line.startswith("data: "):
                     yield _event_status(response, line.removeprefix("data: "))
@@ -612,3 +627,72 @@ class AsyncNibbleClient:
     async def dequantize(self, file: FileInput, dtype: str = "float32", *, filename: str | None = None) -> Download:
         """``POST /v1/dequantize``."""
         return _download(await self._post_upload("/v1/dequantize", file, filename, None, {"dtype": dtype}))
+
+    # --- checkpoint jobs (/v1/jobs): see NibbleClient's methods of the same names ---
+
+    async def submit_job(self, body: Mapping[str, Any]) -> dict[str, Any]:
+        """``POST /v1/jobs``: the queued job's status."""
+        return _parse(_job_status, await self._post_json("/v1/jobs", body))
+
+    async def get_job(self, job_id: str, *, report: bool = True) -> dict[str, Any]:
+        """``GET /v1/jobs/{id}``; ``report=False`` leaves out the per-tensor report."""
+        return _parse(_job_status, await self._get(f"/v1/jobs/{job_id}" if report else
+                                                   f"/v1/jobs/{job_id}?report=false"))
+
+    async def jobs_page(self, *, limit: int | None = None, cursor: str | None = None,
+                        state: str | Sequence[str] = ()) -> dict[str, Any]:
+        """One page of ``GET /v1/jobs`` (``jobs``, ``next_cursor``)."""
+        answer = await self._http.get("/v1/jobs", params=_jobs_params(limit, cursor, state))
+        return _parse(_job_page, _checked(answer))
+
+    async def iter_jobs(self, *, state: str | Sequence[str] = (), page_size: int | None = None
+                        ) -> AsyncIterator[dict[str, Any]]:
+        """Every job, newest first (of `state` if given), a page read at a time as it is needed."""
+        cursor = None
+        while True:
+            page = await self.jobs_page(limit=page_size, cursor=cursor, state=state)
+            for job in page["jobs"]:
+                yield job
+            cursor = page["next_cursor"]
+            if cursor is None:
+                return
+
+    async def list_jobs(self, *, state: str | Sequence[str] = ()) -> list[dict[str, Any]]:
+        """Every job, newest first (of `state` if given), however many pages it takes."""
+        return [job async for job in self.iter_jobs(state=state)]
+
+    async def cancel_job(self, job_id: str) -> dict[str, Any]:
+        """``DELETE /v1/jobs/{id}``: cancel a queued or running job; delete a finished one."""
+        return _parse(_job_status, _checked(await self._http.delete(f"/v1/jobs/{job_id}")))
+
+    async def job_events(self, job_id: str) -> AsyncIterator[dict[str, Any]]:
+        """``GET /v1/jobs/{id}/events``: each status the server sends, until the job is finished (timeouts as
+        `NibbleClient.job_events`)."""
+        async with self._http.stream("GET", f"/v1/jobs/{job_id}/events",
+                                     timeout=_events_timeout(self._http.timeout)) as response:
+            if response.status_code >= 400:
+                await response.aread()
+                _checked(response)
+            if not _is_event_stream(response):
+                await response.aread()
+                raise _not_an_event_stream(response)
+            async for line in response.aiter_lines():
+                if line.startswith("data: "):
+                    yield _event_status(response, line.removeprefix("data: "))
+
+    async def download_job_file(self, url: str, path: str | os.PathLike[str]) -> Path:
+        """Stream one result file to `path`, renamed into place once whole (`NibbleClient.download_job_file`)."""
+        target = Path(path)
+        partial = target.with_name(f".{target.name}.partial")
+        try:
+            async with self._http.stream("GET", url, timeout=_events_timeout(self._http.timeout)) as response:
+                if response.status_code >= 400:
+                    await response.aread()
+                    _checked(response)
+                with partial.open("wb") as handle:
+                    async for chunk in response.aiter_bytes(1 << 20):
+                        handle.write(chunk)
+            os.replace(partial, target)
+        finally:
+            partial.unlink(missing_ok=True)
+        return target

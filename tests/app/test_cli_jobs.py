@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import io
 import json
 import os
@@ -16,7 +17,7 @@ import numpy as np
 import pytest
 
 from app.cli import run
-from app.client import NibbleClient
+from app.client import AsyncNibbleClient, NibbleAPIError, NibbleClient
 from quant_core.checkpoint import (
     DEFAULT_EXCLUDE,
     CheckpointOptions,
@@ -123,6 +124,46 @@ def test_jobs_submit_watch_status_list_against_a_server(server: str) -> None:
         light = client.get_job(job_id, report=False)
         assert "report" not in light and light["state"] == "succeeded"
         assert len(client.get_job(job_id)["report"]) == 21
+
+
+def test_the_async_client_submits_follows_lists_downloads_and_deletes_a_job_as_the_sync_one(
+        server: str, tmp_path: Path) -> None:
+    body = {"source": {"path": "llama"}, "method": "rtn", "output": "compressed-tensors"}
+
+    async def run() -> tuple[str, list[dict[str, Any]], list[str], dict[str, Any], list[Path]]:
+        async with AsyncNibbleClient(server) as client:
+            earlier = await client.submit_job(body)  # two jobs at least: pages of one follow the cursor
+            job = await client.submit_job(body)
+            events = [status async for status in client.job_events(job["id"])]
+            listed = [entry["id"] async for entry in client.iter_jobs(page_size=1)]
+            assert listed[:2] == [job["id"], earlier["id"]]
+            status = await client.get_job(job["id"], report=False)
+            files = [await client.download_job_file(file["url"], tmp_path / "async" / file["name"])
+                     for file in status["result"]["files"] if "/" not in file["name"]]
+            return job["id"], events, listed, status, files
+
+    (tmp_path / "async").mkdir()
+    job_id, events, listed, status, files = asyncio.run(run())
+    assert events[-1]["state"] == status["state"] == "succeeded" and "report" not in status
+    assert job_id in listed
+    with NibbleClient(server) as client:
+        assert listed == [entry["id"] for entry in client.list_jobs()]
+        for path in files:
+            assert path.read_bytes() == client.download_job_file(
+                f"/v1/jobs/{job_id}/files/{path.name}", tmp_path / path.name).read_bytes()
+
+    async def delete() -> tuple[dict[str, Any], int]:
+        async with AsyncNibbleClient(server) as client:
+            deleted = await client.cancel_job(job_id)
+            try:
+                await client.get_job(job_id)
+            except NibbleAPIError as error:
+                return deleted, error.status
+        return deleted, 200
+
+    deleted, after = asyncio.run(delete())
+    assert deleted["state"] == "succeeded" and after == 404
+    assert not list((tmp_path / "async").glob(".*.partial")) and len(files) >= 3
 
 
 def test_jobs_errors_print_the_problem_and_exit_1(server: str) -> None:
