@@ -28,11 +28,21 @@ excess over the dense rule is added for its model types (`GRAPH_EXTRA_BY_MODEL_T
 DeepSeek-V2-Lite 0.69 GiB, Qwen3-30B-A3B 0.14 GiB, Mixtral none; Qwen3-Next-80B's vLLM 0.10.2 run, taken at 0.11's
 67 capture sizes, 0.63 GiB), and for a MoE, MLA or Gated DeltaNet model of a family no log shows, the largest
 excess of its kind (`GRAPH_MOE_EXTRA_BYTES`, `GRAPH_HYBRID_EXTRA_BYTES`).  The per-layer and extra parts scale with
-the number of capture sizes (the graphs captured), the base does not.  0.11's own "took" figures are no measure of
-the pool: its ``capture_model`` reads the free memory without emptying PyTorch's cache first, so five of the nine
-llm-d 0.11 runs log a negative figure; the 0.19 figures stand in, scaled to 0.11's 67 sizes.  Tensor parallelism
-shrinks the graphs a rank (Llama-3.1-8B: 0.91, 0.76, 0.67 GiB at TP 1, 2, 4), which the envelope does not follow:
-the safe side.
+the number of capture sizes (the graphs captured), the base does not.
+
+vLLM 0.11 is charged from its own logs (`GRAPH_0_11_LOGS`).  Its ``capture_model`` reads the free memory without
+emptying PyTorch's cache first, so blocks released during capture lower its "took" figure (five of the nine llm-d
+0.11 runs log a negative one) and a positive figure is at most what capture took.  0.11 captures a PIECEWISE graph for
+every capture size and a FULL graph for every size up to ``max_num_seqs`` (`cudagraph_count`), each over all the
+layers of the stage.  Qwen3-30B-A3B at TP 4 on RTX 4090s (vllm#27782: 1.88 GiB at 48 layers and 67 + 35 graphs) puts
+the rule at 0.286 MiB a layer and graph above the base and its model type's excess (`GRAPH_0_11_BYTES_PER_LAYER_GRAPH`;
+Qwen3-Next-80B on vLLM 0.10.2, the same capture code, 2.37 GiB at 48 layers and 67 + 67 graphs, is under it).
+Qwen2.5-Math-1.5B on an 80 GB GPU took 3.49 GiB at 28 layers and 67 + 67 graphs, logged by two engines that then ran
+out of memory warming up the sampler: 2.07 GiB above that rule.  Their OOM message puts 3.9 GiB of the engine outside
+PyTorch's allocator (the graphs' pool held 58 MiB): driver memory, which that machine kept and the others did not.  A
+plan does not know the machine, so every 0.11 plan carries that excess (`GRAPH_0_11_MACHINE_BYTES`): the envelope of
+the logged runs, fitted, since no code of vLLM's gives the figure.  Tensor parallelism shrinks the graphs a rank
+(Llama-3.1-8B on 0.19: 0.91, 0.76, 0.67 GiB at TP 1, 2, 4), which neither envelope follows: the safe side.
 """
 
 from __future__ import annotations
@@ -42,6 +52,7 @@ from quant_core.specs import ModelSpec
 
 GIB = 1 << 30
 MIB = 1 << 20
+KIB = 1 << 10
 
 #: where the graph figures come from
 GRAPH_LOGS = ("llm-d-planner's vLLM 0.19.0 H100 logs (commit d3121e0 of github.com/llm-d-incubation/llm-d-planner, "
@@ -72,6 +83,20 @@ GRAPH_EXTRA_BY_MODEL_TYPE: dict[str, tuple[int, str]] = {
 }
 #: the capture sizes of the logged runs: 0.19's defaults for max_num_seqs=1024 and 8192 batched tokens
 GRAPH_LOGGED_SIZES = 51
+#: the graphs of those runs: a PIECEWISE and a FULL graph for each of the 51 sizes (all <= max_num_seqs=1024)
+GRAPH_LOGGED_GRAPHS = 2 * GRAPH_LOGGED_SIZES
+#: where 0.11's graph figures come from
+GRAPH_0_11_LOGS = ("vLLM 0.11.0's \"Graph capturing finished in N secs, took X GiB\" in public runs (vllm_logs.json in "
+                   "nibble's tests): Qwen3-30B-A3B at TP 4 on RTX 4090s (vllm#27782), 1.88 GiB at 48 layers and "
+                   "67 + 35 graphs; Qwen2.5-Math-1.5B at 0.95 on an 80 GB GPU (a run of XMUDeepLIT/TTCS's "
+                   "start_vllm_server.py), 3.49 GiB at 28 layers and 67 + 67 graphs")
+#: vLLM 0.11, per decoder layer on the stage and graph captured, above `GRAPH_BASE_BYTES` and the model type's excess
+#: (`graph_extra`, x graphs / 102): vllm#27782's 1.88 GiB (to the log's 0.01: up to 1.885 GiB) less 386 MiB and
+#: qwen3_moe's 146 MiB, over 48 layers and 102 graphs: (1,930.2 - 386 - 146) MiB / 4,896 = 0.2856 MiB, rounded up
+GRAPH_0_11_BYTES_PER_LAYER_GRAPH = 293 * KIB
+#: vLLM 0.11, on every device: the Qwen2.5-Math-1.5B run's excess over the rule above, driver memory its machine kept
+#: for the graphs: up to 3.495 GiB logged, 3,578.9 - 386 - 28 layers x 134 graphs x 293 KiB = 2,119.3 MiB, rounded up
+GRAPH_0_11_MACHINE_BYTES = 2120 * MIB
 #: ``min(2 x max_num_seqs, 512)``: the largest default capture size of both releases
 MAX_DEFAULT_CAPTURE_SIZE = 512
 
@@ -90,6 +115,15 @@ def cudagraph_capture_sizes(version: str, limits: BatchLimits) -> tuple[int, ...
     return tuple(sorted({size for size in sizes if size <= min(largest, limits.max_batched_tokens)}))
 
 
+def cudagraph_count(version: str, limits: BatchLimits) -> tuple[int, int]:
+    """(PIECEWISE, FULL) graphs vLLM `version` captures by default: a PIECEWISE graph for every capture size
+    (`cudagraph_capture_sizes`) and, under the default ``FULL_AND_PIECEWISE``, a FULL graph for uniform decode batches
+    of every size from 1 to ``max_num_seqs`` (0.11's ``GPUModelRunner.capture_model``: ``decode_cudagraph_batch_sizes``,
+    ``max_num_seqs x uniform_decode_query_len >= x >= uniform_decode_query_len``, 1 without speculative decoding)."""
+    sizes = cudagraph_capture_sizes(version, limits)
+    return len(sizes), sum(1 for size in sizes if size <= limits.max_num_seqs)
+
+
 def graph_extra(spec: ModelSpec) -> tuple[int, str]:
     """(Bytes at the logged capture sizes above the dense rule, their source) for `spec`'s model type: its family's
     logged excess (`GRAPH_EXTRA_BY_MODEL_TYPE`), else the largest of its kind for a hybrid, MoE or MLA model, else
@@ -105,17 +139,33 @@ def graph_extra(spec: ModelSpec) -> tuple[int, str]:
 
 def cuda_graph_pool(stage: Stage, limits: BatchLimits, version: str) -> Term:
     """The memory vLLM `version` (0.11 or 0.19) takes for its CUDA graphs on one device of `stage`, after the KV
-    cache is sized: ``GRAPH_BASE_BYTES + (layers x GRAPH_BYTES_PER_LAYER + graph_extra) x sizes / 51``,
-    `sizes` the capture sizes (`cudagraph_capture_sizes`); the module docstring says where each figure comes from."""
+    cache is sized.  0.19: ``GRAPH_BASE_BYTES + (layers x GRAPH_BYTES_PER_LAYER + graph_extra) x sizes / 51``,
+    `sizes` the capture sizes (`cudagraph_capture_sizes`).  0.11: ``GRAPH_BASE_BYTES + GRAPH_0_11_MACHINE_BYTES +
+    layers x graphs x GRAPH_0_11_BYTES_PER_LAYER_GRAPH + graph_extra x graphs / 102``, `graphs` its PIECEWISE and FULL
+    graphs (`cudagraph_count`).  The module docstring says where each figure comes from."""
     spec = stage.spec
     layers = stage.layers[1] - stage.layers[0]
     extra, source = graph_extra(spec)
     why = f" + {extra / GIB:.2f} GiB for the model type, {source}" if extra else ""
     captured = cudagraph_capture_sizes(version, limits)
+    largest = max(captured, default=0)
+    if version == "0.11":
+        piecewise, full = cudagraph_count(version, limits)
+        graphs = piecewise + full
+        size = (GRAPH_BASE_BYTES + GRAPH_0_11_MACHINE_BYTES + layers * graphs * GRAPH_0_11_BYTES_PER_LAYER_GRAPH
+                + extra * graphs // GRAPH_LOGGED_GRAPHS)
+        scaled = (f" + {extra / GIB:.2f} GiB x {graphs} / {GRAPH_LOGGED_GRAPHS} graphs for the model type, {source}"
+                  if extra else "")
+        return Term(size, f"{size / GIB:.2f} GiB per device for the CUDA graphs vLLM 0.11 captures after sizing its "
+                          f"KV cache ({piecewise} PIECEWISE and {full} FULL graphs up to {largest}, {layers} layers on "
+                          f"the stage: 0.38 GiB + 2.07 GiB + {layers} layers x {graphs} graphs x 0.286 MiB{scaled}, "
+                          f"the envelope of {GRAPH_0_11_LOGS}; the 2.07 GiB is the driver memory the "
+                          "Qwen2.5-Math-1.5B run's machine kept beyond the rule: vLLM's code measures it, "
+                          "gpu_model_runner.capture_model)")
     grows = (layers * GRAPH_BYTES_PER_LAYER + extra) * len(captured) // GRAPH_LOGGED_SIZES
     size = GRAPH_BASE_BYTES + grows
     return Term(size, f"{size / GIB:.2f} GiB per device for the CUDA graphs vLLM {version} captures after sizing its "
-                      f"KV cache ({len(captured)} capture sizes up to {max(captured, default=0)}, {layers} layers on "
+                      f"KV cache ({len(captured)} capture sizes up to {largest}, {layers} layers on "
                       f"the stage: 0.38 GiB + (19 MiB a layer{why}) x {len(captured)} / {GRAPH_LOGGED_SIZES} sizes, "
                       "the envelope of llm-d-planner's vLLM 0.19.0 H100 logs of \"GiB for CUDAGraph memory\": "
                       "vLLM's code measures it, gpu_model_runner.capture_model)")
