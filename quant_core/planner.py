@@ -1174,8 +1174,9 @@ class _ModelTerms:
     def accepted_sizes(self, engine: EngineProfile | None, expert_parallel: bool = False,
                        compute_capability: tuple[int, int] | None = None) -> tuple[int, ...]:
         """The tensor-parallel sizes the engine accepts for this model in this format on devices of
-        `compute_capability`, ascending (`engine_tensor_parallel_sizes` less `EngineProfile.format_refusal`'s and,
-        under `expert_parallel`, `EngineProfile.refusal`'s), found once per engine and capability."""
+        `compute_capability`, ascending (`engine_tensor_parallel_sizes` less `EngineProfile.format_refusal`'s and
+        `EngineProfile.refusal`'s at one stage: a release that cannot load the model at all accepts none), found once
+        per engine and capability."""
         key = None if engine is None else (engine.name, engine.version, expert_parallel, compute_capability)
         found = self._accepted.get(key)
         if found is None:
@@ -1184,7 +1185,7 @@ class _ModelTerms:
                           if engine is None or (
                               engine.format_refusal(self.spec, label, size, expert_parallel, compute_capability,
                                                     method) is None
-                              and not (expert_parallel and engine.refusal(self.spec, size, 1, True))))
+                              and engine.refusal(self.spec, size, 1, expert_parallel) is None))
             self._accepted[key] = found
         return found
 
