@@ -57,7 +57,14 @@ from quant_core.engines.vllm_graphs import cuda_graph_pool
 from quant_core.errors import InvalidSpec, UnknownName
 from quant_core.formats import GGML_TYPE_NAMES, WeightFormat, fp8, kv_dtype
 from quant_core.inventory import inventory
-from quant_core.kv_cache import VLLM_BLOCK_ALIGNMENT, held_window, hybrid_kv, kv_layers, layer_bytes_per_token
+from quant_core.kv_cache import (
+    VLLM_BLOCK_ALIGNMENT,
+    HybridKV,
+    held_window,
+    hybrid_kv,
+    kv_layers,
+    layer_bytes_per_token,
+)
 from quant_core.specs import Llama4VisionTower, ModelSpec, PixtralVisionTower, Qwen3VisionTower, QwenVisionTower
 
 GIB = 1 << 30
@@ -684,6 +691,20 @@ def linear_attention_refusal(spec: ModelSpec, tensor_parallel: int) -> str | Non
     return None
 
 
+def mamba_align_refusal(hybrid: HybridKV, version: str, block_size: int, max_batched_tokens: int | None) -> str | None:
+    """Why vLLM `version` refuses to start a hybrid model whose stage on one rank is `hybrid` (held in the release's
+    `mamba_cache_mode`) at the requested `block_size` and `max_batched_tokens`, or None: in "align" mode the raised
+    attention block must not exceed the batched tokens (config/vllm.py, PR #34445: "In Mamba cache align mode,
+    block_size (N) must be <= max_num_batched_tokens (M)").  The block depends on the tensor-parallel degree (one
+    rank's state and attention bytes), so a degree may be refused where another is not."""
+    block = hybrid.block_size(block_size)
+    if mamba_cache_mode(version) != "align" or max_batched_tokens is None or block <= max_batched_tokens:
+        return None
+    return (f"vLLM {version} runs this hybrid model with prefix caching on (mamba_cache_mode 'align') and then "
+            f"refuses to start: \"In Mamba cache align mode, block_size ({block}) must be <= max_num_batched_tokens "
+            f"({max_batched_tokens})\"; plan at least {block} batched tokens")
+
+
 def hybrid_kv_capacity(stage: Stage, kv_cache_dtype: str, available_bytes: int, block_size: int,
                        max_model_len: int, version: str, tokens_from_concurrency: bool,
                        max_batched_tokens: int | None = None) -> KVCapacity:
@@ -710,11 +731,9 @@ def hybrid_kv_capacity(stage: Stage, kv_cache_dtype: str, available_bytes: int, 
     mode = mamba_cache_mode(version)
     hybrid = hybrid_kv(stage.spec, kv_cache_dtype, stage.tensor_parallel, stage.layers, mode)
     block = hybrid.block_size(block_size)
-    if mode == "align" and max_batched_tokens is not None and block > max_batched_tokens:
-        raise InvalidSpec("runtime.max_batched_tokens", max_batched_tokens,
-                          f"vLLM {version} runs this hybrid model with prefix caching on (mamba_cache_mode 'align') "
-                          f"and then refuses to start: \"In Mamba cache align mode, block_size ({block}) must be <= "
-                          f"max_num_batched_tokens ({max_batched_tokens})\"; plan at least {block} batched tokens")
+    refused = mamba_align_refusal(hybrid, version, block_size, max_batched_tokens)
+    if refused is not None:
+        raise InvalidSpec("runtime.max_batched_tokens", max_batched_tokens, refused)
     num_blocks = max(0, available_bytes // (hybrid.page_bytes(block_size) * hybrid.group_size))
     per_request = hybrid.blocks_per_sequence(max_model_len, block_size)
     concurrency = num_blocks / per_request if per_request else 0.0
