@@ -67,6 +67,7 @@ from quant_core.engines.vllm import (
     expert_placement_note,
     expert_shard,
     expert_width_refusal,
+    mamba_align_refusal,
     mlp_width_refusal,
     qwen_encoder_dummy,
     qwen_vision_refusal,
@@ -1174,8 +1175,9 @@ class _ModelTerms:
     def accepted_sizes(self, engine: EngineProfile | None, expert_parallel: bool = False,
                        compute_capability: tuple[int, int] | None = None) -> tuple[int, ...]:
         """The tensor-parallel sizes the engine accepts for this model in this format on devices of
-        `compute_capability`, ascending (`engine_tensor_parallel_sizes` less `EngineProfile.format_refusal`'s and,
-        under `expert_parallel`, `EngineProfile.refusal`'s), found once per engine and capability."""
+        `compute_capability`, ascending (`engine_tensor_parallel_sizes` less `EngineProfile.format_refusal`'s and
+        `EngineProfile.refusal`'s at one stage: a release that cannot load the model at all accepts none), found once
+        per engine and capability."""
         key = None if engine is None else (engine.name, engine.version, expert_parallel, compute_capability)
         found = self._accepted.get(key)
         if found is None:
@@ -1184,7 +1186,7 @@ class _ModelTerms:
                           if engine is None or (
                               engine.format_refusal(self.spec, label, size, expert_parallel, compute_capability,
                                                     method) is None
-                              and not (expert_parallel and engine.refusal(self.spec, size, 1, True))))
+                              and engine.refusal(self.spec, size, 1, expert_parallel) is None))
             self._accepted[key] = found
         return found
 
@@ -1454,7 +1456,8 @@ def _min_devices(evaluator: _Evaluator, terms: _ModelTerms, workload: Workload) 
         return None
     low = max(1, -(-sum(terms.by_role.values()) // max(1, evaluator.usable_bytes)))
     sizes = [size for size in terms.accepted_sizes(evaluator.engine, evaluator.options.expert_parallel,
-                                                   evaluator.compute_capability) if size >= low]
+                                                   evaluator.compute_capability)
+             if size >= low and _starts_at(evaluator, terms, size)]
     if evaluator.spec.has_indexer and evaluator.engine is not None:
         return next((size for size in sizes if fits_on(size)), None)
     if sizes and sizes[0] == 1:
@@ -1471,6 +1474,21 @@ def _min_devices(evaluator: _Evaluator, terms: _ModelTerms, workload: Workload) 
         else:
             first = middle + 1
     return sizes[last]
+
+
+def _starts_at(evaluator: _Evaluator, terms: _ModelTerms, tensor_parallel: int) -> bool:
+    """Whether the engine starts this model at `tensor_parallel` ranks (one stage) with the plan's scheduler limits:
+    vLLM's Mamba "align" mode refuses a hybrid model whose raised attention block, which depends on the degree,
+    exceeds ``max_num_batched_tokens`` (`engines.vllm.mamba_align_refusal`; a plan at that degree is refused naming
+    ``runtime.max_batched_tokens``), so the fewest devices never name such a degree."""
+    engine = evaluator.engine
+    if engine is None or engine.name != "vllm" or evaluator.spec.linear_attention is None:
+        return True
+    layout = terms.layout(tensor_parallel, 1, evaluator.vocabulary_everywhere(1), evaluator.fp32_routers(),
+                          evaluator.mamba_cache_mode(), evaluator.chunked_local(), evaluator.options.expert_parallel)
+    hybrid = layout.stage_kv[0].hybrid
+    return hybrid is None or mamba_align_refusal(hybrid, engine.version, evaluator.options.block_size,
+                                                 evaluator.limits.max_batched_tokens) is None
 
 
 def _kv_capacity(evaluator: _Evaluator, layout: _Layout, stage_terms: _StageTerms,

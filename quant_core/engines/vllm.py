@@ -57,7 +57,14 @@ from quant_core.engines.vllm_graphs import cuda_graph_pool
 from quant_core.errors import InvalidSpec, UnknownName
 from quant_core.formats import GGML_TYPE_NAMES, WeightFormat, fp8, kv_dtype
 from quant_core.inventory import inventory
-from quant_core.kv_cache import VLLM_BLOCK_ALIGNMENT, held_window, hybrid_kv, kv_layers, layer_bytes_per_token
+from quant_core.kv_cache import (
+    VLLM_BLOCK_ALIGNMENT,
+    HybridKV,
+    held_window,
+    hybrid_kv,
+    kv_layers,
+    layer_bytes_per_token,
+)
 from quant_core.specs import Llama4VisionTower, ModelSpec, PixtralVisionTower, Qwen3VisionTower, QwenVisionTower
 
 GIB = 1 << 30
@@ -684,6 +691,20 @@ def linear_attention_refusal(spec: ModelSpec, tensor_parallel: int) -> str | Non
     return None
 
 
+def mamba_align_refusal(hybrid: HybridKV, version: str, block_size: int, max_batched_tokens: int | None) -> str | None:
+    """Why vLLM `version` refuses to start a hybrid model whose stage on one rank is `hybrid` (held in the release's
+    `mamba_cache_mode`) at the requested `block_size` and `max_batched_tokens`, or None: in "align" mode the raised
+    attention block must not exceed the batched tokens (config/vllm.py, PR #34445: "In Mamba cache align mode,
+    block_size (N) must be <= max_num_batched_tokens (M)").  The block depends on the tensor-parallel degree (one
+    rank's state and attention bytes), so a degree may be refused where another is not."""
+    block = hybrid.block_size(block_size)
+    if mamba_cache_mode(version) != "align" or max_batched_tokens is None or block <= max_batched_tokens:
+        return None
+    return (f"vLLM {version} runs this hybrid model with prefix caching on (mamba_cache_mode 'align') and then "
+            f"refuses to start: \"In Mamba cache align mode, block_size ({block}) must be <= max_num_batched_tokens "
+            f"({max_batched_tokens})\"; plan at least {block} batched tokens")
+
+
 def hybrid_kv_capacity(stage: Stage, kv_cache_dtype: str, available_bytes: int, block_size: int,
                        max_model_len: int, version: str, tokens_from_concurrency: bool,
                        max_batched_tokens: int | None = None) -> KVCapacity:
@@ -710,11 +731,9 @@ def hybrid_kv_capacity(stage: Stage, kv_cache_dtype: str, available_bytes: int, 
     mode = mamba_cache_mode(version)
     hybrid = hybrid_kv(stage.spec, kv_cache_dtype, stage.tensor_parallel, stage.layers, mode)
     block = hybrid.block_size(block_size)
-    if mode == "align" and max_batched_tokens is not None and block > max_batched_tokens:
-        raise InvalidSpec("runtime.max_batched_tokens", max_batched_tokens,
-                          f"vLLM {version} runs this hybrid model with prefix caching on (mamba_cache_mode 'align') "
-                          f"and then refuses to start: \"In Mamba cache align mode, block_size ({block}) must be <= "
-                          f"max_num_batched_tokens ({max_batched_tokens})\"; plan at least {block} batched tokens")
+    refused = mamba_align_refusal(hybrid, version, block_size, max_batched_tokens)
+    if refused is not None:
+        raise InvalidSpec("runtime.max_batched_tokens", max_batched_tokens, refused)
     num_blocks = max(0, available_bytes // (hybrid.page_bytes(block_size) * hybrid.group_size))
     per_request = hybrid.blocks_per_sequence(max_model_len, block_size)
     concurrency = num_blocks / per_request if per_request else 0.0
@@ -1437,11 +1456,11 @@ def expert_layout(stage: Stage, version: str, expert_format: str, device: Device
     """The bytes one rank's routed experts hold in vLLM `version` beyond the checkpoint's own (nibble's weights):
     MXFP4 experts (`expert_format` "mxfp4", gpt-oss) in the releases of `MXFP4_LAYOUT_VERSIONS`, in the layout of
     the backend `mxfp4_moe_backend` says the release runs on `device` (`mxfp4_expert_layout_bytes`); fp8
-    [128, 128]-block experts whose scales vLLM 0.33 refines to the tensor-parallel slice (`fp8_refined_block`,
-    `fp8_refined_expert_bytes`; not under expert parallelism, whose whole experts nibble charges as shipped); None
-    elsewhere (other formats, releases and devices: not read)."""
+    [128, 128]-block experts whose scales vLLM 0.33 refines to the rank's slice of them (`fp8_refined_block`,
+    `fp8_refined_expert_bytes`: the tensor-parallel slice, or under expert parallelism the rank's whole experts);
+    None elsewhere (other formats, releases and devices: not read)."""
     spec = stage.spec
-    if expert_format == "fp8-block128" and not stage.expert_parallel:
+    if expert_format == "fp8-block128":
         return _fp8_refined_layout(stage, version)
     backend = mxfp4_moe_backend(version, device)
     if expert_format != "mxfp4" or not backend or not spec.is_moe:
@@ -1458,18 +1477,23 @@ def expert_layout(stage: Stage, version: str, expert_format: str, device: Device
 
 def _fp8_refined_layout(stage: Stage, version: str) -> Term | None:
     """`expert_layout` of fp8-block experts: the scales vLLM 0.33 holds on the refined grid beyond nibble's charge of
-    the checkpoint's blocks, or None where it does not refine them."""
+    the checkpoint's blocks, or None where it does not refine them.  Under expert parallelism over more than one rank
+    FusedMoE's own tensor-parallel size is 1 (FusedMoEParallelConfig.make), so the refinement is asked of the whole
+    expert width, as at one rank, for the rank's whole experts (`expert_shard`)."""
     spec, tensor_parallel = stage.spec, stage.tensor_parallel
-    block = fp8_refined_block(spec, tensor_parallel, version)
+    expert_parallel = stage.expert_parallel and tensor_parallel > 1
+    block = fp8_refined_block(spec, 1 if expert_parallel else tensor_parallel, version)
     if block is None:
         return None
     start, stop = stage.layers
     layers = sum(1 for layer in spec.moe_layers if start <= layer < stop)
-    held, shipped = fp8_refined_expert_bytes(spec, tensor_parallel, layers, block)
-    width = spec.moe_intermediate_size // tensor_parallel
+    held, shipped = fp8_refined_expert_bytes(spec, tensor_parallel, layers, block, expert_parallel)
+    experts, width = expert_shard(spec, tensor_parallel, expert_parallel)
+    held_experts = (f"the {experts} whole experts a rank holds under expert parallelism" if expert_parallel
+                    else f"each rank's {width}-wide share of the {spec.moe_intermediate_size}-wide experts")
     return Term(held - shipped, (
-        f"vLLM {version} refines the [128, 128] block scales of the fp8 experts to {block} x {block} for each "
-        f"rank's {width}-wide share of the {spec.moe_intermediate_size}-wide experts (fused_moe/oracle/fp8.py "
+        f"vLLM {version} refines the [128, 128] block scales of the fp8 experts to {block} x {block} for "
+        f"{held_experts} (fused_moe/oracle/fp8.py "
         f"refine_fp8_moe_block_shape: gcd(128, {width}, {spec.hidden_size}); quantization/fp8.py "
         f"Fp8MoEMethod.create_weights allocates the float32 scales on that grid, FusedMoE.weight_loader upsamples "
         f"the checkpoint's into them) and runs them on its Triton experts: {held / GIB:.2f} GiB a rank of weights "
@@ -2863,24 +2887,32 @@ def fp8_block_expert_refusal(spec: ModelSpec, tensor_parallel: int, version: str
             "(runtime.expert_parallel), which places whole experts on each rank")
 
 
-def fp8_refined_expert_bytes(spec: ModelSpec, tensor_parallel: int, layers: int, block: int) -> tuple[int, int]:
+def fp8_refined_expert_bytes(spec: ModelSpec, tensor_parallel: int, layers: int, block: int,
+                             expert_parallel: bool = False) -> tuple[int, int]:
     """(vLLM's bytes, nibble's weights' bytes) of the fp8-block routed experts of `layers` MoE layers on one rank
     when vLLM 0.33 refines their scales to `block` x `block` (`fp8_refined_block`), with E experts, H = hidden_size,
-    w = moe_intermediate_size / tp: ``Fp8MoEMethod.create_weights`` (quantization/fp8.py) allocates w13 ``E x 2w x
-    H`` and w2 ``E x H x w`` fp8 bytes and float32 scales ``E x 2 ceil(w/b) x ceil(H/b)`` and ``E x ceil(H/b) x
-    ceil(w/b)``; the Triton experts that run it (`TRITON_FP8_CAPABILITY`) keep them as they are
-    (``convert_to_fp8_moe_kernel_format`` rewrites nothing for TRITON).  The loader's upsampled copy of one
-    expert's checkpoint scales (``repeat_interleave``, a few KiB, freed at once) is not counted.  nibble's weights
-    charge each routed-expert tensor of the inventory at ``ceil(bytes / tp)`` of its [128, 128]-block bytes
-    (planner ``_sharded_bytes``)."""
-    experts, hidden = spec.num_experts, spec.hidden_size
-    width = spec.moe_intermediate_size // tensor_parallel
+    w = moe_intermediate_size / tp (under `expert_parallel`, the most loaded rank's whole experts at the full width:
+    `expert_shard`): ``Fp8MoEMethod.create_weights`` (quantization/fp8.py) allocates w13 ``E x 2w x H`` and w2 ``E x
+    H x w`` fp8 bytes and float32 scales ``E x 2 ceil(w/b) x ceil(H/b)`` and ``E x ceil(H/b) x ceil(w/b)``; the
+    Triton experts that run it (`TRITON_FP8_CAPABILITY`) keep them as they are (``convert_to_fp8_moe_kernel_format``
+    rewrites nothing for TRITON).  The loader's upsampled copy of one expert's checkpoint scales
+    (``repeat_interleave``, a few KiB, freed at once) is not counted.  nibble's weights charge each routed-expert
+    tensor of the inventory at ``ceil(bytes / tp)`` of its [128, 128]-block bytes (planner ``_sharded_bytes``), under
+    expert parallelism the rank's share of the layer's row, ``ceil(bytes x per_layer x local / E)`` (planner
+    ``_expert_parallel_bytes``)."""
+    experts, width = expert_shard(spec, tensor_parallel, expert_parallel)
+    hidden = spec.hidden_size
     rows, columns = -(-width // block), -(-hidden // block)
     held = experts * (3 * width * hidden + 4 * (2 * rows * columns + columns * rows))
     blocked = fp8("block")
     first = spec.moe_layers[0]
-    shipped = sum(-(-blocked.bytes_for(entry.shape) // tensor_parallel) * entry.per_layer
-                  for entry in inventory(spec) if entry.role == "expert" and first in entry.layers)
+    rows_of_layer = [entry for entry in inventory(spec) if entry.role == "expert" and first in entry.layers]
+    if expert_parallel and tensor_parallel > 1:
+        shipped = sum(-(-blocked.bytes_for(entry.shape) * entry.per_layer * experts // spec.num_experts)
+                      for entry in rows_of_layer)
+    else:
+        shipped = sum(-(-blocked.bytes_for(entry.shape) // tensor_parallel) * entry.per_layer
+                      for entry in rows_of_layer)
     return layers * held, layers * shipped
 
 

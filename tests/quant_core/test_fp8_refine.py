@@ -14,6 +14,7 @@ vLLM 0.11.0 and 0.19.0 have neither: they refuse.  compressed-tensors' block-fp8
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 from quant_core.catalog import get_preset, get_preset_info
@@ -153,3 +154,27 @@ def test_an_fp8_checkpoint_read_from_its_headers_is_charged_the_refined_scales_t
     assert sliced.primary.devices[0].overhead_bytes - placed.primary.devices[0].overhead_bytes == 995_328
     refused = plan(spec, hardware, workload, PlanOptions(scheme=scheme, engine_version="0.19"))
     assert "192" in (refused.primary.refusal or "")
+
+
+def test_expert_parallel_fp8_experts_are_refined_on_their_whole_width() -> None:
+    # gpt-oss-120b's 2880-wide experts are not whole 128-blocks even unsplit (2880 = 22.5 x 128): vLLM 0.33 refines
+    # them at one rank, and under --enable-expert-parallel too, where FusedMoEParallelConfig.make gives FusedMoE
+    # tp_size 1 (ispp = 2880): gcd(128, 128, 2880, 2880) = 64.  At TP 2 with expert parallelism a rank holds 64 whole
+    # experts.  By hand, per expert: vLLM holds w13 5760 x 2880 + w2 2880 x 2880 fp8 bytes = 24,883,200 and float32
+    # scales (2 x 45 x 45 + 45 x 45) x 4 = 24,300; nibble's weights are the same fp8 bytes with the checkpoint's
+    # 128-block scales (45 x 23 + 23 x 23) x 4 = 6,256: 18,044 bytes more an expert, x 64 experts x 36 MoE layers
+    # = 41,573,376 a rank.  Expert parallelism left the term out (as if whole experts were never refined), so on one
+    # device, where vLLM turns expert parallelism off, the flag changed the plan by 83,146,752 bytes
+    from quant_core.formats import fp8
+    spec = get_preset("gpt-oss-120b")
+    b200 = Hardware(193_273_528_320, 1, "b200")
+    options = PlanOptions(weight_format=fp8("block"), engine_version="0.33")
+    alone = plan(spec, b200, Workload(8192, 1), options)
+    assert "refine_fp8_moe_block_shape" in alone.runtime_overhead.basis
+    assert repr(plan(spec, b200, Workload(8192, 1), replace(options, expert_parallel=True)).comparison) \
+        == repr(alone.comparison)
+    assert fp8_refined_block(spec, 1, "0.33") == 64
+    term = VllmProfile("0.33").expert_layout(Stage(spec, 2, 1, (0, 36), True, expert_parallel=True), "fp8-block128")
+    assert term is not None and term.bytes == 41_573_376 and "64 whole experts" in term.basis
+    assert fp8_refined_expert_bytes(spec, 2, 36, 64, expert_parallel=True) == (
+        36 * 64 * (24_883_200 + 24_300), 36 * 64 * (24_883_200 + 6_256))

@@ -194,3 +194,18 @@ def test_vllm_0_33s_longest_context_leaves_two_state_blocks_per_linear_group() -
     group_block = hybrid.page_bytes() * hybrid.group_size
     assert 256 * (longest // 272 + 6) * group_block <= pool < 256 * (longest // 272 + 7) * group_block
     print(f"vLLM 0.33, 256 Qwen3-Next sequences on 4 x H100: at most {longest:,} tokens each")
+
+
+def test_the_fewest_devices_skip_degrees_whose_hybrid_block_vllm_0_33_refuses_to_start() -> None:
+    # Qwen3-Next's align-mode block is 544 tokens at TP 1 and 2, 272 at TP 4: with 300 batched tokens vLLM 0.33
+    # refuses to start at one or two devices ("block_size (544) must be <= max_num_batched_tokens (300)"), so the
+    # fewest devices at INT4 are 4, not the 1 whose plan is refused (it said 1)
+    spec, h100 = qwen3_next(), get_device("h100-80gb").planning_bytes
+    options = PlanOptions(engine_version="0.33", max_batched_tokens=300)
+    result = plan(spec, Hardware(h100, 8), Workload(4096, 1), options)
+    assert result.comparison["int4"].min_devices == 4
+    assert plan(spec, Hardware(h100, 4), Workload(4096, 1), options).comparison["int4"].fits
+    with pytest.raises(InvalidSpec, match=r"block_size \(544\)"):
+        plan(spec, Hardware(h100, 1), Workload(4096, 1), options)
+    assert plan(spec, Hardware(h100, 8), Workload(4096, 1),
+                PlanOptions(engine_version="0.19", max_batched_tokens=300)).comparison["int4"].min_devices == 1

@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 import pytest
 
+from quant_core.catalog import get_device, get_preset
 from quant_core.errors import InvalidSpec
 from quant_core.hf_config import model_from_hf_config, unread_config_keys
 from quant_core.inventory import inventory, parameter_count, weight_bytes
@@ -357,3 +358,16 @@ def test_a_config_of_another_type_with_minimax_m2s_class_is_read_as_minimax_m2()
     # MiniMaxM2ForCausalLM, and nibble reads it as minimax_m2 (architecture_family)
     spec = model_from_hf_config({**load(), "model_type": "minimax_m2_finetune"})
     assert spec.model_type == "minimax_m2" and parameter_count(spec).total == 228_689_764_864
+
+
+def test_no_fewest_devices_is_given_for_a_release_that_cannot_load_the_model() -> None:
+    # vLLM 0.11 has no minimax_m2.py (MODEL_TYPES_SINCE): every layout is refused, so no device count runs it; the
+    # fewest devices said 4 (8 x B200 at bf16 and int4 fit in memory), a count whose plan is refused as well
+    b200 = get_device("b200")
+    result = plan(get_preset("minimax-m2.5"), Hardware(b200.planning_bytes, 8, b200.id),
+                  Workload(8192, 1), PlanOptions(engine_version="0.11"))
+    assert "cannot load a minimax_m2 model" in (result.primary.refusal or "")
+    assert {name: answer.min_devices for name, answer in result.comparison.items()} == {
+        name: None for name in result.comparison}
+    assert plan(get_preset("minimax-m2.5"), Hardware(b200.planning_bytes, 8, b200.id), Workload(8192, 1),
+                PlanOptions(engine_version="0.19")).primary.min_devices is not None
