@@ -385,7 +385,9 @@ class FormatPlan:
     (`context_limited_by`: "memory", "model" or "search_limit"), or None when
     not even one token fits.  `max_concurrent_sequences` is the most sequences
     that fit at the requested context (0 if none), at most 2^24, the most a
-    plan may ask for (`sequences_limited_by`: "memory" or "search_limit").
+    plan may ask for (`sequences_limited_by`: "memory" or "search_limit").  Where the
+    engine refuses the format or layout (`refusal`) neither is solved: None and 0, limited
+    by "engine".
     `kv_pool_bytes` is what the engine leaves for its KV pool on the tightest device
     (usable − weights − activations − overhead; negative when nothing is left);
     `kv_capacity_tokens` is the tokens that pool holds as the engine logs it (vLLM: "GPU KV
@@ -1531,11 +1533,15 @@ def _format_plan(terms: _ModelTerms, hardware: Hardware, workload: Workload, ten
         # positional: a frozen dataclass's keyword call costs more, and a plan builds one per device of each format
         devices.extend(_new_device_plan(stage * tensor_parallel + rank, stage, rank, *same, unread, outside)
                        for rank in range(tensor_parallel))
-    fits = terms.fits_predicate(evaluator, tensor_parallel, options.pipeline_parallel)
-    max_context, limited_by = _max_context_started_at_it(evaluator, terms, layout, fits, workload)
-    max_sequences = _max_sequences(evaluator, layout, fits, workload.context_length)
-    pool, capacity = _kv_capacity(evaluator, layout, stage_terms, workload.context_length)
     refusal = terms.refusal(evaluator, tensor_parallel, options.pipeline_parallel)
+    if refusal is None:
+        fits = terms.fits_predicate(evaluator, tensor_parallel, options.pipeline_parallel)
+        max_context, limited_by = _max_context_started_at_it(evaluator, terms, layout, fits, workload)
+        max_sequences = _max_sequences(evaluator, layout, fits, workload.context_length)
+        sequences_limited_by = _sequences_limited_by(max_sequences)
+    else:  # the engine runs no context and no sequence of this format in this layout, whatever the memory
+        max_context, limited_by, max_sequences, sequences_limited_by = None, "engine", 0, "engine"
+    pool, capacity = _kv_capacity(evaluator, layout, stage_terms, workload.context_length)
     return _new_format_plan(
         format=terms.scheme.label(),
         weights_bytes=total_weights,
@@ -1548,7 +1554,7 @@ def _format_plan(terms: _ModelTerms, hardware: Hardware, workload: Workload, ten
         max_context_length=max_context,
         context_limited_by=limited_by,
         max_concurrent_sequences=max_sequences,
-        sequences_limited_by=_sequences_limited_by(max_sequences),
+        sequences_limited_by=sequences_limited_by,
         min_devices=_min_devices(evaluator, terms, workload),
         kv_pool_bytes=pool,
         kv_capacity_tokens=None if capacity is None else capacity.tokens,

@@ -458,13 +458,14 @@ class FormatOut(BaseModel):
     used_bytes: int
     fits: bool
     max_context_length: int | None
-    context_limited_by: Literal["memory", "model", "search_limit"] = Field(
-        description="What ends max_context_length: memory, the model's trained context, or the search limit "
-                    "(2^24 tokens) for a model that states no trained context.")
+    context_limited_by: Literal["memory", "model", "search_limit", "engine"] = Field(
+        description="What ends max_context_length: memory, the model's trained context, the search limit "
+                    "(2^24 tokens) for a model that states no trained context, or engine: the engine refuses the "
+                    "format or layout (refusal), so no context runs (max_context_length null).")
     max_concurrent_sequences: int
-    sequences_limited_by: Literal["memory", "search_limit"] = Field(
-        description="What ends max_concurrent_sequences: memory, or the search limit (2^24, the most a plan may "
-                    "ask for).")
+    sequences_limited_by: Literal["memory", "search_limit", "engine"] = Field(
+        description="What ends max_concurrent_sequences: memory, the search limit (2^24, the most a plan may "
+                    "ask for), or engine: the engine refuses the format or layout (0 sequences).")
     min_devices: int | None
     kv_capacity_tokens: int | None = Field(description="Tokens the engine's KV pool holds on the tightest "
                                                        "device, as it logs them (vLLM: GPU KV cache size).")
@@ -599,13 +600,14 @@ class PlanResponse(BaseModel):
     parallel: ParallelIn
     memory_utilization: float
     max_context_length: int | None
-    context_limited_by: Literal["memory", "model", "search_limit"] = Field(
-        description="What ends max_context_length: memory, the model's trained context, or the search limit "
-                    "(2^24 tokens) for a model that states no trained context.")
+    context_limited_by: Literal["memory", "model", "search_limit", "engine"] = Field(
+        description="What ends max_context_length: memory, the model's trained context, the search limit "
+                    "(2^24 tokens) for a model that states no trained context, or engine: the engine refuses the "
+                    "format or layout (refusal), so no context runs (max_context_length null).")
     max_concurrent_sequences: int
-    sequences_limited_by: Literal["memory", "search_limit"] = Field(
-        description="What ends max_concurrent_sequences: memory, or the search limit (2^24, the most a plan may "
-                    "ask for).")
+    sequences_limited_by: Literal["memory", "search_limit", "engine"] = Field(
+        description="What ends max_concurrent_sequences: memory, the search limit (2^24, the most a plan may "
+                    "ask for), or engine: the engine refuses the format or layout (0 sequences).")
     min_devices: int | None
     comparison: dict[str, FormatOut] = Field(description="The same totals at 16-bit and at INT4.")
     warnings: list[str]

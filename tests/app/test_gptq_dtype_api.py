@@ -31,3 +31,17 @@ def test_a_bfloat16_config_is_refused_with_vllms_message_and_a_float16_one_fits(
     assert "--dtype half" in refused["refusal"]
     assert _plan(client, {**LLAMA_GPTQ_ASYM, "torch_dtype": "float16"})["fits"]
     assert _plan(client, {**LLAMA_GPTQ_ASYM, "torch_dtype": "bfloat16"}, float_format="fp16")["fits"]
+
+
+def test_a_refused_format_states_no_longest_context_and_no_sequences_limited_by_the_engine(
+        client: TestClient) -> None:
+    # before, the solvers ran on memory alone and the answer said 4,096 tokens and 24 sequences for weights vLLM
+    # refuses to load (the page drew "fits up to 4,096 tokens" for it)
+    refused = _plan(client, {**LLAMA_GPTQ_ASYM, "torch_dtype": "bfloat16"})
+    shipped = refused["comparison"]["as_shipped"]
+    for answer in (refused, shipped):
+        assert (answer["max_context_length"], answer["context_limited_by"]) == (None, "engine")
+        assert (answer["max_concurrent_sequences"], answer["sequences_limited_by"]) == (0, "engine")
+    fits = _plan(client, {**LLAMA_GPTQ_ASYM, "torch_dtype": "float16"})
+    assert fits["max_context_length"] == 4096 and fits["context_limited_by"] == "model"
+    assert fits["max_concurrent_sequences"] > 0 and fits["sequences_limited_by"] == "memory"
