@@ -1130,36 +1130,114 @@ def expert_parallel_refusal(spec: ModelSpec, version: str, tensor_parallel: int)
     return None
 
 
-#: the expert formats (`weight_format_family`) whose fused-MoE kernel under expert parallelism was not read for a
-#: release, and why (the others keep the kernel they run under tensor parallelism, on the whole experts)
+#: the expert formats (`weight_format_family`) whose fused-MoE kernel under expert parallelism was not read in any
+#: release, and why (MXFP4 and int4 are decided by `expert_parallel_format_refusal` from the device; the others keep
+#: the kernel they run under tensor parallelism, on the whole experts)
 EXPERT_PARALLEL_UNREAD_FORMATS: dict[str, str] = {
-    "mxfp4": "the MXFP4 oracles pick other backends under expert parallelism (0.33's FlashInfer EP experts, "
-             "flashinfer_moe_ep.py, need use_ep) and nibble's MXFP4 layouts are read without it",
-    "nvfp4": "the NVFP4 oracle can pick FlashInfer's EP-only experts (0.33 flashinfer_moe_ep.py: use_ep), not read",
+    "nvfp4": "the NVFP4 oracle (fused_moe/oracle/nvfp4.py) can pick FlashInfer's EP-only experts under expert "
+             "parallelism (0.33 flashinfer_moe_ep.py: use_ep), not read",
     "gguf": "GGUF's MoE method under expert parallelism was not read",
     "nf4": "bitsandbytes' MoE method under expert parallelism was not read",
     "int8": "int8 MoE methods under expert parallelism were not read",
 }
-#: 0.33's int4 (WNA16) MoE: on Hopper it prefers Humming's kernels to Marlin (quantization/utils/humming/priority.py
-#: ``prefers_humming``: compute capability 9.0), which take a grouped_contiguous GEMM under expert parallelism
-#: (fused_humming_moe.py ``get_humming_moe_gemm_type``: ``use_ep``), whose buffers nibble did not read; refused on
-#: every device (a format refusal does not know the device)
-EXPERT_PARALLEL_UNREAD_INT4_V0_33 = ("vLLM 0.33 runs int4 MoE on Humming's kernels on Hopper (humming/priority.py), "
-                                     "which switch to a grouped_contiguous GEMM under expert parallelism "
-                                     "(fused_humming_moe.py get_humming_moe_gemm_type), whose buffers nibble did not "
-                                     "read")
+#: vLLM 0.33's int4 (WNA16) MoE kernels that run at every rank's whole experts under expert parallelism as at one
+#: rank: Marlin's (fused_moe/oracle/int_wna16.py ``_get_priority_backends``: RDNA3, FLASHINFER_TRTLLM, MARLIN, ...)
+#: where Humming is not put ahead of it (quantization/utils/humming/priority.py ``_HUMMING_PREFERRED_CAPABILITIES``:
+#: compute capability 9.0 only)
+HUMMING_PREFERRED_CAPABILITY = (9, 0)
+#: ``MarlinExpertsBase._supports_current_device`` (fused_moe/experts/marlin_moe.py, 0.33): CUDA from 7.5
+MARLIN_MOE_MIN_CAPABILITY_033 = (7, 5)
+#: utils/marlin_utils.py ``check_moe_marlin_supports_config`` (0.33): the hidden size a multiple of 128
+MARLIN_MOE_HIDDEN_ALIGNMENT = 128
 
 
-def expert_parallel_format_refusal(version: str, weight_format: str) -> str | None:
-    """Why nibble does not plan experts stored as `weight_format` under vLLM `version`'s expert parallelism
-    (`EXPERT_PARALLEL_UNREAD_FORMATS`, `EXPERT_PARALLEL_UNREAD_INT4_V0_33`), or None."""
+def _capability_words(compute_capability: tuple[int, int] | None) -> str:
+    """A device by its compute capability, for a refusal ("compute capability 9.0"; "a device of unknown compute
+    capability")."""
+    if compute_capability is None:
+        return "a device of unknown compute capability"
+    return f"compute capability {compute_capability[0]}.{compute_capability[1]}"
+
+
+def int4_expert_parallel_refusal_v0_33(spec: ModelSpec, weight_format: str,
+                                       compute_capability: tuple[int, int] | None) -> str | None:
+    """Why nibble does not plan `spec`'s int4 experts stored as `weight_format` (a GPTQ, AWQ or compressed-tensors
+    label) under vLLM 0.33's expert parallelism on a device of `compute_capability`, or None where it does.
+
+    ``select_wna16_moe_backend`` (fused_moe/oracle/int_wna16.py) walks RDNA3 (ROCm gfx1100), FLASHINFER_TRTLLM,
+    MARLIN, BATCHED_MARLIN, TRITON, HUMMING, EMULATION, with ``prioritize_humming`` moving HUMMING ahead of MARLIN on
+    compute capability 9.0 (`HUMMING_PREFERRED_CAPABILITY`).  The walk reads the layer's ``FusedMoEConfig``, whose
+    ``intermediate_size_per_partition_unpadded`` is the whole width under expert parallelism (FusedMoE's tp_size 1)
+    and whose activation format stays Standard with data parallel 1 (``use_batched_activation_format`` needs DeepEP
+    low-latency or NIXL all2all kernels): the backend is the one a single rank gets.  Of the kernels it can pick only
+    Humming's reads ``use_ep``: ``get_humming_moe_gemm_type`` (experts/fused_humming_moe.py) takes
+    ``grouped_contiguous`` instead of ``indexed``, and ``HummingGroupedExperts`` keeps a persistent
+    ``MoEPermuteScratch`` (moe_permute_unpermute.py) whose CUB sort workspace (``moe_permute_sort_workspace_size``,
+    csrc) nibble did not read.  Planned: ``MarlinExperts`` (experts/marlin_moe.py; ``_supports_parallel_config``
+    refuses only FlashInfer's two-sided all2all, absent with data parallel 1), whose workspace
+    (``M x k x max(N, K)`` and ``M x k x max(2N, K)``) is `fused_moe_caches`' figure at the whole width, on the
+    rank's experts (``expert_map``); refused: 9.0 (Humming), an unknown device, below 7.5, FlashInfer's TRT-LLM
+    MxInt4 experts (10.x, symmetric compressed-tensors in groups of 32, no zero points nor bias:
+    ``TrtLlmMxint4ExpertsMonolithic``, ``kInt4Static32``, not read) and widths or group sizes Marlin does not take
+    (``check_moe_marlin_supports_config`` with ``allow_tile_padding``, as AutoGPTQ, AutoAWQ and compressed-tensors
+    ask: hidden a multiple of 128, group -1, 32, 64 or 128 dividing the width), which fall to Triton or Humming."""
+    label = weight_format.removeprefix("checkpoint-")
+    found = _INT4_CHECKPOINT_LABEL.fullmatch(label)
+    if found is None:
+        return ("its label names no group size and checkpoint layout, so which WNA16 MoE backend vLLM 0.33 picks "
+                "(fused_moe/oracle/int_wna16.py select_wna16_moe_backend) is not known")
+    device = _capability_words(compute_capability)
+    if compute_capability is None:
+        return (f"on {device} nibble cannot tell whether vLLM 0.33 runs them on Humming's kernels (preferred on "
+                "compute capability 9.0, quantization/utils/humming/priority.py), which switch to a "
+                "grouped_contiguous GEMM under expert parallelism, or on Marlin's")
+    if compute_capability == HUMMING_PREFERRED_CAPABILITY:
+        return (f"on {device} vLLM 0.33 puts Humming's kernels ahead of Marlin (quantization/utils/humming/"
+                "priority.py prioritize_humming), and under expert parallelism they switch to a grouped_contiguous "
+                "GEMM (experts/fused_humming_moe.py get_humming_moe_gemm_type: use_ep) whose persistent permute "
+                "scratch (moe_permute_unpermute.py MoEPermuteScratch, a CUB sort workspace) nibble did not read")
+    if compute_capability < MARLIN_MOE_MIN_CAPABILITY_033:
+        return (f"on {device} vLLM 0.33's Marlin MoE experts do not run (marlin_moe.py _supports_current_device: "
+                "7.5 and up) and the kernel it falls to under expert parallelism was not read")
+    group = int(found["group"]) if found["group"] else -1
+    layout, kind = found["layout"], found["kind"]
+    if compute_capability[0] == 10 and layout == "compressed-tensors" and kind == "sym" and group == 32:
+        return (f"on {device} vLLM 0.33 runs symmetric compressed-tensors int4 experts in groups of 32 on FlashInfer's "
+                "TRT-LLM MxInt4 kernel before Marlin (oracle/int_wna16.py FLASHINFER_TRTLLM, "
+                "TrtLlmMxint4ExpertsMonolithic), which nibble did not read under expert parallelism")
+    width, hidden = spec.moe_intermediate_size, spec.hidden_size
+    if (hidden % MARLIN_MOE_HIDDEN_ALIGNMENT or group not in _MARLIN_MOE_GROUPS
+            or (group > 0 and width % group)):
+        return (f"vLLM 0.33's Marlin MoE experts do not take {layout} int4 g{group if group > 0 else ' per row'} at "
+                f"the experts' whole {width}-wide width and hidden size {hidden} (utils/marlin_utils.py "
+                "check_moe_marlin_supports_config), so on "
+                f"{device} it falls to Triton's or Humming's experts (grouped_contiguous under expert "
+                "parallelism), not read")
+    return None
+
+
+def expert_parallel_format_refusal(version: str, weight_format: str, spec: ModelSpec | None = None,
+                                   compute_capability: tuple[int, int] | None = None) -> str | None:
+    """Why nibble does not plan experts stored as `weight_format` under vLLM `version`'s expert parallelism on a
+    device of `compute_capability` (None: not known), or None where it does: `EXPERT_PARALLEL_UNREAD_FORMATS`; MXFP4
+    where `mxfp4_moe_backend` names no backend whose layout was read (every backend it names is picked whatever
+    the expert parallelism: 0.11's ``get_mxfp4_backend`` reads no parallel config, and the 0.19 and 0.33 oracles'
+    classes it names refuse only all2all kernels, EPLB and data parallel above 1); 0.33's int4 where
+    `int4_expert_parallel_refusal_v0_33` says so (`spec` gives the experts' width)."""
     family = weight_format_family(weight_format)
     why = EXPERT_PARALLEL_UNREAD_FORMATS.get(family)
+    if why is None and family == "mxfp4" and not mxfp4_moe_backend(version, DeviceFacts(
+            compute_capability=compute_capability)):
+        device = _capability_words(compute_capability)
+        why = (f"on {device} nibble does not know which MXFP4 MoE backend vLLM {version} runs gpt-oss's experts on "
+               "or did not read its layout (fused_moe/oracle/mxfp4.py; AMD, 11.x on 0.33 and below 8.0 included)")
     if why is None and version == "0.33" and family in ("gptq", "awq", "compressed-tensors", "int4"):
-        why = EXPERT_PARALLEL_UNREAD_INT4_V0_33
+        why = (int4_expert_parallel_refusal_v0_33(spec, weight_format, compute_capability) if spec is not None
+               else "the model's expert width is needed to tell which WNA16 MoE backend vLLM 0.33 picks")
     if why is None:
         return None
-    return f"nibble does not plan {weight_format} experts with expert parallelism (runtime.expert_parallel): {why}"
+    return (f"nibble does not plan {weight_format} experts with vLLM {version}'s expert parallelism "
+            f"(runtime.expert_parallel): {why}")
 
 
 def expert_placement_note(spec: ModelSpec, version: str, tensor_parallel: int) -> str:
@@ -1315,7 +1393,11 @@ def mxfp4_moe_backend(version: str, device: DeviceFacts) -> str:
     as `mxfp4_expert_layout_bytes` names it ("triton", "triton-0.33", "marlin", "trtllm", "trtllm-0.33"), or "" where
     none is chosen or it was not read (AMD and capability unknown, below 8.0 where vLLM refuses MXFP4
     (`MXFP4_MIN_CAPABILITY`), other releases), with vLLM's default environment (no
-    ``VLLM_USE_FLASHINFER_MOE_MXFP4_*`` or ``VLLM_MXFP4_USE_MARLIN`` override, no LoRA, no expert parallelism):
+    ``VLLM_USE_FLASHINFER_MOE_MXFP4_*`` or ``VLLM_MXFP4_USE_MARLIN`` override, no LoRA; the same under expert
+    parallelism with data parallel 1: 0.11's ``get_mxfp4_backend`` reads no parallel config, and the classes the
+    0.19 and 0.33 oracles pick here (``TrtLlmMxfp4ExpertsMonolithic``, ``OAITritonMxfp4ExpertsMonolithic``,
+    ``MarlinExperts``) refuse only all2all kernels, EPLB and data parallel above 1 in ``_supports_parallel_config``;
+    0.33's FlashInfer MoE-EP megakernels are not among ``_get_priority_backends_for_gpt_oss``'s):
 
     * 0.11 (quantization/mxfp4.py ``get_mxfp4_backend``): on ``is_device_capability(100)`` (10.0 exactly) with
       FlashInfer installed (vLLM's image installs it; ``vllm[flashinfer]``) SM100_FI_MXFP4_BF16, FlashInfer's
@@ -1358,9 +1440,13 @@ def _mxfp4_checkpoint_bytes(experts: int, hidden: int, width: int, bias_bytes: i
                       + hidden * width // MXFP4_BLOCK + (2 * width + hidden) * bias_bytes)
 
 
-def mxfp4_expert_layout_bytes(spec: ModelSpec, tensor_parallel: int, layers: int, backend: str) -> tuple[int, int]:
+def mxfp4_expert_layout_bytes(spec: ModelSpec, tensor_parallel: int, layers: int, backend: str,
+                              expert_parallel: bool = False) -> tuple[int, int]:
     """(vLLM's bytes, the checkpoint's bytes) of the MXFP4 routed experts of `layers` MoE layers on one rank,
-    with E experts, H = hidden_size and w = moe_intermediate_size / tp, for `backend` (`mxfp4_moe_backend`):
+    with E experts, H = hidden_size and w = moe_intermediate_size / tp (under `expert_parallel`, E the most loaded
+    rank's whole experts and w the full width: `expert_shard`; ``Mxfp4MoEMethod.create_weights`` rounds the layer's
+    ``intermediate_size_per_partition``, which FusedMoE's tp_size 1 makes the full width), for `backend`
+    (`mxfp4_moe_backend`):
 
     * "triton" (vLLM 0.19 on Hopper; quantization/mxfp4.py ``Mxfp4MoEMethod``, fused_moe/oracle/mxfp4.py): the
       parameters are created at w' = round_up(w, 64) (``maybe_roundup_sizes``: gpt-oss-20b at TP 2, 1,440 ->
@@ -1397,8 +1483,8 @@ def mxfp4_expert_layout_bytes(spec: ModelSpec, tensor_parallel: int, layers: int
       the same shuffles and float32 biases), with the width rounded up to 128 only and the hidden size to 256
       (``mxfp4_round_up_hidden_size_and_intermediate_size``).
     """
-    experts, hidden = spec.num_experts, spec.hidden_size
-    width = spec.moe_intermediate_size // tensor_parallel
+    experts, width = expert_shard(spec, tensor_parallel, expert_parallel)
+    hidden = spec.hidden_size
     shipped = layers * _mxfp4_checkpoint_bytes(experts, hidden, width)
     if backend == "marlin":
         padded, wide = _round_up(width, MARLIN_WIDTH_ALIGNMENT), _round_up(hidden, MARLIN_HIDDEN_ALIGNMENT)
@@ -1467,11 +1553,14 @@ def expert_layout(stage: Stage, version: str, expert_format: str, device: Device
         return None
     start, stop = stage.layers
     layers = sum(1 for layer in spec.moe_layers if start <= layer < stop)
-    held, shipped = mxfp4_expert_layout_bytes(spec, stage.tensor_parallel, layers, backend)
-    width = spec.moe_intermediate_size // stage.tensor_parallel
+    expert_parallel = stage.expert_parallel and stage.tensor_parallel > 1
+    held, shipped = mxfp4_expert_layout_bytes(spec, stage.tensor_parallel, layers, backend, expert_parallel)
+    experts, width = expert_shard(spec, stage.tensor_parallel, expert_parallel)
+    whole = (f"the {experts} whole experts a rank holds under expert parallelism (the backend is the one a single "
+             "rank gets: its choice reads no expert parallelism with data parallel 1), " if expert_parallel else "")
     return Term(held - shipped, (
         f"vLLM {version}'s MXFP4 experts hold {held / GIB:.2f} GiB a rank where the checkpoint's are "
-        f"{shipped / GIB:.2f} GiB, on {_mxfp4_layout_basis(version, backend, width, spec.hidden_size)} "
+        f"{shipped / GIB:.2f} GiB, {whole}on {_mxfp4_layout_basis(version, backend, width, spec.hidden_size)} "
         "(quantization/mxfp4.py, fused_moe/oracle/mxfp4.py)"))
 
 
@@ -2694,7 +2783,7 @@ class VllmProfile:
         other formats.  Under `expert_parallel` (more than one rank) each rank's experts are whole: both are asked
         at one rank (the experts' full width), after `expert_parallel_format_refusal`."""
         if expert_parallel and tensor_parallel > 1 and spec.is_moe:
-            refused = expert_parallel_format_refusal(self._version, weight_format)
+            refused = expert_parallel_format_refusal(self._version, weight_format, spec, compute_capability)
             if refused is not None:
                 return refused
             tensor_parallel = 1  # FusedMoE's intermediate_size_per_partition is the whole width

@@ -18,7 +18,8 @@ from __future__ import annotations
 
 import pytest
 
-from quant_core.catalog import get_preset, get_preset_info
+from quant_core.catalog import device_facts, get_preset, get_preset_info
+from quant_core.engines.base import Stage
 from quant_core.engines.vllm import (
     VllmProfile,
     expert_shard,
@@ -140,7 +141,6 @@ def test_the_plans_activation_grows_by_the_wider_moe_workspace_where_it_persists
 def test_deepgemm_on_vllm_0_11_aligns_rows_for_the_local_experts() -> None:
     # deep_gemm_moe.py DeepGemmExperts.workspace_shapes: compute_aligned_M(M, topk, local_num_experts, 128): with
     # expert parallelism the rank's 32 experts of DeepSeek-V3 at TP 8, not 256; N = the full 2048 width
-    from quant_core.catalog import device_facts
     spec = get_preset("deepseek-v3")
     hopper = device_facts("h100-80gb")
     caches = fused_moe_caches(spec, 8, 8192, "0.11", "fp8-block128", hopper, expert_parallel=True)
@@ -169,14 +169,19 @@ def test_what_nibble_does_not_model_of_expert_parallelism_is_refused_naming_the_
     more_ranks = plan(mixtral, hardware, workload, PlanOptions(weight_format=BF16, expert_parallel=True))
     assert "runtime.expert_parallel" in (more_ranks.primary.refusal or "")
     assert more_ranks.primary.min_devices == 2  # the fewest devices skip the refused sizes
+    # MXFP4 on a device whose compute capability is not known: no backend nibble read (mxfp4_moe_backend)
     gpt_oss = get_preset_info("gpt-oss-120b")
-    mxfp4 = plan(gpt_oss.spec, Hardware(H100, 2, "h100-80gb"), workload,
+    mxfp4 = plan(gpt_oss.spec, Hardware(H100, 2), workload,
                  PlanOptions(scheme=scheme_from_quantization_config(gpt_oss.quantization_config),
                              expert_parallel=True))
-    assert "mxfp4 experts with expert parallelism" in (mxfp4.primary.refusal or "")
-    # vLLM 0.33's int4 MoE (Humming) switches GEMM under expert parallelism: not read, refused; 0.19's Marlin is not
+    assert "mxfp4 experts with vLLM 0.19's expert parallelism" in (mxfp4.primary.refusal or "")
+    assert "unknown compute capability" in (mxfp4.primary.refusal or "")
+    # vLLM 0.33's int4 MoE on Hopper (Humming) switches GEMM under expert parallelism: not read, refused naming the
+    # device; 0.19's Marlin is not
     qwen = get_preset("qwen3-30b-a3b")
-    assert VllmProfile("0.33").format_refusal(qwen, "int4-g128-sym-gptq", 2, True) is not None
+    refused = VllmProfile("0.33").format_refusal(qwen, "int4-g128-sym-gptq", 2, True, (9, 0))
+    assert refused is not None and "compute capability 9.0" in refused and "vLLM 0.33" in refused
+    assert VllmProfile("0.33").format_refusal(qwen, "int4-g128-sym-gptq", 2, True) is not None  # device unknown
     assert VllmProfile("0.19").format_refusal(qwen, "int4-g128-sym-gptq", 2, True) is None
     assert VllmProfile("0.33").format_refusal(qwen, "int4-g128-sym-gptq", 2) is None
 
@@ -235,3 +240,107 @@ def test_the_tensor_parallel_sizes_under_expert_parallelism_stop_at_the_routed_e
     result = plan(spec, Hardware(6 * GIB, 8), Workload(8192, 1), PlanOptions(expert_parallel=True))
     assert any("no tensor-parallel degree engines accept for this model fits (the largest is 8 device(s))" in warning
                for warning in result.warnings)
+
+
+@pytest.mark.parametrize(("label", "capability"), [
+    ("int4-g128-sym-gptq", (8, 0)),  # A100
+    ("int4-g128-sym-gptq", (8, 9)),  # L40S
+    ("int4-g128-sym-gptq", (10, 0)),  # B200: FLASHINFER_TRTLLM refuses GPTQ (may_have_bias)
+    ("int4-g128-asym-awq", (12, 0)),
+    ("int4-g32-sym-compressed-tensors", (8, 0)),
+    ("int4-row-sym-gptq", (8, 0)),
+])
+def test_vllm_0_33_int4_experts_are_planned_under_expert_parallelism_where_marlin_runs_them(
+        label: str, capability: tuple[int, int]) -> None:
+    # oracle/int_wna16.py: RDNA3, FLASHINFER_TRTLLM, MARLIN, BATCHED_MARLIN, TRITON, HUMMING; Humming moves ahead of
+    # Marlin on 9.0 only (humming/priority.py).  Qwen3-30B-A3B: hidden 2048 (a multiple of 128), experts 768 wide
+    # (whole groups of 32, 128 and a row): check_moe_marlin_supports_config takes them, MarlinExperts runs them as at
+    # one rank (its choice reads no use_ep)
+    qwen = get_preset("qwen3-30b-a3b")
+    assert VllmProfile("0.33").format_refusal(qwen, label, 2, True, capability) is None
+
+
+@pytest.mark.parametrize(("label", "capability", "reason"), [
+    ("int4-g128-sym-gptq", (9, 0), "compute capability 9.0 vLLM 0.33 puts Humming's kernels ahead of Marlin"),
+    ("int4-g128-sym-gptq", None, "unknown compute capability"),
+    ("int4-g128-sym-gptq", (7, 0), "compute capability 7.0"),
+    # Marlin's MoE group sizes are -1, 32, 64, 128: g256 falls to Triton (refused for GPTQ: may_have_bias) or Humming
+    ("int4-g256-sym-gptq", (8, 0), "Marlin MoE experts do not take gptq int4 g256"),
+    # FlashInfer's TRT-LLM MxInt4 experts come first on 10.x for kInt4Static32 without zero points or bias
+    ("int4-g32-sym-compressed-tensors", (10, 0), "TRT-LLM MxInt4"),
+    ("checkpoint-gptq", (8, 0), "names no group size"),
+])
+def test_vllm_0_33_int4_experts_under_expert_parallelism_are_refused_naming_device_and_release_elsewhere(
+        label: str, capability: tuple[int, int] | None, reason: str) -> None:
+    refused = VllmProfile("0.33").format_refusal(get_preset("qwen3-30b-a3b"), label, 2, True, capability)
+    assert refused is not None and reason in refused
+    assert "vLLM 0.33's expert parallelism (runtime.expert_parallel)" in refused
+
+
+def test_a_vllm_0_33_gptq_moe_plans_with_expert_parallelism_on_a100s_and_is_refused_on_h100s() -> None:
+    # Qwen3-30B-A3B GPTQ g128 at TP 2: on A100s (8.0) Marlin runs the 64 whole 768-wide experts a rank; its workspace
+    # (marlin_moe.py workspace_shapes: M x k x max(N, K) + M x k x max(2N, K)) is 8192 x 8 x (2048 + 2048) x 2 bytes
+    # with N = 768 as with N = 384 (hidden 2048 is the larger): the activation is the tensor-parallel plan's.  On
+    # H100s (9.0) Humming's grouped_contiguous GEMM: refused
+    qwen = get_preset("qwen3-30b-a3b")
+    gptq = scheme_from_quantization_config({"quant_method": "gptq", "bits": 4, "group_size": 128, "sym": True,
+                                            "desc_act": False})
+    workload = Workload(8192, 1)
+    sliced, placed = (plan(qwen, Hardware(80 * GIB, 2, "a100-80gb"), workload,
+                           PlanOptions(scheme=gptq, engine_version="0.33", expert_parallel=flag))
+                      for flag in (False, True))
+    assert placed.primary.refusal is None and placed.primary.fits
+    assert placed.activation.bytes == sliced.activation.bytes
+    assert fused_moe_caches(qwen, 2, 8192, "0.33", expert_parallel=True).nbytes == 8192 * 8 * (2048 + 2048) * 2
+    hopper = plan(qwen, Hardware(H100, 2, "h100-80gb"), workload,
+                  PlanOptions(scheme=gptq, engine_version="0.33", expert_parallel=True))
+    assert "compute capability 9.0" in (hopper.primary.refusal or "")
+
+
+@pytest.mark.parametrize(("version", "device", "per_expert"), [
+    # gpt-oss-120b at TP 2 with expert parallelism: 64 whole experts a rank, w = 2880, H = 2880, 36 MoE layers.
+    # The checkpoint's expert (_mxfp4_checkpoint_bytes): 2w x H/2 + 2w x H/32 + H x w/2 + H x w/32 + (2w + H) x 2
+    # = 8,294,400 + 518,400 + 4,147,200 + 259,200 + 17,280 = 13,236,480 bytes
+    # 0.19 Triton on Hopper: w' = round_up(2880, 64) = 2880; values 5760 x round_up(1440, 64) + 2880 x 1472 =
+    # 12,718,080; scales round_up(5760, 256) x 90 + round_up(2880, 256) x 90 = 806,400; the kept unswizzled scales
+    # 777,600; float32 biases (5760 + 2880) x 4 = 34,560: 14,336,640, 1,100,160 more
+    ("0.19", "h100-80gb", 1_100_160),
+    # Marlin (8.0; 0.11 on Hopper too): w' = round_up(2880, 128) = 2944, H' = round_up(2880, 256) = 3072:
+    # 2 x 2944 x 3072 / 2 + / 32 + 3072 x 2944 / 2 + / 32 + (5888 + 3072) x 2 = 14,431,744, 1,195,264 more
+    ("0.19", "a100-80gb", 1_195_264),
+    ("0.11", "h100-80gb", 1_195_264),
+    ("0.33", "a100-80gb", 1_195_264),
+    # TRT-LLM on 10.0 (0.19): w' = H' = 3072, float32 biases: 9,437,184 + 589,824 + 4,718,592 + 294,912 + 36,864 =
+    # 15,077,376, 1,840,896 more
+    ("0.19", "b200", 1_840_896),
+    # 0.33 Triton on Hopper (vendored layouts): values 5760 x round_up(1440, 32) + 2880 x 1440 = 12,441,600; scales
+    # (90 -> 92 by _swizzle_mxfp4) 5888 x 92 + 3072 x 92 = 824,320; biases 34,560: 13,300,480, 64,000 more
+    ("0.33", "h100-80gb", 64_000),
+])
+def test_mxfp4_experts_under_expert_parallelism_are_held_in_the_layout_of_the_backend_one_rank_gets(
+        version: str, device: str, per_expert: int) -> None:
+    spec = get_preset("gpt-oss-120b")
+    stage = Stage(spec, 2, 1, (0, spec.num_layers), True, expert_parallel=True)
+    term = VllmProfile(version).expert_layout(stage, "mxfp4", device_facts(device))
+    assert term is not None and term.bytes == 64 * 36 * per_expert
+    assert "64 whole experts" in term.basis
+    capability = device_facts(device).compute_capability
+    assert VllmProfile(version).format_refusal(spec, "mxfp4", 2, True, capability) is None
+
+
+def test_gpt_oss_on_two_h100s_plans_with_expert_parallelism_on_vllm_0_19() -> None:
+    # OAITritonMxfp4ExpertsMonolithic runs the 64 whole experts a rank as it runs the slices (its
+    # _supports_parallel_config refuses only all2all, EPLB and data parallel > 1): the runtime overhead carries the
+    # Triton layout's 64 x 36 x 1,100,160 = 2,534,768,640 bytes in place of the tensor-parallel slices'
+    # 128 x 36 x 762,816 = 3,515,056,128 (w = 1440 -> 1472, values' rows and bytes to 64)
+    info = get_preset_info("gpt-oss-120b")
+    scheme = scheme_from_quantization_config(info.quantization_config)
+    sliced, placed = (plan(info.spec, Hardware(H100, 2, "h100-80gb"), Workload(8192, 1),
+                           PlanOptions(scheme=scheme, engine_version="0.19", expert_parallel=flag))
+                      for flag in (False, True))
+    assert placed.primary.refusal is None and placed.primary.fits
+    assert sliced.runtime_overhead.bytes - placed.runtime_overhead.bytes == 3_515_056_128 - 2_534_768_640
+    # the fused-MoE caches: OAITritonMxfp4ExpertsMonolithic's tokens x top_k x w and tokens x H at the full width
+    assert fused_moe_caches(info.spec, 2, 8192, "0.19", "mxfp4", device_facts("h100-80gb"),
+                            expert_parallel=True).nbytes == 8192 * (4 * 2880 + 2880) * 2
+
