@@ -1131,11 +1131,9 @@ def expert_parallel_refusal(spec: ModelSpec, version: str, tensor_parallel: int)
 
 
 #: the expert formats (`weight_format_family`) whose fused-MoE kernel under expert parallelism was not read in any
-#: release, and why (MXFP4 and int4 are decided by `expert_parallel_format_refusal` from the device; the others keep
-#: the kernel they run under tensor parallelism, on the whole experts)
+#: release, and why (MXFP4, NVFP4 and int4 are decided by `expert_parallel_format_refusal` from the release and the
+#: device; the others keep the kernel they run under tensor parallelism, on the whole experts)
 EXPERT_PARALLEL_UNREAD_FORMATS: dict[str, str] = {
-    "nvfp4": "the NVFP4 oracle (fused_moe/oracle/nvfp4.py) can pick FlashInfer's EP-only experts under expert "
-             "parallelism (0.33 flashinfer_moe_ep.py: use_ep), not read",
     "gguf": "GGUF's MoE method under expert parallelism was not read",
     "nf4": "bitsandbytes' MoE method under expert parallelism was not read",
     "int8": "int8 MoE methods under expert parallelism were not read",
@@ -1216,16 +1214,53 @@ def int4_expert_parallel_refusal_v0_33(spec: ModelSpec, weight_format: str,
     return None
 
 
+def nvfp4_expert_parallel_refusal(version: str, compute_capability: tuple[int, int] | None) -> str | None:
+    """Why nibble does not plan NVFP4 experts under vLLM `version`'s expert parallelism on a device of
+    `compute_capability`, or None where it does.
+
+    0.33 (fused_moe/oracle/nvfp4.py ``select_nvfp4_moe_backend``): FLASHINFER_TRTLLM (10.x), FLASHINFER_CUTEDSL
+    (10.x), FLASHINFER_CUTEDSL_BATCHED (batched format only), FLASHINFER_CUTLASS (nvfp4 from 10.0, families 100 and
+    120), VLLM_CUTLASS (``CutlassExpertsFp4``: families 100, 110, 120), MARLIN, HUMMING, EMULATION, with
+    ``prioritize_humming`` moving Humming ahead of Marlin on 9.0.  With data parallel 1 every one of them but Humming
+    is picked as at one rank: their ``_supports_parallel_config`` refuse only all2all kernels and EPLB, and the
+    activation format stays Standard; FlashInfer's MoE-EP experts (flashinfer_moe_ep.py) are taken only for an
+    explicit ``moe_backend`` (config/kernel.py ``FLASHINFER_MOE_EP_BACKENDS``), never by the oracle.  On 9.0 neither
+    FlashInfer's CUTLASS nor vLLM's CUTLASS experts take NVFP4, so Humming runs them, in a grouped_contiguous GEMM
+    under expert parallelism (`int4_expert_parallel_refusal_v0_33`): refused, as below 7.5 (neither Marlin nor
+    Humming) and on a device of unknown capability.  0.19's ``CutlassExpertsFp4._supports_parallel_config`` refuses
+    ``ep_size > 1``, so its backend can change under expert parallelism (not read further), and 0.11's NVFP4 MoE
+    methods were not read: refused."""
+    device = _capability_words(compute_capability)
+    if version != "0.33":
+        return ("nibble read vLLM's NVFP4 MoE backends under expert parallelism for 0.33 only (in 0.19 the oracle's "
+                "VLLM_CUTLASS experts, CutlassExpertsFp4, refuse ep_size > 1, so the backend can change under it)")
+    if compute_capability is None:
+        return (f"on {device} nibble cannot tell whether vLLM 0.33 runs them on Humming's kernels (compute "
+                "capability 9.0), which switch to a grouped_contiguous GEMM under expert parallelism")
+    if compute_capability == HUMMING_PREFERRED_CAPABILITY:
+        return (f"on {device} neither FlashInfer's nor vLLM's CUTLASS experts take NVFP4 and vLLM 0.33 puts Humming's "
+                "kernels ahead of Marlin (fused_moe/oracle/nvfp4.py, humming/priority.py prioritize_humming); under "
+                "expert parallelism they switch to a grouped_contiguous GEMM (fused_humming_moe.py "
+                "get_humming_moe_gemm_type: use_ep) whose persistent permute scratch nibble did not read")
+    if compute_capability < MARLIN_MOE_MIN_CAPABILITY_033:
+        return (f"on {device} none of vLLM 0.33's NVFP4 MoE kernels nibble read runs (Marlin's from 7.5), and "
+                "the one it falls to under expert parallelism was not read")
+    return None
+
+
 def expert_parallel_format_refusal(version: str, weight_format: str, spec: ModelSpec | None = None,
                                    compute_capability: tuple[int, int] | None = None) -> str | None:
     """Why nibble does not plan experts stored as `weight_format` under vLLM `version`'s expert parallelism on a
     device of `compute_capability` (None: not known), or None where it does: `EXPERT_PARALLEL_UNREAD_FORMATS`; MXFP4
     where `mxfp4_moe_backend` names no backend whose layout was read (every backend it names is picked whatever
     the expert parallelism: 0.11's ``get_mxfp4_backend`` reads no parallel config, and the 0.19 and 0.33 oracles'
-    classes it names refuse only all2all kernels, EPLB and data parallel above 1); 0.33's int4 where
-    `int4_expert_parallel_refusal_v0_33` says so (`spec` gives the experts' width)."""
+    classes it names refuse only all2all kernels, EPLB and data parallel above 1); NVFP4 where
+    `nvfp4_expert_parallel_refusal` says so; 0.33's int4 where `int4_expert_parallel_refusal_v0_33` says so (`spec`
+    gives the experts' width)."""
     family = weight_format_family(weight_format)
     why = EXPERT_PARALLEL_UNREAD_FORMATS.get(family)
+    if family == "nvfp4":
+        why = nvfp4_expert_parallel_refusal(version, compute_capability)
     if why is None and family == "mxfp4" and not mxfp4_moe_backend(version, DeviceFacts(
             compute_capability=compute_capability)):
         device = _capability_words(compute_capability)

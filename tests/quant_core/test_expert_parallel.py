@@ -344,3 +344,38 @@ def test_gpt_oss_on_two_h100s_plans_with_expert_parallelism_on_vllm_0_19() -> No
     assert fused_moe_caches(info.spec, 2, 8192, "0.19", "mxfp4", device_facts("h100-80gb"),
                             expert_parallel=True).nbytes == 8192 * (4 * 2880 + 2880) * 2
 
+
+
+@pytest.mark.parametrize(("version", "capability", "reason"), [
+    ("0.33", None, "unknown compute capability"),
+    # 9.0: FlashInfer's CUTLASS experts take NVFP4 from 10.0, vLLM's from family 100: Humming (ahead of Marlin)
+    ("0.33", (9, 0), "compute capability 9.0 neither FlashInfer's nor vLLM's CUTLASS experts take NVFP4"),
+    ("0.33", (7, 0), "compute capability 7.0"),
+    # 0.19's CutlassExpertsFp4 refuses ep_size > 1: the backend can change under expert parallelism
+    ("0.19", (10, 0), "for 0.33 only"),
+    ("0.11", (8, 0), "for 0.33 only"),
+])
+def test_nvfp4_experts_under_expert_parallelism_are_refused_naming_release_and_device(
+        version: str, capability: tuple[int, int] | None, reason: str) -> None:
+    refused = VllmProfile(version).format_refusal(get_preset("qwen3-30b-a3b"), "nvfp4", 2, True, capability)
+    assert refused is not None and reason in refused
+    assert f"vLLM {version}'s expert parallelism (runtime.expert_parallel)" in refused
+
+
+def test_vllm_0_33_nvfp4_experts_plan_under_expert_parallelism_where_the_backend_is_a_single_ranks() -> None:
+    # oracle/nvfp4.py (0.33): FlashInfer TRT-LLM / CuTeDSL on 10.x, FlashInfer CUTLASS on 12.x, vLLM CUTLASS on 11.x,
+    # Marlin on 8.x: each class's _supports_parallel_config refuses only all2all kernels and EPLB, so with data
+    # parallel 1 they run the rank's 64 whole experts of Qwen3-30B-A3B as one rank runs all 128; the fused-MoE
+    # buffers are charged at the full 768 width (8192 x 8 x (2048 + 2048) x 2 bytes, as at 384: hidden 2048 wins)
+    qwen = get_preset("qwen3-30b-a3b")
+    for capability in ((8, 0), (10, 0), (11, 0), (12, 0)):
+        assert VllmProfile("0.33").format_refusal(qwen, "nvfp4", 2, True, capability) is None
+    weights = {"num_bits": 4, "type": "float", "strategy": "tensor_group", "group_size": 16}
+    nvfp4 = scheme_from_quantization_config({"quant_method": "compressed-tensors", "format": "nvfp4-pack-quantized",
+                                             "config_groups": {"group_0": {"targets": ["Linear"], "weights": weights,
+                                                                           "input_activations": weights}}})
+    sliced, placed = (plan(qwen, Hardware(180 * GIB, 2, "b200"), Workload(8192, 1),
+                           PlanOptions(scheme=nvfp4, engine_version="0.33", expert_parallel=flag))
+                      for flag in (False, True))
+    assert placed.primary.refusal is None and placed.primary.fits
+    assert placed.activation.bytes == sliced.activation.bytes
