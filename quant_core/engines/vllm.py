@@ -1154,7 +1154,7 @@ def _capability_words(compute_capability: tuple[int, int] | None) -> str:
     capability")."""
     if compute_capability is None:
         return "a device of unknown compute capability"
-    return f"compute capability {compute_capability[0]}.{compute_capability[1]}"
+    return f"compute capability {_capability_text(compute_capability[0] * 10 + compute_capability[1])}"
 
 
 def int4_expert_parallel_refusal_v0_33(spec: ModelSpec, weight_format: str,
