@@ -13,9 +13,7 @@ vLLM 0.11.0 and 0.19.0 have neither: they refuse.  compressed-tensors' block-fp8
 
 from __future__ import annotations
 
-import json
 from dataclasses import replace
-from pathlib import Path
 
 from quant_core.catalog import get_preset, get_preset_info
 from quant_core.engines.base import Stage
@@ -121,29 +119,12 @@ def test_compressed_tensors_block_fp8_experts_are_not_refined() -> None:
 
 
 def test_an_fp8_checkpoint_read_from_its_headers_is_charged_the_refined_scales_too() -> None:
-    # MiniMax-M2.5's FP8 headers at three of its layers (F8_E4M3 weights, one F32 weight_scale_inv per 128 x 128
-    # block): nibble charges each rank ceil(4,718,592 / 8) + ceil(12 x 24 x 4 / 8) = 589,824 + 144 = 589,968 bytes of
-    # each expert's w1, w3 and w2, as for the configured format, so the refined scales add 331,776 bytes a layer
-    # (test above): 3 x 331,776 = 995,328
+    # MiniMax-M2.5's FP8 headers at three of its layers (`fp8_release_headers`): nibble charges each rank
+    # ceil(4,718,592 / 8) + ceil(12 x 24 x 4 / 8) = 589,824 + 144 = 589,968 bytes of each expert's w1, w3 and w2, as
+    # for the configured format, so the refined scales add 331,776 bytes a layer (test above): 3 x 331,776 = 995,328
     from quant_core.checkpoint_rows import checkpoint_scheme
-    from quant_core.hf_config import model_from_hf_config
-    from quant_core.inventory import inventory
-    from quant_core.tensorio.checkpoint_headers import HeaderTensor
-    release = json.loads((Path(__file__).parent / "data" / "minimax_m2" / "MiniMax-M2.5.json").read_text())
-    config = {**release, "num_hidden_layers": 3, "attn_type_list": [1] * 3}
-    spec = model_from_hf_config(config)
-    tensors: list[HeaderTensor] = []
-    for entry in inventory(spec):
-        for layer in entry.layers or (-1,):
-            for expert in range(entry.per_layer):
-                name = entry.name.replace("{i}", str(layer)).replace("{e}", str(expert))
-                if entry.role in ("attention", "expert"):
-                    rows, columns = entry.shape
-                    tensors.append(HeaderTensor(name, "F8_E4M3", entry.shape, entry.elements))
-                    blocks = (-(-rows // 128), -(-columns // 128))
-                    tensors.append(HeaderTensor(f"{name}_scale_inv", "F32", blocks, 4 * blocks[0] * blocks[1]))
-                else:
-                    tensors.append(HeaderTensor(name, "BF16", entry.shape, 2 * entry.elements))
+    from tests.quant_core.test_minimax_m2 import fp8_release_headers
+    spec, tensors = fp8_release_headers()
     scheme, summary = checkpoint_scheme(spec, tensors)
     assert summary.format == "fp8-block128" and scheme.quant_method == ""
     hardware, workload = Hardware(H100, 8, "h100-80gb"), Workload(8192, 1)

@@ -22,6 +22,7 @@ from quant_core.kv_cache import kv_bytes_per_token
 from quant_core.planner import Hardware, PlanOptions, Workload, plan
 from quant_core.schemes import scheme_bytes, scheme_from_quantization_config
 from quant_core.specs import ModelSpec
+from quant_core.tensorio.checkpoint_headers import HeaderTensor
 
 DATA = Path(__file__).resolve().parent / "data" / "minimax_m2"
 GIB = 1 << 30
@@ -270,13 +271,11 @@ def test_a_minimax_m2_checkpoint_job_quantizes_what_vllm_quantizes_and_passes_th
     assert stored[bias].dtype == np.float32 and stored[f"{layer}.block_sparse_moe.gate.weight"].ndim == 2
 
 
-def test_an_fp8_minimax_m2_checkpoint_is_planned_at_its_stored_bytes() -> None:
-    # The FP8 release's headers, at three of its layers (the same tensors, fewer): attention and expert weights
-    # F8_E4M3 with one F32 weight_scale_inv per 128 x 128 block, the router (modules_to_not_convert) in F32, norms,
-    # embedding and lm_head BF16: the planner's rows from these headers are their stored bytes, to the byte
-    from quant_core.checkpoint_rows import checkpoint_scheme
-    from quant_core.tensorio.checkpoint_headers import HeaderTensor
-    spec = model_from_hf_config({**load(), "num_hidden_layers": 3, "attn_type_list": [1] * 3})
+def fp8_release_headers(layers: int = 3) -> tuple[ModelSpec, list[HeaderTensor]]:
+    """MiniMax-M2.5's FP8 release at `layers` of its layers, and its headers (the same tensors, fewer): attention
+    and expert weights F8_E4M3 with one F32 weight_scale_inv per 128 x 128 block, the router (modules_to_not_convert)
+    in F32, norms, embedding and lm_head BF16."""
+    spec = model_from_hf_config({**load(), "num_hidden_layers": layers, "attn_type_list": [1] * layers})
     tensors: list[HeaderTensor] = []
     for entry in inventory(spec):
         for layer in entry.layers or (-1,):
@@ -291,6 +290,13 @@ def test_an_fp8_minimax_m2_checkpoint_is_planned_at_its_stored_bytes() -> None:
                     tensors.append(HeaderTensor(name, "F32", entry.shape, 4 * entry.elements))
                 else:
                     tensors.append(HeaderTensor(name, "BF16", entry.shape, 2 * entry.elements))
+    return spec, tensors
+
+
+def test_an_fp8_minimax_m2_checkpoint_is_planned_at_its_stored_bytes() -> None:
+    # the planner's rows from the FP8 release's headers are their stored bytes, to the byte
+    from quant_core.checkpoint_rows import checkpoint_scheme
+    spec, tensors = fp8_release_headers()
     scheme, summary = checkpoint_scheme(spec, tensors)
     assert summary.unknown == () and summary.format == "fp8-block128"
     # 3 layers x (4 attention + 3 x 256 expert) weight_scale_inv tensors: 62 x 772 = 47,864 in the full release
