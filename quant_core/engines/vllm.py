@@ -144,9 +144,20 @@ class _Version:
 _NON_TORCH_V0_11 = _NonTorch(144 * MIB, ((2, 564 * MIB),), None,
                              "llm-d-benchmark's vLLM v0.11 H100 logs (0.13-0.14 GiB on one GPU, 0.54-0.55 GiB at "
                              "TP=2)")
-# v0.19: 0.24-0.27 GiB on one GPU (19 runs), 2.06-2.11 GiB at TP=2 (10 runs), 2.13-2.21 GiB at TP=4 (5 runs), 0.07
-# GiB per stage at PP=2 and PP=4 (Llama-3.1-8B): the TP figure is NCCL's and vLLM's all-reduce buffers.
-_NON_TORCH_V0_19 = _NonTorch(256 * MIB, ((2, 2140 * MIB), (4, 2222 * MIB)), 72 * MIB, LLMD_PLANNER_V0_19)
+# v0.19 (llm-d-planner's sweep, logs at commit d3121e0 not counting the failed starts): 0.24-0.27 GiB on one GPU (39
+# runs besides Granite's, below), 2.06-2.11 GiB at TP=2 (10 runs), 2.13-2.21 GiB at TP=4 (5 runs), 0.07 GiB per stage
+# at PP=2 and PP=4 (Llama-3.1-8B): the TP figure is NCCL's and vLLM's all-reduce buffers.  Each layout is charged its
+# largest logged figure rounded up to the MiB, as 0.11's are (0.27 GiB: Qwen3-30B-A3B; 2.11: Llama-3.3-70B w8a8;
+# 2.21: Llama-3.3-70B fp8 and Kimi-Dev-72B; 0.07), so none of those runs had less left for its KV cache than the plan
+# says.  No rule in what nibble knows of a model gives the figures: the growth is CUDA's own (lazily loaded kernel
+# modules, cuBLAS and NCCL state), which no vLLM code sizes, and the runs follow neither weights bytes, layers, tensors,
+# MoE nor fp8 (one GPU: Qwen2.5-7B's int8 w8a8 run 0.25 GiB against its fp8-dynamic run's 0.24, with the same layers,
+# tensors and weights bytes, 8.14 GiB; Llama-3.1-8B's 5.38 GiB of int4 weights 0.25 against Qwen2.5-7B's 14.25 GiB of
+# bf16 0.24; TP=2: dense Qwen2.5-72B 2.09 against MoE Mixtral-8x7B 2.07 and dense Llama-3.3-70B 2.10-2.11).  The
+# sweep's three Granite 3.1/3.3 runs (not in vllm_logs.json: nibble has no Granite preset) logged 0.46 GiB on one GPU,
+# Granite-Vision-3.3-2B 0.25: one family's figure, not charged to every model.  0.33 charges these figures too
+# (`VERSIONS`).
+_NON_TORCH_V0_19 = _NonTorch(277 * MIB, ((2, 2161 * MIB), (4, 2264 * MIB)), 72 * MIB, LLMD_PLANNER_V0_19)
 
 
 @dataclass(frozen=True, slots=True)

@@ -407,8 +407,8 @@ def test_readme_vllm_example_predicts_the_token_figure_it_shows(client: TestClie
         "workload": {"context_length": 32768}, "weights": {"format": "bf16"},
         "runtime": {"engine": "vllm", "memory_utilization": 0.90}}).json()
     assert body["fits"] and body["refusal"] is None
-    assert body["kv_cache"]["capacity_tokens"] == 448768
-    assert body["kv_cache"]["engine_max_concurrency"] == 13.6953125
+    assert body["kv_cache"]["capacity_tokens"] == 448224
+    assert body["kv_cache"]["engine_max_concurrency"] == 13.6787109375
     assert body["max_concurrent_sequences"] == 13
 
 

@@ -184,8 +184,17 @@ def test_non_torch_memory_is_the_releases_figure_for_the_layout(log_id: str) -> 
     charged = VllmProfile(version).non_torch(stage).bytes
     if log["vllm_version"] == SNAPSHOT_BEFORE_NCCL:
         charged += startup_memory(stage, version).bytes - startup_memory(_stage(spec), version).bytes
-    assert charged / GIB >= log["non_torch_gib"] - 0.05  # never below what a public run of the release logged
-    assert abs(charged / GIB - log["non_torch_gib"]) <= 0.05 or "non-torch" in log.get("gap", "")
+    # never below what a public run of the release logged, to the log's rounding (0.01 GiB): the largest logged figure
+    # of each layout is charged, rounded up to the MiB (0.19's 256 MiB on one GPU left Qwen3-30B-A3B's 0.27 GiB 20 MiB
+    # short)
+    assert charged / GIB >= log["non_torch_gib"] - 0.005
+    # and no more than that largest figure (the runs of a layout spread up to 0.08 GiB: 2.13-2.21 at TP=4)
+    largest = max(other["non_torch_gib"] for other in LOGS
+                  if other["profile_version"] == version and other["non_torch_gib"] is not None
+                  and "non-torch" not in other.get("gap", "")
+                  and other["tensor_parallel"] == log["tensor_parallel"]
+                  and (other["pipeline_parallel"] > 1) == (stages > 1))
+    assert charged / GIB <= largest + 0.005 or "non-torch" in log.get("gap", "")
 
 
 @pytest.mark.parametrize(("version", "at_startup"), [("0.11", False), ("0.19", False), ("0.33", True)])
