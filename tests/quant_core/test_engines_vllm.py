@@ -22,7 +22,7 @@ from quant_core.engines.vllm import (
 )
 from quant_core.errors import UnknownName
 from quant_core.formats import WeightFormat, float_format, fp8, int4
-from quant_core.hf_config import model_from_sizes
+from quant_core.hf_config import model_from_hf_config, model_from_sizes
 from quant_core.kv_cache import kv_bytes_per_token
 from quant_core.planner import Hardware, Plan, PlanOptions, Workload, plan
 from quant_core.schemes import WeightScheme, scheme_from_quantization_config
@@ -44,6 +44,8 @@ BY_ID = {log["id"]: log for log in LOGS}
 def _spec(log: dict[str, Any]) -> ModelSpec:
     if log["model"] == "sizes":
         return model_from_sizes(**log["sizes"], name=log["id"])
+    if log["model"] == "hf_config":  # a model nibble has no preset for, planned from its config.json as a user's is
+        return model_from_hf_config(log["hf_config"], name=log["id"])
     return get_preset(log["model"])
 
 
@@ -167,6 +169,16 @@ def test_a_large_profiling_batch_makes_the_forward_pass_the_peak(log_id: str) ->
 #: so its run is planned under 0.11's rules with that figure (vllm_logs.json's "gap")
 SNAPSHOT_BEFORE_NCCL = "0.10.2"
 
+#: model types whose vLLM 0.19 runs logged more non-torch memory than the other runs of their layout (llm-d-planner's
+#: Granite 3.1 and 3.3 runs, 0.46 GiB on one GPU against 0.24-0.27): each is bounded by its own runs
+NON_TORCH_FAMILIES = ("granite",)
+
+
+def _non_torch_family(log: dict[str, Any]) -> str | None:
+    model_type = _spec(log).model_type if log["model"] else None
+    return model_type if model_type in NON_TORCH_FAMILIES else None
+
+
 @pytest.mark.parametrize("log_id", _ids(lambda log: log["profile_version"] in ("0.11", "0.19")
                                         and log["non_torch_gib"] is not None))
 def test_non_torch_memory_is_the_releases_figure_for_the_layout(log_id: str) -> None:
@@ -175,7 +187,7 @@ def test_non_torch_memory_is_the_releases_figure_for_the_layout(log_id: str) -> 
     # its snapshot before setting up NCCL, so the figure holds the communicators 0.11 has in use at start-up (its
     # "gap"): against it, 0.11's non-torch figure and the start-up memory above one GPU together.  vLLM 0.19 on H100
     # (llm-d-planner): 0.24-0.27 GiB on one GPU, 2.06-2.11 GiB at TP=2, 2.13-2.21 GiB at TP=4, 0.07 GiB per pipeline
-    # stage.
+    # stage; Granite 3.1 and 3.3 (2B, 8B, 3.3-8B) 0.46 GiB on one GPU.
     log = BY_ID[log_id]
     spec = _spec(log)
     stages = log["pipeline_parallel"]
@@ -186,15 +198,37 @@ def test_non_torch_memory_is_the_releases_figure_for_the_layout(log_id: str) -> 
         charged += startup_memory(stage, version).bytes - startup_memory(_stage(spec), version).bytes
     # never below what a public run of the release logged, to the log's rounding (0.01 GiB): the largest logged figure
     # of each layout is charged, rounded up to the MiB (0.19's 256 MiB on one GPU left Qwen3-30B-A3B's 0.27 GiB 20 MiB
-    # short)
+    # short, and 277 MiB left Granite's 0.46 GiB 189-199 MiB short before its model type's excess)
     assert charged / GIB >= log["non_torch_gib"] - 0.005
-    # and no more than that largest figure (the runs of a layout spread up to 0.08 GiB: 2.13-2.21 at TP=4)
+    # and no more than that largest figure (the runs of a layout spread up to 0.08 GiB: 2.13-2.21 at TP=4), a family
+    # with its own figure against its own runs
     largest = max(other["non_torch_gib"] for other in LOGS
                   if other["profile_version"] == version and other["non_torch_gib"] is not None
                   and "non-torch" not in other.get("gap", "")
                   and other["tensor_parallel"] == log["tensor_parallel"]
-                  and (other["pipeline_parallel"] > 1) == (stages > 1))
+                  and (other["pipeline_parallel"] > 1) == (stages > 1)
+                  and _non_torch_family(other) == _non_torch_family(log))
     assert charged / GIB <= largest + 0.005 or "non-torch" in log.get("gap", "")
+
+
+@pytest.mark.parametrize(("version", "excess_mib"), [("0.11", 0), ("0.19", 195), ("0.33", 195)])
+def test_a_granite_models_non_torch_excess_is_charged_on_every_layout_of_the_releases_that_logged_it(
+        version: str, excess_mib: int) -> None:
+    # llm-d-planner's vLLM 0.19.0 runs of Granite-3.1-2B, 3.1-8B and 3.3-8B logged 0.46 GiB on one GPU: rounded up to
+    # the MiB, 472 MiB, 195 above the 277 MiB of the layout.  No Granite run with TP or PP was logged, so the 195 MiB
+    # are added on every layout (0.33 borrows 0.19's figures); 0.11's logs show no Granite run.  Other model types and
+    # llama-style configs that are not Granite's are charged the layout's figure.
+    granite = _spec(BY_ID["llmdp-v0.19-granite-3.1-8b-tp1"])
+    llama = get_preset("llama-3.1-8b")
+    assert granite.model_type == "granite"
+    profile = VllmProfile(version)
+    for tensor_parallel, stages in ((1, 1), (2, 1), (4, 1), (1, 2), (2, 2)):
+        layers = (0, granite.num_layers // stages)
+        charged = profile.non_torch(Stage(granite, tensor_parallel, stages, layers, stages == 1))
+        layout = profile.non_torch(Stage(llama, tensor_parallel, stages, layers, stages == 1))
+        assert charged.bytes - layout.bytes == excess_mib * MIB
+        assert (f"plus {excess_mib} MiB for a granite model" in charged.basis) is (excess_mib > 0)
+        assert "granite" not in layout.basis
 
 
 @pytest.mark.parametrize(("version", "at_startup"), [("0.11", False), ("0.19", False), ("0.33", True)])
@@ -261,8 +295,12 @@ def test_engine_terms_fill_the_gap_between_logged_weights_and_logged_kv_memory(l
 # --- vLLM 0.19's sampler pass and PyTorch's allocator, against llm-d-planner's logs ---------------------------
 
 MIB = 1 << 20
+#: dense runs whose peak is the forward pass, not the sampler pass this test pins: Granite-3.1-8B and 3.3-8B (49,155 and
+#: 49,159 vocabulary entries, a 12,800-wide MLP) log 0.85 GiB, nibble's forward pass of 8192 tokens and the cuBLAS
+#: workspaces 0.806 GiB (0.77 GiB against a 0.76 GiB sampler pass): 44 MiB under, which the sampler pass does not size
+FORWARD_PEAK_V019 = ("llmdp-v0.19-granite-3.1-8b-tp1", "llmdp-v0.19-granite-3.3-8b-tp1")
 DENSE_V019 = _ids(lambda log: log["id"].startswith("llmdp-v0.19-") and log["pipeline_parallel"] == 1
-                  and not get_preset(log["model"]).is_moe)
+                  and not _spec(log).is_moe and log["id"] not in FORWARD_PEAK_V019)
 
 
 def _activation_against_its_log(log_id: str, release: str) -> tuple[Term, float]:
@@ -450,7 +488,8 @@ END_TO_END: dict[str, Storage] = {
     "llmd-v0.11-mistral-small-3.2-24b": float_format("bf16"),
 }
 # llm-d-planner's vLLM v0.19.0 sweep on H100 (27 runs of 13 checkpoints: TP 1/2/4, PP 2/4, an fp8 KV cache, FP8,
-# W8A8, W4A16 and MXFP4 checkpoints), each planned at the storage its checkpoint ships in.
+# W8A8, W4A16 and MXFP4 checkpoints; and three Granite runs on one GPU, planned from their config.json), each planned
+# at the storage its checkpoint ships in.
 STORAGE_OF_FORMAT: dict[str, Storage] = {
     "bf16": float_format("bf16"),
     "fp8": fp8(),  # FP8-dynamic (compressed-tensors): a scale per output channel
@@ -560,7 +599,7 @@ def test_runs_with_a_known_gap_never_promise_more_than_3_percent_above_vllm(log_
 @pytest.mark.parametrize("source", SOURCES)
 def test_every_public_run_gaps_included_is_within_2_percent_on_average_and_never_3_percent_above(
         source: str) -> None:
-    # the issue's bound over all 42 runs, the seven with a gap among them (TP 2's -39 % and Mistral 3's -10.4 %
+    # the issue's bound over all 45 runs, the seven with a gap among them (TP 2's -39 % and Mistral 3's -10.4 %
     # included; llm-d's two v0.11 TP=2 runs +0.23 and +0.00 % with 0.11's own 0.55 GiB of non-torch memory at TP=2,
     # -2.2 and -2.6 % when a vLLM 0.10.2 run's 1.38 GiB, which holds the NCCL set-up, was charged)
     errors = [_capacity_error(log_id, source) for log_id in END_TO_END]
@@ -568,7 +607,7 @@ def test_every_public_run_gaps_included_is_within_2_percent_on_average_and_never
     mean = sum(map(abs, errors)) / len(errors)
     print(f"{source}, every run: {len(errors)} runs, mean absolute error {mean:.2%}, "
           f"largest over-prediction {max(errors):+.2%}")
-    assert len(errors) == 42
+    assert len(errors) == 45  # 42 before llm-d-planner's three Granite runs
     assert mean <= 0.02 and max(errors) <= 0.03
 
 

@@ -17,6 +17,7 @@ import json
 import re
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -26,14 +27,24 @@ from quant_core.engines.torch_cuda import blas_workspace_bytes
 from quant_core.engines.vllm import CUDA_GRAPH_ESTIMATE_BYTES, VllmProfile, startup_memory
 from quant_core.engines.vllm_graphs import cuda_graph_pool, cudagraph_capture_sizes, cudagraph_count
 from quant_core.formats import float_format
-from quant_core.hf_config import model_from_sizes
+from quant_core.hf_config import model_from_hf_config, model_from_sizes
 from quant_core.planner import Hardware, Plan, PlanOptions, Workload, plan
+from quant_core.specs import ModelSpec
 from tests.quant_core.test_deepseek_v32 import spec_of as deepseek_v32
 from tests.quant_core.test_dsa_workspace import H200, shipped_options
 
 GIB = 1 << 30
 MIB = 1 << 20
 LOGS = json.loads((Path(__file__).parent / "data" / "vllm_logs.json").read_text())["logs"]
+
+
+def _spec(log: dict[str, Any]) -> ModelSpec:
+    """The logged run's model: its nibble preset, or its config.json for a model nibble has no preset for."""
+    if log["model"] == "hf_config":
+        return model_from_hf_config(log["hf_config"], name=log["id"])
+    return get_preset(log["model"])
+
+
 L4 = get_device("l4")
 L4_HARDWARE = Hardware(L4.planning_bytes, 1, "l4", L4.name)  # the 22.03 GiB CUDA reports for an L4
 BF16 = PlanOptions(weight_format=float_format("bf16"))
@@ -76,7 +87,7 @@ GRAPH_LOGS = [log for log in LOGS if log["vllm_version"] == "0.19.0" and log["cu
 def test_the_graph_charge_covers_every_logged_0_19_run_and_stays_close(log_id: str) -> None:
     # llm-d-planner's vLLM 0.19.0 H100 sweep: "... GiB for CUDAGraph memory" per worker (0.51 to 1.85 GiB)
     log = next(log for log in LOGS if log["id"] == log_id)
-    spec = get_preset(log["model"])
+    spec = _spec(log)
     stages = log["pipeline_parallel"]
     stage = Stage(spec, log["tensor_parallel"], stages, (0, spec.num_layers // stages), stages == 1)
     charged = cuda_graph_pool(stage, BatchLimits(log["max_num_batched_tokens"], log["max_num_seqs"]), "0.19").bytes
@@ -181,7 +192,7 @@ def test_the_startup_charge_covers_every_logged_h100_start_and_stays_within_0_06
     log = next(log for log in LOGS if log["id"] == log_id)
     text = log["notes"] + " " + (log.get("gap") or "")
     free, total = (float(figure) for figure in STARTUP_PATTERN.findall(text)[-1])  # the gap's figure when it has one
-    spec = get_preset(log["model"])
+    spec = _spec(log)
     stages = log["pipeline_parallel"]
     stage = Stage(spec, log["tensor_parallel"], stages, (0, spec.num_layers // stages), stages == 1)
     charged = startup_memory(stage, log["profile_version"], device_facts("h100-80gb")).bytes
