@@ -2746,7 +2746,9 @@ class VllmProfile:
             else:
                 size, why = rules.pipeline, "NCCL send/receive buffers between pipeline stages"
         else:
-            size, why = rules.single, "cuBLAS workspaces and the CUDA allocator's own use"
+            size, why = rules.single, ("CUDA's own memory outside PyTorch's allocator (kernel modules loaded on "
+                                       "first use, library handles; PyTorch's cuBLAS workspaces are charged with "
+                                       "the activations)")
         basis = f"{why}, as {rules.source} show it (gpu_worker.determine_available_memory, non-torch memory)"
         model_type = stage.spec.model_type
         if model_type in rules.model_type_excess:
