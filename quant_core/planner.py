@@ -1458,8 +1458,10 @@ def _min_devices(evaluator: _Evaluator, terms: _ModelTerms, workload: Workload) 
         return None
     low = max(1, -(-sum(terms.by_role.values()) // max(1, evaluator.usable_bytes)))
     sizes = [size for size in terms.accepted_sizes(evaluator.engine, evaluator.options.expert_parallel,
-                                                   evaluator.compute_capability)
-             if size >= low and _starts_at(evaluator, terms, size)]
+                                                   evaluator.compute_capability) if size >= low]
+    engine = evaluator.engine
+    if engine is not None and engine.name == "vllm" and evaluator.spec.linear_attention is not None:
+        sizes = [size for size in sizes if _starts_at(evaluator, terms, size)]
     if evaluator.spec.has_indexer and evaluator.engine is not None:
         return next((size for size in sizes if fits_on(size)), None)
     if sizes and sizes[0] == 1:
@@ -1482,7 +1484,8 @@ def _starts_at(evaluator: _Evaluator, terms: _ModelTerms, tensor_parallel: int) 
     """Whether the engine starts this model at `tensor_parallel` ranks (one stage) with the plan's scheduler limits:
     vLLM's Mamba "align" mode refuses a hybrid model whose raised attention block, which depends on the degree,
     exceeds ``max_num_batched_tokens`` (`engines.vllm.mamba_align_refusal`; a plan at that degree is refused naming
-    ``runtime.max_batched_tokens``), so the fewest devices never name such a degree."""
+    ``runtime.max_batched_tokens``), so the fewest devices never name such a degree.  `_min_devices` asks it for a
+    hybrid model under vLLM only."""
     engine = evaluator.engine
     if engine is None or engine.name != "vllm" or evaluator.spec.linear_attention is None:
         return True

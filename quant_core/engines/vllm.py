@@ -2395,12 +2395,14 @@ def bfloat16_refusal(version: str, stored: WeightFormat | None, model_dtype: str
             "torch_dtype float16")
 
 
+@lru_cache(maxsize=1024)
 def gguf_bfloat16_refusal(version: str, weight_format: str, model_dtype: str,
                           compute_capability: tuple[int, int] | None) -> str | None:
     """Why vLLM `version` refuses GGUF weights (`weight_format` of the gguf family) for a model it runs in bfloat16
     (`model_dtype` ``bf16``: ``--dtype auto`` on a config whose torch_dtype is bfloat16, float32 or absent, as a
     GGUF file's config usually is) on a device whose GGUF act dtypes lack bfloat16 (`act_dtypes`: 0.19 from 10.0),
-    with vLLM's message and the remedy, ``--dtype half``; None otherwise."""
+    with vLLM's message and the remedy, ``--dtype half``; None otherwise.  Cached: the planner asks it for every
+    format of every plan."""
     if model_dtype != "bf16" or weight_format_family(weight_format) != "gguf":
         return None
     dtypes = act_dtypes(version, "gguf", compute_capability)
