@@ -54,12 +54,14 @@ def test_compute_units_outside_1_to_10000_or_not_an_int_is_a_422_naming_the_fiel
     response = client.post("/v1/plan", json={**LLAMA, "hardware": {"memory_bytes": H100_BYTES,
                                                                    "compute_units": value}})
     assert response.status_code == 422, response.text[:300]
+    assert response.headers["content-type"] == "application/problem+json"
     assert response.json()["errors"][0]["field"] == "hardware.compute_units"
 
 
 def test_a_catalog_device_given_another_sm_count_is_a_422_naming_its_own(client: TestClient) -> None:
     response = client.post("/v1/plan", json={**LLAMA, "hardware": {"device": "h100-80gb", "compute_units": 114}})
     assert response.status_code == 422, response.text[:300]
+    assert response.headers["content-type"] == "application/problem+json"
     error = response.json()["errors"][0]
     assert error["field"] == "hardware.compute_units" and "h100-80gb has 132 compute units" in error["message"]
     same = client.post("/v1/plan", json={**LLAMA, "hardware": {"device": "h100-80gb", "compute_units": 132}})

@@ -37,6 +37,7 @@ def test_expert_parallelism_for_a_dense_model_or_the_generic_engine_is_a_422_nam
         client: TestClient, body: dict[str, object], reason: str) -> None:
     response = client.post("/v1/plan", json=body)
     assert response.status_code == 422, response.text[:300]
+    assert response.headers["content-type"] == "application/problem+json"
     errors = response.json()["errors"]
     assert [error["field"] for error in errors] == ["runtime.expert_parallel"]
     assert reason in errors[0]["message"]
