@@ -65,6 +65,7 @@ from quant_core.engines.vllm import (
     dsa_block_table_bytes,
     dsa_mixed_batch_bytes,
     expert_placement_note,
+    expert_ranks_refusal,
     expert_shard,
     expert_width_refusal,
     mamba_align_refusal,
@@ -1418,7 +1419,7 @@ def engine_tensor_parallel_sizes(spec: ModelSpec, limit: int = MAX_DEVICES_SEARC
     (a latent KV cache) have no key/value-head condition.  A spec without
     attention heads constrains nothing.  Under `expert_parallel` the routed experts' width need not divide
     (`engines.vllm.expert_width_refusal`), and a MoE model takes no more ranks than routed experts
-    (`engines.vllm.expert_parallel_refusal`).
+    (`engines.vllm.expert_ranks_refusal`).
     """
     heads, kv_heads = spec.num_attention_heads, spec.num_kv_heads
     if heads <= 0:
@@ -1436,7 +1437,7 @@ def engine_tensor_parallel_sizes(spec: ModelSpec, limit: int = MAX_DEVICES_SEARC
                  and (qwen_tower is None or qwen_vision_refusal(qwen_tower, size) is None)
                  and mlp_width_refusal(spec, size) is None
                  and expert_width_refusal(spec, size, expert_parallel) is None
-                 and not (expert_parallel and spec.is_moe and size > spec.num_experts))
+                 and not (expert_parallel and expert_ranks_refusal(spec, size)))
 
 
 def _min_devices(evaluator: _Evaluator, terms: _ModelTerms, workload: Workload) -> int | None:

@@ -1144,11 +1144,17 @@ def expert_shard(spec: ModelSpec, tensor_parallel: int, expert_parallel: bool = 
 
 def expert_parallel_refusal(spec: ModelSpec, version: str, tensor_parallel: int) -> str | None:
     """Why nibble does not plan `spec` with vLLM `version`'s expert parallelism over `tensor_parallel` ranks (None:
-    it does): a release whose path it did not read (`EXPERT_PARALLEL_PATH`), or more ranks than routed experts (the
-    ranks past the E-th would hold none)."""
+    it does): a release whose path it did not read (`EXPERT_PARALLEL_PATH`), or more ranks than routed experts
+    (`expert_ranks_refusal`)."""
     if version not in EXPERT_PARALLEL_PATH:
         return (f"nibble does not plan vLLM {version}'s expert parallelism (runtime.expert_parallel): its code path "
                 f"was read for {', '.join(EXPERT_PARALLEL_PATH)} only")
+    return expert_ranks_refusal(spec, tensor_parallel)
+
+
+def expert_ranks_refusal(spec: ModelSpec, tensor_parallel: int) -> str | None:
+    """Why `spec`'s routed experts cannot be spread whole over `tensor_parallel` expert-parallel ranks (None: they
+    can): more ranks than experts, where ``determine_expert_map`` would leave ranks with none."""
     if spec.is_moe and tensor_parallel > spec.num_experts:
         return (f"nibble does not plan expert parallelism over {tensor_parallel} ranks for {spec.num_experts} routed "
                 "experts (runtime.expert_parallel): determine_expert_map would leave ranks with none")
