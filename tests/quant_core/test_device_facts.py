@@ -13,7 +13,7 @@ from dataclasses import replace
 import pytest
 
 from quant_core.catalog import UNKNOWN_DEVICE, DeviceFacts, device_facts, get_device, get_preset_info, list_devices
-from quant_core.engines.vllm import flashinfer_sampler_supported, mxfp4_moe_backend, sampler_pass_bytes
+from quant_core.engines.vllm import VllmProfile, flashinfer_sampler_supported, mxfp4_moe_backend, sampler_pass_bytes
 from quant_core.errors import InvalidSpec
 from quant_core.planner import Hardware, Plan, PlanOptions, Workload, plan
 from quant_core.schemes import scheme_from_quantization_config
@@ -160,3 +160,23 @@ def test_a_catalog_device_is_refused_another_sm_count_and_accepts_its_own() -> N
         Hardware(device.planning_bytes, 1, device.id, device.name, None, 114)
     assert Hardware(device.planning_bytes, 1, device.id, device.name, None, 132).compute_units == 132
     assert Hardware(device.planning_bytes, 1, device.id, device.name).compute_units == 132
+
+
+@pytest.mark.parametrize(("device_id", "tokens", "sequences"), [
+    # EngineArgs.get_batch_defaults (vLLM PR #17885): 8192 tokens and 1024 sequences on 70 GiB or more unless the
+    # device's name holds "a100", else 2048 and 256; the engine model asks it of the catalog id
+    ("gh200-96gb", 8192, 1024), ("gh200-144gb", 8192, 1024), ("h20", 8192, 1024), ("mi355x", 8192, 1024),
+    ("l40", 2048, 256), ("a40", 2048, 256), ("rtx-6000-ada", 2048, 256), ("rtx-5090", 2048, 256),
+    ("a100-80gb", 2048, 256),  # the A100 exception: 79.14 GiB, yet the small defaults
+])
+def test_the_batch_defaults_follow_the_devices_size_and_name_as_vllms(device_id: str, tokens: int,
+                                                                      sequences: int) -> None:
+    device = get_device(device_id)
+    limits = VllmProfile("0.19").batch_limits(device.planning_bytes, device.id)
+    assert (limits.max_batched_tokens, limits.max_num_seqs) == (tokens, sequences)
+
+
+def test_the_catalog_id_names_an_a100_exactly_when_the_device_name_does() -> None:
+    # vLLM tests the name torch reports ("NVIDIA A100-SXM4-80GB"); the engine model the catalog id, which must agree
+    for device in list_devices():
+        assert ("a100" in device.id) == ("a100" in device.name.lower()), device.id
