@@ -165,8 +165,8 @@ def test_a_catalog_device_is_refused_another_sm_count_and_accepts_its_own() -> N
 @pytest.mark.parametrize(("device_id", "tokens", "sequences"), [
     # EngineArgs.get_batch_defaults (vLLM PR #17885): 8192 tokens and 1024 sequences on 70 GiB or more unless the
     # device's name holds "a100", else 2048 and 256; the engine model asks it of the catalog id
-    ("gh200-96gb", 8192, 1024), ("gh200-144gb", 8192, 1024), ("h20", 8192, 1024), ("mi355x", 8192, 1024),
-    ("l40", 2048, 256), ("a40", 2048, 256), ("rtx-6000-ada", 2048, 256), ("rtx-5090", 2048, 256),
+    ("h20", 8192, 1024), ("h200", 8192, 1024),
+    ("l40", 2048, 256), ("rtx-6000-ada", 2048, 256), ("rtx-5090", 2048, 256),
     ("a100-80gb", 2048, 256),  # the A100 exception: 79.14 GiB, yet the small defaults
 ])
 def test_the_batch_defaults_follow_the_devices_size_and_name_as_vllms(device_id: str, tokens: int,
