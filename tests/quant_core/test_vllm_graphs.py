@@ -39,9 +39,11 @@ LOGS = json.loads((Path(__file__).parent / "data" / "vllm_logs.json").read_text(
 
 
 def _spec(log: dict[str, Any]) -> ModelSpec:
-    """The logged run's model: its nibble preset, or its config.json for a model nibble has no preset for."""
+    """The logged run's model: its nibble preset, or its config.json or sizes for a model nibble has no preset for."""
     if log["model"] == "hf_config":
         return model_from_hf_config(log["hf_config"], name=log["id"])
+    if log["model"] == "sizes":
+        return model_from_sizes(**log["sizes"], name=log["id"])
     return get_preset(log["model"])
 
 
@@ -112,8 +114,7 @@ def test_the_0_11_graph_charge_is_never_below_what_a_0_11_run_logged_its_capture
     # at TP 4 on RTX 4090s (vllm#27782) and Qwen2.5-Math-1.5B on an 80 GB GPU, whose 3.49 GiB left too little to warm
     # up the sampler (the TTCS run): under a lower charge nibble plans that run fits=true
     log = next(log for log in LOGS if log["id"] == log_id)
-    spec = (model_from_sizes(**log["sizes"], name=log["id"]) if log["model"] == "sizes"
-            else get_preset(log["model"]))
+    spec = _spec(log)
     stage = Stage(spec, log["tensor_parallel"], 1, (0, spec.num_layers), True)
     limits = BatchLimits(log["max_num_batched_tokens"], log["max_num_seqs"])
     assert cuda_graph_pool(stage, limits, "0.11").bytes >= (log["cuda_graph_gib"] - 0.005) * GIB
