@@ -31,17 +31,24 @@ excess of its kind (`GRAPH_MOE_EXTRA_BYTES`, `GRAPH_HYBRID_EXTRA_BYTES`).  The p
 the number of capture sizes (the graphs captured), the base does not.
 
 vLLM 0.11 is charged from its own logs (`GRAPH_0_11_LOGS`).  Its ``capture_model`` reads the free memory without
-emptying PyTorch's cache first, so blocks released during capture lower its "took" figure (five of the nine llm-d
-0.11 runs log a negative one) and a positive figure is at most what capture took.  0.11 captures a PIECEWISE graph for
-every capture size and a FULL graph for every size up to ``max_num_seqs`` (`cudagraph_count`), each over all the
-layers of the stage.  Qwen3-30B-A3B at TP 4 on RTX 4090s (vllm#27782: 1.88 GiB at 48 layers and 67 + 35 graphs) puts
-the rule at 0.286 MiB a layer and graph above the base and its model type's excess (`GRAPH_0_11_BYTES_PER_LAYER_GRAPH`;
-Qwen3-Next-80B on vLLM 0.10.2, the same capture code, 2.37 GiB at 48 layers and 67 + 67 graphs, is under it).
-Qwen2.5-Math-1.5B on an 80 GB GPU took 3.49 GiB at 28 layers and 67 + 67 graphs, logged by two engines that then ran
-out of memory warming up the sampler: 2.07 GiB above that rule.  Their OOM message puts 3.9 GiB of the engine outside
-PyTorch's allocator (the graphs' pool held 58 MiB): driver memory, which that machine kept and the others did not.  A
-plan does not know the machine, so every 0.11 plan carries that excess (`GRAPH_0_11_MACHINE_BYTES`): the envelope of
-the logged runs, fitted, since no code of vLLM's gives the figure.  Tensor parallelism shrinks the graphs a rank
+emptying PyTorch's cache first, and the first graph's capture runs ``torch.cuda.empty_cache`` (compilation/
+cuda_graph.py: only the later graphs patch it out), so cached blocks released during capture lower its "took" figure
+(five of the nine llm-d 0.11 runs log a negative one) and a positive figure is at most what capture took.  0.11
+captures a PIECEWISE graph for every capture size and a FULL graph for every size up to ``max_num_seqs``
+(`cudagraph_count`), each over all the layers of the stage.  Qwen3-30B-A3B at TP 4 on RTX 4090s (vllm#27782: 1.88 GiB
+at 48 layers and 67 + 35 graphs) puts the rule at 0.286 MiB a layer and graph above the base and its model type's
+excess (`GRAPH_0_11_BYTES_PER_LAYER_GRAPH`).  Every other 0.11 run that captured at most 256 sequences' FULL graphs
+lies under that rule: Qwen3-VL-30B-A3B at TP 4 on RTX 3090s 1.92 GiB (the generic MoE excess), GPT-2 on an RTX 4090
+0.21 GiB (12 layers), Granite-4.0-micro FP8 on an L40S 0.72 GiB (40 layers), Qwen2.5-VL-3B on an L4 0.44 GiB (36
+layers, 35 + 19 graphs).  Qwen2.5-Math-1.5B on an 80 GB GPU took 3.49 GiB at 28 layers and 67 + 67 graphs, logged by
+two engines that then ran out of memory warming up the sampler: 2.07 GiB above that rule.  Their OOM message puts 3.9
+GiB of the engine outside PyTorch's allocator (the graphs' pool held 58 MiB): driver memory, which no code of vLLM's
+sizes.  It is the one 0.11 run with a trustworthy figure that captured FULL graphs for more than 256 sequences (sizes
+264 to 512, the default 1024 sequences of a 70 GiB+ device); llm-d's H100 runs at 1024 sequences log figures lowered
+by the released cache, which cannot show the excess absent.  So the excess (`GRAPH_0_11_LARGE_BATCH_BYTES`) is charged
+where that run's capture went beyond the others', a FULL graph above `GRAPH_0_11_SMALL_BATCH_SEQS` sequences
+(`largest_full_graph`), and not below it, where five runs on four kinds of GPU (RTX 3090, RTX 4090, L40S, L4) show
+none: fitted to the one run, since no code of vLLM's gives the figure.  Tensor parallelism shrinks the graphs a rank
 (Llama-3.1-8B on 0.19: 0.91, 0.76, 0.67 GiB at TP 1, 2, 4), which neither envelope follows: the safe side.
 """
 
@@ -89,14 +96,20 @@ GRAPH_LOGGED_GRAPHS = 2 * GRAPH_LOGGED_SIZES
 GRAPH_0_11_LOGS = ("vLLM 0.11.0's \"Graph capturing finished in N secs, took X GiB\" in public runs (vllm_logs.json in "
                    "nibble's tests): Qwen3-30B-A3B at TP 4 on RTX 4090s (vllm#27782), 1.88 GiB at 48 layers and "
                    "67 + 35 graphs; Qwen2.5-Math-1.5B at 0.95 on an 80 GB GPU (a run of XMUDeepLIT/TTCS's "
-                   "start_vllm_server.py), 3.49 GiB at 28 layers and 67 + 67 graphs")
+                   "start_vllm_server.py), 3.49 GiB at 28 layers and 67 + 67 graphs; under the rule, Qwen3-VL-30B-A3B "
+                   "at TP 4 on RTX 3090s 1.92 GiB, GPT-2 on an RTX 4090 0.21, Granite-4.0-micro on an L40S 0.72 and "
+                   "Qwen2.5-VL-3B on an L4 0.44 GiB")
 #: vLLM 0.11, per decoder layer on the stage and graph captured, above `GRAPH_BASE_BYTES` and the model type's excess
 #: (`graph_extra`, x graphs / 102): vllm#27782's 1.88 GiB (to the log's 0.01: up to 1.885 GiB) less 386 MiB and
 #: qwen3_moe's 146 MiB, over 48 layers and 102 graphs: (1,930.2 - 386 - 146) MiB / 4,896 = 0.2856 MiB, rounded up
 GRAPH_0_11_BYTES_PER_LAYER_GRAPH = 293 * KIB
-#: vLLM 0.11, on every device: the Qwen2.5-Math-1.5B run's excess over the rule above, driver memory its machine kept
-#: for the graphs: up to 3.495 GiB logged, 3,578.9 - 386 - 28 layers x 134 graphs x 293 KiB = 2,119.3 MiB, rounded up
-GRAPH_0_11_MACHINE_BYTES = 2120 * MIB
+#: vLLM 0.11, when it captures a FULL graph for more than `GRAPH_0_11_SMALL_BATCH_SEQS` sequences: the
+#: Qwen2.5-Math-1.5B run's excess over the rule above, driver memory its engine held after capture: up to 3.495 GiB
+#: logged, 3,578.9 - 386 - 28 layers x 134 graphs x 293 KiB = 2,119.3 MiB, rounded up
+GRAPH_0_11_LARGE_BATCH_BYTES = 2120 * MIB
+#: the largest FULL-graph batch of the 0.11 runs that show no excess: 256 sequences (RTX 3090, RTX 4090, L40S; the L4
+#: run 128), the default below 70 GiB of both the OpenAI server and the LLM class
+GRAPH_0_11_SMALL_BATCH_SEQS = 256
 #: ``min(2 x max_num_seqs, 512)``: the largest default capture size of both releases
 MAX_DEFAULT_CAPTURE_SIZE = 512
 
@@ -124,6 +137,12 @@ def cudagraph_count(version: str, limits: BatchLimits) -> tuple[int, int]:
     return len(sizes), sum(1 for size in sizes if size <= limits.max_num_seqs)
 
 
+def largest_full_graph(version: str, limits: BatchLimits) -> int:
+    """The largest batch vLLM `version` captures a FULL decode graph for by default (`cudagraph_count`): the largest
+    capture size up to ``max_num_seqs``, 0 when there is none."""
+    return max((size for size in cudagraph_capture_sizes(version, limits) if size <= limits.max_num_seqs), default=0)
+
+
 def graph_extra(spec: ModelSpec) -> tuple[int, str]:
     """(Bytes at the logged capture sizes above the dense rule, their source) for `spec`'s model type: its family's
     logged excess (`GRAPH_EXTRA_BY_MODEL_TYPE`), else the largest of its kind for a hybrid, MoE or MLA model, else
@@ -140,9 +159,11 @@ def graph_extra(spec: ModelSpec) -> tuple[int, str]:
 def cuda_graph_pool(stage: Stage, limits: BatchLimits, version: str) -> Term:
     """The memory vLLM `version` (0.11 or 0.19) takes for its CUDA graphs on one device of `stage`, after the KV
     cache is sized.  0.19: ``GRAPH_BASE_BYTES + (layers x GRAPH_BYTES_PER_LAYER + graph_extra) x sizes / 51``,
-    `sizes` the capture sizes (`cudagraph_capture_sizes`).  0.11: ``GRAPH_BASE_BYTES + GRAPH_0_11_MACHINE_BYTES +
-    layers x graphs x GRAPH_0_11_BYTES_PER_LAYER_GRAPH + graph_extra x graphs / 102``, `graphs` its PIECEWISE and FULL
-    graphs (`cudagraph_count`).  The module docstring says where each figure comes from."""
+    `sizes` the capture sizes (`cudagraph_capture_sizes`).  0.11: ``GRAPH_BASE_BYTES + layers x graphs x
+    GRAPH_0_11_BYTES_PER_LAYER_GRAPH + graph_extra x graphs / 102``, `graphs` its PIECEWISE and FULL graphs
+    (`cudagraph_count`), plus ``GRAPH_0_11_LARGE_BATCH_BYTES`` when a FULL graph is captured for more than
+    ``GRAPH_0_11_SMALL_BATCH_SEQS`` sequences (`largest_full_graph`).  The module docstring says where each figure
+    comes from."""
     spec = stage.spec
     layers = stage.layers[1] - stage.layers[0]
     extra, source = graph_extra(spec)
@@ -152,15 +173,19 @@ def cuda_graph_pool(stage: Stage, limits: BatchLimits, version: str) -> Term:
     if version == "0.11":
         piecewise, full = cudagraph_count(version, limits)
         graphs = piecewise + full
-        size = (GRAPH_BASE_BYTES + GRAPH_0_11_MACHINE_BYTES + layers * graphs * GRAPH_0_11_BYTES_PER_LAYER_GRAPH
+        largest_full = largest_full_graph(version, limits)
+        excess = GRAPH_0_11_LARGE_BATCH_BYTES if largest_full > GRAPH_0_11_SMALL_BATCH_SEQS else 0
+        size = (GRAPH_BASE_BYTES + excess + layers * graphs * GRAPH_0_11_BYTES_PER_LAYER_GRAPH
                 + extra * graphs // GRAPH_LOGGED_GRAPHS)
         scaled = (f" + {extra / GIB:.2f} GiB x {graphs} / {GRAPH_LOGGED_GRAPHS} graphs for the model type, {source}"
                   if extra else "")
+        why_excess = (f" + {excess / GIB:.2f} GiB for FULL graphs above {GRAPH_0_11_SMALL_BATCH_SEQS} sequences (up "
+                      f"to {largest_full}): the driver memory the Qwen2.5-Math-1.5B run, the one such run, held beyond "
+                      "the rule" if excess else "")
         return Term(size, f"{size / GIB:.2f} GiB per device for the CUDA graphs vLLM 0.11 captures after sizing its "
                           f"KV cache ({piecewise} PIECEWISE and {full} FULL graphs up to {largest}, {layers} layers on "
-                          f"the stage: 0.38 GiB + 2.07 GiB + {layers} layers x {graphs} graphs x 0.286 MiB{scaled}, "
-                          f"the envelope of {GRAPH_0_11_LOGS}; the 2.07 GiB is the driver memory the "
-                          "Qwen2.5-Math-1.5B run's machine kept beyond the rule: vLLM's code measures it, "
+                          f"the stage: 0.38 GiB + {layers} layers x {graphs} graphs x 0.286 MiB{scaled}{why_excess}, "
+                          f"the envelope of {GRAPH_0_11_LOGS}: vLLM's code measures it, "
                           "gpu_model_runner.capture_model)")
     grows = (layers * GRAPH_BYTES_PER_LAYER + extra) * len(captured) // GRAPH_LOGGED_SIZES
     size = GRAPH_BASE_BYTES + grows
