@@ -742,7 +742,8 @@ def build_parser() -> argparse.ArgumentParser:
                                       epilog=EXIT_STATUS_HELP)
     model = plan_parser.add_mutually_exclusive_group()
     model.add_argument("--model", help="a preset id (nibble inspect --help; GET /v1/models)")
-    model.add_argument("--config", help="a Hugging Face config.json file")
+    model.add_argument("--config", help="a Hugging Face config.json file (without a quantization_config, the "
+                                        "hf_quant_config.json beside it gives one, as vLLM reads ModelOpt exports)")
     hardware = plan_parser.add_mutually_exclusive_group(required=True)
     hardware.add_argument("--device", help="a device id, e.g. h100-80gb (GET /v1/devices)")
     hardware.add_argument("--memory", "--memory-bytes", dest="memory", type=_bytes_option,

@@ -21,7 +21,7 @@ from typing import Any
 import pytest
 
 from quant_core.checkpoint_rows import checkpoint_scheme
-from quant_core.engines.vllm import VllmProfile, capability_refusal, checkpoint_kv_cache_dtype
+from quant_core.engines.vllm import VllmProfile, capability_refusal, checkpoint_kv_cache_dtype, float32_refusal
 from quant_core.errors import InvalidSpec
 from quant_core.hf_config import model_from_hf_config
 from quant_core.planner import Hardware, Plan, PlanOptions, plan
@@ -174,6 +174,15 @@ def test_the_floor_is_the_loaders_not_the_formats() -> None:
     # the same fp8 per-tensor bytes from compressed-tensors load on 8.0 in 0.11 (W8A16 Marlin); ModelOpt's do not
     assert capability_refusal("0.11", "fp8-per-tensor-static", (8, 0), "compressed-tensors") is None
     assert capability_refusal("0.11", "fp8-per-tensor-static", (8, 0), "modelopt") is not None
+
+
+def test_modelopt_nvfp4_is_refused_for_a_model_vllm_runs_in_float32() -> None:
+    # ModelOptNvFp4Config.get_supported_act_dtypes: [bfloat16, half, float8_e4m3fn]; a gemma2 model on a 7.5 device
+    # runs float32 (_FLOAT16_NOT_SUPPORTED_MODELS), which 0.19's floor of 75 lets through to this check
+    stored = scheme_from_quantization_config(NVFP4_CONFIG_JSON).quantized
+    why = float32_refusal("0.19", "gemma2", "nvfp4-static", (7, 5), stored, "modelopt")
+    assert why is not None and "quantization method modelopt_fp4" in why
+    assert "[torch.bfloat16, torch.float16, torch.float8_e4m3fn]" in why
 
 
 def _plan(config: dict[str, Any], release: str, hardware: Hardware, **options: Any) -> Plan:
