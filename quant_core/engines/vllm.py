@@ -2063,16 +2063,16 @@ def checkpoint_kv_cache_dtype(version: str, kv_cache_quant: str) -> tuple[str | 
                       "kv_cache_dtype auto keeps the model's dtype (it maps "
                       + (", ".join(MODELOPT_AUTO_KV_DTYPES[version]).upper() if version in MODELOPT_AUTO_KV_DTYPES
                          else "no ModelOpt KV algorithm: resolve_kv_cache_dtype_string came in 0.19")
-                      + "): planned with the requested 16-bit cache; --kv-cache-dtype fp8 (kv_cache.dtype fp8 here) "
+                      + "): planned with its 16-bit cache; --kv-cache-dtype fp8 (kv_cache.dtype fp8 here) "
                       "gives an fp8 cache, half the bytes, scaled by the checkpoint's k/v scales")
     planned = _PLANNED_KV_DTYPES.get(vllm_dtype)
     if planned is None:
         return None, (f"vLLM {version}'s kv_cache_dtype auto takes the checkpoint's ModelOpt KV algorithm {algo} and "
-                      f"runs a {vllm_dtype} cache (utils/torch_utils.py resolve_kv_cache_dtype_string), which nibble "
-                      "does not plan: planned with the 16-bit cache, more bytes per token than vLLM's (its KV "
+                      f"runs its cache as {vllm_dtype} (utils/torch_utils.py resolve_kv_cache_dtype_string), which "
+                      "nibble does not plan: planned with the 16-bit cache, more bytes per token than vLLM's (its KV "
                       "capacity is higher than this plan's)")
-    return planned, (f"vLLM {version}'s kv_cache_dtype auto takes the checkpoint's ModelOpt KV algorithm {algo}: a "
-                     f"{vllm_dtype} cache (engine/arg_utils.py create_engine_config, utils/torch_utils.py "
+    return planned, (f"vLLM {version}'s kv_cache_dtype auto takes the checkpoint's ModelOpt KV algorithm {algo}: "
+                     f"its cache is {vllm_dtype} (engine/arg_utils.py create_engine_config, utils/torch_utils.py "
                      "resolve_kv_cache_dtype_string): planned at fp8, 1 byte an element; ask kv_cache.dtype (vLLM's "
                      "--kv-cache-dtype) to plan another")
 

@@ -223,7 +223,7 @@ def test_an_nvfp4_kv_cache_is_planned_16_bit_with_a_note() -> None:
                                                         "kv_cache_quant_algo": "NVFP4"}}
     answer = _plan(config, "0.33", H100, kv_cache_dtype_auto=True)
     assert answer.kv_cache_dtype == "bf16"
-    assert any("runs a nvfp4 cache" in warning and "does not plan" in warning for warning in answer.warnings)
+    assert any("runs its cache as nvfp4" in warning and "does not plan" in warning for warning in answer.warnings)
 
 
 def test_a_format_asked_instead_of_the_checkpoint_keeps_the_engines_16_bit_cache() -> None:
