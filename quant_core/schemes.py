@@ -699,11 +699,13 @@ MODELOPT_NVFP4_GROUP = 16
 
 def is_modelopt_export(config: Mapping[str, object]) -> bool:
     """Whether a quantization_config without ``quant_method`` is ModelOpt's hf_quant_config.json: vLLM names it
-    ``modelopt`` when its ``producer.name`` is ``modelopt`` (0.19's and 0.33's ``_normalize_quantization_config``,
-    transformers_utils/model_arch_config_convertor.py; 0.11's ``ModelConfig._parse_quant_hf_config``,
-    config/model.py)."""
-    producer = config.get("producer")
-    return isinstance(producer, dict) and producer.get("name") == "modelopt"
+    ``modelopt`` when its ``producer.name`` is ``modelopt`` and ``quantization.quant_algo`` is not null (0.19's and
+    0.33's ``_normalize_quantization_config``, transformers_utils/model_arch_config_convertor.py; 0.11's
+    ``ModelConfig._parse_quant_hf_config``, config/model.py).  A null quant_algo (an export that quantizes only the KV
+    cache) gets no quant_method there, and none here."""
+    producer, inner = config.get("producer"), config.get("quantization")
+    return (isinstance(producer, dict) and producer.get("name") == "modelopt"
+            and not (isinstance(inner, dict) and inner.get("quant_algo") is None))
 
 
 def _modelopt_inner(config: Mapping[str, object]) -> tuple[Mapping[str, object], str]:

@@ -49,7 +49,7 @@ def test_a_modelopt_fp8_checkpoint_on_an_a100_is_refused_by_0_19_and_planned_by_
     ({**FP8_CONFIG_JSON, "ignore": {"lm_head": True}}, "quantization_config.ignore"),
     ({**FP8_CONFIG_JSON, "kv_cache_scheme": ["fp8"]}, "quantization_config.kv_cache_scheme"),
     ({**NVFP4_HF_QUANT_CONFIG, "quantization": "NVFP4"}, "quantization_config.quantization"),
-    ({**NVFP4_HF_QUANT_CONFIG, "quantization": {"quant_algo": None}}, "quantization_config.quantization.quant_algo"),
+    ({**NVFP4_HF_QUANT_CONFIG, "quantization": {"quant_algo": 4}}, "quantization_config.quantization.quant_algo"),
     ({**NVFP4_HF_QUANT_CONFIG, "quantization": {**NVFP4_HF_QUANT_CONFIG["quantization"], "group_size": True}},
      "quantization_config.quantization.group_size"),
 ])
@@ -69,6 +69,15 @@ def test_a_modelopt_algorithm_nibble_does_not_plan_is_planned_at_int4_naming_it(
     assert answer["weights"]["format"] == "int4-g128-asym"
     (note,) = [warning for warning in answer["warnings"] if "cannot be planned as shipped" in warning]
     assert "W4A8_AWQ" in note and "quantization_config.quant_algo" in note
+
+
+def test_an_hf_quant_config_json_quantizing_only_the_kv_cache_is_no_broken_request(client: TestClient) -> None:
+    # quant_algo null: vLLM sets no quant_method (_normalize_quantization_config), so the weights load 16-bit; nibble
+    # has no method to read it by and plans INT4 with its note, as for any config without quant_method
+    response = _plan(client, {"producer": {"name": "modelopt", "version": "0.29.0"},
+                              "quantization": {"quant_algo": None, "kv_cache_quant_algo": "FP8"}})
+    assert response.status_code == 200
+    assert any("cannot be planned as shipped" in warning for warning in response.json()["warnings"])
 
 
 def _tiny_nvfp4_checkpoint(directory: Path) -> None:
