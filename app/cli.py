@@ -174,6 +174,22 @@ def checkpoint_headers(headers: dict[str, bytes], index: bytes | None) -> Checkp
     return CheckpointHeaders(files, weight_map, headers_only=True)
 
 
+#: the file ModelOpt 0.29 and before write the quantization config to, beside config.json
+HF_QUANT_CONFIG_NAME = "hf_quant_config.json"
+
+
+def with_hf_quant_config(config_path: str) -> dict[str, Any]:
+    """config.json at `config_path`, with ``hf_quant_config.json`` from its directory as its quantization_config when
+    it has none, as vLLM reads a model (transformers_utils/config.py ``get_config``, 0.11, 0.19 and 0.33: "ModelOpt
+    0.29.0 and before saves the quantization config in a separate hf_quant_config.json in the same directory as the
+    model config file"; ModelOpt 0.31 and after write it into config.json)."""
+    config = _read_json_file(config_path)
+    beside = Path(config_path).parent / HF_QUANT_CONFIG_NAME
+    if config.get("quantization_config") is None and beside.is_file():
+        config["quantization_config"] = _read_json_file(str(beside))
+    return config
+
+
 def plan_body(args: argparse.Namespace) -> dict[str, Any]:
     """The ``POST /v1/plan`` body for the command-line options (unset options keep the API's defaults)."""
     config = args.config
@@ -182,7 +198,7 @@ def plan_body(args: argparse.Namespace) -> dict[str, Any]:
         config = str(Path(checkpoint) / "config.json")
     if not config and not args.model:
         raise CommandError("give --model or --config (or a --checkpoint directory holding config.json)")
-    model: dict[str, Any] = {"hf_config": _read_json_file(config)} if config else {"preset": args.model}
+    model: dict[str, Any] = {"hf_config": with_hf_quant_config(config)} if config else {"preset": args.model}
     hardware: dict[str, Any] = {"count": args.count}
     if args.memory is not None:
         hardware["memory_bytes"] = args.memory
@@ -726,7 +742,8 @@ def build_parser() -> argparse.ArgumentParser:
                                       epilog=EXIT_STATUS_HELP)
     model = plan_parser.add_mutually_exclusive_group()
     model.add_argument("--model", help="a preset id (nibble inspect --help; GET /v1/models)")
-    model.add_argument("--config", help="a Hugging Face config.json file")
+    model.add_argument("--config", help="a Hugging Face config.json file (without a quantization_config, the "
+                                        "hf_quant_config.json beside it gives one, as vLLM reads ModelOpt exports)")
     hardware = plan_parser.add_mutually_exclusive_group(required=True)
     hardware.add_argument("--device", help="a device id, e.g. h100-80gb (GET /v1/devices)")
     hardware.add_argument("--memory", "--memory-bytes", dest="memory", type=_bytes_option,

@@ -124,6 +124,8 @@ def _format_of(tensors: list[HeaderTensor], gguf: bool) -> str:
         return "compressed-tensors"
     if "qweight" in names:
         return "gptq" if "g_idx" in names else "awq"
+    if "weight_scale_2" in names:  # ModelOpt NVFP4: uint8 weight, fp8 weight_scale per 16, fp32 weight_scale_2
+        return "nvfp4"
     if any(tensor.dtype.startswith("F8") for tensor in tensors):
         return "fp8"
     by_dtype: Counter[str] = Counter()

@@ -228,7 +228,10 @@ class PlanOptions:
     what was asked.  `expert_parallel` is vLLM's ``--enable-expert-parallel`` with data parallel 1: a MoE model's
     routed experts placed whole over the tensor-parallel ranks (`engines.vllm.expert_shard`), the rest still split
     by tensor parallelism; the generic engine has no such placement (`InvalidSpec`), and a model without routed
-    experts is refused by `plan`.
+    experts is refused by `plan`.  `kv_cache_dtype_auto`: `kv_cache_dtype` is the engine's default (vLLM's
+    ``--kv-cache-dtype auto``), not one the caller asked for: where the deployed checkpoint's config quantizes the KV
+    cache (`WeightScheme.kv_cache_quant`), the engine may run another (`EngineProfile.checkpoint_kv_cache_dtype`), and
+    the plan takes it.
     """
 
     weight_format: WeightFormat = field(default_factory=int4)
@@ -251,6 +254,7 @@ class PlanOptions:
     enforce_eager: bool = False
     config_dtype: str | None = None
     expert_parallel: bool = False
+    kv_cache_dtype_auto: bool = False
 
     def __post_init__(self) -> None:
         if self.kv_cache_dtype not in KV_DTYPES:  # fp32 is the planner's, for a model the engine runs in float32
@@ -940,15 +944,17 @@ class _Evaluator:
         are equal, cheap to hash in the caches' keys (the spec's hash walks every field)."""
         return self._key_id
 
-    def device_refusal(self, weight_formats: tuple[tuple[str, WeightFormat | None], ...]) -> str | None:
+    def device_refusal(self, weight_formats: tuple[tuple[str, WeightFormat | None], ...],
+                       quant_method: str = "") -> str | None:
         """Why the engine cannot run weights stored as `weight_formats` (a scheme's labels and formats,
-        `_ModelTerms.formats`) on these devices at all (`EngineProfile.device_refusal`: the release's minimum compute
-        capability for a format, a format it loads nowhere or not at the model's dtype), or None."""
+        `_ModelTerms.formats`, read from a quantization_config of `quant_method`) on these devices at all
+        (`EngineProfile.device_refusal`: the release's minimum compute capability for a format, a format it loads
+        nowhere or not at the model's dtype), or None."""
         if self.engine is None:
             return None
         for weight_format, stored in weight_formats:
             refused = self.engine.device_refusal(self.spec, weight_format, self.compute_capability, stored,
-                                                 self.options.model_dtype)
+                                                 self.options.model_dtype, quant_method)
             if refused is not None:
                 return refused
         return None
@@ -1201,7 +1207,7 @@ class _ModelTerms:
             return None
         key = (engine.name, engine.version, evaluator.compute_capability, evaluator.options.model_dtype)
         if key not in self._refusals:
-            self._refusals[key] = evaluator.device_refusal(self.formats)
+            self._refusals[key] = evaluator.device_refusal(self.formats, self.scheme.quant_method)
         return self._refusals[key]
 
     def refusal(self, evaluator: _Evaluator, tensor_parallel: int, pipeline_parallel: int) -> str | None:
@@ -1608,6 +1614,8 @@ def plan(spec: ModelSpec, hardware: Hardware, workload: Workload | None = None,
     usable = math.floor(hardware.capacity_bytes * options.memory_utilization)
     engine = get_engine(options.engine, options.engine_version)
     notes: list[str] = []
+    if options.kv_cache_dtype_auto and engine is not None:
+        options = _checkpoint_kv_options(options, engine, notes)
     element_bytes = 2 if engine is None else engine.model_dtype_bytes(spec, hardware.compute_capability)
     if element_bytes == 4 and kv_dtype(options.kv_cache_dtype).bits == 16:
         # vLLM's kv_cache_dtype "auto" (nibble's bf16/fp16) takes the model's dtype: float32 pages
@@ -1628,6 +1636,10 @@ def plan(spec: ModelSpec, hardware: Hardware, workload: Workload | None = None,
         # the headers' GPTQ weights as config.json's quantization_config says they are stored (sym): the engine's
         # device check reads it (`_ModelTerms.formats`); the bytes stay the headers'
         deployed = replace(deployed, quantized=options.shipped.quantized)
+    if deployed.checkpoint is not None and options.shipped is not None and options.shipped.quant_method == "modelopt":
+        # the headers' weights are loaded by the method config.json's quantization_config names, whose floors are
+        # its own (`WeightScheme.quant_method` reads `origin`); the rows and the label stay the headers'
+        deployed = replace(deployed, origin=options.shipped.origin)
     if element_bytes == 4:
         baseline, deployed = _at_float32(baseline), _at_float32(deployed)
         if deployed.checkpoint_rows or deployed.gguf_file_type or deployed.mix:
@@ -1735,12 +1747,28 @@ def plan(spec: ModelSpec, hardware: Hardware, workload: Workload | None = None,
         kv_cache_bytes=primary.kv_cache_bytes,
         activation=activation, runtime_overhead=overhead,
         primary=primary, comparison=comparison,
-        warnings=(*notes, *_warnings(spec, hardware, workload, options, tensor, primary, comparison)),
+        warnings=(*notes, *_warnings(spec, hardware, workload, options, tensor, primary, comparison,
+                                     deployed.quant_method)),
         engine=options.engine,
         engine_version=None if engine is None else engine.version,
         max_batched_tokens=limits.max_batched_tokens,
         max_num_seqs=limits.max_num_seqs,
     )
+
+
+def _checkpoint_kv_options(options: PlanOptions, engine: EngineProfile, notes: list[str]) -> PlanOptions:
+    """`options` with the KV dtype the engine runs by default for the deployed checkpoint, whose config quantizes the
+    KV cache (`WeightScheme.kv_cache_quant`: the shipped scheme's, or for a checkpoint's headers its config's), and
+    the engine's note in `notes` (`EngineProfile.checkpoint_kv_cache_dtype`); `options` itself where the deployed
+    weights are no checkpoint's (a format asked, which is another checkpoint) or its config names no KV cache."""
+    scheme = options.scheme
+    if scheme is not None and scheme.checkpoint is not None and options.shipped is not None:
+        scheme = options.shipped  # the headers' checkpoint, served with the config.json beside them
+    if scheme is None or scheme != options.shipped or not scheme.kv_cache_quant:
+        return options
+    checkpoint_kv, note = engine.checkpoint_kv_cache_dtype(scheme.kv_cache_quant)
+    notes.append(f"{note}.")
+    return options if checkpoint_kv is None else replace(options, kv_cache_dtype=checkpoint_kv)
 
 
 def _engine_block_size(spec: ModelSpec, engine: EngineProfile | None, options: PlanOptions,
@@ -1895,8 +1923,8 @@ def _qwen_vision_note(spec: ModelSpec, hardware: Hardware, options: PlanOptions,
 
 
 def _warnings(spec: ModelSpec, hardware: Hardware, workload: Workload, options: PlanOptions, tensor_parallel: int,
-              primary: FormatPlan, comparison: dict[str, FormatPlan]) -> tuple[str, ...]:
-    """Plain-words remarks a deployment engineer should not miss."""
+              primary: FormatPlan, comparison: dict[str, FormatPlan], quant_method: str = "") -> tuple[str, ...]:
+    """Plain-words remarks a deployment engineer should not miss (`quant_method`: the deployed weights' config's)."""
     out = []
     int4_plan = comparison["int4"]
     baseline_key = options.float_format
@@ -1935,7 +1963,7 @@ def _warnings(spec: ModelSpec, hardware: Hardware, workload: Workload, options: 
     dtype_note = None if engine is None else engine.device_dtype_note(spec, hardware.compute_capability)
     if dtype_note is not None:
         out.append(f"{dtype_note}.")
-    requirement = None if engine is None else engine.capability_requirement(primary.format)
+    requirement = None if engine is None else engine.capability_requirement(primary.format, quant_method)
     if requirement is not None and hardware.compute_capability is None:
         out.append(f"The devices' compute capability is not known (hardware given in bytes without "
                    f"hardware.compute_capability, or a device the catalog gives none, AMD): {requirement}; the plan "

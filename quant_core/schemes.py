@@ -60,7 +60,10 @@ class WeightScheme:
     (`quant_core.checkpoint_rows`), each row with the bytes of one of its tensors: they replace the
     inventory and every format, and `checkpoint` says what the headers held.  `mix` gives each row
     its own format (rows split by layer where layers differ, as `quant_core.fit` chooses them):
-    it replaces `assign`'s choice, and the label is ``mixed``."""
+    it replaces `assign`'s choice, and the label is ``mixed``.  `kv_cache_quant` is the KV-cache quantization the
+    config names for the checkpoint (ModelOpt's ``kv_cache_quant_algo``: ``fp8``, ``nvfp4``; "" for none), which an
+    engine may take for its ``auto`` KV dtype (`EngineProfile.checkpoint_kv_cache_dtype`); it never changes the
+    weights' bytes."""
 
     quantized: WeightFormat = field(default_factory=int4)
     unquantized: str = "bf16"
@@ -73,6 +76,7 @@ class WeightScheme:
     checkpoint_rows: tuple[tuple[TensorEntry, int], ...] = ()
     checkpoint: CheckpointSummary | None = None
     mix: tuple[tuple[TensorEntry, WeightFormat], ...] = ()
+    kv_cache_quant: str = ""
 
     def __post_init__(self) -> None:
         if self.unquantized not in FLOAT_FORMATS:
@@ -436,6 +440,12 @@ _KNOWN_FIELDS: dict[str, frozenset[str]] = {
                       "modules_to_fuse", "exllama_config"}),
     "compressed-tensors": frozenset({"config_groups", "format", "ignore", "quantization_status", "kv_cache_scheme",
                                      "global_compression_ratio", "sparsity_config", "version", "transform_config"}),
+    # ModelOpt 0.31+ writes config.json's quantization_config in compressed-tensors' shape (Model-Optimizer's
+    # modelopt/torch/export/convert_hf_config.py, convert_hf_quant_config_format); ModelOpt 0.29 and before only a
+    # separate hf_quant_config.json, {"producer": ..., "quantization": {...}}, which vLLM takes as the
+    # quantization_config (`MODELOPT_NESTED_FIELDS`)
+    "modelopt": frozenset({"quant_algo", "kv_cache_quant_algo", "kv_cache_scheme", "group_size", "exclude_modules",
+                           "ignore", "producer", "quantization", "config_groups", "quant_library"}),
     "bitsandbytes": frozenset({"load_in_4bit", "load_in_8bit", "_load_in_4bit", "_load_in_8bit",
                                "bnb_4bit_quant_type", "bnb_4bit_use_double_quant", "bnb_4bit_compute_dtype",
                                "bnb_4bit_quant_storage", "llm_int8_skip_modules", "llm_int8_threshold",
@@ -452,19 +462,19 @@ def _int_field(config: Mapping[str, object], key: str, default: int) -> int:
     return value
 
 
-def _names(config: Mapping[str, object], key: str) -> tuple[str, ...]:
+def _names(config: Mapping[str, object], key: str, where: str = FIELD) -> tuple[str, ...]:
     value = config.get(key)
     if value is None:
         return ()
     if not isinstance(value, list) or not all(isinstance(item, str) for item in value):
-        raise InvalidSpec(f"{FIELD}.{key}", value, "must be a list of module names")
+        raise InvalidSpec(f"{where}.{key}", value, "must be a list of module names")
     if len(value) > MAX_KEEP_ENTRIES:
-        raise InvalidSpec(f"{FIELD}.{key}", f"{len(value)} entries", f"nibble reads at most {MAX_KEEP_ENTRIES} "
+        raise InvalidSpec(f"{where}.{key}", f"{len(value)} entries", f"nibble reads at most {MAX_KEEP_ENTRIES} "
                                                                         "(a published config lists a few hundred)")
     for item in value:
         if item.startswith("re:"):
-            checked_regex(f"{FIELD}.{key}", item, item[3:])
-    return _matchable(f"{FIELD}.{key}", tuple(value))
+            checked_regex(f"{where}.{key}", item, item[3:])
+    return _matchable(f"{where}.{key}", tuple(value))
 
 
 def _matchable(field: str, keep: tuple[str, ...]) -> tuple[str, ...]:
@@ -493,21 +503,24 @@ def scheme_from_quantization_config(config: Mapping[str, object], unquantized: s
     ``quant_method`` raises `InvalidSpec` naming it and the methods nibble reads.
     """
     method = config.get("quant_method")
+    if method is None and is_modelopt_export(config):
+        method = "modelopt"  # hf_quant_config.json names no quant_method: vLLM sets it from the producer
     if not isinstance(method, str) or method not in _KNOWN_FIELDS:  # a list or object is unhashable
         raise InvalidSpec(f"{FIELD}.quant_method", method, f"nibble reads {', '.join(QUANT_METHODS)}")
     notes = [f"{FIELD}.{key} is not understood by nibble and was ignored"
              for key in sorted(config) if key not in _COMMON_FIELDS | _KNOWN_FIELDS[str(method)]]
     keep = _names(config, "modules_to_not_convert")
     reader = {"fp8": _fp8, "mxfp4": _mxfp4, "gptq": _gptq, "awq": _awq, "compressed-tensors": _compressed_tensors,
-              "bitsandbytes": _bitsandbytes}[str(method)]
+              "bitsandbytes": _bitsandbytes, "modelopt": _modelopt}[str(method)]
     weight_format, extra_keep, more_notes = reader(config)
+    kv_cache_quant = _modelopt_kv_cache(config, more_notes) if method == "modelopt" else ""
     auto_gptq = method == "gptq" and not _made_by_gptqmodel(config)
     if auto_gptq:
         more_notes.append("no meta.quantizer naming GPTQModel: planned as AutoGPTQ writes it, with an fp16 bias "
                           "[out] for every quantized linear")
     return WeightScheme(weight_format, unquantized, QUANTIZED_ROLES, keep + extra_keep,
                         origin=f"{FIELD} (quant_method {method})", notes=tuple(notes + more_notes),
-                        stored_bias=auto_gptq)
+                        stored_bias=auto_gptq, kv_cache_quant=kv_cache_quant)
 
 
 def _made_by_gptqmodel(config: Mapping[str, object]) -> bool:
@@ -524,11 +537,14 @@ def shipped_scheme_of(config: Mapping[str, object], unquantized: str = "bf16", m
     `mtp_layers` (``num_nextn_predict_layers``) adds a note that the checkpoint's multi-token-prediction
     layers, which engines skip at load, are not counted.  A ``quant_method`` that is not a string (a list, an
     object, a number) raises `InvalidSpec` naming it: no real config has one, so it is a broken request, not a
-    checkpoint nibble cannot read."""
+    checkpoint nibble cannot read; so is a ModelOpt config whose fields have the wrong types (`check_modelopt_types`),
+    while one of an algorithm nibble does not plan is planned at INT4 with the note."""
     method = config.get("quant_method")
     if method is not None and not isinstance(method, str):
         raise InvalidSpec(f"{FIELD}.quant_method", method,
                           f"quant_method is a string naming the method ({', '.join(QUANT_METHODS)}, ...)")
+    if method == "modelopt" or (method is None and is_modelopt_export(config)):
+        check_modelopt_types(config)
     try:
         scheme = scheme_from_quantization_config(config, unquantized)
     except InvalidSpec as exc:
@@ -663,3 +679,140 @@ def _bitsandbytes(config: Mapping[str, object]) -> _Read:
             "bitsandbytes 8-bit planned as int8 with a 16-bit scale per row (LLM.int8 keeps an fp32 SCB per row: "
             "2 bytes more per row)"]
     raise InvalidSpec(f"{FIELD}.load_in_4bit", None, "a bitsandbytes config loads in 4 or 8 bits")
+
+
+# --- ModelOpt ------------------------------------------------------------------------------------
+
+#: the fields of hf_quant_config.json's ``quantization`` object nibble reads (ModelOpt 0.29 and before; vLLM's
+#: ``ModelOptQuantConfigBase.from_config`` reads the same four, quantization/modelopt.py in 0.19 and 0.33)
+MODELOPT_NESTED_FIELDS = frozenset({"quant_algo", "kv_cache_quant_algo", "group_size", "exclude_modules"})
+#: the ModelOpt algorithms nibble plans, with what each stores per quantized linear (vLLM's create_weights of
+#: ModelOptFp8LinearMethod and ModelOptNvFp4LinearMethod, quantization/modelopt.py in 0.11, 0.19 and 0.33): FP8 an
+#: e4m3 ``weight``, an fp32 ``weight_scale`` and an fp32 ``input_scale``; NVFP4 a uint8 ``weight`` [out, in/2] of
+#: e2m1 pairs, an fp8 e4m3 ``weight_scale`` [out, in/16], and fp32 ``weight_scale_2`` and ``input_scale``.  The
+#: algorithms every release read loads (0.11's QUANT_ALGOS is ["FP8", "NVFP4"])
+MODELOPT_ALGOS: tuple[str, ...] = ("FP8", "NVFP4")
+#: NVFP4's block: 16 weights share one fp8 scale (vLLM's ModelOptNvFp4Config default group_size, the only one
+#: nibble's nvfp4 format stores)
+MODELOPT_NVFP4_GROUP = 16
+
+
+def is_modelopt_export(config: Mapping[str, object]) -> bool:
+    """Whether a quantization_config without ``quant_method`` is ModelOpt's hf_quant_config.json: vLLM names it
+    ``modelopt`` when its ``producer.name`` is ``modelopt`` and ``quantization.quant_algo`` is not null (0.19's and
+    0.33's ``_normalize_quantization_config``, transformers_utils/model_arch_config_convertor.py; 0.11's
+    ``ModelConfig._parse_quant_hf_config``, config/model.py).  A null quant_algo (an export that quantizes only the KV
+    cache) gets no quant_method there, and none here."""
+    producer, inner = config.get("producer"), config.get("quantization")
+    return (isinstance(producer, dict) and producer.get("name") == "modelopt"
+            and not (isinstance(inner, dict) and inner.get("quant_algo") is None))
+
+
+def _modelopt_inner(config: Mapping[str, object]) -> tuple[Mapping[str, object], str]:
+    """The object holding a ModelOpt config's fields, and its field name: hf_quant_config.json's ``quantization``
+    (ModelOpt 0.29 and before), else the quantization_config itself (config.json, ModelOpt 0.31+), as vLLM's
+    ``from_config`` looks for them (``if "quantization" in config``)."""
+    if "quantization" not in config:
+        return config, FIELD
+    inner = config["quantization"]
+    if not isinstance(inner, dict):
+        raise InvalidSpec(f"{FIELD}.quantization", inner,
+                          "must be an object (ModelOpt's hf_quant_config.json: quant_algo, kv_cache_quant_algo, "
+                          "group_size, exclude_modules)")
+    return inner, f"{FIELD}.quantization"
+
+
+def check_modelopt_types(config: Mapping[str, object]) -> None:
+    """Raise `InvalidSpec` naming the first field of a ModelOpt quantization_config whose type no ModelOpt export
+    writes (vLLM's ``from_config`` raises on most of them: "exclude_modules must be a list", "kv_cache_quant_algo
+    must be a string", "group_size must be an integer"): ``quantization`` an object; ``quant_algo`` a string;
+    ``exclude_modules`` and ``ignore`` lists of module names; ``kv_cache_quant_algo`` a string or null,
+    ``kv_cache_scheme`` an object, a string or null; ``group_size`` an integer or null."""
+    inner, where = _modelopt_inner(config)
+    sources = ((where, inner),) if inner is config else ((where, inner), (FIELD, config))
+    if not isinstance(inner.get("quant_algo"), str):
+        raise InvalidSpec(f"{where}.quant_algo", inner.get("quant_algo"),
+                          "must be a string naming ModelOpt's algorithm (FP8, NVFP4, ...)")
+    for source_where, source in sources:
+        for key in ("exclude_modules", "ignore"):
+            _names(source, key, source_where)
+        kinds = {"kv_cache_quant_algo": (str,), "kv_cache_scheme": (str, dict)}
+        for key, allowed in kinds.items():
+            value = source.get(key)
+            if value is not None and not isinstance(value, allowed):
+                scheme = ", an object (compressed-tensors' scheme)" if dict in allowed else ""
+                raise InvalidSpec(f"{source_where}.{key}", value,
+                                  f"must be a string naming ModelOpt's KV-cache algorithm (FP8){scheme} or null")
+        size = source.get("group_size")
+        if size is not None and (isinstance(size, bool) or not isinstance(size, int)):
+            raise InvalidSpec(f"{source_where}.group_size", size, "must be an integer or null")
+
+
+def _modelopt(config: Mapping[str, object]) -> _Read:
+    """ModelOpt's FP8 (per-tensor scales, static input scale) and NVFP4 checkpoints, as vLLM's ModelOptFp8Config
+    and ModelOptNvFp4Config read them (quantization/modelopt.py ``from_config``: ``quant_algo``, upper-cased from
+    0.19; the exclusions under ``exclude_modules`` in hf_quant_config.json, ``ignore`` in config.json from 0.19,
+    ``exclude_modules`` there in 0.11, either in 0.33).  An exclusion names a module, a dotted part of one or a
+    ModelOpt wildcard (``model.layers.0.self_attn*``), matched as vLLM's ``is_layer_excluded`` does with fnmatch
+    (`matches`; vLLM also takes an entry found anywhere in a module's name).  Every other algorithm raises
+    `InvalidSpec` naming it."""
+    inner, where = _modelopt_inner(config)
+    notes = [f"{where}.{key} is not understood by nibble and was ignored"
+             for key in sorted(inner) if where != FIELD and key not in MODELOPT_NESTED_FIELDS]
+    algo = inner.get("quant_algo")
+    if not isinstance(algo, str):
+        raise InvalidSpec(f"{where}.quant_algo", algo, "must be a string naming ModelOpt's algorithm (FP8, NVFP4)")
+    if algo.upper() not in MODELOPT_ALGOS:
+        raise InvalidSpec(f"{where}.quant_algo", algo,
+                          "nibble reads ModelOpt's FP8 (fp8 e4m3 weights, an fp32 weight and input scale per tensor) "
+                          "and NVFP4 (e2m1 weights, an fp8 scale per 16, fp32 weight_scale_2 and input scale): the "
+                          "algorithms vLLM 0.11, 0.19 and 0.33 all load; FP8_PER_CHANNEL_PER_TOKEN, FP8_PB_WO, "
+                          "W4A16_NVFP4, MXFP8, MIXED_PRECISION and the AWQ algorithms are not planned")
+    keep = _names(inner, "exclude_modules", where)
+    if where == FIELD:
+        ignore = _names(inner, "ignore", where)
+        keep = _matchable(f"{where}.ignore", tuple(dict.fromkeys((*keep, *ignore))))
+        if any(entry != "lm_head" for entry in ignore) and not inner.get("exclude_modules"):
+            notes.append(f"{FIELD}.ignore is read as vLLM 0.19 and 0.33 read it (ModelOptQuantConfigBase.from_config); "
+                         "vLLM 0.11 reads exclude_modules there and would build the ignored linears quantized "
+                         "(its lm_head is no LinearBase and stays 16-bit either way)")
+    if algo.upper() == "FP8":
+        return fp8("tensor", input_scale=True), keep, notes
+    sizes = [(f"{where}.group_size", inner.get("group_size"))]
+    groups = config.get("config_groups")
+    if isinstance(groups, dict):
+        sizes += [(f"{FIELD}.config_groups.{name}.weights.group_size", group["weights"].get("group_size"))
+                  for name, group in sorted(groups.items())
+                  if isinstance(group, dict) and isinstance(group.get("weights"), dict)]
+    for field_name, size in sizes:
+        if size is not None and (isinstance(size, bool) or size != MODELOPT_NVFP4_GROUP):
+            raise InvalidSpec(field_name, size, f"nibble plans NVFP4 in blocks of {MODELOPT_NVFP4_GROUP} (an fp8 "
+                                                "scale per 16 weights, vLLM's ModelOptNvFp4Config default)")
+    return replace(block_format("nvfp4"), input_scale=True), keep, notes
+
+
+def _modelopt_kv_cache(config: Mapping[str, object], notes: list[str]) -> str:
+    """The KV-cache quantization a ModelOpt config names, as vLLM reads it for ``kv_cache_dtype="auto"``
+    (utils/torch_utils.py ``get_kv_cache_quant_algo_string``, 0.19 and 0.33: ``kv_cache_scheme``, then
+    ``kv_cache_quant_algo``, in ``quantization`` or the config itself; an object of 8-bit floats with ``dynamic``
+    false is fp8): ``fp8``, ``nvfp4`` or "" (none, or one vLLM does not know: it falls back to ``auto``)."""
+    inner, inner_where = _modelopt_inner(config)
+    sources = ((inner_where, inner),) if inner is config else ((inner_where, inner), (FIELD, config))
+    found = [(f"{where}.{key}", value) for key in ("kv_cache_scheme", "kv_cache_quant_algo")
+             for where, source in sources if (value := source.get(key))]  # vLLM's order, falsy values skipped
+    if not found:
+        return ""
+    field_name, value = found[0]
+    if isinstance(value, dict):
+        if value.get("dynamic") is False and value.get("num_bits") == 8 and value.get("type") == "float":
+            return "fp8"
+        notes.append(f"{field_name} {value!r} is no KV-cache scheme vLLM maps (fp8: 8-bit floats, dynamic false): "
+                     "its kv_cache_dtype auto stays the model's dtype")
+        return ""
+    if not isinstance(value, str):
+        raise InvalidSpec(field_name, value, "must be a string naming ModelOpt's KV-cache algorithm (FP8) or null")
+    if value.lower() in ("fp8", "nvfp4"):
+        return value.lower()
+    notes.append(f"{field_name} {value!r} is no KV-cache algorithm vLLM maps (FP8; NVFP4 from 0.33): its "
+                 "kv_cache_dtype auto stays the model's dtype")
+    return ""

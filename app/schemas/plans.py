@@ -108,7 +108,9 @@ class KVCacheIn(BaseModel):
 
     model_config = ConfigDict(extra="forbid", strict=True)
 
-    dtype: str = Field(_OPTIONS.kv_cache_dtype, description="bf16, fp16, fp8, int8 or int4.")
+    dtype: str = Field(_OPTIONS.kv_cache_dtype, description=(
+        "bf16, fp16, fp8, int8 or int4. Not given: the engine's default (vLLM's --kv-cache-dtype auto, 16-bit), "
+        "which vLLM 0.19 and 0.33 turn into fp8 for a ModelOpt checkpoint whose config quantizes the KV cache."))
     block_size: int = _OPTIONS.block_size
 
 
@@ -411,6 +413,7 @@ def plan_to_core(body: PlanRequest, max_config_depth: int, max_header_bytes: int
         enforce_eager=body.runtime.enforce_eager,
         expert_parallel=body.runtime.expert_parallel,
         config_dtype=None if body.model.hf_config is None else config_float_format(body.model.hf_config),
+        kv_cache_dtype_auto="dtype" not in body.kv_cache.model_fields_set,
     )
     return spec, hardware, workload, options
 

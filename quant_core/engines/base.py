@@ -174,17 +174,26 @@ class EngineProfile(Protocol):
         ...
 
     def device_refusal(self, spec: ModelSpec, weight_format: str, compute_capability: tuple[int, int] | None,
-                       stored: WeightFormat | None = None, model_dtype: str = "bf16") -> str | None:
+                       stored: WeightFormat | None = None, model_dtype: str = "bf16",
+                       quant_method: str = "") -> str | None:
         """Why the engine cannot run `spec` (its attention) or weights stored as `weight_format` on a device of CUDA
         `compute_capability` (``(major, minor)``; None: not known, and only a format the engine loads on no device is
         refused), or None when it runs them there.  `stored` is the format `weight_format` labels when there is one
         (not for a checkpoint's headers or a GGUF mix), whose fields (symmetry, group size) the engine reads;
-        `model_dtype` the 16-bit dtype the model runs in (``bf16`` or ``fp16``, vLLM's ``--dtype``)."""
+        `model_dtype` the 16-bit dtype the model runs in (``bf16`` or ``fp16``, vLLM's ``--dtype``); `quant_method` the
+        quantization_config's method the weights were read from ("" when not: `WeightScheme.quant_method`), whose
+        loader may have its own floor (a ModelOpt fp8 checkpoint is not loaded as an ``fp8`` one)."""
         ...
 
-    def capability_requirement(self, weight_format: str) -> str | None:
-        """The compute capability the engine needs for `weight_format`, in words (what a plan on a device of
-        unknown capability cannot check), or None when it needs none."""
+    def capability_requirement(self, weight_format: str, quant_method: str = "") -> str | None:
+        """The compute capability the engine needs for `weight_format` (read from a `quant_method` config), in words
+        (what a plan on a device of unknown capability cannot check), or None when it needs none."""
+        ...
+
+    def checkpoint_kv_cache_dtype(self, kv_cache_quant: str) -> tuple[str | None, str]:
+        """The KV dtype (a `formats.KV_DTYPES` name) the engine runs when none is asked, for a checkpoint whose config
+        quantizes the KV cache as `kv_cache_quant` (`WeightScheme.kv_cache_quant`), or None where it keeps its
+        default; with the note the plan repeats ("" when `kv_cache_quant` is empty)."""
         ...
 
     def device_dtype_note(self, spec: ModelSpec, compute_capability: tuple[int, int] | None) -> str | None:

@@ -2042,6 +2042,47 @@ def int4_expert_refusal(spec: ModelSpec, weight_format: str, tensor_parallel: in
     return None
 
 
+#: The releases whose ``kv_cache_dtype="auto"`` takes a ModelOpt checkpoint's KV-cache quantization
+#: (engine/arg_utils.py ``create_engine_config`` -> utils/torch_utils.py ``resolve_kv_cache_dtype_string`` and
+#: ``get_kv_cache_quant_algo_string``, for a quant_method starting "modelopt"), with the KV dtypes each maps
+#: (``MODELOPT_TO_VLLM_KV_CACHE_DTYPE_MAP``: "fp8" -> fp8_e4m3 in 0.19; 0.33 adds "nvfp4").  0.11 has neither: its
+#: ModelOpt configs keep ``kv_cache_quant_algo`` for the checkpoint's k/v scales (ModelOptFp8KVCacheMethod), and its
+#: cache stays the model's dtype unless ``--kv-cache-dtype fp8`` is given
+MODELOPT_AUTO_KV_DTYPES: dict[str, dict[str, str]] = {"0.19": {"fp8": "fp8_e4m3"},
+                                                      "0.33": {"fp8": "fp8_e4m3", "nvfp4": "nvfp4"}}
+#: the vLLM cache dtypes of `MODELOPT_AUTO_KV_DTYPES` nibble plans, by its own KV dtype names (`formats.KV_DTYPES`)
+_PLANNED_KV_DTYPES: dict[str, str] = {"fp8_e4m3": "fp8"}
+
+
+def checkpoint_kv_cache_dtype(version: str, kv_cache_quant: str) -> tuple[str | None, str]:
+    """The KV dtype vLLM `version` runs for ``kv_cache_dtype="auto"`` (nibble's default 16-bit cache) on a checkpoint
+    whose ModelOpt config names `kv_cache_quant` (``fp8``, ``nvfp4``: `WeightScheme.kv_cache_quant`), as a name of
+    `formats.KV_DTYPES`, or None where the plan keeps the requested dtype; with the plan's note ("" for no
+    `kv_cache_quant`).  An nvfp4 cache (0.33), which nibble does not plan, keeps the 16-bit cache: more bytes per
+    token than vLLM's, so fewer tokens promised, never more."""
+    if not kv_cache_quant:
+        return None, ""
+    algo = kv_cache_quant.upper()
+    vllm_dtype = MODELOPT_AUTO_KV_DTYPES.get(version, {}).get(kv_cache_quant)
+    if vllm_dtype is None:
+        return None, (f"The checkpoint's ModelOpt config quantizes the KV cache ({algo}), but vLLM {version}'s "
+                      "kv_cache_dtype auto keeps the model's dtype (it maps "
+                      + (", ".join(MODELOPT_AUTO_KV_DTYPES[version]).upper() if version in MODELOPT_AUTO_KV_DTYPES
+                         else "no ModelOpt KV algorithm: resolve_kv_cache_dtype_string came in 0.19")
+                      + "): planned with its 16-bit cache; --kv-cache-dtype fp8 (kv_cache.dtype fp8 here) "
+                      "gives an fp8 cache, half the bytes, scaled by the checkpoint's k/v scales")
+    planned = _PLANNED_KV_DTYPES.get(vllm_dtype)
+    if planned is None:
+        return None, (f"vLLM {version}'s kv_cache_dtype auto takes the checkpoint's ModelOpt KV algorithm {algo} and "
+                      f"runs its cache as {vllm_dtype} (utils/torch_utils.py resolve_kv_cache_dtype_string), which "
+                      "nibble does not plan: planned with the 16-bit cache, more bytes per token than vLLM's (its KV "
+                      "capacity is higher than this plan's)")
+    return planned, (f"vLLM {version}'s kv_cache_dtype auto takes the checkpoint's ModelOpt KV algorithm {algo}: "
+                     f"its cache is {vllm_dtype} (engine/arg_utils.py create_engine_config, utils/torch_utils.py "
+                     "resolve_kv_cache_dtype_string): planned at fp8, 1 byte an element; ask kv_cache.dtype (vLLM's "
+                     "--kv-cache-dtype) to plan another")
+
+
 #: vLLM's check of a quantization method against the device (``VllmConfig._get_quantization_config``, config/vllm.py
 #: in 0.19 and 0.33, config/__init__.py in 0.11): ``if capability < quant_config.get_min_capability(): raise
 #: ValueError("The quantization method ... is not supported for the current GPU. Minimum capability: ... Current
@@ -2133,6 +2174,33 @@ CAPABILITY_FLOORS: dict[str, dict[str, tuple[int | None, str]]] = {
     },
 }
 
+#: The floors of ModelOpt checkpoints (a quantization_config of quant_method ``modelopt``), which vLLM loads with its
+#: own configs, not Fp8Config or compressed-tensors: quantization/modelopt.py ``get_min_capability`` of
+#: ModelOptFp8Config (``model_config.quantization`` "modelopt") and ModelOptNvFp4Config ("modelopt_fp4"), checked by
+#: VllmConfig._get_quantization_config.  Between the NVFP4 floor and 10.0 the linears run FP4 Marlin
+#: (``is_fp4_marlin_supported``: ``has_device_capability(80)`` in 0.11, 75 in 0.19 and 0.33) on the checkpoint's
+#: tensors, repacked; 0.33's ModelOpt FP8 below 8.9 runs fp8 Marlin weight-only
+MODELOPT_CAPABILITY_FLOORS: dict[str, dict[str, tuple[int | None, str]]] = {
+    "fp8": {
+        "0.11": (89, "ModelOptFp8Config.get_min_capability() is 89 (quantization/modelopt.py); " + _CONFIG_CHECK),
+        "0.19": (89, "ModelOptFp8Config.get_min_capability() is 89 (quantization/modelopt.py); " + _CONFIG_CHECK),
+        "0.33": (80, "ModelOptFp8Config.get_min_capability() is 80 (quantization/modelopt.py); " + _CONFIG_CHECK),
+    },
+    "nvfp4": {
+        "0.11": (80, "ModelOptNvFp4Config.get_min_capability() is 80 (quantization/modelopt.py); " + _CONFIG_CHECK),
+        "0.19": (75, "ModelOptNvFp4Config.get_min_capability() is 75 (quantization/modelopt.py); " + _CONFIG_CHECK),
+        "0.33": (75, "ModelOptNvFp4Config.get_min_capability() is 75 (quantization/modelopt.py); " + _CONFIG_CHECK),
+    },
+}
+
+
+def _capability_rule(version: str, weight_format: str, quant_method: str = "") -> tuple[int | None, str] | None:
+    """The (floor, where) of `weight_format` in vLLM `version`: `MODELOPT_CAPABILITY_FLOORS` for a checkpoint read
+    from a quantization_config of `quant_method` ``modelopt``, else `CAPABILITY_FLOORS`; None when no floor applies."""
+    floors = MODELOPT_CAPABILITY_FLOORS if quant_method == "modelopt" else CAPABILITY_FLOORS
+    return floors.get(weight_format_family(weight_format), {}).get(version)
+
+
 #: The model types vLLM will not run in float16 (config/model.py ``_FLOAT16_NOT_SUPPORTED_MODELS``, "Numerical
 #: instability. Please use bfloat16 or float32 instead."), per release: on a device without bf16 (below 8.0,
 #: ``CudaPlatform.supported_dtypes`` is [float16, float32]) ``_resolve_auto_dtype`` drops float16 for them and runs
@@ -2179,6 +2247,8 @@ ACT_DTYPES: dict[str, dict[str, tuple[str, ...]]] = {
         "compressed-tensors": ("float32", "float16", "bfloat16"),  # CompressedTensorsConfig
         "bitsandbytes": ("float32", "float16", "bfloat16"),  # bitsandbytes.py:BitsAndBytesConfig
         "gguf": ("float16", "bfloat16", "float32"),  # gguf.py:GGUFConfig
+        "modelopt": ("bfloat16", "float16"),  # modelopt.py:ModelOptFp8Config
+        "modelopt_fp4": ("bfloat16", "float16", "float8_e4m3fn"),  # modelopt.py:ModelOptNvFp4Config
     },
     "0.19": {
         "gptq": ("float16",),  # gptq.py:GPTQConfig
@@ -2190,12 +2260,16 @@ ACT_DTYPES: dict[str, dict[str, tuple[str, ...]]] = {
         "bitsandbytes": ("float32", "float16", "bfloat16"),  # bitsandbytes.py:BitsAndBytesConfig
         # below 10.0; from 10.0 `ACT_DTYPES_FROM_CAPABILITY`
         "gguf": ("float16", "bfloat16", "float32"),  # gguf.py:GGUFConfig
+        "modelopt": ("bfloat16", "float16"),  # modelopt.py:ModelOptFp8Config
+        "modelopt_fp4": ("bfloat16", "float16", "float8_e4m3fn"),  # modelopt.py:ModelOptNvFp4Config
     },
     "0.33": {
         "auto_gptq": ("float16", "bfloat16"),  # auto_gptq.py:AutoGPTQConfig
         "auto_awq": ("float16", "bfloat16"),  # auto_awq.py:AutoAWQConfig
         "fp8": ("bfloat16", "float16"),  # fp8.py:Fp8Config
         "compressed-tensors": ("float32", "float16", "bfloat16"),  # CompressedTensorsConfig
+        "modelopt": ("bfloat16", "float16"),  # modelopt.py:ModelOptFp8Config
+        "modelopt_fp4": ("bfloat16", "float16", "float8_e4m3fn"),  # modelopt.py:ModelOptNvFp4Config
     },
 }
 
@@ -2214,13 +2288,16 @@ MARLIN_FLOORS: dict[str, tuple[int, int]] = {"0.11": (8, 0), "0.19": (7, 5)}
 
 
 def quantization_method(version: str, family: str, stored: WeightFormat | None,
-                        compute_capability: tuple[int, int]) -> str | None:
+                        compute_capability: tuple[int, int], quant_method: str = "") -> str | None:
     """The `ACT_DTYPES` method vLLM `version` loads weights of `family` (`weight_format_family`, `stored` the format
     when known) with on a device of `compute_capability`, or None for a family with none there.  GPTQ and AWQ:
     auto_gptq / auto_awq in a release that has them (0.33); in 0.11 and 0.19 gptq_marlin / awq_marlin (the overrides
     ModelConfig._verify_quantization tries first) from the release's `MARLIN_FLOORS` where Marlin takes `stored`
     (`float16_only_method`; a format not known is taken as Marlin's, as `bfloat16_refusal` takes it), else the
-    gptq / awq fallback."""
+    gptq / awq fallback.  A ModelOpt checkpoint (`quant_method` ``modelopt``): modelopt (FP8) or modelopt_fp4
+    (NVFP4), the names quantization/__init__.py gives ModelOptFp8Config and ModelOptNvFp4Config."""
+    if quant_method == "modelopt" and family in ("fp8", "nvfp4"):
+        return "modelopt" if family == "fp8" else "modelopt_fp4"
     if family in ("gptq", "awq"):
         if f"auto_{family}" in ACT_DTYPES.get(version, {}):
             return f"auto_{family}"
@@ -2257,14 +2334,16 @@ def act_dtypes_text(dtypes: tuple[str, ...]) -> str:
 
 @lru_cache(maxsize=1024)
 def float32_refusal(version: str, model_type: str, weight_format: str,
-                    compute_capability: tuple[int, int] | None, stored: WeightFormat | None = None) -> str | None:
+                    compute_capability: tuple[int, int] | None, stored: WeightFormat | None = None,
+                    quant_method: str = "") -> str | None:
     """Why vLLM `version` refuses weights stored as `weight_format` (the format `stored`, when known) for a
     `model_type` model it runs in float32 on the device (`runs_float32`): the activation dtypes (`ACT_DTYPES`) of the
-    quantization method that loads them (`quantization_method`) lack float32, with vLLM's message; None otherwise.
-    Cached: the planner asks it for every format of every plan."""
+    quantization method that loads them (`quantization_method`, by the config's `quant_method`) lack float32, with
+    vLLM's message; None otherwise.  Cached: the planner asks it for every format of every plan."""
     if compute_capability is None or not runs_float32(version, model_type, compute_capability):
         return None
-    method = quantization_method(version, weight_format_family(weight_format), stored, compute_capability)
+    method = quantization_method(version, weight_format_family(weight_format), stored, compute_capability,
+                                 quant_method)
     dtypes = act_dtypes(version, method, compute_capability)
     if dtypes is None or "float32" in dtypes:
         return None
@@ -2531,11 +2610,13 @@ def _capability_text(capability: int) -> str:
 
 
 @lru_cache(maxsize=1024)
-def capability_refusal(version: str, weight_format: str, compute_capability: tuple[int, int] | None) -> str | None:
-    """Why vLLM `version` refuses weights stored as `weight_format` on a device of `compute_capability` (None: not
-    known, when only a release without the format at all is refused), by `CAPABILITY_FLOORS`; None when it runs
-    them.  Cached: the planner asks it for every format of every plan."""
-    rule = CAPABILITY_FLOORS.get(weight_format_family(weight_format), {}).get(version)
+def capability_refusal(version: str, weight_format: str, compute_capability: tuple[int, int] | None,
+                       quant_method: str = "") -> str | None:
+    """Why vLLM `version` refuses weights stored as `weight_format` (read from a quantization_config of
+    `quant_method`, "" when not) on a device of `compute_capability` (None: not known, when only a release without
+    the format at all is refused), by `CAPABILITY_FLOORS` (`MODELOPT_CAPABILITY_FLOORS` for ModelOpt's); None when it
+    runs them.  Cached: the planner asks it for every format of every plan."""
+    rule = _capability_rule(version, weight_format, quant_method)
     if rule is None:
         return None
     floor, where = rule
@@ -2546,21 +2627,24 @@ def capability_refusal(version: str, weight_format: str, compute_capability: tup
     major, minor = compute_capability
     if major * 10 + minor >= floor:
         return None
-    return (f"vLLM {version} refuses {weight_format} weights on a device of compute capability {major}.{minor} "
+    stored = f"ModelOpt {weight_format}" if quant_method == "modelopt" else weight_format
+    return (f"vLLM {version} refuses {stored} weights on a device of compute capability {major}.{minor} "
             f"(its minimum is {_capability_text(floor)}): {where}")
 
 
 @lru_cache(maxsize=1024)
-def capability_requirement(version: str, weight_format: str) -> str | None:
-    """The compute capability vLLM `version` needs for `weight_format` in words, or None when it needs none that a
-    CUDA device vLLM runs on lacks (floats, a mix) or runs it nowhere (`capability_refusal` says so)."""
-    rule = CAPABILITY_FLOORS.get(weight_format_family(weight_format), {}).get(version)
+def capability_requirement(version: str, weight_format: str, quant_method: str = "") -> str | None:
+    """The compute capability vLLM `version` needs for `weight_format` (of a quantization_config of `quant_method`)
+    in words, or None when it needs none that a CUDA device vLLM runs on lacks (floats, a mix) or runs it nowhere
+    (`capability_refusal` says so)."""
+    rule = _capability_rule(version, weight_format, quant_method)
     if rule is None:
         return None
     floor, where = rule
     if floor is None:
         return None
-    return f"vLLM {version} runs {weight_format} weights from compute capability {_capability_text(floor)} ({where})"
+    stored = f"ModelOpt {weight_format}" if quant_method == "modelopt" else weight_format
+    return f"vLLM {version} runs {stored} weights from compute capability {_capability_text(floor)} ({where})"
 
 
 @lru_cache(maxsize=4096)
@@ -2870,25 +2954,34 @@ class VllmProfile:
         return fp8_block_expert_refusal(spec, tensor_parallel, self._version, quant_method, compute_capability)
 
     def device_refusal(self, spec: ModelSpec, weight_format: str, compute_capability: tuple[int, int] | None,
-                       stored: WeightFormat | None = None, model_dtype: str = "bf16") -> str | None:
+                       stored: WeightFormat | None = None, model_dtype: str = "bf16",
+                       quant_method: str = "") -> str | None:
         """`dsa_attention_refusal` (no attention backend for `spec` on the device), `head_size_refusal` (none for its
         heads on any device), then `capability_refusal`: the
-        release's floor for `weight_format` (`CAPABILITY_FLOORS`) against the device's compute capability (None: not
+        release's floor for `weight_format` (`CAPABILITY_FLOORS`; `MODELOPT_CAPABILITY_FLOORS` for a `quant_method`
+        ``modelopt`` checkpoint) against the device's compute capability (None: not
         known; only a format the release loads nowhere is refused), then what the release refuses of the format
         `stored` itself (`gptq_symmetry_refusal`) or at the model's dtype (`float32_refusal`, `bfloat16_refusal`,
         `gguf_bfloat16_refusal`)."""
         return (dsa_attention_refusal(self._version, spec, compute_capability)
                 or head_size_refusal(self._version, spec, compute_capability)
-                or capability_refusal(self._version, weight_format, compute_capability)
+                or capability_refusal(self._version, weight_format, compute_capability, quant_method)
                 or gptq_symmetry_refusal(self._version, stored)
-                or float32_refusal(self._version, spec.model_type, weight_format, compute_capability, stored)
+                or float32_refusal(self._version, spec.model_type, weight_format, compute_capability, stored,
+                                   quant_method)
                 or (None if runs_float32(self._version, spec.model_type, compute_capability)
                     else (bfloat16_refusal(self._version, stored, model_dtype, compute_capability)
                           or gguf_bfloat16_refusal(self._version, weight_format, model_dtype, compute_capability))))
 
-    def capability_requirement(self, weight_format: str) -> str | None:
-        """`capability_requirement`: the release's floor for `weight_format` in words, or None."""
-        return capability_requirement(self._version, weight_format)
+    def capability_requirement(self, weight_format: str, quant_method: str = "") -> str | None:
+        """`capability_requirement`: the release's floor for `weight_format` (of a `quant_method` config) in words,
+        or None."""
+        return capability_requirement(self._version, weight_format, quant_method)
+
+    def checkpoint_kv_cache_dtype(self, kv_cache_quant: str) -> tuple[str | None, str]:
+        """`checkpoint_kv_cache_dtype`: the KV dtype this release's ``kv_cache_dtype="auto"`` takes from a
+        checkpoint naming `kv_cache_quant`, or None, and the plan's note."""
+        return checkpoint_kv_cache_dtype(self._version, kv_cache_quant)
 
     def device_dtype_note(self, spec: ModelSpec, compute_capability: tuple[int, int] | None) -> str | None:
         """`float32_note`: the basis of a model vLLM runs in float32 on the device, or None."""
