@@ -53,7 +53,7 @@ from functools import lru_cache
 from quant_core.catalog import UNKNOWN_DEVICE, DeviceFacts
 from quant_core.engines.base import BatchLimits, KVCapacity, Stage, Term
 from quant_core.engines.torch_cuda import allocated_block_bytes, blas_workspace_bytes, compute_units
-from quant_core.engines.vllm_graphs import cuda_graph_pool
+from quant_core.engines.vllm_graphs import cuda_graph_pool, cudagraph_capture_sizes
 from quant_core.errors import InvalidSpec, UnknownName
 from quant_core.formats import GGML_TYPE_NAMES, WeightFormat, fp8, kv_dtype
 from quant_core.inventory import inventory
@@ -935,14 +935,16 @@ class OutsideBudget:
     graphs on 0.11 and 0.19 (`graph`, captured after the KV cache is sized: `vllm_graphs.cuda_graph_pool`), and for a
     DeepSeek Sparse Attention model on 0.19 the fp8 mixed-batch kernel's buffers (`kernel_bytes`,
     `dsa_mixed_batch_bytes`) and the indexer's expanded block table, ``table_bytes_per_block`` per 64-token block of
-    L (`dsa_block_table_bytes`).  The plan does not fit where this is more than that memory: vLLM would refuse to
-    start, or fail capturing its graphs or serving a full batch."""
+    L (`dsa_block_table_bytes`), and on 0.19 the CUTLASS MoE profiler workspace FlashInfer's autotuning keeps (`late`,
+    `flashinfer_moe_autotune_buffer`).  The plan does not fit where this is more than that memory: vLLM would refuse
+    to start, or fail capturing its graphs or serving a full batch."""
 
     version: str
     startup: Term
     graph: Term | None
     kernel_bytes: int
     table_bytes_per_block: int
+    late: Term | None = None
 
     def table_bytes(self, max_model_len: int) -> int:
         """The expanded block table at `max_model_len`: ``max_num_batched_tokens x ceil(L / 64) x 4`` bytes."""
@@ -950,7 +952,7 @@ class OutsideBudget:
 
     def bytes_at(self, max_model_len: int) -> int:
         return (self.startup.bytes + (0 if self.graph is None else self.graph.bytes) + self.kernel_bytes
-                + self.table_bytes(max_model_len))
+                + self.table_bytes(max_model_len) + (0 if self.late is None else self.late.bytes))
 
     def basis_at(self, max_model_len: int) -> str:
         parts = [self.startup.basis] + ([] if self.graph is None else [self.graph.basis])
@@ -961,20 +963,25 @@ class OutsideBudget:
         if self.kernel_bytes:
             parts.append(f"{self.kernel_bytes / GIB:.2f} GiB for the fp8 mixed-batch sparse attention kernel's buffers "
                          "(flashmla_sparse.py; not seen by the start-up profiling, vllm#53413)")
+        if self.late is not None:
+            parts.append(self.late.basis)
         return "; ".join(parts)
 
 
 def outside_budget(stage: Stage, kv_cache_dtype: str, limits: BatchLimits, version: str,
-                   enforce_eager: bool = False, device: DeviceFacts = UNKNOWN_DEVICE) -> OutsideBudget:
+                   enforce_eager: bool = False, device: DeviceFacts = UNKNOWN_DEVICE,
+                   expert_format: str = "") -> OutsideBudget:
     """`OutsideBudget` of one `device` of `stage` on vLLM `version` (`UNKNOWN_DEVICE` when not known): the
     start-up memory always; no graph on 0.33, which charges its graph estimate inside the budget, nor with
-    `enforce_eager`, which captures none."""
+    `enforce_eager`, which captures none; FlashInfer's CUTLASS MoE profiler workspace where the routed experts, stored
+    as `expert_format`, run on FlashInfer's CUTLASS experts (`flashinfer_moe_autotune_buffer`)."""
     graph = None if enforce_eager or VERSIONS[version].cuda_graphs_in_budget else \
         cuda_graph_pool(stage, limits, version)
     spec = stage.spec
     kernel = dsa_mixed_batch_bytes(spec, version, kv_cache_dtype, stage.tensor_parallel, limits)
     per_block = dsa_block_table_bytes(spec, version, DSA_BLOCK_SIZE, limits)
-    return OutsideBudget(version, startup_memory(stage, version, device), graph, kernel, per_block)
+    late = flashinfer_moe_autotune_buffer(stage, version, limits, expert_format, device, enforce_eager)
+    return OutsideBudget(version, startup_memory(stage, version, device), graph, kernel, per_block, late)
 
 
 #: v0.19 flashmla_sparse.py: below this many heads a rank, an fp8_ds_mla cache runs every token of a step, prefill
@@ -1398,6 +1405,148 @@ def fused_moe_caches(spec: ModelSpec, tensor_parallel: int, tokens: int, version
         f"TritonExperts' workspace (workspace_shapes: workspace13 tokens x top_k x max({width}, {hidden}) and "
         f"workspace2 tokens x top_k x max(2 x {width}, {hidden}), bf16, {nbytes / GIB:.2f} GiB, in "
         "v1/worker/workspace.py's buffer, modular_kernel.py _allocate_buffers; MarlinExperts asks the same)"))
+
+
+#: flashinfer-python 0.6.6, the FlashInfer vLLM 0.19.0 pins (``flashinfer-python==0.6.6``): each buffer of a CUTLASS
+#: MoE workspace is rounded up to ``kCudaMemAlign`` bytes (tensorrt_llm/common/workspace.h, ``alignSize`` and
+#: ``calculateTotalWorkspaceSize``)
+FLASHINFER_WORKSPACE_ALIGNMENT = 128
+#: moe_kernels.h ``GemmProfilerBackend::NUM_ROUTING_SAMPLES``: the MoE GEMM profiler keeps 16 random routings
+CUTLASS_MOE_PROFILER_ROUTING_SAMPLES = 16
+#: vLLM 0.19's ``FlashInferExperts._supports_current_device`` (fused_moe/flashinfer_cutlass_moe.py): 9.0 exactly and
+#: the 10.x, 11.x and 12.x families
+FLASHINFER_CUTLASS_MOE_FAMILIES_V0_19 = (10, 11, 12)
+
+
+def _flashinfer_aligned(size: int) -> int:
+    return -(-size // FLASHINFER_WORKSPACE_ALIGNMENT) * FLASHINFER_WORKSPACE_ALIGNMENT
+
+
+def cutlass_moe_tokens_per_block(tokens: int, experts: int) -> int:
+    """FlashInfer's ``computeNumTokensPerBlock`` (cutlass_fused_moe_kernels.cuh): the least power of two from 32 to
+    1024 whose ``ceil(tokens / it) x experts`` is not above it, else 1024."""
+    per_block = 32
+    while per_block <= 1024:
+        if -(-tokens // per_block) * experts <= per_block:
+            return per_block
+        per_block *= 2
+    return 1024
+
+
+def cutlass_moe_profiler_workspace_bytes(*, tokens: int, experts: int, top_k: int, hidden: int, width: int,
+                                         activation_bytes: int, bias: bool = False) -> int:
+    """The bytes of FlashInfer 0.6.6's CUTLASS MoE profiler workspace for its second GEMM over `tokens` tokens
+    (``GemmProfilerBackend::getWorkspaceSize`` over ``getProfilerWorkspaces(maxM=tokens)`` with ``mGemmToProfile``
+    GEMM_2, fused_moe/cutlass_backend/cutlass_fused_moe_kernels.cuh), for fp8 weights (e4m3), bf16 output, `experts`
+    experts on the rank, `width` the expert width on the rank and `activation_bytes` 1 (fp8 activations) or 2 (bf16
+    activations: DeepSeek-style block fp8), each buffer rounded up to 128 bytes, E = `experts`, k = `top_k`,
+    M = `tokens`:
+
+    * routing, 16 samples: ``expert_first_token_offset`` (E + 1) x 8 x 16, ``unpermuted_row_to_permuted_row``,
+      ``permuted_row_to_unpermuted_row`` and ``token_selected_experts`` 16 x M x k x 4 each,
+      ``permuted_token_selected_experts`` and ``token_topk_unpermuted_scales`` M x k x 4 each, ``blocked_expert_counts``
+      and its cumsum E x ceil(M / `cutlass_moe_tokens_per_block`) x 4 each, ``blocked_row_to_unpermuted_row`` E x M x 4;
+    * the GEMM's ``input`` width x M x k x `activation_bytes`, ``output`` hidden x 2 (no token factor in the code),
+      ``intermediate`` hidden x M x k x 2, ``bias`` hidden x E x `activation_bytes` where the experts have biases;
+    * fp8 weight scales ``quant_1`` E x 4, ``quant_2`` 4, ``quant_3`` E x 4, and ``alpha_scale_ptr_array`` E x 8.
+
+    Not counted, for want of a figure the source gives: ``tma_ws_input_workspace`` (65 copies of the per-expert TMA
+    grouped-GEMM argument arrays, ``TmaWarpSpecializedGroupedGemmInput::workspaceSize``, whose sizes are ``sizeof`` of
+    CUTLASS stride and layout types) and ``gemm_workspace`` (the largest CUTLASS kernel ``get_workspace_size`` over
+    the grouped GEMM configs, ``MoeGemmRunner::calcMaxWorkspaceSize``)."""
+    expanded = tokens * top_k
+    blocks = -(-tokens // cutlass_moe_tokens_per_block(tokens, experts))
+    samples = CUTLASS_MOE_PROFILER_ROUTING_SAMPLES
+    sizes = (
+        (experts + 1) * 8 * samples,  # expert_first_token_offset
+        samples * expanded * 4, samples * expanded * 4, samples * expanded * 4,  # the two maps, token_selected_experts
+        expanded * 4,  # permuted_token_selected_experts
+        experts * blocks * 4, experts * blocks * 4,  # blocked_expert_counts and its cumsum
+        experts * tokens * 4,  # blocked_row_to_unpermuted_row
+        expanded * 4,  # token_topk_unpermuted_scales
+        width * expanded * activation_bytes,  # input
+        hidden * ACTIVATION_ELEMENT_BYTES,  # output
+        hidden * expanded * ACTIVATION_ELEMENT_BYTES,  # intermediate
+        hidden * experts * activation_bytes if bias else 0,  # bias
+        experts * 4, 4, experts * 4,  # quant_1, quant_2, quant_3 (fp8 weights)
+        experts * 8,  # alpha_scale_ptr_array
+    )
+    return sum(_flashinfer_aligned(size) for size in sizes)
+
+
+def flashinfer_cutlass_moe_path(version: str, expert_format: str, device: DeviceFacts,
+                                expert_parallel: bool, tensor_parallel: int) -> str | None:
+    """Why vLLM `version` runs a MoE model's routed experts stored as `expert_format` on FlashInfer's CUTLASS experts
+    (``FlashInferExperts``, fused_moe/flashinfer_cutlass_moe.py) on `device` with its default environment, or None
+    where it does not or nibble did not read it.  Read for 0.19 only (fused_moe/oracle/fp8.py
+    ``select_fp8_moe_backend``: AITER, FLASHINFER_TRTLLM, FLASHINFER_CUTLASS, DEEPGEMM, VLLM_CUTLASS, TRITON, ...):
+
+    * fp8 weights and static activations with a scale per tensor ("fp8-per-tensor-static": kFp8StaticTensorSym for
+      both) on compute capability 9.0 and the 10.x, 11.x and 12.x families (``_supports_current_device``;
+      ``_supports_quant_scheme`` from 9.0); FLASHINFER_TRTLLM comes first on 10.x, but its per-tensor class
+      (``TrtLlmFp8ExpertsMonolithic``) takes only DeepSeek-V3 and Llama 4 routing (``_supports_routing_method``) and
+      its modular one no per-tensor scales, so for other models FlashInferExperts runs; a 10.x device is charged it
+      whatever the routing, which nibble's model does not record (on the safe side for those two routings);
+    * [128, 128] block fp8 ("fp8-block128") under expert parallelism on 9.0, where ``_get_priority_backends`` moves
+      FLASHINFER_CUTLASS to the front (``ep_size > 1``; FlashInferExperts takes block fp8 on 9.0 only)."""
+    capability = device.compute_capability
+    if version != "0.19" or capability is None:
+        return None
+    if expert_format == "fp8-per-tensor-static" and (
+            capability == HOPPER_CAPABILITY or capability[0] in FLASHINFER_CUTLASS_MOE_FAMILIES_V0_19):
+        return ("vLLM 0.19 runs fp8 experts with static per-tensor scales on FlashInfer's CUTLASS experts on compute "
+                f"capability {_capability_text(capability[0] * 10 + capability[1])} (oracle/fp8.py "
+                "FLASHINFER_CUTLASS, FlashInferExperts; on 10.x TRT-LLM's per-tensor kernel takes only DeepSeek-V3 and "
+                "Llama 4 routing)")
+    if (expert_format == "fp8-block128" and expert_parallel and tensor_parallel > 1
+            and capability == HOPPER_CAPABILITY):
+        return ("vLLM 0.19 runs block-fp8 experts under expert parallelism on FlashInfer's CUTLASS experts on "
+                "compute capability 9.0 (oracle/fp8.py moves FLASHINFER_CUTLASS to the front for ep_size > 1)")
+    return None
+
+
+def flashinfer_tuning_tokens(version: str, limits: BatchLimits, enforce_eager: bool) -> int:
+    """The largest token count FlashInfer's autotuner profiles vLLM 0.19's CUTLASS MoE at: FlashInferExperts passes
+    ``tune_max_num_tokens = max(max_cudagraph_capture_size, 1)`` (flashinfer_cutlass_moe.py, ``apply``), the largest
+    capture size (`vllm_graphs.cudagraph_capture_sizes`; 0 under ``enforce_eager``, config/vllm.py), and FlashInfer
+    0.6.6 tunes the powers of two up to its largest power of two (fused_moe/core.py ``refine_tuning_config``,
+    ``get_last_power_of_2_num_tokens_buckets``)."""
+    sizes = () if enforce_eager else cudagraph_capture_sizes(version, limits)
+    largest = max(max(sizes, default=0), 1)
+    return 1 << (largest.bit_length() - 1)
+
+
+def flashinfer_moe_autotune_buffer(stage: Stage, version: str, limits: BatchLimits, expert_format: str,
+                                   device: DeviceFacts, enforce_eager: bool = False) -> Term | None:
+    """The CUTLASS MoE profiler workspace vLLM `version` keeps on one device of `stage` after FlashInfer's autotuning,
+    or None where its experts do not run on FlashInfer's CUTLASS experts (`flashinfer_cutlass_moe_path`).
+
+    vLLM 0.19 autotunes FlashInfer in ``kernel_warmup`` (model_executor/warmup/kernel_warmup.py ``flashinfer_autotune``,
+    on by default from -O1, on compute capability 9.0 and up), which ``compile_or_warm_up_model`` runs after
+    ``initialize_from_config`` has allocated the KV cache (v1/worker/gpu_worker.py): a dummy run whose first MoE layer
+    tunes ``cutlass_fused_moe`` (flashinfer/fused_moe/core.py), GEMM 1 then GEMM 2, each over the token buckets
+    ascending (autotuner.py ``choose_one``), calling ``run_gemm_profile(do_preparation=True)`` once per bucket.  Each
+    preparation replaces the C++ runner's ``mProfileWorkspace`` with an ``alloc_tensor`` of the profiler's workspace
+    for that bucket (flashinfer_cutlass_fused_moe_binding.cu; through tvm-ffi's environment allocator, PyTorch's
+    caching allocator for a call with torch tensors), and the runner lives in the class-level ``MoERunner.runner_dict``:
+    the last one, GEMM 2 at the largest bucket (`flashinfer_tuning_tokens`), is held for the life of the process.
+    vLLM's profiling run never sees it (it was sized before), so it comes out of the memory the budget leaves free:
+    `cutlass_moe_profiler_workspace_bytes` with the rank's experts and width (`expert_shard`)."""
+    why = flashinfer_cutlass_moe_path(version, expert_format, device, stage.expert_parallel, stage.tensor_parallel)
+    spec = stage.spec
+    if why is None or not spec.is_moe:
+        return None
+    experts, width = expert_shard(spec, stage.tensor_parallel, stage.expert_parallel)
+    tokens = flashinfer_tuning_tokens(version, limits, enforce_eager)
+    activation_bytes = 2 if expert_format == "fp8-block128" else 1
+    nbytes = cutlass_moe_profiler_workspace_bytes(tokens=tokens, experts=experts, top_k=spec.experts_per_token,
+                                                  hidden=spec.hidden_size, width=width,
+                                                  activation_bytes=activation_bytes, bias=spec.expert_bias)
+    return Term(nbytes, (
+        f"{nbytes / MIB:.1f} MiB for FlashInfer's CUTLASS MoE profiler workspace (GEMM 2 at {tokens} tokens, "
+        f"{experts} experts of width {width} a rank), which its autotuning in kernel_warmup allocates after the KV "
+        "cache is sized and keeps (flashinfer_cutlass_fused_moe_binding.cu mProfileWorkspace, fused_moe/core.py "
+        f"MoERunner.runner_dict; its TMA argument arrays and CUTLASS GEMM workspace not counted): {why}"))
 
 
 #: MXFP4 (OCP microscaling): 32 e2m1 values share one e8m0 scale byte; two values a byte
@@ -2777,10 +2926,12 @@ class VllmProfile:
                           f"{size / GIB:.2f} GiB per device, within the 0.1-0.6 GiB its start-up logs report")
 
     def outside_budget(self, stage: Stage, kv_cache_dtype: str, limits: BatchLimits,
-                       enforce_eager: bool = False, device: DeviceFacts = UNKNOWN_DEVICE) -> OutsideBudget:
+                       enforce_eager: bool = False, device: DeviceFacts = UNKNOWN_DEVICE,
+                       expert_format: str = "") -> OutsideBudget:
         """What this release takes on one device of `stage` outside ``gpu_memory_utilization`` (`OutsideBudget`):
-        the memory in use at start-up, and what it allocates after sizing the KV cache."""
-        return outside_budget(stage, kv_cache_dtype, limits, self._version, enforce_eager, device)
+        the memory in use at start-up, and what it allocates after sizing the KV cache (`expert_format`, the routed
+        experts' weight format, selects the fused-MoE kernel)."""
+        return outside_budget(stage, kv_cache_dtype, limits, self._version, enforce_eager, device, expert_format)
 
     def refusal(self, spec: ModelSpec, tensor_parallel: int, pipeline_parallel: int,
                 expert_parallel: bool = False) -> str | None:

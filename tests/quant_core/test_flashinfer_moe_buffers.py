@@ -1,0 +1,142 @@
+"""FlashInfer's CUTLASS MoE profiler workspace that vLLM 0.19 keeps after its kernel warm-up, by hand from the code.
+
+Read in vllm 0.19.0 (the wheel from PyPI) and flashinfer-python 0.6.6 (the version it pins):
+
+* vllm v1/worker/gpu_worker.py: ``compile_or_warm_up_model`` runs ``kernel_warmup`` after ``initialize_from_config``
+  has allocated the KV cache; model_executor/warmup/kernel_warmup.py ``flashinfer_autotune`` (on by default from -O1,
+  config/vllm.py ``enable_flashinfer_autotune``, on compute capability 9.0 and up) runs one dummy batch under
+  FlashInfer's ``autotune()``.
+* vllm fused_moe/oracle/fp8.py: for fp8 weights and static per-tensor activation scales FLASHINFER_CUTLASS comes before
+  TRITON; FlashInferExperts (fused_moe/flashinfer_cutlass_moe.py) runs on 9.0 and the 10.x, 11.x, 12.x families and
+  passes ``tune_max_num_tokens = max(max_cudagraph_capture_size, 1)`` (512 at the default capture sizes; 0 under
+  enforce_eager).
+* flashinfer fused_moe/core.py ``cutlass_fused_moe``: ``choose_one`` for GEMM 1 then GEMM 2, the buckets 1 .. 512
+  ascending (autotuner.py), each calling ``run_gemm_profile(do_preparation=True)``, which replaces the C++ runner's
+  ``mProfileWorkspace`` (flashinfer_cutlass_fused_moe_binding.cu); the runner is kept in ``MoERunner.runner_dict``.
+* flashinfer cutlass_fused_moe_kernels.cuh ``GemmProfilerBackend::getProfilerWorkspaces`` for GEMM 2, every buffer
+  rounded up to ``kCudaMemAlign`` = 128 bytes (tensorrt_llm/common/workspace.h).
+"""
+
+from __future__ import annotations
+
+from quant_core.catalog import device_facts, get_device, get_preset
+from quant_core.engines.base import BatchLimits, Stage
+from quant_core.engines.vllm import (
+    VllmProfile,
+    cutlass_moe_profiler_workspace_bytes,
+    cutlass_moe_tokens_per_block,
+    flashinfer_moe_autotune_buffer,
+    flashinfer_tuning_tokens,
+)
+from quant_core.planner import Hardware, PlanOptions, Workload, plan
+from quant_core.schemes import scheme_from_quantization_config
+
+H100 = device_facts("h100-80gb")
+A100 = device_facts("a100-80gb")
+B200 = device_facts("b200")
+RTX_PRO_6000 = device_facts("rtx-pro-6000")
+DEFAULTS = BatchLimits(8192, 1024)  # the OpenAI server's defaults on an H100 (EngineArgs.get_batch_defaults)
+
+
+def aligned(size: int) -> int:
+    return -(-size // 128) * 128
+
+
+def test_qwen3_30b_a3b_fp8_static_on_an_h100_keeps_a_20_mib_cutlass_profiler_workspace_on_vllm_0_19() -> None:
+    # Qwen3-30B-A3B (128 experts, top 8, hidden 2048, width 768), one H100, max_num_seqs 1024: the largest capture
+    # size is min(2 x 1024, 512) = 512, a power of two, so GEMM 2 is prepared last at M = 512 tokens, M x k = 4096.
+    # computeNumTokensPerBlock(512, 128): 32 -> 16 x 128 > 32, 64 -> 8 x 128 > 64, 128 -> 4 x 128 > 128,
+    # 256 -> 2 x 128 = 256: 256 tokens a block, 2 blocks.
+    expanded = 512 * 8
+    by_hand = (aligned(129 * 8 * 16)  # expert_first_token_offset, 16 routing samples
+               + 3 * aligned(16 * expanded * 4)  # the two row maps and token_selected_experts
+               + aligned(expanded * 4)  # permuted_token_selected_experts
+               + 2 * aligned(128 * 2 * 4)  # blocked_expert_counts and its cumsum
+               + aligned(128 * 512 * 4)  # blocked_row_to_unpermuted_row
+               + aligned(expanded * 4)  # token_topk_unpermuted_scales
+               + aligned(768 * expanded * 1)  # input: fp8 activations
+               + aligned(2048 * 2)  # output: hidden x bf16, no token factor
+               + aligned(2048 * expanded * 2)  # intermediate: bf16
+               + aligned(128 * 4) + aligned(4) + aligned(128 * 4)  # quant_1..3, fp8 weight scales
+               + aligned(128 * 8))  # alpha_scale_ptr_array
+    assert by_hand == 21_029_120
+    assert cutlass_moe_tokens_per_block(512, 128) == 256
+    assert cutlass_moe_profiler_workspace_bytes(tokens=512, experts=128, top_k=8, hidden=2048, width=768,
+                                                activation_bytes=1) == by_hand
+    spec = get_preset("qwen3-30b-a3b")
+    stage = Stage(spec, 1, 1, (0, spec.num_layers), True)
+    term = flashinfer_moe_autotune_buffer(stage, "0.19", DEFAULTS, "fp8-per-tensor-static", H100)
+    assert term is not None and term.bytes == by_hand
+    assert "mProfileWorkspace" in term.basis and "after the KV cache is sized" in term.basis
+    budget = VllmProfile("0.19").outside_budget(stage, "auto", DEFAULTS, False, H100, "fp8-per-tensor-static")
+    without = VllmProfile("0.19").outside_budget(stage, "auto", DEFAULTS, False, H100)
+    assert budget.bytes_at(32_768) - without.bytes_at(32_768) == by_hand
+    assert "mProfileWorkspace" in budget.basis_at(32_768)
+
+
+def test_the_tuned_token_count_follows_the_capture_sizes_and_is_one_under_enforce_eager() -> None:
+    # max(max_cudagraph_capture_size, 1), then its largest power of two (get_last_power_of_2_num_tokens_buckets)
+    assert flashinfer_tuning_tokens("0.19", DEFAULTS, enforce_eager=False) == 512
+    assert flashinfer_tuning_tokens("0.19", BatchLimits(2048, 100), enforce_eager=False) == 128  # 200 -> 128
+    assert flashinfer_tuning_tokens("0.19", DEFAULTS, enforce_eager=True) == 1
+    spec = get_preset("qwen3-30b-a3b")
+    stage = Stage(spec, 1, 1, (0, spec.num_layers), True)
+    eager = flashinfer_moe_autotune_buffer(stage, "0.19", DEFAULTS, "fp8-per-tensor-static", H100, True)
+    # M = 1, k = 8: computeNumTokensPerBlock(1, 128) = 128 (1 block x 128 experts <= 128), so the block counts are
+    # 128 x 1 x 4 each; a 128-byte line for each buffer under 128 bytes
+    assert eager is not None and eager.bytes == (aligned(129 * 8 * 16)  # expert_first_token_offset
+                                                 + 3 * aligned(16 * 8 * 4)  # the maps, token_selected_experts
+                                                 + aligned(8 * 4)  # permuted_token_selected_experts
+                                                 + 2 * aligned(128 * 1 * 4)  # blocked_expert_counts, cumsum
+                                                 + aligned(128 * 1 * 4)  # blocked_row_to_unpermuted_row
+                                                 + aligned(8 * 4)  # token_topk_unpermuted_scales
+                                                 + aligned(768 * 8) + aligned(2048 * 2) + aligned(2048 * 8 * 2)
+                                                 + aligned(128 * 4) + aligned(4) + aligned(128 * 4)
+                                                 + aligned(128 * 8)) == 65_024
+
+
+def test_block_fp8_experts_under_expert_parallelism_on_an_h100_take_the_cutlass_path_with_bf16_activations() -> None:
+    # oracle/fp8.py: on 9.0, block fp8 with ep_size > 1 puts FLASHINFER_CUTLASS first; FlashInferExperts hands it
+    # bf16 hidden states (expects_unquantized_inputs), the CutlassMoeFCRunner<bf16, fp8> profiler's 2-byte input.
+    # Qwen3-30B-A3B over 4 ranks: 32 whole experts a rank at width 768.
+    spec = get_preset("qwen3-30b-a3b")
+    stage = Stage(spec, 4, 1, (0, spec.num_layers), True, expert_parallel=True)
+    term = flashinfer_moe_autotune_buffer(stage, "0.19", DEFAULTS, "fp8-block128", H100)
+    assert term is not None
+    assert term.bytes == cutlass_moe_profiler_workspace_bytes(tokens=512, experts=32, top_k=8, hidden=2048, width=768,
+                                                              activation_bytes=2)
+    # under tensor parallelism Triton comes first on 9.0: nothing kept
+    assert flashinfer_moe_autotune_buffer(Stage(spec, 4, 1, (0, spec.num_layers), True), "0.19", DEFAULTS,
+                                          "fp8-block128", H100) is None
+
+
+def test_no_cutlass_profiler_workspace_where_vllm_0_19_runs_other_experts() -> None:
+    spec = get_preset("qwen3-30b-a3b")
+    stage = Stage(spec, 1, 1, (0, spec.num_layers), True)
+    # A100: FlashInferExperts runs from 9.0 only; bf16 and dynamic fp8 experts run Triton; other releases not read
+    assert flashinfer_moe_autotune_buffer(stage, "0.19", DEFAULTS, "fp8-per-tensor-static", A100) is None
+    assert flashinfer_moe_autotune_buffer(stage, "0.19", DEFAULTS, "bf16", H100) is None
+    assert flashinfer_moe_autotune_buffer(stage, "0.19", DEFAULTS, "fp8-per-tensor", H100) is None
+    assert flashinfer_moe_autotune_buffer(stage, "0.11", DEFAULTS, "fp8-per-tensor-static", H100) is None
+    assert flashinfer_moe_autotune_buffer(stage, "0.33", DEFAULTS, "fp8-per-tensor-static", H100) is None
+    # the 10.x and 12.x families run it too (FlashInferExperts._supports_current_device)
+    for device in (B200, RTX_PRO_6000):
+        assert flashinfer_moe_autotune_buffer(stage, "0.19", DEFAULTS, "fp8-per-tensor-static", device) is not None
+    dense = get_preset("llama-3.1-8b")
+    assert flashinfer_moe_autotune_buffer(Stage(dense, 1, 1, (0, dense.num_layers), True), "0.19", DEFAULTS,
+                                          "fp8-per-tensor-static", H100) is None
+
+
+def test_a_plan_of_a_static_fp8_moe_checkpoint_on_an_h100_charges_it_outside_the_budget() -> None:
+    # {"quant_method": "fp8", "activation_scheme": "static"} (AutoFP8's per-tensor checkpoints): the plan's device
+    # needs the 21,029,120 bytes more outside gpu_memory_utilization than with the block-fp8 checkpoint, whose experts
+    # run Triton under tensor parallelism on 9.0 (the rest of what lies outside the budget is the same)
+    spec = get_preset("qwen3-30b-a3b")
+    static = scheme_from_quantization_config({"quant_method": "fp8", "activation_scheme": "static"})
+    block = scheme_from_quantization_config({"quant_method": "fp8", "fmt": "e4m3", "activation_scheme": "dynamic",
+                                             "weight_block_size": [128, 128]})
+    hardware = Hardware(get_device("h100-80gb").planning_bytes, 1, "h100-80gb")
+    answers = [plan(spec, hardware, Workload(32_768, 1), PlanOptions(engine_version="0.19", scheme=scheme))
+               for scheme in (static, block)]
+    static_device, block_device = (answer.primary.devices[0] for answer in answers)
+    assert static_device.outside_budget_bytes - block_device.outside_budget_bytes == 21_029_120
