@@ -1413,9 +1413,13 @@ def fused_moe_caches(spec: ModelSpec, tensor_parallel: int, tokens: int, version
 FLASHINFER_WORKSPACE_ALIGNMENT = 128
 #: moe_kernels.h ``GemmProfilerBackend::NUM_ROUTING_SAMPLES``: the MoE GEMM profiler keeps 16 random routings
 CUTLASS_MOE_PROFILER_ROUTING_SAMPLES = 16
-#: vLLM 0.19's ``FlashInferExperts._supports_current_device`` (fused_moe/flashinfer_cutlass_moe.py): 9.0 exactly and
-#: the 10.x, 11.x and 12.x families
-FLASHINFER_CUTLASS_MOE_FAMILIES_V0_19 = (10, 11, 12)
+#: ``FlashInferExperts._supports_current_device``: 9.0 exactly and these families (vLLM 0.19
+#: fused_moe/flashinfer_cutlass_moe.py: 10.x, 11.x and 12.x; 0.33 fused_moe/experts/flashinfer_cutlass_moe.py: 11.x
+#: excluded, flashinfer-ai/flashinfer#3134)
+FLASHINFER_CUTLASS_MOE_FAMILIES = {"0.19": (10, 11, 12), "0.33": (10, 12)}
+#: flashinfer-python 0.7.2.post1 (vLLM 0.33.0's pin) fused_moe/core.py ``cutlass_fused_moe``: ``tune_max_num_tokens``
+#: defaults to 8192, which vLLM 0.33's FlashInferExperts does not pass, and ``get_hybrid_num_tokens_buckets`` ends on it
+FLASHINFER_MOE_TUNE_MAX_TOKENS_033 = 8192
 
 
 def _flashinfer_aligned(size: int) -> int:
@@ -1435,9 +1439,10 @@ def cutlass_moe_tokens_per_block(tokens: int, experts: int) -> int:
 
 def cutlass_moe_profiler_workspace_bytes(*, tokens: int, experts: int, top_k: int, hidden: int, width: int,
                                          activation_bytes: int, bias: bool = False) -> int:
-    """The bytes of FlashInfer 0.6.6's CUTLASS MoE profiler workspace for its second GEMM over `tokens` tokens
+    """The bytes of FlashInfer's CUTLASS MoE profiler workspace for its second GEMM over `tokens` tokens
     (``GemmProfilerBackend::getWorkspaceSize`` over ``getProfilerWorkspaces(maxM=tokens)`` with ``mGemmToProfile``
-    GEMM_2, fused_moe/cutlass_backend/cutlass_fused_moe_kernels.cuh), for fp8 weights (e4m3), bf16 output, `experts`
+    GEMM_2, fused_moe/cutlass_backend/cutlass_fused_moe_kernels.cuh; the same buffers for fp8 weights in 0.6.6 and
+    0.7.2.post1, whose additions are all 0 there), for fp8 weights (e4m3), bf16 output, `experts`
     experts on the rank, `width` the expert width on the rank and `activation_bytes` 1 (fp8 activations) or 2 (bf16
     activations: DeepSeek-style block fp8), each buffer rounded up to 128 bytes, E = `experts`, k = `top_k`,
     M = `tokens`:
@@ -1477,40 +1482,45 @@ def cutlass_moe_profiler_workspace_bytes(*, tokens: int, experts: int, top_k: in
 def flashinfer_cutlass_moe_path(version: str, expert_format: str, device: DeviceFacts,
                                 expert_parallel: bool, tensor_parallel: int) -> str | None:
     """Why vLLM `version` runs a MoE model's routed experts stored as `expert_format` on FlashInfer's CUTLASS experts
-    (``FlashInferExperts``, fused_moe/flashinfer_cutlass_moe.py) on `device` with its default environment, or None
-    where it does not or nibble did not read it.  Read for 0.19 only (fused_moe/oracle/fp8.py
-    ``select_fp8_moe_backend``: AITER, FLASHINFER_TRTLLM, FLASHINFER_CUTLASS, DEEPGEMM, VLLM_CUTLASS, TRITON, ...):
+    (``FlashInferExperts``) on `device` with its default environment, or None where it does not or nibble did not
+    read it.  Read for 0.19 and 0.33 (fused_moe/oracle/fp8.py ``select_fp8_moe_backend``: AITER, FLASHINFER_TRTLLM,
+    FLASHINFER_CUTLASS, DEEPGEMM, VLLM_CUTLASS, TRITON, ...):
 
     * fp8 weights and static activations with a scale per tensor ("fp8-per-tensor-static": kFp8StaticTensorSym for
-      both) on compute capability 9.0 and the 10.x, 11.x and 12.x families (``_supports_current_device``;
-      ``_supports_quant_scheme`` from 9.0); FLASHINFER_TRTLLM comes first on 10.x, but its per-tensor class
-      (``TrtLlmFp8ExpertsMonolithic``) takes only DeepSeek-V3 and Llama 4 routing (``_supports_routing_method``) and
-      its modular one no per-tensor scales, so for other models FlashInferExperts runs; a 10.x device is charged it
-      whatever the routing, which nibble's model does not record (on the safe side for those two routings);
+      both) on compute capability 9.0 and the families of `FLASHINFER_CUTLASS_MOE_FAMILIES`
+      (``_supports_current_device``; ``_supports_quant_scheme`` from 9.0).  FLASHINFER_TRTLLM comes first on 10.x:
+      its per-tensor class (``TrtLlmFp8ExpertsMonolithic``) takes DeepSeek-V3 and Llama 4 routing in 0.19 and
+      Renormalize, sigmoid and MiniMax routing besides in 0.33 (``_supports_routing_method``), its modular one no
+      per-tensor scales; the routing method is not in nibble's model, so a 10.x device is charged the CUTLASS path
+      whatever the routing (on the safe side where TRT-LLM takes it);
     * [128, 128] block fp8 ("fp8-block128") under expert parallelism on 9.0, where ``_get_priority_backends`` moves
       FLASHINFER_CUTLASS to the front (``ep_size > 1``; FlashInferExperts takes block fp8 on 9.0 only)."""
     capability = device.compute_capability
-    if version != "0.19" or capability is None:
+    families = FLASHINFER_CUTLASS_MOE_FAMILIES.get(version)
+    if families is None or capability is None:
         return None
-    if expert_format == "fp8-per-tensor-static" and (
-            capability == HOPPER_CAPABILITY or capability[0] in FLASHINFER_CUTLASS_MOE_FAMILIES_V0_19):
-        return ("vLLM 0.19 runs fp8 experts with static per-tensor scales on FlashInfer's CUTLASS experts on compute "
-                f"capability {_capability_text(capability[0] * 10 + capability[1])} (oracle/fp8.py "
-                "FLASHINFER_CUTLASS, FlashInferExperts; on 10.x TRT-LLM's per-tensor kernel takes only DeepSeek-V3 and "
-                "Llama 4 routing)")
+    if expert_format == "fp8-per-tensor-static" and (capability == HOPPER_CAPABILITY or capability[0] in families):
+        return (f"vLLM {version} runs fp8 experts with static per-tensor scales on FlashInfer's CUTLASS experts on "
+                f"compute capability {_capability_text(capability[0] * 10 + capability[1])} (oracle/fp8.py "
+                "FLASHINFER_CUTLASS, FlashInferExperts"
+                + ("; charged on 10.x whatever the routing, where TRT-LLM's per-tensor kernel takes some"
+                   if capability[0] == 10 else "") + ")")
     if (expert_format == "fp8-block128" and expert_parallel and tensor_parallel > 1
             and capability == HOPPER_CAPABILITY):
-        return ("vLLM 0.19 runs block-fp8 experts under expert parallelism on FlashInfer's CUTLASS experts on "
+        return (f"vLLM {version} runs block-fp8 experts under expert parallelism on FlashInfer's CUTLASS experts on "
                 "compute capability 9.0 (oracle/fp8.py moves FLASHINFER_CUTLASS to the front for ep_size > 1)")
     return None
 
 
 def flashinfer_tuning_tokens(version: str, limits: BatchLimits, enforce_eager: bool) -> int:
-    """The largest token count FlashInfer's autotuner profiles vLLM 0.19's CUTLASS MoE at: FlashInferExperts passes
-    ``tune_max_num_tokens = max(max_cudagraph_capture_size, 1)`` (flashinfer_cutlass_moe.py, ``apply``), the largest
-    capture size (`vllm_graphs.cudagraph_capture_sizes`; 0 under ``enforce_eager``, config/vllm.py), and FlashInfer
-    0.6.6 tunes the powers of two up to its largest power of two (fused_moe/core.py ``refine_tuning_config``,
-    ``get_last_power_of_2_num_tokens_buckets``)."""
+    """The largest token count FlashInfer's autotuner profiles vLLM `version`'s CUTLASS MoE at.  0.19:
+    FlashInferExperts passes ``tune_max_num_tokens = max(max_cudagraph_capture_size, 1)`` (flashinfer_cutlass_moe.py,
+    ``apply``), the largest capture size (`vllm_graphs.cudagraph_capture_sizes`; 0 under ``enforce_eager``,
+    config/vllm.py), and FlashInfer 0.6.6 tunes the powers of two up to its largest power of two (fused_moe/core.py
+    ``refine_tuning_config``, ``get_last_power_of_2_num_tokens_buckets``).  0.33: none is passed and FlashInfer
+    0.7.2's default, 8192, is its last bucket (`FLASHINFER_MOE_TUNE_MAX_TOKENS_033`), eager or not."""
+    if version == "0.33":
+        return FLASHINFER_MOE_TUNE_MAX_TOKENS_033
     sizes = () if enforce_eager else cudagraph_capture_sizes(version, limits)
     largest = max(max(sizes, default=0), 1)
     return 1 << (largest.bit_length() - 1)
@@ -1521,17 +1531,20 @@ def flashinfer_moe_autotune_buffer(stage: Stage, version: str, limits: BatchLimi
     """The CUTLASS MoE profiler workspace vLLM `version` keeps on one device of `stage` after FlashInfer's autotuning,
     or None where its experts do not run on FlashInfer's CUTLASS experts (`flashinfer_cutlass_moe_path`).
 
-    vLLM 0.19 autotunes FlashInfer in ``kernel_warmup`` (model_executor/warmup/kernel_warmup.py ``flashinfer_autotune``,
-    on by default from -O1, on compute capability 9.0 and up), which ``compile_or_warm_up_model`` runs after
-    ``initialize_from_config`` has allocated the KV cache (v1/worker/gpu_worker.py): a dummy run whose first MoE layer
-    tunes ``cutlass_fused_moe`` (flashinfer/fused_moe/core.py), GEMM 1 then GEMM 2, each over the token buckets
-    ascending (autotuner.py ``choose_one``), calling ``run_gemm_profile(do_preparation=True)`` once per bucket.  Each
-    preparation replaces the C++ runner's ``mProfileWorkspace`` with an ``alloc_tensor`` of the profiler's workspace
-    for that bucket (flashinfer_cutlass_fused_moe_binding.cu; through tvm-ffi's environment allocator, PyTorch's
-    caching allocator for a call with torch tensors), and the runner lives in the class-level ``MoERunner.runner_dict``:
-    the last one, GEMM 2 at the largest bucket (`flashinfer_tuning_tokens`), is held for the life of the process.
-    vLLM's profiling run never sees it (it was sized before), so it comes out of the memory the budget leaves free:
-    `cutlass_moe_profiler_workspace_bytes` with the rank's experts and width (`expert_shard`)."""
+    vLLM 0.19 and 0.33 autotune FlashInfer in ``kernel_warmup`` (model_executor/warmup/kernel_warmup.py
+    ``flashinfer_autotune``, on by default from -O1, on compute capability 9.0 and up), which
+    ``compile_or_warm_up_model`` runs after ``initialize_from_config`` has allocated the KV cache
+    (v1/worker/gpu_worker.py): a dummy run whose first MoE layer tunes ``cutlass_fused_moe`` (flashinfer
+    fused_moe/core.py), GEMM 1 then GEMM 2, each over the token buckets ascending (``choose_one``,
+    ``_generate_optimization_profiles`` sorts them), calling ``run_gemm_profile(do_preparation=True)`` once per
+    bucket.  Each preparation replaces the C++ runner's ``mProfileWorkspace`` with an ``alloc_tensor`` of the
+    profiler's workspace for that bucket (flashinfer_cutlass_fused_moe_binding.cu; through tvm-ffi's environment
+    allocator, PyTorch's caching allocator for a call with torch tensors), and the runner lives in the class-level
+    ``MoERunner.runner_dict``: the last one, GEMM 2 at the largest bucket (`flashinfer_tuning_tokens`), is held for
+    the life of the process.  vLLM's profiling run never sees it (it was sized before), so it comes out of the memory
+    the budget leaves free: `cutlass_moe_profiler_workspace_bytes` with the rank's experts and width (`expert_shard`).
+    On 0.33 a start that finds its autotune results cached (vLLM's per-rank file or FlashInfer's managed store) tunes
+    nothing and keeps none: the first start, which a plan must fit, does."""
     why = flashinfer_cutlass_moe_path(version, expert_format, device, stage.expert_parallel, stage.tensor_parallel)
     spec = stage.spec
     if why is None or not spec.is_moe:

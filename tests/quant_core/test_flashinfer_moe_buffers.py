@@ -19,6 +19,8 @@ Read in vllm 0.19.0 (the wheel from PyPI) and flashinfer-python 0.6.6 (the versi
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from quant_core.catalog import device_facts, get_device, get_preset
 from quant_core.engines.base import BatchLimits, Stage
 from quant_core.engines.vllm import (
@@ -118,13 +120,36 @@ def test_no_cutlass_profiler_workspace_where_vllm_0_19_runs_other_experts() -> N
     assert flashinfer_moe_autotune_buffer(stage, "0.19", DEFAULTS, "bf16", H100) is None
     assert flashinfer_moe_autotune_buffer(stage, "0.19", DEFAULTS, "fp8-per-tensor", H100) is None
     assert flashinfer_moe_autotune_buffer(stage, "0.11", DEFAULTS, "fp8-per-tensor-static", H100) is None
-    assert flashinfer_moe_autotune_buffer(stage, "0.33", DEFAULTS, "fp8-per-tensor-static", H100) is None
     # the 10.x and 12.x families run it too (FlashInferExperts._supports_current_device)
     for device in (B200, RTX_PRO_6000):
         assert flashinfer_moe_autotune_buffer(stage, "0.19", DEFAULTS, "fp8-per-tensor-static", device) is not None
     dense = get_preset("llama-3.1-8b")
     assert flashinfer_moe_autotune_buffer(Stage(dense, 1, 1, (0, dense.num_layers), True), "0.19", DEFAULTS,
                                           "fp8-per-tensor-static", H100) is None
+
+
+def test_vllm_0_33_keeps_it_at_flashinfer_0_7_2s_8192_token_default_eager_or_not() -> None:
+    # vLLM 0.33's FlashInferExperts (fused_moe/experts/flashinfer_cutlass_moe.py apply) passes no tune_max_num_tokens:
+    # flashinfer 0.7.2.post1 cutlass_fused_moe's default 8192 is the last hybrid bucket (get_hybrid_num_tokens_buckets
+    # appends max_num_tokens), whatever the capture sizes.  Qwen3-30B-A3B on one H100: M x k = 65,536;
+    # computeNumTokensPerBlock(8192, 128) = 1024 (8 blocks x 128 experts = 1024), 8 blocks.
+    expanded = 8192 * 8
+    by_hand = (aligned(129 * 8 * 16) + 3 * aligned(16 * expanded * 4) + aligned(expanded * 4)
+               + 2 * aligned(128 * 8 * 4) + aligned(128 * 8192 * 4) + aligned(expanded * 4)
+               + aligned(768 * expanded) + aligned(2048 * 2) + aligned(2048 * expanded * 2)
+               + aligned(128 * 4) + aligned(4) + aligned(128 * 4) + aligned(128 * 8))
+    assert by_hand == 336_099_584  # 320.5 MiB
+    assert cutlass_moe_tokens_per_block(8192, 128) == 1024
+    spec = get_preset("qwen3-30b-a3b")
+    stage = Stage(spec, 1, 1, (0, spec.num_layers), True)
+    for eager in (False, True):
+        term = flashinfer_moe_autotune_buffer(stage, "0.33", DEFAULTS, "fp8-per-tensor-static", H100, eager)
+        assert term is not None and term.bytes == by_hand
+    # 0.33's FlashInferExperts leaves out the 11.x family (flashinfer#3134); 12.x runs it
+    thor = replace(B200, compute_capability=(11, 0))
+    assert flashinfer_moe_autotune_buffer(stage, "0.33", DEFAULTS, "fp8-per-tensor-static", thor) is None
+    assert flashinfer_moe_autotune_buffer(stage, "0.19", DEFAULTS, "fp8-per-tensor-static", thor) is not None
+    assert flashinfer_moe_autotune_buffer(stage, "0.33", DEFAULTS, "fp8-per-tensor-static", RTX_PRO_6000) is not None
 
 
 def test_a_plan_of_a_static_fp8_moe_checkpoint_on_an_h100_charges_it_outside_the_budget() -> None:
