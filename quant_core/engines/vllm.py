@@ -1090,11 +1090,14 @@ FUSED_MOE_CHUNK_TOKENS_V0_11 = 32768
 class FusedMoeCaches:
     """The fused-MoE caches one rank allocates for a batch of `tokens` tokens on vLLM `version`
     (`fused_moe_caches`): `nbytes` in all, `persists` when they stay allocated after the forward pass (the
-    workspace manager's buffer, under the sampler pass and every later layer), `basis` the kernel class and file."""
+    workspace manager's buffer, under the sampler pass and every later layer), `basis` the kernel class and file;
+    `transient` what the kernel allocates and frees inside each MoE layer beside `nbytes` (FlashInfer's CUTLASS
+    workspace: `cutlass_moe_runtime_workspace_bytes`)."""
 
     nbytes: int
     persists: bool
     basis: str
+    transient: int = 0
 
 
 #: Hopper's compute capability: vLLM 0.11's DeepGEMM runs block-fp8 experts on it (utils/deep_gemm.py
@@ -1356,15 +1359,20 @@ def fused_moe_caches(spec: ModelSpec, tensor_parallel: int, tokens: int, version
       profiling).  TritonExperts is what the oracles pick for bf16 MoE on H100/H200/A100/L40S (oracle/unquantized.py)
       and for block fp8 on Hopper under tensor parallelism (oracle/fp8.py moves TRITON to the front);
       ``MarlinExperts`` (fused_marlin_moe.py: ``M x k x max(w, K)`` and ``M x k x max(2w, K)``, the same bytes)
-      runs int4 (GPTQ/AWQ Marlin) and fp8/mxfp4 experts on A100.  The classes that ask less (gpt-oss's
-      ``OAITritonMxfp4ExpertsMonolithic`` on Hopper, nothing in the workspace; ``FlashInferExperts`` for per-tensor
-      fp8 on Hopper, ``T x K``) are charged this figure, on the safe side, except MXFP4 experts
-      (`expert_format` "mxfp4", gpt-oss) where `mxfp4_moe_backend` is OpenAI's Triton kernels (compute capability
-      9.x): ``OAITritonMxfp4ExpertsMonolithic``
-      bypasses the workspace manager and ``triton_kernel_fused_experts`` (gpt_oss_triton_kernels_moe.py) allocates
-      its ``T x k x w`` intermediate (the activation fused into the first matmul) and ``T x K`` output with
-      torch.empty in each call, freed after the layer (gpt-oss-20b at TP 2 on vLLM 0.19, H100: 2.87 GiB logged,
-      the sampler pass alone).
+      runs int4 (GPTQ/AWQ Marlin) and fp8/mxfp4 experts on A100.  The other classes are charged this figure, on the
+      safe side, except:
+
+      - MXFP4 experts (`expert_format` "mxfp4", gpt-oss) where `mxfp4_moe_backend` is OpenAI's Triton kernels
+        (compute capability 9.x): ``OAITritonMxfp4ExpertsMonolithic`` bypasses the workspace manager and
+        ``triton_kernel_fused_experts`` (gpt_oss_triton_kernels_moe.py) allocates its ``T x k x w`` intermediate (the
+        activation fused into the first matmul) and ``T x K`` output with torch.empty in each call, freed after the
+        layer (gpt-oss-20b at TP 2 on vLLM 0.19, H100: 2.87 GiB logged, the sampler pass alone);
+      - fp8 experts with static per-tensor scales ("fp8-per-tensor-static") where `flashinfer_cutlass_moe_path` runs
+        them on ``FlashInferExperts`` outside the 10.x family (where TRT-LLM's per-tensor kernel may take them,
+        charged this figure): its ``workspace_shapes`` asks workspace13 ``(T, K)``, workspace2 ``(0,)`` and output
+        ``(T, K)``, one ``T x K`` bf16 view of the workspace manager's buffer, kept, and FlashInfer's
+        ``cutlass_fused_moe`` allocates its CUTLASS workspace in each layer and frees it
+        (`cutlass_moe_runtime_workspace_bytes`, `FusedMoeCaches.transient`).
     """
     k, hidden = spec.experts_per_token, spec.hidden_size
     experts, width = expert_shard(spec, tensor_parallel, expert_parallel)
@@ -1398,6 +1406,20 @@ def fused_moe_caches(spec: ModelSpec, tensor_parallel: int, tokens: int, version
             f"fused_experts_impl's caches (fused_moe/fused_moe.py: cache13 of min(tokens, 32768) x top_k x "
             f"max(2 x {width}, {hidden}) and intermediate_cache2 of min(tokens, 32768) x top_k x {width}, bf16, "
             f"{nbytes / GIB:.2f} GiB, freed after each layer)"))
+    capability = device.compute_capability
+    if (expert_format == "fp8-per-tensor-static" and capability is not None and capability[0] != 10
+            and flashinfer_cutlass_moe_path(version, expert_format, device, expert_parallel, tensor_parallel)):
+        held = _aligned(tokens * hidden * ACTIVATION_ELEMENT_BYTES)
+        finalize = capability[0] != 12  # TMA warp-specialized on 9.0 and 11.x, not 12.x (fp8 x fp8)
+        transient = cutlass_moe_runtime_workspace_bytes(tokens=tokens, experts=experts, top_k=k, hidden=hidden,
+                                                        width=width, finalize_fused=finalize)
+        return FusedMoeCaches(held, True, (
+            f"FlashInferExperts' (flashinfer_cutlass_moe.py workspace_shapes: workspace13 and the output tokens x "
+            f"{hidden}, bf16, one {held / GIB:.2f} GiB view of v1/worker/workspace.py's buffer, kept) and, inside each "
+            f"MoE layer, FlashInfer's CUTLASS workspace ({transient / GIB:.2f} GiB: permuted fp8 rows, the bf16 GLU "
+            "and GEMM 2 results, routing maps; cutlass_fused_moe_kernels.cuh getWorkspaceDeviceBufferSizes, its TMA "
+            "argument arrays and CUTLASS GEMM workspace not counted): vLLM runs fp8 experts with static per-tensor "
+            "scales on FlashInfer's CUTLASS experts there (oracle/fp8.py FLASHINFER_CUTLASS)"), transient)
     rows = tokens * k
     nbytes = (_aligned(rows * max(width, hidden) * ACTIVATION_ELEMENT_BYTES)
               + _aligned(rows * max(2 * width, hidden) * ACTIVATION_ELEMENT_BYTES))
@@ -1477,6 +1499,43 @@ def cutlass_moe_profiler_workspace_bytes(*, tokens: int, experts: int, top_k: in
         experts * 8,  # alpha_scale_ptr_array
     )
     return sum(_flashinfer_aligned(size) for size in sizes)
+
+
+def cutlass_moe_runtime_workspace_bytes(*, tokens: int, experts: int, top_k: int, hidden: int, width: int,
+                                        finalize_fused: bool) -> int:
+    """The workspace FlashInfer's CUTLASS MoE allocates in each call over `tokens` tokens for fp8 activations and
+    weights with a bf16 output and a gated activation (flashinfer_cutlass_fused_moe_binding.cu ``getWorkspaceInfo``:
+    ``CutlassMoeFCRunner::getWorkspaceSize`` plus the ``src_to_dest_map`` of k x M ints, through ``alloc_tensor``,
+    freed when the call returns; cutlass_fused_moe_kernels.cuh ``getWorkspaceDeviceBufferSizes``, the same for these
+    types in flashinfer 0.6.6 and 0.7.2.post1), each buffer rounded up to 128 bytes, k x M = kM:
+
+    * ``permuted_row_to_unpermuted_row`` and ``permuted_token_selected_experts`` kM x 4 each,
+      ``blocked_expert_counts`` and its cumsum E x ceil(M / `cutlass_moe_tokens_per_block`) x 4 each,
+      ``blocked_row_to_unpermuted_row`` E x M x 4, ``expert_first_token_offset`` (E + 1) x 8,
+      ``permuted_token_final_scales`` kM x 4 where the finalize is fused (`finalize_fused`: ``mayHaveFinalizeFused``,
+      the TMA warp-specialized grouped GEMM, which the fp8 x fp8 runner has on 9.0, 10.x and 11.x, not on 12.x:
+      moe_tma_warp_specialized_traits.h);
+    * ``overlapped_gemm1_gemm2_inputs`` kM x max(2 x hidden, width) (the fp8 permuted rows, the bf16 GEMM 2 result,
+      the fp8 activation output) and ``overlapped_gemm1_gemm2_outputs`` kM x max(4 x width, 2 x hidden) (the bf16
+      GLU input of 2 x width, the GEMM 2 result);
+    * the two ``alpha_scale_ptr_array`` E x 8.
+
+    Not counted, for want of a figure the source gives: the two ``tma_ws_gemm*_workspace`` (``sizeof`` of CUTLASS
+    types per expert) and ``gemm_workspace`` (the CUTLASS kernels' ``get_workspace_size``)."""
+    expanded = tokens * top_k
+    blocks = -(-tokens // cutlass_moe_tokens_per_block(tokens, experts))
+    sizes = (
+        expanded * 4, expanded * 4,  # permuted_row_to_unpermuted_row, permuted_token_selected_experts
+        experts * blocks * 4, experts * blocks * 4,  # blocked_expert_counts and its cumsum
+        experts * tokens * 4,  # blocked_row_to_unpermuted_row
+        (experts + 1) * 8,  # expert_first_token_offset
+        expanded * 4 if finalize_fused else 0,  # permuted_token_final_scales
+        expanded * max(2 * hidden, width),  # overlapped_gemm1_gemm2_inputs
+        expanded * max(4 * width, 2 * hidden),  # overlapped_gemm1_gemm2_outputs
+        experts * 8, experts * 8,  # alpha_scale_ptr_array_fc1, _fc2
+    )
+    runner = sum(_flashinfer_aligned(size) for size in sizes)
+    return runner + _flashinfer_aligned(expanded * 4)  # src_to_dest_map
 
 
 def flashinfer_cutlass_moe_path(version: str, expert_format: str, device: DeviceFacts,
@@ -1819,8 +1878,9 @@ def _forward_bytes(spec: ModelSpec, tensor_parallel: int, tokens: int, version: 
     residual stream, the norm output and the layer output, beside the widest intermediate: a dense MLP's gate/up
     output and its activation (``3 × intermediate / tp``); a MoE layer's shared experts (``3 × width / tp``) beside its
     fused-MoE caches (`fused_moe_caches`), which, where they persist (v0.19 on, and 0.11's DeepGEMM workspace), are
-    held through every layer's attention as well; attention's q/k/v and output (MLA: the per-head query and the
-    expanded key/value).
+    held through every layer's attention as well, and what the MoE kernel allocates only inside the layer
+    (`FusedMoeCaches.transient`: FlashInfer's CUTLASS workspace); attention's q/k/v and output (MLA: the per-head
+    query and the expanded key/value).
     """
     tp = tensor_parallel
     mlp = 3 * spec.intermediate_size // tp if (not spec.is_moe or spec.dense_layers) else 0
@@ -1837,9 +1897,10 @@ def _forward_bytes(spec: ModelSpec, tensor_parallel: int, tokens: int, version: 
     caches = fused_moe_caches(spec, tp, tokens, version, expert_format, device, expert_parallel)
     shared = 3 * spec.shared_expert_width // tp
     if caches.persists:
-        return per_token * (3 * spec.hidden_size + max(mlp, attention, shared)) + caches.nbytes
+        return max(per_token * (3 * spec.hidden_size + max(mlp, attention)),
+                   per_token * (3 * spec.hidden_size + shared) + caches.transient) + caches.nbytes
     return max(per_token * (3 * spec.hidden_size + max(mlp, attention)),
-               per_token * (3 * spec.hidden_size + shared) + caches.nbytes)
+               per_token * (3 * spec.hidden_size + shared) + caches.nbytes + caches.transient)
 
 
 #: model_executor/layers/vocab_parallel_embedding.py ``DEFAULT_VOCAB_PADDING_SIZE``: the lm_head's rows are the

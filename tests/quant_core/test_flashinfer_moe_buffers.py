@@ -1,4 +1,6 @@
-"""FlashInfer's CUTLASS MoE profiler workspace that vLLM 0.19 keeps after its kernel warm-up, by hand from the code.
+"""FlashInfer's CUTLASS MoE buffers under vLLM 0.19 and 0.33, by hand from the code: the profiler workspace kept after
+the kernel warm-up (outside the budget) and, inside the profiling run, FlashInferExperts' workspace-manager view and
+the CUTLASS workspace each MoE layer allocates (fused_moe_caches).
 
 Read in vllm 0.19.0 (the wheel from PyPI) and flashinfer-python 0.6.6 (the version it pins):
 
@@ -26,9 +28,11 @@ from quant_core.engines.base import BatchLimits, Stage
 from quant_core.engines.vllm import (
     VllmProfile,
     cutlass_moe_profiler_workspace_bytes,
+    cutlass_moe_runtime_workspace_bytes,
     cutlass_moe_tokens_per_block,
     flashinfer_moe_autotune_buffer,
     flashinfer_tuning_tokens,
+    fused_moe_caches,
 )
 from quant_core.planner import Hardware, PlanOptions, Workload, plan
 from quant_core.schemes import scheme_from_quantization_config
@@ -165,3 +169,61 @@ def test_a_plan_of_a_static_fp8_moe_checkpoint_on_an_h100_charges_it_outside_the
                for scheme in (static, block)]
     static_device, block_device = (answer.primary.devices[0] for answer in answers)
     assert static_device.outside_budget_bytes - block_device.outside_budget_bytes == 21_029_120
+
+
+def cutlass_runtime_by_hand(*, tokens: int, experts: int, top_k: int, hidden: int, width: int, finalize: bool) -> int:
+    """getWorkspaceDeviceBufferSizes for fp8 x fp8 -> bf16, gated, plus the binding's src_to_dest_map."""
+    expanded, per_block = tokens * top_k, 32
+    while per_block < 1024 and -(-tokens // per_block) * experts > per_block:
+        per_block *= 2
+    blocks = -(-tokens // per_block)
+    runner = (2 * aligned(expanded * 4) + 2 * aligned(experts * blocks * 4) + aligned(experts * tokens * 4)
+              + aligned((experts + 1) * 8) + (aligned(expanded * 4) if finalize else 0)
+              + aligned(expanded * max(2 * hidden, width))  # fp8 permuted rows | bf16 GEMM 2 result | fp8 act output
+              + aligned(expanded * max(4 * width, 2 * hidden))  # bf16 GLU input (2 x width) | GEMM 2 result
+              + 2 * aligned(experts * 8))
+    return runner + aligned(expanded * 4)
+
+
+def test_flashinfer_experts_hold_one_tokens_x_hidden_view_and_allocate_the_cutlass_workspace_per_layer() -> None:
+    # vLLM 0.19 flashinfer_cutlass_moe.py FlashInferExperts.workspace_shapes: workspace1 (M, K), workspace2 (0,),
+    # output (M, K); modular_kernel.py _allocate_buffers asks the workspace manager for max(M x K, M x K) bf16 and
+    # (0,): 8192 x 2048 x 2 = 33,554,432 bytes, kept.  Inside each MoE layer FlashInfer allocates its CUTLASS
+    # workspace: k x M = 65,536 rows, computeNumTokensPerBlock(8192, 128) = 1024 (8 blocks), on 9.0 the finalize is
+    # fused (permuted_token_final_scales): 2 x 262,144 + 2 x 4,096 + 4,194,304 + 1,152 + 262,144 + 65,536 x 4,096 +
+    # 65,536 x 4,096 + 2 x 1,024, and the src_to_dest_map 262,144.
+    spec = get_preset("qwen3-30b-a3b")
+    caches = fused_moe_caches(spec, 1, 8192, "0.19", "fp8-per-tensor-static", H100)
+    assert caches.nbytes == 33_554_432 and caches.persists
+    assert caches.transient == cutlass_runtime_by_hand(tokens=8192, experts=128, top_k=8, hidden=2048, width=768,
+                                                       finalize=True) == 542_125_184
+    assert caches.transient == cutlass_moe_runtime_workspace_bytes(tokens=8192, experts=128, top_k=8, hidden=2048,
+                                                                   width=768, finalize_fused=True)
+    assert "FlashInferExperts" in caches.basis
+    assert fused_moe_caches(spec, 1, 8192, "0.33", "fp8-per-tensor-static", H100) == caches
+    # 12.x: the fp8 x fp8 runner has no TMA warp-specialized GEMM there (moe_tma_warp_specialized_traits.h), so no
+    # fused finalize and no permuted_token_final_scales
+    pro = fused_moe_caches(spec, 1, 8192, "0.19", "fp8-per-tensor-static", RTX_PRO_6000)
+    assert pro.transient == 542_125_184 - 262_144
+    # 10.x: TRT-LLM's per-tensor kernel may run instead (routing not in the model): TritonExperts' figure, kept
+    assert fused_moe_caches(spec, 1, 8192, "0.19", "fp8-per-tensor-static", B200).transient == 0
+    assert "TritonExperts" in fused_moe_caches(spec, 1, 8192, "0.19", "fp8-per-tensor-static", B200).basis
+
+
+def test_the_profiling_peak_of_static_fp8_qwen3_moe_on_an_h100_charges_flashinfers_buffers_not_tritons() -> None:
+    # Before, TritonExperts' 536,870,912 bytes (8192 x 8 x (2048 + 2048) x 2) were charged, kept under the sampler
+    # pass; FlashInferExperts keeps 33,554,432.  At the default limits the sampler pass over 1024 rows sets the peak
+    # in both, so the activation falls by the difference; with one sequence the forward pass sets it, where the MoE
+    # layer holds the residual stream (3 x 2048 x 2 bytes a token) beside the CUTLASS workspace: max(8192 x 2 x
+    # (6144 + 9216) attention, 8192 x 2 x 6144 + 542,125,184) + 33,554,432 = 676,342,912 against Triton's
+    # max(251,658,240, 100,663,296) + 536,870,912 = 788,529,152.
+    spec = get_preset("qwen3-30b-a3b")
+    stage = Stage(spec, 1, 1, (0, spec.num_layers), True)
+    profile = VllmProfile("0.19")
+    triton, static = (profile.activation(stage, DEFAULTS, expert_format, H100).bytes
+                      for expert_format in ("fp8-block128", "fp8-per-tensor-static"))
+    assert triton - static == 536_870_912 - 33_554_432
+    one = BatchLimits(8192, 1)
+    triton, static = (profile.activation(stage, one, expert_format, H100).bytes
+                      for expert_format in ("fp8-block128", "fp8-per-tensor-static"))
+    assert triton - static == 788_529_152 - 676_342_912
