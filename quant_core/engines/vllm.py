@@ -1407,19 +1407,24 @@ def fused_moe_caches(spec: ModelSpec, tensor_parallel: int, tokens: int, version
             f"max(2 x {width}, {hidden}) and intermediate_cache2 of min(tokens, 32768) x top_k x {width}, bf16, "
             f"{nbytes / GIB:.2f} GiB, freed after each layer)"))
     capability = device.compute_capability
-    if (expert_format == "fp8-per-tensor-static" and capability is not None and capability[0] != 10
+    nvfp4 = weight_format_family(expert_format) == "nvfp4"
+    if ((expert_format == "fp8-per-tensor-static" or nvfp4) and capability is not None and capability[0] != 10
             and flashinfer_cutlass_moe_path(version, expert_format, device, expert_parallel, tensor_parallel)):
         held = _aligned(tokens * hidden * ACTIVATION_ELEMENT_BYTES)
-        finalize = capability[0] != 12  # TMA warp-specialized on 9.0 and 11.x, not 12.x (fp8 x fp8)
+        # the TMA warp-specialized grouped GEMM fuses the finalize: fp8 x fp8 on 9.0 and 11.x, not 12.x; fp4 x fp4
+        # on 11.x and 12.x (moe_gemm_template_dispatch.h supportsTmaWarpSpecialized, moe_tma_warp_specialized_traits.h)
+        finalize = nvfp4 or capability[0] != 12
         transient = cutlass_moe_runtime_workspace_bytes(tokens=tokens, experts=experts, top_k=k, hidden=hidden,
-                                                        width=width, finalize_fused=finalize)
+                                                        width=width, finalize_fused=finalize, nvfp4=nvfp4)
+        held_rows = "packed fp4 rows and their scales" if nvfp4 else "permuted fp8 rows"
         return FusedMoeCaches(held, True, (
             f"FlashInferExperts' (flashinfer_cutlass_moe.py workspace_shapes: workspace13 and the output tokens x "
             f"{hidden}, bf16, one {held / GIB:.2f} GiB view of v1/worker/workspace.py's buffer, kept) and, inside each "
-            f"MoE layer, FlashInfer's CUTLASS workspace ({transient / GIB:.2f} GiB: permuted fp8 rows, the bf16 GLU "
+            f"MoE layer, FlashInfer's CUTLASS workspace ({transient / GIB:.2f} GiB: {held_rows}, the bf16 GLU "
             "and GEMM 2 results, routing maps; cutlass_fused_moe_kernels.cuh getWorkspaceDeviceBufferSizes, its TMA "
-            "argument arrays and CUTLASS GEMM workspace not counted): vLLM runs fp8 experts with static per-tensor "
-            "scales on FlashInfer's CUTLASS experts there (oracle/fp8.py FLASHINFER_CUTLASS)"), transient)
+            f"argument arrays and CUTLASS GEMM workspace not counted): "
+            f"{flashinfer_cutlass_moe_path(version, expert_format, device, expert_parallel, tensor_parallel)}"),
+            transient)
     rows = tokens * k
     nbytes = (_aligned(rows * max(width, hidden) * ACTIVATION_ELEMENT_BYTES)
               + _aligned(rows * max(2 * width, hidden) * ACTIVATION_ELEMENT_BYTES))
@@ -1459,8 +1464,21 @@ def cutlass_moe_tokens_per_block(tokens: int, experts: int) -> int:
     return 1024
 
 
+def nvfp4_weight_scale_bytes(experts: int, rows: int, columns: int) -> int:
+    """FlashInfer's ``getOffsetWeightSF`` for NVFP4 (cutlass_fused_moe_kernels.cuh): one fp8 scale per 16 weights of
+    `experts` ``rows x columns`` matrices, the rows padded to 128 and the columns to 64 (``MinNDimAlignmentNVFP4``,
+    ``MinKDimAlignmentNVFP4``: the 32 x 4 by 16 x 4 ``SfAtom`` of CUTLASS's ``Sm1xxBlockScaledConfig<16>``)."""
+    return experts * _round_up(rows, 128) * _round_up(columns, 64) // 16
+
+
+def nvfp4_activation_scale_bytes(experts: int, rows: int, columns: int) -> int:
+    """FlashInfer's ``getOffsetActivationSF`` for NVFP4: the scales of `rows` permuted rows of `columns` values, each
+    expert's rows starting on a 128-row boundary (``rows + experts x 127`` rounded up to 128), the columns to 64."""
+    return _round_up(rows + experts * 127, 128) * _round_up(columns, 64) // 16
+
+
 def cutlass_moe_profiler_workspace_bytes(*, tokens: int, experts: int, top_k: int, hidden: int, width: int,
-                                         activation_bytes: int, bias: bool = False) -> int:
+                                         activation_bytes: int, bias: bool = False, nvfp4: str = "") -> int:
     """The bytes of FlashInfer's CUTLASS MoE profiler workspace for its second GEMM over `tokens` tokens
     (``GemmProfilerBackend::getWorkspaceSize`` over ``getProfilerWorkspaces(maxM=tokens)`` with ``mGemmToProfile``
     GEMM_2, fused_moe/cutlass_backend/cutlass_fused_moe_kernels.cuh; the same buffers for fp8 weights in 0.6.6 and
@@ -1477,6 +1495,14 @@ def cutlass_moe_profiler_workspace_bytes(*, tokens: int, experts: int, top_k: in
       ``intermediate`` hidden x M x k x 2, ``bias`` hidden x E x `activation_bytes` where the experts have biases;
     * fp8 weight scales ``quant_1`` E x 4, ``quant_2`` 4, ``quant_3`` E x 4, and ``alpha_scale_ptr_array`` E x 8.
 
+    With `nvfp4` (NVFP4 weights and activations, the runner's int64-packed dtypes: 4-bit activations, so the
+    ``input`` is half a byte a value and `activation_bytes` is not read) the quantization buffers are ``quant_1`` 4,
+    ``quant_2`` the GEMM 1 weight scales (`nvfp4_weight_scale_bytes` of E matrices of width x hidden in flashinfer
+    0.6.6, `nvfp4` "0.19"; of 2 x width x hidden in 0.7.2.post1, "0.33", which sizes them by ``fc1_out_size``),
+    ``quant_3`` E x 4, ``quant_4`` 4, ``quant_5`` the GEMM 2 weight scales (hidden x width), ``quant_6`` E x 4, and
+    ``fp4_act_scale_flat`` the larger activation scales of k x M rows of hidden or width values
+    (`nvfp4_activation_scale_bytes`).
+
     Not counted, for want of a figure the source gives: ``tma_ws_input_workspace`` (65 copies of the per-expert TMA
     grouped-GEMM argument arrays, ``TmaWarpSpecializedGroupedGemmInput::workspaceSize``, whose sizes are ``sizeof`` of
     CUTLASS stride and layout types) and ``gemm_workspace`` (the largest CUTLASS kernel ``get_workspace_size`` over
@@ -1484,25 +1510,32 @@ def cutlass_moe_profiler_workspace_bytes(*, tokens: int, experts: int, top_k: in
     expanded = tokens * top_k
     blocks = -(-tokens // cutlass_moe_tokens_per_block(tokens, experts))
     samples = CUTLASS_MOE_PROFILER_ROUTING_SAMPLES
-    sizes = (
+    sizes: tuple[int, ...] = (
         (experts + 1) * 8 * samples,  # expert_first_token_offset
         samples * expanded * 4, samples * expanded * 4, samples * expanded * 4,  # the two maps, token_selected_experts
         expanded * 4,  # permuted_token_selected_experts
         experts * blocks * 4, experts * blocks * 4,  # blocked_expert_counts and its cumsum
         experts * tokens * 4,  # blocked_row_to_unpermuted_row
         expanded * 4,  # token_topk_unpermuted_scales
-        width * expanded * activation_bytes,  # input
+        width * expanded // 2 if nvfp4 else width * expanded * activation_bytes,  # input
         hidden * ACTIVATION_ELEMENT_BYTES,  # output
         hidden * expanded * ACTIVATION_ELEMENT_BYTES,  # intermediate
-        hidden * experts * activation_bytes if bias else 0,  # bias
-        experts * 4, 4, experts * 4,  # quant_1, quant_2, quant_3 (fp8 weights)
+        hidden * experts * activation_bytes if bias and not nvfp4 else 0,  # bias
         experts * 8,  # alpha_scale_ptr_array
     )
+    if nvfp4:
+        fc1_rows = 2 * width if nvfp4 == "0.33" else width
+        sizes += (4, nvfp4_weight_scale_bytes(experts, fc1_rows, hidden), experts * 4, 4,  # quant_1 .. quant_4
+                  nvfp4_weight_scale_bytes(experts, hidden, width), experts * 4,  # quant_5, quant_6
+                  max(nvfp4_activation_scale_bytes(experts, expanded, hidden),
+                      nvfp4_activation_scale_bytes(experts, expanded, width)))  # fp4_act_scale_flat
+    else:
+        sizes += (experts * 4, 4, experts * 4)  # quant_1, quant_2, quant_3 (fp8 weights)
     return sum(_flashinfer_aligned(size) for size in sizes)
 
 
 def cutlass_moe_runtime_workspace_bytes(*, tokens: int, experts: int, top_k: int, hidden: int, width: int,
-                                        finalize_fused: bool) -> int:
+                                        finalize_fused: bool, nvfp4: bool = False) -> int:
     """The workspace FlashInfer's CUTLASS MoE allocates in each call over `tokens` tokens for fp8 activations and
     weights with a bf16 output and a gated activation (flashinfer_cutlass_fused_moe_binding.cu ``getWorkspaceInfo``:
     ``CutlassMoeFCRunner::getWorkspaceSize`` plus the ``src_to_dest_map`` of k x M ints, through ``alloc_tensor``,
@@ -1520,6 +1553,11 @@ def cutlass_moe_runtime_workspace_bytes(*, tokens: int, experts: int, top_k: int
       GLU input of 2 x width, the GEMM 2 result);
     * the two ``alpha_scale_ptr_array`` E x 8.
 
+    With `nvfp4` (NVFP4 weights and activations: ``CutlassMoeFCRunner<__nv_fp4_e2m1, __nv_fp4_e2m1>``) the permuted
+    rows and the activation output are half a byte a value (inputs kM x max(2 x hidden, width / 2)) and
+    ``fp4_act_scale`` holds the larger activation scales of kM rows of hidden or width values
+    (`nvfp4_activation_scale_bytes`).
+
     Not counted, for want of a figure the source gives: the two ``tma_ws_gemm*_workspace`` (``sizeof`` of CUTLASS
     types per expert) and ``gemm_workspace`` (the CUTLASS kernels' ``get_workspace_size``)."""
     expanded = tokens * top_k
@@ -1530,9 +1568,11 @@ def cutlass_moe_runtime_workspace_bytes(*, tokens: int, experts: int, top_k: int
         experts * tokens * 4,  # blocked_row_to_unpermuted_row
         (experts + 1) * 8,  # expert_first_token_offset
         expanded * 4 if finalize_fused else 0,  # permuted_token_final_scales
-        expanded * max(2 * hidden, width),  # overlapped_gemm1_gemm2_inputs
+        expanded * max(2 * hidden, width // 2 if nvfp4 else width),  # overlapped_gemm1_gemm2_inputs
         expanded * max(4 * width, 2 * hidden),  # overlapped_gemm1_gemm2_outputs
         experts * 8, experts * 8,  # alpha_scale_ptr_array_fc1, _fc2
+        max(nvfp4_activation_scale_bytes(experts, expanded, hidden),
+            nvfp4_activation_scale_bytes(experts, expanded, width)) if nvfp4 else 0,  # fp4_act_scale
     )
     runner = sum(_flashinfer_aligned(size) for size in sizes)
     return runner + _flashinfer_aligned(expanded * 4)  # src_to_dest_map
@@ -1553,11 +1593,19 @@ def flashinfer_cutlass_moe_path(version: str, expert_format: str, device: Device
       per-tensor scales; the routing method is not in nibble's model, so a 10.x device is charged the CUTLASS path
       whatever the routing (on the safe side where TRT-LLM takes it);
     * [128, 128] block fp8 ("fp8-block128") under expert parallelism on 9.0, where ``_get_priority_backends`` moves
-      FLASHINFER_CUTLASS to the front (``ep_size > 1``; FlashInferExperts takes block fp8 on 9.0 only)."""
+      FLASHINFER_CUTLASS to the front (``ep_size > 1``; FlashInferExperts takes block fp8 on 9.0 only);
+    * NVFP4 experts (compressed-tensors W4A4, kNvfp4Static x kNvfp4Dynamic) on the 11.x (0.19) and 12.x families,
+      where fused_moe/oracle/nvfp4.py ``select_nvfp4_moe_backend``'s FLASHINFER_TRTLLM and FLASHINFER_CUTEDSL
+      (10.x only) do not run and FLASHINFER_CUTLASS (NVFP4 from 10.0) comes next; on 10.x TRT-LLM's or CuTe DSL's
+      kernels take them, not read here."""
     capability = device.compute_capability
     families = FLASHINFER_CUTLASS_MOE_FAMILIES.get(version)
     if families is None or capability is None:
         return None
+    if weight_format_family(expert_format) == "nvfp4" and capability[0] in families and capability[0] != 10:
+        return (f"vLLM {version} runs NVFP4 experts on FlashInfer's CUTLASS experts on compute capability "
+                f"{_capability_text(capability[0] * 10 + capability[1])} (oracle/nvfp4.py: FLASHINFER_TRTLLM and "
+                "FLASHINFER_CUTEDSL run on 10.x only, FLASHINFER_CUTLASS next)")
     if expert_format == "fp8-per-tensor-static" and (capability == HOPPER_CAPABILITY or capability[0] in families):
         return (f"vLLM {version} runs fp8 experts with static per-tensor scales on FlashInfer's CUTLASS experts on "
                 f"compute capability {_capability_text(capability[0] * 10 + capability[1])} (oracle/fp8.py "
@@ -1611,9 +1659,11 @@ def flashinfer_moe_autotune_buffer(stage: Stage, version: str, limits: BatchLimi
     experts, width = expert_shard(spec, stage.tensor_parallel, stage.expert_parallel)
     tokens = flashinfer_tuning_tokens(version, limits, enforce_eager)
     activation_bytes = 2 if expert_format == "fp8-block128" else 1
+    nvfp4 = version if weight_format_family(expert_format) == "nvfp4" else ""
     nbytes = cutlass_moe_profiler_workspace_bytes(tokens=tokens, experts=experts, top_k=spec.experts_per_token,
                                                   hidden=spec.hidden_size, width=width,
-                                                  activation_bytes=activation_bytes, bias=spec.expert_bias)
+                                                  activation_bytes=activation_bytes, bias=spec.expert_bias,
+                                                  nvfp4=nvfp4)
     return Term(nbytes, (
         f"{nbytes / MIB:.1f} MiB for FlashInfer's CUTLASS MoE profiler workspace (GEMM 2 at {tokens} tokens, "
         f"{experts} experts of width {width} a rank), which its autotuning in kernel_warmup allocates after the KV "

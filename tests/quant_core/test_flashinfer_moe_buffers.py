@@ -200,7 +200,8 @@ def test_flashinfer_experts_hold_one_tokens_x_hidden_view_and_allocate_the_cutla
     assert caches.transient == cutlass_moe_runtime_workspace_bytes(tokens=8192, experts=128, top_k=8, hidden=2048,
                                                                    width=768, finalize_fused=True)
     assert "FlashInferExperts" in caches.basis
-    assert fused_moe_caches(spec, 1, 8192, "0.33", "fp8-per-tensor-static", H100) == caches
+    later = fused_moe_caches(spec, 1, 8192, "0.33", "fp8-per-tensor-static", H100)
+    assert (later.nbytes, later.transient) == (caches.nbytes, caches.transient)
     # 12.x: the fp8 x fp8 runner has no TMA warp-specialized GEMM there (moe_tma_warp_specialized_traits.h), so no
     # fused finalize and no permuted_token_final_scales
     pro = fused_moe_caches(spec, 1, 8192, "0.19", "fp8-per-tensor-static", RTX_PRO_6000)
@@ -227,3 +228,41 @@ def test_the_profiling_peak_of_static_fp8_qwen3_moe_on_an_h100_charges_flashinfe
     triton, static = (profile.activation(stage, one, expert_format, H100).bytes
                       for expert_format in ("fp8-block128", "fp8-per-tensor-static"))
     assert triton - static == 788_529_152 - 676_342_912
+
+
+def test_nvfp4_experts_on_an_rtx_pro_6000_run_flashinfers_cutlass_experts_and_keep_its_profiler_workspace() -> None:
+    # oracle/nvfp4.py select_nvfp4_moe_backend: FLASHINFER_TRTLLM and FLASHINFER_CUTEDSL need the 10.x family, so on
+    # 12.0 FLASHINFER_CUTLASS (FlashInferExperts, NVFP4 from 10.0) runs them.  Profiler workspace (GEMM 2, M = 512,
+    # k x M = 4096, fp4 activations half a byte): routing 1,099,904 bytes as for fp8; input 768 x 4096 / 2; output
+    # 2048 x 2; intermediate 2048 x 4096 x 2; alpha pointers 1,024; quant_1 4, quant_2 128 x 768 x 2048 / 16 (flashinfer
+    # 0.6.6 sizes GEMM 1's scales by the width), quant_3 512, quant_4 4, quant_5 128 x 2048 x 768 / 16, quant_6 512;
+    # fp4_act_scale_flat (4096 + 128 x 127 = 20,352 rows, already a multiple of 128) x 2048 / 16.
+    routing = (aligned(129 * 8 * 16) + 3 * aligned(16 * 4096 * 4) + aligned(4096 * 4) + 2 * aligned(128 * 2 * 4)
+               + aligned(128 * 512 * 4) + aligned(4096 * 4))
+    by_hand = (routing + aligned(768 * 4096 // 2) + aligned(2048 * 2) + aligned(2048 * 4096 * 2) + aligned(128 * 8)
+               + aligned(4) + aligned(128 * 768 * 2048 // 16) + aligned(128 * 4) + aligned(4)
+               + aligned(128 * 2048 * 768 // 16) + aligned(128 * 4) + aligned(20_352 * 2048 // 16))
+    assert routing == 1_099_904 and by_hand == 47_227_264
+    spec = get_preset("qwen3-30b-a3b")
+    stage = Stage(spec, 1, 1, (0, spec.num_layers), True)
+    term = flashinfer_moe_autotune_buffer(stage, "0.19", DEFAULTS, "nvfp4", RTX_PRO_6000)
+    assert term is not None and term.bytes == by_hand
+    # 0.7.2.post1 sizes quant_2 by fc1_out_size (2 x 768) and tunes to 8192 tokens on 0.33
+    later = flashinfer_moe_autotune_buffer(stage, "0.33", DEFAULTS, "nvfp4", RTX_PRO_6000)
+    assert later is not None and later.bytes == cutlass_moe_profiler_workspace_bytes(
+        tokens=8192, experts=128, top_k=8, hidden=2048, width=768, activation_bytes=1, nvfp4="0.33")
+    assert later.bytes - cutlass_moe_profiler_workspace_bytes(
+        tokens=8192, experts=128, top_k=8, hidden=2048, width=768, activation_bytes=1, nvfp4="0.19") == (
+        aligned(128 * 1536 * 2048 // 16) - aligned(128 * 768 * 2048 // 16))
+    # inside the profiling run: the same kept view; the CUTLASS workspace with packed fp4 rows, their scales
+    # ((65,536 + 16,256) rows x 2048 / 16) and the fused finalize of the fp4 x fp4 TMA grouped GEMM on 12.x
+    caches = fused_moe_caches(spec, 1, 8192, "0.19", "nvfp4", RTX_PRO_6000)
+    expanded = 65_536
+    assert caches.nbytes == 33_554_432
+    assert caches.transient == (2 * aligned(expanded * 4) + 2 * aligned(128 * 8 * 4) + aligned(128 * 8192 * 4)
+                                + aligned(129 * 8) + aligned(expanded * 4) + aligned(expanded * 4096)
+                                + aligned(expanded * 4096) + 2 * aligned(128 * 8) + aligned(81_792 * 2048 // 16)
+                                + aligned(expanded * 4)) == 552_594_560
+    # on the B200 TRT-LLM's or CuTe DSL's kernels take NVFP4 experts: not this path
+    assert flashinfer_moe_autotune_buffer(stage, "0.19", DEFAULTS, "nvfp4", B200) is None
+    assert fused_moe_caches(spec, 1, 8192, "0.19", "nvfp4", B200).transient == 0
