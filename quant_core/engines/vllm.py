@@ -935,9 +935,9 @@ class OutsideBudget:
     graphs on 0.11 and 0.19 (`graph`, captured after the KV cache is sized: `vllm_graphs.cuda_graph_pool`), and for a
     DeepSeek Sparse Attention model on 0.19 the fp8 mixed-batch kernel's buffers (`kernel_bytes`,
     `dsa_mixed_batch_bytes`) and the indexer's expanded block table, ``table_bytes_per_block`` per 64-token block of
-    L (`dsa_block_table_bytes`), and on 0.19 the CUTLASS MoE profiler workspace FlashInfer's autotuning keeps (`late`,
-    `flashinfer_moe_autotune_buffer`).  The plan does not fit where this is more than that memory: vLLM would refuse
-    to start, or fail capturing its graphs or serving a full batch."""
+    L (`dsa_block_table_bytes`), and on 0.19 and 0.33 the CUTLASS MoE profiler workspace FlashInfer's autotuning
+    keeps (`late`, `flashinfer_moe_autotune_buffer`).  The plan does not fit where this is more than that memory:
+    vLLM would refuse to start, or fail capturing its graphs or serving a full batch."""
 
     version: str
     startup: Term
@@ -1367,11 +1367,11 @@ def fused_moe_caches(spec: ModelSpec, tensor_parallel: int, tokens: int, version
         ``triton_kernel_fused_experts`` (gpt_oss_triton_kernels_moe.py) allocates its ``T x k x w`` intermediate (the
         activation fused into the first matmul) and ``T x K`` output with torch.empty in each call, freed after the
         layer (gpt-oss-20b at TP 2 on vLLM 0.19, H100: 2.87 GiB logged, the sampler pass alone);
-      - fp8 experts with static per-tensor scales ("fp8-per-tensor-static") where `flashinfer_cutlass_moe_path` runs
-        them on ``FlashInferExperts`` outside the 10.x family (where TRT-LLM's per-tensor kernel may take them,
-        charged this figure): its ``workspace_shapes`` asks workspace13 ``(T, K)``, workspace2 ``(0,)`` and output
-        ``(T, K)``, one ``T x K`` bf16 view of the workspace manager's buffer, kept, and FlashInfer's
-        ``cutlass_fused_moe`` allocates its CUTLASS workspace in each layer and frees it
+      - fp8 experts with static per-tensor scales ("fp8-per-tensor-static") and NVFP4 experts where
+        `flashinfer_cutlass_moe_path` runs them on ``FlashInferExperts`` outside the 10.x family (where TRT-LLM's
+        kernels may take them, charged this figure): its ``workspace_shapes`` asks workspace13 ``(T, K)``,
+        workspace2 ``(0,)`` and output ``(T, K)``, one ``T x K`` bf16 view of the workspace manager's buffer, kept,
+        and FlashInfer's ``cutlass_fused_moe`` allocates its CUTLASS workspace in each layer and frees it
         (`cutlass_moe_runtime_workspace_bytes`, `FusedMoeCaches.transient`).
     """
     k, hidden = spec.experts_per_token, spec.hidden_size
@@ -1422,7 +1422,7 @@ def fused_moe_caches(spec: ModelSpec, tensor_parallel: int, tokens: int, version
             f"{hidden}, bf16, one {held / GIB:.2f} GiB view of v1/worker/workspace.py's buffer, kept) and, inside each "
             f"MoE layer, FlashInfer's CUTLASS workspace ({transient / GIB:.2f} GiB: {held_rows}, the bf16 GLU "
             "and GEMM 2 results, routing maps; cutlass_fused_moe_kernels.cuh getWorkspaceDeviceBufferSizes, its TMA "
-            f"argument arrays and CUTLASS GEMM workspace not counted): "
+            "argument arrays and CUTLASS GEMM workspace not counted): "
             f"{flashinfer_cutlass_moe_path(version, expert_format, device, expert_parallel, tensor_parallel)}"),
             transient)
     rows = tokens * k
