@@ -1008,7 +1008,7 @@ class _Evaluator:
         for index in range(layout.pipeline_parallel):
             stage = self.stage(layout, index)
             outside.append(None if self.engine is None else self.engine.outside_budget(
-                stage, options.kv_cache_dtype, self.limits, options.enforce_eager, self.device))
+                stage, options.kv_cache_dtype, self.limits, options.enforce_eager, self.device, layout.expert_format))
             context.append(None if options.activation_bytes is not None or self.engine is None
                            else self.engine.context_activation(stage, options.kv_cache_dtype, self.limits))
             if options.activation_bytes is not None:
@@ -1842,7 +1842,8 @@ def _outside_budget_warning(primary: FormatPlan, evaluator: _Evaluator, layout: 
     remedies = [f"lower memory_utilization to {highest:.2f} or less (if the rest still fits)" if highest > 0
                 else "use a device with more memory"]
     eager = None if options.enforce_eager else engine.outside_budget(
-        evaluator.stage(layout, stage), options.kv_cache_dtype, evaluator.limits, True, evaluator.device)
+        evaluator.stage(layout, stage), options.kv_cache_dtype, evaluator.limits, True, evaluator.device,
+        layout.expert_format)
     if not options.enforce_eager and (eager is None or eager.bytes_at(context) <= free):
         remedies.append("run with enforce_eager (no CUDA graphs, slower decoding)")
     if isinstance(term, OutsideBudget) and term.startup.bytes > free:

@@ -123,11 +123,13 @@ class EngineProfile(Protocol):
         ...
 
     def outside_budget(self, stage: Stage, kv_cache_dtype: str, limits: BatchLimits,
-                       enforce_eager: bool = False, device: DeviceFacts = UNKNOWN_DEVICE) -> ContextTerm | None:
+                       enforce_eager: bool = False, device: DeviceFacts = UNKNOWN_DEVICE,
+                       expert_format: str = "") -> ContextTerm | None:
         """What the engine takes on one `device` of `stage` (`UNKNOWN_DEVICE` when not known) outside its
         memory budget, from the memory the budget leaves free (vLLM's memory in use at start-up, and 0.11/0.19's
-        CUDA graphs, captured after the KV cache is sized), by the context it is started for; None when nothing.  A
-        device whose need exceeds ``capacity - usable`` does not fit."""
+        CUDA graphs and the buffers it keeps from its kernel warm-up, after the KV cache is sized), by the context it
+        is started for; None when nothing.  `expert_format` (the routed experts' weight format) selects the fused-MoE
+        kernel.  A device whose need exceeds ``capacity - usable`` does not fit."""
         ...
 
     def refusal(self, spec: ModelSpec, tensor_parallel: int, pipeline_parallel: int,

@@ -53,7 +53,7 @@ from functools import lru_cache
 from quant_core.catalog import UNKNOWN_DEVICE, DeviceFacts
 from quant_core.engines.base import BatchLimits, KVCapacity, Stage, Term
 from quant_core.engines.torch_cuda import allocated_block_bytes, blas_workspace_bytes, compute_units
-from quant_core.engines.vllm_graphs import cuda_graph_pool
+from quant_core.engines.vllm_graphs import cuda_graph_pool, cudagraph_capture_sizes
 from quant_core.errors import InvalidSpec, UnknownName
 from quant_core.formats import GGML_TYPE_NAMES, WeightFormat, fp8, kv_dtype
 from quant_core.inventory import inventory
@@ -935,14 +935,16 @@ class OutsideBudget:
     graphs on 0.11 and 0.19 (`graph`, captured after the KV cache is sized: `vllm_graphs.cuda_graph_pool`), and for a
     DeepSeek Sparse Attention model on 0.19 the fp8 mixed-batch kernel's buffers (`kernel_bytes`,
     `dsa_mixed_batch_bytes`) and the indexer's expanded block table, ``table_bytes_per_block`` per 64-token block of
-    L (`dsa_block_table_bytes`).  The plan does not fit where this is more than that memory: vLLM would refuse to
-    start, or fail capturing its graphs or serving a full batch."""
+    L (`dsa_block_table_bytes`), and on 0.19 and 0.33 the CUTLASS MoE profiler workspace FlashInfer's autotuning
+    keeps (`late`, `flashinfer_moe_autotune_buffer`).  The plan does not fit where this is more than that memory:
+    vLLM would refuse to start, or fail capturing its graphs or serving a full batch."""
 
     version: str
     startup: Term
     graph: Term | None
     kernel_bytes: int
     table_bytes_per_block: int
+    late: Term | None = None
 
     def table_bytes(self, max_model_len: int) -> int:
         """The expanded block table at `max_model_len`: ``max_num_batched_tokens x ceil(L / 64) x 4`` bytes."""
@@ -950,7 +952,7 @@ class OutsideBudget:
 
     def bytes_at(self, max_model_len: int) -> int:
         return (self.startup.bytes + (0 if self.graph is None else self.graph.bytes) + self.kernel_bytes
-                + self.table_bytes(max_model_len))
+                + self.table_bytes(max_model_len) + (0 if self.late is None else self.late.bytes))
 
     def basis_at(self, max_model_len: int) -> str:
         parts = [self.startup.basis] + ([] if self.graph is None else [self.graph.basis])
@@ -961,20 +963,25 @@ class OutsideBudget:
         if self.kernel_bytes:
             parts.append(f"{self.kernel_bytes / GIB:.2f} GiB for the fp8 mixed-batch sparse attention kernel's buffers "
                          "(flashmla_sparse.py; not seen by the start-up profiling, vllm#53413)")
+        if self.late is not None:
+            parts.append(self.late.basis)
         return "; ".join(parts)
 
 
 def outside_budget(stage: Stage, kv_cache_dtype: str, limits: BatchLimits, version: str,
-                   enforce_eager: bool = False, device: DeviceFacts = UNKNOWN_DEVICE) -> OutsideBudget:
+                   enforce_eager: bool = False, device: DeviceFacts = UNKNOWN_DEVICE,
+                   expert_format: str = "") -> OutsideBudget:
     """`OutsideBudget` of one `device` of `stage` on vLLM `version` (`UNKNOWN_DEVICE` when not known): the
     start-up memory always; no graph on 0.33, which charges its graph estimate inside the budget, nor with
-    `enforce_eager`, which captures none."""
+    `enforce_eager`, which captures none; FlashInfer's CUTLASS MoE profiler workspace where the routed experts, stored
+    as `expert_format`, run on FlashInfer's CUTLASS experts (`flashinfer_moe_autotune_buffer`)."""
     graph = None if enforce_eager or VERSIONS[version].cuda_graphs_in_budget else \
         cuda_graph_pool(stage, limits, version)
     spec = stage.spec
     kernel = dsa_mixed_batch_bytes(spec, version, kv_cache_dtype, stage.tensor_parallel, limits)
     per_block = dsa_block_table_bytes(spec, version, DSA_BLOCK_SIZE, limits)
-    return OutsideBudget(version, startup_memory(stage, version, device), graph, kernel, per_block)
+    late = flashinfer_moe_autotune_buffer(stage, version, limits, expert_format, device, enforce_eager)
+    return OutsideBudget(version, startup_memory(stage, version, device), graph, kernel, per_block, late)
 
 
 #: v0.19 flashmla_sparse.py: below this many heads a rank, an fp8_ds_mla cache runs every token of a step, prefill
@@ -1083,11 +1090,14 @@ FUSED_MOE_CHUNK_TOKENS_V0_11 = 32768
 class FusedMoeCaches:
     """The fused-MoE caches one rank allocates for a batch of `tokens` tokens on vLLM `version`
     (`fused_moe_caches`): `nbytes` in all, `persists` when they stay allocated after the forward pass (the
-    workspace manager's buffer, under the sampler pass and every later layer), `basis` the kernel class and file."""
+    workspace manager's buffer, under the sampler pass and every later layer), `basis` the kernel class and file;
+    `transient` what the kernel allocates and frees inside each MoE layer beside `nbytes` (FlashInfer's CUTLASS
+    workspace: `cutlass_moe_runtime_workspace_bytes`)."""
 
     nbytes: int
     persists: bool
     basis: str
+    transient: int = 0
 
 
 #: Hopper's compute capability: vLLM 0.11's DeepGEMM runs block-fp8 experts on it (utils/deep_gemm.py
@@ -1355,15 +1365,20 @@ def fused_moe_caches(spec: ModelSpec, tensor_parallel: int, tokens: int, version
       profiling).  TritonExperts is what the oracles pick for bf16 MoE on H100/H200/A100/L40S (oracle/unquantized.py)
       and for block fp8 on Hopper under tensor parallelism (oracle/fp8.py moves TRITON to the front);
       ``MarlinExperts`` (fused_marlin_moe.py: ``M x k x max(w, K)`` and ``M x k x max(2w, K)``, the same bytes)
-      runs int4 (GPTQ/AWQ Marlin) and fp8/mxfp4 experts on A100.  The classes that ask less (gpt-oss's
-      ``OAITritonMxfp4ExpertsMonolithic`` on Hopper, nothing in the workspace; ``FlashInferExperts`` for per-tensor
-      fp8 on Hopper, ``T x K``) are charged this figure, on the safe side, except MXFP4 experts
-      (`expert_format` "mxfp4", gpt-oss) where `mxfp4_moe_backend` is OpenAI's Triton kernels (compute capability
-      9.x): ``OAITritonMxfp4ExpertsMonolithic``
-      bypasses the workspace manager and ``triton_kernel_fused_experts`` (gpt_oss_triton_kernels_moe.py) allocates
-      its ``T x k x w`` intermediate (the activation fused into the first matmul) and ``T x K`` output with
-      torch.empty in each call, freed after the layer (gpt-oss-20b at TP 2 on vLLM 0.19, H100: 2.87 GiB logged,
-      the sampler pass alone).
+      runs int4 (GPTQ/AWQ Marlin) and fp8/mxfp4 experts on A100.  The other classes are charged this figure, on the
+      safe side, except:
+
+      - MXFP4 experts (`expert_format` "mxfp4", gpt-oss) where `mxfp4_moe_backend` is OpenAI's Triton kernels
+        (compute capability 9.x): ``OAITritonMxfp4ExpertsMonolithic`` bypasses the workspace manager and
+        ``triton_kernel_fused_experts`` (gpt_oss_triton_kernels_moe.py) allocates its ``T x k x w`` intermediate (the
+        activation fused into the first matmul) and ``T x K`` output with torch.empty in each call, freed after the
+        layer (gpt-oss-20b at TP 2 on vLLM 0.19, H100: 2.87 GiB logged, the sampler pass alone);
+      - fp8 experts with static per-tensor scales ("fp8-per-tensor-static") and NVFP4 experts where
+        `flashinfer_cutlass_moe_path` runs them on ``FlashInferExperts`` outside the 10.x family (where TRT-LLM's
+        kernels may take them, charged this figure): its ``workspace_shapes`` asks workspace13 ``(T, K)``,
+        workspace2 ``(0,)`` and output ``(T, K)``, one ``T x K`` bf16 view of the workspace manager's buffer, kept,
+        and FlashInfer's ``cutlass_fused_moe`` allocates its CUTLASS workspace in each layer and frees it
+        (`cutlass_moe_runtime_workspace_bytes`, `FusedMoeCaches.transient`).
     """
     k, hidden = spec.experts_per_token, spec.hidden_size
     experts, width = expert_shard(spec, tensor_parallel, expert_parallel)
@@ -1397,6 +1412,25 @@ def fused_moe_caches(spec: ModelSpec, tensor_parallel: int, tokens: int, version
             f"fused_experts_impl's caches (fused_moe/fused_moe.py: cache13 of min(tokens, 32768) x top_k x "
             f"max(2 x {width}, {hidden}) and intermediate_cache2 of min(tokens, 32768) x top_k x {width}, bf16, "
             f"{nbytes / GIB:.2f} GiB, freed after each layer)"))
+    capability = device.compute_capability
+    nvfp4 = weight_format_family(expert_format) == "nvfp4"
+    if ((expert_format == "fp8-per-tensor-static" or nvfp4) and capability is not None and capability[0] != 10
+            and flashinfer_cutlass_moe_path(version, expert_format, device, expert_parallel, tensor_parallel)):
+        held = _aligned(tokens * hidden * ACTIVATION_ELEMENT_BYTES)
+        # the TMA warp-specialized grouped GEMM fuses the finalize: fp8 x fp8 on 9.0 and 11.x, not 12.x; fp4 x fp4
+        # on 11.x and 12.x (moe_gemm_template_dispatch.h supportsTmaWarpSpecialized, moe_tma_warp_specialized_traits.h)
+        finalize = nvfp4 or capability[0] != 12
+        transient = cutlass_moe_runtime_workspace_bytes(tokens=tokens, experts=experts, top_k=k, hidden=hidden,
+                                                        width=width, finalize_fused=finalize, nvfp4=nvfp4)
+        held_rows = "packed fp4 rows and their scales" if nvfp4 else "permuted fp8 rows"
+        return FusedMoeCaches(held, True, (
+            f"FlashInferExperts' (flashinfer_cutlass_moe.py workspace_shapes: workspace13 and the output tokens x "
+            f"{hidden}, bf16, one {held / GIB:.2f} GiB view of v1/worker/workspace.py's buffer, kept) and, inside each "
+            f"MoE layer, FlashInfer's CUTLASS workspace ({transient / GIB:.2f} GiB: {held_rows}, the bf16 GLU "
+            "and GEMM 2 results, routing maps; cutlass_fused_moe_kernels.cuh getWorkspaceDeviceBufferSizes, its TMA "
+            "argument arrays and CUTLASS GEMM workspace not counted): "
+            f"{flashinfer_cutlass_moe_path(version, expert_format, device, expert_parallel, tensor_parallel)}"),
+            transient)
     rows = tokens * k
     nbytes = (_aligned(rows * max(width, hidden) * ACTIVATION_ELEMENT_BYTES)
               + _aligned(rows * max(2 * width, hidden) * ACTIVATION_ELEMENT_BYTES))
@@ -1404,6 +1438,243 @@ def fused_moe_caches(spec: ModelSpec, tensor_parallel: int, tokens: int, version
         f"TritonExperts' workspace (workspace_shapes: workspace13 tokens x top_k x max({width}, {hidden}) and "
         f"workspace2 tokens x top_k x max(2 x {width}, {hidden}), bf16, {nbytes / GIB:.2f} GiB, in "
         "v1/worker/workspace.py's buffer, modular_kernel.py _allocate_buffers; MarlinExperts asks the same)"))
+
+
+#: flashinfer-python 0.6.6, the FlashInfer vLLM 0.19.0 pins (``flashinfer-python==0.6.6``): each buffer of a CUTLASS
+#: MoE workspace is rounded up to ``kCudaMemAlign`` bytes (tensorrt_llm/common/workspace.h, ``alignSize`` and
+#: ``calculateTotalWorkspaceSize``)
+FLASHINFER_WORKSPACE_ALIGNMENT = 128
+#: moe_kernels.h ``GemmProfilerBackend::NUM_ROUTING_SAMPLES``: the MoE GEMM profiler keeps 16 random routings
+CUTLASS_MOE_PROFILER_ROUTING_SAMPLES = 16
+#: ``FlashInferExperts._supports_current_device``: 9.0 exactly and these families (vLLM 0.19
+#: fused_moe/flashinfer_cutlass_moe.py: 10.x, 11.x and 12.x; 0.33 fused_moe/experts/flashinfer_cutlass_moe.py: 11.x
+#: excluded, flashinfer-ai/flashinfer#3134)
+FLASHINFER_CUTLASS_MOE_FAMILIES = {"0.19": (10, 11, 12), "0.33": (10, 12)}
+#: flashinfer-python 0.7.2.post1 (vLLM 0.33.0's pin) fused_moe/core.py ``cutlass_fused_moe``: ``tune_max_num_tokens``
+#: defaults to 8192, which vLLM 0.33's FlashInferExperts does not pass, and ``get_hybrid_num_tokens_buckets`` ends on it
+FLASHINFER_MOE_TUNE_MAX_TOKENS_033 = 8192
+
+
+def _flashinfer_aligned(size: int) -> int:
+    return -(-size // FLASHINFER_WORKSPACE_ALIGNMENT) * FLASHINFER_WORKSPACE_ALIGNMENT
+
+
+def cutlass_moe_tokens_per_block(tokens: int, experts: int) -> int:
+    """FlashInfer's ``computeNumTokensPerBlock`` (cutlass_fused_moe_kernels.cuh): the least power of two from 32 to
+    1024 whose ``ceil(tokens / it) x experts`` is not above it, else 1024."""
+    per_block = 32
+    while per_block <= 1024:
+        if -(-tokens // per_block) * experts <= per_block:
+            return per_block
+        per_block *= 2
+    return 1024
+
+
+def nvfp4_weight_scale_bytes(experts: int, rows: int, columns: int) -> int:
+    """FlashInfer's ``getOffsetWeightSF`` for NVFP4 (cutlass_fused_moe_kernels.cuh): one fp8 scale per 16 weights of
+    `experts` ``rows x columns`` matrices, the rows padded to 128 and the columns to 64 (``MinNDimAlignmentNVFP4``,
+    ``MinKDimAlignmentNVFP4``: the 32 x 4 by 16 x 4 ``SfAtom`` of CUTLASS's ``Sm1xxBlockScaledConfig<16>``)."""
+    return experts * _round_up(rows, 128) * _round_up(columns, 64) // 16
+
+
+def nvfp4_activation_scale_bytes(experts: int, rows: int, columns: int) -> int:
+    """FlashInfer's ``getOffsetActivationSF`` for NVFP4: the scales of `rows` permuted rows of `columns` values, each
+    expert's rows starting on a 128-row boundary (``rows + experts x 127`` rounded up to 128), the columns to 64."""
+    return _round_up(rows + experts * 127, 128) * _round_up(columns, 64) // 16
+
+
+def cutlass_moe_profiler_workspace_bytes(*, tokens: int, experts: int, top_k: int, hidden: int, width: int,
+                                         activation_bytes: int, bias: bool = False, nvfp4: str = "") -> int:
+    """The bytes of FlashInfer's CUTLASS MoE profiler workspace for its second GEMM over `tokens` tokens
+    (``GemmProfilerBackend::getWorkspaceSize`` over ``getProfilerWorkspaces(maxM=tokens)`` with ``mGemmToProfile``
+    GEMM_2, fused_moe/cutlass_backend/cutlass_fused_moe_kernels.cuh; the same buffers for fp8 weights in 0.6.6 and
+    0.7.2.post1, whose additions are all 0 there), for fp8 weights (e4m3), bf16 output, `experts`
+    experts on the rank, `width` the expert width on the rank and `activation_bytes` 1 (fp8 activations) or 2 (bf16
+    activations: DeepSeek-style block fp8), each buffer rounded up to 128 bytes, E = `experts`, k = `top_k`,
+    M = `tokens`:
+
+    * routing, 16 samples: ``expert_first_token_offset`` (E + 1) x 8 x 16, ``unpermuted_row_to_permuted_row``,
+      ``permuted_row_to_unpermuted_row`` and ``token_selected_experts`` 16 x M x k x 4 each,
+      ``permuted_token_selected_experts`` and ``token_topk_unpermuted_scales`` M x k x 4 each, ``blocked_expert_counts``
+      and its cumsum E x ceil(M / `cutlass_moe_tokens_per_block`) x 4 each, ``blocked_row_to_unpermuted_row`` E x M x 4;
+    * the GEMM's ``input`` width x M x k x `activation_bytes`, ``output`` hidden x 2 (no token factor in the code),
+      ``intermediate`` hidden x M x k x 2, ``bias`` hidden x E x `activation_bytes` where the experts have biases;
+    * fp8 weight scales ``quant_1`` E x 4, ``quant_2`` 4, ``quant_3`` E x 4, and ``alpha_scale_ptr_array`` E x 8.
+
+    With `nvfp4` (NVFP4 weights and activations, the runner's int64-packed dtypes: 4-bit activations, so the
+    ``input`` is half a byte a value and `activation_bytes` is not read) the quantization buffers are ``quant_1`` 4,
+    ``quant_2`` the GEMM 1 weight scales (`nvfp4_weight_scale_bytes` of E matrices of width x hidden in flashinfer
+    0.6.6, `nvfp4` "0.19"; of 2 x width x hidden in 0.7.2.post1, "0.33", which sizes them by ``fc1_out_size``),
+    ``quant_3`` E x 4, ``quant_4`` 4, ``quant_5`` the GEMM 2 weight scales (hidden x width), ``quant_6`` E x 4, and
+    ``fp4_act_scale_flat`` the larger activation scales of k x M rows of hidden or width values
+    (`nvfp4_activation_scale_bytes`).
+
+    Not counted, for want of a figure the source gives: ``tma_ws_input_workspace`` (65 copies of the per-expert TMA
+    grouped-GEMM argument arrays, ``TmaWarpSpecializedGroupedGemmInput::workspaceSize``, whose sizes are ``sizeof`` of
+    CUTLASS stride and layout types) and ``gemm_workspace`` (the largest CUTLASS kernel ``get_workspace_size`` over
+    the grouped GEMM configs, ``MoeGemmRunner::calcMaxWorkspaceSize``)."""
+    expanded = tokens * top_k
+    blocks = -(-tokens // cutlass_moe_tokens_per_block(tokens, experts))
+    samples = CUTLASS_MOE_PROFILER_ROUTING_SAMPLES
+    sizes: tuple[int, ...] = (
+        (experts + 1) * 8 * samples,  # expert_first_token_offset
+        samples * expanded * 4, samples * expanded * 4, samples * expanded * 4,  # the two maps, token_selected_experts
+        expanded * 4,  # permuted_token_selected_experts
+        experts * blocks * 4, experts * blocks * 4,  # blocked_expert_counts and its cumsum
+        experts * tokens * 4,  # blocked_row_to_unpermuted_row
+        expanded * 4,  # token_topk_unpermuted_scales
+        width * expanded // 2 if nvfp4 else width * expanded * activation_bytes,  # input
+        hidden * ACTIVATION_ELEMENT_BYTES,  # output
+        hidden * expanded * ACTIVATION_ELEMENT_BYTES,  # intermediate
+        hidden * experts * activation_bytes if bias and not nvfp4 else 0,  # bias
+        experts * 8,  # alpha_scale_ptr_array
+    )
+    if nvfp4:
+        fc1_rows = 2 * width if nvfp4 == "0.33" else width
+        sizes += (4, nvfp4_weight_scale_bytes(experts, fc1_rows, hidden), experts * 4, 4,  # quant_1 .. quant_4
+                  nvfp4_weight_scale_bytes(experts, hidden, width), experts * 4,  # quant_5, quant_6
+                  max(nvfp4_activation_scale_bytes(experts, expanded, hidden),
+                      nvfp4_activation_scale_bytes(experts, expanded, width)))  # fp4_act_scale_flat
+    else:
+        sizes += (experts * 4, 4, experts * 4)  # quant_1, quant_2, quant_3 (fp8 weights)
+    return sum(_flashinfer_aligned(size) for size in sizes)
+
+
+def cutlass_moe_runtime_workspace_bytes(*, tokens: int, experts: int, top_k: int, hidden: int, width: int,
+                                        finalize_fused: bool, nvfp4: bool = False) -> int:
+    """The workspace FlashInfer's CUTLASS MoE allocates in each call over `tokens` tokens for fp8 activations and
+    weights with a bf16 output and a gated activation (flashinfer_cutlass_fused_moe_binding.cu ``getWorkspaceInfo``:
+    ``CutlassMoeFCRunner::getWorkspaceSize`` plus the ``src_to_dest_map`` of k x M ints, through ``alloc_tensor``,
+    freed when the call returns; cutlass_fused_moe_kernels.cuh ``getWorkspaceDeviceBufferSizes``, the same for these
+    types in flashinfer 0.6.6 and 0.7.2.post1), each buffer rounded up to 128 bytes, k x M = kM:
+
+    * ``permuted_row_to_unpermuted_row`` and ``permuted_token_selected_experts`` kM x 4 each,
+      ``blocked_expert_counts`` and its cumsum E x ceil(M / `cutlass_moe_tokens_per_block`) x 4 each,
+      ``blocked_row_to_unpermuted_row`` E x M x 4, ``expert_first_token_offset`` (E + 1) x 8,
+      ``permuted_token_final_scales`` kM x 4 where the finalize is fused (`finalize_fused`: ``mayHaveFinalizeFused``,
+      the TMA warp-specialized grouped GEMM, which the fp8 x fp8 runner has on 9.0, 10.x and 11.x, not on 12.x:
+      moe_tma_warp_specialized_traits.h);
+    * ``overlapped_gemm1_gemm2_inputs`` kM x max(2 x hidden, width) (the fp8 permuted rows, the bf16 GEMM 2 result,
+      the fp8 activation output) and ``overlapped_gemm1_gemm2_outputs`` kM x max(4 x width, 2 x hidden) (the bf16
+      GLU input of 2 x width, the GEMM 2 result);
+    * the two ``alpha_scale_ptr_array`` E x 8.
+
+    With `nvfp4` (NVFP4 weights and activations: ``CutlassMoeFCRunner<__nv_fp4_e2m1, __nv_fp4_e2m1>``) the permuted
+    rows and the activation output are half a byte a value (inputs kM x max(2 x hidden, width / 2)) and
+    ``fp4_act_scale`` holds the larger activation scales of kM rows of hidden or width values
+    (`nvfp4_activation_scale_bytes`).
+
+    Not counted, for want of a figure the source gives: the two ``tma_ws_gemm*_workspace`` (``sizeof`` of CUTLASS
+    types per expert) and ``gemm_workspace`` (the CUTLASS kernels' ``get_workspace_size``)."""
+    expanded = tokens * top_k
+    blocks = -(-tokens // cutlass_moe_tokens_per_block(tokens, experts))
+    sizes = (
+        expanded * 4, expanded * 4,  # permuted_row_to_unpermuted_row, permuted_token_selected_experts
+        experts * blocks * 4, experts * blocks * 4,  # blocked_expert_counts and its cumsum
+        experts * tokens * 4,  # blocked_row_to_unpermuted_row
+        (experts + 1) * 8,  # expert_first_token_offset
+        expanded * 4 if finalize_fused else 0,  # permuted_token_final_scales
+        expanded * max(2 * hidden, width // 2 if nvfp4 else width),  # overlapped_gemm1_gemm2_inputs
+        expanded * max(4 * width, 2 * hidden),  # overlapped_gemm1_gemm2_outputs
+        experts * 8, experts * 8,  # alpha_scale_ptr_array_fc1, _fc2
+        max(nvfp4_activation_scale_bytes(experts, expanded, hidden),
+            nvfp4_activation_scale_bytes(experts, expanded, width)) if nvfp4 else 0,  # fp4_act_scale
+    )
+    runner = sum(_flashinfer_aligned(size) for size in sizes)
+    return runner + _flashinfer_aligned(expanded * 4)  # src_to_dest_map
+
+
+def flashinfer_cutlass_moe_path(version: str, expert_format: str, device: DeviceFacts,
+                                expert_parallel: bool, tensor_parallel: int) -> str | None:
+    """Why vLLM `version` runs a MoE model's routed experts stored as `expert_format` on FlashInfer's CUTLASS experts
+    (``FlashInferExperts``) on `device` with its default environment, or None where it does not or nibble did not
+    read it.  Read for 0.19 and 0.33 (fused_moe/oracle/fp8.py ``select_fp8_moe_backend``: AITER, FLASHINFER_TRTLLM,
+    FLASHINFER_CUTLASS, DEEPGEMM, VLLM_CUTLASS, TRITON, ...):
+
+    * fp8 weights and static activations with a scale per tensor ("fp8-per-tensor-static": kFp8StaticTensorSym for
+      both) on compute capability 9.0 and the families of `FLASHINFER_CUTLASS_MOE_FAMILIES`
+      (``_supports_current_device``; ``_supports_quant_scheme`` from 9.0).  FLASHINFER_TRTLLM comes first on 10.x:
+      its per-tensor class (``TrtLlmFp8ExpertsMonolithic``) takes DeepSeek-V3 and Llama 4 routing in 0.19 and
+      Renormalize, sigmoid and MiniMax routing besides in 0.33 (``_supports_routing_method``), its modular one no
+      per-tensor scales; the routing method is not in nibble's model, so a 10.x device is charged the CUTLASS path
+      whatever the routing (on the safe side where TRT-LLM takes it);
+    * [128, 128] block fp8 ("fp8-block128") under expert parallelism on 9.0, where ``_get_priority_backends`` moves
+      FLASHINFER_CUTLASS to the front (``ep_size > 1``; FlashInferExperts takes block fp8 on 9.0 only);
+    * NVFP4 experts (compressed-tensors W4A4, kNvfp4Static x kNvfp4Dynamic) on the 11.x (0.19) and 12.x families,
+      where fused_moe/oracle/nvfp4.py ``select_nvfp4_moe_backend``'s FLASHINFER_TRTLLM and FLASHINFER_CUTEDSL
+      (10.x only) do not run and FLASHINFER_CUTLASS (NVFP4 from 10.0) comes next; on 10.x TRT-LLM's or CuTe DSL's
+      kernels take them, not read here."""
+    capability = device.compute_capability
+    families = FLASHINFER_CUTLASS_MOE_FAMILIES.get(version)
+    if families is None or capability is None:
+        return None
+    if weight_format_family(expert_format) == "nvfp4" and capability[0] in families and capability[0] != 10:
+        return (f"vLLM {version} runs NVFP4 experts on FlashInfer's CUTLASS experts on compute capability "
+                f"{_capability_text(capability[0] * 10 + capability[1])} (oracle/nvfp4.py: FLASHINFER_TRTLLM and "
+                "FLASHINFER_CUTEDSL run on 10.x only, FLASHINFER_CUTLASS next)")
+    if expert_format == "fp8-per-tensor-static" and (capability == HOPPER_CAPABILITY or capability[0] in families):
+        return (f"vLLM {version} runs fp8 experts with static per-tensor scales on FlashInfer's CUTLASS experts on "
+                f"compute capability {_capability_text(capability[0] * 10 + capability[1])} (oracle/fp8.py "
+                "FLASHINFER_CUTLASS, FlashInferExperts"
+                + ("; charged on 10.x whatever the routing, where TRT-LLM's per-tensor kernel takes some"
+                   if capability[0] == 10 else "") + ")")
+    if (expert_format == "fp8-block128" and expert_parallel and tensor_parallel > 1
+            and capability == HOPPER_CAPABILITY):
+        return (f"vLLM {version} runs block-fp8 experts under expert parallelism on FlashInfer's CUTLASS experts on "
+                "compute capability 9.0 (oracle/fp8.py moves FLASHINFER_CUTLASS to the front for ep_size > 1)")
+    return None
+
+
+def flashinfer_tuning_tokens(version: str, limits: BatchLimits, enforce_eager: bool) -> int:
+    """The largest token count FlashInfer's autotuner profiles vLLM `version`'s CUTLASS MoE at.  0.19:
+    FlashInferExperts passes ``tune_max_num_tokens = max(max_cudagraph_capture_size, 1)`` (flashinfer_cutlass_moe.py,
+    ``apply``), the largest capture size (`vllm_graphs.cudagraph_capture_sizes`; 0 under ``enforce_eager``,
+    config/vllm.py), and FlashInfer 0.6.6 tunes the powers of two up to its largest power of two (fused_moe/core.py
+    ``refine_tuning_config``, ``get_last_power_of_2_num_tokens_buckets``).  0.33: none is passed and FlashInfer
+    0.7.2's default, 8192, is its last bucket (`FLASHINFER_MOE_TUNE_MAX_TOKENS_033`), eager or not."""
+    if version == "0.33":
+        return FLASHINFER_MOE_TUNE_MAX_TOKENS_033
+    sizes = () if enforce_eager else cudagraph_capture_sizes(version, limits)
+    largest = max(max(sizes, default=0), 1)
+    return 1 << (largest.bit_length() - 1)
+
+
+def flashinfer_moe_autotune_buffer(stage: Stage, version: str, limits: BatchLimits, expert_format: str,
+                                   device: DeviceFacts, enforce_eager: bool = False) -> Term | None:
+    """The CUTLASS MoE profiler workspace vLLM `version` keeps on one device of `stage` after FlashInfer's autotuning,
+    or None where its experts do not run on FlashInfer's CUTLASS experts (`flashinfer_cutlass_moe_path`).
+
+    vLLM 0.19 and 0.33 autotune FlashInfer in ``kernel_warmup`` (model_executor/warmup/kernel_warmup.py
+    ``flashinfer_autotune``, on by default from -O1, on compute capability 9.0 and up), which
+    ``compile_or_warm_up_model`` runs after ``initialize_from_config`` has allocated the KV cache
+    (v1/worker/gpu_worker.py): a dummy run whose first MoE layer tunes ``cutlass_fused_moe`` (flashinfer
+    fused_moe/core.py), GEMM 1 then GEMM 2, each over the token buckets ascending (``choose_one``,
+    ``_generate_optimization_profiles`` sorts them), calling ``run_gemm_profile(do_preparation=True)`` once per
+    bucket.  Each preparation replaces the C++ runner's ``mProfileWorkspace`` with an ``alloc_tensor`` of the
+    profiler's workspace for that bucket (flashinfer_cutlass_fused_moe_binding.cu; through tvm-ffi's environment
+    allocator, PyTorch's caching allocator for a call with torch tensors), and the runner lives in the class-level
+    ``MoERunner.runner_dict``: the last one, GEMM 2 at the largest bucket (`flashinfer_tuning_tokens`), is held for
+    the life of the process.  vLLM's profiling run never sees it (it was sized before), so it comes out of the memory
+    the budget leaves free: `cutlass_moe_profiler_workspace_bytes` with the rank's experts and width (`expert_shard`).
+    On 0.33 a start that finds its autotune results cached (vLLM's per-rank file or FlashInfer's managed store) tunes
+    nothing and keeps none: the first start, which a plan must fit, does."""
+    why = flashinfer_cutlass_moe_path(version, expert_format, device, stage.expert_parallel, stage.tensor_parallel)
+    spec = stage.spec
+    if why is None or not spec.is_moe:
+        return None
+    experts, width = expert_shard(spec, stage.tensor_parallel, stage.expert_parallel)
+    tokens = flashinfer_tuning_tokens(version, limits, enforce_eager)
+    activation_bytes = 2 if expert_format == "fp8-block128" else 1
+    nvfp4 = version if weight_format_family(expert_format) == "nvfp4" else ""
+    nbytes = cutlass_moe_profiler_workspace_bytes(tokens=tokens, experts=experts, top_k=spec.experts_per_token,
+                                                  hidden=spec.hidden_size, width=width,
+                                                  activation_bytes=activation_bytes, bias=spec.expert_bias,
+                                                  nvfp4=nvfp4)
+    return Term(nbytes, (
+        f"{nbytes / MIB:.1f} MiB for FlashInfer's CUTLASS MoE profiler workspace (GEMM 2 at {tokens} tokens, "
+        f"{experts} experts of width {width} a rank), which its autotuning in kernel_warmup allocates after the KV "
+        "cache is sized and keeps (flashinfer_cutlass_fused_moe_binding.cu mProfileWorkspace, fused_moe/core.py "
+        f"MoERunner.runner_dict; its TMA argument arrays and CUTLASS GEMM workspace not counted): {why}"))
 
 
 #: MXFP4 (OCP microscaling): 32 e2m1 values share one e8m0 scale byte; two values a byte
@@ -1663,8 +1934,9 @@ def _forward_bytes(spec: ModelSpec, tensor_parallel: int, tokens: int, version: 
     residual stream, the norm output and the layer output, beside the widest intermediate: a dense MLP's gate/up
     output and its activation (``3 × intermediate / tp``); a MoE layer's shared experts (``3 × width / tp``) beside its
     fused-MoE caches (`fused_moe_caches`), which, where they persist (v0.19 on, and 0.11's DeepGEMM workspace), are
-    held through every layer's attention as well; attention's q/k/v and output (MLA: the per-head query and the
-    expanded key/value).
+    held through every layer's attention as well, and what the MoE kernel allocates only inside the layer
+    (`FusedMoeCaches.transient`: FlashInfer's CUTLASS workspace); attention's q/k/v and output (MLA: the per-head
+    query and the expanded key/value).
     """
     tp = tensor_parallel
     mlp = 3 * spec.intermediate_size // tp if (not spec.is_moe or spec.dense_layers) else 0
@@ -1681,9 +1953,10 @@ def _forward_bytes(spec: ModelSpec, tensor_parallel: int, tokens: int, version: 
     caches = fused_moe_caches(spec, tp, tokens, version, expert_format, device, expert_parallel)
     shared = 3 * spec.shared_expert_width // tp
     if caches.persists:
-        return per_token * (3 * spec.hidden_size + max(mlp, attention, shared)) + caches.nbytes
+        return max(per_token * (3 * spec.hidden_size + max(mlp, attention)),
+                   per_token * (3 * spec.hidden_size + shared) + caches.transient) + caches.nbytes
     return max(per_token * (3 * spec.hidden_size + max(mlp, attention)),
-               per_token * (3 * spec.hidden_size + shared) + caches.nbytes)
+               per_token * (3 * spec.hidden_size + shared) + caches.nbytes + caches.transient)
 
 
 #: model_executor/layers/vocab_parallel_embedding.py ``DEFAULT_VOCAB_PADDING_SIZE``: the lm_head's rows are the
@@ -2867,10 +3140,12 @@ class VllmProfile:
                           f"{size / GIB:.2f} GiB per device, within the 0.1-0.6 GiB its start-up logs report")
 
     def outside_budget(self, stage: Stage, kv_cache_dtype: str, limits: BatchLimits,
-                       enforce_eager: bool = False, device: DeviceFacts = UNKNOWN_DEVICE) -> OutsideBudget:
+                       enforce_eager: bool = False, device: DeviceFacts = UNKNOWN_DEVICE,
+                       expert_format: str = "") -> OutsideBudget:
         """What this release takes on one device of `stage` outside ``gpu_memory_utilization`` (`OutsideBudget`):
-        the memory in use at start-up, and what it allocates after sizing the KV cache."""
-        return outside_budget(stage, kv_cache_dtype, limits, self._version, enforce_eager, device)
+        the memory in use at start-up, and what it allocates after sizing the KV cache (`expert_format`, the routed
+        experts' weight format, selects the fused-MoE kernel)."""
+        return outside_budget(stage, kv_cache_dtype, limits, self._version, enforce_eager, device, expert_format)
 
     def refusal(self, spec: ModelSpec, tensor_parallel: int, pipeline_parallel: int,
                 expert_parallel: bool = False) -> str | None:
