@@ -19,9 +19,10 @@ otherwise.  The MLA latent is replicated on every rank.
 
 Tokens held per sequence: a full layer holds the whole context; a sliding layer at most
 ``min(context, window)`` tokens.  Engines allocate in blocks (vLLM: 16 tokens), so each
-layer's held tokens round up to whole blocks, per sequence.  (vLLM may hold one more
-block for a sliding layer while the window straddles a block boundary; nibble counts
-``ceil(min(context, window) / block) × block`` tokens, the steady-state figure.)
+layer's held tokens round up to whole blocks, per sequence: ``ceil(min(context, window) / block) × block``
+tokens, the layers' own need.  vLLM holds more (one block more while the window straddles a block boundary, the
+tokens of a step in flight, its groups' padding): under vLLM a stage with windowed layers is planned in vLLM's own
+groups and blocks (`WindowedKV`).
 
 Llama 4's chunked local attention (``attention_chunk_size`` tokens on its RoPE layers, three of every four;
 the fourth is global NoPE attention) is a ``chunked`` layer: a token attends to the tokens of its own chunk only,
@@ -46,7 +47,7 @@ and two while it is on ("align"); which one a release runs by default is the eng
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import lru_cache
 
 from quant_core.errors import InvalidSpec
@@ -304,6 +305,113 @@ class HybridKV:
     def bytes_per_sequence(self, context_length: int, requested: int = VLLM_BLOCK_ALIGNMENT) -> int:
         """Bytes one sequence takes on this rank: its blocks x ``page x group_size``."""
         return self.blocks_per_sequence(context_length, requested) * self.page_bytes(requested) * self.group_size
+
+
+@dataclass(frozen=True, slots=True)
+class WindowedKV:
+    """One rank's KV cache of a stage with sliding-window or chunked local layers, as vLLM's hybrid KV cache manager
+    holds it: what a workload takes of the one pool, in the blocks vLLM allocates.
+
+    `groups` are ``(kind, window or None, groups of that kind)``: the layers of one kind in groups of `group_size`
+    layers (kv_cache_utils.py, ``_get_kv_cache_groups_uniform_page_size``), every group's block costing
+    ``page_bytes x group_size`` of the pool however few layers its last group holds (``get_num_blocks``).  Per
+    sequence of `context` tokens:
+
+    * decoding, a full group holds ``ceil(context / block)`` blocks; a sliding group the blocks its window spans,
+      ``ceil((window - 1 + unsettled) / block) + 1`` (``SlidingWindowManager.remove_skipped_blocks`` frees only whole
+      blocks before ``get_num_skipped_tokens = computed - window + 1``, counted from the settled tokens, one step
+      behind in releases with async scheduling: `unsettled_tokens`); a chunked group the current chunk's
+      (``ChunkedLocalAttentionManager``); never more than the full group's;
+    * at its largest prefill step, what vLLM reserves for one request (``SlidingWindowSpec`` /
+      ``ChunkedLocalAttentionSpec.max_memory_usage_bytes``: the window less one, or the chunk, plus the tokens in
+      flight, `in_flight_tokens`, capped at the context; a sliding group one block more), the figure its start-up
+      check (``check_enough_kv_cache_memory``) needs for one request and vLLM 0.33's admission gate reserves.
+
+    The scheduler never has more than `in_flight_tokens` in flight over all sequences together, so `sequences`
+    sequences take one request at that peak and the others decoding (`blocks`): vLLM's "Maximum concurrency", which
+    reserves the peak for every request, is lower than the sequences the pool holds."""
+
+    groups: tuple[tuple[str, int | None, int], ...]
+    group_size: int
+    page_bytes: int
+    block_size: int
+    in_flight_tokens: int
+    unsettled_tokens: int = 0
+    #: derived once (`__post_init__`), for the solvers' many evaluations: the full groups, and per windowed kind
+    #: (groups, blocks it spans decoding, tokens it holds at the peak, the peak's extra block)
+    _full_groups: int = field(init=False, repr=False, compare=False)
+    _windowed: tuple[tuple[int, int, int, int], ...] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        block = self.block_size
+        windowed = []
+        for kind, window, count in self.groups:
+            if window is None:
+                continue
+            if kind == "chunked":  # the current chunk (and the steps in flight behind it), from a chunk boundary
+                span = window + self.unsettled_tokens
+                decoding = -(-span // block) if window % block == 0 else -(-(span - 1) // block) + 1
+                windowed.append((count, decoding, window + self.in_flight_tokens, 0))
+            else:  # the window from any position in a block: one block more
+                decoding = -(-(window - 1 + self.unsettled_tokens) // block) + 1
+                windowed.append((count, decoding, window - 1 + self.in_flight_tokens, 1))
+        object.__setattr__(self, "_full_groups", sum(count for _, window, count in self.groups if window is None))
+        object.__setattr__(self, "_windowed", tuple(windowed))
+
+    @property
+    def group_bytes(self) -> int:
+        """Bytes of one block of the pool: ``page x group size``."""
+        return self.page_bytes * self.group_size
+
+    def decode_blocks(self, context_length: int) -> int:
+        """Pool blocks one decoding sequence of `context_length` tokens holds, over every group."""
+        whole = -(-context_length // self.block_size)
+        return self._full_groups * whole + sum(count * min(whole, decoding)
+                                               for count, decoding, _, _ in self._windowed)
+
+    def peak_blocks(self, context_length: int) -> int:
+        """Pool blocks vLLM reserves for one request of `context_length` tokens (``max_memory_usage_bytes`` of each
+        group's spec), over every group."""
+        block = self.block_size
+        return self._full_groups * -(-context_length // block) + sum(
+            count * (-(-min(tokens, context_length) // block) + extra) for count, _, tokens, extra in self._windowed)
+
+    def blocks(self, context_length: int, sequences: int) -> int:
+        """Pool blocks `sequences` sequences of `context_length` tokens need: one at its peak, the others
+        decoding (never fewer than the decoding ones hold)."""
+        if sequences <= 0 or context_length <= 0:
+            return 0
+        block = self.block_size
+        whole = -(-context_length // block)
+        decode = peak = self._full_groups * whole
+        for count, decoding, tokens, extra in self._windowed:
+            decode += count * (whole if whole < decoding else decoding)
+            peak += count * (-(-(tokens if tokens < context_length else context_length) // block) + extra)
+        return (sequences - 1) * decode + (peak if peak > decode else decode)
+
+    def bytes(self, context_length: int, sequences: int) -> int:
+        """Bytes of the pool `sequences` sequences of `context_length` tokens need: `blocks` x ``page x group
+        size``."""
+        return self.blocks(context_length, sequences) * self.page_bytes * self.group_size
+
+    def most_sequences(self, context_length: int, budget_bytes: int) -> int:
+        """The most sequences of `context_length` tokens whose blocks fit in `budget_bytes` (0 if not one)."""
+        available = budget_bytes // self.group_bytes
+        decode, peak = self.decode_blocks(context_length), self.peak_blocks(context_length)
+        peak = max(peak, decode)
+        if available < peak:
+            return 0
+        return 1 + (available - peak) // decode if decode else 1 << 62
+
+    def whole_blocks_within(self, sequences: int, budget_bytes: int) -> int | None:
+        """A lower bound on the longest context, in whole blocks, at which `sequences` sequences fit in
+        `budget_bytes`: every windowed group at its most, the full groups given the rest; None without full
+        groups (the windowed groups bound nothing)."""
+        if not self._full_groups or sequences <= 0:
+            return None
+        windowed = sum(count * ((sequences - 1) * decoding + max(decoding, -(-tokens // self.block_size) + extra))
+                       for count, decoding, tokens, extra in self._windowed)
+        return (budget_bytes // self.group_bytes - windowed) // (sequences * self._full_groups)
 
 
 def linear_state_bytes(spec: ModelSpec, tensor_parallel: int = 1) -> int:

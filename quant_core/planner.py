@@ -82,6 +82,7 @@ from quant_core.formats import FLOAT32_KV_DTYPE, KV_DTYPES, WeightFormat, float_
 from quant_core.inventory import QuantizationPolicy, parameter_count
 from quant_core.kv_cache import (
     HybridKV,
+    WindowedKV,
     held_tokens,
     held_window,
     hybrid_kv,
@@ -398,8 +399,18 @@ class FormatPlan:
     `kv_capacity_tokens` is the tokens that pool holds as the engine logs it (vLLM: "GPU KV
     cache size: N tokens", block-rounded as vLLM rounds) and `engine_max_concurrency` the
     engine's own "maximum concurrency" for requests of the workload's context (both None
-    for the generic model).  `refusal` says why the engine refuses the layout, or the format on
-    these devices (`EngineProfile.device_refusal`: below the release's minimum compute capability
+    for the generic model).  Where every layer holds the whole context (and for hybrid models,
+    whose blocks the plan counts as vLLM does) a format that fits has `engine_max_concurrency` at
+    least the requested sequences; a hybrid model's `kv_capacity_tokens` in vLLM 0.11 and 0.19
+    counts the pool's blocks over every group, linear ones included (`engines.vllm.hybrid_kv_capacity`),
+    not context x sequences.  With sliding-window or chunked layers `engine_max_concurrency` may
+    be lower than the requested sequences: vLLM's figure reserves one step's tokens in flight for
+    every request at once, while the scheduler has one step in flight over them all, so the plan
+    charges one sequence that reservation and the others what they hold decoding
+    (`kv_cache.WindowedKV`); a format that fits then has it at least 1 (vLLM starts), and
+    `kv_capacity_tokens` counts blocks per group, not context x sequences.
+    `refusal` says why the engine refuses the layout, or the format on these devices
+    (`EngineProfile.device_refusal`: below the release's minimum compute capability
     for it); `fits` is then False.  `min_devices` is the fewest devices
     in tensor parallel (one pipeline stage) that fit the workload, counting
     only degrees engines such as vLLM accept for this model (dividing its
@@ -812,6 +823,22 @@ def _chunked_note(spec: ModelSpec, engine: EngineProfile | None, chunked_local: 
             "--disable-hybrid-kv-cache-manager, a KV connector or EAGLE) holds the whole context in them.")
 
 
+def _windowed_note(windowed: WindowedKV, engine: EngineProfile, context_length: int) -> str:
+    """The plan's note on a model with windowed layers under vLLM: how its KV cache is charged in vLLM's groups and
+    blocks (`kv_cache.WindowedKV`), and why vLLM's own logged figures are not context x sequences."""
+    windows = sorted({window for kind, window, _ in windowed.groups if window is not None})
+    return (f"vLLM {engine.version} holds this model's layers in groups of {windowed.group_size} by attention kind "
+            f"(windows {', '.join(f'{window:,}' for window in windows)} tokens) and frees the blocks behind each "
+            f"window: a sequence of {context_length:,} tokens takes {windowed.decode_blocks(context_length):,} "
+            f"blocks of the pool while it decodes, and one request at its largest prefill step "
+            f"{windowed.peak_blocks(context_length):,} (the window, or chunk, plus the {windowed.in_flight_tokens:,} "
+            "tokens in flight: what vLLM needs for one request at start-up, max_memory_usage_bytes).  The plan "
+            "charges one sequence that and the others their decoding blocks; vLLM's \"Maximum concurrency\" "
+            "(engine_max_concurrency) reserves the tokens in flight for every request at once, so it is lower than "
+            "the sequences the pool holds (max_concurrent_sequences), and its \"GPU KV cache size\" "
+            "(kv_capacity_tokens) counts blocks per group, not context x sequences.")
+
+
 # ---------------------------------------------------------------------------
 # Evaluating one workload against a layout
 
@@ -829,6 +856,17 @@ class _StageTerms:
     context: tuple[ContextTerm | None, ...] = ()
     #: per stage, what the engine allocates outside the memory budget (`EngineProfile.outside_budget`)
     outside: tuple[ContextTerm | None, ...] = ()
+    #: per stage, its KV cache in the engine's groups and blocks where it has windowed layers
+    #: (`EngineProfile.windowed_kv`), which replaces the layers' own figure (`_StageKV.by_window`)
+    windowed: tuple[WindowedKV | None, ...] = ()
+
+    def kv_bytes(self, layout: _Layout, stage: int, context_length: int, sequences: int, block_size: int) -> int:
+        """The KV bytes `sequences` sequences of `context_length` tokens take on one device of `stage`: the
+        engine's blocks where it groups windowed layers (`windowed`), else the layers' held tokens."""
+        windowed = self.windowed[stage] if self.windowed else None
+        if windowed is not None:
+            return windowed.bytes(context_length, sequences)
+        return layout.stage_kv[stage].bytes_per_sequence(context_length, block_size) * sequences
 
     def context_bytes(self, stage: int, context_length: int) -> int:
         """The engine's max_model_len-sized activation bytes of `stage` when started for `context_length`."""
@@ -1004,11 +1042,14 @@ class _Evaluator:
         activations, overheads = [], []
         context: list[ContextTerm | None] = []
         outside: list[ContextTerm | None] = []
+        windowed: list[WindowedKV | None] = []
         activation_basis = overhead_basis = ""
         for index in range(layout.pipeline_parallel):
             stage = self.stage(layout, index)
             outside.append(None if self.engine is None else self.engine.outside_budget(
                 stage, options.kv_cache_dtype, self.limits, options.enforce_eager, self.device, layout.expert_format))
+            windowed.append(None if self.engine is None else self.engine.windowed_kv(
+                stage, options.kv_cache_dtype, options.block_size, self.limits))
             context.append(None if options.activation_bytes is not None or self.engine is None
                            else self.engine.context_activation(stage, options.kv_cache_dtype, self.limits))
             if options.activation_bytes is not None:
@@ -1046,7 +1087,8 @@ class _Evaluator:
         fixed = tuple(a + o for a, o in zip(activations, overheads, strict=True))
         return _StageTerms(fixed, tuple(activations), tuple(overheads), activation_basis, overhead_basis,
                            tuple(context) if any(term is not None for term in context) else (),
-                           tuple(outside) if any(term is not None for term in outside) else ())
+                           tuple(outside) if any(term is not None for term in outside) else (),
+                           tuple(windowed) if any(term is not None for term in windowed) else ())
 
     def activation_coefficients(self, tensor_parallel: int) -> tuple[int, int]:
         """(bytes per batched token, bytes per sampled sequence) of the generic activation estimate."""
@@ -1069,7 +1111,7 @@ class _Evaluator:
     def stage_used(self, layout: _Layout, terms: _StageTerms, stage: int, context_length: int,
                    sequences: int) -> tuple[int, int, int, int]:
         """(used, kv cache, activations, overhead) bytes on one device of `stage`."""
-        kv = layout.stage_kv[stage].bytes_per_sequence(context_length, self.options.block_size) * sequences
+        kv = terms.kv_bytes(layout, stage, context_length, sequences, self.options.block_size)
         activations = (terms.activations[stage] + terms.context_bytes(stage, context_length)
                        + self.variable_activation_bytes(context_length, sequences, layout.tensor_parallel))
         used = layout.stage_weights[stage] + kv + activations + terms.overheads[stage]
@@ -1140,7 +1182,30 @@ class _Evaluator:
                        for (budget, _, _), hybrid, context_term in zip(stages, hybrids, context_terms, strict=True)
                        if hybrid is not None)
 
-        return fits_hybrid if any(hybrid is not None for hybrid in hybrids) else fits
+        windowed_stages = terms.windowed
+
+        def fits_windowed(context_length: int, sequences: int) -> bool:
+            # windowed layers in the engine's groups and blocks (`WindowedKV`): one sequence at its peak step
+            if outside_terms and not outside_fits(context_length):
+                return False
+            activations = (min(batched, context_length * sequences) * per_token
+                           + min(sequences, batched) * per_sampled) if variable else 0
+            for stage, budget in enumerate(budgets):
+                context_term = context_terms[stage]
+                if context_term is not None:
+                    budget -= context_term.bytes_at(context_length)
+                engine_kv = windowed_stages[stage]
+                if engine_kv is not None:
+                    kv = engine_kv.bytes(context_length, sequences)
+                else:
+                    kv = layout.stage_kv[stage].bytes_per_sequence(context_length, block) * sequences
+                if kv + activations > budget:
+                    return False
+            return True
+
+        if any(hybrid is not None for hybrid in hybrids):
+            return fits_hybrid
+        return fits_windowed if windowed_stages else fits
 
 
 def _never_fits(context_length: int, sequences: int) -> bool:
@@ -1340,8 +1405,14 @@ def _max_context(evaluator: _Evaluator, layout: _Layout, fits: Callable[[int, in
     # Lower bound: activations at their ceiling and sliding layers full, the rest of each
     # stage's budget spent on full-attention tokens.
     guess = max(1, cap // block)
-    for budget, kv in zip(_budgets_after_activations(evaluator, layout, sequences, cap), layout.stage_kv,
-                                  strict=True):
+    windowed_stages = evaluator.stage_terms(layout).windowed or (None,) * len(layout.stage_kv)
+    for budget, kv, windowed in zip(_budgets_after_activations(evaluator, layout, sequences, cap), layout.stage_kv,
+                                    windowed_stages, strict=True):
+        if windowed is not None:  # the engine's blocks (`WindowedKV`): its own bound
+            whole = windowed.whole_blocks_within(sequences, budget)
+            if whole is not None:
+                guess = min(guess, whole)
+            continue
         full = sum(size for window, size in kv.by_window if window is None)
         sliding = sum(size * held_tokens(window, window, block) for window, size in kv.by_window
                       if window is not None)
@@ -1404,6 +1475,13 @@ def _max_sequences(evaluator: _Evaluator, layout: _Layout, fits: Callable[[int, 
     for stage, weights in enumerate(layout.stage_weights):
         per_sequence = layout.stage_kv[stage].bytes_per_sequence(context_length, evaluator.options.block_size)
         budget = evaluator.usable_bytes - weights - terms.fixed[stage] - terms.context_bytes(stage, context_length)
+        windowed = terms.windowed[stage] if terms.windowed else None
+        if windowed is not None:  # the engine's blocks (`WindowedKV`): at most these, exactly these without activations
+            most = windowed.most_sequences(context_length, budget)
+            high = min(high, max(1, most))
+            guess = min(guess, windowed.most_sequences(context_length, budget - variable
+                                                       - per_sequence_activations * most))
+            continue
         if per_sequence > 0:
             high = min(high, max(1, budget // per_sequence))
         guess = min(guess, (budget - variable) // (per_sequence + per_sequence_activations or 1))
@@ -1709,6 +1787,9 @@ def plan(spec: ModelSpec, hardware: Hardware, workload: Workload | None = None,
         notes.append(_hybrid_note(hybrid, options.block_size, tensor, engine))
     if spec.chunked_layers:
         notes.append(_chunked_note(spec, engine, evaluator.chunked_local()))
+    windowed_kv = primary_terms.windowed[0] if primary_terms.windowed else None
+    if windowed_kv is not None and engine is not None:
+        notes.append(_windowed_note(windowed_kv, engine, workload.context_length))
     # the ranks of a stage hold the same: one device per stage (the first of each) is enough
     busiest = max(primary.devices[::tensor], key=lambda device: device.activation_bytes)
     if evaluator.variable_activations:

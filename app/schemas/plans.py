@@ -471,7 +471,9 @@ class FormatOut(BaseModel):
                     "ask for), or engine: the engine refuses the format or layout (0 sequences).")
     min_devices: int | None
     kv_capacity_tokens: int | None = Field(description="Tokens the engine's KV pool holds on the tightest "
-                                                       "device, as it logs them (vLLM: GPU KV cache size).")
+                                                       "device, as it logs them (vLLM: GPU KV cache size; for a "
+                                                       "model with sliding-window, chunked or linear-attention "
+                                                       "layers, blocks per group, not context x sequences).")
     refusal: str | None = Field(description="Why the engine refuses this layout (then fits is false), or null.")
     devices: list[DeviceOut]
 
@@ -502,7 +504,10 @@ class PlanKVCache(BaseModel):
     engine_max_concurrency: float | None = Field(
         description="The engine's own 'Maximum concurrency for <context> tokens per request' (vLLM's formula: "
                     "pool blocks over the blocks one request of the context needs); null for the generic engine. "
-                    "nibble's own figure at the context is max_concurrent_sequences.")
+                    "nibble's own figure at the context is max_concurrent_sequences.  A plan that fits has it at "
+                    "least the requested sequences, except for a model with sliding-window or chunked layers: "
+                    "vLLM's figure reserves one step's tokens in flight for every request at once, the plan for one "
+                    "(the scheduler has one step in flight over all of them), and then it is at least 1.")
 
 
 class PlanEngine(BaseModel):

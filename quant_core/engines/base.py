@@ -14,6 +14,7 @@ from typing import Protocol
 
 from quant_core.catalog import UNKNOWN_DEVICE, DeviceFacts
 from quant_core.formats import WeightFormat
+from quant_core.kv_cache import WindowedKV
 from quant_core.specs import ModelSpec
 
 
@@ -142,6 +143,12 @@ class EngineProfile(Protocol):
         """Why every pipeline stage holds the model's input embedding, final norm and lm_head (the
         engine's model code builds them on each stage), or None when the first stage holds the
         embedding and the last the norm and lm_head."""
+        ...
+
+    def windowed_kv(self, stage: Stage, kv_cache_dtype: str, block_size: int,
+                    limits: BatchLimits) -> WindowedKV | None:
+        """The stage's KV cache in the engine's own groups and blocks when it has windowed (sliding or chunked)
+        layers and the engine's blocks differ from the layers' own figure, else None."""
         ...
 
     def kv_capacity(self, stage: Stage, kv_cache_dtype: str, available_bytes: int, block_size: int,

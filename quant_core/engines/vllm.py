@@ -60,6 +60,7 @@ from quant_core.inventory import inventory
 from quant_core.kv_cache import (
     VLLM_BLOCK_ALIGNMENT,
     HybridKV,
+    WindowedKV,
     held_window,
     hybrid_kv,
     kv_layers,
@@ -3293,6 +3294,26 @@ class VllmProfile:
             return None
         return (f"vLLM allocates the MoE routers of a {spec.model_type} model in float32 "
                 f"(vllm/model_executor/models/{where}), whatever the model's dtype")
+
+    def windowed_kv(self, stage: Stage, kv_cache_dtype: str, block_size: int,
+                    limits: BatchLimits) -> WindowedKV | None:
+        """The stage's KV cache in vLLM's groups and blocks when it has sliding-window or chunked local layers the
+        release holds as such (`kv_cache.WindowedKV`; `kv_capacity`'s groups), None otherwise (every layer full
+        attention, one group: the planner's per-layer figure is vLLM's; a hybrid model: `kv_cache.HybridKV`).  The
+        tokens in flight are `in_flight_tokens`'; in releases with async scheduling (0.33) the blocks behind the
+        window are freed from the settled tokens (kv_cache_manager.py ``allocate_slots``: ``remove_skipped_blocks(...,
+        total_computed_tokens - request.num_in_flight_tokens)``), the `pipeline_parallel` steps in flight
+        behind."""
+        if stage.spec.linear_attention is not None or stage.spec.has_indexer:
+            return None
+        groups, group_size, page = _kv_cache_groups(stage.spec, stage.layers, kv_cache_dtype, stage.tensor_parallel,
+                                                    block_size, self._rules.chunked_local_attention,
+                                                    self._rules.group_size_ratio)
+        if all(window is None for _, window, _ in groups):
+            return None
+        in_flight = in_flight_tokens(self._version, stage.pipeline_parallel, limits.max_batched_tokens)
+        unsettled = stage.pipeline_parallel if self._rules.in_flight_batches else 0
+        return WindowedKV(groups, group_size, page, block_size, in_flight, unsettled)
 
     def kv_capacity(self, stage: Stage, kv_cache_dtype: str, available_bytes: int, block_size: int,
                     max_model_len: int, limits: BatchLimits) -> KVCapacity:

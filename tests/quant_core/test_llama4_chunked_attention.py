@@ -112,7 +112,10 @@ def test_each_release_says_whether_it_holds_only_the_current_chunk(version: str,
 
 def _expected_at(version: str, pool: int, max_model_len: int) -> tuple[int, float, int, int]:
     """(GPU KV cache size tokens, Maximum concurrency, KV bytes of one sequence, most sequences) as vLLM `version`
-    computes them for Scout at TP 8 from the KV pool `pool` of one rank."""
+    computes them for Scout at TP 8 from the KV pool `pool` of one rank.  From 0.19 one sequence is charged what vLLM
+    reserves for one request (its start-up check, ``max_memory_usage_bytes``), and the most sequences are one at that
+    reservation and the others decoding: a chunk per chunked layer, and in 0.33 one token more, the step in flight
+    (kv_cache_manager.py ``allocate_slots`` frees from the settled tokens), in whole blocks (`kv_cache.WindowedKV`)."""
     if version == "0.11":  # unify_hybrid_kv_cache_specs: one group of 48 FullAttentionSpec layers
         num_blocks = pool // PAGE_TP8 // 48
         tokens = num_blocks * BLOCK
@@ -124,8 +127,11 @@ def _expected_at(version: str, pool: int, max_model_len: int) -> tuple[int, floa
         per_request = _cdiv(max_model_len, BLOCK) + 3 * _cdiv(min(CHUNK + in_flight, max_model_len), BLOCK)
         concurrency = num_blocks / per_request
         tokens = num_blocks // 4 * BLOCK if version == "0.19" else int(concurrency * max_model_len)
-        per_sequence = LAYER_TOKEN_BYTES_TP8 * (FULL_LAYERS * _cdiv(max_model_len, BLOCK) * BLOCK
-                                                + CHUNKED_LAYERS * min(_cdiv(max_model_len, BLOCK) * BLOCK, CHUNK))
+        per_sequence = PAGE_TP8 * 12 * per_request
+        unsettled = 1 if version == "0.33" else 0
+        decode = _cdiv(max_model_len, BLOCK) + 3 * min(_cdiv(max_model_len, BLOCK), _cdiv(CHUNK + unsettled, BLOCK))
+        sequences = 0 if num_blocks < per_request else 1 + (num_blocks - per_request) // decode
+        return tokens, concurrency, per_sequence, sequences
     return tokens, concurrency, per_sequence, pool // per_sequence
 
 
@@ -139,14 +145,16 @@ def test_scout_at_a_million_tokens_on_8_h100s_is_planned_as_each_release_allocat
     assert primary.devices[0].kv_cache_bytes == per_sequence
     assert primary.max_concurrent_sequences == sequences
     # 0.11: 48 layers x 1,048,576 tokens x 512 bytes = 24.0 GiB a sequence; 0.19 / 0.33: 12 layers the whole
-    # context and 36 one chunk, 512 x (12 x 1,048,576 + 36 x 8,192) = 6.14 GiB
-    assert per_sequence == {"0.11": 25_769_803_776, "0.19": 6_593_445_888, "0.33": 6_593_445_888}[version]
+    # context and 36 one chunk and the tokens in flight (0.19: one batch of 8,192, 0.33: two),
+    # 512 x (12 x 1,048,576 + 36 x 16,384) = 6.28 GiB and 512 x (12 x 1,048,576 + 36 x 24,576) = 6.42 GiB
+    assert per_sequence == {"0.11": 25_769_803_776, "0.19": 6_744_440_832, "0.33": 6_895_435_776}[version]
     # the longest context for one sequence: whole blocks of the 12 global layers after the 36 chunks
     pool_tokens = primary.kv_pool_bytes // LAYER_TOKEN_BYTES_TP8
     if version == "0.11":
         longest = pool_tokens // (48 * BLOCK) * BLOCK
-    else:
-        longest = (pool_tokens - CHUNKED_LAYERS * CHUNK) // (FULL_LAYERS * BLOCK) * BLOCK
+    else:  # whole blocks of the 12 global layers after the 36 chunked layers' reservation for one request
+        in_flight = BATCHED if version == "0.19" else 2 * BATCHED
+        longest = (primary.kv_pool_bytes // (PAGE_TP8 * 12) - 3 * _cdiv(CHUNK + in_flight, BLOCK)) * BLOCK
     assert primary.max_context_length == longest
     assert primary.context_limited_by == "memory"
 

@@ -11,12 +11,17 @@ either answers or raises a `NibbleError` (a 4xx in the API, never a 500), and it
 - the same inputs plan to the same answer;
 - expert parallelism on one device plans what it plans without (vLLM turns it off at one rank; only the fewest
   devices, found over more ranks, may differ);
-- re-planned at its longest context, its most sequences or its fewest devices, a format fits.
+- re-planned at its longest context, its most sequences or its fewest devices, a format fits;
+- a format that fits under vLLM has vLLM's own "Maximum concurrency" at least 1 (vLLM starts:
+  ``check_enough_kv_cache_memory``), and at least the requested sequences unless the model has sliding-window or
+  chunked layers, whose figure reserves one step's tokens in flight for every request at once (`kv_cache.WindowedKV`).
 
 A throwaway sweep of about 60,000 such plans (sweep20) found three bugs this sample keeps found: the fewest devices
 of a model the release cannot load (MiniMax-M2 and Qwen3.5-MoE on vLLM 0.11), vLLM 0.33's refined fp8 expert scales
 left out under expert parallelism (so the flag changed a one-device gpt-oss plan), and the fewest devices naming a
-degree whose hybrid (Gated DeltaNet) block vLLM 0.33 refuses to start.
+degree whose hybrid (Gated DeltaNet) block vLLM 0.33 refuses to start.  A sweep of the sliding-window, chunked and
+hybrid presets (kvrequest) found 48 fitting plans whose sequences vLLM's blocks do not hold, 13 of them below one
+request (vLLM refuses to start): Mistral-7B on a T4 under 0.19 is pinned below.
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ import pytest
 from quant_core.catalog import get_device, get_preset_info, list_presets
 from quant_core.errors import NibbleError
 from quant_core.formats import WeightFormat, block_format, fp8, int4, int8_gptq
+from quant_core.kv_cache import kv_layers
 from quant_core.planner import (
     MAX_DEVICES_SEARCHED,
     FormatPlan,
@@ -157,6 +163,8 @@ def _broken(result: Plan, spec: ModelSpec, hardware: Hardware) -> list[str]:
     accepted = hardware.count in engine_tensor_parallel_sizes(spec, MAX_DEVICES_SEARCHED,
                                                               result.options.expert_parallel)
     figures = (result.kv_bytes_per_token, result.activation.bytes, result.runtime_overhead.bytes)
+    sequences = result.workload.concurrent_sequences
+    windowed = any(layer.kind in ("sliding", "chunked") for layer in kv_layers(spec))
     if min(figures) < 0:
         broken.append(f"a negative plan term {figures}")
     for key, answer in result.comparison.items():
@@ -172,6 +180,9 @@ def _broken(result: Plan, spec: ModelSpec, hardware: Hardware) -> list[str]:
                 broken.append(f"{key}: fits with device {device.index} over its usable bytes")
             if answer.fits and device.outside_budget_bytes > device.capacity_bytes - device.usable_bytes:
                 broken.append(f"{key}: fits with device {device.index} needing more than the budget leaves free")
+        concurrency = answer.engine_max_concurrency
+        if answer.fits and concurrency is not None and concurrency < (1 if windowed else sequences) * (1 - 1e-12):
+            broken.append(f"{key}: fits with vLLM's maximum concurrency {concurrency:.4f} for {sequences} sequences")
         if answer.fits and accepted and result.pipeline_parallel == 1 and (
                 answer.min_devices is None or answer.min_devices > hardware.count):
             broken.append(f"{key}: fits on {hardware.count} devices but the fewest are {answer.min_devices}")
@@ -239,6 +250,10 @@ def test_a_seeded_sample_of_new_combinations_keeps_the_plan_invariants() -> None
     Case("gpt-oss-120b", 5, 1, ("vllm", "0.33"), True, "bf16", "fp8-block", 1, False, Workload(4096, 64), "fp8"),
     Case("qwen3.6-35b-a3b", "a100-80gb", 3, ("vllm", "0.33"), False, "fp16", "gptq-g128-sym", 1, True,
          Workload(512, 256), "fp8"),
+    # the 16-bit comparison of Mistral-7B on a T4 under vLLM 0.19: one request of 8,192 tokens needs 385 blocks
+    # of its sliding layers (the window less one and 2,048 tokens in flight), the pool holds 266
+    Case("mistral-7b-v0.1", "t4", 1, ("vllm", "0.19"), False, "bf16", "int4-g128", 1, False, Workload(8192, 1),
+         "fp8"),
 ])
 def test_the_combinations_the_sweep_broke_keep_the_invariants(case: Case) -> None:
     spec, hardware, options = _inputs(case)
