@@ -16,9 +16,10 @@ so one evaluation is a handful of integer operations.
 Parallelism follows vLLM:
 * tensor parallel (tp): linear layers, vocab-parallel embedding and lm_head
   are split across the tp ranks (each rank holds ``ceil(bytes / tp)`` of a
-  sharded tensor); norms, routers and every bias are counted whole on each
-  rank (vLLM splits the biases of column-parallel layers, so this over-counts
-  by at most those biases, a few MB); KV heads are split with
+  sharded tensor); norms, routers and every bias but the routed experts'
+  gate/up biases (split as vLLM's FusedMoE splits w13_bias) are counted whole
+  on each rank (vLLM splits the biases of the other column-parallel layers, so
+  this over-counts by at most those biases, a few MB); KV heads are split with
   ``ceil(n_kv / tp)`` heads per rank (one replicated head per rank when tp
   exceeds them, in the KV cache and in the k/v projections' weights; a tp that
   neither divides nor is a multiple of n_kv is warned about, since vLLM refuses
@@ -575,6 +576,24 @@ def _is_routed_expert(entry: TensorEntry, spec: ModelSpec) -> bool:
     return spec.is_moe and (entry.role == "expert" or (entry.role == "bias" and ".experts." in entry.name))
 
 
+#: the routed experts' gate/up biases, which vLLM's FusedMoE splits over the tensor-parallel ranks as it splits w13
+#: (gpt-oss's ``experts.gate_up_proj_bias``; a per-expert ``gate_proj.bias`` / ``up_proj.bias``); the down
+#: projection's bias (w2_bias) is whole on every rank
+_EXPERT_GATE_UP_BIASES: tuple[str, ...] = ("gate_up_proj_bias", "gate_up_proj.bias", "gate_proj.bias", "up_proj.bias",
+                                           "w1.bias", "w3.bias")
+
+
+def _is_sharded_expert_bias(entry: TensorEntry, spec: ModelSpec) -> bool:
+    """A row of the routed experts' gate/up biases, which one tensor-parallel rank holds ``1 / tp`` of: vLLM creates
+    ``w13_bias`` as ``[E, 2 x intermediate_size_per_partition]`` and ``w2_bias`` as ``[E, hidden_size]``
+    (fused_moe/layer.py ``UnquantizedFusedMoEMethod.create_weights`` in v0.11.0, unquantized_fused_moe_method.py in
+    v0.19.0 and v0.33.0, quantization/mxfp4.py ``Mxfp4MoEMethod.create_weights`` in all three), and gpt_oss.py's
+    ``load_weights`` loads each rank's ``2 x tp_rank_start : 2 x tp_rank_end`` slice of the checkpoint's
+    gate_up_proj_bias and the whole down_proj_bias (zeroed on ranks other than 0, still allocated)."""
+    return (entry.role == "bias" and _is_routed_expert(entry, spec)
+            and any(part in entry.name for part in _EXPERT_GATE_UP_BIASES))
+
+
 def _expert_parallel_bytes(one_tensor_bytes: int, entry: TensorEntry, spec: ModelSpec, tensor_parallel: int) -> int:
     """Bytes of one layer's tensors of a routed-expert row on the most loaded rank under expert parallelism: whole
     experts, `engines.vllm.expert_shard`'s count of the layer's ``E`` (a row of one tensor per expert holds that many
@@ -732,6 +751,8 @@ def _build_layout(spec: ModelSpec, scheme: WeightScheme, kv_dtype_name: str,
         if spec.model_type == "minimax_m2" and entry.name.endswith(_MINIMAX_M2_SPLIT_NORMS):
             per_rank = _minimax_m2_norm_bytes(one, entry, min(tensor_parallel, spec.num_kv_heads)
                                               if entry.name.endswith("k_norm.weight") else tensor_parallel)
+        if tensor_parallel > 1 and _is_sharded_expert_bias(entry, spec):
+            per_rank = -(-one // tensor_parallel) * entry.per_layer
         if expert_parallel and tensor_parallel > 1 and _is_routed_expert(entry, spec):
             per_rank = _expert_parallel_bytes(one, entry, spec, tensor_parallel)
         if entry.layers:
