@@ -8,6 +8,11 @@ Read in the sources of vLLM 0.11.0, 0.19.0 and 0.33.0 (PyPI wheels):
   fused_moe/unquantized_fused_moe_method.py, quantization/mxfp4.py ``Mxfp4MoEMethod.create_weights`` in all three);
   gpt_oss.py ``load_weights`` copies each rank's ``2 x tp_rank_start : 2 x tp_rank_end`` slice of the checkpoint's
   gate_up_proj_bias and the whole down_proj_bias (zeroed on ranks other than 0, still allocated).
+* vLLM 0.33's int4 (WNA16) experts (auto_gptq.py ``AutoGPTQMoEMethod``, fused_moe/oracle/int_wna16.py): Marlin pads
+  the width per rank to ``round_up(N, lcm(64, group))`` (utils/marlin_utils.py ``marlin_moe_padded_intermediate``)
+  and keeps GPTQ's qzeros, Humming (preferred on compute capability 9.0) pads each GEMM's N to 256 and K to 128
+  (quantization/utils/humming/moe.py; humming-kernels 0.1.19 transform.py) and keeps zero points only where the
+  checkpoint is asymmetric; neither holds the checkpoint's g_idx for the experts.
 """
 
 from __future__ import annotations
@@ -16,9 +21,12 @@ from dataclasses import replace
 
 import pytest
 
-from quant_core.catalog import get_preset
+from quant_core.catalog import device_facts, get_preset
+from quant_core.engines.base import Stage
+from quant_core.engines.vllm import VllmProfile, int4_moe_backend_v0_33
 from quant_core.formats import float_format
 from quant_core.planner import Hardware, PlanOptions, Workload, plan
+from quant_core.schemes import scheme_from_quantization_config
 
 GIB = 1 << 30
 H100 = 80 * GIB
@@ -55,3 +63,85 @@ def test_expert_parallelism_still_holds_the_ranks_whole_experts_biases() -> None
                for s in (spec, replace(spec, expert_bias=False))]
     assert answers[0].primary.devices[0].weights_bytes - answers[1].primary.devices[0].weights_bytes == (
         36 * 32 * (2 * 2880 + 2880) * 2)
+
+
+# Qwen3-30B-A3B: hidden 2048, 128 experts 768 wide, 48 MoE layers.  nibble's charge per expert and rank of a GPTQ
+# checkpoint (int32 qweight [in/8, out], int32 qzeros [G, out/8], fp16 scales [G, out], int32 g_idx [in]; each
+# tensor's bytes / tp): gate and up [768, 2048], down [2048, 768].
+QWEN3_LAYERS, QWEN3_EXPERTS, HIDDEN, WIDTH = 48, 128, 2048, 768
+
+
+def _gptq_bytes(out_features: int, in_features: int, group: int) -> int:
+    groups = in_features // group
+    return in_features * out_features // 2 + groups * out_features // 2 + 2 * groups * out_features + 4 * in_features
+
+
+def _gptq_charge(group: int, tensor_parallel: int) -> int:
+    return (2 * -(-_gptq_bytes(WIDTH, HIDDEN, group) // tensor_parallel)
+            + -(-_gptq_bytes(HIDDEN, WIDTH, group) // tensor_parallel))
+
+
+def _qwen3_term(label: str, tensor_parallel: int, device: str) -> int:
+    spec = get_preset("qwen3-30b-a3b")
+    term = VllmProfile("0.33").expert_layout(Stage(spec, tensor_parallel, 1, (0, spec.num_layers), True), label,
+                                             device_facts(device))
+    assert term is not None
+    return term.bytes
+
+
+def test_vllm_0_33_marlin_pads_the_experts_width_per_rank_to_lcm_64_group_and_drops_g_idx() -> None:
+    # A100 (8.0), GPTQ g32 symmetric at TP 8: N = 768 / 8 = 96 -> round_up(96, lcm(64, 32)) = 128.  Per expert vLLM
+    # holds w13 2048 x 2 x 128 / 2 + w2 128 x 2048 / 2 = 393,216 bytes of values, scales (64 x 256 + 4 x 2048) x 2 =
+    # 49,152 and qzeros 64 x 128 + 4 x 2048 / 2 = 12,288 (kept for symmetric GPTQ too): 454,656, where nibble
+    # charged 343,424 (with g_idx).  111,232 x 128 x 48 = 683,409,408 bytes (0.64 GiB) a rank more
+    assert int4_moe_backend_v0_33(get_preset("qwen3-30b-a3b"), "int4-g32-sym-gptq", 8, False,
+                                  device_facts("a100-80gb")) == "marlin"
+    held = 393_216 + 49_152 + 12_288
+    assert _gptq_charge(32, 8) == 343_424
+    assert _qwen3_term("int4-g32-sym-gptq", 8, "a100-80gb") == QWEN3_LAYERS * QWEN3_EXPERTS * (held - 343_424)
+    assert _qwen3_term("int4-g32-sym-gptq", 8, "a100-80gb") == 683_409_408
+    # g128 at TP 2 (N = 384, a multiple of 128): nothing padded, vLLM holds the checkpoint less its g_idx,
+    # 4 x (2048 + 2048 + 768) / 2 = 9,728 bytes an expert
+    assert _qwen3_term("int4-g128-sym-gptq", 2, "a100-80gb") == -QWEN3_LAYERS * QWEN3_EXPERTS * 9_728
+
+
+def test_vllm_0_33_humming_pads_each_expert_gemm_n_to_256_and_k_to_128_on_hopper() -> None:
+    # H100 (9.0), GPTQ g64 symmetric at TP 4: N = 192; w13 384 x 2048 -> 512 x 2048, w2 2048 x 192 -> 2048 x 256.
+    # Values (512 x 2048 + 2048 x 256) / 2 = 786,432, scales (512 x 32 + 2048 x 4) x 2 = 49,152, no zero points
+    # (sym: Humming deletes the checkpoint's qzeros): 835,584 an expert against nibble's 640,768
+    assert int4_moe_backend_v0_33(get_preset("qwen3-30b-a3b"), "int4-g64-sym-gptq", 4, False,
+                                  device_facts("h100-80gb")) == "humming"
+    held = 786_432 + 49_152
+    assert _gptq_charge(64, 4) == 640_768
+    assert _qwen3_term("int4-g64-sym-gptq", 4, "h100-80gb") == QWEN3_LAYERS * QWEN3_EXPERTS * (held - 640_768)
+    assert _qwen3_term("int4-g64-sym-gptq", 4, "h100-80gb") == 1_196_949_504
+    # AWQ keeps its zero points: (512 x 32 + 2048 x 4) / 2 = 12,288 bytes an expert more than GPTQ's sym layout
+    awq = _qwen3_term("int4-g64-asym-awq", 4, "h100-80gb")
+    awq_charge = 3 * (WIDTH * HIDDEN // 2 + (HIDDEN // 64) * WIDTH // 2 + 2 * (HIDDEN // 64) * WIDTH) // 4
+    assert awq == QWEN3_LAYERS * QWEN3_EXPERTS * (held + 12_288 - awq_charge)
+
+
+def test_vllm_0_33_int4_expert_padding_is_charged_in_the_plan() -> None:
+    spec = get_preset("qwen3-30b-a3b")
+    scheme = scheme_from_quantization_config({"quant_method": "gptq", "bits": 4, "group_size": 32, "sym": True,
+                                             "desc_act": False})
+    answers = {version: plan(spec, Hardware(80 * GIB, 8, "a100-80gb"), Workload(4096, 1),
+                             PlanOptions(scheme=scheme, engine_version=version)) for version in ("0.19", "0.33")}
+    assert "marlin_moe_padded_intermediate" in answers["0.33"].runtime_overhead.basis
+    assert "marlin_moe_padded_intermediate" not in answers["0.19"].runtime_overhead.basis
+    assert answers["0.33"].primary.devices[0].weights_bytes == answers["0.19"].primary.devices[0].weights_bytes
+
+
+@pytest.mark.parametrize(("label", "tensor_parallel", "device"), [
+    ("int4-g32-sym-gptq", 8, None),  # capability unknown
+    ("int4-g32-sym-compressed-tensors", 8, "b200"),  # FlashInfer's TRT-LLM MxInt4 experts on 10.x, not read
+    ("int4-row-sym-gptq", 4, "h100-80gb"),  # Humming with a per-row scale, not read
+    ("int4-g128-sym-gptq", 8, "a100-80gb"),  # 96 wide: Marlin refuses a group straddling the shard (Triton)
+])
+def test_vllm_0_33_int4_experts_on_a_kernel_not_read_get_no_layout_term(label: str, tensor_parallel: int,
+                                                                         device: str | None) -> None:
+    spec = get_preset("qwen3-30b-a3b")
+    facts = device_facts(device)
+    assert int4_moe_backend_v0_33(spec, label, tensor_parallel, False, facts) == ""
+    assert VllmProfile("0.33").expert_layout(Stage(spec, tensor_parallel, 1, (0, spec.num_layers), True), label,
+                                             facts) is None
