@@ -506,6 +506,9 @@ class _Layout:
     linear_format: str = ""
     #: the routed experts are placed whole over the tensor-parallel ranks (`PlanOptions.expert_parallel`)
     expert_parallel: bool = False
+    #: the one weight format of the decoder's attention and MLP linear layers (`_dense_format`), by which an engine
+    #: picks its dense kernel and the layout it holds them in (`EngineProfile.linear_layout`)
+    dense_format: str = ""
 
 
 def _stage_ranges(num_layers: int, stages: int) -> tuple[tuple[int, int], ...]:
@@ -721,6 +724,15 @@ def _linear_format(spec: ModelSpec, scheme: WeightScheme) -> str:
     return quantized if quantized == scheme.unquantized else ""
 
 
+def _dense_format(scheme: WeightScheme) -> str:
+    """The label of the one format `scheme` stores the decoder's attention and MLP linear layers in ("" when a GGUF
+    mix, per-row formats, a checkpoint's own tensors or kept modules leave them in more than one, or when they are
+    not quantized)."""
+    if scheme.gguf_file_type or scheme.mix or scheme.checkpoint_rows or scheme.keep:
+        return ""
+    return scheme.quantized.label() if {"attention", "mlp"} <= scheme.quantized_roles else ""
+
+
 def _build_layout(spec: ModelSpec, scheme: WeightScheme, kv_dtype_name: str,
                   tensor_parallel: int, pipeline_parallel: int, vocabulary_everywhere: bool = False,
                   fp32_routers: bool = False, mamba_cache_mode: str = "none", chunked_local: bool = True,
@@ -786,7 +798,8 @@ def _build_layout(spec: ModelSpec, scheme: WeightScheme, kv_dtype_name: str,
     return _Layout(tensor_parallel, pipeline_parallel, stages,
                    tuple(size + extra for size, extra in zip(weights, held, strict=True)), tuple(stage_kv),
                    everywhere, tuple(extra - own for extra, own in zip(held, home, strict=True)),
-                   _expert_format(spec, scheme), _linear_format(spec, scheme), expert_parallel)
+                   _expert_format(spec, scheme), _linear_format(spec, scheme), expert_parallel,
+                   _dense_format(scheme))
 
 
 def _hybrid_note(hybrid: HybridKV, block_size: int, tensor_parallel: int, engine: EngineProfile | None) -> str:
@@ -1001,7 +1014,7 @@ class _Evaluator:
     def stage_terms(self, layout: _Layout) -> _StageTerms:
         """Activation and overhead bytes of each stage that do not depend on the workload."""
         key = (layout.tensor_parallel, layout.pipeline_parallel, layout.stage_layers, layout.expert_format,
-               layout.linear_format, layout.expert_parallel)
+               layout.linear_format, layout.expert_parallel, layout.dense_format)
         found = self._terms.get(key)
         if found is None:
             shared = (self._key_id, *key)
@@ -1051,6 +1064,11 @@ class _Evaluator:
             if layout_term is not None:  # weights the engine's kernels hold beyond the checkpoint's
                 overhead += layout_term.bytes
                 overhead_basis += f"; routed experts' kernel layout: {layout_term.basis}"
+            dense_term = (None if self.engine is None
+                          else self.engine.linear_layout(stage, layout.dense_format, self.device))
+            if dense_term is not None:  # the dense linear layers as the engine's kernels hold them
+                overhead += dense_term.bytes
+                overhead_basis += f"; linear layers' kernel layout: {dense_term.basis}"
             allocation = None if self.engine is None else self.engine.weight_allocation(stage, layout.linear_format)
             if allocation is not None and allocation.bytes:  # the allocator's rounding of the weights' blocks
                 overhead += allocation.bytes

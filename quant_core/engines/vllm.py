@@ -2001,6 +2001,86 @@ FUSED_LINEAR_MODEL_TYPES: dict[str, str] = {
 SIXTEEN_BIT_FORMATS = frozenset({"bf16", "fp16"})
 
 
+#: vLLM releases whose mixed-precision linear kernels (``choose_mp_linear_kernel``, model_executor/kernels/linear)
+#: put Machete first on compute capability 9.0 for AWQ's zero-point weights: 0.19's awq_marlin.py
+#: ``AWQMarlinLinearMethod`` and 0.33's auto_awq.py ask it (0.11's awq_marlin repacks for Marlin itself)
+MACHETE_AWQ_VERSIONS = frozenset({"0.19", "0.33"})
+#: Machete's group sizes for 16-bit activations (utils/machete_utils.py ``query_machete_supported_group_sizes``;
+#: -1, a whole row, is None here) and its prepacked block (``MACHETE_PREPACKED_BLOCK_SHAPE``: in features a
+#: multiple of 64, out features of 128, ``check_machete_supports_shape``)
+MACHETE_GROUPS: tuple[int | None, ...] = (None, 64, 128)
+MACHETE_BLOCK_IN, MACHETE_BLOCK_OUT = 64, 128
+
+
+def _dense_linear_shapes(spec: ModelSpec, tensor_parallel: int) -> tuple[tuple[tuple[int, int], ...],
+                                                                          tuple[tuple[int, int], ...]]:
+    """(in features, out features) of one rank's quantized linear layers in one decoder layer of a model of
+    `FUSED_LINEAR_MODEL_TYPES` without MLA: (attention: the QKVParallelLinear qkv_proj of ``heads / tp +
+    2 x max(1, kv_heads // tp)`` heads and the RowParallelLinear o_proj; a dense MLP: the MergedColumnParallelLinear
+    gate_up_proj and the RowParallelLinear down_proj)."""
+    hidden, head_dim = spec.hidden_size, spec.head_dim
+    heads, kv_heads = spec.num_attention_heads // tensor_parallel, max(1, spec.num_kv_heads // tensor_parallel)
+    width = spec.intermediate_size // tensor_parallel
+    return (((hidden, (heads + 2 * kv_heads) * head_dim), (heads * head_dim, hidden)),
+            ((hidden, 2 * width), (width, hidden)))
+
+
+def machete_zero_point_bytes(stage: Stage, version: str, dense_format: str, device: DeviceFacts) -> Term | None:
+    """The bytes one rank of vLLM `version` holds for the dense linear layers (attention and dense MLP, `dense_format`
+    their label) of a checkpoint with zero points (AWQ; asymmetric compressed-tensors, whose
+    ``CompressedTensorsWNA16`` asks the same kernels with ``zero_points=not self.symmetric``) beyond the
+    checkpoint's, where Machete runs them: on compute capability 9.0 ``choose_mp_linear_kernel`` takes
+    MacheteLinearKernel first for uint4 weights with zero points (0.19 and 0.33, `MACHETE_AWQ_VERSIONS`; group -1,
+    64 or 128 and a rank's in/out features multiples of 64/128,
+    `MACHETE_GROUPS`), and its ``process_weights_after_loading`` (kernels/linear/mixed_precision/machete.py
+    ``transform_w_zp``) unpacks the packed zero points ``[G, out / 8]`` int32 (``G x out / 2`` bytes) and replaces them
+    with the zero points pre-multiplied by the scales, ``-scales x zeros`` in the scales' 16-bit dtype: ``G x out x
+    2`` bytes, ``1.5 x G x out`` more per layer (the weights are prepacked and the scales kept at their size).
+    Models of `FUSED_LINEAR_MODEL_TYPES` without MLA (their shapes per rank: `_dense_linear_shapes`); None for other
+    models, formats, releases and devices, and in 0.33 where a layer falls from Machete to Humming's kernels
+    (prioritized ahead of Marlin on 9.0, their layout not read); in 0.19 such a layer runs Marlin, whose repacked
+    zero points keep the checkpoint's bytes."""
+    spec = stage.spec
+    found = _INT4_CHECKPOINT_LABEL.fullmatch(dense_format.removeprefix("checkpoint-"))
+    zero_points = found is not None and (found["layout"] == "awq" or (found["layout"] == "compressed-tensors"
+                                                                      and found["kind"] == "asym"))
+    if (version not in MACHETE_AWQ_VERSIONS or found is None or not zero_points
+            or device.compute_capability != HUMMING_PREFERRED_CAPABILITY or device.vendor == "amd"
+            or spec.model_type not in FUSED_LINEAR_MODEL_TYPES or spec.is_mla or "-padded" in dense_format
+            or "-partial" in dense_format):
+        return None
+    group = int(found["group"]) if found["group"] else None
+    tensor_parallel = stage.tensor_parallel
+    attention, mlp = _dense_linear_shapes(spec, tensor_parallel)
+
+    def extra(shapes: tuple[tuple[int, int], ...]) -> int | None:
+        total = 0
+        for in_features, out_features in shapes:
+            if (group not in MACHETE_GROUPS or in_features % MACHETE_BLOCK_IN or out_features % MACHETE_BLOCK_OUT
+                    or (group is not None and in_features % group)):
+                if version == "0.33":
+                    return None  # Humming's layout, not read
+                continue  # 0.19: Marlin, the checkpoint's bytes
+            groups = in_features // group if group else 1
+            total += 3 * groups * out_features // 2
+        return total
+
+    per_attention, per_mlp = extra(attention), extra(mlp)
+    start, stop = stage.layers
+    dense_layers = sum(1 for layer in range(start, stop) if not spec.is_moe or layer in spec.dense_layers)
+    if per_attention is None or (per_mlp is None and dense_layers):
+        return None
+    held = (stop - start) * per_attention + dense_layers * (per_mlp or 0)
+    if not held:
+        return None
+    return Term(held, (
+        f"vLLM {version} runs the {dense_format} attention and MLP layers on Machete (compute capability 9.0, "
+        "choose_mp_linear_kernel), whose process_weights_after_loading replaces each layer's packed qzeros "
+        "(G x out / 2 bytes) with 16-bit zero points pre-multiplied by the scales (G x out x 2 bytes; "
+        f"kernels/linear/mixed_precision/machete.py transform_w_zp): {held / GIB:.2f} GiB a rank more than the "
+        "checkpoint's"))
+
+
 def _mla_projection_sizes(spec: ModelSpec, tensor_parallel: int) -> tuple[int, ...]:
     """The elements of each MLA projection weight one rank of deepseek_v2.py's ``DeepseekV2MLAAttention`` allocates:
     without query compression a ColumnParallelLinear ``q_proj`` and a ReplicatedLinear ``kv_a_proj_with_mqa``, with
@@ -3043,6 +3123,12 @@ class VllmProfile:
         """The bytes vLLM's MXFP4 experts hold beyond the checkpoint's in the layout of the backend the release
         runs on `device` (`expert_layout`, `mxfp4_moe_backend`)."""
         return expert_layout(stage, self._version, expert_format, device)
+
+    def linear_layout(self, stage: Stage, dense_format: str = "", device: DeviceFacts = UNKNOWN_DEVICE) -> Term | None:
+        """The bytes one rank holds for its quantized dense linear layers (stored as `dense_format`) beyond the
+        checkpoint's, in the layout this release's kernel for `device` rewrites them to (`machete_zero_point_bytes`:
+        AWQ's zero points on Machete); None elsewhere."""
+        return machete_zero_point_bytes(stage, self._version, dense_format, device)
 
     def weight_allocation(self, stage: Stage, weight_format: str = "") -> Term | None:
         """The bytes PyTorch's caching allocator counts for the rank's weights beyond their size, inside vLLM's

@@ -145,3 +145,43 @@ def test_vllm_0_33_int4_experts_on_a_kernel_not_read_get_no_layout_term(label: s
     assert int4_moe_backend_v0_33(spec, label, tensor_parallel, False, facts) == ""
     assert VllmProfile("0.33").expert_layout(Stage(spec, tensor_parallel, 1, (0, spec.num_layers), True), label,
                                              facts) is None
+
+
+AWQ_G128 = {"quant_method": "awq", "bits": 4, "group_size": 128, "zero_point": True, "version": "gemm"}
+
+
+def _awq_term(version: str, device: str, tensor_parallel: int = 2, label: str = "int4-g128-asym-awq") -> int | None:
+    spec = get_preset("llama-3.1-70b")
+    term = VllmProfile(version).linear_layout(Stage(spec, tensor_parallel, 1, (0, spec.num_layers), True), label,
+                                              device_facts(device))
+    return None if term is None else term.bytes
+
+
+def test_machete_holds_awq_zero_points_as_16_bit_values_pre_multiplied_by_the_scales_on_hopper() -> None:
+    # Llama-3.1-70B AWQ g128 at TP 2 on H100: Machete (kernels/linear/mixed_precision/machete.py transform_w_zp)
+    # replaces each layer's qzeros [G, out / 8] int32 (G x out / 2 bytes, the checkpoint's) with -scales x zeros
+    # [G, out] at 2 bytes: 1.5 x G x out more.  One rank's layer: the fused qkv_proj holds 64 / 2 = 32 query heads
+    # and 8 / 2 = 4 key and value heads each, (32 + 8) x 128 = 5,120 out of 8,192 in (G 64); o_proj 4,096 in (G 32),
+    # 8,192 out; gate_up 8,192 in (G 64), 2 x 14,336 out; down 14,336 in (G 112), 8,192 out: 0.37 GiB a rank
+    groups_by_out = 64 * 5_120 + 32 * 8_192 + 64 * 28_672 + 112 * 8_192
+    expected = 80 * 3 * groups_by_out // 2
+    assert _awq_term("0.19", "h100-80gb") == expected == 401_080_320
+    assert _awq_term("0.33", "h100-80gb") == expected
+    # Marlin elsewhere (A100) and in 0.11 repacks the zero points at their size; GPTQ has none to rewrite
+    assert _awq_term("0.19", "a100-80gb") is None
+    assert _awq_term("0.11", "h100-80gb") is None
+    assert _awq_term("0.33", "h100-80gb", label="int4-g128-sym-gptq") is None
+    # asymmetric compressed-tensors asks the same kernel with zero points (CompressedTensorsWNA16), symmetric none
+    assert _awq_term("0.19", "h100-80gb", label="int4-g128-asym-compressed-tensors") == expected
+    assert _awq_term("0.19", "h100-80gb", label="int4-g128-sym-compressed-tensors") is None
+    # group 32: not a Machete group size, so 0.19 runs Marlin (no term) and 0.33 Humming's kernels (not read)
+    assert _awq_term("0.19", "h100-80gb", label="int4-g32-asym-awq") is None
+
+
+def test_the_plan_charges_machete_awq_zero_points_in_the_overhead() -> None:
+    spec = get_preset("llama-3.1-70b")
+    scheme = scheme_from_quantization_config(AWQ_G128)
+    answer = plan(spec, Hardware(80 * GIB, 2, "h100-80gb"), Workload(4096, 1),
+                  PlanOptions(scheme=scheme, engine_version="0.19"))
+    assert answer.primary.refusal is None
+    assert "transform_w_zp" in answer.runtime_overhead.basis
