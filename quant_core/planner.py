@@ -16,9 +16,10 @@ so one evaluation is a handful of integer operations.
 Parallelism follows vLLM:
 * tensor parallel (tp): linear layers, vocab-parallel embedding and lm_head
   are split across the tp ranks (each rank holds ``ceil(bytes / tp)`` of a
-  sharded tensor); norms, routers and every bias are counted whole on each
-  rank (vLLM splits the biases of column-parallel layers, so this over-counts
-  by at most those biases, a few MB); KV heads are split with
+  sharded tensor); norms, routers and every bias but the routed experts'
+  gate/up biases (split as vLLM's FusedMoE splits w13_bias) are counted whole
+  on each rank (vLLM splits the biases of the other column-parallel layers, so
+  this over-counts by at most those biases, a few MB); KV heads are split with
   ``ceil(n_kv / tp)`` heads per rank (one replicated head per rank when tp
   exceeds them, in the KV cache and in the k/v projections' weights; a tp that
   neither divides nor is a multiple of n_kv is warned about, since vLLM refuses
@@ -521,6 +522,9 @@ class _Layout:
     linear_format: str = ""
     #: the routed experts are placed whole over the tensor-parallel ranks (`PlanOptions.expert_parallel`)
     expert_parallel: bool = False
+    #: the one weight format of the decoder's attention and MLP linear layers (`_dense_format`), by which an engine
+    #: picks its dense kernel and the layout it holds them in (`EngineProfile.linear_layout`)
+    dense_format: str = ""
 
 
 def _stage_ranges(num_layers: int, stages: int) -> tuple[tuple[int, int], ...]:
@@ -589,6 +593,24 @@ def _is_routed_expert(entry: TensorEntry, spec: ModelSpec) -> bool:
     """A row of a MoE layer's routed experts: role ``expert`` (weights, and a quantized checkpoint's scales of them),
     or their biases (gpt-oss's ``experts.gate_up_proj_bias``), which vLLM's FusedMoE holds per expert."""
     return spec.is_moe and (entry.role == "expert" or (entry.role == "bias" and ".experts." in entry.name))
+
+
+#: the routed experts' gate/up biases, which vLLM's FusedMoE splits over the tensor-parallel ranks as it splits w13
+#: (gpt-oss's ``experts.gate_up_proj_bias``; a per-expert ``gate_proj.bias`` / ``up_proj.bias``); the down
+#: projection's bias (w2_bias) is whole on every rank
+_EXPERT_GATE_UP_BIASES: tuple[str, ...] = ("gate_up_proj_bias", "gate_up_proj.bias", "gate_proj.bias", "up_proj.bias",
+                                           "w1.bias", "w3.bias")
+
+
+def _is_sharded_expert_bias(entry: TensorEntry, spec: ModelSpec) -> bool:
+    """A row of the routed experts' gate/up biases, which one tensor-parallel rank holds ``1 / tp`` of: vLLM creates
+    ``w13_bias`` as ``[E, 2 x intermediate_size_per_partition]`` and ``w2_bias`` as ``[E, hidden_size]``
+    (fused_moe/layer.py ``UnquantizedFusedMoEMethod.create_weights`` in v0.11.0, unquantized_fused_moe_method.py in
+    v0.19.0 and v0.33.0, quantization/mxfp4.py ``Mxfp4MoEMethod.create_weights`` in all three), and gpt_oss.py's
+    ``load_weights`` loads each rank's ``2 x tp_rank_start : 2 x tp_rank_end`` slice of the checkpoint's
+    gate_up_proj_bias and the whole down_proj_bias (zeroed on ranks other than 0, still allocated)."""
+    return (entry.role == "bias" and _is_routed_expert(entry, spec)
+            and any(part in entry.name for part in _EXPERT_GATE_UP_BIASES))
 
 
 def _expert_parallel_bytes(one_tensor_bytes: int, entry: TensorEntry, spec: ModelSpec, tensor_parallel: int) -> int:
@@ -718,6 +740,15 @@ def _linear_format(spec: ModelSpec, scheme: WeightScheme) -> str:
     return quantized if quantized == scheme.unquantized else ""
 
 
+def _dense_format(scheme: WeightScheme) -> str:
+    """The label of the one format `scheme` stores the decoder's attention and MLP linear layers in ("" when a GGUF
+    mix, per-row formats, a checkpoint's own tensors or kept modules leave them in more than one, or when they are
+    not quantized)."""
+    if scheme.gguf_file_type or scheme.mix or scheme.checkpoint_rows or scheme.keep:
+        return ""
+    return scheme.quantized.label() if {"attention", "mlp"} <= scheme.quantized_roles else ""
+
+
 def _build_layout(spec: ModelSpec, scheme: WeightScheme, kv_dtype_name: str,
                   tensor_parallel: int, pipeline_parallel: int, vocabulary_everywhere: bool = False,
                   fp32_routers: bool = False, mamba_cache_mode: str = "none", chunked_local: bool = True,
@@ -748,6 +779,8 @@ def _build_layout(spec: ModelSpec, scheme: WeightScheme, kv_dtype_name: str,
         if spec.model_type == "minimax_m2" and entry.name.endswith(_MINIMAX_M2_SPLIT_NORMS):
             per_rank = _minimax_m2_norm_bytes(one, entry, min(tensor_parallel, spec.num_kv_heads)
                                               if entry.name.endswith("k_norm.weight") else tensor_parallel)
+        if tensor_parallel > 1 and _is_sharded_expert_bias(entry, spec):
+            per_rank = -(-one // tensor_parallel) * entry.per_layer
         if expert_parallel and tensor_parallel > 1 and _is_routed_expert(entry, spec):
             per_rank = _expert_parallel_bytes(one, entry, spec, tensor_parallel)
         if entry.layers:
@@ -781,7 +814,8 @@ def _build_layout(spec: ModelSpec, scheme: WeightScheme, kv_dtype_name: str,
     return _Layout(tensor_parallel, pipeline_parallel, stages,
                    tuple(size + extra for size, extra in zip(weights, held, strict=True)), tuple(stage_kv),
                    everywhere, tuple(extra - own for extra, own in zip(held, home, strict=True)),
-                   _expert_format(spec, scheme), _linear_format(spec, scheme), expert_parallel)
+                   _expert_format(spec, scheme), _linear_format(spec, scheme), expert_parallel,
+                   _dense_format(scheme))
 
 
 def _hybrid_note(hybrid: HybridKV, block_size: int, tensor_parallel: int, engine: EngineProfile | None) -> str:
@@ -1025,7 +1059,7 @@ class _Evaluator:
     def stage_terms(self, layout: _Layout) -> _StageTerms:
         """Activation and overhead bytes of each stage that do not depend on the workload."""
         key = (layout.tensor_parallel, layout.pipeline_parallel, layout.stage_layers, layout.expert_format,
-               layout.linear_format, layout.expert_parallel)
+               layout.linear_format, layout.expert_parallel, layout.dense_format)
         found = self._terms.get(key)
         if found is None:
             shared = (self._key_id, *key)
@@ -1078,6 +1112,11 @@ class _Evaluator:
             if layout_term is not None:  # weights the engine's kernels hold beyond the checkpoint's
                 overhead += layout_term.bytes
                 overhead_basis += f"; routed experts' kernel layout: {layout_term.basis}"
+            dense_term = (None if self.engine is None
+                          else self.engine.linear_layout(stage, layout.dense_format, self.device))
+            if dense_term is not None:  # the dense linear layers as the engine's kernels hold them
+                overhead += dense_term.bytes
+                overhead_basis += f"; linear layers' kernel layout: {dense_term.basis}"
             allocation = None if self.engine is None else self.engine.weight_allocation(stage, layout.linear_format)
             if allocation is not None and allocation.bytes:  # the allocator's rounding of the weights' blocks
                 overhead += allocation.bytes

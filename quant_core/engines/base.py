@@ -162,6 +162,12 @@ class EngineProfile(Protocol):
         holds them as they ship."""
         ...
 
+    def linear_layout(self, stage: Stage, dense_format: str = "", device: DeviceFacts = UNKNOWN_DEVICE) -> Term | None:
+        """The bytes one rank of `stage` holds for its quantized dense linear layers (attention and MLP, stored as
+        `dense_format`) beyond the checkpoint's own, in the layout the engine's kernels for `device` rewrite them
+        to; None when the engine holds them as they ship or the layout was not read."""
+        ...
+
     def weight_allocation(self, stage: Stage, weight_format: str = "") -> Term | None:
         """The bytes the engine's allocator counts for one rank's weights beyond their own size (block rounding),
         which the engine's measurement of its weights includes, with `weight_format` the label of the decoder's

@@ -49,13 +49,14 @@ from bisect import bisect_right
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from functools import lru_cache
+from typing import cast
 
 from quant_core.catalog import UNKNOWN_DEVICE, DeviceFacts
 from quant_core.engines.base import BatchLimits, KVCapacity, Stage, Term
 from quant_core.engines.torch_cuda import allocated_block_bytes, blas_workspace_bytes, compute_units
 from quant_core.engines.vllm_graphs import cuda_graph_pool, cudagraph_capture_sizes
 from quant_core.errors import InvalidSpec, UnknownName
-from quant_core.formats import GGML_TYPE_NAMES, WeightFormat, fp8, kv_dtype
+from quant_core.formats import GGML_TYPE_NAMES, Layout, WeightFormat, fp8, int4, kv_dtype
 from quant_core.inventory import inventory
 from quant_core.kv_cache import (
     VLLM_BLOCK_ALIGNMENT,
@@ -1882,10 +1883,14 @@ def expert_layout(stage: Stage, version: str, expert_format: str, device: Device
     the backend `mxfp4_moe_backend` says the release runs on `device` (`mxfp4_expert_layout_bytes`); fp8
     [128, 128]-block experts whose scales vLLM 0.33 refines to the rank's slice of them (`fp8_refined_block`,
     `fp8_refined_expert_bytes`: the tensor-parallel slice, or under expert parallelism the rank's whole experts);
-    None elsewhere (other formats, releases and devices: not read)."""
+    vLLM 0.33's int4 GPTQ, AWQ and compressed-tensors experts on Marlin or Humming (`int4_moe_backend_v0_33`,
+    `int4_expert_layout_bytes`: the padded widths, less the g_idx nibble charges and vLLM does not hold); None
+    elsewhere (other formats, releases and devices: not read)."""
     spec = stage.spec
     if expert_format == "fp8-block128":
         return _fp8_refined_layout(stage, version)
+    if version == "0.33" and _INT4_CHECKPOINT_LABEL.fullmatch(expert_format.removeprefix("checkpoint-")):
+        return _int4_layout(stage, expert_format, device)
     backend = mxfp4_moe_backend(version, device)
     if expert_format != "mxfp4" or not backend or not spec.is_moe:
         return None
@@ -1925,6 +1930,146 @@ def _fp8_refined_layout(stage: Stage, version: str) -> Term | None:
         f"Fp8MoEMethod.create_weights allocates the float32 scales on that grid, FusedMoE.weight_loader upsamples "
         f"the checkpoint's into them) and runs them on its Triton experts: {held / GIB:.2f} GiB a rank of weights "
         f"and scales where the checkpoint's share is {shipped / GIB:.2f} GiB ({held - shipped:,} bytes more)"))
+
+
+#: vLLM 0.33's Marlin MoE thread tile for the expert width (utils/marlin_utils.py ``marlin_moe_padded_intermediate``:
+#: ``round_up(intermediate_size_per_partition, lcm(64, group_size))``)
+MARLIN_MOE_WIDTH_TILE_033 = 64
+#: Humming's padding of each expert GEMM in vLLM 0.33 (quantization/utils/humming/moe.py
+#: ``_prepare_and_transform_sublayer``: ``pad_n_to_multiple=256, pad_k_to_multiple=128``, humming-kernels 0.1.19
+#: transform.py ``prepare_layer_config`` rounds the output size N and the reduction size K up to them)
+HUMMING_PAD_N = 256
+HUMMING_PAD_K = 128
+#: the group sizes nibble read Humming's int4 expert layout for (a per-row scale, group -1, is not read)
+_HUMMING_GROUPS: tuple[int, ...] = (32, 64, 128)
+
+
+def int4_moe_backend_v0_33(spec: ModelSpec, weight_format: str, tensor_parallel: int, expert_parallel: bool,
+                           device: DeviceFacts) -> str:
+    """The WNA16 MoE kernel vLLM 0.33 runs `spec`'s int4 experts stored as `weight_format` (a GPTQ, AWQ or
+    compressed-tensors checkpoint label) on, as `int4_expert_layout_bytes` names it: "humming", "marlin", or "" where
+    nibble did not read the layout of the one it picks (a device of unknown capability or vendor, AMD, below 7.5,
+    FlashInfer's TRT-LLM MxInt4 experts on 10.x, Triton's, a per-row Humming scale, a padded or partial-group label).
+
+    ``select_wna16_moe_backend`` (fused_moe/oracle/int_wna16.py) walks RDNA3, FLASHINFER_TRTLLM, MARLIN,
+    BATCHED_MARLIN, TRITON, HUMMING, with ``prioritize_humming`` moving HUMMING ahead of MARLIN on compute capability
+    9.0 (`HUMMING_PREFERRED_CAPABILITY`), where ``HummingIndexedExperts`` takes every int4 group scale from 7.5
+    (fused_humming_moe.py); elsewhere from 7.5 MARLIN where ``check_moe_marlin_supports_config`` with
+    ``allow_tile_padding`` (AutoGPTQ, AutoAWQ and compressed-tensors ask it) passes: hidden a multiple of 128, group
+    -1, 32, 64 or 128 dividing the rank's width (``intermediate_size_per_partition_unpadded``; under expert
+    parallelism the whole width)."""
+    found = _INT4_CHECKPOINT_LABEL.fullmatch(weight_format.removeprefix("checkpoint-"))
+    capability = device.compute_capability
+    if (found is None or "-padded" in weight_format or "-partial" in weight_format or found["kind"] == "asym-fp16zero"
+            or capability is None or device.vendor == "amd" or capability < MARLIN_MOE_MIN_CAPABILITY_033):
+        return ""
+    group = int(found["group"]) if found["group"] else -1
+    if capability[0] == 10 and found["layout"] == "compressed-tensors" and found["kind"] == "sym" and group == 32 \
+            and not spec.expert_bias:
+        return ""  # FlashInfer's TRT-LLM MxInt4 experts (TrtLlmMxint4ExpertsMonolithic), not read
+    if capability == HUMMING_PREFERRED_CAPABILITY:
+        return "humming" if group in _HUMMING_GROUPS else ""
+    _, width = expert_shard(spec, tensor_parallel, expert_parallel)
+    if (spec.hidden_size % MARLIN_MOE_HIDDEN_ALIGNMENT or group not in _MARLIN_MOE_GROUPS
+            or (group > 0 and width % group)):
+        return ""
+    return "marlin"
+
+
+def _int4_checkpoint_format(weight_format: str) -> WeightFormat:
+    """The checkpoint format of an int4 label `int4_moe_backend_v0_33` took (group, symmetry and layout)."""
+    found = _INT4_CHECKPOINT_LABEL.fullmatch(weight_format.removeprefix("checkpoint-"))
+    assert found is not None
+    layout = cast(Layout, found["layout"])
+    return int4(int(found["group"]) if found["group"] else None, found["kind"] == "sym", layout=layout)
+
+
+def int4_expert_layout_bytes(spec: ModelSpec, tensor_parallel: int, layers: int, backend: str, weight_format: str,
+                             expert_parallel: bool = False) -> tuple[int, int]:
+    """(vLLM 0.33's bytes, nibble's charge) of the int4 routed experts of `layers` MoE layers on one rank, stored as
+    the checkpoint `weight_format`, on `backend` (`int4_moe_backend_v0_33`), with E the rank's experts, N their width
+    per rank and H the hidden size (`expert_shard`), g the group size (one group a row at -1).
+
+    nibble's charge is the planner's for the inventory's expert rows in the checkpoint's format
+    (`WeightFormat.checkpoint_tensors`: GPTQ's qweight, qzeros, scales and g_idx; AWQ's qweight, qzeros, scales;
+    compressed-tensors' weight_packed, weight_scale, weight_shape and an asymmetric weight_zero_point), each tensor's
+    bytes split over the tensor-parallel ranks (``ceil(bytes / tp)``), or the most loaded rank's share of whole
+    experts under expert parallelism.  What vLLM 0.33 holds after ``process_weights_after_loading``
+    (auto_gptq.py ``AutoGPTQMoEMethod``, auto_awq.py, compressed_tensors_moe_wna16.py: no g_idx parameter is
+    created for the experts):
+
+    * "marlin" (fused_moe/oracle/int_wna16.py ``_process_weights_marlin`` / ``_process_awq_weights_marlin``): the width
+      padded to N' = round_up(N, lcm(64, g)) (`MARLIN_MOE_WIDTH_TILE_033`, ``marlin_moe_padded_intermediate``);
+      ``gptq_marlin_moe_repack`` keeps the bytes: w13 ``H x 2N' / 2``, w2 ``N' x H / 2``; 16-bit scales
+      ``H/g x 2N'`` and ``N'/g x H``; packed zero points of the same groups (``G x 2N' / 2`` and ``G x H / 2`` bytes)
+      for GPTQ (created and repacked whatever ``sym`` says) and AWQ, and for asymmetric compressed-tensors; the
+      compressed-tensors method's two float32 ``weight_shape`` [E, 2] parameters; the gate/up bias padded alike.
+    * "humming" (compute capability 9.0; quantization/utils/humming/moe.py ``convert_to_humming_moe_kernel_format``,
+      humming-kernels 0.1.19 transform.py): each GEMM padded, N to 256 and K to 128 (`HUMMING_PAD_N`,
+      `HUMMING_PAD_K`): w13 ``n13 = round_up(2N, 256)`` by ``k13 = round_up(H, 128)``, w2 ``n2 = round_up(H, 256)``
+      by ``k2 = round_up(N, 128)``; the repacked values ``n x k / 2`` bytes, 16-bit scales ``n x k / g``, packed
+      zero points ``n x k / g / 2`` bytes only where the checkpoint has them (GPTQ ``sym: false``, AWQ,
+      asymmetric compressed-tensors: the schema's ``has_zero_point``); ``_replace_layer_parameters`` deletes every
+      other parameter of the sublayer (a symmetric GPTQ checkpoint's qzeros, compressed-tensors' weight_shape).
+    """
+    stored = _int4_checkpoint_format(weight_format)
+    group = stored.group_size or -1
+    experts, width = expert_shard(spec, tensor_parallel, expert_parallel)
+    hidden = spec.hidden_size
+    shared = expert_parallel and tensor_parallel > 1
+    charged = 0
+    for entry in inventory(spec):
+        if entry.role != "expert" or not entry.layers:
+            continue
+        one = stored.bytes_for(entry.shape)
+        charged += (-(-one * entry.per_layer * experts // spec.num_experts) if shared
+                    else -(-one // tensor_parallel) * entry.per_layer)
+    has_zeros = stored.layout in ("gptq", "awq") or not stored.symmetric
+    if backend == "marlin":
+        padded = _round_up(width, math.lcm(MARLIN_MOE_WIDTH_TILE_033, max(group, 1)))
+        gate_groups, down_groups = (hidden // group, padded // group) if group > 0 else (1, 1)
+        held = (hidden * padded + padded * hidden // 2 + 2 * (gate_groups * 2 * padded + down_groups * hidden)
+                + (gate_groups * padded + down_groups * hidden // 2 if has_zeros else 0)
+                + (2 * 2 * 4 if stored.layout == "compressed-tensors" else 0)
+                + (2 * 2 * (padded - width) if spec.expert_bias else 0))
+    else:
+        zeros = not stored.symmetric or stored.layout == "awq"
+        gate_n, gate_k = _round_up(2 * width, HUMMING_PAD_N), _round_up(hidden, HUMMING_PAD_K)
+        down_n, down_k = _round_up(hidden, HUMMING_PAD_N), _round_up(width, HUMMING_PAD_K)
+        groups = gate_n * (gate_k // group) + down_n * (down_k // group)
+        held = ((gate_n * gate_k + down_n * down_k) // 2 + 2 * groups + (groups // 2 if zeros else 0)
+                + (2 * (gate_n - 2 * width + down_n - hidden) if spec.expert_bias else 0))
+    return layers * experts * held, layers * charged
+
+
+def _int4_layout(stage: Stage, weight_format: str, device: DeviceFacts) -> Term | None:
+    """`expert_layout` of vLLM 0.33's int4 checkpoint experts (`int4_expert_layout_bytes` on the kernel
+    `int4_moe_backend_v0_33` picks), or None where nibble did not read the kernel's layout."""
+    spec, tensor_parallel = stage.spec, stage.tensor_parallel
+    expert_parallel = stage.expert_parallel and tensor_parallel > 1
+    backend = int4_moe_backend_v0_33(spec, weight_format, tensor_parallel, expert_parallel, device)
+    if not backend or not spec.is_moe:
+        return None
+    start, stop = stage.layers
+    layers = sum(1 for layer in spec.moe_layers if start <= layer < stop)
+    held, charged = int4_expert_layout_bytes(spec, tensor_parallel, layers, backend, weight_format, expert_parallel)
+    experts, width = expert_shard(spec, tensor_parallel, expert_parallel)
+    group = _int4_checkpoint_format(weight_format).group_size
+    if backend == "marlin":
+        padded = _round_up(width, math.lcm(MARLIN_MOE_WIDTH_TILE_033, max(group or 1, 1)))
+        kernel = (f"Marlin (fused_moe/oracle/int_wna16.py _process_weights_marlin): the {experts} experts' width "
+                  f"{width} -> {padded} (utils/marlin_utils.py marlin_moe_padded_intermediate, lcm(64, group)), "
+                  "zero points repacked for GPTQ and AWQ")
+    else:
+        kernel = (f"Humming (compute capability 9.0, quantization/utils/humming/moe.py: N padded to 256, K to 128): "
+                  f"w13 {2 * width} x {spec.hidden_size} -> {_round_up(2 * width, HUMMING_PAD_N)} x "
+                  f"{_round_up(spec.hidden_size, HUMMING_PAD_K)}, w2 {spec.hidden_size} x {width} -> "
+                  f"{_round_up(spec.hidden_size, HUMMING_PAD_N)} x {_round_up(width, HUMMING_PAD_K)} for the "
+                  f"{experts} experts, zero points only where the checkpoint is asymmetric")
+    return Term(held - charged, (
+        f"vLLM 0.33's {weight_format} experts hold {held / GIB:.2f} GiB a rank where nibble's charge of the "
+        f"checkpoint's tensors is {charged / GIB:.2f} GiB ({held - charged:+,} bytes): {kernel}; no g_idx is held "
+        "for the experts (fused_moe/oracle/int_wna16.py select_wna16_moe_backend)"))
 
 
 def _forward_bytes(spec: ModelSpec, tensor_parallel: int, tokens: int, version: str, expert_format: str = "",
@@ -2136,6 +2281,86 @@ FUSED_LINEAR_MODEL_TYPES: dict[str, str] = {
 SIXTEEN_BIT_FORMATS = frozenset({"bf16", "fp16"})
 
 
+#: vLLM releases whose mixed-precision linear kernels (``choose_mp_linear_kernel``, model_executor/kernels/linear)
+#: put Machete first on compute capability 9.0 for AWQ's zero-point weights: 0.19's awq_marlin.py
+#: ``AWQMarlinLinearMethod`` and 0.33's auto_awq.py ask it (0.11's awq_marlin repacks for Marlin itself)
+MACHETE_AWQ_VERSIONS = frozenset({"0.19", "0.33"})
+#: Machete's group sizes for 16-bit activations (utils/machete_utils.py ``query_machete_supported_group_sizes``;
+#: -1, a whole row, is None here) and its prepacked block (``MACHETE_PREPACKED_BLOCK_SHAPE``: in features a
+#: multiple of 64, out features of 128, ``check_machete_supports_shape``)
+MACHETE_GROUPS: tuple[int | None, ...] = (None, 64, 128)
+MACHETE_BLOCK_IN, MACHETE_BLOCK_OUT = 64, 128
+
+
+def _dense_linear_shapes(spec: ModelSpec, tensor_parallel: int) -> tuple[tuple[tuple[int, int], ...],
+                                                                          tuple[tuple[int, int], ...]]:
+    """(in features, out features) of one rank's quantized linear layers in one decoder layer of a model of
+    `FUSED_LINEAR_MODEL_TYPES` without MLA: (attention: the QKVParallelLinear qkv_proj of ``heads / tp +
+    2 x max(1, kv_heads // tp)`` heads and the RowParallelLinear o_proj; a dense MLP: the MergedColumnParallelLinear
+    gate_up_proj and the RowParallelLinear down_proj)."""
+    hidden, head_dim = spec.hidden_size, spec.head_dim
+    heads, kv_heads = spec.num_attention_heads // tensor_parallel, max(1, spec.num_kv_heads // tensor_parallel)
+    width = spec.intermediate_size // tensor_parallel
+    return (((hidden, (heads + 2 * kv_heads) * head_dim), (heads * head_dim, hidden)),
+            ((hidden, 2 * width), (width, hidden)))
+
+
+def machete_zero_point_bytes(stage: Stage, version: str, dense_format: str, device: DeviceFacts) -> Term | None:
+    """The bytes one rank of vLLM `version` holds for the dense linear layers (attention and dense MLP, `dense_format`
+    their label) of a checkpoint with zero points (AWQ; asymmetric compressed-tensors, whose
+    ``CompressedTensorsWNA16`` asks the same kernels with ``zero_points=not self.symmetric``) beyond the
+    checkpoint's, where Machete runs them: on compute capability 9.0 ``choose_mp_linear_kernel`` takes
+    MacheteLinearKernel first for uint4 weights with zero points (0.19 and 0.33, `MACHETE_AWQ_VERSIONS`; group -1,
+    64 or 128 and a rank's in/out features multiples of 64/128,
+    `MACHETE_GROUPS`), and its ``process_weights_after_loading`` (kernels/linear/mixed_precision/machete.py
+    ``transform_w_zp``) unpacks the packed zero points ``[G, out / 8]`` int32 (``G x out / 2`` bytes) and replaces them
+    with the zero points pre-multiplied by the scales, ``-scales x zeros`` in the scales' 16-bit dtype: ``G x out x
+    2`` bytes, ``1.5 x G x out`` more per layer (the weights are prepacked and the scales kept at their size).
+    Models of `FUSED_LINEAR_MODEL_TYPES` without MLA (their shapes per rank: `_dense_linear_shapes`); None for other
+    models, formats, releases and devices, and in 0.33 where a layer falls from Machete to Humming's kernels
+    (prioritized ahead of Marlin on 9.0, their layout not read); in 0.19 such a layer runs Marlin, whose repacked
+    zero points keep the checkpoint's bytes."""
+    spec = stage.spec
+    found = _INT4_CHECKPOINT_LABEL.fullmatch(dense_format.removeprefix("checkpoint-"))
+    zero_points = found is not None and (found["layout"] == "awq" or (found["layout"] == "compressed-tensors"
+                                                                      and found["kind"] == "asym"))
+    if (version not in MACHETE_AWQ_VERSIONS or found is None or not zero_points
+            or device.compute_capability != HUMMING_PREFERRED_CAPABILITY or device.vendor == "amd"
+            or spec.model_type not in FUSED_LINEAR_MODEL_TYPES or spec.is_mla or "-padded" in dense_format
+            or "-partial" in dense_format):
+        return None
+    group = int(found["group"]) if found["group"] else None
+    tensor_parallel = stage.tensor_parallel
+    attention, mlp = _dense_linear_shapes(spec, tensor_parallel)
+
+    def extra(shapes: tuple[tuple[int, int], ...]) -> int | None:
+        total = 0
+        for in_features, out_features in shapes:
+            if (group not in MACHETE_GROUPS or in_features % MACHETE_BLOCK_IN or out_features % MACHETE_BLOCK_OUT
+                    or (group is not None and in_features % group)):
+                if version == "0.33":
+                    return None  # Humming's layout, not read
+                continue  # 0.19: Marlin, the checkpoint's bytes
+            groups = in_features // group if group else 1
+            total += 3 * groups * out_features // 2
+        return total
+
+    per_attention, per_mlp = extra(attention), extra(mlp)
+    start, stop = stage.layers
+    dense_layers = sum(1 for layer in range(start, stop) if not spec.is_moe or layer in spec.dense_layers)
+    if per_attention is None or (per_mlp is None and dense_layers):
+        return None
+    held = (stop - start) * per_attention + dense_layers * (per_mlp or 0)
+    if not held:
+        return None
+    return Term(held, (
+        f"vLLM {version} runs the {dense_format} attention and MLP layers on Machete (compute capability 9.0, "
+        "choose_mp_linear_kernel), whose process_weights_after_loading replaces each layer's packed qzeros "
+        "(G x out / 2 bytes) with 16-bit zero points pre-multiplied by the scales (G x out x 2 bytes; "
+        f"kernels/linear/mixed_precision/machete.py transform_w_zp): {held / GIB:.2f} GiB a rank more than the "
+        "checkpoint's"))
+
+
 def _mla_projection_sizes(spec: ModelSpec, tensor_parallel: int) -> tuple[int, ...]:
     """The elements of each MLA projection weight one rank of deepseek_v2.py's ``DeepseekV2MLAAttention`` allocates:
     without query compression a ColumnParallelLinear ``q_proj`` and a ReplicatedLinear ``kv_a_proj_with_mqa``, with
@@ -2282,7 +2507,8 @@ def int4_expert_refusal(spec: ModelSpec, weight_format: str, tensor_parallel: in
     compressed-tensors (compressed_tensors_moe.py): both its int4 MoE methods assert ``weight_quant.symmetric``
     ("Only symmetric quantization is supported for MoE"); where Marlin does not run it,
     ``CompressedTensorsWNA16MoEMethod.create_weights`` holds ``width_per_rank // group_size`` scale groups of w2, so
-    a rank's width must be whole groups.  vLLM 0.33 pads tiles by other rules nibble does not model: None."""
+    a rank's width must be whole groups.  vLLM 0.33 pads the experts' tiles instead (`int4_expert_layout_bytes`,
+    charged by `expert_layout`): None."""
     found = _INT4_CHECKPOINT_LABEL.fullmatch(weight_format)
     if not spec.is_moe or found is None or version not in ("0.11", "0.19") \
             or spec.moe_intermediate_size % tensor_parallel:
@@ -3272,6 +3498,12 @@ class VllmProfile:
         """The bytes vLLM's MXFP4 experts hold beyond the checkpoint's in the layout of the backend the release
         runs on `device` (`expert_layout`, `mxfp4_moe_backend`)."""
         return expert_layout(stage, self._version, expert_format, device)
+
+    def linear_layout(self, stage: Stage, dense_format: str = "", device: DeviceFacts = UNKNOWN_DEVICE) -> Term | None:
+        """The bytes one rank holds for its quantized dense linear layers (stored as `dense_format`) beyond the
+        checkpoint's, in the layout this release's kernel for `device` rewrites them to (`machete_zero_point_bytes`:
+        AWQ's zero points on Machete); None elsewhere."""
+        return machete_zero_point_bytes(stage, self._version, dense_format, device)
 
     def weight_allocation(self, stage: Stage, weight_format: str = "") -> Term | None:
         """The bytes PyTorch's caching allocator counts for the rank's weights beyond their size, inside vLLM's

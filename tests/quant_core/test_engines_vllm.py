@@ -1088,8 +1088,11 @@ def test_vllm_0_33_holds_gpt_oss_20b_experts_at_tp2_on_a100_in_marlins_padded_ti
 def test_gpt_oss_weights_vllm_0_19_logs_are_the_checkpoint_its_expert_layout_and_its_fp32_rotary_cache(
         log_id: str) -> None:
     # llm-d-planner's TP 2 H100 log: 'Model loading took 7.01 GiB' on every worker; myoceane's A100 log: 13.72 GiB
-    # (vllm_logs.json).  nibble's rank weights + the expert layout + the float32 YaRN cache lands within 0.02 GiB
-    # under them (the log's 0.01 GiB rounding and allocator rounding of the 24 x 6 expert tensors unread), never over
+    # (vllm_logs.json).  nibble's rank weights + the expert layout + the float32 YaRN cache lands within 0.025 GiB
+    # under them (the log's 0.01 GiB rounding and allocator rounding of the 24 x 6 expert tensors unread), never over.
+    # TP 2 predicted 6.993 GiB while nibble counted the experts' gate/up biases whole on each rank; vLLM holds half
+    # of them (w13_bias [E, 2 x intermediate / tp]): 24 x 32 x 2,880 x 2 bytes = 4.4 MB less, 6.989 GiB, 0.021 under
+    # the log's 7.01 (the A100 run at TP 1, unchanged, is 0.018 under 13.72: the same unread ~0.02 GiB)
     log = BY_ID[log_id]
     spec = _spec(log)
     tp = log["tensor_parallel"]
@@ -1100,7 +1103,7 @@ def test_gpt_oss_weights_vllm_0_19_logs_are_the_checkpoint_its_expert_layout_and
     loaded = (device.weights_bytes + term.bytes + rotary_cache_bytes(spec, "0.19")) / GIB
     print(f"{log_id}: weights {loaded:.3f} GiB predicted, {log['weights_gib']} logged "
           f"(checkpoint only: {device.weights_bytes / GIB:.3f})")
-    assert log["weights_gib"] - 0.02 <= loaded <= log["weights_gib"] + 0.005
+    assert log["weights_gib"] - 0.025 <= loaded <= log["weights_gib"] + 0.005
 
 
 @pytest.mark.parametrize("source", SOURCES)
