@@ -120,6 +120,8 @@ def _format_of(tensors: list[HeaderTensor], gguf: bool) -> str:
         return "mxfp4"
     if "weight_scale_inv" in names:
         return "fp8-block128"
+    if "weight_packed" in names and "weight_global_scale" in names:  # compressed-tensors NVFP4 (uint8 codes)
+        return "nvfp4"
     if "weight_packed" in names:
         return "compressed-tensors"
     if "qweight" in names:

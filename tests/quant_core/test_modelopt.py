@@ -287,3 +287,50 @@ def test_modelopt_fp8_headers_take_modelopts_floor_when_the_config_names_modelop
     as_modelopt = plan(spec, A100, None, PlanOptions(scheme=scheme, shipped=shipped, engine_version="0.11"))
     assert "ModelOptFp8Config.get_min_capability() is 89" in (as_modelopt.refusal or "")
     assert plan(spec, A100, None, PlanOptions(scheme=scheme, engine_version="0.11")).refusal is None
+
+
+#: a compressed-tensors ``nvfp4-pack-quantized`` config (llm-compressor's NVFP4 preset): float 4-bit weights in groups
+#: of 16 with a static global input scale
+CT_NVFP4_CONFIG: dict[str, Any] = {
+    "quant_method": "compressed-tensors", "format": "nvfp4-pack-quantized", "ignore": ["lm_head"],
+    "config_groups": {"group_0": {
+        "targets": ["Linear"],
+        "weights": {"num_bits": 4, "type": "float", "strategy": "tensor_group", "group_size": 16, "symmetric": True},
+        "input_activations": {"num_bits": 4, "type": "float", "strategy": "tensor_group", "group_size": 16,
+                              "dynamic": "local", "symmetric": True}}}}
+
+
+def _compressed_tensors_nvfp4_headers(spec: ModelSpec) -> list[HeaderTensor]:
+    """The same NVFP4 linears as compressed-tensors stores them (compressed_tensors' NVFP4PackedCompressor): uint8
+    ``weight_packed`` [out, in/2], e4m3 ``weight_scale`` [out, in/16], f32 ``weight_global_scale`` and
+    ``input_global_scale`` of shape [1]."""
+    renamed = {"weight": "weight_packed", "weight_scale_2": "weight_global_scale", "input_scale": "input_global_scale"}
+    out = []
+    for tensor in _nvfp4_headers(spec):
+        prefix, _, leaf = tensor.name.rpartition(".")
+        if tensor.dtype == "U8" or leaf in ("weight_scale_2", "input_scale"):
+            shape = tensor.shape if tensor.shape else (1,)
+            out.append(HeaderTensor(f"{prefix}.{renamed[leaf]}", tensor.dtype, shape, tensor.bytes))
+        elif leaf not in ("k_scale", "v_scale"):
+            out.append(tensor)
+    return out
+
+
+def test_compressed_tensors_nvfp4_headers_read_as_nvfp4_as_their_config_does() -> None:
+    # weight_packed named every compressed-tensors checkpoint int4 pack-quantized (checkpoint_rows._format_of), so an
+    # NVFP4 one took the int4 family's floors and expert-parallel rules instead of NVFP4's, which its config row takes
+    spec = _llama()
+    scheme, summary = checkpoint_scheme(spec, _compressed_tensors_nvfp4_headers(spec))
+    assert summary.format == "nvfp4" and summary.unknown == ()
+    assert summary.bytes == 6_027_749_120
+    shipped = scheme_from_quantization_config(CT_NVFP4_CONFIG)
+    assert shipped.quantized.label().startswith("nvfp4")
+    t4 = Hardware(15 * 2**30, 1, "t4", "T4", (7, 5))
+    for version in ("0.11", "0.19", "0.33"):
+        from_headers = plan(spec, t4, None, PlanOptions(scheme=scheme, shipped=shipped, engine_version=version))
+        from_config = plan(spec, t4, None, PlanOptions(scheme=shipped, engine_version=version))
+        # the same refusal, the row named as the checkpoint's
+        refusal = from_headers.refusal and from_headers.refusal.replace("checkpoint-nvfp4", "nvfp4")
+        assert refusal == from_config.refusal, version
+    assert "its minimum is 8.0" in (plan(spec, t4, None, PlanOptions(scheme=scheme, shipped=shipped,
+                                                                     engine_version="0.11")).refusal or "")
