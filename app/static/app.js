@@ -235,7 +235,8 @@ function planBody() {
   }
   typedAtSubmit.context = contextText;
   body.workload = { context_length: context, concurrent_sequences: wholeNumber("sequences", "workload.concurrent_sequences") };
-  body.kv_cache = { dtype: $("kv-dtype").value };
+  // "auto" sends none: the API then takes vLLM's --kv-cache-dtype auto (a checkpoint's own fp8 cache, else 16-bit)
+  if ($("kv-dtype").value) body.kv_cache = { dtype: $("kv-dtype").value };
   const weights = weightsBody();
   if (weights) body.weights = weights;
   if (checkpointHeaders) body.checkpoint = checkpointHeaders;  // sent as files: postPlan

@@ -369,6 +369,28 @@ def test_a_pasted_config_is_named_after_its_model_and_its_unused_keys_are_noted(
     page.close()
 
 
+def test_the_kv_cache_dtype_defaults_to_the_engines_auto_as_the_api_does(browser: Any, live_server: str) -> None:
+    # the page sent bf16 whatever the checkpoint said; "auto" sends no dtype, so a ModelOpt FP8 checkpoint whose
+    # config quantizes the KV cache gets vLLM 0.19's fp8 cache, and a dtype the user picks is kept
+    config = {"_name_or_path": "my-org/my-8b-fp8", "model_type": "llama", "hidden_size": 4096,
+              "num_hidden_layers": 32, "num_attention_heads": 32, "num_key_value_heads": 8,
+              "intermediate_size": 14336, "vocab_size": 128256, "torch_dtype": "bfloat16",
+              "quantization_config": {"quant_method": "modelopt", "quant_algo": "FP8", "kv_cache_quant_algo": "FP8",
+                                      "exclude_modules": ["lm_head"]}}
+    page = open_page(browser, live_server)
+    assert page.eval_on_selector("#kv-dtype", "element => element.value") == ""
+    page.check("input[name='model-source'][value='config']")
+    page.fill("#model-config", json.dumps(config))
+    plan_and_wait(page, "4096", 4096)
+    assert "KV cache fp8, 65,536 bytes per token" in page.inner_text("#verdict")
+    assert "kv=" not in page.url
+    page.select_option("#kv-dtype", "bf16")
+    plan_and_wait(page, "4096", 4096)
+    assert "KV cache bf16, 131,072 bytes per token" in page.inner_text("#verdict")
+    assert "kv=bf16" in page.url
+    page.close()
+
+
 # --- devices side by side, units, themes, keyboard ------------------------------------------------
 
 
