@@ -1972,10 +1972,11 @@ def _outside_budget_warning(primary: FormatPlan, evaluator: _Evaluator, layout: 
                 f"{term.startup.bytes / GIB:.2f} GiB per device in use at its start-up snapshot is more than the "
                 f"{free / GIB:.2f} GiB per device gpu_memory_utilization={options.memory_utilization:g} leaves free, "
                 f"where it needs {need / GIB:.2f} GiB outside the budget{basis}: {', or '.join(remedies)}."]
+    warming = "warming DeepGEMM's kernels up, " if isinstance(term, OutsideBudget) and term.warmup else ""
     return [f"Does not fit: vLLM {engine.version} allocates {need / GIB:.2f} GiB per device outside "
             f"gpu_memory_utilization={options.memory_utilization:g}{basis}, more than the {free / GIB:.2f} GiB "
-            f"per device the budget leaves free, so it would run out of memory capturing its CUDA graphs or serving "
-            f"a full batch: {', or '.join(remedies)}."]
+            f"per device the budget leaves free, so it would run out of memory {warming}capturing its CUDA graphs or "
+            f"serving a full batch: {', or '.join(remedies)}."]
 
 
 def _batch_limits(engine: EngineProfile | None, hardware: Hardware, options: PlanOptions) -> BatchLimits:

@@ -128,7 +128,8 @@ class EngineProfile(Protocol):
                        expert_format: str = "") -> ContextTerm | None:
         """What the engine takes on one `device` of `stage` (`UNKNOWN_DEVICE` when not known) outside its
         memory budget, from the memory the budget leaves free (vLLM's memory in use at start-up, and 0.11/0.19's
-        CUDA graphs and the buffers it keeps from its kernel warm-up, after the KV cache is sized), by the context it
+        CUDA graphs and the buffers it keeps from its kernel warm-up, after the KV cache is sized, or what DeepGEMM's
+        warm-up needs beyond the memory the profiling run released, when more), by the context it
         is started for; None when nothing.  `expert_format` (the routed experts' weight format) selects the fused-MoE
         kernel.  A device whose need exceeds ``capacity - usable`` does not fit."""
         ...

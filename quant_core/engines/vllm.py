@@ -938,8 +938,12 @@ class OutsideBudget:
     DeepSeek Sparse Attention model on 0.19 the fp8 mixed-batch kernel's buffers (`kernel_bytes`,
     `dsa_mixed_batch_bytes`) and the indexer's expanded block table, ``table_bytes_per_block`` per 64-token block of
     L (`dsa_block_table_bytes`), and on 0.19 and 0.33 the CUTLASS MoE profiler workspace FlashInfer's autotuning
-    keeps (`late`, `flashinfer_moe_autotune_buffer`).  The plan does not fit where this is more than that memory:
-    vLLM would refuse to start, or fail capturing its graphs or serving a full batch."""
+    keeps (`late`, `flashinfer_moe_autotune_buffer`).  `warmup` is the part of DeepGEMM's grouped-GEMM warm-up that
+    the memory the profiling peak left to PyTorch's allocator does not hold (`deep_gemm_warmup_excess`): transient,
+    after the block table and before the rest (kernel_warmup runs DeepGEMM's warm-up first, and capture_model
+    empties PyTorch's cache before capturing), so the need is the start-up memory and the table plus the larger of
+    it and the rest.  The plan does not fit where this is more than that memory: vLLM would refuse to start, or run
+    out of memory warming its kernels up, capturing its graphs or serving a full batch."""
 
     version: str
     startup: Term
@@ -947,17 +951,21 @@ class OutsideBudget:
     kernel_bytes: int
     table_bytes_per_block: int
     late: Term | None = None
+    warmup: Term | None = None
 
     def table_bytes(self, max_model_len: int) -> int:
         """The expanded block table at `max_model_len`: ``max_num_batched_tokens x ceil(L / 64) x 4`` bytes."""
         return self.table_bytes_per_block * -(-max_model_len // DSA_BLOCK_SIZE)
 
     def bytes_at(self, max_model_len: int) -> int:
-        return (self.startup.bytes + (0 if self.graph is None else self.graph.bytes) + self.kernel_bytes
-                + self.table_bytes(max_model_len) + (0 if self.late is None else self.late.bytes))
+        later = ((0 if self.graph is None else self.graph.bytes) + self.kernel_bytes
+                 + (0 if self.late is None else self.late.bytes))
+        return (self.startup.bytes + self.table_bytes(max_model_len)
+                + max(later, 0 if self.warmup is None else self.warmup.bytes))
 
     def basis_at(self, max_model_len: int) -> str:
-        parts = [self.startup.basis] + ([] if self.graph is None else [self.graph.basis])
+        parts = [self.startup.basis] + ([] if self.warmup is None else [self.warmup.basis])
+        parts += [] if self.graph is None else [self.graph.basis]
         table = self.table_bytes(max_model_len)
         if table:
             parts.append(f"{table / GIB:.2f} GiB for DeepSeek Sparse Attention's expanded block table at "
@@ -976,14 +984,16 @@ def outside_budget(stage: Stage, kv_cache_dtype: str, limits: BatchLimits, versi
     """`OutsideBudget` of one `device` of `stage` on vLLM `version` (`UNKNOWN_DEVICE` when not known): the
     start-up memory always; no graph on 0.33, which charges its graph estimate inside the budget, nor with
     `enforce_eager`, which captures none; FlashInfer's CUTLASS MoE profiler workspace where the routed experts, stored
-    as `expert_format`, run on FlashInfer's CUTLASS experts (`flashinfer_moe_autotune_buffer`)."""
+    as `expert_format`, run on FlashInfer's CUTLASS experts (`flashinfer_moe_autotune_buffer`); DeepGEMM's warm-up
+    where it needs more than the profiling peak left (`deep_gemm_warmup_excess`)."""
     graph = None if enforce_eager or VERSIONS[version].cuda_graphs_in_budget else \
         cuda_graph_pool(stage, limits, version)
     spec = stage.spec
     kernel = dsa_mixed_batch_bytes(spec, version, kv_cache_dtype, stage.tensor_parallel, limits)
     per_block = dsa_block_table_bytes(spec, version, DSA_BLOCK_SIZE, limits)
     late = flashinfer_moe_autotune_buffer(stage, version, limits, expert_format, device, enforce_eager)
-    return OutsideBudget(version, startup_memory(stage, version, device), graph, kernel, per_block, late)
+    warmup = deep_gemm_warmup_excess(stage, version, limits, expert_format, device)
+    return OutsideBudget(version, startup_memory(stage, version, device), graph, kernel, per_block, late, warmup)
 
 
 #: v0.19 flashmla_sparse.py: below this many heads a rank, an fp8_ds_mla cache runs every token of a step, prefill
@@ -1679,6 +1689,99 @@ def flashinfer_moe_autotune_buffer(stage: Stage, version: str, limits: BatchLimi
         f"MoERunner.runner_dict; its TMA argument arrays and CUTLASS GEMM workspace not counted): {why}"))
 
 
+#: the compute capabilities on which each release's ``is_deep_gemm_supported`` (utils/deep_gemm.py) holds, as exact
+#: (major, minor) pairs or a major alone for a family: 0.11 ``is_device_capability(90)`` or ``(100)``; 0.19
+#: platforms/cuda.py ``support_deep_gemm``: 9.0 or the 10.x family
+DEEP_GEMM_CAPABILITIES: dict[str, tuple[tuple[int, int] | int, ...]] = {
+    "0.11": ((9, 0), (10, 0)),
+    "0.19": ((9, 0), 10),
+}
+
+
+#: the environment setting that turns each release's DeepGEMM warm-up off (envs.py)
+DEEP_GEMM_WARMUP_OFF = {"0.11": "VLLM_SKIP_DEEP_GEMM_WARMUP=1", "0.19": "VLLM_DEEP_GEMM_WARMUP=skip"}
+
+
+def _deep_gemm_supported(version: str, capability: tuple[int, int] | None) -> bool:
+    if capability is None:
+        return False
+    return any(rule == capability or rule == capability[0] for rule in DEEP_GEMM_CAPABILITIES.get(version, ()))
+
+
+def deep_gemm_moe_warmup(stage: Stage, version: str, limits: BatchLimits, expert_format: str,
+                         device: DeviceFacts) -> Term | None:
+    """The transient peak of the grouped-GEMM part of vLLM `version`'s DeepGEMM warm-up on one device of `stage`, or
+    None where it does not run.
+
+    ``kernel_warmup`` (model_executor/warmup/kernel_warmup.py), which ``compile_or_warm_up_model`` runs after
+    ``initialize_from_config`` has allocated the KV cache and before ``capture_model`` (v1/worker/gpu_worker.py),
+    calls ``deep_gemm_warmup`` when ``VLLM_USE_DEEP_GEMM`` ("1" by default), ``is_deep_gemm_supported()`` (the
+    ``deep_gemm`` package importable, which no release's wheel requires but vLLM's Docker images install, on
+    `DEEP_GEMM_CAPABILITIES`) and the warm-up is not turned off (0.11 ``VLLM_SKIP_DEEP_GEMM_WARMUP`` "0", 0.19
+    ``VLLM_DEEP_GEMM_WARMUP`` "relax").  deep_gemm_warmup.py ``_fused_moe_grouped_gemm_may_use_deep_gemm`` takes
+    every MoE layer whose quant config is fp8 in 128 x 128 blocks (`expert_format` "fp8-block128") and whose quant
+    method is not a modular one (0.19: ``FusedMoEModularMethod``, 0.11: ``fused_experts`` a ``FusedMoEModularKernel``)
+    or runs DeepGEMM: ``Fp8MoEMethod`` keeps its own kernel (0.19 ``supports_internal_mk``; 0.11 ``fused_experts``
+    None without all2all), so the warm-up runs whichever kernel serves the experts (Triton's on Hopper under tensor
+    parallelism).  ``_deepgemm_grouped_fp8_gemm_nt_contiguous_warmup`` sizes ``MAX_M = compute_aligned_M(T, top_k,
+    E, 128) = round_up(T x k + E x 127, 128)`` with ``T`` = max_num_batched_tokens (0.11: at most
+    ``VLLM_FUSED_MOE_CHUNK_SIZE``, 32768) and ``E`` the rank's experts, holds ``expert_ids`` (``MAX_M`` int32) and, for
+    w13 ``[E, 2w, K]`` then w2 ``[E, K, w]``, ``torch.empty``s of ``MAX_M x k`` fp8, ``MAX_M x k // 128`` fp32 and
+    ``MAX_M x n`` bf16, freed after each: the peak is ``4 MAX_M + MAX_M x max(K + 4 (K // 128) + 4w, w + 4 (w // 128)
+    + 2K)``, once per process (``GROUPED_FP8_GEMM_NT_CONTIGUOUS_WARMUP_CACHE``).
+
+    vLLM 0.33 (``_fused_moe_grouped_gemm_may_use_deep_gemm`` asks the modular kernel's experts to be
+    ``DeepGemmExperts`` or ``TritonOrDeepGemmExperts``): none on 9.0, where oracle/fp8.py puts TRITON (tensor
+    parallelism) or FLASHINFER_CUTLASS (expert parallelism) first for block fp8; on 10.x and 12.x its choice is not
+    read (None).  The dense part, ``_deepgemm_fp8_gemm_nt_warmup``, ``T x (K + 4 K / 128 + 2N)`` bytes for the
+    largest block-fp8 ``[N, K]`` linear layer of a rank (T not multiplied nor capped), is below what the profiling
+    run's forward pass holds at that layer (`_forward_bytes`: ``2T x (3 hidden + 3 x the MLP's width per rank)``,
+    or attention's q/k/v and output, more than ``T x (1.03 K + 2N)`` for each of qkv, o, gate_up and down), so the
+    memory the profiling peak released holds it: not charged."""
+    spec = stage.spec
+    start, stop = stage.layers
+    if (expert_format != "fp8-block128" or not spec.is_moe
+            or not _deep_gemm_supported(version, device.compute_capability)
+            or all(layer in spec.dense_layers for layer in range(start, stop))):
+        return None
+    experts, width = expert_shard(spec, stage.tensor_parallel, stage.expert_parallel)
+    hidden, top_k, block = spec.hidden_size, spec.experts_per_token, DEEP_GEMM_ALIGNMENT
+    tokens = min(limits.max_batched_tokens, FUSED_MOE_CHUNK_TOKENS_V0_11) if version == "0.11" \
+        else limits.max_batched_tokens
+    rows = _round_up(tokens * top_k + experts * (block - 1), block)
+    w13 = hidden + 4 * (hidden // block) + 2 * (2 * width)
+    w2 = width + 4 * (width // block) + 2 * hidden
+    nbytes = rows * (4 + max(w13, w2))
+    step = "w2" if w2 >= w13 else "w13"
+    return Term(nbytes, (
+        f"DeepGEMM's grouped-GEMM warm-up ({nbytes / GIB:.2f} GiB at its {step} step: MAX_M = {rows:,} rows, "
+        f"round_up({tokens} tokens x top_k {top_k} + {experts} experts x 127, 128), of fp8 input, fp32 scales and "
+        f"bf16 output, beside the int32 expert ids; deep_gemm_warmup.py, which vLLM {version}'s kernel_warmup runs "
+        "for block-fp8 experts after the KV cache is sized, whatever kernel serves them, where the deep_gemm package "
+        f"is installed, as vLLM's Docker images install it; {DEEP_GEMM_WARMUP_OFF[version]} turns it off)"))
+
+
+def deep_gemm_warmup_excess(stage: Stage, version: str, limits: BatchLimits, expert_format: str,
+                            device: DeviceFacts) -> Term | None:
+    """The part of DeepGEMM's grouped-GEMM warm-up (`deep_gemm_moe_warmup`) that the memory the profiling peak left
+    does not hold, which vLLM takes from the memory outside ``gpu_memory_utilization``; None where it fits (or does
+    not run).  When it runs, the KV cache fills the budget, so what is free inside it is what the profiling peak
+    released to PyTorch's allocator (`_ProfilePasses.released`: the larger pass without the buffers that stay
+    allocated; PyTorch frees cached blocks when cudaMalloc fails).  Left out of that room, on the safe side: the
+    sparse indexer's logits dummy and, on a multimodal model, the vision pass (the text passes' room is taken)."""
+    warmup = deep_gemm_moe_warmup(stage, version, limits, expert_format, device)
+    if warmup is None:
+        return None
+    room = _profile_passes(version, stage, limits, expert_format, device).released
+    excess = warmup.bytes - room
+    if excess <= 0:
+        return None
+    return Term(excess, (
+        f"{excess / GIB:.2f} GiB for {warmup.basis}, beyond the {room / GIB:.2f} GiB the profiling run's peak "
+        f"released (max_num_batched_tokens={limits.max_batched_tokens}, max_num_seqs={limits.max_num_seqs}), which "
+        "is all the budget has free once the KV cache fills it"))
+
+
 #: MXFP4 (OCP microscaling): 32 e2m1 values share one e8m0 scale byte; two values a byte
 MXFP4_BLOCK = 32
 #: vLLM 0.19's ``mxfp4_round_up_hidden_size_and_intermediate_size`` (fused_moe/oracle/mxfp4.py) for the Triton
@@ -2251,6 +2354,19 @@ def sampler_pass_bytes(spec: ModelSpec, rows: int, tokens: int, device: DeviceFa
                    f"float32 copies ({element_bytes + 12} bytes a logit), {how}, beside the dummy run's {tokens} "
                    "hidden states and two copies of the sampled rows (gpu_model_runner._dummy_sampler_run, sampler.py, "
                    "topk_topp_sampler.py)")
+
+
+def sampler_kept_bytes(spec: ModelSpec, rows: int, device: DeviceFacts, version: str) -> int:
+    """What of the sampler pass (`sampler_pass_bytes`) over `rows` rows stays allocated after it: the Triton
+    top-k/top-p buffer (`_triton_buffer`), which topk_topp_triton.py keeps in ``_TRITON_BUFFER_CACHE`` (0.19 from 8
+    rows, 0.33 where FlashInfer's sampler does not run; no caller of ``reset_buffer_cache``), and on 0.33 with
+    FlashInfer's sampler its 1 MiB row-state buffer (counted as kept: the safe side for what is released).  0.11's sort
+    keeps nothing."""
+    if not rows or version == "0.11" or (version != "0.33" and rows < TRITON_TOP_K_TOP_P_MIN_ROWS):
+        return 0
+    if version == "0.33" and flashinfer_sampler_supported(device):
+        return FLASHINFER_ROW_STATES_BYTES
+    return _triton_buffer(device, rows, spec.vocab_size)[0]
 
 
 def sampler_state_bytes(spec: ModelSpec, max_num_seqs: int, version: str) -> int:
@@ -3147,6 +3263,58 @@ def capability_requirement(version: str, weight_format: str, quant_method: str =
     return f"vLLM {version} runs {stored} weights from compute capability {_capability_text(floor)} ({where})"
 
 
+@dataclass(frozen=True, slots=True)
+class _ProfilePasses:
+    """The two passes of vLLM's profiling run on one device (`VllmProfile.activation`), in bytes: `forward`, the dummy
+    forward pass's peak (without DeepSeek Sparse Attention's logits dummy, `logits`), and `sampler`, the sampler pass
+    (`sampled`) beside what it finds held; both include the stage's receive buffers (`received`) and, where the
+    fused-MoE caches persist (`held_by_moe`), those caches (in the sampler pass as `workspace`, on the last stage)."""
+
+    forward: int
+    sampler: int
+    sampled: int
+    sampler_basis: str
+    received: int
+    held_by_moe: int
+    workspace: int
+    logits: int
+    gdn: int
+    caches: FusedMoeCaches | None
+    sampler_kept: int = 0
+
+    @property
+    def released(self) -> int:
+        """What the profiling peak leaves to PyTorch's allocator once it is over: the larger pass without what stays
+        allocated (the receive buffers, the fused-MoE caches the workspace manager keeps and the sampler's cached
+        buffer, `sampler_kept_bytes`), and without the sparse indexer's logits dummy, which nibble charges on the
+        forward pass's peak only to be on the safe side there."""
+        return (max(self.forward - self.held_by_moe, self.sampler - self.workspace - self.sampler_kept)
+                - self.received)
+
+
+def _profile_passes(version: str, stage: Stage, limits: BatchLimits, expert_format: str,
+                    device: DeviceFacts) -> _ProfilePasses:
+    """`_ProfilePasses` of `stage` on vLLM `version` (`VllmProfile.activation` gives their terms)."""
+    spec, tokens, element = stage.spec, limits.max_batched_tokens, stage.element_bytes
+    received = 2 * tokens * spec.hidden_size * element if stage.layers[0] > 0 else 0
+    caches = (fused_moe_caches(spec, stage.tensor_parallel, tokens, version, expert_format, device,
+                               stage.expert_parallel) if spec.is_moe else None)
+    gdn = 0
+    if spec.linear_attention is not None and VERSIONS[version].gdn_projections_profiled:
+        gdn = gdn_forward_bytes_per_token(spec, stage.tensor_parallel)
+    # a Gated DeltaNet layer after the first MoE layer runs beside the fused-MoE caches where they persist
+    held_by_moe = caches.nbytes if caches is not None and caches.persists else 0
+    forward = max(_forward_bytes(spec, stage.tensor_parallel, tokens, version, expert_format, device,
+                                 element, stage.expert_parallel),
+                  tokens * gdn + held_by_moe if gdn else 0) + received
+    rows = min(limits.max_num_seqs, tokens) if stage.is_last else 0
+    workspace = caches.nbytes if rows and caches is not None and caches.persists else 0
+    sampled, sampler_basis = sampler_pass_bytes(spec, rows, tokens, device, version, element)
+    logits = DSA_PROFILE_LOGITS_BYTES.get(version, 0) if spec.has_indexer else 0
+    return _ProfilePasses(forward, sampled + workspace + received, sampled, sampler_basis, received, held_by_moe,
+                          workspace, logits, gdn, caches, sampler_kept_bytes(spec, rows, device, version))
+
+
 @lru_cache(maxsize=4096)
 def _activation_of(version: str, stage: Stage, limits: BatchLimits, expert_format: str, device: DeviceFacts) -> Term:
     """`VllmProfile.activation` of release `version`, computed once per set of arguments: a pure function of them
@@ -3217,24 +3385,13 @@ class VllmProfile:
     def _activation(self, stage: Stage, limits: BatchLimits, expert_format: str, device: DeviceFacts) -> Term:
         """`activation`, uncached."""
         spec, tokens, element = stage.spec, limits.max_batched_tokens, stage.element_bytes
-        received = 2 * tokens * spec.hidden_size * element if stage.layers[0] > 0 else 0
-        caches = (fused_moe_caches(spec, stage.tensor_parallel, tokens, self._version, expert_format, device,
-                                   stage.expert_parallel) if spec.is_moe else None)
-        gdn = 0
-        if spec.linear_attention is not None and self._rules.gdn_projections_profiled:
-            gdn = gdn_forward_bytes_per_token(spec, stage.tensor_parallel)
-        # a Gated DeltaNet layer after the first MoE layer runs beside the fused-MoE caches where they persist
-        held_by_moe = caches.nbytes if caches is not None and caches.persists else 0
-        forward = max(_forward_bytes(spec, stage.tensor_parallel, tokens, self._version, expert_format, device,
-                                     element, stage.expert_parallel),
-                      tokens * gdn + held_by_moe if gdn else 0) + received
-        rows = min(limits.max_num_seqs, tokens) if stage.is_last else 0
-        workspace = caches.nbytes if rows and caches is not None and caches.persists else 0
-        sampled, sampler_basis = sampler_pass_bytes(spec, rows, tokens, device, self._version, element)
+        passes = _profile_passes(self._version, stage, limits, expert_format, device)
+        received, caches, gdn, held_by_moe = passes.received, passes.caches, passes.gdn, passes.held_by_moe
+        forward, sampler, workspace, sampler_basis = (passes.forward, passes.sampler, passes.workspace,
+                                                      passes.sampler_basis)
         # 0.33 allocates them before its start-up snapshot (`_Startup.blas_handles`, charged by `startup_memory`)
         blas = 0 if self._rules.startup.blas_handles else blas_workspace_bytes(device)
         state = sampler_state_bytes(spec, limits.max_num_seqs, self._version) if stage.is_last else 0
-        sampler = sampled + workspace + received
         held = f", with the fused-MoE caches still held ({workspace / GIB:.2f} GiB)" if workspace else ""
         if received:
             held += f", beside the stage's receive buffers ({received / GIB:.2f} GiB)"
@@ -3274,7 +3431,7 @@ class VllmProfile:
             basis += (f"; plus DeepSeek Sparse Attention's top-k indices buffer, max_num_batched_tokens x index_topk "
                       f"int32 ({topk_buffer / GIB:.2f} GiB), allocated when the model is built (deepseek_v2.py, "
                       "topk_indices_buffer)")
-        logits = DSA_PROFILE_LOGITS_BYTES.get(self._version, 0) if spec.has_indexer else 0
+        logits = passes.logits
         if logits:
             forward += logits
             basis += (f"; the forward pass includes the indexer's {logits / GIB:.2f} GiB logits dummy of the profiling "
