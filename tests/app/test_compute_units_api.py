@@ -9,7 +9,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 LLAMA = {"model": {"preset": "llama-3.1-8b"}, "workload": {"context_length": 8192, "concurrent_sequences": 4}}
-H100_BYTES = 85_018_877_624  # the h100-80gb's reported_memory_bytes, what plans use
+H100_BYTES = 84_943_715_697  # the h100-80gb's reported_memory_bytes (79.11 GiB), what plans use
 
 
 def _figures(answer: dict[str, Any]) -> dict[str, Any]:
@@ -39,7 +39,7 @@ def test_h100_bytes_with_capability_9_0_and_132_sms_plan_exactly_as_the_h100(cli
 def test_without_compute_units_the_count_is_the_safe_side_fallback_and_said_so(client: TestClient) -> None:
     # vLLM 0.19's Triton top-k/top-p buffer of min(SMs, rows) rows: an L4's 58 SMs given, else the most of the
     # catalog's 8.x devices (142) and the basis says the count was not given
-    hardware = {"memory_bytes": 23_654_532_383, "compute_capability": "8.9"}
+    hardware = {"memory_bytes": 23_579_370_455, "compute_capability": "8.9"}
     fallback = client.post("/v1/plan", json={**LLAMA, "hardware": hardware}).json()
     given = client.post("/v1/plan", json={**LLAMA, "hardware": {**hardware, "compute_units": 58}}).json()
     assert fallback["hardware"]["compute_units"] is None
@@ -69,7 +69,7 @@ def test_a_catalog_device_given_another_sm_count_is_a_422_naming_its_own(client:
 
 
 def test_a_sweep_over_device_counts_keeps_the_given_sm_count(client: TestClient) -> None:
-    hardware = {"memory_bytes": 23_654_532_383, "compute_capability": "8.9"}
+    hardware = {"memory_bytes": 23_579_370_455, "compute_capability": "8.9"}
     rows = [client.post("/v1/plan/sweep", json={**LLAMA, "hardware": units, "sweep": {"device_counts": [1, 2]}})
             .json()["rows"] for units in (hardware, {**hardware, "compute_units": 58})]
     assert all(fallback["used_bytes"] > given["used_bytes"] for fallback, given in zip(*rows, strict=True))

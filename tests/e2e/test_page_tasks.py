@@ -179,7 +179,7 @@ def test_context_chart_labels_stay_off_its_lines(browser: Any, live_server: str,
     inside = [t["text"] for t in boxes["texts"] if overlaps(t["box"], boxes["plot"])]
     assert inside == []
     legend = page.inner_text("#sweep-legend")
-    assert "INT4 (group 128): fits up to" in legend and "Usable 71.26 GiB" in legend
+    assert "INT4 (group 128): fits up to" in legend and "Usable 71.20 GiB" in legend
     page.close()
 
 
@@ -414,7 +414,7 @@ def test_the_unit_switch_redraws_in_gb_without_asking_again(browser: Any, live_s
     posted: list[str] = []
     page.on("request", lambda request: posted.append(request.url) if request.method == "POST" else None)
     page.select_option("#unit", "GB")
-    page.wait_for_selector("#verdict >> text=85.02 GB each")  # CUDA reports 79.18 GiB = 85.02 x 10^9 bytes
+    page.wait_for_selector("#verdict >> text=84.94 GB each")  # CUDA reports 79.11 GiB = 84.94 x 10^9 bytes
     assert posted == []
     assert page.inner_text("#per-device caption").startswith("Per device (GB)")
     assert "unit=GB" in page.url
@@ -429,7 +429,7 @@ def test_a_model_too_big_at_16_bit_is_offered_the_best_mix_that_fits(browser: An
     assert text.startswith("Best mix that fits: ")
     assert "method=rtn budget_bytes=" in text and "include=model.layers.* output=nibble." in text
     page.select_option("#unit", "GB")  # a redraw keeps the offer without asking again
-    page.wait_for_selector("#verdict >> text=85.02 GB each")
+    page.wait_for_selector("#verdict >> text=84.94 GB each")
     assert page.inner_text("#verdict p[data-format='fit']").startswith("Best mix that fits: ")
     page.close()
 

@@ -167,7 +167,7 @@ def test_a_catalog_device_is_refused_another_sm_count_and_accepts_its_own() -> N
     # device's name holds "a100", else 2048 and 256; the engine model asks it of the catalog id
     ("h20", 8192, 1024), ("h200", 8192, 1024),
     ("l40", 2048, 256), ("rtx-6000-ada", 2048, 256), ("rtx-5090", 2048, 256),
-    ("a100-80gb", 2048, 256),  # the A100 exception: 79.14 GiB, yet the small defaults
+    ("a100-80gb", 2048, 256),  # the A100 exception: 79.11 GiB, yet the small defaults
 ])
 def test_the_batch_defaults_follow_the_devices_size_and_name_as_vllms(device_id: str, tokens: int,
                                                                       sequences: int) -> None:

@@ -55,7 +55,7 @@ def _spec(log: dict[str, Any]) -> ModelSpec:
 
 
 L4 = get_device("l4")
-L4_HARDWARE = Hardware(L4.planning_bytes, 1, "l4", L4.name)  # the 22.03 GiB CUDA reports for an L4
+L4_HARDWARE = Hardware(L4.planning_bytes, 1, "l4", L4.name)  # the 21.96 GiB CUDA reports for an L4
 BF16 = PlanOptions(weight_format=float_format("bf16"))
 H100 = get_device("h100-80gb")
 #: in use at 0.19's start-up snapshot on one GPU: 79.19 - 78.68 GiB in llm-d-planner's H100 logs, to the MiB above
@@ -276,10 +276,10 @@ def test_llama_3_1_8b_on_an_l4_at_0_99_does_not_fit_on_0_19_its_startup_memory_a
     assert not device.fits and not result.fits
     warning = next(w for w in result.warnings if w.startswith("Does not fit"))
     # the 0.51 GiB in use at start-up alone is more than the 0.22 GiB: vLLM refuses to start, in its own words; 1.48
-    # GiB outside the budget needs 0.93 at most (22.03 x 0.07 = 1.54 GiB free); without graphs 0.51 GiB still does
+    # GiB outside the budget needs 0.93 at most (21.96 x 0.07 = 1.54 GiB free); without graphs 0.51 GiB still does
     # not fit, so enforce_eager is no remedy
-    for words in ("vLLM 0.19 would refuse to start", "Free memory on device cuda:0 (21.52/22.03 GiB) on startup is "
-                  "less than desired GPU memory utilization (0.99, 21.81 GiB)", "0.51 GiB per device in use",
+    for words in ("vLLM 0.19 would refuse to start", "Free memory on device cuda:0 (21.45/21.96 GiB) on startup is "
+                  "less than desired GPU memory utilization (0.99, 21.74 GiB)", "0.51 GiB per device in use",
                   "1.48 GiB outside the budget", "0.97 GiB per device for the CUDA graphs",
                   "gpu_memory_utilization=0.99", "0.22 GiB", "lower memory_utilization to 0.93"):
         assert words in warning
@@ -360,7 +360,7 @@ def _h100_plan(version: str, utilization: float) -> Plan:
 
 
 def test_an_h100_plan_at_0_995_on_0_33_is_refused_as_vllm_refuses_to_start() -> None:
-    # 79.18 GiB x 0.005 = 0.40 GiB left free against the 0.54 GiB in use at start-up (0.51 logged on 0.19, + the 33
+    # 79.11 GiB x 0.005 = 0.40 GiB left free against the 0.54 GiB in use at start-up (0.51 logged on 0.19, + the 33
     # MiB of cuBLAS workspaces 0.33 creates before its snapshot): request_memory raises (v1/worker/utils.py)
     result = _h100_plan("0.33", 0.995)
     device = result.primary.devices[0]
@@ -370,8 +370,8 @@ def test_an_h100_plan_at_0_995_on_0_33_is_refused_as_vllm_refuses_to_start() -> 
     primary = result.primary
     assert (primary.max_context_length, primary.max_concurrent_sequences, primary.min_devices) == (None, 0, None)
     warning = next(w for w in result.warnings if w.startswith("Does not fit"))
-    for words in ("vLLM 0.33 would refuse to start", "\"Free memory on device cuda:0 (78.64/79.18 GiB) on startup is "
-                  "less than desired GPU memory utilization (0.995, 78.78 GiB). Decrease GPU memory utilization or "
+    for words in ("vLLM 0.33 would refuse to start", "\"Free memory on device cuda:0 (78.57/79.11 GiB) on startup is "
+                  "less than desired GPU memory utilization (0.995, 78.71 GiB). Decrease GPU memory utilization or "
                   "reduce GPU memory used by other processes.\"", "0.54 GiB per device in use", "0.40 GiB",
                   "lower memory_utilization to 0.99"):
         assert words in warning
