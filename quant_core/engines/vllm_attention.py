@@ -71,8 +71,20 @@ def _capability_text(capability: tuple[int, int]) -> str:
     return f"{capability[0]}.{capability[1]}"
 
 
-def _triton(version: str, capability: tuple[int, int], backend: str, why: str) -> Fp8KVBackend:
-    """TRITON_ATTN or TRITON_MLA (`backend`) chosen for `why`: running the fp8 cache from 8.9, refused below."""
+#: the smallest head TRITON_ATTN takes (triton_attn.py: 0.11's validate_head_size, 0.19's and 0.33's
+#: supports_head_size, "head_size >= 32"); below it vLLM falls back to FlexAttention, which takes no fp8 cache
+TRITON_MIN_HEAD = 32
+
+
+def _triton(version: str, capability: tuple[int, int], backend: str, why: str, head: int = TRITON_MIN_HEAD
+            ) -> Fp8KVBackend:
+    """TRITON_ATTN or TRITON_MLA (`backend`) chosen for `why`: running the fp8 cache from 8.9, refused below, and
+    for TRITON_ATTN refused for heads under `TRITON_MIN_HEAD` (`head`)."""
+    if head < TRITON_MIN_HEAD:
+        return Fp8KVBackend(None, f"vLLM {version} has no backend for an fp8 cache with heads of {head}: TRITON_ATTN "
+                                  f"takes heads of {TRITON_MIN_HEAD} or more (triton_attn.py) and FlexAttention, "
+                                  "left, no quantized cache"
+                                  + (f": {_NO_BACKEND}" if version != "0.11" else ""))
     if capability >= TRITON_FP8E4NV:
         return Fp8KVBackend(backend, f"vLLM {version} runs it on {backend} ({why})")
     where = "triton_attn.py TritonAttentionImpl" if backend == "TRITON_ATTN" else "mla/triton_mla.py TritonMLAImpl"
@@ -89,10 +101,11 @@ def _dense_v0_11(spec: ModelSpec, cache_dtype: str, capability: tuple[int, int],
                                   "get_attn_backend_cls: \"FlexAttention is the default for older GPUs\"), whose "
                                   "FlexAttentionImpl raises NotImplementedError(\"FlexAttention does not support "
                                   "quantized kv-cache. Yet\") (v1/attention/backends/flex_attention.py)")
-    if capability == (10, 0):
+    if capability == (10, 0) and spec.head_dim in _FLASHINFER_HEADS["0.19"]:  # 0.11's list is 0.19's
         return Fp8KVBackend("FLASHINFER", "vLLM 0.11 prefers FlashInfer on 10.0 when it is installed (the "
                                           "vllm[flashinfer] extra; fp8_e4m3 and fp8_e5m2), else TRITON_ATTN, which "
-                                          "compiles fp8 there (platforms/cuda.py get_attn_backend_cls)")
+                                          "compiles fp8 there (platforms/cuda.py get_attn_backend_cls, "
+                                          "is_attn_backend_supported)")
     if capability == (9, 0):
         if spec.head_dim not in _FLASH_ATTENTION_HEADS_V0_11 or float32:
             return Fp8KVBackend(None, f"vLLM 0.11 falls back to FlexAttention on 9.0 for heads of {spec.head_dim} "
@@ -107,7 +120,7 @@ def _dense_v0_11(spec: ModelSpec, cache_dtype: str, capability: tuple[int, int],
         return Fp8KVBackend("FLASH_ATTN", "vLLM 0.11 runs an fp8 cache on FlashAttention 3 on 9.0 "
                                           "(get_attn_backend_cls; flash_attn_supports_fp8)")
     return _triton("0.11", capability, "TRITON_ATTN",
-                   "get_attn_backend_cls sends an fp8 cache to Triton on 8.0 and up except 9.0 and 10.0")
+                   "get_attn_backend_cls sends an fp8 cache to Triton on 8.0 and up except 9.0 and 10.0", spec.head_dim)
 
 
 def _dense_v0_19_v0_33(version: str, spec: ModelSpec, cache_dtype: str, capability: tuple[int, int],
@@ -156,7 +169,7 @@ def _dense_v0_19_v0_33(version: str, spec: ModelSpec, cache_dtype: str, capabili
                    "of "
                    + "/".join(str(size) for size in sorted(_FLASHINFER_HEADS[version]))
                    + f" from {_capability_text(flashinfer_floor)} without attention sinks (but with TRT-LLM's) in "
-                   "fp16/bf16")
+                   "fp16/bf16", head)
 
 
 def _mla_v0_11(cache_dtype: str, capability: tuple[int, int]) -> Fp8KVBackend:

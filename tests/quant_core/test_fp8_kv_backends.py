@@ -259,3 +259,13 @@ def test_an_mla_models_fp8_context_rounds_to_flashmlas_64_token_blocks_on_hopper
                   PlanOptions(weight_format=float_format("bf16"), kv_cache_dtype="fp8", engine_version="0.19"))
     assert answer.kv_bytes_per_token == 15_552
     assert answer.kv_cache_bytes == 15_552 * 4160 == 64_696_320
+
+
+@pytest.mark.parametrize("release", ["0.11", "0.19", "0.33"])
+def test_heads_under_32_have_no_fp8_backend_even_from_8_9(release: str) -> None:
+    # TRITON_ATTN takes heads of 32 or more; FlexAttention, left, takes no quantized cache
+    small = model_from_hf_config({**_LLAMA_8B, "hidden_size": 512, "num_attention_heads": 32,
+                                  "num_key_value_heads": 8, "intermediate_size": 1024})
+    assert small.head_dim == 16
+    found = fp8_kv_backend(release, small, "fp8_e4m3", (8, 9))
+    assert found is not None and found.backend is None and "heads of 16" in found.basis
