@@ -1021,7 +1021,8 @@ class _Evaluator:
         """Why the engine cannot run weights stored as `weight_formats` (a scheme's labels and formats,
         `_ModelTerms.formats`, read from a quantization_config of `quant_method`) on these devices at all
         (`EngineProfile.device_refusal`: the release's minimum compute capability for a format, a format it loads
-        nowhere or not at the model's dtype), or None."""
+        nowhere or not at the model's dtype), then why its attention runs no KV cache of the plan's dtype there
+        (`EngineProfile.kv_cache_backend`: vLLM's fp8 cache), or None."""
         if self.engine is None:
             return None
         for weight_format, stored in weight_formats:
@@ -1029,7 +1030,8 @@ class _Evaluator:
                                                  self.options.model_dtype, quant_method)
             if refused is not None:
                 return refused
-        return None
+        return self.engine.kv_cache_backend(self.spec, self.options.kv_cache_dtype, self.compute_capability,
+                                            self.options.block_size).refusal
 
     def vocabulary_everywhere(self, pipeline_parallel: int) -> bool:
         """Whether every one of `pipeline_parallel` stages holds the embedding, final norm and lm_head:
@@ -1737,7 +1739,7 @@ def plan(spec: ModelSpec, hardware: Hardware, workload: Workload | None = None,
     if element_bytes == 4 and kv_dtype(options.kv_cache_dtype).bits == 16:
         # vLLM's kv_cache_dtype "auto" (nibble's bf16/fp16) takes the model's dtype: float32 pages
         options = _float32_kv_options(options)
-    options = _engine_block_size(spec, engine, options, notes)
+    options = _engine_block_size(spec, engine, options, notes, hardware.compute_capability)
     limits = _batch_limits(engine, hardware, options)
     if engine is not None and engine.activation_context_steps(spec, limits):
         # the engine's profiling peak depends on the context it is started with: plan it at the requested one (the
@@ -1892,14 +1894,21 @@ def _checkpoint_kv_options(options: PlanOptions, engine: EngineProfile, notes: l
 
 
 def _engine_block_size(spec: ModelSpec, engine: EngineProfile | None, options: PlanOptions,
-                       notes: list[str]) -> PlanOptions:
-    """`options` at the KV block the engine runs `spec` at: vLLM's DeepSeek Sparse Attention block
-    (`engines.vllm.dsa_block_size`), with a note in `notes` when it is not the requested one."""
+                       notes: list[str], compute_capability: tuple[int, int] | None = None) -> PlanOptions:
+    """`options` at the KV block the engine runs `spec` at on a device of `compute_capability`: vLLM's DeepSeek
+    Sparse Attention block (`engines.vllm.dsa_block_size`), or the block of the attention backend it runs the plan's
+    KV dtype on (`EngineProfile.kv_cache_backend`: FlashMLA's 64 tokens for an fp8 MLA cache on Hopper), with a note
+    in `notes` when it is not the requested one."""
     if engine is None or engine.name != "vllm":
         return options
     block, note = dsa_block_size(spec, engine.version, options.block_size)
     if note is None:
-        return options
+        backend = engine.kv_cache_backend(spec, options.kv_cache_dtype, compute_capability, options.block_size)
+        if backend.refusal is not None or backend.block_size is None:
+            return options
+        block = backend.block_size
+        note = (f"Planned at {block}-token KV blocks, not the requested {options.block_size}: {backend.basis}; the "
+                "KV capacity and context are counted in its blocks.")
     notes.append(note)
     return replace(options, block_size=block)
 
@@ -2061,7 +2070,13 @@ def _warnings(spec: ModelSpec, hardware: Hardware, workload: Workload, options: 
     engine = get_engine(options.engine, options.engine_version)
     int4_refused = (None if engine is None
                     else engine.device_refusal(spec, int4_plan.format, hardware.compute_capability))
-    if int4_refused is not None:
+    kv_refused = (None if engine is None
+                  else engine.kv_cache_backend(spec, options.kv_cache_dtype, hardware.compute_capability,
+                                               options.block_size).refusal)
+    if kv_refused is not None:
+        out.append(f"The model cannot run with its {options.kv_cache_dtype} KV cache on this device, whatever its "
+                   f"weights: {kv_refused}.")
+    elif int4_refused is not None:
         out.append(f"The model cannot run at INT4 on this device: {int4_refused}.")
     elif not int4_plan.fits:
         need = int4_plan.min_devices
@@ -2090,6 +2105,11 @@ def _warnings(spec: ModelSpec, hardware: Hardware, workload: Workload, options: 
         out.append(f"The devices' compute capability is not known (hardware given in bytes without "
                    f"hardware.compute_capability, or a device the catalog gives none, AMD): {requirement}; the plan "
                    "cannot check it and does not refuse the format.")
+    kv_requirement = (None if engine is None or hardware.compute_capability is not None
+                      else engine.kv_cache_backend(spec, options.kv_cache_dtype, None, options.block_size).requirement)
+    if kv_requirement is not None:
+        out.append(f"The devices' compute capability is not known: {kv_requirement}; the plan cannot check it and "
+                   f"does not refuse the {options.kv_cache_dtype} KV cache.")
     if primary.max_context_length is not None and primary.context_limited_by == "memory" \
             and primary.max_context_length < workload.context_length:
         out.append(f"The longest context that fits for {workload.concurrent_sequences} sequence(s) is "

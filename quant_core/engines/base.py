@@ -71,6 +71,20 @@ class KVCapacity:
     max_concurrency: float
 
 
+@dataclass(frozen=True, slots=True)
+class KVCacheBackend:
+    """What the engine's attention makes of a plan's KV dtype on a device (`EngineProfile.kv_cache_backend`):
+    `refusal` why no backend it picks runs the dtype there (None: one does, or the device is not known);
+    `block_size` the KV block that backend runs at when the plan must take it (None: the requested one), with
+    `basis` saying why; `requirement` where the engine runs the dtype, in words, which a plan on a device of unknown
+    compute capability cannot check (None: nothing to check)."""
+
+    refusal: str | None = None
+    block_size: int | None = None
+    basis: str = ""
+    requirement: str | None = None
+
+
 class ContextTerm(Protocol):
     """A term an engine sizes from the longest context it is started for (vLLM's ``max_model_len``), which the
     planner asks at each context it weighs: the plan's own and every one its longest-context search tries."""
@@ -210,6 +224,12 @@ class EngineProfile(Protocol):
         """The KV dtype (a `formats.KV_DTYPES` name) the engine runs when none is asked, for a checkpoint whose config
         quantizes the KV cache as `kv_cache_quant` (`WeightScheme.kv_cache_quant`), or None where it keeps its
         default; with the note the plan repeats ("" when `kv_cache_quant` is empty)."""
+        ...
+
+    def kv_cache_backend(self, spec: ModelSpec, kv_cache_dtype: str, compute_capability: tuple[int, int] | None,
+                         block_size: int) -> KVCacheBackend:
+        """Whether the engine's attention runs `spec`'s KV cache of `kv_cache_dtype` (a `formats.KV_DTYPES` name) on
+        a device of `compute_capability` (None: not known) at a requested `block_size`, and at which block."""
         ...
 
     def device_dtype_note(self, spec: ModelSpec, compute_capability: tuple[int, int] | None) -> str | None:

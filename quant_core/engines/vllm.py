@@ -52,8 +52,9 @@ from functools import lru_cache
 from typing import cast
 
 from quant_core.catalog import UNKNOWN_DEVICE, DeviceFacts
-from quant_core.engines.base import BatchLimits, KVCapacity, Stage, Term
+from quant_core.engines.base import BatchLimits, KVCacheBackend, KVCapacity, Stage, Term
 from quant_core.engines.torch_cuda import allocated_block_bytes, blas_workspace_bytes, compute_units
+from quant_core.engines.vllm_attention import VLLM_FP8_CACHE_DTYPES, fp8_kv_backend, fp8_kv_requirement
 from quant_core.engines.vllm_graphs import cuda_graph_pool, cudagraph_capture_sizes
 from quant_core.errors import InvalidSpec, UnknownName
 from quant_core.formats import GGML_TYPE_NAMES, Layout, WeightFormat, fp8, int4, kv_dtype
@@ -3248,6 +3249,34 @@ def capability_refusal(version: str, weight_format: str, compute_capability: tup
             f"(its minimum is {_capability_text(floor)}): {where}")
 
 
+def kv_cache_refusal(version: str, spec: ModelSpec, kv_cache_dtype: str, compute_capability: tuple[int, int] | None,
+                     block_size: int) -> KVCacheBackend:
+    """Whether vLLM `version` runs `spec`'s KV cache of nibble's `kv_cache_dtype` (``fp8``: vLLM's fp8_e4m3,
+    `vllm_attention.VLLM_FP8_CACHE_DTYPES`) on a device of `compute_capability` at a requested `block_size`: the
+    refusal where no attention backend it picks runs it (`vllm_attention.fp8_kv_backend`, with the model in float32
+    where `runs_float32`), the block of the backend that does when vLLM sets another, or for an unknown device where
+    it runs (`vllm_attention.fp8_kv_requirement`).  Other dtypes: nothing (the 16-bit cache runs everywhere; int8 and
+    int4 are not read here)."""
+    cache_dtype = VLLM_FP8_CACHE_DTYPES.get(kv_cache_dtype)
+    if cache_dtype is None:
+        return KVCacheBackend()
+    if compute_capability is None:
+        return KVCacheBackend(requirement=fp8_kv_requirement(version, spec, cache_dtype))
+    found = fp8_kv_backend(version, spec, cache_dtype, compute_capability, block_size,
+                           runs_float32(version, spec.model_type, compute_capability))
+    if found is None:
+        return KVCacheBackend()
+    major, minor = compute_capability
+    if found.backend is None:
+        sixteen = "bf16" if compute_capability >= (8, 0) else "fp16"
+        return KVCacheBackend(refusal=f"vLLM {version} cannot run the {kv_cache_dtype} KV cache ({cache_dtype}) of "
+                                      f"{spec.name} on a device of compute capability {major}.{minor}: {found.basis}; "
+                                      f"a 16-bit cache (kv_cache.dtype {sixteen}) runs there")
+    if found.block_size is None or found.block_size == block_size:
+        return KVCacheBackend(basis=found.basis)
+    return KVCacheBackend(block_size=found.block_size, basis=found.basis)
+
+
 @lru_cache(maxsize=1024)
 def capability_requirement(version: str, weight_format: str, quant_method: str = "") -> str | None:
     """The compute capability vLLM `version` needs for `weight_format` (of a quantization_config of `quant_method`)
@@ -3641,6 +3670,12 @@ class VllmProfile:
         """`checkpoint_kv_cache_dtype`: the KV dtype this release's ``kv_cache_dtype="auto"`` takes from a
         checkpoint naming `kv_cache_quant`, or None, and the plan's note."""
         return checkpoint_kv_cache_dtype(self._version, kv_cache_quant)
+
+    def kv_cache_backend(self, spec: ModelSpec, kv_cache_dtype: str, compute_capability: tuple[int, int] | None,
+                         block_size: int) -> KVCacheBackend:
+        """`kv_cache_refusal`: whether this release's attention runs `spec`'s KV cache of `kv_cache_dtype` on the
+        device, at which block."""
+        return kv_cache_refusal(self._version, spec, kv_cache_dtype, compute_capability, block_size)
 
     def device_dtype_note(self, spec: ModelSpec, compute_capability: tuple[int, int] | None) -> str | None:
         """`float32_note`: the basis of a model vLLM runs in float32 on the device, or None."""

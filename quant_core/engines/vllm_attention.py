@@ -1,0 +1,272 @@
+"""The attention backend vLLM runs an fp8 KV cache on, per release, device and model, and why none where none does.
+
+vLLM picks one attention backend for a model's layers at start-up (platforms/cuda.py ``get_attn_backend_cls``) from
+the device's compute capability, the model (MLA or not, its head size, attention sinks), the model's dtype and the KV
+cache dtype, and an fp8 cache runs only where the backend it picks takes one:
+
+* 0.11 chooses by hand: FlexAttention below 8.0, which refuses any quantized cache; on 8.0 and up an fp8 cache goes
+  to TRITON_ATTN except on 9.0 (FlashAttention 3) and 10.0 (FlashInfer when installed); MLA runs FlashMLA on 9.x
+  (64-token blocks, forced by ``check_and_update_config``), CUTLASS MLA on 10.0 (128), else Triton MLA, which refuses
+  an fp8 cache.
+* 0.19 and 0.33 walk a priority list (``_get_backend_priorities``) and take the first backend whose
+  ``validate_configuration`` passes (``supports_kv_cache_dtype``, ``supports_compute_capability``, head size, dtype,
+  sinks, block size); with none, ``get_attn_backend_cls`` raises "No valid attention backend found".  When
+  ``--block-size`` is not given the chosen backend's preferred block is set (platforms/interface.py
+  ``update_block_size_for_backend``: FlashMLA 64, FlashInfer MLA 32, CUTLASS MLA 128).
+* Triton's kernels read an fp8 cache as ``float8_e4m3fn`` (``current_platform.fp8_dtype()``, e5m2 included), a
+  type Triton compiles only from compute capability 8.9 (triton/backends/nvidia/compiler.py ``parse_options``: fp8e4nv
+  joins ``supported_fp8_dtypes`` when ``capability >= 89``, through Triton 3.7): 0.11 and 0.19 fail when the kernel
+  compiles, "type fp8e4nv not supported in this architecture" (vllm#26431: 0.11.0 on RTX 3090s; vllm#45829 and
+  vllm#49077, open, add a software path), and 0.33's TRITON_ATTN and TRITON_MLA refuse it when they are built.
+
+`fp8_kv_backend` decides it; DeepSeek Sparse Attention models (their own backends and ``fp8_ds_mla`` cache,
+`engines.vllm.dsa_attention_refusal`) are not decided here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from quant_core.specs import ModelSpec
+
+#: the vLLM cache dtype each of nibble's fp8 KV dtype names is: vLLM's ``fp8`` is e4m3 on CUDA (config/cache.py
+#: ``CacheDType``: "CUDA 11.8+ supports fp8 (=fp8_e4m3) and fp8_e5m2")
+VLLM_FP8_CACHE_DTYPES: dict[str, str] = {"fp8": "fp8_e4m3", "fp8_e4m3": "fp8_e4m3", "fp8_e5m2": "fp8_e5m2"}
+
+#: the releases whose backends are decided here (`fp8_kv_backend`)
+RELEASES = ("0.11", "0.19", "0.33")
+
+#: the lowest compute capability at which Triton compiles ``float8_e4m3fn`` (fp8e4nv)
+TRITON_FP8E4NV = (8, 9)
+
+_TRITON_COMPILE = ("its Triton kernels read the cache as float8_e4m3fn (current_platform.fp8_dtype(), e5m2 "
+                   "included), which Triton compiles only from compute capability 8.9 (triton/backends/nvidia/"
+                   "compiler.py parse_options: fp8e4nv is supported when capability >= 89), so they raise \"type "
+                   "fp8e4nv not supported in this architecture\" when they compile, at start-up's CUDA-graph capture "
+                   "or the first request (vllm#26431: 0.11.0 on RTX 3090s)")
+_NO_BACKEND = "platforms/cuda.py get_attn_backend_cls raises \"No valid attention backend found\""
+
+#: the head sizes FlashAttention takes in 0.11 (v1/attention/backends/flash_attn.py get_supported_head_sizes)
+_FLASH_ATTENTION_HEADS_V0_11 = frozenset({32, 64, 96, 128, 160, 192, 224, 256})
+#: the head sizes FlashInfer takes (flashinfer.py get_supported_head_sizes): 0.19, and 0.33 with 512
+_FLASHINFER_HEADS = {"0.19": frozenset({64, 128, 256}), "0.33": frozenset({64, 128, 256, 512})}
+#: the qk_nope_head_dim FlashInfer MLA's kernel takes (flashinfer_mla.py supports_combination, 0.19 and 0.33)
+_FLASHINFER_MLA_NOPE = frozenset({64, 128, 192})
+#: vLLM's default block, which nibble's request carries when none is asked (``CacheConfig.DEFAULT_BLOCK_SIZE``)
+DEFAULT_BLOCK_SIZE = 16
+
+
+@dataclass(frozen=True, slots=True)
+class Fp8KVBackend:
+    """The backend vLLM runs an fp8 KV cache on (`fp8_kv_backend`): `backend` its name in vLLM (None: no backend
+    vLLM picks runs it, and `basis` says why, citing vLLM's code), `block_size` the KV block vLLM sets for it when
+    that is not the requested one (None: the requested block)."""
+
+    backend: str | None
+    basis: str
+    block_size: int | None = None
+
+
+def _capability_text(capability: tuple[int, int]) -> str:
+    return f"{capability[0]}.{capability[1]}"
+
+
+#: the smallest head TRITON_ATTN takes (triton_attn.py: 0.11's validate_head_size, 0.19's and 0.33's
+#: supports_head_size, "head_size >= 32"); below it vLLM falls back to FlexAttention, which takes no fp8 cache
+TRITON_MIN_HEAD = 32
+
+
+def _triton(version: str, capability: tuple[int, int], backend: str, why: str, head: int = TRITON_MIN_HEAD
+            ) -> Fp8KVBackend:
+    """TRITON_ATTN or TRITON_MLA (`backend`) chosen for `why`: running the fp8 cache from 8.9, refused below, and
+    for TRITON_ATTN refused for heads under `TRITON_MIN_HEAD` (`head`)."""
+    if head < TRITON_MIN_HEAD:
+        return Fp8KVBackend(None, f"vLLM {version} has no backend for an fp8 cache with heads of {head}: TRITON_ATTN "
+                                  f"takes heads of {TRITON_MIN_HEAD} or more (triton_attn.py) and FlexAttention, "
+                                  "left, no quantized cache"
+                                  + (f": {_NO_BACKEND}" if version != "0.11" else ""))
+    if capability >= TRITON_FP8E4NV:
+        return Fp8KVBackend(backend, f"vLLM {version} runs it on {backend} ({why})")
+    where = "triton_attn.py TritonAttentionImpl" if backend == "TRITON_ATTN" else "mla/triton_mla.py TritonMLAImpl"
+    refused = (f"its {where}.__init__ raises ValueError(\"FP8 KV cache is not supported by the Triton "
+               f"{'attention' if backend == 'TRITON_ATTN' else 'MLA'} backend on ... native FP8 (fp8e4nv) requires "
+               "SM89+\")" if version == "0.33" else _TRITON_COMPILE)
+    return Fp8KVBackend(None, f"vLLM {version} runs an fp8 KV cache on {backend} here ({why}), and {refused}")
+
+
+def _dense_v0_11(spec: ModelSpec, cache_dtype: str, capability: tuple[int, int], float32: bool) -> Fp8KVBackend:
+    """0.11's hand-written choice (platforms/cuda.py get_attn_backend_cls, V1 branch)."""
+    if capability < (8, 0):
+        return Fp8KVBackend(None, "vLLM 0.11 runs FlexAttention below compute capability 8.0 (platforms/cuda.py "
+                                  "get_attn_backend_cls: \"FlexAttention is the default for older GPUs\"), whose "
+                                  "FlexAttentionImpl raises NotImplementedError(\"FlexAttention does not support "
+                                  "quantized kv-cache. Yet\") (v1/attention/backends/flex_attention.py)")
+    if capability == (10, 0) and spec.head_dim in _FLASHINFER_HEADS["0.19"]:  # 0.11's list is 0.19's
+        return Fp8KVBackend("FLASHINFER", "vLLM 0.11 prefers FlashInfer on 10.0 when it is installed (the "
+                                          "vllm[flashinfer] extra; fp8_e4m3 and fp8_e5m2), else TRITON_ATTN, which "
+                                          "compiles fp8 there (platforms/cuda.py get_attn_backend_cls, "
+                                          "is_attn_backend_supported)")
+    if capability == (9, 0):
+        if spec.head_dim not in _FLASH_ATTENTION_HEADS_V0_11 or float32:
+            return Fp8KVBackend(None, f"vLLM 0.11 falls back to FlexAttention on 9.0 for heads of {spec.head_dim} "
+                                      "FlashAttention does not take (get_attn_backend_cls, is_attn_backend_supported),"
+                                      " whose FlexAttentionImpl raises NotImplementedError(\"FlexAttention does not "
+                                      "support quantized kv-cache. Yet\")")
+        if cache_dtype == "fp8_e5m2":
+            return Fp8KVBackend(None, "vLLM 0.11 runs an fp8 cache on FlashAttention 3 on 9.0 (get_attn_backend_cls)"
+                                      ", whose get_fp8_dtype_for_flashattn takes fp8 and fp8_e4m3 only: it raises "
+                                      "ValueError(\"Unrecognized FP8 dtype: fp8_e5m2\") (v1/attention/backends/"
+                                      "flash_attn.py) when attention first runs")
+        return Fp8KVBackend("FLASH_ATTN", "vLLM 0.11 runs an fp8 cache on FlashAttention 3 on 9.0 "
+                                          "(get_attn_backend_cls; flash_attn_supports_fp8)")
+    return _triton("0.11", capability, "TRITON_ATTN",
+                   "get_attn_backend_cls sends an fp8 cache to Triton on 8.0 and up except 9.0 and 10.0", spec.head_dim)
+
+
+def _dense_v0_19_v0_33(version: str, spec: ModelSpec, cache_dtype: str, capability: tuple[int, int],
+                       float32: bool) -> Fp8KVBackend:
+    """0.19's and 0.33's priority walk (platforms/cuda.py _get_backend_priorities, get_valid_backends) for a model
+    without MLA: FLASH_ATTN, FLASHINFER, TRITON_ATTN (FLASHINFER first on 10.x), FlexAttention taking no fp8."""
+    major = capability[0]
+    head = spec.head_dim
+    sinks = spec.attention_sinks
+    # FlashAttention: an fp8 cache only with FA3 on 9.x (fa_utils.py flash_attn_supports_fp8 in 0.19; 0.33's
+    # flash_attn_supports_kv_cache_dtype: fp8_e5m2 never, FA3 on 9.x or FA4 (heads of 512 on 9.x, 10.x))
+    if version == "0.19":
+        flash_heads = head % 8 == 0 and head <= 256
+        flash_fp8 = major == 9
+    else:
+        flash_heads = head % 8 == 0 and (head <= 256 or head == 512)
+        flash_fp8 = cache_dtype != "fp8_e5m2" and (major == 9 or major == 10)
+    flash_attention = (capability >= (8, 0) and flash_heads and flash_fp8 and not float32
+                       and (not sinks or capability >= (9, 0)))
+    # FlashInfer: 7.5 (0.19; 8.0 in 0.33, "broken on SM75") to 12.1; sinks only with TRT-LLM attention (SM100; 0.33
+    # also 9.0 and 12.x, flashinfer.py supports_sink); fp16 and bf16 models
+    flashinfer_floor = (7, 5) if version == "0.19" else (8, 0)
+    flashinfer_sinks = major == 10 or (version == "0.33" and (capability == (9, 0) or major == 12))
+    flashinfer = (flashinfer_floor <= capability <= (12, 1) and head in _FLASHINFER_HEADS[version] and not float32
+                  and (not sinks or flashinfer_sinks))
+    order = ("FLASHINFER", "FLASH_ATTN") if major == 10 else ("FLASH_ATTN", "FLASHINFER")
+    for backend in order:
+        if backend == "FLASH_ATTN" and flash_attention:
+            if cache_dtype == "fp8_e5m2":  # 0.19 only: its supports_kv_cache_dtype takes any fp8 name
+                return Fp8KVBackend(None, "vLLM 0.19 picks FLASH_ATTN for an fp8 cache on 9.x (supports_kv_cache_dtype"
+                                          " takes any fp8 name), whose get_fp8_dtype_for_flashattn takes fp8 and "
+                                          "fp8_e4m3 only: it raises ValueError(\"Unrecognized FP8 dtype: fp8_e5m2\") "
+                                          "(v1/attention/backends/flash_attn.py) when attention first runs")
+            block = 64 if (version == "0.33" and head == 512 and major == 9) else None
+            return Fp8KVBackend("FLASH_ATTN", f"vLLM {version} runs it on FLASH_ATTN (FlashAttention "
+                                              f"{'4' if head > 256 or major == 10 else '3'} takes an fp8 cache: "
+                                              "_get_backend_priorities, fa_utils.py)"
+                                + (", whose SM90 fp8 kernel for heads of 512 pages 64 tokens (flash_attn.py "
+                                   "_get_sm90_fa4_fp8_kv_block_size)" if block else ""), block)
+        if backend == "FLASHINFER" and flashinfer:
+            return Fp8KVBackend("FLASHINFER", f"vLLM {version} runs it on FLASHINFER (_get_backend_priorities; "
+                                              "flashinfer.py supported_kv_cache_dtypes lists fp8_e4m3 and fp8_e5m2)")
+    return _triton(version, capability, "TRITON_ATTN",
+                   "the first backend of _get_backend_priorities whose validate_configuration passes: FLASH_ATTN "
+                   f"takes an fp8 cache only on 9.x{' and 10.x' if version == '0.33' else ''}, FLASHINFER only heads "
+                   "of "
+                   + "/".join(str(size) for size in sorted(_FLASHINFER_HEADS[version]))
+                   + f" from {_capability_text(flashinfer_floor)} without attention sinks (but with TRT-LLM's) in "
+                   "fp16/bf16", head)
+
+
+def _mla_v0_11(cache_dtype: str, capability: tuple[int, int]) -> Fp8KVBackend:
+    """0.11's MLA choice (platforms/cuda.py check_and_update_config forces the block; get_attn_backend_cls)."""
+    e5m2 = (" (an fp8_e5m2 cache is stored as e5m2 by concat_and_cache_mla but read as e4m3 by the decode kernel: "
+            "mla/common.py views it as current_platform.fp8_dtype())" if cache_dtype == "fp8_e5m2" else "")
+    if capability == (10, 0):
+        return Fp8KVBackend("CUTLASS_MLA", "vLLM 0.11 runs MLA on CUTLASS MLA on 10.0 and forces 128-token KV blocks "
+                                           "(platforms/cuda.py check_and_update_config: \"Forcing kv cache block size "
+                                           "to 128 for CUTLASS_MLA backend\")" + e5m2, 128)
+    if capability[0] == 9:
+        return Fp8KVBackend("FLASHMLA", "vLLM 0.11 runs MLA on FlashMLA on 9.x and forces 64-token KV blocks "
+                                        "(platforms/cuda.py check_and_update_config: \"Forcing kv cache block size to "
+                                        "64 for FlashMLA backend\"); FlashMLA's fwd_kvcache_mla_fp8 reads the fp8 "
+                                        "cache" + e5m2, 64)
+    return Fp8KVBackend(None, "vLLM 0.11 runs MLA on Triton MLA off 9.x and 10.0 (platforms/cuda.py "
+                              "get_attn_backend_cls), whose TritonMLAImpl raises NotImplementedError(\"TritonMLA V1 "
+                              "with FP8 KV cache not yet supported\") (v1/attention/backends/mla/triton_mla.py)")
+
+
+def _mla_v0_19_v0_33(version: str, spec: ModelSpec, cache_dtype: str, capability: tuple[int, int],
+                     requested_block: int) -> Fp8KVBackend:
+    """0.19's and 0.33's MLA priority walk: FLASH_ATTN_MLA (no fp8), FLASHMLA (dense on 9.x, 64-token blocks),
+    FLASHINFER_MLA (10.x, blocks of 32 or 64), TRITON_MLA; on 10.x FLASHINFER_MLA, (0.33: TOKENSPEED_MLA,)
+    CUTLASS_MLA (128), ..., TRITON_MLA; 0.33 on 12.x TRITON_MLA."""
+    if cache_dtype == "fp8_e5m2":
+        return Fp8KVBackend(None, f"vLLM {version} has no MLA backend for an fp8_e5m2 cache: FLASH_ATTN_MLA lists no "
+                                  "fp8, and FLASHMLA, FLASHINFER_MLA, CUTLASS_MLA"
+                                  + (", TOKENSPEED_MLA" if version == "0.33" else "")
+                                  + " and TRITON_MLA list fp8 and fp8_e4m3 only (supported_kv_cache_dtypes, "
+                                  f"v1/attention/backends/mla/): {_NO_BACKEND}")
+    given = requested_block != DEFAULT_BLOCK_SIZE
+    major = capability[0]
+
+    def fixed(backend: str, sizes: tuple[int, ...], why: str) -> Fp8KVBackend | None:
+        """`backend` when the request's block suits it (a multiple of one of `sizes`: supports_block_size), at its
+        preferred block (the smallest of `sizes`) when none is given; None when a given block rules it out."""
+        if given and all(requested_block % size for size in sizes):
+            return None
+        block = None if given else min(sizes)
+        return Fp8KVBackend(backend, f"vLLM {version} runs it on {backend} ({why})"
+                            + ("" if given else f", at its {min(sizes)}-token KV blocks (platforms/interface.py "
+                                                "update_block_size_for_backend sets the backend's preferred block "
+                                                "when --block-size is not given)"), block)
+
+    chosen: Fp8KVBackend | None = None
+    if major == 9:
+        chosen = fixed("FLASHMLA", (64,), "FLASH_ATTN_MLA takes no fp8 cache; FlashMLA dense runs on Hopper")
+    elif major == 10:
+        if spec.qk_nope_head_dim in _FLASHINFER_MLA_NOPE:
+            chosen = fixed("FLASHINFER_MLA", (32, 64), "first of _get_backend_priorities on 10.x")
+        if chosen is None:
+            chosen = fixed("CUTLASS_MLA", (128,), "FLASHINFER_MLA needs qk_nope_head_dim 64, 128 or 192"
+                           + (" (TOKENSPEED_MLA DeepSeek-R1's dims)" if version == "0.33" else ""))
+    if chosen is not None:
+        return chosen
+    return _triton(version, capability, "TRITON_MLA",
+                   "the MLA backend of _get_backend_priorities left: FLASH_ATTN_MLA takes no fp8 cache, FLASHMLA "
+                   "runs on 9.x, FLASHINFER_MLA and CUTLASS_MLA on 10.x")
+
+
+def fp8_kv_backend(version: str, spec: ModelSpec, cache_dtype: str, compute_capability: tuple[int, int],
+                   requested_block: int = DEFAULT_BLOCK_SIZE, float32: bool = False) -> Fp8KVBackend | None:
+    """The backend vLLM `version` runs `spec`'s KV cache of vLLM `cache_dtype` (``fp8_e4m3``, ``fp8_e5m2``) on, on a
+    device of `compute_capability`, at a ``--block-size`` of `requested_block` (`DEFAULT_BLOCK_SIZE`: not given), with
+    the model in float32 (`float32`: FlashAttention and FlashInfer take fp16 and bf16 only), or why none does; None
+    for another dtype, a release not read or a DeepSeek Sparse Attention model (not decided here)."""
+    if cache_dtype not in ("fp8_e4m3", "fp8_e5m2") or version not in RELEASES or spec.has_indexer:
+        return None
+    if spec.is_mla:
+        if version == "0.11":
+            return _mla_v0_11(cache_dtype, compute_capability)
+        return _mla_v0_19_v0_33(version, spec, cache_dtype, compute_capability, requested_block)
+    if version == "0.11":
+        return _dense_v0_11(spec, cache_dtype, compute_capability, float32)
+    return _dense_v0_19_v0_33(version, spec, cache_dtype, compute_capability, float32)
+
+
+def fp8_kv_requirement(version: str, spec: ModelSpec, cache_dtype: str) -> str | None:
+    """Where vLLM `version` runs `spec`'s fp8 cache (`cache_dtype`), in words, for a plan on a device whose compute
+    capability is not known (which nibble then does not refuse); None when it is not decided here."""
+    if cache_dtype not in ("fp8_e4m3", "fp8_e5m2") or version not in RELEASES or spec.has_indexer:
+        return None
+    if spec.is_mla:
+        if version == "0.11":
+            where = "on 9.x (FlashMLA, 64-token blocks) and 10.0 (CUTLASS MLA, 128): Triton MLA refuses it"
+        elif cache_dtype == "fp8_e5m2":
+            where = "on no device: no MLA backend lists fp8_e5m2"
+        else:
+            where = ("on 9.x (FlashMLA, 64-token blocks), 10.x (FlashInfer MLA or CUTLASS MLA) and, on TRITON_MLA, "
+                     "from 8.9 (fp8e4nv)")
+    elif version == "0.11":
+        where = ("on 9.0 (FlashAttention 3" + (", which refuses fp8_e5m2)" if cache_dtype == "fp8_e5m2" else ")")
+                 + ", 10.0 and, on TRITON_ATTN, from 8.9 (fp8e4nv): FlexAttention below 8.0 refuses it")
+    else:
+        floor = "7.5" if version == "0.19" else "8.0"
+        where = (f"from 8.9 (TRITON_ATTN's fp8e4nv, FlashAttention 3 on 9.x), and from {floor} on FLASHINFER for heads "
+                 "of " + "/".join(str(size) for size in sorted(_FLASHINFER_HEADS[version])) + " without attention "
+                 "sinks")
+    return f"vLLM {version} runs an fp8 KV cache for {spec.name} {where}"
