@@ -91,7 +91,7 @@ from quant_core.kv_cache import (
     kv_layers,
     layer_bytes_per_token,
 )
-from quant_core.schemes import WeightScheme, assigned_bytes, scheme_of, with_partial_groups
+from quant_core.schemes import WeightScheme, assign, assigned_bytes, scheme_of, with_partial_groups
 from quant_core.specs import (
     Llama4VisionTower,
     ModelSpec,
@@ -740,13 +740,17 @@ def _linear_format(spec: ModelSpec, scheme: WeightScheme) -> str:
     return quantized if quantized == scheme.unquantized else ""
 
 
-def _dense_format(scheme: WeightScheme) -> str:
+def _dense_format(spec: ModelSpec, scheme: WeightScheme) -> str:
     """The label of the one format `scheme` stores the decoder's attention and MLP linear layers in ("" when a GGUF
     mix, per-row formats, a checkpoint's own tensors or kept modules leave them in more than one, or when they are
-    not quantized)."""
-    if scheme.gguf_file_type or scheme.mix or scheme.checkpoint_rows or scheme.keep:
+    not quantized).  A kept module outside them (GPTQ's lm_head, a router) leaves them in one."""
+    if (scheme.gguf_file_type or scheme.mix or scheme.checkpoint_rows
+            or not {"attention", "mlp"} <= scheme.quantized_roles):
         return ""
-    return scheme.quantized.label() if {"attention", "mlp"} <= scheme.quantized_roles else ""
+    if scheme.keep and any(chosen != scheme.quantized for entry, chosen in assign(spec, scheme)
+                           if entry.role in ("attention", "mlp")):
+        return ""
+    return scheme.quantized.label()
 
 
 def _build_layout(spec: ModelSpec, scheme: WeightScheme, kv_dtype_name: str,
@@ -815,7 +819,7 @@ def _build_layout(spec: ModelSpec, scheme: WeightScheme, kv_dtype_name: str,
                    tuple(size + extra for size, extra in zip(weights, held, strict=True)), tuple(stage_kv),
                    everywhere, tuple(extra - own for extra, own in zip(held, home, strict=True)),
                    _expert_format(spec, scheme), _linear_format(spec, scheme), expert_parallel,
-                   _dense_format(scheme))
+                   _dense_format(spec, scheme))
 
 
 def _hybrid_note(hybrid: HybridKV, block_size: int, tensor_parallel: int, engine: EngineProfile | None) -> str:
@@ -1121,6 +1125,10 @@ class _Evaluator:
             if allocation is not None and allocation.bytes:  # the allocator's rounding of the weights' blocks
                 overhead += allocation.bytes
                 overhead_basis += f"; weights' allocator blocks: {allocation.basis}"
+            if overhead < 0:  # the kernels' layouts hold less than nibble charges by more than all other overhead
+                overhead_basis += (f"; {-overhead:,} bytes of the kernel layouts' saving on the checkpoint's tensors "
+                                   "not credited (the runtime overhead is not taken below zero: the safe side)")
+                overhead = 0
             activations.append(activation)
             overheads.append(overhead)
         fixed = tuple(a + o for a, o in zip(activations, overheads, strict=True))
