@@ -3194,8 +3194,8 @@ def unknown_gptq_symmetry_note(version: str) -> str:
             + f" With act order vLLM {version} holds each row-parallel layer's (o_proj, down_proj) scales whole on "
             "every rank and each layer's g_idx with int32 sort indices (gptq_marlin.py, "
             "marlin_repeat_scales_on_all_ranks; about 0.2 GiB a rank for a 70B model at tensor parallel 4): not "
-            "charged here, as no kernel layout is charged for a checkpoint read from its headers (its rows are the "
-            "file's tensors, not a format the engine's layout terms read)." + known)
+            "charged here, as no kernel layout is charged for a checkpoint read from its headers alone (the layout "
+            "terms read the group size, sym and desc_act of the config's format)." + known)
 
 
 def bfloat16_refusal(version: str, stored: WeightFormat | None, model_dtype: str,

@@ -20,11 +20,13 @@ from __future__ import annotations
 import pytest
 
 from quant_core.catalog import device_facts, get_preset
+from quant_core.checkpoint_rows import checkpoint_scheme
 from quant_core.engines.base import Stage
 from quant_core.engines.vllm import VllmProfile, gptq_act_order_refusal, unknown_gptq_symmetry_note
 from quant_core.formats import gptq_checkpoint
 from quant_core.planner import Hardware, PlanOptions, Workload, plan
 from quant_core.schemes import scheme_from_quantization_config
+from tests.quant_core.test_vllm_gptq_dtype import gptq_headers
 
 GIB = 1 << 30
 GPTQ_G128 = {"quant_method": "gptq", "bits": 4, "group_size": 128, "sym": True}
@@ -198,3 +200,20 @@ def test_headers_alone_say_act_order_is_unknown_and_what_it_costs(version: str) 
     assert "act order (desc_act" in note
     assert ("no longer supported" in note) is (version == "0.33")
     assert ("marlin_repeat_scales_on_all_ranks" in note) is (version != "0.33")
+
+
+def test_gptq_headers_with_their_config_are_charged_the_layout_of_the_configs_format() -> None:
+    # the headers of a Llama-3.1-70B GPTQ g128 checkpoint (qweight, qzeros, scales, g_idx per linear) with config.json's
+    # quantization_config: the rows are the format's tensors, so the layout term is the format's (+226,426,880 at
+    # TP 4 on A100 with act order); before, a checkpoint read from its headers was charged no kernel layout
+    spec = get_preset("llama-3.1-70b")
+    headers, _ = checkpoint_scheme(spec, gptq_headers(spec), mtp_layers=0)
+    hardware = Hardware(80 * GIB, 4, "a100-80gb")
+    overheads = {}
+    for desc_act in (True, False):
+        shipped = scheme_from_quantization_config({**GPTQ_G128, "desc_act": desc_act})
+        answer = plan(spec, hardware, Workload(4096, 1), PlanOptions(scheme=headers, shipped=shipped,
+                                                                     engine_version="0.19", float_format="fp16"))
+        assert answer.primary.format == "checkpoint-gptq" and answer.primary.refusal is None
+        overheads[desc_act] = answer.runtime_overhead.bytes
+    assert overheads[True] - overheads[False] == 226_426_880 + 73_072_640
