@@ -161,6 +161,11 @@ class WeightFormat:
     nibble's own (``nibble``).  `bytes_for` counts what a file in the format
     holds; `payload_bytes_for` what nibble's quantizer packs (they differ
     where a checkpoint stores more, e.g. a symmetric GPTQ file's qzeros).
+    `act_order` (``gptq`` layout only) is GPTQ's ``desc_act``: the groups
+    follow the columns in the order act-order quantized them, which
+    ``g_idx`` records.  The checkpoint holds the same tensors either way
+    (``g_idx`` is always stored); an engine holds more or refuses it
+    (vLLM: `quant_core.engines.vllm.gptq_marlin_linear_bytes`).
     """
 
     name: str = "int4"
@@ -174,6 +179,7 @@ class WeightFormat:
     double_quant: bool = True
     ggml_type: str = ""
     input_scale: bool = False
+    act_order: bool = False
 
     def __post_init__(self) -> None:
         # Types are checked exactly (a file's metadata reaches here): 128.0 == 128 and True == 1 would pass
@@ -185,7 +191,7 @@ class WeightFormat:
                 raise InvalidSpec("group_size", _short(self.group_size),
                                   f"must be an integer or null, not {type(self.group_size).__name__}")
             object.__setattr__(self, "group_size", int(self.group_size))  # a NumPy integer becomes an int
-        for flag in ("symmetric", "pad"):
+        for flag in ("symmetric", "pad", "act_order"):
             if type(getattr(self, flag)) is not bool:
                 raise InvalidSpec(flag, _short(getattr(self, flag)), "must be true or false")
         if not isinstance(self.zero, str) or self.zero not in ZERO_KINDS:
@@ -194,6 +200,9 @@ class WeightFormat:
             raise InvalidSpec("layout", _short(self.layout), f"must be one of {list(LAYOUTS)}")
         if self.name == "ggml" and self.ggml_type not in GGML_BLOCKS:
             raise UnknownName("ggml type", self.ggml_type, list(GGML_BLOCKS), field="ggml_type")
+        if self.act_order and self.layout != "gptq":
+            raise InvalidSpec("act_order", self.act_order,
+                              f"is GPTQ's desc_act: the gptq layout's, not {self.layout}'s")
         if self.layout != "nibble" and not (self.name == "int4" or (self.name == "int8" and self.layout == "gptq")):
             raise InvalidSpec("layout", self.layout, f"applies to int4 (and int8 as gptq), not {self.name}")
         if self.name == "int8" and self.layout == "gptq" and self.group_size is not None \
@@ -223,7 +232,8 @@ class WeightFormat:
         return self.name in QUANTIZED_NAMES
 
     def label(self) -> str:
-        """A short human label: ``int4-g128-asym``, ``int4-row-sym``, ``bf16``, ``fp8-block128``, ``q4_k``..."""
+        """A short human label: ``int4-g128-asym``, ``int4-row-sym``, ``bf16``, ``fp8-block128``, ``q4_k``...; a GPTQ
+        checkpoint with act order says so before its layout (``int4-g128-sym-act-order-gptq``)."""
         if self.name == "ggml":
             return self.ggml_type.lower()
         if self.name == "fp8":
@@ -235,13 +245,14 @@ class WeightFormat:
             return "nf4-dq" if self.double_quant else "nf4"
         if self.name == "int8" and self.layout == "gptq":
             group = f"g{self.group_size}" if self.group_size else "row"
-            return f"int8-{group}-{'' if self.symmetric else 'asym-'}gptq" + ("-partial" if self.partial else "")
+            return (f"int8-{group}-{'' if self.symmetric else 'asym-'}{'act-order-' if self.act_order else ''}gptq"
+                    + ("-partial" if self.partial else ""))
         if self.name != "int4":
             return self.name
         group = f"g{self.group_size}" if self.group_size else "row"
         kind = "sym" if self.symmetric else ("asym" if self.zero == "int4" else "asym-fp16zero")
         suffix = ("-padded" if self.pad else "") + ("-partial" if self.partial else "") \
-            + (f"-{self.layout}" if self.layout != "nibble" else "")
+            + ("-act-order" if self.act_order else "") + (f"-{self.layout}" if self.layout != "nibble" else "")
         return f"int4-{group}-{kind}{suffix}"
 
     def group_count(self, in_features: int) -> int:
@@ -394,12 +405,14 @@ def int4(group_size: int | None = 128, symmetric: bool = False, zero: ZeroKind =
     return WeightFormat("int4", group_size, symmetric, "none" if symmetric else zero, pad, layout, partial)
 
 
-def gptq_checkpoint(group_size: int | None = 128, symmetric: bool = True) -> WeightFormat:
+def gptq_checkpoint(group_size: int | None = 128, symmetric: bool = True, act_order: bool = False) -> WeightFormat:
     """A 4-bit GPTQ checkpoint as its ``quantization_config`` ships it: int32 qweight, packed qzeros, fp16 scales and
     g_idx whatever ``sym`` says (`WeightFormat.checkpoint_tensors`), so the bytes are the same either way;
     `symmetric` (``sym``) is the format's own field (and shows in the label, ``int4-g128-sym-gptq``): an engine that
-    refuses one of them (vLLM 0.33: asymmetric; 0.11/0.19 run it float16 only) reads it there."""
-    return int4(group_size, symmetric, layout="gptq")
+    refuses one of them (vLLM 0.33: asymmetric; 0.11/0.19 run it float16 only) reads it there; so is `act_order`
+    (``desc_act``, ``int4-g128-sym-act-order-gptq``), by which vLLM holds more or refuses the checkpoint."""
+    return WeightFormat("int4", group_size, symmetric, "none" if symmetric else "int4", layout="gptq",
+                        act_order=act_order)
 
 
 def fp8(scales: Fp8Scales = "channel", input_scale: bool = False) -> WeightFormat:
@@ -408,11 +421,13 @@ def fp8(scales: Fp8Scales = "channel", input_scale: bool = False) -> WeightForma
     return WeightFormat("fp8", None, True, "none", scales=scales, input_scale=input_scale)
 
 
-def int8_gptq(group_size: int | None = 128, partial: bool = False, symmetric: bool = True) -> WeightFormat:
+def int8_gptq(group_size: int | None = 128, partial: bool = False, symmetric: bool = True,
+              act_order: bool = False) -> WeightFormat:
     """GPTQ 8-bit: int8 codes packed four to an int32, fp16 scales and packed zeros per group, g_idx, whatever
     ``sym`` says (so the bytes are the same either way); `symmetric` (``sym``, GPTQModel's default true) is carried
-    for the engines that refuse or slow down one of them (vLLM: Marlin's TYPE_MAP holds ``(8, True)`` only)."""
-    return WeightFormat("int8", group_size, symmetric, "none", layout="gptq", partial=partial)
+    for the engines that refuse or slow down one of them (vLLM: Marlin's TYPE_MAP holds ``(8, True)`` only), and
+    `act_order` (``desc_act``) as `gptq_checkpoint` carries it."""
+    return WeightFormat("int8", group_size, symmetric, "none", layout="gptq", partial=partial, act_order=act_order)
 
 
 def block_format(name: str, double_quant: bool = True) -> WeightFormat:

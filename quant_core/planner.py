@@ -91,7 +91,7 @@ from quant_core.kv_cache import (
     kv_layers,
     layer_bytes_per_token,
 )
-from quant_core.schemes import WeightScheme, assigned_bytes, scheme_of, with_partial_groups
+from quant_core.schemes import WeightScheme, assign, assigned_bytes, scheme_of, with_partial_groups
 from quant_core.specs import (
     Llama4VisionTower,
     ModelSpec,
@@ -720,7 +720,8 @@ def _expert_format(spec: ModelSpec, scheme: WeightScheme) -> str:
     fp8 [128, 128] blocks, whose ``weight_scale_inv`` tensors say the format of every quantized linear)."""
     if scheme.checkpoint is not None and scheme.checkpoint.format == "fp8-block128" and spec.is_moe:
         return "fp8-block128"
-    if not spec.is_moe or scheme.gguf_file_type or scheme.mix or scheme.checkpoint_rows:
+    if not spec.is_moe or scheme.gguf_file_type or scheme.mix or (scheme.checkpoint_rows
+                                                                  and not _gptq_headers_with_config(scheme)):
         return ""
     return scheme.quantized.label() if "expert" in scheme.quantized_roles else scheme.unquantized
 
@@ -740,13 +741,24 @@ def _linear_format(spec: ModelSpec, scheme: WeightScheme) -> str:
     return quantized if quantized == scheme.unquantized else ""
 
 
-def _dense_format(scheme: WeightScheme) -> str:
+def _dense_format(spec: ModelSpec, scheme: WeightScheme) -> str:
     """The label of the one format `scheme` stores the decoder's attention and MLP linear layers in ("" when a GGUF
     mix, per-row formats, a checkpoint's own tensors or kept modules leave them in more than one, or when they are
-    not quantized)."""
-    if scheme.gguf_file_type or scheme.mix or scheme.checkpoint_rows or scheme.keep:
+    not quantized).  A kept module outside them (GPTQ's lm_head, a router) leaves them in one."""
+    if (scheme.gguf_file_type or scheme.mix or (scheme.checkpoint_rows and not _gptq_headers_with_config(scheme))
+            or not {"attention", "mlp"} <= scheme.quantized_roles):
         return ""
-    return scheme.quantized.label() if {"attention", "mlp"} <= scheme.quantized_roles else ""
+    if scheme.keep and any(chosen != scheme.quantized for entry, chosen in assign(spec, scheme)
+                           if entry.role in ("attention", "mlp")):
+        return ""
+    return scheme.quantized.label()
+
+
+def _gptq_headers_with_config(scheme: WeightScheme) -> bool:
+    """A GPTQ checkpoint's header rows planned with config.json's quantization_config (`_is_checkpoint_gptq`, its
+    `quantized` the config's GPTQ format and its `keep` the config's): the rows are that format's tensors (qweight,
+    qzeros, scales, g_idx), so the engine's layout terms for the format (`_dense_format`, `_expert_format`) apply."""
+    return _is_checkpoint_gptq(scheme) and scheme.quantized.layout == "gptq"
 
 
 def _build_layout(spec: ModelSpec, scheme: WeightScheme, kv_dtype_name: str,
@@ -815,7 +827,7 @@ def _build_layout(spec: ModelSpec, scheme: WeightScheme, kv_dtype_name: str,
                    tuple(size + extra for size, extra in zip(weights, held, strict=True)), tuple(stage_kv),
                    everywhere, tuple(extra - own for extra, own in zip(held, home, strict=True)),
                    _expert_format(spec, scheme), _linear_format(spec, scheme), expert_parallel,
-                   _dense_format(scheme))
+                   _dense_format(spec, scheme))
 
 
 def _hybrid_note(hybrid: HybridKV, block_size: int, tensor_parallel: int, engine: EngineProfile | None) -> str:
@@ -1123,6 +1135,10 @@ class _Evaluator:
             if allocation is not None and allocation.bytes:  # the allocator's rounding of the weights' blocks
                 overhead += allocation.bytes
                 overhead_basis += f"; weights' allocator blocks: {allocation.basis}"
+            if overhead < 0:  # the kernels' layouts hold less than nibble charges by more than all other overhead
+                overhead_basis += (f"; {-overhead:,} bytes of the kernel layouts' saving on the checkpoint's tensors "
+                                   "not credited (the runtime overhead is not taken below zero: the safe side)")
+                overhead = 0
             activations.append(activation)
             overheads.append(overhead)
         fixed = tuple(a + o for a, o in zip(activations, overheads, strict=True))
@@ -1752,9 +1768,10 @@ def plan(spec: ModelSpec, hardware: Hardware, workload: Workload | None = None,
     baseline = _policy_scheme(float_format(options.float_format), policy)
     deployed = options.scheme or _policy_scheme(options.weight_format, policy)
     if _is_checkpoint_gptq(deployed) and options.shipped is not None and options.shipped.quantized.layout == "gptq":
-        # the headers' GPTQ weights as config.json's quantization_config says they are stored (sym): the engine's
-        # device check reads it (`_ModelTerms.formats`); the bytes stay the headers'
-        deployed = replace(deployed, quantized=options.shipped.quantized)
+        # the headers' GPTQ weights as config.json's quantization_config says they are stored (sym, desc_act, its
+        # kept modules): the engine's device check (`_ModelTerms.formats`) and its layout terms
+        # (`_gptq_headers_with_config`) read it; the bytes stay the headers'
+        deployed = replace(deployed, quantized=options.shipped.quantized, keep=options.shipped.keep)
     if deployed.checkpoint is not None and options.shipped is not None and options.shipped.quant_method == "modelopt":
         # the headers' weights are loaded by the method config.json's quantization_config names, whose floors are
         # its own (`WeightScheme.quant_method` reads `origin`); the rows and the label stay the headers'

@@ -587,15 +587,21 @@ def _gptq(config: Mapping[str, object]) -> _Read:
     symmetric = config.get("sym", True)
     if not isinstance(symmetric, bool):
         raise InvalidSpec(f"{FIELD}.sym", symmetric, "must be true or false")
+    desc_act = config.get("desc_act", False)
+    if desc_act is not None and not isinstance(desc_act, bool):
+        raise InvalidSpec(f"{FIELD}.desc_act", desc_act, "must be true or false")
+    # a whole row is one group: act order changes nothing, and vLLM's GPTQ configs set it false (gptq_marlin.py
+    # GPTQMarlinConfig.__init__ in 0.11 and 0.19, gptq_utils.py normalize_and_validate_gptq_desc_act in 0.33)
+    act_order = bool(desc_act) and group is not None
     if "sym" not in config:
         notes.append("no sym: planned as symmetric, AutoGPTQ's and GPTQModel's default")
     if config.get("checkpoint_format", "gptq") not in ("gptq", "gptq_v2"):
         notes.append(f"gptq checkpoint_format {config.get('checkpoint_format')!r} planned as the gptq layout")
     keep = (*(() if config.get("lm_head") else ("lm_head",)), *_gptq_skipped(config, notes))
     if bits == 4:
-        return gptq_checkpoint(group, symmetric), keep, notes
+        return gptq_checkpoint(group, symmetric, act_order), keep, notes
     if bits == 8:
-        return int8_gptq(group, symmetric=symmetric), keep, notes
+        return int8_gptq(group, symmetric=symmetric, act_order=act_order), keep, notes
     raise InvalidSpec(f"{FIELD}.bits", bits, "nibble plans GPTQ at 4 or 8 bits")
 
 

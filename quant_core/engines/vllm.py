@@ -57,7 +57,7 @@ from quant_core.engines.torch_cuda import allocated_block_bytes, blas_workspace_
 from quant_core.engines.vllm_attention import VLLM_FP8_CACHE_DTYPES, fp8_kv_backend, fp8_kv_requirement
 from quant_core.engines.vllm_graphs import cuda_graph_pool, cudagraph_capture_sizes
 from quant_core.errors import InvalidSpec, UnknownName
-from quant_core.formats import GGML_TYPE_NAMES, Layout, WeightFormat, fp8, int4, kv_dtype
+from quant_core.formats import GGML_TYPE_NAMES, Layout, WeightFormat, fp8, gptq_checkpoint, int4, kv_dtype
 from quant_core.inventory import inventory
 from quant_core.kv_cache import (
     VLLM_BLOCK_ALIGNMENT,
@@ -1988,13 +1988,17 @@ def expert_layout(stage: Stage, version: str, expert_format: str, device: Device
     [128, 128]-block experts whose scales vLLM 0.33 refines to the rank's slice of them (`fp8_refined_block`,
     `fp8_refined_expert_bytes`: the tensor-parallel slice, or under expert parallelism the rank's whole experts);
     vLLM 0.33's int4 GPTQ, AWQ and compressed-tensors experts on Marlin or Humming (`int4_moe_backend_v0_33`,
-    `int4_expert_layout_bytes`: the padded widths, less the g_idx nibble charges and vLLM does not hold); None
-    elsewhere (other formats, releases and devices: not read)."""
+    `int4_expert_layout_bytes`: the padded widths, less the g_idx nibble charges and vLLM does not hold); 0.11 and
+    0.19's symmetric GPTQ experts on GPTQMarlinMoEMethod (`gptq_marlin_moe_bytes`: 16-bit qzeros, and under act
+    order whole down-projection scales and the g_idx with sort indices); None elsewhere (other formats, releases
+    and devices: not read)."""
     spec = stage.spec
     if expert_format == "fp8-block128":
         return _fp8_refined_layout(stage, version)
     if version == "0.33" and _INT4_CHECKPOINT_LABEL.fullmatch(expert_format.removeprefix("checkpoint-")):
         return _int4_layout(stage, expert_format, device)
+    if version in ("0.11", "0.19") and _INT4_CHECKPOINT_LABEL.fullmatch(expert_format.removeprefix("checkpoint-")):
+        return _gptq_marlin_moe_layout(stage, version, expert_format, device)
     backend = mxfp4_moe_backend(version, device)
     if expert_format != "mxfp4" or not backend or not spec.is_moe:
         return None
@@ -2120,14 +2124,7 @@ def int4_expert_layout_bytes(spec: ModelSpec, tensor_parallel: int, layers: int,
     group = stored.group_size or -1
     experts, width = expert_shard(spec, tensor_parallel, expert_parallel)
     hidden = spec.hidden_size
-    shared = expert_parallel and tensor_parallel > 1
-    charged = 0
-    for entry in inventory(spec):
-        if entry.role != "expert" or not entry.layers:
-            continue
-        one = stored.bytes_for(entry.shape)
-        charged += (-(-one * entry.per_layer * experts // spec.num_experts) if shared
-                    else -(-one // tensor_parallel) * entry.per_layer)
+    charged = _expert_checkpoint_charge(spec, stored, tensor_parallel, expert_parallel)
     has_zeros = stored.layout in ("gptq", "awq") or not stored.symmetric
     if backend == "marlin":
         padded = _round_up(width, math.lcm(MARLIN_MOE_WIDTH_TILE_033, max(group, 1)))
@@ -2144,6 +2141,83 @@ def int4_expert_layout_bytes(spec: ModelSpec, tensor_parallel: int, layers: int,
         held = ((gate_n * gate_k + down_n * down_k) // 2 + 2 * groups + (groups // 2 if zeros else 0)
                 + (2 * (gate_n - 2 * width + down_n - hidden) if spec.expert_bias else 0))
     return layers * experts * held, layers * charged
+
+
+def _expert_checkpoint_charge(spec: ModelSpec, stored: WeightFormat, tensor_parallel: int,
+                              expert_parallel: bool) -> int:
+    """nibble's charge on one rank for one MoE layer's routed experts stored as `stored`: the planner's split of the
+    inventory's expert rows (each tensor's bytes ``ceil(bytes / tp)``, or under expert parallelism over more than
+    one rank the most loaded rank's share of whole experts)."""
+    experts, _ = expert_shard(spec, tensor_parallel, expert_parallel)
+    shared = expert_parallel and tensor_parallel > 1
+    charged = 0
+    for entry in inventory(spec):
+        if entry.role != "expert" or not entry.layers:
+            continue
+        one = stored.bytes_for(entry.shape)
+        charged += (-(-one * entry.per_layer * experts // spec.num_experts) if shared
+                    else -(-one // tensor_parallel) * entry.per_layer)
+    return charged
+
+
+def gptq_marlin_moe_bytes(spec: ModelSpec, tensor_parallel: int, layers: int, group_size: int, act_order: bool,
+                          expert_parallel: bool = False) -> tuple[int, int]:
+    """(vLLM 0.11/0.19's bytes, nibble's charge) of the routed experts of `layers` MoE layers on one rank of a
+    symmetric 4-bit GPTQ checkpoint in groups of `group_size` (-1: a whole row, where vLLM sets act order off) run by
+    gptq_marlin.py's ``GPTQMarlinMoEMethod``, with E the rank's experts, N their width per rank (the whole width
+    ``N_full`` under expert parallelism) and H the hidden size (`expert_shard`).  ``create_weights`` allocates int32
+    ``w13_qweight`` [E, H / 8, 2N] and ``w2_qweight`` [E, N / 8, H] (the checkpoint's bytes); 16-bit ``w13_scales``
+    [E, H / g, 2N] and ``w2_scales`` [E, N' / g, H], with ``N' = N_full`` under act order (``load_full_w2``: a
+    rank loads the down projection's scales and zero points whole) else N; ``w13_qzeros`` [E, H / g, 2N / 8] and
+    ``w2_qzeros`` [E, N' / g, H / 8] in the model's 16-bit dtype (``dtype=params_dtype``: half the checkpoint's
+    int32 bytes), kept after loading; and int32 ``w13_g_idx`` and ``w13_g_idx_sort_indices`` [E, H], ``w2_g_idx``
+    and ``w2_g_idx_sort_indices`` [E, N], which ``process_weights_after_loading`` keeps (sorted) under act order and
+    replaces by empty tensors without it.  ``gptq_marlin_moe_repack`` and ``marlin_moe_permute_scales`` keep the
+    weights' and scales' sizes.  nibble's charge: `_expert_checkpoint_charge` of the checkpoint's qweight, qzeros,
+    scales and g_idx."""
+    stored = gptq_checkpoint(None if group_size == -1 else group_size, True, act_order)
+    experts, width = expert_shard(spec, tensor_parallel, expert_parallel)
+    full_width, hidden = spec.moe_intermediate_size, spec.hidden_size
+    gate_groups = hidden // group_size if group_size > 0 else 1
+    down_rows = full_width if act_order else width
+    down_groups = down_rows // group_size if group_size > 0 else 1
+    held = (4 * (hidden // 8 * 2 * width + width // 8 * hidden)  # w13_qweight, w2_qweight
+            + 2 * (gate_groups * 2 * width + down_groups * hidden)  # w13_scales, w2_scales
+            + 2 * (gate_groups * (2 * width // 8) + down_groups * (hidden // 8))  # the qzeros at 16 bits
+            + (4 * 2 * (hidden + width) if act_order else 0))  # g_idx and sort indices
+    return layers * experts * held, layers * _expert_checkpoint_charge(spec, stored, tensor_parallel, expert_parallel)
+
+
+def _gptq_marlin_moe_layout(stage: Stage, version: str, expert_format: str, device: DeviceFacts) -> Term | None:
+    """`expert_layout` of vLLM 0.11/0.19's symmetric 4-bit GPTQ experts on GPTQMarlinMoEMethod
+    (`gptq_marlin_moe_bytes`), where gptq_marlin runs them: a CUDA device of `GPTQ_MARLIN_FLOORS`, and
+    ``check_moe_marlin_supports_layer`` (`_marlin_moe_supports`; else MoeWNA16, not read: None)."""
+    spec, tensor_parallel = stage.spec, stage.tensor_parallel
+    found = _INT4_CHECKPOINT_LABEL.fullmatch(expert_format.removeprefix("checkpoint-"))
+    capability = device.compute_capability
+    if (found is None or found["layout"] != "gptq" or found["kind"] != "sym" or "-padded" in expert_format
+            or "-partial" in expert_format or capability is None or device.vendor == "amd"
+            or capability < GPTQ_MARLIN_FLOORS[version] or not spec.is_moe):
+        return None
+    group = int(found["group"]) if found["group"] else -1
+    act_order = found["act_order"] is not None and group > 0
+    expert_parallel = stage.expert_parallel and tensor_parallel > 1
+    experts, width = expert_shard(spec, tensor_parallel, expert_parallel)
+    if not _marlin_moe_supports(spec.hidden_size, width, group):
+        return None
+    start, stop = stage.layers
+    layers = sum(1 for layer in spec.moe_layers if start <= layer < stop)
+    held, charged = gptq_marlin_moe_bytes(spec, tensor_parallel, layers, group, act_order, expert_parallel)
+    if held == charged:
+        return None
+    order = (f"under act order the down projection's scales and zero points whole ({spec.moe_intermediate_size} "
+             "rows, load_full_w2) and the sorted g_idx with their int32 sort indices" if act_order
+             else "without act order no g_idx (emptied in process_weights_after_loading)")
+    return Term(held - charged, (
+        f"vLLM {version}'s {expert_format} experts on GPTQMarlinMoEMethod (gptq_marlin.py) hold {held / GIB:.2f} GiB "
+        f"a rank where nibble's charge of the checkpoint's tensors is {charged / GIB:.2f} GiB ({held - charged:+,} "
+        f"bytes): the {experts} experts' qzeros in the model's 16-bit dtype (create_weights dtype=params_dtype), "
+        f"{order}"))
 
 
 def _int4_layout(stage: Stage, weight_format: str, device: DeviceFacts) -> Term | None:
@@ -2478,6 +2552,148 @@ def machete_zero_point_bytes(stage: Stage, version: str, dense_format: str, devi
         "checkpoint's"))
 
 
+#: the lowest compute capability at which each release runs a symmetric GPTQ checkpoint's dense layers on its
+#: Marlin or Machete kernels: 0.11 and 0.19 convert it to gptq_marlin from GPTQMarlinConfig.get_min_capability (80,
+#: 75; below, GPTQConfig's ExLlama kernels, not read), whose MarlinLinearKernel asks the same; 0.33's AutoGPTQConfig
+#: asks 60, but its MarlinLinearKernel 75 (below, Conch, ExLlama or Triton: not read)
+GPTQ_MARLIN_FLOORS: dict[str, tuple[int, int]] = {"0.11": (8, 0), "0.19": (7, 5), "0.33": (7, 5)}
+#: Marlin's smallest tile of a rank's linear layer (utils/marlin_utils.py ``verify_marlin_supports_shape``:
+#: ``GPTQ_MARLIN_MIN_THREAD_N`` out features, ``GPTQ_MARLIN_MIN_THREAD_K`` in features)
+GPTQ_MARLIN_MIN_THREAD_N, GPTQ_MARLIN_MIN_THREAD_K = 64, 128
+#: the group sizes nibble read the GPTQ dense layout for (-1, a whole row, runs AllSpark on 8.x: not read)
+_GPTQ_DENSE_GROUPS: tuple[int, ...] = (32, 64, 128)
+
+
+def gptq_dense_kernel(version: str, compute_capability: tuple[int, int], in_features: int, out_features: int,
+                      group_size: int, act_order: bool, row_parallel: bool) -> str:
+    """The kernel vLLM `version` runs one rank's linear layer of a symmetric 4-bit GPTQ checkpoint on (the rank's
+    `in_features` x `out_features`; `row_parallel`: a RowParallelLinear whose input is split), as
+    ``choose_mp_linear_kernel`` takes the first that can implement it (model_executor/layers/quantization/kernels/
+    mixed_precision in 0.11, model_executor/kernels/linear in 0.19 and 0.33): "machete", "marlin", or "" where nibble
+    did not read the one it takes.  CutlassW4A8 wants fp8 activations and AllSpark (8.x) a whole-row group: neither
+    takes a 16-bit grouped GPTQ layer.  Machete (compute capability 9.0 only): groups -1, 64 or 128 for 16-bit
+    activations, in features a multiple of 64 and out features of 128, and in 0.11 and 0.19 no act order where the
+    input is split ("Act reordering currently not supported by Machete, when the input features are partitioned
+    across devices").  Marlin: out features a multiple of 64, in features of 128 and whole groups; in 0.33 on 9.0
+    ``prioritize_humming`` puts Humming (not read) ahead of it."""
+    if (compute_capability == HUMMING_PREFERRED_CAPABILITY and group_size in MACHETE_GROUPS
+            and not (act_order and row_parallel) and in_features % MACHETE_BLOCK_IN == 0
+            and out_features % MACHETE_BLOCK_OUT == 0):
+        return "machete"
+    if version == "0.33" and compute_capability == HUMMING_PREFERRED_CAPABILITY:
+        return ""
+    if (out_features % GPTQ_MARLIN_MIN_THREAD_N or in_features % GPTQ_MARLIN_MIN_THREAD_K
+            or in_features % group_size):
+        return ""
+    return "marlin"
+
+
+def gptq_linear_held_bytes(version: str, kernel: str, in_features: int, out_features: int, full_in_features: int,
+                           group_size: int, act_order: bool) -> int:
+    """Bytes vLLM `version` holds after loading for one rank's linear layer of a symmetric 4-bit GPTQ checkpoint
+    (``in_features x out_features`` on the rank, ``full_in_features`` before a row-parallel split) on `kernel`
+    (`gptq_dense_kernel`).  The method's ``create_weights`` (0.11/0.19 gptq_marlin.py ``GPTQMarlinLinearMethod``,
+    0.33 auto_gptq.py ``AutoGPTQLinearMethod``) allocates an int32 ``qweight`` ``[in / 8, out]``, 16-bit ``scales``
+    and int32 ``qzeros`` ``[G, out / 8]`` of G groups, and in 0.11/0.19 an int32 ``g_idx`` ``[in]`` (0.33 creates
+    none); with act order G is the whole layer's ``full_in_features / g`` (utils/marlin_utils.py
+    ``marlin_repeat_scales_on_all_ranks(act_order, ...)``: the scales and zero points of a row-parallel layer are
+    loaded whole on every rank), else the rank's ``in_features / g``.  Then the kernel's
+    ``process_weights_after_loading``:
+
+    * Marlin (mixed_precision/marlin.py): the weights and scales repacked at their size; the qzeros replaced by an
+      empty tensor (``zero_points=False``); with act order ``marlin_sort_g_idx`` keeps the sorted g_idx and the
+      int32 ``g_idx_sort_indices`` (``[in]`` each), without it both are emptied.
+    * Machete (mixed_precision/machete.py): the weights prepacked at their size, the scales kept; the qzeros and the
+      g_idx are left as loaded (it transforms zero points only with ``zero_points``); with act order it also keeps
+      the int32 ``argsort(g_idx)`` ``[in]`` for its activation permutation (``act_perm``)."""
+    groups = (full_in_features if act_order and kernel == "marlin" else in_features) // group_size
+    held = in_features * out_features // 2 + 2 * groups * out_features
+    if kernel == "marlin":
+        return held + (2 * 4 * in_features if act_order else 0)
+    g_idx = 4 * in_features if version != "0.33" else 0
+    return held + groups * out_features // 2 + g_idx + (4 * in_features if act_order else 0)
+
+
+def _gptq_dense_charge(spec: ModelSpec, stored: WeightFormat, tensor_parallel: int) -> tuple[int, int]:
+    """nibble's charge on one rank for one decoder layer's attention (q, k, v, o) and dense MLP (gate, up, down)
+    checkpoint tensors in `stored` (`WeightFormat.checkpoint_tensors`: qweight, qzeros, scales, g_idx), as the planner
+    splits them: ``ceil(bytes / tp)`` each, a key or value projection ``ceil(bytes / kv_heads)`` where the ranks
+    outnumber its heads (planner._replicated_kv_bytes)."""
+    hidden, head_dim, width = spec.hidden_size, spec.head_dim, spec.intermediate_size
+    heads, kv_heads = spec.num_attention_heads, spec.num_kv_heads
+
+    def split(shape: tuple[int, int], ranks: int) -> int:
+        return -(-stored.bytes_for(shape) // ranks)
+
+    kv_ranks = kv_heads if tensor_parallel > kv_heads else tensor_parallel
+    attention = (split((heads * head_dim, hidden), tensor_parallel) + 2 * split((kv_heads * head_dim, hidden), kv_ranks)
+                 + split((hidden, heads * head_dim), tensor_parallel))
+    mlp = 2 * split((width, hidden), tensor_parallel) + split((hidden, width), tensor_parallel)
+    return attention, mlp
+
+
+def gptq_marlin_linear_bytes(stage: Stage, version: str, dense_format: str, device: DeviceFacts) -> Term | None:
+    """The bytes one rank of vLLM `version` holds for the dense linear layers (attention and dense MLP) of a symmetric
+    4-bit GPTQ checkpoint (`dense_format` its label, ``-act-order-`` for ``desc_act: true``) beyond nibble's charge of
+    the checkpoint's tensors (`_gptq_dense_charge`): per layer `gptq_linear_held_bytes` on the kernel
+    `gptq_dense_kernel` takes, for the QKVParallelLinear qkv_proj and MergedColumnParallelLinear gate_up_proj (their
+    inputs whole) and the RowParallelLinear o_proj and down_proj (their inputs split), shapes per rank
+    `_dense_linear_shapes`.  Positive where act order holds a row-parallel layer's scales whole and the g_idx with its
+    sort indices; negative where Marlin frees the qzeros and g_idx nibble charges, and for the g_idx 0.33 never
+    creates.  Models of `FUSED_LINEAR_MODEL_TYPES` without MLA or shared experts, groups of 32, 64 or 128, devices of
+    `GPTQ_MARLIN_FLOORS`; None elsewhere (asymmetric GPTQ runs other kernels in 0.11/0.19 and is refused in 0.33;
+    act order is refused in 0.33: `gptq_act_order_refusal`)."""
+    spec = stage.spec
+    found = _INT4_CHECKPOINT_LABEL.fullmatch(dense_format.removeprefix("checkpoint-"))
+    capability = device.compute_capability
+    if (found is None or found["layout"] != "gptq" or found["kind"] != "sym" or not found["group"]
+            or int(found["group"]) not in _GPTQ_DENSE_GROUPS or "-padded" in dense_format or "-partial" in dense_format
+            or version not in GPTQ_MARLIN_FLOORS or capability is None or device.vendor == "amd"
+            or capability < GPTQ_MARLIN_FLOORS[version] or spec.model_type not in FUSED_LINEAR_MODEL_TYPES
+            or spec.is_mla or spec.shared_expert_width):
+        return None
+    group, act_order = int(found["group"]), found["act_order"] is not None
+    if act_order and version == "0.33":
+        return None  # refused: gptq_act_order_refusal
+    tensor_parallel = stage.tensor_parallel
+    (qkv, o_proj), (gate_up, down) = _dense_linear_shapes(spec, tensor_parallel)
+    kernels: set[str] = set()
+
+    def held(column: tuple[int, int], row: tuple[int, int], row_full_in: int) -> int | None:
+        """The held bytes of a column-parallel layer (input whole) and a row-parallel one (input split)."""
+        total = 0
+        for (in_features, out_features), full_in, split in ((column, column[0], False),
+                                                             (row, row_full_in, tensor_parallel > 1)):
+            kernel = gptq_dense_kernel(version, capability, in_features, out_features, group, act_order, split)
+            if not kernel:
+                return None
+            kernels.add(kernel)
+            total += gptq_linear_held_bytes(version, kernel, in_features, out_features, full_in, group, act_order)
+        return total
+
+    start, stop = stage.layers
+    dense_layers = sum(1 for layer in range(start, stop) if not spec.is_moe or layer in spec.dense_layers)
+    per_attention = held(qkv, o_proj, spec.num_attention_heads * spec.head_dim)
+    per_mlp = held(gate_up, down, spec.intermediate_size) if dense_layers else 0
+    if per_attention is None or per_mlp is None:
+        return None
+    charge_attention, charge_mlp = _gptq_dense_charge(spec, gptq_checkpoint(group, True, act_order), tensor_parallel)
+    extra = (stop - start) * (per_attention - charge_attention) + dense_layers * (per_mlp - charge_mlp)
+    if not extra:
+        return None
+    order = ("with act order (desc_act) the row-parallel o_proj and down_proj hold their scales whole "
+             "(marlin_repeat_scales_on_all_ranks) and each layer its g_idx and their int32 sort indices "
+             "(marlin_sort_g_idx; Machete's act_perm)" if act_order else
+             "without act order Marlin empties the qzeros and g_idx (marlin_make_empty_g_idx) and Machete keeps them")
+    method = ("gptq_marlin.py GPTQMarlinLinearMethod" if version != "0.33"
+              else "auto_gptq.py AutoGPTQLinearMethod, which creates no g_idx")
+    return Term(extra, (
+        f"vLLM {version} runs the {dense_format} attention and MLP layers on {' and '.join(sorted(kernels))} "
+        f"(choose_mp_linear_kernel): {order}; {extra / GIB:+.2f} GiB a rank against nibble's charge of the "
+        f"checkpoint's qweight, qzeros, scales and g_idx ({extra:+,} bytes; {method}; kernels/mixed_precision "
+        "marlin.py and machete.py)"))
+
+
 def _mla_projection_sizes(spec: ModelSpec, tensor_parallel: int) -> tuple[int, ...]:
     """The elements of each MLA projection weight one rank of deepseek_v2.py's ``DeepseekV2MLAAttention`` allocates:
     without query compression a ColumnParallelLinear ``q_proj`` and a ReplicatedLinear ``kv_a_proj_with_mqa``, with
@@ -2598,7 +2814,7 @@ def expert_width_refusal(spec: ModelSpec, tensor_parallel: int, expert_parallel:
 #: a label of an int4 format vLLM loads as a GPTQ, AWQ or compressed-tensors checkpoint (`WeightFormat.label`)
 _INT4_CHECKPOINT_LABEL = re.compile(
     r"int4-(?:g(?P<group>\d+)|row)-(?P<kind>sym|asym|asym-fp16zero)(?:-padded)?(?:-partial)?"
-    r"-(?P<layout>gptq|awq|compressed-tensors)")
+    r"(?P<act_order>-act-order)?-(?P<layout>gptq|awq|compressed-tensors)")
 
 #: the int4 MoE group sizes Marlin runs (marlin_utils.check_moe_marlin_supports_layer: -1, 32, 64, 128)
 _MARLIN_MOE_GROUPS: tuple[int, ...] = (-1, 32, 64, 128)
@@ -2996,6 +3212,24 @@ def gptq_symmetry_refusal(version: str, stored: WeightFormat | None) -> str | No
             "their GPTQ kernels, in float16")
 
 
+#: vLLM releases that refuse GPTQ act order (``desc_act: true``) with groups: 0.33's AutoGPTQConfig.__init__ calls
+#: gptq_utils.py ``normalize_and_validate_gptq_desc_act``, which raises "GPTQ group activation ordering (desc_act=True)
+#: is no longer supported" unless the group is -1 (a whole row, where it sets desc_act false)
+GPTQ_ACT_ORDER_REFUSED: frozenset[str] = frozenset({"0.33"})
+
+
+def gptq_act_order_refusal(version: str, stored: WeightFormat | None) -> str | None:
+    """Why vLLM `version` refuses the GPTQ weights `stored` quantized with act order on every device
+    (`GPTQ_ACT_ORDER_REFUSED`, with vLLM's message), or None."""
+    if version not in GPTQ_ACT_ORDER_REFUSED or stored is None or stored.layout != "gptq" or not stored.act_order:
+        return None
+    return (f"vLLM {version} cannot load {stored.label()} weights on any device: the checkpoint's config has "
+            "desc_act true (act order) with groups, and AutoGPTQConfig raises \"GPTQ group activation ordering "
+            "(desc_act=True) is no longer supported. Use a checkpoint with static activation ordering or "
+            "desc_act=False.\" (gptq_utils.py normalize_and_validate_gptq_desc_act); vLLM 0.11 and 0.19 load it "
+            "with gptq_marlin")
+
+
 #: Marlin's group sizes in vLLM 0.11 and 0.19 (utils/marlin_utils.py ``MARLIN_SUPPORTED_GROUP_SIZES`` [-1, 32, 64,
 #: 128]; -1, a whole row, is None here): GPTQ or AWQ in groups of another size (nibble's 256) is not Marlin-compatible
 MARLIN_GROUP_SIZES: frozenset[int | None] = frozenset({None, 32, 64, 128})
@@ -3057,17 +3291,28 @@ def unknown_gptq_symmetry_note(version: str) -> str:
     unknown = ("The checkpoint's headers do not say whether its GPTQ weights are symmetric (sym is in config.json's "
                "quantization_config and quantize_config.json; no safetensors header names it, and qzeros are stored "
                "either way): planned as symmetric. ")
-    known = " Give config.json with its quantization_config beside the headers and the plan reads sym from it."
+    known = (" Give config.json with its quantization_config beside the headers and the plan reads sym (and "
+             "desc_act) from it.")
+    act_order = (" Nor do they say whether it was quantized with act order (desc_act: nibble does not read "
+                 "AutoGPTQ's gptq_desc_act metadata, GPTQModel writes none, and g_idx is stored either way).")
     if version in ASYMMETRIC_GPTQ_REFUSED:
         return (unknown + f"If they are asymmetric (sym: false), vLLM {version} refuses them on any device: it loads "
                 "GPTQ as AutoGPTQConfig, Marlin kernels only, whose TYPE_MAP holds symmetric 4- and 8-bit weights, "
-                "and raises \"Unsupported quantization config: bits=4, sym=False\" (auto_gptq.py)." + known)
+                "and raises \"Unsupported quantization config: bits=4, sym=False\" (auto_gptq.py)." + act_order
+                + f" With desc_act true and groups vLLM {version} refuses them too (\"GPTQ group activation ordering "
+                "(desc_act=True) is no longer supported\", gptq_utils.py normalize_and_validate_gptq_desc_act)."
+                + known)
     return (unknown + f"If they are asymmetric (sym: false), vLLM {version} loads them with its gptq kernels, not "
             "Marlin (gptq_marlin's TYPE_MAP holds symmetric types only: is_gptq_marlin_compatible), whose activations "
             "are float16 only: it refuses a model run in bfloat16 on a device of compute capability 8.0 or above "
             "(\"torch.bfloat16 is not supported for quantization method gptq\", "
             f"{QUANTIZATION_CONFIG_FILE.get(version, 'config/vllm.py')} _get_quantization_config): serve it with "
-            "--dtype half (plan it with float_format fp16)." + known)
+            "--dtype half (plan it with float_format fp16)." + act_order
+            + f" With act order vLLM {version} holds each row-parallel layer's (o_proj, down_proj) scales whole on "
+            "every rank and each layer's g_idx with int32 sort indices (gptq_marlin.py, "
+            "marlin_repeat_scales_on_all_ranks; about 0.2 GiB a rank for a 70B model at tensor parallel 4): not "
+            "charged here, as no kernel layout is charged for a checkpoint read from its headers alone (the layout "
+            "terms read the group size, sym and desc_act of the config's format)." + known)
 
 
 def bfloat16_refusal(version: str, stored: WeightFormat | None, model_dtype: str,
@@ -3655,6 +3900,7 @@ class VllmProfile:
                 or head_size_refusal(self._version, spec, compute_capability)
                 or capability_refusal(self._version, weight_format, compute_capability, quant_method)
                 or gptq_symmetry_refusal(self._version, stored)
+                or gptq_act_order_refusal(self._version, stored)
                 or float32_refusal(self._version, spec.model_type, weight_format, compute_capability, stored,
                                    quant_method)
                 or (None if runs_float32(self._version, spec.model_type, compute_capability)
@@ -3694,8 +3940,10 @@ class VllmProfile:
     def linear_layout(self, stage: Stage, dense_format: str = "", device: DeviceFacts = UNKNOWN_DEVICE) -> Term | None:
         """The bytes one rank holds for its quantized dense linear layers (stored as `dense_format`) beyond the
         checkpoint's, in the layout this release's kernel for `device` rewrites them to (`machete_zero_point_bytes`:
-        AWQ's zero points on Machete); None elsewhere."""
-        return machete_zero_point_bytes(stage, self._version, dense_format, device)
+        AWQ's zero points on Machete; `gptq_marlin_linear_bytes`: symmetric GPTQ on Marlin or Machete, with or
+        without act order); None elsewhere."""
+        return (machete_zero_point_bytes(stage, self._version, dense_format, device)
+                or gptq_marlin_linear_bytes(stage, self._version, dense_format, device))
 
     def weight_allocation(self, stage: Stage, weight_format: str = "") -> Term | None:
         """The bytes PyTorch's caching allocator counts for the rank's weights beyond their size, inside vLLM's

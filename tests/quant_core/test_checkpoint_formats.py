@@ -192,8 +192,10 @@ def test_deepseek_v3_on_8_h200_fits_as_shipped_at_fp8() -> None:
 
 
 @pytest.mark.parametrize(("config", "label"), [
-    ({"quant_method": "gptq", "bits": 4, "group_size": 32, "desc_act": True, "sym": True}, "int4-g32-sym-gptq"),
-    ({"quant_method": "gptq", "bits": 4, "group_size": 32, "desc_act": True, "sym": False}, "int4-g32-asym-gptq"),
+    ({"quant_method": "gptq", "bits": 4, "group_size": 32, "desc_act": True, "sym": True},
+     "int4-g32-sym-act-order-gptq"),
+    ({"quant_method": "gptq", "bits": 4, "group_size": 32, "desc_act": True, "sym": False},
+     "int4-g32-asym-act-order-gptq"),
     ({"quant_method": "gptq", "bits": 8, "group_size": 128}, "int8-g128-gptq"),
     ({"quant_method": "awq", "bits": 4, "group_size": 128, "zero_point": True, "version": "gemm"},
      "int4-g128-asym-awq"),
@@ -372,7 +374,8 @@ def test_autogptq_8bit_checkpoints_are_their_published_file_sizes(sizes: dict[st
     spec = model_from_sizes(**sizes)
     scheme = scheme_from_quantization_config({"quant_method": "gptq", "bits": 8, "group_size": group_size,
                                               "desc_act": True, "sym": True})
-    assert scheme.label() == ("int8-g128-gptq" if group_size == 128 else "int8-row-gptq")
+    # act order with groups shows in the label; at -1 (a whole row) vLLM sets desc_act false, and so does nibble
+    assert scheme.label() == ("int8-g128-act-order-gptq" if group_size == 128 else "int8-row-gptq")
     assert abs(scheme_bytes(spec, scheme) - published_gb * 1e9) <= 0.001 * published_gb * 1e9
 
 

@@ -23,7 +23,7 @@ import pytest
 
 from quant_core.catalog import device_facts, get_preset
 from quant_core.engines.base import Stage
-from quant_core.engines.vllm import VllmProfile, int4_moe_backend_v0_33
+from quant_core.engines.vllm import VllmProfile, int4_moe_backend_v0_33, machete_zero_point_bytes
 from quant_core.formats import float_format
 from quant_core.planner import Hardware, PlanOptions, Workload, plan
 from quant_core.schemes import scheme_from_quantization_config
@@ -170,7 +170,11 @@ def test_machete_holds_awq_zero_points_as_16_bit_values_pre_multiplied_by_the_sc
     # Marlin elsewhere (A100) and in 0.11 repacks the zero points at their size; GPTQ has none to rewrite
     assert _awq_term("0.19", "a100-80gb") is None
     assert _awq_term("0.11", "h100-80gb") is None
-    assert _awq_term("0.33", "h100-80gb", label="int4-g128-sym-gptq") is None
+    # GPTQ has none to rewrite: its term is gptq_marlin_linear_bytes' (Machete keeps the qzeros; 0.33 creates no
+    # g_idx, so the layer holds 4 x in bytes less than nibble's charge: test_vllm_gptq_act_order.py)
+    spec = get_preset("llama-3.1-70b")
+    assert machete_zero_point_bytes(Stage(spec, 2, 1, (0, spec.num_layers), True), "0.33", "int4-g128-sym-gptq",
+                                    device_facts("h100-80gb")) is None
     # asymmetric compressed-tensors asks the same kernel with zero points (CompressedTensorsWNA16), symmetric none
     assert _awq_term("0.19", "h100-80gb", label="int4-g128-asym-compressed-tensors") == expected
     assert _awq_term("0.19", "h100-80gb", label="int4-g128-sym-compressed-tensors") is None
