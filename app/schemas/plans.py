@@ -110,7 +110,9 @@ class KVCacheIn(BaseModel):
 
     dtype: str = Field(_OPTIONS.kv_cache_dtype, description=(
         "bf16, fp16, fp8, int8 or int4. Not given: the engine's default (vLLM's --kv-cache-dtype auto, 16-bit), "
-        "which vLLM 0.19 and 0.33 turn into fp8 for a ModelOpt checkpoint whose config quantizes the KV cache."))
+        "which vLLM 0.19 and 0.33 turn into fp8 for a ModelOpt checkpoint whose config quantizes the KV cache. "
+        "int8 and int4 are an fp16 scale and zero per token and head beside the codes (LMDeploy's layout): vLLM "
+        "runs no such cache, so a vLLM plan refuses them; runtime.engine generic plans them."))
     block_size: int = _OPTIONS.block_size
 
 

@@ -3494,14 +3494,38 @@ def capability_refusal(version: str, weight_format: str, compute_capability: tup
             f"(its minimum is {_capability_text(floor)}): {where}")
 
 
+#: nibble's integer KV caches: per token, KV head and K/V an fp16 scale and zero beside the codes (formats.KV_DTYPES,
+#: LMDeploy's asymmetric layout)
+INTEGER_KV_DTYPES = frozenset({"int8", "int4"})
+#: why each vLLM release cannot run them: 0.11's and 0.19's ``--kv-cache-dtype`` has no integer cache (config/cache.py
+#: ``CacheDType``, which the engine arguments validate), and 0.33's ``int8_per_token_head`` / ``int4_per_token_head``
+#: (Triton attention only, triton_attn.py ``supported_kv_cache_dtypes``) keep their own scales, and for int4 a
+#: Hadamard rotation (v1/kv_cache_interface.py ``KVQuantMode.INT4_PER_TOKEN_HEAD``), whose bytes nibble has not read
+INTEGER_KV_REFUSALS: dict[str, str] = {
+    "0.11": ("its --kv-cache-dtype takes auto, bfloat16, fp8, fp8_e4m3, fp8_e5m2 and fp8_inc only (config/cache.py "
+             "CacheDType), no integer cache"),
+    "0.19": ("its --kv-cache-dtype takes auto, float16, bfloat16 and the fp8 caches only (config/cache.py CacheDType), "
+             "no integer cache"),
+    "0.33": ("its integer caches, int8_per_token_head and int4_per_token_head (config/cache.py CacheDType, Triton "
+             "attention only), keep their own per-token-head scales (int4 with a Hadamard rotation, "
+             "v1/kv_cache_interface.py KVQuantMode), not nibble's fp16 scale and zero per vector, and nibble has not "
+             "read their bytes"),
+}
+
+
 def kv_cache_refusal(version: str, spec: ModelSpec, kv_cache_dtype: str, compute_capability: tuple[int, int] | None,
                      block_size: int) -> KVCacheBackend:
     """Whether vLLM `version` runs `spec`'s KV cache of nibble's `kv_cache_dtype` (``fp8``: vLLM's fp8_e4m3,
     `vllm_attention.VLLM_FP8_CACHE_DTYPES`) on a device of `compute_capability` at a requested `block_size`: the
     refusal where no attention backend it picks runs it (`vllm_attention.fp8_kv_backend`, with the model in float32
     where `runs_float32`), the block of the backend that does when vLLM sets another, or for an unknown device where
-    it runs (`vllm_attention.fp8_kv_requirement`).  Other dtypes: nothing (the 16-bit cache runs everywhere; int8 and
-    int4 are not read here)."""
+    it runs (`vllm_attention.fp8_kv_requirement`).  nibble's int8 and int4 caches (`INTEGER_KV_REFUSALS`) are
+    refused on every device; the 16-bit caches run everywhere."""
+    integer = INTEGER_KV_REFUSALS.get(version) if kv_cache_dtype in INTEGER_KV_DTYPES else None
+    if integer is not None:
+        return KVCacheBackend(refusal=f"vLLM {version} cannot run nibble's {kv_cache_dtype} KV cache: {integer}; "
+                                      "a 16-bit or fp8 cache (kv_cache.dtype bf16 / fp8) runs on vLLM, and "
+                                      "runtime.engine generic plans the int8/int4 layout without an engine")
     cache_dtype = VLLM_FP8_CACHE_DTYPES.get(kv_cache_dtype)
     if cache_dtype is None:
         return KVCacheBackend()

@@ -112,7 +112,19 @@ def test_other_dtypes_and_sparse_attention_models_are_not_decided_here() -> None
     assert fp8_kv_backend("0.19", _spec(DENSE), "auto", (7, 5)) is None
     assert fp8_kv_backend("0.19", _spec("deepseek-v3.2"), "fp8_e4m3", (8, 0)) is None
     assert kv_cache_refusal("0.19", _spec(DENSE), "bf16", (7, 0), 16).refusal is None
-    assert kv_cache_refusal("0.19", _spec(DENSE), "int8", (7, 0), 16).refusal is None
+
+
+@pytest.mark.parametrize("version", ["0.11", "0.19", "0.33"])
+@pytest.mark.parametrize("dtype", ["int8", "int4"])
+@pytest.mark.parametrize("capability", [(7, 0), (9, 0), None])
+def test_an_integer_kv_cache_is_refused_on_every_device_by_every_release(version: str, dtype: str,
+                                                                       capability: tuple[int, int] | None) -> None:
+    # 0.11 and 0.19 have no integer --kv-cache-dtype (config/cache.py CacheDType); 0.33's int8/int4_per_token_head
+    # keep another layout than nibble's fp16 scale and zero per vector: planned as vLLM's, they promised a cache it
+    # does not run
+    refusal = kv_cache_refusal(version, _spec(DENSE), dtype, capability, 16).refusal
+    assert refusal is not None and f"vLLM {version} cannot run nibble's {dtype} KV cache" in refusal
+    assert ("CacheDType" in refusal) and ("runtime.engine generic" in refusal)
 
 
 # --- plans ------------------------------------------------------------------------------------------------------
