@@ -1239,8 +1239,6 @@ class _Evaluator:
                        for (budget, _, _), hybrid, context_term in zip(stages, hybrids, context_terms, strict=True)
                        if hybrid is not None)
 
-        windowed_stages = terms.windowed
-
         def fits_windowed(context_length: int, sequences: int) -> bool:
             # windowed layers in the engine's groups and blocks (`WindowedKV`): one sequence at its peak step
             if outside_terms and not outside_fits(context_length):
@@ -1251,18 +1249,14 @@ class _Evaluator:
                 context_term = context_terms[stage]
                 if context_term is not None:
                     budget -= context_term.bytes_at(context_length)
-                engine_kv = windowed_stages[stage]
-                if engine_kv is not None:
-                    kv = engine_kv.bytes(context_length, sequences)
-                else:
-                    kv = layout.stage_kv[stage].bytes_per_sequence(context_length, block) * sequences
+                kv = terms.kv_bytes(layout, stage, context_length, sequences, block)
                 if kv + activations > budget:
                     return False
             return True
 
         if any(hybrid is not None for hybrid in hybrids):
             return fits_hybrid
-        return fits_windowed if windowed_stages else fits
+        return fits_windowed if terms.windowed else fits
 
 
 def _never_fits(context_length: int, sequences: int) -> bool:
