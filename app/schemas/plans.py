@@ -440,7 +440,12 @@ class DeviceOut(BaseModel):
     capacity_bytes: int
     usable_bytes: int
     weights_bytes: int
-    kv_cache_bytes: int
+    kv_cache_bytes: int = Field(description="The workload's KV cache on this device (its stage's layers, its share "
+                                            "of the KV heads), as the fit charges it.  Under vLLM, for "
+                                            "sliding-window or chunked layers: vLLM's blocks, one request at vLLM's "
+                                            "per-request reservation (its window plus a step's tokens in flight, "
+                                            "and a block more where the window straddles one) and the others at "
+                                            "the blocks their window spans.")
     activation_bytes: int
     overhead_bytes: int
     used_bytes: int
@@ -459,7 +464,8 @@ class FormatOut(BaseModel):
     weights_bytes: int
     bits_per_weight: float
     weights_by_role: dict[str, int]
-    kv_cache_bytes: int
+    kv_cache_bytes: int = Field(description="kv_cache.bytes: the workload's total before any split (the devices' "
+                                            "own figures are devices[].kv_cache_bytes).")
     used_bytes: int
     fits: bool
     max_context_length: int | None
@@ -496,7 +502,11 @@ class PlanWeights(BaseModel):
 class PlanKVCache(BaseModel):
     dtype: str
     bytes_per_token: int = Field(description="Bytes per token over every layer, before any split.")
-    bytes: int = Field(description="Total for the workload: tokens held (paged) × sequences.")
+    bytes: int = Field(description="Total for the workload before any split: the tokens each sequence keeps "
+                                   "(paged; a sliding-window or chunked layer its window) × sequences.  What each "
+                                   "device holds, the figure the fit charges, is devices[].kv_cache_bytes; for "
+                                   "sliding-window or chunked layers under vLLM that also counts one request's "
+                                   "tokens in flight, in vLLM's blocks, which this total does not.")
     block_size: int
     pool_bytes: int = Field(description="What the engine leaves for its KV pool on the tightest device: usable − "
                                         "weights − activations − overhead (vLLM: Available KV cache memory).")
@@ -819,7 +829,7 @@ class SweepRow(BaseModel):
     device_count: int
     fits: bool
     weights_bytes: int
-    kv_cache_bytes: int
+    kv_cache_bytes: int = Field(description="The workload's KV total before any split, as kv_cache.bytes.")
     used_bytes: int = Field(description="Total over every device.")
     max_device_used_bytes: int
     usable_bytes: int = Field(description="Usable bytes of one device.")
