@@ -240,7 +240,16 @@ def plan_locally(body: dict[str, Any], checkpoint: CheckpointHeaders | None = No
     return PlanResponse.model_validate_json(answer_plan_json(request, spec, hardware, workload, options))
 
 
-def _verdict(name: str, result: FormatOut, unit: str) -> str:
+def _verdict(name: str, result: FormatOut, unit: str, shown_refusal: str | None = None) -> str:
+    """One format's verdict line; a format the engine refuses says so first (its reason unless it is
+    `shown_refusal`, printed above), then whether its memory alone would fit."""
+    if result.refusal:
+        reason = "" if result.refusal == shown_refusal else f": {result.refusal}"
+        worst = min(result.devices, key=lambda d: d.headroom_bytes)
+        memory = ("its memory alone would fit" if worst.headroom_bytes >= 0 else
+                  f"nor does its memory fit: device {worst.index} needs {in_unit(worst.used_bytes, unit)} {unit} of "
+                  f"{in_unit(worst.usable_bytes, unit)} {unit} usable")
+        return f"{name}: NOT DEPLOYABLE, the engine refuses it{reason}; {memory}"
     limits = [f"longest context {result.max_context_length:,}" if result.max_context_length
               else "no context fits", f"most sequences {result.max_concurrent_sequences:,}",
               f"fewest devices {result.min_devices}" if result.min_devices else "no device count fits"]
@@ -312,7 +321,7 @@ def render_plan(answer: PlanResponse, unit: str = "GiB") -> str:
             rows.append((label, devices, *(in_unit(value, unit) for value in (
                 device.weights_bytes, device.kv_cache_bytes, device.activation_bytes, device.overhead_bytes,
                 device.used_bytes, device.usable_bytes, device.capacity_bytes, device.headroom_bytes)),
-                "yes" if device.fits else "NO"))
+                "refused" if result.refusal else "yes" if device.fits else "NO"))
     widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
     for row in rows:
         cells = [cell.ljust(widths[i]) if i < 2 else cell.rjust(widths[i]) for i, cell in enumerate(row)]
@@ -320,7 +329,7 @@ def render_plan(answer: PlanResponse, unit: str = "GiB") -> str:
     lines.append("")
     if answer.refusal:
         lines.append(f"NOT DEPLOYABLE: {answer.refusal}")
-    lines.extend(_verdict(name, result, unit) for name, result in formats.items())
+    lines.extend(_verdict(name, result, unit, answer.refusal) for name, result in formats.items())
     engine, kv = answer.engine, answer.kv_cache
     if kv.capacity_tokens is not None:
         lines.append(
@@ -366,7 +375,8 @@ def command_plan(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         out.write(render_plan(answer, args.unit))
     if answer.fits or args.allow_no_fit:
         return EXIT_OK
-    err.write(f"{answer.model} does not fit at {answer.weights.format} (exit status {EXIT_DOES_NOT_FIT}; "
+    verdict = "cannot be deployed by the engine" if answer.refusal else "does not fit"
+    err.write(f"{answer.model} {verdict} at {answer.weights.format} (exit status {EXIT_DOES_NOT_FIT}; "
               "--allow-no-fit exits 0)\n")
     return EXIT_DOES_NOT_FIT
 
@@ -756,7 +766,10 @@ def build_parser() -> argparse.ArgumentParser:
     plan_parser.add_argument("--context", type=_tokens_option,
                              help="tokens per sequence, prompt + output: 4096, 8k (8,192), 128K (131,072)")
     plan_parser.add_argument("--sequences", type=int, help="concurrent sequences")
-    plan_parser.add_argument("--kv-dtype", help="KV cache dtype: bf16, fp16, fp8, int8, int4")
+    plan_parser.add_argument("--kv-dtype", help="KV cache dtype: bf16, fp16, fp8, int8, int4 (default: the "
+                                                "engine's auto, 16-bit, or fp8 where a ModelOpt checkpoint's config "
+                                                "quantizes the KV cache; vLLM runs no int8/int4 cache: --engine "
+                                                "generic plans them)")
     plan_parser.add_argument("--format", choices=get_args(FormatName),
                              help="the deployed weight format (default: as shipped, else int4; 16-bit is always "
                                   "shown beside)")

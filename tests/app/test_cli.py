@@ -650,3 +650,19 @@ def test_a_bad_url_or_group_size_is_a_usage_error_in_every_command(argv: list[st
     assert result.stderr.count("\n") == 1
     assert ("is not an http:// or https:// address" in result.stderr
             or "is not a group size: give 32, 64, 128, 256 or row" in result.stderr)
+
+
+def test_a_format_the_engine_refuses_reads_as_refused_not_as_a_negative_shortfall() -> None:
+    # vLLM has no int8 KV cache (config/cache.py CacheDType): every format is refused, though INT4's memory
+    # (63.88 of 71.20 GiB usable a device) would fit; the table must not say "yes" nor the verdict "-7.32 GiB short"
+    status, out, err = nibble("plan", "--model", "llama-3.1-70b", "--device", "h100-80gb", "--count", "2",
+                              "--context", "32k", "--sequences", "16", "--kv-dtype", "int8")
+    assert status == 3
+    rows = [line for line in out.splitlines() if line.startswith(("bf16 (", "int4 ("))]
+    assert len(rows) == 2 and all(row.split()[-1] == "refused" for row in rows)
+    lines = out.splitlines()
+    assert "int4: NOT DEPLOYABLE, the engine refuses it; its memory alone would fit" in lines
+    assert any(line.startswith("bf16: NOT DEPLOYABLE, the engine refuses it; nor does its memory fit: device 0 "
+                               "needs 111.07 GiB") for line in lines)
+    assert "short)" not in out and "-7.32 GiB" not in out
+    assert "cannot be deployed by the engine at int4" in err
