@@ -454,7 +454,9 @@ class DeviceOut(BaseModel):
                                                   "(vLLM's memory in use at start-up, 0.11/0.19's CUDA graphs, "
                                                   "DeepSeek Sparse Attention's late buffers); the device does not fit "
                                                   "when it is more.")
-    fits: bool
+    fits: bool = Field(description="This device's memory holds its share: used within usable and outside_budget "
+                                   "within capacity − usable.  Memory only: a format the engine refuses (refusal) "
+                                   "does not fit whatever its devices say.")
 
 
 class FormatOut(BaseModel):
