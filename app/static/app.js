@@ -543,9 +543,11 @@ function renderPlan(answer) {
   for (const [name, result] of entries) {
     for (const group of deviceGroups(result.devices)) {
       const d = group.device;
-      deviceRows.push({ className: d.fits ? "" : "over", cells: [formatTitle(name), deviceRange(group),
-        size(d.weights_bytes), size(d.kv_cache_bytes), size(d.activation_bytes), size(d.overhead_bytes),
-        size(d.used_bytes), size(d.usable_bytes), size(d.headroom_bytes), d.fits ? "yes" : "no"] });
+      // a device's fits is its memory only: a format the engine refuses does not run whatever its memory says
+      deviceRows.push({ className: d.fits && !result.refusal ? "" : "over", cells: [formatTitle(name),
+        deviceRange(group), size(d.weights_bytes), size(d.kv_cache_bytes), size(d.activation_bytes),
+        size(d.overhead_bytes), size(d.used_bytes), size(d.usable_bytes), size(d.headroom_bytes),
+        result.refusal ? "refused" : d.fits ? "yes" : "no"] });
     }
   }
   fillTable("per-device", deviceRows);
@@ -667,7 +669,8 @@ function renderBars(answer) {
     for (const group of column.groups) {
       const d = group.device;
       const left = x + (slot - barWidth) / 2;
-      const barGroup = svgElement("g", { class: "bar", "data-format": column.name, "data-fits": String(d.fits) });
+      const runs = d.fits && !column.result.refusal;
+      const barGroup = svgElement("g", { class: "bar", "data-format": column.name, "data-fits": String(runs) });
       let base = 0;
       for (const [key, label, cls] of TERMS) {
         const value = d[key];
@@ -689,8 +692,8 @@ function renderBars(answer) {
       barGroup.append(svgElement("text", { x: left + barWidth / 2, y: Math.max(12, y(Math.max(d.used_bytes, d.capacity_bytes)) - 6), class: "value", "text-anchor": "middle" },
         `${size(d.used_bytes)}`));
       barGroup.append(svgElement("text", { x: left + barWidth / 2, y: height - margin.bottom + 14, class: "tick", "text-anchor": "middle" }, deviceRange(group)));
-      barGroup.append(svgElement("text", { x: left + barWidth / 2, y: height - margin.bottom + 28, class: d.fits ? "tick ok" : "tick bad", "text-anchor": "middle" },
-        d.fits ? "fits" : "over"));
+      barGroup.append(svgElement("text", { x: left + barWidth / 2, y: height - margin.bottom + 28, class: runs ? "tick ok" : "tick bad", "text-anchor": "middle" },
+        column.result.refusal ? "refused" : d.fits ? "fits" : "over"));
       svg.append(barGroup);
       x += slot;
     }

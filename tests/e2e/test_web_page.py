@@ -78,6 +78,24 @@ def test_llama_70b_on_one_h100_fits_only_at_int4_until_the_context_grows(browser
     page.close()
 
 
+def test_a_format_the_engine_refuses_is_shown_refused_not_fitting(browser: Any, live_server: str) -> None:
+    # vLLM 0.19 runs no fp8 KV cache on a V100 (compute capability 7.0, below every fp8 backend's floor): both
+    # formats are refused, though Llama-3.1-8B's memory fits; a device's own fits is its memory only
+    page = open_page(browser, live_server, 1280, 1000)
+    page.select_option("#model-preset", "llama-3.1-8b")
+    page.select_option("#device", "v100-32gb")
+    page.fill("#count", "1")
+    page.fill("#sequences", "1")
+    page.select_option("#kv-dtype", "fp8")
+    plan(page, 4096)
+    assert "refused by the engine" in page.inner_text("#verdict p[data-format='int4']")
+    assert page.locator("#bars g.bar").count() == 2
+    assert page.locator("#bars g.bar[data-fits='true']").count() == 0
+    assert page.locator("#bars g.bar text.tick.bad", has_text="refused").count() == 2
+    cells = [row.locator("td").last.inner_text() for row in page.locator("#per-device tbody tr").all()]
+    assert cells == ["refused", "refused"]
+
+
 def test_a_resized_window_redraws_the_plan_without_asking_again(browser: Any, live_server: str) -> None:
     """The charts are laid out anew for the new width from the plan on screen: no request; an error clears the
     plan (a stale answer would read as the answer to the new question) and stays through a resize."""
