@@ -54,7 +54,12 @@ from typing import cast
 from quant_core.catalog import UNKNOWN_DEVICE, DeviceFacts
 from quant_core.engines.base import BatchLimits, KVCacheBackend, KVCapacity, Stage, Term
 from quant_core.engines.torch_cuda import allocated_block_bytes, blas_workspace_bytes, compute_units
-from quant_core.engines.vllm_attention import VLLM_FP8_CACHE_DTYPES, fp8_kv_backend, fp8_kv_requirement
+from quant_core.engines.vllm_attention import (
+    VLLM_16BIT_CACHE_DTYPES,
+    VLLM_FP8_CACHE_DTYPES,
+    fp8_kv_requirement,
+    kv_backend,
+)
 from quant_core.engines.vllm_graphs import cuda_graph_pool, cudagraph_capture_sizes
 from quant_core.errors import InvalidSpec, UnknownName
 from quant_core.formats import GGML_TYPE_NAMES, Layout, WeightFormat, fp8, gptq_checkpoint, int4, kv_dtype
@@ -3516,31 +3521,35 @@ INTEGER_KV_REFUSALS: dict[str, str] = {
 def kv_cache_refusal(version: str, spec: ModelSpec, kv_cache_dtype: str, compute_capability: tuple[int, int] | None,
                      block_size: int) -> KVCacheBackend:
     """Whether vLLM `version` runs `spec`'s KV cache of nibble's `kv_cache_dtype` (``fp8``: vLLM's fp8_e4m3,
-    `vllm_attention.VLLM_FP8_CACHE_DTYPES`) on a device of `compute_capability` at a requested `block_size`: the
-    refusal where no attention backend it picks runs it (`vllm_attention.fp8_kv_backend`, with the model in float32
-    where `runs_float32`), the block of the backend that does when vLLM sets another, or for an unknown device where
-    it runs (`vllm_attention.fp8_kv_requirement`).  nibble's int8 and int4 caches (`INTEGER_KV_REFUSALS`) are
-    refused on every device; the 16-bit caches run everywhere."""
+    `vllm_attention.VLLM_FP8_CACHE_DTYPES`; bf16 and fp16: vLLM's ``auto``, `vllm_attention.VLLM_16BIT_CACHE_DTYPES`)
+    on a device of `compute_capability` at a requested `block_size`: the refusal where no attention backend it picks
+    runs it (`vllm_attention.kv_backend`, with the model in float32 where `runs_float32`), the block of the backend
+    that does when vLLM sets another (an MLA model's cache, 16-bit or fp8: FlashMLA's 64 tokens on Hopper under 0.11),
+    or for an unknown device where an fp8 cache runs (`vllm_attention.fp8_kv_requirement`).  nibble's int8 and int4
+    caches (`INTEGER_KV_REFUSALS`) are refused on every device."""
     integer = INTEGER_KV_REFUSALS.get(version) if kv_cache_dtype in INTEGER_KV_DTYPES else None
     if integer is not None:
         return KVCacheBackend(refusal=f"vLLM {version} cannot run nibble's {kv_cache_dtype} KV cache: {integer}; "
                                       "a 16-bit or fp8 cache (kv_cache.dtype bf16 / fp8) runs on vLLM, and "
                                       "runtime.engine generic plans the int8/int4 layout without an engine")
-    cache_dtype = VLLM_FP8_CACHE_DTYPES.get(kv_cache_dtype)
+    cache_dtype = VLLM_FP8_CACHE_DTYPES.get(kv_cache_dtype) or VLLM_16BIT_CACHE_DTYPES.get(kv_cache_dtype)
     if cache_dtype is None:
         return KVCacheBackend()
     if compute_capability is None:
         return KVCacheBackend(requirement=fp8_kv_requirement(version, spec, cache_dtype))
-    found = fp8_kv_backend(version, spec, cache_dtype, compute_capability, block_size,
-                           runs_float32(version, spec.model_type, compute_capability))
+    found = kv_backend(version, spec, cache_dtype, compute_capability, block_size,
+                       runs_float32(version, spec.model_type, compute_capability))
     if found is None:
         return KVCacheBackend()
     major, minor = compute_capability
     if found.backend is None:
-        sixteen = "bf16" if compute_capability >= (8, 0) else "fp16"
+        if cache_dtype == "auto":
+            remedy = "a --block-size that is a multiple of 16 (kv_cache.block_size) runs there"
+        else:
+            remedy = f"a 16-bit cache (kv_cache.dtype {'bf16' if compute_capability >= (8, 0) else 'fp16'}) runs there"
         return KVCacheBackend(refusal=f"vLLM {version} cannot run the {kv_cache_dtype} KV cache ({cache_dtype}) of "
                                       f"{spec.name} on a device of compute capability {major}.{minor}: {found.basis}; "
-                                      f"a 16-bit cache (kv_cache.dtype {sixteen}) runs there")
+                                      f"{remedy}")
     if found.block_size is None or found.block_size == block_size:
         return KVCacheBackend(basis=found.basis)
     return KVCacheBackend(block_size=found.block_size, basis=found.basis)
