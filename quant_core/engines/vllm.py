@@ -57,8 +57,8 @@ from quant_core.engines.torch_cuda import allocated_block_bytes, blas_workspace_
 from quant_core.engines.vllm_attention import (
     VLLM_16BIT_CACHE_DTYPES,
     VLLM_FP8_CACHE_DTYPES,
-    fp8_kv_requirement,
     kv_backend,
+    kv_requirement,
 )
 from quant_core.engines.vllm_graphs import cuda_graph_pool, cudagraph_capture_sizes
 from quant_core.errors import InvalidSpec, UnknownName
@@ -3525,8 +3525,9 @@ def kv_cache_refusal(version: str, spec: ModelSpec, kv_cache_dtype: str, compute
     on a device of `compute_capability` at a requested `block_size`: the refusal where no attention backend it picks
     runs it (`vllm_attention.kv_backend`, with the model in float32 where `runs_float32`), the block of the backend
     that does when vLLM sets another (an MLA model's cache, 16-bit or fp8: FlashMLA's 64 tokens on Hopper under 0.11),
-    or for an unknown device where an fp8 cache runs (`vllm_attention.fp8_kv_requirement`).  nibble's int8 and int4
-    caches (`INTEGER_KV_REFUSALS`) are refused on every device."""
+    or for an unknown device where an fp8 cache runs and in which blocks an MLA cache is paged
+    (`vllm_attention.kv_requirement`).  nibble's int8 and int4 caches (`INTEGER_KV_REFUSALS`) are refused on every
+    device."""
     integer = INTEGER_KV_REFUSALS.get(version) if kv_cache_dtype in INTEGER_KV_DTYPES else None
     if integer is not None:
         return KVCacheBackend(refusal=f"vLLM {version} cannot run nibble's {kv_cache_dtype} KV cache: {integer}; "
@@ -3536,7 +3537,7 @@ def kv_cache_refusal(version: str, spec: ModelSpec, kv_cache_dtype: str, compute
     if cache_dtype is None:
         return KVCacheBackend()
     if compute_capability is None:
-        return KVCacheBackend(requirement=fp8_kv_requirement(version, spec, cache_dtype))
+        return KVCacheBackend(requirement=kv_requirement(version, spec, cache_dtype))
     found = kv_backend(version, spec, cache_dtype, compute_capability, block_size,
                        runs_float32(version, spec.model_type, compute_capability))
     if found is None:

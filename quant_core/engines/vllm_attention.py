@@ -300,11 +300,23 @@ def kv_backend(version: str, spec: ModelSpec, cache_dtype: str, compute_capabili
     return _dense_v0_19_v0_33(version, spec, cache_dtype, compute_capability, float32)
 
 
-def fp8_kv_requirement(version: str, spec: ModelSpec, cache_dtype: str) -> str | None:
-    """Where vLLM `version` runs `spec`'s fp8 cache (`cache_dtype`), in words, for a plan on a device whose compute
-    capability is not known (which nibble then does not refuse); None when it is not decided here."""
-    if cache_dtype not in ("fp8_e4m3", "fp8_e5m2") or version not in RELEASES or spec.has_indexer:
+def kv_requirement(version: str, spec: ModelSpec, cache_dtype: str) -> str | None:
+    """Where vLLM `version` runs `spec`'s fp8 cache (`cache_dtype`), or in which blocks it pages an MLA model's 16-bit
+    cache (``auto``), in words, for a plan on a device whose compute capability is not known (which nibble then
+    neither refuses nor moves off the requested block); None when it is not decided here."""
+    if cache_dtype not in _CACHE_DTYPES or version not in RELEASES or spec.has_indexer:
         return None
+    if cache_dtype == "auto":
+        if not spec.is_mla:
+            return None
+        if version == "0.11":
+            blocks = ("in 64-token blocks on 9.x (FlashMLA) and 128 on 10.0 (CUTLASS MLA), forced whatever "
+                      "--block-size says")
+        else:
+            blocks = ("in 32-token blocks on 10.x (FlashInfer MLA; 128 with CUTLASS MLA where FlashInfer MLA does not "
+                      "take the model) when --block-size is not given")
+        return (f"vLLM {version} pages the 16-bit MLA cache of {spec.name} {blocks}, and at the requested block "
+                "elsewhere")
     if spec.is_mla:
         if version == "0.11":
             where = "on 9.x (FlashMLA, 64-token blocks) and 10.0 (CUTLASS MLA, 128): Triton MLA refuses it"

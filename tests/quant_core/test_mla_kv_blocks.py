@@ -194,3 +194,16 @@ def test_deepseek_v3_at_16_bit_kv_on_eight_devices_is_counted_in_vllms_blocks(
     num_blocks = primary.kv_pool_bytes // (block * V3_BYTES_PER_TOKEN)
     assert primary.kv_capacity_tokens == _logged_tokens(release, num_blocks, block) == tokens
     assert primary.max_concurrent_sequences == num_blocks // _cdiv(CONTEXT, block) == sequences
+
+
+@pytest.mark.parametrize(("release", "blocks"), [("0.11", "64-token blocks on 9.x"),
+                                                 ("0.19", "32-token blocks on 10.x"),
+                                                 ("0.33", "32-token blocks on 10.x")])
+def test_a_device_of_unknown_capability_is_planned_at_the_requested_block_and_told_vllms(release: str,
+                                                                                         blocks: str) -> None:
+    answer = plan(get_preset_info("deepseek-v2-lite").spec, Hardware(80 * (1 << 30), 1, None, "custom GPU", None),
+                  Workload(CONTEXT, 1), PlanOptions(weight_format=float_format("bf16"), kv_cache_dtype="bf16",
+                                                    engine_version=release))
+    assert answer.options.block_size == 16 and answer.refusal is None
+    assert any("compute capability is not known" in warning and blocks in warning
+               and "counts it in 16-token blocks" in warning for warning in answer.warnings)
