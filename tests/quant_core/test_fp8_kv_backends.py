@@ -17,8 +17,9 @@ import pytest
 
 from quant_core.catalog import get_device, get_preset_info
 from quant_core.engines.vllm import kv_cache_refusal
-from quant_core.engines.vllm_attention import kv_backend
-from quant_core.formats import float_format
+from quant_core.engines.vllm_attention import VLLM_FP8_CACHE_DTYPES, kv_backend
+from quant_core.errors import UnknownName
+from quant_core.formats import KV_DTYPES, float_format
 from quant_core.hf_config import model_from_hf_config
 from quant_core.planner import Hardware, Plan, PlanOptions, Workload, plan
 from quant_core.schemes import scheme_from_quantization_config
@@ -286,3 +287,16 @@ def test_heads_under_32_have_no_fp8_backend_even_from_8_9(release: str) -> None:
     assert small.head_dim == 16
     found = kv_backend(release, small, "fp8_e4m3", (8, 9))
     assert found is not None and found.backend is None and "heads of 16" in found.basis
+
+
+def test_nibble_cannot_be_asked_for_an_fp8_e5m2_cache() -> None:
+    # vLLM refuses fp8_e5m2 with a checkpoint whose quantization method gives the attention layers a KV-cache method
+    # (fp8, ModelOpt, compressed-tensors...): "fp8_e5m2 kv-cache is not supported with fp8 checkpoints." (0.11
+    # attention/layer.py Attention.__init__; 0.19 and 0.33 model_executor/layers/attention/attention.py
+    # _init_kv_cache_quant, 0.33 sparing compressed-tensors checkpoints without a kv_cache_scheme).  nibble's only fp8
+    # KV dtype is "fp8", vLLM's fp8_e4m3 (VLLM_FP8_CACHE_DTYPES), so no plan meets that refusal; one that adds e5m2
+    # must refuse it there as vLLM does
+    with pytest.raises(UnknownName) as raised:
+        PlanOptions(weight_format=float_format("bf16"), kv_cache_dtype="fp8_e5m2")
+    assert raised.value.field == "kv_cache.dtype"
+    assert "fp8_e5m2" not in KV_DTYPES and VLLM_FP8_CACHE_DTYPES["fp8"] == "fp8_e4m3"
