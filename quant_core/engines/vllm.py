@@ -3403,6 +3403,35 @@ def dsa_attention_refusal(version: str, spec: ModelSpec, compute_capability: tup
             "attention backend found\"")
 
 
+#: where each release sends an MLA model's prefill below 10.x: FlashAttention's varlen kernel (vllm_flash_attn), its
+#: other prefill kernels (FlashInfer, cuDNN, TRT-LLM ragged) running on 10.x only
+MLA_PREFILL_CODE: dict[str, str] = {
+    "0.11": "v1/attention/backends/mla/common.py MLACommonImpl: FlashInfer and cuDNN prefill on 10.0 only",
+    "0.19": ("model_executor/layers/attention/mla_attention.py MLACommonImpl: TRT-LLM ragged, FlashInfer and cuDNN "
+             "prefill on 10.x only"),
+    "0.33": ("platforms/interface.py get_mla_prefill_backend_cls: FLASH_ATTN alone below 10.x, a prefill backend "
+             "that takes any capability (v1/attention/backends/mla/prefill/)"),
+}
+#: the lowest compute capability vLLM's FlashAttention build runs on (its FA2 kernels: "FlashAttention only supports
+#: Ampere GPUs or newer", vllm#8189 from vllm/vllm_flash_attn/flash_attn_interface.py)
+FLASH_ATTENTION_MIN_CAPABILITY = (8, 0)
+
+
+def mla_prefill_refusal(version: str, spec: ModelSpec, compute_capability: tuple[int, int] | None) -> str | None:
+    """Why vLLM `version` cannot run MLA model `spec` on a device of `compute_capability`, or None (not MLA, the
+    capability unknown or 8.0 and up, or a release not read): whatever backend decodes it (Triton MLA below 8.0,
+    `vllm_attention.kv_backend`), its prefill runs FlashAttention's varlen kernel (`MLA_PREFILL_CODE`), which raises
+    below `FLASH_ATTENTION_MIN_CAPABILITY` on the first prompt."""
+    where = MLA_PREFILL_CODE.get(version)
+    if (not spec.is_mla or compute_capability is None or where is None
+            or compute_capability >= FLASH_ATTENTION_MIN_CAPABILITY):
+        return None
+    major, minor = compute_capability
+    return (f"vLLM {version} cannot run an MLA model on a device of compute capability {major}.{minor}: its MLA "
+            f"prefill runs FlashAttention's varlen kernel there ({where}), whose vllm_flash_attn build raises "
+            "\"FlashAttention only supports Ampere GPUs or newer\" below 8.0 (vllm#8189) on the first prompt")
+
+
 #: the smallest head PyTorch's FlexAttention kernel takes (torch/nn/attention/flex_attention.py, PyTorch 2.8:
 #: "embedding dimension of the query, key, and value must be at least 16"), vLLM's last attention backend on CUDA
 FLEX_ATTENTION_MIN_HEAD_DIM = 16
@@ -3923,14 +3952,15 @@ class VllmProfile:
     def device_refusal(self, spec: ModelSpec, weight_format: str, compute_capability: tuple[int, int] | None,
                        stored: WeightFormat | None = None, model_dtype: str = "bf16",
                        quant_method: str = "") -> str | None:
-        """`dsa_attention_refusal` (no attention backend for `spec` on the device), `head_size_refusal` (none for its
-        heads on any device), then `capability_refusal`: the
+        """`dsa_attention_refusal` (no attention backend for `spec` on the device), `mla_prefill_refusal` (no MLA
+        prefill below 8.0), `head_size_refusal` (none for its heads on any device), then `capability_refusal`: the
         release's floor for `weight_format` (`CAPABILITY_FLOORS`; `MODELOPT_CAPABILITY_FLOORS` for a `quant_method`
         ``modelopt`` checkpoint) against the device's compute capability (None: not
         known; only a format the release loads nowhere is refused), then what the release refuses of the format
         `stored` itself (`gptq_symmetry_refusal`) or at the model's dtype (`float32_refusal`, `bfloat16_refusal`,
         `gguf_bfloat16_refusal`)."""
         return (dsa_attention_refusal(self._version, spec, compute_capability)
+                or mla_prefill_refusal(self._version, spec, compute_capability)
                 or head_size_refusal(self._version, spec, compute_capability)
                 or capability_refusal(self._version, weight_format, compute_capability, quant_method)
                 or gptq_symmetry_refusal(self._version, stored)

@@ -207,3 +207,24 @@ def test_a_device_of_unknown_capability_is_planned_at_the_requested_block_and_to
     assert answer.options.block_size == 16 and answer.refusal is None
     assert any("compute capability is not known" in warning and blocks in warning
                and "counts it in 16-token blocks" in warning for warning in answer.warnings)
+
+
+# --- below 8.0 no release runs an MLA model: its prefill is FlashAttention's --------------------------------------
+
+@pytest.mark.parametrize("release", ["0.11", "0.19", "0.33"])
+@pytest.mark.parametrize("device_id", ["t4", "v100-32gb"])
+def test_an_mla_model_is_refused_below_8_0_for_its_flashattention_prefill(release: str, device_id: str) -> None:
+    # Triton MLA would decode it, but 0.11's and 0.19's MLACommonImpl and 0.33's get_mla_prefill_backend_cls run the
+    # prefill on vllm_flash_attn's varlen kernel off 10.x, which raises "FlashAttention only supports Ampere GPUs or
+    # newer" (vllm#8189) below 8.0
+    device = get_device(device_id)
+    answer = plan(get_preset_info("deepseek-v2-lite").spec, Hardware(device.planning_bytes, 1, device.id, device.name),
+                  Workload(CONTEXT, 1), PlanOptions(weight_format=float_format("fp16"), kv_cache_dtype="fp16",
+                                                    engine_version=release))
+    assert answer.refusal is not None and not answer.fits
+    assert "FlashAttention only supports Ampere GPUs or newer" in answer.refusal
+    assert all(not plan_.fits for plan_ in answer.comparison.values())
+    a10 = get_device("a10")  # 8.6: the same prefill runs
+    on_ampere = plan(get_preset_info("deepseek-v2-lite").spec, Hardware(a10.planning_bytes, 1, a10.id, a10.name),
+                     Workload(CONTEXT, 1), PlanOptions(weight_format=float_format("bf16"), engine_version=release))
+    assert on_ampere.refusal is None
