@@ -60,7 +60,7 @@ _BACKENDS["0.33"] = _BACKENDS["0.19"]
 
 @pytest.mark.parametrize("model", ["deepseek-v2-lite", "deepseek-v3"])
 @pytest.mark.parametrize(("release", "capability", "backend", "block"), [
-    (release, capability, backend, block)
+    pytest.param(release, capability, backend, block, id=f"{release}-{capability[0]}.{capability[1]}")
     for release, table in _BACKENDS.items() for capability, (backend, block) in table.items()])
 def test_a_16_bit_mla_cache_runs_on_the_mla_backend_vllm_picks_at_its_block(
         model: str, release: str, capability: tuple[int, int], backend: str, block: int | None) -> None:
