@@ -92,9 +92,9 @@ def _triton(version: str, capability: tuple[int, int], backend: str, why: str, h
     for TRITON_ATTN refused for heads under `TRITON_MIN_HEAD` (`head`)."""
     if head < TRITON_MIN_HEAD:
         return KVBackend(None, f"vLLM {version} has no backend for an fp8 cache with heads of {head}: TRITON_ATTN "
-                                  f"takes heads of {TRITON_MIN_HEAD} or more (triton_attn.py) and FlexAttention, "
-                                  "left, no quantized cache"
-                                  + (f": {_NO_BACKEND}" if version != "0.11" else ""))
+                               f"takes heads of {TRITON_MIN_HEAD} or more (triton_attn.py) and FlexAttention, "
+                               "left, no quantized cache"
+                               + (f": {_NO_BACKEND}" if version != "0.11" else ""))
     if capability >= TRITON_FP8E4NV:
         return KVBackend(backend, f"vLLM {version} runs it on {backend} ({why})")
     where = "triton_attn.py TritonAttentionImpl" if backend == "TRITON_ATTN" else "mla/triton_mla.py TritonMLAImpl"
@@ -108,27 +108,27 @@ def _dense_v0_11(spec: ModelSpec, cache_dtype: str, capability: tuple[int, int],
     """0.11's hand-written choice (platforms/cuda.py get_attn_backend_cls, V1 branch)."""
     if capability < (8, 0):
         return KVBackend(None, "vLLM 0.11 runs FlexAttention below compute capability 8.0 (platforms/cuda.py "
-                                  "get_attn_backend_cls: \"FlexAttention is the default for older GPUs\"), whose "
-                                  "FlexAttentionImpl raises NotImplementedError(\"FlexAttention does not support "
-                                  "quantized kv-cache. Yet\") (v1/attention/backends/flex_attention.py)")
+                               "get_attn_backend_cls: \"FlexAttention is the default for older GPUs\"), whose "
+                               "FlexAttentionImpl raises NotImplementedError(\"FlexAttention does not support "
+                               "quantized kv-cache. Yet\") (v1/attention/backends/flex_attention.py)")
     if capability == (10, 0) and spec.head_dim in _FLASHINFER_HEADS["0.19"]:  # 0.11's list is 0.19's
         return KVBackend("FLASHINFER", "vLLM 0.11 prefers FlashInfer on 10.0 when it is installed (the "
-                                          "vllm[flashinfer] extra; fp8_e4m3 and fp8_e5m2), else TRITON_ATTN, which "
-                                          "compiles fp8 there (platforms/cuda.py get_attn_backend_cls, "
-                                          "is_attn_backend_supported)")
+                                       "vllm[flashinfer] extra; fp8_e4m3 and fp8_e5m2), else TRITON_ATTN, which "
+                                       "compiles fp8 there (platforms/cuda.py get_attn_backend_cls, "
+                                       "is_attn_backend_supported)")
     if capability == (9, 0):
         if spec.head_dim not in _FLASH_ATTENTION_HEADS_V0_11 or float32:
             return KVBackend(None, f"vLLM 0.11 falls back to FlexAttention on 9.0 for heads of {spec.head_dim} "
-                                      "FlashAttention does not take (get_attn_backend_cls, is_attn_backend_supported),"
-                                      " whose FlexAttentionImpl raises NotImplementedError(\"FlexAttention does not "
-                                      "support quantized kv-cache. Yet\")")
+                                   "FlashAttention does not take (get_attn_backend_cls, is_attn_backend_supported),"
+                                   " whose FlexAttentionImpl raises NotImplementedError(\"FlexAttention does not "
+                                   "support quantized kv-cache. Yet\")")
         if cache_dtype == "fp8_e5m2":
             return KVBackend(None, "vLLM 0.11 runs an fp8 cache on FlashAttention 3 on 9.0 (get_attn_backend_cls)"
-                                      ", whose get_fp8_dtype_for_flashattn takes fp8 and fp8_e4m3 only: it raises "
-                                      "ValueError(\"Unrecognized FP8 dtype: fp8_e5m2\") (v1/attention/backends/"
-                                      "flash_attn.py) when attention first runs")
+                                   ", whose get_fp8_dtype_for_flashattn takes fp8 and fp8_e4m3 only: it raises "
+                                   "ValueError(\"Unrecognized FP8 dtype: fp8_e5m2\") (v1/attention/backends/"
+                                   "flash_attn.py) when attention first runs")
         return KVBackend("FLASH_ATTN", "vLLM 0.11 runs an fp8 cache on FlashAttention 3 on 9.0 "
-                                          "(get_attn_backend_cls; flash_attn_supports_fp8)")
+                                       "(get_attn_backend_cls; flash_attn_supports_fp8)")
     return _triton("0.11", capability, "TRITON_ATTN",
                    "get_attn_backend_cls sends an fp8 cache to Triton on 8.0 and up except 9.0 and 10.0", spec.head_dim)
 
@@ -161,18 +161,18 @@ def _dense_v0_19_v0_33(version: str, spec: ModelSpec, cache_dtype: str, capabili
         if backend == "FLASH_ATTN" and flash_attention:
             if cache_dtype == "fp8_e5m2":  # 0.19 only: its supports_kv_cache_dtype takes any fp8 name
                 return KVBackend(None, "vLLM 0.19 picks FLASH_ATTN for an fp8 cache on 9.x (supports_kv_cache_dtype"
-                                          " takes any fp8 name), whose get_fp8_dtype_for_flashattn takes fp8 and "
-                                          "fp8_e4m3 only: it raises ValueError(\"Unrecognized FP8 dtype: fp8_e5m2\") "
-                                          "(v1/attention/backends/flash_attn.py) when attention first runs")
+                                       " takes any fp8 name), whose get_fp8_dtype_for_flashattn takes fp8 and "
+                                       "fp8_e4m3 only: it raises ValueError(\"Unrecognized FP8 dtype: fp8_e5m2\") "
+                                       "(v1/attention/backends/flash_attn.py) when attention first runs")
             block = 64 if (version == "0.33" and head == 512 and major == 9) else None
             return KVBackend("FLASH_ATTN", f"vLLM {version} runs it on FLASH_ATTN (FlashAttention "
-                                              f"{'4' if head > 256 or major == 10 else '3'} takes an fp8 cache: "
-                                              "_get_backend_priorities, fa_utils.py)"
-                                + (", whose SM90 fp8 kernel for heads of 512 pages 64 tokens (flash_attn.py "
-                                   "_get_sm90_fa4_fp8_kv_block_size)" if block else ""), block)
+                                           f"{'4' if head > 256 or major == 10 else '3'} takes an fp8 cache: "
+                                           "_get_backend_priorities, fa_utils.py)"
+                             + (", whose SM90 fp8 kernel for heads of 512 pages 64 tokens (flash_attn.py "
+                                "_get_sm90_fa4_fp8_kv_block_size)" if block else ""), block)
         if backend == "FLASHINFER" and flashinfer:
             return KVBackend("FLASHINFER", f"vLLM {version} runs it on FLASHINFER (_get_backend_priorities; "
-                                              "flashinfer.py supported_kv_cache_dtypes lists fp8_e4m3 and fp8_e5m2)")
+                                           "flashinfer.py supported_kv_cache_dtypes lists fp8_e4m3 and fp8_e5m2)")
     return _triton(version, capability, "TRITON_ATTN",
                    "the first backend of _get_backend_priorities whose validate_configuration passes: FLASH_ATTN "
                    f"takes an fp8 cache only on 9.x{' and 10.x' if version == '0.33' else ''}, FLASHINFER only heads "
