@@ -2119,8 +2119,9 @@ def _warnings(spec: ModelSpec, hardware: Hardware, workload: Workload, options: 
     kv_requirement = (None if engine is None or hardware.compute_capability is not None
                       else engine.kv_cache_backend(spec, options.kv_cache_dtype, None, options.block_size).requirement)
     if kv_requirement is not None:
-        out.append(f"The devices' compute capability is not known: {kv_requirement}; the plan cannot check it and "
-                   f"does not refuse the {options.kv_cache_dtype} KV cache.")
+        out.append(f"The devices' compute capability is not known: {kv_requirement}; the plan cannot check it, "
+                   f"does not refuse the {options.kv_cache_dtype} KV cache and counts it in {options.block_size}-token "
+                   "blocks.")
     if primary.max_context_length is not None and primary.context_limited_by == "memory" \
             and primary.max_context_length < workload.context_length:
         out.append(f"The longest context that fits for {workload.concurrent_sequences} sequence(s) is "

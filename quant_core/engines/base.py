@@ -76,8 +76,8 @@ class KVCacheBackend:
     """What the engine's attention makes of a plan's KV dtype on a device (`EngineProfile.kv_cache_backend`):
     `refusal` why no backend it picks runs the dtype there (None: one does, or the device is not known);
     `block_size` the KV block that backend runs at when the plan must take it (None: the requested one), with
-    `basis` saying why; `requirement` where the engine runs the dtype, in words, which a plan on a device of unknown
-    compute capability cannot check (None: nothing to check)."""
+    `basis` saying why; `requirement` where the engine runs the dtype (or at which block), in words, which a plan on
+    a device of unknown compute capability cannot check (None: nothing to check)."""
 
     refusal: str | None = None
     block_size: int | None = None

@@ -54,7 +54,12 @@ from typing import cast
 from quant_core.catalog import UNKNOWN_DEVICE, DeviceFacts
 from quant_core.engines.base import BatchLimits, KVCacheBackend, KVCapacity, Stage, Term
 from quant_core.engines.torch_cuda import allocated_block_bytes, blas_workspace_bytes, compute_units
-from quant_core.engines.vllm_attention import VLLM_FP8_CACHE_DTYPES, fp8_kv_backend, fp8_kv_requirement
+from quant_core.engines.vllm_attention import (
+    VLLM_16BIT_CACHE_DTYPES,
+    VLLM_FP8_CACHE_DTYPES,
+    kv_backend,
+    kv_requirement,
+)
 from quant_core.engines.vllm_graphs import cuda_graph_pool, cudagraph_capture_sizes
 from quant_core.errors import InvalidSpec, UnknownName
 from quant_core.formats import GGML_TYPE_NAMES, Layout, WeightFormat, fp8, gptq_checkpoint, int4, kv_dtype
@@ -3398,6 +3403,35 @@ def dsa_attention_refusal(version: str, spec: ModelSpec, compute_capability: tup
             "attention backend found\"")
 
 
+#: where each release sends an MLA model's prefill below 10.x: FlashAttention's varlen kernel (vllm_flash_attn), its
+#: other prefill kernels (FlashInfer, cuDNN, TRT-LLM ragged) running on 10.x only
+MLA_PREFILL_CODE: dict[str, str] = {
+    "0.11": "v1/attention/backends/mla/common.py MLACommonImpl: FlashInfer and cuDNN prefill on 10.0 only",
+    "0.19": ("model_executor/layers/attention/mla_attention.py MLACommonImpl: TRT-LLM ragged, FlashInfer and cuDNN "
+             "prefill on 10.x only"),
+    "0.33": ("platforms/interface.py get_mla_prefill_backend_cls: FLASH_ATTN alone below 10.x, a prefill backend "
+             "that takes any capability (v1/attention/backends/mla/prefill/)"),
+}
+#: the lowest compute capability vLLM's FlashAttention build runs on (its FA2 kernels: "FlashAttention only supports
+#: Ampere GPUs or newer", vllm#8189 from vllm/vllm_flash_attn/flash_attn_interface.py)
+FLASH_ATTENTION_MIN_CAPABILITY = (8, 0)
+
+
+def mla_prefill_refusal(version: str, spec: ModelSpec, compute_capability: tuple[int, int] | None) -> str | None:
+    """Why vLLM `version` cannot run MLA model `spec` on a device of `compute_capability`, or None (not MLA, the
+    capability unknown or 8.0 and up, or a release not read): whatever backend decodes it (Triton MLA below 8.0,
+    `vllm_attention.kv_backend`), its prefill runs FlashAttention's varlen kernel (`MLA_PREFILL_CODE`), which raises
+    below `FLASH_ATTENTION_MIN_CAPABILITY` on the first prompt."""
+    where = MLA_PREFILL_CODE.get(version)
+    if (not spec.is_mla or compute_capability is None or where is None
+            or compute_capability >= FLASH_ATTENTION_MIN_CAPABILITY):
+        return None
+    major, minor = compute_capability
+    return (f"vLLM {version} cannot run an MLA model on a device of compute capability {major}.{minor}: its MLA "
+            f"prefill runs FlashAttention's varlen kernel there ({where}), whose vllm_flash_attn build raises "
+            "\"FlashAttention only supports Ampere GPUs or newer\" below 8.0 (vllm#8189) on the first prompt")
+
+
 #: the smallest head PyTorch's FlexAttention kernel takes (torch/nn/attention/flex_attention.py, PyTorch 2.8:
 #: "embedding dimension of the query, key, and value must be at least 16"), vLLM's last attention backend on CUDA
 FLEX_ATTENTION_MIN_HEAD_DIM = 16
@@ -3516,31 +3550,36 @@ INTEGER_KV_REFUSALS: dict[str, str] = {
 def kv_cache_refusal(version: str, spec: ModelSpec, kv_cache_dtype: str, compute_capability: tuple[int, int] | None,
                      block_size: int) -> KVCacheBackend:
     """Whether vLLM `version` runs `spec`'s KV cache of nibble's `kv_cache_dtype` (``fp8``: vLLM's fp8_e4m3,
-    `vllm_attention.VLLM_FP8_CACHE_DTYPES`) on a device of `compute_capability` at a requested `block_size`: the
-    refusal where no attention backend it picks runs it (`vllm_attention.fp8_kv_backend`, with the model in float32
-    where `runs_float32`), the block of the backend that does when vLLM sets another, or for an unknown device where
-    it runs (`vllm_attention.fp8_kv_requirement`).  nibble's int8 and int4 caches (`INTEGER_KV_REFUSALS`) are
-    refused on every device; the 16-bit caches run everywhere."""
+    `vllm_attention.VLLM_FP8_CACHE_DTYPES`; bf16 and fp16: vLLM's ``auto``, `vllm_attention.VLLM_16BIT_CACHE_DTYPES`)
+    on a device of `compute_capability` at a requested `block_size`: the refusal where no attention backend it picks
+    runs it (`vllm_attention.kv_backend`, with the model in float32 where `runs_float32`), the block of the backend
+    that does when vLLM sets another (an MLA model's cache, 16-bit or fp8: FlashMLA's 64 tokens on Hopper under 0.11),
+    or for an unknown device where an fp8 cache runs and in which blocks an MLA cache is paged
+    (`vllm_attention.kv_requirement`).  nibble's int8 and int4 caches (`INTEGER_KV_REFUSALS`) are refused on every
+    device."""
     integer = INTEGER_KV_REFUSALS.get(version) if kv_cache_dtype in INTEGER_KV_DTYPES else None
     if integer is not None:
         return KVCacheBackend(refusal=f"vLLM {version} cannot run nibble's {kv_cache_dtype} KV cache: {integer}; "
                                       "a 16-bit or fp8 cache (kv_cache.dtype bf16 / fp8) runs on vLLM, and "
                                       "runtime.engine generic plans the int8/int4 layout without an engine")
-    cache_dtype = VLLM_FP8_CACHE_DTYPES.get(kv_cache_dtype)
+    cache_dtype = VLLM_FP8_CACHE_DTYPES.get(kv_cache_dtype) or VLLM_16BIT_CACHE_DTYPES.get(kv_cache_dtype)
     if cache_dtype is None:
         return KVCacheBackend()
     if compute_capability is None:
-        return KVCacheBackend(requirement=fp8_kv_requirement(version, spec, cache_dtype))
-    found = fp8_kv_backend(version, spec, cache_dtype, compute_capability, block_size,
-                           runs_float32(version, spec.model_type, compute_capability))
+        return KVCacheBackend(requirement=kv_requirement(version, spec, cache_dtype))
+    found = kv_backend(version, spec, cache_dtype, compute_capability, block_size,
+                       runs_float32(version, spec.model_type, compute_capability))
     if found is None:
         return KVCacheBackend()
     major, minor = compute_capability
     if found.backend is None:
-        sixteen = "bf16" if compute_capability >= (8, 0) else "fp16"
+        if cache_dtype == "auto":
+            remedy = "a --block-size that is a multiple of 16 (kv_cache.block_size) runs there"
+        else:
+            remedy = f"a 16-bit cache (kv_cache.dtype {'bf16' if compute_capability >= (8, 0) else 'fp16'}) runs there"
         return KVCacheBackend(refusal=f"vLLM {version} cannot run the {kv_cache_dtype} KV cache ({cache_dtype}) of "
                                       f"{spec.name} on a device of compute capability {major}.{minor}: {found.basis}; "
-                                      f"a 16-bit cache (kv_cache.dtype {sixteen}) runs there")
+                                      f"{remedy}")
     if found.block_size is None or found.block_size == block_size:
         return KVCacheBackend(basis=found.basis)
     return KVCacheBackend(block_size=found.block_size, basis=found.basis)
@@ -3913,14 +3952,15 @@ class VllmProfile:
     def device_refusal(self, spec: ModelSpec, weight_format: str, compute_capability: tuple[int, int] | None,
                        stored: WeightFormat | None = None, model_dtype: str = "bf16",
                        quant_method: str = "") -> str | None:
-        """`dsa_attention_refusal` (no attention backend for `spec` on the device), `head_size_refusal` (none for its
-        heads on any device), then `capability_refusal`: the
+        """`dsa_attention_refusal` (no attention backend for `spec` on the device), `mla_prefill_refusal` (no MLA
+        prefill below 8.0), `head_size_refusal` (none for its heads on any device), then `capability_refusal`: the
         release's floor for `weight_format` (`CAPABILITY_FLOORS`; `MODELOPT_CAPABILITY_FLOORS` for a `quant_method`
         ``modelopt`` checkpoint) against the device's compute capability (None: not
         known; only a format the release loads nowhere is refused), then what the release refuses of the format
         `stored` itself (`gptq_symmetry_refusal`) or at the model's dtype (`float32_refusal`, `bfloat16_refusal`,
         `gguf_bfloat16_refusal`)."""
         return (dsa_attention_refusal(self._version, spec, compute_capability)
+                or mla_prefill_refusal(self._version, spec, compute_capability)
                 or head_size_refusal(self._version, spec, compute_capability)
                 or capability_refusal(self._version, weight_format, compute_capability, quant_method)
                 or gptq_symmetry_refusal(self._version, stored)

@@ -1,26 +1,31 @@
-"""The attention backend vLLM runs an fp8 KV cache on, per release, device and model, and why none where none does.
+"""The attention backend vLLM runs a KV cache on, per release, device, model and cache dtype, at which KV block, and
+why none where none does.
 
 vLLM picks one attention backend for a model's layers at start-up (platforms/cuda.py ``get_attn_backend_cls``) from
 the device's compute capability, the model (MLA or not, its head size, attention sinks), the model's dtype and the KV
-cache dtype, and an fp8 cache runs only where the backend it picks takes one:
+cache dtype; an fp8 cache runs only where the backend it picks takes one, and an MLA model's cache, 16-bit or fp8, is
+paged in the blocks of the MLA backend it picks:
 
 * 0.11 chooses by hand: FlexAttention below 8.0, which refuses any quantized cache; on 8.0 and up an fp8 cache goes
   to TRITON_ATTN except on 9.0 (FlashAttention 3) and 10.0 (FlashInfer when installed); MLA runs FlashMLA on 9.x
-  (64-token blocks, forced by ``check_and_update_config``), CUTLASS MLA on 10.0 (128), else Triton MLA, which refuses
-  an fp8 cache.
+  (64-token blocks, forced by ``check_and_update_config``), CUTLASS MLA on 10.0 (128, likewise), else Triton MLA
+  (the requested block), which refuses an fp8 cache; this for a 16-bit cache as for an fp8 one.
 * 0.19 and 0.33 walk a priority list (``_get_backend_priorities``) and take the first backend whose
   ``validate_configuration`` passes (``supports_kv_cache_dtype``, ``supports_compute_capability``, head size, dtype,
   sinks, block size); with none, ``get_attn_backend_cls`` raises "No valid attention backend found".  When
   ``--block-size`` is not given the chosen backend's preferred block is set (platforms/interface.py
-  ``update_block_size_for_backend``: FlashMLA 64, FlashInfer MLA 32, CUTLASS MLA 128).
+  ``update_block_size_for_backend``: FlashMLA 64, FlashInfer MLA 32, CUTLASS MLA 128; FlashAttention MLA and Triton
+  MLA keep 16).  A 16-bit MLA cache runs on FlashAttention MLA on 9.x, FlashInfer MLA (or CUTLASS MLA) on 10.x and
+  Triton MLA elsewhere; an fp8 one on FlashMLA on 9.x (FlashAttention MLA lists no fp8).
 * Triton's kernels read an fp8 cache as ``float8_e4m3fn`` (``current_platform.fp8_dtype()``, e5m2 included), a
   type Triton compiles only from compute capability 8.9 (triton/backends/nvidia/compiler.py ``parse_options``: fp8e4nv
   joins ``supported_fp8_dtypes`` when ``capability >= 89``, through Triton 3.7): 0.11 and 0.19 fail when the kernel
   compiles, "type fp8e4nv not supported in this architecture" (vllm#26431: 0.11.0 on RTX 3090s; vllm#45829 and
   vllm#49077, open, add a software path), and 0.33's TRITON_ATTN and TRITON_MLA refuse it when they are built.
 
-`fp8_kv_backend` decides it; DeepSeek Sparse Attention models (their own backends and ``fp8_ds_mla`` cache,
-`engines.vllm.dsa_attention_refusal`) are not decided here.
+`kv_backend` decides it; a dense model's 16-bit cache (every dense backend's preferred block is the default 16 for
+the models read) and DeepSeek Sparse Attention models (their own backends and ``fp8_ds_mla`` cache,
+`engines.vllm.dsa_attention_refusal`, `engines.vllm.dsa_block_size`) are not decided here.
 """
 
 from __future__ import annotations
@@ -32,8 +37,13 @@ from quant_core.specs import ModelSpec
 #: the vLLM cache dtype each of nibble's fp8 KV dtype names is: vLLM's ``fp8`` is e4m3 on CUDA (config/cache.py
 #: ``CacheDType``: "CUDA 11.8+ supports fp8 (=fp8_e4m3) and fp8_e5m2")
 VLLM_FP8_CACHE_DTYPES: dict[str, str] = {"fp8": "fp8_e4m3", "fp8_e4m3": "fp8_e4m3", "fp8_e5m2": "fp8_e5m2"}
+#: the vLLM cache dtype of nibble's 16-bit KV dtypes: ``auto``, the model's own 16-bit dtype (config/cache.py
+#: ``CacheDType``); every MLA backend that lists ``auto`` also lists float16 and bfloat16, so the choice is the same
+VLLM_16BIT_CACHE_DTYPES: dict[str, str] = {"bf16": "auto", "fp16": "auto"}
+#: the cache dtypes `kv_backend` decides: a 16-bit cache (``auto``) and the fp8 ones
+_CACHE_DTYPES = ("auto", "fp8_e4m3", "fp8_e5m2")
 
-#: the releases whose backends are decided here (`fp8_kv_backend`)
+#: the releases whose backends are decided here (`kv_backend`)
 RELEASES = ("0.11", "0.19", "0.33")
 
 #: the lowest compute capability at which Triton compiles ``float8_e4m3fn`` (fp8e4nv)
@@ -57,10 +67,10 @@ DEFAULT_BLOCK_SIZE = 16
 
 
 @dataclass(frozen=True, slots=True)
-class Fp8KVBackend:
-    """The backend vLLM runs an fp8 KV cache on (`fp8_kv_backend`): `backend` its name in vLLM (None: no backend
-    vLLM picks runs it, and `basis` says why, citing vLLM's code), `block_size` the KV block vLLM sets for it when
-    that is not the requested one (None: the requested block)."""
+class KVBackend:
+    """The backend vLLM runs a KV cache on (`kv_backend`): `backend` its name in vLLM (None: no backend vLLM picks
+    runs it, and `basis` says why, citing vLLM's code), `block_size` the KV block vLLM sets for it when that is not
+    the requested one (None: the requested block)."""
 
     backend: str | None
     basis: str
@@ -77,54 +87,54 @@ TRITON_MIN_HEAD = 32
 
 
 def _triton(version: str, capability: tuple[int, int], backend: str, why: str, head: int = TRITON_MIN_HEAD
-            ) -> Fp8KVBackend:
+            ) -> KVBackend:
     """TRITON_ATTN or TRITON_MLA (`backend`) chosen for `why`: running the fp8 cache from 8.9, refused below, and
     for TRITON_ATTN refused for heads under `TRITON_MIN_HEAD` (`head`)."""
     if head < TRITON_MIN_HEAD:
-        return Fp8KVBackend(None, f"vLLM {version} has no backend for an fp8 cache with heads of {head}: TRITON_ATTN "
-                                  f"takes heads of {TRITON_MIN_HEAD} or more (triton_attn.py) and FlexAttention, "
-                                  "left, no quantized cache"
-                                  + (f": {_NO_BACKEND}" if version != "0.11" else ""))
+        return KVBackend(None, f"vLLM {version} has no backend for an fp8 cache with heads of {head}: TRITON_ATTN "
+                               f"takes heads of {TRITON_MIN_HEAD} or more (triton_attn.py) and FlexAttention, "
+                               "left, no quantized cache"
+                               + (f": {_NO_BACKEND}" if version != "0.11" else ""))
     if capability >= TRITON_FP8E4NV:
-        return Fp8KVBackend(backend, f"vLLM {version} runs it on {backend} ({why})")
+        return KVBackend(backend, f"vLLM {version} runs it on {backend} ({why})")
     where = "triton_attn.py TritonAttentionImpl" if backend == "TRITON_ATTN" else "mla/triton_mla.py TritonMLAImpl"
     refused = (f"its {where}.__init__ raises ValueError(\"FP8 KV cache is not supported by the Triton "
                f"{'attention' if backend == 'TRITON_ATTN' else 'MLA'} backend on ... native FP8 (fp8e4nv) requires "
                "SM89+\")" if version == "0.33" else _TRITON_COMPILE)
-    return Fp8KVBackend(None, f"vLLM {version} runs an fp8 KV cache on {backend} here ({why}), and {refused}")
+    return KVBackend(None, f"vLLM {version} runs an fp8 KV cache on {backend} here ({why}), and {refused}")
 
 
-def _dense_v0_11(spec: ModelSpec, cache_dtype: str, capability: tuple[int, int], float32: bool) -> Fp8KVBackend:
+def _dense_v0_11(spec: ModelSpec, cache_dtype: str, capability: tuple[int, int], float32: bool) -> KVBackend:
     """0.11's hand-written choice (platforms/cuda.py get_attn_backend_cls, V1 branch)."""
     if capability < (8, 0):
-        return Fp8KVBackend(None, "vLLM 0.11 runs FlexAttention below compute capability 8.0 (platforms/cuda.py "
-                                  "get_attn_backend_cls: \"FlexAttention is the default for older GPUs\"), whose "
-                                  "FlexAttentionImpl raises NotImplementedError(\"FlexAttention does not support "
-                                  "quantized kv-cache. Yet\") (v1/attention/backends/flex_attention.py)")
+        return KVBackend(None, "vLLM 0.11 runs FlexAttention below compute capability 8.0 (platforms/cuda.py "
+                               "get_attn_backend_cls: \"FlexAttention is the default for older GPUs\"), whose "
+                               "FlexAttentionImpl raises NotImplementedError(\"FlexAttention does not support "
+                               "quantized kv-cache. Yet\") (v1/attention/backends/flex_attention.py)")
     if capability == (10, 0) and spec.head_dim in _FLASHINFER_HEADS["0.19"]:  # 0.11's list is 0.19's
-        return Fp8KVBackend("FLASHINFER", "vLLM 0.11 prefers FlashInfer on 10.0 when it is installed (the "
-                                          "vllm[flashinfer] extra; fp8_e4m3 and fp8_e5m2), else TRITON_ATTN, which "
-                                          "compiles fp8 there (platforms/cuda.py get_attn_backend_cls, "
-                                          "is_attn_backend_supported)")
+        return KVBackend("FLASHINFER", "vLLM 0.11 prefers FlashInfer on 10.0 when it is installed (the "
+                                       "vllm[flashinfer] extra; fp8_e4m3 and fp8_e5m2), else TRITON_ATTN, which "
+                                       "compiles fp8 there (platforms/cuda.py get_attn_backend_cls, "
+                                       "is_attn_backend_supported)")
     if capability == (9, 0):
         if spec.head_dim not in _FLASH_ATTENTION_HEADS_V0_11 or float32:
-            return Fp8KVBackend(None, f"vLLM 0.11 falls back to FlexAttention on 9.0 for heads of {spec.head_dim} "
-                                      "FlashAttention does not take (get_attn_backend_cls, is_attn_backend_supported),"
-                                      " whose FlexAttentionImpl raises NotImplementedError(\"FlexAttention does not "
-                                      "support quantized kv-cache. Yet\")")
+            return KVBackend(None, f"vLLM 0.11 falls back to FlexAttention on 9.0 for heads of {spec.head_dim} "
+                                   "FlashAttention does not take (get_attn_backend_cls, is_attn_backend_supported),"
+                                   " whose FlexAttentionImpl raises NotImplementedError(\"FlexAttention does not "
+                                   "support quantized kv-cache. Yet\")")
         if cache_dtype == "fp8_e5m2":
-            return Fp8KVBackend(None, "vLLM 0.11 runs an fp8 cache on FlashAttention 3 on 9.0 (get_attn_backend_cls)"
-                                      ", whose get_fp8_dtype_for_flashattn takes fp8 and fp8_e4m3 only: it raises "
-                                      "ValueError(\"Unrecognized FP8 dtype: fp8_e5m2\") (v1/attention/backends/"
-                                      "flash_attn.py) when attention first runs")
-        return Fp8KVBackend("FLASH_ATTN", "vLLM 0.11 runs an fp8 cache on FlashAttention 3 on 9.0 "
-                                          "(get_attn_backend_cls; flash_attn_supports_fp8)")
+            return KVBackend(None, "vLLM 0.11 runs an fp8 cache on FlashAttention 3 on 9.0 (get_attn_backend_cls)"
+                                   ", whose get_fp8_dtype_for_flashattn takes fp8 and fp8_e4m3 only: it raises "
+                                   "ValueError(\"Unrecognized FP8 dtype: fp8_e5m2\") (v1/attention/backends/"
+                                   "flash_attn.py) when attention first runs")
+        return KVBackend("FLASH_ATTN", "vLLM 0.11 runs an fp8 cache on FlashAttention 3 on 9.0 "
+                                       "(get_attn_backend_cls; flash_attn_supports_fp8)")
     return _triton("0.11", capability, "TRITON_ATTN",
                    "get_attn_backend_cls sends an fp8 cache to Triton on 8.0 and up except 9.0 and 10.0", spec.head_dim)
 
 
 def _dense_v0_19_v0_33(version: str, spec: ModelSpec, cache_dtype: str, capability: tuple[int, int],
-                       float32: bool) -> Fp8KVBackend:
+                       float32: bool) -> KVBackend:
     """0.19's and 0.33's priority walk (platforms/cuda.py _get_backend_priorities, get_valid_backends) for a model
     without MLA: FLASH_ATTN, FLASHINFER, TRITON_ATTN (FLASHINFER first on 10.x), FlexAttention taking no fp8."""
     major = capability[0]
@@ -150,19 +160,19 @@ def _dense_v0_19_v0_33(version: str, spec: ModelSpec, cache_dtype: str, capabili
     for backend in order:
         if backend == "FLASH_ATTN" and flash_attention:
             if cache_dtype == "fp8_e5m2":  # 0.19 only: its supports_kv_cache_dtype takes any fp8 name
-                return Fp8KVBackend(None, "vLLM 0.19 picks FLASH_ATTN for an fp8 cache on 9.x (supports_kv_cache_dtype"
-                                          " takes any fp8 name), whose get_fp8_dtype_for_flashattn takes fp8 and "
-                                          "fp8_e4m3 only: it raises ValueError(\"Unrecognized FP8 dtype: fp8_e5m2\") "
-                                          "(v1/attention/backends/flash_attn.py) when attention first runs")
+                return KVBackend(None, "vLLM 0.19 picks FLASH_ATTN for an fp8 cache on 9.x (supports_kv_cache_dtype"
+                                       " takes any fp8 name), whose get_fp8_dtype_for_flashattn takes fp8 and "
+                                       "fp8_e4m3 only: it raises ValueError(\"Unrecognized FP8 dtype: fp8_e5m2\") "
+                                       "(v1/attention/backends/flash_attn.py) when attention first runs")
             block = 64 if (version == "0.33" and head == 512 and major == 9) else None
-            return Fp8KVBackend("FLASH_ATTN", f"vLLM {version} runs it on FLASH_ATTN (FlashAttention "
-                                              f"{'4' if head > 256 or major == 10 else '3'} takes an fp8 cache: "
-                                              "_get_backend_priorities, fa_utils.py)"
-                                + (", whose SM90 fp8 kernel for heads of 512 pages 64 tokens (flash_attn.py "
-                                   "_get_sm90_fa4_fp8_kv_block_size)" if block else ""), block)
+            return KVBackend("FLASH_ATTN", f"vLLM {version} runs it on FLASH_ATTN (FlashAttention "
+                                           f"{'4' if head > 256 or major == 10 else '3'} takes an fp8 cache: "
+                                           "_get_backend_priorities, fa_utils.py)"
+                             + (", whose SM90 fp8 kernel for heads of 512 pages 64 tokens (flash_attn.py "
+                                "_get_sm90_fa4_fp8_kv_block_size)" if block else ""), block)
         if backend == "FLASHINFER" and flashinfer:
-            return Fp8KVBackend("FLASHINFER", f"vLLM {version} runs it on FLASHINFER (_get_backend_priorities; "
-                                              "flashinfer.py supported_kv_cache_dtypes lists fp8_e4m3 and fp8_e5m2)")
+            return KVBackend("FLASHINFER", f"vLLM {version} runs it on FLASHINFER (_get_backend_priorities; "
+                                           "flashinfer.py supported_kv_cache_dtypes lists fp8_e4m3 and fp8_e5m2)")
     return _triton(version, capability, "TRITON_ATTN",
                    "the first backend of _get_backend_priorities whose validate_configuration passes: FLASH_ATTN "
                    f"takes an fp8 cache only on 9.x{' and 10.x' if version == '0.33' else ''}, FLASHINFER only heads "
@@ -172,87 +182,141 @@ def _dense_v0_19_v0_33(version: str, spec: ModelSpec, cache_dtype: str, capabili
                    "fp16/bf16", head)
 
 
-def _mla_v0_11(cache_dtype: str, capability: tuple[int, int]) -> Fp8KVBackend:
-    """0.11's MLA choice (platforms/cuda.py check_and_update_config forces the block; get_attn_backend_cls)."""
-    e5m2 = (" (an fp8_e5m2 cache is stored as e5m2 by concat_and_cache_mla but read as e4m3 by the decode kernel: "
-            "mla/common.py views it as current_platform.fp8_dtype())" if cache_dtype == "fp8_e5m2" else "")
+def _mla_v0_11(cache_dtype: str, capability: tuple[int, int]) -> KVBackend:
+    """0.11's MLA choice, for a 16-bit cache (``auto``) as for an fp8 one: platforms/cuda.py check_and_update_config
+    forces FlashMLA's 64-token block on 9.x (``is_flashmla_supported``: Hopper with vllm._flashmla_C) and CUTLASS
+    MLA's 128 on 10.0 (``is_device_capability(100)``) whatever --block-size says; get_attn_backend_cls then takes
+    CUTLASS MLA at 128, FlashMLA at 64, FlashAttention MLA (FA3 on 9.x, not reached) or Triton MLA."""
+    if cache_dtype == "auto":
+        where = "a 16-bit MLA cache"
+        e5m2 = ""
+    else:
+        where = "MLA"
+        e5m2 = (" (an fp8_e5m2 cache is stored as e5m2 by concat_and_cache_mla but read as e4m3 by the decode kernel:"
+                " mla/common.py views it as current_platform.fp8_dtype())" if cache_dtype == "fp8_e5m2" else "")
     if capability == (10, 0):
-        return Fp8KVBackend("CUTLASS_MLA", "vLLM 0.11 runs MLA on CUTLASS MLA on 10.0 and forces 128-token KV blocks "
-                                           "(platforms/cuda.py check_and_update_config: \"Forcing kv cache block size "
-                                           "to 128 for CUTLASS_MLA backend\")" + e5m2, 128)
+        return KVBackend("CUTLASS_MLA", f"vLLM 0.11 runs {where} on CUTLASS MLA on 10.0 and forces 128-token KV blocks "
+                                        "(platforms/cuda.py check_and_update_config: \"Forcing kv cache block size "
+                                        "to 128 for CUTLASS_MLA backend\")" + e5m2, 128)
     if capability[0] == 9:
-        return Fp8KVBackend("FLASHMLA", "vLLM 0.11 runs MLA on FlashMLA on 9.x and forces 64-token KV blocks "
-                                        "(platforms/cuda.py check_and_update_config: \"Forcing kv cache block size to "
-                                        "64 for FlashMLA backend\"); FlashMLA's fwd_kvcache_mla_fp8 reads the fp8 "
-                                        "cache" + e5m2, 64)
-    return Fp8KVBackend(None, "vLLM 0.11 runs MLA on Triton MLA off 9.x and 10.0 (platforms/cuda.py "
-                              "get_attn_backend_cls), whose TritonMLAImpl raises NotImplementedError(\"TritonMLA V1 "
-                              "with FP8 KV cache not yet supported\") (v1/attention/backends/mla/triton_mla.py)")
+        reads = "" if cache_dtype == "auto" else "; FlashMLA's fwd_kvcache_mla_fp8 reads the fp8 cache"
+        return KVBackend("FLASHMLA", f"vLLM 0.11 runs {where} on FlashMLA on 9.x and forces 64-token KV blocks "
+                                     "(platforms/cuda.py check_and_update_config: \"Forcing kv cache block size to "
+                                     "64 for FlashMLA backend\")" + reads + e5m2, 64)
+    if cache_dtype == "auto":
+        return KVBackend("TRITON_MLA", "vLLM 0.11 runs a 16-bit MLA cache on Triton MLA off 9.x and 10.0, at the "
+                                       "requested block (platforms/cuda.py get_attn_backend_cls: FlashMLA needs "
+                                       "Hopper, FlashAttention MLA FA3 on 9.x, CUTLASS MLA 10.0)")
+    return KVBackend(None, "vLLM 0.11 runs MLA on Triton MLA off 9.x and 10.0 (platforms/cuda.py "
+                           "get_attn_backend_cls), whose TritonMLAImpl raises NotImplementedError(\"TritonMLA V1 "
+                           "with FP8 KV cache not yet supported\") (v1/attention/backends/mla/triton_mla.py)")
+
+
+#: the kernel block every MLA backend of 0.19 and 0.33 pages in a multiple of: FlashAttention MLA's and Triton MLA's
+#: ``MultipleOf(16)`` (get_supported_kernel_block_sizes; FlashMLA 64, FlashInfer MLA 32 or 64, CUTLASS MLA 128)
+MLA_KERNEL_BLOCK = 16
 
 
 def _mla_v0_19_v0_33(version: str, spec: ModelSpec, cache_dtype: str, capability: tuple[int, int],
-                     requested_block: int) -> Fp8KVBackend:
-    """0.19's and 0.33's MLA priority walk: FLASH_ATTN_MLA (no fp8), FLASHMLA (dense on 9.x, 64-token blocks),
-    FLASHINFER_MLA (10.x, blocks of 32 or 64), TRITON_MLA; on 10.x FLASHINFER_MLA, (0.33: TOKENSPEED_MLA,)
-    CUTLASS_MLA (128), ..., TRITON_MLA; 0.33 on 12.x TRITON_MLA."""
+                     requested_block: int) -> KVBackend:
+    """0.19's and 0.33's MLA priority walk (platforms/cuda.py _get_backend_priorities): off 10.x FLASH_ATTN_MLA
+    (FA3 on 9.x, 16-bit caches only, blocks of 16), FLASHMLA (dense on 9.x, 64-token blocks), FLASHINFER_MLA (10.x),
+    TRITON_MLA (any device, blocks of 16); on 10.x FLASHINFER_MLA (blocks of 32 or 64), (0.33: TOKENSPEED_MLA, fp8
+    only,) CUTLASS_MLA (128), FLASH_ATTN_MLA and FLASHMLA (9.x only), TRITON_MLA; 0.33 on 12.x TRITON_MLA."""
     if cache_dtype == "fp8_e5m2":
-        return Fp8KVBackend(None, f"vLLM {version} has no MLA backend for an fp8_e5m2 cache: FLASH_ATTN_MLA lists no "
-                                  "fp8, and FLASHMLA, FLASHINFER_MLA, CUTLASS_MLA"
-                                  + (", TOKENSPEED_MLA" if version == "0.33" else "")
-                                  + " and TRITON_MLA list fp8 and fp8_e4m3 only (supported_kv_cache_dtypes, "
-                                  f"v1/attention/backends/mla/): {_NO_BACKEND}")
+        return KVBackend(None, f"vLLM {version} has no MLA backend for an fp8_e5m2 cache: FLASH_ATTN_MLA lists no "
+                               "fp8, and FLASHMLA, FLASHINFER_MLA, CUTLASS_MLA"
+                               + (", TOKENSPEED_MLA" if version == "0.33" else "")
+                               + " and TRITON_MLA list fp8 and fp8_e4m3 only (supported_kv_cache_dtypes, "
+                               f"v1/attention/backends/mla/): {_NO_BACKEND}")
     given = requested_block != DEFAULT_BLOCK_SIZE
     major = capability[0]
+    sixteen_bit = cache_dtype == "auto"
 
-    def fixed(backend: str, sizes: tuple[int, ...], why: str) -> Fp8KVBackend | None:
+    def fixed(backend: str, sizes: tuple[int, ...], why: str) -> KVBackend | None:
         """`backend` when the request's block suits it (a multiple of one of `sizes`: supports_block_size), at its
-        preferred block (the smallest of `sizes`) when none is given; None when a given block rules it out."""
+        preferred block (the smallest of `sizes`, None when that is vLLM's default) when none is given; None when a
+        given block rules it out."""
         if given and all(requested_block % size for size in sizes):
             return None
-        block = None if given else min(sizes)
-        return Fp8KVBackend(backend, f"vLLM {version} runs it on {backend} ({why})"
-                            + ("" if given else f", at its {min(sizes)}-token KV blocks (platforms/interface.py "
-                                                "update_block_size_for_backend sets the backend's preferred block "
-                                                "when --block-size is not given)"), block)
+        preferred = min(sizes)
+        block = None if given or preferred == DEFAULT_BLOCK_SIZE else preferred
+        return KVBackend(backend, f"vLLM {version} runs {'a 16-bit MLA cache' if sixteen_bit else 'it'} on {backend} "
+                                  f"({why})"
+                         + ("" if block is None else f", at its {preferred}-token KV blocks (platforms/interface.py "
+                                                     "update_block_size_for_backend sets the backend's preferred "
+                                                     "block when --block-size is not given)"), block)
 
-    chosen: Fp8KVBackend | None = None
+    chosen: KVBackend | None = None
     if major == 9:
-        chosen = fixed("FLASHMLA", (64,), "FLASH_ATTN_MLA takes no fp8 cache; FlashMLA dense runs on Hopper")
+        if sixteen_bit:
+            chosen = fixed("FLASH_ATTN_MLA", (MLA_KERNEL_BLOCK,),
+                           "first of _get_backend_priorities off 10.x: FlashAttention 3 runs MLA on 9.x, fa_utils.py "
+                           "flash_attn_supports_mla; its kernel pages any multiple of 16 tokens")
+        else:
+            chosen = fixed("FLASHMLA", (64,), "FLASH_ATTN_MLA takes no fp8 cache; FlashMLA dense runs on Hopper")
     elif major == 10:
         if spec.qk_nope_head_dim in _FLASHINFER_MLA_NOPE:
             chosen = fixed("FLASHINFER_MLA", (32, 64), "first of _get_backend_priorities on 10.x")
         if chosen is None:
             chosen = fixed("CUTLASS_MLA", (128,), "FLASHINFER_MLA needs qk_nope_head_dim 64, 128 or 192"
-                           + (" (TOKENSPEED_MLA DeepSeek-R1's dims)" if version == "0.33" else ""))
+                           + (" and the request's block a multiple of 32 or 64" if given else "")
+                           + (" (TOKENSPEED_MLA DeepSeek-R1's dims)" if version == "0.33" and not sixteen_bit
+                              else ""))
     if chosen is not None:
         return chosen
-    return _triton(version, capability, "TRITON_MLA",
-                   "the MLA backend of _get_backend_priorities left: FLASH_ATTN_MLA takes no fp8 cache, FLASHMLA "
-                   "runs on 9.x, FLASHINFER_MLA and CUTLASS_MLA on 10.x")
+    if given and requested_block % MLA_KERNEL_BLOCK:
+        return KVBackend(None, f"vLLM {version} pages an MLA cache only in multiples of {MLA_KERNEL_BLOCK} tokens "
+                               "(each MLA backend's supports_block_size: FLASH_ATTN_MLA and TRITON_MLA "
+                               f"MultipleOf({MLA_KERNEL_BLOCK}), FLASHMLA 64, FLASHINFER_MLA 32 or 64, CUTLASS_MLA "
+                               f"128), not --block-size {requested_block}: {_NO_BACKEND}")
+    why = ("the MLA backend of _get_backend_priorities left: FLASH_ATTN_MLA and FLASHMLA run on 9.x, FLASHINFER_MLA "
+           "and CUTLASS_MLA on 10.x")
+    if sixteen_bit:
+        return KVBackend("TRITON_MLA", f"vLLM {version} runs a 16-bit MLA cache on TRITON_MLA ({why}), at the "
+                                       "requested block (MultipleOf(16): its preferred block is the default 16)")
+    return _triton(version, capability, "TRITON_MLA", why.replace("FLASH_ATTN_MLA and FLASHMLA run",
+                                                                  "FLASH_ATTN_MLA takes no fp8 cache, FLASHMLA runs"))
 
 
-def fp8_kv_backend(version: str, spec: ModelSpec, cache_dtype: str, compute_capability: tuple[int, int],
-                   requested_block: int = DEFAULT_BLOCK_SIZE, float32: bool = False) -> Fp8KVBackend | None:
-    """The backend vLLM `version` runs `spec`'s KV cache of vLLM `cache_dtype` (``fp8_e4m3``, ``fp8_e5m2``) on, on a
-    device of `compute_capability`, at a ``--block-size`` of `requested_block` (`DEFAULT_BLOCK_SIZE`: not given), with
-    the model in float32 (`float32`: FlashAttention and FlashInfer take fp16 and bf16 only), or why none does; None
-    for another dtype, a release not read or a DeepSeek Sparse Attention model (not decided here)."""
-    if cache_dtype not in ("fp8_e4m3", "fp8_e5m2") or version not in RELEASES or spec.has_indexer:
+def kv_backend(version: str, spec: ModelSpec, cache_dtype: str, compute_capability: tuple[int, int],
+               requested_block: int = DEFAULT_BLOCK_SIZE, float32: bool = False) -> KVBackend | None:
+    """The backend vLLM `version` runs `spec`'s KV cache of vLLM `cache_dtype` (``auto``: a 16-bit cache,
+    `VLLM_16BIT_CACHE_DTYPES`; ``fp8_e4m3``, ``fp8_e5m2``) on, on a device of `compute_capability`, at a
+    ``--block-size`` of `requested_block` (`DEFAULT_BLOCK_SIZE`: not given), with the model in float32 (`float32`:
+    FlashAttention and FlashInfer take fp16 and bf16 only), and the block it pages when that is not the requested one,
+    or why none does; None for another dtype, a release not read, a dense model's 16-bit cache or a DeepSeek Sparse
+    Attention model (not decided here)."""
+    if cache_dtype not in _CACHE_DTYPES or version not in RELEASES or spec.has_indexer:
         return None
     if spec.is_mla:
         if version == "0.11":
             return _mla_v0_11(cache_dtype, compute_capability)
         return _mla_v0_19_v0_33(version, spec, cache_dtype, compute_capability, requested_block)
+    if cache_dtype == "auto":
+        return None
     if version == "0.11":
         return _dense_v0_11(spec, cache_dtype, compute_capability, float32)
     return _dense_v0_19_v0_33(version, spec, cache_dtype, compute_capability, float32)
 
 
-def fp8_kv_requirement(version: str, spec: ModelSpec, cache_dtype: str) -> str | None:
-    """Where vLLM `version` runs `spec`'s fp8 cache (`cache_dtype`), in words, for a plan on a device whose compute
-    capability is not known (which nibble then does not refuse); None when it is not decided here."""
-    if cache_dtype not in ("fp8_e4m3", "fp8_e5m2") or version not in RELEASES or spec.has_indexer:
+def kv_requirement(version: str, spec: ModelSpec, cache_dtype: str) -> str | None:
+    """Where vLLM `version` runs `spec`'s fp8 cache (`cache_dtype`), or in which blocks it pages an MLA model's 16-bit
+    cache (``auto``), in words, for a plan on a device whose compute capability is not known (which nibble then
+    neither refuses nor moves off the requested block); None when it is not decided here."""
+    if cache_dtype not in _CACHE_DTYPES or version not in RELEASES or spec.has_indexer:
         return None
+    if cache_dtype == "auto":
+        if not spec.is_mla:
+            return None
+        if version == "0.11":
+            blocks = ("in 64-token blocks on 9.x (FlashMLA) and 128 on 10.0 (CUTLASS MLA), forced whatever "
+                      "--block-size says")
+        else:
+            blocks = ("in 32-token blocks on 10.x (FlashInfer MLA; 128 with CUTLASS MLA where FlashInfer MLA does not "
+                      "take the model) when --block-size is not given")
+        return (f"vLLM {version} pages the 16-bit MLA cache of {spec.name} {blocks}, and at the requested block "
+                "elsewhere")
     if spec.is_mla:
         if version == "0.11":
             where = "on 9.x (FlashMLA, 64-token blocks) and 10.0 (CUTLASS MLA, 128): Triton MLA refuses it"

@@ -17,8 +17,9 @@ import pytest
 
 from quant_core.catalog import get_device, get_preset_info
 from quant_core.engines.vllm import kv_cache_refusal
-from quant_core.engines.vllm_attention import fp8_kv_backend
-from quant_core.formats import float_format
+from quant_core.engines.vllm_attention import VLLM_FP8_CACHE_DTYPES, kv_backend
+from quant_core.errors import UnknownName
+from quant_core.formats import KV_DTYPES, float_format
 from quant_core.hf_config import model_from_hf_config
 from quant_core.planner import Hardware, Plan, PlanOptions, Workload, plan
 from quant_core.schemes import scheme_from_quantization_config
@@ -65,7 +66,7 @@ MLA = "deepseek-v2-lite"  # qk_nope_head_dim 128
 def test_a_dense_models_fp8_cache_runs_on_the_backend_vllm_picks(release: str, capability: tuple[int, int],
                                                                   e4m3: str | None, e5m2: str | None) -> None:
     for cache_dtype, expected in (("fp8_e4m3", e4m3), ("fp8_e5m2", e5m2)):
-        found = fp8_kv_backend(release, _spec(DENSE), cache_dtype, capability)
+        found = kv_backend(release, _spec(DENSE), cache_dtype, capability)
         assert found is not None and found.backend == expected, (cache_dtype, found)
 
 
@@ -79,38 +80,38 @@ def test_a_dense_models_fp8_cache_runs_on_the_backend_vllm_picks(release: str, c
 ])
 def test_an_mla_models_fp8_e4m3_cache_runs_on_the_mla_backend_vllm_picks_at_its_block(
         release: str, capability: tuple[int, int], backend: str | None, block: int | None) -> None:
-    found = fp8_kv_backend(release, _spec(MLA), "fp8_e4m3", capability)
+    found = kv_backend(release, _spec(MLA), "fp8_e4m3", capability)
     assert found is not None and (found.backend, found.block_size) == (backend, block), found
 
 
 @pytest.mark.parametrize("release", ["0.19", "0.33"])
 @pytest.mark.parametrize("capability", [(8, 9), (9, 0), (10, 0), (12, 0)])
 def test_no_mla_backend_of_0_19_or_0_33_takes_fp8_e5m2(release: str, capability: tuple[int, int]) -> None:
-    found = fp8_kv_backend(release, _spec(MLA), "fp8_e5m2", capability)
+    found = kv_backend(release, _spec(MLA), "fp8_e5m2", capability)
     assert found is not None and found.backend is None
     assert "No valid attention backend found" in found.basis and "fp8_e5m2" in found.basis
 
 
 def test_fp8_e5m2_on_hopper_fails_in_flashattention_under_0_11_and_0_19_and_runs_on_flashinfer_under_0_33() -> None:
     for release in ("0.11", "0.19"):
-        found = fp8_kv_backend(release, _spec(DENSE), "fp8_e5m2", (9, 0))
+        found = kv_backend(release, _spec(DENSE), "fp8_e5m2", (9, 0))
         assert found is not None and found.backend is None
         assert "Unrecognized FP8 dtype: fp8_e5m2" in found.basis
-    found = fp8_kv_backend("0.33", _spec(DENSE), "fp8_e5m2", (9, 0))
+    found = kv_backend("0.33", _spec(DENSE), "fp8_e5m2", (9, 0))
     assert found is not None and found.backend == "FLASHINFER"
 
 
 def test_a_requested_block_flashmla_cannot_page_sends_0_19_to_triton_mla_at_that_block() -> None:
     # FlashMLA's only kernel block is 64 (supports_block_size: a multiple of it); --block-size 32 leaves TRITON_MLA
-    found = fp8_kv_backend("0.19", _spec(MLA), "fp8_e4m3", (9, 0), requested_block=32)
+    found = kv_backend("0.19", _spec(MLA), "fp8_e4m3", (9, 0), requested_block=32)
     assert found is not None and (found.backend, found.block_size) == ("TRITON_MLA", None)
-    kept = fp8_kv_backend("0.19", _spec(MLA), "fp8_e4m3", (9, 0), requested_block=128)
+    kept = kv_backend("0.19", _spec(MLA), "fp8_e4m3", (9, 0), requested_block=128)
     assert kept is not None and (kept.backend, kept.block_size) == ("FLASHMLA", None)
 
 
 def test_other_dtypes_and_sparse_attention_models_are_not_decided_here() -> None:
-    assert fp8_kv_backend("0.19", _spec(DENSE), "auto", (7, 5)) is None
-    assert fp8_kv_backend("0.19", _spec("deepseek-v3.2"), "fp8_e4m3", (8, 0)) is None
+    assert kv_backend("0.19", _spec(DENSE), "auto", (7, 5)) is None
+    assert kv_backend("0.19", _spec("deepseek-v3.2"), "fp8_e4m3", (8, 0)) is None
     assert kv_cache_refusal("0.19", _spec(DENSE), "bf16", (7, 0), 16).refusal is None
 
 
@@ -197,19 +198,24 @@ def test_an_mla_models_fp8_kv_on_an_a100_is_refused_per_release(release: str, re
     assert _plan(MLA, "a100-80gb", release, kv_cache_dtype="bf16").refusal is None  # a 16-bit cache runs
 
 
-@pytest.mark.parametrize(("release", "device_id", "block"), [
-    ("0.11", "h100-80gb", 64), ("0.19", "h100-80gb", 64), ("0.33", "h100-80gb", 64),
-    ("0.11", "b200", 128), ("0.19", "b200", 32), ("0.33", "b200", 32),
+@pytest.mark.parametrize(("release", "device_id", "block", "sixteen_bit_block"), [
+    ("0.11", "h100-80gb", 64, 64), ("0.19", "h100-80gb", 64, 16), ("0.33", "h100-80gb", 64, 16),
+    ("0.11", "b200", 128, 128), ("0.19", "b200", 32, 32), ("0.33", "b200", 32, 32),
 ])
-def test_an_mla_models_fp8_kv_is_planned_at_its_backends_block(release: str, device_id: str, block: int) -> None:
+def test_an_mla_models_fp8_kv_is_planned_at_its_backends_block(release: str, device_id: str, block: int,
+                                                               sixteen_bit_block: int) -> None:
     planned = _plan(MLA, device_id, release)
     assert planned.refusal is None
     assert any(warning.startswith(f"Planned at {block}-token KV blocks, not the requested 16")
                for warning in planned.warnings)
     capacity = planned.primary.kv_capacity_tokens
     assert capacity is not None and capacity % block == 0
+    # a 16-bit cache: FlashMLA and CUTLASS MLA (0.11) and FlashInfer MLA (10.x) page it in the same blocks, and
+    # FlashAttention MLA, which takes no fp8, runs it on Hopper under 0.19 and 0.33 at vLLM's 16
     sixteen = _plan(MLA, device_id, release, kv_cache_dtype="bf16")
-    assert not any("-token KV blocks" in warning for warning in sixteen.warnings)
+    noted = [warning for warning in sixteen.warnings if "-token KV blocks" in warning]
+    assert len(noted) == (0 if sixteen_bit_block == 16 else 1)
+    assert all(warning.startswith(f"Planned at {sixteen_bit_block}-token KV blocks") for warning in noted)
 
 
 def test_an_mla_models_fp8_kv_on_an_l4_is_refused_by_0_11_and_planned_by_0_19() -> None:
@@ -279,5 +285,18 @@ def test_heads_under_32_have_no_fp8_backend_even_from_8_9(release: str) -> None:
     small = model_from_hf_config({**_LLAMA_8B, "hidden_size": 512, "num_attention_heads": 32,
                                   "num_key_value_heads": 8, "intermediate_size": 1024})
     assert small.head_dim == 16
-    found = fp8_kv_backend(release, small, "fp8_e4m3", (8, 9))
+    found = kv_backend(release, small, "fp8_e4m3", (8, 9))
     assert found is not None and found.backend is None and "heads of 16" in found.basis
+
+
+def test_nibble_cannot_be_asked_for_an_fp8_e5m2_cache() -> None:
+    # vLLM refuses fp8_e5m2 with a checkpoint whose quantization method gives the attention layers a KV-cache method
+    # (fp8, ModelOpt, compressed-tensors...): "fp8_e5m2 kv-cache is not supported with fp8 checkpoints." (0.11
+    # attention/layer.py Attention.__init__; 0.19 and 0.33 model_executor/layers/attention/attention.py
+    # _init_kv_cache_quant, 0.33 sparing compressed-tensors checkpoints without a kv_cache_scheme).  nibble's only fp8
+    # KV dtype is "fp8", vLLM's fp8_e4m3 (VLLM_FP8_CACHE_DTYPES), so no plan meets that refusal; one that adds e5m2
+    # must refuse it there as vLLM does
+    with pytest.raises(UnknownName) as raised:
+        PlanOptions(weight_format=float_format("bf16"), kv_cache_dtype="fp8_e5m2")
+    assert raised.value.field == "kv_cache.dtype"
+    assert "fp8_e5m2" not in KV_DTYPES and VLLM_FP8_CACHE_DTYPES["fp8"] == "fp8_e4m3"
