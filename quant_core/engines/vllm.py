@@ -1990,11 +1990,16 @@ def expert_layout(stage: Stage, version: str, expert_format: str, device: Device
     vLLM 0.33's int4 GPTQ, AWQ and compressed-tensors experts on Marlin or Humming (`int4_moe_backend_v0_33`,
     `int4_expert_layout_bytes`: the padded widths, less the g_idx nibble charges and vLLM does not hold); 0.11 and
     0.19's symmetric GPTQ experts on GPTQMarlinMoEMethod (`gptq_marlin_moe_bytes`: 16-bit qzeros, and under act
-    order whole down-projection scales and the g_idx with sort indices); None elsewhere (other formats, releases
-    and devices: not read)."""
+    order whole down-projection scales and the g_idx with sort indices); GPTQ and AWQ experts every release hands
+    to MoeWNA16 (`moe_wna16_backend`, `moe_wna16_bytes`: its group halved to divide the rank's width, no g_idx);
+    None elsewhere (other formats, releases and devices: not read)."""
     spec = stage.spec
     if expert_format == "fp8-block128":
         return _fp8_refined_layout(stage, version)
+    wna16 = moe_wna16_backend(spec, expert_format, stage.tensor_parallel,
+                              stage.expert_parallel and stage.tensor_parallel > 1, version, device)
+    if wna16:
+        return _moe_wna16_layout(stage, version, expert_format, wna16)
     if version == "0.33" and _INT4_CHECKPOINT_LABEL.fullmatch(expert_format.removeprefix("checkpoint-")):
         return _int4_layout(stage, expert_format, device)
     if version in ("0.11", "0.19") and _INT4_CHECKPOINT_LABEL.fullmatch(expert_format.removeprefix("checkpoint-")):
@@ -2134,13 +2139,20 @@ def int4_expert_layout_bytes(spec: ModelSpec, tensor_parallel: int, layers: int,
                 + (2 * 2 * 4 if stored.layout == "compressed-tensors" else 0)
                 + (2 * 2 * (padded - width) if spec.expert_bias else 0))
     else:
-        zeros = not stored.symmetric or stored.layout == "awq"
-        gate_n, gate_k = _round_up(2 * width, HUMMING_PAD_N), _round_up(hidden, HUMMING_PAD_K)
-        down_n, down_k = _round_up(hidden, HUMMING_PAD_N), _round_up(width, HUMMING_PAD_K)
-        groups = gate_n * (gate_k // group) + down_n * (down_k // group)
-        held = ((gate_n * gate_k + down_n * down_k) // 2 + 2 * groups + (groups // 2 if zeros else 0)
-                + (2 * (gate_n - 2 * width + down_n - hidden) if spec.expert_bias else 0))
+        held = _humming_expert_bytes(spec, width, group, not stored.symmetric or stored.layout == "awq")
     return layers * experts * held, layers * charged
+
+
+def _humming_expert_bytes(spec: ModelSpec, width: int, group: int, zeros: bool) -> int:
+    """Bytes of one `width`-wide expert in Humming's layout (`int4_expert_layout_bytes`, "humming"): each GEMM
+    padded, N to 256 and K to 128, the values ``n x k / 2``, 16-bit scales in groups of `group`, packed zero points
+    where `zeros`, and a gate/up bias padded alike."""
+    hidden = spec.hidden_size
+    gate_n, gate_k = _round_up(2 * width, HUMMING_PAD_N), _round_up(hidden, HUMMING_PAD_K)
+    down_n, down_k = _round_up(hidden, HUMMING_PAD_N), _round_up(width, HUMMING_PAD_K)
+    groups = gate_n * (gate_k // group) + down_n * (down_k // group)
+    return ((gate_n * gate_k + down_n * down_k) // 2 + 2 * groups + (groups // 2 if zeros else 0)
+            + (2 * (gate_n - 2 * width + down_n - hidden) if spec.expert_bias else 0))
 
 
 def _expert_checkpoint_charge(spec: ModelSpec, stored: WeightFormat, tensor_parallel: int,
@@ -2191,7 +2203,7 @@ def gptq_marlin_moe_bytes(spec: ModelSpec, tensor_parallel: int, layers: int, gr
 def _gptq_marlin_moe_layout(stage: Stage, version: str, expert_format: str, device: DeviceFacts) -> Term | None:
     """`expert_layout` of vLLM 0.11/0.19's symmetric 4-bit GPTQ experts on GPTQMarlinMoEMethod
     (`gptq_marlin_moe_bytes`), where gptq_marlin runs them: a CUDA device of `GPTQ_MARLIN_FLOORS`, and
-    ``check_moe_marlin_supports_layer`` (`_marlin_moe_supports`; else MoeWNA16, not read: None)."""
+    ``check_moe_marlin_supports_layer`` (`_marlin_moe_supports`; else MoeWNA16: `_moe_wna16_layout`)."""
     spec, tensor_parallel = stage.spec, stage.tensor_parallel
     found = _INT4_CHECKPOINT_LABEL.fullmatch(expert_format.removeprefix("checkpoint-"))
     capability = device.compute_capability
@@ -2249,6 +2261,151 @@ def _int4_layout(stage: Stage, weight_format: str, device: DeviceFacts) -> Term 
         f"checkpoint's tensors is {charged / GIB:.2f} GiB ({held - charged:+,} bytes): {kernel}; no g_idx is held "
         "for the experts (fused_moe/oracle/int_wna16.py select_wna16_moe_backend)"))
 
+
+#: the smallest group MoeWNA16Method.create_weights halves a checkpoint's group size to (quantization/moe_wna16.py,
+#: 0.11.0, 0.19.0 and 0.33.0: ``assert group_size >= 32``)
+MOE_WNA16_MIN_GROUP = 32
+
+
+def moe_wna16_group(hidden_size: int, width_per_rank: int, group_size: int) -> int | None:
+    """The group size vLLM's ``MoeWNA16Method.create_weights`` (quantization/moe_wna16.py, 0.11.0, 0.19.0, 0.33.0)
+    holds a rank's experts in: the checkpoint's `group_size` halved until it divides both the rank's width and the
+    hidden size (the weight loader repeats each scale and zero point ``group_size_div_factor`` times); None where
+    vLLM cannot load them: a group below 32 (``assert group_size >= 32``), or a whole-row scale (-1, where Python's
+    ``x % -1 == 0`` ends the loop at once and ``hidden_size // -1`` gives the scales a negative dimension, which
+    ``torch.zeros`` refuses)."""
+    if group_size <= 0:
+        return None
+    group = group_size
+    while width_per_rank % group or hidden_size % group:
+        group //= 2
+        if group < MOE_WNA16_MIN_GROUP:
+            return None
+    return group
+
+
+def _moe_wna16_has_zero_points(version: str, layout: str, kind: str) -> bool:
+    """Whether MoeWNA16 holds zero points (``MoeWNA16Config.has_zp``) for a GPTQ or AWQ checkpoint: AWQ's
+    ``zero_point``, GPTQ's ``not sym``; in 0.11 and 0.19 an asymmetric GPTQ checkpoint reaches MoeWNA16 through
+    gptq.py's ``GPTQConfig.get_quant_method``, which passes ``"sym": True`` ("GPTQ typically uses symmetric
+    quantization"), so none are held for it."""
+    if layout == "awq":
+        return kind != "sym"
+    return kind != "sym" and version == "0.33"
+
+
+def moe_wna16_backend(spec: ModelSpec, weight_format: str, tensor_parallel: int, expert_parallel: bool,
+                      version: str, device: DeviceFacts) -> str:
+    """The layout vLLM `version` holds `spec`'s GPTQ or AWQ int4 experts (`weight_format`, a checkpoint label) in
+    where it hands them to MoeWNA16 (quantization/moe_wna16.py ``MoeWNA16Method``): "triton" (its
+    ``create_weights`` tensors, which 0.11 and 0.19 run on ``fused_experts`` and 0.33 on the TRITON backend, whose
+    ``convert_to_wna16_moe_kernel_format`` only views them as uint8), "humming" (0.33 on compute capability 9.0,
+    where ``prioritize_humming`` puts HUMMING ahead of TRITON), or "" where MoeWNA16 does not take them or nibble
+    cannot tell (a device of unknown capability where the choice hangs on it; 0.33's FlashInfer TRT-LLM MxInt4
+    experts on 10.x for a symmetric g32 checkpoint; a group Humming was not read for; a group MoeWNA16 cannot hold,
+    `moe_wna16_group`, which `int4_expert_refusal` refuses).
+
+    * 0.11 and 0.19: gptq_marlin.py and awq_marlin.py's ``get_quant_method`` fall back to MoeWNA16 where
+      ``check_moe_marlin_supports_layer`` refuses the rank's width (`_marlin_moe_supports`), and awq.py's too; a GPTQ
+      checkpoint gptq_marlin does not take (asymmetric, a group Marlin does not run, below `GPTQ_MARLIN_FLOORS`, not
+      CUDA: ``is_gptq_marlin_compatible``) loads as ``GPTQConfig``, whose MoE layers are always MoeWNA16.
+    * 0.33: auto_gptq.py and auto_awq.py fall back where ``check_moe_marlin_supports_layer(allow_tile_padding=True)``
+      refuses: ROCm, a hidden size not a multiple of 128, a group other than -1, 32, 64, 128, or one that does not
+      divide the rank's width; ``select_wna16_moe_backend`` then refuses Marlin to a MoeWNA16Config
+      (``_backend_incompatibility_reason``: "the MoeWNA16 checkpoint layout is not supported")."""
+    found = _INT4_CHECKPOINT_LABEL.fullmatch(weight_format.removeprefix("checkpoint-"))
+    if (found is None or found["layout"] == "compressed-tensors" or found["kind"] == "asym-fp16zero"
+            or "-padded" in weight_format or "-partial" in weight_format or not spec.is_moe
+            or version not in ("0.11", "0.19", "0.33")):
+        return ""
+    group = int(found["group"]) if found["group"] else -1
+    _, width = expert_shard(spec, tensor_parallel, expert_parallel)
+    hidden, capability, amd = spec.hidden_size, device.compute_capability, device.vendor == "amd"
+    effective = moe_wna16_group(hidden, width, group)
+    if effective is None:
+        return ""
+    if version in ("0.11", "0.19"):
+        marlin_shape = _marlin_moe_supports(hidden, width, group)
+        if found["layout"] == "awq" or not marlin_shape:
+            return "" if marlin_shape else "triton"
+        if found["kind"] != "sym" or amd or (capability is not None and capability < GPTQ_MARLIN_FLOORS[version]):
+            return "triton"
+        return ""
+    if not (amd or hidden % MARLIN_MOE_HIDDEN_ALIGNMENT or group not in _MARLIN_MOE_GROUPS or width % group):
+        return ""
+    if amd:
+        return "triton"
+    if capability is None:
+        return ""
+    if capability == HUMMING_PREFERRED_CAPABILITY:
+        return "humming" if effective in _HUMMING_GROUPS else ""
+    if capability[0] == 10 and group == 32 and not _moe_wna16_has_zero_points(version, found["layout"],
+                                                                              found["kind"]):
+        return ""  # FlashInfer's TRT-LLM MxInt4 experts come before TRITON for a g32 key: not read
+    return "triton"
+
+
+def moe_wna16_bytes(spec: ModelSpec, tensor_parallel: int, layers: int, weight_format: str, version: str,
+                    backend: str, expert_parallel: bool = False) -> tuple[int, int]:
+    """(vLLM `version`'s bytes, nibble's charge) of the int4 routed experts of `layers` MoE layers on one rank where
+    MoeWNA16 holds them (`moe_wna16_backend` gives `backend`), with E the rank's experts, N their width, H the hidden
+    size (`expert_shard`) and g' the group `moe_wna16_group` halves the checkpoint's to.  ``create_weights``
+    (quantization/moe_wna16.py, the same tensors in 0.11.0, 0.19.0 and 0.33.0): uint8 ``w13_qweight`` [E, 2N, H / 2]
+    and ``w2_qweight`` [E, H, N / 2] (the checkpoint's bytes), scales in the model's 16-bit dtype ``w13_scales``
+    [E, 2N, H / g'] and ``w2_scales`` [E, H, N / g'], and only where ``has_zp`` (`_moe_wna16_has_zero_points`) uint8
+    ``w13_qzeros`` [E, N, H / g'] and ``w2_qzeros`` [E, H / 2, N / g']; a GPTQ checkpoint's g_idx (and its qzeros
+    without ``has_zp``) are empty int32 tensors (0.33 creates no g_idx).  So per expert ``1.5 N H`` bytes of values,
+    ``6 N H / g'`` of scales and ``1.5 N H / g'`` of zero points: g' below the checkpoint's group doubles its scales.
+    On "humming" (0.33, compute capability 9.0) ``convert_to_humming_moe_kernel_format`` repacks them with
+    ``_MoeWNA16HummingWeightSchema(group_size=layer.group_size)``: `_humming_expert_bytes` at g'.  nibble's charge:
+    `_expert_checkpoint_charge` (GPTQ's qweight, qzeros, scales and g_idx, AWQ's qweight, qzeros and scales)."""
+    found = _INT4_CHECKPOINT_LABEL.fullmatch(weight_format.removeprefix("checkpoint-"))
+    assert found is not None
+    stored = _int4_checkpoint_format(weight_format)
+    experts, width = expert_shard(spec, tensor_parallel, expert_parallel)
+    hidden = spec.hidden_size
+    group = moe_wna16_group(hidden, width, stored.group_size or -1)
+    assert group is not None
+    zeros = _moe_wna16_has_zero_points(version, found["layout"], found["kind"])
+    if backend == "humming":
+        held = _humming_expert_bytes(spec, width, group, zeros)
+    else:
+        held = (3 * width * hidden // 2 + 2 * 3 * width * hidden // group
+                + (3 * width * hidden // group // 2 if zeros else 0))
+    return (layers * experts * held,
+            layers * _expert_checkpoint_charge(spec, stored, tensor_parallel, expert_parallel))
+
+
+def _moe_wna16_layout(stage: Stage, version: str, weight_format: str, backend: str) -> Term | None:
+    """`expert_layout` of GPTQ and AWQ experts MoeWNA16 holds (`moe_wna16_bytes`), or None where it holds exactly
+    nibble's charge."""
+    spec, tensor_parallel = stage.spec, stage.tensor_parallel
+    expert_parallel = stage.expert_parallel and tensor_parallel > 1
+    start, stop = stage.layers
+    layers = sum(1 for layer in spec.moe_layers if start <= layer < stop)
+    held, charged = moe_wna16_bytes(spec, tensor_parallel, layers, weight_format, version, backend, expert_parallel)
+    if held == charged:
+        return None
+    experts, width = expert_shard(spec, tensor_parallel, expert_parallel)
+    stored = _int4_checkpoint_format(weight_format).group_size or -1
+    group = moe_wna16_group(spec.hidden_size, width, stored)
+    found = _INT4_CHECKPOINT_LABEL.fullmatch(weight_format.removeprefix("checkpoint-"))
+    assert found is not None
+    zeros = _moe_wna16_has_zero_points(version, found["layout"], found["kind"])
+    why = ("Marlin refuses the layer (marlin_utils.check_moe_marlin_supports_layer)" if version == "0.33"
+           else "Marlin does not take the layer (gptq_marlin.py / awq_marlin.py get_quant_method: "
+                "check_moe_marlin_supports_layer, or a GPTQ checkpoint gptq_marlin does not take)")
+    kernel = ("Humming's kernels (compute capability 9.0, prioritize_humming; convert_to_humming_moe_kernel_format "
+              "pads N to 256 and K to 128)" if backend == "humming"
+              else ("the TRITON backend (fused_moe/oracle/int_wna16.py)" if version == "0.33"
+                    else "Triton's fused_experts"))
+    return Term(held - charged, (
+        f"vLLM {version}'s {weight_format} experts fall to MoeWNA16 where {why}: MoeWNA16Method.create_weights "
+        f"(quantization/moe_wna16.py) holds the {experts} experts' {width}-wide shares with 16-bit scales in groups "
+        f"of {group} (the checkpoint's {stored} halved to divide the width and hidden size), "
+        f"{'uint8 zero points' if zeros else 'no zero points'} and no g_idx, on {kernel}: {held / GIB:.2f} GiB a "
+        f"rank where nibble's charge of the checkpoint's tensors is {charged / GIB:.2f} GiB ({held - charged:+,} "
+        "bytes)"))
 
 def _forward_bytes(spec: ModelSpec, tensor_parallel: int, tokens: int, version: str, expert_format: str = "",
                    device: DeviceFacts = UNKNOWN_DEVICE, element_bytes: int = 2, expert_parallel: bool = False) -> int:
@@ -2862,16 +3019,19 @@ def int4_expert_refusal(spec: ModelSpec, weight_format: str, tensor_parallel: in
                 f"{group}-wide groups, and Marlin does not run it (marlin_utils.check_moe_marlin_supports_layer), so "
                 f"CompressedTensorsWNA16MoEMethod holds {width // group} scale group(s) of each rank's w2 for "
                 f"{width / group:g} groups of the checkpoint")
-    if _marlin_moe_supports(hidden, width, group) or group == -1:
+    if _marlin_moe_supports(hidden, width, group):
         return None
-    fallback = group
-    while width % fallback or hidden % fallback:
-        fallback //= 2
-        if fallback < 32:
-            return (f"vLLM {version} refuses {layout.upper()} int4 g{group} experts at tensor parallel size "
-                    f"{tensor_parallel}: {where}, which Marlin does not run "
-                    "(marlin_utils.check_moe_marlin_supports_layer) and MoeWNA16 cannot group "
-                    "(moe_wna16.py, MoeWNA16Method.create_weights asserts a group size of at least 32 dividing it)")
+    if group == -1:
+        return (f"vLLM {version} cannot load {layout.upper()} int4 experts with a whole-row scale (group -1) at "
+                f"tensor parallel size {tensor_parallel}: {where}, which Marlin does not run "
+                "(marlin_utils.check_moe_marlin_supports_layer: a multiple of 64), and MoeWNA16, which takes them, "
+                "keeps group -1 (moe_wna16.py, MoeWNA16Method.create_weights: x % -1 == 0) and sizes the scales "
+                "hidden_size // -1, a negative dimension torch.zeros refuses")
+    if moe_wna16_group(hidden, width, group) is None:
+        return (f"vLLM {version} refuses {layout.upper()} int4 g{group} experts at tensor parallel size "
+                f"{tensor_parallel}: {where}, which Marlin does not run "
+                "(marlin_utils.check_moe_marlin_supports_layer) and MoeWNA16 cannot group "
+                "(moe_wna16.py, MoeWNA16Method.create_weights asserts a group size of at least 32 dividing it)")
     return None
 
 

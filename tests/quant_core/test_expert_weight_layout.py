@@ -136,7 +136,6 @@ def test_vllm_0_33_int4_expert_padding_is_charged_in_the_plan() -> None:
     ("int4-g32-sym-gptq", 8, None),  # capability unknown
     ("int4-g32-sym-compressed-tensors", 8, "b200"),  # FlashInfer's TRT-LLM MxInt4 experts on 10.x, not read
     ("int4-row-sym-gptq", 4, "h100-80gb"),  # Humming with a per-row scale, not read
-    ("int4-g128-sym-gptq", 8, "a100-80gb"),  # 96 wide: Marlin refuses a group straddling the shard (Triton)
 ])
 def test_vllm_0_33_int4_experts_on_a_kernel_not_read_get_no_layout_term(label: str, tensor_parallel: int,
                                                                          device: str | None) -> None:
