@@ -1366,8 +1366,10 @@ def fused_moe_caches(spec: ModelSpec, tensor_parallel: int, tokens: int, version
       package is present), a modular kernel whose ``DeepGemmExperts.workspace_shapes`` asks ``M_sum x max(2w, K)``
       and ``M_sum x max(w, K)`` with ``M_sum = round_up(M x k + experts x 127, 128)`` (``compute_aligned_M``),
       ``M = min(tokens, 32768)`` (the kernel chunks), kept in class-level ``SharedResizableBuffer``s: they persist.
-    * v0.11 otherwise (fused_moe/fused_moe.py, ``fused_experts_impl``, the default path without expert parallelism:
-      ``UnquantizedFusedMoEMethod`` and ``Fp8MoEMethod`` call ``fused_experts`` in place): ``cache13`` of
+    * v0.11 otherwise, and v0.19's GPTQ and AWQ experts on MoeWNA16 (`moe_wna16_backend` "triton": its ``apply``
+      calls ``fused_experts``, unchunked in 0.19 and out of place, with a ``T x K`` output) (fused_moe/fused_moe.py,
+      ``fused_experts_impl``, the default path without expert parallelism: ``UnquantizedFusedMoEMethod`` and
+      ``Fp8MoEMethod`` call ``fused_experts`` in place): ``cache13`` of
       ``M x k x max(2w, K)`` (intermediate_cache1 and 3 share it) and ``intermediate_cache2`` of ``M x k x w``,
       ``M = min(tokens, VLLM_FUSED_MOE_CHUNK_SIZE = 32768)``; torch.empty in each call, freed after the layer.
     * v0.19 and v0.33 (the modular kernel, ``FusedMoEKernel._allocate_buffers`` in fused_moe/modular_kernel.py, not
@@ -1418,6 +1420,16 @@ def fused_moe_caches(spec: ModelSpec, tensor_parallel: int, tokens: int, version
             f"modular_kernel.py's class-level SharedResizableBuffers; vLLM 0.11 runs block-fp8 experts on DeepGEMM "
             f"{where} when the deep_gemm package is installed, as vLLM's Docker builds install it, and the charge is "
             "the safe side when it is not)"))
+    if version == "0.19" and moe_wna16_backend(spec, expert_format, tensor_parallel, expert_parallel, version,
+                                               device) == "triton":
+        rows = tokens * k
+        nbytes = (rows * (max(2 * width, hidden) + width) + tokens * hidden) * ACTIVATION_ELEMENT_BYTES
+        return FusedMoeCaches(nbytes, False, (
+            f"fused_experts_impl's caches (vLLM 0.19's MoeWNA16Method.apply calls fused_experts, outside the modular "
+            f"kernel and its workspace manager: fused_moe/fused_moe.py cache13 of tokens x top_k x max(2 x {width}, "
+            f"{hidden}) and intermediate_cache2 of tokens x top_k x {width}, unchunked, and the tokens x {hidden} "
+            "output outplace_fused_experts allocates (fused_moe/utils.py disable_inplace: torch 2.10, which 0.19 "
+            f"pins, is past 2.9), bf16, {nbytes / GIB:.2f} GiB, freed after each layer)"))
     if version == "0.11":
         rows = min(tokens, FUSED_MOE_CHUNK_TOKENS_V0_11) * k
         nbytes = rows * (max(2 * width, hidden) + width) * ACTIVATION_ELEMENT_BYTES

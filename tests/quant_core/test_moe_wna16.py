@@ -19,7 +19,8 @@ import pytest
 
 from quant_core.catalog import device_facts, get_preset
 from quant_core.engines.base import Stage
-from quant_core.engines.vllm import VllmProfile, int4_expert_refusal, moe_wna16_backend, moe_wna16_group
+from quant_core.engines.vllm import (VllmProfile, fused_moe_caches, int4_expert_refusal, moe_wna16_backend,
+                                     moe_wna16_group)
 from quant_core.planner import Hardware, PlanOptions, Workload, plan
 from quant_core.schemes import scheme_from_quantization_config
 
@@ -161,3 +162,19 @@ def test_the_plan_charges_moe_wna16_and_says_so() -> None:
                         PlanOptions(scheme=scheme, engine_version="0.19")) for tp in (2, 4)}
     assert "MoeWNA16" in answers[4].runtime_overhead.basis
     assert "MoeWNA16" not in answers[2].runtime_overhead.basis
+
+
+def test_vllm_0_19_moe_wna16_runs_fused_experts_impl_whose_caches_are_freed_after_each_layer() -> None:
+    # MoeWNA16Method.apply calls fused_experts (not the modular kernel): fused_experts_impl's cache13 of
+    # T x k x max(2N, H), intermediate_cache2 of T x k x N, unchunked, and outplace_fused_experts' T x H output
+    # (disable_inplace: torch 2.10).  TP 4, 8192 tokens, top 8, N = 192: (65,536 x (2048 + 192) + 8192 x 2048) x 2 =
+    # 327,155,712 bytes, transient, where TritonExperts' kept workspace was charged before (2 x 65,536 x 2048 x 2 =
+    # 536,870,912, persistent)
+    spec = get_preset("qwen3-30b-a3b")
+    caches = fused_moe_caches(spec, 4, 8192, "0.19", "int4-g128-sym-gptq", device_facts("a100-80gb"))
+    assert (caches.nbytes, caches.persists) == ((8192 * 8 * (2048 + 192) + 8192 * 2048) * 2, False)
+    assert caches.nbytes == 327_155_712
+    on_marlin = fused_moe_caches(spec, 2, 8192, "0.19", "int4-g128-sym-gptq", device_facts("a100-80gb"))
+    assert on_marlin.persists  # TP 2: GPTQMarlinMoEMethod's MarlinExperts in the workspace manager
+    # 0.33's MoeWNA16 runs TritonWNA16Experts in the modular kernel: the workspace figure stays
+    assert fused_moe_caches(spec, 4, 8192, "0.33", "int4-g128-sym-gptq", device_facts("a100-80gb")).persists

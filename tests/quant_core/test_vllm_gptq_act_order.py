@@ -156,10 +156,13 @@ def test_qwen3_30b_a3b_gptq_experts_figures() -> None:
     assert _moe_extra("qwen3-30b-a3b", 1, False) == 48 * 128 * -28_672 == -176_160_768
     # TP 2 with act order: the down projection's 6 scale groups whole, g_idx and sort indices 8 x (2048 + 384)
     assert _moe_extra("qwen3-30b-a3b", 2, True) == 116_391_936
-    # TP 4: a rank's width 192 is no multiple of 128: MoeWNA16 (not read), no term
+    # TP 4: a rank's width 192 is no multiple of 128: MoeWNA16, which skips the g_idx (its weight loader returns on
+    # "g_idx") and holds the scales at group 64: 626,688 an expert against nibble's 617,728 (tests/quant_core/
+    # test_moe_wna16.py), 8,960 x 128 x 48 more
     spec = get_preset("qwen3-30b-a3b")
-    assert VllmProfile("0.19").expert_layout(Stage(spec, 4, 1, (0, spec.num_layers), True),
-                                             "int4-g128-sym-act-order-gptq", device_facts("a100-80gb")) is None
+    term = VllmProfile("0.19").expert_layout(Stage(spec, 4, 1, (0, spec.num_layers), True),
+                                             "int4-g128-sym-act-order-gptq", device_facts("a100-80gb"))
+    assert term is not None and term.bytes == 48 * 128 * 8_960 == 55_050_240
 
 
 def test_vllm_0_33_refuses_act_order_gptq_with_its_message() -> None:
