@@ -2729,8 +2729,10 @@ GPTQ_MARLIN_FLOORS: dict[str, tuple[int, int]] = {"0.11": (8, 0), "0.19": (7, 5)
 #: Marlin's smallest tile of a rank's linear layer (utils/marlin_utils.py ``verify_marlin_supports_shape``:
 #: ``GPTQ_MARLIN_MIN_THREAD_N`` out features, ``GPTQ_MARLIN_MIN_THREAD_K`` in features)
 GPTQ_MARLIN_MIN_THREAD_N, GPTQ_MARLIN_MIN_THREAD_K = 64, 128
-#: the group sizes nibble read the GPTQ dense layout for (-1, a whole row, runs AllSpark on 8.x: not read)
-_GPTQ_DENSE_GROUPS: tuple[int, ...] = (32, 64, 128)
+#: the group sizes nibble read the GPTQ dense layout for, -1 a whole row (AllSpark, which 0.11 and 0.19 list ahead of
+#: Marlin for a whole-row group on 8.x, takes only 8-bit weights: utils/allspark_utils.py
+#: ``ALLSPARK_SUPPORTED_QUANT_TYPES = [scalar_types.uint8b128]``, so an int4 one runs Marlin; 0.33 has no AllSpark)
+_GPTQ_DENSE_GROUPS: tuple[int, ...] = (-1, 32, 64, 128)
 
 
 def gptq_dense_kernel(version: str, compute_capability: tuple[int, int], in_features: int, out_features: int,
@@ -2739,13 +2741,15 @@ def gptq_dense_kernel(version: str, compute_capability: tuple[int, int], in_feat
     `in_features` x `out_features`; `row_parallel`: a RowParallelLinear whose input is split), as
     ``choose_mp_linear_kernel`` takes the first that can implement it (model_executor/layers/quantization/kernels/
     mixed_precision in 0.11, model_executor/kernels/linear in 0.19 and 0.33): "machete", "marlin", or "" where nibble
-    did not read the one it takes.  CutlassW4A8 wants fp8 activations and AllSpark (8.x) a whole-row group: neither
-    takes a 16-bit grouped GPTQ layer.  Machete (compute capability 9.0 only): groups -1, 64 or 128 for 16-bit
+    did not read the one it takes.  CutlassW4A8 wants fp8 activations and AllSpark (8.x) 8-bit weights
+    (``ALLSPARK_SUPPORTED_QUANT_TYPES``, a whole-row group): neither takes a 4-bit GPTQ layer with 16-bit
+    activations.  Machete (compute capability 9.0 only): groups -1, 64 or 128 for 16-bit
     activations, in features a multiple of 64 and out features of 128, and in 0.11 and 0.19 no act order where the
     input is split ("Act reordering currently not supported by Machete, when the input features are partitioned
     across devices").  Marlin: out features a multiple of 64, in features of 128 and whole groups; in 0.33 on 9.0
     ``prioritize_humming`` puts Humming (not read) ahead of it."""
-    if (compute_capability == HUMMING_PREFERRED_CAPABILITY and group_size in MACHETE_GROUPS
+    machete_group = None if group_size == -1 else group_size
+    if (compute_capability == HUMMING_PREFERRED_CAPABILITY and machete_group in MACHETE_GROUPS
             and not (act_order and row_parallel) and in_features % MACHETE_BLOCK_IN == 0
             and out_features % MACHETE_BLOCK_OUT == 0):
         return "machete"
@@ -2775,7 +2779,8 @@ def gptq_linear_held_bytes(version: str, kernel: str, in_features: int, out_feat
     * Machete (mixed_precision/machete.py): the weights prepacked at their size, the scales kept; the qzeros and the
       g_idx are left as loaded (it transforms zero points only with ``zero_points``); with act order it also keeps
       the int32 ``argsort(g_idx)`` ``[in]`` for its activation permutation (``act_perm``)."""
-    groups = (full_in_features if act_order and kernel == "marlin" else in_features) // group_size
+    groups = 1 if group_size == -1 else (full_in_features if act_order and kernel == "marlin"
+                                         else in_features) // group_size
     held = in_features * out_features // 2 + 2 * groups * out_features
     if kernel == "marlin":
         return held + (2 * 4 * in_features if act_order else 0)
@@ -2809,19 +2814,21 @@ def gptq_marlin_linear_bytes(stage: Stage, version: str, dense_format: str, devi
     inputs whole) and the RowParallelLinear o_proj and down_proj (their inputs split), shapes per rank
     `_dense_linear_shapes`.  Positive where act order holds a row-parallel layer's scales whole and the g_idx with its
     sort indices; negative where Marlin frees the qzeros and g_idx nibble charges, and for the g_idx 0.33 never
-    creates.  Models of `FUSED_LINEAR_MODEL_TYPES` without MLA or shared experts, groups of 32, 64 or 128, devices of
+    creates.  Models of `FUSED_LINEAR_MODEL_TYPES` without MLA or shared experts, groups of 32, 64 or 128 or a whole
+    row (-1: one group, act order off as gptq_marlin.py sets ``desc_act = False`` for it), devices of
     `GPTQ_MARLIN_FLOORS`; None elsewhere (asymmetric GPTQ runs other kernels in 0.11/0.19 and is refused in 0.33;
     act order is refused in 0.33: `gptq_act_order_refusal`)."""
     spec = stage.spec
     found = _INT4_CHECKPOINT_LABEL.fullmatch(dense_format.removeprefix("checkpoint-"))
     capability = device.compute_capability
-    if (found is None or found["layout"] != "gptq" or found["kind"] != "sym" or not found["group"]
-            or int(found["group"]) not in _GPTQ_DENSE_GROUPS or "-padded" in dense_format or "-partial" in dense_format
+    group = int(found["group"]) if found is not None and found["group"] else -1
+    if (found is None or found["layout"] != "gptq" or found["kind"] != "sym"
+            or group not in _GPTQ_DENSE_GROUPS or "-padded" in dense_format or "-partial" in dense_format
             or version not in GPTQ_MARLIN_FLOORS or capability is None or device.vendor == "amd"
             or capability < GPTQ_MARLIN_FLOORS[version] or spec.model_type not in FUSED_LINEAR_MODEL_TYPES
             or spec.is_mla or spec.shared_expert_width):
         return None
-    group, act_order = int(found["group"]), found["act_order"] is not None
+    act_order = found["act_order"] is not None and group > 0
     if act_order and version == "0.33":
         return None  # refused: gptq_act_order_refusal
     tensor_parallel = stage.tensor_parallel
@@ -2846,7 +2853,8 @@ def gptq_marlin_linear_bytes(stage: Stage, version: str, dense_format: str, devi
     per_mlp = held(gate_up, down, spec.intermediate_size) if dense_layers else 0
     if per_attention is None or per_mlp is None:
         return None
-    charge_attention, charge_mlp = _gptq_dense_charge(spec, gptq_checkpoint(group, True, act_order), tensor_parallel)
+    stored = gptq_checkpoint(None if group == -1 else group, True, found["act_order"] is not None)
+    charge_attention, charge_mlp = _gptq_dense_charge(spec, stored, tensor_parallel)
     extra = (stop - start) * (per_attention - charge_attention) + dense_layers * (per_mlp - charge_mlp)
     if not extra:
         return None
@@ -3393,7 +3401,8 @@ GPTQ_ACT_ORDER_REFUSED: frozenset[str] = frozenset({"0.33"})
 def gptq_act_order_refusal(version: str, stored: WeightFormat | None) -> str | None:
     """Why vLLM `version` refuses the GPTQ weights `stored` quantized with act order on every device
     (`GPTQ_ACT_ORDER_REFUSED`, with vLLM's message), or None."""
-    if version not in GPTQ_ACT_ORDER_REFUSED or stored is None or stored.layout != "gptq" or not stored.act_order:
+    if (version not in GPTQ_ACT_ORDER_REFUSED or stored is None or stored.layout != "gptq" or not stored.act_order
+            or stored.group_size is None):  # a whole row: normalize_and_validate_gptq_desc_act turns it off
         return None
     return (f"vLLM {version} cannot load {stored.label()} weights on any device: the checkpoint's config has "
             "desc_act true (act order) with groups, and AutoGPTQConfig raises \"GPTQ group activation ordering "
