@@ -2665,6 +2665,32 @@ def _dense_linear_shapes(spec: ModelSpec, tensor_parallel: int) -> tuple[tuple[t
             ((hidden, 2 * width), (width, hidden)))
 
 
+#: Humming's lock buffer of each linear layer (vLLM 0.33 utils/humming.py ``create_humming_locks``: int32,
+#: ``num_compute_units x 8``), made in HummingLinearKernel.process_weights_after_loading
+HUMMING_LOCKS_PER_SM = 8
+#: the group sizes nibble read vLLM 0.33's dense Humming layout for (-1: one scale a row, Humming's group 0)
+_HUMMING_DENSE_GROUPS: tuple[int, ...] = (-1, 32, 64, 128)
+
+
+def humming_linear_bytes(in_features: int, out_features: int, group_size: int, zero_points: bool, bias: bool,
+                         device: DeviceFacts) -> int:
+    """Bytes vLLM 0.33 holds for one rank's int4 linear layer (``in_features x out_features`` on the rank, the fused
+    layer's summed ``output_partition_sizes``) on HummingLinearKernel (kernels/linear/mixed_precision/humming.py),
+    beyond the bias nibble charges.  ``prepare_humming_linear_layer_config`` (quantization/utils/humming/linear.py)
+    pads N to 256 and K to 128 (``pad_n_to_multiple=256, pad_k_to_multiple=128``; humming-kernels 0.1.19
+    transform.py ``check_and_pad_tensors`` pads every tensor to schema/humming.py ``get_tensors_attrs`` of the padded
+    shape): the int32 weight ``n x k / 2`` bytes, 16-bit scales ``n x G`` (G = k / g, or 1 for a whole-row group),
+    int32 zero points ``n / 8 x G`` where the checkpoint has them, and a bias padded to n with a ``zero_bias`` buffer
+    of its size (``2 x 2n`` bytes where nibble charges ``2 x out``); then it deletes every other parameter of the
+    layer (a symmetric GPTQ checkpoint's qzeros, the g_idx), and ``create_humming_locks`` adds an int32 lock buffer
+    of 8 a streaming multiprocessor (`HUMMING_LOCKS_PER_SM`, `torch_cuda.compute_units` of `device`)."""
+    padded_out, padded_in = _round_up(out_features, HUMMING_PAD_N), _round_up(in_features, HUMMING_PAD_K)
+    groups = 1 if group_size == -1 else padded_in // group_size
+    units, _ = compute_units(device)
+    return (padded_out * padded_in // 2 + 2 * padded_out * groups + (padded_out * groups // 2 if zero_points else 0)
+            + (2 * 2 * padded_out - 2 * out_features if bias else 0) + 4 * HUMMING_LOCKS_PER_SM * units)
+
+
 def machete_zero_point_bytes(stage: Stage, version: str, dense_format: str, device: DeviceFacts) -> Term | None:
     """The bytes one rank of vLLM `version` holds for the dense linear layers (attention and dense MLP, `dense_format`
     their label) of a checkpoint with zero points (AWQ; asymmetric compressed-tensors, whose
@@ -2677,9 +2703,10 @@ def machete_zero_point_bytes(stage: Stage, version: str, dense_format: str, devi
     with the zero points pre-multiplied by the scales, ``-scales x zeros`` in the scales' 16-bit dtype: ``G x out x
     2`` bytes, ``1.5 x G x out`` more per layer (the weights are prepacked and the scales kept at their size).
     Models of `FUSED_LINEAR_MODEL_TYPES` without MLA (their shapes per rank: `_dense_linear_shapes`); None for other
-    models, formats, releases and devices, and in 0.33 where a layer falls from Machete to Humming's kernels
-    (prioritized ahead of Marlin on 9.0, their layout not read); in 0.19 such a layer runs Marlin, whose repacked
-    zero points keep the checkpoint's bytes."""
+    models, formats, releases and devices.  In 0.33 a layer Machete refuses falls to Humming's kernels (prioritized
+    ahead of Marlin on 9.0): `humming_linear_bytes` less the checkpoint's ``in x out / 2`` values, ``G x out`` 16-bit
+    scales and ``G x out / 2`` packed zero points; in 0.19 such a layer runs Marlin, whose repacked zero points keep
+    the checkpoint's bytes."""
     spec = stage.spec
     found = _INT4_CHECKPOINT_LABEL.fullmatch(dense_format.removeprefix("checkpoint-"))
     zero_points = found is not None and (found["layout"] == "awq" or (found["layout"] == "compressed-tensors"
@@ -2692,20 +2719,29 @@ def machete_zero_point_bytes(stage: Stage, version: str, dense_format: str, devi
     group = int(found["group"]) if found["group"] else None
     tensor_parallel = stage.tensor_parallel
     attention, mlp = _dense_linear_shapes(spec, tensor_parallel)
+    humming = False
 
-    def extra(shapes: tuple[tuple[int, int], ...]) -> int | None:
+    def extra(shapes: tuple[tuple[int, int], ...], biases: tuple[bool, ...]) -> int | None:
+        nonlocal humming
         total = 0
-        for in_features, out_features in shapes:
+        for (in_features, out_features), bias in zip(shapes, biases, strict=True):
+            groups = in_features // group if group else 1
             if (group not in MACHETE_GROUPS or in_features % MACHETE_BLOCK_IN or out_features % MACHETE_BLOCK_OUT
                     or (group is not None and in_features % group)):
-                if version == "0.33":
-                    return None  # Humming's layout, not read
-                continue  # 0.19: Marlin, the checkpoint's bytes
-            groups = in_features // group if group else 1
+                if version != "0.33":
+                    continue  # 0.19: Marlin, the checkpoint's bytes
+                if (group or -1) not in _HUMMING_DENSE_GROUPS or (group is not None and in_features % group):
+                    return None  # a Humming layout nibble did not read
+                humming = True
+                total += (humming_linear_bytes(in_features, out_features, group or -1, True, bias, device)
+                          - (in_features * out_features // 2 + 2 * groups * out_features
+                             + groups * out_features // 2))
+                continue
             total += 3 * groups * out_features // 2
         return total
 
-    per_attention, per_mlp = extra(attention), extra(mlp)
+    per_attention = extra(attention, (spec.attention_qkv_bias, spec.attention_output_bias))
+    per_mlp = extra(mlp, (False, False))
     start, stop = stage.layers
     dense_layers = sum(1 for layer in range(start, stop) if not spec.is_moe or layer in spec.dense_layers)
     if per_attention is None or (per_mlp is None and dense_layers):
@@ -2713,12 +2749,15 @@ def machete_zero_point_bytes(stage: Stage, version: str, dense_format: str, devi
     held = (stop - start) * per_attention + dense_layers * (per_mlp or 0)
     if not held:
         return None
+    humming_basis = ("; the layers Machete refuses run Humming's kernels (prioritize_humming), which pad N to 256 "
+                     "and K to 128 and add a lock buffer (quantization/utils/humming/linear.py "
+                     "prepare_humming_linear_layer_config, utils/humming.py create_humming_locks)" if humming else "")
     return Term(held, (
         f"vLLM {version} runs the {dense_format} attention and MLP layers on Machete (compute capability 9.0, "
         "choose_mp_linear_kernel), whose process_weights_after_loading replaces each layer's packed qzeros "
         "(G x out / 2 bytes) with 16-bit zero points pre-multiplied by the scales (G x out x 2 bytes; "
-        f"kernels/linear/mixed_precision/machete.py transform_w_zp): {held / GIB:.2f} GiB a rank more than the "
-        "checkpoint's"))
+        f"kernels/linear/mixed_precision/machete.py transform_w_zp){humming_basis}: {held / GIB:+.2f} GiB a rank "
+        "against the checkpoint's"))
 
 
 #: the lowest compute capability at which each release runs a symmetric GPTQ checkpoint's dense layers on its
@@ -2835,12 +2874,17 @@ def gptq_marlin_linear_bytes(stage: Stage, version: str, dense_format: str, devi
     (qkv, o_proj), (gate_up, down) = _dense_linear_shapes(spec, tensor_parallel)
     kernels: set[str] = set()
 
-    def held(column: tuple[int, int], row: tuple[int, int], row_full_in: int) -> int | None:
+    def held(column: tuple[int, int], row: tuple[int, int], row_full_in: int,
+             biases: tuple[bool, bool] = (False, False)) -> int | None:
         """The held bytes of a column-parallel layer (input whole) and a row-parallel one (input split)."""
         total = 0
-        for (in_features, out_features), full_in, split in ((column, column[0], False),
-                                                             (row, row_full_in, tensor_parallel > 1)):
+        for (in_features, out_features), full_in, split, bias in ((column, column[0], False, biases[0]),
+                                                                   (row, row_full_in, tensor_parallel > 1, biases[1])):
             kernel = gptq_dense_kernel(version, capability, in_features, out_features, group, act_order, split)
+            if not kernel and version == "0.33" and capability == HUMMING_PREFERRED_CAPABILITY:
+                kernels.add("humming")  # prioritize_humming: Humming's kernels where Machete refuses the layer
+                total += humming_linear_bytes(in_features, out_features, group, False, bias, device)
+                continue
             if not kernel:
                 return None
             kernels.add(kernel)
@@ -2849,7 +2893,8 @@ def gptq_marlin_linear_bytes(stage: Stage, version: str, dense_format: str, devi
 
     start, stop = stage.layers
     dense_layers = sum(1 for layer in range(start, stop) if not spec.is_moe or layer in spec.dense_layers)
-    per_attention = held(qkv, o_proj, spec.num_attention_heads * spec.head_dim)
+    per_attention = held(qkv, o_proj, spec.num_attention_heads * spec.head_dim,
+                         (spec.attention_qkv_bias, spec.attention_output_bias))
     per_mlp = held(gate_up, down, spec.intermediate_size) if dense_layers else 0
     if per_attention is None or per_mlp is None:
         return None
@@ -2864,10 +2909,13 @@ def gptq_marlin_linear_bytes(stage: Stage, version: str, dense_format: str, devi
              "without act order Marlin empties the qzeros and g_idx (marlin_make_empty_g_idx) and Machete keeps them")
     method = ("gptq_marlin.py GPTQMarlinLinearMethod" if version != "0.33"
               else "auto_gptq.py AutoGPTQLinearMethod, which creates no g_idx")
+    humming = ("; Humming (0.33 on 9.0 where Machete refuses a layer: prioritize_humming) pads N to 256 and K to "
+               "128, keeps the scales and nothing else of the checkpoint, and adds a lock buffer (quantization/utils/"
+               "humming/linear.py prepare_humming_linear_layer_config)" if "humming" in kernels else "")
     return Term(extra, (
         f"vLLM {version} runs the {dense_format} attention and MLP layers on {' and '.join(sorted(kernels))} "
-        f"(choose_mp_linear_kernel): {order}; {extra / GIB:+.2f} GiB a rank against nibble's charge of the "
-        f"checkpoint's qweight, qzeros, scales and g_idx ({extra:+,} bytes; {method}; kernels/mixed_precision "
+        f"(choose_mp_linear_kernel): {order}{humming}; {extra / GIB:+.2f} GiB a rank against nibble's charge of "
+        f"the checkpoint's qweight, qzeros, scales and g_idx ({extra:+,} bytes; {method}; kernels/mixed_precision "
         "marlin.py and machete.py)"))
 
 

@@ -109,9 +109,13 @@ def test_vllm_0_33_holds_no_g_idx_for_gptq_dense_layers() -> None:
         4, 128, False, False)
     g_idx = 4 * (3 * 8192 + 8192 + 2 * 8192 + 28672)  # q, k, v, o, gate, up, down at TP 1
     assert _dense_term("llama-3.1-70b", "0.33", "h100-80gb", 1, "int4-g128-sym-gptq") == -80 * g_idx
-    # act order is refused there, so no layout; group 32 on H100 runs Humming (not read)
+    # act order is refused there, so no layout; group 32 on H100 runs Humming (Machete takes no group 32), nothing
+    # padded at TP 4 (2560, 8192, 14336 out; 8192, 2048, 7168 in): it frees the qzeros and g_idx nibble charges,
+    # 4 x (8192 x 6 + 28672) + 256 x (8192 x 2 + 1024 x 2 + 28672 x 2) / 2 + 896 x 8192 / 2 = 13,680,640 bytes a
+    # layer over 4 ranks, and adds four lock buffers of 8 x 132 int32 (tests/quant_core/test_vllm_humming_dense.py)
     assert _dense_term("llama-3.1-70b", "0.33", "a100-80gb", 4, "int4-g128-sym-act-order-gptq") is None
-    assert _dense_term("llama-3.1-70b", "0.33", "h100-80gb", 4, "int4-g32-sym-gptq") is None
+    assert _dense_term("llama-3.1-70b", "0.33", "h100-80gb", 4, "int4-g32-sym-gptq") == (
+        80 * (4 * 4 * 8 * 132 - 13_680_640 // 4)) == -272_261_120
 
 
 def test_no_gptq_term_where_vllm_runs_other_kernels() -> None:
