@@ -2011,7 +2011,7 @@ def expert_layout(stage: Stage, version: str, expert_format: str, device: Device
     wna16 = moe_wna16_backend(spec, expert_format, stage.tensor_parallel,
                               stage.expert_parallel and stage.tensor_parallel > 1, version, device)
     if wna16:
-        return _moe_wna16_layout(stage, version, expert_format, wna16)
+        return _moe_wna16_layout(stage, version, expert_format, wna16, device)
     if version == "0.33" and _INT4_CHECKPOINT_LABEL.fullmatch(expert_format.removeprefix("checkpoint-")):
         return _int4_layout(stage, expert_format, device)
     if version in ("0.11", "0.19") and _INT4_CHECKPOINT_LABEL.fullmatch(expert_format.removeprefix("checkpoint-")):
@@ -2255,6 +2255,7 @@ def _int4_layout(stage: Stage, weight_format: str, device: DeviceFacts) -> Term 
     start, stop = stage.layers
     layers = sum(1 for layer in spec.moe_layers if start <= layer < stop)
     held, charged = int4_expert_layout_bytes(spec, tensor_parallel, layers, backend, weight_format, expert_parallel)
+    held += humming_moe_locks_bytes(layers, device) if backend == "humming" else 0
     experts, width = expert_shard(spec, tensor_parallel, expert_parallel)
     group = _int4_checkpoint_format(weight_format).group_size
     if backend == "marlin":
@@ -2263,7 +2264,8 @@ def _int4_layout(stage: Stage, weight_format: str, device: DeviceFacts) -> Term 
                   f"{width} -> {padded} (utils/marlin_utils.py marlin_moe_padded_intermediate, lcm(64, group)), "
                   "zero points repacked for GPTQ and AWQ")
     else:
-        kernel = (f"Humming (compute capability 9.0, quantization/utils/humming/moe.py: N padded to 256, K to 128): "
+        kernel = (f"Humming (compute capability 9.0, quantization/utils/humming/moe.py: N padded to 256, K to 128, "
+                  "and a lock buffer a layer, create_humming_locks): "
                   f"w13 {2 * width} x {spec.hidden_size} -> {_round_up(2 * width, HUMMING_PAD_N)} x "
                   f"{_round_up(spec.hidden_size, HUMMING_PAD_K)}, w2 {spec.hidden_size} x {width} -> "
                   f"{_round_up(spec.hidden_size, HUMMING_PAD_N)} x {_round_up(width, HUMMING_PAD_K)} for the "
@@ -2388,7 +2390,16 @@ def moe_wna16_bytes(spec: ModelSpec, tensor_parallel: int, layers: int, weight_f
             layers * _expert_checkpoint_charge(spec, stored, tensor_parallel, expert_parallel))
 
 
-def _moe_wna16_layout(stage: Stage, version: str, weight_format: str, backend: str) -> Term | None:
+def humming_moe_locks_bytes(layers: int, device: DeviceFacts) -> int:
+    """The lock buffers Humming's experts hold on one rank in vLLM 0.33: ``HummingExpertsBase.__init__``
+    (fused_moe/experts/fused_humming_moe.py) calls ``create_humming_locks`` once for each MoE layer's kernel, ``8 x
+    SMs`` int32 (`HUMMING_LOCKS_PER_SM`, `torch_cuda.compute_units` of `device`)."""
+    units, _ = compute_units(device)
+    return layers * 4 * HUMMING_LOCKS_PER_SM * units
+
+
+def _moe_wna16_layout(stage: Stage, version: str, weight_format: str, backend: str,
+                      device: DeviceFacts) -> Term | None:
     """`expert_layout` of GPTQ and AWQ experts MoeWNA16 holds (`moe_wna16_bytes`), or None where it holds exactly
     nibble's charge."""
     spec, tensor_parallel = stage.spec, stage.tensor_parallel
@@ -2396,6 +2407,7 @@ def _moe_wna16_layout(stage: Stage, version: str, weight_format: str, backend: s
     start, stop = stage.layers
     layers = sum(1 for layer in spec.moe_layers if start <= layer < stop)
     held, charged = moe_wna16_bytes(spec, tensor_parallel, layers, weight_format, version, backend, expert_parallel)
+    held += humming_moe_locks_bytes(layers, device) if backend == "humming" else 0
     if held == charged:
         return None
     experts, width = expert_shard(spec, tensor_parallel, expert_parallel)
@@ -2408,7 +2420,7 @@ def _moe_wna16_layout(stage: Stage, version: str, weight_format: str, backend: s
            else "Marlin does not take the layer (gptq_marlin.py / awq_marlin.py get_quant_method: "
                 "check_moe_marlin_supports_layer, or a GPTQ checkpoint gptq_marlin does not take)")
     kernel = ("Humming's kernels (compute capability 9.0, prioritize_humming; convert_to_humming_moe_kernel_format "
-              "pads N to 256 and K to 128)" if backend == "humming"
+              "pads N to 256 and K to 128; a lock buffer a layer)" if backend == "humming"
               else ("the TRITON backend (fused_moe/oracle/int_wna16.py)" if version == "0.33"
                     else "Triton's fused_experts"))
     return Term(held - charged, (

@@ -120,13 +120,15 @@ def test_vllm_0_33_moe_wna16_runs_triton_on_ampere_and_humming_at_the_halved_gro
     # TP 4, g128: 192 % 128 != 0, so 0.33's check_moe_marlin_supports_layer(allow_tile_padding=True) refuses and
     # MoeWNA16 takes them.  A100: the TRITON backend keeps create_weights' tensors (55,050,240 as in 0.19).  H100:
     # Humming at g' = 64: w13 384 x 2048 -> 512 x 2048, w2 2048 x 192 -> 2048 x 256; values 786,432, scales
-    # (512 x 32 + 2048 x 4) x 2 = 49,152: 835,584 against 617,728, 217,856 x 6,144 = 1,338,507,264 (nibble charged
-    # AutoGPTQ's Humming layout at g128 before, 811,008 an expert: 1,187,512,320, 151 MB a rank short)
+    # (512 x 32 + 2048 x 4) x 2 = 49,152: 835,584 against 617,728, 217,856 x 6,144 = 1,338,507,264, and 48 lock
+    # buffers of 8 x 132 int32 (create_humming_locks, one a layer's HummingExpertsBase): 1,338,710,016 (nibble
+    # charged AutoGPTQ's Humming layout at g128 before, 811,008 an expert: 1,187,512,320, 151 MB a rank short)
     assert _term("0.33", "int4-g128-sym-gptq", 4, "a100-80gb") == 55_050_240
     assert moe_wna16_backend(get_preset("qwen3-30b-a3b"), "int4-g128-sym-gptq", 4, False, "0.33",
                              device_facts("h100-80gb")) == "humming"
-    assert _term("0.33", "int4-g128-sym-gptq", 4, "h100-80gb") == LAYERS * EXPERTS * (835_584 - 617_728)
-    assert _term("0.33", "int4-g128-sym-gptq", 4, "h100-80gb") == 1_338_507_264
+    assert _term("0.33", "int4-g128-sym-gptq", 4, "h100-80gb") == (LAYERS * EXPERTS * (835_584 - 617_728)
+                                                                    + LAYERS * 4 * 8 * 132)
+    assert _term("0.33", "int4-g128-sym-gptq", 4, "h100-80gb") == 1_338_710_016
 
 
 @pytest.mark.parametrize("version", ["0.11", "0.19"])
