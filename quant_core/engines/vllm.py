@@ -3078,9 +3078,12 @@ def int4_expert_refusal(spec: ModelSpec, weight_format: str, tensor_parallel: in
     ("Only symmetric quantization is supported for MoE"); where Marlin does not run it,
     ``CompressedTensorsWNA16MoEMethod.create_weights`` holds ``width_per_rank // group_size`` scale groups of w2, so
     a rank's width must be whole groups.  vLLM 0.33 pads the experts' tiles instead (`int4_expert_layout_bytes`,
-    charged by `expert_layout`): None."""
+    charged by `expert_layout`) where its GPTQ and AWQ methods' ``check_moe_marlin_supports_layer(allow_tile_padding=
+    True)`` passes (a group dividing the rank's width, hidden a multiple of 128), and falls back to MoeWNA16
+    elsewhere, which refuses what it refuses in 0.11 and 0.19 (`moe_wna16_group`); its compressed-tensors methods
+    are not read: None."""
     found = _INT4_CHECKPOINT_LABEL.fullmatch(weight_format)
-    if not spec.is_moe or found is None or version not in ("0.11", "0.19") \
+    if not spec.is_moe or found is None or version not in ("0.11", "0.19", "0.33") \
             or spec.moe_intermediate_size % tensor_parallel:
         return None
     group = int(found["group"]) if found["group"] else -1
@@ -3088,6 +3091,17 @@ def int4_expert_refusal(spec: ModelSpec, weight_format: str, tensor_parallel: in
     layout = found["layout"]
     where = (f"each rank's share of the {spec.moe_intermediate_size}-wide experts at tensor parallel size "
              f"{tensor_parallel} is {width} wide")
+    if version == "0.33":
+        if (layout == "compressed-tensors" or "-padded" in weight_format or "-partial" in weight_format
+                or (hidden % MARLIN_MOE_HIDDEN_ALIGNMENT == 0 and group in _MARLIN_MOE_GROUPS
+                    and (group < 0 or width % group == 0))
+                or moe_wna16_group(hidden, width, group) is not None):
+            return None
+        return (f"vLLM 0.33 cannot load {layout.upper()} int4 {'row' if group < 0 else f'g{group}'} experts at tensor "
+                f"parallel size {tensor_parallel}: {where}, which Marlin refuses (marlin_utils."
+                "check_moe_marlin_supports_layer with allow_tile_padding: a group dividing the width), and MoeWNA16, "
+                "which takes them, cannot group them (moe_wna16.py, MoeWNA16Method.create_weights asserts a group "
+                "size of at least 32 dividing the width; a whole-row scale gets a negative dimension)")
     if layout == "compressed-tensors":
         if found["kind"] != "sym":
             return (f"vLLM {version} refuses asymmetric compressed-tensors int4 experts: both its int4 MoE methods "
