@@ -3129,6 +3129,32 @@ def int4_expert_refusal(spec: ModelSpec, weight_format: str, tensor_parallel: in
     return None
 
 
+def moe_wna16_row_refusal(version: str, spec: ModelSpec, weight_format: str,
+                          compute_capability: tuple[int, int] | None) -> str | None:
+    """Why vLLM 0.11 or 0.19 cannot load `spec`'s routed experts of a whole-row (group -1) GPTQ checkpoint
+    `weight_format` on a device of `compute_capability`, whatever the ranks' width (`int4_expert_refusal` refuses by
+    width): where gptq_marlin does not take the checkpoint, an asymmetric one (``is_gptq_marlin_compatible``: 4-bit
+    ``sym`` only) or below `GPTQ_MARLIN_FLOORS`, it loads as ``GPTQConfig``, whose MoE layers are always MoeWNA16
+    (gptq.py ``get_quant_method``), and ``MoeWNA16Method.create_weights`` keeps group -1 and sizes its scales
+    ``hidden_size // -1`` (`moe_wna16_group`); None elsewhere (a device of unknown capability included)."""
+    found = _INT4_CHECKPOINT_LABEL.fullmatch(weight_format.removeprefix("checkpoint-"))
+    if (not spec.is_moe or found is None or found["group"] or found["layout"] != "gptq"
+            or version not in ("0.11", "0.19") or "-padded" in weight_format or "-partial" in weight_format):
+        return None
+    floor = GPTQ_MARLIN_FLOORS[version]
+    if found["kind"] != "sym":
+        why = "an asymmetric checkpoint gptq_marlin does not take"
+    elif compute_capability is not None and compute_capability < floor:
+        why = (f"on compute capability {compute_capability[0]}.{compute_capability[1]}, below gptq_marlin's "
+               f"{floor[0]}.{floor[1]}, the checkpoint")
+    else:
+        return None
+    return (f"vLLM {version} cannot load the {weight_format} experts: {why} loads as GPTQConfig, whose MoE layers are "
+            "MoeWNA16 (gptq.py get_quant_method), and MoeWNA16Method.create_weights keeps a whole-row group -1 "
+            "(x % -1 == 0) and sizes the scales hidden_size // -1, a negative dimension torch.zeros refuses "
+            "(moe_wna16.py)")
+
+
 #: The releases whose ``kv_cache_dtype="auto"`` takes a ModelOpt checkpoint's KV-cache quantization
 #: (engine/arg_utils.py ``create_engine_config`` -> utils/torch_utils.py ``resolve_kv_cache_dtype_string`` and
 #: ``get_kv_cache_quant_algo_string``, for a quant_method starting "modelopt"), with the KV dtypes each maps
@@ -4173,13 +4199,14 @@ class VllmProfile:
         release's floor for `weight_format` (`CAPABILITY_FLOORS`; `MODELOPT_CAPABILITY_FLOORS` for a `quant_method`
         ``modelopt`` checkpoint) against the device's compute capability (None: not
         known; only a format the release loads nowhere is refused), then what the release refuses of the format
-        `stored` itself (`gptq_symmetry_refusal`) or at the model's dtype (`float32_refusal`, `bfloat16_refusal`,
-        `gguf_bfloat16_refusal`)."""
+        `stored` itself (`gptq_symmetry_refusal`, `moe_wna16_row_refusal`) or at the model's dtype
+        (`float32_refusal`, `bfloat16_refusal`, `gguf_bfloat16_refusal`)."""
         return (dsa_attention_refusal(self._version, spec, compute_capability)
                 or head_size_refusal(self._version, spec, compute_capability)
                 or capability_refusal(self._version, weight_format, compute_capability, quant_method)
                 or gptq_symmetry_refusal(self._version, stored)
                 or gptq_act_order_refusal(self._version, stored)
+                or moe_wna16_row_refusal(self._version, spec, weight_format, compute_capability)
                 or float32_refusal(self._version, spec.model_type, weight_format, compute_capability, stored,
                                    quant_method)
                 or (None if runs_float32(self._version, spec.model_type, compute_capability)

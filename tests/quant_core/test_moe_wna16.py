@@ -185,3 +185,17 @@ def test_vllm_0_19_moe_wna16_runs_fused_experts_impl_whose_caches_are_freed_afte
     assert on_marlin.persists  # TP 2: GPTQMarlinMoEMethod's MarlinExperts in the workspace manager
     # 0.33's MoeWNA16 runs TritonWNA16Experts in the modular kernel: the workspace figure stays
     assert fused_moe_caches(spec, 4, 8192, "0.33", "int4-g128-sym-gptq", device_facts("a100-80gb")).persists
+
+
+@pytest.mark.parametrize("version", ["0.11", "0.19"])
+def test_whole_row_gptq_experts_gptq_marlin_does_not_take_are_refused_on_moe_wna16(version: str) -> None:
+    # an asymmetric checkpoint (GPTQConfig, MoeWNA16 at any width) and a symmetric one below gptq_marlin's floor
+    # (0.11: 8.0, 0.19: 7.5) reach MoeWNA16 with group -1, whose scales get a negative dimension
+    spec, profile = get_preset("qwen3-30b-a3b"), VllmProfile(version)
+    asym = profile.device_refusal(spec, "int4-row-asym-gptq", (8, 0))
+    assert asym is not None and "negative dimension" in asym
+    assert profile.device_refusal(spec, "int4-row-sym-gptq", (8, 0)) is None  # gptq_marlin's Marlin MoE
+    below = profile.device_refusal(spec, "int4-row-sym-gptq", (7, 0))
+    assert below is not None and "below gptq_marlin's" in below
+    assert profile.device_refusal(spec, "int4-row-sym-gptq", None) is None  # capability unknown
+    assert profile.device_refusal(get_preset("llama-3.1-8b"), "int4-row-asym-gptq", (8, 0)) is None  # no experts
