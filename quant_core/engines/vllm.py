@@ -2772,6 +2772,58 @@ def machete_zero_point_bytes(stage: Stage, version: str, dense_format: str, devi
         "against the checkpoint's"))
 
 
+def compressed_tensors_humming_bytes(stage: Stage, version: str, dense_format: str,
+                                     device: DeviceFacts) -> Term | None:
+    """The bytes one rank of vLLM 0.33 holds for the dense linear layers of a symmetric compressed-tensors int4
+    checkpoint (`dense_format`) beyond the checkpoint's, where ``CompressedTensorsWNA16`` (compressed_tensors/schemes/
+    compressed_tensors_wNa16.py, ``choose_mp_linear_kernel``) runs a layer on Humming's kernels: compute capability
+    9.0, where Machete refuses it (groups -1, 64, 128 and a rank's in features a multiple of 64, out of 128,
+    `MACHETE_GROUPS`) and ``prioritize_humming`` puts Humming ahead of Marlin.  A Humming layer holds
+    `humming_linear_bytes` against the checkpoint's ``in x out / 2`` packed values and ``G x out`` 16-bit scales
+    (its ``weight_shape``, which Humming deletes, stays charged: the safe side); a Machete layer keeps the
+    weights and scales at their size.  Models of `FUSED_LINEAR_MODEL_TYPES` without MLA; None for other models,
+    formats, releases and devices, for act order, and where no layer runs Humming."""
+    spec = stage.spec
+    found = _INT4_CHECKPOINT_LABEL.fullmatch(dense_format.removeprefix("checkpoint-"))
+    if (version != "0.33" or found is None or found["layout"] != "compressed-tensors" or found["kind"] != "sym"
+            or found["act_order"] is not None or device.compute_capability != HUMMING_PREFERRED_CAPABILITY
+            or device.vendor == "amd" or spec.model_type not in FUSED_LINEAR_MODEL_TYPES or spec.is_mla
+            or "-padded" in dense_format or "-partial" in dense_format):
+        return None
+    group = int(found["group"]) if found["group"] else -1
+    if group not in _HUMMING_DENSE_GROUPS:
+        return None
+    attention, mlp = _dense_linear_shapes(spec, stage.tensor_parallel)
+
+    def extra(shapes: tuple[tuple[int, int], ...], biases: tuple[bool, ...]) -> int | None:
+        total = 0
+        for (in_features, out_features), bias in zip(shapes, biases, strict=True):
+            if ((None if group == -1 else group) in MACHETE_GROUPS and in_features % MACHETE_BLOCK_IN == 0
+                    and out_features % MACHETE_BLOCK_OUT == 0):
+                continue  # Machete: the checkpoint's bytes
+            if group > 0 and in_features % group:
+                return None  # a partial group on the rank: not read
+            groups = 1 if group == -1 else in_features // group
+            total += (humming_linear_bytes(in_features, out_features, group, False, bias, device)
+                      - (in_features * out_features // 2 + 2 * groups * out_features))
+        return total
+
+    per_attention = extra(attention, (spec.attention_qkv_bias, spec.attention_output_bias))
+    per_mlp = extra(mlp, (False, False))
+    start, stop = stage.layers
+    dense_layers = sum(1 for layer in range(start, stop) if not spec.is_moe or layer in spec.dense_layers)
+    if per_attention is None or (per_mlp is None and dense_layers):
+        return None
+    held = (stop - start) * per_attention + dense_layers * (per_mlp or 0)
+    if not held:
+        return None
+    return Term(held, (
+        f"vLLM 0.33 runs the {dense_format} attention and MLP layers Machete refuses on Humming's kernels (compute "
+        "capability 9.0, choose_mp_linear_kernel with prioritize_humming), which pad N to 256 and K to 128 and add a "
+        "lock buffer a layer (quantization/utils/humming/linear.py prepare_humming_linear_layer_config, utils/"
+        f"humming.py create_humming_locks): {held / GIB:+.2f} GiB a rank against the checkpoint's"))
+
+
 #: the lowest compute capability at which each release runs a symmetric GPTQ checkpoint's dense layers on its
 #: Marlin or Machete kernels: 0.11 and 0.19 convert it to gptq_marlin from GPTQMarlinConfig.get_min_capability (80,
 #: 75; below, GPTQConfig's ExLlama kernels, not read), whose MarlinLinearKernel asks the same; 0.33's AutoGPTQConfig
@@ -4247,9 +4299,11 @@ class VllmProfile:
         """The bytes one rank holds for its quantized dense linear layers (stored as `dense_format`) beyond the
         checkpoint's, in the layout this release's kernel for `device` rewrites them to (`machete_zero_point_bytes`:
         AWQ's zero points on Machete; `gptq_marlin_linear_bytes`: symmetric GPTQ on Marlin or Machete, with or
-        without act order); None elsewhere."""
+        without act order; 0.33's Humming layers of each, and of symmetric compressed-tensors,
+        `compressed_tensors_humming_bytes`); None elsewhere."""
         return (machete_zero_point_bytes(stage, self._version, dense_format, device)
-                or gptq_marlin_linear_bytes(stage, self._version, dense_format, device))
+                or gptq_marlin_linear_bytes(stage, self._version, dense_format, device)
+                or compressed_tensors_humming_bytes(stage, self._version, dense_format, device))
 
     def weight_allocation(self, stage: Stage, weight_format: str = "") -> Term | None:
         """The bytes PyTorch's caching allocator counts for the rank's weights beyond their size, inside vLLM's

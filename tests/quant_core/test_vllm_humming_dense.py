@@ -64,3 +64,13 @@ def test_llama_3_1_8b_awq_g32_on_humming_keeps_its_zero_points_and_adds_the_lock
     # checkpoint's bytes; the four lock buffers a layer are what it holds more (machete_zero_point_bytes: no term
     # before, a layer falling to Humming was "not read")
     assert _term("llama-3.1-8b", "int4-g32-asym-awq", 1) == 32 * 4 * LOCKS == 540_672
+
+
+def test_symmetric_compressed_tensors_on_humming_holds_the_padded_rows_and_the_locks() -> None:
+    # Llama-3.2-1B, g32 at TP 8: qkv 384 -> 512 rows: 594,048 against 2048 x 384 / 2 + 2 x 64 x 384 = 442,368;
+    # o, gate_up and down unpadded, their locks only: (151,680 + 3 x 4,224) x 16 layers = 2,629,632 bytes a rank
+    # nibble did not charge (no term before: compressed-tensors' dense layers had none)
+    assert _term("llama-3.2-1b-instruct", "int4-g32-sym-compressed-tensors", 8) == (
+        16 * (594_048 - 442_368 + 3 * LOCKS)) == 2_629_632
+    # g128 at TP 1: Machete takes every layer (the checkpoint's bytes): no term
+    assert _term("llama-3.1-8b", "int4-g128-sym-compressed-tensors", 1) is None
