@@ -1371,8 +1371,10 @@ def fused_moe_caches(spec: ModelSpec, tensor_parallel: int, tokens: int, version
       package is present), a modular kernel whose ``DeepGemmExperts.workspace_shapes`` asks ``M_sum x max(2w, K)``
       and ``M_sum x max(w, K)`` with ``M_sum = round_up(M x k + experts x 127, 128)`` (``compute_aligned_M``),
       ``M = min(tokens, 32768)`` (the kernel chunks), kept in class-level ``SharedResizableBuffer``s: they persist.
-    * v0.11 otherwise (fused_moe/fused_moe.py, ``fused_experts_impl``, the default path without expert parallelism:
-      ``UnquantizedFusedMoEMethod`` and ``Fp8MoEMethod`` call ``fused_experts`` in place): ``cache13`` of
+    * v0.11 otherwise, and v0.19's GPTQ and AWQ experts on MoeWNA16 (`moe_wna16_backend` "triton": its ``apply``
+      calls ``fused_experts``, unchunked in 0.19 and out of place, with a ``T x K`` output) (fused_moe/fused_moe.py,
+      ``fused_experts_impl``, the default path without expert parallelism: ``UnquantizedFusedMoEMethod`` and
+      ``Fp8MoEMethod`` call ``fused_experts`` in place): ``cache13`` of
       ``M x k x max(2w, K)`` (intermediate_cache1 and 3 share it) and ``intermediate_cache2`` of ``M x k x w``,
       ``M = min(tokens, VLLM_FUSED_MOE_CHUNK_SIZE = 32768)``; torch.empty in each call, freed after the layer.
     * v0.19 and v0.33 (the modular kernel, ``FusedMoEKernel._allocate_buffers`` in fused_moe/modular_kernel.py, not
@@ -1423,6 +1425,16 @@ def fused_moe_caches(spec: ModelSpec, tensor_parallel: int, tokens: int, version
             f"modular_kernel.py's class-level SharedResizableBuffers; vLLM 0.11 runs block-fp8 experts on DeepGEMM "
             f"{where} when the deep_gemm package is installed, as vLLM's Docker builds install it, and the charge is "
             "the safe side when it is not)"))
+    if version == "0.19" and moe_wna16_backend(spec, expert_format, tensor_parallel, expert_parallel, version,
+                                               device) == "triton":
+        rows = tokens * k
+        nbytes = (rows * (max(2 * width, hidden) + width) + tokens * hidden) * ACTIVATION_ELEMENT_BYTES
+        return FusedMoeCaches(nbytes, False, (
+            f"fused_experts_impl's caches (vLLM 0.19's MoeWNA16Method.apply calls fused_experts, outside the modular "
+            f"kernel and its workspace manager: fused_moe/fused_moe.py cache13 of tokens x top_k x max(2 x {width}, "
+            f"{hidden}) and intermediate_cache2 of tokens x top_k x {width}, unchunked, and the tokens x {hidden} "
+            "output outplace_fused_experts allocates (fused_moe/utils.py disable_inplace: torch 2.10, which 0.19 "
+            f"pins, is past 2.9), bf16, {nbytes / GIB:.2f} GiB, freed after each layer)"))
     if version == "0.11":
         rows = min(tokens, FUSED_MOE_CHUNK_TOKENS_V0_11) * k
         nbytes = rows * (max(2 * width, hidden) + width) * ACTIVATION_ELEMENT_BYTES
@@ -1995,11 +2007,16 @@ def expert_layout(stage: Stage, version: str, expert_format: str, device: Device
     vLLM 0.33's int4 GPTQ, AWQ and compressed-tensors experts on Marlin or Humming (`int4_moe_backend_v0_33`,
     `int4_expert_layout_bytes`: the padded widths, less the g_idx nibble charges and vLLM does not hold); 0.11 and
     0.19's symmetric GPTQ experts on GPTQMarlinMoEMethod (`gptq_marlin_moe_bytes`: 16-bit qzeros, and under act
-    order whole down-projection scales and the g_idx with sort indices); None elsewhere (other formats, releases
-    and devices: not read)."""
+    order whole down-projection scales and the g_idx with sort indices); GPTQ and AWQ experts every release hands
+    to MoeWNA16 (`moe_wna16_backend`, `moe_wna16_bytes`: its group halved to divide the rank's width, no g_idx);
+    None elsewhere (other formats, releases and devices: not read)."""
     spec = stage.spec
     if expert_format == "fp8-block128":
         return _fp8_refined_layout(stage, version)
+    wna16 = moe_wna16_backend(spec, expert_format, stage.tensor_parallel,
+                              stage.expert_parallel and stage.tensor_parallel > 1, version, device)
+    if wna16:
+        return _moe_wna16_layout(stage, version, expert_format, wna16, device)
     if version == "0.33" and _INT4_CHECKPOINT_LABEL.fullmatch(expert_format.removeprefix("checkpoint-")):
         return _int4_layout(stage, expert_format, device)
     if version in ("0.11", "0.19") and _INT4_CHECKPOINT_LABEL.fullmatch(expert_format.removeprefix("checkpoint-")):
@@ -2139,13 +2156,20 @@ def int4_expert_layout_bytes(spec: ModelSpec, tensor_parallel: int, layers: int,
                 + (2 * 2 * 4 if stored.layout == "compressed-tensors" else 0)
                 + (2 * 2 * (padded - width) if spec.expert_bias else 0))
     else:
-        zeros = not stored.symmetric or stored.layout == "awq"
-        gate_n, gate_k = _round_up(2 * width, HUMMING_PAD_N), _round_up(hidden, HUMMING_PAD_K)
-        down_n, down_k = _round_up(hidden, HUMMING_PAD_N), _round_up(width, HUMMING_PAD_K)
-        groups = gate_n * (gate_k // group) + down_n * (down_k // group)
-        held = ((gate_n * gate_k + down_n * down_k) // 2 + 2 * groups + (groups // 2 if zeros else 0)
-                + (2 * (gate_n - 2 * width + down_n - hidden) if spec.expert_bias else 0))
+        held = _humming_expert_bytes(spec, width, group, not stored.symmetric or stored.layout == "awq")
     return layers * experts * held, layers * charged
+
+
+def _humming_expert_bytes(spec: ModelSpec, width: int, group: int, zeros: bool) -> int:
+    """Bytes of one `width`-wide expert in Humming's layout (`int4_expert_layout_bytes`, "humming"): each GEMM
+    padded, N to 256 and K to 128, the values ``n x k / 2``, 16-bit scales in groups of `group`, packed zero points
+    where `zeros`, and a gate/up bias padded alike."""
+    hidden = spec.hidden_size
+    gate_n, gate_k = _round_up(2 * width, HUMMING_PAD_N), _round_up(hidden, HUMMING_PAD_K)
+    down_n, down_k = _round_up(hidden, HUMMING_PAD_N), _round_up(width, HUMMING_PAD_K)
+    groups = gate_n * (gate_k // group) + down_n * (down_k // group)
+    return ((gate_n * gate_k + down_n * down_k) // 2 + 2 * groups + (groups // 2 if zeros else 0)
+            + (2 * (gate_n - 2 * width + down_n - hidden) if spec.expert_bias else 0))
 
 
 def _expert_checkpoint_charge(spec: ModelSpec, stored: WeightFormat, tensor_parallel: int,
@@ -2196,7 +2220,7 @@ def gptq_marlin_moe_bytes(spec: ModelSpec, tensor_parallel: int, layers: int, gr
 def _gptq_marlin_moe_layout(stage: Stage, version: str, expert_format: str, device: DeviceFacts) -> Term | None:
     """`expert_layout` of vLLM 0.11/0.19's symmetric 4-bit GPTQ experts on GPTQMarlinMoEMethod
     (`gptq_marlin_moe_bytes`), where gptq_marlin runs them: a CUDA device of `GPTQ_MARLIN_FLOORS`, and
-    ``check_moe_marlin_supports_layer`` (`_marlin_moe_supports`; else MoeWNA16, not read: None)."""
+    ``check_moe_marlin_supports_layer`` (`_marlin_moe_supports`; else MoeWNA16: `_moe_wna16_layout`)."""
     spec, tensor_parallel = stage.spec, stage.tensor_parallel
     found = _INT4_CHECKPOINT_LABEL.fullmatch(expert_format.removeprefix("checkpoint-"))
     capability = device.compute_capability
@@ -2236,6 +2260,7 @@ def _int4_layout(stage: Stage, weight_format: str, device: DeviceFacts) -> Term 
     start, stop = stage.layers
     layers = sum(1 for layer in spec.moe_layers if start <= layer < stop)
     held, charged = int4_expert_layout_bytes(spec, tensor_parallel, layers, backend, weight_format, expert_parallel)
+    held += humming_moe_locks_bytes(layers, device) if backend == "humming" else 0
     experts, width = expert_shard(spec, tensor_parallel, expert_parallel)
     group = _int4_checkpoint_format(weight_format).group_size
     if backend == "marlin":
@@ -2244,7 +2269,8 @@ def _int4_layout(stage: Stage, weight_format: str, device: DeviceFacts) -> Term 
                   f"{width} -> {padded} (utils/marlin_utils.py marlin_moe_padded_intermediate, lcm(64, group)), "
                   "zero points repacked for GPTQ and AWQ")
     else:
-        kernel = (f"Humming (compute capability 9.0, quantization/utils/humming/moe.py: N padded to 256, K to 128): "
+        kernel = (f"Humming (compute capability 9.0, quantization/utils/humming/moe.py: N padded to 256, K to 128, "
+                  "and a lock buffer a layer, create_humming_locks): "
                   f"w13 {2 * width} x {spec.hidden_size} -> {_round_up(2 * width, HUMMING_PAD_N)} x "
                   f"{_round_up(spec.hidden_size, HUMMING_PAD_K)}, w2 {spec.hidden_size} x {width} -> "
                   f"{_round_up(spec.hidden_size, HUMMING_PAD_N)} x {_round_up(width, HUMMING_PAD_K)} for the "
@@ -2254,6 +2280,161 @@ def _int4_layout(stage: Stage, weight_format: str, device: DeviceFacts) -> Term 
         f"checkpoint's tensors is {charged / GIB:.2f} GiB ({held - charged:+,} bytes): {kernel}; no g_idx is held "
         "for the experts (fused_moe/oracle/int_wna16.py select_wna16_moe_backend)"))
 
+
+#: the smallest group MoeWNA16Method.create_weights halves a checkpoint's group size to (quantization/moe_wna16.py,
+#: 0.11.0, 0.19.0 and 0.33.0: ``assert group_size >= 32``)
+MOE_WNA16_MIN_GROUP = 32
+
+
+def moe_wna16_group(hidden_size: int, width_per_rank: int, group_size: int) -> int | None:
+    """The group size vLLM's ``MoeWNA16Method.create_weights`` (quantization/moe_wna16.py, 0.11.0, 0.19.0, 0.33.0)
+    holds a rank's experts in: the checkpoint's `group_size` halved until it divides both the rank's width and the
+    hidden size (the weight loader repeats each scale and zero point ``group_size_div_factor`` times); None where
+    vLLM cannot load them: a group below 32 (``assert group_size >= 32``), or a whole-row scale (-1, where Python's
+    ``x % -1 == 0`` ends the loop at once and ``hidden_size // -1`` gives the scales a negative dimension, which
+    ``torch.zeros`` refuses)."""
+    if group_size <= 0:
+        return None
+    group = group_size
+    while width_per_rank % group or hidden_size % group:
+        group //= 2
+        if group < MOE_WNA16_MIN_GROUP:
+            return None
+    return group
+
+
+def _moe_wna16_has_zero_points(version: str, layout: str, kind: str) -> bool:
+    """Whether MoeWNA16 holds zero points (``MoeWNA16Config.has_zp``) for a GPTQ or AWQ checkpoint: AWQ's
+    ``zero_point``, GPTQ's ``not sym``; in 0.11 and 0.19 an asymmetric GPTQ checkpoint reaches MoeWNA16 through
+    gptq.py's ``GPTQConfig.get_quant_method``, which passes ``"sym": True`` ("GPTQ typically uses symmetric
+    quantization"), so none are held for it."""
+    if layout == "awq":
+        return kind != "sym"
+    return kind != "sym" and version == "0.33"
+
+
+def moe_wna16_backend(spec: ModelSpec, weight_format: str, tensor_parallel: int, expert_parallel: bool,
+                      version: str, device: DeviceFacts) -> str:
+    """The layout vLLM `version` holds `spec`'s GPTQ or AWQ int4 experts (`weight_format`, a checkpoint label) in
+    where it hands them to MoeWNA16 (quantization/moe_wna16.py ``MoeWNA16Method``): "triton" (its
+    ``create_weights`` tensors, which 0.11 and 0.19 run on ``fused_experts`` and 0.33 on the TRITON backend, whose
+    ``convert_to_wna16_moe_kernel_format`` only views them as uint8), "humming" (0.33 on compute capability 9.0,
+    where ``prioritize_humming`` puts HUMMING ahead of TRITON), or "" where MoeWNA16 does not take them or nibble
+    cannot tell (a device of unknown capability where the choice hangs on it; 0.33's FlashInfer TRT-LLM MxInt4
+    experts on 10.x for a symmetric g32 checkpoint; a group Humming was not read for; a group MoeWNA16 cannot hold,
+    `moe_wna16_group`, which `int4_expert_refusal` refuses).
+
+    * 0.11 and 0.19: gptq_marlin.py and awq_marlin.py's ``get_quant_method`` fall back to MoeWNA16 where
+      ``check_moe_marlin_supports_layer`` refuses the rank's width (`_marlin_moe_supports`), and awq.py's too; a GPTQ
+      checkpoint gptq_marlin does not take (asymmetric, a group Marlin does not run, below `GPTQ_MARLIN_FLOORS`, not
+      CUDA: ``is_gptq_marlin_compatible``) loads as ``GPTQConfig``, whose MoE layers are always MoeWNA16.
+    * 0.33: auto_gptq.py and auto_awq.py fall back where ``check_moe_marlin_supports_layer(allow_tile_padding=True)``
+      refuses: ROCm, a hidden size not a multiple of 128, a group other than -1, 32, 64, 128, or one that does not
+      divide the rank's width; ``select_wna16_moe_backend`` then refuses Marlin to a MoeWNA16Config
+      (``_backend_incompatibility_reason``: "the MoeWNA16 checkpoint layout is not supported")."""
+    found = _INT4_CHECKPOINT_LABEL.fullmatch(weight_format.removeprefix("checkpoint-"))
+    if (found is None or found["layout"] == "compressed-tensors" or found["kind"] == "asym-fp16zero"
+            or "-padded" in weight_format or "-partial" in weight_format or not spec.is_moe
+            or version not in ("0.11", "0.19", "0.33")):
+        return ""
+    group = int(found["group"]) if found["group"] else -1
+    _, width = expert_shard(spec, tensor_parallel, expert_parallel)
+    hidden, capability, amd = spec.hidden_size, device.compute_capability, device.vendor == "amd"
+    effective = moe_wna16_group(hidden, width, group)
+    if effective is None:
+        return ""
+    if version in ("0.11", "0.19"):
+        marlin_shape = _marlin_moe_supports(hidden, width, group)
+        if found["layout"] == "awq" or not marlin_shape:
+            return "" if marlin_shape else "triton"
+        if found["kind"] != "sym" or amd or (capability is not None and capability < GPTQ_MARLIN_FLOORS[version]):
+            return "triton"
+        return ""
+    if not (amd or hidden % MARLIN_MOE_HIDDEN_ALIGNMENT or group not in _MARLIN_MOE_GROUPS or width % group):
+        return ""
+    if amd:
+        return "triton"
+    if capability is None:
+        return ""
+    if capability == HUMMING_PREFERRED_CAPABILITY:
+        return "humming" if effective in _HUMMING_GROUPS else ""
+    if capability[0] == 10 and group == 32 and not _moe_wna16_has_zero_points(version, found["layout"],
+                                                                              found["kind"]):
+        return ""  # FlashInfer's TRT-LLM MxInt4 experts come before TRITON for a g32 key: not read
+    return "triton"
+
+
+def moe_wna16_bytes(spec: ModelSpec, tensor_parallel: int, layers: int, weight_format: str, version: str,
+                    backend: str, expert_parallel: bool = False) -> tuple[int, int]:
+    """(vLLM `version`'s bytes, nibble's charge) of the int4 routed experts of `layers` MoE layers on one rank where
+    MoeWNA16 holds them (`moe_wna16_backend` gives `backend`), with E the rank's experts, N their width, H the hidden
+    size (`expert_shard`) and g' the group `moe_wna16_group` halves the checkpoint's to.  ``create_weights``
+    (quantization/moe_wna16.py, the same tensors in 0.11.0, 0.19.0 and 0.33.0): uint8 ``w13_qweight`` [E, 2N, H / 2]
+    and ``w2_qweight`` [E, H, N / 2] (the checkpoint's bytes), scales in the model's 16-bit dtype ``w13_scales``
+    [E, 2N, H / g'] and ``w2_scales`` [E, H, N / g'], and only where ``has_zp`` (`_moe_wna16_has_zero_points`) uint8
+    ``w13_qzeros`` [E, N, H / g'] and ``w2_qzeros`` [E, H / 2, N / g']; a GPTQ checkpoint's g_idx (and its qzeros
+    without ``has_zp``) are empty int32 tensors (0.33 creates no g_idx).  So per expert ``1.5 N H`` bytes of values,
+    ``6 N H / g'`` of scales and ``1.5 N H / g'`` of zero points: g' below the checkpoint's group doubles its scales.
+    On "humming" (0.33, compute capability 9.0) ``convert_to_humming_moe_kernel_format`` repacks them with
+    ``_MoeWNA16HummingWeightSchema(group_size=layer.group_size)``: `_humming_expert_bytes` at g'.  nibble's charge:
+    `_expert_checkpoint_charge` (GPTQ's qweight, qzeros, scales and g_idx, AWQ's qweight, qzeros and scales)."""
+    found = _INT4_CHECKPOINT_LABEL.fullmatch(weight_format.removeprefix("checkpoint-"))
+    assert found is not None
+    stored = _int4_checkpoint_format(weight_format)
+    experts, width = expert_shard(spec, tensor_parallel, expert_parallel)
+    hidden = spec.hidden_size
+    group = moe_wna16_group(hidden, width, stored.group_size or -1)
+    assert group is not None
+    zeros = _moe_wna16_has_zero_points(version, found["layout"], found["kind"])
+    if backend == "humming":
+        held = _humming_expert_bytes(spec, width, group, zeros)
+    else:
+        held = (3 * width * hidden // 2 + 2 * 3 * width * hidden // group
+                + (3 * width * hidden // group // 2 if zeros else 0))
+    return (layers * experts * held,
+            layers * _expert_checkpoint_charge(spec, stored, tensor_parallel, expert_parallel))
+
+
+def humming_moe_locks_bytes(layers: int, device: DeviceFacts) -> int:
+    """The lock buffers Humming's experts hold on one rank in vLLM 0.33: ``HummingExpertsBase.__init__``
+    (fused_moe/experts/fused_humming_moe.py) calls ``create_humming_locks`` once for each MoE layer's kernel, ``8 x
+    SMs`` int32 (`HUMMING_LOCKS_PER_SM`, `torch_cuda.compute_units` of `device`)."""
+    units, _ = compute_units(device)
+    return layers * 4 * HUMMING_LOCKS_PER_SM * units
+
+
+def _moe_wna16_layout(stage: Stage, version: str, weight_format: str, backend: str,
+                      device: DeviceFacts) -> Term | None:
+    """`expert_layout` of GPTQ and AWQ experts MoeWNA16 holds (`moe_wna16_bytes`), or None where it holds exactly
+    nibble's charge."""
+    spec, tensor_parallel = stage.spec, stage.tensor_parallel
+    expert_parallel = stage.expert_parallel and tensor_parallel > 1
+    start, stop = stage.layers
+    layers = sum(1 for layer in spec.moe_layers if start <= layer < stop)
+    held, charged = moe_wna16_bytes(spec, tensor_parallel, layers, weight_format, version, backend, expert_parallel)
+    held += humming_moe_locks_bytes(layers, device) if backend == "humming" else 0
+    if held == charged:
+        return None
+    experts, width = expert_shard(spec, tensor_parallel, expert_parallel)
+    stored = _int4_checkpoint_format(weight_format).group_size or -1
+    group = moe_wna16_group(spec.hidden_size, width, stored)
+    found = _INT4_CHECKPOINT_LABEL.fullmatch(weight_format.removeprefix("checkpoint-"))
+    assert found is not None
+    zeros = _moe_wna16_has_zero_points(version, found["layout"], found["kind"])
+    why = ("Marlin refuses the layer (marlin_utils.check_moe_marlin_supports_layer)" if version == "0.33"
+           else "Marlin does not take the layer (gptq_marlin.py / awq_marlin.py get_quant_method: "
+                "check_moe_marlin_supports_layer, or a GPTQ checkpoint gptq_marlin does not take)")
+    kernel = ("Humming's kernels (compute capability 9.0, prioritize_humming; convert_to_humming_moe_kernel_format "
+              "pads N to 256 and K to 128; a lock buffer a layer)" if backend == "humming"
+              else ("the TRITON backend (fused_moe/oracle/int_wna16.py)" if version == "0.33"
+                    else "Triton's fused_experts"))
+    return Term(held - charged, (
+        f"vLLM {version}'s {weight_format} experts fall to MoeWNA16 where {why}: MoeWNA16Method.create_weights "
+        f"(quantization/moe_wna16.py) holds the {experts} experts' {width}-wide shares with 16-bit scales in groups "
+        f"of {group} (the checkpoint's {stored} halved to divide the width and hidden size), "
+        f"{'uint8 zero points' if zeros else 'no zero points'} and no g_idx, on {kernel}: {held / GIB:.2f} GiB a "
+        f"rank where nibble's charge of the checkpoint's tensors is {charged / GIB:.2f} GiB ({held - charged:+,} "
+        "bytes)"))
 
 def _forward_bytes(spec: ModelSpec, tensor_parallel: int, tokens: int, version: str, expert_format: str = "",
                    device: DeviceFacts = UNKNOWN_DEVICE, element_bytes: int = 2, expert_parallel: bool = False) -> int:
@@ -2501,6 +2682,32 @@ def _dense_linear_shapes(spec: ModelSpec, tensor_parallel: int) -> tuple[tuple[t
             ((hidden, 2 * width), (width, hidden)))
 
 
+#: Humming's lock buffer of each linear layer (vLLM 0.33 utils/humming.py ``create_humming_locks``: int32,
+#: ``num_compute_units x 8``), made in HummingLinearKernel.process_weights_after_loading
+HUMMING_LOCKS_PER_SM = 8
+#: the group sizes nibble read vLLM 0.33's dense Humming layout for (-1: one scale a row, Humming's group 0)
+_HUMMING_DENSE_GROUPS: tuple[int, ...] = (-1, 32, 64, 128)
+
+
+def humming_linear_bytes(in_features: int, out_features: int, group_size: int, zero_points: bool, bias: bool,
+                         device: DeviceFacts) -> int:
+    """Bytes vLLM 0.33 holds for one rank's int4 linear layer (``in_features x out_features`` on the rank, the fused
+    layer's summed ``output_partition_sizes``) on HummingLinearKernel (kernels/linear/mixed_precision/humming.py),
+    beyond the bias nibble charges.  ``prepare_humming_linear_layer_config`` (quantization/utils/humming/linear.py)
+    pads N to 256 and K to 128 (``pad_n_to_multiple=256, pad_k_to_multiple=128``; humming-kernels 0.1.19
+    transform.py ``check_and_pad_tensors`` pads every tensor to schema/humming.py ``get_tensors_attrs`` of the padded
+    shape): the int32 weight ``n x k / 2`` bytes, 16-bit scales ``n x G`` (G = k / g, or 1 for a whole-row group),
+    int32 zero points ``n / 8 x G`` where the checkpoint has them, and a bias padded to n with a ``zero_bias`` buffer
+    of its size (``2 x 2n`` bytes where nibble charges ``2 x out``); then it deletes every other parameter of the
+    layer (a symmetric GPTQ checkpoint's qzeros, the g_idx), and ``create_humming_locks`` adds an int32 lock buffer
+    of 8 a streaming multiprocessor (`HUMMING_LOCKS_PER_SM`, `torch_cuda.compute_units` of `device`)."""
+    padded_out, padded_in = _round_up(out_features, HUMMING_PAD_N), _round_up(in_features, HUMMING_PAD_K)
+    groups = 1 if group_size == -1 else padded_in // group_size
+    units, _ = compute_units(device)
+    return (padded_out * padded_in // 2 + 2 * padded_out * groups + (padded_out * groups // 2 if zero_points else 0)
+            + (2 * 2 * padded_out - 2 * out_features if bias else 0) + 4 * HUMMING_LOCKS_PER_SM * units)
+
+
 def machete_zero_point_bytes(stage: Stage, version: str, dense_format: str, device: DeviceFacts) -> Term | None:
     """The bytes one rank of vLLM `version` holds for the dense linear layers (attention and dense MLP, `dense_format`
     their label) of a checkpoint with zero points (AWQ; asymmetric compressed-tensors, whose
@@ -2513,9 +2720,10 @@ def machete_zero_point_bytes(stage: Stage, version: str, dense_format: str, devi
     with the zero points pre-multiplied by the scales, ``-scales x zeros`` in the scales' 16-bit dtype: ``G x out x
     2`` bytes, ``1.5 x G x out`` more per layer (the weights are prepacked and the scales kept at their size).
     Models of `FUSED_LINEAR_MODEL_TYPES` without MLA (their shapes per rank: `_dense_linear_shapes`); None for other
-    models, formats, releases and devices, and in 0.33 where a layer falls from Machete to Humming's kernels
-    (prioritized ahead of Marlin on 9.0, their layout not read); in 0.19 such a layer runs Marlin, whose repacked
-    zero points keep the checkpoint's bytes."""
+    models, formats, releases and devices.  In 0.33 a layer Machete refuses falls to Humming's kernels (prioritized
+    ahead of Marlin on 9.0): `humming_linear_bytes` less the checkpoint's ``in x out / 2`` values, ``G x out`` 16-bit
+    scales and ``G x out / 2`` packed zero points; in 0.19 such a layer runs Marlin, whose repacked zero points keep
+    the checkpoint's bytes."""
     spec = stage.spec
     found = _INT4_CHECKPOINT_LABEL.fullmatch(dense_format.removeprefix("checkpoint-"))
     zero_points = found is not None and (found["layout"] == "awq" or (found["layout"] == "compressed-tensors"
@@ -2528,20 +2736,85 @@ def machete_zero_point_bytes(stage: Stage, version: str, dense_format: str, devi
     group = int(found["group"]) if found["group"] else None
     tensor_parallel = stage.tensor_parallel
     attention, mlp = _dense_linear_shapes(spec, tensor_parallel)
+    humming = False
 
-    def extra(shapes: tuple[tuple[int, int], ...]) -> int | None:
+    def extra(shapes: tuple[tuple[int, int], ...], biases: tuple[bool, ...]) -> int | None:
+        nonlocal humming
         total = 0
-        for in_features, out_features in shapes:
+        for (in_features, out_features), bias in zip(shapes, biases, strict=True):
+            groups = in_features // group if group else 1
             if (group not in MACHETE_GROUPS or in_features % MACHETE_BLOCK_IN or out_features % MACHETE_BLOCK_OUT
                     or (group is not None and in_features % group)):
-                if version == "0.33":
-                    return None  # Humming's layout, not read
-                continue  # 0.19: Marlin, the checkpoint's bytes
-            groups = in_features // group if group else 1
+                if version != "0.33":
+                    continue  # 0.19: Marlin, the checkpoint's bytes
+                if (group or -1) not in _HUMMING_DENSE_GROUPS or (group is not None and in_features % group):
+                    return None  # a Humming layout nibble did not read
+                humming = True
+                total += (humming_linear_bytes(in_features, out_features, group or -1, True, bias, device)
+                          - (in_features * out_features // 2 + 2 * groups * out_features
+                             + groups * out_features // 2))
+                continue
             total += 3 * groups * out_features // 2
         return total
 
-    per_attention, per_mlp = extra(attention), extra(mlp)
+    per_attention = extra(attention, (spec.attention_qkv_bias, spec.attention_output_bias))
+    per_mlp = extra(mlp, (False, False))
+    start, stop = stage.layers
+    dense_layers = sum(1 for layer in range(start, stop) if not spec.is_moe or layer in spec.dense_layers)
+    if per_attention is None or (per_mlp is None and dense_layers):
+        return None
+    held = (stop - start) * per_attention + dense_layers * (per_mlp or 0)
+    if not held:
+        return None
+    humming_basis = ("; the layers Machete refuses run Humming's kernels (prioritize_humming), which pad N to 256 "
+                     "and K to 128 and add a lock buffer (quantization/utils/humming/linear.py "
+                     "prepare_humming_linear_layer_config, utils/humming.py create_humming_locks)" if humming else "")
+    return Term(held, (
+        f"vLLM {version} runs the {dense_format} attention and MLP layers on Machete (compute capability 9.0, "
+        "choose_mp_linear_kernel), whose process_weights_after_loading replaces each layer's packed qzeros "
+        "(G x out / 2 bytes) with 16-bit zero points pre-multiplied by the scales (G x out x 2 bytes; "
+        f"kernels/linear/mixed_precision/machete.py transform_w_zp){humming_basis}: {held / GIB:+.2f} GiB a rank "
+        "against the checkpoint's"))
+
+
+def compressed_tensors_humming_bytes(stage: Stage, version: str, dense_format: str,
+                                     device: DeviceFacts) -> Term | None:
+    """The bytes one rank of vLLM 0.33 holds for the dense linear layers of a symmetric compressed-tensors int4
+    checkpoint (`dense_format`) beyond the checkpoint's, where ``CompressedTensorsWNA16`` (compressed_tensors/schemes/
+    compressed_tensors_wNa16.py, ``choose_mp_linear_kernel``) runs a layer on Humming's kernels: compute capability
+    9.0, where Machete refuses it (groups -1, 64, 128 and a rank's in features a multiple of 64, out of 128,
+    `MACHETE_GROUPS`) and ``prioritize_humming`` puts Humming ahead of Marlin.  A Humming layer holds
+    `humming_linear_bytes` against the checkpoint's ``in x out / 2`` packed values and ``G x out`` 16-bit scales
+    (its ``weight_shape``, which Humming deletes, stays charged: the safe side); a Machete layer keeps the
+    weights and scales at their size.  Models of `FUSED_LINEAR_MODEL_TYPES` without MLA; None for other models,
+    formats, releases and devices, for act order, and where no layer runs Humming."""
+    spec = stage.spec
+    found = _INT4_CHECKPOINT_LABEL.fullmatch(dense_format.removeprefix("checkpoint-"))
+    if (version != "0.33" or found is None or found["layout"] != "compressed-tensors" or found["kind"] != "sym"
+            or found["act_order"] is not None or device.compute_capability != HUMMING_PREFERRED_CAPABILITY
+            or device.vendor == "amd" or spec.model_type not in FUSED_LINEAR_MODEL_TYPES or spec.is_mla
+            or "-padded" in dense_format or "-partial" in dense_format):
+        return None
+    group = int(found["group"]) if found["group"] else -1
+    if group not in _HUMMING_DENSE_GROUPS:
+        return None
+    attention, mlp = _dense_linear_shapes(spec, stage.tensor_parallel)
+
+    def extra(shapes: tuple[tuple[int, int], ...], biases: tuple[bool, ...]) -> int | None:
+        total = 0
+        for (in_features, out_features), bias in zip(shapes, biases, strict=True):
+            if ((None if group == -1 else group) in MACHETE_GROUPS and in_features % MACHETE_BLOCK_IN == 0
+                    and out_features % MACHETE_BLOCK_OUT == 0):
+                continue  # Machete: the checkpoint's bytes
+            if group > 0 and in_features % group:
+                return None  # a partial group on the rank: not read
+            groups = 1 if group == -1 else in_features // group
+            total += (humming_linear_bytes(in_features, out_features, group, False, bias, device)
+                      - (in_features * out_features // 2 + 2 * groups * out_features))
+        return total
+
+    per_attention = extra(attention, (spec.attention_qkv_bias, spec.attention_output_bias))
+    per_mlp = extra(mlp, (False, False))
     start, stop = stage.layers
     dense_layers = sum(1 for layer in range(start, stop) if not spec.is_moe or layer in spec.dense_layers)
     if per_attention is None or (per_mlp is None and dense_layers):
@@ -2550,11 +2823,10 @@ def machete_zero_point_bytes(stage: Stage, version: str, dense_format: str, devi
     if not held:
         return None
     return Term(held, (
-        f"vLLM {version} runs the {dense_format} attention and MLP layers on Machete (compute capability 9.0, "
-        "choose_mp_linear_kernel), whose process_weights_after_loading replaces each layer's packed qzeros "
-        "(G x out / 2 bytes) with 16-bit zero points pre-multiplied by the scales (G x out x 2 bytes; "
-        f"kernels/linear/mixed_precision/machete.py transform_w_zp): {held / GIB:.2f} GiB a rank more than the "
-        "checkpoint's"))
+        f"vLLM 0.33 runs the {dense_format} attention and MLP layers Machete refuses on Humming's kernels (compute "
+        "capability 9.0, choose_mp_linear_kernel with prioritize_humming), which pad N to 256 and K to 128 and add a "
+        "lock buffer a layer (quantization/utils/humming/linear.py prepare_humming_linear_layer_config, utils/"
+        f"humming.py create_humming_locks): {held / GIB:+.2f} GiB a rank against the checkpoint's"))
 
 
 #: the lowest compute capability at which each release runs a symmetric GPTQ checkpoint's dense layers on its
@@ -2565,8 +2837,10 @@ GPTQ_MARLIN_FLOORS: dict[str, tuple[int, int]] = {"0.11": (8, 0), "0.19": (7, 5)
 #: Marlin's smallest tile of a rank's linear layer (utils/marlin_utils.py ``verify_marlin_supports_shape``:
 #: ``GPTQ_MARLIN_MIN_THREAD_N`` out features, ``GPTQ_MARLIN_MIN_THREAD_K`` in features)
 GPTQ_MARLIN_MIN_THREAD_N, GPTQ_MARLIN_MIN_THREAD_K = 64, 128
-#: the group sizes nibble read the GPTQ dense layout for (-1, a whole row, runs AllSpark on 8.x: not read)
-_GPTQ_DENSE_GROUPS: tuple[int, ...] = (32, 64, 128)
+#: the group sizes nibble read the GPTQ dense layout for, -1 a whole row (AllSpark, which 0.11 and 0.19 list ahead of
+#: Marlin for a whole-row group on 8.x, takes only 8-bit weights: utils/allspark_utils.py
+#: ``ALLSPARK_SUPPORTED_QUANT_TYPES = [scalar_types.uint8b128]``, so an int4 one runs Marlin; 0.33 has no AllSpark)
+_GPTQ_DENSE_GROUPS: tuple[int, ...] = (-1, 32, 64, 128)
 
 
 def gptq_dense_kernel(version: str, compute_capability: tuple[int, int], in_features: int, out_features: int,
@@ -2575,13 +2849,15 @@ def gptq_dense_kernel(version: str, compute_capability: tuple[int, int], in_feat
     `in_features` x `out_features`; `row_parallel`: a RowParallelLinear whose input is split), as
     ``choose_mp_linear_kernel`` takes the first that can implement it (model_executor/layers/quantization/kernels/
     mixed_precision in 0.11, model_executor/kernels/linear in 0.19 and 0.33): "machete", "marlin", or "" where nibble
-    did not read the one it takes.  CutlassW4A8 wants fp8 activations and AllSpark (8.x) a whole-row group: neither
-    takes a 16-bit grouped GPTQ layer.  Machete (compute capability 9.0 only): groups -1, 64 or 128 for 16-bit
+    did not read the one it takes.  CutlassW4A8 wants fp8 activations and AllSpark (8.x) 8-bit weights
+    (``ALLSPARK_SUPPORTED_QUANT_TYPES``, a whole-row group): neither takes a 4-bit GPTQ layer with 16-bit
+    activations.  Machete (compute capability 9.0 only): groups -1, 64 or 128 for 16-bit
     activations, in features a multiple of 64 and out features of 128, and in 0.11 and 0.19 no act order where the
     input is split ("Act reordering currently not supported by Machete, when the input features are partitioned
     across devices").  Marlin: out features a multiple of 64, in features of 128 and whole groups; in 0.33 on 9.0
     ``prioritize_humming`` puts Humming (not read) ahead of it."""
-    if (compute_capability == HUMMING_PREFERRED_CAPABILITY and group_size in MACHETE_GROUPS
+    machete_group = None if group_size == -1 else group_size
+    if (compute_capability == HUMMING_PREFERRED_CAPABILITY and machete_group in MACHETE_GROUPS
             and not (act_order and row_parallel) and in_features % MACHETE_BLOCK_IN == 0
             and out_features % MACHETE_BLOCK_OUT == 0):
         return "machete"
@@ -2611,7 +2887,8 @@ def gptq_linear_held_bytes(version: str, kernel: str, in_features: int, out_feat
     * Machete (mixed_precision/machete.py): the weights prepacked at their size, the scales kept; the qzeros and the
       g_idx are left as loaded (it transforms zero points only with ``zero_points``); with act order it also keeps
       the int32 ``argsort(g_idx)`` ``[in]`` for its activation permutation (``act_perm``)."""
-    groups = (full_in_features if act_order and kernel == "marlin" else in_features) // group_size
+    groups = 1 if group_size == -1 else (full_in_features if act_order and kernel == "marlin"
+                                         else in_features) // group_size
     held = in_features * out_features // 2 + 2 * groups * out_features
     if kernel == "marlin":
         return held + (2 * 4 * in_features if act_order else 0)
@@ -2645,31 +2922,38 @@ def gptq_marlin_linear_bytes(stage: Stage, version: str, dense_format: str, devi
     inputs whole) and the RowParallelLinear o_proj and down_proj (their inputs split), shapes per rank
     `_dense_linear_shapes`.  Positive where act order holds a row-parallel layer's scales whole and the g_idx with its
     sort indices; negative where Marlin frees the qzeros and g_idx nibble charges, and for the g_idx 0.33 never
-    creates.  Models of `FUSED_LINEAR_MODEL_TYPES` without MLA or shared experts, groups of 32, 64 or 128, devices of
+    creates.  Models of `FUSED_LINEAR_MODEL_TYPES` without MLA or shared experts, groups of 32, 64 or 128 or a whole
+    row (-1: one group, act order off as gptq_marlin.py sets ``desc_act = False`` for it), devices of
     `GPTQ_MARLIN_FLOORS`; None elsewhere (asymmetric GPTQ runs other kernels in 0.11/0.19 and is refused in 0.33;
     act order is refused in 0.33: `gptq_act_order_refusal`)."""
     spec = stage.spec
     found = _INT4_CHECKPOINT_LABEL.fullmatch(dense_format.removeprefix("checkpoint-"))
     capability = device.compute_capability
-    if (found is None or found["layout"] != "gptq" or found["kind"] != "sym" or not found["group"]
-            or int(found["group"]) not in _GPTQ_DENSE_GROUPS or "-padded" in dense_format or "-partial" in dense_format
+    group = int(found["group"]) if found is not None and found["group"] else -1
+    if (found is None or found["layout"] != "gptq" or found["kind"] != "sym"
+            or group not in _GPTQ_DENSE_GROUPS or "-padded" in dense_format or "-partial" in dense_format
             or version not in GPTQ_MARLIN_FLOORS or capability is None or device.vendor == "amd"
             or capability < GPTQ_MARLIN_FLOORS[version] or spec.model_type not in FUSED_LINEAR_MODEL_TYPES
             or spec.is_mla or spec.shared_expert_width):
         return None
-    group, act_order = int(found["group"]), found["act_order"] is not None
+    act_order = found["act_order"] is not None and group > 0
     if act_order and version == "0.33":
         return None  # refused: gptq_act_order_refusal
     tensor_parallel = stage.tensor_parallel
     (qkv, o_proj), (gate_up, down) = _dense_linear_shapes(spec, tensor_parallel)
     kernels: set[str] = set()
 
-    def held(column: tuple[int, int], row: tuple[int, int], row_full_in: int) -> int | None:
+    def held(column: tuple[int, int], row: tuple[int, int], row_full_in: int,
+             biases: tuple[bool, bool] = (False, False)) -> int | None:
         """The held bytes of a column-parallel layer (input whole) and a row-parallel one (input split)."""
         total = 0
-        for (in_features, out_features), full_in, split in ((column, column[0], False),
-                                                             (row, row_full_in, tensor_parallel > 1)):
+        for (in_features, out_features), full_in, split, bias in ((column, column[0], False, biases[0]),
+                                                                   (row, row_full_in, tensor_parallel > 1, biases[1])):
             kernel = gptq_dense_kernel(version, capability, in_features, out_features, group, act_order, split)
+            if not kernel and version == "0.33" and capability == HUMMING_PREFERRED_CAPABILITY:
+                kernels.add("humming")  # prioritize_humming: Humming's kernels where Machete refuses the layer
+                total += humming_linear_bytes(in_features, out_features, group, False, bias, device)
+                continue
             if not kernel:
                 return None
             kernels.add(kernel)
@@ -2678,11 +2962,13 @@ def gptq_marlin_linear_bytes(stage: Stage, version: str, dense_format: str, devi
 
     start, stop = stage.layers
     dense_layers = sum(1 for layer in range(start, stop) if not spec.is_moe or layer in spec.dense_layers)
-    per_attention = held(qkv, o_proj, spec.num_attention_heads * spec.head_dim)
+    per_attention = held(qkv, o_proj, spec.num_attention_heads * spec.head_dim,
+                         (spec.attention_qkv_bias, spec.attention_output_bias))
     per_mlp = held(gate_up, down, spec.intermediate_size) if dense_layers else 0
     if per_attention is None or per_mlp is None:
         return None
-    charge_attention, charge_mlp = _gptq_dense_charge(spec, gptq_checkpoint(group, True, act_order), tensor_parallel)
+    stored = gptq_checkpoint(None if group == -1 else group, True, found["act_order"] is not None)
+    charge_attention, charge_mlp = _gptq_dense_charge(spec, stored, tensor_parallel)
     extra = (stop - start) * (per_attention - charge_attention) + dense_layers * (per_mlp - charge_mlp)
     if not extra:
         return None
@@ -2692,10 +2978,13 @@ def gptq_marlin_linear_bytes(stage: Stage, version: str, dense_format: str, devi
              "without act order Marlin empties the qzeros and g_idx (marlin_make_empty_g_idx) and Machete keeps them")
     method = ("gptq_marlin.py GPTQMarlinLinearMethod" if version != "0.33"
               else "auto_gptq.py AutoGPTQLinearMethod, which creates no g_idx")
+    humming = ("; Humming (0.33 on 9.0 where Machete refuses a layer: prioritize_humming) pads N to 256 and K to "
+               "128, keeps the scales and nothing else of the checkpoint, and adds a lock buffer (quantization/utils/"
+               "humming/linear.py prepare_humming_linear_layer_config)" if "humming" in kernels else "")
     return Term(extra, (
         f"vLLM {version} runs the {dense_format} attention and MLP layers on {' and '.join(sorted(kernels))} "
-        f"(choose_mp_linear_kernel): {order}; {extra / GIB:+.2f} GiB a rank against nibble's charge of the "
-        f"checkpoint's qweight, qzeros, scales and g_idx ({extra:+,} bytes; {method}; kernels/mixed_precision "
+        f"(choose_mp_linear_kernel): {order}{humming}; {extra / GIB:+.2f} GiB a rank against nibble's charge of "
+        f"the checkpoint's qweight, qzeros, scales and g_idx ({extra:+,} bytes; {method}; kernels/mixed_precision "
         "marlin.py and machete.py)"))
 
 
@@ -2846,9 +3135,12 @@ def int4_expert_refusal(spec: ModelSpec, weight_format: str, tensor_parallel: in
     ("Only symmetric quantization is supported for MoE"); where Marlin does not run it,
     ``CompressedTensorsWNA16MoEMethod.create_weights`` holds ``width_per_rank // group_size`` scale groups of w2, so
     a rank's width must be whole groups.  vLLM 0.33 pads the experts' tiles instead (`int4_expert_layout_bytes`,
-    charged by `expert_layout`): None."""
+    charged by `expert_layout`) where its GPTQ and AWQ methods' ``check_moe_marlin_supports_layer(allow_tile_padding=
+    True)`` passes (a group dividing the rank's width, hidden a multiple of 128), and falls back to MoeWNA16
+    elsewhere, which refuses what it refuses in 0.11 and 0.19 (`moe_wna16_group`); its compressed-tensors methods
+    are not read: None."""
     found = _INT4_CHECKPOINT_LABEL.fullmatch(weight_format)
-    if not spec.is_moe or found is None or version not in ("0.11", "0.19") \
+    if not spec.is_moe or found is None or version not in ("0.11", "0.19", "0.33") \
             or spec.moe_intermediate_size % tensor_parallel:
         return None
     group = int(found["group"]) if found["group"] else -1
@@ -2856,6 +3148,17 @@ def int4_expert_refusal(spec: ModelSpec, weight_format: str, tensor_parallel: in
     layout = found["layout"]
     where = (f"each rank's share of the {spec.moe_intermediate_size}-wide experts at tensor parallel size "
              f"{tensor_parallel} is {width} wide")
+    if version == "0.33":
+        if (layout == "compressed-tensors" or "-padded" in weight_format or "-partial" in weight_format
+                or (hidden % MARLIN_MOE_HIDDEN_ALIGNMENT == 0 and group in _MARLIN_MOE_GROUPS
+                    and (group < 0 or width % group == 0))
+                or moe_wna16_group(hidden, width, group) is not None):
+            return None
+        return (f"vLLM 0.33 cannot load {layout.upper()} int4 {'row' if group < 0 else f'g{group}'} experts at tensor "
+                f"parallel size {tensor_parallel}: {where}, which Marlin refuses (marlin_utils."
+                "check_moe_marlin_supports_layer with allow_tile_padding: a group dividing the width), and MoeWNA16, "
+                "which takes them, cannot group them (moe_wna16.py, MoeWNA16Method.create_weights asserts a group "
+                "size of at least 32 dividing the width; a whole-row scale gets a negative dimension)")
     if layout == "compressed-tensors":
         if found["kind"] != "sym":
             return (f"vLLM {version} refuses asymmetric compressed-tensors int4 experts: both its int4 MoE methods "
@@ -2867,17 +3170,46 @@ def int4_expert_refusal(spec: ModelSpec, weight_format: str, tensor_parallel: in
                 f"{group}-wide groups, and Marlin does not run it (marlin_utils.check_moe_marlin_supports_layer), so "
                 f"CompressedTensorsWNA16MoEMethod holds {width // group} scale group(s) of each rank's w2 for "
                 f"{width / group:g} groups of the checkpoint")
-    if _marlin_moe_supports(hidden, width, group) or group == -1:
+    if _marlin_moe_supports(hidden, width, group):
         return None
-    fallback = group
-    while width % fallback or hidden % fallback:
-        fallback //= 2
-        if fallback < 32:
-            return (f"vLLM {version} refuses {layout.upper()} int4 g{group} experts at tensor parallel size "
-                    f"{tensor_parallel}: {where}, which Marlin does not run "
-                    "(marlin_utils.check_moe_marlin_supports_layer) and MoeWNA16 cannot group "
-                    "(moe_wna16.py, MoeWNA16Method.create_weights asserts a group size of at least 32 dividing it)")
+    if group == -1:
+        return (f"vLLM {version} cannot load {layout.upper()} int4 experts with a whole-row scale (group -1) at "
+                f"tensor parallel size {tensor_parallel}: {where}, which Marlin does not run "
+                "(marlin_utils.check_moe_marlin_supports_layer: a multiple of 64), and MoeWNA16, which takes them, "
+                "keeps group -1 (moe_wna16.py, MoeWNA16Method.create_weights: x % -1 == 0) and sizes the scales "
+                "hidden_size // -1, a negative dimension torch.zeros refuses")
+    if moe_wna16_group(hidden, width, group) is None:
+        return (f"vLLM {version} refuses {layout.upper()} int4 g{group} experts at tensor parallel size "
+                f"{tensor_parallel}: {where}, which Marlin does not run "
+                "(marlin_utils.check_moe_marlin_supports_layer) and MoeWNA16 cannot group "
+                "(moe_wna16.py, MoeWNA16Method.create_weights asserts a group size of at least 32 dividing it)")
     return None
+
+
+def moe_wna16_row_refusal(version: str, spec: ModelSpec, weight_format: str,
+                          compute_capability: tuple[int, int] | None) -> str | None:
+    """Why vLLM 0.11 or 0.19 cannot load `spec`'s routed experts of a whole-row (group -1) GPTQ checkpoint
+    `weight_format` on a device of `compute_capability`, whatever the ranks' width (`int4_expert_refusal` refuses by
+    width): where gptq_marlin does not take the checkpoint, an asymmetric one (``is_gptq_marlin_compatible``: 4-bit
+    ``sym`` only) or below `GPTQ_MARLIN_FLOORS`, it loads as ``GPTQConfig``, whose MoE layers are always MoeWNA16
+    (gptq.py ``get_quant_method``), and ``MoeWNA16Method.create_weights`` keeps group -1 and sizes its scales
+    ``hidden_size // -1`` (`moe_wna16_group`); None elsewhere (a device of unknown capability included)."""
+    found = _INT4_CHECKPOINT_LABEL.fullmatch(weight_format.removeprefix("checkpoint-"))
+    if (not spec.is_moe or found is None or found["group"] or found["layout"] != "gptq"
+            or version not in ("0.11", "0.19") or "-padded" in weight_format or "-partial" in weight_format):
+        return None
+    floor = GPTQ_MARLIN_FLOORS[version]
+    if found["kind"] != "sym":
+        why = "an asymmetric checkpoint gptq_marlin does not take"
+    elif compute_capability is not None and compute_capability < floor:
+        why = (f"on compute capability {compute_capability[0]}.{compute_capability[1]}, below gptq_marlin's "
+               f"{floor[0]}.{floor[1]}, the checkpoint")
+    else:
+        return None
+    return (f"vLLM {version} cannot load the {weight_format} experts: {why} loads as GPTQConfig, whose MoE layers are "
+            "MoeWNA16 (gptq.py get_quant_method), and MoeWNA16Method.create_weights keeps a whole-row group -1 "
+            "(x % -1 == 0) and sizes the scales hidden_size // -1, a negative dimension torch.zeros refuses "
+            "(moe_wna16.py)")
 
 
 #: The releases whose ``kv_cache_dtype="auto"`` takes a ModelOpt checkpoint's KV-cache quantization
@@ -3226,7 +3558,8 @@ GPTQ_ACT_ORDER_REFUSED: frozenset[str] = frozenset({"0.33"})
 def gptq_act_order_refusal(version: str, stored: WeightFormat | None) -> str | None:
     """Why vLLM `version` refuses the GPTQ weights `stored` quantized with act order on every device
     (`GPTQ_ACT_ORDER_REFUSED`, with vLLM's message), or None."""
-    if version not in GPTQ_ACT_ORDER_REFUSED or stored is None or stored.layout != "gptq" or not stored.act_order:
+    if (version not in GPTQ_ACT_ORDER_REFUSED or stored is None or stored.layout != "gptq" or not stored.act_order
+            or stored.group_size is None):  # a whole row: normalize_and_validate_gptq_desc_act turns it off
         return None
     return (f"vLLM {version} cannot load {stored.label()} weights on any device: the checkpoint's config has "
             "desc_act true (act order) with groups, and AutoGPTQConfig raises \"GPTQ group activation ordering "
@@ -3957,14 +4290,15 @@ class VllmProfile:
         release's floor for `weight_format` (`CAPABILITY_FLOORS`; `MODELOPT_CAPABILITY_FLOORS` for a `quant_method`
         ``modelopt`` checkpoint) against the device's compute capability (None: not
         known; only a format the release loads nowhere is refused), then what the release refuses of the format
-        `stored` itself (`gptq_symmetry_refusal`) or at the model's dtype (`float32_refusal`, `bfloat16_refusal`,
-        `gguf_bfloat16_refusal`)."""
+        `stored` itself (`gptq_symmetry_refusal`, `moe_wna16_row_refusal`) or at the model's dtype
+        (`float32_refusal`, `bfloat16_refusal`, `gguf_bfloat16_refusal`)."""
         return (dsa_attention_refusal(self._version, spec, compute_capability)
                 or mla_prefill_refusal(self._version, spec, compute_capability)
                 or head_size_refusal(self._version, spec, compute_capability)
                 or capability_refusal(self._version, weight_format, compute_capability, quant_method)
                 or gptq_symmetry_refusal(self._version, stored)
                 or gptq_act_order_refusal(self._version, stored)
+                or moe_wna16_row_refusal(self._version, spec, weight_format, compute_capability)
                 or float32_refusal(self._version, spec.model_type, weight_format, compute_capability, stored,
                                    quant_method)
                 or (None if runs_float32(self._version, spec.model_type, compute_capability)
@@ -4005,9 +4339,11 @@ class VllmProfile:
         """The bytes one rank holds for its quantized dense linear layers (stored as `dense_format`) beyond the
         checkpoint's, in the layout this release's kernel for `device` rewrites them to (`machete_zero_point_bytes`:
         AWQ's zero points on Machete; `gptq_marlin_linear_bytes`: symmetric GPTQ on Marlin or Machete, with or
-        without act order); None elsewhere."""
+        without act order; 0.33's Humming layers of each, and of symmetric compressed-tensors,
+        `compressed_tensors_humming_bytes`); None elsewhere."""
         return (machete_zero_point_bytes(stage, self._version, dense_format, device)
-                or gptq_marlin_linear_bytes(stage, self._version, dense_format, device))
+                or gptq_marlin_linear_bytes(stage, self._version, dense_format, device)
+                or compressed_tensors_humming_bytes(stage, self._version, dense_format, device))
 
     def weight_allocation(self, stage: Stage, weight_format: str = "") -> Term | None:
         """The bytes PyTorch's caching allocator counts for the rank's weights beyond their size, inside vLLM's

@@ -113,12 +113,15 @@ def test_vllm_0_33_humming_pads_each_expert_gemm_n_to_256_and_k_to_128_on_hopper
                                   device_facts("h100-80gb")) == "humming"
     held = 786_432 + 49_152
     assert _gptq_charge(64, 4) == 640_768
-    assert _qwen3_term("int4-g64-sym-gptq", 4, "h100-80gb") == QWEN3_LAYERS * QWEN3_EXPERTS * (held - 640_768)
-    assert _qwen3_term("int4-g64-sym-gptq", 4, "h100-80gb") == 1_196_949_504
+    # and each layer's HummingExpertsBase a lock buffer of 8 x 132 int32 (create_humming_locks): 48 x 4,224 bytes
+    locks = QWEN3_LAYERS * 4 * 8 * 132
+    assert _qwen3_term("int4-g64-sym-gptq", 4, "h100-80gb") == (QWEN3_LAYERS * QWEN3_EXPERTS * (held - 640_768)
+                                                                 + locks)
+    assert _qwen3_term("int4-g64-sym-gptq", 4, "h100-80gb") == 1_197_152_256
     # AWQ keeps its zero points: (512 x 32 + 2048 x 4) / 2 = 12,288 bytes an expert more than GPTQ's sym layout
     awq = _qwen3_term("int4-g64-asym-awq", 4, "h100-80gb")
     awq_charge = 3 * (WIDTH * HIDDEN // 2 + (HIDDEN // 64) * WIDTH // 2 + 2 * (HIDDEN // 64) * WIDTH) // 4
-    assert awq == QWEN3_LAYERS * QWEN3_EXPERTS * (held + 12_288 - awq_charge)
+    assert awq == QWEN3_LAYERS * QWEN3_EXPERTS * (held + 12_288 - awq_charge) + locks
 
 
 def test_vllm_0_33_int4_expert_padding_is_charged_in_the_plan() -> None:
@@ -136,7 +139,6 @@ def test_vllm_0_33_int4_expert_padding_is_charged_in_the_plan() -> None:
     ("int4-g32-sym-gptq", 8, None),  # capability unknown
     ("int4-g32-sym-compressed-tensors", 8, "b200"),  # FlashInfer's TRT-LLM MxInt4 experts on 10.x, not read
     ("int4-row-sym-gptq", 4, "h100-80gb"),  # Humming with a per-row scale, not read
-    ("int4-g128-sym-gptq", 8, "a100-80gb"),  # 96 wide: Marlin refuses a group straddling the shard (Triton)
 ])
 def test_vllm_0_33_int4_experts_on_a_kernel_not_read_get_no_layout_term(label: str, tensor_parallel: int,
                                                                          device: str | None) -> None:

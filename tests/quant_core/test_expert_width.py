@@ -86,6 +86,10 @@ def test_qwen3_30b_int4_experts_run_at_the_ranks_vllms_moe_kernels_accept(weight
 def test_int4_expert_refusal_leaves_nibbles_own_layout_other_releases_and_dense_models_alone() -> None:
     spec = get_preset("qwen3-30b-a3b")
     assert int4_expert_refusal(spec, int4(128).label(), 32, "0.19") is None  # nibble's layout: no vLLM loader
-    assert int4_expert_refusal(spec, GPTQ_G128.label(), 32, "0.33") is None  # tile padding not modelled
+    # 0.33: 24 wide at TP 32, no 128-group divides it, so MoeWNA16 takes the experts and cannot halve to a group
+    # of at least 32 dividing 24; 96 wide at TP 8 it holds them in groups of 32
+    refusal = int4_expert_refusal(spec, GPTQ_G128.label(), 32, "0.33")
+    assert refusal is not None and "MoeWNA16" in refusal
+    assert int4_expert_refusal(spec, GPTQ_G128.label(), 8, "0.33") is None
     assert int4_expert_refusal(spec, GPTQ_G128.label(), 32, "0.11") is not None
     assert int4_expert_refusal(get_preset("llama-3.1-8b"), CT_G128_ASYM.label(), 8, "0.19") is None

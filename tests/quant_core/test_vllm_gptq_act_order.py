@@ -109,9 +109,13 @@ def test_vllm_0_33_holds_no_g_idx_for_gptq_dense_layers() -> None:
         4, 128, False, False)
     g_idx = 4 * (3 * 8192 + 8192 + 2 * 8192 + 28672)  # q, k, v, o, gate, up, down at TP 1
     assert _dense_term("llama-3.1-70b", "0.33", "h100-80gb", 1, "int4-g128-sym-gptq") == -80 * g_idx
-    # act order is refused there, so no layout; group 32 on H100 runs Humming (not read)
+    # act order is refused there, so no layout; group 32 on H100 runs Humming (Machete takes no group 32), nothing
+    # padded at TP 4 (2560, 8192, 14336 out; 8192, 2048, 7168 in): it frees the qzeros and g_idx nibble charges,
+    # 4 x (8192 x 6 + 28672) + 256 x (8192 x 2 + 1024 x 2 + 28672 x 2) / 2 + 896 x 8192 / 2 = 13,680,640 bytes a
+    # layer over 4 ranks, and adds four lock buffers of 8 x 132 int32 (tests/quant_core/test_vllm_humming_dense.py)
     assert _dense_term("llama-3.1-70b", "0.33", "a100-80gb", 4, "int4-g128-sym-act-order-gptq") is None
-    assert _dense_term("llama-3.1-70b", "0.33", "h100-80gb", 4, "int4-g32-sym-gptq") is None
+    assert _dense_term("llama-3.1-70b", "0.33", "h100-80gb", 4, "int4-g32-sym-gptq") == (
+        80 * (4 * 4 * 8 * 132 - 13_680_640 // 4)) == -272_261_120
 
 
 def test_no_gptq_term_where_vllm_runs_other_kernels() -> None:
@@ -156,10 +160,13 @@ def test_qwen3_30b_a3b_gptq_experts_figures() -> None:
     assert _moe_extra("qwen3-30b-a3b", 1, False) == 48 * 128 * -28_672 == -176_160_768
     # TP 2 with act order: the down projection's 6 scale groups whole, g_idx and sort indices 8 x (2048 + 384)
     assert _moe_extra("qwen3-30b-a3b", 2, True) == 116_391_936
-    # TP 4: a rank's width 192 is no multiple of 128: MoeWNA16 (not read), no term
+    # TP 4: a rank's width 192 is no multiple of 128: MoeWNA16, which skips the g_idx (its weight loader returns on
+    # "g_idx") and holds the scales at group 64: 626,688 an expert against nibble's 617,728 (tests/quant_core/
+    # test_moe_wna16.py), 8,960 x 128 x 48 more
     spec = get_preset("qwen3-30b-a3b")
-    assert VllmProfile("0.19").expert_layout(Stage(spec, 4, 1, (0, spec.num_layers), True),
-                                             "int4-g128-sym-act-order-gptq", device_facts("a100-80gb")) is None
+    term = VllmProfile("0.19").expert_layout(Stage(spec, 4, 1, (0, spec.num_layers), True),
+                                             "int4-g128-sym-act-order-gptq", device_facts("a100-80gb"))
+    assert term is not None and term.bytes == 48 * 128 * 8_960 == 55_050_240
 
 
 def test_vllm_0_33_refuses_act_order_gptq_with_its_message() -> None:
