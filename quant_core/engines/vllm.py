@@ -59,6 +59,7 @@ from quant_core.engines.vllm_attention import (
     VLLM_FP8_CACHE_DTYPES,
     kv_backend,
     kv_requirement,
+    mla_latent_refusal,
 )
 from quant_core.engines.vllm_graphs import cuda_graph_pool, cudagraph_capture_sizes
 from quant_core.errors import InvalidSpec, UnknownName
@@ -3562,6 +3563,9 @@ def kv_cache_refusal(version: str, spec: ModelSpec, kv_cache_dtype: str, compute
         return KVCacheBackend(refusal=f"vLLM {version} cannot run nibble's {kv_cache_dtype} KV cache: {integer}; "
                                       "a 16-bit or fp8 cache (kv_cache.dtype bf16 / fp8) runs on vLLM, and "
                                       "runtime.engine generic plans the int8/int4 layout without an engine")
+    latent = mla_latent_refusal(version, spec)
+    if latent is not None:
+        return KVCacheBackend(refusal=f"{latent}; vLLM 0.19 and 0.33 run it on TRITON_MLA (runtime.engine_version)")
     cache_dtype = VLLM_FP8_CACHE_DTYPES.get(kv_cache_dtype) or VLLM_16BIT_CACHE_DTYPES.get(kv_cache_dtype)
     if cache_dtype is None:
         return KVCacheBackend()
