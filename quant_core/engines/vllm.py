@@ -3577,8 +3577,11 @@ def kv_cache_refusal(version: str, spec: ModelSpec, kv_cache_dtype: str, compute
         return KVCacheBackend()
     major, minor = compute_capability
     if found.backend is None:
-        if cache_dtype == "auto":
+        if cache_dtype == "auto" and spec.is_mla:
             remedy = "a --block-size that is a multiple of 16 (kv_cache.block_size) runs there"
+        elif cache_dtype == "auto":
+            remedy = ("an fp8 cache (kv_cache.dtype fp8) runs there on FLASHINFER or TRITON_ATTN, and vLLM 0.19 "
+                      "(runtime.engine_version) runs a 16-bit one on TRITON_ATTN")
         else:
             remedy = f"a 16-bit cache (kv_cache.dtype {'bf16' if compute_capability >= (8, 0) else 'fp16'}) runs there"
         return KVCacheBackend(refusal=f"vLLM {version} cannot run the {kv_cache_dtype} KV cache ({cache_dtype}) of "

@@ -28,8 +28,12 @@ paged in the blocks of the MLA backend it picks:
 * A multimodal-prefix model (Gemma 3's ``gemma3``: `MM_PREFIX_MODEL_TYPES`) needs a backend that attends both ways
   over image tokens: Triton under 0.19; under 0.33 TRITON_FLASHINFER on 10.x for heads of 256 and 512, whose only
   kernel block, 64, vLLM sets, TRITON_FLASH_ATTN on 9.x, FlashAttention 4 on 10.x for heads up to 128, else Triton.
+* Heads above 256 (a multiple of 8, up to 512): 0.33's FLASH_ATTN takes them wherever FlashAttention 4 is built but
+  runs FlashAttention 2 on 10.x (heads FlashInfer, first there, does not take) and 11.x, which raises on them
+  (`_wide_head_refusal`); elsewhere FlashInfer (512) or Triton runs them, at the requested block.
 
-`kv_backend` decides it; a dense model's 16-bit cache otherwise stays at the requested block and is not decided here:
+`kv_backend` decides it; a dense model's 16-bit cache otherwise stays at the requested block and is not decided here
+(heads under 16, which only FlexAttention would take, are `engines.vllm.head_size_refusal`'s):
 every dense backend vLLM picks takes vLLM's default 16 (FlashAttention and Triton ``MultipleOf(16)``, FlashInfer 16,
 32, 64...).  The one exception in the code, 0.33's FlashAttention 4 head-256 kernel on 10.x / 11.x and its 128-token
 pages (fa_utils.py ``FA4_HD256_PAGE_SIZE``, flash_attn.py ``_get_fa4_hd256_block_size``), is never reached for a
@@ -311,6 +315,41 @@ def mla_latent_refusal(version: str, spec: ModelSpec) -> str | None:
             "when it first builds attention metadata, at start-up's CUDA-graph capture or the first request")
 
 
+#: the widest head vLLM's FlashAttention 2 build runs (vllm_flash_attn/_vllm_fa2_C: flash-attn's csrc/flash_attn/
+#: flash_api.cpp, "FlashAttention forward only supports head dimension at most 256")
+FA2_MAX_HEAD = 256
+#: the widest head 0.33's FLASH_ATTN takes where FlashAttention 4 is built for the device, 9.x, 10.x and 11.x
+#: (flash_attn.py supports_head_size: ``is_fa_version_supported(4)``, vllm_flash_attn/flash_attn_interface.py
+#: ``_is_fa4_supported``)
+FA4_MAX_HEAD = 512
+
+
+def _wide_head_refusal(version: str, spec: ModelSpec, capability: tuple[int, int], float32: bool) -> KVBackend | None:
+    """0.33's FLASH_ATTN for a 16-bit cache of heads above 256 on 10.x and 11.x, which it takes but runs on FA2: its
+    ``supports_head_size`` lets a multiple of 8 up to 512 through wherever FA4 is built (9.x, 10.x, 11.x), but
+    fa_utils.py ``get_flash_attn_version`` resolves FA2 there, on 10.x for any head above 128 but 256 ("FA4 on
+    Blackwell does not support head_size=%d due to TMEM capacity limits") and on 11.x always (FA4 is the default on
+    10.x only), and FA2 raises on heads above `FA2_MAX_HEAD` when attention first runs.  On 10.x FLASHINFER, first,
+    takes heads of 512; on 9.x FA4 runs the wide heads (FA3 upgrades to it above 256).  None where this does not
+    apply."""
+    head = spec.head_dim
+    major = capability[0]
+    if (version != "0.33" or float32 or head % 8 or not FA2_MAX_HEAD < head <= FA4_MAX_HEAD
+            or (spec.v_head_dim or head) != head or major not in (10, 11)
+            or (major == 10 and head in _FLASHINFER_HEADS[version])):
+        return None
+    first = "after FLASHINFER, which takes heads of 64/128/256/512 only" if major == 10 else "first off 10.x"
+    return KVBackend(None, f"vLLM 0.33 picks FLASH_ATTN for heads of {head} on {_capability_text(capability)} "
+                           f"({first}; flash_attn.py supports_head_size takes a multiple of 8 up to {FA4_MAX_HEAD} "
+                           "where FlashAttention 4 is built), but fa_utils.py get_flash_attn_version runs it on "
+                           "FlashAttention 2 there ("
+                           + ("\"FA4 on Blackwell does not support head_size=%d due to TMEM capacity limits\""
+                              if major == 10 else "FA4 is the default on 10.x only")
+                           + "), whose kernel raises \"FlashAttention forward only supports head dimension at most "
+                           f"{FA2_MAX_HEAD}\" when attention first runs, at start-up's CUDA-graph capture or the first "
+                           "request")
+
+
 def _mla_v0_11(cache_dtype: str, capability: tuple[int, int]) -> KVBackend:
     """0.11's MLA choice, for a 16-bit cache (``auto``) as for an fp8 one: platforms/cuda.py check_and_update_config
     forces FlashMLA's 64-token block on 9.x (``is_flashmla_supported``: Hopper with vllm._flashmla_C) and CUTLASS
@@ -440,7 +479,7 @@ def kv_backend(version: str, spec: ModelSpec, cache_dtype: str, compute_capabili
     if version != "0.11" and spec.model_type in MM_PREFIX_MODEL_TYPES:
         return _mm_prefix_v0_19_v0_33(version, spec, cache_dtype, compute_capability, requested_block, float32)
     if cache_dtype == "auto":
-        return None
+        return _wide_head_refusal(version, spec, compute_capability, float32)
     if version == "0.11":
         return _dense_v0_11(spec, cache_dtype, compute_capability, float32)
     return _dense_v0_19_v0_33(version, spec, cache_dtype, compute_capability, float32)
@@ -469,6 +508,13 @@ def kv_requirement(version: str, spec: ModelSpec, cache_dtype: str) -> str | Non
             return (f"vLLM 0.33 pages the 16-bit cache of {spec.name}, a multimodal-prefix model (is_mm_prefix_lm), "
                     f"in {TRITON_FLASHINFER_BLOCK}-token blocks on 10.x (TRITON_FLASHINFER's only kernel block) when "
                     "--block-size is not given, and at the requested block elsewhere")
+        head = spec.head_dim
+        if (not spec.is_mla and version == "0.33" and head % 8 == 0 and FA2_MAX_HEAD < head <= FA4_MAX_HEAD
+                and (spec.v_head_dim or head) == head):
+            where = "11.x" if head in _FLASHINFER_HEADS[version] else "10.x and 11.x"
+            return (f"vLLM 0.33 runs no 16-bit cache of {spec.name}'s heads of {head} on {where}: FLASH_ATTN takes "
+                    f"them there and runs FlashAttention 2, which raises on heads above {FA2_MAX_HEAD} "
+                    "(fa_utils.py get_flash_attn_version)")
         if not spec.is_mla:
             return None
         if version == "0.11":

@@ -259,3 +259,44 @@ def test_0_33_runs_an_fp8_cache_of_heads_between_128_and_256_on_triton_not_flash
     assert found is not None and (found.backend, found.block_size) == ("TRITON_ATTN", None), found
     on_hopper = kv_backend("0.33", spec, "fp8_e4m3", (9, 0))
     assert on_hopper is not None and on_hopper.backend == "FLASH_ATTN"
+
+
+# --- heads above 256: 0.33's FlashAttention takes them on 10.x / 11.x and runs FA2 ------------------------------
+
+def _wide(head: int) -> ModelSpec:
+    return replace(get_preset_info("qwen3-8b").spec, name=f"heads-{head}", head_dim=head)
+
+
+@pytest.mark.parametrize(("head", "capability", "refused"), [
+    # FLASHINFER, first on 10.x, takes 512; FLASH_ATTN takes 264-504 there and 264-512 on 11.x (FA4 is built) and
+    # get_flash_attn_version runs FA2 ("TMEM capacity limits" on Blackwell; FA2 the default on 11.x)
+    (320, (10, 0), True), (384, (10, 3), True), (504, (10, 0), True), (512, (10, 0), False),
+    (320, (11, 0), True), (512, (11, 0), True),
+    # on 8.x and 12.x FA4 is not built: FLASH_ATTN refuses the heads, FlashInfer (512) or Triton runs them; on 9.x
+    # FA3 upgrades to FA4 above 256; a head of 256 is FlashInfer's on 10.x and FA2's own on 11.x
+    (320, (8, 0), False), (320, (12, 0), False), (320, (9, 0), False), (256, (11, 0), False), (260, (10, 0), False),
+])
+def test_0_33_refuses_a_16_bit_cache_of_heads_flashattention_2_runs_above_256(head: int, capability: tuple[int, int],
+                                                                              refused: bool) -> None:
+    found = kv_cache_refusal("0.33", _wide(head), "bf16", capability, 16)
+    assert (found.refusal is not None) == refused, found
+    if refused:
+        assert "FlashAttention forward only supports head dimension at most 256" in (found.refusal or "")
+        assert "kv_cache.dtype fp8" in (found.refusal or "")
+        # the fp8 cache those heads run on there: FLASHINFER for 512, TRITON_ATTN (fp8e4nv on 10.x / 11.x) else
+        fp8 = kv_backend("0.33", _wide(head), "fp8_e4m3", capability)
+        assert fp8 is not None and fp8.backend == ("FLASHINFER" if head == 512 else "TRITON_ATTN"), fp8
+    # 0.19's FLASH_ATTN takes heads up to 256 only: FlashInfer or Triton runs them on every device
+    assert kv_cache_refusal("0.19", _wide(head), "bf16", capability, 16).refusal is None
+
+
+def test_a_model_with_heads_of_320_is_refused_on_a_b200_under_0_33_and_planned_elsewhere() -> None:
+    # was planned at 16-token blocks on every device
+    spec = _wide(320)
+    refused = _plan(spec, "b200", "0.33")
+    assert refused.refusal is not None and not refused.fits
+    assert _plan(spec, "b200", "0.19").refusal is None
+    assert _plan(spec, "h100-80gb", "0.33").refusal is None
+    assert _plan(spec, "b200", "0.33", "fp8").refusal is None
+    said = kv_requirement("0.33", spec, "auto")
+    assert said is not None and "10.x and 11.x" in said
