@@ -3577,7 +3577,9 @@ def kv_cache_refusal(version: str, spec: ModelSpec, kv_cache_dtype: str, compute
         return KVCacheBackend()
     major, minor = compute_capability
     if found.backend is None:
-        if cache_dtype == "auto" and spec.is_mla:
+        if found.remedy is not None:
+            remedy = found.remedy
+        elif cache_dtype == "auto" and spec.is_mla:
             remedy = "a --block-size that is a multiple of 16 (kv_cache.block_size) runs there"
         elif cache_dtype == "auto":
             remedy = ("an fp8 cache (kv_cache.dtype fp8) runs there on FLASHINFER or TRITON_ATTN, and vLLM 0.19 "

@@ -86,6 +86,24 @@ MLA_LATENT_HEADS: dict[str, frozenset[int]] = {"0.11": frozenset({576}), "0.19":
                                                "0.33": frozenset({320, 512, 576})}
 #: the latent heads FLASH_ATTN_MLA takes where they differ from `MLA_LATENT_HEADS`
 _FLASH_ATTN_MLA_LATENT_HEADS: dict[str, frozenset[int]] = {"0.33": frozenset({576})}
+#: the (kv_lora_rank, qk_rope_head_dim) each fast MLA kernel runs, which vLLM checks only when it first decodes (its
+#: backend choice reads the latent's sum alone), with where it raises otherwise; 0.19 and 0.33 alike.  FlashInfer MLA
+#: (flashinfer/mla.py _check_trtllm_gen_mla_shape, flashinfer-python 0.6.6 and 0.7.2.post1, the releases' pins:
+#: DeepSeek's 512 + 64 and "smaller_mla_dimensions" 256 + 64; 0.7.2 adds 512 + 0, which nibble's MLA has not);
+#: CUTLASS MLA (cutlass_mla.py _sm100_cutlass_mla_decode asserts D_latent 512 and D_rope 64); FlashMLA (vLLM's
+#: _flashmla_C dense decode: "Only head_size_k == 576 or 512 is supported", head_size_v the kv_lora_rank 512)
+MLA_KERNEL_DIMS: dict[str, tuple[frozenset[tuple[int, int]], str]] = {
+    "FLASHINFER_MLA": (frozenset({(512, 64), (256, 64)}),
+                       "FlashInfer's trtllm_batch_decode_with_kv_cache_mla raises ValueError(\"Unsupported MLA "
+                       "dimensions, got kv_lora_rank=... and qk_rope_head_dim=...\") (flashinfer/mla.py "
+                       "_check_trtllm_gen_mla_shape: 512 + 64 and 256 + 64)"),
+    "CUTLASS_MLA": (frozenset({(512, 64)}),
+                    "CutlassMLAImpl._sm100_cutlass_mla_decode asserts D_latent == 512 and D_rope == 64 "
+                    "(v1/attention/backends/mla/cutlass_mla.py)"),
+    "FLASHMLA": (frozenset({(512, 64)}),
+                 "FlashMLA's decode kernel raises \"Only head_size_k == 576 or 512 is supported\" (vllm._flashmla_C, "
+                 "with the kv_lora_rank of 512 as head_size_v)"),
+}
 #: vLLM's default block, which nibble's request carries when none is asked (``CacheConfig.DEFAULT_BLOCK_SIZE``)
 DEFAULT_BLOCK_SIZE = 16
 
@@ -99,6 +117,9 @@ class KVBackend:
     backend: str | None
     basis: str
     block_size: int | None = None
+    #: when no backend runs it: what would, where that is not a 16-bit cache (for an fp8 one) or a block that is a
+    #: multiple of 16 (for a 16-bit MLA cache)
+    remedy: str | None = None
 
 
 def _capability_text(capability: tuple[int, int]) -> str:
@@ -440,6 +461,15 @@ def _mla_v0_19_v0_33(version: str, spec: ModelSpec, cache_dtype: str, capability
                            + (" and the request's block a multiple of 32 or 64" if given else "")
                            + (" (TOKENSPEED_MLA DeepSeek-R1's dims)" if version == "0.33" and not sixteen_bit
                               else ""))
+    if chosen is not None and chosen.backend in MLA_KERNEL_DIMS:
+        dims, raises = MLA_KERNEL_DIMS[chosen.backend]
+        if (spec.kv_lora_rank, spec.qk_rope_head_dim) not in dims:
+            return KVBackend(None, f"vLLM {version} picks {chosen.backend} for it, the first MLA backend of "
+                                   "_get_backend_priorities whose validate_configuration passes (it lists the latent "
+                                   f"head of {latent}), but its kernel does not run kv_lora_rank {spec.kv_lora_rank} + "
+                                   f"qk_rope_head_dim {spec.qk_rope_head_dim}: {raises} when it first decodes, at "
+                                   "start-up's CUDA-graph capture or the first request",
+                             remedy="vLLM's --attention-backend TRITON_MLA, which nibble does not plan, would run it")
     if chosen is not None:
         return chosen
     if given and requested_block % MLA_KERNEL_BLOCK:
@@ -521,10 +551,13 @@ def kv_requirement(version: str, spec: ModelSpec, cache_dtype: str) -> str | Non
             blocks = ("in 64-token blocks on 9.x (FlashMLA) and 128 on 10.0 (CUTLASS MLA), forced whatever "
                       "--block-size says")
         else:
-            hopper = ("" if latent in _FLASH_ATTN_MLA_LATENT_HEADS.get(version, MLA_LATENT_HEADS[version]) else
-                      "64-token blocks on 9.x (FlashMLA: FlashAttention MLA takes a latent head of 576 only) and ")
-            blocks = (f"in {hopper}32-token blocks on 10.x (FlashInfer MLA; 128 with CUTLASS MLA where FlashInfer MLA "
-                      "does not take the model) when --block-size is not given")
+            blocks = ("in 32-token blocks on 10.x (FlashInfer MLA; 128 with CUTLASS MLA where FlashInfer MLA does not "
+                      "take the model) when --block-size is not given")
+            if (spec.kv_lora_rank, spec.qk_rope_head_dim) != (512, 64):
+                blocks += (f" (of its kv_lora_rank {spec.kv_lora_rank} + qk_rope_head_dim {spec.qk_rope_head_dim}, "
+                           "FlashInfer MLA's kernel runs 512 + 64 and 256 + 64 only, and FlashMLA's, which 0.33 picks "
+                           "on 9.x for a latent other than 576, and CUTLASS MLA's 512 + 64 only: a device where vLLM "
+                           "picks those fails when it first decodes)")
         return (f"vLLM {version} pages the 16-bit MLA cache of {spec.name} {blocks}, and at the requested block "
                 "elsewhere")
     if spec.is_mla:
@@ -535,6 +568,9 @@ def kv_requirement(version: str, spec: ModelSpec, cache_dtype: str) -> str | Non
         else:
             where = ("on 9.x (FlashMLA, 64-token blocks), 10.x (FlashInfer MLA or CUTLASS MLA) and, on TRITON_MLA, "
                      "from 8.9 (fp8e4nv)")
+            if (spec.kv_lora_rank, spec.qk_rope_head_dim) != (512, 64):
+                where += (f"; of its kv_lora_rank {spec.kv_lora_rank} + qk_rope_head_dim {spec.qk_rope_head_dim}, "
+                          "FlashMLA's and CUTLASS MLA's kernels run 512 + 64 only, FlashInfer MLA's also 256 + 64")
     elif version == "0.11":
         where = ("on 9.0 (FlashAttention 3" + (", which refuses fp8_e5m2)" if cache_dtype == "fp8_e5m2" else ")")
                  + ", 10.0 and, on TRITON_ATTN, from 8.9 (fp8e4nv): FlexAttention below 8.0 refuses it")

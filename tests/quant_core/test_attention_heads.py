@@ -82,14 +82,34 @@ def test_a_latent_head_only_triton_mla_lists_runs_on_triton_mla_at_the_requested
 
 @pytest.mark.parametrize(("release", "capability", "backend", "block"), [
     ("0.19", (9, 0), "FLASH_ATTN_MLA", None),  # 0.19's FlashAttention MLA inherits [320, 576]
-    ("0.33", (9, 0), "FLASHMLA", 64),  # 0.33's lists [576]: FlashMLA next, at its 64-token kernel block
+    # FlashInfer's trtllm-gen MLA runs 256 + 64 ("smaller_mla_dimensions", flashinfer 0.6.6 and 0.7.2.post1)
     ("0.19", (10, 0), "FLASHINFER_MLA", 32), ("0.33", (10, 0), "FLASHINFER_MLA", 32),
     ("0.33", (8, 0), "TRITON_MLA", None),
-])
+], ids=["0.19-9.0", "0.19-10.0", "0.33-10.0", "0.33-8.0"])
 def test_a_320_latent_runs_where_the_mla_backends_list_it(release: str, capability: tuple[int, int], backend: str,
                                                           block: int | None) -> None:
     found = kv_backend(release, LATENT_320, "auto", capability)
     assert found is not None and (found.backend, found.block_size) == (backend, block), found
+
+
+@pytest.mark.parametrize(("release", "spec", "capability", "cache_dtype", "raises"), [
+    # 0.33's FlashAttention MLA lists 576 alone: FLASHMLA is picked for a 16-bit cache of a 320 latent on Hopper,
+    # and for any fp8 one there (FlashAttention MLA takes no fp8), and its kernel takes 576 (or 512) only
+    ("0.33", LATENT_320, (9, 0), "auto", "Only head_size_k == 576 or 512 is supported"),
+    ("0.19", LATENT_320, (9, 0), "fp8_e4m3", "Only head_size_k == 576 or 512 is supported"),
+    # FlashInfer MLA refuses qk_nope_head_dim 96 (supports_combination): CUTLASS MLA, whose decode asserts 512 + 64
+    ("0.19", replace(LATENT_320, qk_nope_head_dim=96, head_dim=160), (10, 0), "auto", "D_latent == 512"),
+    # 288 + 32 sums to 320, which FlashInfer MLA lists, but its kernel runs 512 + 64 and 256 + 64 only
+    ("0.33", replace(LATENT_320, kv_lora_rank=288, qk_rope_head_dim=32, head_dim=160), (10, 0), "auto",
+     "Unsupported MLA dimensions"),
+], ids=["0.33-flashmla-16bit", "0.19-flashmla-fp8", "0.19-cutlass", "0.33-flashinfer-288+32"])
+def test_a_latent_vllm_sends_to_a_kernel_that_does_not_run_it_is_refused(
+        release: str, spec: ModelSpec, capability: tuple[int, int], cache_dtype: str, raises: str) -> None:
+    # was planned on that backend (FLASHMLA at 64 tokens, CUTLASS MLA at 128, FlashInfer MLA at 32)
+    found = kv_backend(release, spec, cache_dtype, capability)
+    assert found is not None and found.backend is None and raises in found.basis, found
+    refused = kv_cache_refusal(release, spec, "bf16" if cache_dtype == "auto" else "fp8", capability, 16)
+    assert refused.refusal is not None and "--attention-backend TRITON_MLA" in refused.refusal
 
 
 @pytest.mark.parametrize("capability", [None, (8, 0), (9, 0), (10, 0), (12, 0)])
@@ -128,13 +148,13 @@ def test_a_288_latent_model_is_refused_under_0_11_and_pinned_under_0_19_and_0_33
         assert (primary.kv_capacity_tokens, primary.max_concurrent_sequences) == (tokens, sequences)
 
 
-def test_a_320_latent_on_an_h100_under_0_33_is_counted_in_flashmlas_64_token_blocks() -> None:
-    # before: FLASH_ATTN_MLA at 16 tokens, 2,420,292 tokens / 590 sequences
+def test_a_320_latent_on_an_h100_is_refused_under_0_33_and_planned_under_0_19() -> None:
+    # before: FLASH_ATTN_MLA at 16 tokens under both, 2,420,292 tokens / 590 sequences under 0.33
     answer = _plan(LATENT_320, "h100-80gb", "0.33")
-    assert answer.options.block_size == 64
-    assert answer.kv_cache_bytes == _cdiv(CONTEXT, 64) * 64 * 27 * 320 * 2
-    assert (answer.primary.kv_capacity_tokens, answer.primary.max_concurrent_sequences) == (2_392_318, 583)
-    assert any("64-token KV blocks" in warning and "FLASHMLA" in warning for warning in answer.warnings)
+    assert answer.refusal is not None and not answer.fits and "FLASHMLA" in answer.refusal
+    kept = _plan(LATENT_320, "h100-80gb", "0.19")
+    assert kept.refusal is None and kept.options.block_size == 16
+    assert (kept.primary.kv_capacity_tokens, kept.primary.max_concurrent_sequences) == (2_471_360, 601)
 
 
 def test_an_unknown_device_is_told_a_288_latent_runs_on_triton_mla_alone() -> None:
