@@ -87,11 +87,12 @@ MLA_LATENT_HEADS: dict[str, frozenset[int]] = {"0.11": frozenset({576}), "0.19":
 #: the latent heads FLASH_ATTN_MLA takes where they differ from `MLA_LATENT_HEADS`
 _FLASH_ATTN_MLA_LATENT_HEADS: dict[str, frozenset[int]] = {"0.33": frozenset({576})}
 #: the (kv_lora_rank, qk_rope_head_dim) each fast MLA kernel runs, which vLLM checks only when it first decodes (its
-#: backend choice reads the latent's sum alone), with where it raises otherwise; 0.19 and 0.33 alike.  FlashInfer MLA
-#: (flashinfer/mla.py _check_trtllm_gen_mla_shape, flashinfer-python 0.6.6 and 0.7.2.post1, the releases' pins:
-#: DeepSeek's 512 + 64 and "smaller_mla_dimensions" 256 + 64; 0.7.2 adds 512 + 0, which nibble's MLA has not);
-#: CUTLASS MLA (cutlass_mla.py _sm100_cutlass_mla_decode asserts D_latent 512 and D_rope 64); FlashMLA (vLLM's
-#: _flashmla_C dense decode: "Only head_size_k == 576 or 512 is supported", head_size_v the kv_lora_rank 512)
+#: backend choice reads the latent's sum alone), with where it raises otherwise, in 0.11 (FlashMLA, CUTLASS MLA),
+#: 0.19 and 0.33.  FlashInfer MLA (flashinfer/mla.py _check_trtllm_gen_mla_shape, flashinfer-python 0.6.6 and
+#: 0.7.2.post1, the releases' pins: DeepSeek's 512 + 64 and "smaller_mla_dimensions" 256 + 64; 0.7.2 adds 512 + 0,
+#: which nibble's MLA has not); CUTLASS MLA (cutlass_mla.py _sm100_cutlass_mla_decode asserts D_latent 512 and
+#: D_rope 64, 0.11 too); FlashMLA (vLLM's _flashmla_C dense decode: "Only head_size_k == 576 or 512 is supported",
+#: 0.11's "== 576", head_size_v the kv_lora_rank 512)
 MLA_KERNEL_DIMS: dict[str, tuple[frozenset[tuple[int, int]], str]] = {
     "FLASHINFER_MLA": (frozenset({(512, 64), (256, 64)}),
                        "FlashInfer's trtllm_batch_decode_with_kv_cache_mla raises ValueError(\"Unsupported MLA "
@@ -101,8 +102,8 @@ MLA_KERNEL_DIMS: dict[str, tuple[frozenset[tuple[int, int]], str]] = {
                     "CutlassMLAImpl._sm100_cutlass_mla_decode asserts D_latent == 512 and D_rope == 64 "
                     "(v1/attention/backends/mla/cutlass_mla.py)"),
     "FLASHMLA": (frozenset({(512, 64)}),
-                 "FlashMLA's decode kernel raises \"Only head_size_k == 576 or 512 is supported\" (vllm._flashmla_C, "
-                 "with the kv_lora_rank of 512 as head_size_v)"),
+                 "FlashMLA's decode kernel (vllm._flashmla_C) raises \"Only head_size_k == 576 or 512 is supported\" "
+                 "(0.11's: \"Only head_size_k == 576 is supported\"), the kv_lora_rank its head_size_v"),
 }
 #: vLLM's default block, which nibble's request carries when none is asked (``CacheConfig.DEFAULT_BLOCK_SIZE``)
 DEFAULT_BLOCK_SIZE = 16
@@ -371,6 +372,23 @@ def _wide_head_refusal(version: str, spec: ModelSpec, capability: tuple[int, int
                            "request")
 
 
+def _mla_kernel_check(version: str, spec: ModelSpec, chosen: KVBackend) -> KVBackend:
+    """`chosen`, or why it does not run: the MLA backend vLLM `version` picks for `spec` when its kernel does not run
+    the model's kv_lora_rank + qk_rope_head_dim (`MLA_KERNEL_DIMS`), which it checks only when it first decodes."""
+    if chosen.backend not in MLA_KERNEL_DIMS:
+        return chosen
+    dims, raises = MLA_KERNEL_DIMS[chosen.backend]
+    if (spec.kv_lora_rank, spec.qk_rope_head_dim) in dims:
+        return chosen
+    how = ("platforms/cuda.py get_attn_backend_cls / check_and_update_config" if version == "0.11" else
+           "the first MLA backend of _get_backend_priorities whose validate_configuration passes, as it lists the "
+           f"latent head of {mla_latent_head(spec)}")
+    return KVBackend(None, f"vLLM {version} picks {chosen.backend} for it ({how}), but its kernel does not run "
+                           f"kv_lora_rank {spec.kv_lora_rank} + qk_rope_head_dim {spec.qk_rope_head_dim}: {raises} "
+                           "when it first decodes, at start-up's CUDA-graph capture or the first request",
+                     remedy="vLLM's --attention-backend TRITON_MLA, which nibble does not plan, would run it")
+
+
 def _mla_v0_11(cache_dtype: str, capability: tuple[int, int]) -> KVBackend:
     """0.11's MLA choice, for a 16-bit cache (``auto``) as for an fp8 one: platforms/cuda.py check_and_update_config
     forces FlashMLA's 64-token block on 9.x (``is_flashmla_supported``: Hopper with vllm._flashmla_C) and CUTLASS
@@ -461,17 +479,8 @@ def _mla_v0_19_v0_33(version: str, spec: ModelSpec, cache_dtype: str, capability
                            + (" and the request's block a multiple of 32 or 64" if given else "")
                            + (" (TOKENSPEED_MLA DeepSeek-R1's dims)" if version == "0.33" and not sixteen_bit
                               else ""))
-    if chosen is not None and chosen.backend in MLA_KERNEL_DIMS:
-        dims, raises = MLA_KERNEL_DIMS[chosen.backend]
-        if (spec.kv_lora_rank, spec.qk_rope_head_dim) not in dims:
-            return KVBackend(None, f"vLLM {version} picks {chosen.backend} for it, the first MLA backend of "
-                                   "_get_backend_priorities whose validate_configuration passes (it lists the latent "
-                                   f"head of {latent}), but its kernel does not run kv_lora_rank {spec.kv_lora_rank} + "
-                                   f"qk_rope_head_dim {spec.qk_rope_head_dim}: {raises} when it first decodes, at "
-                                   "start-up's CUDA-graph capture or the first request",
-                             remedy="vLLM's --attention-backend TRITON_MLA, which nibble does not plan, would run it")
     if chosen is not None:
-        return chosen
+        return _mla_kernel_check(version, spec, chosen)
     if given and requested_block % MLA_KERNEL_BLOCK:
         return KVBackend(None, f"vLLM {version} pages an MLA cache only in multiples of {MLA_KERNEL_BLOCK} tokens "
                                "(each MLA backend's supports_block_size: FLASH_ATTN_MLA and TRITON_MLA "
@@ -504,7 +513,9 @@ def kv_backend(version: str, spec: ModelSpec, cache_dtype: str, compute_capabili
     if spec.is_mla:
         if version == "0.11":
             refused = mla_latent_refusal(version, spec)
-            return KVBackend(None, refused) if refused else _mla_v0_11(cache_dtype, compute_capability)
+            if refused:
+                return KVBackend(None, refused)
+            return _mla_kernel_check(version, spec, _mla_v0_11(cache_dtype, compute_capability))
         return _mla_v0_19_v0_33(version, spec, cache_dtype, compute_capability, requested_block)
     if version != "0.11" and spec.model_type in MM_PREFIX_MODEL_TYPES:
         return _mm_prefix_v0_19_v0_33(version, spec, cache_dtype, compute_capability, requested_block, float32)

@@ -320,3 +320,15 @@ def test_a_model_with_heads_of_320_is_refused_on_a_b200_under_0_33_and_planned_e
     assert _plan(spec, "b200", "0.33", "fp8").refusal is None
     said = kv_requirement("0.33", spec, "auto")
     assert said is not None and "10.x and 11.x" in said
+
+
+@pytest.mark.parametrize(("capability", "backend"), [((9, 0), "FLASHMLA"), ((10, 0), "CUTLASS_MLA")])
+def test_0_11_refuses_a_576_latent_split_other_than_512_and_64_where_flashmla_or_cutlass_mla_decodes(
+        capability: tuple[int, int], backend: str) -> None:
+    # 544 + 32 passes MLACommonMetadata's 576, but FlashMLA's kernel and CUTLASS MLA's decode run 512 + 64 only; was
+    # planned at 64 / 128-token blocks
+    spec = replace(V2_LITE, name="mla-544-32", kv_lora_rank=544, qk_rope_head_dim=32, head_dim=160)
+    found = kv_backend("0.11", spec, "auto", capability)
+    assert found is not None and found.backend is None and backend in found.basis, found
+    on_ampere = kv_backend("0.11", spec, "auto", (8, 0))
+    assert on_ampere is not None and on_ampere.backend == "TRITON_MLA"
