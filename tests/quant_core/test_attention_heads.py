@@ -332,3 +332,15 @@ def test_0_11_refuses_a_576_latent_split_other_than_512_and_64_where_flashmla_or
     assert found is not None and found.backend is None and backend in found.basis, found
     on_ampere = kv_backend("0.11", spec, "auto", (8, 0))
     assert on_ampere is not None and on_ampere.backend == "TRITON_MLA"
+
+
+@pytest.mark.parametrize("head", [40, 80, 96, 112, 160, 192, 224])
+@pytest.mark.parametrize("release", ["0.11", "0.19", "0.33"])
+def test_a_16_bit_cache_of_unusual_heads_runs_at_vllms_default_block_on_every_device(head: int, release: str) -> None:
+    # a guard (nothing moves): FlashAttention takes any multiple of 8 up to 256 from 8.0 (0.11: 32..256 in steps of
+    # 32, else FlexAttention), FlashInfer 64/128/256 (first on 10.x), Triton 32 and more, FlexAttention any; every
+    # one of them pages vLLM's default 16 (MultipleOf(16); FlashInfer 16, 32, 64), so no block moves and none refuses
+    spec = _wide(head)
+    for capability in ((7, 5), *CAPABILITIES):
+        found = kv_cache_refusal(release, spec, "bf16", capability, 16)
+        assert found.refusal is None and found.block_size is None, (capability, found)
