@@ -28,6 +28,8 @@ paged in the blocks of the MLA backend it picks:
 * A multimodal-prefix model (Gemma 3's ``gemma3``: `MM_PREFIX_MODEL_TYPES`) needs a backend that attends both ways
   over image tokens: Triton under 0.19; under 0.33 TRITON_FLASHINFER on 10.x for heads of 256 and 512, whose only
   kernel block, 64, vLLM sets, TRITON_FLASH_ATTN on 9.x, FlashAttention 4 on 10.x for heads up to 128, else Triton.
+* A dense cache pages a multiple of 16 tokens under 0.19 and 0.33 (`DENSE_KERNEL_BLOCK`): another --block-size finds
+  no backend under 0.33, and only 0.19's FlexAttention, which takes no fp8 cache (`_dense_block_refusal`).
 * Heads above 256 (a multiple of 8, up to 512): 0.33's FLASH_ATTN takes them wherever FlashAttention 4 is built but
   runs FlashAttention 2 on 10.x (heads FlashInfer, first there, does not take) and 11.x, which raises on them
   (`_wide_head_refusal`); elsewhere FlashInfer (512) or Triton runs them, at the requested block.
@@ -314,6 +316,27 @@ def _mm_prefix_v0_19_v0_33(version: str, spec: ModelSpec, cache_dtype: str, capa
     return KVBackend("TRITON_ATTN", f"{where} on TRITON_ATTN ({why}), at the requested block")
 
 
+#: the kernel block every dense CUDA backend of 0.19 and 0.33 pages a multiple of (supports_block_size:
+#: FLASH_ATTN ``MultipleOf(16)``, FLASHINFER 16/32/64 (and larger on Blackwell), TRITON_ATTN ``block_size % 16``,
+#: 0.33's FLEX_ATTENTION ``MultipleOf(16)``; 0.19's FlexAttention keeps the base ``MultipleOf(1)``)
+DENSE_KERNEL_BLOCK = 16
+
+
+def _dense_block_refusal(version: str, cache_dtype: str, requested_block: int) -> KVBackend | None:
+    """Why no dense backend of 0.19 or 0.33 takes a ``--block-size`` of `requested_block`, not a multiple of
+    `DENSE_KERNEL_BLOCK` (``validate_configuration``: "block_size not supported"), or None where one does: 0.19's
+    FlexAttention takes any block, for a 16-bit cache only."""
+    if version == "0.19" and cache_dtype == "auto":
+        return None
+    left = ("FLEX_ATTENTION, which takes any block there, takes no fp8 cache" if version == "0.19" else
+            "FLEX_ATTENTION pages MultipleOf(16) too")
+    return KVBackend(None, f"vLLM {version} pages a dense KV cache only in multiples of {DENSE_KERNEL_BLOCK} tokens, "
+                           f"not --block-size {requested_block}: FLASH_ATTN (MultipleOf(16)), FLASHINFER (16, 32, 64) "
+                           f"and TRITON_ATTN (block_size % 16) refuse it (supports_block_size), {left}: {_NO_BACKEND}",
+                     remedy=f"a --block-size that is a multiple of {DENSE_KERNEL_BLOCK} (kv_cache.block_size) runs "
+                            "there")
+
+
 def mla_latent_head(spec: ModelSpec) -> int:
     """The head vLLM gives an MLA model's attention backends: its latent, kv_lora_rank + qk_rope_head_dim (the
     model config's ``get_head_size``: 0.11 config/model.py, 0.19 and 0.33 transformers_utils/
@@ -517,6 +540,10 @@ def kv_backend(version: str, spec: ModelSpec, cache_dtype: str, compute_capabili
                 return KVBackend(None, refused)
             return _mla_kernel_check(version, spec, _mla_v0_11(cache_dtype, compute_capability))
         return _mla_v0_19_v0_33(version, spec, cache_dtype, compute_capability, requested_block)
+    if version != "0.11" and requested_block % DENSE_KERNEL_BLOCK:
+        no_block = _dense_block_refusal(version, cache_dtype, requested_block)
+        if no_block is not None:
+            return no_block
     if version != "0.11" and spec.model_type in MM_PREFIX_MODEL_TYPES:
         return _mm_prefix_v0_19_v0_33(version, spec, cache_dtype, compute_capability, requested_block, float32)
     if cache_dtype == "auto":
