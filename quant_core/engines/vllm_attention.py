@@ -24,7 +24,9 @@ paged in the blocks of the MLA backend it picks:
   vllm#49077, open, add a software path), and 0.33's TRITON_ATTN and TRITON_MLA refuse it when they are built.
 * An MLA backend takes the model's latent head, kv_lora_rank + qk_rope_head_dim (`MLA_LATENT_HEADS`): 0.11 576
   alone, on every backend (`mla_latent_refusal`); 0.19 and 0.33 320 and 576 (0.33 also 512) on FlashMLA, FlashInfer
-  MLA and CUTLASS MLA, 576 alone on 0.33's FlashAttention MLA, and any on Triton MLA, which runs the others.
+  MLA and CUTLASS MLA, 576 alone on 0.33's FlashAttention MLA, and any on Triton MLA, which runs the others.  The
+  fast kernels check the split only when they first decode: FlashMLA and CUTLASS MLA run 512 + 64 alone, FlashInfer
+  MLA also 256 + 64 (`MLA_KERNEL_DIMS`); a model vLLM sends to one with another split is refused.
 * A multimodal-prefix model (Gemma 3's ``gemma3``: `MM_PREFIX_MODEL_TYPES`) needs a backend that attends both ways
   over image tokens: Triton under 0.19; under 0.33 TRITON_FLASHINFER on 10.x for heads of 256 and 512, whose only
   kernel block, 64, vLLM sets, TRITON_FLASH_ATTN on 9.x, FlashAttention 4 on 10.x for heads up to 128, else Triton.
