@@ -59,6 +59,7 @@ from quant_core.engines.vllm_attention import (
     VLLM_FP8_CACHE_DTYPES,
     kv_backend,
     kv_requirement,
+    mla_latent_refusal,
 )
 from quant_core.engines.vllm_graphs import cuda_graph_pool, cudagraph_capture_sizes
 from quant_core.errors import InvalidSpec, UnknownName
@@ -3895,6 +3896,9 @@ def kv_cache_refusal(version: str, spec: ModelSpec, kv_cache_dtype: str, compute
         return KVCacheBackend(refusal=f"vLLM {version} cannot run nibble's {kv_cache_dtype} KV cache: {integer}; "
                                       "a 16-bit or fp8 cache (kv_cache.dtype bf16 / fp8) runs on vLLM, and "
                                       "runtime.engine generic plans the int8/int4 layout without an engine")
+    latent = mla_latent_refusal(version, spec)
+    if latent is not None:
+        return KVCacheBackend(refusal=f"{latent}; vLLM 0.19 and 0.33 run it on TRITON_MLA (runtime.engine_version)")
     cache_dtype = VLLM_FP8_CACHE_DTYPES.get(kv_cache_dtype) or VLLM_16BIT_CACHE_DTYPES.get(kv_cache_dtype)
     if cache_dtype is None:
         return KVCacheBackend()
@@ -3906,8 +3910,13 @@ def kv_cache_refusal(version: str, spec: ModelSpec, kv_cache_dtype: str, compute
         return KVCacheBackend()
     major, minor = compute_capability
     if found.backend is None:
-        if cache_dtype == "auto":
+        if found.remedy is not None:
+            remedy = found.remedy
+        elif cache_dtype == "auto" and spec.is_mla:
             remedy = "a --block-size that is a multiple of 16 (kv_cache.block_size) runs there"
+        elif cache_dtype == "auto":
+            remedy = ("an fp8 cache (kv_cache.dtype fp8) runs there on FLASHINFER or TRITON_ATTN, and vLLM 0.19 "
+                      "(runtime.engine_version) runs a 16-bit one on TRITON_ATTN")
         else:
             remedy = f"a 16-bit cache (kv_cache.dtype {'bf16' if compute_capability >= (8, 0) else 'fp16'}) runs there"
         return KVCacheBackend(refusal=f"vLLM {version} cannot run the {kv_cache_dtype} KV cache ({cache_dtype}) of "

@@ -22,10 +22,29 @@ paged in the blocks of the MLA backend it picks:
   joins ``supported_fp8_dtypes`` when ``capability >= 89``, through Triton 3.7): 0.11 and 0.19 fail when the kernel
   compiles, "type fp8e4nv not supported in this architecture" (vllm#26431: 0.11.0 on RTX 3090s; vllm#45829 and
   vllm#49077, open, add a software path), and 0.33's TRITON_ATTN and TRITON_MLA refuse it when they are built.
+* An MLA backend takes the model's latent head, kv_lora_rank + qk_rope_head_dim (`MLA_LATENT_HEADS`): 0.11 576
+  alone, on every backend (`mla_latent_refusal`); 0.19 and 0.33 320 and 576 (0.33 also 512) on FlashMLA, FlashInfer
+  MLA and CUTLASS MLA, 576 alone on 0.33's FlashAttention MLA, and any on Triton MLA, which runs the others.  The
+  fast kernels check the split only when they first decode: FlashMLA and CUTLASS MLA run 512 + 64 alone, FlashInfer
+  MLA also 256 + 64 (`MLA_KERNEL_DIMS`); a model vLLM sends to one with another split is refused.
+* A multimodal-prefix model (Gemma 3's ``gemma3``: `MM_PREFIX_MODEL_TYPES`) needs a backend that attends both ways
+  over image tokens: Triton under 0.19; under 0.33 TRITON_FLASHINFER on 10.x for heads of 256 and 512, whose only
+  kernel block, 64, vLLM sets, TRITON_FLASH_ATTN on 9.x, FlashAttention 4 on 10.x for heads up to 128, else Triton.
+* A dense cache pages a multiple of 16 tokens under 0.19 and 0.33 (`DENSE_KERNEL_BLOCK`): another --block-size finds
+  no backend under 0.33, and only 0.19's FlexAttention, which takes no fp8 cache (`_dense_block_refusal`).
+* Heads above 256 (a multiple of 8, up to 512): 0.33's FLASH_ATTN takes them wherever FlashAttention 4 is built but
+  runs FlashAttention 2 on 10.x (heads FlashInfer, first there, does not take) and 11.x, which raises on them
+  (`_wide_head_refusal`); elsewhere FlashInfer (512) or Triton runs them, at the requested block.
 
-`kv_backend` decides it; a dense model's 16-bit cache (every dense backend's preferred block is the default 16 for
-the models read) and DeepSeek Sparse Attention models (their own backends and ``fp8_ds_mla`` cache,
-`engines.vllm.dsa_attention_refusal`, `engines.vllm.dsa_block_size`) are not decided here.
+`kv_backend` decides it; a dense model's 16-bit cache otherwise stays at the requested block and is not decided here
+(heads under 16, which only FlexAttention would take, are `engines.vllm.head_size_refusal`'s):
+every dense backend vLLM picks takes vLLM's default 16 (FlashAttention and Triton ``MultipleOf(16)``, FlashInfer 16,
+32, 64...).  The one exception in the code, 0.33's FlashAttention 4 head-256 kernel on 10.x / 11.x and its 128-token
+pages (fa_utils.py ``FA4_HD256_PAGE_SIZE``, flash_attn.py ``_get_fa4_hd256_block_size``), is never reached for a
+decoder: on 10.x FLASHINFER comes first and takes heads of 256 (with sliding windows and soft-capping) wherever
+FlashAttention would, and ``get_flash_attn_version`` picks FA4 by default on 10.x only (FA2 on 11.x).  DeepSeek Sparse
+Attention models (their own backends and ``fp8_ds_mla`` cache, `engines.vllm.dsa_attention_refusal`,
+`engines.vllm.dsa_block_size`) are not decided here.
 """
 
 from __future__ import annotations
@@ -62,6 +81,34 @@ _FLASH_ATTENTION_HEADS_V0_11 = frozenset({32, 64, 96, 128, 160, 192, 224, 256})
 _FLASHINFER_HEADS = {"0.19": frozenset({64, 128, 256}), "0.33": frozenset({64, 128, 256, 512})}
 #: the qk_nope_head_dim FlashInfer MLA's kernel takes (flashinfer_mla.py supports_combination, 0.19 and 0.33)
 _FLASHINFER_MLA_NOPE = frozenset({64, 128, 192})
+#: the latent head (kv_lora_rank + qk_rope_head_dim: vLLM's ``get_head_size`` of an MLA model) each release's MLA
+#: backends take: 0.11's MLACommonMetadata validates 576 for every MLA backend; 0.19's and 0.33's MLACommonBackend
+#: (model_executor/layers/attention/mla_attention.py get_supported_head_sizes) lists 320 and 576 (0.33 also 512) for
+#: FLASHMLA, FLASHINFER_MLA and CUTLASS_MLA, 0.33's FLASH_ATTN_MLA 576 alone (flashattn_mla.py), and TRITON_MLA any
+#: (triton_mla.py: an empty list)
+MLA_LATENT_HEADS: dict[str, frozenset[int]] = {"0.11": frozenset({576}), "0.19": frozenset({320, 576}),
+                                               "0.33": frozenset({320, 512, 576})}
+#: the latent heads FLASH_ATTN_MLA takes where they differ from `MLA_LATENT_HEADS`
+_FLASH_ATTN_MLA_LATENT_HEADS: dict[str, frozenset[int]] = {"0.33": frozenset({576})}
+#: the (kv_lora_rank, qk_rope_head_dim) each fast MLA kernel runs, which vLLM checks only when it first decodes (its
+#: backend choice reads the latent's sum alone), with where it raises otherwise, in 0.11 (FlashMLA, CUTLASS MLA),
+#: 0.19 and 0.33.  FlashInfer MLA (flashinfer/mla.py _check_trtllm_gen_mla_shape, flashinfer-python 0.6.6 and
+#: 0.7.2.post1, the releases' pins: DeepSeek's 512 + 64 and "smaller_mla_dimensions" 256 + 64; 0.7.2 adds 512 + 0,
+#: which nibble's MLA has not); CUTLASS MLA (cutlass_mla.py _sm100_cutlass_mla_decode asserts D_latent 512 and
+#: D_rope 64, 0.11 too); FlashMLA (vLLM's _flashmla_C dense decode: "Only head_size_k == 576 or 512 is supported",
+#: 0.11's "== 576", head_size_v the kv_lora_rank 512)
+MLA_KERNEL_DIMS: dict[str, tuple[frozenset[tuple[int, int]], str]] = {
+    "FLASHINFER_MLA": (frozenset({(512, 64), (256, 64)}),
+                       "FlashInfer's trtllm_batch_decode_with_kv_cache_mla raises ValueError(\"Unsupported MLA "
+                       "dimensions, got kv_lora_rank=... and qk_rope_head_dim=...\") (flashinfer/mla.py "
+                       "_check_trtllm_gen_mla_shape: 512 + 64 and 256 + 64)"),
+    "CUTLASS_MLA": (frozenset({(512, 64)}),
+                    "CutlassMLAImpl._sm100_cutlass_mla_decode asserts D_latent == 512 and D_rope == 64 "
+                    "(v1/attention/backends/mla/cutlass_mla.py)"),
+    "FLASHMLA": (frozenset({(512, 64)}),
+                 "FlashMLA's decode kernel (vllm._flashmla_C) raises \"Only head_size_k == 576 or 512 is supported\" "
+                 "(0.11's: \"Only head_size_k == 576 is supported\"), the kv_lora_rank its head_size_v"),
+}
 #: vLLM's default block, which nibble's request carries when none is asked (``CacheConfig.DEFAULT_BLOCK_SIZE``)
 DEFAULT_BLOCK_SIZE = 16
 
@@ -75,6 +122,9 @@ class KVBackend:
     backend: str | None
     basis: str
     block_size: int | None = None
+    #: when no backend runs it: what would, where that is not a 16-bit cache (for an fp8 one) or a block that is a
+    #: multiple of 16 (for a 16-bit MLA cache)
+    remedy: str | None = None
 
 
 def _capability_text(capability: tuple[int, int]) -> str:
@@ -146,8 +196,11 @@ def _dense_v0_19_v0_33(version: str, spec: ModelSpec, cache_dtype: str, capabili
         flash_heads = head % 8 == 0 and head <= 256
         flash_fp8 = major == 9
     else:
+        # on 10.x fa_utils.py get_flash_attn_version keeps FA4 only for heads up to 128: FA2 for 136-248 and 512
+        # ("TMEM capacity limits") and for 256 with a quantized cache (_fa4_hd256_fallback_reason), and FA2 takes no
+        # fp8 cache (flash_attn_supports_kv_cache_dtype)
         flash_heads = head % 8 == 0 and (head <= 256 or head == 512)
-        flash_fp8 = cache_dtype != "fp8_e5m2" and (major == 9 or major == 10)
+        flash_fp8 = cache_dtype != "fp8_e5m2" and (major == 9 or (major == 10 and head <= 128))
     flash_attention = (capability >= (8, 0) and flash_heads and flash_fp8 and not float32
                        and (not sinks or capability >= (9, 0)))
     # FlashInfer: 7.5 (0.19; 8.0 in 0.33, "broken on SM75") to 12.1; sinks only with TRT-LLM attention (SM100; 0.33
@@ -175,11 +228,190 @@ def _dense_v0_19_v0_33(version: str, spec: ModelSpec, cache_dtype: str, capabili
                                            "flashinfer.py supported_kv_cache_dtypes lists fp8_e4m3 and fp8_e5m2)")
     return _triton(version, capability, "TRITON_ATTN",
                    "the first backend of _get_backend_priorities whose validate_configuration passes: FLASH_ATTN "
-                   f"takes an fp8 cache only on 9.x{' and 10.x' if version == '0.33' else ''}, FLASHINFER only heads "
+                   f"takes an fp8 cache only on 9.x{' and 10.x (heads up to 128)' if version == '0.33' else ''}, "
+                   "FLASHINFER only heads "
                    "of "
                    + "/".join(str(size) for size in sorted(_FLASHINFER_HEADS[version]))
                    + f" from {_capability_text(flashinfer_floor)} without attention sinks (but with TRT-LLM's) in "
                    "fp16/bf16", head)
+
+
+#: nibble's model types among vLLM's multimodal-prefix language models (``is_mm_prefix_lm``: bidirectional attention
+#: over each image's tokens; 0.19 config/model.py and 0.33 transformers_utils/model_arch_config_convertor.py
+#: MM_PREFIX_LM_MODELS: bagel, gemma3, molmo2, paligemma, and moondream3 in 0.33): Gemma 3's multimodal
+#: ``gemma3`` (Gemma3ForConditionalGeneration), not the text-only ``gemma3_text``.  0.11 has no such attention
+MM_PREFIX_MODEL_TYPES = frozenset({"gemma3"})
+#: the heads 0.33's Triton composites take (triton_flash_attn.py, triton_flashinfer.py ``head_sizes``)
+_COMPOSITE_HEADS = frozenset({256, 512})
+#: TRITON_FLASHINFER's only kernel block (triton_flashinfer.py ``kernel_block_sizes=(64,)``), which
+#: ``get_preferred_block_size`` takes for vLLM's default 16 does not divide by it
+TRITON_FLASHINFER_BLOCK = 64
+#: the page FlashAttention 4's SM90 kernel reads an fp8 cache of 512-wide heads in (flash_attn.py
+#: ``_get_sm90_fa4_fp8_kv_block_size``, 0.33)
+SM90_FA4_FP8_BLOCK = 64
+
+
+def _mm_prefix_v0_19_v0_33(version: str, spec: ModelSpec, cache_dtype: str, capability: tuple[int, int],
+                           requested_block: int, float32: bool) -> KVBackend:
+    """0.19's and 0.33's choice for a multimodal-prefix model (`MM_PREFIX_MODEL_TYPES`), whose every attention layer
+    asks for a backend that attends both ways over image tokens (attention.py ``use_mm_prefix``; validate_configuration:
+    "partial multimodal token full attention not supported").
+
+    0.19: FLASH_ATTN and FLASHINFER have no ``supports_mm_prefix`` (False), TRITON_ATTN and FLEX_ATTENTION have, so
+    Triton runs it (FlexAttention for heads under 32, 16-bit only).  0.33 (platforms/cuda.py
+    ``_get_backend_priorities`` with ``use_mm_prefix``): on 10.x TRITON_FLASHINFER first (Triton for the image masks,
+    FlashInfer for causal queries; heads of 256 and 512, ``device_major=10``, kernel blocks (64,) only, so
+    ``update_block_size_for_backend`` sets 64), then FLASHINFER (no mm prefix), FLASH_ATTN (``supports_combination``:
+    "mm_prefix ... requires FlashAttention v4", which ``get_flash_attn_version`` resolves on 10.x for heads up to 128,
+    not for 256: fa_utils.py ``_fa4_hd256_fallback_reason`` "mm_prefix bidirectional attention", nor 136-248: "TMEM
+    capacity"), TRITON_ATTN; on 9.x TRITON_FLASH_ATTN first (Triton + FlashAttention 3/4 on Hopper; heads of 256 and
+    512; its kernel blocks those of both: MultipleOf(16), or 64 for FA4's SM90 fp8 kernel of 512-wide heads), then
+    FLASH_ATTN (FA4 only, for heads above 256 on SM90; "SM90 FP8 KV with mm_prefix requires Triton"), TRITON_ATTN;
+    elsewhere FLASH_ATTN (FA4 is not the version on 8.x, 11.x, 12.x), FLASHINFER (no mm prefix), TRITON_ATTN."""
+    head = spec.head_dim
+    fp8 = cache_dtype != "auto"
+    given = requested_block != DEFAULT_BLOCK_SIZE
+    major = capability[0]
+    e4m3 = cache_dtype != "fp8_e5m2"
+    what = "an fp8 cache" if fp8 else "a 16-bit cache"
+    where = f"vLLM {version} runs {what} of a multimodal-prefix model ({spec.model_type}: is_mm_prefix_lm)"
+    # the composites keep the base supports_sink (False); FlashAttention takes sinks from 9.0
+    if version == "0.33" and not float32:
+        composite = head in _COMPOSITE_HEADS and not spec.attention_sinks
+        if major == 10 and composite and (not given or requested_block % TRITON_FLASHINFER_BLOCK == 0):
+            return KVBackend("TRITON_FLASHINFER",
+                             f"{where} on TRITON_FLASHINFER, first of _get_backend_priorities on 10.x for heads of "
+                             "256 and 512 (triton_flashinfer.py: Triton attention for the image masks, FlashInfer for "
+                             f"causal queries), whose only kernel block is {TRITON_FLASHINFER_BLOCK} tokens "
+                             "(kernel_block_sizes=(64,))"
+                             + ("" if given else ": platforms/interface.py update_block_size_for_backend sets it when "
+                                                 "--block-size is not given"),
+                             None if given else TRITON_FLASHINFER_BLOCK)
+        if major == 10 and head <= 128 and head % 8 == 0 and e4m3:
+            return KVBackend("FLASH_ATTN", f"{where} on FLASH_ATTN: FLASHINFER takes no multimodal prefix "
+                                           "(supports_mm_prefix), FlashAttention 4 does, and fa_utils.py "
+                                           "get_flash_attn_version resolves FA4 on 10.x for heads up to 128")
+        if major == 9 and composite and e4m3:
+            paged = SM90_FA4_FP8_BLOCK if fp8 and head == 512 else None
+            if paged is None or not given or requested_block % paged == 0:
+                return KVBackend("TRITON_FLASH_ATTN",
+                                 f"{where} on TRITON_FLASH_ATTN, first of _get_backend_priorities on 9.x for heads of "
+                                 "256 and 512 (triton_flash_attn.py: Triton attention for the image masks, "
+                                 "FlashAttention for causal queries)"
+                                 + ("" if paged is None else
+                                    f", whose kernel block is FlashAttention 4's {paged}-token SM90 fp8 page for "
+                                    "heads of 512 (flash_attn.py _get_sm90_fa4_fp8_kv_block_size)"),
+                                 None if paged is None or given else paged)
+        if major == 9 and 256 < head <= 512 and head % 8 == 0 and not fp8:
+            return KVBackend("FLASH_ATTN", f"{where} on FLASH_ATTN: FlashAttention 4 runs heads above 256 on 9.x "
+                                           "(fa_utils.py get_flash_attn_version) and takes the multimodal prefix")
+    why = ("FLASH_ATTN and FLASHINFER take no multimodal prefix (supports_mm_prefix: False in 0.19), TRITON_ATTN does"
+           if version == "0.19" else
+           "_get_backend_priorities with use_mm_prefix: FLASHINFER takes no multimodal prefix, FLASH_ATTN takes it "
+           "with FlashAttention 4 only (10.x heads up to 128, 9.x heads above 256), TRITON_FLASHINFER heads of "
+           "256/512 on 10.x, TRITON_FLASH_ATTN heads of 256/512 on 9.x (fp8_e4m3)")
+    if fp8:
+        return _triton(version, capability, "TRITON_ATTN", why, head)
+    if head < TRITON_MIN_HEAD:
+        return KVBackend("FLEX_ATTENTION", f"{where} on FLEX_ATTENTION ({why}; TRITON_ATTN takes heads of "
+                                           f"{TRITON_MIN_HEAD} or more), at the requested block")
+    return KVBackend("TRITON_ATTN", f"{where} on TRITON_ATTN ({why}), at the requested block")
+
+
+#: the kernel block every dense CUDA backend of 0.19 and 0.33 pages a multiple of (supports_block_size:
+#: FLASH_ATTN ``MultipleOf(16)``, FLASHINFER 16/32/64 (and larger on Blackwell), TRITON_ATTN ``block_size % 16``,
+#: 0.33's FLEX_ATTENTION ``MultipleOf(16)``; 0.19's FlexAttention keeps the base ``MultipleOf(1)``)
+DENSE_KERNEL_BLOCK = 16
+
+
+def _dense_block_refusal(version: str, cache_dtype: str, requested_block: int) -> KVBackend | None:
+    """Why no dense backend of 0.19 or 0.33 takes a ``--block-size`` of `requested_block`, not a multiple of
+    `DENSE_KERNEL_BLOCK` (``validate_configuration``: "block_size not supported"), or None where one does: 0.19's
+    FlexAttention takes any block, for a 16-bit cache only."""
+    if version == "0.19" and cache_dtype == "auto":
+        return None
+    left = ("FLEX_ATTENTION, which takes any block there, takes no fp8 cache" if version == "0.19" else
+            "FLEX_ATTENTION pages MultipleOf(16) too")
+    return KVBackend(None, f"vLLM {version} pages a dense KV cache only in multiples of {DENSE_KERNEL_BLOCK} tokens, "
+                           f"not --block-size {requested_block}: FLASH_ATTN (MultipleOf(16)), FLASHINFER (16, 32, 64) "
+                           f"and TRITON_ATTN (block_size % 16) refuse it (supports_block_size), {left}: {_NO_BACKEND}",
+                     remedy=f"a --block-size that is a multiple of {DENSE_KERNEL_BLOCK} (kv_cache.block_size) runs "
+                            "there")
+
+
+def mla_latent_head(spec: ModelSpec) -> int:
+    """The head vLLM gives an MLA model's attention backends: its latent, kv_lora_rank + qk_rope_head_dim (the
+    model config's ``get_head_size``: 0.11 config/model.py, 0.19 and 0.33 transformers_utils/
+    model_arch_config_convertor.py)."""
+    return spec.kv_lora_rank + spec.qk_rope_head_dim
+
+
+def mla_latent_refusal(version: str, spec: ModelSpec) -> str | None:
+    """Why vLLM `version` runs MLA model `spec` on no device, its latent head being one no MLA backend of the release
+    takes, or None: only 0.11, whose MLACommonMetadata (every MLA backend's metadata) validates 576 alone; 0.19 and
+    0.33 run any latent on TRITON_MLA (`kv_backend`).  DeepSeek Sparse Attention models are not decided here."""
+    if version != "0.11" or not spec.is_mla or spec.has_indexer:
+        return None
+    latent = mla_latent_head(spec)
+    if latent in MLA_LATENT_HEADS[version]:
+        return None
+    return (f"vLLM 0.11 runs MLA only on a latent head of 576 (kv_lora_rank + qk_rope_head_dim), not "
+            f"{spec.kv_lora_rank} + {spec.qk_rope_head_dim} = {latent}: MLACommonMetadata.__post_init__ (v1/attention/"
+            "backends/mla/common.py, the metadata of every MLA backend, Triton MLA's included) raises "
+            f"ValueError(\"Head size {latent} is not supported by MLACommon. Supported head sizes are: [576]\") "
+            "when it first builds attention metadata, at start-up's CUDA-graph capture or the first request")
+
+
+#: the widest head vLLM's FlashAttention 2 build runs (vllm_flash_attn/_vllm_fa2_C: flash-attn's csrc/flash_attn/
+#: flash_api.cpp, "FlashAttention forward only supports head dimension at most 256")
+FA2_MAX_HEAD = 256
+#: the widest head 0.33's FLASH_ATTN takes where FlashAttention 4 is built for the device, 9.x, 10.x and 11.x
+#: (flash_attn.py supports_head_size: ``is_fa_version_supported(4)``, vllm_flash_attn/flash_attn_interface.py
+#: ``_is_fa4_supported``)
+FA4_MAX_HEAD = 512
+
+
+def _wide_head_refusal(version: str, spec: ModelSpec, capability: tuple[int, int], float32: bool) -> KVBackend | None:
+    """0.33's FLASH_ATTN for a 16-bit cache of heads above 256 on 10.x and 11.x, which it takes but runs on FA2: its
+    ``supports_head_size`` lets a multiple of 8 up to 512 through wherever FA4 is built (9.x, 10.x, 11.x), but
+    fa_utils.py ``get_flash_attn_version`` resolves FA2 there, on 10.x for any head above 128 but 256 ("FA4 on
+    Blackwell does not support head_size=%d due to TMEM capacity limits") and on 11.x always (FA4 is the default on
+    10.x only), and FA2 raises on heads above `FA2_MAX_HEAD` when attention first runs.  On 10.x FLASHINFER, first,
+    takes heads of 512; on 9.x FA4 runs the wide heads (FA3 upgrades to it above 256).  None where this does not
+    apply."""
+    head = spec.head_dim
+    major = capability[0]
+    if (version != "0.33" or float32 or head % 8 or not FA2_MAX_HEAD < head <= FA4_MAX_HEAD
+            or (spec.v_head_dim or head) != head or major not in (10, 11)
+            or (major == 10 and head in _FLASHINFER_HEADS[version])):
+        return None
+    first = "after FLASHINFER, which takes heads of 64/128/256/512 only" if major == 10 else "first off 10.x"
+    return KVBackend(None, f"vLLM 0.33 picks FLASH_ATTN for heads of {head} on {_capability_text(capability)} "
+                           f"({first}; flash_attn.py supports_head_size takes a multiple of 8 up to {FA4_MAX_HEAD} "
+                           "where FlashAttention 4 is built), but fa_utils.py get_flash_attn_version runs it on "
+                           "FlashAttention 2 there ("
+                           + ("\"FA4 on Blackwell does not support head_size=%d due to TMEM capacity limits\""
+                              if major == 10 else "FA4 is the default on 10.x only")
+                           + "), whose kernel raises \"FlashAttention forward only supports head dimension at most "
+                           f"{FA2_MAX_HEAD}\" when attention first runs, at start-up's CUDA-graph capture or the first "
+                           "request")
+
+
+def _mla_kernel_check(version: str, spec: ModelSpec, chosen: KVBackend) -> KVBackend:
+    """`chosen`, or why it does not run: the MLA backend vLLM `version` picks for `spec` when its kernel does not run
+    the model's kv_lora_rank + qk_rope_head_dim (`MLA_KERNEL_DIMS`), which it checks only when it first decodes."""
+    if chosen.backend not in MLA_KERNEL_DIMS:
+        return chosen
+    dims, raises = MLA_KERNEL_DIMS[chosen.backend]
+    if (spec.kv_lora_rank, spec.qk_rope_head_dim) in dims:
+        return chosen
+    how = ("platforms/cuda.py get_attn_backend_cls / check_and_update_config" if version == "0.11" else
+           "the first MLA backend of _get_backend_priorities whose validate_configuration passes, as it lists the "
+           f"latent head of {mla_latent_head(spec)}")
+    return KVBackend(None, f"vLLM {version} picks {chosen.backend} for it ({how}), but its kernel does not run "
+                           f"kv_lora_rank {spec.kv_lora_rank} + qk_rope_head_dim {spec.qk_rope_head_dim}: {raises} "
+                           "when it first decodes, at start-up's CUDA-graph capture or the first request",
+                     remedy="vLLM's --attention-backend TRITON_MLA, which nibble does not plan, would run it")
 
 
 def _mla_v0_11(cache_dtype: str, capability: tuple[int, int]) -> KVBackend:
@@ -232,6 +464,12 @@ def _mla_v0_19_v0_33(version: str, spec: ModelSpec, cache_dtype: str, capability
     given = requested_block != DEFAULT_BLOCK_SIZE
     major = capability[0]
     sixteen_bit = cache_dtype == "auto"
+    latent = mla_latent_head(spec)
+    # the latent head each backend takes (MLA_LATENT_HEADS): FLASHMLA, FLASHINFER_MLA and CUTLASS_MLA the common
+    # list, FLASH_ATTN_MLA its own in 0.33, TRITON_MLA any
+    common_head = latent in MLA_LATENT_HEADS[version]
+    flash_attn_head = latent in _FLASH_ATTN_MLA_LATENT_HEADS.get(version, MLA_LATENT_HEADS[version])
+    heads = "/".join(str(size) for size in sorted(MLA_LATENT_HEADS[version]))
 
     def fixed(backend: str, sizes: tuple[int, ...], why: str) -> KVBackend | None:
         """`backend` when the request's block suits it (a multiple of one of `sizes`: supports_block_size), at its
@@ -249,13 +487,16 @@ def _mla_v0_19_v0_33(version: str, spec: ModelSpec, cache_dtype: str, capability
 
     chosen: KVBackend | None = None
     if major == 9:
-        if sixteen_bit:
+        if sixteen_bit and flash_attn_head:
             chosen = fixed("FLASH_ATTN_MLA", (MLA_KERNEL_BLOCK,),
                            "first of _get_backend_priorities off 10.x: FlashAttention 3 runs MLA on 9.x, fa_utils.py "
                            "flash_attn_supports_mla; its kernel pages any multiple of 16 tokens")
-        else:
-            chosen = fixed("FLASHMLA", (64,), "FLASH_ATTN_MLA takes no fp8 cache; FlashMLA dense runs on Hopper")
-    elif major == 10:
+        if chosen is None and common_head:
+            chosen = fixed("FLASHMLA", (64,), ("FLASH_ATTN_MLA takes no fp8 cache" if not sixteen_bit else
+                                               f"FLASH_ATTN_MLA takes a latent head of 576 only, not {latent} "
+                                               "(flashattn_mla.py get_supported_head_sizes)")
+                           + "; FlashMLA dense runs on Hopper")
+    elif major == 10 and common_head:
         if spec.qk_nope_head_dim in _FLASHINFER_MLA_NOPE:
             chosen = fixed("FLASHINFER_MLA", (32, 64), "first of _get_backend_priorities on 10.x")
         if chosen is None:
@@ -264,19 +505,24 @@ def _mla_v0_19_v0_33(version: str, spec: ModelSpec, cache_dtype: str, capability
                            + (" (TOKENSPEED_MLA DeepSeek-R1's dims)" if version == "0.33" and not sixteen_bit
                               else ""))
     if chosen is not None:
-        return chosen
+        return _mla_kernel_check(version, spec, chosen)
     if given and requested_block % MLA_KERNEL_BLOCK:
         return KVBackend(None, f"vLLM {version} pages an MLA cache only in multiples of {MLA_KERNEL_BLOCK} tokens "
                                "(each MLA backend's supports_block_size: FLASH_ATTN_MLA and TRITON_MLA "
                                f"MultipleOf({MLA_KERNEL_BLOCK}), FLASHMLA 64, FLASHINFER_MLA 32 or 64, CUTLASS_MLA "
                                f"128), not --block-size {requested_block}: {_NO_BACKEND}")
     why = ("the MLA backend of _get_backend_priorities left: FLASH_ATTN_MLA and FLASHMLA run on 9.x, FLASHINFER_MLA "
-           "and CUTLASS_MLA on 10.x")
+           "and CUTLASS_MLA on 10.x" if common_head else
+           f"the only MLA backend that takes a latent head of {latent} (kv_lora_rank {spec.kv_lora_rank} + "
+           f"qk_rope_head_dim {spec.qk_rope_head_dim}): FLASHMLA, FLASHINFER_MLA and CUTLASS_MLA take {heads} "
+           "(MLACommonBackend get_supported_head_sizes), FLASH_ATTN_MLA "
+           + ("576" if version == "0.33" else heads) + ", TRITON_MLA any")
     if sixteen_bit:
         return KVBackend("TRITON_MLA", f"vLLM {version} runs a 16-bit MLA cache on TRITON_MLA ({why}), at the "
                                        "requested block (MultipleOf(16): its preferred block is the default 16)")
     return _triton(version, capability, "TRITON_MLA", why.replace("FLASH_ATTN_MLA and FLASHMLA run",
-                                                                  "FLASH_ATTN_MLA takes no fp8 cache, FLASHMLA runs"))
+                                                                  "FLASH_ATTN_MLA takes no fp8 cache, FLASHMLA runs")
+                   if common_head else why)
 
 
 def kv_backend(version: str, spec: ModelSpec, cache_dtype: str, compute_capability: tuple[int, int],
@@ -285,16 +531,25 @@ def kv_backend(version: str, spec: ModelSpec, cache_dtype: str, compute_capabili
     `VLLM_16BIT_CACHE_DTYPES`; ``fp8_e4m3``, ``fp8_e5m2``) on, on a device of `compute_capability`, at a
     ``--block-size`` of `requested_block` (`DEFAULT_BLOCK_SIZE`: not given), with the model in float32 (`float32`:
     FlashAttention and FlashInfer take fp16 and bf16 only), and the block it pages when that is not the requested one,
-    or why none does; None for another dtype, a release not read, a dense model's 16-bit cache or a DeepSeek Sparse
-    Attention model (not decided here)."""
+    or why none does; None for another dtype, a release not read, a dense model's 16-bit cache (but a multimodal-prefix
+    model's, `MM_PREFIX_MODEL_TYPES`) or a DeepSeek Sparse Attention model (not decided here)."""
     if cache_dtype not in _CACHE_DTYPES or version not in RELEASES or spec.has_indexer:
         return None
     if spec.is_mla:
         if version == "0.11":
-            return _mla_v0_11(cache_dtype, compute_capability)
+            refused = mla_latent_refusal(version, spec)
+            if refused:
+                return KVBackend(None, refused)
+            return _mla_kernel_check(version, spec, _mla_v0_11(cache_dtype, compute_capability))
         return _mla_v0_19_v0_33(version, spec, cache_dtype, compute_capability, requested_block)
+    if version != "0.11" and requested_block % DENSE_KERNEL_BLOCK:
+        no_block = _dense_block_refusal(version, cache_dtype, requested_block)
+        if no_block is not None:
+            return no_block
+    if version != "0.11" and spec.model_type in MM_PREFIX_MODEL_TYPES:
+        return _mm_prefix_v0_19_v0_33(version, spec, cache_dtype, compute_capability, requested_block, float32)
     if cache_dtype == "auto":
-        return None
+        return _wide_head_refusal(version, spec, compute_capability, float32)
     if version == "0.11":
         return _dense_v0_11(spec, cache_dtype, compute_capability, float32)
     return _dense_v0_19_v0_33(version, spec, cache_dtype, compute_capability, float32)
@@ -306,7 +561,30 @@ def kv_requirement(version: str, spec: ModelSpec, cache_dtype: str) -> str | Non
     neither refuses nor moves off the requested block); None when it is not decided here."""
     if cache_dtype not in _CACHE_DTYPES or version not in RELEASES or spec.has_indexer:
         return None
+    latent = mla_latent_head(spec)
+    if spec.is_mla and version != "0.11" and latent not in MLA_LATENT_HEADS[version]:
+        fp8 = (" (an fp8 cache from 8.9, fp8e4nv; fp8_e5m2 on no device)" if cache_dtype != "auto" else "")
+        return (f"vLLM {version} runs the MLA cache of {spec.name}, a latent head of {latent}, on TRITON_MLA alone"
+                f"{fp8}, at the requested block: FLASHMLA, FLASHINFER_MLA and CUTLASS_MLA take latent heads of "
+                + "/".join(str(size) for size in sorted(MLA_LATENT_HEADS[version])) + " only")
+    mm_prefix = version != "0.11" and spec.model_type in MM_PREFIX_MODEL_TYPES
+    if mm_prefix and cache_dtype != "auto":
+        return (f"vLLM {version} runs an fp8 KV cache for {spec.name}, a multimodal-prefix model (is_mm_prefix_lm), "
+                "from 8.9 only: its attention runs on TRITON_ATTN (fp8e4nv from 8.9)"
+                + (", TRITON_FLASHINFER on 10.x or TRITON_FLASH_ATTN on 9.x" if version == "0.33" else "")
+                + ", FLASH_ATTN and FLASHINFER taking no multimodal prefix")
     if cache_dtype == "auto":
+        if mm_prefix and version == "0.33" and spec.head_dim in _COMPOSITE_HEADS and not spec.attention_sinks:
+            return (f"vLLM 0.33 pages the 16-bit cache of {spec.name}, a multimodal-prefix model (is_mm_prefix_lm), "
+                    f"in {TRITON_FLASHINFER_BLOCK}-token blocks on 10.x (TRITON_FLASHINFER's only kernel block) when "
+                    "--block-size is not given, and at the requested block elsewhere")
+        head = spec.head_dim
+        if (not spec.is_mla and version == "0.33" and head % 8 == 0 and FA2_MAX_HEAD < head <= FA4_MAX_HEAD
+                and (spec.v_head_dim or head) == head):
+            where = "11.x" if head in _FLASHINFER_HEADS[version] else "10.x and 11.x"
+            return (f"vLLM 0.33 runs no 16-bit cache of {spec.name}'s heads of {head} on {where}: FLASH_ATTN takes "
+                    f"them there and runs FlashAttention 2, which raises on heads above {FA2_MAX_HEAD} "
+                    "(fa_utils.py get_flash_attn_version)")
         if not spec.is_mla:
             return None
         if version == "0.11":
@@ -315,6 +593,11 @@ def kv_requirement(version: str, spec: ModelSpec, cache_dtype: str) -> str | Non
         else:
             blocks = ("in 32-token blocks on 10.x (FlashInfer MLA; 128 with CUTLASS MLA where FlashInfer MLA does not "
                       "take the model) when --block-size is not given")
+            if (spec.kv_lora_rank, spec.qk_rope_head_dim) != (512, 64):
+                blocks += (f" (of its kv_lora_rank {spec.kv_lora_rank} + qk_rope_head_dim {spec.qk_rope_head_dim}, "
+                           "FlashInfer MLA's kernel runs 512 + 64 and 256 + 64 only, and FlashMLA's, which 0.33 picks "
+                           "on 9.x for a latent other than 576, and CUTLASS MLA's 512 + 64 only: a device where vLLM "
+                           "picks those fails when it first decodes)")
         return (f"vLLM {version} pages the 16-bit MLA cache of {spec.name} {blocks}, and at the requested block "
                 "elsewhere")
     if spec.is_mla:
@@ -325,6 +608,9 @@ def kv_requirement(version: str, spec: ModelSpec, cache_dtype: str) -> str | Non
         else:
             where = ("on 9.x (FlashMLA, 64-token blocks), 10.x (FlashInfer MLA or CUTLASS MLA) and, on TRITON_MLA, "
                      "from 8.9 (fp8e4nv)")
+            if (spec.kv_lora_rank, spec.qk_rope_head_dim) != (512, 64):
+                where += (f"; of its kv_lora_rank {spec.kv_lora_rank} + qk_rope_head_dim {spec.qk_rope_head_dim}, "
+                          "FlashMLA's and CUTLASS MLA's kernels run 512 + 64 only, FlashInfer MLA's also 256 + 64")
     elif version == "0.11":
         where = ("on 9.0 (FlashAttention 3" + (", which refuses fp8_e5m2)" if cache_dtype == "fp8_e5m2" else ")")
                  + ", 10.0 and, on TRITON_ATTN, from 8.9 (fp8e4nv): FlexAttention below 8.0 refuses it")
