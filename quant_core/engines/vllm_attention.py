@@ -31,7 +31,8 @@ paged in the blocks of the MLA backend it picks:
   over image tokens: Triton under 0.19; under 0.33 TRITON_FLASHINFER on 10.x for heads of 256 and 512, whose only
   kernel block, 64, vLLM sets, TRITON_FLASH_ATTN on 9.x, FlashAttention 4 on 10.x for heads up to 128, else Triton.
 * A dense cache pages a multiple of 16 tokens under 0.19 and 0.33 (`DENSE_KERNEL_BLOCK`): another --block-size finds
-  no backend under 0.33, and only 0.19's FlexAttention, which takes no fp8 cache (`_dense_block_refusal`).
+  no backend under 0.33, and only 0.19's FlexAttention, which takes no fp8 cache and fails to compile its kernel at
+  such a block (`_dense_block_refusal`).
 * Heads above 256 (a multiple of 8, up to 512): 0.33's FLASH_ATTN takes them wherever FlashAttention 4 is built but
   runs FlashAttention 2 on 10.x (heads FlashInfer, first there, does not take) and 11.x, which raises on them
   (`_wide_head_refusal`); elsewhere FlashInfer (512) or Triton runs them, at the requested block.
@@ -320,21 +321,35 @@ def _mm_prefix_v0_19_v0_33(version: str, spec: ModelSpec, cache_dtype: str, capa
 
 #: the kernel block every dense CUDA backend of 0.19 and 0.33 pages a multiple of (supports_block_size:
 #: FLASH_ATTN ``MultipleOf(16)``, FLASHINFER 16/32/64 (and larger on Blackwell), TRITON_ATTN ``block_size % 16``,
-#: 0.33's FLEX_ATTENTION ``MultipleOf(16)``; 0.19's FlexAttention keeps the base ``MultipleOf(1)``)
+#: 0.33's FLEX_ATTENTION ``MultipleOf(16)``; 0.19's FlexAttention keeps the base ``MultipleOf(1)`` but cannot run
+#: another block, `_FLEX_BLOCK_V0_19`)
 DENSE_KERNEL_BLOCK = 16
+#: why 0.19's FlexAttention, which its backend choice lets take any block, fails on one that is not a multiple of 16:
+#: with torch 2.10 (0.19's pin) FlexAttentionMetadataBuilder takes the direct build (``is_torch_equal_or_newer
+#: ("2.9.0.dev0")``) and get_kernel_options hands the KV block itself to the kernel as BLOCK_N, without the lower
+#: bound of 16 its other branch applies; PyTorch's flex template needs BLOCK_N a power of two (``tl.arange(0,
+#: BLOCK_N)``) and at least 16 (``tl.dot``).  vllm#41339 (torch 2.10, --block-size 8: "block_size < 16 silently falls
+#: back to FLEX_ATTENTION, then crashes in Triton compilation"; vllm#39340), fixed after 0.19 by vllm#41363
+#: (FLEX_ATTENTION MultipleOf(16), as in 0.33)
+_FLEX_BLOCK_V0_19 = ("FLEX_ATTENTION, which 0.19 lets take any block (the base MultipleOf(1)), takes no fp8 cache, "
+                     "and with torch 2.10 hands the block itself to its Triton kernel as BLOCK_N "
+                     "(flex_attention.py get_kernel_options, direct build), which the kernel's tl.arange and tl.dot "
+                     "do not compile below 16 or off a power of two: Triton compilation fails on the first forward "
+                     "pass (vllm#41339, fixed after 0.19 by vllm#41363)")
 
 
-def _dense_block_refusal(version: str, cache_dtype: str, requested_block: int) -> KVBackend | None:
-    """Why no dense backend of 0.19 or 0.33 takes a ``--block-size`` of `requested_block`, not a multiple of
-    `DENSE_KERNEL_BLOCK` (``validate_configuration``: "block_size not supported"), or None where one does: 0.19's
-    FlexAttention takes any block, for a 16-bit cache only."""
-    if version == "0.19" and cache_dtype == "auto":
-        return None
-    left = ("FLEX_ATTENTION, which takes any block there, takes no fp8 cache" if version == "0.19" else
-            "FLEX_ATTENTION pages MultipleOf(16) too")
+def _dense_block_refusal(version: str, cache_dtype: str, requested_block: int) -> KVBackend:
+    """Why no dense backend of 0.19 or 0.33 runs a ``--block-size`` of `requested_block`, not a multiple of
+    `DENSE_KERNEL_BLOCK` (``validate_configuration``: "block_size not supported"): 0.33 finds no backend for any
+    cache, 0.19 none for an fp8 one and, for a 16-bit one, FlexAttention, which fails to compile at that block
+    (`_FLEX_BLOCK_V0_19`)."""
+    left = (_FLEX_BLOCK_V0_19 if version == "0.19" else
+            f"FLEX_ATTENTION pages MultipleOf(16) too: {_NO_BACKEND}")
+    if version == "0.19" and cache_dtype != "auto":
+        left = f"{left}; for an fp8 cache {_NO_BACKEND}"
     return KVBackend(None, f"vLLM {version} pages a dense KV cache only in multiples of {DENSE_KERNEL_BLOCK} tokens, "
                            f"not --block-size {requested_block}: FLASH_ATTN (MultipleOf(16)), FLASHINFER (16, 32, 64) "
-                           f"and TRITON_ATTN (block_size % 16) refuse it (supports_block_size), {left}: {_NO_BACKEND}",
+                           f"and TRITON_ATTN (block_size % 16) refuse it (supports_block_size), {left}",
                      remedy=f"a --block-size that is a multiple of {DENSE_KERNEL_BLOCK} (kv_cache.block_size) runs "
                             "there")
 
@@ -543,9 +558,7 @@ def kv_backend(version: str, spec: ModelSpec, cache_dtype: str, compute_capabili
             return _mla_kernel_check(version, spec, _mla_v0_11(cache_dtype, compute_capability))
         return _mla_v0_19_v0_33(version, spec, cache_dtype, compute_capability, requested_block)
     if version != "0.11" and requested_block % DENSE_KERNEL_BLOCK:
-        no_block = _dense_block_refusal(version, cache_dtype, requested_block)
-        if no_block is not None:
-            return no_block
+        return _dense_block_refusal(version, cache_dtype, requested_block)
     if version != "0.11" and spec.model_type in MM_PREFIX_MODEL_TYPES:
         return _mm_prefix_v0_19_v0_33(version, spec, cache_dtype, compute_capability, requested_block, float32)
     if cache_dtype == "auto":

@@ -351,20 +351,25 @@ def test_a_16_bit_cache_of_unusual_heads_runs_at_vllms_default_block_on_every_de
 @pytest.mark.parametrize(("release", "kv_cache_dtype", "refused"), [
     # 0.33: FLASH_ATTN MultipleOf(16), FLASHINFER 16/32/64, TRITON_ATTN % 16, FLEX_ATTENTION MultipleOf(16)
     ("0.33", "bf16", True), ("0.33", "fp8", True),
-    # 0.19: FlexAttention keeps the base MultipleOf(1), but takes no fp8 cache
-    ("0.19", "bf16", False), ("0.19", "fp8", True),
+    # 0.19: FlexAttention keeps the base MultipleOf(1) but takes no fp8 cache, and its 16-bit kernel does not compile
+    # at such a block (vllm#41339: --block-size 8 on torch 2.10, 0.19's pin, "crashes in Triton compilation")
+    ("0.19", "bf16", True), ("0.19", "fp8", True),
 ])
 @pytest.mark.parametrize("block", [8, 24, 40])
 def test_a_block_that_is_not_a_multiple_of_16_finds_no_dense_backend(release: str, kv_cache_dtype: str,
                                                                      refused: bool, block: int) -> None:
-    # was planned at that block on every release
+    # was planned at that block on every release (0.19's 16-bit cache until vllm#41339 was read)
     spec = get_preset_info("qwen3-8b").spec
     for capability in ((8, 9), (9, 0), (10, 0)):
         found = kv_cache_refusal(release, spec, kv_cache_dtype, capability, block)
         assert (found.refusal is not None) == refused, (capability, found)
         if refused:
-            assert "No valid attention backend found" in (found.refusal or "")
             assert "multiple of 16 (kv_cache.block_size)" in (found.refusal or "")
+            if release == "0.19" and kv_cache_dtype == "bf16":
+                assert "Triton compilation fails on the first forward pass (vllm#41339" in (found.refusal or "")
+                assert "No valid attention backend found" not in (found.refusal or "")
+            else:
+                assert "No valid attention backend found" in (found.refusal or "")
         assert kv_cache_refusal(release, spec, kv_cache_dtype, capability, block + 8).refusal is None
     # a device of unknown capability may be AMD's, whose backends were not read: not refused
     assert kv_cache_refusal(release, spec, kv_cache_dtype, None, block).refusal is None
