@@ -6,7 +6,8 @@ The backends and their rules are read from each release's code (`quant_core.engi
 "type fp8e4nv not supported in this architecture" from the Triton reshape-and-cache kernel), vllm#45829 / #49077
 (open PRs: "SM75-SM88 have no native fp8e4nv cast; Triton kernels ... fail at compile time"), vllm#24577 (FlashInfer's
 fp8 cache on an A100: "the available concurrency doubles"), vllm#47949 (FlashInfer's fp8 cache on SM75 worked until
-0.24 raised FlashInfer's floor to 8.0, the floor 0.33 has), vllm#35577 (Triton MLA refusing an fp8 cache).
+0.24 raised FlashInfer's floor to 8.0, the floor 0.33 has), vllm#35577 (Triton MLA refusing an fp8 cache), vllm#35720
+(0.16.0 on a V100) and vllm#39133 (Gemma 4 on an 8.6 card, April 2026): fp8e4nv again between 0.11 and 0.19.
 """
 
 from __future__ import annotations
@@ -122,7 +123,7 @@ def test_an_integer_kv_cache_is_refused_on_every_device_by_every_release(version
                                                                        capability: tuple[int, int] | None) -> None:
     # 0.11 and 0.19 have no integer --kv-cache-dtype (config/cache.py CacheDType); 0.33's int8/int4_per_token_head
     # keep another layout than nibble's fp16 scale and zero per vector: planned as vLLM's, they promised a cache it
-    # does not run
+    # does not run (public: vllm#33480, an INT8 cache asked for in 2026-01; vllm#38378 adds 0.33's per-token-head one)
     refusal = kv_cache_refusal(version, _spec(DENSE), dtype, capability, 16).refusal
     assert refusal is not None and f"vLLM {version} cannot run nibble's {dtype} KV cache" in refusal
     assert ("CacheDType" in refusal) and ("runtime.engine generic" in refusal)

@@ -216,7 +216,7 @@ def test_a_device_of_unknown_capability_is_planned_at_the_requested_block_and_to
 def test_an_mla_model_is_refused_below_8_0_for_its_flashattention_prefill(release: str, device_id: str) -> None:
     # Triton MLA would decode it, but 0.11's and 0.19's MLACommonImpl and 0.33's get_mla_prefill_backend_cls run the
     # prefill on vllm_flash_attn's varlen kernel off 10.x, which raises "FlashAttention only supports Ampere GPUs or
-    # newer" (vllm#8189) below 8.0
+    # newer" (vllm#8189) below 8.0; public: vllm#14016 (DeepseekV3ForCausalLM on a 2080 Ti, 7.5, V0, 2025-02)
     device = get_device(device_id)
     answer = plan(get_preset_info("deepseek-v2-lite").spec, Hardware(device.planning_bytes, 1, device.id, device.name),
                   Workload(CONTEXT, 1), PlanOptions(weight_format=float_format("fp16"), kv_cache_dtype="fp16",

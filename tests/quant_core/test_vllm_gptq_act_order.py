@@ -170,6 +170,7 @@ def test_qwen3_30b_a3b_gptq_experts_figures() -> None:
 
 
 def test_vllm_0_33_refuses_act_order_gptq_with_its_message() -> None:
+    # public: vllm#48148 (RFC removing group activation ordering from vLLM; vllm#54809 removed its kernels)
     stored = gptq_checkpoint(128, True, True)
     refusal = gptq_act_order_refusal("0.33", stored)
     assert refusal is not None and "desc_act=True) is no longer supported" in refusal
