@@ -121,6 +121,7 @@ def test_the_float32_refusal_names_the_method_vllm_settles_on_below_8_0(release:
     no type below 75; 0.11: below 80), whose get_supported_act_dtypes is [torch.half, torch.bfloat16]; the others,
     and every one on a V100, load as gptq (gptq.py, [torch.half]); 0.33's AutoGPTQConfig / AutoAWQConfig
     override_quantization_method names every GPTQ / AWQ checkpoint auto_gptq / auto_awq."""
+    # public: vllm#28857 (0.11.0, Gemma 3 AWQ: "torch.float32 is not supported for quantization method awq")
     refusal = _on(device_id, release, weight_format).refusal
     assert refusal is not None
     assert f"torch.float32 is not supported for quantization method {supported}\"" in refusal
