@@ -895,9 +895,23 @@ def device_fits(spec: ModelSpec, device_ids: list[str], workload: Workload, opti
     return fits
 
 
-def check_sweep_size(body: SweepRequest, max_rows: int, max_device_rows: int = 1 << 18) -> None:
+#: a plan from checkpoint headers sums the checkpoint's rows at each call, about 0.56 us a row (8,003 rows: 4.5 ms a
+#: plan), where a planned device costs about 20 us (BENCHMARKS.md, "Sweeps": 5.2 s for 2^18 of them); so a sweep from
+#: headers counts each plan as one device more per this many rows.  A checkpoint's repeated tensors fold into one
+#: row (DeepSeek-V3's 90,427 tensors are 37 rows: one device), tensors of no module of the model each named apart do
+#: not (session 22's probe: 8,000 of them made a 986 KB sweep body 18.5 s of CPU)
+CHECKPOINT_ROWS_PER_DEVICE = 32
+#: plans `device_fits` makes for each of ``sweep.devices``: one, then each format (three at most) at its fewest
+DEVICE_FIT_PLANS = 4
+
+
+def check_sweep_size(body: SweepRequest, max_rows: int, max_device_rows: int = 1 << 18,
+                     checkpoint_rows: int = 0) -> None:
     """Refuse (413) a sweep of more than `max_rows` rows, or more than `max_device_rows` devices summed over its
-    rows, from the request alone: the route asks before the sweep waits for a place (issue 17's attack mix)."""
+    rows, from the request alone: the route asks before the sweep waits for a place (issue 17's attack mix).
+    With `checkpoint_rows` (the rows of the checkpoint its headers fold into, known once they are read), each of
+    the sweep's plans counts one device more per `CHECKPOINT_ROWS_PER_DEVICE` rows, every row planned at the
+    checkpoint's scheme (an upper bound when ``sweep.formats`` names others)."""
     axes = body.sweep
     counts = axes.device_counts or [body.hardware.count]
     total = len(counts) * math.prod(len(axis or [None]) for axis in (axes.formats, axes.concurrent_sequences,
@@ -905,8 +919,16 @@ def check_sweep_size(body: SweepRequest, max_rows: int, max_device_rows: int = 1
     if total > max_rows:
         raise LimitExceeded("max_sweep_rows", total, max_rows, field="sweep")
     device_rows = sum(counts) * (total // len(counts))
-    if device_rows > max_device_rows:
-        raise LimitExceeded("max_sweep_device_rows", device_rows, max_device_rows, field="sweep")
+    plans = total + DEVICE_FIT_PLANS * len(axes.devices or [])
+    per_plan = -(-checkpoint_rows // CHECKPOINT_ROWS_PER_DEVICE)
+    if device_rows + plans * per_plan > max_device_rows:
+        problem = LimitExceeded("max_sweep_device_rows", device_rows + plans * per_plan, max_device_rows,
+                                field="sweep")
+        if checkpoint_rows:
+            problem.detail += (f" (the headers' tensors fold into {checkpoint_rows} checkpoint rows, which each of "
+                               f"the sweep's {plans} plans sums: counted as {per_plan} device(s) more a plan, one per "
+                               f"{CHECKPOINT_ROWS_PER_DEVICE} rows)")
+        raise problem
 
 
 def sweep_rows(body: SweepRequest, max_config_depth: int, max_rows: int,
@@ -922,7 +944,8 @@ def sweep_rows(body: SweepRequest, max_config_depth: int, max_rows: int,
     spec, hardware, workload, options = plan_to_core(body, max_config_depth, max_header_bytes, headers)
     has_checkpoint = headers is not None or body.checkpoint is not None
     axes = body.sweep
-    check_sweep_size(body, max_rows, max_device_rows)
+    checkpoint_rows = len(options.scheme.checkpoint_rows) if options.scheme is not None else 0
+    check_sweep_size(body, max_rows, max_device_rows, checkpoint_rows)
     counts = axes.device_counts or [hardware.count]
     formats = axes.formats or [body.weights.format]
     sequences = axes.concurrent_sequences or [workload.concurrent_sequences]

@@ -1,0 +1,85 @@
+"""Session 22's hostile probe of /v1/plan/sweep with checkpoint headers: each repro as the probe sent it.
+
+A plan from checkpoint headers sums the checkpoint's rows (`quant_core.checkpoint_rows`: repeated
+tensors fold into one, so DeepSeek-V3's 90,427 tensors are 37 rows) at every call; tensors of no module of
+the model fold only when their names differ by numbers, so a header of 8,000 distinctly named tensors is
+8,000 rows, and a 4,096-row sweep over it planned them 4,096 times: 18.5 s of CPU from a 986 KB JSON body
+(a multipart form of 16 MiB headers: minutes), where the sweep limits bound a sweep to about 5 s.
+"""
+
+from __future__ import annotations
+
+import base64
+import time
+from typing import Any
+
+from fastapi.testclient import TestClient
+
+from tests.app.conftest import client_with, safetensors_header
+
+PROBLEM = "application/problem+json"
+LLAMA = {"model_type": "llama", "hidden_size": 256, "num_hidden_layers": 2, "num_attention_heads": 4,
+         "num_key_value_heads": 4, "intermediate_size": 512, "vocab_size": 1000, "tie_word_embeddings": False}
+#: every module of LLAMA's inventory that `_check_coverage` asks for: the embedding, the lm_head, each layer
+MODEL_TENSORS: dict[str, tuple[str, list[int], int]] = {
+    "model.embed_tokens.weight": ("BF16", [1000, 256], 512_000), "lm_head.weight": ("BF16", [1000, 256], 512_000),
+    **{f"model.layers.{layer}.self_attn.q_proj.weight": ("BF16", [256, 256], 131_072) for layer in range(2)},
+}
+
+
+def _headers_b64(unknown_tensors: int) -> str:
+    """LLAMA's tensors and `unknown_tensors` of no module of it, each named apart (one checkpoint row each)."""
+    tensors = {**MODEL_TENSORS, **{f"extra_{index}": ("BF16", [8, 8], 128) for index in range(unknown_tensors)}}
+    return base64.b64encode(safetensors_header(tensors)).decode()
+
+
+def _sweep(headers_b64: str, contexts: int, sequences: int) -> dict[str, Any]:
+    return {"model": {"hf_config": LLAMA}, "hardware": {"device": "h100-80gb"},
+            "checkpoint": {"headers": [{"file": "model.safetensors", "header_base64": headers_b64}]},
+            "sweep": {"context_lengths": [1024 * (i + 1) for i in range(contexts)],
+                      "concurrent_sequences": list(range(1, sequences + 1))}}
+
+
+def test_a_maximum_sweep_over_8000_checkpoint_rows_is_413_naming_the_sweep_at_once(client: TestClient) -> None:
+    # the probe: 200 after 18.5 s of CPU (4,096 plans of 4.5 ms, each summing the 8,003 rows)
+    body = _sweep(_headers_b64(8000), 64, 64)
+    started = time.perf_counter()
+    response = client.post("/v1/plan/sweep", json=body)
+    seconds = time.perf_counter() - started
+    assert response.status_code == 413 and response.headers["content-type"] == PROBLEM, response.text[:300]
+    problem = response.json()
+    assert [error["field"] for error in problem["errors"]] == ["sweep"]
+    assert problem["limit"] == "max_sweep_device_rows"
+    # 4,096 rows of one device, each plan counted as ceil(8,003 / 32) = 251 devices more
+    assert problem["value"] == 4096 * (1 + 251)
+    assert "8003 checkpoint rows" in problem["detail"]
+    assert seconds < 5, "a bound to catch the old 18 s, not a speed target"
+
+
+def test_checkpoint_rows_count_toward_the_sweep_device_rows_limit() -> None:
+    # 64 rows of one device; 1,003 rows count as ceil(1003 / 32) = 32 devices a plan: 64 x 33 = 2,112
+    with client_with(max_sweep_device_rows=2111) as limited:
+        refused = limited.post("/v1/plan/sweep", json=_sweep(_headers_b64(1000), 8, 8))
+        assert refused.status_code == 413, refused.text[:300]
+        assert (refused.json()["limit"], refused.json()["value"]) == ("max_sweep_device_rows", 2112)
+    with client_with(max_sweep_device_rows=2112) as limited:
+        assert limited.post("/v1/plan/sweep", json=_sweep(_headers_b64(1000), 8, 8)).status_code == 200
+
+
+def test_a_checkpoint_that_folds_into_a_few_rows_costs_a_sweep_one_device_a_plan() -> None:
+    # a real checkpoint's rows are tens (DeepSeek-V3: 37): these 3 count as one device, so 64 x (1 + 1) = 128
+    with client_with(max_sweep_device_rows=128) as limited:
+        response = limited.post("/v1/plan/sweep", json=_sweep(_headers_b64(0), 8, 8))
+        assert response.status_code == 200, response.text[:300]
+        assert len(response.json()["rows"]) == 64
+    with client_with(max_sweep_device_rows=127) as limited:
+        assert limited.post("/v1/plan/sweep", json=_sweep(_headers_b64(0), 8, 8)).status_code == 413
+
+
+def test_a_sweeps_devices_axis_counts_its_plans_over_the_checkpoint_rows() -> None:
+    # sweep.devices plans each device up to four times (one plan, then each format at its fewest devices)
+    body = {**_sweep(_headers_b64(1000), 1, 1), "sweep": {"devices": ["h100-80gb", "l4"]}}
+    with client_with(max_sweep_device_rows=1 + (1 + 2 * 4) * 32 - 1) as limited:
+        refused = limited.post("/v1/plan/sweep", json=body)
+        assert refused.status_code == 413, refused.text[:300]
+        assert refused.json()["value"] == 1 + (1 + 2 * 4) * 32
