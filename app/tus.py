@@ -25,7 +25,8 @@ with ``Tus-Version``), a PATCH that is not ``application/offset+octet-stream``
 (415), whose ``Upload-Offset`` is not where the upload stands (409), or that
 runs past the declared length (413, saying offset + bytes sent against it); a
 creation deferring its length (``Upload-Defer-Length: 1``: 501, no
-creation-defer-length here; another value, or beside ``Upload-Length``: 400); a file over ``upload_max_file_bytes``,
+creation-defer-length here; another value, or beside ``Upload-Length``: 400), or a PATCH carrying
+``Upload-Length`` (400: no length is deferred); a file over ``upload_max_file_bytes``,
 a set past ``upload_max_set_bytes`` / ``upload_max_files``, more than
 ``upload_max_sets`` sets (413); a file longer than the free disk (507); a file
 name that is not a plain name, or one the set already has (422 / 409).  A
@@ -158,6 +159,18 @@ def check_defer_length(request: Request) -> None:
     raise TusExtensionNotSupported(
         f"Upload-Defer-Length: 1 needs the creation-defer-length extension, which this server does not offer "
         f"(Tus-Extension: {TUS_EXTENSIONS}): declare the file's Upload-Length", field="Upload-Defer-Length")
+
+
+def check_patch_length(request: Request) -> None:
+    """Refuse (400) a PATCH that carries ``Upload-Length``: tus 1.0.0 sends it in a PATCH only to declare a length
+    its creation deferred ("once set the length MUST NOT be changed"), and no length is deferred here, so the
+    header could only change a declared length or repeat it.  tusd answers an upload whose length is not deferred
+    the same (``ErrInvalidUploadLength``, 400), whatever the value; read and dropped, it let a client believe its
+    file had grown."""
+    if request.headers.get("upload-length") is not None:
+        raise MalformedTusRequest(
+            "Upload-Length in a PATCH declares a deferred length, and this file's is not deferred: its length is "
+            "the Upload-Length its creation declared (HEAD tells it), which does not change", field="Upload-Length")
 
 
 def parse_metadata(header: str | None) -> dict[str, str]:

@@ -191,6 +191,21 @@ def test_a_deferred_length_is_refused_as_tus_and_tusd_answer_a_server_without_th
     assert client.get(upload_set["url"]).json()["files"] == []
 
 
+@pytest.mark.parametrize("length", ["20", "10", "4"])
+def test_a_patch_declaring_an_upload_length_is_400_and_changes_nothing(client: TestClient, length: str) -> None:
+    # session 22's probe: a PATCH carrying Upload-Length 20 for a file created with 10 was 204, its length silently
+    # kept at 10.  tus 1.0.0 sends Upload-Length in a PATCH only to declare a deferred length ("once set the length
+    # MUST NOT be changed"); no length is deferred here, so tusd's answer for an upload whose length is not deferred
+    # (ErrInvalidUploadLength, 400) is this server's, whatever the value
+    upload_set = client.post("/v1/uploads").json()
+    url = create_file(client, upload_set["url"], "config.json", 10)
+    status, headers = patch(client, url, 0, b"abc", **{"Upload-Length": length})
+    assert (status, headers["content-type"], headers["tus-resumable"]) == (400, PROBLEM, "1.0.0")
+    assert '"field":"Upload-Length"' in headers["json"] and "not deferred" in headers["json"]
+    head = client.head(url, headers=TUS)
+    assert (head.headers["upload-offset"], head.headers["upload-length"]) == ("0", "10")
+
+
 def test_a_patch_body_of_another_media_type_is_415(client: TestClient) -> None:
     upload_set = client.post("/v1/uploads").json()
     url = create_file(client, upload_set["url"], "a.json", 4)
