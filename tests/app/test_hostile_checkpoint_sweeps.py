@@ -4,15 +4,18 @@ A plan from checkpoint headers sums the checkpoint's rows (`quant_core.checkpoin
 tensors fold into one, so DeepSeek-V3's 90,427 tensors are 37 rows) at every call; tensors of no module of
 the model fold only when their names differ by numbers, so a header of 8,000 distinctly named tensors is
 8,000 rows, and a 4,096-row sweep over it planned them 4,096 times: 18.5 s of CPU from a 986 KB JSON body
-(a multipart form of 16 MiB headers: minutes), where the sweep limits bound a sweep to about 5 s.
+(a multipart form of 16 MiB headers: minutes), where the sweep limits bound a sweep to about 5 s; and a
+plan from a JSON body of headers ran on the event loop.
 """
 
 from __future__ import annotations
 
 import base64
+import threading
 import time
 from typing import Any
 
+import pytest
 from fastapi.testclient import TestClient
 
 from tests.app.conftest import client_with, safetensors_header
@@ -83,3 +86,24 @@ def test_a_sweeps_devices_axis_counts_its_plans_over_the_checkpoint_rows() -> No
         refused = limited.post("/v1/plan/sweep", json=body)
         assert refused.status_code == 413, refused.text[:300]
         assert refused.json()["value"] == 1 + (1 + 2 * 4) * 32
+
+
+def test_a_json_plan_from_checkpoint_headers_is_planned_off_the_event_loop(
+        client: TestClient, monkeypatch: pytest.MonkeyPatch) -> None:
+    # the probe: a 1 MiB JSON body of headers (9,000 tensors, or 4,096 files, or 50,000 GGUF metadata values) is
+    # 0.1-0.25 s of decoding and folding, which ran on the event loop and held every other request meanwhile
+    import app.routers.plans as route
+
+    threads: list[str] = []
+    plan_to_core = route.plan_to_core
+
+    def recorded(*args: Any) -> Any:
+        threads.append(threading.current_thread().name)
+        return plan_to_core(*args)
+
+    monkeypatch.setattr(route, "plan_to_core", recorded)
+    plain = {"model": {"hf_config": LLAMA}, "hardware": {"device": "h100-80gb"}}
+    assert client.post("/v1/plan", json=plain).status_code == 200  # microseconds: on the event loop
+    body = {**plain, "checkpoint": {"headers": [{"file": "model.safetensors", "header_base64": _headers_b64(9000)}]}}
+    assert client.post("/v1/plan", json=body).status_code == 200
+    assert len(threads) == 2 and threads[0] != threads[1], threads
