@@ -383,9 +383,15 @@ class UploadSets:
         meta: dict[str, Any] = json.loads((directory / "meta" / f"{file_id}.json").read_text())
         partial = directory / "partial" / file_id
         length = int(meta["length"])
-        offset = partial.stat().st_size if partial.exists() else length
-        if partial.exists() and offset == length:  # whole, but a kill came before it was moved to its name
-            _seal(partial, directory / "files" / str(meta["name"]))
+        try:
+            offset = partial.stat().st_size
+        except FileNotFoundError:  # sealed: moved to its name (by a PATCH's thread, maybe since it was looked for)
+            offset = length
+        else:
+            # whole, but a kill came before it was moved to its name; a PATCH still holding the file seals it
+            # itself, in a thread: sealing it here too, one of the two found it gone (a 500)
+            if offset == length and f"{set_id}/{file_id}" not in self._locks:
+                _seal(partial, directory / "files" / str(meta["name"]))
         return UploadFile(file_id, str(meta["name"]), length, offset)
 
     async def append(self, set_id: str, file_id: str, request: Request) -> UploadFile:
