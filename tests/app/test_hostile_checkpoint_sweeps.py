@@ -107,3 +107,25 @@ def test_a_json_plan_from_checkpoint_headers_is_planned_off_the_event_loop(
     body = {**plain, "checkpoint": {"headers": [{"file": "model.safetensors", "header_base64": _headers_b64(9000)}]}}
     assert client.post("/v1/plan", json=body).status_code == 200
     assert len(threads) == 2 and threads[0] != threads[1], threads
+
+
+def test_a_plan_of_more_layers_than_any_published_model_is_planned_off_the_event_loop(
+        client: TestClient, monkeypatch: pytest.MonkeyPatch) -> None:
+    # the probe: a 10 KB config of 4,096 layers, every other one dense (Qwen3-MoE's mlp_only_layers) or sliding
+    # (Gemma 2's layer_types), is 0.07-0.25 s of planning the first time it is seen, on the event loop; the
+    # catalog's deepest model has 126 layers
+    import app.routers.plans as route
+
+    threads: list[str] = []
+    answer_plan_json = route.answer_plan_json
+
+    def recorded(*args: Any) -> Any:
+        threads.append(threading.current_thread().name)
+        return answer_plan_json(*args)
+
+    monkeypatch.setattr(route, "answer_plan_json", recorded)
+    for layers in (126, route.THREADED_PLAN_LAYERS + 1):
+        config = {**LLAMA, "num_hidden_layers": layers}
+        assert client.post("/v1/plan", json={"model": {"hf_config": config},
+                                             "hardware": {"device": "h100-80gb"}}).status_code == 200
+    assert len(threads) == 2 and threads[0] != threads[1], threads
