@@ -28,6 +28,7 @@ from fastapi import APIRouter, Request, Response
 from app.plan_form import FORM_DESCRIPTION, form_limits, read_plan_form
 from app.problems import PoolFull, problem_responses
 from app.routing import JsonBodyRoute
+from app.schemas.models import THREADED_PLAN_LAYERS
 from app.schemas.plans import (
     FIT,
     CheckpointHeaders,
@@ -85,11 +86,6 @@ class JsonOrFormRoute(JsonBodyRoute):
 def _form_headers(request: Request) -> CheckpointHeaders | None:
     headers: CheckpointHeaders | None = getattr(request.state, "checkpoint_headers", None)
     return headers
-
-
-#: decoder layers past which a plan runs in a thread: the catalog's deepest model has 126, and a config of 4,096
-#: layers, every other one dense or sliding, is 0.07-0.25 s of planning the first time it is seen
-THREADED_PLAN_LAYERS = 256
 
 
 async def create_plan(body: PlanRequest, request: Request) -> Response:
