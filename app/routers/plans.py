@@ -39,6 +39,7 @@ from app.schemas.plans import (
     answer_plan_json,
     check_sweep_size,
     plan_to_core,
+    sweep_row_devices,
     sweep_rows,
 )
 from app.security import ApiKeyRoute, check_api_key, settings_of
@@ -166,7 +167,8 @@ def _planned_devices(body: SweepRequest) -> int:
     axes = body.sweep
     rows = math.prod(len(axis or [None]) for axis in (axes.context_lengths, axes.concurrent_sequences,
                                                        axes.formats, axes.device_counts))
-    return rows * max(axes.device_counts or [body.hardware.count])
+    return rows * max(sweep_row_devices(count, body.parallel.pipeline)
+                      for count in axes.device_counts or [body.hardware.count])
 
 
 async def create_sweep(body: SweepRequest, request: Request) -> Response:

@@ -903,12 +903,24 @@ def device_fits(spec: ModelSpec, device_ids: list[str], workload: Workload, opti
 CHECKPOINT_ROWS_PER_DEVICE = 32
 #: plans `device_fits` makes for each of ``sweep.devices``: one, then each format (three at most) at its fewest
 DEVICE_FIT_PLANS = 4
+#: devices a pipeline stage counts as in a sweep: the tensor-parallel ranks of a stage are planned once (4,096 rows of
+#: 64 devices in one stage: 1.5 s), each stage apart, 28-70 us a stage a plan against the ~20 us a device row the
+#: limit was sized on (64 stages: 1.8 ms a plan for Llama-3.1-70B, 3.8-4.6 ms for 4,096 layers alternating dense or
+#: sliding; session 22's probe: 7 s and 16-19 s of CPU for 4,096 rows)
+STAGE_DEVICES = 4
+
+
+def sweep_row_devices(count: int, pipeline: int) -> int:
+    """The devices one sweep row of `count` devices in `pipeline` stages counts toward ``max_sweep_device_rows``:
+    its devices, or with pipeline stages `STAGE_DEVICES` a stage when that is more."""
+    return count if pipeline == 1 else max(count, STAGE_DEVICES * pipeline)
 
 
 def check_sweep_size(body: SweepRequest, max_rows: int, max_device_rows: int = 1 << 18,
                      checkpoint_rows: int = 0) -> None:
     """Refuse (413) a sweep of more than `max_rows` rows, or more than `max_device_rows` devices summed over its
-    rows, from the request alone: the route asks before the sweep waits for a place (issue 17's attack mix).
+    rows (`sweep_row_devices`), from the request alone: the route asks before the sweep waits for a place (issue
+    17's attack mix).
     With `checkpoint_rows` (the rows of the checkpoint its headers fold into, known once they are read), each of
     the sweep's plans counts one device more per `CHECKPOINT_ROWS_PER_DEVICE` rows, every row planned at the
     checkpoint's scheme (an upper bound when ``sweep.formats`` names others)."""
@@ -918,12 +930,15 @@ def check_sweep_size(body: SweepRequest, max_rows: int, max_device_rows: int = 1
                                                                      axes.context_lengths))
     if total > max_rows:
         raise LimitExceeded("max_sweep_rows", total, max_rows, field="sweep")
-    device_rows = sum(counts) * (total // len(counts))
+    device_rows = sum(sweep_row_devices(count, body.parallel.pipeline) for count in counts) * (total // len(counts))
     plans = total + DEVICE_FIT_PLANS * len(axes.devices or [])
     per_plan = -(-checkpoint_rows // CHECKPOINT_ROWS_PER_DEVICE)
     if device_rows + plans * per_plan > max_device_rows:
         problem = LimitExceeded("max_sweep_device_rows", device_rows + plans * per_plan, max_device_rows,
                                 field="sweep")
+        if body.parallel.pipeline > 1:
+            problem.detail += (f" (each of the {body.parallel.pipeline} pipeline stages of a row counted as "
+                               f"{STAGE_DEVICES} devices: a stage is planned apart, its tensor-parallel ranks once)")
         if checkpoint_rows:
             problem.detail += (f" (the headers' tensors fold into {checkpoint_rows} checkpoint rows, which each of "
                                f"the sweep's {plans} plans sums: counted as {per_plan} device(s) more a plan, one per "

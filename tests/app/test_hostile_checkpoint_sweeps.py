@@ -148,3 +148,37 @@ def test_an_inspection_of_more_layers_than_any_published_model_is_made_off_the_e
         response = client.post("/v1/models/inspect", json={"hf_config": {**LLAMA, "num_hidden_layers": layers}})
         assert response.status_code == 200, response.text[:300]
     assert len(threads) == 2 and threads[0] != threads[1], threads
+
+
+def _pipeline_sweep(stages: int, devices: int, contexts: int, sequences: int) -> dict[str, Any]:
+    return {"model": {"preset": "llama-3.1-70b"}, "hardware": {"device": "h100-80gb", "count": devices},
+            "parallel": {"pipeline": stages},
+            "sweep": {"context_lengths": [1024 * (i + 1) for i in range(contexts)],
+                      "concurrent_sequences": list(range(1, sequences + 1))}}
+
+
+def test_a_maximum_sweep_over_64_pipeline_stages_is_413_naming_the_sweep_at_once(client: TestClient) -> None:
+    # the probe: 4,096 rows of 64 devices is the sweep limit's maximum, 1.5 s of CPU when the 64 devices are one
+    # tensor-parallel stage (planned once); as 64 pipeline stages each is planned apart: 7 s for Llama-3.1-70B's 80
+    # layers, 16-19 s for a config of 4,096 layers, every other one dense or sliding
+    started = time.perf_counter()
+    response = client.post("/v1/plan/sweep", json=_pipeline_sweep(64, 64, 64, 64))
+    seconds = time.perf_counter() - started
+    assert response.status_code == 413 and response.headers["content-type"] == PROBLEM, response.text[:300]
+    problem = response.json()
+    assert [error["field"] for error in problem["errors"]] == ["sweep"]
+    assert (problem["limit"], problem["value"]) == ("max_sweep_device_rows", 4096 * 64 * 4)
+    assert "pipeline stage" in problem["detail"]
+    assert seconds < 5, "a bound to catch the old 7 s, not a speed target"
+
+
+def test_a_pipeline_stage_counts_as_four_devices_toward_the_sweep_device_rows_limit() -> None:
+    # 16 rows of 8 devices in 8 stages: 16 x max(8, 4 x 8) = 512 device rows (128 before the stages were counted)
+    with client_with(max_sweep_device_rows=511) as limited:
+        refused = limited.post("/v1/plan/sweep", json=_pipeline_sweep(8, 8, 4, 4))
+        assert refused.status_code == 413, refused.text[:300]
+        assert refused.json()["value"] == 512
+    with client_with(max_sweep_device_rows=512) as limited:
+        assert limited.post("/v1/plan/sweep", json=_pipeline_sweep(8, 8, 4, 4)).status_code == 200
+        # tensor parallelism alone counts each device once: 16 rows of 32 devices in one stage are 512
+        assert limited.post("/v1/plan/sweep", json=_pipeline_sweep(1, 32, 4, 4)).status_code == 200
