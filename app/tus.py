@@ -25,7 +25,8 @@ with ``Tus-Version``), a PATCH that is not ``application/offset+octet-stream``
 (415), whose ``Upload-Offset`` is not where the upload stands (409), or that
 runs past the declared length (413, saying offset + bytes sent against it); a
 creation deferring its length (``Upload-Defer-Length: 1``: 501, no
-creation-defer-length here; another value, or beside ``Upload-Length``: 400); a file over ``upload_max_file_bytes``,
+creation-defer-length here; another value, or beside ``Upload-Length``: 400), or a PATCH carrying
+``Upload-Length`` (400: no length is deferred); a file over ``upload_max_file_bytes``,
 a set past ``upload_max_set_bytes`` / ``upload_max_files``, more than
 ``upload_max_sets`` sets (413); a file longer than the free disk (507); a file
 name that is not a plain name, or one the set already has (422 / 409).  A
@@ -158,6 +159,18 @@ def check_defer_length(request: Request) -> None:
     raise TusExtensionNotSupported(
         f"Upload-Defer-Length: 1 needs the creation-defer-length extension, which this server does not offer "
         f"(Tus-Extension: {TUS_EXTENSIONS}): declare the file's Upload-Length", field="Upload-Defer-Length")
+
+
+def check_patch_length(request: Request) -> None:
+    """Refuse (400) a PATCH that carries ``Upload-Length``: tus 1.0.0 sends it in a PATCH only to declare a length
+    its creation deferred ("once set the length MUST NOT be changed"), and no length is deferred here, so the
+    header could only change a declared length or repeat it.  tusd answers an upload whose length is not deferred
+    the same (``ErrInvalidUploadLength``, 400), whatever the value; read and dropped, it let a client believe its
+    file had grown."""
+    if request.headers.get("upload-length") is not None:
+        raise MalformedTusRequest(
+            "Upload-Length in a PATCH declares a deferred length, and this file's is not deferred: its length is "
+            "the Upload-Length its creation declared (HEAD tells it), which does not change", field="Upload-Length")
 
 
 def parse_metadata(header: str | None) -> dict[str, str]:
@@ -370,9 +383,15 @@ class UploadSets:
         meta: dict[str, Any] = json.loads((directory / "meta" / f"{file_id}.json").read_text())
         partial = directory / "partial" / file_id
         length = int(meta["length"])
-        offset = partial.stat().st_size if partial.exists() else length
-        if partial.exists() and offset == length:  # whole, but a kill came before it was moved to its name
-            _seal(partial, directory / "files" / str(meta["name"]))
+        try:
+            offset = partial.stat().st_size
+        except FileNotFoundError:  # sealed: moved to its name (by a PATCH's thread, maybe since it was looked for)
+            offset = length
+        else:
+            # whole, but a kill came before it was moved to its name; a PATCH still holding the file seals it
+            # itself, in a thread: sealing it here too, one of the two found it gone (a 500)
+            if offset == length and f"{set_id}/{file_id}" not in self._locks:
+                _seal(partial, directory / "files" / str(meta["name"]))
         return UploadFile(file_id, str(meta["name"]), length, offset)
 
     async def append(self, set_id: str, file_id: str, request: Request) -> UploadFile:

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import anyio.to_thread
 from fastapi import APIRouter, Request
 
 from app.problems import NotFound, problem_responses
 from app.routing import refuse_duplicate_keys
 from app.schemas.models import (
+    THREADED_PLAN_LAYERS,
     InspectRequest,
     InspectResponse,
     ModelDetail,
@@ -48,4 +50,6 @@ async def inspect_model(body: InspectRequest, request: Request) -> InspectRespon
     """Parameters by role, the tensor inventory, KV bytes per token per KV dtype, weight bytes per format."""
     refuse_duplicate_keys(await request.body())
     spec = model_to_core(body, settings_of(request).max_config_depth, where="")
+    if spec.num_layers > THREADED_PLAN_LAYERS:
+        return await anyio.to_thread.run_sync(inspect_from_core, spec, shipped_scheme(body, where=""))
     return inspect_from_core(spec, shipped_scheme(body, where=""))

@@ -8,7 +8,10 @@ declared as the ``response_model`` for the OpenAPI document; and its body is
 validated from the bytes by `JsonBodyRoute` rather than FastAPI's handler.
 Both routes also take the multipart form of `app.plan_form` (a checkpoint's
 headers as files): parsing megabytes of headers is seconds of pure Python, so
-those plans run in threads behind the large sweeps' gate (`SweepGate`).
+those plans run in threads behind the large sweeps' gate (`SweepGate`).  A JSON
+body's base64 headers (at most ``max_json_bytes``: a quarter of a second), and
+a model of more layers than any published one (`THREADED_PLAN_LAYERS`), are
+planned in a thread too, ungated, as small sweeps are.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from fastapi import APIRouter, Request, Response
 from app.plan_form import FORM_DESCRIPTION, form_limits, read_plan_form
 from app.problems import PoolFull, problem_responses
 from app.routing import JsonBodyRoute
+from app.schemas.models import THREADED_PLAN_LAYERS
 from app.schemas.plans import (
     FIT,
     CheckpointHeaders,
@@ -35,6 +39,7 @@ from app.schemas.plans import (
     answer_plan_json,
     check_sweep_size,
     plan_to_core,
+    sweep_row_devices,
     sweep_rows,
 )
 from app.security import ApiKeyRoute, check_api_key, settings_of
@@ -92,15 +97,19 @@ async def create_plan(body: PlanRequest, request: Request) -> Response:
         content = await _sweep_gate(request).run(_plan_json, body, settings.max_config_depth,
                                                  settings.max_header_bytes, headers)
         return Response(content, media_type=JSON_MEDIA_TYPE)
+    if body.checkpoint is not None:  # up to max_json_bytes of base64 headers: 0.1-0.25 s of decoding, in a thread
+        content = await anyio.to_thread.run_sync(_plan_json, body, settings.max_config_depth,
+                                                 settings.max_header_bytes, None)
+        return Response(content, media_type=JSON_MEDIA_TYPE)
     spec, hardware, workload, options = plan_to_core(body, settings.max_config_depth, settings.max_header_bytes)
-    if body.weights.format == FIT:  # a search of about a dozen plans (5-20 ms): off the event loop
+    if body.weights.format == FIT or spec.num_layers > THREADED_PLAN_LAYERS:  # a fit is a dozen plans (5-20 ms)
         content = await anyio.to_thread.run_sync(answer_plan_json, body, spec, hardware, workload, options)
         return Response(content, media_type=JSON_MEDIA_TYPE)
     return Response(answer_plan_json(body, spec, hardware, workload, options), media_type=JSON_MEDIA_TYPE)
 
 
 def _plan_json(body: PlanRequest, max_config_depth: int, max_header_bytes: int,
-               headers: CheckpointHeaders) -> bytes:
+               headers: CheckpointHeaders | None) -> bytes:
     return answer_plan_json(body, *plan_to_core(body, max_config_depth, max_header_bytes, headers))
 
 
@@ -158,7 +167,8 @@ def _planned_devices(body: SweepRequest) -> int:
     axes = body.sweep
     rows = math.prod(len(axis or [None]) for axis in (axes.context_lengths, axes.concurrent_sequences,
                                                        axes.formats, axes.device_counts))
-    return rows * max(axes.device_counts or [body.hardware.count])
+    return rows * max(sweep_row_devices(count, body.parallel.pipeline)
+                      for count in axes.device_counts or [body.hardware.count])
 
 
 async def create_sweep(body: SweepRequest, request: Request) -> Response:

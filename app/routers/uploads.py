@@ -27,6 +27,7 @@ from app.tus import (
     UploadFile,
     UploadSets,
     check_defer_length,
+    check_patch_length,
     check_tus_resumable,
     header_integer,
     parse_metadata,
@@ -187,6 +188,7 @@ async def append_upload_file(request: Request, set_id: str, file_id: str) -> Res
     application/offset+octet-stream``.  Answers 204 with the new ``Upload-Offset``."""
     sets = _sets(request)
     check_tus_resumable(request)
+    check_patch_length(request)
     file = await sets.append(set_id, file_id, request)
     return Response(status_code=204, headers={**_offset_headers(file), **_expires_header(sets, set_id)})
 

@@ -907,18 +907,55 @@ def device_fits(spec: ModelSpec, device_ids: list[str], workload: Workload, opti
     return fits
 
 
-def check_sweep_size(body: SweepRequest, max_rows: int, max_device_rows: int = 1 << 18) -> None:
+#: a plan from checkpoint headers sums the checkpoint's rows at each call, about 0.56 us a row (8,003 rows: 4.5 ms a
+#: plan), where a planned device costs about 20 us (BENCHMARKS.md, "Sweeps": 5.2 s for 2^18 of them); so a sweep from
+#: headers counts each plan as one device more per this many rows.  A checkpoint's repeated tensors fold into one
+#: row (DeepSeek-V3's 90,427 tensors are 37 rows: one device), tensors of no module of the model each named apart do
+#: not (session 22's probe: 8,000 of them made a 986 KB sweep body 18.5 s of CPU)
+CHECKPOINT_ROWS_PER_DEVICE = 32
+#: plans `device_fits` makes for each of ``sweep.devices``: one, then each format (three at most) at its fewest
+DEVICE_FIT_PLANS = 4
+#: devices a pipeline stage counts as in a sweep: the tensor-parallel ranks of a stage are planned once (4,096 rows of
+#: 64 devices in one stage: 1.5 s), each stage apart, 28-70 us a stage a plan against the ~20 us a device row the
+#: limit was sized on (64 stages: 1.8 ms a plan for Llama-3.1-70B, 3.8-4.6 ms for 4,096 layers alternating dense or
+#: sliding; session 22's probe: 7 s and 16-19 s of CPU for 4,096 rows)
+STAGE_DEVICES = 4
+
+
+def sweep_row_devices(count: int, pipeline: int) -> int:
+    """The devices one sweep row of `count` devices in `pipeline` stages counts toward ``max_sweep_device_rows``:
+    its devices, or with pipeline stages `STAGE_DEVICES` a stage when that is more."""
+    return count if pipeline == 1 else max(count, STAGE_DEVICES * pipeline)
+
+
+def check_sweep_size(body: SweepRequest, max_rows: int, max_device_rows: int = 1 << 18,
+                     checkpoint_rows: int = 0) -> None:
     """Refuse (413) a sweep of more than `max_rows` rows, or more than `max_device_rows` devices summed over its
-    rows, from the request alone: the route asks before the sweep waits for a place (issue 17's attack mix)."""
+    rows (`sweep_row_devices`), from the request alone: the route asks before the sweep waits for a place (issue
+    17's attack mix).
+    With `checkpoint_rows` (the rows of the checkpoint its headers fold into, known once they are read), each of
+    the sweep's plans counts one device more per `CHECKPOINT_ROWS_PER_DEVICE` rows, every row planned at the
+    checkpoint's scheme (an upper bound when ``sweep.formats`` names others)."""
     axes = body.sweep
     counts = axes.device_counts or [body.hardware.count]
     total = len(counts) * math.prod(len(axis or [None]) for axis in (axes.formats, axes.concurrent_sequences,
                                                                      axes.context_lengths))
     if total > max_rows:
         raise LimitExceeded("max_sweep_rows", total, max_rows, field="sweep")
-    device_rows = sum(counts) * (total // len(counts))
-    if device_rows > max_device_rows:
-        raise LimitExceeded("max_sweep_device_rows", device_rows, max_device_rows, field="sweep")
+    device_rows = sum(sweep_row_devices(count, body.parallel.pipeline) for count in counts) * (total // len(counts))
+    plans = total + DEVICE_FIT_PLANS * len(axes.devices or [])
+    per_plan = -(-checkpoint_rows // CHECKPOINT_ROWS_PER_DEVICE)
+    if device_rows + plans * per_plan > max_device_rows:
+        problem = LimitExceeded("max_sweep_device_rows", device_rows + plans * per_plan, max_device_rows,
+                                field="sweep")
+        if body.parallel.pipeline > 1:
+            problem.detail += (f" (each of the {body.parallel.pipeline} pipeline stages of a row counted as "
+                               f"{STAGE_DEVICES} devices: a stage is planned apart, its tensor-parallel ranks once)")
+        if checkpoint_rows:
+            problem.detail += (f" (the headers' tensors fold into {checkpoint_rows} checkpoint rows, which each of "
+                               f"the sweep's {plans} plans sums: counted as {per_plan} device(s) more a plan, one per "
+                               f"{CHECKPOINT_ROWS_PER_DEVICE} rows)")
+        raise problem
 
 
 def sweep_rows(body: SweepRequest, max_config_depth: int, max_rows: int,
@@ -934,7 +971,8 @@ def sweep_rows(body: SweepRequest, max_config_depth: int, max_rows: int,
     spec, hardware, workload, options = plan_to_core(body, max_config_depth, max_header_bytes, headers)
     has_checkpoint = headers is not None or body.checkpoint is not None
     axes = body.sweep
-    check_sweep_size(body, max_rows, max_device_rows)
+    checkpoint_rows = len(options.scheme.checkpoint_rows) if options.scheme is not None else 0
+    check_sweep_size(body, max_rows, max_device_rows, checkpoint_rows)
     counts = axes.device_counts or [hardware.count]
     formats = axes.formats or [body.weights.format]
     sequences = axes.concurrent_sequences or [workload.concurrent_sequences]

@@ -6,10 +6,13 @@ tests/e2e/test_tus_upload.py drives a real server with the tuspy client.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import os
+import threading
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from email.utils import parsedate_to_datetime
 from pathlib import Path
 
@@ -191,6 +194,21 @@ def test_a_deferred_length_is_refused_as_tus_and_tusd_answer_a_server_without_th
     assert client.get(upload_set["url"]).json()["files"] == []
 
 
+@pytest.mark.parametrize("length", ["20", "10", "4"])
+def test_a_patch_declaring_an_upload_length_is_400_and_changes_nothing(client: TestClient, length: str) -> None:
+    # session 22's probe: a PATCH carrying Upload-Length 20 for a file created with 10 was 204, its length silently
+    # kept at 10.  tus 1.0.0 sends Upload-Length in a PATCH only to declare a deferred length ("once set the length
+    # MUST NOT be changed"); no length is deferred here, so tusd's answer for an upload whose length is not deferred
+    # (ErrInvalidUploadLength, 400) is this server's, whatever the value
+    upload_set = client.post("/v1/uploads").json()
+    url = create_file(client, upload_set["url"], "config.json", 10)
+    status, headers = patch(client, url, 0, b"abc", **{"Upload-Length": length})
+    assert (status, headers["content-type"], headers["tus-resumable"]) == (400, PROBLEM, "1.0.0")
+    assert '"field":"Upload-Length"' in headers["json"] and "not deferred" in headers["json"]
+    head = client.head(url, headers=TUS)
+    assert (head.headers["upload-offset"], head.headers["upload-length"]) == ("0", "10")
+
+
 def test_a_patch_body_of_another_media_type_is_415(client: TestClient) -> None:
     upload_set = client.post("/v1/uploads").json()
     url = create_file(client, upload_set["url"], "a.json", 4)
@@ -347,6 +365,45 @@ def test_a_set_a_running_job_reads_cannot_change_until_the_job_ends(client: Test
     assert all(f"job {job['id']} reads upload set" in answer.json()["detail"] for answer in refusals)
     assert wait_for(client, job["id"], timeout_seconds=300)["state"] == "succeeded"
     assert client.delete(f"/v1/uploads/{set_id}").status_code == 204
+
+
+@pytest.mark.parametrize("meanwhile", ["HEAD", "GET", "DELETE"])
+def test_a_file_read_while_its_last_patch_seals_it_is_sealed_once_by_that_patch(
+        client: TestClient, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, meanwhile: str) -> None:
+    # session 22's probe (a PATCH, a DELETE and a HEAD of one file at once): the read saw the partial file whole and
+    # moved it to its name itself, as it does for a file a kill left unsealed, while the PATCH was sealing it in a
+    # thread; one of the two then found the partial file gone: a 500 for the PATCH, or for the DELETE or HEAD
+    import app.tus as tus
+
+    reached, go = threading.Event(), threading.Event()
+    seal = tus._seal
+
+    def gated_seal(partial: Path, final: Path) -> None:
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:  # the PATCH's own seal, in a worker thread: held until the read is answered
+            reached.set()
+            assert go.wait(10)
+        seal(partial, final)
+
+    monkeypatch.setattr(tus, "_seal", gated_seal)
+    upload_set = client.post("/v1/uploads").json()
+    url = create_file(client, upload_set["url"], "config.json", 4)
+    with ThreadPoolExecutor(1) as executor:
+        patched = executor.submit(patch, client, url, 0, b"abcd")
+        assert reached.wait(10)
+        read = client.request(meanwhile, url, headers=TUS)
+        go.set()
+        status, headers = patched.result()
+    assert status == 204, headers["json"]
+    assert headers["upload-offset"] == "4"
+    if meanwhile == "DELETE":  # the PATCH holds the file
+        assert (read.status_code, read.headers["content-type"]) == (423, PROBLEM)
+    else:
+        assert (read.status_code, read.headers["upload-offset"]) == (200, "4")
+    set_dir = tmp_path / "state" / "uploads" / upload_set["id"]
+    assert (set_dir / "files" / "config.json").read_bytes() == b"abcd"
+    assert list((set_dir / "partial").iterdir()) == []
 
 
 def test_a_whole_file_a_kill_left_unsealed_is_moved_to_its_name_when_next_read(client: TestClient,

@@ -167,6 +167,8 @@ def test_a_length_or_offset_of_digits_that_are_not_ascii_is_400_naming_the_heade
                       else (base_url + created.headers["location"], "PATCH"))
     headers = [("Tus-Resumable", b"1.0.0"), ("Upload-Length", b"4"), ("Upload-Offset", b"0"),
                ("Upload-Metadata", b"filename YS5qc29u"), ("Content-Type", b"application/offset+octet-stream")]
+    if method == "PATCH":  # a PATCH carries no Upload-Length (one that does is refused: tests/app/test_uploads.py)
+        headers = [(name, value) for name, value in headers if name != "Upload-Length"]
     answer = httpx.request(method, target, content=b"0123",
                            headers=[(name, b"\xb2" if name == header else value) for name, value in headers])
     assert answer.status_code == 400 and answer.headers["content-type"] == "application/problem+json", answer.text
