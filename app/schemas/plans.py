@@ -7,6 +7,7 @@ import binascii
 import itertools
 import math
 from dataclasses import dataclass, replace
+from functools import lru_cache
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -23,7 +24,17 @@ from quant_core import catalog
 from quant_core.checkpoint_rows import checkpoint_scheme
 from quant_core.errors import InvalidSpec, LimitExceeded, NibbleError, TensorFileError
 from quant_core.fit import FitRecipe, fit_plan
-from quant_core.formats import FLOAT_FORMATS, WeightFormat, block_format, float_format, fp8, int8_gptq
+from quant_core.formats import (
+    FLOAT_FORMATS,
+    Fp8Scales,
+    Layout,
+    WeightFormat,
+    ZeroKind,
+    block_format,
+    float_format,
+    fp8,
+    int8_gptq,
+)
 from quant_core.hf_config import architecture_family, config_float_format, unread_config_keys
 from quant_core.planner import DevicePlan, FormatPlan, Hardware, Plan, PlanOptions, Workload, plan
 from quant_core.schemes import WeightScheme, gguf_scheme, scheme_of
@@ -278,20 +289,28 @@ def checkpoint_tensors(checkpoint: CheckpointHeaders, max_header_bytes: int,
 def weight_format_to_core(weights: WeightsIn, name: str | None = None) -> WeightFormat:
     """The `WeightFormat` of `weights` (or of format `name` with the same parameters); GGUF file types are
     schemes, not one format: see `weight_scheme_to_core`."""
-    name = name or weights.format
     with field_prefix("weights"):
-        if name in FLOAT_FORMATS:
-            return float_format(name)
-        if name == "int8":
-            if weights.layout == "gptq":
-                return int8_gptq(weights.group_size)
-            return WeightFormat("int8", None, True, "none")
-        if name == "fp8":
-            return fp8(weights.scales)
-        if name in ("mxfp4", "nvfp4", "nf4"):
-            return block_format(name, weights.double_quant)
-        zero = "none" if weights.symmetric else weights.zero
-        return WeightFormat("int4", weights.group_size, weights.symmetric, zero, weights.pad, weights.layout)
+        return _weight_format(name or weights.format, weights.group_size, weights.symmetric, weights.zero, weights.pad,
+                              weights.layout, weights.scales, weights.double_quant)
+
+
+@lru_cache(maxsize=256)
+def _weight_format(name: str, group_size: int | None, symmetric: bool, zero: ZeroKind, pad: bool, layout: Layout,
+                   scales: Fp8Scales, double_quant: bool) -> WeightFormat:
+    """`weight_format_to_core` of the request's weight fields, made once per combination: a `WeightFormat` checks
+    every field as it is built (microseconds a request), and it is frozen, so one serves every request (the bounded
+    cache holds the combinations requests use; the fields are strict literals and small integers)."""
+    if name in FLOAT_FORMATS:
+        return float_format(name)
+    if name == "int8":
+        if layout == "gptq":
+            return int8_gptq(group_size)
+        return WeightFormat("int8", None, True, "none")
+    if name == "fp8":
+        return fp8(scales)
+    if name in ("mxfp4", "nvfp4", "nf4"):
+        return block_format(name, double_quant)
+    return WeightFormat("int4", group_size, symmetric, "none" if symmetric else zero, pad, layout)
 
 
 def weight_scheme_to_core(weights: WeightsIn, float_name: str, name: str | None = None) -> WeightScheme | None:
@@ -384,7 +403,7 @@ def plan_to_core(body: PlanRequest, max_config_depth: int, max_header_bytes: int
     with field_prefix("hardware"):
         capability = (None if body.hardware.compute_capability is None
                       else catalog.parse_compute_capability(body.hardware.compute_capability))
-        hardware = Hardware(device.planning_bytes, body.hardware.count,
+        hardware = _hardware(device.planning_bytes, body.hardware.count,
                             device.id if body.hardware.device is not None else None, device.name, capability,
                             body.hardware.compute_units)
     workload = Workload(body.workload.context_length, body.workload.concurrent_sequences)
@@ -403,7 +422,8 @@ def plan_to_core(body: PlanRequest, max_config_depth: int, max_header_bytes: int
             scheme = unreadable
     else:
         scheme = shipped  # no weights asked: the checkpoint as shipped
-    options = PlanOptions(
+    # a checkpoint's scheme holds a row per tensor: too large to keep, and one request's own
+    options = (PlanOptions if headers is not None else _plan_options)(
         weight_format=weight_format_to_core(body.weights), scheme=scheme, shipped=shipped,
         format_name=body.weights.format,
         float_format=body.runtime.float_format,
@@ -418,6 +438,13 @@ def plan_to_core(body: PlanRequest, max_config_depth: int, max_header_bytes: int
         kv_cache_dtype_auto="dtype" not in body.kv_cache.model_fields_set,
     )
     return spec, hardware, workload, options
+
+
+#: `plan_to_core`'s `Hardware` and `PlanOptions` (without a checkpoint's headers), made once per combination of the
+#: request's values: both are frozen, and checking their fields as they are built costs microseconds a request
+#: (an LRU of the combinations requests use; the values are the request's strict JSON types)
+_hardware = lru_cache(maxsize=1024)(Hardware)
+_plan_options = lru_cache(maxsize=1024)(PlanOptions)
 
 
 # --- answers -----------------------------------------------------------------------------------
@@ -747,6 +774,10 @@ def plan_json_from_core(result: Plan, notes: tuple[str, ...] = (), speed: dict[s
     """The wire answer for a core `Plan` as JSON bytes: ``plan_from_core(result).model_dump_json()``, faster;
     `notes` (`request_notes`) follow the planner's warnings."""
     primary = result.primary
+    comparison = {name: _format_dict(format_plan) for name, format_plan in result.comparison.items()}
+    # the deployed format is one of the comparison's (the same object): its device list is made once
+    devices = next((comparison[name]["devices"] for name, format_plan in result.comparison.items()
+                    if format_plan is primary), None)
     return to_json({
         "model": result.model, "fits": result.fits, "refusal": result.refusal,
         "engine": {"name": result.engine, "version": result.engine_version,
@@ -762,7 +793,7 @@ def plan_json_from_core(result: Plan, notes: tuple[str, ...] = (), speed: dict[s
                                                 else float(primary.engine_max_concurrency))},
         "activation": {"bytes": result.activation.bytes, "basis": result.activation.basis},
         "runtime_overhead": {"bytes": result.runtime_overhead.bytes, "basis": result.runtime_overhead.basis},
-        "devices": [_device_dict(d) for d in primary.devices],
+        "devices": [_device_dict(d) for d in primary.devices] if devices is None else devices,
         "hardware": {"device": result.hardware.device_id, "name": result.hardware.name,
                      "capacity_bytes": result.hardware.capacity_bytes, "count": result.hardware.count,
                      "compute_capability": catalog.compute_capability_text(result.hardware.compute_capability),
@@ -774,7 +805,7 @@ def plan_json_from_core(result: Plan, notes: tuple[str, ...] = (), speed: dict[s
         "max_context_length": primary.max_context_length, "context_limited_by": primary.context_limited_by,
         "max_concurrent_sequences": primary.max_concurrent_sequences,
         "sequences_limited_by": primary.sequences_limited_by, "min_devices": primary.min_devices,
-        "comparison": {name: _format_dict(fp) for name, fp in result.comparison.items()},
+        "comparison": comparison,
         "warnings": [*result.warnings, *notes],
         "speed": speed,
         "checkpoint": _checkpoint_dict(result),
