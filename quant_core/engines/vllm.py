@@ -1398,7 +1398,13 @@ def fused_moe_caches(spec: ModelSpec, tensor_parallel: int, tokens: int, version
         kernels may take them, charged this figure): its ``workspace_shapes`` asks workspace13 ``(T, K)``,
         workspace2 ``(0,)`` and output ``(T, K)``, one ``T x K`` bf16 view of the workspace manager's buffer, kept,
         and FlashInfer's ``cutlass_fused_moe`` allocates its CUTLASS workspace in each layer and frees it
-        (`cutlass_moe_runtime_workspace_bytes`, `FusedMoeCaches.transient`).
+        (`cutlass_moe_runtime_workspace_bytes`, `FusedMoeCaches.transient`);
+      - 0.33's int4 experts on ``HummingIndexedExperts`` (compute capability 9.0, `humming_indexed_experts_v0_33`):
+        ``get_buffer_metas`` chains five 16-bit buffers (activations unquantized, ``HummingInputSchema()``: the
+        layer's dtype), the w13 input ``T x K``, gate/up output ``T x k x 2w``, w2 input ``T x k x w``, down output
+        ``T x k x K`` and output ``T x K``, and ``_workspace_shapes`` lays them alternately, from the output back,
+        into workspace1 ``max(T x K, T x k x w)`` and workspace2 ``T x k x max(K, 2w)``: workspace1 holds no
+        ``k x K`` rows, so it is ``T x (k x max(w, K) - max(K, k x w))`` elements under Triton's.
     """
     k, hidden = spec.experts_per_token, spec.hidden_size
     experts, width = expert_shard(spec, tensor_parallel, expert_parallel)
@@ -1461,6 +1467,17 @@ def fused_moe_caches(spec: ModelSpec, tensor_parallel: int, tokens: int, version
             "argument arrays and CUTLASS GEMM workspace not counted): "
             f"{flashinfer_cutlass_moe_path(version, expert_format, device, expert_parallel, tensor_parallel)}"),
             transient)
+    if version == "0.33" and humming_indexed_experts_v0_33(spec, expert_format, tensor_parallel, expert_parallel,
+                                                            device):
+        first = _aligned(tokens * max(hidden, k * width) * ACTIVATION_ELEMENT_BYTES)
+        second = _aligned(tokens * k * max(hidden, 2 * width) * ACTIVATION_ELEMENT_BYTES)
+        return FusedMoeCaches(first + second, VERSIONS[version].moe_workspace_persists, (
+            f"HummingIndexedExperts' workspace (fused_moe/experts/fused_humming_moe.py get_buffer_metas and "
+            f"_workspace_shapes: workspace1 holds the output, the tokens x {hidden} w13 input and the tokens x "
+            f"top_k x {width} w2 input, workspace2 the tokens x top_k x {2 * width} gate/up and tokens x top_k x "
+            f"{hidden} down outputs, bf16, {(first + second) / GIB:.2f} GiB, in v1/worker/workspace.py's buffer, "
+            "modular_kernel.py _allocate_buffers; vLLM 0.33 runs these int4 experts on Humming's indexed GEMM on "
+            "compute capability 9.0)"))
     rows = tokens * k
     nbytes = (_aligned(rows * max(width, hidden) * ACTIVATION_ELEMENT_BYTES)
               + _aligned(rows * max(2 * width, hidden) * ACTIVATION_ELEMENT_BYTES))
@@ -2104,6 +2121,23 @@ def int4_moe_backend_v0_33(spec: ModelSpec, weight_format: str, tensor_parallel:
             or (group > 0 and width % group)):
         return ""
     return "marlin"
+
+
+def humming_indexed_experts_v0_33(spec: ModelSpec, weight_format: str, tensor_parallel: int, expert_parallel: bool,
+                                  device: DeviceFacts) -> bool:
+    """Whether vLLM 0.33 runs `spec`'s int4 experts stored as `weight_format` on ``HummingIndexedExperts``
+    (fused_moe/experts/fused_humming_moe.py), whose workspace `fused_moe_caches` charges: where nibble's backend
+    for them is "humming" (`moe_wna16_backend` for the GPTQ and AWQ layers MoeWNA16 takes, as `expert_layout` asks
+    it first, else `int4_moe_backend_v0_33`), without expert parallelism over several ranks, under which
+    ``get_humming_moe_gemm_type`` takes ``grouped_contiguous`` (``HummingGroupedExperts``, whose workspace differs
+    and which `int4_expert_parallel_refusal_v0_33` refuses); ``indexed`` is the default with
+    ``VLLM_HUMMING_MOE_GEMM_TYPE`` unset."""
+    if expert_parallel and tensor_parallel > 1:
+        return False
+    wna16 = moe_wna16_backend(spec, weight_format, tensor_parallel, False, "0.33", device)
+    if wna16:
+        return wna16 == "humming"
+    return int4_moe_backend_v0_33(spec, weight_format, tensor_parallel, False, device) == "humming"
 
 
 def _int4_checkpoint_format(weight_format: str) -> WeightFormat:
