@@ -1197,6 +1197,13 @@ EXPERT_PARALLEL_UNREAD_FORMATS: dict[str, str] = {
     "nf4": "bitsandbytes' MoE method under expert parallelism was not read",
     "int8": "int8 MoE methods under expert parallelism were not read",
 }
+#: the environment switch FlashInfer's TRT-LLM MxInt4 experts need in vLLM 0.33, off by default (envs.py:
+#: ``VLLM_USE_FLASHINFER_MOE_INT4`` ``os.getenv(..., "0")``): ``TrtLlmMxint4ExpertsMonolithic._supports_current_device``
+#: (fused_moe/experts/trtllm_mxint4_moe.py) asks ``is_flashinfer_mxint4_moe_available`` (quantization/utils/
+#: flashinfer_mxint4_moe.py), which reads it first, so with vLLM's default environment ``select_wna16_moe_backend``
+#: (oracle/int_wna16.py) passes FLASHINFER_TRTLLM over on 10.x for the kInt4Static32 keys it would take (symmetric,
+#: groups of 32, no bias) and walks on to MARLIN (TRITON for a MoeWNA16 layer)
+FLASHINFER_MOE_INT4_ENV = "VLLM_USE_FLASHINFER_MOE_INT4"
 #: vLLM 0.33's int4 (WNA16) MoE kernels that run at every rank's whole experts under expert parallelism as at one
 #: rank: Marlin's (fused_moe/oracle/int_wna16.py ``_get_priority_backends``: RDNA3, FLASHINFER_TRTLLM, MARLIN, ...)
 #: where Humming is not put ahead of it (quantization/utils/humming/priority.py ``_HUMMING_PREFERRED_CAPABILITIES``:
@@ -1233,9 +1240,9 @@ def int4_expert_parallel_refusal_v0_33(spec: ModelSpec, weight_format: str,
     csrc) nibble did not read.  Planned: ``MarlinExperts`` (experts/marlin_moe.py; ``_supports_parallel_config``
     refuses only FlashInfer's two-sided all2all, absent with data parallel 1), whose workspace
     (``M x k x max(N, K)`` and ``M x k x max(2N, K)``) is `fused_moe_caches`' figure at the whole width, on the
-    rank's experts (``expert_map``); refused: 9.0 (Humming), an unknown device, below 7.5, FlashInfer's TRT-LLM
-    MxInt4 experts (10.x, symmetric compressed-tensors in groups of 32, no zero points nor bias:
-    ``TrtLlmMxint4ExpertsMonolithic``, ``kInt4Static32``, not read) and widths or group sizes Marlin does not take
+    rank's experts (``expert_map``), on 10.x too for the symmetric g32 keys FlashInfer's TRT-LLM MxInt4 experts
+    would take first, which vLLM's default environment leaves off (`FLASHINFER_MOE_INT4_ENV`); refused: 9.0
+    (Humming), an unknown device, below 7.5, and widths or group sizes Marlin does not take
     (``check_moe_marlin_supports_config`` with ``allow_tile_padding``, as AutoGPTQ, AutoAWQ and compressed-tensors
     ask: hidden a multiple of 128, group -1, 32, 64 or 128 dividing the width), which fall to Triton or Humming."""
     label = weight_format.removeprefix("checkpoint-")
@@ -1257,11 +1264,7 @@ def int4_expert_parallel_refusal_v0_33(spec: ModelSpec, weight_format: str,
         return (f"on {device} vLLM 0.33's Marlin MoE experts do not run (marlin_moe.py _supports_current_device: "
                 "7.5 and up) and the kernel it falls to under expert parallelism was not read")
     group = int(found["group"]) if found["group"] else -1
-    layout, kind = found["layout"], found["kind"]
-    if compute_capability[0] == 10 and layout == "compressed-tensors" and kind == "sym" and group == 32:
-        return (f"on {device} vLLM 0.33 runs symmetric compressed-tensors int4 experts in groups of 32 on FlashInfer's "
-                "TRT-LLM MxInt4 kernel before Marlin (oracle/int_wna16.py FLASHINFER_TRTLLM, "
-                "TrtLlmMxint4ExpertsMonolithic), which nibble did not read under expert parallelism")
+    layout = found["layout"]
     width, hidden = spec.moe_intermediate_size, spec.hidden_size
     if (hidden % MARLIN_MOE_HIDDEN_ALIGNMENT or group not in _MARLIN_MOE_GROUPS
             or (group > 0 and width % group)):
@@ -2096,7 +2099,7 @@ def int4_moe_backend_v0_33(spec: ModelSpec, weight_format: str, tensor_parallel:
     """The WNA16 MoE kernel vLLM 0.33 runs `spec`'s int4 experts stored as `weight_format` (a GPTQ, AWQ or
     compressed-tensors checkpoint label) on, as `int4_expert_layout_bytes` names it: "humming", "marlin", or "" where
     nibble did not read the layout of the one it picks (a device of unknown capability or vendor, AMD, below 7.5,
-    FlashInfer's TRT-LLM MxInt4 experts on 10.x, Triton's, a per-row Humming scale, a padded or partial-group label).
+    Triton's, a per-row Humming scale, a padded or partial-group label).
 
     ``select_wna16_moe_backend`` (fused_moe/oracle/int_wna16.py) walks RDNA3, FLASHINFER_TRTLLM, MARLIN,
     BATCHED_MARLIN, TRITON, HUMMING, with ``prioritize_humming`` moving HUMMING ahead of MARLIN on compute capability
@@ -2104,16 +2107,14 @@ def int4_moe_backend_v0_33(spec: ModelSpec, weight_format: str, tensor_parallel:
     (fused_humming_moe.py); elsewhere from 7.5 MARLIN where ``check_moe_marlin_supports_config`` with
     ``allow_tile_padding`` (AutoGPTQ, AutoAWQ and compressed-tensors ask it) passes: hidden a multiple of 128, group
     -1, 32, 64 or 128 dividing the rank's width (``intermediate_size_per_partition_unpadded``; under expert
-    parallelism the whole width)."""
+    parallelism the whole width).  FLASHINFER_TRTLLM (``TrtLlmMxint4ExpertsMonolithic``, 10.x, kInt4Static32) is
+    passed over: vLLM's default environment leaves it off (`FLASHINFER_MOE_INT4_ENV`)."""
     found = _INT4_CHECKPOINT_LABEL.fullmatch(weight_format.removeprefix("checkpoint-"))
     capability = device.compute_capability
     if (found is None or "-padded" in weight_format or "-partial" in weight_format or found["kind"] == "asym-fp16zero"
             or capability is None or device.vendor == "amd" or capability < MARLIN_MOE_MIN_CAPABILITY_033):
         return ""
     group = int(found["group"]) if found["group"] else -1
-    if capability[0] == 10 and found["layout"] == "compressed-tensors" and found["kind"] == "sym" and group == 32 \
-            and not spec.expert_bias:
-        return ""  # FlashInfer's TRT-LLM MxInt4 experts (TrtLlmMxint4ExpertsMonolithic), not read
     if capability == HUMMING_PREFERRED_CAPABILITY:
         return "humming" if group in _HUMMING_GROUPS else ""
     _, width = expert_shard(spec, tensor_parallel, expert_parallel)
@@ -2301,7 +2302,11 @@ def _int4_layout(stage: Stage, weight_format: str, device: DeviceFacts) -> Term 
         padded = _round_up(width, math.lcm(MARLIN_MOE_WIDTH_TILE_033, max(group or 1, 1)))
         kernel = (f"Marlin (fused_moe/oracle/int_wna16.py _process_weights_marlin): the {experts} experts' width "
                   f"{width} -> {padded} (utils/marlin_utils.py marlin_moe_padded_intermediate, lcm(64, group)), "
-                  "zero points repacked for GPTQ and AWQ")
+                  "zero points repacked for GPTQ and AWQ"
+                  + ("; FlashInfer's TRT-LLM MxInt4 experts, which oracle/int_wna16.py would try first on 10.x, "
+                     f"need {FLASHINFER_MOE_INT4_ENV}=1 and vLLM's default environment leaves it off"
+                     if device.compute_capability is not None and device.compute_capability[0] == 10
+                     and group == 32 and _int4_checkpoint_format(weight_format).symmetric else ""))
     else:
         kernel = (f"Humming (compute capability 9.0, quantization/utils/humming/moe.py: N padded to 256, K to 128, "
                   "and a lock buffer a layer, create_humming_locks): "
@@ -2354,8 +2359,8 @@ def moe_wna16_backend(spec: ModelSpec, weight_format: str, tensor_parallel: int,
     ``create_weights`` tensors, which 0.11 and 0.19 run on ``fused_experts`` and 0.33 on the TRITON backend, whose
     ``convert_to_wna16_moe_kernel_format`` only views them as uint8), "humming" (0.33 on compute capability 9.0,
     where ``prioritize_humming`` puts HUMMING ahead of TRITON), or "" where MoeWNA16 does not take them or nibble
-    cannot tell (a device of unknown capability where the choice hangs on it; 0.33's FlashInfer TRT-LLM MxInt4
-    experts on 10.x for a symmetric g32 checkpoint; a group Humming was not read for; a group MoeWNA16 cannot hold,
+    cannot tell (a device of unknown capability where the choice hangs on it; a group Humming was not read for; a
+    group MoeWNA16 cannot hold,
     `moe_wna16_group`, which `int4_expert_refusal` refuses).
 
     * 0.11 and 0.19: gptq_marlin.py and awq_marlin.py's ``get_quant_method`` fall back to MoeWNA16 where
@@ -2392,9 +2397,8 @@ def moe_wna16_backend(spec: ModelSpec, weight_format: str, tensor_parallel: int,
         return ""
     if capability == HUMMING_PREFERRED_CAPABILITY:
         return "humming" if effective in _HUMMING_GROUPS else ""
-    if capability[0] == 10 and group == 32 and not _moe_wna16_has_zero_points(version, found["layout"],
-                                                                              found["kind"]):
-        return ""  # FlashInfer's TRT-LLM MxInt4 experts come before TRITON for a g32 key: not read
+    # on 10.x FLASHINFER_TRTLLM would come before TRITON for a symmetric g32 key, but only with
+    # VLLM_USE_FLASHINFER_MOE_INT4=1 (`FLASHINFER_MOE_INT4_ENV`)
     return "triton"
 
 

@@ -15,6 +15,8 @@ Read in the sources of vLLM 0.11.0, 0.19.0 and 0.33.0 (PyPI wheels):
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 
 from quant_core.catalog import device_facts, get_preset
@@ -199,3 +201,14 @@ def test_whole_row_gptq_experts_gptq_marlin_does_not_take_are_refused_on_moe_wna
     assert below is not None and "below gptq_marlin's" in below
     assert profile.device_refusal(spec, "int4-row-sym-gptq", None) is None  # capability unknown
     assert profile.device_refusal(get_preset("llama-3.1-8b"), "int4-row-asym-gptq", (8, 0)) is None  # no experts
+
+
+def test_vllm_0_33_moe_wna16_runs_triton_for_a_symmetric_g32_checkpoint_on_a_b200() -> None:
+    # a hidden size of 2112 (not a multiple of 128): auto_gptq.py hands the layer to MoeWNA16, which keeps g32
+    # (it divides 768 and 2112).  oracle/int_wna16.py would try FLASHINFER_TRTLLM before TRITON for its
+    # kInt4Static32 key on 10.x, but TrtLlmMxint4ExpertsMonolithic needs VLLM_USE_FLASHINFER_MOE_INT4=1 (envs.py
+    # default "0", flashinfer_mxint4_moe.py is_flashinfer_mxint4_moe_available): TRITON runs them, as on an A100
+    # (nibble answered "" before, no layout read)
+    spec = replace(get_preset("qwen3-30b-a3b"), hidden_size=2112)
+    for device in ("b200", "a100-80gb"):
+        assert moe_wna16_backend(spec, "int4-g32-sym-gptq", 1, False, "0.33", device_facts(device)) == "triton"
