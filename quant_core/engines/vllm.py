@@ -2402,6 +2402,36 @@ def moe_wna16_backend(spec: ModelSpec, weight_format: str, tensor_parallel: int,
     return "triton"
 
 
+def moe_wna16_act_order_note(spec: ModelSpec, weight_format: str, tensor_parallel: int, expert_parallel: bool,
+                             version: str, device: DeviceFacts) -> str | None:
+    """The plan's warning where vLLM `version` hands `spec`'s act-order GPTQ experts (`weight_format` a GPTQ label
+    with ``-act-order-``, ``desc_act: true``, in groups) to MoeWNA16 (`moe_wna16_backend`), or None elsewhere.
+
+    MoeWNA16 loads them but drops their g_idx: in 0.11.0 and 0.19.0 ``MoeWNA16Method.create_weights``
+    (quantization/moe_wna16.py) registers ``w13_g_idx`` and ``w2_g_idx`` as empty int32 tensors ("some param are
+    unused, but we need to init them in order to load weights") and ``moe_wna16_weight_loader`` returns at once for
+    every weight whose name holds ``g_idx``; ``fused_experts`` then reads row k's scale (and zero point) at group
+    ``k // group_size``, the stored order, where act order assigned the rows to groups by the permutation the g_idx
+    records, so the experts' outputs are wrong, with no error.  (``is_moe_wna16_compatible`` rejects desc_act, but
+    only for ``--quantization moe_wna16``; the fallback from gptq_marlin.py and gptq.py ``get_quant_method`` does not
+    ask it.)  Marlin's GPTQMarlinMoEMethod honours the g_idx (``marlin_sort_g_idx``).  0.33 refuses act order with
+    groups (`gptq_act_order_refusal`), and a whole-row scale has no groups to permute."""
+    found = _INT4_CHECKPOINT_LABEL.fullmatch(weight_format.removeprefix("checkpoint-"))
+    if (found is None or found["act_order"] is None or found["layout"] != "gptq" or not found["group"]
+            or version not in ("0.11", "0.19")):
+        return None
+    if moe_wna16_backend(spec, weight_format, tensor_parallel, expert_parallel, version, device) != "triton":
+        return None
+    return (f"vLLM {version} loads this act-order GPTQ checkpoint's (desc_act: true) routed experts on MoeWNA16 "
+            "(Marlin's MoE method does not take them here: gptq_marlin.py get_quant_method, "
+            "check_moe_marlin_supports_layer, or a checkpoint gptq_marlin does not take), which ignores their g_idx: "
+            "MoeWNA16Method.create_weights (quantization/moe_wna16.py) registers w13_g_idx and w2_g_idx as empty "
+            "tensors and moe_wna16_weight_loader skips every g_idx weight, so each row is scaled by the group of "
+            "its stored position, not the group act order gave it, and the experts' outputs are wrong without any "
+            "error. The memory figures stand; a checkpoint without act order, or a tensor-parallel degree and "
+            "device where Marlin takes the experts (GPTQMarlinMoEMethod sorts by the g_idx), avoids it.")
+
+
 def moe_wna16_bytes(spec: ModelSpec, tensor_parallel: int, layers: int, weight_format: str, version: str,
                     backend: str, expert_parallel: bool = False) -> tuple[int, int]:
     """(vLLM `version`'s bytes, nibble's charge) of the int4 routed experts of `layers` MoE layers on one rank where
