@@ -1402,7 +1402,8 @@ def fused_moe_caches(spec: ModelSpec, tensor_parallel: int, tokens: int, version
         workspace2 ``(0,)`` and output ``(T, K)``, one ``T x K`` bf16 view of the workspace manager's buffer, kept,
         and FlashInfer's ``cutlass_fused_moe`` allocates its CUTLASS workspace in each layer and frees it
         (`cutlass_moe_runtime_workspace_bytes`, `FusedMoeCaches.transient`);
-      - 0.33's int4 experts on ``HummingIndexedExperts`` (compute capability 9.0, `humming_indexed_experts_v0_33`):
+      - 0.33's int4 and NVFP4 experts on ``HummingIndexedExperts`` (compute capability 9.0,
+        `humming_indexed_experts_v0_33`):
         ``get_buffer_metas`` chains five 16-bit buffers (activations unquantized, ``HummingInputSchema()``: the
         layer's dtype), the w13 input ``T x K``, gate/up output ``T x k x 2w``, w2 input ``T x k x w``, down output
         ``T x k x K`` and output ``T x K``, and ``_workspace_shapes`` lays them alternately, from the output back,
@@ -1479,7 +1480,7 @@ def fused_moe_caches(spec: ModelSpec, tensor_parallel: int, tokens: int, version
             f"_workspace_shapes: workspace1 holds the output, the tokens x {hidden} w13 input and the tokens x "
             f"top_k x {width} w2 input, workspace2 the tokens x top_k x {2 * width} gate/up and tokens x top_k x "
             f"{hidden} down outputs, bf16, {(first + second) / GIB:.2f} GiB, in v1/worker/workspace.py's buffer, "
-            "modular_kernel.py _allocate_buffers; vLLM 0.33 runs these int4 experts on Humming's indexed GEMM on "
+            "modular_kernel.py _allocate_buffers; vLLM 0.33 runs these experts on Humming's indexed GEMM on "
             "compute capability 9.0)"))
     rows = tokens * k
     nbytes = (_aligned(rows * max(width, hidden) * ACTIVATION_ELEMENT_BYTES)
@@ -2126,15 +2127,21 @@ def int4_moe_backend_v0_33(spec: ModelSpec, weight_format: str, tensor_parallel:
 
 def humming_indexed_experts_v0_33(spec: ModelSpec, weight_format: str, tensor_parallel: int, expert_parallel: bool,
                                   device: DeviceFacts) -> bool:
-    """Whether vLLM 0.33 runs `spec`'s int4 experts stored as `weight_format` on ``HummingIndexedExperts``
-    (fused_moe/experts/fused_humming_moe.py), whose workspace `fused_moe_caches` charges: where nibble's backend
-    for them is "humming" (`moe_wna16_backend` for the GPTQ and AWQ layers MoeWNA16 takes, as `expert_layout` asks
-    it first, else `int4_moe_backend_v0_33`), without expert parallelism over several ranks, under which
-    ``get_humming_moe_gemm_type`` takes ``grouped_contiguous`` (``HummingGroupedExperts``, whose workspace differs
-    and which `int4_expert_parallel_refusal_v0_33` refuses); ``indexed`` is the default with
-    ``VLLM_HUMMING_MOE_GEMM_TYPE`` unset."""
+    """Whether vLLM 0.33 runs `spec`'s experts stored as `weight_format` on ``HummingIndexedExperts``
+    (fused_moe/experts/fused_humming_moe.py), whose workspace `fused_moe_caches` charges: int4 experts where
+    nibble's backend for them is "humming" (`moe_wna16_backend` for the GPTQ and AWQ layers MoeWNA16 takes, as
+    `expert_layout` asks it first, else `int4_moe_backend_v0_33`), and NVFP4 experts on compute capability 9.0,
+    where none of the FlashInfer and CUTLASS backends of oracle/nvfp4.py ``select_nvfp4_moe_backend`` runs (10.x,
+    11.x and 12.x only: `nvfp4_expert_parallel_refusal`) and ``prioritize_humming`` puts HUMMING ahead of MARLIN;
+    both with their activations unquantized (``convert_to_humming_moe_kernel_format`` builds the input schema from
+    ``VLLM_HUMMING_INPUT_QUANT_CONFIG``, unset: 16-bit) and without expert parallelism over several ranks, under
+    which ``get_humming_moe_gemm_type`` takes ``grouped_contiguous`` (``HummingGroupedExperts``, whose workspace
+    differs and which `int4_expert_parallel_refusal_v0_33` and `nvfp4_expert_parallel_refusal` refuse);
+    ``indexed`` is the default with ``VLLM_HUMMING_MOE_GEMM_TYPE`` unset."""
     if expert_parallel and tensor_parallel > 1:
         return False
+    if weight_format_family(weight_format) == "nvfp4":
+        return device.vendor != "amd" and device.compute_capability == HUMMING_PREFERRED_CAPABILITY
     wna16 = moe_wna16_backend(spec, weight_format, tensor_parallel, False, "0.33", device)
     if wna16:
         return wna16 == "humming"

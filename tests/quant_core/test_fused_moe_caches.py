@@ -310,6 +310,12 @@ def test_vllm_0_33_charges_humming_int4_experts_humming_workspace_on_hopper() ->
     for version, fmt, device in (("0.33", "int4-g128-sym-gptq", A100_80GB), ("0.19", "int4-g128-sym-gptq", H100),
                                  ("0.33", "bf16", H100)):
         assert fused_moe_caches(spec, 1, 8192, version, fmt, device).nbytes == 536_870_912
+    # NVFP4 experts on the H100 too: oracle/nvfp4.py's FlashInfer and CUTLASS backends run on 10.x-12.x only and
+    # prioritize_humming puts HUMMING ahead of MARLIN on 9.0; convert_to_humming_moe_kernel_format leaves their
+    # activations 16-bit (VLLM_HUMMING_INPUT_QUANT_CONFIG unset).  A B200 keeps the figure nibble charges there
+    for label in ("nvfp4", "nvfp4-static"):
+        assert fused_moe_caches(spec, 1, 8192, "0.33", label, H100).nbytes == 369_098_752
+    assert "HummingIndexedExperts" not in fused_moe_caches(spec, 1, 8192, "0.33", "nvfp4", B200).basis
     # expert parallelism over 2 ranks switches Humming to grouped_contiguous (refused in plans): not this figure
     assert "HummingIndexedExperts" not in fused_moe_caches(spec, 2, 8192, "0.33", "int4-g128-sym-gptq", H100,
                                                            expert_parallel=True).basis
