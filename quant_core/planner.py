@@ -71,6 +71,7 @@ from quant_core.engines.vllm import (
     expert_width_refusal,
     mamba_align_refusal,
     mlp_width_refusal,
+    moe_wna16_act_order_note,
     qwen_encoder_dummy,
     qwen_vision_refusal,
     startup_refusal,
@@ -1857,6 +1858,10 @@ def plan(spec: ModelSpec, hardware: Hardware, workload: Workload | None = None,
         notes.extend(_late_buffer_notes(spec, engine.version, workload, options, tensor, limits))
         if _is_checkpoint_gptq(deployed) and deployed.quantized.layout != "gptq":
             notes.append(unknown_gptq_symmetry_note(engine.version))
+        act_order = moe_wna16_act_order_note(spec, primary_layout.expert_format, tensor,
+                                             options.expert_parallel and tensor > 1, engine.version, evaluator.device)
+        if act_order is not None:
+            notes.append(act_order)
     notes.extend(_outside_budget_warning(primary, evaluator, primary_layout, workload))
     activation = Estimate(busiest.activation_bytes, activation_basis)
     overhead_basis = primary_terms.overhead_basis

@@ -1198,6 +1198,13 @@ EXPERT_PARALLEL_UNREAD_FORMATS: dict[str, str] = {
     "nf4": "bitsandbytes' MoE method under expert parallelism was not read",
     "int8": "int8 MoE methods under expert parallelism were not read",
 }
+#: the environment switch FlashInfer's TRT-LLM MxInt4 experts need in vLLM 0.33, off by default (envs.py:
+#: ``VLLM_USE_FLASHINFER_MOE_INT4`` ``os.getenv(..., "0")``): ``TrtLlmMxint4ExpertsMonolithic._supports_current_device``
+#: (fused_moe/experts/trtllm_mxint4_moe.py) asks ``is_flashinfer_mxint4_moe_available`` (quantization/utils/
+#: flashinfer_mxint4_moe.py), which reads it first, so with vLLM's default environment ``select_wna16_moe_backend``
+#: (oracle/int_wna16.py) passes FLASHINFER_TRTLLM over on 10.x for the kInt4Static32 keys it would take (symmetric,
+#: groups of 32, no bias) and walks on to MARLIN (TRITON for a MoeWNA16 layer)
+FLASHINFER_MOE_INT4_ENV = "VLLM_USE_FLASHINFER_MOE_INT4"
 #: vLLM 0.33's int4 (WNA16) MoE kernels that run at every rank's whole experts under expert parallelism as at one
 #: rank: Marlin's (fused_moe/oracle/int_wna16.py ``_get_priority_backends``: RDNA3, FLASHINFER_TRTLLM, MARLIN, ...)
 #: where Humming is not put ahead of it (quantization/utils/humming/priority.py ``_HUMMING_PREFERRED_CAPABILITIES``:
@@ -1234,9 +1241,9 @@ def int4_expert_parallel_refusal_v0_33(spec: ModelSpec, weight_format: str,
     csrc) nibble did not read.  Planned: ``MarlinExperts`` (experts/marlin_moe.py; ``_supports_parallel_config``
     refuses only FlashInfer's two-sided all2all, absent with data parallel 1), whose workspace
     (``M x k x max(N, K)`` and ``M x k x max(2N, K)``) is `fused_moe_caches`' figure at the whole width, on the
-    rank's experts (``expert_map``); refused: 9.0 (Humming), an unknown device, below 7.5, FlashInfer's TRT-LLM
-    MxInt4 experts (10.x, symmetric compressed-tensors in groups of 32, no zero points nor bias:
-    ``TrtLlmMxint4ExpertsMonolithic``, ``kInt4Static32``, not read) and widths or group sizes Marlin does not take
+    rank's experts (``expert_map``), on 10.x too for the symmetric g32 keys FlashInfer's TRT-LLM MxInt4 experts
+    would take first, which vLLM's default environment leaves off (`FLASHINFER_MOE_INT4_ENV`); refused: 9.0
+    (Humming), an unknown device, below 7.5, and widths or group sizes Marlin does not take
     (``check_moe_marlin_supports_config`` with ``allow_tile_padding``, as AutoGPTQ, AutoAWQ and compressed-tensors
     ask: hidden a multiple of 128, group -1, 32, 64 or 128 dividing the width), which fall to Triton or Humming."""
     label = weight_format.removeprefix("checkpoint-")
@@ -1258,11 +1265,7 @@ def int4_expert_parallel_refusal_v0_33(spec: ModelSpec, weight_format: str,
         return (f"on {device} vLLM 0.33's Marlin MoE experts do not run (marlin_moe.py _supports_current_device: "
                 "7.5 and up) and the kernel it falls to under expert parallelism was not read")
     group = int(found["group"]) if found["group"] else -1
-    layout, kind = found["layout"], found["kind"]
-    if compute_capability[0] == 10 and layout == "compressed-tensors" and kind == "sym" and group == 32:
-        return (f"on {device} vLLM 0.33 runs symmetric compressed-tensors int4 experts in groups of 32 on FlashInfer's "
-                "TRT-LLM MxInt4 kernel before Marlin (oracle/int_wna16.py FLASHINFER_TRTLLM, "
-                "TrtLlmMxint4ExpertsMonolithic), which nibble did not read under expert parallelism")
+    layout = found["layout"]
     width, hidden = spec.moe_intermediate_size, spec.hidden_size
     if (hidden % MARLIN_MOE_HIDDEN_ALIGNMENT or group not in _MARLIN_MOE_GROUPS
             or (group > 0 and width % group)):
@@ -1399,7 +1402,14 @@ def fused_moe_caches(spec: ModelSpec, tensor_parallel: int, tokens: int, version
         kernels may take them, charged this figure): its ``workspace_shapes`` asks workspace13 ``(T, K)``,
         workspace2 ``(0,)`` and output ``(T, K)``, one ``T x K`` bf16 view of the workspace manager's buffer, kept,
         and FlashInfer's ``cutlass_fused_moe`` allocates its CUTLASS workspace in each layer and frees it
-        (`cutlass_moe_runtime_workspace_bytes`, `FusedMoeCaches.transient`).
+        (`cutlass_moe_runtime_workspace_bytes`, `FusedMoeCaches.transient`);
+      - 0.33's int4 and NVFP4 experts on ``HummingIndexedExperts`` (compute capability 9.0,
+        `humming_indexed_experts_v0_33`):
+        ``get_buffer_metas`` chains five 16-bit buffers (activations unquantized, ``HummingInputSchema()``: the
+        layer's dtype), the w13 input ``T x K``, gate/up output ``T x k x 2w``, w2 input ``T x k x w``, down output
+        ``T x k x K`` and output ``T x K``, and ``_workspace_shapes`` lays them alternately, from the output back,
+        into workspace1 ``max(T x K, T x k x w)`` and workspace2 ``T x k x max(K, 2w)``: workspace1 holds no
+        ``k x K`` rows, so it is ``T x (k x max(w, K) - max(K, k x w))`` elements under Triton's.
     """
     k, hidden = spec.experts_per_token, spec.hidden_size
     experts, width = expert_shard(spec, tensor_parallel, expert_parallel)
@@ -1462,6 +1472,17 @@ def fused_moe_caches(spec: ModelSpec, tensor_parallel: int, tokens: int, version
             "argument arrays and CUTLASS GEMM workspace not counted): "
             f"{flashinfer_cutlass_moe_path(version, expert_format, device, expert_parallel, tensor_parallel)}"),
             transient)
+    if version == "0.33" and humming_indexed_experts_v0_33(spec, expert_format, tensor_parallel, expert_parallel,
+                                                            device):
+        first = _aligned(tokens * max(hidden, k * width) * ACTIVATION_ELEMENT_BYTES)
+        second = _aligned(tokens * k * max(hidden, 2 * width) * ACTIVATION_ELEMENT_BYTES)
+        return FusedMoeCaches(first + second, VERSIONS[version].moe_workspace_persists, (
+            f"HummingIndexedExperts' workspace (fused_moe/experts/fused_humming_moe.py get_buffer_metas and "
+            f"_workspace_shapes: workspace1 holds the output, the tokens x {hidden} w13 input and the tokens x "
+            f"top_k x {width} w2 input, workspace2 the tokens x top_k x {2 * width} gate/up and tokens x top_k x "
+            f"{hidden} down outputs, bf16, {(first + second) / GIB:.2f} GiB, in v1/worker/workspace.py's buffer, "
+            "modular_kernel.py _allocate_buffers; vLLM 0.33 runs these experts on Humming's indexed GEMM on "
+            "compute capability 9.0)"))
     rows = tokens * k
     nbytes = (_aligned(rows * max(width, hidden) * ACTIVATION_ELEMENT_BYTES)
               + _aligned(rows * max(2 * width, hidden) * ACTIVATION_ELEMENT_BYTES))
@@ -2080,7 +2101,7 @@ def int4_moe_backend_v0_33(spec: ModelSpec, weight_format: str, tensor_parallel:
     """The WNA16 MoE kernel vLLM 0.33 runs `spec`'s int4 experts stored as `weight_format` (a GPTQ, AWQ or
     compressed-tensors checkpoint label) on, as `int4_expert_layout_bytes` names it: "humming", "marlin", or "" where
     nibble did not read the layout of the one it picks (a device of unknown capability or vendor, AMD, below 7.5,
-    FlashInfer's TRT-LLM MxInt4 experts on 10.x, Triton's, a per-row Humming scale, a padded or partial-group label).
+    Triton's, a per-row Humming scale, a padded or partial-group label).
 
     ``select_wna16_moe_backend`` (fused_moe/oracle/int_wna16.py) walks RDNA3, FLASHINFER_TRTLLM, MARLIN,
     BATCHED_MARLIN, TRITON, HUMMING, with ``prioritize_humming`` moving HUMMING ahead of MARLIN on compute capability
@@ -2088,16 +2109,14 @@ def int4_moe_backend_v0_33(spec: ModelSpec, weight_format: str, tensor_parallel:
     (fused_humming_moe.py); elsewhere from 7.5 MARLIN where ``check_moe_marlin_supports_config`` with
     ``allow_tile_padding`` (AutoGPTQ, AutoAWQ and compressed-tensors ask it) passes: hidden a multiple of 128, group
     -1, 32, 64 or 128 dividing the rank's width (``intermediate_size_per_partition_unpadded``; under expert
-    parallelism the whole width)."""
+    parallelism the whole width).  FLASHINFER_TRTLLM (``TrtLlmMxint4ExpertsMonolithic``, 10.x, kInt4Static32) is
+    passed over: vLLM's default environment leaves it off (`FLASHINFER_MOE_INT4_ENV`)."""
     found = _INT4_CHECKPOINT_LABEL.fullmatch(weight_format.removeprefix("checkpoint-"))
     capability = device.compute_capability
     if (found is None or "-padded" in weight_format or "-partial" in weight_format or found["kind"] == "asym-fp16zero"
             or capability is None or device.vendor == "amd" or capability < MARLIN_MOE_MIN_CAPABILITY_033):
         return ""
     group = int(found["group"]) if found["group"] else -1
-    if capability[0] == 10 and found["layout"] == "compressed-tensors" and found["kind"] == "sym" and group == 32 \
-            and not spec.expert_bias:
-        return ""  # FlashInfer's TRT-LLM MxInt4 experts (TrtLlmMxint4ExpertsMonolithic), not read
     if capability == HUMMING_PREFERRED_CAPABILITY:
         return "humming" if group in _HUMMING_GROUPS else ""
     _, width = expert_shard(spec, tensor_parallel, expert_parallel)
@@ -2105,6 +2124,29 @@ def int4_moe_backend_v0_33(spec: ModelSpec, weight_format: str, tensor_parallel:
             or (group > 0 and width % group)):
         return ""
     return "marlin"
+
+
+def humming_indexed_experts_v0_33(spec: ModelSpec, weight_format: str, tensor_parallel: int, expert_parallel: bool,
+                                  device: DeviceFacts) -> bool:
+    """Whether vLLM 0.33 runs `spec`'s experts stored as `weight_format` on ``HummingIndexedExperts``
+    (fused_moe/experts/fused_humming_moe.py), whose workspace `fused_moe_caches` charges: int4 experts where
+    nibble's backend for them is "humming" (`moe_wna16_backend` for the GPTQ and AWQ layers MoeWNA16 takes, as
+    `expert_layout` asks it first, else `int4_moe_backend_v0_33`), and NVFP4 experts on compute capability 9.0,
+    where none of the FlashInfer and CUTLASS backends of oracle/nvfp4.py ``select_nvfp4_moe_backend`` runs (10.x,
+    11.x and 12.x only: `nvfp4_expert_parallel_refusal`) and ``prioritize_humming`` puts HUMMING ahead of MARLIN;
+    both with their activations unquantized (``convert_to_humming_moe_kernel_format`` builds the input schema from
+    ``VLLM_HUMMING_INPUT_QUANT_CONFIG``, unset: 16-bit) and without expert parallelism over several ranks, under
+    which ``get_humming_moe_gemm_type`` takes ``grouped_contiguous`` (``HummingGroupedExperts``, whose workspace
+    differs and which `int4_expert_parallel_refusal_v0_33` and `nvfp4_expert_parallel_refusal` refuse);
+    ``indexed`` is the default with ``VLLM_HUMMING_MOE_GEMM_TYPE`` unset."""
+    if expert_parallel and tensor_parallel > 1:
+        return False
+    if weight_format_family(weight_format) == "nvfp4":
+        return device.vendor != "amd" and device.compute_capability == HUMMING_PREFERRED_CAPABILITY
+    wna16 = moe_wna16_backend(spec, weight_format, tensor_parallel, False, "0.33", device)
+    if wna16:
+        return wna16 == "humming"
+    return int4_moe_backend_v0_33(spec, weight_format, tensor_parallel, False, device) == "humming"
 
 
 def _int4_checkpoint_format(weight_format: str) -> WeightFormat:
@@ -2268,7 +2310,11 @@ def _int4_layout(stage: Stage, weight_format: str, device: DeviceFacts) -> Term 
         padded = _round_up(width, math.lcm(MARLIN_MOE_WIDTH_TILE_033, max(group or 1, 1)))
         kernel = (f"Marlin (fused_moe/oracle/int_wna16.py _process_weights_marlin): the {experts} experts' width "
                   f"{width} -> {padded} (utils/marlin_utils.py marlin_moe_padded_intermediate, lcm(64, group)), "
-                  "zero points repacked for GPTQ and AWQ")
+                  "zero points repacked for GPTQ and AWQ"
+                  + ("; FlashInfer's TRT-LLM MxInt4 experts, which oracle/int_wna16.py would try first on 10.x, "
+                     f"need {FLASHINFER_MOE_INT4_ENV}=1 and vLLM's default environment leaves it off"
+                     if device.compute_capability is not None and device.compute_capability[0] == 10
+                     and group == 32 and _int4_checkpoint_format(weight_format).symmetric else ""))
     else:
         kernel = (f"Humming (compute capability 9.0, quantization/utils/humming/moe.py: N padded to 256, K to 128, "
                   "and a lock buffer a layer, create_humming_locks): "
@@ -2321,8 +2367,8 @@ def moe_wna16_backend(spec: ModelSpec, weight_format: str, tensor_parallel: int,
     ``create_weights`` tensors, which 0.11 and 0.19 run on ``fused_experts`` and 0.33 on the TRITON backend, whose
     ``convert_to_wna16_moe_kernel_format`` only views them as uint8), "humming" (0.33 on compute capability 9.0,
     where ``prioritize_humming`` puts HUMMING ahead of TRITON), or "" where MoeWNA16 does not take them or nibble
-    cannot tell (a device of unknown capability where the choice hangs on it; 0.33's FlashInfer TRT-LLM MxInt4
-    experts on 10.x for a symmetric g32 checkpoint; a group Humming was not read for; a group MoeWNA16 cannot hold,
+    cannot tell (a device of unknown capability where the choice hangs on it; a group Humming was not read for; a
+    group MoeWNA16 cannot hold,
     `moe_wna16_group`, which `int4_expert_refusal` refuses).
 
     * 0.11 and 0.19: gptq_marlin.py and awq_marlin.py's ``get_quant_method`` fall back to MoeWNA16 where
@@ -2359,10 +2405,39 @@ def moe_wna16_backend(spec: ModelSpec, weight_format: str, tensor_parallel: int,
         return ""
     if capability == HUMMING_PREFERRED_CAPABILITY:
         return "humming" if effective in _HUMMING_GROUPS else ""
-    if capability[0] == 10 and group == 32 and not _moe_wna16_has_zero_points(version, found["layout"],
-                                                                              found["kind"]):
-        return ""  # FlashInfer's TRT-LLM MxInt4 experts come before TRITON for a g32 key: not read
+    # on 10.x FLASHINFER_TRTLLM would come before TRITON for a symmetric g32 key, but only with
+    # VLLM_USE_FLASHINFER_MOE_INT4=1 (`FLASHINFER_MOE_INT4_ENV`)
     return "triton"
+
+
+def moe_wna16_act_order_note(spec: ModelSpec, weight_format: str, tensor_parallel: int, expert_parallel: bool,
+                             version: str, device: DeviceFacts) -> str | None:
+    """The plan's warning where vLLM `version` hands `spec`'s act-order GPTQ experts (`weight_format` a GPTQ label
+    with ``-act-order-``, ``desc_act: true``, in groups) to MoeWNA16 (`moe_wna16_backend`), or None elsewhere.
+
+    MoeWNA16 loads them but drops their g_idx: in 0.11.0 and 0.19.0 ``MoeWNA16Method.create_weights``
+    (quantization/moe_wna16.py) registers ``w13_g_idx`` and ``w2_g_idx`` as empty int32 tensors ("some param are
+    unused, but we need to init them in order to load weights") and ``moe_wna16_weight_loader`` returns at once for
+    every weight whose name holds ``g_idx``; ``fused_experts`` then reads row k's scale (and zero point) at group
+    ``k // group_size``, the stored order, where act order assigned the rows to groups by the permutation the g_idx
+    records, so the experts' outputs are wrong, with no error.  (``is_moe_wna16_compatible`` rejects desc_act, but
+    only for ``--quantization moe_wna16``; the fallback from gptq_marlin.py and gptq.py ``get_quant_method`` does not
+    ask it.)  Marlin's GPTQMarlinMoEMethod honours the g_idx (``marlin_sort_g_idx``).  0.33 refuses act order with
+    groups (`gptq_act_order_refusal`), and a whole-row scale has no groups to permute."""
+    found = _INT4_CHECKPOINT_LABEL.fullmatch(weight_format.removeprefix("checkpoint-"))
+    if (found is None or found["act_order"] is None or found["layout"] != "gptq" or not found["group"]
+            or version not in ("0.11", "0.19")):
+        return None
+    if moe_wna16_backend(spec, weight_format, tensor_parallel, expert_parallel, version, device) != "triton":
+        return None
+    return (f"vLLM {version} loads this act-order GPTQ checkpoint's (desc_act: true) routed experts on MoeWNA16 "
+            "(Marlin's MoE method does not take them here: gptq_marlin.py get_quant_method, "
+            "check_moe_marlin_supports_layer, or a checkpoint gptq_marlin does not take), which ignores their g_idx: "
+            "MoeWNA16Method.create_weights (quantization/moe_wna16.py) registers w13_g_idx and w2_g_idx as empty "
+            "tensors and moe_wna16_weight_loader skips every g_idx weight, so each row is scaled by the group of "
+            "its stored position, not the group act order gave it, and the experts' outputs are wrong without any "
+            "error. The memory figures stand; a checkpoint without act order, or a tensor-parallel degree and "
+            "device where Marlin takes the experts (GPTQMarlinMoEMethod sorts by the g_idx), avoids it.")
 
 
 def moe_wna16_bytes(spec: ModelSpec, tensor_parallel: int, layers: int, weight_format: str, version: str,

@@ -248,6 +248,8 @@ def test_the_tensor_parallel_sizes_under_expert_parallelism_stop_at_the_routed_e
     ("int4-g128-sym-gptq", (10, 0)),  # B200: FLASHINFER_TRTLLM refuses GPTQ (may_have_bias)
     ("int4-g128-asym-awq", (12, 0)),
     ("int4-g32-sym-compressed-tensors", (8, 0)),
+    # B200: FLASHINFER_TRTLLM would take kInt4Static32, but only with VLLM_USE_FLASHINFER_MOE_INT4=1 (default "0")
+    ("int4-g32-sym-compressed-tensors", (10, 0)),
     ("int4-row-sym-gptq", (8, 0)),
 ])
 def test_vllm_0_33_int4_experts_are_planned_under_expert_parallelism_where_marlin_runs_them(
@@ -266,8 +268,6 @@ def test_vllm_0_33_int4_experts_are_planned_under_expert_parallelism_where_marli
     ("int4-g128-sym-gptq", (7, 0), "compute capability 7.0"),
     # Marlin's MoE group sizes are -1, 32, 64, 128: g256 falls to Triton (refused for GPTQ: may_have_bias) or Humming
     ("int4-g256-sym-gptq", (8, 0), "Marlin MoE experts do not take gptq int4 g256"),
-    # FlashInfer's TRT-LLM MxInt4 experts come first on 10.x for kInt4Static32 without zero points or bias
-    ("int4-g32-sym-compressed-tensors", (10, 0), "TRT-LLM MxInt4"),
     ("checkpoint-gptq", (8, 0), "names no group size"),
 ])
 def test_vllm_0_33_int4_experts_under_expert_parallelism_are_refused_naming_device_and_release_elsewhere(

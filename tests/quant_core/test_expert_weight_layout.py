@@ -137,7 +137,6 @@ def test_vllm_0_33_int4_expert_padding_is_charged_in_the_plan() -> None:
 
 @pytest.mark.parametrize(("label", "tensor_parallel", "device"), [
     ("int4-g32-sym-gptq", 8, None),  # capability unknown
-    ("int4-g32-sym-compressed-tensors", 8, "b200"),  # FlashInfer's TRT-LLM MxInt4 experts on 10.x, not read
     ("int4-row-sym-gptq", 4, "h100-80gb"),  # Humming with a per-row scale, not read
 ])
 def test_vllm_0_33_int4_experts_on_a_kernel_not_read_get_no_layout_term(label: str, tensor_parallel: int,
@@ -191,3 +190,22 @@ def test_the_plan_charges_machete_awq_zero_points_in_the_overhead() -> None:
                   PlanOptions(scheme=scheme, engine_version="0.19"))
     assert answer.primary.refusal is None
     assert "transform_w_zp" in answer.runtime_overhead.basis
+
+
+def test_vllm_0_33_symmetric_g32_compressed_tensors_experts_run_marlin_on_a_b200_by_default() -> None:
+    # oracle/int_wna16.py tries FLASHINFER_TRTLLM first, but TrtLlmMxint4ExpertsMonolithic._supports_current_device
+    # asks is_flashinfer_mxint4_moe_available (quantization/utils/flashinfer_mxint4_moe.py), which needs
+    # VLLM_USE_FLASHINFER_MOE_INT4=1 (envs.py default "0"): with vLLM's default environment MARLIN runs them, as on
+    # an A100 (nibble left the B200 "not read" before: no term).  Qwen3-30B-A3B at TP 8: N = 96 -> 128
+    # (lcm(64, 32)); an expert holds w13 2048 x 256 / 2 = 262,144, w2 128 x 2048 / 2 = 131,072, 16-bit scales
+    # 2 x (64 x 256 + 4 x 2048) = 49,152 and its two float32 weight_shape rows 2 x 2 x 4 = 16: 442,384 bytes,
+    # against nibble's charge of the checkpoint's weight_packed, weight_scale and weight_shape split over 8 ranks
+    # (98,304 + 12,288 + 2 a projection), 3 x 110,594 = 331,782: 110,602 x 128 x 48 = 679,538,688
+    spec = get_preset("qwen3-30b-a3b")
+    assert int4_moe_backend_v0_33(spec, "int4-g32-sym-compressed-tensors", 8, False, device_facts("b200")) == "marlin"
+    assert _qwen3_term("int4-g32-sym-compressed-tensors", 8, "b200") == QWEN3_LAYERS * QWEN3_EXPERTS * (
+        442_384 - 331_782) == 679_538_688
+    assert _qwen3_term("int4-g32-sym-compressed-tensors", 8, "a100-80gb") == 679_538_688
+    term = VllmProfile("0.33").expert_layout(Stage(spec, 8, 1, (0, spec.num_layers), True),
+                                             "int4-g32-sym-compressed-tensors", device_facts("b200"))
+    assert term is not None and "VLLM_USE_FLASHINFER_MOE_INT4=1" in term.basis

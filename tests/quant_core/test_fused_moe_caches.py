@@ -275,3 +275,59 @@ def test_deepseek_v3_on_8_h200s_has_the_kv_cache_the_workspace_leaves() -> None:
                   Workload(32768, 1), PlanOptions(engine_version="0.19", scheme=scheme))
     assert result.primary.kv_capacity_tokens == 630_576
     assert "TritonExperts" in result.activation.basis
+
+
+def humming_indexed_workspace(*, tokens: int, top_k: int, width: int, hidden: int) -> int:
+    """vLLM 0.33's HummingIndexedExperts workspace (fused_moe/experts/fused_humming_moe.py ``get_buffer_metas``,
+    ``_workspace_shapes``), 16-bit activations: the five buffers quanted_gate_up_input (T, K), gate_up_output
+    (T k, 2w), quanted_down_input (T k, w), down_output (T k, K) and output (T, K) are taken from the output back,
+    alternately into workspace1 (output, quanted_down_input, quanted_gate_up_input) and workspace2 (down_output,
+    gate_up_output), each the largest of its buffers; modular_kernel.py asks max(workspace1, output) and workspace2
+    of the workspace manager, each rounded up to 256 bytes."""
+    views = (max(tokens * hidden, tokens * top_k * width) * 2, tokens * top_k * max(hidden, 2 * width) * 2)
+    return sum(-(-view // 256) * 256 for view in views)
+
+
+def test_vllm_0_33_charges_humming_int4_experts_humming_workspace_on_hopper() -> None:
+    # Qwen3-30B-A3B (hidden 2048, 768-wide experts, top 8), GPTQ int4 g128 on an H100 at 8192 tokens: vLLM 0.33
+    # runs them on HummingIndexedExperts (prioritize_humming, 9.0).  workspace1 8192 x max(2048, 8 x 768) x 2 =
+    # 100,663,296, workspace2 8192 x 8 x max(2048, 1536) x 2 = 268,435,456: 369,098,752 bytes, where Triton's
+    # workspace13 (8192 x 8 x 2048 x 2) charged 536,870,912 before, 160 MiB too many
+    spec = get_preset("qwen3-30b-a3b")
+    caches = fused_moe_caches(spec, 1, 8192, "0.33", "int4-g128-sym-gptq", H100)
+    assert caches.nbytes == humming_indexed_workspace(tokens=8192, top_k=8, width=768, hidden=2048) == 369_098_752
+    assert caches.persists and "HummingIndexedExperts" in caches.basis
+    assert triton_workspace(tokens=8192, top_k=8, width=768, hidden=2048) == 536_870_912
+    # MoeWNA16's layers too (g128 at TP 4: the 192-wide share takes no g128, MoeWNA16 holds g64 on Humming):
+    # 8192 x max(2048, 8 x 192) x 2 + 8192 x 8 x max(2048, 384) x 2 = 33,554,432 + 268,435,456
+    wna16 = fused_moe_caches(spec, 4, 8192, "0.33", "int4-g128-sym-gptq", H100)
+    assert wna16.nbytes == humming_indexed_workspace(tokens=8192, top_k=8, width=192, hidden=2048) == 301_989_888
+    assert "HummingIndexedExperts" in wna16.basis
+    # AWQ and compressed-tensors alike; Marlin's experts (A100) and 0.19 keep TritonExperts' shapes, as do bf16
+    # experts on the H100
+    assert fused_moe_caches(spec, 1, 8192, "0.33", "int4-g128-asym-awq", H100).nbytes == 369_098_752
+    assert fused_moe_caches(spec, 1, 8192, "0.33", "int4-g128-sym-compressed-tensors", H100).nbytes == 369_098_752
+    for version, fmt, device in (("0.33", "int4-g128-sym-gptq", A100_80GB), ("0.19", "int4-g128-sym-gptq", H100),
+                                 ("0.33", "bf16", H100)):
+        assert fused_moe_caches(spec, 1, 8192, version, fmt, device).nbytes == 536_870_912
+    # NVFP4 experts on the H100 too: oracle/nvfp4.py's FlashInfer and CUTLASS backends run on 10.x-12.x only and
+    # prioritize_humming puts HUMMING ahead of MARLIN on 9.0; convert_to_humming_moe_kernel_format leaves their
+    # activations 16-bit (VLLM_HUMMING_INPUT_QUANT_CONFIG unset).  A B200 keeps the figure nibble charges there
+    for label in ("nvfp4", "nvfp4-static"):
+        assert fused_moe_caches(spec, 1, 8192, "0.33", label, H100).nbytes == 369_098_752
+    assert "HummingIndexedExperts" not in fused_moe_caches(spec, 1, 8192, "0.33", "nvfp4", B200).basis
+    # expert parallelism over 2 ranks switches Humming to grouped_contiguous (refused in plans): not this figure
+    assert "HummingIndexedExperts" not in fused_moe_caches(spec, 2, 8192, "0.33", "int4-g128-sym-gptq", H100,
+                                                           expert_parallel=True).basis
+
+
+def test_vllm_0_33_profiling_peak_of_humming_experts_is_their_workspace_less() -> None:
+    # the activation term of the same stage on the same H100: GPTQ int4 experts (Humming) against bf16 experts
+    # (Triton): the workspace is held through the forward pass and the sampler pass alike, so the two differ by
+    # the two workspaces' difference alone, 167,772,160 bytes
+    spec, limits = get_preset("qwen3-30b-a3b"), BatchLimits(8192, 256)
+    stage = Stage(spec, 1, 1, (0, spec.num_layers), True)
+    humming = VllmProfile("0.33").activation(stage, limits, "int4-g128-sym-gptq", H100)
+    triton = VllmProfile("0.33").activation(stage, limits, "bf16", H100)
+    assert triton.bytes - humming.bytes == 536_870_912 - 369_098_752 == 167_772_160
+    assert "HummingIndexedExperts" in humming.basis

@@ -15,6 +15,8 @@ Read in the sources of vLLM 0.11.0, 0.19.0 and 0.33.0 (PyPI wheels):
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 
 from quant_core.catalog import device_facts, get_preset
@@ -23,6 +25,7 @@ from quant_core.engines.vllm import (
     VllmProfile,
     fused_moe_caches,
     int4_expert_refusal,
+    moe_wna16_act_order_note,
     moe_wna16_backend,
     moe_wna16_group,
 )
@@ -199,3 +202,56 @@ def test_whole_row_gptq_experts_gptq_marlin_does_not_take_are_refused_on_moe_wna
     assert below is not None and "below gptq_marlin's" in below
     assert profile.device_refusal(spec, "int4-row-sym-gptq", None) is None  # capability unknown
     assert profile.device_refusal(get_preset("llama-3.1-8b"), "int4-row-asym-gptq", (8, 0)) is None  # no experts
+
+
+def test_vllm_0_33_moe_wna16_runs_triton_for_a_symmetric_g32_checkpoint_on_a_b200() -> None:
+    # a hidden size of 2112 (not a multiple of 128): auto_gptq.py hands the layer to MoeWNA16, which keeps g32
+    # (it divides 768 and 2112).  oracle/int_wna16.py would try FLASHINFER_TRTLLM before TRITON for its
+    # kInt4Static32 key on 10.x, but TrtLlmMxint4ExpertsMonolithic needs VLLM_USE_FLASHINFER_MOE_INT4=1 (envs.py
+    # default "0", flashinfer_mxint4_moe.py is_flashinfer_mxint4_moe_available): TRITON runs them, as on an A100
+    # (nibble answered "" before, no layout read)
+    spec = replace(get_preset("qwen3-30b-a3b"), hidden_size=2112)
+    for device in ("b200", "a100-80gb"):
+        assert moe_wna16_backend(spec, "int4-g32-sym-gptq", 1, False, "0.33", device_facts(device)) == "triton"
+
+
+ACT_ORDER_G128 = {"quant_method": "gptq", "bits": 4, "group_size": 128, "sym": True, "desc_act": True}
+
+
+@pytest.mark.parametrize("version", ["0.11", "0.19"])
+def test_an_act_order_gptq_moe_on_moe_wna16_is_planned_with_a_warning_that_its_g_idx_is_ignored(
+        version: str) -> None:
+    # Qwen3-30B-A3B GPTQ g128 desc_act at TP 4 on A100s: the rank's 192-wide share takes no g128, so gptq_marlin.py
+    # hands the experts to MoeWNA16, whose create_weights registers w13_g_idx / w2_g_idx empty and whose
+    # moe_wna16_weight_loader skips every g_idx weight (quantization/moe_wna16.py, 0.11.0 and 0.19.0): loaded, but
+    # scaled by the stored order's groups.  A warning, not a refusal; at TP 2 (384 wide) Marlin takes them
+    # (GPTQMarlinMoEMethod sorts by the g_idx): no warning
+    spec = get_preset("qwen3-30b-a3b")
+    scheme = scheme_from_quantization_config(ACT_ORDER_G128)
+    assert scheme.quantized.label() == "int4-g128-sym-act-order-gptq"
+    options = PlanOptions(scheme=scheme, engine_version=version)
+    answer = plan(spec, Hardware(80 * GIB, 4, "a100-80gb"), Workload(4096, 1), options)
+    assert answer.primary.refusal is None
+    warned = [warning for warning in answer.warnings if "ignores their g_idx" in warning]
+    assert len(warned) == 1 and f"vLLM {version}" in warned[0] and "moe_wna16_weight_loader" in warned[0]
+    marlin = plan(spec, Hardware(80 * GIB, 2, "a100-80gb"), Workload(4096, 1), options)
+    assert not any("ignores their g_idx" in warning for warning in marlin.warnings)
+    # without act order, no warning
+    plain = plan(spec, Hardware(80 * GIB, 4, "a100-80gb"), Workload(4096, 1),
+                 PlanOptions(scheme=scheme_from_quantization_config({**ACT_ORDER_G128, "desc_act": False}),
+                             engine_version=version))
+    assert not any("ignores their g_idx" in warning for warning in plain.warnings)
+
+
+def test_the_act_order_warning_names_moe_wna16_only_where_the_plan_lands_there() -> None:
+    spec = get_preset("qwen3-30b-a3b")
+    a100, h100 = device_facts("a100-80gb"), device_facts("h100-80gb")
+    label = "int4-g128-sym-act-order-gptq"
+    assert moe_wna16_act_order_note(spec, label, 4, False, "0.19", a100) is not None
+    # an asymmetric act-order checkpoint loads as GPTQConfig (gptq_marlin takes 4-bit sym only), whose MoE layers
+    # are always MoeWNA16: even where Marlin's shape fits (TP 2)
+    assert moe_wna16_act_order_note(spec, "int4-g128-asym-act-order-gptq", 2, False, "0.19", a100) is not None
+    assert moe_wna16_act_order_note(spec, label, 2, False, "0.19", a100) is None  # Marlin
+    assert moe_wna16_act_order_note(spec, "int4-g128-sym-gptq", 4, False, "0.19", a100) is None  # no act order
+    assert moe_wna16_act_order_note(spec, label, 4, False, "0.33", h100) is None  # 0.33 refuses act order
+    assert moe_wna16_act_order_note(spec, "int4-g128-asym-awq", 4, False, "0.19", a100) is None
