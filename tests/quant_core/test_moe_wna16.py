@@ -193,7 +193,8 @@ def test_vllm_0_19_moe_wna16_runs_fused_experts_impl_whose_caches_are_freed_afte
 @pytest.mark.parametrize("version", ["0.11", "0.19"])
 def test_whole_row_gptq_experts_gptq_marlin_does_not_take_are_refused_on_moe_wna16(version: str) -> None:
     # an asymmetric checkpoint (GPTQConfig, MoeWNA16 at any width) and a symmetric one below gptq_marlin's floor
-    # (0.11: 8.0, 0.19: 7.5) reach MoeWNA16 with group -1, whose scales get a negative dimension
+    # (0.11: 8.0, 0.19: 7.5) reach MoeWNA16 with group -1, whose scales get a negative dimension (reported from the
+    # code as vllm#52715: group_size -1 crashes MoeWNA16Method.create_weights)
     spec, profile = get_preset("qwen3-30b-a3b"), VllmProfile(version)
     asym = profile.device_refusal(spec, "int4-row-asym-gptq", (8, 0))
     assert asym is not None and "negative dimension" in asym
