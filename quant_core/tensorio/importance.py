@@ -139,6 +139,10 @@ def _read_gguf(path: Path, max_tensors: int, max_elements: int,
     return vectors
 
 
+#: the least bytes one legacy .dat entry takes: its name length, a one-byte name, ncall, nval and one float32
+_DAT_MIN_ENTRY_BYTES = 4 + 1 + 4 + 4 + 4
+
+
 def _read_dat(path: Path, max_tensors: int, max_elements: int) -> dict[str, NDArray[np.float32]]:
     data = path.read_bytes()
     offset = 0
@@ -159,6 +163,10 @@ def _read_dat(path: Path, max_tensors: int, max_elements: int) -> dict[str, NDAr
     entries = int32("the entry count")
     if entries < 1:
         raise TensorFileError(f"imatrix .dat declares {entries} entries; not an imatrix file", field=FIELD)
+    if 4 + entries * _DAT_MIN_ENTRY_BYTES > len(data):  # a JSON or text file read as a count: not a limit passed
+        raise TensorFileError(f"imatrix .dat declares {entries} entries, which need at least "
+                              f"{4 + entries * _DAT_MIN_ENTRY_BYTES} bytes; the file has {len(data)}: not an "
+                              "imatrix file", field=FIELD)
     if entries > max_tensors:
         raise LimitExceeded("importance tensors", entries, max_tensors, field=FIELD)
     vectors: dict[str, NDArray[np.float32]] = {}

@@ -157,3 +157,13 @@ def test_a_gguf_imatrix_header_past_the_header_limit_is_refused_as_such(tmp_path
     with pytest.raises(LimitExceeded) as caught:
         read_importance(path, max_header_bytes=64)
     assert caught.value.field == "importance" and caught.value.maximum == 64
+
+
+def test_a_json_file_given_as_importance_is_not_an_imatrix_rather_than_a_limit_passed(tmp_path: Path) -> None:
+    # a config.json's first four bytes, '{\n  ', read as a legacy .dat entry count are 538,970,747: it was
+    # answered as "importance tensors 538970747" past the limit (413), for a file that cannot hold them at all
+    path = tmp_path / "config.json"
+    path.write_text('{\n  "architectures": ["LlamaForCausalLM"],\n  "hidden_size": 4096\n}\n')
+    with pytest.raises(TensorFileError, match=r"538970747 entries.*not an imatrix file") as error:
+        read_importance(path)
+    assert error.value.field == "importance"
