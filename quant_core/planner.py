@@ -1287,8 +1287,9 @@ class _ModelTerms:
         self._layouts: dict[tuple[int, int, bool, bool, str, bool, bool], _Layout] = {}
         self._predicates: dict[tuple[object, ...], Callable[[int, int], bool]] = {}
         self._accepted: dict[tuple[str, str, bool, tuple[int, int] | None] | None, tuple[int, ...]] = {}
-        self._refusals: dict[tuple[str, str, tuple[int, int] | None, str], str | None] = {}
-        self._layout_refusals: dict[tuple[str, str, int, int, tuple[int, int] | None, str, bool], str | None] = {}
+        self._refusals: dict[tuple[str, str, tuple[int, int] | None, str, int], str | None] = {}
+        self._layout_refusals: dict[tuple[str, str, int, int, tuple[int, int] | None, str, bool, int],
+                                    str | None] = {}
         self._kv_bytes_per_token: int | None = None
 
     def kv_bytes_per_token(self) -> int:
@@ -1316,12 +1317,14 @@ class _ModelTerms:
         return found
 
     def device_refusal(self, evaluator: _Evaluator) -> str | None:
-        """`_Evaluator.device_refusal` of this scheme's formats, found once per engine, compute capability and model
-        dtype."""
+        """`_Evaluator.device_refusal` of this scheme's formats, found once per engine, compute capability, model
+        dtype and requested KV block (the attention backend's refusal depends on it: vLLM 0.33 pages no dense cache
+        at a block that is not a multiple of 16)."""
         engine = evaluator.engine
         if engine is None:
             return None
-        key = (engine.name, engine.version, evaluator.compute_capability, evaluator.options.model_dtype)
+        key = (engine.name, engine.version, evaluator.compute_capability, evaluator.options.model_dtype,
+               evaluator.options.block_size)
         if key not in self._refusals:
             self._refusals[key] = evaluator.device_refusal(self.formats, self.scheme.quant_method)
         return self._refusals[key]
@@ -1329,13 +1332,13 @@ class _ModelTerms:
     def refusal(self, evaluator: _Evaluator, tensor_parallel: int, pipeline_parallel: int) -> str | None:
         """Why the engine refuses this model in this format at this parallel layout on these devices
         (`EngineProfile.refusal`, then `device_refusal`, then `EngineProfile.format_refusal`), or None: pure functions
-        of the release, the layout, the capability and the model dtype, found once per them."""
+        of the release, the layout, the capability, the model dtype and the requested KV block, found once per them."""
         engine = evaluator.engine
         if engine is None:
             return None
         expert_parallel = evaluator.options.expert_parallel
         key = (engine.name, engine.version, tensor_parallel, pipeline_parallel, evaluator.compute_capability,
-               evaluator.options.model_dtype, expert_parallel)
+               evaluator.options.model_dtype, expert_parallel, evaluator.options.block_size)
         if key not in self._layout_refusals:
             self._layout_refusals[key] = (engine.refusal(self.spec, tensor_parallel, pipeline_parallel, expert_parallel)
                                           or self.device_refusal(evaluator)
