@@ -79,7 +79,15 @@ from quant_core.engines.vllm import (
 from quant_core.engines.vllm import chunked_local_attention as vllm_chunked_local_attention
 from quant_core.engines.vllm import mamba_cache_mode as vllm_mamba_cache_mode
 from quant_core.errors import InvalidSpec, UnknownName
-from quant_core.formats import FLOAT32_KV_DTYPE, KV_DTYPES, WeightFormat, float_format, int4, kv_dtype
+from quant_core.formats import (
+    FLOAT32_KV_DTYPE,
+    KV_DTYPES,
+    VLLM_PER_TOKEN_HEAD_KV_DTYPES,
+    WeightFormat,
+    float_format,
+    int4,
+    kv_dtype,
+)
 from quant_core.inventory import QuantizationPolicy, parameter_count
 from quant_core.kv_cache import (
     HybridKV,
@@ -274,6 +282,11 @@ class PlanOptions:
             raise InvalidSpec("runtime.engine_version", self.engine_version, "must be a string")
         get_engine(self.engine, self.engine_version)  # an unknown version raises UnknownName
         if self.engine == "generic":  # vLLM's options would be ignored: say so, never plan as if they applied
+            if self.kv_cache_dtype in VLLM_PER_TOKEN_HEAD_KV_DTYPES:
+                raise InvalidSpec("kv_cache.dtype", self.kv_cache_dtype,
+                                  "vLLM 0.33's own cache (an fp32 scale per token and head), which only that engine "
+                                  "runs: plan it with runtime.engine vllm and runtime.engine_version 0.33; the "
+                                  "generic engine plans nibble's int8 / int4")
             if self.engine_version is not None:
                 raise InvalidSpec("runtime.engine_version", self.engine_version,
                                   "a vllm release; the generic engine has none (use engine vllm, or drop it)")
