@@ -12,7 +12,8 @@ and per token, by attention kind (`KVLayer`):
   caches them (`dsa_layer_bytes_per_token`);
 
 where ``bytes(d)`` is `KVCacheDtype.bytes_per_vector` (int8/int4 add their per-token,
-per-head scale and zero).  Tensor parallelism splits KV heads across ranks: a rank holds
+per-head scale and zero; vLLM 0.33's int8/int4_per_token_head their fp32 scale).
+Tensor parallelism splits KV heads across ranks: a rank holds
 ``ceil(n_kv / tp)`` heads, which is ``max(1, n_kv // tp)`` whenever tp divides n_kv or
 exceeds it (heads are then replicated), the layouts vLLM accepts, and the busiest rank
 otherwise.  The MLA latent is replicated on every rank.
@@ -51,7 +52,7 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 
 from quant_core.errors import InvalidSpec
-from quant_core.formats import kv_dtype
+from quant_core.formats import VLLM_PER_TOKEN_HEAD_KV_DTYPES, kv_dtype
 from quant_core.specs import MAX_POSITIONS, SSM_STATE_DTYPES, KVLayer, ModelSpec, check_int
 
 MAX_TENSOR_PARALLEL = 4_096
@@ -136,13 +137,22 @@ def kv_heads_per_rank(num_kv_heads: int, tensor_parallel: int) -> int:
 
 
 def layer_bytes_per_token(layer: KVLayer, dtype: str = "bf16", tensor_parallel: int = 1) -> int:
-    """Bytes one token costs in `layer` on one tensor-parallel rank, at KV dtype `dtype`."""
+    """Bytes one token costs in `layer` on one tensor-parallel rank, at KV dtype `dtype`.
+
+    vLLM 0.33's per-token-head caches (`formats.VLLM_PER_TOKEN_HEAD_KV_DTYPES`) raise `InvalidSpec` naming
+    ``kv_cache.dtype`` for an MLA layer: no MLA backend of 0.33 lists them (supported_kv_cache_dtypes of
+    mla/*.py), so no MLA cache of that layout exists to size."""
     if layer.kind == "dsa":
         return sum(dsa_layer_bytes_per_token(layer, dtype))
     element = kv_dtype(dtype)
     if layer.kind == "linear":
         return 0
     if layer.kind == "mla":
+        if dtype in VLLM_PER_TOKEN_HEAD_KV_DTYPES:
+            raise InvalidSpec("kv_cache.dtype", dtype, "vLLM's per-token-head caches have no MLA layout: no MLA "
+                                                       "backend of vLLM 0.33 lists them (supported_kv_cache_dtypes) "
+                                                       "and earlier releases have none; an MLA latent caches at "
+                                                       "bf16, fp16 or fp8")
         return element.bytes_per_vector(layer.latent_dim)
     heads = kv_heads_per_rank(layer.num_kv_heads, tensor_parallel)
     return heads * (element.bytes_per_vector(layer.key_dim) + element.bytes_per_vector(layer.value_dim))

@@ -80,7 +80,15 @@ from quant_core.engines.vllm import (
 from quant_core.engines.vllm import chunked_local_attention as vllm_chunked_local_attention
 from quant_core.engines.vllm import mamba_cache_mode as vllm_mamba_cache_mode
 from quant_core.errors import InvalidSpec, UnknownName
-from quant_core.formats import FLOAT32_KV_DTYPE, KV_DTYPES, WeightFormat, float_format, int4, kv_dtype
+from quant_core.formats import (
+    FLOAT32_KV_DTYPE,
+    KV_DTYPES,
+    VLLM_PER_TOKEN_HEAD_KV_DTYPES,
+    WeightFormat,
+    float_format,
+    int4,
+    kv_dtype,
+)
 from quant_core.inventory import QuantizationPolicy, parameter_count
 from quant_core.kv_cache import (
     HybridKV,
@@ -275,6 +283,11 @@ class PlanOptions:
             raise InvalidSpec("runtime.engine_version", self.engine_version, "must be a string")
         get_engine(self.engine, self.engine_version)  # an unknown version raises UnknownName
         if self.engine == "generic":  # vLLM's options would be ignored: say so, never plan as if they applied
+            if self.kv_cache_dtype in VLLM_PER_TOKEN_HEAD_KV_DTYPES:
+                raise InvalidSpec("kv_cache.dtype", self.kv_cache_dtype,
+                                  "vLLM 0.33's own cache (an fp32 scale per token and head), which only that engine "
+                                  "runs: plan it with runtime.engine vllm and runtime.engine_version 0.33; the "
+                                  "generic engine plans nibble's int8 / int4")
             if self.engine_version is not None:
                 raise InvalidSpec("runtime.engine_version", self.engine_version,
                                   "a vllm release; the generic engine has none (use engine vllm, or drop it)")
@@ -1288,8 +1301,9 @@ class _ModelTerms:
         self._layouts: dict[tuple[int, int, bool, bool, str, bool, bool], _Layout] = {}
         self._predicates: dict[tuple[object, ...], Callable[[int, int], bool]] = {}
         self._accepted: dict[tuple[str, str, bool, tuple[int, int] | None] | None, tuple[int, ...]] = {}
-        self._refusals: dict[tuple[str, str, tuple[int, int] | None, str], str | None] = {}
-        self._layout_refusals: dict[tuple[str, str, int, int, tuple[int, int] | None, str, bool], str | None] = {}
+        self._refusals: dict[tuple[str, str, tuple[int, int] | None, str, int], str | None] = {}
+        self._layout_refusals: dict[tuple[str, str, int, int, tuple[int, int] | None, str, bool, int],
+                                    str | None] = {}
         self._kv_bytes_per_token: int | None = None
 
     def kv_bytes_per_token(self) -> int:
@@ -1317,12 +1331,14 @@ class _ModelTerms:
         return found
 
     def device_refusal(self, evaluator: _Evaluator) -> str | None:
-        """`_Evaluator.device_refusal` of this scheme's formats, found once per engine, compute capability and model
-        dtype."""
+        """`_Evaluator.device_refusal` of this scheme's formats, found once per engine, compute capability, model
+        dtype and requested KV block (the attention backend's refusal depends on it: vLLM 0.33 pages no dense cache
+        at a block that is not a multiple of 16)."""
         engine = evaluator.engine
         if engine is None:
             return None
-        key = (engine.name, engine.version, evaluator.compute_capability, evaluator.options.model_dtype)
+        key = (engine.name, engine.version, evaluator.compute_capability, evaluator.options.model_dtype,
+               evaluator.options.block_size)
         if key not in self._refusals:
             self._refusals[key] = evaluator.device_refusal(self.formats, self.scheme.quant_method)
         return self._refusals[key]
@@ -1330,13 +1346,13 @@ class _ModelTerms:
     def refusal(self, evaluator: _Evaluator, tensor_parallel: int, pipeline_parallel: int) -> str | None:
         """Why the engine refuses this model in this format at this parallel layout on these devices
         (`EngineProfile.refusal`, then `device_refusal`, then `EngineProfile.format_refusal`), or None: pure functions
-        of the release, the layout, the capability and the model dtype, found once per them."""
+        of the release, the layout, the capability, the model dtype and the requested KV block, found once per them."""
         engine = evaluator.engine
         if engine is None:
             return None
         expert_parallel = evaluator.options.expert_parallel
         key = (engine.name, engine.version, tensor_parallel, pipeline_parallel, evaluator.compute_capability,
-               evaluator.options.model_dtype, expert_parallel)
+               evaluator.options.model_dtype, expert_parallel, evaluator.options.block_size)
         if key not in self._layout_refusals:
             self._layout_refusals[key] = (engine.refusal(self.spec, tensor_parallel, pipeline_parallel, expert_parallel)
                                           or self.device_refusal(evaluator)

@@ -305,7 +305,8 @@ class InspectResponse(BaseModel):
     tensors: list[TensorRow]
     kv_bytes_per_token: dict[str, int] = Field(
         description="KV-cache bytes per token, by KV dtype (a dtype the model's attention cannot cache is left out: "
-                    "DeepSeek Sparse Attention's int8 and int4).")
+                    "DeepSeek Sparse Attention's int8 and int4, and vLLM 0.33's int8/int4_per_token_head for MLA "
+                    "models).")
     weight_bytes: list[WeightBytesOut]
 
 
@@ -359,7 +360,8 @@ def _weight_bytes_row(spec: ModelSpec, scheme: WeightScheme, total: int, as_ship
 
 
 def _kv_bytes_by_dtype(spec: ModelSpec) -> dict[str, int]:
-    """KV bytes per token for each KV dtype the model's attention can cache (vLLM's sparse MLA: no int8 or int4)."""
+    """KV bytes per token for each KV dtype the model's attention can cache (vLLM's sparse MLA: no int8 or int4; MLA:
+    no per-token-head cache)."""
     out: dict[str, int] = {}
     for dtype in KV_DTYPES:
         try:

@@ -57,9 +57,11 @@ from quant_core.engines.torch_cuda import allocated_block_bytes, blas_workspace_
 from quant_core.engines.vllm_attention import (
     VLLM_16BIT_CACHE_DTYPES,
     VLLM_FP8_CACHE_DTYPES,
+    VLLM_PER_TOKEN_HEAD_CACHE_DTYPES,
     kv_backend,
     kv_requirement,
     mla_latent_refusal,
+    per_token_head_backend,
 )
 from quant_core.engines.vllm_graphs import cuda_graph_pool, cudagraph_capture_sizes
 from quant_core.errors import InvalidSpec, UnknownName
@@ -3942,17 +3944,18 @@ def capability_refusal(version: str, weight_format: str, compute_capability: tup
 INTEGER_KV_DTYPES = frozenset({"int8", "int4"})
 #: why each vLLM release cannot run them: 0.11's and 0.19's ``--kv-cache-dtype`` has no integer cache (config/cache.py
 #: ``CacheDType``, which the engine arguments validate), and 0.33's ``int8_per_token_head`` / ``int4_per_token_head``
-#: (Triton attention only, triton_attn.py ``supported_kv_cache_dtypes``) keep their own scales, and for int4 a
-#: Hadamard rotation (v1/kv_cache_interface.py ``KVQuantMode.INT4_PER_TOKEN_HEAD``), whose bytes nibble has not read
+#: (Triton attention only, triton_attn.py ``supported_kv_cache_dtypes``) keep one fp32 scale per vector, and for int4
+#: a Hadamard rotation (v1/kv_cache_interface.py ``KVQuantMode.INT4_PER_TOKEN_HEAD``): nibble plans those under their
+#: own names (`formats.VLLM_PER_TOKEN_HEAD_KV_DTYPES`, `vllm_attention.per_token_head_backend`)
 INTEGER_KV_REFUSALS: dict[str, str] = {
     "0.11": ("its --kv-cache-dtype takes auto, bfloat16, fp8, fp8_e4m3, fp8_e5m2 and fp8_inc only (config/cache.py "
              "CacheDType), no integer cache"),
     "0.19": ("its --kv-cache-dtype takes auto, float16, bfloat16 and the fp8 caches only (config/cache.py CacheDType), "
              "no integer cache"),
     "0.33": ("its integer caches, int8_per_token_head and int4_per_token_head (config/cache.py CacheDType, Triton "
-             "attention only), keep their own per-token-head scales (int4 with a Hadamard rotation, "
-             "v1/kv_cache_interface.py KVQuantMode), not nibble's fp16 scale and zero per vector, and nibble has not "
-             "read their bytes"),
+             "attention only), keep an fp32 scale per token and head (int4 with a Hadamard rotation and a zero point "
+             "in the scale's low bits, v1/kv_cache_interface.py KVQuantMode), not nibble's fp16 scale and zero per "
+             "vector: kv_cache.dtype int8_per_token_head / int4_per_token_head plans them"),
 }
 
 
@@ -3965,12 +3968,20 @@ def kv_cache_refusal(version: str, spec: ModelSpec, kv_cache_dtype: str, compute
     that does when vLLM sets another (an MLA model's cache, 16-bit or fp8: FlashMLA's 64 tokens on Hopper under 0.11),
     or for an unknown device where an fp8 cache runs and in which blocks an MLA cache is paged
     (`vllm_attention.kv_requirement`).  nibble's int8 and int4 caches (`INTEGER_KV_REFUSALS`) are refused on every
-    device."""
+    device; vLLM 0.33's own int8/int4_per_token_head run where `vllm_attention.per_token_head_backend` says, the
+    same on every device (so decided for an unknown one too)."""
     integer = INTEGER_KV_REFUSALS.get(version) if kv_cache_dtype in INTEGER_KV_DTYPES else None
     if integer is not None:
         return KVCacheBackend(refusal=f"vLLM {version} cannot run nibble's {kv_cache_dtype} KV cache: {integer}; "
                                       "a 16-bit or fp8 cache (kv_cache.dtype bf16 / fp8) runs on vLLM, and "
                                       "runtime.engine generic plans the int8/int4 layout without an engine")
+    if kv_cache_dtype in VLLM_PER_TOKEN_HEAD_CACHE_DTYPES:
+        per_token = per_token_head_backend(version, spec, kv_cache_dtype, block_size)
+        if per_token.backend is None:
+            remedy = f"; {per_token.remedy}" if per_token.remedy is not None else ""
+            return KVCacheBackend(refusal=f"vLLM {version} cannot run the {kv_cache_dtype} KV cache of {spec.name}: "
+                                          f"{per_token.basis}{remedy}")
+        return KVCacheBackend(basis=per_token.basis)
     latent = mla_latent_refusal(version, spec)
     if latent is not None:
         return KVCacheBackend(refusal=f"{latent}; vLLM 0.19 and 0.33 run it on TRITON_MLA (runtime.engine_version)")

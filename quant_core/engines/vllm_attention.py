@@ -33,6 +33,9 @@ paged in the blocks of the MLA backend it picks:
 * A dense cache pages a multiple of 16 tokens under 0.19 and 0.33 (`DENSE_KERNEL_BLOCK`): another --block-size finds
   no backend under 0.33, and only 0.19's FlexAttention, which takes no fp8 cache and fails to compile its kernel at
   such a block (`_dense_block_refusal`).
+* 0.33's own integer caches, ``int8_per_token_head`` and ``int4_per_token_head``, run on TRITON_ATTN alone, on any
+  device, for models without MLA with heads of 32 or more, in multiples of 16 tokens (`per_token_head_backend`);
+  0.11 and 0.19 have none.
 * Heads above 256 (a multiple of 8, up to 512): 0.33's FLASH_ATTN takes them wherever FlashAttention 4 is built but
   runs FlashAttention 2 on 10.x (heads FlashInfer, first there, does not take) and 11.x, which raises on them
   (`_wide_head_refusal`); elsewhere FlashInfer (512) or Triton runs them, at the requested block.
@@ -60,8 +63,11 @@ VLLM_FP8_CACHE_DTYPES: dict[str, str] = {"fp8": "fp8_e4m3", "fp8_e4m3": "fp8_e4m
 #: the vLLM cache dtype of nibble's 16-bit KV dtypes: ``auto``, the model's own 16-bit dtype (config/cache.py
 #: ``CacheDType``); every MLA backend that lists ``auto`` also lists float16 and bfloat16, so the choice is the same
 VLLM_16BIT_CACHE_DTYPES: dict[str, str] = {"bf16": "auto", "fp16": "auto"}
-#: the cache dtypes `kv_backend` decides: a 16-bit cache (``auto``) and the fp8 ones
-_CACHE_DTYPES = ("auto", "fp8_e4m3", "fp8_e5m2")
+#: vLLM 0.33's integer caches, by nibble's KV dtype names, which are vLLM's (`formats.VLLM_PER_TOKEN_HEAD_KV_DTYPES`)
+VLLM_PER_TOKEN_HEAD_CACHE_DTYPES: dict[str, str] = {"int8_per_token_head": "int8_per_token_head",
+                                                    "int4_per_token_head": "int4_per_token_head"}
+#: the cache dtypes `kv_backend` decides: a 16-bit cache (``auto``), the fp8 ones and 0.33's per-token-head ones
+_CACHE_DTYPES = ("auto", "fp8_e4m3", "fp8_e5m2", *VLLM_PER_TOKEN_HEAD_CACHE_DTYPES)
 
 #: the releases whose backends are decided here (`kv_backend`)
 RELEASES = ("0.11", "0.19", "0.33")
@@ -540,14 +546,67 @@ def _mla_v0_19_v0_33(version: str, spec: ModelSpec, cache_dtype: str, capability
                    if common_head else why)
 
 
+#: the releases whose ``--kv-cache-dtype`` takes the per-token-head caches (config/cache.py ``CacheDType``)
+PER_TOKEN_HEAD_RELEASES = ("0.33",)
+#: the only backend of 0.33 that lists them (triton_attn.py ``TritonAttentionBackend.supported_kv_cache_dtypes``)
+_PER_TOKEN_HEAD_BACKEND = "TRITON_ATTN"
+
+
+def per_token_head_backend(version: str, spec: ModelSpec, cache_dtype: str, requested_block: int = DEFAULT_BLOCK_SIZE
+                           ) -> KVBackend:
+    """The backend vLLM `version` runs `spec`'s ``int8_per_token_head`` or ``int4_per_token_head`` cache
+    (`cache_dtype`) on at a ``--block-size`` of `requested_block`, or why none; the same on every CUDA device.
+
+    Only 0.33's ``CacheDType`` has them (0.11's and 0.19's, a ``Literal`` the engine arguments validate, do not), and
+    of its CUDA backends only TRITON_ATTN lists them (``supported_kv_cache_dtypes``): FLASH_ATTN, FLASHINFER,
+    FLEX_ATTENTION and TURBOQUANT do not, nor any MLA or sparse MLA backend (mla/*.py), and the Triton composites
+    (TRITON_FLASHINFER, TRITON_FLASH_ATTN) need both halves to take a dtype (composite.py
+    ``supports_kv_cache_dtype``), so ``_get_backend_priorities`` ends at TRITON_ATTN, which takes every compute
+    capability (``supports_compute_capability``), float32 models, sinks, sliding windows and multimodal prefixes, heads
+    of 32 or more (``supports_head_size``) and blocks that are a multiple of 16 (``supports_block_size``), at the
+    requested block (its preferred block is the default 16).  int4's write kernel packs two codes a byte and asserts
+    even K and V heads (int4_per_token_head.py ``reshape_and_cache_int4``)."""
+    if version not in PER_TOKEN_HEAD_RELEASES:
+        return KVBackend(None, f"vLLM {version}'s --kv-cache-dtype has no {cache_dtype}: config/cache.py CacheDType, "
+                               "the Literal CacheConfig validates --kv-cache-dtype against, lists auto, the 16-bit and "
+                               "the fp8 caches only; vLLM 0.33 (runtime.engine_version) runs it")
+    where = f"vLLM {version} runs the {cache_dtype} cache on {_PER_TOKEN_HEAD_BACKEND} alone (triton_attn.py " \
+            "supported_kv_cache_dtypes; no other backend lists it)"
+    if spec.is_mla or spec.has_indexer:
+        return KVBackend(None, f"vLLM {version} has no MLA backend for the {cache_dtype} cache: FLASH_ATTN_MLA, "
+                               "FLASHMLA, FLASHINFER_MLA, CUTLASS_MLA, TOKENSPEED_MLA, TRITON_MLA and the sparse MLA "
+                               f"backends do not list it (supported_kv_cache_dtypes, v1/attention/backends/mla/): "
+                               f"{_NO_BACKEND}",
+                         remedy="a 16-bit or fp8 cache (kv_cache.dtype bf16 / fp8) runs there")
+    if spec.head_dim < TRITON_MIN_HEAD:
+        return KVBackend(None, f"{where}, which takes heads of {TRITON_MIN_HEAD} or more (supports_head_size), not "
+                               f"{spec.head_dim}: {_NO_BACKEND}",
+                         remedy="a 16-bit cache (kv_cache.dtype bf16) runs there")
+    if requested_block % DENSE_KERNEL_BLOCK:
+        return KVBackend(None, f"{where}, which pages multiples of {DENSE_KERNEL_BLOCK} tokens (supports_block_size: "
+                               f"block_size % 16), not --block-size {requested_block}: {_NO_BACKEND}",
+                         remedy=f"a --block-size that is a multiple of {DENSE_KERNEL_BLOCK} (kv_cache.block_size) "
+                                "runs there")
+    if cache_dtype == "int4_per_token_head" and spec.head_dim % 2:
+        return KVBackend(None, f"{where}, whose int4 write kernel packs two codes a byte and asserts even K and V "
+                               f"heads (v1/attention/ops/int4_per_token_head.py reshape_and_cache_int4), not "
+                               f"{spec.head_dim}",
+                         remedy="int8_per_token_head (kv_cache.dtype) runs there")
+    return KVBackend(_PER_TOKEN_HEAD_BACKEND, f"{where}, at the requested block, each head's codes followed by "
+                                              "their fp32 scale in the page (TritonAttentionBackend.customize_spec)")
+
+
 def kv_backend(version: str, spec: ModelSpec, cache_dtype: str, compute_capability: tuple[int, int],
                requested_block: int = DEFAULT_BLOCK_SIZE, float32: bool = False) -> KVBackend | None:
     """The backend vLLM `version` runs `spec`'s KV cache of vLLM `cache_dtype` (``auto``: a 16-bit cache,
-    `VLLM_16BIT_CACHE_DTYPES`; ``fp8_e4m3``, ``fp8_e5m2``) on, on a device of `compute_capability`, at a
+    `VLLM_16BIT_CACHE_DTYPES`; ``fp8_e4m3``, ``fp8_e5m2``; 0.33's per-token-head caches, `per_token_head_backend`,
+    whatever the device) on, on a device of `compute_capability`, at a
     ``--block-size`` of `requested_block` (`DEFAULT_BLOCK_SIZE`: not given), with the model in float32 (`float32`:
     FlashAttention and FlashInfer take fp16 and bf16 only), and the block it pages when that is not the requested one,
     or why none does; None for another dtype, a release not read, a dense model's 16-bit cache (but a multimodal-prefix
     model's, `MM_PREFIX_MODEL_TYPES`) or a DeepSeek Sparse Attention model (not decided here)."""
+    if cache_dtype in VLLM_PER_TOKEN_HEAD_CACHE_DTYPES and version in RELEASES:
+        return per_token_head_backend(version, spec, cache_dtype, requested_block)
     if cache_dtype not in _CACHE_DTYPES or version not in RELEASES or spec.has_indexer:
         return None
     if spec.is_mla:
@@ -572,7 +631,8 @@ def kv_requirement(version: str, spec: ModelSpec, cache_dtype: str) -> str | Non
     """Where vLLM `version` runs `spec`'s fp8 cache (`cache_dtype`), or in which blocks it pages an MLA model's 16-bit
     cache (``auto``), in words, for a plan on a device whose compute capability is not known (which nibble then
     neither refuses nor moves off the requested block); None when it is not decided here."""
-    if cache_dtype not in _CACHE_DTYPES or version not in RELEASES or spec.has_indexer:
+    if cache_dtype not in _CACHE_DTYPES or version not in RELEASES or spec.has_indexer \
+            or cache_dtype in VLLM_PER_TOKEN_HEAD_CACHE_DTYPES:  # the same on every device: `per_token_head_backend`
         return None
     latent = mla_latent_head(spec)
     if spec.is_mla and version != "0.11" and latent not in MLA_LATENT_HEADS[version]:

@@ -58,7 +58,8 @@ def test_inspect_preset_lists_tensors_kv_dtypes_and_formats(client: TestClient) 
     response = client.post("/v1/models/inspect", json={"preset": "qwen3-30b-a3b"})
     assert response.status_code == 200
     body = response.json()
-    assert set(body["kv_bytes_per_token"]) == {"bf16", "fp16", "fp8", "int8", "int4"}
+    assert set(body["kv_bytes_per_token"]) == {"bf16", "fp16", "fp8", "int8", "int4", "int8_per_token_head",
+                                               "int4_per_token_head"}
     assert body["kv_bytes_per_token"]["fp8"] * 2 == body["kv_bytes_per_token"]["bf16"]
     formats = {f["format"]: f for f in body["weight_bytes"]}
     assert formats["bf16"]["bits_per_weight"] == 16.0

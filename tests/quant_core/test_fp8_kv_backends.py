@@ -301,3 +301,13 @@ def test_nibble_cannot_be_asked_for_an_fp8_e5m2_cache() -> None:
         PlanOptions(weight_format=float_format("bf16"), kv_cache_dtype="fp8_e5m2")
     assert raised.value.field == "kv_cache.dtype"
     assert "fp8_e5m2" not in KV_DTYPES and VLLM_FP8_CACHE_DTYPES["fp8"] == "fp8_e4m3"
+
+
+@pytest.mark.parametrize("release", ["0.19", "0.33"])
+def test_a_refused_block_stays_refused_after_a_plan_of_the_model_at_an_accepted_one(release: str) -> None:
+    # the model's terms are cached across plans; their refusal cache keyed on the release, capability and model dtype
+    # but not the requested block, so a --block-size 8 plan after a block-16 one of the same model came out fitting
+    # (vLLM 0.19 and 0.33 page no dense fp8 cache at 8: supports_block_size)
+    assert _plan("qwen2.5-7b", "h100-80gb", release).refusal is None
+    refused = _plan("qwen2.5-7b", "h100-80gb", release, block_size=8)
+    assert not refused.fits and refused.refusal is not None and "--block-size 8" in refused.refusal
