@@ -2835,13 +2835,8 @@ def machete_zero_point_bytes(stage: Stage, version: str, dense_format: str, devi
             total += 3 * groups * out_features // 2
         return total
 
-    per_attention = extra(attention, (spec.attention_qkv_bias, spec.attention_output_bias))
-    per_mlp = extra(mlp, (False, False))
-    start, stop = stage.layers
-    dense_layers = sum(1 for layer in range(start, stop) if not spec.is_moe or layer in spec.dense_layers)
-    if per_attention is None or (per_mlp is None and dense_layers):
-        return None
-    held = (stop - start) * per_attention + dense_layers * (per_mlp or 0)
+    held = _stage_dense_sum(stage, extra(attention, (spec.attention_qkv_bias, spec.attention_output_bias)),
+                            extra(mlp, (False, False)))
     if not held:
         return None
     humming_basis = ("; the layers Machete refuses run Humming's kernels (prioritize_humming), which pad N to 256 "
@@ -2853,6 +2848,17 @@ def machete_zero_point_bytes(stage: Stage, version: str, dense_format: str, devi
         "(G x out / 2 bytes) with 16-bit zero points pre-multiplied by the scales (G x out x 2 bytes; "
         f"kernels/linear/mixed_precision/machete.py transform_w_zp){humming_basis}: {held / GIB:+.2f} GiB a rank "
         "against the checkpoint's"))
+
+
+def _stage_dense_sum(stage: Stage, per_attention: int | None, per_mlp: int | None) -> int | None:
+    """A stage's total of a per-layer figure: `per_attention` on every layer, `per_mlp` on its dense MLP layers
+    (all of them, or a MoE model's ``dense_layers``); None where a figure the stage needs is None (not read)."""
+    spec = stage.spec
+    start, stop = stage.layers
+    dense_layers = sum(1 for layer in range(start, stop) if not spec.is_moe or layer in spec.dense_layers)
+    if per_attention is None or (per_mlp is None and dense_layers):
+        return None
+    return (stop - start) * per_attention + dense_layers * (per_mlp or 0)
 
 
 def compressed_tensors_humming_bytes(stage: Stage, version: str, dense_format: str,
@@ -2891,13 +2897,8 @@ def compressed_tensors_humming_bytes(stage: Stage, version: str, dense_format: s
                       - (in_features * out_features // 2 + 2 * groups * out_features))
         return total
 
-    per_attention = extra(attention, (spec.attention_qkv_bias, spec.attention_output_bias))
-    per_mlp = extra(mlp, (False, False))
-    start, stop = stage.layers
-    dense_layers = sum(1 for layer in range(start, stop) if not spec.is_moe or layer in spec.dense_layers)
-    if per_attention is None or (per_mlp is None and dense_layers):
-        return None
-    held = (stop - start) * per_attention + dense_layers * (per_mlp or 0)
+    held = _stage_dense_sum(stage, extra(attention, (spec.attention_qkv_bias, spec.attention_output_bias)),
+                            extra(mlp, (False, False)))
     if not held:
         return None
     return Term(held, (
