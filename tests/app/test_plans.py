@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
+from app.routing import _keys_all_differ, refuse_duplicate_keys
 from app.schemas.plans import PlanRequest, plan_from_core, plan_to_core, request_notes, speed_dict
 from quant_core.catalog import list_presets
 from quant_core.hf_config import model_from_hf_config
@@ -120,6 +121,14 @@ def test_json_sent_as_another_media_type_is_415(client: TestClient, path: str) -
                  b' "hardware": {"device": "h100-80gb", "count": 8}}', "hardware"),  # a BOM: only the slow parser
     ("/v1/plan", b'{"model": {"hf_config": {"architectures": ["A", {"x": 1, "x": 2}]}},'
                  b' "hardware": {"device": "h100-80gb"}}', "model.hf_config.architectures[1].x"),
+    # the byte scan that spares most bodies the second parse (`routing._keys_all_differ`) must not pass these:
+    # the same key escaped, spaced before its colon, or after a value string that holds '":'
+    ("/v1/plan", b'{"model": {"preset": "llama-3.1-8b", "pres\\u0065t": "qwen3-8b"},'
+                 b' "hardware": {"device": "h100-80gb"}}', "model.preset"),
+    ("/v1/plan", b'{"model": {"preset": "llama-3.1-8b"}, "hardware" \n\t: {"device": "h100-80gb"},'
+                 b' "hardware":{"device": "t4"}}', "hardware"),
+    ("/v1/plan", b'{"model": {"preset": ": a", "preset": "llama-3.1-8b"}, "hardware": {"device": "t4"}}',
+     "model.preset"),
 ])
 def test_a_key_sent_twice_in_one_object_is_422_naming_its_path(client: TestClient, path: str, content: bytes,
                                                                field: str) -> None:
@@ -128,6 +137,14 @@ def test_a_key_sent_twice_in_one_object_is_422_naming_its_path(client: TestClien
     assert response.status_code == 422
     (error,) = response.json()["errors"]
     assert "appears twice" in error["message"] and error["field"] == field
+
+
+def test_the_same_key_in_two_objects_is_no_repeated_key() -> None:
+    # the byte scan finds "x" twice in the document and leaves the answer to the parse, which accepts it
+    assert not _keys_all_differ(b'{"a": {"x": 1}, "b": {"x": 2}}')
+    refuse_duplicate_keys(b'{"a": {"x": 1}, "b": {"x": 2}}')
+    assert _keys_all_differ(b'{"a": {"x": ":"}, "b" : {"y": "x"}}')
+    assert not _keys_all_differ(b'{"a": 1, "a" :2}')
 
 
 def test_missing_hardware_is_422_naming_it(client: TestClient) -> None:
