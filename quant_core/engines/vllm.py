@@ -3960,6 +3960,13 @@ INTEGER_KV_REFUSALS: dict[str, str] = {
 }
 
 
+#: `VllmProfile.kv_cache_backend`'s answers by (release, the spec's identity, KV dtype, capability, block): a plan asks
+#: up to four times (its block, the device refusal, two warnings), and a catalog preset comes back as the same object
+#: request after request.  Each entry holds its spec, so no other object can take the id while it is here; emptied
+#: when full
+_KV_CACHE_BACKENDS: dict[tuple[str, int, str, tuple[int, int] | None, int], tuple[ModelSpec, KVCacheBackend]] = {}
+
+
 def kv_cache_refusal(version: str, spec: ModelSpec, kv_cache_dtype: str, compute_capability: tuple[int, int] | None,
                      block_size: int) -> KVCacheBackend:
     """Whether vLLM `version` runs `spec`'s KV cache of nibble's `kv_cache_dtype` (``fp8``: vLLM's fp8_e4m3,
@@ -4415,7 +4422,15 @@ class VllmProfile:
                          block_size: int) -> KVCacheBackend:
         """`kv_cache_refusal`: whether this release's attention runs `spec`'s KV cache of `kv_cache_dtype` on the
         device, at which block."""
-        return kv_cache_refusal(self._version, spec, kv_cache_dtype, compute_capability, block_size)
+        key = (self._version, id(spec), kv_cache_dtype, compute_capability, block_size)
+        found = _KV_CACHE_BACKENDS.get(key)
+        if found is not None and found[0] is spec:
+            return found[1]
+        answer = kv_cache_refusal(self._version, spec, kv_cache_dtype, compute_capability, block_size)
+        if len(_KV_CACHE_BACKENDS) >= 1024:
+            _KV_CACHE_BACKENDS.clear()
+        _KV_CACHE_BACKENDS[key] = (spec, answer)
+        return answer
 
     def device_dtype_note(self, spec: ModelSpec, compute_capability: tuple[int, int] | None) -> str | None:
         """`float32_note`: the basis of a model vLLM runs in float32 on the device, or None."""

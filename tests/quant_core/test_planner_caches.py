@@ -58,3 +58,21 @@ def test_a_plan_is_the_same_whether_its_model_terms_were_cached_or_not() -> None
     planner._EVALUATOR_KEY_IDS.clear()
     planner._SHARED_STAGE_TERMS.clear()
     assert plan(spec, hardware, Workload(8192, 4)) == first
+
+
+def test_the_kv_cache_backend_memo_answers_as_the_plain_function_for_each_spec_object() -> None:
+    from quant_core.engines.vllm import VllmProfile, kv_cache_refusal
+
+    profile = VllmProfile("0.19")
+    v2_lite = get_preset("deepseek-v2-lite")
+    llama = get_preset("llama-3.1-8b")
+    for _ in range(2):  # the second round is answered from the memo
+        for spec in (v2_lite, llama, dataclasses.replace(llama, head_dim=96)):
+            for dtype, capability, block in (("fp8", (8, 0), 16), ("bf16", (7, 0), 16), ("bf16", (9, 0), 8),
+                                             ("fp8", None, 16)):
+                assert profile.kv_cache_backend(spec, dtype, capability, block) == \
+                    kv_cache_refusal("0.19", spec, dtype, capability, block)
+    # a spec rebuilt equal but as another object is answered for itself, never from another object's entry
+    phi_like = dataclasses.replace(llama, head_dim=96)
+    assert profile.kv_cache_backend(phi_like, "fp8", (8, 0), 16).refusal is not None  # heads of 96: Triton, < 8.9
+    assert profile.kv_cache_backend(llama, "fp8", (8, 0), 16).refusal is None  # heads of 128: FlashInfer from 8.0
