@@ -986,6 +986,89 @@ def _triton_scratch_one(stage: Stage, version: str, limits: BatchLimits, capabil
     return nbytes, f"{rows} rows x {heads_q} query heads x {segments} segments"
 
 
+def _attention_builders(stage: Stage, kv_cache_dtype: str, version: str) -> int:
+    """The attention metadata builders vLLM `version` makes on one device of `stage`: one per KV cache group
+    (gpu_model_runner.py ``initialize_metadata_builders``, one attention group per group for one backend), the
+    full-attention groups of a hybrid model (`kv_cache.HybridKV`), none where the stage holds no attention layer."""
+    spec = stage.spec
+    if spec.linear_attention is not None:
+        try:
+            hybrid = hybrid_kv(spec, kv_cache_dtype, stage.tensor_parallel, stage.layers)
+        except InvalidSpec:  # no full-attention layer on the stage
+            return 0
+        return -(-hybrid.full_layers // hybrid.group_size)
+    groups, _size, _page = _kv_cache_groups(spec, stage.layers, kv_cache_dtype, stage.tensor_parallel,
+                                            DEFAULT_BLOCK_SIZE, chunked_local_attention(version),
+                                            VERSIONS[version].group_size_ratio)
+    return sum(count for _kind, _window, count in groups)
+
+
+def _vllm_cache_dtype(kv_cache_dtype: str) -> str | None:
+    """vLLM's ``--kv-cache-dtype`` for nibble's KV dtype name: ``auto`` for a 16-bit cache, ``fp8_e4m3`` /
+    ``fp8_e5m2``, 0.33's per-token-head names as they are; None for nibble's own int8/int4."""
+    return (VLLM_FP8_CACHE_DTYPES.get(kv_cache_dtype) or VLLM_16BIT_CACHE_DTYPES.get(kv_cache_dtype)
+            or (kv_cache_dtype if kv_cache_dtype in VLLM_PER_TOKEN_HEAD_CACHE_DTYPES else None))
+
+
+#: the workspace each FlashInferMetadataBuilder allocates on its first build (v1/attention/backends/flashinfer.py
+#: ``_get_workspace_buffer``): 0.11's ``FLASHINFER_WORKSPACE_BUFFER_SIZE``, 256 MiB; 0.19's and 0.33's
+#: ``envs.VLLM_FLASHINFER_WORKSPACE_BUFFER_SIZE``, 394 MiB by default (envs.py)
+FLASHINFER_WORKSPACE_BYTES = {"0.11": 256 * MIB, "0.19": 394 * MIB, "0.33": 394 * MIB}
+#: 0.33 flashinfer.py ``FLASHINFER_PREFILL_WORKSPACE_BYTES_PER_ELEM``: the workspace grows to max_num_batched_tokens x
+#: query heads x head size x 16 bytes when that is more than the default
+FLASHINFER_PREFILL_WORKSPACE_BYTES_PER_ELEM = 16
+#: the backends whose builder is FlashInfer's or holds one (0.33's TRITON_FLASHINFER composite: its causal builder)
+FLASHINFER_BUILDER_BACKENDS = frozenset({"FLASHINFER", "TRITON_FLASHINFER"})
+
+
+def flashinfer_workspace(stage: Stage, kv_cache_dtype: str, limits: BatchLimits, version: str,
+                         enforce_eager: bool = False, device: DeviceFacts = UNKNOWN_DEVICE) -> Term | None:
+    """FlashInfer's attention workspace on one device of `stage` where vLLM `version` runs the attention on FLASHINFER
+    and allocates it after sizing the KV cache, outside ``gpu_memory_utilization``; None elsewhere.
+
+    Each FlashInferMetadataBuilder (one per KV cache group, `_attention_builders`, made in ``initialize_kv_cache``)
+    allocates its workspace in its first ``build`` (flashinfer.py ``_get_workspace_buffer``, through the prefill,
+    decode or cascade wrapper) and holds it: `FLASHINFER_WORKSPACE_BYTES`, on 0.33 at least max_num_batched_tokens x
+    query heads a rank x head size x 16 bytes.  0.11 and 0.19 first build at CUDA-graph capture or the first request,
+    after the KV pool is sized (0.19's ``profile_cudagraph_memory`` builds its own, freed with its minimal cache, and
+    its estimate is not applied by default); 0.33 charges its graph estimate inside the budget, and the profiling
+    capture that measures it builds the workspace, so only with `enforce_eager` does it land outside.  0.11's
+    backend is decided here for an fp8 cache only (`vllm_attention.kv_backend`); a device not known is not charged
+    (FlashInfer runs a 16-bit cache only where FlashAttention does not, or first on 10.x).  On 10.x, where TRT-LLM
+    attention may serve both phases (utils/flashinfer.py ``use_trtllm_attention``), the process-wide TRT-LLM
+    workspace of the same 394 MiB stands in for the builder's: charged the same."""
+    capability = device.compute_capability
+    cache_dtype = _vllm_cache_dtype(kv_cache_dtype)
+    if capability is None or cache_dtype is None or version not in FLASHINFER_WORKSPACE_BYTES:
+        return None
+    if version == "0.33" and not enforce_eager:
+        return None
+    spec = stage.spec
+    float32 = runs_float32(version, spec.model_type, capability)
+    if version == "0.11":
+        found = kv_backend(version, spec, cache_dtype, capability, DEFAULT_BLOCK_SIZE, float32)
+        backend = None if found is None else found.backend
+    else:
+        backend = attention_backend_name(version, spec, cache_dtype, capability, float32=float32)
+    builders = _attention_builders(stage, kv_cache_dtype, version)
+    if backend not in FLASHINFER_BUILDER_BACKENDS or not builders:
+        return None
+    size = FLASHINFER_WORKSPACE_BYTES[version]
+    grown = ""
+    if version == "0.33":
+        heads_q = spec.num_attention_heads // stage.tensor_parallel
+        prefill = limits.max_batched_tokens * heads_q * spec.head_dim * FLASHINFER_PREFILL_WORKSPACE_BYTES_PER_ELEM
+        if prefill > size:
+            size = prefill
+            grown = (f" (grown to {limits.max_batched_tokens} tokens x {heads_q} query heads x {spec.head_dim} x "
+                     f"{FLASHINFER_PREFILL_WORKSPACE_BYTES_PER_ELEM} bytes)")
+    nbytes = builders * allocated_block_bytes(size)
+    return Term(nbytes, f"{nbytes / MIB:.0f} MiB for FlashInfer's attention workspace: {builders} x "
+                        f"{size / MIB:.0f} MiB{grown}, one per KV cache group (vLLM {version} flashinfer.py "
+                        "_get_workspace_buffer, allocated by the builder's first build, after the KV cache is sized"
+                        + (", --enforce-eager: no graph estimate holds it" if version == "0.33" else "") + ")")
+
+
 def triton_decode_scratch(stage: Stage, kv_cache_dtype: str, limits: BatchLimits, version: str,
                           enforce_eager: bool = False, device: DeviceFacts = UNKNOWN_DEVICE) -> Term | None:
     """The split-KV decode scratch vLLM `version` keeps on one device of `stage` where its attention runs on
@@ -1006,8 +1089,7 @@ def triton_decode_scratch(stage: Stage, kv_cache_dtype: str, limits: BatchLimits
     if version not in ("0.19", "0.33"):
         return None
     spec = stage.spec
-    cache_dtype = (VLLM_FP8_CACHE_DTYPES.get(kv_cache_dtype) or VLLM_16BIT_CACHE_DTYPES.get(kv_cache_dtype)
-                   or (kv_cache_dtype if kv_cache_dtype in VLLM_PER_TOKEN_HEAD_CACHE_DTYPES else None))
+    cache_dtype = _vllm_cache_dtype(kv_cache_dtype)
     if cache_dtype is None:
         return None
     known = device.compute_capability
@@ -1021,19 +1103,9 @@ def triton_decode_scratch(stage: Stage, kv_cache_dtype: str, limits: BatchLimits
         nbytes, shape = _triton_scratch_one(stage, version, limits, capability, units, enforce_eager)
         if best is None or nbytes > best[0]:
             best = (nbytes, shape, backend)
-    if best is None:
+    builders = _attention_builders(stage, kv_cache_dtype, version)
+    if best is None or not builders:
         return None
-    if spec.linear_attention is not None:  # the full-attention groups of a hybrid model (`kv_cache.HybridKV`)
-        try:
-            hybrid = hybrid_kv(spec, kv_cache_dtype, stage.tensor_parallel, stage.layers)
-        except InvalidSpec:  # no full-attention layer on the stage: no attention builder
-            return None
-        builders = -(-hybrid.full_layers // hybrid.group_size)
-    else:
-        groups, _size, _page = _kv_cache_groups(spec, stage.layers, kv_cache_dtype, stage.tensor_parallel,
-                                                DEFAULT_BLOCK_SIZE, chunked_local_attention(version),
-                                                VERSIONS[version].group_size_ratio)
-        builders = sum(count for _kind, _window, count in groups)
     nbytes, shape, backend = best
     where = "" if known is not None else " (the largest over the devices vLLM runs, this one not known)"
     return Term(builders * nbytes,
@@ -1053,7 +1125,9 @@ class OutsideBudget:
     `dsa_mixed_batch_bytes`) and the indexer's expanded block table, ``table_bytes_per_block`` per 64-token block of
     L (`dsa_block_table_bytes`), and on 0.19 and 0.33 the CUTLASS MoE profiler workspace FlashInfer's autotuning
     keeps (`late`, `flashinfer_moe_autotune_buffer`), and on 0.19 and 0.33 TRITON_ATTN's split-KV decode scratch where
-    it runs the attention (`scratch`, `triton_decode_scratch`: made with the KV cache, held before the warm-up).
+    it runs the attention (`scratch`, `triton_decode_scratch`: made with the KV cache, held before the warm-up), and
+    FlashInfer's attention workspace where it runs it (`workspace`, `flashinfer_workspace`: on 0.11 and 0.19, and on
+    0.33 with --enforce-eager, the budget's graph estimate holding it otherwise).
     `warmup` is the part of DeepGEMM's grouped-GEMM warm-up that the memory the profiling peak left to PyTorch's
     allocator does not hold (`deep_gemm_warmup_excess`): transient, after the block table and the scratch and before
     the rest (kernel_warmup runs DeepGEMM's warm-up first, and capture_model empties PyTorch's cache before
@@ -1069,6 +1143,7 @@ class OutsideBudget:
     late: Term | None = None
     warmup: Term | None = None
     scratch: Term | None = None
+    workspace: Term | None = None
 
     def table_bytes(self, max_model_len: int) -> int:
         """The expanded block table at `max_model_len`: ``max_num_batched_tokens x ceil(L / 64) x 4`` bytes."""
@@ -1079,6 +1154,7 @@ class OutsideBudget:
                  + (0 if self.late is None else self.late.bytes))
         return (self.startup.bytes + self.table_bytes(max_model_len)
                 + (0 if self.scratch is None else self.scratch.bytes)
+                + (0 if self.workspace is None else self.workspace.bytes)
                 + max(later, 0 if self.warmup is None else self.warmup.bytes))
 
     def basis_at(self, max_model_len: int) -> str:
@@ -1095,6 +1171,8 @@ class OutsideBudget:
             parts.append(self.late.basis)
         if self.scratch is not None:
             parts.append(self.scratch.basis)
+        if self.workspace is not None:
+            parts.append(self.workspace.basis)
         return "; ".join(parts)
 
 
@@ -1106,7 +1184,7 @@ def outside_budget(stage: Stage, kv_cache_dtype: str, limits: BatchLimits, versi
     `enforce_eager`, which captures none; FlashInfer's CUTLASS MoE profiler workspace where the routed experts, stored
     as `expert_format`, run on FlashInfer's CUTLASS experts (`flashinfer_moe_autotune_buffer`); DeepGEMM's warm-up
     where it needs more than the profiling peak left (`deep_gemm_warmup_excess`); TRITON_ATTN's decode scratch where
-    it runs the attention (`triton_decode_scratch`)."""
+    it runs the attention (`triton_decode_scratch`); FlashInfer's workspace where it does (`flashinfer_workspace`)."""
     graph = None if enforce_eager or VERSIONS[version].cuda_graphs_in_budget else \
         cuda_graph_pool(stage, limits, version)
     spec = stage.spec
@@ -1115,8 +1193,9 @@ def outside_budget(stage: Stage, kv_cache_dtype: str, limits: BatchLimits, versi
     late = flashinfer_moe_autotune_buffer(stage, version, limits, expert_format, device, enforce_eager)
     warmup = deep_gemm_warmup_excess(stage, version, limits, expert_format, device)
     scratch = triton_decode_scratch(stage, kv_cache_dtype, limits, version, enforce_eager, device)
+    workspace = flashinfer_workspace(stage, kv_cache_dtype, limits, version, enforce_eager, device)
     return OutsideBudget(version, startup_memory(stage, version, device), graph, kernel, per_block, late, warmup,
-                         scratch)
+                         scratch, workspace)
 
 
 #: v0.19 flashmla_sparse.py: below this many heads a rank, an fp8_ds_mla cache runs every token of a step, prefill

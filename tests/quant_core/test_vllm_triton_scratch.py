@@ -1,4 +1,5 @@
-"""TRITON_ATTN's split-KV decode scratch in vLLM 0.19 and 0.33, charged outside ``gpu_memory_utilization``.
+"""TRITON_ATTN's split-KV decode scratch in vLLM 0.19 and 0.33, and FlashInfer's attention workspace, charged outside
+``gpu_memory_utilization``.
 
 Every figure is worked from v1/attention/backends/triton_attn.py ``TritonAttentionMetadataBuilder.__init__`` (0.19.0,
 0.33.0): ``seq_threshold_3D = MIN_LAUNCH_GRID_SIZE_2D (128) // kv heads a rank``, moved to the closest CUDA-graph
@@ -11,10 +12,11 @@ from __future__ import annotations
 
 from quant_core.catalog import UNKNOWN_DEVICE, device_facts, get_preset
 from quant_core.engines import BatchLimits, Stage
-from quant_core.engines.vllm import outside_budget, triton_decode_scratch
+from quant_core.engines.vllm import flashinfer_workspace, outside_budget, triton_decode_scratch
 from quant_core.engines.vllm_attention import attention_backend_name
 
 LIMITS = BatchLimits(8192, 256)
+MIB = 1 << 20
 
 
 def _scratch(rows: int, heads_q: int, segments: int, head_padded: int) -> int:
@@ -102,3 +104,41 @@ def test_a_device_not_known_is_charged_the_largest_over_the_devices_vllm_runs() 
     term = triton_decode_scratch(_llama(), "bf16", LIMITS, "0.19", device=UNKNOWN_DEVICE)
     assert term is not None and term.bytes == _scratch(16, 32, 16, 128)
     assert "not known" in term.basis
+
+
+# --- FlashInfer's attention workspace (flashinfer.py _get_workspace_buffer), allocated by each builder's first build
+
+
+def test_flashinfer_workspace_of_llamas_fp8_cache_on_an_l40s_is_394_mib_outside_0_19s_budget() -> None:
+    l40s = device_facts("l40s")
+    term = flashinfer_workspace(_llama(), "fp8", LIMITS, "0.19", device=l40s)
+    assert term is not None and term.bytes == 394 * MIB  # envs.py VLLM_FLASHINFER_WORKSPACE_BUFFER_SIZE
+    budget = outside_budget(_llama(), "fp8", LIMITS, "0.19", device=l40s)
+    assert budget.workspace == term and budget.scratch is None
+    assert budget.graph is not None
+    assert budget.bytes_at(4096) == budget.startup.bytes + budget.graph.bytes + 394 * MIB
+
+
+def test_0_33_holds_the_workspace_in_its_graph_estimate_and_charges_it_outside_only_when_eager() -> None:
+    l40s = device_facts("l40s")
+    assert flashinfer_workspace(_llama(), "fp8", LIMITS, "0.33", device=l40s) is None
+    # eager: max(394 MiB, 8,192 tokens x 32 heads x 128 x 16 bytes = 512 MiB); at TP 2, 16 heads: 256 MiB, so 394
+    term = flashinfer_workspace(_llama(), "fp8", LIMITS, "0.33", enforce_eager=True, device=l40s)
+    assert term is not None and term.bytes == 8192 * 32 * 128 * 16 == 512 * MIB
+    term = flashinfer_workspace(_llama(2), "fp8", LIMITS, "0.33", enforce_eager=True, device=l40s)
+    assert term is not None and term.bytes == 394 * MIB
+
+
+def test_flashinfer_workspace_per_kv_cache_group_and_0_11s_256_mib() -> None:
+    spec = get_preset("gemma-2-9b")  # heads of 256: FlashInfer on 8.9 for an fp8 cache; two KV cache groups
+    stage = Stage(spec, 1, 1, (0, spec.num_layers), True)
+    term = flashinfer_workspace(stage, "fp8", LIMITS, "0.19", device=device_facts("l40s"))
+    assert term is not None and term.bytes == 2 * 394 * MIB
+    # 0.11 prefers FlashInfer on 10.0 for an fp8 cache: its FLASHINFER_WORKSPACE_BUFFER_SIZE, 256 MiB
+    term = flashinfer_workspace(_llama(), "fp8", LIMITS, "0.11", device=device_facts("b200"))
+    assert term is not None and term.bytes == 256 * MIB
+
+
+def test_no_flashinfer_workspace_where_flashattention_runs_or_the_device_is_not_known() -> None:
+    assert flashinfer_workspace(_llama(), "bf16", LIMITS, "0.19", device=device_facts("h100-80gb")) is None
+    assert flashinfer_workspace(_llama(), "fp8", LIMITS, "0.19", device=UNKNOWN_DEVICE) is None
