@@ -1176,6 +1176,28 @@ class OutsideBudget:
         return "; ".join(parts)
 
 
+#: `_attention_buffers`' answers by (release, spec object, tp, layers, KV dtype, limits, eager, device): a plan asks
+#: `outside_budget` for every layout it weighs.  Each entry holds its spec, so no other object takes the id while it
+#: is here; emptied when full
+_ATTENTION_BUFFERS: dict[tuple[object, ...], tuple[ModelSpec, tuple[Term | None, Term | None]]] = {}
+
+
+def _attention_buffers(stage: Stage, kv_cache_dtype: str, limits: BatchLimits, version: str, enforce_eager: bool,
+                       device: DeviceFacts) -> tuple[Term | None, Term | None]:
+    """(`triton_decode_scratch`, `flashinfer_workspace`) of one device of `stage`, answered once per key."""
+    spec = stage.spec
+    key = (version, id(spec), stage.tensor_parallel, stage.layers, kv_cache_dtype, limits, enforce_eager, device)
+    found = _ATTENTION_BUFFERS.get(key)
+    if found is not None and found[0] is spec:
+        return found[1]
+    answer = (triton_decode_scratch(stage, kv_cache_dtype, limits, version, enforce_eager, device),
+              flashinfer_workspace(stage, kv_cache_dtype, limits, version, enforce_eager, device))
+    if len(_ATTENTION_BUFFERS) >= 1024:
+        _ATTENTION_BUFFERS.clear()
+    _ATTENTION_BUFFERS[key] = (spec, answer)
+    return answer
+
+
 def outside_budget(stage: Stage, kv_cache_dtype: str, limits: BatchLimits, version: str,
                    enforce_eager: bool = False, device: DeviceFacts = UNKNOWN_DEVICE,
                    expert_format: str = "") -> OutsideBudget:
@@ -1192,8 +1214,7 @@ def outside_budget(stage: Stage, kv_cache_dtype: str, limits: BatchLimits, versi
     per_block = dsa_block_table_bytes(spec, version, DSA_BLOCK_SIZE, limits)
     late = flashinfer_moe_autotune_buffer(stage, version, limits, expert_format, device, enforce_eager)
     warmup = deep_gemm_warmup_excess(stage, version, limits, expert_format, device)
-    scratch = triton_decode_scratch(stage, kv_cache_dtype, limits, version, enforce_eager, device)
-    workspace = flashinfer_workspace(stage, kv_cache_dtype, limits, version, enforce_eager, device)
+    scratch, workspace = _attention_buffers(stage, kv_cache_dtype, limits, version, enforce_eager, device)
     return OutsideBudget(version, startup_memory(stage, version, device), graph, kernel, per_block, late, warmup,
                          scratch, workspace)
 
