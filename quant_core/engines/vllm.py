@@ -55,9 +55,12 @@ from quant_core.catalog import UNKNOWN_DEVICE, DeviceFacts
 from quant_core.engines.base import BatchLimits, KVCacheBackend, KVCapacity, Stage, Term
 from quant_core.engines.torch_cuda import allocated_block_bytes, blas_workspace_bytes, compute_units
 from quant_core.engines.vllm_attention import (
+    DEFAULT_BLOCK_SIZE,
+    TRITON_BUILDER_BACKENDS,
     VLLM_16BIT_CACHE_DTYPES,
     VLLM_FP8_CACHE_DTYPES,
     VLLM_PER_TOKEN_HEAD_CACHE_DTYPES,
+    attention_backend_name,
     kv_backend,
     kv_requirement,
     mla_latent_refusal,
@@ -73,6 +76,7 @@ from quant_core.kv_cache import (
     WindowedKV,
     held_window,
     hybrid_kv,
+    kv_heads_per_rank,
     kv_layers,
     layer_bytes_per_token,
 )
@@ -938,6 +942,179 @@ def startup_refusal(version: str, capacity_bytes: int, startup_bytes: int, utili
             "used by other processes.")
 
 
+#: v0.19 and v0.33 v1/attention/backends/triton_attn.py: ``MIN_LAUNCH_GRID_SIZE_2D`` (the 2D decode kernel's
+#: smallest launch grid, sequences x KV heads, below which the 3D split-KV kernel runs) and
+#: ``NUM_PAR_SOFTMAX_SEGMENTS`` (the 3D kernel's softmax segments); 0.33 runs 64 segments on compute capability 12.0
+TRITON_MIN_LAUNCH_GRID_2D = 128
+TRITON_SOFTMAX_SEGMENTS = 16
+TRITON_SM120_SOFTMAX_SEGMENTS = 64
+TRITON_SM120 = (12, 0)
+#: the compute capabilities a plan for a device not known is charged the largest Triton decode scratch over: one of
+#: each family vLLM 0.19/0.33 runs (the backend, and on 12.0 the segments, follow the capability)
+SCRATCH_CAPABILITIES = ((7, 0), (7, 5), (8, 0), (8, 6), (8, 9), (9, 0), (10, 0), (12, 0))
+
+
+def _next_power_of_2(value: int) -> int:
+    """vllm/utils/math_utils.py ``next_power_of_2``: the smallest power of 2 at least `value`."""
+    return 1 if value <= 1 else 1 << (value - 1).bit_length()
+
+
+def _triton_scratch_one(stage: Stage, version: str, limits: BatchLimits, capability: tuple[int, int],
+                        units: int, enforce_eager: bool) -> tuple[int, str]:
+    """(bytes, rows x segments in words) of one TritonAttentionMetadataBuilder's three scratch tensors on a device of
+    `capability` with `units` SMs (`triton_decode_scratch`)."""
+    spec = stage.spec
+    heads_q = spec.num_attention_heads // stage.tensor_parallel
+    heads_kv = kv_heads_per_rank(spec.num_kv_heads, stage.tensor_parallel)
+    threshold = TRITON_MIN_LAUNCH_GRID_2D // heads_kv
+    if not enforce_eager:
+        # decode_cudagraph_enabled (FULL_AND_PIECEWISE, the default): the capture size closest to it, the first of
+        # the ascending sizes on a tie (``min(capture_sizes, key=...)``)
+        sizes = cudagraph_capture_sizes(version, limits)
+        if sizes:
+            threshold = min(sizes, key=lambda size: abs(size - threshold))
+    rows, segments = threshold, TRITON_SOFTMAX_SEGMENTS
+    if version == "0.33":
+        rows = min(threshold, limits.max_num_seqs)  # max_num_seqs_3d x max_query_len_3d (1: no speculative decoding)
+        most_64 = (units - 1) // (TRITON_SOFTMAX_SEGMENTS * heads_kv) if capability == TRITON_SM120 else 0
+        if most_64 > 0:
+            segments = TRITON_SM120_SOFTMAX_SEGMENTS
+            rows = max(min(most_64, rows), -(-rows // (segments // TRITON_SOFTMAX_SEGMENTS)))
+    output = rows * heads_q * segments * _next_power_of_2(spec.head_dim) * 4
+    small = rows * heads_q * segments * 4
+    nbytes = allocated_block_bytes(output) + 2 * allocated_block_bytes(small)
+    return nbytes, f"{rows} rows x {heads_q} query heads x {segments} segments"
+
+
+def _attention_builders(stage: Stage, kv_cache_dtype: str, version: str) -> int:
+    """The attention metadata builders vLLM `version` makes on one device of `stage`: one per KV cache group
+    (gpu_model_runner.py ``initialize_metadata_builders``, one attention group per group for one backend), the
+    full-attention groups of a hybrid model (`kv_cache.HybridKV`), none where the stage holds no attention layer."""
+    spec = stage.spec
+    if spec.linear_attention is not None:
+        try:
+            hybrid = hybrid_kv(spec, kv_cache_dtype, stage.tensor_parallel, stage.layers)
+        except InvalidSpec:  # no full-attention layer on the stage
+            return 0
+        return -(-hybrid.full_layers // hybrid.group_size)
+    groups, _size, _page = _kv_cache_groups(spec, stage.layers, kv_cache_dtype, stage.tensor_parallel,
+                                            DEFAULT_BLOCK_SIZE, chunked_local_attention(version),
+                                            VERSIONS[version].group_size_ratio)
+    return sum(count for _kind, _window, count in groups)
+
+
+def _vllm_cache_dtype(kv_cache_dtype: str) -> str | None:
+    """vLLM's ``--kv-cache-dtype`` for nibble's KV dtype name: ``auto`` for a 16-bit cache, ``fp8_e4m3`` /
+    ``fp8_e5m2``, 0.33's per-token-head names as they are; None for nibble's own int8/int4."""
+    return (VLLM_FP8_CACHE_DTYPES.get(kv_cache_dtype) or VLLM_16BIT_CACHE_DTYPES.get(kv_cache_dtype)
+            or (kv_cache_dtype if kv_cache_dtype in VLLM_PER_TOKEN_HEAD_CACHE_DTYPES else None))
+
+
+#: the workspace each FlashInferMetadataBuilder allocates on its first build (v1/attention/backends/flashinfer.py
+#: ``_get_workspace_buffer``): 0.11's ``FLASHINFER_WORKSPACE_BUFFER_SIZE``, 256 MiB; 0.19's and 0.33's
+#: ``envs.VLLM_FLASHINFER_WORKSPACE_BUFFER_SIZE``, 394 MiB by default (envs.py)
+FLASHINFER_WORKSPACE_BYTES = {"0.11": 256 * MIB, "0.19": 394 * MIB, "0.33": 394 * MIB}
+#: 0.33 flashinfer.py ``FLASHINFER_PREFILL_WORKSPACE_BYTES_PER_ELEM``: the workspace grows to max_num_batched_tokens x
+#: query heads x head size x 16 bytes when that is more than the default
+FLASHINFER_PREFILL_WORKSPACE_BYTES_PER_ELEM = 16
+#: the backends whose builder is FlashInfer's or holds one (0.33's TRITON_FLASHINFER composite: its causal builder)
+FLASHINFER_BUILDER_BACKENDS = frozenset({"FLASHINFER", "TRITON_FLASHINFER"})
+
+
+def flashinfer_workspace(stage: Stage, kv_cache_dtype: str, limits: BatchLimits, version: str,
+                         enforce_eager: bool = False, device: DeviceFacts = UNKNOWN_DEVICE) -> Term | None:
+    """FlashInfer's attention workspace on one device of `stage` where vLLM `version` runs the attention on FLASHINFER
+    and allocates it after sizing the KV cache, outside ``gpu_memory_utilization``; None elsewhere.
+
+    Each FlashInferMetadataBuilder (one per KV cache group, `_attention_builders`, made in ``initialize_kv_cache``)
+    allocates its workspace in its first ``build`` (flashinfer.py ``_get_workspace_buffer``, through the prefill,
+    decode or cascade wrapper) and holds it: `FLASHINFER_WORKSPACE_BYTES`, on 0.33 at least max_num_batched_tokens x
+    query heads a rank x head size x 16 bytes.  0.11 and 0.19 first build at CUDA-graph capture or the first request,
+    after the KV pool is sized (0.19's ``profile_cudagraph_memory`` builds its own, freed with its minimal cache, and
+    its estimate is not applied by default); 0.33 charges its graph estimate inside the budget, and the profiling
+    capture that measures it builds the workspace, so only with `enforce_eager` does it land outside.  0.11's
+    backend is decided here for an fp8 cache only (`vllm_attention.kv_backend`); a device not known is not charged
+    (FlashInfer runs a 16-bit cache only where FlashAttention does not, or first on 10.x).  On 10.x, where TRT-LLM
+    attention may serve both phases (utils/flashinfer.py ``use_trtllm_attention``), the process-wide TRT-LLM
+    workspace of the same 394 MiB stands in for the builder's: charged the same."""
+    capability = device.compute_capability
+    cache_dtype = _vllm_cache_dtype(kv_cache_dtype)
+    if capability is None or cache_dtype is None or version not in FLASHINFER_WORKSPACE_BYTES:
+        return None
+    if version == "0.33" and not enforce_eager:
+        return None
+    spec = stage.spec
+    float32 = runs_float32(version, spec.model_type, capability)
+    if version == "0.11":
+        found = kv_backend(version, spec, cache_dtype, capability, DEFAULT_BLOCK_SIZE, float32)
+        backend = None if found is None else found.backend
+    else:
+        backend = attention_backend_name(version, spec, cache_dtype, capability, float32=float32)
+    builders = _attention_builders(stage, kv_cache_dtype, version)
+    if backend not in FLASHINFER_BUILDER_BACKENDS or not builders:
+        return None
+    size = FLASHINFER_WORKSPACE_BYTES[version]
+    grown = ""
+    if version == "0.33":
+        heads_q = spec.num_attention_heads // stage.tensor_parallel
+        prefill = limits.max_batched_tokens * heads_q * spec.head_dim * FLASHINFER_PREFILL_WORKSPACE_BYTES_PER_ELEM
+        if prefill > size:
+            size = prefill
+            grown = (f" (grown to {limits.max_batched_tokens} tokens x {heads_q} query heads x {spec.head_dim} x "
+                     f"{FLASHINFER_PREFILL_WORKSPACE_BYTES_PER_ELEM} bytes)")
+    nbytes = builders * allocated_block_bytes(size)
+    return Term(nbytes, f"{nbytes / MIB:.0f} MiB for FlashInfer's attention workspace: {builders} x "
+                        f"{size / MIB:.0f} MiB{grown}, one per KV cache group (vLLM {version} flashinfer.py "
+                        "_get_workspace_buffer, allocated by the builder's first build, after the KV cache is sized"
+                        + (", --enforce-eager: no graph estimate holds it" if version == "0.33" else "") + ")")
+
+
+def triton_decode_scratch(stage: Stage, kv_cache_dtype: str, limits: BatchLimits, version: str,
+                          enforce_eager: bool = False, device: DeviceFacts = UNKNOWN_DEVICE) -> Term | None:
+    """The split-KV decode scratch vLLM `version` keeps on one device of `stage` where its attention runs on
+    TRITON_ATTN (or a Triton composite: `vllm_attention.TRITON_BUILDER_BACKENDS`), or None.
+
+    v0.19 and v0.33 v1/attention/backends/triton_attn.py ``TritonAttentionMetadataBuilder.__init__`` allocates
+    ``softmax_segm_output`` (rows x query heads x segments x next_power_of_2(head size), fp32) and
+    ``softmax_segm_max`` and ``softmax_segm_expsum`` (rows x query heads x segments, fp32) for the 3D kernel, per rank
+    (``get_num_attention_heads(parallel_config)``: heads / tp), held for the builder's life: rows are
+    ``seq_threshold_3D`` = ``MIN_LAUNCH_GRID_SIZE_2D // kv heads a rank``, moved to the closest CUDA-graph capture
+    size unless `enforce_eager`; 0.33 caps them at ``max_num_seqs`` and on 12.0 runs 64 segments, rows
+    ``max(min((SMs - 1) // (16 x kv heads), rows), ceil(rows / 4))``.  The builders are made by
+    v1/worker/gpu_model_runner.py ``initialize_metadata_builders``, one per attention group of each KV cache group,
+    from ``initialize_kv_cache`` (``Worker.initialize_from_config``), after ``determine_available_memory`` sized
+    the KV cache (the builders of ``profile_cudagraph_memory``'s minimal cache exist before its first reading and
+    are freed with it): outside ``gpu_memory_utilization``.  0.11's builder has no such scratch.  For a device not
+    known, the largest over `SCRATCH_CAPABILITIES`."""
+    if version not in ("0.19", "0.33"):
+        return None
+    spec = stage.spec
+    cache_dtype = _vllm_cache_dtype(kv_cache_dtype)
+    if cache_dtype is None:
+        return None
+    known = device.compute_capability
+    best: tuple[int, str, str] | None = None
+    for capability in (SCRATCH_CAPABILITIES if known is None else (known,)):
+        backend = attention_backend_name(version, spec, cache_dtype, capability,
+                                         float32=runs_float32(version, spec.model_type, capability))
+        if backend not in TRITON_BUILDER_BACKENDS:
+            continue
+        units = compute_units(replace(device, compute_capability=capability))[0]
+        nbytes, shape = _triton_scratch_one(stage, version, limits, capability, units, enforce_eager)
+        if best is None or nbytes > best[0]:
+            best = (nbytes, shape, backend)
+    builders = _attention_builders(stage, kv_cache_dtype, version)
+    if best is None or not builders:
+        return None
+    nbytes, shape, backend = best
+    where = "" if known is not None else " (the largest over the devices vLLM runs, this one not known)"
+    return Term(builders * nbytes,
+                f"{builders * nbytes / MIB:.1f} MiB for {backend}'s split-KV decode scratch{where}: "
+                f"{builders} x TritonAttentionMetadataBuilder (vLLM {version} triton_attn.py __init__: "
+                f"softmax_segm_output/max/expsum, {shape}, fp32), one per KV cache group, made by "
+                "gpu_model_runner.py initialize_metadata_builders after the KV cache is sized")
+
+
 @dataclass(frozen=True, slots=True)
 class OutsideBudget:
     """What vLLM takes on one device outside ``gpu_memory_utilization``, from the memory the budget leaves free
@@ -947,12 +1124,16 @@ class OutsideBudget:
     DeepSeek Sparse Attention model on 0.19 the fp8 mixed-batch kernel's buffers (`kernel_bytes`,
     `dsa_mixed_batch_bytes`) and the indexer's expanded block table, ``table_bytes_per_block`` per 64-token block of
     L (`dsa_block_table_bytes`), and on 0.19 and 0.33 the CUTLASS MoE profiler workspace FlashInfer's autotuning
-    keeps (`late`, `flashinfer_moe_autotune_buffer`).  `warmup` is the part of DeepGEMM's grouped-GEMM warm-up that
-    the memory the profiling peak left to PyTorch's allocator does not hold (`deep_gemm_warmup_excess`): transient,
-    after the block table and before the rest (kernel_warmup runs DeepGEMM's warm-up first, and capture_model
-    empties PyTorch's cache before capturing), so the need is the start-up memory and the table plus the larger of
-    it and the rest.  The plan does not fit where this is more than that memory: vLLM would refuse to start, or run
-    out of memory warming its kernels up, capturing its graphs or serving a full batch."""
+    keeps (`late`, `flashinfer_moe_autotune_buffer`), and on 0.19 and 0.33 TRITON_ATTN's split-KV decode scratch where
+    it runs the attention (`scratch`, `triton_decode_scratch`: made with the KV cache, held before the warm-up), and
+    FlashInfer's attention workspace where it runs it (`workspace`, `flashinfer_workspace`: on 0.11 and 0.19, and on
+    0.33 with --enforce-eager, the budget's graph estimate holding it otherwise).
+    `warmup` is the part of DeepGEMM's grouped-GEMM warm-up that the memory the profiling peak left to PyTorch's
+    allocator does not hold (`deep_gemm_warmup_excess`): transient, after the block table and the scratch and before
+    the rest (kernel_warmup runs DeepGEMM's warm-up first, and capture_model empties PyTorch's cache before
+    capturing), so the need is the start-up memory, the table and the scratch plus the larger of it and the rest.
+    The plan does not fit where this is more than that memory: vLLM would refuse to start, or run out of memory
+    warming its kernels up, capturing its graphs or serving a full batch."""
 
     version: str
     startup: Term
@@ -961,6 +1142,8 @@ class OutsideBudget:
     table_bytes_per_block: int
     late: Term | None = None
     warmup: Term | None = None
+    scratch: Term | None = None
+    workspace: Term | None = None
 
     def table_bytes(self, max_model_len: int) -> int:
         """The expanded block table at `max_model_len`: ``max_num_batched_tokens x ceil(L / 64) x 4`` bytes."""
@@ -970,6 +1153,8 @@ class OutsideBudget:
         later = ((0 if self.graph is None else self.graph.bytes) + self.kernel_bytes
                  + (0 if self.late is None else self.late.bytes))
         return (self.startup.bytes + self.table_bytes(max_model_len)
+                + (0 if self.scratch is None else self.scratch.bytes)
+                + (0 if self.workspace is None else self.workspace.bytes)
                 + max(later, 0 if self.warmup is None else self.warmup.bytes))
 
     def basis_at(self, max_model_len: int) -> str:
@@ -984,7 +1169,33 @@ class OutsideBudget:
                          "(flashmla_sparse.py; not seen by the start-up profiling, vllm#53413)")
         if self.late is not None:
             parts.append(self.late.basis)
+        if self.scratch is not None:
+            parts.append(self.scratch.basis)
+        if self.workspace is not None:
+            parts.append(self.workspace.basis)
         return "; ".join(parts)
+
+
+#: `_attention_buffers`' answers by (release, spec object, tp, layers, KV dtype, limits, eager, device): a plan asks
+#: `outside_budget` for every layout it weighs.  Each entry holds its spec, so no other object takes the id while it
+#: is here; emptied when full
+_ATTENTION_BUFFERS: dict[tuple[object, ...], tuple[ModelSpec, tuple[Term | None, Term | None]]] = {}
+
+
+def _attention_buffers(stage: Stage, kv_cache_dtype: str, limits: BatchLimits, version: str, enforce_eager: bool,
+                       device: DeviceFacts) -> tuple[Term | None, Term | None]:
+    """(`triton_decode_scratch`, `flashinfer_workspace`) of one device of `stage`, answered once per key."""
+    spec = stage.spec
+    key = (version, id(spec), stage.tensor_parallel, stage.layers, kv_cache_dtype, limits, enforce_eager, device)
+    found = _ATTENTION_BUFFERS.get(key)
+    if found is not None and found[0] is spec:
+        return found[1]
+    answer = (triton_decode_scratch(stage, kv_cache_dtype, limits, version, enforce_eager, device),
+              flashinfer_workspace(stage, kv_cache_dtype, limits, version, enforce_eager, device))
+    if len(_ATTENTION_BUFFERS) >= 1024:
+        _ATTENTION_BUFFERS.clear()
+    _ATTENTION_BUFFERS[key] = (spec, answer)
+    return answer
 
 
 def outside_budget(stage: Stage, kv_cache_dtype: str, limits: BatchLimits, version: str,
@@ -994,7 +1205,8 @@ def outside_budget(stage: Stage, kv_cache_dtype: str, limits: BatchLimits, versi
     start-up memory always; no graph on 0.33, which charges its graph estimate inside the budget, nor with
     `enforce_eager`, which captures none; FlashInfer's CUTLASS MoE profiler workspace where the routed experts, stored
     as `expert_format`, run on FlashInfer's CUTLASS experts (`flashinfer_moe_autotune_buffer`); DeepGEMM's warm-up
-    where it needs more than the profiling peak left (`deep_gemm_warmup_excess`)."""
+    where it needs more than the profiling peak left (`deep_gemm_warmup_excess`); TRITON_ATTN's decode scratch where
+    it runs the attention (`triton_decode_scratch`); FlashInfer's workspace where it does (`flashinfer_workspace`)."""
     graph = None if enforce_eager or VERSIONS[version].cuda_graphs_in_budget else \
         cuda_graph_pool(stage, limits, version)
     spec = stage.spec
@@ -1002,7 +1214,9 @@ def outside_budget(stage: Stage, kv_cache_dtype: str, limits: BatchLimits, versi
     per_block = dsa_block_table_bytes(spec, version, DSA_BLOCK_SIZE, limits)
     late = flashinfer_moe_autotune_buffer(stage, version, limits, expert_format, device, enforce_eager)
     warmup = deep_gemm_warmup_excess(stage, version, limits, expert_format, device)
-    return OutsideBudget(version, startup_memory(stage, version, device), graph, kernel, per_block, late, warmup)
+    scratch, workspace = _attention_buffers(stage, kv_cache_dtype, limits, version, enforce_eager, device)
+    return OutsideBudget(version, startup_memory(stage, version, device), graph, kernel, per_block, late, warmup,
+                         scratch, workspace)
 
 
 #: v0.19 flashmla_sparse.py: below this many heads a rank, an fp8_ds_mla cache runs every token of a step, prefill

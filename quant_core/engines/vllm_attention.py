@@ -693,3 +693,49 @@ def kv_requirement(version: str, spec: ModelSpec, cache_dtype: str) -> str | Non
                  "of " + "/".join(str(size) for size in sorted(_FLASHINFER_HEADS[version])) + " without attention "
                  "sinks")
     return f"vLLM {version} runs an fp8 KV cache for {spec.name} {where}"
+
+
+#: the backends whose metadata builder is TRITON_ATTN's or holds one (the composites' general builder, composite.py
+#: ``CompositeAttentionMetadataBuilder``: triton_flashinfer.py and triton_flash_attn.py build TritonAttentionBackend
+#: for the image masks), so hold its split-KV decode scratch in 0.19 and 0.33 (`engines.vllm.triton_decode_scratch`)
+TRITON_BUILDER_BACKENDS = frozenset({"TRITON_ATTN", "TRITON_FLASHINFER", "TRITON_FLASH_ATTN"})
+
+
+def _dense_16bit_v0_19_v0_33(version: str, spec: ModelSpec, capability: tuple[int, int], float32: bool) -> str:
+    """The backend 0.19's and 0.33's priority walk (platforms/cuda.py ``_get_backend_priorities``) takes for a dense
+    model's 16-bit cache, as `_dense_v0_19_v0_33` walks it for an fp8 one without its fp8 tests: FLASH_ATTN from 8.0
+    for heads that are a multiple of 8 up to 256 (0.33: or 512 where FlashAttention 4 is built, 9.x to 11.x) in
+    fp16/bf16, sinks from 9.0; FLASHINFER (first on 10.x) for heads of 64/128/256 (0.33: 512) from 7.5 (0.33: 8.0) to
+    12.1 in fp16/bf16, sinks where TRT-LLM attention runs; else TRITON_ATTN for heads of 32 or more, else
+    FLEX_ATTENTION.  The backend chosen where it then fails (`_wide_head_refusal`) is named all the same."""
+    major = capability[0]
+    head = spec.head_dim
+    sinks = spec.attention_sinks
+    wide = version == "0.33" and FA2_MAX_HEAD < head <= FA4_MAX_HEAD and major in (9, 10, 11)
+    flash_attention = (capability >= (8, 0) and head % 8 == 0 and (head <= FA2_MAX_HEAD or wide) and not float32
+                       and (not sinks or capability >= (9, 0)))
+    flashinfer_floor = (7, 5) if version == "0.19" else (8, 0)
+    flashinfer_sinks = major == 10 or (version == "0.33" and (capability == (9, 0) or major == 12))
+    flashinfer = (flashinfer_floor <= capability <= (12, 1) and head in _FLASHINFER_HEADS[version] and not float32
+                  and (not sinks or flashinfer_sinks))
+    order = (("FLASHINFER", flashinfer), ("FLASH_ATTN", flash_attention))
+    for backend, takes in (order if major == 10 else order[::-1]):
+        if takes:
+            return backend
+    return "TRITON_ATTN" if head >= TRITON_MIN_HEAD else "FLEX_ATTENTION"
+
+
+def attention_backend_name(version: str, spec: ModelSpec, cache_dtype: str, compute_capability: tuple[int, int],
+                           requested_block: int = DEFAULT_BLOCK_SIZE, float32: bool = False) -> str | None:
+    """The backend vLLM `version` (0.19, 0.33) runs `spec`'s attention on for a KV cache of vLLM `cache_dtype` on a
+    device of `compute_capability`: `kv_backend`'s where it decides one, else for a dense model's 16-bit cache
+    `_dense_16bit_v0_19_v0_33`'s; None where no backend runs it, for 0.11 (whose builders hold no decode scratch),
+    another dtype or a DeepSeek Sparse Attention model."""
+    if version not in ("0.19", "0.33") or spec.has_indexer:
+        return None
+    found = kv_backend(version, spec, cache_dtype, compute_capability, requested_block, float32)
+    if found is not None:
+        return found.backend
+    if cache_dtype != "auto" or spec.is_mla:
+        return None
+    return _dense_16bit_v0_19_v0_33(version, spec, compute_capability, float32)

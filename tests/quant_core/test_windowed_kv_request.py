@@ -54,7 +54,12 @@ def test_mistral_7b_on_a_t4_under_0_19_does_not_fit_one_8192_token_request_vllm_
     # 32 x (cdiv(min(4,095 + 2,048, L), 16) + 1) pages within it
     longest = max(length for length in range(1, 8193)
                   if layers * (_cdiv(min(4095 + 2048, length), 16) + 1) * page <= primary.kv_pool_bytes)
-    assert primary.max_context_length == longest == 4240
+    assert longest == 4240
+    # ... but no context fits: the fp8 cache runs on FlashInfer on a T4 (7.5, heads of 128), whose 394 MiB
+    # workspace comes after the KV pool is sized (flashinfer.py _get_workspace_buffer), beside the start-up memory
+    # (0.51 GiB) and the CUDA graphs (0.97 GiB): 1.87 GiB outside a budget that leaves 1.58 GiB free (it was 4,240
+    # tokens before the workspace was charged)
+    assert primary.max_context_length is None
 
 
 def _gpt_oss_blocks(primary: FormatPlan, context_length: int) -> tuple[int, int, int]:
