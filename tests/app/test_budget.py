@@ -134,6 +134,20 @@ def test_importance_naming_no_tensor_is_refused(client: TestClient, tensors: dic
     assert "none of the tensors" in response.json()["detail"]
 
 
+def test_a_config_json_given_as_importance_is_a_422_not_an_imatrix_file(client: TestClient,
+                                                                       tensors: dict[str, np.ndarray]) -> None:
+    # its first four bytes, read as a legacy .dat entry count, declare 538,970,747 entries: it was answered 413
+    # "importance tensors" past the limit, for a file that is no imatrix at all
+    config = b'{\n  "architectures": ["LlamaForCausalLM"],\n  "hidden_size": 4096\n}\n'
+    response = client.post("/v1/quantize", files={"file": ("m.safetensors", save_safetensors(tensors)),
+                                                  "importance": ("config.json", config)})
+    assert response.status_code == 422
+    assert response.headers["content-type"] == "application/problem+json"
+    problem = response.json()
+    assert "not an imatrix file" in problem["detail"]
+    assert [error["field"] for error in problem["errors"]] == ["importance"]
+
+
 def test_compare_under_a_budget_shows_each_methods_allocation(
         client: TestClient, tensors: dict[str, np.ndarray], importance: dict[str, np.ndarray], tmp_path: Path) -> None:
     body = client.post("/v1/quantize/compare", files=_files(tensors, importance, tmp_path),
