@@ -61,26 +61,6 @@ def _decoded_as_fastapi_does(raw: bytes) -> Any:
         raise HTTPException(status_code=400, detail=BODY_PARSE_ERROR) from exc
 
 
-async def _body_of(request: Request) -> bytes:
-    """The whole request body, as Starlette's ``request.body()`` reads it (and kept there for later readers), without
-    its async generator: a plan body comes in one message, and the generator's set-up cost more than the read."""
-    if hasattr(request, "_body") or request._stream_consumed:
-        return await request.body()
-    chunks: list[bytes] = []
-    while True:
-        message = await request.receive()
-        if message["type"] == "http.request":
-            chunks.append(message.get("body", b""))
-            if not message.get("more_body", False):
-                break
-        elif message["type"] == "http.disconnect":
-            request._is_disconnected = True
-            raise ClientDisconnect()
-    request._stream_consumed = True
-    body = request._body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
-    return body
-
-
 async def read_json_body(request: Request, model: type[BaseModel]) -> BaseModel:
     """The request body validated as `model`, or the `RequestValidationError`/400 FastAPI would raise.
 
@@ -89,7 +69,7 @@ async def read_json_body(request: Request, model: type[BaseModel]) -> BaseModel:
     is FastAPI's to the letter (and only failing requests pay for twice).
     """
     try:
-        raw = await _body_of(request)
+        raw = await request.body()
     except ClientDisconnect as exc:  # the body limit cut it off: BodySizeLimit answers 413 instead
         raise HTTPException(status_code=400, detail=BODY_PARSE_ERROR) from exc
     if not raw:
