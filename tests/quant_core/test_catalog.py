@@ -51,8 +51,10 @@ REPORTED_GIB = {
     "b200": 178.35,  # unslothai/unsloth#3411, NVIDIA B200: "Max memory: 178.351 GB" (178.36 in other logs)
     "a100-40gb": 39.38,  # NERSC/sc25-dl-tutorial README @8c6ccde, Perlmutter's 40G A100s (39.39-39.50 elsewhere)
     "a100-80gb": 79.11,  # ygyuan/ms-swift run_train_dpo_meld.sh @d3eb61e, "80G A100" (79.14 in Control-GIC#6)
+    "a800-80gb": 79.33,  # hahnyuan/PB-LLM#3, "A800-80G" (79.33 on eight A800s in MoonshotAI/Kimi-VL#51 too)
     "l40s": 44.39,  # sgahlot/ai-observ-summarizer external-llm-support.md @2099e2f, 4x L40S (44.42 elsewhere)
     "l40": 44.40,  # QwenLM/Qwen3-VL#2097, a single L40: "total capacity of 44.40 GiB"
+    "l20": 44.53,  # Tencent-Hunyuan/HunyuanCustom#36, eight L20s: "total capacity of 44.53 GiB" (the only L20 log found)
     "l4": 21.96,  # rhymes-ai/Aria#24, 4xL4 (21.96 on SageMaker ml.g6 too; 22.03 in ArcInstitute/evo2#190)
     "a10g": 21.99,  # uktrade/data-workspace sagemaker_llm_resources.tf @8a65d2d, ml.g5 (22.20 in a 2022 log)
     "a10": 21.99,  # zai-org/CogVLM#236, Lambda Labs A10: "total capacty of 21.99 GiB"
@@ -87,6 +89,21 @@ def test_every_device_is_planned_below_its_nominal_size_at_the_total_its_cited_l
         device = devices[device_id]
         assert device.reported_memory_bytes is None and device.planning_bytes == device.memory_bytes
         assert device.reported_source.startswith("not verified from a public log")
+
+
+# nvidia-smi's MiB total is the framebuffer less the driver's reservation, not what CUDA reports: cudaMemGetInfo's
+# total is smaller still, so a plan at nvidia-smi's figure would promise memory the engine does not have
+NVIDIA_SMI_MIB = {
+    "h100-80gb": 81559,  # vllm-project/vllm#55169, "NVIDIA H100 80GB HBM3 ... 0MiB / 81559MiB" (79.65 GiB)
+    "a800-80gb": 81920,  # dexmal/dexbotic#41, "NVIDIA A800-SXM4-80GB ... 34447MiB / 81920MiB" (80.00 GiB)
+    "l20": 46068,  # vllm-project/vllm#14011, "NVIDIA L20 ... 45040MiB / 46068MiB" (44.99 GiB)
+}
+
+
+@pytest.mark.parametrize(("device_id", "mib"), NVIDIA_SMI_MIB.items())
+def test_nvidia_smis_total_is_above_what_cuda_reports_and_is_not_planned(device_id: str, mib: int) -> None:
+    device = get_device(device_id)
+    assert device.planning_bytes == device.reported_memory_bytes < mib * 2**20 <= device.memory_bytes
 
 
 @pytest.mark.parametrize("device", list_devices(), ids=lambda device: device.id)

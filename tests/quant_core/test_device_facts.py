@@ -13,7 +13,13 @@ from dataclasses import replace
 import pytest
 
 from quant_core.catalog import UNKNOWN_DEVICE, DeviceFacts, device_facts, get_device, get_preset_info, list_devices
-from quant_core.engines.vllm import VllmProfile, flashinfer_sampler_supported, mxfp4_moe_backend, sampler_pass_bytes
+from quant_core.engines.vllm import (
+    VllmProfile,
+    flashinfer_sampler_supported,
+    gptq_dense_kernel,
+    mxfp4_moe_backend,
+    sampler_pass_bytes,
+)
 from quant_core.errors import InvalidSpec
 from quant_core.planner import Hardware, Plan, PlanOptions, Workload, plan
 from quant_core.schemes import scheme_from_quantization_config
@@ -49,6 +55,41 @@ def test_a_device_given_in_bytes_with_a_capability_is_planned_as_the_catalog_dev
     assert replace(custom, hardware=catalog.hardware, activation=catalog.activation) == catalog
     if "Triton top-k/top-p" in custom.activation.basis:
         assert "count not given" in custom.activation.basis
+
+
+#: the devices added in the twenty-third session and the catalog device of the same compute capability that vLLM
+#: has been read against: vLLM tests the capability (and the SM count where a buffer is sized by it), never the name
+ADDED_DEVICES = (("a800-80gb", "a100-80gb"), ("l20", "l40s"))
+
+
+@pytest.mark.parametrize("release", RELEASES)
+@pytest.mark.parametrize(("device_id", "twin"), ADDED_DEVICES)
+@pytest.mark.parametrize("model", ["llama-3.1-8b", "gpt-oss-20b", "qwen3-30b-a3b"])
+def test_an_added_device_is_planned_as_a_device_of_its_twins_capability_and_its_own_sm_count(
+        release: str, device_id: str, twin: str, model: str) -> None:
+    # the A800 plans as an 8.0 device (the A100's GA100: Marlin for MXFP4, no DeepGEMM, no Machete), the L20 as an
+    # 8.9 one (the L40S's AD102); each with its own memory and SM count (108, 92), given here in bytes
+    device, other = get_device(device_id), get_device(twin)
+    assert device.compute_capability == other.compute_capability
+    catalog = _plan(model, Hardware(device.planning_bytes, 1, device.id, device.name), release)
+    custom = _plan(model, Hardware(device.planning_bytes, 1, None, "custom", other.compute_capability,
+                                   device.compute_units), release)
+    assert replace(custom, hardware=catalog.hardware) == catalog
+
+
+@pytest.mark.parametrize(("device_id", "twin"), ADDED_DEVICES)
+def test_an_added_device_picks_its_twins_kernels(device_id: str, twin: str) -> None:
+    facts, other = device_facts(device_id), device_facts(twin)
+    capability = get_device(device_id).compute_capability
+    assert capability is not None and capability < (9, 0)
+    for release in RELEASES:
+        # quantization/mxfp4.py: below 9.0 neither OpenAI's Triton kernels nor FlashInfer's bf16 MXFP4 run: Marlin
+        assert mxfp4_moe_backend(release, facts) == mxfp4_moe_backend(release, other) == "marlin"
+        # choose_mp_linear_kernel: Machete is 9.0 only, so a GPTQ 4-bit g128 layer runs on Marlin
+        assert gptq_dense_kernel(release, capability, 4096, 4096, 128, False, False) == "marlin"
+    assert gptq_dense_kernel("0.19", (9, 0), 4096, 4096, 128, False, False) == "machete"  # the check can fail
+    # FlashInfer's top-k/top-p sampler: 8.0 to 12.1 with more than 16 SMs
+    assert flashinfer_sampler_supported(facts) and flashinfer_sampler_supported(other)
 
 
 def test_the_plans_without_a_capability_differ_so_the_test_above_can_fail() -> None:
@@ -168,6 +209,8 @@ def test_a_catalog_device_is_refused_another_sm_count_and_accepts_its_own() -> N
     ("h20", 8192, 1024), ("h200", 8192, 1024),
     ("l40", 2048, 256), ("rtx-6000-ada", 2048, 256), ("rtx-5090", 2048, 256),
     ("a100-80gb", 2048, 256),  # the A100 exception: 79.11 GiB, yet the small defaults
+    # the A800 is no exception: torch names it "NVIDIA A800-SXM4-80GB" (no "a100"), so 79.33 GiB takes the large ones
+    ("a800-80gb", 8192, 1024), ("l20", 2048, 256),
 ])
 def test_the_batch_defaults_follow_the_devices_size_and_name_as_vllms(device_id: str, tokens: int,
                                                                       sequences: int) -> None:
