@@ -54,7 +54,7 @@ REPORTED_GIB = {
     "a800-80gb": 79.33,  # hahnyuan/PB-LLM#3, "A800-80G" (79.33 on eight A800s in MoonshotAI/Kimi-VL#51 too)
     "l40s": 44.39,  # sgahlot/ai-observ-summarizer external-llm-support.md @2099e2f, 4x L40S (44.42 elsewhere)
     "l40": 44.40,  # QwenLM/Qwen3-VL#2097, a single L40: "total capacity of 44.40 GiB"
-    "l20": 44.53,  # Tencent-Hunyuan/HunyuanCustom#36, eight L20s: "total capacity of 44.53 GiB" (the only L20 log found)
+    "l20": 44.53,  # Tencent-Hunyuan/HunyuanCustom#36, eight L20s: "total capacity of 44.53 GiB" (the one L20 log)
     "l4": 21.96,  # rhymes-ai/Aria#24, 4xL4 (21.96 on SageMaker ml.g6 too; 22.03 in ArcInstitute/evo2#190)
     "a10g": 21.99,  # uktrade/data-workspace sagemaker_llm_resources.tf @8a65d2d, ml.g5 (22.20 in a 2022 log)
     "a10": 21.99,  # zai-org/CogVLM#236, Lambda Labs A10: "total capacty of 21.99 GiB"
