@@ -49,6 +49,7 @@ REPORTED_GIB = {
     "h200": 139.72,  # sgl-project/sglang#2895, 8xH200: "total capacity of 139.72 GiB" (139.80-139.81 elsewhere)
     "h20": 95.00,  # modelscope/DiffSynth-Studio#1238, H20 96G: "total capacity of 95.00 GiB" (97285 MiB printed too)
     "b200": 178.35,  # unslothai/unsloth#3411, NVIDIA B200: "Max memory: 178.351 GB" (178.36 in other logs)
+    "b300": 267.69,  # Monishver11/monishver11.github.io B300 post @c01e2a5: vLLM's "Free memory ... (264.8/267.69 GiB)"
     "a100-40gb": 39.38,  # NERSC/sc25-dl-tutorial README @8c6ccde, Perlmutter's 40G A100s (39.39-39.50 elsewhere)
     "a100-80gb": 79.11,  # ygyuan/ms-swift run_train_dpo_meld.sh @d3eb61e, "80G A100" (79.14 in Control-GIC#6)
     "a800-80gb": 79.33,  # hahnyuan/PB-LLM#3, "A800-80G" (79.33 on eight A800s in MoonshotAI/Kimi-VL#51 too)
@@ -95,6 +96,7 @@ def test_every_device_is_planned_below_its_nominal_size_at_the_total_its_cited_l
 # total is smaller still, so a plan at nvidia-smi's figure would promise memory the engine does not have
 NVIDIA_SMI_MIB = {
     "h100-80gb": 81559,  # vllm-project/vllm#55169, "NVIDIA H100 80GB HBM3 ... 0MiB / 81559MiB" (79.65 GiB)
+    "b300": 275040,  # the B300 post above: "Memory per GPU | 275,040 MiB (268.6 GiB)" from nvidia-smi memory.total
     "a800-80gb": 81920,  # dexmal/dexbotic#41, "NVIDIA A800-SXM4-80GB ... 34447MiB / 81920MiB" (80.00 GiB)
     "l20": 46068,  # vllm-project/vllm#14011, "NVIDIA L20 ... 45040MiB / 46068MiB" (44.99 GiB)
 }

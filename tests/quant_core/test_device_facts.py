@@ -12,7 +12,15 @@ from dataclasses import replace
 
 import pytest
 
-from quant_core.catalog import UNKNOWN_DEVICE, DeviceFacts, device_facts, get_device, get_preset_info, list_devices
+from quant_core.catalog import (
+    UNKNOWN_DEVICE,
+    DeviceFacts,
+    device_facts,
+    get_device,
+    get_preset,
+    get_preset_info,
+    list_devices,
+)
 from quant_core.engines.vllm import (
     VllmProfile,
     flashinfer_sampler_supported,
@@ -20,6 +28,7 @@ from quant_core.engines.vllm import (
     mxfp4_moe_backend,
     sampler_pass_bytes,
 )
+from quant_core.engines.vllm_attention import attention_backend_name, kv_backend
 from quant_core.errors import InvalidSpec
 from quant_core.planner import Hardware, Plan, PlanOptions, Workload, plan
 from quant_core.schemes import scheme_from_quantization_config
@@ -90,6 +99,52 @@ def test_an_added_device_picks_its_twins_kernels(device_id: str, twin: str) -> N
     assert gptq_dense_kernel("0.19", (9, 0), 4096, 4096, 128, False, False) == "machete"  # the check can fail
     # FlashInfer's top-k/top-p sampler: 8.0 to 12.1 with more than 16 SMs
     assert flashinfer_sampler_supported(facts) and flashinfer_sampler_supported(other)
+
+
+@pytest.mark.parametrize("release", RELEASES)
+@pytest.mark.parametrize("model", ["llama-3.1-8b", "gpt-oss-20b", "qwen3-30b-a3b", "deepseek-v2-lite"])
+def test_the_b300_is_planned_as_a_10_3_device_with_its_148_sms(release: str, model: str) -> None:
+    device = get_device("b300")
+    assert (device.compute_capability, device.compute_units) == ((10, 3), 148)
+    catalog = _plan(model, Hardware(device.planning_bytes, 1, device.id, device.name), release)
+    custom = _plan(model, Hardware(device.planning_bytes, 1, None, "custom", (10, 3), 148), release)
+    assert replace(custom, hardware=catalog.hardware) == catalog
+
+
+def test_the_b300_leaves_the_b200s_kernels_where_0_11_tests_10_0_exactly_and_shares_them_from_0_19() -> None:
+    # 0.11 tests is_device_capability(100), 10.0 exactly: platforms/cuda.py (FlashInfer and CUTLASS MLA),
+    # quantization/mxfp4.py get_mxfp4_backend (FlashInfer's TRT-LLM MXFP4), utils/deep_gemm.py
+    # is_deep_gemm_supported; 0.19 and 0.33 the 10.x family: _get_backend_priorities (device_capability.major == 10),
+    # CutlassMLA/FlashInferMLA supports_compute_capability (major == 10), is_device_capability_family(100)
+    b300, b200 = device_facts("b300"), device_facts("b200")
+    assert [mxfp4_moe_backend(release, b300) for release in RELEASES] == ["marlin", "trtllm", "trtllm-0.33"]
+    assert [mxfp4_moe_backend(release, b200) for release in RELEASES] == ["trtllm", "trtllm", "trtllm-0.33"]
+    mla, dense = get_preset("deepseek-v2-lite"), get_preset("llama-3.1-8b")
+    on_b300, on_b200 = kv_backend("0.11", mla, "auto", (10, 3)), kv_backend("0.11", mla, "auto", (10, 0))
+    assert on_b300 is not None and on_b200 is not None
+    assert (on_b300.backend, on_b300.block_size) == ("TRITON_MLA", None)
+    assert (on_b200.backend, on_b200.block_size) == ("CUTLASS_MLA", 128)
+    fp8_mla = kv_backend("0.11", mla, "fp8_e4m3", (10, 3))  # TritonMLA takes no fp8 cache in 0.11
+    assert fp8_mla is not None and fp8_mla.backend is None and "TritonMLA" in fp8_mla.basis
+    fp8_b300, fp8_b200 = kv_backend("0.11", dense, "fp8_e4m3", (10, 3)), kv_backend("0.11", dense, "fp8_e4m3", (10, 0))
+    assert fp8_b300 is not None and fp8_b300.backend == "TRITON_ATTN"
+    assert fp8_b200 is not None and fp8_b200.backend == "FLASHINFER"
+    for release in ("0.19", "0.33"):
+        for spec in (mla, dense):
+            for cache in ("auto", "fp8_e4m3"):
+                assert (attention_backend_name(release, spec, cache, (10, 3))
+                        == attention_backend_name(release, spec, cache, (10, 0))), (release, spec.name, cache)
+    # block-fp8 experts: 0.11 runs DeepGEMM's E8M0 path on 10.0 whatever the width (its workspace kept), Triton's
+    # fused_experts on 10.3 (its caches freed after each layer); 0.19 and 0.33 the same on both
+    size = get_device("b200").planning_bytes
+    for release in RELEASES:
+        ten_0 = _plan("qwen3-30b-a3b", Hardware(size, 1, None, "custom", (10, 0), 148), release)
+        ten_3 = _plan("qwen3-30b-a3b", Hardware(size, 1, None, "custom", (10, 3), 148), release)
+        if release == "0.11":
+            assert "DeepGemmExperts" in ten_0.activation.basis and "DeepGemm" not in ten_3.activation.basis
+            assert ten_3.activation.bytes < ten_0.activation.bytes
+        else:
+            assert replace(ten_0, hardware=ten_3.hardware) == ten_3
 
 
 def test_the_plans_without_a_capability_differ_so_the_test_above_can_fail() -> None:
@@ -210,7 +265,7 @@ def test_a_catalog_device_is_refused_another_sm_count_and_accepts_its_own() -> N
     ("l40", 2048, 256), ("rtx-6000-ada", 2048, 256), ("rtx-5090", 2048, 256),
     ("a100-80gb", 2048, 256),  # the A100 exception: 79.11 GiB, yet the small defaults
     # the A800 is no exception: torch names it "NVIDIA A800-SXM4-80GB" (no "a100"), so 79.33 GiB takes the large ones
-    ("a800-80gb", 8192, 1024), ("l20", 2048, 256),
+    ("a800-80gb", 8192, 1024), ("l20", 2048, 256), ("b300", 8192, 1024),
 ])
 def test_the_batch_defaults_follow_the_devices_size_and_name_as_vllms(device_id: str, tokens: int,
                                                                       sequences: int) -> None:
