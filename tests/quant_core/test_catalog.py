@@ -67,7 +67,7 @@ REPORTED_GIB = {
     "rtx-6000-ada": 44.43,  # DINGYANB/MTVCrafter#21, ECC on (46068 MiB in nvidia-smi): "total capacity of 44.43 GiB"
     "rtx-5090": 31.34,  # efschu/htsglang INTEGRATION_R3_VALIDATION.md @0278f2e (31.36-31.37 elsewhere)
     "rtx-4090": 23.49,  # DrFirstLee post @7133c02 (23.51 in vllm#33920, 23.52 in vllm#27782, 23.64 on older drivers)
-    "rtx-4080": 15.99,  # aigc-apps/sd-webui-EasyPhoto#281, likely a Windows (WDDM) figure: no Linux log was found
+    "rtx-4080": 15.67,  # brainglobe docs @6da894f: total_memory=16049MB (15.99, the whole framebuffer, on Windows)
     "rtx-3090": 23.56,  # wtdcode/vllm-backport#34, 8x RTX 3090 (23.58 in vllm#10517)
     "mi300x": 191.98,  # vllm-project/vllm#7951, 8 x MI300X (ROCm torch): "total capacity of 191.98 GiB"
     "mi325x": 255.98,  # vllm-project/vllm#41962, 8 x MI325X (ROCm torch): "total capacity of 255.98 GiB"
@@ -106,6 +106,14 @@ NVIDIA_SMI_MIB = {
 def test_nvidia_smis_total_is_above_what_cuda_reports_and_is_not_planned(device_id: str, mib: int) -> None:
     device = get_device(device_id)
     assert device.planning_bytes == device.reported_memory_bytes < mib * 2**20 <= device.memory_bytes
+
+
+def test_the_rtx_4080_is_planned_at_the_total_torch_reads_not_at_the_windows_framebuffer() -> None:
+    # brainglobe's get_device_properties print: total_memory=16049MB; aigc-apps/sd-webui-EasyPhoto#281's Windows OOM:
+    # "15.99 GiB total capacity", the whole 16376 MiB framebuffer; the smaller, at the 0.01 GiB the catalog keeps
+    device = get_device("rtx-4080")
+    assert device.planning_bytes == round(15.67 * 2**30) <= 16049 * 2**20 < round(15.99 * 2**30)
+    assert device.compute_units == 76  # the same print: multi_processor_count=76
 
 
 @pytest.mark.parametrize("device", list_devices(), ids=lambda device: device.id)
