@@ -52,10 +52,10 @@ REPORTED_GIB = {
     "b300": 267.69,  # Monishver11/monishver11.github.io B300 post @c01e2a5: vLLM's "Free memory ... (264.8/267.69 GiB)"
     "a100-40gb": 39.38,  # NERSC/sc25-dl-tutorial README @8c6ccde, Perlmutter's 40G A100s (39.39-39.50 elsewhere)
     "a100-80gb": 79.11,  # ygyuan/ms-swift run_train_dpo_meld.sh @d3eb61e, "80G A100" (79.14 in Control-GIC#6)
-    "a800-80gb": 79.33,  # hahnyuan/PB-LLM#3, "A800-80G" (79.33 on eight A800s in MoonshotAI/Kimi-VL#51 too)
+    "a800-80gb": 79.11,  # PB-LLM#3 and Kimi-VL#51 print 79.33 on A800s; the A100 80GB's smallest (same GA100)
     "l40s": 44.39,  # sgahlot/ai-observ-summarizer external-llm-support.md @2099e2f, 4x L40S (44.42 elsewhere)
     "l40": 44.40,  # QwenLM/Qwen3-VL#2097, a single L40: "total capacity of 44.40 GiB"
-    "l20": 44.53,  # Tencent-Hunyuan/HunyuanCustom#36, eight L20s: "total capacity of 44.53 GiB" (the one L20 log)
+    "l20": 44.39,  # HunyuanCustom#36 prints 44.53 on eight L20s (one log); the L40S's smallest (same AD102 board)
     "l4": 21.96,  # rhymes-ai/Aria#24, 4xL4 (21.96 on SageMaker ml.g6 too; 22.03 in ArcInstitute/evo2#190)
     "a10g": 21.99,  # uktrade/data-workspace sagemaker_llm_resources.tf @8a65d2d, ml.g5 (22.20 in a 2022 log)
     "a10": 21.99,  # zai-org/CogVLM#236, Lambda Labs A10: "total capacty of 21.99 GiB"

@@ -264,7 +264,8 @@ def test_a_catalog_device_is_refused_another_sm_count_and_accepts_its_own() -> N
     ("h20", 8192, 1024), ("h200", 8192, 1024),
     ("l40", 2048, 256), ("rtx-6000-ada", 2048, 256), ("rtx-5090", 2048, 256),
     ("a100-80gb", 2048, 256),  # the A100 exception: 79.11 GiB, yet the small defaults
-    # the A800 is no exception: torch names it "NVIDIA A800-SXM4-80GB" (no "a100"), so 79.33 GiB takes the large ones
+    # the A800 is no exception: torch names it "NVIDIA A800-SXM4-80GB" (no "a100"), so its 79.11 GiB takes the large
+    # ones
     ("a800-80gb", 8192, 1024), ("l20", 2048, 256), ("b300", 8192, 1024),
 ])
 def test_the_batch_defaults_follow_the_devices_size_and_name_as_vllms(device_id: str, tokens: int,
