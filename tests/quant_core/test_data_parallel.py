@@ -19,11 +19,12 @@ Read in the sources of vLLM 0.11.0, 0.19.0 and 0.33.0 (PyPI wheels):
 
 from __future__ import annotations
 
+import random
 from dataclasses import replace
 
 import pytest
 
-from quant_core.catalog import get_preset
+from quant_core.catalog import get_device, get_preset, list_presets
 from quant_core.engines.base import Stage
 from quant_core.engines.vllm import STARTUP_V0_11, data_parallel_groups, startup_memory
 from quant_core.errors import InvalidSpec
@@ -142,3 +143,44 @@ def test_data_parallel_1_plans_as_before() -> None:
     spec = get_preset("llama-3.1-8b")
     hardware, workload = Hardware(H100, 2, "h100-80gb"), Workload(8192, 4)
     assert plan(spec, hardware, workload) == plan(spec, hardware, workload, PlanOptions(data_parallel=1))
+
+
+def test_a_seeded_sample_of_dense_data_parallel_plans_keeps_the_replica_and_solver_invariants() -> None:
+    # dense presets x devices x data 2-4 x tensor x pipeline x engines x workloads: on 0.19, 0.33 and the generic
+    # engine the devices are the replica's at its share of the sequences; everywhere a format that fits serves the
+    # requested sequences, its most sequences fit and one more does not, and its fewest devices fit
+    draw = random.Random(23)
+    dense = [preset for preset in list_presets() if not preset.spec.is_moe]
+    devices = [get_device(name) for name in ("t4", "l4", "a100-80gb", "h100-80gb", "b200", "mi300x")]
+    broken: list[str] = []
+    for index in range(150):
+        spec = draw.choice(dense).spec
+        device = draw.choice(devices)
+        data, tensor, pipeline = draw.choice((2, 3, 4)), draw.choice((1, 1, 2, 4)), draw.choice((1, 1, 2))
+        engine, version = draw.choice((("vllm", "0.11"), ("vllm", "0.19"), ("vllm", "0.33"), ("generic", None)))
+        workload = Workload(draw.choice((512, 4096, 32768)), draw.choice((1, 3, 16, 257)))
+        options = PlanOptions(engine=engine, engine_version=version, data_parallel=data, tensor_parallel=tensor,
+                              pipeline_parallel=pipeline)
+        hardware = Hardware(device.planning_bytes, data * tensor * pipeline, device.id, device.name)
+        result = plan(spec, hardware, workload, options)
+        replica = plan(spec, replace(hardware, count=tensor * pipeline),
+                       Workload(workload.context_length, -(-workload.concurrent_sequences // data)),
+                       replace(options, data_parallel=1))
+        for key, answer in result.comparison.items():
+            where = f"{spec.name} {device.id} {data}x{tensor}x{pipeline} {version} {workload} {key}"
+            if version != "0.11" and answer.devices != replica.comparison[key].devices:
+                broken.append(f"{where}: not the replica's devices")
+            if answer.fits and answer.max_concurrent_sequences < workload.concurrent_sequences:
+                broken.append(f"{where}: fits below the requested sequences")
+            most = answer.max_concurrent_sequences
+            if answer.refusal is None and most >= 1 and answer.sequences_limited_by == "memory" and index % 2 == 0:
+                at_most = plan(spec, hardware, Workload(workload.context_length, most), options).comparison[key]
+                above = plan(spec, hardware, Workload(workload.context_length, most + 1), options).comparison[key]
+                if not at_most.fits or above.fits:
+                    broken.append(f"{where}: most sequences {most} not the edge")
+            if answer.min_devices is not None and index % 3 == 0:
+                fewest = plan(spec, replace(hardware, count=answer.min_devices), workload,
+                              replace(options, tensor_parallel=None, pipeline_parallel=1)).comparison[key]
+                if not fewest.fits:
+                    broken.append(f"{where}: does not fit on its fewest devices {answer.min_devices}")
+    assert broken == []
