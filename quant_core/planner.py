@@ -1770,7 +1770,9 @@ def plan(spec: ModelSpec, hardware: Hardware, workload: Workload | None = None,
             f"data ({data}) x tensor ({tensor}) x pipeline ({pipeline})"
         raise InvalidSpec("parallel.tensor", tensor, f"{degrees} must equal the device count ({hardware.count})")
     if data > 1 and spec.is_moe:
-        raise InvalidSpec("parallel.data", data, _moe_data_parallel_reason(spec, data, tensor, options.expert_parallel))
+        raise InvalidSpec("parallel.data", data, _moe_data_parallel_reason(
+            spec, data, tensor, options.expert_parallel,
+            _batch_limits(get_engine(options.engine, options.engine_version), hardware, options).max_batched_tokens))
     deployment = workload
     if data > 1:  # each replica plans its share of the sequences: the rank that gets the most
         workload = Workload(workload.context_length, -(-workload.concurrent_sequences // data))
@@ -1951,7 +1953,8 @@ def _over_replicas(found: FormatPlan, data: int) -> FormatPlan:
                    min_devices=None if found.min_devices is None else found.min_devices * data)
 
 
-def _moe_data_parallel_reason(spec: ModelSpec, data: int, tensor: int, expert_parallel: bool) -> str:
+def _moe_data_parallel_reason(spec: ModelSpec, data: int, tensor: int, expert_parallel: bool,
+                              max_batched_tokens: int) -> str:
     """Why nibble does not plan `spec`, a model with routed experts, at data parallel `data` (x tensor `tensor`):
     vLLM does not run its data-parallel ranks as independent replicas.  ``FusedMoEParallelConfig.make``
     (fused_moe/config.py, 0.11, 0.19 and 0.33) spreads every MoE layer over all ``data x tensor`` ranks: whole experts
@@ -1975,8 +1978,10 @@ def _moe_data_parallel_reason(spec: ModelSpec, data: int, tensor: int, expert_pa
             f"layer over all data x tensor = {ranks} ranks ({placed}) while attention, shared experts and dense "
             f"layers stay split by tensor parallel {tensor} alone, and each MoE layer gathers every data-parallel "
             "rank's tokens and runs its experts on all of them (the default all2all backend, allgather_reducescatter: "
-            "AgRsAll2AllManager.dispatch, device_communicators/all2all.py; data x max_num_batched_tokens rows in the "
-            "profiling run), a peak nibble does not size; a plan would promise memory it cannot vouch for. Use "
+            "AgRsAll2AllManager.dispatch, device_communicators/all2all.py; in the profiling run data x "
+            f"max_num_batched_tokens = {data} x {max_batched_tokens:,} = {data * max_batched_tokens:,} rows of the "
+            f"{spec.hidden_size}-wide hidden state on every rank), a peak nibble does not size; a plan would promise "
+            "memory it cannot vouch for. Use "
             "parallel.data 1 (runtime.expert_parallel places whole experts over the tensor-parallel ranks)")
 
 

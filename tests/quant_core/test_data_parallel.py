@@ -122,6 +122,8 @@ def test_data_parallelism_of_a_moe_model_is_refused_naming_the_field_and_vllms_p
     assert caught.value.field == "parallel.data"
     message = str(caught.value)
     assert placed in message and "data x tensor = 8 ranks" in message and "AgRsAll2AllManager" in message
+    # the H200's default --max-num-batched-tokens (8192: 70 GiB and more, not an A100) gathered from 8 ranks
+    assert "8 x 8,192 = 65,536 rows" in message
 
 
 @pytest.mark.parametrize(("count", "options", "field"), [
