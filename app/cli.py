@@ -213,7 +213,7 @@ def plan_body(args: argparse.Namespace) -> dict[str, Any]:
         "workload": {"context_length": args.context, "concurrent_sequences": args.sequences},
         "weights": {"format": args.format, "symmetric": args.symmetric or None},
         "kv_cache": {"dtype": args.kv_dtype, "block_size": args.block_size},
-        "parallel": {"tensor": args.tensor, "pipeline": args.pipeline},
+        "parallel": {"tensor": args.tensor, "pipeline": args.pipeline, "data": args.data},
         "runtime": {"memory_utilization": args.memory_utilization, "engine": args.engine,
                     "engine_version": args.engine_version, "max_num_seqs": args.max_num_seqs,
                     "max_batched_tokens": args.max_batched_tokens, "overhead_bytes": args.overhead,
@@ -305,7 +305,8 @@ def render_plan(answer: PlanResponse, unit: str = "GiB") -> str:
         f"{answer.model} on {hardware.count} x {hardware.name} ({in_unit(hardware.capacity_bytes, unit)} {unit} "
         f"each), context {answer.workload.context_length:,} x {answer.workload.concurrent_sequences} sequences, "
         f"KV cache {answer.kv_cache.dtype} ({answer.kv_cache.bytes_per_token:,} bytes/token), "
-        f"tensor x pipeline = {answer.parallel.tensor} x {answer.parallel.pipeline}",
+        f"tensor x pipeline = {answer.parallel.tensor} x {answer.parallel.pipeline}"
+        + (f", data parallel {answer.parallel.data} (devices: one replica's)" if answer.parallel.data > 1 else ""),
         f"Sizes in {unit} ({scale_note}) per device; usable = capacity x {answer.memory_utilization:g}.",
         "",
     ]
@@ -784,6 +785,7 @@ def build_parser() -> argparse.ArgumentParser:
                              help="pad INT4 rows whose width the group size does not divide (else an error)")
     plan_parser.add_argument("--tensor", type=int, help="tensor-parallel degree (default count / pipeline)")
     plan_parser.add_argument("--pipeline", type=int, help="pipeline-parallel degree")
+    plan_parser.add_argument("--data", type=int, help="vLLM --data-parallel-size: replicas of tensor x pipeline")
     plan_parser.add_argument("--memory-utilization", type=float, help="usable share of memory (default 0.9)")
     plan_parser.add_argument("--engine", choices=("vllm", "generic"),
                              help="engine whose memory terms apply (default vllm)")

@@ -32,6 +32,11 @@ Parallelism follows vLLM:
   engine's model code builds them on every stage (vLLM's Qwen3-MoE, Mixtral,
   gpt-oss, Gemma 2/3: `EngineProfile.vocabulary_on_every_stage`), every stage
   holds the embedding, final norm and lm_head;
+* data parallel (dp, vLLM's ``--data-parallel-size``): dp independent replicas of the tp x pp layout, as vLLM
+  0.19 and 0.33 run a model without routed experts (0.11 adds its data-parallel groups' communicators at start-up);
+  the workload's sequences are shared among them, each device planned for the fullest replica's share.  A model
+  with routed experts is refused: vLLM spreads its MoE layers over all dp x tp ranks and gathers every rank's
+  tokens into them, which nibble does not size;
 * where the engine allocates a family's MoE routers in float32 (vLLM's GLM-4.5:
   `EngineProfile.routers_at_fp32`), the device weights count them at 4 bytes an
   element whatever the format's float type.
@@ -74,6 +79,7 @@ from quant_core.engines.vllm import (
     moe_wna16_act_order_note,
     qwen_encoder_dummy,
     qwen_vision_refusal,
+    routed_experts_per_rank,
     startup_refusal,
     unknown_gptq_symmetry_note,
 )
@@ -239,7 +245,10 @@ class PlanOptions:
     what was asked.  `expert_parallel` is vLLM's ``--enable-expert-parallel`` with data parallel 1: a MoE model's
     routed experts placed whole over the tensor-parallel ranks (`engines.vllm.expert_shard`), the rest still split
     by tensor parallelism; the generic engine has no such placement (`InvalidSpec`), and a model without routed
-    experts is refused by `plan`.  `kv_cache_dtype_auto`: `kv_cache_dtype` is the engine's default (vLLM's
+    experts is refused by `plan`.  `data_parallel` is vLLM's ``--data-parallel-size``: that many replicas of the
+    tensor x pipeline layout on ``data x tensor x pipeline`` devices, the workload's sequences shared among them
+    (`plan`); a model with routed experts is refused at more than one (`_moe_data_parallel_reason`).
+    `kv_cache_dtype_auto`: `kv_cache_dtype` is the engine's default (vLLM's
     ``--kv-cache-dtype auto``), not one the caller asked for: where the deployed checkpoint's config quantizes the KV
     cache (`WeightScheme.kv_cache_quant`), the engine may run another (`EngineProfile.checkpoint_kv_cache_dtype`), and
     the plan takes it.
@@ -266,6 +275,7 @@ class PlanOptions:
     config_dtype: str | None = None
     expert_parallel: bool = False
     kv_cache_dtype_auto: bool = False
+    data_parallel: int = 1
 
     def __post_init__(self) -> None:
         if self.kv_cache_dtype not in KV_DTYPES:  # fp32 is the planner's, for a model the engine runs in float32
@@ -304,6 +314,8 @@ class PlanOptions:
              "must be an integer in [1, 1048576]"),
             ("parallel.pipeline", self.pipeline_parallel, _positive_int(self.pipeline_parallel, 1024),
              "must be an integer in [1, 1024]"),
+            ("parallel.data", self.data_parallel, _positive_int(self.data_parallel, MAX_DEVICES_SEARCHED),
+             f"must be an integer in [1, {MAX_DEVICES_SEARCHED}]"),
             ("runtime.memory_utilization", self.memory_utilization,
              isinstance(self.memory_utilization, int | float) and not isinstance(self.memory_utilization, bool)
              and 0 < self.memory_utilization <= 1, "must be in (0, 1]"),
@@ -482,6 +494,9 @@ class Plan:
     engine_version: str | None = None
     max_batched_tokens: int = DEFAULT_MAX_BATCHED_TOKENS
     max_num_seqs: int = DEFAULT_MAX_NUM_SEQS
+    #: vLLM's --data-parallel-size: replicas of the tensor x pipeline layout (`PlanOptions.data_parallel`); `primary`
+    #: and `comparison` hold one replica's devices and the deployment's totals (`_over_replicas`)
+    data_parallel: int = 1
 
     @property
     def fits(self) -> bool:
@@ -1022,7 +1037,8 @@ class _Evaluator:
         options = self.options
         return (self.usable_bytes, options.runtime_overhead_bytes, options.block_size, self.limits,
                 options.activation_bytes, options.engine, options.engine_version, self.device,
-                self.free_outside_bytes, options.enforce_eager, self.element_bytes, options.expert_parallel)
+                self.free_outside_bytes, options.enforce_eager, self.element_bytes, options.expert_parallel,
+                options.data_parallel)
 
     @property
     def compute_capability(self) -> tuple[int, int] | None:
@@ -1082,7 +1098,8 @@ class _Evaluator:
 
     def stage(self, layout: _Layout, stage: int) -> Stage:
         return Stage(self.spec, layout.tensor_parallel, layout.pipeline_parallel, layout.stage_layers[stage],
-                     stage == layout.pipeline_parallel - 1, self.element_bytes, layout.expert_parallel)
+                     stage == layout.pipeline_parallel - 1, self.element_bytes, layout.expert_parallel,
+                     self.options.data_parallel)
 
     def stage_terms(self, layout: _Layout) -> _StageTerms:
         """Activation and overhead bytes of each stage that do not depend on the workload."""
@@ -1742,15 +1759,23 @@ def plan(spec: ModelSpec, hardware: Hardware, workload: Workload | None = None,
     workload = workload or _DEFAULT_WORKLOAD
     options = options or _DEFAULT_OPTIONS
     policy = options.policy or _default_policy(options.float_format)
-    pipeline = options.pipeline_parallel
-    if options.tensor_parallel is None and hardware.count % pipeline:  # the tensor degree would be derived
-        raise InvalidSpec("hardware.count", hardware.count,
-                          f"the device count is not a multiple of the {pipeline} pipeline stages")
-    tensor = options.tensor_parallel if options.tensor_parallel is not None else hardware.count // pipeline
-    if tensor < 1 or tensor * pipeline != hardware.count:
-        raise InvalidSpec("parallel.tensor", tensor,
-                          f"tensor ({tensor}) x pipeline ({pipeline}) must equal the device count "
-                          f"({hardware.count})")
+    pipeline, data = options.pipeline_parallel, options.data_parallel
+    if options.tensor_parallel is None and hardware.count % (pipeline * data):  # the tensor degree would be derived
+        stages = f"the {pipeline} pipeline stages" if data == 1 else \
+            f"data ({data}) x pipeline ({pipeline}) = {data * pipeline}"
+        raise InvalidSpec("hardware.count", hardware.count, f"the device count is not a multiple of {stages}")
+    tensor = options.tensor_parallel if options.tensor_parallel is not None else hardware.count // (pipeline * data)
+    if tensor < 1 or tensor * pipeline * data != hardware.count:
+        degrees = f"tensor ({tensor}) x pipeline ({pipeline})" if data == 1 else \
+            f"data ({data}) x tensor ({tensor}) x pipeline ({pipeline})"
+        raise InvalidSpec("parallel.tensor", tensor, f"{degrees} must equal the device count ({hardware.count})")
+    if data > 1 and spec.is_moe:
+        raise InvalidSpec("parallel.data", data, _moe_data_parallel_reason(
+            spec, data, tensor, options.expert_parallel,
+            _batch_limits(get_engine(options.engine, options.engine_version), hardware, options).max_batched_tokens))
+    deployment = workload
+    if data > 1:  # each replica plans its share of the sequences: the rank that gets the most
+        workload = Workload(workload.context_length, -(-workload.concurrent_sequences // data))
     if options.expert_parallel and not spec.is_moe:
         raise InvalidSpec("runtime.expert_parallel", options.expert_parallel,
                           f"expert parallelism needs routed experts; {spec.name} has none (vLLM's "
@@ -1815,10 +1840,11 @@ def plan(spec: ModelSpec, hardware: Hardware, workload: Workload | None = None,
 
     kv_total = terms_of(baseline).layout(
         1, 1, mamba_cache_mode=evaluator.mamba_cache_mode(), chunked_local=evaluator.chunked_local()).stage_kv[0] \
-        .bytes_per_sequence(workload.context_length, options.block_size) * workload.concurrent_sequences
+        .bytes_per_sequence(workload.context_length, options.block_size) * deployment.concurrent_sequences
 
     def format_plan(scheme: WeightScheme) -> FormatPlan:
-        return _format_plan(terms_of(scheme), hardware, workload, tensor, evaluator, counts.total, kv_total)
+        found = _format_plan(terms_of(scheme), hardware, workload, tensor, evaluator, counts.total, kv_total)
+        return found if data == 1 else _over_replicas(found, data)
 
     comparison = {options.float_format: format_plan(baseline), "int4": format_plan(quantized)}
     if deployed == quantized:
@@ -1851,6 +1877,8 @@ def plan(spec: ModelSpec, hardware: Hardware, workload: Workload | None = None,
         notes.append(_fp32_router_note(engine, spec, deployed, tensor))
     if options.expert_parallel and engine is not None:
         notes.append(expert_placement_note(spec, engine.version, tensor))
+    if data > 1:
+        notes.append(_data_parallel_note(data, tensor, pipeline, deployment, workload, engine))
     hybrid = primary_layout.stage_kv[0].hybrid
     if hybrid is not None:
         notes.append(_hybrid_note(hybrid, options.block_size, tensor, engine))
@@ -1894,7 +1922,7 @@ def plan(spec: ModelSpec, hardware: Hardware, workload: Workload | None = None,
         total_parameters=counts.total,
         active_parameters_per_token=counts.active_per_token or counts.total,
         parameters_by_role={role: count for role, count in counts.by_role.items() if count},
-        hardware=hardware, workload=workload, options=options,
+        hardware=hardware, workload=deployment, options=options,
         tensor_parallel=tensor, pipeline_parallel=pipeline,
         kv_cache_dtype=options.kv_cache_dtype,
         kv_bytes_per_token=kv_per_token,
@@ -1907,7 +1935,71 @@ def plan(spec: ModelSpec, hardware: Hardware, workload: Workload | None = None,
         engine_version=None if engine is None else engine.version,
         max_batched_tokens=limits.max_batched_tokens,
         max_num_seqs=limits.max_num_seqs,
+        data_parallel=data,
     )
+
+
+def _over_replicas(found: FormatPlan, data: int) -> FormatPlan:
+    """`found`, one data-parallel replica's plan (its devices, at its share of the sequences), as the deployment of
+    `data` identical replicas: the memory used over all its devices, the most sequences over all replicas (each runs
+    its own scheduler and KV pool: `data` times one replica's, at most the search limit), and the fewest devices at
+    this data-parallel degree (`data` times one replica's).  The KV capacity stays one replica's, as each engine
+    logs its own."""
+    sequences, limited_by = found.max_concurrent_sequences * data, found.sequences_limited_by
+    if sequences > MAX_SEQUENCES_SEARCHED:
+        sequences, limited_by = MAX_SEQUENCES_SEARCHED, "search_limit"
+    return replace(found, used_bytes=found.used_bytes * data, max_concurrent_sequences=sequences,
+                   sequences_limited_by=limited_by,
+                   min_devices=None if found.min_devices is None else found.min_devices * data)
+
+
+def _moe_data_parallel_reason(spec: ModelSpec, data: int, tensor: int, expert_parallel: bool,
+                              max_batched_tokens: int) -> str:
+    """Why nibble does not plan `spec`, a model with routed experts, at data parallel `data` (x tensor `tensor`):
+    vLLM does not run its data-parallel ranks as independent replicas.  ``FusedMoEParallelConfig.make``
+    (fused_moe/config.py, 0.11, 0.19 and 0.33) spreads every MoE layer over all ``data x tensor`` ranks: whole experts
+    under ``--enable-expert-parallel`` (``ep_size`` = data x tensor, placed by ``determine_expert_map``), else each
+    expert's width sliced over them (``flatten_tp_across_dp``); attention, shared experts and dense layers stay split
+    by tensor parallelism alone; and each MoE layer gathers the tokens of every data-parallel rank through the
+    all2all backend (``allgather_reducescatter`` by default: ``VLLM_ALL2ALL_BACKEND`` in 0.11, ``--all2all-backend``
+    in 0.19 and 0.33; its ``AgRsAll2AllManager.dispatch`` all-gathers the hidden states, unchunked in 0.11 and 0.19,
+    whose data-parallel chunking is for other kernels: 0.11's ``forward_impl`` pplx / DeepEP low-latency / FlashInfer
+    CUTLASS, 0.19's ``use_dp_chunking`` DeepEP low-latency / MORI / FlashInfer / NIXL) and runs its experts on all of
+    them, a profiling peak (and per-format kernel choice under the all2all kernels) nibble has not sized."""
+    ranks = data * tensor
+    if expert_parallel:
+        placed = (f"whole experts, {routed_experts_per_rank(spec.num_experts, ranks)} of the {spec.num_experts} "
+                  "routed experts on the most loaded rank (determine_expert_map)")
+    else:
+        placed = (f"each routed expert's {spec.moe_intermediate_size}-wide intermediate sliced over them "
+                  f"({spec.moe_intermediate_size / ranks:g} a rank: flatten_tp_across_dp)")
+    return (f"nibble does not plan data parallelism for a model with routed experts: vLLM's data-parallel ranks are "
+            f"not independent replicas here. FusedMoEParallelConfig.make (fused_moe/config.py) spreads each MoE "
+            f"layer over all data x tensor = {ranks} ranks ({placed}) while attention, shared experts and dense "
+            f"layers stay split by tensor parallel {tensor} alone, and each MoE layer gathers every data-parallel "
+            "rank's tokens and runs its experts on all of them (the default all2all backend, allgather_reducescatter: "
+            "AgRsAll2AllManager.dispatch, device_communicators/all2all.py; in the profiling run data x "
+            f"max_num_batched_tokens = {data} x {max_batched_tokens:,} = {data * max_batched_tokens:,} rows of the "
+            f"{spec.hidden_size}-wide hidden state on every rank), a peak nibble does not size; a plan would promise "
+            "memory it cannot vouch for. Use "
+            "parallel.data 1 (runtime.expert_parallel places whole experts over the tensor-parallel ranks)")
+
+
+def _data_parallel_note(data: int, tensor: int, pipeline: int, deployment: Workload, replica: Workload,
+                        engine: EngineProfile | None) -> str:
+    """What data parallelism `data` means in the plan: independent replicas, the sequences shared among them, the
+    figures per device one replica's, and how the engine runs them."""
+    how = ("vLLM 0.19 and 0.33 start the data-parallel ranks of a model without routed experts as independent "
+           "engines (v1/engine/core.py run_engine_core: \"Non-MoE DP ranks are completely independent, so treat like "
+           "DP=1\"); 0.11 keeps them in one data-parallel group, whose communicators are charged at start-up "
+           "(engines.vllm.data_parallel_groups)") if engine is not None and engine.name == "vllm" else \
+        "replicas of the generic estimate, nothing shared"
+    return (f"Data parallel {data}: {data} replicas of tensor {tensor} x pipeline {pipeline}, "
+            f"{data * tensor * pipeline} devices, each replica with its own scheduler (max_num_seqs each) and KV "
+            f"pool. The {deployment.concurrent_sequences} sequence(s) are shared among them: each device is planned "
+            f"for the most a replica gets, {replica.concurrent_sequences}; devices lists one replica's (the others "
+            "hold the same), the KV capacity is one replica's, and the most sequences, used bytes and fewest devices "
+            f"are the deployment's ({data} x one replica's). {how}.")
 
 
 def _checkpoint_kv_options(options: PlanOptions, engine: EngineProfile, notes: list[str]) -> PlanOptions:

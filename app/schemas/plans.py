@@ -131,12 +131,19 @@ class KVCacheIn(BaseModel):
 
 
 class ParallelIn(BaseModel):
-    """Tensor and pipeline parallel degrees; tensor defaults to count / pipeline."""
+    """Tensor, pipeline and data parallel degrees; tensor defaults to count / (pipeline x data)."""
 
     model_config = ConfigDict(extra="forbid", strict=True)
 
     tensor: int | None = None
     pipeline: int = _OPTIONS.pipeline_parallel
+    data: int = Field(_OPTIONS.data_parallel, description=(
+        "vLLM's --data-parallel-size: that many replicas of the tensor x pipeline layout, on data x tensor x "
+        "pipeline devices (hardware.count), each with its own scheduler and KV pool; the workload's sequences are "
+        "shared among them (each device is planned for the most one replica gets). devices lists one replica's, "
+        "kv_cache.capacity_tokens is one replica's; max_concurrent_sequences, used bytes and min_devices are the "
+        "deployment's. A model with routed experts is a 422 above 1: vLLM spreads its MoE layers over every "
+        "data-parallel rank, which nibble does not plan."))
 
 
 class RuntimeIn(BaseModel):
@@ -365,7 +372,7 @@ def _refuse_unused_fields(body: PlanRequest) -> None:
                           f"the {weights.layout} layout stores its zero points as packed 4-bit integers; fp16 zeros "
                           "are nibble's own layout only")
     if isinstance(body, SweepRequest) and body.sweep.devices:
-        for name in ("tensor", "pipeline"):
+        for name in ("tensor", "pipeline", "data"):
             if name in body.parallel.model_fields_set:
                 raise InvalidSpec(f"parallel.{name}", getattr(body.parallel, name),
                                   "a sweep over devices finds each device type's fewest devices in tensor parallel "
@@ -432,6 +439,7 @@ def plan_to_core(body: PlanRequest, max_config_depth: int, max_header_bytes: int
         float_format=body.runtime.float_format,
         kv_cache_dtype=body.kv_cache.dtype, block_size=body.kv_cache.block_size,
         tensor_parallel=body.parallel.tensor, pipeline_parallel=body.parallel.pipeline,
+        data_parallel=body.parallel.data,
         memory_utilization=body.runtime.memory_utilization, runtime_overhead_bytes=body.runtime.overhead_bytes,
         activation_bytes=body.runtime.activation_bytes, max_batched_tokens=body.runtime.max_batched_tokens,
         max_num_seqs=body.runtime.max_num_seqs, engine=body.runtime.engine, engine_version=body.runtime.engine_version,
@@ -803,7 +811,8 @@ def plan_json_from_core(result: Plan, notes: tuple[str, ...] = (), speed: dict[s
                      "compute_units": result.hardware.compute_units},
         "workload": {"context_length": result.workload.context_length,
                      "concurrent_sequences": result.workload.concurrent_sequences},
-        "parallel": {"tensor": result.tensor_parallel, "pipeline": result.pipeline_parallel},
+        "parallel": {"tensor": result.tensor_parallel, "pipeline": result.pipeline_parallel,
+                     "data": result.data_parallel},
         "memory_utilization": float(result.options.memory_utilization),
         "max_context_length": primary.max_context_length, "context_limited_by": primary.context_limited_by,
         "max_concurrent_sequences": primary.max_concurrent_sequences,

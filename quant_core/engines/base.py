@@ -35,6 +35,8 @@ class Stage:
     element of the dtype the engine runs the model in (2: bf16/fp16; 4 where it runs float32:
     `EngineProfile.model_dtype_bytes`).  `expert_parallel`: the routed experts are placed whole over the
     `tensor_parallel` ranks (vLLM's ``--enable-expert-parallel`` with data parallel 1), not sliced over them.
+    `data_parallel`: the replicas of this layout the deployment runs (``--data-parallel-size``; a model without routed
+    experts, whose data-parallel ranks are independent engines: `PlanOptions.data_parallel`).
     """
 
     spec: ModelSpec
@@ -44,6 +46,7 @@ class Stage:
     is_last: bool
     element_bytes: int = 2
     expert_parallel: bool = False
+    data_parallel: int = 1
 
 
 @dataclass(frozen=True, slots=True)

@@ -903,6 +903,27 @@ def dsa_block_table_bytes(spec: ModelSpec, version: str, max_model_len: int, lim
     return limits.max_batched_tokens * -(-max_model_len // DSA_BLOCK_SIZE) * 4
 
 
+def data_parallel_groups(stage: Stage, version: str) -> tuple[str, ...]:
+    """The process groups of more than one rank that vLLM `version` creates on a device of `stage` because of data
+    parallelism, beside the tensor and pipeline groups `startup_memory` counts (empty at data parallel 1).
+
+    Only a model without routed experts is planned with data parallelism (`PlanOptions.data_parallel`).  0.19 and
+    0.33 start its data-parallel ranks as independent engines: ``run_engine_core`` (v1/engine/core.py) sets
+    ``data_parallel_size = 1`` for them ("Non-MoE DP ranks are completely independent, so treat like DP=1") before
+    the workers start, so no group spans the replicas.  0.11's ``run_engine_core`` starts every rank of data
+    parallel > 1 as a ``DPEngineCoreProc`` and keeps the size, so ``initialize_model_parallel``
+    (distributed/parallel_state.py) builds the data-parallel group (``data_parallel_size`` ranks) and the expert group
+    (``data_parallel_size x tensor_parallel_size`` ranks, for every model in 0.11), each with its device
+    communicator; at tensor parallel > 1 the expert group's communicator is already in the tensor-parallel figure
+    (`_Startup`), so only the data-parallel group's is added."""
+    if stage.data_parallel <= 1 or version != "0.11":
+        return ()
+    data = f"data-parallel group's ({stage.data_parallel} ranks)"
+    if stage.tensor_parallel > 1:
+        return (data,)
+    return (data, f"expert group's ({stage.data_parallel} ranks)")
+
+
 def startup_memory(stage: Stage, version: str, device: DeviceFacts = UNKNOWN_DEVICE) -> Term:
     """The memory in use on one device of `stage` when vLLM `version`'s worker takes its start-up snapshot, outside
     ``gpu_memory_utilization`` (`_Startup`): the CUDA context, plus a communicator for each process group of more
@@ -917,6 +938,11 @@ def startup_memory(stage: Stage, version: str, device: DeviceFacts = UNKNOWN_DEV
         if stage.spec.is_moe and rules.expert_parallel:
             size += rules.expert_parallel
             parts.append("the expert group's NCCL communicator (a MoE model)")
+    groups = data_parallel_groups(stage, version)
+    if groups:
+        size += len(groups) * rules.tensor_parallel
+        parts.append(f"the {' and '.join(groups)} NCCL communicator(s), each charged the tensor-parallel group's "
+                     "figure (no log shows one alone: the safe side, as the pipeline group where none does)")
     if stage.pipeline_parallel > 1:
         size += rules.tensor_parallel if rules.pipeline is None else rules.pipeline
         parts.append("the pipeline group's NCCL communicator" + (" (no log: as tensor parallelism)"

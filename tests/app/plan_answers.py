@@ -74,7 +74,7 @@ def _requests() -> list[Request]:
             ("workload", {"context_length": 32768, "concurrent_sequences": 8}),
             ("weights", {"group_size": 64, "symmetric": True, "zero": "fp16", "pad": True, "layout": "awq"}),
             ("kv_cache", {"dtype": "fp8", "block_size": 32}),
-            ("parallel", {"tensor": 1, "pipeline": 2}),
+            ("parallel", {"tensor": 1, "pipeline": 2, "data": 2}),
             ("runtime", {"memory_utilization": 0.8, "engine_version": "0.33", "overhead_bytes": 2**30,
                          "activation_bytes": 2**30, "max_batched_tokens": 4096, "max_num_seqs": 64,
                          "float_format": "fp16", "enforce_eager": True})):

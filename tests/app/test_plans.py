@@ -29,7 +29,7 @@ def test_plan_defaults_int4_g128_and_bf16_kv(client: TestClient) -> None:
     assert body["weights"]["format"] == "int4-g128-asym"
     assert body["kv_cache"]["dtype"] == "bf16"
     assert body["workload"] == {"context_length": 4096, "concurrent_sequences": 1}
-    assert body["parallel"] == {"tensor": 2, "pipeline": 1}
+    assert body["parallel"] == {"tensor": 2, "pipeline": 1, "data": 1}
     assert body["memory_utilization"] == 0.9
     assert set(body["comparison"]) == {"bf16", "int4"}
     assert len(body["devices"]) == 2
