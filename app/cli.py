@@ -791,7 +791,7 @@ def build_parser() -> argparse.ArgumentParser:
                              help="engine whose memory terms apply (default vllm)")
     plan_parser.add_argument("--engine-version", choices=("0.11", "0.19", "0.33"), help="vLLM release (default 0.19)")
     plan_parser.add_argument("--expert-parallel", action="store_true",
-                             help="vLLM --enable-expert-parallel (data parallel 1): whole experts on each rank")
+                             help="vLLM --enable-expert-parallel: whole experts on each data x tensor rank")
     plan_parser.add_argument("--max-num-seqs", type=int,
                              help="vLLM --max-num-seqs (default: vLLM's for the device)")
     plan_parser.add_argument("--block-size", type=int, help="KV cache block (page) size in tokens (default 16)")

@@ -35,8 +35,8 @@ Parallelism follows vLLM:
 * data parallel (dp, vLLM's ``--data-parallel-size``): dp independent replicas of the tp x pp layout, as vLLM
   0.19 and 0.33 run a model without routed experts (0.11 adds its data-parallel groups' communicators at start-up);
   the workload's sequences are shared among them, each device planned for the fullest replica's share.  A model
-  with routed experts is refused: vLLM spreads its MoE layers over all dp x tp ranks and gathers every rank's
-  tokens into them, which nibble does not size;
+  with routed experts (vLLM 0.19 and 0.33, one pipeline stage) spreads its routed experts over all dp x tp ranks
+  and gathers every rank's tokens into each MoE layer (`engines.vllm.moe_dispatched_tokens`); elsewhere refused;
 * where the engine allocates a family's MoE routers in float32 (vLLM's GLM-4.5:
   `EngineProfile.routers_at_fp32`), the device weights count them at 4 bytes an
   element whatever the format's float type.
@@ -66,16 +66,19 @@ from quant_core.engines.vllm import (
     DSA_BLOCK_SIZE,
     EMBEDDING_ON_EVERY_STAGE,
     MAMBA_CACHE_MODES,
+    MOE_DATA_PARALLEL_VERSIONS,
     OutsideBudget,
     dsa_block_size,
     dsa_block_table_bytes,
     dsa_mixed_batch_bytes,
+    expert_parallel_refusal,
     expert_placement_note,
     expert_ranks_refusal,
     expert_shard,
     expert_width_refusal,
     mamba_align_refusal,
     mlp_width_refusal,
+    moe_data_parallel_format_refusal,
     moe_wna16_act_order_note,
     qwen_encoder_dummy,
     qwen_vision_refusal,
@@ -242,12 +245,14 @@ class PlanOptions:
     (``torch_dtype``: bf16, fp16 or fp32; None when not known), which vLLM's ``--dtype auto`` runs: with
     `float_format` it gives `model_dtype`.  `engine_version` and `enforce_eager`
     with the generic engine raise `InvalidSpec`: it has neither, and ignoring them would plan something else than
-    what was asked.  `expert_parallel` is vLLM's ``--enable-expert-parallel`` with data parallel 1: a MoE model's
-    routed experts placed whole over the tensor-parallel ranks (`engines.vllm.expert_shard`), the rest still split
+    what was asked.  `expert_parallel` is vLLM's ``--enable-expert-parallel``: a MoE model's routed experts placed
+    whole over the tensor-parallel ranks, or the data x tensor ranks at data parallel > 1
+    (`engines.vllm.expert_shard`, `engines.base.Stage.moe_ranks`), the rest still split
     by tensor parallelism; the generic engine has no such placement (`InvalidSpec`), and a model without routed
     experts is refused by `plan`.  `data_parallel` is vLLM's ``--data-parallel-size``: that many replicas of the
     tensor x pipeline layout on ``data x tensor x pipeline`` devices, the workload's sequences shared among them
-    (`plan`); a model with routed experts is refused at more than one (`_moe_data_parallel_reason`).
+    (`plan`); for a model with routed experts on vLLM 0.19 and 0.33 the data-parallel ranks' MoE layers form one
+    group (`engines.base.Stage.moe_ranks`), elsewhere it is refused at more than one (`_moe_data_parallel_reason`).
     `kv_cache_dtype_auto`: `kv_cache_dtype` is the engine's default (vLLM's
     ``--kv-cache-dtype auto``), not one the caller asked for: where the deployed checkpoint's config quantizes the KV
     cache (`WeightScheme.kv_cache_quant`), the engine may run another (`EngineProfile.checkpoint_kv_cache_dtype`), and
@@ -793,14 +798,18 @@ def _gptq_headers_with_config(scheme: WeightScheme) -> bool:
 def _build_layout(spec: ModelSpec, scheme: WeightScheme, kv_dtype_name: str,
                   tensor_parallel: int, pipeline_parallel: int, vocabulary_everywhere: bool = False,
                   fp32_routers: bool = False, mamba_cache_mode: str = "none", chunked_local: bool = True,
-                  expert_parallel: bool = False) -> _Layout:
+                  expert_parallel: bool = False, data_parallel: int = 1) -> _Layout:
     """Per stage: the weights on one rank and the KV coefficients.  `vocabulary_everywhere` puts the
     tensors outside the decoder layers (embedding, final norm, lm_head) on every stage, as the engine's
     model code does for some families when `pipeline_parallel` > 1; `fp32_routers` holds the rows of role
     ``router`` at 4 bytes an element, as the engine allocates them for some families (`_router_bytes`);
     `mamba_cache_mode` sets the blocks a hybrid model's sequence takes in each linear group (`hybrid_kv`);
     `chunked_local` holds a chunked local attention layer's chunk, not the whole context (`kv_cache.held_window`);
-    `expert_parallel` puts the most loaded rank's whole routed experts on each rank (`_expert_parallel_bytes`)."""
+    `expert_parallel` puts the most loaded rank's whole routed experts on each rank (`_expert_parallel_bytes`).
+    At `data_parallel` > 1 a MoE model's routed experts are spread over the data x tensor ranks of its MoE layers
+    (`engines.base.Stage.moe_ranks`: vLLM's FusedMoEParallelConfig.make), sliced or whole as above, while the rest
+    stays split by tensor parallelism alone (replicated across the data-parallel ranks)."""
+    moe_ranks = tensor_parallel * data_parallel if spec.is_moe else tensor_parallel
     if pipeline_parallel > spec.num_layers:
         raise InvalidSpec("parallel.pipeline", pipeline_parallel,
                           f"more pipeline stages than the model's {spec.num_layers} layers")
@@ -820,10 +829,12 @@ def _build_layout(spec: ModelSpec, scheme: WeightScheme, kv_dtype_name: str,
         if spec.model_type == "minimax_m2" and entry.name.endswith(_MINIMAX_M2_SPLIT_NORMS):
             per_rank = _minimax_m2_norm_bytes(one, entry, min(tensor_parallel, spec.num_kv_heads)
                                               if entry.name.endswith("k_norm.weight") else tensor_parallel)
-        if tensor_parallel > 1 and _is_sharded_expert_bias(entry, spec):
-            per_rank = -(-one // tensor_parallel) * entry.per_layer
-        if expert_parallel and tensor_parallel > 1 and _is_routed_expert(entry, spec):
-            per_rank = _expert_parallel_bytes(one, entry, spec, tensor_parallel)
+        if moe_ranks > tensor_parallel and _is_routed_expert(entry, spec):  # flatten_tp_across_dp: the expert's rows
+            per_rank = _sharded_bytes(one, entry, moe_ranks) * entry.per_layer  # over data x tensor ranks
+        if moe_ranks > 1 and _is_sharded_expert_bias(entry, spec):
+            per_rank = -(-one // moe_ranks) * entry.per_layer
+        if expert_parallel and moe_ranks > 1 and _is_routed_expert(entry, spec):
+            per_rank = _expert_parallel_bytes(one, entry, spec, moe_ranks)
         if entry.layers:
             for index in entry.layers:  # once per layer, not per layer and stage (4,096 layers x 1,024 stages)
                 weights[stage_of[index]] += per_rank
@@ -1315,11 +1326,11 @@ class _ModelTerms:
             else ((scheme.label(), None if scheme.gguf_file_type or (scheme.checkpoint is not None
                                                                       and scheme.quantized.layout != "gptq")
                    else scheme.quantized),))
-        self._layouts: dict[tuple[int, int, bool, bool, str, bool, bool], _Layout] = {}
+        self._layouts: dict[tuple[int, int, bool, bool, str, bool, bool, int], _Layout] = {}
         self._predicates: dict[tuple[object, ...], Callable[[int, int], bool]] = {}
         self._accepted: dict[tuple[str, str, bool, tuple[int, int] | None] | None, tuple[int, ...]] = {}
         self._refusals: dict[tuple[str, str, tuple[int, int] | None, str, int], str | None] = {}
-        self._layout_refusals: dict[tuple[str, str, int, int, tuple[int, int] | None, str, bool, int],
+        self._layout_refusals: dict[tuple[str, str, int, int, tuple[int, int] | None, str, bool, int, int],
                                     str | None] = {}
         self._kv_bytes_per_token: int | None = None
 
@@ -1367,26 +1378,47 @@ class _ModelTerms:
         engine = evaluator.engine
         if engine is None:
             return None
-        expert_parallel = evaluator.options.expert_parallel
+        expert_parallel, data = evaluator.options.expert_parallel, evaluator.options.data_parallel
         key = (engine.name, engine.version, tensor_parallel, pipeline_parallel, evaluator.compute_capability,
-               evaluator.options.model_dtype, expert_parallel, evaluator.options.block_size)
+               evaluator.options.model_dtype, expert_parallel, evaluator.options.block_size, data)
         if key not in self._layout_refusals:
             self._layout_refusals[key] = (engine.refusal(self.spec, tensor_parallel, pipeline_parallel, expert_parallel)
                                           or self.device_refusal(evaluator)
                                           or engine.format_refusal(self.spec, self.scheme.label(), tensor_parallel,
                                                                    expert_parallel, evaluator.compute_capability,
-                                                                   self.scheme.quant_method))
+                                                                   self.scheme.quant_method)
+                                          or self.moe_data_parallel_refusal(engine, tensor_parallel, data,
+                                                                            expert_parallel,
+                                                                            evaluator.compute_capability))
         return self._layout_refusals[key]
+
+    def moe_data_parallel_refusal(self, engine: EngineProfile, tensor_parallel: int, data_parallel: int,
+                                  expert_parallel: bool, compute_capability: tuple[int, int] | None) -> str | None:
+        """Why vLLM refuses, or nibble does not plan, this MoE model's routed experts in this format spread over the
+        ``data x tensor`` ranks of its MoE layers (None at data parallel 1, for a dense model, or when planned):
+        what nibble has not read of the format's kernel under data parallelism
+        (`engines.vllm.moe_data_parallel_format_refusal`), then the engine's expert refusals asked at the MoE
+        layers' degree (their width split over data x tensor ranks, or whole experts over them)."""
+        if data_parallel <= 1 or not self.spec.is_moe:
+            return None
+        ranks = tensor_parallel * data_parallel
+        return (moe_data_parallel_format_refusal(engine.version, _expert_format(self.spec, self.scheme),
+                                                 compute_capability)
+                or (expert_parallel_refusal(self.spec, engine.version, ranks) if expert_parallel else None)
+                or expert_width_refusal(self.spec, ranks, expert_parallel)
+                or engine.format_refusal(self.spec, self.scheme.label(), ranks, expert_parallel,
+                                         compute_capability, self.scheme.quant_method))
 
     def layout(self, tensor_parallel: int, pipeline_parallel: int, vocabulary_everywhere: bool = False,
                fp32_routers: bool = False, mamba_cache_mode: str = "none", chunked_local: bool = True,
-               expert_parallel: bool = False) -> _Layout:
+               expert_parallel: bool = False, data_parallel: int = 1) -> _Layout:
         key = (tensor_parallel, pipeline_parallel, vocabulary_everywhere, fp32_routers, mamba_cache_mode, chunked_local,
-               expert_parallel)
+               expert_parallel, data_parallel)
         found = self._layouts.get(key)
         if found is None:
             found = _build_layout(self.spec, self.scheme, self.kv_dtype_name, tensor_parallel, pipeline_parallel,
-                                  vocabulary_everywhere, fp32_routers, mamba_cache_mode, chunked_local, expert_parallel)
+                                  vocabulary_everywhere, fp32_routers, mamba_cache_mode, chunked_local, expert_parallel,
+                                  data_parallel)
             if len(self._layouts) < 4096:
                 self._layouts[key] = found
         return found
@@ -1400,7 +1432,8 @@ class _ModelTerms:
                                                           evaluator.vocabulary_everywhere(pipeline_parallel),
                                                           evaluator.fp32_routers(), evaluator.mamba_cache_mode(),
                                                           evaluator.chunked_local(),
-                                                          evaluator.options.expert_parallel))
+                                                          evaluator.options.expert_parallel,
+                                                          evaluator.options.data_parallel))
             if len(self._predicates) < 4096:
                 self._predicates[key] = found
         return found
@@ -1626,10 +1659,14 @@ def _min_devices(evaluator: _Evaluator, terms: _ModelTerms, workload: Workload) 
 
     if terms.device_refusal(evaluator) is not None:  # no count of these devices runs the format
         return None
-    low = max(1, -(-sum(terms.by_role.values()) // max(1, evaluator.usable_bytes)))
+    data = evaluator.options.data_parallel if evaluator.spec.is_moe else 1  # the MoE layers spread over data x tp
+    low = max(1, -(-sum(terms.by_role.values()) // max(1, evaluator.usable_bytes * data)))
     sizes = [size for size in terms.accepted_sizes(evaluator.engine, evaluator.options.expert_parallel,
                                                    evaluator.compute_capability) if size >= low]
     engine = evaluator.engine
+    if engine is not None and data > 1:
+        sizes = [size for size in sizes if terms.moe_data_parallel_refusal(
+            engine, size, data, evaluator.options.expert_parallel, evaluator.compute_capability) is None]
     if engine is not None and engine.name == "vllm" and evaluator.spec.linear_attention is not None:
         sizes = [size for size in sizes if _starts_at(evaluator, terms, size)]
     if evaluator.spec.has_indexer and evaluator.engine is not None:
@@ -1660,7 +1697,8 @@ def _starts_at(evaluator: _Evaluator, terms: _ModelTerms, tensor_parallel: int) 
     if engine is None or engine.name != "vllm" or evaluator.spec.linear_attention is None:
         return True
     layout = terms.layout(tensor_parallel, 1, evaluator.vocabulary_everywhere(1), evaluator.fp32_routers(),
-                          evaluator.mamba_cache_mode(), evaluator.chunked_local(), evaluator.options.expert_parallel)
+                          evaluator.mamba_cache_mode(), evaluator.chunked_local(), evaluator.options.expert_parallel,
+                          evaluator.options.data_parallel)
     hybrid = layout.stage_kv[0].hybrid
     return hybrid is None or mamba_align_refusal(hybrid, engine.version, evaluator.options.block_size,
                                                  evaluator.limits.max_batched_tokens) is None
@@ -1687,7 +1725,8 @@ def _format_plan(terms: _ModelTerms, hardware: Hardware, workload: Workload, ten
     options = evaluator.options
     layout = terms.layout(tensor_parallel, options.pipeline_parallel,
                           evaluator.vocabulary_everywhere(options.pipeline_parallel), evaluator.fp32_routers(),
-                          evaluator.mamba_cache_mode(), evaluator.chunked_local(), options.expert_parallel)
+                          evaluator.mamba_cache_mode(), evaluator.chunked_local(), options.expert_parallel,
+                          options.data_parallel)
     stage_terms = evaluator.stage_terms(layout)
     by_role = terms.by_role
     total_weights = sum(by_role.values())
@@ -1770,9 +1809,12 @@ def plan(spec: ModelSpec, hardware: Hardware, workload: Workload | None = None,
             f"data ({data}) x tensor ({tensor}) x pipeline ({pipeline})"
         raise InvalidSpec("parallel.tensor", tensor, f"{degrees} must equal the device count ({hardware.count})")
     if data > 1 and spec.is_moe:
-        raise InvalidSpec("parallel.data", data, _moe_data_parallel_reason(
-            spec, data, tensor, options.expert_parallel,
-            _batch_limits(get_engine(options.engine, options.engine_version), hardware, options).max_batched_tokens))
+        moe_engine = get_engine(options.engine, options.engine_version)
+        moe_version = None if moe_engine is None or moe_engine.name != "vllm" else moe_engine.version
+        if moe_version not in MOE_DATA_PARALLEL_VERSIONS or pipeline > 1:
+            raise InvalidSpec("parallel.data", data, _moe_data_parallel_reason(
+                spec, data, tensor, pipeline, options.expert_parallel, moe_version,
+                _batch_limits(moe_engine, hardware, options).max_batched_tokens))
     deployment = workload
     if data > 1:  # each replica plans its share of the sequences: the rank that gets the most
         workload = Workload(workload.context_length, -(-workload.concurrent_sequences // data))
@@ -1867,7 +1909,7 @@ def plan(spec: ModelSpec, hardware: Hardware, workload: Workload | None = None,
 
     primary_layout = terms_of(deployed).layout(
         tensor, pipeline, evaluator.vocabulary_everywhere(pipeline), evaluator.fp32_routers(),
-        evaluator.mamba_cache_mode(), evaluator.chunked_local(), options.expert_parallel)
+        evaluator.mamba_cache_mode(), evaluator.chunked_local(), options.expert_parallel, options.data_parallel)
     primary_terms = evaluator.stage_terms(primary_layout)
     if primary_layout.vocabulary_on_every_stage and engine is not None:
         notes.append(f"{engine.vocabulary_on_every_stage(spec)}: each of the {pipeline} stages holds "
@@ -1875,10 +1917,11 @@ def plan(spec: ModelSpec, hardware: Hardware, workload: Workload | None = None,
                      "cache cannot use.")
     if evaluator.fp32_routers() and engine is not None:
         notes.append(_fp32_router_note(engine, spec, deployed, tensor))
-    if options.expert_parallel and engine is not None:
+    if options.expert_parallel and engine is not None and data == 1:  # at data > 1 the data-parallel note places them
         notes.append(expert_placement_note(spec, engine.version, tensor))
     if data > 1:
-        notes.append(_data_parallel_note(data, tensor, pipeline, deployment, workload, engine))
+        notes.append(_data_parallel_note(data, tensor, pipeline, deployment, workload, engine, spec,
+                                         options.expert_parallel, limits.max_batched_tokens))
     hybrid = primary_layout.stage_kv[0].hybrid
     if hybrid is not None:
         notes.append(_hybrid_note(hybrid, options.block_size, tensor, engine))
@@ -1953,19 +1996,17 @@ def _over_replicas(found: FormatPlan, data: int) -> FormatPlan:
                    min_devices=None if found.min_devices is None else found.min_devices * data)
 
 
-def _moe_data_parallel_reason(spec: ModelSpec, data: int, tensor: int, expert_parallel: bool,
-                              max_batched_tokens: int) -> str:
-    """Why nibble does not plan `spec`, a model with routed experts, at data parallel `data` (x tensor `tensor`):
-    vLLM does not run its data-parallel ranks as independent replicas.  ``FusedMoEParallelConfig.make``
-    (fused_moe/config.py, 0.11, 0.19 and 0.33) spreads every MoE layer over all ``data x tensor`` ranks: whole experts
-    under ``--enable-expert-parallel`` (``ep_size`` = data x tensor, placed by ``determine_expert_map``), else each
-    expert's width sliced over them (``flatten_tp_across_dp``); attention, shared experts and dense layers stay split
-    by tensor parallelism alone; and each MoE layer gathers the tokens of every data-parallel rank through the
-    all2all backend (``allgather_reducescatter`` by default: ``VLLM_ALL2ALL_BACKEND`` in 0.11, ``--all2all-backend``
-    in 0.19 and 0.33; its ``AgRsAll2AllManager.dispatch`` all-gathers the hidden states, unchunked in 0.11 and 0.19,
-    whose data-parallel chunking is for other kernels: 0.11's ``forward_impl`` pplx / DeepEP low-latency / FlashInfer
-    CUTLASS, 0.19's ``use_dp_chunking`` DeepEP low-latency / MORI / FlashInfer / NIXL) and runs its experts on all of
-    them, a profiling peak (and per-format kernel choice under the all2all kernels) nibble has not sized."""
+def _moe_data_parallel_reason(spec: ModelSpec, data: int, tensor: int, pipeline: int, expert_parallel: bool,
+                              version: str | None, max_batched_tokens: int) -> str:
+    """Why nibble does not plan `spec`, a model with routed experts, at data parallel `data` (x tensor `tensor` x
+    pipeline `pipeline`) on this engine: vLLM does not run its data-parallel ranks as independent replicas
+    (``FusedMoEParallelConfig.make``, fused_moe/config.py: every MoE layer spread over the data x tensor ranks, each
+    gathering every rank's tokens), and nibble sized that only for vLLM 0.19 and 0.33 at one pipeline stage
+    (`engines.vllm.MOE_DATA_PARALLEL_VERSIONS`, `engines.vllm.moe_dispatched_tokens`).  0.11 differs: its
+    ``FusedMoE.forward_impl`` (fused_moe/layer.py) dispatches through ``naive_multicast`` / the all2all manager with
+    its own chunking (``VLLM_MOE_DP_CHUNK_SIZE`` for the pplx, DeepEP low-latency and FlashInfer paths), and every
+    model starts as a ``DPEngineCoreProc``: not read.  The generic engine has no such placement.  Pipeline stages
+    with MoE data parallelism: not read."""
     ranks = data * tensor
     if expert_parallel:
         placed = (f"whole experts, {routed_experts_per_rank(spec.num_experts, ranks)} of the {spec.num_experts} "
@@ -1973,33 +2014,74 @@ def _moe_data_parallel_reason(spec: ModelSpec, data: int, tensor: int, expert_pa
     else:
         placed = (f"each routed expert's {spec.moe_intermediate_size}-wide intermediate sliced over them "
                   f"({spec.moe_intermediate_size / ranks:g} a rank: flatten_tp_across_dp)")
-    return (f"nibble does not plan data parallelism for a model with routed experts: vLLM's data-parallel ranks are "
-            f"not independent replicas here. FusedMoEParallelConfig.make (fused_moe/config.py) spreads each MoE "
-            f"layer over all data x tensor = {ranks} ranks ({placed}) while attention, shared experts and dense "
-            f"layers stay split by tensor parallel {tensor} alone, and each MoE layer gathers every data-parallel "
-            "rank's tokens and runs its experts on all of them (the default all2all backend, allgather_reducescatter: "
-            "AgRsAll2AllManager.dispatch, device_communicators/all2all.py; in the profiling run data x "
-            f"max_num_batched_tokens = {data} x {max_batched_tokens:,} = {data * max_batched_tokens:,} rows of the "
-            f"{spec.hidden_size}-wide hidden state on every rank), a peak nibble does not size; a plan would promise "
-            "memory it cannot vouch for. Use "
-            "parallel.data 1 (runtime.expert_parallel places whole experts over the tensor-parallel ranks)")
+    if version is None:
+        why = "the generic engine has no MoE data-parallel placement; plan it with engine vllm (0.19 or 0.33)"
+    elif version not in MOE_DATA_PARALLEL_VERSIONS:
+        why = (f"nibble plans it for vLLM 0.19 and 0.33 only: vLLM {version}'s FusedMoE.forward_impl "
+               "(fused_moe/layer.py) dispatches with naive_multicast and its own DP chunking, not read")
+    else:
+        why = (f"nibble has not read MoE data parallelism with {pipeline} pipeline stages; use parallel.pipeline 1")
+    return (f"vLLM's data-parallel ranks of a model with routed experts are not independent replicas: "
+            f"FusedMoEParallelConfig.make (fused_moe/config.py) spreads each MoE layer over all data x tensor = "
+            f"{ranks} ranks ({placed}) while attention, shared experts and dense layers stay split by tensor "
+            f"parallel {tensor} alone, and each MoE layer gathers every data-parallel rank's tokens (the default "
+            "all2all backend, allgather_reducescatter: AgRsAll2AllManager.dispatch, device_communicators/all2all.py; "
+            f"in the profiling run data x max_num_batched_tokens = {data} x {max_batched_tokens:,} = "
+            f"{data * max_batched_tokens:,} rows of the {spec.hidden_size}-wide hidden state on every rank). {why}")
 
 
 def _data_parallel_note(data: int, tensor: int, pipeline: int, deployment: Workload, replica: Workload,
-                        engine: EngineProfile | None) -> str:
-    """What data parallelism `data` means in the plan: independent replicas, the sequences shared among them, the
-    figures per device one replica's, and how the engine runs them."""
-    how = ("vLLM 0.19 and 0.33 start the data-parallel ranks of a model without routed experts as independent "
-           "engines (v1/engine/core.py run_engine_core: \"Non-MoE DP ranks are completely independent, so treat like "
-           "DP=1\"); 0.11 keeps them in one data-parallel group, whose communicators are charged at start-up "
-           "(engines.vllm.data_parallel_groups)") if engine is not None and engine.name == "vllm" else \
-        "replicas of the generic estimate, nothing shared"
+                        engine: EngineProfile | None, spec: ModelSpec, expert_parallel: bool,
+                        max_batched_tokens: int) -> str:
+    """What data parallelism `data` means in the plan: replicas with their own schedulers and KV pools, the
+    sequences shared among them, the figures per device one replica's, and how the engine runs them (for a model with
+    routed experts, vLLM's MoE layers spread over the data x tensor ranks: `_moe_placement_text`)."""
+    if spec.is_moe:
+        how = _moe_placement_text(spec, data, tensor, expert_parallel, max_batched_tokens)
+    elif engine is not None and engine.name == "vllm":
+        how = ("vLLM 0.19 and 0.33 start the data-parallel ranks of a model without routed experts as independent "
+               "engines (v1/engine/core.py run_engine_core: \"Non-MoE DP ranks are completely independent, so treat "
+               "like DP=1\"); 0.11 keeps them in one data-parallel group, whose communicators are charged at start-up "
+               "(engines.vllm.data_parallel_groups)")
+    else:
+        how = "replicas of the generic estimate, nothing shared"
     return (f"Data parallel {data}: {data} replicas of tensor {tensor} x pipeline {pipeline}, "
             f"{data * tensor * pipeline} devices, each replica with its own scheduler (max_num_seqs each) and KV "
             f"pool. The {deployment.concurrent_sequences} sequence(s) are shared among them: each device is planned "
             f"for the most a replica gets, {replica.concurrent_sequences}; devices lists one replica's (the others "
             "hold the same), the KV capacity is one replica's, and the most sequences, used bytes and fewest devices "
             f"are the deployment's ({data} x one replica's). {how}.")
+
+
+def _moe_placement_text(spec: ModelSpec, data: int, tensor: int, expert_parallel: bool,
+                        max_batched_tokens: int) -> str:
+    """How vLLM 0.19 and 0.33 place and run a MoE model at data parallel `data` x tensor `tensor`, with the per-rank
+    figures the plan charges (`engines.vllm.moe_dispatched_tokens`)."""
+    ranks = data * tensor
+    if expert_parallel:
+        most, least = (routed_experts_per_rank(spec.num_experts, ranks),
+                       routed_experts_per_rank(spec.num_experts, ranks, ranks - 1))
+        placed = (f"whole routed experts over the {ranks} ranks, {most} of the {spec.num_experts} on the most loaded "
+                  f"rank{'' if most == least else f' ({least} on the last)'}, each {spec.moe_intermediate_size} wide "
+                  "(ep_size = data x tensor, determine_expert_map)")
+    else:
+        placed = (f"each of the {spec.num_experts} routed experts' {spec.moe_intermediate_size}-wide intermediate "
+                  f"sliced over the {ranks} ranks, {spec.moe_intermediate_size // ranks} a rank "
+                  "(flatten_tp_across_dp: tp_size = data x tensor)")
+    sequence_parallel = expert_parallel and tensor > 1
+    rows = data * tensor * -(-max_batched_tokens // tensor) if sequence_parallel else data * max_batched_tokens
+    gather = (f"each tensor-parallel rank its ceil({max_batched_tokens:,} / {tensor}) share "
+              "(use_sequence_parallel_moe), over the expert group" if sequence_parallel else
+              f"{max_batched_tokens:,} from each data-parallel rank")
+    return (f"vLLM runs the {data} data-parallel ranks of a model with routed experts as one deployment: "
+            f"FusedMoEParallelConfig.make (fused_moe/config.py) places {placed}, while attention, shared experts "
+            f"and dense layers stay split by tensor parallel {tensor} alone (whole on every data-parallel rank). "
+            "Each MoE layer gathers every rank's tokens through the default all2all backend, "
+            "allgather_reducescatter (AgRsAll2AllManager.dispatch, device_communicators/all2all.py): in the "
+            f"profiling run {rows:,} rows ({gather}), on which the fused-MoE workspace is sized (the activation's "
+            "basis gives it); the data-parallel and expert groups' communicators are charged at start-up, and the "
+            "CUDA graphs the rows their MoE layers gather, on the safe side (no vLLM code sizes graphs under data "
+            "parallelism)")
 
 
 def _checkpoint_kv_options(options: PlanOptions, engine: EngineProfile, notes: list[str]) -> PlanOptions:

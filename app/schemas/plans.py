@@ -142,8 +142,10 @@ class ParallelIn(BaseModel):
         "pipeline devices (hardware.count), each with its own scheduler and KV pool; the workload's sequences are "
         "shared among them (each device is planned for the most one replica gets). devices lists one replica's, "
         "kv_cache.capacity_tokens is one replica's; max_concurrent_sequences, used bytes and min_devices are the "
-        "deployment's. A model with routed experts is a 422 above 1: vLLM spreads its MoE layers over every "
-        "data-parallel rank, which nibble does not plan."))
+        "deployment's. A model with routed experts (vllm 0.19 and 0.33, pipeline 1): its routed experts spread over "
+        "the data x tensor ranks (whole under runtime.expert_parallel, else sliced) and each MoE layer gathering every "
+        "rank's tokens, the rest split by tensor parallelism; a 422 on 0.11, the generic engine or with pipeline "
+        "stages."))
 
 
 class RuntimeIn(BaseModel):
@@ -176,10 +178,10 @@ class RuntimeIn(BaseModel):
                                                    "them after sizing the KV cache, from the memory "
                                                    "memory_utilization leaves free; 0.33 charges their estimate "
                                                    "inside the budget).")
-    expert_parallel: bool = Field(False, description="vllm only, MoE models only: --enable-expert-parallel with data "
-                                                     "parallel 1: each tensor-parallel rank holds whole routed "
-                                                     "experts (the first ranks one more where they do not divide), "
-                                                     "the rest stays split by tensor parallelism.")
+    expert_parallel: bool = Field(False, description="vllm only, MoE models only: --enable-expert-parallel: each "
+                                                     "rank of the data x tensor ranks holds whole routed experts "
+                                                     "(the first ranks one more where they do not divide), the rest "
+                                                     "stays split by tensor parallelism.")
 
 
 class CheckpointHeaderIn(BaseModel):

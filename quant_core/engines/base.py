@@ -35,8 +35,9 @@ class Stage:
     element of the dtype the engine runs the model in (2: bf16/fp16; 4 where it runs float32:
     `EngineProfile.model_dtype_bytes`).  `expert_parallel`: the routed experts are placed whole over the
     `tensor_parallel` ranks (vLLM's ``--enable-expert-parallel`` with data parallel 1), not sliced over them.
-    `data_parallel`: the replicas of this layout the deployment runs (``--data-parallel-size``; a model without routed
-    experts, whose data-parallel ranks are independent engines: `PlanOptions.data_parallel`).
+    `data_parallel`: vLLM's ``--data-parallel-size`` (`PlanOptions.data_parallel`): for a model without routed experts
+    the independent replicas of this layout; for a MoE model the data-parallel ranks whose MoE layers form one group
+    of `moe_ranks` (attention and the rest stay split by `tensor_parallel` alone).
     """
 
     spec: ModelSpec
@@ -47,6 +48,13 @@ class Stage:
     element_bytes: int = 2
     expert_parallel: bool = False
     data_parallel: int = 1
+
+    @property
+    def moe_ranks(self) -> int:
+        """The ranks each MoE layer's routed experts are spread over: tensor x data parallel for a model with routed
+        experts (vLLM's ``FusedMoEParallelConfig.make``, fused_moe/config.py: ``flatten_tp_across_dp``, or ``ep_size``
+        = data x tensor under ``--enable-expert-parallel``), the tensor-parallel ranks otherwise."""
+        return self.tensor_parallel * self.data_parallel if self.spec.is_moe else self.tensor_parallel
 
 
 @dataclass(frozen=True, slots=True)

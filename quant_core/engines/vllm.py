@@ -883,7 +883,8 @@ def dsa_workspace(stage: Stage, kv_cache_dtype: str, limits: BatchLimits, versio
     heads = spec.num_attention_heads // stage.tensor_parallel
     counted = 0
     if spec.is_moe:
-        caches = fused_moe_caches(spec, stage.tensor_parallel, tokens, version, expert_parallel=stage.expert_parallel)
+        caches = fused_moe_caches(spec, stage.moe_ranks, moe_dispatched_tokens(stage, tokens), version,
+                                  expert_parallel=stage.expert_parallel, data_parallel=stage.data_parallel > 1)
         counted = caches.nbytes if caches.persists else 0
     fp8_cache = kv_dtype(kv_cache_dtype).bits == 8
     return DsaWorkspace(query_bytes=tokens * heads * row, latent_row_bytes=row,
@@ -903,19 +904,103 @@ def dsa_block_table_bytes(spec: ModelSpec, version: str, max_model_len: int, lim
     return limits.max_batched_tokens * -(-max_model_len // DSA_BLOCK_SIZE) * 4
 
 
+#: the releases whose MoE data parallelism nibble plans (`moe_dispatched_tokens`); 0.11's FusedMoE.forward_impl
+#: dispatches with naive_multicast and its own data-parallel chunking, not read
+MOE_DATA_PARALLEL_VERSIONS: tuple[str, ...] = ("0.19", "0.33")
+#: the routed experts' formats whose kernel under data parallelism nibble read in 0.19 and 0.33, beside int4
+#: (`moe_data_parallel_format_refusal`), with the compute capability families (major) read for each (None: any):
+#: bf16/fp16 experts (oracle/unquantized.py: FlashInfer CUTLASS is off under data parallelism, "FlashInfer CUTLASS
+#: MoE is currently not available for DP" in 0.19, moved to the back at dp_size > 1 in 0.33; the kernel and its
+#: charge as at data parallel 1, `fused_moe_caches`); [128, 128]-block fp8 on Hopper (oracle/fp8.py: TRITON without
+#: expert parallelism, FLASHINFER_CUTLASS at ep_size > 1, whose ``_supports_parallel_config`` accepts data
+#: parallelism; DeepGEMM and TRT-LLM on 10.x not read); MXFP4 on 8.x (Marlin, whose MarlinExperts accept data
+#: parallelism) and 9.x, where OAITritonMxfp4ExpertsMonolithic refuses dp_size > 1 (``_supports_parallel_config``)
+#: and the TRITON backend's next class, the modular OAITritonExperts, runs them
+MOE_DATA_PARALLEL_FORMATS: dict[str, tuple[int, ...] | None] = {
+    "bf16": None, "fp16": None, "fp8-block128": (9,), "mxfp4": (8, 9)}
+
+
+def moe_data_parallel_format_refusal(version: str, expert_format: str,
+                                     compute_capability: tuple[int, int] | None) -> str | None:
+    """Why nibble does not plan vLLM `version`'s MoE data parallelism for routed experts stored as `expert_format`
+    on a device of `compute_capability` (None: it does): the kernel the release's oracle picks there under data
+    parallelism, and its workspace on the gathered rows, were not read.  Planned: `MOE_DATA_PARALLEL_FORMATS`, and
+    int4 experts (nibble's, GPTQ, AWQ, compressed-tensors), whose kernels read no data parallelism: 0.19's
+    GPTQMarlinMoEMethod and MoeWNA16Method call fused_marlin_moe / fused_experts from their own ``apply`` (no modular
+    kernel: the runner's ``do_naive_dispatch_combine`` gathers their input), 0.33's MarlinExperts and
+    HummingIndexedExperts accept data parallelism in ``_supports_parallel_config``."""
+    if version not in MOE_DATA_PARALLEL_VERSIONS:
+        return (f"nibble plans MoE data parallelism for vLLM {' and '.join(MOE_DATA_PARALLEL_VERSIONS)} only: vLLM "
+                f"{version}'s FusedMoE.forward_impl dispatches with naive_multicast and its own chunking, not read")
+    label = expert_format.removeprefix("checkpoint-")
+    if label.startswith("int4-") and weight_format_family(label) in ("int4", "gptq", "awq", "compressed-tensors"):
+        return None
+    if label not in MOE_DATA_PARALLEL_FORMATS:
+        return (f"nibble does not plan routed experts stored as {expert_format or 'several formats'} under vLLM "
+                f"{version}'s data parallelism (parallel.data): the fused-MoE kernel its oracle picks with "
+                "dp_size > 1 and its workspace on the gathered rows were read for bf16/fp16, int4, [128, 128]-block "
+                "fp8 and MXFP4 experts only")
+    majors = MOE_DATA_PARALLEL_FORMATS[label]
+    if majors is not None and compute_capability is not None and compute_capability[0] not in majors:
+        read = " and ".join(f"{major}.x" for major in majors)
+        return (f"nibble does not plan {label} routed experts under vLLM {version}'s data parallelism "
+                f"(parallel.data) on compute capability {compute_capability[0]}.{compute_capability[1]}: the kernel "
+                f"its oracle picks there with dp_size > 1 was read on {read} only")
+    return None
+
+
+def moe_dispatched_tokens(stage: Stage, tokens: int) -> int:
+    """The rows each MoE layer of `stage` runs its routed experts on when every rank runs `tokens` (vLLM 0.19 and
+    0.33's profiling run: ``profile_run`` calls ``_dummy_run(max_num_tokens)`` on every data-parallel rank,
+    ``coordinate_batch_across_dp`` gives each the same count in ``num_tokens_across_dp``).  At data parallel > 1 the
+    default all2all backend, allgather_reducescatter, gathers them all into each MoE layer
+    (``AgRsAll2AllManager.dispatch`` / ``dispatch_router_logits``, device_communicators/all2all.py, called by the
+    naive DP/EP prepare step, prepare_finalize/naive_dp_ep.py, or the runner's ``do_naive_dispatch_combine``), not
+    chunked (``use_dp_chunking`` is for the DeepEP low-latency, MORI, FlashInfer NVLink and NIXL kernels): data x
+    tokens rows; under expert parallelism with tensor parallel > 1 (``use_sequence_parallel_moe``) each
+    tensor-parallel rank sends its ``ceil(tokens / tp)`` share (forward_context.py ``_compute_sp_num_tokens``) and
+    the expert group gathers data x tp of them.  `tokens` itself at data parallel 1 or for a dense model."""
+    data, tensor = stage.data_parallel, stage.tensor_parallel
+    if data <= 1 or not stage.spec.is_moe:
+        return tokens
+    if stage.expert_parallel and tensor > 1:
+        return data * tensor * -(-tokens // tensor)
+    return data * tokens
+
+
+def moe_dispatch_bytes(stage: Stage, tokens: int) -> int:
+    """The tensors each MoE layer of `stage` gathers (`moe_dispatched_tokens` rows) and holds while its experts run,
+    0 at data parallel 1: the hidden states at the model's element size (the safe side where the naive DP/EP prepare
+    step gathers them quantized to fp8) and per row the larger of the router logits (float32, one per routed
+    expert: ``dispatch_router_logits``) and the top-k weights and ids (float32 and int64: ``dispatch``)."""
+    rows = moe_dispatched_tokens(stage, tokens)
+    if rows == tokens:
+        return 0
+    spec = stage.spec
+    routing = max(4 * spec.num_experts, (4 + 8) * spec.experts_per_token)
+    return rows * (spec.hidden_size * stage.element_bytes + routing)
+
+
 def data_parallel_groups(stage: Stage, version: str) -> tuple[str, ...]:
     """The process groups of more than one rank that vLLM `version` creates on a device of `stage` because of data
     parallelism, beside the tensor and pipeline groups `startup_memory` counts (empty at data parallel 1).
 
-    Only a model without routed experts is planned with data parallelism (`PlanOptions.data_parallel`).  0.19 and
-    0.33 start its data-parallel ranks as independent engines: ``run_engine_core`` (v1/engine/core.py) sets
-    ``data_parallel_size = 1`` for them ("Non-MoE DP ranks are completely independent, so treat like DP=1") before
-    the workers start, so no group spans the replicas.  0.11's ``run_engine_core`` starts every rank of data
-    parallel > 1 as a ``DPEngineCoreProc`` and keeps the size, so ``initialize_model_parallel``
+    0.19 and 0.33 start the data-parallel ranks of a model without routed experts as independent engines:
+    ``run_engine_core`` (v1/engine/core.py) sets ``data_parallel_size = 1`` for them ("Non-MoE DP ranks are
+    completely independent, so treat like DP=1") before the workers start, so no group spans the replicas; a MoE
+    model's ranks stay one engine (`MOE_DATA_PARALLEL_VERSIONS`), and ``initialize_model_parallel`` builds the
+    data-parallel group and the expert group over data x tensor ranks (which replaces the tensor-parallel ranks'
+    expert group `_Startup.expert_parallel` charges), each charged here.  0.11's ``run_engine_core`` starts every
+    rank of data parallel > 1 as a ``DPEngineCoreProc`` and keeps the size, so ``initialize_model_parallel``
     (distributed/parallel_state.py) builds the data-parallel group (``data_parallel_size`` ranks) and the expert group
     (``data_parallel_size x tensor_parallel_size`` ranks, for every model in 0.11), each with its device
     communicator; at tensor parallel > 1 the expert group's communicator is already in the tensor-parallel figure
     (`_Startup`), so only the data-parallel group's is added."""
+    if stage.data_parallel > 1 and stage.spec.is_moe and version in MOE_DATA_PARALLEL_VERSIONS:
+        # a MoE model's ranks stay one engine (run_engine_core keeps data_parallel_size): initialize_model_parallel
+        # builds the data-parallel group and the expert group over data x tensor ranks
+        return (f"data-parallel group's ({stage.data_parallel} ranks)",
+                f"expert group's ({stage.moe_ranks} ranks, replacing the tensor-parallel ranks' own)")
     if stage.data_parallel <= 1 or version != "0.11":
         return ()
     data = f"data-parallel group's ({stage.data_parallel} ranks)"
@@ -935,7 +1020,7 @@ def startup_memory(stage: Stage, version: str, device: DeviceFacts = UNKNOWN_DEV
         size += rules.tensor_parallel
         parts.append(f"the tensor-parallel group's NCCL communicator and custom all-reduce ({stage.tensor_parallel} "
                      "ranks)")
-        if stage.spec.is_moe and rules.expert_parallel:
+        if stage.spec.is_moe and rules.expert_parallel and stage.moe_ranks == stage.tensor_parallel:
             size += rules.expert_parallel
             parts.append("the expert group's NCCL communicator (a MoE model)")
     groups = data_parallel_groups(stage, version)
@@ -954,6 +1039,28 @@ def startup_memory(stage: Stage, version: str, device: DeviceFacts = UNKNOWN_DEV
     return Term(size, f"{size / GIB:.2f} GiB per device in use at vLLM {version}'s start-up snapshot "
                       f"({', '.join(parts)}), outside gpu_memory_utilization: the budget, total x utilization, must "
                       f"be free then ({where}); the figure is {rules.source}")
+
+
+def moe_data_parallel_graphs(stage: Stage, graphs: Term, limits: BatchLimits, version: str) -> Term:
+    """`graphs`, one device's CUDA-graph memory, for a MoE model's data-parallel `stage` (`graphs` itself
+    otherwise): each captured MoE layer gathers every data-parallel rank's rows of the batch into the graph pool
+    (`moe_dispatch_bytes` at the largest capture size, `cudagraph_capture_sizes`), which no vLLM code or log sizes.
+    The fused-MoE workspace is not among them (the workspace manager's buffer, sized by the profiling run and locked
+    before capture), and the pieces' outputs keep their size (the reduce-scatter returns each rank's own rows); the
+    charge is the stage's MoE layers times the gathered tensors of the largest graph, as if no layer reused the
+    previous one's memory in the pool: the safe side."""
+    if stage.moe_ranks <= stage.tensor_parallel:
+        return graphs
+    sizes = cudagraph_capture_sizes(version, limits)
+    largest = sizes[-1] if sizes else 0
+    start, stop = stage.layers
+    layers = sum(1 for layer in stage.spec.moe_layers if start <= layer < stop)
+    extra = layers * moe_dispatch_bytes(stage, largest)
+    return Term(graphs.bytes + extra, (
+        f"{graphs.basis}; plus {extra / GIB:.2f} GiB for the rows the {layers} MoE layers gather under data "
+        f"parallelism in the largest graph ({moe_dispatched_tokens(stage, largest):,} rows for a {largest}-token "
+        "batch, the hidden states and routing as moe_dispatch_bytes sizes them, one set a layer as if the graph pool "
+        "reused none of them: no vLLM code or log sizes graphs under data parallelism, the safe side)"))
 
 
 def startup_refusal(version: str, capacity_bytes: int, startup_bytes: int, utilization: float) -> str:
@@ -1234,7 +1341,7 @@ def outside_budget(stage: Stage, kv_cache_dtype: str, limits: BatchLimits, versi
     where it needs more than the profiling peak left (`deep_gemm_warmup_excess`); TRITON_ATTN's decode scratch where
     it runs the attention (`triton_decode_scratch`); FlashInfer's workspace where it does (`flashinfer_workspace`)."""
     graph = None if enforce_eager or VERSIONS[version].cuda_graphs_in_budget else \
-        cuda_graph_pool(stage, limits, version)
+        moe_data_parallel_graphs(stage, cuda_graph_pool(stage, limits, version), limits, version)
     spec = stage.spec
     kernel = dsa_mixed_batch_bytes(spec, version, kv_cache_dtype, stage.tensor_parallel, limits)
     per_block = dsa_block_table_bytes(spec, version, DSA_BLOCK_SIZE, limits)
@@ -1601,9 +1708,13 @@ def expert_placement_note(spec: ModelSpec, version: str, tensor_parallel: int) -
 
 
 def fused_moe_caches(spec: ModelSpec, tensor_parallel: int, tokens: int, version: str, expert_format: str = "",
-                     device: DeviceFacts = UNKNOWN_DEVICE, expert_parallel: bool = False) -> FusedMoeCaches:
+                     device: DeviceFacts = UNKNOWN_DEVICE, expert_parallel: bool = False,
+                     data_parallel: bool = False) -> FusedMoeCaches:
     """The fused-MoE intermediate caches of a MoE layer over `tokens` tokens on one rank, as vLLM `version`'s code
     sizes them, with ``k`` = top_k, ``w`` = moe_intermediate_size / tp, ``K`` = hidden_size, bf16 (2 bytes).
+    With `data_parallel` (a MoE model's data-parallel ranks: `tensor_parallel` is then the data x tensor ranks of
+    the MoE layers and `tokens` the rows they gather, `moe_dispatched_tokens`) MXFP4 experts on OpenAI's Triton
+    kernels run on the modular OAITritonExperts, whose buffers the workspace manager keeps.
     With `expert_parallel` (``--enable-expert-parallel``, data parallel 1) the same kernels run on the rank's whole
     experts (`expert_shard`: ``w`` = moe_intermediate_size, ``experts`` the rank's local count), the tokens not
     dispatched (no all2all manager: `EXPERT_PARALLEL_PATH`); in 0.33 on Hopper block fp8 then prefers FlashInfer's
@@ -1655,6 +1766,14 @@ def fused_moe_caches(spec: ModelSpec, tensor_parallel: int, tokens: int, version
     """
     k, hidden = spec.experts_per_token, spec.hidden_size
     experts, width = expert_shard(spec, tensor_parallel, expert_parallel)
+    if data_parallel and expert_format == "mxfp4" and mxfp4_moe_backend(version, device).startswith("triton"):
+        nbytes = (_aligned(tokens * k * width * ACTIVATION_ELEMENT_BYTES)
+                  + _aligned(tokens * hidden * ACTIVATION_ELEMENT_BYTES))
+        return FusedMoeCaches(nbytes, True, (
+            f"OAITritonExperts' workspace (gpt_oss_triton_kernels_moe.py workspace_shapes: workspace2 tokens x top_k "
+            f"x {width}, the activation fused into the first matmul_ogs, and the tokens x {hidden} output, bf16, "
+            f"{nbytes / GIB:.2f} GiB, in v1/worker/workspace.py's buffer, kept: under data parallelism "
+            "OAITritonMxfp4ExpertsMonolithic refuses dp_size > 1 and the TRITON backend's next class runs them)"))
     if expert_format == "mxfp4" and mxfp4_moe_backend(version, device).startswith("triton"):
         nbytes = tokens * (k * width + hidden) * ACTIVATION_ELEMENT_BYTES
         return FusedMoeCaches(nbytes, False, (
@@ -1952,11 +2071,11 @@ def flashinfer_moe_autotune_buffer(stage: Stage, version: str, limits: BatchLimi
     the budget leaves free: `cutlass_moe_profiler_workspace_bytes` with the rank's experts and width (`expert_shard`).
     On 0.33 a start that finds its autotune results cached (vLLM's per-rank file or FlashInfer's managed store) tunes
     nothing and keeps none: the first start, which a plan must fit, does."""
-    why = flashinfer_cutlass_moe_path(version, expert_format, device, stage.expert_parallel, stage.tensor_parallel)
+    why = flashinfer_cutlass_moe_path(version, expert_format, device, stage.expert_parallel, stage.moe_ranks)
     spec = stage.spec
     if why is None or not spec.is_moe:
         return None
-    experts, width = expert_shard(spec, stage.tensor_parallel, stage.expert_parallel)
+    experts, width = expert_shard(spec, stage.moe_ranks, stage.expert_parallel)
     tokens = flashinfer_tuning_tokens(version, limits, enforce_eager)
     activation_bytes = 2 if expert_format == "fp8-block128" else 1
     nvfp4 = version if weight_format_family(expert_format) == "nvfp4" else ""
@@ -2026,7 +2145,7 @@ def deep_gemm_moe_warmup(stage: Stage, version: str, limits: BatchLimits, expert
             or not _deep_gemm_supported(version, device.compute_capability)
             or all(layer in spec.dense_layers for layer in range(start, stop))):
         return None
-    experts, width = expert_shard(spec, stage.tensor_parallel, stage.expert_parallel)
+    experts, width = expert_shard(spec, stage.moe_ranks, stage.expert_parallel)
     hidden, top_k, block = spec.hidden_size, spec.experts_per_token, DEEP_GEMM_ALIGNMENT
     tokens = min(limits.max_batched_tokens, FUSED_MOE_CHUNK_TOKENS_V0_11) if version == "0.11" \
         else limits.max_batched_tokens
@@ -2277,8 +2396,8 @@ def expert_layout(stage: Stage, version: str, expert_format: str, device: Device
     spec = stage.spec
     if expert_format == "fp8-block128":
         return _fp8_refined_layout(stage, version)
-    wna16 = moe_wna16_backend(spec, expert_format, stage.tensor_parallel,
-                              stage.expert_parallel and stage.tensor_parallel > 1, version, device)
+    wna16 = moe_wna16_backend(spec, expert_format, stage.moe_ranks,
+                              stage.expert_parallel and stage.moe_ranks > 1, version, device)
     if wna16:
         return _moe_wna16_layout(stage, version, expert_format, wna16, device)
     if version == "0.33" and _INT4_CHECKPOINT_LABEL.fullmatch(expert_format.removeprefix("checkpoint-")):
@@ -2290,11 +2409,15 @@ def expert_layout(stage: Stage, version: str, expert_format: str, device: Device
         return None
     start, stop = stage.layers
     layers = sum(1 for layer in spec.moe_layers if start <= layer < stop)
-    expert_parallel = stage.expert_parallel and stage.tensor_parallel > 1
-    held, shipped = mxfp4_expert_layout_bytes(spec, stage.tensor_parallel, layers, backend, expert_parallel)
-    experts, width = expert_shard(spec, stage.tensor_parallel, expert_parallel)
+    expert_parallel = stage.expert_parallel and stage.moe_ranks > 1
+    held, shipped = mxfp4_expert_layout_bytes(spec, stage.moe_ranks, layers, backend, expert_parallel)
+    experts, width = expert_shard(spec, stage.moe_ranks, expert_parallel)
     whole = (f"the {experts} whole experts a rank holds under expert parallelism (the backend is the one a single "
              "rank gets: its choice reads no expert parallelism with data parallel 1), " if expert_parallel else "")
+    if stage.moe_ranks > stage.tensor_parallel:
+        whole = (f"{'the ' + str(experts) + ' whole experts' if expert_parallel else str(width) + '-wide slices'} "
+                 f"over the {stage.moe_ranks} data x tensor ranks (the TRITON backend's modular OAITritonExperts "
+                 "under data parallelism, in the same layout), ")
     return Term(held - shipped, (
         f"vLLM {version}'s MXFP4 experts hold {held / GIB:.2f} GiB a rank where the checkpoint's are "
         f"{shipped / GIB:.2f} GiB, {whole}on {_mxfp4_layout_basis(version, backend, width, spec.hidden_size)} "
@@ -2306,7 +2429,7 @@ def _fp8_refined_layout(stage: Stage, version: str) -> Term | None:
     the checkpoint's blocks, or None where it does not refine them.  Under expert parallelism over more than one rank
     FusedMoE's own tensor-parallel size is 1 (FusedMoEParallelConfig.make), so the refinement is asked of the whole
     expert width, as at one rank, for the rank's whole experts (`expert_shard`)."""
-    spec, tensor_parallel = stage.spec, stage.tensor_parallel
+    spec, tensor_parallel = stage.spec, stage.moe_ranks
     expert_parallel = stage.expert_parallel and tensor_parallel > 1
     block = fp8_refined_block(spec, 1 if expert_parallel else tensor_parallel, version)
     if block is None:
@@ -2506,7 +2629,7 @@ def _gptq_marlin_moe_layout(stage: Stage, version: str, expert_format: str, devi
     """`expert_layout` of vLLM 0.11/0.19's symmetric 4-bit GPTQ experts on GPTQMarlinMoEMethod
     (`gptq_marlin_moe_bytes`), where gptq_marlin runs them: a CUDA device of `GPTQ_MARLIN_FLOORS`, and
     ``check_moe_marlin_supports_layer`` (`_marlin_moe_supports`; else MoeWNA16: `_moe_wna16_layout`)."""
-    spec, tensor_parallel = stage.spec, stage.tensor_parallel
+    spec, tensor_parallel = stage.spec, stage.moe_ranks
     found = _INT4_CHECKPOINT_LABEL.fullmatch(expert_format.removeprefix("checkpoint-"))
     capability = device.compute_capability
     if (found is None or found["layout"] != "gptq" or found["kind"] != "sym" or "-padded" in expert_format
@@ -2537,7 +2660,7 @@ def _gptq_marlin_moe_layout(stage: Stage, version: str, expert_format: str, devi
 def _int4_layout(stage: Stage, weight_format: str, device: DeviceFacts) -> Term | None:
     """`expert_layout` of vLLM 0.33's int4 checkpoint experts (`int4_expert_layout_bytes` on the kernel
     `int4_moe_backend_v0_33` picks), or None where nibble did not read the kernel's layout."""
-    spec, tensor_parallel = stage.spec, stage.tensor_parallel
+    spec, tensor_parallel = stage.spec, stage.moe_ranks
     expert_parallel = stage.expert_parallel and tensor_parallel > 1
     backend = int4_moe_backend_v0_33(spec, weight_format, tensor_parallel, expert_parallel, device)
     if not backend or not spec.is_moe:
@@ -2725,7 +2848,7 @@ def _moe_wna16_layout(stage: Stage, version: str, weight_format: str, backend: s
                       device: DeviceFacts) -> Term | None:
     """`expert_layout` of GPTQ and AWQ experts MoeWNA16 holds (`moe_wna16_bytes`), or None where it holds exactly
     nibble's charge."""
-    spec, tensor_parallel = stage.spec, stage.tensor_parallel
+    spec, tensor_parallel = stage.spec, stage.moe_ranks
     expert_parallel = stage.expert_parallel and tensor_parallel > 1
     start, stop = stage.layers
     layers = sum(1 for layer in spec.moe_layers if start <= layer < stop)
@@ -2755,7 +2878,8 @@ def _moe_wna16_layout(stage: Stage, version: str, weight_format: str, backend: s
         "bytes)"))
 
 def _forward_bytes(spec: ModelSpec, tensor_parallel: int, tokens: int, version: str, expert_format: str = "",
-                   device: DeviceFacts = UNKNOWN_DEVICE, element_bytes: int = 2, expert_parallel: bool = False) -> int:
+                   device: DeviceFacts = UNKNOWN_DEVICE, element_bytes: int = 2, expert_parallel: bool = False,
+                   stage: Stage | None = None) -> int:
     """Peak live activation bytes on one rank during one decoder layer of the dummy forward pass.
 
     ``tokens x element_bytes (2; 4 for a model run in float32) x (3 x hidden + max(MLP, attention))``: the
@@ -2764,7 +2888,9 @@ def _forward_bytes(spec: ModelSpec, tensor_parallel: int, tokens: int, version: 
     fused-MoE caches (`fused_moe_caches`), which, where they persist (v0.19 on, and 0.11's DeepGEMM workspace), are
     held through every layer's attention as well, and what the MoE kernel allocates only inside the layer
     (`FusedMoeCaches.transient`: FlashInfer's CUTLASS workspace); attention's q/k/v and output (MLA: the per-head
-    query and the expanded key/value).
+    query and the expanded key/value).  For a MoE model's data-parallel `stage` the fused-MoE caches are sized on the
+    rows each MoE layer gathers (`moe_dispatched_tokens`) for the experts of the data x tensor ranks
+    (`Stage.moe_ranks`), beside the gathered tensors themselves (`moe_dispatch_bytes`).
     """
     tp = tensor_parallel
     mlp = 3 * spec.intermediate_size // tp if (not spec.is_moe or spec.dense_layers) else 0
@@ -2778,13 +2904,19 @@ def _forward_bytes(spec: ModelSpec, tensor_parallel: int, tokens: int, version: 
     per_token = element_bytes * tokens
     if not spec.is_moe:
         return per_token * (3 * spec.hidden_size + max(mlp, attention))
-    caches = fused_moe_caches(spec, tp, tokens, version, expert_format, device, expert_parallel)
+    dispatched = 0
+    if stage is not None and stage.moe_ranks > tp:
+        caches = fused_moe_caches(spec, stage.moe_ranks, moe_dispatched_tokens(stage, tokens), version, expert_format,
+                                  device, expert_parallel, True)
+        dispatched = moe_dispatch_bytes(stage, tokens)
+    else:
+        caches = fused_moe_caches(spec, tp, tokens, version, expert_format, device, expert_parallel)
     shared = 3 * spec.shared_expert_width // tp
     if caches.persists:
         return max(per_token * (3 * spec.hidden_size + max(mlp, attention)),
-                   per_token * (3 * spec.hidden_size + shared) + caches.transient) + caches.nbytes
+                   per_token * (3 * spec.hidden_size + shared) + caches.transient + dispatched) + caches.nbytes
     return max(per_token * (3 * spec.hidden_size + max(mlp, attention)),
-               per_token * (3 * spec.hidden_size + shared) + caches.nbytes + caches.transient)
+               per_token * (3 * spec.hidden_size + shared) + caches.nbytes + caches.transient + dispatched)
 
 
 #: model_executor/layers/vocab_parallel_embedding.py ``DEFAULT_VOCAB_PADDING_SIZE``: the lm_head's rows are the
@@ -3351,7 +3483,7 @@ def weight_allocation_slack(stage: Stage, weight_format: str) -> int | None:
     dense = mlp_slack((2 * width * hidden, hidden * width))
     moe = 0
     if spec.is_moe:
-        experts, expert_width = expert_shard(spec, tp, stage.expert_parallel)
+        experts, expert_width = expert_shard(spec, stage.moe_ranks, stage.expert_parallel)
         moe = mlp_slack((experts * 2 * expert_width * hidden, experts * hidden * expert_width))
         if spec.shared_expert_width:
             shared = spec.shared_expert_width // tp
@@ -4310,15 +4442,15 @@ def _profile_passes(version: str, stage: Stage, limits: BatchLimits, expert_form
     """`_ProfilePasses` of `stage` on vLLM `version` (`VllmProfile.activation` gives their terms)."""
     spec, tokens, element = stage.spec, limits.max_batched_tokens, stage.element_bytes
     received = 2 * tokens * spec.hidden_size * element if stage.layers[0] > 0 else 0
-    caches = (fused_moe_caches(spec, stage.tensor_parallel, tokens, version, expert_format, device,
-                               stage.expert_parallel) if spec.is_moe else None)
+    caches = (fused_moe_caches(spec, stage.moe_ranks, moe_dispatched_tokens(stage, tokens), version, expert_format,
+                               device, stage.expert_parallel, stage.data_parallel > 1) if spec.is_moe else None)
     gdn = 0
     if spec.linear_attention is not None and VERSIONS[version].gdn_projections_profiled:
         gdn = gdn_forward_bytes_per_token(spec, stage.tensor_parallel)
     # a Gated DeltaNet layer after the first MoE layer runs beside the fused-MoE caches where they persist
     held_by_moe = caches.nbytes if caches is not None and caches.persists else 0
     forward = max(_forward_bytes(spec, stage.tensor_parallel, tokens, version, expert_format, device,
-                                 element, stage.expert_parallel),
+                                 element, stage.expert_parallel, stage),
                   tokens * gdn + held_by_moe if gdn else 0) + received
     rows = min(limits.max_num_seqs, tokens) if stage.is_last else 0
     workspace = caches.nbytes if rows and caches is not None and caches.persists else 0
@@ -4492,10 +4624,14 @@ class VllmProfile:
         """Memory outside PyTorch's allocator that grows during loading and profiling
         (`memory_profiling`'s ``non_torch_increase``), as the release's public logs show it per
         layout (`_NonTorch`): cuBLAS workspaces on one GPU; with tensor parallelism the NCCL and
-        custom all-reduce buffers; with pipeline stages the send/receive buffers.  A model type whose
+        custom all-reduce buffers; with pipeline stages the send/receive buffers (a MoE model at data parallel > 1:
+        the buffers of tensor parallelism over its MoE layers' data x tensor ranks, `Stage.moe_ranks`, whose
+        all-gathers and reduce-scatters run in the profiling run; no log shows them, the safe side).  A model type whose
         runs logged more (`_NonTorch.model_type_excess`: Granite on 0.19 and 0.33) has the excess added."""
         rules = self._rules.non_torch
         tensor = stage.tensor_parallel
+        if stage.moe_ranks > tensor:  # the MoE layers' collectives over data x tensor ranks: charged as that TP
+            tensor = stage.moe_ranks
         by_degree = [size for degree, size in rules.tensor_parallel if degree <= tensor] or [
             rules.tensor_parallel[0][1]]
         if tensor > 1 and (stage.pipeline_parallel == 1 or rules.pipeline is None):
@@ -4533,8 +4669,10 @@ class VllmProfile:
                            "gpu_memory_utilization: nothing is charged inside the budget (what they take is checked "
                            "against the memory the budget leaves free)")
         size = CUDA_GRAPH_ESTIMATE_BYTES
-        return Term(size, f"vLLM {self._version} charges its CUDA-graph estimate inside gpu_memory_utilization; "
-                          f"{size / GIB:.2f} GiB per device, within the 0.1-0.6 GiB its start-up logs report")
+        return moe_data_parallel_graphs(stage, Term(
+            size, f"vLLM {self._version} charges its CUDA-graph estimate inside gpu_memory_utilization; "
+                  f"{size / GIB:.2f} GiB per device, within the 0.1-0.6 GiB its start-up logs report"),
+            limits, self._version)
 
     def outside_budget(self, stage: Stage, kv_cache_dtype: str, limits: BatchLimits,
                        enforce_eager: bool = False, device: DeviceFacts = UNKNOWN_DEVICE,

@@ -38,7 +38,7 @@ def test_data_parallel_4_answers_one_replicas_devices_and_the_deployments_sequen
     ({**LLAMA_8B, "parallel": {"data": 2, "tensor": 4}}, "parallel.tensor",
      "data (2) x tensor (4) x pipeline (1) must equal the device count (4)"),
     ({"model": {"preset": "deepseek-v3"}, "hardware": {"device": "h200", "count": 8}, "parallel": {"data": 8},
-      "runtime": {"expert_parallel": True}}, "parallel.data", "32 of the 256 routed experts"),
+      "runtime": {"expert_parallel": True, "engine_version": "0.11"}}, "parallel.data", "32 of the 256 routed experts"),
 ])
 def test_a_bad_data_degree_or_a_moe_model_at_data_parallel_is_a_422_naming_the_field(
         client: TestClient, body: dict[str, object], field: str, reason: str) -> None:
@@ -48,6 +48,23 @@ def test_a_bad_data_degree_or_a_moe_model_at_data_parallel_is_a_422_naming_the_f
     errors = response.json()["errors"]
     assert [error["field"] for error in errors] == [field]
     assert reason in errors[0]["message"]
+
+
+def test_deepseek_v3_at_data_8_with_expert_parallelism_is_planned_per_rank(client: TestClient) -> None:
+    # vllm serve deepseek-ai/DeepSeek-V3 --data-parallel-size 8 --enable-expert-parallel on 8 H200s (vLLM 0.19):
+    # each rank holds 32 of the 256 experts and the whole attention (tests/quant_core/test_moe_data_parallel.py
+    # derives the figures), its own KV pool for its 64 / 8 sequences
+    body = {"model": {"preset": "deepseek-v3"}, "hardware": {"device": "h200", "count": 8}, "parallel": {"data": 8},
+            "runtime": {"expert_parallel": True, "engine_version": "0.19"},
+            "workload": {"context_length": 8192, "concurrent_sequences": 64}}
+    response = client.post("/v1/plan", json=body)
+    assert response.status_code == 200, response.text[:300]
+    answer = response.json()
+    assert answer["parallel"] == {"tensor": 1, "pipeline": 1, "data": 8}
+    assert len(answer["devices"]) == 1 and answer["fits"] is True
+    note = next(note for note in answer["warnings"] if note.startswith("Data parallel 8"))
+    assert "32 of the 256 on the most loaded rank" in note and "65,536 rows" in note
+    assert answer["max_concurrent_sequences"] % 8 == 0 and answer["min_devices"] == 8
 
 
 def test_a_sweep_over_device_types_refuses_a_data_degree(client: TestClient) -> None:

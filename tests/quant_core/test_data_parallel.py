@@ -13,7 +13,8 @@ Read in the sources of vLLM 0.11.0, 0.19.0 and 0.33.0 (PyPI wheels):
 * ``FusedMoEParallelConfig.make`` (fused_moe/config.py, all three): a MoE model's experts are spread over all
   ``dp x tp`` ranks (``flatten_tp_across_dp``; under expert parallelism ``ep_size = dp x tp``), and the default
   all2all backend (``allgather_reducescatter``) gathers every data-parallel rank's tokens into each MoE layer
-  (``AgRsAll2AllManager.dispatch``): nibble refuses it (a 422 naming parallel.data), not a replica plan.
+  (``AgRsAll2AllManager.dispatch``): planned for 0.19 and 0.33 (tests/quant_core/test_moe_data_parallel.py), refused
+  on 0.11 and the generic engine (a 422 naming parallel.data), never a replica plan.
 * Nothing in ``ParallelConfig`` or ``EngineArgs`` refuses data parallelism with pipeline parallelism.
 """
 
@@ -114,14 +115,21 @@ def test_vllm_0_11_charges_the_data_parallel_groups_communicators_at_start_up(te
     ("qwen3-235b-a22b", True, "16 of the 128 routed experts"),
     ("qwen3-235b-a22b", False, "1536-wide intermediate sliced over them (192 a rank"),
 ])
-def test_data_parallelism_of_a_moe_model_is_refused_naming_the_field_and_vllms_placement(
-        preset: str, expert_parallel: bool, placed: str) -> None:
+@pytest.mark.parametrize(("options", "why"), [
+    ({"engine_version": "0.11"}, "vLLM 0.11's FusedMoE.forward_impl"),  # its dispatch and DP chunking: not read
+    ({"engine": "generic"}, "the generic engine has no MoE data-parallel placement"),
+])
+def test_data_parallelism_of_a_moe_model_is_refused_on_0_11_and_the_generic_engine_naming_vllms_placement(
+        preset: str, expert_parallel: bool, placed: str, options: dict[str, object], why: str) -> None:
+    if options.get("engine") == "generic" and expert_parallel:
+        pytest.skip("the generic engine refuses runtime.expert_parallel itself")
     with pytest.raises(InvalidSpec) as caught:
         plan(get_preset(preset), Hardware(H200, 8, "h200"), Workload(8192, 8),
-             PlanOptions(data_parallel=8, expert_parallel=expert_parallel))
+             PlanOptions(data_parallel=8, expert_parallel=expert_parallel, **options))  # type: ignore[arg-type]
     assert caught.value.field == "parallel.data"
     message = str(caught.value)
     assert placed in message and "data x tensor = 8 ranks" in message and "AgRsAll2AllManager" in message
+    assert why in message
     # the H200's default --max-num-batched-tokens (8192: 70 GiB and more, not an A100) gathered from 8 ranks
     assert "8 x 8,192 = 65,536 rows" in message
 

@@ -1,0 +1,220 @@
+"""A MoE model under vLLM's data parallelism (``--data-parallel-size``, with or without ``--enable-expert-parallel``),
+as nibble plans it for vLLM 0.19 and 0.33.  Every figure is derived by hand from vLLM's code (0.19.0 and 0.33.0
+wheels) and the checkpoints' shapes:
+
+* ``FusedMoEParallelConfig.make`` (model_executor/layers/fused_moe/config.py): the MoE layers of a data-parallel
+  deployment form one group of data x tensor ranks: under expert parallelism ``ep_size`` = data x tensor, whole
+  experts placed by ``determine_expert_map`` (fused_moe/layer.py in 0.19), else ``flatten_tp_across_dp`` slices each
+  expert's width over data x tensor ranks; attention, shared experts and dense layers stay split by tensor
+  parallelism alone, whole on every data-parallel rank.
+* ``profile_run`` (v1/worker/gpu_model_runner.py) runs ``_dummy_run(max_num_tokens)`` on every data-parallel rank
+  (``coordinate_batch_across_dp``: each rank's count in ``num_tokens_across_dp``), and the default all2all backend,
+  allgather_reducescatter (``AgRsAll2AllManager.dispatch``, distributed/device_communicators/all2all.py), gathers
+  them all into each MoE layer, unchunked (``use_dp_chunking`` is for DeepEP low-latency, MORI, FlashInfer NVLink,
+  NIXL); under expert parallelism with tensor parallel > 1 (``ParallelConfig.use_sequence_parallel_moe``) each
+  tensor-parallel rank sends ``ceil(tokens / tp)`` (forward_context.py ``_compute_sp_num_tokens``).
+* The fused-MoE workspace on those rows: ``TritonExperts.workspace_shapes`` (fused_moe/fused_moe.py in 0.19)
+  ``M x k x max(w, K)`` + ``M x k x max(2w, K)`` bf16, kept by the workspace manager; MXFP4 on Hopper:
+  ``OAITritonMxfp4ExpertsMonolithic._supports_parallel_config`` refuses dp_size > 1, so the TRITON backend's next
+  class, ``OAITritonExperts`` (gpt_oss_triton_kernels_moe.py), with ``M x k x w`` + ``M x K``, kept.
+* ``initialize_model_parallel`` (distributed/parallel_state.py): a MoE model's data-parallel group and its expert
+  group over data x tensor ranks, each charged the tensor-parallel start-up figure (1065 MiB on 0.19: no log shows
+  them alone, the safe side).
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from quant_core.catalog import device_facts, get_device, list_presets
+from quant_core.engines.base import BatchLimits, Stage
+from quant_core.engines.vllm import (
+    VllmProfile,
+    fused_moe_caches,
+    moe_data_parallel_format_refusal,
+    moe_dispatch_bytes,
+    moe_dispatched_tokens,
+    outside_budget,
+    startup_memory,
+)
+from quant_core.engines.vllm_graphs import cuda_graph_pool
+from quant_core.errors import InvalidSpec
+from quant_core.planner import Hardware, Plan, PlanOptions, Workload, plan
+from quant_core.schemes import scheme_from_quantization_config
+
+MIB = 1 << 20
+PRESETS = {preset.id: preset for preset in list_presets()}
+H200 = get_device("h200").memory_bytes
+H100 = get_device("h100-80gb").memory_bytes
+LIMITS = BatchLimits(max_batched_tokens=8192, max_num_seqs=1024)  # vLLM's defaults on a device of 70 GiB or more
+
+# DeepSeek-V3 as shipped, fp8 e4m3 in [128, 128] blocks with a float32 weight_scale_inv per block: one routed
+# expert is gate and up (2048 x 7168 each) and down (7168 x 2048) at one byte a weight, 3 x 14,680,064 bytes, and
+# 3 x 16 x 56 float32 scales (10,752 bytes); 58 MoE layers (first_k_dense_replace = 3 of 61)
+DEEPSEEK_EXPERT_BYTES = 3 * 2048 * 7168 + 3 * 16 * 56 * 4
+# gpt-oss-120b's MXFP4 expert: gate_up 5760 x 2880 and down 2880 x 2880 at half a byte, an e8m0 scale per 32, and
+# its bf16 biases (5760 + 2880); 36 MoE layers
+GPT_OSS_EXPERT_BYTES = (5760 * 2880 + 2880 * 2880) // 2 + (5760 * 2880 + 2880 * 2880) // 32 + (5760 + 2880) * 2
+# Qwen3-235B-A22B in bf16: gate, up and down of 1536 x 4096; 94 MoE layers
+QWEN3_EXPERT_BYTES = 3 * 1536 * 4096 * 2
+
+
+def _plan(preset: str, device: str, capacity: int, count: int, sequences: int = 8, **options: object) -> Plan:
+    info = PRESETS[preset]
+    if info.quantization_config is not None and "scheme" not in options:
+        options["scheme"] = scheme_from_quantization_config(info.quantization_config)
+    return plan(info.spec, Hardware(capacity, count, device), Workload(8192, sequences),
+                PlanOptions(**options))  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("version", ["0.19", "0.33"])
+@pytest.mark.parametrize("expert_parallel", [True, False])
+def test_deepseek_v3_at_data_8_on_h200s_holds_an_eighth_of_the_experts_beside_the_whole_attention(
+        version: str, expert_parallel: bool) -> None:
+    # DP 8 (+ EP): 256 / 8 = 32 whole experts a rank (determine_expert_map), or without EP each expert's 2048-wide
+    # intermediate in 256-wide slices (flatten_tp_across_dp: whole 128-blocks, the same bytes); everything else
+    # (MLA attention, the shared expert, the three dense layers, embedding, lm_head) is whole, as on one GPU
+    single = _plan("deepseek-v3", "h200", H200, 1, engine_version=version)
+    data = _plan("deepseek-v3", "h200", H200, 8, engine_version=version, data_parallel=8,
+                 expert_parallel=expert_parallel)
+    assert (data.tensor_parallel, data.data_parallel) == (1, 8)
+    held = data.primary.devices[0].weights_bytes - single.primary.devices[0].weights_bytes
+    assert held == (32 - 256) * 58 * DEEPSEEK_EXPERT_BYTES == -572_309_864_448
+    assert data.primary.fits and data.primary.refusal is None
+    note = next(note for note in data.warnings if note.startswith("Data parallel 8"))
+    placed = ("32 of the 256 on the most loaded rank" if expert_parallel
+              else "2048-wide intermediate sliced over the 8 ranks, 256 a rank")
+    assert placed in note and "65,536 rows" in note
+    assert not any(note.startswith("Expert parallelism (runtime.expert_parallel) changes nothing")
+                   for note in data.warnings)
+
+
+@pytest.mark.parametrize("version", ["0.19", "0.33"])
+def test_deepseek_v3s_profiling_peak_holds_the_fused_moe_workspace_of_65536_gathered_rows(version: str) -> None:
+    spec, h200 = PRESETS["deepseek-v3"].spec, device_facts("h200")
+    data = Stage(spec, 1, 1, (0, 61), True, 2, True, 8)
+    alone = Stage(spec, 1, 1, (0, 61), True, 2, False, 1)
+    assert moe_dispatched_tokens(data, 8192) == 8 * 8192 == 65_536
+    # the gathered hidden states (7168 x 2 bytes) and router logits (256 x float32) of each row
+    assert moe_dispatch_bytes(data, 8192) == 65_536 * (7168 * 2 + 256 * 4) == 1_006_632_960
+    # TritonExperts on the 32 local experts (w = 2048 < K = 7168): 65,536 x 8 x (7168 + 7168) x 2 bytes, kept
+    caches = fused_moe_caches(spec, 8, 65_536, version, "fp8-block128", h200, True, True)
+    assert caches.nbytes == 65_536 * 8 * (7168 + 7168) * 2 == 15_032_385_536 and caches.persists
+    # the peak is the sampler pass beside the kept workspace on both: the DP rank's is the 8,192-row one's plus the
+    # workspace's growth, 57,344 rows more
+    profile = VllmProfile(version)
+    grown = (profile.activation(data, LIMITS, "fp8-block128", h200).bytes
+             - profile.activation(alone, LIMITS, "fp8-block128", h200).bytes)
+    assert grown == (65_536 - 8192) * 8 * (7168 + 7168) * 2 == 13_153_337_344
+
+
+def test_deepseek_v3s_start_up_and_graphs_at_data_8_are_charged_on_the_safe_side() -> None:
+    spec, h200 = PRESETS["deepseek-v3"].spec, device_facts("h200")
+    data = Stage(spec, 1, 1, (0, 61), True, 2, True, 8)
+    # CUDA context 523 MiB, the data-parallel group's and the 8-rank expert group's communicators at 1065 MiB each
+    assert startup_memory(data, "0.19", h200).bytes == (523 + 2 * 1065) * MIB
+    # TP 2 x DP 4: the tensor group's 1065 and the two groups', the 492 MiB tensor-rank expert group replaced
+    assert startup_memory(Stage(spec, 2, 1, (0, 61), True, 2, True, 4), "0.19", h200).bytes \
+        == (523 + 3 * 1065) * MIB
+    # 0.19's graphs (outside the budget): one rank's pool plus 58 MoE layers x the rows of a 512-token graph
+    # gathered from 8 ranks, 4,096 x (7168 x 2 + 256 x 4) bytes each
+    graphs = outside_budget(data, "bf16", LIMITS, "0.19", False, h200, "fp8-block128").graph
+    assert graphs is not None
+    assert graphs.bytes - cuda_graph_pool(data, LIMITS, "0.19").bytes == 58 * 8 * 512 * (7168 * 2 + 1024)
+    single = Stage(spec, 1, 1, (0, 61), True, 2, False, 1)
+    assert VllmProfile("0.33").cuda_graphs(data, LIMITS).bytes \
+        - VllmProfile("0.33").cuda_graphs(single, LIMITS).bytes == 58 * 8 * 512 * (7168 * 2 + 1024)
+
+
+@pytest.mark.parametrize("version", ["0.19", "0.33"])
+def test_qwen3_235b_at_tensor_2_x_data_4_holds_16_experts_and_gathers_each_tensor_ranks_share(version: str) -> None:
+    # bf16 on 8 H200s, TP 2 x DP 4 + EP: ep_size = 8, 128 / 8 = 16 whole experts a rank where TP 2 + EP (data 1)
+    # holds 64; attention split by TP 2 on both
+    tensor = _plan("qwen3-235b-a22b", "h200", H200, 2, engine_version=version, tensor_parallel=2,
+                   expert_parallel=True).comparison["bf16"]
+    data = _plan("qwen3-235b-a22b", "h200", H200, 8, engine_version=version, tensor_parallel=2, data_parallel=4,
+                 expert_parallel=True).comparison["bf16"]
+    assert data.devices[0].weights_bytes - tensor.devices[0].weights_bytes \
+        == (16 - 64) * 94 * QWEN3_EXPERT_BYTES == -170_322_296_832
+    assert data.fits and not tensor.fits  # 235 GB a rank at TP 2; 65 GB with the experts over 8 ranks
+    # use_sequence_parallel_moe: each TP rank sends 8192 / 2 rows, the 8-rank expert group gathers 32,768; TritonExperts
+    # (w = 1536, K = 4096): 32,768 x 8 x (4096 + 4096) x 2 bytes against 8,192 rows at data 1
+    spec = PRESETS["qwen3-235b-a22b"].spec
+    assert moe_dispatched_tokens(Stage(spec, 2, 1, (0, 94), True, 2, True, 4), 8192) == 32_768
+    assert data.devices[0].activation_bytes - tensor.devices[0].activation_bytes \
+        == (32_768 - 8192) * 8 * (4096 + 4096) * 2 == 3_221_225_472
+
+
+@pytest.mark.parametrize("version", ["0.19", "0.33"])
+def test_gpt_oss_120b_at_data_2_with_expert_parallelism_holds_64_mxfp4_experts_and_keeps_oai_tritons_buffers(
+        version: str) -> None:
+    single = _plan("gpt-oss-120b", "h100-80gb", H100, 1, engine_version=version)
+    data = _plan("gpt-oss-120b", "h100-80gb", H100, 2, engine_version=version, data_parallel=2,
+                 expert_parallel=True)
+    assert data.primary.devices[0].weights_bytes - single.primary.devices[0].weights_bytes \
+        == (64 - 128) * 36 * GPT_OSS_EXPERT_BYTES == -30_496_849_920
+    # on Hopper under DP the modular OAITritonExperts: workspace2 16,384 rows x 4 x 2880 and the 16,384 x 2880
+    # output, bf16, kept by the workspace manager (the monolithic class's were freed after each layer)
+    spec = PRESETS["gpt-oss-120b"].spec
+    caches = fused_moe_caches(spec, 2, 16_384, version, "mxfp4", device_facts("h100-80gb"), True, True)
+    assert caches.nbytes == 16_384 * (4 * 2880 + 2880) * 2 == 471_859_200 and caches.persists
+    assert data.primary.fits
+
+
+@pytest.mark.parametrize("version", ["0.19", "0.33"])
+def test_without_expert_parallelism_the_experts_are_sliced_over_data_x_tensor_as_tensor_parallelism_slices_them(
+        version: str) -> None:
+    # flatten_tp_across_dp: gpt-oss-120b at DP 2 holds each expert's 2880-wide intermediate in 1440-wide slices,
+    # the slices TP 2 holds, so its MXFP4 kernel layout (the Triton backend's padded widths) is TP 2's
+    data = _plan("gpt-oss-120b", "h100-80gb", H100, 2, engine_version=version, data_parallel=2)
+    tensor = _plan("gpt-oss-120b", "h100-80gb", H100, 2, engine_version=version, tensor_parallel=2)
+    spec, h100 = PRESETS["gpt-oss-120b"].spec, device_facts("h100-80gb")
+    layout = VllmProfile(version).expert_layout(Stage(spec, 1, 1, (0, 36), True, 2, False, 2), "mxfp4", h100)
+    sliced = VllmProfile(version).expert_layout(Stage(spec, 2, 1, (0, 36), True, 2, False, 1), "mxfp4", h100)
+    assert layout is not None and sliced is not None and layout.bytes == sliced.bytes > 0
+    assert "1440-wide slices over the 2 data x tensor ranks" in layout.basis
+    assert any("2880-wide intermediate sliced over the 2 ranks, 1440 a rank" in note for note in data.warnings)
+    assert data.primary.devices[0].layers == tensor.primary.devices[0].layers
+
+
+def test_the_sequences_are_shared_among_the_data_parallel_ranks_each_with_its_own_kv_pool() -> None:
+    one = _plan("deepseek-v3", "h200", H200, 8, sequences=8, engine_version="0.19", data_parallel=8,
+                expert_parallel=True)
+    many = _plan("deepseek-v3", "h200", H200, 8, sequences=64, engine_version="0.19", data_parallel=8,
+                 expert_parallel=True)
+    # each rank plans 64 / 8 = 8 sequences: its KV pool and capacity are the rank's, the most sequences 8 x its own
+    assert many.primary.kv_capacity_tokens == one.primary.kv_capacity_tokens
+    assert many.primary.kv_cache_bytes == 8 * one.primary.kv_cache_bytes
+    assert many.primary.max_concurrent_sequences % 8 == 0
+    assert any("each device is planned for the most a replica gets, 8" in note for note in many.warnings)
+
+
+@pytest.mark.parametrize(("version", "label", "capability", "refused"), [
+    ("0.19", "bf16", (9, 0), False), ("0.33", "fp16", (12, 0), False),
+    ("0.19", "fp8-block128", (9, 0), False), ("0.19", "fp8-block128", (10, 0), True),  # DeepGEMM / TRT-LLM: not read
+    ("0.33", "mxfp4", (9, 0), False), ("0.19", "mxfp4", (8, 0), False),
+    ("0.19", "mxfp4", (10, 0), True),  # TrtLlmMxfp4ExpertsMonolithic refuses dp_size > 1: what runs instead not read
+    ("0.19", "int4-g128-asym", (9, 0), False), ("0.33", "checkpoint-int4-g128-sym-gptq", (9, 0), False),
+    ("0.19", "fp8-per-tensor-static", (9, 0), True),  # FlashInferExperts' use_dp path: not read
+    ("0.33", "nvfp4", (12, 0), True), ("0.19", "", (9, 0), True),  # a GGUF mix, per-row formats
+    ("0.11", "bf16", (9, 0), True),
+])
+def test_the_expert_formats_planned_under_data_parallelism_are_those_whose_kernel_was_read(
+        version: str, label: str, capability: tuple[int, int], refused: bool) -> None:
+    assert (moe_data_parallel_format_refusal(version, label, capability) is not None) == refused
+
+
+def test_a_refused_format_is_that_formats_refusal_not_the_plans() -> None:
+    # nibble's fp8 per-tensor experts run on FlashInfer's CUTLASS experts on Hopper, whose data-parallel path was
+    # not read: that comparison is refused, the bf16 one planned
+    answer = _plan("qwen3-235b-a22b", "h200", H200, 8, engine_version="0.19", data_parallel=8,
+                   scheme=scheme_from_quantization_config({"quant_method": "fp8", "activation_scheme": "static"}))
+    refusal = answer.primary.refusal
+    assert refusal is not None and "data parallelism (parallel.data)" in refusal
+    assert answer.comparison["bf16"].refusal is None
+
+
+def test_moe_data_parallelism_with_pipeline_stages_is_refused_naming_parallel_data() -> None:
+    with pytest.raises(InvalidSpec) as caught:
+        _plan("qwen3-235b-a22b", "h200", H200, 8, engine_version="0.19", data_parallel=4, pipeline_parallel=2)
+    assert caught.value.field == "parallel.data" and "parallel.pipeline 1" in str(caught.value)
