@@ -941,11 +941,13 @@ def moe_data_parallel_format_refusal(version: str, expert_format: str,
                 "dp_size > 1 and its workspace on the gathered rows were read for bf16/fp16, int4, [128, 128]-block "
                 "fp8 and MXFP4 experts only")
     majors = MOE_DATA_PARALLEL_FORMATS[label]
-    if majors is not None and compute_capability is not None and compute_capability[0] not in majors:
+    if majors is not None and (compute_capability is None or compute_capability[0] not in majors):
         read = " and ".join(f"{major}.x" for major in majors)
+        where = ("a device of unknown compute capability" if compute_capability is None
+                 else f"compute capability {compute_capability[0]}.{compute_capability[1]}")
         return (f"nibble does not plan {label} routed experts under vLLM {version}'s data parallelism "
-                f"(parallel.data) on compute capability {compute_capability[0]}.{compute_capability[1]}: the kernel "
-                f"its oracle picks there with dp_size > 1 was read on {read} only")
+                f"(parallel.data) on {where}: the kernel its oracle picks there with dp_size > 1 was read on {read} "
+                "only")
     return None
 
 

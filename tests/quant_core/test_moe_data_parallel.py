@@ -197,10 +197,11 @@ def test_the_sequences_are_shared_among_the_data_parallel_ranks_each_with_its_ow
     ("0.19", "int4-g128-asym", (9, 0), False), ("0.33", "checkpoint-int4-g128-sym-gptq", (9, 0), False),
     ("0.19", "fp8-per-tensor-static", (9, 0), True),  # FlashInferExperts' use_dp path: not read
     ("0.33", "nvfp4", (12, 0), True), ("0.19", "", (9, 0), True),  # a GGUF mix, per-row formats
+    ("0.19", "fp8-block128", None, True), ("0.19", "bf16", None, False),  # a device given in bytes alone
     ("0.11", "bf16", (9, 0), True),
 ])
 def test_the_expert_formats_planned_under_data_parallelism_are_those_whose_kernel_was_read(
-        version: str, label: str, capability: tuple[int, int], refused: bool) -> None:
+        version: str, label: str, capability: tuple[int, int] | None, refused: bool) -> None:
     assert (moe_data_parallel_format_refusal(version, label, capability) is not None) == refused
 
 
