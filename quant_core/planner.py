@@ -83,6 +83,7 @@ from quant_core.engines.vllm import (
     qwen_encoder_dummy,
     qwen_vision_refusal,
     routed_experts_per_rank,
+    shared_experts_whole,
     startup_refusal,
     unknown_gptq_symmetry_note,
 )
@@ -623,6 +624,10 @@ def _sharded_bytes(one_tensor_bytes: int, entry: TensorEntry, tensor_parallel: i
     return -(-one_tensor_bytes // tensor_parallel)
 
 
+#: the inventory's shared-expert rows (DeepSeek's ``mlp.shared_experts``, Llama 4's ``feed_forward.shared_expert``)
+_SHARED_EXPERT_NAME = ".shared_expert"
+
+
 def _is_routed_expert(entry: TensorEntry, spec: ModelSpec) -> bool:
     """A row of a MoE layer's routed experts: role ``expert`` (weights, and a quantized checkpoint's scales of them),
     or their biases (gpt-oss's ``experts.gate_up_proj_bias``), which vLLM's FusedMoE holds per expert."""
@@ -808,8 +813,10 @@ def _build_layout(spec: ModelSpec, scheme: WeightScheme, kv_dtype_name: str,
     `expert_parallel` puts the most loaded rank's whole routed experts on each rank (`_expert_parallel_bytes`).
     At `data_parallel` > 1 a MoE model's routed experts are spread over the data x tensor ranks of its MoE layers
     (`engines.base.Stage.moe_ranks`: vLLM's FusedMoEParallelConfig.make), sliced or whole as above, while the rest
-    stays split by tensor parallelism alone (replicated across the data-parallel ranks)."""
+    stays split by tensor parallelism alone (replicated across the data-parallel ranks), except the shared experts
+    some model classes hold whole under sequence-parallel MoE (`engines.vllm.shared_experts_whole`)."""
     moe_ranks = tensor_parallel * data_parallel if spec.is_moe else tensor_parallel
+    whole_shared = shared_experts_whole(spec, tensor_parallel, data_parallel, expert_parallel)
     if pipeline_parallel > spec.num_layers:
         raise InvalidSpec("parallel.pipeline", pipeline_parallel,
                           f"more pipeline stages than the model's {spec.num_layers} layers")
@@ -835,6 +842,8 @@ def _build_layout(spec: ModelSpec, scheme: WeightScheme, kv_dtype_name: str,
             per_rank = -(-one // moe_ranks) * entry.per_layer
         if expert_parallel and moe_ranks > 1 and _is_routed_expert(entry, spec):
             per_rank = _expert_parallel_bytes(one, entry, spec, moe_ranks)
+        if whole_shared and entry.role == "mlp" and _SHARED_EXPERT_NAME in entry.name:
+            per_rank = one * entry.per_layer
         if entry.layers:
             for index in entry.layers:  # once per layer, not per layer and stage (4,096 layers x 1,024 stages)
                 weights[stage_of[index]] += per_rank
@@ -2073,9 +2082,16 @@ def _moe_placement_text(spec: ModelSpec, data: int, tensor: int, expert_parallel
     gather = (f"each tensor-parallel rank its ceil({max_batched_tokens:,} / {tensor}) share "
               "(use_sequence_parallel_moe), over the expert group" if sequence_parallel else
               f"{max_batched_tokens:,} from each data-parallel rank")
+    if shared_experts_whole(spec, tensor, data, expert_parallel):
+        rest = (f"while attention and dense layers stay split by tensor parallel {tensor} alone (whole on every "
+                "data-parallel rank) and the shared experts are whole on every rank (use_sequence_parallel_moe: the "
+                "model class builds them with disable_tp and runs them on each tensor-parallel rank's share of the "
+                "tokens)")
+    else:
+        rest = (f"while attention, shared experts and dense layers stay split by tensor parallel {tensor} alone "
+                "(whole on every data-parallel rank)")
     return (f"vLLM runs the {data} data-parallel ranks of a model with routed experts as one deployment: "
-            f"FusedMoEParallelConfig.make (fused_moe/config.py) places {placed}, while attention, shared experts "
-            f"and dense layers stay split by tensor parallel {tensor} alone (whole on every data-parallel rank). "
+            f"FusedMoEParallelConfig.make (fused_moe/config.py) places {placed}, {rest}. "
             "Each MoE layer gathers every rank's tokens through the default all2all backend, "
             "allgather_reducescatter (AgRsAll2AllManager.dispatch, device_communicators/all2all.py): in the "
             f"profiling run {rows:,} rows ({gather}), on which the fused-MoE workspace is sized (the activation's "

@@ -970,6 +970,23 @@ def moe_dispatched_tokens(stage: Stage, tokens: int) -> int:
     return data * tokens
 
 
+#: the model types whose vLLM class builds a MoE layer's shared experts with ``disable_tp=is_sequence_parallel``, so
+#: that under ``use_sequence_parallel_moe`` (expert parallelism at tensor parallel > 1 and data parallel > 1) every rank
+#: holds them whole and runs them on its ``1 / tp`` of the tokens: deepseek_v2.py's ``DeepseekV2MLP`` (DeepSeek-V2,
+#: V3, V3.2 and GLM-5.1's GlmMoeDsaForCausalLM) and llama4.py's ``Llama4MoE.shared_expert``, 0.19 and 0.33
+SEQUENCE_PARALLEL_WHOLE_SHARED_EXPERTS: frozenset[str] = frozenset(
+    {"deepseek_v2", "deepseek_v3", "deepseek_v32", "glm_moe_dsa", "llama4", "llama4_text"})
+
+
+def shared_experts_whole(spec: ModelSpec, tensor_parallel: int, data_parallel: int, expert_parallel: bool) -> bool:
+    """Whether each rank holds `spec`'s shared experts whole, not split by tensor parallelism: under
+    ``ParallelConfig.use_sequence_parallel_moe`` (config/parallel.py: the allgather_reducescatter backend, expert
+    parallelism, tensor parallel > 1, data parallel > 1) for the model types of
+    `SEQUENCE_PARALLEL_WHOLE_SHARED_EXPERTS`."""
+    return (expert_parallel and tensor_parallel > 1 and data_parallel > 1 and spec.is_moe
+            and spec.model_type in SEQUENCE_PARALLEL_WHOLE_SHARED_EXPERTS)
+
+
 def moe_dispatch_bytes(stage: Stage, tokens: int) -> int:
     """The tensors each MoE layer of `stage` gathers (`moe_dispatched_tokens` rows) and holds while its experts run,
     0 at data parallel 1: the hidden states at the model's element size (the safe side where the naive DP/EP prepare
@@ -3488,7 +3505,8 @@ def weight_allocation_slack(stage: Stage, weight_format: str) -> int | None:
         experts, expert_width = expert_shard(spec, stage.moe_ranks, stage.expert_parallel)
         moe = mlp_slack((experts * 2 * expert_width * hidden, experts * hidden * expert_width))
         if spec.shared_expert_width:
-            shared = spec.shared_expert_width // tp
+            shared = spec.shared_expert_width // (1 if shared_experts_whole(
+                spec, tp, stage.data_parallel, stage.expert_parallel) else tp)
             moe += mlp_slack((2 * shared * hidden, hidden * shared))
     layers = range(start, stop)
     dense_count = sum(1 for layer in layers if not spec.is_moe or layer in spec.dense_layers)

@@ -219,3 +219,21 @@ def test_moe_data_parallelism_with_pipeline_stages_is_refused_naming_parallel_da
     with pytest.raises(InvalidSpec) as caught:
         _plan("qwen3-235b-a22b", "h200", H200, 8, engine_version="0.19", data_parallel=4, pipeline_parallel=2)
     assert caught.value.field == "parallel.data" and "parallel.pipeline 1" in str(caught.value)
+
+
+@pytest.mark.parametrize("version", ["0.19", "0.33"])
+def test_deepseek_v3s_shared_expert_is_whole_on_each_rank_under_sequence_parallel_moe(version: str) -> None:
+    # TP 2 x DP 4 + EP turns on use_sequence_parallel_moe (config/parallel.py: allgather_reducescatter, EP, tp > 1,
+    # dp > 1), and deepseek_v2.py builds the shared expert's DeepseekV2MLP with disable_tp=is_sequence_parallel: each
+    # rank holds it whole (one 2048-wide fp8 expert, 44,050,944 bytes a layer) where without EP it holds half; the
+    # routed experts are the same bytes either way (32 whole experts or 256-wide slices of all 256)
+    placed = _plan("deepseek-v3", "h200", H200, 8, engine_version=version, tensor_parallel=2, data_parallel=4,
+                   expert_parallel=True)
+    sliced = _plan("deepseek-v3", "h200", H200, 8, engine_version=version, tensor_parallel=2, data_parallel=4)
+    assert placed.primary.devices[0].weights_bytes - sliced.primary.devices[0].weights_bytes \
+        == 58 * DEEPSEEK_EXPERT_BYTES // 2 == 1_277_477_376
+    assert any("the shared experts are whole on every rank" in note for note in placed.warnings)
+    # Qwen3-235B has no shared expert, and gpt-oss's class keeps none: nothing whole
+    qwen = _plan("qwen3-235b-a22b", "h200", H200, 8, engine_version=version, tensor_parallel=2, data_parallel=4,
+                 expert_parallel=True)
+    assert not any("the shared experts are whole" in note for note in qwen.warnings)
