@@ -1866,6 +1866,19 @@ def fused_moe_caches(spec: ModelSpec, tensor_parallel: int, tokens: int, version
     rows = tokens * k
     nbytes = (_aligned(rows * max(width, hidden) * ACTIVATION_ELEMENT_BYTES)
               + _aligned(rows * max(2 * width, hidden) * ACTIVATION_ELEMENT_BYTES))
+    flashinfer = flashinfer_cutlass_moe_path(version, expert_format, device, expert_parallel, tensor_parallel)
+    if data_parallel and expert_format == "fp8-block128" and flashinfer:
+        held = _aligned(tokens * hidden * ACTIVATION_ELEMENT_BYTES)
+        transient = cutlass_moe_runtime_workspace_bytes(tokens=tokens, experts=experts, top_k=k, hidden=hidden,
+                                                        width=width, finalize_fused=True, nvfp4=False)
+        if held + transient > nbytes:
+            return FusedMoeCaches(held, True, (
+                f"FlashInferExperts' tokens x {hidden} bf16 view of v1/worker/workspace.py's buffer "
+                f"({held / GIB:.2f} GiB, kept) and, inside each MoE layer, a CUTLASS workspace sized as for fp8 "
+                f"experts ({transient / GIB:.2f} GiB, cutlass_fused_moe_kernels.cuh getWorkspaceDeviceBufferSizes): "
+                f"{flashinfer}; the block-scale path's own workspace was not read, so on the gathered rows of data "
+                f"parallelism the larger of this and TritonExperts' {nbytes / GIB:.2f} GiB is charged, the safe "
+                "side"), transient)
     return FusedMoeCaches(nbytes, VERSIONS[version].moe_workspace_persists, (
         f"TritonExperts' workspace (workspace_shapes: workspace13 tokens x top_k x max({width}, {hidden}) and "
         f"workspace2 tokens x top_k x max(2 x {width}, {hidden}), bf16, {nbytes / GIB:.2f} GiB, in "

@@ -30,6 +30,7 @@ from quant_core.catalog import device_facts, get_device, list_presets
 from quant_core.engines.base import BatchLimits, Stage
 from quant_core.engines.vllm import (
     VllmProfile,
+    cutlass_moe_runtime_workspace_bytes,
     fused_moe_caches,
     moe_data_parallel_format_refusal,
     moe_dispatch_bytes,
@@ -92,20 +93,42 @@ def test_deepseek_v3_at_data_8_on_h200s_holds_an_eighth_of_the_experts_beside_th
 @pytest.mark.parametrize("version", ["0.19", "0.33"])
 def test_deepseek_v3s_profiling_peak_holds_the_fused_moe_workspace_of_65536_gathered_rows(version: str) -> None:
     spec, h200 = PRESETS["deepseek-v3"].spec, device_facts("h200")
-    data = Stage(spec, 1, 1, (0, 61), True, 2, True, 8)
+    sliced = Stage(spec, 1, 1, (0, 61), True, 2, False, 8)
     alone = Stage(spec, 1, 1, (0, 61), True, 2, False, 1)
-    assert moe_dispatched_tokens(data, 8192) == 8 * 8192 == 65_536
+    assert moe_dispatched_tokens(sliced, 8192) == 8 * 8192 == 65_536
     # the gathered hidden states (7168 x 2 bytes) and router logits (256 x float32) of each row
-    assert moe_dispatch_bytes(data, 8192) == 65_536 * (7168 * 2 + 256 * 4) == 1_006_632_960
-    # TritonExperts on the 32 local experts (w = 2048 < K = 7168): 65,536 x 8 x (7168 + 7168) x 2 bytes, kept
-    caches = fused_moe_caches(spec, 8, 65_536, version, "fp8-block128", h200, True, True)
+    assert moe_dispatch_bytes(sliced, 8192) == 65_536 * (7168 * 2 + 256 * 4) == 1_006_632_960
+    # without EP oracle/fp8.py puts TRITON first on Hopper: TritonExperts on 256-wide slices of the 256 experts
+    # (w = 256 < K = 7168): 65,536 x 8 x (7168 + 7168) x 2 bytes, kept by the workspace manager
+    caches = fused_moe_caches(spec, 8, 65_536, version, "fp8-block128", h200, False, True)
     assert caches.nbytes == 65_536 * 8 * (7168 + 7168) * 2 == 15_032_385_536 and caches.persists
     # the peak is the sampler pass beside the kept workspace on both: the DP rank's is the 8,192-row one's plus the
     # workspace's growth, 57,344 rows more
     profile = VllmProfile(version)
-    grown = (profile.activation(data, LIMITS, "fp8-block128", h200).bytes
+    grown = (profile.activation(sliced, LIMITS, "fp8-block128", h200).bytes
              - profile.activation(alone, LIMITS, "fp8-block128", h200).bytes)
     assert grown == (65_536 - 8192) * 8 * (7168 + 7168) * 2 == 13_153_337_344
+
+
+@pytest.mark.parametrize("version", ["0.19", "0.33"])
+def test_under_expert_parallelism_block_fp8_on_hopper_is_charged_flashinfers_larger_figure(version: str) -> None:
+    # ep_size > 1 moves FLASHINFER_CUTLASS to the front on Hopper (oracle/fp8.py): FlashInferExperts keeps a
+    # 65,536 x 7168 bf16 view and CUTLASS allocates its workspace inside each layer, 0.96 GB above TritonExperts'
+    # figure on these rows; the block-scale path's own workspace unread, the larger is charged
+    spec, h200 = PRESETS["deepseek-v3"].spec, device_facts("h200")
+    caches = fused_moe_caches(spec, 8, 65_536, version, "fp8-block128", h200, True, True)
+    transient = cutlass_moe_runtime_workspace_bytes(tokens=65_536, experts=32, top_k=8, hidden=7168, width=2048,
+                                                    finalize_fused=True, nvfp4=False)
+    assert (caches.nbytes, caches.transient, caches.persists) == (65_536 * 7168 * 2, transient, True)
+    assert caches.nbytes + caches.transient > 15_032_385_536
+    # the forward pass's MoE layer: the residual, norm, output and 1 x 6144 shared-expert rows of 8,192 tokens, the
+    # gathered tensors, the CUTLASS workspace and the kept view: above the sampler pass, it is the peak
+    placed = Stage(spec, 1, 1, (0, 61), True, 2, True, 8)
+    forward = 8192 * 2 * (3 * 7168 + 3 * 2048) + 1_006_632_960 + transient + 65_536 * 7168 * 2
+    assert VllmProfile(version).activation(placed, LIMITS, "fp8-block128", h200).bytes >= forward
+    # at data parallel 1 (8,192 rows) nothing changes: TritonExperts' figure, as before
+    assert fused_moe_caches(spec, 8, 8192, version, "fp8-block128", h200, True).nbytes \
+        == 8192 * 8 * (7168 + 7168) * 2
 
 
 def test_deepseek_v3s_start_up_and_graphs_at_data_8_are_charged_on_the_safe_side() -> None:
