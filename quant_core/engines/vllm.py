@@ -4669,6 +4669,10 @@ class VllmProfile:
             rules.tensor_parallel[0][1]]
         if tensor > 1 and (stage.pipeline_parallel == 1 or rules.pipeline is None):
             size, why = by_degree[-1], f"NCCL and all-reduce buffers of tensor parallelism ({tensor} ranks)"
+            if tensor > stage.tensor_parallel:
+                why = (f"NCCL buffers of the MoE layers' all-gathers and reduce-scatters over the {tensor} data x "
+                       f"tensor ranks, charged as tensor parallelism over {tensor} ranks (no log shows them: the "
+                       "safe side)")
         elif tensor > 1:
             size, why = max(by_degree[-1], rules.pipeline or 0), "all-reduce and pipeline send/receive buffers"
         elif stage.pipeline_parallel > 1:

@@ -144,7 +144,12 @@ def test_deepseek_v3s_start_up_and_graphs_at_data_8_are_charged_on_the_safe_side
     graphs = outside_budget(data, "bf16", LIMITS, "0.19", False, h200, "fp8-block128").graph
     assert graphs is not None
     assert graphs.bytes - cuda_graph_pool(data, LIMITS, "0.19").bytes == 58 * 8 * 512 * (7168 * 2 + 1024)
+    # the MoE collectives' NCCL buffers (non-torch memory): as tensor parallelism over the 8 data x tensor ranks
+    non_torch = VllmProfile("0.19").non_torch(data)
+    assert non_torch.bytes == VllmProfile("0.19").non_torch(Stage(spec, 8, 1, (0, 61), True)).bytes
+    assert "over the 8 data x tensor ranks" in non_torch.basis
     single = Stage(spec, 1, 1, (0, 61), True, 2, False, 1)
+    assert non_torch.bytes > VllmProfile("0.19").non_torch(single).bytes
     assert VllmProfile("0.33").cuda_graphs(data, LIMITS).bytes \
         - VllmProfile("0.33").cuda_graphs(single, LIMITS).bytes == 58 * 8 * 512 * (7168 * 2 + 1024)
 
