@@ -1954,8 +1954,10 @@ def plan(spec: ModelSpec, hardware: Hardware, workload: Workload | None = None,
         notes.extend(_late_buffer_notes(spec, engine.version, workload, options, tensor, limits))
         if _is_checkpoint_gptq(deployed) and deployed.quantized.layout != "gptq":
             notes.append(unknown_gptq_symmetry_note(engine.version))
-        act_order = moe_wna16_act_order_note(spec, primary_layout.expert_format, tensor,
-                                             options.expert_parallel and tensor > 1, engine.version, evaluator.device)
+        moe_ranks = tensor * data if spec.is_moe else tensor  # the MoE layers' group (Stage.moe_ranks)
+        act_order = moe_wna16_act_order_note(spec, primary_layout.expert_format, moe_ranks,
+                                             options.expert_parallel and moe_ranks > 1, engine.version,
+                                             evaluator.device)
         if act_order is not None:
             notes.append(act_order)
     notes.extend(_outside_budget_warning(primary, evaluator, primary_layout, workload))
