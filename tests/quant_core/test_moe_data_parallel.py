@@ -24,6 +24,8 @@ wheels) and the checkpoints' shapes:
 
 from __future__ import annotations
 
+import random
+
 import pytest
 
 from quant_core.catalog import device_facts, get_device, list_presets
@@ -265,3 +267,38 @@ def test_deepseek_v3s_shared_expert_is_whole_on_each_rank_under_sequence_paralle
     qwen = _plan("qwen3-235b-a22b", "h200", H200, 8, engine_version=version, tensor_parallel=2, data_parallel=4,
                  expert_parallel=True)
     assert not any("the shared experts are whole" in note for note in qwen.warnings)
+
+
+def test_a_seeded_sample_of_moe_data_parallel_plans_never_promises_more_than_a_rank_has() -> None:
+    # every MoE preset x data 2-8 x tensor 1-2 x EP or not x 0.19/0.33 x four devices: a plan is refused (a format
+    # or layout nibble did not read, InvalidSpec for a release without the model) or fits within each rank's usable
+    # memory; without EP a rank never holds more than at data 1 with the same tensor degree (the experts only spread)
+    draw = random.Random(20261207)
+    moe = [preset for preset in list_presets() if preset.spec.is_moe]
+    devices = ("h100-80gb", "h200", "a100-80gb", "b200")
+    fitted = compared = 0
+    for _ in range(60):
+        preset, device = draw.choice(moe), draw.choice(devices)
+        version, data, tensor = draw.choice(("0.19", "0.33")), draw.choice((2, 4, 8)), draw.choice((1, 2))
+        expert_parallel = draw.random() < 0.5
+        capacity = get_device(device).memory_bytes
+        options = {"engine_version": version, "tensor_parallel": tensor, "expert_parallel": expert_parallel}
+        try:
+            many = _plan(preset.id, device, capacity, data * tensor, 16, data_parallel=data, **options)
+        except InvalidSpec as refused:
+            assert refused.field == "runtime.engine_version", (preset.id, version, str(refused))
+            continue
+        for answer in many.comparison.values():
+            if answer.fits:
+                fitted += 1
+                assert all(rank.used_bytes <= rank.usable_bytes for rank in answer.devices), (preset.id, device)
+        if expert_parallel:
+            continue
+        one = _plan(preset.id, device, capacity, tensor, 16, **options)
+        for label, answer in many.comparison.items():
+            alone = one.comparison.get(label)
+            if answer.refusal is None and alone is not None and alone.refusal is None:
+                compared += 1
+                assert answer.devices[0].weights_bytes <= alone.devices[0].weights_bytes, (preset.id, label, data)
+    print(f"{fitted} fitted formats, {compared} compared with data 1")
+    assert fitted >= 30 and compared >= 30  # the sample plans, not only refusals
