@@ -2013,10 +2013,11 @@ def _moe_data_parallel_reason(spec: ModelSpec, data: int, tensor: int, pipeline:
     pipeline `pipeline`) on this engine: vLLM does not run its data-parallel ranks as independent replicas
     (``FusedMoEParallelConfig.make``, fused_moe/config.py: every MoE layer spread over the data x tensor ranks, each
     gathering every rank's tokens), and nibble sized that only for vLLM 0.19 and 0.33 at one pipeline stage
-    (`engines.vllm.MOE_DATA_PARALLEL_VERSIONS`, `engines.vllm.moe_dispatched_tokens`).  0.11 differs: its
-    ``FusedMoE.forward_impl`` (fused_moe/layer.py) dispatches through ``naive_multicast`` / the all2all manager with
-    its own chunking (``VLLM_MOE_DP_CHUNK_SIZE`` for the pplx, DeepEP low-latency and FlashInfer paths), and every
-    model starts as a ``DPEngineCoreProc``: not read.  The generic engine has no such placement.  Pipeline stages
+    (`engines.vllm.MOE_DATA_PARALLEL_VERSIONS`, `engines.vllm.moe_dispatched_tokens`).  0.11 gathers with the same
+    default backend (``VLLM_ALL2ALL_BACKEND`` allgather_reducescatter), but its ``FusedMoE.forward_impl``
+    (fused_moe/layer.py) picks its kernels before the oracles (DeepGEMM for block fp8, fused_experts chunked at
+    32,768 tokens) and routes FlashInfer CUTLASS at dp > 1 to ``forward_impl_chunked`` (``VLLM_MOE_DP_CHUNK_SIZE``):
+    on the gathered rows, not read.  The generic engine has no such placement.  Pipeline stages
     with MoE data parallelism: not read."""
     ranks = data * tensor
     if expert_parallel:
@@ -2029,7 +2030,8 @@ def _moe_data_parallel_reason(spec: ModelSpec, data: int, tensor: int, pipeline:
         why = "the generic engine has no MoE data-parallel placement; plan it with engine vllm (0.19 or 0.33)"
     elif version not in MOE_DATA_PARALLEL_VERSIONS:
         why = (f"nibble plans it for vLLM 0.19 and 0.33 only: vLLM {version}'s FusedMoE.forward_impl "
-               "(fused_moe/layer.py) dispatches with naive_multicast and its own DP chunking, not read")
+               "(fused_moe/layer.py) picks its kernels before the oracles and routes FlashInfer CUTLASS at dp > 1 to "
+               "forward_impl_chunked; its kernels on the gathered rows were not read")
     else:
         why = (f"nibble has not read MoE data parallelism with {pipeline} pipeline stages; use parallel.pipeline 1")
     return (f"vLLM's data-parallel ranks of a model with routed experts are not independent replicas: "

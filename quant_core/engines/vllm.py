@@ -904,8 +904,8 @@ def dsa_block_table_bytes(spec: ModelSpec, version: str, max_model_len: int, lim
     return limits.max_batched_tokens * -(-max_model_len // DSA_BLOCK_SIZE) * 4
 
 
-#: the releases whose MoE data parallelism nibble plans (`moe_dispatched_tokens`); 0.11's FusedMoE.forward_impl
-#: dispatches with naive_multicast and its own data-parallel chunking, not read
+#: the releases whose MoE data parallelism nibble plans (`moe_dispatched_tokens`); 0.11's FusedMoE.forward_impl picks
+#: its kernels before the oracles and routes FlashInfer CUTLASS at dp > 1 to forward_impl_chunked: not read
 MOE_DATA_PARALLEL_VERSIONS: tuple[str, ...] = ("0.19", "0.33")
 #: the routed experts' formats whose kernel under data parallelism nibble read in 0.19 and 0.33, beside int4
 #: (`moe_data_parallel_format_refusal`), with the compute capability families (major) read for each (None: any):
@@ -931,7 +931,8 @@ def moe_data_parallel_format_refusal(version: str, expert_format: str,
     HummingIndexedExperts accept data parallelism in ``_supports_parallel_config``."""
     if version not in MOE_DATA_PARALLEL_VERSIONS:
         return (f"nibble plans MoE data parallelism for vLLM {' and '.join(MOE_DATA_PARALLEL_VERSIONS)} only: vLLM "
-                f"{version}'s FusedMoE.forward_impl dispatches with naive_multicast and its own chunking, not read")
+                f"{version}'s FusedMoE.forward_impl picks its kernels before the oracles and routes FlashInfer "
+                "CUTLASS at dp > 1 to forward_impl_chunked: on the gathered rows, not read")
     label = expert_format.removeprefix("checkpoint-")
     if label.startswith("int4-") and weight_format_family(label) in ("int4", "gptq", "awq", "compressed-tensors"):
         return None
