@@ -910,12 +910,13 @@ MOE_DATA_PARALLEL_VERSIONS: tuple[str, ...] = ("0.19", "0.33")
 #: the routed experts' formats whose kernel under data parallelism nibble read in 0.19 and 0.33, beside int4
 #: (`moe_data_parallel_format_refusal`), with the compute capability families (major) read for each (None: any):
 #: bf16/fp16 experts (oracle/unquantized.py: FlashInfer CUTLASS is off under data parallelism, "FlashInfer CUTLASS
-#: MoE is currently not available for DP" in 0.19, moved to the back at dp_size > 1 in 0.33; the kernel and its
-#: charge as at data parallel 1, `fused_moe_caches`); [128, 128]-block fp8 on Hopper (oracle/fp8.py: TRITON without
-#: expert parallelism, FLASHINFER_CUTLASS at ep_size > 1, whose ``_supports_parallel_config`` accepts data
-#: parallelism; DeepGEMM and TRT-LLM on 10.x not read); MXFP4 on 8.x (Marlin, whose MarlinExperts accept data
-#: parallelism) and 9.x, where OAITritonMxfp4ExpertsMonolithic refuses dp_size > 1 (``_supports_parallel_config``)
-#: and the TRITON backend's next class, the modular OAITritonExperts, runs them
+#: MoE is currently not available for DP" in 0.19, moved to the back at dp_size > 1 in 0.33: TritonExperts, except
+#: 0.33's FLASHINFER_TRTLLM on 10.x, refused by `moe_data_parallel_format_refusal`); [128, 128]-block fp8 on Hopper
+#: (oracle/fp8.py: TRITON without expert parallelism, FLASHINFER_CUTLASS at ep_size > 1, whose
+#: ``_supports_parallel_config`` accepts data parallelism; DeepGEMM and TRT-LLM on 10.x not read); MXFP4 on 8.x
+#: (Marlin, whose MarlinExperts accept data parallelism) and 9.x, where OAITritonMxfp4ExpertsMonolithic refuses
+#: dp_size > 1 (``_supports_parallel_config``) and the TRITON backend's next class, the modular OAITritonExperts,
+#: runs them
 MOE_DATA_PARALLEL_FORMATS: dict[str, tuple[int, ...] | None] = {
     "bf16": None, "fp16": None, "fp8-block128": (9,), "mxfp4": (8, 9)}
 
@@ -936,6 +937,12 @@ def moe_data_parallel_format_refusal(version: str, expert_format: str,
     label = expert_format.removeprefix("checkpoint-")
     if label.startswith("int4-") and weight_format_family(label) in ("int4", "gptq", "awq", "compressed-tensors"):
         return None
+    if version == "0.33" and label in ("bf16", "fp16") and (compute_capability is None or compute_capability[0] == 10):
+        where = ("a device of unknown compute capability" if compute_capability is None
+                 else f"compute capability {compute_capability[0]}.{compute_capability[1]}")
+        return (f"nibble does not plan {label} routed experts under vLLM 0.33's data parallelism (parallel.data) on "
+                f"{where}: oracle/unquantized.py puts FLASHINFER_TRTLLM first on the 10.x family "
+                "(TrtLlmBf16Experts, _supports_current_device), whose workspace on the gathered rows was not read")
     if label not in MOE_DATA_PARALLEL_FORMATS:
         return (f"nibble does not plan routed experts stored as {expert_format or 'several formats'} under vLLM "
                 f"{version}'s data parallelism (parallel.data): the fused-MoE kernel its oracle picks with "
