@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import Any, NoReturn, TextIO, get_args
 
 import httpx
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from app.cli_jobs import (
     JobFailed,
@@ -135,6 +135,17 @@ def _client(args: argparse.Namespace) -> NibbleClient:
         return NibbleClient(args.url, api_key=args.api_key)
     except ValueError as exc:  # the client's own check of the address, worded for --url
         raise UsageError(str(exc).replace("base_url", "--url", 1)) from None
+
+
+def _print_answer(args: argparse.Namespace, out: TextIO, answer: BaseModel | Sequence[BaseModel],
+                  render: Callable[[], str]) -> None:
+    """With ``--json`` the API's JSON of `answer` (an answer model, or a list of them), else the text `render`s."""
+    if not args.json:
+        out.write(render())
+    elif isinstance(answer, BaseModel):
+        print_json(answer.model_dump(mode="json"), out)
+    else:
+        print_json([item.model_dump(mode="json") for item in answer], out)
 
 
 def _read_json_file(path: str) -> dict[str, Any]:
@@ -365,10 +376,7 @@ def command_plan(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
                                                                               index=checkpoint[1])
     else:
         answer = plan_locally(body, checkpoint_headers(*checkpoint) if checkpoint is not None else None)
-    if args.json:
-        print_json(answer.model_dump(mode="json"), out)
-    else:
-        out.write(render_plan(answer, args.unit))
+    _print_answer(args, out, answer, lambda: render_plan(answer, args.unit))
     if answer.fits or args.allow_no_fit:
         return EXIT_OK
     verdict = "cannot be deployed by the engine" if answer.refusal else "does not fit"
@@ -415,10 +423,7 @@ def command_presets(args: argparse.Namespace, out: TextIO) -> int:
             models = client.list_models()
     else:
         models = [summary_from_core(preset) for preset in catalog.list_presets()]
-    if args.json:
-        print_json([model.model_dump(mode="json") for model in models], out)
-    else:
-        out.write(render_presets(models))
+    _print_answer(args, out, models, lambda: render_presets(models))
     return EXIT_OK
 
 
@@ -428,10 +433,7 @@ def command_devices(args: argparse.Namespace, out: TextIO) -> int:
             devices = client.list_devices()
     else:
         devices = [device_from_core(device) for device in catalog.list_devices()]
-    if args.json:
-        print_json([device.model_dump(mode="json") for device in devices], out)
-    else:
-        out.write(render_devices(devices, args.unit))
+    _print_answer(args, out, devices, lambda: render_devices(devices, args.unit))
     return EXIT_OK
 
 
@@ -448,10 +450,7 @@ def command_inspect(args: argparse.Namespace, out: TextIO) -> int:
     else:
         spec = model_to_core(InspectRequest.model_validate(body), get_settings().max_config_depth, where="")
         answer = inspect_from_core(spec)
-    if args.json:
-        print_json(answer.model_dump(mode="json"), out)
-    else:
-        out.write(render_inspect(answer))
+    _print_answer(args, out, answer, lambda: render_inspect(answer))
     return 0
 
 
@@ -592,10 +591,7 @@ def command_compare(args: argparse.Namespace, out: TextIO) -> int:
                                     symmetric=args.symmetric, include=args.include, calibration=args.calibration)
     else:
         report = CompareReport.model_validate(compare_file(_job(args, methods)))
-    if args.json:
-        print_json(report.model_dump(mode="json"), out)
-    else:
-        out.write(render_compare(report))
+    _print_answer(args, out, report, lambda: render_compare(report))
     return 0
 
 
@@ -653,18 +649,19 @@ def command_serve(args: argparse.Namespace) -> int:
 # --- parser and entry point ---------------------------------------------------------------------
 
 
-def _bytes_option(text: str) -> int:
-    try:
-        return parse_bytes(text)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
+def _option_type(parse: Callable[[str], int]) -> Callable[[str], int]:
+    """An argparse type reading an option with `parse` (a size or a token count), its ValueError a usage error."""
+
+    def read(text: str) -> int:
+        try:
+            return parse(text)
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+
+    return read
 
 
-def _tokens_option(text: str) -> int:
-    try:
-        return parse_tokens(text)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
+_bytes_option, _tokens_option = _option_type(parse_bytes), _option_type(parse_tokens)
 
 
 def _add_unit(parser: argparse.ArgumentParser) -> None:

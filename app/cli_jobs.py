@@ -100,7 +100,7 @@ def job_body(args: argparse.Namespace, path: str) -> dict[str, Any]:
     output = args.format or "compressed-tensors"
     gguf_scheme(args, output)
     # unset: the API's default group size (a budget chooses it)
-    chosen = {} if args.group_size is None else {"group_size": group_size_value(args.group_size)}
+    chosen: dict[str, Any] = {} if args.group_size is None else {"group_size": group_size_value(args.group_size)}
     request = JobCreate(
         source=JobSource(path=path), method=args.method, output=output,
         symmetric=args.symmetric, include=args.include or None, exclude=args.exclude or None,
