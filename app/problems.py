@@ -127,6 +127,12 @@ class NotFound(ApiProblem):
         self.close = unknown.close
 
 
+class ItemNotFound(ApiProblem):
+    """No job, upload set, or file of either, of that id or name (ids are random: no close ones, unlike `NotFound`)."""
+
+    status, title, slug = 404, "Not found", "not-found"
+
+
 class UnsupportedMediaType(ApiProblem):
     """An upload that is neither ``.npy`` nor ``.safetensors`` by its magic bytes."""
 
