@@ -120,11 +120,6 @@ class UsageError(CommandError):
     """A bad option value found after parsing (a --url without a scheme): exit status 2."""
 
 
-def gib(value: int) -> str:
-    """`value` bytes in GiB (2^30 bytes) with two decimals."""
-    return f"{value / GIB:.2f}"
-
-
 def in_unit(value: int, unit: str) -> str:
     """`value` bytes in `unit` (``GiB`` = 2^30 or ``GB`` = 10^9 bytes) with two decimals."""
     return f"{value / UNITS[unit][0]:.2f}"
@@ -341,7 +336,7 @@ def render_plan(answer: PlanResponse, unit: str = "GiB") -> str:
     if kv.capacity_tokens is not None:
         lines.append(
             f"KV cache ({engine.name} {engine.version}, max_num_batched_tokens {engine.max_batched_tokens}, "
-            f"max_num_seqs {engine.max_num_seqs}): {gib(kv.pool_bytes)} GiB on the tightest device holds "
+            f"max_num_seqs {engine.max_num_seqs}): {in_unit(kv.pool_bytes, 'GiB')} GiB on the tightest device holds "
             f"{kv.capacity_tokens:,} tokens (what vLLM logs as 'GPU KV cache size'); vLLM's maximum concurrency "
             f"for {answer.workload.context_length:,} tokens per request: {kv.engine_max_concurrency or 0:.2f}x; "
             f"nibble's (sliding-window aware): {answer.max_concurrent_sequences:,} sequences")
@@ -467,7 +462,8 @@ def render_inspect(answer: InspectResponse) -> str:
         if entry.bytes is None:
             lines.append(f"  {entry.format:<24} cannot store this model: {entry.error}")
         else:
-            lines.append(f"  {entry.format:<24} {gib(entry.bytes):>10} GiB  {entry.bits_per_weight or 0:.3f} b/w")
+            lines.append(f"  {entry.format:<24} {in_unit(entry.bytes, 'GiB'):>10} GiB  "
+                         f"{entry.bits_per_weight or 0:.3f} b/w")
     lines.append(f"Tensor inventory: {len(answer.tensors)} rows (--json lists them)")
     return "\n".join(lines) + "\n"
 
