@@ -1149,7 +1149,8 @@ class _Evaluator:
                 overhead_basis = RUNTIME_OVERHEAD_BASIS.format(gib=overhead / GIB)
             else:
                 non_torch = self.engine.non_torch(stage)
-                graphs = self.engine.cuda_graphs(stage, self.limits, options.enforce_eager)
+                graphs = self.engine.cuda_graphs(stage, self.limits, options.enforce_eager, options.kv_cache_dtype,
+                                                 self.device)
                 overhead = non_torch.bytes + graphs.bytes
                 overhead_basis = f"non-torch memory: {non_torch.basis}; CUDA graphs: {graphs.basis}"
             layout_term = (None if self.engine is None
