@@ -732,10 +732,11 @@ def build_parser() -> argparse.ArgumentParser:
                              help="tokens per sequence, prompt + output: 4096, 8k (8,192), 128K (131,072)")
     plan_parser.add_argument("--sequences", type=int, help="concurrent sequences")
     plan_parser.add_argument("--kv-dtype", help="KV cache dtype: bf16, fp16, fp8, int8, int4, int8_per_token_head, "
-                                                "int4_per_token_head (default: the engine's auto, 16-bit, or fp8 "
-                                                "where a ModelOpt checkpoint's config quantizes the KV cache; vLLM "
-                                                "runs no int8/int4 cache: --engine generic plans them; "
-                                                "*_per_token_head are vLLM 0.33's own integer caches)")
+                                                "int4_per_token_head, fp8_per_token_head (default: the engine's "
+                                                "auto, 16-bit, or fp8 where a ModelOpt checkpoint's config quantizes "
+                                                "the KV cache; vLLM runs no int8/int4 cache: --engine generic plans "
+                                                "them; *_per_token_head are vLLM 0.33's own caches, fp8's from "
+                                                "compute capability 8.9)")
     plan_parser.add_argument("--format", choices=get_args(FormatName),
                              help="the deployed weight format (default: as shipped, else int4; 16-bit is always "
                                   "shown beside)")

@@ -297,7 +297,7 @@ class PlanOptions:
                 raise InvalidSpec("kv_cache.dtype", self.kv_cache_dtype,
                                   "vLLM 0.33's own cache (an fp32 scale per token and head), which only that engine "
                                   "runs: plan it with runtime.engine vllm and runtime.engine_version 0.33; the "
-                                  "generic engine plans nibble's int8 / int4")
+                                  "generic engine plans nibble's int8, int4 and fp8")
             if self.engine_version is not None:
                 raise InvalidSpec("runtime.engine_version", self.engine_version,
                                   "a vllm release; the generic engine has none (use engine vllm, or drop it)")

@@ -4307,20 +4307,22 @@ def kv_cache_refusal(version: str, spec: ModelSpec, kv_cache_dtype: str, compute
     that does when vLLM sets another (an MLA model's cache, 16-bit or fp8: FlashMLA's 64 tokens on Hopper under 0.11),
     or for an unknown device where an fp8 cache runs and in which blocks an MLA cache is paged
     (`vllm_attention.kv_requirement`).  nibble's int8 and int4 caches (`INTEGER_KV_REFUSALS`) are refused on every
-    device; vLLM 0.33's own int8/int4_per_token_head run where `vllm_attention.per_token_head_backend` says, the
-    same on every device (so decided for an unknown one too)."""
+    device; vLLM 0.33's own int8/int4/fp8_per_token_head run where `vllm_attention.per_token_head_backend` says, the
+    integer ones the same on every device (so decided for an unknown one too), the fp8 one from 8.9 (for an unknown
+    device a requirement, `vllm_attention.kv_requirement`)."""
     integer = INTEGER_KV_REFUSALS.get(version) if kv_cache_dtype in INTEGER_KV_DTYPES else None
     if integer is not None:
         return KVCacheBackend(refusal=f"vLLM {version} cannot run nibble's {kv_cache_dtype} KV cache: {integer}; "
                                       "a 16-bit or fp8 cache (kv_cache.dtype bf16 / fp8) runs on vLLM, and "
                                       "runtime.engine generic plans the int8/int4 layout without an engine")
     if kv_cache_dtype in VLLM_PER_TOKEN_HEAD_CACHE_DTYPES:
-        per_token = per_token_head_backend(version, spec, kv_cache_dtype, block_size)
+        per_token = per_token_head_backend(version, spec, kv_cache_dtype, block_size, compute_capability)
         if per_token.backend is None:
             remedy = f"; {per_token.remedy}" if per_token.remedy is not None else ""
             return KVCacheBackend(refusal=f"vLLM {version} cannot run the {kv_cache_dtype} KV cache of {spec.name}: "
                                           f"{per_token.basis}{remedy}")
-        return KVCacheBackend(basis=per_token.basis)
+        return KVCacheBackend(basis=per_token.basis, requirement=(
+            kv_requirement(version, spec, kv_cache_dtype) if compute_capability is None else None))
     latent = mla_latent_refusal(version, spec)
     if latent is not None:
         return KVCacheBackend(refusal=f"{latent}; vLLM 0.19 and 0.33 run it on TRITON_MLA (runtime.engine_version)")
