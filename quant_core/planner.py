@@ -95,6 +95,7 @@ from quant_core.formats import (
     int4,
     kv_dtype,
 )
+from quant_core.identity_memo import IdentityMemo
 from quant_core.inventory import QuantizationPolicy, parameter_count
 from quant_core.kv_cache import (
     HybridKV,
@@ -1412,24 +1413,17 @@ def _model_terms(spec: ModelSpec, scheme: WeightScheme, kv_dtype_name: str) -> _
     return _ModelTerms(spec, scheme, kv_dtype_name)
 
 
-#: `_model_terms` by the identity of the spec and scheme objects (a catalog preset and a cached policy scheme come
-#: back as the same objects request after request): each entry holds them, so no other object can take their ids
-#: while it is here; emptied when full
-_TERMS_BY_IDENTITY: dict[tuple[int, int, str], tuple[ModelSpec, WeightScheme, _ModelTerms]] = {}
+#: `_model_terms` by the spec and scheme objects (a catalog preset and a cached policy scheme come back as the same
+#: objects request after request)
+_TERMS_BY_IDENTITY: IdentityMemo[_ModelTerms] = IdentityMemo(256)
 
 
 def _model_terms_of(spec: ModelSpec, scheme: WeightScheme, kv_dtype_name: str) -> _ModelTerms:
     """`_model_terms`, without hashing the spec and scheme (their hashes walk every field) when the same objects
     were planned before."""
-    key = (id(spec), id(scheme), kv_dtype_name)
-    found = _TERMS_BY_IDENTITY.get(key)
-    if found is not None and found[0] is spec and found[1] is scheme:
-        return found[2]
-    terms = _model_terms(spec, scheme, kv_dtype_name)
-    if len(_TERMS_BY_IDENTITY) >= 256:
-        _TERMS_BY_IDENTITY.clear()
-    _TERMS_BY_IDENTITY[key] = (spec, scheme, terms)
-    return terms
+    found = _TERMS_BY_IDENTITY.get((spec, scheme), kv_dtype_name)
+    return found if found is not None else _TERMS_BY_IDENTITY.put((spec, scheme), kv_dtype_name,
+                                                                   _model_terms(spec, scheme, kv_dtype_name))
 
 
 def _largest(predicate: Callable[[int], bool], low: int, high: int) -> int | None:

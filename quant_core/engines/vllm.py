@@ -69,6 +69,7 @@ from quant_core.engines.vllm_attention import (
 from quant_core.engines.vllm_graphs import cuda_graph_pool, cudagraph_capture_sizes, graph_spill
 from quant_core.errors import InvalidSpec, UnknownName
 from quant_core.formats import GGML_TYPE_NAMES, Layout, WeightFormat, fp8, gptq_checkpoint, int4, kv_dtype
+from quant_core.identity_memo import IdentityMemo
 from quant_core.inventory import inventory
 from quant_core.kv_cache import (
     VLLM_BLOCK_ALIGNMENT,
@@ -1262,29 +1263,25 @@ class OutsideBudget:
         return "; ".join(parts)
 
 
-#: `_attention_buffers`' answers by (release, spec object, tp, layers, KV dtype, limits, eager, device): a plan asks
-#: `outside_budget` for every layout it weighs.  Each entry holds its spec, so no other object takes the id while it
-#: is here; emptied when full
-_ATTENTION_BUFFERS: dict[tuple[object, ...], tuple[ModelSpec, tuple[Term | None, Term | None]]] = {}
+#: `_attention_buffers`' answers by (spec object; release, tp, layers, KV dtype, limits, eager, device): a plan asks
+#: `outside_budget` for every layout it weighs
+_ATTENTION_BUFFERS: IdentityMemo[tuple[Term | None, Term | None]] = IdentityMemo(1024)
 
 
 def _attention_buffers(stage: Stage, kv_cache_dtype: str, limits: BatchLimits, version: str, enforce_eager: bool,
                        device: DeviceFacts) -> tuple[Term | None, Term | None]:
     """(`triton_decode_scratch`, `flashinfer_workspace`) of one device of `stage`, answered once per key."""
-    spec = stage.spec
-    key = (version, id(spec), stage.tensor_parallel, stage.layers, kv_cache_dtype, limits, enforce_eager, device)
-    found = _ATTENTION_BUFFERS.get(key)
-    if found is not None and found[0] is spec:
-        return found[1]
-    if device.compute_capability is not None:
-        answer = (triton_decode_scratch(stage, kv_cache_dtype, limits, version, enforce_eager, device),
-                  flashinfer_workspace(stage, kv_cache_dtype, limits, version, enforce_eager, device))
-    else:
-        answer = _unknown_device_attention_buffers(stage, kv_cache_dtype, limits, version, enforce_eager, device)
-    if len(_ATTENTION_BUFFERS) >= 1024:
-        _ATTENTION_BUFFERS.clear()
-    _ATTENTION_BUFFERS[key] = (spec, answer)
-    return answer
+    objects, values = (stage.spec,), (version, stage.tensor_parallel, stage.layers, kv_cache_dtype, limits,
+                                      enforce_eager, device)
+    found = _ATTENTION_BUFFERS.get(objects, values)
+    if found is not None:
+        return found
+    if device.compute_capability is None:
+        return _ATTENTION_BUFFERS.put(objects, values, _unknown_device_attention_buffers(
+            stage, kv_cache_dtype, limits, version, enforce_eager, device))
+    return _ATTENTION_BUFFERS.put(objects, values, (
+        triton_decode_scratch(stage, kv_cache_dtype, limits, version, enforce_eager, device),
+        flashinfer_workspace(stage, kv_cache_dtype, limits, version, enforce_eager, device)))
 
 
 def _unknown_device_attention_buffers(stage: Stage, kv_cache_dtype: str, limits: BatchLimits, version: str,
@@ -4291,11 +4288,9 @@ INTEGER_KV_REFUSALS: dict[str, str] = {
 }
 
 
-#: `VllmProfile.kv_cache_backend`'s answers by (release, the spec's identity, KV dtype, capability, block): a plan asks
-#: up to four times (its block, the device refusal, two warnings), and a catalog preset comes back as the same object
-#: request after request.  Each entry holds its spec, so no other object can take the id while it is here; emptied
-#: when full
-_KV_CACHE_BACKENDS: dict[tuple[str, int, str, tuple[int, int] | None, int], tuple[ModelSpec, KVCacheBackend]] = {}
+#: `VllmProfile.kv_cache_backend`'s answers by (spec object; release, KV dtype, capability, block): a plan asks up to
+#: four times (its block, the device refusal, two warnings)
+_KV_CACHE_BACKENDS: IdentityMemo[KVCacheBackend] = IdentityMemo(1024)
 
 
 def kv_cache_refusal(version: str, spec: ModelSpec, kv_cache_dtype: str, compute_capability: tuple[int, int] | None,
@@ -4755,15 +4750,10 @@ class VllmProfile:
                          block_size: int) -> KVCacheBackend:
         """`kv_cache_refusal`: whether this release's attention runs `spec`'s KV cache of `kv_cache_dtype` on the
         device, at which block."""
-        key = (self._version, id(spec), kv_cache_dtype, compute_capability, block_size)
-        found = _KV_CACHE_BACKENDS.get(key)
-        if found is not None and found[0] is spec:
-            return found[1]
-        answer = kv_cache_refusal(self._version, spec, kv_cache_dtype, compute_capability, block_size)
-        if len(_KV_CACHE_BACKENDS) >= 1024:
-            _KV_CACHE_BACKENDS.clear()
-        _KV_CACHE_BACKENDS[key] = (spec, answer)
-        return answer
+        values = (self._version, kv_cache_dtype, compute_capability, block_size)
+        found = _KV_CACHE_BACKENDS.get((spec,), values)
+        return found if found is not None else _KV_CACHE_BACKENDS.put(
+            (spec,), values, kv_cache_refusal(self._version, spec, kv_cache_dtype, compute_capability, block_size))
 
     def device_dtype_note(self, spec: ModelSpec, compute_capability: tuple[int, int] | None) -> str | None:
         """`float32_note`: the basis of a model vLLM runs in float32 on the device, or None."""
