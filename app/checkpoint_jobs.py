@@ -40,7 +40,7 @@ from typing import Any, Protocol, TypeVar
 
 from app.job_store import TERMINAL_STATES, JobRecord, JobStore, TensorRecord
 from app.pool import WorkerPool
-from app.problems import ApiProblem, PoolFull, problem_for
+from app.problems import ApiProblem, ItemNotFound, PoolFull, problem_for
 from app.schemas.jobs import STORED, JobCreate, to_options
 from app.tus import UploadSets
 from quant_core.checkpoint import (
@@ -72,12 +72,6 @@ class JobsNotConfigured(ApiProblem):
     here (404: a configuration of this server, not a passing condition to retry)."""
 
     status, title, slug = 404, "Jobs not configured", "jobs-not-configured"
-
-
-class JobNotFound(ApiProblem):
-    """No job, or no result file, of that id or name."""
-
-    status, title, slug = 404, "Not found", "not-found"
 
 
 class JobConflict(ApiProblem):
@@ -281,7 +275,7 @@ class JobManager:
     def get(self, job_id: str) -> JobRecord:
         record = self.store.get(job_id)
         if record is None:
-            raise JobNotFound(f"no job with id {job_id!r}", field="id")
+            raise ItemNotFound(f"no job with id {job_id!r}", field="id")
         return record
 
     def cancel(self, job_id: str) -> JobRecord:
@@ -335,7 +329,7 @@ class JobManager:
         if record.state != "succeeded" or record.result is None:
             raise JobConflict(f"job {job_id} is {record.state}; its files exist once it has succeeded", field="id")
         if name not in {entry["name"] for entry in record.result["files"]}:
-            raise JobNotFound(f"job {job_id} has no file {name!r}", field="name")
+            raise ItemNotFound(f"job {job_id} has no file {name!r}", field="name")
         return Path(record.output_dir) / name
 
     def delete(self, job_id: str) -> None:

@@ -36,16 +36,21 @@ from pathlib import Path
 from typing import Any, NoReturn, TextIO, get_args
 
 import httpx
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from app.cli_jobs import (
     JobFailed,
     Terminated,
+    add_budget_options,
     add_job_options,
     add_jobs_parser,
     command_jobs,
     command_quantize_checkpoint,
+    gguf_scheme,
     group_size_option,
+    group_size_value,
+    print_json,
+    progress_bar,
     staged_output,
 )
 from app.client import NibbleAPIError, NibbleClient, NibbleResponseError
@@ -91,7 +96,6 @@ from quant_core.tensorio.checkpoint_headers import checkpoint_files, index_weigh
 GIB = 1 << 30
 GB = 10**9
 UNITS = {"GiB": (GIB, "1 GiB = 2^30 bytes"), "GB": (GB, "1 GB = 10^9 bytes")}
-PROGRESS_WIDTH = 24
 EXIT_OK = 0
 EXIT_ERROR = 1
 EXIT_USAGE = 2
@@ -116,18 +120,9 @@ class UsageError(CommandError):
     """A bad option value found after parsing (a --url without a scheme): exit status 2."""
 
 
-def gib(value: int) -> str:
-    """`value` bytes in GiB (2^30 bytes) with two decimals."""
-    return f"{value / GIB:.2f}"
-
-
 def in_unit(value: int, unit: str) -> str:
     """`value` bytes in `unit` (``GiB`` = 2^30 or ``GB`` = 10^9 bytes) with two decimals."""
     return f"{value / UNITS[unit][0]:.2f}"
-
-
-def _print_json(document: Any, out: TextIO) -> None:
-    out.write(json.dumps(document, indent=2) + "\n")
 
 
 def _client(args: argparse.Namespace) -> NibbleClient:
@@ -135,6 +130,17 @@ def _client(args: argparse.Namespace) -> NibbleClient:
         return NibbleClient(args.url, api_key=args.api_key)
     except ValueError as exc:  # the client's own check of the address, worded for --url
         raise UsageError(str(exc).replace("base_url", "--url", 1)) from None
+
+
+def _print_answer(args: argparse.Namespace, out: TextIO, answer: BaseModel | Sequence[BaseModel],
+                  render: Callable[[], str]) -> None:
+    """With ``--json`` the API's JSON of `answer` (an answer model, or a list of them), else the text `render`s."""
+    if not args.json:
+        out.write(render())
+    elif isinstance(answer, BaseModel):
+        print_json(answer.model_dump(mode="json"), out)
+    else:
+        print_json([item.model_dump(mode="json") for item in answer], out)
 
 
 def _read_json_file(path: str) -> dict[str, Any]:
@@ -222,7 +228,7 @@ def plan_body(args: argparse.Namespace) -> dict[str, Any]:
     }
     sections["weights"].update(zero=args.zero, pad=args.pad or None)
     if args.group_size is not None:
-        sections["weights"]["group_size"] = None if args.group_size == "row" else int(args.group_size)
+        sections["weights"]["group_size"] = group_size_value(args.group_size)
     for name, values in sections.items():
         given = {key: value for key, value in values.items() if value is not None}
         if given:
@@ -323,11 +329,7 @@ def render_plan(answer: PlanResponse, unit: str = "GiB") -> str:
                 device.weights_bytes, device.kv_cache_bytes, device.activation_bytes, device.overhead_bytes,
                 device.used_bytes, device.usable_bytes, device.capacity_bytes, device.headroom_bytes)),
                 "refused" if result.refusal else "yes" if device.fits else "NO"))
-    widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
-    for row in rows:
-        cells = [cell.ljust(widths[i]) if i < 2 else cell.rjust(widths[i]) for i, cell in enumerate(row)]
-        lines.append("  ".join(cells).rstrip())
-    lines.append("")
+    lines += [*_table(rows, set(range(2, len(header)))).splitlines(), ""]
     if answer.refusal:
         lines.append(f"NOT DEPLOYABLE: {answer.refusal}")
     lines.extend(_verdict(name, result, unit, answer.refusal) for name, result in formats.items())
@@ -335,7 +337,7 @@ def render_plan(answer: PlanResponse, unit: str = "GiB") -> str:
     if kv.capacity_tokens is not None:
         lines.append(
             f"KV cache ({engine.name} {engine.version}, max_num_batched_tokens {engine.max_batched_tokens}, "
-            f"max_num_seqs {engine.max_num_seqs}): {gib(kv.pool_bytes)} GiB on the tightest device holds "
+            f"max_num_seqs {engine.max_num_seqs}): {in_unit(kv.pool_bytes, 'GiB')} GiB on the tightest device holds "
             f"{kv.capacity_tokens:,} tokens (what vLLM logs as 'GPU KV cache size'); vLLM's maximum concurrency "
             f"for {answer.workload.context_length:,} tokens per request: {kv.engine_max_concurrency or 0:.2f}x; "
             f"nibble's (sliding-window aware): {answer.max_concurrent_sequences:,} sequences")
@@ -370,10 +372,7 @@ def command_plan(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
                                                                               index=checkpoint[1])
     else:
         answer = plan_locally(body, checkpoint_headers(*checkpoint) if checkpoint is not None else None)
-    if args.json:
-        _print_json(answer.model_dump(mode="json"), out)
-    else:
-        out.write(render_plan(answer, args.unit))
+    _print_answer(args, out, answer, lambda: render_plan(answer, args.unit))
     if answer.fits or args.allow_no_fit:
         return EXIT_OK
     verdict = "cannot be deployed by the engine" if answer.refusal else "does not fit"
@@ -420,10 +419,7 @@ def command_presets(args: argparse.Namespace, out: TextIO) -> int:
             models = client.list_models()
     else:
         models = [summary_from_core(preset) for preset in catalog.list_presets()]
-    if args.json:
-        _print_json([model.model_dump(mode="json") for model in models], out)
-    else:
-        out.write(render_presets(models))
+    _print_answer(args, out, models, lambda: render_presets(models))
     return EXIT_OK
 
 
@@ -433,10 +429,7 @@ def command_devices(args: argparse.Namespace, out: TextIO) -> int:
             devices = client.list_devices()
     else:
         devices = [device_from_core(device) for device in catalog.list_devices()]
-    if args.json:
-        _print_json([device.model_dump(mode="json") for device in devices], out)
-    else:
-        out.write(render_devices(devices, args.unit))
+    _print_answer(args, out, devices, lambda: render_devices(devices, args.unit))
     return EXIT_OK
 
 
@@ -453,10 +446,7 @@ def command_inspect(args: argparse.Namespace, out: TextIO) -> int:
     else:
         spec = model_to_core(InspectRequest.model_validate(body), get_settings().max_config_depth, where="")
         answer = inspect_from_core(spec)
-    if args.json:
-        _print_json(answer.model_dump(mode="json"), out)
-    else:
-        out.write(render_inspect(answer))
+    _print_answer(args, out, answer, lambda: render_inspect(answer))
     return 0
 
 
@@ -473,7 +463,8 @@ def render_inspect(answer: InspectResponse) -> str:
         if entry.bytes is None:
             lines.append(f"  {entry.format:<24} cannot store this model: {entry.error}")
         else:
-            lines.append(f"  {entry.format:<24} {gib(entry.bytes):>10} GiB  {entry.bits_per_weight or 0:.3f} b/w")
+            lines.append(f"  {entry.format:<24} {in_unit(entry.bytes, 'GiB'):>10} GiB  "
+                         f"{entry.bits_per_weight or 0:.3f} b/w")
     lines.append(f"Tensor inventory: {len(answer.tensors)} rows (--json lists them)")
     return "\n".join(lines) + "\n"
 
@@ -481,27 +472,9 @@ def render_inspect(answer: InspectResponse) -> str:
 # --- quantize and compare -----------------------------------------------------------------------
 
 
-GGUF_GROUP_SIZE = "32"  # GGUF Q4_0: blocks of 32 weights, symmetric (gguf-py quants.py, Q4_0)
-
-
 def _group_size(value: str | None) -> int | None:
-    if value is None:
-        value = "128"
-    if value == "row":
-        return None
-    try:
-        return int(value)
-    except ValueError:
-        raise UsageError(f"--group-size {value!r}: give 32, 64, 128, 256 or row") from None
-
-
-def _scheme_for_output(args: argparse.Namespace) -> None:
-    """``--format gguf`` writes Q4_0, which is group 32 symmetric: take that scheme unless the user set one
-    (an explicit other group size is sent as is and refused with the reason)."""
-    if getattr(args, "format", None) == "gguf":
-        if args.group_size is None:
-            args.group_size = GGUF_GROUP_SIZE
-        args.symmetric = True
+    """A checked ``--group-size`` (`group_size_option`), or the API's default 128 when none is given."""
+    return group_size_value(value or "128")
 
 
 def _job(args: argparse.Namespace, methods: tuple[str, ...]) -> QuantizeJob:
@@ -537,10 +510,9 @@ class ProgressBar:
         self.started = time.perf_counter()
 
     def __call__(self, done: int, total: int, name: str, seconds: float) -> None:
-        filled = PROGRESS_WIDTH * done // max(total, 1)
-        bar = "#" * filled + "." * (PROGRESS_WIDTH - filled)
         elapsed = time.perf_counter() - self.started
-        self.stream.write(f"[{bar}] {done}/{total} {name} ({seconds:.2f} s; {elapsed:.1f} s in all)\n")
+        self.stream.write(f"{progress_bar(done, total)} {done}/{total} {name} ({seconds:.2f} s; {elapsed:.1f} s in "
+                          "all)\n")
         self.stream.flush()
 
 
@@ -555,7 +527,7 @@ def command_quantize(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     if Path(args.input).is_dir():  # a checkpoint directory: the job, locally (app/cli_jobs.py)
         return command_quantize_checkpoint(args, out, err)
     args.format = args.format or "nibble"
-    _scheme_for_output(args)
+    gguf_scheme(args, args.format)
     output = _output_file(args.output)
     _local_only(args)
     if args.url:
@@ -575,7 +547,7 @@ def command_quantize(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         with staged_output(output) as staging:
             summary = quantize_file(job, args.format, staging, progress=progress)
     if args.json:
-        _print_json(summary, out)
+        print_json(summary, out)
         return 0
     totals = summary.get("totals", summary)
     out.write(f"wrote {output} ({args.format}, {output.stat().st_size:,} bytes): "
@@ -601,11 +573,8 @@ def render_compare(report: CompareReport) -> str:
                          f"{result.bytes.output:,}", f"{result.bits_per_weight:.3f}",
                          f"{result.quality.relative_error:.5f}", f"{result.quality.sqnr_db:.2f}",
                          f"{result.quality.max_abs_error:.4g}", "best" if result.method == tensor.best_method else ""))
-    widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
-    lines = [f"INT4 {report.format}; relative error = ||W - W'||_F / ||W||_F"]
-    for row in rows:
-        lines.append("  ".join(cell.ljust(widths[i]) if i < 2 else cell.rjust(widths[i])
-                               for i, cell in enumerate(row)).rstrip())
+    lines = [f"INT4 {report.format}; relative error = ||W - W'||_F / ||W||_F",
+             *_table(rows, set(range(2, len(header)))).splitlines()]
     lines.extend(f"passed through: {item.name} ({item.reason})" for item in report.passthrough)
     return "\n".join(lines) + "\n"
 
@@ -619,10 +588,7 @@ def command_compare(args: argparse.Namespace, out: TextIO) -> int:
                                     symmetric=args.symmetric, include=args.include, calibration=args.calibration)
     else:
         report = CompareReport.model_validate(compare_file(_job(args, methods)))
-    if args.json:
-        _print_json(report.model_dump(mode="json"), out)
-    else:
-        out.write(render_compare(report))
+    _print_answer(args, out, report, lambda: render_compare(report))
     return 0
 
 
@@ -640,7 +606,7 @@ def command_dequantize(args: argparse.Namespace, out: TextIO) -> int:
         with staged_output(output) as staging:
             summary = dequantize_file(Path(args.input), args.dtype, limits, staging)
     if args.json:
-        _print_json(summary, out)
+        print_json(summary, out)
         return EXIT_OK
     out.write(f"wrote {output} ({output.stat().st_size:,} bytes): {summary.get('tensors', 0)} tensors "
               f"dequantized to {args.dtype}, {summary.get('passthrough', 0)} passed through\n")
@@ -680,18 +646,19 @@ def command_serve(args: argparse.Namespace) -> int:
 # --- parser and entry point ---------------------------------------------------------------------
 
 
-def _bytes_option(text: str) -> int:
-    try:
-        return parse_bytes(text)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
+def _option_type(parse: Callable[[str], int]) -> Callable[[str], int]:
+    """An argparse type reading an option with `parse` (a size or a token count), its ValueError a usage error."""
+
+    def read(text: str) -> int:
+        try:
+            return parse(text)
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+
+    return read
 
 
-def _tokens_option(text: str) -> int:
-    try:
-        return parse_tokens(text)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
+_bytes_option, _tokens_option = _option_type(parse_bytes), _option_type(parse_tokens)
 
 
 def _add_unit(parser: argparse.ArgumentParser) -> None:
@@ -713,11 +680,8 @@ def _add_scheme(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--symmetric", action="store_true", help="symmetric INT4 (no zero points)")
     parser.add_argument("--include", help="glob on tensor names (default: every 2-D float tensor)")
     parser.add_argument("--calibration", help="calibration activations [samples, in_features] as .npy")
-    parser.add_argument("--importance", help="importance statistics: llama.cpp imatrix (.gguf or .dat) or "
-                        "a .safetensors of float32 vectors named by tensor")
-    parser.add_argument("--bits-per-weight", type=float, help="a budget: per-tensor formats within this many bits "
-                        "per weight over the quantized tensors")
-    parser.add_argument("--budget-bytes", type=int, help="a budget in bytes for the quantized tensors")
+    add_budget_options(parser, ": llama.cpp imatrix (.gguf or .dat) or a .safetensors of float32 vectors named by "
+                       "tensor")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -768,10 +732,11 @@ def build_parser() -> argparse.ArgumentParser:
                              help="tokens per sequence, prompt + output: 4096, 8k (8,192), 128K (131,072)")
     plan_parser.add_argument("--sequences", type=int, help="concurrent sequences")
     plan_parser.add_argument("--kv-dtype", help="KV cache dtype: bf16, fp16, fp8, int8, int4, int8_per_token_head, "
-                                                "int4_per_token_head (default: the engine's auto, 16-bit, or fp8 "
-                                                "where a ModelOpt checkpoint's config quantizes the KV cache; vLLM "
-                                                "runs no int8/int4 cache: --engine generic plans them; "
-                                                "*_per_token_head are vLLM 0.33's own integer caches)")
+                                                "int4_per_token_head, fp8_per_token_head (default: the engine's "
+                                                "auto, 16-bit, or fp8 where a ModelOpt checkpoint's config quantizes "
+                                                "the KV cache; vLLM runs no int8/int4 cache: --engine generic plans "
+                                                "them; *_per_token_head are vLLM 0.33's own caches, fp8's from "
+                                                "compute capability 8.9)")
     plan_parser.add_argument("--format", choices=get_args(FormatName),
                              help="the deployed weight format (default: as shipped, else int4; 16-bit is always "
                                   "shown beside)")

@@ -42,7 +42,7 @@ from quant_core.tensorio import read_importance
 
 PROGRESS_WIDTH = 24
 MIB = 1 << 20
-GGUF_GROUP_SIZE = 32  # GGUF Q4_0: blocks of 32 weights, symmetric (gguf-py quants.py, Q4_0)
+GGUF_GROUP_SIZE = "32"  # GGUF Q4_0: blocks of 32 weights, symmetric (gguf-py quants.py, Q4_0)
 JOB_OUTPUTS = ("compressed-tensors", "gptq", "awq", "gguf")
 JOB_STATES: tuple[str, ...] = get_args(JobStateName)
 #: how long ``watch`` keeps trying a server that stopped answering (a restart resumes the job), and the pause
@@ -62,30 +62,48 @@ class JobFailed(Exception):
     """A watched job ended failed or cancelled (the CLI exits 1)."""
 
 
-def _group_size(value: str) -> int | None:
-    return None if value == "row" else int(value)
+def group_size_value(text: str) -> int | None:
+    """A ``--group-size`` checked by `group_size_option`: its number, or None for ``row``."""
+    return None if text == "row" else int(text)
 
 
 def group_size_option(text: str) -> str:
-    """``--group-size``: a whole number or ``row``, checked as the option is read (a usage error, exit 2); the
-    API says which numbers it takes."""
-    if text != "row" and not text.strip().isdigit():
+    """``--group-size``: a whole number in ASCII digits (``int`` refuses '²', which ``isdigit`` takes) or ``row``,
+    checked as the option is read (a usage error, exit 2); the API says which numbers it takes."""
+    if text != "row" and not (text.strip().isascii() and text.strip().isdigit()):
         raise argparse.ArgumentTypeError(f"{text!r} is not a group size: give 32, 64, 128, 256 or row")
     return text
 
 
+def progress_bar(done: int, total: int) -> str:
+    """``[#####...]``: `done` of `total` in `PROGRESS_WIDTH` characters."""
+    filled = PROGRESS_WIDTH * done // max(total, 1)
+    return f"[{'#' * filled}{'.' * (PROGRESS_WIDTH - filled)}]"
+
+
+def print_json(document: Any, out: TextIO) -> None:
+    """`document` as the API's JSON, indented, on `out` (``--json``)."""
+    out.write(json.dumps(document, indent=2) + "\n")
+
+
+def gguf_scheme(args: argparse.Namespace, output: str) -> None:
+    """``--format gguf`` writes Q4_0, which is group 32 symmetric: take that scheme unless the user set a group size
+    (an explicit other one is sent as is and refused with the reason)."""
+    if output == "gguf":
+        if args.group_size is None:
+            args.group_size = GGUF_GROUP_SIZE
+        args.symmetric = True
+
+
 def job_body(args: argparse.Namespace, path: str) -> dict[str, Any]:
     """The ``POST /v1/jobs`` body of the command-line options (validated by the API's own model)."""
-    chosen: dict[str, Any] = {}
     output = args.format or "compressed-tensors"
-    symmetric = args.symmetric
-    if output == "gguf":  # Q4_0 is group 32, symmetric: taken unless a group size is given (then refused if not 32)
-        chosen["group_size"], symmetric = GGUF_GROUP_SIZE, True
-    if args.group_size is not None:  # unset: the API's default group size (a budget chooses it)
-        chosen["group_size"] = _group_size(args.group_size)
+    gguf_scheme(args, output)
+    # unset: the API's default group size (a budget chooses it)
+    chosen: dict[str, Any] = {} if args.group_size is None else {"group_size": group_size_value(args.group_size)}
     request = JobCreate(
         source=JobSource(path=path), method=args.method, output=output,
-        symmetric=symmetric, include=args.include or None, exclude=args.exclude or None,
+        symmetric=args.symmetric, include=args.include or None, exclude=args.exclude or None,
         max_shard_bytes=args.max_shard_bytes, importance=args.importance or None,
         bits_per_weight=args.bits_per_weight, budget_bytes=args.budget_bytes, **chosen)
     return request.model_dump(mode="json", exclude_unset=True)
@@ -96,10 +114,9 @@ def progress_line(status: dict[str, Any]) -> str:
     (2^20) below a GiB total, in KiB (2^10) below a MiB, where GiB would print ``0.00 of 0.00``."""
     progress = status["progress"]
     done, total = progress["tensors_done"], progress["tensors_total"]
-    filled = PROGRESS_WIDTH * done // max(total, 1)
     unit, scale = next((name, size) for name, size in (("GiB", 1 << 30), ("MiB", MIB), ("KiB", 1 << 10), ("bytes", 1))
                        if progress["bytes_total"] >= size or size == 1)
-    parts = [f"[{'#' * filled}{'.' * (PROGRESS_WIDTH - filled)}] {done}/{total} tensors",
+    parts = [f"{progress_bar(done, total)} {done}/{total} tensors",
              f"{progress['bytes_done'] / scale:.2f} of {progress['bytes_total'] / scale:.2f} {unit}"]
     if progress.get("rate"):
         parts.append(f"{progress['rate'] / MIB:.1f} MiB/s")
@@ -161,7 +178,7 @@ def _follow(client: NibbleClient, job_id: str, err: TextIO, reconnect_seconds: f
 
 def _finish(status: dict[str, Any], args: argparse.Namespace, out: TextIO) -> int:
     if args.json:
-        out.write(json.dumps(status, indent=2) + "\n")
+        print_json(status, out)
     else:
         out.write(f"job {status['id']}: {status['state']}\n")
         for note in status.get("engine_notes") or []:
@@ -182,7 +199,7 @@ def _cancel(client: NibbleClient, args: argparse.Namespace, out: TextIO) -> int:
     before = client.get_job(args.id, report=False)["state"]
     status = client.cancel_job(args.id)
     if args.json:
-        out.write(json.dumps(status, indent=2) + "\n")
+        print_json(status, out)
     elif before in TERMINAL_STATES:
         out.write(f"job {status['id']}: deleted, with its files (it had {before})\n")
     elif status["state"] == "cancelled":
@@ -212,7 +229,7 @@ def _download(client: NibbleClient, args: argparse.Namespace, out: TextIO) -> in
                 raise JobFailed(f"{file['name']}: {size:,} bytes arrived where the job lists {file['bytes']:,}; "
                                 "nothing downloaded")
     if args.json:
-        out.write(json.dumps({"id": args.id, "output": str(output), "files": files}, indent=2) + "\n")
+        print_json({"id": args.id, "output": str(output), "files": files}, out)
         return 0
     out.write(f"downloaded job {args.id}: {len(files)} files, {sum(file['bytes'] for file in files):,} bytes "
               f"into {output}\n")
@@ -254,7 +271,7 @@ def _list(client: NibbleClient, args: argparse.Namespace, out: TextIO, err: Text
     more = wanted is not None and len(jobs) > wanted
     jobs = jobs[:wanted]
     if args.json:
-        out.write(json.dumps(jobs, indent=2) + "\n")
+        print_json(jobs, out)
     for job in [] if args.json else jobs:
         out.write(f"{job['id']}  {job['state']:<10} {progress_line(job)}\n")
     if more:
@@ -292,8 +309,7 @@ def command_quantize_checkpoint(args: argparse.Namespace, out: TextIO, err: Text
 
     def progress(done: int, total: int, entry: dict[str, Any]) -> None:
         if not args.quiet:
-            filled = PROGRESS_WIDTH * done // max(total, 1)
-            err.write(f"[{'#' * filled}{'.' * (PROGRESS_WIDTH - filled)}] {done}/{total} {entry['name']} "
+            err.write(f"{progress_bar(done, total)} {done}/{total} {entry['name']} "
                       f"({time.perf_counter() - started:.1f} s in all)\n")
             err.flush()
 
@@ -301,7 +317,7 @@ def command_quantize_checkpoint(args: argparse.Namespace, out: TextIO, err: Text
           staged_output(output) as staging):
         report = quantize_checkpoint(checkpoint, plans, options, staging, Path(parts), progress)
     if args.json:
-        out.write(json.dumps(report, indent=2) + "\n")
+        print_json(report, out)
         return 0
     totals = report["totals"]
     out.write(f"wrote {output} ({options.output}): {totals['quantized_tensors']} tensors quantized by "
@@ -343,12 +359,11 @@ def add_job_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-shard-bytes", type=int, default=5 * 10**9, help="most data bytes per output shard")
 
 
-def add_budget_options(parser: argparse.ArgumentParser) -> None:
-    """Importance statistics and a budget (``nibble quantize`` has them among its scheme options)."""
-    parser.add_argument("--importance", help="importance statistics (llama.cpp imatrix .gguf/.dat or safetensors "
-                                             "vectors), relative to the server's NIBBLE_DATA_DIR")
+def add_budget_options(parser: argparse.ArgumentParser, importance: str, outputs: str = "") -> None:
+    """Importance statistics (`importance`: where the file is read) and a budget (for `outputs`, if said)."""
+    parser.add_argument("--importance", help=f"importance statistics{importance}")
     parser.add_argument("--bits-per-weight", type=float, help="a budget: per-tensor formats within this many bits "
-                        "per weight over the quantized tensors (compressed-tensors and gguf outputs)")
+                        f"per weight over the quantized tensors{outputs}")
     parser.add_argument("--budget-bytes", type=int, help="a budget in bytes for the quantized tensors")
 
 
@@ -378,7 +393,8 @@ def add_jobs_parser(commands: Any, add_remote: Any) -> None:
     submit.add_argument("--include", action="append", help="glob of tensor names to quantize (repeatable)")
     submit.add_argument("--watch", action="store_true", help="follow the job with a progress bar to its end")
     add_job_options(submit)
-    add_budget_options(submit)
+    add_budget_options(submit, " (llama.cpp imatrix .gguf/.dat or safetensors vectors), relative to the server's "
+                       "NIBBLE_DATA_DIR", " (compressed-tensors and gguf outputs)")
     add_remote(submit)
     for action, text in (("status", "a job's state, progress and files"), ("watch", "follow a job to its end"),
                          ("cancel", "cancel a job (a finished one is deleted, with its files)"),

@@ -225,23 +225,24 @@ def _parse(parse: Callable[[bytes], AnswerT], response: httpx.Response) -> Answe
         raise NibbleResponseError.from_response(response, exc) from None
 
 
-def _job_status(content: bytes) -> dict[str, Any]:
-    """A job's status as the JSON object the server sent, once its shape is checked (`JobStatus`)."""
-    JobStatus.model_validate_json(content)
-    return _JSON_OBJECT.validate_json(content)
+def _shaped(model: type[BaseModel]) -> Callable[[bytes | str], dict[str, Any]]:
+    """A parser of an answer into the JSON object the server sent, once `model` has checked its shape."""
+
+    def parse(content: bytes | str) -> dict[str, Any]:
+        model.model_validate_json(content)
+        return _JSON_OBJECT.validate_json(content)
+
+    return parse
 
 
-def _job_page(content: bytes) -> dict[str, Any]:
-    """One page of GET /v1/jobs (``jobs``, ``next``, ``next_cursor``) once its shape is checked (`JobList`)."""
-    JobList.model_validate_json(content)
-    return _JSON_OBJECT.validate_json(content)
+#: a job's status (`JobStatus`), and one page of GET /v1/jobs (``jobs``, ``next``, ``next_cursor``: `JobList`)
+_job_status, _job_page = _shaped(JobStatus), _shaped(JobList)
 
 
 def _event_status(response: httpx.Response, data: str) -> dict[str, Any]:
     """An event's status: a job's summary fields at least (its ``report`` comes only with the last)."""
     try:
-        JobSummary.model_validate_json(data)
-        return _JSON_OBJECT.validate_json(data)
+        return _shaped(JobSummary)(data)
     except ValueError as exc:
         raise NibbleResponseError(response.status_code, "text/event-stream", data[:200],
                                   "an event that is not a job's status") from exc
@@ -258,14 +259,17 @@ def _jobs_params(limit: int | None, cursor: str | None, state: str | Sequence[st
     return httpx.QueryParams(params)
 
 
-def _not_an_event_stream(response: httpx.Response) -> NibbleResponseError:
-    """The error for an events answer (its body read) that is not ``text/event-stream``: a proxy's page."""
+def _not_an_event_stream(response: httpx.Response) -> bool:
+    """Whether a streamed events answer is an error, or a success that is not ``text/event-stream`` (a proxy's
+    page): then its body is read and `_stream_error` raised."""
+    return response.is_error or not response.headers.get("content-type", "").startswith("text/event-stream")
+
+
+def _stream_error(response: httpx.Response) -> Exception:
+    """The error for such an answer (its body read): the server's error, or a `NibbleResponseError`."""
+    if response.is_error:
+        return NibbleAPIError.from_response(response)
     return NibbleResponseError.from_response(response, ValueError("not an event stream"))
-
-
-def _is_event_stream(response: httpx.Response) -> bool:
-    content_type: str = response.headers.get("content-type", "")
-    return content_type.startswith("text/event-stream")
 
 
 def _timeouts(timeout_seconds: float, connect_timeout_seconds: float) -> httpx.Timeout:
@@ -356,8 +360,8 @@ class NibbleClient:
     def close(self) -> None:
         self._http.close()
 
-    def _get(self, path: str) -> httpx.Response:
-        return _checked(self._http.get(path))
+    def _get(self, path: str, params: Mapping[str, Any] | httpx.QueryParams | None = None) -> httpx.Response:
+        return _checked(self._http.get(path, params=params))
 
     def _post_json(self, path: str, body: Body) -> httpx.Response:
         return _checked(self._http.post(path, json=_json_body(body)))
@@ -451,15 +455,14 @@ class NibbleClient:
 
     def get_job(self, job_id: str, *, report: bool = True) -> dict[str, Any]:
         """``GET /v1/jobs/{id}``; ``report=False`` leaves out the per-tensor report (megabytes for a large job)."""
-        path = f"/v1/jobs/{job_id}" if report else f"/v1/jobs/{job_id}?report=false"
-        return _parse(_job_status, self._get(path))
+        return _parse(_job_status, self._get(f"/v1/jobs/{job_id}", None if report else {"report": "false"}))
 
     def jobs_page(self, *, limit: int | None = None, cursor: str | None = None,
                   state: str | Sequence[str] = ()) -> dict[str, Any]:
         """One page of ``GET /v1/jobs``: ``jobs`` (newest first; at most `limit`, the server's default 100, at
         most 1000), and ``next_cursor``, the `cursor` of the page after it (None on the last page); only jobs
         in `state` (one state or several) if given."""
-        return _parse(_job_page, _checked(self._http.get("/v1/jobs", params=_jobs_params(limit, cursor, state))))
+        return _parse(_job_page, self._get("/v1/jobs", _jobs_params(limit, cursor, state)))
 
     def iter_jobs(self, *, state: str | Sequence[str] = (), page_size: int | None = None
                   ) -> Iterator[dict[str, Any]]:
@@ -489,12 +492,9 @@ class NibbleClient:
         (``nibble jobs watch`` reconnects)."""
         with self._http.stream("GET", f"/v1/jobs/{job_id}/events", timeout=_events_timeout(self._http.timeout)) \
                 as response:
-            if response.status_code >= 400:
+            if _not_an_event_stream(response):
                 response.read()
-                _checked(response)
-            if not _is_event_stream(response):
-                response.read()
-                raise _not_an_event_stream(response)
+                raise _stream_error(response)
             for line in response.iter_lines():
                 if line.startswith("data: "):
                     yield _event_status(response, line.removeprefix("data: "))
@@ -539,8 +539,8 @@ class AsyncNibbleClient:
     async def aclose(self) -> None:
         await self._http.aclose()
 
-    async def _get(self, path: str) -> httpx.Response:
-        return _checked(await self._http.get(path))
+    async def _get(self, path: str, params: Mapping[str, Any] | httpx.QueryParams | None = None) -> httpx.Response:
+        return _checked(await self._http.get(path, params=params))
 
     async def _post_json(self, path: str, body: Body) -> httpx.Response:
         return _checked(await self._http.post(path, json=_json_body(body)))
@@ -636,14 +636,12 @@ class AsyncNibbleClient:
 
     async def get_job(self, job_id: str, *, report: bool = True) -> dict[str, Any]:
         """``GET /v1/jobs/{id}``; ``report=False`` leaves out the per-tensor report."""
-        return _parse(_job_status, await self._get(f"/v1/jobs/{job_id}" if report else
-                                                   f"/v1/jobs/{job_id}?report=false"))
+        return _parse(_job_status, await self._get(f"/v1/jobs/{job_id}", None if report else {"report": "false"}))
 
     async def jobs_page(self, *, limit: int | None = None, cursor: str | None = None,
                         state: str | Sequence[str] = ()) -> dict[str, Any]:
         """One page of ``GET /v1/jobs`` (``jobs``, ``next_cursor``)."""
-        answer = await self._http.get("/v1/jobs", params=_jobs_params(limit, cursor, state))
-        return _parse(_job_page, _checked(answer))
+        return _parse(_job_page, await self._get("/v1/jobs", _jobs_params(limit, cursor, state)))
 
     async def iter_jobs(self, *, state: str | Sequence[str] = (), page_size: int | None = None
                         ) -> AsyncIterator[dict[str, Any]]:
@@ -670,12 +668,9 @@ class AsyncNibbleClient:
         `NibbleClient.job_events`)."""
         async with self._http.stream("GET", f"/v1/jobs/{job_id}/events",
                                      timeout=_events_timeout(self._http.timeout)) as response:
-            if response.status_code >= 400:
+            if _not_an_event_stream(response):
                 await response.aread()
-                _checked(response)
-            if not _is_event_stream(response):
-                await response.aread()
-                raise _not_an_event_stream(response)
+                raise _stream_error(response)
             async for line in response.aiter_lines():
                 if line.startswith("data: "):
                     yield _event_status(response, line.removeprefix("data: "))

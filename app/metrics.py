@@ -25,21 +25,19 @@ with ``authorization: {credentials: <key>}`` in its scrape config.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterator, Mapping
 from typing import Any
 
-from fastapi import Depends, FastAPI, Request
+from fastapi import FastAPI, Request
 from fastapi.responses import Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.connections import STATS
 from app.page import install_page
-from app.request_log import install_request_log, route_template
-from app.security import require_api_key
+from app.request_log import install_request_log
+from app.security import check_api_key
 
 # Planner calls take microseconds to milliseconds; uploads take seconds to minutes.
 REQUEST_BUCKETS_SECONDS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
@@ -134,39 +132,15 @@ class Metrics:
             self._request_children[key] = children
         return children
 
+    def observe_request(self, method: str, route: str, status: int, seconds: float) -> None:
+        """Count and time one HTTP request (the access log's middleware hands each over as its answer ends)."""
+        count, duration = self.request_children(method, route, status)
+        count.inc()
+        duration.observe(seconds)
+
     def render(self) -> bytes:
         """The registry in the Prometheus text format."""
         return generate_latest(self.registry)
-
-
-class MetricsMiddleware:
-    """Count and time every HTTP request by method, route template and status (pure ASGI: no body copies)."""
-
-    def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
-        self.app = app
-        self.metrics = metrics
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        started = time.perf_counter()
-        root_path = scope.get("root_path", "")
-        status = 500  # what the server answers when the app raises before starting a response
-
-        async def observing_send(message: Message) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = int(message["status"])
-            await send(message)
-
-        try:
-            await self.app(scope, receive, observing_send)
-        finally:
-            count, seconds = self.metrics.request_children(scope["method"], route_template(scope, root_path),
-                                                           status)
-            count.inc()
-            seconds.observe(time.perf_counter() - started)
 
 
 def metrics_of(app: Any) -> Metrics:
@@ -193,15 +167,16 @@ def observe_report(app: Any, report: Mapping[str, Any]) -> None:
 
 
 def install_metrics(app: FastAPI) -> Metrics:
-    """Give `app` its registry, the counting middleware and ``GET /metrics`` (not in the OpenAPI schema)."""
+    """Give `app` its registry and ``GET /metrics`` (not in the OpenAPI schema); requests are counted by the
+    access log's middleware (`Metrics.observe_request`)."""
     metrics = Metrics(app)
     app.state.metrics = metrics
 
-    @app.get("/metrics", include_in_schema=False, dependencies=[Depends(require_api_key)])
+    @app.get("/metrics", include_in_schema=False)
     async def read_metrics(request: Request) -> Response:
+        check_api_key(request)  # not on a v1 router (`ApiKeyRoute`): checked here, before anything is read
         return Response(metrics_of(request.app).render(), media_type=CONTENT_TYPE_LATEST)
 
-    app.add_middleware(MetricsMiddleware, metrics=metrics)
     return metrics
 
 
@@ -211,6 +186,5 @@ def install_observability(app: FastAPI) -> None:
     Call it last in `create_app`: the middlewares it adds are then the
     outermost, so they also see the answers of the other middlewares (413s).
     """
-    install_metrics(app)
-    install_request_log(app)
+    install_request_log(app, install_metrics(app).observe_request)
     install_page(app)

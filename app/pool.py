@@ -216,9 +216,8 @@ class _ProcessWorker:
                 chunk = os.read(descriptor, _READ_BYTES)
             except BlockingIOError:
                 return
-            except OSError:
-                fail("the worker process running this job died")
-                return
+            except OSError:  # the pipe broke: the worker is gone, as when the pipe ends
+                chunk = b""
             if not chunk:
                 fail("the worker process running this job died")
                 return

@@ -117,10 +117,14 @@ class ApiProblem(Exception):
         self.headers = dict(headers or {})
 
 
-class NotFound(ApiProblem):
-    """A catalog id in the URL path that does not exist."""
+class ItemNotFound(ApiProblem):
+    """No job, upload set, or file of either, of that id or name (ids are random: no close ones, unlike `NotFound`)."""
 
     status, title, slug = 404, "Not found", "not-found"
+
+
+class NotFound(ItemNotFound):
+    """A catalog id in the URL path that does not exist: the answer lists the closest known ids."""
 
     def __init__(self, unknown: UnknownName) -> None:
         super().__init__(unknown.detail, field=unknown.field)

@@ -85,16 +85,11 @@ def check_api_key(request: Request) -> None:
         raise Unauthorized("the bearer token is not one of this server's API keys")
 
 
-async def require_api_key(request: Request) -> None:
-    """`check_api_key` as a FastAPI dependency (``GET /metrics``, which is not on a v1 router)."""
-    check_api_key(request)
-
-
 class ApiKeyRoute(APIRoute):
     """A route that checks the API key (`check_api_key`) first, before FastAPI reads the body.
 
     The v1 routers use it as their ``route_class``.  It replaces a router-wide
-    ``Depends(require_api_key)``: FastAPI solves dependencies per request at a
+    dependency calling `check_api_key`: FastAPI solves dependencies per request at a
     cost of about 0.2 ms on this machine (``benchmarks/api_bench.py``), more
     than planning itself.  The OpenAPI document still declares the bearer
     scheme on every such route (``security``), as the dependency did.

@@ -53,7 +53,7 @@ from typing import Any
 
 from starlette.requests import Request
 
-from app.problems import ApiProblem, UnsupportedMediaType, UploadStalled
+from app.problems import ApiProblem, ItemNotFound, UnsupportedMediaType, UploadStalled
 from app.settings import Settings
 from app.uploads import body_due, stall_reason
 from quant_core.errors import InvalidSpec, LimitExceeded
@@ -72,12 +72,6 @@ class TusVersionUnsupported(ApiProblem):
     """A request whose ``Tus-Resumable`` is missing or not a version this server speaks (tus: 412)."""
 
     status, title, slug = 412, "Unsupported tus version", "tus-version-unsupported"
-
-
-class UploadNotFound(ApiProblem):
-    """No upload set, or no file in it, of that id."""
-
-    status, title, slug = 404, "Not found", "not-found"
 
 
 class UploadConflict(ApiProblem):
@@ -314,7 +308,7 @@ class UploadSets:
     def set_dir(self, set_id: str) -> Path:
         """The set's directory; 404 for an id that is not one."""
         if not UPLOAD_ID.fullmatch(set_id) or not (self.root / set_id / "meta").is_dir():
-            raise UploadNotFound(f"no upload set with id {set_id!r}", field="id")
+            raise ItemNotFound(f"no upload set with id {set_id!r}", field="id")
         return self.root / set_id
 
     def files(self, set_id: str) -> list[UploadFile]:
@@ -375,7 +369,7 @@ class UploadSets:
     def file(self, set_id: str, file_id: str) -> UploadFile:
         directory = self.set_dir(set_id)
         if not UPLOAD_ID.fullmatch(file_id) or not (directory / "meta" / f"{file_id}.json").is_file():
-            raise UploadNotFound(f"upload set {set_id} has no file with id {file_id!r}", field="id")
+            raise ItemNotFound(f"upload set {set_id} has no file with id {file_id!r}", field="id")
         return self._file(set_id, file_id)
 
     def _file(self, set_id: str, file_id: str) -> UploadFile:

@@ -462,14 +462,16 @@ class KVCacheDtype:
     per-token-head layout of LMDeploy's quantized KV cache.  fp8 (e4m3) uses
     per-tensor scales, which cost nothing per token.
 
-    vLLM 0.33's own integer caches (`VLLM_PER_TOKEN_HEAD_KV_DTYPES`, named as its
+    vLLM 0.33's own per-token-head caches (`VLLM_PER_TOKEN_HEAD_KV_DTYPES`, named as its
     ``--kv-cache-dtype`` spells them) keep one fp32 scale per token, KV head and K/V
     inline in the page after that head's codes (v1/attention/backends/triton_attn.py
     ``TritonAttentionBackend.customize_spec``: ``state_content_bytes = (head_size_k +
     head_size_v) x 1 + 2 x 4``, the K and V halves halved for int4, two codes a byte;
-    ``AttentionSpec.page_size_bytes`` = KV heads x block x that); int4's asymmetric
-    zero point is hidden in the scale's low 4 mantissa bits (v1/attention/ops/
-    int4_per_token_head.py), so it costs no byte.
+    ``AttentionSpec.page_size_bytes`` = KV heads x block x that): int8 codes, fp8 codes
+    (a uint8 page, utils/torch_utils.py ``STR_DTYPE_TO_TORCH_DTYPE``, read as
+    float8_e4m3fn) and packed int4; int4's asymmetric zero point is hidden in the
+    scale's low 4 mantissa bits (v1/attention/ops/int4_per_token_head.py), so it costs
+    no byte.
     """
 
     name: str
@@ -490,11 +492,13 @@ KV_DTYPES: dict[str, KVCacheDtype] = {
     "int4": KVCacheDtype("int4", 4, 4),
     "int8_per_token_head": KVCacheDtype("int8_per_token_head", 8, 4),
     "int4_per_token_head": KVCacheDtype("int4_per_token_head", 4, 4),
+    "fp8_per_token_head": KVCacheDtype("fp8_per_token_head", 8, 4),
 }
-#: vLLM 0.33's own integer KV caches (config/cache.py ``CacheDType``; vllm#38378, #38854, #39074, #40391): an int8 or
-#: packed int4 code per element and an fp32 scale per token, KV head and K/V inline in the page (`KVCacheDtype`).
-#: Only vLLM 0.33 runs them (`engines.vllm.kv_cache_refusal`); nibble's own int8 / int4 are LMDeploy's layout
-VLLM_PER_TOKEN_HEAD_KV_DTYPES = frozenset({"int8_per_token_head", "int4_per_token_head"})
+#: vLLM 0.33's own per-token-head KV caches (config/cache.py ``CacheDType``; v1/kv_cache_interface.py
+#: ``KVQuantMode.is_per_token_head``; vllm#38378, #38854, #39074, #40391): an int8, fp8 (e4m3) or packed int4 code per
+#: element and an fp32 scale per token, KV head and K/V inline in the page (`KVCacheDtype`).  Only vLLM 0.33 runs them
+#: (`engines.vllm.kv_cache_refusal`); nibble's own int8 / int4 are LMDeploy's layout, its fp8 vLLM's per-tensor one
+VLLM_PER_TOKEN_HEAD_KV_DTYPES = frozenset({"int8_per_token_head", "int4_per_token_head", "fp8_per_token_head"})
 #: the cache of a model an engine runs in float32 (vLLM's ``kv_cache_dtype="auto"`` takes the model's dtype): the
 #: planner's, not a dtype a request names (not in `KV_DTYPES`, whose names the API lists)
 FLOAT32_KV_DTYPE = KVCacheDtype("fp32", 32, 0)

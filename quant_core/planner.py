@@ -99,6 +99,7 @@ from quant_core.formats import (
     int4,
     kv_dtype,
 )
+from quant_core.identity_memo import IdentityMemo
 from quant_core.inventory import QuantizationPolicy, parameter_count
 from quant_core.kv_cache import (
     HybridKV,
@@ -303,7 +304,7 @@ class PlanOptions:
                 raise InvalidSpec("kv_cache.dtype", self.kv_cache_dtype,
                                   "vLLM 0.33's own cache (an fp32 scale per token and head), which only that engine "
                                   "runs: plan it with runtime.engine vllm and runtime.engine_version 0.33; the "
-                                  "generic engine plans nibble's int8 / int4")
+                                  "generic engine plans nibble's int8, int4 and fp8")
             if self.engine_version is not None:
                 raise InvalidSpec("runtime.engine_version", self.engine_version,
                                   "a vllm release; the generic engine has none (use engine vllm, or drop it)")
@@ -1169,7 +1170,8 @@ class _Evaluator:
                 overhead_basis = RUNTIME_OVERHEAD_BASIS.format(gib=overhead / GIB)
             else:
                 non_torch = self.engine.non_torch(stage)
-                graphs = self.engine.cuda_graphs(stage, self.limits, options.enforce_eager)
+                graphs = self.engine.cuda_graphs(stage, self.limits, options.enforce_eager, options.kv_cache_dtype,
+                                                 self.device)
                 overhead = non_torch.bytes + graphs.bytes
                 overhead_basis = f"non-torch memory: {non_torch.basis}; CUDA graphs: {graphs.basis}"
             layout_term = (None if self.engine is None
@@ -1453,24 +1455,17 @@ def _model_terms(spec: ModelSpec, scheme: WeightScheme, kv_dtype_name: str) -> _
     return _ModelTerms(spec, scheme, kv_dtype_name)
 
 
-#: `_model_terms` by the identity of the spec and scheme objects (a catalog preset and a cached policy scheme come
-#: back as the same objects request after request): each entry holds them, so no other object can take their ids
-#: while it is here; emptied when full
-_TERMS_BY_IDENTITY: dict[tuple[int, int, str], tuple[ModelSpec, WeightScheme, _ModelTerms]] = {}
+#: `_model_terms` by the spec and scheme objects (a catalog preset and a cached policy scheme come back as the same
+#: objects request after request)
+_TERMS_BY_IDENTITY: IdentityMemo[_ModelTerms] = IdentityMemo(256)
 
 
 def _model_terms_of(spec: ModelSpec, scheme: WeightScheme, kv_dtype_name: str) -> _ModelTerms:
     """`_model_terms`, without hashing the spec and scheme (their hashes walk every field) when the same objects
     were planned before."""
-    key = (id(spec), id(scheme), kv_dtype_name)
-    found = _TERMS_BY_IDENTITY.get(key)
-    if found is not None and found[0] is spec and found[1] is scheme:
-        return found[2]
-    terms = _model_terms(spec, scheme, kv_dtype_name)
-    if len(_TERMS_BY_IDENTITY) >= 256:
-        _TERMS_BY_IDENTITY.clear()
-    _TERMS_BY_IDENTITY[key] = (spec, scheme, terms)
-    return terms
+    found = _TERMS_BY_IDENTITY.get((spec, scheme), kv_dtype_name)
+    return found if found is not None else _TERMS_BY_IDENTITY.put((spec, scheme), kv_dtype_name,
+                                                                   _model_terms(spec, scheme, kv_dtype_name))
 
 
 def _largest(predicate: Callable[[int], bool], low: int, high: int) -> int | None:

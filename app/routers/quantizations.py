@@ -38,7 +38,7 @@ from app.schemas.quantize import (
 )
 from app.security import ApiKeyRoute, settings_of
 from app.settings import Settings
-from app.uploads import FormLimits, TensorFileKind, Upload, UploadedFile, new_output_path, receive_upload
+from app.uploads import FormLimits, Upload, UploadedFile, new_output_path, receive_upload
 from quant_core.single_file import (
     EXPORT_REPORT_KEY,
     OUTPUT_SUFFIXES,
@@ -178,13 +178,6 @@ DOWNLOAD_RESPONSE: dict[int | str, dict[str, Any]] = {200: {
 }}
 
 
-def _quantize_job(path: Path, kind: TensorFileKind, calibration: Path | None, form: QuantizeForm,
-                  settings: Settings, importance: Path | None = None) -> QuantizeJob:
-    return QuantizeJob(path, kind, calibration, (form.method,), form.group_size, form.symmetric, form.include,
-                       _limits(settings), form.zero, threads=settings.job_threads, importance_path=importance,
-                       budget_bytes=form.budget_bytes, bits_per_weight=form.bits_per_weight)
-
-
 @router.post("/quantize", summary="Quantize uploaded tensors to INT4", response_model=None,
              responses={**DOWNLOAD_RESPONSE, **UPLOAD_ERRORS},
              openapi_extra=multipart_body(QuantizeForm, {"file": FILE_DESCRIPTION,
@@ -197,7 +190,10 @@ async def create_quantization(request: Request) -> JSONResponse | StreamingRespo
     async with pool.reserve(), receive_upload(request, settings, UPLOAD_LIMITS) as upload:
         form = parse_form(QuantizeForm, upload.fields)
         file = _required_file(upload, "file")
-        job = _quantize_job(file.path, file.kind, _calibration(upload), form, settings, _importance(upload))
+        job = QuantizeJob(file.path, file.kind, _calibration(upload), (form.method,), form.group_size, form.symmetric,
+                          form.include, _limits(settings), form.zero, threads=settings.job_threads,
+                          importance_path=_importance(upload), budget_bytes=form.budget_bytes,
+                          bits_per_weight=form.bits_per_weight)
         if form.output == "report":
             report = await _unless_client_leaves(request, pool.run(quantize_file, job, "report", None))
             observe_report(request.app, report)

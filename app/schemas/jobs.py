@@ -83,11 +83,6 @@ class JobCreate(BudgetFields):
     budget_bytes: int | None = Field(None, gt=0, description=(
         "A budget in bytes for the quantized tensors as the output stores them (at most this many are written)."))
 
-    @field_validator("group_size", mode="before")
-    @classmethod
-    def _row(cls, value: object) -> object:
-        return None if value in ("", "row", "null", "none") else value
-
     @field_validator("group_size")
     @classmethod
     def _not_with_budget(cls, value: int | None, info: ValidationInfo) -> int | None:

@@ -305,7 +305,7 @@ class InspectResponse(BaseModel):
     tensors: list[TensorRow]
     kv_bytes_per_token: dict[str, int] = Field(
         description="KV-cache bytes per token, by KV dtype (a dtype the model's attention cannot cache is left out: "
-                    "DeepSeek Sparse Attention's int8 and int4, and vLLM 0.33's int8/int4_per_token_head for MLA "
+                    "DeepSeek Sparse Attention's int8 and int4, and vLLM 0.33's *_per_token_head caches for MLA "
                     "models).")
     weight_bytes: list[WeightBytesOut]
 

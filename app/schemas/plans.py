@@ -120,13 +120,14 @@ class KVCacheIn(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
 
     dtype: str = Field(_OPTIONS.kv_cache_dtype, description=(
-        "bf16, fp16, fp8, int8, int4, int8_per_token_head or int4_per_token_head. Not given: the engine's default "
-        "(vLLM's --kv-cache-dtype auto, 16-bit), which vLLM 0.19 and 0.33 turn into fp8 for a ModelOpt checkpoint "
-        "whose config quantizes the KV cache. int8 and int4 are an fp16 scale and zero per token and head beside "
-        "the codes (LMDeploy's layout): vLLM runs no such cache, so a vLLM plan refuses them; runtime.engine "
-        "generic plans them. int8_per_token_head and int4_per_token_head are vLLM 0.33's own (an fp32 scale per "
-        "token and head in the page; runtime.engine_version 0.33, on its Triton attention, no MLA model): other "
-        "releases refuse them, and runtime.engine generic is a 422."))
+        "bf16, fp16, fp8, int8, int4, int8_per_token_head, int4_per_token_head or fp8_per_token_head. Not given: "
+        "the engine's default (vLLM's --kv-cache-dtype auto, 16-bit), which vLLM 0.19 and 0.33 turn into fp8 for a "
+        "ModelOpt checkpoint whose config quantizes the KV cache. int8 and int4 are an fp16 scale and zero per "
+        "token and head beside the codes (LMDeploy's layout): vLLM runs no such cache, so a vLLM plan refuses them; "
+        "runtime.engine generic plans them. int8_per_token_head, int4_per_token_head and fp8_per_token_head are "
+        "vLLM 0.33's own (an fp32 scale per token and head in the page; runtime.engine_version 0.33, on its Triton "
+        "attention, no MLA model; fp8_per_token_head from compute capability 8.9): other releases refuse them, and "
+        "runtime.engine generic is a 422."))
     block_size: int = _OPTIONS.block_size
 
 

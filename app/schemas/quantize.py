@@ -49,6 +49,17 @@ class BudgetFields(BaseModel):
             raise ValueError("send bits_per_weight or budget_bytes, not both")
         return value
 
+    # the subclasses' group_size (a form's text "row", or JSON null): a whole row; refused beside a budget
+    @field_validator("group_size", mode="before", check_fields=False)
+    @classmethod
+    def _row(cls, value: object) -> object:
+        return None if value in ("", "row", "null", "none") else value
+
+    @field_validator("group_size", check_fields=False)
+    @classmethod
+    def _not_with_budget(cls, value: int | None, info: ValidationInfo) -> int | None:
+        return group_size_without_budget(value, info)
+
 
 def group_size_without_budget(value: int | None, info: ValidationInfo) -> int | None:
     """Refuse a group size sent beside a budget (the budget chooses each tensor's among `BUDGET_GROUP_SIZES`)
@@ -72,16 +83,6 @@ class QuantizeForm(BudgetFields):
         "report: JSON; nibble: nibble's .safetensors (dequantize reads it back); gptq, awq, compressed-tensors: "
         "checkpoints engines load (.safetensors); gguf: Q4_0 (needs group_size 32, symmetric)."))
     include: str | None = Field(None, max_length=MAX_INCLUDE_CHARS, description=INCLUDE_DESCRIPTION)
-
-    @field_validator("group_size", mode="before")
-    @classmethod
-    def _row(cls, value: object) -> object:
-        return None if value in ("", "row", "null", "none") else value
-
-    @field_validator("group_size")
-    @classmethod
-    def _not_with_budget(cls, value: int | None, info: ValidationInfo) -> int | None:
-        return group_size_without_budget(value, info)
 
 
 class CompareForm(BudgetFields):
@@ -113,16 +114,6 @@ class CompareForm(BudgetFields):
         if twice:
             raise ValueError(f"lists {twice} more than once; each method is compared once")
         return value
-
-    @field_validator("group_size", mode="before")
-    @classmethod
-    def _row(cls, value: object) -> object:
-        return None if value in ("", "row", "null", "none") else value
-
-    @field_validator("group_size")
-    @classmethod
-    def _not_with_budget(cls, value: int | None, info: ValidationInfo) -> int | None:
-        return group_size_without_budget(value, info)
 
 
 class DequantizeForm(BaseModel):

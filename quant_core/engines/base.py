@@ -143,20 +143,22 @@ class EngineProfile(Protocol):
         """Bytes outside PyTorch's allocator that the engine counts against its budget."""
         ...
 
-    def cuda_graphs(self, stage: Stage, limits: BatchLimits, enforce_eager: bool = False) -> Term:
-        """CUDA-graph bytes the engine charges inside its memory budget (0 when it does not, or captures none:
-        `enforce_eager`)."""
+    def cuda_graphs(self, stage: Stage, limits: BatchLimits, enforce_eager: bool = False,
+                    kv_cache_dtype: str = "bf16", device: DeviceFacts = UNKNOWN_DEVICE) -> Term:
+        """CUDA-graph bytes the engine charges inside its memory budget on one `device` of `stage` (0 when it does
+        not, or captures none: `enforce_eager`); the KV dtype and the device pick the attention backend whose
+        buffers the engine's estimate holds."""
         ...
 
     def outside_budget(self, stage: Stage, kv_cache_dtype: str, limits: BatchLimits,
                        enforce_eager: bool = False, device: DeviceFacts = UNKNOWN_DEVICE,
                        expert_format: str = "") -> ContextTerm | None:
         """What the engine takes on one `device` of `stage` (`UNKNOWN_DEVICE` when not known) outside its
-        memory budget, from the memory the budget leaves free (vLLM's memory in use at start-up, and 0.11/0.19's
-        CUDA graphs and the buffers it keeps from its kernel warm-up, after the KV cache is sized, or what DeepGEMM's
-        warm-up needs beyond the memory the profiling run released, when more), by the context it
-        is started for; None when nothing.  `expert_format` (the routed experts' weight format) selects the fused-MoE
-        kernel.  A device whose need exceeds ``capacity - usable`` does not fit."""
+        memory budget, from the memory the budget leaves free (vLLM's memory in use at start-up, and its CUDA graphs
+        (0.33's beyond its in-budget estimate) and the buffers it keeps from its kernel warm-up, after the KV cache is
+        sized, or what DeepGEMM's warm-up needs beyond the memory the profiling run released, when more), by the
+        context it is started for; None when nothing.  `expert_format` (the routed experts' weight format) selects
+        the fused-MoE kernel.  A device whose need exceeds ``capacity - usable`` does not fit."""
         ...
 
     def refusal(self, spec: ModelSpec, tensor_parallel: int, pipeline_parallel: int,

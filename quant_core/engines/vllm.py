@@ -66,9 +66,10 @@ from quant_core.engines.vllm_attention import (
     mla_latent_refusal,
     per_token_head_backend,
 )
-from quant_core.engines.vllm_graphs import cuda_graph_pool, cudagraph_capture_sizes
+from quant_core.engines.vllm_graphs import cuda_graph_pool, cudagraph_capture_sizes, graph_spill
 from quant_core.errors import InvalidSpec, UnknownName
 from quant_core.formats import GGML_TYPE_NAMES, Layout, WeightFormat, fp8, gptq_checkpoint, int4, kv_dtype
+from quant_core.identity_memo import IdentityMemo
 from quant_core.inventory import inventory
 from quant_core.kv_cache import (
     VLLM_BLOCK_ALIGNMENT,
@@ -85,7 +86,6 @@ from quant_core.specs import Llama4VisionTower, ModelSpec, PixtralVisionTower, Q
 GIB = 1 << 30
 MIB = 1 << 20
 ACTIVATION_ELEMENT_BYTES = 2  # bf16/fp16 activations
-CUDA_GRAPH_ESTIMATE_BYTES = 400 * MIB
 LARGE_DEVICE_BYTES = 70 * GIB
 # llm-d-planner's vLLM v0.19.0 sweep on H100 80GB (accuracy/results/v0.19.0/logs, commit d3121e0 of
 # github.com/llm-d-incubation/llm-d-planner): 57 start-up logs, each worker's "Actual usage is ... GiB for weight,
@@ -1068,17 +1068,19 @@ def startup_memory(stage: Stage, version: str, device: DeviceFacts = UNKNOWN_DEV
                       f"be free then ({where}); the figure is {rules.source}")
 
 
-def moe_data_parallel_graphs(stage: Stage, graphs: Term, limits: BatchLimits, version: str) -> Term:
+def moe_data_parallel_graphs(stage: Stage, graphs: Term, limits: BatchLimits, version: str,
+                             capability: tuple[int, int] | None = None) -> Term:
     """`graphs`, one device's CUDA-graph memory, for a MoE model's data-parallel `stage` (`graphs` itself
     otherwise): each captured MoE layer gathers every data-parallel rank's rows of the batch into the graph pool
-    (`moe_dispatch_bytes` at the largest capture size, `cudagraph_capture_sizes`), which no vLLM code or log sizes.
+    (`moe_dispatch_bytes` at the largest capture size, `cudagraph_capture_sizes` on a device of `capability`), which
+    no vLLM code or log sizes.
     The fused-MoE workspace is not among them (the workspace manager's buffer, sized by the profiling run and locked
     before capture), and the pieces' outputs keep their size (the reduce-scatter returns each rank's own rows); the
     charge is the stage's MoE layers times the gathered tensors of the largest graph, as if no layer reused the
     previous one's memory in the pool: the safe side."""
     if stage.moe_ranks <= stage.tensor_parallel:
         return graphs
-    sizes = cudagraph_capture_sizes(version, limits)
+    sizes = cudagraph_capture_sizes(version, limits, capability)
     largest = sizes[-1] if sizes else 0
     start, stop = stage.layers
     layers = sum(1 for layer in stage.spec.moe_layers if start <= layer < stop)
@@ -1130,7 +1132,7 @@ def _triton_scratch_one(stage: Stage, version: str, limits: BatchLimits, capabil
     if not enforce_eager:
         # decode_cudagraph_enabled (FULL_AND_PIECEWISE, the default): the capture size closest to it, the first of
         # the ascending sizes on a tie (``min(capture_sizes, key=...)``)
-        sizes = cudagraph_capture_sizes(version, limits)
+        sizes = cudagraph_capture_sizes(version, limits, capability)
         if sizes:
             threshold = min(sizes, key=lambda size: abs(size - threshold))
     rows, segments = threshold, TRITON_SOFTMAX_SEGMENTS
@@ -1181,28 +1183,11 @@ FLASHINFER_PREFILL_WORKSPACE_BYTES_PER_ELEM = 16
 FLASHINFER_BUILDER_BACKENDS = frozenset({"FLASHINFER", "TRITON_FLASHINFER"})
 
 
-def flashinfer_workspace(stage: Stage, kv_cache_dtype: str, limits: BatchLimits, version: str,
-                         enforce_eager: bool = False, device: DeviceFacts = UNKNOWN_DEVICE) -> Term | None:
-    """FlashInfer's attention workspace on one device of `stage` where vLLM `version` runs the attention on FLASHINFER
-    and allocates it after sizing the KV cache, outside ``gpu_memory_utilization``; None elsewhere.
-
-    Each FlashInferMetadataBuilder (one per KV cache group, `_attention_builders`, made in ``initialize_kv_cache``)
-    allocates its workspace in its first ``build`` (flashinfer.py ``_get_workspace_buffer``, through the prefill,
-    decode or cascade wrapper) and holds it: `FLASHINFER_WORKSPACE_BYTES`, on 0.33 at least max_num_batched_tokens x
-    query heads a rank x head size x 16 bytes.  0.11 and 0.19 first build at CUDA-graph capture or the first request,
-    after the KV pool is sized (0.19's ``profile_cudagraph_memory`` builds its own, freed with its minimal cache, and
-    its estimate is not applied by default); 0.33 charges its graph estimate inside the budget, and the profiling
-    capture that measures it builds the workspace, so only with `enforce_eager` does it land outside.  0.11's
-    backend is decided here for an fp8 cache only (`vllm_attention.kv_backend`); a device not known is not charged
-    (FlashInfer runs a 16-bit cache only where FlashAttention does not, or first on 10.x).  On 10.x, where TRT-LLM
-    attention may serve both phases (utils/flashinfer.py ``use_trtllm_attention``), the process-wide TRT-LLM
-    workspace of the same 394 MiB stands in for the builder's: charged the same."""
-    capability = device.compute_capability
-    cache_dtype = _vllm_cache_dtype(kv_cache_dtype)
-    if capability is None or cache_dtype is None or version not in FLASHINFER_WORKSPACE_BYTES:
-        return None
-    if version == "0.33" and not enforce_eager:
-        return None
+def _flashinfer_workspace_one(stage: Stage, kv_cache_dtype: str, cache_dtype: str, limits: BatchLimits, version: str,
+                              capability: tuple[int, int]) -> tuple[int, str] | None:
+    """(bytes, how) of FlashInfer's attention workspaces on one device of `stage` of compute `capability` where vLLM
+    `version` runs the attention, of nibble's `kv_cache_dtype` (vLLM's `cache_dtype`), on a FlashInfer builder
+    (`flashinfer_workspace`), or None."""
     spec = stage.spec
     float32 = runs_float32(version, spec.model_type, capability)
     if version == "0.11":
@@ -1223,10 +1208,54 @@ def flashinfer_workspace(stage: Stage, kv_cache_dtype: str, limits: BatchLimits,
             grown = (f" (grown to {limits.max_batched_tokens} tokens x {heads_q} query heads x {spec.head_dim} x "
                      f"{FLASHINFER_PREFILL_WORKSPACE_BYTES_PER_ELEM} bytes)")
     nbytes = builders * allocated_block_bytes(size)
-    return Term(nbytes, f"{nbytes / MIB:.0f} MiB for FlashInfer's attention workspace: {builders} x "
-                        f"{size / MIB:.0f} MiB{grown}, one per KV cache group (vLLM {version} flashinfer.py "
-                        "_get_workspace_buffer, allocated by the builder's first build, after the KV cache is sized"
-                        + (", --enforce-eager: no graph estimate holds it" if version == "0.33" else "") + ")")
+    return nbytes, f"{builders} x {size / MIB:.0f} MiB{grown}, one per KV cache group, on {backend}"
+
+
+def flashinfer_workspace_bytes(stage: Stage, kv_cache_dtype: str, limits: BatchLimits, version: str,
+                               device: DeviceFacts = UNKNOWN_DEVICE) -> tuple[int, str] | None:
+    """(bytes, how) of the workspaces vLLM `version`'s FlashInfer builders allocate on one `device` of `stage`
+    (`flashinfer_workspace`), wherever they are charged; for a device not known, the largest over
+    `SCRATCH_CAPABILITIES` (as Triton's decode scratch is); None where FlashInfer does not run the attention."""
+    cache_dtype = _vllm_cache_dtype(kv_cache_dtype)
+    if cache_dtype is None or version not in FLASHINFER_WORKSPACE_BYTES:
+        return None
+    known = device.compute_capability
+    best: tuple[int, str] | None = None
+    for capability in (SCRATCH_CAPABILITIES if known is None else (known,)):
+        found = _flashinfer_workspace_one(stage, kv_cache_dtype, cache_dtype, limits, version, capability)
+        if found is not None and (best is None or found[0] > best[0]):
+            best = found
+    if best is None or known is not None:
+        return best
+    return best[0], f"{best[1]} (the largest over the devices vLLM runs, this one not known)"
+
+
+def flashinfer_workspace(stage: Stage, kv_cache_dtype: str, limits: BatchLimits, version: str,
+                         enforce_eager: bool = False, device: DeviceFacts = UNKNOWN_DEVICE) -> Term | None:
+    """FlashInfer's attention workspace on one device of `stage` where vLLM `version` runs the attention on FLASHINFER
+    and allocates it after sizing the KV cache, outside ``gpu_memory_utilization``; None elsewhere.
+
+    Each FlashInferMetadataBuilder (one per KV cache group, `_attention_builders`, made in ``initialize_kv_cache``)
+    allocates its workspace in its first ``build`` (flashinfer.py ``_get_workspace_buffer``, through the prefill,
+    decode or cascade wrapper) and holds it: `FLASHINFER_WORKSPACE_BYTES`, on 0.33 at least max_num_batched_tokens x
+    query heads a rank x head size x 16 bytes.  0.11 and 0.19 first build at CUDA-graph capture or the first request,
+    after the KV pool is sized (0.19's ``profile_cudagraph_memory`` builds its own, freed with its minimal cache, and
+    its estimate is not applied by default); 0.33's graph estimate, charged inside the budget, is measured over a
+    capture whose builders allocate it (`VllmProfile.cuda_graphs`), so only with `enforce_eager` does it land here.
+    0.11's backend is decided here for an fp8 cache only (`vllm_attention.kv_backend`); for a device not known, the
+    largest over the devices vLLM runs (`flashinfer_workspace_bytes`).  On 10.x, where TRT-LLM attention may serve both
+    phases (utils/flashinfer.py ``use_trtllm_attention``), the process-wide TRT-LLM workspace of the same 394 MiB
+    stands in for the builder's: charged the same."""
+    if version == "0.33" and not enforce_eager:
+        return None
+    found = flashinfer_workspace_bytes(stage, kv_cache_dtype, limits, version, device)
+    if found is None:
+        return None
+    nbytes, how = found
+    eager = ", --enforce-eager: no graph estimate holds it" if version == "0.33" else ""
+    return Term(nbytes, f"{nbytes / MIB:.0f} MiB for FlashInfer's attention workspace: {how} (vLLM {version} "
+                        "flashinfer.py _get_workspace_buffer, allocated by the builder's first build, after the KV "
+                        f"cache is sized{eager})")
 
 
 def triton_decode_scratch(stage: Stage, kv_cache_dtype: str, limits: BatchLimits, version: str,
@@ -1275,12 +1304,46 @@ def triton_decode_scratch(stage: Stage, kv_cache_dtype: str, limits: BatchLimits
                 "gpu_model_runner.py initialize_metadata_builders after the KV cache is sized")
 
 
+def cuda_graph_estimate(stage: Stage, kv_cache_dtype: str, limits: BatchLimits, version: str,
+                        device: DeviceFacts = UNKNOWN_DEVICE) -> Term:
+    """vLLM `version`'s (0.33's) CUDA-graph estimate, subtracted from ``gpu_memory_utilization`` on one `device` of
+    `stage` (gpu_worker.py ``determine_available_memory``): what ``profile_cudagraph_memory`` measures (Model Runner
+    V2, 0.33's default: v1/worker/gpu/cudagraph_utils.py) over a capture into a throwaway pool with a minimal KV cache.
+
+    * The graphs: every PIECEWISE graph, captured as the real capture will capture it, and the FULL graphs
+      extrapolated from the two largest (``first + (N - 1) x max(second, 1 MiB)``), so the graphs' memory at 0.33's
+      capture sizes (`vllm_graphs.cuda_graph_pool`), a function of the layers on the stage, the model type, the batch
+      limits and the device (the largest size is 1024 on compute capability family 100).  No code of vLLM's sizes
+      the measured part: the figure is the envelope of the public logs of releases after 0.21 (386 MiB + 4.25 MiB a
+      layer x sizes / 51, above Qwen3-8B's 0.52 GiB estimate at 36 layers, 51 PIECEWISE and 35 FULL graphs,
+      LMCache#3430: 539 MiB charged), with the excess 0.19 logged for MoE, MLA and hybrid families.  Where the
+      extrapolation runs higher (the V1 runner's linear extrapolation of both modes, vllm#45178, vllm#53013), vLLM
+      sizes a smaller KV cache than nibble plans.
+    * FlashInfer's attention workspace where its builders run the attention (`flashinfer_workspace_bytes`, a device not
+      known charged the largest): they allocate it at their first build, inside the measured capture (flashinfer.py
+      ``_get_workspace_buffer``), so the estimate holds it (and 0.33 charges it nowhere else without
+      ``--enforce-eager``, `flashinfer_workspace`).
+    What the capture takes beyond the estimate comes from the memory the budget leaves free
+    (`vllm_graphs.graph_spill` in `outside_budget`)."""
+    pool = cuda_graph_pool(stage, limits, version, device.compute_capability)
+    workspace = flashinfer_workspace_bytes(stage, kv_cache_dtype, limits, version, device)
+    size = pool.bytes + (0 if workspace is None else workspace[0])
+    held = "" if workspace is None else (f"; + {workspace[0] / MIB:.0f} MiB of FlashInfer's attention workspace its "
+                                         f"builders allocate inside the measured capture ({workspace[1]}, "
+                                         "flashinfer.py _get_workspace_buffer)")
+    return Term(size, f"{size / GIB:.2f} GiB per device: vLLM {version}'s CUDA-graph estimate, charged inside "
+                      "gpu_memory_utilization (gpu_worker.py determine_available_memory; cudagraph_utils.py "
+                      f"profile_cudagraph_memory measures every PIECEWISE graph and extrapolates the FULL ones): "
+                      f"{pool.basis}{held}")
+
+
 @dataclass(frozen=True, slots=True)
 class OutsideBudget:
     """What vLLM takes on one device outside ``gpu_memory_utilization``, from the memory the budget leaves free
     (``total - total x utilization``), by ``max_model_len`` L: the memory already in use at its start-up snapshot
     (`startup`, `startup_memory`: every release, which refuses to start when it is more than that memory), its CUDA
-    graphs on 0.11 and 0.19 (`graph`, captured after the KV cache is sized: `vllm_graphs.cuda_graph_pool`), and for a
+    graphs (`graph`, captured after the KV cache is sized: `vllm_graphs.cuda_graph_pool`; on 0.33 what they may take
+    beyond the estimate charged inside the budget, `vllm_graphs.graph_spill`), and for a
     DeepSeek Sparse Attention model on 0.19 the fp8 mixed-batch kernel's buffers (`kernel_bytes`,
     `dsa_mixed_batch_bytes`) and the indexer's expanded block table, ``table_bytes_per_block`` per 64-token block of
     L (`dsa_block_table_bytes`), and on 0.19 and 0.33 the CUTLASS MoE profiler workspace FlashInfer's autotuning
@@ -1336,39 +1399,68 @@ class OutsideBudget:
         return "; ".join(parts)
 
 
-#: `_attention_buffers`' answers by (release, spec object, tp, layers, KV dtype, limits, eager, device): a plan asks
-#: `outside_budget` for every layout it weighs.  Each entry holds its spec, so no other object takes the id while it
-#: is here; emptied when full
-_ATTENTION_BUFFERS: dict[tuple[object, ...], tuple[ModelSpec, tuple[Term | None, Term | None]]] = {}
+#: `_attention_buffers`' answers by (spec object; release, tp, layers, KV dtype, limits, eager, device): a plan asks
+#: `outside_budget` for every layout it weighs
+_ATTENTION_BUFFERS: IdentityMemo[tuple[Term | None, Term | None]] = IdentityMemo(1024)
 
 
 def _attention_buffers(stage: Stage, kv_cache_dtype: str, limits: BatchLimits, version: str, enforce_eager: bool,
                        device: DeviceFacts) -> tuple[Term | None, Term | None]:
     """(`triton_decode_scratch`, `flashinfer_workspace`) of one device of `stage`, answered once per key."""
-    spec = stage.spec
-    key = (version, id(spec), stage.tensor_parallel, stage.layers, kv_cache_dtype, limits, enforce_eager, device)
-    found = _ATTENTION_BUFFERS.get(key)
-    if found is not None and found[0] is spec:
-        return found[1]
-    answer = (triton_decode_scratch(stage, kv_cache_dtype, limits, version, enforce_eager, device),
-              flashinfer_workspace(stage, kv_cache_dtype, limits, version, enforce_eager, device))
-    if len(_ATTENTION_BUFFERS) >= 1024:
-        _ATTENTION_BUFFERS.clear()
-    _ATTENTION_BUFFERS[key] = (spec, answer)
-    return answer
+    objects, values = (stage.spec,), (version, stage.tensor_parallel, stage.layers, kv_cache_dtype, limits,
+                                      enforce_eager, device)
+    found = _ATTENTION_BUFFERS.get(objects, values)
+    if found is not None:
+        return found
+    if device.compute_capability is None:
+        return _ATTENTION_BUFFERS.put(objects, values, _unknown_device_attention_buffers(
+            stage, kv_cache_dtype, limits, version, enforce_eager, device))
+    return _ATTENTION_BUFFERS.put(objects, values, (
+        triton_decode_scratch(stage, kv_cache_dtype, limits, version, enforce_eager, device),
+        flashinfer_workspace(stage, kv_cache_dtype, limits, version, enforce_eager, device)))
+
+
+def _unknown_device_attention_buffers(stage: Stage, kv_cache_dtype: str, limits: BatchLimits, version: str,
+                                      enforce_eager: bool, device: DeviceFacts) -> tuple[Term | None, Term | None]:
+    """(`triton_decode_scratch`, `flashinfer_workspace`) of one device of `stage` whose compute capability is not
+    known: those of the capability in `SCRATCH_CAPABILITIES` whose backend keeps the most (one device runs one
+    backend, so the two are not summed over different capabilities)."""
+    best: tuple[int, tuple[int, int], Term | None, Term | None] | None = None
+    for capability in SCRATCH_CAPABILITIES:
+        assumed = replace(device, compute_capability=capability)
+        scratch = triton_decode_scratch(stage, kv_cache_dtype, limits, version, enforce_eager, assumed)
+        workspace = flashinfer_workspace(stage, kv_cache_dtype, limits, version, enforce_eager, assumed)
+        total = (0 if scratch is None else scratch.bytes) + (0 if workspace is None else workspace.bytes)
+        if total and (best is None or total > best[0]):
+            best = (total, capability, scratch, workspace)
+    if best is None:
+        return None, None
+    _total, (major, minor), scratch, workspace = best
+    where = (f" (this device not known: the most the attention buffers take over the compute capabilities vLLM "
+             f"runs, {major}.{minor}'s)")
+    return (None if scratch is None else Term(scratch.bytes, scratch.basis + where),
+            None if workspace is None else Term(workspace.bytes, workspace.basis + where))
 
 
 def outside_budget(stage: Stage, kv_cache_dtype: str, limits: BatchLimits, version: str,
                    enforce_eager: bool = False, device: DeviceFacts = UNKNOWN_DEVICE,
                    expert_format: str = "") -> OutsideBudget:
     """`OutsideBudget` of one `device` of `stage` on vLLM `version` (`UNKNOWN_DEVICE` when not known): the
-    start-up memory always; no graph on 0.33, which charges its graph estimate inside the budget, nor with
-    `enforce_eager`, which captures none; FlashInfer's CUTLASS MoE profiler workspace where the routed experts, stored
-    as `expert_format`, run on FlashInfer's CUTLASS experts (`flashinfer_moe_autotune_buffer`); DeepGEMM's warm-up
-    where it needs more than the profiling peak left (`deep_gemm_warmup_excess`); TRITON_ATTN's decode scratch where
-    it runs the attention (`triton_decode_scratch`); FlashInfer's workspace where it does (`flashinfer_workspace`)."""
-    graph = None if enforce_eager or VERSIONS[version].cuda_graphs_in_budget else \
-        moe_data_parallel_graphs(stage, cuda_graph_pool(stage, limits, version), limits, version)
+    start-up memory always; the CUDA graphs, on 0.33 what they may take beyond the estimate it charged inside the
+    budget (`vllm_graphs.graph_spill`), none with `enforce_eager`, which captures none; FlashInfer's CUTLASS MoE
+    profiler workspace where the routed experts, stored as `expert_format`, run on FlashInfer's CUTLASS experts
+    (`flashinfer_moe_autotune_buffer`); DeepGEMM's warm-up where it needs more than the profiling peak left
+    (`deep_gemm_warmup_excess`); TRITON_ATTN's decode scratch where it runs the attention (`triton_decode_scratch`);
+    FlashInfer's workspace where it does (`flashinfer_workspace`); for a device not known, the attention buffers of
+    the capability that keeps the most (`_unknown_device_attention_buffers`).  A MoE model's data-parallel graphs are
+    charged the rows their MoE layers gather (`moe_data_parallel_graphs`)."""
+    if enforce_eager:
+        graph = None
+    elif VERSIONS[version].cuda_graphs_in_budget:
+        graph = graph_spill(stage, limits, device.compute_capability)
+    else:
+        graph = moe_data_parallel_graphs(stage, cuda_graph_pool(stage, limits, version), limits, version,
+                                         device.compute_capability)
     spec = stage.spec
     kernel = dsa_mixed_batch_bytes(spec, version, kv_cache_dtype, stage.tensor_parallel, limits)
     per_block = dsa_block_table_bytes(spec, version, DSA_BLOCK_SIZE, limits)
@@ -4373,11 +4465,9 @@ INTEGER_KV_REFUSALS: dict[str, str] = {
 }
 
 
-#: `VllmProfile.kv_cache_backend`'s answers by (release, the spec's identity, KV dtype, capability, block): a plan asks
-#: up to four times (its block, the device refusal, two warnings), and a catalog preset comes back as the same object
-#: request after request.  Each entry holds its spec, so no other object can take the id while it is here; emptied
-#: when full
-_KV_CACHE_BACKENDS: dict[tuple[str, int, str, tuple[int, int] | None, int], tuple[ModelSpec, KVCacheBackend]] = {}
+#: `VllmProfile.kv_cache_backend`'s answers by (spec object; release, KV dtype, capability, block): a plan asks up to
+#: four times (its block, the device refusal, two warnings)
+_KV_CACHE_BACKENDS: IdentityMemo[KVCacheBackend] = IdentityMemo(1024)
 
 
 def kv_cache_refusal(version: str, spec: ModelSpec, kv_cache_dtype: str, compute_capability: tuple[int, int] | None,
@@ -4389,20 +4479,22 @@ def kv_cache_refusal(version: str, spec: ModelSpec, kv_cache_dtype: str, compute
     that does when vLLM sets another (an MLA model's cache, 16-bit or fp8: FlashMLA's 64 tokens on Hopper under 0.11),
     or for an unknown device where an fp8 cache runs and in which blocks an MLA cache is paged
     (`vllm_attention.kv_requirement`).  nibble's int8 and int4 caches (`INTEGER_KV_REFUSALS`) are refused on every
-    device; vLLM 0.33's own int8/int4_per_token_head run where `vllm_attention.per_token_head_backend` says, the
-    same on every device (so decided for an unknown one too)."""
+    device; vLLM 0.33's own int8/int4/fp8_per_token_head run where `vllm_attention.per_token_head_backend` says, the
+    integer ones the same on every device (so decided for an unknown one too), the fp8 one from 8.9 (for an unknown
+    device a requirement, `vllm_attention.kv_requirement`)."""
     integer = INTEGER_KV_REFUSALS.get(version) if kv_cache_dtype in INTEGER_KV_DTYPES else None
     if integer is not None:
         return KVCacheBackend(refusal=f"vLLM {version} cannot run nibble's {kv_cache_dtype} KV cache: {integer}; "
                                       "a 16-bit or fp8 cache (kv_cache.dtype bf16 / fp8) runs on vLLM, and "
                                       "runtime.engine generic plans the int8/int4 layout without an engine")
     if kv_cache_dtype in VLLM_PER_TOKEN_HEAD_CACHE_DTYPES:
-        per_token = per_token_head_backend(version, spec, kv_cache_dtype, block_size)
+        per_token = per_token_head_backend(version, spec, kv_cache_dtype, block_size, compute_capability)
         if per_token.backend is None:
             remedy = f"; {per_token.remedy}" if per_token.remedy is not None else ""
             return KVCacheBackend(refusal=f"vLLM {version} cannot run the {kv_cache_dtype} KV cache of {spec.name}: "
                                           f"{per_token.basis}{remedy}")
-        return KVCacheBackend(basis=per_token.basis)
+        return KVCacheBackend(basis=per_token.basis, requirement=(
+            kv_requirement(version, spec, kv_cache_dtype) if compute_capability is None else None))
     latent = mla_latent_refusal(version, spec)
     if latent is not None:
         return KVCacheBackend(refusal=f"{latent}; vLLM 0.19 and 0.33 run it on TRITON_MLA (runtime.engine_version)")
@@ -4702,22 +4794,21 @@ class VllmProfile:
                       "compilation and CUDA-graph profiling as the others, and no vLLM code sizes the excess")
         return Term(size, f"{size / GIB:.2f} GiB per device: {basis}")
 
-    def cuda_graphs(self, stage: Stage, limits: BatchLimits, enforce_eager: bool = False) -> Term:
-        """CUDA-graph memory charged inside ``gpu_memory_utilization``: none in v0.11 and v0.19 (graphs are
-        captured after the KV pool is sized and use the memory the budget leaves free: `outside_budget`); from v0.21
-        the profiler's estimate (``VLLM_MEMORY_PROFILER_ESTIMATE_CUDAGRAPHS=1``) is subtracted, except with
-        `enforce_eager` (0.33's gpu_worker.determine_available_memory profiles graphs only when not enforce_eager)."""
+    def cuda_graphs(self, stage: Stage, limits: BatchLimits, enforce_eager: bool = False,
+                    kv_cache_dtype: str = "bf16", device: DeviceFacts = UNKNOWN_DEVICE) -> Term:
+        """CUDA-graph memory charged inside ``gpu_memory_utilization`` on one `device` of `stage`: none in v0.11 and
+        v0.19 (graphs are captured after the KV pool is sized and use the memory the budget leaves free:
+        `outside_budget`); from v0.21 the profiler's estimate (``VLLM_MEMORY_PROFILER_ESTIMATE_CUDAGRAPHS=1``) is
+        subtracted, except with `enforce_eager` (0.33's gpu_worker.determine_available_memory profiles graphs only
+        when not enforce_eager): `cuda_graph_estimate`."""
         if enforce_eager:
             return Term(0, f"enforce_eager: vLLM {self._version} captures no CUDA graph")
         if not self._rules.cuda_graphs_in_budget:
             return Term(0, f"vLLM {self._version} captures CUDA graphs after sizing the KV cache, outside "
                            "gpu_memory_utilization: nothing is charged inside the budget (what they take is checked "
                            "against the memory the budget leaves free)")
-        size = CUDA_GRAPH_ESTIMATE_BYTES
-        return moe_data_parallel_graphs(stage, Term(
-            size, f"vLLM {self._version} charges its CUDA-graph estimate inside gpu_memory_utilization; "
-                  f"{size / GIB:.2f} GiB per device, within the 0.1-0.6 GiB its start-up logs report"),
-            limits, self._version)
+        estimate = cuda_graph_estimate(stage, kv_cache_dtype, limits, self._version, device)
+        return moe_data_parallel_graphs(stage, estimate, limits, self._version, device.compute_capability)
 
     def outside_budget(self, stage: Stage, kv_cache_dtype: str, limits: BatchLimits,
                        enforce_eager: bool = False, device: DeviceFacts = UNKNOWN_DEVICE,
@@ -4845,15 +4936,10 @@ class VllmProfile:
                          block_size: int) -> KVCacheBackend:
         """`kv_cache_refusal`: whether this release's attention runs `spec`'s KV cache of `kv_cache_dtype` on the
         device, at which block."""
-        key = (self._version, id(spec), kv_cache_dtype, compute_capability, block_size)
-        found = _KV_CACHE_BACKENDS.get(key)
-        if found is not None and found[0] is spec:
-            return found[1]
-        answer = kv_cache_refusal(self._version, spec, kv_cache_dtype, compute_capability, block_size)
-        if len(_KV_CACHE_BACKENDS) >= 1024:
-            _KV_CACHE_BACKENDS.clear()
-        _KV_CACHE_BACKENDS[key] = (spec, answer)
-        return answer
+        values = (self._version, kv_cache_dtype, compute_capability, block_size)
+        found = _KV_CACHE_BACKENDS.get((spec,), values)
+        return found if found is not None else _KV_CACHE_BACKENDS.put(
+            (spec,), values, kv_cache_refusal(self._version, spec, kv_cache_dtype, compute_capability, block_size))
 
     def device_dtype_note(self, spec: ModelSpec, compute_capability: tuple[int, int] | None) -> str | None:
         """`float32_note`: the basis of a model vLLM runs in float32 on the device, or None."""

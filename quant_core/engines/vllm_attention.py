@@ -33,9 +33,9 @@ paged in the blocks of the MLA backend it picks:
 * A dense cache pages a multiple of 16 tokens under 0.19 and 0.33 (`DENSE_KERNEL_BLOCK`): another --block-size finds
   no backend under 0.33, and only 0.19's FlexAttention, which takes no fp8 cache and fails to compile its kernel at
   such a block (`_dense_block_refusal`).
-* 0.33's own integer caches, ``int8_per_token_head`` and ``int4_per_token_head``, run on TRITON_ATTN alone, on any
-  device, for models without MLA with heads of 32 or more, in multiples of 16 tokens (`per_token_head_backend`);
-  0.11 and 0.19 have none.
+* 0.33's own per-token-head caches, ``int8_per_token_head``, ``int4_per_token_head`` and ``fp8_per_token_head``, run
+  on TRITON_ATTN alone, for models without MLA with heads of 32 or more, in multiples of 16 tokens: the integer ones
+  on any device (7.0 and 7.5 included), the fp8 one from 8.9 (`per_token_head_backend`); 0.11 and 0.19 have none.
 * Heads above 256 (a multiple of 8, up to 512): 0.33's FLASH_ATTN takes them wherever FlashAttention 4 is built but
   runs FlashAttention 2 on 10.x (heads FlashInfer, first there, does not take) and 11.x, which raises on them
   (`_wide_head_refusal`); elsewhere FlashInfer (512) or Triton runs them, at the requested block.
@@ -63,9 +63,11 @@ VLLM_FP8_CACHE_DTYPES: dict[str, str] = {"fp8": "fp8_e4m3", "fp8_e4m3": "fp8_e4m
 #: the vLLM cache dtype of nibble's 16-bit KV dtypes: ``auto``, the model's own 16-bit dtype (config/cache.py
 #: ``CacheDType``); every MLA backend that lists ``auto`` also lists float16 and bfloat16, so the choice is the same
 VLLM_16BIT_CACHE_DTYPES: dict[str, str] = {"bf16": "auto", "fp16": "auto"}
-#: vLLM 0.33's integer caches, by nibble's KV dtype names, which are vLLM's (`formats.VLLM_PER_TOKEN_HEAD_KV_DTYPES`)
+#: vLLM 0.33's per-token-head caches, by nibble's KV dtype names, which are vLLM's
+#: (`formats.VLLM_PER_TOKEN_HEAD_KV_DTYPES`)
 VLLM_PER_TOKEN_HEAD_CACHE_DTYPES: dict[str, str] = {"int8_per_token_head": "int8_per_token_head",
-                                                    "int4_per_token_head": "int4_per_token_head"}
+                                                    "int4_per_token_head": "int4_per_token_head",
+                                                    "fp8_per_token_head": "fp8_per_token_head"}
 #: the cache dtypes `kv_backend` decides: a 16-bit cache (``auto``), the fp8 ones and 0.33's per-token-head ones
 _CACHE_DTYPES = ("auto", "fp8_e4m3", "fp8_e5m2", *VLLM_PER_TOKEN_HEAD_CACHE_DTYPES)
 
@@ -550,32 +552,49 @@ def _mla_v0_19_v0_33(version: str, spec: ModelSpec, cache_dtype: str, capability
 PER_TOKEN_HEAD_RELEASES = ("0.33",)
 #: the only backend of 0.33 that lists them (triton_attn.py ``TritonAttentionBackend.supported_kv_cache_dtypes``)
 _PER_TOKEN_HEAD_BACKEND = "TRITON_ATTN"
+#: the per-token-head cache whose codes are fp8: vLLM's Triton attention refuses it below `TRITON_FP8E4NV`
+FP8_PER_TOKEN_HEAD = "fp8_per_token_head"
+#: why the integer per-token-head caches compile below 8.0 (V100, T4), where vLLM 0.33 still builds TRITON_ATTN
+_INTEGER_BELOW_8_0 = ("; below 8.0 too: TritonAttentionImpl.__init__ refuses only fp8-named caches below 8.9 and a "
+                      "bfloat16 one below 8.0, the int8 codes are cast to the query's dtype before tl.dot "
+                      "(triton_unified_attention.py _cast_kv_tile) and int4's unpacked to float32 "
+                      "(int4_per_token_head.py), no fp8 type, and Triton runs every tl.dot below 8.0 on its FMA path "
+                      "(lib/Dialect/TritonGPU/Transforms/AccelerateMatmul.cpp BlockedToMMA: \"Dot op using MMA for "
+                      "compute capability ... has been deprecated. It falls back to the FMA path\"), so no MMA the "
+                      "device lacks (Turing has no tf32 one for int4's float32 dots) is emitted")
 
 
-def per_token_head_backend(version: str, spec: ModelSpec, cache_dtype: str, requested_block: int = DEFAULT_BLOCK_SIZE
-                           ) -> KVBackend:
-    """The backend vLLM `version` runs `spec`'s ``int8_per_token_head`` or ``int4_per_token_head`` cache
-    (`cache_dtype`) on at a ``--block-size`` of `requested_block`, or why none; the same on every CUDA device.
+def per_token_head_backend(version: str, spec: ModelSpec, cache_dtype: str, requested_block: int = DEFAULT_BLOCK_SIZE,
+                           compute_capability: tuple[int, int] | None = None) -> KVBackend:
+    """The backend vLLM `version` runs `spec`'s ``int8_per_token_head``, ``int4_per_token_head`` or
+    ``fp8_per_token_head`` cache (`cache_dtype`) on at a ``--block-size`` of `requested_block`, on a device of
+    `compute_capability` (None: not known, which decides all but the fp8 one's floor), or why none.
 
     Only 0.33's ``CacheDType`` has them (0.11's and 0.19's, a ``Literal`` the engine arguments validate, do not), and
     of its CUDA backends only TRITON_ATTN lists them (``supported_kv_cache_dtypes``): FLASH_ATTN, FLASHINFER,
-    FLEX_ATTENTION and TURBOQUANT do not, nor any MLA or sparse MLA backend (mla/*.py), and the Triton composites
-    (TRITON_FLASHINFER, TRITON_FLASH_ATTN) need both halves to take a dtype (composite.py
-    ``supports_kv_cache_dtype``), so ``_get_backend_priorities`` ends at TRITON_ATTN, which takes every compute
-    capability (``supports_compute_capability``), float32 models, sinks, sliding windows and multimodal prefixes, heads
-    of 32 or more (``supports_head_size``) and blocks that are a multiple of 16 (``supports_block_size``), at the
-    requested block (its preferred block is the default 16).  int4's write kernel packs two codes a byte and asserts
-    even K and V heads (int4_per_token_head.py ``reshape_and_cache_int4``)."""
+    FLEX_ATTENTION and TURBOQUANT do not, nor any MLA or sparse MLA backend (mla/*.py; MLACommonBackend, whose
+    ``customize_spec`` would size a latent page with the two fp32 scales, keeps AttentionBackend's auto / float16 /
+    bfloat16), and the Triton composites (TRITON_FLASHINFER, TRITON_FLASH_ATTN) need both halves to take a dtype
+    (composite.py ``supports_kv_cache_dtype``), so ``_get_backend_priorities`` ends at TRITON_ATTN, which takes every
+    compute capability (``supports_compute_capability``), float32 models, sinks, sliding windows and multimodal
+    prefixes, heads of 32 or more (``supports_head_size``) and blocks that are a multiple of 16
+    (``supports_block_size``), at the requested block (its preferred block is the default 16).  int4's write kernel
+    packs two codes a byte and asserts even K and V heads (int4_per_token_head.py ``reshape_and_cache_int4``).
+    ``TritonAttentionImpl.__init__`` raises for any cache dtype starting "fp8" below 8.9 (fp8_per_token_head's codes
+    are read as float8_e4m3fn, ``_pth_key_value_caches``, which Triton compiles from 8.9: `TRITON_FP8E4NV`); the
+    integer ones compile on 7.0 and 7.5 (`_INTEGER_BELOW_8_0`)."""
     if version not in PER_TOKEN_HEAD_RELEASES:
         return KVBackend(None, f"vLLM {version}'s --kv-cache-dtype has no {cache_dtype}: config/cache.py CacheDType, "
                                "the Literal CacheConfig validates --kv-cache-dtype against, lists auto, the 16-bit and "
-                               "the fp8 caches only; vLLM 0.33 (runtime.engine_version) runs it")
+                               "the per-tensor fp8 caches (fp8, fp8_e4m3, fp8_e5m2, fp8_inc; 0.19 also fp8_ds_mla) "
+                               "only; vLLM 0.33 (runtime.engine_version) runs it")
     where = f"vLLM {version} runs the {cache_dtype} cache on {_PER_TOKEN_HEAD_BACKEND} alone (triton_attn.py " \
             "supported_kv_cache_dtypes; no other backend lists it)"
     if spec.is_mla or spec.has_indexer:
         return KVBackend(None, f"vLLM {version} has no MLA backend for the {cache_dtype} cache: FLASH_ATTN_MLA, "
                                "FLASHMLA, FLASHINFER_MLA, CUTLASS_MLA, TOKENSPEED_MLA, TRITON_MLA and the sparse MLA "
-                               f"backends do not list it (supported_kv_cache_dtypes, v1/attention/backends/mla/): "
+                               f"backends do not list it (supported_kv_cache_dtypes, v1/attention/backends/mla/; "
+                               "MLACommonBackend.customize_spec sizes such a page, but no backend takes one): "
                                f"{_NO_BACKEND}",
                          remedy="a 16-bit or fp8 cache (kv_cache.dtype bf16 / fp8) runs there")
     if spec.head_dim < TRITON_MIN_HEAD:
@@ -592,21 +611,32 @@ def per_token_head_backend(version: str, spec: ModelSpec, cache_dtype: str, requ
                                f"heads (v1/attention/ops/int4_per_token_head.py reshape_and_cache_int4), not "
                                f"{spec.head_dim}",
                          remedy="int8_per_token_head (kv_cache.dtype) runs there")
+    if cache_dtype == FP8_PER_TOKEN_HEAD and compute_capability is not None and compute_capability < TRITON_FP8E4NV:
+        return KVBackend(None, f"{where}, whose TritonAttentionImpl.__init__ raises ValueError(\"FP8 KV cache is not "
+                               "supported by the Triton attention backend on ... native FP8 (fp8e4nv) requires "
+                               "SM89+\") for a cache dtype starting fp8 on a device below compute capability "
+                               f"{_capability_text(TRITON_FP8E4NV)} (its codes are read as float8_e4m3fn, "
+                               "_pth_key_value_caches: Triton's fp8e4nv), not "
+                               f"{_capability_text(compute_capability)}",
+                         remedy="int8_per_token_head (kv_cache.dtype), the same bytes, runs there")
+    below = (_INTEGER_BELOW_8_0 if compute_capability is not None and compute_capability < (8, 0)
+             and cache_dtype != FP8_PER_TOKEN_HEAD else "")
     return KVBackend(_PER_TOKEN_HEAD_BACKEND, f"{where}, at the requested block, each head's codes followed by "
-                                              "their fp32 scale in the page (TritonAttentionBackend.customize_spec)")
+                                              "their fp32 scale in the page (TritonAttentionBackend.customize_spec)"
+                                              f"{below}")
 
 
 def kv_backend(version: str, spec: ModelSpec, cache_dtype: str, compute_capability: tuple[int, int],
                requested_block: int = DEFAULT_BLOCK_SIZE, float32: bool = False) -> KVBackend | None:
     """The backend vLLM `version` runs `spec`'s KV cache of vLLM `cache_dtype` (``auto``: a 16-bit cache,
-    `VLLM_16BIT_CACHE_DTYPES`; ``fp8_e4m3``, ``fp8_e5m2``; 0.33's per-token-head caches, `per_token_head_backend`,
-    whatever the device) on, on a device of `compute_capability`, at a
+    `VLLM_16BIT_CACHE_DTYPES`; ``fp8_e4m3``, ``fp8_e5m2``; 0.33's per-token-head caches, `per_token_head_backend`)
+    on, on a device of `compute_capability`, at a
     ``--block-size`` of `requested_block` (`DEFAULT_BLOCK_SIZE`: not given), with the model in float32 (`float32`:
     FlashAttention and FlashInfer take fp16 and bf16 only), and the block it pages when that is not the requested one,
     or why none does; None for another dtype, a release not read, a dense model's 16-bit cache (but a multimodal-prefix
     model's, `MM_PREFIX_MODEL_TYPES`) or a DeepSeek Sparse Attention model (not decided here)."""
     if cache_dtype in VLLM_PER_TOKEN_HEAD_CACHE_DTYPES and version in RELEASES:
-        return per_token_head_backend(version, spec, cache_dtype, requested_block)
+        return per_token_head_backend(version, spec, cache_dtype, requested_block, compute_capability)
     if cache_dtype not in _CACHE_DTYPES or version not in RELEASES or spec.has_indexer:
         return None
     if spec.is_mla:
@@ -630,7 +660,13 @@ def kv_backend(version: str, spec: ModelSpec, cache_dtype: str, compute_capabili
 def kv_requirement(version: str, spec: ModelSpec, cache_dtype: str) -> str | None:
     """Where vLLM `version` runs `spec`'s fp8 cache (`cache_dtype`), or in which blocks it pages an MLA model's 16-bit
     cache (``auto``), in words, for a plan on a device whose compute capability is not known (which nibble then
-    neither refuses nor moves off the requested block); None when it is not decided here."""
+    neither refuses nor moves off the requested block), or from which capability it runs 0.33's fp8_per_token_head
+    cache; None when it is not decided here (the integer per-token-head caches: the same on every device)."""
+    if cache_dtype == FP8_PER_TOKEN_HEAD and version in PER_TOKEN_HEAD_RELEASES:
+        return (f"vLLM {version} runs the {cache_dtype} cache of {spec.name} from compute capability "
+                f"{_capability_text(TRITON_FP8E4NV)} only: TRITON_ATTN, the only backend that lists it, raises below "
+                "(TritonAttentionImpl.__init__: \"native FP8 (fp8e4nv) requires SM89+\"); int8_per_token_head, the "
+                "same bytes, runs on every device")
     if cache_dtype not in _CACHE_DTYPES or version not in RELEASES or spec.has_indexer \
             or cache_dtype in VLLM_PER_TOKEN_HEAD_CACHE_DTYPES:  # the same on every device: `per_token_head_backend`
         return None

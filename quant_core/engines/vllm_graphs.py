@@ -1,4 +1,5 @@
-"""The CUDA graphs vLLM 0.11 and 0.19 capture after sizing the KV cache, outside ``gpu_memory_utilization``.
+"""The CUDA graphs vLLM captures after sizing the KV cache: 0.11's and 0.19's outside ``gpu_memory_utilization``,
+0.33's beyond the estimate it subtracts from it (`graph_spill`, last section).
 
 What the code fixes (vLLM's repository):
 
@@ -50,6 +51,31 @@ where that run's capture went beyond the others', a FULL graph above `GRAPH_0_11
 (`largest_full_graph`), and not below it, where five runs on four kinds of GPU (RTX 3090, RTX 4090, L40S, L4) show
 none: fitted to the one run, since no code of vLLM's gives the figure.  Tensor parallelism shrinks the graphs a rank
 (Llama-3.1-8B on 0.19: 0.91, 0.76, 0.67 GiB at TP 1, 2, 4), which neither envelope follows: the safe side.
+
+vLLM 0.33 (``VLLM_MEMORY_PROFILER_ESTIMATE_CUDAGRAPHS`` on by default, envs.py) subtracts an estimate from the budget
+(gpu_worker.py ``determine_available_memory``: ``available = requested - non_kv_cache_memory - estimate``) and then
+captures the graphs after the KV cache as 0.19 does (``compile_or_warm_up_model``, ``capture_model``).  The estimate
+is a measurement, not a formula: ``profile_cudagraph_memory`` (Model Runner V2, its default: v1/worker/gpu/
+cudagraph_utils.py; the V1 runner's gpu_model_runner.py alike) builds a minimal KV cache, captures every PIECEWISE
+graph and the two largest FULL graphs into a throwaway pool, and extrapolates the FULL graphs as ``first + (N - 1) x
+max(second, 1 MiB)`` (``_extrapolate_full_graph_memory``, ``_MIN_PER_GRAPH_BYTES``).  It holds what the capture
+allocates, FlashInfer's attention workspace included (its builders allocate it at their first build, inside the
+measured window).  Nothing checks the real capture against it (the worker only logs "CUDA graph pool memory: X GiB
+(actual), Y GiB (estimated)"), so graphs beyond it come from the memory the budget leaves free: public runs of
+0.2x releases show estimates both under the capture (vllm#57047: 0.22 GiB captured where the logged 0.57 GiB of peak
+activation, which holds the estimate, leaves at most 0.06 GiB beside the 0.52 GiB sampler pass; vllm#50159: 0.26's
+Model Runner V2 reserving 0.10 GiB where the V1 runner reserved 0.21, then running out of memory under load;
+vllm#49224: V2's estimate was 0 from 0.25.1 until it was implemented as 0.33 has it) and far over it (vllm#45178,
+vllm#53013, the V1 runner's linear extrapolation).  The graphs' part of it measures the
+capture itself, so both take one figure, 0.19's form with the per-layer part of later releases' logs
+(`GRAPH_0_33_BYTES_PER_LAYER`, 4.25 MiB where 0.19's H100 logs put 19: Qwen3-8B's 0.52 GiB estimate at 36 layers,
+LMCache#3430, against 1.04 GiB by 0.19's rule), and the only bound the code gives the estimate is its extrapolation
+floor, ``(N - 1) x 1 MiB`` for the N FULL graphs (`graph_estimate_floor`): the graphs less that floor are charged
+against the memory the budget leaves free (`graph_spill`), the graphs whole inside it (`engines.vllm.
+cuda_graph_estimate`).  0.33's capture sizes
+(config/vllm.py ``_set_cudagraph_sizes``) are 0.19's up to ``min(2 x max_num_seqs, 1024 on compute capability family
+100, else 512, max_num_batched_tokens)``, plus max_num_batched_tokens where it is that largest size and
+``max_num_seqs`` where it is under both (a device not known: the 1024, more graphs).
 """
 
 from __future__ import annotations
@@ -90,6 +116,18 @@ GRAPH_EXTRA_BY_MODEL_TYPE: dict[str, tuple[int, str]] = {
 }
 #: the capture sizes of the logged runs: 0.19's defaults for max_num_seqs=1024 and 8192 batched tokens
 GRAPH_LOGGED_SIZES = 51
+#: where 0.33's graph figure comes from: the public logs of releases after 0.21, the estimate's and the capture's
+GRAPH_0_33_LOGS = ("the public logs of vLLM 0.2x releases (\"Estimated CUDA graph memory\" and \"GiB for CUDAGraph "
+                   "memory\"): Qwen3-8B's 0.52 GiB estimate at 36 layers, 51 PIECEWISE and 35 FULL graphs "
+                   "(LMCache#3430); under it Qwen3-4B's 0.22 GiB capture at 36 layers and the same graphs "
+                   "(vllm#57047), Qwen3-235B-A22B's 0.32 GiB at TP 4 (94 layers, 11 sizes; kubesimplify), "
+                   "gpustack/runner#251's 0.36 GiB and club-3090's 0.17 and 0.09 GiB estimates, and a 64-layer Gated "
+                   "DeltaNet hybrid's 0.89 GiB (vllm#52872)")
+#: vLLM 0.33, per decoder layer on the stage at `GRAPH_LOGGED_SIZES` capture sizes above `GRAPH_BASE_BYTES` (no log of a
+#: release after 0.21 shows a smaller part that does not grow with the layers): LMCache#3430's Qwen3-8B estimate, 0.52
+#: GiB (to the log's 0.01: up to 537.6 MiB) at 36 layers and 51 sizes, (537.6 - 386) / 36 = 4.21 MiB, rounded up.
+#: The 0.19 H100 rule's 19 MiB a layer would put Qwen3-8B at 1.04 GiB, twice what 0.2x logs show of the same graphs
+GRAPH_0_33_BYTES_PER_LAYER = 4352 * KIB
 #: the graphs of those runs: a PIECEWISE and a FULL graph for each of the 51 sizes (all <= max_num_seqs=1024)
 GRAPH_LOGGED_GRAPHS = 2 * GRAPH_LOGGED_SIZES
 #: where 0.11's graph figures come from
@@ -110,12 +148,21 @@ GRAPH_0_11_LARGE_BATCH_BYTES = 2120 * MIB
 #: the largest FULL-graph batch of the 0.11 runs that show no excess: 256 sequences (RTX 3090, RTX 4090, L40S; the L4
 #: run 128), the default below 70 GiB of both the OpenAI server and the LLM class
 GRAPH_0_11_SMALL_BATCH_SEQS = 256
-#: ``min(2 x max_num_seqs, 512)``: the largest default capture size of both releases
+#: ``min(2 x max_num_seqs, 512)``: the largest default capture size of 0.11 and 0.19, and of 0.33 off Blackwell
 MAX_DEFAULT_CAPTURE_SIZE = 512
+#: 0.33 config/vllm.py ``_set_cudagraph_sizes``: ``default_max_graph_size`` on ``is_device_capability_family(100)``
+MAX_DEFAULT_CAPTURE_SIZE_FAMILY_100 = 1024
+#: 0.33 v1/worker/gpu/cudagraph_utils.py ``_MIN_PER_GRAPH_BYTES`` (gpu_model_runner.py: "at least 1 MiB per graph for
+#: driver overhead"): the floor of each extrapolated FULL graph in ``profile_cudagraph_memory``'s estimate
+MIN_PER_GRAPH_BYTES = 1 * MIB
 
 
-def cudagraph_capture_sizes(version: str, limits: BatchLimits) -> tuple[int, ...]:
-    """The batch sizes vLLM `version` captures CUDA graphs for by default, ascending (module docstring)."""
+def cudagraph_capture_sizes(version: str, limits: BatchLimits,
+                            capability: tuple[int, int] | None = None) -> tuple[int, ...]:
+    """The batch sizes vLLM `version` captures CUDA graphs for by default, ascending (module docstring); on 0.33 the
+    device's compute `capability` sets the largest (None: not known, the larger)."""
+    if version == "0.33":
+        return _capture_sizes_033(limits, capability)
     largest = min(2 * limits.max_num_seqs, MAX_DEFAULT_CAPTURE_SIZE)
     if version == "0.11":
         sizes = [1, 2, 4, *range(8, largest + 1, 8)]
@@ -128,12 +175,36 @@ def cudagraph_capture_sizes(version: str, limits: BatchLimits) -> tuple[int, ...
     return tuple(sorted({size for size in sizes if size <= min(largest, limits.max_batched_tokens)}))
 
 
-def cudagraph_count(version: str, limits: BatchLimits) -> tuple[int, int]:
+def _capture_sizes_033(limits: BatchLimits, capability: tuple[int, int] | None) -> tuple[int, ...]:
+    """0.33 config/vllm.py ``_set_cudagraph_sizes`` without speculative decoding (``uniform_decode_query_len`` 1):
+    ``[1, 2, 4]``, multiples of 8 below 256 and of 16 from 256 up to ``min(2 x max_num_seqs, default,
+    max_num_batched_tokens)`` (default 1024 on compute capability family 100, else 512), plus max_num_batched_tokens
+    when it is no more than ``min(2 x max_num_seqs, default)`` and ``max_num_seqs`` (the uniform decode size) when it
+    is no more than that and max_num_batched_tokens."""
+    family_100 = capability is None or capability[0] == 10
+    ceiling = min(2 * limits.max_num_seqs,
+                  MAX_DEFAULT_CAPTURE_SIZE_FAMILY_100 if family_100 else MAX_DEFAULT_CAPTURE_SIZE)
+    largest = min(limits.max_batched_tokens, ceiling)
+    sizes = {size for size in (1, 2, 4) if size <= largest}
+    if largest >= 8:
+        sizes.update(range(8, min(largest + 1, 256), 8))
+    if largest >= 256:
+        sizes.update(range(256, largest + 1, 16))
+    if limits.max_batched_tokens <= ceiling:
+        sizes.add(limits.max_batched_tokens)
+    if limits.max_num_seqs <= min(ceiling, limits.max_batched_tokens):
+        sizes.add(limits.max_num_seqs)
+    return tuple(sorted(sizes))
+
+
+def cudagraph_count(version: str, limits: BatchLimits, capability: tuple[int, int] | None = None) -> tuple[int, int]:
     """(PIECEWISE, FULL) graphs vLLM `version` captures by default: a PIECEWISE graph for every capture size
     (`cudagraph_capture_sizes`) and, under the default ``FULL_AND_PIECEWISE``, a FULL graph for uniform decode batches
     of every size from 1 to ``max_num_seqs`` (0.11's ``GPUModelRunner.capture_model``: ``decode_cudagraph_batch_sizes``,
-    ``max_num_seqs x uniform_decode_query_len >= x >= uniform_decode_query_len``, 1 without speculative decoding)."""
-    sizes = cudagraph_capture_sizes(version, limits)
+    ``max_num_seqs x uniform_decode_query_len >= x >= uniform_decode_query_len``, 1 without speculative decoding;
+    0.33's v1/worker/gpu/cudagraph_utils.py ``CudaGraphManager._init_candidates``: a FULL descriptor for every size up
+    to ``max_num_seqs x decode_query_len``)."""
+    sizes = cudagraph_capture_sizes(version, limits, capability)
     return len(sizes), sum(1 for size in sizes if size <= limits.max_num_seqs)
 
 
@@ -156,11 +227,12 @@ def graph_extra(spec: ModelSpec) -> tuple[int, str]:
     return 0, ""
 
 
-def cuda_graph_pool(stage: Stage, limits: BatchLimits, version: str) -> Term:
-    """The memory vLLM `version` (0.11 or 0.19) takes for its CUDA graphs on one device of `stage`, after the KV
-    cache is sized.  0.19: ``GRAPH_BASE_BYTES + (layers x GRAPH_BYTES_PER_LAYER + graph_extra) x sizes / 51``,
-    `sizes` the capture sizes (`cudagraph_capture_sizes`).  0.11: ``GRAPH_BASE_BYTES + layers x graphs x
-    GRAPH_0_11_BYTES_PER_LAYER_GRAPH + graph_extra x graphs / 102``, `graphs` its PIECEWISE and FULL graphs
+def cuda_graph_pool(stage: Stage, limits: BatchLimits, version: str, capability: tuple[int, int] | None = None) -> Term:
+    """The memory vLLM `version` takes for its CUDA graphs on one device of `stage` (of compute `capability`, None
+    when not known), after the KV cache is sized.  0.19: ``GRAPH_BASE_BYTES + (layers x GRAPH_BYTES_PER_LAYER +
+    graph_extra) x sizes / 51``, `sizes` the capture sizes (`cudagraph_capture_sizes`); 0.33 the same with
+    `GRAPH_0_33_BYTES_PER_LAYER`, the envelope of later releases' logs.  0.11: ``GRAPH_BASE_BYTES + layers x graphs
+    x GRAPH_0_11_BYTES_PER_LAYER_GRAPH + graph_extra x graphs / 102``, `graphs` its PIECEWISE and FULL graphs
     (`cudagraph_count`), plus ``GRAPH_0_11_LARGE_BATCH_BYTES`` when a FULL graph is captured for more than
     ``GRAPH_0_11_SMALL_BATCH_SEQS`` sequences (`largest_full_graph`).  The module docstring says where each figure
     comes from."""
@@ -168,7 +240,7 @@ def cuda_graph_pool(stage: Stage, limits: BatchLimits, version: str) -> Term:
     layers = stage.layers[1] - stage.layers[0]
     extra, source = graph_extra(spec)
     why = f" + {extra / GIB:.2f} GiB for the model type, {source}" if extra else ""
-    captured = cudagraph_capture_sizes(version, limits)
+    captured = cudagraph_capture_sizes(version, limits, capability)
     largest = max(captured, default=0)
     if version == "0.11":
         piecewise, full = cudagraph_count(version, limits)
@@ -187,6 +259,13 @@ def cuda_graph_pool(stage: Stage, limits: BatchLimits, version: str) -> Term:
                           f"the stage: 0.38 GiB + {layers} layers x {graphs} graphs x 0.286 MiB{scaled}{why_excess}, "
                           f"the envelope of {GRAPH_0_11_LOGS}: vLLM's code measures it, "
                           "gpu_model_runner.capture_model)")
+    if version == "0.33":
+        grows = (layers * GRAPH_0_33_BYTES_PER_LAYER + extra) * len(captured) // GRAPH_LOGGED_SIZES
+        size = GRAPH_BASE_BYTES + grows
+        return Term(size, f"{size / GIB:.2f} GiB for the CUDA graphs vLLM 0.33 captures ({len(captured)} capture "
+                          f"sizes up to {largest}, {layers} layers on the stage: 0.38 GiB + (4.25 MiB a layer{why}) x "
+                          f"{len(captured)} / {GRAPH_LOGGED_SIZES} sizes, the envelope of {GRAPH_0_33_LOGS}: vLLM's "
+                          "code measures it)")
     grows = (layers * GRAPH_BYTES_PER_LAYER + extra) * len(captured) // GRAPH_LOGGED_SIZES
     size = GRAPH_BASE_BYTES + grows
     return Term(size, f"{size / GIB:.2f} GiB per device for the CUDA graphs vLLM {version} captures after sizing its "
@@ -194,3 +273,28 @@ def cuda_graph_pool(stage: Stage, limits: BatchLimits, version: str) -> Term:
                       f"the stage: 0.38 GiB + (19 MiB a layer{why}) x {len(captured)} / {GRAPH_LOGGED_SIZES} sizes, "
                       "the envelope of llm-d-planner's vLLM 0.19.0 H100 logs of \"GiB for CUDAGraph memory\": "
                       "vLLM's code measures it, gpu_model_runner.capture_model)")
+
+
+def graph_estimate_floor(limits: BatchLimits, capability: tuple[int, int] | None = None) -> int:
+    """The least vLLM 0.33's ``profile_cudagraph_memory`` estimate holds for its graphs, bytes: every FULL graph past
+    the first sampled one is extrapolated at no less than ``_MIN_PER_GRAPH_BYTES`` (v1/worker/gpu/cudagraph_utils.py
+    ``_extrapolate_full_graph_memory``: ``first + (N - 1) x max(second, 1 MiB)``), N the FULL graphs
+    (`cudagraph_count`); the rest of it is measured, and may be as little as nothing."""
+    _piecewise, full = cudagraph_count("0.33", limits, capability)
+    return max(full - 1, 0) * MIN_PER_GRAPH_BYTES
+
+
+def graph_spill(stage: Stage, limits: BatchLimits, capability: tuple[int, int] | None = None) -> Term:
+    """What vLLM 0.33's CUDA graphs may take on one device of `stage` beyond the estimate it subtracted from the
+    budget, from the memory the budget leaves free: the graphs' envelope at 0.33's capture sizes (`cuda_graph_pool`)
+    less the least the estimate holds of them (`graph_estimate_floor`).  The workspaces the estimate also measures
+    (FlashInfer's) are allocated again after the KV cache, so they cancel (module docstring)."""
+    pool = cuda_graph_pool(stage, limits, "0.33", capability)
+    floor = graph_estimate_floor(limits, capability)
+    size = max(pool.bytes - floor, 0)
+    return Term(size, f"{size / GIB:.2f} GiB per device for the CUDA graphs vLLM 0.33 captures after sizing its KV "
+                      f"cache beyond the estimate it charged inside the budget: {pool.bytes / GIB:.2f} GiB of graphs "
+                      f"less the {floor / MIB:.0f} MiB its estimate holds at least ((FULL graphs - 1) x 1 MiB, "
+                      "cudagraph_utils.py _extrapolate_full_graph_memory; the rest of the estimate is measured and "
+                      "public runs log it under the capture, vllm#57047); the graphs: "
+                      + pool.basis)

@@ -642,7 +642,9 @@ def test_a_busy_server_is_one_line_with_its_retry_after_and_exit_status_5(argv: 
     ["jobs", "submit", "llama", "--group-size", "abc", "--url", "http://127.0.0.1:9"],
     ["plan", "--model", "llama-3.1-8b", "--device", "h100-80gb", "--group-size", "abc"],
     ["quantize", "ckpt", "-o", "out", "--group-size", "12x"],
-], ids=["jobs-url-without-scheme", "jobs-url-ftp", "jobs-group-size", "plan-group-size", "quantize-group-size"])
+    ["plan", "--model", "llama-3.1-8b", "--device", "h100-80gb", "--group-size", "\u00b2"],  # a digit int() refuses
+], ids=["jobs-url-without-scheme", "jobs-url-ftp", "jobs-group-size", "plan-group-size", "quantize-group-size",
+        "plan-group-size-superscript"])
 def test_a_bad_url_or_group_size_is_a_usage_error_in_every_command(argv: list[str]) -> None:
     result = nibble_process(*argv)
     assert result.returncode == 2, result.stderr

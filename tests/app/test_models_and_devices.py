@@ -59,8 +59,10 @@ def test_inspect_preset_lists_tensors_kv_dtypes_and_formats(client: TestClient) 
     assert response.status_code == 200
     body = response.json()
     assert set(body["kv_bytes_per_token"]) == {"bf16", "fp16", "fp8", "int8", "int4", "int8_per_token_head",
-                                               "int4_per_token_head"}
+                                               "int4_per_token_head", "fp8_per_token_head"}
     assert body["kv_bytes_per_token"]["fp8"] * 2 == body["kv_bytes_per_token"]["bf16"]
+    # vLLM 0.33's fp8_per_token_head pages one byte a code and two fp32 scales a head, as int8_per_token_head does
+    assert body["kv_bytes_per_token"]["fp8_per_token_head"] == body["kv_bytes_per_token"]["int8_per_token_head"]
     formats = {f["format"]: f for f in body["weight_bytes"]}
     assert formats["bf16"]["bits_per_weight"] == 16.0
     assert formats["int4-g128-asym"]["bytes"] < formats["bf16"]["bytes"] / 3

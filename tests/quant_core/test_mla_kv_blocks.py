@@ -142,11 +142,13 @@ def test_deepseek_v2_lite_at_16_bits_is_counted_in_vllms_blocks(release: str, de
 @pytest.mark.parametrize(("release", "device_id", "tokens", "sequences", "context"), [
     # pinned from the hand derivation above at this tree's KV pools (bytes the block does not change): the 16-token
     # figures before were 1,310,928 tokens / 318 sequences / 20,480; 4,395,024 / 1,068 / 68,672;
-    # 4,454,112 / 1,083 / 69,584; 4,416,162 / 1,077 / 69,200
+    # 4,454,112 / 1,083 / 69,584; 4,416,162 / 1,077 / 69,200; 0.33 was 4,399,045 / 1,072 / 69,184 (138,408 blocks)
+    # with a fixed 0.39 GiB graph estimate, now 386 MiB + (27 layers x 4.25 MiB + deepseek_v2's 709 MiB) x 83 / 51
+    # on 10.0's 83 capture sizes, 1.69 GiB (TRITON_MLA: no FlashInfer workspace)
     ("0.11", "h100-80gb", 1_310_912, 315, 20_480),  # 20,483 blocks of 64
     ("0.11", "b200", 4_395_008, 1_040, 68_608),  # 34,336 blocks of 128
     ("0.19", "b200", 4_454_112, 1_079, 69_568),  # 139,191 blocks of 32
-    ("0.33", "b200", 4_399_045, 1_072, 69_184),  # 138,408 blocks of 32
+    ("0.33", "b200", 4_354_613, 1_062, 68_480),  # 137,011 blocks of 32
 ])
 def test_deepseek_v2_lite_at_16_bits_pinned_figures(release: str, device_id: str, tokens: int, sequences: int,
                                                      context: int) -> None:
@@ -176,9 +178,11 @@ def test_the_0_19_deepseek_v2_lite_h100_log_pages_16_token_blocks() -> None:
 
 @pytest.mark.parametrize(("release", "device_id", "block", "tokens", "sequences"), [
     # 16-token figures before: 638,432 / 155; 630,576 / 153; 616,691 / 150 on H200; 1,130,016 / 274;
-    # 1,162,048 / 282; 1,146,372 / 279 on B200
-    ("0.11", "h200", 64, 638_400, 153), ("0.19", "h200", 16, 630_576, 153), ("0.33", "h200", 16, 616_691, 150),
-    ("0.11", "b200", 128, 1_129_984, 267), ("0.19", "b200", 32, 1_162_048, 281), ("0.33", "b200", 32, 1_141_929, 278),
+    # 1,162,048 / 282; 1,146,372 / 279 on B200.  0.33 was 616,691 / 150 and 1,141,929 / 278 with a fixed 0.39 GiB graph
+    # estimate, now 386 MiB + (61 layers x 4.25 MiB + deepseek_v3's 709 MiB) x sizes / 51: 1.32 GiB at the 51 sizes
+    # of 9.0, 1.92 GiB at the 83 of 10.0
+    ("0.11", "h200", 64, 638_400, 153), ("0.19", "h200", 16, 630_576, 153), ("0.33", "h200", 16, 602_492, 146),
+    ("0.11", "b200", 128, 1_129_984, 267), ("0.19", "b200", 32, 1_162_048, 281), ("0.33", "b200", 32, 1_118_759, 272),
 ])
 def test_deepseek_v3_at_16_bit_kv_on_eight_devices_is_counted_in_vllms_blocks(
         release: str, device_id: str, block: int, tokens: int, sequences: int) -> None:

@@ -7,8 +7,8 @@ table and fp8 mixed-batch kernel buffers there too.  Every release also starts w
 not hold (the CUDA context and NCCL communicators before its start-up snapshot: `engines.vllm.startup_memory`), and
 refuses to start when the budget is more than what is free then.  A plan whose device cannot hold these there does not
 fit, says why, and its solvers agree.  vLLM 0.33 charges its graph estimate inside the budget
-(VLLM_MEMORY_PROFILER_ESTIMATE_CUDAGRAPHS defaults to 1 from 0.21): only its start-up memory lies outside.  The graph
-figures are the public logs' (`quant_core.engines.vllm_graphs`).
+(VLLM_MEMORY_PROFILER_ESTIMATE_CUDAGRAPHS defaults to 1 from 0.21), and what its capture may take beyond that estimate
+lies outside with its start-up memory.  The graph figures are the public logs' (`quant_core.engines.vllm_graphs`).
 """
 
 from __future__ import annotations
@@ -24,13 +24,15 @@ import pytest
 from quant_core.catalog import device_facts, get_device, get_preset
 from quant_core.engines import BatchLimits, Stage
 from quant_core.engines.torch_cuda import blas_workspace_bytes
-from quant_core.engines.vllm import CUDA_GRAPH_ESTIMATE_BYTES, VllmProfile, startup_memory
+from quant_core.engines.vllm import VllmProfile, startup_memory
 from quant_core.engines.vllm_graphs import (
     GRAPH_0_11_LARGE_BATCH_BYTES,
     GRAPH_0_11_SMALL_BATCH_SEQS,
     cuda_graph_pool,
     cudagraph_capture_sizes,
     cudagraph_count,
+    graph_estimate_floor,
+    graph_spill,
     largest_full_graph,
 )
 from quant_core.formats import float_format
@@ -84,6 +86,28 @@ def test_capture_sizes_are_the_releases_defaults(version: str, limits: BatchLimi
     sizes = cudagraph_capture_sizes(version, limits)
     assert len(sizes) == expected
     assert max(sizes) == min(2 * limits.max_num_seqs, 512, limits.max_batched_tokens)
+
+
+@pytest.mark.parametrize(("limits", "capability", "expected"), [
+    # 0.33 config/vllm.py _set_cudagraph_sizes: max_cudagraph_capture_size = min(max_num_seqs x 2, 1024 on
+    # is_device_capability_family(100) else 512), then min(max_num_batched_tokens, that); [1, 2, 4] + range(8, 256, 8)
+    # + range(256, largest + 1, 16); max_num_batched_tokens appended when it is <= the ceiling, and the uniform decode
+    # size max_num_seqs when it is <= the ceiling and <= max_num_batched_tokens
+    (BatchLimits(8192, 1024), (9, 0), 51),  # an H100: 3 + 31 + 17, neither 8192 nor 1024 under 512
+    (BatchLimits(2048, 256), (8, 9), 51),  # an L4: up to 512 as well, 256 already there
+    (BatchLimits(8192, 1024), (10, 0), 83),  # a B200: up to 1024, 3 + 31 + 49 (range(256, 1025, 16))
+    (BatchLimits(8192, 1024), None, 83),  # not known: the larger ceiling, more graphs
+    (BatchLimits(8192, 100), (9, 0), 29),  # up to 200: 3 + 25, and 100 appended (0.19: 28)
+    (BatchLimits(300, 1024), (9, 0), 38),  # up to 300: 3 + 31 + 3 (256, 272, 288), and 300 appended (0.19: 37)
+])
+def test_0_33_capture_sizes_follow_its_config_code(limits: BatchLimits, capability: tuple[int, int] | None,
+                                                   expected: int) -> None:
+    sizes = cudagraph_capture_sizes("0.33", limits, capability)
+    assert len(sizes) == expected and list(sizes) == sorted(set(sizes))
+    ceiling = min(2 * limits.max_num_seqs, 1024 if capability in (None, (10, 0)) else 512)
+    assert max(sizes) == min(ceiling, limits.max_batched_tokens)
+    # a FULL decode graph for every size up to max_num_seqs (v1/worker/gpu/cudagraph_utils.py _init_candidates)
+    assert cudagraph_count("0.33", limits, capability) == (expected, sum(size <= limits.max_num_seqs for size in sizes))
 
 
 # --- the graph memory against every public figure ---------------------------------------------------------------
@@ -204,24 +228,96 @@ def test_llama_3_1_8b_graphs_are_0_97_gib_on_0_19_and_1_29_gib_on_0_11s_67_piece
     assert cuda_graph_pool(stage, BatchLimits(8192, 1024), "0.11").bytes == 2506 * MIB + 32 * 134 * 293 * 1024
 
 
-def test_0_33_charges_its_graph_estimate_inside_the_budget_and_only_its_startup_memory_outside() -> None:
+def test_0_33_charges_its_graph_estimate_inside_the_budget_and_what_the_capture_may_take_beyond_it_outside() -> None:
+    # Llama-3.1-8B on an L4 at its defaults (2048 tokens, 256 sequences): 51 capture sizes, 35 FULL graphs.  Inside:
+    # 386 MiB + 32 layers x 4.25 MiB = 522 MiB, the envelope of the 0.2x logs (400 MiB before, under Qwen3-8B's logged
+    # 0.52 GiB estimate).  Outside: cudagraph_utils.py _extrapolate_full_graph_memory holds at least (35 - 1) x 1 MiB
+    # of the FULL graphs; nothing checks the real capture against the rest, so 522 - 34 = 488 MiB beside the start-up
+    # memory (the start-up memory alone before)
     stage = Stage(get_preset("llama-3.1-8b"), 1, 1, (0, 32), True)
-    limits = BatchLimits(2048, 256)
-    assert VllmProfile("0.33").cuda_graphs(stage, limits).bytes == CUDA_GRAPH_ESTIMATE_BYTES
-    outside = VllmProfile("0.33").outside_budget(stage, "bf16", limits, device=device_facts("l4"))
-    assert outside.graph is None and outside.bytes_at(4096) == STARTUP_0_33_L4
+    limits, l4 = BatchLimits(2048, 256), device_facts("l4")
+    estimate = VllmProfile("0.33").cuda_graphs(stage, limits, False, "bf16", l4)
+    assert estimate.bytes == 386 * MIB + 32 * 4352 * 1024 == 522 * MIB
+    assert "LMCache#3430" in estimate.basis and "FlashInfer" not in estimate.basis
+    assert graph_estimate_floor(limits, (8, 9)) == 34 * MIB
+    outside = VllmProfile("0.33").outside_budget(stage, "bf16", limits, device=l4)
+    assert outside.graph is not None and outside.graph.bytes == 488 * MIB
+    assert outside.bytes_at(4096) == STARTUP_0_33_L4 + 488 * MIB
+    assert "beyond the estimate it charged inside the budget" in outside.basis_at(4096)
     # --enforce-eager: 0.33 profiles no graph (gpu_worker.determine_available_memory), 0.19 captures none; the
     # start-up memory stays
     assert VllmProfile("0.33").cuda_graphs(stage, limits, enforce_eager=True).bytes == 0
-    # a device not known might run the 16-bit cache on TRITON_ATTN (a V100 under 0.19), whose decode scratch comes
-    # outside the budget too: 16 rows x 32 heads x 16 segments x (128 + 2) fp32 = 4 MiB + 64 KiB (triton_attn.py)
-    scratch = 16 * 32 * 16 * (128 + 2) * 4
-    eager = VllmProfile("0.19").outside_budget(stage, "bf16", limits, enforce_eager=True)
-    assert eager.graph is None and eager.bytes_at(4096) == STARTUP_0_19 + scratch
-    assert VllmProfile("0.19").outside_budget(stage, "bf16", limits).bytes_at(4096) == \
-        994 * MIB + STARTUP_0_19 + scratch
+    eager = VllmProfile("0.33").outside_budget(stage, "bf16", limits, enforce_eager=True, device=l4)
+    assert eager.graph is None and eager.bytes_at(4096) == STARTUP_0_33_L4
     assert VllmProfile("0.19").outside_budget(stage, "bf16", limits, device=device_facts("h100-80gb")).bytes_at(
         4096) == 994 * MIB + STARTUP_0_19
+
+
+def test_0_33s_estimate_holds_flashinfers_workspace_where_flashinfer_runs_the_attention() -> None:
+    # FlashInferMetadataBuilder._get_workspace_buffer (v1/attention/backends/flashinfer.py) allocates the workspace at
+    # the builder's first build, inside profile_cudagraph_memory's measured capture (the PIECEWISE warm-up builds the
+    # attention metadata): envs.VLLM_FLASHINFER_WORKSPACE_BUFFER_SIZE, 394 MiB, or max_num_batched_tokens x query heads
+    # x head size x 16 bytes when more.  An fp8 cache on an L4 runs on FLASHINFER: 2048 x 32 x 128 x 16 = 128 MiB, so
+    # 394 MiB.  A 16-bit cache on a B200 runs on FLASHINFER at the 8192-token default: 8192 x 32 x 128 x 16 = 512 MiB,
+    # beside 83 capture sizes' graphs.  Before, the fixed 400 MiB estimate held neither.
+    stage = Stage(get_preset("llama-3.1-8b"), 1, 1, (0, 32), True)
+    profile = VllmProfile("0.33")
+    fp8 = profile.cuda_graphs(stage, BatchLimits(2048, 256), False, "fp8", device_facts("l4"))
+    assert fp8.bytes == 522 * MIB + 394 * MIB and "394 MiB" in fp8.basis
+    b200 = profile.cuda_graphs(stage, BatchLimits(8192, 1024), False, "bf16", device_facts("b200"))
+    assert b200.bytes == 386 * MIB + 32 * 4352 * 1024 * 83 // 51 + 512 * MIB
+    # a device not known: the most any capability vLLM runs would charge (the 1024 ceiling, FlashInfer's workspace)
+    assert profile.cuda_graphs(stage, BatchLimits(8192, 1024)).bytes == b200.bytes
+    # --enforce-eager: no estimate holds it, so the builder's first request allocates it outside the budget
+    eager = profile.outside_budget(stage, "fp8", BatchLimits(2048, 256), True, device_facts("l4"))
+    assert eager.workspace is not None and eager.workspace.bytes == 394 * MIB
+    assert profile.outside_budget(stage, "fp8", BatchLimits(2048, 256), False, device_facts("l4")).workspace is None
+
+
+def test_a_device_of_unknown_capability_is_charged_the_attention_buffers_of_the_capability_keeping_most() -> None:
+    # 0.19 on a device not known: on 7.5 a 16-bit cache runs on FLASHINFER (394 MiB of workspace, allocated after the
+    # KV cache), on 7.0 on TRITON_ATTN (16 rows x 32 heads x 16 segments x (128 + 2) fp32 = 4.06 MiB of decode
+    # scratch): one device runs one backend, so the larger, 394 MiB (before: the scratch alone, FlashInfer's workspace
+    # charged nowhere)
+    stage = Stage(get_preset("llama-3.1-8b"), 1, 1, (0, 32), True)
+    limits = BatchLimits(2048, 256)
+    eager = VllmProfile("0.19").outside_budget(stage, "bf16", limits, enforce_eager=True)
+    assert eager.graph is None and eager.scratch is None
+    assert eager.workspace is not None and eager.workspace.bytes == 394 * MIB
+    assert "7.5's" in eager.workspace.basis and "not known" in eager.workspace.basis
+    assert eager.bytes_at(4096) == STARTUP_0_19 + 394 * MIB
+    assert VllmProfile("0.19").outside_budget(stage, "bf16", limits).bytes_at(4096) == \
+        994 * MIB + STARTUP_0_19 + 394 * MIB
+
+
+def test_the_0_33_graph_charges_cover_the_public_logs_of_later_releases() -> None:
+    # LMCache#3430: Qwen3-8B (36 layers) at 256 sequences, "Profiling CUDA graph memory: PIECEWISE=51 (largest=512),
+    # FULL=35 (largest=256)", "Estimated CUDA graph memory: 0.52 GiB total" (up to 537.6 MiB): charged 386 + 36 x 4.25
+    # = 539 MiB.  vllm#57047: Qwen3-4B-AWQ (36 layers) on an SM89 device at the same limits, "0.57 GiB for peak
+    # activation" (which holds the applied estimate, gpu_worker.py determine_available_memory) and "0.22 GiB for
+    # CUDAGraph memory": beside nibble's 0.52 GiB sampler pass the estimate was at most 0.06 GiB, so the capture took
+    # at least 0.15 GiB beyond it, from the memory the budget leaves free; charged 539 - 34 = 505 MiB there
+    qwen3_8b = Stage(get_preset("qwen3-8b"), 1, 1, (0, 36), True)
+    limits = BatchLimits(2048, 256)
+    assert cudagraph_count("0.33", limits, (8, 9)) == (51, 35)
+    assert VllmProfile("0.33").cuda_graphs(qwen3_8b, limits, False, "bf16", device_facts("l4")).bytes >= 0.525 * GIB
+    log = next(log for log in LOGS if log["id"] == "vllm-57047-awq")
+    stage = Stage(_spec(log), 1, 1, (0, 36), True)
+    device = device_facts(None, (8, 9))
+    sampler_pass = VllmProfile("0.33").activation(stage, limits, device=device).bytes
+    most_estimate = (log["activation_gib"] + 0.005) * GIB - sampler_pass
+    assert most_estimate < 0.06 * GIB
+    spill = graph_spill(stage, limits, (8, 9))
+    assert spill.bytes == 539 * MIB - 34 * MIB
+    assert spill.bytes >= (log["cuda_graph_gib"] + 0.005) * GIB - most_estimate
+    # kubesimplify's Qwen3-235B-A22B at TP 4 on RTX PRO 6000s (12.0), 32 sequences: 11 capture sizes up to 64, "0.32
+    # GiB for CUDAGraph memory"; charged 386 MiB + (94 layers x 4.25 MiB + qwen3_moe's 146 MiB) x 11 / 51, 0.49 GiB
+    log = next(log for log in LOGS if log["id"] == "kubesimplify-v0.27-qwen3-235b-fp8-tp4")
+    spec = _spec(log)
+    moe = Stage(spec, 4, 1, (0, spec.num_layers), True)
+    captured = cuda_graph_pool(moe, BatchLimits(log["max_num_batched_tokens"], log["max_num_seqs"]), "0.33", (12, 0))
+    assert spec.num_layers == 94 and "11 capture sizes up to 64" in captured.basis
+    assert captured.bytes >= (log["cuda_graph_gib"] + 0.005) * GIB
 
 
 # --- the memory in use at start-up, from each release's logs --------------------------------------------------------
@@ -345,15 +441,19 @@ def test_0_11s_graphs_fit_an_l4_at_0_91_not_at_0_915() -> None:
         assert _l4_plan("0.11", utilization).fits
 
 
-def test_0_33_keeps_its_graph_estimate_inside_the_budget_and_its_startup_memory_outside() -> None:
-    # 0.33 at 0.97: the 0.39 GiB estimate and 0.27 GiB of non-torch memory charged inside, the 0.52 GiB in use at
-    # start-up outside (0.66 GiB left free)
-    result = _l4_plan("0.33", 0.97)
+def test_0_33_fits_an_l4_at_0_95_not_at_0_955_where_its_graphs_may_outgrow_the_estimate() -> None:
+    # 0.33 charges its 0.51 GiB estimate and 0.27 GiB of non-torch memory inside the budget, and outside it the 0.52
+    # GiB in use at start-up and the 0.48 GiB the capture may take beyond the estimate, 1.00 GiB, against the 1.10 GiB
+    # a 0.95 budget leaves of an L4's 21.96 GiB and 0.99 at 0.955.  It fitted up to 0.97 (0.66 GiB free) while the
+    # graphs were taken to stay within a fixed 0.39 GiB estimate
+    result = _l4_plan("0.33", 0.95)
     primary = result.primary
-    assert result.fits and primary.devices[0].outside_budget_bytes == STARTUP_0_33_L4
-    assert primary.devices[0].overhead_bytes == 277 * MIB + CUDA_GRAPH_ESTIMATE_BYTES
+    assert result.fits and primary.devices[0].outside_budget_bytes == STARTUP_0_33_L4 + 488 * MIB
+    assert primary.devices[0].overhead_bytes == 277 * MIB + 522 * MIB
+    for utilization in (0.955, 0.97):
+        assert not _l4_plan("0.33", utilization).fits
     eager = _l4_plan("0.33", 0.97, enforce_eager=True)
-    assert eager.primary.devices[0].overhead_bytes == 277 * MIB
+    assert eager.fits and eager.primary.devices[0].overhead_bytes == 277 * MIB
     assert eager.primary.devices[0].outside_budget_bytes == STARTUP_0_33_L4
     # at 0.99 (0.22 GiB free) vLLM 0.33 refuses to start, with or without graphs
     assert not _l4_plan("0.33", 0.99).fits and not _l4_plan("0.33", 0.99, enforce_eager=True).fits
@@ -371,7 +471,9 @@ def test_an_h100_plan_at_0_995_on_0_33_is_refused_as_vllm_refuses_to_start() -> 
     result = _h100_plan("0.33", 0.995)
     device = result.primary.devices[0]
     assert device.used_bytes <= device.usable_bytes  # the budget holds the rest
-    assert device.outside_budget_bytes == STARTUP_0_19 + 33 * MIB
+    # the start-up memory and the 0.46 GiB its 51 capture sizes' graphs may take beyond the estimate (522 MiB less
+    # 50 MiB, the floor of 51 FULL graphs' extrapolation)
+    assert device.outside_budget_bytes == STARTUP_0_19 + 33 * MIB + 472 * MIB
     assert not device.fits and not result.fits
     primary = result.primary
     assert (primary.max_context_length, primary.max_concurrent_sequences, primary.min_devices) == (None, 0, None)
@@ -379,10 +481,12 @@ def test_an_h100_plan_at_0_995_on_0_33_is_refused_as_vllm_refuses_to_start() -> 
     for words in ("vLLM 0.33 would refuse to start", "\"Free memory on device cuda:0 (78.57/79.11 GiB) on startup is "
                   "less than desired GPU memory utilization (0.995, 78.71 GiB). Decrease GPU memory utilization or "
                   "reduce GPU memory used by other processes.\"", "0.54 GiB per device in use", "0.40 GiB",
-                  "lower memory_utilization to 0.99"):
+                  "lower memory_utilization to 0.98"):
         assert words in warning
     assert "enforce_eager" not in warning
-    assert _h100_plan("0.33", 0.99).fits  # 0.79 GiB free holds it
+    # 0.79 GiB free at 0.99 holds the start-up memory but not the graphs beyond the estimate too (1.00 GiB); 1.19 GiB
+    # at 0.985 holds both (0.99 fitted while the graphs were taken to stay within the estimate)
+    assert not _h100_plan("0.33", 0.99).fits and _h100_plan("0.33", 0.985).fits
 
 
 @pytest.mark.parametrize("version", ["0.11", "0.19", "0.33"])
