@@ -2053,7 +2053,8 @@ def _data_parallel_note(data: int, tensor: int, pipeline: int, deployment: Workl
                "(engines.vllm.data_parallel_groups)")
     else:
         how = "replicas of the generic estimate, nothing shared"
-    return (f"Data parallel {data}: {data} replicas of tensor {tensor} x pipeline {pipeline}, "
+    ranks = "data-parallel ranks (not replicas: their MoE layers are one group, below)" if spec.is_moe else "replicas"
+    return (f"Data parallel {data}: {data} {ranks} of tensor {tensor} x pipeline {pipeline}, "
             f"{data * tensor * pipeline} devices, each replica with its own scheduler (max_num_seqs each) and KV "
             f"pool. The {deployment.concurrent_sequences} sequence(s) are shared among them: each device is planned "
             f"for the most a replica gets, {replica.concurrent_sequences}; devices lists one replica's (the others "
