@@ -20,7 +20,7 @@ from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
 
 from quant_core.errors import LimitExceeded, TensorFileError
 from quant_core.tensorio.limits import DEFAULT_MAX_HEADER_BYTES
-from quant_core.tensorio.safetensors_io import parse_safetensors_header, unique_keys
+from quant_core.tensorio.safetensors_io import parse_safetensors_entries, unique_keys
 
 GGUF_MAGIC = b"GGUF"
 HEADER_MAX_ELEMENTS = 1 << 48  # header-only: the largest published tensors pass, nothing is allocated
@@ -46,10 +46,9 @@ class HeaderTensor:
 def safetensors_header_tensors(prefix: bytes, *, max_header_bytes: int = DEFAULT_MAX_HEADER_BYTES,
                                max_tensors: int = 1 << 20) -> list[HeaderTensor]:
     """The tensors of a safetensors file from its first ``8 + N`` bytes (the header; more is ignored)."""
-    header = parse_safetensors_header(prefix, None, max_tensors=max_tensors, max_elements=HEADER_MAX_ELEMENTS,
-                                      max_header_bytes=max_header_bytes)
-    return [HeaderTensor(name, entry.dtype, entry.shape, entry.end - entry.begin)
-            for name, entry in header.entries.items()]
+    entries, _, _ = parse_safetensors_entries(prefix, None, max_tensors=max_tensors, max_elements=HEADER_MAX_ELEMENTS,
+                                              max_header_bytes=max_header_bytes)
+    return [HeaderTensor(name, dtype, shape, end - begin) for name, dtype, shape, begin, end in entries]
 
 
 class TruncatedHeader(TensorFileError):
