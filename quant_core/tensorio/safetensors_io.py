@@ -197,7 +197,7 @@ class _CompactEntries:
                 if known is None:
                     try:
                         entry = _parse_entry("", dict(pairs), self.max_elements)
-                    except TensorFileError:  # LimitExceeded too: left a dict, refused by name later
+                    except (TensorFileError, LimitExceeded):  # left a dict, refused by name later
                         return unique_keys(pairs)
                     known = self.sizes[key] = (entry.shape, entry.end - entry.begin)
                 begin, end = offsets
@@ -292,7 +292,7 @@ def parse_safetensors_entries(
     try:
         return _checked_entries(prefix, header_bytes, file_bytes, max_tensors, max_elements, sizes,
                                 _CompactEntries(max_elements, sizes))
-    except TensorFileError:  # LimitExceeded too
+    except (TensorFileError, LimitExceeded):
         pass
     return _checked_entries(prefix, header_bytes, file_bytes, max_tensors, max_elements, {}, unique_keys)
 
