@@ -184,23 +184,25 @@ def checkpoint_scheme(spec: ModelSpec, tensors: Iterable[HeaderTensor],
     beyond: set[int] = set()  # layers past the model's and its multi-token-prediction layers
     # a checkpoint's names repeat a few hundred patterns (DeepSeek-V3: 92,000 tensors): each pattern's role once
     pattern_roles: dict[str, str | None] = {}
+    renamed = not gguf and spec.model_type in _RENAMED_PREFIXES
+    numbers, layer_of, num_layers = _NUMBER.sub, _LAYER.search, spec.num_layers
     for tensor in listed:
-        name = tensor.name if gguf else _inventory_name(spec, tensor.name)
-        pattern = _pattern(name)
+        name = _inventory_name(spec, tensor.name) if renamed else tensor.name
+        pattern = numbers(".{n}", name)  # _pattern
         if gguf:
             hf_role = None
         elif pattern in pattern_roles:
             hf_role = pattern_roles[pattern]
         else:
             hf_role = pattern_roles[pattern] = _pattern_role(pattern, roles)
-        match = _LAYER.search(name)
+        match = layer_of(name)
         layer = int(match.group(1)) if match else -1
         if layer >= 0 and hf_role == "vision":
             layer = -1  # a vision encoder's layer (Llama 4's vision_model.model.layers.N) is no decoder layer
-        if (mtp_layers is not None and layer >= spec.num_layers + mtp_layers
+        if (mtp_layers is not None and layer >= num_layers + mtp_layers
                 and (name.startswith("blk.") if gguf else hf_role is not None)):
             beyond.add(layer)  # a module of this model (not a vision tower's layer, say) past its layers
-        if layer >= spec.num_layers or "nextn" in name or ".mtp." in f".{name}":
+        if layer >= num_layers or "nextn" in name or ".mtp." in name or name.startswith("mtp."):
             mtp_tensors += 1
             mtp_bytes += tensor.bytes
             continue
