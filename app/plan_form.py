@@ -90,9 +90,7 @@ def read_plan_form(upload: Upload, model: type[M], settings: Settings) -> tuple[
         raise MalformedUpload(f"the form has no {REQUEST_FIELD!r} part (the plan's JSON)", field=REQUEST_FIELD)
     if request.size > settings.max_json_bytes:
         raise LimitExceeded("max_json_bytes", request.size, settings.max_json_bytes, field=REQUEST_FIELD)
-    parts = upload.repeated.get(HEADER_FIELD, [])
-    if len(parts) > settings.max_checkpoint_files:
-        raise LimitExceeded("max_checkpoint_files", len(parts), settings.max_checkpoint_files, field=HEADER_FIELD)
+    parts = upload.repeated.get(HEADER_FIELD, [])  # at most max_checkpoint_files (form_limits)
     if not parts:
         raise MalformedUpload(f"the form has no {HEADER_FIELD!r} part (a checkpoint file's header)",
                               field=HEADER_FIELD)
