@@ -208,6 +208,25 @@ def check_against_index(weight_map: dict[str, str], files: dict[str, list[Header
                               f"({len(absent)} such tensor(s))")
 
 
+def header_only_tensors(prefix: bytes, file: str, *,
+                        max_header_bytes: int = DEFAULT_MAX_HEADER_BYTES) -> list[HeaderTensor]:
+    """`header_tensors` of `file`'s header, which `prefix` must hold and nothing past it (`header_length`): bytes
+    of tensor data are refused (`LimitExceeded` naming the file), as `header_length` then `header_tensors` refuse
+    them, but a GGUF header's records are walked once, not once for its length and again for its tensors (400,000
+    records: 2.4 s each walk)."""
+    if prefix[:4] == GGUF_MAGIC:
+        tensors, length = _gguf_header(prefix, 1 << 20)
+    else:
+        length = header_length(prefix, max_header_bytes=max_header_bytes)
+    if len(prefix) > length:
+        raise LimitExceeded(f"bytes of {file} (its header only: no tensor data)", len(prefix), length)
+    if len(prefix) > max_header_bytes + 8:
+        raise LimitExceeded("checkpoint header bytes", len(prefix), max_header_bytes, field="checkpoint")
+    if prefix[:4] == GGUF_MAGIC:
+        return tensors
+    return safetensors_header_tensors(prefix, max_header_bytes=max_header_bytes)
+
+
 def header_tensors(prefix: bytes, *, max_header_bytes: int = DEFAULT_MAX_HEADER_BYTES) -> list[HeaderTensor]:
     """The tensors of a safetensors or GGUF header prefix (told apart by GGUF's magic)."""
     if len(prefix) > max_header_bytes + 8:

@@ -316,3 +316,33 @@ def test_a_gguf_alignment_that_is_not_a_power_of_two_is_refused(alignment: int) 
     prefix = _gguf_prefix([("token_embd.weight", [256, 1000], 1)], metadata, 1)
     with pytest.raises(TensorFileError, match=f"alignment {alignment} is not a power of 2"):
         header_length(prefix)
+
+
+def test_a_header_only_prefix_is_read_as_header_length_and_header_tensors_read_it_and_a_gguf_walked_once(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    # a multipart plan's header part must be its file's header and nothing more: its GGUF records were walked twice,
+    # once for header_length and again for header_tensors (400,000 records: 2.4 s a walk)
+    from quant_core.tensorio import checkpoint_headers
+
+    gguf = _gguf_prefix([("token_embd.weight", [256, 1000], 1), ("blk.0.attn_q.weight", [256, 256], 1)])
+    text = b'{"w": {"dtype": "F16", "shape": [2], "data_offsets": [0, 4]}}'
+    safetensors = struct.pack("<Q", len(text)) + text
+    walks: list[int] = []
+    walk = checkpoint_headers._gguf_header
+
+    def counted(prefix: bytes, max_tensors: int, max_metadata_values: int | None = None) -> tuple[
+            list[HeaderTensor], int]:
+        walks.append(len(prefix))
+        return walk(prefix, max_tensors, max_metadata_values)
+
+    monkeypatch.setattr(checkpoint_headers, "_gguf_header", counted)
+    for prefix in (gguf, safetensors):
+        walks.clear()
+        assert checkpoint_headers.header_only_tensors(prefix, "f") == header_tensors(prefix)
+        assert len(walks) == (2 if prefix is gguf else 0)  # once here, once by header_tensors
+        with pytest.raises(LimitExceeded) as past:  # a byte of tensor data, refused naming the file and its header
+            checkpoint_headers.header_only_tensors(prefix + b"\0" * 33, "model.gguf")
+        assert past.value.limit == "bytes of model.gguf (its header only: no tensor data)"
+        assert (past.value.value, past.value.maximum) == (len(prefix) + 33, header_length(prefix))
+    with pytest.raises(TensorFileError, match="truncated"):
+        checkpoint_headers.header_only_tensors(gguf[:40], "f")
