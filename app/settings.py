@@ -42,7 +42,8 @@ class Settings(BaseSettings):
         "(the request, each checkpoint file's header, model.safetensors.index.json, config.json) together; "
         "each part at most max_header_bytes + 8.")
     max_checkpoint_files: int = Field(
-        4096, gt=0, description="Most header parts (checkpoint files) in one multipart /v1/plan or /v1/plan/sweep.")
+        4096, gt=0, description="Most header parts (checkpoint files) in one multipart /v1/plan or /v1/plan/sweep: "
+        "the part past it is refused (413 naming header) as it arrives.")
     max_config_depth: int = Field(16, gt=0, description="Deepest nesting accepted in a JSON body.")
     max_sweep_rows: int = Field(4096, gt=0, description="Most rows one /v1/plan/sweep may compute.")
     max_sweep_device_rows: int = Field(

@@ -62,6 +62,10 @@ _MAX_SLICES = os.sysconf("SC_IOV_MAX") if hasattr(os, "sysconf") else 16
 #: a batch is handed over at this many slices too: a client sending tiny network reads (within the upload rate)
 #: must not pile up millions of slice objects, each a few hundred bytes, before 2 MiB of them are in
 MAX_PENDING_SLICES = 1024
+#: file bytes one form may keep in memory rather than spool (`FormLimits.in_memory`): a spool file costs an
+#: open, a close and an unlink however small it is (4,096 header parts of 250 bytes: 0.5-2 s of the event loop's CPU
+#: in os.open alone on this container's overlay file system), and a plan reads every header part into memory anyway
+IN_MEMORY_FILE_BYTES = 2 << 20
 #: the threads writing spool files, shared by every upload (each has at most one batch in flight)
 _SPOOL_THREADS = ThreadPoolExecutor(max_workers=4, thread_name_prefix="nibble-spool")
 #: pending writes: (file descriptor, bytes) in the order they arrived
@@ -70,7 +74,8 @@ Writes = list[tuple[int, memoryview]]
 
 @dataclass
 class UploadedFile:
-    """One file part, spooled to `path`: its form field, the client's file name (shown only), size, kind."""
+    """One file part, spooled to `path` (or kept in `data`): its form field, the client's file name (shown
+    only), size, kind."""
 
     field: str
     filename: str
@@ -78,6 +83,12 @@ class UploadedFile:
     size: int
     #: None for a field in UNTYPED_FILE_FIELDS whose file is not .npy or .safetensors (its own reader checks it)
     kind: TensorFileKind | None
+    #: the file's bytes when its form keeps small files in memory (`FormLimits.in_memory`): then `path` is not written
+    data: bytes | None = None
+
+    def read_bytes(self) -> bytes:
+        """The file's bytes, from memory or from its spool file."""
+        return self.data if self.data is not None else self.path.read_bytes()
 
 
 #: file fields that may hold files other than .npy / .safetensors: importance statistics (llama.cpp's GGUF or
@@ -100,7 +111,10 @@ class Upload:
 class FormLimits:
     """What one route's multipart body may hold: its file fields (those in `repeated` may hold several
     files, those in `untyped` files other than .npy / .safetensors), the file bytes in all (`limit`
-    names the setting), the bytes of any one file of `part_fields` (`part_limit` names it) and the parts."""
+    names the setting), the bytes of any one file of `part_fields` (`part_limit` names it), the parts, and the
+    files of each repeated field (`max_repeated`, 413 naming `repeated_limit` at the first part past it).
+    `in_memory`: files are kept in memory, up to `IN_MEMORY_FILE_BYTES` of them in all (the rest spooled), for
+    a form of many small files its handler reads whole."""
 
     file_fields: tuple[str, ...] = ("file", "calibration")
     repeated: tuple[str, ...] = ()
@@ -111,6 +125,9 @@ class FormLimits:
     part_limit: str = ""
     part_fields: tuple[str, ...] = ()
     max_parts: int = 0  # 0: MAX_PARTS
+    max_repeated: int = 0  # 0: a repeated field's files are bounded by max_parts only
+    repeated_limit: str = ""
+    in_memory: bool = False
 
 
 class _Collector:
@@ -135,6 +152,10 @@ class _Collector:
         self.part_name = ""
         #: the open spool file of the current file part; its writes wait in `writes`, then go to `SpoolWriter`
         self.sink: int | None = None
+        #: the current file part's bytes while it is kept in memory (`FormLimits.in_memory`), and every such part's
+        self.memory: bytearray | None = None
+        self.memory_bytes = 0
+        self.in_memory: dict[int, bytes] = {}  # index in raw_files -> its bytes
         self.writes: Writes = []
         self.batch_bytes = 0
         #: spool files whose part has ended, closed once their pending writes are done
@@ -177,10 +198,18 @@ class _Collector:
                 self.error = MalformedUpload(f"the field {self.part_name!r} holds more than one file",
                                              field=self.part_name)
                 return
+            count = self.files_in.get(self.part_name, 0) + 1
+            if self.limits.max_repeated and self.part_name in self.limits.repeated and count > self.limits.max_repeated:
+                self.error = LimitExceeded(self.limits.repeated_limit, count, self.limits.max_repeated,
+                                           field=self.part_name)
+                return
             path = self.directory / f"part-{len(self.raw_files)}"
-            self.sink = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+            if self.limits.in_memory and self.memory_bytes < IN_MEMORY_FILE_BYTES:
+                self.memory = bytearray()
+            else:
+                self.sink = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
             self.raw_files.append((self.part_name, (filename or b"").decode("utf-8", "replace"), path, 0))
-            self.files_in[self.part_name] = self.files_in.get(self.part_name, 0) + 1
+            self.files_in[self.part_name] = count
         else:
             self.text = bytearray()
 
@@ -188,7 +217,7 @@ class _Collector:
         if self.error is not None:
             return
         size = end - start
-        if self.sink is not None:
+        if self.sink is not None or self.memory is not None:
             self.file_bytes += size
             if self.file_bytes > self.max_file_bytes:
                 self.error = LimitExceeded(self.limits.limit, self.file_bytes, self.max_file_bytes,
@@ -200,11 +229,18 @@ class _Collector:
                 self.error = LimitExceeded(self.limits.part_limit, written + size, self.limits.max_part_bytes,
                                            field=self._where())
                 return
+            self.raw_files[-1] = (part, name, path, written + size)
+            if self.memory is not None:
+                if self.memory_bytes + size <= IN_MEMORY_FILE_BYTES:
+                    self.memory += data[start:end]
+                    self.memory_bytes += size
+                    return
+                self._spill(path)
+            assert self.sink is not None
             # a slice of the network chunk (immutable bytes), not a copy; python-multipart's own buffers are copied
             view = memoryview(data)[start:end] if type(data) is bytes else memoryview(bytes(data[start:end]))
             self.writes.append((self.sink, view))
             self.batch_bytes += size
-            self.raw_files[-1] = (part, name, path, written + size)
         elif self.text is not None:
             self.text_bytes += size
             if self.text_bytes > self.max_text_bytes:
@@ -228,8 +264,23 @@ class _Collector:
     def on_end(self) -> None:
         self.ended = True
 
+    def _spill(self, path: Path) -> None:
+        """The current part has outgrown the form's memory (`IN_MEMORY_FILE_BYTES`): spool it from here on, its bytes
+        so far first."""
+        assert self.memory is not None
+        self.sink = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+        if self.memory:
+            self.writes.append((self.sink, memoryview(bytes(self.memory))))
+            self.batch_bytes += len(self.memory)
+            self.memory_bytes -= len(self.memory)
+        self.memory = None
+
     def close(self) -> None:
-        """End the current file part: its spool file is closed after its pending writes."""
+        """End the current file part: its spool file is closed after its pending writes (a part kept in memory is
+        kept as bytes)."""
+        if self.memory is not None:
+            self.in_memory[len(self.raw_files) - 1] = bytes(self.memory)
+            self.memory = None
         if self.sink is not None:
             self.closing.append(self.sink)
             self.sink = None
@@ -432,14 +483,18 @@ async def receive_upload(request: Request, settings: Settings,
             spool.abandon(collector)
             raise
         upload = Upload(fields=collector.fields, directory=directory)
-        for name, filename, path, size in collector.raw_files:
-            with path.open("rb") as handle:
-                kind = sniff_format(handle.read(SNIFF_BYTES))
+        for number, (name, filename, path, size) in enumerate(collector.raw_files):
+            data = collector.in_memory.get(number)
+            if data is not None:
+                kind = sniff_format(data[:SNIFF_BYTES])
+            else:
+                with path.open("rb") as handle:
+                    kind = sniff_format(handle.read(SNIFF_BYTES))
             if kind is None and name not in limits.untyped:
                 raise UnsupportedMediaType(
                     f"the file in field {name!r} ({filename or 'unnamed'}, {size} bytes) is neither "
                     ".npy nor .safetensors by its first bytes", field=name)
-            uploaded = UploadedFile(name, filename, path, size, kind)
+            uploaded = UploadedFile(name, filename, path, size, kind, data)
             if name in limits.repeated:
                 upload.repeated.setdefault(name, []).append(uploaded)
             else:

@@ -88,8 +88,9 @@ def _module_roles(spec: ModelSpec) -> dict[str, str]:
     return roles
 
 
-def _hf_role(name: str, roles: dict[str, str]) -> str | None:
-    pattern = _pattern(name)
+def _pattern_role(pattern: str, roles: dict[str, str]) -> str | None:
+    """The role of a Hugging Face tensor by its name's `_pattern` (its module's, a quantized parameter's module's),
+    or None for a tensor of no module of the model."""
     candidates = [pattern, pattern.rsplit(".", 1)[0]]
     for suffix in _PARAMETER_SUFFIXES:
         if pattern.endswith(suffix):
@@ -181,24 +182,35 @@ def checkpoint_scheme(spec: ModelSpec, tensors: Iterable[HeaderTensor],
     unknown: list[str] = []
     mtp_tensors = mtp_bytes = 0
     beyond: set[int] = set()  # layers past the model's and its multi-token-prediction layers
+    # a checkpoint's names repeat a few hundred patterns (DeepSeek-V3: 92,000 tensors): each pattern's role once
+    pattern_roles: dict[str, str | None] = {}
+    renamed = not gguf and spec.model_type in _RENAMED_PREFIXES
+    numbers, layer_of, num_layers = _NUMBER.sub, _LAYER.search, spec.num_layers
     for tensor in listed:
-        name = tensor.name if gguf else _inventory_name(spec, tensor.name)
-        match = _LAYER.search(name)
+        name = _inventory_name(spec, tensor.name) if renamed else tensor.name
+        pattern = numbers(".{n}", name)  # _pattern
+        if gguf:
+            hf_role = None
+        elif pattern in pattern_roles:
+            hf_role = pattern_roles[pattern]
+        else:
+            hf_role = pattern_roles[pattern] = _pattern_role(pattern, roles)
+        match = layer_of(name)
         layer = int(match.group(1)) if match else -1
-        if not gguf and layer >= 0 and _hf_role(name, roles) == "vision":
+        if layer >= 0 and hf_role == "vision":
             layer = -1  # a vision encoder's layer (Llama 4's vision_model.model.layers.N) is no decoder layer
-        if (mtp_layers is not None and layer >= spec.num_layers + mtp_layers
-                and (name.startswith("blk.") if gguf else _hf_role(name, roles) is not None)):
+        if (mtp_layers is not None and layer >= num_layers + mtp_layers
+                and (name.startswith("blk.") if gguf else hf_role is not None)):
             beyond.add(layer)  # a module of this model (not a vision tower's layer, say) past its layers
-        if layer >= spec.num_layers or "nextn" in name or ".mtp." in f".{name}":
+        if layer >= num_layers or "nextn" in name or ".mtp." in name or name.startswith("mtp."):
             mtp_tensors += 1
             mtp_bytes += tensor.bytes
             continue
-        role = _gguf_role(name) if gguf else _hf_role(name, roles)
+        role = _gguf_role(name) if gguf else hf_role
         if role is None:
             unknown.append(tensor.name)
             role = "other"
-        per_layer[(_pattern(name), tensor.shape, role, tensor.bytes, layer)] += 1
+        per_layer[(pattern, tensor.shape, role, tensor.bytes, layer)] += 1
     if beyond:
         raise InvalidSpec("checkpoint", "headers",
                           f"the headers hold layers {_ranges(sorted(beyond))}, past the {spec.num_layers} layers of "

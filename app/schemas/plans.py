@@ -40,7 +40,12 @@ from quant_core.planner import DevicePlan, FormatPlan, Hardware, Plan, PlanOptio
 from quant_core.schemes import WeightScheme, gguf_scheme, scheme_of
 from quant_core.specs import ModelSpec
 from quant_core.speed import speed_basis, speed_bounds
-from quant_core.tensorio.checkpoint_headers import HeaderTensor, check_against_index, header_length, header_tensors
+from quant_core.tensorio.checkpoint_headers import (
+    HeaderTensor,
+    check_against_index,
+    header_only_tensors,
+    header_tensors,
+)
 from quant_core.tensorio.limits import DEFAULT_MAX_HEADER_BYTES
 
 _OPTIONS = PlanOptions()
@@ -272,11 +277,9 @@ def checkpoint_tensors(checkpoint: CheckpointHeaders, max_header_bytes: int,
     for header in checkpoint.files:
         try:
             if checkpoint.headers_only:
-                length = header_length(header.data, max_header_bytes=max_header_bytes)
-                if len(header.data) > length:
-                    raise LimitExceeded(f"bytes of {header.file} (its header only: no tensor data)",
-                                        len(header.data), length)
-            tensors = header_tensors(header.data, max_header_bytes=max_header_bytes)
+                tensors = header_only_tensors(header.data, header.file, max_header_bytes=max_header_bytes)
+            else:
+                tensors = header_tensors(header.data, max_header_bytes=max_header_bytes)
         except NibbleError as exc:
             exc.field = header.field
             exc.detail = f"{header.file}: {exc.detail}"

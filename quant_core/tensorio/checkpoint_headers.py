@@ -20,7 +20,7 @@ from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
 
 from quant_core.errors import LimitExceeded, TensorFileError
 from quant_core.tensorio.limits import DEFAULT_MAX_HEADER_BYTES
-from quant_core.tensorio.safetensors_io import parse_safetensors_header, unique_keys
+from quant_core.tensorio.safetensors_io import parse_safetensors_entries, unique_keys
 
 GGUF_MAGIC = b"GGUF"
 HEADER_MAX_ELEMENTS = 1 << 48  # header-only: the largest published tensors pass, nothing is allocated
@@ -46,10 +46,9 @@ class HeaderTensor:
 def safetensors_header_tensors(prefix: bytes, *, max_header_bytes: int = DEFAULT_MAX_HEADER_BYTES,
                                max_tensors: int = 1 << 20) -> list[HeaderTensor]:
     """The tensors of a safetensors file from its first ``8 + N`` bytes (the header; more is ignored)."""
-    header = parse_safetensors_header(prefix, None, max_tensors=max_tensors, max_elements=HEADER_MAX_ELEMENTS,
-                                      max_header_bytes=max_header_bytes)
-    return [HeaderTensor(name, entry.dtype, entry.shape, entry.end - entry.begin)
-            for name, entry in header.entries.items()]
+    entries, _, _ = parse_safetensors_entries(prefix, None, max_tensors=max_tensors, max_elements=HEADER_MAX_ELEMENTS,
+                                              max_header_bytes=max_header_bytes)
+    return [HeaderTensor(name, dtype, shape, end - begin) for name, dtype, shape, begin, end in entries]
 
 
 class TruncatedHeader(TensorFileError):
@@ -127,34 +126,74 @@ def _gguf_header(prefix: bytes, max_tensors: int,
                 raise TensorFileError(f"gguf general.alignment {alignment} is not a power of 2")
         else:
             cursor.skip_value(value_type)
-    tensors = []
+    tensors, end = _tensor_records(prefix, cursor.position, tensor_count)
+    return tensors, -(-end // alignment) * alignment
+
+
+_U32, _U64 = struct.Struct("<I").unpack_from, struct.Struct("<Q").unpack_from
+_DIMS = [struct.Struct(f"<{count}Q").unpack_from for count in range(GGML_MAX_DIMS + 1)]
+
+
+def _truncated(needs: int, holds: int) -> TruncatedHeader:
+    return TruncatedHeader(f"gguf header truncated: needs byte {needs}, the prefix holds {holds}")
+
+
+def _tensor_records(data: bytes, position: int, tensor_count: int) -> tuple[list[HeaderTensor], int]:
+    """The `tensor_count` tensor records of a GGUF header from `position`, and where they end.
+
+    Each record is read with `struct` straight from `data`, bounds checked as `_Cursor.take` checks them (the
+    same refusal, naming the first byte missing): a header may hold a million records (16 MiB of short names),
+    and the cursor's method calls were 6 us a record.  A ggml type's name and block sizes are looked up once.
+    """
+    size = len(data)
+    tensors: list[HeaderTensor] = []
     names: set[str] = set()
+    types: dict[int, tuple[str, int, int]] = {}  # ggml type id -> its name, elements and bytes a block
     for _ in range(tensor_count):
-        name = cursor.string()
+        if position + 8 > size:
+            raise _truncated(position + 8, size)
+        end = position + 8 + _U64(data, position)[0]
+        if end > size:
+            raise _truncated(end, size)
+        name = data[position + 8:end].decode("utf-8", errors="replace")
+        position = end
         if name in names:  # gguf.cpp refuses a duplicate tensor name too
             raise TensorFileError(f"gguf header names tensor {name!r} twice")
         names.add(name)
-        dim_count = cursor.u32()
+        if position + 4 > size:
+            raise _truncated(position + 4, size)
+        dim_count = _U32(data, position)[0]
+        position += 4
         if dim_count > GGML_MAX_DIMS:
             raise TensorFileError(f"gguf tensor {name!r} has {dim_count} dimensions; "
                                   f"ggml's are at most {GGML_MAX_DIMS}")
-        dims = [cursor.u64() for _ in range(dim_count)]
-        type_id = cursor.u32()
-        cursor.u64()  # offset in the data area
-        try:
-            ggml_type = GGMLQuantizationType(type_id)
-        except ValueError:
-            raise TensorFileError(f"gguf tensor {name!r} has ggml type {type_id}, unknown to gguf-py") from None
-        block, block_bytes = GGML_QUANT_SIZES[ggml_type]
+        if position + 8 * dim_count > size:  # the first dimension missing
+            raise _truncated(position + 8 * ((size - position) // 8 + 1), size)
+        dims = _DIMS[dim_count](data, position)
+        position += 8 * dim_count
+        if position + 4 > size:
+            raise _truncated(position + 4, size)
+        type_id = _U32(data, position)[0]
+        if position + 12 > size:  # the offset in the data area (unread: a plan never reads the data)
+            raise _truncated(position + 12, size)
+        position += 12
+        known = types.get(type_id)
+        if known is None:
+            try:
+                ggml_type = GGMLQuantizationType(type_id)
+            except ValueError:
+                raise TensorFileError(f"gguf tensor {name!r} has ggml type {type_id}, unknown to gguf-py") from None
+            known = types[type_id] = (ggml_type.name, *GGML_QUANT_SIZES[ggml_type])
+        type_name, block, block_bytes = known
         elements = 1
         for dim in dims:
             elements *= dim
         if elements > HEADER_MAX_ELEMENTS:
             raise LimitExceeded(f"elements of tensor {name!r}", elements, HEADER_MAX_ELEMENTS, field="file")
         if dims and dims[0] % block:
-            raise TensorFileError(f"gguf tensor {name!r}: row of {dims[0]} is not whole {ggml_type.name} blocks")
-        tensors.append(HeaderTensor(name, ggml_type.name, tuple(reversed(dims)), elements // block * block_bytes))
-    return tensors, -(-cursor.position // alignment) * alignment
+            raise TensorFileError(f"gguf tensor {name!r}: row of {dims[0]} is not whole {type_name} blocks")
+        tensors.append(HeaderTensor(name, type_name, dims[::-1], elements // block * block_bytes))
+    return tensors, position
 
 
 def gguf_header_tensors(prefix: bytes, *, max_tensors: int = 1 << 20,
@@ -207,6 +246,25 @@ def check_against_index(weight_map: dict[str, str], files: dict[str, list[Header
         name, shard = absent[0]
         raise TensorFileError(f"the index places tensor {name!r} in {shard}, whose header does not hold it "
                               f"({len(absent)} such tensor(s))")
+
+
+def header_only_tensors(prefix: bytes, file: str, *,
+                        max_header_bytes: int = DEFAULT_MAX_HEADER_BYTES) -> list[HeaderTensor]:
+    """`header_tensors` of `file`'s header, which `prefix` must hold and nothing past it (`header_length`): bytes
+    of tensor data are refused (`LimitExceeded` naming the file), as `header_length` then `header_tensors` refuse
+    them, but a GGUF header's records are walked once, not once for its length and again for its tensors (400,000
+    records: 2.4 s each walk)."""
+    if prefix[:4] == GGUF_MAGIC:
+        tensors, length = _gguf_header(prefix, 1 << 20)
+    else:
+        length = header_length(prefix, max_header_bytes=max_header_bytes)
+    if len(prefix) > length:
+        raise LimitExceeded(f"bytes of {file} (its header only: no tensor data)", len(prefix), length)
+    if len(prefix) > max_header_bytes + 8:
+        raise LimitExceeded("checkpoint header bytes", len(prefix), max_header_bytes, field="checkpoint")
+    if prefix[:4] == GGUF_MAGIC:
+        return tensors
+    return safetensors_header_tensors(prefix, max_header_bytes=max_header_bytes)
 
 
 def header_tensors(prefix: bytes, *, max_header_bytes: int = DEFAULT_MAX_HEADER_BYTES) -> list[HeaderTensor]:

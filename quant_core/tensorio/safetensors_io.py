@@ -28,9 +28,10 @@ from __future__ import annotations
 
 import json
 import math
+import operator
 import os
 import struct
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
@@ -104,11 +105,13 @@ class SafetensorsHeader:
 def unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     """A JSON object's members (an ``object_pairs_hook``), refusing a key given twice: ``json.loads`` keeps
     the last value without a word, and which one the file meant is not ours to guess."""
-    members: dict[str, Any] = {}
-    for key, value in pairs:
-        if key in members:
-            raise TensorFileError(f"gives the key {key!r} twice in one JSON object; send it once")
-        members[key] = value
+    members = dict(pairs)  # in C: a header's hundred thousand entries each make one call
+    if len(members) != len(pairs):  # a key given twice: name the first, as the pairs give them
+        seen: set[str] = set()
+        for key, _ in pairs:
+            if key in seen:
+                raise TensorFileError(f"gives the key {key!r} twice in one JSON object; send it once")
+            seen.add(key)
     return members
 
 
@@ -157,6 +160,85 @@ def _parse_entry(name: str, raw: object, max_elements: int) -> TensorEntry:
     return TensorEntry(dtype, tuple(shape), offsets[0], offsets[1])
 
 
+#: (name, dtype, shape, begin, end) of one validated entry
+Entry = tuple[str, str, tuple[int, ...], int, int]
+_OFFSETS = operator.itemgetter(3, 4)
+#: (dtype, repr(shape)) -> (shape, bytes) of the entries validated so far in one header: ``[1, 5]``, ``[True, 5]``
+#: and ``[1.0, 5]`` are equal lists, but their reprs differ and only the first is a shape
+_Sizes = dict[tuple[str, str], tuple[tuple[int, ...], int]]
+
+
+class _CompactEntries:
+    """A ``json.loads`` object hook (`unique_keys` for every other object) that turns an object spelt as a valid
+    entry, ``{"dtype": ..., "shape": [...], "data_offsets": [begin, end]}`` in that order (as the safetensors
+    writers spell it), into the tuple ``(dtype, shape, begin, end)`` as it is parsed.
+
+    A checkpoint's header holds a hundred thousand entries (DeepSeek-V3: 92,000 in 163 headers) over a few dozen
+    shapes.  Each entry parsed as a dict of two lists keeps three containers alive until the whole header is
+    parsed, and the cyclic garbage collector walks them again at each full collection: two thirds of the CPU
+    of four 16 MiB headers.  A tuple of a string, a shared shape and two integers is dropped from the
+    collector's lists at its first collection, and a shape already validated (with its dtype) costs a lookup.
+    An object it cannot vouch for is left a dict, for `_parse_entry` to check and word the refusal; a tuple
+    anywhere but as a top-level value makes the header refused, and `parse_safetensors_entries` then parses it
+    again without this hook, so every refusal is worded from the header as written.
+    """
+
+    def __init__(self, max_elements: int, sizes: _Sizes) -> None:
+        self.max_elements = max_elements
+        self.sizes = sizes
+
+    def __call__(self, pairs: list[tuple[str, Any]]) -> object:
+        if len(pairs) == 3:
+            (first, dtype), (second, shape), (third, offsets) = pairs
+            if (first == "dtype" and second == "shape" and third == "data_offsets" and type(dtype) is str
+                    and type(shape) is list and type(offsets) is list and len(offsets) == 2):
+                key = (dtype, repr(shape))
+                known = self.sizes.get(key)
+                if known is None:
+                    try:
+                        entry = _parse_entry("", dict(pairs), self.max_elements)
+                    except (TensorFileError, LimitExceeded):  # left a dict, refused by name later
+                        return unique_keys(pairs)
+                    known = self.sizes[key] = (entry.shape, entry.end - entry.begin)
+                begin, end = offsets
+                if type(begin) is int and type(end) is int and 0 <= begin <= end and end - begin == known[1]:
+                    return (dtype, known[0], begin, end)
+        return unique_keys(pairs)
+
+
+def _parse_entries(header: dict[str, Any], max_elements: int, sizes: _Sizes) -> list[Entry]:
+    """Every entry of `header` validated as `_parse_entry` does, in the header's order.
+
+    A tuple is an entry `_CompactEntries` validated as it was parsed.  A dict
+    whose dtype and shape were already validated, with the same element
+    limit, is checked for its offsets alone; anything else, and every
+    refusal, goes through `_parse_entry`, so an entry is refused with the
+    same message whichever way it came.
+    """
+    entries: list[Entry] = []
+    append = entries.append
+    for name, raw in header.items():
+        if type(raw) is tuple:
+            append((name, *raw))
+            continue
+        if type(raw) is dict and len(raw) == 3:
+            dtype, shape, offsets = raw.get("dtype"), raw.get("shape"), raw.get("data_offsets")
+            if type(shape) is list and type(offsets) is list and len(offsets) == 2 and type(dtype) is str:
+                begin, end = offsets
+                try:
+                    known = sizes.get((dtype, repr(shape)))
+                except RecursionError:  # a shape nested past repr's depth: _parse_entry refuses it
+                    known = None
+                if (known is not None and type(begin) is int and type(end) is int and 0 <= begin <= end
+                        and end - begin == known[1]):
+                    append((name, dtype, known[0], begin, end))
+                    continue
+        entry = _parse_entry(name, raw, max_elements)
+        sizes[(entry.dtype, repr(list(entry.shape)))] = (entry.shape, entry.end - entry.begin)
+        append((name, entry.dtype, entry.shape, entry.begin, entry.end))
+    return entries
+
+
 def parse_safetensors_header(
     prefix: bytes,
     file_bytes: int | None,
@@ -172,6 +254,28 @@ def parse_safetensors_header(
     offset.  `file_bytes` None (a file still arriving) takes the data area to
     end where the entries do; the entries must still tile it without gaps.
     """
+    ordered, metadata, data_offset = parse_safetensors_entries(
+        prefix, file_bytes, max_tensors=max_tensors, max_elements=max_elements, max_header_bytes=max_header_bytes)
+    entries = {name: TensorEntry(dtype, shape, begin, end) for name, dtype, shape, begin, end in ordered}
+    return SafetensorsHeader(entries, metadata, data_offset)
+
+
+def parse_safetensors_entries(
+    prefix: bytes,
+    file_bytes: int | None,
+    *,
+    max_tensors: int = DEFAULT_MAX_TENSORS,
+    max_elements: int = DEFAULT_MAX_ELEMENTS,
+    max_header_bytes: int = DEFAULT_MAX_HEADER_BYTES,
+) -> tuple[list[Entry], dict[str, str], int]:
+    """`parse_safetensors_header` as plain tuples: the entries ``(name, dtype, shape, begin, end)`` sorted by
+    offset, the metadata, and where the data starts (``8 + N``).  The same checks and refusals; a reader of
+    headers alone (`quant_core.tensorio.checkpoint_headers`) makes its own records from them, without a
+    `TensorEntry` per tensor in between.
+
+    The header is parsed with `_CompactEntries`; a header it refuses is parsed again as plain JSON objects
+    and refused from those (at most twice the work, for a refusal), so the answer is the plain parse's.
+    """
     if len(prefix) < 8 or (file_bytes is not None and file_bytes < 8):
         raise TensorFileError(f"safetensors file of {file_bytes if file_bytes is not None else len(prefix)} bytes "
                               "is shorter than its 8-byte header length")
@@ -184,39 +288,59 @@ def parse_safetensors_header(
         )
     if len(prefix) < 8 + header_bytes:
         raise TensorFileError(f"safetensors header truncated: {len(prefix) - 8} of {header_bytes} bytes")
+    sizes: _Sizes = {}
+    try:
+        return _checked_entries(prefix, header_bytes, file_bytes, max_tensors, max_elements, sizes,
+                                _CompactEntries(max_elements, sizes))
+    except (TensorFileError, LimitExceeded):
+        pass
+    return _checked_entries(prefix, header_bytes, file_bytes, max_tensors, max_elements, {}, unique_keys)
+
+
+def _checked_entries(prefix: bytes, header_bytes: int, file_bytes: int | None, max_tensors: int, max_elements: int,
+                     sizes: _Sizes, hook: Callable[[list[tuple[str, Any]]], object],
+                     ) -> tuple[list[Entry], dict[str, str], int]:
+    """`parse_safetensors_entries` once the header's length is known to be in the prefix, its JSON parsed with
+    `hook`."""
     try:
         text = prefix[8:8 + header_bytes].decode("utf-8")
-        header = json.loads(text, object_pairs_hook=unique_keys)
+        header = json.loads(text, object_pairs_hook=hook)
     except TensorFileError as exc:
         raise TensorFileError(f"safetensors header {exc.detail}") from None
     except UnicodeDecodeError as exc:
         raise TensorFileError(f"safetensors header is not UTF-8: {exc}") from None
     except (ValueError, RecursionError) as exc:  # JSONDecodeError, int digit limit, deep nesting
         raise TensorFileError(f"safetensors header is not valid JSON: {type(exc).__name__}: {exc}"[:300]) from None
+    del text
     if not isinstance(header, dict):
         raise TensorFileError(f"safetensors header is a JSON {type(header).__name__}, not an object")
     metadata = header.pop(METADATA_KEY, {})
     if not isinstance(metadata, dict) or not all(isinstance(value, str) for value in metadata.values()):
         raise TensorFileError("safetensors __metadata__ must be an object of string values")
-    for text in (*header, *metadata, *metadata.values()):
-        _check_unicode(text)
+    strings = (*header, *metadata, *metadata.values())
+    try:
+        "".join(strings).encode("utf-8")  # every string at once; the one to name only when one fails
+    except UnicodeEncodeError:
+        for string in strings:
+            _check_unicode(string)
     if len(header) > max_tensors:
         raise LimitExceeded("tensors in file", len(header), max_tensors, field="file")
-    entries = {name: _parse_entry(name, raw, max_elements) for name, raw in header.items()}
+    ordered = _parse_entries(header, max_elements, sizes)
+    del header
+    ordered.sort(key=_OFFSETS)  # stable: entries of one range (empty tensors) keep the header's order
     position = 0
-    ordered = sorted(entries.items(), key=lambda item: (item[1].begin, item[1].end))
-    for name, entry in ordered:
-        if entry.begin != position:
-            problem = "overlaps the previous tensor" if entry.begin < position else "leaves a gap before it"
+    for name, _, _, begin, end in ordered:
+        if begin != position:
+            problem = "overlaps the previous tensor" if begin < position else "leaves a gap before it"
             raise TensorFileError(
-                f"safetensors entry {name!r} starts at {entry.begin} but the previous tensor ends at "
+                f"safetensors entry {name!r} starts at {begin} but the previous tensor ends at "
                 f"{position}: it {problem}"
             )
-        position = entry.end
+        position = end
     data_bytes = position if file_bytes is None else file_bytes - 8 - header_bytes
     if position != data_bytes:
         raise TensorFileError(f"safetensors tensors cover {position} bytes but the data area holds {data_bytes}")
-    return SafetensorsHeader(dict(ordered), dict(metadata), 8 + header_bytes)
+    return ordered, dict(metadata), 8 + header_bytes
 
 
 def read_safetensors_header(

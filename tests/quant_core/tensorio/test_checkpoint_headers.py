@@ -316,3 +316,100 @@ def test_a_gguf_alignment_that_is_not_a_power_of_two_is_refused(alignment: int) 
     prefix = _gguf_prefix([("token_embd.weight", [256, 1000], 1)], metadata, 1)
     with pytest.raises(TensorFileError, match=f"alignment {alignment} is not a power of 2"):
         header_length(prefix)
+
+
+def test_a_header_only_prefix_is_read_as_header_length_and_header_tensors_read_it_and_a_gguf_walked_once(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    # a multipart plan's header part must be its file's header and nothing more: its GGUF records were walked twice,
+    # once for header_length and again for header_tensors (400,000 records: 2.4 s a walk)
+    from quant_core.tensorio import checkpoint_headers
+
+    gguf = _gguf_prefix([("token_embd.weight", [256, 1000], 1), ("blk.0.attn_q.weight", [256, 256], 1)])
+    text = b'{"w": {"dtype": "F16", "shape": [2], "data_offsets": [0, 4]}}'
+    safetensors = struct.pack("<Q", len(text)) + text
+    walks: list[int] = []
+    walk = checkpoint_headers._gguf_header
+
+    def counted(prefix: bytes, max_tensors: int, max_metadata_values: int | None = None) -> tuple[
+            list[HeaderTensor], int]:
+        walks.append(len(prefix))
+        return walk(prefix, max_tensors, max_metadata_values)
+
+    monkeypatch.setattr(checkpoint_headers, "_gguf_header", counted)
+    for prefix in (gguf, safetensors):
+        walks.clear()
+        assert checkpoint_headers.header_only_tensors(prefix, "f") == header_tensors(prefix)
+        assert len(walks) == (2 if prefix is gguf else 0)  # once here, once by header_tensors
+        with pytest.raises(LimitExceeded) as past:  # a byte of tensor data, refused naming the file and its header
+            checkpoint_headers.header_only_tensors(prefix + b"\0" * 33, "model.gguf")
+        assert past.value.limit == "bytes of model.gguf (its header only: no tensor data)"
+        assert (past.value.value, past.value.maximum) == (len(prefix) + 33, header_length(prefix))
+    with pytest.raises(TensorFileError, match="truncated"):
+        checkpoint_headers.header_only_tensors(gguf[:40], "f")
+
+
+def _records_as_main_read_them(prefix: bytes) -> tuple[list[HeaderTensor], int]:
+    """main 9e51ef3's reading of a GGUF header without metadata, one `_Cursor` call a field (the reference)."""
+    from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
+
+    from quant_core.tensorio.checkpoint_headers import GGML_MAX_DIMS, HEADER_MAX_ELEMENTS, _Cursor
+
+    cursor = _Cursor(prefix)
+    cursor.take(4)
+    cursor.u32()
+    tensor_count, _ = cursor.u64(), cursor.u64()
+    tensors, names = [], set()
+    for _ in range(tensor_count):
+        name = cursor.string()
+        if name in names:
+            raise TensorFileError(f"gguf header names tensor {name!r} twice")
+        names.add(name)
+        dim_count = cursor.u32()
+        if dim_count > GGML_MAX_DIMS:
+            raise TensorFileError(f"gguf tensor {name!r} has {dim_count} dimensions; "
+                                  f"ggml's are at most {GGML_MAX_DIMS}")
+        dims = [cursor.u64() for _ in range(dim_count)]
+        type_id = cursor.u32()
+        cursor.u64()
+        try:
+            ggml_type = GGMLQuantizationType(type_id)
+        except ValueError:
+            raise TensorFileError(f"gguf tensor {name!r} has ggml type {type_id}, unknown to gguf-py") from None
+        block, block_bytes = GGML_QUANT_SIZES[ggml_type]
+        elements = 1
+        for dim in dims:
+            elements *= dim
+        if elements > HEADER_MAX_ELEMENTS:
+            raise LimitExceeded(f"elements of tensor {name!r}", elements, HEADER_MAX_ELEMENTS, field="file")
+        if dims and dims[0] % block:
+            raise TensorFileError(f"gguf tensor {name!r}: row of {dims[0]} is not whole {ggml_type.name} blocks")
+        tensors.append(HeaderTensor(name, ggml_type.name, tuple(reversed(dims)), elements // block * block_bytes))
+    return tensors, -(-cursor.position // 32) * 32
+
+
+def _outcome(read: Callable[[bytes], object], prefix: bytes) -> object:
+    try:
+        return read(prefix)
+    except (TensorFileError, LimitExceeded) as exc:
+        return type(exc).__name__, exc.detail
+
+
+@pytest.mark.parametrize("records", [
+    [("token_embd.weight", [256, 1000], 1), ("blk.0.attn_norm.weight", [256], 0), ("scalar", [], 0),
+     ("blk.0.ffn_down_exps.weight", [256, 512, 4, 2], 12), ("blk.0.attn_q.weight", [256, 256], 8)],
+    [("w", [256], 1), ("w", [256], 1)],  # a name twice
+    [("w", [2, 2, 2, 2, 2], 0)],  # five dimensions
+    [("w", [256], 9999)],  # an unknown ggml type
+    [("w", [100, 2], 12)],  # a row of Q4_K not whole blocks
+    [("w", [2**40, 2**20], 0)],  # past HEADER_MAX_ELEMENTS
+], ids=["five-tensors", "name-twice", "five-dims", "unknown-type", "partial-block", "too-many-elements"])
+def test_gguf_tensor_records_read_as_main_read_them_at_every_truncation(records: list[tuple[str, list[int], int]]
+                                                                        ) -> None:
+    # the records are read with struct.unpack_from now, not a _Cursor call a field: the same tensors, the same
+    # refusals, and a prefix cut anywhere refused naming the same first byte missing
+    from quant_core.tensorio.checkpoint_headers import _gguf_header
+
+    prefix = _gguf_prefix(records)
+    for end in range(24, len(prefix) + 1):
+        assert _outcome(lambda data: _gguf_header(data, 1 << 20), prefix[:end]) == _outcome(
+            _records_as_main_read_them, prefix[:end]), end

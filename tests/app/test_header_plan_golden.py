@@ -1,0 +1,230 @@
+"""Plans from checkpoint headers sent as the multipart form are the answers main gave before the header path was
+made cheaper (session 23: entries parsed into tuples as the JSON is read, roles once per name pattern, small
+parts kept in memory): what the headers held, the weights planned and each device's weight bytes.
+
+The pins were computed at main 9e51ef3 from the same fixed inputs (``python -m tests.app.test_header_plan_golden``
+prints them from whatever tree runs it); each is a digest of those sections with their main figures beside it, so a
+change names the figure that moved.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import struct
+from typing import Any
+
+import pytest
+from fastapi.testclient import TestClient
+
+from tests.app.conftest import safetensors_header
+from tests.checkpoints import LLAMA_CONFIG, deepseek_v3_headers
+from tests.shared_fixtures import FIXTURES
+
+H200 = 143_771 * 2**20
+TINY_SPEC = {"hidden_size": 256, "num_layers": 2, "num_attention_heads": 4, "intermediate_size": 512,
+             "vocab_size": 1000}
+#: a DeepSeek-V3 in miniature (its config's keys, small sizes): FP8 weights with their scale blocks, MoE layers,
+#: a dense first layer and a multi-token-prediction layer, dealt to 7 shards with an index
+SMALL_DEEPSEEK: dict[str, Any] = {
+    "architectures": ["DeepseekV3ForCausalLM"], "model_type": "deepseek_v3", "hidden_size": 512,
+    "intermediate_size": 1024, "moe_intermediate_size": 256, "num_hidden_layers": 4, "first_k_dense_replace": 1,
+    "moe_layer_freq": 1, "n_routed_experts": 16, "n_shared_experts": 1, "num_experts_per_tok": 4, "n_group": 4,
+    "topk_group": 2, "num_attention_heads": 4, "num_key_value_heads": 4, "kv_lora_rank": 128, "q_lora_rank": 256,
+    "qk_nope_head_dim": 64, "qk_rope_head_dim": 32, "v_head_dim": 64, "vocab_size": 2048,
+    "max_position_embeddings": 4096, "num_nextn_predict_layers": 1, "rms_norm_eps": 1e-6, "rope_theta": 10000,
+    "tie_word_embeddings": False, "torch_dtype": "bfloat16", "scoring_func": "sigmoid", "topk_method": "noaux_tc",
+    "quantization_config": {"activation_scheme": "dynamic", "fmt": "e4m3", "quant_method": "fp8",
+                            "weight_block_size": [128, 128]}}
+
+
+def _raw_header(entries: list[tuple[str, dict[str, Any]]], metadata: dict[str, str] | None = None) -> bytes:
+    """A safetensors header written key by key as given (entries' keys in any order, offsets as given)."""
+    members = ([json.dumps("__metadata__") + ": " + json.dumps(metadata)] if metadata is not None else [])
+    members += [json.dumps(name) + ": {" + ", ".join(f"{json.dumps(key)}: {json.dumps(value)}"
+                                                      for key, value in entry.items()) + "}"
+                for name, entry in entries]
+    text = ("{" + ", ".join(members) + "}").encode()
+    return struct.pack("<Q", len(text)) + text
+
+
+def _odd_llama_headers() -> dict[str, bytes]:
+    """The tiny llama's tensors in three headers written the ways writers differ: keys in another order than
+    dtype, shape, data_offsets, offsets not in name order, ``__metadata__``, two empty tensors at one offset,
+    a 0-d tensor and tensors of no module of the model (planned as ``other``)."""
+    hidden, inter, vocab = LLAMA_CONFIG["hidden_size"], LLAMA_CONFIG["intermediate_size"], LLAMA_CONFIG["vocab_size"]
+    kv = LLAMA_CONFIG["num_key_value_heads"] * LLAMA_CONFIG["head_dim"]
+    files: dict[str, bytes] = {}
+    for layer in range(LLAMA_CONFIG["num_hidden_layers"]):
+        tensors = [(f"model.layers.{layer}.self_attn.{name}.weight", [rows, hidden], "BF16")
+                   for name, rows in (("q_proj", hidden), ("k_proj", kv), ("v_proj", kv), ("o_proj", hidden))]
+        tensors += [(f"model.layers.{layer}.mlp.{name}.weight", shape, "BF16")
+                    for name, shape in (("gate_proj", [inter, hidden]), ("up_proj", [inter, hidden]),
+                                        ("down_proj", [hidden, inter]))]
+        tensors += [(f"model.layers.{layer}.{name}.weight", [hidden], "F32")
+                    for name in ("input_layernorm", "post_attention_layernorm")]
+        entries, offset = [], 0
+        for name, shape, dtype in reversed(tensors):  # offsets in reverse name order
+            size = (2 if dtype == "BF16" else 4) * shape[0] * (shape[1] if len(shape) > 1 else 1)
+            order = ("shape", "dtype", "data_offsets") if layer else ("dtype", "shape", "data_offsets")
+            values = {"dtype": dtype, "shape": shape, "data_offsets": [offset, offset + size]}
+            entries.append((name, {key: values[key] for key in order}))
+            offset += size
+        entries += [(f"model.layers.{layer}.extra.empty_{i}", {"dtype": "F32", "shape": [0, 4],
+                                                               "data_offsets": [offset, offset]}) for i in (1, 0)]
+        entries.append((f"model.layers.{layer}.extra.step", {"dtype": "I64", "shape": [],
+                                                             "data_offsets": [offset, offset + 8]}))
+        files[f"model-0000{layer + 1}.safetensors"] = _raw_header(entries, {"format": "pt"} if layer else None)
+    files["model-embed.safetensors"] = safetensors_header({
+        "model.embed_tokens.weight": ("BF16", [vocab, hidden], 2 * vocab * hidden),
+        "lm_head.weight": ("BF16", [vocab, hidden], 2 * vocab * hidden),
+        "model.norm.weight": ("F32", [hidden], 4 * hidden)})
+    return files
+
+
+def _tiny_4096() -> dict[str, bytes]:
+    """4,096 header parts, the most a form holds: the tiny model's three files and 4,093 of one small tensor each."""
+    files = {"a.safetensors": safetensors_header({"model.embed_tokens.weight": ("BF16", [1000, 256], 512_000)}),
+             "b.safetensors": safetensors_header({"lm_head.weight": ("BF16", [1000, 256], 512_000)}),
+             "c.safetensors": safetensors_header({f"model.layers.{i}.self_attn.q_proj.weight":
+                                                  ("BF16", [256, 256], 131_072) for i in range(2)})}
+    for i in range(4093):
+        files[f"x{i:05d}.safetensors"] = safetensors_header({f"model.layers.{i % 2}.extra{i}.weight":
+                                                             ("BF16", [4], 8)})
+    return files
+
+
+def _form(request: dict[str, Any], headers: dict[str, bytes], index: bytes | None = None,
+          config: dict[str, Any] | None = None) -> list[tuple[str, tuple[str | None, bytes, str]]]:
+    parts: list[tuple[str, tuple[str | None, bytes, str]]] = [
+        ("request", (None, json.dumps(request).encode(), "application/json"))]
+    parts += [("header", (name, data, "application/octet-stream")) for name, data in headers.items()]
+    if index is not None:
+        parts.append(("index", ("model.safetensors.index.json", index, "application/json")))
+    if config is not None:
+        parts.append(("config", ("config.json", json.dumps(config).encode(), "application/json")))
+    return parts
+
+
+def header_forms() -> dict[str, list[tuple[str, tuple[str | None, bytes, str]]]]:
+    """The forms pinned, by name (DeepSeek-V3's 163 headers only with ../shared/fixtures)."""
+    deepseek_headers, deepseek_index, _ = deepseek_v3_headers(SMALL_DEEPSEEK, shards=7)
+    tiny = {"model": {"spec": TINY_SPEC}, "hardware": {"device": "l4"}}
+    forms = {
+        "tiny": _form(tiny, dict(list(_tiny_4096().items())[:3])),
+        "small-deepseek": _form({"hardware": {"device": "l4", "count": 2}}, deepseek_headers, deepseek_index,
+                                SMALL_DEEPSEEK),
+        "odd-llama": _form({"hardware": {"device": "l4"}}, _odd_llama_headers(), config=LLAMA_CONFIG),
+        "4096-parts": _form(tiny, _tiny_4096()),
+    }
+    if (FIXTURES / "models" / "deepseek-v3.json").is_file():
+        config = json.loads((FIXTURES / "models" / "deepseek-v3.json").read_text())
+        headers, index, _ = deepseek_v3_headers(config)
+        forms["deepseek-v3"] = _form({"hardware": {"memory_bytes": H200, "count": 8}}, headers, index, config)
+    return forms
+
+
+def pinned_sections(answer: dict[str, Any]) -> dict[str, Any]:
+    """What a plan takes from the headers: the checkpoint's summary, the weights, each device's weight bytes."""
+    return {"checkpoint": answer["checkpoint"], "weights": answer["weights"],
+            "devices": [device["weights_bytes"] for device in answer["devices"]]}
+
+
+def digest(sections: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(sections, sort_keys=True).encode()).hexdigest()
+
+
+#: main 9e51ef3's answers: the digest of `pinned_sections`, and its figures a change would most likely move
+PINNED: dict[str, tuple[str, dict[str, Any]]] = {
+    "tiny": ("d1023d3acd68fc8fdc8705c4ac56522e6d560eeaffa54fc8c8018c2443f589aa", {
+        "format": "bf16",
+        "tensors": 4,
+        "bytes": 1286144,
+        "mtp_tensors": 0,
+        "unknown_tensors": 0,
+        "by_role": {"lm_head": 512000, "embedding": 512000, "attention": 262144},
+        "devices": [1286144],
+    }),
+    "small-deepseek": ("f877ddd7a22b45d48a0cd111bccf75ea39c388c4f453fbd05540c283b8cfaafb", {
+        "format": "fp8-block128",
+        "tensors": 377,
+        "bytes": 27920256,
+        "mtp_tensors": 124,
+        "unknown_tensors": 0,
+        "by_role": {
+            "lm_head": 2097152, "embedding": 2097152, "norm": 12288, "mlp": 2753184, "expert": 18878976,
+            "router": 49344, "attention": 2032160,
+        },
+        "devices": [13990944, 13990944],
+    }),
+    "odd-llama": ("94532749efe8bc003e0ebf57193c0c9af771f19074affeafa9cb86b8776ad687", {
+        "format": "bf16",
+        "tensors": 27,
+        "bytes": 641552,
+        "mtp_tensors": 0,
+        "unknown_tensors": 6,
+        "by_role": {
+            "lm_head": 24576, "embedding": 24576, "other": 16, "norm": 2560, "mlp": 393216, "attention": 196608,
+        },
+        "devices": [641552],
+    }),
+    "4096-parts": ("0e4c31b948cff47a4572ea72064745ed0d7406715d4d4da65def4e00931ec683", {
+        "format": "bf16",
+        "tensors": 4097,
+        "bytes": 1318888,
+        "mtp_tensors": 0,
+        "unknown_tensors": 4093,
+        "by_role": {"lm_head": 512000, "embedding": 512000, "other": 32744, "attention": 262144},
+        "devices": [1318888],
+    }),
+    "deepseek-v3": ("af7ba296db2a844862c28f010863a0ef2961a1a562cce6a858a3f07df16d61f6", {
+        "format": "fp8-block128",
+        "tensors": 90427,
+        "bytes": 673150611808,
+        "mtp_tensors": 1564,
+        "unknown_tensors": 0,
+        "by_role": {
+            "lm_head": 1853358080, "embedding": 1853358080, "norm": 2013184, "mlp": 3744330240,
+            "expert": 654068416512, "router": 212920320, "attention": 11416215392,
+        },
+        "devices": [84331893292] * 8,
+    }),
+}
+
+
+@pytest.fixture(scope="module")
+def forms() -> dict[str, list[tuple[str, tuple[str | None, bytes, str]]]]:
+    return header_forms()
+
+
+@pytest.mark.parametrize("name", ["tiny", "small-deepseek", "odd-llama", "4096-parts", "deepseek-v3"])
+def test_plans_from_header_forms_are_mains_answers(
+        client: TestClient, forms: dict[str, list[tuple[str, tuple[str | None, bytes, str]]]], name: str) -> None:
+    if name not in forms:
+        pytest.skip("../shared/fixtures/models is absent")
+    response = client.post("/v1/plan", files=forms[name])
+    assert response.status_code == 200, response.text[:500]
+    sections = pinned_sections(response.json())
+    expected_digest, figures = PINNED[name]
+    got = {"format": sections["checkpoint"]["format"], "tensors": sections["checkpoint"]["tensors"],
+           "bytes": sections["checkpoint"]["bytes"], "mtp_tensors": sections["checkpoint"]["mtp_tensors"],
+           "unknown_tensors": len(sections["checkpoint"]["unknown_tensors"]), "by_role": sections["weights"]["by_role"],
+           "devices": sections["devices"]}
+    assert got == figures
+    assert digest(sections) == expected_digest
+
+
+if __name__ == "__main__":  # print PINNED from this tree's answers
+    from app.main import create_app
+    from tests.app.conftest import make_settings
+
+    with TestClient(create_app(make_settings())) as test_client:
+        for form_name, parts in header_forms().items():
+            answer = test_client.post("/v1/plan", files=parts)
+            assert answer.status_code == 200, answer.text[:500]
+            pinned = pinned_sections(answer.json())
+            shown = {"format": pinned["checkpoint"]["format"], "tensors": pinned["checkpoint"]["tensors"],
+                     "bytes": pinned["checkpoint"]["bytes"], "mtp_tensors": pinned["checkpoint"]["mtp_tensors"],
+                     "unknown_tensors": len(pinned["checkpoint"]["unknown_tensors"]),
+                     "by_role": pinned["weights"]["by_role"], "devices": pinned["devices"]}
+            print(f"    {form_name!r}: ({digest(pinned)!r},\n        {shown!r}),")
