@@ -112,7 +112,7 @@ def read_plan_form(upload: Upload, model: type[M], settings: Settings) -> tuple[
     files = tuple(HeaderFile(_file_name(part.filename, shards) or f"{HEADER_FIELD}[{number}]",
                              f"{HEADER_FIELD}[{number}]", part.read_bytes())
                   for number, part in enumerate(parts))
-    return body, CheckpointHeaders(files, weight_map, headers_only=True)
+    return body, CheckpointHeaders(files, weight_map, headers_only=True, max_tensors=settings.max_checkpoint_tensors)
 
 
 __all__ = ["FORM_DESCRIPTION", "FORM_FIELDS", "form_limits", "read_plan_form"]

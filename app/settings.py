@@ -44,6 +44,10 @@ class Settings(BaseSettings):
     max_checkpoint_files: int = Field(
         4096, gt=0, description="Most header parts (checkpoint files) in one multipart /v1/plan or /v1/plan/sweep: "
         "the part past it is refused (413 naming header) as it arrives.")
+    max_checkpoint_tensors: int = Field(
+        1 << 19, gt=0, description="Most tensors the header parts of one multipart /v1/plan or /v1/plan/sweep may "
+        "declare together (a real checkpoint: up to about 280,000, a 384-expert int4 one); refused (413 naming "
+        "header) at the file that passes it.")
     max_config_depth: int = Field(16, gt=0, description="Deepest nesting accepted in a JSON body.")
     max_sweep_rows: int = Field(4096, gt=0, description="Most rows one /v1/plan/sweep may compute.")
     max_sweep_device_rows: int = Field(

@@ -242,11 +242,14 @@ class HeaderFile:
 class CheckpointHeaders:
     """A checkpoint's headers from a request: every file's, and its index's ``weight_map`` when given.
     `headers_only` refuses bytes past a file's header (the multipart form: its parts are headers, never
-    tensor data); the base64 form tolerates them, as a reader stops at the header's end."""
+    tensor data); the base64 form tolerates them, as a reader stops at the header's end.  `max_tensors`: the most
+    tensors the files may declare together (the server's ``max_checkpoint_tensors`` for a form; a JSON body's headers
+    are bounded by its size), None for no bound."""
 
     files: tuple[HeaderFile, ...]
     weight_map: dict[str, str] | None = None
     headers_only: bool = False
+    max_tensors: int | None = None
 
 
 def decoded_checkpoint(checkpoint: CheckpointIn, max_header_bytes: int) -> CheckpointHeaders:
@@ -274,6 +277,7 @@ def checkpoint_tensors(checkpoint: CheckpointHeaders, max_header_bytes: int,
     holds it; with an index, the headers must be the files and tensors it names (422 naming `index_field`)."""
     by_file: dict[str, list[HeaderTensor]] = {}
     holder: dict[str, str] = {}  # tensor name -> the file declaring it
+    declared = 0
     for header in checkpoint.files:
         try:
             if checkpoint.headers_only:
@@ -284,6 +288,10 @@ def checkpoint_tensors(checkpoint: CheckpointHeaders, max_header_bytes: int,
             exc.field = header.field
             exc.detail = f"{header.file}: {exc.detail}"
             raise
+        declared += len(tensors)
+        if checkpoint.max_tensors is not None and declared > checkpoint.max_tensors:
+            raise LimitExceeded("max_checkpoint_tensors", declared, checkpoint.max_tensors,
+                                field=header.field.partition("[")[0])
         if header.file in by_file:
             raise InvalidSpec(header.field, header.file, "names a file whose header is given twice")
         for tensor in tensors:
