@@ -1316,9 +1316,10 @@ def cuda_graph_estimate(stage: Stage, kv_cache_dtype: str, limits: BatchLimits, 
       limits and the device (the largest size is 1024 on compute capability family 100).  No code of vLLM's sizes
       the measured part: the figure is the envelope of the public logs of releases after 0.21 (386 MiB + 4.25 MiB a
       layer x sizes / 51, above Qwen3-8B's 0.52 GiB estimate at 36 layers, 51 PIECEWISE and 35 FULL graphs,
-      LMCache#3430: 539 MiB charged), with the excess 0.19 logged for MoE, MLA and hybrid families.  Where the
-      extrapolation runs higher (the V1 runner's linear extrapolation of both modes, vllm#45178, vllm#53013), vLLM
-      sizes a smaller KV cache than nibble plans.
+      LMCache#3430: 539 MiB charged), with the excess 0.19 logged for MoE, MLA and hybrid families.  The V1
+      runner's estimate (both modes extrapolated linearly, logged far above the capture: vllm#45178, vllm#53013)
+      would leave a smaller KV cache than nibble plans; 0.33 runs it for no plan of nibble's
+      (`vllm_graphs.V1_RUNNER_SWITCHES_033`: config/vllm.py ``use_v2_model_runner``).
     * FlashInfer's attention workspace where its builders run the attention (`flashinfer_workspace_bytes`, a device not
       known charged the largest): they allocate it at their first build, inside the measured capture (flashinfer.py
       ``_get_workspace_buffer``), so the estimate holds it (and 0.33 charges it nowhere else without
@@ -1332,8 +1333,10 @@ def cuda_graph_estimate(stage: Stage, kv_cache_dtype: str, limits: BatchLimits, 
                                          f"builders allocate inside the measured capture ({workspace[1]}, "
                                          "flashinfer.py _get_workspace_buffer)")
     return Term(size, f"{size / GIB:.2f} GiB per device: vLLM {version}'s CUDA-graph estimate, charged inside "
-                      "gpu_memory_utilization (gpu_worker.py determine_available_memory; cudagraph_utils.py "
-                      f"profile_cudagraph_memory measures every PIECEWISE graph and extrapolates the FULL ones): "
+                      "gpu_memory_utilization (gpu_worker.py determine_available_memory; Model Runner V2, which "
+                      "0.33 runs for every plan nibble makes (config/vllm.py use_v2_model_runner): its "
+                      "cudagraph_utils.py profile_cudagraph_memory measures every PIECEWISE graph and extrapolates "
+                      f"the FULL ones): "
                       f"{pool.basis}{held}")
 
 

@@ -55,8 +55,8 @@ none: fitted to the one run, since no code of vLLM's gives the figure.  Tensor p
 vLLM 0.33 (``VLLM_MEMORY_PROFILER_ESTIMATE_CUDAGRAPHS`` on by default, envs.py) subtracts an estimate from the budget
 (gpu_worker.py ``determine_available_memory``: ``available = requested - non_kv_cache_memory - estimate``) and then
 captures the graphs after the KV cache as 0.19 does (``compile_or_warm_up_model``, ``capture_model``).  The estimate
-is a measurement, not a formula: ``profile_cudagraph_memory`` (Model Runner V2, its default: v1/worker/gpu/
-cudagraph_utils.py; the V1 runner's gpu_model_runner.py alike) builds a minimal KV cache, captures every PIECEWISE
+is a measurement, not a formula: ``profile_cudagraph_memory`` (Model Runner V2, which runs every plan nibble makes:
+`V1_RUNNER_SWITCHES_033`; v1/worker/gpu/cudagraph_utils.py) builds a minimal KV cache, captures every PIECEWISE
 graph and the two largest FULL graphs into a throwaway pool, and extrapolates the FULL graphs as ``first + (N - 1) x
 max(second, 1 MiB)`` (``_extrapolate_full_graph_memory``, ``_MIN_PER_GRAPH_BYTES``).  It holds what the capture
 allocates, FlashInfer's attention workspace included (its builders allocate it at their first build, inside the
@@ -76,6 +76,22 @@ cuda_graph_estimate`).  0.33's capture sizes
 (config/vllm.py ``_set_cudagraph_sizes``) are 0.19's up to ``min(2 x max_num_seqs, 1024 on compute capability family
 100, else 512, max_num_batched_tokens)``, plus max_num_batched_tokens where it is that largest size and
 ``max_num_seqs`` where it is under both (a device not known: the 1024, more graphs).
+
+The V1 runner (v1/worker/gpu_model_runner.py) estimates otherwise: its own ``profile_cudagraph_memory`` captures only
+the two largest graphs of each mode, extrapolates PIECEWISE and FULL alike as ``first + (N - 1) x max(second, 1
+MiB)``, and runs its first FULL sample at ``min(max_model_len, max_num_batched_tokens // size)`` tokens a sequence;
+public runs log its estimate far above the capture (vllm#45178, vllm#53013; vllm#50780 a hybrid model's transient from
+that long-sequence sample).  0.33 runs it only where ``VllmConfig.use_v2_model_runner`` (config/vllm.py) returns False
+(`V1_RUNNER_SWITCHES_033`): ``VLLM_USE_V2_MODEL_RUNNER=0`` (envs.py: unset by default), no Triton, or a feature
+``_get_v2_model_runner_unsupported_features`` lists (pipeline parallelism under the external_launcher executor, the
+suffix, custom_class and EAGLE parallel-drafting speculative methods and heterogeneous-vocabulary drafts, dual batch
+overlap unless ``VLLM_USE_V2_MODEL_RUNNER`` is set).  No plan of nibble's sets any of them: it plans no speculative
+decoding, no dual batch overlap, no executor backend and no environment; and its 0.33 terms already take Triton
+present (TRITON_ATTN off 9.0 and 10.0, `vllm_attention`; TritonExperts for MoE layers), without which those plans
+would be wrong anyway (a Triton-less install was not read: torch's Linux CUDA wheels were not opened).  Models
+(hybrid, MoE, MLA, multimodal), pipeline parallelism under the default executors, data and expert parallelism do not
+enter the switch.  So 0.33's charge follows Model Runner V2 alone, and tests/quant_core/test_vllm_graphs.py pins the
+premise: a plan option added to the planner fails it until it is checked against the switch.
 """
 
 from __future__ import annotations
@@ -152,6 +168,26 @@ GRAPH_0_11_SMALL_BATCH_SEQS = 256
 MAX_DEFAULT_CAPTURE_SIZE = 512
 #: 0.33 config/vllm.py ``_set_cudagraph_sizes``: ``default_max_graph_size`` on ``is_device_capability_family(100)``
 MAX_DEFAULT_CAPTURE_SIZE_FAMILY_100 = 1024
+#: What makes vLLM 0.33 run the V1 model runner (v1/worker/gpu_model_runner.py) instead of Model Runner V2 for a
+#: generative model on a GPU: (the switch, where 0.33's code sets it).  ``VllmConfig.use_v2_model_runner``
+#: (config/vllm.py) returns True for HiSparse and watermarking first, then ``VLLM_USE_V2_MODEL_RUNNER`` when set, then
+#: False without Triton or for a feature ``_get_v2_model_runner_unsupported_features`` lists, else True; Worker.
+#: ``_make_model_runner`` (v1/worker/gpu_worker.py) builds the V1 runner only when it is False.  None of these is a
+#: plan option of nibble's (module docstring).
+V1_RUNNER_SWITCHES_033: tuple[tuple[str, str], ...] = (
+    ("VLLM_USE_V2_MODEL_RUNNER=0", "envs.py: maybe_convert_bool(os.getenv(...)), None when unset"),
+    ("no Triton", "config/vllm.py use_v2_model_runner: not HAS_TRITON (triton_utils/importing.py: find_spec"
+                  "(\"triton\")) on a platform vLLM knows (CUDA, ROCm)"),
+    ("pipeline parallelism with external_launcher", "_get_v2_model_runner_unsupported_features: "
+                                                    "distributed_executor_backend == \"external_launcher\" and "
+                                                    "pipeline_parallel_size > 1"),
+    ("speculative method 'suffix' or 'custom_class'", "_get_v2_model_runner_unsupported_features"),
+    ("parallel drafting for EAGLE speculative decoding", "_get_v2_model_runner_unsupported_features: "
+                                                         "parallel_drafting, method not dflash or dspark"),
+    ("heterogeneous-vocabulary draft models", "_get_v2_model_runner_unsupported_features: use_heterogeneous_vocab"),
+    ("dual batch overlap (--enable-dbo, --ubatch-size > 1)", "_get_dbo_unsupported_features: \"dual batch overlap\" "
+                                                             "while VLLM_USE_V2_MODEL_RUNNER is unset"),
+)
 #: 0.33 v1/worker/gpu/cudagraph_utils.py ``_MIN_PER_GRAPH_BYTES`` (gpu_model_runner.py: "at least 1 MiB per graph for
 #: driver overhead"): the floor of each extrapolated FULL graph in ``profile_cudagraph_memory``'s estimate
 MIN_PER_GRAPH_BYTES = 1 * MIB

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import replace
+from dataclasses import fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +28,7 @@ from quant_core.engines.vllm import VllmProfile, startup_memory
 from quant_core.engines.vllm_graphs import (
     GRAPH_0_11_LARGE_BATCH_BYTES,
     GRAPH_0_11_SMALL_BATCH_SEQS,
+    V1_RUNNER_SWITCHES_033,
     cuda_graph_pool,
     cudagraph_capture_sizes,
     cudagraph_count,
@@ -251,6 +252,48 @@ def test_0_33_charges_its_graph_estimate_inside_the_budget_and_what_the_capture_
     assert eager.graph is None and eager.bytes_at(4096) == STARTUP_0_33_L4
     assert VllmProfile("0.19").outside_budget(stage, "bf16", limits, device=device_facts("h100-80gb")).bytes_at(
         4096) == 994 * MIB + STARTUP_0_19
+
+
+#: the plan inputs checked against vLLM 0.33's choice of model runner (config/vllm.py VllmConfig.use_v2_model_runner):
+#: none is a switch of `V1_RUNNER_SWITCHES_033`, so every plan runs Model Runner V2, whose estimate 0.33's charge
+#: follows
+REVIEWED_PLAN_INPUTS = {
+    "PlanOptions": {"weight_format", "scheme", "shipped", "format_name", "float_format", "policy", "kv_cache_dtype",
+                    "block_size", "tensor_parallel", "pipeline_parallel", "memory_utilization",
+                    "runtime_overhead_bytes", "activation_bytes", "max_batched_tokens", "max_num_seqs", "engine",
+                    "engine_version", "enforce_eager", "config_dtype", "expert_parallel", "kv_cache_dtype_auto",
+                    "data_parallel"},
+    "Workload": {"context_length", "concurrent_sequences"},
+    "Hardware": {"capacity_bytes", "count", "device_id", "name", "compute_capability", "compute_units"},
+}
+
+
+def test_no_plan_input_sends_vllm_0_33_to_the_v1_model_runner_so_its_charge_follows_model_runner_v2() -> None:
+    # 0.33 config/vllm.py use_v2_model_runner: HiSparse or watermarking -> V2; VLLM_USE_V2_MODEL_RUNNER when set;
+    # no Triton -> V1; _get_v2_model_runner_unsupported_features (pipeline parallelism under external_launcher,
+    # speculative suffix / custom_class / EAGLE parallel drafting / heterogeneous-vocabulary drafts, dual batch
+    # overlap with the variable unset) -> V1; else V2.  gpu_worker.py _make_model_runner builds the V1 runner only
+    # then.  Models, pipeline parallelism under the default executors, data and expert parallelism are not in the
+    # switch.  A plan input added here (speculative decoding, --enable-dbo, an executor backend, an environment) must
+    # be checked against it: if it can select the V1 runner, 0.33's charge must follow the V1 runner's estimate for
+    # it (gpu_model_runner.py profile_cudagraph_memory: both modes extrapolated, its first FULL sample at long
+    # sequences)
+    for cls in (PlanOptions, Workload, Hardware):
+        assert {f.name for f in fields(cls)} == REVIEWED_PLAN_INPUTS[cls.__name__], (
+            f"{cls.__name__} changed: check the new input against vLLM 0.33's V1_RUNNER_SWITCHES_033")
+    switches = [switch for switch, _where in V1_RUNNER_SWITCHES_033]
+    assert switches == ["VLLM_USE_V2_MODEL_RUNNER=0", "no Triton", "pipeline parallelism with external_launcher",
+                        "speculative method 'suffix' or 'custom_class'",
+                        "parallel drafting for EAGLE speculative decoding", "heterogeneous-vocabulary draft models",
+                        "dual batch overlap (--enable-dbo, --ubatch-size > 1)"]
+    named = {name for names in REVIEWED_PLAN_INPUTS.values() for name in names}
+    for word in ("specul", "draft", "dbo", "ubatch", "executor", "launcher", "runner", "env", "triton"):
+        assert not any(word in name for name in named)
+    # the 0.33 charge states the premise it rests on
+    stage = Stage(get_preset("llama-3.1-8b"), 1, 1, (0, 32), True)
+    estimate = VllmProfile("0.33").cuda_graphs(stage, BatchLimits(2048, 256), False, "bf16", device_facts("l4"))
+    assert ("Model Runner V2, which 0.33 runs for every plan nibble makes (config/vllm.py use_v2_model_runner)"
+            in estimate.basis)
 
 
 def test_0_33s_estimate_holds_flashinfers_workspace_where_flashinfer_runs_the_attention() -> None:
