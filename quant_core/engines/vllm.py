@@ -1847,6 +1847,8 @@ def fused_moe_caches(spec: ModelSpec, tensor_parallel: int, tokens: int, version
       package is present), a modular kernel whose ``DeepGemmExperts.workspace_shapes`` asks ``M_sum x max(2w, K)``
       and ``M_sum x max(w, K)`` with ``M_sum = round_up(M x k + experts x 127, 128)`` (``compute_aligned_M``),
       ``M = min(tokens, 32768)`` (the kernel chunks), kept in class-level ``SharedResizableBuffer``s: they persist.
+      A device of unknown compute capability is charged this (at least ``fused_experts_impl``'s caches, row for row,
+      and held: the most either path takes).
     * v0.11 otherwise, and v0.19's GPTQ and AWQ experts on MoeWNA16 (`moe_wna16_backend` "triton": its ``apply``
       calls ``fused_experts``, unchunked in 0.19 and out of place, with a ``T x K`` output) (fused_moe/fused_moe.py,
       ``fused_experts_impl``, the default path without expert parallelism: ``UnquantizedFusedMoEMethod`` and
@@ -1903,9 +1905,11 @@ def fused_moe_caches(spec: ModelSpec, tensor_parallel: int, tokens: int, version
     hopper_shape = (device.compute_capability == HOPPER_CAPABILITY and width > DEEP_GEMM_MIN_WIDTH_V0_11
                     and width % DEEP_GEMM_ALIGNMENT == 0 and hidden % DEEP_GEMM_ALIGNMENT == 0)
     if (version == "0.11" and expert_format == "fp8-block128"
-            and (hopper_shape or device.compute_capability == DEEP_GEMM_E8M0_CAPABILITY)):
+            and (hopper_shape or device.compute_capability in (DEEP_GEMM_E8M0_CAPABILITY, None))):
         where = ("on Hopper, wider than 512 a rank and 128-aligned (_valid_deep_gemm)" if hopper_shape
-                 else "on compute capability 10.0 whatever the width (the E8M0 path, is_deep_gemm_e8m0_used)")
+                 else "on compute capability 10.0 whatever the width (the E8M0 path, is_deep_gemm_e8m0_used)"
+                 + ("; this device's capability not known, so the most any capability keeps (more than "
+                    "fused_experts_impl's caches, and held)" if device.compute_capability is None else ""))
         chunk = min(tokens, FUSED_MOE_CHUNK_TOKENS_V0_11)
         rows = -(-(chunk * k + experts * (DEEP_GEMM_ALIGNMENT - 1)) // DEEP_GEMM_ALIGNMENT) \
             * DEEP_GEMM_ALIGNMENT
@@ -2236,9 +2240,17 @@ DEEP_GEMM_WARMUP_OFF = {"0.11": "VLLM_SKIP_DEEP_GEMM_WARMUP=1", "0.19": "VLLM_DE
 
 
 def _deep_gemm_supported(version: str, capability: tuple[int, int] | None) -> bool:
+    """Whether vLLM `version`'s ``is_deep_gemm_supported`` holds on `capability`; for a capability not known,
+    whether it holds on any (the warm-up's size does not depend on the capability: the safe side)."""
+    rules = DEEP_GEMM_CAPABILITIES.get(version, ())
     if capability is None:
-        return False
-    return any(rule == capability or rule == capability[0] for rule in DEEP_GEMM_CAPABILITIES.get(version, ()))
+        return bool(rules)
+    return any(rule == capability or rule == capability[0] for rule in rules)
+
+
+def _deep_gemm_capabilities(version: str) -> tuple[tuple[int, int], ...]:
+    """One compute capability of each of `DEEP_GEMM_CAPABILITIES`' rules for `version` (a family's x.0)."""
+    return tuple(rule if isinstance(rule, tuple) else (rule, 0) for rule in DEEP_GEMM_CAPABILITIES.get(version, ()))
 
 
 def deep_gemm_moe_warmup(stage: Stage, version: str, limits: BatchLimits, expert_format: str,
@@ -2270,7 +2282,8 @@ def deep_gemm_moe_warmup(stage: Stage, version: str, limits: BatchLimits, expert
     largest block-fp8 ``[N, K]`` linear layer of a rank (T not multiplied nor capped), is below what the profiling
     run's forward pass holds at that layer (`_forward_bytes`: ``2T x (3 hidden + 3 x the MLP's width per rank)``,
     or attention's q/k/v and output, more than ``T x (1.03 K + 2N)`` for each of qkv, o, gate_up and down), so the
-    memory the profiling peak released holds it: not charged."""
+    memory the profiling peak released holds it: not charged.  A device of unknown compute capability is charged
+    the warm-up where the release runs it on any capability (0.11 and 0.19: 9.0 and 10.x)."""
     spec = stage.spec
     start, stop = stage.layers
     if (expert_format != "fp8-block128" or not spec.is_moe
@@ -2291,7 +2304,10 @@ def deep_gemm_moe_warmup(stage: Stage, version: str, limits: BatchLimits, expert
         f"round_up({tokens} tokens x top_k {top_k} + {experts} experts x 127, 128), of fp8 input, fp32 scales and "
         f"bf16 output, beside the int32 expert ids; deep_gemm_warmup.py, which vLLM {version}'s kernel_warmup runs "
         "for block-fp8 experts after the KV cache is sized, whatever kernel serves them, where the deep_gemm package "
-        f"is installed, as vLLM's Docker images install it; {DEEP_GEMM_WARMUP_OFF[version]} turns it off)"))
+        f"is installed, as vLLM's Docker images install it; {DEEP_GEMM_WARMUP_OFF[version]} turns it off"
+        + ("; this device's compute capability not known: charged as on the capabilities DeepGEMM runs on, "
+           f"{', '.join(f'{major}.{minor}' for major, minor in _deep_gemm_capabilities(version))}"
+           if device.compute_capability is None else "") + ")"))
 
 
 def deep_gemm_warmup_excess(stage: Stage, version: str, limits: BatchLimits, expert_format: str,
@@ -2301,11 +2317,17 @@ def deep_gemm_warmup_excess(stage: Stage, version: str, limits: BatchLimits, exp
     not run).  When it runs, the KV cache fills the budget, so what is free inside it is what the profiling peak
     released to PyTorch's allocator (`_ProfilePasses.released`: the larger pass without the buffers that stay
     allocated; PyTorch frees cached blocks when cudaMalloc fails).  Left out of that room, on the safe side: the
-    sparse indexer's logits dummy and, on a multimodal model, the vision pass (the text passes' room is taken)."""
+    sparse indexer's logits dummy and, on a multimodal model, the vision pass (the text passes' room is taken).
+    For a device of unknown compute capability the room is the least of its own and of each capability DeepGEMM
+    runs on (`_deep_gemm_capabilities`: the profiling run's caches and sampler differ by capability)."""
     warmup = deep_gemm_moe_warmup(stage, version, limits, expert_format, device)
     if warmup is None:
         return None
-    room = _profile_passes(version, stage, limits, expert_format, device).released
+    candidates = [device] + ([replace(device, compute_capability=capability)
+                              for capability in _deep_gemm_capabilities(version)]
+                             if device.compute_capability is None else [])
+    room = min(_profile_passes(version, stage, limits, expert_format, candidate).released
+               for candidate in candidates)
     excess = warmup.bytes - room
     if excess <= 0:
         return None

@@ -31,7 +31,7 @@ from pathlib import Path
 
 import pytest
 
-from quant_core.catalog import device_facts, get_device, get_preset, get_preset_info
+from quant_core.catalog import UNKNOWN_DEVICE, device_facts, get_device, get_preset, get_preset_info
 from quant_core.engines.base import BatchLimits, Stage
 from quant_core.engines.vllm import VllmProfile, fused_moe_caches, rotary_cache_bytes
 from quant_core.planner import Hardware, PlanOptions, Workload, plan
@@ -184,6 +184,20 @@ def test_vllm_0_11_runs_block_fp8_experts_on_deep_gemm_on_a_b200_whatever_their_
     assert not fused_moe_caches(spec, 2, 8192, "0.11", "fp8-block128", device_facts(None, (10, 3))).persists
     assert fused_moe_caches(spec, 2, 8192, "0.11", "bf16", B200).basis.startswith("fused_experts_impl")
     assert "TritonExperts" in fused_moe_caches(spec, 2, 8192, "0.19", "fp8-block128", B200).basis
+
+
+def test_vllm_0_11_charges_a_device_of_unknown_capability_deep_gemms_workspace() -> None:
+    # A hardware given in bytes may be a B200, whose 10.0 runs block-fp8 experts on DeepGEMM at any width (utils/
+    # deep_gemm.py is_deep_gemm_e8m0_used; fused_moe.py fused_experts): Qwen3-30B-A3B-FP8 at TP 2 is charged
+    # DeepGemmExperts' 670,040,064 bytes, held (deep_gemm_moe.py workspace_shapes, M_sum = 81,792 rows), not
+    # fused_experts_impl's 318,767,104 freed after each layer (what it was charged): M_sum >= M x top_k and
+    # max(w, K) >= w, so DeepGEMM's is the larger path row for row, and it stays held
+    spec = get_preset("qwen3-30b-a3b")
+    unknown = fused_moe_caches(spec, 2, 8192, "0.11", "fp8-block128", UNKNOWN_DEVICE)
+    assert unknown.nbytes == 81_792 * (2048 + 2048) * 2 == 670_040_064 and unknown.persists
+    assert "DeepGemmExperts" in unknown.basis and "not known" in unknown.basis
+    assert unknown.nbytes > fused_moe_caches(spec, 2, 8192, "0.11", "fp8-block128", H100).nbytes == 318_767_104
+    assert fused_moe_caches(spec, 2, 8192, "0.11", "bf16", UNKNOWN_DEVICE).basis.startswith("fused_experts_impl")
 
 
 def test_a_b200_plan_of_block_fp8_qwen3_moe_on_vllm_0_11_charges_deep_gemms_workspace() -> None:
