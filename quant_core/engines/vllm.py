@@ -1866,6 +1866,10 @@ def fused_moe_caches(spec: ModelSpec, tensor_parallel: int, tokens: int, version
       runs int4 (GPTQ/AWQ Marlin) and fp8/mxfp4 experts on A100.  The other classes are charged this figure, on the
       safe side, except:
 
+      - 0.19's block-fp8 experts on 10.x, ``TrtLlmFp8ExpertsModular``: where its kept ``T x K`` output and
+        FlashInfer's per-call buffers (`trtllm_fp8_block_moe_bytes`) come to more than Triton's workspace, the
+        difference is charged inside the layer (`FusedMoeCaches.transient`) beside Triton's held figure;
+
       - MXFP4 experts (`expert_format` "mxfp4", gpt-oss) where `mxfp4_moe_backend` is OpenAI's Triton kernels
         (compute capability 9.x): ``OAITritonMxfp4ExpertsMonolithic`` bypasses the workspace manager and
         ``triton_kernel_fused_experts`` (gpt_oss_triton_kernels_moe.py) allocates its ``T x k x w`` intermediate (the
@@ -1983,10 +1987,62 @@ def fused_moe_caches(spec: ModelSpec, tensor_parallel: int, tokens: int, version
                 f"{flashinfer}; the block-scale path's own workspace was not read, so on the gathered rows of data "
                 f"parallelism the larger of this and TritonExperts' {nbytes / GIB:.2f} GiB is charged, the safe "
                 "side"), transient)
-    return FusedMoeCaches(nbytes, VERSIONS[version].moe_workspace_persists, (
-        f"TritonExperts' workspace (workspace_shapes: workspace13 tokens x top_k x max({width}, {hidden}) and "
-        f"workspace2 tokens x top_k x max(2 x {width}, {hidden}), bf16, {nbytes / GIB:.2f} GiB, in "
-        "v1/worker/workspace.py's buffer, modular_kernel.py _allocate_buffers; MarlinExperts asks the same)"))
+    basis = (f"TritonExperts' workspace (workspace_shapes: workspace13 tokens x top_k x max({width}, {hidden}) and "
+             f"workspace2 tokens x top_k x max(2 x {width}, {hidden}), bf16, {nbytes / GIB:.2f} GiB, in "
+             "v1/worker/workspace.py's buffer, modular_kernel.py _allocate_buffers; MarlinExperts asks the same)")
+    if (version == "0.19" and expert_format == "fp8-block128" and not data_parallel and capability is not None
+            and capability[0] == 10):
+        held = _aligned(tokens * hidden * ACTIVATION_ELEMENT_BYTES)
+        trtllm = trtllm_fp8_block_moe_bytes(tokens=tokens, experts=spec.num_experts, top_k=k, hidden=hidden,
+                                            width=width)
+        if held + trtllm > nbytes:
+            extra = held + trtllm - nbytes
+            return FusedMoeCaches(nbytes, VERSIONS[version].moe_workspace_persists, (
+                f"{basis}, and {extra / GIB:.2f} GiB more inside each MoE layer: on compute capability 10.x vLLM "
+                "0.19 runs block-fp8 experts on TrtLlmFp8ExpertsModular (oracle/fp8.py FLASHINFER_TRTLLM first; "
+                f"experts/trtllm_fp8_moe.py), whose tokens x {hidden} output ({held / GIB:.2f} GiB, kept) and "
+                f"FlashInfer's per-call buffers ({trtllm / GIB:.2f} GiB: `trtllm_fp8_block_moe_bytes`) come to more "
+                "than Triton's workspace; charged Triton's held and the difference within the layer, the larger "
+                "of both paths in either pass"), extra)
+    return FusedMoeCaches(nbytes, VERSIONS[version].moe_workspace_persists, basis)
+
+
+#: flashinfer-python 0.6.6 (vLLM 0.19's pin) csrc/trtllm_fused_moe_kernel_launcher.cu ``Fp8BlockScaleLauncher``:
+#: the largest token tile of the DeepSeek-fp8 block-scale kernels (``mBaseSupportedTileNums`` 8 to 128; 256 is MxFP8's)
+TRTLLM_FP8_BLOCK_MAX_TILE = 128
+#: include/flashinfer/trtllm/fused_moe/runner.h ``maybeGetMinTokenCount``: each GEMM output padded to at least 128 KiB
+TRTLLM_MIN_OUTPUT_BYTES = 128 * 1024
+
+
+def trtllm_fp8_block_moe_bytes(*, tokens: int, experts: int, top_k: int, hidden: int, width: int) -> int:
+    """The bytes vLLM 0.19's ``TrtLlmFp8ExpertsModular.apply`` (fused_moe/experts/trtllm_fp8_moe.py) and FlashInfer
+    0.6.6's ``trtllm_fp8_block_scale_routed_moe`` hold at once inside one MoE layer of `tokens` tokens, beyond the
+    layer's inputs and the modular kernel's kept output, `experts` the model's routed experts (the routing's
+    ``num_experts`` is the global count), `width` the expert width a rank.  vLLM: the packed top-k ids (int32, utils.py
+    ``trtllm_moe_pack_topk_ids_weights``) and the transposed activation scales (``a1q_scale.t().contiguous()``,
+    fp32, one per 128 columns); flashinfer/fused_moe/core.py ``trtllm_fp8_block_scale_moe_op``: its own ``tokens x
+    hidden`` bf16 output (copied into vLLM's, flashinfer#2703).  csrc/trtllm_fused_moe_kernel_launcher.cu, the
+    launcher's tensors, live until it returns: ``prepare_routing_common`` (per-expert counts, the expanded and
+    permuted index maps, the expert indexes, the histogram of ``max(2E, 512)``, two CTA maps of ``maxCtas``), the
+    bf16 expert weights (``Fp8BlockScaleLauncher::prepare_routing``), and ``prepare_moe``'s fp8 GEMM 1 output
+    ``P1 x 2w`` with fp32 scales ``2w / 128 x P``, the fp8 activation ``P1 x w`` with scales ``w / 128 x P1``, and the
+    bf16 GEMM 2 output ``P2 x K``, where ``P = maxCtas x tile`` (runner.h ``getMaxPermutedPaddedCount``: ``maxCtas =
+    min(E, T k) + (T k - min(E, T k)) // tile``) at the largest tile, 128 (the safe side: the tactic picks the tile)
+    and ``P1``, ``P2`` at least 128 KiB of their row (``maybeGetMinTokenCount``).  Not counted: the batched GEMMs'
+    ``workspace_fc1`` / ``workspace_fc2`` (``getWorkspaceSizeInBytes`` of the tactic's cubin config, not read)."""
+    expanded = tokens * top_k
+    tile = TRTLLM_FP8_BLOCK_MAX_TILE
+    ctas = min(experts, expanded) + (expanded - min(experts, expanded)) // tile
+    padded = ctas * tile
+    gemm1_rows = max(padded, -(-TRTLLM_MIN_OUTPUT_BYTES // width))  # fp8 (8-bit) GEMM 1 input
+    gemm2_rows = max(padded, -(-TRTLLM_MIN_OUTPUT_BYTES // (hidden * 2)))  # bf16 output
+    vllm = expanded * 4 + (hidden // 128) * tokens * 4
+    python = tokens * hidden * 2
+    routing = (experts * 4 + 4 + expanded * 4 + padded * 4 + expanded * 4 + max(2 * experts, 512) * 4 + 2 * ctas * 4
+               + 4 + expanded * 2)
+    gemms = (gemm1_rows * 2 * width + (2 * width // 128) * padded * 4 + gemm1_rows * width
+             + (width // 128) * gemm1_rows * 4 + gemm2_rows * hidden * 2)
+    return vllm + python + routing + gemms
 
 
 #: flashinfer-python 0.6.6, the FlashInfer vLLM 0.19.0 pins (``flashinfer-python==0.6.6``): each buffer of a CUTLASS

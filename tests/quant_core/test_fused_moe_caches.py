@@ -33,7 +33,7 @@ import pytest
 
 from quant_core.catalog import UNKNOWN_DEVICE, device_facts, get_device, get_preset, get_preset_info
 from quant_core.engines.base import BatchLimits, Stage
-from quant_core.engines.vllm import VllmProfile, fused_moe_caches, rotary_cache_bytes
+from quant_core.engines.vllm import VllmProfile, fused_moe_caches, rotary_cache_bytes, trtllm_fp8_block_moe_bytes
 from quant_core.planner import Hardware, PlanOptions, Workload, plan
 from quant_core.schemes import scheme_from_quantization_config
 
@@ -345,3 +345,33 @@ def test_vllm_0_33_profiling_peak_of_humming_experts_is_their_workspace_less() -
     triton = VllmProfile("0.33").activation(stage, limits, "bf16", H100)
     assert triton.bytes - humming.bytes == 536_870_912 - 369_098_752 == 167_772_160
     assert "HummingIndexedExperts" in humming.basis
+
+
+def test_vllm_0_19_charges_trtllms_block_fp8_buffers_on_a_b200_where_they_pass_tritons_workspace() -> None:
+    # On 10.x vLLM 0.19 runs block-fp8 experts on TrtLlmFp8ExpertsModular (oracle/fp8.py: FLASHINFER_TRTLLM first,
+    # experts/trtllm_fp8_moe.py; its workspace_shapes asks only the tokens x K output), where nibble charged
+    # TritonExperts' workspace "on the safe side".  By hand from flashinfer-python 0.6.6 (vLLM 0.19's pin) for
+    # Qwen3-30B-A3B-FP8 on one B200 at 8192 tokens (top 8 of 128 experts, K = 2048, w = 768):
+    # * runner.h getMaxNumCtasInBatchDim at tile 128: min(128, 65,536) + (65,536 - 128) // 128 = 639 CTAs, P = 81,792
+    # * trtllm_fused_moe_kernel_launcher.cu Fp8BlockScaleLauncher::prepare_moe: GEMM 1 fp8 81,792 x 1536 and scales
+    #   12 x 81,792 x 4, activation fp8 81,792 x 768 and scales 6 x 81,792 x 4, GEMM 2 bf16 81,792 x 2048 x 2:
+    #   529,357,824; prepare_routing_common and the bf16 expert weights: 990,208
+    # * core.py trtllm_fp8_block_scale_moe_op's own bf16 output 8192 x 2048 x 2 = 33,554,432; vLLM's packed ids
+    #   (8192 x 8 x 4) and transposed activation scales (16 x 8192 x 4): 786,432
+    gemms = 81_792 * 1536 + 12 * 81_792 * 4 + 81_792 * 768 + 6 * 81_792 * 4 + 81_792 * 2048 * 2
+    routing = 128 * 4 + 4 + 65_536 * 4 + 81_792 * 4 + 65_536 * 4 + 512 * 4 + 2 * 639 * 4 + 4 + 65_536 * 2
+    per_call = gemms + routing + 8192 * 2048 * 2 + 65_536 * 4 + 16 * 8192 * 4
+    assert (gemms, routing, per_call) == (529_357_824, 990_208, 564_688_896)
+    assert trtllm_fp8_block_moe_bytes(tokens=8192, experts=128, top_k=8, hidden=2048, width=768) == per_call
+    # with the kept 8192 x 2048 bf16 output, 598,243,328 against Triton's 65,536 x (2048 + 2048) x 2 = 536,870,912
+    triton = 65_536 * (2048 + 2048) * 2
+    spec = get_preset("qwen3-30b-a3b")
+    caches = fused_moe_caches(spec, 1, 8192, "0.19", "fp8-block128", B200)
+    assert caches.nbytes == triton and caches.persists
+    assert caches.transient == 8192 * 2048 * 2 + per_call - triton == 61_372_416
+    assert "TrtLlmFp8ExpertsModular" in caches.basis
+    # checked safe (Triton's is the larger, no transient): DeepSeek-V3 at TP 8 (K = 7168: Triton's rows are
+    # max(w, K) wide) and Qwen3-30B-A3B at TP 2; an H200 runs Triton's experts
+    assert fused_moe_caches(get_preset("deepseek-v3"), 8, 8192, "0.19", "fp8-block128", B200).transient == 0
+    assert fused_moe_caches(spec, 2, 8192, "0.19", "fp8-block128", B200).transient == 0
+    assert fused_moe_caches(spec, 1, 8192, "0.19", "fp8-block128", H100).transient == 0
