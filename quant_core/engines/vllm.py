@@ -1990,15 +1990,17 @@ def fused_moe_caches(spec: ModelSpec, tensor_parallel: int, tokens: int, version
     basis = (f"TritonExperts' workspace (workspace_shapes: workspace13 tokens x top_k x max({width}, {hidden}) and "
              f"workspace2 tokens x top_k x max(2 x {width}, {hidden}), bf16, {nbytes / GIB:.2f} GiB, in "
              "v1/worker/workspace.py's buffer, modular_kernel.py _allocate_buffers; MarlinExperts asks the same)")
-    if (version == "0.19" and expert_format == "fp8-block128" and not data_parallel and capability is not None
-            and capability[0] == 10):
+    # a device of unknown compute capability may be a 10.x one: the larger of both paths, as there
+    if (version == "0.19" and expert_format == "fp8-block128" and not data_parallel
+            and (capability is None or capability[0] == 10)):
         held = _aligned(tokens * hidden * ACTIVATION_ELEMENT_BYTES)
         trtllm = trtllm_fp8_block_moe_bytes(tokens=tokens, experts=spec.num_experts, top_k=k, hidden=hidden,
                                             width=width)
         if held + trtllm > nbytes:
             extra = held + trtllm - nbytes
             return FusedMoeCaches(nbytes, VERSIONS[version].moe_workspace_persists, (
-                f"{basis}, and {extra / GIB:.2f} GiB more inside each MoE layer: on compute capability 10.x vLLM "
+                f"{basis}, and {extra / GIB:.2f} GiB more inside each MoE layer: on compute capability 10.x"
+                f"{' (this device not known)' if capability is None else ''} vLLM "
                 "0.19 runs block-fp8 experts on TrtLlmFp8ExpertsModular (oracle/fp8.py FLASHINFER_TRTLLM first; "
                 f"experts/trtllm_fp8_moe.py), whose tokens x {hidden} output ({held / GIB:.2f} GiB, kept) and "
                 f"FlashInfer's per-call buffers ({trtllm / GIB:.2f} GiB: `trtllm_fp8_block_moe_bytes`) come to more "

@@ -370,6 +370,8 @@ def test_vllm_0_19_charges_trtllms_block_fp8_buffers_on_a_b200_where_they_pass_t
     assert caches.nbytes == triton and caches.persists
     assert caches.transient == 8192 * 2048 * 2 + per_call - triton == 61_372_416
     assert "TrtLlmFp8ExpertsModular" in caches.basis
+    # a device of unknown compute capability may be a B200: charged the same
+    assert fused_moe_caches(spec, 1, 8192, "0.19", "fp8-block128", UNKNOWN_DEVICE).transient == 61_372_416
     # checked safe (Triton's is the larger, no transient): DeepSeek-V3 at TP 8 (K = 7168: Triton's rows are
     # max(w, K) wide) and Qwen3-30B-A3B at TP 2; an H200 runs Triton's experts
     assert fused_moe_caches(get_preset("deepseek-v3"), 8, 8192, "0.19", "fp8-block128", B200).transient == 0
