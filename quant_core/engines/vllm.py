@@ -1866,9 +1866,10 @@ def fused_moe_caches(spec: ModelSpec, tensor_parallel: int, tokens: int, version
       runs int4 (GPTQ/AWQ Marlin) and fp8/mxfp4 experts on A100.  The other classes are charged this figure, on the
       safe side, except:
 
-      - 0.19's block-fp8 experts on 10.x, ``TrtLlmFp8ExpertsModular``: where its kept ``T x K`` output and
-        FlashInfer's per-call buffers (`trtllm_fp8_block_moe_bytes`) come to more than Triton's workspace, the
-        difference is charged inside the layer (`FusedMoeCaches.transient`) beside Triton's held figure;
+      - 0.19's block-fp8, MXFP4 and NVFP4 experts on 10.x (and on a device of unknown capability), which run on
+        FlashInfer's TRT-LLM kernels (`trtllm_moe_bytes`): where their ``T x K`` output and FlashInfer's per-call
+        buffers come to more than Triton's workspace, the difference is charged inside the layer
+        (`FusedMoeCaches.transient`) beside Triton's held figure, the larger of both in either pass;
 
       - MXFP4 experts (`expert_format` "mxfp4", gpt-oss) where `mxfp4_moe_backend` is OpenAI's Triton kernels
         (compute capability 9.x): ``OAITritonMxfp4ExpertsMonolithic`` bypasses the workspace manager and
@@ -1991,32 +1992,116 @@ def fused_moe_caches(spec: ModelSpec, tensor_parallel: int, tokens: int, version
              f"workspace2 tokens x top_k x max(2 x {width}, {hidden}), bf16, {nbytes / GIB:.2f} GiB, in "
              "v1/worker/workspace.py's buffer, modular_kernel.py _allocate_buffers; MarlinExperts asks the same)")
     # a device of unknown compute capability may be a 10.x one: the larger of both paths, as there
-    if (version == "0.19" and expert_format == "fp8-block128" and not data_parallel
-            and (capability is None or capability[0] == 10)):
-        held = _aligned(tokens * hidden * ACTIVATION_ELEMENT_BYTES)
-        trtllm = trtllm_fp8_block_moe_bytes(tokens=tokens, experts=spec.num_experts, top_k=k, hidden=hidden,
-                                            width=width)
-        if held + trtllm > nbytes:
-            extra = held + trtllm - nbytes
+    trtllm = (trtllm_moe_bytes(version, expert_format, tokens=tokens, experts=spec.num_experts, top_k=k,
+                               hidden=hidden, width=width, local_experts=experts)
+              if not data_parallel and (capability is None or capability[0] == 10) else None)
+    if trtllm is not None:
+        held = _aligned(tokens * _round_up(hidden, TRTLLM_ALIGNMENT) * ACTIVATION_ELEMENT_BYTES)
+        if held + trtllm[0] > nbytes:
+            extra = held + trtllm[0] - nbytes
             return FusedMoeCaches(nbytes, VERSIONS[version].moe_workspace_persists, (
                 f"{basis}, and {extra / GIB:.2f} GiB more inside each MoE layer: on compute capability 10.x"
-                f"{' (this device not known)' if capability is None else ''} vLLM "
-                "0.19 runs block-fp8 experts on TrtLlmFp8ExpertsModular (oracle/fp8.py FLASHINFER_TRTLLM first; "
-                f"experts/trtllm_fp8_moe.py), whose tokens x {hidden} output ({held / GIB:.2f} GiB, kept) and "
-                f"FlashInfer's per-call buffers ({trtllm / GIB:.2f} GiB: `trtllm_fp8_block_moe_bytes`) come to more "
-                "than Triton's workspace; charged Triton's held and the difference within the layer, the larger "
-                "of both paths in either pass"), extra)
+                f"{' (this device not known)' if capability is None else ''} vLLM {version} runs {trtllm[1]}, whose "
+                f"tokens x hidden bf16 output ({held / GIB:.2f} GiB) and FlashInfer's per-call buffers "
+                f"({trtllm[0] / GIB:.2f} GiB, `trtllm_moe_bytes`) come to more than Triton's workspace; charged "
+                "Triton's held and the difference within the layer, the larger of both paths in either pass"), extra)
     return FusedMoeCaches(nbytes, VERSIONS[version].moe_workspace_persists, basis)
 
 
-#: flashinfer-python 0.6.6 (vLLM 0.19's pin) csrc/trtllm_fused_moe_kernel_launcher.cu ``Fp8BlockScaleLauncher``:
-#: the largest token tile of the DeepSeek-fp8 block-scale kernels (``mBaseSupportedTileNums`` 8 to 128; 256 is MxFP8's)
-TRTLLM_FP8_BLOCK_MAX_TILE = 128
+#: flashinfer-python 0.6.6 (vLLM 0.19's pin) csrc/trtllm_fused_moe_kernel_launcher.cu: the token tiles of the
+#: DeepSeek-fp8 block-scale kernels (``Fp8BlockScaleLauncher::mBaseSupportedTileNums``; 256 is MxFP8's)
+TRTLLM_FP8_BLOCK_TILES = (8, 16, 32, 64, 128)
 #: include/flashinfer/trtllm/fused_moe/runner.h ``maybeGetMinTokenCount``: each GEMM output padded to at least 128 KiB
 TRTLLM_MIN_OUTPUT_BYTES = 128 * 1024
+#: ``FP4BlockScaleLauncher::getSupportedTileNums``: 8 to 64 with bf16 activations (gpt-oss's MXFP4 x bf16), up to
+#: 256 with fp4 or fp8 ones (NVFP4)
+TRTLLM_FP4_BF16_TILES = (8, 16, 32, 64)
+TRTLLM_FP4_TILES = (8, 16, 32, 64, 128, 256)
 
 
-def trtllm_fp8_block_moe_bytes(*, tokens: int, experts: int, top_k: int, hidden: int, width: int) -> int:
+def trtllm_largest_tile(tiles: tuple[int, ...], tokens: int, top_k: int, local_experts: int) -> int:
+    """The largest token tile FlashInfer 0.6.6's TRT-LLM MoE may run `tokens` tokens at: ``computeSelectedTileN``
+    (csrc/trtllm_fused_moe_kernel_launcher.cu) takes the power of two at or above ``T k / local experts``, clamped
+    to `tiles`, with the two tiles above it and the one below; the tactic (autotuned or default) picks among them,
+    so the largest is the safe side."""
+    average = -(-tokens * top_k // local_experts)
+    wanted = 1 if average <= 1 else 1 << (average - 1).bit_length()
+    index = tiles.index(min(max(wanted, tiles[0]), tiles[-1]))
+    return tiles[min(index + 2, len(tiles) - 1)]
+#: NVFP4: one e4m3 scale per 16 values (``sf_vec_size``), laid out swizzled in 128-row x 4-column blocks
+#: (csrc/nv_internal/tensorrt_llm/kernels/quantization.h ``computeSwizzledLayoutSFSize``)
+NVFP4_SCALE_BLOCK = 16
+
+
+def _trtllm_routing_bytes(tokens: int, experts: int, top_k: int, tile: int) -> tuple[int, int]:
+    """(``P``, the bytes of ``prepare_routing_common``) of FlashInfer 0.6.6's TRT-LLM MoE launcher
+    (csrc/trtllm_fused_moe_kernel_launcher.cu) at token tile `tile`: ``P = maxCtas x tile``, runner.h
+    ``getMaxNumCtasInBatchDim``: ``min(E, T k) + (T k - min(E, T k)) // tile``; the per-expert counts, the expanded
+    and permuted index maps, the expert indexes, the histogram of ``max(2E, 512)`` and two CTA maps, int32."""
+    expanded = tokens * top_k
+    ctas = min(experts, expanded) + (expanded - min(experts, expanded)) // tile
+    padded = ctas * tile
+    return padded, (experts * 4 + 4 + expanded * 4 + padded * 4 + expanded * 4 + max(2 * experts, 512) * 4
+                    + 2 * ctas * 4 + 4)
+
+
+def trtllm_fp4_moe_bytes(*, tokens: int, experts: int, top_k: int, hidden: int, width: int, local_experts: int,
+                         nvfp4: bool) -> int:
+    """The bytes vLLM 0.19's TRT-LLM FP4 experts and FlashInfer 0.6.6's ``trtllm_fp4_block_scale_moe`` /
+    ``..._routed_moe`` hold at once inside one MoE layer of `tokens` tokens (`experts` the routing's global count,
+    `hidden` and `width` as the kernel sees them: gpt-oss's padded to 256).  MXFP4 x bf16 (`nvfp4` False:
+    experts/trtllm_mxfp4_moe.py ``TrtLlmMxfp4ExpertsMonolithic``, whose ``apply`` makes the ``torch.empty_like``
+    output): tiles up to 64, GEMM 1 output ``P1 x w`` bf16.  NVFP4 (experts/trtllm_nvfp4_moe.py): tiles up to 256,
+    GEMM 1 output ``P1 x w / 2`` fp4 with its swizzled e4m3 scales, beside the fp4 input and its scales the modular
+    kernel quantizes and vLLM's packed top-k ids.  Both: core.py's ``topk_ids`` (int32) and ``expert_weights``
+    (bf16), and ``FP4BlockScaleLauncher::prepare_moe``'s bf16 GEMM 2 output ``P2 x K``, ``P1``, ``P2`` at least
+    128 KiB of their row (runner.h ``maybeGetMinTokenCount``), at the largest tile the tactic may pick
+    (`trtllm_largest_tile`).  The one bf16 ``tokens x hidden`` output (the workspace manager's, vLLM's or core.py's)
+    is the caller's.  Not counted: the batched GEMMs' ``workspace_fc1`` / ``workspace_fc2`` (not read)."""
+    expanded = tokens * top_k
+    tile = trtllm_largest_tile(TRTLLM_FP4_TILES if nvfp4 else TRTLLM_FP4_BF16_TILES, tokens, top_k, local_experts)
+    padded, routing = _trtllm_routing_bytes(tokens, experts, top_k, tile)
+    wrapper = expanded * 4 + expanded * 2
+    gemm2_rows = max(padded, -(-TRTLLM_MIN_OUTPUT_BYTES // (hidden * 2)))
+    if not nvfp4:
+        gemm1_rows = max(padded, -(-TRTLLM_MIN_OUTPUT_BYTES // (width * 2)))
+        return routing + wrapper + gemm1_rows * width * 2 + gemm2_rows * hidden * 2
+    gemm1_rows = max(padded, -(-TRTLLM_MIN_OUTPUT_BYTES * 2 // width))  # 4-bit activations
+    gemm1_scales = _round_up(gemm1_rows, 128) * _round_up(width // NVFP4_SCALE_BLOCK, 4)
+    quantized = tokens * hidden // 2 + _round_up(tokens, 128) * _round_up(hidden // NVFP4_SCALE_BLOCK, 4)
+    return (routing + wrapper + expanded * 4 + quantized + gemm1_rows * width // 2 + gemm1_scales
+            + gemm2_rows * hidden * 2)
+
+
+def trtllm_moe_bytes(version: str, expert_format: str, *, tokens: int, experts: int, top_k: int, hidden: int,
+                     width: int, local_experts: int) -> tuple[int, str] | None:
+    """(bytes, class) of the TRT-LLM experts vLLM `version` runs `expert_format` on with compute capability 10.x
+    (`trtllm_fp8_block_moe_bytes`, `trtllm_fp4_moe_bytes`), or None where nibble did not read them: read for 0.19
+    (FlashInfer 0.6.6), block fp8 (oracle/fp8.py FLASHINFER_TRTLLM first: ``TrtLlmFp8ExpertsModular``), MXFP4
+    (oracle/mxfp4.py FLASHINFER_TRTLLM_MXFP4_BF16, hidden size and width padded to 256,
+    ``mxfp4_round_up_hidden_size_and_intermediate_size``) and NVFP4 (oracle/nvfp4.py FLASHINFER_TRTLLM first)."""
+    if version != "0.19":
+        return None
+    if expert_format == "fp8-block128":
+        return (trtllm_fp8_block_moe_bytes(tokens=tokens, experts=experts, top_k=top_k, hidden=hidden, width=width,
+                                           local_experts=local_experts),
+                "block-fp8 experts on TrtLlmFp8ExpertsModular (oracle/fp8.py FLASHINFER_TRTLLM first, "
+                "experts/trtllm_fp8_moe.py)")
+    if expert_format == "mxfp4":
+        return (trtllm_fp4_moe_bytes(tokens=tokens, experts=experts, top_k=top_k,
+                                     hidden=_round_up(hidden, TRTLLM_ALIGNMENT),
+                                     width=_round_up(width, TRTLLM_ALIGNMENT), local_experts=local_experts,
+                                     nvfp4=False),
+                "MXFP4 experts on TrtLlmMxfp4ExpertsMonolithic (oracle/mxfp4.py FLASHINFER_TRTLLM_MXFP4_BF16)")
+    if weight_format_family(expert_format) == "nvfp4":
+        return (trtllm_fp4_moe_bytes(tokens=tokens, experts=experts, top_k=top_k, hidden=hidden, width=width,
+                                     local_experts=local_experts, nvfp4=True),
+                "NVFP4 experts on TrtLlmNvFp4Experts (oracle/nvfp4.py FLASHINFER_TRTLLM first)")
+    return None
+
+
+def trtllm_fp8_block_moe_bytes(*, tokens: int, experts: int, top_k: int, hidden: int, width: int,
+                               local_experts: int) -> int:
     """The bytes vLLM 0.19's ``TrtLlmFp8ExpertsModular.apply`` (fused_moe/experts/trtllm_fp8_moe.py) and FlashInfer
     0.6.6's ``trtllm_fp8_block_scale_routed_moe`` hold at once inside one MoE layer of `tokens` tokens, beyond the
     layer's inputs and the modular kernel's kept output, `experts` the model's routed experts (the routing's
@@ -2029,11 +2114,12 @@ def trtllm_fp8_block_moe_bytes(*, tokens: int, experts: int, top_k: int, hidden:
     bf16 expert weights (``Fp8BlockScaleLauncher::prepare_routing``), and ``prepare_moe``'s fp8 GEMM 1 output
     ``P1 x 2w`` with fp32 scales ``2w / 128 x P``, the fp8 activation ``P1 x w`` with scales ``w / 128 x P1``, and the
     bf16 GEMM 2 output ``P2 x K``, where ``P = maxCtas x tile`` (runner.h ``getMaxPermutedPaddedCount``: ``maxCtas =
-    min(E, T k) + (T k - min(E, T k)) // tile``) at the largest tile, 128 (the safe side: the tactic picks the tile)
-    and ``P1``, ``P2`` at least 128 KiB of their row (``maybeGetMinTokenCount``).  Not counted: the batched GEMMs'
-    ``workspace_fc1`` / ``workspace_fc2`` (``getWorkspaceSizeInBytes`` of the tactic's cubin config, not read)."""
+    min(E, T k) + (T k - min(E, T k)) // tile``) at the largest tile the tactic may pick (`trtllm_largest_tile`,
+    `local_experts` the rank's) and ``P1``, ``P2`` at least 128 KiB of their row (``maybeGetMinTokenCount``).
+    Not counted: the batched GEMMs' ``workspace_fc1`` / ``workspace_fc2`` (``getWorkspaceSizeInBytes`` of the
+    tactic's cubin config, not read)."""
     expanded = tokens * top_k
-    tile = TRTLLM_FP8_BLOCK_MAX_TILE
+    tile = trtllm_largest_tile(TRTLLM_FP8_BLOCK_TILES, tokens, top_k, local_experts)
     ctas = min(experts, expanded) + (expanded - min(experts, expanded)) // tile
     padded = ctas * tile
     gemm1_rows = max(padded, -(-TRTLLM_MIN_OUTPUT_BYTES // width))  # fp8 (8-bit) GEMM 1 input
