@@ -1996,14 +1996,27 @@ def fused_moe_caches(spec: ModelSpec, tensor_parallel: int, tokens: int, version
                                hidden=hidden, width=width, local_experts=experts)
               if not data_parallel and (capability is None or capability[0] == 10) else None)
     if trtllm is not None:
-        held = _aligned(tokens * _round_up(hidden, TRTLLM_ALIGNMENT) * ACTIVATION_ELEMENT_BYTES)
-        if held + trtllm[0] > nbytes:
-            extra = held + trtllm[0] - nbytes
+        per_call, output_hidden, runs = trtllm
+        held = _aligned(tokens * output_hidden * ACTIVATION_ELEMENT_BYTES)
+        if ((expert_format == "fp8-per-tensor-static" or (nvfp4 and capability is None))
+                and version in FLASHINFER_CUTLASS_MOE_FAMILIES):
+            # FlashInferExperts takes per-tensor fp8 where TRT-LLM's monolithic kernel does not take the routing
+            # (its modular one no per-tensor scales), and both formats on 9.0, 11.x and 12.x for a device not
+            # known: its CUTLASS workspace, finalize fused or not
+            cutlass = max(cutlass_moe_runtime_workspace_bytes(tokens=tokens, experts=experts, top_k=k, hidden=hidden,
+                                                              width=width, finalize_fused=fused, nvfp4=nvfp4)
+                          for fused in (True, False))
+            if cutlass > per_call:
+                per_call, runs = cutlass, (f"them on FlashInferExperts (oracle/{'nvfp4' if nvfp4 else 'fp8'}.py "
+                                           "FLASHINFER_CUTLASS, where TRT-LLM's kernel does not take the routing "
+                                           "or the device is not 10.x)")
+        if held + per_call > nbytes:
+            extra = held + per_call - nbytes
             return FusedMoeCaches(nbytes, VERSIONS[version].moe_workspace_persists, (
                 f"{basis}, and {extra / GIB:.2f} GiB more inside each MoE layer: on compute capability 10.x"
-                f"{' (this device not known)' if capability is None else ''} vLLM {version} runs {trtllm[1]}, whose "
-                f"tokens x hidden bf16 output ({held / GIB:.2f} GiB) and FlashInfer's per-call buffers "
-                f"({trtllm[0] / GIB:.2f} GiB, `trtllm_moe_bytes`) come to more than Triton's workspace; charged "
+                f"{' (this device not known)' if capability is None else ''} vLLM {version} runs {runs}, whose "
+                f"tokens x {output_hidden} bf16 output ({held / GIB:.2f} GiB) and FlashInfer's per-call buffers "
+                f"({per_call / GIB:.2f} GiB, `trtllm_moe_bytes`) come to more than Triton's workspace; charged "
                 "Triton's held and the difference within the layer, the larger of both paths in either pass"), extra)
     return FusedMoeCaches(nbytes, VERSIONS[version].moe_workspace_persists, basis)
 
@@ -2073,29 +2086,57 @@ def trtllm_fp4_moe_bytes(*, tokens: int, experts: int, top_k: int, hidden: int, 
             + gemm2_rows * hidden * 2)
 
 
+def trtllm_fp8_per_tensor_moe_bytes(*, tokens: int, experts: int, top_k: int, hidden: int, width: int,
+                                    local_experts: int) -> int:
+    """The bytes vLLM 0.19's ``TrtLlmFp8ExpertsMonolithic._apply_per_tensor`` (fused_moe/experts/trtllm_fp8_moe.py;
+    DeepSeek-V3 and Llama 4 routing, ``_supports_routing_method``) and FlashInfer 0.6.6's
+    ``trtllm_fp8_per_tensor_scale_moe`` hold at once inside one MoE layer of `tokens` tokens beyond the one bf16
+    ``tokens x hidden`` output (the caller's): the fp8 input the modular kernel quantizes (``T x K``), the float32
+    router logits DeepSeek-V3's routing asks (``T x E``), core.py's ``topk_ids`` and ``expert_weights`` (``T x k``,
+    4 bytes each, the safe side of the logits' dtype); csrc/trtllm_fused_moe_kernel_launcher.cu
+    ``Fp8PerTensorLauncher``: the routing (`_trtllm_routing_bytes`, tiles 8 to 128 by `trtllm_largest_tile`), bf16
+    expert weights ``T x k``, and ``prepare_moe``'s fp8 GEMM 1 output ``(P + E) x 2w`` with fp32 scales ``2w / 128 x
+    (P + E)``, the fp8 activation ``(P + E) x w`` with scales ``w / 128 x (P + E)`` and the bf16 GEMM 2 output
+    ``P x K``.  Not counted: the batched GEMMs' ``workspace_fc1`` / ``workspace_fc2`` (not read)."""
+    expanded = tokens * top_k
+    tile = trtllm_largest_tile(TRTLLM_FP8_BLOCK_TILES, tokens, top_k, local_experts)
+    padded, routing = _trtllm_routing_bytes(tokens, experts, top_k, tile)
+    rows = padded + experts
+    gemms = (rows * 2 * width + (2 * width // 128) * rows * 4 + rows * width + (width // 128) * rows * 4
+             + padded * hidden * 2)
+    return routing + expanded * 2 + expanded * 8 + tokens * hidden + tokens * experts * 4 + gemms
+
+
 def trtllm_moe_bytes(version: str, expert_format: str, *, tokens: int, experts: int, top_k: int, hidden: int,
-                     width: int, local_experts: int) -> tuple[int, str] | None:
-    """(bytes, class) of the TRT-LLM experts vLLM `version` runs `expert_format` on with compute capability 10.x
-    (`trtllm_fp8_block_moe_bytes`, `trtllm_fp4_moe_bytes`), or None where nibble did not read them: read for 0.19
-    (FlashInfer 0.6.6), block fp8 (oracle/fp8.py FLASHINFER_TRTLLM first: ``TrtLlmFp8ExpertsModular``), MXFP4
-    (oracle/mxfp4.py FLASHINFER_TRTLLM_MXFP4_BF16, hidden size and width padded to 256,
+                     width: int, local_experts: int) -> tuple[int, int, str] | None:
+    """(bytes, the output's hidden size, what runs) of the TRT-LLM experts vLLM `version` runs `expert_format` on
+    with compute capability 10.x (`trtllm_fp8_block_moe_bytes`, `trtllm_fp8_per_tensor_moe_bytes`,
+    `trtllm_fp4_moe_bytes`), or None where nibble did not read them: read for 0.19 (FlashInfer 0.6.6), block fp8
+    (oracle/fp8.py FLASHINFER_TRTLLM first: ``TrtLlmFp8ExpertsModular``, whose figure bounds the monolithic
+    class's), fp8 with static per-tensor scales (``TrtLlmFp8ExpertsMonolithic``), MXFP4 (oracle/mxfp4.py
+    FLASHINFER_TRTLLM_MXFP4_BF16, hidden size and width padded to 256,
     ``mxfp4_round_up_hidden_size_and_intermediate_size``) and NVFP4 (oracle/nvfp4.py FLASHINFER_TRTLLM first)."""
     if version != "0.19":
         return None
     if expert_format == "fp8-block128":
         return (trtllm_fp8_block_moe_bytes(tokens=tokens, experts=experts, top_k=top_k, hidden=hidden, width=width,
-                                           local_experts=local_experts),
+                                           local_experts=local_experts), hidden,
                 "block-fp8 experts on TrtLlmFp8ExpertsModular (oracle/fp8.py FLASHINFER_TRTLLM first, "
                 "experts/trtllm_fp8_moe.py)")
+    if expert_format == "fp8-per-tensor-static":
+        return (trtllm_fp8_per_tensor_moe_bytes(tokens=tokens, experts=experts, top_k=top_k, hidden=hidden,
+                                                width=width, local_experts=local_experts), hidden,
+                "per-tensor fp8 experts on TrtLlmFp8ExpertsMonolithic for DeepSeek-V3 and Llama 4 routing "
+                "(oracle/fp8.py FLASHINFER_TRTLLM first)")
     if expert_format == "mxfp4":
-        return (trtllm_fp4_moe_bytes(tokens=tokens, experts=experts, top_k=top_k,
-                                     hidden=_round_up(hidden, TRTLLM_ALIGNMENT),
+        padded_hidden = _round_up(hidden, TRTLLM_ALIGNMENT)
+        return (trtllm_fp4_moe_bytes(tokens=tokens, experts=experts, top_k=top_k, hidden=padded_hidden,
                                      width=_round_up(width, TRTLLM_ALIGNMENT), local_experts=local_experts,
-                                     nvfp4=False),
+                                     nvfp4=False), padded_hidden,
                 "MXFP4 experts on TrtLlmMxfp4ExpertsMonolithic (oracle/mxfp4.py FLASHINFER_TRTLLM_MXFP4_BF16)")
     if weight_format_family(expert_format) == "nvfp4":
         return (trtllm_fp4_moe_bytes(tokens=tokens, experts=experts, top_k=top_k, hidden=hidden, width=width,
-                                     local_experts=local_experts, nvfp4=True),
+                                     local_experts=local_experts, nvfp4=True), hidden,
                 "NVFP4 experts on TrtLlmNvFp4Experts (oracle/nvfp4.py FLASHINFER_TRTLLM first)")
     return None
 

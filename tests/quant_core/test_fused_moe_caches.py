@@ -39,6 +39,7 @@ from quant_core.engines.vllm import (
     rotary_cache_bytes,
     trtllm_fp4_moe_bytes,
     trtllm_fp8_block_moe_bytes,
+    trtllm_fp8_per_tensor_moe_bytes,
 )
 from quant_core.planner import Hardware, PlanOptions, Workload, plan
 from quant_core.schemes import scheme_from_quantization_config
@@ -432,3 +433,34 @@ def test_vllm_0_19_charges_trtllms_mxfp4_buffers_for_gpt_oss_120b_at_tp2_on_b200
     # checked safe: at TP 1 (width 3072) Triton's 566,231,040 is the larger; an H100 runs OpenAI's Triton kernels
     assert fused_moe_caches(get_preset("gpt-oss-120b"), 1, 8192, "0.19", "mxfp4", B200).transient == 0
     assert fused_moe_caches(get_preset("gpt-oss-120b"), 2, 8192, "0.19", "mxfp4", H100).transient == 0
+
+
+def test_vllm_0_19_charges_per_tensor_fp8_experts_on_a_b200_the_larger_of_trtllm_and_cutlass() -> None:
+    # fp8 with static per-tensor scales on 10.x: TrtLlmFp8ExpertsMonolithic for DeepSeek-V3 and Llama 4 routing
+    # (experts/trtllm_fp8_moe.py _supports_routing_method; its modular class takes no per-tensor scales), else
+    # FlashInferExperts (oracle/fp8.py FLASHINFER_CUTLASS); the routing is not in nibble's model, so the larger.
+    # By hand from flashinfer-python 0.6.6 for Qwen3-30B-A3B on one B200 at 8192 tokens (tile 128, P = 81,792):
+    # Fp8PerTensorLauncher::prepare_moe: GEMM 1 fp8 (P + 128) x 1536 with scales 12 x 81,920 x 4, activation
+    # 81,920 x 768 with scales 6 x 81,920 x 4, GEMM 2 bf16 81,792 x 2048 x 2; routing 859,136; expert weights
+    # 65,536 x 2, core.py topk_ids and expert_weights 65,536 x 8, the fp8 input 8192 x 2048, fp32 logits 8192 x 128 x 4
+    gemms = 81_920 * 1536 + 12 * 81_920 * 4 + 81_920 * 768 + 6 * 81_920 * 4 + 81_792 * 2048 * 2
+    per_call = gemms + 859_136 + 65_536 * 10 + 8192 * 2048 + 8192 * 128 * 4
+    assert (gemms, per_call) == (529_661_952, 552_147_968)
+    assert trtllm_fp8_per_tensor_moe_bytes(tokens=8192, experts=128, top_k=8, hidden=2048, width=768,
+                                           local_experts=128) == per_call
+    spec = get_preset("qwen3-30b-a3b")
+    caches = fused_moe_caches(spec, 1, 8192, "0.19", "fp8-per-tensor-static", B200)
+    # above FlashInferExperts' CUTLASS workspace (542,125,184 on an H200, finalize fused) and Triton's 536,870,912
+    assert caches.transient == 8192 * 2048 * 2 + per_call - 536_870_912 == 48_831_488
+    hopper = fused_moe_caches(spec, 1, 8192, "0.19", "fp8-per-tensor-static", H200)
+    assert hopper.transient == 542_125_184 < per_call
+
+
+def test_a_device_of_unknown_capability_is_charged_the_largest_nvfp4_experts_path() -> None:
+    # DeepSeek-V3 NVFP4 at TP 8: a B200 runs TRT-LLM's (167,348,224 beyond Triton's workspace), an RTX PRO 6000
+    # (12.0) FlashInferExperts' CUTLASS workspace, the larger here: a hardware given in bytes is charged that
+    spec = get_preset("deepseek-v3")
+    unknown = fused_moe_caches(spec, 8, 8192, "0.19", "nvfp4", UNKNOWN_DEVICE)
+    blackwell_pro = fused_moe_caches(spec, 8, 8192, "0.19", "nvfp4", device_facts(None, (12, 0)))
+    assert unknown.nbytes + unknown.transient == blackwell_pro.nbytes + blackwell_pro.transient == 2_049_874_048
+    assert unknown.transient == 170_825_856 > fused_moe_caches(spec, 8, 8192, "0.19", "nvfp4", B200).transient
