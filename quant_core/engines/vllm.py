@@ -1991,13 +1991,13 @@ def fused_moe_caches(spec: ModelSpec, tensor_parallel: int, tokens: int, version
     basis = (f"TritonExperts' workspace (workspace_shapes: workspace13 tokens x top_k x max({width}, {hidden}) and "
              f"workspace2 tokens x top_k x max(2 x {width}, {hidden}), bf16, {nbytes / GIB:.2f} GiB, in "
              "v1/worker/workspace.py's buffer, modular_kernel.py _allocate_buffers; MarlinExperts asks the same)")
-    # a device of unknown compute capability may be a 10.x one: the larger of both paths, as there
-    trtllm = (trtllm_moe_bytes(version, expert_format, tokens=tokens, experts=spec.num_experts, top_k=k,
-                               hidden=hidden, width=width, local_experts=experts)
-              if not data_parallel and (capability is None or capability[0] == 10) else None)
-    if trtllm is not None:
-        per_call, output_hidden, runs = trtllm
-        held = _aligned(tokens * output_hidden * ACTIVATION_ELEMENT_BYTES)
+    # a device of unknown compute capability may be a 10.x one (or, for FlashInferExperts, 9.0, 11.x or 12.x): the
+    # larger of the paths, as there
+    candidates: list[tuple[int, int, str]] = []
+    if not data_parallel and (capability is None or capability[0] == 10):
+        trtllm = trtllm_moe_bytes(version, expert_format, tokens=tokens, experts=spec.num_experts, top_k=k,
+                                  hidden=hidden, width=width, local_experts=experts)
+        candidates += [] if trtllm is None else [trtllm]
         if ((expert_format == "fp8-per-tensor-static" or (nvfp4 and capability is None))
                 and version in FLASHINFER_CUTLASS_MOE_FAMILIES):
             # FlashInferExperts takes per-tensor fp8 where TRT-LLM's monolithic kernel does not take the routing
@@ -2006,18 +2006,21 @@ def fused_moe_caches(spec: ModelSpec, tensor_parallel: int, tokens: int, version
             cutlass = max(cutlass_moe_runtime_workspace_bytes(tokens=tokens, experts=experts, top_k=k, hidden=hidden,
                                                               width=width, finalize_fused=fused, nvfp4=nvfp4)
                           for fused in (True, False))
-            if cutlass > per_call:
-                per_call, runs = cutlass, (f"them on FlashInferExperts (oracle/{'nvfp4' if nvfp4 else 'fp8'}.py "
-                                           "FLASHINFER_CUTLASS, where TRT-LLM's kernel does not take the routing "
-                                           "or the device is not 10.x)")
+            candidates.append((cutlass, hidden, (
+                f"them on FlashInferExperts (oracle/{'nvfp4' if nvfp4 else 'fp8'}.py FLASHINFER_CUTLASS, where "
+                "TRT-LLM's kernel does not take the routing or the device is not 10.x; "
+                "cutlass_moe_runtime_workspace_bytes)")))
+    if candidates:
+        per_call, output_hidden, runs = max(candidates, key=lambda c: _aligned(tokens * c[1] * 2) + c[0])
+        held = _aligned(tokens * output_hidden * ACTIVATION_ELEMENT_BYTES)
         if held + per_call > nbytes:
             extra = held + per_call - nbytes
             return FusedMoeCaches(nbytes, VERSIONS[version].moe_workspace_persists, (
                 f"{basis}, and {extra / GIB:.2f} GiB more inside each MoE layer: on compute capability 10.x"
                 f"{' (this device not known)' if capability is None else ''} vLLM {version} runs {runs}, whose "
                 f"tokens x {output_hidden} bf16 output ({held / GIB:.2f} GiB) and FlashInfer's per-call buffers "
-                f"({per_call / GIB:.2f} GiB, `trtllm_moe_bytes`) come to more than Triton's workspace; charged "
-                "Triton's held and the difference within the layer, the larger of both paths in either pass"), extra)
+                f"({per_call / GIB:.2f} GiB) come to more than Triton's workspace; charged Triton's held and the "
+                "difference within the layer, the larger of the paths in either pass"), extra)
     return FusedMoeCaches(nbytes, VERSIONS[version].moe_workspace_persists, basis)
 
 
@@ -2373,6 +2376,11 @@ def flashinfer_tuning_tokens(version: str, limits: BatchLimits, enforce_eager: b
     return 1 << (largest.bit_length() - 1)
 
 
+#: one compute capability of each family FlashInferExperts runs on (9.0 and `FLASHINFER_CUTLASS_MOE_FAMILIES`),
+#: weighed for a device of unknown capability
+FLASHINFER_AUTOTUNE_CAPABILITIES = ((9, 0), (10, 0), (11, 0), (12, 0))
+
+
 def flashinfer_moe_autotune_buffer(stage: Stage, version: str, limits: BatchLimits, expert_format: str,
                                    device: DeviceFacts, enforce_eager: bool = False) -> Term | None:
     """The CUTLASS MoE profiler workspace vLLM `version` keeps on one device of `stage` after FlashInfer's autotuning,
@@ -2391,7 +2399,19 @@ def flashinfer_moe_autotune_buffer(stage: Stage, version: str, limits: BatchLimi
     the life of the process.  vLLM's profiling run never sees it (it was sized before), so it comes out of the memory
     the budget leaves free: `cutlass_moe_profiler_workspace_bytes` with the rank's experts and width (`expert_shard`).
     On 0.33 a start that finds its autotune results cached (vLLM's per-rank file or FlashInfer's managed store) tunes
-    nothing and keeps none: the first start, which a plan must fit, does."""
+    nothing and keeps none: the first start, which a plan must fit, does.  A device of unknown compute capability is
+    charged the most any capability FlashInferExperts runs on keeps (`FLASHINFER_AUTOTUNE_CAPABILITIES`).  On 10.x
+    FlashInfer's TRT-LLM MoE kernels keep none: their launchers live for one call (csrc/
+    trtllm_fused_moe_kernel_launcher.cu ``launchers_map``, a local), and the autotune dummy run's MoE layers need
+    no more than the profiling run's (``flashinfer_autotune`` runs ``_dummy_run(max_num_batched_tokens)``; the
+    tuner's cold-L2 copies and buckets are at most ``tune_max_num_tokens`` rows, before the full call)."""
+    if device.compute_capability is None:
+        terms = [flashinfer_moe_autotune_buffer(stage, version, limits, expert_format,
+                                                replace(device, compute_capability=capability), enforce_eager)
+                 for capability in FLASHINFER_AUTOTUNE_CAPABILITIES]
+        best = max((term for term in terms if term is not None), key=lambda term: term.bytes, default=None)
+        return None if best is None else Term(best.bytes, best.basis + " (this device not known: the most any "
+                                                                      "compute capability keeps)")
     why = flashinfer_cutlass_moe_path(version, expert_format, device, stage.expert_parallel, stage.moe_ranks)
     spec = stage.spec
     if why is None or not spec.is_moe:
