@@ -1850,6 +1850,8 @@ def fused_moe_caches(spec: ModelSpec, tensor_parallel: int, tokens: int, version
       package is present), a modular kernel whose ``DeepGemmExperts.workspace_shapes`` asks ``M_sum x max(2w, K)``
       and ``M_sum x max(w, K)`` with ``M_sum = round_up(M x k + experts x 127, 128)`` (``compute_aligned_M``),
       ``M = min(tokens, 32768)`` (the kernel chunks), kept in class-level ``SharedResizableBuffer``s: they persist.
+      A device of unknown compute capability is charged this (at least ``fused_experts_impl``'s caches, row for row,
+      and held: the most either path takes).
     * v0.11 otherwise, and v0.19's GPTQ and AWQ experts on MoeWNA16 (`moe_wna16_backend` "triton": its ``apply``
       calls ``fused_experts``, unchunked in 0.19 and out of place, with a ``T x K`` output) (fused_moe/fused_moe.py,
       ``fused_experts_impl``, the default path without expert parallelism: ``UnquantizedFusedMoEMethod`` and
@@ -1866,6 +1868,11 @@ def fused_moe_caches(spec: ModelSpec, tensor_parallel: int, tokens: int, version
       ``MarlinExperts`` (fused_marlin_moe.py: ``M x k x max(w, K)`` and ``M x k x max(2w, K)``, the same bytes)
       runs int4 (GPTQ/AWQ Marlin) and fp8/mxfp4 experts on A100.  The other classes are charged this figure, on the
       safe side, except:
+
+      - 0.19's block-fp8, MXFP4 and NVFP4 experts on 10.x (and on a device of unknown capability), which run on
+        FlashInfer's TRT-LLM kernels (`trtllm_moe_bytes`): where their ``T x K`` output and FlashInfer's per-call
+        buffers come to more than Triton's workspace, the difference is charged inside the layer
+        (`FusedMoeCaches.transient`) beside Triton's held figure, the larger of both in either pass;
 
       - MXFP4 experts (`expert_format` "mxfp4", gpt-oss) where `mxfp4_moe_backend` is OpenAI's Triton kernels
         (compute capability 9.x): ``OAITritonMxfp4ExpertsMonolithic`` bypasses the workspace manager and
@@ -1906,9 +1913,11 @@ def fused_moe_caches(spec: ModelSpec, tensor_parallel: int, tokens: int, version
     hopper_shape = (device.compute_capability == HOPPER_CAPABILITY and width > DEEP_GEMM_MIN_WIDTH_V0_11
                     and width % DEEP_GEMM_ALIGNMENT == 0 and hidden % DEEP_GEMM_ALIGNMENT == 0)
     if (version == "0.11" and expert_format == "fp8-block128"
-            and (hopper_shape or device.compute_capability == DEEP_GEMM_E8M0_CAPABILITY)):
+            and (hopper_shape or device.compute_capability in (DEEP_GEMM_E8M0_CAPABILITY, None))):
         where = ("on Hopper, wider than 512 a rank and 128-aligned (_valid_deep_gemm)" if hopper_shape
-                 else "on compute capability 10.0 whatever the width (the E8M0 path, is_deep_gemm_e8m0_used)")
+                 else "on compute capability 10.0 whatever the width (the E8M0 path, is_deep_gemm_e8m0_used)"
+                 + ("; this device's capability not known, so the most any capability keeps (more than "
+                    "fused_experts_impl's caches, and held)" if device.compute_capability is None else ""))
         chunk = min(tokens, FUSED_MOE_CHUNK_TOKENS_V0_11)
         rows = -(-(chunk * k + experts * (DEEP_GEMM_ALIGNMENT - 1)) // DEEP_GEMM_ALIGNMENT) \
             * DEEP_GEMM_ALIGNMENT
@@ -1982,10 +1991,193 @@ def fused_moe_caches(spec: ModelSpec, tensor_parallel: int, tokens: int, version
                 f"{flashinfer}; the block-scale path's own workspace was not read, so on the gathered rows of data "
                 f"parallelism the larger of this and TritonExperts' {nbytes / GIB:.2f} GiB is charged, the safe "
                 "side"), transient)
-    return FusedMoeCaches(nbytes, VERSIONS[version].moe_workspace_persists, (
-        f"TritonExperts' workspace (workspace_shapes: workspace13 tokens x top_k x max({width}, {hidden}) and "
-        f"workspace2 tokens x top_k x max(2 x {width}, {hidden}), bf16, {nbytes / GIB:.2f} GiB, in "
-        "v1/worker/workspace.py's buffer, modular_kernel.py _allocate_buffers; MarlinExperts asks the same)"))
+    basis = (f"TritonExperts' workspace (workspace_shapes: workspace13 tokens x top_k x max({width}, {hidden}) and "
+             f"workspace2 tokens x top_k x max(2 x {width}, {hidden}), bf16, {nbytes / GIB:.2f} GiB, in "
+             "v1/worker/workspace.py's buffer, modular_kernel.py _allocate_buffers; MarlinExperts asks the same)")
+    # a device of unknown compute capability may be a 10.x one (or, for FlashInferExperts, 9.0, 11.x or 12.x): the
+    # larger of the paths, as there
+    candidates: list[tuple[int, int, str]] = []
+    if not data_parallel and (capability is None or capability[0] == 10):
+        trtllm = trtllm_moe_bytes(version, expert_format, tokens=tokens, experts=spec.num_experts, top_k=k,
+                                  hidden=hidden, width=width, local_experts=experts)
+        candidates += [] if trtllm is None else [trtllm]
+        if ((expert_format == "fp8-per-tensor-static" or (nvfp4 and capability is None))
+                and version in FLASHINFER_CUTLASS_MOE_FAMILIES):
+            # FlashInferExperts takes per-tensor fp8 where TRT-LLM's monolithic kernel does not take the routing
+            # (its modular one no per-tensor scales), and both formats on 9.0, 11.x and 12.x for a device not
+            # known: its CUTLASS workspace, finalize fused or not
+            cutlass = max(cutlass_moe_runtime_workspace_bytes(tokens=tokens, experts=experts, top_k=k, hidden=hidden,
+                                                              width=width, finalize_fused=fused, nvfp4=nvfp4)
+                          for fused in (True, False))
+            candidates.append((cutlass, hidden, (
+                f"them on FlashInferExperts (oracle/{'nvfp4' if nvfp4 else 'fp8'}.py FLASHINFER_CUTLASS, where "
+                "TRT-LLM's kernel does not take the routing or the device is not 10.x; "
+                "cutlass_moe_runtime_workspace_bytes)")))
+    if candidates:
+        per_call, output_hidden, runs = max(candidates, key=lambda c: _aligned(tokens * c[1] * 2) + c[0])
+        held = _aligned(tokens * output_hidden * ACTIVATION_ELEMENT_BYTES)
+        if held + per_call > nbytes:
+            extra = held + per_call - nbytes
+            return FusedMoeCaches(nbytes, VERSIONS[version].moe_workspace_persists, (
+                f"{basis}, and {extra / GIB:.2f} GiB more inside each MoE layer: on compute capability 10.x"
+                f"{' (this device not known)' if capability is None else ''} vLLM {version} runs {runs}, whose "
+                f"tokens x {output_hidden} bf16 output ({held / GIB:.2f} GiB) and FlashInfer's per-call buffers "
+                f"({per_call / GIB:.2f} GiB) come to more than Triton's workspace; charged Triton's held and the "
+                "difference within the layer, the larger of the paths in either pass"), extra)
+    return FusedMoeCaches(nbytes, VERSIONS[version].moe_workspace_persists, basis)
+
+
+#: flashinfer-python 0.6.6 (vLLM 0.19's pin) csrc/trtllm_fused_moe_kernel_launcher.cu: the token tiles of the
+#: DeepSeek-fp8 block-scale kernels (``Fp8BlockScaleLauncher::mBaseSupportedTileNums``; 256 is MxFP8's)
+TRTLLM_FP8_BLOCK_TILES = (8, 16, 32, 64, 128)
+#: include/flashinfer/trtllm/fused_moe/runner.h ``maybeGetMinTokenCount``: each GEMM output padded to at least 128 KiB
+TRTLLM_MIN_OUTPUT_BYTES = 128 * 1024
+#: ``FP4BlockScaleLauncher::getSupportedTileNums``: 8 to 64 with bf16 activations (gpt-oss's MXFP4 x bf16), up to
+#: 256 with fp4 or fp8 ones (NVFP4)
+TRTLLM_FP4_BF16_TILES = (8, 16, 32, 64)
+TRTLLM_FP4_TILES = (8, 16, 32, 64, 128, 256)
+
+
+def trtllm_largest_tile(tiles: tuple[int, ...], tokens: int, top_k: int, local_experts: int) -> int:
+    """The largest token tile FlashInfer 0.6.6's TRT-LLM MoE may run `tokens` tokens at: ``computeSelectedTileN``
+    (csrc/trtllm_fused_moe_kernel_launcher.cu) takes the power of two at or above ``T k / local experts``, clamped
+    to `tiles`, with the two tiles above it and the one below; the tactic (autotuned or default) picks among them,
+    so the largest is the safe side."""
+    average = -(-tokens * top_k // local_experts)
+    wanted = 1 if average <= 1 else 1 << (average - 1).bit_length()
+    index = tiles.index(min(max(wanted, tiles[0]), tiles[-1]))
+    return tiles[min(index + 2, len(tiles) - 1)]
+#: NVFP4: one e4m3 scale per 16 values (``sf_vec_size``), laid out swizzled in 128-row x 4-column blocks
+#: (csrc/nv_internal/tensorrt_llm/kernels/quantization.h ``computeSwizzledLayoutSFSize``)
+NVFP4_SCALE_BLOCK = 16
+
+
+def _trtllm_routing_bytes(tokens: int, experts: int, top_k: int, tile: int) -> tuple[int, int]:
+    """(``P``, the bytes of ``prepare_routing_common``) of FlashInfer 0.6.6's TRT-LLM MoE launcher
+    (csrc/trtllm_fused_moe_kernel_launcher.cu) at token tile `tile`: ``P = maxCtas x tile``, runner.h
+    ``getMaxNumCtasInBatchDim``: ``min(E, T k) + (T k - min(E, T k)) // tile``; the per-expert counts, the expanded
+    and permuted index maps, the expert indexes, the histogram of ``max(2E, 512)`` and two CTA maps, int32."""
+    expanded = tokens * top_k
+    ctas = min(experts, expanded) + (expanded - min(experts, expanded)) // tile
+    padded = ctas * tile
+    return padded, (experts * 4 + 4 + expanded * 4 + padded * 4 + expanded * 4 + max(2 * experts, 512) * 4
+                    + 2 * ctas * 4 + 4)
+
+
+def trtllm_fp4_moe_bytes(*, tokens: int, experts: int, top_k: int, hidden: int, width: int, local_experts: int,
+                         nvfp4: bool) -> int:
+    """The bytes vLLM 0.19's TRT-LLM FP4 experts and FlashInfer 0.6.6's ``trtllm_fp4_block_scale_moe`` /
+    ``..._routed_moe`` hold at once inside one MoE layer of `tokens` tokens (`experts` the routing's global count,
+    `hidden` and `width` as the kernel sees them: gpt-oss's padded to 256).  MXFP4 x bf16 (`nvfp4` False:
+    experts/trtllm_mxfp4_moe.py ``TrtLlmMxfp4ExpertsMonolithic``, whose ``apply`` makes the ``torch.empty_like``
+    output): tiles up to 64, GEMM 1 output ``P1 x w`` bf16.  NVFP4 (experts/trtllm_nvfp4_moe.py): tiles up to 256,
+    GEMM 1 output ``P1 x w / 2`` fp4 with its swizzled e4m3 scales, beside the fp4 input and its scales the modular
+    kernel quantizes and vLLM's packed top-k ids.  Both: core.py's ``topk_ids`` (int32) and ``expert_weights``
+    (bf16), and ``FP4BlockScaleLauncher::prepare_moe``'s bf16 GEMM 2 output ``P2 x K``, ``P1``, ``P2`` at least
+    128 KiB of their row (runner.h ``maybeGetMinTokenCount``), at the largest tile the tactic may pick
+    (`trtllm_largest_tile`).  The one bf16 ``tokens x hidden`` output (the workspace manager's, vLLM's or core.py's)
+    is the caller's.  Not counted: the batched GEMMs' ``workspace_fc1`` / ``workspace_fc2`` (not read)."""
+    expanded = tokens * top_k
+    tile = trtllm_largest_tile(TRTLLM_FP4_TILES if nvfp4 else TRTLLM_FP4_BF16_TILES, tokens, top_k, local_experts)
+    padded, routing = _trtllm_routing_bytes(tokens, experts, top_k, tile)
+    wrapper = expanded * 4 + expanded * 2
+    gemm2_rows = max(padded, -(-TRTLLM_MIN_OUTPUT_BYTES // (hidden * 2)))
+    if not nvfp4:
+        gemm1_rows = max(padded, -(-TRTLLM_MIN_OUTPUT_BYTES // (width * 2)))
+        return routing + wrapper + gemm1_rows * width * 2 + gemm2_rows * hidden * 2
+    gemm1_rows = max(padded, -(-TRTLLM_MIN_OUTPUT_BYTES * 2 // width))  # 4-bit activations
+    gemm1_scales = _round_up(gemm1_rows, 128) * _round_up(width // NVFP4_SCALE_BLOCK, 4)
+    quantized = tokens * hidden // 2 + _round_up(tokens, 128) * _round_up(hidden // NVFP4_SCALE_BLOCK, 4)
+    return (routing + wrapper + expanded * 4 + quantized + gemm1_rows * width // 2 + gemm1_scales
+            + gemm2_rows * hidden * 2)
+
+
+def trtllm_fp8_per_tensor_moe_bytes(*, tokens: int, experts: int, top_k: int, hidden: int, width: int,
+                                    local_experts: int) -> int:
+    """The bytes vLLM 0.19's ``TrtLlmFp8ExpertsMonolithic._apply_per_tensor`` (fused_moe/experts/trtllm_fp8_moe.py;
+    DeepSeek-V3 and Llama 4 routing, ``_supports_routing_method``) and FlashInfer 0.6.6's
+    ``trtllm_fp8_per_tensor_scale_moe`` hold at once inside one MoE layer of `tokens` tokens beyond the one bf16
+    ``tokens x hidden`` output (the caller's): the fp8 input the modular kernel quantizes (``T x K``), the float32
+    router logits DeepSeek-V3's routing asks (``T x E``), core.py's ``topk_ids`` and ``expert_weights`` (``T x k``,
+    4 bytes each, the safe side of the logits' dtype); csrc/trtllm_fused_moe_kernel_launcher.cu
+    ``Fp8PerTensorLauncher``: the routing (`_trtllm_routing_bytes`, tiles 8 to 128 by `trtllm_largest_tile`), bf16
+    expert weights ``T x k``, and ``prepare_moe``'s fp8 GEMM 1 output ``(P + E) x 2w`` with fp32 scales ``2w / 128 x
+    (P + E)``, the fp8 activation ``(P + E) x w`` with scales ``w / 128 x (P + E)`` and the bf16 GEMM 2 output
+    ``P x K``.  Not counted: the batched GEMMs' ``workspace_fc1`` / ``workspace_fc2`` (not read)."""
+    expanded = tokens * top_k
+    tile = trtllm_largest_tile(TRTLLM_FP8_BLOCK_TILES, tokens, top_k, local_experts)
+    padded, routing = _trtllm_routing_bytes(tokens, experts, top_k, tile)
+    rows = padded + experts
+    gemms = (rows * 2 * width + (2 * width // 128) * rows * 4 + rows * width + (width // 128) * rows * 4
+             + padded * hidden * 2)
+    return routing + expanded * 2 + expanded * 8 + tokens * hidden + tokens * experts * 4 + gemms
+
+
+def trtllm_moe_bytes(version: str, expert_format: str, *, tokens: int, experts: int, top_k: int, hidden: int,
+                     width: int, local_experts: int) -> tuple[int, int, str] | None:
+    """(bytes, the output's hidden size, what runs) of the TRT-LLM experts vLLM `version` runs `expert_format` on
+    with compute capability 10.x (`trtllm_fp8_block_moe_bytes`, `trtllm_fp8_per_tensor_moe_bytes`,
+    `trtllm_fp4_moe_bytes`), or None where nibble did not read them: read for 0.19 (FlashInfer 0.6.6), block fp8
+    (oracle/fp8.py FLASHINFER_TRTLLM first: ``TrtLlmFp8ExpertsModular``, whose figure bounds the monolithic
+    class's), fp8 with static per-tensor scales (``TrtLlmFp8ExpertsMonolithic``), MXFP4 (oracle/mxfp4.py
+    FLASHINFER_TRTLLM_MXFP4_BF16, hidden size and width padded to 256,
+    ``mxfp4_round_up_hidden_size_and_intermediate_size``) and NVFP4 (oracle/nvfp4.py FLASHINFER_TRTLLM first)."""
+    if version != "0.19":
+        return None
+    if expert_format == "fp8-block128":
+        return (trtllm_fp8_block_moe_bytes(tokens=tokens, experts=experts, top_k=top_k, hidden=hidden, width=width,
+                                           local_experts=local_experts), hidden,
+                "block-fp8 experts on TrtLlmFp8ExpertsModular (oracle/fp8.py FLASHINFER_TRTLLM first, "
+                "experts/trtllm_fp8_moe.py)")
+    if expert_format == "fp8-per-tensor-static":
+        return (trtllm_fp8_per_tensor_moe_bytes(tokens=tokens, experts=experts, top_k=top_k, hidden=hidden,
+                                                width=width, local_experts=local_experts), hidden,
+                "per-tensor fp8 experts on TrtLlmFp8ExpertsMonolithic for DeepSeek-V3 and Llama 4 routing "
+                "(oracle/fp8.py FLASHINFER_TRTLLM first)")
+    if expert_format == "mxfp4":
+        padded_hidden = _round_up(hidden, TRTLLM_ALIGNMENT)
+        return (trtllm_fp4_moe_bytes(tokens=tokens, experts=experts, top_k=top_k, hidden=padded_hidden,
+                                     width=_round_up(width, TRTLLM_ALIGNMENT), local_experts=local_experts,
+                                     nvfp4=False), padded_hidden,
+                "MXFP4 experts on TrtLlmMxfp4ExpertsMonolithic (oracle/mxfp4.py FLASHINFER_TRTLLM_MXFP4_BF16)")
+    if weight_format_family(expert_format) == "nvfp4":
+        return (trtllm_fp4_moe_bytes(tokens=tokens, experts=experts, top_k=top_k, hidden=hidden, width=width,
+                                     local_experts=local_experts, nvfp4=True), hidden,
+                "NVFP4 experts on TrtLlmNvFp4Experts (oracle/nvfp4.py FLASHINFER_TRTLLM first)")
+    return None
+
+
+def trtllm_fp8_block_moe_bytes(*, tokens: int, experts: int, top_k: int, hidden: int, width: int,
+                               local_experts: int) -> int:
+    """The bytes vLLM 0.19's ``TrtLlmFp8ExpertsModular.apply`` (fused_moe/experts/trtllm_fp8_moe.py) and FlashInfer
+    0.6.6's ``trtllm_fp8_block_scale_routed_moe`` hold at once inside one MoE layer of `tokens` tokens, beyond the
+    layer's inputs and the modular kernel's kept output, `experts` the model's routed experts (the routing's
+    ``num_experts`` is the global count), `width` the expert width a rank.  vLLM: the packed top-k ids (int32, utils.py
+    ``trtllm_moe_pack_topk_ids_weights``) and the transposed activation scales (``a1q_scale.t().contiguous()``,
+    fp32, one per 128 columns); flashinfer/fused_moe/core.py ``trtllm_fp8_block_scale_moe_op``: its own ``tokens x
+    hidden`` bf16 output (copied into vLLM's, flashinfer#2703).  csrc/trtllm_fused_moe_kernel_launcher.cu, the
+    launcher's tensors, live until it returns: ``prepare_routing_common`` (per-expert counts, the expanded and
+    permuted index maps, the expert indexes, the histogram of ``max(2E, 512)``, two CTA maps of ``maxCtas``), the
+    bf16 expert weights (``Fp8BlockScaleLauncher::prepare_routing``), and ``prepare_moe``'s fp8 GEMM 1 output
+    ``P1 x 2w`` with fp32 scales ``2w / 128 x P``, the fp8 activation ``P1 x w`` with scales ``w / 128 x P1``, and the
+    bf16 GEMM 2 output ``P2 x K``, where ``P = maxCtas x tile`` (runner.h ``getMaxPermutedPaddedCount``: ``maxCtas =
+    min(E, T k) + (T k - min(E, T k)) // tile``) at the largest tile the tactic may pick (`trtllm_largest_tile`,
+    `local_experts` the rank's) and ``P1``, ``P2`` at least 128 KiB of their row (``maybeGetMinTokenCount``).
+    Not counted: the batched GEMMs' ``workspace_fc1`` / ``workspace_fc2`` (``getWorkspaceSizeInBytes`` of the
+    tactic's cubin config, not read)."""
+    expanded = tokens * top_k
+    tile = trtllm_largest_tile(TRTLLM_FP8_BLOCK_TILES, tokens, top_k, local_experts)
+    ctas = min(experts, expanded) + (expanded - min(experts, expanded)) // tile
+    padded = ctas * tile
+    gemm1_rows = max(padded, -(-TRTLLM_MIN_OUTPUT_BYTES // width))  # fp8 (8-bit) GEMM 1 input
+    gemm2_rows = max(padded, -(-TRTLLM_MIN_OUTPUT_BYTES // (hidden * 2)))  # bf16 output
+    vllm = expanded * 4 + (hidden // 128) * tokens * 4
+    python = tokens * hidden * 2
+    routing = (experts * 4 + 4 + expanded * 4 + padded * 4 + expanded * 4 + max(2 * experts, 512) * 4 + 2 * ctas * 4
+               + 4 + expanded * 2)
+    gemms = (gemm1_rows * 2 * width + (2 * width // 128) * padded * 4 + gemm1_rows * width
+             + (width // 128) * gemm1_rows * 4 + gemm2_rows * hidden * 2)
+    return vllm + python + routing + gemms
 
 
 #: flashinfer-python 0.6.6, the FlashInfer vLLM 0.19.0 pins (``flashinfer-python==0.6.6``): each buffer of a CUTLASS
@@ -2187,6 +2379,11 @@ def flashinfer_tuning_tokens(version: str, limits: BatchLimits, enforce_eager: b
     return 1 << (largest.bit_length() - 1)
 
 
+#: one compute capability of each family FlashInferExperts runs on (9.0 and `FLASHINFER_CUTLASS_MOE_FAMILIES`),
+#: weighed for a device of unknown capability
+FLASHINFER_AUTOTUNE_CAPABILITIES = ((9, 0), (10, 0), (11, 0), (12, 0))
+
+
 def flashinfer_moe_autotune_buffer(stage: Stage, version: str, limits: BatchLimits, expert_format: str,
                                    device: DeviceFacts, enforce_eager: bool = False) -> Term | None:
     """The CUTLASS MoE profiler workspace vLLM `version` keeps on one device of `stage` after FlashInfer's autotuning,
@@ -2205,7 +2402,19 @@ def flashinfer_moe_autotune_buffer(stage: Stage, version: str, limits: BatchLimi
     the life of the process.  vLLM's profiling run never sees it (it was sized before), so it comes out of the memory
     the budget leaves free: `cutlass_moe_profiler_workspace_bytes` with the rank's experts and width (`expert_shard`).
     On 0.33 a start that finds its autotune results cached (vLLM's per-rank file or FlashInfer's managed store) tunes
-    nothing and keeps none: the first start, which a plan must fit, does."""
+    nothing and keeps none: the first start, which a plan must fit, does.  A device of unknown compute capability is
+    charged the most any capability FlashInferExperts runs on keeps (`FLASHINFER_AUTOTUNE_CAPABILITIES`).  On 10.x
+    FlashInfer's TRT-LLM MoE kernels keep none: their launchers live for one call (csrc/
+    trtllm_fused_moe_kernel_launcher.cu ``launchers_map``, a local), and the autotune dummy run's MoE layers need
+    no more than the profiling run's (``flashinfer_autotune`` runs ``_dummy_run(max_num_batched_tokens)``; the
+    tuner's cold-L2 copies and buckets are at most ``tune_max_num_tokens`` rows, before the full call)."""
+    if device.compute_capability is None:
+        terms = [flashinfer_moe_autotune_buffer(stage, version, limits, expert_format,
+                                                replace(device, compute_capability=capability), enforce_eager)
+                 for capability in FLASHINFER_AUTOTUNE_CAPABILITIES]
+        best = max((term for term in terms if term is not None), key=lambda term: term.bytes, default=None)
+        return None if best is None else Term(best.bytes, best.basis + " (this device not known: the most any "
+                                                                      "compute capability keeps)")
     why = flashinfer_cutlass_moe_path(version, expert_format, device, stage.expert_parallel, stage.moe_ranks)
     spec = stage.spec
     if why is None or not spec.is_moe:
@@ -2239,9 +2448,17 @@ DEEP_GEMM_WARMUP_OFF = {"0.11": "VLLM_SKIP_DEEP_GEMM_WARMUP=1", "0.19": "VLLM_DE
 
 
 def _deep_gemm_supported(version: str, capability: tuple[int, int] | None) -> bool:
+    """Whether vLLM `version`'s ``is_deep_gemm_supported`` holds on `capability`; for a capability not known,
+    whether it holds on any (the warm-up's size does not depend on the capability: the safe side)."""
+    rules = DEEP_GEMM_CAPABILITIES.get(version, ())
     if capability is None:
-        return False
-    return any(rule == capability or rule == capability[0] for rule in DEEP_GEMM_CAPABILITIES.get(version, ()))
+        return bool(rules)
+    return any(rule == capability or rule == capability[0] for rule in rules)
+
+
+def _deep_gemm_capabilities(version: str) -> tuple[tuple[int, int], ...]:
+    """One compute capability of each of `DEEP_GEMM_CAPABILITIES`' rules for `version` (a family's x.0)."""
+    return tuple(rule if isinstance(rule, tuple) else (rule, 0) for rule in DEEP_GEMM_CAPABILITIES.get(version, ()))
 
 
 def deep_gemm_moe_warmup(stage: Stage, version: str, limits: BatchLimits, expert_format: str,
@@ -2273,7 +2490,8 @@ def deep_gemm_moe_warmup(stage: Stage, version: str, limits: BatchLimits, expert
     largest block-fp8 ``[N, K]`` linear layer of a rank (T not multiplied nor capped), is below what the profiling
     run's forward pass holds at that layer (`_forward_bytes`: ``2T x (3 hidden + 3 x the MLP's width per rank)``,
     or attention's q/k/v and output, more than ``T x (1.03 K + 2N)`` for each of qkv, o, gate_up and down), so the
-    memory the profiling peak released holds it: not charged."""
+    memory the profiling peak released holds it: not charged.  A device of unknown compute capability is charged
+    the warm-up where the release runs it on any capability (0.11 and 0.19: 9.0 and 10.x)."""
     spec = stage.spec
     start, stop = stage.layers
     if (expert_format != "fp8-block128" or not spec.is_moe
@@ -2294,7 +2512,10 @@ def deep_gemm_moe_warmup(stage: Stage, version: str, limits: BatchLimits, expert
         f"round_up({tokens} tokens x top_k {top_k} + {experts} experts x 127, 128), of fp8 input, fp32 scales and "
         f"bf16 output, beside the int32 expert ids; deep_gemm_warmup.py, which vLLM {version}'s kernel_warmup runs "
         "for block-fp8 experts after the KV cache is sized, whatever kernel serves them, where the deep_gemm package "
-        f"is installed, as vLLM's Docker images install it; {DEEP_GEMM_WARMUP_OFF[version]} turns it off)"))
+        f"is installed, as vLLM's Docker images install it; {DEEP_GEMM_WARMUP_OFF[version]} turns it off"
+        + ("; this device's compute capability not known: charged as on the capabilities DeepGEMM runs on, "
+           f"{', '.join(f'{major}.{minor}' for major, minor in _deep_gemm_capabilities(version))}"
+           if device.compute_capability is None else "") + ")"))
 
 
 def deep_gemm_warmup_excess(stage: Stage, version: str, limits: BatchLimits, expert_format: str,
@@ -2304,11 +2525,17 @@ def deep_gemm_warmup_excess(stage: Stage, version: str, limits: BatchLimits, exp
     not run).  When it runs, the KV cache fills the budget, so what is free inside it is what the profiling peak
     released to PyTorch's allocator (`_ProfilePasses.released`: the larger pass without the buffers that stay
     allocated; PyTorch frees cached blocks when cudaMalloc fails).  Left out of that room, on the safe side: the
-    sparse indexer's logits dummy and, on a multimodal model, the vision pass (the text passes' room is taken)."""
+    sparse indexer's logits dummy and, on a multimodal model, the vision pass (the text passes' room is taken).
+    For a device of unknown compute capability the room is the least of its own and of each capability DeepGEMM
+    runs on (`_deep_gemm_capabilities`: the profiling run's caches and sampler differ by capability)."""
     warmup = deep_gemm_moe_warmup(stage, version, limits, expert_format, device)
     if warmup is None:
         return None
-    room = _profile_passes(version, stage, limits, expert_format, device).released
+    candidates = [device] + ([replace(device, compute_capability=capability)
+                              for capability in _deep_gemm_capabilities(version)]
+                             if device.compute_capability is None else [])
+    room = min(_profile_passes(version, stage, limits, expert_format, candidate).released
+               for candidate in candidates)
     excess = warmup.bytes - room
     if excess <= 0:
         return None

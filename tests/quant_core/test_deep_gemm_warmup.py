@@ -127,11 +127,50 @@ def test_no_grouped_warm_up_where_vllm_does_not_run_it() -> None:
     stage = deepseek_v3_stage()
     assert deep_gemm_moe_warmup(stage, "0.33", FEW_SEQUENCES, "fp8-block128", H200) is None  # Triton's experts
     assert deep_gemm_moe_warmup(stage, "0.19", FEW_SEQUENCES, "fp8-block128", A100) is None  # 8.0: no DeepGEMM
-    assert deep_gemm_moe_warmup(stage, "0.19", FEW_SEQUENCES, "fp8-block128", UNKNOWN_DEVICE) is None
     assert deep_gemm_moe_warmup(stage, "0.19", FEW_SEQUENCES, "bf16", H200) is None
     assert deep_gemm_moe_warmup(stage, "0.19", FEW_SEQUENCES, "fp8-block128", B200) is not None  # the 10.x family
     dense_only = Stage(stage.spec, 8, 2, (0, 3), False)  # DeepSeek-V3's three dense layers
     assert deep_gemm_moe_warmup(dense_only, "0.19", FEW_SEQUENCES, "fp8-block128", H200) is None
+
+
+def test_a_device_of_unknown_capability_is_charged_the_warm_up_as_on_hopper_and_blackwell() -> None:
+    # kernel_warmup.py runs deep_gemm_warmup wherever is_deep_gemm_supported() holds: 0.11 on 9.0 and 10.0
+    # (utils/deep_gemm.py is_device_capability(90) or (100)), 0.19 on 9.0 and the 10.x family (platforms/cuda.py
+    # support_deep_gemm); its MAX_M rows do not depend on the capability, so a hardware given in bytes, whose device
+    # may be any of them, is charged the same 1,431,892,992 bytes (it was charged none: the plan promised memory an
+    # H200 or B200 would not have).  0.33 (the modular kernel's experts not DeepGEMM's) still charges none.
+    stage = deepseek_v3_stage()
+    for version in ("0.11", "0.19"):
+        term = deep_gemm_moe_warmup(stage, version, DEFAULTS, "fp8-block128", UNKNOWN_DEVICE)
+        assert term is not None and term.bytes == PEAK and "9.0, 10.0" in term.basis
+    assert deep_gemm_moe_warmup(stage, "0.33", DEFAULTS, "fp8-block128", UNKNOWN_DEVICE) is None
+    # the room is the least the profiling peak released on any of them: on 0.11 a B200 (10.0) holds DeepGemmExperts'
+    # workspace (the E8M0 path; fused_moe/deep_gemm_moe.py workspace_shapes, class-level SharedResizableBuffers), so
+    # only the forward pass's 503,316,480 bytes are released, where an H200 also released fused_experts_impl's caches
+    # (93,910,016 beyond): the unknown device needs the B200's 928,576,512 (it needed none)
+    released = 2 * 8192 * (3 * 7168 + 16 * (128 + 64 + 128 + 128 + 128))
+    for version in ("0.11", "0.19"):
+        excess = deep_gemm_warmup_excess(stage, version, FEW_SEQUENCES, "fp8-block128", UNKNOWN_DEVICE)
+        on_b200 = deep_gemm_warmup_excess(stage, version, FEW_SEQUENCES, "fp8-block128", B200)
+        assert excess is not None and on_b200 is not None
+        assert excess.bytes == on_b200.bytes == PEAK - released == 928_576_512
+    hopper = deep_gemm_warmup_excess(stage, "0.11", FEW_SEQUENCES, "fp8-block128", H200)
+    assert hopper is not None and hopper.bytes == 93_910_016
+    budget = VllmProfile("0.11").outside_budget(stage, "auto", FEW_SEQUENCES, False, UNKNOWN_DEVICE, "fp8-block128")
+    assert budget.warmup is not None and budget.warmup.bytes == 928_576_512
+
+
+def test_a_plan_for_8_h200s_given_in_bytes_charges_the_warm_up_an_h200_needs() -> None:
+    # The H200 plan above with its hardware given in bytes (no device: compute capability not known): the same
+    # 3,109,614,592 bytes outside the budget a rank, where it was the start-up memory and the graphs alone
+    preset = get_preset_info("deepseek-v3")
+    scheme = scheme_from_quantization_config(preset.quantization_config or {})
+    bytes_only = plan(get_preset("deepseek-v3"), Hardware(get_device("h200").planning_bytes, 8), Workload(32_768, 1),
+                      PlanOptions(engine_version="0.19", scheme=scheme, max_num_seqs=16, memory_utilization=0.98))
+    device = bytes_only.primary.devices[0]
+    assert device.outside_budget_bytes >= STARTUP_TP8_MOE_0_19 + 928_576_512
+    assert not bytes_only.fits
+    assert any("DeepGEMM's grouped-GEMM warm-up" in w for w in bytes_only.warnings if w.startswith("Does not fit"))
 
 
 def test_deepseek_v3_fp8_on_8_h200_with_16_sequences_at_0_98_does_not_fit_the_warm_up() -> None:

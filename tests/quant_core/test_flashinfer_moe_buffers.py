@@ -206,8 +206,10 @@ def test_flashinfer_experts_hold_one_tokens_x_hidden_view_and_allocate_the_cutla
     # fused finalize and no permuted_token_final_scales
     pro = fused_moe_caches(spec, 1, 8192, "0.19", "fp8-per-tensor-static", RTX_PRO_6000)
     assert pro.transient == 542_125_184 - 262_144
-    # 10.x: TRT-LLM's per-tensor kernel may run instead (routing not in the model): TritonExperts' figure, kept
-    assert fused_moe_caches(spec, 1, 8192, "0.19", "fp8-per-tensor-static", B200).transient == 0
+    # 10.x: TRT-LLM's per-tensor kernel may run instead (routing not in the model): TritonExperts' figure, kept,
+    # and the 48,831,488 bytes TRT-LLM's per-call buffers take beyond it (was 0: Triton's was taken as the safe
+    # side; test_fused_moe_caches.py derives TRT-LLM's 552,147,968 from FlashInfer 0.6.6, above the CUTLASS figure)
+    assert fused_moe_caches(spec, 1, 8192, "0.19", "fp8-per-tensor-static", B200).transient == 48_831_488
     assert "TritonExperts" in fused_moe_caches(spec, 1, 8192, "0.19", "fp8-per-tensor-static", B200).basis
 
 
@@ -266,3 +268,38 @@ def test_nvfp4_experts_on_an_rtx_pro_6000_run_flashinfers_cutlass_experts_and_ke
     # on the B200 TRT-LLM's or CuTe DSL's kernels take NVFP4 experts: not this path
     assert flashinfer_moe_autotune_buffer(stage, "0.19", DEFAULTS, "nvfp4", B200) is None
     assert fused_moe_caches(spec, 1, 8192, "0.19", "nvfp4", B200).transient == 0
+
+
+def test_a_device_of_unknown_capability_keeps_the_largest_profiler_workspace_any_capability_keeps() -> None:
+    # A hardware given in bytes may be any device FlashInferExperts runs on (9.0 and the 10.x, 11.x and 12.x
+    # families, FlashInferExperts._supports_current_device): it was charged no profiler workspace (the capability
+    # unknown, flashinfer_cutlass_moe_path None), now the largest any keeps: Qwen3-30B-A3B static fp8 on 0.19 keeps
+    # the H100's 21,029,120 bytes; DeepSeek-V3 NVFP4 at TP 8 on 0.33 the RTX PRO 6000's (12.x: 0.33 runs NVFP4 on
+    # FlashInferExperts there, TRT-LLM's kernels on 10.x keep none: their launchers live for one call,
+    # trtllm_fused_moe_kernel_launcher.cu launchers_map)
+    unknown = replace(H100, device_id="", compute_capability=None, compute_units=None)
+    spec = get_preset("qwen3-30b-a3b")
+    stage = Stage(spec, 1, 1, (0, spec.num_layers), True)
+    term = flashinfer_moe_autotune_buffer(stage, "0.19", DEFAULTS, "fp8-per-tensor-static", unknown)
+    hopper = flashinfer_moe_autotune_buffer(stage, "0.19", DEFAULTS, "fp8-per-tensor-static", H100)
+    assert term is not None and hopper is not None and term.bytes == hopper.bytes == 21_029_120
+    assert "not known" in term.basis
+    deepseek = get_preset("deepseek-v3")
+    tp8 = Stage(deepseek, 8, 1, (0, deepseek.num_layers), True)
+    pro = flashinfer_moe_autotune_buffer(tp8, "0.33", DEFAULTS, "nvfp4", RTX_PRO_6000)
+    term = flashinfer_moe_autotune_buffer(tp8, "0.33", DEFAULTS, "nvfp4", unknown)
+    assert pro is not None and term is not None and term.bytes == pro.bytes
+    assert flashinfer_moe_autotune_buffer(tp8, "0.33", DEFAULTS, "nvfp4", B200) is None
+    # block fp8 at TP 8 keeps none anywhere: Triton or TRT-LLM experts
+    assert flashinfer_moe_autotune_buffer(tp8, "0.19", DEFAULTS, "fp8-block128", unknown) is None
+
+
+def test_a_device_of_unknown_capability_is_charged_flashinfer_experts_cutlass_workspace_on_vllm_0_33() -> None:
+    # 0.33's static fp8 experts on an H100 run FlashInferExperts (held 33,554,432, CUTLASS 542,125,184 in the layer);
+    # a device not known was charged Triton's 536,870,912 alone: now the same total as the H100
+    spec = get_preset("qwen3-30b-a3b")
+    unknown = replace(H100, device_id="", compute_capability=None, compute_units=None)
+    hopper = fused_moe_caches(spec, 1, 8192, "0.33", "fp8-per-tensor-static", H100)
+    caches = fused_moe_caches(spec, 1, 8192, "0.33", "fp8-per-tensor-static", unknown)
+    assert caches.nbytes + caches.transient == hopper.nbytes + hopper.transient == 33_554_432 + 542_125_184
+    assert caches.nbytes == 536_870_912 and caches.transient == 38_808_704

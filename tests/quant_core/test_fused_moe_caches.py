@@ -31,9 +31,16 @@ from pathlib import Path
 
 import pytest
 
-from quant_core.catalog import device_facts, get_device, get_preset, get_preset_info
+from quant_core.catalog import UNKNOWN_DEVICE, device_facts, get_device, get_preset, get_preset_info
 from quant_core.engines.base import BatchLimits, Stage
-from quant_core.engines.vllm import VllmProfile, fused_moe_caches, rotary_cache_bytes
+from quant_core.engines.vllm import (
+    VllmProfile,
+    fused_moe_caches,
+    rotary_cache_bytes,
+    trtllm_fp4_moe_bytes,
+    trtllm_fp8_block_moe_bytes,
+    trtllm_fp8_per_tensor_moe_bytes,
+)
 from quant_core.planner import Hardware, PlanOptions, Workload, plan
 from quant_core.schemes import scheme_from_quantization_config
 
@@ -186,6 +193,20 @@ def test_vllm_0_11_runs_block_fp8_experts_on_deep_gemm_on_a_b200_whatever_their_
     assert "TritonExperts" in fused_moe_caches(spec, 2, 8192, "0.19", "fp8-block128", B200).basis
 
 
+def test_vllm_0_11_charges_a_device_of_unknown_capability_deep_gemms_workspace() -> None:
+    # A hardware given in bytes may be a B200, whose 10.0 runs block-fp8 experts on DeepGEMM at any width (utils/
+    # deep_gemm.py is_deep_gemm_e8m0_used; fused_moe.py fused_experts): Qwen3-30B-A3B-FP8 at TP 2 is charged
+    # DeepGemmExperts' 670,040,064 bytes, held (deep_gemm_moe.py workspace_shapes, M_sum = 81,792 rows), not
+    # fused_experts_impl's 318,767,104 freed after each layer (what it was charged): M_sum >= M x top_k and
+    # max(w, K) >= w, so DeepGEMM's is the larger path row for row, and it stays held
+    spec = get_preset("qwen3-30b-a3b")
+    unknown = fused_moe_caches(spec, 2, 8192, "0.11", "fp8-block128", UNKNOWN_DEVICE)
+    assert unknown.nbytes == 81_792 * (2048 + 2048) * 2 == 670_040_064 and unknown.persists
+    assert "DeepGemmExperts" in unknown.basis and "not known" in unknown.basis
+    assert unknown.nbytes > fused_moe_caches(spec, 2, 8192, "0.11", "fp8-block128", H100).nbytes == 318_767_104
+    assert fused_moe_caches(spec, 2, 8192, "0.11", "bf16", UNKNOWN_DEVICE).basis.startswith("fused_experts_impl")
+
+
 def test_a_b200_plan_of_block_fp8_qwen3_moe_on_vllm_0_11_charges_deep_gemms_workspace() -> None:
     # The whole plan (Qwen3-30B-A3B-FP8's 128 x 128 block fp8, one B200, 0.11): the activation is the H100's figure
     # for the same layout, both on DeepGEMM, within the devices' cuBLAS workspaces; it was 670,040,064 bytes less
@@ -331,3 +352,115 @@ def test_vllm_0_33_profiling_peak_of_humming_experts_is_their_workspace_less() -
     triton = VllmProfile("0.33").activation(stage, limits, "bf16", H100)
     assert triton.bytes - humming.bytes == 536_870_912 - 369_098_752 == 167_772_160
     assert "HummingIndexedExperts" in humming.basis
+
+
+def test_vllm_0_19_charges_trtllms_block_fp8_buffers_on_a_b200_where_they_pass_tritons_workspace() -> None:
+    # On 10.x vLLM 0.19 runs block-fp8 experts on TrtLlmFp8ExpertsModular (oracle/fp8.py: FLASHINFER_TRTLLM first,
+    # experts/trtllm_fp8_moe.py; its workspace_shapes asks only the tokens x K output), where nibble charged
+    # TritonExperts' workspace "on the safe side".  By hand from flashinfer-python 0.6.6 (vLLM 0.19's pin) for
+    # Qwen3-30B-A3B-FP8 on one B200 at 8192 tokens (top 8 of 128 experts, K = 2048, w = 768):
+    # * runner.h getMaxNumCtasInBatchDim at tile 128: min(128, 65,536) + (65,536 - 128) // 128 = 639 CTAs, P = 81,792
+    # * trtllm_fused_moe_kernel_launcher.cu Fp8BlockScaleLauncher::prepare_moe: GEMM 1 fp8 81,792 x 1536 and scales
+    #   12 x 81,792 x 4, activation fp8 81,792 x 768 and scales 6 x 81,792 x 4, GEMM 2 bf16 81,792 x 2048 x 2:
+    #   529,357,824; prepare_routing_common and the bf16 expert weights: 990,208
+    # * core.py trtllm_fp8_block_scale_moe_op's own bf16 output 8192 x 2048 x 2 = 33,554,432; vLLM's packed ids
+    #   (8192 x 8 x 4) and transposed activation scales (16 x 8192 x 4): 786,432
+    gemms = 81_792 * 1536 + 12 * 81_792 * 4 + 81_792 * 768 + 6 * 81_792 * 4 + 81_792 * 2048 * 2
+    routing = 128 * 4 + 4 + 65_536 * 4 + 81_792 * 4 + 65_536 * 4 + 512 * 4 + 2 * 639 * 4 + 4 + 65_536 * 2
+    per_call = gemms + routing + 8192 * 2048 * 2 + 65_536 * 4 + 16 * 8192 * 4
+    assert (gemms, routing, per_call) == (529_357_824, 990_208, 564_688_896)
+    assert trtllm_fp8_block_moe_bytes(tokens=8192, experts=128, top_k=8, hidden=2048, width=768,
+                                      local_experts=128) == per_call
+    # with the kept 8192 x 2048 bf16 output, 598,243,328 against Triton's 65,536 x (2048 + 2048) x 2 = 536,870,912
+    triton = 65_536 * (2048 + 2048) * 2
+    spec = get_preset("qwen3-30b-a3b")
+    caches = fused_moe_caches(spec, 1, 8192, "0.19", "fp8-block128", B200)
+    assert caches.nbytes == triton and caches.persists
+    assert caches.transient == 8192 * 2048 * 2 + per_call - triton == 61_372_416
+    assert "TrtLlmFp8ExpertsModular" in caches.basis
+    # a device of unknown compute capability may be a B200: charged the same
+    assert fused_moe_caches(spec, 1, 8192, "0.19", "fp8-block128", UNKNOWN_DEVICE).transient == 61_372_416
+    # checked safe (Triton's is the larger, no transient): DeepSeek-V3 at TP 8 (K = 7168: Triton's rows are
+    # max(w, K) wide) and Qwen3-30B-A3B at TP 2; an H200 runs Triton's experts
+    assert fused_moe_caches(get_preset("deepseek-v3"), 8, 8192, "0.19", "fp8-block128", B200).transient == 0
+    assert fused_moe_caches(spec, 2, 8192, "0.19", "fp8-block128", B200).transient == 0
+    assert fused_moe_caches(spec, 1, 8192, "0.19", "fp8-block128", H100).transient == 0
+
+
+def test_vllm_0_19_charges_trtllms_nvfp4_buffers_for_deepseek_v3_on_b200s() -> None:
+    # NVFP4 experts on 10.x run on TRT-LLM (oracle/nvfp4.py FLASHINFER_TRTLLM first; experts/trtllm_nvfp4_moe.py,
+    # DeepSeek-V3's routing on TrtLlmNvFp4ExpertsMonolithic).  By hand from flashinfer-python 0.6.6 for DeepSeek-V3
+    # at TP 8 on B200s at 8192 tokens (top 8 of 256 experts, all on every rank, K = 7168, w = 2048 / 8 = 256):
+    # * computeSelectedTileN: 65,536 / 256 = 256 tokens an expert, the largest NVFP4 tile (getSupportedTileNums:
+    #   8 to 256 for fp4 activations): 256 + (65,536 - 256) // 256 = 511 CTAs, P = 130,816 rows
+    # * FP4BlockScaleLauncher::prepare_moe: GEMM 1 fp4 130,816 x 128 bytes and its swizzled scales 130,816 x 16,
+    #   GEMM 2 bf16 130,816 x 7168 x 2; prepare_routing_common 1,054,720; core.py topk_ids and expert_weights
+    #   65,536 x (4 + 2); vLLM's fp4 input 8192 x 3584 with scales 8192 x 448, and packed ids 65,536 x 4
+    gemms = 130_816 * 128 + 130_816 * 16 + 130_816 * 7168 * 2
+    routing = 256 * 4 + 4 + 65_536 * 4 + 130_816 * 4 + 65_536 * 4 + 512 * 4 + 2 * 511 * 4 + 4
+    per_call = gemms + routing + 65_536 * 6 + 8192 * 3584 + 8192 * 448 + 65_536 * 4
+    assert (routing, per_call) == (1_054_720, 1_928_955_904)
+    assert trtllm_fp4_moe_bytes(tokens=8192, experts=256, top_k=8, hidden=7168, width=256, local_experts=256,
+                                nvfp4=True) == per_call
+    # with the one 8192 x 7168 bf16 output, 167,348,224 bytes more than Triton's 65,536 x (7168 + 7168) x 2
+    spec = get_preset("deepseek-v3")
+    caches = fused_moe_caches(spec, 8, 8192, "0.19", "nvfp4", B200)
+    assert caches.nbytes == 65_536 * 14_336 * 2 == 1_879_048_192
+    assert caches.transient == 8192 * 7168 * 2 + per_call - 1_879_048_192 == 167_348_224
+    assert "TrtLlmNvFp4Experts" in caches.basis
+    # inside the MoE layer beside the shared experts: at 16 sequences (the forward pass the peak) the activation
+    # grows by 2 x 8192 x (3 x 7168 + 3 x 2048 / 8) + 167,348,224 - 2 x 8192 x (3 x 7168 + MLA's 9216) = 28,936,192
+    stage = Stage(spec, 8, 1, (0, spec.num_layers), True)
+    assert VllmProfile("0.19").activation(stage, BatchLimits(8192, 16), "nvfp4", B200).bytes == 2_441_840_640
+    assert 2 * 8192 * (21_504 + 768) + 167_348_224 - 2 * 8192 * (21_504 + 9216) == 28_936_192  # was 2,412,904,448
+
+
+def test_vllm_0_19_charges_trtllms_mxfp4_buffers_for_gpt_oss_120b_at_tp2_on_b200s() -> None:
+    # gpt-oss on 10.x runs on TrtLlmMxfp4ExpertsMonolithic (oracle/mxfp4.py FLASHINFER_TRTLLM_MXFP4_BF16), hidden
+    # 2880 and width 2880 / 2 = 1440 padded to 256 (3072 and 1536).  At 8192 tokens, top 4 of 128: bf16
+    # activations take tiles 8 to 64, so 128 + (32,768 - 128) // 64 = 638 CTAs, P = 40,832; GEMM 1 bf16 40,832 x
+    # 1536 x 2, GEMM 2 40,832 x 3072 x 2, routing 433,144, core.py's topk_ids and expert_weights 32,768 x 6, and
+    # apply's torch.empty_like output 8192 x 3072 x 2: 427,269,112 against Triton's 2 x 32,768 x 2880 x 2
+    gemms = 40_832 * 1536 * 2 + 40_832 * 3072 * 2
+    routing = 128 * 4 + 4 + 32_768 * 4 + 40_832 * 4 + 32_768 * 4 + 512 * 4 + 2 * 638 * 4 + 4
+    per_call = gemms + routing + 32_768 * 6
+    assert (routing, per_call) == (433_144, 376_937_464)
+    assert trtllm_fp4_moe_bytes(tokens=8192, experts=128, top_k=4, hidden=3072, width=1536, local_experts=128,
+                                nvfp4=False) == per_call
+    caches = fused_moe_caches(get_preset("gpt-oss-120b"), 2, 8192, "0.19", "mxfp4", B200)
+    assert caches.nbytes == 2 * 32_768 * 2880 * 2 == 377_487_360
+    assert caches.transient == 8192 * 3072 * 2 + per_call - 377_487_360 == 49_781_752
+    # checked safe: at TP 1 (width 3072) Triton's 566,231,040 is the larger; an H100 runs OpenAI's Triton kernels
+    assert fused_moe_caches(get_preset("gpt-oss-120b"), 1, 8192, "0.19", "mxfp4", B200).transient == 0
+    assert fused_moe_caches(get_preset("gpt-oss-120b"), 2, 8192, "0.19", "mxfp4", H100).transient == 0
+
+
+def test_vllm_0_19_charges_per_tensor_fp8_experts_on_a_b200_the_larger_of_trtllm_and_cutlass() -> None:
+    # fp8 with static per-tensor scales on 10.x: TrtLlmFp8ExpertsMonolithic for DeepSeek-V3 and Llama 4 routing
+    # (experts/trtllm_fp8_moe.py _supports_routing_method; its modular class takes no per-tensor scales), else
+    # FlashInferExperts (oracle/fp8.py FLASHINFER_CUTLASS); the routing is not in nibble's model, so the larger.
+    # By hand from flashinfer-python 0.6.6 for Qwen3-30B-A3B on one B200 at 8192 tokens (tile 128, P = 81,792):
+    # Fp8PerTensorLauncher::prepare_moe: GEMM 1 fp8 (P + 128) x 1536 with scales 12 x 81,920 x 4, activation
+    # 81,920 x 768 with scales 6 x 81,920 x 4, GEMM 2 bf16 81,792 x 2048 x 2; routing 859,136; expert weights
+    # 65,536 x 2, core.py topk_ids and expert_weights 65,536 x 8, the fp8 input 8192 x 2048, fp32 logits 8192 x 128 x 4
+    gemms = 81_920 * 1536 + 12 * 81_920 * 4 + 81_920 * 768 + 6 * 81_920 * 4 + 81_792 * 2048 * 2
+    per_call = gemms + 859_136 + 65_536 * 10 + 8192 * 2048 + 8192 * 128 * 4
+    assert (gemms, per_call) == (529_661_952, 552_147_968)
+    assert trtllm_fp8_per_tensor_moe_bytes(tokens=8192, experts=128, top_k=8, hidden=2048, width=768,
+                                           local_experts=128) == per_call
+    spec = get_preset("qwen3-30b-a3b")
+    caches = fused_moe_caches(spec, 1, 8192, "0.19", "fp8-per-tensor-static", B200)
+    # above FlashInferExperts' CUTLASS workspace (542,125,184 on an H200, finalize fused) and Triton's 536,870,912
+    assert caches.transient == 8192 * 2048 * 2 + per_call - 536_870_912 == 48_831_488
+    hopper = fused_moe_caches(spec, 1, 8192, "0.19", "fp8-per-tensor-static", H200)
+    assert hopper.transient == 542_125_184 < per_call
+
+
+def test_a_device_of_unknown_capability_is_charged_the_largest_nvfp4_experts_path() -> None:
+    # DeepSeek-V3 NVFP4 at TP 8: a B200 runs TRT-LLM's (167,348,224 beyond Triton's workspace), an RTX PRO 6000
+    # (12.0) FlashInferExperts' CUTLASS workspace, the larger here: a hardware given in bytes is charged that
+    spec = get_preset("deepseek-v3")
+    unknown = fused_moe_caches(spec, 8, 8192, "0.19", "nvfp4", UNKNOWN_DEVICE)
+    blackwell_pro = fused_moe_caches(spec, 8, 8192, "0.19", "nvfp4", device_facts(None, (12, 0)))
+    assert unknown.nbytes + unknown.transient == blackwell_pro.nbytes + blackwell_pro.transient == 2_049_874_048
+    assert unknown.transient == 170_825_856 > fused_moe_caches(spec, 8, 8192, "0.19", "nvfp4", B200).transient
