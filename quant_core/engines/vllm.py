@@ -67,7 +67,12 @@ from quant_core.engines.vllm_attention import (
     per_token_head_backend,
 )
 from quant_core.engines.vllm_graphs import cuda_graph_pool, cudagraph_capture_sizes, graph_spill
-from quant_core.engines.vllm_speculative import drafter_buffer_bytes, drafter_pass_bytes, rejection_sampler_bytes
+from quant_core.engines.vllm_speculative import (
+    drafter_buffer_bytes,
+    drafter_pass_bytes,
+    rejection_sampler_bytes,
+    serving_rejection_bytes,
+)
 from quant_core.errors import InvalidSpec, UnknownName
 from quant_core.formats import GGML_TYPE_NAMES, Layout, WeightFormat, fp8, gptq_checkpoint, int4, kv_dtype
 from quant_core.identity_memo import IdentityMemo
@@ -1374,6 +1379,9 @@ class OutsideBudget:
     #: the speculative drafter's persistent buffers (`vllm_speculative.drafter_buffer_bytes`), held from before the
     #: profiling run on
     drafter: Term | None = None
+    #: what a full speculative decode step's rejection sampler needs beyond the profiling peak
+    #: (`speculative_serving_excess`), while serving: after everything else
+    serving: Term | None = None
 
     def table_bytes(self, max_model_len: int) -> int:
         """The expanded block table at `max_model_len`: ``max_num_batched_tokens x ceil(L / 64) x 4`` bytes."""
@@ -1381,7 +1389,7 @@ class OutsideBudget:
 
     def bytes_at(self, max_model_len: int) -> int:
         later = ((0 if self.graph is None else self.graph.bytes) + self.kernel_bytes
-                 + (0 if self.late is None else self.late.bytes))
+                 + (0 if self.late is None else self.late.bytes) + (0 if self.serving is None else self.serving.bytes))
         return (self.startup.bytes + self.table_bytes(max_model_len)
                 + (0 if self.scratch is None else self.scratch.bytes)
                 + (0 if self.workspace is None else self.workspace.bytes)
@@ -1406,6 +1414,8 @@ class OutsideBudget:
             parts.append(self.workspace.basis)
         if self.drafter is not None:
             parts.append(self.drafter.basis)
+        if self.serving is not None:
+            parts.append(self.serving.basis)
         return "; ".join(parts)
 
 
@@ -1486,7 +1496,36 @@ def outside_budget(stage: Stage, kv_cache_dtype: str, limits: BatchLimits, versi
                              "buffers), made with the runner before the profiling run and counted by no term of the "
                              "budget")
     return OutsideBudget(version, startup_memory(stage, version, device), graph, kernel, per_block, late, warmup,
-                         scratch, workspace, drafter)
+                         scratch, workspace, drafter, speculative_serving_excess(stage, limits, version, expert_format,
+                                                                                 device))
+
+
+def speculative_serving_excess(stage: Stage, limits: BatchLimits, version: str, expert_format: str,
+                               device: DeviceFacts) -> Term | None:
+    """On the last stage under speculative decoding, what the rejection sampler of a full decode step needs
+    (`vllm_speculative.serving_rejection_bytes`, beside the fused-MoE caches the workspace manager keeps) beyond the
+    profiling peak, the memory PyTorch's allocator holds from it (the larger of the forward pass with the drafter's and
+    the sampler warm-up with the rejection sampler's, `VllmProfile.activation`); None where it needs no more.  vLLM's
+    profiling warms the rejection sampler up with one draft a request, so with more drafts the step's logits are
+    wider than anything it measured: the excess comes from the memory the budget leaves free."""
+    if not limits.speculative_tokens or not stage.is_last:
+        return None
+    spec, element, tokens = stage.spec, stage.element_bytes, limits.max_batched_tokens
+    passes = _profile_passes(version, stage, limits, expert_format, device)
+    padded = -(-spec.vocab_size // VOCAB_PADDING) * VOCAB_PADDING
+    rows = min(limits.max_num_seqs, tokens)
+    profiled = max(passes.forward + (drafter_pass_bytes(spec, limits, element) if limits.draft_layers else 0),
+                   passes.sampler + rejection_sampler_bytes(spec, rows, padded, element))
+    serving = serving_rejection_bytes(spec, limits, padded, element) + passes.workspace
+    if serving <= profiled:
+        return None
+    excess = serving - profiled
+    return Term(excess, f"{excess / GIB:.2f} GiB for the rejection sampler of a full decode step of "
+                        f"{limits.speculative_tokens} drafts a request ({serving / GIB:.2f} GiB: the logits of "
+                        f"min(max_num_seqs, max_num_batched_tokens // {limits.decode_query_len}) requests x "
+                        f"{limits.decode_query_len} tokens and the target rows' float32 copies, "
+                        "v1/sample/rejection_sampler.py) beyond the profiling peak it reuses "
+                        f"({profiled / GIB:.2f} GiB), whose warm-up samples one draft a request")
 
 
 #: v0.19 flashmla_sparse.py: below this many heads a rank, an fp8_ds_mla cache runs every token of a step, prefill

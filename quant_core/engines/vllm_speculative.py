@@ -11,7 +11,9 @@ k}'`` with the two methods that need no second model config, on vLLM 0.19.
   ``nn.Linear(2 x hidden, hidden)``: neither quantized nor split, so every rank holds it whole in the model's dtype
   (`mtp_front_bytes`).  Its ``embed_tokens`` and ``shared_head.head`` are built and loaded, then replaced by the
   target's (``EagleProposer._maybe_share_embeddings`` / ``_maybe_share_lm_head``: "Detected MTP model. Sharing target
-  model ... weights"): they are freed before the profiling run and take no memory after the load.  The MTP layers'
+  model ... weights"): they are freed before the profiling run and take no memory after the load ("Model loading took"
+is ``DeviceMemoryProfiler``'s allocated memory at the end, utils/mem_utils.py; while loading they sit in budget memory
+that the profiling peak, larger, and the KV cache only take later).  The MTP layers'
   attention joins the KV cache: their MLA specs equal the target's, so ``get_kv_cache_groups`` (v1/core/
   kv_cache_utils.py) puts them in the one group and ``num_blocks = available // (page x (layers + MTP layers))``.
   The runner's ``profile_run`` runs ``drafter.dummy_run`` after the target's dummy forward (gpu_model_runner.py
@@ -21,7 +23,8 @@ k}'`` with the two methods that need no second model config, on vLLM 0.19.
 Both make a decode step ``1 + k`` tokens a sequence (``uniform_decode_query_len``), which sets the largest CUDA-graph
 capture size (config/vllm.py ``_set_cudagraph_sizes``: ``min(max_num_seqs x (1 + k) x 2, 512)``) and rounds the
 sizes up to multiples of ``1 + k`` under FULL decode graphs (``CompilationConfig.adjust_cudagraph_sizes_for_spec_
-decode``), and make the sampler warm-up also run the rejection sampler (``_dummy_sampler_run``).  Neither adds a slot
+decode``), and make the sampler warm-up also run the rejection sampler (``_dummy_sampler_run``), with one draft a
+request: a full decode step of k drafts needs more (`serving_rejection_bytes`).  Neither adds a slot
 for drafting (``SpeculativeConfig.max_num_new_slots_for_drafting``: 0 for serial methods), so
 ``max_num_batched_tokens`` is unchanged.
 
@@ -155,9 +158,26 @@ def rejection_sampler_bytes(spec: ModelSpec, rows: int, padded_vocabulary: int, 
     """What the rejection sampler's warm-up (``_dummy_sampler_run`` with a speculative config, 0.19) holds beyond the
     sampler pass over the same `rows` requests, a bound read from the code: one draft token a request, so
     ``torch.randn`` logits of ``2 x rows`` rows in the logits' dtype (the first pass's logits are released when the
-    name is rebound);
-    the bonus tokens sample ``rows`` of them through the same sampler (its copies as the first pass's), and the target
-    logits then take a float32 copy, its clone, the probabilities and the recovered tokens' exponential draws
-    (``RejectionSampler.forward``, ``rejection_sample``: four float32 copies where the sampler's pass held three):
-    ``rows x (2 x padded vocabulary x element bytes + vocabulary x 4)`` above the sampler pass."""
-    return rows * (2 * padded_vocabulary * element_bytes + spec.vocab_size * 4)
+    name is rebound).  The bonus tokens then sample ``rows`` of them (an indexed copy in place of the first pass's
+    logits) through the same sampler (its copies as the first pass's); after it the target logits take a float32
+    copy, its clone and their softmax (``RejectionSampler.forward``, ``rejection_sample``) and the recovered tokens
+    two float32 ``rows x vocabulary`` draws (``sample_recovered_tokens``: ``q`` and ``q.reciprocal()``), five where
+    the sampler held three: ``rows x (2 x padded vocabulary x element bytes + 8 x vocabulary)`` above the sampler
+    pass."""
+    return rows * (2 * padded_vocabulary * element_bytes + 8 * spec.vocab_size)
+
+
+def serving_rejection_bytes(spec: ModelSpec, limits: BatchLimits, padded_vocabulary: int, element_bytes: int) -> int:
+    """The rejection sampler's peak while serving a full decode step, which the warm-up (one draft a request) does
+    not reach for k = num_speculative_tokens drafts: R = min(max_num_seqs, max_num_batched_tokens // (1 + k))
+    requests of ``1 + k`` tokens; beside the step's T = max_num_batched_tokens hidden states and the ``R x (1 + k)``
+    gathered rows, the ``R x (1 + k)`` logits and the bonus rows' copy in the logits' dtype, and then (the larger
+    phase for any k) the ``R x k`` target rows' float32 copy, clone and softmax and the recovered tokens' two
+    float32 ``R x vocabulary`` draws (v1/sample/rejection_sampler.py ``RejectionSampler.forward``,
+    ``rejection_sample``, ``sample_recovered_tokens``), a bound read from the code."""
+    tokens, drafts = limits.max_batched_tokens, limits.speculative_tokens
+    query = 1 + drafts
+    requests = min(limits.max_num_seqs, tokens // query)
+    hidden = (tokens + requests * query) * spec.hidden_size * element_bytes
+    logits = requests * (query + 1) * padded_vocabulary * element_bytes
+    return hidden + logits + requests * spec.vocab_size * (12 * drafts + 8)

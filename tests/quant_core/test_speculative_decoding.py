@@ -18,12 +18,17 @@ from __future__ import annotations
 
 import pytest
 
-from quant_core.catalog import get_device, get_preset, get_preset_info
+from quant_core.catalog import device_facts, get_device, get_preset, get_preset_info
 from quant_core.engines.base import BatchLimits, Stage
 from quant_core.engines.torch_cuda import allocated_block_bytes
-from quant_core.engines.vllm import VllmProfile
+from quant_core.engines.vllm import VllmProfile, speculative_serving_excess
 from quant_core.engines.vllm_graphs import cudagraph_capture_sizes, cudagraph_count
-from quant_core.engines.vllm_speculative import SpeculativeDecoding, drafter_buffer_bytes, mtp_front_bytes
+from quant_core.engines.vllm_speculative import (
+    SpeculativeDecoding,
+    drafter_buffer_bytes,
+    mtp_front_bytes,
+    serving_rejection_bytes,
+)
 from quant_core.errors import InvalidSpec
 from quant_core.formats import float_format
 from quant_core.planner import Hardware, Plan, PlanOptions, Workload, plan
@@ -90,13 +95,13 @@ def test_the_rejection_sampler_and_the_drafters_buffers_are_charged_by_hand() ->
     without = deepseek_v3(None).primary.devices[0]
     mtp = deepseek_v3(SpeculativeDecoding("mtp", 1, 1)).primary.devices[0]
     ngram = deepseek_v3(SpeculativeDecoding("ngram", 3)).primary.devices[0]
-    # the sampler warm-up decides the peak: 1024 rows x (2 x vocabulary x 2 bytes of random logits + a float32 copy)
-    rejection = SEQUENCES * (2 * VOCABULARY * 2 + VOCABULARY * 4)
-    assert mtp.activation_bytes - without.activation_bytes == rejection == 1_059_061_760
+    # the sampler warm-up decides the peak: 1024 rows x (2 x vocabulary x 2 bytes of random logits + two float32
+    # copies: the target rows' copy, clone and softmax and the recovered tokens' q and 1/q where the sampler held three)
+    rejection = SEQUENCES * (2 * VOCABULARY * 2 + 8 * VOCABULARY)
+    assert mtp.activation_bytes - without.activation_bytes == rejection == 1_588_592_640
     assert ngram.activation_bytes - without.activation_bytes == rejection
-    # ngram runs no model: no weights, KV or buffers; its capture sizes at 1 + 3 stay 51 up to 512
+    # ngram runs no model: no weights, KV or buffers (its capture sizes at 1 + 3 stay 51 up to 512)
     assert ngram.weights_bytes == without.weights_bytes and ngram.kv_cache_bytes == without.kv_cache_bytes
-    assert ngram.outside_budget_bytes == without.outside_budget_bytes
     # outside the budget: EagleProposer's buffers (input_ids int32, positions and slot mapping int64, hidden states
     # and input embeddings T x 7168 bf16 = 112 MiB each, arange max(S + 1, T) int32, backup ids S int32) and the
     # MTP layer's CUDA graphs at the per-layer rate (19 MiB a layer at 51 sizes)
@@ -187,3 +192,23 @@ def test_the_mtp_layer_takes_a_layers_share_of_the_allocator_blocks_nibble_charg
                                                           speculative=speculative)).primary.devices[0].overhead_bytes
                  for speculative in (None, SpeculativeDecoding("mtp", 1, 1))]
     assert overheads[1] - overheads[0] == -(-allocation.bytes // 61)
+
+
+def test_a_full_decode_step_of_three_drafts_needs_more_than_the_warm_up_measured() -> None:
+    # serving: min(1024, 8192 // 4) = 1024 requests of 4 tokens; the step's 8192 hidden states and 4096 gathered rows,
+    # 4096 + 1024 rows of bf16 logits, then 3072 target rows x 3 float32 copies and 1024 x 2 float32 draws
+    limits = BatchLimits(TOKENS, SEQUENCES, speculative_tokens=3)
+    spec = get_preset("deepseek-v3")
+    serving = ((8192 + 4096) * HIDDEN * 2 + 1024 * 5 * VOCABULARY * 2 + 1024 * VOCABULARY * (12 * 3 + 8))
+    assert serving_rejection_bytes(spec, limits, VOCABULARY, 2) == serving == 7_324_827_648
+    # the warm-up (one draft a request) measured less: the rest comes from the memory the budget leaves free
+    without = deepseek_v3(None).primary.devices[0]
+    ngram = deepseek_v3(SpeculativeDecoding("ngram", 3)).primary.devices[0]
+    excess = speculative_serving_excess(Stage(spec, 8, 1, (0, 61), True), limits, "0.19", "fp8-block128",
+                                        device_facts("h200"))
+    assert excess is not None and 0 < excess.bytes < serving
+    assert ngram.outside_budget_bytes - without.outside_budget_bytes == excess.bytes
+    # one draft a request is what the warm-up ran: nothing beyond it
+    one = BatchLimits(TOKENS, SEQUENCES, speculative_tokens=1)
+    assert speculative_serving_excess(Stage(spec, 8, 1, (0, 61), True), one, "0.19", "fp8-block128",
+                                      device_facts("h200")) is None
