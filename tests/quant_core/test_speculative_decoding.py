@@ -212,3 +212,28 @@ def test_a_full_decode_step_of_three_drafts_needs_more_than_the_warm_up_measured
     one = BatchLimits(TOKENS, SEQUENCES, speculative_tokens=1)
     assert speculative_serving_excess(Stage(spec, 8, 1, (0, 61), True), one, "0.19", "fp8-block128",
                                       device_facts("h200")) is None
+
+
+def test_glm_4_5_air_with_mtp_1_pools_one_more_gqa_layer_and_holds_its_eh_proj_whole() -> None:
+    # Glm4MoeMTP (glm4_moe_mtp.py): a Glm4MoeDecoderLayer with the target's quant_config (layer 46, a MoE layer like
+    # layer 45) and eh_proj nn.Linear(2 x 4096, 4096) plus three norms, bf16 on every rank; at TP 4 each of the
+    # 8 KV heads' 2 a rank holds K and V of 128: 2 x 2 x 128 x 2 = 1,024 bytes a token a layer
+    spec = get_preset("glm-4.5-air")
+    assert get_preset_info("glm-4.5-air").mtp_layers == 1
+    hardware = Hardware(get_device("h200").planning_bytes, 4, "h200")
+    plans = [plan(spec, hardware, WORKLOAD, PlanOptions(engine_version="0.19", weight_format=float_format("bf16"),
+                                                       speculative=speculative)).primary
+             for speculative in (None, SpeculativeDecoding("mtp", 2, 1))]
+    per_token = 2 * 2 * 128 * 2
+    assert plans[0].devices[0].kv_cache_bytes == 46 * per_token * 32_768
+    assert plans[1].devices[0].kv_cache_bytes == 47 * per_token * 32_768
+    front = (2 * 4096 * 4096 + 3 * 4096) * 2
+    assert mtp_front_bytes(spec, 2) == front == 67_133_440
+    # layer 45 in bf16 at TP 4, as nibble charges it: 128 experts of gate/up/down 1408 x 4096 and the shared expert
+    # split 4 ways; q (12,288 x 4096), k and v (1024 x 4096) and o split; the q/k/v biases and the two norms whole;
+    # the router and its correction bias in float32 (vLLM's glm4_moe.py gate), whole
+    layer_45 = (128 * 3 * 1408 * 4096 * 2 // 4 + 3 * 1408 * 4096 * 2 // 4
+                + (12288 + 2 * 1024) * 4096 * 2 // 4 + 4096 * 12288 * 2 // 4
+                + (12288 + 2 * 1024) * 2 + 2 * 4096 * 2 + (128 * 4096 + 128) * 4)
+    assert layer_45 == 1_172_615_680
+    assert plans[1].devices[0].weights_bytes - plans[0].devices[0].weights_bytes == layer_45 + front
