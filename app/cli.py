@@ -196,6 +196,16 @@ def with_hf_quant_config(config_path: str) -> dict[str, Any]:
     return config
 
 
+def speculative_option(text: str) -> dict[str, Any]:
+    """``--speculative METHOD:K`` (``mtp:1``, ``ngram:3``): vLLM's ``--speculative-config`` as the API's
+    ``runtime.speculative``, checked for its shape as the option is read (a usage error, exit 2); the API says which
+    methods and counts it plans."""
+    method, colon, tokens = text.partition(":")
+    if not colon or not method or not (tokens.isascii() and tokens.isdigit()):
+        raise argparse.ArgumentTypeError(f"{text!r} is not METHOD:K (mtp:1, ngram:3)")
+    return {"method": method, "num_speculative_tokens": int(tokens)}
+
+
 def plan_body(args: argparse.Namespace) -> dict[str, Any]:
     """The ``POST /v1/plan`` body for the command-line options (unset options keep the API's defaults)."""
     config = args.config
@@ -224,7 +234,7 @@ def plan_body(args: argparse.Namespace) -> dict[str, Any]:
                     "engine_version": args.engine_version, "max_num_seqs": args.max_num_seqs,
                     "max_batched_tokens": args.max_batched_tokens, "overhead_bytes": args.overhead,
                     "activation_bytes": args.activations, "float_format": args.float_format,
-                    "expert_parallel": args.expert_parallel or None},
+                    "expert_parallel": args.expert_parallel or None, "speculative": args.speculative},
     }
     sections["weights"].update(zero=args.zero, pad=args.pad or None)
     if args.group_size is not None:
@@ -757,6 +767,9 @@ def build_parser() -> argparse.ArgumentParser:
     plan_parser.add_argument("--engine-version", choices=("0.11", "0.19", "0.33"), help="vLLM release (default 0.19)")
     plan_parser.add_argument("--expert-parallel", action="store_true",
                              help="vLLM --enable-expert-parallel: whole experts on each data x tensor rank")
+    plan_parser.add_argument("--speculative", type=speculative_option, metavar="METHOD:K",
+                             help="vLLM --speculative-config: mtp:K (the model's MTP layers) or ngram:K, "
+                                  "K speculative tokens (vLLM 0.19)")
     plan_parser.add_argument("--max-num-seqs", type=int,
                              help="vLLM --max-num-seqs (default: vLLM's for the device)")
     plan_parser.add_argument("--block-size", type=int, help="KV cache block (page) size in tokens (default 16)")

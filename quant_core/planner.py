@@ -89,6 +89,7 @@ from quant_core.engines.vllm import (
 )
 from quant_core.engines.vllm import chunked_local_attention as vllm_chunked_local_attention
 from quant_core.engines.vllm import mamba_cache_mode as vllm_mamba_cache_mode
+from quant_core.engines.vllm_speculative import SpeculativeDecoding, mtp_front_bytes, speculative_refusal
 from quant_core.errors import InvalidSpec, UnknownName
 from quant_core.formats import (
     FLOAT32_KV_DTYPE,
@@ -255,6 +256,10 @@ class PlanOptions:
     tensor x pipeline layout on ``data x tensor x pipeline`` devices, the workload's sequences shared among them
     (`plan`); for a model with routed experts on vLLM 0.19 and 0.33 the data-parallel ranks' MoE layers form one
     group (`engines.base.Stage.moe_ranks`), elsewhere it is refused at more than one (`_moe_data_parallel_reason`).
+    `speculative` is vLLM's ``--speculative-config`` (`engines.vllm_speculative.SpeculativeDecoding`: ``mtp`` or
+    ``ngram`` with ``num_speculative_tokens``), planned on vLLM 0.19 (`speculative_refusal` says what is refused): the
+    MTP layers' weights and KV cache on the last stage (`_build_layout`), the drafter's buffers, passes and graphs
+    (`engines.base.BatchLimits.speculative_tokens` and ``draft_layers``); the generic engine runs none (`InvalidSpec`).
     `kv_cache_dtype_auto`: `kv_cache_dtype` is the engine's default (vLLM's
     ``--kv-cache-dtype auto``), not one the caller asked for: where the deployed checkpoint's config quantizes the KV
     cache (`WeightScheme.kv_cache_quant`), the engine may run another (`EngineProfile.checkpoint_kv_cache_dtype`), and
@@ -283,6 +288,7 @@ class PlanOptions:
     expert_parallel: bool = False
     kv_cache_dtype_auto: bool = False
     data_parallel: int = 1
+    speculative: SpeculativeDecoding | None = None
 
     def __post_init__(self) -> None:
         if self.kv_cache_dtype not in KV_DTYPES:  # fp32 is the planner's, for a model the engine runs in float32
@@ -316,6 +322,12 @@ class PlanOptions:
                 raise InvalidSpec("runtime.expert_parallel", self.expert_parallel,
                                   "vllm's --enable-expert-parallel; the generic engine places no experts (use engine "
                                   "vllm, or drop it)")
+            if self.speculative is not None:
+                raise InvalidSpec("runtime.speculative", self.speculative.method,
+                                  "vllm's --speculative-config; the generic engine runs no drafter (use engine vllm, "
+                                  "or drop it)")
+        if self.speculative is not None and not isinstance(self.speculative, SpeculativeDecoding):
+            raise InvalidSpec("runtime.speculative", self.speculative, "must be a SpeculativeDecoding")
         checks: list[tuple[str, object, bool, str]] = [
             ("kv_cache.block_size", self.block_size, _positive_int(self.block_size, 1 << 20),
              "must be an integer in [1, 1048576]"),
@@ -804,7 +816,8 @@ def _gptq_headers_with_config(scheme: WeightScheme) -> bool:
 def _build_layout(spec: ModelSpec, scheme: WeightScheme, kv_dtype_name: str,
                   tensor_parallel: int, pipeline_parallel: int, vocabulary_everywhere: bool = False,
                   fp32_routers: bool = False, mamba_cache_mode: str = "none", chunked_local: bool = True,
-                  expert_parallel: bool = False, data_parallel: int = 1) -> _Layout:
+                  expert_parallel: bool = False, data_parallel: int = 1, draft_layers: int = 0,
+                  draft_front_bytes: int = 0) -> _Layout:
     """Per stage: the weights on one rank and the KV coefficients.  `vocabulary_everywhere` puts the
     tensors outside the decoder layers (embedding, final norm, lm_head) on every stage, as the engine's
     model code does for some families when `pipeline_parallel` > 1; `fp32_routers` holds the rows of role
@@ -815,7 +828,11 @@ def _build_layout(spec: ModelSpec, scheme: WeightScheme, kv_dtype_name: str,
     At `data_parallel` > 1 a MoE model's routed experts are spread over the data x tensor ranks of its MoE layers
     (`engines.base.Stage.moe_ranks`: vLLM's FusedMoEParallelConfig.make), sliced or whole as above, while the rest
     stays split by tensor parallelism alone (replicated across the data-parallel ranks), except the shared experts
-    some model classes hold whole under sequence-parallel MoE (`engines.vllm.shared_experts_whole`)."""
+    some model classes hold whole under sequence-parallel MoE (`engines.vllm.shared_experts_whole`).
+    `draft_layers` speculative-decoding layers (vLLM's ``mtp``: the checkpoint's MTP layers, `engines.vllm_speculative`)
+    run on the last stage: each the model's own decoder layer as the last one is held on a rank (the same module class
+    built with the same quant_config) plus `draft_front_bytes` outside it, and each one more full-attention layer of
+    the last one's KV bytes a token in the pool."""
     moe_ranks = tensor_parallel * data_parallel if spec.is_moe else tensor_parallel
     whole_shared = shared_experts_whole(spec, tensor_parallel, data_parallel, expert_parallel)
     if pipeline_parallel > spec.num_layers:
@@ -825,6 +842,7 @@ def _build_layout(spec: ModelSpec, scheme: WeightScheme, kv_dtype_name: str,
     last = pipeline_parallel - 1
     stage_of = [stage for stage, (start, stop) in enumerate(stages) for _ in range(start, stop)]
     weights = [0] * pipeline_parallel
+    last_layer = 0  # the last decoder layer's bytes on one rank, which each draft layer repeats
     home = [0] * pipeline_parallel  # the tensors outside the layers where the stages that run them hold them
     outside = 0  # ... and all of them once (a tied lm_head is the embedding itself)
     for entry, one in _weight_rows(spec, scheme):
@@ -848,6 +866,8 @@ def _build_layout(spec: ModelSpec, scheme: WeightScheme, kv_dtype_name: str,
         if entry.layers:
             for index in entry.layers:  # once per layer, not per layer and stage (4,096 layers x 1,024 stages)
                 weights[stage_of[index]] += per_rank
+            if draft_layers and spec.num_layers - 1 in entry.layers:
+                last_layer += per_rank
             continue
         if entry.role == "vision":  # on every stage, the safe side: vLLM's gemma3_mm.py builds it with no rank test
             weights = [size + per_rank for size in weights]
@@ -873,6 +893,12 @@ def _build_layout(spec: ModelSpec, scheme: WeightScheme, kv_dtype_name: str,
             window = held_window(layer, chunked_local)
             groups[window] = groups.get(window, 0) + layer_bytes_per_token(layer, kv_dtype_name, tensor_parallel)
         stage_kv.append(_StageKV(tuple(groups.items())))
+    if draft_layers:
+        weights[last] += draft_layers * (last_layer + draft_front_bytes)
+        draft_kv = draft_layers * layer_bytes_per_token(kv_layers(spec)[-1], kv_dtype_name, tensor_parallel)
+        full = dict(stage_kv[last].by_window)
+        full[None] = full.get(None, 0) + draft_kv
+        stage_kv[last] = _StageKV(tuple(full.items()), stage_kv[last].hybrid)
     return _Layout(tensor_parallel, pipeline_parallel, stages,
                    tuple(size + extra for size, extra in zip(weights, held, strict=True)), tuple(stage_kv),
                    everywhere, tuple(extra - own for extra, own in zip(held, home, strict=True)),
@@ -1049,6 +1075,13 @@ class _Evaluator:
                                 "_chunked_local", "_context_steps"), facts, strict=True):
             object.__setattr__(self, name, value)
 
+    def draft(self) -> tuple[int, int]:
+        """(draft layers, bytes outside each one's decoder layer on every rank) of the plan's speculative decoding
+        (`_build_layout`): vLLM's MTP layers and their ``eh_proj`` and norms (`mtp_front_bytes`); (0, 0) without a
+        drafter model."""
+        layers = self.limits.draft_layers
+        return layers, mtp_front_bytes(self.spec, self.element_bytes) if layers else 0
+
     @property
     def variable_activations(self) -> bool:
         return self.engine is None and self.options.activation_bytes is None
@@ -1188,6 +1221,12 @@ class _Evaluator:
             if allocation is not None and allocation.bytes:  # the allocator's rounding of the weights' blocks
                 overhead += allocation.bytes
                 overhead_basis += f"; weights' allocator blocks: {allocation.basis}"
+            drafted = self.draft_layout_bytes(stage, layout_term, dense_term, allocation)
+            if drafted:
+                overhead += drafted
+                overhead_basis += (f"; the MTP drafter's layers' share of those kernel layouts and allocator blocks "
+                                   f"({drafted:,} bytes: each a MoE layer's share of the experts' layout and a "
+                                   "decoder layer's average share of the rest)")
             if overhead < 0:  # the kernels' layouts hold less than nibble charges by more than all other overhead
                 overhead_basis += (f"; {-overhead:,} bytes of the kernel layouts' saving on the checkpoint's tensors "
                                    "not credited (the runtime overhead is not taken below zero: the safe side)")
@@ -1199,6 +1238,26 @@ class _Evaluator:
                            tuple(context) if any(term is not None for term in context) else (),
                            tuple(outside) if any(term is not None for term in outside) else (),
                            tuple(windowed) if any(term is not None for term in windowed) else ())
+
+    def draft_layout_bytes(self, stage: Stage, experts: Term | None, dense: Term | None,
+                           allocation: Term | None) -> int:
+        """What the kernel layouts and allocator blocks the engine charges per decoder layer of `stage`
+        (`EngineProfile.expert_layout`, ``linear_layout``, ``weight_allocation``) add for the drafter's MTP layers on
+        the last stage (`draft`), each a MoE decoder layer like the model's last: the experts' term over the stage's
+        MoE layers, the others over all its layers (their average layer, the embedding's and dense MLPs' share
+        included: at least an MTP layer's), rounded up; 0 without draft layers."""
+        draft_layers = self.limits.draft_layers
+        if not draft_layers or not stage.is_last:
+            return 0
+        start, stop = stage.layers
+        moe_layers = sum(1 for layer in range(start, stop) if layer not in self.spec.dense_layers)
+        total = 0
+        if experts is not None and experts.bytes > 0 and self.spec.is_moe and moe_layers:
+            total += -(-experts.bytes * draft_layers // moe_layers)
+        for term in (dense, allocation):
+            if term is not None and term.bytes > 0:
+                total += -(-term.bytes * draft_layers // (stop - start))
+        return total
 
     def activation_coefficients(self, tensor_parallel: int) -> tuple[int, int]:
         """(bytes per batched token, bytes per sampled sequence) of the generic activation estimate."""
@@ -1337,7 +1396,7 @@ class _ModelTerms:
             else ((scheme.label(), None if scheme.gguf_file_type or (scheme.checkpoint is not None
                                                                       and scheme.quantized.layout != "gptq")
                    else scheme.quantized),))
-        self._layouts: dict[tuple[int, int, bool, bool, str, bool, bool, int], _Layout] = {}
+        self._layouts: dict[tuple[int, int, bool, bool, str, bool, bool, int, int, int], _Layout] = {}
         self._predicates: dict[tuple[object, ...], Callable[[int, int], bool]] = {}
         self._accepted: dict[tuple[str, str, bool, tuple[int, int] | None] | None, tuple[int, ...]] = {}
         self._refusals: dict[tuple[str, str, tuple[int, int] | None, str, int], str | None] = {}
@@ -1422,14 +1481,15 @@ class _ModelTerms:
 
     def layout(self, tensor_parallel: int, pipeline_parallel: int, vocabulary_everywhere: bool = False,
                fp32_routers: bool = False, mamba_cache_mode: str = "none", chunked_local: bool = True,
-               expert_parallel: bool = False, data_parallel: int = 1) -> _Layout:
+               expert_parallel: bool = False, data_parallel: int = 1, draft_layers: int = 0,
+               draft_front_bytes: int = 0) -> _Layout:
         key = (tensor_parallel, pipeline_parallel, vocabulary_everywhere, fp32_routers, mamba_cache_mode, chunked_local,
-               expert_parallel, data_parallel)
+               expert_parallel, data_parallel, draft_layers, draft_front_bytes)
         found = self._layouts.get(key)
         if found is None:
             found = _build_layout(self.spec, self.scheme, self.kv_dtype_name, tensor_parallel, pipeline_parallel,
                                   vocabulary_everywhere, fp32_routers, mamba_cache_mode, chunked_local, expert_parallel,
-                                  data_parallel)
+                                  data_parallel, draft_layers, draft_front_bytes)
             if len(self._layouts) < 4096:
                 self._layouts[key] = found
         return found
@@ -1444,7 +1504,7 @@ class _ModelTerms:
                                                           evaluator.fp32_routers(), evaluator.mamba_cache_mode(),
                                                           evaluator.chunked_local(),
                                                           evaluator.options.expert_parallel,
-                                                          evaluator.options.data_parallel))
+                                                          evaluator.options.data_parallel, *evaluator.draft()))
             if len(self._predicates) < 4096:
                 self._predicates[key] = found
         return found
@@ -1702,7 +1762,7 @@ def _starts_at(evaluator: _Evaluator, terms: _ModelTerms, tensor_parallel: int) 
         return True
     layout = terms.layout(tensor_parallel, 1, evaluator.vocabulary_everywhere(1), evaluator.fp32_routers(),
                           evaluator.mamba_cache_mode(), evaluator.chunked_local(), evaluator.options.expert_parallel,
-                          evaluator.options.data_parallel)
+                          evaluator.options.data_parallel, *evaluator.draft())
     hybrid = layout.stage_kv[0].hybrid
     return hybrid is None or mamba_align_refusal(hybrid, engine.version, evaluator.options.block_size,
                                                  evaluator.limits.max_batched_tokens) is None
@@ -1730,7 +1790,7 @@ def _format_plan(terms: _ModelTerms, hardware: Hardware, workload: Workload, ten
     layout = terms.layout(tensor_parallel, options.pipeline_parallel,
                           evaluator.vocabulary_everywhere(options.pipeline_parallel), evaluator.fp32_routers(),
                           evaluator.mamba_cache_mode(), evaluator.chunked_local(), options.expert_parallel,
-                          options.data_parallel)
+                          options.data_parallel, *evaluator.draft())
     stage_terms = evaluator.stage_terms(layout)
     by_role = terms.by_role
     total_weights = sum(by_role.values())
@@ -1830,6 +1890,11 @@ def plan(spec: ModelSpec, hardware: Hardware, workload: Workload | None = None,
     counts = _parameter_count(spec)
     usable = math.floor(hardware.capacity_bytes * options.memory_utilization)
     engine = get_engine(options.engine, options.engine_version)
+    if options.speculative is not None and engine is not None:
+        refused = speculative_refusal(spec, engine.version, options.speculative, pipeline)
+        if refused is not None:
+            raise InvalidSpec(refused[0], _speculative_value(refused[0], options.speculative, pipeline,
+                                                             engine.version), refused[1])
     notes: list[str] = []
     if options.kv_cache_dtype_auto and engine is not None:
         options = _checkpoint_kv_options(options, engine, notes)
@@ -1884,8 +1949,10 @@ def plan(spec: ModelSpec, hardware: Hardware, workload: Workload | None = None,
         known_terms.append((scheme, terms))
         return terms
 
+    draft_layers, draft_front = evaluator.draft()
     kv_total = terms_of(baseline).layout(
-        1, 1, mamba_cache_mode=evaluator.mamba_cache_mode(), chunked_local=evaluator.chunked_local()).stage_kv[0] \
+        1, 1, mamba_cache_mode=evaluator.mamba_cache_mode(), chunked_local=evaluator.chunked_local(),
+        draft_layers=draft_layers, draft_front_bytes=draft_front).stage_kv[0] \
         .bytes_per_sequence(workload.context_length, options.block_size) * deployment.concurrent_sequences
 
     def format_plan(scheme: WeightScheme) -> FormatPlan:
@@ -1913,7 +1980,8 @@ def plan(spec: ModelSpec, hardware: Hardware, workload: Workload | None = None,
 
     primary_layout = terms_of(deployed).layout(
         tensor, pipeline, evaluator.vocabulary_everywhere(pipeline), evaluator.fp32_routers(),
-        evaluator.mamba_cache_mode(), evaluator.chunked_local(), options.expert_parallel, options.data_parallel)
+        evaluator.mamba_cache_mode(), evaluator.chunked_local(), options.expert_parallel, options.data_parallel,
+        *evaluator.draft())
     primary_terms = evaluator.stage_terms(primary_layout)
     if primary_layout.vocabulary_on_every_stage and engine is not None:
         notes.append(f"{engine.vocabulary_on_every_stage(spec)}: each of the {pipeline} stages holds "
@@ -2210,6 +2278,14 @@ def _outside_budget_warning(primary: FormatPlan, evaluator: _Evaluator, layout: 
             f"serving a full batch: {', or '.join(remedies)}."]
 
 
+def _speculative_value(field_name: str, speculative: SpeculativeDecoding, pipeline_parallel: int,
+                       version: str) -> object:
+    """The value of `field_name` a speculative-decoding refusal names (`speculative_refusal`)."""
+    values: dict[str, object] = {"runtime.engine_version": version, "parallel.pipeline": pipeline_parallel,
+                                 "runtime.speculative.num_speculative_tokens": speculative.num_speculative_tokens}
+    return values.get(field_name, speculative.method)
+
+
 def _batch_limits(engine: EngineProfile | None, hardware: Hardware, options: PlanOptions) -> BatchLimits:
     """The scheduler limits of the plan: the request's, else the engine's default for the device
     (the generic model: 8192 batched tokens, 256 sequences)."""
@@ -2217,8 +2293,11 @@ def _batch_limits(engine: EngineProfile | None, hardware: Hardware, options: Pla
         default = BatchLimits(DEFAULT_MAX_BATCHED_TOKENS, DEFAULT_MAX_NUM_SEQS)
     else:
         default = engine.batch_limits(hardware.capacity_bytes, hardware.device_id or hardware.name)
+    speculative = options.speculative
     return BatchLimits(options.max_batched_tokens or default.max_batched_tokens,
-                       options.max_num_seqs or default.max_num_seqs)
+                       options.max_num_seqs or default.max_num_seqs,
+                       speculative_tokens=0 if speculative is None else speculative.num_speculative_tokens,
+                       draft_layers=0 if speculative is None else speculative.draft_layers)
 
 
 

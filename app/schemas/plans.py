@@ -18,10 +18,12 @@ from app.schemas.models import (
     checkpoint_mtp_layers_of,
     field_prefix,
     model_to_core,
+    mtp_layers_of,
     shipped_scheme,
 )
 from quant_core import catalog
 from quant_core.checkpoint_rows import checkpoint_scheme
+from quant_core.engines.vllm_speculative import MAX_SPECULATIVE_TOKENS, SpeculativeDecoding
 from quant_core.errors import InvalidSpec, LimitExceeded, NibbleError, TensorFileError
 from quant_core.fit import FitRecipe, fit_plan
 from quant_core.formats import (
@@ -154,6 +156,21 @@ class ParallelIn(BaseModel):
         "stages."))
 
 
+class SpeculativeIn(BaseModel):
+    """vLLM's speculative decoding, as ``--speculative-config '{"method": ..., "num_speculative_tokens": k}'`` runs
+    it."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    method: str = Field(max_length=32, description=(
+        "mtp: the checkpoint's own multi-token-prediction layers (num_nextn_predict_layers; DeepSeek-V3 and GLM-4.5 "
+        "models): their weights and KV cache join the plan; ngram: prompt lookup on the CPU, no model.  Planned on "
+        "vLLM 0.19; other methods (eagle, eagle3, draft_model, ...) and releases are refused naming why."))
+    num_speculative_tokens: int = Field(ge=1, le=MAX_SPECULATIVE_TOKENS, description=(
+        "Tokens proposed a step: a decode step verifies 1 + k tokens a sequence, which sets vLLM's CUDA-graph "
+        "capture sizes."))
+
+
 class RuntimeIn(BaseModel):
     """The engine's memory budget and the estimates' overrides."""
 
@@ -188,6 +205,8 @@ class RuntimeIn(BaseModel):
                                                      "rank of the data x tensor ranks holds whole routed experts "
                                                      "(the first ranks one more where they do not divide), the rest "
                                                      "stays split by tensor parallelism.")
+    speculative: SpeculativeIn | None = Field(None, description="vllm only: --speculative-config (see "
+                                                                "SpeculativeIn); none by default.")
 
 
 class CheckpointHeaderIn(BaseModel):
@@ -459,10 +478,19 @@ def plan_to_core(body: PlanRequest, max_config_depth: int, max_header_bytes: int
         max_num_seqs=body.runtime.max_num_seqs, engine=body.runtime.engine, engine_version=body.runtime.engine_version,
         enforce_eager=body.runtime.enforce_eager,
         expert_parallel=body.runtime.expert_parallel,
+        speculative=_speculative_to_core(body.runtime.speculative, body.model),
         config_dtype=None if body.model.hf_config is None else config_float_format(body.model.hf_config),
         kv_cache_dtype_auto="dtype" not in body.kv_cache.model_fields_set,
     )
     return spec, hardware, workload, options
+
+
+def _speculative_to_core(speculative: SpeculativeIn | None, model: ModelInput) -> SpeculativeDecoding | None:
+    """The core's `SpeculativeDecoding` of the request's ``runtime.speculative``, with the model's MTP layers
+    (``num_nextn_predict_layers``: 0 when absent or not said, a model given by its sizes)."""
+    if speculative is None:
+        return None
+    return SpeculativeDecoding(speculative.method, speculative.num_speculative_tokens, mtp_layers_of(model) or 0)
 
 
 #: `plan_to_core`'s `Hardware` and `PlanOptions` (without a checkpoint's headers), made once per combination of the
@@ -576,11 +604,19 @@ class PlanKVCache(BaseModel):
                     "(the scheduler has one step in flight over all of them), and then it is at least 1.")
 
 
+class PlanSpeculative(BaseModel):
+    method: str
+    num_speculative_tokens: int
+    draft_layers: int = Field(description="The decoder layers the drafter runs beside the model's (mtp: the model's "
+                                          "MTP layers; ngram: none).")
+
+
 class PlanEngine(BaseModel):
     name: str
     version: str | None
     max_batched_tokens: int = Field(description="The scheduler's tokens per step the plan assumes.")
     max_num_seqs: int = Field(description="The scheduler's sequences per batch the plan assumes.")
+    speculative: PlanSpeculative | None = Field(None, description="The speculative decoding planned, if any.")
 
 
 class PlanHardware(BaseModel):
@@ -755,6 +791,13 @@ def answer_plan_json(body: PlanRequest, spec: ModelSpec, hardware: Hardware, wor
 # ``plan_from_core(result).model_dump_json()`` (a test checks it for every preset and fixture).
 
 
+def _speculative_dict(speculative: SpeculativeDecoding | None) -> dict[str, object] | None:
+    if speculative is None:
+        return None
+    return {"method": speculative.method, "num_speculative_tokens": speculative.num_speculative_tokens,
+            "draft_layers": speculative.draft_layers}
+
+
 def _device_dict(device: DevicePlan) -> dict[str, object]:
     return {"index": device.index, "pipeline_stage": device.pipeline_stage, "tensor_rank": device.tensor_rank,
             "layers": list(device.layers), "capacity_bytes": device.capacity_bytes,
@@ -806,7 +849,8 @@ def plan_json_from_core(result: Plan, notes: tuple[str, ...] = (), speed: dict[s
     return to_json({
         "model": result.model, "fits": result.fits, "refusal": result.refusal,
         "engine": {"name": result.engine, "version": result.engine_version,
-                   "max_batched_tokens": result.max_batched_tokens, "max_num_seqs": result.max_num_seqs},
+                   "max_batched_tokens": result.max_batched_tokens, "max_num_seqs": result.max_num_seqs,
+                   "speculative": _speculative_dict(result.options.speculative)},
         "parameters": {"total": result.total_parameters, "by_role": dict(result.parameters_by_role),
                        "active_per_token": result.active_parameters_per_token},
         "weights": {"format": primary.format, "bytes": primary.weights_bytes,

@@ -61,11 +61,23 @@ class Stage:
 class BatchLimits:
     """The engine's scheduler limits: tokens in one step and sequences in one batch, and the context the engine is
     started with (``max_model_len``; None: not known, the model's trained context is taken where a term needs it:
-    vLLM sizes a multimodal model's dummy video by it)."""
+    vLLM sizes a multimodal model's dummy video by it).  `speculative_tokens` is the speculative decoding the engine
+    runs, ``num_speculative_tokens`` k (0: none; a decode step then takes ``1 + k`` tokens a sequence, vLLM's
+    ``uniform_decode_query_len``), and `draft_layers` the decoder layers its drafter runs beside the model's on the
+    last stage (vLLM's ``mtp`` method: the checkpoint's multi-token-prediction layers; 0 for ``ngram``, which runs
+    no model): both size the engine's batch-shaped terms (capture sizes, the drafter's pass and buffers)."""
 
     max_batched_tokens: int
     max_num_seqs: int
     max_model_len: int | None = None
+    speculative_tokens: int = 0
+    draft_layers: int = 0
+
+    @property
+    def decode_query_len(self) -> int:
+        """Tokens a sequence takes in a decode step: ``1 + num_speculative_tokens`` (vLLM's
+        ``uniform_decode_query_len``, v1/worker/gpu_model_runner.py)."""
+        return 1 + self.speculative_tokens
 
 
 @dataclass(frozen=True, slots=True)

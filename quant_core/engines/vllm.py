@@ -67,6 +67,12 @@ from quant_core.engines.vllm_attention import (
     per_token_head_backend,
 )
 from quant_core.engines.vllm_graphs import cuda_graph_pool, cudagraph_capture_sizes, graph_spill
+from quant_core.engines.vllm_speculative import (
+    drafter_buffer_bytes,
+    drafter_pass_bytes,
+    rejection_sampler_bytes,
+    serving_rejection_bytes,
+)
 from quant_core.errors import InvalidSpec, UnknownName
 from quant_core.formats import GGML_TYPE_NAMES, Layout, WeightFormat, fp8, gptq_checkpoint, int4, kv_dtype
 from quant_core.identity_memo import IdentityMemo
@@ -1370,6 +1376,12 @@ class OutsideBudget:
     warmup: Term | None = None
     scratch: Term | None = None
     workspace: Term | None = None
+    #: the speculative drafter's persistent buffers (`vllm_speculative.drafter_buffer_bytes`), held from before the
+    #: profiling run on
+    drafter: Term | None = None
+    #: what a full speculative decode step's rejection sampler needs beyond the profiling peak
+    #: (`speculative_serving_excess`), while serving: after everything else
+    serving: Term | None = None
 
     def table_bytes(self, max_model_len: int) -> int:
         """The expanded block table at `max_model_len`: ``max_num_batched_tokens x ceil(L / 64) x 4`` bytes."""
@@ -1377,10 +1389,11 @@ class OutsideBudget:
 
     def bytes_at(self, max_model_len: int) -> int:
         later = ((0 if self.graph is None else self.graph.bytes) + self.kernel_bytes
-                 + (0 if self.late is None else self.late.bytes))
+                 + (0 if self.late is None else self.late.bytes) + (0 if self.serving is None else self.serving.bytes))
         return (self.startup.bytes + self.table_bytes(max_model_len)
                 + (0 if self.scratch is None else self.scratch.bytes)
                 + (0 if self.workspace is None else self.workspace.bytes)
+                + (0 if self.drafter is None else self.drafter.bytes)
                 + max(later, 0 if self.warmup is None else self.warmup.bytes))
 
     def basis_at(self, max_model_len: int) -> str:
@@ -1399,6 +1412,10 @@ class OutsideBudget:
             parts.append(self.scratch.basis)
         if self.workspace is not None:
             parts.append(self.workspace.basis)
+        if self.drafter is not None:
+            parts.append(self.drafter.basis)
+        if self.serving is not None:
+            parts.append(self.serving.basis)
         return "; ".join(parts)
 
 
@@ -1456,7 +1473,8 @@ def outside_budget(stage: Stage, kv_cache_dtype: str, limits: BatchLimits, versi
     (`deep_gemm_warmup_excess`); TRITON_ATTN's decode scratch where it runs the attention (`triton_decode_scratch`);
     FlashInfer's workspace where it does (`flashinfer_workspace`); for a device not known, the attention buffers of
     the capability that keeps the most (`_unknown_device_attention_buffers`).  A MoE model's data-parallel graphs are
-    charged the rows their MoE layers gather (`moe_data_parallel_graphs`)."""
+    charged the rows their MoE layers gather (`moe_data_parallel_graphs`).  On the last stage of a plan with an MTP
+    drafter, its persistent buffers (`vllm_speculative.drafter_buffer_bytes`)."""
     if enforce_eager:
         graph = None
     elif VERSIONS[version].cuda_graphs_in_budget:
@@ -1470,8 +1488,44 @@ def outside_budget(stage: Stage, kv_cache_dtype: str, limits: BatchLimits, versi
     late = flashinfer_moe_autotune_buffer(stage, version, limits, expert_format, device, enforce_eager)
     warmup = deep_gemm_warmup_excess(stage, version, limits, expert_format, device)
     scratch, workspace = _attention_buffers(stage, kv_cache_dtype, limits, version, enforce_eager, device)
+    drafter = None
+    if limits.draft_layers and stage.is_last:
+        held = drafter_buffer_bytes(spec, limits, stage.element_bytes)
+        drafter = Term(held, f"{held / GIB:.2f} GiB for the MTP drafter's persistent buffers (EagleProposer.__init__, "
+                             "v1/spec_decode/eagle.py: two max_num_batched_tokens x hidden tensors and its index "
+                             "buffers), made with the runner before the profiling run and counted by no term of the "
+                             "budget")
     return OutsideBudget(version, startup_memory(stage, version, device), graph, kernel, per_block, late, warmup,
-                         scratch, workspace)
+                         scratch, workspace, drafter, speculative_serving_excess(stage, limits, version, expert_format,
+                                                                                 device))
+
+
+def speculative_serving_excess(stage: Stage, limits: BatchLimits, version: str, expert_format: str,
+                               device: DeviceFacts) -> Term | None:
+    """On the last stage under speculative decoding, what the rejection sampler of a full decode step needs
+    (`vllm_speculative.serving_rejection_bytes`, beside the fused-MoE caches the workspace manager keeps) beyond the
+    profiling peak, the memory PyTorch's allocator holds from it (the larger of the forward pass with the drafter's and
+    the sampler warm-up with the rejection sampler's, `VllmProfile.activation`); None where it needs no more.  vLLM's
+    profiling warms the rejection sampler up with one draft a request, so with more drafts the step's logits are
+    wider than anything it measured: the excess comes from the memory the budget leaves free."""
+    if not limits.speculative_tokens or not stage.is_last:
+        return None
+    spec, element, tokens = stage.spec, stage.element_bytes, limits.max_batched_tokens
+    passes = _profile_passes(version, stage, limits, expert_format, device)
+    padded = -(-spec.vocab_size // VOCAB_PADDING) * VOCAB_PADDING
+    rows = min(limits.max_num_seqs, tokens)
+    profiled = max(passes.forward + (drafter_pass_bytes(spec, limits, element) if limits.draft_layers else 0),
+                   passes.sampler + rejection_sampler_bytes(spec, rows, padded, element))
+    serving = serving_rejection_bytes(spec, limits, padded, element) + passes.workspace
+    if serving <= profiled:
+        return None
+    excess = serving - profiled
+    return Term(excess, f"{excess / GIB:.2f} GiB for the rejection sampler of a full decode step of "
+                        f"{limits.speculative_tokens} drafts a request ({serving / GIB:.2f} GiB: the logits of "
+                        f"min(max_num_seqs, max_num_batched_tokens // {limits.decode_query_len}) requests x "
+                        f"{limits.decode_query_len} tokens and the target rows' float32 copies, "
+                        "v1/sample/rejection_sampler.py) beyond the profiling peak it reuses "
+                        f"({profiled / GIB:.2f} GiB), whose warm-up samples one draft a request")
 
 
 #: v0.19 flashmla_sparse.py: below this many heads a rank, an fp8_ds_mla cache runs every token of a step, prefill
@@ -4952,6 +5006,22 @@ class VllmProfile:
                       f"{4 if spec.model_type in ROTARY_CACHE_FP32 else element} bytes ({rotary / GIB:.3f} GiB), "
                       "built with the model and counted in vLLM's 'Model loading took' (rotary_embedding/base.py, "
                       "cos_sin_cache)")
+        if stage.is_last and limits.speculative_tokens:
+            rows = min(limits.max_num_seqs, tokens)
+            padded = -(-spec.vocab_size // VOCAB_PADDING) * VOCAB_PADDING
+            rejection = rejection_sampler_bytes(spec, rows, padded, element)
+            sampler += rejection
+            basis += (f"; speculative decoding (num_speculative_tokens={limits.speculative_tokens}): the sampler "
+                      f"warm-up also runs the rejection sampler, at most {rejection / GIB:.2f} GiB above the sampler "
+                      "pass (2 x rows of random logits and a fourth float32 copy of the target logits: "
+                      "gpu_model_runner.py _dummy_sampler_run, v1/sample/rejection_sampler.py)")
+            if limits.draft_layers:
+                drafted = drafter_pass_bytes(spec, limits, element)
+                forward += drafted
+                basis += (f"; the MTP drafter's dummy run after the target's forward (EagleProposer.dummy_run) holds "
+                          f"at most {drafted / GIB:.2f} GiB beyond it (3 x max_num_batched_tokens x hidden: the "
+                          "target's output and the drafter's embedded and normed inputs; its decoder layer is one of "
+                          "the target's), a bound read from the code")
         text = max(forward, sampler) + deepstack + topk_buffer + rotary + blas + state
         max_model_len = limits.max_model_len or spec.max_position_embeddings or tokens
         encoder = encoder_profile(spec, self._version, stage.tensor_parallel, tokens, max_model_len)
@@ -5250,7 +5320,8 @@ class VllmProfile:
         dsa_version_refusal(stage.spec, self._version)
         groups, group_size, page = _kv_cache_groups(stage.spec, stage.layers, kv_cache_dtype,
                                                     stage.tensor_parallel, block_size,
-                                                    self._rules.chunked_local_attention, self._rules.group_size_ratio)
+                                                    self._rules.chunked_local_attention, self._rules.group_size_ratio,
+                                                    limits.draft_layers if stage.is_last else 0)
         num_groups = sum(n for _, _, n in groups)
         num_blocks = max(0, available_bytes // (page * group_size))
         # Maximum concurrency (get_max_concurrency_for_kv_cache_config): the blocks one request of max_model_len
@@ -5396,13 +5467,16 @@ def fp8_refined_expert_bytes(spec: ModelSpec, tensor_parallel: int, layers: int,
 
 @lru_cache(maxsize=256)
 def _kv_cache_groups(spec: ModelSpec, layers: tuple[int, int], kv_cache_dtype: str, tensor_parallel: int,
-                     block_size: int, chunked_local: bool = False, group_size_ratio: float | None = None
-                     ) -> tuple[tuple[tuple[str, int | None, int], ...], int, int]:
+                     block_size: int, chunked_local: bool = False, group_size_ratio: float | None = None,
+                     draft_layers: int = 0) -> tuple[tuple[tuple[str, int | None, int], ...], int, int]:
     """A stage's KV cache groups as vLLM forms them: ((kind, window or None, groups of that kind), ...), the layers
     in one group, and the page bytes (a pure function of the stage, cached: the solvers ask it many times).  Chunked
     local layers are a kind of their own (window: the chunk) when `chunked_local`, full attention otherwise
     (``unify_hybrid_kv_cache_specs`` with the hybrid manager off).  A group holds the smallest kind's layer count,
-    or the largest kind's when that is under `group_size_ratio` times the smallest (`_Version.group_size_ratio`)."""
+    or the largest kind's when that is under `group_size_ratio` times the smallest (`_Version.group_size_ratio`).
+    `draft_layers` speculative-decoding layers (vLLM's MTP layers, on the last stage) are layers of the model's last
+    layer's kind: their attention specs equal the target's, and ``get_kv_cache_groups`` (v1/core/kv_cache_utils.py)
+    groups every layer of the forward context, the drafter's included (`engines.vllm_speculative`)."""
     start, stop = layers
     if spec.has_indexer:
         return _dsa_kv_cache_groups(spec, layers, kv_cache_dtype, tensor_parallel, block_size)
@@ -5412,6 +5486,12 @@ def _kv_cache_groups(spec: ModelSpec, layers: tuple[int, int], kv_cache_dtype: s
         kind = "full" if window is None else layer.kind
         page = block_size * layer_bytes_per_token(layer, kv_cache_dtype, tensor_parallel)
         by_kind[(kind, window, page)] = by_kind.get((kind, window, page), 0) + 1
+    if draft_layers:
+        layer = kv_layers(spec)[-1]
+        window = held_window(layer, chunked_local)
+        key = ("full" if window is None else layer.kind, window,
+               block_size * layer_bytes_per_token(layer, kv_cache_dtype, tensor_parallel))
+        by_kind[key] = by_kind.get(key, 0) + draft_layers
     counts = list(by_kind.values())
     smallest, largest = min(counts), max(counts)
     group_size = largest if group_size_ratio is not None and largest < smallest * group_size_ratio else smallest

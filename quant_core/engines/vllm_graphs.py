@@ -194,12 +194,17 @@ MIN_PER_GRAPH_BYTES = 1 * MIB
 
 
 def cudagraph_capture_sizes(version: str, limits: BatchLimits,
-                            capability: tuple[int, int] | None = None) -> tuple[int, ...]:
+                            capability: tuple[int, int] | None = None, rounded: bool = True) -> tuple[int, ...]:
     """The batch sizes vLLM `version` captures CUDA graphs for by default, ascending (module docstring); on 0.33 the
-    device's compute `capability` sets the largest (None: not known, the larger)."""
+    device's compute `capability` sets the largest (None: not known, the larger).  With speculative decoding
+    (`BatchLimits.speculative_tokens` k, 0.19) the largest is ``min(2 x max_num_seqs x (1 + k), 512)`` and, where the
+    attention backend runs FULL decode graphs of ``1 + k`` tokens a sequence (``AttentionCGSupport.UNIFORM_BATCH`` or
+    better: every MLA backend), the sizes are rounded up to multiples of ``1 + k``; `rounded` False gives them
+    unrounded, as a backend that cannot captures them (PIECEWISE only): never fewer."""
     if version == "0.33":
         return _capture_sizes_033(limits, capability)
-    largest = min(2 * limits.max_num_seqs, MAX_DEFAULT_CAPTURE_SIZE)
+    query = limits.decode_query_len
+    largest = min(2 * limits.max_num_seqs * query, MAX_DEFAULT_CAPTURE_SIZE)
     if version == "0.11":
         sizes = [1, 2, 4, *range(8, largest + 1, 8)]
     else:
@@ -208,7 +213,15 @@ def cudagraph_capture_sizes(version: str, limits: BatchLimits,
             sizes += range(8, min(largest + 1, 256), 8)
         if largest >= 256:
             sizes += range(256, largest + 1, 16)
-    return tuple(sorted({size for size in sizes if size <= min(largest, limits.max_batched_tokens)}))
+    captured = sorted({size for size in sizes if size <= min(largest, limits.max_batched_tokens)})
+    if query == 1 or not captured or not rounded:
+        return tuple(captured)
+    # speculative decoding under FULL decode graphs (0.19): each size rounded up to a multiple of 1 + k, those past
+    # the largest dropped (config/compilation.py adjust_cudagraph_sizes_for_spec_decode, from
+    # gpu_model_runner.py _check_and_update_cudagraph_mode)
+    ceiling = captured[-1]
+    multiples = {-(-size // query) * query for size in captured}
+    return tuple(sorted(size for size in multiples if size <= ceiling)) or ((query,) if query <= ceiling else ())
 
 
 def _capture_sizes_033(limits: BatchLimits, capability: tuple[int, int] | None) -> tuple[int, ...]:
@@ -239,9 +252,11 @@ def cudagraph_count(version: str, limits: BatchLimits, capability: tuple[int, in
     of every size from 1 to ``max_num_seqs`` (0.11's ``GPUModelRunner.capture_model``: ``decode_cudagraph_batch_sizes``,
     ``max_num_seqs x uniform_decode_query_len >= x >= uniform_decode_query_len``, 1 without speculative decoding;
     0.33's v1/worker/gpu/cudagraph_utils.py ``CudaGraphManager._init_candidates``: a FULL descriptor for every size up
-    to ``max_num_seqs x decode_query_len``)."""
+    to ``max_num_seqs x decode_query_len``; 0.19's v1/cudagraph_dispatcher.py ``initialize_cudagraph_keys``: the
+    capture sizes from ``uniform_decode_query_len`` to ``max_num_seqs x uniform_decode_query_len``)."""
     sizes = cudagraph_capture_sizes(version, limits, capability)
-    return len(sizes), sum(1 for size in sizes if size <= limits.max_num_seqs)
+    query = limits.decode_query_len
+    return len(sizes), sum(1 for size in sizes if query <= size <= limits.max_num_seqs * query)
 
 
 def largest_full_graph(version: str, limits: BatchLimits) -> int:
@@ -273,10 +288,14 @@ def cuda_graph_pool(stage: Stage, limits: BatchLimits, version: str, capability:
     ``GRAPH_0_11_SMALL_BATCH_SEQS`` sequences (`largest_full_graph`).  The module docstring says where each figure
     comes from."""
     spec = stage.spec
-    layers = stage.layers[1] - stage.layers[0]
+    # the speculative drafter's layers (vLLM's MTP layers) are captured on the last stage beside the model's
+    # (gpu_model_runner.py _dummy_run: drafter.dummy_run at each capture size): charged as layers of the stage
+    layers = stage.layers[1] - stage.layers[0] + (limits.draft_layers if stage.is_last else 0)
     extra, source = graph_extra(spec)
     why = f" + {extra / GIB:.2f} GiB for the model type, {source}" if extra else ""
-    captured = cudagraph_capture_sizes(version, limits, capability)
+    # under speculative decoding the unrounded sizes, never fewer than the rounded ones: the safe side whichever the
+    # attention backend captures (`cudagraph_capture_sizes`)
+    captured = cudagraph_capture_sizes(version, limits, capability, rounded=False)
     largest = max(captured, default=0)
     if version == "0.11":
         piecewise, full = cudagraph_count(version, limits)

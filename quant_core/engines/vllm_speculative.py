@@ -1,0 +1,183 @@
+"""vLLM's speculative decoding as nibble plans it: ``--speculative-config '{"method": m, "num_speculative_tokens":
+k}'`` with the two methods that need no second model config, on vLLM 0.19.
+
+* ``mtp`` runs the checkpoint's own multi-token-prediction layers (``num_nextn_predict_layers``) as the drafter:
+  ``SpeculativeConfig.hf_config_override`` (config/speculative.py) turns a ``deepseek_v3`` config into
+  ``DeepSeekMTPModel`` (model_executor/models/deepseek_mtp.py) and a ``glm4_moe`` one into ``Glm4MoeMTP``
+  (glm4_moe_mtp.py), both an ``EagleProposer`` (v1/spec_decode/eagle.py).  Each MTP layer is the model's own decoder
+  layer (``DeepseekV2DecoderLayer`` / ``Glm4MoeDecoderLayer`` built with the target's ``quant_config``, split over
+  the tensor-parallel ranks like the target's layers: planned as the model's last decoder layer under the deployed
+  scheme), plus ``enorm``, ``hnorm`` and ``shared_head.norm`` (``RMSNorm``) and ``eh_proj``, a plain
+  ``nn.Linear(2 x hidden, hidden)``: neither quantized nor split, so every rank holds it whole in the model's dtype
+  (`mtp_front_bytes`).  Its ``embed_tokens`` and ``shared_head.head`` are built and loaded, then replaced by the
+  target's (``EagleProposer._maybe_share_embeddings`` / ``_maybe_share_lm_head``: "Detected MTP model. Sharing target
+  model ... weights"): they are freed before the profiling run and take no memory after the load ("Model loading took"
+is ``DeviceMemoryProfiler``'s allocated memory at the end, utils/mem_utils.py; while loading they sit in budget memory
+that the profiling peak, larger, and the KV cache only take later).  The MTP layers'
+  attention joins the KV cache: their MLA specs equal the target's, so ``get_kv_cache_groups`` (v1/core/
+  kv_cache_utils.py) puts them in the one group and ``num_blocks = available // (page x (layers + MTP layers))``.
+  The runner's ``profile_run`` runs ``drafter.dummy_run`` after the target's dummy forward (gpu_model_runner.py
+  ``_dummy_run``), and captures the drafter's PIECEWISE graphs beside the target's (``capture_model``).
+* ``ngram`` runs no model: ``NgramProposer`` (v1/spec_decode/ngram_proposer.py) matches on the CPU.
+
+Both make a decode step ``1 + k`` tokens a sequence (``uniform_decode_query_len``), which sets the largest CUDA-graph
+capture size (config/vllm.py ``_set_cudagraph_sizes``: ``min(max_num_seqs x (1 + k) x 2, 512)``) and rounds the
+sizes up to multiples of ``1 + k`` under FULL decode graphs (``CompilationConfig.adjust_cudagraph_sizes_for_spec_
+decode``), and make the sampler warm-up also run the rejection sampler (``_dummy_sampler_run``), with one draft a
+request: a full decode step of k drafts needs more (`serving_rejection_bytes`).  Neither adds a slot
+for drafting (``SpeculativeConfig.max_num_new_slots_for_drafting``: 0 for serial methods), so
+``max_num_batched_tokens`` is unchanged.
+
+Not planned, and refused naming why: vLLM 0.11 and 0.33 (0.33's Model Runner V2 drafts through
+v1/worker/gpu/spec_decode with its own buffers and graph manager, not read yet); the methods that need a draft model
+(``eagle``, ``eagle3``, ``draft_model``, ...), whose config nibble does not take yet; ``mtp`` on other model types
+(Qwen3-Next's hybrid layers, DeepSeek-V3.2's indexer) and under pipeline parallelism.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from quant_core.engines.base import BatchLimits
+from quant_core.engines.torch_cuda import allocated_block_bytes
+from quant_core.errors import InvalidSpec
+from quant_core.specs import ModelSpec
+
+#: the methods nibble plans (vLLM's ``SpeculativeMethod`` literals it has read the costs of)
+SPECULATIVE_METHODS = ("mtp", "ngram")
+#: vLLM's other methods (config/speculative.py ``SpeculativeMethod``): each needs a draft model or config
+DRAFT_MODEL_METHODS = ("eagle", "eagle3", "draft_model", "medusa", "mlp_speculator", "suffix", "ngram_gpu")
+#: the model types whose MTP drafter nibble has read, and the vLLM class that runs it
+MTP_MODEL_TYPES = {"deepseek_v3": "DeepSeekMTP (model_executor/models/deepseek_mtp.py)",
+                   "glm4_moe": "Glm4MoeMTP (model_executor/models/glm4_moe_mtp.py)"}
+#: the releases nibble plans speculative decoding on
+SPECULATIVE_VERSIONS = ("0.19",)
+#: nibble's bound on num_speculative_tokens (vLLM sets none; past it a plan is not a deployment anyone runs)
+MAX_SPECULATIVE_TOKENS = 32
+
+
+@dataclass(frozen=True, slots=True)
+class SpeculativeDecoding:
+    """vLLM's ``--speculative-config``: `method` (``mtp`` or ``ngram``) proposing `num_speculative_tokens` tokens a
+    step; `mtp_layers` is the model's ``num_nextn_predict_layers`` (0 when it has none), the drafter of ``mtp``."""
+
+    method: str
+    num_speculative_tokens: int
+    mtp_layers: int = 0
+
+    def __post_init__(self) -> None:
+        if self.method not in SPECULATIVE_METHODS:
+            why = ("needs a draft model, whose config nibble does not take yet"
+                   if self.method in DRAFT_MODEL_METHODS else "is not a vLLM speculative method nibble knows")
+            raise InvalidSpec("runtime.speculative.method", self.method,
+                              f"{why}; nibble plans {', '.join(SPECULATIVE_METHODS)}")
+        tokens = self.num_speculative_tokens
+        if isinstance(tokens, bool) or not isinstance(tokens, int) or not 1 <= tokens <= MAX_SPECULATIVE_TOKENS:
+            raise InvalidSpec("runtime.speculative.num_speculative_tokens", tokens,
+                              f"must be an integer from 1 to {MAX_SPECULATIVE_TOKENS}")
+        if isinstance(self.mtp_layers, bool) or not isinstance(self.mtp_layers, int) or self.mtp_layers < 0:
+            raise InvalidSpec("runtime.speculative.mtp_layers", self.mtp_layers, "must be a non-negative integer")
+
+    @property
+    def draft_layers(self) -> int:
+        """The decoder layers the drafter runs beside the model's: the MTP layers for ``mtp``, none for ``ngram``."""
+        return self.mtp_layers if self.method == "mtp" else 0
+
+
+def speculative_refusal(spec: ModelSpec, version: str, speculative: SpeculativeDecoding,
+                        pipeline_parallel: int) -> tuple[str, str] | None:
+    """(field, reason) for why vLLM `version` cannot run `speculative` on `spec`, or nibble does not plan it; None
+    when planned."""
+    if version not in SPECULATIVE_VERSIONS:
+        return "runtime.engine_version", (
+            f"nibble plans vLLM's speculative decoding on {', '.join(SPECULATIVE_VERSIONS)} only: "
+            + ("0.33's Model Runner V2 drafts through v1/worker/gpu/spec_decode, whose buffers, graphs and profiling "
+               "nibble has not read yet" if version == "0.33" else
+               f"{version}'s runner and drafter were not read"))
+    if pipeline_parallel > 1:
+        return "parallel.pipeline", ("speculative decoding under pipeline parallelism is not planned: where vLLM "
+                                     "places the drafter across stages was not read")
+    method, tokens = speculative.method, speculative.num_speculative_tokens
+    if method != "mtp":
+        return None
+    if spec.model_type not in MTP_MODEL_TYPES:
+        return "runtime.speculative.method", (
+            f"nibble plans the mtp method for {', '.join(sorted(MTP_MODEL_TYPES))} models (vLLM's "
+            f"{'; '.join(MTP_MODEL_TYPES.values())}), not model type {spec.model_type!r}")
+    layers = speculative.mtp_layers
+    if layers == 0:
+        return "runtime.speculative.method", (
+            "the model has no multi-token-prediction layers (num_nextn_predict_layers is 0 or absent): vLLM's "
+            "mtp drafter would load none (DeepSeekMTP.load_weights: 'MTP speculative decoding layer ... weights "
+            "missing from checkpoint')")
+    if tokens > layers and tokens % layers:
+        return "runtime.speculative.num_speculative_tokens", (
+            f"{tokens} is more than the model's {layers} MTP layers and not a multiple of them: vLLM refuses it "
+            "(config/speculative.py SpeculativeConfig.__post_init__: 'must be divisible by n_predict')")
+    return None
+
+
+def mtp_front_bytes(spec: ModelSpec, element_bytes: int) -> int:
+    """Bytes on every rank of one MTP layer's parts outside its decoder layer: ``eh_proj``, an ``nn.Linear(2 x
+    hidden, hidden, bias=False)``, and ``enorm``, ``hnorm`` and ``shared_head.norm`` (``RMSNorm(hidden)``), all in
+    the model's dtype (`element_bytes`) and whole on each rank: no parallel layer and no quant_config
+    (deepseek_mtp.py ``DeepSeekMultiTokenPredictorLayer``, glm4_moe_mtp.py likewise)."""
+    hidden = spec.hidden_size
+    return (2 * hidden * hidden + 3 * hidden) * element_bytes
+
+
+def drafter_buffer_bytes(spec: ModelSpec, limits: BatchLimits, element_bytes: int) -> int:
+    """The persistent buffers ``EagleProposer.__init__`` (v1/spec_decode/eagle.py, 0.19) allocates on the device for
+    T = max_num_batched_tokens and S = max_num_seqs: ``input_ids`` (T int32), ``positions`` (T int64),
+    ``hidden_states`` and ``inputs_embeds`` (T x hidden in the model's dtype), ``arange`` (max(S + 1, T) int32),
+    ``backup_next_token_ids`` (S int32) and ``_slot_mapping_buffer`` (T int64), each as PyTorch's caching allocator
+    holds it (`torch_cuda.allocated_block_bytes`).  The runner builds the proposer in its ``__init__``, after the
+    worker's start-up snapshot and before the
+    profiling run measures its baseline: no term of vLLM's budget counts them (``memory_profiling``, utils/mem_utils.py:
+    weights from the load, the peak above the allocated memory at the run's start), so they come from the memory the
+    budget leaves free."""
+    tokens, seqs = limits.max_batched_tokens, limits.max_num_seqs
+    hidden = tokens * spec.hidden_size * element_bytes
+    held = allocated_block_bytes
+    return (held(tokens * 4) + 2 * held(tokens * 8) + 2 * held(hidden) + held(max(seqs + 1, tokens) * 4)
+            + held(seqs * 4))
+
+
+def drafter_pass_bytes(spec: ModelSpec, limits: BatchLimits, element_bytes: int) -> int:
+    """What the drafter's dummy run in the profiling run (``EagleProposer.dummy_run`` after the target's forward,
+    gpu_model_runner.py ``_dummy_run``) may hold beyond the target's forward pass of the same T =
+    max_num_batched_tokens tokens, a bound read from the code, not a measurement: its MTP layer is one of the target's
+    decoder layers at T tokens (no higher transient than the target pass's widest layer), run while the target's
+    output hidden states stay held and, before it, the front's embedded and normed inputs (``inputs_embeds``,
+    ``enorm``, ``hnorm``, their concatenation into ``eh_proj``: deepseek_mtp.py ``forward``); three T x hidden tensors
+    in the model's dtype bound what is live beyond the target pass's own hidden states and residual."""
+    return 3 * limits.max_batched_tokens * spec.hidden_size * element_bytes
+
+
+def rejection_sampler_bytes(spec: ModelSpec, rows: int, padded_vocabulary: int, element_bytes: int) -> int:
+    """What the rejection sampler's warm-up (``_dummy_sampler_run`` with a speculative config, 0.19) holds beyond the
+    sampler pass over the same `rows` requests, a bound read from the code: one draft token a request, so
+    ``torch.randn`` logits of ``2 x rows`` rows in the logits' dtype (the first pass's logits are released when the
+    name is rebound).  The bonus tokens then sample ``rows`` of them (an indexed copy in place of the first pass's
+    logits) through the same sampler (its copies as the first pass's); after it the target logits take a float32
+    copy, its clone and their softmax (``RejectionSampler.forward``, ``rejection_sample``) and the recovered tokens
+    two float32 ``rows x vocabulary`` draws (``sample_recovered_tokens``: ``q`` and ``q.reciprocal()``), five where
+    the sampler held three: ``rows x (2 x padded vocabulary x element bytes + 8 x vocabulary)`` above the sampler
+    pass."""
+    return rows * (2 * padded_vocabulary * element_bytes + 8 * spec.vocab_size)
+
+
+def serving_rejection_bytes(spec: ModelSpec, limits: BatchLimits, padded_vocabulary: int, element_bytes: int) -> int:
+    """The rejection sampler's peak while serving a full decode step, which the warm-up (one draft a request) does
+    not reach for k = num_speculative_tokens drafts: R = min(max_num_seqs, max_num_batched_tokens // (1 + k))
+    requests of ``1 + k`` tokens; beside the step's T = max_num_batched_tokens hidden states and the ``R x (1 + k)``
+    gathered rows, the ``R x (1 + k)`` logits and the bonus rows' copy in the logits' dtype, and then (the larger
+    phase for any k) the ``R x k`` target rows' float32 copy, clone and softmax and the recovered tokens' two
+    float32 ``R x vocabulary`` draws (v1/sample/rejection_sampler.py ``RejectionSampler.forward``,
+    ``rejection_sample``, ``sample_recovered_tokens``), a bound read from the code."""
+    tokens, drafts = limits.max_batched_tokens, limits.speculative_tokens
+    query = 1 + drafts
+    requests = min(limits.max_num_seqs, tokens // query)
+    hidden = (tokens + requests * query) * spec.hidden_size * element_bytes
+    logits = requests * (query + 1) * padded_vocabulary * element_bytes
+    return hidden + logits + requests * spec.vocab_size * (12 * drafts + 8)

@@ -1,0 +1,239 @@
+"""vLLM 0.19's speculative decoding (``--speculative-config``), by hand from vLLM 0.19.0's code:
+
+* config/speculative.py ``SpeculativeConfig``: ``hf_config_override`` maps deepseek_v3 to ``DeepSeekMTPModel``;
+  ``__post_init__`` refuses num_speculative_tokens above n_predict that it does not divide;
+  ``max_num_new_slots_for_drafting`` is 0 for mtp and ngram (max_num_batched_tokens unchanged).
+* model_executor/models/deepseek_mtp.py ``DeepSeekMultiTokenPredictorLayer``: a ``DeepseekV2DecoderLayer`` with the
+  target's quant_config, ``enorm``/``hnorm``/``shared_head.norm`` (RMSNorm) and ``eh_proj = nn.Linear(2h, h)``;
+  v1/spec_decode/eagle.py ``_maybe_share_embeddings`` / ``_maybe_share_lm_head`` swap its embedding and head for the
+  target's; ``EagleProposer.__init__`` allocates its buffers.
+* v1/core/kv_cache_utils.py: the MTP layer's MLA spec equals the target's, one group of 62 layers.
+* config/vllm.py ``_set_cudagraph_sizes``: largest size ``min(max_num_seqs x (1 + k) x 2, 512)``;
+  config/compilation.py ``adjust_cudagraph_sizes_for_spec_decode``: sizes rounded up to multiples of 1 + k;
+  v1/cudagraph_dispatcher.py: FULL decode graphs from 1 + k to max_num_seqs x (1 + k) tokens.
+* v1/worker/gpu_model_runner.py ``_dummy_sampler_run``: the rejection sampler's warm-up after the sampler's.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from quant_core.catalog import device_facts, get_device, get_preset, get_preset_info
+from quant_core.engines.base import BatchLimits, Stage
+from quant_core.engines.torch_cuda import allocated_block_bytes
+from quant_core.engines.vllm import VllmProfile, speculative_serving_excess
+from quant_core.engines.vllm_graphs import cudagraph_capture_sizes, cudagraph_count
+from quant_core.engines.vllm_speculative import (
+    SpeculativeDecoding,
+    drafter_buffer_bytes,
+    mtp_front_bytes,
+    serving_rejection_bytes,
+)
+from quant_core.errors import InvalidSpec
+from quant_core.formats import float_format
+from quant_core.planner import Hardware, Plan, PlanOptions, Workload, plan
+from quant_core.schemes import scheme_from_quantization_config
+
+MIB = 2**20
+H200_X8 = Hardware(get_device("h200").planning_bytes, 8, "h200")
+WORKLOAD = Workload(32_768, 1)
+HIDDEN = 7168
+VOCABULARY = 129_280  # a multiple of 64: vLLM's padded vocabulary is the same
+TOKENS, SEQUENCES = 8192, 1024  # vLLM 0.19's defaults on a device of 70 GiB or more, not an A100
+
+# DeepSeek-V3's layer 60 (a MoE layer, like the MTP layer 61) on one of 8 ranks, fp8 with [128, 128] blocks (a fp32
+# scale per block): 256 routed experts of gate/up (2048 x 7168) and down (7168 x 2048), each sliced to 256 of 2048
+# (ceil(bytes / 8)); the shared expert likewise; MLA's projections as nibble charges every MLA layer (ceil(bytes /
+# 8)); norms (7168 x 2, 1536, 512) in bf16, the router (256 x 7168) and its correction bias (256) in bf16, whole
+EXPERT_MATRIX = -(-(2048 * 7168 + 16 * 56 * 4) // 8)  # 1,835,456
+ROUTED = 256 * 3 * EXPERT_MATRIX
+SHARED = 3 * EXPERT_MATRIX
+ATTENTION = sum(-(-size // 8) for size in (
+    1536 * 7168 + 12 * 56 * 4,  # q_a_proj
+    576 * 7168 + 5 * 56 * 4,  # kv_a_proj_with_mqa
+    24576 * 1536 + 192 * 12 * 4,  # q_b_proj
+    32768 * 512 + 256 * 4 * 4,  # kv_b_proj
+    7168 * 16384 + 56 * 128 * 4))  # o_proj
+NORMS = (2 * 7168 + 1536 + 512) * 2
+ROUTER = (256 * 7168 + 256) * 2
+LAYER_60 = ROUTED + SHARED + ATTENTION + NORMS + ROUTER
+# the MTP layer's eh_proj (2h -> h) and three RMSNorms, unquantized bf16 on every rank
+FRONT = (2 * HIDDEN * HIDDEN + 3 * HIDDEN) * 2
+MLA_BYTES_PER_TOKEN = (512 + 64) * 2  # kv_lora_rank + qk_rope_head_dim, bf16: one MLA layer
+PAGE = 16 * MLA_BYTES_PER_TOKEN
+
+
+def deepseek_v3(speculative: SpeculativeDecoding | None, **options: object) -> Plan:
+    preset = get_preset_info("deepseek-v3")
+    scheme = scheme_from_quantization_config(preset.quantization_config or {})
+    return plan(get_preset("deepseek-v3"), H200_X8, WORKLOAD,
+                PlanOptions(engine_version="0.19", scheme=scheme, speculative=speculative, **options))  # type: ignore[arg-type]
+
+
+def test_deepseek_v3_fp8_on_8_h200_with_mtp_1_holds_the_mtp_layer_on_every_rank_beside_the_target() -> None:
+    assert get_preset_info("deepseek-v3").mtp_layers == 1
+    assert LAYER_60 == 1_442_233_756 and FRONT == 205_563_904
+    without = deepseek_v3(None).primary.devices[0]
+    mtp = deepseek_v3(SpeculativeDecoding("mtp", 1, 1)).primary.devices[0]
+    assert mtp.weights_bytes - without.weights_bytes == LAYER_60 + FRONT == 1_647_797_660
+    assert mtp_front_bytes(get_preset("deepseek-v3"), 2) == FRONT
+
+
+def test_deepseek_v3_with_mtp_1_pools_62_mla_layers_a_token() -> None:
+    without, mtp = deepseek_v3(None), deepseek_v3(SpeculativeDecoding("mtp", 1, 1))
+    # the workload's cache: one more MLA layer a token
+    assert without.primary.devices[0].kv_cache_bytes == 61 * MLA_BYTES_PER_TOKEN * 32_768
+    assert mtp.primary.devices[0].kv_cache_bytes == 62 * MLA_BYTES_PER_TOKEN * 32_768
+    # vLLM's pool: num_blocks = available // (page x 62 layers), 16 tokens a block
+    pool = mtp.primary.kv_pool_bytes
+    assert pool is not None and mtp.primary.kv_capacity_tokens == pool // (PAGE * 62) * 16
+    assert without.primary.kv_pool_bytes is not None
+    assert without.primary.kv_capacity_tokens == without.primary.kv_pool_bytes // (PAGE * 61) * 16
+
+
+def test_the_rejection_sampler_and_the_drafters_buffers_are_charged_by_hand() -> None:
+    without = deepseek_v3(None).primary.devices[0]
+    mtp = deepseek_v3(SpeculativeDecoding("mtp", 1, 1)).primary.devices[0]
+    ngram = deepseek_v3(SpeculativeDecoding("ngram", 3)).primary.devices[0]
+    # the sampler warm-up decides the peak: 1024 rows x (2 x vocabulary x 2 bytes of random logits + two float32
+    # copies: the target rows' copy, clone and softmax and the recovered tokens' q and 1/q where the sampler held three)
+    rejection = SEQUENCES * (2 * VOCABULARY * 2 + 8 * VOCABULARY)
+    assert mtp.activation_bytes - without.activation_bytes == rejection == 1_588_592_640
+    assert ngram.activation_bytes - without.activation_bytes == rejection
+    # ngram runs no model: no weights, KV or buffers (its capture sizes at 1 + 3 stay 51 up to 512)
+    assert ngram.weights_bytes == without.weights_bytes and ngram.kv_cache_bytes == without.kv_cache_bytes
+    # outside the budget: EagleProposer's buffers (input_ids int32, positions and slot mapping int64, hidden states
+    # and input embeddings T x 7168 bf16 = 112 MiB each, arange max(S + 1, T) int32, backup ids S int32) and the
+    # MTP layer's CUDA graphs at the per-layer rate (19 MiB a layer at 51 sizes)
+    buffers = 8192 * 4 + 2 * 8192 * 8 + 2 * 112 * MIB + 8192 * 4 + 1024 * 4
+    assert drafter_buffer_bytes(get_preset("deepseek-v3"), BatchLimits(TOKENS, SEQUENCES, 0, 1, 1), 2) == buffers
+    assert allocated_block_bytes(TOKENS * HIDDEN * 2) == 112 * MIB
+    assert mtp.outside_budget_bytes - without.outside_budget_bytes == buffers + 19 * MIB == 255_004_672
+
+
+@pytest.mark.parametrize(("max_num_seqs", "tokens", "sizes"), [
+    (1024, 0, (1, 2, 4, *range(8, 256, 8), *range(256, 513, 16))),  # 51 sizes up to 512
+    (1024, 1, (2, 4, *range(8, 256, 8), *range(256, 513, 16))),  # 1 rounds to 2: 50
+    (16, 0, (1, 2, 4, 8, 16, 24, 32)),  # min(2 x 16, 512)
+    (16, 1, (2, 4, *range(8, 65, 8))),  # min(16 x 2 x 2, 512) = 64, rounded to even
+    (16, 3, (4, *range(8, 129, 8))),  # min(16 x 4 x 2, 512) = 128, rounded to multiples of 4
+])
+def test_0_19_capture_sizes_grow_with_the_decode_query_and_round_to_it(max_num_seqs: int, tokens: int,
+                                                                        sizes: tuple[int, ...]) -> None:
+    limits = BatchLimits(TOKENS, max_num_seqs, speculative_tokens=tokens)
+    assert cudagraph_capture_sizes("0.19", limits) == sizes
+    piecewise, full = cudagraph_count("0.19", limits)
+    query = 1 + tokens
+    assert piecewise == len(sizes)
+    assert full == sum(1 for size in sizes if query <= size <= max_num_seqs * query)
+
+
+def test_the_graph_charge_takes_the_unrounded_sizes_never_fewer() -> None:
+    # a backend without FULL uniform-batch graphs keeps the unrounded sizes (PIECEWISE only): 0.19 counts them
+    limits = BatchLimits(TOKENS, 16, speculative_tokens=1)
+    assert len(cudagraph_capture_sizes("0.19", limits, rounded=False)) == 11
+    assert len(cudagraph_capture_sizes("0.19", limits)) == 10
+
+
+@pytest.mark.parametrize(("speculative", "options", "field", "words"), [
+    (SpeculativeDecoding("mtp", 1, 1), {"engine_version": "0.33"}, "runtime.engine_version", "Model Runner V2"),
+    (SpeculativeDecoding("ngram", 2), {"engine_version": "0.11"}, "runtime.engine_version", "0.19 only"),
+    (SpeculativeDecoding("mtp", 1, 0), {}, "runtime.speculative.method", "no multi-token-prediction layers"),
+    (SpeculativeDecoding("mtp", 3, 2), {}, "runtime.speculative.num_speculative_tokens", "divisible by n_predict"),
+    (SpeculativeDecoding("mtp", 1, 1), {"pipeline_parallel": 2}, "parallel.pipeline", "pipeline parallelism"),
+])
+def test_what_is_not_planned_is_a_refusal_naming_the_field(speculative: SpeculativeDecoding,
+                                                            options: dict[str, object], field: str,
+                                                            words: str) -> None:
+    preset = get_preset_info("deepseek-v3")
+    scheme = scheme_from_quantization_config(preset.quantization_config or {})
+    base: dict[str, object] = {"engine_version": "0.19", "scheme": scheme, "speculative": speculative}
+    with pytest.raises(InvalidSpec) as raised:
+        plan(get_preset("deepseek-v3"), H200_X8, WORKLOAD, PlanOptions(**{**base, **options}))  # type: ignore[arg-type]
+    assert raised.value.field == field and words in raised.value.reason
+
+
+def test_mtp_on_a_model_type_without_a_read_drafter_and_the_generic_engine_are_refused() -> None:
+    with pytest.raises(InvalidSpec) as raised:
+        plan(get_preset("llama-3.1-8b"), Hardware(get_device("h100-80gb").planning_bytes, 1, "h100-80gb"),
+             WORKLOAD, PlanOptions(engine_version="0.19", speculative=SpeculativeDecoding("mtp", 1, 1)))
+    assert raised.value.field == "runtime.speculative.method" and "'llama'" in raised.value.reason
+    with pytest.raises(InvalidSpec) as raised:
+        PlanOptions(engine="generic", speculative=SpeculativeDecoding("ngram", 1))
+    assert raised.value.field == "runtime.speculative"
+
+
+@pytest.mark.parametrize(("method", "tokens", "field"), [
+    ("eagle", 1, "runtime.speculative.method"), ("eagle3", 2, "runtime.speculative.method"),
+    ("lookahead", 1, "runtime.speculative.method"), ("mtp", 0, "runtime.speculative.num_speculative_tokens"),
+    ("ngram", 33, "runtime.speculative.num_speculative_tokens"),
+])
+def test_methods_that_need_a_draft_model_and_bad_counts_are_refused(method: str, tokens: int, field: str) -> None:
+    with pytest.raises(InvalidSpec) as raised:
+        SpeculativeDecoding(method, tokens)
+    assert raised.value.field == field
+
+
+def test_the_same_model_with_and_without_speculation_plans_apart() -> None:
+    # the caches key on the batch limits that carry it: asking without after with gives the plain figures again
+    first = deepseek_v3(None).primary.devices[0]
+    deepseek_v3(SpeculativeDecoding("mtp", 1, 1))
+    again = deepseek_v3(None).primary.devices[0]
+    assert again == first
+
+
+def test_the_mtp_layer_takes_a_layers_share_of_the_allocator_blocks_nibble_charges_per_layer() -> None:
+    # DeepSeek-V3 in bf16: every weight of 10 MiB or more holds a 2 MiB-rounded segment (`weight_allocation_slack`),
+    # charged per decoder layer of the stage; the MTP layer takes the stage's average layer's share, rounded up
+    spec, bf16 = get_preset("deepseek-v3"), float_format("bf16")
+    allocation = VllmProfile("0.19").weight_allocation(Stage(spec, 8, 1, (0, 61), True), "bf16")
+    assert allocation is not None and allocation.bytes > 0
+    overheads = [plan(spec, H200_X8, WORKLOAD, PlanOptions(engine_version="0.19", weight_format=bf16,
+                                                          speculative=speculative)).primary.devices[0].overhead_bytes
+                 for speculative in (None, SpeculativeDecoding("mtp", 1, 1))]
+    assert overheads[1] - overheads[0] == -(-allocation.bytes // 61)
+
+
+def test_a_full_decode_step_of_three_drafts_needs_more_than_the_warm_up_measured() -> None:
+    # serving: min(1024, 8192 // 4) = 1024 requests of 4 tokens; the step's 8192 hidden states and 4096 gathered rows,
+    # 4096 + 1024 rows of bf16 logits, then 3072 target rows x 3 float32 copies and 1024 x 2 float32 draws
+    limits = BatchLimits(TOKENS, SEQUENCES, speculative_tokens=3)
+    spec = get_preset("deepseek-v3")
+    serving = ((8192 + 4096) * HIDDEN * 2 + 1024 * 5 * VOCABULARY * 2 + 1024 * VOCABULARY * (12 * 3 + 8))
+    assert serving_rejection_bytes(spec, limits, VOCABULARY, 2) == serving == 7_324_827_648
+    # the warm-up (one draft a request) measured less: the rest comes from the memory the budget leaves free
+    without = deepseek_v3(None).primary.devices[0]
+    ngram = deepseek_v3(SpeculativeDecoding("ngram", 3)).primary.devices[0]
+    excess = speculative_serving_excess(Stage(spec, 8, 1, (0, 61), True), limits, "0.19", "fp8-block128",
+                                        device_facts("h200"))
+    assert excess is not None and 0 < excess.bytes < serving
+    assert ngram.outside_budget_bytes - without.outside_budget_bytes == excess.bytes
+    # one draft a request is what the warm-up ran: nothing beyond it
+    one = BatchLimits(TOKENS, SEQUENCES, speculative_tokens=1)
+    assert speculative_serving_excess(Stage(spec, 8, 1, (0, 61), True), one, "0.19", "fp8-block128",
+                                      device_facts("h200")) is None
+
+
+def test_glm_4_5_air_with_mtp_1_pools_one_more_gqa_layer_and_holds_its_eh_proj_whole() -> None:
+    # Glm4MoeMTP (glm4_moe_mtp.py): a Glm4MoeDecoderLayer with the target's quant_config (layer 46, a MoE layer like
+    # layer 45) and eh_proj nn.Linear(2 x 4096, 4096) plus three norms, bf16 on every rank; at TP 4 each of the
+    # 8 KV heads' 2 a rank holds K and V of 128: 2 x 2 x 128 x 2 = 1,024 bytes a token a layer
+    spec = get_preset("glm-4.5-air")
+    assert get_preset_info("glm-4.5-air").mtp_layers == 1
+    hardware = Hardware(get_device("h200").planning_bytes, 4, "h200")
+    plans = [plan(spec, hardware, WORKLOAD, PlanOptions(engine_version="0.19", weight_format=float_format("bf16"),
+                                                       speculative=speculative)).primary
+             for speculative in (None, SpeculativeDecoding("mtp", 2, 1))]
+    per_token = 2 * 2 * 128 * 2
+    assert plans[0].devices[0].kv_cache_bytes == 46 * per_token * 32_768
+    assert plans[1].devices[0].kv_cache_bytes == 47 * per_token * 32_768
+    front = (2 * 4096 * 4096 + 3 * 4096) * 2
+    assert mtp_front_bytes(spec, 2) == front == 67_133_440
+    # layer 45 in bf16 at TP 4, as nibble charges it: 128 experts of gate/up/down 1408 x 4096 and the shared expert
+    # split 4 ways; q (12,288 x 4096), k and v (1024 x 4096) and o split; the q/k/v biases and the two norms whole;
+    # the router and its correction bias in float32 (vLLM's glm4_moe.py gate), whole
+    layer_45 = (128 * 3 * 1408 * 4096 * 2 // 4 + 3 * 1408 * 4096 * 2 // 4
+                + (12288 + 2 * 1024) * 4096 * 2 // 4 + 4096 * 12288 * 2 // 4
+                + (12288 + 2 * 1024) * 2 + 2 * 4096 * 2 + (128 * 4096 + 128) * 4)
+    assert layer_45 == 1_172_615_680
+    assert plans[1].devices[0].weights_bytes - plans[0].devices[0].weights_bytes == layer_45 + front
