@@ -624,8 +624,10 @@ _VISION_SHARDED += ("linear_fc1.weight", "linear_fc1.bias", "linear_fc2.weight")
 
 #: tensors of a sharded role that engines hold whole on every tensor-parallel rank: DeepSeek Sparse Attention's
 #: lightning indexer (vLLM's deepseek_v2.py Indexer: wq_b, wk and weights_proj are ReplicatedLinear, "no tensor
-#: parallel, just replicated", in v0.11, v0.19 and v0.33)
-_REPLICATED_NAMES: tuple[str, ...] = (".self_attn.indexer.",)
+#: parallel, just replicated", in v0.11, v0.19 and v0.33), and MLA's down-projections to the query and key/value
+#: latents (deepseek_v2.py DeepseekV2MLAAttention: ``q_a_proj`` and ``kv_a_proj_with_mqa`` are ReplicatedLinear, fused
+#: as ``fused_qkv_a_proj`` with ``disable_tp=True`` where the query is compressed, in v0.11, v0.19 and v0.33)
+_REPLICATED_NAMES: tuple[str, ...] = (".self_attn.indexer.", ".self_attn.q_a_proj.", ".self_attn.kv_a_proj_with_mqa.")
 
 
 def _sharded_bytes(one_tensor_bytes: int, entry: TensorEntry, tensor_parallel: int) -> int:

@@ -134,7 +134,8 @@ def digest(sections: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(sections, sort_keys=True).encode()).hexdigest()
 
 
-#: main 9e51ef3's answers: the digest of `pinned_sections`, and its figures a change would most likely move
+#: main 9e51ef3's answers: the digest of `pinned_sections`, and its figures a change would most likely move (the
+#: DeepSeek forms' device bytes re-pinned when MLA's down-projections became whole on every rank, the one change since)
 PINNED: dict[str, tuple[str, dict[str, Any]]] = {
     "tiny": ("d1023d3acd68fc8fdc8705c4ac56522e6d560eeaffa54fc8c8018c2443f589aa", {
         "format": "bf16",
@@ -145,7 +146,7 @@ PINNED: dict[str, tuple[str, dict[str, Any]]] = {
         "by_role": {"lm_head": 512000, "embedding": 512000, "attention": 262144},
         "devices": [1286144],
     }),
-    "small-deepseek": ("f877ddd7a22b45d48a0cd111bccf75ea39c388c4f453fbd05540c283b8cfaafb", {
+    "small-deepseek": ("564ce167d2ef2f69355a7a328ec5f2eb4a964a0aa137f17b4dbd121ebc1ceac4", {
         "format": "fp8-block128",
         "tensors": 377,
         "bytes": 27920256,
@@ -155,7 +156,7 @@ PINNED: dict[str, tuple[str, dict[str, Any]]] = {
             "lm_head": 2097152, "embedding": 2097152, "norm": 12288, "mlp": 2753184, "expert": 18878976,
             "router": 49344, "attention": 2032160,
         },
-        "devices": [13990944, 13990944],
+        "devices": [14417056, 14417056],  # 13,990,944 at 9e51ef3: MLA's q_a/kv_a_proj now whole a rank
     }),
     "odd-llama": ("94532749efe8bc003e0ebf57193c0c9af771f19074affeafa9cb86b8776ad687", {
         "format": "bf16",
@@ -177,7 +178,7 @@ PINNED: dict[str, tuple[str, dict[str, Any]]] = {
         "by_role": {"lm_head": 512000, "embedding": 512000, "other": 32744, "attention": 262144},
         "devices": [1318888],
     }),
-    "deepseek-v3": ("af7ba296db2a844862c28f010863a0ef2961a1a562cce6a858a3f07df16d61f6", {
+    "deepseek-v3": ("38b398559c91befc3384da0f68baf5f0cff433c49a53249098b8d3e5f87b5834", {
         "format": "fp8-block128",
         "tensors": 90427,
         "bytes": 673150611808,
@@ -187,7 +188,7 @@ PINNED: dict[str, tuple[str, dict[str, Any]]] = {
             "lm_head": 1853358080, "embedding": 1853358080, "norm": 2013184, "mlp": 3744330240,
             "expert": 654068416512, "router": 212920320, "attention": 11416215392,
         },
-        "devices": [84331893292] * 8,
+        "devices": [85140130848] * 8,  # 84,331,893,292 at 9e51ef3, + 61 x 13,249,796 (ReplicatedLinear)
     }),
 }
 

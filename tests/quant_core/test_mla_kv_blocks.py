@@ -20,6 +20,7 @@ ceil(L / block) blocks a request of L tokens: the block moves the tokens, the co
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -30,6 +31,7 @@ from quant_core.engines.vllm_attention import kv_backend
 from quant_core.formats import float_format
 from quant_core.planner import Hardware, Plan, PlanOptions, Workload, plan
 from quant_core.schemes import scheme_from_quantization_config
+from quant_core.specs import ModelSpec
 
 #: DeepSeek-V2-Lite: 27 layers x (kv_lora_rank 512 + qk_rope_head_dim 64) x 2 bytes a token
 V2_LITE_BYTES_PER_TOKEN = 27 * 576 * 2
@@ -180,9 +182,11 @@ def test_the_0_19_deepseek_v2_lite_h100_log_pages_16_token_blocks() -> None:
     # 16-token figures before: 638,432 / 155; 630,576 / 153; 616,691 / 150 on H200; 1,130,016 / 274;
     # 1,162,048 / 282; 1,146,372 / 279 on B200.  0.33 was 616,691 / 150 and 1,141,929 / 278 with a fixed 0.39 GiB graph
     # estimate, now 386 MiB + (61 layers x 4.25 MiB + deepseek_v3's 709 MiB) x sizes / 51: 1.32 GiB at the 51 sizes
-    # of 9.0, 1.92 GiB at the 83 of 10.0
-    ("0.11", "h200", 64, 638_400, 153), ("0.19", "h200", 16, 630_576, 153), ("0.33", "h200", 16, 602_492, 146),
-    ("0.11", "b200", 128, 1_129_984, 267), ("0.19", "b200", 32, 1_162_048, 281), ("0.33", "b200", 32, 1_118_759, 272),
+    # of 9.0, 1.92 GiB at the 83 of 10.0.  Then q_a_proj and kv_a_proj_with_mqa whole on every rank (ReplicatedLinear):
+    # 61 x 13,249,796 = 808,237,556 bytes a rank more weights, 11,501 tokens fewer (638,400 / 153, 630,576 / 153,
+    # 602,492 / 146; 1,129,984 / 267, 1,162,048 / 281, 1,118,759 / 272 before)
+    ("0.11", "h200", 64, 626_880, 150), ("0.19", "h200", 16, 619_072, 150), ("0.33", "h200", 16, 591_022, 144),
+    ("0.11", "b200", 128, 1_118_464, 264), ("0.19", "b200", 32, 1_150_528, 278), ("0.33", "b200", 32, 1_107_349, 270),
 ])
 def test_deepseek_v3_at_16_bit_kv_on_eight_devices_is_counted_in_vllms_blocks(
         release: str, device_id: str, block: int, tokens: int, sequences: int) -> None:
@@ -232,3 +236,26 @@ def test_an_mla_model_is_refused_below_8_0_for_its_flashattention_prefill(releas
     on_ampere = plan(get_preset_info("deepseek-v2-lite").spec, Hardware(a10.planning_bytes, 1, a10.id, a10.name),
                      Workload(CONTEXT, 1), PlanOptions(weight_format=float_format("bf16"), engine_version=release))
     assert on_ampere.refusal is None
+
+
+
+@pytest.mark.parametrize(("field", "grown", "per_layer"), [
+    # q_lora_rank 1536 -> 1664: q_a_proj gains 128 x 7168 rows, whole on each rank; q_b_proj 128 columns of its
+    # 24,576 rows, half on each; q_a_layernorm 128 weights, whole (bf16)
+    ("q_lora_rank", 128, 128 * 7168 * 2 + 24_576 * 128 * 2 // 2 + 128 * 2),
+    # kv_lora_rank 512 -> 576: kv_a_proj_with_mqa gains 64 x 7168 rows, whole; kv_b_proj 64 columns of its 32,768
+    # rows, half; kv_a_layernorm 64 weights, whole
+    ("kv_lora_rank", 64, 64 * 7168 * 2 + 32_768 * 64 * 2 // 2 + 64 * 2),
+])
+def test_every_rank_holds_mlas_down_projections_whole(field: str, grown: int, per_layer: int) -> None:
+    # deepseek_v2.py (v0.11, v0.19, v0.33), DeepseekV2MLAAttention: q_a_proj and kv_a_proj_with_mqa are
+    # ReplicatedLinear (fused as fused_qkv_a_proj with disable_tp=True where the query is compressed), q_b_proj and
+    # kv_b_proj column-parallel: DeepSeek-V3 at bf16 on two ranks
+    spec = get_preset_info("deepseek-v3").spec
+    larger = replace(spec, **{field: getattr(spec, field) + grown})
+    options = PlanOptions(weight_format=float_format("bf16"))
+
+    def rank_weights(model: ModelSpec) -> int:
+        return plan(model, Hardware(141 << 30, 2), Workload(4096, 1), options).primary.devices[0].weights_bytes
+
+    assert rank_weights(larger) - rank_weights(spec) == 61 * per_layer

@@ -43,14 +43,13 @@ TOKENS, SEQUENCES = 8192, 1024  # vLLM 0.19's defaults on a device of 70 GiB or 
 
 # DeepSeek-V3's layer 60 (a MoE layer, like the MTP layer 61) on one of 8 ranks, fp8 with [128, 128] blocks (a fp32
 # scale per block): 256 routed experts of gate/up (2048 x 7168) and down (7168 x 2048), each sliced to 256 of 2048
-# (ceil(bytes / 8)); the shared expert likewise; MLA's projections as nibble charges every MLA layer (ceil(bytes /
-# 8)); norms (7168 x 2, 1536, 512) in bf16, the router (256 x 7168) and its correction bias (256) in bf16, whole
+# (ceil(bytes / 8)); the shared expert likewise; MLA's down-projections whole (ReplicatedLinear), the others
+# ceil(bytes / 8); norms (7168 x 2, 1536, 512) in bf16, the router (256 x 7168) and its correction bias (256) in bf16,
+# whole
 EXPERT_MATRIX = -(-(2048 * 7168 + 16 * 56 * 4) // 8)  # 1,835,456
 ROUTED = 256 * 3 * EXPERT_MATRIX
 SHARED = 3 * EXPERT_MATRIX
-ATTENTION = sum(-(-size // 8) for size in (
-    1536 * 7168 + 12 * 56 * 4,  # q_a_proj
-    576 * 7168 + 5 * 56 * 4,  # kv_a_proj_with_mqa
+ATTENTION = 1536 * 7168 + 12 * 56 * 4 + 576 * 7168 + 5 * 56 * 4 + sum(-(-size // 8) for size in (  # q_a, kv_a whole
     24576 * 1536 + 192 * 12 * 4,  # q_b_proj
     32768 * 512 + 256 * 4 * 4,  # kv_b_proj
     7168 * 16384 + 56 * 128 * 4))  # o_proj
@@ -72,10 +71,10 @@ def deepseek_v3(speculative: SpeculativeDecoding | None, **options: object) -> P
 
 def test_deepseek_v3_fp8_on_8_h200_with_mtp_1_holds_the_mtp_layer_on_every_rank_beside_the_target() -> None:
     assert get_preset_info("deepseek-v3").mtp_layers == 1
-    assert LAYER_60 == 1_442_233_756 and FRONT == 205_563_904
+    assert LAYER_60 == 1_455_483_552 and FRONT == 205_563_904
     without = deepseek_v3(None).primary.devices[0]
     mtp = deepseek_v3(SpeculativeDecoding("mtp", 1, 1)).primary.devices[0]
-    assert mtp.weights_bytes - without.weights_bytes == LAYER_60 + FRONT == 1_647_797_660
+    assert mtp.weights_bytes - without.weights_bytes == LAYER_60 + FRONT == 1_661_047_456
     assert mtp_front_bytes(get_preset("deepseek-v3"), 2) == FRONT
 
 
