@@ -67,6 +67,7 @@ from quant_core.engines.vllm import (
     EMBEDDING_ON_EVERY_STAGE,
     MAMBA_CACHE_MODES,
     MOE_DATA_PARALLEL_VERSIONS,
+    VOCAB_PADDING,
     OutsideBudget,
     dsa_block_size,
     dsa_block_table_bytes,
@@ -132,7 +133,9 @@ DEFAULT_MAX_NUM_SEQS = 256
 MAX_DEVICES_SEARCHED = 1024
 MAX_SEQUENCES_SEARCHED = 1 << 24
 MAX_CONTEXT_SEARCHED = 1 << 24
-REPLICATED_ROLES = frozenset({"norm", "router", "bias", "other"})
+#: roles every engine holds whole on each tensor-parallel rank; ``position_embedding`` is GPT-2's learned positions,
+#: a plain ``nn.Embedding`` in vLLM's gpt2.py (``GPT2Model.wpe``, v0.11, v0.19 and v0.33), not a vocabulary-parallel one
+REPLICATED_ROLES = frozenset({"norm", "router", "bias", "other", "position_embedding"})
 
 RUNTIME_OVERHEAD_BASIS = (
     "fixed {gib:.2f} GiB (2^30 bytes) per device: CUDA context, cuBLAS/NCCL workspaces and "
@@ -630,13 +633,51 @@ _VISION_SHARDED += ("linear_fc1.weight", "linear_fc1.bias", "linear_fc2.weight")
 _REPLICATED_NAMES: tuple[str, ...] = (".self_attn.indexer.", ".self_attn.q_a_proj.", ".self_attn.kv_a_proj_with_mqa.")
 
 
+#: tensors of a replicated role (``other``: no linear layer, never quantized) that vLLM splits over the
+#: tensor-parallel ranks: a Gated DeltaNet layer's depthwise ``conv1d`` (a ColumnParallelLinear of ``conv_dim``
+#: outputs), ``dt_bias`` and ``A_log`` (``num_v_heads // tp_size`` each, ``sharded_weight_loader(0)``) in
+#: qwen3_next.py's Qwen3NextGatedDeltaNet (v0.11), layers/mamba/gdn_linear_attn.py (v0.19) and
+#: layers/mamba/gdn/qwen_gdn_linear_attn.py (v0.33); gpt-oss's attention ``sinks`` (gpt_oss.py OAIAttention:
+#: ``num_attention_heads // tp_size``, v0.11, v0.19 and v0.33)
+_SPLIT_OTHER_NAMES: tuple[str, ...] = (".linear_attn.conv1d.", ".linear_attn.dt_bias", ".linear_attn.A_log",
+                                       ".self_attn.sinks")
+#: tensors vLLM allocates in float32 whatever the model's dtype: the Gated DeltaNet's ``A_log`` (``torch.empty(...,
+#: dtype=torch.float32)`` in the same files and releases) and a sigmoid router's ``e_score_correction_bias``
+#: (``nn.Parameter(torch.empty(n_routed_experts, dtype=torch.float32))`` in deepseek_v2.py DeepseekV2MoE and
+#: glm4_moe.py Glm4MoE in v0.11, v0.19 and v0.33, minimax_m2.py MiniMaxM2MoE in v0.19 and v0.33), DeepSeek's gate
+#: itself in the model's dtype
+_FLOAT32_NAMES: tuple[str, ...] = (".linear_attn.A_log", ".e_score_correction_bias")
+
+
 def _sharded_bytes(one_tensor_bytes: int, entry: TensorEntry, tensor_parallel: int) -> int:
     """Bytes of one tensor of `entry` on one rank: replicated roles whole, the others ``ceil(bytes / tp)``."""
+    if entry.name.endswith(_FLOAT32_NAMES):
+        one_tensor_bytes = max(one_tensor_bytes, 4 * entry.elements)
+    if entry.role == "other" and any(part in entry.name for part in _SPLIT_OTHER_NAMES):
+        return -(-one_tensor_bytes // tensor_parallel)
     if entry.role in REPLICATED_ROLES or (entry.role == "vision" and not entry.name.endswith(_VISION_SHARDED)):
         return one_tensor_bytes
     if any(part in entry.name for part in _REPLICATED_NAMES):
         return one_tensor_bytes
     return -(-one_tensor_bytes // tensor_parallel)
+
+
+def _vocabulary_bytes(one_tensor_bytes: int, entry: TensorEntry, spec: ModelSpec, tensor_parallel: int) -> int:
+    """Bytes of one rank's share of the input embedding or the lm_head (a row of role ``embedding`` or ``lm_head``
+    whose shape holds the vocabulary): vLLM's VocabParallelEmbedding and ParallelLMHead
+    (model_executor/layers/vocab_parallel_embedding.py, v0.11, v0.19 and v0.33) pad the vocabulary to a multiple of
+    ``DEFAULT_VOCAB_PADDING_SIZE`` = 64 (``pad_vocab_size``) and give each rank ``num_embeddings_padded / tp`` rows
+    (``num_embeddings_per_partition``), so a rank holds the padded rows too: GPT-2's 50,257 tokens are 50,304 rows,
+    OLMo 3's 100,278 are 100,288.  Other rows (a per-tensor scale) are split as `_sharded_bytes` splits them."""
+    if spec.vocab_size <= 0 or spec.vocab_size not in entry.shape:
+        return _sharded_bytes(one_tensor_bytes, entry, tensor_parallel)
+    rows = -(-spec.vocab_size // VOCAB_PADDING) * VOCAB_PADDING
+    return -(-one_tensor_bytes * rows // (spec.vocab_size * tensor_parallel))
+
+
+def _is_vocabulary(entry: TensorEntry) -> bool:
+    """The input embedding or the lm_head (outside the decoder layers), which vLLM builds vocabulary-parallel."""
+    return entry.role in ("embedding", "lm_head") and not entry.layers
 
 
 #: the inventory's shared-expert rows (DeepSeek's ``mlp.shared_experts``, Llama 4's ``feed_forward.shared_expert``)
@@ -760,7 +801,7 @@ def _embedding_on_every_stage(spec: ModelSpec, scheme: WeightScheme, tensor_para
     """`home` (each stage's tensors outside the layers, where the stages that run them hold them) with a copy of the
     input embedding on every stage after the first, as vLLM's qwen3_5.py builds it (`EMBEDDING_ON_EVERY_STAGE`); the
     last stage's tied lm_head is that copy, which `home` holds already."""
-    embedding = sum(_sharded_bytes(one, entry, tensor_parallel) * entry.per_layer
+    embedding = sum(_vocabulary_bytes(one, entry, spec, tensor_parallel) * entry.per_layer
                     for entry, one in _weight_rows(spec, scheme) if entry.role == "embedding" and not entry.layers)
     last = len(home) - 1
     return [size + (embedding if stage and not (stage == last and spec.tie_word_embeddings) else 0)
@@ -850,6 +891,8 @@ def _build_layout(spec: ModelSpec, scheme: WeightScheme, kv_dtype_name: str,
     for entry, one in _weight_rows(spec, scheme):
         per_rank = _sharded_bytes(_router_bytes(one, entry) if fp32_routers else one, entry,
                                   tensor_parallel) * entry.per_layer
+        if _is_vocabulary(entry):
+            per_rank = _vocabulary_bytes(one, entry, spec, tensor_parallel) * entry.per_layer
         if tensor_parallel > spec.num_kv_heads and not spec.is_mla and _is_kv_projection(entry):
             per_rank = _replicated_kv_bytes(one, spec) * entry.per_layer
         if tensor_parallel > spec.num_kv_heads > 0 and not spec.is_mla and _is_fused_qkv_projection(entry):

@@ -135,16 +135,17 @@ def digest(sections: dict[str, Any]) -> str:
 
 
 #: main 9e51ef3's answers: the digest of `pinned_sections`, and its figures a change would most likely move (the
-#: DeepSeek forms' device bytes re-pinned when MLA's down-projections became whole on every rank, the one change since)
+#: DeepSeek forms' device bytes re-pinned when MLA's down-projections became whole on every rank; the others' when the
+#: embedding and lm_head became the vocabulary padded to a multiple of 64 rows, as vLLM holds it)
 PINNED: dict[str, tuple[str, dict[str, Any]]] = {
-    "tiny": ("d1023d3acd68fc8fdc8705c4ac56522e6d560eeaffa54fc8c8018c2443f589aa", {
+    "tiny": ("cdaae39e61a0b98713327421faaeedc0138a4923c348d0da8d7952036aa3067f", {
         "format": "bf16",
         "tensors": 4,
         "bytes": 1286144,
         "mtp_tensors": 0,
         "unknown_tensors": 0,
         "by_role": {"lm_head": 512000, "embedding": 512000, "attention": 262144},
-        "devices": [1286144],
+        "devices": [1310720],  # 1,286,144 at 9e51ef3: 1,000 tokens held as 1,024 rows (vocab padding), 24 x 256 x 2 x 2
     }),
     "small-deepseek": ("564ce167d2ef2f69355a7a328ec5f2eb4a964a0aa137f17b4dbd121ebc1ceac4", {
         "format": "fp8-block128",
@@ -158,7 +159,7 @@ PINNED: dict[str, tuple[str, dict[str, Any]]] = {
         },
         "devices": [14417056, 14417056],  # 13,990,944 at 9e51ef3: MLA's q_a/kv_a_proj now whole a rank
     }),
-    "odd-llama": ("94532749efe8bc003e0ebf57193c0c9af771f19074affeafa9cb86b8776ad687", {
+    "odd-llama": ("3cccea5b274f631972770fa96dca084a7c7e28082a9de3f37d27f824588e9eec", {
         "format": "bf16",
         "tensors": 27,
         "bytes": 641552,
@@ -167,16 +168,16 @@ PINNED: dict[str, tuple[str, dict[str, Any]]] = {
         "by_role": {
             "lm_head": 24576, "embedding": 24576, "other": 16, "norm": 2560, "mlp": 393216, "attention": 196608,
         },
-        "devices": [641552],
+        "devices": [657936],  # 641,552 at 9e51ef3: 96 tokens held as 128 rows (vocab padding), 32 x 128 x 2 x 2
     }),
-    "4096-parts": ("0e4c31b948cff47a4572ea72064745ed0d7406715d4d4da65def4e00931ec683", {
+    "4096-parts": ("d8ebe2d520f5a99fb11d3e4ec1269d95aca82f4b275b15d19ef9a87ee9e58793", {
         "format": "bf16",
         "tensors": 4097,
         "bytes": 1318888,
         "mtp_tensors": 0,
         "unknown_tensors": 4093,
         "by_role": {"lm_head": 512000, "embedding": 512000, "other": 32744, "attention": 262144},
-        "devices": [1318888],
+        "devices": [1343464],  # 1,318,888 at 9e51ef3: 1,000 tokens held as 1,024 rows, 24 x 256 x 2 x 2
     }),
     "deepseek-v3": ("38b398559c91befc3384da0f68baf5f0cff433c49a53249098b8d3e5f87b5834", {
         "format": "fp8-block128",

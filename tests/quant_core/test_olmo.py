@@ -129,7 +129,9 @@ def test_vllm_builds_olmos_vocabulary_on_every_stage() -> None:
     spec = spec_of("Olmo-3-1025-7B")
     staged = plan(spec, Hardware(get_device("h100-80gb").planning_bytes, 2), Workload(4096, 1),
                   PlanOptions(pipeline_parallel=2, weight_format=float_format("bf16"))).primary.devices
-    vocabulary = 2 * 100_278 * 4096
+    # each stage's embed_tokens / lm_head: 100,278 tokens padded to 100,288 rows (vocab_parallel_embedding.py
+    # pad_vocab_size, a multiple of 64), 2 bytes x 4096 each: 821,567,488 bytes (821,485,568 unpadded before)
+    vocabulary = 2 * 100_288 * 4096
     assert [device.unread_weights_bytes for device in staged] == [vocabulary + 2 * 4096, vocabulary]
 
 

@@ -44,8 +44,9 @@ TOKENS, SEQUENCES = 8192, 1024  # vLLM 0.19's defaults on a device of 70 GiB or 
 # DeepSeek-V3's layer 60 (a MoE layer, like the MTP layer 61) on one of 8 ranks, fp8 with [128, 128] blocks (a fp32
 # scale per block): 256 routed experts of gate/up (2048 x 7168) and down (7168 x 2048), each sliced to 256 of 2048
 # (ceil(bytes / 8)); the shared expert likewise; MLA's down-projections whole (ReplicatedLinear), the others
-# ceil(bytes / 8); norms (7168 x 2, 1536, 512) in bf16, the router (256 x 7168) and its correction bias (256) in bf16,
-# whole
+# ceil(bytes / 8); norms (7168 x 2, 1536, 512) in bf16, the router (256 x 7168) in bf16 and its correction bias (256)
+# in float32 as deepseek_v2.py allocates it (``torch.empty(n_routed_experts, dtype=torch.float32)``; 512 bytes more
+# than the bf16 nibble counted before), whole
 EXPERT_MATRIX = -(-(2048 * 7168 + 16 * 56 * 4) // 8)  # 1,835,456
 ROUTED = 256 * 3 * EXPERT_MATRIX
 SHARED = 3 * EXPERT_MATRIX
@@ -54,7 +55,7 @@ ATTENTION = 1536 * 7168 + 12 * 56 * 4 + 576 * 7168 + 5 * 56 * 4 + sum(-(-size //
     32768 * 512 + 256 * 4 * 4,  # kv_b_proj
     7168 * 16384 + 56 * 128 * 4))  # o_proj
 NORMS = (2 * 7168 + 1536 + 512) * 2
-ROUTER = (256 * 7168 + 256) * 2
+ROUTER = 256 * 7168 * 2 + 256 * 4
 LAYER_60 = ROUTED + SHARED + ATTENTION + NORMS + ROUTER
 # the MTP layer's eh_proj (2h -> h) and three RMSNorms, unquantized bf16 on every rank
 FRONT = (2 * HIDDEN * HIDDEN + 3 * HIDDEN) * 2
@@ -71,10 +72,10 @@ def deepseek_v3(speculative: SpeculativeDecoding | None, **options: object) -> P
 
 def test_deepseek_v3_fp8_on_8_h200_with_mtp_1_holds_the_mtp_layer_on_every_rank_beside_the_target() -> None:
     assert get_preset_info("deepseek-v3").mtp_layers == 1
-    assert LAYER_60 == 1_455_483_552 and FRONT == 205_563_904
+    assert LAYER_60 == 1_455_484_064 and FRONT == 205_563_904
     without = deepseek_v3(None).primary.devices[0]
     mtp = deepseek_v3(SpeculativeDecoding("mtp", 1, 1)).primary.devices[0]
-    assert mtp.weights_bytes - without.weights_bytes == LAYER_60 + FRONT == 1_661_047_456
+    assert mtp.weights_bytes - without.weights_bytes == LAYER_60 + FRONT == 1_661_047_968
     assert mtp_front_bytes(get_preset("deepseek-v3"), 2) == FRONT
 
 
