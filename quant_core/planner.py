@@ -716,9 +716,30 @@ def _expert_parallel_bytes(one_tensor_bytes: int, entry: TensorEntry, spec: Mode
     return -(-one_tensor_bytes * entry.per_layer * local // spec.num_experts)
 
 
+#: the biases of the decoder's column-parallel linear layers, which vLLM splits with their output rows
+#: (layers/linear.py ColumnParallelLinear / MergedColumnParallelLinear / QKVParallelLinear: ``bias`` of
+#: ``output_size_per_partition``, loaded by the same shard rule as the weight, v0.11, v0.19 and v0.33): q/k/v_proj
+#: (llama.py, qwen2.py, glm4.py, seed_oss.py, gpt_oss.py's qkv_proj), GPT-2's c_attn and c_fc (gpt2.py), Falcon's
+#: query_key_value and dense_h_to_4h (falcon.py), a dense MLP's gate/up_proj; a row-parallel layer's bias (o_proj,
+#: down_proj, c_proj, dense) is whole on every rank, as is every other bias row
+_COLUMN_PARALLEL_BIASES: tuple[str, ...] = (
+    ".self_attn.q_proj.bias", ".self_attn.k_proj.bias", ".self_attn.v_proj.bias", ".self_attn.qkv_proj.bias",
+    ".attn.c_attn.bias", ".mlp.c_fc.bias", ".self_attention.query_key_value.bias", ".mlp.dense_h_to_4h.bias",
+    ".mlp.gate_proj.bias", ".mlp.up_proj.bias", ".mlp.gate_up_proj.bias")
+
+
+def _is_column_parallel_bias(entry: TensorEntry, spec: ModelSpec) -> bool:
+    """A bias row of a decoder layer's column-parallel linear layer (`_COLUMN_PARALLEL_BIASES`), not of the routed
+    experts (`_is_sharded_expert_bias`)."""
+    return (entry.role == "bias" and bool(entry.layers) and entry.name.endswith(_COLUMN_PARALLEL_BIASES)
+            and not _is_routed_expert(entry, spec))
+
+
 def _is_kv_projection(entry: TensorEntry) -> bool:
-    """A separate key or value projection of the decoder (its weight, or a quantized checkpoint's tensors of it)."""
-    return entry.role == "attention" and (".self_attn.k_proj." in entry.name or ".self_attn.v_proj." in entry.name)
+    """A separate key or value projection of the decoder (its weight, or a quantized checkpoint's tensors of it, or
+    its bias)."""
+    return entry.role in ("attention", "bias") and (".self_attn.k_proj." in entry.name
+                                                    or ".self_attn.v_proj." in entry.name)
 
 
 def _replicated_kv_bytes(one_tensor_bytes: int, spec: ModelSpec) -> int:
@@ -735,8 +756,9 @@ _FUSED_QKV_NAMES: tuple[str, ...] = (".self_attn.qkv_proj.", ".self_attention.qu
 
 
 def _is_fused_qkv_projection(entry: TensorEntry) -> bool:
-    """A fused query/key/value projection of the decoder (its weight, or a quantized checkpoint's tensors of it)."""
-    return entry.role == "attention" and any(part in entry.name for part in _FUSED_QKV_NAMES)
+    """A fused query/key/value projection of the decoder (its weight, or a quantized checkpoint's tensors of it, or
+    its bias)."""
+    return entry.role in ("attention", "bias") and any(part in entry.name for part in _FUSED_QKV_NAMES)
 
 
 def _fused_qkv_bytes(one_tensor_bytes: int, spec: ModelSpec, tensor_parallel: int) -> int:
@@ -893,6 +915,8 @@ def _build_layout(spec: ModelSpec, scheme: WeightScheme, kv_dtype_name: str,
                                   tensor_parallel) * entry.per_layer
         if _is_vocabulary(entry):
             per_rank = _vocabulary_bytes(one, entry, spec, tensor_parallel) * entry.per_layer
+        if _is_column_parallel_bias(entry, spec):
+            per_rank = -(-one // tensor_parallel) * entry.per_layer
         if tensor_parallel > spec.num_kv_heads and not spec.is_mla and _is_kv_projection(entry):
             per_rank = _replicated_kv_bytes(one, spec) * entry.per_layer
         if tensor_parallel > spec.num_kv_heads > 0 and not spec.is_mla and _is_fused_qkv_projection(entry):

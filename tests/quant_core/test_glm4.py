@@ -147,17 +147,19 @@ def test_vllm_puts_glm4s_vocabulary_only_on_the_first_and_last_stage() -> None:
     assert [device.weights_bytes for device in staged] == [20 * layer + embedding, 20 * layer + embedding + 2 * 4096]
 
 
-def test_tensor_parallel_ranks_split_the_fused_gate_up_proj_and_hold_norms_and_biases_whole() -> None:
+def test_tensor_parallel_ranks_split_the_fused_gate_up_proj_and_qkv_biases_and_hold_norms_whole() -> None:
     # vLLM's MergedColumnParallelLinear takes each rank's rows of gate and of up from the fused tensor (half of it
-    # at TP 2); RMSNorms whole on every rank, and nibble counts the q/k/v biases whole too (the planner's rule)
+    # at TP 2); RMSNorms whole on every rank; the q/k/v biases split with their heads (glm4.py's QKVParallelLinear,
+    # bias=True: a column-parallel bias; 2 key/value heads over 2 ranks, none replicated).  9,401,122,816 bytes a
+    # rank when nibble held the biases whole
     spec = spec_of("GLM-4-9B-0414")
     options = {"weight_format": float_format("bf16")}
     device = get_device("h100-80gb").planning_bytes
     one = plan(spec, Hardware(device, 1), Workload(4096, 1), PlanOptions(**options)).primary.devices[0]
     two = plan(spec, Hardware(device, 2), Workload(4096, 1), PlanOptions(tensor_parallel=2, **options)).primary
     by_role = parameter_count(spec).by_role
-    whole = 2 * (by_role["norm"] + by_role["bias"])
-    assert whole == 2 * (659_456 + 184_320)
+    whole = 2 * by_role["norm"]
+    assert whole == 2 * 659_456 and by_role["bias"] == 184_320
     assert one.weights_bytes == 2 * 9_400_279_040
     assert [rank.weights_bytes for rank in two.devices] == [(one.weights_bytes - whole) // 2 + whole] * 2
 

@@ -230,10 +230,11 @@ def test_glm_4_5_air_with_mtp_1_pools_one_more_gqa_layer_and_holds_its_eh_proj_w
     front = (2 * 4096 * 4096 + 3 * 4096) * 2
     assert mtp_front_bytes(spec, 2) == front == 67_133_440
     # layer 45 in bf16 at TP 4, as nibble charges it: 128 experts of gate/up/down 1408 x 4096 and the shared expert
-    # split 4 ways; q (12,288 x 4096), k and v (1024 x 4096) and o split; the q/k/v biases and the two norms whole;
+    # split 4 ways; q (12,288 x 4096), k and v (1024 x 4096) and o split, and their q/k/v biases with them
+    # (QKVParallelLinear's bias is column-parallel: 1,172,615,680 when nibble held them whole); the two norms whole;
     # the router and its correction bias in float32 (vLLM's glm4_moe.py gate), whole
     layer_45 = (128 * 3 * 1408 * 4096 * 2 // 4 + 3 * 1408 * 4096 * 2 // 4
                 + (12288 + 2 * 1024) * 4096 * 2 // 4 + 4096 * 12288 * 2 // 4
-                + (12288 + 2 * 1024) * 2 + 2 * 4096 * 2 + (128 * 4096 + 128) * 4)
-    assert layer_45 == 1_172_615_680
+                + (12288 + 2 * 1024) * 2 // 4 + 2 * 4096 * 2 + (128 * 4096 + 128) * 4)
+    assert layer_45 == 1_172_594_176
     assert plans[1].devices[0].weights_bytes - plans[0].devices[0].weights_bytes == layer_45 + front

@@ -118,3 +118,37 @@ def test_deepseek_holds_its_router_correction_bias_in_float32(tensor_parallel: i
         assert result.primary.refusal is None and len(result.primary.devices) == tensor_parallel
         return result.primary.devices[0].weights_bytes
     assert weights(spec) - weights(without) == 58 * 256 * 4
+
+
+@pytest.mark.parametrize(("tensor_parallel", "per_layer"), [
+    (1, (8192 + 2 * 1024) * 2),
+    (2, (8192 + 2 * 1024) * 2 // 2),
+    (8, (8192 + 2 * 1024) * 2 // 8),
+    # 16 ranks over 8 key/value heads: each rank one query head's 1/16 of q_proj's bias and one whole key and one
+    # whole value head (QKVParallelLinear replicates them, bias and weight alike): 1024 + 2 x 128 x 2
+    (16, 8192 * 2 // 16 + 2 * 128 * 2),
+])
+def test_qwen2_5_splits_its_qkv_biases_with_their_heads(tensor_parallel: int, per_layer: int) -> None:
+    # qwen2.py Qwen2Attention: qkv_proj = QKVParallelLinear(..., bias=True), a column-parallel layer whose bias is
+    # output_size_per_partition (layers/linear.py, v0.11, v0.19, v0.33); o_proj has none.  Qwen2.5-72B's 80 layers
+    # of q (8192), k and v (1024 each) biases at bf16; nibble held them whole: 20,480 bytes a layer on every rank
+    spec = get_preset_info("qwen2.5-72b-instruct").spec
+    without = replace(spec, attention_qkv_bias=False)
+    options = PlanOptions(weight_format=float_format("bf16"))
+    def weights(model: ModelSpec) -> int:
+        result = plan(model, Hardware(1 << 40, tensor_parallel), Workload(1024, 1), options)
+        assert result.primary.refusal is None and len(result.primary.devices) == tensor_parallel
+        return result.primary.devices[0].weights_bytes
+    assert weights(spec) - weights(without) == 80 * per_layer
+
+
+@pytest.mark.parametrize("tensor_parallel", [1, 2, 4])
+def test_gpt2_splits_c_attn_and_c_fc_biases_and_holds_c_proj_biases_whole(tensor_parallel: int) -> None:
+    # gpt2.py: c_attn a QKVParallelLinear and c_fc a ColumnParallelLinear (biases split with their rows), both
+    # c_proj RowParallelLinear (biases whole).  12 layers: c_attn's 2,304 and c_fc's 3,072 bias elements split,
+    # attn.c_proj's and mlp.c_proj's 768 each whole, at bf16
+    spec = get_preset_info("gpt2").spec
+    assert rank_weights(spec, tensor_parallel) - rank_weights(replace(spec, attention_qkv_bias=False),
+                                                               tensor_parallel) == 12 * 2304 * 2 // tensor_parallel
+    assert rank_weights(spec, tensor_parallel) - rank_weights(replace(spec, mlp_bias=False), tensor_parallel) == (
+        12 * (3072 * 2 // tensor_parallel + 768 * 2))
