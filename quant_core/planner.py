@@ -87,6 +87,7 @@ from quant_core.engines.vllm import (
     shared_experts_whole,
     startup_refusal,
     unknown_gptq_symmetry_note,
+    vocabulary_refusal,
 )
 from quant_core.engines.vllm import chunked_local_attention as vllm_chunked_local_attention
 from quant_core.engines.vllm import mamba_cache_mode as vllm_mamba_cache_mode
@@ -1771,6 +1772,7 @@ def engine_tensor_parallel_sizes(spec: ModelSpec, limit: int = MAX_DEVICES_SEARC
                  and (vision_heads is None or vision_heads % size == 0)
                  and (qwen_tower is None or qwen_vision_refusal(qwen_tower, size) is None)
                  and mlp_width_refusal(spec, size) is None
+                 and vocabulary_refusal(spec, size) is None
                  and expert_width_refusal(spec, size, expert_parallel) is None
                  and not (expert_parallel and expert_ranks_refusal(spec, size)))
 

@@ -3936,6 +3936,21 @@ def qwen_vision_refusal(tower: QwenVisionTower | Qwen3VisionTower, tensor_parall
     return None
 
 
+def vocabulary_refusal(spec: ModelSpec, tensor_parallel: int) -> str | None:
+    """Why vLLM cannot split the vocabulary of `spec` over `tensor_parallel` ranks (None: it can):
+    VocabParallelEmbedding and ParallelLMHead (model_executor/layers/vocab_parallel_embedding.py, v0.11, v0.19 and
+    v0.33) pad the vocabulary to a multiple of 64 (``pad_vocab_size``) and give each rank
+    ``divide(num_embeddings_padded, tp_size)`` rows, which asserts the padded vocabulary is a multiple of the ranks
+    (distributed/utils.py ``ensure_divisibility``):
+    GLM-4-32B's and GLM-4.5's 151,552 tokens (2^12 x 37) refuse 6, 12, 24, 48 and 96 ranks, which their heads would
+    accept; Falcon-7B's 65,024 refuse its 71."""
+    padded = -(-spec.vocab_size // VOCAB_PADDING) * VOCAB_PADDING
+    if spec.vocab_size > 0 and padded % tensor_parallel:
+        return (f"vLLM refuses tensor parallel size {tensor_parallel}: it does not divide the vocabulary padded to "
+                f"a multiple of {VOCAB_PADDING} ({padded}; vLLM splits the embedding and lm_head rows over the ranks)")
+    return None
+
+
 def mlp_width_refusal(spec: ModelSpec, tensor_parallel: int) -> str | None:
     """Why vLLM cannot split the dense MLP of `spec` over `tensor_parallel` ranks (None: it can): the MLP's
     column-parallel input layer (``MergedColumnParallelLinear`` of ``[intermediate_size] * 2`` in llama.py and the
@@ -5168,8 +5183,10 @@ class VllmProfile:
             return hybrid
         if isinstance(spec.vision, QwenVisionTower | Qwen3VisionTower):
             return (qwen_vision_refusal(spec.vision, tensor_parallel) or mlp_width_refusal(spec, tensor_parallel)
-                    or expert_width_refusal(spec, tensor_parallel, expert_parallel))
-        return mlp_width_refusal(spec, tensor_parallel) or expert_width_refusal(spec, tensor_parallel, expert_parallel)
+                    or expert_width_refusal(spec, tensor_parallel, expert_parallel)
+                    or vocabulary_refusal(spec, tensor_parallel))
+        return (mlp_width_refusal(spec, tensor_parallel) or expert_width_refusal(spec, tensor_parallel, expert_parallel)
+                or vocabulary_refusal(spec, tensor_parallel))
 
     def vocabulary_on_every_stage(self, spec: ModelSpec) -> str | None:
         """Why each pipeline stage of `spec` holds the embedding, final norm and lm_head in vLLM: the model

@@ -16,6 +16,8 @@ Read in the sources of vLLM 0.11.0, 0.19.0 and 0.33.0 (PyPI wheels):
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 
 from quant_core.catalog import device_facts, get_preset, get_preset_info
@@ -73,7 +75,8 @@ def test_weights_per_device_are_the_most_loaded_ranks_whole_experts_plus_a_tenso
     # same tensor-parallel share
     one_expert, layers = _expert_bytes_per_layer("glm-4.5")
     assert one_expert == 3 * 1536 * 5120 * 2 == 47_185_920 and layers == 89
-    spec = get_preset("glm-4.5")
+    # GLM-4.5's own 151,552 tokens refuse 24 ranks (vocab_parallel_embedding.py divides them over the ranks): 151,296
+    spec = replace(get_preset("glm-4.5"), vocab_size=151_296)
     hardware, workload = Hardware(H100, 24, "h100-80gb"), Workload(8192, 1)
     sliced = plan(spec, hardware, workload, PlanOptions(weight_format=BF16))
     placed = plan(spec, hardware, workload, PlanOptions(weight_format=BF16, expert_parallel=True))
@@ -160,7 +163,8 @@ def test_expert_parallelism_leaves_the_shared_experts_split_over_tensor_parallel
     # MergedColumnParallelLinear still split 24 ways
     refusal = VllmProfile().refusal(get_preset("glm-4.5-air"), 24, 1, True)
     assert refusal is not None and "shared experts' width (1408" in refusal
-    assert VllmProfile().refusal(get_preset("glm-4.5"), 24, 1, True) is None
+    assert VllmProfile().refusal(replace(get_preset("glm-4.5"), vocab_size=151_296), 24, 1, True) is None
+    assert "vocabulary" in (VllmProfile().refusal(get_preset("glm-4.5"), 24, 1, True) or "")  # 151,552 tokens
 
 
 def test_what_nibble_does_not_model_of_expert_parallelism_is_refused_naming_the_field() -> None:

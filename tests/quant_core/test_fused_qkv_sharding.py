@@ -34,9 +34,11 @@ def fixture(name: str) -> dict[str, Any]:
 
 def phi3_medium() -> ModelSpec:
     # Phi-3-medium-4k-instruct's published config.json: the Phi-3-mini fixture's family at 40 layers of hidden 5120,
-    # 40 heads over 10 key/value heads, MLP 17,920
+    # 40 heads over 10 key/value heads, MLP 17,920.  Its 32,064 tokens (2^6 x 501) are no multiple of 10, 20 or 40,
+    # so vLLM refuses those ranks (vocab_parallel_embedding.py: divide(num_embeddings_padded, tp_size)); these tests
+    # of the fused q/k/v projection take a 32,000-token vocabulary, which they divide
     config = {**fixture("phi-3-mini-4k-instruct"), "hidden_size": 5120, "intermediate_size": 17920,
-              "num_attention_heads": 40, "num_key_value_heads": 10, "num_hidden_layers": 40}
+              "num_attention_heads": 40, "num_key_value_heads": 10, "num_hidden_layers": 40, "vocab_size": 32000}
     return model_from_hf_config(config, name="Phi-3-medium-4k-instruct")
 
 

@@ -152,3 +152,24 @@ def test_gpt2_splits_c_attn_and_c_fc_biases_and_holds_c_proj_biases_whole(tensor
                                                                tensor_parallel) == 12 * 2304 * 2 // tensor_parallel
     assert rank_weights(spec, tensor_parallel) - rank_weights(replace(spec, mlp_bias=False), tensor_parallel) == (
         12 * (3072 * 2 // tensor_parallel + 768 * 2))
+
+
+@pytest.mark.parametrize(("preset", "refused", "accepted"), [
+    ("glm-4-32b-0414", (6, 12, 24, 48), (1, 2, 4, 8, 16)),
+    ("glm-4.5", (24, 48, 96), (1, 2, 4, 8, 16, 32)),
+    ("falcon-7b", (71,), (1,)),
+])
+def test_vllm_refuses_ranks_that_do_not_divide_the_padded_vocabulary(
+        preset: str, refused: tuple[int, ...], accepted: tuple[int, ...]) -> None:
+    # vocab_parallel_embedding.py (v0.11, v0.19, v0.33): num_embeddings_per_partition =
+    # divide(num_embeddings_padded, tp_size), which asserts (distributed/utils.py ensure_divisibility).  GLM's 151,552
+    # tokens (a multiple of 64: 2^12 x 37) are no multiple of 6 or 24, which their heads (GLM-4-32B's 48 over 2
+    # key/value heads, GLM-4.5's 96 over 8) would take; Falcon-7B's 65,024 (2^9 x 127) no multiple of its 71 heads
+    from quant_core.engines.vllm import VllmProfile
+    from quant_core.planner import engine_tensor_parallel_sizes
+    spec = get_preset_info(preset).spec
+    sizes = engine_tensor_parallel_sizes(spec)
+    for tp in refused:
+        reason = VllmProfile().refusal(spec, tp, 1)
+        assert reason is not None and "vocabulary" in reason and tp not in sizes
+    assert all(VllmProfile().refusal(spec, tp, 1) is None and tp in sizes for tp in accepted)
