@@ -37,11 +37,13 @@ def test_a_pasted_glm_4_5_config_is_planned_with_its_experts(client: TestClient)
         "tensor-parallel rank(s), split by layer over pipeline stages).",
         "These config.json keys were not used to size the model (check the spelling of any that should be): "
         "num_nextn_predict_layers."]
-    # per device: an eighth of the split roles, the norms and biases whole, the routers whole at 4 bytes an element
+    # per device: an eighth of the split roles and of the q/k/v biases (column-parallel, split with their rows: 8 KV
+    # heads over 8 ranks), the norms whole, the routers whole at 4 bytes an element (88,476,925,568 with the biases
+    # whole, before the placement audit)
     role = answer["weights"]["by_role"]
     split = sum(role[name] for name in ("embedding", "attention", "mlp", "expert", "lm_head"))
-    assert answer["devices"][0]["weights_bytes"] == split // 8 + role["norm"] + role["bias"] + 2 * role["router"] \
-        == 88_476_925_568
+    assert answer["devices"][0]["weights_bytes"] == split // 8 + role["norm"] + role["bias"] // 8 \
+        + 2 * role["router"] == 88_474_617_472
 
 
 def test_a_glm_gguf_format_is_422_naming_the_format(client: TestClient) -> None:
