@@ -18,6 +18,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from tests.app.conftest import safetensors_header
+from tests.app.test_plan_form import form
 from tests.checkpoints import LLAMA_CONFIG, deepseek_v3_headers
 from tests.shared_fixtures import FIXTURES
 
@@ -94,33 +95,21 @@ def _tiny_4096() -> dict[str, bytes]:
     return files
 
 
-def _form(request: dict[str, Any], headers: dict[str, bytes], index: bytes | None = None,
-          config: dict[str, Any] | None = None) -> list[tuple[str, tuple[str | None, bytes, str]]]:
-    parts: list[tuple[str, tuple[str | None, bytes, str]]] = [
-        ("request", (None, json.dumps(request).encode(), "application/json"))]
-    parts += [("header", (name, data, "application/octet-stream")) for name, data in headers.items()]
-    if index is not None:
-        parts.append(("index", ("model.safetensors.index.json", index, "application/json")))
-    if config is not None:
-        parts.append(("config", ("config.json", json.dumps(config).encode(), "application/json")))
-    return parts
-
-
 def header_forms() -> dict[str, list[tuple[str, tuple[str | None, bytes, str]]]]:
     """The forms pinned, by name (DeepSeek-V3's 163 headers only with ../shared/fixtures)."""
     deepseek_headers, deepseek_index, _ = deepseek_v3_headers(SMALL_DEEPSEEK, shards=7)
     tiny = {"model": {"spec": TINY_SPEC}, "hardware": {"device": "l4"}}
     forms = {
-        "tiny": _form(tiny, dict(list(_tiny_4096().items())[:3])),
-        "small-deepseek": _form({"hardware": {"device": "l4", "count": 2}}, deepseek_headers, deepseek_index,
+        "tiny": form(tiny, dict(list(_tiny_4096().items())[:3])),
+        "small-deepseek": form({"hardware": {"device": "l4", "count": 2}}, deepseek_headers, deepseek_index,
                                 SMALL_DEEPSEEK),
-        "odd-llama": _form({"hardware": {"device": "l4"}}, _odd_llama_headers(), config=LLAMA_CONFIG),
-        "4096-parts": _form(tiny, _tiny_4096()),
+        "odd-llama": form({"hardware": {"device": "l4"}}, _odd_llama_headers(), config=LLAMA_CONFIG),
+        "4096-parts": form(tiny, _tiny_4096()),
     }
     if (FIXTURES / "models" / "deepseek-v3.json").is_file():
         config = json.loads((FIXTURES / "models" / "deepseek-v3.json").read_text())
         headers, index, _ = deepseek_v3_headers(config)
-        forms["deepseek-v3"] = _form({"hardware": {"memory_bytes": H200, "count": 8}}, headers, index, config)
+        forms["deepseek-v3"] = form({"hardware": {"memory_bytes": H200, "count": 8}}, headers, index, config)
     return forms
 
 
