@@ -21,7 +21,8 @@ const PLAN_FIELDS = {
   "hardware.count": "count", "hardware": "count",
   "workload.context_length": "context", "workload.concurrent_sequences": "sequences", "workload": "context",
   "kv_cache": "kv-dtype", "weights": "group-size", "parallel.tensor": "tensor", "parallel.pipeline": "pipeline",
-  "parallel": "count", "runtime.memory_utilization": "utilization", "sweep": "context",
+  "parallel": "count", "runtime.memory_utilization": "utilization", "runtime.engine_version": "engine-version",
+  "sweep": "context",
 };
 const UPLOAD_FIELDS = {
   "file": "q-file", "calibration": "q-calibration", "methods": "q-methods", "method": "q-methods",
@@ -31,6 +32,7 @@ const UPLOAD_FIELDS = {
 const STATE_INPUTS = {
   model: "model-preset", device: "device", memory: "memory", sms: "compute-units", count: "count", tp: "tensor",
   pp: "pipeline", util: "utilization", ctx: "context", seq: "sequences", kv: "kv-dtype", group: "group-size",
+  engine: "engine-version",
 };
 const MAX_CONFIG_IN_LINK = 16000;  // characters of a pasted config a link may carry
 
@@ -254,6 +256,8 @@ function planBody() {
     typedAtSubmit.utilization = `${utilizationText}%`;
     body.runtime = { memory_utilization: percent / 100 };
   }
+  // "default" sends none: the API's own default release applies
+  if ($("engine-version").value) body.runtime = { ...body.runtime, engine_version: $("engine-version").value };
   return body;
 }
 
@@ -372,6 +376,7 @@ function readState() {
   if (params.has("memory")) document.querySelector('input[name="hardware-source"][value="memory"]').checked = true;
   if (params.get("pad") === "1") $("pad").checked = true;
   if (params.has("format")) formatPickedByUser = params.get("format");
+  if (params.has("kv")) kvPickedByUser = params.get("kv");  // its menu is filled later, for the model (fillKvDtypes)
   if (params.get("unit") in UNITS) { unit = params.get("unit"); $("unit").value = unit; }
   if (config !== null) {
     document.querySelector('input[name="model-source"][value="config"]').checked = true;
@@ -533,7 +538,8 @@ function renderPlan(answer) {
   context.textContent = `${thousands(answer.workload.context_length)} tokens × ${answer.workload.concurrent_sequences} ` +
     `sequence(s) on ${answer.hardware.count} × ${answer.hardware.name} (${sized(answer.hardware.capacity_bytes)} each, ` +
     `${Math.round(answer.memory_utilization * 1000) / 10}% usable); tensor × pipeline = ${answer.parallel.tensor} × ` +
-    `${answer.parallel.pipeline}; KV cache ${answer.kv_cache.dtype}, ${thousands(answer.kv_cache.bytes_per_token)} bytes per token.`;
+    `${answer.parallel.pipeline}; KV cache ${answer.kv_cache.dtype}, ${thousands(answer.kv_cache.bytes_per_token)} bytes per token; ` +
+    `${engineRules(answer.engine)}.`;
   verdict.append(context);
   if (shown && shown.answer === answer && shown.fit) verdict.append(fitLine(shown.fit));
   renderCheckpoint(answer);
@@ -1018,7 +1024,8 @@ async function runDownload() {
 
 // --- weight formats and checkpoint headers (issue 18) ---------------------------------------------
 // The format selector lists /v1/models/inspect's formats for the chosen model with their bits per weight,
-// the one its config.json ships first (and chosen unless the user picked another).  A checkpoint's files are
+// the one its config.json ships first (and chosen unless the user picked another); the same answer's
+// kv_bytes_per_token fills the KV cache dtype menu (fillKvDtypes).  A checkpoint's files are
 // read here, header only, with File.slice: a .safetensors file's 8-byte length and JSON, a .gguf file's start
 // up to its last tensor record.  The plan sends those bytes as files (postPlan); the weights never leave the
 // browser.
@@ -1032,6 +1039,10 @@ let checkpointHeaders = null;   // { files: [{ file, bytes }], index: bytes or n
 let checkpointReading = Promise.resolve();
 let formatsLoading = Promise.resolve();  // a plan waits for the selector of the model it plans
 let formatsFor = null;                   // the inspect body the selector was filled for
+let kvPickedByUser = "";                 // the KV cache dtype chosen ("" = auto), kept across models
+// nibble's int8/int4 KV layout (an fp16 scale and zero per token and head): vLLM runs no such cache, so a vLLM plan
+// refuses it (kv_cache.dtype's description), and the page plans for vLLM
+const NOT_VLLM_KV_DTYPES = new Set(["int8", "int4"]);
 Object.assign(PLAN_FIELDS, { "weights.format": "weight-format", checkpoint: "checkpoint-files" });
 
 const formatKey = (row) => (row.as_shipped ? "as_shipped" : row.format);
@@ -1075,12 +1086,14 @@ async function refillFormats() {
   const ticket = ++formatsSequence;
   const body = inspectBody();
   formatsFor = JSON.stringify(body);
-  let rows = [];
+  let inspected = null;
   if (body) {
-    try { rows = (await postJson("/v1/models/inspect", body)).weight_bytes; } catch (_) { rows = []; }
+    try { inspected = await postJson("/v1/models/inspect", body); } catch (_) { inspected = null; }
   }
   if (ticket !== formatsSequence) return;
+  const rows = inspected ? inspected.weight_bytes : [];
   formatRows = rows;
+  fillKvDtypes(inspected && Object.keys(inspected.kv_bytes_per_token));
   const select = $("weight-format");
   select.dataset.model = body ? body.preset || "hf_config" : "";  // whose formats these are
   select.replaceChildren(...rows.map((row, i) => {
@@ -1095,6 +1108,25 @@ async function refillFormats() {
   const index = defaultFormatIndex(rows, formatPickedByUser);
   if (index >= 0) select.value = String(index);
   syncFormat();
+}
+
+function fillKvDtypes(dtypes) {
+  // After "auto": each KV cache the model's attention has (inspect's kv_bytes_per_token: MLA models have no
+  // *_per_token_head), but nibble's own int8/int4, which no vLLM release runs.  The user's pick stays chosen where
+  // the model has no such cache (or the model is unreadable): the plan asks for it and the API says why it refuses.
+  const select = $("kv-dtype");
+  const listed = (dtypes || []).filter((dtype) => !NOT_VLLM_KV_DTYPES.has(dtype));
+  const items = listed.map((dtype) => [dtype, dtype]);
+  if (kvPickedByUser && !listed.includes(kvPickedByUser)) {
+    items.push([kvPickedByUser, dtypes ? `${kvPickedByUser} (not a cache of this model)` : kvPickedByUser]);
+  }
+  select.replaceChildren(select.options[0], ...items.map(([value, label]) => {
+    const option = document.createElement("option");
+    option.value = value;
+    option.textContent = label;
+    return option;
+  }));
+  select.value = kvPickedByUser;
 }
 
 function syncFormat() {
@@ -1157,7 +1189,15 @@ function plannedFormatTitle(name) {
   return result ? result.format : name;
 }
 
+function engineRules(engine) {
+  return engine.name === "vllm" ? `planned by vLLM ${engine.version}'s rules` : `planned by the ${engine.name} engine`;
+}
+
 function verdictHeadText(answer, entries, fitting) {
+  if (!fitting.length && entries.every(([, r]) => r.refusal)) {
+    // not a matter of memory: the engine runs none of them (a KV cache its release lacks, ...); each line says why
+    return `${answer.model}: the engine refuses every format planned.`;
+  }
   if (fitting.length === entries.length) {
     return entries.length === 2 ? `${answer.model} fits at 16-bit and at INT4.` : `${answer.model} fits in every format planned.`;
   }
@@ -1323,6 +1363,7 @@ function forgetCheckpoint() {
 function startFormats() {
   $("weight-format").addEventListener("change", pickFormat);
   $("group-size").addEventListener("change", followGroupSize);
+  $("kv-dtype").addEventListener("change", () => { kvPickedByUser = $("kv-dtype").value; });
   $("model-preset").addEventListener("change", loadFormats);
   $("model-config").addEventListener("change", loadFormats);
   document.querySelectorAll('input[name="model-source"]').forEach((el) => el.addEventListener("change", loadFormats));

@@ -379,18 +379,132 @@ def test_the_kv_cache_dtype_defaults_to_the_engines_auto_as_the_api_does(browser
                                       "exclude_modules": ["lm_head"]}}
     page = open_page(browser, live_server)
     assert page.eval_on_selector("#kv-dtype", "element => element.value") == ""
-    # the page plans for vLLM, which runs no int8/int4 cache of nibble's layout: only the caches it runs are offered
+    # the page plans for vLLM, which runs no int8/int4 cache of nibble's layout: only the caches it runs are offered,
+    # those /v1/models/inspect lists for the model (vLLM 0.33's per-token-head ones included)
     assert page.eval_on_selector_all("#kv-dtype option", "options => options.map(o => o.value)") == [
-        "", "bf16", "fp16", "fp8"]
+        "", "bf16", "fp16", "fp8", "int8_per_token_head", "int4_per_token_head", "fp8_per_token_head"]
     page.check("input[name='model-source'][value='config']")
     page.fill("#model-config", json.dumps(config))
     plan_and_wait(page, "4096", 4096)
     assert "KV cache fp8, 65,536 bytes per token" in page.inner_text("#verdict")
     assert "kv=" not in page.url
     page.select_option("#kv-dtype", "bf16")
-    plan_and_wait(page, "4096", 4096)
-    assert "KV cache bf16, 131,072 bytes per token" in page.inner_text("#verdict")
+    plan_and_wait(page, "4096", 4096)  # the earlier plan's 4,096 tokens are on screen until the new one lands
+    page.wait_for_selector("#verdict >> text=KV cache bf16, 131,072 bytes per token")
     assert "kv=bf16" in page.url
+    page.close()
+
+
+OPTION_VALUES = "options => options.map(o => o.value)"
+
+
+def plan_request(page: Any) -> dict[str, Any]:
+    """Click Plan; the body of the POST /v1/plan the page sent (the first: the sweeps follow it)."""
+    with page.expect_request(lambda request: request.method == "POST" and request.url.endswith("/v1/plan")) as sent:
+        page.click("#plan-button")
+    body: dict[str, Any] = sent.value.post_data_json
+    return body
+
+
+def choose_llama_8b_on_one_h100(page: Any) -> None:
+    page.select_option("#model-preset", "llama-3.1-8b")
+    page.select_option("#device", "h100-80gb")
+    page.fill("#count", "1")
+    page.fill("#sequences", "1")
+    page.fill("#context", "4096")
+
+
+def test_vllm_0_33_and_its_int4_per_token_head_cache_go_to_the_api_and_its_figures_come_back(
+        browser: Any, live_server: str) -> None:
+    page = open_page(browser, live_server)
+    # the release menu is the API's runtime.engine_version enum; "default" sends none and names the API's default
+    assert page.eval_on_selector_all("#engine-version option", OPTION_VALUES) == ["", "0.11", "0.19", "0.33"]
+    choose_llama_8b_on_one_h100(page)
+    page.select_option("#engine-version", "0.33")
+    page.select_option("#kv-dtype", "int4_per_token_head")
+    body = plan_request(page)
+    assert body["kv_cache"] == {"dtype": "int4_per_token_head"}
+    assert body["runtime"] == {"memory_utilization": 0.9, "engine_version": "0.33"}
+    page.wait_for_selector("#verdict >> text=4,096 tokens")
+    answer = httpx.post(live_server + "/v1/plan", json=body, timeout=30).json()
+    # 32 layers x 2 (K, V) x 8 KV heads x (128 / 2 bytes of 4-bit codes + a 4-byte fp32 scale) = 34,816 bytes
+    assert answer["kv_cache"]["bytes_per_token"] == 34_816 and answer["engine"]["version"] == "0.33"
+    assert "KV cache int4_per_token_head, 34,816 bytes per token; planned by vLLM 0.33's rules." in page.inner_text(
+        "#verdict")
+    assert page.inner_text("#verdict .verdict-head") == "llama-3.1-8b fits at 16-bit and at INT4."
+    kv_cache_bytes = answer["comparison"]["int4"]["devices"][0]["kv_cache_bytes"]
+    assert kv_cache_bytes == 34_816 * 4096  # a 4,096-token sequence's pages, 16 tokens each: no rounding
+    row = page.locator("#per-device tbody tr", has_text="INT4").first
+    assert row.locator("td").nth(2).inner_text() == f"{kv_cache_bytes / 2**30:.2f}"
+    assert "engine=0.33" in page.url and "kv=int4_per_token_head" in page.url
+    verdict = page.inner_text("#verdict")
+
+    again = open_page(browser, live_server, page.url.removeprefix(live_server))  # the link plans the same again
+    again.wait_for_selector("#verdict >> text=4,096 tokens")
+    assert again.input_value("#engine-version") == "0.33" and again.input_value("#kv-dtype") == "int4_per_token_head"
+    assert again.inner_text("#verdict") == verdict
+    again.close()
+
+    page.select_option("#engine-version", "")  # default: no engine_version sent, the API's default named
+    page.select_option("#kv-dtype", "")
+    body = plan_request(page)
+    assert "kv_cache" not in body and body["runtime"] == {"memory_utilization": 0.9}
+    page.wait_for_selector("#verdict >> text=planned by vLLM 0.19's rules")
+    assert page.eval_on_selector("#engine-version option[value='']", "o => o.textContent") == "default (0.19)"
+    assert "engine=" not in page.url and "kv=" not in page.url
+    page.close()
+
+
+def test_a_kv_cache_the_chosen_vllm_release_lacks_is_refused_with_the_apis_reason(browser: Any,
+                                                                                   live_server: str) -> None:
+    # vLLM 0.19's --kv-cache-dtype has no fp8_per_token_head: every format is refused, whatever its memory says
+    page = open_page(browser, live_server)
+    choose_llama_8b_on_one_h100(page)
+    page.select_option("#engine-version", "0.19")
+    page.select_option("#kv-dtype", "fp8_per_token_head")
+    body = plan_request(page)
+    assert body["kv_cache"] == {"dtype": "fp8_per_token_head"} and body["runtime"]["engine_version"] == "0.19"
+    page.wait_for_selector("#verdict >> text=4,096 tokens")
+    answer = httpx.post(live_server + "/v1/plan", json=body, timeout=30).json()
+    assert page.inner_text("#verdict .verdict-head") == "llama-3.1-8b: the engine refuses every format planned."
+    for name, result in answer["comparison"].items():
+        assert result["refusal"].startswith("vLLM 0.19 cannot run the fp8_per_token_head KV cache")
+        assert page.inner_text(f"#verdict p[data-format='{name}']").endswith(
+            f": refused by the engine: {result['refusal']}.")
+    assert page.locator("#bars g.bar[data-fits='true']").count() == 0
+    page.close()
+
+
+def test_a_per_token_head_cache_an_mla_model_lacks_shows_the_apis_problem_on_the_kv_field(
+        browser: Any, live_server: str) -> None:
+    # inspect lists no *_per_token_head cache for DeepSeek-V2-Lite's MLA latent, so neither does the menu; a pick
+    # made for another model stays chosen, and the plan shows the API's 422 detail beside the field
+    page = open_page(browser, live_server)
+    choose_llama_8b_on_one_h100(page)
+    page.select_option("#engine-version", "0.33")
+    page.select_option("#kv-dtype", "int8_per_token_head")
+    page.select_option("#model-preset", "deepseek-v2-lite")
+    page.wait_for_selector("#kv-dtype option >> text=int8_per_token_head (not a cache of this model)", state="attached")
+    assert page.eval_on_selector_all("#kv-dtype option", OPTION_VALUES) == [
+        "", "bf16", "fp16", "fp8", "int8_per_token_head"]
+    assert page.input_value("#kv-dtype") == "int8_per_token_head"
+    body = plan_request(page)
+    assert body["model"] == {"preset": "deepseek-v2-lite"} and body["kv_cache"] == {"dtype": "int8_per_token_head"}
+    refused = httpx.post(live_server + "/v1/plan", json=body, timeout=30)
+    assert refused.status_code == 422
+    problem = refused.json()
+    assert problem["errors"][0]["field"] == "kv_cache.dtype"
+    # the page drops the message's "kv_cache.dtype='int8_per_token_head': " (the field names it)
+    assert field_error(page, "kv-dtype") == problem["detail"].removeprefix("kv_cache.dtype='int8_per_token_head': ")
+    assert "no MLA layout" in page.inner_text("#err-kv-dtype")
+    assert page.inner_text("#plan-error") == "Invalid specification: see the highlighted field."
+    assert page.get_attribute("#kv-dtype", "aria-invalid") == "true"
+    assert page.is_hidden("#plan-result")
+
+    page.select_option("#model-preset", "llama-3.1-8b")  # back to a model that has it: listed again, unmarked
+    page.wait_for_function("() => [...document.querySelectorAll('#kv-dtype option')].length === 7")
+    assert page.input_value("#kv-dtype") == "int8_per_token_head"
+    assert page.eval_on_selector("#kv-dtype", "s => s.selectedOptions[0].textContent") == "int8_per_token_head"
     page.close()
 
 
