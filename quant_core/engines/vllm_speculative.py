@@ -19,7 +19,11 @@ k}'`` with the two methods that need no second model config, on vLLM 0.19.
   so neither the weights, the torch peak nor the non-torch term of the KV budget holds them
   (v1/worker/gpu_worker.py ``determine_available_memory``).  They are a transient of the load alone
   (`drafter_load_bytes`), before the KV cache is sized: the device then holds the start-up memory, the drafter's
-  buffers and the weights, and the budget beyond them is still free (`engines.vllm.OutsideBudget.load_bytes`).  The
+  buffers and the weights, and the budget beyond them is still free (`engines.vllm.OutsideBudget.load_bytes`).
+  ``empty_cache`` returns only segments that hold nothing else: where the fp8 experts keep their tensors (DeepGEMM and
+  Triton: fused_moe/oracle/fp8.py ``convert_to_fp8_moe_kernel_format`` re-lays only the scales) no freed block of
+  their size is cached when they are built, so each takes its own segment; a backend that replaces the expert weights
+  (FlashInfer, Marlin) could leave their blocks reserved inside a shared segment, which nibble does not model.  The
   MTP layers'
   attention joins the KV cache: their MLA specs equal the target's, so ``get_kv_cache_groups`` (v1/core/
   kv_cache_utils.py) puts them in the one group and ``num_blocks = available // (page x (layers + MTP layers))``.
