@@ -306,5 +306,8 @@ def test_glm_4_5_air_with_mtp_does_not_fit_where_the_drafters_load_transient_out
     assert device.outside_budget_bytes == MOE_TP_STARTUP + buffers + 2 * one - room
     assert not tight.primary.fits
     assert any("run out of memory loading the MTP drafter" in warning for warning in tight.warnings)
+    # whatever the context or sequences: the solvers share the verdict
+    assert tight.primary.max_context_length is None and tight.primary.max_concurrent_sequences == 0
     # 0.9 GB more a device holds it
-    assert _glm_4_5_air_tp2(115_200_000_000, 0.975, mtp).primary.fits
+    roomier = _glm_4_5_air_tp2(115_200_000_000, 0.975, mtp).primary
+    assert roomier.fits and roomier.max_context_length is not None and roomier.max_context_length >= 1024
