@@ -1379,6 +1379,8 @@ class _Evaluator:
                               and term.bytes_at(1) != term.bytes_at(MAX_CONTEXT_SEARCHED))
         if any(term.bytes_at(1) > free_outside for term in terms.outside if term is not None):
             return _never_fits
+        if any(_load_outside_bytes(self, layout, terms, stage) > free_outside for stage in range(len(budgets))):
+            return _never_fits  # the engine's load does not fit, whatever the context (an MTP drafter's transient)
 
         def outside_fits(context_length: int) -> bool:
             return all(term.bytes_at(context_length) <= free_outside for term in outside_terms)
@@ -1439,6 +1441,28 @@ class _Evaluator:
         if any(hybrid is not None for hybrid in hybrids):
             return fits_hybrid
         return fits_windowed if terms.windowed else fits
+
+
+def _load_outside_bytes(evaluator: _Evaluator, layout: _Layout, terms: _StageTerms, stage: int) -> int:
+    """What the engine holds outside its budget on one device of `stage` while it loads (`OutsideBudget.load_bytes`:
+    vLLM's MTP drafter's own embedding and heads, held until it shares the target's), given the budget still free
+    then (`_load_room`); 0 where the engine holds nothing only while loading."""
+    term = terms.outside[stage] if terms.outside else None
+    if not isinstance(term, OutsideBudget) or term.load is None:
+        return 0
+    return term.load_bytes(_load_room(evaluator, layout, terms, stage, term))
+
+
+def _load_room(evaluator: _Evaluator, layout: _Layout, terms: _StageTerms, stage: int, term: OutsideBudget) -> int:
+    """The budget still free on one device of `stage` while the engine loads: ``usable - weights - overhead`` less
+    what of the activation term the model holds from its build (`OutsideBudget.load_held`), i.e. the KV pool and the
+    profiling peak the engine allocates later; an activation given by the request is not counted (the safe side).
+    The overhead's non-torch memory, which partly grows only in the profiling run, is counted whole (the safe
+    side)."""
+    room = evaluator.usable_bytes - layout.stage_weights[stage] - terms.fixed[stage]
+    if evaluator.options.activation_bytes is None:
+        room += terms.activations[stage] - term.load_held
+    return room
 
 
 def _never_fits(context_length: int, sequences: int) -> bool:
@@ -1870,7 +1894,8 @@ def _format_plan(terms: _ModelTerms, hardware: Hardware, workload: Workload, ten
     for stage, layers in enumerate(layout.stage_layers):
         used, kv, activations, overhead = evaluator.stage_used(layout, stage_terms, stage, workload.context_length,
                                                                workload.concurrent_sequences)
-        outside = stage_terms.outside_bytes(stage, workload.context_length)
+        outside = max(stage_terms.outside_bytes(stage, workload.context_length),
+                      _load_outside_bytes(evaluator, layout, stage_terms, stage))
         stage_fits = used <= evaluator.usable_bytes and outside <= evaluator.free_outside_bytes
         same = (layers, hardware.capacity_bytes, evaluator.usable_bytes, layout.stage_weights[stage], kv,
                 activations, overhead, used, evaluator.usable_bytes - used, stage_fits)
@@ -2342,6 +2367,13 @@ def _outside_budget_warning(primary: FormatPlan, evaluator: _Evaluator, layout: 
                 f"{term.startup.bytes / GIB:.2f} GiB per device in use at its start-up snapshot is more than the "
                 f"{free / GIB:.2f} GiB per device gpu_memory_utilization={options.memory_utilization:g} leaves free, "
                 f"where it needs {need / GIB:.2f} GiB outside the budget{basis}: {', or '.join(remedies)}."]
+    loading = _load_outside_bytes(evaluator, layout, terms, stage)
+    if isinstance(term, OutsideBudget) and term.load is not None and loading > term.bytes_at(context):
+        room = _load_room(evaluator, layout, terms, stage, term)
+        return [f"Does not fit: vLLM {engine.version} would run out of memory loading the MTP drafter: "
+                f"{term.load_basis(room)}, {loading / GIB:.2f} GiB per device outside the budget, more than the "
+                f"{free / GIB:.2f} GiB per device it leaves free (memory_utilization only moves the transient "
+                "between the two): use devices with more memory, or more of them."]
     warming = "warming DeepGEMM's kernels up, " if isinstance(term, OutsideBudget) and term.warmup else ""
     return [f"Does not fit: vLLM {engine.version} allocates {need / GIB:.2f} GiB per device outside "
             f"gpu_memory_utilization={options.memory_utilization:g}{basis}, more than the {free / GIB:.2f} GiB "

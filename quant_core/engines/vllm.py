@@ -69,6 +69,7 @@ from quant_core.engines.vllm_attention import (
 from quant_core.engines.vllm_graphs import cuda_graph_pool, cudagraph_capture_sizes, graph_spill
 from quant_core.engines.vllm_speculative import (
     drafter_buffer_bytes,
+    drafter_load_bytes,
     drafter_pass_bytes,
     rejection_sampler_bytes,
     serving_rejection_bytes,
@@ -1364,8 +1365,11 @@ class OutsideBudget:
     allocator does not hold (`deep_gemm_warmup_excess`): transient, after the block table and the scratch and before
     the rest (kernel_warmup runs DeepGEMM's warm-up first, and capture_model empties PyTorch's cache before
     capturing), so the need is the start-up memory, the table and the scratch plus the larger of it and the rest.
+    `load` is what an MTP drafter holds only while it loads (`vllm_speculative.drafter_load_bytes`), before the KV
+    cache is sized: the budget beyond the weights is still free then, and what of it that room does not hold comes
+    from here, beside the start-up memory and the drafter's buffers alone (`load_bytes`).
     The plan does not fit where this is more than that memory: vLLM would refuse to start, or run out of memory
-    warming its kernels up, capturing its graphs or serving a full batch."""
+    loading the drafter, warming its kernels up, capturing its graphs or serving a full batch."""
 
     version: str
     startup: Term
@@ -1382,6 +1386,33 @@ class OutsideBudget:
     #: what a full speculative decode step's rejection sampler needs beyond the profiling peak
     #: (`speculative_serving_excess`), while serving: after everything else
     serving: Term | None = None
+    #: what the MTP drafter holds only while it loads (`vllm_speculative.drafter_load_bytes`: its own embedding and
+    #: LM heads), before the KV cache is sized: from the budget still free then, the rest from here (`load_bytes`)
+    load: Term | None = None
+    #: the part of the release's activation term (`VllmProfile.activation`) that the model allocates when it is
+    #: built, so holds while loading: the rotary cos/sin caches and the buffers built with the model (Qwen3-VL's
+    #: deepstack inputs, DeepSeek Sparse Attention's top-k indices); the rest of that peak is free at load
+    load_held: int = 0
+
+    def load_bytes(self, room: int) -> int:
+        """What the engine holds outside the budget while it loads, when `room` bytes of the budget are still free
+        then (the planner's: the budget less the weights, the overhead and `load_held`: the KV pool vLLM will size and
+        its profiling peak): the start-up memory, the drafter's buffers, and what of the drafter's load transient
+        (`load`) the room does not hold; 0 without a load transient."""
+        if self.load is None:
+            return 0
+        return (self.startup.bytes + (0 if self.drafter is None else self.drafter.bytes)
+                + max(0, self.load.bytes - max(room, 0)))
+
+    def load_basis(self, room: int) -> str:
+        """What `load_bytes` at `room` holds, and why."""
+        if self.load is None:
+            return ""
+        room = max(room, 0)
+        spill = max(0, self.load.bytes - room)
+        return (f"while loading: {self.load.basis}, of which the {room / GIB:.2f} GiB of the budget still free then "
+                f"(the KV pool and the profiling peak it sizes later) holds all but {spill / GIB:.2f} GiB, beside "
+                "the start-up memory" + ("" if self.drafter is None else " and the drafter's buffers"))
 
     def table_bytes(self, max_model_len: int) -> int:
         """The expanded block table at `max_model_len`: ``max_num_batched_tokens x ceil(L / 64) x 4`` bytes."""
@@ -1416,6 +1447,10 @@ class OutsideBudget:
             parts.append(self.drafter.basis)
         if self.serving is not None:
             parts.append(self.serving.basis)
+        if self.load is not None:
+            parts.append(f"while loading, beside the start-up memory and the drafter's buffers, {self.load.basis}: "
+                         "from the budget still free then (the KV pool and profiling peak, allocated later), what it "
+                         "does not hold from here")
         return "; ".join(parts)
 
 
@@ -1474,7 +1509,9 @@ def outside_budget(stage: Stage, kv_cache_dtype: str, limits: BatchLimits, versi
     FlashInfer's workspace where it does (`flashinfer_workspace`); for a device not known, the attention buffers of
     the capability that keeps the most (`_unknown_device_attention_buffers`).  A MoE model's data-parallel graphs are
     charged the rows their MoE layers gather (`moe_data_parallel_graphs`).  On the last stage of a plan with an MTP
-    drafter, its persistent buffers (`vllm_speculative.drafter_buffer_bytes`)."""
+    drafter, its persistent buffers (`vllm_speculative.drafter_buffer_bytes`) and what it holds only while loading
+    (`load`, `vllm_speculative.drafter_load_bytes`), which the planner weighs against the budget still free then
+    (`OutsideBudget.load_bytes`)."""
     if enforce_eager:
         graph = None
     elif VERSIONS[version].cuda_graphs_in_budget:
@@ -1488,16 +1525,27 @@ def outside_budget(stage: Stage, kv_cache_dtype: str, limits: BatchLimits, versi
     late = flashinfer_moe_autotune_buffer(stage, version, limits, expert_format, device, enforce_eager)
     warmup = deep_gemm_warmup_excess(stage, version, limits, expert_format, device)
     scratch, workspace = _attention_buffers(stage, kv_cache_dtype, limits, version, enforce_eager, device)
-    drafter = None
+    drafter = load = None
     if limits.draft_layers and stage.is_last:
         held = drafter_buffer_bytes(spec, limits, stage.element_bytes)
         drafter = Term(held, f"{held / GIB:.2f} GiB for the MTP drafter's persistent buffers (EagleProposer.__init__, "
                              "v1/spec_decode/eagle.py: two max_num_batched_tokens x hidden tensors and its index "
                              "buffers), made with the runner before the profiling run and counted by no term of the "
                              "budget")
+        padded = -(-spec.vocab_size // VOCAB_PADDING) * VOCAB_PADDING
+        loaded = drafter_load_bytes(spec, stage.tensor_parallel, padded, limits.draft_layers, stage.element_bytes)
+        load = Term(loaded, f"{loaded / GIB:.2f} GiB for the MTP drafter's own embed_tokens and "
+                            f"{limits.draft_layers} shared_head.head (padded vocabulary / tp rows x hidden each, "
+                            "deepseek_mtp.py / glm4_moe_mtp.py), loaded and then replaced by the target's "
+                            "(EagleProposer._maybe_share_embeddings / _maybe_share_lm_head, v1/spec_decode/eagle.py) "
+                            "and freed before 'Model loading took' is measured (utils/mem_utils.py "
+                            "DeviceMemoryProfiler): in no term of the KV budget")
+    tokens = limits.max_batched_tokens
+    held = (rotary_cache_bytes(spec, version, stage.element_bytes) + _deepstack_buffer_bytes(spec, tokens)
+            + _dsa_topk_buffer_bytes(spec, tokens)) if load is not None else 0
     return OutsideBudget(version, startup_memory(stage, version, device), graph, kernel, per_block, late, warmup,
                          scratch, workspace, drafter, speculative_serving_excess(stage, limits, version, expert_format,
-                                                                                 device))
+                                                                                 device), load, held)
 
 
 def speculative_serving_excess(stage: Stage, limits: BatchLimits, version: str, expert_format: str,

@@ -9,11 +9,22 @@ k}'`` with the two methods that need no second model config, on vLLM 0.19.
   the tensor-parallel ranks like the target's layers: planned as the model's last decoder layer under the deployed
   scheme), plus ``enorm``, ``hnorm`` and ``shared_head.norm`` (``RMSNorm``) and ``eh_proj``, a plain
   ``nn.Linear(2 x hidden, hidden)``: neither quantized nor split, so every rank holds it whole in the model's dtype
-  (`mtp_front_bytes`).  Its ``embed_tokens`` and ``shared_head.head`` are built and loaded, then replaced by the
-  target's (``EagleProposer._maybe_share_embeddings`` / ``_maybe_share_lm_head``: "Detected MTP model. Sharing target
-  model ... weights"): they are freed before the profiling run and take no memory after the load ("Model loading took"
-is ``DeviceMemoryProfiler``'s allocated memory at the end, utils/mem_utils.py; while loading they sit in budget memory
-that the profiling peak, larger, and the KV cache only take later).  The MTP layers'
+  (`mtp_front_bytes`).  Its own ``embed_tokens`` and each MTP layer's ``shared_head.head`` are built and loaded,
+  then replaced by the target's (``EagleProposer._maybe_share_embeddings`` / ``_maybe_share_lm_head``: "Detected MTP
+  model. Sharing target model ... weights"), all inside the runner's ``DeviceMemoryProfiler`` (gpu_model_runner.py
+  ``load_model``).  Each parameter's ``weight_loader`` is a bound method of its module, a reference cycle, so they are
+  freed at the ``gc.collect()`` of that profiler's exit, whose ``torch.cuda.empty_cache()``
+  (platforms/cuda.py ``get_current_memory_usage``) then hands their blocks back before "Model loading took" is
+  measured; ``memory_profiling`` (utils/mem_utils.py) collects and empties the cache again before the profiling run,
+  so neither the weights, the torch peak nor the non-torch term of the KV budget holds them
+  (v1/worker/gpu_worker.py ``determine_available_memory``).  They are a transient of the load alone
+  (`drafter_load_bytes`), before the KV cache is sized: the device then holds the start-up memory, the drafter's
+  buffers and the weights, and the budget beyond them is still free (`engines.vllm.OutsideBudget.load_bytes`).
+  ``empty_cache`` returns only segments that hold nothing else: where the fp8 experts keep their tensors (DeepGEMM and
+  Triton: fused_moe/oracle/fp8.py ``convert_to_fp8_moe_kernel_format`` re-lays only the scales) no freed block of
+  their size is cached when they are built, so each takes its own segment; a backend that replaces the expert weights
+  (FlashInfer, Marlin) could leave their blocks reserved inside a shared segment, which nibble does not model.  The
+  MTP layers'
   attention joins the KV cache: their MLA specs equal the target's, so ``get_kv_cache_groups`` (v1/core/
   kv_cache_utils.py) puts them in the one group and ``num_blocks = available // (page x (layers + MTP layers))``.
   The runner's ``profile_run`` runs ``drafter.dummy_run`` after the target's dummy forward (gpu_model_runner.py
@@ -141,6 +152,21 @@ def drafter_buffer_bytes(spec: ModelSpec, limits: BatchLimits, element_bytes: in
     held = allocated_block_bytes
     return (held(tokens * 4) + 2 * held(tokens * 8) + 2 * held(hidden) + held(max(seqs + 1, tokens) * 4)
             + held(seqs * 4))
+
+
+def drafter_load_bytes(spec: ModelSpec, tensor_parallel: int, padded_vocabulary: int, draft_layers: int,
+                       element_bytes: int) -> int:
+    """What the MTP drafter holds on one rank only while it loads (`draft_layers` MTP layers, vLLM 0.19): its own
+    ``embed_tokens`` (deepseek_mtp.py ``DeepSeekMultiTokenPredictor``, glm4_moe_mtp.py likewise: a
+    ``VocabParallelEmbedding`` with no quant_config, in the model's dtype, `element_bytes`) and each MTP layer's
+    ``shared_head.head`` (a ``ParallelLMHead``), each ``padded_vocabulary / tp`` rows of ``hidden`` as PyTorch's
+    caching allocator holds them (`torch_cuda.allocated_block_bytes`), loaded from the checkpoint and then dropped
+    for the target's (``EagleProposer._maybe_share_embeddings`` and ``_maybe_share_lm_head``, v1/spec_decode/eagle.py)
+    before "Model loading took" is measured.  A head is charged in the model's dtype: the target's quant_config
+    quantizes a ``ParallelLMHead`` only for GPTQ/AWQ checkpoints with ``lm_head: true``, which hold it smaller (the
+    safe side)."""
+    rows = -(-padded_vocabulary // tensor_parallel)
+    return (1 + draft_layers) * allocated_block_bytes(rows * spec.hidden_size * element_bytes)
 
 
 def drafter_pass_bytes(spec: ModelSpec, limits: BatchLimits, element_bytes: int) -> int:

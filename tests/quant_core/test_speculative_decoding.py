@@ -6,7 +6,9 @@
 * model_executor/models/deepseek_mtp.py ``DeepSeekMultiTokenPredictorLayer``: a ``DeepseekV2DecoderLayer`` with the
   target's quant_config, ``enorm``/``hnorm``/``shared_head.norm`` (RMSNorm) and ``eh_proj = nn.Linear(2h, h)``;
   v1/spec_decode/eagle.py ``_maybe_share_embeddings`` / ``_maybe_share_lm_head`` swap its embedding and head for the
-  target's; ``EagleProposer.__init__`` allocates its buffers.
+  target's inside gpu_model_runner.py ``load_model``'s ``DeviceMemoryProfiler``, whose ``gc.collect()`` and
+  ``empty_cache()`` (utils/mem_utils.py, platforms/cuda.py ``get_current_memory_usage``) free them before "Model
+  loading took" is measured: a transient of the load alone; ``EagleProposer.__init__`` allocates its buffers.
 * v1/core/kv_cache_utils.py: the MTP layer's MLA spec equals the target's, one group of 62 layers.
 * config/vllm.py ``_set_cudagraph_sizes``: largest size ``min(max_num_seqs x (1 + k) x 2, 512)``;
   config/compilation.py ``adjust_cudagraph_sizes_for_spec_decode``: sizes rounded up to multiples of 1 + k;
@@ -21,11 +23,12 @@ import pytest
 from quant_core.catalog import device_facts, get_device, get_preset, get_preset_info
 from quant_core.engines.base import BatchLimits, Stage
 from quant_core.engines.torch_cuda import allocated_block_bytes
-from quant_core.engines.vllm import VllmProfile, speculative_serving_excess
+from quant_core.engines.vllm import VllmProfile, outside_budget, speculative_serving_excess
 from quant_core.engines.vllm_graphs import cudagraph_capture_sizes, cudagraph_count
 from quant_core.engines.vllm_speculative import (
     SpeculativeDecoding,
     drafter_buffer_bytes,
+    drafter_load_bytes,
     mtp_front_bytes,
     serving_rejection_bytes,
 )
@@ -238,3 +241,73 @@ def test_glm_4_5_air_with_mtp_1_pools_one_more_gqa_layer_and_holds_its_eh_proj_w
                 + (12288 + 2 * 1024) * 2 // 4 + 2 * 4096 * 2 + (128 * 4096 + 128) * 4)
     assert layer_45 == 1_172_594_176
     assert plans[1].devices[0].weights_bytes - plans[0].devices[0].weights_bytes == layer_45 + front
+
+
+# vLLM 0.19's start-up memory of a MoE model at tensor parallel 2 or more (engines/vllm.py STARTUP_V0_19: one GPU, the
+# tensor-parallel communicator, the expert group's)
+MOE_TP_STARTUP = (523 + 1065 + 492) * MIB
+
+
+def test_deepseek_v3_drafters_own_embedding_and_head_are_a_load_transient_the_budget_holds_on_8_h200() -> None:
+    # deepseek_mtp.py: the drafter builds its own embed_tokens (VocabParallelEmbedding, no quant_config) and layer 61's
+    # shared_head.head (ParallelLMHead: Fp8Config quantizes no LM head), 129,280 / 8 = 16,160 rows x 7168 bf16 each on
+    # a rank, loads them and swaps them for the target's (eagle.py) before "Model loading took": in no budget term
+    spec = get_preset("deepseek-v3")
+    one = 16_160 * HIDDEN * 2
+    assert drafter_load_bytes(spec, 8, VOCABULARY, 1, 2) == 2 * one == 463_339_520
+    limits = BatchLimits(TOKENS, SEQUENCES, 32_768, 1, 1)
+    budget = outside_budget(Stage(spec, 8, 1, (0, 61), True), "auto", limits, "0.19", device=device_facts("h200"),
+                            expert_format="fp8-block128")
+    assert budget.load is not None and budget.load.bytes == 2 * one
+    assert budget.startup.bytes == MOE_TP_STARTUP and budget.drafter is not None
+    # while loading, outside the budget: the start-up memory, the drafter's buffers and what of the transient the
+    # budget still free then does not hold
+    assert budget.load_bytes(0) == MOE_TP_STARTUP + budget.drafter.bytes + 2 * one
+    assert budget.load_bytes(one) == MOE_TP_STARTUP + budget.drafter.bytes + one
+    # on 8 H200 at 0.9 the budget beyond the weights and overhead (the KV pool and profiling peak, allocated only
+    # after the load) holds it 90 times over: the load phase stays under what serving takes outside, no figure moves
+    mtp = deepseek_v3(SpeculativeDecoding("mtp", 1, 1)).primary.devices[0]
+    room = mtp.usable_bytes - mtp.weights_bytes - mtp.overhead_bytes - budget.load_held
+    assert room > 90 * 2 * one
+    assert budget.load_bytes(room) == MOE_TP_STARTUP + budget.drafter.bytes < mtp.outside_budget_bytes
+
+
+def _glm_4_5_air_tp2(capacity_bytes: int, utilization: float, speculative: SpeculativeDecoding | None) -> Plan:
+    """GLM-4.5-Air in bf16 at TP 2, eager, 256 batched tokens and 16 sequences, on two Hopper devices of
+    `capacity_bytes`."""
+    return plan(get_preset("glm-4.5-air"), Hardware(capacity_bytes, 2, compute_capability=(9, 0), compute_units=132),
+                Workload(1024, 1), PlanOptions(engine_version="0.19", weight_format=float_format("bf16"),
+                                               max_batched_tokens=256, max_num_seqs=16, enforce_eager=True,
+                                               memory_utilization=utilization, speculative=speculative))
+
+
+def test_glm_4_5_air_with_mtp_does_not_fit_where_the_drafters_load_transient_outgrows_the_free_memory() -> None:
+    # glm4_moe_mtp.py as deepseek_mtp.py: at TP 2, 151,552 / 2 = 75,776 rows x 4096 bf16 for the embedding and the head
+    spec = get_preset("glm-4.5-air")
+    one = 75_776 * 4096 * 2
+    assert drafter_load_bytes(spec, 2, 151_552, 1, 2) == 2 * one == 1_241_513_984
+    mtp = SpeculativeDecoding("mtp", 1, 1)
+    # 114.3 GB devices at 0.98: the budget holds weights, overhead, profiling peak and the workload's cache, and
+    # what it leaves free the start-up memory and the drafter's buffers (the verdict before the load was charged) ...
+    assert _glm_4_5_air_tp2(114_300_000_000, 0.98, None).primary.fits
+    tight = _glm_4_5_air_tp2(114_300_000_000, 0.98, mtp)
+    device = tight.primary.devices[0]
+    assert device.used_bytes <= device.usable_bytes
+    buffers = drafter_buffer_bytes(spec, BatchLimits(256, 16, None, 1, 1), 2)
+    assert MOE_TP_STARTUP + buffers <= 114_300_000_000 - device.usable_bytes
+    # ... but while loading the device holds the start-up memory, the buffers, the weights, the overhead and the
+    # rotary cache (built with the model), and the transient on top: more than the device has
+    budget = outside_budget(Stage(spec, 2, 1, (0, 46), True), "auto", BatchLimits(256, 16, 1024, 1, 1), "0.19", True,
+                            device_facts("h200"), "bf16")
+    loading = (MOE_TP_STARTUP + buffers + device.weights_bytes + device.overhead_bytes + budget.load_held
+               + 2 * one)
+    assert loading - 114_300_000_000 == 726_361_856 + budget.load_held
+    room = device.usable_bytes - device.weights_bytes - device.overhead_bytes - budget.load_held
+    assert device.outside_budget_bytes == MOE_TP_STARTUP + buffers + 2 * one - room
+    assert not tight.primary.fits
+    assert any("run out of memory loading the MTP drafter" in warning for warning in tight.warnings)
+    # whatever the context or sequences: the solvers share the verdict
+    assert tight.primary.max_context_length is None and tight.primary.max_concurrent_sequences == 0
+    # 0.9 GB more a device holds it
+    roomier = _glm_4_5_air_tp2(115_200_000_000, 0.975, mtp).primary
+    assert roomier.fits and roomier.max_context_length is not None and roomier.max_context_length >= 1024
