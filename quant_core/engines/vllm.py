@@ -2669,9 +2669,13 @@ def flashinfer_moe_autotune_buffer(stage: Stage, version: str, limits: BatchLimi
     nothing and keeps none: the first start, which a plan must fit, does.  A device of unknown compute capability is
     charged the most any capability FlashInferExperts runs on keeps (`FLASHINFER_AUTOTUNE_CAPABILITIES`).  On 10.x
     FlashInfer's TRT-LLM MoE kernels keep none: their launchers live for one call (csrc/
-    trtllm_fused_moe_kernel_launcher.cu ``launchers_map``, a local), and the autotune dummy run's MoE layers need
-    no more than the profiling run's (``flashinfer_autotune`` runs ``_dummy_run(max_num_batched_tokens)``; the
-    tuner's cold-L2 copies and buckets are at most ``tune_max_num_tokens`` rows, before the full call)."""
+    trtllm_fused_moe_kernel_launcher.cu ``launchers_map``, a local).  Their tuning may need more than the profiling
+    run held, and is not charged: vLLM 0.33's TRT-LLM classes pass ``tune_max_num_tokens = max(max_num_batched_tokens
+    x dp, 8192)`` (fused_moe/utils.py ``fi_moe_largest_bucket``), and FlashInfer 0.7.2 synthesizes the inputs and
+    runs the launcher (`trtllm_moe_call_bytes_033`) at every bucket up to it (fused_moe/shared/tuning.py
+    ``make_moe_tuning_config``, ``get_hybrid_num_tokens_buckets``; cold-L2 input copies beside), so below 8192
+    batched tokens it runs larger calls than the profiling run; an OOM there is caught by ``AutoTuner.choose_one``
+    (autotuner/autotuner.py: the tactic skipped, or the default tactic taken), so vLLM starts with less tuning."""
     if device.compute_capability is None:
         terms = [flashinfer_moe_autotune_buffer(stage, version, limits, expert_format,
                                                 replace(device, compute_capability=capability), enforce_eager)
