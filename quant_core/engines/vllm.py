@@ -1926,7 +1926,10 @@ def fused_moe_caches(spec: ModelSpec, tensor_parallel: int, tokens: int, version
       - 0.19's block-fp8, MXFP4 and NVFP4 experts on 10.x (and on a device of unknown capability), which run on
         FlashInfer's TRT-LLM kernels (`trtllm_moe_bytes`): where their ``T x K`` output and FlashInfer's per-call
         buffers come to more than Triton's workspace, the difference is charged inside the layer
-        (`FusedMoeCaches.transient`) beside Triton's held figure, the larger of both in either pass;
+        (`FusedMoeCaches.transient`) beside Triton's held figure, the larger of both in either pass; so are 0.33's
+        (FlashInfer 0.7.2's launchers) on a device of unknown capability and its bf16 experts on 10.x, while on a
+        known 10.x device 0.33's block-fp8, per-tensor fp8, NVFP4 and gpt-oss MXFP4 experts are charged their own
+        figure alone (`_trtllm_caches_v0_33`: Triton's workspace is not asked for there);
 
       - MXFP4 experts (`expert_format` "mxfp4", gpt-oss) where `mxfp4_moe_backend` is OpenAI's Triton kernels
         (compute capability 9.x): ``OAITritonMxfp4ExpertsMonolithic`` bypasses the workspace manager and
