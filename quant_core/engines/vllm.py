@@ -2134,15 +2134,16 @@ def _trtllm_caches_v0_33(spec: ModelSpec, expert_format: str, tokens: int, exper
     if expert_format == "mxfp4":
         held = tokens * output_hidden * ACTIVATION_ELEMENT_BYTES
         return FusedMoeCaches(held, False, (
-            f"vLLM 0.33 on compute capability 10.x runs {runs}: its tokens x {output_hidden} bf16 output "
-            f"({held / GIB:.2f} GiB, torch.empty in apply) and FlashInfer's per-call buffers ({per_call / GIB:.2f} "
-            "GiB), freed after each layer; TritonExperts' workspace is not asked for"), per_call)
+            f"FlashInfer's TRT-LLM buffers (vLLM 0.33 on compute capability 10.x runs {runs}: its tokens x "
+            f"{output_hidden} bf16 output, {held / GIB:.2f} GiB, torch.empty in apply, and FlashInfer's per-call "
+            f"buffers, {per_call / GIB:.2f} GiB, freed after each layer; TritonExperts' workspace is not asked for)"),
+            per_call)
     held = _aligned(tokens * output_hidden * ACTIVATION_ELEMENT_BYTES)
     return FusedMoeCaches(held, True, (
-        f"vLLM 0.33 on compute capability 10.x runs {runs}: the tokens x {output_hidden} bf16 output "
-        f"({held / GIB:.2f} GiB; kept in v1/worker/workspace.py's buffer where the modular class or FlashInferExperts "
-        f"runs, the safe side) and, inside each MoE layer, FlashInfer's per-call buffers ({per_call / GIB:.2f} GiB"
-        f"{cutlass}); TritonExperts' workspace is not asked for"), per_call)
+        f"FlashInfer's TRT-LLM buffers (vLLM 0.33 on compute capability 10.x runs {runs}: the tokens x "
+        f"{output_hidden} bf16 output, {held / GIB:.2f} GiB, kept in v1/worker/workspace.py's buffer where the modular "
+        f"class or FlashInferExperts runs, the safe side, and inside each MoE layer FlashInfer's per-call buffers, "
+        f"{per_call / GIB:.2f} GiB{cutlass}; TritonExperts' workspace is not asked for)"), per_call)
 
 
 #: flashinfer-python 0.6.6 (vLLM 0.19's pin) csrc/trtllm_fused_moe_kernel_launcher.cu: the token tiles of the
