@@ -1974,7 +1974,10 @@ def fused_moe_caches(spec: ModelSpec, tensor_parallel: int, tokens: int, version
       - 0.19's block-fp8, MXFP4 and NVFP4 experts on 10.x (and on a device of unknown capability), which run on
         FlashInfer's TRT-LLM kernels (`trtllm_moe_bytes`): where their ``T x K`` output and FlashInfer's per-call
         buffers come to more than Triton's workspace, the difference is charged inside the layer
-        (`FusedMoeCaches.transient`) beside Triton's held figure, the larger of both in either pass;
+        (`FusedMoeCaches.transient`) beside Triton's held figure, the larger of both in either pass; so are 0.33's
+        (FlashInfer 0.7.2's launchers) on a device of unknown capability and its bf16 experts on 10.x, while on a
+        known 10.x device 0.33's block-fp8, per-tensor fp8, NVFP4 and gpt-oss MXFP4 experts are charged their own
+        figure alone (`_trtllm_caches_v0_33`: Triton's workspace is not asked for there);
 
       - MXFP4 experts (`expert_format` "mxfp4", gpt-oss) where `mxfp4_moe_backend` is OpenAI's Triton kernels
         (compute capability 9.x): ``OAITritonMxfp4ExpertsMonolithic`` bypasses the workspace manager and
@@ -2096,10 +2099,15 @@ def fused_moe_caches(spec: ModelSpec, tensor_parallel: int, tokens: int, version
     basis = (f"TritonExperts' workspace (workspace_shapes: workspace13 tokens x top_k x max({width}, {hidden}) and "
              f"workspace2 tokens x top_k x max(2 x {width}, {hidden}), bf16, {nbytes / GIB:.2f} GiB, in "
              "v1/worker/workspace.py's buffer, modular_kernel.py _allocate_buffers; MarlinExperts asks the same)")
+    trtllm_runs = not data_parallel and (capability is None or capability[0] == 10) and (
+        version != "0.33" or trtllm_runs_v0_33(spec, expert_format))
+    if trtllm_runs and version == "0.33" and capability is not None and expert_format != "bf16":
+        return _trtllm_caches_v0_33(spec, expert_format, tokens, experts, width, capability)
     # a device of unknown compute capability may be a 10.x one (or, for FlashInferExperts, 9.0, 11.x or 12.x): the
-    # larger of the paths, as there
+    # larger of the paths, as there; so are 0.33's bf16 experts on 10.x, whose routing may leave TRT-LLM's monolithic
+    # class for FlashInferExperts (charged Triton's figure, on the safe side)
     candidates: list[tuple[int, int, str]] = []
-    if not data_parallel and (capability is None or capability[0] == 10):
+    if trtllm_runs:
         trtllm = trtllm_moe_bytes(version, expert_format, tokens=tokens, experts=spec.num_experts, top_k=k,
                                   hidden=hidden, width=width, local_experts=experts)
         candidates += [] if trtllm is None else [trtllm]
@@ -2127,6 +2135,63 @@ def fused_moe_caches(spec: ModelSpec, tensor_parallel: int, tokens: int, version
                 f"({per_call / GIB:.2f} GiB) come to more than Triton's workspace; charged Triton's held and the "
                 "difference within the layer, the larger of the paths in either pass"), extra)
     return FusedMoeCaches(nbytes, VERSIONS[version].moe_workspace_persists, basis)
+
+
+def trtllm_runs_v0_33(spec: ModelSpec, expert_format: str) -> bool:
+    """Whether vLLM 0.33 on compute capability 10.x runs `spec`'s routed experts, stored as `expert_format`, on
+    FlashInfer's TRT-LLM kernels (`trtllm_moe_bytes_033`) without data parallelism: block fp8, per-tensor fp8 (for
+    the routings its monolithic class lists), NVFP4, gpt-oss's MXFP4 (other MXFP4 models take oracle/mxfp4.py
+    ``_get_priority_backends``' MXFP8-activation kernel first, not read) and bf16 other than gpt-oss's (oracle/
+    unquantized.py moves FLASHINFER_TRTLLM back for the SWIGLUOAI activation)."""
+    if expert_format == "mxfp4":
+        return spec.model_type == "gpt_oss"
+    if expert_format == "bf16":
+        return spec.model_type != "gpt_oss"
+    return expert_format in TRTLLM_TILES_072 or weight_format_family(expert_format) == "nvfp4"
+
+
+def _trtllm_caches_v0_33(spec: ModelSpec, expert_format: str, tokens: int, experts: int, width: int,
+                         capability: tuple[int, int]) -> FusedMoeCaches:
+    """`fused_moe_caches` where vLLM 0.33 runs the experts on FlashInfer's TRT-LLM kernels on compute capability
+    10.x (`trtllm_runs_v0_33`, no data parallelism): TritonExperts' workspace is not asked for there.
+
+    * Block fp8 and NVFP4: the monolithic class (router and experts in one call, no workspace manager:
+      modular_kernel.py ``FusedMoEKernelMonolithicImpl``) returns core.py's ``tokens x K`` bf16 output; where the
+      routing is not one it lists the modular class asks the workspace manager for that output alone
+      (``workspace_shapes``: workspace1 and workspace2 ``(0,)``), which keeps it: charged kept, the safe side of
+      both, with the larger class's per-call buffers inside each layer (`trtllm_moe_call_bytes_033`).
+    * Per-tensor fp8: the monolithic class or, for other routings, FlashInferExperts (its ``tokens x K`` view of
+      the workspace manager's buffer, kept, and FlashInfer's CUTLASS workspace in each call,
+      `cutlass_moe_runtime_workspace_bytes`): the output kept and the larger per-call figure.
+    * gpt-oss's MXFP4: ``TrtLlmMxfp4ExpertsMonolithic`` (Renormalize routing) makes its ``tokens x hidden_dim_unpadded``
+      output with torch.empty in each call: nothing kept."""
+    k, hidden = spec.experts_per_token, spec.hidden_size
+    result = trtllm_moe_bytes_033(expert_format, tokens=tokens, experts=spec.num_experts, top_k=k, hidden=hidden,
+                                  width=width, local_experts=experts)
+    assert result is not None  # trtllm_runs_v0_33
+    per_call, output_hidden, runs = result
+    cutlass = ""
+    if expert_format == "fp8-per-tensor-static":
+        workspace = cutlass_moe_runtime_workspace_bytes(tokens=tokens, experts=experts, top_k=k, hidden=hidden,
+                                                        width=width, finalize_fused=capability[0] != 12)
+        if workspace > per_call:
+            cutlass = (f": FlashInferExperts' CUTLASS workspace, which runs the routings TRT-LLM's class does not "
+                       f"list (oracle/fp8.py FLASHINFER_CUTLASS next; cutlass_moe_runtime_workspace_bytes), larger "
+                       f"than TRT-LLM's {per_call / GIB:.2f} GiB")
+            per_call = workspace
+    if expert_format == "mxfp4":
+        held = tokens * output_hidden * ACTIVATION_ELEMENT_BYTES
+        return FusedMoeCaches(held, False, (
+            f"FlashInfer's TRT-LLM buffers (vLLM 0.33 on compute capability 10.x runs {runs}: its tokens x "
+            f"{output_hidden} bf16 output, {held / GIB:.2f} GiB, torch.empty in apply, and FlashInfer's per-call "
+            f"buffers, {per_call / GIB:.2f} GiB, freed after each layer; TritonExperts' workspace is not asked for)"),
+            per_call)
+    held = _aligned(tokens * output_hidden * ACTIVATION_ELEMENT_BYTES)
+    return FusedMoeCaches(held, True, (
+        f"FlashInfer's TRT-LLM buffers (vLLM 0.33 on compute capability 10.x runs {runs}: the tokens x "
+        f"{output_hidden} bf16 output, {held / GIB:.2f} GiB, kept in v1/worker/workspace.py's buffer where the modular "
+        f"class or FlashInferExperts runs, the safe side, and inside each MoE layer FlashInfer's per-call buffers, "
+        f"{per_call / GIB:.2f} GiB{cutlass}; TritonExperts' workspace is not asked for)"), per_call)
 
 
 #: flashinfer-python 0.6.6 (vLLM 0.19's pin) csrc/trtllm_fused_moe_kernel_launcher.cu: the token tiles of the
@@ -2223,7 +2288,11 @@ def trtllm_moe_bytes(version: str, expert_format: str, *, tokens: int, experts: 
     (oracle/fp8.py FLASHINFER_TRTLLM first: ``TrtLlmFp8ExpertsModular``, whose figure bounds the monolithic
     class's), fp8 with static per-tensor scales (``TrtLlmFp8ExpertsMonolithic``), MXFP4 (oracle/mxfp4.py
     FLASHINFER_TRTLLM_MXFP4_BF16, hidden size and width padded to 256,
-    ``mxfp4_round_up_hidden_size_and_intermediate_size``) and NVFP4 (oracle/nvfp4.py FLASHINFER_TRTLLM first)."""
+    ``mxfp4_round_up_hidden_size_and_intermediate_size``) and NVFP4 (oracle/nvfp4.py FLASHINFER_TRTLLM first); for
+    0.33 (FlashInfer 0.7.2.post1) by `trtllm_moe_bytes_033`."""
+    if version == "0.33":
+        return trtllm_moe_bytes_033(expert_format, tokens=tokens, experts=experts, top_k=top_k, hidden=hidden,
+                                    width=width, local_experts=local_experts)
     if version != "0.19":
         return None
     if expert_format == "fp8-block128":
@@ -2247,6 +2316,52 @@ def trtllm_moe_bytes(version: str, expert_format: str, *, tokens: int, experts: 
                                      local_experts=local_experts, nvfp4=True), hidden,
                 "NVFP4 experts on TrtLlmNvFp4Experts (oracle/nvfp4.py FLASHINFER_TRTLLM first)")
     return None
+
+
+def trtllm_moe_bytes_033(expert_format: str, *, tokens: int, experts: int, top_k: int, hidden: int, width: int,
+                         local_experts: int) -> tuple[int, int, str] | None:
+    """(bytes, the output's hidden size, what runs) of the TRT-LLM experts vLLM 0.33 runs `expert_format` on with
+    compute capability 10.x (`trtllm_moe_call_bytes_033`), or None where its oracle does not pick them:
+
+    * fp8 in [128, 128] blocks and NVFP4 (fused_moe/oracle/fp8.py and nvfp4.py: FLASHINFER_TRTLLM first, its
+      monolithic class before its modular one; ``_supports_current_device``: ``is_device_capability_family(100)``);
+    * fp8 with static per-tensor scales: ``TrtLlmFp8ExpertsMonolithic`` for the routings it lists (no modular class
+      takes per-tensor scales: FLASHINFER_CUTLASS next, which `fused_moe_caches` weighs beside it);
+    * MXFP4 (gpt-oss: oracle/mxfp4.py ``_get_priority_backends_for_gpt_oss``, FLASHINFER_TRTLLM_MXFP4_BF16 first),
+      the hidden size rounded to 256 and the width to 128 (``mxfp4_round_up_hidden_size_and_intermediate_size``),
+      the runner's ``F.pad`` copy of the input to the padded hidden size (runner/moe_runner.py: the quant method's
+      ``skip_forward_padding`` is False for the BF16 backend) counted, the output vLLM's unpadded
+      ``finalized_output`` (``hidden_dim_unpadded``);
+    * bf16 (oracle/unquantized.py: FLASHINFER_TRTLLM first on CUDA outside the 9.x family; `fused_moe_caches` leaves
+      gpt-oss, whose SWIGLUOAI moves it back, and the routings its monolithic class does not list, which fall to
+      FLASHINFER_CUTLASS, to Triton's figure beside it).
+
+    The nvfp4 family's labels all run the NVFP4 launcher.  Int4 experts (oracle/int_wna16.py) take TRT-LLM's MxInt4
+    kernel only with ``VLLM_USE_FLASHINFER_MOE_INT4`` (`FLASHINFER_MOE_INT4_ENV`): None."""
+    if weight_format_family(expert_format) == "nvfp4":
+        expert_format = "nvfp4"
+    if expert_format not in TRTLLM_TILES_072:
+        return None
+    padded_hidden, padded_width = hidden, width
+    if expert_format == "mxfp4":
+        padded_hidden, padded_width = _round_up(hidden, TRTLLM_ALIGNMENT), _round_up(width, TRTLLM_WIDTH_ALIGNMENT_033)
+    nbytes = trtllm_moe_call_bytes_033(expert_format, tokens=tokens, experts=experts, top_k=top_k,
+                                       hidden=padded_hidden, width=padded_width, local_experts=local_experts)
+    if padded_hidden != hidden:
+        nbytes += tokens * padded_hidden * ACTIVATION_ELEMENT_BYTES
+    runs = {
+        "fp8-block128": "block-fp8 experts on TrtLlmFp8ExpertsMonolithic or TrtLlmFp8ExpertsModular (oracle/fp8.py "
+                        "FLASHINFER_TRTLLM first, experts/trtllm_fp8_moe.py)",
+        "fp8-per-tensor-static": "per-tensor fp8 experts on TrtLlmFp8ExpertsMonolithic for the routings it lists "
+                                 "(oracle/fp8.py FLASHINFER_TRTLLM first)",
+        "mxfp4": f"MXFP4 experts on TrtLlmMxfp4ExpertsMonolithic (oracle/mxfp4.py FLASHINFER_TRTLLM_MXFP4_BF16; "
+                 f"hidden {padded_hidden}, width {padded_width})",
+        "nvfp4": "NVFP4 experts on TrtLlmNvFp4ExpertsMonolithic or TrtLlmNvFp4ExpertsModular (oracle/nvfp4.py "
+                 "FLASHINFER_TRTLLM first)",
+        "bf16": "bf16 experts on TrtLlmBf16ExpertsMonolithic for the routings it lists (oracle/unquantized.py "
+                "FLASHINFER_TRTLLM first)",
+    }[expert_format]
+    return nbytes, hidden, runs + " with FlashInfer 0.7.2.post1's launchers (trtllm_moe_call_bytes_033)"
 
 
 def trtllm_fp8_block_moe_bytes(*, tokens: int, experts: int, top_k: int, hidden: int, width: int,
@@ -2280,6 +2395,105 @@ def trtllm_fp8_block_moe_bytes(*, tokens: int, experts: int, top_k: int, hidden:
     gemms = (gemm1_rows * 2 * width + (2 * width // 128) * padded * 4 + gemm1_rows * width
              + (width // 128) * gemm1_rows * 4 + gemm2_rows * hidden * 2)
     return vllm + python + routing + gemms
+
+
+#: flashinfer-python 0.7.2.post1, the FlashInfer vLLM 0.33.0 pins (``flashinfer-python==0.7.2.post1``),
+#: csrc/trtllm_fused_moe_kernel_launcher.cu: the token tiles of the TRT-LLM MoE launchers vLLM 0.33 runs, by the
+#: experts' format: ``Fp8BlockScaleLauncher::getSupportedTileNums`` (DeepSeek fp8; 256 is MxFP8's),
+#: ``Fp8PerTensorLauncher::mSupportedTileNums``, ``FP4BlockScaleLauncher::getSupportedTileNums`` (bf16 activations,
+#: gpt-oss's MXFP4: 8 to 64; NVFP4 x NVFP4: 128, 192 and 256 more, 192 outside ``TLLM_RUBIN_FEATURES``) and
+#: ``Bf16MoeLauncher::mSupportedTileNums``
+TRTLLM_TILES_072: dict[str, tuple[int, ...]] = {
+    "fp8-block128": (8, 16, 32, 64, 128),
+    "fp8-per-tensor-static": (8, 16, 32, 64, 128),
+    "mxfp4": (8, 16, 32, 64),
+    "nvfp4": (8, 16, 32, 64, 128, 192, 256),
+    "bf16": (8, 16, 32, 64, 128),
+}
+
+
+def trtllm_candidate_tiles_072(tiles: tuple[int, ...], tokens: int, top_k: int, local_experts: int) -> tuple[int, ...]:
+    """The token tiles FlashInfer 0.7.2's TRT-LLM MoE may run `tokens` tokens at: ``computeSelectedTileN``
+    (csrc/trtllm_fused_moe_kernel_launcher.cu) takes the first of `tiles` at or above the average ``T k / local
+    experts`` (a double, no longer rounded to a power of two as 0.6.6 did: `trtllm_largest_tile`), the last where none
+    is, with the two tiles above it and the one below; the autotuned tactic picks among them, the untuned fallback
+    (``selectDefaultTileN``) the smallest, so every one is weighed."""
+    index = next((i for i, tile in enumerate(tiles) if tile * local_experts >= tokens * top_k), len(tiles) - 1)
+    return tiles[max(index - 1, 0):index + 3]
+
+
+def _trtllm_call_bytes_072(expert_format: str, tile: int, *, tokens: int, experts: int, top_k: int, hidden: int,
+                           width: int) -> int:
+    """`trtllm_moe_call_bytes_033` at token tile `tile`."""
+    expanded = tokens * top_k
+    padded, routing = _trtllm_routing_bytes(tokens, experts, top_k, tile)
+    routing += 4  # permuted_idx_to_token_idx holds maxPadded + 1 ints in 0.7.2 (the kernels read one past its end)
+
+    def min_rows(row_elements: int, bits: int) -> int:  # runner.h maybeGetMinTokenCount: at least 128 KiB a buffer
+        return max(padded, -(-TRTLLM_MIN_OUTPUT_BYTES * 8 // (row_elements * bits)))
+
+    if expert_format == "fp8-block128":
+        gemm1_rows, gemm2_rows = min_rows(width, 8), min_rows(hidden, 16)
+        gemms = (gemm1_rows * 2 * width + (2 * width // 128) * padded * 4 + gemm1_rows * width
+                 + (width // 128) * gemm1_rows * 4 + gemm2_rows * hidden * 2)
+        vllm = tokens * hidden + 2 * (hidden // 128) * tokens * 4 + expanded * 4
+        return routing + gemms + vllm
+    if expert_format == "fp8-per-tensor-static":
+        rows = padded + experts
+        gemms = rows * 2 * width + (2 * width // 128) * rows * 4 + padded * hidden * 2
+        return routing + expanded * 2 + gemms + expanded * (4 + 4) + tokens * hidden
+    if expert_format == "bf16":
+        gemms = min_rows(width, 16) * width * 2 + min_rows(hidden, 16) * hidden * 2
+        return routing + expanded * 2 + gemms
+    if expert_format == "mxfp4":
+        gemms = min_rows(width, 16) * width * 2 + min_rows(hidden, 16) * hidden * 2
+        return routing + expanded * (4 + 2) + gemms
+    gemm1_rows = min_rows(width, 4)
+    gemm1 = gemm1_rows * width // 2 + _round_up(gemm1_rows, 128) * _round_up(width // NVFP4_SCALE_BLOCK, 4)
+    quantized = tokens * hidden // 2 + tokens * hidden // NVFP4_SCALE_BLOCK
+    return routing + expanded * (4 + 2) + quantized + gemm1 + min_rows(hidden, 16) * hidden * 2
+
+
+def trtllm_moe_call_bytes_033(expert_format: str, *, tokens: int, experts: int, top_k: int, hidden: int, width: int,
+                              local_experts: int) -> int:
+    """The bytes vLLM 0.33's TRT-LLM experts and FlashInfer 0.7.2.post1's launcher hold at once inside one MoE layer
+    of `tokens` tokens, beyond the one bf16 ``tokens x hidden`` output (the caller's: core.py's
+    ``alloc_trtllm_moe_output``, the workspace manager's or vLLM's), `experts` the routing's global count, `hidden`
+    and `width` as the kernel sees them (gpt-oss's padded: hidden to 256, width to 128), at the candidate tile
+    (`trtllm_candidate_tiles_072`) that needs the most.  Every launcher (csrc/trtllm_fused_moe_kernel_launcher.cu)
+    runs ``prepare_routing_common`` (`_trtllm_routing_bytes`, with ``permuted_idx_to_token_idx`` one int32 longer)
+    and ``prepare_moe_common``, whose batched-GEMM workspaces ``workspace_fc1`` / ``workspace_fc2``
+    (trtllm_fused_moe_runner.cu ``getWorkspaceSizeInBytes``) are empty: ``BatchedGemmInterface::
+    getWorkspaceSizesInBytes`` asks for row-max buffers only where a config uses DeepSeek fp8 and fuses the
+    activation, and the MoE runner asks ``fusedAct = !useDeepSeekFp8`` of GEMM 1 and no fused activation of GEMM 2
+    (trtllm_fused_moe_runner.cu; the interface as flashinfer-ai/flashinfer last published it,
+    include/flashinfer/trtllm/batched_gemm/trtllmGen_bmm_export/BatchedGemmInterface.h: 0.7.2's cubin artifact
+    ships its own copy at JIT time, not read).  ``P`` = `_trtllm_routing_bytes`'s padded rows, ``P1``, ``P2`` at
+    least 128 KiB of their row (runner.h ``maybeGetMinTokenCount``):
+
+    * "fp8-block128" (experts/trtllm_fp8_moe.py ``TrtLlmFp8ExpertsMonolithic._apply_block_scale``, else the modular
+      class): the fp8 input and its fp32 ``K / 128`` scales (prepare_finalize/no_dp_ep.py ``_quantize_input``), their
+      transposed copy (``a1q_scale.t().contiguous()``), the larger of the launcher's bf16 expert weights (``T x k``,
+      routing from logits) and the modular class's int32 top-k ids (``topk_ids.to(torch.int32)``);
+      ``Fp8BlockScaleLauncher::prepare_moe``: fp8 GEMM 1 ``P1 x 2w`` with fp32 scales ``2w / 128 x P``, the fp8
+      activation ``P1 x w`` with scales ``w / 128 x P1``, bf16 GEMM 2 ``P2 x K``;
+    * "fp8-per-tensor-static" (``TrtLlmFp8ExpertsMonolithic._apply_per_tensor``): the fp8 input, core.py
+      ``trtllm_fp8_per_tensor_scale_moe_op``'s ``topk_ids`` (int32) and ``topk_weights`` (the logits' dtype, 4 bytes
+      the safe side); ``Fp8PerTensorLauncher``: bf16 expert weights ``T x k``, fp8 GEMM 1 ``(P + E) x 2w`` with fp32
+      scales ``2w / 128 x (P + E)``, bf16 GEMM 2 ``P x K`` (no 128 KiB floor there);
+    * "nvfp4" (experts/trtllm_nvfp4_moe.py ``TrtLlmNvFp4ExpertsMonolithic``, whose figure bounds the modular
+      class's): the fp4 input ``T x K / 2`` and its scales in the linear layout (oracle/nvfp4.py
+      ``is_scale_swizzled`` is False for FLASHINFER_TRTLLM: ``T x K / 16``), core.py's ``topk_ids`` (int32) and
+      ``topk_weights`` (bf16); ``FP4BlockScaleLauncher::prepare_moe``: fp4 GEMM 1 ``P1 x w / 2`` with its swizzled
+      e4m3 scales (``computeSwizzledLayoutSFSize``), bf16 GEMM 2 ``P2 x K``;
+    * "mxfp4" (gpt-oss, experts/trtllm_mxfp4_moe.py ``TrtLlmMxfp4ExpertsMonolithic``, bf16 activations): core.py's
+      ``topk_ids`` and ``topk_weights``; bf16 GEMM 1 ``P1 x w`` (the activation fused) and GEMM 2 ``P2 x K``;
+    * "bf16" (experts/trtllm_bf16_moe.py ``TrtLlmBf16ExpertsMonolithic``; the modular class takes all2all kernels
+      only, ``_supports_parallel_config``): the launcher's bf16 expert weights, bf16 GEMM 1 ``P1 x w`` and GEMM 2
+      ``P2 x K`` (``Bf16MoeLauncher::prepare_moe``)."""
+    tiles = trtllm_candidate_tiles_072(TRTLLM_TILES_072[expert_format], tokens, top_k, local_experts)
+    return max(_trtllm_call_bytes_072(expert_format, tile, tokens=tokens, experts=experts, top_k=top_k,
+                                      hidden=hidden, width=width) for tile in tiles)
 
 
 #: flashinfer-python 0.6.6, the FlashInfer vLLM 0.19.0 pins (``flashinfer-python==0.6.6``): each buffer of a CUTLASS
@@ -2507,9 +2721,13 @@ def flashinfer_moe_autotune_buffer(stage: Stage, version: str, limits: BatchLimi
     nothing and keeps none: the first start, which a plan must fit, does.  A device of unknown compute capability is
     charged the most any capability FlashInferExperts runs on keeps (`FLASHINFER_AUTOTUNE_CAPABILITIES`).  On 10.x
     FlashInfer's TRT-LLM MoE kernels keep none: their launchers live for one call (csrc/
-    trtllm_fused_moe_kernel_launcher.cu ``launchers_map``, a local), and the autotune dummy run's MoE layers need
-    no more than the profiling run's (``flashinfer_autotune`` runs ``_dummy_run(max_num_batched_tokens)``; the
-    tuner's cold-L2 copies and buckets are at most ``tune_max_num_tokens`` rows, before the full call)."""
+    trtllm_fused_moe_kernel_launcher.cu ``launchers_map``, a local).  Their tuning may need more than the profiling
+    run held, and is not charged: vLLM 0.33's TRT-LLM classes pass ``tune_max_num_tokens = max(max_num_batched_tokens
+    x dp, 8192)`` (fused_moe/utils.py ``fi_moe_largest_bucket``), and FlashInfer 0.7.2 synthesizes the inputs and
+    runs the launcher (`trtllm_moe_call_bytes_033`) at every bucket up to it (fused_moe/shared/tuning.py
+    ``make_moe_tuning_config``, ``get_hybrid_num_tokens_buckets``; cold-L2 input copies beside), so below 8192
+    batched tokens it runs larger calls than the profiling run; an OOM there is caught by ``AutoTuner.choose_one``
+    (autotuner/autotuner.py: the tactic skipped, or the default tactic taken), so vLLM starts with less tuning."""
     if device.compute_capability is None:
         terms = [flashinfer_moe_autotune_buffer(stage, version, limits, expert_format,
                                                 replace(device, compute_capability=capability), enforce_eager)

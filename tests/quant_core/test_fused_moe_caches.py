@@ -37,9 +37,11 @@ from quant_core.engines.vllm import (
     VllmProfile,
     fused_moe_caches,
     rotary_cache_bytes,
+    trtllm_candidate_tiles_072,
     trtllm_fp4_moe_bytes,
     trtllm_fp8_block_moe_bytes,
     trtllm_fp8_per_tensor_moe_bytes,
+    trtllm_moe_call_bytes_033,
 )
 from quant_core.planner import Hardware, PlanOptions, Workload, plan
 from quant_core.schemes import scheme_from_quantization_config
@@ -465,3 +467,126 @@ def test_a_device_of_unknown_capability_is_charged_the_largest_nvfp4_experts_pat
     blackwell_pro = fused_moe_caches(spec, 8, 8192, "0.19", "nvfp4", device_facts(None, (12, 0)))
     assert unknown.nbytes + unknown.transient == blackwell_pro.nbytes + blackwell_pro.transient == 2_049_874_048
     assert unknown.transient == 170_825_856 > fused_moe_caches(spec, 8, 8192, "0.19", "nvfp4", B200).transient
+
+
+# --- vLLM 0.33 on compute capability 10.x: FlashInfer 0.7.2.post1's TRT-LLM launchers ---------------------------------
+# vLLM 0.33.0's METADATA pins flashinfer-python==0.7.2.post1; its csrc/trtllm_fused_moe_kernel_launcher.cu allocates,
+# per call, prepare_routing_common's maps (permuted_idx_to_token_idx now P + 1 ints), prepare_moe's GEMM buffers, and
+# prepare_moe_common's batched-GEMM workspaces, empty for every MoE config (BatchedGemmInterface asks row-max buffers
+# only for DeepSeek fp8 with a fused activation; the MoE runner asks fusedAct = !useDeepSeekFp8).
+
+
+def test_flashinfer_0_7_2_weighs_the_tiles_around_the_first_one_that_covers_the_average() -> None:
+    # computeSelectedTileN: the first supported tile at or above T k / local experts (no longer the next power of
+    # two: NVFP4's 192 is a candidate), the two above it and the one below
+    nvfp4 = (8, 16, 32, 64, 128, 192, 256)
+    assert trtllm_candidate_tiles_072(nvfp4, 8192, 8, 512) == (64, 128, 192, 256)  # average 128
+    assert trtllm_candidate_tiles_072(nvfp4, 8192, 8, 384) == (128, 192, 256)  # average 170.7: 192 first
+    assert trtllm_candidate_tiles_072(nvfp4, 1, 8, 256) == (8, 16, 32)  # below the smallest: it and two above
+    assert trtllm_candidate_tiles_072((8, 16, 32, 64, 128), 8192, 8, 128) == (64, 128)  # beyond the largest
+
+
+def test_vllm_0_33_charges_trtllms_block_fp8_buffers_for_qwen3_30b_a3b_on_a_b200_not_tritons_workspace() -> None:
+    # oracle/fp8.py puts FLASHINFER_TRTLLM first; on 10.x its TrtLlmFp8ExpertsMonolithic (routing from logits, no
+    # workspace manager) or, for routings it does not list, TrtLlmFp8ExpertsModular (the workspace manager keeps its
+    # tokens x K output only): TritonExperts' 65,536 x (2048 + 2048) x 2 workspace is never asked for.  By hand for
+    # Qwen3-30B-A3B-FP8 on one B200 at 8192 tokens (top 8 of 128 experts, K = 2048, w = 768):
+    # * tiles 8 to 128, average 512: the last, 128, and 64 below it; at 128, 128 + (65,536 - 128) // 128 = 639 CTAs,
+    #   P = 81,792 (at 64: 73,600)
+    # * prepare_routing_common: 128 x 4 + 4 + 65,536 x 4 + 81,793 x 4 + 65,536 x 4 + 512 x 4 + 2 x 639 x 4 + 4
+    # * Fp8BlockScaleLauncher::prepare_moe: fp8 GEMM 1 81,792 x 1536 with scales 12 x 81,792 x 4, the fp8
+    #   activation 81,792 x 768 with scales 6 x 81,792 x 4, bf16 GEMM 2 81,792 x 2048 x 2
+    # * vLLM: the fp8 input 8192 x 2048, its scales 8192 x 16 x 4 and their transposed copy, and the larger of the
+    #   launcher's bf16 expert weights and the modular class's int32 top-k ids: 65,536 x 4
+    routing = 128 * 4 + 4 + 65_536 * 4 + 81_793 * 4 + 65_536 * 4 + 512 * 4 + 2 * 639 * 4 + 4
+    gemms = 81_792 * 1536 + 12 * 81_792 * 4 + 81_792 * 768 + 6 * 81_792 * 4 + 81_792 * 2048 * 2
+    vllm = 8192 * 2048 + 2 * 8192 * 16 * 4 + 65_536 * 4
+    per_call = routing + gemms + vllm
+    assert (routing, gemms, vllm, per_call) == (859_140, 529_357_824, 18_087_936, 548_304_900)
+    assert trtllm_moe_call_bytes_033("fp8-block128", tokens=8192, experts=128, top_k=8, hidden=2048, width=768,
+                                     local_experts=128) == per_call
+    spec = get_preset("qwen3-30b-a3b")
+    caches = fused_moe_caches(spec, 1, 8192, "0.33", "fp8-block128", B200)
+    # the 8192 x 2048 bf16 output kept (the modular class's workspace; the safe side of the monolithic one's), the
+    # launcher's buffers inside each layer: 581,859,332 at the layer, 33,554,432 under the sampler pass (was
+    # Triton's 536,870,912 in both)
+    assert (caches.nbytes, caches.persists, caches.transient) == (8192 * 2048 * 2, True, per_call)
+    assert "TrtLlmFp8ExpertsMonolithic" in caches.basis and "not asked for" in caches.basis
+    # a device not known may be a Hopper one, where Triton's workspace is kept: the larger of both, as for 0.19
+    unknown = fused_moe_caches(spec, 1, 8192, "0.33", "fp8-block128", UNKNOWN_DEVICE)
+    assert (unknown.nbytes, unknown.transient) == (536_870_912, 33_554_432 + per_call - 536_870_912)
+    assert fused_moe_caches(spec, 1, 8192, "0.33", "fp8-block128", H100).nbytes == 536_870_912
+    # the profiling peak at 1024 sequences: the sampler pass no longer holds Triton's workspace
+    stage = Stage(spec, 1, 1, (0, spec.num_layers), True)
+    assert VllmProfile("0.33").activation(stage, BatchLimits(8192, 1024), "fp8-block128", B200).bytes \
+        == 3_406_086_144 - 536_870_912 + 33_554_432 == 2_902_769_664
+
+
+def test_vllm_0_33_charges_trtllms_mxfp4_buffers_for_gpt_oss_120b_on_a_b200() -> None:
+    # oracle/mxfp4.py _get_priority_backends_for_gpt_oss: FLASHINFER_TRTLLM_MXFP4_BF16 first on 10.x, hidden 2880
+    # rounded to 256 (3072), width 2880 to 128 (2944); TrtLlmMxfp4ExpertsMonolithic makes its 8192 x 2880 bf16
+    # output with torch.empty and the runner pads the input to 3072 (F.pad: skip_forward_padding is False for the
+    # BF16 backend).  At 8192 tokens, top 4 of 128: bf16 activations take tiles 8 to 64, average 256, so 64 (and
+    # 32): 128 + (32,768 - 128) // 64 = 638 CTAs, P = 40,832; bf16 GEMM 1 40,832 x 2944 x 2 (the activation fused),
+    # GEMM 2 40,832 x 3072 x 2, core.py's topk_ids and topk_weights 32,768 x (4 + 2)
+    routing = 128 * 4 + 4 + 32_768 * 4 + 40_833 * 4 + 32_768 * 4 + 512 * 4 + 2 * 638 * 4 + 4
+    gemms = 40_832 * 2944 * 2 + 40_832 * 3072 * 2
+    per_call = routing + gemms + 32_768 * 6 + 8192 * 3072 * 2
+    assert (routing, gemms, per_call) == (433_148, 491_290_624, 542_252_028)
+    caches = fused_moe_caches(get_preset("gpt-oss-120b"), 1, 8192, "0.33", "mxfp4", B200)
+    assert (caches.nbytes, caches.persists, caches.transient) == (8192 * 2880 * 2, False, per_call)
+    assert "TrtLlmMxfp4ExpertsMonolithic" in caches.basis
+    # was Triton's 2 x 32,768 x 2880 x 2 = 566,231,040, kept: 589,437,948 in the layer now, nothing kept
+    assert caches.nbytes + caches.transient == 589_437_948
+
+
+def test_vllm_0_33_charges_trtllms_nvfp4_buffers_for_deepseek_v3_on_eight_b200s() -> None:
+    # oracle/nvfp4.py: FLASHINFER_TRTLLM first, TrtLlmNvFp4ExpertsMonolithic for DeepSeek-V3's routing.  By hand at
+    # TP 8 and 8192 tokens (top 8 of 256 experts on every rank, K = 7168, w = 2048 / 8 = 256):
+    # * NVFP4 tiles 8 to 256 with 192: average 256, the last; 256 + (65,536 - 256) // 256 = 511 CTAs, P = 130,816
+    #   (at 192: 114,432)
+    # * FP4BlockScaleLauncher::prepare_moe: fp4 GEMM 1 130,816 x 128 bytes with its swizzled scales 130,816 x 16,
+    #   bf16 GEMM 2 130,816 x 7168 x 2; core.py's topk_ids and topk_weights 65,536 x (4 + 2); vLLM's fp4 input
+    #   8192 x 3584 and its scales in the linear layout (is_scale_swizzled False for FLASHINFER_TRTLLM) 8192 x 448
+    routing = 256 * 4 + 4 + 65_536 * 4 + 130_817 * 4 + 65_536 * 4 + 512 * 4 + 2 * 511 * 4 + 4
+    per_call = (routing + 65_536 * 6 + 8192 * 3584 + 8192 * 448 + 130_816 * 128 + 130_816 * 16
+                + 130_816 * 7168 * 2)
+    assert (routing, per_call) == (1_054_724, 1_928_693_764)
+    assert trtllm_moe_call_bytes_033("nvfp4", tokens=8192, experts=256, top_k=8, hidden=7168, width=256,
+                                     local_experts=256) == per_call
+    spec = get_preset("deepseek-v3")
+    caches = fused_moe_caches(spec, 8, 8192, "0.33", "nvfp4", B200)
+    assert (caches.nbytes, caches.persists, caches.transient) == (8192 * 7168 * 2, True, per_call)
+    assert "TrtLlmNvFp4ExpertsMonolithic" in caches.basis
+    # at 16 sequences the forward pass is the peak: beside the shared experts, 2 x 8192 x (3 x 7168 + 3 x 2048 / 8)
+    # + the layer's 2,046,134,276, against MLA's 2 x 8192 x (3 x 7168 + 9216) + Triton's kept 1,879,048,192
+    stage = Stage(spec, 8, 1, (0, spec.num_layers), True)
+    profile = VllmProfile("0.33")
+    assert profile.activation(stage, BatchLimits(8192, 16), "nvfp4", B200).bytes == 2_411_868_672 + 28_674_052
+    assert (2 * 8192 * (21_504 + 768) + 117_440_512 + per_call
+            - 2 * 8192 * (21_504 + 9216) - 1_879_048_192) == 28_674_052
+    # at 1024 sequences the sampler pass holds the 117,440,512-byte output, not Triton's workspace
+    assert profile.activation(stage, BatchLimits(8192, 1024), "nvfp4", B200).bytes == 2_978_088_964
+
+
+def test_vllm_0_33_per_tensor_fp8_and_bf16_experts_on_a_b200_keep_the_larger_path() -> None:
+    # per-tensor fp8: TrtLlmFp8ExpertsMonolithic for the routings it lists, FlashInferExperts (oracle/fp8.py
+    # FLASHINFER_CUTLASS next) for the rest, both keeping at most the tokens x K output: the larger per-call figure,
+    # here CUTLASS's 542,125,184 (TRT-LLM's launcher holds no activation buffer in 0.7.2: (P + E) x 2w fp8 GEMM 1 with
+    # its scales and P x K bf16 GEMM 2)
+    spec = get_preset("qwen3-30b-a3b")
+    caches = fused_moe_caches(spec, 1, 8192, "0.33", "fp8-per-tensor-static", B200)
+    assert (caches.nbytes, caches.transient) == (33_554_432, 542_125_184)
+    trtllm = trtllm_moe_call_bytes_033("fp8-per-tensor-static", tokens=8192, experts=128, top_k=8, hidden=2048,
+                                       width=768, local_experts=128)
+    routing = 128 * 4 + 4 + 65_536 * 4 + 81_793 * 4 + 65_536 * 4 + 512 * 4 + 2 * 639 * 4 + 4
+    rows = 81_792 + 128
+    assert trtllm == (routing + 65_536 * 2 + rows * 1536 + 12 * rows * 4 + 81_792 * 2048 * 2 + 65_536 * 8
+                      + 8192 * 2048) == 483_073_028 < 542_125_184
+    # bf16: FLASHINFER_TRTLLM first, but routings its monolithic class does not list fall to FlashInferExperts,
+    # charged Triton's figure: Triton's kept, TRT-LLM's excess inside the layer where it passes it (2048 tokens)
+    assert fused_moe_caches(spec, 1, 8192, "0.33", "bf16", B200).nbytes == 536_870_912
+    short = fused_moe_caches(spec, 1, 2048, "0.33", "bf16", B200)
+    assert (short.nbytes, short.transient) == (134_217_728, 58_298_372)
+    # gpt-oss's SWIGLUOAI moves FLASHINFER_TRTLLM back: Triton alone
+    assert fused_moe_caches(get_preset("gpt-oss-120b"), 1, 2048, "0.33", "bf16", B200).transient == 0
