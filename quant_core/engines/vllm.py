@@ -3954,7 +3954,8 @@ def mla_kv_b_copy(stage: Stage, version: str, quantized_layers: frozenset[int], 
     the drafter is loaded by the same loader, inside the same "Model loading took").  While a layer is dequantized
     by ``scaled_dequantize`` it also holds float32 copies of the weight, of its broadcast scales and of their
     product (12 bytes an element, then the copy): at most 10 bytes an element of one layer's copy beyond what stays,
-    for a moment during the load, when the KV pool and the profiling peak are not allocated yet (not charged).
+    for a moment during the load, when the KV pool and the profiling peak are not allocated yet (not charged); the
+    identity path's transient is its ``kv_lora_rank`` square identity (0.5 MiB at 512) and the kernel's input copy.
     None for a model without MLA or where no layer of the stage is quantized."""
     spec = stage.spec
     if not spec.is_mla:

@@ -138,3 +138,22 @@ def test_a_model_without_mla_has_no_copy() -> None:
     spec = get_preset("llama-3.1-8b")
     assert quantized_kv_b_layers(spec, WeightScheme()) == frozenset()
     assert VllmProfile("0.19").attention_weight_copy(Stage(spec, 1, 1, (0, 32), True), frozenset({0})) is None
+
+
+def test_a_modelopt_nvfp4_checkpoint_that_leaves_the_attention_out_holds_no_copy() -> None:
+    # ModelOpt's DeepSeek recipe (examples/deepseek/ptq.py) disables the attention's quantizers unless asked
+    # (``quant_cfg["*attn*"] = {"enable": False}``), so its exclude_modules name every layer's self_attn: kv_b_proj
+    # stays 16-bit and vLLM keeps no copy; with the attention quantized, every layer's is copied, and a module named
+    # alone is left out of its own layer only
+    spec = get_preset("deepseek-v3")
+    config = {"producer": {"name": "modelopt"},
+              "quantization": {"quant_algo": "NVFP4", "group_size": 16, "exclude_modules": ["lm_head"]}}
+    assert quantized_kv_b_layers(spec, scheme_from_quantization_config(config)) == frozenset(range(61))
+    excluded = {"producer": {"name": "modelopt"},
+                "quantization": {"quant_algo": "NVFP4", "group_size": 16,
+                                 "exclude_modules": ["lm_head", "*self_attn*"]}}
+    assert quantized_kv_b_layers(spec, scheme_from_quantization_config(excluded)) == frozenset()
+    first_only = {"producer": {"name": "modelopt"},
+                  "quantization": {"quant_algo": "NVFP4", "group_size": 16,
+                                   "exclude_modules": ["lm_head", "model.layers.0.self_attn.kv_b_proj"]}}
+    assert quantized_kv_b_layers(spec, scheme_from_quantization_config(first_only)) == frozenset(range(1, 61))
