@@ -577,6 +577,9 @@ class _Layout:
     #: the one weight format of the decoder's attention and MLP linear layers (`_dense_format`), by which an engine
     #: picks its dense kernel and the layout it holds them in (`EngineProfile.linear_layout`)
     dense_format: str = ""
+    #: the decoder layers whose MLA ``kv_b_proj`` the weights store quantized (`_quantized_kv_b_layers`), of which the
+    #: engine's attention may hold a 16-bit copy (`EngineProfile.attention_weight_copy`)
+    quantized_kv_b: frozenset[int] = frozenset()
 
 
 def _stage_ranges(num_layers: int, stages: int) -> tuple[tuple[int, int], ...]:
@@ -872,6 +875,36 @@ def _dense_format(spec: ModelSpec, scheme: WeightScheme) -> str:
     return scheme.quantized.label()
 
 
+#: MLA's key/value up-projection as a Hugging Face checkpoint's headers name it (``kv_b_proj``) and a GGUF's
+#: (llama.cpp's ``attn_kv_b``)
+_KV_B_NAMES = (".kv_b_proj.", ".attn_kv_b.")
+
+
+@lru_cache(maxsize=256)
+def _quantized_kv_b_layers(spec: ModelSpec, scheme: WeightScheme) -> frozenset[int]:
+    """The decoder layers of an MLA model whose ``kv_b_proj`` `scheme` stores quantized: by its assigned format
+    (`schemes.assign`: a quantized format, a GGUF type other than F32, F16 or BF16, which vLLM's GGUF loader leaves
+    unquantized in 0.19, ``unquant_names``), or for a checkpoint's own header rows by its tensors (a row other than
+    ``weight``, such as ``weight_scale_inv``, ``qweight`` or ``weight_scale``, or a ``weight`` of under two bytes an
+    element: fp8, packed codes, a GGUF block type).  A keep list (``modules_to_not_convert``, ModelOpt's
+    ``exclude_modules``) that names the module leaves its layers out.  Empty for a model without MLA."""
+    if not spec.is_mla:
+        return frozenset()
+    layers: set[int] = set()
+    if scheme.checkpoint_rows:
+        for entry, one in scheme.checkpoint_rows:
+            if not any(name in entry.name for name in _KV_B_NAMES):
+                continue
+            if not entry.name.endswith(".weight") or one < 2 * math.prod(entry.shape):
+                layers.update(entry.layers)
+        return frozenset(layers)
+    for entry, chosen in assign(spec, scheme):
+        if (entry.name.endswith("kv_b_proj.weight") and chosen.is_quantized
+                and not (chosen.name == "ggml" and chosen.ggml_type in ("F32", "F16", "BF16"))):
+            layers.update(entry.layers)
+    return frozenset(layers)
+
+
 def _gptq_headers_with_config(scheme: WeightScheme) -> bool:
     """A GPTQ checkpoint's header rows planned with config.json's quantization_config (`_is_checkpoint_gptq`, its
     `quantized` the config's GPTQ format and its `keep` the config's): the rows are that format's tensors (qweight,
@@ -973,7 +1006,7 @@ def _build_layout(spec: ModelSpec, scheme: WeightScheme, kv_dtype_name: str,
                    tuple(size + extra for size, extra in zip(weights, held, strict=True)), tuple(stage_kv),
                    everywhere, tuple(extra - own for extra, own in zip(held, home, strict=True)),
                    _expert_format(spec, scheme), _linear_format(spec, scheme), expert_parallel,
-                   _dense_format(spec, scheme))
+                   _dense_format(spec, scheme), _quantized_kv_b_layers(spec, scheme))
 
 
 def _hybrid_note(hybrid: HybridKV, block_size: int, tensor_parallel: int, engine: EngineProfile | None) -> str:
@@ -1228,7 +1261,7 @@ class _Evaluator:
     def stage_terms(self, layout: _Layout) -> _StageTerms:
         """Activation and overhead bytes of each stage that do not depend on the workload."""
         key = (layout.tensor_parallel, layout.pipeline_parallel, layout.stage_layers, layout.expert_format,
-               layout.linear_format, layout.expert_parallel, layout.dense_format)
+               layout.linear_format, layout.expert_parallel, layout.dense_format, layout.quantized_kv_b)
         found = self._terms.get(key)
         if found is None:
             shared = (self._key_id, *key)
@@ -1291,6 +1324,11 @@ class _Evaluator:
             if allocation is not None and allocation.bytes:  # the allocator's rounding of the weights' blocks
                 overhead += allocation.bytes
                 overhead_basis += f"; weights' allocator blocks: {allocation.basis}"
+            copies = (None if self.engine is None or not layout.quantized_kv_b
+                      else self.engine.attention_weight_copy(stage, layout.quantized_kv_b, self.limits.draft_layers))
+            if copies is not None:  # what the attention copies of its weights after loading (MLA's kv_b_proj)
+                overhead += copies.bytes
+                overhead_basis += f"; attention's weight copies: {copies.basis}"
             drafted = self.draft_layout_bytes(stage, layout_term, dense_term, allocation)
             if drafted:
                 overhead += drafted

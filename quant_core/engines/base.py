@@ -208,6 +208,13 @@ class EngineProfile(Protocol):
         to; None when the engine holds them as they ship or the layout was not read."""
         ...
 
+    def attention_weight_copy(self, stage: Stage, quantized_layers: frozenset[int],
+                              draft_layers: int = 0) -> Term | None:
+        """The bytes one rank of `stage` holds for copies the engine's attention makes of weights after loading
+        (vLLM's MLA: a 16-bit copy of each quantized ``kv_b_proj``), for the decoder layers `quantized_layers` whose
+        weights are quantized and `draft_layers` speculative-decoding layers of the last stage; None without any."""
+        ...
+
     def weight_allocation(self, stage: Stage, weight_format: str = "") -> Term | None:
         """The bytes the engine's allocator counts for one rank's weights beyond their own size (block rounding),
         which the engine's measurement of its weights includes, with `weight_format` the label of the decoder's

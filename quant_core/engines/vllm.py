@@ -4137,6 +4137,63 @@ def _mla_projection_sizes(spec: ModelSpec, tensor_parallel: int) -> tuple[int, .
             hidden * heads * spec.v_head_dim)
 
 
+def mla_kv_b_copy_bytes(spec: ModelSpec, tensor_parallel: int, element_bytes: int = ACTIVATION_ELEMENT_BYTES) -> int:
+    """Bytes of the copy of one MLA layer's ``kv_b_proj`` that vLLM holds on one rank after loading where that layer
+    is quantized: ``kv_lora_rank x heads / tp x (qk_nope_head_dim + v_head_dim)`` elements of the model's dtype
+    (`element_bytes`), as PyTorch's allocator counts one tensor of that size (`torch_cuda.allocated_block_bytes`).
+
+    vLLM's MLA attention computes its decode products in 16-bit ("we currently do not have quantized bmm's which are
+    needed for `W_UV` and `W_UK_T`, we just store fp16/bf16 copies"): after the quant methods' own
+    ``process_weights_after_loading``, model_loader/utils.py ``process_weights_after_loading`` calls each MLA
+    layer's with ``model_config.dtype``, which asks ``get_and_maybe_dequant_weights(kv_b_proj)`` (0.11
+    v1/attention/backends/mla/common.py ``MLACommonBaseImpl`` and ``MLACommonImpl``, a local helper; 0.19
+    model_executor/layers/attention/mla_attention.py ``MLAAttention``, quantization/utils/quant_utils.py; 0.33 the
+    same through ``split_kv_b_proj``).  A quantized layer's answer is a new tensor: ``scaled_dequantize`` for fp8
+    without Marlin or DeepGEMM (0.19, 0.33), else the layer applied to an identity matrix of the model's dtype
+    (every quantized method; in 0.11 every one), ``[kv_lora_rank, heads x (nope + v)]``.  ``W_UK_T`` and ``W_UV`` are
+    two views of it (``view``, ``split``, ``permute``, ``transpose``: no copy), kept for the model's life (0.33
+    registers them as parameters, ``replace_parameter``: the same storage), beside ``kv_b_proj`` itself, which the
+    prefill still runs (``self.kv_b_proj(kv_c_normed)``).  An unquantized ``kv_b_proj`` gives its own weight (0.11
+    ``layer.weight``; 0.19 and 0.33 ``weight.to(out_dtype)``, a no-op: its parameter is allocated in the model's
+    dtype, base_loader.py ``set_default_torch_dtype``, and a checkpoint of another 16-bit dtype is cast into it on
+    load): no copy.  It happens inside ``load_model``, so vLLM's "Model loading took" (``DeviceMemoryProfiler``)
+    counts it and the KV cache has that much less.  ROCm's AITER fp8/fp4 batched GEMMs quantize the copy instead
+    (``is_aiter_triton_fp8_bmm_enabled``), off by default (``VLLM_ROCM_USE_AITER`` false): not planned."""
+    heads = spec.num_attention_heads // tensor_parallel
+    size = spec.kv_lora_rank * heads * (spec.qk_nope_head_dim + spec.v_head_dim) * element_bytes
+    return allocated_block_bytes(size)
+
+
+def mla_kv_b_copy(stage: Stage, version: str, quantized_layers: frozenset[int], draft_layers: int = 0) -> Term | None:
+    """The bytes one rank of `stage` holds for the model-dtype copies of its MLA layers' quantized ``kv_b_proj``
+    (`mla_kv_b_copy_bytes`): one a layer of the stage in `quantized_layers` (the decoder layers whose ``kv_b_proj``
+    the weights store quantized), and on the last stage one for each of `draft_layers` MTP layers where the model's
+    last layer's is (deepseek_mtp.py builds each as a ``DeepseekV2DecoderLayer`` with the model's quant_config, and
+    the drafter is loaded by the same loader, inside the same "Model loading took").  While a layer is dequantized
+    by ``scaled_dequantize`` it also holds float32 copies of the weight, of its broadcast scales and of their
+    product (12 bytes an element, then the copy): at most 10 bytes an element of one layer's copy beyond what stays,
+    for a moment during the load, when the KV pool and the profiling peak are not allocated yet (not charged); the
+    identity path's transient is its ``kv_lora_rank`` square identity (0.5 MiB at 512) and the kernel's input copy.
+    None for a model without MLA or where no layer of the stage is quantized."""
+    spec = stage.spec
+    if not spec.is_mla:
+        return None
+    start, stop = stage.layers
+    layers = sum(1 for layer in quantized_layers if start <= layer < stop)
+    drafted = draft_layers if stage.is_last and spec.num_layers - 1 in quantized_layers else 0
+    if not layers + drafted:
+        return None
+    one = mla_kv_b_copy_bytes(spec, stage.tensor_parallel, stage.element_bytes)
+    heads = spec.num_attention_heads // stage.tensor_parallel
+    draft = f" and its {drafted} MTP layer(s)" if drafted else ""
+    return Term((layers + drafted) * one, (
+        f"vLLM {version} keeps a {stage.element_bytes * 8}-bit copy of each quantized kv_b_proj for MLA's decode "
+        f"products (W_UK_T and W_UV, views of get_and_maybe_dequant_weights' answer; mla_attention.py "
+        f"process_weights_after_loading), beside kv_b_proj itself: {spec.kv_lora_rank} x {heads} heads x "
+        f"({spec.qk_nope_head_dim} + {spec.v_head_dim}) = {one:,} bytes a layer on a rank, for {layers} layer(s)"
+        f"{draft}: {(layers + drafted) * one / GIB:.2f} GiB, inside 'Model loading took'"))
+
+
 def weight_allocation_slack(stage: Stage, weight_format: str) -> int | None:
     """The bytes PyTorch's caching allocator counts for one rank's weights beyond their size, which vLLM's
     "Model loading took" (``DeviceMemoryProfiler``: ``torch.cuda.max_memory_allocated`` after loading less before)
@@ -5547,6 +5604,12 @@ class VllmProfile:
         return (machete_zero_point_bytes(stage, self._version, dense_format, device)
                 or gptq_marlin_linear_bytes(stage, self._version, dense_format, device)
                 or compressed_tensors_humming_bytes(stage, self._version, dense_format, device))
+
+    def attention_weight_copy(self, stage: Stage, quantized_layers: frozenset[int],
+                              draft_layers: int = 0) -> Term | None:
+        """The model-dtype copies of the quantized ``kv_b_proj`` of the stage's MLA layers (`quantized_layers`) and of
+        `draft_layers` MTP layers that vLLM's MLA attention holds after loading (`mla_kv_b_copy`)."""
+        return mla_kv_b_copy(stage, self._version, quantized_layers, draft_layers)
 
     def weight_allocation(self, stage: Stage, weight_format: str = "") -> Term | None:
         """The bytes PyTorch's caching allocator counts for the rank's weights beyond their size, inside vLLM's

@@ -297,7 +297,9 @@ def test_deepseek_v3_on_8_h200s_has_the_kv_cache_the_workspace_leaves() -> None:
     scheme = scheme_from_quantization_config(preset.quantization_config or {})
     result = plan(get_preset("deepseek-v3"), Hardware(get_device("h200").planning_bytes, 8, "h200"),
                   Workload(32768, 1), PlanOptions(engine_version="0.19", scheme=scheme))
-    assert result.primary.kv_capacity_tokens == 619_072
+    # 615,424 with the bf16 copy of each fp8 kv_b_proj MLA's decode keeps (255,852,544 bytes a rank: 61 x 512 x 16 x
+    # 256 x 2, mla_attention.py process_weights_after_loading)
+    assert result.primary.kv_capacity_tokens == 615_424
     assert "TritonExperts" in result.activation.basis
 
 
