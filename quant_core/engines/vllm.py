@@ -1393,24 +1393,38 @@ class OutsideBudget:
     #: built, so holds while loading: the rotary cos/sin caches and the buffers built with the model (Qwen3-VL's
     #: deepstack inputs, DeepSeek Sparse Attention's top-k indices); the rest of that peak is free at load
     load_held: int = 0
+    #: what a MoE layer's weights hold only while process_weights_after_loading repacks them
+    #: (`fp8_marlin_repack_bytes`), before the KV cache is sized: weighed as `load` is (`load_bytes`)
+    repack: Term | None = None
+
+    def _load_spill(self, room: int) -> int:
+        """What of the larger load transient (`load`, `repack`) the `room` still free in the budget does not hold."""
+        largest = max(0 if self.load is None else self.load.bytes, 0 if self.repack is None else self.repack.bytes)
+        return max(0, largest - max(room, 0))
+
+    @property
+    def loads(self) -> bool:
+        """Whether the engine holds anything only while it loads (`load`, `repack`)."""
+        return self.load is not None or self.repack is not None
 
     def load_bytes(self, room: int) -> int:
         """What the engine holds outside the budget while it loads, when `room` bytes of the budget are still free
         then (the planner's: the budget less the weights, the overhead and `load_held`: the KV pool vLLM will size and
-        its profiling peak): the start-up memory, the drafter's buffers, and what of the drafter's load transient
-        (`load`) the room does not hold; 0 without a load transient."""
-        if self.load is None:
+        its profiling peak): the start-up memory, the drafter's buffers, and what of the larger load transient (the
+        drafter's, `load`, or a repack's, `repack`: one at a time, the drafter loading after the model) the room
+        does not hold; 0 without a load transient."""
+        if not self.loads:
             return 0
-        return (self.startup.bytes + (0 if self.drafter is None else self.drafter.bytes)
-                + max(0, self.load.bytes - max(room, 0)))
+        return self.startup.bytes + (0 if self.drafter is None else self.drafter.bytes) + self._load_spill(room)
 
     def load_basis(self, room: int) -> str:
         """What `load_bytes` at `room` holds, and why."""
-        if self.load is None:
+        if not self.loads:
             return ""
         room = max(room, 0)
-        spill = max(0, self.load.bytes - room)
-        return (f"while loading: {self.load.basis}, of which the {room / GIB:.2f} GiB of the budget still free then "
+        spill = self._load_spill(room)
+        transient = max((term for term in (self.load, self.repack) if term is not None), key=lambda term: term.bytes)
+        return (f"while loading: {transient.basis}, of which the {room / GIB:.2f} GiB of the budget still free then "
                 f"(the KV pool and the profiling peak it sizes later) holds all but {spill / GIB:.2f} GiB, beside "
                 "the start-up memory" + ("" if self.drafter is None else " and the drafter's buffers"))
 
@@ -1447,10 +1461,11 @@ class OutsideBudget:
             parts.append(self.drafter.basis)
         if self.serving is not None:
             parts.append(self.serving.basis)
-        if self.load is not None:
-            parts.append(f"while loading, beside the start-up memory and the drafter's buffers, {self.load.basis}: "
-                         "from the budget still free then (the KV pool and profiling peak, allocated later), what it "
-                         "does not hold from here")
+        for transient in (self.load, self.repack):
+            if transient is not None:
+                parts.append(f"while loading, beside the start-up memory and the drafter's buffers, {transient.basis}: "
+                             "from the budget still free then (the KV pool and profiling peak, allocated later), what "
+                             "it does not hold from here")
         return "; ".join(parts)
 
 
@@ -1510,8 +1525,9 @@ def outside_budget(stage: Stage, kv_cache_dtype: str, limits: BatchLimits, versi
     the capability that keeps the most (`_unknown_device_attention_buffers`).  A MoE model's data-parallel graphs are
     charged the rows their MoE layers gather (`moe_data_parallel_graphs`).  On the last stage of a plan with an MTP
     drafter, its persistent buffers (`vllm_speculative.drafter_buffer_bytes`) and what it holds only while loading
-    (`load`, `vllm_speculative.drafter_load_bytes`), which the planner weighs against the budget still free then
-    (`OutsideBudget.load_bytes`)."""
+    (`load`, `vllm_speculative.drafter_load_bytes`), and for fp8-block experts on Marlin what their repack holds
+    only while loading (`repack`, `fp8_marlin_repack_bytes`), which the planner weighs against the budget still free
+    then (`OutsideBudget.load_bytes`)."""
     if enforce_eager:
         graph = None
     elif VERSIONS[version].cuda_graphs_in_budget:
@@ -1540,12 +1556,13 @@ def outside_budget(stage: Stage, kv_cache_dtype: str, limits: BatchLimits, versi
                             "(EagleProposer._maybe_share_embeddings / _maybe_share_lm_head, v1/spec_decode/eagle.py) "
                             "and freed before 'Model loading took' is measured (utils/mem_utils.py "
                             "DeviceMemoryProfiler): in no term of the KV budget")
+    repack = fp8_marlin_repack_bytes(stage, version, device) if expert_format == "fp8-block128" else None
     tokens = limits.max_batched_tokens
     held = (rotary_cache_bytes(spec, version, stage.element_bytes) + _deepstack_buffer_bytes(spec, tokens)
-            + _dsa_topk_buffer_bytes(spec, tokens)) if load is not None else 0
+            + _dsa_topk_buffer_bytes(spec, tokens)) if load is not None or repack is not None else 0
     return OutsideBudget(version, startup_memory(stage, version, device), graph, kernel, per_block, late, warmup,
                          scratch, workspace, drafter, speculative_serving_excess(stage, limits, version, expert_format,
-                                                                                 device), load, held)
+                                                                                 device), load, held, repack)
 
 
 def speculative_serving_excess(stage: Stage, limits: BatchLimits, version: str, expert_format: str,
@@ -3077,7 +3094,7 @@ def expert_layout(stage: Stage, version: str, expert_format: str, device: Device
     None elsewhere (other formats, releases and devices: not read)."""
     spec = stage.spec
     if expert_format == "fp8-block128":
-        return _fp8_refined_layout(stage, version)
+        return fp8_marlin_expert_bytes(stage, version, device) or _fp8_refined_layout(stage, version)
     wna16 = moe_wna16_backend(spec, expert_format, stage.moe_ranks,
                               stage.expert_parallel and stage.moe_ranks > 1, version, device)
     if wna16:
@@ -4119,6 +4136,151 @@ def gptq_marlin_linear_bytes(stage: Stage, version: str, dense_format: str, devi
         f"(choose_mp_linear_kernel): {order}{humming}; {extra / GIB:+.2f} GiB a rank against nibble's charge of "
         f"the checkpoint's qweight, qzeros, scales and g_idx ({extra:+,} bytes; {method}; kernels/mixed_precision "
         "marlin.py and machete.py)"))
+
+
+#: The compute capability from which each vLLM release runs fp8 [128, 128]-block weights natively, below which it runs
+#: them weight-only on Marlin (down to the fp8 floor, `CAPABILITY_FLOORS`), as (routed experts, linear layers).
+#: Experts: 0.11's Fp8MoEMethod ``use_marlin = not has_device_capability(89)`` (quantization/fp8.py); 0.19 and 0.33's
+#: select_fp8_moe_backend (fused_moe/oracle/fp8.py) reach Fp8MoeBackend.MARLIN below 8.9, where TritonExperts'
+#: ``_supports_quant_scheme`` takes no fp8 (``has_device_capability((8, 9))``) and DeepGEMM and CUTLASS need 9.0.
+#: Linear layers: 0.11's Fp8LinearMethod ``use_marlin = not has_device_capability(89)``; 0.19's
+#: ``_POSSIBLE_FP8_KERNELS`` puts MarlinFP8ScaledMMLinearKernel first, whose ``is_supported`` refuses 8.9 and up
+#: (kernels/linear/__init__.py, scaled_mm/marlin.py); 0.33's ``_POSSIBLE_FP8_BLOCK_KERNELS`` puts FlashInfer's and
+#: DeepGEMM's (9.0 and up), CUTLASS's block kernel (``cutlass_scaled_mm_supports_block_fp8``: 9.0 and up) and B12x
+#: (12.x) before Marlin, which no longer refuses 8.9: so below 9.0 (12.x devices, B12x's when installed, not read)
+FP8_MARLIN_BELOW: dict[str, tuple[tuple[int, int], tuple[int, int]]] = {
+    "0.11": ((8, 9), (8, 9)),
+    "0.19": ((8, 9), (8, 9)),
+    "0.33": ((8, 9), (9, 0)),
+}
+#: the side of an fp8 checkpoint's weight blocks, and of the groups Marlin holds their scales in
+FP8_BLOCK = 128
+#: the model classes whose fp8 linear layers nibble lists per rank for `fp8_marlin_linear_bytes`
+FP8_MARLIN_MODEL_TYPES = frozenset(FUSED_LINEAR_MODEL_TYPES) | {"minimax_m2"}
+
+
+def fp8_marlin_scale_bytes(out_features: int, in_features: int) -> int:
+    """Bytes one rank's fp8 [128, 128]-block layer (``out_features x in_features`` on the rank) holds on Marlin
+    beyond the block scales nibble charges for it.  prepare_fp8_layer_for_marlin and prepare_fp8_moe_layer_for_marlin
+    (quantization/utils/marlin_utils_fp8.py, 0.11, 0.19 and 0.33 alike) turn the float32 block scales
+    ``[ceil(N / 128), ceil(K / 128)]`` into group-wise scales of the model's 16-bit dtype
+    (``.to(layer.orig_dtype)``, ``repeat_interleave(block_n)``, ``[..., :size_n]``, marlin_permute_scales:
+    ``[ceil(K / 128), N]``) and replace the old ones (replace_parameter): ``2 x N x ceil(K / 128)`` bytes held, 64
+    times the checkpoint's.  The weights are repacked at their size (gptq_marlin_repack, 8 bits).  Less a lower bound
+    of nibble's charge for the checkpoint's scales of the same weights (4 bytes a 128 x 128 block: ``N x K / 4096``),
+    so the answer is never below what vLLM holds beyond nibble's charge."""
+    held = ACTIVATION_ELEMENT_BYTES * out_features * -(-in_features // FP8_BLOCK)
+    return held - out_features * in_features // (FP8_BLOCK * FP8_BLOCK // 4)
+
+
+def fp8_marlin_repack_bytes(stage: Stage, version: str, device: DeviceFacts) -> Term | None:
+    """What one rank holds only while vLLM `version` repacks a MoE layer's fp8 [128, 128]-block experts for Marlin
+    (`_fp8_marlin_device`), beyond the layer's loaded weights: prepare_fp8_moe_layer_for_marlin's ``repack_weight``
+    (quantization/utils/marlin_utils_fp8.py, 0.11, 0.19 and 0.33) collects every expert's repacked w13 in a list and
+    ``torch.cat``s it while the loaded w13 is still the layer's (replace_parameter comes after) and the last
+    expert's transposed copy (``qweight.T.contiguous()``) is still bound: ``(2 x E + 1) x 2 x width x hidden`` fp8
+    bytes for the rank's E experts (`expert_shard`).  The w2 repack after it holds less (the loaded w13, still bound
+    in Fp8MoEMethod.process_weights_after_loading, and two w2 copies: half as wide).  Taken before the KV cache is
+    sized and freed before "Model loading took" is measured; None where vLLM does not run the experts on Marlin."""
+    spec = stage.spec
+    if not spec.is_moe or not _fp8_marlin_device(version, device, True):
+        return None
+    start, stop = stage.layers
+    if not any(start <= layer < stop for layer in spec.moe_layers):
+        return None
+    experts, width = expert_shard(spec, stage.moe_ranks, stage.expert_parallel and stage.moe_ranks > 1)
+    transient = (2 * experts + 1) * 2 * width * spec.hidden_size
+    return Term(transient, (
+        f"{transient / GIB:.2f} GiB while vLLM {version} repacks one MoE layer's fp8 experts for Marlin "
+        "(prepare_fp8_moe_layer_for_marlin, quantization/utils/marlin_utils_fp8.py: the list of the "
+        f"{experts} experts' repacked w13 and its torch.cat beside the loaded w13, 2 x {width} x "
+        f"{spec.hidden_size} bytes an expert, and the last expert's transposed copy)"))
+
+def _fp8_attention_shapes(spec: ModelSpec, tensor_parallel: int) -> tuple[tuple[int, int], ...]:
+    """(out features, in features) of one rank's attention linear layers in one decoder layer: for MLA
+    (deepseek_v2.py ``DeepseekV2MLAAttention``) q_proj and the replicated kv_a_proj_with_mqa, or the replicated
+    fused_qkv_a_proj and q_b_proj, then kv_b_proj and o_proj (`_mla_projection_sizes`' layers); else the
+    QKVParallelLinear qkv_proj and the RowParallelLinear o_proj (`_dense_linear_shapes`)."""
+    hidden = spec.hidden_size
+    if not spec.is_mla:
+        return tuple((out_features, in_features)
+                     for in_features, out_features in _dense_linear_shapes(spec, tensor_parallel)[0])
+    heads = spec.num_attention_heads // tensor_parallel
+    query = heads * (spec.qk_nope_head_dim + spec.qk_rope_head_dim)
+    latent = spec.kv_lora_rank + spec.qk_rope_head_dim
+    compressed = (((query, hidden), (latent, hidden)) if spec.q_lora_rank is None
+                  else ((spec.q_lora_rank + latent, hidden), (query, spec.q_lora_rank)))
+    return (*compressed, (heads * (spec.qk_nope_head_dim + spec.v_head_dim), spec.kv_lora_rank),
+            (hidden, heads * spec.v_head_dim))
+
+
+def _fp8_marlin_device(version: str, device: DeviceFacts, experts: bool) -> bool:
+    """Whether vLLM `version` runs fp8 [128, 128]-block weights (routed `experts`, else linear layers) on Marlin on
+    `device` (`FP8_MARLIN_BELOW`): a known NVIDIA capability below the release's native one."""
+    capability = device.compute_capability
+    if version not in FP8_MARLIN_BELOW or capability is None or device.vendor == "amd":
+        return False
+    return capability < FP8_MARLIN_BELOW[version][0 if experts else 1]
+
+
+def fp8_marlin_linear_bytes(stage: Stage, version: str, dense_format: str, device: DeviceFacts) -> Term | None:
+    """The bytes one rank of vLLM `version` holds for the fp8 [128, 128]-block attention, dense MLP and shared-expert
+    layers (`dense_format` ``fp8-block128``) beyond nibble's charge where it runs them on Marlin
+    (`_fp8_marlin_device`): `fp8_marlin_scale_bytes` of each (`_fp8_attention_shapes`; gate_up_proj and down_proj
+    of the rank's dense MLP and shared experts).  None elsewhere: other formats, devices, releases, and models
+    outside `FP8_MARLIN_MODEL_TYPES` or with DeepSeek Sparse Attention's indexer (its layers not listed)."""
+    spec = stage.spec
+    if (dense_format != "fp8-block128" or not _fp8_marlin_device(version, device, False)
+            or spec.model_type not in FP8_MARLIN_MODEL_TYPES or spec.has_indexer):
+        return None
+    tensor_parallel, hidden = stage.tensor_parallel, spec.hidden_size
+
+    def mlp(width: int) -> int:
+        return fp8_marlin_scale_bytes(2 * width, hidden) + fp8_marlin_scale_bytes(hidden, width)
+
+    start, stop = stage.layers
+    dense_layers = sum(1 for layer in range(start, stop) if not spec.is_moe or layer in spec.dense_layers)
+    per_attention = sum(fp8_marlin_scale_bytes(*shape) for shape in _fp8_attention_shapes(spec, tensor_parallel))
+    extra = (stop - start) * per_attention
+    if dense_layers:
+        extra += dense_layers * mlp(spec.intermediate_size // tensor_parallel)
+    if spec.shared_expert_width:
+        whole = shared_experts_whole(spec, tensor_parallel, stage.data_parallel, stage.expert_parallel)
+        extra += (stop - start - dense_layers) * mlp(spec.shared_expert_width // (1 if whole else tensor_parallel))
+    if extra <= 0:
+        return None
+    return Term(extra, (
+        f"vLLM {version} runs the fp8 [128, 128]-block linear layers weight-only on Marlin below compute capability "
+        f"{_capability_text(10 * FP8_MARLIN_BELOW[version][1][0] + FP8_MARLIN_BELOW[version][1][1])} "
+        "(MarlinFP8ScaledMMLinearKernel; Fp8LinearMethod.use_marlin in 0.11), whose "
+        "prepare_fp8_layer_for_marlin (quantization/utils/marlin_utils_fp8.py) replaces each layer's float32 "
+        "block scales by 16-bit scales of one 128-wide group per output row, 64 times their size: "
+        f"{extra / GIB:.2f} GiB a rank beyond nibble's charge of the checkpoint's scales ({extra:,} bytes)"))
+
+
+def fp8_marlin_expert_bytes(stage: Stage, version: str, device: DeviceFacts) -> Term | None:
+    """`expert_layout` of fp8 [128, 128]-block routed experts where vLLM `version` runs them on Marlin
+    (`_fp8_marlin_device`): `fp8_marlin_scale_bytes` of each of the rank's experts (`expert_shard`: w13 ``2 x
+    width x hidden``, w2 ``hidden x width``) in each MoE layer of the stage; None elsewhere."""
+    spec = stage.spec
+    if not spec.is_moe or not _fp8_marlin_device(version, device, True):
+        return None
+    expert_parallel = stage.expert_parallel and stage.moe_ranks > 1
+    experts, width = expert_shard(spec, stage.moe_ranks, expert_parallel)
+    start, stop = stage.layers
+    layers = sum(1 for layer in spec.moe_layers if start <= layer < stop)
+    extra = layers * experts * (fp8_marlin_scale_bytes(2 * width, spec.hidden_size)
+                                + fp8_marlin_scale_bytes(spec.hidden_size, width))
+    if extra <= 0:
+        return None
+    return Term(extra, (
+        f"vLLM {version} runs the fp8 [128, 128]-block experts on Marlin below compute capability "
+        f"{_capability_text(10 * FP8_MARLIN_BELOW[version][0][0] + FP8_MARLIN_BELOW[version][0][1])} "
+        "(Fp8MoeBackend.MARLIN; Fp8MoEMethod.use_marlin in 0.11), whose prepare_fp8_moe_layer_for_marlin "
+        "(quantization/utils/marlin_utils_fp8.py) replaces each expert's float32 block scales by 16-bit scales of "
+        f"one 128-wide group per output row, 64 times their size, for the rank's {experts} experts {width} wide in "
+        f"{layers} layers: {extra / GIB:.2f} GiB a rank beyond nibble's charge of the checkpoint's scales "
+        f"({extra:,} bytes)"))
 
 
 def _mla_projection_sizes(spec: ModelSpec, tensor_parallel: int) -> tuple[int, ...]:
@@ -5546,7 +5708,8 @@ class VllmProfile:
         `compressed_tensors_humming_bytes`); None elsewhere."""
         return (machete_zero_point_bytes(stage, self._version, dense_format, device)
                 or gptq_marlin_linear_bytes(stage, self._version, dense_format, device)
-                or compressed_tensors_humming_bytes(stage, self._version, dense_format, device))
+                or compressed_tensors_humming_bytes(stage, self._version, dense_format, device)
+                or fp8_marlin_linear_bytes(stage, self._version, dense_format, device))
 
     def weight_allocation(self, stage: Stage, weight_format: str = "") -> Term | None:
         """The bytes PyTorch's caching allocator counts for the rank's weights beyond their size, inside vLLM's
