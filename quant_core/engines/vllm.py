@@ -1394,7 +1394,7 @@ class OutsideBudget:
     #: deepstack inputs, DeepSeek Sparse Attention's top-k indices); the rest of that peak is free at load
     load_held: int = 0
     #: what a MoE layer's weights hold only while process_weights_after_loading repacks them
-    #: (`fp8_marlin_repack_bytes`), before the KV cache is sized: weighed as `load` is (`load_bytes`)
+    #: (`fp8_expert_repack_bytes`), before the KV cache is sized: weighed as `load` is (`load_bytes`)
     repack: Term | None = None
 
     def _load_spill(self, room: int) -> int:
@@ -1525,9 +1525,9 @@ def outside_budget(stage: Stage, kv_cache_dtype: str, limits: BatchLimits, versi
     the capability that keeps the most (`_unknown_device_attention_buffers`).  A MoE model's data-parallel graphs are
     charged the rows their MoE layers gather (`moe_data_parallel_graphs`).  On the last stage of a plan with an MTP
     drafter, its persistent buffers (`vllm_speculative.drafter_buffer_bytes`) and what it holds only while loading
-    (`load`, `vllm_speculative.drafter_load_bytes`), and for fp8-block experts on Marlin what their repack holds
-    only while loading (`repack`, `fp8_marlin_repack_bytes`), which the planner weighs against the budget still free
-    then (`OutsideBudget.load_bytes`)."""
+    (`load`, `vllm_speculative.drafter_load_bytes`), and for fp8 experts on Marlin or FlashInfer's CUTLASS experts
+    what their rewrite holds only while loading (`repack`, `fp8_expert_repack_bytes`), which the planner weighs
+    against the budget still free then (`OutsideBudget.load_bytes`)."""
     if enforce_eager:
         graph = None
     elif VERSIONS[version].cuda_graphs_in_budget:
@@ -1556,7 +1556,7 @@ def outside_budget(stage: Stage, kv_cache_dtype: str, limits: BatchLimits, versi
                             "(EagleProposer._maybe_share_embeddings / _maybe_share_lm_head, v1/spec_decode/eagle.py) "
                             "and freed before 'Model loading took' is measured (utils/mem_utils.py "
                             "DeviceMemoryProfiler): in no term of the KV budget")
-    repack = fp8_marlin_repack_bytes(stage, version, device) if expert_format == "fp8-block128" else None
+    repack = fp8_expert_repack_bytes(stage, version, device, expert_format)
     tokens = limits.max_batched_tokens
     held = (rotary_cache_bytes(spec, version, stage.element_bytes) + _deepstack_buffer_bytes(spec, tokens)
             + _dsa_topk_buffer_bytes(spec, tokens)) if load is not None or repack is not None else 0
@@ -4173,28 +4173,45 @@ def fp8_marlin_scale_bytes(out_features: int, in_features: int) -> int:
     return held - out_features * in_features // (FP8_BLOCK * FP8_BLOCK // 4)
 
 
-def fp8_marlin_repack_bytes(stage: Stage, version: str, device: DeviceFacts) -> Term | None:
-    """What one rank holds only while vLLM `version` repacks a MoE layer's fp8 [128, 128]-block experts for Marlin
-    (`_fp8_marlin_device`), beyond the layer's loaded weights: prepare_fp8_moe_layer_for_marlin's ``repack_weight``
-    (quantization/utils/marlin_utils_fp8.py, 0.11, 0.19 and 0.33) collects every expert's repacked w13 in a list and
-    ``torch.cat``s it while the loaded w13 is still the layer's (replace_parameter comes after) and the last
-    expert's transposed copy (``qweight.T.contiguous()``) is still bound: ``(2 x E + 1) x 2 x width x hidden`` fp8
-    bytes for the rank's E experts (`expert_shard`).  The w2 repack after it holds less (the loaded w13, still bound
-    in Fp8MoEMethod.process_weights_after_loading, and two w2 copies: half as wide).  Taken before the KV cache is
-    sized and freed before "Model loading took" is measured; None where vLLM does not run the experts on Marlin."""
+def fp8_expert_repack_bytes(stage: Stage, version: str, device: DeviceFacts, expert_format: str) -> Term | None:
+    """What one rank holds only while vLLM `version` rewrites a MoE layer's fp8 experts (stored as `expert_format`)
+    into its kernel's layout, beyond the layer's loaded weights; taken before the KV cache is sized and freed before
+    "Model loading took" is measured:
+
+    * on Marlin (`_fp8_marlin_device`, any fp8 scales): prepare_fp8_moe_layer_for_marlin's ``repack_weight``
+      (quantization/utils/marlin_utils_fp8.py, 0.11, 0.19 and 0.33) collects every expert's repacked w13 in a list
+      and ``torch.cat``s it while the loaded w13 is still the layer's (replace_parameter comes after) and the last
+      expert's transposed copy (``qweight.T.contiguous()``) is still bound: ``(2 x E + 1) x 2 x width x hidden``
+      fp8 bytes for the rank's E experts (`expert_shard`); the w2 repack after it holds less (the loaded w13, still
+      bound in Fp8MoEMethod.process_weights_after_loading, and two w2 copies half as wide);
+    * on FlashInfer's CUTLASS experts (`flashinfer_cutlass_moe_path`, 0.19 and 0.33): prepare_fp8_moe_layer_for_fi
+      (quantization/utils/flashinfer_utils.py) flips w13's halves into a new tensor (``swap_w13_to_w31``: reshape,
+      flip) while the loaded one is still bound: ``E x 2 x width x hidden`` bytes.
+
+    None elsewhere (Triton and DeepGEMM take the experts as loaded; the scales' copies are small)."""
     spec = stage.spec
-    if not spec.is_moe or not _fp8_marlin_device(version, device, True):
+    if not spec.is_moe or weight_format_family(expert_format) != "fp8":
         return None
     start, stop = stage.layers
     if not any(start <= layer < stop for layer in spec.moe_layers):
         return None
-    experts, width = expert_shard(spec, stage.moe_ranks, stage.expert_parallel and stage.moe_ranks > 1)
-    transient = (2 * experts + 1) * 2 * width * spec.hidden_size
+    expert_parallel = stage.expert_parallel and stage.moe_ranks > 1
+    experts, width = expert_shard(spec, stage.moe_ranks, expert_parallel)
+    one = 2 * width * spec.hidden_size  # an expert's fp8 w13
+    if _fp8_marlin_device(version, device, True):
+        transient = (2 * experts + 1) * one
+        return Term(transient, (
+            f"{transient / GIB:.2f} GiB while vLLM {version} repacks one MoE layer's fp8 experts for Marlin "
+            "(prepare_fp8_moe_layer_for_marlin, quantization/utils/marlin_utils_fp8.py: the list of the "
+            f"{experts} experts' repacked w13 and its torch.cat beside the loaded w13, 2 x {width} x "
+            f"{spec.hidden_size} bytes an expert, and the last expert's transposed copy)"))
+    if flashinfer_cutlass_moe_path(version, expert_format, device, expert_parallel, stage.moe_ranks) is None:
+        return None
+    transient = experts * one
     return Term(transient, (
-        f"{transient / GIB:.2f} GiB while vLLM {version} repacks one MoE layer's fp8 experts for Marlin "
-        "(prepare_fp8_moe_layer_for_marlin, quantization/utils/marlin_utils_fp8.py: the list of the "
-        f"{experts} experts' repacked w13 and its torch.cat beside the loaded w13, 2 x {width} x "
-        f"{spec.hidden_size} bytes an expert, and the last expert's transposed copy)"))
+        f"{transient / GIB:.2f} GiB while vLLM {version} flips one MoE layer's fp8 w13 for FlashInfer's CUTLASS "
+        f"experts (prepare_fp8_moe_layer_for_fi, quantization/utils/flashinfer_utils.py swap_w13_to_w31: a copy of "
+        f"the {experts} experts' w13, 2 x {width} x {spec.hidden_size} bytes each, beside the loaded one)"))
 
 def _fp8_attention_shapes(spec: ModelSpec, tensor_parallel: int) -> tuple[tuple[int, int], ...]:
     """(out features, in features) of one rank's attention linear layers in one decoder layer: for MLA

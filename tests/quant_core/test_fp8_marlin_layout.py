@@ -140,3 +140,20 @@ def test_minimax_fp8_plan_on_a100_does_not_fit_where_the_expert_repack_has_no_ro
     assert not answer.primary.fits
     assert any("would run out of memory loading the model" in warning and "prepare_fp8_moe_layer_for_marlin"
                in warning for warning in answer.warnings)
+
+
+def test_deepseek_v3_block_fp8_experts_under_expert_parallelism_on_h100_flip_one_w13_copy_while_loading() -> None:
+    # vLLM 0.19 on 9.0 runs block fp8 experts under expert parallelism on FlashInfer's CUTLASS experts, whose
+    # prepare_fp8_moe_layer_for_fi flips w13 into a new tensor beside the loaded one: EP 8 holds 256 / 8 = 32 whole
+    # experts, each w13 2 x 2048 x 7168 fp8 bytes: 32 x 29,360,128 = 939,524,096 bytes while a layer loads
+    spec = get_preset_info("deepseek-v3").spec
+    stage = Stage(spec, 8, 1, (0, spec.num_layers), True, expert_parallel=True)
+    limits = VllmProfile("0.19").batch_limits(80 * GIB, "h100-80gb")
+    budget = VllmProfile("0.19").outside_budget(stage, "auto", limits, False, device_facts("h100-80gb"),
+                                                "fp8-block128")
+    assert budget.repack is not None and budget.repack.bytes == 939_524_096
+    assert "swap_w13_to_w31" in budget.repack.basis
+    # without expert parallelism Triton takes them as loaded
+    plain = VllmProfile("0.19").outside_budget(Stage(spec, 8, 1, (0, spec.num_layers), True), "auto", limits, False,
+                                               device_facts("h100-80gb"), "fp8-block128")
+    assert plain.repack is None
