@@ -3091,10 +3091,15 @@ def expert_layout(stage: Stage, version: str, expert_format: str, device: Device
     0.19's symmetric GPTQ experts on GPTQMarlinMoEMethod (`gptq_marlin_moe_bytes`: 16-bit qzeros, and under act
     order whole down-projection scales and the g_idx with sort indices); GPTQ and AWQ experts every release hands
     to MoeWNA16 (`moe_wna16_backend`, `moe_wna16_bytes`: its group halved to divide the rank's width, no g_idx);
+    fp8 experts with block or per-tensor scales where every release runs them on Marlin, below 8.9
+    (`fp8_marlin_expert_bytes`: the scales expanded to a 16-bit one per output row and 128-wide group, or per row);
     None elsewhere (other formats, releases and devices: not read)."""
     spec = stage.spec
-    if expert_format == "fp8-block128":
-        return fp8_marlin_expert_bytes(stage, version, device) or _fp8_refined_layout(stage, version)
+    if expert_format in FP8_MARLIN_LABELS:
+        marlin = fp8_marlin_expert_bytes(stage, version, device, expert_format)
+        if marlin is not None or expert_format != "fp8-block128":
+            return marlin
+        return _fp8_refined_layout(stage, version)
     wna16 = moe_wna16_backend(spec, expert_format, stage.moe_ranks,
                               stage.expert_parallel and stage.moe_ranks > 1, version, device)
     if wna16:
@@ -4155,13 +4160,22 @@ FP8_MARLIN_BELOW: dict[str, tuple[tuple[int, int], tuple[int, int]]] = {
 }
 #: the side of an fp8 checkpoint's weight blocks, and of the groups Marlin holds their scales in
 FP8_BLOCK = 128
+#: Where fp8 weights with one scale a tensor run on Marlin: below 8.9 in every release, for the experts as above and
+#: for the linear layers too in 0.33, whose ``_POSSIBLE_FP8_KERNELS`` takes CutlassFP8ScaledMMLinearKernel first where
+#: ``cutlass_fp8_supported()`` (8.9 and up) and Marlin only after it
+FP8_TENSOR_MARLIN_BELOW = (8, 9)
+#: the fp8 weight labels whose scales Marlin expands (`fp8_marlin_scale_bytes`), True for [128, 128] blocks; a
+#: scale a channel it holds in 16 bits, at most the checkpoint's float32 (nothing charged)
+FP8_MARLIN_LABELS: dict[str, bool] = {"fp8-block128": True, "fp8-per-tensor": False, "fp8-per-tensor-static": False}
 #: the model classes whose fp8 linear layers nibble lists per rank for `fp8_marlin_linear_bytes`
 FP8_MARLIN_MODEL_TYPES = frozenset(FUSED_LINEAR_MODEL_TYPES) | {"minimax_m2"}
 
 
-def fp8_marlin_scale_bytes(out_features: int, in_features: int) -> int:
+def fp8_marlin_scale_bytes(out_features: int, in_features: int, block: bool = True) -> int:
     """Bytes one rank's fp8 [128, 128]-block layer (``out_features x in_features`` on the rank) holds on Marlin
-    beyond the block scales nibble charges for it.  prepare_fp8_layer_for_marlin and prepare_fp8_moe_layer_for_marlin
+    beyond the block scales nibble charges for it; with one scale a tensor (`block` False), Marlin's
+    ``repeat_interleave(size_n)`` of it to a 16-bit scale an output row: ``2 x N`` bytes, nibble's charge of a few
+    bytes a tensor not taken off (the safe side).  prepare_fp8_layer_for_marlin and prepare_fp8_moe_layer_for_marlin
     (quantization/utils/marlin_utils_fp8.py, 0.11, 0.19 and 0.33 alike) turn the float32 block scales
     ``[ceil(N / 128), ceil(K / 128)]`` into group-wise scales of the model's 16-bit dtype
     (``.to(layer.orig_dtype)``, ``repeat_interleave(block_n)``, ``[..., :size_n]``, marlin_permute_scales:
@@ -4169,6 +4183,8 @@ def fp8_marlin_scale_bytes(out_features: int, in_features: int) -> int:
     times the checkpoint's.  The weights are repacked at their size (gptq_marlin_repack, 8 bits).  Less a lower bound
     of nibble's charge for the checkpoint's scales of the same weights (4 bytes a 128 x 128 block: ``N x K / 4096``),
     so the answer is never below what vLLM holds beyond nibble's charge."""
+    if not block:
+        return ACTIVATION_ELEMENT_BYTES * out_features
     held = ACTIVATION_ELEMENT_BYTES * out_features * -(-in_features // FP8_BLOCK)
     return held - out_features * in_features // (FP8_BLOCK * FP8_BLOCK // 4)
 
@@ -4231,13 +4247,14 @@ def _fp8_attention_shapes(spec: ModelSpec, tensor_parallel: int) -> tuple[tuple[
             (hidden, heads * spec.v_head_dim))
 
 
-def _fp8_marlin_device(version: str, device: DeviceFacts, experts: bool) -> bool:
-    """Whether vLLM `version` runs fp8 [128, 128]-block weights (routed `experts`, else linear layers) on Marlin on
-    `device` (`FP8_MARLIN_BELOW`): a known NVIDIA capability below the release's native one."""
+def _fp8_marlin_device(version: str, device: DeviceFacts, experts: bool, block: bool = True) -> bool:
+    """Whether vLLM `version` runs fp8 weights (routed `experts`, else linear layers; [128, 128] blocks where
+    `block`, else a scale a tensor) on Marlin on `device` (`FP8_MARLIN_BELOW`, `FP8_TENSOR_MARLIN_BELOW`): a known
+    NVIDIA capability below the release's native one."""
     capability = device.compute_capability
     if version not in FP8_MARLIN_BELOW or capability is None or device.vendor == "amd":
         return False
-    return capability < FP8_MARLIN_BELOW[version][0 if experts else 1]
+    return capability < (FP8_MARLIN_BELOW[version][0 if experts else 1] if block else FP8_TENSOR_MARLIN_BELOW)
 
 
 def fp8_marlin_linear_bytes(stage: Stage, version: str, dense_format: str, device: DeviceFacts) -> Term | None:
@@ -4247,17 +4264,19 @@ def fp8_marlin_linear_bytes(stage: Stage, version: str, dense_format: str, devic
     of the rank's dense MLP and shared experts).  None elsewhere: other formats, devices, releases, and models
     outside `FP8_MARLIN_MODEL_TYPES` or with DeepSeek Sparse Attention's indexer (its layers not listed)."""
     spec = stage.spec
-    if (dense_format != "fp8-block128" or not _fp8_marlin_device(version, device, False)
+    block = FP8_MARLIN_LABELS.get(dense_format)
+    if (block is None or not _fp8_marlin_device(version, device, False, block)
             or spec.model_type not in FP8_MARLIN_MODEL_TYPES or spec.has_indexer):
         return None
     tensor_parallel, hidden = stage.tensor_parallel, spec.hidden_size
 
     def mlp(width: int) -> int:
-        return fp8_marlin_scale_bytes(2 * width, hidden) + fp8_marlin_scale_bytes(hidden, width)
+        return fp8_marlin_scale_bytes(2 * width, hidden, block) + fp8_marlin_scale_bytes(hidden, width, block)
 
     start, stop = stage.layers
     dense_layers = sum(1 for layer in range(start, stop) if not spec.is_moe or layer in spec.dense_layers)
-    per_attention = sum(fp8_marlin_scale_bytes(*shape) for shape in _fp8_attention_shapes(spec, tensor_parallel))
+    per_attention = sum(fp8_marlin_scale_bytes(*shape, block)
+                        for shape in _fp8_attention_shapes(spec, tensor_parallel))
     extra = (stop - start) * per_attention
     if dense_layers:
         extra += dense_layers * mlp(spec.intermediate_size // tensor_parallel)
@@ -4266,36 +4285,40 @@ def fp8_marlin_linear_bytes(stage: Stage, version: str, dense_format: str, devic
         extra += (stop - start - dense_layers) * mlp(spec.shared_expert_width // (1 if whole else tensor_parallel))
     if extra <= 0:
         return None
+    native = FP8_MARLIN_BELOW[version][1] if block else FP8_TENSOR_MARLIN_BELOW
+    scales = ("float32 block scales by 16-bit scales of one 128-wide group per output row, 64 times their size"
+              if block else "scale by a 16-bit scale per output row (repeat_interleave)")
     return Term(extra, (
-        f"vLLM {version} runs the fp8 [128, 128]-block linear layers weight-only on Marlin below compute capability "
-        f"{_capability_text(10 * FP8_MARLIN_BELOW[version][1][0] + FP8_MARLIN_BELOW[version][1][1])} "
-        "(MarlinFP8ScaledMMLinearKernel; Fp8LinearMethod.use_marlin in 0.11), whose "
-        "prepare_fp8_layer_for_marlin (quantization/utils/marlin_utils_fp8.py) replaces each layer's float32 "
-        "block scales by 16-bit scales of one 128-wide group per output row, 64 times their size: "
+        f"vLLM {version} runs the {dense_format} linear layers weight-only on Marlin below compute capability "
+        f"{native[0]}.{native[1]} (MarlinFP8ScaledMMLinearKernel; Fp8LinearMethod.use_marlin in 0.11), whose "
+        f"prepare_fp8_layer_for_marlin (quantization/utils/marlin_utils_fp8.py) replaces each layer's {scales}: "
         f"{extra / GIB:.2f} GiB a rank beyond nibble's charge of the checkpoint's scales ({extra:,} bytes)"))
 
 
-def fp8_marlin_expert_bytes(stage: Stage, version: str, device: DeviceFacts) -> Term | None:
-    """`expert_layout` of fp8 [128, 128]-block routed experts where vLLM `version` runs them on Marlin
-    (`_fp8_marlin_device`): `fp8_marlin_scale_bytes` of each of the rank's experts (`expert_shard`: w13 ``2 x
-    width x hidden``, w2 ``hidden x width``) in each MoE layer of the stage; None elsewhere."""
+def fp8_marlin_expert_bytes(stage: Stage, version: str, device: DeviceFacts,
+                            expert_format: str = "fp8-block128") -> Term | None:
+    """`expert_layout` of fp8 routed experts (`expert_format` of `FP8_MARLIN_LABELS`) where vLLM `version` runs
+    them on Marlin (`_fp8_marlin_device`): `fp8_marlin_scale_bytes` of each of the rank's experts (`expert_shard`:
+    w13 ``2 x width x hidden``, w2 ``hidden x width``) in each MoE layer of the stage; None elsewhere."""
     spec = stage.spec
-    if not spec.is_moe or not _fp8_marlin_device(version, device, True):
+    block = FP8_MARLIN_LABELS.get(expert_format)
+    if block is None or not spec.is_moe or not _fp8_marlin_device(version, device, True, block):
         return None
     expert_parallel = stage.expert_parallel and stage.moe_ranks > 1
     experts, width = expert_shard(spec, stage.moe_ranks, expert_parallel)
     start, stop = stage.layers
     layers = sum(1 for layer in spec.moe_layers if start <= layer < stop)
-    extra = layers * experts * (fp8_marlin_scale_bytes(2 * width, spec.hidden_size)
-                                + fp8_marlin_scale_bytes(spec.hidden_size, width))
+    extra = layers * experts * (fp8_marlin_scale_bytes(2 * width, spec.hidden_size, block)
+                                + fp8_marlin_scale_bytes(spec.hidden_size, width, block))
     if extra <= 0:
         return None
+    scales = ("float32 block scales by 16-bit scales of one 128-wide group per output row, 64 times their size"
+              if block else "scale by a 16-bit scale per output row (repeat_interleave)")
     return Term(extra, (
-        f"vLLM {version} runs the fp8 [128, 128]-block experts on Marlin below compute capability "
-        f"{_capability_text(10 * FP8_MARLIN_BELOW[version][0][0] + FP8_MARLIN_BELOW[version][0][1])} "
+        f"vLLM {version} runs the {expert_format} experts on Marlin below compute capability 8.9 "
         "(Fp8MoeBackend.MARLIN; Fp8MoEMethod.use_marlin in 0.11), whose prepare_fp8_moe_layer_for_marlin "
-        "(quantization/utils/marlin_utils_fp8.py) replaces each expert's float32 block scales by 16-bit scales of "
-        f"one 128-wide group per output row, 64 times their size, for the rank's {experts} experts {width} wide in "
+        f"(quantization/utils/marlin_utils_fp8.py) replaces each expert's {scales}, "
+        f"for the rank's {experts} experts {width} wide in "
         f"{layers} layers: {extra / GIB:.2f} GiB a rank beyond nibble's charge of the checkpoint's scales "
         f"({extra:,} bytes)"))
 
@@ -5713,8 +5736,9 @@ class VllmProfile:
         return 4 if runs_float32(self._version, spec.model_type, compute_capability) else ACTIVATION_ELEMENT_BYTES
 
     def expert_layout(self, stage: Stage, expert_format: str = "", device: DeviceFacts = UNKNOWN_DEVICE) -> Term | None:
-        """The bytes vLLM's MXFP4 experts hold beyond the checkpoint's in the layout of the backend the release
-        runs on `device` (`expert_layout`, `mxfp4_moe_backend`)."""
+        """The bytes the routed experts hold beyond the checkpoint's in the layout of the kernel the release runs
+        on `device` (`expert_layout`: MXFP4's backends, `mxfp4_moe_backend`; int4 on Marlin, Humming or MoeWNA16;
+        fp8 on Marlin or with 0.33's refined blocks)."""
         return expert_layout(stage, self._version, expert_format, device)
 
     def linear_layout(self, stage: Stage, dense_format: str = "", device: DeviceFacts = UNKNOWN_DEVICE) -> Term | None:
@@ -5722,7 +5746,8 @@ class VllmProfile:
         checkpoint's, in the layout this release's kernel for `device` rewrites them to (`machete_zero_point_bytes`:
         AWQ's zero points on Machete; `gptq_marlin_linear_bytes`: symmetric GPTQ on Marlin or Machete, with or
         without act order; 0.33's Humming layers of each, and of symmetric compressed-tensors,
-        `compressed_tensors_humming_bytes`); None elsewhere."""
+        `compressed_tensors_humming_bytes`; fp8 block or per-tensor weights on Marlin, `fp8_marlin_linear_bytes`);
+        None elsewhere."""
         return (machete_zero_point_bytes(stage, self._version, dense_format, device)
                 or gptq_marlin_linear_bytes(stage, self._version, dense_format, device)
                 or compressed_tensors_humming_bytes(stage, self._version, dense_format, device)

@@ -157,3 +157,20 @@ def test_deepseek_v3_block_fp8_experts_under_expert_parallelism_on_h100_flip_one
     plain = VllmProfile("0.19").outside_budget(Stage(spec, 8, 1, (0, spec.num_layers), True), "auto", limits, False,
                                                device_facts("h100-80gb"), "fp8-block128")
     assert plain.repack is None
+
+
+def test_qwen3_30b_fp8_per_tensor_on_a100_holds_a_16_bit_scale_per_output_row() -> None:
+    # Marlin repeats the one scale of each expert tensor (after Fp8MoEMethod folds w1's and w3's into w13's) to
+    # size_n in the model's dtype: TP 1, 128 experts 768 wide, hidden 2048, 48 layers:
+    # (2 x 768 + 2048) x 2 bytes x 128 x 48 = 44,040,192 bytes (42 MiB); nibble's 4-byte scales not taken off
+    spec = get_preset_info("qwen3-30b-a3b").spec
+    stage = Stage(spec, 1, 1, (0, spec.num_layers), True)
+    term = VllmProfile("0.19").expert_layout(stage, "fp8-per-tensor", A100)
+    assert term is not None and term.bytes == 44_040_192 and "repeat_interleave" in term.basis
+    # the linear layers, qkv_proj (32 + 2 x 4) x 128 = 5120 rows and o_proj 2048: (5120 + 2048) x 2 x 48 = 688,128
+    linear = VllmProfile("0.19").linear_layout(stage, "fp8-per-tensor-static", A100)
+    assert linear is not None and linear.bytes == 688_128
+    # 0.33 runs per-tensor fp8 linear layers on CUTLASS from 8.9 (cutlass_fp8_supported), not on Marlin
+    assert VllmProfile("0.33").linear_layout(stage, "fp8-per-tensor", device_facts("l40s")) is None
+    # a scale a channel is held in 16 bits where the checkpoint's is float32: nothing more to charge
+    assert VllmProfile("0.19").expert_layout(stage, "fp8-per-channel", A100) is None
