@@ -4615,14 +4615,14 @@ _SCHEME_CHECK = "CompressedTensorsConfig._check_scheme_supported raises \"Quanti
 
 #: The lowest compute capability (vLLM's ``major * 10 + minor``) at which vLLM runs each weight-format family, per
 #: release, with the code that decides it; None where the release has no quantization method for the family at all.
-#: Between the floor and a faster kernel's own floor vLLM falls back to a slower kernel on the checkpoint's own
-#: tensors (GPTQ's ExLlama, AWQ's GEMM, fp8 and nvfp4 weight-only Marlin): the bytes are the checkpoint's either
-#: way.  A family several methods load (nibble's own INT4, exported as GPTQ, AWQ or compressed-tensors; a plain
-#: ``int8``, which is bitsandbytes 8-bit or compressed-tensors W8A8 / W8A16) takes the lowest of their floors:
-#: nibble refuses only what no way of loading it runs.  Below 8.0 vLLM also runs a bf16 model as fp16 with dtype
-#: auto (``_resolve_auto_dtype``: "Falling back to float16", the same bytes), and every release starts there: V1
-#: attention below 8.0 is FlexAttention in 0.11 (platforms/cuda.py ``get_attn_backend_cls``) and TRITON_ATTN, whose
-#: ``supports_compute_capability`` is True for any device, in 0.19 and 0.33.
+#: Between the floor and a faster kernel's own floor vLLM falls back to a slower kernel on the checkpoint's own tensors
+#: (GPTQ's ExLlama, AWQ's GEMM, fp8 and nvfp4 weight-only Marlin): the weights' bytes are the checkpoint's either way
+#: (fp8 Marlin's larger scales: `fp8_marlin_scale_bytes`).  A family several methods load (nibble's own INT4, exported
+#: as GPTQ, AWQ or compressed-tensors; a plain ``int8``, which is bitsandbytes 8-bit or compressed-tensors W8A8 / W8A16)
+#: takes the lowest of their floors: nibble refuses only what no way of loading it runs.  Below 8.0 vLLM also runs a
+#: bf16 model as fp16 with dtype auto (``_resolve_auto_dtype``: "Falling back to float16", the same bytes), and every
+#: release starts there: V1 attention below 8.0 is FlexAttention in 0.11 (platforms/cuda.py ``get_attn_backend_cls``)
+#: and TRITON_ATTN, whose ``supports_compute_capability`` is True for any device, in 0.19 and 0.33.
 CAPABILITY_FLOORS: dict[str, dict[str, tuple[int | None, str]]] = {
     "mxfp4": {version: (80, f"Mxfp4Config.get_min_capability() is 80 (quantization/mxfp4.py); {_CONFIG_CHECK}")
               for version in ("0.11", "0.19", "0.33")},
