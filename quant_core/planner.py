@@ -1483,10 +1483,11 @@ class _Evaluator:
 
 def _load_outside_bytes(evaluator: _Evaluator, layout: _Layout, terms: _StageTerms, stage: int) -> int:
     """What the engine holds outside its budget on one device of `stage` while it loads (`OutsideBudget.load_bytes`:
-    vLLM's MTP drafter's own embedding and heads, held until it shares the target's), given the budget still free
-    then (`_load_room`); 0 where the engine holds nothing only while loading."""
+    vLLM's MTP drafter's own embedding and heads, held until it shares the target's; a MoE layer's fp8 experts while
+    they are repacked for Marlin), given the budget still free then (`_load_room`); 0 where the engine holds nothing
+    only while loading."""
     term = terms.outside[stage] if terms.outside else None
-    if not isinstance(term, OutsideBudget) or term.load is None:
+    if not isinstance(term, OutsideBudget) or not term.loads:
         return 0
     return term.load_bytes(_load_room(evaluator, layout, terms, stage, term))
 
@@ -2406,9 +2407,11 @@ def _outside_budget_warning(primary: FormatPlan, evaluator: _Evaluator, layout: 
                 f"{free / GIB:.2f} GiB per device gpu_memory_utilization={options.memory_utilization:g} leaves free, "
                 f"where it needs {need / GIB:.2f} GiB outside the budget{basis}: {', or '.join(remedies)}."]
     loading = _load_outside_bytes(evaluator, layout, terms, stage)
-    if isinstance(term, OutsideBudget) and term.load is not None and loading > term.bytes_at(context):
+    if isinstance(term, OutsideBudget) and term.loads and loading > term.bytes_at(context):
         room = _load_room(evaluator, layout, terms, stage, term)
-        return [f"Does not fit: vLLM {engine.version} would run out of memory loading the MTP drafter: "
+        drafter = term.load is not None and (term.repack is None or term.load.bytes >= term.repack.bytes)
+        return [f"Does not fit: vLLM {engine.version} would run out of memory loading "
+                f"{'the MTP drafter' if drafter else 'the model'}: "
                 f"{term.load_basis(room)}, {loading / GIB:.2f} GiB per device outside the budget, more than the "
                 f"{free / GIB:.2f} GiB per device it leaves free (memory_utilization only moves the transient "
                 "between the two): use devices with more memory, or more of them."]

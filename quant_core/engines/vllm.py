@@ -1393,24 +1393,38 @@ class OutsideBudget:
     #: built, so holds while loading: the rotary cos/sin caches and the buffers built with the model (Qwen3-VL's
     #: deepstack inputs, DeepSeek Sparse Attention's top-k indices); the rest of that peak is free at load
     load_held: int = 0
+    #: what a MoE layer's weights hold only while process_weights_after_loading repacks them
+    #: (`fp8_expert_repack_bytes`), before the KV cache is sized: weighed as `load` is (`load_bytes`)
+    repack: Term | None = None
+
+    def _load_spill(self, room: int) -> int:
+        """What of the larger load transient (`load`, `repack`) the `room` still free in the budget does not hold."""
+        largest = max(0 if self.load is None else self.load.bytes, 0 if self.repack is None else self.repack.bytes)
+        return max(0, largest - max(room, 0))
+
+    @property
+    def loads(self) -> bool:
+        """Whether the engine holds anything only while it loads (`load`, `repack`)."""
+        return self.load is not None or self.repack is not None
 
     def load_bytes(self, room: int) -> int:
         """What the engine holds outside the budget while it loads, when `room` bytes of the budget are still free
         then (the planner's: the budget less the weights, the overhead and `load_held`: the KV pool vLLM will size and
-        its profiling peak): the start-up memory, the drafter's buffers, and what of the drafter's load transient
-        (`load`) the room does not hold; 0 without a load transient."""
-        if self.load is None:
+        its profiling peak): the start-up memory, the drafter's buffers, and what of the larger load transient (the
+        drafter's, `load`, or a repack's, `repack`: one at a time, the drafter loading after the model) the room
+        does not hold; 0 without a load transient."""
+        if not self.loads:
             return 0
-        return (self.startup.bytes + (0 if self.drafter is None else self.drafter.bytes)
-                + max(0, self.load.bytes - max(room, 0)))
+        return self.startup.bytes + (0 if self.drafter is None else self.drafter.bytes) + self._load_spill(room)
 
     def load_basis(self, room: int) -> str:
         """What `load_bytes` at `room` holds, and why."""
-        if self.load is None:
+        if not self.loads:
             return ""
         room = max(room, 0)
-        spill = max(0, self.load.bytes - room)
-        return (f"while loading: {self.load.basis}, of which the {room / GIB:.2f} GiB of the budget still free then "
+        spill = self._load_spill(room)
+        transient = max((term for term in (self.load, self.repack) if term is not None), key=lambda term: term.bytes)
+        return (f"while loading: {transient.basis}, of which the {room / GIB:.2f} GiB of the budget still free then "
                 f"(the KV pool and the profiling peak it sizes later) holds all but {spill / GIB:.2f} GiB, beside "
                 "the start-up memory" + ("" if self.drafter is None else " and the drafter's buffers"))
 
@@ -1447,10 +1461,11 @@ class OutsideBudget:
             parts.append(self.drafter.basis)
         if self.serving is not None:
             parts.append(self.serving.basis)
-        if self.load is not None:
-            parts.append(f"while loading, beside the start-up memory and the drafter's buffers, {self.load.basis}: "
-                         "from the budget still free then (the KV pool and profiling peak, allocated later), what it "
-                         "does not hold from here")
+        for transient in (self.load, self.repack):
+            if transient is not None:
+                parts.append(f"while loading, beside the start-up memory and the drafter's buffers, {transient.basis}: "
+                             "from the budget still free then (the KV pool and profiling peak, allocated later), what "
+                             "it does not hold from here")
         return "; ".join(parts)
 
 
@@ -1510,8 +1525,9 @@ def outside_budget(stage: Stage, kv_cache_dtype: str, limits: BatchLimits, versi
     the capability that keeps the most (`_unknown_device_attention_buffers`).  A MoE model's data-parallel graphs are
     charged the rows their MoE layers gather (`moe_data_parallel_graphs`).  On the last stage of a plan with an MTP
     drafter, its persistent buffers (`vllm_speculative.drafter_buffer_bytes`) and what it holds only while loading
-    (`load`, `vllm_speculative.drafter_load_bytes`), which the planner weighs against the budget still free then
-    (`OutsideBudget.load_bytes`)."""
+    (`load`, `vllm_speculative.drafter_load_bytes`), and for fp8 experts on Marlin or FlashInfer's CUTLASS experts
+    what their rewrite holds only while loading (`repack`, `fp8_expert_repack_bytes`), which the planner weighs
+    against the budget still free then (`OutsideBudget.load_bytes`)."""
     if enforce_eager:
         graph = None
     elif VERSIONS[version].cuda_graphs_in_budget:
@@ -1540,12 +1556,13 @@ def outside_budget(stage: Stage, kv_cache_dtype: str, limits: BatchLimits, versi
                             "(EagleProposer._maybe_share_embeddings / _maybe_share_lm_head, v1/spec_decode/eagle.py) "
                             "and freed before 'Model loading took' is measured (utils/mem_utils.py "
                             "DeviceMemoryProfiler): in no term of the KV budget")
+    repack = fp8_expert_repack_bytes(stage, version, device, expert_format)
     tokens = limits.max_batched_tokens
     held = (rotary_cache_bytes(spec, version, stage.element_bytes) + _deepstack_buffer_bytes(spec, tokens)
-            + _dsa_topk_buffer_bytes(spec, tokens)) if load is not None else 0
+            + _dsa_topk_buffer_bytes(spec, tokens)) if load is not None or repack is not None else 0
     return OutsideBudget(version, startup_memory(stage, version, device), graph, kernel, per_block, late, warmup,
                          scratch, workspace, drafter, speculative_serving_excess(stage, limits, version, expert_format,
-                                                                                 device), load, held)
+                                                                                 device), load, held, repack)
 
 
 def speculative_serving_excess(stage: Stage, limits: BatchLimits, version: str, expert_format: str,
@@ -3074,9 +3091,14 @@ def expert_layout(stage: Stage, version: str, expert_format: str, device: Device
     0.19's symmetric GPTQ experts on GPTQMarlinMoEMethod (`gptq_marlin_moe_bytes`: 16-bit qzeros, and under act
     order whole down-projection scales and the g_idx with sort indices); GPTQ and AWQ experts every release hands
     to MoeWNA16 (`moe_wna16_backend`, `moe_wna16_bytes`: its group halved to divide the rank's width, no g_idx);
+    fp8 experts with block or per-tensor scales where every release runs them on Marlin, below 8.9
+    (`fp8_marlin_expert_bytes`: the scales expanded to a 16-bit one per output row and 128-wide group, or per row);
     None elsewhere (other formats, releases and devices: not read)."""
     spec = stage.spec
-    if expert_format == "fp8-block128":
+    if expert_format in FP8_MARLIN_LABELS:
+        marlin = fp8_marlin_expert_bytes(stage, version, device, expert_format)
+        if marlin is not None or expert_format != "fp8-block128":
+            return marlin
         return _fp8_refined_layout(stage, version)
     wna16 = moe_wna16_backend(spec, expert_format, stage.moe_ranks,
                               stage.expert_parallel and stage.moe_ranks > 1, version, device)
@@ -4121,6 +4143,186 @@ def gptq_marlin_linear_bytes(stage: Stage, version: str, dense_format: str, devi
         "marlin.py and machete.py)"))
 
 
+#: The compute capability from which each vLLM release runs fp8 [128, 128]-block weights natively, below which it runs
+#: them weight-only on Marlin (down to the fp8 floor, `CAPABILITY_FLOORS`), as (routed experts, linear layers).
+#: Experts: 0.11's Fp8MoEMethod ``use_marlin = not has_device_capability(89)`` (quantization/fp8.py); 0.19 and 0.33's
+#: select_fp8_moe_backend (fused_moe/oracle/fp8.py) reach Fp8MoeBackend.MARLIN below 8.9, where TritonExperts'
+#: ``_supports_quant_scheme`` takes no fp8 (``has_device_capability((8, 9))``) and DeepGEMM and CUTLASS need 9.0.
+#: Linear layers: 0.11's Fp8LinearMethod ``use_marlin = not has_device_capability(89)``; 0.19's
+#: ``_POSSIBLE_FP8_KERNELS`` puts MarlinFP8ScaledMMLinearKernel first, whose ``is_supported`` refuses 8.9 and up
+#: (kernels/linear/__init__.py, scaled_mm/marlin.py); 0.33's ``_POSSIBLE_FP8_BLOCK_KERNELS`` puts FlashInfer's and
+#: DeepGEMM's (9.0 and up), CUTLASS's block kernel (``cutlass_scaled_mm_supports_block_fp8``: 9.0 and up) and B12x
+#: (12.x) before Marlin, which no longer refuses 8.9: so below 9.0 (12.x devices, B12x's when installed, not read)
+FP8_MARLIN_BELOW: dict[str, tuple[tuple[int, int], tuple[int, int]]] = {
+    "0.11": ((8, 9), (8, 9)),
+    "0.19": ((8, 9), (8, 9)),
+    "0.33": ((8, 9), (9, 0)),
+}
+#: the side of an fp8 checkpoint's weight blocks, and of the groups Marlin holds their scales in
+FP8_BLOCK = 128
+#: Where fp8 weights with one scale a tensor run on Marlin: below 8.9 in every release, for the experts as above and
+#: for the linear layers too in 0.33, whose ``_POSSIBLE_FP8_KERNELS`` takes CutlassFP8ScaledMMLinearKernel first where
+#: ``cutlass_fp8_supported()`` (8.9 and up) and Marlin only after it
+FP8_TENSOR_MARLIN_BELOW = (8, 9)
+#: the fp8 weight labels whose scales Marlin expands (`fp8_marlin_scale_bytes`), True for [128, 128] blocks; a
+#: scale a channel it holds in 16 bits, at most the checkpoint's float32 (nothing charged)
+FP8_MARLIN_LABELS: dict[str, bool] = {"fp8-block128": True, "fp8-per-tensor": False, "fp8-per-tensor-static": False}
+#: the model classes whose fp8 linear layers nibble lists per rank for `fp8_marlin_linear_bytes`
+FP8_MARLIN_MODEL_TYPES = frozenset(FUSED_LINEAR_MODEL_TYPES) | {"minimax_m2"}
+
+
+def fp8_marlin_scale_bytes(out_features: int, in_features: int, block: bool = True) -> int:
+    """Bytes one rank's fp8 [128, 128]-block layer (``out_features x in_features`` on the rank) holds on Marlin
+    beyond the block scales nibble charges for it; with one scale a tensor (`block` False), Marlin's
+    ``repeat_interleave(size_n)`` of it to a 16-bit scale an output row: ``2 x N`` bytes, nibble's charge of a few
+    bytes a tensor not taken off (the safe side).  prepare_fp8_layer_for_marlin and prepare_fp8_moe_layer_for_marlin
+    (quantization/utils/marlin_utils_fp8.py, 0.11, 0.19 and 0.33 alike) turn the float32 block scales
+    ``[ceil(N / 128), ceil(K / 128)]`` into group-wise scales of the model's 16-bit dtype
+    (``.to(layer.orig_dtype)``, ``repeat_interleave(block_n)``, ``[..., :size_n]``, marlin_permute_scales:
+    ``[ceil(K / 128), N]``) and replace the old ones (replace_parameter): ``2 x N x ceil(K / 128)`` bytes held, 64
+    times the checkpoint's.  The weights are repacked at their size (gptq_marlin_repack, 8 bits).  Less a lower bound
+    of nibble's charge for the checkpoint's scales of the same weights (4 bytes a 128 x 128 block: ``N x K / 4096``),
+    so the answer is never below what vLLM holds beyond nibble's charge."""
+    if not block:
+        return ACTIVATION_ELEMENT_BYTES * out_features
+    held = ACTIVATION_ELEMENT_BYTES * out_features * -(-in_features // FP8_BLOCK)
+    return held - out_features * in_features // (FP8_BLOCK * FP8_BLOCK // 4)
+
+
+def fp8_expert_repack_bytes(stage: Stage, version: str, device: DeviceFacts, expert_format: str) -> Term | None:
+    """What one rank holds only while vLLM `version` rewrites a MoE layer's fp8 experts (stored as `expert_format`)
+    into its kernel's layout, beyond the layer's loaded weights; taken before the KV cache is sized and freed before
+    "Model loading took" is measured:
+
+    * on Marlin (`_fp8_marlin_device`, any fp8 scales): prepare_fp8_moe_layer_for_marlin's ``repack_weight``
+      (quantization/utils/marlin_utils_fp8.py, 0.11, 0.19 and 0.33) collects every expert's repacked w13 in a list
+      and ``torch.cat``s it while the loaded w13 is still the layer's (replace_parameter comes after) and the last
+      expert's transposed copy (``qweight.T.contiguous()``) is still bound: ``(2 x E + 1) x 2 x width x hidden``
+      fp8 bytes for the rank's E experts (`expert_shard`); the w2 repack after it holds less (the loaded w13, still
+      bound in Fp8MoEMethod.process_weights_after_loading, and two w2 copies half as wide);
+    * on FlashInfer's CUTLASS experts (`flashinfer_cutlass_moe_path`, 0.19 and 0.33): prepare_fp8_moe_layer_for_fi
+      (quantization/utils/flashinfer_utils.py) flips w13's halves into a new tensor (``swap_w13_to_w31``: reshape,
+      flip) while the loaded one is still bound: ``E x 2 x width x hidden`` bytes.
+
+    None elsewhere (Triton and DeepGEMM take the experts as loaded; the scales' copies are small)."""
+    spec = stage.spec
+    if not spec.is_moe or weight_format_family(expert_format) != "fp8":
+        return None
+    start, stop = stage.layers
+    if not any(start <= layer < stop for layer in spec.moe_layers):
+        return None
+    expert_parallel = stage.expert_parallel and stage.moe_ranks > 1
+    experts, width = expert_shard(spec, stage.moe_ranks, expert_parallel)
+    one = 2 * width * spec.hidden_size  # an expert's fp8 w13
+    if _fp8_marlin_device(version, device, True):
+        transient = (2 * experts + 1) * one
+        return Term(transient, (
+            f"{transient / GIB:.2f} GiB while vLLM {version} repacks one MoE layer's fp8 experts for Marlin "
+            "(prepare_fp8_moe_layer_for_marlin, quantization/utils/marlin_utils_fp8.py: the list of the "
+            f"{experts} experts' repacked w13 and its torch.cat beside the loaded w13, 2 x {width} x "
+            f"{spec.hidden_size} bytes an expert, and the last expert's transposed copy)"))
+    if flashinfer_cutlass_moe_path(version, expert_format, device, expert_parallel, stage.moe_ranks) is None:
+        return None
+    transient = experts * one
+    return Term(transient, (
+        f"{transient / GIB:.2f} GiB while vLLM {version} flips one MoE layer's fp8 w13 for FlashInfer's CUTLASS "
+        f"experts (prepare_fp8_moe_layer_for_fi, quantization/utils/flashinfer_utils.py swap_w13_to_w31: a copy of "
+        f"the {experts} experts' w13, 2 x {width} x {spec.hidden_size} bytes each, beside the loaded one)"))
+
+def _fp8_attention_shapes(spec: ModelSpec, tensor_parallel: int) -> tuple[tuple[int, int], ...]:
+    """(out features, in features) of one rank's attention linear layers in one decoder layer: for MLA
+    (deepseek_v2.py ``DeepseekV2MLAAttention``) q_proj and the replicated kv_a_proj_with_mqa, or the replicated
+    fused_qkv_a_proj and q_b_proj, then kv_b_proj and o_proj (`_mla_projection_sizes`' layers); else the
+    QKVParallelLinear qkv_proj and the RowParallelLinear o_proj (`_dense_linear_shapes`)."""
+    hidden = spec.hidden_size
+    if not spec.is_mla:
+        return tuple((out_features, in_features)
+                     for in_features, out_features in _dense_linear_shapes(spec, tensor_parallel)[0])
+    heads = spec.num_attention_heads // tensor_parallel
+    query = heads * (spec.qk_nope_head_dim + spec.qk_rope_head_dim)
+    latent = spec.kv_lora_rank + spec.qk_rope_head_dim
+    compressed = (((query, hidden), (latent, hidden)) if spec.q_lora_rank is None
+                  else ((spec.q_lora_rank + latent, hidden), (query, spec.q_lora_rank)))
+    return (*compressed, (heads * (spec.qk_nope_head_dim + spec.v_head_dim), spec.kv_lora_rank),
+            (hidden, heads * spec.v_head_dim))
+
+
+def _fp8_marlin_device(version: str, device: DeviceFacts, experts: bool, block: bool = True) -> bool:
+    """Whether vLLM `version` runs fp8 weights (routed `experts`, else linear layers; [128, 128] blocks where
+    `block`, else a scale a tensor) on Marlin on `device` (`FP8_MARLIN_BELOW`, `FP8_TENSOR_MARLIN_BELOW`): a known
+    NVIDIA capability below the release's native one."""
+    capability = device.compute_capability
+    if version not in FP8_MARLIN_BELOW or capability is None or device.vendor == "amd":
+        return False
+    return capability < (FP8_MARLIN_BELOW[version][0 if experts else 1] if block else FP8_TENSOR_MARLIN_BELOW)
+
+
+def fp8_marlin_linear_bytes(stage: Stage, version: str, dense_format: str, device: DeviceFacts) -> Term | None:
+    """The bytes one rank of vLLM `version` holds for the fp8 [128, 128]-block attention, dense MLP and shared-expert
+    layers (`dense_format` ``fp8-block128``) beyond nibble's charge where it runs them on Marlin
+    (`_fp8_marlin_device`): `fp8_marlin_scale_bytes` of each (`_fp8_attention_shapes`; gate_up_proj and down_proj
+    of the rank's dense MLP and shared experts).  None elsewhere: other formats, devices, releases, and models
+    outside `FP8_MARLIN_MODEL_TYPES` or with DeepSeek Sparse Attention's indexer (its layers not listed)."""
+    spec = stage.spec
+    block = FP8_MARLIN_LABELS.get(dense_format)
+    if (block is None or not _fp8_marlin_device(version, device, False, block)
+            or spec.model_type not in FP8_MARLIN_MODEL_TYPES or spec.has_indexer):
+        return None
+    tensor_parallel, hidden = stage.tensor_parallel, spec.hidden_size
+
+    def mlp(width: int) -> int:
+        return fp8_marlin_scale_bytes(2 * width, hidden, block) + fp8_marlin_scale_bytes(hidden, width, block)
+
+    start, stop = stage.layers
+    dense_layers = sum(1 for layer in range(start, stop) if not spec.is_moe or layer in spec.dense_layers)
+    per_attention = sum(fp8_marlin_scale_bytes(*shape, block)
+                        for shape in _fp8_attention_shapes(spec, tensor_parallel))
+    extra = (stop - start) * per_attention
+    if dense_layers:
+        extra += dense_layers * mlp(spec.intermediate_size // tensor_parallel)
+    if spec.shared_expert_width:
+        whole = shared_experts_whole(spec, tensor_parallel, stage.data_parallel, stage.expert_parallel)
+        extra += (stop - start - dense_layers) * mlp(spec.shared_expert_width // (1 if whole else tensor_parallel))
+    if extra <= 0:
+        return None
+    native = FP8_MARLIN_BELOW[version][1] if block else FP8_TENSOR_MARLIN_BELOW
+    scales = ("float32 block scales by 16-bit scales of one 128-wide group per output row, 64 times their size"
+              if block else "scale by a 16-bit scale per output row (repeat_interleave)")
+    return Term(extra, (
+        f"vLLM {version} runs the {dense_format} linear layers weight-only on Marlin below compute capability "
+        f"{native[0]}.{native[1]} (MarlinFP8ScaledMMLinearKernel; Fp8LinearMethod.use_marlin in 0.11), whose "
+        f"prepare_fp8_layer_for_marlin (quantization/utils/marlin_utils_fp8.py) replaces each layer's {scales}: "
+        f"{extra / GIB:.2f} GiB a rank beyond nibble's charge of the checkpoint's scales ({extra:,} bytes)"))
+
+
+def fp8_marlin_expert_bytes(stage: Stage, version: str, device: DeviceFacts,
+                            expert_format: str = "fp8-block128") -> Term | None:
+    """`expert_layout` of fp8 routed experts (`expert_format` of `FP8_MARLIN_LABELS`) where vLLM `version` runs
+    them on Marlin (`_fp8_marlin_device`): `fp8_marlin_scale_bytes` of each of the rank's experts (`expert_shard`:
+    w13 ``2 x width x hidden``, w2 ``hidden x width``) in each MoE layer of the stage; None elsewhere."""
+    spec = stage.spec
+    block = FP8_MARLIN_LABELS.get(expert_format)
+    if block is None or not spec.is_moe or not _fp8_marlin_device(version, device, True, block):
+        return None
+    expert_parallel = stage.expert_parallel and stage.moe_ranks > 1
+    experts, width = expert_shard(spec, stage.moe_ranks, expert_parallel)
+    start, stop = stage.layers
+    layers = sum(1 for layer in spec.moe_layers if start <= layer < stop)
+    extra = layers * experts * (fp8_marlin_scale_bytes(2 * width, spec.hidden_size, block)
+                                + fp8_marlin_scale_bytes(spec.hidden_size, width, block))
+    if extra <= 0:
+        return None
+    scales = ("float32 block scales by 16-bit scales of one 128-wide group per output row, 64 times their size"
+              if block else "scale by a 16-bit scale per output row (repeat_interleave)")
+    return Term(extra, (
+        f"vLLM {version} runs the {expert_format} experts on Marlin below compute capability 8.9 "
+        "(Fp8MoeBackend.MARLIN; Fp8MoEMethod.use_marlin in 0.11), whose prepare_fp8_moe_layer_for_marlin "
+        f"(quantization/utils/marlin_utils_fp8.py) replaces each expert's {scales}, "
+        f"for the rank's {experts} experts {width} wide in "
+        f"{layers} layers: {extra / GIB:.2f} GiB a rank beyond nibble's charge of the checkpoint's scales "
+        f"({extra:,} bytes)"))
+
+
 def _mla_projection_sizes(spec: ModelSpec, tensor_parallel: int) -> tuple[int, ...]:
     """The elements of each MLA projection weight one rank of deepseek_v2.py's ``DeepseekV2MLAAttention`` allocates:
     without query compression a ColumnParallelLinear ``q_proj`` and a ReplicatedLinear ``kv_a_proj_with_mqa``, with
@@ -4470,14 +4672,14 @@ _SCHEME_CHECK = "CompressedTensorsConfig._check_scheme_supported raises \"Quanti
 
 #: The lowest compute capability (vLLM's ``major * 10 + minor``) at which vLLM runs each weight-format family, per
 #: release, with the code that decides it; None where the release has no quantization method for the family at all.
-#: Between the floor and a faster kernel's own floor vLLM falls back to a slower kernel on the checkpoint's own
-#: tensors (GPTQ's ExLlama, AWQ's GEMM, fp8 and nvfp4 weight-only Marlin): the bytes are the checkpoint's either
-#: way.  A family several methods load (nibble's own INT4, exported as GPTQ, AWQ or compressed-tensors; a plain
-#: ``int8``, which is bitsandbytes 8-bit or compressed-tensors W8A8 / W8A16) takes the lowest of their floors:
-#: nibble refuses only what no way of loading it runs.  Below 8.0 vLLM also runs a bf16 model as fp16 with dtype
-#: auto (``_resolve_auto_dtype``: "Falling back to float16", the same bytes), and every release starts there: V1
-#: attention below 8.0 is FlexAttention in 0.11 (platforms/cuda.py ``get_attn_backend_cls``) and TRITON_ATTN, whose
-#: ``supports_compute_capability`` is True for any device, in 0.19 and 0.33.
+#: Between the floor and a faster kernel's own floor vLLM falls back to a slower kernel on the checkpoint's own tensors
+#: (GPTQ's ExLlama, AWQ's GEMM, fp8 and nvfp4 weight-only Marlin): the weights' bytes are the checkpoint's either way
+#: (fp8 Marlin's larger scales: `fp8_marlin_scale_bytes`).  A family several methods load (nibble's own INT4, exported
+#: as GPTQ, AWQ or compressed-tensors; a plain ``int8``, which is bitsandbytes 8-bit or compressed-tensors W8A8 / W8A16)
+#: takes the lowest of their floors: nibble refuses only what no way of loading it runs.  Below 8.0 vLLM also runs a
+#: bf16 model as fp16 with dtype auto (``_resolve_auto_dtype``: "Falling back to float16", the same bytes), and every
+#: release starts there: V1 attention below 8.0 is FlexAttention in 0.11 (platforms/cuda.py ``get_attn_backend_cls``)
+#: and TRITON_ATTN, whose ``supports_compute_capability`` is True for any device, in 0.19 and 0.33.
 CAPABILITY_FLOORS: dict[str, dict[str, tuple[int | None, str]]] = {
     "mxfp4": {version: (80, f"Mxfp4Config.get_min_capability() is 80 (quantization/mxfp4.py); {_CONFIG_CHECK}")
               for version in ("0.11", "0.19", "0.33")},
@@ -5591,8 +5793,9 @@ class VllmProfile:
         return 4 if runs_float32(self._version, spec.model_type, compute_capability) else ACTIVATION_ELEMENT_BYTES
 
     def expert_layout(self, stage: Stage, expert_format: str = "", device: DeviceFacts = UNKNOWN_DEVICE) -> Term | None:
-        """The bytes vLLM's MXFP4 experts hold beyond the checkpoint's in the layout of the backend the release
-        runs on `device` (`expert_layout`, `mxfp4_moe_backend`)."""
+        """The bytes the routed experts hold beyond the checkpoint's in the layout of the kernel the release runs
+        on `device` (`expert_layout`: MXFP4's backends, `mxfp4_moe_backend`; int4 on Marlin, Humming or MoeWNA16;
+        fp8 on Marlin or with 0.33's refined blocks)."""
         return expert_layout(stage, self._version, expert_format, device)
 
     def linear_layout(self, stage: Stage, dense_format: str = "", device: DeviceFacts = UNKNOWN_DEVICE) -> Term | None:
@@ -5600,10 +5803,12 @@ class VllmProfile:
         checkpoint's, in the layout this release's kernel for `device` rewrites them to (`machete_zero_point_bytes`:
         AWQ's zero points on Machete; `gptq_marlin_linear_bytes`: symmetric GPTQ on Marlin or Machete, with or
         without act order; 0.33's Humming layers of each, and of symmetric compressed-tensors,
-        `compressed_tensors_humming_bytes`); None elsewhere."""
+        `compressed_tensors_humming_bytes`; fp8 block or per-tensor weights on Marlin, `fp8_marlin_linear_bytes`);
+        None elsewhere."""
         return (machete_zero_point_bytes(stage, self._version, dense_format, device)
                 or gptq_marlin_linear_bytes(stage, self._version, dense_format, device)
-                or compressed_tensors_humming_bytes(stage, self._version, dense_format, device))
+                or compressed_tensors_humming_bytes(stage, self._version, dense_format, device)
+                or fp8_marlin_linear_bytes(stage, self._version, dense_format, device))
 
     def attention_weight_copy(self, stage: Stage, quantized_layers: frozenset[int],
                               draft_layers: int = 0) -> Term | None:
