@@ -1283,7 +1283,8 @@ class _Evaluator:
         for index in range(layout.pipeline_parallel):
             stage = self.stage(layout, index)
             outside.append(None if self.engine is None else self.engine.outside_budget(
-                stage, options.kv_cache_dtype, self.limits, options.enforce_eager, self.device, layout.expert_format))
+                stage, options.kv_cache_dtype, self.limits, options.enforce_eager, self.device, layout.expert_format,
+                layout.dense_format))
             windowed.append(None if self.engine is None else self.engine.windowed_kv(
                 stage, options.kv_cache_dtype, options.block_size, self.limits))
             context.append(None if options.activation_bytes is not None or self.engine is None
@@ -1483,9 +1484,9 @@ class _Evaluator:
 
 def _load_outside_bytes(evaluator: _Evaluator, layout: _Layout, terms: _StageTerms, stage: int) -> int:
     """What the engine holds outside its budget on one device of `stage` while it loads (`OutsideBudget.load_bytes`:
-    vLLM's MTP drafter's own embedding and heads, held until it shares the target's; a MoE layer's fp8 experts while
-    they are repacked for Marlin), given the budget still free then (`_load_room`); 0 where the engine holds nothing
-    only while loading."""
+    vLLM's MTP drafter's own embedding and heads, held until it shares the target's; a MoE layer's fp8 experts or
+    the largest fp8 linear layer while they are repacked for Marlin), given the budget still free then
+    (`_load_room`); 0 where the engine holds nothing only while loading."""
     term = terms.outside[stage] if terms.outside else None
     if not isinstance(term, OutsideBudget) or not term.loads:
         return 0
@@ -2397,7 +2398,7 @@ def _outside_budget_warning(primary: FormatPlan, evaluator: _Evaluator, layout: 
                 else "use a device with more memory"]
     eager = None if options.enforce_eager else engine.outside_budget(
         evaluator.stage(layout, stage), options.kv_cache_dtype, evaluator.limits, True, evaluator.device,
-        layout.expert_format)
+        layout.expert_format, layout.dense_format)
     if not options.enforce_eager and (eager is None or eager.bytes_at(context) <= free):
         remedies.append("run with enforce_eager (no CUDA graphs, slower decoding)")
     if isinstance(term, OutsideBudget) and term.startup.bytes > free:

@@ -164,13 +164,14 @@ class EngineProfile(Protocol):
 
     def outside_budget(self, stage: Stage, kv_cache_dtype: str, limits: BatchLimits,
                        enforce_eager: bool = False, device: DeviceFacts = UNKNOWN_DEVICE,
-                       expert_format: str = "") -> ContextTerm | None:
+                       expert_format: str = "", dense_format: str = "") -> ContextTerm | None:
         """What the engine takes on one `device` of `stage` (`UNKNOWN_DEVICE` when not known) outside its
         memory budget, from the memory the budget leaves free (vLLM's memory in use at start-up, and its CUDA graphs
         (0.33's beyond its in-budget estimate) and the buffers it keeps from its kernel warm-up, after the KV cache is
         sized, or what DeepGEMM's warm-up needs beyond the memory the profiling run released, when more), by the
         context it is started for; None when nothing.  `expert_format` (the routed experts' weight format) selects
-        the fused-MoE kernel.  A device whose need exceeds ``capacity - usable`` does not fit."""
+        the fused-MoE kernel, `dense_format` (the linear layers') their kernel.  A device whose need exceeds
+        ``capacity - usable`` does not fit."""
         ...
 
     def refusal(self, spec: ModelSpec, tensor_parallel: int, pipeline_parallel: int,

@@ -1393,8 +1393,9 @@ class OutsideBudget:
     #: built, so holds while loading: the rotary cos/sin caches and the buffers built with the model (Qwen3-VL's
     #: deepstack inputs, DeepSeek Sparse Attention's top-k indices); the rest of that peak is free at load
     load_held: int = 0
-    #: what a MoE layer's weights hold only while process_weights_after_loading repacks them
-    #: (`fp8_expert_repack_bytes`), before the KV cache is sized: weighed as `load` is (`load_bytes`)
+    #: what one module's weights hold only while process_weights_after_loading rewrites them (the larger of a MoE
+    #: layer's, `fp8_expert_repack_bytes`, and a linear layer's, `fp8_marlin_linear_repack_bytes`), before the KV
+    #: cache is sized: weighed as `load` is (`load_bytes`)
     repack: Term | None = None
 
     def _load_spill(self, room: int) -> int:
@@ -1514,7 +1515,7 @@ def _unknown_device_attention_buffers(stage: Stage, kv_cache_dtype: str, limits:
 
 def outside_budget(stage: Stage, kv_cache_dtype: str, limits: BatchLimits, version: str,
                    enforce_eager: bool = False, device: DeviceFacts = UNKNOWN_DEVICE,
-                   expert_format: str = "") -> OutsideBudget:
+                   expert_format: str = "", dense_format: str = "") -> OutsideBudget:
     """`OutsideBudget` of one `device` of `stage` on vLLM `version` (`UNKNOWN_DEVICE` when not known): the
     start-up memory always; the CUDA graphs, on 0.33 what they may take beyond the estimate it charged inside the
     budget (`vllm_graphs.graph_spill`), none with `enforce_eager`, which captures none; FlashInfer's CUTLASS MoE
@@ -1526,8 +1527,10 @@ def outside_budget(stage: Stage, kv_cache_dtype: str, limits: BatchLimits, versi
     charged the rows their MoE layers gather (`moe_data_parallel_graphs`).  On the last stage of a plan with an MTP
     drafter, its persistent buffers (`vllm_speculative.drafter_buffer_bytes`) and what it holds only while loading
     (`load`, `vllm_speculative.drafter_load_bytes`), and for fp8 experts on Marlin or FlashInfer's CUTLASS experts
-    what their rewrite holds only while loading (`repack`, `fp8_expert_repack_bytes`), which the planner weighs
-    against the budget still free then (`OutsideBudget.load_bytes`)."""
+    what their rewrite holds only while loading, or for fp8 linear layers stored as `dense_format` on Marlin what
+    the largest one's repack does (`repack`: the larger of `fp8_expert_repack_bytes` and
+    `fp8_marlin_linear_repack_bytes`, one module processed at a time after all weights are loaded), which the
+    planner weighs against the budget still free then (`OutsideBudget.load_bytes`)."""
     if enforce_eager:
         graph = None
     elif VERSIONS[version].cuda_graphs_in_budget:
@@ -1556,7 +1559,9 @@ def outside_budget(stage: Stage, kv_cache_dtype: str, limits: BatchLimits, versi
                             "(EagleProposer._maybe_share_embeddings / _maybe_share_lm_head, v1/spec_decode/eagle.py) "
                             "and freed before 'Model loading took' is measured (utils/mem_utils.py "
                             "DeviceMemoryProfiler): in no term of the KV budget")
-    repack = fp8_expert_repack_bytes(stage, version, device, expert_format)
+    repack = max((term for term in (fp8_expert_repack_bytes(stage, version, device, expert_format),
+                                    fp8_marlin_linear_repack_bytes(stage, version, dense_format, device))
+                  if term is not None), key=lambda term: term.bytes, default=None)
     tokens = limits.max_batched_tokens
     held = (rotary_cache_bytes(spec, version, stage.element_bytes) + _deepstack_buffer_bytes(spec, tokens)
             + _dsa_topk_buffer_bytes(spec, tokens)) if load is not None or repack is not None else 0
@@ -4257,32 +4262,53 @@ def _fp8_marlin_device(version: str, device: DeviceFacts, experts: bool, block: 
     return capability < (FP8_MARLIN_BELOW[version][0 if experts else 1] if block else FP8_TENSOR_MARLIN_BELOW)
 
 
-def fp8_marlin_linear_bytes(stage: Stage, version: str, dense_format: str, device: DeviceFacts) -> Term | None:
-    """The bytes one rank of vLLM `version` holds for the fp8 [128, 128]-block attention, dense MLP and shared-expert
-    layers (`dense_format` ``fp8-block128``) beyond nibble's charge where it runs them on Marlin
-    (`_fp8_marlin_device`): `fp8_marlin_scale_bytes` of each (`_fp8_attention_shapes`; gate_up_proj and down_proj
-    of the rank's dense MLP and shared experts).  None elsewhere: other formats, devices, releases, and models
-    outside `FP8_MARLIN_MODEL_TYPES` or with DeepSeek Sparse Attention's indexer (its layers not listed)."""
+def _fp8_linear_layers(stage: Stage) -> tuple[tuple[int, int, int], ...]:
+    """(count, out features, in features) of one rank's quantized linear layers in the stage's decoder layers, for a
+    model of `FP8_MARLIN_MODEL_TYPES`: the attention's (`_fp8_attention_shapes`) in every layer, the merged
+    gate_up_proj and the down_proj of the dense MLP in the dense layers (every layer of a dense model) and of the
+    shared experts in the MoE layers (whole under expert parallelism where `shared_experts_whole`)."""
     spec = stage.spec
-    block = FP8_MARLIN_LABELS.get(dense_format)
-    if (block is None or not _fp8_marlin_device(version, device, False, block)
-            or spec.model_type not in FP8_MARLIN_MODEL_TYPES or spec.has_indexer):
-        return None
     tensor_parallel, hidden = stage.tensor_parallel, spec.hidden_size
-
-    def mlp(width: int) -> int:
-        return fp8_marlin_scale_bytes(2 * width, hidden, block) + fp8_marlin_scale_bytes(hidden, width, block)
-
     start, stop = stage.layers
     dense_layers = sum(1 for layer in range(start, stop) if not spec.is_moe or layer in spec.dense_layers)
-    per_attention = sum(fp8_marlin_scale_bytes(*shape, block)
-                        for shape in _fp8_attention_shapes(spec, tensor_parallel))
-    extra = (stop - start) * per_attention
+    found = [(stop - start, out_features, in_features)
+             for out_features, in_features in _fp8_attention_shapes(spec, tensor_parallel)]
     if dense_layers:
-        extra += dense_layers * mlp(spec.intermediate_size // tensor_parallel)
-    if spec.shared_expert_width:
+        width = spec.intermediate_size // tensor_parallel
+        found += [(dense_layers, 2 * width, hidden), (dense_layers, hidden, width)]
+    if spec.shared_expert_width and stop - start - dense_layers:
         whole = shared_experts_whole(spec, tensor_parallel, stage.data_parallel, stage.expert_parallel)
-        extra += (stop - start - dense_layers) * mlp(spec.shared_expert_width // (1 if whole else tensor_parallel))
+        width = spec.shared_expert_width // (1 if whole else tensor_parallel)
+        found += [(stop - start - dense_layers, 2 * width, hidden), (stop - start - dense_layers, hidden, width)]
+    return tuple(found)
+
+
+def _fp8_marlin_linear_format(stage: Stage, version: str, dense_format: str, device: DeviceFacts,
+                              any_fp8: bool = False) -> bool | None:
+    """Whether vLLM `version` runs the stage's linear layers, stored as `dense_format`, on Marlin on `device`, as
+    `FP8_MARLIN_LABELS`' value (True for [128, 128] blocks), or with `any_fp8` for any fp8 label (a scale a channel
+    too, whose weights Marlin repacks all the same: True for any block size); None where it does not or nibble does
+    not list the model's layers (`FP8_MARLIN_MODEL_TYPES`, without DeepSeek Sparse Attention's indexer)."""
+    label = dense_format.removeprefix("checkpoint-")
+    block = (label.startswith("fp8-block") if any_fp8 and weight_format_family(label) == "fp8"
+             else FP8_MARLIN_LABELS.get(dense_format))
+    if (block is None or not _fp8_marlin_device(version, device, False, block)
+            or stage.spec.model_type not in FP8_MARLIN_MODEL_TYPES or stage.spec.has_indexer):
+        return None
+    return block
+
+
+def fp8_marlin_linear_bytes(stage: Stage, version: str, dense_format: str, device: DeviceFacts) -> Term | None:
+    """The bytes one rank of vLLM `version` holds for the fp8 attention, dense MLP and shared-expert layers
+    (`dense_format` of `FP8_MARLIN_LABELS`) beyond nibble's charge where it runs them on Marlin
+    (`_fp8_marlin_device`): `fp8_marlin_scale_bytes` of each (`_fp8_linear_layers`).  None elsewhere: other
+    formats, devices, releases, and models outside `FP8_MARLIN_MODEL_TYPES` or with DeepSeek Sparse Attention's
+    indexer (its layers not listed)."""
+    block = _fp8_marlin_linear_format(stage, version, dense_format, device)
+    if block is None:
+        return None
+    extra = sum(count * fp8_marlin_scale_bytes(out_features, in_features, block)
+                for count, out_features, in_features in _fp8_linear_layers(stage))
     if extra <= 0:
         return None
     native = FP8_MARLIN_BELOW[version][1] if block else FP8_TENSOR_MARLIN_BELOW
@@ -4293,6 +4319,49 @@ def fp8_marlin_linear_bytes(stage: Stage, version: str, dense_format: str, devic
         f"{native[0]}.{native[1]} (MarlinFP8ScaledMMLinearKernel; Fp8LinearMethod.use_marlin in 0.11), whose "
         f"prepare_fp8_layer_for_marlin (quantization/utils/marlin_utils_fp8.py) replaces each layer's {scales}: "
         f"{extra / GIB:.2f} GiB a rank beyond nibble's charge of the checkpoint's scales ({extra:,} bytes)"))
+
+
+#: the releases whose prepare_fp8_layer_for_marlin zero-pads a weight Marlin's thread tiles do not divide
+#: (marlin_utils.py ``marlin_padded_nk``, ``marlin_pad_qweight``: 0.33)
+FP8_MARLIN_PADDING_VERSIONS = frozenset({"0.33"})
+
+
+def _marlin_padded_nk(size_n: int, size_k: int, group_size: int) -> tuple[int, int]:
+    """vLLM 0.33's ``marlin_padded_nk`` (quantization/utils/marlin_utils.py): the smaller of (n to 64, k to
+    lcm(128, group)) and (n to 128, k to lcm(64, group)), by area then sum."""
+    group = max(group_size, 1)
+    candidates = ((_round_up(size_n, 64), _round_up(size_k, math.lcm(128, group))),
+                  (_round_up(size_n, 128), _round_up(size_k, math.lcm(64, group))))
+    return min(candidates, key=lambda nk: (nk[0] * nk[1], nk[0] + nk[1]))
+
+
+def fp8_marlin_linear_repack_bytes(stage: Stage, version: str, dense_format: str,
+                                   device: DeviceFacts) -> Term | None:
+    """What one rank holds only while vLLM `version` repacks its largest fp8 linear layer for Marlin, beyond the
+    layer's loaded weight, where it runs `dense_format` linear layers on Marlin (`_fp8_marlin_linear_format`).
+    prepare_fp8_layer_for_marlin (quantization/utils/marlin_utils_fp8.py, 0.11, 0.19 and 0.33) packs the loaded
+    ``N x K`` fp8 weight into int32 and makes it contiguous transposed (``pack_fp8_to_int32``, ``qweight.T
+    .contiguous()``: a copy of its ``N x K`` bytes), then ``gptq_marlin_repack`` writes the Marlin weight (another
+    ``N x K`` bytes) while that copy and the loaded weight are bound; replace_parameter frees the loaded one after:
+    ``2 x N x K`` bytes at once (0.33 first zero-pads the copy to ``marlin_padded_nk``: twice the padded size).
+    Each layer's process_weights_after_loading runs after every weight is loaded, one module at a time
+    (model_loader/utils.py ``process_weights_after_loading``), so only the largest layer's counts.  None where the
+    layers do not run on Marlin (for any fp8 scales: Marlin repacks a per-channel layer's weight all the same)."""
+    block = _fp8_marlin_linear_format(stage, version, dense_format, device, any_fp8=True)
+    if block is None:
+        return None
+    largest = 0
+    for _, out_features, in_features in _fp8_linear_layers(stage):
+        if version in FP8_MARLIN_PADDING_VERSIONS:
+            out_features, in_features = _marlin_padded_nk(out_features, in_features, FP8_BLOCK if block else -1)
+        largest = max(largest, out_features * in_features)
+    if not largest:
+        return None
+    transient = 2 * largest
+    return Term(transient, (
+        f"{transient / GIB:.2f} GiB while vLLM {version} repacks its largest {dense_format} linear layer for Marlin "
+        f"(prepare_fp8_layer_for_marlin, quantization/utils/marlin_utils_fp8.py: the int32 transposed copy of "
+        f"the loaded {largest:,}-byte weight and gptq_marlin_repack's output beside it)"))
 
 
 def fp8_marlin_expert_bytes(stage: Stage, version: str, device: DeviceFacts,
@@ -5652,11 +5721,13 @@ class VllmProfile:
 
     def outside_budget(self, stage: Stage, kv_cache_dtype: str, limits: BatchLimits,
                        enforce_eager: bool = False, device: DeviceFacts = UNKNOWN_DEVICE,
-                       expert_format: str = "") -> OutsideBudget:
+                       expert_format: str = "", dense_format: str = "") -> OutsideBudget:
         """What this release takes on one device of `stage` outside ``gpu_memory_utilization`` (`OutsideBudget`):
         the memory in use at start-up, and what it allocates after sizing the KV cache (`expert_format`, the routed
-        experts' weight format, selects the fused-MoE kernel)."""
-        return outside_budget(stage, kv_cache_dtype, limits, self._version, enforce_eager, device, expert_format)
+        experts' weight format, selects the fused-MoE kernel; `dense_format`, the linear layers', their kernel and
+        what its repack holds while loading)."""
+        return outside_budget(stage, kv_cache_dtype, limits, self._version, enforce_eager, device, expert_format,
+                              dense_format)
 
     def refusal(self, spec: ModelSpec, tensor_parallel: int, pipeline_parallel: int,
                 expert_parallel: bool = False) -> str | None:

@@ -9,6 +9,12 @@ the fp8 weights at their size (``gptq_marlin_repack``, 8 bits) and turn the floa
 bytes where the checkpoint holds ``4 x N x K / 16,384``: 64 times more, held after loading, so inside vLLM's "Model
 loading took" and out of its KV budget.
 
+While loading, prepare_fp8_layer_for_marlin packs a linear layer's loaded ``N x K`` fp8 weight into an int32
+transposed copy (``pack_fp8_to_int32``, ``qweight.T.contiguous()``) and writes gptq_marlin_repack's output beside
+both: ``2 x N x K`` bytes at once (0.33 zero-pads the copy to ``marlin_padded_nk`` first).  The loader runs each
+module's process_weights_after_loading after all weights are loaded, one at a time, so the largest layer's (or a MoE
+layer's expert repack, when larger) is what loading needs beyond the weights.
+
 Where Marlin runs them: below compute capability 8.9 for the experts in every release (0.11 Fp8MoEMethod
 ``use_marlin``; 0.19/0.33 fused_moe/oracle/fp8.py select_fp8_moe_backend, TritonExperts taking fp8 only from 8.9);
 below 8.9 for the linear layers in 0.11 and 0.19 (0.19 MarlinFP8ScaledMMLinearKernel.is_supported refuses 89 and up)
@@ -22,7 +28,12 @@ import pytest
 
 from quant_core.catalog import device_facts, get_preset_info
 from quant_core.engines.base import Stage
-from quant_core.engines.vllm import VllmProfile, fp8_marlin_scale_bytes
+from quant_core.engines.vllm import (
+    VllmProfile,
+    _marlin_padded_nk,
+    fp8_marlin_linear_repack_bytes,
+    fp8_marlin_scale_bytes,
+)
 from quant_core.planner import Hardware, PlanOptions, Workload, plan
 from quant_core.schemes import scheme_from_quantization_config
 
@@ -174,3 +185,77 @@ def test_qwen3_30b_fp8_per_tensor_on_a100_holds_a_16_bit_scale_per_output_row() 
     assert VllmProfile("0.33").linear_layout(stage, "fp8-per-tensor", device_facts("l40s")) is None
     # a scale a channel is held in 16 bits where the checkpoint's is float32: nothing more to charge
     assert VllmProfile("0.19").expert_layout(stage, "fp8-per-channel", A100) is None
+
+
+def _llama_70b_fp8() -> tuple[Stage, object]:
+    info = get_preset_info("llama-3.1-70b")
+    scheme = scheme_from_quantization_config({"quant_method": "fp8", "activation_scheme": "dynamic",
+                                              "weight_block_size": [128, 128]})
+    return Stage(info.spec, 2, 1, (0, info.spec.num_layers), True), scheme
+
+
+@pytest.mark.parametrize("version", ["0.11", "0.19", "0.33"])
+def test_llama_70b_fp8_linear_repack_on_a100_holds_twice_the_largest_layer_while_loading(version: str) -> None:
+    # TP 2: the largest layer is gate_up_proj, N = 2 x 28672 / 2 = 28672 rows of K = 8192: 234,881,024 fp8 bytes;
+    # its int32 transposed copy and gptq_marlin_repack's output beside the loaded weight: 2 x 234,881,024
+    stage, _ = _llama_70b_fp8()
+    profile = VllmProfile(version)
+    limits = profile.batch_limits(80 * GIB, "a100-80gb")
+    budget = profile.outside_budget(stage, "bf16", limits, False, A100, "", "fp8-block128")
+    assert budget.repack is not None and budget.repack.bytes == 469_762_048
+    assert "prepare_fp8_layer_for_marlin" in budget.repack.basis and budget.loads
+    # without the linear layers' format nothing is known of their kernel
+    assert profile.outside_budget(stage, "bf16", limits, False, A100, "").repack is None
+
+
+def test_fp8_linear_repack_only_where_marlin_runs_the_linear_layers() -> None:
+    stage, _ = _llama_70b_fp8()
+    for version in ("0.11", "0.19", "0.33"):
+        assert fp8_marlin_linear_repack_bytes(stage, version, "fp8-block128", device_facts("h100-80gb")) is None
+    # 8.9: 0.19 runs block fp8 natively, 0.33 still on Marlin (its block kernels need 9.0); per-tensor weights run
+    # on CUTLASS from 8.9 in every release
+    l40s = device_facts("l40s")
+    assert fp8_marlin_linear_repack_bytes(stage, "0.19", "fp8-block128", l40s) is None
+    term = fp8_marlin_linear_repack_bytes(stage, "0.33", "fp8-block128", l40s)
+    assert term is not None and term.bytes == 469_762_048
+    assert fp8_marlin_linear_repack_bytes(stage, "0.33", "fp8-per-tensor", l40s) is None
+    per_tensor = fp8_marlin_linear_repack_bytes(stage, "0.19", "fp8-per-tensor", A100)
+    assert per_tensor is not None and per_tensor.bytes == 469_762_048
+    # a scale a channel holds no more on Marlin, but its weights are repacked all the same
+    per_channel = fp8_marlin_linear_repack_bytes(stage, "0.19", "fp8-per-channel", A100)
+    assert per_channel is not None and per_channel.bytes == 469_762_048
+    assert VllmProfile("0.19").linear_layout(stage, "fp8-per-channel", A100) is None
+
+
+def test_vllm_033_pads_the_repacked_copy_to_marlins_thread_tiles() -> None:
+    # marlin_padded_nk (0.33 marlin_utils.py): (n to 64, k to lcm(128, g)) or (n to 128, k to lcm(64, g)), the
+    # smaller area.  GLM-4.5-Air's dense down_proj at TP 4: N 4096, K 10944 / 4 = 2736 (21.375 x 128):
+    # groups of 128: (4096, 2816) either way; a whole row: (4096, 2816) against (4096, 2752): the second
+    assert _marlin_padded_nk(4096, 2736, 128) == (4096, 2816)
+    assert _marlin_padded_nk(4096, 2736, -1) == (4096, 2752)
+
+
+def test_minimax_fp8_load_transient_is_the_larger_of_the_expert_and_the_linear_repack() -> None:
+    # TP 4: the largest linear layer is qkv_proj (N 2048, K 3072): 2 x 6,291,456 = 12,582,912 bytes, under the
+    # experts' 1,210,318,848; process_weights_after_loading runs one module at a time, so only the larger counts
+    stage = _stage("minimax-m2.5", 4)
+    linear = fp8_marlin_linear_repack_bytes(stage, "0.19", "fp8-block128", A100)
+    assert linear is not None and linear.bytes == 12_582_912
+    limits = VllmProfile("0.19").batch_limits(80 * GIB, "a100-80gb")
+    budget = VllmProfile("0.19").outside_budget(stage, "bf16", limits, False, A100, "fp8-block128", "fp8-block128")
+    assert budget.repack is not None and budget.repack.bytes == 1_210_318_848
+
+
+def test_llama_70b_fp8_plan_on_a100_does_not_fit_where_the_linear_repack_has_no_room_to_load() -> None:
+    # 2 devices of 38.4 GiB at memory_utilization 0.955, eager, 512 tokens: serving fits, but the budget still free
+    # while loading (0.20 GiB: the KV pool and profiling peak) and the 1.73 GiB outside it beside the 1.55 GiB
+    # start-up memory cannot hold the 0.44 GiB (469,762,048 bytes) gate_up_proj's repack needs at once
+    stage, scheme = _llama_70b_fp8()
+    answer = plan(stage.spec, Hardware(int(38.4 * GIB), 2, "a100-80gb"), Workload(512, 1),
+                  PlanOptions(scheme=scheme, engine_version="0.19", memory_utilization=0.955, enforce_eager=True,
+                              tensor_parallel=2, max_batched_tokens=512, max_num_seqs=1))
+    device = answer.primary.devices[0]
+    assert device.weights_bytes + device.overhead_bytes + device.kv_cache_bytes <= device.usable_bytes
+    assert not answer.primary.fits
+    assert any("would run out of memory loading the model" in warning and "prepare_fp8_layer_for_marlin"
+               in warning for warning in answer.warnings)
