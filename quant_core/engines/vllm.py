@@ -4173,7 +4173,21 @@ FP8_TENSOR_MARLIN_BELOW = (8, 9)
 #: scale a channel it holds in 16 bits, at most the checkpoint's float32 (nothing charged)
 FP8_MARLIN_LABELS: dict[str, bool] = {"fp8-block128": True, "fp8-per-tensor": False, "fp8-per-tensor-static": False}
 #: the model classes whose fp8 linear layers nibble lists per rank for `fp8_marlin_linear_bytes`
-FP8_MARLIN_MODEL_TYPES = frozenset(FUSED_LINEAR_MODEL_TYPES) | {"minimax_m2"}
+#: (`_fp8_linear_layers`): those of `FUSED_LINEAR_MODEL_TYPES`, MiniMax-M2 (minimax_m2.py: a QKVParallelLinear
+#: qkv_proj and an o_proj, no dense MLP or shared experts), GLM-4.5/4.6 (glm4_moe.py: a QKVParallelLinear qkv_proj,
+#: an o_proj, the first_k_dense_replace layers' Glm4MoeMLP of merged gate_up_proj and down_proj, and the shared
+#: experts as one such MLP split over the ranks) and DeepSeek Sparse Attention's MLA models (deepseek_v2.py, also
+#: GlmMoeDsaForCausalLM: DeepSeek-V3's layers and the Indexer's ReplicatedLinear ``wq_b`` and ``wk``, built with the
+#: model's quant_config; ``weights_proj`` with ``quant_config=None``), and the text decoders of the same fused layout
+#: (a QKVParallelLinear qkv_proj, an o_proj, a MergedColumnParallelLinear gate_up_proj, a down_proj; vLLM 0.19):
+#: gemma3.py, glm4.py (LlamaMLP), olmo2.py (also Olmo3ForCausalLM), phi3.py (LlamaForCausalLM), seed_oss.py,
+#: qwen2_5_vl.py (Qwen2Model), qwen3_vl.py (Qwen3's layers), qwen3_vl_moe.py (Qwen3-MoE's), mistral3.py (Llama's);
+#: SmolLM3 runs on the Transformers backend with q, k, v, gate and up as separate parallel layers: the same scales,
+#: and the fused layer as its largest is the safe side of its repack (`fp8_marlin_linear_repack_bytes`).  Not
+#: listed (no term): Qwen3-Next and Qwen3.5-MoE's gated-delta-net layers, Llama 4's, Falcon's and GPT-2's (not read)
+FP8_MARLIN_MODEL_TYPES = frozenset(FUSED_LINEAR_MODEL_TYPES) | {
+    "minimax_m2", "glm4_moe", "deepseek_v32", "glm_moe_dsa", "gemma3_text", "glm4", "olmo2", "olmo3", "phi3",
+    "seed_oss", "qwen2_5_vl", "qwen3_vl", "qwen3_vl_moe", "mistral3", "smollm3"}
 
 
 def fp8_marlin_scale_bytes(out_features: int, in_features: int, block: bool = True) -> int:
@@ -4237,7 +4251,9 @@ def fp8_expert_repack_bytes(stage: Stage, version: str, device: DeviceFacts, exp
 def _fp8_attention_shapes(spec: ModelSpec, tensor_parallel: int) -> tuple[tuple[int, int], ...]:
     """(out features, in features) of one rank's attention linear layers in one decoder layer: for MLA
     (deepseek_v2.py ``DeepseekV2MLAAttention``) q_proj and the replicated kv_a_proj_with_mqa, or the replicated
-    fused_qkv_a_proj and q_b_proj, then kv_b_proj and o_proj (`_mla_projection_sizes`' layers); else the
+    fused_qkv_a_proj and q_b_proj, then kv_b_proj and o_proj (`_mla_projection_sizes`' layers), and with DeepSeek
+    Sparse Attention the Indexer's ReplicatedLinear ``wq_b`` [heads x dim, q_lora_rank] and ``wk`` [dim, hidden]
+    (deepseek_v2.py ``Indexer``, 0.11, 0.19 and 0.33: built with the model's quant_config); else the
     QKVParallelLinear qkv_proj and the RowParallelLinear o_proj (`_dense_linear_shapes`)."""
     hidden = spec.hidden_size
     if not spec.is_mla:
@@ -4248,8 +4264,10 @@ def _fp8_attention_shapes(spec: ModelSpec, tensor_parallel: int) -> tuple[tuple[
     latent = spec.kv_lora_rank + spec.qk_rope_head_dim
     compressed = (((query, hidden), (latent, hidden)) if spec.q_lora_rank is None
                   else ((spec.q_lora_rank + latent, hidden), (query, spec.q_lora_rank)))
+    indexer = (((spec.index_n_heads * spec.index_head_dim, spec.q_lora_rank or 0), (spec.index_head_dim, hidden))
+               if spec.has_indexer else ())
     return (*compressed, (heads * (spec.qk_nope_head_dim + spec.v_head_dim), spec.kv_lora_rank),
-            (hidden, heads * spec.v_head_dim))
+            (hidden, heads * spec.v_head_dim), *indexer)
 
 
 def _fp8_marlin_device(version: str, device: DeviceFacts, experts: bool, block: bool = True) -> bool:
@@ -4288,12 +4306,12 @@ def _fp8_marlin_linear_format(stage: Stage, version: str, dense_format: str, dev
     """Whether vLLM `version` runs the stage's linear layers, stored as `dense_format`, on Marlin on `device`, as
     `FP8_MARLIN_LABELS`' value (True for [128, 128] blocks), or with `any_fp8` for any fp8 label (a scale a channel
     too, whose weights Marlin repacks all the same: True for any block size); None where it does not or nibble does
-    not list the model's layers (`FP8_MARLIN_MODEL_TYPES`, without DeepSeek Sparse Attention's indexer)."""
+    not list the model's layers (`FP8_MARLIN_MODEL_TYPES`)."""
     label = dense_format.removeprefix("checkpoint-")
     block = (label.startswith("fp8-block") if any_fp8 and weight_format_family(label) == "fp8"
              else FP8_MARLIN_LABELS.get(dense_format))
     if (block is None or not _fp8_marlin_device(version, device, False, block)
-            or stage.spec.model_type not in FP8_MARLIN_MODEL_TYPES or stage.spec.has_indexer):
+            or stage.spec.model_type not in FP8_MARLIN_MODEL_TYPES):
         return None
     return block
 
@@ -4302,8 +4320,7 @@ def fp8_marlin_linear_bytes(stage: Stage, version: str, dense_format: str, devic
     """The bytes one rank of vLLM `version` holds for the fp8 attention, dense MLP and shared-expert layers
     (`dense_format` of `FP8_MARLIN_LABELS`) beyond nibble's charge where it runs them on Marlin
     (`_fp8_marlin_device`): `fp8_marlin_scale_bytes` of each (`_fp8_linear_layers`).  None elsewhere: other
-    formats, devices, releases, and models outside `FP8_MARLIN_MODEL_TYPES` or with DeepSeek Sparse Attention's
-    indexer (its layers not listed)."""
+    formats, devices, releases, and models outside `FP8_MARLIN_MODEL_TYPES`."""
     block = _fp8_marlin_linear_format(stage, version, dense_format, device)
     if block is None:
         return None

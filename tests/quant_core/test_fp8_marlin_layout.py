@@ -233,6 +233,11 @@ def test_vllm_033_pads_the_repacked_copy_to_marlins_thread_tiles() -> None:
     # groups of 128: (4096, 2816) either way; a whole row: (4096, 2816) against (4096, 2752): the second
     assert _marlin_padded_nk(4096, 2736, 128) == (4096, 2816)
     assert _marlin_padded_nk(4096, 2736, -1) == (4096, 2752)
+    # its dense gate_up_proj, N 2 x 2736 = 5472 (85.5 x 64), K 4096: (5504, 4096) either way, so 0.33 repacks
+    # 2 x 5504 x 4096 = 45,088,768 bytes where 0.19 repacks 2 x 5472 x 4096 = 44,826,624
+    stage = _stage("glm-4.5-air", 4)
+    padded = fp8_marlin_linear_repack_bytes(stage, "0.33", "fp8-block128", A100)
+    assert padded is not None and padded.bytes == 45_088_768
 
 
 def test_minimax_fp8_load_transient_is_the_larger_of_the_expert_and_the_linear_repack() -> None:
@@ -244,6 +249,50 @@ def test_minimax_fp8_load_transient_is_the_larger_of_the_expert_and_the_linear_r
     limits = VllmProfile("0.19").batch_limits(80 * GIB, "a100-80gb")
     budget = VllmProfile("0.19").outside_budget(stage, "bf16", limits, False, A100, "fp8-block128", "fp8-block128")
     assert budget.repack is not None and budget.repack.bytes == 1_210_318_848
+
+
+def test_glm_45_air_fp8_linear_layers_on_a100_hold_marlin_scales() -> None:
+    # glm4_moe.py at TP 4: hidden 4096, 96 heads / 4 = 24, 8 kv heads / 4 = 2, head_dim 128, 46 layers, the first
+    # dense (Glm4MoeMLP 10944 / 4 = 2736 wide), 45 with a shared expert 1408 / 4 = 352 wide:
+    #   qkv_proj (N 28 x 128 = 3584, K 4096): 2 x 3584 x 32 - 3584 = 225,792
+    #   o_proj (N 4096, K 3072): 2 x 4096 x 24 - 3072 = 193,536; 419,328 x 46 = 19,289,088
+    #   dense gate_up (N 5472, K 4096): 350,208 - 5,472 = 344,736; down (N 4096, K 2736, 22 groups):
+    #   180,224 - 2,736 = 177,488: 522,224
+    #   shared gate_up (N 704, K 4096): 45,056 - 704 = 44,352; down (N 4096, K 352, 3 groups): 24,576 - 352 =
+    #   24,224: 68,576 x 45 = 3,085,920
+    #   19,289,088 + 522,224 + 3,085,920 = 22,897,232
+    stage = _stage("glm-4.5-air", 4)
+    term = VllmProfile("0.19").linear_layout(stage, "fp8-block128", A100)
+    assert term is not None and term.bytes == 22_897_232
+    # its largest linear layer, the dense gate_up_proj: 2 x 5472 x 4096; the experts' repack, larger, is the one
+    # charged: (2 x 128 + 1) x 2 x 352 x 4096 = 741,081,088
+    linear = fp8_marlin_linear_repack_bytes(stage, "0.19", "fp8-block128", A100)
+    assert linear is not None and linear.bytes == 44_826_624
+    limits = VllmProfile("0.19").batch_limits(80 * GIB, "a100-80gb")
+    budget = VllmProfile("0.19").outside_budget(stage, "bf16", limits, False, A100, "fp8-block128", "fp8-block128")
+    assert budget.repack is not None and budget.repack.bytes == 741_081_088
+
+
+def test_deepseek_v32_fp8_linear_layers_on_a100_add_the_indexers_wq_b_and_wk() -> None:
+    # DeepSeek-V3's 41,568,912 at TP 8, and in each of the 61 layers the Indexer's ReplicatedLinear (quant_config
+    # passed): wq_b (N 64 x 128 = 8192, K 1536): 2 x 8192 x 12 - 3,072 = 193,536; wk (N 128, K 7168):
+    # 2 x 128 x 56 - 224 = 14,112.  41,568,912 + 61 x 207,648 = 54,235,440
+    term = VllmProfile("0.19").linear_layout(_stage("deepseek-v3.2", 8), "fp8-block128", A100)
+    assert term is not None and term.bytes == 54_235_440
+
+
+def test_seed_oss_fp8_linear_layers_on_a100_hold_marlin_scales_and_repack_gate_up() -> None:
+    # seed_oss.py at TP 2: hidden 5120 (40 groups), 80 / 2 = 40 heads, 8 / 2 = 4 kv heads of 128, 64 layers,
+    # MLP 27648 / 2 = 13824 wide:
+    #   qkv_proj (N 48 x 128 = 6144): 2 x 6144 x 40 - 7,680 = 483,840; o_proj (N 5120, K 5120): 409,600 - 6,400 =
+    #   403,200; gate_up (N 27648): 2,211,840 - 34,560 = 2,177,280; down (N 5120, K 13824, 108 groups):
+    #   1,105,920 - 17,280 = 1,088,640; 4,152,960 x 64 = 265,789,440
+    stage = _stage("seed-oss-36b-instruct", 2)
+    term = VllmProfile("0.19").linear_layout(stage, "fp8-block128", A100)
+    assert term is not None and term.bytes == 265_789_440
+    # gate_up_proj repacked: 2 x 27648 x 5120
+    linear = fp8_marlin_linear_repack_bytes(stage, "0.19", "fp8-block128", A100)
+    assert linear is not None and linear.bytes == 283_115_520
 
 
 def test_llama_70b_fp8_plan_on_a100_does_not_fit_where_the_linear_repack_has_no_room_to_load() -> None:
