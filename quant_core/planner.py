@@ -47,9 +47,8 @@ from __future__ import annotations
 import copy
 import math
 from collections.abc import Callable
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, field, replace
 from functools import lru_cache
-from typing import Any, TypeVar, cast
 
 from quant_core.catalog import (
     MAX_COMPUTE_UNITS,
@@ -115,6 +114,7 @@ from quant_core.kv_cache import (
     layer_bytes_per_token,
 )
 from quant_core.schemes import WeightScheme, assign, assigned_bytes, scheme_of, with_partial_groups
+from quant_core.slots import slot_constructor
 from quant_core.specs import (
     Llama4VisionTower,
     ModelSpec,
@@ -412,24 +412,6 @@ class DevicePlan:
     outside_budget_bytes: int = 0
 
 
-_Frozen = TypeVar("_Frozen")
-
-
-def _slot_constructor(cls: type[_Frozen]) -> Callable[..., _Frozen]:
-    """A constructor of `cls` (a frozen, slotted dataclass without ``__post_init__``) from all its fields, in order or
-    by name, none left to its default, that sets each slot through its descriptor: the same object as ``cls(...)``,
-    without the dataclass ``__init__``'s ``object.__setattr__`` per field (a plan builds one DevicePlan per device of
-    each format, a FormatPlan per format and its Plan)."""
-    names = [item.name for item in fields(cast(Any, cls))]
-    if hasattr(cls, "__post_init__") or list(getattr(cls, "__slots__", ())) != names:
-        raise TypeError(f"{cls.__name__} must be a slotted dataclass without __post_init__")
-    scope: dict[str, object] = {"new": object.__new__, "cls": cls}
-    scope.update({f"set_{name}": getattr(cls, name).__set__ for name in names})
-    body = "".join(f"    set_{name}(made, {name})\n" for name in names)
-    exec(f"def construct({', '.join(names)}):\n    made = new(cls)\n{body}    return made\n", scope)
-    return scope["construct"]  # type: ignore[return-value]
-
-
 @dataclass(frozen=True, slots=True)
 class FormatPlan:
     """The plan for one weight format: totals, devices, verdict and the solved limits.
@@ -488,8 +470,8 @@ class FormatPlan:
     refusal: str | None = None
 
 
-_new_device_plan = _slot_constructor(DevicePlan)
-_new_format_plan = _slot_constructor(FormatPlan)
+_new_device_plan = slot_constructor(DevicePlan)
+_new_format_plan = slot_constructor(FormatPlan)
 
 
 @dataclass(frozen=True, slots=True)
@@ -531,7 +513,7 @@ class Plan:
         return self.primary.refusal
 
 
-_new_plan = _slot_constructor(Plan)
+_new_plan = slot_constructor(Plan)
 
 
 # ---------------------------------------------------------------------------
@@ -1051,6 +1033,8 @@ class _StageTerms:
     #: per stage, its KV cache in the engine's groups and blocks where it has windowed layers
     #: (`EngineProfile.windowed_kv`), which replaces the layers' own figure (`_StageKV.by_window`)
     windowed: tuple[WindowedKV | None, ...] = ()
+    #: per stage, one device of it as the engine sees it (`_Evaluator.stage`), which `_kv_capacity` asks about
+    stages: tuple[Stage, ...] = ()
 
     def kv_bytes(self, layout: _Layout, stage: int, context_length: int, sequences: int, block_size: int) -> int:
         """The KV bytes `sequences` sequences of `context_length` tokens take on one device of `stage`: the
@@ -1247,8 +1231,8 @@ class _Evaluator:
         outside: list[ContextTerm | None] = []
         windowed: list[WindowedKV | None] = []
         activation_basis = overhead_basis = ""
-        for index in range(layout.pipeline_parallel):
-            stage = self.stage(layout, index)
+        stages = tuple(self.stage(layout, index) for index in range(layout.pipeline_parallel))
+        for stage in stages:
             outside.append(None if self.engine is None else self.engine.outside_budget(
                 stage, options.kv_cache_dtype, self.limits, options.enforce_eager, self.device, layout.expert_format))
             windowed.append(None if self.engine is None else self.engine.windowed_kv(
@@ -1307,7 +1291,7 @@ class _Evaluator:
         return _StageTerms(fixed, tuple(activations), tuple(overheads), activation_basis, overhead_basis,
                            tuple(context) if any(term is not None for term in context) else (),
                            tuple(outside) if any(term is not None for term in outside) else (),
-                           tuple(windowed) if any(term is not None for term in windowed) else ())
+                           tuple(windowed) if any(term is not None for term in windowed) else (), stages)
 
     def draft_layout_bytes(self, stage: Stage, experts: Term | None, dense: Term | None,
                            allocation: Term | None) -> int:
@@ -1848,9 +1832,9 @@ def _kv_capacity(evaluator: _Evaluator, layout: _Layout, stage_terms: _StageTerm
     engine = evaluator.engine
     if engine is None:
         return min(pools), None
-    capacities = [engine.kv_capacity(evaluator.stage(layout, stage), evaluator.options.kv_cache_dtype,
-                                     max(0, pool), evaluator.options.block_size, context_length, evaluator.limits)
-                  for stage, pool in enumerate(pools)]
+    capacities = [engine.kv_capacity(stage, evaluator.options.kv_cache_dtype, max(0, pool),
+                                     evaluator.options.block_size, context_length, evaluator.limits)
+                  for stage, pool in zip(stage_terms.stages, pools, strict=True)]
     tightest = min(range(len(pools)), key=lambda stage: capacities[stage].tokens)
     return pools[tightest], capacities[tightest]
 

@@ -10,6 +10,7 @@ import pytest
 from quant_core import planner
 from quant_core.catalog import get_device, get_preset
 from quant_core.planner import DevicePlan, Hardware, PlanOptions, Workload, plan
+from quant_core.slots import slot_constructor
 
 
 def test_plans_built_through_their_slots_equal_the_dataclasses_own() -> None:
@@ -40,7 +41,7 @@ def test_the_slot_constructor_refuses_a_class_whose_init_checks_its_fields() -> 
                 raise ValueError("size")
 
     with pytest.raises(TypeError, match="__post_init__"):
-        planner._slot_constructor(Checked)  # type: ignore[arg-type]
+        slot_constructor(Checked)
 
 
 def test_an_evaluator_key_past_the_id_table_is_its_own_id(monkeypatch: pytest.MonkeyPatch) -> None:
