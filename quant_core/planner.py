@@ -1036,6 +1036,11 @@ class _StageTerms:
     windowed: tuple[WindowedKV | None, ...] = ()
     #: per stage, one device of it as the engine sees it (`_Evaluator.stage`), which `_kv_capacity` asks about
     stages: tuple[Stage, ...] = ()
+    #: the fits predicate of this layout (`_Evaluator.build_predicate`) reads a context only as the whole KV blocks
+    #: its full-attention layers hold, so it answers alike for every context of one block: no activation sized by
+    #: the workload, no engine term sized by max_model_len (`context`) or outside the budget that grows with it, and
+    #: no windowed, chunked or hybrid layers
+    block_granular: bool = False
 
     def kv_bytes(self, layout: _Layout, stage: int, context_length: int, sequences: int, block_size: int) -> int:
         """The KV bytes `sequences` sequences of `context_length` tokens take on one device of `stage`: the
@@ -1289,10 +1294,17 @@ class _Evaluator:
             activations.append(activation)
             overheads.append(overhead)
         fixed = tuple(a + o for a, o in zip(activations, overheads, strict=True))
+        block_granular = (not self.variable_activations and all(term is None for term in context)
+                          and all(term is None for term in windowed)
+                          and all(term is None or term.bytes_at(1) == term.bytes_at(MAX_CONTEXT_SEARCHED)
+                                  for term in outside)
+                          and all(kv.hybrid is None and all(window is None for window, _ in kv.by_window)
+                                  for kv in layout.stage_kv))
         return _StageTerms(fixed, tuple(activations), tuple(overheads), activation_basis, overhead_basis,
                            tuple(context) if any(term is not None for term in context) else (),
                            tuple(outside) if any(term is not None for term in outside) else (),
-                           tuple(windowed) if any(term is not None for term in windowed) else (), stages)
+                           tuple(windowed) if any(term is not None for term in windowed) else (), stages,
+                           block_granular)
 
     def draft_layout_bytes(self, stage: Stage, experts: Term | None, dense: Term | None,
                            allocation: Term | None) -> int:
@@ -1688,7 +1700,8 @@ def _max_context(evaluator: _Evaluator, layout: _Layout, fits: Callable[[int, in
     # Lower bound: activations at their ceiling and sliding layers full, the rest of each
     # stage's budget spent on full-attention tokens.
     guess = max(1, cap // block)
-    windowed_stages = evaluator.stage_terms(layout).windowed or (None,) * len(layout.stage_kv)
+    stage_terms = evaluator.stage_terms(layout)
+    windowed_stages = stage_terms.windowed or (None,) * len(layout.stage_kv)
     for budget, kv, windowed in zip(_budgets_after_activations(evaluator, layout, sequences, cap), layout.stage_kv,
                                     windowed_stages, strict=True):
         if windowed is not None:  # the engine's blocks (`WindowedKV`): its own bound
@@ -1710,8 +1723,12 @@ def _max_context(evaluator: _Evaluator, layout: _Layout, fits: Callable[[int, in
     blocks = _largest_from(lambda n: fits(n * block, sequences), guess, max(1, cap // block))
     # Within the next block the KV cache holds as much as for its last token, while the activation estimate
     # still grows token by token: the longest context may end part-way into it.  The search found `first` to fit
-    # (one token fits: asked above), so it is not asked again.
+    # (one token fits: asked above), so it is not asked again; and where the predicate reads the context only as
+    # whole blocks (`_StageTerms.block_granular`), every context of the next block is answered as its last token
+    # was by the search (the next block does not fit): `first` is the longest.
     first = 1 if blocks is None else blocks * block
+    if blocks is not None and blocks < max(1, cap // block) and stage_terms.block_granular:
+        return first, "memory"
     return _largest_above(lambda n: fits(n, sequences), first, min(cap, first + block - 1)), "memory"
 
 

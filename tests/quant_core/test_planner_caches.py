@@ -135,3 +135,23 @@ def test_the_kv_cache_backend_memo_answers_as_the_plain_function_for_each_spec_o
     phi_like = dataclasses.replace(llama, head_dim=96)
     assert profile.kv_cache_backend(phi_like, "fp8", (8, 0), 16).refusal is not None  # heads of 96: Triton, < 8.9
     assert profile.kv_cache_backend(llama, "fp8", (8, 0), 16).refusal is None  # heads of 128: FlashInfer from 8.0
+
+
+@pytest.mark.parametrize(("preset", "count", "options"), [
+    ("deepseek-v3", 8, PlanOptions()),  # every layer full attention: the context read as whole blocks
+    ("llama-3.1-70b", 2, PlanOptions()),
+    ("llama-3.1-70b", 2, PlanOptions(block_size=64, memory_utilization=0.93)),
+    ("mistral-7b-v0.1", 1, PlanOptions()),  # sliding-window layers
+    ("llama-3.1-70b", 2, PlanOptions(engine="generic")),  # activations grow token by token
+])
+def test_the_longest_context_fits_and_one_token_more_does_not(preset: str, count: int, options: PlanOptions) -> None:
+    spec, hardware = get_preset(preset), Hardware(get_device("h100-80gb").planning_bytes, count, "h100-80gb")
+    solved = 0
+    for sequences in (1, 3, 8, 64, 256, 1024):
+        longest = plan(spec, hardware, Workload(4096, sequences), options).primary
+        if longest.context_limited_by != "memory" or longest.max_context_length is None:
+            continue  # the model's own context, or not one token
+        solved += 1
+        assert plan(spec, hardware, Workload(longest.max_context_length, sequences), options).fits
+        assert not plan(spec, hardware, Workload(longest.max_context_length + 1, sequences), options).fits
+    assert solved >= 2
