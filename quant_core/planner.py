@@ -1888,6 +1888,8 @@ def _kv_capacity(evaluator: _Evaluator, layout: _Layout, stage_terms: _StageTerm
     capacities = [engine.kv_capacity(stage, evaluator.options.kv_cache_dtype, max(0, pool),
                                      evaluator.options.block_size, context_length, evaluator.limits)
                   for stage, pool in zip(stage_terms.stages, pools, strict=True)]
+    if len(capacities) == 1:  # one stage: it is the tightest
+        return pools[0], capacities[0]
     tightest = min(range(len(pools)), key=lambda stage: capacities[stage].tokens)
     return pools[tightest], capacities[tightest]
 
@@ -1965,6 +1967,8 @@ class _PlanSetup:
     options: PlanOptions
     tensor: int
     counts: ParameterCount
+    #: `counts.by_role` without the roles the model has none of: each plan takes a copy (`Plan.parameters_by_role`)
+    parameters_by_role: dict[str, int]
     usable: int
     engine: EngineProfile | None
     element_bytes: int
@@ -2075,8 +2079,9 @@ def _plan_setup(spec: ModelSpec, hardware: Hardware, options: PlanOptions) -> _P
         shipped, _ = with_partial_groups(spec, _at_float32(shipped) if element_bytes == 4 else shipped)
     else:
         shipped = None
-    return _PlanSetup(options, tensor, counts, usable, engine, element_bytes, limits, device, evaluator, baseline,
-                      deployed, quantized, shipped, primary_key, primary_compared, tuple(notes))
+    return _PlanSetup(options, tensor, counts, {role: count for role, count in counts.by_role.items() if count},
+                      usable, engine, element_bytes, limits, device, evaluator, baseline, deployed, quantized, shipped,
+                      primary_key, primary_compared, tuple(notes))
 
 
 #: `_plan_setup` by the spec, hardware and options objects: a catalog preset comes back as the same object, and the
@@ -2206,7 +2211,7 @@ def plan(spec: ModelSpec, hardware: Hardware, workload: Workload | None = None,
         model=spec.name,
         total_parameters=counts.total,
         active_parameters_per_token=counts.active_per_token or counts.total,
-        parameters_by_role={role: count for role, count in counts.by_role.items() if count},
+        parameters_by_role=dict(setup.parameters_by_role),
         hardware=hardware, workload=deployment, options=options,
         tensor_parallel=tensor, pipeline_parallel=pipeline,
         kv_cache_dtype=options.kv_cache_dtype,

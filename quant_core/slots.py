@@ -1,9 +1,8 @@
 """Frozen, slotted dataclasses built without their ``__init__``'s cost.
 
 A frozen dataclass's ``__init__`` sets each field through ``object.__setattr__`` (its own ``__setattr__`` refuses),
-about a tenth of a microsecond a field; a plan builds one `planner.DevicePlan` of fifteen fields per device of each
-weight format, and the engine's small records on every call.  `slot_constructor` makes the same objects with one
-attribute store a field.
+a call per field; a plan builds one `planner.DevicePlan` of fifteen fields per device of each weight format, and the
+engine's small records on every call.  `slot_constructor` makes the same objects with one attribute store a field.
 """
 
 from __future__ import annotations

@@ -155,3 +155,23 @@ def test_the_longest_context_fits_and_one_token_more_does_not(preset: str, count
         assert plan(spec, hardware, Workload(longest.max_context_length, sequences), options).fits
         assert not plan(spec, hardware, Workload(longest.max_context_length + 1, sequences), options).fits
     assert solved >= 2
+
+
+def test_the_engines_and_speeds_records_built_through_their_slots_equal_the_dataclasses_own() -> None:
+    from quant_core.catalog import get_device_performance
+    from quant_core.engines.base import KVCapacity
+    from quant_core.speed import SpeedBound, speed_bounds
+
+    spec = get_preset("deepseek-v3")
+    result = plan(spec, Hardware(get_device("h100-80gb").planning_bytes, 8, "h100-80gb"), Workload(8192, 4))
+    performance = get_device_performance("h100-80gb")
+    assert performance is not None
+    records: list[object] = [*speed_bounds(spec, result, performance).values()]
+    records.append(vllm._new_kv_capacity(1, 2, 0.5))
+    for made in records:
+        assert type(made) in (SpeedBound, KVCapacity)
+        plain = dataclasses.replace(made)  # type: ignore[type-var]
+        assert made == plain and hash(made) == hash(plain) and repr(made) == repr(plain)
+        assert pickle.loads(pickle.dumps(made)) == plain
+        with pytest.raises(dataclasses.FrozenInstanceError):
+            setattr(made, dataclasses.fields(made)[0].name, 0)  # type: ignore[arg-type]
