@@ -2091,12 +2091,13 @@ _PLAN_SETUPS: IdentityMemo[_PlanSetup] = IdentityMemo(256)
 
 def _plan_setup_of(spec: ModelSpec, hardware: Hardware, options: PlanOptions) -> _PlanSetup:
     """`_plan_setup`, found once per (spec, hardware, options) objects; a plan from a checkpoint's headers (its
-    options hold every tensor's row, and are the request's own) is set up each time, not kept."""
+    options hold every tensor's row, and are the request's own) or of one of `fit.fit_plan`'s mixes (options made
+    for that one step) is set up each time, not kept: it would only push out the setups requests come back to."""
     found = _PLAN_SETUPS.get((spec, hardware, options), ())
     if found is not None:
         return found
     setup = _plan_setup(spec, hardware, options)
-    if options.scheme is not None and options.scheme.checkpoint is not None:
+    if options.scheme is not None and (options.scheme.checkpoint is not None or options.scheme.mix):
         return setup
     return _PLAN_SETUPS.put((spec, hardware, options), (), setup)
 

@@ -175,3 +175,13 @@ def test_the_engines_and_speeds_records_built_through_their_slots_equal_the_data
         assert pickle.loads(pickle.dumps(made)) == plain
         with pytest.raises(dataclasses.FrozenInstanceError):
             setattr(made, dataclasses.fields(made)[0].name, 0)  # type: ignore[arg-type]
+
+
+def test_the_mixes_a_fit_weighs_keep_no_setup() -> None:
+    from quant_core.fit import fit_plan
+
+    spec, hardware = get_preset("llama-3.1-70b"), Hardware(get_device("h100-80gb").planning_bytes, 1)
+    planner._PLAN_SETUPS.clear()
+    recipe = fit_plan(spec, hardware, Workload(4096, 1))
+    assert recipe.fits and recipe.plan.primary.format == "mixed"  # a search over mixes, each with its own options
+    assert len(planner._PLAN_SETUPS) == 0
