@@ -47,9 +47,9 @@ from __future__ import annotations
 import copy
 import math
 from collections.abc import Callable
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, field, replace
 from functools import lru_cache
-from typing import Any, TypeVar, cast
+from typing import cast
 
 from quant_core.catalog import (
     MAX_COMPUTE_UNITS,
@@ -103,7 +103,7 @@ from quant_core.formats import (
     kv_dtype,
 )
 from quant_core.identity_memo import IdentityMemo
-from quant_core.inventory import QuantizationPolicy, parameter_count
+from quant_core.inventory import ParameterCount, QuantizationPolicy, parameter_count
 from quant_core.kv_cache import (
     HybridKV,
     WindowedKV,
@@ -115,6 +115,7 @@ from quant_core.kv_cache import (
     layer_bytes_per_token,
 )
 from quant_core.schemes import WeightScheme, assign, assigned_bytes, scheme_of, with_partial_groups
+from quant_core.slots import slot_constructor
 from quant_core.specs import (
     Llama4VisionTower,
     ModelSpec,
@@ -412,24 +413,6 @@ class DevicePlan:
     outside_budget_bytes: int = 0
 
 
-_Frozen = TypeVar("_Frozen")
-
-
-def _slot_constructor(cls: type[_Frozen]) -> Callable[..., _Frozen]:
-    """A constructor of `cls` (a frozen, slotted dataclass without ``__post_init__``) from all its fields, in order or
-    by name, none left to its default, that sets each slot through its descriptor: the same object as ``cls(...)``,
-    without the dataclass ``__init__``'s ``object.__setattr__`` per field (a plan builds one DevicePlan per device of
-    each format, a FormatPlan per format and its Plan)."""
-    names = [item.name for item in fields(cast(Any, cls))]
-    if hasattr(cls, "__post_init__") or list(getattr(cls, "__slots__", ())) != names:
-        raise TypeError(f"{cls.__name__} must be a slotted dataclass without __post_init__")
-    scope: dict[str, object] = {"new": object.__new__, "cls": cls}
-    scope.update({f"set_{name}": getattr(cls, name).__set__ for name in names})
-    body = "".join(f"    set_{name}(made, {name})\n" for name in names)
-    exec(f"def construct({', '.join(names)}):\n    made = new(cls)\n{body}    return made\n", scope)
-    return scope["construct"]  # type: ignore[return-value]
-
-
 @dataclass(frozen=True, slots=True)
 class FormatPlan:
     """The plan for one weight format: totals, devices, verdict and the solved limits.
@@ -488,8 +471,8 @@ class FormatPlan:
     refusal: str | None = None
 
 
-_new_device_plan = _slot_constructor(DevicePlan)
-_new_format_plan = _slot_constructor(FormatPlan)
+_new_device_plan = slot_constructor(DevicePlan)
+_new_format_plan = slot_constructor(FormatPlan)
 
 
 @dataclass(frozen=True, slots=True)
@@ -531,7 +514,7 @@ class Plan:
         return self.primary.refusal
 
 
-_new_plan = _slot_constructor(Plan)
+_new_plan = slot_constructor(Plan)
 
 
 # ---------------------------------------------------------------------------
@@ -1084,6 +1067,13 @@ class _StageTerms:
     #: per stage, its KV cache in the engine's groups and blocks where it has windowed layers
     #: (`EngineProfile.windowed_kv`), which replaces the layers' own figure (`_StageKV.by_window`)
     windowed: tuple[WindowedKV | None, ...] = ()
+    #: per stage, one device of it as the engine sees it (`_Evaluator.stage`), which `_kv_capacity` asks about
+    stages: tuple[Stage, ...] = ()
+    #: the fits predicate of this layout (`_Evaluator.build_predicate`) reads a context only as the whole KV blocks
+    #: its full-attention layers hold, so it answers alike for every context of one block: no activation sized by
+    #: the workload, no engine term sized by max_model_len (`context`) or outside the budget that grows with it, and
+    #: no windowed, chunked or hybrid layers
+    block_granular: bool = False
 
     def kv_bytes(self, layout: _Layout, stage: int, context_length: int, sequences: int, block_size: int) -> int:
         """The KV bytes `sequences` sequences of `context_length` tokens take on one device of `stage`: the
@@ -1280,8 +1270,8 @@ class _Evaluator:
         outside: list[ContextTerm | None] = []
         windowed: list[WindowedKV | None] = []
         activation_basis = overhead_basis = ""
-        for index in range(layout.pipeline_parallel):
-            stage = self.stage(layout, index)
+        stages = tuple(self.stage(layout, index) for index in range(layout.pipeline_parallel))
+        for stage in stages:
             outside.append(None if self.engine is None else self.engine.outside_budget(
                 stage, options.kv_cache_dtype, self.limits, options.enforce_eager, self.device, layout.expert_format,
                 layout.dense_format))
@@ -1343,10 +1333,17 @@ class _Evaluator:
             activations.append(activation)
             overheads.append(overhead)
         fixed = tuple(a + o for a, o in zip(activations, overheads, strict=True))
+        block_granular = (not self.variable_activations and all(term is None for term in context)
+                          and all(term is None for term in windowed)
+                          and all(term is None or term.bytes_at(1) == term.bytes_at(MAX_CONTEXT_SEARCHED)
+                                  for term in outside)
+                          and all(kv.hybrid is None and all(window is None for window, _ in kv.by_window)
+                                  for kv in layout.stage_kv))
         return _StageTerms(fixed, tuple(activations), tuple(overheads), activation_basis, overhead_basis,
                            tuple(context) if any(term is not None for term in context) else (),
                            tuple(outside) if any(term is not None for term in outside) else (),
-                           tuple(windowed) if any(term is not None for term in windowed) else ())
+                           tuple(windowed) if any(term is not None for term in windowed) else (), stages,
+                           block_granular)
 
     def draft_layout_bytes(self, stage: Stage, experts: Term | None, dense: Term | None,
                            allocation: Term | None) -> int:
@@ -1532,11 +1529,13 @@ class _ModelTerms:
                    else scheme.quantized),))
         self._layouts: dict[tuple[int, int, bool, bool, str, bool, bool, int, int, int], _Layout] = {}
         self._predicates: dict[tuple[object, ...], Callable[[int, int], bool]] = {}
+        self._evaluator_layouts: dict[tuple[int, int, object], _Layout] = {}
         self._accepted: dict[tuple[str, str, bool, tuple[int, int] | None] | None, tuple[int, ...]] = {}
         self._refusals: dict[tuple[str, str, tuple[int, int] | None, str, int], str | None] = {}
         self._layout_refusals: dict[tuple[str, str, int, int, tuple[int, int] | None, str, bool, int, int],
                                     str | None] = {}
         self._kv_bytes_per_token: int | None = None
+        self._device_sizes: dict[tuple[object, str], tuple[int, ...] | None] = {}
 
     def kv_bytes_per_token(self) -> int:
         """`kv_cache.kv_bytes_per_token` of the model at this KV dtype, found once (its cache hashes the spec)."""
@@ -1574,6 +1573,33 @@ class _ModelTerms:
         if key not in self._refusals:
             self._refusals[key] = evaluator.device_refusal(self.formats, self.scheme.quant_method)
         return self._refusals[key]
+
+    def min_device_sizes(self, evaluator: _Evaluator) -> tuple[int, ...] | None:
+        """The tensor-parallel sizes `_min_devices` weighs for this format, ascending, whatever the workload: those
+        the engine accepts (`accepted_sizes`; at data parallel > 1 without `moe_data_parallel_refusal`; for a hybrid
+        model on vLLM those it starts, `_starts_at`) from the fewest whose ranks hold the weights at all (a rank
+        holds at least its even share: ``ceil(weights / usable)``, over the data x tensor ranks of a MoE model's
+        layers); None where the engine runs the format at no count of these devices (`device_refusal`).  Found once
+        per evaluator key and model dtype (the device refusal reads it)."""
+        key = (evaluator.key_id, evaluator.options.model_dtype)
+        if key in self._device_sizes:
+            return self._device_sizes[key]
+        found: tuple[int, ...] | None = None
+        if self.device_refusal(evaluator) is None:
+            data = evaluator.options.data_parallel if self.spec.is_moe else 1  # the MoE layers spread over data x tp
+            low = max(1, -(-sum(self.by_role.values()) // max(1, evaluator.usable_bytes * data)))
+            sizes = [size for size in self.accepted_sizes(evaluator.engine, evaluator.options.expert_parallel,
+                                                          evaluator.compute_capability) if size >= low]
+            engine = evaluator.engine
+            if engine is not None and data > 1:
+                sizes = [size for size in sizes if self.moe_data_parallel_refusal(
+                    engine, size, data, evaluator.options.expert_parallel, evaluator.compute_capability) is None]
+            if engine is not None and engine.name == "vllm" and self.spec.linear_attention is not None:
+                sizes = [size for size in sizes if _starts_at(evaluator, self, size)]
+            found = tuple(sizes)
+        if len(self._device_sizes) < 4096:
+            self._device_sizes[key] = found
+        return found
 
     def refusal(self, evaluator: _Evaluator, tensor_parallel: int, pipeline_parallel: int) -> str | None:
         """Why the engine refuses this model in this format at this parallel layout on these devices
@@ -1628,17 +1654,27 @@ class _ModelTerms:
                 self._layouts[key] = found
         return found
 
+    def layout_for(self, evaluator: _Evaluator, tensor_parallel: int, pipeline_parallel: int) -> _Layout:
+        """`layout` at this parallel layout with the evaluator's facts of the engine and model (the embedding on
+        every stage, float32 routers, the Mamba cache mode, chunked local attention, expert and data parallelism,
+        the drafter's layers), found once per evaluator key (which decides them all)."""
+        key = (tensor_parallel, pipeline_parallel, evaluator.key_id)
+        found = self._evaluator_layouts.get(key)
+        if found is None:
+            found = self.layout(tensor_parallel, pipeline_parallel, evaluator.vocabulary_everywhere(pipeline_parallel),
+                                evaluator.fp32_routers(), evaluator.mamba_cache_mode(), evaluator.chunked_local(),
+                                evaluator.options.expert_parallel, evaluator.options.data_parallel,
+                                *evaluator.draft())
+            if len(self._evaluator_layouts) < 4096:
+                self._evaluator_layouts[key] = found
+        return found
+
     def fits_predicate(self, evaluator: _Evaluator, tensor_parallel: int,
                        pipeline_parallel: int) -> Callable[[int, int], bool]:
         key = (tensor_parallel, pipeline_parallel, evaluator.key_id)
         found = self._predicates.get(key)
         if found is None:
-            found = evaluator.build_predicate(self.layout(tensor_parallel, pipeline_parallel,
-                                                          evaluator.vocabulary_everywhere(pipeline_parallel),
-                                                          evaluator.fp32_routers(), evaluator.mamba_cache_mode(),
-                                                          evaluator.chunked_local(),
-                                                          evaluator.options.expert_parallel,
-                                                          evaluator.options.data_parallel, *evaluator.draft()))
+            found = evaluator.build_predicate(self.layout_for(evaluator, tensor_parallel, pipeline_parallel))
             if len(self._predicates) < 4096:
                 self._predicates[key] = found
         return found
@@ -1666,6 +1702,13 @@ def _largest(predicate: Callable[[int], bool], low: int, high: int) -> int | Non
     """The largest n in [low, high] with predicate(n), for a predicate true up to a point."""
     if not predicate(low):
         return None
+    return _largest_above(predicate, low, high)
+
+
+def _largest_above(predicate: Callable[[int], bool], low: int, high: int) -> int:
+    """`_largest` where predicate(low) is known to hold (a solver step found it): not asked again."""
+    if high <= low:
+        return low
     if predicate(high):
         return high
     while high - low > 1:  # predicate(low) and not predicate(high)
@@ -1690,7 +1733,7 @@ def _largest_from(predicate: Callable[[int], bool], guess: int, high: int) -> in
     while low < high:
         upper = min(high, low + step)
         if not predicate(upper):
-            return _largest(predicate, low, upper - 1)
+            return _largest_above(predicate, low, upper - 1)
         low, step = upper, 2 * step
     return low
 
@@ -1721,7 +1764,8 @@ def _max_context(evaluator: _Evaluator, layout: _Layout, fits: Callable[[int, in
     # Lower bound: activations at their ceiling and sliding layers full, the rest of each
     # stage's budget spent on full-attention tokens.
     guess = max(1, cap // block)
-    windowed_stages = evaluator.stage_terms(layout).windowed or (None,) * len(layout.stage_kv)
+    stage_terms = evaluator.stage_terms(layout)
+    windowed_stages = stage_terms.windowed or (None,) * len(layout.stage_kv)
     for budget, kv, windowed in zip(_budgets_after_activations(evaluator, layout, sequences, cap), layout.stage_kv,
                                     windowed_stages, strict=True):
         if windowed is not None:  # the engine's blocks (`WindowedKV`): its own bound
@@ -1742,10 +1786,14 @@ def _max_context(evaluator: _Evaluator, layout: _Layout, fits: Callable[[int, in
             guess = min(guess, whole * hybrid.block_size(block) // block)
     blocks = _largest_from(lambda n: fits(n * block, sequences), guess, max(1, cap // block))
     # Within the next block the KV cache holds as much as for its last token, while the activation estimate
-    # still grows token by token: the longest context may end part-way into it.
+    # still grows token by token: the longest context may end part-way into it.  The search found `first` to fit
+    # (one token fits: asked above), so it is not asked again; and where the predicate reads the context only as
+    # whole blocks (`_StageTerms.block_granular`), every context of the next block is answered as its last token
+    # was by the search (the next block does not fit): `first` is the longest.
     first = 1 if blocks is None else blocks * block
-    longest = _largest(lambda n: fits(n, sequences), first, min(cap, first + block - 1))
-    return longest, "memory"
+    if blocks is not None and blocks < max(1, cap // block) and stage_terms.block_granular:
+        return first, "memory"
+    return _largest_above(lambda n: fits(n, sequences), first, min(cap, first + block - 1)), "memory"
 
 
 def _max_context_started_at_it(evaluator: _Evaluator, terms: _ModelTerms, layout: _Layout,
@@ -1850,24 +1898,16 @@ def _min_devices(evaluator: _Evaluator, terms: _ModelTerms, workload: Workload) 
     starts with no tensor-parallel communicator, which every rank of two or more holds outside the budget
     (`engines.vllm.startup_memory`): one device is tried first, then the larger sizes bisected.  And a DeepSeek
     Sparse Attention model on vLLM 0.19, whose fp8 mixed-batch kernel buffers appear outside the budget once a
-    rank holds fewer than 32 heads (`engines.vllm.dsa_mixed_batch_bytes`): its sizes are tried in order.
+    rank holds fewer than 32 heads (`engines.vllm.dsa_mixed_batch_bytes`): its sizes are tried in order.  The sizes
+    weighed do not depend on the workload (`_ModelTerms.min_device_sizes`).
     """
     def fits_on(devices: int) -> bool:
         fits = terms.fits_predicate(evaluator, devices, 1)
         return fits(workload.context_length, workload.concurrent_sequences)
 
-    if terms.device_refusal(evaluator) is not None:  # no count of these devices runs the format
+    sizes = terms.min_device_sizes(evaluator)
+    if sizes is None:  # no count of these devices runs the format
         return None
-    data = evaluator.options.data_parallel if evaluator.spec.is_moe else 1  # the MoE layers spread over data x tp
-    low = max(1, -(-sum(terms.by_role.values()) // max(1, evaluator.usable_bytes * data)))
-    sizes = [size for size in terms.accepted_sizes(evaluator.engine, evaluator.options.expert_parallel,
-                                                   evaluator.compute_capability) if size >= low]
-    engine = evaluator.engine
-    if engine is not None and data > 1:
-        sizes = [size for size in sizes if terms.moe_data_parallel_refusal(
-            engine, size, data, evaluator.options.expert_parallel, evaluator.compute_capability) is None]
-    if engine is not None and engine.name == "vllm" and evaluator.spec.linear_attention is not None:
-        sizes = [size for size in sizes if _starts_at(evaluator, terms, size)]
     if evaluator.spec.has_indexer and evaluator.engine is not None:
         return next((size for size in sizes if fits_on(size)), None)
     if sizes and sizes[0] == 1:
@@ -1895,10 +1935,7 @@ def _starts_at(evaluator: _Evaluator, terms: _ModelTerms, tensor_parallel: int) 
     engine = evaluator.engine
     if engine is None or engine.name != "vllm" or evaluator.spec.linear_attention is None:
         return True
-    layout = terms.layout(tensor_parallel, 1, evaluator.vocabulary_everywhere(1), evaluator.fp32_routers(),
-                          evaluator.mamba_cache_mode(), evaluator.chunked_local(), evaluator.options.expert_parallel,
-                          evaluator.options.data_parallel, *evaluator.draft())
-    hybrid = layout.stage_kv[0].hybrid
+    hybrid = terms.layout_for(evaluator, tensor_parallel, 1).stage_kv[0].hybrid
     return hybrid is None or mamba_align_refusal(hybrid, engine.version, evaluator.options.block_size,
                                                  evaluator.limits.max_batched_tokens) is None
 
@@ -1912,9 +1949,11 @@ def _kv_capacity(evaluator: _Evaluator, layout: _Layout, stage_terms: _StageTerm
     engine = evaluator.engine
     if engine is None:
         return min(pools), None
-    capacities = [engine.kv_capacity(evaluator.stage(layout, stage), evaluator.options.kv_cache_dtype,
-                                     max(0, pool), evaluator.options.block_size, context_length, evaluator.limits)
-                  for stage, pool in enumerate(pools)]
+    capacities = [engine.kv_capacity(stage, evaluator.options.kv_cache_dtype, max(0, pool),
+                                     evaluator.options.block_size, context_length, evaluator.limits)
+                  for stage, pool in zip(stage_terms.stages, pools, strict=True)]
+    if len(capacities) == 1:  # one stage: it is the tightest
+        return pools[0], capacities[0]
     tightest = min(range(len(pools)), key=lambda stage: capacities[stage].tokens)
     return pools[tightest], capacities[tightest]
 
@@ -1922,10 +1961,7 @@ def _kv_capacity(evaluator: _Evaluator, layout: _Layout, stage_terms: _StageTerm
 def _format_plan(terms: _ModelTerms, hardware: Hardware, workload: Workload, tensor_parallel: int,
                  evaluator: _Evaluator, total_parameters: int, kv_total: int) -> FormatPlan:
     options = evaluator.options
-    layout = terms.layout(tensor_parallel, options.pipeline_parallel,
-                          evaluator.vocabulary_everywhere(options.pipeline_parallel), evaluator.fp32_routers(),
-                          evaluator.mamba_cache_mode(), evaluator.chunked_local(), options.expert_parallel,
-                          options.data_parallel, *evaluator.draft())
+    layout = terms.layout_for(evaluator, tensor_parallel, options.pipeline_parallel)
     stage_terms = evaluator.stage_terms(layout)
     by_role = terms.by_role
     total_weights = sum(by_role.values())
@@ -1985,18 +2021,42 @@ def _default_policy(float_format_name: str) -> QuantizationPolicy:
     return QuantizationPolicy(unquantized_format=float_format_name)
 
 
-def plan(spec: ModelSpec, hardware: Hardware, workload: Workload | None = None,
-         options: PlanOptions | None = None) -> Plan:
-    """Plan `spec` on `hardware` for `workload`, at the deployed format and at 16-bit and INT4.
+@dataclass(frozen=True, slots=True)
+class _PlanSetup:
+    """What `plan` derives from its model, hardware and options alone, whatever the workload: the options as planned
+    (the engine's KV dtype and block), the parallel degrees, the engine and its limits, the evaluator, the schemes
+    of the comparison and their terms, and the notes made on the way.  Found once per (spec, hardware, options)
+    objects (`_plan_setup_of`), so a request that changes only the context or the sequences (the web page's
+    sliders, a sweep's rows, `fit.fit_plan`'s steps) plans from the same setup."""
 
-    Per device: ``used = weights + kv_cache + activations + runtime_overhead`` against
-    ``usable = floor(capacity × memory_utilization)``; `fits` when used ≤ usable on every
-    device; headroom = usable − used (negative when it does not fit).  `comparison` always
-    holds the 16-bit (`options.float_format`) and INT4 plans (the requested int4 format, or
-    g128 asymmetric when the deployed format is not int4).
-    """
-    workload = workload or _DEFAULT_WORKLOAD
-    options = options or _DEFAULT_OPTIONS
+    options: PlanOptions
+    tensor: int
+    counts: ParameterCount
+    #: `counts.by_role` without the roles the model has none of: each plan takes a copy (`Plan.parameters_by_role`)
+    parameters_by_role: dict[str, int]
+    usable: int
+    engine: EngineProfile | None
+    element_bytes: int
+    limits: BatchLimits
+    device: DeviceFacts
+    #: None where the engine's profiling peak depends on the context it is started with
+    #: (`EngineProfile.activation_context_steps`): `plan` makes it for the requested one
+    evaluator: _Evaluator | None
+    baseline: WeightScheme
+    deployed: WeightScheme
+    quantized: WeightScheme
+    #: the checkpoint as shipped, planned beside the deployed weights when they are not it (None: not planned)
+    shipped: WeightScheme | None
+    #: the comparison's key of the deployed scheme (None: its format's label)
+    primary_key: str | None
+    #: the deployed scheme is the comparison's INT4 or 16-bit one (`primary_key`), planned once
+    primary_compared: bool
+    notes: tuple[str, ...]
+
+
+def _plan_setup(spec: ModelSpec, hardware: Hardware, options: PlanOptions) -> _PlanSetup:
+    """`plan`'s checks of the layout and options (`InvalidSpec`), and everything it plans from them that does not
+    depend on the workload (`_PlanSetup`)."""
     policy = options.policy or _default_policy(options.float_format)
     pipeline, data = options.pipeline_parallel, options.data_parallel
     if options.tensor_parallel is None and hardware.count % (pipeline * data):  # the tensor degree would be derived
@@ -2015,9 +2075,6 @@ def plan(spec: ModelSpec, hardware: Hardware, workload: Workload | None = None,
             raise InvalidSpec("parallel.data", data, _moe_data_parallel_reason(
                 spec, data, tensor, pipeline, options.expert_parallel, moe_version,
                 _batch_limits(moe_engine, hardware, options).max_batched_tokens))
-    deployment = workload
-    if data > 1:  # each replica plans its share of the sequences: the rank that gets the most
-        workload = Workload(workload.context_length, -(-workload.concurrent_sequences // data))
     if options.expert_parallel and not spec.is_moe:
         raise InvalidSpec("runtime.expert_parallel", options.expert_parallel,
                           f"expert parallelism needs routed experts; {spec.name} has none (vLLM's "
@@ -2040,13 +2097,12 @@ def plan(spec: ModelSpec, hardware: Hardware, workload: Workload | None = None,
         options = _float32_kv_options(options)
     options = _engine_block_size(spec, engine, options, notes, hardware.compute_capability)
     limits = _batch_limits(engine, hardware, options)
-    if engine is not None and engine.activation_context_steps(spec, limits):
-        # the engine's profiling peak depends on the context it is started with: plan it at the requested one (the
-        # other models keep one activation per layout, and their cached terms, whatever the context)
-        limits = replace(limits, max_model_len=workload.context_length)
-    evaluator = _Evaluator(spec, options, usable, engine, limits,
-                           device_facts(hardware.device_id, hardware.compute_capability, hardware.compute_units),
-                           free_outside_bytes=hardware.capacity_bytes - usable, element_bytes=element_bytes)
+    device = device_facts(hardware.device_id, hardware.compute_capability, hardware.compute_units)
+    # the engine's profiling peak depends on the context it is started with: `plan` makes the evaluator at the
+    # requested one (the other models keep one activation per layout, and their cached terms, whatever the context)
+    evaluator = None if engine is not None and engine.activation_context_steps(spec, limits) else _Evaluator(
+        spec, options, usable, engine, limits, device, free_outside_bytes=hardware.capacity_bytes - usable,
+        element_bytes=element_bytes)
 
     baseline = _policy_scheme(float_format(options.float_format), policy)
     deployed = options.scheme or _policy_scheme(options.weight_format, policy)
@@ -2074,6 +2130,66 @@ def plan(spec: ModelSpec, hardware: Hardware, workload: Workload | None = None,
     else:
         int4_scheme = _policy_scheme(_INT4, policy)
         quantized, _ = with_partial_groups(spec, _at_float32(int4_scheme) if element_bytes == 4 else int4_scheme)
+    primary_compared = deployed in (quantized, baseline)
+    if primary_compared:
+        primary_key: str | None = "int4" if deployed == quantized else options.float_format
+    elif options.scheme is not None and options.scheme == options.shipped:
+        primary_key = AS_SHIPPED
+    elif options.scheme is not None and options.scheme.checkpoint is not None:
+        primary_key = CHECKPOINT
+    else:
+        primary_key = options.format_name or None  # the primary plan's format then names it
+    shipped = options.shipped
+    if shipped is not None and shipped != options.scheme:
+        shipped, _ = with_partial_groups(spec, _at_float32(shipped) if element_bytes == 4 else shipped)
+    else:
+        shipped = None
+    return _PlanSetup(options, tensor, counts, {role: count for role, count in counts.by_role.items() if count},
+                      usable, engine, element_bytes, limits, device, evaluator, baseline, deployed, quantized, shipped,
+                      primary_key, primary_compared, tuple(notes))
+
+
+#: `_plan_setup` by the spec, hardware and options objects: a catalog preset comes back as the same object, and the
+#: app's Hardware and PlanOptions are made once per combination of a request's values (`app.schemas.plans`)
+_PLAN_SETUPS: IdentityMemo[_PlanSetup] = IdentityMemo(256)
+
+
+def _plan_setup_of(spec: ModelSpec, hardware: Hardware, options: PlanOptions) -> _PlanSetup:
+    """`_plan_setup`, found once per (spec, hardware, options) objects; a plan from a checkpoint's headers (its
+    options hold every tensor's row, and are the request's own) or of one of `fit.fit_plan`'s mixes (options made
+    for that one step) is set up each time, not kept: it would only push out the setups requests come back to."""
+    found = _PLAN_SETUPS.get((spec, hardware, options), ())
+    if found is not None:
+        return found
+    setup = _plan_setup(spec, hardware, options)
+    if options.scheme is not None and (options.scheme.checkpoint is not None or options.scheme.mix):
+        return setup
+    return _PLAN_SETUPS.put((spec, hardware, options), (), setup)
+
+
+def plan(spec: ModelSpec, hardware: Hardware, workload: Workload | None = None,
+         options: PlanOptions | None = None) -> Plan:
+    """Plan `spec` on `hardware` for `workload`, at the deployed format and at 16-bit and INT4.
+
+    Per device: ``used = weights + kv_cache + activations + runtime_overhead`` against
+    ``usable = floor(capacity × memory_utilization)``; `fits` when used ≤ usable on every
+    device; headroom = usable − used (negative when it does not fit).  `comparison` always
+    holds the 16-bit (`options.float_format`) and INT4 plans (the requested int4 format, or
+    g128 asymmetric when the deployed format is not int4).
+    """
+    workload = workload or _DEFAULT_WORKLOAD
+    setup = _plan_setup_of(spec, hardware, options or _DEFAULT_OPTIONS)
+    options, engine, limits, evaluator = setup.options, setup.engine, setup.limits, setup.evaluator
+    tensor, pipeline, data = setup.tensor, options.pipeline_parallel, options.data_parallel
+    counts, usable, deployed = setup.counts, setup.usable, setup.deployed
+    deployment = workload
+    if data > 1:  # each replica plans its share of the sequences: the rank that gets the most
+        workload = Workload(workload.context_length, -(-workload.concurrent_sequences // data))
+    if evaluator is None:  # the engine's profiling peak depends on the context: plan it at the requested one
+        limits = replace(limits, max_model_len=workload.context_length)
+        evaluator = _Evaluator(spec, options, usable, engine, limits, setup.device,
+                               free_outside_bytes=hardware.capacity_bytes - usable, element_bytes=setup.element_bytes)
+    notes = list(setup.notes)
     known_terms: list[tuple[WeightScheme, _ModelTerms]] = []
 
     def terms_of(scheme: WeightScheme) -> _ModelTerms:
@@ -2086,7 +2202,7 @@ def plan(spec: ModelSpec, hardware: Hardware, workload: Workload | None = None,
         return terms
 
     draft_layers, draft_front = evaluator.draft()
-    kv_total = terms_of(baseline).layout(
+    kv_total = terms_of(setup.baseline).layout(
         1, 1, mamba_cache_mode=evaluator.mamba_cache_mode(), chunked_local=evaluator.chunked_local(),
         draft_layers=draft_layers, draft_front_bytes=draft_front).stage_kv[0] \
         .bytes_per_sequence(workload.context_length, options.block_size) * deployment.concurrent_sequences
@@ -2095,29 +2211,16 @@ def plan(spec: ModelSpec, hardware: Hardware, workload: Workload | None = None,
         found = _format_plan(terms_of(scheme), hardware, workload, tensor, evaluator, counts.total, kv_total)
         return found if data == 1 else _over_replicas(found, data)
 
-    comparison = {options.float_format: format_plan(baseline), "int4": format_plan(quantized)}
-    if deployed == quantized:
-        primary = comparison["int4"]
-    elif deployed == baseline:
-        primary = comparison[options.float_format]
+    comparison = {options.float_format: format_plan(setup.baseline), "int4": format_plan(setup.quantized)}
+    if setup.primary_compared:
+        primary = comparison[cast(str, setup.primary_key)]
     else:
         primary = format_plan(deployed)
-        if options.scheme is not None and options.scheme == options.shipped:
-            key = AS_SHIPPED
-        elif options.scheme is not None and options.scheme.checkpoint is not None:
-            key = CHECKPOINT
-        else:
-            key = options.format_name or primary.format
-        comparison[key] = primary
-    shipped = options.shipped
-    if shipped is not None and shipped != options.scheme:
-        shipped, _ = with_partial_groups(spec, _at_float32(shipped) if element_bytes == 4 else shipped)
-        comparison[AS_SHIPPED] = format_plan(shipped)
+        comparison[setup.primary_key or primary.format] = primary
+    if setup.shipped is not None:
+        comparison[AS_SHIPPED] = format_plan(setup.shipped)
 
-    primary_layout = terms_of(deployed).layout(
-        tensor, pipeline, evaluator.vocabulary_everywhere(pipeline), evaluator.fp32_routers(),
-        evaluator.mamba_cache_mode(), evaluator.chunked_local(), options.expert_parallel, options.data_parallel,
-        *evaluator.draft())
+    primary_layout = terms_of(deployed).layout_for(evaluator, tensor, pipeline)
     primary_terms = evaluator.stage_terms(primary_layout)
     if primary_layout.vocabulary_on_every_stage and engine is not None:
         notes.append(f"{engine.vocabulary_on_every_stage(spec)}: each of the {pipeline} stages holds "
@@ -2169,12 +2272,12 @@ def plan(spec: ModelSpec, hardware: Hardware, workload: Workload | None = None,
         overhead_basis += (f"; outside the budget, from the {free:.2f} GiB per device it leaves free (not in this "
                            f"figure): {outside_term.basis_at(workload.context_length)}")
     overhead = Estimate(max(primary_terms.overheads), overhead_basis)
-    kv_per_token = terms_of(baseline).kv_bytes_per_token()
+    kv_per_token = terms_of(setup.baseline).kv_bytes_per_token()
     return _new_plan(
         model=spec.name,
         total_parameters=counts.total,
         active_parameters_per_token=counts.active_per_token or counts.total,
-        parameters_by_role={role: count for role, count in counts.by_role.items() if count},
+        parameters_by_role=dict(setup.parameters_by_role),
         hardware=hardware, workload=deployment, options=options,
         tensor_parallel=tensor, pipeline_parallel=pipeline,
         kv_cache_dtype=options.kv_cache_dtype,

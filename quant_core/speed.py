@@ -35,6 +35,7 @@ from functools import lru_cache
 
 from quant_core.catalog import DevicePerformance
 from quant_core.planner import FormatPlan, Plan
+from quant_core.slots import slot_constructor
 from quant_core.specs import ModelSpec
 
 
@@ -56,6 +57,9 @@ class SpeedBound:
     decode_tokens_per_second_aggregate: float | None
     prefill_flops: int
     prefill_seconds: float | None
+
+
+_new_speed_bound = slot_constructor(SpeedBound)  # one per format of each plan the app answers
 
 
 def _expert_share(spec: ModelSpec, sequences: int) -> float:
@@ -119,8 +123,8 @@ def speed_bounds(spec: ModelSpec, plan_result: Plan, performance: DevicePerforma
         if bandwidth:
             per_sequence = bandwidth / sum(per_stage)
             aggregate = sequences * bandwidth / max(per_stage)
-        out[name] = SpeedBound(result.format, sum(per_stage), weights, kv, per_sequence, aggregate, flops,
-                               prefill_seconds)
+        out[name] = _new_speed_bound(result.format, sum(per_stage), weights, kv, per_sequence, aggregate, flops,
+                                     prefill_seconds)
     return out
 
 

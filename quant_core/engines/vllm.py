@@ -88,6 +88,7 @@ from quant_core.kv_cache import (
     kv_layers,
     layer_bytes_per_token,
 )
+from quant_core.slots import slot_constructor
 from quant_core.specs import Llama4VisionTower, ModelSpec, PixtralVisionTower, Qwen3VisionTower, QwenVisionTower
 
 GIB = 1 << 30
@@ -5956,18 +5957,12 @@ class VllmProfile:
         if stage.spec.linear_attention is not None:
             return hybrid_kv_capacity(stage, kv_cache_dtype, available_bytes, block_size, max_model_len,
                                       self._version, self._rules.tokens_from_concurrency, limits.max_batched_tokens)
-        dsa_version_refusal(stage.spec, self._version)
-        groups, group_size, page = _kv_cache_groups(stage.spec, stage.layers, kv_cache_dtype,
-                                                    stage.tensor_parallel, block_size,
-                                                    self._rules.chunked_local_attention, self._rules.group_size_ratio,
-                                                    limits.draft_layers if stage.is_last else 0)
-        num_groups = sum(n for _, _, n in groups)
-        num_blocks = max(0, available_bytes // (page * group_size))
+        groups, block_bytes, num_groups, in_flight = self._kv_pool(stage, kv_cache_dtype, block_size, limits)
+        num_blocks = max(0, available_bytes // block_bytes)
         # Maximum concurrency (get_max_concurrency_for_kv_cache_config): the blocks one request of max_model_len
         # may hold in every group (each spec's max_memory_usage_bytes): a full group the whole length; a sliding
         # group its window less one plus the tokens in flight, and one block more for a window across a block
         # boundary (SlidingWindowSpec); a chunked group a chunk plus the tokens in flight (ChunkedLocalAttentionSpec)
-        in_flight = in_flight_tokens(self._version, stage.pipeline_parallel, limits.max_batched_tokens)
         blocks_per_request = 0
         for kind, window, n in groups:
             if window is None:
@@ -5982,7 +5977,33 @@ class VllmProfile:
             tokens = int(concurrency * max_model_len)
         else:
             tokens = num_blocks // num_groups * block_size
-        return KVCapacity(num_blocks=num_blocks, tokens=tokens, max_concurrency=concurrency)
+        return _new_kv_capacity(num_blocks, tokens, concurrency)
+
+    def _kv_pool(self, stage: Stage, kv_cache_dtype: str, block_size: int,
+                 limits: BatchLimits) -> tuple[tuple[tuple[str, int | None, int], ...], int, int, int]:
+        """`kv_capacity`'s terms of the stage that do not depend on the memory left or the context: its groups
+        (`_kv_cache_groups`), the bytes of one block over a group's layers (``page x group size``), the groups in
+        all and the tokens in flight (`in_flight_tokens`); found once per stage (`_KV_POOLS`), after
+        `dsa_version_refusal` (which refuses the spec at this release before anything is remembered)."""
+        draft_layers = limits.draft_layers if stage.is_last else 0
+        objects, values = (stage.spec,), (self._version, stage.layers, kv_cache_dtype, stage.tensor_parallel,
+                                          stage.pipeline_parallel, block_size, draft_layers, limits.max_batched_tokens)
+        found = _KV_POOLS.get(objects, values)
+        if found is not None:
+            return found
+        dsa_version_refusal(stage.spec, self._version)
+        groups, group_size, page = _kv_cache_groups(stage.spec, stage.layers, kv_cache_dtype, stage.tensor_parallel,
+                                                    block_size, self._rules.chunked_local_attention,
+                                                    self._rules.group_size_ratio, draft_layers)
+        return _KV_POOLS.put(objects, values, (
+            groups, page * group_size, sum(n for _, _, n in groups),
+            in_flight_tokens(self._version, stage.pipeline_parallel, limits.max_batched_tokens)))
+
+
+#: `VllmProfile._kv_pool`'s answers by (spec object; release, layers, KV dtype, tp, pp, block, draft layers, batched
+#: tokens): a plan asks `kv_capacity` once per weight format of each stage, and its solvers' layouts
+_KV_POOLS: IdentityMemo[tuple[tuple[tuple[str, int | None, int], ...], int, int, int]] = IdentityMemo(1024)
+_new_kv_capacity = slot_constructor(KVCapacity)
 
 
 #: the fp8 weight block's output and input sizes vLLM's block-quantized checkpoints use (weight_block_size)
