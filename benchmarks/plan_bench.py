@@ -5,7 +5,11 @@ tensors instead of listing them) and at most 200 µs.  Both models are planned o
 hardware (one 8 x H100 80GB node, 8k context, 4 sequences), in alternating rounds so that
 the shared machine's noise falls on both alike.  The first (cold) call builds and caches the
 per-model terms (inventory, bytes per tensor, stage layouts); the medians are over warm
-calls, which is what a service answering repeated requests pays.
+calls.  Each timed call gets new `Hardware` and `PlanOptions` objects (equal to the last), so
+the plan's setup, which `plan()` keeps per (model, hardware, options) objects for requests that
+change only the workload, is found again every time: the targets are judged on what a request
+with options of its own pays.  The same plans with the objects reused (the setup kept) are
+printed after them, for the record.
 
 Issue 18 adds the formats checkpoints ship in: the same targets hold for DeepSeek-V3 planned as
 shipped (fp8 128x128 blocks) and as a GGUF Q4_K_M file (per-layer types), and a plan from the
@@ -22,6 +26,7 @@ import json
 import statistics
 import struct
 import time
+from dataclasses import replace
 
 from quant_core.catalog import get_device, get_preset, get_preset_info
 from quant_core.checkpoint_rows import checkpoint_scheme
@@ -84,10 +89,12 @@ def main() -> None:
         plan(spec, hardware, workload)
         cold[name] = (time.perf_counter() - start) * 1e6
     samples: dict[str, list[float]] = {name: [] for name in MODELS}
+    default = PlanOptions()
     for _ in range(args.rounds):
         for name, spec in specs.items():
+            fresh_hardware, fresh_options = replace(hardware), replace(default)
             start = time.perf_counter()
-            plan(spec, hardware, workload)
+            plan(spec, fresh_hardware, workload, fresh_options)
             samples[name].append((time.perf_counter() - start) * 1e6)
     medians = {name: statistics.median(values) for name, values in samples.items()}
     for name in MODELS:
@@ -109,14 +116,29 @@ def main() -> None:
         plan(deepseek, hardware, workload, options)
         values = []
         for _ in range(args.rounds // 5):
+            fresh_hardware, fresh_options = replace(hardware), replace(options)
             start = time.perf_counter()
-            plan(deepseek, hardware, workload, options)
+            plan(deepseek, fresh_hardware, workload, fresh_options)
             values.append((time.perf_counter() - start) * 1e6)
         median = statistics.median(values)
         ratio = median / medians["qwen2.5-0.5b"]
         ok = median <= TARGET_MICROSECONDS and ratio <= TARGET_RATIO
         print(f"plan() deepseek-v3 {label}: median {median:.1f} us, {ratio:.2f} x qwen2.5-0.5b "
               f"(targets <= {TARGET_MICROSECONDS:.0f} us, <= {TARGET_RATIO}) {'PASS' if ok else 'FAIL'}")
+
+    kept = {}
+    for label, options in (("qwen2.5-0.5b", default), ("deepseek-v3", default),
+                           ("deepseek-v3 gguf-q4_k_m", PlanOptions(scheme=gguf_scheme("gguf-q4_k_m")))):
+        spec = specs[label.split()[0]]
+        plan(spec, hardware, workload, options)
+        values = []
+        for _ in range(args.rounds // 5):
+            start = time.perf_counter()
+            plan(spec, hardware, workload, options)
+            values.append((time.perf_counter() - start) * 1e6)
+        kept[label] = statistics.median(values)
+    print("for the record, the same objects each call (the setup kept): "
+          + ", ".join(f"{label} {median:.1f} us" for label, median in kept.items()))
 
     header_ms, tensor_count = _header_plan_ms("llama-3.1-405b", hardware, workload, 20)
     print(f"plan from {SHARDS} safetensors headers (llama-3.1-405b, {tensor_count} tensors): median "
