@@ -14,6 +14,7 @@ import io
 import signal
 import threading
 import time
+from pathlib import Path
 from urllib.parse import urlsplit
 
 import httpx
@@ -70,9 +71,10 @@ def _settled_cpu_seconds(workers: list[psutil.Process]) -> dict[int, float]:
         before = now
 
 
-def test_workers_die_within_seconds_of_their_server_being_sigkilled_one_of_them_mid_job() -> None:
+def test_workers_die_within_seconds_of_their_server_being_sigkilled_one_of_them_mid_job(tmp_path: Path) -> None:
     content, calibration = _npy(4096, 4096, seed=0), _npy(256, 4096, seed=1)  # 64 MiB of weights
-    with start_server({"NIBBLE_POOL_WORKERS": "2"}) as base_url:
+    # a SIGKILLed server cannot delete its upload's spool: keep it in the test's own directory, not the system's
+    with start_server({"NIBBLE_POOL_WORKERS": "2", "NIBBLE_TEMP_DIR": str(tmp_path)}) as base_url:
         server = _server(base_url)
         workers = [child for child in server.children(recursive=True) if "multiprocessing" in " ".join(
             child.cmdline()) and "resource_tracker" not in " ".join(child.cmdline())]
