@@ -36,6 +36,7 @@ from app.routers import devices, health, jobs, models, plans, quantizations, upl
 from app.security import BEARER_SCHEME, BEARER_SCHEME_NAME, BodySizeLimit
 from app.settings import Settings, get_settings
 from app.tus import UploadSets
+from app.uploads import remove_orphaned_spools
 
 API_VERSION = "1.0.0"
 DESCRIPTION = """\
@@ -128,6 +129,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         keep_receive_buffers()  # the serving process: upload reads reuse heap pages (app/allocator.py)
         sys.setswitchinterval(GIL_SWITCH_SECONDS)
+        remove_orphaned_spools(settings.temp_dir)  # uploads a killed process was receiving
         pool.start()
         manager = _job_manager(settings, pool)
         app.state.jobs = manager

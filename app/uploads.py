@@ -453,6 +453,37 @@ async def _stream(request: Request, settings: Settings, collector: _Collector, b
         raise MalformedUpload(f"the multipart body cannot be parsed: {exc}", field="body") from exc
 
 
+#: an upload's spool directory is named for the process that owns it, so that a later start can tell the spools
+#: of a killed process (SIGKILL, the OOM killer: no cleanup ran) from those of a live worker beside it
+SPOOL_PREFIX = "nibble-upload-"
+
+
+def remove_orphaned_spools(temp_dir: Path | None) -> int:
+    """Delete the upload spools in `temp_dir` (default: the system's) whose owning process is gone; the count.
+
+    A process that dies without its cleanup leaves each upload it was receiving on disk. A spool whose owner is
+    alive (another worker of the same server), or cannot be told, is left alone.
+    """
+    removed = 0
+    for directory in Path(temp_dir or tempfile.gettempdir()).glob(f"{SPOOL_PREFIX}*-*"):
+        owner = directory.name[len(SPOOL_PREFIX):].split("-", 1)[0]
+        if not owner.isdigit() or int(owner) <= 0 or not directory.is_dir() or _alive(int(owner)):
+            continue
+        shutil.rmtree(directory, ignore_errors=True)
+        removed += 1
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # another user's process, or a pid out of range: not ours to judge
+        return True
+    return True
+
+
 @contextlib.asynccontextmanager
 async def receive_upload(request: Request, settings: Settings,
                          limits: FormLimits = FormLimits()) -> AsyncIterator[Upload]:
@@ -473,7 +504,7 @@ async def receive_upload(request: Request, settings: Settings,
     budget = max_file_bytes + MULTIPART_OVERHEAD_BYTES + limits.max_parts * PART_OVERHEAD_BYTES
     if declared is not None and declared.isdigit() and int(declared) > budget:
         raise LimitExceeded(limits.limit, int(declared), max_file_bytes, field="file")
-    directory = Path(tempfile.mkdtemp(prefix="nibble-upload-", dir=settings.temp_dir))
+    directory = Path(tempfile.mkdtemp(prefix=f"{SPOOL_PREFIX}{os.getpid()}-", dir=settings.temp_dir))
     collector = _Collector(directory, limits, settings)
     spool = SpoolWriter()
     try:

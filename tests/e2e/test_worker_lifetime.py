@@ -109,3 +109,7 @@ def test_workers_die_within_seconds_of_their_server_being_sigkilled_one_of_them_
     print(f"\n{len(workers)} workers ({len(busy)} mid-job) gone {gone_after:.2f} s after the server's SIGKILL")
     assert busy, "the job ended before the server was killed"
     assert survivors == [], f"workers {survivors} outlived their SIGKILLed server by {WORKERS_GONE_SECONDS} s"
+    # the killed server ran no cleanup: its upload's spool is still on disk until the next start removes it
+    assert list(tmp_path.glob("nibble-upload-*/part-*"))
+    with start_server({"NIBBLE_TEMP_DIR": str(tmp_path)}):
+        assert list(tmp_path.glob("nibble-upload-*")) == []
