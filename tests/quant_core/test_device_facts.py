@@ -48,7 +48,8 @@ def _plan(model: str, hardware: Hardware, release: str) -> Plan:
 
 
 @pytest.mark.parametrize("release", RELEASES)
-@pytest.mark.parametrize(("device_id", "capability"), [("h100-80gb", (9, 0)), ("b200", (10, 0))])
+@pytest.mark.parametrize(("device_id", "capability"), [("h100-80gb", (9, 0)), ("b200", (10, 0)),
+                                                      ("gh200-96gb", (9, 0))])
 @pytest.mark.parametrize("model", ["llama-3.1-8b", "gpt-oss-20b", "qwen3-30b-a3b"])
 def test_a_device_given_in_bytes_with_a_capability_is_planned_as_the_catalog_device(
         release: str, device_id: str, capability: tuple[int, int], model: str) -> None:
@@ -66,9 +67,10 @@ def test_a_device_given_in_bytes_with_a_capability_is_planned_as_the_catalog_dev
         assert "count not given" in custom.activation.basis
 
 
-#: the devices added in the twenty-third session and the catalog device of the same compute capability that vLLM
-#: has been read against: vLLM tests the capability (and the SM count where a buffer is sized by it), never the name
-ADDED_DEVICES = (("a800-80gb", "a100-80gb"), ("l20", "l40s"))
+#: the devices added in the twenty-third and twenty-fifth sessions and the catalog device of the same compute
+#: capability that vLLM has been read against: vLLM tests the capability (and the SM count where a buffer is sized by
+#: it), never the name
+ADDED_DEVICES = (("a800-80gb", "a100-80gb"), ("l20", "l40s"), ("a40", "a10"))
 
 
 @pytest.mark.parametrize("release", RELEASES)
@@ -77,7 +79,8 @@ ADDED_DEVICES = (("a800-80gb", "a100-80gb"), ("l20", "l40s"))
 def test_an_added_device_is_planned_as_a_device_of_its_twins_capability_and_its_own_sm_count(
         release: str, device_id: str, twin: str, model: str) -> None:
     # the A800 plans as an 8.0 device (the A100's GA100: Marlin for MXFP4, no DeepGEMM, no Machete), the L20 as an
-    # 8.9 one (the L40S's AD102); each with its own memory and SM count (108, 92), given here in bytes
+    # 8.9 one (the L40S's AD102), the A40 as an 8.6 one (the A10's GA102); each with its own memory and SM count (108,
+    # 92, 84), given here in bytes
     device, other = get_device(device_id), get_device(twin)
     assert device.compute_capability == other.compute_capability
     catalog = _plan(model, Hardware(device.planning_bytes, 1, device.id, device.name), release)
@@ -267,6 +270,8 @@ def test_a_catalog_device_is_refused_another_sm_count_and_accepts_its_own() -> N
     # the A800 is no exception: torch names it "NVIDIA A800-SXM4-80GB" (no "a100"), so its 79.11 GiB takes the large
     # ones
     ("a800-80gb", 8192, 1024), ("l20", 2048, 256), ("b300", 8192, 1024),
+    # the GH200's 94.88 GiB and the MI355X's 287.98 GiB take the large ones, the A40's 44.33 GiB the small
+    ("gh200-96gb", 8192, 1024), ("mi355x", 8192, 1024), ("a40", 2048, 256),
 ])
 def test_the_batch_defaults_follow_the_devices_size_and_name_as_vllms(device_id: str, tokens: int,
                                                                       sequences: int) -> None:

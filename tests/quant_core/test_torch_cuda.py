@@ -41,6 +41,9 @@ def test_cublas_workspaces_are_32_mib_on_hopper_and_8_elsewhere_beside_cublaslts
     assert blas_workspace_bytes(H100) == blas_workspace_bytes(H200) == 32 * MIB + MIB
     assert blas_workspace_bytes(A100_80GB) == blas_workspace_bytes(B200) == 8 * MIB + 128 * 1024 + MIB
     assert blas_workspace_bytes(MI300X) == 128 * MIB + 76 * MIB
+    # the MI355X is gfx950 (ROCm's GPU specifications): the gfx95x default of 128 MiB, not the Hopper figure its
+    # missing compute capability would otherwise be charged
+    assert blas_workspace_bytes(device_facts("mi355x")) == 128 * MIB + 76 * MIB
     assert blas_workspace_bytes(UNKNOWN_DEVICE) == blas_workspace_bytes(H100)  # off the catalog: the Hopper figure
 
 
