@@ -50,6 +50,7 @@ REPORTED_GIB = {
     "gh200-96gb": 94.88,  # Lightning-AI/litgpt#1892, a GH200 at 97871 MiB in nvidia-smi: "total capacity of 94.88 GiB"
     "h20": 95.00,  # modelscope/DiffSynth-Studio#1238, H20 96G: "total capacity of 95.00 GiB" (97285 MiB printed too)
     "b200": 178.35,  # unslothai/unsloth#3411, NVIDIA B200: "Max memory: 178.351 GB" (178.36 in other logs)
+    "gb200": 184.31,  # vllm-project/vllm#43951 and #52511, 4 x GB200: "total capacity of 184.31 GiB"
     "b300": 267.69,  # Monishver11/monishver11.github.io B300 post @c01e2a5: vLLM's "Free memory ... (264.8/267.69 GiB)"
     "a100-40gb": 39.38,  # NERSC/sc25-dl-tutorial README @8c6ccde, Perlmutter's 40G A100s (39.39-39.50 elsewhere)
     "a100-80gb": 79.11,  # ygyuan/ms-swift run_train_dpo_meld.sh @d3eb61e, "80G A100" (79.14 in Control-GIC#6)
@@ -76,7 +77,7 @@ REPORTED_GIB = {
     "mi355x": 287.98,  # ROCm/TheRock#2118, a gfx950 (MI350X/MI355X, 288 GB) runner: "total capacity of 287.98 GiB"
 }
 #: no public log naming the device was found: planned at its nominal size (none now: the RTX A6000 has a log; the
-#: H800, H100 PCIe, GH200 144GB, GB200, GB300 and A800 40GB, whose CUDA totals no citable public log was found for,
+#: H800, H100 PCIe, GH200 144GB, GB300 and A800 40GB, whose CUDA totals no citable public log was found for,
 #: are left out of the catalog rather than planned at their nominal size)
 NOMINAL_ONLY: set[str] = set()
 
@@ -138,6 +139,16 @@ def test_the_gh200_is_planned_at_its_hbm_not_at_the_grace_memory_its_name_counts
     assert device.memory_bytes == 96 * 2**30 and device.memory_type == "HBM3"
     assert device.planning_bytes == round(94.88 * 2**30) < 480 * 10**9
     assert (device.compute_capability, device.compute_units) == ((9, 0), 132)
+
+
+def test_the_gb200_is_planned_at_the_184_31_gib_cuda_reports_with_more_sms_than_a_b200() -> None:
+    # vllm-project/vllm#43951 and #52511 (4 x GB200): "total capacity of 184.31 GiB", of 186 GB HBM3e a GPU (13.4 TB
+    # over an NVL72's 72); a GB200 runs at 10.0 as a B200 but with 152 SMs to its 148
+    device, b200 = get_device("gb200"), get_device("b200")
+    assert device.memory_bytes == 186 * 2**30 and device.planning_bytes == round(184.31 * 2**30)
+    assert device.compute_capability == b200.compute_capability == (10, 0)
+    assert (device.compute_units, b200.compute_units) == (152, 148)
+    assert "multi_processor_count=152" in device.compute_units_source
 
 
 def test_the_mi355x_is_planned_at_the_rocm_total_of_a_288_gib_gfx950_board() -> None:

@@ -56,7 +56,8 @@ def test_every_catalog_device_has_its_streaming_multiprocessors() -> None:
 
 @pytest.mark.parametrize(("capability", "charged"), [
     ((9, 0), 132),  # the catalog's Hopper devices: H100 SXM5, H100 NVL, H200, GH200 (the H20 has 78)
-    ((10, 0), 148),  # B200
+    ((10, 0), 152),  # the GB200's 152, above the B200's and B300's 148
+    ((10, 3), 152),  # the family, not the exact capability: the B300 (10.3) has 148
     ((8, 0), 142),  # the most of the 8.x devices (L40S), not the A100's 108: the family, the safe side
     ((7, 5), 80),  # V100 (7.0) above the T4's 40: a Titan RTX (7.5) has 72
     ((12, 1), 188),  # RTX PRO 6000 (12.0), above the RTX 5090's 170
