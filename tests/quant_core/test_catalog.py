@@ -77,8 +77,9 @@ REPORTED_GIB = {
     "mi355x": 287.98,  # ROCm/TheRock#2118, a gfx950 (MI350X/MI355X, 288 GB) runner: "total capacity of 287.98 GiB"
 }
 #: no public log naming the device was found: planned at its nominal size (none now: the RTX A6000 has a log; the
-#: H800, H100 PCIe, GH200 144GB, GB300 and A800 40GB, whose CUDA totals no citable public log was found for,
-#: are left out of the catalog rather than planned at their nominal size)
+#: H800, H100 PCIe, GH200 144GB and A800 40GB, whose CUDA totals no citable public log was found for, are left out of
+#: the catalog rather than planned at their nominal size; so is the GB300, whose total a log gives, NVIDIA-NeMo/
+#: Megatron-Bridge#2221's 276.50 GiB, but whose SM count public notes give as 148, 152 and 160, none a datasheet)
 NOMINAL_ONLY: set[str] = set()
 
 
