@@ -206,10 +206,10 @@ def device_facts(device_id: str | None, compute_capability: tuple[int, int] | No
 @lru_cache(maxsize=64)
 def most_compute_units(compute_capability: tuple[int, int] | None) -> int:
     """The SM count an engine charges a device whose count is not known: the most of the catalog's NVIDIA devices
-    of the same major compute capability (the same architecture family: 132 on 9.x, 148 on 10.x), else of all its
-    NVIDIA devices (188).  The buffers sized by it grow with it, so this is the safe side for every part of a
-    family the catalog's largest bounds (no Hopper ships more than the H100 SXM5's 132); it is short where a part
-    has more than the catalog's (a GB200 reports 152 SMs, the catalog's B200 148)."""
+    of the same major compute capability (the same architecture family: 132 on 9.x, the GB200's 152 on 10.x), else
+    of all its NVIDIA devices (188).  The buffers sized by it grow with it, so this is the safe side for every part
+    of a family the catalog's largest bounds (no Hopper ships more than the H100 SXM5's 132, no 10.x Blackwell part
+    the catalog holds more than the GB200's 152); it is short where a part has more than the catalog's."""
     nvidia = [device for device in _devices().values() if device.vendor == "nvidia" and device.compute_units]
     family = [device for device in nvidia if compute_capability is not None and device.compute_capability is not None
               and device.compute_capability[0] == compute_capability[0]]

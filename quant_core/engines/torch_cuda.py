@@ -58,9 +58,9 @@ def compute_units(device: DeviceFacts) -> tuple[int, bool]:
 #: CublasHandlePool.cpp ``parseChosenWorkspaceSize`` takes the larger cuBLAS workspace on compute capability 9.0
 #: exactly (its ``sm90`` test of the device properties' major and minor)
 SM90_CAPABILITY = (9, 0)
-#: the catalog's ROCm devices of the gfx94x family (MI300X and MI325X are gfx942); ROCm devices have no CUDA
-#: compute capability, so they are named
-GFX94_DEVICES = frozenset({"mi300x", "mi325x"})
+#: the catalog's ROCm devices of the gfx94x and gfx95x families (MI300X and MI325X are gfx942, MI355X gfx950: ROCm's
+#: GPU specifications); ROCm devices have no CUDA compute capability, so they are named
+GFX94_DEVICES = frozenset({"mi300x", "mi325x", "mi355x"})
 #: CublasHandlePool.cpp ``parseChosenWorkspaceSize`` without ``CUBLAS_WORKSPACE_CONFIG``: ":4096:2:16:8" (2 x 4 MiB
 #: + 8 x 16 KiB), 32 MiB on compute capability 9.0; on ROCm 32 MiB, 128 MiB on gfx94x/gfx95x
 CUBLAS_WORKSPACE_BYTES = 4096 * KIB * 2 + 16 * KIB * 8
@@ -76,7 +76,7 @@ def blas_workspace_bytes(device: DeviceFacts) -> int:
     """The cuBLAS and cuBLASLt workspaces PyTorch allocates through its caching allocator at the first matrix
     product on a stream and keeps (CublasHandlePool.cpp: ``getNewWorkspace`` / ``getNewCUDABlasLtWorkspace``
     call ``CUDACachingAllocator::get()->allocate``): 32 MiB + 1 MiB on compute capability 9.0 (`SM90_CAPABILITY`),
-    8 MiB + 128 KiB + 1 MiB on other NVIDIA devices, 128 MiB + 76 MiB on the gfx94x ROCm devices; a device of
+    8 MiB + 128 KiB + 1 MiB on other NVIDIA devices, 128 MiB + 76 MiB on the gfx94x/gfx95x ROCm devices; a device of
     unknown capability (given in bytes without one) is charged the Hopper figure, the larger of NVIDIA's."""
     if device.device_id in GFX94_DEVICES:
         return HIPBLAS_WORKSPACE_GFX94_BYTES + HIPBLASLT_WORKSPACE_BYTES

@@ -47,8 +47,10 @@ REPORTED_GIB = {
     "h100-80gb": 79.11,  # vllm-project/vllm#27508, "NVIDIA H100 80GB HBM3" (79.18-79.22 in other logs)
     "h100-nvl": 93.00,  # ali-vilab/VACE#56, H100 NVL 94GB: "total capacity of 93.00 GiB"
     "h200": 139.72,  # sgl-project/sglang#2895, 8xH200: "total capacity of 139.72 GiB" (139.80-139.81 elsewhere)
+    "gh200-96gb": 94.88,  # Lightning-AI/litgpt#1892, a GH200 at 97871 MiB in nvidia-smi: "total capacity of 94.88 GiB"
     "h20": 95.00,  # modelscope/DiffSynth-Studio#1238, H20 96G: "total capacity of 95.00 GiB" (97285 MiB printed too)
     "b200": 178.35,  # unslothai/unsloth#3411, NVIDIA B200: "Max memory: 178.351 GB" (178.36 in other logs)
+    "gb200": 184.31,  # vllm-project/vllm#43951 and #52511, 4 x GB200: "total capacity of 184.31 GiB"
     "b300": 267.69,  # Monishver11/monishver11.github.io B300 post @c01e2a5: vLLM's "Free memory ... (264.8/267.69 GiB)"
     "a100-40gb": 39.38,  # NERSC/sc25-dl-tutorial README @8c6ccde, Perlmutter's 40G A100s (39.39-39.50 elsewhere)
     "a100-80gb": 79.11,  # ygyuan/ms-swift run_train_dpo_meld.sh @d3eb61e, "80G A100" (79.14 in Control-GIC#6)
@@ -59,6 +61,7 @@ REPORTED_GIB = {
     "l4": 21.96,  # rhymes-ai/Aria#24, 4xL4 (21.96 on SageMaker ml.g6 too; 22.03 in ArcInstitute/evo2#190)
     "a10g": 21.99,  # uktrade/data-workspace sagemaker_llm_resources.tf @8a65d2d, ml.g5 (22.20 in a 2022 log)
     "a10": 21.99,  # zai-org/CogVLM#236, Lambda Labs A10: "total capacty of 21.99 GiB"
+    "a40": 44.33,  # thamada/nvidia-smi A40x10_deviceQuery.py @5f6b772: 47608692736 bytes (44.339), rounded down
     "t4": 14.56,  # Zheng-Chong/CatVTON#133, Tesla T4 on GCP, ECC on (15.83 in a Windows log)
     "v100-16gb": 15.77,  # meta-llama/llama#918, 8 Tesla V100; vllm-project/vllm#11251 (15.78 in Shift-GCN#34)
     "v100-32gb": 31.73,  # WilliamQiuzy/fast-SNOW SAM3_V100_OOM.md @9488102, V100-SXM2-32GB (31.74-31.75 elsewhere)
@@ -71,10 +74,12 @@ REPORTED_GIB = {
     "rtx-3090": 23.56,  # wtdcode/vllm-backport#34, 8x RTX 3090 (23.58 in vllm#10517)
     "mi300x": 191.98,  # vllm-project/vllm#7951, 8 x MI300X (ROCm torch): "total capacity of 191.98 GiB"
     "mi325x": 255.98,  # vllm-project/vllm#41962, 8 x MI325X (ROCm torch): "total capacity of 255.98 GiB"
+    "mi355x": 287.98,  # ROCm/TheRock#2118, a gfx950 (MI350X/MI355X, 288 GB) runner: "total capacity of 287.98 GiB"
 }
-#: no public log naming the device was found: planned at its nominal size (none now: the RTX A6000 has a log; GH200,
-#: A40 and MI355X, whose CUDA/ROCm totals no public log was found for, are left out of the catalog rather than planned
-#: at their nominal size)
+#: no public log naming the device was found: planned at its nominal size (none now: the RTX A6000 has a log; the
+#: H800, H100 PCIe, GH200 144GB and A800 40GB, whose CUDA totals no citable public log was found for, are left out of
+#: the catalog rather than planned at their nominal size; so is the GB300, whose total a log gives, NVIDIA-NeMo/
+#: Megatron-Bridge#2221's 276.50 GiB, but whose SM count public notes give as 148, 152 and 160, none a datasheet)
 NOMINAL_ONLY: set[str] = set()
 
 
@@ -99,6 +104,8 @@ NVIDIA_SMI_MIB = {
     "b300": 275040,  # the B300 post above: "Memory per GPU | 275,040 MiB (268.6 GiB)" from nvidia-smi memory.total
     "a800-80gb": 81920,  # dexmal/dexbotic#41, "NVIDIA A800-SXM4-80GB ... 34447MiB / 81920MiB" (80.00 GiB)
     "l20": 46068,  # vllm-project/vllm#14011, "NVIDIA L20 ... 45040MiB / 46068MiB" (44.99 GiB)
+    "a40": 46068,  # thamada/nvidia-smi A40x10_smi.py @5f6b772, ten "NVIDIA A40 ... 1MiB /  46068MiB", ECC on
+    "gh200-96gb": 97871,  # Lightning-AI/litgpt#1892: the reporter's nvidia-smi, 97871 MiB (95.58 GiB)
 }
 
 
@@ -114,6 +121,44 @@ def test_the_rtx_4080_is_planned_at_the_total_torch_reads_not_at_the_windows_fra
     device = get_device("rtx-4080")
     assert device.planning_bytes == round(15.67 * 2**30) <= 16049 * 2**20 < round(15.99 * 2**30)
     assert device.compute_units == 76  # the same print: multi_processor_count=76
+
+
+def test_the_a40_is_planned_below_the_bytes_cudas_device_query_reads_for_it() -> None:
+    # thamada/nvidia-smi nvsim/A40x10_deviceQuery.py @5f6b772: "Total amount of global memory: 45403 MBytes
+    # (47608692736 bytes)", 44.339 GiB: kept as 44.33, rounded down, for 44.34 would promise 0.5 MiB the card lacks;
+    # nvidia-smi -q on the same node: 46068 MiB total less 665 MiB reserved is the same 45403 MiB
+    device = get_device("a40")
+    assert device.planning_bytes == round(44.33 * 2**30) <= 47_608_692_736 < round(44.34 * 2**30)
+    assert 47_608_692_736 // 2**20 == 45403 == 46068 - 665  # whole MiB, as both tools print it
+    assert (device.compute_capability, device.compute_units) == ((8, 6), 84)  # the same deviceQuery: 8.6, (084) SMs
+
+
+def test_the_gh200_is_planned_at_its_hbm_not_at_the_grace_memory_its_name_counts() -> None:
+    # torch and nvidia-smi name it "NVIDIA GH200 480GB" (or 120GB): the Grace CPU's LPDDR5X; the GPU has 96GB HBM3,
+    # of which CUDA reports 94.88 GiB (Lightning-AI/litgpt#1892)
+    device = get_device("gh200-96gb")
+    assert device.memory_bytes == 96 * 2**30 and device.memory_type == "HBM3"
+    assert device.planning_bytes == round(94.88 * 2**30) < 480 * 10**9
+    assert (device.compute_capability, device.compute_units) == ((9, 0), 132)
+
+
+def test_the_gb200_is_planned_at_the_184_31_gib_cuda_reports_with_more_sms_than_a_b200() -> None:
+    # vllm-project/vllm#43951 and #52511 (4 x GB200): "total capacity of 184.31 GiB", of 186 GB HBM3e a GPU (13.4 TB
+    # over an NVL72's 72); a GB200 runs at 10.0 as a B200 but with 152 SMs to its 148
+    device, b200 = get_device("gb200"), get_device("b200")
+    assert device.memory_bytes == 186 * 2**30 and device.planning_bytes == round(184.31 * 2**30)
+    assert device.compute_capability == b200.compute_capability == (10, 0)
+    assert (device.compute_units, b200.compute_units) == (152, 148)
+    assert "multi_processor_count=152" in device.compute_units_source
+
+
+def test_the_mi355x_is_planned_at_the_rocm_total_of_a_288_gib_gfx950_board() -> None:
+    # ROCm/TheRock#2118: "GPU 0 has a total capacity of 287.98 GiB" on TheRock's gfx950 runner; ROCm's GPU
+    # specifications: MI355X, gfx950, 288 GiB, 256 compute units
+    device = get_device("mi355x")
+    assert device.memory_bytes == 288 * 2**30 and device.planning_bytes == round(287.98 * 2**30)
+    assert device.compute_capability is None and device.compute_units == 256
+    assert "gfx950" in device.reported_source and "gfx950" in device.compute_units_source
 
 
 @pytest.mark.parametrize("device", list_devices(), ids=lambda device: device.id)

@@ -54,7 +54,7 @@ def test_the_three_releases_are_the_ones_whose_floors_are_read() -> None:
     ("l4", (8, 9)), ("a10g", (8, 6)), ("t4", (7, 5)), ("v100-16gb", (7, 0)), ("v100-32gb", (7, 0)),
     ("rtx-pro-6000", (12, 0)), ("rtx-4090", (8, 9)), ("rtx-3090", (8, 6)), ("h20", (9, 0)),
     ("l40", (8, 9)), ("rtx-6000-ada", (8, 9)), ("rtx-5090", (12, 0)), ("a800-80gb", (8, 0)), ("l20", (8, 9)),
-    ("b300", (10, 3)),
+    ("b300", (10, 3)), ("a40", (8, 6)), ("gh200-96gb", (9, 0)), ("gb200", (10, 0)),
 ])
 def test_catalog_devices_carry_nvidias_compute_capability(device_id: str, capability: tuple[int, int]) -> None:
     device = get_device(device_id)

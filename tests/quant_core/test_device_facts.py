@@ -48,14 +48,16 @@ def _plan(model: str, hardware: Hardware, release: str) -> Plan:
 
 
 @pytest.mark.parametrize("release", RELEASES)
-@pytest.mark.parametrize(("device_id", "capability"), [("h100-80gb", (9, 0)), ("b200", (10, 0))])
+@pytest.mark.parametrize(("device_id", "capability"), [("h100-80gb", (9, 0)), ("gb200", (10, 0)),
+                                                      ("gh200-96gb", (9, 0))])
 @pytest.mark.parametrize("model", ["llama-3.1-8b", "gpt-oss-20b", "qwen3-30b-a3b"])
 def test_a_device_given_in_bytes_with_a_capability_is_planned_as_the_catalog_device(
         release: str, device_id: str, capability: tuple[int, int], model: str) -> None:
     # the catalog device's memory and capability, no id: the same kernels (gpt-oss's MXFP4 backend and its layout,
     # 0.11's DeepGEMM for block fp8 on 9.0 and 10.0, the sampler path, the cuBLAS workspace), the same SM count (the
-    # most of the catalog's devices of the same major capability: 132 on 9.x, 148 on 10.x), so the same figures; only
-    # the hardware's name and, where the SM count sizes a buffer (0.19's Triton top-k/top-p), the basis differ
+    # most of the catalog's devices of the same major capability: 132 on 9.x, the GB200's 152 on 10.x), so the same
+    # figures; only the hardware's name and, where the SM count sizes a buffer (0.19's Triton top-k/top-p), the basis
+    # differ (a B200 given in bytes is charged the GB200's 152 SMs, not its own 148: the safe side)
     device = get_device(device_id)
     catalog = _plan(model, Hardware(device.planning_bytes, 1, device.id, device.name), release)
     custom = _plan(model, Hardware(device.planning_bytes, 1, None, "custom", capability), release)
@@ -66,9 +68,10 @@ def test_a_device_given_in_bytes_with_a_capability_is_planned_as_the_catalog_dev
         assert "count not given" in custom.activation.basis
 
 
-#: the devices added in the twenty-third session and the catalog device of the same compute capability that vLLM
-#: has been read against: vLLM tests the capability (and the SM count where a buffer is sized by it), never the name
-ADDED_DEVICES = (("a800-80gb", "a100-80gb"), ("l20", "l40s"))
+#: the devices added in the twenty-third and twenty-fifth sessions and the catalog device of the same compute
+#: capability that vLLM has been read against: vLLM tests the capability (and the SM count where a buffer is sized by
+#: it), never the name
+ADDED_DEVICES = (("a800-80gb", "a100-80gb"), ("l20", "l40s"), ("a40", "a10"))
 
 
 @pytest.mark.parametrize("release", RELEASES)
@@ -77,7 +80,8 @@ ADDED_DEVICES = (("a800-80gb", "a100-80gb"), ("l20", "l40s"))
 def test_an_added_device_is_planned_as_a_device_of_its_twins_capability_and_its_own_sm_count(
         release: str, device_id: str, twin: str, model: str) -> None:
     # the A800 plans as an 8.0 device (the A100's GA100: Marlin for MXFP4, no DeepGEMM, no Machete), the L20 as an
-    # 8.9 one (the L40S's AD102); each with its own memory and SM count (108, 92), given here in bytes
+    # 8.9 one (the L40S's AD102), the A40 as an 8.6 one (the A10's GA102); each with its own memory and SM count (108,
+    # 92, 84), given here in bytes
     device, other = get_device(device_id), get_device(twin)
     assert device.compute_capability == other.compute_capability
     catalog = _plan(model, Hardware(device.planning_bytes, 1, device.id, device.name), release)
@@ -214,7 +218,7 @@ def test_a_custom_device_below_8_0_samples_as_the_t4_but_with_the_safe_side_sm_c
 
 
 @pytest.mark.parametrize("release", RELEASES)
-@pytest.mark.parametrize("device_id", ["h100-80gb", "l4"])
+@pytest.mark.parametrize("device_id", ["h100-80gb", "l4", "b200"])
 def test_a_device_given_in_bytes_with_its_capability_and_sm_count_is_planned_as_the_catalog_device_to_the_basis(
         release: str, device_id: str) -> None:
     # with the SM count given nothing differs but the hardware's name: the Triton top-k/top-p buffer (0.19, 0.33
@@ -243,6 +247,18 @@ def test_without_its_sm_count_an_l4_given_in_bytes_keeps_the_safe_side_fallback(
     assert "58 SMs)" in given.activation.basis
 
 
+def test_without_its_sm_count_a_b200_given_in_bytes_is_charged_the_gb200s_152() -> None:
+    # the 10.x family's most: the GB200's 152 SMs (hao-ai-lab/FastVideo's GB200 device properties), 4 more than a
+    # B200's 148; vLLM 0.19's Triton top-k/top-p buffer holds min(next_power_of_2(min(SMs, 256)), SMs) rows of the
+    # vocabulary in fp32, so 4 rows more than the B200's own plan
+    device = get_device("b200")
+    vocabulary = get_preset_info("llama-3.1-8b").spec.vocab_size
+    given = _plan("llama-3.1-8b", Hardware(device.planning_bytes, 1, None, "custom", (10, 0), 148), "0.19")
+    fallback = _plan("llama-3.1-8b", Hardware(device.planning_bytes, 1, None, "custom", (10, 0)), "0.19")
+    assert fallback.activation.bytes - given.activation.bytes == (152 - 148) * vocabulary * 4
+    assert "152 SMs: the device's count not given" in fallback.activation.basis
+
+
 @pytest.mark.parametrize("units", [0, -1, 10_001, 132.0, True, "132"])
 def test_a_compute_unit_count_outside_1_to_10000_or_not_an_int_is_refused(units: object) -> None:
     with pytest.raises(InvalidSpec) as raised:
@@ -267,6 +283,8 @@ def test_a_catalog_device_is_refused_another_sm_count_and_accepts_its_own() -> N
     # the A800 is no exception: torch names it "NVIDIA A800-SXM4-80GB" (no "a100"), so its 79.11 GiB takes the large
     # ones
     ("a800-80gb", 8192, 1024), ("l20", 2048, 256), ("b300", 8192, 1024),
+    # the GH200's 94.88 GiB and the MI355X's 287.98 GiB take the large ones, the A40's 44.33 GiB the small
+    ("gh200-96gb", 8192, 1024), ("mi355x", 8192, 1024), ("a40", 2048, 256), ("gb200", 8192, 1024),
 ])
 def test_the_batch_defaults_follow_the_devices_size_and_name_as_vllms(device_id: str, tokens: int,
                                                                       sequences: int) -> None:

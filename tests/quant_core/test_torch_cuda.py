@@ -41,6 +41,9 @@ def test_cublas_workspaces_are_32_mib_on_hopper_and_8_elsewhere_beside_cublaslts
     assert blas_workspace_bytes(H100) == blas_workspace_bytes(H200) == 32 * MIB + MIB
     assert blas_workspace_bytes(A100_80GB) == blas_workspace_bytes(B200) == 8 * MIB + 128 * 1024 + MIB
     assert blas_workspace_bytes(MI300X) == 128 * MIB + 76 * MIB
+    # the MI355X is gfx950 (ROCm's GPU specifications): the gfx95x default of 128 MiB, not the Hopper figure its
+    # missing compute capability would otherwise be charged
+    assert blas_workspace_bytes(device_facts("mi355x")) == 128 * MIB + 76 * MIB
     assert blas_workspace_bytes(UNKNOWN_DEVICE) == blas_workspace_bytes(H100)  # off the catalog: the Hopper figure
 
 
@@ -53,7 +56,8 @@ def test_every_catalog_device_has_its_streaming_multiprocessors() -> None:
 
 @pytest.mark.parametrize(("capability", "charged"), [
     ((9, 0), 132),  # the catalog's Hopper devices: H100 SXM5, H100 NVL, H200, GH200 (the H20 has 78)
-    ((10, 0), 148),  # B200
+    ((10, 0), 152),  # the GB200's 152, above the B200's and B300's 148
+    ((10, 3), 152),  # the family, not the exact capability: the B300 (10.3) has 148
     ((8, 0), 142),  # the most of the 8.x devices (L40S), not the A100's 108: the family, the safe side
     ((7, 5), 80),  # V100 (7.0) above the T4's 40: a Titan RTX (7.5) has 72
     ((12, 1), 188),  # RTX PRO 6000 (12.0), above the RTX 5090's 170
