@@ -600,7 +600,7 @@ def test_capacity_tokens_end_to_end_within_2_percent_on_average(source: str) -> 
     assert max(errors.values()) <= 0.03
 
 
-# --- vLLM 0.27.1 on PCIe-only cards: runs whose memory nibble's terms do not explain (their "gap") -----------
+# --- runs whose memory nibble's terms do not explain (their "gap"): vLLM 0.27.1 on PCIe-only cards, Kimi-K2 at TP 8 --
 
 FP8_BLOCK_128 = scheme_from_quantization_config(  # the checkpoint's quantization_config, as the post quotes it
     {"quant_method": "fp8", "fmt": "e4m3", "weight_block_size": [128, 128], "activation_scheme": "dynamic"})
@@ -609,6 +609,10 @@ GAP_RUNS: dict[str, Storage] = {
     "kubesimplify-v0.27-qwen3-32b-pp2": float_format("bf16"),
     "kubesimplify-v0.27-qwen3-235b-fp8-tp4": FP8_BLOCK_128,
     "kubesimplify-v0.27-qwen3-235b-fp8-pp4": FP8_BLOCK_128,
+    # vLLM's Kimi-K2-Thinking recipe at TP 8 on H200s (a 0.11.1 nightly): INT4 experts (compressed-tensors, its
+    # config's quantization_config) beside bf16 MLA; +2.8 %, 1.31 GiB a rank its log does not let nibble place
+    "recipes-kimi-k2-thinking-h200-tp8": scheme_from_quantization_config(
+        BY_ID["recipes-kimi-k2-thinking-h200-tp8"]["hf_config"]["quantization_config"]),
 }
 
 
@@ -617,7 +621,8 @@ GAP_RUNS: dict[str, Storage] = {
 def test_runs_with_a_known_gap_never_promise_more_than_3_percent_above_vllm(log_id: str, source: str) -> None:
     # kubesimplify's TP 2 / PP 2 (Qwen3-32B) and TP 4 / PP 4 (Qwen3-235B FP8) runs on RTX PRO 6000 cards without
     # NVLink: TP 2 (-39 %), PP 2 (-0.7 %) and TP 4 (-3 %) are under, on the safe side; PP 4 is +0.3 % once every
-    # stage holds the embedding and lm_head as vLLM's Qwen3-MoE model builds them (it was +10.2 % without).
+    # stage holds the embedding and lm_head as vLLM's Qwen3-MoE model builds them (it was +10.2 % without).  Kimi-K2-
+    # Thinking at TP 8 on H200s is +2.8 %: the largest over-prediction of any public run, within the bound (its "gap").
     log = BY_ID[log_id]
     error = _capacity_error(log_id, source, GAP_RUNS[log_id])
     print(f"{log_id} (TP {log['tensor_parallel']} PP {log['pipeline_parallel']}, {source}): {error:+.2%} "
@@ -628,7 +633,7 @@ def test_runs_with_a_known_gap_never_promise_more_than_3_percent_above_vllm(log_
 @pytest.mark.parametrize("source", SOURCES)
 def test_every_public_run_gaps_included_is_within_2_percent_on_average_and_never_3_percent_above(
         source: str) -> None:
-    # the issue's bound over all 46 runs, the seven with a gap among them (TP 2's -39 % and Mistral 3's -10.4 %
+    # the issue's bound over all 47 runs, the eight with a gap among them (TP 2's -39 % and Mistral 3's -10.4 %
     # included; llm-d's two v0.11 TP=2 runs +0.23 and +0.00 % with 0.11's own 0.55 GiB of non-torch memory at TP=2,
     # -2.2 and -2.6 % when a vLLM 0.10.2 run's 1.38 GiB, which holds the NCCL set-up, was charged)
     errors = [_capacity_error(log_id, source) for log_id in END_TO_END]
@@ -636,7 +641,8 @@ def test_every_public_run_gaps_included_is_within_2_percent_on_average_and_never
     mean = sum(map(abs, errors)) / len(errors)
     print(f"{source}, every run: {len(errors)} runs, mean absolute error {mean:.2%}, "
           f"largest over-prediction {max(errors):+.2%}")
-    assert len(errors) == 46  # 42 before llm-d-planner's three Granite runs, 45 before the RTX 4090 GPT-2 run
+    # 42 before llm-d-planner's three Granite runs, 45 before the RTX 4090 GPT-2 run, 46 before Kimi-K2-Thinking's
+    assert len(errors) == 47
     assert mean <= 0.02 and max(errors) <= 0.03
 
 
@@ -746,7 +752,8 @@ def test_the_end_to_end_runs_span_models_layouts_and_checkpoints() -> None:
     assert {log["catalog_device"] for log in runs} == {"h100-80gb", "h200", "a100-80gb", "l40s", "rtx-4090"}
     assert any(not log["full_attention"] for log in runs)
     gaps = [BY_ID[log_id] for log_id in GAP_RUNS]
-    assert {(log["tensor_parallel"], log["pipeline_parallel"]) for log in gaps} == {(2, 1), (1, 2), (4, 1), (1, 4)}
+    assert {(log["tensor_parallel"], log["pipeline_parallel"]) for log in gaps} == {(2, 1), (1, 2), (4, 1), (1, 4),
+                                                                                      (8, 1)}
     assert all(log["gap"] for log in gaps)
 
 
