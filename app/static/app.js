@@ -321,14 +321,18 @@ async function runPlan() {
     const sweepBody = { ...body, sweep: { context_lengths: sweepContexts(body.workload.context_length, answer), formats } };
     const { parallel, ...withoutParallel } = body;
     const devicesBody = { ...withoutParallel, sweep: { devices: deviceIds } };
+    // No context runs where the engine refuses every format: that chart is not asked for.  The devices side by side
+    // still are: they say which device types run it.
+    const runs = Object.values(answer.comparison).some((result) => !result.refusal);
+    $("sweep-figure").hidden = !runs;
     const [sweep, devices] = await Promise.all([
-      postPlan("/v1/plan/sweep", sweepBody),
+      runs ? postPlan("/v1/plan/sweep", sweepBody) : Promise.resolve(null),
       deviceIds.length ? postPlan("/v1/plan/sweep", devicesBody).catch(() => null) : Promise.resolve(null),
     ]);
     if (ticket !== planSequence) return;
     shown.sweep = sweep;
     shown.devices = devices && devices.devices;
-    renderSweep(sweep, answer);
+    if (sweep) renderSweep(sweep, answer);
     renderDevices(shown.devices, answer);
   } catch (error) {
     if (ticket === planSequence) {
@@ -447,14 +451,20 @@ function formatTitle(name) {
   return name;
 }
 
-function verdictSentence(name, result) {
+function verdictSentence(name, result, shared) {
   const title = formatTitle(name);
   if (result.fits) {
     const headroom = Math.min(...result.devices.map((d) => d.headroom_bytes));
     return `${title}: fits, with ${sized(headroom)} to spare on the fullest device.`;
   }
-  if (result.refusal) return `${title}: refused by the engine: ${result.refusal}.`;
   const worst = result.devices.reduce((a, b) => (b.headroom_bytes < a.headroom_bytes ? b : a));
+  if (result.refusal && result.refusal === shared) {
+    // the reason is said once above the formats; each says what its memory alone would do, as the CLI does
+    const memory = result.devices.every((d) => d.fits) ? "its memory alone would fit"
+      : `nor would its memory fit: device ${worst.index} needs ${sized(worst.used_bytes)} of ${sized(worst.usable_bytes)} usable`;
+    return `${title}: refused by the engine (the reason above); ${memory}.`;
+  }
+  if (result.refusal) return `${title}: refused by the engine: ${result.refusal}.`;
   const more = result.min_devices ? ` It would fit on ${result.min_devices} devices.` : " It does not fit on any number of these devices.";
   return `${title}: does not fit; device ${worst.index} needs ${sized(worst.used_bytes)} but only ` +
     `${sized(worst.usable_bytes)} is usable.${more}`;
@@ -484,11 +494,12 @@ function fillTable(id, rows) {
   }
 }
 
-// When 16-bit does not fit: the planner's largest per-tensor mix that fits (weights.format "fit") and the
-// recipe POST /v1/quantize takes for it, or why none fits.
+// When 16-bit does not fit in memory: the planner's largest per-tensor mix that fits (weights.format "fit") and the
+// recipe POST /v1/quantize takes for it, or why none fits.  Not asked when the engine refuses 16-bit: a mix keeps
+// 16-bit tensors, so its answer would be the same refusal again.
 async function fetchFit(body, answer) {
   const sixteen = answer.comparison.bf16 || answer.comparison.fp16 || answer.comparison.fp32;
-  if (!sixteen || sixteen.fits || body.checkpoint) return null;
+  if (!sixteen || sixteen.fits || sixteen.refusal || body.checkpoint) return null;
   const { weights, ...rest } = body;
   try {
     const fitAnswer = await postJson("/v1/plan", { ...rest, weights: { format: "fit" } });
@@ -515,6 +526,44 @@ function fitLine(fitAnswer) {
   return line;
 }
 
+// A refusal every format shares is not the weights': the input it is about, named and marked.  The planner's
+// warning for a refused KV cache or a device that runs no INT4 (quant_core/planner.py _warnings) says which, else
+// vLLM's own words for a parallel layout (VllmProfile.refusal); none is named when neither says.
+const REFUSED_FIELD_LABELS = { "kv-dtype": "KV cache dtype", device: "Device", tensor: "Tensor parallel",
+  count: "Devices", pipeline: "Pipeline stages" };
+
+function sharedRefusal(answer) {
+  const results = Object.values(answer.comparison);
+  const first = results.length ? results[0].refusal : null;
+  return first && results.every((result) => result.refusal === first) ? first : null;
+}
+
+function refusedField(answer, refusal) {
+  const warned = (start) => answer.warnings.some((text) => text.startsWith(start) && text.includes(refusal));
+  if (warned(`The model cannot run with its ${answer.kv_cache.dtype} KV cache`)) return ["kv-dtype", answer.kv_cache.dtype];
+  if (warned("The model cannot run at INT4 on this device") && answer.hardware.device) return ["device", answer.hardware.name];
+  if (/^vLLM refuses tensor parallel size/.test(refusal)) {
+    const asked = shown && shown.body.parallel && shown.body.parallel.tensor !== undefined;
+    return asked ? ["tensor", answer.parallel.tensor] : ["count", answer.hardware.count];
+  }
+  if (/^vLLM refuses \d+ pipeline stages/.test(refusal)) return ["pipeline", answer.parallel.pipeline];
+  return [null, null];
+}
+
+function refusalLine(answer, refusal) {
+  const [field, value] = refusedField(answer, refusal);
+  const line = document.createElement("p");
+  line.className = "no-fit refusal";
+  line.textContent = field ? `${REFUSED_FIELD_LABELS[field]} (${value}) is refused: ${refusal}.` : `The engine's reason: ${refusal}.`;
+  if (field) {
+    line.dataset.field = field;
+    const engine = answer.engine.name === "vllm" ? `vLLM ${answer.engine.version}` : `the ${answer.engine.name} engine`;
+    $(`err-${field}`).textContent = `refused by ${engine}: the verdict says why`;
+    markInvalid($(field));
+  }
+  return line;
+}
+
 function renderPlan(answer) {
   $("plan-result").hidden = false;
   const verdict = $("verdict");
@@ -525,12 +574,14 @@ function renderPlan(answer) {
   const fitting = entries.filter(([, r]) => r.fits).map(([n]) => formatTitle(n));
   head.textContent = verdictHeadText(answer, entries, fitting);
   verdict.append(head);
+  const shared = sharedRefusal(answer);
+  if (shared) verdict.append(refusalLine(answer, shared));
   for (const [name, result] of entries) {
     const line = document.createElement("p");
     line.className = result.fits ? "fits" : "no-fit";
     line.dataset.format = name;
     line.dataset.fits = String(result.fits);
-    line.textContent = verdictSentence(name, result);
+    line.textContent = verdictSentence(name, result, shared);
     verdict.append(line);
   }
   const context = document.createElement("p");
@@ -562,7 +613,9 @@ function renderPlan(answer) {
     result.min_devices ?? "none"] })));
   renderSpeed(answer);
   const warnings = $("warnings");
-  warnings.replaceChildren(...answer.warnings.map((text) => {
+  // a warning that repeats a refusal the verdict gives is left out: the reason is said once
+  const refusals = entries.map(([, result]) => result.refusal).filter(Boolean);
+  warnings.replaceChildren(...answer.warnings.filter((text) => !refusals.some((refusal) => text.includes(refusal))).map((text) => {
     const item = document.createElement("li");
     item.textContent = text;
     return item;
@@ -581,11 +634,12 @@ function renderSpeed(answer) {
   if (!speed) return;
   // A bound for a format that does not fit would answer a question nobody can deploy: say so instead.
   const rows = Object.entries(speed.formats).map(([name, bound]) => {
-    const fits = answer.comparison[name] ? answer.comparison[name].fits : answer.fits;
-    const rate = (value) => (!fits ? "does not fit" : value === null ? "n/a" : value.toFixed(1));
+    const result = answer.comparison[name] || answer;
+    const no = result.refusal ? "refused" : "does not fit";  // as the per-device table says it
+    const rate = (value) => (!result.fits ? no : value === null ? "n/a" : value.toFixed(1));
     return { cells: [formatTitle(name), rate(bound.decode_tokens_per_second_per_sequence),
       rate(bound.decode_tokens_per_second_aggregate), size(bound.bytes_read_per_step),
-      fits ? seconds(bound.prefill_seconds) : "does not fit"] };
+      result.fits ? seconds(bound.prefill_seconds) : no] };
   });
   fillTable("speed-table", rows);
   $("speed-basis").textContent = `${speed.basis} Prefill is for one prompt of ${thousands(answer.workload.context_length)} tokens.`;

@@ -467,11 +467,54 @@ def test_a_kv_cache_the_chosen_vllm_release_lacks_is_refused_with_the_apis_reaso
     page.wait_for_selector("#verdict >> text=4,096 tokens")
     answer = httpx.post(live_server + "/v1/plan", json=body, timeout=30).json()
     assert page.inner_text("#verdict .verdict-head") == "llama-3.1-8b: the engine refuses every format planned."
+    refusal = answer["refusal"]
+    assert refusal.startswith("vLLM 0.19 cannot run the fp8_per_token_head KV cache")
+    # the reason once, on the field it is about; each format says it is refused and what its memory alone would do
+    assert page.inner_text("#verdict p.refusal") == f"KV cache dtype (fp8_per_token_head) is refused: {refusal}."
     for name, result in answer["comparison"].items():
-        assert result["refusal"].startswith("vLLM 0.19 cannot run the fp8_per_token_head KV cache")
+        assert result["refusal"] == refusal
         assert page.inner_text(f"#verdict p[data-format='{name}']").endswith(
-            f": refused by the engine: {result['refusal']}.")
+            ": refused by the engine (the reason above); its memory alone would fit.")
+    assert page.get_attribute("#kv-dtype", "aria-invalid") == "true"
     assert page.locator("#bars g.bar[data-fits='true']").count() == 0
+    page.close()
+
+
+@pytest.mark.parametrize(("query", "field", "named"), [
+    # vLLM 0.19 runs DeepSeek-V2-Lite's MLA fp8 cache on TRITON_MLA, whose fp8 kernels Triton compiles from 8.9 only:
+    # an A100 (8.0) runs it with a 16-bit cache, so the refusal is the KV cache dtype's
+    ("?model=deepseek-v2-lite&device=a100-80gb&count=1&kv=fp8", "kv-dtype", "KV cache dtype (fp8)"),
+    # no MLA prefill below compute capability 8.0 in any release: the refusal is the device's
+    ("?model=deepseek-v2-lite&device=v100-32gb&count=1", "device", "Device (NVIDIA V100 32GB)"),
+])
+def test_a_refusal_of_every_format_is_said_once_on_its_field_and_nothing_more_is_asked(
+        browser: Any, live_server: str, query: str, field: str, named: str) -> None:
+    # the page asked the best mix of a model the engine refuses at 16-bit and the context sweep of a plan no format
+    # of which runs, and showed the one refusal four times: in each format's line, in the mix's "No mix fits" line
+    # and in the planner's warning
+    posted: list[dict[str, Any]] = []
+    page = browser.new_page(viewport={"width": 1280, "height": 900})
+    page.set_default_timeout(TIMEOUT_MS)
+    page.on("request", lambda request: posted.append({"url": request.url, **request.post_data_json})
+            if request.method == "POST" and "/v1/plan" in request.url else None)
+    page.goto(live_server + "/" + query)
+    page.wait_for_selector("#devices-chart svg")  # the last answer the page waits for
+    plans = [request for request in posted if request["url"].endswith("/v1/plan")]
+    assert len(plans) == 1 and "weights" in plans[0] and plans[0]["weights"]["format"] != "fit"
+    answer = httpx.post(live_server + "/v1/plan", json={k: v for k, v in plans[0].items() if k != "url"},
+                        timeout=30).json()
+    refusal = answer["refusal"]
+    assert refusal and all(result["refusal"] == refusal for result in answer["comparison"].values())
+    sweeps = [request["sweep"] for request in posted if request["url"].endswith("/v1/plan/sweep")]
+    assert sweeps == [{"devices": sweeps[0]["devices"]}]  # which device types run it; no context sweep
+    assert page.is_hidden("#sweep-figure")
+    assert page.inner_text("#plan-result").count(refusal) == 1
+    line = page.locator("#verdict p.refusal")
+    assert line.get_attribute("data-field") == field
+    assert line.inner_text() == f"{named} is refused: {refusal}."
+    assert page.get_attribute(f"#{field}", "aria-invalid") == "true"
+    assert page.inner_text(f"#err-{field}") == "refused by vLLM 0.19: the verdict says why"
+    assert page.locator("#verdict p[data-format='fit']").count() == 0
     page.close()
 
 
