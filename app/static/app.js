@@ -148,8 +148,9 @@ let typedAtSubmit = {};
 
 function inUserTerms(message, target) {
   // "memory_bytes=-85899345920: must be positive" -> "“-80GiB”: must be positive"; byte counts in the unit shown.
+  // A pasted config holds many keys: its messages keep the key they name ("num_hidden_layers=None: required ...").
   let text = message;
-  const match = /^[\w.[\]]+=\S*: (.*)$/s.exec(text);
+  const match = target.id === "model-config" ? null : /^[\w.[\]]+=\S*: (.*)$/s.exec(text);
   const typed = typedAtSubmit[target.id];
   if (match) text = typed !== undefined ? `“${typed}”: ${match[1]}` : match[1];
   if (target.id === "memory") text = text.replace(/\b\d{7,}\b/g, (n) => sized(Number(n)));

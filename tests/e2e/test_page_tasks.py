@@ -110,6 +110,18 @@ def test_an_api_error_speaks_in_the_units_the_user_typed(browser: Any, live_serv
     page.close()
 
 
+def test_a_pasted_config_missing_a_key_names_the_key_on_the_field(browser: Any, live_server: str) -> None:
+    # the page cut "num_hidden_layers=None: " off the API's message as it does for a one-value field, so the box of
+    # many keys said "required by model_type 'llama' but missing" without saying which
+    page = open_page(browser, live_server)
+    page.check("input[name='model-source'][value='config']")
+    page.fill("#model-config", json.dumps({"model_type": "llama", "hidden_size": 4096}))
+    page.click("#plan-button")
+    assert field_error(page, "model-config") == "num_hidden_layers=None: required by model_type 'llama' but missing"
+    assert page.get_attribute("#model-config", "aria-invalid") == "true"
+    page.close()
+
+
 def test_human_units_in_the_inputs_never_plan_8_tokens_for_8k(browser: Any, live_server: str) -> None:
     page = open_page(browser, live_server)
     plan_and_wait(page, "8k", 8192)
