@@ -516,7 +516,9 @@ function fitLine(fitAnswer) {
   line.className = fit.fits ? "fits" : "no-fit";
   line.dataset.format = "fit";
   if (!fit.fits) {
-    line.textContent = `No mix of int4, int8 and 16-bit fits: ${fit.reason}.`;
+    // its byte counts (quant_core/fit.py: "needs N bytes more (U used of A usable)") in the unit the page shows
+    const reason = fit.reason.replace(/\b(\d{7,})( bytes)?/g, (_, bytes) => sized(Number(bytes)));
+    line.textContent = `No mix of int4, int8 and 16-bit fits: ${reason}.`;
     return line;
   }
   const mix = Object.entries(fit.formats).map(([name, count]) => `${count} × ${name}`).join(", ");

@@ -17,6 +17,7 @@ import csv
 import io
 import json
 import os
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -119,6 +120,20 @@ def test_a_pasted_config_missing_a_key_names_the_key_on_the_field(browser: Any, 
     page.click("#plan-button")
     assert field_error(page, "model-config") == "num_hidden_layers=None: required by model_type 'llama' but missing"
     assert page.get_attribute("#model-config", "aria-invalid") == "true"
+    page.close()
+
+
+def test_no_mix_that_fits_is_said_in_the_unit_shown_not_in_bytes(browser: Any, live_server: str) -> None:
+    # Llama-3.1-405B on one H100: not even every quantized tensor at int4 fits; the reason came as raw byte counts
+    # ("needs 144958428545 bytes more (221407772672 used of 76449344127 usable)") on a page that shows GiB or GB
+    page = open_page(browser, live_server, "/?model=llama-3.1-405b&device=h100-80gb&count=1&ctx=4096")
+    page.wait_for_selector("#verdict p[data-format='fit']")
+    text = str(page.inner_text("#verdict p[data-format='fit']"))
+    assert text.startswith("No mix of int4, int8 and 16-bit fits: the model does not fit even with every quantized")
+    assert re.search(r"device 0 needs \d+\.\d\d GiB more \(\d+\.\d\d GiB used of 71\.20 GiB usable\)\.$", text), text
+    assert not re.search(r"\d{7,}", text)
+    page.select_option("#unit", "GB")  # the unit switch redraws it in GB, without asking again
+    page.wait_for_selector("#verdict p[data-format='fit'] >> text=76.45 GB usable")
     page.close()
 
 
