@@ -397,14 +397,17 @@ function csvCell(value) {
 }
 
 function planCsv(answer) {
-  // One row per format and device, in bytes, as the API answers them.
+  // One row per format and device, in bytes, as the API answers them; a device's fits is its memory only, so the
+  // engine's refusal of the format (empty when none) goes beside it: a refused format does not run whatever fits says.
   const header = ["model", "format", "device", "pipeline_stage", "tensor_rank", "weights_bytes", "kv_cache_bytes",
-    "activation_bytes", "overhead_bytes", "used_bytes", "usable_bytes", "capacity_bytes", "headroom_bytes", "fits"];
+    "activation_bytes", "overhead_bytes", "used_bytes", "usable_bytes", "capacity_bytes", "headroom_bytes", "fits",
+    "refusal"];
   const rows = [header];
   for (const [name, result] of Object.entries(answer.comparison)) {
     for (const d of result.devices) {
       rows.push([answer.model, name, d.index, d.pipeline_stage, d.tensor_rank, d.weights_bytes, d.kv_cache_bytes,
-        d.activation_bytes, d.overhead_bytes, d.used_bytes, d.usable_bytes, d.capacity_bytes, d.headroom_bytes, d.fits]);
+        d.activation_bytes, d.overhead_bytes, d.used_bytes, d.usable_bytes, d.capacity_bytes, d.headroom_bytes, d.fits,
+        result.refusal || ""]);
     }
   }
   return rows.map((row) => row.map(csvCell).join(",")).join("\r\n") + "\r\n";

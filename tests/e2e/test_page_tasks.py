@@ -381,6 +381,21 @@ def test_the_url_reproduces_a_plan_and_the_exports_parse(browser: Any, live_serv
     page.close()
 
 
+def test_the_csv_of_a_refused_plan_says_refused_beside_each_devices_memory_fit(browser: Any, live_server: str) -> None:
+    # vLLM 0.19 runs no fp8 KV cache on a V100: Llama-3.1-8B's memory fits there (fits true on every device, as the
+    # API's device fits is memory only), and the CSV said nothing more, so it read as deployable
+    page = open_page(browser, live_server, "/?model=llama-3.1-8b&device=v100-32gb&count=1&kv=fp8")
+    page.wait_for_selector("#verdict p.refusal")
+    with page.expect_download() as csv_info:
+        page.click("#export-csv")
+    rows = list(csv.DictReader(io.StringIO(Path(csv_info.value.path()).read_text())))
+    assert [row["format"] for row in rows] == ["bf16", "int4"]
+    refusal = page.inner_text("#verdict p.refusal").removeprefix("KV cache dtype (fp8) is refused: ").removesuffix(".")
+    assert refusal.startswith("vLLM 0.19 cannot run the fp8 KV cache (fp8_e4m3) of llama-3.1-8b on a device of")
+    assert [(row["fits"], row["refusal"]) for row in rows] == [("true", refusal), ("true", refusal)]
+    page.close()
+
+
 def test_a_pasted_config_is_named_after_its_model_and_its_unused_keys_are_noted(browser: Any,
                                                                                 live_server: str) -> None:
     config = {"_name_or_path": "my-org/my-8b", "model_type": "llama", "hidden_size": 4096, "num_hidden_layers": 32,
