@@ -823,6 +823,8 @@ function renderSweep(sweep, answer) {
   for (const [format, rows] of series) {
     const name = names[index] || format;
     const cls = `series-${index}`;
+    const result = answer.comparison[name];
+    const refused = Boolean(result && result.refusal);  // no context runs it, whatever its memory says
     const points = rows.map((r) => `${x(r.context_length).toFixed(1)},${y(r.max_device_used_bytes).toFixed(1)}`).join(" ");
     svg.append(svgElement("polyline", { points, class: `line ${cls}`, "data-format": name }));
     for (const r of rows) {
@@ -830,11 +832,11 @@ function renderSweep(sweep, answer) {
       beyondSeen = beyondSeen || state === "beyond";
       const dot = svgElement("circle", { cx: x(r.context_length), cy: y(r.max_device_used_bytes), r: 3.5,
         class: `dot ${cls} ${state === "fits" ? "" : state}`, "data-state": state, "data-context": r.context_length, "data-format": name });
-      const words = state === "fits" ? "fits" : state === "beyond" ? "past the model's trained context" : "does not fit";
+      const words = refused ? "refused by the engine" : state === "fits" ? "fits"
+        : state === "beyond" ? "past the model's trained context" : "does not fit";
       dot.append(svgElement("title", {}, `${formatTitle(name)}, ${thousands(r.context_length)} tokens: ${sized(r.max_device_used_bytes)} (${words})`));
       svg.append(dot);
     }
-    const result = answer.comparison[name];
     const longest = result && result.max_context_length;
     let label = `${formatTitle(name)}`;
     if (longest) {
@@ -846,7 +848,7 @@ function renderSweep(sweep, answer) {
           class: `marker ${cls}`, "data-format": name, "data-limited-by": result.context_limited_by }));
       }
     } else {
-      label += ": no context fits";
+      label += refused ? ": refused by the engine (the verdict says why)" : ": no context fits";
     }
     legend.push([label, `key-line ${cls}`, { format: name, limitedBy: result ? result.context_limited_by : "" }]);
     index += 1;
@@ -861,9 +863,10 @@ function renderSweep(sweep, answer) {
   const words = { fits: "yes", over: "no", beyond: "no: past the model's trained context" };
   const rows = [];
   [...series.values()].forEach((seriesRows, i) => {
+    const result = answer.comparison[names[i]];
     for (const r of seriesRows) {
       rows.push({ cells: [thousands(r.context_length), formatTitle(names[i] || r.format), size(r.max_device_used_bytes),
-        words[pointState(r)]] });
+        result && result.refusal ? "no: refused by the engine" : words[pointState(r)]] });
     }
   });
   fillTable("sweep-table", rows);

@@ -381,6 +381,26 @@ def test_the_url_reproduces_a_plan_and_the_exports_parse(browser: Any, live_serv
     page.close()
 
 
+def test_the_context_chart_says_refused_for_a_format_the_engine_refuses(browser: Any, live_server: str) -> None:
+    # vLLM 0.33 has no GGUF: the chosen Q4_K_M is refused while 16-bit and INT4 are planned; its line in the context
+    # chart said "no context fits" and its points "does not fit" at 23 GiB of 35 usable, a memory story the verdict
+    # does not tell
+    page = open_page(browser, live_server,
+                     "/?model=llama-3.1-70b&device=a100-40gb&count=2&ctx=8k&engine=0.33&format=gguf-q4_k_m")
+    page.wait_for_selector("#sweep svg polyline[data-format='gguf-q4_k_m']")
+    assert page.inner_text("#verdict p[data-format='gguf-q4_k_m']").startswith(
+        "GGUF Q4_K_M: refused by the engine: vLLM 0.33 cannot load gguf-q4_k_m weights on any device")
+    assert page.inner_text("#sweep-legend li[data-format='gguf-q4_k_m']") == (
+        "GGUF Q4_K_M: refused by the engine (the verdict says why)")
+    titles = page.eval_on_selector_all("#sweep circle[data-format='gguf-q4_k_m'] title",
+                                       "titles => titles.map(t => t.textContent)")
+    assert titles and all(title.endswith("(refused by the engine)") for title in titles)
+    cells = page.eval_on_selector_all("#sweep-table tbody tr", "rows => rows.filter(r => r.cells[1].textContent === "
+                                      "'GGUF Q4_K_M').map(r => r.cells[3].textContent)")
+    assert cells == ["no: refused by the engine"] * len(titles)
+    page.close()
+
+
 def test_the_csv_of_a_refused_plan_says_refused_beside_each_devices_memory_fit(browser: Any, live_server: str) -> None:
     # vLLM 0.19 runs no fp8 KV cache on a V100: Llama-3.1-8B's memory fits there (fits true on every device, as the
     # API's device fits is memory only), and the CSV said nothing more, so it read as deployable
