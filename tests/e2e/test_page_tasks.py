@@ -577,6 +577,10 @@ def test_a_refusal_of_every_format_is_said_once_on_its_field_and_nothing_more_is
     assert page.get_attribute(f"#{field}", "aria-invalid") == "true"
     assert page.inner_text(f"#err-{field}") == "refused by vLLM 0.19: the verdict says why"
     assert page.locator("#verdict p[data-format='fit']").count() == 0
+    # the speed bound of a format that does not run says refused, as the per-device table does, not "does not fit"
+    speed_cells = [cell.inner_text() for cell in page.locator("#speed-table tbody td").all()]
+    assert speed_cells and set(speed_cells) - {"refused"} == {
+        cell.inner_text() for cell in page.locator("#speed-table tbody td:nth-child(4)").all()}
     page.close()
 
 
