@@ -30,7 +30,7 @@ import math
 import re
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import replace
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 from quant_core.errors import InvalidSpec, MissingConfigKey, UnsupportedArchitecture
 from quant_core.specs import (
@@ -51,6 +51,7 @@ from quant_core.specs import (
     PixtralVisionTower,
     Qwen3VisionTower,
     QwenVisionTower,
+    RopeScaling,
     VisionTower,
     check_int,
 )
@@ -1375,6 +1376,99 @@ def _with_rotary_caches(spec: ModelSpec, config: Mapping[str, object]) -> ModelS
     return replace(spec, rotary_dim=_rotary_dim(spec, config), rotary_cache_rows=rows, rotary_mrope=mrope)
 
 
+#: the config keys vLLM derives a model's longest context from, in its order: the smallest it finds is taken, and
+#: ``model_max_length`` when stated (Command-R) whatever the others say (_get_and_verify_max_len in 0.11,
+#: ModelArchConfigConvertorBase.derive_max_model_len_and_key in 0.19 and 0.33: the same keys and rule)
+VLLM_LENGTH_KEYS: tuple[str, ...] = ("max_position_embeddings", "n_positions", "max_seq_len", "seq_length",
+                                     "model_max_length", "max_target_positions", "max_sequence_length",
+                                     "max_seq_length", "seq_len")
+#: the ``max_position_embeddings`` a config.json that states none of `VLLM_LENGTH_KEYS` gets from its configuration
+#: class, by model type (transformers 5.23's ``configuration_<type>.py`` defaults, the classes' text config for the
+#: multimodal types; ``deepseek_v32`` is read by transformers' DeepseekV3Config, vLLM's transformers_utils/config.py
+#: _CONFIG_REGISTRY).  Falcon's RefinedWeb types are read by vLLM's own RWConfig, which has none.
+CLASS_DEFAULT_LENGTHS: dict[str, int] = {
+    "llama": 2048, "mistral": 131_072, "mixtral": 131_072, "qwen2": 32_768, "qwen3": 32_768, "qwen3_moe": 32_768,
+    "gemma2": 8192, "gemma3_text": 131_072, "gemma3": 131_072, "phi3": 4096, "deepseek_v2": 2048,
+    "deepseek_v3": 4096, "deepseek_v32": 4096, "glm_moe_dsa": 202_752, "falcon": 2048, "gpt2": 1024,
+    "gpt_oss": 131_072, "qwen2_moe": 32_768, "phimoe": 131_072, "glm4_moe": 131_072, "glm4": 131_072,
+    "olmo2": 2048, "olmo3": 2048, "seed_oss": 524_288, "smollm3": 32_768, "llama4_text": 131_072,
+    "llama4": 131_072, "qwen2_5_vl": 32_768, "qwen3_vl": 128_000, "qwen3_vl_moe": 128_000, "qwen3_next": 32_768,
+    "qwen3_5": 32_768, "qwen3_5_moe": 32_768, "minimax_m2": 196_608, "mistral3": 131_072,
+}
+#: the length vLLM assumes when the config states none of its keys ("Assuming the model's maximum length is 2048",
+#: _get_and_verify_max_len in 0.11, 0.19 and 0.33)
+VLLM_DEFAULT_LENGTH = 2048
+#: RoPE types whose scaling vLLM never applies to the derived length (0.11, 0.19 and 0.33 skip these three)
+_ROPE_NOT_SCALING_LENGTH = frozenset({"su", "longrope", "llama3"})
+
+
+def _stated_length(config: Mapping[str, object]) -> tuple[int, str]:
+    """The context the language model's config states as vLLM reads it before RoPE scaling, and its key: the
+    smallest of `VLLM_LENGTH_KEYS` (``text_config``'s where it has them, else the top level's), ``model_max_length``
+    overriding; else the configuration class's default (`CLASS_DEFAULT_LENGTHS`); else vLLM's 2048."""
+    nested = config.get("text_config")
+    text = nested if isinstance(nested, Mapping) and any(key in nested for key in VLLM_LENGTH_KEYS) else config
+    found: tuple[int, str] | None = None
+    for key in VLLM_LENGTH_KEYS:
+        value = text.get(key)
+        if value is None:
+            continue
+        length = check_int(key, value, 1, MAX_POSITIONS)
+        if found is None or length < found[0]:
+            found = (length, key)
+    model_max_length = text.get("model_max_length")
+    if model_max_length:  # vLLM: ``if tmp_max_len := getattr(hf_config, "model_max_length", None)``
+        found = (check_int("model_max_length", model_max_length, 1, MAX_POSITIONS), "model_max_length")
+    if found is not None:
+        return found
+    model_type = str(config.get("model_type", ""))
+    default = CLASS_DEFAULT_LENGTHS.get(model_type)
+    if default is not None:
+        return default, f"max_position_embeddings: the {model_type} configuration class's default (config.json " \
+                        "states no length)"
+    return VLLM_DEFAULT_LENGTH, f"vLLM's assumed {VLLM_DEFAULT_LENGTH} (config.json states none of " \
+                                f"{', '.join(VLLM_LENGTH_KEYS)})"
+
+
+def _rope_scalings(keys: Mapping[str, object]) -> tuple[RopeScaling, ...]:
+    """The RoPE scalings of the language model's config (`_rope_keys`) that a vLLM release may scale the derived
+    context by: ``rope_scaling``, else ``rope_parameters`` (one set, or one per layer type, in order), each under its
+    renamed type (``su`` -> ``longrope``, ``mrope`` -> ``default``), less the types vLLM never scales by
+    (`_ROPE_NOT_SCALING_LENGTH`) and the sets without a factor that are not yarn (they scale by 1); a yarn set's
+    ``original_max_position_embeddings`` is its own, else the config's top-level one (Phi-3)."""
+    rope = keys.get("rope_scaling")
+    if not isinstance(rope, Mapping):
+        rope = keys.get("rope_parameters")
+    if not isinstance(rope, Mapping) or not rope:
+        return ()
+    nested = all(isinstance(value, Mapping) for value in rope.values())
+    sets = [value for value in rope.values() if isinstance(value, Mapping)] if nested else [rope]
+    top_original = keys.get("original_max_position_embeddings")
+    out: list[RopeScaling] = []
+    for entry in sets:
+        key = "rope_type" if "rope_type" in entry else "type"
+        kind = entry.get(key, "default")
+        if not isinstance(kind, str):
+            raise InvalidSpec(f"rope_scaling.{key}", kind, "must be a string (default, linear, dynamic, yarn, ...)")
+        kind = {"su": "longrope", "mrope": "default"}.get(kind, kind)
+        factor = entry.get("factor")
+        if kind in _ROPE_NOT_SCALING_LENGTH or (factor is None and kind != "yarn"):
+            continue
+        original = entry.get("original_max_position_embeddings", top_original)
+        out.append(RopeScaling(kind, cast(Any, factor), cast(Any, original)))
+    return tuple(out)
+
+
+def _with_context_limit(spec: ModelSpec, config: Mapping[str, object]) -> ModelSpec:
+    """`spec` with the context its config states as vLLM reads it (`ModelSpec.config_max_length`, kept only where
+    it is not `max_position_embeddings`) and the RoPE scalings vLLM may scale it by (`ModelSpec.rope_scalings`)."""
+    length, key = _stated_length(config)
+    scalings = _rope_scalings(_rope_keys(config))
+    if key == "max_position_embeddings" and length == spec.max_position_embeddings:
+        return replace(spec, rope_scalings=scalings) if scalings else spec
+    return replace(spec, config_max_length=length, config_max_length_key=key, rope_scalings=scalings)
+
+
 def _qwen3_5(config: Mapping[str, object], model_type: str, name: str | None) -> ModelSpec:
     """Qwen3.5 (``Qwen3_5ForConditionalGeneration``, dense): Qwen3-Next's hybrid language model under
     ``text_config`` (`_qwen3_next`: Gated DeltaNet and gated full attention; a dense MLP in every layer), its
@@ -1528,7 +1622,7 @@ def model_from_hf_config(config: Mapping[str, object], *, name: str | None = Non
             else config)
     try:
         spec = _model_from_hf_config(config, name)
-        return _with_rotary_caches(spec, _rope_keys(config))
+        return _with_context_limit(_with_rotary_caches(spec, _rope_keys(config)), config)
     except MissingConfigKey:  # names the config key already (renaming moe_intermediate_size would blame another)
         raise
     except InvalidSpec as error:

@@ -277,6 +277,40 @@ class GatedDeltaNet:
         return 2 * self.key_dim + self.value_dim
 
 
+#: the most RoPE scalings a spec keeps (one per layer type of a transformers v5 ``rope_parameters``)
+MAX_ROPE_SCALINGS = 8
+
+
+@dataclass(frozen=True, slots=True)
+class RopeScaling:
+    """A RoPE scaling a model's config declares (``rope_scaling``, or ``rope_parameters`` one per layer type), as
+    vLLM's ``_get_and_verify_max_len`` reads it to derive the longest context it accepts (`ModelSpec.rope_scalings`).
+
+    `rope_type` is the type after vLLM's renames (``type`` read when ``rope_type`` is absent; ``su`` is ``longrope``,
+    ``mrope`` ``default``: patch_rope_scaling_dict in 0.11, patch_rope_parameters_dict in 0.19 and 0.33); `factor`
+    its ``factor`` (None: absent or null); `original_max_position_embeddings` the pretraining context a yarn scaling
+    is taken from (the scaling's own, else the config's top-level key as Phi-3 keeps it; None: neither).
+    """
+
+    rope_type: str
+    factor: float | None = None
+    original_max_position_embeddings: int | None = None
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.rope_type, str) or not 0 < len(self.rope_type) <= 100:
+            raise InvalidSpec("rope_scaling.rope_type", self.rope_type, "must be a non-empty string")
+        factor = self.factor
+        if factor is not None and (isinstance(factor, bool) or not isinstance(factor, int | float)
+                                   or not 0 < factor <= MAX_POSITIONS):
+            raise InvalidSpec("rope_scaling.factor", factor, f"must be a number in (0, {MAX_POSITIONS}]")
+        if factor is not None:
+            object.__setattr__(self, "factor", float(factor))
+        if self.original_max_position_embeddings is not None:
+            object.__setattr__(self, "original_max_position_embeddings", check_int(
+                "rope_scaling.original_max_position_embeddings", self.original_max_position_embeddings, 1,
+                MAX_POSITIONS))
+
+
 @dataclass(frozen=True, slots=True)
 class KVLayer:
     """What one attention layer caches per token.
@@ -513,6 +547,10 @@ class ModelSpec:
     token attending to the tokens of its own chunk of `attention_chunk_size` (what they cache depends on the engine:
     `kv_cache.kv_layers`).  `max_position_embeddings` is the trained context (for
     `learned_position_embeddings`, also the rows of the position table).
+    Longest context an engine accepts: `config_max_length` is the context the config states as vLLM's
+    ``_get_and_verify_max_len`` reads it before RoPE scaling, `config_max_length_key` where it comes from, when
+    that is not `max_position_embeddings` (None: it is); `rope_scalings` the config's RoPE scalings a vLLM release
+    may scale that context by (`engines.vllm_max_len`).
     """
 
     name: str
@@ -579,6 +617,17 @@ class ModelSpec:
     #: the caches are multimodal RoPE's (``mrope_section``: Qwen2.5-VL, Qwen3-VL, Qwen3.5), whose rows vLLM
     #: multiplies by its release's positions factor (mrope.py, ``cache_max_position_num``)
     rotary_mrope: bool = False
+    #: the context the config states as vLLM's ``_get_and_verify_max_len`` reads it before RoPE scaling, where it
+    #: is not `max_position_embeddings`: the smallest of the length keys vLLM reads (``model_max_length`` when
+    #: stated), or the transformers config class's default where config.json states none, or vLLM's own 2048 where
+    #: no class default is known; None: `max_position_embeddings` is it (or, when that is None too, it is not known:
+    #: a spec of explicit sizes)
+    config_max_length: int | None = None
+    #: the key (or the default) `config_max_length` comes from, in words ("" with it None)
+    config_max_length_key: str = ""
+    #: the RoPE scalings of the config whose type a vLLM release scales the context by (not ``su``, ``longrope`` or
+    #: ``llama3``, nor a ``default`` one without a factor), in the config's order
+    rope_scalings: tuple[RopeScaling, ...] = ()
 
     def __post_init__(self) -> None:
         for field in ("name", "model_type"):
@@ -646,6 +695,29 @@ class ModelSpec:
             raise InvalidSpec("vision", type(self.vision).__name__, "must be a vision tower (or absent)")
         self._check_rotary_caches()
         self._check_linear_attention()
+        self._check_context_limit()
+
+    def _check_context_limit(self) -> None:
+        """The config's stated context is a length with its key, and the RoPE scalings are `RopeScaling` rows."""
+        if self.config_max_length is not None:
+            object.__setattr__(self, "config_max_length", check_int("config_max_length", self.config_max_length, 1,
+                                                                    MAX_POSITIONS))
+        key = self.config_max_length_key
+        if not isinstance(key, str) or len(key) > MAX_NAME_CHARS or (self.config_max_length is None) != (not key):
+            raise InvalidSpec("config_max_length_key", key, "names where config_max_length comes from, and only "
+                              "with it")
+        scalings = self.rope_scalings
+        if not isinstance(scalings, tuple | list) or len(scalings) > MAX_ROPE_SCALINGS:
+            raise InvalidSpec("rope_scalings", scalings, f"must be a list of at most {MAX_ROPE_SCALINGS} scalings")
+        try:
+            rows = tuple(RopeScaling(**row) if isinstance(row, dict) else row for row in scalings)
+        except TypeError as error:  # a key that is not a RopeScaling field
+            raise InvalidSpec("rope_scalings", list(scalings)[:4], f"is not a list of whole RoPE scalings: {error}") \
+                from None
+        if not all(isinstance(row, RopeScaling) for row in rows):
+            raise InvalidSpec("rope_scalings", list(scalings)[:4], "must be RoPE scalings (rope_type, factor, "
+                              "original_max_position_embeddings)")
+        object.__setattr__(self, "rope_scalings", rows)
 
     def _check_rotary_caches(self) -> None:
         """Each cos/sin cache has 1 to ``MAX_ROTARY_ROWS`` positions, at most four of them, and only with rotary
@@ -727,6 +799,9 @@ class ModelSpec:
         for field in self.__dataclass_fields__:
             value = getattr(self, field)
             out[field] = list(value) if isinstance(value, tuple) else value
+        out["rope_scalings"] = [{"rope_type": row.rope_type, "factor": row.factor,
+                                 "original_max_position_embeddings": row.original_max_position_embeddings}
+                                for row in self.rope_scalings]
         return out
 
     @classmethod
