@@ -62,11 +62,7 @@ from quant_core.catalog import (
 )
 from quant_core.engines import ENGINES, BatchLimits, ContextTerm, EngineProfile, KVCapacity, Stage, Term, get_engine
 from quant_core.engines.vllm import (
-    CHUNKED_LOCAL_ATTENTION,
     DSA_BLOCK_SIZE,
-    EMBEDDING_ON_EVERY_STAGE,
-    MAMBA_CACHE_MODES,
-    MOE_DATA_PARALLEL_VERSIONS,
     VOCAB_PADDING,
     OutsideBudget,
     dsa_block_size,
@@ -85,12 +81,18 @@ from quant_core.engines.vllm import (
     qwen_vision_refusal,
     routed_experts_per_rank,
     shared_experts_whole,
-    startup_refusal,
     unknown_gptq_symmetry_note,
     vocabulary_refusal,
 )
-from quant_core.engines.vllm import chunked_local_attention as vllm_chunked_local_attention
-from quant_core.engines.vllm import mamba_cache_mode as vllm_mamba_cache_mode
+from quant_core.engines.vllm_releases import (
+    CHUNKED_LOCAL_ATTENTION,
+    EMBEDDING_ON_EVERY_STAGE,
+    MAMBA_CACHE_MODES,
+    MOE_DATA_PARALLEL_VERSIONS,
+    startup_refusal,
+)
+from quant_core.engines.vllm_releases import chunked_local_attention as vllm_chunked_local_attention
+from quant_core.engines.vllm_releases import mamba_cache_mode as vllm_mamba_cache_mode
 from quant_core.engines.vllm_speculative import SpeculativeDecoding, mtp_front_bytes, speculative_refusal
 from quant_core.errors import InvalidSpec, UnknownName
 from quant_core.formats import (
@@ -1012,7 +1014,7 @@ def _hybrid_note(hybrid: HybridKV, block_size: int, tensor_parallel: int, engine
 
 def _chunked_note(spec: ModelSpec, engine: EngineProfile | None, chunked_local: bool) -> str:
     """The plan's note on chunked local attention (Llama 4): what its layers hold in this engine release and why
-    (`engines.vllm.CHUNKED_LOCAL_ATTENTION`)."""
+    (`engines.vllm_releases.CHUNKED_LOCAL_ATTENTION`)."""
     chunk = spec.attention_chunk_size
     layers = (f"Llama 4's {len(spec.chunked_layers)} chunked local attention layers (its RoPE layers; the other "
               f"{spec.num_layers - len(spec.chunked_layers)} are global)")
@@ -1233,13 +1235,13 @@ class _Evaluator:
 
     def mamba_cache_mode(self) -> str:
         """The ``mamba_cache_mode`` a hybrid model's linear groups are planned in: the vLLM release's default
-        (`engines.vllm.mamba_cache_mode`: "align", two blocks per sequence, where it turns prefix caching on for
-        hybrid models), "none" (one block) for the generic estimate."""
+        (`engines.vllm_releases.mamba_cache_mode`: "align", two blocks per sequence, where it turns prefix caching on
+        for hybrid models), "none" (one block) for the generic estimate."""
         return self._mamba_cache_mode
 
     def chunked_local(self) -> bool:
         """Whether chunked local attention layers (Llama 4) hold only their chunk: the vLLM release's default
-        (`engines.vllm.chunked_local_attention`: from PR #29627, not in 0.11); the attention's own need without
+        (`engines.vllm_releases.chunked_local_attention`: from PR #29627, not in 0.11); the attention's own need without
         an engine."""
         return self._chunked_local
 
@@ -1896,7 +1898,7 @@ def _min_devices(evaluator: _Evaluator, terms: _ModelTerms, workload: Workload) 
     ceil(weights / usable) devices cannot fit; and per-rank usage never grows
     with more ranks, so "does not fit" is a prefix of the accepted sizes: bisect them.  Except that one device
     starts with no tensor-parallel communicator, which every rank of two or more holds outside the budget
-    (`engines.vllm.startup_memory`): one device is tried first, then the larger sizes bisected.  And a DeepSeek
+    (`engines.vllm_releases.startup_memory`): one device is tried first, then the larger sizes bisected.  And a DeepSeek
     Sparse Attention model on vLLM 0.19, whose fp8 mixed-batch kernel buffers appear outside the budget once a
     rank holds fewer than 32 heads (`engines.vllm.dsa_mixed_batch_bytes`): its sizes are tried in order.  The sizes
     weighed do not depend on the workload (`_ModelTerms.min_device_sizes`).
@@ -2315,8 +2317,8 @@ def _moe_data_parallel_reason(spec: ModelSpec, data: int, tensor: int, pipeline:
     pipeline `pipeline`) on this engine: vLLM does not run its data-parallel ranks as independent replicas
     (``FusedMoEParallelConfig.make``, fused_moe/config.py: every MoE layer spread over the data x tensor ranks, each
     gathering every rank's tokens), and nibble sized that only for vLLM 0.19 and 0.33 at one pipeline stage
-    (`engines.vllm.MOE_DATA_PARALLEL_VERSIONS`, `engines.vllm.moe_dispatched_tokens`).  0.11 gathers with the same
-    default backend (``VLLM_ALL2ALL_BACKEND`` allgather_reducescatter), but its ``FusedMoE.forward_impl``
+    (`engines.vllm_releases.MOE_DATA_PARALLEL_VERSIONS`, `engines.vllm.moe_dispatched_tokens`).  0.11 gathers with the
+    same default backend (``VLLM_ALL2ALL_BACKEND`` allgather_reducescatter), but its ``FusedMoE.forward_impl``
     (fused_moe/layer.py) picks its kernels before the oracles (DeepGEMM for block fp8, fused_experts chunked at
     32,768 tokens) and routes FlashInfer CUTLASS at dp > 1 to ``forward_impl_chunked`` (``VLLM_MOE_DP_CHUNK_SIZE``):
     on the gathered rows, not read.  The generic engine has no such placement.  Pipeline stages
@@ -2483,7 +2485,7 @@ def _outside_budget_warning(primary: FormatPlan, evaluator: _Evaluator, layout: 
     """Why the plan does not fit when what the engine takes outside its budget (`_StageTerms.outside`: vLLM's memory
     in use at start-up, 0.11/0.19's CUDA graphs, DeepSeek Sparse Attention's late buffers) is more than the
     ``capacity - usable`` the budget leaves free on a device, with the figures, the release, vLLM's own error when it
-    would refuse to start (`engines.vllm.startup_refusal`) and the remedies; nothing when it fits."""
+    would refuse to start (`engines.vllm_releases.startup_refusal`) and the remedies; nothing when it fits."""
     engine, options, free = evaluator.engine, evaluator.options, evaluator.free_outside_bytes
     need, stage = max(((device.outside_budget_bytes, device.pipeline_stage)
                        for device in primary.devices[::layout.tensor_parallel]),  # a stage's ranks hold the same

@@ -10,7 +10,8 @@ from __future__ import annotations
 import pytest
 
 from quant_core.catalog import get_device, get_preset_info, list_devices
-from quant_core.engines.vllm import VERSIONS, capability_refusal
+from quant_core.engines.vllm import capability_refusal
+from quant_core.engines.vllm_releases import VERSIONS
 from quant_core.errors import InvalidSpec
 from quant_core.fit import fit_plan
 from quant_core.formats import WeightFormat, block_format, float_format, fp8, int4

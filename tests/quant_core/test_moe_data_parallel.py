@@ -38,9 +38,9 @@ from quant_core.engines.vllm import (
     moe_dispatch_bytes,
     moe_dispatched_tokens,
     outside_budget,
-    startup_memory,
 )
 from quant_core.engines.vllm_graphs import cuda_graph_pool
+from quant_core.engines.vllm_releases import startup_memory
 from quant_core.errors import InvalidSpec
 from quant_core.planner import Hardware, Plan, PlanOptions, Workload, plan
 from quant_core.schemes import scheme_from_quantization_config
