@@ -63,7 +63,6 @@ from quant_core.catalog import (
 from quant_core.engines import ENGINES, BatchLimits, ContextTerm, EngineProfile, KVCapacity, Stage, Term, get_engine
 from quant_core.engines.vllm import (
     DSA_BLOCK_SIZE,
-    VOCAB_PADDING,
     OutsideBudget,
     dsa_block_size,
     dsa_block_table_bytes,
@@ -93,6 +92,7 @@ from quant_core.engines.vllm_releases import (
 )
 from quant_core.engines.vllm_releases import chunked_local_attention as vllm_chunked_local_attention
 from quant_core.engines.vllm_releases import mamba_cache_mode as vllm_mamba_cache_mode
+from quant_core.engines.vllm_sampler import VOCAB_PADDING
 from quant_core.engines.vllm_speculative import SpeculativeDecoding, mtp_front_bytes, speculative_refusal
 from quant_core.errors import InvalidSpec, UnknownName
 from quant_core.formats import (

@@ -20,8 +20,8 @@ from quant_core.engines.vllm import (
     qwen_encoder_dummy,
     qwen_encoder_profile,
     rotary_cache_bytes,
-    sampler_state_bytes,
 )
+from quant_core.engines.vllm_sampler import sampler_state_bytes
 from quant_core.formats import float_format, int4
 from quant_core.hf_config import model_from_hf_config
 from quant_core.planner import Hardware, PlanOptions, Workload, plan
