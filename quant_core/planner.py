@@ -71,15 +71,17 @@ from quant_core.engines.vllm import (
     expert_placement_note,
     expert_ranks_refusal,
     expert_shard,
-    expert_width_refusal,
-    mamba_align_refusal,
-    mlp_width_refusal,
     moe_data_parallel_format_refusal,
     moe_wna16_act_order_note,
     qwen_encoder_dummy,
-    qwen_vision_refusal,
     routed_experts_per_rank,
     shared_experts_whole,
+)
+from quant_core.engines.vllm_refusals import (
+    expert_width_refusal,
+    mamba_align_refusal,
+    mlp_width_refusal,
+    qwen_vision_refusal,
     unknown_gptq_symmetry_note,
     vocabulary_refusal,
 )
@@ -1868,7 +1870,7 @@ def engine_tensor_parallel_sizes(spec: ModelSpec, limit: int = MAX_DEVICES_SEARC
     or be a multiple of them (each rank then holds a replica); MLA models
     (a latent KV cache) have no key/value-head condition.  A spec without
     attention heads constrains nothing.  Under `expert_parallel` the routed experts' width need not divide
-    (`engines.vllm.expert_width_refusal`), and a MoE model takes no more ranks than routed experts
+    (`engines.vllm_refusals.expert_width_refusal`), and a MoE model takes no more ranks than routed experts
     (`engines.vllm.expert_ranks_refusal`).
     """
     heads, kv_heads = spec.num_attention_heads, spec.num_kv_heads
@@ -1931,7 +1933,8 @@ def _min_devices(evaluator: _Evaluator, terms: _ModelTerms, workload: Workload) 
 def _starts_at(evaluator: _Evaluator, terms: _ModelTerms, tensor_parallel: int) -> bool:
     """Whether the engine starts this model at `tensor_parallel` ranks (one stage) with the plan's scheduler limits:
     vLLM's Mamba "align" mode refuses a hybrid model whose raised attention block, which depends on the degree,
-    exceeds ``max_num_batched_tokens`` (`engines.vllm.mamba_align_refusal`; a plan at that degree is refused naming
+    exceeds ``max_num_batched_tokens`` (`engines.vllm_refusals.mamba_align_refusal`; a plan at that degree is refused
+    naming
     ``runtime.max_batched_tokens``), so the fewest devices never name such a degree.  `_min_devices` asks it for a
     hybrid model under vLLM only."""
     engine = evaluator.engine
@@ -2446,7 +2449,7 @@ def _engine_block_size(spec: ModelSpec, engine: EngineProfile | None, options: P
 
 def _is_checkpoint_gptq(scheme: WeightScheme) -> bool:
     """Whether `scheme` is GPTQ read from a checkpoint's headers (``checkpoint-gptq``).  No safetensors header names
-    ``sym`` (`engines.vllm.unknown_gptq_symmetry_note`): its `quantized` format is the one config.json's GPTQ
+    ``sym`` (`engines.vllm_refusals.unknown_gptq_symmetry_note`): its `quantized` format is the one config.json's GPTQ
     ``quantization_config`` gives when the plan has it (`PlanOptions.shipped`), and otherwise not a GPTQ format at all
     (the plan then takes the weights as symmetric and warns)."""
     return scheme.checkpoint is not None and scheme.checkpoint.format == "gptq"
