@@ -36,7 +36,8 @@ Parallelism follows vLLM:
   0.19 and 0.33 run a model without routed experts (0.11 adds its data-parallel groups' communicators at start-up);
   the workload's sequences are shared among them, each device planned for the fullest replica's share.  A model
   with routed experts (vLLM 0.19 and 0.33, one pipeline stage) spreads its routed experts over all dp x tp ranks
-  and gathers every rank's tokens into each MoE layer (`engines.vllm.moe_dispatched_tokens`); elsewhere refused;
+  and gathers every rank's tokens into each MoE layer (`engines.vllm_parallel.moe_dispatched_tokens`); elsewhere
+  refused;
 * where the engine allocates a family's MoE routers in float32 (vLLM's GLM-4.5:
   `EngineProfile.routers_at_fp32`), the device weights count them at 4 bytes an
   element whatever the format's float type.
@@ -67,13 +68,15 @@ from quant_core.engines.vllm import (
     dsa_block_size,
     dsa_block_table_bytes,
     dsa_mixed_batch_bytes,
+    moe_wna16_act_order_note,
+    qwen_encoder_dummy,
+)
+from quant_core.engines.vllm_parallel import (
     expert_parallel_refusal,
     expert_placement_note,
     expert_ranks_refusal,
     expert_shard,
     moe_data_parallel_format_refusal,
-    moe_wna16_act_order_note,
-    qwen_encoder_dummy,
     routed_experts_per_rank,
     shared_experts_whole,
 )
@@ -259,7 +262,7 @@ class PlanOptions:
     with the generic engine raise `InvalidSpec`: it has neither, and ignoring them would plan something else than
     what was asked.  `expert_parallel` is vLLM's ``--enable-expert-parallel``: a MoE model's routed experts placed
     whole over the tensor-parallel ranks, or the data x tensor ranks at data parallel > 1
-    (`engines.vllm.expert_shard`, `engines.base.Stage.moe_ranks`), the rest still split
+    (`engines.vllm_parallel.expert_shard`, `engines.base.Stage.moe_ranks`), the rest still split
     by tensor parallelism; the generic engine has no such placement (`InvalidSpec`), and a model without routed
     experts is refused by `plan`.  `data_parallel` is vLLM's ``--data-parallel-size``: that many replicas of the
     tensor x pipeline layout on ``data x tensor x pipeline`` devices, the workload's sequences shared among them
@@ -701,8 +704,8 @@ def _is_sharded_expert_bias(entry: TensorEntry, spec: ModelSpec) -> bool:
 
 def _expert_parallel_bytes(one_tensor_bytes: int, entry: TensorEntry, spec: ModelSpec, tensor_parallel: int) -> int:
     """Bytes of one layer's tensors of a routed-expert row on the most loaded rank under expert parallelism: whole
-    experts, `engines.vllm.expert_shard`'s count of the layer's ``E`` (a row of one tensor per expert holds that many
-    tensors; a fused row holding every expert, that share of it, rounded up)."""
+    experts, `engines.vllm_parallel.expert_shard`'s count of the layer's ``E`` (a row of one tensor per expert holds
+    that many tensors; a fused row holding every expert, that share of it, rounded up)."""
     local, _ = expert_shard(spec, tensor_parallel, True)
     return -(-one_tensor_bytes * entry.per_layer * local // spec.num_experts)
 
@@ -914,7 +917,7 @@ def _build_layout(spec: ModelSpec, scheme: WeightScheme, kv_dtype_name: str,
     At `data_parallel` > 1 a MoE model's routed experts are spread over the data x tensor ranks of its MoE layers
     (`engines.base.Stage.moe_ranks`: vLLM's FusedMoEParallelConfig.make), sliced or whole as above, while the rest
     stays split by tensor parallelism alone (replicated across the data-parallel ranks), except the shared experts
-    some model classes hold whole under sequence-parallel MoE (`engines.vllm.shared_experts_whole`).
+    some model classes hold whole under sequence-parallel MoE (`engines.vllm_parallel.shared_experts_whole`).
     `draft_layers` speculative-decoding layers (vLLM's ``mtp``: the checkpoint's MTP layers, `engines.vllm_speculative`)
     run on the last stage: each the model's own decoder layer as the last one is held on a rank (the same module class
     built with the same quant_config) plus `draft_front_bytes` outside it, and each one more full-attention layer of
@@ -1631,7 +1634,7 @@ class _ModelTerms:
         """Why vLLM refuses, or nibble does not plan, this MoE model's routed experts in this format spread over the
         ``data x tensor`` ranks of its MoE layers (None at data parallel 1, for a dense model, or when planned):
         what nibble has not read of the format's kernel under data parallelism
-        (`engines.vllm.moe_data_parallel_format_refusal`), then the engine's expert refusals asked at the MoE
+        (`engines.vllm_parallel.moe_data_parallel_format_refusal`), then the engine's expert refusals asked at the MoE
         layers' degree (their width split over data x tensor ranks, or whole experts over them)."""
         if data_parallel <= 1 or not self.spec.is_moe:
             return None
@@ -1871,7 +1874,7 @@ def engine_tensor_parallel_sizes(spec: ModelSpec, limit: int = MAX_DEVICES_SEARC
     (a latent KV cache) have no key/value-head condition.  A spec without
     attention heads constrains nothing.  Under `expert_parallel` the routed experts' width need not divide
     (`engines.vllm_refusals.expert_width_refusal`), and a MoE model takes no more ranks than routed experts
-    (`engines.vllm.expert_ranks_refusal`).
+    (`engines.vllm_parallel.expert_ranks_refusal`).
     """
     heads, kv_heads = spec.num_attention_heads, spec.num_kv_heads
     if heads <= 0:
@@ -2320,8 +2323,8 @@ def _moe_data_parallel_reason(spec: ModelSpec, data: int, tensor: int, pipeline:
     pipeline `pipeline`) on this engine: vLLM does not run its data-parallel ranks as independent replicas
     (``FusedMoEParallelConfig.make``, fused_moe/config.py: every MoE layer spread over the data x tensor ranks, each
     gathering every rank's tokens), and nibble sized that only for vLLM 0.19 and 0.33 at one pipeline stage
-    (`engines.vllm_releases.MOE_DATA_PARALLEL_VERSIONS`, `engines.vllm.moe_dispatched_tokens`).  0.11 gathers with the
-    same default backend (``VLLM_ALL2ALL_BACKEND`` allgather_reducescatter), but its ``FusedMoE.forward_impl``
+    (`engines.vllm_releases.MOE_DATA_PARALLEL_VERSIONS`, `engines.vllm_parallel.moe_dispatched_tokens`).  0.11 gathers
+    with the same default backend (``VLLM_ALL2ALL_BACKEND`` allgather_reducescatter), but its ``FusedMoE.forward_impl``
     (fused_moe/layer.py) picks its kernels before the oracles (DeepGEMM for block fp8, fused_experts chunked at
     32,768 tokens) and routes FlashInfer CUTLASS at dp > 1 to ``forward_impl_chunked`` (``VLLM_MOE_DP_CHUNK_SIZE``):
     on the gathered rows, not read.  The generic engine has no such placement.  Pipeline stages
@@ -2377,7 +2380,7 @@ def _data_parallel_note(data: int, tensor: int, pipeline: int, deployment: Workl
 def _moe_placement_text(spec: ModelSpec, data: int, tensor: int, expert_parallel: bool,
                         max_batched_tokens: int) -> str:
     """How vLLM 0.19 and 0.33 place and run a MoE model at data parallel `data` x tensor `tensor`, with the per-rank
-    figures the plan charges (`engines.vllm.moe_dispatched_tokens`)."""
+    figures the plan charges (`engines.vllm_parallel.moe_dispatched_tokens`)."""
     ranks = data * tensor
     if expert_parallel:
         most, least = (routed_experts_per_rank(spec.num_experts, ranks),
