@@ -165,7 +165,7 @@ class WeightFormat:
     follow the columns in the order act-order quantized them, which
     ``g_idx`` records.  The checkpoint holds the same tensors either way
     (``g_idx`` is always stored); an engine holds more or refuses it
-    (vLLM: `quant_core.engines.vllm.gptq_marlin_linear_bytes`).
+    (vLLM: `quant_core.engines.vllm_linear.gptq_marlin_linear_bytes`).
     """
 
     name: str = "int4"

@@ -62,6 +62,24 @@ from quant_core.engines.vllm_attention import (
     kv_backend,
 )
 from quant_core.engines.vllm_graphs import cuda_graph_pool, cudagraph_capture_sizes, graph_spill
+from quant_core.engines.vllm_linear import (
+    FP8_MARLIN_LABELS,
+    FUSED_LINEAR_MODEL_TYPES,
+    HUMMING_LOCKS_PER_SM,
+    HUMMING_PAD_K,
+    HUMMING_PAD_N,
+    HUMMING_PREFERRED_CAPABILITY,
+    compressed_tensors_humming_bytes,
+    fp8_marlin_device,
+    fp8_marlin_linear_bytes,
+    fp8_marlin_linear_repack_bytes,
+    fp8_marlin_scale_bytes,
+    gptq_marlin_linear_bytes,
+    machete_zero_point_bytes,
+    mla_kv_b_copy,
+    round_up,
+    weight_allocation_slack,
+)
 from quant_core.engines.vllm_parallel import (
     EXPERT_PARALLEL_UNREAD_FORMATS,
     expert_parallel_refusal,
@@ -69,7 +87,6 @@ from quant_core.engines.vllm_parallel import (
     moe_data_parallel_graphs,
     moe_dispatch_bytes,
     moe_dispatched_tokens,
-    shared_experts_whole,
 )
 from quant_core.engines.vllm_refusals import (
     GPTQ_MARLIN_FLOORS,
@@ -1226,11 +1243,6 @@ DEEP_GEMM_MIN_WIDTH_V0_11 = 512
 #: (oracle/int_wna16.py) passes FLASHINFER_TRTLLM over on 10.x for the kInt4Static32 keys it would take (symmetric,
 #: groups of 32, no bias) and walks on to MARLIN (TRITON for a MoeWNA16 layer)
 FLASHINFER_MOE_INT4_ENV = "VLLM_USE_FLASHINFER_MOE_INT4"
-#: vLLM 0.33's int4 (WNA16) MoE kernels that run at every rank's whole experts under expert parallelism as at one
-#: rank: Marlin's (fused_moe/oracle/int_wna16.py ``_get_priority_backends``: RDNA3, FLASHINFER_TRTLLM, MARLIN, ...)
-#: where Humming is not put ahead of it (quantization/utils/humming/priority.py ``_HUMMING_PREFERRED_CAPABILITIES``:
-#: compute capability 9.0 only)
-HUMMING_PREFERRED_CAPABILITY = (9, 0)
 #: ``MarlinExpertsBase._supports_current_device`` (fused_moe/experts/marlin_moe.py, 0.33): CUDA from 7.5
 MARLIN_MOE_MIN_CAPABILITY_033 = (7, 5)
 
@@ -1679,8 +1691,8 @@ def trtllm_fp4_moe_bytes(*, tokens: int, experts: int, top_k: int, hidden: int, 
         gemm1_rows = max(padded, -(-TRTLLM_MIN_OUTPUT_BYTES // (width * 2)))
         return routing + wrapper + gemm1_rows * width * 2 + gemm2_rows * hidden * 2
     gemm1_rows = max(padded, -(-TRTLLM_MIN_OUTPUT_BYTES * 2 // width))  # 4-bit activations
-    gemm1_scales = _round_up(gemm1_rows, 128) * _round_up(width // NVFP4_SCALE_BLOCK, 4)
-    quantized = tokens * hidden // 2 + _round_up(tokens, 128) * _round_up(hidden // NVFP4_SCALE_BLOCK, 4)
+    gemm1_scales = round_up(gemm1_rows, 128) * round_up(width // NVFP4_SCALE_BLOCK, 4)
+    quantized = tokens * hidden // 2 + round_up(tokens, 128) * round_up(hidden // NVFP4_SCALE_BLOCK, 4)
     return (routing + wrapper + expanded * 4 + quantized + gemm1_rows * width // 2 + gemm1_scales
             + gemm2_rows * hidden * 2)
 
@@ -1732,9 +1744,9 @@ def trtllm_moe_bytes(version: str, expert_format: str, *, tokens: int, experts: 
                 "per-tensor fp8 experts on TrtLlmFp8ExpertsMonolithic for DeepSeek-V3 and Llama 4 routing "
                 "(oracle/fp8.py FLASHINFER_TRTLLM first)")
     if expert_format == "mxfp4":
-        padded_hidden = _round_up(hidden, TRTLLM_ALIGNMENT)
+        padded_hidden = round_up(hidden, TRTLLM_ALIGNMENT)
         return (trtllm_fp4_moe_bytes(tokens=tokens, experts=experts, top_k=top_k, hidden=padded_hidden,
-                                     width=_round_up(width, TRTLLM_ALIGNMENT), local_experts=local_experts,
+                                     width=round_up(width, TRTLLM_ALIGNMENT), local_experts=local_experts,
                                      nvfp4=False), padded_hidden,
                 "MXFP4 experts on TrtLlmMxfp4ExpertsMonolithic (oracle/mxfp4.py FLASHINFER_TRTLLM_MXFP4_BF16)")
     if weight_format_family(expert_format) == "nvfp4":
@@ -1770,7 +1782,7 @@ def trtllm_moe_bytes_033(expert_format: str, *, tokens: int, experts: int, top_k
         return None
     padded_hidden, padded_width = hidden, width
     if expert_format == "mxfp4":
-        padded_hidden, padded_width = _round_up(hidden, TRTLLM_ALIGNMENT), _round_up(width, TRTLLM_WIDTH_ALIGNMENT_033)
+        padded_hidden, padded_width = round_up(hidden, TRTLLM_ALIGNMENT), round_up(width, TRTLLM_WIDTH_ALIGNMENT_033)
     nbytes = trtllm_moe_call_bytes_033(expert_format, tokens=tokens, experts=experts, top_k=top_k,
                                        hidden=padded_hidden, width=padded_width, local_experts=local_experts)
     if padded_hidden != hidden:
@@ -1875,7 +1887,7 @@ def _trtllm_call_bytes_072(expert_format: str, tile: int, *, tokens: int, expert
         gemms = min_rows(width, 16) * width * 2 + min_rows(hidden, 16) * hidden * 2
         return routing + expanded * (4 + 2) + gemms
     gemm1_rows = min_rows(width, 4)
-    gemm1 = gemm1_rows * width // 2 + _round_up(gemm1_rows, 128) * _round_up(width // NVFP4_SCALE_BLOCK, 4)
+    gemm1 = gemm1_rows * width // 2 + round_up(gemm1_rows, 128) * round_up(width // NVFP4_SCALE_BLOCK, 4)
     quantized = tokens * hidden // 2 + tokens * hidden // NVFP4_SCALE_BLOCK
     return routing + expanded * (4 + 2) + quantized + gemm1 + min_rows(hidden, 16) * hidden * 2
 
@@ -1956,13 +1968,13 @@ def nvfp4_weight_scale_bytes(experts: int, rows: int, columns: int) -> int:
     """FlashInfer's ``getOffsetWeightSF`` for NVFP4 (cutlass_fused_moe_kernels.cuh): one fp8 scale per 16 weights of
     `experts` ``rows x columns`` matrices, the rows padded to 128 and the columns to 64 (``MinNDimAlignmentNVFP4``,
     ``MinKDimAlignmentNVFP4``: the 32 x 4 by 16 x 4 ``SfAtom`` of CUTLASS's ``Sm1xxBlockScaledConfig<16>``)."""
-    return experts * _round_up(rows, 128) * _round_up(columns, 64) // 16
+    return experts * round_up(rows, 128) * round_up(columns, 64) // 16
 
 
 def nvfp4_activation_scale_bytes(experts: int, rows: int, columns: int) -> int:
     """FlashInfer's ``getOffsetActivationSF`` for NVFP4: the scales of `rows` permuted rows of `columns` values, each
     expert's rows starting on a 128-row boundary (``rows + experts x 127`` rounded up to 128), the columns to 64."""
-    return _round_up(rows + experts * 127, 128) * _round_up(columns, 64) // 16
+    return round_up(rows + experts * 127, 128) * round_up(columns, 64) // 16
 
 
 def cutlass_moe_profiler_workspace_bytes(*, tokens: int, experts: int, top_k: int, hidden: int, width: int,
@@ -2248,7 +2260,7 @@ def deep_gemm_moe_warmup(stage: Stage, version: str, limits: BatchLimits, expert
     hidden, top_k, block = spec.hidden_size, spec.experts_per_token, DEEP_GEMM_ALIGNMENT
     tokens = min(limits.max_batched_tokens, FUSED_MOE_CHUNK_TOKENS_V0_11) if version == "0.11" \
         else limits.max_batched_tokens
-    rows = _round_up(tokens * top_k + experts * (block - 1), block)
+    rows = round_up(tokens * top_k + experts * (block - 1), block)
     w13 = hidden + 4 * (hidden // block) + 2 * (2 * width)
     w2 = width + 4 * (width // block) + 2 * hidden
     nbytes = rows * (4 + max(w13, w2))
@@ -2314,10 +2326,6 @@ HOPPER_VALUE_BYTES_033 = 32
 HOPPER_SCALE_COLUMNS_033 = 4
 #: vLLM releases whose MXFP4 expert layouts (`mxfp4_expert_layout_bytes`) are read from their code
 MXFP4_LAYOUT_VERSIONS = frozenset({"0.11", "0.19", "0.33"})
-
-
-def _round_up(value: int, multiple: int) -> int:
-    return -(-value // multiple) * multiple
 
 
 #: vLLM 0.19's ``mxfp4_round_up_hidden_size_and_intermediate_size`` for the Marlin backend (CUDA): the expert
@@ -2438,45 +2446,45 @@ def mxfp4_expert_layout_bytes(spec: ModelSpec, tensor_parallel: int, layers: int
     hidden = spec.hidden_size
     shipped = layers * _mxfp4_checkpoint_bytes(experts, hidden, width)
     if backend == "marlin":
-        padded, wide = _round_up(width, MARLIN_WIDTH_ALIGNMENT), _round_up(hidden, MARLIN_HIDDEN_ALIGNMENT)
+        padded, wide = round_up(width, MARLIN_WIDTH_ALIGNMENT), round_up(hidden, MARLIN_HIDDEN_ALIGNMENT)
         return layers * _mxfp4_checkpoint_bytes(experts, wide, padded), shipped
     if backend in ("trtllm", "trtllm-0.33"):
-        padded = _round_up(width, TRTLLM_WIDTH_ALIGNMENT_033 if backend == "trtllm-0.33" else TRTLLM_ALIGNMENT)
-        return layers * _mxfp4_checkpoint_bytes(experts, _round_up(hidden, TRTLLM_ALIGNMENT), padded, 4), shipped
-    padded = _round_up(width, MXFP4_TRITON_WIDTH_ALIGNMENT)
+        padded = round_up(width, TRTLLM_WIDTH_ALIGNMENT_033 if backend == "trtllm-0.33" else TRTLLM_ALIGNMENT)
+        return layers * _mxfp4_checkpoint_bytes(experts, round_up(hidden, TRTLLM_ALIGNMENT), padded, 4), shipped
+    padded = round_up(width, MXFP4_TRITON_WIDTH_ALIGNMENT)
     biases = (2 * padded + hidden) * 4
     if backend == "triton-0.33":
-        values = (_round_up(2 * padded, HOPPER_VALUE_ROWS_033) * _round_up(hidden // 2, HOPPER_VALUE_BYTES_033)
-                  + _round_up(hidden, HOPPER_VALUE_ROWS_033) * _round_up(padded // 2, HOPPER_VALUE_BYTES_033))
-        scales = (_round_up(2 * padded, HOPPER_SCALE_ROWS)
-                  * _round_up(_round_up(hidden // MXFP4_BLOCK, HOPPER_SCALE_COLUMNS_033), HOPPER_SCALE_COLUMNS)
-                  + _round_up(hidden, HOPPER_SCALE_ROWS)
-                  * _round_up(_round_up(padded // MXFP4_BLOCK, HOPPER_SCALE_COLUMNS_033), HOPPER_SCALE_COLUMNS))
+        values = (round_up(2 * padded, HOPPER_VALUE_ROWS_033) * round_up(hidden // 2, HOPPER_VALUE_BYTES_033)
+                  + round_up(hidden, HOPPER_VALUE_ROWS_033) * round_up(padded // 2, HOPPER_VALUE_BYTES_033))
+        scales = (round_up(2 * padded, HOPPER_SCALE_ROWS)
+                  * round_up(round_up(hidden // MXFP4_BLOCK, HOPPER_SCALE_COLUMNS_033), HOPPER_SCALE_COLUMNS)
+                  + round_up(hidden, HOPPER_SCALE_ROWS)
+                  * round_up(round_up(padded // MXFP4_BLOCK, HOPPER_SCALE_COLUMNS_033), HOPPER_SCALE_COLUMNS))
         return layers * experts * (values + scales + biases), shipped
     kept_scales = 2 * padded * hidden // MXFP4_BLOCK + hidden * padded // MXFP4_BLOCK
-    values = (_round_up(2 * padded, HOPPER_VALUE_ALIGNMENT) * _round_up(hidden // 2, HOPPER_VALUE_ALIGNMENT)
-              + _round_up(hidden, HOPPER_VALUE_ALIGNMENT) * _round_up(padded // 2, HOPPER_VALUE_ALIGNMENT))
-    scales = (_round_up(2 * padded, HOPPER_SCALE_ROWS) * _round_up(hidden // MXFP4_BLOCK, HOPPER_SCALE_COLUMNS)
-              + _round_up(hidden, HOPPER_SCALE_ROWS) * _round_up(padded // MXFP4_BLOCK, HOPPER_SCALE_COLUMNS))
+    values = (round_up(2 * padded, HOPPER_VALUE_ALIGNMENT) * round_up(hidden // 2, HOPPER_VALUE_ALIGNMENT)
+              + round_up(hidden, HOPPER_VALUE_ALIGNMENT) * round_up(padded // 2, HOPPER_VALUE_ALIGNMENT))
+    scales = (round_up(2 * padded, HOPPER_SCALE_ROWS) * round_up(hidden // MXFP4_BLOCK, HOPPER_SCALE_COLUMNS)
+              + round_up(hidden, HOPPER_SCALE_ROWS) * round_up(padded // MXFP4_BLOCK, HOPPER_SCALE_COLUMNS))
     return layers * experts * (values + scales + kept_scales + biases), shipped
 
 
 def _mxfp4_layout_basis(version: str, backend: str, width: int, hidden: int) -> str:
     """Which kernel `expert_layout` charged and the layout it holds the experts in, for the answer's basis."""
-    triton_width = f"{width} -> {_round_up(width, MXFP4_TRITON_WIDTH_ALIGNMENT)}"
+    triton_width = f"{width} -> {round_up(width, MXFP4_TRITON_WIDTH_ALIGNMENT)}"
     if backend == "marlin":
         why = ("the triton_kernels package OpenAI's Triton kernels need is not among vLLM 0.11.0's dependencies, so "
                "get_mxfp4_backend falls through to MARLIN on Hopper too (with triton_kernels installed it runs "
                "them and holds less); " if version == "0.11" else "")
         return (f"Marlin (Mxfp4MoeBackend.MARLIN; {why}utils/marlin_utils_fp4.py): the expert width per rank rounded "
-                f"up to 128 ({width} -> {_round_up(width, MARLIN_WIDTH_ALIGNMENT)}) and the hidden size to 256 "
-                f"({hidden} -> {_round_up(hidden, MARLIN_HIDDEN_ALIGNMENT)}), e8m0 scales and bf16 biases")
+                f"up to 128 ({width} -> {round_up(width, MARLIN_WIDTH_ALIGNMENT)}) and the hidden size to 256 "
+                f"({hidden} -> {round_up(hidden, MARLIN_HIDDEN_ALIGNMENT)}), e8m0 scales and bf16 biases")
     if backend in ("trtllm", "trtllm-0.33"):
         name = "SM100_FI_MXFP4_BF16" if version == "0.11" else "FLASHINFER_TRTLLM_MXFP4_BF16"
         step = TRTLLM_WIDTH_ALIGNMENT_033 if backend == "trtllm-0.33" else TRTLLM_ALIGNMENT
         return (f"FlashInfer's TRT-LLM-gen MoE kernel ({name}, bf16 activations): the expert width per rank rounded "
-                f"up to {step} ({width} -> {_round_up(width, step)}) and the hidden size to 256 ({hidden} -> "
-                f"{_round_up(hidden, TRTLLM_ALIGNMENT)}), the values and scales shuffled for its transposed MMA "
+                f"up to {step} ({width} -> {round_up(width, step)}) and the hidden size to 256 ({hidden} -> "
+                f"{round_up(hidden, TRTLLM_ALIGNMENT)}), the values and scales shuffled for its transposed MMA "
                 "(nvfp4_block_scale_interleave) and float32 biases, replacing the checkpoint's tensors")
     if backend == "triton-0.33":
         return (f"OpenAI's Triton kernels (Mxfp4MoeBackend.TRITON): the expert width per rank rounded up to 64 "
@@ -2565,11 +2573,6 @@ def _fp8_refined_layout(stage: Stage, version: str) -> Term | None:
 #: vLLM 0.33's Marlin MoE thread tile for the expert width (utils/marlin_utils.py ``marlin_moe_padded_intermediate``:
 #: ``round_up(intermediate_size_per_partition, lcm(64, group_size))``)
 MARLIN_MOE_WIDTH_TILE_033 = 64
-#: Humming's padding of each expert GEMM in vLLM 0.33 (quantization/utils/humming/moe.py
-#: ``_prepare_and_transform_sublayer``: ``pad_n_to_multiple=256, pad_k_to_multiple=128``, humming-kernels 0.1.19
-#: transform.py ``prepare_layer_config`` rounds the output size N and the reduction size K up to them)
-HUMMING_PAD_N = 256
-HUMMING_PAD_K = 128
 #: the group sizes nibble read Humming's int4 expert layout for (a per-row scale, group -1, is not read)
 _HUMMING_GROUPS: tuple[int, ...] = (32, 64, 128)
 
@@ -2670,7 +2673,7 @@ def int4_expert_layout_bytes(spec: ModelSpec, tensor_parallel: int, layers: int,
     charged = _expert_checkpoint_charge(spec, stored, tensor_parallel, expert_parallel)
     has_zeros = stored.layout in ("gptq", "awq") or not stored.symmetric
     if backend == "marlin":
-        padded = _round_up(width, math.lcm(MARLIN_MOE_WIDTH_TILE_033, max(group, 1)))
+        padded = round_up(width, math.lcm(MARLIN_MOE_WIDTH_TILE_033, max(group, 1)))
         gate_groups, down_groups = (hidden // group, padded // group) if group > 0 else (1, 1)
         held = (hidden * padded + padded * hidden // 2 + 2 * (gate_groups * 2 * padded + down_groups * hidden)
                 + (gate_groups * padded + down_groups * hidden // 2 if has_zeros else 0)
@@ -2686,8 +2689,8 @@ def _humming_expert_bytes(spec: ModelSpec, width: int, group: int, zeros: bool) 
     padded, N to 256 and K to 128, the values ``n x k / 2``, 16-bit scales in groups of `group`, packed zero points
     where `zeros`, and a gate/up bias padded alike."""
     hidden = spec.hidden_size
-    gate_n, gate_k = _round_up(2 * width, HUMMING_PAD_N), _round_up(hidden, HUMMING_PAD_K)
-    down_n, down_k = _round_up(hidden, HUMMING_PAD_N), _round_up(width, HUMMING_PAD_K)
+    gate_n, gate_k = round_up(2 * width, HUMMING_PAD_N), round_up(hidden, HUMMING_PAD_K)
+    down_n, down_k = round_up(hidden, HUMMING_PAD_N), round_up(width, HUMMING_PAD_K)
     groups = gate_n * (gate_k // group) + down_n * (down_k // group)
     return ((gate_n * gate_k + down_n * down_k) // 2 + 2 * groups + (groups // 2 if zeros else 0)
             + (2 * (gate_n - 2 * width + down_n - hidden) if spec.expert_bias else 0))
@@ -2785,7 +2788,7 @@ def _int4_layout(stage: Stage, weight_format: str, device: DeviceFacts) -> Term 
     experts, width = expert_shard(spec, tensor_parallel, expert_parallel)
     group = _int4_checkpoint_format(weight_format).group_size
     if backend == "marlin":
-        padded = _round_up(width, math.lcm(MARLIN_MOE_WIDTH_TILE_033, max(group or 1, 1)))
+        padded = round_up(width, math.lcm(MARLIN_MOE_WIDTH_TILE_033, max(group or 1, 1)))
         kernel = (f"Marlin (fused_moe/oracle/int_wna16.py _process_weights_marlin): the {experts} experts' width "
                   f"{width} -> {padded} (utils/marlin_utils.py marlin_moe_padded_intermediate, lcm(64, group)), "
                   "zero points repacked for GPTQ and AWQ"
@@ -2796,9 +2799,9 @@ def _int4_layout(stage: Stage, weight_format: str, device: DeviceFacts) -> Term 
     else:
         kernel = (f"Humming (compute capability 9.0, quantization/utils/humming/moe.py: N padded to 256, K to 128, "
                   "and a lock buffer a layer, create_humming_locks): "
-                  f"w13 {2 * width} x {spec.hidden_size} -> {_round_up(2 * width, HUMMING_PAD_N)} x "
-                  f"{_round_up(spec.hidden_size, HUMMING_PAD_K)}, w2 {spec.hidden_size} x {width} -> "
-                  f"{_round_up(spec.hidden_size, HUMMING_PAD_N)} x {_round_up(width, HUMMING_PAD_K)} for the "
+                  f"w13 {2 * width} x {spec.hidden_size} -> {round_up(2 * width, HUMMING_PAD_N)} x "
+                  f"{round_up(spec.hidden_size, HUMMING_PAD_K)}, w2 {spec.hidden_size} x {width} -> "
+                  f"{round_up(spec.hidden_size, HUMMING_PAD_N)} x {round_up(width, HUMMING_PAD_K)} for the "
                   f"{experts} experts, zero points only where the checkpoint is asymmetric")
     return Term(held - charged, (
         f"vLLM 0.33's {weight_format} experts hold {held / GIB:.2f} GiB a rank where nibble's charge of the "
@@ -3010,411 +3013,12 @@ def _forward_bytes(spec: ModelSpec, tensor_parallel: int, tokens: int, version: 
                per_token * (3 * spec.hidden_size + shared) + caches.nbytes + caches.transient + dispatched)
 
 
-#: the vLLM model classes whose decoder layers allocate one fused ``QKVParallelLinear`` (q, k and v), a
-#: ``RowParallelLinear`` o_proj, and either a ``MergedColumnParallelLinear`` gate_up_proj beside a RowParallelLinear
-#: down_proj (Qwen3 takes Qwen2MLP) or a ``FusedMoE`` of ``w13_weight`` [experts, 2 x width / tp, hidden] and
-#: ``w2_weight`` [experts, hidden, width / tp] (UnquantizedFusedMoEMethod.create_weights); the embedding and lm_head
-#: are VocabParallelEmbedding / ParallelLMHead rows of the vocabulary padded to 64, split over the ranks.  DeepSeek-V2
-#: and V3 (deepseek_v2.py, DeepseekV2MLAAttention) hold MLA's projections instead of q/k/v (`_mla_projection_sizes`),
-#: their shared experts a DeepseekV2MLP (merged gate_up, down) beside the SharedFusedMoE
-FUSED_LINEAR_MODEL_TYPES: dict[str, str] = {
-    "llama": "llama.py", "mistral": "llama.py (MistralForCausalLM)", "qwen2": "qwen2.py", "qwen3": "qwen3.py",
-    "gemma2": "gemma2.py", "mixtral": "mixtral.py", "qwen3_moe": "qwen3_moe.py", "deepseek_v2": "deepseek_v2.py",
-    "deepseek_v3": "deepseek_v2.py"}
-#: the weight formats whose tensors vLLM allocates as the checkpoint's shapes at 2 bytes an element
-SIXTEEN_BIT_FORMATS = frozenset({"bf16", "fp16"})
-
-
-#: vLLM releases whose mixed-precision linear kernels (``choose_mp_linear_kernel``, model_executor/kernels/linear)
-#: put Machete first on compute capability 9.0 for AWQ's zero-point weights: 0.19's awq_marlin.py
-#: ``AWQMarlinLinearMethod`` and 0.33's auto_awq.py ask it (0.11's awq_marlin repacks for Marlin itself)
-MACHETE_AWQ_VERSIONS = frozenset({"0.19", "0.33"})
-#: Machete's group sizes for 16-bit activations (utils/machete_utils.py ``query_machete_supported_group_sizes``;
-#: -1, a whole row, is None here) and its prepacked block (``MACHETE_PREPACKED_BLOCK_SHAPE``: in features a
-#: multiple of 64, out features of 128, ``check_machete_supports_shape``)
-MACHETE_GROUPS: tuple[int | None, ...] = (None, 64, 128)
-MACHETE_BLOCK_IN, MACHETE_BLOCK_OUT = 64, 128
-
-
-def _dense_linear_shapes(spec: ModelSpec, tensor_parallel: int) -> tuple[tuple[tuple[int, int], ...],
-                                                                          tuple[tuple[int, int], ...]]:
-    """(in features, out features) of one rank's quantized linear layers in one decoder layer of a model of
-    `FUSED_LINEAR_MODEL_TYPES` without MLA: (attention: the QKVParallelLinear qkv_proj of ``heads / tp +
-    2 x max(1, kv_heads // tp)`` heads and the RowParallelLinear o_proj; a dense MLP: the MergedColumnParallelLinear
-    gate_up_proj and the RowParallelLinear down_proj)."""
-    hidden, head_dim = spec.hidden_size, spec.head_dim
-    heads, kv_heads = spec.num_attention_heads // tensor_parallel, max(1, spec.num_kv_heads // tensor_parallel)
-    width = spec.intermediate_size // tensor_parallel
-    return (((hidden, (heads + 2 * kv_heads) * head_dim), (heads * head_dim, hidden)),
-            ((hidden, 2 * width), (width, hidden)))
-
-
-#: Humming's lock buffer of each linear layer (vLLM 0.33 utils/humming.py ``create_humming_locks``: int32,
-#: ``num_compute_units x 8``), made in HummingLinearKernel.process_weights_after_loading
-HUMMING_LOCKS_PER_SM = 8
-#: the group sizes nibble read vLLM 0.33's dense Humming layout for (-1: one scale a row, Humming's group 0)
-_HUMMING_DENSE_GROUPS: tuple[int, ...] = (-1, 32, 64, 128)
-
-
-def humming_linear_bytes(in_features: int, out_features: int, group_size: int, zero_points: bool, bias: bool,
-                         device: DeviceFacts) -> int:
-    """Bytes vLLM 0.33 holds for one rank's int4 linear layer (``in_features x out_features`` on the rank, the fused
-    layer's summed ``output_partition_sizes``) on HummingLinearKernel (kernels/linear/mixed_precision/humming.py),
-    beyond the bias nibble charges.  ``prepare_humming_linear_layer_config`` (quantization/utils/humming/linear.py)
-    pads N to 256 and K to 128 (``pad_n_to_multiple=256, pad_k_to_multiple=128``; humming-kernels 0.1.19
-    transform.py ``check_and_pad_tensors`` pads every tensor to schema/humming.py ``get_tensors_attrs`` of the padded
-    shape): the int32 weight ``n x k / 2`` bytes, 16-bit scales ``n x G`` (G = k / g, or 1 for a whole-row group),
-    int32 zero points ``n / 8 x G`` where the checkpoint has them, and a bias padded to n with a ``zero_bias`` buffer
-    of its size (``2 x 2n`` bytes where nibble charges ``2 x out``); then it deletes every other parameter of the
-    layer (a symmetric GPTQ checkpoint's qzeros, the g_idx), and ``create_humming_locks`` adds an int32 lock buffer
-    of 8 a streaming multiprocessor (`HUMMING_LOCKS_PER_SM`, `torch_cuda.compute_units` of `device`)."""
-    padded_out, padded_in = _round_up(out_features, HUMMING_PAD_N), _round_up(in_features, HUMMING_PAD_K)
-    groups = 1 if group_size == -1 else padded_in // group_size
-    units, _ = compute_units(device)
-    return (padded_out * padded_in // 2 + 2 * padded_out * groups + (padded_out * groups // 2 if zero_points else 0)
-            + (2 * 2 * padded_out - 2 * out_features if bias else 0) + 4 * HUMMING_LOCKS_PER_SM * units)
-
-
-def machete_zero_point_bytes(stage: Stage, version: str, dense_format: str, device: DeviceFacts) -> Term | None:
-    """The bytes one rank of vLLM `version` holds for the dense linear layers (attention and dense MLP, `dense_format`
-    their label) of a checkpoint with zero points (AWQ; asymmetric compressed-tensors, whose
-    ``CompressedTensorsWNA16`` asks the same kernels with ``zero_points=not self.symmetric``) beyond the
-    checkpoint's, where Machete runs them: on compute capability 9.0 ``choose_mp_linear_kernel`` takes
-    MacheteLinearKernel first for uint4 weights with zero points (0.19 and 0.33, `MACHETE_AWQ_VERSIONS`; group -1,
-    64 or 128 and a rank's in/out features multiples of 64/128,
-    `MACHETE_GROUPS`), and its ``process_weights_after_loading`` (kernels/linear/mixed_precision/machete.py
-    ``transform_w_zp``) unpacks the packed zero points ``[G, out / 8]`` int32 (``G x out / 2`` bytes) and replaces them
-    with the zero points pre-multiplied by the scales, ``-scales x zeros`` in the scales' 16-bit dtype: ``G x out x
-    2`` bytes, ``1.5 x G x out`` more per layer (the weights are prepacked and the scales kept at their size).
-    Models of `FUSED_LINEAR_MODEL_TYPES` without MLA (their shapes per rank: `_dense_linear_shapes`); None for other
-    models, formats, releases and devices.  In 0.33 a layer Machete refuses falls to Humming's kernels (prioritized
-    ahead of Marlin on 9.0): `humming_linear_bytes` less the checkpoint's ``in x out / 2`` values, ``G x out`` 16-bit
-    scales and ``G x out / 2`` packed zero points; in 0.19 such a layer runs Marlin, whose repacked zero points keep
-    the checkpoint's bytes."""
-    spec = stage.spec
-    found = INT4_CHECKPOINT_LABEL.fullmatch(dense_format.removeprefix("checkpoint-"))
-    zero_points = found is not None and (found["layout"] == "awq" or (found["layout"] == "compressed-tensors"
-                                                                      and found["kind"] == "asym"))
-    if (version not in MACHETE_AWQ_VERSIONS or found is None or not zero_points
-            or device.compute_capability != HUMMING_PREFERRED_CAPABILITY or device.vendor == "amd"
-            or spec.model_type not in FUSED_LINEAR_MODEL_TYPES or spec.is_mla or "-padded" in dense_format
-            or "-partial" in dense_format):
-        return None
-    group = int(found["group"]) if found["group"] else None
-    tensor_parallel = stage.tensor_parallel
-    attention, mlp = _dense_linear_shapes(spec, tensor_parallel)
-    humming = False
-
-    def extra(shapes: tuple[tuple[int, int], ...], biases: tuple[bool, ...]) -> int | None:
-        nonlocal humming
-        total = 0
-        for (in_features, out_features), bias in zip(shapes, biases, strict=True):
-            groups = in_features // group if group else 1
-            if (group not in MACHETE_GROUPS or in_features % MACHETE_BLOCK_IN or out_features % MACHETE_BLOCK_OUT
-                    or (group is not None and in_features % group)):
-                if version != "0.33":
-                    continue  # 0.19: Marlin, the checkpoint's bytes
-                if (group or -1) not in _HUMMING_DENSE_GROUPS or (group is not None and in_features % group):
-                    return None  # a Humming layout nibble did not read
-                humming = True
-                total += (humming_linear_bytes(in_features, out_features, group or -1, True, bias, device)
-                          - (in_features * out_features // 2 + 2 * groups * out_features
-                             + groups * out_features // 2))
-                continue
-            total += 3 * groups * out_features // 2
-        return total
-
-    held = _stage_dense_sum(stage, extra(attention, (spec.attention_qkv_bias, spec.attention_output_bias)),
-                            extra(mlp, (False, False)))
-    if not held:
-        return None
-    humming_basis = ("; the layers Machete refuses run Humming's kernels (prioritize_humming), which pad N to 256 "
-                     "and K to 128 and add a lock buffer (quantization/utils/humming/linear.py "
-                     "prepare_humming_linear_layer_config, utils/humming.py create_humming_locks)" if humming else "")
-    return Term(held, (
-        f"vLLM {version} runs the {dense_format} attention and MLP layers on Machete (compute capability 9.0, "
-        "choose_mp_linear_kernel), whose process_weights_after_loading replaces each layer's packed qzeros "
-        "(G x out / 2 bytes) with 16-bit zero points pre-multiplied by the scales (G x out x 2 bytes; "
-        f"kernels/linear/mixed_precision/machete.py transform_w_zp){humming_basis}: {held / GIB:+.2f} GiB a rank "
-        "against the checkpoint's"))
-
-
-def _stage_dense_sum(stage: Stage, per_attention: int | None, per_mlp: int | None) -> int | None:
-    """A stage's total of a per-layer figure: `per_attention` on every layer, `per_mlp` on its dense MLP layers
-    (all of them, or a MoE model's ``dense_layers``); None where a figure the stage needs is None (not read)."""
-    spec = stage.spec
-    start, stop = stage.layers
-    dense_layers = sum(1 for layer in range(start, stop) if not spec.is_moe or layer in spec.dense_layers)
-    if per_attention is None or (per_mlp is None and dense_layers):
-        return None
-    return (stop - start) * per_attention + dense_layers * (per_mlp or 0)
-
-
-def compressed_tensors_humming_bytes(stage: Stage, version: str, dense_format: str,
-                                     device: DeviceFacts) -> Term | None:
-    """The bytes one rank of vLLM 0.33 holds for the dense linear layers of a symmetric compressed-tensors int4
-    checkpoint (`dense_format`) beyond the checkpoint's, where ``CompressedTensorsWNA16`` (compressed_tensors/schemes/
-    compressed_tensors_wNa16.py, ``choose_mp_linear_kernel``) runs a layer on Humming's kernels: compute capability
-    9.0, where Machete refuses it (groups -1, 64, 128 and a rank's in features a multiple of 64, out of 128,
-    `MACHETE_GROUPS`) and ``prioritize_humming`` puts Humming ahead of Marlin.  A Humming layer holds
-    `humming_linear_bytes` against the checkpoint's ``in x out / 2`` packed values and ``G x out`` 16-bit scales
-    (its ``weight_shape``, which Humming deletes, stays charged: the safe side); a Machete layer keeps the
-    weights and scales at their size.  Models of `FUSED_LINEAR_MODEL_TYPES` without MLA; None for other models,
-    formats, releases and devices, for act order, and where no layer runs Humming."""
-    spec = stage.spec
-    found = INT4_CHECKPOINT_LABEL.fullmatch(dense_format.removeprefix("checkpoint-"))
-    if (version != "0.33" or found is None or found["layout"] != "compressed-tensors" or found["kind"] != "sym"
-            or found["act_order"] is not None or device.compute_capability != HUMMING_PREFERRED_CAPABILITY
-            or device.vendor == "amd" or spec.model_type not in FUSED_LINEAR_MODEL_TYPES or spec.is_mla
-            or "-padded" in dense_format or "-partial" in dense_format):
-        return None
-    group = int(found["group"]) if found["group"] else -1
-    if group not in _HUMMING_DENSE_GROUPS:
-        return None
-    attention, mlp = _dense_linear_shapes(spec, stage.tensor_parallel)
-
-    def extra(shapes: tuple[tuple[int, int], ...], biases: tuple[bool, ...]) -> int | None:
-        total = 0
-        for (in_features, out_features), bias in zip(shapes, biases, strict=True):
-            if ((None if group == -1 else group) in MACHETE_GROUPS and in_features % MACHETE_BLOCK_IN == 0
-                    and out_features % MACHETE_BLOCK_OUT == 0):
-                continue  # Machete: the checkpoint's bytes
-            if group > 0 and in_features % group:
-                return None  # a partial group on the rank: not read
-            groups = 1 if group == -1 else in_features // group
-            total += (humming_linear_bytes(in_features, out_features, group, False, bias, device)
-                      - (in_features * out_features // 2 + 2 * groups * out_features))
-        return total
-
-    held = _stage_dense_sum(stage, extra(attention, (spec.attention_qkv_bias, spec.attention_output_bias)),
-                            extra(mlp, (False, False)))
-    if not held:
-        return None
-    return Term(held, (
-        f"vLLM 0.33 runs the {dense_format} attention and MLP layers Machete refuses on Humming's kernels (compute "
-        "capability 9.0, choose_mp_linear_kernel with prioritize_humming), which pad N to 256 and K to 128 and add a "
-        "lock buffer a layer (quantization/utils/humming/linear.py prepare_humming_linear_layer_config, utils/"
-        f"humming.py create_humming_locks): {held / GIB:+.2f} GiB a rank against the checkpoint's"))
-#: Marlin's smallest tile of a rank's linear layer (utils/marlin_utils.py ``verify_marlin_supports_shape``:
-#: ``GPTQ_MARLIN_MIN_THREAD_N`` out features, ``GPTQ_MARLIN_MIN_THREAD_K`` in features)
-GPTQ_MARLIN_MIN_THREAD_N, GPTQ_MARLIN_MIN_THREAD_K = 64, 128
-#: the group sizes nibble read the GPTQ dense layout for, -1 a whole row (AllSpark, which 0.11 and 0.19 list ahead of
-#: Marlin for a whole-row group on 8.x, takes only 8-bit weights: utils/allspark_utils.py
-#: ``ALLSPARK_SUPPORTED_QUANT_TYPES = [scalar_types.uint8b128]``, so an int4 one runs Marlin; 0.33 has no AllSpark)
-_GPTQ_DENSE_GROUPS: tuple[int, ...] = (-1, 32, 64, 128)
-
-
-def gptq_dense_kernel(version: str, compute_capability: tuple[int, int], in_features: int, out_features: int,
-                      group_size: int, act_order: bool, row_parallel: bool) -> str:
-    """The kernel vLLM `version` runs one rank's linear layer of a symmetric 4-bit GPTQ checkpoint on (the rank's
-    `in_features` x `out_features`; `row_parallel`: a RowParallelLinear whose input is split), as
-    ``choose_mp_linear_kernel`` takes the first that can implement it (model_executor/layers/quantization/kernels/
-    mixed_precision in 0.11, model_executor/kernels/linear in 0.19 and 0.33): "machete", "marlin", or "" where nibble
-    did not read the one it takes.  CutlassW4A8 wants fp8 activations and AllSpark (8.x) 8-bit weights
-    (``ALLSPARK_SUPPORTED_QUANT_TYPES``, a whole-row group): neither takes a 4-bit GPTQ layer with 16-bit
-    activations.  Machete (compute capability 9.0 only): groups -1, 64 or 128 for 16-bit
-    activations, in features a multiple of 64 and out features of 128, and in 0.11 and 0.19 no act order where the
-    input is split ("Act reordering currently not supported by Machete, when the input features are partitioned
-    across devices").  Marlin: out features a multiple of 64, in features of 128 and whole groups; in 0.33 on 9.0
-    ``prioritize_humming`` puts Humming (not read) ahead of it."""
-    machete_group = None if group_size == -1 else group_size
-    if (compute_capability == HUMMING_PREFERRED_CAPABILITY and machete_group in MACHETE_GROUPS
-            and not (act_order and row_parallel) and in_features % MACHETE_BLOCK_IN == 0
-            and out_features % MACHETE_BLOCK_OUT == 0):
-        return "machete"
-    if version == "0.33" and compute_capability == HUMMING_PREFERRED_CAPABILITY:
-        return ""
-    if (out_features % GPTQ_MARLIN_MIN_THREAD_N or in_features % GPTQ_MARLIN_MIN_THREAD_K
-            or in_features % group_size):
-        return ""
-    return "marlin"
-
-
-def gptq_linear_held_bytes(version: str, kernel: str, in_features: int, out_features: int, full_in_features: int,
-                           group_size: int, act_order: bool) -> int:
-    """Bytes vLLM `version` holds after loading for one rank's linear layer of a symmetric 4-bit GPTQ checkpoint
-    (``in_features x out_features`` on the rank, ``full_in_features`` before a row-parallel split) on `kernel`
-    (`gptq_dense_kernel`).  The method's ``create_weights`` (0.11/0.19 gptq_marlin.py ``GPTQMarlinLinearMethod``,
-    0.33 auto_gptq.py ``AutoGPTQLinearMethod``) allocates an int32 ``qweight`` ``[in / 8, out]``, 16-bit ``scales``
-    and int32 ``qzeros`` ``[G, out / 8]`` of G groups, and in 0.11/0.19 an int32 ``g_idx`` ``[in]`` (0.33 creates
-    none); with act order G is the whole layer's ``full_in_features / g`` (utils/marlin_utils.py
-    ``marlin_repeat_scales_on_all_ranks(act_order, ...)``: the scales and zero points of a row-parallel layer are
-    loaded whole on every rank), else the rank's ``in_features / g``.  Then the kernel's
-    ``process_weights_after_loading``:
-
-    * Marlin (mixed_precision/marlin.py): the weights and scales repacked at their size; the qzeros replaced by an
-      empty tensor (``zero_points=False``); with act order ``marlin_sort_g_idx`` keeps the sorted g_idx and the
-      int32 ``g_idx_sort_indices`` (``[in]`` each), without it both are emptied.
-    * Machete (mixed_precision/machete.py): the weights prepacked at their size, the scales kept; the qzeros and the
-      g_idx are left as loaded (it transforms zero points only with ``zero_points``); with act order it also keeps
-      the int32 ``argsort(g_idx)`` ``[in]`` for its activation permutation (``act_perm``)."""
-    groups = 1 if group_size == -1 else (full_in_features if act_order and kernel == "marlin"
-                                         else in_features) // group_size
-    held = in_features * out_features // 2 + 2 * groups * out_features
-    if kernel == "marlin":
-        return held + (2 * 4 * in_features if act_order else 0)
-    g_idx = 4 * in_features if version != "0.33" else 0
-    return held + groups * out_features // 2 + g_idx + (4 * in_features if act_order else 0)
-
-
-def _gptq_dense_charge(spec: ModelSpec, stored: WeightFormat, tensor_parallel: int) -> tuple[int, int]:
-    """nibble's charge on one rank for one decoder layer's attention (q, k, v, o) and dense MLP (gate, up, down)
-    checkpoint tensors in `stored` (`WeightFormat.checkpoint_tensors`: qweight, qzeros, scales, g_idx), as the planner
-    splits them: ``ceil(bytes / tp)`` each, a key or value projection ``ceil(bytes / kv_heads)`` where the ranks
-    outnumber its heads (planner._replicated_kv_bytes)."""
-    hidden, head_dim, width = spec.hidden_size, spec.head_dim, spec.intermediate_size
-    heads, kv_heads = spec.num_attention_heads, spec.num_kv_heads
-
-    def split(shape: tuple[int, int], ranks: int) -> int:
-        return -(-stored.bytes_for(shape) // ranks)
-
-    kv_ranks = kv_heads if tensor_parallel > kv_heads else tensor_parallel
-    attention = (split((heads * head_dim, hidden), tensor_parallel) + 2 * split((kv_heads * head_dim, hidden), kv_ranks)
-                 + split((hidden, heads * head_dim), tensor_parallel))
-    mlp = 2 * split((width, hidden), tensor_parallel) + split((hidden, width), tensor_parallel)
-    return attention, mlp
-
-
-def gptq_marlin_linear_bytes(stage: Stage, version: str, dense_format: str, device: DeviceFacts) -> Term | None:
-    """The bytes one rank of vLLM `version` holds for the dense linear layers (attention and dense MLP) of a symmetric
-    4-bit GPTQ checkpoint (`dense_format` its label, ``-act-order-`` for ``desc_act: true``) beyond nibble's charge of
-    the checkpoint's tensors (`_gptq_dense_charge`): per layer `gptq_linear_held_bytes` on the kernel
-    `gptq_dense_kernel` takes, for the QKVParallelLinear qkv_proj and MergedColumnParallelLinear gate_up_proj (their
-    inputs whole) and the RowParallelLinear o_proj and down_proj (their inputs split), shapes per rank
-    `_dense_linear_shapes`.  Positive where act order holds a row-parallel layer's scales whole and the g_idx with its
-    sort indices; negative where Marlin frees the qzeros and g_idx nibble charges, and for the g_idx 0.33 never
-    creates.  Models of `FUSED_LINEAR_MODEL_TYPES` without MLA or shared experts, groups of 32, 64 or 128 or a whole
-    row (-1: one group, act order off as gptq_marlin.py sets ``desc_act = False`` for it), devices of
-    `GPTQ_MARLIN_FLOORS`; None elsewhere (asymmetric GPTQ runs other kernels in 0.11/0.19 and is refused in 0.33;
-    act order is refused in 0.33: `gptq_act_order_refusal`)."""
-    spec = stage.spec
-    found = INT4_CHECKPOINT_LABEL.fullmatch(dense_format.removeprefix("checkpoint-"))
-    capability = device.compute_capability
-    group = int(found["group"]) if found is not None and found["group"] else -1
-    if (found is None or found["layout"] != "gptq" or found["kind"] != "sym"
-            or group not in _GPTQ_DENSE_GROUPS or "-padded" in dense_format or "-partial" in dense_format
-            or version not in GPTQ_MARLIN_FLOORS or capability is None or device.vendor == "amd"
-            or capability < GPTQ_MARLIN_FLOORS[version] or spec.model_type not in FUSED_LINEAR_MODEL_TYPES
-            or spec.is_mla or spec.shared_expert_width):
-        return None
-    act_order = found["act_order"] is not None and group > 0
-    if act_order and version == "0.33":
-        return None  # refused: gptq_act_order_refusal
-    tensor_parallel = stage.tensor_parallel
-    (qkv, o_proj), (gate_up, down) = _dense_linear_shapes(spec, tensor_parallel)
-    kernels: set[str] = set()
-
-    def held(column: tuple[int, int], row: tuple[int, int], row_full_in: int,
-             biases: tuple[bool, bool] = (False, False)) -> int | None:
-        """The held bytes of a column-parallel layer (input whole) and a row-parallel one (input split)."""
-        total = 0
-        for (in_features, out_features), full_in, split, bias in ((column, column[0], False, biases[0]),
-                                                                   (row, row_full_in, tensor_parallel > 1, biases[1])):
-            kernel = gptq_dense_kernel(version, capability, in_features, out_features, group, act_order, split)
-            if not kernel and version == "0.33" and capability == HUMMING_PREFERRED_CAPABILITY:
-                kernels.add("humming")  # prioritize_humming: Humming's kernels where Machete refuses the layer
-                total += humming_linear_bytes(in_features, out_features, group, False, bias, device)
-                continue
-            if not kernel:
-                return None
-            kernels.add(kernel)
-            total += gptq_linear_held_bytes(version, kernel, in_features, out_features, full_in, group, act_order)
-        return total
-
-    start, stop = stage.layers
-    dense_layers = sum(1 for layer in range(start, stop) if not spec.is_moe or layer in spec.dense_layers)
-    per_attention = held(qkv, o_proj, spec.num_attention_heads * spec.head_dim,
-                         (spec.attention_qkv_bias, spec.attention_output_bias))
-    per_mlp = held(gate_up, down, spec.intermediate_size) if dense_layers else 0
-    if per_attention is None or per_mlp is None:
-        return None
-    stored = gptq_checkpoint(None if group == -1 else group, True, found["act_order"] is not None)
-    charge_attention, charge_mlp = _gptq_dense_charge(spec, stored, tensor_parallel)
-    extra = (stop - start) * (per_attention - charge_attention) + dense_layers * (per_mlp - charge_mlp)
-    if not extra:
-        return None
-    order = ("with act order (desc_act) the row-parallel o_proj and down_proj hold their scales whole "
-             "(marlin_repeat_scales_on_all_ranks) and each layer its g_idx and their int32 sort indices "
-             "(marlin_sort_g_idx; Machete's act_perm)" if act_order else
-             "without act order Marlin empties the qzeros and g_idx (marlin_make_empty_g_idx) and Machete keeps them")
-    method = ("gptq_marlin.py GPTQMarlinLinearMethod" if version != "0.33"
-              else "auto_gptq.py AutoGPTQLinearMethod, which creates no g_idx")
-    humming = ("; Humming (0.33 on 9.0 where Machete refuses a layer: prioritize_humming) pads N to 256 and K to "
-               "128, keeps the scales and nothing else of the checkpoint, and adds a lock buffer (quantization/utils/"
-               "humming/linear.py prepare_humming_linear_layer_config)" if "humming" in kernels else "")
-    return Term(extra, (
-        f"vLLM {version} runs the {dense_format} attention and MLP layers on {' and '.join(sorted(kernels))} "
-        f"(choose_mp_linear_kernel): {order}{humming}; {extra / GIB:+.2f} GiB a rank against nibble's charge of "
-        f"the checkpoint's qweight, qzeros, scales and g_idx ({extra:+,} bytes; {method}; kernels/mixed_precision "
-        "marlin.py and machete.py)"))
-
-
-#: The compute capability from which each vLLM release runs fp8 [128, 128]-block weights natively, below which it runs
-#: them weight-only on Marlin (down to the fp8 floor, `CAPABILITY_FLOORS`), as (routed experts, linear layers).
-#: Experts: 0.11's Fp8MoEMethod ``use_marlin = not has_device_capability(89)`` (quantization/fp8.py); 0.19 and 0.33's
-#: select_fp8_moe_backend (fused_moe/oracle/fp8.py) reach Fp8MoeBackend.MARLIN below 8.9, where TritonExperts'
-#: ``_supports_quant_scheme`` takes no fp8 (``has_device_capability((8, 9))``) and DeepGEMM and CUTLASS need 9.0.
-#: Linear layers: 0.11's Fp8LinearMethod ``use_marlin = not has_device_capability(89)``; 0.19's
-#: ``_POSSIBLE_FP8_KERNELS`` puts MarlinFP8ScaledMMLinearKernel first, whose ``is_supported`` refuses 8.9 and up
-#: (kernels/linear/__init__.py, scaled_mm/marlin.py); 0.33's ``_POSSIBLE_FP8_BLOCK_KERNELS`` puts FlashInfer's and
-#: DeepGEMM's (9.0 and up), CUTLASS's block kernel (``cutlass_scaled_mm_supports_block_fp8``: 9.0 and up) and B12x
-#: (12.x) before Marlin, which no longer refuses 8.9: so below 9.0 (12.x devices, B12x's when installed, not read)
-FP8_MARLIN_BELOW: dict[str, tuple[tuple[int, int], tuple[int, int]]] = {
-    "0.11": ((8, 9), (8, 9)),
-    "0.19": ((8, 9), (8, 9)),
-    "0.33": ((8, 9), (9, 0)),
-}
-#: the side of an fp8 checkpoint's weight blocks, and of the groups Marlin holds their scales in
-FP8_BLOCK = 128
-#: Where fp8 weights with one scale a tensor run on Marlin: below 8.9 in every release, for the experts as above and
-#: for the linear layers too in 0.33, whose ``_POSSIBLE_FP8_KERNELS`` takes CutlassFP8ScaledMMLinearKernel first where
-#: ``cutlass_fp8_supported()`` (8.9 and up) and Marlin only after it
-FP8_TENSOR_MARLIN_BELOW = (8, 9)
-#: the fp8 weight labels whose scales Marlin expands (`fp8_marlin_scale_bytes`), True for [128, 128] blocks; a
-#: scale a channel it holds in 16 bits, at most the checkpoint's float32 (nothing charged)
-FP8_MARLIN_LABELS: dict[str, bool] = {"fp8-block128": True, "fp8-per-tensor": False, "fp8-per-tensor-static": False}
-#: the model classes whose fp8 linear layers nibble lists per rank for `fp8_marlin_linear_bytes`
-#: (`_fp8_linear_layers`): those of `FUSED_LINEAR_MODEL_TYPES`, MiniMax-M2 (minimax_m2.py: a QKVParallelLinear
-#: qkv_proj and an o_proj, no dense MLP or shared experts), GLM-4.5/4.6 (glm4_moe.py: a QKVParallelLinear qkv_proj,
-#: an o_proj, the first_k_dense_replace layers' Glm4MoeMLP of merged gate_up_proj and down_proj, and the shared
-#: experts as one such MLP split over the ranks) and DeepSeek Sparse Attention's MLA models (deepseek_v2.py, also
-#: GlmMoeDsaForCausalLM: DeepSeek-V3's layers and the Indexer's ReplicatedLinear ``wq_b`` and ``wk``, built with the
-#: model's quant_config; ``weights_proj`` with ``quant_config=None``), and the text decoders of the same fused layout
-#: (a QKVParallelLinear qkv_proj, an o_proj, a MergedColumnParallelLinear gate_up_proj, a down_proj; vLLM 0.19):
-#: gemma3.py, glm4.py (LlamaMLP), olmo2.py (also Olmo3ForCausalLM), phi3.py (LlamaForCausalLM), seed_oss.py,
-#: qwen2_5_vl.py (Qwen2Model), qwen3_vl.py (Qwen3's layers), qwen3_vl_moe.py (Qwen3-MoE's), mistral3.py (Llama's);
-#: SmolLM3 runs on the Transformers backend with q, k, v, gate and up as separate parallel layers: the same scales,
-#: and the fused layer as its largest is the safe side of its repack (`fp8_marlin_linear_repack_bytes`).  Not
-#: listed (no term): Qwen3-Next and Qwen3.5-MoE's gated-delta-net layers, Llama 4's, Falcon's and GPT-2's (not read)
-FP8_MARLIN_MODEL_TYPES = frozenset(FUSED_LINEAR_MODEL_TYPES) | {
-    "minimax_m2", "glm4_moe", "deepseek_v32", "glm_moe_dsa", "gemma3_text", "glm4", "olmo2", "olmo3", "phi3",
-    "seed_oss", "qwen2_5_vl", "qwen3_vl", "qwen3_vl_moe", "mistral3", "smollm3"}
-
-
-def fp8_marlin_scale_bytes(out_features: int, in_features: int, block: bool = True) -> int:
-    """Bytes one rank's fp8 [128, 128]-block layer (``out_features x in_features`` on the rank) holds on Marlin
-    beyond the block scales nibble charges for it; with one scale a tensor (`block` False), Marlin's
-    ``repeat_interleave(size_n)`` of it to a 16-bit scale an output row: ``2 x N`` bytes, nibble's charge of a few
-    bytes a tensor not taken off (the safe side).  prepare_fp8_layer_for_marlin and prepare_fp8_moe_layer_for_marlin
-    (quantization/utils/marlin_utils_fp8.py, 0.11, 0.19 and 0.33 alike) turn the float32 block scales
-    ``[ceil(N / 128), ceil(K / 128)]`` into group-wise scales of the model's 16-bit dtype
-    (``.to(layer.orig_dtype)``, ``repeat_interleave(block_n)``, ``[..., :size_n]``, marlin_permute_scales:
-    ``[ceil(K / 128), N]``) and replace the old ones (replace_parameter): ``2 x N x ceil(K / 128)`` bytes held, 64
-    times the checkpoint's.  The weights are repacked at their size (gptq_marlin_repack, 8 bits).  Less a lower bound
-    of nibble's charge for the checkpoint's scales of the same weights (4 bytes a 128 x 128 block: ``N x K / 4096``),
-    so the answer is never below what vLLM holds beyond nibble's charge."""
-    if not block:
-        return ACTIVATION_ELEMENT_BYTES * out_features
-    held = ACTIVATION_ELEMENT_BYTES * out_features * -(-in_features // FP8_BLOCK)
-    return held - out_features * in_features // (FP8_BLOCK * FP8_BLOCK // 4)
-
-
 def fp8_expert_repack_bytes(stage: Stage, version: str, device: DeviceFacts, expert_format: str) -> Term | None:
     """What one rank holds only while vLLM `version` rewrites a MoE layer's fp8 experts (stored as `expert_format`)
     into its kernel's layout, beyond the layer's loaded weights; taken before the KV cache is sized and freed before
     "Model loading took" is measured:
 
-    * on Marlin (`_fp8_marlin_device`, any fp8 scales): prepare_fp8_moe_layer_for_marlin's ``repack_weight``
+    * on Marlin (`fp8_marlin_device`, any fp8 scales): prepare_fp8_moe_layer_for_marlin's ``repack_weight``
       (quantization/utils/marlin_utils_fp8.py, 0.11, 0.19 and 0.33) collects every expert's repacked w13 in a list
       and ``torch.cat``s it while the loaded w13 is still the layer's (replace_parameter comes after) and the last
       expert's transposed copy (``qweight.T.contiguous()``) is still bound: ``(2 x E + 1) x 2 x width x hidden``
@@ -3434,7 +3038,7 @@ def fp8_expert_repack_bytes(stage: Stage, version: str, device: DeviceFacts, exp
     expert_parallel = stage.expert_parallel and stage.moe_ranks > 1
     experts, width = expert_shard(spec, stage.moe_ranks, expert_parallel)
     one = 2 * width * spec.hidden_size  # an expert's fp8 w13
-    if _fp8_marlin_device(version, device, True):
+    if fp8_marlin_device(version, device, True):
         transient = (2 * experts + 1) * one
         return Term(transient, (
             f"{transient / GIB:.2f} GiB while vLLM {version} repacks one MoE layer's fp8 experts for Marlin "
@@ -3449,147 +3053,15 @@ def fp8_expert_repack_bytes(stage: Stage, version: str, device: DeviceFacts, exp
         f"experts (prepare_fp8_moe_layer_for_fi, quantization/utils/flashinfer_utils.py swap_w13_to_w31: a copy of "
         f"the {experts} experts' w13, 2 x {width} x {spec.hidden_size} bytes each, beside the loaded one)"))
 
-def _fp8_attention_shapes(spec: ModelSpec, tensor_parallel: int) -> tuple[tuple[int, int], ...]:
-    """(out features, in features) of one rank's attention linear layers in one decoder layer: for MLA
-    (deepseek_v2.py ``DeepseekV2MLAAttention``) q_proj and the replicated kv_a_proj_with_mqa, or the replicated
-    fused_qkv_a_proj and q_b_proj, then kv_b_proj and o_proj (`_mla_projection_sizes`' layers), and with DeepSeek
-    Sparse Attention the Indexer's ReplicatedLinear ``wq_b`` [heads x dim, q_lora_rank] and ``wk`` [dim, hidden]
-    (deepseek_v2.py ``Indexer``, 0.11, 0.19 and 0.33: built with the model's quant_config); else the
-    QKVParallelLinear qkv_proj and the RowParallelLinear o_proj (`_dense_linear_shapes`)."""
-    hidden = spec.hidden_size
-    if not spec.is_mla:
-        return tuple((out_features, in_features)
-                     for in_features, out_features in _dense_linear_shapes(spec, tensor_parallel)[0])
-    heads = spec.num_attention_heads // tensor_parallel
-    query = heads * (spec.qk_nope_head_dim + spec.qk_rope_head_dim)
-    latent = spec.kv_lora_rank + spec.qk_rope_head_dim
-    compressed = (((query, hidden), (latent, hidden)) if spec.q_lora_rank is None
-                  else ((spec.q_lora_rank + latent, hidden), (query, spec.q_lora_rank)))
-    indexer = (((spec.index_n_heads * spec.index_head_dim, spec.q_lora_rank or 0), (spec.index_head_dim, hidden))
-               if spec.has_indexer else ())
-    return (*compressed, (heads * (spec.qk_nope_head_dim + spec.v_head_dim), spec.kv_lora_rank),
-            (hidden, heads * spec.v_head_dim), *indexer)
-
-
-def _fp8_marlin_device(version: str, device: DeviceFacts, experts: bool, block: bool = True) -> bool:
-    """Whether vLLM `version` runs fp8 weights (routed `experts`, else linear layers; [128, 128] blocks where
-    `block`, else a scale a tensor) on Marlin on `device` (`FP8_MARLIN_BELOW`, `FP8_TENSOR_MARLIN_BELOW`): a known
-    NVIDIA capability below the release's native one."""
-    capability = device.compute_capability
-    if version not in FP8_MARLIN_BELOW or capability is None or device.vendor == "amd":
-        return False
-    return capability < (FP8_MARLIN_BELOW[version][0 if experts else 1] if block else FP8_TENSOR_MARLIN_BELOW)
-
-
-def _fp8_linear_layers(stage: Stage) -> tuple[tuple[int, int, int], ...]:
-    """(count, out features, in features) of one rank's quantized linear layers in the stage's decoder layers, for a
-    model of `FP8_MARLIN_MODEL_TYPES`: the attention's (`_fp8_attention_shapes`) in every layer, the merged
-    gate_up_proj and the down_proj of the dense MLP in the dense layers (every layer of a dense model) and of the
-    shared experts in the MoE layers (whole under expert parallelism where `shared_experts_whole`)."""
-    spec = stage.spec
-    tensor_parallel, hidden = stage.tensor_parallel, spec.hidden_size
-    start, stop = stage.layers
-    dense_layers = sum(1 for layer in range(start, stop) if not spec.is_moe or layer in spec.dense_layers)
-    found = [(stop - start, out_features, in_features)
-             for out_features, in_features in _fp8_attention_shapes(spec, tensor_parallel)]
-    if dense_layers:
-        width = spec.intermediate_size // tensor_parallel
-        found += [(dense_layers, 2 * width, hidden), (dense_layers, hidden, width)]
-    if spec.shared_expert_width and stop - start - dense_layers:
-        whole = shared_experts_whole(spec, tensor_parallel, stage.data_parallel, stage.expert_parallel)
-        width = spec.shared_expert_width // (1 if whole else tensor_parallel)
-        found += [(stop - start - dense_layers, 2 * width, hidden), (stop - start - dense_layers, hidden, width)]
-    return tuple(found)
-
-
-def _fp8_marlin_linear_format(stage: Stage, version: str, dense_format: str, device: DeviceFacts,
-                              any_fp8: bool = False) -> bool | None:
-    """Whether vLLM `version` runs the stage's linear layers, stored as `dense_format`, on Marlin on `device`, as
-    `FP8_MARLIN_LABELS`' value (True for [128, 128] blocks), or with `any_fp8` for any fp8 label (a scale a channel
-    too, whose weights Marlin repacks all the same: True for any block size); None where it does not or nibble does
-    not list the model's layers (`FP8_MARLIN_MODEL_TYPES`)."""
-    label = dense_format.removeprefix("checkpoint-")
-    block = (label.startswith("fp8-block") if any_fp8 and weight_format_family(label) == "fp8"
-             else FP8_MARLIN_LABELS.get(dense_format))
-    if (block is None or not _fp8_marlin_device(version, device, False, block)
-            or stage.spec.model_type not in FP8_MARLIN_MODEL_TYPES):
-        return None
-    return block
-
-
-def fp8_marlin_linear_bytes(stage: Stage, version: str, dense_format: str, device: DeviceFacts) -> Term | None:
-    """The bytes one rank of vLLM `version` holds for the fp8 attention, dense MLP and shared-expert layers
-    (`dense_format` of `FP8_MARLIN_LABELS`) beyond nibble's charge where it runs them on Marlin
-    (`_fp8_marlin_device`): `fp8_marlin_scale_bytes` of each (`_fp8_linear_layers`).  None elsewhere: other
-    formats, devices, releases, and models outside `FP8_MARLIN_MODEL_TYPES`."""
-    block = _fp8_marlin_linear_format(stage, version, dense_format, device)
-    if block is None:
-        return None
-    extra = sum(count * fp8_marlin_scale_bytes(out_features, in_features, block)
-                for count, out_features, in_features in _fp8_linear_layers(stage))
-    if extra <= 0:
-        return None
-    native = FP8_MARLIN_BELOW[version][1] if block else FP8_TENSOR_MARLIN_BELOW
-    scales = ("float32 block scales by 16-bit scales of one 128-wide group per output row, 64 times their size"
-              if block else "scale by a 16-bit scale per output row (repeat_interleave)")
-    return Term(extra, (
-        f"vLLM {version} runs the {dense_format} linear layers weight-only on Marlin below compute capability "
-        f"{native[0]}.{native[1]} (MarlinFP8ScaledMMLinearKernel; Fp8LinearMethod.use_marlin in 0.11), whose "
-        f"prepare_fp8_layer_for_marlin (quantization/utils/marlin_utils_fp8.py) replaces each layer's {scales}: "
-        f"{extra / GIB:.2f} GiB a rank beyond nibble's charge of the checkpoint's scales ({extra:,} bytes)"))
-
-
-#: the releases whose prepare_fp8_layer_for_marlin zero-pads a weight Marlin's thread tiles do not divide
-#: (marlin_utils.py ``marlin_padded_nk``, ``marlin_pad_qweight``: 0.33)
-FP8_MARLIN_PADDING_VERSIONS = frozenset({"0.33"})
-
-
-def _marlin_padded_nk(size_n: int, size_k: int, group_size: int) -> tuple[int, int]:
-    """vLLM 0.33's ``marlin_padded_nk`` (quantization/utils/marlin_utils.py): the smaller of (n to 64, k to
-    lcm(128, group)) and (n to 128, k to lcm(64, group)), by area then sum."""
-    group = max(group_size, 1)
-    candidates = ((_round_up(size_n, 64), _round_up(size_k, math.lcm(128, group))),
-                  (_round_up(size_n, 128), _round_up(size_k, math.lcm(64, group))))
-    return min(candidates, key=lambda nk: (nk[0] * nk[1], nk[0] + nk[1]))
-
-
-def fp8_marlin_linear_repack_bytes(stage: Stage, version: str, dense_format: str,
-                                   device: DeviceFacts) -> Term | None:
-    """What one rank holds only while vLLM `version` repacks its largest fp8 linear layer for Marlin, beyond the
-    layer's loaded weight, where it runs `dense_format` linear layers on Marlin (`_fp8_marlin_linear_format`).
-    prepare_fp8_layer_for_marlin (quantization/utils/marlin_utils_fp8.py, 0.11, 0.19 and 0.33) packs the loaded
-    ``N x K`` fp8 weight into int32 and makes it contiguous transposed (``pack_fp8_to_int32``, ``qweight.T
-    .contiguous()``: a copy of its ``N x K`` bytes), then ``gptq_marlin_repack`` writes the Marlin weight (another
-    ``N x K`` bytes) while that copy and the loaded weight are bound; replace_parameter frees the loaded one after:
-    ``2 x N x K`` bytes at once (0.33 first zero-pads the copy to ``marlin_padded_nk``: twice the padded size).
-    Each layer's process_weights_after_loading runs after every weight is loaded, one module at a time
-    (model_loader/utils.py ``process_weights_after_loading``), so only the largest layer's counts.  None where the
-    layers do not run on Marlin (for any fp8 scales: Marlin repacks a per-channel layer's weight all the same)."""
-    block = _fp8_marlin_linear_format(stage, version, dense_format, device, any_fp8=True)
-    if block is None:
-        return None
-    largest = 0
-    for _, out_features, in_features in _fp8_linear_layers(stage):
-        if version in FP8_MARLIN_PADDING_VERSIONS:
-            out_features, in_features = _marlin_padded_nk(out_features, in_features, FP8_BLOCK if block else -1)
-        largest = max(largest, out_features * in_features)
-    if not largest:
-        return None
-    transient = 2 * largest
-    return Term(transient, (
-        f"{transient / GIB:.2f} GiB while vLLM {version} repacks its largest {dense_format} linear layer for Marlin "
-        f"(prepare_fp8_layer_for_marlin, quantization/utils/marlin_utils_fp8.py: the int32 transposed copy of "
-        f"the loaded {largest:,}-byte weight and gptq_marlin_repack's output beside it)"))
-
 
 def fp8_marlin_expert_bytes(stage: Stage, version: str, device: DeviceFacts,
                             expert_format: str = "fp8-block128") -> Term | None:
     """`expert_layout` of fp8 routed experts (`expert_format` of `FP8_MARLIN_LABELS`) where vLLM `version` runs
-    them on Marlin (`_fp8_marlin_device`): `fp8_marlin_scale_bytes` of each of the rank's experts (`expert_shard`:
+    them on Marlin (`fp8_marlin_device`): `fp8_marlin_scale_bytes` of each of the rank's experts (`expert_shard`:
     w13 ``2 x width x hidden``, w2 ``hidden x width``) in each MoE layer of the stage; None elsewhere."""
     spec = stage.spec
     block = FP8_MARLIN_LABELS.get(expert_format)
-    if block is None or not spec.is_moe or not _fp8_marlin_device(version, device, True, block):
+    if block is None or not spec.is_moe or not fp8_marlin_device(version, device, True, block):
         return None
     expert_parallel = stage.expert_parallel and stage.moe_ranks > 1
     experts, width = expert_shard(spec, stage.moe_ranks, expert_parallel)
@@ -3608,126 +3080,6 @@ def fp8_marlin_expert_bytes(stage: Stage, version: str, device: DeviceFacts,
         f"for the rank's {experts} experts {width} wide in "
         f"{layers} layers: {extra / GIB:.2f} GiB a rank beyond nibble's charge of the checkpoint's scales "
         f"({extra:,} bytes)"))
-
-
-def _mla_projection_sizes(spec: ModelSpec, tensor_parallel: int) -> tuple[int, ...]:
-    """The elements of each MLA projection weight one rank of deepseek_v2.py's ``DeepseekV2MLAAttention`` allocates:
-    without query compression a ColumnParallelLinear ``q_proj`` and a ReplicatedLinear ``kv_a_proj_with_mqa``, with
-    it a replicated ``fused_qkv_a_proj`` (q_lora + kv_lora + rope rows) and a ColumnParallelLinear ``q_b_proj``; then
-    ``kv_b_proj`` (ColumnParallelLinear) and ``o_proj`` (RowParallelLinear)."""
-    hidden, heads = spec.hidden_size, spec.num_attention_heads // tensor_parallel
-    query = heads * (spec.qk_nope_head_dim + spec.qk_rope_head_dim)
-    latent = spec.kv_lora_rank + spec.qk_rope_head_dim
-    if spec.q_lora_rank is None:
-        compressed: tuple[int, ...] = (query * hidden, latent * hidden)
-    else:
-        compressed = ((spec.q_lora_rank + latent) * hidden, query * spec.q_lora_rank)
-    return (*compressed, heads * (spec.qk_nope_head_dim + spec.v_head_dim) * spec.kv_lora_rank,
-            hidden * heads * spec.v_head_dim)
-
-
-def mla_kv_b_copy_bytes(spec: ModelSpec, tensor_parallel: int, element_bytes: int = ACTIVATION_ELEMENT_BYTES) -> int:
-    """Bytes of the copy of one MLA layer's ``kv_b_proj`` that vLLM holds on one rank after loading where that layer
-    is quantized: ``kv_lora_rank x heads / tp x (qk_nope_head_dim + v_head_dim)`` elements of the model's dtype
-    (`element_bytes`), as PyTorch's allocator counts one tensor of that size (`torch_cuda.allocated_block_bytes`).
-
-    vLLM's MLA attention computes its decode products in 16-bit ("we currently do not have quantized bmm's which are
-    needed for `W_UV` and `W_UK_T`, we just store fp16/bf16 copies"): after the quant methods' own
-    ``process_weights_after_loading``, model_loader/utils.py ``process_weights_after_loading`` calls each MLA
-    layer's with ``model_config.dtype``, which asks ``get_and_maybe_dequant_weights(kv_b_proj)`` (0.11
-    v1/attention/backends/mla/common.py ``MLACommonBaseImpl`` and ``MLACommonImpl``, a local helper; 0.19
-    model_executor/layers/attention/mla_attention.py ``MLAAttention``, quantization/utils/quant_utils.py; 0.33 the
-    same through ``split_kv_b_proj``).  A quantized layer's answer is a new tensor: ``scaled_dequantize`` for fp8
-    without Marlin or DeepGEMM (0.19, 0.33), else the layer applied to an identity matrix of the model's dtype
-    (every quantized method; in 0.11 every one), ``[kv_lora_rank, heads x (nope + v)]``.  ``W_UK_T`` and ``W_UV`` are
-    two views of it (``view``, ``split``, ``permute``, ``transpose``: no copy), kept for the model's life (0.33
-    registers them as parameters, ``replace_parameter``: the same storage), beside ``kv_b_proj`` itself, which the
-    prefill still runs (``self.kv_b_proj(kv_c_normed)``).  An unquantized ``kv_b_proj`` gives its own weight (0.11
-    ``layer.weight``; 0.19 and 0.33 ``weight.to(out_dtype)``, a no-op: its parameter is allocated in the model's
-    dtype, base_loader.py ``set_default_torch_dtype``, and a checkpoint of another 16-bit dtype is cast into it on
-    load): no copy.  It happens inside ``load_model``, so vLLM's "Model loading took" (``DeviceMemoryProfiler``)
-    counts it and the KV cache has that much less.  ROCm's AITER fp8/fp4 batched GEMMs quantize the copy instead
-    (``is_aiter_triton_fp8_bmm_enabled``), off by default (``VLLM_ROCM_USE_AITER`` false): not planned."""
-    heads = spec.num_attention_heads // tensor_parallel
-    size = spec.kv_lora_rank * heads * (spec.qk_nope_head_dim + spec.v_head_dim) * element_bytes
-    return allocated_block_bytes(size)
-
-
-def mla_kv_b_copy(stage: Stage, version: str, quantized_layers: frozenset[int], draft_layers: int = 0) -> Term | None:
-    """The bytes one rank of `stage` holds for the model-dtype copies of its MLA layers' quantized ``kv_b_proj``
-    (`mla_kv_b_copy_bytes`): one a layer of the stage in `quantized_layers` (the decoder layers whose ``kv_b_proj``
-    the weights store quantized), and on the last stage one for each of `draft_layers` MTP layers where the model's
-    last layer's is (deepseek_mtp.py builds each as a ``DeepseekV2DecoderLayer`` with the model's quant_config, and
-    the drafter is loaded by the same loader, inside the same "Model loading took").  While a layer is dequantized
-    by ``scaled_dequantize`` it also holds float32 copies of the weight, of its broadcast scales and of their
-    product (12 bytes an element, then the copy): at most 10 bytes an element of one layer's copy beyond what stays,
-    for a moment during the load, when the KV pool and the profiling peak are not allocated yet (not charged); the
-    identity path's transient is its ``kv_lora_rank`` square identity (0.5 MiB at 512) and the kernel's input copy.
-    None for a model without MLA or where no layer of the stage is quantized."""
-    spec = stage.spec
-    if not spec.is_mla:
-        return None
-    start, stop = stage.layers
-    layers = sum(1 for layer in quantized_layers if start <= layer < stop)
-    drafted = draft_layers if stage.is_last and spec.num_layers - 1 in quantized_layers else 0
-    if not layers + drafted:
-        return None
-    one = mla_kv_b_copy_bytes(spec, stage.tensor_parallel, stage.element_bytes)
-    heads = spec.num_attention_heads // stage.tensor_parallel
-    draft = f" and its {drafted} MTP layer(s)" if drafted else ""
-    return Term((layers + drafted) * one, (
-        f"vLLM {version} keeps a {stage.element_bytes * 8}-bit copy of each quantized kv_b_proj for MLA's decode "
-        f"products (W_UK_T and W_UV, views of get_and_maybe_dequant_weights' answer; mla_attention.py "
-        f"process_weights_after_loading), beside kv_b_proj itself: {spec.kv_lora_rank} x {heads} heads x "
-        f"({spec.qk_nope_head_dim} + {spec.v_head_dim}) = {one:,} bytes a layer on a rank, for {layers} layer(s)"
-        f"{draft}: {(layers + drafted) * one / GIB:.2f} GiB, inside 'Model loading took'"))
-
-
-def weight_allocation_slack(stage: Stage, weight_format: str) -> int | None:
-    """The bytes PyTorch's caching allocator counts for one rank's weights beyond their size, which vLLM's
-    "Model loading took" (``DeviceMemoryProfiler``: ``torch.cuda.max_memory_allocated`` after loading less before)
-    and so its KV budget include: every parameter tensor of 10 MiB or more gets a segment rounded up to 2 MiB and
-    keeps the remainder when it is 1 MiB or less (`torch_cuda.allocated_block_bytes`).  Computed for the model
-    classes of `FUSED_LINEAR_MODEL_TYPES` stored at 16 bits (`weight_format` "bf16" or "fp16"), from the shapes
-    their layers allocate on one rank; None for other models and formats, whose tensors vLLM lays out otherwise
-    (packed, repacked or fused differently).  Qwen2.5-72B at TP 2: each of the 80 down_proj weights of
-    8192 x 14,784 x 2 bytes (231 MiB) holds a 232 MiB segment, 80 MiB in all."""
-    spec = stage.spec
-    if (spec.model_type not in FUSED_LINEAR_MODEL_TYPES or weight_format not in SIXTEEN_BIT_FORMATS
-            or spec.has_indexer):
-        return None
-    tp, hidden, element = stage.tensor_parallel, spec.hidden_size, ACTIVATION_ELEMENT_BYTES
-    start, stop = stage.layers
-
-    def mlp_slack(shapes: tuple[int, ...]) -> int:
-        return sum(allocated_block_bytes(size * element) - size * element for size in shapes)
-
-    if spec.is_mla:
-        attention = mlp_slack(_mla_projection_sizes(spec, tp))
-    else:
-        heads, kv_heads = spec.num_attention_heads // tp, max(1, spec.num_kv_heads // tp)
-        attention = mlp_slack(((heads + 2 * kv_heads) * spec.head_dim * hidden, hidden * heads * spec.head_dim))
-    width = spec.intermediate_size // tp
-    dense = mlp_slack((2 * width * hidden, hidden * width))
-    moe = 0
-    if spec.is_moe:
-        experts, expert_width = expert_shard(spec, stage.moe_ranks, stage.expert_parallel)
-        moe = mlp_slack((experts * 2 * expert_width * hidden, experts * hidden * expert_width))
-        if spec.shared_expert_width:
-            shared = spec.shared_expert_width // (1 if shared_experts_whole(
-                spec, tp, stage.data_parallel, stage.expert_parallel) else tp)
-            moe += mlp_slack((2 * shared * hidden, hidden * shared))
-    layers = range(start, stop)
-    dense_count = sum(1 for layer in layers if not spec.is_moe or layer in spec.dense_layers)
-    slack = (stop - start) * attention + dense_count * dense + (stop - start - dense_count) * moe
-    vocabulary_rows = -(-spec.vocab_size // VOCAB_PADDING) * VOCAB_PADDING // tp
-    table = mlp_slack((vocabulary_rows * hidden,))
-    everywhere = spec.model_type in VOCABULARY_ON_EVERY_STAGE
-    if start == 0 or everywhere:
-        slack += table  # embed_tokens
-    if (stage.is_last or everywhere) and not spec.tie_word_embeddings:
-        slack += table  # lm_head
-    return slack
 
 
 @dataclass(frozen=True, slots=True)
