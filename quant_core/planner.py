@@ -68,9 +68,9 @@ from quant_core.engines.vllm import (
     dsa_block_size,
     dsa_block_table_bytes,
     dsa_mixed_batch_bytes,
-    moe_wna16_act_order_note,
     qwen_encoder_dummy,
 )
+from quant_core.engines.vllm_expert_layouts import moe_wna16_act_order_note
 from quant_core.engines.vllm_parallel import (
     expert_parallel_refusal,
     expert_placement_note,
