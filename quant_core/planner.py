@@ -62,14 +62,8 @@ from quant_core.catalog import (
     device_facts,
 )
 from quant_core.engines import ENGINES, BatchLimits, ContextTerm, EngineProfile, KVCapacity, Stage, Term, get_engine
-from quant_core.engines.vllm import (
-    DSA_BLOCK_SIZE,
-    OutsideBudget,
-    dsa_block_size,
-    dsa_block_table_bytes,
-    dsa_mixed_batch_bytes,
-    qwen_encoder_dummy,
-)
+from quant_core.engines.vllm import OutsideBudget, qwen_encoder_dummy
+from quant_core.engines.vllm_dsa import DSA_BLOCK_SIZE, dsa_block_size, dsa_block_table_bytes, dsa_mixed_batch_bytes
 from quant_core.engines.vllm_expert_layouts import moe_wna16_act_order_note
 from quant_core.engines.vllm_parallel import (
     expert_parallel_refusal,
@@ -1905,7 +1899,7 @@ def _min_devices(evaluator: _Evaluator, terms: _ModelTerms, workload: Workload) 
     starts with no tensor-parallel communicator, which every rank of two or more holds outside the budget
     (`engines.vllm_releases.startup_memory`): one device is tried first, then the larger sizes bisected.  And a DeepSeek
     Sparse Attention model on vLLM 0.19, whose fp8 mixed-batch kernel buffers appear outside the budget once a
-    rank holds fewer than 32 heads (`engines.vllm.dsa_mixed_batch_bytes`): its sizes are tried in order.  The sizes
+    rank holds fewer than 32 heads (`engines.vllm_dsa.dsa_mixed_batch_bytes`): its sizes are tried in order.  The sizes
     weighed do not depend on the workload (`_ModelTerms.min_device_sizes`).
     """
     def fits_on(devices: int) -> bool:
@@ -2433,7 +2427,7 @@ def _checkpoint_kv_options(options: PlanOptions, engine: EngineProfile, notes: l
 def _engine_block_size(spec: ModelSpec, engine: EngineProfile | None, options: PlanOptions,
                        notes: list[str], compute_capability: tuple[int, int] | None = None) -> PlanOptions:
     """`options` at the KV block the engine runs `spec` at on a device of `compute_capability`: vLLM's DeepSeek
-    Sparse Attention block (`engines.vllm.dsa_block_size`), or the block of the attention backend it runs the plan's
+    Sparse Attention block (`engines.vllm_dsa.dsa_block_size`), or the block of the attention backend it runs the plan's
     KV dtype on (`EngineProfile.kv_cache_backend`: FlashMLA's 64 tokens for an fp8 MLA cache on Hopper), with a note
     in `notes` when it is not the requested one."""
     if engine is None or engine.name != "vllm":
@@ -2461,8 +2455,8 @@ def _is_checkpoint_gptq(scheme: WeightScheme) -> bool:
 def _late_buffer_notes(spec: ModelSpec, version: str, workload: Workload, options: PlanOptions, tensor_parallel: int,
                        limits: BatchLimits) -> list[str]:
     """What vLLM takes from the GPU that its memory profiling does not count, outside ``gpu_memory_utilization``: the
-    DeepSeek Sparse Attention indexer's expanded block table (`engines.vllm.dsa_block_table_bytes`, allocated after
-    the KV cache is sized) and the fp8 mixed-batch attention's kernel buffers (`engines.vllm.dsa_mixed_batch_bytes`,
+    DeepSeek Sparse Attention indexer's expanded block table (`engines.vllm_dsa.dsa_block_table_bytes`, allocated after
+    the KV cache is sized) and the fp8 mixed-batch attention's kernel buffers (`engines.vllm_dsa.dsa_mixed_batch_bytes`,
     allocated while serving).  Not charged inside the budget, whose KV capacity is the one vLLM computes, but named;
     with the CUDA graphs they must fit in the memory the budget leaves free (`_outside_budget_warning`)."""
     table = dsa_block_table_bytes(spec, version, workload.context_length, limits)

@@ -48,7 +48,7 @@ pages (fa_utils.py ``FA4_HD256_PAGE_SIZE``, flash_attn.py ``_get_fa4_hd256_block
 decoder: on 10.x FLASHINFER comes first and takes heads of 256 (with sliding windows and soft-capping) wherever
 FlashAttention would, and ``get_flash_attn_version`` picks FA4 by default on 10.x only (FA2 on 11.x).  DeepSeek Sparse
 Attention models (their own backends and ``fp8_ds_mla`` cache, `engines.vllm_refusals.dsa_attention_refusal`,
-`engines.vllm.dsa_block_size`) are not decided here.
+`engines.vllm_dsa.dsa_block_size`) are not decided here.
 """
 
 from __future__ import annotations

@@ -33,7 +33,8 @@ import pytest
 
 from quant_core.catalog import get_preset_info
 from quant_core.engines.base import BatchLimits, Stage
-from quant_core.engines.vllm import DsaWorkspace, VllmProfile, dsa_block_table_bytes, dsa_mixed_batch_bytes
+from quant_core.engines.vllm import VllmProfile
+from quant_core.engines.vllm_dsa import DsaWorkspace, dsa_block_table_bytes, dsa_mixed_batch_bytes
 from quant_core.planner import Hardware, PlanOptions, Workload, plan
 from quant_core.schemes import scheme_from_quantization_config
 from tests.quant_core.test_deepseek_v32 import spec_of as deepseek_v32
