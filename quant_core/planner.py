@@ -62,8 +62,9 @@ from quant_core.catalog import (
     device_facts,
 )
 from quant_core.engines import ENGINES, BatchLimits, ContextTerm, EngineProfile, KVCapacity, Stage, Term, get_engine
-from quant_core.engines.vllm import OutsideBudget, qwen_encoder_dummy
+from quant_core.engines.vllm import OutsideBudget
 from quant_core.engines.vllm_dsa import DSA_BLOCK_SIZE, dsa_block_size, dsa_block_table_bytes, dsa_mixed_batch_bytes
+from quant_core.engines.vllm_encoders import qwen_encoder_dummy
 from quant_core.engines.vllm_expert_layouts import moe_wna16_act_order_note
 from quant_core.engines.vllm_parallel import (
     expert_parallel_refusal,

@@ -20,7 +20,8 @@ from quant_core.catalog import (
 )
 from quant_core.engines import BatchLimits, Stage, get_engine
 from quant_core.engines.base import Term
-from quant_core.engines.vllm import VllmProfile, rotary_cache_bytes
+from quant_core.engines.vllm import VllmProfile
+from quant_core.engines.vllm_encoders import rotary_cache_bytes
 from quant_core.engines.vllm_expert_layouts import mxfp4_expert_layout_bytes
 from quant_core.engines.vllm_linear import weight_allocation_slack
 from quant_core.engines.vllm_releases import startup_memory

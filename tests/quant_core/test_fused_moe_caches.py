@@ -33,7 +33,8 @@ import pytest
 
 from quant_core.catalog import UNKNOWN_DEVICE, device_facts, get_device, get_preset, get_preset_info
 from quant_core.engines.base import BatchLimits, Stage
-from quant_core.engines.vllm import VllmProfile, rotary_cache_bytes
+from quant_core.engines.vllm import VllmProfile
+from quant_core.engines.vllm_encoders import rotary_cache_bytes
 from quant_core.engines.vllm_moe_buffers import (
     fused_moe_caches,
     trtllm_candidate_tiles_072,

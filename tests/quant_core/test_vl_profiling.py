@@ -12,8 +12,8 @@ import pytest
 from quant_core.catalog import device_facts, get_device, get_preset
 from quant_core.engines import BatchLimits, Stage
 from quant_core.engines.torch_cuda import blas_workspace_bytes
-from quant_core.engines.vllm import (
-    VllmProfile,
+from quant_core.engines.vllm import VllmProfile
+from quant_core.engines.vllm_encoders import (
     pixtral_encoder_dummy,
     pixtral_encoder_profile,
     qwen3_vl_video_resize,
