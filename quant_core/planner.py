@@ -2360,7 +2360,7 @@ def _data_parallel_note(data: int, tensor: int, pipeline: int, deployment: Workl
         how = ("vLLM 0.19 and 0.33 start the data-parallel ranks of a model without routed experts as independent "
                "engines (v1/engine/core.py run_engine_core: \"Non-MoE DP ranks are completely independent, so treat "
                "like DP=1\"); 0.11 keeps them in one data-parallel group, whose communicators are charged at start-up "
-               "(engines.vllm.data_parallel_groups)")
+               "(engines.vllm_releases.data_parallel_groups)")
     else:
         how = "replicas of the generic estimate, nothing shared"
     ranks = "data-parallel ranks (not replicas: their MoE layers are one group, below)" if spec.is_moe else "replicas"
