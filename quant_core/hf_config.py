@@ -1424,10 +1424,9 @@ def _stated_length(config: Mapping[str, object]) -> tuple[int, str]:
     model_type = str(config.get("model_type", ""))
     default = CLASS_DEFAULT_LENGTHS.get(model_type)
     if default is not None:
-        return default, f"max_position_embeddings: the {model_type} configuration class's default (config.json " \
-                        "states no length)"
-    return VLLM_DEFAULT_LENGTH, f"vLLM's assumed {VLLM_DEFAULT_LENGTH} (config.json states none of " \
-                                f"{', '.join(VLLM_LENGTH_KEYS)})"
+        return default, (f"max_position_embeddings (the {model_type} configuration class's default: config.json "
+                         "states no length)")
+    return VLLM_DEFAULT_LENGTH, "vLLM's assumed length (config.json states none of its length keys)"
 
 
 def _rope_scalings(keys: Mapping[str, object]) -> tuple[RopeScaling, ...]:

@@ -66,6 +66,7 @@ from quant_core.engines.vllm import OutsideBudget
 from quant_core.engines.vllm_dsa import DSA_BLOCK_SIZE, dsa_block_size, dsa_block_table_bytes, dsa_mixed_batch_bytes
 from quant_core.engines.vllm_encoders import qwen_encoder_dummy
 from quant_core.engines.vllm_expert_layouts import moe_wna16_act_order_note
+from quant_core.engines.vllm_max_len import ALLOW_LONG_ENV, ALLOW_LONG_WARNING
 from quant_core.engines.vllm_parallel import (
     expert_parallel_refusal,
     expert_placement_note,
@@ -271,6 +272,10 @@ class PlanOptions:
     ``--kv-cache-dtype auto``), not one the caller asked for: where the deployed checkpoint's config quantizes the KV
     cache (`WeightScheme.kv_cache_quant`), the engine may run another (`EngineProfile.checkpoint_kv_cache_dtype`), and
     the plan takes it.
+    `allow_long_max_model_len` is vLLM's ``VLLM_ALLOW_LONG_MAX_MODEL_LEN=1``: without it a context above the length
+    the engine derives from the model's config is refused (`EngineProfile.context_refusal`), with it planned with a
+    warning (vLLM's: positions past that length give wrong outputs); the generic engine has no such check
+    (`InvalidSpec`).
     """
 
     weight_format: WeightFormat = field(default_factory=int4)
@@ -296,6 +301,7 @@ class PlanOptions:
     kv_cache_dtype_auto: bool = False
     data_parallel: int = 1
     speculative: SpeculativeDecoding | None = None
+    allow_long_max_model_len: bool = False
 
     def __post_init__(self) -> None:
         if self.kv_cache_dtype not in KV_DTYPES:  # fp32 is the planner's, for a model the engine runs in float32
@@ -304,6 +310,9 @@ class PlanOptions:
             raise InvalidSpec("runtime.enforce_eager", self.enforce_eager, "must be true or false")
         if not isinstance(self.expert_parallel, bool):
             raise InvalidSpec("runtime.expert_parallel", self.expert_parallel, "must be true or false")
+        if not isinstance(self.allow_long_max_model_len, bool):
+            raise InvalidSpec("runtime.allow_long_max_model_len", self.allow_long_max_model_len,
+                              "must be true or false")
         float_format(self.float_format)
         if self.config_dtype is not None:
             float_format(self.config_dtype)
@@ -329,6 +338,10 @@ class PlanOptions:
                 raise InvalidSpec("runtime.expert_parallel", self.expert_parallel,
                                   "vllm's --enable-expert-parallel; the generic engine places no experts (use engine "
                                   "vllm, or drop it)")
+            if self.allow_long_max_model_len:
+                raise InvalidSpec("runtime.allow_long_max_model_len", self.allow_long_max_model_len,
+                                  "vllm's VLLM_ALLOW_LONG_MAX_MODEL_LEN=1; the generic engine refuses no context to "
+                                  "allow (use engine vllm, or drop it)")
             if self.speculative is not None:
                 raise InvalidSpec("runtime.speculative", self.speculative.method,
                                   "vllm's --speculative-config; the generic engine runs no drafter (use engine vllm, "
@@ -1755,12 +1768,29 @@ def _budgets_after_activations(evaluator: _Evaluator, layout: _Layout, sequences
             for stage, (weights, fixed) in enumerate(zip(layout.stage_weights, terms.fixed, strict=True))]
 
 
+def _context_cap(evaluator: _Evaluator) -> tuple[int, str]:
+    """The longest context the solvers weigh and what sets it ("model" or "search_limit"): under an engine, the
+    longest it starts the model with (`EngineProfile.context_limit`: vLLM's derived max_model_len; none when the plan
+    lets it start longer, `PlanOptions.allow_long_max_model_len`); else the model's trained context; else the search
+    limit."""
+    engine, spec = evaluator.engine, evaluator.spec
+    if engine is not None:
+        if evaluator.options.allow_long_max_model_len:
+            return MAX_CONTEXT_SEARCHED, "search_limit"
+        limit = engine.context_limit(spec)
+        if limit is not None and limit.error is None:
+            return min(limit.tokens, MAX_CONTEXT_SEARCHED), "model"
+    if spec.max_position_embeddings:
+        return spec.max_position_embeddings, "model"
+    return MAX_CONTEXT_SEARCHED, "search_limit"
+
+
 def _max_context(evaluator: _Evaluator, layout: _Layout, fits: Callable[[int, int], bool],
                  sequences: int) -> tuple[int | None, str]:
     block = evaluator.options.block_size
-    cap = evaluator.spec.max_position_embeddings or MAX_CONTEXT_SEARCHED
+    cap, capped_by = _context_cap(evaluator)
     if fits(cap, sequences):
-        return cap, "model" if evaluator.spec.max_position_embeddings else "search_limit"
+        return cap, capped_by
     if not fits(1, sequences):  # not one token (the weights alone overflow): what the searches below would find
         return None, "memory"
     # Lower bound: activations at their ceiling and sliding layers full, the rest of each
@@ -1984,7 +2014,10 @@ def _format_plan(terms: _ModelTerms, hardware: Hardware, workload: Workload, ten
         # positional: a frozen dataclass's keyword call costs more, and a plan builds one per device of each format
         devices.extend(_new_device_plan(stage * tensor_parallel + rank, stage, rank, *same, unread, outside)
                        for rank in range(tensor_parallel))
-    refusal = terms.refusal(evaluator, tensor_parallel, options.pipeline_parallel)
+    engine = evaluator.engine
+    context_refusal = None if engine is None else engine.context_refusal(evaluator.spec, workload.context_length,
+                                                                          options.allow_long_max_model_len)
+    refusal = context_refusal or terms.refusal(evaluator, tensor_parallel, options.pipeline_parallel)
     if refusal is None:
         fits = terms.fits_predicate(evaluator, tensor_parallel, options.pipeline_parallel)
         max_context, limited_by = _max_context_started_at_it(evaluator, terms, layout, fits, workload)
@@ -2006,7 +2039,7 @@ def _format_plan(terms: _ModelTerms, hardware: Hardware, workload: Workload, ten
         context_limited_by=limited_by,
         max_concurrent_sequences=max_sequences,
         sequences_limited_by=sequences_limited_by,
-        min_devices=_min_devices(evaluator, terms, workload),
+        min_devices=None if context_refusal else _min_devices(evaluator, terms, workload),
         kv_pool_bytes=pool,
         kv_capacity_tokens=None if capacity is None else capacity.tokens,
         engine_max_concurrency=None if capacity is None else capacity.max_concurrency,
@@ -2266,6 +2299,8 @@ def plan(spec: ModelSpec, hardware: Hardware, workload: Workload | None = None,
         if act_order is not None:
             notes.append(act_order)
     notes.extend(_outside_budget_warning(primary, evaluator, primary_layout, workload))
+    if engine is not None and options.allow_long_max_model_len:
+        notes.extend(_long_context_note(engine, spec, workload.context_length))
     activation = Estimate(busiest.activation_bytes, activation_basis)
     overhead_basis = primary_terms.overhead_basis
     outside_term = max((term for term in primary_terms.outside if term is not None), default=None,
@@ -2603,6 +2638,17 @@ def _qwen_vision_note(spec: ModelSpec, hardware: Hardware, options: PlanOptions,
                  f"tokens, per {pair.tokens_per_item} tokens of context, up to 14 frames): the plan charges the "
                  "requested context's, and the longest context is solved with the video each context would get.")
     return note
+
+
+def _long_context_note(engine: EngineProfile, spec: ModelSpec, context_length: int) -> list[str]:
+    """What the plan says of a context above the longest the engine derives for the model, planned because the
+    plan lets the engine start longer (`PlanOptions.allow_long_max_model_len`); nothing at or below it."""
+    limit = engine.context_limit(spec)
+    if limit is None or limit.error is not None or context_length <= limit.tokens:
+        return []
+    return [f"The context ({context_length} tokens) is above the {limit.tokens} tokens the engine derives for the "
+            f"model ({limit.basis}): planned as it starts with {ALLOW_LONG_ENV} "
+            f"(runtime.allow_long_max_model_len), which {ALLOW_LONG_WARNING}."]
 
 
 def _warnings(spec: ModelSpec, hardware: Hardware, workload: Workload, options: PlanOptions, tensor_parallel: int,

@@ -207,6 +207,12 @@ class RuntimeIn(BaseModel):
                                                      "stays split by tensor parallelism.")
     speculative: SpeculativeIn | None = Field(None, description="vllm only: --speculative-config (see "
                                                                 "SpeculativeIn); none by default.")
+    allow_long_max_model_len: bool = Field(
+        False, description="vllm only: VLLM_ALLOW_LONG_MAX_MODEL_LEN=1. Without it a context_length above the "
+                           "length vLLM derives from the model's config (its max_position_embeddings or "
+                           "equivalent, times a RoPE scaling factor where the release applies one) is refused; "
+                           "with it the plan is made, with vLLM's warning that positions past that length give "
+                           "wrong outputs (nan with RoPE, out-of-bounds errors with learned positions).")
 
 
 class CheckpointHeaderIn(BaseModel):
@@ -479,6 +485,7 @@ def plan_to_core(body: PlanRequest, max_config_depth: int, max_header_bytes: int
         enforce_eager=body.runtime.enforce_eager,
         expert_parallel=body.runtime.expert_parallel,
         speculative=_speculative_to_core(body.runtime.speculative, body.model),
+        allow_long_max_model_len=body.runtime.allow_long_max_model_len,
         config_dtype=None if body.model.hf_config is None else config_float_format(body.model.hf_config),
         kv_cache_dtype_auto="dtype" not in body.kv_cache.model_fields_set,
     )

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from functools import lru_cache
 
-from quant_core.engines.base import BatchLimits, ContextTerm, EngineProfile, KVCapacity, Stage, Term
+from quant_core.engines.base import BatchLimits, ContextLimit, ContextTerm, EngineProfile, KVCapacity, Stage, Term
 from quant_core.engines.vllm import VllmProfile
 from quant_core.engines.vllm_releases import DEFAULT_VERSION, VERSIONS
 from quant_core.errors import UnknownName
@@ -25,6 +25,7 @@ __all__ = [
     "ENGINES",
     "ENGINE_VERSIONS",
     "BatchLimits",
+    "ContextLimit",
     "ContextTerm",
     "EngineProfile",
     "KVCapacity",

@@ -108,6 +108,17 @@ class KVCacheBackend:
     requirement: str | None = None
 
 
+@dataclass(frozen=True, slots=True)
+class ContextLimit:
+    """The longest context the engine starts a model with (vLLM: the ``max_model_len`` it derives from the config,
+    above which ``--max-model-len`` is refused): `tokens`, and `basis`, where they come from.  `error`: the engine
+    derives none and starts the model at no context (then `tokens` is 0), in words."""
+
+    tokens: int
+    basis: str
+    error: str | None = None
+
+
 class ContextTerm(Protocol):
     """A term an engine sizes from the longest context it is started for (vLLM's ``max_model_len``), which the
     planner asks at each context it weighs: the plan's own and every one its longest-context search tries."""
@@ -178,6 +189,16 @@ class EngineProfile(Protocol):
                 expert_parallel: bool = False) -> str | None:
         """Why the engine refuses this layout (`expert_parallel`: the routed experts placed whole over the
         tensor-parallel ranks), or None when it accepts it."""
+        ...
+
+    def context_limit(self, spec: ModelSpec) -> ContextLimit | None:
+        """The longest context the engine starts `spec` with, or None when the spec does not say (explicit sizes
+        without a trained context)."""
+        ...
+
+    def context_refusal(self, spec: ModelSpec, context_length: int, allow_long: bool = False) -> str | None:
+        """Why the engine refuses to start `spec` for contexts of `context_length` tokens (above `context_limit`;
+        `allow_long`: the engine is told to accept them, vLLM's ``VLLM_ALLOW_LONG_MAX_MODEL_LEN=1``), or None."""
         ...
 
     def vocabulary_on_every_stage(self, spec: ModelSpec) -> str | None:

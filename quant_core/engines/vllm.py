@@ -48,7 +48,7 @@ from dataclasses import dataclass, replace
 from functools import lru_cache
 
 from quant_core.catalog import UNKNOWN_DEVICE, DeviceFacts
-from quant_core.engines.base import BatchLimits, KVCacheBackend, KVCapacity, Stage, Term
+from quant_core.engines.base import BatchLimits, ContextLimit, KVCacheBackend, KVCapacity, Stage, Term
 from quant_core.engines.torch_cuda import allocated_block_bytes, blas_workspace_bytes, compute_units
 from quant_core.engines.vllm_attention import (
     DEFAULT_BLOCK_SIZE,
@@ -97,6 +97,7 @@ from quant_core.engines.vllm_linear import (
     mla_kv_b_copy,
     weight_allocation_slack,
 )
+from quant_core.engines.vllm_max_len import derived_max_model_len, max_model_len_refusal
 from quant_core.engines.vllm_moe_buffers import (
     FusedMoeCaches,
     deep_gemm_capabilities,
@@ -1137,6 +1138,18 @@ class VllmProfile:
                     or vocabulary_refusal(spec, tensor_parallel))
         return (mlp_width_refusal(spec, tensor_parallel) or expert_width_refusal(spec, tensor_parallel, expert_parallel)
                 or vocabulary_refusal(spec, tensor_parallel))
+
+    def context_limit(self, spec: ModelSpec) -> ContextLimit | None:
+        """The longest ``--max-model-len`` this release starts `spec` with (`vllm_max_len.derived_max_model_len`)."""
+        return derived_max_model_len(spec, self.version)
+
+    def context_refusal(self, spec: ModelSpec, context_length: int, allow_long: bool = False) -> str | None:
+        """Why this release refuses ``--max-model-len`` `context_length` for `spec` (`vllm_max_len`); none with
+        `allow_long` (``VLLM_ALLOW_LONG_MAX_MODEL_LEN=1``), unless the release derives no length at all."""
+        limit = derived_max_model_len(spec, self.version)
+        if allow_long and (limit is None or limit.error is None):
+            return None
+        return max_model_len_refusal(spec, self.version, context_length)
 
     def vocabulary_on_every_stage(self, spec: ModelSpec) -> str | None:
         """Why each pipeline stage of `spec` holds the embedding, final norm and lm_head in vLLM: the model

@@ -97,8 +97,10 @@ def test_the_longest_context_fits_and_one_more_token_does_not(model: str) -> Non
         assert plan(spec, hardware, Workload(longest, 8), options).primary.fits
         if format_plan.context_limited_by == "memory":
             assert not plan(spec, hardware, Workload(longest + 1, 8), options).primary.fits
-        else:
+        else:  # vLLM's derived max_model_len: one more token is its refusal, whatever the memory
             assert longest == spec.max_position_embeddings
+            over = plan(spec, hardware, Workload(longest + 1, 8), options).primary
+            assert not over.fits and over.refusal is not None and "workload.context_length" in over.refusal
 
 
 @pytest.mark.parametrize("model", MODELS)
@@ -117,7 +119,9 @@ def test_the_most_sequences_fit_and_one_more_does_not(model: str) -> None:
 @pytest.mark.parametrize("model", [*MODELS, "deepseek-v3", "llama-3.1-405b", "qwen3-235b-a22b"])
 def test_the_fewest_devices_fit_and_one_fewer_does_not(model: str) -> None:
     spec = get_preset(model)
-    workload = Workload(32768, 4)
+    # 32,768 tokens, or the model's trained context below it: vLLM starts Gemma-2-9B at 8,192 and Phi-3-mini-4k at
+    # 4,096 at most (config/model.py _get_and_verify_max_len), and a refused context runs on no device count
+    workload = Workload(min(32768, spec.max_position_embeddings or 32768), 4)
     result = plan(spec, Hardware(H100, 1), workload)
     for key, format_plan in result.comparison.items():
         options = PlanOptions(weight_format=int4() if key == "int4" else float_format(key))
