@@ -2017,7 +2017,7 @@ def _format_plan(terms: _ModelTerms, hardware: Hardware, workload: Workload, ten
     engine = evaluator.engine
     context_refusal = None if engine is None else engine.context_refusal(evaluator.spec, workload.context_length,
                                                                           options.allow_long_max_model_len)
-    refusal = context_refusal or terms.refusal(evaluator, tensor_parallel, options.pipeline_parallel)
+    refusal = terms.refusal(evaluator, tensor_parallel, options.pipeline_parallel) or context_refusal
     if refusal is None:
         fits = terms.fits_predicate(evaluator, tensor_parallel, options.pipeline_parallel)
         max_context, limited_by = _max_context_started_at_it(evaluator, terms, layout, fits, workload)

@@ -534,9 +534,10 @@ function fitLine(fitAnswer) {
 
 // A refusal every format shares is not the weights': the input it is about, named and marked.  The planner's
 // warning for a refused KV cache or a device that runs no INT4 (quant_core/planner.py _warnings) says which, else
-// vLLM's own words for a parallel layout (VllmProfile.refusal); none is named when neither says.
+// vLLM's own words for a parallel layout (VllmProfile.refusal) or a context above its derived length; none is named
+// when neither says.
 const REFUSED_FIELD_LABELS = { "kv-dtype": "KV cache dtype", device: "Device", tensor: "Tensor parallel",
-  count: "Devices", pipeline: "Pipeline stages" };
+  count: "Devices", pipeline: "Pipeline stages", context: "Context" };
 
 function sharedRefusal(answer) {
   const results = Object.values(answer.comparison);
@@ -553,6 +554,10 @@ function refusedField(answer, refusal) {
     return asked ? ["tensor", answer.parallel.tensor] : ["count", answer.hardware.count];
   }
   if (/^vLLM refuses \d+ pipeline stages/.test(refusal)) return ["pipeline", answer.parallel.pipeline];
+  // above the max_model_len vLLM derives from the config (quant_core/engines/vllm_max_len.py)
+  if (/^vLLM [\d.]+ refuses a context \(workload\.context_length\)/.test(refusal)) {
+    return ["context", thousands(answer.workload.context_length)];
+  }
   return [null, null];
 }
 

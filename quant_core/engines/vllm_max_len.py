@@ -82,8 +82,8 @@ def derived_max_model_len(spec: ModelSpec, version: str) -> ContextLimit | None:
     accepted = ""
     if key == "model_max_length" and length > tokens:
         tokens, accepted = length, f" (model_max_length = {length} accepted above it)"
-    return ContextLimit(tokens, f"{', '.join(steps)}: {tokens} tokens{accepted}, vLLM {version}'s derived "
-                                "max_model_len (config/model.py _get_and_verify_max_len)")
+    derivation = f"{', '.join(steps)}: {tokens} tokens" if len(steps) > 1 else steps[0]
+    return ContextLimit(tokens, f"{derivation}{accepted}; vLLM {version}, config/model.py _get_and_verify_max_len")
 
 
 def max_model_len_refusal(spec: ModelSpec, version: str, context_length: int) -> str | None:
@@ -98,7 +98,7 @@ def max_model_len_refusal(spec: ModelSpec, version: str, context_length: int) ->
     if context_length <= limit.tokens:
         return None
     return (f"vLLM {version} refuses a context (workload.context_length) of {context_length} tokens for this model: "
-            f"it derives at most {limit.tokens} from the config ({limit.basis}) and raises \"User-specified "
+            f"it derives at most {limit.tokens} tokens from the config ({limit.basis}) and raises \"User-specified "
             f"max_model_len ({context_length}) is greater than the derived max_model_len\". A context of at most "
             f"{limit.tokens} tokens starts; or {ALLOW_LONG_ENV} (runtime.allow_long_max_model_len) lets it start "
             f"longer, which {ALLOW_LONG_WARNING}")

@@ -97,7 +97,8 @@ def test_plan_table_shows_gib_per_device_for_both_formats_with_verdicts() -> Non
 
 def test_plan_from_a_config_file_with_a_raw_memory_size(tmp_path: Path) -> None:
     config = {"model_type": "llama", "hidden_size": 4096, "num_hidden_layers": 32, "num_attention_heads": 32,
-              "num_key_value_heads": 8, "intermediate_size": 14336, "vocab_size": 128256}
+              "num_key_value_heads": 8, "intermediate_size": 14336, "vocab_size": 128256,
+              "max_position_embeddings": 131072}  # without it LlamaConfig's 2048: vLLM refuses the 4096 planned
     path = tmp_path / "config.json"
     path.write_text(json.dumps(config))
     status, out, _ = nibble("plan", "--config", str(path), "--memory-bytes", str(24 * 2**30), "--json")
@@ -447,7 +448,8 @@ def test_serve_on_a_port_in_use_exits_1_saying_so_not_uvicorns_3(server: str) ->
 
 def test_plan_from_a_local_checkpoint_directory_reads_its_headers_and_config(tmp_path: Path) -> None:
     config = {"model_type": "llama", "hidden_size": 256, "num_hidden_layers": 2, "num_attention_heads": 4,
-              "num_key_value_heads": 2, "intermediate_size": 512, "vocab_size": 1000}
+              "num_key_value_heads": 2, "intermediate_size": 512, "vocab_size": 1000,
+              "max_position_embeddings": 4096}  # the context planned (LlamaConfig's default 2048 is below it)
     (tmp_path / "config.json").write_text(json.dumps(config))
     tensors = {"model.embed_tokens.weight": np.zeros((1000, 256), np.float16),
                "lm_head.weight": np.zeros((1000, 256), np.float16),
@@ -480,7 +482,8 @@ def test_plan_from_a_gptq_checkpoint_directory_warns_that_sym_is_not_known_witho
     save_file({tensor.name: np.zeros(tensor.shape, numpy_dtypes[tensor.dtype])
                for tensor in gptq_headers(model_from_sizes(**TINY_LLAMA))}, str(tmp_path / "model.safetensors"))
     config = {"model_type": "llama", "hidden_size": 256, "num_hidden_layers": 2, "num_attention_heads": 4,
-              "num_key_value_heads": 2, "intermediate_size": 512, "vocab_size": 1000}
+              "num_key_value_heads": 2, "intermediate_size": 512, "vocab_size": 1000,
+              "max_position_embeddings": 4096}  # the context planned (LlamaConfig's default 2048 is below it)
     args = ("plan", "--checkpoint", str(tmp_path), "--device", "h100-80gb", "--engine-version", "0.19", "--json")
     (tmp_path / "config.json").write_text(json.dumps(config))
     status, out, err = nibble(*args)
@@ -510,7 +513,8 @@ def test_plan_from_a_sharded_checkpoint_over_http_sends_the_headers_as_files_and
         return response
 
     monkeypatch.setattr(httpx.Client, "post", recording_post)
-    args = ("plan", "--checkpoint", str(tmp_path / "ckpt"), "--device", "l4", "--json")
+    # the tiny llama states max_position_embeddings 256: vLLM refuses a longer context
+    args = ("plan", "--checkpoint", str(tmp_path / "ckpt"), "--device", "l4", "--context", "256", "--json")
     status, remote, err = nibble(*args, "--url", server)
     assert status == 0, err
     local = nibble(*args)[1]

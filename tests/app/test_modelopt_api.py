@@ -85,7 +85,7 @@ def _tiny_nvfp4_checkpoint(directory: Path) -> None:
     beside it, and the NVFP4 tensors (uint8 weight, e4m3 weight_scale per 16, f32 weight_scale_2 and input_scale)."""
     config = {"model_type": "llama", "architectures": ["LlamaForCausalLM"], "hidden_size": 256,
               "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2, "intermediate_size": 512,
-              "vocab_size": 1000, "torch_dtype": "bfloat16"}
+              "vocab_size": 1000, "torch_dtype": "bfloat16", "max_position_embeddings": 4096}
     (directory / "config.json").write_text(json.dumps(config))
     (directory / "hf_quant_config.json").write_text(json.dumps(NVFP4_HF_QUANT_CONFIG))
     bf16 = ml_dtypes.bfloat16

@@ -547,7 +547,8 @@ def test_a_gptq_plan_from_headers_alone_warns_that_sym_is_not_known_unless_its_c
     tensors = {tensor.name: (tensor.dtype, list(tensor.shape), tensor.bytes)
                for tensor in gptq_headers(model_from_sizes(**TINY_LLAMA))}
     config = {"model_type": "llama", "hidden_size": 256, "num_hidden_layers": 2, "num_attention_heads": 4,
-              "num_key_value_heads": 2, "intermediate_size": 512, "vocab_size": 1000, "torch_dtype": "bfloat16"}
+              "num_key_value_heads": 2, "intermediate_size": 512, "vocab_size": 1000, "torch_dtype": "bfloat16",
+              "max_position_embeddings": 4096}  # the context planned (LlamaConfig's default 2048 is below it)
     header = {"file": "model.safetensors", "header_base64": _safetensors_header_b64(tensors)}
     body = {"model": {"hf_config": config}, "hardware": {"device": "h100-80gb"},
             "runtime": {"engine_version": "0.33"}, "checkpoint": {"headers": [header]}}
@@ -830,3 +831,31 @@ def test_the_generic_engine_without_vllm_options_is_planned(client: TestClient) 
                                              "runtime": {"engine": "generic", "enforce_eager": False}})
     assert response.status_code == 200, response.text[:300]
     assert response.json()["engine"]["name"] == "generic"
+
+
+def test_gpt2_at_32768_tokens_does_not_fit_vllm_refuses_the_context(client: TestClient) -> None:
+    # vLLM derives gpt2's max_model_len from n_positions, 1024, and refuses --max-model-len 32768 (config/model.py
+    # _get_and_verify_max_len); the plan answered fits with a warning before
+    body = client.post("/v1/plan", json={"model": {"preset": "gpt2"}, "hardware": {"device": "h100-80gb"},
+                                         "workload": {"context_length": 32768}}).json()
+    assert body["fits"] is False
+    assert body["refusal"].startswith("vLLM 0.19 refuses a context (workload.context_length) of 32768 tokens")
+    assert "n_positions = 1024" in body["refusal"] and "VLLM_ALLOW_LONG_MAX_MODEL_LEN=1" in body["refusal"]
+    for result in body["comparison"].values():
+        assert (result["fits"], result["refusal"], result["max_context_length"]) == (False, body["refusal"], None)
+    at_1024 = client.post("/v1/plan", json={"model": {"preset": "gpt2"}, "hardware": {"device": "h100-80gb"},
+                                            "workload": {"context_length": 1024}}).json()
+    assert at_1024["fits"] is True and at_1024["refusal"] is None
+    assert at_1024["comparison"]["int4"]["max_context_length"] == 1024
+
+
+def test_allow_long_max_model_len_plans_past_the_derived_length_with_vllms_warning(client: TestClient) -> None:
+    request = {"model": {"preset": "gpt2"}, "hardware": {"device": "h100-80gb"},
+               "workload": {"context_length": 32768}, "runtime": {"allow_long_max_model_len": True}}
+    body = client.post("/v1/plan", json=request).json()
+    assert body["fits"] is True and body["refusal"] is None
+    assert any("VLLM_ALLOW_LONG_MAX_MODEL_LEN=1" in warning for warning in body["warnings"])
+    generic = client.post("/v1/plan", json={**request, "runtime": {"engine": "generic",
+                                                                   "allow_long_max_model_len": True}})
+    assert generic.status_code == 422
+    assert generic.json()["errors"][0]["field"] == "runtime.allow_long_max_model_len"

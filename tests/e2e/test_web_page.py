@@ -64,7 +64,9 @@ def test_llama_70b_on_one_h100_fits_only_at_int4_until_the_context_grows(browser
     assert page.locator("#sweep line.marker[data-format='int4']").count() == 1
     page.screenshot(path=str(ARTIFACTS / "page-fits-int4.png"), full_page=True)
 
-    plan(page, 262144)  # 256 Ki tokens of bf16 KV cache: 80 GiB on its own
+    # 128 Ki tokens of bf16 KV cache, 40 GiB beside INT4's weights: 79.33 GiB of 71.20 usable (256 Ki tokens, 80 GiB
+    # of KV cache on its own, is above the 131,072 vLLM derives from Llama-3.1's config: refused, not a memory miss)
+    plan(page, 131072)
     assert page.locator("#verdict p[data-format='int4']").get_attribute("data-fits") == "false"
     assert "does not fit, even at INT4" in page.inner_text("#verdict .verdict-head")
     assert page.locator("#bars g.bar[data-fits='false']").count() == 2

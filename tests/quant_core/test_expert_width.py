@@ -39,10 +39,11 @@ def test_glm_4_5_air_1408_wide_experts_refuse_the_ranks_that_do_not_divide_them(
 
 
 def test_the_fewest_devices_for_glm_4_5_air_skip_24_ranks() -> None:
-    # at 155,648 tokens x 16 sequences on H100s, bf16 does not fit on 16 ranks; 24 would have the room but vLLM
-    # refuses it (1408 % 24): the fewest devices are 32
+    # at 131,072 tokens x 19 sequences on H100s, bf16 does not fit on 16 ranks; 24 would have the room but vLLM
+    # refuses it (1408 % 24): the fewest devices are 32.  (The same 2,490,368 tokens as 155,648 x 16, which is above
+    # the 131,072 vLLM derives from GLM-4.5-Air's config: refused on any count.)
     spec = get_preset("glm-4.5-air")
-    workload = Workload(155_648, 16)
+    workload = Workload(131_072, 19)
     bf16 = PlanOptions(weight_format=float_format("bf16"))
     assert not plan(spec, Hardware(H100, 16), workload, bf16).primary.fits
     on_24 = plan(spec, Hardware(H100, 24), workload, bf16).primary

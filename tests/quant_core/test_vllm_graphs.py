@@ -265,7 +265,7 @@ REVIEWED_PLAN_INPUTS = {
                     "block_size", "tensor_parallel", "pipeline_parallel", "memory_utilization",
                     "runtime_overhead_bytes", "activation_bytes", "max_batched_tokens", "max_num_seqs", "engine",
                     "engine_version", "enforce_eager", "config_dtype", "expert_parallel", "kv_cache_dtype_auto",
-                    "data_parallel", "speculative"},
+                    "data_parallel", "speculative", "allow_long_max_model_len"},
     "Workload": {"context_length", "concurrent_sequences"},
     "Hardware": {"capacity_bytes", "count", "device_id", "name", "compute_capability", "compute_units"},
 }
