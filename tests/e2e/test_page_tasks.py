@@ -548,6 +548,9 @@ def test_a_kv_cache_the_chosen_vllm_release_lacks_is_refused_with_the_apis_reaso
     ("?model=deepseek-v2-lite&device=a100-80gb&count=1&kv=fp8", "kv-dtype", "KV cache dtype (fp8)"),
     # no MLA prefill below compute capability 8.0 in any release: the refusal is the device's
     ("?model=deepseek-v2-lite&device=v100-32gb&count=1", "device", "Device (NVIDIA V100 32GB)"),
+    # above the 1,024 tokens vLLM derives from gpt2's n_positions (config/model.py _get_and_verify_max_len): the
+    # refusal is the context's
+    ("?model=gpt2&device=h100-80gb&count=1&ctx=32768", "context", "Context (32,768)"),
 ])
 def test_a_refusal_of_every_format_is_said_once_on_its_field_and_nothing_more_is_asked(
         browser: Any, live_server: str, query: str, field: str, named: str) -> None:
