@@ -777,8 +777,11 @@ function renderBars(answer) {
     ["Capacity", "key-capacity"], ["Usable (capacity × utilization)", "key-usable"]]);
 }
 
-function pointState(row) {
+function pointState(row, result) {
   // A point fits only within memory AND within the model's trained context (the row's longest context is capped by it).
+  // Past the length the plan's longest context is capped at (vLLM's derived max_model_len), vLLM refuses the row's
+  // context: beyond, not a memory miss.
+  if (result && result.context_limited_by === "model" && row.context_length > result.max_context_length) return "beyond";
   if (!row.fits) return "over";
   if (row.max_context_length !== null && row.context_length > row.max_context_length) return "beyond";
   return "fits";
@@ -833,7 +836,7 @@ function renderSweep(sweep, answer) {
     const points = rows.map((r) => `${x(r.context_length).toFixed(1)},${y(r.max_device_used_bytes).toFixed(1)}`).join(" ");
     svg.append(svgElement("polyline", { points, class: `line ${cls}`, "data-format": name }));
     for (const r of rows) {
-      const state = pointState(r);
+      const state = pointState(r, result);
       beyondSeen = beyondSeen || state === "beyond";
       const dot = svgElement("circle", { cx: x(r.context_length), cy: y(r.max_device_used_bytes), r: 3.5,
         class: `dot ${cls} ${state === "fits" ? "" : state}`, "data-state": state, "data-context": r.context_length, "data-format": name });
@@ -871,7 +874,7 @@ function renderSweep(sweep, answer) {
     const result = answer.comparison[names[i]];
     for (const r of seriesRows) {
       rows.push({ cells: [thousands(r.context_length), formatTitle(names[i] || r.format), size(r.max_device_used_bytes),
-        result && result.refusal ? "no: refused by the engine" : words[pointState(r)]] });
+        result && result.refusal ? "no: refused by the engine" : words[pointState(r, result)]] });
     }
   });
   fillTable("sweep-table", rows);
