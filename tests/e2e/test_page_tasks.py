@@ -418,8 +418,10 @@ def test_the_csv_of_a_refused_plan_says_refused_beside_each_devices_memory_fit(b
 
 def test_a_pasted_config_is_named_after_its_model_and_its_unused_keys_are_noted(browser: Any,
                                                                                 live_server: str) -> None:
+    # max_position_embeddings as Llama-3.1-8B's: without it LlamaConfig's default 2048 stands, and vLLM refuses 4,096
     config = {"_name_or_path": "my-org/my-8b", "model_type": "llama", "hidden_size": 4096, "num_hidden_layers": 32,
-              "num_attention_heads": 32, "num_kv_heads": 8, "intermediate_size": 14336, "vocab_size": 128256}
+              "num_attention_heads": 32, "num_kv_heads": 8, "intermediate_size": 14336, "vocab_size": 128256,
+              "max_position_embeddings": 131072}
     page = open_page(browser, live_server)
     page.check("input[name='model-source'][value='config']")
     page.fill("#model-config", json.dumps(config))
@@ -437,6 +439,7 @@ def test_the_kv_cache_dtype_defaults_to_the_engines_auto_as_the_api_does(browser
     config = {"_name_or_path": "my-org/my-8b-fp8", "model_type": "llama", "hidden_size": 4096,
               "num_hidden_layers": 32, "num_attention_heads": 32, "num_key_value_heads": 8,
               "intermediate_size": 14336, "vocab_size": 128256, "torch_dtype": "bfloat16",
+              "max_position_embeddings": 131072,  # LlamaConfig's default 2048 is below the 4,096 planned
               "quantization_config": {"quant_method": "modelopt", "quant_algo": "FP8", "kv_cache_quant_algo": "FP8",
                                       "exclude_modules": ["lm_head"]}}
     page = open_page(browser, live_server)
