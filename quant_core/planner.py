@@ -46,7 +46,7 @@ from __future__ import annotations
 
 import copy
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
 from functools import lru_cache
 from typing import cast
@@ -2293,6 +2293,30 @@ def plan(spec: ModelSpec, hardware: Hardware, workload: Workload | None = None,
         max_num_seqs=limits.max_num_seqs,
         data_parallel=data,
     )
+
+
+def mix_format_refusals(spec: ModelSpec, hardware: Hardware, weight_formats: Iterable[WeightFormat],
+                        options: PlanOptions | None = None) -> dict[str, str]:
+    """Why the engine of `options` refuses a per-tensor mix (`WeightScheme.mix`, `fit.fit_plan`'s) for holding
+    tensors stored as each of `weight_formats` on `hardware`'s devices, by label, for those it refuses (a 16-bit
+    format, any format without an engine, is never refused): the check `plan` makes of each quantized format of a
+    mix (`_ModelTerms.formats`, asked by `_Evaluator.device_refusal` through `EngineProfile.device_refusal` at the
+    devices' compute capability and the model's dtype, with no quantization_config's method), asked of each format
+    alone without planning.  What the engine refuses of every mix (the model's attention on the device: the check of
+    a mix without quantized tensors) is not a format's: none is refused for it, and the plan of any mix says it.
+    The setup is made for this call and not kept (`_plan_setup_of`: a fit's options are made for it)."""
+    setup = _plan_setup(spec, hardware, options or _DEFAULT_OPTIONS)
+    engine, capability, model_dtype = setup.engine, setup.device.compute_capability, setup.options.model_dtype
+    if engine is None or engine.device_refusal(spec, "mixed", capability, None, model_dtype) is not None:
+        return {}
+    refused: dict[str, str] = {}
+    for weight_format in weight_formats:
+        label = weight_format.label()
+        if weight_format.is_quantized and label not in refused:
+            reason = engine.device_refusal(spec, label, capability, weight_format, model_dtype)
+            if reason is not None:
+                refused[label] = reason
+    return refused
 
 
 def _over_replicas(found: FormatPlan, data: int) -> FormatPlan:

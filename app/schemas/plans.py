@@ -688,6 +688,9 @@ class FitOut(BaseModel):
     formats_by_role: dict[str, dict[str, int]]
     next_step_weights_bytes: int | None = Field(description="The weights of the next larger mix, which does not "
                                                             "fit; null when every tensor is already 16-bit.")
+    refused_formats: dict[str, str] = Field(description="The formats the mix may take (by label) that the engine "
+                                                        "refuses on these devices, each with the engine's reason: "
+                                                        "no tensor takes them.")
     assumptions: list[str]
 
 
@@ -771,7 +774,8 @@ def fit_dict(recipe: FitRecipe) -> dict[str, object]:
                        "output": "nibble"},
             "bits_per_weight": float(recipe.bits_per_weight), "elements": recipe.elements,
             "formats": dict(recipe.formats), "formats_by_role": {k: dict(v) for k, v in recipe.formats_by_role.items()},
-            "next_step_weights_bytes": recipe.next_step_weights_bytes, "assumptions": list(recipe.assumptions)}
+            "next_step_weights_bytes": recipe.next_step_weights_bytes,
+            "refused_formats": dict(recipe.refused_formats), "assumptions": list(recipe.assumptions)}
 
 
 def answer_plan_json(body: PlanRequest, spec: ModelSpec, hardware: Hardware, workload: Workload,
