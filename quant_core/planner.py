@@ -2651,6 +2651,8 @@ def _warnings(spec: ModelSpec, hardware: Hardware, workload: Workload, options: 
                    f"weights: {kv_refused}.")
     elif int4_refused is not None:
         out.append(f"The model cannot run at INT4 on this device: {int4_refused}.")
+    elif int4_plan.refusal is not None:  # refused at this layout, not for want of memory
+        out.append(f"The model cannot run at INT4 on {devices} device(s): {int4_plan.refusal}.")
     elif not int4_plan.fits:
         need = int4_plan.min_devices
         if int4_plan.refusal is None and all(device.used_bytes <= device.usable_bytes for device in int4_plan.devices):
@@ -2663,13 +2665,19 @@ def _warnings(spec: ModelSpec, hardware: Hardware, workload: Workload, options: 
             more = (f"; no tensor-parallel degree engines accept for this model fits (the largest is {largest} "
                     "device(s)): pipeline stages (parallel.pipeline) spread the layers over more devices")
         out.append(f"The model does not fit even at INT4 on {devices} device(s) for this workload{more}.")
+    elif baseline.refusal is not None:
+        out.append(f"The model fits at INT4, but cannot run at 16-bit ({baseline_key}) on {devices} device(s): "
+                   f"{baseline.refusal}.")
     elif not baseline.fits:
         out.append(f"The model fits at INT4 but not at 16-bit ({baseline_key}) on {devices} device(s).")
     if not primary.fits and primary.format not in (int4_plan.format, baseline.format):
         fitting = [name for name, other in (("INT4", int4_plan), (f"16-bit ({baseline_key})", baseline))
                    if other.fits]
         also = f"; it fits at {' and at '.join(fitting)}" if fitting else ""
-        out.append(f"The model does not fit as {primary.format} on {devices} device(s) for this workload{also}.")
+        if primary.refusal is not None:  # a refused format is said refused, with the engine's reason
+            out.append(f"The model cannot run as {primary.format} on {devices} device(s): {primary.refusal}{also}.")
+        else:
+            out.append(f"The model does not fit as {primary.format} on {devices} device(s) for this workload{also}.")
     dtype_note = None if engine is None else engine.device_dtype_note(spec, hardware.compute_capability)
     if dtype_note is not None:
         out.append(f"{dtype_note}.")

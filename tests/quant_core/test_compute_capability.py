@@ -186,6 +186,21 @@ def test_gguf_and_bitsandbytes_are_refused_on_every_device_by_0_33_which_has_nei
             assert result.fits is not refused_anywhere
 
 
+def test_a_deployed_format_the_release_refuses_is_warned_as_refused_with_the_reason_not_as_not_fitting() -> None:
+    """Llama-3.1-70B as GGUF Q4_K_M on two A100-40GB under vLLM 0.33, which has no GGUF: the warning said "The model
+    does not fit as gguf-q4_k_m on 2 device(s) for this workload; it fits at INT4", though each device's memory holds
+    its share: it says the engine's refusal."""
+    spec = get_preset_info("llama-3.1-70b").spec
+    device = get_device("a100-40gb")
+    result = plan(spec, Hardware(device.planning_bytes, 2, device.id, device.name), Workload(4096, 1),
+                  PlanOptions(scheme=gguf_scheme("gguf-q4_k_m"), engine_version="0.33"))
+    refusal = capability_refusal("0.33", "gguf-q4_k_m", (8, 0))
+    assert refusal is not None and result.refusal == refusal and not result.fits
+    assert all(device.used_bytes <= device.usable_bytes for device in result.primary.devices)
+    assert f"The model cannot run as gguf-q4_k_m on 2 device(s): {refusal}; it fits at INT4." in result.warnings
+    assert not any("does not fit as gguf-q4_k_m" in warning for warning in result.warnings)
+
+
 def test_hardware_in_bytes_is_not_refused_but_the_answer_says_the_capability_was_not_checked() -> None:
     spec = get_preset_info("gpt-oss-20b").spec
     scheme = scheme_of(block_format("mxfp4"))
