@@ -129,6 +129,25 @@ def test_qwen3_30b_fp8_per_tensor_plan_on_a100_charges_the_padded_experts() -> N
     assert "marlin_moe_padded_intermediate" in answer.runtime_overhead.basis
 
 
+def test_qwen3_30b_fp8_per_tensor_plan_on_a100_does_not_fit_where_the_padded_repack_has_no_room_to_load() -> None:
+    # 8 devices of 9.25 GiB at memory_utilization 0.7735, eager, 1024 tokens, one sequence: serving fits (22 MB of
+    # headroom), and the budget still free while loading (usable less weights and overhead, 0.12 GiB: the KV pool
+    # and profiling peak allocated later) would hold the 101,056,512 bytes of an unpadded repack; the padded one's
+    # 235,405,312 leaves 0.10 GiB beside the 2.04 GiB start-up memory, more than the 2.10 GiB the budget leaves free
+    info = get_preset_info("qwen3-30b-a3b")
+    scheme = scheme_from_quantization_config(PER_TENSOR)
+    answer = plan(info.spec, Hardware(int(9.25 * GIB), 8, "a100-80gb"), Workload(1024, 1),
+                  PlanOptions(scheme=scheme, engine_version="0.33", memory_utilization=0.7735, enforce_eager=True,
+                              tensor_parallel=8, max_batched_tokens=1024, max_num_seqs=1))
+    device = answer.primary.devices[0]
+    assert device.headroom_bytes >= 0
+    room = device.usable_bytes - device.weights_bytes - device.overhead_bytes
+    assert 101_056_512 < room < 235_405_312
+    assert not answer.primary.fits
+    assert any("would run out of memory loading the model" in warning and "marlin_moe_padded_intermediate"
+               in warning for warning in answer.warnings)
+
+
 # --- Qwen2.5-72B, fp8 linear layers at TP 8 on A100 --------------------------------------------------------------
 # Per rank: qkv_proj (N (8 + 2) x 128 = 1280, K 8192) and o_proj (N 8192, K 1024) aligned; gate_up_proj
 # N 2 x 29568 / 8 = 7392 (115.5 x 64), K 8192 and down_proj N 8192, K 3696 (28.875 x 128, 57.75 x 64).
