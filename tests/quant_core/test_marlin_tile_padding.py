@@ -26,13 +26,20 @@ model_executor/kernels/linear/mixed_precision/marlin.py); 0.11 and 0.19 have non
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 
 from quant_core.catalog import device_facts, get_preset_info
 from quant_core.engines.base import Stage
 from quant_core.engines.vllm import VllmProfile
-from quant_core.engines.vllm_expert_layouts import fp8_expert_repack_bytes
-from quant_core.engines.vllm_linear import _marlin_padded_nk, fp8_marlin_linear_repack_bytes, gptq_dense_kernel
+from quant_core.engines.vllm_expert_layouts import fp8_expert_repack_bytes, fp8_marlin_expert_padding_bytes
+from quant_core.engines.vllm_linear import (
+    _marlin_padded_nk,
+    fp8_marlin_linear_repack_bytes,
+    fp8_marlin_padding_bytes,
+    gptq_dense_kernel,
+)
 from quant_core.planner import Hardware, PlanOptions, Workload, plan
 from quant_core.schemes import scheme_from_quantization_config
 
@@ -198,6 +205,42 @@ def test_glm_45_air_block_fp8_at_tp_1_pads_the_dense_down_proj_on_the_stage_hold
     second = _stage("glm-4.5-air", 1, (23, 46))
     assert (_bytes(VllmProfile("0.33").linear_layout(second, "fp8-block128", A100))
             == _bytes(VllmProfile("0.19").linear_layout(second, "fp8-block128", A100)))
+
+
+def test_fp8_linear_padding_of_one_layer_by_its_scales() -> None:
+    # GLM-4.5-Air's down_proj at TP 1 (N 4096, K 10944 -> 11008): 4096 x 64 weight bytes, its block scales
+    # [11008 / 128 = 86, 4096] as unpadded (ceil(10944 / 128) = 86): 262,144; none before 0.33
+    assert fp8_marlin_padding_bytes(4096, 10944, "0.33", "block") == 262_144
+    assert fp8_marlin_padding_bytes(4096, 10944, "0.19", "block") == 0
+    # a block layer whose N pads: (2144, 7168) -> (2176, 7168): 32 x 7168 = 229,376 weight bytes and 32 more
+    # columns of 56 16-bit group scales, 2 x 32 x 56 = 3,584
+    assert fp8_marlin_padding_bytes(2144, 7168, "0.33", "block") == 229_376 + 3_584
+    # Qwen2.5-72B's gate_up at TP 8 (7392 -> 7424 rows of 8192): 262,144 weight bytes; a scale a tensor adds 32
+    # 16-bit values; a scale a channel, 2 x 7424 bytes held, stays below the checkpoint's 4 x 7392
+    assert fp8_marlin_padding_bytes(7392, 8192, "0.33", "tensor") == 262_144 + 64
+    assert fp8_marlin_padding_bytes(7392, 8192, "0.33", "channel") == 262_144
+
+
+def test_fp8_expert_padding_of_one_expert_by_its_scales() -> None:
+    # width 96 -> 128 (lcm(64, 128) = 128 for blocks as well), hidden 2048: 3 x 32 x 2048 = 196,608 weight bytes;
+    # w13's 16-bit scales gain 2 x 32 columns: 16 group rows for blocks (2 x 16 x 64 = 2,048 bytes), one for a
+    # tensor (128 bytes), none beyond the checkpoint's float32 for a channel (2 x 2 x 128 < 4 x 2 x 96); w2's keep
+    # ceil(96 / 128) = 1 group = 128 / 128
+    assert fp8_marlin_expert_padding_bytes(96, 2048, "0.33", "block") == 196_608 + 2_048
+    assert fp8_marlin_expert_padding_bytes(96, 2048, "0.33", "tensor") == 196_608 + 128
+    assert fp8_marlin_expert_padding_bytes(96, 2048, "0.33", "channel") == 196_608
+    assert fp8_marlin_expert_padding_bytes(96, 2048, "0.19", "tensor") == 0
+    assert fp8_marlin_expert_padding_bytes(768, 2048, "0.33", "tensor") == 0
+
+
+def test_a_padded_qkv_proj_pads_its_bias_too() -> None:
+    # Qwen2.5-72B with a head_dim of 80 (a made-up shape: no catalog model pads its qkv_proj) at TP 8: qkv_proj
+    # N (8 + 2) x 80 = 800 -> 832 with K 8192, its bias 2 x 32 = 64 bytes more (marlin_pad_dim); o_proj N 8192,
+    # K 640 (5 x 128) aligned.  Per layer 32 x 8192 + the MLP's 393,216 = 655,360, + 64 of bias:
+    # 80 x 655,424 = 52,433,920 with a scale a channel
+    spec = dataclasses.replace(get_preset_info("qwen2.5-72b-instruct").spec, head_dim=80)
+    stage = Stage(spec, 8, 1, (0, spec.num_layers), True)
+    assert _bytes(VllmProfile("0.33").linear_layout(stage, "fp8-per-channel", A100)) == 52_433_920
 
 
 # --- misaligned int4 GPTQ linear layers -------------------------------------------------------------------------
