@@ -148,8 +148,9 @@ let typedAtSubmit = {};
 
 function inUserTerms(message, target) {
   // "memory_bytes=-85899345920: must be positive" -> "“-80GiB”: must be positive"; byte counts in the unit shown.
+  // A pasted config holds many keys: its messages keep the key they name ("num_hidden_layers=None: required ...").
   let text = message;
-  const match = /^[\w.[\]]+=\S*: (.*)$/s.exec(text);
+  const match = target.id === "model-config" ? null : /^[\w.[\]]+=\S*: (.*)$/s.exec(text);
   const typed = typedAtSubmit[target.id];
   if (match) text = typed !== undefined ? `“${typed}”: ${match[1]}` : match[1];
   if (target.id === "memory") text = text.replace(/\b\d{7,}\b/g, (n) => sized(Number(n)));
@@ -321,14 +322,18 @@ async function runPlan() {
     const sweepBody = { ...body, sweep: { context_lengths: sweepContexts(body.workload.context_length, answer), formats } };
     const { parallel, ...withoutParallel } = body;
     const devicesBody = { ...withoutParallel, sweep: { devices: deviceIds } };
+    // No context runs where the engine refuses every format: that chart is not asked for.  The devices side by side
+    // still are: they say which device types run it.
+    const runs = Object.values(answer.comparison).some((result) => !result.refusal);
+    $("sweep-figure").hidden = !runs;
     const [sweep, devices] = await Promise.all([
-      postPlan("/v1/plan/sweep", sweepBody),
+      runs ? postPlan("/v1/plan/sweep", sweepBody) : Promise.resolve(null),
       deviceIds.length ? postPlan("/v1/plan/sweep", devicesBody).catch(() => null) : Promise.resolve(null),
     ]);
     if (ticket !== planSequence) return;
     shown.sweep = sweep;
     shown.devices = devices && devices.devices;
-    renderSweep(sweep, answer);
+    if (sweep) renderSweep(sweep, answer);
     renderDevices(shown.devices, answer);
   } catch (error) {
     if (ticket === planSequence) {
@@ -392,14 +397,17 @@ function csvCell(value) {
 }
 
 function planCsv(answer) {
-  // One row per format and device, in bytes, as the API answers them.
+  // One row per format and device, in bytes, as the API answers them; a device's fits is its memory only, so the
+  // engine's refusal of the format (empty when none) goes beside it: a refused format does not run whatever fits says.
   const header = ["model", "format", "device", "pipeline_stage", "tensor_rank", "weights_bytes", "kv_cache_bytes",
-    "activation_bytes", "overhead_bytes", "used_bytes", "usable_bytes", "capacity_bytes", "headroom_bytes", "fits"];
+    "activation_bytes", "overhead_bytes", "used_bytes", "usable_bytes", "capacity_bytes", "headroom_bytes", "fits",
+    "refusal"];
   const rows = [header];
   for (const [name, result] of Object.entries(answer.comparison)) {
     for (const d of result.devices) {
       rows.push([answer.model, name, d.index, d.pipeline_stage, d.tensor_rank, d.weights_bytes, d.kv_cache_bytes,
-        d.activation_bytes, d.overhead_bytes, d.used_bytes, d.usable_bytes, d.capacity_bytes, d.headroom_bytes, d.fits]);
+        d.activation_bytes, d.overhead_bytes, d.used_bytes, d.usable_bytes, d.capacity_bytes, d.headroom_bytes, d.fits,
+        result.refusal || ""]);
     }
   }
   return rows.map((row) => row.map(csvCell).join(",")).join("\r\n") + "\r\n";
@@ -447,14 +455,20 @@ function formatTitle(name) {
   return name;
 }
 
-function verdictSentence(name, result) {
+function verdictSentence(name, result, shared) {
   const title = formatTitle(name);
   if (result.fits) {
     const headroom = Math.min(...result.devices.map((d) => d.headroom_bytes));
     return `${title}: fits, with ${sized(headroom)} to spare on the fullest device.`;
   }
-  if (result.refusal) return `${title}: refused by the engine: ${result.refusal}.`;
   const worst = result.devices.reduce((a, b) => (b.headroom_bytes < a.headroom_bytes ? b : a));
+  if (result.refusal && result.refusal === shared) {
+    // the reason is said once above the formats; each says what its memory alone would do, as the CLI does
+    const memory = result.devices.every((d) => d.fits) ? "its memory alone would fit"
+      : `nor would its memory fit: device ${worst.index} needs ${sized(worst.used_bytes)} of ${sized(worst.usable_bytes)} usable`;
+    return `${title}: refused by the engine (the reason above); ${memory}.`;
+  }
+  if (result.refusal) return `${title}: refused by the engine: ${result.refusal}.`;
   const more = result.min_devices ? ` It would fit on ${result.min_devices} devices.` : " It does not fit on any number of these devices.";
   return `${title}: does not fit; device ${worst.index} needs ${sized(worst.used_bytes)} but only ` +
     `${sized(worst.usable_bytes)} is usable.${more}`;
@@ -484,11 +498,12 @@ function fillTable(id, rows) {
   }
 }
 
-// When 16-bit does not fit: the planner's largest per-tensor mix that fits (weights.format "fit") and the
-// recipe POST /v1/quantize takes for it, or why none fits.
+// When 16-bit does not fit in memory: the planner's largest per-tensor mix that fits (weights.format "fit") and the
+// recipe POST /v1/quantize takes for it, or why none fits.  Not asked when the engine refuses 16-bit: a mix keeps
+// 16-bit tensors, so its answer would be the same refusal again.
 async function fetchFit(body, answer) {
   const sixteen = answer.comparison.bf16 || answer.comparison.fp16 || answer.comparison.fp32;
-  if (!sixteen || sixteen.fits || body.checkpoint) return null;
+  if (!sixteen || sixteen.fits || sixteen.refusal || body.checkpoint) return null;
   const { weights, ...rest } = body;
   try {
     const fitAnswer = await postJson("/v1/plan", { ...rest, weights: { format: "fit" } });
@@ -504,7 +519,9 @@ function fitLine(fitAnswer) {
   line.className = fit.fits ? "fits" : "no-fit";
   line.dataset.format = "fit";
   if (!fit.fits) {
-    line.textContent = `No mix of int4, int8 and 16-bit fits: ${fit.reason}.`;
+    // its byte counts (quant_core/fit.py: "needs N bytes more (U used of A usable)") in the unit the page shows
+    const reason = fit.reason.replace(/\b(\d{7,})( bytes)?/g, (_, bytes) => sized(Number(bytes)));
+    line.textContent = `No mix of int4, int8 and 16-bit fits: ${reason}.`;
     return line;
   }
   const mix = Object.entries(fit.formats).map(([name, count]) => `${count} × ${name}`).join(", ");
@@ -512,6 +529,44 @@ function fitLine(fitAnswer) {
   line.textContent = `Best mix that fits: ${fit.bits_per_weight.toFixed(2)} bits per weight on the quantized layers ` +
     `(${mix}), ${sized(fitAnswer.weights.bytes)} of weights. Quantize it with POST /v1/quantize: method=${recipe.method} ` +
     `budget_bytes=${recipe.budget_bytes}${recipe.include ? ` include=${recipe.include}` : ""} output=${recipe.output}.`;
+  return line;
+}
+
+// A refusal every format shares is not the weights': the input it is about, named and marked.  The planner's
+// warning for a refused KV cache or a device that runs no INT4 (quant_core/planner.py _warnings) says which, else
+// vLLM's own words for a parallel layout (VllmProfile.refusal); none is named when neither says.
+const REFUSED_FIELD_LABELS = { "kv-dtype": "KV cache dtype", device: "Device", tensor: "Tensor parallel",
+  count: "Devices", pipeline: "Pipeline stages" };
+
+function sharedRefusal(answer) {
+  const results = Object.values(answer.comparison);
+  const first = results.length ? results[0].refusal : null;
+  return first && results.every((result) => result.refusal === first) ? first : null;
+}
+
+function refusedField(answer, refusal) {
+  const warned = (start) => answer.warnings.some((text) => text.startsWith(start) && text.includes(refusal));
+  if (warned(`The model cannot run with its ${answer.kv_cache.dtype} KV cache`)) return ["kv-dtype", answer.kv_cache.dtype];
+  if (warned("The model cannot run at INT4 on this device") && answer.hardware.device) return ["device", answer.hardware.name];
+  if (/^vLLM refuses tensor parallel size/.test(refusal)) {
+    const asked = shown && shown.body.parallel && shown.body.parallel.tensor !== undefined;
+    return asked ? ["tensor", answer.parallel.tensor] : ["count", answer.hardware.count];
+  }
+  if (/^vLLM refuses \d+ pipeline stages/.test(refusal)) return ["pipeline", answer.parallel.pipeline];
+  return [null, null];
+}
+
+function refusalLine(answer, refusal) {
+  const [field, value] = refusedField(answer, refusal);
+  const line = document.createElement("p");
+  line.className = "no-fit refusal";
+  line.textContent = field ? `${REFUSED_FIELD_LABELS[field]} (${value}) is refused: ${refusal}.` : `The engine's reason: ${refusal}.`;
+  if (field) {
+    line.dataset.field = field;
+    const engine = answer.engine.name === "vllm" ? `vLLM ${answer.engine.version}` : `the ${answer.engine.name} engine`;
+    $(`err-${field}`).textContent = `refused by ${engine}: the verdict says why`;
+    markInvalid($(field));
+  }
   return line;
 }
 
@@ -525,12 +580,14 @@ function renderPlan(answer) {
   const fitting = entries.filter(([, r]) => r.fits).map(([n]) => formatTitle(n));
   head.textContent = verdictHeadText(answer, entries, fitting);
   verdict.append(head);
+  const shared = sharedRefusal(answer);
+  if (shared) verdict.append(refusalLine(answer, shared));
   for (const [name, result] of entries) {
     const line = document.createElement("p");
     line.className = result.fits ? "fits" : "no-fit";
     line.dataset.format = name;
     line.dataset.fits = String(result.fits);
-    line.textContent = verdictSentence(name, result);
+    line.textContent = verdictSentence(name, result, shared);
     verdict.append(line);
   }
   const context = document.createElement("p");
@@ -562,7 +619,9 @@ function renderPlan(answer) {
     result.min_devices ?? "none"] })));
   renderSpeed(answer);
   const warnings = $("warnings");
-  warnings.replaceChildren(...answer.warnings.map((text) => {
+  // a warning that repeats a refusal the verdict gives is left out: the reason is said once
+  const refusals = entries.map(([, result]) => result.refusal).filter(Boolean);
+  warnings.replaceChildren(...answer.warnings.filter((text) => !refusals.some((refusal) => text.includes(refusal))).map((text) => {
     const item = document.createElement("li");
     item.textContent = text;
     return item;
@@ -581,11 +640,12 @@ function renderSpeed(answer) {
   if (!speed) return;
   // A bound for a format that does not fit would answer a question nobody can deploy: say so instead.
   const rows = Object.entries(speed.formats).map(([name, bound]) => {
-    const fits = answer.comparison[name] ? answer.comparison[name].fits : answer.fits;
-    const rate = (value) => (!fits ? "does not fit" : value === null ? "n/a" : value.toFixed(1));
+    const result = answer.comparison[name] || answer;
+    const no = result.refusal ? "refused" : "does not fit";  // as the per-device table says it
+    const rate = (value) => (!result.fits ? no : value === null ? "n/a" : value.toFixed(1));
     return { cells: [formatTitle(name), rate(bound.decode_tokens_per_second_per_sequence),
       rate(bound.decode_tokens_per_second_aggregate), size(bound.bytes_read_per_step),
-      fits ? seconds(bound.prefill_seconds) : "does not fit"] };
+      result.fits ? seconds(bound.prefill_seconds) : no] };
   });
   fillTable("speed-table", rows);
   $("speed-basis").textContent = `${speed.basis} Prefill is for one prompt of ${thousands(answer.workload.context_length)} tokens.`;
@@ -763,6 +823,8 @@ function renderSweep(sweep, answer) {
   for (const [format, rows] of series) {
     const name = names[index] || format;
     const cls = `series-${index}`;
+    const result = answer.comparison[name];
+    const refused = Boolean(result && result.refusal);  // no context runs it, whatever its memory says
     const points = rows.map((r) => `${x(r.context_length).toFixed(1)},${y(r.max_device_used_bytes).toFixed(1)}`).join(" ");
     svg.append(svgElement("polyline", { points, class: `line ${cls}`, "data-format": name }));
     for (const r of rows) {
@@ -770,11 +832,11 @@ function renderSweep(sweep, answer) {
       beyondSeen = beyondSeen || state === "beyond";
       const dot = svgElement("circle", { cx: x(r.context_length), cy: y(r.max_device_used_bytes), r: 3.5,
         class: `dot ${cls} ${state === "fits" ? "" : state}`, "data-state": state, "data-context": r.context_length, "data-format": name });
-      const words = state === "fits" ? "fits" : state === "beyond" ? "past the model's trained context" : "does not fit";
+      const words = refused ? "refused by the engine" : state === "fits" ? "fits"
+        : state === "beyond" ? "past the model's trained context" : "does not fit";
       dot.append(svgElement("title", {}, `${formatTitle(name)}, ${thousands(r.context_length)} tokens: ${sized(r.max_device_used_bytes)} (${words})`));
       svg.append(dot);
     }
-    const result = answer.comparison[name];
     const longest = result && result.max_context_length;
     let label = `${formatTitle(name)}`;
     if (longest) {
@@ -786,7 +848,7 @@ function renderSweep(sweep, answer) {
           class: `marker ${cls}`, "data-format": name, "data-limited-by": result.context_limited_by }));
       }
     } else {
-      label += ": no context fits";
+      label += refused ? ": refused by the engine (the verdict says why)" : ": no context fits";
     }
     legend.push([label, `key-line ${cls}`, { format: name, limitedBy: result ? result.context_limited_by : "" }]);
     index += 1;
@@ -801,9 +863,10 @@ function renderSweep(sweep, answer) {
   const words = { fits: "yes", over: "no", beyond: "no: past the model's trained context" };
   const rows = [];
   [...series.values()].forEach((seriesRows, i) => {
+    const result = answer.comparison[names[i]];
     for (const r of seriesRows) {
       rows.push({ cells: [thousands(r.context_length), formatTitle(names[i] || r.format), size(r.max_device_used_bytes),
-        words[pointState(r)]] });
+        result && result.refusal ? "no: refused by the engine" : words[pointState(r)]] });
     }
   });
   fillTable("sweep-table", rows);

@@ -17,6 +17,7 @@ import csv
 import io
 import json
 import os
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -107,6 +108,32 @@ def test_an_api_error_speaks_in_the_units_the_user_typed(browser: Any, live_serv
     page.fill("#memory", "eighty")
     page.click("#plan-button")
     assert field_error(page, "memory") == "“eighty” is not a size (examples: 80GiB, 80GB, 24)"
+    page.close()
+
+
+def test_a_pasted_config_missing_a_key_names_the_key_on_the_field(browser: Any, live_server: str) -> None:
+    # the page cut "num_hidden_layers=None: " off the API's message as it does for a one-value field, so the box of
+    # many keys said "required by model_type 'llama' but missing" without saying which
+    page = open_page(browser, live_server)
+    page.check("input[name='model-source'][value='config']")
+    page.fill("#model-config", json.dumps({"model_type": "llama", "hidden_size": 4096}))
+    page.click("#plan-button")
+    assert field_error(page, "model-config") == "num_hidden_layers=None: required by model_type 'llama' but missing"
+    assert page.get_attribute("#model-config", "aria-invalid") == "true"
+    page.close()
+
+
+def test_no_mix_that_fits_is_said_in_the_unit_shown_not_in_bytes(browser: Any, live_server: str) -> None:
+    # Llama-3.1-405B on one H100: not even every quantized tensor at int4 fits; the reason came as raw byte counts
+    # ("needs 144958428545 bytes more (221407772672 used of 76449344127 usable)") on a page that shows GiB or GB
+    page = open_page(browser, live_server, "/?model=llama-3.1-405b&device=h100-80gb&count=1&ctx=4096")
+    page.wait_for_selector("#verdict p[data-format='fit']")
+    text = str(page.inner_text("#verdict p[data-format='fit']"))
+    assert text.startswith("No mix of int4, int8 and 16-bit fits: the model does not fit even with every quantized")
+    assert re.search(r"device 0 needs \d+\.\d\d GiB more \(\d+\.\d\d GiB used of 71\.20 GiB usable\)\.$", text), text
+    assert not re.search(r"\d{7,}", text)
+    page.select_option("#unit", "GB")  # the unit switch redraws it in GB, without asking again
+    page.wait_for_selector("#verdict p[data-format='fit'] >> text=76.45 GB usable")
     page.close()
 
 
@@ -354,6 +381,41 @@ def test_the_url_reproduces_a_plan_and_the_exports_parse(browser: Any, live_serv
     page.close()
 
 
+def test_the_context_chart_says_refused_for_a_format_the_engine_refuses(browser: Any, live_server: str) -> None:
+    # vLLM 0.33 has no GGUF: the chosen Q4_K_M is refused while 16-bit and INT4 are planned; its line in the context
+    # chart said "no context fits" and its points "does not fit" at 23 GiB of 35 usable, a memory story the verdict
+    # does not tell
+    page = open_page(browser, live_server,
+                     "/?model=llama-3.1-70b&device=a100-40gb&count=2&ctx=8k&engine=0.33&format=gguf-q4_k_m")
+    page.wait_for_selector("#sweep svg polyline[data-format='gguf-q4_k_m']")
+    assert page.inner_text("#verdict p[data-format='gguf-q4_k_m']").startswith(
+        "GGUF Q4_K_M: refused by the engine: vLLM 0.33 cannot load gguf-q4_k_m weights on any device")
+    assert page.inner_text("#sweep-legend li[data-format='gguf-q4_k_m']") == (
+        "GGUF Q4_K_M: refused by the engine (the verdict says why)")
+    titles = page.eval_on_selector_all("#sweep circle[data-format='gguf-q4_k_m'] title",
+                                       "titles => titles.map(t => t.textContent)")
+    assert titles and all(title.endswith("(refused by the engine)") for title in titles)
+    cells = page.eval_on_selector_all("#sweep-table tbody tr", "rows => rows.filter(r => r.cells[1].textContent === "
+                                      "'GGUF Q4_K_M').map(r => r.cells[3].textContent)")
+    assert cells == ["no: refused by the engine"] * len(titles)
+    page.close()
+
+
+def test_the_csv_of_a_refused_plan_says_refused_beside_each_devices_memory_fit(browser: Any, live_server: str) -> None:
+    # vLLM 0.19 runs no fp8 KV cache on a V100: Llama-3.1-8B's memory fits there (fits true on every device, as the
+    # API's device fits is memory only), and the CSV said nothing more, so it read as deployable
+    page = open_page(browser, live_server, "/?model=llama-3.1-8b&device=v100-32gb&count=1&kv=fp8")
+    page.wait_for_selector("#verdict p.refusal")
+    with page.expect_download() as csv_info:
+        page.click("#export-csv")
+    rows = list(csv.DictReader(io.StringIO(Path(csv_info.value.path()).read_text())))
+    assert [row["format"] for row in rows] == ["bf16", "int4"]
+    refusal = page.inner_text("#verdict p.refusal").removeprefix("KV cache dtype (fp8) is refused: ").removesuffix(".")
+    assert refusal.startswith("vLLM 0.19 cannot run the fp8 KV cache (fp8_e4m3) of llama-3.1-8b on a device of")
+    assert [(row["fits"], row["refusal"]) for row in rows] == [("true", refusal), ("true", refusal)]
+    page.close()
+
+
 def test_a_pasted_config_is_named_after_its_model_and_its_unused_keys_are_noted(browser: Any,
                                                                                 live_server: str) -> None:
     config = {"_name_or_path": "my-org/my-8b", "model_type": "llama", "hidden_size": 4096, "num_hidden_layers": 32,
@@ -467,11 +529,58 @@ def test_a_kv_cache_the_chosen_vllm_release_lacks_is_refused_with_the_apis_reaso
     page.wait_for_selector("#verdict >> text=4,096 tokens")
     answer = httpx.post(live_server + "/v1/plan", json=body, timeout=30).json()
     assert page.inner_text("#verdict .verdict-head") == "llama-3.1-8b: the engine refuses every format planned."
+    refusal = answer["refusal"]
+    assert refusal.startswith("vLLM 0.19 cannot run the fp8_per_token_head KV cache")
+    # the reason once, on the field it is about; each format says it is refused and what its memory alone would do
+    assert page.inner_text("#verdict p.refusal") == f"KV cache dtype (fp8_per_token_head) is refused: {refusal}."
     for name, result in answer["comparison"].items():
-        assert result["refusal"].startswith("vLLM 0.19 cannot run the fp8_per_token_head KV cache")
+        assert result["refusal"] == refusal
         assert page.inner_text(f"#verdict p[data-format='{name}']").endswith(
-            f": refused by the engine: {result['refusal']}.")
+            ": refused by the engine (the reason above); its memory alone would fit.")
+    assert page.get_attribute("#kv-dtype", "aria-invalid") == "true"
     assert page.locator("#bars g.bar[data-fits='true']").count() == 0
+    page.close()
+
+
+@pytest.mark.parametrize(("query", "field", "named"), [
+    # vLLM 0.19 runs DeepSeek-V2-Lite's MLA fp8 cache on TRITON_MLA, whose fp8 kernels Triton compiles from 8.9 only:
+    # an A100 (8.0) runs it with a 16-bit cache, so the refusal is the KV cache dtype's
+    ("?model=deepseek-v2-lite&device=a100-80gb&count=1&kv=fp8", "kv-dtype", "KV cache dtype (fp8)"),
+    # no MLA prefill below compute capability 8.0 in any release: the refusal is the device's
+    ("?model=deepseek-v2-lite&device=v100-32gb&count=1", "device", "Device (NVIDIA V100 32GB)"),
+])
+def test_a_refusal_of_every_format_is_said_once_on_its_field_and_nothing_more_is_asked(
+        browser: Any, live_server: str, query: str, field: str, named: str) -> None:
+    # the page asked the best mix of a model the engine refuses at 16-bit and the context sweep of a plan no format
+    # of which runs, and showed the one refusal four times: in each format's line, in the mix's "No mix fits" line
+    # and in the planner's warning
+    posted: list[dict[str, Any]] = []
+    page = browser.new_page(viewport={"width": 1280, "height": 900})
+    page.set_default_timeout(TIMEOUT_MS)
+    page.on("request", lambda request: posted.append({"url": request.url, **request.post_data_json})
+            if request.method == "POST" and "/v1/plan" in request.url else None)
+    page.goto(live_server + "/" + query)
+    page.wait_for_selector("#devices-chart svg")  # the last answer the page waits for
+    plans = [request for request in posted if request["url"].endswith("/v1/plan")]
+    assert len(plans) == 1 and "weights" in plans[0] and plans[0]["weights"]["format"] != "fit"
+    answer = httpx.post(live_server + "/v1/plan", json={k: v for k, v in plans[0].items() if k != "url"},
+                        timeout=30).json()
+    refusal = answer["refusal"]
+    assert refusal and all(result["refusal"] == refusal for result in answer["comparison"].values())
+    sweeps = [request["sweep"] for request in posted if request["url"].endswith("/v1/plan/sweep")]
+    assert sweeps == [{"devices": sweeps[0]["devices"]}]  # which device types run it; no context sweep
+    assert page.is_hidden("#sweep-figure")
+    assert page.inner_text("#plan-result").count(refusal) == 1
+    line = page.locator("#verdict p.refusal")
+    assert line.get_attribute("data-field") == field
+    assert line.inner_text() == f"{named} is refused: {refusal}."
+    assert page.get_attribute(f"#{field}", "aria-invalid") == "true"
+    assert page.inner_text(f"#err-{field}") == "refused by vLLM 0.19: the verdict says why"
+    assert page.locator("#verdict p[data-format='fit']").count() == 0
+    # the speed bound of a format that does not run says refused, as the per-device table does, not "does not fit"
+    speed_cells = [cell.inner_text() for cell in page.locator("#speed-table tbody td").all()]
+    assert speed_cells and set(speed_cells) - {"refused"} == {
+        cell.inner_text() for cell in page.locator("#speed-table tbody td:nth-child(4)").all()}
     page.close()
 
 

@@ -20,14 +20,12 @@ from quant_core.catalog import (
 )
 from quant_core.engines import BatchLimits, Stage, get_engine
 from quant_core.engines.base import Term
-from quant_core.engines.vllm import (
-    VllmProfile,
-    mxfp4_expert_layout_bytes,
-    rotary_cache_bytes,
-    sampler_pass_bytes,
-    startup_memory,
-    weight_allocation_slack,
-)
+from quant_core.engines.vllm import VllmProfile
+from quant_core.engines.vllm_encoders import rotary_cache_bytes
+from quant_core.engines.vllm_expert_layouts import mxfp4_expert_layout_bytes
+from quant_core.engines.vllm_linear import weight_allocation_slack
+from quant_core.engines.vllm_releases import startup_memory
+from quant_core.engines.vllm_sampler import sampler_pass_bytes
 from quant_core.errors import UnknownName
 from quant_core.formats import WeightFormat, float_format, fp8, int4
 from quant_core.hf_config import model_from_hf_config, model_from_sizes

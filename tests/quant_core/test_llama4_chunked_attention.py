@@ -33,7 +33,8 @@ import pytest
 
 from quant_core.catalog import get_device, get_preset
 from quant_core.engines import BatchLimits, Stage
-from quant_core.engines.vllm import VllmProfile, chunked_local_attention
+from quant_core.engines.vllm import VllmProfile
+from quant_core.engines.vllm_releases import chunked_local_attention
 from quant_core.errors import InvalidSpec
 from quant_core.formats import float_format
 from quant_core.hf_config import model_from_hf_config

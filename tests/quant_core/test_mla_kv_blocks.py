@@ -26,8 +26,8 @@ from pathlib import Path
 import pytest
 
 from quant_core.catalog import get_device, get_preset_info
-from quant_core.engines.vllm import kv_cache_refusal
 from quant_core.engines.vllm_attention import kv_backend
+from quant_core.engines.vllm_refusals import kv_cache_refusal
 from quant_core.formats import float_format
 from quant_core.planner import Hardware, Plan, PlanOptions, Workload, plan
 from quant_core.schemes import scheme_from_quantization_config
