@@ -3,7 +3,8 @@
 Machete (``quantization/kernels/mixed_precision/machete.py``), Humming, GPTQ Marlin (``quantization/gptq_marlin.py``,
 ``utils/marlin_utils.py``: `gptq_marlin_linear_bytes`) and fp8 Marlin (``utils/marlin_utils_fp8.py``:
 `fp8_marlin_linear_bytes`) repacks and workspaces, DeepGEMM's requantization of fp8 blocks to UE8M0 scales and the
-packed scales it keeps (``utils/fp8_utils.py``: `deep_gemm_requant_bytes`, `deep_gemm_scale_layout_bytes`), the MLA
+packed scales it keeps (``utils/fp8_utils.py``: `deep_gemm_requant_bytes`, `deep_gemm_scale_layout_bytes`; and 0.11's
+requantization of the routed experts beside them, `deep_gemm_expert_requant_bytes`), the MLA
 ``kv_b_proj`` copy (``attention/mla``: `mla_kv_b_copy`), and PyTorch's block rounding of the loaded weights
 (`weight_allocation_slack`).
 """
@@ -579,7 +580,7 @@ def fp8_marlin_linear_repack_bytes(stage: Stage, version: str, dense_format: str
 #: importable (utils/import_utils.py ``has_deep_gemm``): vLLM's Docker images install it for 0.11 and 0.19 (as
 #: `deep_gemm_moe_warmup` assumes), 0.33's wheel vendors it (``vllm.third_party.deep_gemm``).  Kept apart from
 #: `vllm_moe_buffers.DEEP_GEMM_CAPABILITIES`, the grouped-GEMM warm-up's, which is not read for 0.33
-DEEP_GEMM_LINEAR_CAPABILITIES: dict[str, tuple[tuple[int, int] | int, ...]] = {
+DEEP_GEMM_E8M0_CAPABILITIES: dict[str, tuple[tuple[int, int] | int, ...]] = {
     "0.11": ((10, 0),),
     "0.19": ((9, 0), 10),
     "0.33": ((9, 0), 10, 12),
@@ -615,11 +616,11 @@ def deep_gemm_takes_linear(version: str, out_features: int, in_features: int) ->
             and in_features % DEEP_GEMM_COLUMN_MULTIPLE == 0)
 
 
-def _deep_gemm_linear_device(version: str, device: DeviceFacts) -> bool | None:
+def _deep_gemm_e8m0_device(version: str, device: DeviceFacts) -> bool | None:
     """Whether vLLM `version` requantizes block-fp8 linear layers for DeepGEMM on `device`
-    (`DEEP_GEMM_LINEAR_CAPABILITIES`): False on an AMD device and for a release not read; None for a device whose
+    (`DEEP_GEMM_E8M0_CAPABILITIES`): False on an AMD device and for a release not read; None for a device whose
     compute capability is not known."""
-    rules = DEEP_GEMM_LINEAR_CAPABILITIES.get(version)
+    rules = DEEP_GEMM_E8M0_CAPABILITIES.get(version)
     if rules is None or device.vendor == "amd":
         return False
     capability = device.compute_capability
@@ -631,13 +632,13 @@ def _deep_gemm_linear_device(version: str, device: DeviceFacts) -> bool | None:
 def _deep_gemm_linear_shapes(stage: Stage, version: str, dense_format: str,
                              device: DeviceFacts) -> tuple[tuple[int, int, int], ...]:
     """(count, out features, in features) of the rank's linear layers that vLLM `version` requantizes for DeepGEMM
-    on `device` (`_deep_gemm_linear_device`; a device of unknown capability counted, the safe side) where they are
+    on `device` (`_deep_gemm_e8m0_device`; a device of unknown capability counted, the safe side) where they are
     stored as fp8 [128, 128] blocks (`dense_format`): `_fp8_linear_layers` of a model of `FP8_MARLIN_MODEL_TYPES`
     that `deep_gemm_takes_linear`, unless ``should_auto_disable_deep_gemm`` excludes the model there
     (`DEEP_GEMM_EXCLUDED_MODEL_TYPES`); empty elsewhere."""
     spec = stage.spec
     if (dense_format.removeprefix("checkpoint-") != "fp8-block128" or spec.model_type not in FP8_MARLIN_MODEL_TYPES
-            or _deep_gemm_linear_device(version, device) is False):
+            or _deep_gemm_e8m0_device(version, device) is False):
         return ()
     excluded = DEEP_GEMM_EXCLUDED_MODEL_TYPES.get(version, {}).get(
         _TEXT_MODEL_TYPES.get(spec.model_type, spec.model_type), ())
@@ -742,6 +743,57 @@ def deep_gemm_scale_layout_bytes(stage: Stage, version: str, dense_format: str, 
         "replaces each layer's float32 block scales by UE8M0 exponents packed four an int32, one row per output row, "
         f"on 10.x and 12.x: {extra / GIB:.2f} GiB a rank beyond nibble's charge of the checkpoint's scales "
         f"({extra:,} bytes){unknown}"))
+
+#: the releases that requantize block-fp8 routed experts to UE8M0 scales whatever kernel serves them, where
+#: ``is_deep_gemm_e8m0_used()`` (`DEEP_GEMM_E8M0_CAPABILITIES`): 0.11's Fp8MoEMethod.process_weights_after_loading
+#: (quantization/fp8.py, and CompressedTensorsW8A8Fp8MoEMethod's) calls ``requant_weight_ue8m0_inplace`` on w13 and
+#: then w2 for every ``block_quant`` layer; 0.19 and 0.33 only on a DeepGEMM expert backend
+#: (prepare_fp8_moe_layer_for_deepgemm), which fused_moe/oracle/fp8.py does not choose for block fp8 by default
+DEEP_GEMM_EXPERT_REQUANT_VERSIONS = frozenset({"0.11"})
+
+
+def deep_gemm_expert_requant_peak_bytes(out_features: int, in_features: int, experts: int) -> int:
+    """What one rank holds beside a MoE layer's loaded ``[experts, out_features, in_features]`` block-fp8 weight
+    while ``requant_weight_ue8m0_inplace`` (quantization/utils/fp8_utils.py) rewrites it one expert at a time: from
+    the second expert on, the previous one's float32 ``w_dq`` (4 N K), fp8 ``w_requant`` (N K) and float32
+    ``s_requant`` (4 ceil(N / 128) Ks) are still bound while the next ``w_dq`` is computed beside the expanded scales
+    (`deep_gemm_requant_peak_bytes`): ``4 Np Ks + 4 Np K + 13 N K + 4 ceil(N / 128) Ks``; one expert alone, the
+    linear layer's figure.  Each tensor as PyTorch's allocator counts it (`torch_cuda.allocated_block_bytes`)."""
+    first = deep_gemm_requant_peak_bytes(out_features, in_features)
+    if experts < 2:
+        return first
+    groups = -(-in_features // FP8_BLOCK)
+    return (first + allocated_block_bytes(4 * out_features * in_features)
+            + allocated_block_bytes(out_features * in_features)
+            + allocated_block_bytes(4 * -(-out_features // FP8_BLOCK) * groups))
+
+
+def deep_gemm_expert_requant_bytes(stage: Stage, version: str, device: DeviceFacts,
+                                   expert_format: str) -> Term | None:
+    """What one rank holds only while vLLM `version` (`DEEP_GEMM_EXPERT_REQUANT_VERSIONS`) requantizes a MoE layer's
+    fp8 [128, 128]-block experts (`expert_format`) to UE8M0 scales where ``is_deep_gemm_e8m0_used()``
+    (`_deep_gemm_e8m0_device`: 10.0 in 0.11; a device of unknown capability counted, the safe side), beyond the
+    layer's loaded weights: `deep_gemm_expert_requant_peak_bytes` of w13 (``2 x width x hidden`` an expert) or of w2
+    (``hidden x width``), whichever needs more, for the rank's experts (`expert_shard`).  Freed before "Model loading
+    took" is measured: a load transient (`OutsideBudget.repack`).  None elsewhere."""
+    spec = stage.spec
+    start, stop = stage.layers
+    if (version not in DEEP_GEMM_EXPERT_REQUANT_VERSIONS or expert_format.removeprefix("checkpoint-") != "fp8-block128"
+            or not spec.is_moe or not any(start <= layer < stop for layer in spec.moe_layers)
+            or _deep_gemm_e8m0_device(version, device) is False):
+        return None
+    experts, width = expert_shard(spec, stage.moe_ranks, stage.expert_parallel and stage.moe_ranks > 1)
+    hidden = spec.hidden_size
+    w13 = deep_gemm_expert_requant_peak_bytes(2 * width, hidden, experts)
+    w2 = deep_gemm_expert_requant_peak_bytes(hidden, width, experts)
+    transient, step, rows, columns = max((w13, "w13", 2 * width, hidden), (w2, "w2", hidden, width))
+    return Term(transient, (
+        f"{transient / GIB:.2f} GiB while vLLM {version} requantizes one MoE layer's {expert_format} experts to "
+        "DeepGEMM's power-of-two (UE8M0) block scales (Fp8MoEMethod.process_weights_after_loading, "
+        f"quantization/fp8.py: requant_weight_ue8m0_inplace over the rank's {experts} experts' {step}, {rows} x "
+        f"{columns} each, one at a time, the previous expert's float32 and fp8 results still bound beside the next "
+        "one's expanded scales, float32 copy and dequantized product), which it does "
+        f"{_deep_gemm_where(version, device)}"))
 
 def _mla_projection_sizes(spec: ModelSpec, tensor_parallel: int) -> tuple[int, ...]:
     """The elements of each MLA projection weight one rank of deepseek_v2.py's ``DeepseekV2MLAAttention`` allocates:

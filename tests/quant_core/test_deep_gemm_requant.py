@@ -34,6 +34,8 @@ from quant_core.engines.base import Stage
 from quant_core.engines.vllm import VllmProfile
 from quant_core.engines.vllm_linear import (
     DEEP_GEMM_EXCLUDED_MODEL_TYPES,
+    deep_gemm_expert_requant_bytes,
+    deep_gemm_expert_requant_peak_bytes,
     deep_gemm_layout_peak_bytes,
     deep_gemm_requant_bytes,
     deep_gemm_requant_peak_bytes,
@@ -254,6 +256,48 @@ def test_blackwell_excluded_model_types_follow_should_auto_disable_deep_gemm() -
     assert DEEP_GEMM_EXCLUDED_MODEL_TYPES["0.33"]["qwen3_5_moe_text"] == (10, 12)
     assert DEEP_GEMM_EXCLUDED_MODEL_TYPES["0.33"]["kolibri1"] == (12,)
 
+
+
+def test_one_moe_layers_expert_requant_keeps_the_previous_experts_results_beside_the_next_ones() -> None:
+    # requant_weight_ue8m0_inplace's loop over [E, N, K]: from the second expert on, the previous w_dq (4 N K),
+    # w_requant (N K) and s_requant (4 Ns Ks) are still bound while the next w_dq is computed.  DeepSeek-V3 TP 8, w13
+    # of 2 x 256 = 512 rows and K 7168: 4 x 512 x 56 = 114,688, s_exp 4 x 512 x 7168 = 14,680,064, 3 x 14,680,064
+    # float32 (the previous w_dq, the copy, the product), 512 x 7168 = 3,670,016 fp8, 4 x 4 x 56 = 896 scale bytes
+    # counted as the allocator's 1,024: 62,505,984
+    assert deep_gemm_expert_requant_peak_bytes(512, 7168, 256) == 62_505_984
+    # w2, 7168 x 256: 57,344 + 7,340,032 + 3 x 7,340,032 + 1,835,008 + 448 -> 512 = 31,252,992
+    assert deep_gemm_expert_requant_peak_bytes(7168, 256, 256) == 31_252_992
+    # one expert alone is a linear layer's figure
+    assert deep_gemm_expert_requant_peak_bytes(512, 7168, 1) == deep_gemm_requant_peak_bytes(512, 7168) == 44_154_880
+
+
+def test_vllm_011_requantizes_block_fp8_experts_on_10_0_whatever_their_kernel() -> None:
+    # 0.11 quantization/fp8.py Fp8MoEMethod.process_weights_after_loading: ``if is_deep_gemm_e8m0_used() and
+    # self.block_quant`` requant_weight_ue8m0_inplace(w13), then (w2): every backend, on 10.0
+    stage = _stage("deepseek-v3", 8)
+    term = deep_gemm_expert_requant_bytes(stage, "0.11", B200, "fp8-block128")
+    assert term is not None and term.bytes == 62_505_984 and "512 x 7168" in term.basis
+    # the dense gate_up_proj's requant (397,393,920) is the larger at TP 8; under expert parallelism each rank
+    # requantizes 32 whole experts, w13 4096 x 7168: 917,504 + 117,440,512 + 3 x 117,440,512 + 29,360,128 + 7,168
+    limits = VllmProfile("0.11").batch_limits(180 * GIB, "b200")
+    budget = VllmProfile("0.11").outside_budget(stage, "bf16", limits, False, B200, "fp8-block128", "fp8-block128")
+    assert budget.repack is not None and budget.repack.bytes == DEEPSEEK_V3_TP8_REQUANT
+    expert = VllmProfile("0.11").outside_budget(_stage("deepseek-v3", 8, expert_parallel=True), "bf16", limits,
+                                                False, B200, "fp8-block128", "fp8-block128")
+    assert expert.repack is not None and expert.repack.bytes == 500_046_848
+    assert "requant_weight_ue8m0_inplace" in expert.repack.basis and "32 experts' w13" in expert.repack.basis
+    # Qwen3-235B-A22B at TP 4 under expert parallelism: 32 experts, w13 3072 x 4096 (214,305,792) over the qkv_proj's
+    # 113,541,120
+    qwen = VllmProfile("0.11").outside_budget(_stage("qwen3-235b-a22b", 4, expert_parallel=True), "bf16", limits,
+                                              False, B200, "fp8-block128", "fp8-block128")
+    assert qwen.repack is not None and qwen.repack.bytes == 214_305_792
+    # not on 9.0 (VLLM_USE_DEEP_GEMM_E8M0_HOPPER off), nor in 0.19 and 0.33 (only a DeepGEMM expert backend, not their
+    # default for block fp8), nor for experts of another format
+    assert deep_gemm_expert_requant_bytes(stage, "0.11", H200, "fp8-block128") is None
+    for version in ("0.19", "0.33"):
+        assert deep_gemm_expert_requant_bytes(stage, version, B200, "fp8-block128") is None
+    assert deep_gemm_expert_requant_bytes(stage, "0.11", B200, "fp8-per-tensor") is None
+    assert deep_gemm_expert_requant_bytes(_stage("llama-3.1-70b", 2), "0.11", B200, "fp8-block128") is None
 
 def test_deepseek_v3_fp8_plan_on_h200_does_not_fit_where_the_requant_has_no_room_to_load() -> None:
     # 8 devices of 84.1 GiB at memory_utilization 0.975, eager, 512 tokens, vLLM 0.33 (no DeepGEMM warm-up on 9.0,
