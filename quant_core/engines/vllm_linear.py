@@ -225,7 +225,8 @@ def compressed_tensors_humming_bytes(stage: Stage, version: str, dense_format: s
         "lock buffer a layer (quantization/utils/humming/linear.py prepare_humming_linear_layer_config, utils/"
         f"humming.py create_humming_locks): {held / GIB:+.2f} GiB a rank against the checkpoint's"))
 #: Marlin's smallest tile of a rank's linear layer (utils/marlin_utils.py ``verify_marlin_supports_shape``:
-#: ``GPTQ_MARLIN_MIN_THREAD_N`` out features, ``GPTQ_MARLIN_MIN_THREAD_K`` in features)
+#: ``GPTQ_MARLIN_MIN_THREAD_N`` out features, ``GPTQ_MARLIN_MIN_THREAD_K`` in features), which 0.11 and 0.19 require
+#: and 0.33 pads to (`FP8_MARLIN_PADDING_VERSIONS`, `_marlin_padded_nk`)
 GPTQ_MARLIN_MIN_THREAD_N, GPTQ_MARLIN_MIN_THREAD_K = 64, 128
 #: the group sizes nibble read the GPTQ dense layout for, -1 a whole row (AllSpark, which 0.11 and 0.19 list ahead of
 #: Marlin for a whole-row group on 8.x, takes only 8-bit weights: utils/allspark_utils.py
@@ -244,8 +245,10 @@ def gptq_dense_kernel(version: str, compute_capability: tuple[int, int], in_feat
     activations.  Machete (compute capability 9.0 only): groups -1, 64 or 128 for 16-bit
     activations, in features a multiple of 64 and out features of 128, and in 0.11 and 0.19 no act order where the
     input is split ("Act reordering currently not supported by Machete, when the input features are partitioned
-    across devices").  Marlin: out features a multiple of 64, in features of 128 and whole groups; in 0.33 on 9.0
-    ``prioritize_humming`` puts Humming (not read) ahead of it."""
+    across devices").  Marlin: whole groups, and in 0.11 and 0.19 out features a multiple of 64 and in features of
+    128; 0.33's MarlinLinearKernel.can_implement takes a misaligned layer ("Tile misalignment is fixed by
+    zero-padding at weight prep", `gptq_linear_held_bytes`) and refuses only a group straddling the rank's shard; in
+    0.33 on 9.0 ``prioritize_humming`` puts Humming (not read) ahead of it."""
     machete_group = None if group_size == -1 else group_size
     if (compute_capability == HUMMING_PREFERRED_CAPABILITY and machete_group in MACHETE_GROUPS
             and not (act_order and row_parallel) and in_features % MACHETE_BLOCK_IN == 0
@@ -253,8 +256,10 @@ def gptq_dense_kernel(version: str, compute_capability: tuple[int, int], in_feat
         return "machete"
     if version == "0.33" and compute_capability == HUMMING_PREFERRED_CAPABILITY:
         return ""
-    if (out_features % GPTQ_MARLIN_MIN_THREAD_N or in_features % GPTQ_MARLIN_MIN_THREAD_K
-            or in_features % group_size):
+    if in_features % group_size:
+        return ""
+    if version not in FP8_MARLIN_PADDING_VERSIONS and (out_features % GPTQ_MARLIN_MIN_THREAD_N
+                                                       or in_features % GPTQ_MARLIN_MIN_THREAD_K):
         return ""
     return "marlin"
 
@@ -276,7 +281,13 @@ def gptq_linear_held_bytes(version: str, kernel: str, in_features: int, out_feat
       int32 ``g_idx_sort_indices`` (``[in]`` each), without it both are emptied.
     * Machete (mixed_precision/machete.py): the weights prepacked at their size, the scales kept; the qzeros and the
       g_idx are left as loaded (it transforms zero points only with ``zero_points``); with act order it also keeps
-      the int32 ``argsort(g_idx)`` ``[in]`` for its activation permutation (``act_perm``)."""
+      the int32 ``argsort(g_idx)`` ``[in]`` for its activation permutation (``act_perm``).
+
+    On Marlin the releases of `FP8_MARLIN_PADDING_VERSIONS` (0.33) first zero-pad a layer its thread tiles do not
+    divide to ``marlin_padded_nk`` (``marlin_pad_qweight``, ``marlin_pad_scales``: the weights ``Np x Kp / 2``, the
+    scales ``[Kp / g, Np]``) and keep the padded layer."""
+    if kernel == "marlin" and version in FP8_MARLIN_PADDING_VERSIONS and not act_order:
+        out_features, in_features = _marlin_padded_nk(out_features, in_features, group_size)
     groups = 1 if group_size == -1 else (full_in_features if act_order and kernel == "marlin"
                                          else in_features) // group_size
     held = in_features * out_features // 2 + 2 * groups * out_features
@@ -332,6 +343,7 @@ def gptq_marlin_linear_bytes(stage: Stage, version: str, dense_format: str, devi
     tensor_parallel = stage.tensor_parallel
     (qkv, o_proj), (gate_up, down) = _dense_linear_shapes(spec, tensor_parallel)
     kernels: set[str] = set()
+    padded: list[str] = []
 
     def held(column: tuple[int, int], row: tuple[int, int], row_full_in: int,
              biases: tuple[bool, bool] = (False, False)) -> int | None:
@@ -348,6 +360,12 @@ def gptq_marlin_linear_bytes(stage: Stage, version: str, dense_format: str, devi
                 return None
             kernels.add(kernel)
             total += gptq_linear_held_bytes(version, kernel, in_features, out_features, full_in, group, act_order)
+            if kernel == "marlin" and version in FP8_MARLIN_PADDING_VERSIONS:
+                padded_out, padded_in = _marlin_padded_nk(out_features, in_features, group)
+                if (padded_out, padded_in) != (out_features, in_features):
+                    padded.append(f"{in_features} x {out_features} to {padded_in} x {padded_out}")
+                    # the bias too (marlin_pad_dim, marlin_permute_bias): 16-bit, N to Np
+                    total += ACTIVATION_ELEMENT_BYTES * (padded_out - out_features) if bias else 0
         return total
 
     start, stop = stage.layers
@@ -371,9 +389,12 @@ def gptq_marlin_linear_bytes(stage: Stage, version: str, dense_format: str, devi
     humming = ("; Humming (0.33 on 9.0 where Machete refuses a layer: prioritize_humming) pads N to 256 and K to "
                "128, keeps the scales and nothing else of the checkpoint, and adds a lock buffer (quantization/utils/"
                "humming/linear.py prepare_humming_linear_layer_config)" if "humming" in kernels else "")
+    tiles = (f"; Marlin zero-pads the layers its thread tiles do not divide (marlin_utils.py marlin_padded_nk, "
+             f"marlin_pad_qweight, marlin_pad_scales; in x out {', '.join(dict.fromkeys(padded))}) and keeps them"
+             if padded else "")
     return Term(extra, (
         f"vLLM {version} runs the {dense_format} attention and MLP layers on {' and '.join(sorted(kernels))} "
-        f"(choose_mp_linear_kernel): {order}{humming}; {extra / GIB:+.2f} GiB a rank against nibble's charge of "
+        f"(choose_mp_linear_kernel): {order}{humming}{tiles}; {extra / GIB:+.2f} GiB a rank against nibble's charge of "
         f"the checkpoint's qweight, qzeros, scales and g_idx ({extra:+,} bytes; {method}; kernels/mixed_precision "
         "marlin.py and machete.py)"))
 
@@ -506,29 +527,46 @@ def _fp8_marlin_linear_format(stage: Stage, version: str, dense_format: str, dev
 
 
 def fp8_marlin_linear_bytes(stage: Stage, version: str, dense_format: str, device: DeviceFacts) -> Term | None:
-    """The bytes one rank of vLLM `version` holds for the fp8 attention, dense MLP and shared-expert layers
-    (`dense_format` of `FP8_MARLIN_LABELS`) beyond nibble's charge where it runs them on Marlin
-    (`fp8_marlin_device`): `fp8_marlin_scale_bytes` of each (`_fp8_linear_layers`).  None elsewhere: other
-    formats, devices, releases, and models outside `FP8_MARLIN_MODEL_TYPES`."""
-    block = _fp8_marlin_linear_format(stage, version, dense_format, device)
+    """The bytes one rank of vLLM `version` holds for the fp8 attention, dense MLP and shared-expert layers beyond
+    nibble's charge where it runs them on Marlin (`fp8_marlin_device`): `fp8_marlin_scale_bytes` of each
+    (`_fp8_linear_layers`) for the labels of `FP8_MARLIN_LABELS`, and for any fp8 label in the releases of
+    `FP8_MARLIN_PADDING_VERSIONS` the zero-padding of the layers Marlin's thread tiles do not divide
+    (`fp8_marlin_padding_bytes`; a scale a channel too, whose scales alone hold nothing more).  None elsewhere:
+    other formats, devices, releases, and models outside `FP8_MARLIN_MODEL_TYPES`."""
+    block = _fp8_marlin_linear_format(stage, version, dense_format, device, any_fp8=True)
     if block is None:
         return None
-    extra = sum(count * fp8_marlin_scale_bytes(out_features, in_features, block)
-                for count, out_features, in_features in _fp8_linear_layers(stage))
+    labelled = FP8_MARLIN_LABELS.get(dense_format)
+    layers = _fp8_linear_layers(stage)
+    scales = 0 if labelled is None else sum(count * fp8_marlin_scale_bytes(out_features, in_features, labelled)
+                                            for count, out_features, in_features in layers)
+    kind = fp8_scale_kind(dense_format)
+    padding = sum(count * fp8_marlin_padding_bytes(out_features, in_features, version, kind)
+                  for count, out_features, in_features in layers) + _fp8_marlin_bias_padding(stage, version, kind)
+    extra = scales + padding
     if extra <= 0:
         return None
     native = FP8_MARLIN_BELOW[version][1] if block else FP8_TENSOR_MARLIN_BELOW
-    scales = ("float32 block scales by 16-bit scales of one 128-wide group per output row, 64 times their size"
-              if block else "scale by a 16-bit scale per output row (repeat_interleave)")
+    replaced = ("float32 block scales by 16-bit scales of one 128-wide group per output row, 64 times their size"
+                if block else "scale by a 16-bit scale per output row (repeat_interleave)")
+    held = (f"replaces each layer's {replaced}" if labelled is not None
+            else "holds each layer's scales in 16 bits, no more than the checkpoint's")
+    padded = (f"; vLLM {version} zero-pads the weights Marlin's thread tiles do not divide, with their scales and "
+              f"bias (marlin_utils.py marlin_padded_nk, marlin_pad_qweight, marlin_pad_scales, marlin_pad_dim: N x K "
+              f"to the cheaper of N to 64 and K to 128, or N to 128 and K to 64), {padding:,} bytes of it"
+              if padding else "")
     return Term(extra, (
         f"vLLM {version} runs the {dense_format} linear layers weight-only on Marlin below compute capability "
         f"{native[0]}.{native[1]} (MarlinFP8ScaledMMLinearKernel; Fp8LinearMethod.use_marlin in 0.11), whose "
-        f"prepare_fp8_layer_for_marlin (quantization/utils/marlin_utils_fp8.py) replaces each layer's {scales}: "
-        f"{extra / GIB:.2f} GiB a rank beyond nibble's charge of the checkpoint's scales ({extra:,} bytes)"))
+        f"prepare_fp8_layer_for_marlin (quantization/utils/marlin_utils_fp8.py) {held}{padded}: "
+        f"{extra / GIB:.2f} GiB a rank beyond nibble's charge of the checkpoint's weights and scales "
+        f"({extra:,} bytes)"))
 
 
-#: the releases whose prepare_fp8_layer_for_marlin zero-pads a weight Marlin's thread tiles do not divide
-#: (marlin_utils.py ``marlin_padded_nk``, ``marlin_pad_qweight``: 0.33)
+#: the releases whose Marlin weight preparation zero-pads a weight Marlin's thread tiles do not divide and keeps the
+#: padded copy (marlin_utils.py ``marlin_padded_nk``, ``marlin_pad_qweight``, ``marlin_pad_scales``: 0.33's
+#: prepare_fp8_layer_for_marlin, its MarlinLinearKernel for int4, and ``marlin_moe_padded_intermediate`` in
+#: prepare_fp8_moe_layer_for_marlin); 0.11 and 0.19 refuse such a layer or repack it as it is
 FP8_MARLIN_PADDING_VERSIONS = frozenset({"0.33"})
 
 
@@ -539,6 +577,51 @@ def _marlin_padded_nk(size_n: int, size_k: int, group_size: int) -> tuple[int, i
     candidates = ((round_up(size_n, 64), round_up(size_k, math.lcm(128, group))),
                   (round_up(size_n, 128), round_up(size_k, math.lcm(64, group))))
     return min(candidates, key=lambda nk: (nk[0] * nk[1], nk[0] + nk[1]))
+
+
+def fp8_scale_kind(label: str) -> str:
+    """The scales of an fp8 weight label: "block" ([128, 128] blocks), "tensor" (one a tensor) or "channel"."""
+    label = label.removeprefix("checkpoint-")
+    return "block" if label.startswith("fp8-block") else "tensor" if label.startswith("fp8-per-tensor") else "channel"
+
+
+def fp8_marlin_padding_bytes(out_features: int, in_features: int, version: str, scales: str = "block") -> int:
+    """Bytes vLLM `version` holds for one rank's fp8 linear layer (``out_features x in_features`` on the rank) on
+    Marlin beyond its unpadded Marlin layout, where ``marlin_padded_nk`` pads it (releases of
+    `FP8_MARLIN_PADDING_VERSIONS`; 0 elsewhere and for aligned layers).  prepare_fp8_layer_for_marlin
+    (quantization/utils/marlin_utils_fp8.py, 0.33) pads the packed weight (``marlin_pad_qweight``) and repacks it at
+    ``Np x Kp`` (``gptq_marlin_repack``): ``Np x Kp - N x K`` fp8 bytes more; the 16-bit scales
+    (``marlin_pad_scales``, `scales` the checkpoint's): [128, 128] blocks ``[Kp / 128, Np]`` where the unpadded
+    ``[ceil(K / 128), N]`` (`fp8_marlin_scale_bytes`), one a tensor ``[1, Np]`` where ``[1, N]``, one a channel
+    ``[1, Np]`` against the checkpoint's float32 ``[N]`` (counted only beyond it)."""
+    if version not in FP8_MARLIN_PADDING_VERSIONS:
+        return 0
+    padded_out, padded_in = _marlin_padded_nk(out_features, in_features, FP8_BLOCK if scales == "block" else -1)
+    weight = padded_out * padded_in - out_features * in_features
+    if scales == "block":
+        held = padded_out * padded_in // FP8_BLOCK - out_features * -(-in_features // FP8_BLOCK)
+        return weight + ACTIVATION_ELEMENT_BYTES * held
+    if scales == "tensor":
+        return weight + ACTIVATION_ELEMENT_BYTES * (padded_out - out_features)
+    return weight + max(0, ACTIVATION_ELEMENT_BYTES * padded_out - 4 * out_features)
+
+
+def _fp8_marlin_bias_padding(stage: Stage, version: str, scales: str) -> int:
+    """The 16-bit bias columns vLLM `version` adds to the stage's fp8 qkv_proj and o_proj (where the model has those
+    biases) on Marlin where ``marlin_padded_nk`` pads their N (prepare_fp8_layer_for_marlin: ``marlin_pad_dim``,
+    ``marlin_permute_bias``): ``2 x (Np - N)`` a layer.  MLA and the MLP layers carry no bias in the models of
+    `FP8_MARLIN_MODEL_TYPES`."""
+    spec = stage.spec
+    if version not in FP8_MARLIN_PADDING_VERSIONS or spec.is_mla:
+        return 0
+    group = FP8_BLOCK if scales == "block" else -1
+    (qkv, o_proj), _ = _dense_linear_shapes(spec, stage.tensor_parallel)
+    padded = 0
+    for (in_features, out_features), bias in ((qkv, spec.attention_qkv_bias), (o_proj, spec.attention_output_bias)):
+        if bias:
+            padded += ACTIVATION_ELEMENT_BYTES * (_marlin_padded_nk(out_features, in_features, group)[0]
+                                                  - out_features)
+    return (stage.layers[1] - stage.layers[0]) * padded
 
 
 def fp8_marlin_linear_repack_bytes(stage: Stage, version: str, dense_format: str,
