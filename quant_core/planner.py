@@ -1484,7 +1484,8 @@ class _Evaluator:
 def _load_outside_bytes(evaluator: _Evaluator, layout: _Layout, terms: _StageTerms, stage: int) -> int:
     """What the engine holds outside its budget on one device of `stage` while it loads (`OutsideBudget.load_bytes`:
     vLLM's MTP drafter's own embedding and heads, held until it shares the target's; a MoE layer's fp8 experts or
-    the largest fp8 linear layer while they are repacked for Marlin), given the budget still free then
+    the largest fp8 linear layer while they are repacked for Marlin, or the largest block-fp8 linear layer while
+    DeepGEMM requantizes it), given the budget still free then
     (`_load_room`); 0 where the engine holds nothing only while loading."""
     term = terms.outside[stage] if terms.outside else None
     if not isinstance(term, OutsideBudget) or not term.loads:
