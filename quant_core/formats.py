@@ -165,7 +165,7 @@ class WeightFormat:
     follow the columns in the order act-order quantized them, which
     ``g_idx`` records.  The checkpoint holds the same tensors either way
     (``g_idx`` is always stored); an engine holds more or refuses it
-    (vLLM: `quant_core.engines.vllm.gptq_marlin_linear_bytes`).
+    (vLLM: `quant_core.engines.vllm_linear.gptq_marlin_linear_bytes`).
     """
 
     name: str = "int4"
@@ -497,7 +497,8 @@ KV_DTYPES: dict[str, KVCacheDtype] = {
 #: vLLM 0.33's own per-token-head KV caches (config/cache.py ``CacheDType``; v1/kv_cache_interface.py
 #: ``KVQuantMode.is_per_token_head``; vllm#38378, #38854, #39074, #40391): an int8, fp8 (e4m3) or packed int4 code per
 #: element and an fp32 scale per token, KV head and K/V inline in the page (`KVCacheDtype`).  Only vLLM 0.33 runs them
-#: (`engines.vllm.kv_cache_refusal`); nibble's own int8 / int4 are LMDeploy's layout, its fp8 vLLM's per-tensor one
+#: (`engines.vllm_refusals.kv_cache_refusal`); nibble's own int8 / int4 are LMDeploy's layout, its fp8 vLLM's
+#: per-tensor one
 VLLM_PER_TOKEN_HEAD_KV_DTYPES = frozenset({"int8_per_token_head", "int4_per_token_head", "fp8_per_token_head"})
 #: the cache of a model an engine runs in float32 (vLLM's ``kv_cache_dtype="auto"`` takes the model's dtype): the
 #: planner's, not a dtype a request names (not in `KV_DTYPES`, whose names the API lists)

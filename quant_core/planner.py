@@ -36,7 +36,8 @@ Parallelism follows vLLM:
   0.19 and 0.33 run a model without routed experts (0.11 adds its data-parallel groups' communicators at start-up);
   the workload's sequences are shared among them, each device planned for the fullest replica's share.  A model
   with routed experts (vLLM 0.19 and 0.33, one pipeline stage) spreads its routed experts over all dp x tp ranks
-  and gathers every rank's tokens into each MoE layer (`engines.vllm.moe_dispatched_tokens`); elsewhere refused;
+  and gathers every rank's tokens into each MoE layer (`engines.vllm_parallel.moe_dispatched_tokens`); elsewhere
+  refused;
 * where the engine allocates a family's MoE routers in float32 (vLLM's GLM-4.5:
   `EngineProfile.routers_at_fp32`), the device weights count them at 4 bytes an
   element whatever the format's float type.
@@ -61,36 +62,37 @@ from quant_core.catalog import (
     device_facts,
 )
 from quant_core.engines import ENGINES, BatchLimits, ContextTerm, EngineProfile, KVCapacity, Stage, Term, get_engine
-from quant_core.engines.vllm import (
-    CHUNKED_LOCAL_ATTENTION,
-    DSA_BLOCK_SIZE,
-    EMBEDDING_ON_EVERY_STAGE,
-    MAMBA_CACHE_MODES,
-    MOE_DATA_PARALLEL_VERSIONS,
-    VOCAB_PADDING,
-    OutsideBudget,
-    dsa_block_size,
-    dsa_block_table_bytes,
-    dsa_mixed_batch_bytes,
+from quant_core.engines.vllm import OutsideBudget
+from quant_core.engines.vllm_dsa import DSA_BLOCK_SIZE, dsa_block_size, dsa_block_table_bytes, dsa_mixed_batch_bytes
+from quant_core.engines.vllm_encoders import qwen_encoder_dummy
+from quant_core.engines.vllm_expert_layouts import moe_wna16_act_order_note
+from quant_core.engines.vllm_parallel import (
     expert_parallel_refusal,
     expert_placement_note,
     expert_ranks_refusal,
     expert_shard,
+    moe_data_parallel_format_refusal,
+    routed_experts_per_rank,
+    shared_experts_whole,
+)
+from quant_core.engines.vllm_refusals import (
     expert_width_refusal,
     mamba_align_refusal,
     mlp_width_refusal,
-    moe_data_parallel_format_refusal,
-    moe_wna16_act_order_note,
-    qwen_encoder_dummy,
     qwen_vision_refusal,
-    routed_experts_per_rank,
-    shared_experts_whole,
-    startup_refusal,
     unknown_gptq_symmetry_note,
     vocabulary_refusal,
 )
-from quant_core.engines.vllm import chunked_local_attention as vllm_chunked_local_attention
-from quant_core.engines.vllm import mamba_cache_mode as vllm_mamba_cache_mode
+from quant_core.engines.vllm_releases import (
+    CHUNKED_LOCAL_ATTENTION,
+    EMBEDDING_ON_EVERY_STAGE,
+    MAMBA_CACHE_MODES,
+    MOE_DATA_PARALLEL_VERSIONS,
+    startup_refusal,
+)
+from quant_core.engines.vllm_releases import chunked_local_attention as vllm_chunked_local_attention
+from quant_core.engines.vllm_releases import mamba_cache_mode as vllm_mamba_cache_mode
+from quant_core.engines.vllm_sampler import VOCAB_PADDING
 from quant_core.engines.vllm_speculative import SpeculativeDecoding, mtp_front_bytes, speculative_refusal
 from quant_core.errors import InvalidSpec, UnknownName
 from quant_core.formats import (
@@ -255,7 +257,7 @@ class PlanOptions:
     with the generic engine raise `InvalidSpec`: it has neither, and ignoring them would plan something else than
     what was asked.  `expert_parallel` is vLLM's ``--enable-expert-parallel``: a MoE model's routed experts placed
     whole over the tensor-parallel ranks, or the data x tensor ranks at data parallel > 1
-    (`engines.vllm.expert_shard`, `engines.base.Stage.moe_ranks`), the rest still split
+    (`engines.vllm_parallel.expert_shard`, `engines.base.Stage.moe_ranks`), the rest still split
     by tensor parallelism; the generic engine has no such placement (`InvalidSpec`), and a model without routed
     experts is refused by `plan`.  `data_parallel` is vLLM's ``--data-parallel-size``: that many replicas of the
     tensor x pipeline layout on ``data x tensor x pipeline`` devices, the workload's sequences shared among them
@@ -697,8 +699,8 @@ def _is_sharded_expert_bias(entry: TensorEntry, spec: ModelSpec) -> bool:
 
 def _expert_parallel_bytes(one_tensor_bytes: int, entry: TensorEntry, spec: ModelSpec, tensor_parallel: int) -> int:
     """Bytes of one layer's tensors of a routed-expert row on the most loaded rank under expert parallelism: whole
-    experts, `engines.vllm.expert_shard`'s count of the layer's ``E`` (a row of one tensor per expert holds that many
-    tensors; a fused row holding every expert, that share of it, rounded up)."""
+    experts, `engines.vllm_parallel.expert_shard`'s count of the layer's ``E`` (a row of one tensor per expert holds
+    that many tensors; a fused row holding every expert, that share of it, rounded up)."""
     local, _ = expert_shard(spec, tensor_parallel, True)
     return -(-one_tensor_bytes * entry.per_layer * local // spec.num_experts)
 
@@ -910,7 +912,7 @@ def _build_layout(spec: ModelSpec, scheme: WeightScheme, kv_dtype_name: str,
     At `data_parallel` > 1 a MoE model's routed experts are spread over the data x tensor ranks of its MoE layers
     (`engines.base.Stage.moe_ranks`: vLLM's FusedMoEParallelConfig.make), sliced or whole as above, while the rest
     stays split by tensor parallelism alone (replicated across the data-parallel ranks), except the shared experts
-    some model classes hold whole under sequence-parallel MoE (`engines.vllm.shared_experts_whole`).
+    some model classes hold whole under sequence-parallel MoE (`engines.vllm_parallel.shared_experts_whole`).
     `draft_layers` speculative-decoding layers (vLLM's ``mtp``: the checkpoint's MTP layers, `engines.vllm_speculative`)
     run on the last stage: each the model's own decoder layer as the last one is held on a rank (the same module class
     built with the same quant_config) plus `draft_front_bytes` outside it, and each one more full-attention layer of
@@ -1012,7 +1014,7 @@ def _hybrid_note(hybrid: HybridKV, block_size: int, tensor_parallel: int, engine
 
 def _chunked_note(spec: ModelSpec, engine: EngineProfile | None, chunked_local: bool) -> str:
     """The plan's note on chunked local attention (Llama 4): what its layers hold in this engine release and why
-    (`engines.vllm.CHUNKED_LOCAL_ATTENTION`)."""
+    (`engines.vllm_releases.CHUNKED_LOCAL_ATTENTION`)."""
     chunk = spec.attention_chunk_size
     layers = (f"Llama 4's {len(spec.chunked_layers)} chunked local attention layers (its RoPE layers; the other "
               f"{spec.num_layers - len(spec.chunked_layers)} are global)")
@@ -1233,13 +1235,13 @@ class _Evaluator:
 
     def mamba_cache_mode(self) -> str:
         """The ``mamba_cache_mode`` a hybrid model's linear groups are planned in: the vLLM release's default
-        (`engines.vllm.mamba_cache_mode`: "align", two blocks per sequence, where it turns prefix caching on for
-        hybrid models), "none" (one block) for the generic estimate."""
+        (`engines.vllm_releases.mamba_cache_mode`: "align", two blocks per sequence, where it turns prefix caching on
+        for hybrid models), "none" (one block) for the generic estimate."""
         return self._mamba_cache_mode
 
     def chunked_local(self) -> bool:
         """Whether chunked local attention layers (Llama 4) hold only their chunk: the vLLM release's default
-        (`engines.vllm.chunked_local_attention`: from PR #29627, not in 0.11); the attention's own need without
+        (`engines.vllm_releases.chunked_local_attention`: from PR #29627, not in 0.11); the attention's own need without
         an engine."""
         return self._chunked_local
 
@@ -1482,7 +1484,8 @@ class _Evaluator:
 def _load_outside_bytes(evaluator: _Evaluator, layout: _Layout, terms: _StageTerms, stage: int) -> int:
     """What the engine holds outside its budget on one device of `stage` while it loads (`OutsideBudget.load_bytes`:
     vLLM's MTP drafter's own embedding and heads, held until it shares the target's; a MoE layer's fp8 experts or
-    the largest fp8 linear layer while they are repacked for Marlin), given the budget still free then
+    the largest fp8 linear layer while they are repacked for Marlin, or the largest block-fp8 linear layer while
+    DeepGEMM requantizes it), given the budget still free then
     (`_load_room`); 0 where the engine holds nothing only while loading."""
     term = terms.outside[stage] if terms.outside else None
     if not isinstance(term, OutsideBudget) or not term.loads:
@@ -1627,7 +1630,7 @@ class _ModelTerms:
         """Why vLLM refuses, or nibble does not plan, this MoE model's routed experts in this format spread over the
         ``data x tensor`` ranks of its MoE layers (None at data parallel 1, for a dense model, or when planned):
         what nibble has not read of the format's kernel under data parallelism
-        (`engines.vllm.moe_data_parallel_format_refusal`), then the engine's expert refusals asked at the MoE
+        (`engines.vllm_parallel.moe_data_parallel_format_refusal`), then the engine's expert refusals asked at the MoE
         layers' degree (their width split over data x tensor ranks, or whole experts over them)."""
         if data_parallel <= 1 or not self.spec.is_moe:
             return None
@@ -1866,8 +1869,8 @@ def engine_tensor_parallel_sizes(spec: ModelSpec, limit: int = MAX_DEVICES_SEARC
     or be a multiple of them (each rank then holds a replica); MLA models
     (a latent KV cache) have no key/value-head condition.  A spec without
     attention heads constrains nothing.  Under `expert_parallel` the routed experts' width need not divide
-    (`engines.vllm.expert_width_refusal`), and a MoE model takes no more ranks than routed experts
-    (`engines.vllm.expert_ranks_refusal`).
+    (`engines.vllm_refusals.expert_width_refusal`), and a MoE model takes no more ranks than routed experts
+    (`engines.vllm_parallel.expert_ranks_refusal`).
     """
     heads, kv_heads = spec.num_attention_heads, spec.num_kv_heads
     if heads <= 0:
@@ -1896,9 +1899,9 @@ def _min_devices(evaluator: _Evaluator, terms: _ModelTerms, workload: Workload) 
     ceil(weights / usable) devices cannot fit; and per-rank usage never grows
     with more ranks, so "does not fit" is a prefix of the accepted sizes: bisect them.  Except that one device
     starts with no tensor-parallel communicator, which every rank of two or more holds outside the budget
-    (`engines.vllm.startup_memory`): one device is tried first, then the larger sizes bisected.  And a DeepSeek
+    (`engines.vllm_releases.startup_memory`): one device is tried first, then the larger sizes bisected.  And a DeepSeek
     Sparse Attention model on vLLM 0.19, whose fp8 mixed-batch kernel buffers appear outside the budget once a
-    rank holds fewer than 32 heads (`engines.vllm.dsa_mixed_batch_bytes`): its sizes are tried in order.  The sizes
+    rank holds fewer than 32 heads (`engines.vllm_dsa.dsa_mixed_batch_bytes`): its sizes are tried in order.  The sizes
     weighed do not depend on the workload (`_ModelTerms.min_device_sizes`).
     """
     def fits_on(devices: int) -> bool:
@@ -1929,7 +1932,8 @@ def _min_devices(evaluator: _Evaluator, terms: _ModelTerms, workload: Workload) 
 def _starts_at(evaluator: _Evaluator, terms: _ModelTerms, tensor_parallel: int) -> bool:
     """Whether the engine starts this model at `tensor_parallel` ranks (one stage) with the plan's scheduler limits:
     vLLM's Mamba "align" mode refuses a hybrid model whose raised attention block, which depends on the degree,
-    exceeds ``max_num_batched_tokens`` (`engines.vllm.mamba_align_refusal`; a plan at that degree is refused naming
+    exceeds ``max_num_batched_tokens`` (`engines.vllm_refusals.mamba_align_refusal`; a plan at that degree is refused
+    naming
     ``runtime.max_batched_tokens``), so the fewest devices never name such a degree.  `_min_devices` asks it for a
     hybrid model under vLLM only."""
     engine = evaluator.engine
@@ -2339,8 +2343,8 @@ def _moe_data_parallel_reason(spec: ModelSpec, data: int, tensor: int, pipeline:
     pipeline `pipeline`) on this engine: vLLM does not run its data-parallel ranks as independent replicas
     (``FusedMoEParallelConfig.make``, fused_moe/config.py: every MoE layer spread over the data x tensor ranks, each
     gathering every rank's tokens), and nibble sized that only for vLLM 0.19 and 0.33 at one pipeline stage
-    (`engines.vllm.MOE_DATA_PARALLEL_VERSIONS`, `engines.vllm.moe_dispatched_tokens`).  0.11 gathers with the same
-    default backend (``VLLM_ALL2ALL_BACKEND`` allgather_reducescatter), but its ``FusedMoE.forward_impl``
+    (`engines.vllm_releases.MOE_DATA_PARALLEL_VERSIONS`, `engines.vllm_parallel.moe_dispatched_tokens`).  0.11 gathers
+    with the same default backend (``VLLM_ALL2ALL_BACKEND`` allgather_reducescatter), but its ``FusedMoE.forward_impl``
     (fused_moe/layer.py) picks its kernels before the oracles (DeepGEMM for block fp8, fused_experts chunked at
     32,768 tokens) and routes FlashInfer CUTLASS at dp > 1 to ``forward_impl_chunked`` (``VLLM_MOE_DP_CHUNK_SIZE``):
     on the gathered rows, not read.  The generic engine has no such placement.  Pipeline stages
@@ -2381,7 +2385,7 @@ def _data_parallel_note(data: int, tensor: int, pipeline: int, deployment: Workl
         how = ("vLLM 0.19 and 0.33 start the data-parallel ranks of a model without routed experts as independent "
                "engines (v1/engine/core.py run_engine_core: \"Non-MoE DP ranks are completely independent, so treat "
                "like DP=1\"); 0.11 keeps them in one data-parallel group, whose communicators are charged at start-up "
-               "(engines.vllm.data_parallel_groups)")
+               "(engines.vllm_releases.data_parallel_groups)")
     else:
         how = "replicas of the generic estimate, nothing shared"
     ranks = "data-parallel ranks (not replicas: their MoE layers are one group, below)" if spec.is_moe else "replicas"
@@ -2396,7 +2400,7 @@ def _data_parallel_note(data: int, tensor: int, pipeline: int, deployment: Workl
 def _moe_placement_text(spec: ModelSpec, data: int, tensor: int, expert_parallel: bool,
                         max_batched_tokens: int) -> str:
     """How vLLM 0.19 and 0.33 place and run a MoE model at data parallel `data` x tensor `tensor`, with the per-rank
-    figures the plan charges (`engines.vllm.moe_dispatched_tokens`)."""
+    figures the plan charges (`engines.vllm_parallel.moe_dispatched_tokens`)."""
     ranks = data * tensor
     if expert_parallel:
         most, least = (routed_experts_per_rank(spec.num_experts, ranks),
@@ -2449,7 +2453,7 @@ def _checkpoint_kv_options(options: PlanOptions, engine: EngineProfile, notes: l
 def _engine_block_size(spec: ModelSpec, engine: EngineProfile | None, options: PlanOptions,
                        notes: list[str], compute_capability: tuple[int, int] | None = None) -> PlanOptions:
     """`options` at the KV block the engine runs `spec` at on a device of `compute_capability`: vLLM's DeepSeek
-    Sparse Attention block (`engines.vllm.dsa_block_size`), or the block of the attention backend it runs the plan's
+    Sparse Attention block (`engines.vllm_dsa.dsa_block_size`), or the block of the attention backend it runs the plan's
     KV dtype on (`EngineProfile.kv_cache_backend`: FlashMLA's 64 tokens for an fp8 MLA cache on Hopper), with a note
     in `notes` when it is not the requested one."""
     if engine is None or engine.name != "vllm":
@@ -2468,7 +2472,7 @@ def _engine_block_size(spec: ModelSpec, engine: EngineProfile | None, options: P
 
 def _is_checkpoint_gptq(scheme: WeightScheme) -> bool:
     """Whether `scheme` is GPTQ read from a checkpoint's headers (``checkpoint-gptq``).  No safetensors header names
-    ``sym`` (`engines.vllm.unknown_gptq_symmetry_note`): its `quantized` format is the one config.json's GPTQ
+    ``sym`` (`engines.vllm_refusals.unknown_gptq_symmetry_note`): its `quantized` format is the one config.json's GPTQ
     ``quantization_config`` gives when the plan has it (`PlanOptions.shipped`), and otherwise not a GPTQ format at all
     (the plan then takes the weights as symmetric and warns)."""
     return scheme.checkpoint is not None and scheme.checkpoint.format == "gptq"
@@ -2477,8 +2481,8 @@ def _is_checkpoint_gptq(scheme: WeightScheme) -> bool:
 def _late_buffer_notes(spec: ModelSpec, version: str, workload: Workload, options: PlanOptions, tensor_parallel: int,
                        limits: BatchLimits) -> list[str]:
     """What vLLM takes from the GPU that its memory profiling does not count, outside ``gpu_memory_utilization``: the
-    DeepSeek Sparse Attention indexer's expanded block table (`engines.vllm.dsa_block_table_bytes`, allocated after
-    the KV cache is sized) and the fp8 mixed-batch attention's kernel buffers (`engines.vllm.dsa_mixed_batch_bytes`,
+    DeepSeek Sparse Attention indexer's expanded block table (`engines.vllm_dsa.dsa_block_table_bytes`, allocated after
+    the KV cache is sized) and the fp8 mixed-batch attention's kernel buffers (`engines.vllm_dsa.dsa_mixed_batch_bytes`,
     allocated while serving).  Not charged inside the budget, whose KV capacity is the one vLLM computes, but named;
     with the CUDA graphs they must fit in the memory the budget leaves free (`_outside_budget_warning`)."""
     table = dsa_block_table_bytes(spec, version, workload.context_length, limits)
@@ -2507,7 +2511,7 @@ def _outside_budget_warning(primary: FormatPlan, evaluator: _Evaluator, layout: 
     """Why the plan does not fit when what the engine takes outside its budget (`_StageTerms.outside`: vLLM's memory
     in use at start-up, 0.11/0.19's CUDA graphs, DeepSeek Sparse Attention's late buffers) is more than the
     ``capacity - usable`` the budget leaves free on a device, with the figures, the release, vLLM's own error when it
-    would refuse to start (`engines.vllm.startup_refusal`) and the remedies; nothing when it fits."""
+    would refuse to start (`engines.vllm_releases.startup_refusal`) and the remedies; nothing when it fits."""
     engine, options, free = evaluator.engine, evaluator.options, evaluator.free_outside_bytes
     need, stage = max(((device.outside_budget_bytes, device.pipeline_stage)
                        for device in primary.devices[::layout.tensor_parallel]),  # a stage's ranks hold the same

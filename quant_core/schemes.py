@@ -97,7 +97,7 @@ class WeightScheme:
         """The ``quant_method`` of the quantization_config this scheme was read from (`scheme_from_quantization_config`
         names it in `origin`), or "" (a request's format, a checkpoint's headers, a fit): an engine may load the same
         bytes by different code per method (vLLM 0.33 refines the fp8 block scales of routed experts under ``fp8``,
-        not under ``compressed-tensors``: `engines.vllm.fp8_refined_block`)."""
+        not under ``compressed-tensors``: `engines.vllm_expert_layouts.fp8_refined_block`)."""
         prefix = f"{FIELD} (quant_method "
         return self.origin[len(prefix):-1] if self.origin.startswith(prefix) and self.origin.endswith(")") else ""
 

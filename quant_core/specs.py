@@ -570,7 +570,7 @@ class ModelSpec:
     attention_output_gate: bool = False
     #: the rotary dimensions of a head (``head_dim x partial_rotary_factor``; MLA: ``qk_rope_head_dim``); 0 = no
     #: RoPE (learned positions, ALiBi) or not recorded.  No tensor depends on it: vLLM's cos/sin caches do
-    #: (`engines.vllm.rotary_cache_bytes`)
+    #: (`engines.vllm_encoders.rotary_cache_bytes`)
     rotary_dim: int = 0
     #: the positions (rows) of each distinct cos/sin cache vLLM's ``get_rope`` builds for the model, one entry per
     #: distinct set of arguments (Gemma 3: the local and the global RoPE), as its RotaryEmbedding class sizes it

@@ -58,7 +58,7 @@ from quant_core.checkpoint.source import (
     CheckpointTensor,
     read_tensor,
 )
-from quant_core.engines.vllm import float16_only_config
+from quant_core.engines.vllm_refusals import float16_only_config
 from quant_core.errors import LimitExceeded, TensorFileError
 from quant_core.formats import FLOAT_FORMATS, WeightFormat
 from quant_core.hf_config import architecture_family, config_float_format
@@ -371,7 +371,7 @@ def engine_notes(options: CheckpointOptions, plans: Sequence[TensorPlan],
     is refused when a layer vLLM fuses (q/k/v, gate/up, a layer's experts: `split_fused_groups` of the
     checkpoint's `config`) is stored in part: one note per kind of split, layers compacted (a budget's formats
     split none: quant_core/checkpoint/budget.py chooses each such layer's quantized parts as one).  vLLM 0.33
-    refuses an asymmetric GPTQ result (`engines.vllm.ASYMMETRIC_GPTQ_REFUSED`: AutoGPTQConfig's TYPE_MAP is
+    refuses an asymmetric GPTQ result (`engines.vllm_refusals.ASYMMETRIC_GPTQ_REFUSED`: AutoGPTQConfig's TYPE_MAP is
     symmetric only), said after the other notes, with `float16_dtype_note` when the result's config.json is written
     float16 (`output_config`; that note alone for a GPTQ or AWQ result Marlin does not take for its group size).
     The job writes what was asked (nibble's INT4 has an offset by default; globs are never widened); the notes
@@ -423,8 +423,8 @@ def _float16_rewrite(config: Mapping[str, Any] | None,
 def output_config(config: Mapping[str, Any] | None, quantization_config: Mapping[str, Any]) -> dict[str, Any]:
     """The result's config.json: the source's with `quantization_config`, and its dtype (``torch_dtype``, and
     ``dtype`` where transformers 4.56+ wrote it) float16 when vLLM 0.11 and 0.19 load the result with their
-    float16-only GPTQ or AWQ kernels (`engines.vllm.float16_only_config`: asymmetric GPTQ, or groups Marlin does not
-    take) and the source names another dtype or none.  ``--dtype auto`` runs the config's dtype, and a bfloat16
+    float16-only GPTQ or AWQ kernels (`engines.vllm_refusals.float16_only_config`: asymmetric GPTQ, or groups Marlin
+    does not take) and the source names another dtype or none.  ``--dtype auto`` runs the config's dtype, and a bfloat16
     one is refused ("torch.bfloat16 is not supported for quantization method gptq", _get_quantization_config);
     AutoGPTQ writes float16 models for the same kernels.  The 16-bit tensors stay as the source stores them: vLLM
     and transformers cast them to the model's dtype as they load them."""

@@ -10,7 +10,8 @@ from __future__ import annotations
 from functools import lru_cache
 
 from quant_core.engines.base import BatchLimits, ContextTerm, EngineProfile, KVCapacity, Stage, Term
-from quant_core.engines.vllm import DEFAULT_VERSION, VERSIONS, VllmProfile
+from quant_core.engines.vllm import VllmProfile
+from quant_core.engines.vllm_releases import DEFAULT_VERSION, VERSIONS
 from quant_core.errors import UnknownName
 
 ENGINES: tuple[str, ...] = ("vllm", "generic")

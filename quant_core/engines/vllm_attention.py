@@ -41,14 +41,14 @@ paged in the blocks of the MLA backend it picks:
   (`_wide_head_refusal`); elsewhere FlashInfer (512) or Triton runs them, at the requested block.
 
 `kv_backend` decides it; a dense model's 16-bit cache otherwise stays at the requested block and is not decided here
-(heads under 16, which only FlexAttention would take, are `engines.vllm.head_size_refusal`'s):
+(heads under 16, which only FlexAttention would take, are `engines.vllm_refusals.head_size_refusal`'s):
 every dense backend vLLM picks takes vLLM's default 16 (FlashAttention and Triton ``MultipleOf(16)``, FlashInfer 16,
 32, 64...).  The one exception in the code, 0.33's FlashAttention 4 head-256 kernel on 10.x / 11.x and its 128-token
 pages (fa_utils.py ``FA4_HD256_PAGE_SIZE``, flash_attn.py ``_get_fa4_hd256_block_size``), is never reached for a
 decoder: on 10.x FLASHINFER comes first and takes heads of 256 (with sliding windows and soft-capping) wherever
 FlashAttention would, and ``get_flash_attn_version`` picks FA4 by default on 10.x only (FA2 on 11.x).  DeepSeek Sparse
-Attention models (their own backends and ``fp8_ds_mla`` cache, `engines.vllm.dsa_attention_refusal`,
-`engines.vllm.dsa_block_size`) are not decided here.
+Attention models (their own backends and ``fp8_ds_mla`` cache, `engines.vllm_refusals.dsa_attention_refusal`,
+`engines.vllm_dsa.dsa_block_size`) are not decided here.
 """
 
 from __future__ import annotations

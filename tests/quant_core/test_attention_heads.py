@@ -28,8 +28,8 @@ from dataclasses import replace
 import pytest
 
 from quant_core.catalog import get_device, get_preset_info, list_presets
-from quant_core.engines.vllm import kv_cache_refusal
 from quant_core.engines.vllm_attention import kv_backend, kv_requirement, mla_latent_head, mla_latent_refusal
+from quant_core.engines.vllm_refusals import kv_cache_refusal
 from quant_core.formats import float_format
 from quant_core.hf_config import model_from_hf_config
 from quant_core.planner import Hardware, Plan, PlanOptions, Workload, plan

@@ -1,6 +1,6 @@
 """Weight formats vLLM refuses on a device's compute capability are planned as not fitting.
 
-The floors are read from each release's own code (`quant_core.engines.vllm.CAPABILITY_FLOORS`, which cites each
+The floors are read from each release's own code (`quant_core.engines.vllm_refusals.CAPABILITY_FLOORS`, which cites each
 ``get_min_capability`` and the check that enforces it); the devices' capabilities from NVIDIA's CUDA GPUs page
 (``compute_capability`` in ``quant_core/data/devices.json``).
 """
@@ -10,7 +10,8 @@ from __future__ import annotations
 import pytest
 
 from quant_core.catalog import get_device, get_preset_info, list_devices
-from quant_core.engines.vllm import VERSIONS, capability_refusal
+from quant_core.engines.vllm_refusals import capability_refusal
+from quant_core.engines.vllm_releases import VERSIONS
 from quant_core.errors import InvalidSpec
 from quant_core.fit import fit_plan
 from quant_core.formats import WeightFormat, block_format, float_format, fp8, int4

@@ -27,7 +27,7 @@ import pytest
 
 from quant_core.catalog import get_device, get_preset, list_presets
 from quant_core.engines.base import Stage
-from quant_core.engines.vllm import STARTUP_V0_11, data_parallel_groups, startup_memory
+from quant_core.engines.vllm_releases import STARTUP_V0_11, data_parallel_groups, startup_memory
 from quant_core.errors import InvalidSpec
 from quant_core.planner import Hardware, PlanOptions, Workload, plan
 

@@ -22,7 +22,8 @@ from __future__ import annotations
 
 from quant_core.catalog import UNKNOWN_DEVICE, device_facts, get_device, get_preset, get_preset_info
 from quant_core.engines.base import BatchLimits, Stage
-from quant_core.engines.vllm import VllmProfile, deep_gemm_moe_warmup, deep_gemm_warmup_excess
+from quant_core.engines.vllm import VllmProfile, deep_gemm_warmup_excess
+from quant_core.engines.vllm_moe_buffers import deep_gemm_moe_warmup
 from quant_core.planner import Hardware, PlanOptions, Workload, plan
 from quant_core.schemes import scheme_from_quantization_config
 

@@ -21,14 +21,11 @@ from quant_core.catalog import (
     get_preset_info,
     list_devices,
 )
-from quant_core.engines.vllm import (
-    VllmProfile,
-    flashinfer_sampler_supported,
-    gptq_dense_kernel,
-    mxfp4_moe_backend,
-    sampler_pass_bytes,
-)
+from quant_core.engines.vllm import VllmProfile
 from quant_core.engines.vllm_attention import attention_backend_name, kv_backend
+from quant_core.engines.vllm_expert_layouts import mxfp4_moe_backend
+from quant_core.engines.vllm_linear import gptq_dense_kernel
+from quant_core.engines.vllm_sampler import flashinfer_sampler_supported, sampler_pass_bytes
 from quant_core.errors import InvalidSpec
 from quant_core.planner import Hardware, Plan, PlanOptions, Workload, plan
 from quant_core.schemes import scheme_from_quantization_config

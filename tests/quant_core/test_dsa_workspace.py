@@ -33,7 +33,8 @@ import pytest
 
 from quant_core.catalog import get_preset_info
 from quant_core.engines.base import BatchLimits, Stage
-from quant_core.engines.vllm import DsaWorkspace, VllmProfile, dsa_block_table_bytes, dsa_mixed_batch_bytes
+from quant_core.engines.vllm import VllmProfile
+from quant_core.engines.vllm_dsa import DsaWorkspace, dsa_block_table_bytes, dsa_mixed_batch_bytes
 from quant_core.planner import Hardware, PlanOptions, Workload, plan
 from quant_core.schemes import scheme_from_quantization_config
 from tests.quant_core.test_deepseek_v32 import spec_of as deepseek_v32
@@ -222,7 +223,7 @@ def test_the_fp8_mixed_batch_path_runs_only_below_32_heads_a_rank_with_an_fp8_ca
 def test_a_plan_does_not_fit_when_the_memory_outside_the_budget_cannot_hold_the_unprofiled_buffers() -> None:
     # 8 x H200 at fp8, 8192 batched tokens: the block table (0.08 GiB), the mixed-batch kernel (3.07 GiB), vLLM
     # 0.19's CUDA graphs (2.20 GiB, engines/vllm_graphs.py) and the 2.03 GiB in use at start-up (TP 8, a MoE model:
-    # engines.vllm.startup_memory) beside the 14.04 GiB a device keeps outside a 0.9 budget; at 0.98 (2.81 GiB
+    # engines.vllm_releases.startup_memory) beside the 14.04 GiB a device keeps outside a 0.9 budget; at 0.98 (2.81 GiB
     # outside) vLLM runs out of memory: the plan does not fit
     roomy = plan(deepseek_v32(), Hardware(H200, 8), Workload(163_840, 1), shipped_options())
     assert any("3.07 GiB per device" in note and "vllm#53413" in note for note in roomy.warnings)

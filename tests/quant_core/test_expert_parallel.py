@@ -22,12 +22,9 @@ import pytest
 
 from quant_core.catalog import device_facts, get_preset, get_preset_info
 from quant_core.engines.base import Stage
-from quant_core.engines.vllm import (
-    VllmProfile,
-    expert_shard,
-    fused_moe_caches,
-    routed_experts_per_rank,
-)
+from quant_core.engines.vllm import VllmProfile
+from quant_core.engines.vllm_moe_buffers import fused_moe_caches
+from quant_core.engines.vllm_parallel import expert_shard, routed_experts_per_rank
 from quant_core.errors import InvalidSpec
 from quant_core.formats import float_format
 from quant_core.inventory import inventory

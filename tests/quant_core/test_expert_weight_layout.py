@@ -23,7 +23,9 @@ import pytest
 
 from quant_core.catalog import device_facts, get_preset
 from quant_core.engines.base import Stage
-from quant_core.engines.vllm import VllmProfile, int4_moe_backend_v0_33, machete_zero_point_bytes
+from quant_core.engines.vllm import VllmProfile
+from quant_core.engines.vllm_expert_layouts import int4_moe_backend_v0_33
+from quant_core.engines.vllm_linear import machete_zero_point_bytes
 from quant_core.formats import float_format
 from quant_core.planner import Hardware, PlanOptions, Workload, plan
 from quant_core.schemes import scheme_from_quantization_config

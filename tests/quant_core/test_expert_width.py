@@ -14,7 +14,8 @@ from __future__ import annotations
 import pytest
 
 from quant_core.catalog import get_device, get_preset
-from quant_core.engines.vllm import VllmProfile, expert_width_refusal, int4_expert_refusal
+from quant_core.engines.vllm import VllmProfile
+from quant_core.engines.vllm_refusals import expert_width_refusal, int4_expert_refusal
 from quant_core.formats import WeightFormat, float_format, int4
 from quant_core.planner import Hardware, PlanOptions, Workload, engine_tensor_parallel_sizes, plan
 

@@ -107,8 +107,8 @@ def test_a_model_too_big_even_at_the_smallest_formats_answers_fits_false_with_th
 
 def test_when_only_the_memory_outside_the_budget_is_short_the_reason_says_so_not_a_negative_shortfall() -> None:
     # Llama-3.1-8B on an L4 at 0.99 (vLLM 0.19): the budget holds every mix, but its 994 MiB of CUDA graphs
-    # (quant_core/engines/vllm_graphs.py) and the 523 MiB in use at start-up (engines.vllm.startup_memory) do not fit
-    # in the 0.22 GiB the budget leaves free
+    # (quant_core/engines/vllm_graphs.py) and the 523 MiB in use at start-up (engines.vllm_releases.startup_memory) do
+    # not fit in the 0.22 GiB the budget leaves free
     options = PlanOptions(memory_utilization=0.99)
     recipe = fit_plan(catalog.get_preset("llama-3.1-8b"), _hardware("l4", 1), Workload(4096, 1), options)
     assert not recipe.fits and recipe.reason is not None

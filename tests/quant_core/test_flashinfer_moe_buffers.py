@@ -25,8 +25,8 @@ from dataclasses import replace
 
 from quant_core.catalog import device_facts, get_device, get_preset
 from quant_core.engines.base import BatchLimits, Stage
-from quant_core.engines.vllm import (
-    VllmProfile,
+from quant_core.engines.vllm import VllmProfile
+from quant_core.engines.vllm_moe_buffers import (
     cutlass_moe_profiler_workspace_bytes,
     cutlass_moe_runtime_workspace_bytes,
     cutlass_moe_tokens_per_block,

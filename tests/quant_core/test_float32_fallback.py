@@ -12,13 +12,9 @@ from __future__ import annotations
 import pytest
 
 from quant_core.catalog import device_facts, get_device, get_preset_info
-from quant_core.engines.vllm import (
-    FLOAT16_UNSUPPORTED_MODEL_TYPES,
-    _forward_bytes,
-    float32_refusal,
-    runs_float32,
-    sampler_pass_bytes,
-)
+from quant_core.engines.vllm import _forward_bytes
+from quant_core.engines.vllm_refusals import FLOAT16_UNSUPPORTED_MODEL_TYPES, float32_refusal, runs_float32
+from quant_core.engines.vllm_sampler import sampler_pass_bytes
 from quant_core.errors import UnknownName
 from quant_core.formats import WeightFormat, float_format, fp8, gptq_checkpoint, int4
 from quant_core.planner import Hardware, Plan, PlanOptions, Workload, plan

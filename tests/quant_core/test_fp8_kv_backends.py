@@ -17,8 +17,8 @@ from typing import Any
 import pytest
 
 from quant_core.catalog import get_device, get_preset_info
-from quant_core.engines.vllm import kv_cache_refusal
 from quant_core.engines.vllm_attention import VLLM_FP8_CACHE_DTYPES, kv_backend
+from quant_core.engines.vllm_refusals import kv_cache_refusal
 from quant_core.errors import UnknownName
 from quant_core.formats import KV_DTYPES, float_format
 from quant_core.hf_config import model_from_hf_config

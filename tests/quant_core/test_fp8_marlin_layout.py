@@ -28,12 +28,8 @@ import pytest
 
 from quant_core.catalog import device_facts, get_preset_info
 from quant_core.engines.base import Stage
-from quant_core.engines.vllm import (
-    VllmProfile,
-    _marlin_padded_nk,
-    fp8_marlin_linear_repack_bytes,
-    fp8_marlin_scale_bytes,
-)
+from quant_core.engines.vllm import VllmProfile
+from quant_core.engines.vllm_linear import _marlin_padded_nk, fp8_marlin_linear_repack_bytes, fp8_marlin_scale_bytes
 from quant_core.planner import Hardware, PlanOptions, Workload, plan
 from quant_core.schemes import scheme_from_quantization_config
 

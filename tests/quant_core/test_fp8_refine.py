@@ -17,7 +17,8 @@ from dataclasses import replace
 
 from quant_core.catalog import get_preset, get_preset_info
 from quant_core.engines.base import Stage
-from quant_core.engines.vllm import VllmProfile, fp8_refined_block, fp8_refined_expert_bytes
+from quant_core.engines.vllm import VllmProfile
+from quant_core.engines.vllm_expert_layouts import fp8_refined_block, fp8_refined_expert_bytes
 from quant_core.planner import Hardware, PlanOptions, Workload, plan
 from quant_core.schemes import WeightScheme, scheme_from_quantization_config
 from quant_core.specs import ModelSpec

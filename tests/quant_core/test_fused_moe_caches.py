@@ -33,10 +33,10 @@ import pytest
 
 from quant_core.catalog import UNKNOWN_DEVICE, device_facts, get_device, get_preset, get_preset_info
 from quant_core.engines.base import BatchLimits, Stage
-from quant_core.engines.vllm import (
-    VllmProfile,
+from quant_core.engines.vllm import VllmProfile
+from quant_core.engines.vllm_encoders import rotary_cache_bytes
+from quant_core.engines.vllm_moe_buffers import (
     fused_moe_caches,
-    rotary_cache_bytes,
     trtllm_candidate_tiles_072,
     trtllm_fp4_moe_bytes,
     trtllm_fp8_block_moe_bytes,

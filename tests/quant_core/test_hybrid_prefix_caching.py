@@ -26,7 +26,8 @@ import pytest
 
 from quant_core.catalog import get_device
 from quant_core.engines.base import Stage
-from quant_core.engines.vllm import MAMBA_CACHE_MODES, VllmProfile, hybrid_kv_capacity, mamba_cache_mode
+from quant_core.engines.vllm import VllmProfile, hybrid_kv_capacity
+from quant_core.engines.vllm_releases import MAMBA_CACHE_MODES, mamba_cache_mode
 from quant_core.errors import InvalidSpec, UnknownName
 from quant_core.hf_config import model_from_hf_config
 from quant_core.kv_cache import MAMBA_CACHE_MODE_STATE_BLOCKS, hybrid_kv, kv_cache_bytes

@@ -14,7 +14,8 @@ from __future__ import annotations
 
 from quant_core.catalog import get_device, get_preset, get_preset_info
 from quant_core.engines.base import Stage
-from quant_core.engines.vllm import VllmProfile, mla_kv_b_copy_bytes
+from quant_core.engines.vllm import VllmProfile
+from quant_core.engines.vllm_linear import mla_kv_b_copy_bytes
 from quant_core.engines.vllm_speculative import SpeculativeDecoding
 from quant_core.formats import float_format
 from quant_core.planner import Hardware, Plan, PlanOptions, Workload, plan

@@ -21,7 +21,8 @@ from typing import Any
 import pytest
 
 from quant_core.checkpoint_rows import checkpoint_scheme
-from quant_core.engines.vllm import VllmProfile, capability_refusal, checkpoint_kv_cache_dtype, float32_refusal
+from quant_core.engines.vllm import VllmProfile
+from quant_core.engines.vllm_refusals import capability_refusal, checkpoint_kv_cache_dtype, float32_refusal
 from quant_core.errors import InvalidSpec
 from quant_core.hf_config import model_from_hf_config
 from quant_core.planner import Hardware, Plan, PlanOptions, plan

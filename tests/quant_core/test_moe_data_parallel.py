@@ -30,17 +30,11 @@ import pytest
 
 from quant_core.catalog import device_facts, get_device, list_presets
 from quant_core.engines.base import BatchLimits, Stage
-from quant_core.engines.vllm import (
-    VllmProfile,
-    cutlass_moe_runtime_workspace_bytes,
-    fused_moe_caches,
-    moe_data_parallel_format_refusal,
-    moe_dispatch_bytes,
-    moe_dispatched_tokens,
-    outside_budget,
-    startup_memory,
-)
+from quant_core.engines.vllm import VllmProfile, outside_budget
 from quant_core.engines.vllm_graphs import cuda_graph_pool
+from quant_core.engines.vllm_moe_buffers import cutlass_moe_runtime_workspace_bytes, fused_moe_caches
+from quant_core.engines.vllm_parallel import moe_data_parallel_format_refusal, moe_dispatch_bytes, moe_dispatched_tokens
+from quant_core.engines.vllm_releases import startup_memory
 from quant_core.errors import InvalidSpec
 from quant_core.planner import Hardware, Plan, PlanOptions, Workload, plan
 from quant_core.schemes import scheme_from_quantization_config

@@ -21,14 +21,10 @@ import pytest
 
 from quant_core.catalog import device_facts, get_preset
 from quant_core.engines.base import Stage
-from quant_core.engines.vllm import (
-    VllmProfile,
-    fused_moe_caches,
-    int4_expert_refusal,
-    moe_wna16_act_order_note,
-    moe_wna16_backend,
-    moe_wna16_group,
-)
+from quant_core.engines.vllm import VllmProfile
+from quant_core.engines.vllm_expert_layouts import moe_wna16_act_order_note, moe_wna16_backend
+from quant_core.engines.vllm_moe_buffers import fused_moe_caches
+from quant_core.engines.vllm_refusals import int4_expert_refusal, moe_wna16_group
 from quant_core.planner import Hardware, PlanOptions, Workload, plan
 from quant_core.schemes import scheme_from_quantization_config
 

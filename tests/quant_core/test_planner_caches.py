@@ -120,7 +120,8 @@ def test_a_plan_from_a_checkpoints_headers_keeps_no_setup() -> None:
 
 
 def test_the_kv_cache_backend_memo_answers_as_the_plain_function_for_each_spec_object() -> None:
-    from quant_core.engines.vllm import VllmProfile, kv_cache_refusal
+    from quant_core.engines.vllm import VllmProfile
+    from quant_core.engines.vllm_refusals import kv_cache_refusal
 
     profile = VllmProfile("0.19")
     v2_lite = get_preset("deepseek-v2-lite")

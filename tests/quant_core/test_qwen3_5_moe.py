@@ -20,7 +20,8 @@ import pytest
 from quant_core.catalog import get_device, get_preset_info
 from quant_core.checkpoint import quantize_checkpoint
 from quant_core.checkpoint_rows import checkpoint_scheme
-from quant_core.engines.vllm import VllmProfile, mamba_cache_mode
+from quant_core.engines.vllm import VllmProfile
+from quant_core.engines.vllm_releases import mamba_cache_mode
 from quant_core.errors import InvalidSpec
 from quant_core.hf_config import model_from_hf_config, unread_config_keys
 from quant_core.inventory import inventory, parameter_count

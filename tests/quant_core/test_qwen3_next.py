@@ -23,14 +23,9 @@ from quant_core.catalog import get_device
 from quant_core.checkpoint import CheckpointOptions, open_checkpoint, plan_checkpoint, quantize_checkpoint
 from quant_core.checkpoint_rows import checkpoint_scheme
 from quant_core.engines.base import BatchLimits, Stage
-from quant_core.engines.vllm import (
-    VllmProfile,
-    gdn_forward_bytes_per_token,
-    hybrid_kv_capacity,
-    mamba_cache_mode,
-    rotary_cache_bytes,
-    startup_memory,
-)
+from quant_core.engines.vllm import VllmProfile, gdn_forward_bytes_per_token, hybrid_kv_capacity
+from quant_core.engines.vllm_encoders import rotary_cache_bytes
+from quant_core.engines.vllm_releases import mamba_cache_mode, startup_memory
 from quant_core.errors import InvalidSpec, MissingConfigKey, UnsupportedArchitecture
 from quant_core.formats import float_format
 from quant_core.hf_config import model_from_hf_config, unread_config_keys

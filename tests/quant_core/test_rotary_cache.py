@@ -16,7 +16,8 @@ import pytest
 
 from quant_core.catalog import get_preset
 from quant_core.engines.base import BatchLimits, Stage
-from quant_core.engines.vllm import VllmProfile, rotary_cache_bytes, rotary_cache_positions
+from quant_core.engines.vllm import VllmProfile
+from quant_core.engines.vllm_encoders import rotary_cache_bytes, rotary_cache_positions
 from quant_core.errors import InvalidSpec
 from quant_core.hf_config import model_from_hf_config
 from quant_core.inventory import weight_bytes

@@ -12,16 +12,16 @@ import pytest
 from quant_core.catalog import device_facts, get_device, get_preset
 from quant_core.engines import BatchLimits, Stage
 from quant_core.engines.torch_cuda import blas_workspace_bytes
-from quant_core.engines.vllm import (
-    VllmProfile,
+from quant_core.engines.vllm import VllmProfile
+from quant_core.engines.vllm_encoders import (
     pixtral_encoder_dummy,
     pixtral_encoder_profile,
     qwen3_vl_video_resize,
     qwen_encoder_dummy,
     qwen_encoder_profile,
     rotary_cache_bytes,
-    sampler_state_bytes,
 )
+from quant_core.engines.vllm_sampler import sampler_state_bytes
 from quant_core.formats import float_format, int4
 from quant_core.hf_config import model_from_hf_config
 from quant_core.planner import Hardware, PlanOptions, Workload, plan

@@ -12,7 +12,7 @@ from __future__ import annotations
 import pytest
 
 from quant_core.catalog import get_preset
-from quant_core.engines.vllm import act_dtypes, gguf_bfloat16_refusal
+from quant_core.engines.vllm_refusals import act_dtypes, gguf_bfloat16_refusal
 from quant_core.planner import Hardware, Plan, PlanOptions, plan
 from quant_core.schemes import WeightScheme
 

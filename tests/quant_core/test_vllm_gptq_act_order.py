@@ -22,7 +22,8 @@ import pytest
 from quant_core.catalog import device_facts, get_preset
 from quant_core.checkpoint_rows import checkpoint_scheme
 from quant_core.engines.base import Stage
-from quant_core.engines.vllm import VllmProfile, gptq_act_order_refusal, unknown_gptq_symmetry_note
+from quant_core.engines.vllm import VllmProfile
+from quant_core.engines.vllm_refusals import gptq_act_order_refusal, unknown_gptq_symmetry_note
 from quant_core.formats import gptq_checkpoint
 from quant_core.planner import Hardware, PlanOptions, Workload, plan
 from quant_core.schemes import scheme_from_quantization_config

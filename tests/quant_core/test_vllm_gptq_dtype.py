@@ -12,7 +12,7 @@ from __future__ import annotations
 import pytest
 
 from quant_core.checkpoint_rows import checkpoint_scheme
-from quant_core.engines.vllm import (
+from quant_core.engines.vllm_refusals import (
     ACT_DTYPES,
     bfloat16_refusal,
     float32_refusal,

@@ -14,7 +14,8 @@ import pytest
 
 from quant_core.catalog import device_facts, get_preset
 from quant_core.engines.base import Stage
-from quant_core.engines.vllm import VllmProfile, gptq_dense_kernel
+from quant_core.engines.vllm import VllmProfile
+from quant_core.engines.vllm_linear import gptq_dense_kernel
 
 # Llama-3.1-8B: 32 layers, hidden 4096, 32 heads and 8 key/value heads of 128, MLP 14336
 

@@ -4,7 +4,8 @@ vLLM 0.11 and 0.19 size the KV pool as ``total x utilization - (weights + peak a
 then capture their CUDA graphs (gpu_worker.compile_or_warm_up_model -> gpu_model_runner.capture_model), from the
 ``total - total x utilization`` the budget leaves free; vLLM 0.19 allocates DeepSeek Sparse Attention's expanded block
 table and fp8 mixed-batch kernel buffers there too.  Every release also starts with memory in use that the budget does
-not hold (the CUDA context and NCCL communicators before its start-up snapshot: `engines.vllm.startup_memory`), and
+not hold (the CUDA context and NCCL communicators before its start-up snapshot: `engines.vllm_releases.startup_memory`),
+and
 refuses to start when the budget is more than what is free then.  A plan whose device cannot hold these there does not
 fit, says why, and its solvers agree.  vLLM 0.33 charges its graph estimate inside the budget
 (VLLM_MEMORY_PROFILER_ESTIMATE_CUDAGRAPHS defaults to 1 from 0.21), and what its capture may take beyond that estimate
@@ -24,7 +25,7 @@ import pytest
 from quant_core.catalog import device_facts, get_device, get_preset
 from quant_core.engines import BatchLimits, Stage
 from quant_core.engines.torch_cuda import blas_workspace_bytes
-from quant_core.engines.vllm import VllmProfile, startup_memory
+from quant_core.engines.vllm import VllmProfile
 from quant_core.engines.vllm_graphs import (
     GRAPH_0_11_LARGE_BATCH_BYTES,
     GRAPH_0_11_SMALL_BATCH_SEQS,
@@ -36,6 +37,7 @@ from quant_core.engines.vllm_graphs import (
     graph_spill,
     largest_full_graph,
 )
+from quant_core.engines.vllm_releases import startup_memory
 from quant_core.engines.vllm_speculative import SPECULATIVE_METHODS
 from quant_core.formats import float_format
 from quant_core.hf_config import model_from_hf_config, model_from_sizes

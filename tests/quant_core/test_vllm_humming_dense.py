@@ -13,7 +13,8 @@ from __future__ import annotations
 
 from quant_core.catalog import device_facts, get_preset
 from quant_core.engines.base import Stage
-from quant_core.engines.vllm import VllmProfile, humming_linear_bytes
+from quant_core.engines.vllm import VllmProfile
+from quant_core.engines.vllm_linear import humming_linear_bytes
 
 LOCKS = 4 * 8 * 132
 

@@ -21,8 +21,8 @@ import dataclasses
 import pytest
 
 from quant_core.catalog import get_device, get_preset_info
-from quant_core.engines.vllm import kv_cache_refusal
 from quant_core.engines.vllm_attention import kv_backend
+from quant_core.engines.vllm_refusals import kv_cache_refusal
 from quant_core.errors import InvalidSpec
 from quant_core.formats import float_format
 from quant_core.kv_cache import kv_bytes_per_token
