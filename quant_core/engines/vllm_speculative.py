@@ -89,8 +89,11 @@ UNPLANNED_RELEASES: dict[tuple[str, str], str] = {
         "0.33 runs it on Model Runner V2 (config/vllm.py use_v2_model_runner: ngram is not among "
         "_get_v2_model_runner_unsupported_features) as NgramGPUSpeculator (v1/worker/gpu/spec_decode/ngram/"
         "speculator.py: a GPU scan holding max_num_seqs x ceil(max_model_len / block) int64 scores and max_num_seqs "
-        "x k int64 drafts), verified by v1/worker/gpu/spec_decode/rejection_sampler.py under Model Runner V2's own "
-        "sampler warm-up, capture sizes and CUDA-graph estimate, whose speculative terms nibble has not charged"),
+        "x k int64 drafts), verified by v1/worker/gpu/spec_decode/rejection_sampler.py, which the profiling run's "
+        "_dummy_sampler_run never runs (gpu/model_runner.py: it samples only; the speculative top-k/top-p warm-ups, "
+        "register_top_k_top_p_warmups, run after the KV cache is sized), while load_model sizes the structured-output "
+        "bitmask by max_num_seqs x (1 + k) rows; these, the capture sizes and the CUDA-graph estimate under "
+        "speculative decoding nibble has not charged"),
     ("0.33", "mtp"): (
         "0.33 runs it on Model Runner V2 as MTPSpeculator or MultiModuleMTPSpeculator (v1/worker/gpu/spec_decode/mtp, "
         "multi_module_mtp: a TargetDependentARSpeculator with its own buffers, load, dummy runs and CUDA graphs), "
