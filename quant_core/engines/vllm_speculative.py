@@ -55,7 +55,9 @@ Not planned, and refused naming why: vLLM 0.33 (Model Runner V2 drafts through v
 the GPU ``NgramGPUSpeculator``, mtp as ``MTPSpeculator``, with their own buffers, rejection sampler, warm-up and
 graphs, not charged yet) and ``mtp`` on 0.11 (its ``EagleProposer`` is not 0.19's); the methods that need a draft model
 (``eagle``, ``eagle3``, ``draft_model``, ...), whose config nibble does not take yet; ``mtp`` on other model types
-(Qwen3-Next's hybrid layers, DeepSeek-V3.2's indexer) and under pipeline parallelism.
+(Qwen3-Next's hybrid layers, DeepSeek-V3.2's indexer); any method on a model with linear-attention layers (vLLM
+gives each request ``1 + k`` recurrent-state blocks, ``MambaSpec.num_speculative_blocks``, which nibble's state
+paging does not charge); and under pipeline parallelism.
 """
 
 from __future__ import annotations
@@ -147,6 +149,13 @@ def speculative_refusal(spec: ModelSpec, version: str, speculative: SpeculativeD
     if pipeline_parallel > 1:
         return "parallel.pipeline", ("speculative decoding under pipeline parallelism is not planned: where vLLM "
                                      "places the drafter across stages was not read")
+    if spec.linear_attention is not None:
+        return "runtime.speculative.method", (
+            "speculative decoding on a model with linear-attention layers is not planned: vLLM gives each request "
+            f"1 + num_speculative_tokens = {1 + tokens} recurrent-state blocks a linear-attention group "
+            "(MambaSpec.num_speculative_blocks: model_executor/layers/mamba/abstract.py get_kv_cache_spec on 0.19, "
+            "gpu_model_runner.py get_kv_cache_spec on 0.11; single_type_kv_cache_manager.py MambaManager), which "
+            "nibble's state paging (kv_cache.MAMBA_CACHE_MODE_STATE_BLOCKS) does not charge yet")
     if method != "mtp":
         return None
     if spec.model_type not in MTP_MODEL_TYPES:

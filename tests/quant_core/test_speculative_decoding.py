@@ -391,3 +391,16 @@ def test_0_11_full_decode_step_of_three_drafts_sorts_3072_target_rows_beyond_the
     plain = llama_on_0_11(None).primary.devices[0]
     drafted = llama_on_0_11(SpeculativeDecoding("ngram", 3)).primary.devices[0]
     assert drafted.outside_budget_bytes - plain.outside_budget_bytes == excess.bytes - 2 * 32 * 293 * 1024
+
+
+@pytest.mark.parametrize("version", ["0.11", "0.19"])
+def test_ngram_on_a_model_with_linear_attention_is_refused_for_its_state_blocks(version: str) -> None:
+    # vLLM gives each request 1 + k recurrent-state blocks a linear-attention group under speculative decoding
+    # (MambaSpec.num_speculative_blocks = num_speculative_tokens), where nibble's state paging charges one: the plan
+    # would promise sequences the engine cannot hold
+    with pytest.raises(InvalidSpec) as raised:
+        plan(get_preset("qwen3-next-80b-a3b-instruct"), Hardware(get_device("h100-80gb").planning_bytes, 4,
+                                                                  "h100-80gb"),
+             WORKLOAD, PlanOptions(engine_version=version, speculative=SpeculativeDecoding("ngram", 3)))
+    assert raised.value.field == "runtime.speculative.method"
+    assert "num_speculative_blocks" in raised.value.reason and "4 recurrent-state blocks" in raised.value.reason
