@@ -264,7 +264,8 @@ class PlanOptions:
     (`plan`); for a model with routed experts on vLLM 0.19 and 0.33 the data-parallel ranks' MoE layers form one
     group (`engines.base.Stage.moe_ranks`), elsewhere it is refused at more than one (`_moe_data_parallel_reason`).
     `speculative` is vLLM's ``--speculative-config`` (`engines.vllm_speculative.SpeculativeDecoding`: ``mtp`` or
-    ``ngram`` with ``num_speculative_tokens``), planned on vLLM 0.19 (`speculative_refusal` says what is refused): the
+    ``ngram`` with ``num_speculative_tokens``), ``mtp`` planned on vLLM 0.19 and ``ngram`` on 0.11 and 0.19
+    (`engines.vllm_speculative.PLANNED_RELEASES`; `speculative_refusal` says what is refused): the
     MTP layers' weights and KV cache on the last stage (`_build_layout`), the drafter's buffers, passes and graphs
     (`engines.base.BatchLimits.speculative_tokens` and ``draft_layers``); the generic engine runs none (`InvalidSpec`).
     `kv_cache_dtype_auto`: `kv_cache_dtype` is the engine's default (vLLM's

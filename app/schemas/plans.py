@@ -164,8 +164,9 @@ class SpeculativeIn(BaseModel):
 
     method: str = Field(max_length=32, description=(
         "mtp: the checkpoint's own multi-token-prediction layers (num_nextn_predict_layers; DeepSeek-V3 and GLM-4.5 "
-        "models): their weights and KV cache join the plan; ngram: prompt lookup on the CPU, no model.  Planned on "
-        "vLLM 0.19; other methods (eagle, eagle3, draft_model, ...) and releases are refused naming why."))
+        "models): their weights and KV cache join the plan; ngram: prompt lookup on the CPU, no model.  mtp is planned "
+        "on vLLM 0.19, ngram on 0.11 and 0.19; other methods (eagle, eagle3, draft_model, ...) and releases are "
+        "refused naming why."))
     num_speculative_tokens: int = Field(ge=1, le=MAX_SPECULATIVE_TOKENS, description=(
         "Tokens proposed a step: a decode step verifies 1 + k tokens a sequence, which sets vLLM's CUDA-graph "
         "capture sizes."))

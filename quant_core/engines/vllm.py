@@ -158,8 +158,8 @@ from quant_core.engines.vllm_speculative import (
     drafter_buffer_bytes,
     drafter_load_bytes,
     drafter_pass_bytes,
-    rejection_sampler_bytes,
-    serving_rejection_bytes,
+    rejection_warmup,
+    serving_rejection,
 )
 from quant_core.errors import InvalidSpec, UnknownName
 from quant_core.formats import WeightFormat
@@ -705,7 +705,7 @@ def outside_budget(stage: Stage, kv_cache_dtype: str, limits: BatchLimits, versi
 def speculative_serving_excess(stage: Stage, limits: BatchLimits, version: str, expert_format: str,
                                device: DeviceFacts) -> Term | None:
     """On the last stage under speculative decoding, what the rejection sampler of a full decode step needs
-    (`vllm_speculative.serving_rejection_bytes`, beside the fused-MoE caches the workspace manager keeps) beyond the
+    (`vllm_speculative.serving_rejection`, beside the fused-MoE caches the workspace manager keeps) beyond the
     profiling peak, the memory PyTorch's allocator holds from it (the larger of the forward pass with the drafter's and
     the sampler warm-up with the rejection sampler's, `VllmProfile.activation`); None where it needs no more.  vLLM's
     profiling warms the rejection sampler up with one draft a request, so with more drafts the step's logits are
@@ -716,9 +716,10 @@ def speculative_serving_excess(stage: Stage, limits: BatchLimits, version: str, 
     passes = _profile_passes(version, stage, limits, expert_format, device)
     padded = -(-spec.vocab_size // VOCAB_PADDING) * VOCAB_PADDING
     rows = min(limits.max_num_seqs, tokens)
+    warmup, _basis = rejection_warmup(spec, version, rows, tokens, padded, element, passes.sampled)
     profiled = max(passes.forward + (drafter_pass_bytes(spec, limits, element) if limits.draft_layers else 0),
-                   passes.sampler + rejection_sampler_bytes(spec, rows, padded, element))
-    serving = serving_rejection_bytes(spec, limits, padded, element) + passes.workspace
+                   passes.sampler + warmup)
+    serving = serving_rejection(spec, version, limits, padded, element) + passes.workspace
     if serving <= profiled:
         return None
     excess = serving - profiled
@@ -982,12 +983,10 @@ class VllmProfile:
         if stage.is_last and limits.speculative_tokens:
             rows = min(limits.max_num_seqs, tokens)
             padded = -(-spec.vocab_size // VOCAB_PADDING) * VOCAB_PADDING
-            rejection = rejection_sampler_bytes(spec, rows, padded, element)
+            rejection, rejection_basis = rejection_warmup(spec, self._version, rows, tokens, padded, element,
+                                                          passes.sampled)
             sampler += rejection
-            basis += (f"; speculative decoding (num_speculative_tokens={limits.speculative_tokens}): the sampler "
-                      f"warm-up also runs the rejection sampler, at most {rejection / GIB:.2f} GiB above the sampler "
-                      "pass (2 x rows of random logits and a fourth float32 copy of the target logits: "
-                      "gpu_model_runner.py _dummy_sampler_run, v1/sample/rejection_sampler.py)")
+            basis += f"; speculative decoding (num_speculative_tokens={limits.speculative_tokens}): {rejection_basis}"
             if limits.draft_layers:
                 drafted = drafter_pass_bytes(spec, limits, element)
                 forward += drafted
