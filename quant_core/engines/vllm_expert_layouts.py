@@ -17,13 +17,16 @@ from quant_core.catalog import DeviceFacts
 from quant_core.engines.base import Stage, Term
 from quant_core.engines.torch_cuda import compute_units
 from quant_core.engines.vllm_linear import (
+    FP8_BLOCK,
     FP8_MARLIN_LABELS,
+    FP8_MARLIN_PADDING_VERSIONS,
     HUMMING_LOCKS_PER_SM,
     HUMMING_PAD_K,
     HUMMING_PAD_N,
     HUMMING_PREFERRED_CAPABILITY,
     fp8_marlin_device,
     fp8_marlin_scale_bytes,
+    fp8_scale_kind,
     round_up,
 )
 from quant_core.engines.vllm_parallel import EXPERT_PARALLEL_UNREAD_FORMATS, expert_shard
@@ -428,15 +431,18 @@ def expert_layout(stage: Stage, version: str, expert_format: str, device: Device
     0.19's symmetric GPTQ experts on GPTQMarlinMoEMethod (`gptq_marlin_moe_bytes`: 16-bit qzeros, and under act
     order whole down-projection scales and the g_idx with sort indices); GPTQ and AWQ experts every release hands
     to MoeWNA16 (`moe_wna16_backend`, `moe_wna16_bytes`: its group halved to divide the rank's width, no g_idx);
-    fp8 experts with block or per-tensor scales where every release runs them on Marlin, below 8.9
-    (`fp8_marlin_expert_bytes`: the scales expanded to a 16-bit one per output row and 128-wide group, or per row);
-    None elsewhere (other formats, releases and devices: not read)."""
+    fp8 experts where every release runs them on Marlin, below 8.9 (`fp8_marlin_expert_bytes`: block or per-tensor
+    scales expanded to a 16-bit one per output row and 128-wide group, or per row; in 0.33 the width padded to
+    Marlin's tile, `fp8_marlin_expert_padding_bytes`, for any fp8 scales); None elsewhere (other formats, releases
+    and devices: not read)."""
     spec = stage.spec
     if expert_format in FP8_MARLIN_LABELS:
         marlin = fp8_marlin_expert_bytes(stage, version, device, expert_format)
         if marlin is not None or expert_format != "fp8-block128":
             return marlin
         return _fp8_refined_layout(stage, version)
+    if weight_format_family(expert_format) == "fp8":
+        return fp8_marlin_expert_bytes(stage, version, device, expert_format)
     wna16 = moe_wna16_backend(spec, expert_format, stage.moe_ranks,
                               stage.expert_parallel and stage.moe_ranks > 1, version, device)
     if wna16:
@@ -902,12 +908,20 @@ def fp8_expert_repack_bytes(stage: Stage, version: str, device: DeviceFacts, exp
       and ``torch.cat``s it while the loaded w13 is still the layer's (replace_parameter comes after) and the last
       expert's transposed copy (``qweight.T.contiguous()``) is still bound: ``(2 x E + 1) x 2 x width x hidden``
       fp8 bytes for the rank's E experts (`expert_shard`); the w2 repack after it holds less (the loaded w13, still
-      bound in Fp8MoEMethod.process_weights_after_loading, and two w2 copies half as wide);
+      bound in Fp8MoEMethod.process_weights_after_loading, and two w2 copies half as wide).  Where 0.33 pads the
+      width to ``pn`` (`_fp8_marlin_expert_width`), its padded copies of w13 and w2 (``_moe_pad_shard_rows``,
+      ``_moe_pad_last``: ``3 x E x pn x hidden``) come first and stay bound beside the loaded ones, then the w13
+      repack's list, its torch.cat and the last transposed copy: ``(7 x E + 2) x pn x hidden`` (the w2 phase,
+      the padded w2 and repacked w13 beside w2's list and cat, ``(5 x E + 1) x pn x hidden``);
     * on FlashInfer's CUTLASS experts (`flashinfer_cutlass_moe_path`, 0.19 and 0.33): prepare_fp8_moe_layer_for_fi
       (quantization/utils/flashinfer_utils.py) flips w13's halves into a new tensor (``swap_w13_to_w31``: reshape,
       flip) while the loaded one is still bound: ``E x 2 x width x hidden`` bytes.
 
-    None elsewhere (Triton and DeepGEMM take the experts as loaded; the scales' copies are small)."""
+    None elsewhere (Triton and DeepGEMM take the experts as loaded; the scales' copies are small).  A DeepGEMM
+    backend forced by hand (``VLLM_USE_DEEP_GEMM=1`` or ``VLLM_MOE_USE_DEEP_GEMM=1`` set, ``moe_backend="deep_gemm"``;
+    not the default for block fp8 in 0.19 and 0.33, fused_moe/oracle/fp8.py ``_get_priority_backends``) would
+    rewrite them in place with ``requant_weight_ue8m0_inplace`` (prepare_fp8_moe_layer_for_deepgemm), one expert at
+    a time: not planned; 0.11 does so on 10.0 whatever the backend (`vllm_linear.deep_gemm_expert_requant_bytes`)."""
     spec = stage.spec
     if not spec.is_moe or weight_format_family(expert_format) != "fp8":
         return None
@@ -918,6 +932,16 @@ def fp8_expert_repack_bytes(stage: Stage, version: str, device: DeviceFacts, exp
     experts, width = expert_shard(spec, stage.moe_ranks, expert_parallel)
     one = 2 * width * spec.hidden_size  # an expert's fp8 w13
     if fp8_marlin_device(version, device, True):
+        padded = _fp8_marlin_expert_width(version, width, fp8_scale_kind(expert_format))
+        if padded != width:
+            transient = (7 * experts + 2) * padded * spec.hidden_size
+            return Term(transient, (
+                f"{transient / GIB:.2f} GiB while vLLM {version} repacks one MoE layer's fp8 experts for Marlin, "
+                f"padded from {width} to {padded} wide (marlin_utils.py marlin_moe_padded_intermediate; "
+                "prepare_fp8_moe_layer_for_marlin, quantization/utils/marlin_utils_fp8.py: the padded copies of w13 "
+                f"and w2 (_moe_pad_shard_rows, _moe_pad_last, 3 x {padded} x {spec.hidden_size} bytes an expert) "
+                f"beside the loaded ones, then the list of the {experts} experts' repacked w13 and its torch.cat, "
+                f"2 x {padded} x {spec.hidden_size} bytes an expert each, and the last expert's transposed copy)"))
         transient = (2 * experts + 1) * one
         return Term(transient, (
             f"{transient / GIB:.2f} GiB while vLLM {version} repacks one MoE layer's fp8 experts for Marlin "
@@ -935,30 +959,75 @@ def fp8_expert_repack_bytes(stage: Stage, version: str, device: DeviceFacts, exp
 
 def fp8_marlin_expert_bytes(stage: Stage, version: str, device: DeviceFacts,
                             expert_format: str = "fp8-block128") -> Term | None:
-    """`expert_layout` of fp8 routed experts (`expert_format` of `FP8_MARLIN_LABELS`) where vLLM `version` runs
-    them on Marlin (`fp8_marlin_device`): `fp8_marlin_scale_bytes` of each of the rank's experts (`expert_shard`:
-    w13 ``2 x width x hidden``, w2 ``hidden x width``) in each MoE layer of the stage; None elsewhere."""
+    """`expert_layout` of fp8 routed experts where vLLM `version` runs them on Marlin (`fp8_marlin_device`):
+    `fp8_marlin_scale_bytes` of each of the rank's experts (`expert_shard`: w13 ``2 x width x hidden``, w2
+    ``hidden x width``) in each MoE layer of the stage for the labels of `FP8_MARLIN_LABELS`, and for any fp8 label in
+    the releases of `FP8_MARLIN_PADDING_VERSIONS` the padded width (`fp8_marlin_expert_padding_bytes`); None
+    elsewhere."""
     spec = stage.spec
-    block = FP8_MARLIN_LABELS.get(expert_format)
-    if block is None or not spec.is_moe or not fp8_marlin_device(version, device, True, block):
+    if not spec.is_moe or weight_format_family(expert_format) != "fp8":
+        return None
+    labelled = FP8_MARLIN_LABELS.get(expert_format)
+    kind = fp8_scale_kind(expert_format)
+    if not fp8_marlin_device(version, device, True, kind == "block"):
         return None
     expert_parallel = stage.expert_parallel and stage.moe_ranks > 1
     experts, width = expert_shard(spec, stage.moe_ranks, expert_parallel)
     start, stop = stage.layers
     layers = sum(1 for layer in spec.moe_layers if start <= layer < stop)
-    extra = layers * experts * (fp8_marlin_scale_bytes(2 * width, spec.hidden_size, block)
-                                + fp8_marlin_scale_bytes(spec.hidden_size, width, block))
+    scales = 0 if labelled is None else layers * experts * (
+        fp8_marlin_scale_bytes(2 * width, spec.hidden_size, labelled)
+        + fp8_marlin_scale_bytes(spec.hidden_size, width, labelled))
+    padded_width = _fp8_marlin_expert_width(version, width, kind)
+    padding = layers * experts * fp8_marlin_expert_padding_bytes(width, spec.hidden_size, version, kind)
+    extra = scales + padding
     if extra <= 0:
         return None
-    scales = ("float32 block scales by 16-bit scales of one 128-wide group per output row, 64 times their size"
-              if block else "scale by a 16-bit scale per output row (repeat_interleave)")
+    replaced = ("float32 block scales by 16-bit scales of one 128-wide group per output row, 64 times their size"
+                if labelled else "scale by a 16-bit scale per output row (repeat_interleave)")
+    held = (f"replaces each expert's {replaced}" if labelled is not None
+            else "holds each expert's scales in 16 bits, no more than the checkpoint's")
+    padded = (f", and pads each expert from {width} to {padded_width} wide (marlin_utils.py "
+              f"marlin_moe_padded_intermediate: a multiple of 64 and of the group; _moe_pad_shard_rows pads w13's "
+              f"gate and up, _moe_pad_last w2, and their scales with them), {padding:,} bytes of it" if padding else "")
     return Term(extra, (
         f"vLLM {version} runs the {expert_format} experts on Marlin below compute capability 8.9 "
         "(Fp8MoeBackend.MARLIN; Fp8MoEMethod.use_marlin in 0.11), whose prepare_fp8_moe_layer_for_marlin "
-        f"(quantization/utils/marlin_utils_fp8.py) replaces each expert's {scales}, "
+        f"(quantization/utils/marlin_utils_fp8.py) {held}{padded}, "
         f"for the rank's {experts} experts {width} wide in "
-        f"{layers} layers: {extra / GIB:.2f} GiB a rank beyond nibble's charge of the checkpoint's scales "
-        f"({extra:,} bytes)"))
+        f"{layers} layers: {extra / GIB:.2f} GiB a rank beyond nibble's charge of the checkpoint's weights and "
+        f"scales ({extra:,} bytes)"))
+
+
+def _fp8_marlin_expert_width(version: str, width: int, scales: str) -> int:
+    """The expert width (per rank) vLLM `version`'s prepare_fp8_moe_layer_for_marlin repacks fp8 experts at: in the
+    releases of `FP8_MARLIN_PADDING_VERSIONS` ``marlin_moe_padded_intermediate(width, group)`` (marlin_utils.py:
+    ``round_up(width, lcm(64, group))``, group 128 for [128, 128] blocks, else -1 taken as 1), else the width."""
+    if version not in FP8_MARLIN_PADDING_VERSIONS:
+        return width
+    return round_up(width, math.lcm(MARLIN_MOE_WIDTH_TILE_033, FP8_BLOCK if scales == "block" else 1))
+
+
+def fp8_marlin_expert_padding_bytes(width: int, hidden: int, version: str, scales: str = "block") -> int:
+    """Bytes one fp8 expert (``width`` per rank, ``hidden``) holds on vLLM `version`'s Marlin beyond its unpadded
+    Marlin layout where the width is padded (`_fp8_marlin_expert_width`: ``pn``; 0 where it is not).
+    prepare_fp8_moe_layer_for_marlin (quantization/utils/marlin_utils_fp8.py, 0.33) pads w13 to ``2 x pn`` rows and
+    w2 to ``pn`` columns before repacking them at that size: ``3 x (pn - width) x hidden`` fp8 bytes; w13's 16-bit
+    scales (converted at the unpadded size, then padded) gain ``2 x (pn - width)`` values a group row
+    (``ceil(hidden / 128)`` rows for [128, 128] blocks, one a tensor or a channel: a channel's only beyond the
+    checkpoint's float32 ``2 x width``), w2's ``(pn - width) // 128`` group rows of ``hidden`` for blocks (none
+    where pn rounds the width to its group; a tensor's or channel's scales follow the hidden size)."""
+    padded = _fp8_marlin_expert_width(version, width, scales)
+    if padded == width:
+        return 0
+    weights = 3 * (padded - width) * hidden
+    if scales == "block":
+        rows = -(-hidden // FP8_BLOCK)
+        return weights + ACTIVATION_ELEMENT_BYTES * (rows * 2 * (padded - width)
+                                                     + (padded - width) // FP8_BLOCK * hidden)
+    if scales == "tensor":
+        return weights + ACTIVATION_ELEMENT_BYTES * 2 * (padded - width)
+    return weights + max(0, ACTIVATION_ELEMENT_BYTES * 2 * padded - 4 * 2 * width)
 
 
 #: the fp8 weight block's output and input sizes vLLM's block-quantized checkpoints use (weight_block_size)
