@@ -234,7 +234,8 @@ def plan_body(args: argparse.Namespace) -> dict[str, Any]:
                     "engine_version": args.engine_version, "max_num_seqs": args.max_num_seqs,
                     "max_batched_tokens": args.max_batched_tokens, "overhead_bytes": args.overhead,
                     "activation_bytes": args.activations, "float_format": args.float_format,
-                    "expert_parallel": args.expert_parallel or None, "speculative": args.speculative},
+                    "expert_parallel": args.expert_parallel or None, "speculative": args.speculative,
+                    "allow_long_max_model_len": args.allow_long_max_model_len or None},
     }
     sections["weights"].update(zero=args.zero, pad=args.pad or None)
     if args.group_size is not None:
@@ -767,6 +768,9 @@ def build_parser() -> argparse.ArgumentParser:
     plan_parser.add_argument("--engine-version", choices=("0.11", "0.19", "0.33"), help="vLLM release (default 0.19)")
     plan_parser.add_argument("--expert-parallel", action="store_true",
                              help="vLLM --enable-expert-parallel: whole experts on each data x tensor rank")
+    plan_parser.add_argument("--allow-long-max-model-len", action="store_true",
+                             help="vLLM with VLLM_ALLOW_LONG_MAX_MODEL_LEN=1: plan a context above the length vLLM "
+                                  "derives from the config (refused without it; vLLM warns of wrong outputs)")
     plan_parser.add_argument("--speculative", type=speculative_option, metavar="METHOD:K",
                              help="vLLM --speculative-config: mtp:K (the model's MTP layers) or ngram:K, "
                                   "K speculative tokens (mtp on vLLM 0.19, ngram on 0.11 and 0.19)")

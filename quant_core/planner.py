@@ -436,13 +436,15 @@ class FormatPlan:
     `max_context_length` is the longest context that fits for the requested
     sequences, to the token (the KV cache is held in whole blocks, but the
     activation estimate grows with every token), capped by the model's trained
-    context, or by the search limit (2^24 tokens) for a model that states none
-    (`context_limited_by`: "memory", "model" or "search_limit"), or None when
-    not even one token fits.  `max_concurrent_sequences` is the most sequences
+    context (under an engine, the longest it starts the model with: vLLM's derived
+    max_model_len, `EngineProfile.context_limit`), or by the search limit (2^24 tokens)
+    for a model that states none (`context_limited_by`: "memory", "model" or
+    "search_limit"), or None when not even one token fits.  `max_concurrent_sequences` is the most sequences
     that fit at the requested context (0 if none), at most 2^24, the most a
     plan may ask for (`sequences_limited_by`: "memory" or "search_limit").  Where the
     engine refuses the format or layout (`refusal`) neither is solved: None and 0, limited
-    by "engine".
+    by "engine": also when it refuses the requested context (above `EngineProfile.context_limit`), which
+    `refusal` then names.
     `kv_pool_bytes` is what the engine leaves for its KV pool on the tightest device
     (usable − weights − activations − overhead; negative when nothing is left);
     `kv_capacity_tokens` is the tokens that pool holds as the engine logs it (vLLM: "GPU KV

@@ -33,6 +33,8 @@ ALLOW_LONG_WARNING = ("vLLM says to use with extreme caution: with RoPE, positio
                       "nan; with learned (absolute) positions, to a CUDA out-of-bounds error")
 #: the RoPE types 0.33 no longer scales the length by (config/model.py ``_get_and_verify_max_len``)
 _YARN_TYPES_033 = frozenset({"yarn", "deepseek_yarn", "deepseek_llama_scaling"})
+
+
 def _stated(spec: ModelSpec) -> tuple[int, str] | None:
     """The config's stated length before scaling and its key (None: not known, a spec of explicit sizes)."""
     if spec.config_max_length is not None:

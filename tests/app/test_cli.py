@@ -672,3 +672,15 @@ def test_a_format_the_engine_refuses_reads_as_refused_not_as_a_negative_shortfal
                                "needs 111.07 GiB") for line in lines)
     assert "short)" not in out and "-7.32 GiB" not in out
     assert "cannot be deployed by the engine at int4" in err
+
+
+def test_a_context_above_vllms_derived_length_is_not_deployable_unless_allowed() -> None:
+    # gpt2: vLLM derives 1,024 tokens from n_positions and refuses --max-model-len 32768 (config/model.py
+    # _get_and_verify_max_len) unless VLLM_ALLOW_LONG_MAX_MODEL_LEN=1
+    args = ("plan", "--model", "gpt2", "--device", "h100-80gb", "--context", "32k")
+    status, out, err = nibble(*args)
+    assert status == 3
+    assert "int4: NOT DEPLOYABLE, the engine refuses it; its memory alone would fit" in out.splitlines()
+    assert "workload.context_length" in out + err and "VLLM_ALLOW_LONG_MAX_MODEL_LEN=1" in out + err
+    status, out, _ = nibble(*args, "--allow-long-max-model-len")
+    assert status == 0 and "VLLM_ALLOW_LONG_MAX_MODEL_LEN=1" in out
