@@ -12,6 +12,8 @@ unless VLLM_ALLOW_LONG_MAX_MODEL_LEN=1.
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -20,11 +22,12 @@ from quant_core.catalog import get_device, get_preset
 from quant_core.engines import get_engine
 from quant_core.engines.vllm_max_len import derived_max_model_len, max_model_len_refusal
 from quant_core.errors import InvalidSpec
-from quant_core.hf_config import model_from_hf_config
+from quant_core.hf_config import model_from_hf_config, model_from_sizes
 from quant_core.planner import Hardware, PlanOptions, Workload, plan
 from quant_core.specs import ModelSpec
 
 RELEASES = ("0.11", "0.19", "0.33")
+LOGS = Path(__file__).parent / "data" / "vllm_logs.json"
 H100 = get_device("h100-80gb").planning_bytes
 
 QWEN3_0_6B: dict[str, Any] = {  # Qwen/Qwen3-0.6B config.json (the sizes; its context keys below)
@@ -215,3 +218,19 @@ def test_the_vllm_profile_says_its_context_limit() -> None:
     assert limit is not None and limit.tokens == 131_072 and "original_max_position_embeddings = 32768" in limit.basis
     assert engine.context_refusal(get_preset("gpt2"), 2048, allow_long=True) is None
     assert engine.context_refusal(get_preset("gpt2"), 2048) is not None
+
+
+def test_no_public_vllm_start_up_log_ran_a_context_the_rule_refuses() -> None:
+    # every logged run started (tests/quant_core/data/vllm_logs.json): its max_model_len is within its release's
+    # derived length; gpt2-chinese on 0.11 ran at 1024 (n_positions) and Kimi-K2-Thinking at 262,144 (yarn 4096 x 64)
+    runs = next(value for value in json.loads(LOGS.read_text()).values() if isinstance(value, list))
+    checked = 0
+    for run in runs:
+        version, length, model = run["profile_version"], run["max_model_len"], run["model"]
+        if not version or not length or not model:
+            continue
+        spec = (model_from_sizes(**run["sizes"]) if model == "sizes" else model_from_hf_config(run["hf_config"])
+                if model == "hf_config" else get_preset(model))
+        assert max_model_len_refusal(spec, version, length) is None, run["id"]
+        checked += 1
+    assert checked >= 50
