@@ -89,6 +89,7 @@ from quant_core.engines.vllm_expert_layouts import (
 from quant_core.engines.vllm_graphs import cuda_graph_pool, cudagraph_capture_sizes, graph_spill
 from quant_core.engines.vllm_linear import (
     FUSED_LINEAR_MODEL_TYPES,
+    awq_compressed_tensors_marlin_bytes,
     compressed_tensors_humming_bytes,
     fp8_marlin_linear_bytes,
     fp8_marlin_linear_repack_bytes,
@@ -1228,11 +1229,13 @@ class VllmProfile:
         checkpoint's, in the layout this release's kernel for `device` rewrites them to (`machete_zero_point_bytes`:
         AWQ's zero points on Machete; `gptq_marlin_linear_bytes`: symmetric GPTQ on Marlin or Machete, with or
         without act order; 0.33's Humming layers of each, and of symmetric compressed-tensors,
-        `compressed_tensors_humming_bytes`; fp8 block or per-tensor weights on Marlin, `fp8_marlin_linear_bytes`);
+        `compressed_tensors_humming_bytes`; AWQ and compressed-tensors W4A16 on Marlin elsewhere,
+        `awq_compressed_tensors_marlin_bytes`; fp8 block or per-tensor weights on Marlin, `fp8_marlin_linear_bytes`);
         None elsewhere."""
         return (machete_zero_point_bytes(stage, self._version, dense_format, device)
                 or gptq_marlin_linear_bytes(stage, self._version, dense_format, device)
                 or compressed_tensors_humming_bytes(stage, self._version, dense_format, device)
+                or awq_compressed_tensors_marlin_bytes(stage, self._version, dense_format, device)
                 or fp8_marlin_linear_bytes(stage, self._version, dense_format, device))
 
     def attention_weight_copy(self, stage: Stage, quantized_layers: frozenset[int],

@@ -17,7 +17,7 @@ from quant_core.engines.vllm_parallel import expert_shard, shared_experts_whole
 from quant_core.engines.vllm_refusals import GPTQ_MARLIN_FLOORS, INT4_CHECKPOINT_LABEL, weight_format_family
 from quant_core.engines.vllm_releases import ACTIVATION_ELEMENT_BYTES, GIB, VOCABULARY_ON_EVERY_STAGE
 from quant_core.engines.vllm_sampler import VOCAB_PADDING
-from quant_core.formats import WeightFormat, gptq_checkpoint
+from quant_core.formats import WeightFormat, gptq_checkpoint, int4
 from quant_core.specs import ModelSpec
 
 #: vLLM 0.33's int4 (WNA16) MoE kernels that run at every rank's whole experts under expert parallelism as at one
@@ -394,6 +394,141 @@ def gptq_marlin_linear_bytes(stage: Stage, version: str, dense_format: str, devi
         f"(choose_mp_linear_kernel): {order}{humming}{tiles}; {extra / GIB:+.2f} GiB a rank against nibble's charge of "
         f"the checkpoint's qweight, qzeros, scales and g_idx ({extra:+,} bytes; {method}; kernels/mixed_precision "
         "marlin.py and machete.py)"))
+
+
+#: the releases whose Marlin linear layers each keep a workspace: 0.11's awq_marlin.py
+#: ``AWQMarlinLinearMethod.process_weights_after_loading`` (``layer.workspace``) and MarlinLinearKernel
+#: (kernels/mixed_precision/marlin.py, 0.11 and 0.19: ``self.workspace``), both ``marlin_make_workspace_new``
+#: (utils/marlin_utils.py): int32 zeros, one a streaming multiprocessor (``max_blocks_per_sm=1``), made per layer;
+#: 0.33's MarlinLinearKernel keeps none (``apply_gptq_marlin_linear(..., workspace=None)``)
+MARLIN_LINEAR_WORKSPACE_VERSIONS = frozenset({"0.11", "0.19"})
+
+
+def marlin_linear_workspace_bytes(version: str, device: DeviceFacts) -> int:
+    """The bytes of the workspace one Marlin linear layer of vLLM `version` keeps on `device`: ``4 x`` its streaming
+    multiprocessors in the releases of `MARLIN_LINEAR_WORKSPACE_VERSIONS` (`torch_cuda.compute_units`), else 0."""
+    if version not in MARLIN_LINEAR_WORKSPACE_VERSIONS:
+        return 0
+    units, _ = compute_units(device)
+    return 4 * units
+
+
+def int4_zero_point_marlin_held_bytes(version: str, in_features: int, out_features: int, group_size: int,
+                                      zero_points: bool, device: DeviceFacts) -> int:
+    """Bytes vLLM `version` holds after loading for one rank's AWQ or compressed-tensors int4 linear layer
+    (``in_features x out_features`` on the rank, `group_size` -1 for one scale a row) on Marlin, `zero_points` where
+    the checkpoint has them (AWQ always, compressed-tensors when asymmetric).  0.11's awq_marlin.py
+    ``AWQMarlinLinearMethod.process_weights_after_loading`` and MarlinLinearKernel's (kernels/mixed_precision/
+    marlin.py, 0.11, 0.19 and 0.33; 0.19's awq_marlin.py and 0.33's auto_awq.py first turn the AWQ layout into
+    GPTQ's, ``_convert_awq_to_standard_format``, at the same bytes): the weight repacked at its size
+    (``awq_marlin_repack`` / ``gptq_marlin_repack``: ``in x out / 2``), the 16-bit scales permuted at their size
+    (``marlin_permute_scales``: ``G x out x 2``), the zero points unpacked and packed again at their size
+    (``awq_to_marlin_zero_points`` / ``marlin_zero_points``: int32 ``[G, out / 8]``, ``G x out / 2`` bytes), g_idx
+    and its sort indices empty (no act order), and the workspace (`marlin_linear_workspace_bytes`).  The releases of
+    `FP8_MARLIN_PADDING_VERSIONS` (0.33) first zero-pad a layer Marlin's thread tiles do not divide to
+    ``marlin_padded_nk`` (``marlin_pad_qweight``; ``marlin_pad_scales`` for the scales and the unpacked zero points):
+    the same at ``Np x Kp`` with ``Kp / g`` groups.  A bias (16-bit, ``marlin_permute_bias``) is the caller's."""
+    if version in FP8_MARLIN_PADDING_VERSIONS:
+        out_features, in_features = _marlin_padded_nk(out_features, in_features, group_size)
+    groups = 1 if group_size == -1 else in_features // group_size
+    return (in_features * out_features // 2 + ACTIVATION_ELEMENT_BYTES * groups * out_features
+            + (groups * out_features // 2 if zero_points else 0) + marlin_linear_workspace_bytes(version, device))
+
+
+#: bytes of compressed-tensors' ``weight_shape`` (int64 [2]), which every layer keeps (compressed_tensors_wNa16.py
+#: ``CompressedTensorsWNA16.create_weights`` registers it; no kernel deletes it on Marlin)
+COMPRESSED_TENSORS_WEIGHT_SHAPE_BYTES = 16
+
+
+def awq_compressed_tensors_marlin_bytes(stage: Stage, version: str, dense_format: str,
+                                        device: DeviceFacts) -> Term | None:
+    """The bytes one rank of vLLM `version` holds for the dense linear layers (attention and dense MLP) of an AWQ or
+    compressed-tensors W4A16 checkpoint (`dense_format` its label) beyond nibble's charge of the checkpoint's tensors
+    (`_gptq_dense_charge` of the label's layout: AWQ's qweight, qzeros, scales; compressed-tensors' weight_packed,
+    weight_scale, weight_shape and, asymmetric, weight_zero_point), where it runs them on Marlin: every NVIDIA device
+    from `GPTQ_MARLIN_FLOORS` but compute capability 9.0, where 0.19 and 0.33 take Machete or Humming
+    (`machete_zero_point_bytes`, `compressed_tensors_humming_bytes`; 0.11's awq_marlin.py repacks AWQ for Marlin
+    there too).  Per layer `int4_zero_point_marlin_held_bytes` (shapes per rank `_dense_linear_shapes`), with a
+    compressed-tensors layer's weight_shape and, in 0.33, a padded bias's ``2 x (Np - N)``.  A layer Marlin's tiles
+    do not divide (out features not a multiple of 64 or in features of 128) runs AWQ's own kernel in 0.11 and 0.19
+    (awq_marlin.py ``get_quant_method``: ``check_marlin_supports_layer``, then AWQConfig's AWQLinearMethod, the
+    checkpoint's tensors as loaded) and is padded in 0.33 (auto_awq.py ``check_marlin_supports_layer(...,
+    allow_tile_padding=True)``; MarlinLinearKernel.can_implement).  Models of `FUSED_LINEAR_MODEL_TYPES` without MLA or
+    shared experts, groups of 32, 64 or 128 (and a whole row for compressed-tensors, whose scales
+    ``[out, 1]`` are whole on every rank); None elsewhere: act order, a group straddling a rank's shard (refused), a
+    compressed-tensors layer 0.11/0.19's Marlin refuses (Conch or ExLlama: not read), and where nothing is held beyond
+    the checkpoint's (0.33 on aligned layers: the same tensors at their size, no workspace)."""
+    spec = stage.spec
+    found = INT4_CHECKPOINT_LABEL.fullmatch(dense_format.removeprefix("checkpoint-"))
+    capability = device.compute_capability
+    if (found is None or found["layout"] not in ("awq", "compressed-tensors") or found["act_order"] is not None
+            or found["kind"] == "asym-fp16zero" or "-padded" in dense_format or "-partial" in dense_format
+            or version not in GPTQ_MARLIN_FLOORS or capability is None or device.vendor == "amd"
+            or capability < GPTQ_MARLIN_FLOORS[version] or spec.model_type not in FUSED_LINEAR_MODEL_TYPES
+            or spec.is_mla or spec.shared_expert_width):
+        return None
+    awq = found["layout"] == "awq"
+    group = int(found["group"]) if found["group"] else -1
+    if group not in _GPTQ_DENSE_GROUPS or (awq and group == -1):
+        return None  # AWQ's whole-row group (group_size = input_size, 0 groups on a split row): not read
+    if capability == HUMMING_PREFERRED_CAPABILITY and not (awq and version == "0.11"):
+        return None  # Machete or Humming
+    zero_points = awq or found["kind"] == "asym"
+    padding = version in FP8_MARLIN_PADDING_VERSIONS
+    padded: list[str] = []
+    own: list[str] = []
+
+    def held(shapes: tuple[tuple[int, int], ...], biases: tuple[bool, ...]) -> int | None:
+        total = 0
+        for (in_features, out_features), bias in zip(shapes, biases, strict=True):
+            if group > 0 and in_features % group:
+                return None  # a group straddling the rank's shard: refused
+            groups = 1 if group == -1 else in_features // group
+            if not padding and (out_features % GPTQ_MARLIN_MIN_THREAD_N or in_features % GPTQ_MARLIN_MIN_THREAD_K):
+                if not awq:
+                    return None  # compressed-tensors: Conch or ExLlama, not read
+                # AWQLinearMethod: the checkpoint's qweight, qzeros and scales as loaded
+                own.append(f"{in_features} x {out_features}")
+                total += (in_features * out_features // 2 + ACTIVATION_ELEMENT_BYTES * groups * out_features
+                          + groups * out_features // 2)
+                continue
+            total += int4_zero_point_marlin_held_bytes(version, in_features, out_features, group, zero_points, device)
+            total += 0 if awq else COMPRESSED_TENSORS_WEIGHT_SHAPE_BYTES
+            if padding:
+                padded_out, padded_in = _marlin_padded_nk(out_features, in_features, group)
+                if (padded_out, padded_in) != (out_features, in_features):
+                    padded.append(f"{in_features} x {out_features} to {padded_in} x {padded_out}")
+                    total += ACTIVATION_ELEMENT_BYTES * (padded_out - out_features) if bias else 0
+        return total
+
+    attention, mlp = _dense_linear_shapes(spec, stage.tensor_parallel)
+    start, stop = stage.layers
+    dense_layers = sum(1 for layer in range(start, stop) if not spec.is_moe or layer in spec.dense_layers)
+    per_attention = held(attention, (spec.attention_qkv_bias, spec.attention_output_bias))
+    per_mlp = held(mlp, (False, False)) if dense_layers else 0
+    if per_attention is None or per_mlp is None:
+        return None
+    stored = int4(None if group == -1 else group, found["kind"] == "sym", layout="awq" if awq else "compressed-tensors")
+    charge_attention, charge_mlp = _gptq_dense_charge(spec, stored, stage.tensor_parallel)
+    extra = (stop - start) * (per_attention - charge_attention) + dense_layers * (per_mlp - charge_mlp)
+    if extra <= 0:
+        return None
+    method = ("awq_marlin.py AWQMarlinLinearMethod" if version == "0.11" else
+              "awq_marlin.py AWQMarlinLinearMethod and MarlinLinearKernel" if awq and version == "0.19" else
+              "auto_awq.py AutoAWQMarlinLinearMethod and MarlinLinearKernel" if awq else
+              "compressed_tensors_wNa16.py CompressedTensorsWNA16 and MarlinLinearKernel")
+    workspace = marlin_linear_workspace_bytes(version, device)
+    kept = (f"each Marlin layer keeps a {workspace:,}-byte workspace (marlin_make_workspace_new, int32 one a "
+            "streaming multiprocessor)" if workspace else "no workspace")
+    tiles = (f"; Marlin zero-pads the layers its thread tiles do not divide (marlin_utils.py marlin_padded_nk, "
+             f"marlin_pad_qweight, marlin_pad_scales; in x out {', '.join(dict.fromkeys(padded))}) and keeps them"
+             if padded else "")
+    tiles += (f"; the layers Marlin's tiles do not divide (in x out {', '.join(dict.fromkeys(own))}) run AWQ's own "
+              "kernel as loaded (check_marlin_supports_layer, AWQLinearMethod)" if own else "")
+    return Term(extra, (
+        f"vLLM {version} runs the {dense_format} attention and MLP layers on Marlin ({method}): the weights, "
+        f"scales and zero points repacked at their size, {kept}{tiles}; {extra / GIB:+.2f} GiB a rank against "
+        f"nibble's charge of the checkpoint's tensors ({extra:+,} bytes)"))
 
 
 #: The compute capability from which each vLLM release runs fp8 [128, 128]-block weights natively, below which it runs

@@ -1,0 +1,157 @@
+"""AWQ and compressed-tensors W4A16 linear layers on vLLM's Marlin kernels: what they hold after loading.
+
+Read in vLLM 0.11.0 (awq_marlin.py ``AWQMarlinLinearMethod``; kernels/mixed_precision/marlin.py), 0.19.0
+(awq_marlin.py, kernels/linear/mixed_precision/marlin.py ``MarlinLinearKernel``) and 0.33.0 (auto_awq.py
+``AutoAWQMarlinLinearMethod``, the same kernel with ``marlin_padded_nk``); compressed-tensors through
+``CompressedTensorsWNA16`` in all three:
+
+* the packed weight is repacked at its size (``awq_marlin_repack`` / ``gptq_marlin_repack``: ``in x out / 2``), the
+  16-bit scales permuted at their size, the zero points unpacked and packed again at their size (int32
+  ``[G, out / 8]``), g_idx and its sort indices emptied: the checkpoint's bytes;
+* 0.11 and 0.19 keep a Marlin workspace on every layer (``marlin_make_workspace_new``: int32 one a streaming
+  multiprocessor; the A100 has 108: 432 bytes a layer); 0.33 keeps none;
+* compressed-tensors' ``weight_shape`` (int64 [2]) stays, 16 bytes a fused layer, where nibble charges 16 bytes
+  a checkpoint tensor (q, k, v, o, gate, up, down: 7) split over the ranks;
+* 0.33 pads a layer Marlin's thread tiles do not divide (``marlin_padded_nk``) and keeps it padded; 0.11 and 0.19
+  run such an AWQ layer on AWQ's own kernel as loaded (``check_marlin_supports_layer``, AWQLinearMethod).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+from quant_core.catalog import device_facts, get_preset_info
+from quant_core.engines.base import Stage
+from quant_core.engines.vllm import VllmProfile
+from quant_core.engines.vllm_linear import (
+    awq_compressed_tensors_marlin_bytes,
+    int4_zero_point_marlin_held_bytes,
+    marlin_linear_workspace_bytes,
+)
+from quant_core.specs import ModelSpec
+
+A100 = device_facts("a100-80gb")
+H100 = device_facts("h100-80gb")
+
+
+def _stage(spec: ModelSpec, tensor_parallel: int) -> Stage:
+    return Stage(spec, tensor_parallel, 1, (0, spec.num_layers), True)
+
+
+def _llama_8b() -> ModelSpec:
+    return get_preset_info("llama-3.1-8b").spec
+
+
+def _bytes(term: object) -> int | None:
+    return None if term is None else term.bytes  # type: ignore[attr-defined]
+
+
+def test_marlin_workspace_is_one_int32_a_streaming_multiprocessor_in_011_and_019_only() -> None:
+    assert A100.compute_units == 108
+    assert marlin_linear_workspace_bytes("0.11", A100) == 432
+    assert marlin_linear_workspace_bytes("0.19", A100) == 432
+    assert marlin_linear_workspace_bytes("0.33", A100) == 0
+
+
+def test_one_aligned_awq_layer_holds_its_checkpoint_bytes_and_the_workspace() -> None:
+    # gate_up_proj of Llama-3.1-8B at TP 1, g128: in 4096, out 28672, 32 groups
+    # qweight 4096 x 28672 / 2 = 58,720,256; scales 2 x 32 x 28672 = 1,835,008; zero points 32 x 28672 / 2 = 458,752
+    checkpoint = 58_720_256 + 1_835_008 + 458_752
+    assert int4_zero_point_marlin_held_bytes("0.19", 4096, 28672, 128, True, A100) == checkpoint + 432
+    assert int4_zero_point_marlin_held_bytes("0.33", 4096, 28672, 128, True, A100) == checkpoint
+    # symmetric compressed-tensors: no zero points
+    assert int4_zero_point_marlin_held_bytes("0.19", 4096, 28672, 128, False, A100) == 58_720_256 + 1_835_008 + 432
+
+
+def test_llama_8b_awq_at_tp_1_on_a100_holds_the_marlin_workspaces_in_011_and_019() -> None:
+    # 4 fused layers (qkv, o, gate_up, down) x 432 bytes x 32 layers = 55,296; the weights, scales and zero points are
+    # the checkpoint's bytes (TP 1: nibble's charge is exact)
+    stage = _stage(_llama_8b(), 1)
+    for version in ("0.11", "0.19"):
+        term = VllmProfile(version).linear_layout(stage, "int4-g128-asym-awq", A100)
+        assert _bytes(term) == 55_296
+        assert term is not None and "marlin_make_workspace_new" in term.basis
+
+
+def test_llama_8b_awq_at_tp_1_on_a100_holds_nothing_beyond_the_checkpoint_in_033() -> None:
+    # 0.33 keeps no workspace and pads nothing here: the held bytes equal the checkpoint's, no term
+    stage = _stage(_llama_8b(), 1)
+    assert VllmProfile("0.33").linear_layout(stage, "int4-g128-asym-awq", A100) is None
+
+
+def test_llama_8b_compressed_tensors_at_tp_1_on_a100_holds_the_workspaces_less_the_weight_shapes() -> None:
+    # a layer: 4 x 432 workspace + 4 x 16 weight_shape held - 7 x 16 weight_shape charged = 1,680; x 32 = 53,760
+    # (symmetric or not: the zero points keep their size; a whole-row scale too)
+    stage = _stage(_llama_8b(), 1)
+    for label in ("int4-g128-sym-compressed-tensors", "int4-g128-asym-compressed-tensors",
+                  "int4-row-asym-compressed-tensors"):
+        assert _bytes(VllmProfile("0.19").linear_layout(stage, label, A100)) == 53_760
+    # 0.33: 4 x 16 - 7 x 16 = -48 a layer: smaller than the checkpoint's, no term
+    assert awq_compressed_tensors_marlin_bytes(stage, "0.33", "int4-g128-sym-compressed-tensors", A100) is None
+
+
+def test_qwen2_5_72b_compressed_tensors_row_at_tp_8_on_a100_holds_the_padded_layers_in_033() -> None:
+    # int4-row-asym-compressed-tensors (channel scales, zero points), TP 8, per layer.  nibble's charge,
+    # ceil(bytes / 8) of each tensor (weight_packed out x in / 2, weight_scale 2 x out, weight_shape 16,
+    # weight_zero_point out / 2):
+    #   q, o (8192 x 8192): (33,554,432 + 16,384 + 16 + 4,096) / 8 = 4,196,866 (rounded up) each
+    #   k, v (1024 x 8192): (4,194,304 + 2,048 + 16 + 512) / 8 = 524,610 each: attention 9,442,952
+    #   gate, up (29568 x 8192): (121,110,528 + 59,136 + 16 + 14,784) / 8 = 15,148,058 each
+    #   down (8192 x 29568): (121,110,528 + 16,384 + 16 + 4,096) / 8 = 15,141,378: MLP 45,437,494
+    # vLLM 0.33 (one group a row; marlin_padded_nk):
+    #   qkv_proj (in 8192, out 1280): 5,242,880 + 2,560 + 640 + 16 = 5,246,096; o_proj (in 1024, out 8192):
+    #   4,194,304 + 16,384 + 4,096 + 16 = 4,214,800: attention 9,460,896 (+17,944)
+    #   gate_up (in 8192, out 7392 -> 7424): 30,408,704 + 14,848 + 3,712 + 16 = 30,427,280; down (in 3696 -> 3712,
+    #   out 8192): 15,204,352 + 16,384 + 4,096 + 16 = 15,224,848: MLP 45,652,128 (+214,634)
+    #   232,578 a layer x 80 = 18,606,240
+    stage = _stage(get_preset_info("qwen2.5-72b-instruct").spec, 8)
+    term = VllmProfile("0.33").linear_layout(stage, "int4-row-asym-compressed-tensors", A100)
+    assert _bytes(term) == 18_606_240
+    assert term is not None and "marlin_padded_nk" in term.basis
+    # 0.19's Marlin refuses gate_up (7392 % 64): Conch or ExLlama, not read
+    assert VllmProfile("0.19").linear_layout(stage, "int4-row-asym-compressed-tensors", A100) is None
+
+
+def test_a_misaligned_awq_qkv_proj_is_padded_in_033_and_runs_awq_s_own_kernel_before() -> None:
+    # a made-up Llama-3.1-8B of head_dim 80, g64, TP 8: qkv_proj in 4096, out (4 + 2) x 80 = 480; o_proj in 320,
+    # out 4096; gate_up 4096 -> 3584; down 1792 -> 4096
+    spec = dataclasses.replace(_llama_8b(), head_dim=80)
+    stage = _stage(spec, 8)
+    # 0.33: qkv_proj padded to out 512 (marlin_padded_nk(480, 4096, 64)): 64 groups x (512 - 480) columns:
+    # weight 4096 x 32 / 2 = 65,536, scales 2 x 64 x 32 = 4,096, zero points 64 x 32 / 2 = 1,024: 70,656 a layer;
+    # o_proj (in 320 % 64, out 4096 % 128) is already a Marlin tile; the rest equals nibble's charge exactly
+    # (q, k, v, o, gate, up, down divide by the 8 ranks): 70,656 x 32 = 2,260,992
+    term = VllmProfile("0.33").linear_layout(stage, "int4-g64-asym-awq", A100)
+    assert _bytes(term) == 2_260_992
+    assert term is not None and "4096 x 480 to 4096 x 512" in term.basis
+    # 0.19: qkv_proj (480 % 64) and o_proj (320 % 128) run AWQLinearMethod as loaded; gate_up and down on Marlin
+    # with a workspace each: 2 x 432 x 32 = 27,648
+    term = VllmProfile("0.19").linear_layout(stage, "int4-g64-asym-awq", A100)
+    assert _bytes(term) == 27_648
+    assert term is not None and "AWQLinearMethod" in term.basis
+
+
+def test_awq_on_h100_is_marlin_in_011_and_machete_from_019() -> None:
+    stage = _stage(_llama_8b(), 1)
+    # 0.11's awq_marlin repacks for Marlin on 9.0 too: 132 SMs x 4 bytes x 4 layers x 32 = 67,584
+    assert _bytes(awq_compressed_tensors_marlin_bytes(stage, "0.11", "int4-g128-asym-awq", H100)) == 67_584
+    # 0.19 and 0.33 take Machete there (machete_zero_point_bytes answers instead)
+    for version in ("0.19", "0.33"):
+        assert awq_compressed_tensors_marlin_bytes(stage, version, "int4-g128-asym-awq", H100) is None
+        assert VllmProfile(version).linear_layout(stage, "int4-g128-asym-awq", H100) is not None
+
+
+@pytest.mark.parametrize("label", ["int4-g128-sym-gptq", "int4-g128-sym-act-order-compressed-tensors",
+                                   "int4-row-asym-awq", "fp8-block128", "bf16"])
+def test_other_formats_have_no_awq_or_compressed_tensors_marlin_term(label: str) -> None:
+    stage = _stage(_llama_8b(), 1)
+    assert awq_compressed_tensors_marlin_bytes(stage, "0.19", label, A100) is None
+
+
+def test_a_group_straddling_the_rank_s_shard_is_not_planned() -> None:
+    # Qwen2.5-72B's down_proj at TP 8 takes 3696 inputs: groups of 128 straddle the shard in every release
+    stage = _stage(get_preset_info("qwen2.5-72b-instruct").spec, 8)
+    for version in ("0.11", "0.19", "0.33"):
+        assert awq_compressed_tensors_marlin_bytes(stage, version, "int4-g128-asym-awq", A100) is None
