@@ -94,6 +94,7 @@ from quant_core.engines.vllm_linear import (
     fp8_marlin_linear_bytes,
     fp8_marlin_linear_repack_bytes,
     gptq_marlin_linear_bytes,
+    int4_marlin_linear_repack_bytes,
     machete_zero_point_bytes,
     mla_kv_b_copy,
     weight_allocation_slack,
@@ -683,7 +684,8 @@ def outside_budget(stage: Stage, kv_cache_dtype: str, limits: BatchLimits, versi
                             "and freed before 'Model loading took' is measured (utils/mem_utils.py "
                             "DeviceMemoryProfiler): in no term of the KV budget")
     repack = max((term for term in (fp8_expert_repack_bytes(stage, version, device, expert_format),
-                                    fp8_marlin_linear_repack_bytes(stage, version, dense_format, device))
+                                    fp8_marlin_linear_repack_bytes(stage, version, dense_format, device),
+                                    int4_marlin_linear_repack_bytes(stage, version, dense_format, device))
                   if term is not None), key=lambda term: term.bytes, default=None)
     tokens = limits.max_batched_tokens
     held = (rotary_cache_bytes(spec, version, stage.element_bytes) + deepstack_buffer_bytes(spec, tokens)

@@ -531,6 +531,113 @@ def awq_compressed_tensors_marlin_bytes(stage: Stage, version: str, dense_format
         f"nibble's charge of the checkpoint's tensors ({extra:+,} bytes)"))
 
 
+#: the releases that turn an AWQ checkpoint's layout into GPTQ's before any kernel sees it (0.19's awq_marlin.py
+#: ``AWQMarlinLinearMethod``, 0.33's auto_awq.py ``AutoAWQMarlinLinearMethod``: ``_convert_awq_to_standard_format``);
+#: 0.11's awq_marlin.py repacks the AWQ layout directly (``awq_marlin_repack``)
+AWQ_STANDARD_FORMAT_VERSIONS = frozenset({"0.19", "0.33"})
+
+
+def int4_linear_repack_transient_bytes(version: str, layout: str, in_features: int, out_features: int,
+                                       group_size: int) -> int:
+    """What one rank holds only while vLLM `version` rewrites one int4 linear layer of `layout` ("gptq", "awq",
+    "compressed-tensors"; ``in_features x out_features`` on the rank) for Marlin, beyond the layer's loaded tensors
+    (the weight's steps; the scales' and zero points' are a group's fraction of it and come after the weight's
+    temporaries are freed, or before they are made):
+
+    * GPTQ, qweight int32 ``[in / 8, out]`` already contiguous: MarlinLinearKernel's ``transform_w_q``
+      (kernels/mixed_precision/marlin.py, 0.11, 0.19, 0.33) writes ``gptq_marlin_repack``'s output (``in x out / 2``)
+      while the loaded one is bound (``_transform_param`` replaces it after);
+    * compressed-tensors, weight_packed ``[out, in / 8]``: ``permute_param_layout_`` makes it a transposed view, and
+      ``x.data.contiguous()`` copies it (``in x out / 2``) before the repack's output: ``in x out``;
+    * AWQ in 0.11 (awq_marlin.py ``AWQMarlinLinearMethod.process_weights_after_loading``): ``awq_marlin_repack``'s
+      output beside the loaded qweight: ``in x out / 2``;
+    * AWQ in 0.19 and 0.33 (`AWQ_STANDARD_FORMAT_VERSIONS`), ``_convert_awq_to_standard_format`` unpacks every
+      4-bit value to an int32 (``(qw.unsqueeze(-1) >> shifts) & mask``, then ``unpacked[:, :, reverse_order]``,
+      each ``4 x in x out`` bytes), keeps that reordered copy bound while it shifts it again (``<< shifts``: another
+      ``4 x in x out``) and sums it into the new qweight (``in x out / 2``): ``8.5 x in x out`` bytes, 17 times the
+      packed weight, before the kernel's own repack (at most ``in x out`` even padded: smaller).
+
+    0.33 (`FP8_MARLIN_PADDING_VERSIONS`) zero-pads a layer Marlin's tiles do not divide first
+    (``marlin_pad_qweight``, ``F.pad``: ``Np x Kp / 2``) and repacks the padded copy: ``Np x Kp`` bytes at once
+    (for compressed-tensors the contiguous copy is freed once padded: ``max(in x out / 2 + Np x Kp / 2, Np x Kp)``)."""
+    if layout == "awq" and version in AWQ_STANDARD_FORMAT_VERSIONS:
+        return 17 * in_features * out_features // 2
+    padded_out, padded_in = ((out_features, in_features) if version not in FP8_MARLIN_PADDING_VERSIONS
+                             else _marlin_padded_nk(out_features, in_features, group_size))
+    padded = padded_out * padded_in
+    if padded != out_features * in_features:
+        return padded
+    return in_features * out_features if layout == "compressed-tensors" else in_features * out_features // 2
+
+
+def int4_marlin_linear_repack_bytes(stage: Stage, version: str, dense_format: str,
+                                    device: DeviceFacts) -> Term | None:
+    """What one rank holds only while vLLM `version` rewrites its largest int4 linear layer (attention or dense MLP,
+    stored as `dense_format`, a GPTQ, AWQ or compressed-tensors checkpoint) for Marlin, beyond the loaded tensors:
+    `int4_linear_repack_transient_bytes` of the layers that take that path.  GPTQ (symmetric): the layers
+    `gptq_dense_kernel` runs on Marlin; compressed-tensors: every layer off compute capability 9.0 (Machete or
+    Humming there, not read), aligned to Marlin's tiles before 0.33; AWQ: every layer awq_marlin.py /
+    auto_awq.py takes (``check_marlin_supports_layer``: aligned to Marlin's tiles before 0.33, whole groups on the
+    rank in 0.33) on any device from `GPTQ_MARLIN_FLOORS`, since 0.19 and 0.33 convert the AWQ layout whatever
+    kernel follows (Machete's and Humming's own steps after it not read).  Each module's
+    process_weights_after_loading runs after every weight is loaded, one at a time (model_loader/utils.py
+    ``process_weights_after_loading``), so only the largest layer's counts, before "Model loading took" is measured
+    and the KV cache sized.  Models of `FUSED_LINEAR_MODEL_TYPES` without MLA or shared experts; None elsewhere, for
+    GPTQ act order in 0.33 (refused) and where no layer takes these paths."""
+    spec = stage.spec
+    found = INT4_CHECKPOINT_LABEL.fullmatch(dense_format.removeprefix("checkpoint-"))
+    capability = device.compute_capability
+    if (found is None or "-padded" in dense_format or "-partial" in dense_format or found["kind"] == "asym-fp16zero"
+            or version not in GPTQ_MARLIN_FLOORS or capability is None or device.vendor == "amd"
+            or capability < GPTQ_MARLIN_FLOORS[version] or spec.model_type not in FUSED_LINEAR_MODEL_TYPES
+            or spec.is_mla or spec.shared_expert_width):
+        return None
+    layout = found["layout"]
+    group = int(found["group"]) if found["group"] else -1
+    act_order = found["act_order"] is not None and group > 0
+    if (group not in _GPTQ_DENSE_GROUPS or (layout == "gptq" and (found["kind"] != "sym" or (act_order
+                                                                                          and version == "0.33")))
+            or (layout != "gptq" and act_order) or (layout == "awq" and group == -1)):
+        return None
+    tensor_parallel = stage.tensor_parallel
+    (qkv, o_proj), (gate_up, down) = _dense_linear_shapes(spec, tensor_parallel)
+    dense = any(not spec.is_moe or layer in spec.dense_layers for layer in range(*stage.layers))
+    shapes = ((qkv, False), (o_proj, tensor_parallel > 1)) + (((gate_up, False), (down, tensor_parallel > 1))
+                                                              if dense else ())
+    aligned_only = version not in FP8_MARLIN_PADDING_VERSIONS
+    largest, basis = 0, ""
+    for (in_features, out_features), row_parallel in shapes:
+        if group > 0 and in_features % group:
+            continue  # a group straddling the rank's shard: refused, or AWQ's own kernel as loaded
+        aligned = out_features % GPTQ_MARLIN_MIN_THREAD_N == 0 and in_features % GPTQ_MARLIN_MIN_THREAD_K == 0
+        if layout == "gptq":
+            if gptq_dense_kernel(version, capability, in_features, out_features, group, act_order,
+                                 row_parallel) != "marlin":
+                continue
+        elif (aligned_only and not aligned) or (layout == "compressed-tensors"
+                                                 and capability == HUMMING_PREFERRED_CAPABILITY):
+            continue
+        transient = int4_linear_repack_transient_bytes(version, layout, in_features, out_features, group)
+        if transient > largest:
+            largest, basis = transient, f"{in_features} x {out_features}"
+    if not largest:
+        return None
+    if layout == "awq" and version in AWQ_STANDARD_FORMAT_VERSIONS:
+        how = ("_convert_awq_to_standard_format (awq_marlin.py in 0.19, auto_awq.py in 0.33) unpacks its 4-bit values "
+               "to int32, two copies of 4 bytes a weight bound while the new qweight is summed: 17 times the packed "
+               "weight")
+    elif layout == "awq":
+        how = "awq_marlin_repack (awq_marlin.py AWQMarlinLinearMethod) writes the Marlin weight beside the loaded one"
+    else:
+        copy = " beside its contiguous transposed copy" if layout == "compressed-tensors" else ""
+        how = (f"gptq_marlin_repack (MarlinLinearKernel.process_weights_after_loading) writes the Marlin weight{copy} "
+               "while the loaded one is bound" + ("; 0.33 repacks a zero-padded copy (marlin_pad_qweight) where "
+                                                  "marlin_padded_nk pads the layer" if not aligned_only else ""))
+    return Term(largest, (
+        f"{largest / GIB:.2f} GiB while vLLM {version} rewrites its largest {dense_format} linear layer "
+        f"(in x out {basis} on the rank) for Marlin: {how}"))
+
+
 #: The compute capability from which each vLLM release runs fp8 [128, 128]-block weights natively, below which it runs
 #: them weight-only on Marlin (down to the fp8 floor, `CAPABILITY_FLOORS`), as (routed experts, linear layers).
 #: Experts: 0.11's Fp8MoEMethod ``use_marlin = not has_device_capability(89)`` (quantization/fp8.py); 0.19 and 0.33's

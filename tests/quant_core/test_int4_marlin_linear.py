@@ -27,13 +27,19 @@ from quant_core.engines.base import Stage
 from quant_core.engines.vllm import VllmProfile
 from quant_core.engines.vllm_linear import (
     awq_compressed_tensors_marlin_bytes,
+    int4_linear_repack_transient_bytes,
+    int4_marlin_linear_repack_bytes,
     int4_zero_point_marlin_held_bytes,
     marlin_linear_workspace_bytes,
 )
+from quant_core.planner import Hardware, PlanOptions, Workload, plan
+from quant_core.schemes import scheme_from_quantization_config
 from quant_core.specs import ModelSpec
 
+GIB = 1 << 30
 A100 = device_facts("a100-80gb")
 H100 = device_facts("h100-80gb")
+AWQ_G128 = {"quant_method": "awq", "bits": 4, "group_size": 128, "zero_point": True, "version": "gemm"}
 
 
 def _stage(spec: ModelSpec, tensor_parallel: int) -> Stage:
@@ -155,3 +161,86 @@ def test_a_group_straddling_the_rank_s_shard_is_not_planned() -> None:
     stage = _stage(get_preset_info("qwen2.5-72b-instruct").spec, 8)
     for version in ("0.11", "0.19", "0.33"):
         assert awq_compressed_tensors_marlin_bytes(stage, version, "int4-g128-asym-awq", A100) is None
+
+
+# --- the load transient: rewriting the largest int4 linear layer for Marlin ------------------------------------
+# (vLLM runs each module's process_weights_after_loading after every weight is loaded, one at a time: only the
+# largest layer's transient counts, beside the loaded weights, before "Model loading took" and the KV cache)
+
+
+def test_one_layer_s_repack_transient_by_layout_and_release() -> None:
+    # Llama-3.1-8B's gate_up_proj at TP 1: in 4096, out 28672; packed 4096 x 28672 / 2 = 58,720,256 bytes
+    # GPTQ: gptq_marlin_repack's output beside the loaded qweight (already [in / 8, out], contiguous)
+    for version in ("0.11", "0.19", "0.33"):
+        assert int4_linear_repack_transient_bytes(version, "gptq", 4096, 28672, 128) == 58_720_256
+    # compressed-tensors: the contiguous copy of the transposed weight_packed, then the repack's output
+    assert int4_linear_repack_transient_bytes("0.19", "compressed-tensors", 4096, 28672, 128) == 117_440_512
+    # AWQ in 0.11: awq_marlin_repack's output
+    assert int4_linear_repack_transient_bytes("0.11", "awq", 4096, 28672, 128) == 58_720_256
+    # AWQ in 0.19 and 0.33: _convert_awq_to_standard_format holds the reordered int32 values (4 x 4096 x 28672),
+    # their shifted copy (the same) and the summed new qweight (58,720,256): 8.5 x 4096 x 28672 = 998,244,352
+    # (checked by running the function's weight half under torch.profiler on CPU: peak 8.5000 x in x out)
+    for version in ("0.19", "0.33"):
+        assert int4_linear_repack_transient_bytes(version, "awq", 4096, 28672, 128) == 998_244_352
+    # 0.33 pads a misaligned layer first and repacks the padded copy: Qwen2.5-72B's gate_up_proj at TP 8,
+    # out 7392 -> 7424, in 8192: 7424 x 8192 / 2 for the padded copy and as much for the output
+    assert int4_linear_repack_transient_bytes("0.33", "gptq", 8192, 7392, -1) == 60_817_408
+    assert int4_linear_repack_transient_bytes("0.33", "compressed-tensors", 8192, 7392, -1) == 60_817_408
+
+
+def test_llama_8b_int4_repack_on_a100_is_the_largest_layer_s() -> None:
+    stage = _stage(_llama_8b(), 1)
+    assert _bytes(int4_marlin_linear_repack_bytes(stage, "0.19", "int4-g128-sym-gptq", A100)) == 58_720_256
+    assert _bytes(int4_marlin_linear_repack_bytes(stage, "0.19", "int4-g128-sym-compressed-tensors",
+                                                  A100)) == 117_440_512
+    assert _bytes(int4_marlin_linear_repack_bytes(stage, "0.11", "int4-g128-asym-awq", A100)) == 58_720_256
+    term = int4_marlin_linear_repack_bytes(stage, "0.19", "int4-g128-asym-awq", A100)
+    assert _bytes(term) == 998_244_352
+    assert term is not None and "_convert_awq_to_standard_format" in term.basis and "4096 x 28672" in term.basis
+
+
+def test_awq_is_converted_on_hopper_too_where_gptq_and_compressed_tensors_run_machete() -> None:
+    # 0.19/0.33's AWQ method converts the layout before choose_mp_linear_kernel's kernel (Machete on 9.0) sees it
+    stage = _stage(_llama_8b(), 1)
+    for version in ("0.19", "0.33"):
+        assert _bytes(int4_marlin_linear_repack_bytes(stage, version, "int4-g128-asym-awq", H100)) == 998_244_352
+        assert int4_marlin_linear_repack_bytes(stage, version, "int4-g128-sym-gptq", H100) is None
+        assert int4_marlin_linear_repack_bytes(stage, version, "int4-g128-sym-compressed-tensors", H100) is None
+
+
+def test_qwen2_5_72b_gptq_row_repack_at_tp_8_is_padded_in_033() -> None:
+    stage = _stage(get_preset_info("qwen2.5-72b-instruct").spec, 8)
+    # 0.33: gate_up_proj padded to 7424 x 8192: 60,817,408
+    assert _bytes(int4_marlin_linear_repack_bytes(stage, "0.33", "int4-row-sym-gptq", A100)) == 60_817_408
+    # 0.19's Marlin takes only the aligned layers (gate_up 7392 % 64 runs another kernel): qkv_proj 8192 x 1280
+    # and o_proj 1024 x 8192 repack 5,242,880 and 4,194,304
+    assert _bytes(int4_marlin_linear_repack_bytes(stage, "0.19", "int4-row-sym-gptq", A100)) == 5_242_880
+
+
+def test_outside_budget_weighs_the_int4_repack_while_loading() -> None:
+    stage = _stage(_llama_8b(), 1)
+    profile = VllmProfile("0.19")
+    limits = profile.batch_limits(80 * GIB, "a100-80gb")
+    budget = profile.outside_budget(stage, "auto", limits, False, A100, "", "int4-g128-asym-awq")
+    assert _bytes(budget.repack) == 998_244_352 and budget.loads
+    gptq = profile.outside_budget(stage, "auto", limits, False, A100, "", "int4-g128-sym-gptq")
+    assert _bytes(gptq.repack) == 58_720_256
+
+
+def test_llama_8b_awq_plan_on_a_7_gib_a100_does_not_fit_where_the_awq_conversion_has_no_room_to_load() -> None:
+    # one 7 GiB device at memory_utilization 0.9, eager, 1024 tokens, one sequence: serving fits (0.42 GiB of
+    # headroom), but the budget still free while loading (0.69 GiB: the KV pool and profiling peak allocated later)
+    # and what lies outside it beside the start-up memory cannot hold the 0.93 GiB (998,244,352 bytes) that
+    # _convert_awq_to_standard_format needs for gate_up_proj
+    info = get_preset_info("llama-3.1-8b")
+    scheme = scheme_from_quantization_config(AWQ_G128)
+    answer = plan(info.spec, Hardware(7 * GIB, 1, "a100-80gb"), Workload(1024, 1),
+                  PlanOptions(scheme=scheme, engine_version="0.19", memory_utilization=0.9, enforce_eager=True,
+                              max_batched_tokens=1024, max_num_seqs=1))
+    device = answer.primary.devices[0]
+    assert device.headroom_bytes > 0
+    room = device.usable_bytes - device.weights_bytes - device.overhead_bytes
+    assert 58_720_256 < room < 998_244_352
+    assert not answer.primary.fits
+    assert any("would run out of memory loading the model" in warning and "_convert_awq_to_standard_format"
+               in warning for warning in answer.warnings)
