@@ -97,6 +97,7 @@ from quant_core.engines.vllm_linear import (
     int4_marlin_linear_repack_bytes,
     machete_zero_point_bytes,
     mla_kv_b_copy,
+    nvfp4_marlin_linear_bytes,
     weight_allocation_slack,
 )
 from quant_core.engines.vllm_moe_buffers import (
@@ -1232,13 +1233,15 @@ class VllmProfile:
         AWQ's zero points on Machete; `gptq_marlin_linear_bytes`: symmetric GPTQ on Marlin or Machete, with or
         without act order; 0.33's Humming layers of each, and of symmetric compressed-tensors,
         `compressed_tensors_humming_bytes`; AWQ and compressed-tensors W4A16 on Marlin elsewhere,
-        `awq_compressed_tensors_marlin_bytes`; fp8 block or per-tensor weights on Marlin, `fp8_marlin_linear_bytes`);
+        `awq_compressed_tensors_marlin_bytes`; fp8 block or per-tensor weights on Marlin, `fp8_marlin_linear_bytes`;
+        NVFP4 on Marlin, `nvfp4_marlin_linear_bytes`);
         None elsewhere."""
         return (machete_zero_point_bytes(stage, self._version, dense_format, device)
                 or gptq_marlin_linear_bytes(stage, self._version, dense_format, device)
                 or compressed_tensors_humming_bytes(stage, self._version, dense_format, device)
                 or awq_compressed_tensors_marlin_bytes(stage, self._version, dense_format, device)
-                or fp8_marlin_linear_bytes(stage, self._version, dense_format, device))
+                or fp8_marlin_linear_bytes(stage, self._version, dense_format, device)
+                or nvfp4_marlin_linear_bytes(stage, self._version, dense_format, device))
 
     def attention_weight_copy(self, stage: Stage, quantized_layers: frozenset[int],
                               draft_layers: int = 0) -> Term | None:

@@ -892,6 +892,70 @@ def fp8_marlin_linear_repack_bytes(stage: Stage, version: str, dense_format: str
         f"the loaded {largest:,}-byte weight and gptq_marlin_repack's output beside it)"))
 
 
+#: the compute capability from which each vLLM release runs NVFP4 linear layers on Marlin, weight-only
+#: (``is_fp4_marlin_supported``, quantization/utils/marlin_utils_fp4.py: ``has_device_capability(80)`` in 0.11, 75 in
+#: 0.19 and 0.33), and the one from which it runs them natively instead (``cutlass_fp4_supported``: 10.0; 0.19's
+#: nvfp4_utils.py ``select_nvfp4_linear_backend`` takes FlashInfer's or vLLM's CUTLASS first, 0.33's
+#: ``_POSSIBLE_NVFP4_KERNELS`` its FlashInfer, B12x and CUTLASS kernels ahead of MarlinNvFp4LinearKernel)
+NVFP4_MARLIN_FLOORS: dict[str, tuple[int, int]] = {"0.11": (8, 0), "0.19": (7, 5), "0.33": (7, 5)}
+NVFP4_NATIVE_FROM = (10, 0)
+#: NVFP4's scale group (16 weights share one fp8 e4m3 scale), which Marlin keeps (``group_size = 16 if is_nvfp4``)
+NVFP4_GROUP = 16
+
+
+def nvfp4_marlin_padding_bytes(out_features: int, in_features: int, version: str) -> int:
+    """Bytes vLLM `version` holds for one rank's NVFP4 linear layer (``out_features x in_features``) on Marlin beyond
+    the checkpoint's, where ``marlin_padded_nk`` pads it (releases of `FP8_MARLIN_PADDING_VERSIONS`; 0 elsewhere and
+    for aligned layers): 0.33's prepare_fp4_layer_for_marlin (quantization/utils/marlin_utils_fp4.py) repacks the
+    padded weight (``marlin_pad_qweight``: ``Np x Kp / 2`` bytes where the checkpoint's ``N x K / 2``) and pads the
+    scales (``marlin_pad_scales`` of the 16-bit copy, then ``nvfp4_marlin_process_scales`` back to one fp8 byte a
+    group: ``Np x Kp / 16`` where ``N x K / 16``)."""
+    if version not in FP8_MARLIN_PADDING_VERSIONS:
+        return 0
+    padded_out, padded_in = _marlin_padded_nk(out_features, in_features, NVFP4_GROUP)
+    grown = padded_out * padded_in - out_features * in_features
+    return grown // 2 + grown // NVFP4_GROUP
+
+
+def nvfp4_marlin_linear_bytes(stage: Stage, version: str, dense_format: str, device: DeviceFacts) -> Term | None:
+    """The bytes one rank of vLLM `version` holds for its NVFP4 attention, dense MLP and shared-expert layers
+    (`_fp8_linear_layers`, models of `FP8_MARLIN_MODEL_TYPES`) beyond the checkpoint's where it runs them on Marlin:
+    from `NVFP4_MARLIN_FLOORS` to below `NVFP4_NATIVE_FROM`, but not 0.33 on 9.0, where ``init_nvfp4_linear_kernel``
+    (``_resolve_backend_kernels``: ``prioritize_humming``) puts Humming ahead of Marlin (not read).
+    prepare_fp4_layer_for_marlin (quantization/utils/marlin_utils_fp4.py, 0.11, 0.19, 0.33) repacks the uint8
+    ``[N, K / 2]`` weight at its size (``gptq_marlin_repack``), turns the fp8 ``[N, K / 16]`` scales into Marlin's
+    fp8 ``[K / 16, N]`` (``nvfp4_marlin_process_scales``: one byte a group again) and the global scale into another
+    float32: the checkpoint's bytes (a fused layer's few float32 global and input scales not counted either way);
+    0.11 and 0.19 also keep a workspace on each layer (``layer.workspace = marlin_make_workspace_new(device)``:
+    `marlin_linear_workspace_bytes`), and 0.33 pads the layers Marlin's tiles do not divide
+    (`nvfp4_marlin_padding_bytes`, a bias too: ``marlin_pad_dim``).  None elsewhere, and where nothing is held beyond
+    the checkpoint's (0.33 with every layer aligned)."""
+    capability = device.compute_capability
+    if (dense_format.removeprefix("checkpoint-") not in ("nvfp4", "nvfp4-static") or version not in NVFP4_MARLIN_FLOORS
+            or capability is None or device.vendor == "amd" or not NVFP4_MARLIN_FLOORS[version] <= capability
+            < NVFP4_NATIVE_FROM or (version == "0.33" and capability == HUMMING_PREFERRED_CAPABILITY)
+            or stage.spec.model_type not in FP8_MARLIN_MODEL_TYPES):
+        return None
+    layers = _fp8_linear_layers(stage)
+    workspace = marlin_linear_workspace_bytes(version, device)
+    workspaces = workspace * sum(count for count, _, _ in layers)
+    padding = (sum(count * nvfp4_marlin_padding_bytes(out_features, in_features, version)
+                   for count, out_features, in_features in layers)
+               + _fp8_marlin_bias_padding(stage, version, "tensor"))
+    extra = workspaces + padding
+    if not extra:
+        return None
+    kept = (f"keeps a {workspace:,}-byte workspace on each layer (marlin_make_workspace_new, int32 one a streaming "
+            "multiprocessor)" if workspace else "keeps no workspace")
+    padded = (f"; vLLM {version} zero-pads the weights Marlin's thread tiles do not divide, with their scales and bias "
+              f"(marlin_utils.py marlin_padded_nk, marlin_pad_qweight, marlin_pad_scales, marlin_pad_dim), {padding:,} "
+              "bytes of it" if padding else "")
+    return Term(extra, (
+        f"vLLM {version} runs the {dense_format} linear layers weight-only on Marlin below compute capability 10.0 "
+        f"(prepare_fp4_layer_for_marlin, quantization/utils/marlin_utils_fp4.py), which repacks the weights and scales "
+        f"at their size and {kept}{padded}: {extra / GIB:.2f} GiB a rank beyond the checkpoint's ({extra:,} bytes)"))
+
+
 def _mla_projection_sizes(spec: ModelSpec, tensor_parallel: int) -> tuple[int, ...]:
     """The elements of each MLA projection weight one rank of deepseek_v2.py's ``DeepseekV2MLAAttention`` allocates:
     without query compression a ColumnParallelLinear ``q_proj`` and a ReplicatedLinear ``kv_a_proj_with_mqa``, with

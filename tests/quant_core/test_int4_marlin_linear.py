@@ -1,4 +1,5 @@
-"""AWQ and compressed-tensors W4A16 linear layers on vLLM's Marlin kernels: what they hold after loading.
+"""AWQ, compressed-tensors W4A16 and NVFP4 linear layers on vLLM's Marlin kernels: what they hold after loading, and
+what the int4 layers' rewrite for Marlin holds while loading.
 
 Read in vLLM 0.11.0 (awq_marlin.py ``AWQMarlinLinearMethod``; kernels/mixed_precision/marlin.py), 0.19.0
 (awq_marlin.py, kernels/linear/mixed_precision/marlin.py ``MarlinLinearKernel``) and 0.33.0 (auto_awq.py
@@ -31,6 +32,8 @@ from quant_core.engines.vllm_linear import (
     int4_marlin_linear_repack_bytes,
     int4_zero_point_marlin_held_bytes,
     marlin_linear_workspace_bytes,
+    nvfp4_marlin_linear_bytes,
+    nvfp4_marlin_padding_bytes,
 )
 from quant_core.planner import Hardware, PlanOptions, Workload, plan
 from quant_core.schemes import scheme_from_quantization_config
@@ -244,3 +247,48 @@ def test_llama_8b_awq_plan_on_a_7_gib_a100_does_not_fit_where_the_awq_conversion
     assert not answer.primary.fits
     assert any("would run out of memory loading the model" in warning and "_convert_awq_to_standard_format"
                in warning for warning in answer.warnings)
+
+
+# --- NVFP4 linear layers on Marlin (below compute capability 10.0) -------------------------------------------------
+# prepare_fp4_layer_for_marlin (quantization/utils/marlin_utils_fp4.py) repacks the uint8 [N, K / 2] weight at its
+# size and turns the fp8 [N, K / 16] scales into Marlin's fp8 [K / 16, N] (nvfp4_marlin_process_scales): the
+# checkpoint's bytes; 0.11 and 0.19 add a workspace a layer, 0.33 pads misaligned layers (marlin_padded_nk, group 16)
+
+
+def test_nvfp4_linear_layers_on_a100_keep_a_marlin_workspace_each_in_011_and_019() -> None:
+    # Llama-3.1-8B TP 1: 4 fused layers x 432 bytes x 32 layers = 55,296
+    stage = _stage(_llama_8b(), 1)
+    for version in ("0.11", "0.19"):
+        term = VllmProfile(version).linear_layout(stage, "nvfp4", A100)
+        assert _bytes(term) == 55_296
+        assert term is not None and "prepare_fp4_layer_for_marlin" in term.basis
+    # 0.33 keeps no workspace, and nothing is padded here: the checkpoint's bytes, no term
+    assert nvfp4_marlin_linear_bytes(stage, "0.33", "nvfp4", A100) is None
+    assert VllmProfile("0.33").linear_layout(stage, "nvfp4", A100) is None
+
+
+def test_qwen2_5_72b_nvfp4_at_tp_8_on_a100_holds_the_padded_layers_in_033() -> None:
+    # gate_up_proj out 7392 -> 7424 (in 8192): weight 32 x 8192 / 2 = 131,072, scales 32 x 8192 / 16 = 16,384;
+    # down_proj in 3696 -> 3712 (out 8192): 8192 x 16 / 2 = 65,536 and 8192 x 16 / 16 = 8,192; qkv_proj (1280 out,
+    # its bias unpadded) and o_proj are aligned: 221,184 a layer x 80 = 17,694,720
+    assert nvfp4_marlin_padding_bytes(7392, 8192, "0.33") == 131_072 + 16_384
+    assert nvfp4_marlin_padding_bytes(8192, 3696, "0.33") == 65_536 + 8_192
+    assert nvfp4_marlin_padding_bytes(7392, 8192, "0.19") == 0
+    stage = _stage(get_preset_info("qwen2.5-72b-instruct").spec, 8)
+    term = VllmProfile("0.33").linear_layout(stage, "nvfp4", A100)
+    assert _bytes(term) == 17_694_720
+    assert term is not None and "marlin_padded_nk" in term.basis
+    # 0.19 does not pad: the workspaces alone, 4 x 432 x 80 = 138,240
+    assert _bytes(VllmProfile("0.19").linear_layout(stage, "nvfp4", A100)) == 138_240
+
+
+def test_nvfp4_linear_layers_run_marlin_only_below_10_0_and_not_on_humming() -> None:
+    stage = _stage(get_preset_info("qwen2.5-72b-instruct").spec, 8)
+    # 10.0: CUTLASS / FlashInfer FP4 natively
+    for version in ("0.11", "0.19", "0.33"):
+        assert nvfp4_marlin_linear_bytes(stage, version, "nvfp4", device_facts("b200")) is None
+    # 9.0: Marlin in 0.19 (132 SMs: 4 x 528 x 80 = 168,960); Humming ahead of Marlin in 0.33 (not read)
+    assert _bytes(nvfp4_marlin_linear_bytes(stage, "0.19", "nvfp4", H100)) == 168_960
+    assert nvfp4_marlin_linear_bytes(stage, "0.33", "nvfp4", H100) is None
+    # 8.9 (L40S) runs Marlin and pads as the A100 does
+    assert _bytes(nvfp4_marlin_linear_bytes(stage, "0.33", "nvfp4", device_facts("l40s"))) == 17_694_720
