@@ -318,8 +318,9 @@ def gptq_marlin_linear_bytes(stage: Stage, version: str, dense_format: str, devi
     the checkpoint's tensors (`_gptq_dense_charge`): per layer `gptq_linear_held_bytes` on the kernel
     `gptq_dense_kernel` takes, for the QKVParallelLinear qkv_proj and MergedColumnParallelLinear gate_up_proj (their
     inputs whole) and the RowParallelLinear o_proj and down_proj (their inputs split), shapes per rank
-    `_dense_linear_shapes`.  Positive where act order holds a row-parallel layer's scales whole and the g_idx with its
-    sort indices; negative where Marlin frees the qzeros and g_idx nibble charges, and for the g_idx 0.33 never
+    `_dense_linear_shapes`, and on Marlin in 0.11 and 0.19 the layer's workspace (`marlin_linear_workspace_bytes`).
+    Positive where act order holds a row-parallel layer's scales whole and the g_idx with its sort indices; negative
+    where Marlin frees the qzeros and g_idx nibble charges, and for the g_idx 0.33 never
     creates.  Models of `FUSED_LINEAR_MODEL_TYPES` without MLA or shared experts, groups of 32, 64 or 128 or a whole
     row (-1: one group, act order off as gptq_marlin.py sets ``desc_act = False`` for it), devices of
     `GPTQ_MARLIN_FLOORS`; None elsewhere (asymmetric GPTQ runs other kernels in 0.11/0.19 and is refused in 0.33;
@@ -357,6 +358,8 @@ def gptq_marlin_linear_bytes(stage: Stage, version: str, dense_format: str, devi
                 return None
             kernels.add(kernel)
             total += gptq_linear_held_bytes(version, kernel, in_features, out_features, full_in, group, act_order)
+            if kernel == "marlin":
+                total += marlin_linear_workspace_bytes(version, device)
             if kernel == "marlin" and version in FP8_MARLIN_PADDING_VERSIONS:
                 padded_out, padded_in = _marlin_padded_nk(out_features, in_features, group)
                 if (padded_out, padded_in) != (out_features, in_features):
@@ -389,6 +392,9 @@ def gptq_marlin_linear_bytes(stage: Stage, version: str, dense_format: str, devi
     tiles = (f"; Marlin zero-pads the layers its thread tiles do not divide (marlin_utils.py marlin_padded_nk, "
              f"marlin_pad_qweight, marlin_pad_scales; in x out {', '.join(dict.fromkeys(padded))}) and keeps them"
              if padded else "")
+    workspace = marlin_linear_workspace_bytes(version, device) if "marlin" in kernels else 0
+    tiles += (f"; each Marlin layer keeps a {workspace:,}-byte workspace (marlin_make_workspace_new, int32 one a "
+              "streaming multiprocessor)" if workspace else "")
     return Term(extra, (
         f"vLLM {version} runs the {dense_format} attention and MLP layers on {' and '.join(sorted(kernels))} "
         f"(choose_mp_linear_kernel): {order}{humming}{tiles}; {extra / GIB:+.2f} GiB a rank against nibble's charge of "
