@@ -546,7 +546,8 @@ AWQ_STANDARD_FORMAT_VERSIONS = frozenset({"0.19", "0.33"})
 def int4_linear_repack_transient_bytes(version: str, layout: str, in_features: int, out_features: int,
                                        group_size: int) -> int:
     """What one rank holds only while vLLM `version` rewrites one int4 linear layer of `layout` ("gptq", "awq",
-    "compressed-tensors"; ``in_features x out_features`` on the rank) for Marlin, beyond the layer's loaded tensors
+    "compressed-tensors", "nvfp4"; ``in_features x out_features`` on the rank) for Marlin, beyond the layer's loaded
+    tensors
     (the weight's steps; the scales' and zero points' are a group's fraction of it and come after the weight's
     temporaries are freed, or before they are made):
 
@@ -555,6 +556,9 @@ def int4_linear_repack_transient_bytes(version: str, layout: str, in_features: i
       while the loaded one is bound (``_transform_param`` replaces it after);
     * compressed-tensors, weight_packed ``[out, in / 8]``: ``permute_param_layout_`` makes it a transposed view, and
       ``x.data.contiguous()`` copies it (``in x out / 2``) before the repack's output: ``in x out``;
+    * NVFP4, weight uint8 ``[out, in / 2]``: prepare_fp4_layer_for_marlin (quantization/utils/marlin_utils_fp4.py,
+      0.11, 0.19, 0.33) repacks ``layer.weight.view(torch.int32).T.contiguous()``: the same ``in x out`` (its
+      scales' 16-bit steps after it, a fraction of that);
     * AWQ in 0.11 (awq_marlin.py ``AWQMarlinLinearMethod.process_weights_after_loading``): ``awq_marlin_repack``'s
       output beside the loaded qweight: ``in x out / 2``;
     * AWQ in 0.19 and 0.33 (`AWQ_STANDARD_FORMAT_VERSIONS`), ``_convert_awq_to_standard_format`` unpacks every
@@ -573,7 +577,7 @@ def int4_linear_repack_transient_bytes(version: str, layout: str, in_features: i
     padded = padded_out * padded_in
     if padded != out_features * in_features:
         return padded
-    return in_features * out_features if layout == "compressed-tensors" else in_features * out_features // 2
+    return in_features * out_features if layout in ("compressed-tensors", "nvfp4") else in_features * out_features // 2
 
 
 def int4_marlin_linear_repack_bytes(stage: Stage, version: str, dense_format: str,
@@ -589,7 +593,10 @@ def int4_marlin_linear_repack_bytes(stage: Stage, version: str, dense_format: st
     process_weights_after_loading runs after every weight is loaded, one at a time (model_loader/utils.py
     ``process_weights_after_loading``), so only the largest layer's counts, before "Model loading took" is measured
     and the KV cache sized.  Models of `FUSED_LINEAR_MODEL_TYPES` without MLA or shared experts; None elsewhere, for
-    GPTQ act order in 0.33 (refused) and where no layer takes these paths."""
+    GPTQ act order in 0.33 (refused) and where no layer takes these paths.  NVFP4 linear layers: those
+    `nvfp4_marlin_linear_bytes` finds on Marlin (`_nvfp4_marlin_repack_bytes`)."""
+    if dense_format.removeprefix("checkpoint-") in NVFP4_LABELS:
+        return _nvfp4_marlin_repack_bytes(stage, version, dense_format, device)
     spec = stage.spec
     found = INT4_CHECKPOINT_LABEL.fullmatch(dense_format.removeprefix("checkpoint-"))
     capability = device.compute_capability
@@ -909,6 +916,43 @@ NVFP4_NATIVE_FROM = (10, 0)
 NVFP4_GROUP = 16
 
 
+#: nibble's labels of NVFP4 weights (WeightFormat.label: with static activation scales "nvfp4-static")
+NVFP4_LABELS = ("nvfp4", "nvfp4-static")
+
+
+def _nvfp4_on_marlin(stage: Stage, version: str, dense_format: str, device: DeviceFacts) -> bool:
+    """Whether vLLM `version` runs the stage's `dense_format` NVFP4 linear layers on Marlin on `device` (from
+    `NVFP4_MARLIN_FLOORS` to below `NVFP4_NATIVE_FROM`, not 0.33 on 9.0: Humming), for a model of
+    `FP8_MARLIN_MODEL_TYPES` (`_fp8_linear_layers`)."""
+    capability = device.compute_capability
+    return not (dense_format.removeprefix("checkpoint-") not in NVFP4_LABELS or version not in NVFP4_MARLIN_FLOORS
+                or capability is None or device.vendor == "amd"
+                or not NVFP4_MARLIN_FLOORS[version] <= capability < NVFP4_NATIVE_FROM
+                or (version == "0.33" and capability == HUMMING_PREFERRED_CAPABILITY)
+                or stage.spec.model_type not in FP8_MARLIN_MODEL_TYPES)
+
+
+def _nvfp4_marlin_repack_bytes(stage: Stage, version: str, dense_format: str, device: DeviceFacts) -> Term | None:
+    """What one rank holds only while vLLM `version` repacks its largest NVFP4 linear layer for Marlin
+    (`int4_linear_repack_transient_bytes` of layout "nvfp4" over `_fp8_linear_layers`), where it runs them there
+    (`_nvfp4_on_marlin`); None elsewhere."""
+    if not _nvfp4_on_marlin(stage, version, dense_format, device):
+        return None
+    largest, basis = 0, ""
+    for _, out_features, in_features in _fp8_linear_layers(stage):
+        transient = int4_linear_repack_transient_bytes(version, "nvfp4", in_features, out_features, NVFP4_GROUP)
+        if transient > largest:
+            largest, basis = transient, f"{in_features} x {out_features}"
+    if not largest:
+        return None
+    return Term(largest, (
+        f"{largest / GIB:.2f} GiB while vLLM {version} repacks its largest {dense_format} linear layer (in x out "
+        f"{basis} on the rank) for Marlin: prepare_fp4_layer_for_marlin (quantization/utils/marlin_utils_fp4.py) "
+        "makes the weight's int32 transposed copy and gptq_marlin_repack's output beside the loaded one"
+        + ("; 0.33 repacks a zero-padded copy (marlin_pad_qweight) where marlin_padded_nk pads the layer"
+           if version in FP8_MARLIN_PADDING_VERSIONS else "")))
+
+
 def nvfp4_marlin_padding_bytes(out_features: int, in_features: int, version: str) -> int:
     """Bytes vLLM `version` holds for one rank's NVFP4 linear layer (``out_features x in_features``) on Marlin beyond
     the checkpoint's, where ``marlin_padded_nk`` pads it (releases of `FP8_MARLIN_PADDING_VERSIONS`; 0 elsewhere and
@@ -936,11 +980,7 @@ def nvfp4_marlin_linear_bytes(stage: Stage, version: str, dense_format: str, dev
     `marlin_linear_workspace_bytes`), and 0.33 pads the layers Marlin's tiles do not divide
     (`nvfp4_marlin_padding_bytes`, a bias too: ``marlin_pad_dim``).  None elsewhere, and where nothing is held beyond
     the checkpoint's (0.33 with every layer aligned)."""
-    capability = device.compute_capability
-    if (dense_format.removeprefix("checkpoint-") not in ("nvfp4", "nvfp4-static") or version not in NVFP4_MARLIN_FLOORS
-            or capability is None or device.vendor == "amd" or not NVFP4_MARLIN_FLOORS[version] <= capability
-            < NVFP4_NATIVE_FROM or (version == "0.33" and capability == HUMMING_PREFERRED_CAPABILITY)
-            or stage.spec.model_type not in FP8_MARLIN_MODEL_TYPES):
+    if not _nvfp4_on_marlin(stage, version, dense_format, device):
         return None
     layers = _fp8_linear_layers(stage)
     workspace = marlin_linear_workspace_bytes(version, device)

@@ -292,3 +292,22 @@ def test_nvfp4_linear_layers_run_marlin_only_below_10_0_and_not_on_humming() -> 
     assert nvfp4_marlin_linear_bytes(stage, "0.33", "nvfp4", H100) is None
     # 8.9 (L40S) runs Marlin and pads as the A100 does
     assert _bytes(nvfp4_marlin_linear_bytes(stage, "0.33", "nvfp4", device_facts("l40s"))) == 17_694_720
+
+
+def test_nvfp4_repack_on_marlin_is_the_transposed_copy_and_the_output_of_the_largest_layer() -> None:
+    # prepare_fp4_layer_for_marlin: layer.weight.view(int32).T.contiguous() (in x out / 2) and gptq_marlin_repack's
+    # output (as much) beside the loaded weight.  Llama-3.1-8B TP 1, gate_up_proj 4096 x 28672: 117,440,512
+    stage = _stage(_llama_8b(), 1)
+    for version in ("0.11", "0.19", "0.33"):
+        term = int4_marlin_linear_repack_bytes(stage, version, "nvfp4", A100)
+        assert _bytes(term) == 117_440_512
+        assert term is not None and "prepare_fp4_layer_for_marlin" in term.basis
+    # Qwen2.5-72B TP 8 on 0.33: gate_up_proj padded to 7424 x 8192 first: 60,817,408
+    qwen = _stage(get_preset_info("qwen2.5-72b-instruct").spec, 8)
+    assert _bytes(int4_marlin_linear_repack_bytes(qwen, "0.33", "nvfp4", A100)) == 60_817_408
+    # natively from 10.0 (no repack for Marlin), Humming on 9.0 in 0.33 (not read)
+    assert int4_marlin_linear_repack_bytes(stage, "0.19", "nvfp4", device_facts("b200")) is None
+    assert int4_marlin_linear_repack_bytes(stage, "0.33", "nvfp4", H100) is None
+    budget = VllmProfile("0.19").outside_budget(stage, "auto", VllmProfile("0.19").batch_limits(80 * GIB, "a100-80gb"),
+                                                False, A100, "", "nvfp4")
+    assert _bytes(budget.repack) == 117_440_512
