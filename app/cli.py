@@ -769,7 +769,7 @@ def build_parser() -> argparse.ArgumentParser:
                              help="vLLM --enable-expert-parallel: whole experts on each data x tensor rank")
     plan_parser.add_argument("--speculative", type=speculative_option, metavar="METHOD:K",
                              help="vLLM --speculative-config: mtp:K (the model's MTP layers) or ngram:K, "
-                                  "K speculative tokens (vLLM 0.19)")
+                                  "K speculative tokens (mtp on vLLM 0.19, ngram on 0.11 and 0.19)")
     plan_parser.add_argument("--max-num-seqs", type=int,
                              help="vLLM --max-num-seqs (default: vLLM's for the device)")
     plan_parser.add_argument("--block-size", type=int, help="KV cache block (page) size in tokens (default 16)")

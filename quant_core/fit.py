@@ -9,7 +9,13 @@ divide its width; int8 per row; and 16-bit), ordered by their exact bytes
 (`WeightFormat.bytes_for`).  The mixes form one sequence of growing size:
 round ``r`` takes every tensor from its ``r``-th smallest format to the next,
 one tensor at a time, row by row of the inventory and layer by layer within a
-row (so at most one row is split between two formats).  `plan()` itself
+row (so at most one row is split between two formats).  Only formats the engine
+runs on the devices are allowed: one the planner's check of a mix refuses
+(`planner.mix_format_refusals`: vLLM 0.33 loads nibble's int4 and int8 from compute
+capability 7.5 only) is left out of every ladder and named in
+`FitRecipe.refused_formats`, so no mix is refused for a format the search could have
+left out; when every quantized format is refused only 16-bit remains, and a miss
+there says the refusals first.  `plan()` itself
 decides whether a mix fits (the planner's own function, never a second
 formula), and a binary search over the sequence finds the last mix that does;
 the next one does not.
@@ -23,13 +29,13 @@ weights it writes are at most the planned ones.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Container, Sequence
 from dataclasses import dataclass, replace
 
 from quant_core.formats import WeightFormat, float_format, int4
 from quant_core.globs import compile_glob
 from quant_core.inventory import QuantizationPolicy
-from quant_core.planner import Hardware, Plan, PlanOptions, Workload, plan
+from quant_core.planner import Hardware, Plan, PlanOptions, Workload, mix_format_refusals, plan
 from quant_core.quantize.allocation import budget_formats
 from quant_core.quantize.int8 import INT8
 from quant_core.schemes import assign, scheme_of
@@ -52,6 +58,8 @@ class FitRecipe:
     `formats` counts those tensors by format label, `formats_by_role` by role.
     `next_mix` is the next mix of the sequence, which does not fit, and `next_step_weights_bytes`
     its weights (both None when every tensor is already 16-bit, or when no mix fits).
+    `refused_formats` gives, by label, each format a budget would allow a tensor that the engine refuses on these
+    devices (`planner.mix_format_refusals`), with its reason: no mix takes them.
     `assumptions` say what the recipe takes for given.
     """
 
@@ -70,6 +78,7 @@ class FitRecipe:
     positions: int
     next_step_weights_bytes: int | None
     next_mix: tuple[tuple[TensorEntry, WeightFormat], ...] | None
+    refused_formats: dict[str, str]
     assumptions: tuple[str, ...]
 
 
@@ -85,9 +94,15 @@ def _sixteen_bit(options: PlanOptions) -> WeightFormat:
     return float_format(options.float_format if options.float_format != "fp32" else "bf16")
 
 
-def _ladder(entry: TensorEntry, sixteen: WeightFormat) -> tuple[WeightFormat, ...]:
-    """The formats a budget allows `entry`, by strictly growing bytes (of equal bytes, the first kept)."""
-    candidates = [*budget_formats(_QUANTIZER_SCHEME, entry.shape[-1], FIT_METHOD), INT8, sixteen]
+def _candidates(entry: TensorEntry, sixteen: WeightFormat) -> list[WeightFormat]:
+    """The formats a budget allows `entry`: the quantizer's int4 for its width, int8 per row, and 16-bit."""
+    return [*budget_formats(_QUANTIZER_SCHEME, entry.shape[-1], FIT_METHOD), INT8, sixteen]
+
+
+def _ladder(entry: TensorEntry, sixteen: WeightFormat, refused: Container[str]) -> tuple[WeightFormat, ...]:
+    """The formats a budget allows `entry` less those the engine refuses (`refused` labels), by strictly growing
+    bytes (of equal bytes, the first kept: a refused format never hides one of its size that runs)."""
+    candidates = [candidate for candidate in _candidates(entry, sixteen) if candidate.label() not in refused]
     ordered = sorted(candidates, key=lambda f: f.bytes_for(entry.shape))
     out: list[WeightFormat] = []
     for candidate in ordered:
@@ -96,21 +111,35 @@ def _ladder(entry: TensorEntry, sixteen: WeightFormat) -> tuple[WeightFormat, ..
     return tuple(out)
 
 
-def _rows(spec: ModelSpec, options: PlanOptions) -> tuple[list[_Row], list[tuple[TensorEntry, WeightFormat]]]:
-    """The rows the policy quantizes (with their ladders) and the rest with their float format."""
+def _rows(spec: ModelSpec, hardware: Hardware, options: PlanOptions
+          ) -> tuple[list[_Row], list[tuple[TensorEntry, WeightFormat]], dict[str, str]]:
+    """The rows the policy quantizes (with their ladders of the formats the engine runs on `hardware`), the rest
+    with their float format, and the allowed formats the engine refuses there, by label, with the reason."""
     policy = options.policy or QuantizationPolicy(unquantized_format=options.float_format)
     marker = int4()
     sixteen = _sixteen_bit(options)
+    entries = assign(spec, scheme_of(marker, policy.unquantized_format, policy.quantized_roles))
+    refused = mix_format_refusals(spec, hardware, {candidate.label(): candidate for entry, chosen in entries
+                                                   if chosen == marker and len(entry.shape) == 2
+                                                   for candidate in _candidates(entry, sixteen)}.values(), options)
     quantized: list[_Row] = []
     rest: list[tuple[TensorEntry, WeightFormat]] = []
-    for entry, chosen in assign(spec, scheme_of(marker, policy.unquantized_format, policy.quantized_roles)):
+    for entry, chosen in entries:
         if chosen == marker and len(entry.shape) == 2:
-            quantized.append(_Row(entry, _ladder(entry, sixteen), max(1, len(entry.layers))))
+            quantized.append(_Row(entry, _ladder(entry, sixteen, refused), max(1, len(entry.layers))))
         elif chosen == marker:  # the quantizer passes tensors that are not 2-D through as they are
             rest.append((entry, sixteen))
         else:
             rest.append((entry, chosen))
-    return quantized, rest
+    return quantized, rest, dict(sorted(refused.items()))
+
+
+def _refusals_text(refused: dict[str, str]) -> str:
+    """`refused` (label -> the engine's reason) in words, one reason per kind of format (``int4``, ``int8``)."""
+    kinds: dict[str, list[str]] = {}
+    for label in refused:
+        kinds.setdefault(label.split("-", 1)[0], []).append(label)
+    return "; ".join(f"{', '.join(labels)}: {refused[labels[0]]}" for labels in kinds.values())
 
 
 def _sequence_length(rows: Sequence[_Row]) -> int:
@@ -171,7 +200,7 @@ def fit_plan(spec: ModelSpec, hardware: Hardware, workload: Workload | None = No
     mix's plan with `fits` false and the reason.
     """
     options = options or PlanOptions()
-    rows, rest = _rows(spec, options)
+    rows, rest, refused = _rows(spec, hardware, options)
     positions = _sequence_length(rows)
 
     def scheme_at(position: int) -> PlanOptions:
@@ -216,9 +245,11 @@ def fit_plan(spec: ModelSpec, hardware: Hardware, workload: Workload | None = No
         devices = smallest.primary.devices
         tightest = min(devices, key=lambda device: device.headroom_bytes)
         lowest = sorted({row.ladder[0].label() for row in rows})
-        reason = (f"the model does not fit even with every quantized tensor at its smallest allowed format "
-                  f"({', '.join(lowest)}): device {tightest.index} needs {-tightest.headroom_bytes} bytes more "
-                  f"({tightest.used_bytes} used of {tightest.usable_bytes} usable)")
+        none_runs = bool(refused) and all(not rung.is_quantized for row in rows for rung in row.ladder)
+        at = (f"with every tensor at 16-bit ({', '.join(lowest)})" if none_runs
+              else f"with every quantized tensor at its smallest allowed format ({', '.join(lowest)})")
+        reason = (f"the model does not fit even {at}: device {tightest.index} needs {-tightest.headroom_bytes} "
+                  f"bytes more ({tightest.used_bytes} used of {tightest.usable_bytes} usable)")
         if tightest.headroom_bytes >= 0:  # the budget holds it: what the engine takes outside the budget does not fit
             outside = max(devices, key=lambda device: device.outside_budget_bytes)
             free = outside.capacity_bytes - outside.usable_bytes
@@ -226,6 +257,11 @@ def fit_plan(spec: ModelSpec, hardware: Hardware, workload: Workload | None = No
                       f"{outside.outside_budget_bytes} bytes outside its memory budget (memory in use at start-up, "
                       f"CUDA graphs, DeepSeek Sparse Attention's late buffers), more than the {free} bytes "
                       "the budget leaves free: the plan's warnings say what to lower")
+        if none_runs:  # the refusals come first: they, not the memory, leave no mix below 16-bit
+            reason = (f"the engine refuses every quantized format a mix may take on these devices "
+                      f"({_refusals_text(refused)}), and {reason}")
+        elif refused:
+            reason += f" (the engine refuses {', '.join(refused)} on these devices: no mix takes them)"
         if smallest.refusal:
             reason = f"the engine refuses the layout: {smallest.refusal}"
     assumptions: tuple[str, ...] = (
@@ -238,6 +274,9 @@ def fit_plan(spec: ModelSpec, hardware: Hardware, workload: Workload | None = No
         "Without weights the planner chooses by bytes, not error: the most bytes that fit, tensor by tensor "
         "in inventory order; the quantizer's own mix of the same budget spreads its bytes by error.",
     )
+    if refused:
+        assumptions += (f"The engine refuses {', '.join(refused)} on these devices (refused_formats): no tensor "
+                        "takes them.",)
     if result.pipeline_parallel > 1:
         assumptions += ("With pipeline stages, the quantizer may put more of the budget in one stage's layers "
                         "than this mix does: plan the written checkpoint's headers to check each stage.",)
@@ -247,4 +286,4 @@ def fit_plan(spec: ModelSpec, hardware: Hardware, workload: Workload | None = No
         formats=dict(sorted(formats.items())),
         formats_by_role={role: dict(sorted(counts.items())) for role, counts in sorted(by_role.items())},
         position=position, positions=positions, next_step_weights_bytes=next_bytes, next_mix=next_mix,
-        assumptions=assumptions)
+        refused_formats=refused, assumptions=assumptions)

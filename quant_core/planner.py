@@ -47,7 +47,7 @@ from __future__ import annotations
 
 import copy
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
 from functools import lru_cache
 from typing import cast
@@ -264,7 +264,8 @@ class PlanOptions:
     (`plan`); for a model with routed experts on vLLM 0.19 and 0.33 the data-parallel ranks' MoE layers form one
     group (`engines.base.Stage.moe_ranks`), elsewhere it is refused at more than one (`_moe_data_parallel_reason`).
     `speculative` is vLLM's ``--speculative-config`` (`engines.vllm_speculative.SpeculativeDecoding`: ``mtp`` or
-    ``ngram`` with ``num_speculative_tokens``), planned on vLLM 0.19 (`speculative_refusal` says what is refused): the
+    ``ngram`` with ``num_speculative_tokens``), ``mtp`` planned on vLLM 0.19 and ``ngram`` on 0.11 and 0.19
+    (`engines.vllm_speculative.PLANNED_RELEASES`; `speculative_refusal` says what is refused): the
     MTP layers' weights and KV cache on the last stage (`_build_layout`), the drafter's buffers, passes and graphs
     (`engines.base.BatchLimits.speculative_tokens` and ``draft_layers``); the generic engine runs none (`InvalidSpec`).
     `kv_cache_dtype_auto`: `kv_cache_dtype` is the engine's default (vLLM's
@@ -1484,7 +1485,8 @@ class _Evaluator:
 def _load_outside_bytes(evaluator: _Evaluator, layout: _Layout, terms: _StageTerms, stage: int) -> int:
     """What the engine holds outside its budget on one device of `stage` while it loads (`OutsideBudget.load_bytes`:
     vLLM's MTP drafter's own embedding and heads, held until it shares the target's; a MoE layer's fp8 experts or
-    the largest fp8 linear layer while they are repacked for Marlin), given the budget still free then
+    the largest fp8 linear layer while they are repacked for Marlin, or the largest block-fp8 linear layer while
+    DeepGEMM requantizes it), given the budget still free then
     (`_load_room`); 0 where the engine holds nothing only while loading."""
     term = terms.outside[stage] if terms.outside else None
     if not isinstance(term, OutsideBudget) or not term.loads:
@@ -2298,6 +2300,30 @@ def plan(spec: ModelSpec, hardware: Hardware, workload: Workload | None = None,
     )
 
 
+def mix_format_refusals(spec: ModelSpec, hardware: Hardware, weight_formats: Iterable[WeightFormat],
+                        options: PlanOptions | None = None) -> dict[str, str]:
+    """Why the engine of `options` refuses a per-tensor mix (`WeightScheme.mix`, `fit.fit_plan`'s) for holding
+    tensors stored as each of `weight_formats` on `hardware`'s devices, by label, for those it refuses (a 16-bit
+    format, any format without an engine, is never refused): the check `plan` makes of each quantized format of a
+    mix (`_ModelTerms.formats`, asked by `_Evaluator.device_refusal` through `EngineProfile.device_refusal` at the
+    devices' compute capability and the model's dtype, with no quantization_config's method), asked of each format
+    alone without planning.  What the engine refuses of every mix (the model's attention on the device: the check of
+    a mix without quantized tensors) is not a format's: none is refused for it, and the plan of any mix says it.
+    The setup is made for this call and not kept (`_plan_setup_of`: a fit's options are made for it)."""
+    setup = _plan_setup(spec, hardware, options or _DEFAULT_OPTIONS)
+    engine, capability, model_dtype = setup.engine, setup.device.compute_capability, setup.options.model_dtype
+    if engine is None or engine.device_refusal(spec, "mixed", capability, None, model_dtype) is not None:
+        return {}
+    refused: dict[str, str] = {}
+    for weight_format in weight_formats:
+        label = weight_format.label()
+        if weight_format.is_quantized and label not in refused:
+            reason = engine.device_refusal(spec, label, capability, weight_format, model_dtype)
+            if reason is not None:
+                refused[label] = reason
+    return refused
+
+
 def _over_replicas(found: FormatPlan, data: int) -> FormatPlan:
     """`found`, one data-parallel replica's plan (its devices, at its share of the sequences), as the deployment of
     `data` identical replicas: the memory used over all its devices, the most sequences over all replicas (each runs
@@ -2630,6 +2656,8 @@ def _warnings(spec: ModelSpec, hardware: Hardware, workload: Workload, options: 
                    f"weights: {kv_refused}.")
     elif int4_refused is not None:
         out.append(f"The model cannot run at INT4 on this device: {int4_refused}.")
+    elif int4_plan.refusal is not None:  # refused at this layout, not for want of memory
+        out.append(f"The model cannot run at INT4 on {devices} device(s): {int4_plan.refusal}.")
     elif not int4_plan.fits:
         need = int4_plan.min_devices
         if int4_plan.refusal is None and all(device.used_bytes <= device.usable_bytes for device in int4_plan.devices):
@@ -2642,13 +2670,19 @@ def _warnings(spec: ModelSpec, hardware: Hardware, workload: Workload, options: 
             more = (f"; no tensor-parallel degree engines accept for this model fits (the largest is {largest} "
                     "device(s)): pipeline stages (parallel.pipeline) spread the layers over more devices")
         out.append(f"The model does not fit even at INT4 on {devices} device(s) for this workload{more}.")
+    elif baseline.refusal is not None:
+        out.append(f"The model fits at INT4, but cannot run at 16-bit ({baseline_key}) on {devices} device(s): "
+                   f"{baseline.refusal}.")
     elif not baseline.fits:
         out.append(f"The model fits at INT4 but not at 16-bit ({baseline_key}) on {devices} device(s).")
     if not primary.fits and primary.format not in (int4_plan.format, baseline.format):
         fitting = [name for name, other in (("INT4", int4_plan), (f"16-bit ({baseline_key})", baseline))
                    if other.fits]
         also = f"; it fits at {' and at '.join(fitting)}" if fitting else ""
-        out.append(f"The model does not fit as {primary.format} on {devices} device(s) for this workload{also}.")
+        if primary.refusal is not None:  # a refused format is said refused, with the engine's reason
+            out.append(f"The model cannot run as {primary.format} on {devices} device(s): {primary.refusal}{also}.")
+        else:
+            out.append(f"The model does not fit as {primary.format} on {devices} device(s) for this workload{also}.")
     dtype_note = None if engine is None else engine.device_dtype_note(spec, hardware.compute_capability)
     if dtype_note is not None:
         out.append(f"{dtype_note}.")

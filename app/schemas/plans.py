@@ -164,8 +164,9 @@ class SpeculativeIn(BaseModel):
 
     method: str = Field(max_length=32, description=(
         "mtp: the checkpoint's own multi-token-prediction layers (num_nextn_predict_layers; DeepSeek-V3 and GLM-4.5 "
-        "models): their weights and KV cache join the plan; ngram: prompt lookup on the CPU, no model.  Planned on "
-        "vLLM 0.19; other methods (eagle, eagle3, draft_model, ...) and releases are refused naming why."))
+        "models): their weights and KV cache join the plan; ngram: prompt lookup on the CPU, no model.  mtp is planned "
+        "on vLLM 0.19, ngram on 0.11 and 0.19; other methods (eagle, eagle3, draft_model, ...) and releases are "
+        "refused naming why."))
     num_speculative_tokens: int = Field(ge=1, le=MAX_SPECULATIVE_TOKENS, description=(
         "Tokens proposed a step: a decode step verifies 1 + k tokens a sequence, which sets vLLM's CUDA-graph "
         "capture sizes."))
@@ -688,6 +689,9 @@ class FitOut(BaseModel):
     formats_by_role: dict[str, dict[str, int]]
     next_step_weights_bytes: int | None = Field(description="The weights of the next larger mix, which does not "
                                                             "fit; null when every tensor is already 16-bit.")
+    refused_formats: dict[str, str] = Field(description="The formats the mix may take (by label) that the engine "
+                                                        "refuses on these devices, each with the engine's reason: "
+                                                        "no tensor takes them.")
     assumptions: list[str]
 
 
@@ -771,7 +775,8 @@ def fit_dict(recipe: FitRecipe) -> dict[str, object]:
                        "output": "nibble"},
             "bits_per_weight": float(recipe.bits_per_weight), "elements": recipe.elements,
             "formats": dict(recipe.formats), "formats_by_role": {k: dict(v) for k, v in recipe.formats_by_role.items()},
-            "next_step_weights_bytes": recipe.next_step_weights_bytes, "assumptions": list(recipe.assumptions)}
+            "next_step_weights_bytes": recipe.next_step_weights_bytes,
+            "refused_formats": dict(recipe.refused_formats), "assumptions": list(recipe.assumptions)}
 
 
 def answer_plan_json(body: PlanRequest, spec: ModelSpec, hardware: Hardware, workload: Workload,

@@ -91,6 +91,9 @@ from quant_core.engines.vllm_linear import (
     FUSED_LINEAR_MODEL_TYPES,
     awq_compressed_tensors_marlin_bytes,
     compressed_tensors_humming_bytes,
+    deep_gemm_expert_requant_bytes,
+    deep_gemm_requant_bytes,
+    deep_gemm_scale_layout_bytes,
     fp8_marlin_linear_bytes,
     fp8_marlin_linear_repack_bytes,
     gptq_marlin_linear_bytes,
@@ -158,8 +161,8 @@ from quant_core.engines.vllm_speculative import (
     drafter_buffer_bytes,
     drafter_load_bytes,
     drafter_pass_bytes,
-    rejection_sampler_bytes,
-    serving_rejection_bytes,
+    rejection_warmup,
+    serving_rejection,
 )
 from quant_core.errors import InvalidSpec, UnknownName
 from quant_core.formats import WeightFormat
@@ -518,9 +521,11 @@ class OutsideBudget:
     #: built, so holds while loading: the rotary cos/sin caches and the buffers built with the model (Qwen3-VL's
     #: deepstack inputs, DeepSeek Sparse Attention's top-k indices); the rest of that peak is free at load
     load_held: int = 0
-    #: what one module's weights hold only while process_weights_after_loading rewrites them (the larger of a MoE
-    #: layer's, `fp8_expert_repack_bytes`, and a linear layer's, `fp8_marlin_linear_repack_bytes`), before the KV
-    #: cache is sized: weighed as `load` is (`load_bytes`)
+    #: what one module's weights hold only while process_weights_after_loading rewrites them (the largest of a MoE
+    #: layer's, `fp8_expert_repack_bytes` or on 0.11 its requant to UE8M0 scales, `deep_gemm_expert_requant_bytes`,
+    #: a linear layer's Marlin repack, `fp8_marlin_linear_repack_bytes`, and a block-fp8 linear layer's while
+    #: DeepGEMM requantizes it, `deep_gemm_requant_bytes`), before the KV cache is sized: weighed as `load` is
+    #: (`load_bytes`)
     repack: Term | None = None
 
     def _load_spill(self, room: int) -> int:
@@ -653,9 +658,12 @@ def outside_budget(stage: Stage, kv_cache_dtype: str, limits: BatchLimits, versi
     drafter, its persistent buffers (`vllm_speculative.drafter_buffer_bytes`) and what it holds only while loading
     (`load`, `vllm_speculative.drafter_load_bytes`), and for fp8 experts on Marlin or FlashInfer's CUTLASS experts
     what their rewrite holds only while loading, or for fp8 linear layers stored as `dense_format` on Marlin what
-    the largest one's repack does (`repack`: the larger of `fp8_expert_repack_bytes` and
-    `fp8_marlin_linear_repack_bytes`, one module processed at a time after all weights are loaded), which the
-    planner weighs against the budget still free then (`OutsideBudget.load_bytes`)."""
+    the largest one's repack does, or for block-fp8 ones DeepGEMM runs what the largest one's requantization to
+    UE8M0 scales does, or on 0.11 a MoE layer's block-fp8 experts' (`repack`: the largest of
+    `fp8_expert_repack_bytes`, `fp8_marlin_linear_repack_bytes`, `deep_gemm_requant_bytes` and
+    `deep_gemm_expert_requant_bytes`, one module processed at a time after all weights are loaded; Marlin and
+    DeepGEMM never run on one device), which the planner weighs against the budget still free then
+    (`OutsideBudget.load_bytes`)."""
     if enforce_eager:
         graph = None
     elif VERSIONS[version].cuda_graphs_in_budget:
@@ -686,6 +694,8 @@ def outside_budget(stage: Stage, kv_cache_dtype: str, limits: BatchLimits, versi
                             "DeviceMemoryProfiler): in no term of the KV budget")
     repack = max((term for term in (fp8_expert_repack_bytes(stage, version, device, expert_format),
                                     fp8_marlin_linear_repack_bytes(stage, version, dense_format, device),
+                                    deep_gemm_requant_bytes(stage, version, dense_format, device),
+                                    deep_gemm_expert_requant_bytes(stage, version, device, expert_format),
                                     int4_marlin_linear_repack_bytes(stage, version, dense_format, device))
                   if term is not None), key=lambda term: term.bytes, default=None)
     tokens = limits.max_batched_tokens
@@ -699,7 +709,7 @@ def outside_budget(stage: Stage, kv_cache_dtype: str, limits: BatchLimits, versi
 def speculative_serving_excess(stage: Stage, limits: BatchLimits, version: str, expert_format: str,
                                device: DeviceFacts) -> Term | None:
     """On the last stage under speculative decoding, what the rejection sampler of a full decode step needs
-    (`vllm_speculative.serving_rejection_bytes`, beside the fused-MoE caches the workspace manager keeps) beyond the
+    (`vllm_speculative.serving_rejection`, beside the fused-MoE caches the workspace manager keeps) beyond the
     profiling peak, the memory PyTorch's allocator holds from it (the larger of the forward pass with the drafter's and
     the sampler warm-up with the rejection sampler's, `VllmProfile.activation`); None where it needs no more.  vLLM's
     profiling warms the rejection sampler up with one draft a request, so with more drafts the step's logits are
@@ -710,9 +720,10 @@ def speculative_serving_excess(stage: Stage, limits: BatchLimits, version: str, 
     passes = _profile_passes(version, stage, limits, expert_format, device)
     padded = -(-spec.vocab_size // VOCAB_PADDING) * VOCAB_PADDING
     rows = min(limits.max_num_seqs, tokens)
+    warmup, _basis = rejection_warmup(spec, version, rows, tokens, padded, element, passes.sampled)
     profiled = max(passes.forward + (drafter_pass_bytes(spec, limits, element) if limits.draft_layers else 0),
-                   passes.sampler + rejection_sampler_bytes(spec, rows, padded, element))
-    serving = serving_rejection_bytes(spec, limits, padded, element) + passes.workspace
+                   passes.sampler + warmup)
+    serving = serving_rejection(spec, version, limits, padded, element) + passes.workspace
     if serving <= profiled:
         return None
     excess = serving - profiled
@@ -976,12 +987,10 @@ class VllmProfile:
         if stage.is_last and limits.speculative_tokens:
             rows = min(limits.max_num_seqs, tokens)
             padded = -(-spec.vocab_size // VOCAB_PADDING) * VOCAB_PADDING
-            rejection = rejection_sampler_bytes(spec, rows, padded, element)
+            rejection, rejection_basis = rejection_warmup(spec, self._version, rows, tokens, padded, element,
+                                                          passes.sampled)
             sampler += rejection
-            basis += (f"; speculative decoding (num_speculative_tokens={limits.speculative_tokens}): the sampler "
-                      f"warm-up also runs the rejection sampler, at most {rejection / GIB:.2f} GiB above the sampler "
-                      "pass (2 x rows of random logits and a fourth float32 copy of the target logits: "
-                      "gpu_model_runner.py _dummy_sampler_run, v1/sample/rejection_sampler.py)")
+            basis += f"; speculative decoding (num_speculative_tokens={limits.speculative_tokens}): {rejection_basis}"
             if limits.draft_layers:
                 drafted = drafter_pass_bytes(spec, limits, element)
                 forward += drafted
@@ -1234,13 +1243,14 @@ class VllmProfile:
         without act order; 0.33's Humming layers of each, and of symmetric compressed-tensors,
         `compressed_tensors_humming_bytes`; AWQ and compressed-tensors W4A16 on Marlin elsewhere,
         `awq_compressed_tensors_marlin_bytes`; fp8 block or per-tensor weights on Marlin, `fp8_marlin_linear_bytes`;
-        NVFP4 on Marlin, `nvfp4_marlin_linear_bytes`);
-        None elsewhere."""
+        fp8 blocks on DeepGEMM, whose scales 10.x and 12.x pack to UE8M0, `deep_gemm_scale_layout_bytes`; NVFP4 on
+        Marlin, `nvfp4_marlin_linear_bytes`); None elsewhere."""
         return (machete_zero_point_bytes(stage, self._version, dense_format, device)
                 or gptq_marlin_linear_bytes(stage, self._version, dense_format, device)
                 or compressed_tensors_humming_bytes(stage, self._version, dense_format, device)
                 or awq_compressed_tensors_marlin_bytes(stage, self._version, dense_format, device)
                 or fp8_marlin_linear_bytes(stage, self._version, dense_format, device)
+                or deep_gemm_scale_layout_bytes(stage, self._version, dense_format, device)
                 or nvfp4_marlin_linear_bytes(stage, self._version, dense_format, device))
 
     def attention_weight_copy(self, stage: Stage, quantized_layers: frozenset[int],

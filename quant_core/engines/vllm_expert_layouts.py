@@ -917,7 +917,11 @@ def fp8_expert_repack_bytes(stage: Stage, version: str, device: DeviceFacts, exp
       (quantization/utils/flashinfer_utils.py) flips w13's halves into a new tensor (``swap_w13_to_w31``: reshape,
       flip) while the loaded one is still bound: ``E x 2 x width x hidden`` bytes.
 
-    None elsewhere (Triton and DeepGEMM take the experts as loaded; the scales' copies are small)."""
+    None elsewhere (Triton and DeepGEMM take the experts as loaded; the scales' copies are small).  A DeepGEMM
+    backend forced by hand (``VLLM_USE_DEEP_GEMM=1`` or ``VLLM_MOE_USE_DEEP_GEMM=1`` set, ``moe_backend="deep_gemm"``;
+    not the default for block fp8 in 0.19 and 0.33, fused_moe/oracle/fp8.py ``_get_priority_backends``) would
+    rewrite them in place with ``requant_weight_ue8m0_inplace`` (prepare_fp8_moe_layer_for_deepgemm), one expert at
+    a time: not planned; 0.11 does so on 10.0 whatever the backend (`vllm_linear.deep_gemm_expert_requant_bytes`)."""
     spec = stage.spec
     if not spec.is_moe or weight_format_family(expert_format) != "fp8":
         return None

@@ -200,11 +200,13 @@ def cudagraph_capture_sizes(version: str, limits: BatchLimits,
     (`BatchLimits.speculative_tokens` k, 0.19) the largest is ``min(2 x max_num_seqs x (1 + k), 512)`` and, where the
     attention backend runs FULL decode graphs of ``1 + k`` tokens a sequence (``AttentionCGSupport.UNIFORM_BATCH`` or
     better: every MLA backend), the sizes are rounded up to multiples of ``1 + k``; `rounded` False gives them
-    unrounded, as a backend that cannot captures them (PIECEWISE only): never fewer."""
+    unrounded, as a backend that cannot captures them (PIECEWISE only): never fewer.  0.11 neither scales nor rounds
+    them: config/scheduler.py ``SchedulerConfig.__post_init__`` sets ``cuda_graph_sizes`` to ``[min(max_num_seqs x
+    2, 512)]`` whatever the speculative config, and config/__init__.py ``_set_cudagraph_sizes`` captures those."""
     if version == "0.33":
         return _capture_sizes_033(limits, capability)
     query = limits.decode_query_len
-    largest = min(2 * limits.max_num_seqs * query, MAX_DEFAULT_CAPTURE_SIZE)
+    largest = min(2 * limits.max_num_seqs * (1 if version == "0.11" else query), MAX_DEFAULT_CAPTURE_SIZE)
     if version == "0.11":
         sizes = [1, 2, 4, *range(8, largest + 1, 8)]
     else:
@@ -214,7 +216,7 @@ def cudagraph_capture_sizes(version: str, limits: BatchLimits,
         if largest >= 256:
             sizes += range(256, largest + 1, 16)
     captured = sorted({size for size in sizes if size <= min(largest, limits.max_batched_tokens)})
-    if query == 1 or not captured or not rounded:
+    if query == 1 or not captured or not rounded or version == "0.11":
         return tuple(captured)
     # speculative decoding under FULL decode graphs (0.19): each size rounded up to a multiple of 1 + k, those past
     # the largest dropped (config/compilation.py adjust_cudagraph_sizes_for_spec_decode, from
@@ -261,8 +263,12 @@ def cudagraph_count(version: str, limits: BatchLimits, capability: tuple[int, in
 
 def largest_full_graph(version: str, limits: BatchLimits) -> int:
     """The largest batch vLLM `version` captures a FULL decode graph for by default (`cudagraph_count`): the largest
-    capture size up to ``max_num_seqs``, 0 when there is none."""
-    return max((size for size in cudagraph_capture_sizes(version, limits) if size <= limits.max_num_seqs), default=0)
+    capture size up to ``max_num_seqs x (1 + k)`` tokens (``max_num_seqs`` without speculative decoding), 0 when there
+    is none.  Under speculative decoding a graph of that many tokens runs ``1 / (1 + k)`` as many sequences; it is
+    counted in tokens, the larger, so that the 0.11 excess fitted to a FULL graph of many sequences
+    (`GRAPH_0_11_LARGE_BATCH_BYTES`) is charged wherever either could set it: the safe side."""
+    largest = limits.max_num_seqs * limits.decode_query_len
+    return max((size for size in cudagraph_capture_sizes(version, limits) if size <= largest), default=0)
 
 
 def graph_extra(spec: ModelSpec) -> tuple[int, str]:

@@ -2,8 +2,11 @@
 
 Machete (``quantization/kernels/mixed_precision/machete.py``), Humming, GPTQ Marlin (``quantization/gptq_marlin.py``,
 ``utils/marlin_utils.py``: `gptq_marlin_linear_bytes`) and fp8 Marlin (``utils/marlin_utils_fp8.py``:
-`fp8_marlin_linear_bytes`) repacks and workspaces, the MLA ``kv_b_proj`` copy (``attention/mla``:
-`mla_kv_b_copy`), and PyTorch's block rounding of the loaded weights (`weight_allocation_slack`).
+`fp8_marlin_linear_bytes`) repacks and workspaces, DeepGEMM's requantization of fp8 blocks to UE8M0 scales and the
+packed scales it keeps (``utils/fp8_utils.py``: `deep_gemm_requant_bytes`, `deep_gemm_scale_layout_bytes`; and 0.11's
+requantization of the routed experts beside them, `deep_gemm_expert_requant_bytes`), the MLA
+``kv_b_proj`` copy (``attention/mla``: `mla_kv_b_copy`), and PyTorch's block rounding of the loaded weights
+(`weight_allocation_slack`).
 """
 
 from __future__ import annotations
@@ -1001,6 +1004,230 @@ def nvfp4_marlin_linear_bytes(stage: Stage, version: str, dense_format: str, dev
         f"(prepare_fp4_layer_for_marlin, quantization/utils/marlin_utils_fp4.py), which repacks the weights and scales "
         f"at their size and {kept}{padded}: {extra / GIB:.2f} GiB a rank beyond the checkpoint's ({extra:,} bytes)"))
 
+
+#: the compute capabilities on which each release's ``is_deep_gemm_e8m0_used()`` (utils/deep_gemm.py) holds with the
+#: default environment, so a block-fp8 linear layer DeepGEMM runs is requantized to power-of-two scales at load
+#: (exact (major, minor) pairs, or a family's major): 0.11 on 10.0 (``is_device_capability(100)`` with
+#: ``VLLM_USE_DEEP_GEMM_E8M0`` "1"; 9.0 only with ``VLLM_USE_DEEP_GEMM_E8M0_HOPPER``, "0"); 0.19 and 0.33 wherever
+#: ``is_deep_gemm_supported()`` holds (``VLLM_USE_DEEP_GEMM_E8M0`` "1", no capability test): platforms/cuda.py
+#: ``support_deep_gemm``, 9.0 or the 10.x family in 0.19, and the 12.x family too in 0.33.  DeepGEMM must be
+#: importable (utils/import_utils.py ``has_deep_gemm``): vLLM's Docker images install it for 0.11 and 0.19 (as
+#: `deep_gemm_moe_warmup` assumes), 0.33's wheel vendors it (``vllm.third_party.deep_gemm``).  Kept apart from
+#: `vllm_moe_buffers.DEEP_GEMM_CAPABILITIES`, the grouped-GEMM warm-up's, which is not read for 0.33
+DEEP_GEMM_E8M0_CAPABILITIES: dict[str, tuple[tuple[int, int] | int, ...]] = {
+    "0.11": ((10, 0),),
+    "0.19": ((9, 0), 10),
+    "0.33": ((9, 0), 10, 12),
+}
+#: ``should_use_deepgemm_for_fp8_linear`` (utils/deep_gemm.py): the multiple of 64 (0.11: 128) a layer's output rows
+#: on the rank must be, and of 128 its input columns, for DeepGEMM to run it (with a bfloat16 output, the dtype of
+#: every block-fp8 checkpoint nibble plans: an fp16 model would not be requantized, the safe side)
+DEEP_GEMM_ROW_MULTIPLE: dict[str, int] = {"0.11": 128, "0.19": 64, "0.33": 64}
+DEEP_GEMM_COLUMN_MULTIPLE = 128
+#: the compute capability majors on which DeepGEMM's ``transform_sf_into_required_layout`` (csrc/apis/layout.hpp)
+#: packs a weight's float32 [128, 128]-block scales into UE8M0 exponents (arch_major 10 or 12); on 9 it returns them
+#: as they are
+DEEP_GEMM_UE8M0_PACKED_MAJORS = frozenset({10, 12})
+#: the releases whose linear post-processing (quantization/utils/fp8_utils.py
+#: ``deepgemm_post_process_fp8_weight_block``) puts the scales in DeepGEMM's layout after the requant; 0.11's
+#: ``maybe_post_process_fp8_weight_block`` only requantizes them in place
+DEEP_GEMM_SCALE_LAYOUT_VERSIONS = frozenset({"0.19", "0.33"})
+#: utils/deep_gemm.py ``_DEEPGEMM_BLACKWELL_EXCLUDED_MODEL_TYPES``: the text model types (``hf_text_config.model_type``)
+#: for which ``should_auto_disable_deep_gemm`` turns DeepGEMM off, by the capability majors it does so on (0.19: the
+#: 10.x family; 0.33 ``{"qwen3_5_text": (100, 120), ...}``); 0.11 has no such list
+DEEP_GEMM_EXCLUDED_MODEL_TYPES: dict[str, dict[str, tuple[int, ...]]] = {
+    "0.19": {"qwen3_5_text": (10,), "qwen3_5_moe_text": (10,)},
+    "0.33": {"qwen3_5_text": (10, 12), "qwen3_5_moe_text": (10, 12), "kolibri1": (12,)},
+}
+#: nibble's model types whose text config vLLM reads under another model type (transformers_utils/configs/qwen3_5.py)
+_TEXT_MODEL_TYPES = {"qwen3_5": "qwen3_5_text", "qwen3_5_moe": "qwen3_5_moe_text"}
+
+
+def deep_gemm_takes_linear(version: str, out_features: int, in_features: int) -> bool:
+    """Whether vLLM `version`'s ``should_use_deepgemm_for_fp8_linear`` takes a bf16 block-fp8 layer of
+    `out_features` x `in_features` on the rank (`DEEP_GEMM_ROW_MULTIPLE`, `DEEP_GEMM_COLUMN_MULTIPLE`)."""
+    return (version in DEEP_GEMM_ROW_MULTIPLE and out_features % DEEP_GEMM_ROW_MULTIPLE[version] == 0
+            and in_features % DEEP_GEMM_COLUMN_MULTIPLE == 0)
+
+
+def _deep_gemm_e8m0_device(version: str, device: DeviceFacts) -> bool | None:
+    """Whether vLLM `version` requantizes block-fp8 linear layers for DeepGEMM on `device`
+    (`DEEP_GEMM_E8M0_CAPABILITIES`): False on an AMD device and for a release not read; None for a device whose
+    compute capability is not known."""
+    rules = DEEP_GEMM_E8M0_CAPABILITIES.get(version)
+    if rules is None or device.vendor == "amd":
+        return False
+    capability = device.compute_capability
+    if capability is None:
+        return None
+    return any(rule == capability or rule == capability[0] for rule in rules)
+
+
+def _deep_gemm_linear_shapes(stage: Stage, version: str, dense_format: str,
+                             device: DeviceFacts) -> tuple[tuple[int, int, int], ...]:
+    """(count, out features, in features) of the rank's linear layers that vLLM `version` requantizes for DeepGEMM
+    on `device` (`_deep_gemm_e8m0_device`; a device of unknown capability counted, the safe side) where they are
+    stored as fp8 [128, 128] blocks (`dense_format`): `_fp8_linear_layers` of a model of `FP8_MARLIN_MODEL_TYPES`
+    that `deep_gemm_takes_linear`, unless ``should_auto_disable_deep_gemm`` excludes the model there
+    (`DEEP_GEMM_EXCLUDED_MODEL_TYPES`); empty elsewhere."""
+    spec = stage.spec
+    if (dense_format.removeprefix("checkpoint-") != "fp8-block128" or spec.model_type not in FP8_MARLIN_MODEL_TYPES
+            or _deep_gemm_e8m0_device(version, device) is False):
+        return ()
+    excluded = DEEP_GEMM_EXCLUDED_MODEL_TYPES.get(version, {}).get(
+        _TEXT_MODEL_TYPES.get(spec.model_type, spec.model_type), ())
+    if device.compute_capability is not None and device.compute_capability[0] in excluded:
+        return ()
+    return tuple(layer for layer in _fp8_linear_layers(stage) if deep_gemm_takes_linear(version, layer[1], layer[2]))
+
+
+def deep_gemm_requant_peak_bytes(out_features: int, in_features: int) -> int:
+    """What one rank holds beside a block-fp8 linear layer's loaded weight (`out_features` N x `in_features` K on the
+    rank) while ``requant_weight_ue8m0_inplace`` (quantization/utils/fp8_utils.py, 0.11, 0.19 and 0.33 alike)
+    rewrites it to power-of-two scales: ``repeat_interleave`` of the float32 scales over the rows ``[Np, Ks]`` and then
+    the columns ``[Np, Ks x 128]`` (Np = N rounded up to 128, Ks = ceil(K / 128); one allocation each), then
+    ``w_q.to(torch.float32) * s_exp``: the weight's float32 copy and the product, ``4 x N x K`` bytes each, at once.
+    ``per_block_cast_to_fp8`` comes after, its inputs still bound, but compiled by inductor (utils/deep_gemm.py
+    ``@torch.compile(dynamic=True, backend=current_platform.simple_compile_backend)``, "inductor") it allocates only
+    its fp8 outputs and scales, ~2 x N x K, where the float32 copy was freed: below that peak.  Each tensor as
+    PyTorch's allocator counts it (`torch_cuda.allocated_block_bytes`)."""
+    rows, groups = round_up(out_features, FP8_BLOCK), -(-in_features // FP8_BLOCK)
+    return (allocated_block_bytes(4 * rows * groups) + allocated_block_bytes(4 * rows * groups * FP8_BLOCK)
+            + 2 * allocated_block_bytes(4 * out_features * in_features))
+
+
+def deep_gemm_ue8m0_scale_bytes(out_features: int, in_features: int) -> int:
+    """The bytes of a block-fp8 linear layer's scales (`out_features` N x `in_features` K on the rank) in DeepGEMM's
+    layout on 10.x and 12.x: ``transform_sf_into_required_layout`` (DeepGEMM csrc/apis/layout.hpp) broadcasts the
+    float32 ``[ceil(N / 128), Ks]`` scales to one row per output row and
+    ``get_mn_major_tma_aligned_packed_ue8m0_tensor`` (csrc/jit_kernels/impls/smxx_layout.hpp) packs four UE8M0
+    exponents an int32 into ``torch::empty_strided({1, N, ceil(Ks / 4)}, {ceil(Ks / 4) x tm, 1, tm})``, tm = N
+    rounded up to 4: a storage of ``ceil(Ks / 4) x tm - (tm - N)`` int32."""
+    groups = -(-in_features // FP8_BLOCK)
+    packed, aligned = -(-groups // 4), round_up(out_features, 4)
+    return 4 * (packed * aligned - (aligned - out_features))
+
+
+def deep_gemm_layout_peak_bytes(out_features: int, in_features: int) -> int:
+    """What ``transform_sf_into_required_layout`` holds at once on 10.x / 12.x for a layer of `out_features` N x
+    `in_features` K on the rank, after the requant's locals are freed: the int64 ``arange(N)`` (8 N bytes) while
+    ``index_select`` broadcasts the scales to float32 ``[N, Ks]``, then that broadcast beside the packed output
+    (`deep_gemm_ue8m0_scale_bytes`).  Always far below `deep_gemm_requant_peak_bytes`, so not charged apart."""
+    broadcast = 4 * out_features * -(-in_features // FP8_BLOCK)
+    return max(8 * out_features + broadcast, broadcast + deep_gemm_ue8m0_scale_bytes(out_features, in_features))
+
+
+def _deep_gemm_where(version: str, device: DeviceFacts) -> str:
+    """Where vLLM `version` requantizes for DeepGEMM, in words, and what of `device` nibble does not know."""
+    where = ("on 10.0 (VLLM_USE_DEEP_GEMM_E8M0=1 by default)" if version == "0.11"
+             else "on Hopper as on Blackwell (VLLM_USE_DEEP_GEMM_E8M0=1 by default: is_deep_gemm_e8m0_used() tests "
+                  "no capability)")
+    unknown = ("; this device's compute capability not known: charged as on one DeepGEMM runs on"
+               if device.compute_capability is None else "")
+    return where + unknown
+
+
+def deep_gemm_requant_bytes(stage: Stage, version: str, dense_format: str, device: DeviceFacts) -> Term | None:
+    """What one rank holds only while vLLM `version` requantizes its largest fp8 [128, 128]-block linear layer for
+    DeepGEMM (`_deep_gemm_linear_shapes`), beyond the loaded weights: `deep_gemm_requant_peak_bytes` of the layer
+    that needs the most.  Fp8LinearMethod.process_weights_after_loading (0.11 and 0.19, quantization/fp8.py; 0.19
+    ``use_deep_gemm``) calls ``maybe_post_process_fp8_weight_block``, 0.33's DeepGemmFp8BlockScaledMMKernel (and
+    FlashInfer's DeepGEMM kernel through it, kernels/linear/scaled_mm/deep_gemm.py and flashinfer.py)
+    ``deepgemm_post_process_fp8_weight_block``; both ``requant_weight_ue8m0_inplace`` where
+    ``is_deep_gemm_e8m0_used()``.  Each module is processed after every weight is loaded, one at a time
+    (model_loader/utils.py ``process_weights_after_loading``), and the temporaries are freed before "Model loading
+    took" is measured: a load transient like Marlin's repack (`fp8_marlin_linear_repack_bytes`; the two never run
+    on one device).  None where no layer is requantized."""
+    shapes = _deep_gemm_linear_shapes(stage, version, dense_format, device)
+    if not shapes:
+        return None
+    _count, out_features, in_features = max(shapes, key=lambda shape: deep_gemm_requant_peak_bytes(shape[1], shape[2]))
+    transient = deep_gemm_requant_peak_bytes(out_features, in_features)
+    return Term(transient, (
+        f"{transient / GIB:.2f} GiB while vLLM {version} requantizes its largest {dense_format} linear layer "
+        f"({out_features} x {in_features} on the rank) to DeepGEMM's power-of-two (UE8M0) block scales "
+        "(requant_weight_ue8m0_inplace, quantization/utils/fp8_utils.py: the float32 scales expanded to every "
+        "weight, the weight's float32 copy and the dequantized product at once; per_block_cast_to_fp8 compiled by "
+        f"inductor), which it does {_deep_gemm_where(version, device)}"))
+
+
+def deep_gemm_scale_layout_bytes(stage: Stage, version: str, dense_format: str, device: DeviceFacts) -> Term | None:
+    """The bytes one rank holds after loading for its DeepGEMM linear layers' scales (`_deep_gemm_linear_shapes`)
+    beyond nibble's charge of the checkpoint's, where vLLM `version` (`DEEP_GEMM_SCALE_LAYOUT_VERSIONS`) puts them
+    in DeepGEMM's packed UE8M0 layout (`DEEP_GEMM_UE8M0_PACKED_MAJORS`, or a device of unknown capability, the safe
+    side): ``deepgemm_post_process_fp8_weight_block`` (quantization/utils/fp8_utils.py) replaces each layer's float32
+    scales by ``transform_sf_into_required_layout``'s (`deep_gemm_ue8m0_scale_bytes`, replace_parameter), about 32
+    times their size, less a lower bound of nibble's charge for the checkpoint's (4 bytes a 128 x 128 block:
+    ``N x K / 4096``, as `fp8_marlin_scale_bytes`).  Inside "Model loading took", so out of the KV budget.  None on
+    9.0 (the float32 scales kept) and elsewhere."""
+    capability = device.compute_capability
+    if version not in DEEP_GEMM_SCALE_LAYOUT_VERSIONS or (
+            capability is not None and capability[0] not in DEEP_GEMM_UE8M0_PACKED_MAJORS):
+        return None
+    shapes = _deep_gemm_linear_shapes(stage, version, dense_format, device)
+    extra = sum(count * (deep_gemm_ue8m0_scale_bytes(out_features, in_features)
+                         - out_features * in_features // (FP8_BLOCK * FP8_BLOCK // 4))
+                for count, out_features, in_features in shapes)
+    if extra <= 0:
+        return None
+    unknown = ("; this device's compute capability not known: charged as on 10.x" if capability is None else "")
+    return Term(extra, (
+        f"vLLM {version} runs the {dense_format} linear layers on DeepGEMM, whose transform_sf_into_required_layout "
+        "(DeepGEMM csrc/apis/layout.hpp, from deepgemm_post_process_fp8_weight_block, quantization/utils/fp8_utils.py) "
+        "replaces each layer's float32 block scales by UE8M0 exponents packed four an int32, one row per output row, "
+        f"on 10.x and 12.x: {extra / GIB:.2f} GiB a rank beyond nibble's charge of the checkpoint's scales "
+        f"({extra:,} bytes){unknown}"))
+
+#: the releases that requantize block-fp8 routed experts to UE8M0 scales whatever kernel serves them, where
+#: ``is_deep_gemm_e8m0_used()`` (`DEEP_GEMM_E8M0_CAPABILITIES`): 0.11's Fp8MoEMethod.process_weights_after_loading
+#: (quantization/fp8.py, and CompressedTensorsW8A8Fp8MoEMethod's) calls ``requant_weight_ue8m0_inplace`` on w13 and
+#: then w2 for every ``block_quant`` layer; 0.19 and 0.33 only on a DeepGEMM expert backend
+#: (prepare_fp8_moe_layer_for_deepgemm), which fused_moe/oracle/fp8.py does not choose for block fp8 by default
+DEEP_GEMM_EXPERT_REQUANT_VERSIONS = frozenset({"0.11"})
+
+
+def deep_gemm_expert_requant_peak_bytes(out_features: int, in_features: int, experts: int) -> int:
+    """What one rank holds beside a MoE layer's loaded ``[experts, out_features, in_features]`` block-fp8 weight
+    while ``requant_weight_ue8m0_inplace`` (quantization/utils/fp8_utils.py) rewrites it one expert at a time: from
+    the second expert on, the previous one's float32 ``w_dq`` (4 N K), fp8 ``w_requant`` (N K) and float32
+    ``s_requant`` (4 ceil(N / 128) Ks) are still bound while the next ``w_dq`` is computed beside the expanded scales
+    (`deep_gemm_requant_peak_bytes`): ``4 Np Ks + 4 Np K + 13 N K + 4 ceil(N / 128) Ks``; one expert alone, the
+    linear layer's figure.  Each tensor as PyTorch's allocator counts it (`torch_cuda.allocated_block_bytes`)."""
+    first = deep_gemm_requant_peak_bytes(out_features, in_features)
+    if experts < 2:
+        return first
+    groups = -(-in_features // FP8_BLOCK)
+    return (first + allocated_block_bytes(4 * out_features * in_features)
+            + allocated_block_bytes(out_features * in_features)
+            + allocated_block_bytes(4 * -(-out_features // FP8_BLOCK) * groups))
+
+
+def deep_gemm_expert_requant_bytes(stage: Stage, version: str, device: DeviceFacts,
+                                   expert_format: str) -> Term | None:
+    """What one rank holds only while vLLM `version` (`DEEP_GEMM_EXPERT_REQUANT_VERSIONS`) requantizes a MoE layer's
+    fp8 [128, 128]-block experts (`expert_format`) to UE8M0 scales where ``is_deep_gemm_e8m0_used()``
+    (`_deep_gemm_e8m0_device`: 10.0 in 0.11; a device of unknown capability counted, the safe side), beyond the
+    layer's loaded weights: `deep_gemm_expert_requant_peak_bytes` of w13 (``2 x width x hidden`` an expert) or of w2
+    (``hidden x width``), whichever needs more, for the rank's experts (`expert_shard`).  Freed before "Model loading
+    took" is measured: a load transient (`OutsideBudget.repack`).  None elsewhere."""
+    spec = stage.spec
+    start, stop = stage.layers
+    if (version not in DEEP_GEMM_EXPERT_REQUANT_VERSIONS or expert_format.removeprefix("checkpoint-") != "fp8-block128"
+            or not spec.is_moe or not any(start <= layer < stop for layer in spec.moe_layers)
+            or _deep_gemm_e8m0_device(version, device) is False):
+        return None
+    experts, width = expert_shard(spec, stage.moe_ranks, stage.expert_parallel and stage.moe_ranks > 1)
+    hidden = spec.hidden_size
+    w13 = deep_gemm_expert_requant_peak_bytes(2 * width, hidden, experts)
+    w2 = deep_gemm_expert_requant_peak_bytes(hidden, width, experts)
+    transient, step, rows, columns = max((w13, "w13", 2 * width, hidden), (w2, "w2", hidden, width))
+    return Term(transient, (
+        f"{transient / GIB:.2f} GiB while vLLM {version} requantizes one MoE layer's {expert_format} experts to "
+        "DeepGEMM's power-of-two (UE8M0) block scales (Fp8MoEMethod.process_weights_after_loading, "
+        f"quantization/fp8.py: requant_weight_ue8m0_inplace over the rank's {experts} experts' {step}, {rows} x "
+        f"{columns} each, one at a time, the previous expert's float32 and fp8 results still bound beside the next "
+        "one's expanded scales, float32 copy and dequantized product), which it does "
+        f"{_deep_gemm_where(version, device)}"))
 
 def _mla_projection_sizes(spec: ModelSpec, tensor_parallel: int) -> tuple[int, ...]:
     """The elements of each MLA projection weight one rank of deepseek_v2.py's ``DeepseekV2MLAAttention`` allocates:

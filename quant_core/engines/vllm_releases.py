@@ -94,9 +94,33 @@ class _Version:
 # two H200s) shows 1.38 GiB: 0.10.2's init_device takes the snapshot before init_worker_distributed_environment (read
 # in the 0.10.2 wheel), so its figure holds the communicators too (it started with 0.60 GiB in use), and it is not
 # 0.11's figure.  No pipeline-parallel log: charged as tensor parallelism.
-_NON_TORCH_V0_11 = _NonTorch(144 * MIB, ((2, 564 * MIB),), None,
+#
+# From 8 ranks, 1,989 MiB (1.94 GiB): vLLM's Kimi-K2-Thinking recipe (vllm-project/recipes, moonshotai/Kimi-K2-Think.md
+# @0d218d1, a 0.11.1 nightly whose gpu_worker.determine_available_memory and memory_profiling are 0.11.0's) on eight
+# H200s at TP=8 logs 715,072 tokens, 11,173 FlashMLA blocks of 64 x 61 layers x 576 x 2 bytes (46.80 GiB), with nothing
+# but defaults; what the largest public H200 total (139.81 GiB, vllm_logs.json's 0.10.2 run) x 0.9 less the smallest
+# pool holding those blocks leaves beyond the weights vLLM builds (70.95 GiB a rank) and the profiling run's torch peak
+# (6.14 GiB: 1024 x 163,840 logits through the PyTorch-native sort, 38 bytes a logit, the dummy run's hidden states, the
+# rotary cache and the cuBLAS workspaces), rounded up to the MiB, so that run has no less left for its KV cache than the
+# plan says on any H200 (the catalog's 139.72 GiB total leaves 1,906).  It is NCCL's, set up inside the profiling run:
+# vLLM passes no device_id to init_process_group, so PyTorch creates the tensor-parallel group's NCCL communicator at
+# its first collective, the sampler warm-up's logits all-gather (LogitsProcessor._gather_logits ->
+# DeviceCommunicatorBase.all_gather -> dist.all_gather_into_tensor on the device group; CudaCommunicator does not
+# override it), after the start-up snapshot (at TP=2 it is in llm-d's 0.55 GiB); and above two GPUs, where 8 ranks hold
+# 1.39 GiB more than 2, NCCL turns on NVLink SHARP (src/transport/nvls.cc, ncclNvlsInit: "gpuCount <= 2" returns without
+# it), whose buffer each communicator allocates at its first NVLS collective (NCCL_RUNTIME_CONNECT=1): 16 channels x 2 x
+# (128 KiB x 8 steps) x 8 heads = 256 MiB at 8 ranks ("NVLS comm ... nHeads 8 ... nvlsTotalSize 268435456" in an 8 x
+# H100 NCCL log), for vLLM's PyNccl all-reduces of 8192 x 7168 x 2 bytes and PyTorch's all-gather alike: 512 MiB of the
+# 1.39 GiB from NCCL's code; the rest (the communicator's own state and its ring and tree connections at 8 ranks) no
+# code here sizes.  vllm#9699 measured the mechanism on 8 x H200 (Llama-3.1-405B at TP=8, vLLM 0.6): 17,595 KV blocks
+# with NVLS on against 227.. with NCCL_NVLS_ENABLE=0 (the public copy is cut there), about 5 GiB a rank of its ~1 MiB
+# blocks, when NCCL's NVLS buffer was 2.25 GiB a communicator ("nvlsTotalSize 2415919104").  No 0.11 log at TP=4: it
+# takes TP=2's figure.
+_NON_TORCH_V0_11 = _NonTorch(144 * MIB, ((2, 564 * MIB), (8, 1989 * MIB)), None,
                              "llm-d-benchmark's vLLM v0.11 H100 logs (0.13-0.14 GiB on one GPU, 0.54-0.55 GiB at "
-                             "TP=2)")
+                             "TP=2) and vLLM's Kimi-K2-Thinking recipe run on eight H200s (1.94 GiB at TP=8, what its "
+                             "logged KV cache leaves beside its weights and profiling peak: NCCL's NVLink SHARP "
+                             "buffers and PyTorch's communicator, set up inside the profiling run)")
 # v0.19 (llm-d-planner's sweep, logs at commit d3121e0 not counting the failed starts): 0.24-0.27 GiB on one GPU (39
 # runs besides Granite's, below), 2.06-2.11 GiB at TP=2 (10 runs), 2.13-2.21 GiB at TP=4 (5 runs), 0.07 GiB per stage
 # at PP=2 and PP=4 (Llama-3.1-8B): the TP figure is NCCL's and vLLM's all-reduce buffers.  Each layout is charged its

@@ -1,5 +1,6 @@
 """vLLM's speculative decoding as nibble plans it: ``--speculative-config '{"method": m, "num_speculative_tokens":
-k}'`` with the two methods that need no second model config, on vLLM 0.19.
+k}'`` with the two methods that need no second model config: ``mtp`` on vLLM 0.19, ``ngram`` on 0.11 and 0.19
+(`PLANNED_RELEASES`; `UNPLANNED_RELEASES` says why not elsewhere).
 
 * ``mtp`` runs the checkpoint's own multi-token-prediction layers (``num_nextn_predict_layers``) as the drafter:
   ``SpeculativeConfig.hf_config_override`` (config/speculative.py) turns a ``deepseek_v3`` config into
@@ -29,20 +30,34 @@ k}'`` with the two methods that need no second model config, on vLLM 0.19.
   kv_cache_utils.py) puts them in the one group and ``num_blocks = available // (page x (layers + MTP layers))``.
   The runner's ``profile_run`` runs ``drafter.dummy_run`` after the target's dummy forward (gpu_model_runner.py
   ``_dummy_run``), and captures the drafter's PIECEWISE graphs beside the target's (``capture_model``).
-* ``ngram`` runs no model: ``NgramProposer`` (v1/spec_decode/ngram_proposer.py) matches on the CPU.
+* ``ngram`` runs no model: ``NgramProposer`` (v1/spec_decode/ngram_proposer.py) matches on the CPU, its buffers
+  NumPy arrays; the runner builds no other device buffer for it (0.11 and 0.19 gpu_model_runner.py ``__init__``: the
+  draft-count buffers are made with or without a speculative config), runs no drafter in ``_dummy_run`` and
+  captures no drafter graph.
 
-Both make a decode step ``1 + k`` tokens a sequence (``uniform_decode_query_len``), which sets the largest CUDA-graph
-capture size (config/vllm.py ``_set_cudagraph_sizes``: ``min(max_num_seqs x (1 + k) x 2, 512)``) and rounds the
-sizes up to multiples of ``1 + k`` under FULL decode graphs (``CompilationConfig.adjust_cudagraph_sizes_for_spec_
-decode``), and make the sampler warm-up also run the rejection sampler (``_dummy_sampler_run``), with one draft a
-request: a full decode step of k drafts needs more (`serving_rejection_bytes`).  Neither adds a slot
-for drafting (``SpeculativeConfig.max_num_new_slots_for_drafting``: 0 for serial methods), so
+On 0.19 both make a decode step ``1 + k`` tokens a sequence (``uniform_decode_query_len``), which sets the largest
+CUDA-graph capture size (config/vllm.py ``_set_cudagraph_sizes``: ``min(max_num_seqs x (1 + k) x 2, 512)``) and
+rounds the sizes up to multiples of ``1 + k`` under FULL decode graphs (``CompilationConfig.adjust_cudagraph_sizes_
+for_spec_decode``), and make the sampler warm-up also run the rejection sampler (``_dummy_sampler_run``), with one
+draft a request: a full decode step of k drafts needs more (`serving_rejection_bytes`).  Neither adds a slot for
+drafting (``SpeculativeConfig.max_num_new_slots_for_drafting``: 0 for serial methods), so
 ``max_num_batched_tokens`` is unchanged.
 
-Not planned, and refused naming why: vLLM 0.11 and 0.33 (0.33's Model Runner V2 drafts through
-v1/worker/gpu/spec_decode with its own buffers and graph manager, not read yet); the methods that need a draft model
+On 0.11 (``ngram``) the capture sizes stay ``min(max_num_seqs x 2, 512)`` and unrounded (config/scheduler.py,
+config/__init__.py ``_set_cudagraph_sizes``), the FULL decode graphs start at ``1 + k`` tokens
+(gpu_model_runner.py ``capture_model``), ``max_num_batched_tokens`` is unchanged and the scheduler reserves no
+lookahead slot (v1/core/sched/scheduler.py: only for EAGLE-style methods).  Its rejection sampler differs from
+0.19's: the bonus tokens are sampled by the sampler beforehand (``_sample``), and ``compute_probs`` scales and sorts
+the target logits in the model's dtype for top-k/top-p before a float32 softmax: the warm-up's peak
+(`rejection_warmup_0_11_bytes`) and a full decode step's (`serving_rejection_0_11_bytes`).
+
+Not planned, and refused naming why: vLLM 0.33 (Model Runner V2 drafts through v1/worker/gpu/spec_decode: ngram as
+the GPU ``NgramGPUSpeculator``, mtp as ``MTPSpeculator``, with their own buffers, rejection sampler, warm-up and
+graphs, not charged yet) and ``mtp`` on 0.11 (its ``EagleProposer`` is not 0.19's); the methods that need a draft model
 (``eagle``, ``eagle3``, ``draft_model``, ...), whose config nibble does not take yet; ``mtp`` on other model types
-(Qwen3-Next's hybrid layers, DeepSeek-V3.2's indexer) and under pipeline parallelism.
+(Qwen3-Next's hybrid layers, DeepSeek-V3.2's indexer); any method on a model with linear-attention layers (vLLM
+gives each request ``1 + k`` recurrent-state blocks, ``MambaSpec.num_speculative_blocks``, which nibble's state
+paging does not charge); and under pipeline parallelism.
 """
 
 from __future__ import annotations
@@ -51,6 +66,12 @@ from dataclasses import dataclass
 
 from quant_core.engines.base import BatchLimits
 from quant_core.engines.torch_cuda import allocated_block_bytes
+from quant_core.engines.vllm_sampler import (
+    TORCH_SORT_BY_FULL_SORT_BYTES_PER_LOGIT,
+    TORCH_SORT_SEGMENTED_BYTES_PER_LOGIT,
+    TORCH_SORT_SEGMENTED_MIN_ROWS,
+    torch_sort_peak_per_logit,
+)
 from quant_core.errors import InvalidSpec
 from quant_core.specs import ModelSpec
 
@@ -61,8 +82,28 @@ DRAFT_MODEL_METHODS = ("eagle", "eagle3", "draft_model", "medusa", "mlp_speculat
 #: the model types whose MTP drafter nibble has read, and the vLLM class that runs it
 MTP_MODEL_TYPES = {"deepseek_v3": "DeepSeekMTP (model_executor/models/deepseek_mtp.py)",
                    "glm4_moe": "Glm4MoeMTP (model_executor/models/glm4_moe_mtp.py)"}
-#: the releases nibble plans speculative decoding on
-SPECULATIVE_VERSIONS = ("0.19",)
+#: the releases nibble plans each method on: ``ngram`` on 0.11 and 0.19 (the V1 runner's ``NgramProposer``, which
+#: matches on the CPU), ``mtp`` on 0.19 (its ``EagleProposer``); `UNPLANNED_RELEASES` says why not elsewhere
+PLANNED_RELEASES: dict[str, tuple[str, ...]] = {"ngram": ("0.11", "0.19"), "mtp": ("0.19",)}
+#: why a (release, method) nibble does not plan is refused: what of that release's drafting nibble has not charged
+UNPLANNED_RELEASES: dict[tuple[str, str], str] = {
+    ("0.33", "ngram"): (
+        "0.33 runs it on Model Runner V2 (config/vllm.py use_v2_model_runner: ngram is not among "
+        "_get_v2_model_runner_unsupported_features) as NgramGPUSpeculator (v1/worker/gpu/spec_decode/ngram/"
+        "speculator.py: a GPU scan holding max_num_seqs x ceil(max_model_len / block) int64 scores and max_num_seqs "
+        "x k int64 drafts), verified by v1/worker/gpu/spec_decode/rejection_sampler.py, which the profiling run's "
+        "_dummy_sampler_run never runs (gpu/model_runner.py: it samples only; the speculative top-k/top-p warm-ups, "
+        "register_top_k_top_p_warmups, run after the KV cache is sized), while load_model sizes the structured-output "
+        "bitmask by max_num_seqs x (1 + k) rows; these, the capture sizes and the CUDA-graph estimate under "
+        "speculative decoding nibble has not charged"),
+    ("0.33", "mtp"): (
+        "0.33 runs it on Model Runner V2 as MTPSpeculator or MultiModuleMTPSpeculator (v1/worker/gpu/spec_decode/mtp, "
+        "multi_module_mtp: a TargetDependentARSpeculator with its own buffers, load, dummy runs and CUDA graphs), "
+        "verified by v1/worker/gpu/spec_decode/rejection_sampler.py, whose terms nibble has not charged"),
+    ("0.11", "mtp"): (
+        "0.11's EagleProposer (v1/spec_decode/eagle.py) is not 0.19's: its buffers, load_model's sharing of the "
+        "target's embedding and lm_head and its dummy_run differ, and nibble has not charged them"),
+}
 #: nibble's bound on num_speculative_tokens (vLLM sets none; past it a plan is not a deployment anyone runs)
 MAX_SPECULATIVE_TOKENS = 32
 
@@ -99,16 +140,22 @@ def speculative_refusal(spec: ModelSpec, version: str, speculative: SpeculativeD
                         pipeline_parallel: int) -> tuple[str, str] | None:
     """(field, reason) for why vLLM `version` cannot run `speculative` on `spec`, or nibble does not plan it; None
     when planned."""
-    if version not in SPECULATIVE_VERSIONS:
+    method, tokens = speculative.method, speculative.num_speculative_tokens
+    planned = PLANNED_RELEASES[method]
+    if version not in planned:
         return "runtime.engine_version", (
-            f"nibble plans vLLM's speculative decoding on {', '.join(SPECULATIVE_VERSIONS)} only: "
-            + ("0.33's Model Runner V2 drafts through v1/worker/gpu/spec_decode, whose buffers, graphs and profiling "
-               "nibble has not read yet" if version == "0.33" else
-               f"{version}'s runner and drafter were not read"))
+            f"nibble plans vLLM's {method} speculative decoding on {' and '.join(planned)} only: "
+            + UNPLANNED_RELEASES.get((version, method), f"{version}'s runner and drafter were not read"))
     if pipeline_parallel > 1:
         return "parallel.pipeline", ("speculative decoding under pipeline parallelism is not planned: where vLLM "
                                      "places the drafter across stages was not read")
-    method, tokens = speculative.method, speculative.num_speculative_tokens
+    if spec.linear_attention is not None:
+        return "runtime.speculative.method", (
+            "speculative decoding on a model with linear-attention layers is not planned: vLLM gives each request "
+            f"1 + num_speculative_tokens = {1 + tokens} recurrent-state blocks a linear-attention group "
+            "(MambaSpec.num_speculative_blocks: model_executor/layers/mamba/abstract.py get_kv_cache_spec on 0.19, "
+            "gpu_model_runner.py get_kv_cache_spec on 0.11; single_type_kv_cache_manager.py MambaManager), which "
+            "nibble's state paging (kv_cache.MAMBA_CACHE_MODE_STATE_BLOCKS) does not charge yet")
     if method != "mtp":
         return None
     if spec.model_type not in MTP_MODEL_TYPES:
@@ -207,3 +254,108 @@ def serving_rejection_bytes(spec: ModelSpec, limits: BatchLimits, padded_vocabul
     hidden = (tokens + requests * query) * spec.hidden_size * element_bytes
     logits = requests * (query + 1) * padded_vocabulary * element_bytes
     return hidden + logits + requests * spec.vocab_size * (12 * drafts + 8)
+
+
+#: the small tensors live at the peak of vLLM 0.11's rejection sampler, each at most 8 bytes a row (a request's, or a
+#: token's of the step: ``rows x (1 + k)`` rows at most): SpecDecodeMetadata.make_dummy's or
+#: _calc_spec_decode_metadata's five (draft ids, cumulative draft counts, target, bonus and logits indices), the bonus
+#: token ids, compute_probs' expanded temperature, top-k and top-p (``expand_batch_to_tokens``), apply_top_k_top_p's
+#: top-k positions and their gathered values, and the sampler's output token ids (v1/spec_decode/metadata.py,
+#: v1/sample/rejection_sampler.py, v1/sample/ops/topk_topp_sampler.py, 0.11)
+REJECTION_0_11_SMALL_TENSORS = 12
+
+
+def _sort_buffer_bytes_per_logit(rows: int, key_bytes: int) -> int:
+    """PyTorch's sort buffers a logit (`vllm_sampler.torch_sort_peak_per_logit`'s, there for float32 keys) when it
+    sorts `rows` rows of `key_bytes`-byte keys: torch's SortStable.cu dispatches bf16 and fp16 keys natively
+    (``AT_DISPATCH_ALL_TYPES_AND3(kBool, kHalf, kBFloat16)``), so the alternate keys, and below 128 rows also the
+    sorted keys ``radix_sort_pairs`` allocates, take `key_bytes` each instead of 4."""
+    if 1 < rows < TORCH_SORT_SEGMENTED_MIN_ROWS:
+        return TORCH_SORT_BY_FULL_SORT_BYTES_PER_LOGIT - 2 * (4 - key_bytes)
+    return TORCH_SORT_SEGMENTED_BYTES_PER_LOGIT - (4 - key_bytes)
+
+
+def compute_probs_0_11_bytes_per_logit(rows: int, element_bytes: int) -> int:
+    """Bytes a logit that vLLM 0.11's ``compute_probs`` (v1/sample/rejection_sampler.py) holds over `rows` target
+    rows beyond the target logits themselves, which it scales in place in the model's dtype (`element_bytes`, e):
+    the dummy and serving requests ask top-k and top-p, so ``apply_top_k_top_p`` (v1/sample/ops/topk_topp_sampler.py)
+    sorts them, holding the sorted values (e), their int64 indices (8) and PyTorch's sort buffers
+    (`_sort_buffer_bytes_per_logit`), then the top-k mask (1), the sorted probabilities (e, ``logits_sort.softmax``,
+    the cumulative sum written over them), the top-p mask (1) and the re-scattered logits (e); after it returns, the
+    scattered logits and their float32 softmax (e + 4).  The largest of the three phases."""
+    element = element_bytes
+    sort = element + 8 + _sort_buffer_bytes_per_logit(rows, element)
+    masks = element + 8 + 1 + element + 1 + element
+    return max(sort, masks, element + 4)
+
+
+def rejection_warmup_0_11_bytes(spec: ModelSpec, rows: int, tokens: int, padded_vocabulary: int,
+                                element_bytes: int) -> int:
+    """The peak of vLLM 0.11's rejection-sampler warm-up (gpu_model_runner.py ``_dummy_sampler_run`` with a
+    speculative config), after the sampler pass over the same `rows` = min(max_num_seqs, max_num_batched_tokens)
+    requests, read from the code: still held, the dummy run's T = `tokens` hidden states, the gathered rows and their
+    ``rand_like`` copy and the model's logits (``rows x padded vocabulary``, as `vllm_sampler.sampler_pass_bytes`
+    holds them); then one draft a request: ``torch.randn`` target logits of ``rows x vocabulary`` in the logits' dtype
+    (the bonus token ids are zeros, not sampled: 0.11's ``RejectionSampler.forward`` takes them), ``compute_probs``
+    over them (`compute_probs_0_11_bytes_per_logit`), and after it the float32 probabilities beside the
+    ``sample_recovered_tokens`` draw ``q`` (``rows x vocabulary`` float32: 8 bytes a logit in all), with
+    `REJECTION_0_11_SMALL_TENSORS` small tensors of at most 8 bytes a row, each as PyTorch's caching allocator holds
+    it."""
+    vocabulary, element = spec.vocab_size, element_bytes
+    held = (tokens + 2 * rows) * spec.hidden_size * element + rows * padded_vocabulary * element
+    working = rows * vocabulary * (element + max(compute_probs_0_11_bytes_per_logit(rows, element), 8))
+    return held + working + REJECTION_0_11_SMALL_TENSORS * allocated_block_bytes(8 * rows)
+
+
+def serving_rejection_0_11_bytes(spec: ModelSpec, limits: BatchLimits, padded_vocabulary: int,
+                                 element_bytes: int) -> int:
+    """vLLM 0.11's peak at the sampling of a full decode step of k = num_speculative_tokens drafts, read from the
+    code (gpu_model_runner.py ``execute_model``, ``_sample``; v1/sample/rejection_sampler.py): R =
+    min(max_num_seqs, max_num_batched_tokens // (1 + k)) requests of ``1 + k`` tokens; held throughout, the step's T
+    hidden states, the ``R x (1 + k)`` gathered rows and their logits (``compute_logits``, padded vocabulary, model
+    dtype) and the bonus rows' indexed copy (``R x vocabulary``, bound until ``_sample`` returns); then the larger of
+    the sampler over the R bonus rows (`vllm_sampler.torch_sort_peak_per_logit`: its float32 copy, PyTorch's sort of
+    it and the sort's buffers, as `vllm_sampler.sampler_pass_bytes` charges the warm-up's), ``compute_probs`` over
+    the ``R x k`` target rows' indexed copy (`compute_probs_0_11_bytes_per_logit`), and the target rows beside their
+    float32 probabilities and the ``R x vocabulary`` float32 draw ``q``; with `REJECTION_0_11_SMALL_TENSORS` small
+    tensors of at most 8 bytes a token."""
+    tokens, drafts = limits.max_batched_tokens, limits.speculative_tokens
+    query = 1 + drafts
+    requests = min(limits.max_num_seqs, tokens // query)
+    targets = requests * drafts
+    vocabulary, element = spec.vocab_size, element_bytes
+    held = ((tokens + requests * query) * spec.hidden_size * element + requests * query * padded_vocabulary * element
+            + requests * vocabulary * element)
+    bonus = requests * vocabulary * torch_sort_peak_per_logit(requests)
+    verify = targets * vocabulary * (element + compute_probs_0_11_bytes_per_logit(targets, element))
+    recovered = targets * vocabulary * (element + 4) + requests * vocabulary * 4
+    return (held + max(bonus, verify, recovered)
+            + REJECTION_0_11_SMALL_TENSORS * allocated_block_bytes(8 * requests * query))
+
+
+def rejection_warmup(spec: ModelSpec, version: str, rows: int, tokens: int, padded_vocabulary: int,
+                     element_bytes: int, sampled: int) -> tuple[int, str]:
+    """(Bytes the rejection sampler's warm-up adds to the sampler pass of `sampled` bytes over `rows` requests in
+    vLLM `version`'s profiling run, its basis): 0.19's bound above the sampler pass (`rejection_sampler_bytes`);
+    0.11's warm-up peak beyond the sampler pass's (`rejection_warmup_0_11_bytes`, 0 where the sampler's is higher)."""
+    if version == "0.11":
+        peak = rejection_warmup_0_11_bytes(spec, rows, tokens, padded_vocabulary, element_bytes)
+        extra = max(0, peak - sampled)
+        return extra, (f"the sampler warm-up also runs the rejection sampler with one draft a request, "
+                       f"{peak / 2**30:.2f} GiB at its peak: the dummy run's hidden states and the model's logits "
+                       "still held, randn target logits in the model's dtype and compute_probs' PyTorch sort of them "
+                       f"for top-k/top-p (gpu_model_runner.py _dummy_sampler_run, v1/sample/rejection_sampler.py, "
+                       f"0.11), {extra / 2**30:.2f} GiB above the sampler pass")
+    rejection = rejection_sampler_bytes(spec, rows, padded_vocabulary, element_bytes)
+    return rejection, (f"the sampler warm-up also runs the rejection sampler, at most {rejection / 2**30:.2f} GiB "
+                       "above the sampler pass (2 x rows of random logits and a fourth float32 copy of the target "
+                       "logits: gpu_model_runner.py _dummy_sampler_run, v1/sample/rejection_sampler.py)")
+
+
+def serving_rejection(spec: ModelSpec, version: str, limits: BatchLimits, padded_vocabulary: int,
+                      element_bytes: int) -> int:
+    """The sampling peak of a full decode step of ``limits.speculative_tokens`` drafts a request on vLLM `version`
+    (`serving_rejection_0_11_bytes` on 0.11, `serving_rejection_bytes` on 0.19)."""
+    if version == "0.11":
+        return serving_rejection_0_11_bytes(spec, limits, padded_vocabulary, element_bytes)
+    return serving_rejection_bytes(spec, limits, padded_vocabulary, element_bytes)

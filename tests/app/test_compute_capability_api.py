@@ -88,3 +88,16 @@ def test_a_catalog_device_given_its_own_compute_capability_is_planned(client: Te
                                                                          "compute_capability": value}})
         assert response.status_code == 200, response.text[:300]
         assert response.json()["hardware"]["compute_capability"] == "9.0"
+
+
+def test_a_format_the_release_refuses_is_warned_refused_with_the_reason_never_does_not_fit(
+        client: TestClient) -> None:
+    """Llama-3.1-70B as GGUF Q4_K_M on two A100-40GB under vLLM 0.33, which has no GGUF: the warning said "The model
+    does not fit as gguf-q4_k_m on 2 device(s) for this workload; it fits at INT4"."""
+    answer = client.post("/v1/plan", json={
+        "model": {"preset": "llama-3.1-70b"}, "hardware": {"device": "a100-40gb", "count": 2},
+        "runtime": {"engine_version": "0.33"}, "weights": {"format": "gguf-q4_k_m"}}).json()
+    refusal = answer["refusal"]
+    assert answer["fits"] is False and refusal.startswith("vLLM 0.33 cannot load gguf-q4_k_m weights on any device")
+    assert f"The model cannot run as gguf-q4_k_m on 2 device(s): {refusal}; it fits at INT4." in answer["warnings"]
+    assert not any("does not fit as gguf-q4_k_m" in warning for warning in answer["warnings"])

@@ -154,3 +154,39 @@ def test_readme_fit_example_shows_what_the_api_answers(client: TestClient) -> No
     too_big = client.post("/v1/plan", json={"model": {"preset": "llama-3.1-70b"}, "hardware": {"device": "rtx-4090"},
                                             "weights": {"format": "fit"}}).json()
     assert "device 0 needs 19043457827 bytes more" in too_big["fit"]["reason"]
+
+
+def _seventy_b_fit(device: str, count: int, engine_version: str) -> dict[str, Any]:
+    return {"model": {"preset": "llama-3.1-70b"}, "hardware": {"device": device, "count": count},
+            "runtime": {"engine_version": engine_version}, "weights": {"format": "fit"}}
+
+
+def test_the_best_mix_on_a_v100_under_vllm_0_33_takes_no_refused_format_and_says_the_refusal_first(
+        client: TestClient) -> None:
+    """vLLM 0.33 loads nibble's int4 and int8 from compute capability 7.5 only (engines.vllm.CAPABILITY_FLOORS); a V100
+    is 7.0.  The fit answered "the engine refuses the layout: ... int4-g128-sym on 7.0" with the refused int4 mix as
+    its plan; now no tensor takes a refused format, and 16-bit, the only format left, does not fit four V100-32GB."""
+    answer = client.post("/v1/plan", json=_seventy_b_fit("v100-32gb", 4, "0.33")).json()
+    fit = answer["fit"]
+    assert answer["fits"] is False and answer["refusal"] is None and fit["fits"] is False
+    assert fit["formats"] == {"bf16": 80 * 7} and fit["bits_per_weight"] == 16.0
+    assert set(fit["refused_formats"]) == {f"int4-g{group}-{kind}" for group in (32, 64, 128)
+                                           for kind in ("sym", "asym")} | {"int8"}
+    assert all("on a device of compute capability 7.0 (its minimum is 7.5)" in reason
+               for reason in fit["refused_formats"].values())
+    assert fit["reason"].startswith("the engine refuses every quantized format a mix may take on these devices "
+                                    "(int4-g128-asym, ")
+    assert "), and the model does not fit even with every tensor at 16-bit (bf16): device 0 needs " in fit["reason"]
+    assert not fit["reason"].startswith("the engine refuses the layout")
+
+
+def test_the_best_mix_where_the_release_runs_its_formats_refuses_none(client: TestClient) -> None:
+    """vLLM 0.19 loads int4 from 6.0 and int8 from 7.0: on four V100-32GB the best mix fits, int8 and 16-bit (at
+    0.85: the 0.9 budget leaves 3.17 GiB free, less than the 3.42 GiB 0.19 allocates outside it there)."""
+    body = _seventy_b_fit("v100-32gb", 4, "0.19")
+    body["runtime"]["memory_utilization"] = 0.85
+    answer = client.post("/v1/plan", json=body).json()
+    fit = answer["fit"]
+    assert answer["fits"] is True and answer["refusal"] is None and fit["fits"] is True
+    assert fit["refused_formats"] == {}
+    assert fit["formats"] == {"bf16": 396, "int8": 164} and fit["bits_per_weight"] < 16

@@ -53,6 +53,23 @@ def test_what_is_not_planned_is_a_422_naming_the_field(client: TestClient, runti
     assert words in errors[0]["message"]
 
 
+def test_ngram_on_0_11_is_planned_and_mtp_on_0_11_is_a_422_naming_the_release(client: TestClient) -> None:
+    # tests/quant_core/test_speculative_decoding.py derives 0.11's ngram figures by hand
+    body = {"model": {"preset": "llama-3.1-8b"}, "hardware": {"device": "h100-80gb", "count": 1},
+            "workload": {"context_length": 32768, "concurrent_sequences": 1}}
+    response = client.post("/v1/plan", json={**body, "runtime": {
+        "engine_version": "0.11", "speculative": {"method": "ngram", "num_speculative_tokens": 3}}})
+    assert response.status_code == 200, response.text[:300]
+    assert response.json()["engine"]["speculative"] == {"method": "ngram", "num_speculative_tokens": 3,
+                                                        "draft_layers": 0}
+    assert "rejection sampler" in response.json()["activation"]["basis"]
+    refused = client.post("/v1/plan", json={**DEEPSEEK_V3, "runtime": {
+        "engine_version": "0.11", "speculative": {"method": "mtp", "num_speculative_tokens": 1}}})
+    assert refused.status_code == 422
+    assert [error["field"] for error in refused.json()["errors"]] == ["runtime.engine_version"]
+    assert "EagleProposer" in refused.json()["errors"][0]["message"]
+
+
 def test_mtp_for_a_model_without_mtp_layers_is_a_422(client: TestClient) -> None:
     body = {"model": {"preset": "qwen3-30b-a3b"}, "hardware": {"device": "h100-80gb", "count": 1},
             "runtime": {"speculative": {"method": "mtp", "num_speculative_tokens": 1}}}

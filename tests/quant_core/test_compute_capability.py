@@ -187,6 +187,21 @@ def test_gguf_and_bitsandbytes_are_refused_on_every_device_by_0_33_which_has_nei
             assert result.fits is not refused_anywhere
 
 
+def test_a_deployed_format_the_release_refuses_is_warned_as_refused_with_the_reason_not_as_not_fitting() -> None:
+    """Llama-3.1-70B as GGUF Q4_K_M on two A100-40GB under vLLM 0.33, which has no GGUF: the warning said "The model
+    does not fit as gguf-q4_k_m on 2 device(s) for this workload; it fits at INT4", though each device's memory holds
+    its share: it says the engine's refusal."""
+    spec = get_preset_info("llama-3.1-70b").spec
+    device = get_device("a100-40gb")
+    result = plan(spec, Hardware(device.planning_bytes, 2, device.id, device.name), Workload(4096, 1),
+                  PlanOptions(scheme=gguf_scheme("gguf-q4_k_m"), engine_version="0.33"))
+    refusal = capability_refusal("0.33", "gguf-q4_k_m", (8, 0))
+    assert refusal is not None and result.refusal == refusal and not result.fits
+    assert all(device.used_bytes <= device.usable_bytes for device in result.primary.devices)
+    assert f"The model cannot run as gguf-q4_k_m on 2 device(s): {refusal}; it fits at INT4." in result.warnings
+    assert not any("does not fit as gguf-q4_k_m" in warning for warning in result.warnings)
+
+
 def test_hardware_in_bytes_is_not_refused_but_the_answer_says_the_capability_was_not_checked() -> None:
     spec = get_preset_info("gpt-oss-20b").spec
     scheme = scheme_of(block_format("mxfp4"))
@@ -261,16 +276,42 @@ def test_gemma_3_below_8_0_is_said_to_run_in_float32_and_charged_at_4_bytes(rele
     assert not any("float32" in warning for warning in llama.warnings)
 
 
-def test_the_best_fitting_mix_is_refused_where_the_release_runs_none_of_its_quantized_formats() -> None:
+def test_the_best_fitting_mix_takes_no_format_the_release_refuses_on_the_device() -> None:
     """0.33 needs 7.5 for nibble's int4 and for int8 (`CAPABILITY_FLOORS`): on a V100 no mix with a quantized
-    tensor runs, and the recipe says so; 0.19 runs them from 6.0 and 7.0, and the V100 gets its mix."""
+    tensor runs, so the mix takes 16-bit everywhere, which fits Llama-3.2-3B on one V100-32GB (before: the search
+    started from the refused int4 mix and answered refused, though 16-bit runs and fits), and names what it left
+    out; 0.19 runs them from 6.0 and 7.0, and refuses none."""
     spec = get_preset_info("llama-3.2-3b").spec
     device = get_device("v100-32gb")
     hardware = Hardware(device.planning_bytes, 1, device.id, device.name)
-    refused = fit_plan(spec, hardware, Workload(4096, 1), PlanOptions(engine_version="0.33"))
-    assert not refused.fits and refused.reason is not None
-    assert refused.reason.startswith("the engine refuses the layout: vLLM 0.33 refuses")
-    assert fit_plan(spec, hardware, Workload(4096, 1), PlanOptions(engine_version="0.19")).fits
+    recipe = fit_plan(spec, hardware, Workload(4096, 1), PlanOptions(engine_version="0.33"))
+    assert recipe.fits and recipe.reason is None and recipe.plan.refusal is None and recipe.plan.fits
+    assert recipe.formats == {"bf16": 28 * 7}  # every linear of the 28 layers at 16-bit
+    assert set(recipe.refused_formats) == {f"int4-g{group}-{kind}" for group in (32, 64, 128)
+                                           for kind in ("sym", "asym")} | {"int8"}
+    assert recipe.refused_formats["int8"] == capability_refusal("0.33", "int8", (7, 0))
+    assert recipe.refused_formats["int4-g64-sym"] == capability_refusal("0.33", "int4-g64-sym", (7, 0))
+    on_0_19 = fit_plan(spec, hardware, Workload(4096, 1), PlanOptions(engine_version="0.19"))
+    assert on_0_19.fits and on_0_19.refused_formats == {}
+
+
+def test_where_the_release_runs_no_quantized_format_a_miss_at_16_bit_says_the_refusals_first() -> None:
+    """Llama-3.1-70B on four V100-32GB under vLLM 0.33: int4 and int8 are refused there (7.5), and 16-bit (141 GB)
+    does not fit in four 32 GB devices: the reason is the refusal, then the memory, never a refused mix planned as
+    a memory miss (before: "the engine refuses the layout: ... int4-g128-sym ..." with the refused int4 mix as the
+    plan, though no int4 mix may be deployed there)."""
+    spec = get_preset_info("llama-3.1-70b").spec
+    device = get_device("v100-32gb")
+    hardware = Hardware(device.planning_bytes, 4, device.id, device.name)
+    recipe = fit_plan(spec, hardware, Workload(4096, 1), PlanOptions(engine_version="0.33"))
+    assert not recipe.fits and recipe.reason is not None and recipe.plan.refusal is None
+    assert recipe.formats == {"bf16": 80 * 7}
+    assert recipe.reason.startswith("the engine refuses every quantized format a mix may take on these devices "
+                                    "(int4-g128-asym, int4-g128-sym, int4-g32-asym, int4-g32-sym, int4-g64-asym, "
+                                    "int4-g64-sym: " + capability_refusal("0.33", "int4-g128-asym", (7, 0)) + "; int8: "
+                                    + capability_refusal("0.33", "int8", (7, 0)) + "), and the model does not fit "
+                                    "even with every tensor at 16-bit (bf16): device 0 needs ")
+    assert {chosen.label() for _, chosen in recipe.mix} == {"bf16"}
 
 
 @pytest.mark.parametrize(("device_id", "refused"), [("a100-80gb", True), ("l40s", True), ("rtx-pro-6000", True),

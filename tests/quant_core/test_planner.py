@@ -274,6 +274,30 @@ def test_a_deployed_format_that_does_not_fit_is_warned_about_even_when_int4_and_
                for warning in result.warnings)
 
 
+def test_int4_refused_at_the_layout_is_warned_as_refused_with_the_reason_not_as_not_fitting() -> None:
+    """Llama-3.1-70B on three H100s: vLLM refuses tensor parallel size 3 (64 heads), every format alike; the INT4
+    warning said "does not fit even at INT4 on 3 device(s) ...; the fewest devices that fit at INT4 is 1" (a refusal
+    read as a memory miss, on devices that hold the weights)."""
+    result = plan(get_preset("llama-3.1-70b"), Hardware(H100, 3), Workload(4096, 1))
+    refusal = result.comparison["int4"].refusal
+    assert refusal is not None and refusal.startswith("vLLM refuses tensor parallel size 3")
+    assert f"The model cannot run at INT4 on 3 device(s): {refusal}." in result.warnings
+    assert not any("does not fit" in warning for warning in result.warnings)
+
+
+def test_16_bit_refused_where_int4_fits_is_warned_as_refused_with_the_reason_not_as_not_fitting() -> None:
+    """Qwen3-30B-A3B on two B200s under vLLM 0.33 with data parallel 2: nibble does not plan bf16 routed experts
+    under 0.33's data parallelism on 10.x (`engines.vllm.moe_data_parallel_format_refusal`), int4 ones it does; the
+    warning said "The model fits at INT4 but not at 16-bit (bf16) on 2 device(s)", 61 GB of weights on 2 x 192 GB."""
+    result = plan(get_preset("qwen3-30b-a3b"), Hardware(get_device("b200").memory_bytes, 2, "b200"),
+                  Workload(4096, 1), PlanOptions(engine_version="0.33", data_parallel=2))
+    refusal = result.comparison["bf16"].refusal
+    assert result.comparison["int4"].fits and refusal is not None
+    assert f"The model fits at INT4, but cannot run at 16-bit (bf16) on 2 device(s): {refusal}." in result.warnings
+    assert not any("but not at 16-bit" in warning for warning in result.warnings)
+    assert all(device.used_bytes <= device.usable_bytes for device in result.comparison["bf16"].devices)
+
+
 def test_when_no_tensor_parallel_degree_fits_the_warning_points_to_pipeline_stages_not_to_a_false_limit() -> None:
     result = plan(get_preset("llama-3.1-405b"), Hardware(get_device("t4").memory_bytes, 32), Workload(131072, 4))
     assert result.comparison["int4"].min_devices is None

@@ -24,12 +24,16 @@ from quant_core.catalog import device_facts, get_device, get_preset, get_preset_
 from quant_core.engines.base import BatchLimits, Stage
 from quant_core.engines.torch_cuda import allocated_block_bytes
 from quant_core.engines.vllm import VllmProfile, outside_budget, speculative_serving_excess
-from quant_core.engines.vllm_graphs import cudagraph_capture_sizes, cudagraph_count
+from quant_core.engines.vllm_graphs import cudagraph_capture_sizes, cudagraph_count, largest_full_graph
+from quant_core.engines.vllm_sampler import sampler_pass_bytes
 from quant_core.engines.vllm_speculative import (
     SpeculativeDecoding,
     drafter_buffer_bytes,
     drafter_load_bytes,
     mtp_front_bytes,
+    rejection_warmup,
+    rejection_warmup_0_11_bytes,
+    serving_rejection_0_11_bytes,
     serving_rejection_bytes,
 )
 from quant_core.errors import InvalidSpec
@@ -140,7 +144,8 @@ def test_the_graph_charge_takes_the_unrounded_sizes_never_fewer() -> None:
 
 @pytest.mark.parametrize(("speculative", "options", "field", "words"), [
     (SpeculativeDecoding("mtp", 1, 1), {"engine_version": "0.33"}, "runtime.engine_version", "Model Runner V2"),
-    (SpeculativeDecoding("ngram", 2), {"engine_version": "0.11"}, "runtime.engine_version", "0.19 only"),
+    (SpeculativeDecoding("ngram", 2), {"engine_version": "0.33"}, "runtime.engine_version", "NgramGPUSpeculator"),
+    (SpeculativeDecoding("mtp", 1, 1), {"engine_version": "0.11"}, "runtime.engine_version", "EagleProposer"),
     (SpeculativeDecoding("mtp", 1, 0), {}, "runtime.speculative.method", "no multi-token-prediction layers"),
     (SpeculativeDecoding("mtp", 3, 2), {}, "runtime.speculative.num_speculative_tokens", "divisible by n_predict"),
     (SpeculativeDecoding("mtp", 1, 1), {"pipeline_parallel": 2}, "parallel.pipeline", "pipeline parallelism"),
@@ -311,3 +316,91 @@ def test_glm_4_5_air_with_mtp_does_not_fit_where_the_drafters_load_transient_out
     # 0.9 GB more a device holds it
     roomier = _glm_4_5_air_tp2(115_200_000_000, 0.975, mtp).primary
     assert roomier.fits and roomier.max_context_length is not None and roomier.max_context_length >= 1024
+
+
+# vLLM 0.11's ngram, by hand from v0.11.0's code: Llama-3.1-8B (hidden 4096, vocabulary 128,256: a multiple of 64, so
+# the padded vocabulary is the same) in bf16 on one H100 80GB, 0.11's defaults there: 8192 tokens, 1024 sequences
+LLAMA_HIDDEN, LLAMA_VOCABULARY = 4096, 128_256
+H100 = Hardware(get_device("h100-80gb").planning_bytes, 1, "h100-80gb")
+
+
+def llama_on_0_11(speculative: SpeculativeDecoding | None) -> Plan:
+    return plan(get_preset("llama-3.1-8b"), H100, WORKLOAD, PlanOptions(engine_version="0.11", speculative=speculative))
+
+
+@pytest.mark.parametrize("tokens", [1, 3])
+def test_0_11_capture_sizes_do_not_grow_with_the_decode_query_and_full_graphs_start_at_it(tokens: int) -> None:
+    # config/scheduler.py: cuda_graph_sizes = [min(max_num_seqs x 2, 512)] whatever the speculative config, no
+    # rounding; gpu_model_runner.py capture_model: FULL decode graphs of sizes from 1 + k to max_num_seqs x (1 + k)
+    # (0.19 would capture up to min(16 x (1 + k) x 2, 512) = 64 or 128, rounded to multiples of 1 + k)
+    limits = BatchLimits(TOKENS, 16, speculative_tokens=tokens)
+    sizes = (1, 2, 4, 8, 16, 24, 32)  # min(16 x 2, 512) = 32
+    assert cudagraph_capture_sizes("0.11", limits) == sizes
+    assert cudagraph_capture_sizes("0.11", limits, rounded=False) == sizes
+    assert cudagraph_count("0.11", limits) == (7, 6 if tokens == 1 else 5)  # FULL from 2 or from 4 tokens
+    # the largest FULL graph counted in tokens (up to 16 x (1 + k)), not sequences (16): the safe side for the
+    # fitted excess of FULL graphs above 256 sequences
+    assert largest_full_graph("0.11", limits) == 32
+
+
+def test_0_11_ngram_runs_no_model_and_its_rejection_warm_up_stays_below_the_sampler_pass() -> None:
+    without, ngram = llama_on_0_11(None), llama_on_0_11(SpeculativeDecoding("ngram", 3))
+    plain, drafted = without.primary.devices[0], ngram.primary.devices[0]
+    assert drafted.weights_bytes == plain.weights_bytes and drafted.kv_cache_bytes == plain.kv_cache_bytes
+    assert ngram.primary.kv_capacity_tokens == without.primary.kv_capacity_tokens
+    # the sampler pass over 1024 rows: the dummy run's 8192 hidden states and two copies of the 1024 rows, the bf16
+    # logits, and at the PyTorch sort of their float32 copy 36 bytes a logit (4 + 4 + 8 + 20)
+    held = (8192 + 2 * 1024) * LLAMA_HIDDEN * 2 + 1024 * LLAMA_VOCABULARY * 2
+    sampler = held + 1024 * LLAMA_VOCABULARY * 36
+    assert sampler == 5_074_583_552
+    # the rejection warm-up beside the same: randn target logits in bf16 (2) and compute_probs' sort of them (sorted
+    # bf16 2, int64 indices 8, the sort's buffers with 2-byte keys 8 + 2 + 8), 30 bytes a logit, and 12 small
+    # tensors of 1024 x 8 bytes: below the sampler pass, so the activation does not move
+    spec = get_preset("llama-3.1-8b")
+    peak = held + 1024 * LLAMA_VOCABULARY * 30 + 12 * 8192
+    assert rejection_warmup_0_11_bytes(spec, 1024, 8192, LLAMA_VOCABULARY, 2) == peak == 4_286_676_992
+    assert rejection_warmup(spec, "0.11", 1024, 8192, LLAMA_VOCABULARY, 2, sampler)[0] == 0
+    assert drafted.activation_bytes == plain.activation_bytes
+    assert "rejection sampler" in ngram.activation.basis and "0.11" in ngram.activation.basis
+
+
+def test_0_11_rejection_warm_up_of_a_float32_model_adds_its_small_tensors_to_the_sampler_pass() -> None:
+    # float32 logits: the sort holds the target (4), sorted values (4), int64 indices (8) and 20 bytes of buffers,
+    # 36 bytes a logit like the sampler's sort: only the 12 small tensors of 1024 x 8 bytes are beyond it
+    spec = get_preset("llama-3.1-8b")
+    sampled, _basis = sampler_pass_bytes(spec, 1024, 8192, device_facts("h100-80gb"), "0.11", 4)
+    assert rejection_warmup(spec, "0.11", 1024, 8192, LLAMA_VOCABULARY, 4, sampled)[0] == 12 * 8192
+
+
+def test_0_11_full_decode_step_of_three_drafts_sorts_3072_target_rows_beyond_the_profiling_peak() -> None:
+    # serving: min(1024, 8192 // 4) = 1024 requests of 4 tokens; held: 8192 hidden states, 4096 gathered rows, their
+    # 4096 rows of bf16 logits and the 1024 bonus rows' copy; then the larger of the bonus sampler (1024 rows x 36),
+    # compute_probs over the 3072 target rows' copy (2 + 28 = 30 a logit) and the recovered tokens (3072 x (2 + 4) +
+    # 1024 x 4): compute_probs, with 12 small tensors of 4096 x 8 bytes
+    spec = get_preset("llama-3.1-8b")
+    limits = BatchLimits(8192, 1024, speculative_tokens=3)
+    held = (8192 + 4096) * LLAMA_HIDDEN * 2 + 4096 * LLAMA_VOCABULARY * 2 + 1024 * LLAMA_VOCABULARY * 2
+    assert max(1024 * 36, 3072 * 6 + 1024 * 4) < 3072 * 30
+    serving = held + 3072 * LLAMA_VOCABULARY * 30 + 12 * 32_768
+    assert serving_rejection_0_11_bytes(spec, limits, LLAMA_VOCABULARY, 2) == serving == 13_234_470_912
+    # beyond the profiling peak, the sampler pass (5,074,583,552: the forward pass is 0.84 GiB), from outside the
+    # budget; two FULL graphs fewer (sizes 1 and 2 are below 1 + 3): 2 x 32 layers x 293 KiB less graph memory
+    excess = speculative_serving_excess(Stage(spec, 1, 1, (0, 32), True), limits, "0.11", "",
+                                        device_facts("h100-80gb"))
+    assert excess is not None and excess.bytes == serving - 5_074_583_552 == 8_159_887_360
+    plain = llama_on_0_11(None).primary.devices[0]
+    drafted = llama_on_0_11(SpeculativeDecoding("ngram", 3)).primary.devices[0]
+    assert drafted.outside_budget_bytes - plain.outside_budget_bytes == excess.bytes - 2 * 32 * 293 * 1024
+
+
+@pytest.mark.parametrize("version", ["0.11", "0.19"])
+def test_ngram_on_a_model_with_linear_attention_is_refused_for_its_state_blocks(version: str) -> None:
+    # vLLM gives each request 1 + k recurrent-state blocks a linear-attention group under speculative decoding
+    # (MambaSpec.num_speculative_blocks = num_speculative_tokens), where nibble's state paging charges one: the plan
+    # would promise sequences the engine cannot hold
+    with pytest.raises(InvalidSpec) as raised:
+        plan(get_preset("qwen3-next-80b-a3b-instruct"), Hardware(get_device("h100-80gb").planning_bytes, 4,
+                                                                  "h100-80gb"),
+             WORKLOAD, PlanOptions(engine_version=version, speculative=SpeculativeDecoding("ngram", 3)))
+    assert raised.value.field == "runtime.speculative.method"
+    assert "num_speculative_blocks" in raised.value.reason and "4 recurrent-state blocks" in raised.value.reason
