@@ -523,9 +523,9 @@ class OutsideBudget:
     load_held: int = 0
     #: what one module's weights hold only while process_weights_after_loading rewrites them (the largest of a MoE
     #: layer's, `fp8_expert_repack_bytes` or on 0.11 its requant to UE8M0 scales, `deep_gemm_expert_requant_bytes`,
-    #: a linear layer's Marlin repack, `fp8_marlin_linear_repack_bytes`, and a block-fp8 linear layer's while
-    #: DeepGEMM requantizes it, `deep_gemm_requant_bytes`), before the KV cache is sized: weighed as `load` is
-    #: (`load_bytes`)
+    #: a linear layer's Marlin repack, `fp8_marlin_linear_repack_bytes` or for int4 and NVFP4 layers
+    #: `int4_marlin_linear_repack_bytes`, and a block-fp8 linear layer's while DeepGEMM requantizes it,
+    #: `deep_gemm_requant_bytes`), before the KV cache is sized: weighed as `load` is (`load_bytes`)
     repack: Term | None = None
 
     def _load_spill(self, room: int) -> int:
@@ -659,10 +659,12 @@ def outside_budget(stage: Stage, kv_cache_dtype: str, limits: BatchLimits, versi
     (`load`, `vllm_speculative.drafter_load_bytes`), and for fp8 experts on Marlin or FlashInfer's CUTLASS experts
     what their rewrite holds only while loading, or for fp8 linear layers stored as `dense_format` on Marlin what
     the largest one's repack does, or for block-fp8 ones DeepGEMM runs what the largest one's requantization to
-    UE8M0 scales does, or on 0.11 a MoE layer's block-fp8 experts' (`repack`: the largest of
-    `fp8_expert_repack_bytes`, `fp8_marlin_linear_repack_bytes`, `deep_gemm_requant_bytes` and
-    `deep_gemm_expert_requant_bytes`, one module processed at a time after all weights are loaded; Marlin and
-    DeepGEMM never run on one device), which the planner weighs against the budget still free then
+    UE8M0 scales does, or on 0.11 a MoE layer's block-fp8 experts', or for int4 (GPTQ, AWQ, compressed-tensors) and
+    NVFP4 linear layers what the largest one's rewrite for Marlin does (`repack`: the largest of
+    `fp8_expert_repack_bytes`, `fp8_marlin_linear_repack_bytes`, `deep_gemm_requant_bytes`,
+    `deep_gemm_expert_requant_bytes` and `int4_marlin_linear_repack_bytes`, one module processed at a time after all
+    weights are loaded; Marlin and DeepGEMM never run on one device), which the planner weighs against the budget
+    still free then
     (`OutsideBudget.load_bytes`)."""
     if enforce_eager:
         graph = None
