@@ -89,6 +89,7 @@ from quant_core.engines.vllm_expert_layouts import (
 from quant_core.engines.vllm_graphs import cuda_graph_pool, cudagraph_capture_sizes, graph_spill
 from quant_core.engines.vllm_linear import (
     FUSED_LINEAR_MODEL_TYPES,
+    awq_compressed_tensors_marlin_bytes,
     compressed_tensors_humming_bytes,
     deep_gemm_expert_requant_bytes,
     deep_gemm_requant_bytes,
@@ -96,8 +97,10 @@ from quant_core.engines.vllm_linear import (
     fp8_marlin_linear_bytes,
     fp8_marlin_linear_repack_bytes,
     gptq_marlin_linear_bytes,
+    int4_marlin_linear_repack_bytes,
     machete_zero_point_bytes,
     mla_kv_b_copy,
+    nvfp4_marlin_linear_bytes,
     weight_allocation_slack,
 )
 from quant_core.engines.vllm_max_len import derived_max_model_len, max_model_len_refusal
@@ -521,9 +524,9 @@ class OutsideBudget:
     load_held: int = 0
     #: what one module's weights hold only while process_weights_after_loading rewrites them (the largest of a MoE
     #: layer's, `fp8_expert_repack_bytes` or on 0.11 its requant to UE8M0 scales, `deep_gemm_expert_requant_bytes`,
-    #: a linear layer's Marlin repack, `fp8_marlin_linear_repack_bytes`, and a block-fp8 linear layer's while
-    #: DeepGEMM requantizes it, `deep_gemm_requant_bytes`), before the KV cache is sized: weighed as `load` is
-    #: (`load_bytes`)
+    #: a linear layer's Marlin repack, `fp8_marlin_linear_repack_bytes` or for int4 and NVFP4 layers
+    #: `int4_marlin_linear_repack_bytes`, and a block-fp8 linear layer's while DeepGEMM requantizes it,
+    #: `deep_gemm_requant_bytes`), before the KV cache is sized: weighed as `load` is (`load_bytes`)
     repack: Term | None = None
 
     def _load_spill(self, room: int) -> int:
@@ -657,10 +660,12 @@ def outside_budget(stage: Stage, kv_cache_dtype: str, limits: BatchLimits, versi
     (`load`, `vllm_speculative.drafter_load_bytes`), and for fp8 experts on Marlin or FlashInfer's CUTLASS experts
     what their rewrite holds only while loading, or for fp8 linear layers stored as `dense_format` on Marlin what
     the largest one's repack does, or for block-fp8 ones DeepGEMM runs what the largest one's requantization to
-    UE8M0 scales does, or on 0.11 a MoE layer's block-fp8 experts' (`repack`: the largest of
-    `fp8_expert_repack_bytes`, `fp8_marlin_linear_repack_bytes`, `deep_gemm_requant_bytes` and
-    `deep_gemm_expert_requant_bytes`, one module processed at a time after all weights are loaded; Marlin and
-    DeepGEMM never run on one device), which the planner weighs against the budget still free then
+    UE8M0 scales does, or on 0.11 a MoE layer's block-fp8 experts', or for int4 (GPTQ, AWQ, compressed-tensors) and
+    NVFP4 linear layers what the largest one's rewrite for Marlin does (`repack`: the largest of
+    `fp8_expert_repack_bytes`, `fp8_marlin_linear_repack_bytes`, `deep_gemm_requant_bytes`,
+    `deep_gemm_expert_requant_bytes` and `int4_marlin_linear_repack_bytes`, one module processed at a time after all
+    weights are loaded; Marlin and DeepGEMM never run on one device), which the planner weighs against the budget
+    still free then
     (`OutsideBudget.load_bytes`)."""
     if enforce_eager:
         graph = None
@@ -693,7 +698,8 @@ def outside_budget(stage: Stage, kv_cache_dtype: str, limits: BatchLimits, versi
     repack = max((term for term in (fp8_expert_repack_bytes(stage, version, device, expert_format),
                                     fp8_marlin_linear_repack_bytes(stage, version, dense_format, device),
                                     deep_gemm_requant_bytes(stage, version, dense_format, device),
-                                    deep_gemm_expert_requant_bytes(stage, version, device, expert_format))
+                                    deep_gemm_expert_requant_bytes(stage, version, device, expert_format),
+                                    int4_marlin_linear_repack_bytes(stage, version, dense_format, device))
                   if term is not None), key=lambda term: term.bytes, default=None)
     tokens = limits.max_batched_tokens
     held = (rotary_cache_bytes(spec, version, stage.element_bytes) + deepstack_buffer_bytes(spec, tokens)
@@ -1250,14 +1256,17 @@ class VllmProfile:
         checkpoint's, in the layout this release's kernel for `device` rewrites them to (`machete_zero_point_bytes`:
         AWQ's zero points on Machete; `gptq_marlin_linear_bytes`: symmetric GPTQ on Marlin or Machete, with or
         without act order; 0.33's Humming layers of each, and of symmetric compressed-tensors,
-        `compressed_tensors_humming_bytes`; fp8 block or per-tensor weights on Marlin, `fp8_marlin_linear_bytes`;
-        fp8 blocks on DeepGEMM, whose scales 10.x and 12.x pack to UE8M0, `deep_gemm_scale_layout_bytes`); None
-        elsewhere."""
+        `compressed_tensors_humming_bytes`; AWQ and compressed-tensors W4A16 on Marlin elsewhere,
+        `awq_compressed_tensors_marlin_bytes`; fp8 block or per-tensor weights on Marlin, `fp8_marlin_linear_bytes`;
+        fp8 blocks on DeepGEMM, whose scales 10.x and 12.x pack to UE8M0, `deep_gemm_scale_layout_bytes`; NVFP4 on
+        Marlin, `nvfp4_marlin_linear_bytes`); None elsewhere."""
         return (machete_zero_point_bytes(stage, self._version, dense_format, device)
                 or gptq_marlin_linear_bytes(stage, self._version, dense_format, device)
                 or compressed_tensors_humming_bytes(stage, self._version, dense_format, device)
+                or awq_compressed_tensors_marlin_bytes(stage, self._version, dense_format, device)
                 or fp8_marlin_linear_bytes(stage, self._version, dense_format, device)
-                or deep_gemm_scale_layout_bytes(stage, self._version, dense_format, device))
+                or deep_gemm_scale_layout_bytes(stage, self._version, dense_format, device)
+                or nvfp4_marlin_linear_bytes(stage, self._version, dense_format, device))
 
     def attention_weight_copy(self, stage: Stage, quantized_layers: frozenset[int],
                               draft_layers: int = 0) -> Term | None:

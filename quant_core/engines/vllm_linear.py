@@ -20,7 +20,7 @@ from quant_core.engines.vllm_parallel import expert_shard, shared_experts_whole
 from quant_core.engines.vllm_refusals import GPTQ_MARLIN_FLOORS, INT4_CHECKPOINT_LABEL, weight_format_family
 from quant_core.engines.vllm_releases import ACTIVATION_ELEMENT_BYTES, GIB, VOCABULARY_ON_EVERY_STAGE
 from quant_core.engines.vllm_sampler import VOCAB_PADDING
-from quant_core.formats import WeightFormat, gptq_checkpoint
+from quant_core.formats import WeightFormat, gptq_checkpoint, int4
 from quant_core.specs import ModelSpec
 
 #: vLLM 0.33's int4 (WNA16) MoE kernels that run at every rank's whole experts under expert parallelism as at one
@@ -321,8 +321,9 @@ def gptq_marlin_linear_bytes(stage: Stage, version: str, dense_format: str, devi
     the checkpoint's tensors (`_gptq_dense_charge`): per layer `gptq_linear_held_bytes` on the kernel
     `gptq_dense_kernel` takes, for the QKVParallelLinear qkv_proj and MergedColumnParallelLinear gate_up_proj (their
     inputs whole) and the RowParallelLinear o_proj and down_proj (their inputs split), shapes per rank
-    `_dense_linear_shapes`.  Positive where act order holds a row-parallel layer's scales whole and the g_idx with its
-    sort indices; negative where Marlin frees the qzeros and g_idx nibble charges, and for the g_idx 0.33 never
+    `_dense_linear_shapes`, and on Marlin in 0.11 and 0.19 the layer's workspace (`marlin_linear_workspace_bytes`).
+    Positive where act order holds a row-parallel layer's scales whole and the g_idx with its sort indices; negative
+    where Marlin frees the qzeros and g_idx nibble charges, and for the g_idx 0.33 never
     creates.  Models of `FUSED_LINEAR_MODEL_TYPES` without MLA or shared experts, groups of 32, 64 or 128 or a whole
     row (-1: one group, act order off as gptq_marlin.py sets ``desc_act = False`` for it), devices of
     `GPTQ_MARLIN_FLOORS`; None elsewhere (asymmetric GPTQ runs other kernels in 0.11/0.19 and is refused in 0.33;
@@ -360,6 +361,8 @@ def gptq_marlin_linear_bytes(stage: Stage, version: str, dense_format: str, devi
                 return None
             kernels.add(kernel)
             total += gptq_linear_held_bytes(version, kernel, in_features, out_features, full_in, group, act_order)
+            if kernel == "marlin":
+                total += marlin_linear_workspace_bytes(version, device)
             if kernel == "marlin" and version in FP8_MARLIN_PADDING_VERSIONS:
                 padded_out, padded_in = _marlin_padded_nk(out_features, in_features, group)
                 if (padded_out, padded_in) != (out_features, in_features):
@@ -392,11 +395,263 @@ def gptq_marlin_linear_bytes(stage: Stage, version: str, dense_format: str, devi
     tiles = (f"; Marlin zero-pads the layers its thread tiles do not divide (marlin_utils.py marlin_padded_nk, "
              f"marlin_pad_qweight, marlin_pad_scales; in x out {', '.join(dict.fromkeys(padded))}) and keeps them"
              if padded else "")
+    workspace = marlin_linear_workspace_bytes(version, device) if "marlin" in kernels else 0
+    tiles += (f"; each Marlin layer keeps a {workspace:,}-byte workspace (marlin_make_workspace_new, int32 one a "
+              "streaming multiprocessor)" if workspace else "")
     return Term(extra, (
         f"vLLM {version} runs the {dense_format} attention and MLP layers on {' and '.join(sorted(kernels))} "
         f"(choose_mp_linear_kernel): {order}{humming}{tiles}; {extra / GIB:+.2f} GiB a rank against nibble's charge of "
         f"the checkpoint's qweight, qzeros, scales and g_idx ({extra:+,} bytes; {method}; kernels/mixed_precision "
         "marlin.py and machete.py)"))
+
+
+#: the releases whose Marlin linear layers each keep a workspace: 0.11's awq_marlin.py
+#: ``AWQMarlinLinearMethod.process_weights_after_loading`` (``layer.workspace``) and MarlinLinearKernel
+#: (kernels/mixed_precision/marlin.py, 0.11 and 0.19: ``self.workspace``), both ``marlin_make_workspace_new``
+#: (utils/marlin_utils.py): int32 zeros, one a streaming multiprocessor (``max_blocks_per_sm=1``), made per layer;
+#: 0.33's MarlinLinearKernel keeps none (``apply_gptq_marlin_linear(..., workspace=None)``)
+MARLIN_LINEAR_WORKSPACE_VERSIONS = frozenset({"0.11", "0.19"})
+
+
+def marlin_linear_workspace_bytes(version: str, device: DeviceFacts) -> int:
+    """The bytes of the workspace one Marlin linear layer of vLLM `version` keeps on `device`: ``4 x`` its streaming
+    multiprocessors in the releases of `MARLIN_LINEAR_WORKSPACE_VERSIONS` (`torch_cuda.compute_units`), else 0."""
+    if version not in MARLIN_LINEAR_WORKSPACE_VERSIONS:
+        return 0
+    units, _ = compute_units(device)
+    return 4 * units
+
+
+def int4_zero_point_marlin_held_bytes(version: str, in_features: int, out_features: int, group_size: int,
+                                      zero_points: bool, device: DeviceFacts) -> int:
+    """Bytes vLLM `version` holds after loading for one rank's AWQ or compressed-tensors int4 linear layer
+    (``in_features x out_features`` on the rank, `group_size` -1 for one scale a row) on Marlin, `zero_points` where
+    the checkpoint has them (AWQ always, compressed-tensors when asymmetric).  0.11's awq_marlin.py
+    ``AWQMarlinLinearMethod.process_weights_after_loading`` and MarlinLinearKernel's (kernels/mixed_precision/
+    marlin.py, 0.11, 0.19 and 0.33; 0.19's awq_marlin.py and 0.33's auto_awq.py first turn the AWQ layout into
+    GPTQ's, ``_convert_awq_to_standard_format``, at the same bytes): the weight repacked at its size
+    (``awq_marlin_repack`` / ``gptq_marlin_repack``: ``in x out / 2``), the 16-bit scales permuted at their size
+    (``marlin_permute_scales``: ``G x out x 2``), the zero points unpacked and packed again at their size
+    (``awq_to_marlin_zero_points`` / ``marlin_zero_points``: int32 ``[G, out / 8]``, ``G x out / 2`` bytes), g_idx
+    and its sort indices empty (no act order), and the workspace (`marlin_linear_workspace_bytes`).  The releases of
+    `FP8_MARLIN_PADDING_VERSIONS` (0.33) first zero-pad a layer Marlin's thread tiles do not divide to
+    ``marlin_padded_nk`` (``marlin_pad_qweight``; ``marlin_pad_scales`` for the scales and the unpacked zero points):
+    the same at ``Np x Kp`` with ``Kp / g`` groups.  A bias (16-bit, ``marlin_permute_bias``) is the caller's."""
+    if version in FP8_MARLIN_PADDING_VERSIONS:
+        out_features, in_features = _marlin_padded_nk(out_features, in_features, group_size)
+    groups = 1 if group_size == -1 else in_features // group_size
+    return (in_features * out_features // 2 + ACTIVATION_ELEMENT_BYTES * groups * out_features
+            + (groups * out_features // 2 if zero_points else 0) + marlin_linear_workspace_bytes(version, device))
+
+
+#: bytes of compressed-tensors' ``weight_shape`` (int64 [2]), which every layer keeps (compressed_tensors_wNa16.py
+#: ``CompressedTensorsWNA16.create_weights`` registers it; no kernel deletes it on Marlin)
+COMPRESSED_TENSORS_WEIGHT_SHAPE_BYTES = 16
+
+
+def awq_compressed_tensors_marlin_bytes(stage: Stage, version: str, dense_format: str,
+                                        device: DeviceFacts) -> Term | None:
+    """The bytes one rank of vLLM `version` holds for the dense linear layers (attention and dense MLP) of an AWQ or
+    compressed-tensors W4A16 checkpoint (`dense_format` its label) beyond nibble's charge of the checkpoint's tensors
+    (`_gptq_dense_charge` of the label's layout: AWQ's qweight, qzeros, scales; compressed-tensors' weight_packed,
+    weight_scale, weight_shape and, asymmetric, weight_zero_point), where it runs them on Marlin: every NVIDIA device
+    from `GPTQ_MARLIN_FLOORS` but compute capability 9.0, where 0.19 and 0.33 take Machete or Humming
+    (`machete_zero_point_bytes`, `compressed_tensors_humming_bytes`; 0.11's awq_marlin.py repacks AWQ for Marlin
+    there too).  Per layer `int4_zero_point_marlin_held_bytes` (shapes per rank `_dense_linear_shapes`), with a
+    compressed-tensors layer's weight_shape and, in 0.33, a padded bias's ``2 x (Np - N)``.  A layer Marlin's tiles
+    do not divide (out features not a multiple of 64 or in features of 128) runs AWQ's own kernel in 0.11 and 0.19
+    (awq_marlin.py ``get_quant_method``: ``check_marlin_supports_layer``, then AWQConfig's AWQLinearMethod, the
+    checkpoint's tensors as loaded) and is padded in 0.33 (auto_awq.py ``check_marlin_supports_layer(...,
+    allow_tile_padding=True)``; MarlinLinearKernel.can_implement).  Models of `FUSED_LINEAR_MODEL_TYPES` without MLA or
+    shared experts, groups of 32, 64 or 128 (and a whole row for compressed-tensors, whose scales
+    ``[out, 1]`` are whole on every rank); None elsewhere: act order, a group straddling a rank's shard (refused), a
+    compressed-tensors layer 0.11/0.19's Marlin refuses (Conch or ExLlama: not read), and where nothing is held beyond
+    the checkpoint's (0.33 on aligned layers: the same tensors at their size, no workspace)."""
+    spec = stage.spec
+    found = INT4_CHECKPOINT_LABEL.fullmatch(dense_format.removeprefix("checkpoint-"))
+    capability = device.compute_capability
+    if (found is None or found["layout"] not in ("awq", "compressed-tensors") or found["act_order"] is not None
+            or found["kind"] == "asym-fp16zero" or "-padded" in dense_format or "-partial" in dense_format
+            or version not in GPTQ_MARLIN_FLOORS or capability is None or device.vendor == "amd"
+            or capability < GPTQ_MARLIN_FLOORS[version] or spec.model_type not in FUSED_LINEAR_MODEL_TYPES
+            or spec.is_mla or spec.shared_expert_width):
+        return None
+    awq = found["layout"] == "awq"
+    group = int(found["group"]) if found["group"] else -1
+    if group not in _GPTQ_DENSE_GROUPS or (awq and group == -1):
+        return None  # AWQ's whole-row group (group_size = input_size, 0 groups on a split row): not read
+    if capability == HUMMING_PREFERRED_CAPABILITY and not (awq and version == "0.11"):
+        return None  # Machete or Humming
+    zero_points = awq or found["kind"] == "asym"
+    padding = version in FP8_MARLIN_PADDING_VERSIONS
+    padded: list[str] = []
+    own: list[str] = []
+
+    def held(shapes: tuple[tuple[int, int], ...], biases: tuple[bool, ...]) -> int | None:
+        total = 0
+        for (in_features, out_features), bias in zip(shapes, biases, strict=True):
+            if group > 0 and in_features % group:
+                return None  # a group straddling the rank's shard: refused
+            groups = 1 if group == -1 else in_features // group
+            if not padding and (out_features % GPTQ_MARLIN_MIN_THREAD_N or in_features % GPTQ_MARLIN_MIN_THREAD_K):
+                if not awq:
+                    return None  # compressed-tensors: Conch or ExLlama, not read
+                # AWQLinearMethod: the checkpoint's qweight, qzeros and scales as loaded
+                own.append(f"{in_features} x {out_features}")
+                total += (in_features * out_features // 2 + ACTIVATION_ELEMENT_BYTES * groups * out_features
+                          + groups * out_features // 2)
+                continue
+            total += int4_zero_point_marlin_held_bytes(version, in_features, out_features, group, zero_points, device)
+            total += 0 if awq else COMPRESSED_TENSORS_WEIGHT_SHAPE_BYTES
+            if padding:
+                padded_out, padded_in = _marlin_padded_nk(out_features, in_features, group)
+                if (padded_out, padded_in) != (out_features, in_features):
+                    padded.append(f"{in_features} x {out_features} to {padded_in} x {padded_out}")
+                    total += ACTIVATION_ELEMENT_BYTES * (padded_out - out_features) if bias else 0
+        return total
+
+    attention, mlp = _dense_linear_shapes(spec, stage.tensor_parallel)
+    start, stop = stage.layers
+    dense_layers = sum(1 for layer in range(start, stop) if not spec.is_moe or layer in spec.dense_layers)
+    per_attention = held(attention, (spec.attention_qkv_bias, spec.attention_output_bias))
+    per_mlp = held(mlp, (False, False)) if dense_layers else 0
+    if per_attention is None or per_mlp is None:
+        return None
+    stored = int4(None if group == -1 else group, found["kind"] == "sym", layout="awq" if awq else "compressed-tensors")
+    charge_attention, charge_mlp = _gptq_dense_charge(spec, stored, stage.tensor_parallel)
+    extra = (stop - start) * (per_attention - charge_attention) + dense_layers * (per_mlp - charge_mlp)
+    if extra <= 0:
+        return None
+    method = ("awq_marlin.py AWQMarlinLinearMethod" if version == "0.11" else
+              "awq_marlin.py AWQMarlinLinearMethod and MarlinLinearKernel" if awq and version == "0.19" else
+              "auto_awq.py AutoAWQMarlinLinearMethod and MarlinLinearKernel" if awq else
+              "compressed_tensors_wNa16.py CompressedTensorsWNA16 and MarlinLinearKernel")
+    workspace = marlin_linear_workspace_bytes(version, device)
+    kept = (f"each Marlin layer keeps a {workspace:,}-byte workspace (marlin_make_workspace_new, int32 one a "
+            "streaming multiprocessor)" if workspace else "no workspace")
+    tiles = (f"; Marlin zero-pads the layers its thread tiles do not divide (marlin_utils.py marlin_padded_nk, "
+             f"marlin_pad_qweight, marlin_pad_scales; in x out {', '.join(dict.fromkeys(padded))}) and keeps them"
+             if padded else "")
+    tiles += (f"; the layers Marlin's tiles do not divide (in x out {', '.join(dict.fromkeys(own))}) run AWQ's own "
+              "kernel as loaded (check_marlin_supports_layer, AWQLinearMethod)" if own else "")
+    return Term(extra, (
+        f"vLLM {version} runs the {dense_format} attention and MLP layers on Marlin ({method}): the weights, "
+        f"scales and zero points repacked at their size, {kept}{tiles}; {extra / GIB:+.2f} GiB a rank against "
+        f"nibble's charge of the checkpoint's tensors ({extra:+,} bytes)"))
+
+
+#: the releases that turn an AWQ checkpoint's layout into GPTQ's before any kernel sees it (0.19's awq_marlin.py
+#: ``AWQMarlinLinearMethod``, 0.33's auto_awq.py ``AutoAWQMarlinLinearMethod``: ``_convert_awq_to_standard_format``);
+#: 0.11's awq_marlin.py repacks the AWQ layout directly (``awq_marlin_repack``)
+AWQ_STANDARD_FORMAT_VERSIONS = frozenset({"0.19", "0.33"})
+
+
+def int4_linear_repack_transient_bytes(version: str, layout: str, in_features: int, out_features: int,
+                                       group_size: int) -> int:
+    """What one rank holds only while vLLM `version` rewrites one int4 linear layer of `layout` ("gptq", "awq",
+    "compressed-tensors", "nvfp4"; ``in_features x out_features`` on the rank) for Marlin, beyond the layer's loaded
+    tensors
+    (the weight's steps; the scales' and zero points' are a group's fraction of it and come after the weight's
+    temporaries are freed, or before they are made):
+
+    * GPTQ, qweight int32 ``[in / 8, out]`` already contiguous: MarlinLinearKernel's ``transform_w_q``
+      (kernels/mixed_precision/marlin.py, 0.11, 0.19, 0.33) writes ``gptq_marlin_repack``'s output (``in x out / 2``)
+      while the loaded one is bound (``_transform_param`` replaces it after);
+    * compressed-tensors, weight_packed ``[out, in / 8]``: ``permute_param_layout_`` makes it a transposed view, and
+      ``x.data.contiguous()`` copies it (``in x out / 2``) before the repack's output: ``in x out``;
+    * NVFP4, weight uint8 ``[out, in / 2]``: prepare_fp4_layer_for_marlin (quantization/utils/marlin_utils_fp4.py,
+      0.11, 0.19, 0.33) repacks ``layer.weight.view(torch.int32).T.contiguous()``: the same ``in x out`` (its
+      scales' 16-bit steps after it, a fraction of that);
+    * AWQ in 0.11 (awq_marlin.py ``AWQMarlinLinearMethod.process_weights_after_loading``): ``awq_marlin_repack``'s
+      output beside the loaded qweight: ``in x out / 2``;
+    * AWQ in 0.19 and 0.33 (`AWQ_STANDARD_FORMAT_VERSIONS`), ``_convert_awq_to_standard_format`` unpacks every
+      4-bit value to an int32 (``(qw.unsqueeze(-1) >> shifts) & mask``, then ``unpacked[:, :, reverse_order]``,
+      each ``4 x in x out`` bytes), keeps that reordered copy bound while it shifts it again (``<< shifts``: another
+      ``4 x in x out``) and sums it into the new qweight (``in x out / 2``): ``8.5 x in x out`` bytes, 17 times the
+      packed weight, before the kernel's own repack (at most ``in x out`` even padded: smaller).
+
+    0.33 (`FP8_MARLIN_PADDING_VERSIONS`) zero-pads a layer Marlin's tiles do not divide first
+    (``marlin_pad_qweight``, ``F.pad``: ``Np x Kp / 2``) and repacks the padded copy: ``Np x Kp`` bytes at once
+    (for compressed-tensors the contiguous copy is freed once padded: ``max(in x out / 2 + Np x Kp / 2, Np x Kp)``)."""
+    if layout == "awq" and version in AWQ_STANDARD_FORMAT_VERSIONS:
+        return 17 * in_features * out_features // 2
+    padded_out, padded_in = ((out_features, in_features) if version not in FP8_MARLIN_PADDING_VERSIONS
+                             else _marlin_padded_nk(out_features, in_features, group_size))
+    padded = padded_out * padded_in
+    if padded != out_features * in_features:
+        return padded
+    return in_features * out_features if layout in ("compressed-tensors", "nvfp4") else in_features * out_features // 2
+
+
+def int4_marlin_linear_repack_bytes(stage: Stage, version: str, dense_format: str,
+                                    device: DeviceFacts) -> Term | None:
+    """What one rank holds only while vLLM `version` rewrites its largest int4 linear layer (attention or dense MLP,
+    stored as `dense_format`, a GPTQ, AWQ or compressed-tensors checkpoint) for Marlin, beyond the loaded tensors:
+    `int4_linear_repack_transient_bytes` of the layers that take that path.  GPTQ (symmetric): the layers
+    `gptq_dense_kernel` runs on Marlin; compressed-tensors: every layer off compute capability 9.0 (Machete or
+    Humming there, not read), aligned to Marlin's tiles before 0.33; AWQ: every layer awq_marlin.py /
+    auto_awq.py takes (``check_marlin_supports_layer``: aligned to Marlin's tiles before 0.33, whole groups on the
+    rank in 0.33) on any device from `GPTQ_MARLIN_FLOORS`, since 0.19 and 0.33 convert the AWQ layout whatever
+    kernel follows (Machete's and Humming's own steps after it not read).  Each module's
+    process_weights_after_loading runs after every weight is loaded, one at a time (model_loader/utils.py
+    ``process_weights_after_loading``), so only the largest layer's counts, before "Model loading took" is measured
+    and the KV cache sized.  Models of `FUSED_LINEAR_MODEL_TYPES` without MLA or shared experts; None elsewhere, for
+    GPTQ act order in 0.33 (refused) and where no layer takes these paths.  NVFP4 linear layers: those
+    `nvfp4_marlin_linear_bytes` finds on Marlin (`_nvfp4_marlin_repack_bytes`)."""
+    if dense_format.removeprefix("checkpoint-") in NVFP4_LABELS:
+        return _nvfp4_marlin_repack_bytes(stage, version, dense_format, device)
+    spec = stage.spec
+    found = INT4_CHECKPOINT_LABEL.fullmatch(dense_format.removeprefix("checkpoint-"))
+    capability = device.compute_capability
+    if (found is None or "-padded" in dense_format or "-partial" in dense_format or found["kind"] == "asym-fp16zero"
+            or version not in GPTQ_MARLIN_FLOORS or capability is None or device.vendor == "amd"
+            or capability < GPTQ_MARLIN_FLOORS[version] or spec.model_type not in FUSED_LINEAR_MODEL_TYPES
+            or spec.is_mla or spec.shared_expert_width):
+        return None
+    layout = found["layout"]
+    group = int(found["group"]) if found["group"] else -1
+    act_order = found["act_order"] is not None and group > 0
+    if (group not in _GPTQ_DENSE_GROUPS or (layout == "gptq" and (found["kind"] != "sym" or (act_order
+                                                                                          and version == "0.33")))
+            or (layout != "gptq" and act_order) or (layout == "awq" and group == -1)):
+        return None
+    tensor_parallel = stage.tensor_parallel
+    (qkv, o_proj), (gate_up, down) = _dense_linear_shapes(spec, tensor_parallel)
+    dense = any(not spec.is_moe or layer in spec.dense_layers for layer in range(*stage.layers))
+    shapes = ((qkv, False), (o_proj, tensor_parallel > 1)) + (((gate_up, False), (down, tensor_parallel > 1))
+                                                              if dense else ())
+    aligned_only = version not in FP8_MARLIN_PADDING_VERSIONS
+    largest, basis = 0, ""
+    for (in_features, out_features), row_parallel in shapes:
+        if group > 0 and in_features % group:
+            continue  # a group straddling the rank's shard: refused, or AWQ's own kernel as loaded
+        aligned = out_features % GPTQ_MARLIN_MIN_THREAD_N == 0 and in_features % GPTQ_MARLIN_MIN_THREAD_K == 0
+        if layout == "gptq":
+            if gptq_dense_kernel(version, capability, in_features, out_features, group, act_order,
+                                 row_parallel) != "marlin":
+                continue
+        elif (aligned_only and not aligned) or (layout == "compressed-tensors"
+                                                 and capability == HUMMING_PREFERRED_CAPABILITY):
+            continue
+        transient = int4_linear_repack_transient_bytes(version, layout, in_features, out_features, group)
+        if transient > largest:
+            largest, basis = transient, f"{in_features} x {out_features}"
+    if not largest:
+        return None
+    if layout == "awq" and version in AWQ_STANDARD_FORMAT_VERSIONS:
+        how = ("_convert_awq_to_standard_format (awq_marlin.py in 0.19, auto_awq.py in 0.33) unpacks its 4-bit values "
+               "to int32, two copies of 4 bytes a weight bound while the new qweight is summed: 17 times the packed "
+               "weight")
+    elif layout == "awq":
+        how = "awq_marlin_repack (awq_marlin.py AWQMarlinLinearMethod) writes the Marlin weight beside the loaded one"
+    else:
+        copy = " beside its contiguous transposed copy" if layout == "compressed-tensors" else ""
+        how = (f"gptq_marlin_repack (MarlinLinearKernel.process_weights_after_loading) writes the Marlin weight{copy} "
+               "while the loaded one is bound" + ("; 0.33 repacks a zero-padded copy (marlin_pad_qweight) where "
+                                                  "marlin_padded_nk pads the layer" if not aligned_only else ""))
+    return Term(largest, (
+        f"{largest / GIB:.2f} GiB while vLLM {version} rewrites its largest {dense_format} linear layer "
+        f"(in x out {basis} on the rank) for Marlin: {how}"))
 
 
 #: The compute capability from which each vLLM release runs fp8 [128, 128]-block weights natively, below which it runs
@@ -652,6 +907,102 @@ def fp8_marlin_linear_repack_bytes(stage: Stage, version: str, dense_format: str
         f"(prepare_fp8_layer_for_marlin, quantization/utils/marlin_utils_fp8.py: the int32 transposed copy of "
         f"the loaded {largest:,}-byte weight and gptq_marlin_repack's output beside it)"))
 
+
+#: the compute capability from which each vLLM release runs NVFP4 linear layers on Marlin, weight-only
+#: (``is_fp4_marlin_supported``, quantization/utils/marlin_utils_fp4.py: ``has_device_capability(80)`` in 0.11, 75 in
+#: 0.19 and 0.33), and the one from which it runs them natively instead (``cutlass_fp4_supported``: 10.0; 0.19's
+#: nvfp4_utils.py ``select_nvfp4_linear_backend`` takes FlashInfer's or vLLM's CUTLASS first, 0.33's
+#: ``_POSSIBLE_NVFP4_KERNELS`` its FlashInfer, B12x and CUTLASS kernels ahead of MarlinNvFp4LinearKernel)
+NVFP4_MARLIN_FLOORS: dict[str, tuple[int, int]] = {"0.11": (8, 0), "0.19": (7, 5), "0.33": (7, 5)}
+NVFP4_NATIVE_FROM = (10, 0)
+#: NVFP4's scale group (16 weights share one fp8 e4m3 scale), which Marlin keeps (``group_size = 16 if is_nvfp4``)
+NVFP4_GROUP = 16
+
+
+#: nibble's labels of NVFP4 weights (WeightFormat.label: with static activation scales "nvfp4-static")
+NVFP4_LABELS = ("nvfp4", "nvfp4-static")
+
+
+def _nvfp4_on_marlin(stage: Stage, version: str, dense_format: str, device: DeviceFacts) -> bool:
+    """Whether vLLM `version` runs the stage's `dense_format` NVFP4 linear layers on Marlin on `device` (from
+    `NVFP4_MARLIN_FLOORS` to below `NVFP4_NATIVE_FROM`, not 0.33 on 9.0: Humming), for a model of
+    `FP8_MARLIN_MODEL_TYPES` (`_fp8_linear_layers`)."""
+    capability = device.compute_capability
+    return not (dense_format.removeprefix("checkpoint-") not in NVFP4_LABELS or version not in NVFP4_MARLIN_FLOORS
+                or capability is None or device.vendor == "amd"
+                or not NVFP4_MARLIN_FLOORS[version] <= capability < NVFP4_NATIVE_FROM
+                or (version == "0.33" and capability == HUMMING_PREFERRED_CAPABILITY)
+                or stage.spec.model_type not in FP8_MARLIN_MODEL_TYPES)
+
+
+def _nvfp4_marlin_repack_bytes(stage: Stage, version: str, dense_format: str, device: DeviceFacts) -> Term | None:
+    """What one rank holds only while vLLM `version` repacks its largest NVFP4 linear layer for Marlin
+    (`int4_linear_repack_transient_bytes` of layout "nvfp4" over `_fp8_linear_layers`), where it runs them there
+    (`_nvfp4_on_marlin`); None elsewhere."""
+    if not _nvfp4_on_marlin(stage, version, dense_format, device):
+        return None
+    largest, basis = 0, ""
+    for _, out_features, in_features in _fp8_linear_layers(stage):
+        transient = int4_linear_repack_transient_bytes(version, "nvfp4", in_features, out_features, NVFP4_GROUP)
+        if transient > largest:
+            largest, basis = transient, f"{in_features} x {out_features}"
+    if not largest:
+        return None
+    return Term(largest, (
+        f"{largest / GIB:.2f} GiB while vLLM {version} repacks its largest {dense_format} linear layer (in x out "
+        f"{basis} on the rank) for Marlin: prepare_fp4_layer_for_marlin (quantization/utils/marlin_utils_fp4.py) "
+        "makes the weight's int32 transposed copy and gptq_marlin_repack's output beside the loaded one"
+        + ("; 0.33 repacks a zero-padded copy (marlin_pad_qweight) where marlin_padded_nk pads the layer"
+           if version in FP8_MARLIN_PADDING_VERSIONS else "")))
+
+
+def nvfp4_marlin_padding_bytes(out_features: int, in_features: int, version: str) -> int:
+    """Bytes vLLM `version` holds for one rank's NVFP4 linear layer (``out_features x in_features``) on Marlin beyond
+    the checkpoint's, where ``marlin_padded_nk`` pads it (releases of `FP8_MARLIN_PADDING_VERSIONS`; 0 elsewhere and
+    for aligned layers): 0.33's prepare_fp4_layer_for_marlin (quantization/utils/marlin_utils_fp4.py) repacks the
+    padded weight (``marlin_pad_qweight``: ``Np x Kp / 2`` bytes where the checkpoint's ``N x K / 2``) and pads the
+    scales (``marlin_pad_scales`` of the 16-bit copy, then ``nvfp4_marlin_process_scales`` back to one fp8 byte a
+    group: ``Np x Kp / 16`` where ``N x K / 16``)."""
+    if version not in FP8_MARLIN_PADDING_VERSIONS:
+        return 0
+    padded_out, padded_in = _marlin_padded_nk(out_features, in_features, NVFP4_GROUP)
+    grown = padded_out * padded_in - out_features * in_features
+    return grown // 2 + grown // NVFP4_GROUP
+
+
+def nvfp4_marlin_linear_bytes(stage: Stage, version: str, dense_format: str, device: DeviceFacts) -> Term | None:
+    """The bytes one rank of vLLM `version` holds for its NVFP4 attention, dense MLP and shared-expert layers
+    (`_fp8_linear_layers`, models of `FP8_MARLIN_MODEL_TYPES`) beyond the checkpoint's where it runs them on Marlin:
+    from `NVFP4_MARLIN_FLOORS` to below `NVFP4_NATIVE_FROM`, but not 0.33 on 9.0, where ``init_nvfp4_linear_kernel``
+    (``_resolve_backend_kernels``: ``prioritize_humming``) puts Humming ahead of Marlin (not read).
+    prepare_fp4_layer_for_marlin (quantization/utils/marlin_utils_fp4.py, 0.11, 0.19, 0.33) repacks the uint8
+    ``[N, K / 2]`` weight at its size (``gptq_marlin_repack``), turns the fp8 ``[N, K / 16]`` scales into Marlin's
+    fp8 ``[K / 16, N]`` (``nvfp4_marlin_process_scales``: one byte a group again) and the global scale into another
+    float32: the checkpoint's bytes (a fused layer's few float32 global and input scales not counted either way);
+    0.11 and 0.19 also keep a workspace on each layer (``layer.workspace = marlin_make_workspace_new(device)``:
+    `marlin_linear_workspace_bytes`), and 0.33 pads the layers Marlin's tiles do not divide
+    (`nvfp4_marlin_padding_bytes`, a bias too: ``marlin_pad_dim``).  None elsewhere, and where nothing is held beyond
+    the checkpoint's (0.33 with every layer aligned)."""
+    if not _nvfp4_on_marlin(stage, version, dense_format, device):
+        return None
+    layers = _fp8_linear_layers(stage)
+    workspace = marlin_linear_workspace_bytes(version, device)
+    workspaces = workspace * sum(count for count, _, _ in layers)
+    padding = (sum(count * nvfp4_marlin_padding_bytes(out_features, in_features, version)
+                   for count, out_features, in_features in layers)
+               + _fp8_marlin_bias_padding(stage, version, "tensor"))
+    extra = workspaces + padding
+    if not extra:
+        return None
+    kept = (f"keeps a {workspace:,}-byte workspace on each layer (marlin_make_workspace_new, int32 one a streaming "
+            "multiprocessor)" if workspace else "keeps no workspace")
+    padded = (f"; vLLM {version} zero-pads the weights Marlin's thread tiles do not divide, with their scales and bias "
+              f"(marlin_utils.py marlin_padded_nk, marlin_pad_qweight, marlin_pad_scales, marlin_pad_dim), {padding:,} "
+              "bytes of it" if padding else "")
+    return Term(extra, (
+        f"vLLM {version} runs the {dense_format} linear layers weight-only on Marlin below compute capability 10.0 "
+        f"(prepare_fp4_layer_for_marlin, quantization/utils/marlin_utils_fp4.py), which repacks the weights and scales "
+        f"at their size and {kept}{padded}: {extra / GIB:.2f} GiB a rank beyond the checkpoint's ({extra:,} bytes)"))
 
 
 #: the compute capabilities on which each release's ``is_deep_gemm_e8m0_used()`` (utils/deep_gemm.py) holds with the

@@ -50,9 +50,11 @@ def _checkpoint_bytes(out_features: int, in_features: int, group: int) -> int:
     return in_features * out_features // 2 + groups * out_features // 2 + 2 * groups * out_features + 4 * in_features
 
 
-def _llama_70b_extra(tensor_parallel: int, group: int, act_order: bool, hopper: bool) -> int:
+def _llama_70b_extra(tensor_parallel: int, group: int, act_order: bool, hopper: bool, workspace: int = 0) -> int:
     """Hand-derived: what one rank of vLLM 0.11/0.19 holds for a Llama-70B's 80 layers of attention and MLP beyond
-    nibble's charge (each checkpoint tensor's bytes / tp).  Hidden 8192, 64 heads, 8 KV heads of 128, MLP 28,672."""
+    nibble's charge (each checkpoint tensor's bytes / tp).  Hidden 8192, 64 heads, 8 KV heads of 128, MLP 28,672.
+    `workspace`: the bytes of the workspace each Marlin layer keeps (MarlinLinearKernel ``self.workspace =
+    marlin_make_workspace_new(device)``: int32 one a streaming multiprocessor in 0.11/0.19, none in 0.33)."""
     tp = tensor_parallel
     # (in per rank, out per rank, in of the whole layer, row parallel)
     layers = ((8192, (64 // tp + 2 * 8 // tp) * 128, 8192, False), (8192 * 1 // tp, 8192, 8192, True),
@@ -64,8 +66,8 @@ def _llama_70b_extra(tensor_parallel: int, group: int, act_order: bool, hopper: 
         held += in_features * out_features // 2 + 2 * groups * out_features
         if machete:  # qzeros and g_idx kept, plus act_perm's argsort under act order
             held += groups * out_features // 2 + 4 * in_features + (4 * in_features if act_order else 0)
-        elif act_order:  # Marlin: the sorted g_idx and the sort indices; the qzeros emptied
-            held += 8 * in_features
+        else:  # Marlin: its workspace; with act order the sorted g_idx and the sort indices; the qzeros emptied
+            held += workspace + (8 * in_features if act_order else 0)
     charged = sum(-(-_checkpoint_bytes(out_features, in_features, group) // tp) for out_features, in_features in (
         (8192, 8192), (1024, 8192), (1024, 8192), (8192, 8192), (28672, 8192), (28672, 8192), (8192, 28672)))
     return 80 * (held - charged)
@@ -86,7 +88,9 @@ def _dense_term(model: str, version: str, device: str, tensor_parallel: int, lab
 def test_a_rank_holds_the_gptq_dense_layers_as_gptq_marlin_lays_them_out(model: str, version: str, tensor_parallel: int,
                                                                           act_order: bool, device: str) -> None:
     label = "int4-g128-sym-act-order-gptq" if act_order else "int4-g128-sym-gptq"
-    expected = _llama_70b_extra(tensor_parallel, 128, act_order, device == "h100-80gb")
+    # the A100's 108 streaming multiprocessors, the H100's 132: 4 bytes each a Marlin layer
+    workspace = 4 * (132 if device == "h100-80gb" else 108)
+    expected = _llama_70b_extra(tensor_parallel, 128, act_order, device == "h100-80gb", workspace)
     assert _dense_term(model, version, device, tensor_parallel, label) == expected
 
 
@@ -96,12 +100,16 @@ def test_act_order_at_tp_4_holds_the_row_parallel_scales_whole_a_priority_one_un
     # 8192 / 128 = 64 groups) 8,388,608 + 64 x 8192 x 2 + 8 x 2048 = 9,453,568; gate_up 58,720,256 + 64 x 14,336 x 2
     # + 8 x 8192 = 60,620,800; down (in 7168, 28,672 / 128 = 224 groups) 29,360,128 + 224 x 8192 x 2 + 8 x 7168 =
     # 33,087,488; 114,040,832 in all.  nibble's charge, each tensor / 4: q and o 8,724,480, k and v 1,097,728,
-    # gate and up 30,515,200, down 30,535,680: 111,210,496.  80 x 2,830,336 = 226,426,880 bytes (0.21 GiB) more
-    assert _dense_term("llama-3.1-70b", "0.19", "a100-80gb", 4, "int4-g128-sym-act-order-gptq") == 226_426_880
-    # without act order Marlin frees the qzeros and g_idx nibble charges: 80 x -913,408
-    assert _dense_term("llama-3.1-70b", "0.19", "a100-80gb", 4, "int4-g128-sym-gptq") == -73_072_640
-    # on H100 Machete runs qkv_proj and gate_up_proj (their inputs whole) and keeps their qzeros: 80 x 540,672 more
-    assert _dense_term("llama-3.1-70b", "0.19", "h100-80gb", 4, "int4-g128-sym-act-order-gptq") == 269_680_640
+    # gate and up 30,515,200, down 30,535,680: 111,210,496.  80 x 2,830,336 = 226,426,880 bytes (0.21 GiB) more,
+    # and each of the 4 Marlin layers keeps a workspace of 108 int32 (marlin_make_workspace_new): 80 x 4 x 432 =
+    # 138,240: 226,565,120
+    assert _dense_term("llama-3.1-70b", "0.19", "a100-80gb", 4, "int4-g128-sym-act-order-gptq") == 226_565_120
+    # without act order Marlin frees the qzeros and g_idx nibble charges: 80 x -913,408, and the same workspaces
+    assert _dense_term("llama-3.1-70b", "0.19", "a100-80gb", 4, "int4-g128-sym-gptq") == -73_072_640 + 138_240
+    # on H100 Machete runs qkv_proj and gate_up_proj (their inputs whole) and keeps their qzeros: 80 x 540,672 more;
+    # o_proj and down_proj stay on Marlin with a workspace of 132 int32 each: 80 x 2 x 528 = 84,480 more
+    assert _dense_term("llama-3.1-70b", "0.19", "h100-80gb", 4, "int4-g128-sym-act-order-gptq") == (
+        269_680_640 + 84_480)
 
 
 def test_vllm_0_33_holds_no_g_idx_for_gptq_dense_layers() -> None:
