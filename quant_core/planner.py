@@ -2750,7 +2750,10 @@ def _warnings(spec: ModelSpec, hardware: Hardware, workload: Workload, options: 
         out.append(f"The longest context that fits for {workload.concurrent_sequences} sequence(s) is "
                    f"{primary.max_context_length} tokens, below the requested {workload.context_length}.")
     trained = spec.max_position_embeddings
-    if trained is not None and workload.context_length > trained:
+    limit = None if engine is None else engine.context_limit(spec)
+    # an engine that derives its own longest context says it: refused above it (or noted, when allowed), and a
+    # context within it is one the model's rope scaling stretches it to
+    if (limit is None or limit.error is not None) and trained is not None and workload.context_length > trained:
         out.append(f"The requested context ({workload.context_length} tokens) exceeds the model's "
                    f"trained context ({trained} tokens).")
     if tensor_parallel > 1 and spec.num_attention_heads % tensor_parallel:

@@ -211,6 +211,22 @@ def test_the_generic_engine_refuses_no_context_and_has_no_allow_option() -> None
     assert caught.value.field == "runtime.allow_long_max_model_len"
 
 
+def test_the_trained_context_warning_gives_way_to_the_engines_own_length() -> None:
+    # Qwen3 with YaRN at 131,072 tokens on 0.19: vLLM accepts it (40,960 is the unscaled length), so no warning that
+    # it "exceeds the model's trained context"; gpt2 past 1024 under vLLM: the refusal says it, not a second warning;
+    # the generic engine, which derives no length, keeps the warning
+    def trained_warnings(result_warnings: tuple[str, ...] | list[str]) -> list[str]:
+        return [warning for warning in result_warnings if "exceeds the model's trained context" in warning]
+
+    yarn = plan(model_from_hf_config(QWEN3_YARN), Hardware(H100, 1), Workload(131_072, 1), PlanOptions())
+    assert yarn.fits and trained_warnings(yarn.warnings) == []
+    refused = plan(get_preset("gpt2"), Hardware(H100, 1), Workload(32768, 1))
+    assert refused.refusal is not None and trained_warnings(refused.warnings) == []
+    generic = plan(get_preset("gpt2"), Hardware(H100, 1), Workload(32768, 1), PlanOptions(engine="generic"))
+    assert trained_warnings(generic.warnings) == [
+        "The requested context (32768 tokens) exceeds the model's trained context (1024 tokens)."]
+
+
 def test_the_vllm_profile_says_its_context_limit() -> None:
     engine = get_engine("vllm", "0.11")
     assert engine is not None
