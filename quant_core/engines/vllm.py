@@ -153,7 +153,13 @@ from quant_core.engines.vllm_releases import (
     mamba_cache_mode,
     startup_memory,
 )
-from quant_core.engines.vllm_sampler import VOCAB_PADDING, sampler_kept_bytes, sampler_pass_bytes, sampler_state_bytes
+from quant_core.engines.vllm_sampler import (
+    VOCAB_PADDING,
+    grammar_bitmask_bytes,
+    sampler_kept_bytes,
+    sampler_pass_bytes,
+    sampler_state_bytes,
+)
 from quant_core.engines.vllm_speculative import (
     drafter_buffer_bytes,
     drafter_load_bytes,
@@ -901,7 +907,8 @@ class VllmProfile:
         dummy run's hidden states are still held (as each release's code allocates them, `sampler_pass_bytes`,
         with PyTorch's cuBLAS workspaces beside the peak, `torch_cuda.blas_workspace_bytes` of `device`, except on
         0.33, whose init_device allocates them before the start-up snapshot (`startup_memory`), and in
-        0.33 the sampler's penalty state, `sampler_state_bytes`);
+        0.33 the sampler's penalty state, `sampler_state_bytes`, and the structured-output grammar bitmask,
+        `grammar_bitmask_bytes`);
         the forward pass's intermediates are freed before the sampler runs, so the two do not add,
         except, from the releases whose `moe_workspace_persists`, a MoE model's fused-MoE caches
         (`fused_moe_caches`: TritonExperts' ``tokens × top_k × (max(w, hidden) + max(2w, hidden)) × 2 bytes``,
@@ -928,6 +935,7 @@ class VllmProfile:
         # 0.33 allocates them before its start-up snapshot (`_Startup.blas_handles`, charged by `startup_memory`)
         blas = 0 if self._rules.startup.blas_handles else blas_workspace_bytes(device)
         state = sampler_state_bytes(spec, limits.max_num_seqs, self._version) if stage.is_last else 0
+        bitmask = grammar_bitmask_bytes(spec, limits.max_num_seqs, self._version) if stage.is_last else 0
         held = f", with the fused-MoE caches still held ({workspace / GIB:.2f} GiB)" if workspace else ""
         if received:
             held += f", beside the stage's receive buffers ({received / GIB:.2f} GiB)"
@@ -945,6 +953,11 @@ class VllmProfile:
             basis += (f"; plus the sampler's penalty state, max_num_seqs={limits.max_num_seqs} x vocabulary int32 "
                       f"output counts and prompt bit masks ({state / GIB:.2f} GiB), allocated with Model Runner V2's "
                       "Sampler after the weights are measured and kept (gpu/sample/penalties.py, PenaltiesState)")
+        if bitmask:
+            basis += (f"; plus the structured-output grammar bitmask, max_num_seqs={limits.max_num_seqs} x "
+                      f"ceil(vocabulary / 32) int32 and the rows' int32 logits indices ({bitmask / MIB:.1f} MiB), "
+                      "allocated on the device with Model Runner V2's StructuredOutputsWorker after the weights are "
+                      "measured and kept (gpu/structured_outputs.py, gpu/model_runner.py load_model)")
         if spec.linear_attention is not None and gdn:
             basis += (f"; the forward pass is the widest layer's, a Gated DeltaNet layer's being its projections "
                       f"({tokens * gdn / GIB:.2f} GiB: in_proj_qkvz/ba outputs, the unpacked q/k/v, the gate, the "
@@ -994,13 +1007,13 @@ class VllmProfile:
                           f"at most {drafted / GIB:.2f} GiB beyond it (3 x max_num_batched_tokens x hidden: the "
                           "target's output and the drafter's embedded and normed inputs; its decoder layer is one of "
                           "the target's), a bound read from the code")
-        text = max(forward, sampler) + deepstack + topk_buffer + rotary + blas + state
+        text = max(forward, sampler) + deepstack + topk_buffer + rotary + blas + state + bitmask
         max_model_len = limits.max_model_len or spec.max_position_embeddings or tokens
         encoder = encoder_profile(spec, self._version, stage.tensor_parallel, tokens, max_model_len)
         if encoder is None:
             return Term(text, basis)
         encoding, kept, encoder_basis = encoder
-        total = max(encoding + deepstack + topk_buffer + rotary + blas + state, kept + text)
+        total = max(encoding + deepstack + topk_buffer + rotary + blas + state + bitmask, kept + text)
         return Term(total, f"max(the multimodal dummy batch through the vision tower, the text pass beside what it "
                            f"leaves held): {encoder_basis}; the text pass: {basis}")
 
