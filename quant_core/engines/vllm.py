@@ -85,6 +85,7 @@ from quant_core.engines.vllm_expert_layouts import (
     expert_parallel_format_refusal,
     fp8_block_expert_refusal,
     fp8_expert_repack_bytes,
+    fp8_marlin_expert_width_refusal,
 )
 from quant_core.engines.vllm_graphs import cuda_graph_pool, cudagraph_capture_sizes, graph_spill
 from quant_core.engines.vllm_linear import (
@@ -1176,17 +1177,22 @@ class VllmProfile:
                        quant_method: str = "") -> str | None:
         """`fp8_block_expert_refusal` for a scheme of fp8 [128, 128] blocks (as configured or read from a
         checkpoint's headers; `quant_method` and `compute_capability` say whether vLLM 0.33 refines its scales and
-        runs them there), `int4_expert_refusal` for a GPTQ, AWQ or compressed-tensors int4 format; None for
-        other formats.  Under `expert_parallel` (more than one rank) each rank's experts are whole: both are asked
-        at one rank (the experts' full width), after `expert_parallel_format_refusal`."""
+        runs them there), `int4_expert_refusal` for a GPTQ, AWQ or compressed-tensors int4 format, then for any fp8
+        format `fp8_marlin_expert_width_refusal` (0.11 and 0.19's Marlin MoE kernel below 8.9: a rank's expert width
+        a multiple of 64); None for other formats.  Under `expert_parallel` (more than one rank) each rank's experts
+        are whole: they are asked at one rank (the experts' full width), after `expert_parallel_format_refusal`."""
         if expert_parallel and tensor_parallel > 1 and spec.is_moe:
             refused = expert_parallel_format_refusal(self._version, weight_format, spec, compute_capability)
             if refused is not None:
                 return refused
             tensor_parallel = 1  # FusedMoE's intermediate_size_per_partition is the whole width
         if weight_format.removeprefix("checkpoint-") != "fp8-block128":
-            return int4_expert_refusal(spec, weight_format, tensor_parallel, self._version)
-        return fp8_block_expert_refusal(spec, tensor_parallel, self._version, quant_method, compute_capability)
+            return (int4_expert_refusal(spec, weight_format, tensor_parallel, self._version)
+                    or fp8_marlin_expert_width_refusal(spec, weight_format, tensor_parallel, self._version,
+                                                       compute_capability))
+        return (fp8_block_expert_refusal(spec, tensor_parallel, self._version, quant_method, compute_capability)
+                or fp8_marlin_expert_width_refusal(spec, weight_format, tensor_parallel, self._version,
+                                                   compute_capability))
 
     def device_refusal(self, spec: ModelSpec, weight_format: str, compute_capability: tuple[int, int] | None,
                        stored: WeightFormat | None = None, model_dtype: str = "bf16",
