@@ -85,6 +85,7 @@ from quant_core.engines.vllm_expert_layouts import (
     expert_parallel_format_refusal,
     fp8_block_expert_refusal,
     fp8_expert_repack_bytes,
+    fp8_marlin_expert_width_refusal,
 )
 from quant_core.engines.vllm_graphs import cuda_graph_pool, cudagraph_capture_sizes, graph_spill
 from quant_core.engines.vllm_linear import (
@@ -157,7 +158,13 @@ from quant_core.engines.vllm_releases import (
     mamba_cache_mode,
     startup_memory,
 )
-from quant_core.engines.vllm_sampler import VOCAB_PADDING, sampler_kept_bytes, sampler_pass_bytes, sampler_state_bytes
+from quant_core.engines.vllm_sampler import (
+    VOCAB_PADDING,
+    grammar_bitmask_bytes,
+    sampler_kept_bytes,
+    sampler_pass_bytes,
+    sampler_state_bytes,
+)
 from quant_core.engines.vllm_speculative import (
     drafter_buffer_bytes,
     drafter_load_bytes,
@@ -908,7 +915,8 @@ class VllmProfile:
         dummy run's hidden states are still held (as each release's code allocates them, `sampler_pass_bytes`,
         with PyTorch's cuBLAS workspaces beside the peak, `torch_cuda.blas_workspace_bytes` of `device`, except on
         0.33, whose init_device allocates them before the start-up snapshot (`startup_memory`), and in
-        0.33 the sampler's penalty state, `sampler_state_bytes`);
+        0.33 the sampler's penalty state, `sampler_state_bytes`, and the structured-output grammar bitmask,
+        `grammar_bitmask_bytes`);
         the forward pass's intermediates are freed before the sampler runs, so the two do not add,
         except, from the releases whose `moe_workspace_persists`, a MoE model's fused-MoE caches
         (`fused_moe_caches`: TritonExperts' ``tokens × top_k × (max(w, hidden) + max(2w, hidden)) × 2 bytes``,
@@ -935,6 +943,7 @@ class VllmProfile:
         # 0.33 allocates them before its start-up snapshot (`_Startup.blas_handles`, charged by `startup_memory`)
         blas = 0 if self._rules.startup.blas_handles else blas_workspace_bytes(device)
         state = sampler_state_bytes(spec, limits.max_num_seqs, self._version) if stage.is_last else 0
+        bitmask = grammar_bitmask_bytes(spec, limits.max_num_seqs, self._version) if stage.is_last else 0
         held = f", with the fused-MoE caches still held ({workspace / GIB:.2f} GiB)" if workspace else ""
         if received:
             held += f", beside the stage's receive buffers ({received / GIB:.2f} GiB)"
@@ -952,6 +961,11 @@ class VllmProfile:
             basis += (f"; plus the sampler's penalty state, max_num_seqs={limits.max_num_seqs} x vocabulary int32 "
                       f"output counts and prompt bit masks ({state / GIB:.2f} GiB), allocated with Model Runner V2's "
                       "Sampler after the weights are measured and kept (gpu/sample/penalties.py, PenaltiesState)")
+        if bitmask:
+            basis += (f"; plus the structured-output grammar bitmask, max_num_seqs={limits.max_num_seqs} x "
+                      f"ceil(vocabulary / 32) int32 and the rows' int32 logits indices ({bitmask / MIB:.1f} MiB), "
+                      "allocated on the device with Model Runner V2's StructuredOutputsWorker after the weights are "
+                      "measured and kept (gpu/structured_outputs.py, gpu/model_runner.py load_model)")
         if spec.linear_attention is not None and gdn:
             basis += (f"; the forward pass is the widest layer's, a Gated DeltaNet layer's being its projections "
                       f"({tokens * gdn / GIB:.2f} GiB: in_proj_qkvz/ba outputs, the unpacked q/k/v, the gate, the "
@@ -1001,13 +1015,13 @@ class VllmProfile:
                           f"at most {drafted / GIB:.2f} GiB beyond it (3 x max_num_batched_tokens x hidden: the "
                           "target's output and the drafter's embedded and normed inputs; its decoder layer is one of "
                           "the target's), a bound read from the code")
-        text = max(forward, sampler) + deepstack + topk_buffer + rotary + blas + state
+        text = max(forward, sampler) + deepstack + topk_buffer + rotary + blas + state + bitmask
         max_model_len = limits.max_model_len or spec.max_position_embeddings or tokens
         encoder = encoder_profile(spec, self._version, stage.tensor_parallel, tokens, max_model_len)
         if encoder is None:
             return Term(text, basis)
         encoding, kept, encoder_basis = encoder
-        total = max(encoding + deepstack + topk_buffer + rotary + blas + state, kept + text)
+        total = max(encoding + deepstack + topk_buffer + rotary + blas + state + bitmask, kept + text)
         return Term(total, f"max(the multimodal dummy batch through the vision tower, the text pass beside what it "
                            f"leaves held): {encoder_basis}; the text pass: {basis}")
 
@@ -1182,17 +1196,22 @@ class VllmProfile:
                        quant_method: str = "") -> str | None:
         """`fp8_block_expert_refusal` for a scheme of fp8 [128, 128] blocks (as configured or read from a
         checkpoint's headers; `quant_method` and `compute_capability` say whether vLLM 0.33 refines its scales and
-        runs them there), `int4_expert_refusal` for a GPTQ, AWQ or compressed-tensors int4 format; None for
-        other formats.  Under `expert_parallel` (more than one rank) each rank's experts are whole: both are asked
-        at one rank (the experts' full width), after `expert_parallel_format_refusal`."""
+        runs them there), `int4_expert_refusal` for a GPTQ, AWQ or compressed-tensors int4 format, then for any fp8
+        format `fp8_marlin_expert_width_refusal` (0.11 and 0.19's Marlin MoE kernel below 8.9: a rank's expert width
+        a multiple of 64); None for other formats.  Under `expert_parallel` (more than one rank) each rank's experts
+        are whole: they are asked at one rank (the experts' full width), after `expert_parallel_format_refusal`."""
         if expert_parallel and tensor_parallel > 1 and spec.is_moe:
             refused = expert_parallel_format_refusal(self._version, weight_format, spec, compute_capability)
             if refused is not None:
                 return refused
             tensor_parallel = 1  # FusedMoE's intermediate_size_per_partition is the whole width
         if weight_format.removeprefix("checkpoint-") != "fp8-block128":
-            return int4_expert_refusal(spec, weight_format, tensor_parallel, self._version)
-        return fp8_block_expert_refusal(spec, tensor_parallel, self._version, quant_method, compute_capability)
+            return (int4_expert_refusal(spec, weight_format, tensor_parallel, self._version)
+                    or fp8_marlin_expert_width_refusal(spec, weight_format, tensor_parallel, self._version,
+                                                       compute_capability))
+        return (fp8_block_expert_refusal(spec, tensor_parallel, self._version, quant_method, compute_capability)
+                or fp8_marlin_expert_width_refusal(spec, weight_format, tensor_parallel, self._version,
+                                                   compute_capability))
 
     def device_refusal(self, spec: ModelSpec, weight_format: str, compute_capability: tuple[int, int] | None,
                        stored: WeightFormat | None = None, model_dtype: str = "bf16",

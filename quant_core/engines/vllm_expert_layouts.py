@@ -1008,6 +1008,50 @@ def _fp8_marlin_expert_width(version: str, width: int, scales: str) -> int:
     return round_up(width, math.lcm(MARLIN_MOE_WIDTH_TILE_033, FP8_BLOCK if scales == "block" else 1))
 
 
+#: the K of a thread tile of vLLM's Marlin MoE kernel (csrc/moe/marlin_moe_wna16/ops.cu: every
+#: ``small_batch_thread_configs`` and ``large_batch_thread_configs`` entry has thread_k 64 or 128, ``min_thread_k``
+#: 64): the second GEMM's K, w2's input, is the rank's expert width
+MARLIN_MOE_MIN_THREAD_K = 64
+
+
+def fp8_marlin_expert_width_refusal(spec: ModelSpec, weight_format: str, tensor_parallel: int, version: str,
+                                    compute_capability: tuple[int, int] | None) -> str | None:
+    """Why vLLM `version` cannot run `spec`'s fp8 routed experts stored as `weight_format` on Marlin at
+    `tensor_parallel` ranks (1 under expert parallelism: whole experts) on a device of `compute_capability`, or None.
+
+    Below compute capability 8.9 the fp8 experts run on Marlin (`fp8_marlin_device`: 0.11's
+    ``Fp8MoEMethod.use_marlin`` and ``CompressedTensorsW8A8Fp8MoEMethod.use_marlin``, 0.19's
+    ``select_fp8_moe_backend``, whose ``MarlinExperts.is_supported_config`` reads no shape).  0.11's
+    ``prepare_moe_fp8_layer_for_marlin`` and 0.19's ``prepare_fp8_moe_layer_for_marlin``
+    (quantization/utils/marlin_utils_fp8.py) repack the experts at the rank's width N as they are, and the first
+    forward (the profiling run) calls ``moe_wna16_marlin_gemm`` for w2 with K = N: ``determine_exec_config``
+    (csrc/moe/marlin_moe_wna16/ops.cu) finds no thread config whose thread_k (64 or 128,
+    `MARLIN_MOE_MIN_THREAD_K`) divides it and ``marlin_mm`` fails "Invalid thread config: ... thread_k = -1,
+    thread_n = -1" (vllm#32360 for NemotronH's N = 1856 / 128; vllm#42390, Gemma-4 fp8 at TP 2 on RTX 3090s, 0.21).
+    0.33 pads the width to a multiple of 64 instead (`FP8_MARLIN_PADDING_VERSIONS`, ``marlin_moe_padded_intermediate``,
+    charged by `fp8_marlin_expert_bytes`).  A device of unknown capability is not refused (as `capability_refusal`)."""
+    if not spec.is_moe or weight_format_family(weight_format) != "fp8" or version in FP8_MARLIN_PADDING_VERSIONS:
+        return None
+    device = DeviceFacts(vendor="nvidia", compute_capability=compute_capability)
+    if compute_capability is None or not fp8_marlin_device(version, device, True,
+                                                           fp8_scale_kind(weight_format) == "block"):
+        return None
+    width = spec.moe_intermediate_size
+    if width % tensor_parallel or (width // tensor_parallel) % MARLIN_MOE_MIN_THREAD_K == 0:
+        return None
+    per_rank = width // tensor_parallel
+    major, minor = compute_capability
+    repack = "prepare_moe_fp8_layer_for_marlin" if version == "0.11" else "prepare_fp8_moe_layer_for_marlin"
+    return (f"vLLM {version} runs fp8 experts on Marlin on compute capability {major}.{minor} (no native fp8 below "
+            f"8.9) and its Marlin MoE kernel needs each rank's expert width to be a multiple of "
+            f"{MARLIN_MOE_MIN_THREAD_K}: at tensor parallel size {tensor_parallel} it is {per_rank} ({width} / "
+            f"{tensor_parallel}), which {repack} (quantization/utils/marlin_utils_fp8.py) "
+            "does not pad, so the profiling run's first MoE layer fails \"Invalid thread config\" (csrc/moe/"
+            "marlin_moe_wna16/ops.cu: no thread_k of 64 or 128 divides w2's K); vLLM 0.33 pads it "
+            "(marlin_moe_padded_intermediate), and --enable-expert-parallel (runtime.expert_parallel) places "
+            "whole experts on each rank")
+
+
 def fp8_marlin_expert_padding_bytes(width: int, hidden: int, version: str, scales: str = "block") -> int:
     """Bytes one fp8 expert (``width`` per rank, ``hidden``) holds on vLLM `version`'s Marlin beyond its unpadded
     Marlin layout where the width is padded (`_fp8_marlin_expert_width`: ``pn``; 0 where it is not).

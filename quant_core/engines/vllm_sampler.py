@@ -3,7 +3,8 @@
 ``v1/worker/gpu_model_runner.py`` ``_dummy_sampler_run`` samples ``min(max_num_seqs, max_num_batched_tokens)``
 sequences of fp32 logits over the padded vocabulary; ``v1/sample/ops/topk_topp_sampler.py`` (PyTorch's sort, the
 Triton and FlashInfer top-k/top-p kernels) sizes the pass (`sampler_pass_bytes`); ``v1/sample/sampler.py`` and the
-input batch hold the rest (`sampler_kept_bytes`, `sampler_state_bytes`).
+input batch hold the rest (`sampler_kept_bytes`, `sampler_state_bytes`); 0.33's Model Runner V2 also keeps a
+structured-output grammar bitmask on the device (`grammar_bitmask_bytes`).
 """
 
 from __future__ import annotations
@@ -185,3 +186,23 @@ def sampler_state_bytes(spec: ModelSpec, max_num_seqs: int, version: str) -> int
         return 0
     vocabulary = spec.vocab_size
     return max_num_seqs * (vocabulary + -(-vocabulary // 32)) * 4
+
+
+def grammar_bitmask_bytes(spec: ModelSpec, max_num_seqs: int, version: str) -> int:
+    """The structured-output buffers vLLM `version` allocates on the device of the last pipeline stage after the
+    weights are measured and keeps.  0.33's Model Runner V2 makes a ``StructuredOutputsWorker``
+    (v1/worker/gpu/structured_outputs.py, ``__init__``) in ``load_model`` (v1/worker/gpu/model_runner.py), after
+    "Model loading took" is measured and beside the ``Sampler`` (`sampler_state_bytes`), before the profiling run,
+    so 0.33's ``total_consumed`` takes it from the KV cache as it takes the penalty state: a ``grammar_bitmask`` of
+    ``max_num_logits x ceil(vocabulary / 32)`` int32 and ``logits_indices`` of ``max_num_logits`` int32, with
+    ``max_num_logits = max_num_reqs x decode_query_len``; ``decode_query_len`` is ``num_speculative_steps + 1``
+    (``num_new_sampled_tokens_per_step``, 1 in ModelState), so ``max_num_seqs`` rows where nibble plans 0.33 (its
+    speculative decoding is refused: `vllm_speculative`).  None in 0.11 and 0.19: the V1 runner's bitmask is the
+    scheduler's CPU array (v1/structured_output/__init__.py ``StructuredOutputManager``, the backend's
+    ``allocate_token_bitmask``, xgrammar's a CPU tensor), copied to the device per step only when a request asks
+    for structured output (v1/structured_output/utils.py ``apply_grammar_bitmask``: ``torch.from_numpy(...).to(
+    device)``, 1/8 byte a logit, freed before the sampler's larger float32 copies, which the profiling run's sampler
+    pass bounds)."""
+    if version != "0.33":
+        return 0
+    return max_num_seqs * (-(-spec.vocab_size // 32) + 1) * 4

@@ -144,8 +144,10 @@ def test_a_288_latent_model_is_refused_under_0_11_and_pinned_under_0_19_and_0_33
     # pinned: num_blocks = kv pool // (16 x 15,552), GPU KV cache size num_blocks x 16 (0.19) or
     # int(num_blocks / 257 x 4,100) (0.33); before, at 32-token blocks: 8,917,568 / 2,160 and 8,807,372 / 2,148;
     # 0.33 was 8,841,642 / 2,156 with a fixed 0.39 GiB graph estimate, 1.24 GiB now (83 capture sizes on 10.0 and
-    # FlashInfer's workspace, which the estimate measures: `vllm.cuda_graph_estimate`)
-    for release, tokens, sequences in (("0.19", 8_917_584, 2_168), ("0.33", 8_752_447, 2_134)):
+    # FlashInfer's workspace, which the estimate measures: `vllm.cuda_graph_estimate`); 0.33 then 13,111,296 bytes
+    # less pool for Model Runner V2's structured-output bitmask, 1024 x (ceil(102,400 / 32) + 1) x 4 (8,752,447 / 2,134
+    # before)
+    for release, tokens, sequences in (("0.19", 8_917_584, 2_168), ("0.33", 8_751_601, 2_134)):
         primary = _plan(LATENT_288, "b200", release).primary
         assert (primary.kv_capacity_tokens, primary.max_concurrent_sequences) == (tokens, sequences)
 
@@ -224,9 +226,10 @@ def test_a_given_block_triton_flashinfer_cannot_page_leaves_triton_at_that_block
 @pytest.mark.parametrize(("kv_cache_dtype", "before", "after"), [
     # GPU KV cache size / max concurrent sequences at 16-token blocks before -> 64 now (1,072,688 / 720 and
     # 2,145,376 / 1,442 with a fixed 0.39 GiB graph estimate, before it held the 83 capture sizes of 10.0 and
-    # FlashInfer's workspace: `vllm.cuda_graph_estimate`)
-    ("bf16", (1_095_867, 743), (1_051_494, 706)),
-    ("fp8", (2_191_737, 1_489), (2_102_988, 1_414)),
+    # FlashInfer's workspace: `vllm.cuda_graph_estimate`); then 33,566,720 bytes less pool for Model Runner V2's
+    # structured-output bitmask, 1024 x (ceil(262,208 / 32) + 1) x 4 (1,051,494 / 706 and 2,102,988 / 1,414 before)
+    ("bf16", (1_095_867, 743), (1_051_263, 706)),
+    ("fp8", (2_191_737, 1_489), (2_102_526, 1_413)),
 ])
 def test_gemma_3_with_vision_on_a_b200_under_0_33_is_counted_in_64_token_blocks(
         kv_cache_dtype: str, before: tuple[int, int], after: tuple[int, int]) -> None:

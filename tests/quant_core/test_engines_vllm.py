@@ -25,7 +25,7 @@ from quant_core.engines.vllm_encoders import rotary_cache_bytes
 from quant_core.engines.vllm_expert_layouts import mxfp4_expert_layout_bytes
 from quant_core.engines.vllm_linear import weight_allocation_slack
 from quant_core.engines.vllm_releases import startup_memory
-from quant_core.engines.vllm_sampler import sampler_pass_bytes
+from quant_core.engines.vllm_sampler import grammar_bitmask_bytes, sampler_pass_bytes
 from quant_core.errors import UnknownName
 from quant_core.formats import WeightFormat, float_format, fp8, int4
 from quant_core.hf_config import model_from_hf_config, model_from_sizes
@@ -470,6 +470,23 @@ def test_vllm_0_33_charges_the_samplers_penalty_state_on_the_last_stage() -> Non
     assert term.bytes >= passes + state
     assert "penalty state" not in profile.activation(first, limits, device=H100).basis
     assert "penalty state" not in VllmProfile("0.19").activation(last, limits, device=H100).basis
+
+
+def test_vllm_0_33_charges_the_structured_output_bitmask_it_keeps_on_the_device() -> None:
+    # gpu/structured_outputs.py StructuredOutputsWorker.__init__, made in gpu/model_runner.py load_model after "Model
+    # loading took" is measured: grammar_bitmask (max_num_seqs x ceil(128,256 / 32) = 4,008 int32) and logits_indices
+    # (max_num_seqs int32), 1024 x 4,009 x 4 = 16,420,864 bytes for Llama-3.1-8B at 1024 sequences (nibble charged
+    # the penalty state made beside it but not this); 0.11 and 0.19 hold the scheduler's bitmask on the CPU
+    spec = get_preset("llama-3.1-8b")
+    assert grammar_bitmask_bytes(spec, 1024, "0.33") == 1024 * 4008 * 4 + 1024 * 4 == 16_420_864
+    assert grammar_bitmask_bytes(spec, 1024, "0.19") == grammar_bitmask_bytes(spec, 1024, "0.11") == 0
+    limits = BatchLimits(8192, 1024)
+    last, first = _stage(spec), Stage(spec, 1, 2, (0, 16), False)
+    profile = VllmProfile("0.33")
+    term = profile.activation(last, limits, device=H100)
+    assert "grammar bitmask" in term.basis and "(15.7 MiB)" in term.basis
+    assert "grammar bitmask" not in profile.activation(first, limits, device=H100).basis
+    assert "grammar bitmask" not in VllmProfile("0.19").activation(last, limits, device=H100).basis
 
 
 @pytest.mark.parametrize(("log_id", "slack_mib"), [

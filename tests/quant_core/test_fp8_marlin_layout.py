@@ -30,6 +30,7 @@ from quant_core.catalog import device_facts, get_preset_info
 from quant_core.engines.base import Stage
 from quant_core.engines.vllm import VllmProfile
 from quant_core.engines.vllm_linear import _marlin_padded_nk, fp8_marlin_linear_repack_bytes, fp8_marlin_scale_bytes
+from quant_core.formats import fp8
 from quant_core.planner import Hardware, PlanOptions, Workload, plan
 from quant_core.schemes import scheme_from_quantization_config
 
@@ -304,3 +305,35 @@ def test_llama_70b_fp8_plan_on_a100_does_not_fit_where_the_linear_repack_has_no_
     assert not answer.primary.fits
     assert any("would run out of memory loading the model" in warning and "prepare_fp8_layer_for_marlin"
                in warning for warning in answer.warnings)
+
+
+@pytest.mark.parametrize(("release", "tensor_parallel", "capability", "expert_parallel", "refused"), [
+    # Qwen3-30B-A3B's 768-wide experts: 96 a rank at TP 8, which no Marlin MoE thread_k (64, 128) divides
+    ("0.19", 8, (8, 0), False, True), ("0.11", 8, (8, 6), False, True),
+    ("0.19", 4, (8, 0), False, False),  # 192 a rank
+    ("0.19", 8, (8, 0), True, False),  # whole experts, 768
+    ("0.19", 8, (9, 0), False, False),  # native fp8 experts, not Marlin
+    ("0.33", 8, (8, 0), False, False),  # marlin_moe_padded_intermediate pads 96 to 128
+])
+def test_fp8_experts_whose_rank_width_marlins_thread_tiles_do_not_divide_are_refused_before_0_33(
+        release: str, tensor_parallel: int, capability: tuple[int, int], expert_parallel: bool,
+        refused: bool) -> None:
+    # csrc/moe/marlin_moe_wna16/ops.cu: w2's GEMM has K = the rank's expert width, every thread config a thread_k of
+    # 64 or 128, so at 96 marlin_mm fails "Invalid thread config" in the profiling run; 0.11's
+    # prepare_moe_fp8_layer_for_marlin and 0.19's prepare_fp8_moe_layer_for_marlin repack the width unpadded.
+    # nibble planned it (the failure comes after the weights load)
+    spec = get_preset_info("qwen3-30b-a3b").spec
+    assert spec.moe_intermediate_size == 768
+    why = VllmProfile(release).format_refusal(spec, "fp8-per-tensor", tensor_parallel, expert_parallel, capability)
+    assert (why is not None) == refused
+    if why is not None:
+        assert "96 (768 / 8)" in why and "Invalid thread config" in why and "expert-parallel" in why
+
+
+def test_a_0_19_plan_of_qwen3_30b_a3b_fp8_per_tensor_on_eight_a100s_is_refused() -> None:
+    info = get_preset_info("qwen3-30b-a3b")
+    device = device_facts("a100-80gb")
+    assert device.compute_capability == (8, 0)
+    answer = plan(info.spec, Hardware(80 * GIB, 8, "a100-80gb", "A100 80GB"), Workload(4096, 1),
+                  PlanOptions(weight_format=fp8("tensor"), engine_version="0.19"))
+    assert answer.refusal is not None and "Marlin MoE kernel" in answer.refusal and "96 (768 / 8)" in answer.refusal

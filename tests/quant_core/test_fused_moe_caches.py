@@ -518,10 +518,11 @@ def test_vllm_0_33_charges_trtllms_block_fp8_buffers_for_qwen3_30b_a3b_on_a_b200
     unknown = fused_moe_caches(spec, 1, 8192, "0.33", "fp8-block128", UNKNOWN_DEVICE)
     assert (unknown.nbytes, unknown.transient) == (536_870_912, 33_554_432 + per_call - 536_870_912)
     assert fused_moe_caches(spec, 1, 8192, "0.33", "fp8-block128", H100).nbytes == 536_870_912
-    # the profiling peak at 1024 sequences: the sampler pass no longer holds Triton's workspace
+    # the profiling peak at 1024 sequences: the sampler pass no longer holds Triton's workspace; beside it Model
+    # Runner V2's structured-output bitmask, 1024 x (ceil(151,936 / 32) + 1) x 4 = 19,451,904 bytes
     stage = Stage(spec, 1, 1, (0, spec.num_layers), True)
     assert VllmProfile("0.33").activation(stage, BatchLimits(8192, 1024), "fp8-block128", B200).bytes \
-        == 3_406_086_144 - 536_870_912 + 33_554_432 == 2_902_769_664
+        == 3_406_086_144 - 536_870_912 + 33_554_432 + 19_451_904 == 2_922_221_568
 
 
 def test_vllm_0_33_charges_trtllms_mxfp4_buffers_for_gpt_oss_120b_on_a_b200() -> None:
@@ -561,14 +562,18 @@ def test_vllm_0_33_charges_trtllms_nvfp4_buffers_for_deepseek_v3_on_eight_b200s(
     assert (caches.nbytes, caches.persists, caches.transient) == (8192 * 7168 * 2, True, per_call)
     assert "TrtLlmNvFp4ExpertsMonolithic" in caches.basis
     # at 16 sequences the forward pass is the peak: beside the shared experts, 2 x 8192 x (3 x 7168 + 3 x 2048 / 8)
-    # + the layer's 2,046,134,276, against MLA's 2 x 8192 x (3 x 7168 + 9216) + Triton's kept 1,879,048,192
+    # + the layer's 2,046,134,276, against MLA's 2 x 8192 x (3 x 7168 + 9216) + Triton's kept 1,879,048,192; beside
+    # it Model Runner V2's structured-output bitmask, 16 x (ceil(129,280 / 32) + 1) x 4 = 258,624 bytes
     stage = Stage(spec, 8, 1, (0, spec.num_layers), True)
     profile = VllmProfile("0.33")
-    assert profile.activation(stage, BatchLimits(8192, 16), "nvfp4", B200).bytes == 2_411_868_672 + 28_674_052
+    assert profile.activation(stage, BatchLimits(8192, 16), "nvfp4", B200).bytes \
+        == 2_411_868_672 + 28_674_052 + 258_624
     assert (2 * 8192 * (21_504 + 768) + 117_440_512 + per_call
             - 2 * 8192 * (21_504 + 9216) - 1_879_048_192) == 28_674_052
-    # at 1024 sequences the sampler pass holds the 117,440,512-byte output, not Triton's workspace
-    assert profile.activation(stage, BatchLimits(8192, 1024), "nvfp4", B200).bytes == 2_978_088_964
+    # at 1024 sequences the sampler pass holds the 117,440,512-byte output, not Triton's workspace, beside the
+    # bitmask of 1024 x 4,041 x 4 = 16,551,936 bytes (2,978,088,964 before)
+    assert profile.activation(stage, BatchLimits(8192, 1024), "nvfp4", B200).bytes \
+        == 2_978_088_964 + 16_551_936 == 2_994_640_900
 
 
 def test_vllm_0_33_per_tensor_fp8_and_bf16_experts_on_a_b200_keep_the_larger_path() -> None:

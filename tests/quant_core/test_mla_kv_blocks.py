@@ -146,11 +146,13 @@ def test_deepseek_v2_lite_at_16_bits_is_counted_in_vllms_blocks(release: str, de
     # figures before were 1,310,928 tokens / 318 sequences / 20,480; 4,395,024 / 1,068 / 68,672;
     # 4,454,112 / 1,083 / 69,584; 4,416,162 / 1,077 / 69,200; 0.33 was 4,399,045 / 1,072 / 69,184 (138,408 blocks)
     # with a fixed 0.39 GiB graph estimate, now 386 MiB + (27 layers x 4.25 MiB + deepseek_v2's 709 MiB) x 83 / 51
-    # on 10.0's 83 capture sizes, 1.69 GiB (TRITON_MLA: no FlashInfer workspace)
+    # on 10.0's 83 capture sizes, 1.69 GiB (TRITON_MLA: no FlashInfer workspace); then 13,111,296 bytes less pool
+    # for Model Runner V2's structured-output bitmask, 1024 x (ceil(102,400 / 32) + 1) x 4 (4,354,613 tokens, 137,011
+    # blocks before)
     ("0.11", "h100-80gb", 1_310_912, 315, 20_480),  # 20,483 blocks of 64
     ("0.11", "b200", 4_395_008, 1_040, 68_608),  # 34,336 blocks of 128
     ("0.19", "b200", 4_454_112, 1_079, 69_568),  # 139,191 blocks of 32
-    ("0.33", "b200", 4_354_613, 1_062, 68_480),  # 137,011 blocks of 32
+    ("0.33", "b200", 4_354_200, 1_062, 68_480),  # 136,998 blocks of 32
 ])
 def test_deepseek_v2_lite_at_16_bits_pinned_figures(release: str, device_id: str, tokens: int, sequences: int,
                                                      context: int) -> None:
@@ -196,9 +198,11 @@ def test_the_0_19_deepseek_v2_lite_h100_log_pages_16_token_blocks() -> None:
     # blocks of 64 on H200 and 167 of 128 on B200 (623,296 / 149 and 1,114,880 / 263 before).  Then on 10.x (0.19,
     # 0.33) DeepGEMM's packed UE8M0 scales of the linear layers (transform_sf_into_required_layout: 21,329,040 bytes a
     # rank beyond the checkpoint's, test_deep_gemm_requant): 9 blocks of 32 fewer (35,840 -> 35,831 and
-    # 35,510 -> 35,501; 1,146,880 / 277 and 1,128,612 / 275 before)
-    ("0.11", "h200", 64, 601_984, 144), ("0.19", "h200", 16, 615_424, 149), ("0.33", "h200", 16, 587_384, 143),
-    ("0.11", "b200", 128, 1_093_504, 258), ("0.19", "b200", 32, 1_146_592, 277), ("0.33", "b200", 32, 1_128_326, 275),
+    # 35,510 -> 35,501; 1,146,880 / 277 and 1,128,612 / 275 before).  Then 0.33's structured-output bitmask (Model
+    # Runner V2's StructuredOutputsWorker, 1024 x (ceil(129,280 / 32) + 1) x 4 = 16,551,936 bytes a last-stage rank):
+    # 36,819 -> 36,804 blocks of 16 on H200, 35,501 -> 35,494 of 32 on B200 (587,384 and 1,128,326 tokens before)
+    ("0.11", "h200", 64, 601_984, 144), ("0.19", "h200", 16, 615_424, 149), ("0.33", "h200", 16, 587_145, 143),
+    ("0.11", "b200", 128, 1_093_504, 258), ("0.19", "b200", 32, 1_146_592, 277), ("0.33", "b200", 32, 1_128_103, 275),
 ])
 def test_deepseek_v3_at_16_bit_kv_on_eight_devices_is_counted_in_vllms_blocks(
         release: str, device_id: str, block: int, tokens: int, sequences: int) -> None:

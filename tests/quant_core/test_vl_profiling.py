@@ -166,8 +166,11 @@ def test_on_a_24_gb_card_the_encoder_pass_is_vllms_profiling_peak(model: str, ve
     # the rotary cos/sin cache (rotary_cache_bytes) is held beside the encoder's peak as beside the text pass, as are
     # the L4's cuBLAS workspaces, taken at the tower's first matrix product (on 0.19; 0.33's init_device takes them
     # before its start-up snapshot, where they are charged instead), and on 0.33 the sampler's penalty state
-    # for 256 sequences (Model Runner V2 allocates it with the Sampler, before profiling)
-    blas = (0 if version == "0.33" else blas_workspace_bytes(L4)) + sampler_state_bytes(spec, 256, version)
+    # for 256 sequences (Model Runner V2 allocates it with the Sampler, before profiling) and the structured-output
+    # grammar bitmask and logits indices made beside it, 256 x (ceil(vocabulary / 32) + 1) int32
+    # (gpu/structured_outputs.py StructuredOutputsWorker)
+    bitmask = 256 * (-(-spec.vocab_size // 32) + 1) * 4 if version == "0.33" else 0
+    blas = (0 if version == "0.33" else blas_workspace_bytes(L4)) + sampler_state_bytes(spec, 256, version) + bitmask
     assert charged.bytes == encoder[0] + deepstack + rotary_cache_bytes(spec, version) + blas
     assert charged.bytes - text - deepstack > 1.1 * GIB
     assert "dummy" in charged.basis and "the text pass:" in charged.basis

@@ -72,14 +72,15 @@ def test_per_token_head_bytes_per_token_are_vllm_0_33_page_size(model: str, tens
 
 
 @pytest.mark.parametrize(("dtype", "bytes_per_token", "capacity_tokens"), [
-    # the pool 0.33 leaves Llama-3.1-8B at bf16 weights on an H100 at 80 % (48,566,105,997 bytes, the same pool as
-    # its bf16 cache's) in 16-token blocks of 16 x 67,584 bytes: 44,912 blocks; int4: 87,183 blocks of 16 x 34,816;
+    # the pool 0.33 leaves Llama-3.1-8B at bf16 weights on an H100 at 80 % (48,549,685,133 bytes, the same pool as
+    # its bf16 cache's) in 16-token blocks of 16 x 67,584 bytes: 44,897 blocks; int4: 87,154 blocks of 16 x 34,816;
     # fp8 on the H100 (9.0, from 8.9): int8's pages.  48,694,032,269 bytes, 45,031 and 87,413 blocks (720,496 and
     # 1,398,608 tokens) with a fixed 400 MiB graph estimate, 522 MiB now (51 capture sizes, 386 MiB + 32 layers x
-    # 4.25 MiB)
-    (INT8, 67_584, 718_592),
-    (INT4, 34_816, 1_394_928),
-    (FP8, 67_584, 718_592),
+    # 4.25 MiB); 48,566,105,997 bytes, 44,912 and 87,183 blocks (718,592 and 1,394,928 tokens) before Model Runner
+    # V2's structured-output bitmask, 1024 x (ceil(128,256 / 32) + 1) x 4 = 16,420,864 bytes
+    (INT8, 67_584, 718_352),
+    (INT4, 34_816, 1_394_464),
+    (FP8, 67_584, 718_352),
 ])
 def test_a_0_33_plan_on_an_h100_holds_the_tokens_of_vllm_pages(dtype: str, bytes_per_token: int,
                                                                capacity_tokens: int) -> None:

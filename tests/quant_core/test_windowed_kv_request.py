@@ -77,26 +77,28 @@ def _gpt_oss_blocks(primary: FormatPlan, context_length: int) -> tuple[int, int,
 
 def test_gpt_oss_20b_on_an_l4_under_0_33_fits_only_the_sequences_vllm_s_blocks_hold() -> None:
     # 256 sequences of 2,048 tokens: each decoding sequence spans 9 blocks of its sliding group (not the 8 of a
-    # window of 128), 137 blocks in all; the pool holds 30,418 blocks, fewer than 255 x 137 + 257 = 35,192.  The
+    # window of 128), 137 blocks in all; the pool holds 30,385 blocks, fewer than 255 x 137 + 257 = 35,192.  The
     # planner said 256 fit (8 blocks a window: 256 x 136 = 34,816).  The pool was 34,861 blocks (253 sequences) with
-    # a fixed 0.39 GiB graph estimate; 0.33's is 386 MiB + 24 layers x 4.25 MiB + gpt_oss's 745 MiB, 1.20 GiB
+    # a fixed 0.39 GiB graph estimate; 0.33's is 386 MiB + 24 layers x 4.25 MiB + gpt_oss's 745 MiB, 1.20 GiB; then
+    # Model Runner V2's structured-output bitmask, 256 x (ceil(201,088 / 32) + 1) x 4 = 6,435,840 bytes: 33 blocks
+    # of 196,608 fewer (30,418 and 221 sequences before)
     primary = _plan("gpt-oss-20b", "l4", "0.33", 2048, 256, "fp8").comparison["int4"]
     num_blocks, decode, peak = _gpt_oss_blocks(primary, 2048)
-    assert (num_blocks, decode, peak) == (30_418, 137, 257)
+    assert (num_blocks, decode, peak) == (30_385, 137, 257)
     assert not primary.fits
-    assert primary.max_concurrent_sequences == 1 + (num_blocks - peak) // decode == 221
+    assert primary.max_concurrent_sequences == 1 + (num_blocks - peak) // decode == 220
 
 
 def test_a_sliding_window_plan_holds_more_sequences_than_vllm_s_maximum_concurrency_and_says_why() -> None:
-    # vLLM's "Maximum concurrency" reserves the peak (4,096 tokens in flight) for every request at once: 118.4x;
-    # the scheduler has one step in flight over all sequences, so the pool holds 221 at once.  The plan says so
-    # (135.6x and 253 with a fixed 0.39 GiB graph estimate)
+    # vLLM's "Maximum concurrency" reserves the peak (4,096 tokens in flight) for every request at once: 118.2x;
+    # the scheduler has one step in flight over all sequences, so the pool holds 220 at once.  The plan says so
+    # (135.6x and 253 with a fixed 0.39 GiB graph estimate; 118.4x and 221 before the structured-output bitmask)
     result = _plan("gpt-oss-20b", "l4", "0.33", 2048, 128, "fp8")
     primary = result.comparison["int4"]
     num_blocks, decode, peak = _gpt_oss_blocks(primary, 2048)
     assert primary.fits
     assert primary.engine_max_concurrency == num_blocks / peak
-    assert 1 <= primary.engine_max_concurrency < 221 == primary.max_concurrent_sequences
+    assert 1 <= primary.engine_max_concurrency < 220 == primary.max_concurrent_sequences
     assert primary.devices[0].kv_cache_bytes == (127 * decode + peak) * 16 * 1024 * 12
     note = next(warning for warning in result.warnings if "groups of 12" in warning)
     assert "137 blocks" in note and "257" in note and "Maximum concurrency" in note
