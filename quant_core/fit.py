@@ -263,7 +263,7 @@ def fit_plan(spec: ModelSpec, hardware: Hardware, workload: Workload | None = No
         elif refused:
             reason += f" (the engine refuses {', '.join(refused)} on these devices: no mix takes them)"
         if smallest.refusal:
-            reason = f"the engine refuses the layout: {smallest.refusal}"
+            reason = f"the engine refuses the plan: {smallest.refusal}"
     assumptions: tuple[str, ...] = (
         f"Method {FIT_METHOD} (no calibration data), asymmetric int4 with 4-bit zeros: each tensor "
         "may take int4 at g128, g64 or g32 (symmetric or asymmetric, at group sizes dividing its width), int8 "

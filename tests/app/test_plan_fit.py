@@ -177,7 +177,7 @@ def test_the_best_mix_on_a_v100_under_vllm_0_33_takes_no_refused_format_and_says
     assert fit["reason"].startswith("the engine refuses every quantized format a mix may take on these devices "
                                     "(int4-g128-asym, ")
     assert "), and the model does not fit even with every tensor at 16-bit (bf16): device 0 needs " in fit["reason"]
-    assert not fit["reason"].startswith("the engine refuses the layout")
+    assert not fit["reason"].startswith("the engine refuses the plan")
 
 
 def test_the_best_mix_where_the_release_runs_its_formats_refuses_none(client: TestClient) -> None:

@@ -117,3 +117,13 @@ def test_when_only_the_memory_outside_the_budget_is_short_the_reason_says_so_not
     assert f"allocates {(994 + 523) * 2**20} bytes outside its memory budget" in recipe.reason
     assert f"the {device.capacity_bytes - device.usable_bytes} bytes the budget leaves free" in recipe.reason
     assert "bytes more" not in recipe.reason
+
+
+def test_a_context_the_engine_refuses_is_said_as_the_engines_refusal_of_the_plan_not_of_the_layout() -> None:
+    # gpt2 at 32,768 tokens: vLLM 0.19 starts it with 1024 at most (n_positions), whatever the weights' formats
+    recipe = fit_plan(catalog.get_preset("gpt2"), Hardware(catalog.get_device("h100-80gb").planning_bytes, 1),
+                      Workload(32768, 1))
+    assert not recipe.plan.fits
+    assert recipe.reason is not None
+    assert recipe.reason.startswith("the engine refuses the plan: vLLM 0.19 refuses a context "
+                                    "(workload.context_length) of 32768 tokens"), recipe.reason
