@@ -25,6 +25,7 @@ from __future__ import annotations
 import math
 
 from quant_core.engines.base import ContextLimit
+from quant_core.identity_memo import IdentityMemo
 from quant_core.specs import ModelSpec
 
 #: the environment variable that lets vLLM start above the derived length (envs.py), and what vLLM says of it
@@ -48,11 +49,22 @@ def _number(value: float) -> str:
     return str(int(value)) if value == int(value) else f"{value:g}"
 
 
+#: each spec's derived length per release, asked several times a plan (its refusal, its longest context, warnings)
+_DERIVED: IdentityMemo[tuple[ContextLimit | None]] = IdentityMemo(256)
+
+
 def derived_max_model_len(spec: ModelSpec, version: str) -> ContextLimit | None:
     """The longest ``--max-model-len`` vLLM `version` starts `spec` with without ``VLLM_ALLOW_LONG_MAX_MODEL_LEN``:
     its derived ``max_model_len`` (or the config's ``model_max_length`` when that is more: vLLM accepts up to it), or
     None when the spec does not say what its config states (explicit sizes without ``max_position_embeddings``):
     nothing is then refused."""
+    known = _DERIVED.get((spec,), version)
+    if known is None:
+        known = _DERIVED.put((spec,), version, (_derive(spec, version),))
+    return known[0]
+
+
+def _derive(spec: ModelSpec, version: str) -> ContextLimit | None:
     stated = _stated(spec)
     if stated is None:
         return None
