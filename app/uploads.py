@@ -28,6 +28,7 @@ import itertools
 import operator
 import os
 import shutil
+import socket
 import tempfile
 from collections.abc import AsyncIterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -453,21 +454,32 @@ async def _stream(request: Request, settings: Settings, collector: _Collector, b
         raise MalformedUpload(f"the multipart body cannot be parsed: {exc}", field="body") from exc
 
 
-#: an upload's spool directory is named for the process that owns it, so that a later start can tell the spools
-#: of a killed process (SIGKILL, the OOM killer: no cleanup ran) from those of a live worker beside it
+#: an upload's spool directory is named for the host and the process that own it, so that a later start can tell the
+#: spools of a killed process (SIGKILL, the OOM killer: no cleanup ran) from those of a live worker beside it, and
+#: leaves alone those of another host (a replica sharing the directory, whose process ids are not ours to read)
 SPOOL_PREFIX = "nibble-upload-"
 
 
-def remove_orphaned_spools(temp_dir: Path | None) -> int:
-    """Delete the upload spools in `temp_dir` (default: the system's) whose owning process is gone; the count.
+def _spool_owner() -> str:
+    """This process's part of a spool's name: the host (its name's characters a path allows) and the process id."""
+    host = "".join(c if c.isalnum() or c in "._" else "_" for c in socket.gethostname()) or "host"
+    return f"{host}-{os.getpid()}"
 
-    A process that dies without its cleanup leaves each upload it was receiving on disk. A spool whose owner is
-    alive (another worker of the same server), or cannot be told, is left alone.
+
+def remove_orphaned_spools(temp_dir: Path | None) -> int:
+    """Delete this host's upload spools in `temp_dir` (default: the system's) that no live process of it is
+    receiving: those of a process that is gone, and those named for this very process, which has received nothing
+    yet (a container restarted after a kill starts with the same process id, often 1); the count.
+
+    Call it once at start-up, before any upload. A spool of a live sibling worker, or of another host, is left alone.
     """
     removed = 0
-    for directory in Path(temp_dir or tempfile.gettempdir()).glob(f"{SPOOL_PREFIX}*-*"):
-        owner = directory.name[len(SPOOL_PREFIX):].split("-", 1)[0]
-        if not owner.isdigit() or int(owner) <= 0 or not directory.is_dir() or _alive(int(owner)):
+    host = _spool_owner().rsplit("-", 1)[0]
+    for directory in Path(temp_dir or tempfile.gettempdir()).glob(f"{SPOOL_PREFIX}{host}-*-*"):
+        owner = directory.name[len(f"{SPOOL_PREFIX}{host}-"):].split("-", 1)[0]
+        if not owner.isdigit() or int(owner) <= 0 or not directory.is_dir():
+            continue
+        if int(owner) != os.getpid() and _alive(int(owner)):
             continue
         shutil.rmtree(directory, ignore_errors=True)
         removed += 1
@@ -504,7 +516,7 @@ async def receive_upload(request: Request, settings: Settings,
     budget = max_file_bytes + MULTIPART_OVERHEAD_BYTES + limits.max_parts * PART_OVERHEAD_BYTES
     if declared is not None and declared.isdigit() and int(declared) > budget:
         raise LimitExceeded(limits.limit, int(declared), max_file_bytes, field="file")
-    directory = Path(tempfile.mkdtemp(prefix=f"{SPOOL_PREFIX}{os.getpid()}-", dir=settings.temp_dir))
+    directory = Path(tempfile.mkdtemp(prefix=f"{SPOOL_PREFIX}{_spool_owner()}-", dir=settings.temp_dir))
     collector = _Collector(directory, limits, settings)
     spool = SpoolWriter()
     try:
