@@ -114,9 +114,11 @@ class _Version:
 # 1.39 GiB from NCCL's code; the rest (the communicator's own state and its ring and tree connections at 8 ranks) no
 # code here sizes.  vllm#9699 measured the mechanism on 8 x H200 (Llama-3.1-405B at TP=8, vLLM 0.6): 17,595 KV blocks
 # with NVLS on against 227.. with NCCL_NVLS_ENABLE=0 (the public copy is cut there), about 5 GiB a rank of its ~1 MiB
-# blocks, when NCCL's NVLS buffer was 2.25 GiB a communicator ("nvlsTotalSize 2415919104").  No 0.11 log at TP=4: it
-# takes TP=2's figure.
-_NON_TORCH_V0_11 = _NonTorch(144 * MIB, ((2, 564 * MIB), (8, 1989 * MIB)), None,
+# blocks, when NCCL's NVLS buffer was 2.25 GiB a communicator ("nvlsTotalSize 2415919104").  No 0.11 log at TP=4: both
+# mechanisms are at work there too (the communicator made inside the profiling run; NVLS on above two GPUs), and what
+# four ranks hold between TP=2's 564 MiB and eight's 1,989 is not known, so TP=4 to 7 take the 8-rank figure, the
+# safe side (at most 1,425 MiB a rank more than they may hold).
+_NON_TORCH_V0_11 = _NonTorch(144 * MIB, ((2, 564 * MIB), (4, 1989 * MIB), (8, 1989 * MIB)), None,
                              "llm-d-benchmark's vLLM v0.11 H100 logs (0.13-0.14 GiB on one GPU, 0.54-0.55 GiB at "
                              "TP=2) and vLLM's Kimi-K2-Thinking recipe run on eight H200s (1.94 GiB at TP=8, what its "
                              "logged KV cache leaves beside its weights and profiling peak: NCCL's NVLink SHARP "

@@ -264,8 +264,9 @@ def test_vllm_0_11s_non_torch_memory_at_8_ranks_is_what_the_kimi_run_leaves() ->
     # in the profiling run (vLLM's PyNccl all-reduces, PyTorch's logits all-gather)
     nvls = 2 * 16 * 2 * (128 * 1024 * 8) * 8
     assert nvls == 512 * MIB < charged.bytes - 564 * MIB
-    # four ranks have no 0.11 log: TP=2's figure; more than eight take eight's
-    for ranks, mib in ((2, 564), (4, 564), (8, 1989), (16, 1989)):
+    # four ranks have no 0.11 log, and NVLS is on above two GPUs there too: eight's figure, the safe side; more
+    # than eight take eight's
+    for ranks, mib in ((2, 564), (4, 1989), (8, 1989), (16, 1989)):
         assert VllmProfile("0.11").non_torch(_stage(spec, ranks)).bytes == mib * MIB
     # and the plan holds no more than the 715,072 tokens vLLM logged (-0.18 %; +2.79 % at TP=2's 0.55 GiB)
     assert -0.002 < _capacity_error(KIMI["id"], "catalog device") <= 0
