@@ -583,17 +583,63 @@ def int4_linear_repack_transient_bytes(version: str, layout: str, in_features: i
     return in_features * out_features if layout in ("compressed-tensors", "nvfp4") else in_features * out_features // 2
 
 
+def machete_linear_repack_transient_bytes(layout: str, in_features: int, out_features: int, act_order: bool) -> int:
+    """What one rank holds only while MacheteLinearKernel (compute capability 9.0; mixed_precision/machete.py,
+    ``process_weights_after_loading``'s ``transform_w_q``, in 0.11, 0.19 and 0.33 alike) rewrites one int4 linear
+    layer of `layout` ("gptq", "awq" after its conversion, "compressed-tensors"; ``in_features x out_features`` on the
+    rank) beyond the layer's loaded tensors, each tensor as PyTorch's allocator counts it
+    (`torch_cuda.allocated_block_bytes`):
+
+    * without act order: ``permute_param_layout_`` views the packed weight as ``[in / 8, out]`` int32 and
+      ``machete_prepack_B(x.data.t().contiguous().t())`` writes the prepacked weight (``_custom_ops.py``
+      ``machete_prepack_B_fake``: ``empty_like`` the input, ``in x out / 2`` bytes) while the loaded one is bound.
+      GPTQ's qweight, and AWQ's after ``_convert_awq_to_standard_format`` (``new_qw.contiguous()``), are ``[in / 8,
+      out]`` contiguous, so ``.t()`` is not and ``.contiguous()`` copies it first: ``2 x in x out / 2``;
+      compressed-tensors' weight_packed is ``[out, in / 8]`` (input_dim 1), its permuted view's ``.t()`` is
+      contiguous and not copied: the prepacked output alone;
+    * with act order (GPTQ ``desc_act``, 0.11 and 0.19 only, a layer whose input is not split):
+      ``unpack_quantized_values_into_int32`` (quantization/utils/quant_utils.py) fills an int32 ``[out, in]``
+      (``4 x in x out``) from two ``[out, in / 8]`` int32 temporaries at once (``(w >> shift) & mask``);
+      ``x_unpacked[perm, :]`` gathers a second ``4 x in x out`` beside it; ``pack_quantized_values_into_int32`` then
+      writes an int32 ``[out, in / 8]`` result from two more such temporaries (``(w[..., i::8] & mask) << shift``),
+      both unpacked copies and the loaded qweight still bound: ``2 x 4 x in x out + 3 x in x out / 2`` (9.5 times
+      ``in x out``, 19 times the packed weight).  The packed result, ``res.permute``, is ``[in / 8, out]`` with
+      ``.t()`` contiguous, so the prepack makes no copy; its output (``in x out / 2``) comes after the loaded
+      qweight was replaced: ``2 x 4 x in x out + in x out / 2`` beyond it, below the packing step.
+
+    The scales' step (``transform_w_s``: a contiguous copy of ``G x out`` 16-bit values) and the zero points'
+    (``transform_w_zp``, int32 and 16-bit ``[G, out]`` copies) come after the weight's temporaries are freed and
+    are a group's fraction of them; the int32 ``argsort(g_idx)`` is held after loading
+    (`gptq_linear_held_bytes`)."""
+    packed = allocated_block_bytes(in_features * out_features // 2)
+    if act_order:
+        return 2 * allocated_block_bytes(4 * in_features * out_features) + 3 * packed
+    return packed if layout == "compressed-tensors" else 2 * packed
+
+
+def _machete_takes(capability: tuple[int, int], in_features: int, out_features: int, group_size: int) -> bool:
+    """Whether ``choose_mp_linear_kernel`` (0.11, 0.19, 0.33) takes MacheteLinearKernel for one rank's AWQ (after its
+    conversion, 0.19 and 0.33) or compressed-tensors int4 layer without act order: compute capability 9.0, a group
+    Machete supports (`MACHETE_GROUPS`) and the rank's in/out features multiples of 64/128
+    (``check_machete_supports_shape``); CutlassW4A8, ahead of it, wants fp8 activations."""
+    return (capability == HUMMING_PREFERRED_CAPABILITY
+            and (None if group_size == -1 else group_size) in MACHETE_GROUPS
+            and in_features % MACHETE_BLOCK_IN == 0 and out_features % MACHETE_BLOCK_OUT == 0)
+
+
 def int4_marlin_linear_repack_bytes(stage: Stage, version: str, dense_format: str,
                                     device: DeviceFacts) -> Term | None:
     """What one rank holds only while vLLM `version` rewrites its largest int4 linear layer (attention or dense MLP,
-    stored as `dense_format`, a GPTQ, AWQ or compressed-tensors checkpoint) for Marlin, beyond the loaded tensors:
-    `int4_linear_repack_transient_bytes` of the layers that take that path.  GPTQ (symmetric): the layers
-    `gptq_dense_kernel` runs on Marlin; compressed-tensors: every layer off compute capability 9.0 (Machete or
-    Humming there, not read), aligned to Marlin's tiles before 0.33; AWQ: every layer awq_marlin.py /
-    auto_awq.py takes (``check_marlin_supports_layer``: aligned to Marlin's tiles before 0.33, whole groups on the
-    rank in 0.33) on any device from `GPTQ_MARLIN_FLOORS`, since 0.19 and 0.33 convert the AWQ layout whatever
-    kernel follows (Machete's and Humming's own steps after it not read).  Each module's
-    process_weights_after_loading runs after every weight is loaded, one at a time (model_loader/utils.py
+    stored as `dense_format`, a GPTQ, AWQ or compressed-tensors checkpoint) for Marlin or Machete, beyond the loaded
+    tensors: `int4_linear_repack_transient_bytes` of the layers on Marlin, `machete_linear_repack_transient_bytes` of
+    those on Machete (compute capability 9.0), the largest of them.  GPTQ (symmetric): the kernel
+    `gptq_dense_kernel` gives (Machete with act order in 0.11 and 0.19 where the layer's input is not split);
+    compressed-tensors: Machete where it takes the layer (`_machete_takes`), else Marlin, aligned to its tiles before
+    0.33 (0.33 on 9.0 runs Humming there, its steps not read); AWQ: every layer awq_marlin.py / auto_awq.py takes
+    (``check_marlin_supports_layer``: aligned to Marlin's tiles before 0.33, whole groups on the rank in 0.33) on any
+    device from `GPTQ_MARLIN_FLOORS`, since 0.19 and 0.33 convert the AWQ layout whatever kernel follows (on Machete
+    its prepack comes after the conversion's temporaries are freed, and is smaller; Humming's steps not read).  Each
+    module's process_weights_after_loading runs after every weight is loaded, one at a time (model_loader/utils.py
     ``process_weights_after_loading``), so only the largest layer's counts, before "Model loading took" is measured
     and the KV cache sized.  Models of `FUSED_LINEAR_MODEL_TYPES` without MLA or shared experts; None elsewhere, for
     GPTQ act order in 0.33 (refused) and where no layer takes these paths.  NVFP4 linear layers: those
@@ -621,27 +667,55 @@ def int4_marlin_linear_repack_bytes(stage: Stage, version: str, dense_format: st
     shapes = ((qkv, False), (o_proj, tensor_parallel > 1)) + (((gate_up, False), (down, tensor_parallel > 1))
                                                               if dense else ())
     aligned_only = version not in FP8_MARLIN_PADDING_VERSIONS
-    largest, basis = 0, ""
+    largest, basis, kernel = 0, "", ""
     for (in_features, out_features), row_parallel in shapes:
         if group > 0 and in_features % group:
             continue  # a group straddling the rank's shard: refused, or AWQ's own kernel as loaded
         aligned = out_features % GPTQ_MARLIN_MIN_THREAD_N == 0 and in_features % GPTQ_MARLIN_MIN_THREAD_K == 0
         if layout == "gptq":
-            if gptq_dense_kernel(version, capability, in_features, out_features, group, act_order,
-                                 row_parallel) != "marlin":
+            chosen = gptq_dense_kernel(version, capability, in_features, out_features, group, act_order,
+                                       row_parallel)
+            if chosen not in ("marlin", "machete"):
                 continue
-        elif (aligned_only and not aligned) or (layout == "compressed-tensors"
-                                                 and capability == HUMMING_PREFERRED_CAPABILITY):
-            continue
-        transient = int4_linear_repack_transient_bytes(version, layout, in_features, out_features, group)
+        elif layout == "awq" and version not in AWQ_STANDARD_FORMAT_VERSIONS:
+            if aligned_only and not aligned:
+                continue
+            chosen = "marlin"  # 0.11's awq_marlin.py repacks for Marlin itself, 9.0 too
+        elif _machete_takes(capability, in_features, out_features, group):
+            chosen = "machete"
+        elif aligned_only and not aligned:
+            continue  # 0.11/0.19: another kernel (AWQ's own, as loaded)
+        elif (layout == "compressed-tensors" and version == "0.33"
+              and capability == HUMMING_PREFERRED_CAPABILITY):
+            continue  # 0.33 on 9.0: Humming ahead of Marlin (prioritize_humming), its steps not read
+        else:
+            chosen = "marlin"  # AWQ in 0.33 on 9.0 Humming's after the conversion, which is what is counted
+        if chosen == "machete":
+            transient = machete_linear_repack_transient_bytes(layout, in_features, out_features, act_order)
+            if layout == "awq":  # the conversion first, its temporaries freed before Machete's
+                transient = max(transient, int4_linear_repack_transient_bytes(version, layout, in_features,
+                                                                               out_features, group))
+        else:
+            transient = int4_linear_repack_transient_bytes(version, layout, in_features, out_features, group)
         if transient > largest:
-            largest, basis = transient, f"{in_features} x {out_features}"
+            largest, basis, kernel = transient, f"{in_features} x {out_features}", chosen
     if not largest:
         return None
     if layout == "awq" and version in AWQ_STANDARD_FORMAT_VERSIONS:
         how = ("_convert_awq_to_standard_format (awq_marlin.py in 0.19, auto_awq.py in 0.33) unpacks its 4-bit values "
                "to int32, two copies of 4 bytes a weight bound while the new qweight is summed: 17 times the packed "
-               "weight")
+               "weight" + ("; Machete's prepack after it (a contiguous copy and its output) is smaller"
+                           if kernel == "machete" else ""))
+    elif kernel == "machete" and act_order:
+        how = ("MacheteLinearKernel.process_weights_after_loading (transform_w_q) unpacks the qweight to int32 "
+               "[in, out] (unpack_quantized_values_into_int32), gathers it in act order (x_unpacked[perm, :]) and "
+               "packs that again (pack_quantized_values_into_int32) with both int32 copies bound beside the loaded "
+               "qweight: 19 times the packed weight")
+    elif kernel == "machete":
+        copy = (" (the permuted weight_packed needs no contiguous copy)" if layout == "compressed-tensors" else
+                " beside its contiguous transposed copy")
+        how = ("MacheteLinearKernel.process_weights_after_loading (transform_w_q) writes machete_prepack_B's "
+               f"output{copy} while the loaded one is bound")
     elif layout == "awq":
         how = "awq_marlin_repack (awq_marlin.py AWQMarlinLinearMethod) writes the Marlin weight beside the loaded one"
     else:
@@ -651,7 +725,7 @@ def int4_marlin_linear_repack_bytes(stage: Stage, version: str, dense_format: st
                                                   "marlin_padded_nk pads the layer" if not aligned_only else ""))
     return Term(largest, (
         f"{largest / GIB:.2f} GiB while vLLM {version} rewrites its largest {dense_format} linear layer "
-        f"(in x out {basis} on the rank) for Marlin: {how}"))
+        f"(in x out {basis} on the rank) for {'Machete' if kernel == 'machete' else 'Marlin'}: {how}"))
 
 
 #: The compute capability from which each vLLM release runs fp8 [128, 128]-block weights natively, below which it runs

@@ -203,12 +203,16 @@ def test_llama_8b_int4_repack_on_a100_is_the_largest_layer_s() -> None:
 
 
 def test_awq_is_converted_on_hopper_too_where_gptq_and_compressed_tensors_run_machete() -> None:
-    # 0.19/0.33's AWQ method converts the layout before choose_mp_linear_kernel's kernel (Machete on 9.0) sees it
+    # 0.19/0.33's AWQ method converts the layout before choose_mp_linear_kernel's kernel (Machete on 9.0) sees it;
+    # GPTQ and compressed-tensors go straight to Machete's prepack (test_machete_repack.py): gate_up_proj 4096 x
+    # 28672, GPTQ's contiguous transposed copy and the prepacked output, 2 x 58,720,256; compressed-tensors' permuted
+    # weight_packed needs no copy, the output alone (these were None before Machete's rewrite was read)
     stage = _stage(_llama_8b(), 1)
     for version in ("0.19", "0.33"):
         assert _bytes(int4_marlin_linear_repack_bytes(stage, version, "int4-g128-asym-awq", H100)) == 998_244_352
-        assert int4_marlin_linear_repack_bytes(stage, version, "int4-g128-sym-gptq", H100) is None
-        assert int4_marlin_linear_repack_bytes(stage, version, "int4-g128-sym-compressed-tensors", H100) is None
+        assert _bytes(int4_marlin_linear_repack_bytes(stage, version, "int4-g128-sym-gptq", H100)) == 117_440_512
+        assert _bytes(int4_marlin_linear_repack_bytes(stage, version, "int4-g128-sym-compressed-tensors",
+                                                      H100)) == 58_720_256
 
 
 def test_qwen2_5_72b_gptq_row_repack_at_tp_8_is_padded_in_033() -> None:
