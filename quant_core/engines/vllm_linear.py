@@ -700,8 +700,13 @@ FP8_MARLIN_MODEL_TYPES = frozenset(FUSED_LINEAR_MODEL_TYPES) | {
 #: qwen3_next.py (Qwen3NextForCausalLM) and qwen3_5.py (Qwen3_5DecoderLayer: Qwen3.5's dense ``qwen3_5_text`` MLP
 #: or Qwen3.5-MoE's sparse block, Qwen3-Next's layers otherwise), vLLM 0.19 and 0.33
 GATED_DELTA_NET_MODEL_TYPES = frozenset({"qwen3_next", "qwen3_5", "qwen3_5_moe"})
-#: the model types whose fp8 linear layers `_fp8_linear_layers` lists
-FP8_LINEAR_MODEL_TYPES = FP8_MARLIN_MODEL_TYPES | GATED_DELTA_NET_MODEL_TYPES
+#: the model types whose fp8 linear layers `_fp8_linear_layers` lists: those of `FP8_MARLIN_MODEL_TYPES`, the Gated
+#: DeltaNet models, Llama 4 (llama4.py, 0.19 and 0.33: a QKVParallelLinear qkv_proj and an o_proj, the dense layers'
+#: LlamaMLP of ``intermediate_size_mlp`` (nibble's `intermediate_size`), the MoE layers' shared_expert LlamaMLP of
+#: the expert width, all with the model's quant_config; the router quant_config=None) and gpt-oss (gpt_oss.py: a
+#: qkv_proj and an o_proj with quant_config, no dense MLP or shared expert).  Not listed: Falcon and GPT-2 (their
+#: MLPs are not gated; no block-fp8 checkpoint of them is known)
+FP8_LINEAR_MODEL_TYPES = FP8_MARLIN_MODEL_TYPES | GATED_DELTA_NET_MODEL_TYPES | {"llama4", "gpt_oss"}
 
 
 def fp8_marlin_scale_bytes(out_features: int, in_features: int, block: bool = True) -> int:

@@ -319,6 +319,21 @@ def test_qwen3_5_moe_fp8_is_requantized_on_9_0_but_not_where_vllm_turns_deep_gem
     assert deep_gemm_requant_bytes(_stage("qwen3-next-80b-a3b-instruct", 1), version, "fp8-block128", B200)
 
 
+@pytest.mark.parametrize("version", ["0.19", "0.33"])
+def test_llama_4_and_gpt_oss_block_fp8_linear_layers_are_requantized_too(version: str) -> None:
+    # Llama 4 Maverick at TP 8 (llama4.py: qkv_proj, o_proj, the dense layers' LlamaMLP of intermediate_size_mlp
+    # 16384, the shared expert's of 8192): the dense gate_up_proj, 2 x 16384 / 8 = 4096 x 5120 (40 groups), is the
+    # largest: 4 x 4096 x 40 + 4 x 4096 x 5120 + 8 x 4096 x 5120 = 655,360 + 83,886,080 + 167,772,160
+    term = deep_gemm_requant_bytes(_stage("llama-4-maverick-17b-128e-instruct", 8), version, "fp8-block128", H100)
+    assert term is not None and term.bytes == 252_313_600 and "4096 x 5120" in term.basis
+    # gpt-oss-20b at TP 1 (gpt_oss.py: qkv_proj and o_proj with the quant_config): hidden 2880 is no multiple of 128,
+    # so qkv_proj (K 2880) is not DeepGEMM's; o_proj, 2880 x 64 x 64 = 2880 x 4096, is (2880 % 64 == 0): Np = 2944,
+    # 4 x 2944 x 32 = 376,832, s_exp 4 x 2944 x 4096 = 48,234,496, and the float32 copy and product 4 x 2880 x 4096 =
+    # 47,185,920 (45 MiB) each in a 2 MiB-rounded segment of 48,234,496 (torch_cuda.allocated_block_bytes)
+    gpt = deep_gemm_requant_bytes(_stage("gpt-oss-20b", 1), version, "fp8-block128", H100)
+    assert gpt is not None and gpt.bytes == 376_832 + 3 * 48_234_496 == 145_080_320 and "2880 x 4096" in gpt.basis
+
+
 def test_one_moe_layers_expert_requant_keeps_the_previous_experts_results_beside_the_next_ones() -> None:
     # requant_weight_ue8m0_inplace's loop over [E, N, K]: from the second expert on, the previous w_dq (4 N K),
     # w_requant (N K) and s_requant (4 Ns Ks) are still bound while the next w_dq is computed.  DeepSeek-V3 TP 8, w13
