@@ -764,10 +764,23 @@ FP8_MARLIN_LABELS: dict[str, bool] = {"fp8-block128": True, "fp8-per-tensor": Fa
 #: qwen2_5_vl.py (Qwen2Model), qwen3_vl.py (Qwen3's layers), qwen3_vl_moe.py (Qwen3-MoE's), mistral3.py (Llama's);
 #: SmolLM3 runs on the Transformers backend with q, k, v, gate and up as separate parallel layers: the same scales,
 #: and the fused layer as its largest is the safe side of its repack (`fp8_marlin_linear_repack_bytes`).  Not
-#: listed (no term): Qwen3-Next and Qwen3.5-MoE's gated-delta-net layers, Llama 4's, Falcon's and GPT-2's (not read)
+#: listed (no Marlin term): Qwen3-Next and Qwen3.5's gated-delta-net models (their layers are listed, for DeepGEMM:
+#: `FP8_LINEAR_MODEL_TYPES`), Llama 4's, Falcon's and GPT-2's (not read)
 FP8_MARLIN_MODEL_TYPES = frozenset(FUSED_LINEAR_MODEL_TYPES) | {
     "minimax_m2", "glm4_moe", "deepseek_v32", "glm_moe_dsa", "gemma3_text", "glm4", "olmo2", "olmo3", "phi3",
     "seed_oss", "qwen2_5_vl", "qwen3_vl", "qwen3_vl_moe", "mistral3", "smollm3"}
+#: the hybrid models of nibble's ``qwen3_next`` layout, whose decoder layers `_fp8_linear_layers` lists from their
+#: Gated DeltaNet and gated full-attention projections (`_gated_delta_net_shapes`, `_gated_attention_shapes`):
+#: qwen3_next.py (Qwen3NextForCausalLM) and qwen3_5.py (Qwen3_5DecoderLayer: Qwen3.5's dense ``qwen3_5_text`` MLP
+#: or Qwen3.5-MoE's sparse block, Qwen3-Next's layers otherwise), vLLM 0.19 and 0.33
+GATED_DELTA_NET_MODEL_TYPES = frozenset({"qwen3_next", "qwen3_5", "qwen3_5_moe"})
+#: the model types whose fp8 linear layers `_fp8_linear_layers` lists: those of `FP8_MARLIN_MODEL_TYPES`, the Gated
+#: DeltaNet models, Llama 4 (llama4.py, 0.19 and 0.33: a QKVParallelLinear qkv_proj and an o_proj, the dense layers'
+#: LlamaMLP of ``intermediate_size_mlp`` (nibble's `intermediate_size`), the MoE layers' shared_expert LlamaMLP of
+#: the expert width, all with the model's quant_config; the router quant_config=None) and gpt-oss (gpt_oss.py: a
+#: qkv_proj and an o_proj with quant_config, no dense MLP or shared expert).  Not listed: Falcon and GPT-2 (their
+#: MLPs are not gated; no block-fp8 checkpoint of them is known)
+FP8_LINEAR_MODEL_TYPES = FP8_MARLIN_MODEL_TYPES | GATED_DELTA_NET_MODEL_TYPES | {"llama4", "gpt_oss"}
 
 
 def fp8_marlin_scale_bytes(out_features: int, in_features: int, block: bool = True) -> int:
@@ -819,17 +832,55 @@ def fp8_marlin_device(version: str, device: DeviceFacts, experts: bool, block: b
     return capability < (FP8_MARLIN_BELOW[version][0 if experts else 1] if block else FP8_TENSOR_MARLIN_BELOW)
 
 
+def _gated_delta_net_shapes(spec: ModelSpec, tensor_parallel: int) -> tuple[tuple[int, int], ...]:
+    """(out features, in features) of one rank's linear layers in a Gated DeltaNet layer (vLLM 0.19
+    layers/mamba/gdn_linear_attn.py, 0.33 layers/mamba/gdn/qwen_gdn_linear_attn.py ``GatedDeltaNetAttention``, each
+    built with the model's quant_config): the MergedColumnParallelLinear ``in_proj_qkvz`` of
+    ``2 x key_dim + 2 x value_dim`` (Qwen3.5's four checkpoint shards merged into it alike), ``in_proj_ba`` of two
+    rows a value head, both split over the ranks, and the RowParallelLinear ``out_proj`` [hidden, value_dim / tp].
+    vLLM notes "ba_proj doesn't support blockwise fp8 quantization" (Qwen's FP8 checkpoints leave it unquantized), but
+    nibble charges it as quantized like the checkpoint's other projections, so it is listed: the safe side (its
+    requant is the smallest of the layer's; on 10.x its packed scales are ~1 KB a layer at TP 1)."""
+    linear = spec.linear_attention
+    if linear is None:
+        return ()
+    return (((2 * linear.key_dim + 2 * linear.value_dim) // tensor_parallel, spec.hidden_size),
+            (2 * linear.num_value_heads // tensor_parallel, spec.hidden_size),
+            (spec.hidden_size, linear.value_dim // tensor_parallel))
+
+
+def _gated_attention_shapes(spec: ModelSpec, tensor_parallel: int) -> tuple[tuple[int, int], ...]:
+    """(out features, in features) of one rank's linear layers in a full-attention layer of a Gated DeltaNet model
+    (qwen3_next.py ``Qwen3NextAttention``, 0.19 and 0.33): the QKVParallelLinear qkv_proj of
+    ``heads x (1 + attn_output_gate)`` query heads (the output gate rides with q) and the KV heads, and the
+    RowParallelLinear o_proj [hidden, heads x head_dim / tp]."""
+    heads, kv_heads = spec.num_attention_heads // tensor_parallel, max(1, spec.num_kv_heads // tensor_parallel)
+    gate = 2 if spec.attention_output_gate else 1
+    return (((gate * heads + 2 * kv_heads) * spec.head_dim, spec.hidden_size),
+            (spec.hidden_size, heads * spec.head_dim))
+
+
 def _fp8_linear_layers(stage: Stage) -> tuple[tuple[int, int, int], ...]:
     """(count, out features, in features) of one rank's quantized linear layers in the stage's decoder layers, for a
-    model of `FP8_MARLIN_MODEL_TYPES`: the attention's (`_fp8_attention_shapes`) in every layer, the merged
-    gate_up_proj and the down_proj of the dense MLP in the dense layers (every layer of a dense model) and of the
-    shared experts in the MoE layers (whole under expert parallelism where `shared_experts_whole`)."""
+    model of `FP8_LINEAR_MODEL_TYPES`: the attention's (`_fp8_attention_shapes`; for a Gated DeltaNet model
+    `_gated_delta_net_shapes` in its linear-attention layers and `_gated_attention_shapes` in the others) in every
+    layer, the merged gate_up_proj and the down_proj of the dense MLP in the dense layers (every layer of a dense
+    model) and of the shared experts in the MoE layers (whole under expert parallelism where
+    `shared_experts_whole`).  The routers (``gate``, Qwen3-Next's ``shared_expert_gate``: quant_config=None) are
+    not listed, nor a vision tower's layers, which nibble charges at 16 bits (``specs.QUANTIZED_ROLES``)."""
     spec = stage.spec
     tensor_parallel, hidden = stage.tensor_parallel, spec.hidden_size
     start, stop = stage.layers
     dense_layers = sum(1 for layer in range(start, stop) if not spec.is_moe or layer in spec.dense_layers)
-    found = [(stop - start, out_features, in_features)
-             for out_features, in_features in _fp8_attention_shapes(spec, tensor_parallel)]
+    if spec.linear_attention is None or spec.model_type not in GATED_DELTA_NET_MODEL_TYPES:
+        found = [(stop - start, out_features, in_features)
+                 for out_features, in_features in _fp8_attention_shapes(spec, tensor_parallel)]
+    else:
+        linear_layers = sum(1 for layer in spec.linear_attention.layers if start <= layer < stop)
+        found = [(count, out_features, in_features)
+                 for count, shapes in ((linear_layers, _gated_delta_net_shapes(spec, tensor_parallel)),
+                                       (stop - start - linear_layers, _gated_attention_shapes(spec, tensor_parallel)))
+                 if count for out_features, in_features in shapes]
     if dense_layers:
         width = spec.intermediate_size // tensor_parallel
         found += [(dense_layers, 2 * width, hidden), (dense_layers, hidden, width)]
@@ -1141,11 +1192,13 @@ def _deep_gemm_linear_shapes(stage: Stage, version: str, dense_format: str,
                              device: DeviceFacts) -> tuple[tuple[int, int, int], ...]:
     """(count, out features, in features) of the rank's linear layers that vLLM `version` requantizes for DeepGEMM
     on `device` (`_deep_gemm_e8m0_device`; a device of unknown capability counted, the safe side) where they are
-    stored as fp8 [128, 128] blocks (`dense_format`): `_fp8_linear_layers` of a model of `FP8_MARLIN_MODEL_TYPES`
-    that `deep_gemm_takes_linear`, unless ``should_auto_disable_deep_gemm`` excludes the model there
-    (`DEEP_GEMM_EXCLUDED_MODEL_TYPES`); empty elsewhere."""
+    stored as fp8 [128, 128] blocks (`dense_format`): `_fp8_linear_layers` of a model of `FP8_LINEAR_MODEL_TYPES`
+    that `deep_gemm_takes_linear`, whatever the model (0.19 Fp8LinearMethod ``block_quant and use_deep_gemm``, 0.33
+    DeepGemmFp8BlockScaledMMKernel.can_implement: no model list but the exclusions), unless
+    ``should_auto_disable_deep_gemm`` excludes the model on the device's capability (`DEEP_GEMM_EXCLUDED_MODEL_TYPES`:
+    Qwen3.5's on Blackwell, rewritten on 9.0); empty elsewhere."""
     spec = stage.spec
-    if (dense_format.removeprefix("checkpoint-") != "fp8-block128" or spec.model_type not in FP8_MARLIN_MODEL_TYPES
+    if (dense_format.removeprefix("checkpoint-") != "fp8-block128" or spec.model_type not in FP8_LINEAR_MODEL_TYPES
             or _deep_gemm_e8m0_device(version, device) is False):
         return ()
     excluded = DEEP_GEMM_EXCLUDED_MODEL_TYPES.get(version, {}).get(

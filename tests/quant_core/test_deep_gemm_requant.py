@@ -257,6 +257,82 @@ def test_blackwell_excluded_model_types_follow_should_auto_disable_deep_gemm() -
     assert DEEP_GEMM_EXCLUDED_MODEL_TYPES["0.33"]["kolibri1"] == (12,)
 
 
+#: Qwen3-Next-80B-A3B at TP 1 (hidden 2048; Gated DeltaNet: 16 key and 32 value heads of 128, in 36 of its 48
+#: layers; gated full attention: 16 heads (x 2 with the output gate) and 2 KV heads of 256 in the other 12; every
+#: layer a sparse block with one shared expert of width 512).  The rank's block-fp8 linear layers (count, N x K):
+#:   in_proj_qkvz (36) (2 x 2048 + 2 x 4096) = 12288 x 2048; in_proj_ba (36) 2 x 32 = 64 x 2048;
+#:   out_proj (36) 2048 x 4096; qkv_proj (12) (32 + 2 x 2) x 256 = 9216 x 2048; o_proj (12) 2048 x 4096;
+#:   shared expert gate_up_proj (48) 1024 x 2048, down_proj (48) 2048 x 512
+#: the largest requant, in_proj_qkvz's (Ks = 16, Np = N): 4 x 12288 x 16 + 4 x 12288 x 2048 + 8 x 12288 x 2048 =
+#: 786,432 + 100,663,296 + 201,326,592 (qkv_proj's: 589,824 + 75,497,472 + 150,994,944 = 227,082,240)
+QWEN3_NEXT_TP1_REQUANT = 302_776_320
+#: held on 10.x, 4 x ceil(Ks / 4) x N - N x K // 4096 a layer:
+#:   in_proj_qkvz 4 x 4 x 12288 - 6,144 = 190,464 (x 36 = 6,856,704); in_proj_ba 4 x 4 x 64 - 32 = 992 (35,712);
+#:   out_proj 4 x 8 x 2048 - 2,048 = 63,488 (x 36 = 2,285,568); qkv_proj 4 x 4 x 9216 - 4,608 = 142,848
+#:   (x 12 = 1,714,176); o_proj 63,488 (x 12 = 761,856); gate_up 4 x 4 x 1024 - 512 = 15,872 and down
+#:   4 x 1 x 2048 - 256 = 7,936 (x 48 = 1,142,784)
+QWEN3_NEXT_TP1_HELD = 6_856_704 + 35_712 + 2_285_568 + 1_714_176 + 761_856 + 1_142_784
+
+
+@pytest.mark.parametrize("version", ["0.19", "0.33"])
+def test_qwen3_next_fp8_requantizes_its_gated_delta_net_in_proj_qkvz_on_hopper_and_blackwell(version: str) -> None:
+    # Fp8LinearMethod (0.19) and DeepGemmFp8BlockScaledMMKernel (0.33) post-process every block-fp8 linear layer
+    # should_use_deepgemm_for_fp8_linear takes, whatever the model: GatedDeltaNetAttention's projections too
+    stage = _stage("qwen3-next-80b-a3b-instruct", 1)
+    for device in (H100, B200):
+        term = deep_gemm_requant_bytes(stage, version, "fp8-block128", device)
+        assert term is not None and term.bytes == QWEN3_NEXT_TP1_REQUANT and "12288 x 2048" in term.basis
+    assert QWEN3_NEXT_TP1_HELD == 12_796_800
+    held = deep_gemm_scale_layout_bytes(stage, version, "fp8-block128", B200)
+    assert held is not None and held.bytes == QWEN3_NEXT_TP1_HELD
+    assert deep_gemm_scale_layout_bytes(stage, version, "fp8-block128", H100) is None
+    linear = VllmProfile(version).linear_layout(stage, "fp8-block128", B200)
+    assert linear is not None and linear.bytes == QWEN3_NEXT_TP1_HELD
+    # at TP 2 every N halves: in_proj_qkvz 6144 x 2048, 4 x 6144 x 16 + 12 x 6144 x 2048 = 393,216 + 150,994,944
+    term = deep_gemm_requant_bytes(_stage("qwen3-next-80b-a3b-instruct", 2), version, "fp8-block128", H100)
+    assert term is not None and term.bytes == 151_388_160
+
+
+def test_qwen3_next_fp8_requant_is_the_load_transient_on_hopper_without_expert_parallelism() -> None:
+    # 9.0 without expert parallelism: Triton takes the block-fp8 experts as loaded, so in_proj_qkvz's requant is the
+    # one load transient
+    stage, profile = _stage("qwen3-next-80b-a3b-instruct", 1), VllmProfile("0.19")
+    budget = profile.outside_budget(stage, "bf16", profile.batch_limits(80 * GIB, "h100-80gb"), False, H100,
+                                    "fp8-block128", "fp8-block128")
+    assert budget.repack is not None and budget.repack.bytes == QWEN3_NEXT_TP1_REQUANT
+
+
+@pytest.mark.parametrize("version", ["0.19", "0.33"])
+def test_qwen3_5_moe_fp8_is_requantized_on_9_0_but_not_where_vllm_turns_deep_gemm_off(version: str) -> None:
+    # Qwen3.6-35B-A3B (qwen3_5_moe; vLLM reads hf_text_config.model_type "qwen3_5_moe_text"): the same Gated DeltaNet
+    # and attention sizes as Qwen3-Next (in_proj_qkvz 12288 x 2048 at TP 1: 302,776,320), 40 layers.
+    # should_auto_disable_deep_gemm turns DeepGEMM off for it on the 10.x family (0.33: and 12.x) only, so on 9.0
+    # every qualifying layer is rewritten, float32 scales kept
+    stage = _stage("qwen3.6-35b-a3b", 1)
+    term = deep_gemm_requant_bytes(stage, version, "fp8-block128", H100)
+    assert term is not None and term.bytes == QWEN3_NEXT_TP1_REQUANT
+    assert deep_gemm_scale_layout_bytes(stage, version, "fp8-block128", H100) is None
+    for device_id in ("b200", "b300", "rtx-pro-6000"):
+        assert deep_gemm_requant_bytes(stage, version, "fp8-block128", device_facts(device_id)) is None
+        assert deep_gemm_scale_layout_bytes(stage, version, "fp8-block128", device_facts(device_id)) is None
+    # Qwen3-Next (qwen3_next) is not in the list: rewritten on Blackwell as on Hopper
+    assert deep_gemm_requant_bytes(_stage("qwen3-next-80b-a3b-instruct", 1), version, "fp8-block128", B200)
+
+
+@pytest.mark.parametrize("version", ["0.19", "0.33"])
+def test_llama_4_and_gpt_oss_block_fp8_linear_layers_are_requantized_too(version: str) -> None:
+    # Llama 4 Maverick at TP 8 (llama4.py: qkv_proj, o_proj, the dense layers' LlamaMLP of intermediate_size_mlp
+    # 16384, the shared expert's of 8192): the dense gate_up_proj, 2 x 16384 / 8 = 4096 x 5120 (40 groups), is the
+    # largest: 4 x 4096 x 40 + 4 x 4096 x 5120 + 8 x 4096 x 5120 = 655,360 + 83,886,080 + 167,772,160
+    term = deep_gemm_requant_bytes(_stage("llama-4-maverick-17b-128e-instruct", 8), version, "fp8-block128", H100)
+    assert term is not None and term.bytes == 252_313_600 and "4096 x 5120" in term.basis
+    # gpt-oss-20b at TP 1 (gpt_oss.py: qkv_proj and o_proj with the quant_config): hidden 2880 is no multiple of 128,
+    # so qkv_proj (K 2880) is not DeepGEMM's; o_proj, 2880 x 64 x 64 = 2880 x 4096, is (2880 % 64 == 0): Np = 2944,
+    # 4 x 2944 x 32 = 376,832, s_exp 4 x 2944 x 4096 = 48,234,496, and the float32 copy and product 4 x 2880 x 4096 =
+    # 47,185,920 (45 MiB) each in a 2 MiB-rounded segment of 48,234,496 (torch_cuda.allocated_block_bytes)
+    gpt = deep_gemm_requant_bytes(_stage("gpt-oss-20b", 1), version, "fp8-block128", H100)
+    assert gpt is not None and gpt.bytes == 376_832 + 3 * 48_234_496 == 145_080_320 and "2880 x 4096" in gpt.basis
+
 
 def test_one_moe_layers_expert_requant_keeps_the_previous_experts_results_beside_the_next_ones() -> None:
     # requant_weight_ue8m0_inplace's loop over [E, N, K]: from the second expert on, the previous w_dq (4 N K),
