@@ -763,9 +763,9 @@ FP8_MARLIN_LABELS: dict[str, bool] = {"fp8-block128": True, "fp8-per-tensor": Fa
 #: gemma3.py, glm4.py (LlamaMLP), olmo2.py (also Olmo3ForCausalLM), phi3.py (LlamaForCausalLM), seed_oss.py,
 #: qwen2_5_vl.py (Qwen2Model), qwen3_vl.py (Qwen3's layers), qwen3_vl_moe.py (Qwen3-MoE's), mistral3.py (Llama's);
 #: SmolLM3 runs on the Transformers backend with q, k, v, gate and up as separate parallel layers: the same scales,
-#: and the fused layer as its largest is the safe side of its repack (`fp8_marlin_linear_repack_bytes`).  Not
-#: listed (no Marlin term): Qwen3-Next and Qwen3.5's gated-delta-net models (their layers are listed, for DeepGEMM:
-#: `FP8_LINEAR_MODEL_TYPES`), Llama 4's, Falcon's and GPT-2's (not read)
+#: and the fused layer as its largest is the safe side of its repack (`fp8_marlin_linear_repack_bytes`).  The Marlin
+#: and DeepGEMM terms take these and the other models of `FP8_LINEAR_MODEL_TYPES` (Qwen3-Next and Qwen3.5's Gated
+#: DeltaNet models, Llama 4, gpt-oss), whose layers `_fp8_linear_layers` lists all the same
 FP8_MARLIN_MODEL_TYPES = frozenset(FUSED_LINEAR_MODEL_TYPES) | {
     "minimax_m2", "glm4_moe", "deepseek_v32", "glm_moe_dsa", "gemma3_text", "glm4", "olmo2", "olmo3", "phi3",
     "seed_oss", "qwen2_5_vl", "qwen3_vl", "qwen3_vl_moe", "mistral3", "smollm3"}
@@ -896,12 +896,12 @@ def _fp8_marlin_linear_format(stage: Stage, version: str, dense_format: str, dev
     """Whether vLLM `version` runs the stage's linear layers, stored as `dense_format`, on Marlin on `device`, as
     `FP8_MARLIN_LABELS`' value (True for [128, 128] blocks), or with `any_fp8` for any fp8 label (a scale a channel
     too, whose weights Marlin repacks all the same: True for any block size); None where it does not or nibble does
-    not list the model's layers (`FP8_MARLIN_MODEL_TYPES`)."""
+    not list the model's layers (`FP8_LINEAR_MODEL_TYPES`)."""
     label = dense_format.removeprefix("checkpoint-")
     block = (label.startswith("fp8-block") if any_fp8 and weight_format_family(label) == "fp8"
              else FP8_MARLIN_LABELS.get(dense_format))
     if (block is None or not fp8_marlin_device(version, device, False, block)
-            or stage.spec.model_type not in FP8_MARLIN_MODEL_TYPES):
+            or stage.spec.model_type not in FP8_LINEAR_MODEL_TYPES):
         return None
     return block
 
@@ -912,7 +912,7 @@ def fp8_marlin_linear_bytes(stage: Stage, version: str, dense_format: str, devic
     (`_fp8_linear_layers`) for the labels of `FP8_MARLIN_LABELS`, and for any fp8 label in the releases of
     `FP8_MARLIN_PADDING_VERSIONS` the zero-padding of the layers Marlin's thread tiles do not divide
     (`fp8_marlin_padding_bytes`; a scale a channel too, whose scales alone hold nothing more).  None elsewhere:
-    other formats, devices, releases, and models outside `FP8_MARLIN_MODEL_TYPES`."""
+    other formats, devices, releases, and models outside `FP8_LINEAR_MODEL_TYPES`."""
     block = _fp8_marlin_linear_format(stage, version, dense_format, device, any_fp8=True)
     if block is None:
         return None
@@ -990,7 +990,7 @@ def _fp8_marlin_bias_padding(stage: Stage, version: str, scales: str) -> int:
     """The 16-bit bias columns vLLM `version` adds to the stage's fp8 qkv_proj and o_proj (where the model has those
     biases) on Marlin where ``marlin_padded_nk`` pads their N (prepare_fp8_layer_for_marlin: ``marlin_pad_dim``,
     ``marlin_permute_bias``): ``2 x (Np - N)`` a layer.  MLA and the MLP layers carry no bias in the models of
-    `FP8_MARLIN_MODEL_TYPES`."""
+    `FP8_LINEAR_MODEL_TYPES`."""
     spec = stage.spec
     if version not in FP8_MARLIN_PADDING_VERSIONS or spec.is_mla:
         return 0
@@ -1051,13 +1051,13 @@ NVFP4_LABELS = ("nvfp4", "nvfp4-static")
 def _nvfp4_on_marlin(stage: Stage, version: str, dense_format: str, device: DeviceFacts) -> bool:
     """Whether vLLM `version` runs the stage's `dense_format` NVFP4 linear layers on Marlin on `device` (from
     `NVFP4_MARLIN_FLOORS` to below `NVFP4_NATIVE_FROM`, not 0.33 on 9.0: Humming), for a model of
-    `FP8_MARLIN_MODEL_TYPES` (`_fp8_linear_layers`)."""
+    `FP8_LINEAR_MODEL_TYPES` (`_fp8_linear_layers`)."""
     capability = device.compute_capability
     return not (dense_format.removeprefix("checkpoint-") not in NVFP4_LABELS or version not in NVFP4_MARLIN_FLOORS
                 or capability is None or device.vendor == "amd"
                 or not NVFP4_MARLIN_FLOORS[version] <= capability < NVFP4_NATIVE_FROM
                 or (version == "0.33" and capability == HUMMING_PREFERRED_CAPABILITY)
-                or stage.spec.model_type not in FP8_MARLIN_MODEL_TYPES)
+                or stage.spec.model_type not in FP8_LINEAR_MODEL_TYPES)
 
 
 def _nvfp4_marlin_repack_bytes(stage: Stage, version: str, dense_format: str, device: DeviceFacts) -> Term | None:
@@ -1097,7 +1097,7 @@ def nvfp4_marlin_padding_bytes(out_features: int, in_features: int, version: str
 
 def nvfp4_marlin_linear_bytes(stage: Stage, version: str, dense_format: str, device: DeviceFacts) -> Term | None:
     """The bytes one rank of vLLM `version` holds for its NVFP4 attention, dense MLP and shared-expert layers
-    (`_fp8_linear_layers`, models of `FP8_MARLIN_MODEL_TYPES`) beyond the checkpoint's where it runs them on Marlin:
+    (`_fp8_linear_layers`, models of `FP8_LINEAR_MODEL_TYPES`) beyond the checkpoint's where it runs them on Marlin:
     from `NVFP4_MARLIN_FLOORS` to below `NVFP4_NATIVE_FROM`, but not 0.33 on 9.0, where ``init_nvfp4_linear_kernel``
     (``_resolve_backend_kernels``: ``prioritize_humming``) puts Humming ahead of Marlin (not read).
     prepare_fp4_layer_for_marlin (quantization/utils/marlin_utils_fp4.py, 0.11, 0.19, 0.33) repacks the uint8

@@ -337,3 +337,21 @@ def test_a_0_19_plan_of_qwen3_30b_a3b_fp8_per_tensor_on_eight_a100s_is_refused()
     answer = plan(info.spec, Hardware(80 * GIB, 8, "a100-80gb", "A100 80GB"), Workload(4096, 1),
                   PlanOptions(weight_format=fp8("tensor"), engine_version="0.19"))
     assert answer.refusal is not None and "Marlin MoE kernel" in answer.refusal and "96 (768 / 8)" in answer.refusal
+
+
+@pytest.mark.parametrize(("version", "expected"), [("0.11", 6_598_368), ("0.19", 6_598_368), ("0.33", 10_192_608)])
+def test_qwen3_next_fp8_linear_layers_on_a100_hold_marlin_scales(version: str, expected: int) -> None:
+    # qwen3_next.py at TP 4 (Qwen3-Next-80B-A3B: hidden 2048; 36 Gated DeltaNet layers of 16 key and 32 value heads of
+    # 128; 12 gated full-attention layers of 16 heads / 4 and 2 KV heads replicated to 1 a rank, head_dim 256; a
+    # shared expert 512 / 4 = 128 wide in all 48), each block-fp8 layer (N, K) on Marlin 2 x N x ceil(K / 128) held
+    # less N x K / 4096 charged (prepare_fp8_layer_for_marlin):
+    #   in_proj_qkvz (N (2 x 2048 + 2 x 4096) / 4 = 3072, K 2048): 98,304 - 1,536 = 96,768
+    #   in_proj_ba (N 2 x 32 / 4 = 16, K 2048): 512 - 8 = 504; out_proj (N 2048, K 4096 / 4): 32,768 - 512 = 32,256
+    #   129,528 x 36 = 4,663,008
+    #   qkv_proj (N (2 x 4 + 2 x 1) x 256 = 2560, the output gate riding on q; K 2048): 81,920 - 1,280 = 80,640;
+    #   o_proj (N 2048, K 1024): 32,256; 112,896 x 12 = 1,354,752
+    #   shared gate_up (N 256, K 2048): 8,192 - 128 = 8,064; down (N 2048, K 128): 4,096 - 64 = 4,032; x 48 = 580,608
+    #   6,598,368 in all; 0.33 pads in_proj_ba's N 16 to Marlin's 64 (marlin_padded_nk): 48 x 2048 fp8 bytes and
+    #   2 x 48 x 16 scale bytes more a layer, 99,840 x 36 = 3,594,240
+    term = VllmProfile(version).linear_layout(_stage("qwen3-next-80b-a3b-instruct", 4), "fp8-block128", A100)
+    assert term is not None and term.bytes == expected
