@@ -1435,9 +1435,9 @@ def _rope_scalings(keys: Mapping[str, object]) -> tuple[RopeScaling, ...]:
     renamed type (``su`` -> ``longrope``, ``mrope`` -> ``default``), less the types vLLM never scales by
     (`_ROPE_NOT_SCALING_LENGTH`) and the sets without a factor that are not yarn (they scale by 1); a yarn set's
     ``original_max_position_embeddings`` is its own, else the config's top-level one (Phi-3)."""
-    rope = keys.get("rope_scaling")
+    rope, source = keys.get("rope_scaling"), "rope_scaling"
     if not isinstance(rope, Mapping):
-        rope = keys.get("rope_parameters")
+        rope, source = keys.get("rope_parameters"), "rope_parameters"
     if not isinstance(rope, Mapping) or not rope:
         return ()
     nested = all(isinstance(value, Mapping) for value in rope.values())
@@ -1453,8 +1453,9 @@ def _rope_scalings(keys: Mapping[str, object]) -> tuple[RopeScaling, ...]:
         factor = entry.get("factor")
         if kind in _ROPE_NOT_SCALING_LENGTH or (factor is None and kind != "yarn"):
             continue
+        own = "original_max_position_embeddings" in entry
         original = entry.get("original_max_position_embeddings", top_original)
-        out.append(RopeScaling(kind, cast(Any, factor), cast(Any, original)))
+        out.append(RopeScaling(kind, cast(Any, factor), cast(Any, original), source, own))
     return tuple(out)
 
 

@@ -281,6 +281,10 @@ class GatedDeltaNet:
 MAX_ROPE_SCALINGS = 8
 
 
+#: the config keys a RoPE scaling is read from (`RopeScaling.source`)
+ROPE_SCALING_SOURCES = ("rope_scaling", "rope_parameters")
+
+
 @dataclass(frozen=True, slots=True)
 class RopeScaling:
     """A RoPE scaling a model's config declares (``rope_scaling``, or ``rope_parameters`` one per layer type), as
@@ -290,11 +294,16 @@ class RopeScaling:
     ``mrope`` ``default``: patch_rope_scaling_dict in 0.11, patch_rope_parameters_dict in 0.19 and 0.33); `factor`
     its ``factor`` (None: absent or null); `original_max_position_embeddings` the pretraining context a yarn scaling
     is taken from (the scaling's own, else the config's top-level key as Phi-3 keeps it; None: neither).
+    `source` is the config key the scaling came from (``rope_scaling`` or ``rope_parameters``), and
+    `own_original` whether its original length is the scaling's own rather than the top-level key's: vLLM 0.11 reads
+    only ``rope_scaling`` and only a yarn scaling's own original.
     """
 
     rope_type: str
     factor: float | None = None
     original_max_position_embeddings: int | None = None
+    source: str = "rope_scaling"
+    own_original: bool = True
 
     def __post_init__(self) -> None:
         if not isinstance(self.rope_type, str) or not 0 < len(self.rope_type) <= 100:
@@ -305,6 +314,10 @@ class RopeScaling:
             raise InvalidSpec("rope_scaling.factor", factor, f"must be a number in (0, {MAX_POSITIONS}]")
         if factor is not None:
             object.__setattr__(self, "factor", float(factor))
+        if self.source not in ROPE_SCALING_SOURCES:
+            raise InvalidSpec("rope_scaling.source", self.source, f"must be one of {', '.join(ROPE_SCALING_SOURCES)}")
+        if not isinstance(self.own_original, bool):
+            raise InvalidSpec("rope_scaling.own_original", self.own_original, "must be true or false")
         if self.original_max_position_embeddings is not None:
             object.__setattr__(self, "original_max_position_embeddings", check_int(
                 "rope_scaling.original_max_position_embeddings", self.original_max_position_embeddings, 1,

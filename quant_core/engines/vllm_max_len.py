@@ -71,7 +71,9 @@ def _derive(spec: ModelSpec, version: str) -> ContextLimit | None:
     length, key = stated
     derived, factor = float(length), 1.0
     steps = [f"{key} = {length}"]
-    scalings = spec.rope_scalings[:1] if version == "0.11" else spec.rope_scalings  # 0.11: one rope_scaling dict
+    scalings = spec.rope_scalings
+    if version == "0.11":  # 0.11 reads one rope_scaling dict, never rope_parameters (config/model.py)
+        scalings = tuple(scaling for scaling in scalings if scaling.source == "rope_scaling")[:1]
     if scalings and "gemma3" in spec.model_type:
         steps.append("Gemma 3's RoPE scaling not applied (vLLM takes its length as already scaled)")
         scalings = ()
@@ -84,7 +86,7 @@ def _derive(spec: ModelSpec, version: str) -> ContextLimit | None:
             factor = scaling.factor
         if scaling.rope_type == "yarn":
             original = scaling.original_max_position_embeddings
-            if original is None:
+            if original is None or (version == "0.11" and not scaling.own_original):  # 0.11: rope_scaling[key]
                 return ContextLimit(0, steps[0], (
                     f"vLLM {version} fails to derive the model's length: its yarn RoPE scaling has no "
                     "original_max_position_embeddings (a KeyError in config/model.py _get_and_verify_max_len)"))

@@ -80,6 +80,34 @@ def test_qwen3_with_yarn_factor_4_over_32768(version: str, tokens: int) -> None:
     assert (max_model_len_refusal(spec, version, 131_072) is None) is (tokens == 131_072)
 
 
+def _llama_4096(**rope: Any) -> ModelSpec:
+    base = {key: value for key, value in LLAMA_3_1_8B.items() if key != "rope_scaling"}
+    return model_from_hf_config({**base, "max_position_embeddings": 4096, **rope})
+
+
+def test_0_11_reads_rope_scaling_only_never_rope_parameters() -> None:
+    # 0.11's _get_and_verify_max_len reads hf_config.rope_scaling alone (no 0.11 file names rope_parameters): a
+    # transformers-5 config's linear x4 in rope_parameters does not stretch 4096 there; 0.19 and 0.33 read it
+    spec = _llama_4096(rope_parameters={"rope_type": "linear", "factor": 4.0})
+    assert [_tokens(spec, version) for version in RELEASES] == [4096, 16_384, 16_384]
+    refusal = max_model_len_refusal(spec, "0.11", 16_384)
+    assert refusal is not None and "max_position_embeddings = 4096" in refusal
+    # and a yarn set in rope_parameters does not cap 0.11 at original x factor below max_position_embeddings
+    wide = _llama_4096(max_position_embeddings=262_144, rope_parameters={
+        "rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 32_768})
+    assert _tokens(wide, "0.11") == 262_144 and _tokens(wide, "0.19") == 131_072
+
+
+def test_0_11_fails_on_a_yarn_scaling_without_its_own_original_length() -> None:
+    # 0.11: rope_scaling["original_max_position_embeddings"] (a KeyError when only the top level has it); 0.19
+    # (patch_rope_parameters copies the top-level key in under transformers 4) derives 4096 x 32
+    spec = _llama_4096(max_position_embeddings=131_072, original_max_position_embeddings=4096,
+                       rope_scaling={"type": "yarn", "factor": 32.0})
+    limit = derived_max_model_len(spec, "0.11")
+    assert limit is not None and limit.error is not None and "KeyError" in limit.error
+    assert _tokens(spec, "0.19") == 131_072
+
+
 @pytest.mark.parametrize("version", RELEASES)
 def test_a_config_without_a_length_key_takes_its_class_default_or_vllms_2048(version: str) -> None:
     no_length = {key: value for key, value in QWEN3_0_6B.items() if key != "max_position_embeddings"}
