@@ -1161,8 +1161,8 @@ class _Evaluator:
     element_bytes: int = 2
     #: `stage_terms` by (tensor, pipeline, stage layers, expert format)
     _terms: dict[tuple[object, ...], _StageTerms] = field(default_factory=dict)
-    #: `key_id`, `vocabulary_everywhere`'s engine fact, `fp32_routers`, `mamba_cache_mode`, `chunked_local` and
-    #: `context_steps`:
+    #: `key_id`, `vocabulary_everywhere`'s engine fact, `fp32_routers`, `mamba_cache_mode`, `chunked_local`,
+    #: `context_steps` and `context_cap` (`_context_cap`):
     #: facts of (engine, model, evaluator) found once here (`__post_init__`), not at every layout, solver or format
     #: that asks them
     _key_id: object = field(init=False, repr=False, compare=False)
@@ -1171,6 +1171,7 @@ class _Evaluator:
     _mamba_cache_mode: str = field(init=False, repr=False, compare=False)
     _chunked_local: bool = field(init=False, repr=False, compare=False)
     _context_steps: tuple[int, ...] = field(init=False, repr=False, compare=False)
+    _context_cap: tuple[int, str] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         engine, spec = self.engine, self.spec
@@ -1185,6 +1186,7 @@ class _Evaluator:
         for name, value in zip(("_key_id", "_vocabulary_everywhere", "_fp32_routers", "_mamba_cache_mode",
                                 "_chunked_local", "_context_steps"), facts, strict=True):
             object.__setattr__(self, name, value)
+        object.__setattr__(self, "_context_cap", _context_cap(self))
 
     def draft(self) -> tuple[int, int]:
         """(draft layers, bytes outside each one's decoder layer on every rank) of the plan's speculative decoding
@@ -1792,7 +1794,7 @@ def _context_cap(evaluator: _Evaluator) -> tuple[int, str]:
 def _max_context(evaluator: _Evaluator, layout: _Layout, fits: Callable[[int, int], bool],
                  sequences: int) -> tuple[int | None, str]:
     block = evaluator.options.block_size
-    cap, capped_by = _context_cap(evaluator)
+    cap, capped_by = evaluator._context_cap
     if fits(cap, sequences):
         return cap, capped_by
     if not fits(1, sequences):  # not one token (the weights alone overflow): what the searches below would find
